@@ -1,0 +1,31 @@
+# The README names these targets. `make test` installs everything the tests need.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+DEBS := gearman-job-server gearman-tools php-cli php-gearman
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install run deps-test test lint bench
+
+install:
+	$(PIP) install -q -e .
+
+run: install
+	farm up
+
+deps-test:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
+	fi
+	$(PIP) install -q -e '.[test]'
+
+test: deps-test
+	FARM_REQUIRE_INTEROP=1 $(PYTHON) -m pytest -q
+
+lint:
+	ruff check farm workers tests bench
+	ruff format --check farm workers tests bench
+
+bench: install
+	$(PYTHON) -m bench.all

@@ -1,0 +1,63 @@
+"""farm: a Gearman-compatible compute farm for one multi-core host.
+
+The public face: ``Client``, ``AsyncClient``, ``Worker``, ``Executor`` and the
+errors. The libraries are imported on first use so that ``import farm`` stays
+cheap for worker processes and tools.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from farm.errors import (
+    ConfigError,
+    FarmError,
+    JobError,
+    JobException,
+    JobFailed,
+    ServerError,
+    ServerUnavailable,
+    Timeout,
+    WorkerLost,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Client",
+    "AsyncClient",
+    "Worker",
+    "Executor",
+    "ConfigError",
+    "FarmError",
+    "JobError",
+    "JobException",
+    "JobFailed",
+    "ServerError",
+    "ServerUnavailable",
+    "Timeout",
+    "WorkerLost",
+    "__version__",
+]
+
+_LAZY = {
+    "Client": "farm.client",
+    "AsyncClient": "farm.aio",
+    "Worker": "farm.worker",
+    "Executor": "farm.executor",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from farm.aio import AsyncClient
+    from farm.client import Client
+    from farm.executor import Executor
+    from farm.worker import Worker
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'farm' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,48 @@
+"""One exception hierarchy for users of farm's libraries and tools."""
+
+from __future__ import annotations
+
+
+class FarmError(Exception):
+    """Base of every error farm raises on purpose."""
+
+
+class ConfigError(FarmError):
+    """A configuration mistake: names the file, the key and the fix in one line."""
+
+
+class ServerUnavailable(FarmError, ConnectionError):
+    """No job server could be reached (the message lists those tried)."""
+
+
+class ServerError(FarmError):
+    """The job server answered with a Gearman ERROR packet."""
+
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(f"{code}: {text}" if text else code)
+        self.code = code
+        self.text = text
+
+
+class JobError(FarmError):
+    """A job did not produce a result."""
+
+
+class JobFailed(JobError):
+    """The worker (or the server, after too many retries) failed the job: WORK_FAIL."""
+
+
+class JobException(JobError):
+    """The worker function raised; ``text`` is what the worker sent (WORK_EXCEPTION)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+class Timeout(JobError, TimeoutError):
+    """The caller's timeout ran out before the job ended."""
+
+
+class WorkerLost(JobError):
+    """The worker running the call died, so the call's outcome is unknown."""

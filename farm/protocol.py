@@ -1,0 +1,353 @@
+"""Sans-I/O codec for the Gearman wire: bytes in, packets out; packets in, bytes out.
+
+This module knows the packet table, the NUL-separated argument framing and the
+admin text lines. It performs no I/O at all, so the server, the client and the
+worker share it and tests drive it without sockets.
+
+Framing (PROTOCOL.md): a binary packet is a 12-byte header -- magic (``\\0REQ``
+toward the server, ``\\0RES`` from it), uint32 type, uint32 body size, all
+big-endian -- followed by the body. The body holds a fixed number of
+arguments separated by NUL; the last one runs to the end of the body. A
+connection whose next byte is not NUL speaks the admin text protocol instead.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+from typing import NamedTuple
+
+__all__ = [
+    "REQ",
+    "RES",
+    "HEADER",
+    "DEFAULT_MAX_PACKET",
+    "MAX_UNIQUE",
+    "MAX_HANDLE",
+    "MAX_CLIENT_ID",
+    "PacketType",
+    "PacketSpec",
+    "PACKETS",
+    "Packet",
+    "AdminLine",
+    "Decoder",
+    "ProtocolError",
+    "LocalProtocolError",
+    "encode",
+    "encode_req",
+    "encode_res",
+    "parse_status",
+    "parse_workers",
+    "StatusRow",
+    "WorkerRow",
+]
+
+REQ = b"\0REQ"
+RES = b"\0RES"
+HEADER = struct.Struct(">4sII")
+HEADER_SIZE = HEADER.size
+
+#: Largest body accepted by default (gearmand has no limit; farm refuses bigger
+#: bodies before buffering them so one peer cannot exhaust memory).
+DEFAULT_MAX_PACKET = 64 * 1024 * 1024
+#: Longest admin line accepted before the peer is treated as hostile.
+MAX_ADMIN_LINE = 8192
+MAX_UNIQUE = 63
+MAX_HANDLE = 63
+MAX_CLIENT_ID = 127
+
+
+class PacketType(enum.IntEnum):
+    CAN_DO = 1
+    CANT_DO = 2
+    RESET_ABILITIES = 3
+    PRE_SLEEP = 4
+    NOOP = 6
+    SUBMIT_JOB = 7
+    JOB_CREATED = 8
+    GRAB_JOB = 9
+    NO_JOB = 10
+    JOB_ASSIGN = 11
+    WORK_STATUS = 12
+    WORK_COMPLETE = 13
+    WORK_FAIL = 14
+    GET_STATUS = 15
+    ECHO_REQ = 16
+    ECHO_RES = 17
+    SUBMIT_JOB_BG = 18
+    ERROR = 19
+    STATUS_RES = 20
+    SUBMIT_JOB_HIGH = 21
+    SET_CLIENT_ID = 22
+    CAN_DO_TIMEOUT = 23
+    ALL_YOURS = 24
+    WORK_EXCEPTION = 25
+    OPTION_REQ = 26
+    OPTION_RES = 27
+    WORK_DATA = 28
+    WORK_WARNING = 29
+    GRAB_JOB_UNIQ = 30
+    JOB_ASSIGN_UNIQ = 31
+    SUBMIT_JOB_HIGH_BG = 32
+    SUBMIT_JOB_LOW = 33
+    SUBMIT_JOB_LOW_BG = 34
+    SUBMIT_JOB_SCHED = 35
+    SUBMIT_JOB_EPOCH = 36
+    SUBMIT_REDUCE_JOB = 37
+    SUBMIT_REDUCE_JOB_BACKGROUND = 38
+    GRAB_JOB_ALL = 39
+    JOB_ASSIGN_ALL = 40
+    GET_STATUS_UNIQUE = 41
+    STATUS_RES_UNIQUE = 42
+
+
+class PacketSpec(NamedTuple):
+    """One row of the packet table: how many arguments, and whether the last is data."""
+
+    name: str
+    nargs: int
+    has_data: bool
+
+
+def _spec(name: str, nargs: int, has_data: bool = False) -> PacketSpec:
+    return PacketSpec(name, nargs, has_data)
+
+
+#: The packet table, as data. Argument counts include the data argument.
+PACKETS: dict[int, PacketSpec] = {
+    1: _spec("CAN_DO", 1),
+    2: _spec("CANT_DO", 1),
+    3: _spec("RESET_ABILITIES", 0),
+    4: _spec("PRE_SLEEP", 0),
+    6: _spec("NOOP", 0),
+    7: _spec("SUBMIT_JOB", 3, True),
+    8: _spec("JOB_CREATED", 1),
+    9: _spec("GRAB_JOB", 0),
+    10: _spec("NO_JOB", 0),
+    11: _spec("JOB_ASSIGN", 3, True),
+    12: _spec("WORK_STATUS", 3),
+    13: _spec("WORK_COMPLETE", 2, True),
+    14: _spec("WORK_FAIL", 1),
+    15: _spec("GET_STATUS", 1),
+    16: _spec("ECHO_REQ", 1, True),
+    17: _spec("ECHO_RES", 1, True),
+    18: _spec("SUBMIT_JOB_BG", 3, True),
+    19: _spec("ERROR", 2),
+    20: _spec("STATUS_RES", 5),
+    21: _spec("SUBMIT_JOB_HIGH", 3, True),
+    22: _spec("SET_CLIENT_ID", 1),
+    23: _spec("CAN_DO_TIMEOUT", 2),
+    24: _spec("ALL_YOURS", 0),
+    25: _spec("WORK_EXCEPTION", 2, True),
+    26: _spec("OPTION_REQ", 1),
+    27: _spec("OPTION_RES", 1),
+    28: _spec("WORK_DATA", 2, True),
+    29: _spec("WORK_WARNING", 2, True),
+    30: _spec("GRAB_JOB_UNIQ", 0),
+    31: _spec("JOB_ASSIGN_UNIQ", 4, True),
+    32: _spec("SUBMIT_JOB_HIGH_BG", 3, True),
+    33: _spec("SUBMIT_JOB_LOW", 3, True),
+    34: _spec("SUBMIT_JOB_LOW_BG", 3, True),
+    35: _spec("SUBMIT_JOB_SCHED", 8, True),
+    36: _spec("SUBMIT_JOB_EPOCH", 4, True),
+    37: _spec("SUBMIT_REDUCE_JOB", 5, True),
+    38: _spec("SUBMIT_REDUCE_JOB_BACKGROUND", 5, True),
+    39: _spec("GRAB_JOB_ALL", 0),
+    40: _spec("JOB_ASSIGN_ALL", 5, True),
+    41: _spec("GET_STATUS_UNIQUE", 1),
+    42: _spec("STATUS_RES_UNIQUE", 6),
+}
+
+_NARGS = {t: s.nargs for t, s in PACKETS.items()}
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol.
+
+    ``code`` is the Gearman ERROR code to answer with, when an answer makes
+    sense; ``fatal`` says the byte stream cannot be resynchronised and the
+    connection must be closed.
+    """
+
+    def __init__(self, message: str, *, code: str = "INVALID_COMMAND", fatal: bool = True) -> None:
+        super().__init__(message)
+        self.code = code
+        self.fatal = fatal
+
+
+class LocalProtocolError(ValueError):
+    """We were asked to produce something the protocol cannot express."""
+
+
+class Packet(NamedTuple):
+    """One binary packet. ``magic`` is REQ or RES; ``args`` has the table's count."""
+
+    magic: bytes
+    type: int
+    args: tuple[bytes, ...]
+
+    @property
+    def name(self) -> str:
+        spec = PACKETS.get(self.type)
+        return spec.name if spec else f"UNKNOWN({self.type})"
+
+
+@dataclass(frozen=True, slots=True)
+class AdminLine:
+    """One line of the admin text protocol, without its line ending."""
+
+    line: str
+
+
+def encode(magic: bytes, ptype: int, *args: bytes) -> bytes:
+    """Frame one packet. Raises LocalProtocolError for a wrong argument list."""
+    nargs = _NARGS.get(ptype)
+    if nargs is None:
+        raise LocalProtocolError(f"unknown packet type {ptype}")
+    if len(args) != nargs:
+        raise LocalProtocolError(
+            f"{PACKETS[ptype].name} takes {nargs} arguments, got {len(args)}"
+        )
+    for arg in args[:-1]:
+        if b"\0" in arg:
+            raise LocalProtocolError(f"{PACKETS[ptype].name}: NUL inside a non-final argument")
+    body = b"\0".join(args)
+    return HEADER.pack(magic, ptype, len(body)) + body
+
+
+def encode_req(ptype: int, *args: bytes) -> bytes:
+    """A packet toward the server."""
+    return encode(REQ, ptype, *args)
+
+
+def encode_res(ptype: int, *args: bytes) -> bytes:
+    """A packet from the server."""
+    return encode(RES, ptype, *args)
+
+
+class Decoder:
+    """Incremental decoder: ``feed`` bytes, get whole packets and admin lines.
+
+    ``max_packet`` bounds the body size: a bigger header raises ProtocolError
+    at once, before any of the body is buffered. ``allow_admin`` is False on
+    the client side, where every byte must be binary.
+    """
+
+    __slots__ = ("_buf", "max_packet", "allow_admin")
+
+    def __init__(self, *, max_packet: int = DEFAULT_MAX_PACKET, allow_admin: bool = True) -> None:
+        self._buf = bytearray()
+        self.max_packet = max_packet
+        self.allow_admin = allow_admin
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a whole packet."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Packet | AdminLine]:
+        """Add ``data`` and return every event it completes, in order."""
+        buf = self._buf
+        buf += data
+        events: list[Packet | AdminLine] = []
+        pos = 0
+        end = len(buf)
+        unpack = HEADER.unpack_from
+        try:
+            while pos < end:
+                if buf[pos] != 0:
+                    if not self.allow_admin:
+                        raise ProtocolError("expected a binary packet", code="INVALID_MAGIC")
+                    nl = buf.find(b"\n", pos)
+                    if nl < 0:
+                        if end - pos > MAX_ADMIN_LINE:
+                            raise ProtocolError("admin line too long")
+                        break
+                    line = bytes(buf[pos:nl]).rstrip(b"\r")
+                    pos = nl + 1
+                    events.append(AdminLine(line.decode("utf-8", "replace")))
+                    continue
+                if end - pos < HEADER_SIZE:
+                    break
+                magic, ptype, size = unpack(buf, pos)
+                if magic != REQ and magic != RES:
+                    raise ProtocolError(f"bad magic {magic!r}", code="INVALID_MAGIC")
+                nargs = _NARGS.get(ptype)
+                if nargs is None:
+                    raise ProtocolError(f"unknown packet type {ptype}")
+                if size > self.max_packet:
+                    raise ProtocolError(
+                        f"packet body of {size} bytes exceeds the limit of {self.max_packet}",
+                        code="ARGUMENT_TOO_LARGE",
+                    )
+                stop = pos + HEADER_SIZE + size
+                if stop > end:
+                    break
+                if nargs == 0:
+                    args: tuple[bytes, ...] = ()
+                else:
+                    body = bytes(buf[pos + HEADER_SIZE : stop])
+                    args = tuple(body.split(b"\0", nargs - 1))
+                    if len(args) != nargs:
+                        raise ProtocolError(
+                            f"{PACKETS[ptype].name} needs {nargs} arguments, got {len(args)}",
+                            fatal=False,
+                        )
+                pos = stop
+                events.append(Packet(magic, ptype, args))
+        finally:
+            # Keep what was decoded even when a later packet in the same read is bad.
+            if pos:
+                del buf[:pos]
+        return events
+
+
+# -- admin text replies, parsed (the server writes them in farm/server/admin.py) --
+
+
+class StatusRow(NamedTuple):
+    function: str
+    total: int
+    running: int
+    workers: int
+
+
+class WorkerRow(NamedTuple):
+    fd: str
+    ip: str
+    client_id: str
+    functions: tuple[str, ...]
+
+
+def _list_lines(text: str) -> list[str]:
+    lines = []
+    for line in text.splitlines():
+        if line == ".":
+            break
+        if line:
+            lines.append(line)
+    return lines
+
+
+def parse_status(text: str) -> list[StatusRow]:
+    """Parse the reply to the admin ``status`` command."""
+    rows = []
+    for line in _list_lines(text):
+        parts = line.split("\t")
+        if len(parts) != 4:
+            raise ProtocolError(f"bad status line {line!r}", fatal=False)
+        rows.append(StatusRow(parts[0], int(parts[1]), int(parts[2]), int(parts[3])))
+    return rows
+
+
+def parse_workers(text: str) -> list[WorkerRow]:
+    """Parse the reply to the admin ``workers`` command."""
+    rows = []
+    for line in _list_lines(text):
+        head, _, funcs = line.partition(" :")
+        parts = head.split(" ", 2)
+        while len(parts) < 3:
+            parts.append("")
+        rows.append(WorkerRow(parts[0], parts[1], parts[2], tuple(funcs.split())))
+    return rows
