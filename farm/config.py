@@ -1,0 +1,399 @@
+"""farm.toml -> validated, frozen dataclasses.
+
+Every mistake becomes one :class:`~farm.errors.ConfigError` whose message names
+the file, the key and the fix, so ``farm up`` can print one line and exit 2
+before any process starts.
+
+Search order (:func:`find_config`): ``--config``, ``$FARM_CONFIG``,
+``./farm.toml``, ``/etc/farm/farm.toml``, then built-in defaults that serve the
+functions in ``workers/``. The defaults never need root: runtime files go to
+``$XDG_RUNTIME_DIR/farm`` (else ``/tmp/farm-$UID``) and durable jobs to
+``$XDG_STATE_HOME/farm`` (else ``~/.local/state/farm``), or stay in memory when
+that is not writable.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from farm.errors import ConfigError
+from farm.targets import target_problem
+
+__all__ = [
+    "Config",
+    "ServerConfig",
+    "SupervisorConfig",
+    "FunctionConfig",
+    "SYSTEM_CONFIG",
+    "find_config",
+    "load",
+    "load_config",
+    "default_runtime_dir",
+    "available_cpus",
+]
+
+SYSTEM_CONFIG = Path("/etc/farm/farm.toml")
+DEFAULT_PORT = 4730
+DEFAULTS_SOURCE = "<built-in defaults>"
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """The local job server: where it listens and where it keeps background jobs."""
+
+    listen: tuple[str, ...]
+    store: str  # a path, or "none" for memory only
+    job_retries: int
+
+    @property
+    def tcp(self) -> tuple[str, int] | None:
+        """The TCP (host, port) entry of ``listen``, if any."""
+        for addr in self.listen:
+            if not addr.startswith("unix:"):
+                host, _, port = addr.rpartition(":")
+                return host.strip("[]") or "127.0.0.1", int(port)
+        return None
+
+    @property
+    def unix(self) -> str | None:
+        """The Unix socket path of ``listen``, if any."""
+        return next((a[5:] for a in self.listen if a.startswith("unix:")), None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SupervisorConfig:
+    control: str  # Unix socket path of the control socket
+    cpus: tuple[int, ...]  # resolved: the cores slots are pinned to
+    servers: tuple[str, ...]  # remote job servers; empty = run the local one
+    graceful_timeout: float  # seconds a stopping worker may take to finish its job
+
+
+@dataclass(frozen=True, kw_only=True)
+class FunctionConfig:
+    name: str
+    target: str  # "module:function"
+    workers: int  # resolved; "auto" becomes one per core of ``cpus``
+    auto: bool
+    timeout: int | None  # seconds; the job fails and the worker is replaced
+    max_jobs: int | None
+    max_rss_mb: int | None
+
+    def options(self) -> tuple[object, ...]:
+        """What a running worker was started with: a change means the pool restarts."""
+        return (self.target, self.timeout, self.max_jobs, self.max_rss_mb)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    source: str  # the file it came from, or DEFAULTS_SOURCE
+    server: ServerConfig
+    supervisor: SupervisorConfig
+    functions: Mapping[str, FunctionConfig]
+
+    @property
+    def local_server(self) -> bool:
+        return not self.supervisor.servers
+
+    @property
+    def worker_servers(self) -> tuple[str, ...]:
+        """Where workers connect: the remote servers, else the local Unix socket or TCP port."""
+        if self.supervisor.servers:
+            return self.supervisor.servers
+        if self.server.unix:
+            return (f"unix:{self.server.unix}",)
+        host, port = self.server.tcp or ("127.0.0.1", DEFAULT_PORT)
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}",)
+
+
+def default_runtime_dir() -> Path:
+    """Where sockets go when no config names them; never needs root."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isdir(xdg):
+        return Path(xdg) / "farm"
+    return Path(f"/tmp/farm-{os.getuid()}")
+
+
+def _default_store() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    path = Path(base) / "farm" / "queue.db"
+    existing = path.parent
+    while not existing.exists():  # the nearest ancestor decides whether we may create it
+        existing = existing.parent
+    return str(path) if os.access(existing, os.W_OK) else "none"
+
+
+def available_cpus() -> tuple[int, ...]:
+    """The cores this process may run on (its affinity set, not the machine's count)."""
+    return tuple(sorted(os.sched_getaffinity(0)))
+
+
+def _defaults() -> dict[str, Any]:
+    run = default_runtime_dir()
+    return {
+        "server": {
+            "listen": [f"127.0.0.1:{DEFAULT_PORT}", f"unix:{run}/gearman.sock"],
+            "store": _default_store(),
+            "job_retries": 3,
+        },
+        "supervisor": {"control": f"{run}/control.sock", "cpus": "all", "servers": []},
+        "functions": {
+            "reverse": {"target": "workers.text:reverse", "workers": 1},
+            "resize": {"target": "workers.image:resize", "workers": "auto", "timeout": 60},
+            "thumbnail": {"target": "workers.image:thumbnail", "workers": 1, "timeout": 60},
+            "pbkdf2": {"target": "workers.hashing:pbkdf2", "workers": 1, "timeout": 60},
+        },
+    }
+
+
+def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The config file to read, by the search order; None means built-in defaults."""
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file (--config); check the path")
+        return path
+    env = os.environ.get("FARM_CONFIG")
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file ($FARM_CONFIG); fix or unset it")
+        return path
+    for candidate in (Path("farm.toml"), SYSTEM_CONFIG):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
+    """Find and load the config by the search order."""
+    return load(find_config(explicit))
+
+
+def load(path: str | os.PathLike[str] | None) -> Config:
+    """Read and validate one file (None: the built-in defaults)."""
+    if path is None:
+        return _Validator(DEFAULTS_SOURCE, Path.cwd()).config(_defaults())
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(
+            f"{path}: cannot read: {e.strerror}; check the path and its permissions"
+        ) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}; fix the syntax there") from None
+    return _Validator(str(path), path.resolve().parent).config(raw)
+
+
+class _Validator:
+    """Checks one parsed document; each method owns one table."""
+
+    def __init__(self, source: str, base: Path) -> None:
+        self.source = source
+        self.base = base  # relative paths in a file are relative to the file
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {key}: {message}")
+
+    def table(self, raw: Any, key: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            raise self.fail(key, f"must be a table ([{key}]), got {_kind(raw)}")
+        for name in raw:
+            if name not in allowed:
+                near = difflib.get_close_matches(name, allowed, n=1)
+                hint = f"did you mean {near[0]!r}?" if near else f"allowed: {', '.join(allowed)}"
+                where = f"{key}.{name}" if key else name
+                raise self.fail(where, f"unknown key; {hint}")
+        return raw
+
+    def config(self, raw: dict[str, Any]) -> Config:
+        self.table(raw, "", ("server", "supervisor", "functions"))
+        defaults = _defaults()
+        server = self.server(
+            {
+                **defaults["server"],
+                **self.table(raw.get("server", {}), "server", tuple(defaults["server"])),
+            }
+        )
+        sup = {**defaults["supervisor"], "graceful_timeout": 30}
+        supervisor = self.supervisor(
+            {**sup, **self.table(raw.get("supervisor", {}), "supervisor", tuple(sup))}
+        )
+        if "functions" not in raw:
+            raise self.fail(
+                "functions",
+                'no functions; add a [functions.NAME] table with target = "module:function"',
+            )
+        functions = self.table(raw["functions"], "functions", tuple(raw["functions"]))
+        pools = {
+            name: self.function(name, spec, len(supervisor.cpus))
+            for name, spec in functions.items()
+        }
+        return Config(
+            source=self.source,
+            server=server,
+            supervisor=supervisor,
+            functions=MappingProxyType(pools),
+        )
+
+    def server(self, raw: dict[str, Any]) -> ServerConfig:
+        listen = raw["listen"]
+        if isinstance(listen, str):
+            listen = [listen]
+        if (
+            not isinstance(listen, list)
+            or not listen
+            or not all(isinstance(a, str) for a in listen)
+        ):
+            raise self.fail(
+                "server.listen",
+                'must be a list like ["127.0.0.1:4730", "unix:/run/farm/gearman.sock"]',
+            )
+        tcp = [a for a in listen if not a.startswith("unix:")]
+        unix = [a for a in listen if a.startswith("unix:")]
+        if len(tcp) > 1 or len(unix) > 1:
+            raise self.fail(
+                "server.listen",
+                "at most one TCP address and one unix: path; remove the extra entries",
+            )
+        for addr in tcp:
+            self.address(addr, "server.listen")
+        listen = [
+            a if not a.startswith("unix:") else f"unix:{self.path(a[5:], 'server.listen')}"
+            for a in listen
+        ]
+        store = raw["store"]
+        if not isinstance(store, str) or not store:
+            raise self.fail("server.store", 'must be a file path or "none"')
+        if store != "none":
+            store = self.path(store, "server.store")
+        return ServerConfig(
+            listen=tuple(listen),
+            store=store,
+            job_retries=self.count(raw["job_retries"], "server.job_retries"),
+        )
+
+    def supervisor(self, raw: dict[str, Any]) -> SupervisorConfig:
+        control = raw["control"]
+        if not isinstance(control, str) or not control:
+            raise self.fail(
+                "supervisor.control",
+                "must be the path of a Unix socket, e.g. /run/farm/control.sock",
+            )
+        servers = raw["servers"]
+        if not isinstance(servers, list) or not all(isinstance(s, str) for s in servers):
+            raise self.fail(
+                "supervisor.servers",
+                'must be a list like ["10.0.0.5:4730"]; [] runs the local server',
+            )
+        for addr in servers:
+            if not addr.startswith("unix:"):
+                self.address(addr, "supervisor.servers")
+        grace = raw["graceful_timeout"]
+        if isinstance(grace, bool) or not isinstance(grace, int | float) or grace < 0:
+            raise self.fail(
+                "supervisor.graceful_timeout", f"must be a number of seconds >= 0, got {grace!r}"
+            )
+        return SupervisorConfig(
+            control=self.path(control, "supervisor.control"),
+            cpus=self.cpus(raw["cpus"]),
+            servers=tuple(servers),
+            graceful_timeout=float(grace),
+        )
+
+    def cpus(self, raw: Any) -> tuple[int, ...]:
+        allowed = available_cpus()
+        if raw == "all":
+            return allowed
+        if not isinstance(raw, list) or not raw or not all(type(c) is int for c in raw):
+            raise self.fail(
+                "supervisor.cpus", f'must be "all" or a list of core numbers like {list(allowed)}'
+            )
+        outside = sorted(set(raw) - set(allowed))
+        if outside:
+            raise self.fail(
+                "supervisor.cpus",
+                f"core {outside[0]} is outside this process's CPU set {list(allowed)}; use those",
+            )
+        return tuple(sorted(set(raw)))
+
+    def function(self, name: str, raw: Any, ncpus: int) -> FunctionConfig:
+        key = f"functions.{name}"
+        if not _NAME.match(name):
+            raise self.fail(
+                key, "function names use letters, digits, '_', '.' and '-' (at most 64)"
+            )
+        raw = self.table(raw, key, ("target", "workers", "timeout", "max_jobs", "max_rss_mb"))
+        if "target" not in raw:
+            raise self.fail(f"{key}.target", 'missing; add target = "module:function"')
+        target = raw["target"]
+        if not isinstance(target, str) or not _TARGET.match(target):
+            raise self.fail(f"{key}.target", f'must look like "module:function", got {target!r}')
+        problem = target_problem(target)
+        if problem:
+            raise self.fail(f"{key}.target", problem)
+        workers = raw.get("workers", "auto")
+        auto = workers == "auto"
+        if not auto and (type(workers) is not int or workers < 0):
+            raise self.fail(
+                f"{key}.workers", f'must be a whole number >= 0 or "auto", got {workers!r}'
+            )
+        return FunctionConfig(
+            name=name,
+            target=target,
+            workers=ncpus if auto else workers,
+            auto=auto,
+            timeout=self.optional_positive(raw.get("timeout"), f"{key}.timeout"),
+            max_jobs=self.optional_positive(raw.get("max_jobs"), f"{key}.max_jobs"),
+            max_rss_mb=self.optional_positive(raw.get("max_rss_mb"), f"{key}.max_rss_mb"),
+        )
+
+    def count(self, value: Any, key: str) -> int:
+        if type(value) is not int or value < 0:
+            raise self.fail(key, f"must be a whole number >= 0, got {value!r}")
+        return value
+
+    def optional_positive(self, value: Any, key: str) -> int | None:
+        if value is None:
+            return None
+        if type(value) is not int or value <= 0:
+            raise self.fail(
+                key, f"must be a whole number > 0 (or left out for no limit), got {value!r}"
+            )
+        return value
+
+    def address(self, addr: str, key: str) -> None:
+        host, sep, port = addr.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise self.fail(
+                key, f'{addr!r} is not HOST:PORT (e.g. "127.0.0.1:4730") or "unix:/path"'
+            )
+
+    def path(self, value: str, key: str) -> str:
+        path = Path(os.path.expanduser(value))
+        if not value.strip():
+            raise self.fail(key, "must not be empty")
+        return str(path if path.is_absolute() else self.base / path)
+
+
+def _kind(value: Any) -> str:
+    return {
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        bool: "true/false",
+        list: "a list",
+    }.get(type(value), type(value).__name__)

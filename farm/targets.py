@@ -1,0 +1,85 @@
+"""Worker targets ("module:function"): check them without running them, load them.
+
+The supervisor checks a target while validating the config: the module must be
+findable and bind the name, but is not executed -- a module that raises on
+import is the worker's boot failure (backed off by the supervisor), and the
+supervisor stays free of the workers' heavy imports. The worker process loads it.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["target_problem", "load_target"]
+
+
+def load_target(target: str) -> Callable[..., Any]:
+    """Import ``module:function`` and return the function (raises what the import raises)."""
+    module, _, attr = target.partition(":")
+    fn = getattr(importlib.import_module(module), attr)
+    if not callable(fn):
+        raise TypeError(f"{target} is a {type(fn).__name__}, not a function")
+    return fn
+
+
+def target_problem(target: str) -> str | None:
+    """Why ``module:function`` cannot be served, or None.
+
+    The module is found, not executed (see the module docstring).
+    """
+    module, _, attr = target.partition(":")
+    # Workers run as `python -m farm.workerproc`, which puts the working directory first.
+    added = os.getcwd() not in sys.path
+    if added:
+        sys.path.insert(0, os.getcwd())
+    try:
+        spec = importlib.util.find_spec(module)
+    except Exception as e:  # a parent package that fails to import, a bad name
+        why = f"{type(e).__name__}: {e}"
+        return f"cannot import {module!r} ({why}); check the module path and PYTHONPATH"
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
+    if spec is None:
+        return f"no module named {module!r}; check the spelling and PYTHONPATH"
+    if spec.origin and spec.origin.endswith(".py") and not _defines(spec.origin, attr):
+        return f"module {module!r} ({spec.origin}) defines no {attr!r}; check the function name"
+    return None
+
+
+def _defines(source_path: str, name: str) -> bool:
+    """Whether a module's source binds ``name`` at top level (lenient when it cannot tell)."""
+    try:
+        tree = ast.parse(Path(source_path).read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return True  # the worker's import will report it with the real error
+    return _binds(tree.body, name)
+
+
+def _binds(body: list[ast.stmt], name: str) -> bool:
+    for node in body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            if node.name in (name, "__getattr__"):
+                return True
+        elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(n, ast.Name) and n.id == name for t in targets for n in ast.walk(t)):
+                return True
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            for alias in node.names:
+                if alias.name == "*" or (alias.asname or alias.name.split(".")[0]) == name:
+                    return True
+        elif isinstance(node, ast.If | ast.Try | ast.With | ast.For | ast.While):
+            # definitions under `if`/`try` still bind at top level
+            blocks = [getattr(node, a, []) for a in ("body", "orelse", "finalbody")]
+            blocks += [h.body for h in getattr(node, "handlers", [])]
+            if any(_binds(b, name) for b in blocks):
+                return True
+    return False

@@ -1,0 +1,186 @@
+"""farm.toml validation: good files load, every mistake is one line naming file, key and fix."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from farm import config
+from farm.errors import ConfigError
+
+GOOD = """
+[server]
+listen = ["127.0.0.1:4999", "unix:run/gearman.sock"]
+store = "none"
+job_retries = 5
+
+[supervisor]
+control = "/tmp/farm-test/control.sock"
+cpus = "all"
+servers = []
+
+[functions.rev]
+target = "workers.hashing:compress"
+workers = 2
+
+[functions.hash]
+target = "workers.hashing:pbkdf2"
+workers = "auto"
+timeout = 30
+max_jobs = 100
+max_rss_mb = 256
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "farm.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def error_of(tmp_path: Path, text: str) -> str:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert message.startswith(str(path)), message
+    return message
+
+
+def test_good_config_loads_into_frozen_dataclasses(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, GOOD))
+    assert cfg.server.listen == ("127.0.0.1:4999", f"unix:{tmp_path}/run/gearman.sock")
+    assert cfg.server.tcp == ("127.0.0.1", 4999)
+    assert cfg.server.unix == f"{tmp_path}/run/gearman.sock"  # relative to the file
+    assert cfg.server.store == "none" and cfg.server.job_retries == 5
+    assert cfg.local_server and cfg.worker_servers == (f"unix:{tmp_path}/run/gearman.sock",)
+    assert list(cfg.functions) == ["rev", "hash"]
+    rev, hsh = cfg.functions["rev"], cfg.functions["hash"]
+    assert (rev.workers, rev.auto, rev.timeout, rev.max_jobs) == (2, False, None, None)
+    assert hsh.workers == len(os.sched_getaffinity(0)) and hsh.auto
+    assert (hsh.timeout, hsh.max_jobs, hsh.max_rss_mb) == (30, 100, 256)
+    with pytest.raises(AttributeError):
+        rev.workers = 3  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        cfg.functions["x"] = rev  # type: ignore[index]
+
+
+def test_auto_follows_the_cpu_list_not_the_machine(tmp_path: Path) -> None:
+    cpus = sorted(os.sched_getaffinity(0))[:1]
+    cfg = config.load(write(tmp_path, GOOD.replace('cpus = "all"', f"cpus = {cpus}")))
+    assert cfg.supervisor.cpus == tuple(cpus)
+    assert cfg.functions["hash"].workers == 1
+
+
+def test_remote_servers_replace_the_local_one(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, GOOD.replace("servers = []", 'servers = ["10.0.0.5:4730"]')))
+    assert not cfg.local_server and cfg.worker_servers == ("10.0.0.5:4730",)
+
+
+def test_missing_sections_take_defaults(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, '[functions.z]\ntarget = "workers.hashing:compress"\n'))
+    assert cfg.server.tcp == ("127.0.0.1", 4730)
+    assert cfg.supervisor.cpus == tuple(sorted(os.sched_getaffinity(0)))
+    assert cfg.functions["z"].workers == len(cfg.supervisor.cpus)  # workers defaults to auto
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "hint"),
+    [
+        ("job_retries = 5", "job_retrys = 5", "server.job_retrys", "did you mean 'job_retries'"),
+        ("workers = 2", "workers = -1", "functions.rev.workers", 'whole number >= 0 or "auto"'),
+        ("workers = 2", 'workers = "two"', "functions.rev.workers", "got 'two'"),
+        ("workers = 2", "workers = 2.5", "functions.rev.workers", "whole number"),
+        ("timeout = 30", "timeout = 0", "functions.hash.timeout", "> 0"),
+        ("max_jobs = 100", "max_jobs = true", "functions.hash.max_jobs", "whole number"),
+        ("job_retries = 5", 'job_retries = "5"', "server.job_retries", "whole number"),
+        ('store = "none"', "store = 3", "server.store", '"none"'),
+        ('cpus = "all"', "cpus = [999]", "supervisor.cpus", "core 999"),
+        ('cpus = "all"', 'cpus = "some"', "supervisor.cpus", '"all" or a list'),
+        ("servers = []", 'servers = ["nohost"]', "supervisor.servers", "HOST:PORT"),
+        (
+            '"127.0.0.1:4999", ',
+            '"127.0.0.1:4999", "127.0.0.1:5000", ',
+            "server.listen",
+            "at most one TCP",
+        ),
+        ("[functions.rev]", "[functions.rev]\nuser = 1", "functions.rev.user", "allowed:"),
+        ("[supervisor]", "[supervisor]\ncontrl = 'x'", "supervisor.contrl", "did you mean"),
+        ("[functions.rev]", "[bogus]\n[functions.rev]", "bogus", "unknown key"),
+    ],
+)
+def test_each_mistake_is_one_line_naming_the_key_and_the_fix(
+    tmp_path: Path, old: str, new: str, key: str, hint: str
+) -> None:
+    assert old in GOOD
+    message = error_of(tmp_path, GOOD.replace(old, new, 1))
+    assert f": {key}:" in message, message
+    assert hint in message, message
+
+
+def test_unimportable_target(tmp_path: Path) -> None:
+    message = error_of(tmp_path, GOOD.replace("workers.hashing:compress", "workers.nope:compress"))
+    assert "functions.rev.target" in message and "no module named 'workers.nope'" in message
+    message = error_of(tmp_path, GOOD.replace("workers.hashing:compress", "workers.hashing:nope"))
+    assert "defines no 'nope'" in message
+    message = error_of(tmp_path, GOOD.replace("workers.hashing:compress", "workers.hashing"))
+    assert 'must look like "module:function"' in message
+    message = error_of(tmp_path, GOOD.replace("workers.hashing:compress", "nopkg.sub:f"))
+    assert "cannot import 'nopkg.sub'" in message or "no module named" in message
+
+
+def test_a_target_that_raises_on_import_is_left_to_the_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Checking must not execute the module: a raising import is a boot failure, backed off.
+    (tmp_path / "boom.py").write_text(
+        "raise RuntimeError('broken at import')\nif True:\n    def job(j):\n        return b''\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    cfg = config.load(write(tmp_path, GOOD.replace("workers.hashing:compress", "boom:job")))
+    assert cfg.functions["rev"].target == "boom:job"
+
+
+def test_bad_toml_and_missing_functions(tmp_path: Path) -> None:
+    assert "not valid TOML" in error_of(tmp_path, "[server\nlisten = 1")
+    assert "[functions.NAME]" in error_of(tmp_path, "[server]\njob_retries = 1\n")
+    assert "missing" in error_of(tmp_path, "[functions.a]\nworkers = 1\n")
+    assert "function names" in error_of(tmp_path, '[functions."a b"]\ntarget = "x:y"\n')
+
+
+def test_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FARM_CONFIG", raising=False)
+    monkeypatch.setattr(config, "SYSTEM_CONFIG", tmp_path / "etc" / "farm.toml")
+    assert config.find_config() is None  # built-in defaults
+    (tmp_path / "etc").mkdir()
+    system = write(tmp_path / "etc", GOOD)
+    assert config.find_config() == system
+    local = write(tmp_path, GOOD)
+    assert config.find_config() == Path("farm.toml") and local.exists()
+    env = write(tmp_path, GOOD, "env.toml")
+    monkeypatch.setenv("FARM_CONFIG", str(env))
+    assert config.find_config() == env
+    explicit = write(tmp_path, GOOD, "explicit.toml")
+    assert config.find_config(explicit) == explicit
+    with pytest.raises(ConfigError, match="no such config file"):
+        config.find_config(tmp_path / "missing.toml")
+    monkeypatch.setenv("FARM_CONFIG", str(tmp_path / "gone.toml"))
+    with pytest.raises(ConfigError, match=r"\$FARM_CONFIG"):
+        config.find_config()
+
+
+def test_defaults_need_no_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    cfg = config.load(None)
+    assert cfg.source == config.DEFAULTS_SOURCE
+    assert cfg.supervisor.control == f"{tmp_path}/farm/control.sock"
+    assert cfg.server.store == f"{tmp_path}/state/farm/queue.db"
+    assert set(cfg.functions) >= {"reverse", "resize", "thumbnail", "pbkdf2"}
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert config.default_runtime_dir() == Path(f"/tmp/farm-{os.getuid()}")

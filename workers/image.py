@@ -1,0 +1,73 @@
+"""Image functions: ``resize`` (exact size) and ``thumbnail`` (fit inside a box).
+
+Input envelope -- one ASCII header line, then the image file's bytes::
+
+    WIDTHxHEIGHT [png|jpeg] [QUALITY]\\n<image bytes: any format Pillow reads>
+
+e.g. ``b"320x200 jpeg 85\\n" + open("cat.png", "rb").read()``. The format
+defaults to png, the JPEG quality to 85. The output is the encoded image.
+``envelope()`` builds the input for clients. Bad input raises ``ValueError``,
+which the worker reports as the job's exception.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from PIL import Image
+
+__all__ = ["resize", "thumbnail", "envelope", "MAX_SIDE"]
+
+#: Largest side asked for or accepted: a guard against decompression bombs.
+MAX_SIDE = 10_000
+_FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG"}
+Image.MAX_IMAGE_PIXELS = MAX_SIDE * MAX_SIDE
+
+
+def envelope(width: int, height: int, image: bytes, fmt: str = "png", quality: int = 85) -> bytes:
+    """The job payload asking for ``image`` at ``width`` x ``height`` in ``fmt``."""
+    return f"{width}x{height} {fmt} {quality}\n".encode() + image
+
+
+def resize(job: Any) -> bytes:
+    """Scale the image to exactly WIDTHxHEIGHT (the aspect ratio may change)."""
+    size, fmt, quality, img = _open(job.data)
+    return _encode(img.resize(size, Image.Resampling.LANCZOS), fmt, quality)
+
+
+def thumbnail(job: Any) -> bytes:
+    """Shrink the image to fit inside WIDTHxHEIGHT, keeping its aspect ratio."""
+    size, fmt, quality, img = _open(job.data)
+    img.thumbnail(size, Image.Resampling.LANCZOS)
+    return _encode(img, fmt, quality)
+
+
+def _open(data: bytes) -> tuple[tuple[int, int], str, int, Image.Image]:
+    head, sep, body = bytes(data).partition(b"\n")
+    if not sep or len(head) > 64:
+        raise ValueError("payload must start with a line 'WIDTHxHEIGHT [png|jpeg] [QUALITY]'")
+    fields = head.decode("ascii", "replace").split()
+    try:
+        width, height = (int(v) for v in fields[0].lower().split("x"))
+        fmt = _FORMATS[fields[1].lower()] if len(fields) > 1 else "PNG"
+        quality = int(fields[2]) if len(fields) > 2 else 85
+    except (ValueError, KeyError, IndexError):
+        want = "want 'WIDTHxHEIGHT [png|jpeg] [QUALITY]'"
+        raise ValueError(f"bad header {head[:64]!r}: {want}") from None
+    if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE and 1 <= quality <= 100):
+        raise ValueError(f"size must be 1..{MAX_SIDE} per side and quality 1..100")
+    try:
+        img = Image.open(io.BytesIO(body))
+        img.load()
+    except Exception as e:  # Pillow raises several types for undecodable input
+        raise ValueError(f"not an image Pillow can read: {e}") from None
+    if fmt == "JPEG" and img.mode not in ("RGB", "L"):
+        img = img.convert("RGB")  # JPEG has no alpha or palette
+    return (width, height), fmt, quality, img
+
+
+def _encode(img: Image.Image, fmt: str, quality: int) -> bytes:
+    out = io.BytesIO()
+    img.save(out, fmt, **({"quality": quality} if fmt == "JPEG" else {}))
+    return out.getvalue()
