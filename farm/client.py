@@ -1,0 +1,469 @@
+"""The blocking client: call, submit, status, map (a task set) and failover over servers.
+
+This face only moves bytes: what a reply means lives in ``farm.session``.
+One socket and one ``ClientSession`` per server, all in one selector; a
+call sends its submit and reads every connection until its task is done, so
+results of other in-flight tasks (a ``map``) are filed on the way.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import selectors
+import socket
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from farm.errors import ServerUnavailable, Timeout
+from farm.net import connect, parse_servers
+from farm.protocol import MAX_UNIQUE, ProtocolError
+from farm.session import (
+    PRIORITIES,
+    ClientSession,
+    JobData,
+    JobEnded,
+    JobProgress,
+    JobStatus,
+    JobWarning,
+    Query,
+    StatusResult,
+    Task,
+)
+
+__all__ = ["Client", "Task", "JobStatus"]
+
+#: How long a server that refused a connection is tried last.
+DOWN_FOR = 2.0
+
+
+class _Callbacks:
+    __slots__ = ("on_status", "on_data", "on_warning")
+
+    def __init__(self, on_status: Any, on_data: Any, on_warning: Any) -> None:
+        self.on_status = on_status
+        self.on_data = on_data
+        self.on_warning = on_warning
+
+
+class _Conn:
+    __slots__ = ("addr", "sock", "session")
+
+    def __init__(self, addr: str, sock: socket.socket) -> None:
+        self.addr = addr
+        self.sock = sock
+        self.session = ClientSession(addr)
+
+
+def as_bytes(data: object, what: str = "data") -> bytes:
+    """bytes as they are, str as UTF-8; anything else is the caller's mistake."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, str):
+        return data.encode()
+    if isinstance(data, bytearray | memoryview):
+        return bytes(data)
+    raise TypeError(f"{what} must be bytes or str, not {type(data).__name__}")
+
+
+def _check_name(function: object) -> str:
+    if not isinstance(function, str):
+        raise TypeError(f"function must be a str, not {type(function).__name__}")
+    if not function or "\0" in function:
+        raise ValueError(f"function name {function!r} must be non-empty and contain no NUL")
+    return function
+
+
+def _check_unique(unique: object) -> str:
+    if unique is None:
+        return ""
+    if not isinstance(unique, str):
+        raise TypeError(f"unique must be a str, not {type(unique).__name__}")
+    if "\0" in unique or len(unique.encode()) > MAX_UNIQUE:
+        raise ValueError(f"unique key must be at most {MAX_UNIQUE} bytes without NUL: {unique!r}")
+    return unique
+
+
+def _check_priority(priority: object) -> str:
+    if priority not in PRIORITIES:
+        raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}, not {priority!r}")
+    return priority  # type: ignore[return-value]
+
+
+class Client:
+    """A blocking Gearman client over one or more job servers.
+
+    ``servers``: "host:port", "host" (port 4730) or "unix:/path", a list of
+    them or a comma-separated string; None reads $GEARMAN_SERVERS, else
+    127.0.0.1:4730. Not thread-safe: use one Client per thread.
+    """
+
+    def __init__(
+        self, servers: str | Iterable[str] | None = None, *, connect_timeout: float = 5.0
+    ) -> None:
+        self.servers = parse_servers(servers)
+        self.connect_timeout = connect_timeout
+        self._conns: dict[str, _Conn] = {}
+        self._down_until: dict[str, float] = {}
+        self._selector = selectors.DefaultSelector()
+        self._rotation = 0
+
+    # -- the API --
+
+    def call(
+        self,
+        function: str,
+        data: bytes | str = b"",
+        *,
+        priority: str = "normal",
+        unique: str | None = None,
+        timeout: float | None = None,
+        on_status: Callable[[int, int], Any] | None = None,
+        on_data: Callable[[bytes], Any] | None = None,
+        on_warning: Callable[[bytes], Any] | None = None,
+    ) -> bytes:
+        """Run a foreground job and return its result.
+
+        Raises JobException (the worker raised; its text), JobFailed
+        (WORK_FAIL), Timeout, ServerError or ServerUnavailable.
+        """
+        task = self._new_task(function, data, priority, unique, False, None)
+        if on_status or on_data or on_warning:
+            task.tag = _Callbacks(on_status, on_data, on_warning)
+        self._submit_task(task)
+        return self.wait(task, timeout)
+
+    def submit(
+        self,
+        function: str,
+        data: bytes | str = b"",
+        *,
+        background: bool = False,
+        priority: str = "normal",
+        unique: str | None = None,
+        when: _dt.datetime | float | None = None,
+    ) -> Task:
+        """Submit a job and return once the server has created it (``task.handle``).
+
+        ``when`` (a datetime or epoch seconds) holds a background job until
+        then (SUBMIT_JOB_EPOCH; implies background, normal priority). A
+        foreground task's result comes from ``wait(task)``.
+        """
+        epoch = None
+        if when is not None:
+            epoch = self._epoch(when)
+            if priority != "normal":
+                raise ValueError("a scheduled (when=) job has no priority; leave it 'normal'")
+            background = True
+        task = self._new_task(function, data, priority, unique, background, epoch)
+        self._submit_task(task)
+        self._pump(lambda: task.handle is not None or task.done, None)
+        if task.error is not None:
+            raise task.error
+        return task
+
+    def wait(self, task: Task, timeout: float | None = None) -> bytes:
+        """Wait for a foreground task's result (see ``call`` for the errors)."""
+        if task.background:
+            raise ValueError("a background job sends no result to wait for")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._pump(lambda: task.done, deadline):
+            conn = self._conns.get(task.server or "")
+            if conn is not None:
+                conn.session.abandon(task)
+            raise Timeout(f"job {task.function} {task.handle or ''} not done within {timeout}s")
+        if task.error is not None:
+            raise task.error
+        return task.result  # type: ignore[return-value]
+
+    def status(self, job: Task | str) -> JobStatus:
+        """What the server knows of a job: known, running, numerator, denominator."""
+        if isinstance(job, Task):
+            if job.handle is None or job.server is None:
+                raise ValueError("the task has no handle yet")
+            return self._ask(job.server, lambda s: s.get_status(job.handle))  # type: ignore[arg-type]
+        if not isinstance(job, str):
+            raise TypeError(f"status() takes a Task or a handle string, not {type(job).__name__}")
+        status = JobStatus(False, False, 0, 0)
+        for addr in self._candidates(""):  # a bare handle names no server: ask each
+            try:
+                status = self._ask(addr, lambda s: s.get_status(job))
+            except ServerUnavailable:
+                continue
+            if status.known:
+                break
+        return status
+
+    def status_unique(self, unique: str) -> JobStatus:
+        """Status of the job with this unique key (GET_STATUS_UNIQUE), on its server."""
+        _check_unique(unique)
+        errors: list[str] = []
+        for addr in self._candidates(unique):
+            try:
+                return self._ask(addr, lambda s: s.get_status_unique(unique))
+            except ServerUnavailable as exc:
+                errors.append(str(exc))
+        raise ServerUnavailable("; ".join(errors))
+
+    def echo(self, data: bytes | str = b"ping") -> bytes:
+        """Round-trip ``data`` through a server (ECHO_REQ)."""
+        payload = as_bytes(data)
+        errors: list[str] = []
+        for addr in self._candidates(""):
+            try:
+                return self._ask(addr, lambda s: s.echo(payload))
+            except ServerUnavailable as exc:
+                errors.append(str(exc))
+        raise ServerUnavailable("; ".join(errors))
+
+    def map(
+        self,
+        function: str,
+        payloads: Iterable[bytes | str],
+        *,
+        max_in_flight: int = 64,
+        ordered: bool = True,
+        priority: str = "normal",
+    ) -> Iterator[bytes]:
+        """Run one job per payload, pipelined over the servers (libgearman's task set).
+
+        Yields results in payload order (``ordered``) or as they finish. A
+        failed job raises its error when its result would be yielded.
+        """
+        _check_name(function)
+        _check_priority(priority)
+        if not isinstance(max_in_flight, int) or max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be a positive int, not {max_in_flight!r}")
+        return self._map(function, iter(payloads), max_in_flight, ordered, priority)
+
+    def _map(
+        self, function: str, payloads: Iterator[Any], limit: int, ordered: bool, priority: str
+    ) -> Iterator[bytes]:
+        ended: deque[Task] = deque()
+        in_flight = 0
+        next_index = 0
+        next_out = 0
+        held: dict[int, Task] = {}
+        exhausted = False
+        while True:
+            while not exhausted and in_flight < limit:
+                try:
+                    data = next(payloads)
+                except StopIteration:
+                    exhausted = True
+                    break
+                task = Task(function, as_bytes(data), priority=priority)
+                task.tag = (ended, next_index)
+                next_index += 1
+                in_flight += 1
+                self._submit_task(task)
+            if not in_flight:
+                return
+            self._pump(lambda: bool(ended), None)
+            while ended:
+                task = ended.popleft()
+                in_flight -= 1
+                if not ordered:
+                    yield self._outcome(task)
+                    continue
+                held[task.tag[1]] = task  # type: ignore[index]
+                while next_out in held:
+                    done = held.pop(next_out)
+                    next_out += 1
+                    yield self._outcome(done)
+
+    @staticmethod
+    def _outcome(task: Task) -> bytes:
+        if task.error is not None:
+            raise task.error
+        return task.result  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Close every connection; foreground jobs still queued are dropped by the server."""
+        for conn in list(self._conns.values()):
+            self._close(conn)
+        self._selector.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- choosing servers and connecting --
+
+    def _new_task(
+        self,
+        function: str,
+        data: bytes | str,
+        priority: str,
+        unique: str | None,
+        background: bool,
+        when: int | None,
+    ) -> Task:
+        return Task(
+            _check_name(function),
+            as_bytes(data),
+            unique=_check_unique(unique),
+            priority=_check_priority(priority),
+            background=background,
+            when=when,
+        )
+
+    @staticmethod
+    def _epoch(when: object) -> int:
+        if isinstance(when, _dt.datetime):
+            return int(when.timestamp())
+        if isinstance(when, int | float) and not isinstance(when, bool):
+            return int(when)
+        raise TypeError(f"when must be a datetime or epoch seconds, not {type(when).__name__}")
+
+    def _candidates(self, unique: str, exclude: str | None = None) -> list[str]:
+        """Servers in the order to try: a stable start per unique key, live ones first."""
+        servers = self.servers
+        if unique:
+            start = zlib.crc32(unique.encode()) % len(servers)
+        else:
+            start = self._rotation % len(servers)
+            self._rotation += 1
+        order = servers[start:] + servers[:start]
+        now = time.monotonic()
+        live = [a for a in order if self._down_until.get(a, 0) <= now and a != exclude]
+        down = [a for a in order if a not in live and a != exclude]
+        return live + down
+
+    def _connection(self, addr: str) -> _Conn:
+        conn = self._conns.get(addr)
+        if conn is not None:
+            if conn.session.busy or not self._went_away(conn):
+                return conn
+            self._drop(conn)
+        sock = connect(addr, self.connect_timeout)
+        conn = _Conn(addr, sock)
+        conn.session.option("exceptions")  # so WORK_EXCEPTION reaches us, not just WORK_FAIL
+        self._conns[addr] = conn
+        self._selector.register(sock, selectors.EVENT_READ, conn)
+        self._down_until.pop(addr, None)
+        return conn
+
+    @staticmethod
+    def _went_away(conn: _Conn) -> bool:
+        """An idle connection the server closed (e.g. it restarted since our last job)."""
+        try:
+            return conn.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    def _submit_task(self, task: Task, exclude: str | None = None) -> None:
+        tried: list[str] = []
+        for addr in self._candidates(task.unique, exclude):
+            try:
+                conn = self._connection(addr)
+            except OSError as exc:
+                tried.append(f"{addr} ({exc.strerror or exc})")
+                self._down_until[addr] = time.monotonic() + DOWN_FOR
+                continue
+            conn.session.submit(task)
+            return
+        if exclude is not None:
+            tried.append(f"{exclude} (died)")
+        raise ServerUnavailable("no job server is reachable; tried " + ", ".join(tried))
+
+    def _ask(self, addr: str, make: Callable[[ClientSession], Query]) -> Any:
+        try:
+            conn = self._connection(addr)
+        except OSError as exc:
+            raise ServerUnavailable(f"{addr}: {exc.strerror or exc}") from exc
+        query = make(conn.session)
+        self._pump(lambda: query.done, None)
+        if query.error is not None:
+            raise query.error
+        result = query.result
+        return result.status if isinstance(result, StatusResult) else result
+
+    # -- moving bytes --
+
+    def _pump(self, until: Callable[[], bool], deadline: float | None) -> bool:
+        """Send what is queued and read replies until ``until()`` or the deadline (False)."""
+        select = self._selector.select
+        while True:
+            for conn in list(self._conns.values()):
+                out = conn.session.data_to_send()
+                if out:
+                    try:
+                        conn.sock.sendall(out)
+                    except OSError:
+                        self._drop(conn)
+            if until():
+                return True
+            if not self._conns:
+                return until()
+            timeout = None
+            if deadline is not None:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    return False
+            for key, _ in select(timeout):
+                self._read(key.data)
+
+    def _read(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(262144)
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(conn)
+            return
+        try:
+            events = conn.session.receive(data)
+        except ProtocolError:
+            self._drop(conn)
+            return
+        for event in events:
+            task = event.task  # type: ignore[attr-defined]
+            tag = task.tag
+            if tag is None:
+                continue
+            if type(event) is JobEnded:
+                if type(tag) is tuple:
+                    tag[0].append(task)
+            elif type(tag) is _Callbacks:
+                if type(event) is JobProgress and tag.on_status:
+                    tag.on_status(event.numerator, event.denominator)
+                elif type(event) is JobData and tag.on_data:
+                    tag.on_data(event.data)
+                elif type(event) is JobWarning and tag.on_warning:
+                    tag.on_warning(event.data)
+
+    def _close(self, conn: _Conn) -> None:
+        if self._conns.get(conn.addr) is conn:
+            del self._conns[conn.addr]
+            try:
+                self._selector.unregister(conn.sock)
+            except (KeyError, ValueError):
+                pass
+        conn.sock.close()
+
+    def _drop(self, conn: _Conn) -> None:
+        """The server went away: resubmit what may be (unique key, once), fail the rest."""
+        self._close(conn)
+        self._down_until[conn.addr] = time.monotonic() + DOWN_FOR
+        for task in conn.session.connection_lost():
+            if task.unique and task.attempts < 2:
+                try:
+                    self._submit_task(task, exclude=conn.addr)
+                    continue
+                except ServerUnavailable as exc:
+                    task.error = exc
+            else:
+                task.error = ServerUnavailable(
+                    f"job server {conn.addr} went away while holding job {task.function}"
+                    f" {task.handle or '(not yet created)'}"
+                )
+            task.done = True
+            if type(task.tag) is tuple:
+                task.tag[0].append(task)  # type: ignore[index]

@@ -1,0 +1,90 @@
+"""Server addresses and sockets shared by the blocking client and worker."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable
+
+__all__ = ["DEFAULT_PORT", "parse_servers", "connect", "split_address"]
+
+DEFAULT_PORT = 4730
+
+
+def split_address(addr: str) -> tuple[str, int] | str:
+    """("host", port) for TCP, or the socket path for "unix:/path". Raises ValueError."""
+    addr = addr.strip()
+    if not addr:
+        raise ValueError("empty server address")
+    if addr.startswith("unix:"):
+        path = addr[5:]
+        if not path:
+            raise ValueError(f"server address {addr!r} names no socket path")
+        return path
+    if addr.startswith("["):  # [v6]:port
+        host, _, rest = addr[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif addr.count(":") == 1:
+        host, _, port_text = addr.partition(":")
+    else:
+        host, port_text = addr, ""
+    if not port_text:
+        return host, DEFAULT_PORT
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        raise ValueError(f"server address {addr!r}: port must be a number from 1 to 65535")
+    return host, port
+
+
+def parse_servers(servers: str | Iterable[str] | None) -> list[str]:
+    """Normalise a server list: "host:port", "host" (port 4730) or "unix:/path".
+
+    None means $GEARMAN_SERVERS (comma-separated, libgearman's convention),
+    else 127.0.0.1:4730.
+    """
+    if servers is None:
+        servers = os.environ.get("GEARMAN_SERVERS") or f"127.0.0.1:{DEFAULT_PORT}"
+    if isinstance(servers, str):
+        items = [s for s in servers.split(",") if s.strip()]
+    elif isinstance(servers, Iterable):
+        items = list(servers)
+    else:
+        raise TypeError(
+            f"servers must be a string or a list of strings, not {type(servers).__name__}"
+        )
+    result: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"server address must be a string, not {type(item).__name__}")
+        parsed = split_address(item)
+        norm = f"unix:{parsed}" if isinstance(parsed, str) else _join(*parsed)
+        if norm not in result:
+            result.append(norm)
+    if not result:
+        raise ValueError("the server list is empty")
+    return result
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def connect(addr: str, timeout: float) -> socket.socket:
+    """A connected, blocking socket with TCP_NODELAY (small packets must not wait)."""
+    parsed = split_address(addr)
+    if isinstance(parsed, str):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(parsed)
+        except BaseException:
+            sock.close()
+            raise
+    else:
+        sock = socket.create_connection(parsed, timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.settimeout(None)
+    return sock

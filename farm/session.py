@@ -1,0 +1,541 @@
+"""Sans-I/O bookkeeping of one client or worker connection to a job server.
+
+Every face of farm's client (blocking ``Client`` now, ``AsyncClient`` and
+``Executor`` later) and the blocking ``Worker`` keep the state of a connection
+here, once: the face only moves bytes between a socket and a session.
+
+    face ── submit()/grab()/... ──► session ── data_to_send() ──► socket
+    face ◄── events, task fields ── session ◄── receive(bytes) ── socket
+
+Client side: the server answers the requests of one connection in order
+(JOB_CREATED for a submit, STATUS_RES for GET_STATUS, ECHO_RES, OPTION_RES, or
+ERROR in place of any of them), so one FIFO of requests awaiting a reply says
+which submit a JOB_CREATED belongs to. WORK_* packets arrive later, keyed by
+handle. Worker side: the grab/sleep/wake cycle is a transition table.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from farm.errors import JobException, JobFailed, ServerError, ServerUnavailable
+from farm.protocol import Decoder, Packet, PacketType, ProtocolError, encode_req
+
+__all__ = [
+    "PRIORITIES",
+    "Task",
+    "Query",
+    "JobStatus",
+    "StatusResult",
+    "ClientSession",
+    "JobCreated",
+    "JobProgress",
+    "JobData",
+    "JobWarning",
+    "JobEnded",
+    "ServerErrorNotice",
+    "JobAssigned",
+    "WorkerState",
+    "WorkerSession",
+]
+
+PT = PacketType
+
+#: (priority, background) → the submit packet, as data.
+_SUBMIT: dict[tuple[str, bool], int] = {
+    ("high", False): PT.SUBMIT_JOB_HIGH,
+    ("normal", False): PT.SUBMIT_JOB,
+    ("low", False): PT.SUBMIT_JOB_LOW,
+    ("high", True): PT.SUBMIT_JOB_HIGH_BG,
+    ("normal", True): PT.SUBMIT_JOB_BG,
+    ("low", True): PT.SUBMIT_JOB_LOW_BG,
+}
+PRIORITIES = ("high", "normal", "low")
+
+
+class Task:
+    """One submitted job as the client sees it: filled in by the session as replies arrive.
+
+    ``handle`` is set by JOB_CREATED; a background task is ``done`` then, a
+    foreground one when WORK_COMPLETE (``result``), WORK_FAIL or
+    WORK_EXCEPTION (``error``) arrives. ``server`` names the server holding it.
+    """
+
+    __slots__ = (
+        "function",
+        "data",
+        "unique",
+        "priority",
+        "background",
+        "when",
+        "handle",
+        "server",
+        "done",
+        "result",
+        "error",
+        "abandoned",
+        "attempts",
+        "tag",
+    )
+
+    def __init__(
+        self,
+        function: str,
+        data: bytes,
+        *,
+        unique: str = "",
+        priority: str = "normal",
+        background: bool = False,
+        when: int | None = None,
+    ) -> None:
+        self.function = function
+        self.data = data
+        self.unique = unique
+        self.priority = priority
+        self.background = background
+        self.when = when
+        self.handle: str | None = None
+        self.server: str | None = None
+        self.done = False
+        self.result: bytes | None = None
+        self.error: Exception | None = None
+        self.abandoned = False  # the caller gave up (timeout): drop its WORK_* packets
+        self.attempts = 0
+        self.tag: object = None  # for the face: an index, a future, callbacks
+
+    def __repr__(self) -> str:
+        state = "done" if self.done else ("created" if self.handle else "pending")
+        return f"<Task {self.function} {self.handle or '-'} {state}>"
+
+
+class Query:
+    """A request that is not a job (GET_STATUS, ECHO_REQ, OPTION_REQ): its reply lands here."""
+
+    __slots__ = ("expect", "done", "result", "error")
+
+    def __init__(self, expect: int) -> None:
+        self.expect = expect
+        self.done = False
+        self.result: object = None
+        self.error: Exception | None = None
+
+
+class JobStatus(NamedTuple):
+    """What the server knows of a job (STATUS_RES / STATUS_RES_UNIQUE)."""
+
+    known: bool
+    running: bool
+    numerator: int
+    denominator: int
+
+
+class StatusResult(NamedTuple):
+    handle_or_unique: str
+    status: JobStatus
+
+
+# -- client events: small frozen records for the face's callbacks and futures --
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobCreated:
+    task: Task
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobProgress:
+    task: Task
+    numerator: int
+    denominator: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobData:
+    task: Task
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobWarning:
+    task: Task
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobEnded:
+    """The task is done: ``task.result`` or ``task.error`` says how."""
+
+    task: Task
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerErrorNotice:
+    """An ERROR packet that answered no request of ours."""
+
+    code: str
+    text: str
+
+
+def _int(raw: bytes) -> int:
+    try:
+        return int(raw or b"0")
+    except ValueError:
+        return 0
+
+
+class ClientSession:
+    """The client half of one connection: requests out, replies matched, tasks updated."""
+
+    def __init__(self, server: str = "") -> None:
+        self.server = server
+        self._decoder = Decoder(allow_admin=False)
+        self._out = bytearray()
+        self._awaiting: deque[Task | Query] = deque()  # requests in the order sent
+        self._running: dict[str, list[Task]] = {}  # handle → foreground tasks on it
+        self.closed = False
+        self._handlers = {
+            PT.JOB_CREATED: self._on_created,
+            PT.WORK_COMPLETE: self._on_complete,
+            PT.WORK_FAIL: self._on_fail,
+            PT.WORK_EXCEPTION: self._on_exception,
+            PT.WORK_STATUS: self._on_status,
+            PT.WORK_DATA: self._on_data,
+            PT.WORK_WARNING: self._on_warning,
+            PT.STATUS_RES: self._on_query_reply,
+            PT.STATUS_RES_UNIQUE: self._on_query_reply,
+            PT.ECHO_RES: self._on_query_reply,
+            PT.OPTION_RES: self._on_query_reply,
+            PT.ERROR: self._on_error,
+        }
+
+    # -- requests --
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the wire since the last call (one sendall per batch)."""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    @property
+    def busy(self) -> bool:
+        """True while a reply or a foreground result is still owed to us."""
+        return bool(self._awaiting or self._running)
+
+    def option(self, name: str) -> Query:
+        return self._query(PT.OPTION_RES, PT.OPTION_REQ, name.encode())
+
+    def echo(self, data: bytes) -> Query:
+        return self._query(PT.ECHO_RES, PT.ECHO_REQ, data)
+
+    def get_status(self, handle: str) -> Query:
+        return self._query(PT.STATUS_RES, PT.GET_STATUS, handle.encode())
+
+    def get_status_unique(self, unique: str) -> Query:
+        return self._query(PT.STATUS_RES_UNIQUE, PT.GET_STATUS_UNIQUE, unique.encode())
+
+    def _query(self, expect: int, ptype: int, *args: bytes) -> Query:
+        self._check_open()
+        query = Query(expect)
+        self._out += encode_req(ptype, *args)
+        self._awaiting.append(query)
+        return query
+
+    def submit(self, task: Task) -> None:
+        """Queue a submit for ``task``; the next JOB_CREATED (or ERROR) is its answer."""
+        self._check_open()
+        func = task.function.encode()
+        unique = task.unique.encode()
+        if task.when is not None:
+            self._out += encode_req(PT.SUBMIT_JOB_EPOCH, func, unique, b"%d" % task.when, task.data)
+        else:
+            ptype = _SUBMIT[task.priority, task.background]
+            self._out += encode_req(ptype, func, unique, task.data)
+        task.server = self.server
+        task.handle = None  # a resubmitted task gets the new server's handle
+        task.attempts += 1
+        self._awaiting.append(task)
+
+    def abandon(self, task: Task) -> None:
+        """The caller stopped waiting: later packets for ``task`` are dropped."""
+        task.abandoned = True
+        if task.handle is not None:
+            waiting = self._running.get(task.handle)
+            if waiting and task in waiting:
+                waiting.remove(task)
+                if not waiting:
+                    del self._running[task.handle]
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ServerUnavailable(f"connection to {self.server} is closed")
+
+    # -- replies --
+
+    def receive(self, data: bytes) -> list[object]:
+        """Feed bytes from the server; return the events they complete, in order.
+
+        Raises ProtocolError when the server breaks the protocol; the face
+        should then close the connection and call ``connection_lost``.
+        """
+        events: list[object] = []
+        handlers = self._handlers
+        for packet in self._decoder.feed(data):
+            handler = handlers.get(packet.type)  # type: ignore[union-attr]
+            if handler is None:
+                raise ProtocolError(f"a client does not expect {packet.name}")  # type: ignore[union-attr]
+            handler(packet, events)  # type: ignore[arg-type]
+        return events
+
+    def _reply_to(self, packet: Packet) -> Task | Query:
+        if not self._awaiting:
+            raise ProtocolError(f"{packet.name} answers no request")
+        return self._awaiting.popleft()
+
+    def _on_created(self, packet: Packet, events: list[object]) -> None:
+        task = self._reply_to(packet)
+        if not isinstance(task, Task):
+            raise ProtocolError(f"JOB_CREATED where a reply of type {task.expect} was due")
+        task.handle = handle = packet.args[0].decode()
+        if task.background:
+            task.done = True
+        elif not task.abandoned:
+            self._running.setdefault(handle, []).append(task)
+        events.append(JobCreated(task=task))
+
+    def _on_complete(self, packet: Packet, events: list[object]) -> None:
+        for task in self._running.pop(packet.args[0].decode(), ()):
+            task.result = packet.args[1]
+            task.done = True
+            events.append(JobEnded(task=task))
+
+    def _on_fail(self, packet: Packet, events: list[object]) -> None:
+        handle = packet.args[0].decode()
+        for task in self._running.pop(handle, ()):
+            task.error = JobFailed(f"job {handle} ({task.function}) failed")
+            task.done = True
+            events.append(JobEnded(task=task))
+
+    def _on_exception(self, packet: Packet, events: list[object]) -> None:
+        text = packet.args[1].decode("utf-8", "replace")
+        for task in self._running.pop(packet.args[0].decode(), ()):
+            task.error = JobException(text)
+            task.done = True
+            events.append(JobEnded(task=task))
+
+    def _on_status(self, packet: Packet, events: list[object]) -> None:
+        num, den = _int(packet.args[1]), _int(packet.args[2])
+        for task in self._running.get(packet.args[0].decode(), ()):
+            events.append(JobProgress(task=task, numerator=num, denominator=den))
+
+    def _on_data(self, packet: Packet, events: list[object]) -> None:
+        for task in self._running.get(packet.args[0].decode(), ()):
+            events.append(JobData(task=task, data=packet.args[1]))
+
+    def _on_warning(self, packet: Packet, events: list[object]) -> None:
+        for task in self._running.get(packet.args[0].decode(), ()):
+            events.append(JobWarning(task=task, data=packet.args[1]))
+
+    def _on_query_reply(self, packet: Packet, events: list[object]) -> None:
+        query = self._reply_to(packet)
+        if not isinstance(query, Query) or query.expect != packet.type:
+            raise ProtocolError(f"{packet.name} arrived where the answer to {query!r} was due")
+        args = packet.args
+        if packet.type in (PT.STATUS_RES, PT.STATUS_RES_UNIQUE):
+            status = JobStatus(args[1] == b"1", args[2] == b"1", _int(args[3]), _int(args[4]))
+            query.result = StatusResult(args[0].decode(), status)
+        elif packet.type == PT.ECHO_RES:
+            query.result = args[0]
+        else:
+            query.result = args[0].decode()
+        query.done = True
+
+    def _on_error(self, packet: Packet, events: list[object]) -> None:
+        code = packet.args[0].decode("utf-8", "replace")
+        text = packet.args[1].decode("utf-8", "replace")
+        if not self._awaiting:
+            events.append(ServerErrorNotice(code=code, text=text))
+            return
+        request = self._awaiting.popleft()
+        request.error = ServerError(code, text)
+        request.done = True
+        if isinstance(request, Task):
+            events.append(JobEnded(task=request))
+
+    def connection_lost(self) -> list[Task]:
+        """The connection is gone: return the unfinished tasks (the face decides on retry).
+
+        Pending queries fail with ServerUnavailable; tasks are left not done.
+        """
+        self.closed = True
+        lost: list[Task] = []
+        for request in self._awaiting:
+            if isinstance(request, Task):
+                if not request.abandoned:
+                    lost.append(request)
+            else:
+                request.error = ServerUnavailable(f"connection to {self.server} lost")
+                request.done = True
+        for tasks in self._running.values():
+            lost.extend(t for t in tasks if t not in lost)
+        self._awaiting.clear()
+        self._running.clear()
+        return lost
+
+
+# -- the worker side --
+
+
+class WorkerState(enum.Enum):
+    DISCONNECTED = "disconnected"
+    READY = "ready"  # may grab: just registered, woken by NOOP, or a job just ended
+    GRABBING = "grabbing"  # GRAB_JOB_UNIQ sent, JOB_ASSIGN_UNIQ or NO_JOB due
+    SLEEPING = "sleeping"  # PRE_SLEEP sent, NOOP due
+    WORKING = "working"  # holds a job until it is completed, failed or excepted
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobAssigned:
+    handle: str
+    function: str
+    unique: str
+    data: bytes
+
+
+S = WorkerState
+#: (state, packet received) → next state. NOOPs outside a sleep are stale
+#: wake-ups and change nothing; a missing key is a protocol error.
+_WORKER_TRANSITIONS: dict[tuple[WorkerState, int], WorkerState] = {
+    (S.GRABBING, PT.NO_JOB): S.SLEEPING,
+    (S.GRABBING, PT.JOB_ASSIGN_UNIQ): S.WORKING,
+    (S.GRABBING, PT.JOB_ASSIGN): S.WORKING,
+    (S.SLEEPING, PT.NOOP): S.READY,
+    (S.READY, PT.NOOP): S.READY,
+    (S.GRABBING, PT.NOOP): S.GRABBING,
+    (S.WORKING, PT.NOOP): S.WORKING,
+}
+
+
+class WorkerSession:
+    """The worker half of one connection: register, grab, sleep on PRE_SLEEP, wake on NOOP.
+
+    ``abilities`` maps function name → timeout in seconds (None: no timeout).
+    The face calls ``grab`` when it is free and the state is READY, runs the
+    job of a ``JobAssigned`` event, then calls ``complete``/``fail``/``exception``.
+    """
+
+    def __init__(self, abilities: dict[str, float | None], client_id: str | None = None) -> None:
+        self.abilities = abilities
+        self.client_id = client_id
+        self.state = WorkerState.DISCONNECTED
+        self.handle: str | None = None  # the job in hand
+        self._decoder = Decoder(allow_admin=False)
+        self._out = bytearray()
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def connected(self) -> None:
+        """A fresh connection: identify, register every function, be ready to grab."""
+        self._decoder = Decoder(allow_admin=False)
+        self._out.clear()
+        self.handle = None
+        if self.client_id:
+            self._out += encode_req(PT.SET_CLIENT_ID, self.client_id.encode())
+        for name, timeout in self.abilities.items():
+            self._out += self._can_do(name, timeout)
+        self.state = WorkerState.READY
+
+    @staticmethod
+    def _can_do(name: str, timeout: float | None) -> bytes:
+        if timeout:
+            return encode_req(PT.CAN_DO_TIMEOUT, name.encode(), b"%d" % max(1, round(timeout)))
+        return encode_req(PT.CAN_DO, name.encode())
+
+    def add_ability(self, name: str, timeout: float | None) -> None:
+        self.abilities[name] = timeout
+        if self.state is not WorkerState.DISCONNECTED:
+            self._out += self._can_do(name, timeout)
+
+    def reset_abilities(self) -> None:
+        """Unregister everything (RESET_ABILITIES) so the server hands us no more jobs."""
+        if self.state is not WorkerState.DISCONNECTED:
+            self._out += encode_req(PT.RESET_ABILITIES)
+
+    def grab(self) -> None:
+        self._expect(WorkerState.READY, "grab")
+        self._out += encode_req(PT.GRAB_JOB_UNIQ)
+        self.state = WorkerState.GRABBING
+
+    def receive(self, data: bytes) -> list[object]:
+        """Feed bytes from the server; return JobAssigned / ServerErrorNotice events."""
+        events: list[object] = []
+        for packet in self._decoder.feed(data):
+            ptype = packet.type  # type: ignore[union-attr]
+            if ptype == PT.ERROR:
+                args = packet.args  # type: ignore[union-attr]
+                events.append(ServerErrorNotice(code=args[0].decode(), text=args[1].decode()))
+                continue
+            nxt = _WORKER_TRANSITIONS.get((self.state, ptype))
+            if nxt is None:
+                raise ProtocolError(f"{packet.name} is unexpected while {self.state.value}")  # type: ignore[union-attr]
+            self.state = nxt
+            if ptype == PT.NO_JOB:
+                self._out += encode_req(PT.PRE_SLEEP)
+            elif ptype == PT.JOB_ASSIGN_UNIQ:
+                handle, func, unique, payload = packet.args  # type: ignore[union-attr]
+                events.append(self._assigned(handle, func, unique, payload))
+            elif ptype == PT.JOB_ASSIGN:
+                handle, func, payload = packet.args  # type: ignore[union-attr]
+                events.append(self._assigned(handle, func, b"", payload))
+        return events
+
+    def _assigned(self, handle: bytes, func: bytes, unique: bytes, data: bytes) -> JobAssigned:
+        self.handle = handle.decode()
+        return JobAssigned(
+            handle=self.handle, function=func.decode(), unique=unique.decode(), data=data
+        )
+
+    def _expect(self, state: WorkerState, action: str) -> None:
+        if self.state is not state:
+            raise ProtocolError(f"cannot {action} while {self.state.value}", fatal=False)
+
+    def _in_hand(self, action: str) -> bytes:
+        self._expect(WorkerState.WORKING, action)
+        return self.handle.encode()  # type: ignore[union-attr]
+
+    def send_status(self, numerator: int, denominator: int) -> None:
+        handle = self._in_hand("send status")
+        self._out += encode_req(PT.WORK_STATUS, handle, b"%d" % numerator, b"%d" % denominator)
+
+    def send_data(self, data: bytes) -> None:
+        self._out += encode_req(PT.WORK_DATA, self._in_hand("send data"), data)
+
+    def send_warning(self, data: bytes) -> None:
+        self._out += encode_req(PT.WORK_WARNING, self._in_hand("send a warning"), data)
+
+    def complete(self, result: bytes) -> None:
+        self._out += encode_req(PT.WORK_COMPLETE, self._in_hand("complete"), result)
+        self._job_ended()
+
+    def fail(self) -> None:
+        self._out += encode_req(PT.WORK_FAIL, self._in_hand("fail"))
+        self._job_ended()
+
+    def exception(self, text: str) -> None:
+        """WORK_EXCEPTION ends the job (gearmand and farm alike); no WORK_FAIL follows."""
+        self._out += encode_req(PT.WORK_EXCEPTION, self._in_hand("raise"), text.encode())
+        self._job_ended()
+
+    def _job_ended(self) -> None:
+        self.handle = None
+        self.state = WorkerState.READY
+
+    def connection_lost(self) -> None:
+        self.state = WorkerState.DISCONNECTED
+        self.handle = None
+        self._out.clear()

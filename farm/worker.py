@@ -1,0 +1,337 @@
+"""The blocking worker: register functions, then grab, run and answer jobs.
+
+The grab/sleep/wake cycle of each server connection is ``farm.session.WorkerSession``;
+this module drives it with one selector over every server socket plus a
+wake-up socketpair, so ``stop()`` works from a signal handler or another
+thread. Jobs run one at a time in the calling thread; at most one grab is in
+flight across servers, so the worker never holds a job it cannot start.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from farm.client import as_bytes
+from farm.net import connect, parse_servers
+from farm.protocol import ProtocolError
+from farm.session import JobAssigned, ServerErrorNotice, WorkerSession, WorkerState
+
+__all__ = ["Worker", "Job"]
+
+log = logging.getLogger("farm.worker")
+
+#: Reconnect delays after a server is lost or refuses: first, then doubling up to the cap.
+BACKOFF_FIRST = 0.05
+BACKOFF_CAP = 5.0
+
+WorkerFunction = Callable[["Job"], "bytes | str | None"]
+
+
+class _Server:
+    __slots__ = ("addr", "session", "sock", "retry_at", "backoff", "warned")
+
+    def __init__(self, addr: str, session: WorkerSession) -> None:
+        self.addr = addr
+        self.session = session
+        self.sock: socket.socket | None = None
+        self.retry_at = 0.0
+        self.backoff = BACKOFF_FIRST
+        self.warned = False
+
+
+class Job:
+    """A job in a worker function's hands.
+
+    ``data`` (bytes), ``text`` (data as UTF-8), ``handle``, ``function`` and
+    ``unique``; ``send_status``, ``send_data`` and ``send_warning`` reach the
+    waiting clients at once, while the function still runs.
+    """
+
+    __slots__ = ("data", "handle", "function", "unique", "_worker", "_server")
+
+    def __init__(self, event: JobAssigned, worker: Worker, server: _Server) -> None:
+        self.data = event.data
+        self.handle = event.handle
+        self.function = event.function
+        self.unique = event.unique
+        self._worker = worker
+        self._server = server
+
+    @property
+    def text(self) -> str:
+        return self.data.decode("utf-8", "replace")
+
+    def send_status(self, numerator: int, denominator: int) -> None:
+        """Progress (WORK_STATUS): the client's on_status and GET_STATUS see it."""
+        self._send(lambda s: s.send_status(int(numerator), int(denominator)))
+
+    def send_data(self, data: bytes | str) -> None:
+        """A chunk of partial result (WORK_DATA) streamed to the client's on_data."""
+        payload = as_bytes(data)
+        self._send(lambda s: s.send_data(payload))
+
+    def send_warning(self, data: bytes | str) -> None:
+        """A warning (WORK_WARNING) for the client's on_warning."""
+        payload = as_bytes(data)
+        self._send(lambda s: s.send_warning(payload))
+
+    def _send(self, queue: Callable[[WorkerSession], None]) -> None:
+        server = self._server
+        if server.session.state is not WorkerState.WORKING or server.session.handle != self.handle:
+            return  # the server went away mid-job: nobody is listening any more
+        queue(server.session)
+        self._worker._flush(server)
+
+    def __repr__(self) -> str:
+        return f"<Job {self.function} {self.handle}>"
+
+
+class Worker:
+    """A worker process's connection to its job servers.
+
+    Functions receive a ``Job`` and return bytes, str or None (empty result).
+    An exception becomes WORK_EXCEPTION "Type: message" and the worker goes on.
+
+    Hooks for a supervisor: ``jobs_done`` counts finished jobs; ``after_job``
+    (if set) is called with each Job after its answer is sent and may call
+    ``stop()``; ``stop()`` finishes the job in hand, sends RESET_ABILITIES so
+    the servers hand this worker nothing more, and makes ``work()`` return;
+    ``unregister_all()`` only stops taking jobs (the loop stays up).
+    """
+
+    def __init__(
+        self,
+        servers: str | Iterable[str] | None = None,
+        client_id: str | None = None,
+        *,
+        after_job: Callable[[Job], Any] | None = None,
+        connect_timeout: float = 2.0,
+    ) -> None:
+        self.servers = parse_servers(servers)
+        if client_id is not None and (not isinstance(client_id, str) or len(client_id) > 127):
+            raise ValueError("client_id must be a str of at most 127 bytes")
+        self.client_id = client_id
+        self.after_job = after_job
+        self.connect_timeout = connect_timeout
+        self.jobs_done = 0
+        self._functions: dict[str, WorkerFunction] = {}
+        self._timeouts: dict[str, float | None] = {}
+        self._servers: list[_Server] = []
+        self._selector: selectors.BaseSelector | None = None
+        self._grabbing: _Server | None = None
+        self._next = 0  # rotation, so no server's queue starves another's
+        self._stopping = False
+        self._drain_asked = False  # unregister_all() was called; the loop acts on it
+        self._drained = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+
+    # -- registration --
+
+    def register(self, name: str, fn: WorkerFunction, timeout: float | None = None) -> None:
+        """Serve ``name`` with ``fn(job)``; ``timeout`` seconds goes to the server (CAN_DO_TIMEOUT)."""
+        if not isinstance(name, str) or not name or "\0" in name:
+            raise ValueError(f"function name must be a non-empty str without NUL, not {name!r}")
+        if not callable(fn):
+            raise TypeError(f"{name}: the worker function must be callable, not {fn!r}")
+        if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+            raise ValueError(f"{name}: timeout must be a positive number of seconds")
+        self._functions[name] = fn
+        self._timeouts[name] = timeout
+        for server in self._servers:
+            server.session.add_ability(name, timeout)
+
+    def function(
+        self, name: str | None = None, timeout: float | None = None
+    ) -> Callable[[WorkerFunction], WorkerFunction]:
+        """Decorator form of ``register``; the name defaults to the function's."""
+
+        def decorate(fn: WorkerFunction) -> WorkerFunction:
+            self.register(name or fn.__name__, fn, timeout)
+            return fn
+
+        return decorate
+
+    # -- control, safe from signal handlers and other threads --
+
+    def stop(self) -> None:
+        """Finish the job in hand, unregister, and make ``work()`` return."""
+        self._stopping = True
+        self._wake()
+
+    def unregister_all(self) -> None:
+        """Stop taking jobs: RESET_ABILITIES to every server; ``work()`` keeps running."""
+        self._drain_asked = True
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # already full (a wake-up is pending) or closed
+
+    # -- the loop --
+
+    def work(self, stop_after: int | None = None) -> None:
+        """Serve jobs until ``stop()`` (or ``stop_after`` more jobs); then return."""
+        if not self._functions:
+            raise ValueError("no functions registered: call register() first")
+        self._stopping = self._drained = False
+        goal = None if stop_after is None else self.jobs_done + stop_after
+        selector = self._selector = selectors.DefaultSelector()
+        selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._servers = [
+            _Server(a, WorkerSession(dict(self._timeouts), self.client_id)) for a in self.servers
+        ]
+        try:
+            while True:
+                now = time.monotonic()
+                self._reconnect_due(now)
+                if self._drain_asked:
+                    self._reset_abilities()
+                if self._stopping and self._grabbing is None:
+                    break
+                if self._grabbing is None and not self._drained and not self._stopping:
+                    self._grab()
+                for server in self._servers:
+                    self._flush(server)
+                for key, _ in selector.select(self._sleep_for(now)):
+                    if key.data is None:
+                        self._drain_wakeups()
+                    else:
+                        self._read(key.data)
+                        if goal is not None and self.jobs_done >= goal:
+                            self._stopping = True
+            self._reset_abilities()
+        finally:
+            for server in self._servers:
+                if server.sock is not None:
+                    self._flush(server)
+                    self._close(server)
+            selector.close()
+            self._selector = None
+            self._grabbing = None
+
+    def _sleep_for(self, now: float) -> float | None:
+        waits = [s.retry_at - now for s in self._servers if s.sock is None]
+        return max(0.0, min(waits)) if waits else None
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _reset_abilities(self) -> None:
+        for server in self._servers:
+            server.session.reset_abilities()
+            server.session.abilities = {}
+        self._drain_asked = False
+        self._drained = True
+
+    def _grab(self) -> None:
+        servers = self._servers
+        for i in range(len(servers)):
+            server = servers[(self._next + i) % len(servers)]
+            if server.session.state is WorkerState.READY:
+                server.session.grab()
+                self._grabbing = server
+                self._next = (self._next + i + 1) % len(servers)
+                return
+
+    def _reconnect_due(self, now: float) -> None:
+        for server in self._servers:
+            if server.sock is not None or server.retry_at > now or self._stopping:
+                continue
+            try:
+                sock = connect(server.addr, self.connect_timeout)
+            except OSError as exc:
+                if not server.warned:
+                    log.warning("job server %s unreachable (%s); retrying", server.addr, exc)
+                    server.warned = True
+                server.retry_at = time.monotonic() + server.backoff
+                server.backoff = min(server.backoff * 2, BACKOFF_CAP)
+                continue
+            if server.warned:
+                log.info("job server %s is back", server.addr)
+            server.sock, server.warned, server.backoff = sock, False, BACKOFF_FIRST
+            server.session.connected()
+            self._selector.register(sock, selectors.EVENT_READ, server)  # type: ignore[union-attr]
+
+    def _read(self, server: _Server) -> None:
+        try:
+            data = server.sock.recv(262144)  # type: ignore[union-attr]
+        except OSError:
+            data = b""
+        if not data:
+            self._lost(server, "closed the connection")
+            return
+        try:
+            events = server.session.receive(data)
+        except ProtocolError as exc:
+            self._lost(server, f"broke the protocol: {exc}")
+            return
+        if self._grabbing is server and server.session.state is not WorkerState.GRABBING:
+            self._grabbing = None
+        for event in events:
+            if type(event) is JobAssigned:
+                self._run(server, event)
+            elif type(event) is ServerErrorNotice:
+                log.warning("job server %s: %s %s", server.addr, event.code, event.text)
+
+    def _run(self, server: _Server, event: JobAssigned) -> None:
+        job = Job(event, self, server)
+        fn = self._functions.get(event.function)
+        try:
+            if fn is None:
+                raise LookupError(f"this worker has no function {event.function!r}")
+            result = fn(job)
+            payload = b"" if result is None else as_bytes(result, "a worker function's result")
+        except Exception as exc:
+            log.warning("job %s %s raised", event.function, event.handle, exc_info=True)
+            if self._holds(server, job):
+                server.session.exception(f"{type(exc).__name__}: {exc}")
+        else:
+            if self._holds(server, job):
+                server.session.complete(payload)
+        self._flush(server)
+        self.jobs_done += 1
+        if self.after_job is not None:
+            self.after_job(job)
+
+    @staticmethod
+    def _holds(server: _Server, job: Job) -> bool:
+        session = server.session
+        return session.state is WorkerState.WORKING and session.handle == job.handle
+
+    def _flush(self, server: _Server) -> None:
+        out = server.session.data_to_send()
+        if out and server.sock is not None:
+            try:
+                server.sock.sendall(out)
+            except OSError as exc:
+                self._lost(server, f"write failed: {exc}")
+
+    def _close(self, server: _Server) -> None:
+        if server.sock is None:
+            return
+        if self._selector is not None:
+            self._selector.unregister(server.sock)
+        server.sock.close()
+        server.sock = None
+
+    def _lost(self, server: _Server, why: str) -> None:
+        log.warning("job server %s %s; reconnecting", server.addr, why)
+        self._close(server)
+        server.session.connection_lost()
+        if self._grabbing is server:
+            self._grabbing = None
+        server.retry_at = time.monotonic() + server.backoff
+        server.backoff = min(server.backoff * 2, BACKOFF_CAP)
