@@ -206,9 +206,7 @@ def encode(magic: bytes, ptype: int, *args: bytes) -> bytes:
     if nargs is None:
         raise LocalProtocolError(f"unknown packet type {ptype}")
     if len(args) != nargs:
-        raise LocalProtocolError(
-            f"{PACKETS[ptype].name} takes {nargs} arguments, got {len(args)}"
-        )
+        raise LocalProtocolError(f"{PACKETS[ptype].name} takes {nargs} arguments, got {len(args)}")
     for arg in args[:-1]:
         if b"\0" in arg:
             raise LocalProtocolError(f"{PACKETS[ptype].name}: NUL inside a non-final argument")
@@ -234,10 +232,11 @@ class Decoder:
     the client side, where every byte must be binary.
     """
 
-    __slots__ = ("_buf", "max_packet", "allow_admin")
+    __slots__ = ("_buf", "_error", "max_packet", "allow_admin")
 
     def __init__(self, *, max_packet: int = DEFAULT_MAX_PACKET, allow_admin: bool = True) -> None:
         self._buf = bytearray()
+        self._error: ProtocolError | None = None
         self.max_packet = max_packet
         self.allow_admin = allow_admin
 
@@ -247,7 +246,14 @@ class Decoder:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[Packet | AdminLine]:
-        """Add ``data`` and return every event it completes, in order."""
+        """Add ``data`` and return every event it completes, in order.
+
+        A protocol error is raised at once when nothing before it was decoded;
+        otherwise the events before it are returned and the error is kept for
+        ``check()`` (or the next ``feed``), so no good packet is lost to a bad one.
+        """
+        if self._error is not None:
+            self.check()
         buf = self._buf
         buf += data
         events: list[Packet | AdminLine] = []
@@ -287,20 +293,29 @@ class Decoder:
                 if nargs == 0:
                     args: tuple[bytes, ...] = ()
                 else:
-                    body = bytes(buf[pos + HEADER_SIZE : stop])
-                    args = tuple(body.split(b"\0", nargs - 1))
-                    if len(args) != nargs:
-                        raise ProtocolError(
-                            f"{PACKETS[ptype].name} needs {nargs} arguments, got {len(args)}",
-                            fatal=False,
-                        )
+                    args = tuple(bytes(buf[pos + HEADER_SIZE : stop]).split(b"\0", nargs - 1))
                 pos = stop
+                if len(args) != nargs:
+                    raise ProtocolError(
+                        f"{PACKETS[ptype].name} needs {nargs} arguments, got {len(args)}",
+                        fatal=False,
+                    )
                 events.append(Packet(magic, ptype, args))
+        except ProtocolError as exc:
+            if not events:
+                raise
+            self._error = exc
         finally:
             # Keep what was decoded even when a later packet in the same read is bad.
             if pos:
                 del buf[:pos]
         return events
+
+    def check(self) -> None:
+        """Raise the protocol error held back by the last ``feed``, if any."""
+        exc, self._error = self._error, None
+        if exc is not None:
+            raise exc
 
 
 # -- admin text replies, parsed (the server writes them in farm/server/admin.py) --

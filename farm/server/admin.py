@@ -1,0 +1,155 @@
+"""The admin text protocol, with gearmand 1.1.20's exact output formats.
+
+Lists end with a line ``.``; ``OK``/``ERR`` replies end with ``\\r\\n`` except
+``getpid``, ``version`` and ``verbose``, which gearmand ends with ``\\n``.
+Commands are case-insensitive, as in gearmand. Listings show the newest
+function or connection first, as gearmand's lists do.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import farm
+
+if TYPE_CHECKING:
+    from farm.server.app import Server
+
+OK = "OK\r\n"
+
+
+def _incomplete(command: str) -> str:
+    text = "An+incomplete+set+of+arguments+was+sent+to+this+command+"
+    return f"ERR INVALID_ARGUMENTS {text}{command}\r\n"
+
+
+def _unknown(command: str) -> str:
+    return f"ERR UNKNOWN_COMMAND Unknown+server+command{command}\r\n"
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+def status(server: Server, args: list[str]) -> str:
+    lines = [
+        f"{_text(fq.name)}\t{fq.queued + fq.running}\t{fq.running}\t{len(fq.workers)}\n"
+        for fq in reversed(server.jobs.functions.values())
+    ]
+    return "".join(lines) + ".\n"
+
+
+def priority_status(server: Server, args: list[str]) -> str:
+    lines = [
+        f"{_text(fq.name)}\t{fq.counts[0]}\t{fq.counts[1]}\t{fq.counts[2]}\t{len(fq.workers)}\n"
+        for fq in reversed(server.jobs.functions.values())
+    ]
+    return "".join(lines) + ".\n"
+
+
+def workers(server: Server, args: list[str]) -> str:
+    lines = []
+    for conn in sorted(server.connections, key=lambda c: -c.fd):
+        functions = "".join(" " + _text(f) for f in reversed(conn.abilities))
+        lines.append(f"{conn.fd} {conn.ip} {_text(conn.client_id)} :{functions}\n")
+    return "".join(lines) + ".\n"
+
+
+def show(server: Server, args: list[str]) -> str:
+    what = " ".join(a.lower() for a in args)
+    if what == "jobs":
+        lines = [
+            f"{_text(job.handle)}\t{job.retries}\t0\t{int(job.background)}\n"
+            for job in server.jobs.jobs.values()
+        ]
+        return "".join(lines) + ".\n"
+    if what == "unique jobs":
+        return "".join(f"{_text(job.unique)}\n" for job in server.jobs.jobs.values()) + ".\n"
+    if what == "poison jobs":
+        # farm's own: jobs failed after job_retries worker deaths (handle, function, unique).
+        lines = [
+            f"{_text(h)}\t{_text(f)}\t{_text(u)}\n" for h, f, u in reversed(server.jobs.poison)
+        ]
+        return "".join(lines) + ".\n"
+    return _unknown("show")
+
+
+def cancel(server: Server, args: list[str]) -> str:
+    if len(args) < 2 or args[0].lower() != "job":
+        return _unknown("cancel")
+    return OK if server.jobs.cancel(args[1].encode()) else "ERR UNKNOWN_JOB\r\n"
+
+
+def max_queue(server: Server, args: list[str]) -> str:
+    if not args:
+        return _incomplete("maxqueue")
+    try:
+        sizes = [int(a) for a in args[1:4]]
+    except ValueError:
+        return _incomplete("maxqueue")
+    fq = server.jobs.function(args[0].encode())
+    if not sizes:
+        fq.max_queue = None
+    elif len(sizes) < 3:
+        fq.max_queue = (sizes[0], sizes[0], sizes[0])
+    else:
+        fq.max_queue = (sizes[0], sizes[1], sizes[2])
+    return OK
+
+
+def create_function(server: Server, args: list[str]) -> str:
+    if len(args) < 2 or args[0].lower() != "function":
+        return _incomplete("create")
+    server.jobs.function(args[1].encode())
+    return OK
+
+
+def drop_function(server: Server, args: list[str]) -> str:
+    if len(args) < 2 or args[0].lower() != "function":
+        return _incomplete("drop")
+    name = args[1].encode()
+    if name not in server.jobs.functions:
+        return "ERR function not found\r\n"
+    if not server.jobs.drop_function(name):
+        return "ERR there are still connected workers or executing clients\r\n"
+    return OK
+
+
+def getpid(server: Server, args: list[str]) -> str:
+    return f"OK {os.getpid()}\n"
+
+
+def version(server: Server, args: list[str]) -> str:
+    return f"OK {farm.__version__}\n"
+
+
+def verbose(server: Server, args: list[str]) -> str:
+    return f"OK {server.verbose_name}\n"
+
+
+COMMANDS: dict[str, Callable[[Server, list[str]], str]] = {
+    "status": status,
+    "prioritystatus": priority_status,
+    "workers": workers,
+    "show": show,
+    "cancel": cancel,
+    "maxqueue": max_queue,
+    "create": create_function,
+    "drop": drop_function,
+    "getpid": getpid,
+    "version": version,
+    "verbose": verbose,
+}
+
+
+def run_admin(server: Server, line: str) -> str | None:
+    """The reply to one admin line (None for a blank line, which gearmand also answers)."""
+    words = line.split()
+    if not words:
+        return _unknown("")
+    command = COMMANDS.get(words[0].lower())
+    if command is None:
+        return _unknown(words[0])
+    return command(server, words[1:])

@@ -1,0 +1,295 @@
+"""The job server process: listeners (TCP, Unix), start-up, signals, shutdown.
+
+``farm server`` and ``python -m farm.server`` both land in ``main``, which
+accepts gearmand's common flags so farm can stand in wherever gearmand is
+started. One asyncio loop (uvloop when installed) owns all job state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import stat
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from farm import protocol as p
+from farm.server.connection import Connection
+from farm.server.jobs import JobServer
+
+log = logging.getLogger("farm.server")
+
+DEFAULT_PORT = 4730
+VERBOSE_NAMES = ("ERROR", "WARNING", "NOTICE", "INFO", "DEBUG")
+
+
+@dataclass
+class ServerOptions:
+    """Everything the server process is started with."""
+
+    port: int = DEFAULT_PORT
+    listen: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    unix: list[str] = field(default_factory=list)
+    unix_mode: int = 0o660
+    store: str = "none"
+    job_retries: int = 0
+    max_packet: int = p.DEFAULT_MAX_PACKET
+    exceptions: bool = False
+    backlog: int = 1024
+    verbose: int = 0
+    log_file: str = "stderr"
+    pid_file: str | None = None
+
+
+class Server:
+    """Listeners plus the job model; connections write through ``flush``."""
+
+    def __init__(self, options: ServerOptions) -> None:
+        self.options = options
+        self.max_packet = options.max_packet
+        self.exceptions_default = options.exceptions
+        self.verbose_name = VERBOSE_NAMES[min(options.verbose, len(VERBOSE_NAMES) - 1)]
+        self.connections: set[Connection] = set()
+        self.dirty: list[Connection] = []
+        self.listeners: list[asyncio.AbstractServer] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stopped: asyncio.Event | None = None
+        self.jobs = JobServer(
+            job_retries=options.job_retries,
+            call_later=self._call_later,
+            cancel_timer=lambda handle: handle.cancel(),  # type: ignore[attr-defined]
+        )
+
+    def _call_later(self, delay: float, callback: Callable[[], None]) -> object:
+        assert self.loop is not None
+
+        def run() -> None:
+            callback()
+            self.flush()
+
+        return self.loop.call_later(delay, run)
+
+    def flush(self) -> None:
+        """Write what every touched connection is owed: one write per connection per turn."""
+        dirty = self.dirty
+        if dirty:
+            self.dirty = []
+            for conn in dirty:
+                conn.flush()
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.stopped = asyncio.Event()
+        opts = self.options
+        factory = lambda: Connection(self)  # noqa: E731
+        for addr in opts.listen:
+            if addr.startswith("unix:"):
+                await self._listen_unix(addr[5:], factory)
+                continue
+            host, port = _split_host_port(addr, opts.port)
+            srv = await self.loop.create_server(
+                factory, host or None, port, backlog=opts.backlog, reuse_address=True
+            )
+            self.listeners.append(srv)
+            log.info("listening on %s:%d", host or "*", port)
+        for path in opts.unix:
+            await self._listen_unix(path, factory)
+
+    async def _listen_unix(self, path: str, factory: Callable[[], Connection]) -> None:
+        assert self.loop is not None
+        sock_path = Path(path)
+        if sock_path.exists() and stat.S_ISSOCK(sock_path.stat().st_mode):
+            sock_path.unlink()  # a stale socket from a previous run
+        old_umask = os.umask(0o777 & ~self.options.unix_mode)
+        try:
+            srv = await self.loop.create_unix_server(factory, path, backlog=self.options.backlog)
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, self.options.unix_mode)
+        self.listeners.append(srv)
+        log.info("listening on unix:%s", path)
+
+    def stop(self) -> None:
+        """Stop now: close listeners and connections."""
+        log.info("stopping")
+        for srv in self.listeners:
+            srv.close()
+        for conn in list(self.connections):
+            conn.close()
+        if self.stopped is not None:
+            self.stopped.set()
+
+    def stop_gracefully(self) -> None:
+        """SIGUSR1: stop accepting; exit once no job is running."""
+        log.info("graceful stop: no new connections; waiting for running jobs")
+        for srv in self.listeners:
+            srv.close()
+        if not self.jobs.running_count():
+            self.stop()
+        else:
+            self.jobs.on_idle = self.stop
+
+    async def serve(self) -> None:
+        await self.start()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
+        loop.add_signal_handler(signal.SIGUSR1, self.stop_gracefully)
+        assert self.stopped is not None
+        await self.stopped.wait()
+        for path in self.options.unix + [
+            a[5:] for a in self.options.listen if a.startswith("unix:")
+        ]:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+
+def _split_host_port(addr: str, default_port: int) -> tuple[str, int]:
+    if addr.startswith("["):  # [::1]:4730
+        host, _, rest = addr[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default_port
+    if addr.count(":") == 1:
+        host, _, port = addr.partition(":")
+        return host, int(port)
+    return addr, default_port
+
+
+def build_parser(prog: str = "farm server") -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog=prog, description="farm's Gearman job server (accepts gearmand's common flags)."
+    )
+    ap.add_argument("-p", "--port", type=int, default=DEFAULT_PORT, help="TCP port (default 4730)")
+    ap.add_argument(
+        "-L",
+        "--listen",
+        action="append",
+        metavar="ADDR",
+        help="address to listen on, repeatable; HOST, HOST:PORT or unix:PATH (default 127.0.0.1)",
+    )
+    ap.add_argument(
+        "--unix", action="append", default=[], metavar="PATH", help="also listen on a Unix socket"
+    )
+    ap.add_argument(
+        "--unix-mode",
+        type=lambda s: int(s, 8),
+        default=0o660,
+        help="Unix socket permissions (octal)",
+    )
+    ap.add_argument(
+        "--store", default="none", metavar="PATH|none", help="durable store for background jobs"
+    )
+    ap.add_argument(
+        "-j",
+        "--job-retries",
+        type=int,
+        default=0,
+        metavar="N",
+        help="fail a job after N worker deaths (0: never)",
+    )
+    ap.add_argument(
+        "--max-packet",
+        type=int,
+        default=p.DEFAULT_MAX_PACKET,
+        metavar="BYTES",
+        help="largest packet body accepted",
+    )
+    ap.add_argument(
+        "--exceptions",
+        action="store_true",
+        help="forward WORK_EXCEPTION to every client by default",
+    )
+    ap.add_argument("-b", "--backlog", type=int, default=1024)
+    ap.add_argument("-v", "--verbose", action="count", default=0, help="more logging, repeatable")
+    ap.add_argument(
+        "-l", "--log-file", default="stderr", metavar="FILE", help="log file, 'stderr' or 'none'"
+    )
+    ap.add_argument("-P", "--pid-file", metavar="FILE", help="write the process id here")
+    # gearmand flags that farm accepts and ignores, so its command lines work unchanged.
+    for flag in (
+        "-t",
+        "--threads",
+        "-q",
+        "--queue-type",
+        "-f",
+        "--file-descriptors",
+        "-u",
+        "--user",
+    ):
+        ap.add_argument(flag, help=argparse.SUPPRESS)
+    return ap
+
+
+def parse_args(argv: Sequence[str] | None = None, prog: str = "farm server") -> ServerOptions:
+    ns = build_parser(prog).parse_args(argv)
+    ap = build_parser(prog)
+    if not 0 < ns.port < 65536:
+        ap.error(f"--port {ns.port} is not a TCP port (1-65535)")
+    if ns.job_retries < 0:
+        ap.error("--job-retries must be 0 (never fail) or a positive count")
+    if ns.max_packet < 1024:
+        ap.error("--max-packet must be at least 1024 bytes")
+    return ServerOptions(
+        port=ns.port,
+        listen=ns.listen or ["127.0.0.1"],
+        unix=ns.unix,
+        unix_mode=ns.unix_mode,
+        store=ns.store,
+        job_retries=ns.job_retries,
+        max_packet=ns.max_packet,
+        exceptions=ns.exceptions,
+        backlog=ns.backlog,
+        verbose=ns.verbose,
+        log_file=ns.log_file,
+        pid_file=ns.pid_file,
+    )
+
+
+def _setup_logging(options: ServerOptions) -> None:
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(options.verbose, 2)]
+    fmt = "%(asctime)s farm-server[%(process)d] %(levelname)s %(message)s"
+    if options.log_file == "none":
+        logging.basicConfig(level=logging.CRITICAL + 1)
+    elif options.log_file == "stderr":
+        logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
+    else:
+        logging.basicConfig(level=level, format=fmt, filename=options.log_file)
+
+
+def run(options: ServerOptions) -> int:
+    """Run the server until a signal stops it; the process exit code."""
+    _setup_logging(options)
+    try:
+        from setproctitle import setproctitle
+
+        setproctitle(f"farm: server :{options.port}")
+    except ImportError:  # pragma: no cover - optional nicety
+        pass
+    if options.pid_file:
+        Path(options.pid_file).write_text(f"{os.getpid()}\n")
+    try:
+        import uvloop
+
+        runner: Callable[..., object] = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but stay usable without it
+        runner = asyncio.run
+    server = Server(options)
+    try:
+        runner(server.serve())
+    except OSError as exc:
+        print(f"farm server: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if options.pid_file:
+            Path(options.pid_file).unlink(missing_ok=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "farm server") -> int:
+    return run(parse_args(argv, prog))

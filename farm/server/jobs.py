@@ -1,0 +1,482 @@
+"""The job model: jobs, per-function queues, and every rule about what happens to a job.
+
+Connections only translate between the wire and calls on ``JobServer``; all
+decisions (coalescing, priority order, requeue and retries, timeouts, who is
+woken) are made here, in one event loop, so no locks are needed.
+
+A peer is anything with the attributes of ``Peer`` below (the server's
+connection class): the model reads its abilities and options and calls
+``send`` with framed bytes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from farm.protocol import PacketType as T
+from farm.protocol import encode_res
+
+log = logging.getLogger("farm.server")
+
+HIGH, NORMAL, LOW = 0, 1, 2
+PRIORITY_NAMES = ("high", "normal", "low")
+
+
+class Peer(Protocol):
+    """What the job model needs of a connection."""
+
+    abilities: dict[bytes, float]  # function -> timeout in seconds (0 = none)
+    running: dict[bytes, Job]  # handle -> job this worker holds
+    attached: set[Job]  # foreground jobs this client waits on
+    exceptions: bool
+    sleeping: bool
+
+    def send(self, data: bytes) -> None: ...
+
+
+class QueueFull(Exception):
+    """A function's queue (or the server's byte budget) is at its limit."""
+
+
+class Job:
+    """One job: queued, held for its epoch, or running on a worker."""
+
+    __slots__ = (
+        "handle",
+        "function",
+        "unique",
+        "data",
+        "priority",
+        "background",
+        "reducer",
+        "when",
+        "seq",
+        "clients",
+        "worker",
+        "numerator",
+        "denominator",
+        "retries",
+        "queued",
+        "persisted",
+        "timer",
+    )
+
+    def __init__(
+        self,
+        handle: bytes,
+        function: bytes,
+        unique: bytes,
+        data: bytes,
+        priority: int,
+        background: bool,
+        reducer: bytes | None,
+        when: float,
+        seq: int,
+    ) -> None:
+        self.handle = handle
+        self.function = function
+        self.unique = unique
+        self.data = data
+        self.priority = priority
+        self.background = background
+        self.reducer = reducer
+        self.when = when
+        self.seq = seq
+        self.clients: list[Peer] = []
+        self.worker: Peer | None = None
+        self.numerator = b"0"
+        self.denominator = b"0"
+        self.retries = 0
+        self.queued = False
+        self.persisted = False
+        self.timer: object | None = None
+
+    def __repr__(self) -> str:
+        return f"<Job {self.handle.decode()} {self.function.decode()!r}>"
+
+
+class FunctionQueue:
+    """The jobs of one function: three FIFO queues (high, normal, low) and who can run them.
+
+    Removed jobs stay in their deque, marked ``queued = False``, and are
+    skipped when they reach the head; ``counts`` is kept exact for the admin
+    protocol.
+    """
+
+    __slots__ = ("name", "queues", "counts", "running", "workers", "sleepers", "max_queue")
+
+    def __init__(self, name: bytes) -> None:
+        self.name = name
+        self.queues: tuple[deque[Job], deque[Job], deque[Job]] = (deque(), deque(), deque())
+        self.counts = [0, 0, 0]
+        self.running = 0
+        self.workers: set[Peer] = set()
+        # Workers asleep (PRE_SLEEP) that can take this function; a dict keeps wake order.
+        self.sleepers: dict[Peer, None] = {}
+        self.max_queue: tuple[int, int, int] | None = None
+
+    @property
+    def queued(self) -> int:
+        return self.counts[0] + self.counts[1] + self.counts[2]
+
+    def head(self, priority: int) -> Job | None:
+        """The first live job of one priority, dropping removed ones on the way."""
+        q = self.queues[priority]
+        while q:
+            job = q[0]
+            if job.queued:
+                return job
+            q.popleft()
+        return None
+
+    def push(self, job: Job, *, front: bool = False) -> None:
+        if front:
+            self.queues[job.priority].appendleft(job)
+        else:
+            self.queues[job.priority].append(job)
+        job.queued = True
+        self.counts[job.priority] += 1
+
+    def pop(self, job: Job) -> None:
+        """Take ``job`` (the head of its priority) off the queue."""
+        q = self.queues[job.priority]
+        if q and q[0] is job:
+            q.popleft()
+        job.queued = False
+        self.counts[job.priority] -= 1
+
+    def discard(self, job: Job) -> None:
+        """Remove a queued job that is not at the head (lazily)."""
+        job.queued = False
+        self.counts[job.priority] -= 1
+
+
+class JobServer:
+    """All job state of one server, and the rules that change it."""
+
+    def __init__(
+        self,
+        *,
+        job_retries: int = 0,
+        hostname: str | None = None,
+        call_later: Callable[[float, Callable[[], None]], object] | None = None,
+        cancel_timer: Callable[[object], None] | None = None,
+        store: object | None = None,
+    ) -> None:
+        self.job_retries = job_retries
+        self.prefix = f"H:{hostname or socket.gethostname()}:".encode()
+        self._counter = itertools.count(1)
+        self._seq = itertools.count()
+        self.functions: dict[bytes, FunctionQueue] = {}
+        self.jobs: dict[bytes, Job] = {}
+        self.uniques: dict[tuple[bytes, bytes], Job] = {}
+        self.by_unique: dict[bytes, Job] = {}
+        self.epoch_heap: list[tuple[float, int, Job]] = []
+        self.poison: deque[tuple[bytes, bytes, bytes]] = deque(maxlen=1000)
+        self.call_later = call_later
+        self.cancel_timer = cancel_timer
+        self.store = store
+        self._epoch_timer: object | None = None
+        self.on_idle: Callable[[], None] | None = None
+
+    # -- functions ---------------------------------------------------------
+
+    def function(self, name: bytes) -> FunctionQueue:
+        fq = self.functions.get(name)
+        if fq is None:
+            fq = self.functions[name] = FunctionQueue(name)
+        return fq
+
+    def running_count(self) -> int:
+        return sum(fq.running for fq in self.functions.values())
+
+    # -- submitting --------------------------------------------------------
+
+    def submit(
+        self,
+        client: Peer | None,
+        function: bytes,
+        unique: bytes,
+        data: bytes,
+        *,
+        priority: int = NORMAL,
+        background: bool = False,
+        reducer: bytes | None = None,
+        when: float = 0.0,
+    ) -> Job:
+        """Queue a job (or join the live job with the same function and unique).
+
+        ``client`` is the foreground submitter to attach; None for background.
+        Raises QueueFull when the function's queue is at its maximum.
+        """
+        if unique == b"-":
+            unique = data
+        if unique:
+            job = self.uniques.get((function, unique))
+            if job is not None:
+                if background:
+                    job.background = True
+                elif client is not None:
+                    self._attach(job, client)
+                return job
+        fq = self.function(function)
+        if fq.max_queue is not None and fq.queued >= fq.max_queue[priority] > 0:
+            raise QueueFull(function.decode("utf-8", "replace"))
+        handle = self.prefix + str(next(self._counter)).encode()
+        job = Job(
+            handle, function, unique, data, priority, background, reducer, when, next(self._seq)
+        )
+        self.jobs[handle] = job
+        if unique:
+            self.uniques[(function, unique)] = job
+            self.by_unique[unique] = job
+        if client is not None and not background:
+            self._attach(job, client)
+        if when and when > time.time():
+            heapq.heappush(self.epoch_heap, (when, job.seq, job))
+            self._arm_epoch_timer()
+        else:
+            fq.push(job)
+            self._wake(fq)
+        return job
+
+    def _attach(self, job: Job, client: Peer) -> None:
+        if client not in job.clients:
+            job.clients.append(client)
+            client.attached.add(job)
+
+    def detach_client(self, client: Peer) -> None:
+        """A client connection is gone: drop the foreground jobs nobody waits on any more."""
+        for job in client.attached:
+            try:
+                job.clients.remove(client)
+            except ValueError:
+                continue
+            if not job.clients and not job.background and job.queued:
+                self.function(job.function).discard(job)
+                self._forget(job)
+        client.attached.clear()
+
+    # -- the epoch timer ----------------------------------------------------
+
+    def _arm_epoch_timer(self) -> None:
+        if self.call_later is None or not self.epoch_heap:
+            return
+        if self._epoch_timer is not None and self.cancel_timer is not None:
+            self.cancel_timer(self._epoch_timer)
+        delay = max(0.0, self.epoch_heap[0][0] - time.time())
+        self._epoch_timer = self.call_later(delay, self.release_due_epoch_jobs)
+
+    def release_due_epoch_jobs(self) -> None:
+        """Move epoch jobs whose time has come into their queues and wake workers."""
+        self._epoch_timer = None
+        now = time.time()
+        while self.epoch_heap and self.epoch_heap[0][0] <= now:
+            _, _, job = heapq.heappop(self.epoch_heap)
+            if job.handle not in self.jobs:
+                continue
+            fq = self.function(job.function)
+            fq.push(job)
+            self._wake(fq)
+        self._arm_epoch_timer()
+
+    # -- workers -----------------------------------------------------------
+
+    def can_do(self, worker: Peer, function: bytes, timeout: float = 0.0) -> None:
+        worker.abilities[function] = timeout
+        fq = self.function(function)
+        fq.workers.add(worker)
+        if worker.sleeping:
+            fq.sleepers[worker] = None
+
+    def cant_do(self, worker: Peer, function: bytes) -> None:
+        if worker.abilities.pop(function, None) is None:
+            return
+        fq = self.function(function)
+        fq.workers.discard(worker)
+        fq.sleepers.pop(worker, None)
+        for job in [j for j in worker.running.values() if j.function == function]:
+            self._requeue(worker, job)
+
+    def reset_abilities(self, worker: Peer) -> None:
+        for function in list(worker.abilities):
+            self.cant_do(worker, function)
+
+    def detach_worker(self, worker: Peer) -> None:
+        """A worker connection is gone: requeue what it held, forget what it could do."""
+        for job in list(worker.running.values()):
+            self._requeue(worker, job)
+        for function in worker.abilities:
+            fq = self.functions.get(function)
+            if fq is not None:
+                fq.workers.discard(worker)
+                fq.sleepers.pop(worker, None)
+        worker.abilities.clear()
+
+    def pre_sleep(self, worker: Peer) -> None:
+        """PRE_SLEEP: answer at once with NOOP if there is work, else wait for some."""
+        if self._best_job(worker) is not None:
+            worker.send(NOOP)
+            return
+        worker.sleeping = True
+        for function in worker.abilities:
+            self.functions[function].sleepers[worker] = None
+
+    def _unsleep(self, worker: Peer) -> None:
+        worker.sleeping = False
+        for function in worker.abilities:
+            fq = self.functions.get(function)
+            if fq is not None:
+                fq.sleepers.pop(worker, None)
+
+    def _wake(self, fq: FunctionQueue) -> None:
+        """One more job is runnable: wake one sleeping worker for it, no herd."""
+        if fq.sleepers:
+            worker = next(iter(fq.sleepers))
+            self._unsleep(worker)
+            worker.send(NOOP)
+
+    def _best_job(self, worker: Peer) -> Job | None:
+        """Highest priority first, then oldest, across all the worker's functions."""
+        functions = self.functions
+        for priority in (HIGH, NORMAL, LOW):
+            best: Job | None = None
+            for name in worker.abilities:
+                fq = functions[name]
+                if fq.counts[priority]:
+                    job = fq.head(priority)
+                    if job is not None and (best is None or job.seq < best.seq):
+                        best = job
+            if best is not None:
+                return best
+        return None
+
+    def grab(self, worker: Peer) -> Job | None:
+        """GRAB_JOB*: hand the worker its next job, or None for NO_JOB."""
+        if worker.sleeping:
+            self._unsleep(worker)
+        job = self._best_job(worker)
+        if job is None:
+            return None
+        fq = self.functions[job.function]
+        fq.pop(job)
+        fq.running += 1
+        job.worker = worker
+        worker.running[job.handle] = job
+        timeout = worker.abilities.get(job.function, 0.0)
+        if timeout and self.call_later is not None:
+            job.timer = self.call_later(timeout, lambda: self._expire(job, worker))
+        return job
+
+    def _expire(self, job: Job, worker: Peer) -> None:
+        """CAN_DO_TIMEOUT ran out: the job fails (gearmand 1.1 would requeue it forever)."""
+        job.timer = None
+        if job.worker is worker and worker.running.get(job.handle) is job:
+            log.warning(
+                "job %s (%s) timed out on its worker", job.handle.decode(), job.function.decode()
+            )
+            self.finish(worker, job, encode_res(T.WORK_FAIL, job.handle))
+
+    def _requeue(self, worker: Peer, job: Job) -> None:
+        """The worker let go of a running job without ending it: run it again, or fail it."""
+        self._stop_running(worker, job)
+        job.retries += 1
+        if self.job_retries and job.retries >= self.job_retries:
+            log.error(
+                "poison job %s: function %s unique %r failed after %d attempts",
+                job.handle.decode(),
+                job.function.decode(),
+                job.unique.decode("utf-8", "replace"),
+                job.retries,
+            )
+            self.poison.append((job.handle, job.function, job.unique))
+            self._end(job, encode_res(T.WORK_FAIL, job.handle), fail_packet=None)
+            return
+        if not job.clients and not job.background:
+            self._forget(job)  # nobody waits for it any more
+            return
+        fq = self.function(job.function)
+        fq.push(job, front=True)
+        self._wake(fq)
+
+    def _stop_running(self, worker: Peer, job: Job) -> None:
+        worker.running.pop(job.handle, None)
+        job.worker = None
+        self.functions[job.function].running -= 1
+        if job.timer is not None:
+            if self.cancel_timer is not None:
+                self.cancel_timer(job.timer)
+            job.timer = None
+
+    # -- work updates ----------------------------------------------------------
+
+    def held(self, worker: Peer, handle: bytes) -> Job | None:
+        return worker.running.get(handle)
+
+    def forward(self, job: Job, packet: bytes) -> None:
+        """WORK_DATA / WARNING / STATUS: every attached client gets it."""
+        for client in job.clients:
+            client.send(packet)
+
+    def finish(
+        self, worker: Peer, job: Job, packet: bytes, fail_packet: bytes | None = None
+    ) -> None:
+        """WORK_COMPLETE / FAIL / EXCEPTION: the job ends; clients get ``packet``.
+
+        Clients that did not ask for exceptions get ``fail_packet`` instead when given.
+        """
+        self._stop_running(worker, job)
+        self._end(job, packet, fail_packet)
+
+    def _end(self, job: Job, packet: bytes, fail_packet: bytes | None) -> None:
+        for client in job.clients:
+            if fail_packet is not None and not client.exceptions:
+                client.send(fail_packet)
+            else:
+                client.send(packet)
+            client.attached.discard(job)
+        job.clients = []
+        self._forget(job)
+
+    def _forget(self, job: Job) -> None:
+        self.jobs.pop(job.handle, None)
+        if job.unique:
+            key = (job.function, job.unique)
+            if self.uniques.get(key) is job:
+                del self.uniques[key]
+            if self.by_unique.get(job.unique) is job:
+                del self.by_unique[job.unique]
+        if self.on_idle is not None and not self.running_count():
+            self.on_idle()
+
+    # -- admin -----------------------------------------------------------------
+
+    def cancel(self, handle: bytes) -> bool:
+        """Remove a queued (not running) job; True when there was one."""
+        job = self.jobs.get(handle)
+        if job is None or job.worker is not None:
+            return False
+        if job.queued:
+            self.function(job.function).discard(job)
+        self._end(job, encode_res(T.WORK_FAIL, job.handle), None)
+        return True
+
+    def drop_function(self, name: bytes) -> bool:
+        fq = self.functions.get(name)
+        if fq is None or fq.workers or fq.queued or fq.running:
+            return False
+        del self.functions[name]
+        return True
+
+    def queued_jobs(self) -> Iterable[Job]:
+        return self.jobs.values()
+
+
+NOOP = encode_res(T.NOOP)
