@@ -1,3 +1,113 @@
-"""Commands: placeholder until its issue lands."""
+"""Commands ``farm worker`` (one worker process) and ``farm submit`` (one job)."""
 
-from farm.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from typing import Annotated
+
+import typer
+
+from farm.cli.app import app, fail
+from farm.errors import FarmError, JobError
+from farm.session import PRIORITIES
+
+ServerOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--server",
+        "-s",
+        help="Job server HOST[:PORT] or unix:PATH; repeat for several. "
+        "Default: $GEARMAN_SERVERS, else 127.0.0.1:4730.",
+    ),
+]
+
+
+@app.command()
+def worker(
+    target: Annotated[str, typer.Argument(help="The function to serve, as MODULE:FUNCTION.")],
+    name: Annotated[
+        str | None, typer.Option(help="Gearman function name (default: FUNCTION).")
+    ] = None,
+    server: ServerOpt = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds a job may run (sent as CAN_DO_TIMEOUT).")
+    ] = None,
+    client_id: Annotated[str | None, typer.Option(help="Id shown by the admin 'workers'.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run one worker process serving MODULE:FUNCTION until SIGTERM or SIGINT."""
+    from farm.targets import load_target
+    from farm.worker import Worker
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s farm worker[%(process)d] %(message)s",
+    )
+    module, sep, attr = target.partition(":")
+    if not sep or not module or not attr:
+        fail(f"target {target!r} must look like MODULE:FUNCTION, e.g. workers.text:reverse", 2)
+    if "" not in sys.path:
+        sys.path.insert(0, "")  # like `python -m`: the working directory's modules are found
+    try:
+        fn = load_target(target)
+    except Exception as exc:
+        fail(f"cannot load {target}: {type(exc).__name__}: {exc}", 2)
+    try:
+        w = Worker(server or None, client_id=client_id)
+        w.register(name or attr, fn, timeout)
+    except (TypeError, ValueError) as exc:
+        fail(str(exc), 2)
+    # The handlers only ask the loop to stop; it finishes the job in hand first.
+    signal.signal(signal.SIGTERM, lambda *_: w.stop())
+    signal.signal(signal.SIGINT, lambda *_: w.stop())
+    w.work()
+
+
+@app.command()
+def submit(
+    function: Annotated[str, typer.Argument(help="The function to run.")],
+    data: Annotated[
+        str | None, typer.Argument(help="The payload; '-' reads standard input.")
+    ] = None,
+    background: Annotated[
+        bool, typer.Option("--background", "-b", help="Print the handle; do not wait.")
+    ] = False,
+    priority: Annotated[str, typer.Option(help="high, normal or low.")] = "normal",
+    unique: Annotated[str | None, typer.Option(help="Unique key (coalesces equal jobs).")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
+    server: ServerOpt = None,
+) -> None:
+    """Submit one job; print its result (or its handle with --background)."""
+    from farm.client import Client
+
+    if priority not in PRIORITIES:
+        fail(f"--priority must be one of {', '.join(PRIORITIES)}, not {priority!r}", 2)
+    payload = sys.stdin.buffer.read() if data == "-" else (data or "").encode()
+    try:
+        client = Client(server or None)
+    except (TypeError, ValueError) as exc:
+        fail(str(exc), 2)
+    with client:
+        try:
+            if background:
+                task = client.submit(
+                    function, payload, background=True, priority=priority, unique=unique
+                )
+                typer.echo(task.handle)
+                return
+            result = client.call(
+                function, payload, priority=priority, unique=unique, timeout=timeout
+            )
+        except (TypeError, ValueError) as exc:
+            fail(str(exc), 2)
+        except JobError as exc:
+            fail(f"job {function} failed: {exc}", 1)
+        except FarmError as exc:
+            fail(str(exc), 1)
+    out = sys.stdout.buffer
+    out.write(result)
+    if sys.stdout.isatty() and not result.endswith(b"\n"):
+        out.write(b"\n")
+    out.flush()
