@@ -1,0 +1,146 @@
+"""The sans-I/O codec, driven without sockets."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from farm import protocol as p
+from farm.protocol import PacketType as T
+
+
+def test_table_covers_every_type_from_1_to_42_but_5() -> None:
+    assert sorted(p.PACKETS) == [t for t in range(1, 43) if t != 5]
+    for number, spec in p.PACKETS.items():
+        assert T(number).name == spec.name
+
+
+def test_submit_job_frames_arguments_with_nul_and_data_runs_to_the_end() -> None:
+    raw = p.encode_req(T.SUBMIT_JOB, b"reverse", b"u1", b"a\0b")
+    assert raw == b"\0REQ" + (7).to_bytes(4, "big") + (14).to_bytes(4, "big") + b"reverse\0u1\0a\0b"
+    (pkt,) = p.Decoder().feed(raw)
+    assert pkt == p.Packet(p.REQ, T.SUBMIT_JOB, (b"reverse", b"u1", b"a\0b"))
+
+
+def test_packets_without_data_have_no_trailing_nul() -> None:
+    assert p.encode_res(T.JOB_CREATED, b"H:x:1").endswith(b"H:x:1")
+    assert p.encode_res(T.ERROR, b"CODE", b"text")[12:] == b"CODE\0text"
+    assert p.encode_req(T.PRE_SLEEP) == b"\0REQ\0\0\0\x04\0\0\0\0"
+
+
+def test_decoder_reassembles_packets_split_at_every_byte() -> None:
+    raw = p.encode_req(T.SUBMIT_JOB_BG, b"f", b"", b"payload") + p.encode_req(T.ECHO_REQ, b"hi")
+    decoder = p.Decoder()
+    events = []
+    for i in range(len(raw)):
+        events += decoder.feed(raw[i : i + 1])
+    assert [e.type for e in events] == [T.SUBMIT_JOB_BG, T.ECHO_REQ]
+    assert decoder.buffered == 0
+
+
+def test_admin_lines_and_binary_alternate_on_one_stream() -> None:
+    decoder = p.Decoder()
+    events = decoder.feed(b"status\r\n" + p.encode_req(T.ECHO_REQ, b"x") + b"workers\n")
+    assert events == [p.AdminLine("status"), p.Packet(p.REQ, T.ECHO_REQ, (b"x",)), p.AdminLine("workers")]
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"\0XYZ" + bytes(8), "INVALID_MAGIC"),
+        (b"\0REQ" + (0).to_bytes(4, "big") + bytes(4), "INVALID_COMMAND"),
+        (b"\0REQ" + (5).to_bytes(4, "big") + bytes(4), "INVALID_COMMAND"),
+        (b"\0REQ" + (43).to_bytes(4, "big") + bytes(4), "INVALID_COMMAND"),
+    ],
+)
+def test_bad_headers_are_fatal_protocol_errors(raw: bytes, code: str) -> None:
+    with pytest.raises(p.ProtocolError) as info:
+        p.Decoder().feed(raw)
+    assert info.value.code == code
+    assert info.value.fatal
+
+
+def test_oversized_body_is_refused_from_the_header_alone() -> None:
+    decoder = p.Decoder(max_packet=1024)
+    header = b"\0REQ" + (7).to_bytes(4, "big") + (10**9).to_bytes(4, "big")
+    with pytest.raises(p.ProtocolError) as info:
+        decoder.feed(header)
+    assert info.value.code == "ARGUMENT_TOO_LARGE"
+
+
+def test_wrong_argument_count_is_not_fatal_and_is_consumed() -> None:
+    decoder = p.Decoder()
+    bad = b"\0REQ" + (7).to_bytes(4, "big") + (3).to_bytes(4, "big") + b"abc"
+    with pytest.raises(p.ProtocolError) as info:
+        decoder.feed(bad)
+    assert not info.value.fatal
+    assert decoder.feed(p.encode_req(T.ECHO_REQ, b"ok"))[0].args == (b"ok",)
+
+
+def test_good_packets_before_a_bad_one_are_not_lost() -> None:
+    decoder = p.Decoder()
+    events = decoder.feed(p.encode_req(T.ECHO_REQ, b"1") + b"\0BAD" + bytes(8))
+    assert [e.args for e in events] == [(b"1",)]
+    with pytest.raises(p.ProtocolError):
+        decoder.check()
+
+
+def test_client_side_decoder_refuses_text() -> None:
+    with pytest.raises(p.ProtocolError):
+        p.Decoder(allow_admin=False).feed(b"hello\n")
+
+
+def test_encoder_refuses_what_the_wire_cannot_say() -> None:
+    with pytest.raises(p.LocalProtocolError):
+        p.encode_req(T.SUBMIT_JOB, b"f\0g", b"", b"")
+    with pytest.raises(p.LocalProtocolError):
+        p.encode_req(T.SUBMIT_JOB, b"f")
+    with pytest.raises(p.LocalProtocolError):
+        p.encode_req(99)
+
+
+def test_admin_replies_parse() -> None:
+    assert p.parse_status("rev\t3\t1\t2\nx\t0\t0\t0\n.\n") == [
+        p.StatusRow("rev", 3, 1, 2),
+        p.StatusRow("x", 0, 0, 0),
+    ]
+    rows = p.parse_workers("15 127.0.0.1 myid : rev up\n16 127.0.0.1 - :\n.\n")
+    assert rows[0] == p.WorkerRow("15", "127.0.0.1", "myid", ("rev", "up"))
+    assert rows[1].functions == ()
+
+
+_arg = st.binary(max_size=40).filter(lambda b: b"\0" not in b)
+
+
+@st.composite
+def packets(draw: st.DrawFn) -> p.Packet:
+    ptype = draw(st.sampled_from(sorted(p.PACKETS)))
+    spec = p.PACKETS[ptype]
+    args = [draw(_arg) for _ in range(spec.nargs)]
+    if spec.nargs and spec.has_data:
+        args[-1] = draw(st.binary(max_size=200))
+    if spec.nargs == 1 and not args[0]:
+        args[0] = b"x"  # an empty sole argument is an empty body, indistinguishable from none
+    magic = draw(st.sampled_from([p.REQ, p.RES]))
+    return p.Packet(magic, ptype, tuple(args))
+
+
+@given(st.lists(packets(), max_size=8), st.integers(min_value=1, max_value=64))
+def test_round_trip_through_any_chunking(pkts: list[p.Packet], chunk: int) -> None:
+    raw = b"".join(p.encode(pkt.magic, pkt.type, *pkt.args) for pkt in pkts)
+    decoder = p.Decoder()
+    out: list = []
+    for i in range(0, len(raw), chunk):
+        out += decoder.feed(raw[i : i + chunk])
+    assert out == pkts
+
+
+@given(st.binary(max_size=300))
+def test_decoder_raises_only_its_own_error_on_garbage(data: bytes) -> None:
+    decoder = p.Decoder(max_packet=4096)
+    try:
+        decoder.feed(data)
+        decoder.check()
+    except p.ProtocolError:
+        pass
