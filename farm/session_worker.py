@@ -1,0 +1,169 @@
+"""Sans-I/O bookkeeping of a worker's connection: the grab/sleep/wake cycle as a table.
+
+Re-exported by ``farm.session``; see its docstring for the picture.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from farm.protocol import Decoder, PacketType, ProtocolError, encode_req
+from farm.session_events import ServerErrorNotice
+
+__all__ = ["JobAssigned", "WorkerState", "WorkerSession"]
+
+PT = PacketType
+
+
+class WorkerState(enum.Enum):
+    DISCONNECTED = "disconnected"
+    READY = "ready"  # may grab: just registered, woken by NOOP, or a job just ended
+    GRABBING = "grabbing"  # GRAB_JOB_UNIQ sent, JOB_ASSIGN_UNIQ or NO_JOB due
+    SLEEPING = "sleeping"  # PRE_SLEEP sent, NOOP due
+    WORKING = "working"  # holds a job until it is completed, failed or excepted
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobAssigned:
+    handle: str
+    function: str
+    unique: str
+    data: bytes
+
+
+S = WorkerState
+#: (state, packet received) → next state. NOOPs outside a sleep are stale
+#: wake-ups and change nothing; a missing key is a protocol error.
+_WORKER_TRANSITIONS: dict[tuple[WorkerState, int], WorkerState] = {
+    (S.GRABBING, PT.NO_JOB): S.SLEEPING,
+    (S.GRABBING, PT.JOB_ASSIGN_UNIQ): S.WORKING,
+    (S.GRABBING, PT.JOB_ASSIGN): S.WORKING,
+    (S.SLEEPING, PT.NOOP): S.READY,
+    (S.READY, PT.NOOP): S.READY,
+    (S.GRABBING, PT.NOOP): S.GRABBING,
+    (S.WORKING, PT.NOOP): S.WORKING,
+}
+
+
+class WorkerSession:
+    """The worker half of one connection: register, grab, sleep on PRE_SLEEP, wake on NOOP.
+
+    ``abilities`` maps function name → timeout in seconds (None: no timeout).
+    The face calls ``grab`` when it is free and the state is READY, runs the
+    job of a ``JobAssigned`` event, then calls ``complete``/``fail``/``exception``.
+    """
+
+    def __init__(self, abilities: dict[str, float | None], client_id: str | None = None) -> None:
+        self.abilities = abilities
+        self.client_id = client_id
+        self.state = WorkerState.DISCONNECTED
+        self.handle: str | None = None  # the job in hand
+        self._decoder = Decoder(allow_admin=False)
+        self._out = bytearray()
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def connected(self) -> None:
+        """A fresh connection: identify, register every function, be ready to grab."""
+        self._decoder = Decoder(allow_admin=False)
+        self._out.clear()
+        self.handle = None
+        if self.client_id:
+            self._out += encode_req(PT.SET_CLIENT_ID, self.client_id.encode())
+        for name, timeout in self.abilities.items():
+            self._out += self._can_do(name, timeout)
+        self.state = WorkerState.READY
+
+    @staticmethod
+    def _can_do(name: str, timeout: float | None) -> bytes:
+        if timeout:
+            return encode_req(PT.CAN_DO_TIMEOUT, name.encode(), b"%d" % max(1, round(timeout)))
+        return encode_req(PT.CAN_DO, name.encode())
+
+    def add_ability(self, name: str, timeout: float | None) -> None:
+        self.abilities[name] = timeout
+        if self.state is not WorkerState.DISCONNECTED:
+            self._out += self._can_do(name, timeout)
+
+    def reset_abilities(self) -> None:
+        """Unregister everything (RESET_ABILITIES) so the server hands us no more jobs."""
+        if self.state is not WorkerState.DISCONNECTED:
+            self._out += encode_req(PT.RESET_ABILITIES)
+
+    def grab(self) -> None:
+        self._expect(WorkerState.READY, "grab")
+        self._out += encode_req(PT.GRAB_JOB_UNIQ)
+        self.state = WorkerState.GRABBING
+
+    def receive(self, data: bytes) -> list[object]:
+        """Feed bytes from the server; return JobAssigned / ServerErrorNotice events."""
+        events: list[object] = []
+        for packet in self._decoder.feed(data):
+            ptype = packet.type  # type: ignore[union-attr]
+            if ptype == PT.ERROR:
+                args = packet.args  # type: ignore[union-attr]
+                events.append(ServerErrorNotice(code=args[0].decode(), text=args[1].decode()))
+                continue
+            nxt = _WORKER_TRANSITIONS.get((self.state, ptype))
+            if nxt is None:
+                raise ProtocolError(f"{packet.name} is unexpected while {self.state.value}")  # type: ignore[union-attr]
+            self.state = nxt
+            if ptype == PT.NO_JOB:
+                self._out += encode_req(PT.PRE_SLEEP)
+            elif ptype == PT.JOB_ASSIGN_UNIQ:
+                handle, func, unique, payload = packet.args  # type: ignore[union-attr]
+                events.append(self._assigned(handle, func, unique, payload))
+            elif ptype == PT.JOB_ASSIGN:
+                handle, func, payload = packet.args  # type: ignore[union-attr]
+                events.append(self._assigned(handle, func, b"", payload))
+        return events
+
+    def _assigned(self, handle: bytes, func: bytes, unique: bytes, data: bytes) -> JobAssigned:
+        self.handle = handle.decode()
+        return JobAssigned(
+            handle=self.handle, function=func.decode(), unique=unique.decode(), data=data
+        )
+
+    def _expect(self, state: WorkerState, action: str) -> None:
+        if self.state is not state:
+            raise ProtocolError(f"cannot {action} while {self.state.value}", fatal=False)
+
+    def _in_hand(self, action: str) -> bytes:
+        self._expect(WorkerState.WORKING, action)
+        return self.handle.encode()  # type: ignore[union-attr]
+
+    def send_status(self, numerator: int, denominator: int) -> None:
+        handle = self._in_hand("send status")
+        self._out += encode_req(PT.WORK_STATUS, handle, b"%d" % numerator, b"%d" % denominator)
+
+    def send_data(self, data: bytes) -> None:
+        self._out += encode_req(PT.WORK_DATA, self._in_hand("send data"), data)
+
+    def send_warning(self, data: bytes) -> None:
+        self._out += encode_req(PT.WORK_WARNING, self._in_hand("send a warning"), data)
+
+    def complete(self, result: bytes) -> None:
+        self._out += encode_req(PT.WORK_COMPLETE, self._in_hand("complete"), result)
+        self._job_ended()
+
+    def fail(self) -> None:
+        self._out += encode_req(PT.WORK_FAIL, self._in_hand("fail"))
+        self._job_ended()
+
+    def exception(self, text: str) -> None:
+        """WORK_EXCEPTION ends the job (gearmand and farm alike); no WORK_FAIL follows."""
+        self._out += encode_req(PT.WORK_EXCEPTION, self._in_hand("raise"), text.encode())
+        self._job_ended()
+
+    def _job_ended(self) -> None:
+        self.handle = None
+        self.state = WorkerState.READY
+
+    def connection_lost(self) -> None:
+        self.state = WorkerState.DISCONNECTED
+        self.handle = None
+        self._out.clear()

@@ -1,0 +1,156 @@
+"""farm.session driven with bytes and no sockets: replies matched in order, WORK_* by handle."""
+
+from __future__ import annotations
+
+import pytest
+
+from farm.errors import JobException, JobFailed, ServerError, ServerUnavailable
+from farm.protocol import Decoder, PacketType as PT, ProtocolError, encode_res
+from farm.session import (
+    ClientSession,
+    JobCreated,
+    JobData,
+    JobEnded,
+    JobProgress,
+    JobStatus,
+    JobWarning,
+    ServerErrorNotice,
+    Task,
+)
+
+
+def sent(session: ClientSession) -> list[tuple[int, tuple[bytes, ...]]]:
+    return [(p.type, p.args) for p in Decoder().feed(session.data_to_send())]  # type: ignore[union-attr]
+
+
+def test_submit_frames_the_packet_for_priority_and_background() -> None:
+    s = ClientSession("a:1")
+    s.submit(Task("rev", b"abc", unique="u", priority="high"))
+    s.submit(Task("rev", b"x", priority="low", background=True))
+    s.submit(Task("rev", b"y", when=1700000000, background=True))
+    assert sent(s) == [
+        (PT.SUBMIT_JOB_HIGH, (b"rev", b"u", b"abc")),
+        (PT.SUBMIT_JOB_LOW_BG, (b"rev", b"", b"x")),
+        (PT.SUBMIT_JOB_EPOCH, (b"rev", b"", b"1700000000", b"y")),
+    ]
+    assert s.data_to_send() == b""
+
+
+def test_job_created_goes_to_submits_in_order_and_results_by_handle() -> None:
+    s = ClientSession("a:1")
+    t1, t2 = Task("f", b"1"), Task("f", b"2")
+    s.submit(t1)
+    s.submit(t2)
+    events = s.receive(encode_res(PT.JOB_CREATED, b"H:1") + encode_res(PT.JOB_CREATED, b"H:2"))
+    assert [e.task for e in events] == [t1, t2] and all(type(e) is JobCreated for e in events)
+    assert (t1.handle, t2.handle) == ("H:1", "H:2")
+    # results arrive in any order
+    s.receive(encode_res(PT.WORK_COMPLETE, b"H:2", b"two"))
+    assert t2.done and t2.result == b"two" and not t1.done
+    s.receive(encode_res(PT.WORK_COMPLETE, b"H:1", b"one"))
+    assert t1.result == b"one" and not s.busy
+
+
+def test_background_task_is_done_at_job_created() -> None:
+    s = ClientSession()
+    t = Task("f", b"", background=True)
+    s.submit(t)
+    s.receive(encode_res(PT.JOB_CREATED, b"H:9"))
+    assert t.done and t.handle == "H:9" and not s.busy
+
+
+def test_progress_data_warning_exception_and_fail() -> None:
+    s = ClientSession()
+    t, u = Task("f", b""), Task("g", b"")
+    s.submit(t)
+    s.submit(u)
+    s.receive(encode_res(PT.JOB_CREATED, b"H:1") + encode_res(PT.JOB_CREATED, b"H:2"))
+    events = s.receive(
+        encode_res(PT.WORK_STATUS, b"H:1", b"3", b"10")
+        + encode_res(PT.WORK_DATA, b"H:1", b"chunk")
+        + encode_res(PT.WORK_WARNING, b"H:1", b"careful")
+        + encode_res(PT.WORK_EXCEPTION, b"H:1", b"ValueError: bad input")
+        + encode_res(PT.WORK_FAIL, b"H:2")
+    )
+    assert events[0] == JobProgress(task=t, numerator=3, denominator=10)
+    assert events[1] == JobData(task=t, data=b"chunk")
+    assert events[2] == JobWarning(task=t, data=b"careful")
+    assert type(events[3]) is JobEnded and isinstance(t.error, JobException)
+    assert t.error.text == "ValueError: bad input"
+    assert isinstance(u.error, JobFailed) and u.done
+
+
+def test_coalesced_submits_on_one_connection_both_get_the_result_once() -> None:
+    s = ClientSession()
+    a, b = Task("f", b"x", unique="k"), Task("f", b"y", unique="k")
+    s.submit(a)
+    s.submit(b)
+    s.receive(encode_res(PT.JOB_CREATED, b"H:1") * 2)
+    ended = s.receive(encode_res(PT.WORK_COMPLETE, b"H:1", b"r") * 2)  # gearmand sends one each
+    assert [e.task for e in ended] == [a, b] and a.result == b.result == b"r"
+
+
+def test_queries_are_answered_in_order_with_errors_in_place() -> None:
+    s = ClientSession()
+    opt = s.option("exceptions")
+    echo = s.echo(b"hi")
+    st = s.get_status("H:1")
+    t = Task("f", b"")
+    s.submit(t)
+    su = s.get_status_unique("u")
+    s.receive(
+        encode_res(PT.OPTION_RES, b"exceptions")
+        + encode_res(PT.ECHO_RES, b"hi")
+        + encode_res(PT.STATUS_RES, b"H:1", b"1", b"0", b"2", b"5")
+        + encode_res(PT.ERROR, b"QUEUE_ERROR", b"Job queue is full")
+        + encode_res(PT.STATUS_RES_UNIQUE, b"u", b"1", b"1", b"0", b"0", b"2")
+    )
+    assert opt.result == "exceptions" and echo.result == b"hi"
+    assert st.result.status == JobStatus(True, False, 2, 5)  # type: ignore[union-attr]
+    assert isinstance(t.error, ServerError) and t.error.code == "QUEUE_ERROR" and t.done
+    assert su.result.status == JobStatus(True, True, 0, 0)  # type: ignore[union-attr]
+
+
+def test_unsolicited_error_is_an_event_and_a_mismatched_reply_a_protocol_error() -> None:
+    s = ClientSession()
+    assert s.receive(encode_res(PT.ERROR, b"X", b"y")) == [ServerErrorNotice(code="X", text="y")]
+    s.echo(b"a")
+    with pytest.raises(ProtocolError):
+        s.receive(encode_res(PT.JOB_CREATED, b"H:1"))
+    with pytest.raises(ProtocolError):
+        ClientSession().receive(encode_res(PT.NOOP))
+
+
+def test_abandoned_task_drops_later_packets() -> None:
+    s = ClientSession()
+    t = Task("f", b"")
+    s.submit(t)
+    s.abandon(t)
+    s.receive(encode_res(PT.JOB_CREATED, b"H:1"))
+    assert s.receive(encode_res(PT.WORK_COMPLETE, b"H:1", b"late")) == []
+    assert not t.done and not s.busy
+
+
+def test_connection_lost_returns_unfinished_tasks_and_fails_queries() -> None:
+    s = ClientSession("a:1")
+    created, pending, bg = Task("f", b""), Task("f", b""), Task("f", b"", background=True)
+    s.submit(created)
+    s.receive(encode_res(PT.JOB_CREATED, b"H:1"))
+    s.submit(pending)
+    s.submit(bg)
+    q = s.echo(b"x")
+    assert set(s.connection_lost()) == {created, pending, bg}
+    assert q.done and isinstance(q.error, ServerUnavailable)
+    with pytest.raises(ServerUnavailable):
+        s.submit(Task("f", b""))
+
+
+def test_bytes_split_anywhere_decode_the_same() -> None:
+    wire = encode_res(PT.JOB_CREATED, b"H:1") + encode_res(PT.WORK_COMPLETE, b"H:1", b"res\0ult")
+    for cut in range(len(wire)):
+        s = ClientSession()
+        t = Task("f", b"")
+        s.submit(t)
+        s.receive(wire[:cut])
+        s.receive(wire[cut:])
+        assert t.result == b"res\0ult"

@@ -1,0 +1,90 @@
+"""The worker's grab/sleep/wake cycle as a state machine, driven without sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from farm.protocol import Decoder, PacketType as PT, ProtocolError, encode_res
+from farm.session import JobAssigned, ServerErrorNotice, WorkerSession, WorkerState
+
+
+def sent(session: WorkerSession) -> list[tuple[int, tuple[bytes, ...]]]:
+    return [(p.type, p.args) for p in Decoder().feed(session.data_to_send())]  # type: ignore[union-attr]
+
+
+def test_registration_sends_client_id_and_abilities_with_timeouts() -> None:
+    w = WorkerSession({"rev": None, "slow": 30}, client_id="w1")
+    w.connected()
+    assert sent(w) == [
+        (PT.SET_CLIENT_ID, (b"w1",)),
+        (PT.CAN_DO, (b"rev",)),
+        (PT.CAN_DO_TIMEOUT, (b"slow", b"30")),
+    ]
+    assert w.state is WorkerState.READY
+
+
+def test_grab_no_job_sleeps_and_noop_wakes() -> None:
+    w = WorkerSession({"f": None})
+    w.connected()
+    w.data_to_send()
+    w.grab()
+    assert sent(w) == [(PT.GRAB_JOB_UNIQ, ())]
+    assert w.receive(encode_res(PT.NO_JOB)) == []
+    assert w.state is WorkerState.SLEEPING and sent(w) == [(PT.PRE_SLEEP, ())]
+    w.receive(encode_res(PT.NOOP))
+    assert w.state is WorkerState.READY and w.data_to_send() == b""
+
+
+def test_assignment_progress_and_completion() -> None:
+    w = WorkerSession({"f": None})
+    w.connected()
+    w.grab()
+    w.data_to_send()
+    events = w.receive(encode_res(PT.JOB_ASSIGN_UNIQ, b"H:1", b"f", b"u", b"payload"))
+    assert events == [JobAssigned(handle="H:1", function="f", unique="u", data=b"payload")]
+    assert w.state is WorkerState.WORKING
+    w.send_status(1, 2)
+    w.send_data(b"d")
+    w.complete(b"done")
+    assert sent(w) == [
+        (PT.WORK_STATUS, (b"H:1", b"1", b"2")),
+        (PT.WORK_DATA, (b"H:1", b"d")),
+        (PT.WORK_COMPLETE, (b"H:1", b"done")),
+    ]
+    assert w.state is WorkerState.READY and w.handle is None
+
+
+def test_exception_ends_the_job_without_a_work_fail() -> None:
+    w = WorkerSession({"f": None})
+    w.connected()
+    w.grab()
+    w.receive(encode_res(PT.JOB_ASSIGN, b"H:2", b"f", b"x"))
+    w.data_to_send()
+    w.exception("ValueError: bad input")
+    assert sent(w) == [(PT.WORK_EXCEPTION, (b"H:2", b"ValueError: bad input"))]
+    assert w.state is WorkerState.READY
+
+
+def test_stale_noop_is_ignored_and_unexpected_packets_are_protocol_errors() -> None:
+    w = WorkerSession({"f": None})
+    w.connected()
+    w.receive(encode_res(PT.NOOP))
+    assert w.state is WorkerState.READY
+    with pytest.raises(ProtocolError):
+        w.receive(encode_res(PT.JOB_ASSIGN_UNIQ, b"H:1", b"f", b"", b""))  # never grabbed
+    with pytest.raises(ProtocolError):
+        w.complete(b"")  # holds no job
+
+
+def test_error_packet_is_an_event_and_reset_abilities_is_sent() -> None:
+    w = WorkerSession({"f": None})
+    w.connected()
+    w.data_to_send()
+    assert w.receive(encode_res(PT.ERROR, b"JOB_NOT_FOUND", b"x")) == [
+        ServerErrorNotice(code="JOB_NOT_FOUND", text="x")
+    ]
+    w.reset_abilities()
+    assert sent(w) == [(PT.RESET_ABILITIES, ())]
+    w.connection_lost()
+    w.reset_abilities()
+    assert w.data_to_send() == b"" and w.state is WorkerState.DISCONNECTED
