@@ -43,7 +43,8 @@ def status(server: Server, args: list[str]) -> str:
 
 def priority_status(server: Server, args: list[str]) -> str:
     lines = [
-        f"{_text(fq.name)}\t{fq.counts[0]}\t{fq.counts[1]}\t{fq.counts[2]}\t{len(fq.workers)}\n"
+        f"{_text(fq.name)}\t{fq.counts[0] + fq.scheduled[0]}\t{fq.counts[1] + fq.scheduled[1]}"
+        f"\t{fq.counts[2] + fq.scheduled[2]}\t{len(fq.workers)}\n"
         for fq in reversed(server.jobs.functions.values())
     ]
     return "".join(lines) + ".\n"
@@ -67,13 +68,15 @@ def show(server: Server, args: list[str]) -> str:
         return "".join(lines) + ".\n"
     if what == "unique jobs":
         return "".join(f"{_text(job.unique)}\n" for job in server.jobs.jobs.values()) + ".\n"
-    if what == "poison jobs":
+    if what == "poison jobs":  # farm's own
         # farm's own: jobs failed after job_retries worker deaths (handle, function, unique).
         lines = [
             f"{_text(h)}\t{_text(f)}\t{_text(u)}\n" for h, f, u in reversed(server.jobs.poison)
         ]
         return "".join(lines) + ".\n"
-    return _unknown("show")
+    if not what:
+        return _unknown("show")
+    return "ERR UNKNOWN_SHOW_ARGUMENTS\r\n"
 
 
 def cancel(server: Server, args: list[str]) -> str:
@@ -90,12 +93,10 @@ def max_queue(server: Server, args: list[str]) -> str:
     except ValueError:
         return _incomplete("maxqueue")
     fq = server.jobs.function(args[0].encode())
-    if not sizes:
-        fq.max_queue = None
-    elif len(sizes) < 3:
-        fq.max_queue = (sizes[0], sizes[0], sizes[0])
+    if len(sizes) >= 3:
+        fq.max_total, fq.max_by_priority = 0, (sizes[0], sizes[1], sizes[2])
     else:
-        fq.max_queue = (sizes[0], sizes[1], sizes[2])
+        fq.max_total, fq.max_by_priority = (sizes[0] if sizes else 0), (0, 0, 0)
     return OK
 
 

@@ -152,11 +152,11 @@ class Connection(asyncio.Protocol):
 
     def handle_packet(self, pkt: p.Packet) -> None:
         if pkt.magic != p.REQ:
-            self.send(error("INVALID_MAGIC", "Packet magic must be \\0REQ toward the server"))
+            self.send(error("INVALID_MAGIC", "Request magic expected"))
             return
         handler = HANDLERS.get(pkt.type)
         if handler is None:
-            self.send(error("INVALID_COMMAND", f"{pkt.name} is not a request"))
+            self.send(error("INVALID_COMMAND", "Command not expected"))
             return
         handler(self, pkt.args)
 
@@ -164,7 +164,7 @@ class Connection(asyncio.Protocol):
         self, ptype: int, function: bytes, unique: bytes, data: bytes, **kw: object
     ) -> None:
         if len(unique) > p.MAX_UNIQUE:
-            self.send(error("ARGUMENT_TOO_LARGE", f"unique is longer than {p.MAX_UNIQUE} bytes"))
+            self.send(error("ARGUMENT_TOO_LARGE", "Unique value too large"))
             return
         if not function:
             self.send(error("INVALID_COMMAND", "function name is empty"))
@@ -227,9 +227,7 @@ class Connection(asyncio.Protocol):
         handle = args[0]
         job = self.jobs.held(self, handle)
         if job is None:
-            self.send(
-                error("JOB_NOT_FOUND", f"Job given in work result not found: {handle.decode()}")
-            )
+            self.send(error("JOB_NOT_FOUND", NOT_FOUND_TEXT.get(ptype, NOT_FOUND_DEFAULT)))
             return
         packet = encode_res(ptype, *args)
         if ptype == T.WORK_STATUS:
@@ -292,7 +290,7 @@ class Connection(asyncio.Protocol):
             self.exceptions = True
             self.send(encode_res(T.OPTION_RES, name))
         else:
-            self.send(error("UNKNOWN_OPTION", f"Unknown option: {name.decode('utf-8', 'replace')}"))
+            self.send(error("UNKNOWN_OPTION", "Server does not recognize given option"))
 
     def set_client_id(self, args: tuple[bytes, ...]) -> None:
         client_id = args[0]
@@ -314,6 +312,13 @@ class Connection(asyncio.Protocol):
 
 
 NO_JOB = encode_res(T.NO_JOB)
+# gearmand's texts, so tools that match on them keep working.
+NOT_FOUND_DEFAULT = "Job given in work result not found"
+NOT_FOUND_TEXT = {
+    T.WORK_DATA: "Job does not exist on server",
+    T.WORK_WARNING: "Job does not exist on server",
+    T.WORK_EXCEPTION: "An exception was received for a job that does not exist",
+}
 _echo = T.ECHO_RES
 
 Handler = Callable[[Connection, tuple[bytes, ...]], None]

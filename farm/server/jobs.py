@@ -50,6 +50,7 @@ class Job:
 
     __slots__ = (
         "handle",
+        "key",
         "function",
         "unique",
         "data",
@@ -81,6 +82,7 @@ class Job:
         seq: int,
     ) -> None:
         self.handle = handle
+        self.key = unique
         self.function = function
         self.unique = unique
         self.data = data
@@ -110,7 +112,17 @@ class FunctionQueue:
     protocol.
     """
 
-    __slots__ = ("name", "queues", "counts", "running", "workers", "sleepers", "max_queue")
+    __slots__ = (
+        "name",
+        "queues",
+        "counts",
+        "scheduled",
+        "running",
+        "workers",
+        "sleepers",
+        "max_total",
+        "max_by_priority",
+    )
 
     def __init__(self, name: bytes) -> None:
         self.name = name
@@ -120,11 +132,23 @@ class FunctionQueue:
         self.workers: set[Peer] = set()
         # Workers asleep (PRE_SLEEP) that can take this function; a dict keeps wake order.
         self.sleepers: dict[Peer, None] = {}
-        self.max_queue: tuple[int, int, int] | None = None
+        # Jobs held for their epoch time: counted in status, not yet runnable.
+        self.scheduled = [0, 0, 0]
+        # `maxqueue F N` bounds all queued jobs; `maxqueue F H N L` each priority (0 = no limit).
+        self.max_total = 0
+        self.max_by_priority: tuple[int, int, int] = (0, 0, 0)
+
+    def full(self, priority: int) -> bool:
+        if self.max_total and self.queued >= self.max_total:
+            return True
+        limit = self.max_by_priority[priority]
+        return bool(limit) and self.counts[priority] + self.scheduled[priority] >= limit
 
     @property
     def queued(self) -> int:
-        return self.counts[0] + self.counts[1] + self.counts[2]
+        """Jobs waiting, whether runnable now or held for their epoch."""
+        c, s = self.counts, self.scheduled
+        return c[0] + c[1] + c[2] + s[0] + s[1] + s[2]
 
     def head(self, priority: int) -> Job | None:
         """The first live job of one priority, dropping removed ones on the way."""
@@ -216,10 +240,12 @@ class JobServer:
         ``client`` is the foreground submitter to attach; None for background.
         Raises QueueFull when the function's queue is at its maximum.
         """
-        if unique == b"-":
-            unique = data
-        if unique:
-            job = self.uniques.get((function, unique))
+        # `-` means "the payload is the unique": such jobs coalesce with each other
+        # on their payload (never with a literal unique, never when empty), and
+        # the worker still sees `-`, as with gearmand.
+        key = (b"-\0" + data if data else b"") if unique == b"-" else unique
+        if key:
+            job = self.uniques.get((function, key))
             if job is not None:
                 if background:
                     job.background = True
@@ -227,20 +253,23 @@ class JobServer:
                     self._attach(job, client)
                 return job
         fq = self.function(function)
-        if fq.max_queue is not None and fq.queued >= fq.max_queue[priority] > 0:
+        if fq.full(priority):
             raise QueueFull(function.decode("utf-8", "replace"))
         handle = self.prefix + str(next(self._counter)).encode()
         job = Job(
             handle, function, unique, data, priority, background, reducer, when, next(self._seq)
         )
+        job.key = key
         self.jobs[handle] = job
+        if key:
+            self.uniques[(function, key)] = job
         if unique:
-            self.uniques[(function, unique)] = job
             self.by_unique[unique] = job
         if client is not None and not background:
             self._attach(job, client)
         if when and when > time.time():
             heapq.heappush(self.epoch_heap, (when, job.seq, job))
+            fq.scheduled[priority] += 1
             self._arm_epoch_timer()
         else:
             fq.push(job)
@@ -281,8 +310,9 @@ class JobServer:
         while self.epoch_heap and self.epoch_heap[0][0] <= now:
             _, _, job = heapq.heappop(self.epoch_heap)
             if job.handle not in self.jobs:
-                continue
+                continue  # cancelled while held
             fq = self.function(job.function)
+            fq.scheduled[job.priority] -= 1
             fq.push(job)
             self._wake(fq)
         self._arm_epoch_timer()
@@ -447,12 +477,12 @@ class JobServer:
 
     def _forget(self, job: Job) -> None:
         self.jobs.pop(job.handle, None)
-        if job.unique:
-            key = (job.function, job.unique)
+        if job.key:
+            key = (job.function, job.key)
             if self.uniques.get(key) is job:
                 del self.uniques[key]
-            if self.by_unique.get(job.unique) is job:
-                del self.by_unique[job.unique]
+        if job.unique and self.by_unique.get(job.unique) is job:
+            del self.by_unique[job.unique]
         if self.on_idle is not None and not self.running_count():
             self.on_idle()
 
@@ -463,8 +493,11 @@ class JobServer:
         job = self.jobs.get(handle)
         if job is None or job.worker is not None:
             return False
+        fq = self.function(job.function)
         if job.queued:
-            self.function(job.function).discard(job)
+            fq.discard(job)
+        elif job.when:
+            fq.scheduled[job.priority] -= 1  # held for its epoch; the heap entry is skipped later
         self._end(job, encode_res(T.WORK_FAIL, job.handle), None)
         return True
 
