@@ -301,8 +301,8 @@ class Worker:
         else:
             if self._holds(server, job):
                 server.session.complete(payload)
+        self.jobs_done += 1  # before the answer leaves, so whoever sees it sees the count
         self._flush(server)
-        self.jobs_done += 1
         if self.after_job is not None:
             self.after_job(job)
 

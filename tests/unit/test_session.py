@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from farm.errors import JobException, JobFailed, ServerError, ServerUnavailable
-from farm.protocol import Decoder, PacketType as PT, ProtocolError, encode_res
+from farm.protocol import Decoder, ProtocolError, encode_res
+from farm.protocol import PacketType as PT
 from farm.session import (
     ClientSession,
     JobCreated,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from farm.protocol import Decoder, PacketType as PT, ProtocolError, encode_res
+from farm.protocol import Decoder, ProtocolError, encode_res
+from farm.protocol import PacketType as PT
 from farm.session import JobAssigned, ServerErrorNotice, WorkerSession, WorkerState
 
 

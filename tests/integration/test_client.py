@@ -1,0 +1,212 @@
+"""farm.Client against farm's server and gearmand: calls, background, priorities, coalescing,
+status and progress, WORK_DATA, exceptions, failures and timeouts."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import farm
+from farm.protocol import PacketType as PT
+from tests.conftest import Peer
+from tests.integration.test_client_support import eventually, reverse, serving
+
+
+def test_call_returns_the_result_for_bytes_and_str(any_server) -> None:
+    with serving(any_server.addr, {"reverse": reverse}), farm.Client(any_server.addr) as c:
+        assert c.call("reverse", b"hello") == b"olleh"
+        assert c.call("reverse", "héllo") == "héllo".encode()[::-1]
+        assert c.call("reverse", b"") == b""
+        assert c.echo(b"ping\0pong") == b"ping\0pong"
+
+
+def test_background_job_runs_and_submit_returns_its_handle(any_server) -> None:
+    seen = threading.Event()
+
+    def record(job: Any) -> None:
+        assert job.data == b"payload"
+        seen.set()
+
+    with farm.Client(any_server.addr) as c, serving(any_server.addr, {"record": record}):
+        task = c.submit("record", b"payload", background=True)
+        assert task.handle and task.handle.startswith("H:") and task.server == any_server.addr
+        assert seen.wait(5)
+        with pytest.raises(ValueError):
+            c.wait(task)
+
+
+def test_priorities_high_before_normal_before_low(any_server) -> None:
+    order: list[bytes] = []
+    with farm.Client(any_server.addr) as c:
+        for prio in ("low", "normal", "high"):
+            c.submit("order", prio, background=True, priority=prio)
+        with serving(any_server.addr, {"order": lambda job: order.append(job.data)}) as w:
+            eventually(lambda: w.jobs_done == 3)
+    assert order == [b"high", b"normal", b"low"]
+
+
+def test_equal_unique_keys_coalesce_into_one_run(any_server) -> None:
+    runs: list[bytes] = []
+
+    def count(job: Any) -> bytes:
+        runs.append(job.data)
+        return b"ran " + job.data
+
+    with farm.Client(any_server.addr) as a, farm.Client(any_server.addr) as b:
+        ta = a.submit("count", b"first", unique="same-key")
+        tb = b.submit("count", b"second", unique="same-key")
+        assert ta.handle == tb.handle
+        st = a.status_unique("same-key")
+        assert st.known and not st.running
+        with serving(any_server.addr, {"count": count}):
+            assert a.wait(ta, 5) == b"ran first"
+            assert b.wait(tb, 5) == b"ran first"
+    assert runs == [b"first"]
+
+
+def test_status_and_progress_callbacks(any_server) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def slow(job: Any) -> bytes:
+        job.send_status(1, 2)
+        started.set()
+        release.wait(5)
+        job.send_status(2, 2)
+        return b"done"
+
+    progress: list[tuple[int, int]] = []
+    with farm.Client(any_server.addr) as c, serving(any_server.addr, {"slow": slow}):
+        task = c.submit("slow", b"")
+        assert started.wait(5)
+        status = eventually(lambda: (s := c.status(task)).numerator == 1 and s)
+        assert status == farm.client.JobStatus(True, True, 1, 2)
+        assert c.status(task.handle) == status
+        release.set()
+        task.tag = farm.client._Callbacks(lambda n, d: progress.append((n, d)), None, None)
+        assert c.wait(task, 5) == b"done"
+        assert (2, 2) in progress
+        assert not c.status(task).known
+
+
+def test_work_data_streams_in_order_then_the_result(any_server) -> None:
+    def stream(job: Any) -> bytes:
+        for i in range(5):
+            job.send_data(b"part%d" % i)
+        job.send_warning("almost")
+        job.send_status(5, 5)
+        return b"end"
+
+    chunks: list[bytes] = []
+    warnings: list[bytes] = []
+    statuses: list[tuple[int, int]] = []
+    with farm.Client(any_server.addr) as c, serving(any_server.addr, {"stream": stream}):
+        result = c.call(
+            "stream",
+            b"",
+            on_data=chunks.append,
+            on_warning=warnings.append,
+            on_status=lambda n, d: statuses.append((n, d)),
+        )
+    assert result == b"end"
+    assert chunks == [b"part%d" % i for i in range(5)]
+    assert warnings == [b"almost"] and statuses == [(5, 5)]
+
+
+def test_worker_exception_raises_job_exception_and_worker_goes_on(any_server) -> None:
+    def boom(job: Any) -> bytes:
+        raise ValueError("bad input")
+
+    fns = {"boom": boom, "reverse": reverse}
+    with farm.Client(any_server.addr) as c, serving(any_server.addr, fns) as w:
+        with pytest.raises(farm.JobException) as info:
+            c.call("boom", b"x")
+        assert info.value.text == "ValueError: bad input"
+        assert c.call("reverse", b"ab") == b"ba"
+        assert w.jobs_done == 2
+
+
+def test_work_fail_raises_job_failed(any_server) -> None:
+    raw = Peer(any_server.addr)
+    raw.send(PT.CAN_DO, "fails")
+    with farm.Client(any_server.addr) as c:
+        task = c.submit("fails", b"x")
+        raw.send(PT.GRAB_JOB_UNIQ)
+        assign = raw.expect(PT.JOB_ASSIGN_UNIQ)
+        raw.send(PT.WORK_FAIL, assign.args[0])
+        with pytest.raises(farm.JobFailed):
+            c.wait(task, 5)
+    raw.close()
+
+
+def test_call_timeout_raises_timeout_and_the_client_stays_usable(any_server) -> None:
+    with farm.Client(any_server.addr) as c:
+        t0 = time.monotonic()
+        with pytest.raises(farm.Timeout):
+            c.call("nobody-serves-this", b"x", timeout=0.2)
+        assert time.monotonic() - t0 < 2
+        with serving(any_server.addr, {"reverse": reverse}):
+            assert c.call("reverse", b"xy", timeout=5) == b"yx"
+
+
+def test_map_ordered_and_unordered_over_two_workers(any_server) -> None:
+    payloads = [b"job%03d" % i for i in range(300)]
+    fns = {"reverse": reverse}
+    with (
+        farm.Client(any_server.addr) as c,
+        serving(any_server.addr, fns) as w1,
+        serving(any_server.addr, fns) as w2,
+    ):
+        assert list(c.map("reverse", payloads, max_in_flight=32)) == [p[::-1] for p in payloads]
+        unordered = list(c.map("reverse", iter(payloads), ordered=False))
+        assert sorted(unordered) == sorted(p[::-1] for p in payloads)
+        assert w1.jobs_done + w2.jobs_done == 600
+
+
+def test_scheduled_job_uses_submit_job_epoch(farm_server) -> None:
+    done = threading.Event()
+    fns = {"later": lambda job: done.set()}
+    with farm.Client(farm_server.addr) as c, serving(farm_server.addr, fns):
+        task = c.submit("later", b"", when=time.time() + 0.3)
+        assert task.background and task.handle
+        assert done.wait(5)
+
+
+def test_can_do_timeout_fails_the_job_on_farm(farm_server) -> None:
+    release = threading.Event()
+    worker = farm.Worker(farm_server.addr)
+    worker.register("stuck", lambda job: release.wait(10) and b"late", timeout=1)
+    thread = threading.Thread(target=worker.work, daemon=True)
+    thread.start()
+    try:
+        with farm.Client(farm_server.addr) as c, pytest.raises(farm.JobFailed):
+            c.call("stuck", b"", timeout=8)
+    finally:
+        release.set()
+        worker.stop()
+        thread.join(10)
+
+
+def test_bad_arguments_get_clear_errors() -> None:
+    with farm.Client("127.0.0.1:1") as c:
+        with pytest.raises(TypeError, match="data must be bytes or str"):
+            c.call("f", 42)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="priority must be one of"):
+            c.call("f", b"", priority="urgent")
+        with pytest.raises(ValueError, match="unique key"):
+            c.call("f", b"", unique="u" * 64)
+        with pytest.raises(TypeError, match="function must be a str"):
+            c.submit(b"f", b"")  # type: ignore[arg-type]
+        with pytest.raises(farm.ServerUnavailable, match="127.0.0.1:1"):
+            c.call("f", b"")
+    with pytest.raises(ValueError, match="port"):
+        farm.Client("host:99999")
+
+
+def test_servers_default_from_environment(monkeypatch) -> None:
+    monkeypatch.setenv("GEARMAN_SERVERS", "a:1, b,unix:/tmp/s")
+    assert farm.Client().servers == ["a:1", "b:4730", "unix:/tmp/s"]
+    monkeypatch.delenv("GEARMAN_SERVERS")
+    assert farm.Client().servers == ["127.0.0.1:4730"]
