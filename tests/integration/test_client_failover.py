@@ -1,0 +1,90 @@
+"""Several servers: a dead one is skipped, all dead says which were tried, a job whose
+server died mid-job is resubmitted once when it has a unique key."""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from typing import Any
+
+import pytest
+
+import farm
+from tests.conftest import free_port
+from tests.integration.test_client_support import reverse, serving, start_like
+
+
+@pytest.fixture
+def two_servers(any_server):
+    other = start_like(any_server)
+    yield any_server, other
+    other.stop()
+
+
+def test_a_killed_server_is_skipped_and_all_down_names_each(two_servers) -> None:
+    a, b = two_servers
+    addrs = [a.addr, b.addr]
+    with farm.Client(addrs) as c, serving(addrs, {"reverse": reverse}):
+        assert {c.call("reverse", b"%d" % i) for i in range(4)} == {b"0", b"1", b"2", b"3"}
+        assert len(c._conns) == 2  # jobs were spread over both
+        a.stop()
+        for i in range(6):
+            assert c.call("reverse", b"ab%d" % i, timeout=5) == b"%dba" % i
+        b.stop()
+        with pytest.raises(farm.ServerUnavailable) as info:
+            c.call("reverse", b"x", timeout=5)
+    assert a.addr in str(info.value) and b.addr in str(info.value)
+
+
+def test_unreachable_list_raises_server_unavailable() -> None:
+    dead = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    with farm.Client(dead) as c, pytest.raises(farm.ServerUnavailable) as info:
+        c.call("reverse", b"x")
+    assert all(addr in str(info.value) for addr in dead)
+
+
+def _mid_job_death(two_servers, unique: str | None) -> tuple[Any, list[bytes]]:
+    a, b = two_servers
+    addrs = [a.addr, b.addr]
+    key = unique or "x"
+    holder = {s.addr: s for s in two_servers}[addrs[zlib.crc32(key.encode()) % 2]]
+    started, release = threading.Event(), threading.Event()
+    runs: list[bytes] = []
+
+    def slow(job: Any) -> bytes:
+        runs.append(job.data)
+        if len(runs) == 1:
+            started.set()
+            release.wait(5)
+        return b"ok"
+
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            outcome["result"] = c.call("slow", b"p", unique=unique, timeout=10)
+        except farm.FarmError as exc:
+            outcome["error"] = exc
+
+    with farm.Client(addrs) as c, serving(addrs, {"slow": slow}):
+        if unique is None:  # no key: make the first job land on the server we kill
+            c._rotation = addrs.index(holder.addr)
+        caller = threading.Thread(target=call)
+        caller.start()
+        assert started.wait(5)
+        holder.stop()
+        release.set()
+        caller.join(10)
+    return outcome, runs
+
+
+def test_job_with_unique_key_is_resubmitted_once_when_its_server_dies(two_servers) -> None:
+    outcome, runs = _mid_job_death(two_servers, "resubmit-me")
+    assert outcome == {"result": b"ok"}
+    assert runs == [b"p", b"p"]
+
+
+def test_job_without_unique_key_fails_when_its_server_dies(two_servers) -> None:
+    outcome, runs = _mid_job_death(two_servers, None)
+    assert isinstance(outcome.get("error"), farm.ServerUnavailable)
+    assert "went away" in str(outcome["error"])

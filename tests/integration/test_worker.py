@@ -1,0 +1,154 @@
+"""farm.Worker against farm's server and gearmand: reconnect after a restart, stop and
+drain hooks, signals, and an idle worker that does not spin."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import psutil
+import pytest
+
+import farm
+from tests.conftest import ROOT, Peer
+from tests.integration.test_client_support import eventually, reverse, serving, start_like
+
+
+def slow_reverse(job: Any) -> bytes:
+    """Used by the `farm worker` subprocess tests: a job that takes a moment."""
+    time.sleep(0.5)  # stands in for real work, so a signal lands mid-job
+    return job.data[::-1]
+
+
+def _workers_of(addr: str, function: str) -> int:
+    peer = Peer(addr)
+    try:
+        rows = [line.split("\t") for line in peer.admin("status").splitlines()]
+    finally:
+        peer.close()
+    return sum(int(r[3]) for r in rows if len(r) == 4 and r[0] == function)
+
+
+def test_worker_reconnects_and_reregisters_after_a_server_restart(any_server) -> None:
+    with serving(any_server.addr, {"reverse": reverse}) as w:
+        with farm.Client(any_server.addr) as c:
+            assert c.call("reverse", b"one") == b"eno"
+        any_server.stop()
+        restarted = start_like(any_server, port=any_server.port)
+        try:
+            with farm.Client(any_server.addr) as c:
+                assert c.call("reverse", b"two", timeout=10) == b"owt"
+            assert w.jobs_done == 2
+        finally:
+            restarted.stop()
+
+
+def test_stop_from_another_thread_returns_promptly_and_unregisters(any_server) -> None:
+    with serving(any_server.addr, {"idle-fn": reverse}) as w:
+        eventually(lambda: _workers_of(any_server.addr, "idle-fn") == 1)
+        t0 = time.monotonic()
+    assert time.monotonic() - t0 < 2 and w.jobs_done == 0
+    eventually(lambda: _workers_of(any_server.addr, "idle-fn") == 0)
+
+
+def test_stop_after_and_after_job_hook(any_server) -> None:
+    seen: list[str] = []
+    worker = farm.Worker(any_server.addr, client_id="hooked")
+
+    @worker.function()
+    def upper(job: Any) -> str:
+        return job.text.upper()
+
+    worker.after_job = lambda job: seen.append(job.function)
+    with farm.Client(any_server.addr) as c:
+        tasks = [c.submit("upper", b"abc%d" % i) for i in range(3)]
+        worker.work(stop_after=2)
+        assert worker.jobs_done == 2 and seen == ["upper", "upper"]
+        assert [c.wait(t, 5) for t in tasks[:2]] == [b"ABC0", b"ABC1"]
+        worker.work(stop_after=1)
+        assert c.wait(tasks[2], 5) == b"ABC2" and worker.jobs_done == 3
+
+
+def test_after_job_may_stop_the_worker(any_server) -> None:
+    worker = farm.Worker(any_server.addr)
+    worker.register("reverse", reverse)
+    worker.after_job = lambda job: worker.stop()
+    with farm.Client(any_server.addr) as c:
+        first, second = c.submit("reverse", b"ab"), c.submit("reverse", b"cd")
+        worker.work()
+        assert worker.jobs_done == 1 and c.wait(first, 5) == b"ba"
+        assert not c.status(second).running
+
+
+def test_unregister_all_stops_taking_jobs_but_keeps_the_loop(any_server) -> None:
+    with serving(any_server.addr, {"drain-fn": reverse}) as w:
+        eventually(lambda: _workers_of(any_server.addr, "drain-fn") == 1)
+        w.unregister_all()
+        eventually(lambda: _workers_of(any_server.addr, "drain-fn") == 0)
+        with farm.Client(any_server.addr) as c, pytest.raises(farm.Timeout):
+            c.call("drain-fn", b"x", timeout=0.3)
+    assert w.jobs_done == 0
+
+
+def test_registration_errors_are_clear() -> None:
+    w = farm.Worker("127.0.0.1:1")
+    with pytest.raises(ValueError, match="function name"):
+        w.register("", reverse)
+    with pytest.raises(TypeError, match="callable"):
+        w.register("x", "not a function")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout"):
+        w.register("x", reverse, timeout=-1)
+    with pytest.raises(ValueError, match="no functions"):
+        w.work()
+
+
+def _farm_worker(addr: str, target: str, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-c", "from farm.cli import main; main()", "worker", target]
+    return subprocess.Popen([*cmd, "--server", addr, *extra], cwd=ROOT)
+
+
+def test_sigterm_finishes_the_job_in_hand_then_exits_0(any_server) -> None:
+    proc = _farm_worker(any_server.addr, "tests.integration.test_worker:slow_reverse")
+    try:
+        with farm.Client(any_server.addr) as c:
+            task = c.submit("slow_reverse", b"abc")
+            eventually(lambda: c.status(task).running, timeout=10)
+            proc.send_signal(signal.SIGTERM)
+            assert c.wait(task, 5) == b"cba"
+        assert proc.wait(5) == 0
+    finally:
+        proc.kill()
+
+
+def test_idle_worker_sleeps_without_burning_cpu(any_server) -> None:
+    proc = _farm_worker(any_server.addr, "workers.text:reverse")
+    try:
+        eventually(lambda: _workers_of(any_server.addr, "reverse") == 1, timeout=10)
+        ps = psutil.Process(proc.pid)
+        before = sum(ps.cpu_times()[:2])
+        time.sleep(1.0)  # measuring idle CPU needs idle wall time
+        used = sum(ps.cpu_times()[:2]) - before
+        assert used < 0.05, f"idle worker used {used:.3f}s CPU in 1s"
+        with farm.Client(any_server.addr) as c:
+            assert c.call("reverse", b"awake", timeout=5) == b"ekawa"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(5) == 0
+
+
+def test_stop_is_safe_from_a_signal_handler(any_server) -> None:
+    worker = farm.Worker(any_server.addr)
+    worker.register("reverse", reverse)
+    previous = signal.signal(signal.SIGUSR1, lambda *_: worker.stop())
+    try:
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+        t0 = time.monotonic()
+        worker.work()
+        assert time.monotonic() - t0 < 3
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
