@@ -1,0 +1,159 @@
+"""The supervisor's control socket: one JSON request a connection, one JSON reply.
+
+A Unix stream socket (mode 0600, so only the service's user may steer it).
+The client sends one line ``{"cmd": "ps" | "scale" | "reload" | "stop", ...}``
+and reads one line back: ``{"ok": true, ...}`` or ``{"ok": false, "error":
+"...", "usage": true}`` (``usage`` marks a bad request: exit code 2). The
+server side never blocks the supervisor's loop: it is driven by the loop's
+selector (``ControlServer.accept`` / ``ControlConnection.read``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from typing import Any
+
+from farm.errors import FarmError
+
+__all__ = [
+    "ControlServer",
+    "ControlConnection",
+    "ControlUnavailable",
+    "request",
+    "parse_scale",
+    "MAX_REQUEST",
+]
+
+MAX_REQUEST = 64 * 1024
+_SCALE = re.compile(r"^([A-Za-z0-9_.-]{1,64})=([+-]?)(\d{1,6})$")
+
+
+class ControlUnavailable(FarmError):
+    """No supervisor answers on the control socket."""
+
+
+def parse_scale(arg: str) -> tuple[str, str, int]:
+    """``"resize=32"`` -> ("resize", "=", 32); ``"reverse=+2"`` -> ("reverse", "+", 2)."""
+    match = _SCALE.match(arg.strip())
+    if not match:
+        raise ValueError(f"{arg!r} is not NAME=COUNT, NAME=+N or NAME=-N (e.g. resize=32)")
+    name, sign, count = match.groups()
+    return name, sign or "=", int(count)
+
+
+def request(path: str, message: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+    """Send one request to the supervisor at ``path`` and return its reply."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            sock.sendall(json.dumps(message).encode() + b"\n")
+            buf = b""
+            while not buf.endswith(b"\n"):
+                data = sock.recv(65536)
+                if not data:
+                    break
+                buf += data
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise ControlUnavailable(
+            f"no supervisor answers at {path} (is `farm up` running with this config?)"
+        ) from None
+    except OSError as e:
+        raise ControlUnavailable(f"control socket {path}: {e.strerror or e}") from None
+    try:
+        reply = json.loads(buf)
+    except ValueError:
+        raise ControlUnavailable(f"control socket {path}: the supervisor closed early") from None
+    if not isinstance(reply, dict):
+        raise ControlUnavailable(f"control socket {path}: unexpected reply {reply!r}")
+    return reply
+
+
+class ControlServer:
+    """The listening socket; refuses to steal a path another supervisor still answers on."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        directory = os.path.dirname(path) or "."
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        if os.path.exists(path):
+            try:
+                request(path, {"cmd": "ping"}, timeout=1.0)
+            except ControlUnavailable:
+                os.unlink(path)  # left by a supervisor that died
+            else:
+                raise FarmError(f"another supervisor is running (it answers at {path})")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # no window in which others could connect
+        try:
+            self.sock.bind(path)
+        finally:
+            os.umask(old)
+        self.sock.listen(64)
+        self.sock.setblocking(False)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def accept(self) -> ControlConnection | None:
+        try:
+            conn, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return None
+        conn.setblocking(False)
+        return ControlConnection(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+class ControlConnection:
+    """One client: collects its request line, then gets one reply and is closed."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read(self) -> dict[str, Any] | None:
+        """The request once a whole line is in; None while waiting. Raises EOFError if gone."""
+        try:
+            data = self.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            data = b""
+        if not data:
+            raise EOFError
+        self.buf += data
+        if b"\n" not in self.buf:
+            if len(self.buf) > MAX_REQUEST:
+                raise EOFError
+            return None
+        try:
+            message = json.loads(self.buf.partition(b"\n")[0])
+        except ValueError:
+            message = None
+        if not isinstance(message, dict):
+            return {"cmd": None}
+        return message
+
+    def reply(self, message: dict[str, Any]) -> None:
+        """Send the reply and close; a client that stopped reading is dropped."""
+        try:
+            self.sock.setblocking(True)
+            self.sock.settimeout(1.0)
+            self.sock.sendall(json.dumps(message).encode() + b"\n")
+        except OSError:
+            pass
+        finally:
+            self.sock.close()

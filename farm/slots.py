@@ -1,0 +1,174 @@
+"""The supervisor's bookkeeping: slots, the processes in them, and the restart policy.
+
+A *slot* is one numbered place in a function's pool ("resize#3"), pinned to
+one core for its whole life; the process in it comes and goes. Slots carry the
+restart history (backoff, failing), processes carry what the worker reported
+(state, jobs done, the job in hand). Nothing here does I/O, so the policy is
+testable without processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+__all__ = [
+    "EXIT_DRAINED",
+    "EXIT_BOOT_ERROR",
+    "EXIT_RECYCLE",
+    "Slot",
+    "WorkerProcess",
+    "describe_exit",
+    "core_for",
+    "crash_delay",
+    "boot_delay",
+]
+
+# Exit codes of farm.workerproc, like gunicorn's: the supervisor tells an
+# ordered exit from a crash, and a target that cannot load from one that died.
+EXIT_DRAINED = 0  # asked to stop (SIGTERM): finished its job, unregistered
+EXIT_BOOT_ERROR = 3  # the target could not be imported or served: restarting soon won't help
+EXIT_RECYCLE = 4  # reached max_jobs or max_rss_mb after a job: replace at once
+
+#: A process that lived this long was healthy: its slot's failure count starts over.
+HEALTHY_AFTER = 60.0
+#: Longest wait between restarts of a crashing or failing slot.
+BACKOFF_CAP = 30.0
+#: Consecutive crashes after which a slot is reported as failing.
+FAILING_AFTER = 3
+
+
+def crash_delay(failures: int) -> float:
+    """Wait before restart number ``failures`` of a crashing slot: 0, 0.5, 1, 2 ... 30 s."""
+    if failures <= 1:
+        return 0.0
+    return min(BACKOFF_CAP, 0.5 * 2 ** (failures - 2))
+
+
+def boot_delay(failures: int) -> float:
+    """Wait after a boot failure: 2, 4, 8 ... 30 s, so a broken target is no hot loop."""
+    return min(BACKOFF_CAP, 2.0 ** max(1, failures))
+
+
+def core_for(cpus: Sequence[int], offset: int, index: int) -> int:
+    """The core of slot ``index`` of a pool placed at ``offset``: round robin, stable."""
+    return cpus[(offset + index) % len(cpus)]
+
+
+def describe_exit(status: int) -> str:
+    """A wait status in words: 'exited with code 3', 'was killed by SIGKILL'."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return f"was killed by {name}"
+    return f"exited with code {os.waitstatus_to_exitcode(status)}"
+
+
+@dataclass(eq=False)
+class WorkerProcess:
+    """One running worker process and what it last told the supervisor."""
+
+    pid: int
+    function: str
+    slot: int
+    core: int
+    report_fd: int  # read end of the pipe the worker reports on
+    options: tuple[object, ...]  # FunctionConfig.options() it was started with
+    started: float = field(default_factory=time.monotonic)
+    state: str = "starting"  # starting, idle, busy, draining, killing
+    jobs_done: int = 0
+    rss: int = 0
+    handle: str = ""
+    busy_since: float | None = None
+    stop_deadline: float | None = None  # SIGKILL if still alive then (draining)
+    kill_reason: str = ""  # why the supervisor killed it, so its death is not a crash
+    recycle_reason: str = ""
+    _buffer: bytes = b""
+
+    @property
+    def name(self) -> str:
+        return f"{self.function}#{self.slot} cpu{self.core}"
+
+    @property
+    def ordered(self) -> bool:
+        """Whether the supervisor asked it to go (its exit is never a crash)."""
+        return self.state in ("draining", "killing")
+
+    def feed(self, data: bytes) -> None:
+        """Apply report lines from the worker (JSON, one a line; see farm.workerproc)."""
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # a torn line from a dying worker; the next report corrects it
+            self.apply(event)
+
+    def apply(self, event: dict[str, object]) -> None:
+        kind = event.get("ev")
+        if kind == "job":
+            self.handle = str(event.get("handle", ""))
+            self.busy_since = time.monotonic()
+        elif kind == "done":
+            self.jobs_done = int(event.get("jobs", self.jobs_done))  # type: ignore[call-overload]
+            self.rss = int(event.get("rss", self.rss))  # type: ignore[call-overload]
+            self.handle, self.busy_since = "", None
+        elif kind == "recycle":
+            self.recycle_reason = str(event.get("why", ""))
+        if kind in ("ready", "job", "done") and not self.ordered:
+            self.state = "busy" if self.busy_since is not None else "idle"
+
+
+@dataclass(eq=False)
+class Slot:
+    """A numbered, pinned place in a function's pool, and its restart history."""
+
+    function: str
+    index: int
+    core: int
+    proc: WorkerProcess | None = None
+    failures: int = 0  # consecutive unplanned exits since the last healthy run
+    restarts: int = 0  # processes started after the first
+    spawned: int = 0
+    next_start: float = 0.0  # monotonic time before which no new process starts
+    failing: bool = False
+    last_exit: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.function}#{self.index} cpu{self.core}"
+
+    def note_exit(self, proc: WorkerProcess, status: int, now: float) -> tuple[str, float]:
+        """Record how ``proc`` ended; return (what happened, delay before the next start)."""
+        code = os.waitstatus_to_exitcode(status)
+        how = describe_exit(status)
+        if now - proc.started >= HEALTHY_AFTER:
+            self.failures, self.failing = 0, False
+        if proc.kill_reason:
+            how, delay = f"{how} ({proc.kill_reason})", 0.0
+        elif code == EXIT_RECYCLE:
+            how, delay = f"was recycled ({proc.recycle_reason or 'limit reached'})", 0.0
+        elif code == EXIT_BOOT_ERROR:
+            self.failures += 1
+            self.failing = True
+            how, delay = f"failed to boot ({how})", boot_delay(self.failures)
+        else:
+            self.failures += 1
+            self.failing = self.failures >= FAILING_AFTER
+            how, delay = f"crashed: {how}", crash_delay(self.failures)
+        self.last_exit = how
+        self.next_start = now + delay
+        return how, delay
+
+    def note_healthy(self, now: float) -> None:
+        """A process that has served a minute clears the slot's crash history."""
+        if self.proc is not None and now - self.proc.started >= HEALTHY_AFTER and self.failures:
+            self.failures, self.failing = 0, False

@@ -1,0 +1,245 @@
+"""What can change while the supervisor runs: `farm scale`, `farm ps`, reload.
+
+A mixin of :class:`farm.supervisor.Supervisor`, split off to keep the main
+loop's module short. Requests arrive on the control socket (farm.control);
+scaling only changes target numbers, which ``manage_workers`` reconciles;
+``reload`` runs from the loop, like SIGHUP.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from farm import sdnotify
+from farm.config import Config, ConfigError, load_config
+from farm.control import ControlConnection, parse_scale
+
+if TYPE_CHECKING:
+    from farm.localserver import LocalServer
+    from farm.slots import Slot, WorkerProcess
+
+__all__ = ["Steering", "Pending", "MAX_WORKERS"]
+
+log = logging.getLogger("farm.supervisor")
+
+#: Most workers one function may be scaled to (a typo must not fork-bomb the host).
+MAX_WORKERS = 1024
+
+
+@dataclass
+class Pending:
+    """Work for the main loop: a signal, or a control request to run there."""
+
+    action: str  # "signal", "reload", "stop"
+    arg: Any = None
+    conn: ControlConnection | None = field(default=None, repr=False)
+
+
+class Steering:
+    config: Config
+    config_path: str | None
+    slots: dict[str, list[Slot]]
+    targets: dict[str, int]
+    retiring: list[WorkerProcess]
+    server: LocalServer
+    pending: list[Pending]
+    selector: selectors.BaseSelector
+    started: float
+
+    def place(self, pool: Any) -> None:  # provided by Supervisor
+        raise NotImplementedError
+
+    def read_request(self, conn: ControlConnection) -> None:
+        try:
+            message = conn.read()
+        except EOFError:
+            self.selector.unregister(conn)
+            conn.sock.close()
+            return
+        if message is None:
+            return
+        self.selector.unregister(conn)
+        cmd = message.get("cmd")
+        if cmd == "ping":
+            conn.reply({"ok": True, "pid": os.getpid()})
+        elif cmd == "ps":
+            conn.reply({"ok": True, "processes": self.process_table(), "targets": self.targets})
+        elif cmd == "scale":
+            conn.reply(self.scale(message.get("changes")))
+        elif cmd in ("reload", "stop"):
+            if cmd == "stop":
+                conn.reply({"ok": True, "pid": os.getpid()})
+            self.pending.append(Pending(cmd, conn=conn if cmd == "reload" else None))
+        else:
+            conn.reply({"ok": False, "usage": True, "error": f"unknown command {cmd!r}"})
+
+    def scale(self, changes: Any) -> dict[str, Any]:
+        """Apply ["resize=32", "reverse=+2", ...] to the targets, all or nothing."""
+        if not isinstance(changes, list) or not changes:
+            return {"ok": False, "usage": True, "error": "give NAME=COUNT, NAME=+N or NAME=-N"}
+        targets = dict(self.targets)
+        for change in changes:
+            try:
+                name, op, count = parse_scale(str(change))
+            except ValueError as e:
+                return {"ok": False, "usage": True, "error": str(e)}
+            if name not in self.config.functions:
+                known = ", ".join(self.config.functions) or "none"
+                return {
+                    "ok": False,
+                    "usage": True,
+                    "error": f"no function {name!r} in the config (known: {known})",
+                }
+            new = {"=": count, "+": targets[name] + count, "-": targets[name] - count}[op]
+            if not 0 <= new <= MAX_WORKERS:
+                return {
+                    "ok": False,
+                    "usage": True,
+                    "error": f"{change}: {name} would have {new} workers (0..{MAX_WORKERS})",
+                }
+            targets[name] = new
+        for name, new in targets.items():
+            if new != self.targets[name]:
+                log.info("scaling %s from %d to %d workers", name, self.targets[name], new)
+        self.targets = targets
+        return {"ok": True, "targets": targets}
+
+    def process_table(self) -> list[dict[str, Any]]:
+        """Every process the supervisor runs, for `farm ps`."""
+        now = time.monotonic()
+        rows = [self.row(os.getpid(), "supervisor", None, None, "running", self.started, now)]
+        if self.server.pid:
+            state = "ready" if self.server.ready else "starting"
+            rows.append(
+                self.row(
+                    self.server.pid,
+                    "server",
+                    None,
+                    None,
+                    state,
+                    self.server.started,
+                    now,
+                    restarts=self.server.restarts,
+                )
+            )
+        for slots in self.slots.values():
+            for slot in slots:
+                proc = slot.proc
+                if proc is None:
+                    state = "failing" if slot.failing else "backoff"
+                    rows.append(
+                        self.row(
+                            0,
+                            slot.function,
+                            slot.index,
+                            slot.core,
+                            state,
+                            None,
+                            now,
+                            restarts=slot.restarts,
+                            last_exit=slot.last_exit,
+                        )
+                    )
+                    continue
+                rows.append(
+                    self.row(
+                        proc.pid,
+                        proc.function,
+                        proc.slot,
+                        proc.core,
+                        proc.state,
+                        proc.started,
+                        now,
+                        jobs=proc.jobs_done,
+                        restarts=slot.restarts,
+                        last_exit=slot.last_exit,
+                    )
+                )
+        for proc in self.retiring:
+            rows.append(
+                self.row(
+                    proc.pid,
+                    proc.function,
+                    proc.slot,
+                    proc.core,
+                    proc.state,
+                    proc.started,
+                    now,
+                    jobs=proc.jobs_done,
+                )
+            )
+        return rows
+
+    @staticmethod
+    def row(
+        pid: int,
+        function: str,
+        slot: int | None,
+        core: int | None,
+        state: str,
+        started: float | None,
+        now: float,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        rss = 0
+        if pid:
+            try:
+                rss = psutil.Process(pid).memory_info().rss
+            except psutil.Error:
+                pass
+        uptime = round(now - started, 1) if started is not None else None
+        return {
+            "pid": pid or None,
+            "function": function,
+            "slot": slot,
+            "cpu": core,
+            "state": state,
+            "jobs": extra.get("jobs", 0),
+            "rss": rss,
+            "restarts": extra.get("restarts", 0),
+            "uptime": uptime,
+            "last_exit": extra.get("last_exit", ""),
+        }
+
+    def reload(self) -> str | None:
+        """Re-read the config: apply changed counts, restart pools whose target/options changed."""
+        sdnotify.notify(
+            "RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
+        )
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as e:
+            log.error("reload failed, keeping the running config: %s", e)
+            sdnotify.notify("READY=1")
+            return str(e)
+        old = self.config
+        for section in ("server", "supervisor"):
+            if getattr(new, section) != getattr(old, section):
+                log.warning(
+                    "reload: [%s] changed; that takes a restart (farm stop; farm up)", section
+                )
+        new = Config(
+            source=new.source, server=old.server, supervisor=old.supervisor, functions=new.functions
+        )
+        self.config = new
+        for name, pool in new.functions.items():
+            before = old.functions.get(name)
+            if before is None or before.workers != pool.workers:
+                self.place(pool)
+            if before is not None and before.options() != pool.options():
+                log.info(
+                    "reload: %s changed (target or options); its workers will be replaced", name
+                )
+        for name in old.functions.keys() - new.functions.keys():
+            log.info("reload: %s removed; draining its workers", name)
+            self.targets.pop(name, None)
+        log.info("reloaded %s", new.source)
+        sdnotify.notify("READY=1")
+        return None

@@ -1,0 +1,387 @@
+"""The supervisor: the job server plus one pinned worker process per slot, kept alive.
+
+Like gunicorn's arbiter, signal handlers and control requests only enqueue;
+one short loop does the work and reads like the policy::
+
+    handle_signals -> reap_workers -> kill_overrunning -> manage_server
+                   -> manage_workers -> notify_systemd -> wait for events
+
+Scaling changes a target number and ``manage_workers`` reconciles. There are
+no threads (children are started with ``posix_spawn`` of ``python -m
+farm.workerproc``); the loop waits in one selector on the signal wake-up pipe,
+the control socket and each worker's report pipe. Bookkeeping and the restart
+policy live in :mod:`farm.slots`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+
+import psutil
+
+from farm import sdnotify
+from farm.config import Config, FunctionConfig
+from farm.control import ControlConnection, ControlServer
+from farm.localserver import LocalServer
+from farm.slots import Slot, WorkerProcess, core_for, crash_delay, describe_exit
+from farm.steering import Pending, Steering
+
+__all__ = ["Supervisor"]
+
+log = logging.getLogger("farm.supervisor")
+
+#: A job is killed this long after its function's timeout (the server fails it at the timeout).
+TIMEOUT_GRACE = 1.0
+#: How long the job server gets to exit on SIGTERM before SIGKILL.
+SERVER_STOP_TIMEOUT = 5.0
+
+
+class Supervisor(Steering):
+    """Runs the farm described by a :class:`~farm.config.Config` until told to stop."""
+
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
+        self.config = config
+        self.config_path = config_path  # re-read on reload (None: the search order again)
+        self.slots: dict[str, list[Slot]] = {}
+        self.targets: dict[str, int] = {}
+        self.offsets: dict[str, int] = {}
+        self.retiring: list[WorkerProcess] = []  # draining or killed, no longer in a slot
+        self.by_pid: dict[int, WorkerProcess] = {}
+        self.child_env = sdnotify.child_environ()
+        self.server = LocalServer(config.server, self.child_env)
+        self.grace = config.supervisor.graceful_timeout
+        self.pending: list[Pending] = []
+        self.stopping = False
+        self.ready_sent = False
+        self.last_status = ""
+        self.watchdog = sdnotify.Watchdog()
+        self.started = time.monotonic()
+        self.selector = selectors.DefaultSelector()
+        self.control: ControlServer | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        for pool in config.functions.values():
+            self.place(pool)
+
+    # -- the loop --
+
+    def run(self) -> int:
+        """Start, serve until SIGTERM / `farm stop`, drain, and return the exit code."""
+        from setproctitle import setproctitle
+
+        setproctitle("farm: supervisor")
+        self.control = ControlServer(self.config.supervisor.control)
+        self.selector.register(self.control, selectors.EVENT_READ, "accept")
+        self.install_signals()
+        log.info("supervisor %d starting (config: %s)", os.getpid(), self.config.source)
+        while not self.stopping:
+            self.handle_signals()
+            self.reap_workers()
+            self.kill_overrunning()
+            self.manage_server()
+            self.manage_workers()
+            self.notify_systemd()
+            self.wait(self.next_wakeup())
+        return self.shutdown()
+
+    def install_signals(self) -> None:
+        """Handlers only enqueue; the wake-up fd makes the loop's select return."""
+        for fd in (self._wake_r, self._wake_w):
+            fd.setblocking(False)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, "wakeup")
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, lambda signum, frame: self.pending.append(Pending("signal", signum)))
+
+    def handle_signals(self) -> None:
+        while self.pending:
+            item = self.pending.pop(0)
+            if item.action == "signal" and item.arg == signal.SIGHUP or item.action == "reload":
+                error = self.reload()
+                if item.conn is not None:
+                    reply = {"ok": error is None}
+                    item.conn.reply({**reply, "error": error} if error else reply)
+            elif item.action == "stop" or item.arg in (signal.SIGTERM, signal.SIGINT):
+                log.info("stopping: draining workers (grace %gs)", self.grace)
+                self.stopping = True
+            elif item.arg == signal.SIGQUIT:
+                log.info("SIGQUIT: stopping at once")
+                self.stopping, self.grace = True, 0.0
+
+    def reap_workers(self) -> None:
+        """Collect every exited child; a slot's worker is restarted by ``manage_workers``."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.server.pid:
+                self.server.exited(status)
+            elif pid in self.by_pid:
+                self.worker_exited(self.by_pid.pop(pid), status)
+
+    def worker_exited(self, proc: WorkerProcess, status: int) -> None:
+        self.close_report(proc)
+        now = time.monotonic()
+        slot = next((s for s in self.slots.get(proc.function, ()) if s.proc is proc), None)
+        if slot is None:  # retired by scale-down, reload or stop: an ordered exit
+            self.retiring.remove(proc)
+            log.info(
+                "worker %s (pid %d) %s after draining", proc.name, proc.pid, describe_exit(status)
+            )
+            return
+        slot.proc = None
+        how, delay = slot.note_exit(proc, status, now)
+        when = "now" if delay == 0 else f"in {delay:g}s"
+        level = logging.INFO if "recycled" in how else logging.WARNING
+        log.log(
+            level,
+            "worker %s (pid %d, up %.1fs, %d jobs) %s; restarting %s%s",
+            proc.name,
+            proc.pid,
+            now - proc.started,
+            proc.jobs_done,
+            how,
+            when,
+            " (slot failing)" if slot.failing else "",
+        )
+
+    def kill_overrunning(self) -> None:
+        """SIGKILL a worker whose job outlived its timeout, or a drain past its deadline."""
+        now = time.monotonic()
+        for proc in list(self.by_pid.values()):
+            pool = self.config.functions.get(proc.function)
+            timeout = pool.timeout if pool else None
+            if proc.state == "killing":
+                continue
+            if timeout and proc.busy_since and now - proc.busy_since > timeout + TIMEOUT_GRACE:
+                self.kill(proc, f"job {proc.handle} ran past its {timeout}s timeout")
+            elif proc.stop_deadline is not None and now >= proc.stop_deadline:
+                self.kill(proc, "did not drain in time")
+
+    def kill(self, proc: WorkerProcess, reason: str) -> None:
+        log.warning("killing worker %s (pid %d): %s", proc.name, proc.pid, reason)
+        proc.state, proc.kill_reason = "killing", reason
+        self.signal(proc.pid, signal.SIGKILL)
+
+    def manage_server(self) -> None:
+        """Start the local job server, and notice when it accepts connections."""
+        if not self.config.local_server or self.stopping:
+            return
+        srv = self.server
+        if not srv.pid and time.monotonic() >= srv.next_start:
+            srv.spawn()
+        elif srv.pid and not srv.ready and srv.accepts():
+            srv.ready = True
+            log.info(
+                "job server (pid %d) accepts on %s", srv.pid, ", ".join(self.config.server.listen)
+            )
+
+    def manage_workers(self) -> None:
+        """Bring every pool to its target: add and remove slots, fill empty ones."""
+        if self.config.local_server and not self.server.ready:
+            return  # workers would only spin on connection refused
+        now = time.monotonic()
+        for name, slots in self.slots.items():
+            pool = self.config.functions.get(name)
+            target = self.targets.get(name, 0) if pool else 0
+            while len(slots) > target:
+                slot = slots.pop()
+                if slot.proc is not None:
+                    self.retire(slot.proc, pool)
+            for index in range(len(slots), target):
+                core = core_for(self.config.supervisor.cpus, self.offsets[name], index)
+                slots.append(Slot(name, index, core))
+            for slot in slots:
+                slot.note_healthy(now)
+                proc = slot.proc
+                if proc is not None and pool is not None and proc.options != pool.options():
+                    log.info("worker %s: target or options changed; replacing it", proc.name)
+                    self.retire(proc, pool)
+                    slot.proc, slot.next_start = None, 0.0
+                if slot.proc is None and pool is not None and now >= slot.next_start:
+                    self.spawn_worker(slot, pool)
+
+    def notify_systemd(self) -> None:
+        self.watchdog.ping()
+        slots = [s for pool in self.slots.values() for s in pool]
+        up = sum(1 for s in slots if s.proc and s.proc.state in ("idle", "busy"))
+        failing = sum(1 for s in slots if s.failing)
+        server_up = self.server.ready or not self.config.local_server
+        all_up = all(s.failing or (s.proc and s.proc.state in ("idle", "busy")) for s in slots)
+        if not self.ready_sent and server_up and all_up:
+            self.ready_sent = True
+            sdnotify.notify("READY=1")
+            log.info("ready: %d workers up, %d failing", up, failing)
+        status = f"{up}/{len(slots)} workers up" + (f", {failing} failing" if failing else "")
+        if status != self.last_status:
+            self.last_status = status
+            sdnotify.notify(f"STATUS={status}")
+
+    def next_wakeup(self) -> float:
+        """Sleep until the next timed duty: a restart, a timeout, a drain deadline, a ping."""
+        now = time.monotonic()
+        if self.config.local_server and self.server.pid and not self.server.ready:
+            return 0.02  # polling the new server for readiness
+        times = [s.next_start for pool in self.slots.values() for s in pool if s.proc is None]
+        for proc in self.by_pid.values():
+            pool = self.config.functions.get(proc.function)
+            if pool and pool.timeout and proc.busy_since:
+                times.append(proc.busy_since + pool.timeout + TIMEOUT_GRACE)
+            if proc.stop_deadline is not None:
+                times.append(proc.stop_deadline)
+        if not self.server.pid and self.config.local_server:
+            times.append(self.server.next_start)
+        delay = min([t - now for t in times] + [1.0])
+        ping = self.watchdog.due_in(now)
+        return max(0.0, min(delay, ping if ping is not None else delay))
+
+    def wait(self, timeout: float) -> None:
+        for key, _ in self.selector.select(timeout):
+            if key.data == "wakeup":
+                try:
+                    while self._wake_r.recv(4096):
+                        pass
+                except BlockingIOError:
+                    pass
+            elif key.data == "accept":
+                conn = self.control.accept() if self.control else None
+                if conn is not None:
+                    self.selector.register(conn, selectors.EVENT_READ, conn)
+            elif isinstance(key.data, ControlConnection):
+                self.read_request(key.data)
+            elif isinstance(key.data, WorkerProcess):
+                self.read_report(key.data)
+
+    # -- processes --
+
+    def place(self, pool: FunctionConfig) -> None:
+        """Give a new function its slots' cores: after those already placed, round robin."""
+        if pool.name not in self.offsets:
+            self.offsets[pool.name] = sum(self.targets.values()) % len(self.config.supervisor.cpus)
+            self.slots[pool.name] = []
+        self.targets[pool.name] = pool.workers
+
+    def spawn_worker(self, slot: Slot, pool: FunctionConfig) -> None:
+        read_fd, write_fd = os.pipe()
+        os.set_inheritable(write_fd, True)  # the one descriptor the worker inherits
+        argv = [
+            sys.executable,
+            "-m",
+            "farm.workerproc",
+            "--function",
+            pool.name,
+            "--target",
+            pool.target,
+            "--slot",
+            str(slot.index),
+            "--cpu",
+            str(slot.core),
+            "--report-fd",
+            str(write_fd),
+        ]
+        for server in self.config.worker_servers:
+            argv += ["--server", server]
+        for flag, value in (
+            ("--timeout", pool.timeout),
+            ("--max-jobs", pool.max_jobs),
+            ("--max-rss-mb", pool.max_rss_mb),
+        ):
+            if value is not None:
+                argv += [flag, str(value)]
+        try:
+            pid = os.posix_spawn(sys.executable, argv, self.child_env, setpgroup=0)
+        except OSError as e:
+            os.close(read_fd)
+            log.error("cannot start worker %s: %s", slot.name, e)
+            slot.next_start = time.monotonic() + crash_delay(slot.failures + 2)
+            return
+        finally:
+            os.close(write_fd)
+        try:
+            psutil.Process(pid).cpu_affinity([slot.core])
+        except psutil.Error as e:
+            log.warning("cannot pin worker %s (pid %d): %s", slot.name, pid, e)
+        os.set_blocking(read_fd, False)
+        proc = WorkerProcess(pid, pool.name, slot.index, slot.core, read_fd, pool.options())
+        self.selector.register(read_fd, selectors.EVENT_READ, proc)
+        self.by_pid[pid] = proc
+        if slot.spawned:
+            slot.restarts += 1
+        slot.spawned += 1
+        slot.proc = proc
+
+    def retire(
+        self, proc: WorkerProcess, pool: FunctionConfig | None, grace: float | None = None
+    ) -> None:
+        """Ask a worker to drain: finish its job, unregister, exit 0 (SIGTERM)."""
+        if grace is None:  # scale-down and reload: a job may run its full timeout
+            grace = (
+                pool.timeout + self.config.supervisor.graceful_timeout
+                if pool and pool.timeout
+                else None
+            )
+        if proc.state != "killing":
+            proc.state = "draining"
+        proc.stop_deadline = None if grace is None else time.monotonic() + grace
+        self.retiring.append(proc)
+        self.signal(proc.pid, signal.SIGTERM)
+
+    def read_report(self, proc: WorkerProcess) -> None:
+        try:
+            data = os.read(proc.report_fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            proc.feed(data)
+        else:
+            self.close_report(proc)  # it is exiting; reap_workers will hear of it
+
+    def close_report(self, proc: WorkerProcess) -> None:
+        if proc.report_fd >= 0:
+            self.selector.unregister(proc.report_fd)
+            os.close(proc.report_fd)
+            proc.report_fd = -1
+
+    def signal(self, pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass  # already dead; reaping will report it
+
+    def shutdown(self) -> int:
+        """Drain every worker (SIGKILL past the grace period), then stop the server."""
+        sdnotify.notify("STOPPING=1")
+        for name, slots in self.slots.items():
+            for slot in slots:
+                if slot.proc is not None:
+                    self.retire(slot.proc, self.config.functions.get(name), grace=self.grace)
+            slots.clear()
+        self.targets.clear()
+        while self.by_pid:
+            self.handle_signals()  # a second SIGTERM or SIGQUIT shortens the grace
+            self.reap_workers()
+            self.kill_overrunning()
+            if self.by_pid:
+                self.wait(min(0.5, max(0.05, self.next_wakeup())))
+        if self.server.pid:
+            self.server.stop()
+            deadline = time.monotonic() + SERVER_STOP_TIMEOUT
+            while self.server.pid and time.monotonic() < deadline:
+                self.reap_workers()
+                self.wait(0.05)
+            self.server.kill()
+            self.reap_workers()
+        if self.control is not None:
+            self.control.close()
+        log.info("supervisor stopped")
+        return 0

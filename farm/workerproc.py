@@ -1,0 +1,152 @@
+"""One supervised worker process: ``python -m farm.workerproc --function NAME --target M:F ...``.
+
+The supervisor spawns this module once per slot and pins it (this process
+pins nothing itself). It loads the target, serves it through
+:class:`farm.Worker`, and tells the supervisor what it does through a pipe
+(``--report-fd``), one JSON object a line::
+
+    {"ev": "ready"}                       target loaded, about to connect
+    {"ev": "job", "handle": "H:host:1"}   a job started (the supervisor times it)
+    {"ev": "done", "jobs": 12, "rss": N}  a job ended; jobs done so far, RSS in bytes
+    {"ev": "recycle", "why": "..."}       it will exit after this job (max_jobs / max_rss_mb)
+
+SIGTERM means drain: finish the job in hand, unregister, exit 0. Exit codes
+are the supervisor's contract (farm.slots): 3 = the target cannot be loaded
+(a boot failure, backed off), 4 = recycled, anything else = crashed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from farm.slots import EXIT_BOOT_ERROR, EXIT_DRAINED, EXIT_RECYCLE
+
+__all__ = ["main", "current_rss"]
+
+log = logging.getLogger("farm.workerproc")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def current_rss() -> int:
+    """This process's resident set size in bytes (from /proc, without importing psutil)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class Reporter:
+    """Writes report lines to the supervisor; a gone supervisor means we stop too."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+        self.lost = False
+
+    def send(self, **event: Any) -> None:
+        if self.fd is None or self.lost:
+            return
+        try:
+            os.write(self.fd, json.dumps(event).encode() + b"\n")  # < PIPE_BUF: atomic
+        except OSError:
+            self.lost = True
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m farm.workerproc")
+    ap.add_argument("--function", required=True)
+    ap.add_argument("--target", required=True, help="module:function")
+    ap.add_argument("--slot", type=int, default=0)
+    ap.add_argument("--cpu", type=int, default=None, help="the core the supervisor pins us to")
+    ap.add_argument("--server", action="append", default=[], help="HOST:PORT or unix:PATH")
+    ap.add_argument("--timeout", type=int, default=None)
+    ap.add_argument("--max-jobs", type=int, default=None)
+    ap.add_argument("--max-rss-mb", type=int, default=None)
+    ap.add_argument("--report-fd", type=int, default=None)
+    return ap.parse_args(argv)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM us if the supervisor dies, so no orphan keeps serving."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s farm-worker {ns.function}#{ns.slot}[%(process)d] "
+        "%(levelname)s %(message)s",
+    )
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    _die_with_parent()
+    from setproctitle import setproctitle
+
+    where = f" cpu{ns.cpu}" if ns.cpu is not None else ""
+    setproctitle(f"farm: worker {ns.function}#{ns.slot}{where}")
+    reporter = Reporter(ns.report_fd)
+
+    from farm.targets import load_target
+
+    try:
+        fn = load_target(ns.target)
+        from farm.worker import Worker
+    except Exception as e:  # whatever the target's import raises is a boot failure
+        log.error("cannot load %s for %s: %s: %s", ns.target, ns.function, type(e).__name__, e)
+        return EXIT_BOOT_ERROR
+
+    recycle: list[str] = []
+
+    def after_job(job: Any) -> None:
+        rss = current_rss()
+        reporter.send(ev="done", jobs=worker.jobs_done, rss=rss)
+        if ns.max_jobs is not None and worker.jobs_done >= ns.max_jobs:
+            recycle.append(f"max_jobs {ns.max_jobs} reached")
+        elif ns.max_rss_mb is not None and rss > ns.max_rss_mb * 1024 * 1024:
+            recycle.append(f"RSS {rss // 2**20} MiB > max_rss_mb {ns.max_rss_mb}")
+        if recycle:
+            reporter.send(ev="recycle", why=recycle[0])
+            worker.stop()
+        elif reporter.lost:
+            worker.stop()  # the supervisor is gone
+
+    client_id = f"farm:{ns.function}#{ns.slot}:{os.getpid()}"
+    try:
+        worker = Worker(ns.server or None, client_id=client_id, after_job=after_job)
+        worker.register(ns.function, _reporting(fn, reporter), timeout=ns.timeout)
+    except (ValueError, TypeError) as e:
+        log.error("cannot serve %s: %s", ns.function, e)
+        return EXIT_BOOT_ERROR
+    signal.signal(signal.SIGTERM, lambda signum, frame: worker.stop())
+    reporter.send(ev="ready")
+    worker.work()
+    return EXIT_RECYCLE if recycle else EXIT_DRAINED
+
+
+def _reporting(fn: Callable[[Any], Any], reporter: Reporter) -> Callable[[Any], Any]:
+    """Wrap the target so the supervisor knows which job runs since when."""
+
+    def run(job: Any) -> Any:
+        reporter.send(ev="job", handle=job.handle)
+        return fn(job)
+
+    return run
+
+
+if __name__ == "__main__":
+    sys.exit(main())
