@@ -1,0 +1,92 @@
+"""farm's libraries with other Gearman implementations, through gearmand and through farm:
+a farm worker serves PHP's GearmanClient and `gearman -f`; a farm client calls PHP's
+GearmanWorker and `gearman -w`."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+import farm
+from tests.conftest import need
+from tests.integration.test_client_support import eventually, serving
+
+pytestmark = pytest.mark.interop
+
+PHP_WORKER = """
+$w = new GearmanWorker();
+$w->addServer('127.0.0.1', {port});
+$w->addFunction('reverse', function ($job) {{ return strrev($job->workload()); }});
+$w->addFunction('phpfail', function ($job) {{ $job->sendFail(); return null; }});
+while ($w->work()) {{ }}
+"""
+
+PHP_CLIENT = """
+$c = new GearmanClient();
+$c->addServer('127.0.0.1', {port});
+echo $c->doNormal('{function}', '{data}'), "|", $c->returnCode();
+"""
+
+
+def farm_reverse(job):
+    return job.data[::-1]
+
+
+def farm_upper_stream(job):
+    job.send_data(b"partial")
+    return job.text.upper()
+
+
+@contextmanager
+def process(*cmd: str) -> Iterator[subprocess.Popen]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_farm_worker_serves_php_client(any_server) -> None:
+    php = need("php")
+    fns = {"reverse": farm_reverse, "upper": farm_upper_stream}
+    with serving(any_server.addr, fns):
+        # libgearman hands doNormal's caller the WORK_DATA chunks joined before the result
+        cases = [("reverse", "hello php", "php olleh"), ("upper", "ab", "partialAB")]
+        for function, data, expected in cases:
+            script = PHP_CLIENT.format(port=any_server.port, function=function, data=data)
+            out = subprocess.run([php, "-r", script], capture_output=True, text=True, timeout=20)
+            assert out.stdout == f"{expected}|0", out.stderr
+
+
+def test_farm_worker_serves_gearman_cli(any_server) -> None:
+    gearman = need("gearman")
+    with serving(any_server.addr, {"reverse": farm_reverse}):
+        out = subprocess.run(
+            [gearman, "-h", "127.0.0.1", "-p", str(any_server.port), "-f", "reverse", "--", "abc"],
+            capture_output=True,
+            timeout=20,
+        )
+    assert out.returncode == 0 and out.stdout.strip() == b"cba"
+
+
+def test_farm_client_calls_php_worker(any_server) -> None:
+    php = need("php")
+    script = PHP_WORKER.format(port=any_server.port)
+    with process(php, "-r", script), farm.Client(any_server.addr) as c:
+        assert c.call("reverse", b"from farm", timeout=20) == b"mraf morf"
+        assert list(c.map("reverse", [b"ab", b"cd", b"ef"])) == [b"ba", b"dc", b"fe"]
+        with pytest.raises(farm.JobFailed):
+            c.call("phpfail", b"x", timeout=20)
+
+
+def test_farm_client_calls_gearman_cli_worker(any_server) -> None:
+    gearman = need("gearman")
+    rev = need("rev")
+    cmd = [gearman, "-h", "127.0.0.1", "-p", str(any_server.port), "-w", "-f", "reverse"]
+    with process(*cmd, "--", rev), farm.Client(any_server.addr) as c:
+        eventually(lambda: c.call("reverse", b"hello\n", timeout=20), timeout=20)
+        assert c.call("reverse", b"gearman\n", timeout=20).strip() == b"namraeg"
