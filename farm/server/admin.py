@@ -62,7 +62,7 @@ def show(server: Server, args: list[str]) -> str:
     what = " ".join(a.lower() for a in args)
     if what == "jobs":
         lines = [
-            f"{_text(job.handle)}\t{job.retries}\t0\t{int(job.background)}\n"
+            f"{_text(job.handle)}\t{job.retries}\t0\t{int(job.background or bool(job.store_id))}\n"
             for job in server.jobs.jobs.values()
         ]
         return "".join(lines) + ".\n"

@@ -19,8 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from farm import protocol as p
-from farm.server.connection import Connection
+from farm.protocol import PacketType as T
+from farm.protocol import encode_res
+from farm.server.connection import Connection, error
 from farm.server.jobs import JobServer
+from farm.server.store import StoreError, open_store
 
 log = logging.getLogger("farm.server")
 
@@ -37,6 +40,7 @@ class ServerOptions:
     unix: list[str] = field(default_factory=list)
     unix_mode: int = 0o660
     store: str = "none"
+    store_sync: str = "normal"
     job_retries: int = 0
     max_packet: int = p.DEFAULT_MAX_PACKET
     exceptions: bool = False
@@ -59,7 +63,9 @@ class Server:
         self.listeners: list[asyncio.AbstractServer] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopped: asyncio.Event | None = None
+        self.store = open_store(options.store, sync=options.store_sync)
         self.jobs = JobServer(
+            store=self.store,
             job_retries=options.job_retries,
             call_later=self._call_later,
             cancel_timer=lambda handle: handle.cancel(),  # type: ignore[attr-defined]
@@ -75,17 +81,41 @@ class Server:
         return self.loop.call_later(delay, run)
 
     def flush(self) -> None:
-        """Write what every touched connection is owed: one write per connection per turn."""
+        """Write what every touched connection is owed: one write per connection per turn.
+
+        Background jobs staged in this turn are committed first, so no
+        JOB_CREATED leaves before its job is on disk.
+        """
+        store = self.store
+        if store is not None and store.pending:
+            failed = store.commit()
+            if failed:
+                self._refuse_unstored(failed)
         dirty = self.dirty
         if dirty:
             self.dirty = []
             for conn in dirty:
                 conn.flush()
 
+    def _refuse_unstored(self, handles: list[bytes]) -> None:
+        """The commit failed: turn those jobs' JOB_CREATED into QUEUE_ERROR and forget them."""
+        text = self.store.broken if self.store is not None else "job store error"
+        refusal = error("QUEUE_ERROR", text or "job store error")
+        for handle in handles:
+            self.jobs.unstore(handle)
+            created = encode_res(T.JOB_CREATED, handle)
+            for conn in self.dirty:
+                if created in conn.out:
+                    conn.out[:] = conn.out.replace(created, refusal)
+
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.stopped = asyncio.Event()
         opts = self.options
+        replayed = self.jobs.replay()
+        if replayed:
+            log.warning("replayed %d background jobs from %s", replayed, opts.store)
+        self.flush()
         factory = lambda: Connection(self)  # noqa: E731
         for addr in opts.listen:
             if addr.startswith("unix:"):
@@ -142,6 +172,9 @@ class Server:
         loop.add_signal_handler(signal.SIGUSR1, self.stop_gracefully)
         assert self.stopped is not None
         await self.stopped.wait()
+        self.flush()
+        if self.store is not None:
+            self.store.close()
         for path in self.options.unix + [
             a[5:] for a in self.options.listen if a.startswith("unix:")
         ]:
@@ -149,6 +182,13 @@ class Server:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+
+
+def default_store_path() -> str:
+    """Where background jobs live when nothing else is said: the user's state directory."""
+    base = os.environ.get("STATE_DIRECTORY") or os.environ.get("XDG_STATE_HOME")
+    root = Path(base) if base else Path.home() / ".local" / "state"
+    return str(root / "farm" / "queue.db")
 
 
 def _split_host_port(addr: str, default_port: int) -> tuple[str, int]:
@@ -183,7 +223,16 @@ def build_parser(prog: str = "farm server") -> argparse.ArgumentParser:
         help="Unix socket permissions (octal)",
     )
     ap.add_argument(
-        "--store", default="none", metavar="PATH|none", help="durable store for background jobs"
+        "--store",
+        default=default_store_path(),
+        metavar="PATH|none",
+        help="SQLite file for durable background jobs, or 'none' (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--store-sync",
+        choices=("normal", "full"),
+        default="normal",
+        help="normal survives a killed server; full also survives power loss (fsync per commit)",
     )
     ap.add_argument(
         "-j",
@@ -241,6 +290,7 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "farm server") -> 
         unix=ns.unix,
         unix_mode=ns.unix_mode,
         store=ns.store,
+        store_sync=ns.store_sync,
         job_retries=ns.job_retries,
         max_packet=ns.max_packet,
         exceptions=ns.exceptions,
@@ -279,7 +329,12 @@ def run(options: ServerOptions) -> int:
         runner: Callable[..., object] = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency, but stay usable without it
         runner = asyncio.run
-    server = Server(options)
+    try:
+        server = Server(options)
+    except StoreError as exc:
+        hint = "use --store PATH, or --store none for memory only"
+        print(f"farm server: {exc} ({hint})", file=sys.stderr)
+        return 2
     try:
         runner(server.serve())
     except OSError as exc:

@@ -18,6 +18,7 @@ from farm import protocol as p
 from farm.protocol import PacketType as T
 from farm.protocol import encode_res
 from farm.server.jobs import HIGH, LOW, NORMAL, Job, QueueFull
+from farm.server.store import StoreError
 
 if TYPE_CHECKING:
     from farm.server.app import Server
@@ -183,6 +184,9 @@ class Connection(asyncio.Protocol):
             )
         except QueueFull:
             self.send(error("QUEUE_ERROR", "Job queue is full"))
+            return
+        except StoreError as exc:
+            self.send(error("QUEUE_ERROR", str(exc)))
             return
         self.send(encode_res(T.JOB_CREATED, job.handle))
 

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from farm.protocol import PacketType as T
 from farm.protocol import encode_res
+from farm.server.store import SQLiteStore
 
 log = logging.getLogger("farm.server")
 
@@ -65,7 +66,7 @@ class Job:
         "denominator",
         "retries",
         "queued",
-        "persisted",
+        "store_id",
         "timer",
     )
 
@@ -97,7 +98,7 @@ class Job:
         self.denominator = b"0"
         self.retries = 0
         self.queued = False
-        self.persisted = False
+        self.store_id = 0  # row in the durable store; 0 when not stored
         self.timer: object | None = None
 
     def __repr__(self) -> str:
@@ -192,7 +193,7 @@ class JobServer:
         hostname: str | None = None,
         call_later: Callable[[float, Callable[[], None]], object] | None = None,
         cancel_timer: Callable[[object], None] | None = None,
-        store: object | None = None,
+        store: SQLiteStore | None = None,
     ) -> None:
         self.job_retries = job_retries
         self.prefix = f"H:{hostname or socket.gethostname()}:".encode()
@@ -234,11 +235,14 @@ class JobServer:
         background: bool = False,
         reducer: bytes | None = None,
         when: float = 0.0,
+        store_id: int = 0,
     ) -> Job:
         """Queue a job (or join the live job with the same function and unique).
 
         ``client`` is the foreground submitter to attach; None for background.
-        Raises QueueFull when the function's queue is at its maximum.
+        Raises QueueFull when the function's queue is at its maximum, and
+        StoreError when a background job cannot be made durable. ``store_id``
+        is given when replaying a job that is already stored.
         """
         # `-` means "the payload is the unique": such jobs coalesce with each other
         # on their payload (never with a literal unique, never when empty), and
@@ -249,6 +253,8 @@ class JobServer:
             if job is not None:
                 if background:
                     job.background = True
+                    if self.store is not None and not job.store_id:
+                        job.store_id = self._store_add(job)
                 elif client is not None:
                     self._attach(job, client)
                 return job
@@ -260,6 +266,10 @@ class JobServer:
             handle, function, unique, data, priority, background, reducer, when, next(self._seq)
         )
         job.key = key
+        if store_id:
+            job.store_id = store_id
+        elif background and self.store is not None:
+            job.store_id = self._store_add(job)  # may raise StoreError: nothing registered yet
         self.jobs[handle] = job
         if key:
             self.uniques[(function, key)] = job
@@ -274,6 +284,48 @@ class JobServer:
         else:
             fq.push(job)
             self._wake(fq)
+        return job
+
+    def _store_add(self, job: Job) -> int:
+        assert self.store is not None
+        return self.store.add(
+            job.handle, job.function, job.unique, job.data, job.priority, job.reducer, job.when
+        )
+
+    def replay(self) -> int:
+        """Queue every job of the durable store again (at start); how many."""
+        if self.store is None:
+            return 0
+        count = 0
+        for row in self.store.load():
+            job = self.submit(
+                None,
+                row.function,
+                row.unique,
+                row.data,
+                priority=row.priority,
+                background=True,
+                reducer=row.reducer,
+                when=row.when,
+                store_id=row.id,
+            )
+            if job.store_id != row.id:
+                self.store.remove(row.id)  # coalesced with an earlier row
+            count += 1
+        return count
+
+    def unstore(self, handle: bytes) -> Job | None:
+        """The store could not keep this job: forget it without telling anyone."""
+        job = self.jobs.get(handle)
+        if job is None:
+            return None
+        job.store_id = 0
+        if job.queued:
+            self.function(job.function).discard(job)
+        elif job.worker is None and job.when:
+            self.function(job.function).scheduled[job.priority] -= 1
+        if job.worker is None:
+            self._forget(job)
         return job
 
     def _attach(self, job: Job, client: Peer) -> None:
@@ -477,6 +529,9 @@ class JobServer:
 
     def _forget(self, job: Job) -> None:
         self.jobs.pop(job.handle, None)
+        if job.store_id and self.store is not None:
+            self.store.remove(job.store_id)
+            job.store_id = 0
         if job.key:
             key = (job.function, job.key)
             if self.uniques.get(key) is job:

@@ -1,0 +1,156 @@
+"""Durable store for background jobs: embedded SQLite, group-committed.
+
+Every background job is staged here before its JOB_CREATED is queued; the
+server commits the stage once per loop turn (``Server.flush``) *before* it
+writes any reply, so a client never holds a handle for a job that is not on
+disk. Rows are deleted when their job ends. WAL mode with synchronous=NORMAL
+survives the server process being killed at any point (the OS has the
+bytes); ``--store-sync full`` also survives power loss, at the cost of an
+fsync per commit.
+
+On start the server replays the rows in priority and arrival order, with
+new handles but the same uniques and epoch times.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("farm.server")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id        INTEGER PRIMARY KEY,
+    function  BLOB NOT NULL,
+    uniq      BLOB NOT NULL,
+    data      BLOB NOT NULL,
+    priority  INTEGER NOT NULL,
+    reducer   BLOB,
+    run_at    REAL NOT NULL DEFAULT 0
+)
+"""
+
+
+class StoreError(Exception):
+    """The store cannot be opened or written; background submits are refused."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredJob:
+    id: int
+    function: bytes
+    unique: bytes
+    data: bytes
+    priority: int
+    reducer: bytes | None
+    when: float
+
+
+class SQLiteStore:
+    """Background jobs on disk, written in batches."""
+
+    def __init__(self, path: str | Path, *, sync: str = "normal") -> None:
+        self.path = str(path)
+        self.broken: str | None = None
+        self._adds: list[tuple[int, bytes, bytes, bytes, int, bytes | None, float]] = []
+        self._deletes: list[tuple[int]] = []
+        self.staged_handles: list[bytes] = []
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            # One server per store: a second one would replay and run the same jobs.
+            self.db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
+            self.db.execute(SCHEMA)
+            self.db.execute("BEGIN IMMEDIATE")
+            row = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()
+            self.db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc):
+                raise StoreError(f"the job store {self.path} is in use by another server") from exc
+            raise StoreError(f"cannot open the job store {self.path}: {exc}") from exc
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open the job store {self.path}: {exc}") from exc
+        self._next_id = row[0] + 1
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._adds or self._deletes)
+
+    def add(
+        self,
+        handle: bytes,
+        function: bytes,
+        unique: bytes,
+        data: bytes,
+        priority: int,
+        reducer: bytes | None,
+        when: float,
+    ) -> int:
+        """Stage one job for the next commit; its row id."""
+        if self.broken:
+            raise StoreError(self.broken)
+        row_id = self._next_id
+        self._next_id += 1
+        self._adds.append((row_id, function, unique, data, priority, reducer, when))
+        self.staged_handles.append(handle)
+        return row_id
+
+    def remove(self, row_id: int) -> None:
+        self._deletes.append((row_id,))
+
+    def commit(self) -> list[bytes]:
+        """Write the stage in one transaction; the handles whose add failed (empty on success)."""
+        adds, deletes, handles = self._adds, self._deletes, self.staged_handles
+        self._adds, self._deletes, self.staged_handles = [], [], []
+        if self.broken:
+            return handles
+        try:
+            self.db.execute("BEGIN")
+            if adds:
+                self.db.executemany(
+                    "INSERT INTO jobs (id, function, uniq, data, priority, reducer, run_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    adds,
+                )
+            if deletes:
+                self.db.executemany("DELETE FROM jobs WHERE id = ?", deletes)
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self.broken = f"the job store {self.path} cannot be written: {exc}"
+            log.error("%s; refusing background jobs from now on", self.broken)
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            return handles
+        return []
+
+    def load(self) -> Iterator[StoredJob]:
+        """Every stored job, in the order it must run: priority, then arrival."""
+        rows = self.db.execute(
+            "SELECT id, function, uniq, data, priority, reducer, run_at FROM jobs"
+            " ORDER BY priority, id"
+        ).fetchall()
+        for row in rows:
+            yield StoredJob(*row)
+
+    def count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+
+    def close(self) -> None:
+        if self.pending:
+            self.commit()
+        self.db.close()
+
+
+def open_store(spec: str | None, *, sync: str = "normal") -> SQLiteStore | None:
+    """``none`` (or empty) keeps jobs in memory only; anything else is a SQLite file path."""
+    if not spec or spec.lower() in ("none", "memory"):
+        return None
+    return SQLiteStore(spec, sync=sync)

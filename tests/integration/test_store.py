@@ -1,0 +1,137 @@
+"""Durable background jobs: on disk before JOB_CREATED, replayed after a crash, gone when done."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from farm.protocol import PacketType as T
+from tests.conftest import ROOT, Peer, Server, free_port, wait_connectable
+
+
+def start_with_store(db: Path, port: int | None = None) -> Server:
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "farm.server", "--port", str(port), "--store", str(db)]
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    addr = f"127.0.0.1:{port}"
+    wait_connectable(addr, proc)
+    return Server("farm", addr, proc, port)
+
+
+def submit_bg(peer: Peer, n: int, ptype: int = T.SUBMIT_JOB_BG, prefix: str = "u") -> list[bytes]:
+    for i in range(n):
+        peer.send(ptype, "f", f"{prefix}{i}", f"data{i}")
+    return [peer.expect(T.JOB_CREATED).args[0] for _ in range(n)]
+
+
+def grab_all(addr: str, function: str = "f") -> list[tuple[bytes, bytes]]:
+    """(unique, data) of every job a worker gets, in order, completing each."""
+    worker = Peer(addr)
+    worker.send(T.CAN_DO, function)
+    got = []
+    while True:
+        worker.send(T.GRAB_JOB_UNIQ)
+        pkt = worker.recv()
+        if pkt.type == T.NO_JOB:
+            break
+        assert pkt.type == T.JOB_ASSIGN_UNIQ
+        handle, _, unique, data = pkt.args
+        got.append((unique, data))
+        worker.send(T.WORK_COMPLETE, handle, b"")
+    worker.close()
+    return got
+
+
+def test_every_created_job_survives_kill_9_and_replays_in_priority_order(tmp_path: Path) -> None:
+    db = tmp_path / "queue.db"
+    srv = start_with_store(db)
+    client = Peer(srv.addr)
+    submit_bg(client, 5, T.SUBMIT_JOB_LOW_BG, "low")
+    submit_bg(client, 5, T.SUBMIT_JOB_BG, "normal")
+    submit_bg(client, 5, T.SUBMIT_JOB_HIGH_BG, "high")
+    srv.proc.send_signal(signal.SIGKILL)
+    srv.proc.wait()
+
+    srv = start_with_store(db, srv.port)
+    try:
+        admin = Peer(srv.addr)
+        assert admin.admin("status") == "f\t15\t0\t0\n.\n"
+        jobs = admin.admin("show jobs").splitlines()[:-1]
+        assert len(jobs) == 15 and all(line.endswith("\t1") for line in jobs)  # persisted
+        got = grab_all(srv.addr)
+        assert [u for u, _ in got] == [
+            *(f"high{i}".encode() for i in range(5)),
+            *(f"normal{i}".encode() for i in range(5)),
+            *(f"low{i}".encode() for i in range(5)),
+        ]
+        assert got[0][1] == b"data0"
+    finally:
+        srv.stop()
+    # Completed jobs are deleted: a third start replays nothing.
+    srv = start_with_store(db, srv.port)
+    try:
+        assert Peer(srv.addr).admin("status") == ".\n"
+    finally:
+        srv.stop()
+
+
+def test_epoch_time_survives_a_restart(tmp_path: Path) -> None:
+    db = tmp_path / "queue.db"
+    srv = start_with_store(db)
+    client = Peer(srv.addr)
+    client.send(T.SUBMIT_JOB_EPOCH, "f", "later", str(int(time.time()) + 3600), "x")
+    client.expect(T.JOB_CREATED)
+    srv.stop()
+    srv = start_with_store(db, srv.port)
+    try:
+        assert Peer(srv.addr).admin("status") == "f\t1\t0\t0\n.\n"
+        assert grab_all(srv.addr) == []  # still held for its time
+    finally:
+        srv.stop()
+
+
+def test_sigterm_keeps_queued_background_jobs(tmp_path: Path) -> None:
+    db = tmp_path / "queue.db"
+    srv = start_with_store(db)
+    submit_bg(Peer(srv.addr), 3)
+    srv.proc.send_signal(signal.SIGTERM)
+    assert srv.proc.wait(10) == 0
+    srv = start_with_store(db, srv.port)
+    try:
+        assert len(grab_all(srv.addr)) == 3
+    finally:
+        srv.stop()
+
+
+def test_a_second_server_cannot_share_a_store(tmp_path: Path) -> None:
+    db = tmp_path / "queue.db"
+    srv = start_with_store(db)
+    try:
+        cmd = [sys.executable, "-m", "farm.server", "--port", str(free_port()), "--store", str(db)]
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=20)
+        assert out.returncode == 2
+        assert "in use by another server" in out.stderr
+        assert "Traceback" not in out.stderr
+    finally:
+        srv.stop()
+
+
+def test_an_unopenable_store_is_one_clear_line(tmp_path: Path) -> None:
+    not_a_file = tmp_path / "dir.db"
+    not_a_file.mkdir()
+    cmd = [
+        sys.executable,
+        "-m",
+        "farm.server",
+        "--port",
+        str(free_port()),
+        "--store",
+        str(not_a_file),
+    ]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=20)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1
+    assert "cannot open the job store" in out.stderr and "Traceback" not in out.stderr

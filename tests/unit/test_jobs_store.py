@@ -1,0 +1,83 @@
+"""The job model with a SQLite store, without sockets: staging, commit, failure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from farm.server.jobs import JobServer
+from farm.server.store import SQLiteStore, StoreError
+
+
+class FakePeer:
+    def __init__(self) -> None:
+        self.abilities: dict[bytes, float] = {}
+        self.running: dict = {}
+        self.attached: set = set()
+        self.exceptions = False
+        self.sleeping = False
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+
+def test_background_jobs_are_staged_and_committed_in_one_batch(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "q.db")
+    jobs = JobServer(store=store, hostname="t")
+    for i in range(3):
+        jobs.submit(None, b"f", b"u%d" % i, b"x", background=True)
+    assert store.pending and store.count() == 0
+    assert store.commit() == []
+    assert store.count() == 3
+
+
+def test_foreground_jobs_never_touch_the_store(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "q.db")
+    jobs = JobServer(store=store, hostname="t")
+    jobs.submit(FakePeer(), b"f", b"", b"x")
+    assert not store.pending
+
+
+def test_a_foreground_job_joined_by_a_background_submit_becomes_durable(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "q.db")
+    jobs = JobServer(store=store, hostname="t")
+    client = FakePeer()
+    first = jobs.submit(client, b"f", b"k", b"x")
+    same = jobs.submit(None, b"f", b"k", b"y", background=True)
+    assert same is first and first.background and first.store_id
+    store.commit()
+    jobs.detach_client(client)  # the foreground client leaving must not cancel it
+    assert first.handle in jobs.jobs
+    assert store.count() == 1
+
+
+def test_finished_jobs_are_deleted(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "q.db")
+    jobs = JobServer(store=store, hostname="t")
+    worker = FakePeer()
+    jobs.can_do(worker, b"f")
+    jobs.submit(None, b"f", b"", b"x", background=True)
+    store.commit()
+    job = jobs.grab(worker)
+    assert job is not None
+    jobs.finish(worker, job, b"done")
+    store.commit()
+    assert store.count() == 0
+
+
+def test_a_failed_commit_reports_its_jobs_and_refuses_new_ones(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "q.db")
+    jobs = JobServer(store=store, hostname="t")
+    job = jobs.submit(None, b"f", b"", b"x", background=True)
+    store.db.close()  # the disk is gone
+    assert store.commit() == [job.handle]
+    assert store.broken and "cannot be written" in store.broken
+    assert jobs.unstore(job.handle) is job
+    assert job.handle not in jobs.jobs
+    assert jobs.functions[b"f"].queued == 0
+    with pytest.raises(StoreError):
+        jobs.submit(None, b"f", b"", b"y", background=True)
+    # Foreground work goes on without the store.
+    assert jobs.submit(FakePeer(), b"f", b"", b"z").handle in jobs.jobs
