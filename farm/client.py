@@ -13,15 +13,14 @@ import selectors
 import socket
 import time
 import zlib
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from farm.checks import as_bytes, as_epoch, check_name, check_priority, check_unique
 from farm.errors import ServerUnavailable, Timeout
 from farm.net import connect, parse_servers
-from farm.protocol import MAX_UNIQUE, ProtocolError
+from farm.protocol import ProtocolError
 from farm.session import (
-    PRIORITIES,
     ClientSession,
     JobData,
     JobEnded,
@@ -32,6 +31,7 @@ from farm.session import (
     StatusResult,
     Task,
 )
+from farm.taskset import task_set
 
 __all__ = ["Client", "Task", "JobStatus"]
 
@@ -55,41 +55,6 @@ class _Conn:
         self.addr = addr
         self.sock = sock
         self.session = ClientSession(addr)
-
-
-def as_bytes(data: object, what: str = "data") -> bytes:
-    """bytes as they are, str as UTF-8; anything else is the caller's mistake."""
-    if isinstance(data, bytes):
-        return data
-    if isinstance(data, str):
-        return data.encode()
-    if isinstance(data, bytearray | memoryview):
-        return bytes(data)
-    raise TypeError(f"{what} must be bytes or str, not {type(data).__name__}")
-
-
-def _check_name(function: object) -> str:
-    if not isinstance(function, str):
-        raise TypeError(f"function must be a str, not {type(function).__name__}")
-    if not function or "\0" in function:
-        raise ValueError(f"function name {function!r} must be non-empty and contain no NUL")
-    return function
-
-
-def _check_unique(unique: object) -> str:
-    if unique is None:
-        return ""
-    if not isinstance(unique, str):
-        raise TypeError(f"unique must be a str, not {type(unique).__name__}")
-    if "\0" in unique or len(unique.encode()) > MAX_UNIQUE:
-        raise ValueError(f"unique key must be at most {MAX_UNIQUE} bytes without NUL: {unique!r}")
-    return unique
-
-
-def _check_priority(priority: object) -> str:
-    if priority not in PRIORITIES:
-        raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}, not {priority!r}")
-    return priority  # type: ignore[return-value]
 
 
 class Client:
@@ -153,7 +118,7 @@ class Client:
         """
         epoch = None
         if when is not None:
-            epoch = self._epoch(when)
+            epoch = as_epoch(when)
             if priority != "normal":
                 raise ValueError("a scheduled (when=) job has no priority; leave it 'normal'")
             background = True
@@ -198,7 +163,7 @@ class Client:
 
     def status_unique(self, unique: str) -> JobStatus:
         """Status of the job with this unique key (GET_STATUS_UNIQUE), on its server."""
-        _check_unique(unique)
+        check_unique(unique)
         errors: list[str] = []
         for addr in self._candidates(unique):
             try:
@@ -232,53 +197,11 @@ class Client:
         Yields results in payload order (``ordered``) or as they finish. A
         failed job raises its error when its result would be yielded.
         """
-        _check_name(function)
-        _check_priority(priority)
+        check_name(function)
+        check_priority(priority)
         if not isinstance(max_in_flight, int) or max_in_flight < 1:
             raise ValueError(f"max_in_flight must be a positive int, not {max_in_flight!r}")
-        return self._map(function, iter(payloads), max_in_flight, ordered, priority)
-
-    def _map(
-        self, function: str, payloads: Iterator[Any], limit: int, ordered: bool, priority: str
-    ) -> Iterator[bytes]:
-        ended: deque[Task] = deque()
-        in_flight = 0
-        next_index = 0
-        next_out = 0
-        held: dict[int, Task] = {}
-        exhausted = False
-        while True:
-            while not exhausted and in_flight < limit:
-                try:
-                    data = next(payloads)
-                except StopIteration:
-                    exhausted = True
-                    break
-                task = Task(function, as_bytes(data), priority=priority)
-                task.tag = (ended, next_index)
-                next_index += 1
-                in_flight += 1
-                self._submit_task(task)
-            if not in_flight:
-                return
-            self._pump(lambda: bool(ended), None)
-            while ended:
-                task = ended.popleft()
-                in_flight -= 1
-                if not ordered:
-                    yield self._outcome(task)
-                    continue
-                held[task.tag[1]] = task  # type: ignore[index]
-                while next_out in held:
-                    done = held.pop(next_out)
-                    next_out += 1
-                    yield self._outcome(done)
-
-    @staticmethod
-    def _outcome(task: Task) -> bytes:
-        if task.error is not None:
-            raise task.error
-        return task.result  # type: ignore[return-value]
+        return task_set(self, function, iter(payloads), max_in_flight, ordered, priority)
 
     def close(self) -> None:
         """Close every connection; foreground jobs still queued are dropped by the server."""
@@ -304,21 +227,13 @@ class Client:
         when: int | None,
     ) -> Task:
         return Task(
-            _check_name(function),
+            check_name(function),
             as_bytes(data),
-            unique=_check_unique(unique),
-            priority=_check_priority(priority),
+            unique=check_unique(unique),
+            priority=check_priority(priority),
             background=background,
             when=when,
         )
-
-    @staticmethod
-    def _epoch(when: object) -> int:
-        if isinstance(when, _dt.datetime):
-            return int(when.timestamp())
-        if isinstance(when, int | float) and not isinstance(when, bool):
-            return int(when)
-        raise TypeError(f"when must be a datetime or epoch seconds, not {type(when).__name__}")
 
     def _candidates(self, unique: str, exclude: str | None = None) -> list[str]:
         """Servers in the order to try: a stable start per unique key, live ones first."""

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from farm.client import as_bytes
+from farm.checks import as_bytes
 from farm.net import connect, parse_servers
 from farm.protocol import ProtocolError
 from farm.session import JobAssigned, ServerErrorNotice, WorkerSession, WorkerState
@@ -135,7 +135,7 @@ class Worker:
     # -- registration --
 
     def register(self, name: str, fn: WorkerFunction, timeout: float | None = None) -> None:
-        """Serve ``name`` with ``fn(job)``; ``timeout`` seconds goes to the server (CAN_DO_TIMEOUT)."""
+        """Serve ``name`` with ``fn(job)``; ``timeout`` (seconds) is sent as CAN_DO_TIMEOUT."""
         if not isinstance(name, str) or not name or "\0" in name:
             raise ValueError(f"function name must be a non-empty str without NUL, not {name!r}")
         if not callable(fn):

@@ -1,0 +1,54 @@
+"""Checks of what callers hand the client and worker APIs: clear TypeError/ValueError."""
+
+from __future__ import annotations
+
+import datetime as _dt
+
+from farm.protocol import MAX_UNIQUE
+from farm.session import PRIORITIES
+
+__all__ = ["as_bytes", "as_epoch", "check_name", "check_unique", "check_priority"]
+
+
+def as_bytes(data: object, what: str = "data") -> bytes:
+    """bytes as they are, str as UTF-8; anything else is the caller's mistake."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, str):
+        return data.encode()
+    if isinstance(data, bytearray | memoryview):
+        return bytes(data)
+    raise TypeError(f"{what} must be bytes or str, not {type(data).__name__}")
+
+
+def check_name(function: object) -> str:
+    if not isinstance(function, str):
+        raise TypeError(f"function must be a str, not {type(function).__name__}")
+    if not function or "\0" in function:
+        raise ValueError(f"function name {function!r} must be non-empty and contain no NUL")
+    return function
+
+
+def check_unique(unique: object) -> str:
+    if unique is None:
+        return ""
+    if not isinstance(unique, str):
+        raise TypeError(f"unique must be a str, not {type(unique).__name__}")
+    if "\0" in unique or len(unique.encode()) > MAX_UNIQUE:
+        raise ValueError(f"unique key must be at most {MAX_UNIQUE} bytes without NUL: {unique!r}")
+    return unique
+
+
+def check_priority(priority: object) -> str:
+    if priority not in PRIORITIES:
+        raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}, not {priority!r}")
+    return priority  # type: ignore[return-value]
+
+
+def as_epoch(when: object) -> int:
+    """Epoch seconds from a datetime or a number (SUBMIT_JOB_EPOCH)."""
+    if isinstance(when, _dt.datetime):
+        return int(when.timestamp())
+    if isinstance(when, int | float) and not isinstance(when, bool):
+        return int(when)
+    raise TypeError(f"when must be a datetime or epoch seconds, not {type(when).__name__}")

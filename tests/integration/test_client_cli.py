@@ -1,0 +1,48 @@
+"""`farm submit` through typer's CliRunner: results, handles and exit codes 0/1/2."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from typer.testing import CliRunner
+
+from farm.cli import app
+from tests.conftest import free_port
+from tests.integration.test_client_support import reverse, serving
+
+runner = CliRunner()
+
+
+def boom(job: Any) -> None:
+    raise RuntimeError("no way")
+
+
+def test_submit_prints_result_handle_and_exit_codes(any_server) -> None:
+    s = ["--server", any_server.addr]
+    with serving(any_server.addr, {"reverse": reverse, "boom": boom}):
+        ok = runner.invoke(app, ["submit", "reverse", "hello", *s])
+        assert (ok.exit_code, ok.stdout) == (0, "olleh")
+        piped = runner.invoke(app, ["submit", "reverse", "-", *s], input="from stdin")
+        assert (piped.exit_code, piped.stdout) == (0, "nidts morf")
+        failed = runner.invoke(app, ["submit", "boom", "x", *s])
+        assert failed.exit_code == 1 and "RuntimeError: no way" in failed.stderr
+        bg = runner.invoke(app, ["submit", "reverse", "x", "--background", "--priority", "low", *s])
+        assert bg.exit_code == 0 and bg.stdout.startswith("H:")
+    late = runner.invoke(app, ["submit", "nobody", "x", "--timeout", "0.2", *s])
+    assert late.exit_code == 1 and "not done within" in late.stderr
+
+
+def test_submit_usage_errors_exit_2_in_one_line() -> None:
+    bad = runner.invoke(app, ["submit", "f", "x", "--priority", "urgent"])
+    assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and "priority" in bad.stderr
+    port = runner.invoke(app, ["submit", "f", "x", "--server", "h:99999"])
+    assert port.exit_code == 2 and "port" in port.stderr
+    down = runner.invoke(app, ["submit", "f", "x", "--server", f"127.0.0.1:{free_port()}"])
+    assert down.exit_code == 1 and "no job server is reachable" in down.stderr
+
+
+def test_worker_bad_target_exits_2() -> None:
+    for target in ["no-colon", "workers.text:nope", "no_such_module_xyz:f"]:
+        result = runner.invoke(app, ["worker", target, "--server", "127.0.0.1:1"])
+        assert result.exit_code == 2, target
+        assert "Traceback" not in result.stderr and result.stderr.startswith("farm: ")
