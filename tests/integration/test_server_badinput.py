@@ -1,0 +1,327 @@
+"""Hostile and broken input: the server answers or closes as PROTOCOL.md says,
+and stays healthy for everybody else (a queued job survives every case).
+
+``any_server`` where gearmand 1.1.20 behaves the same; ``farm_server`` for
+farm's stricter rules (docs/gearmand-probes.md lists what gearmand does).
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections.abc import Iterator
+
+import pytest
+
+from farm.protocol import PacketType as T
+from tests.conftest import Peer, Server, start_farm_server
+
+
+def header(ptype: int, size: int, magic: bytes = b"\0REQ") -> bytes:
+    return magic + struct.pack(">II", ptype, size)
+
+
+def packet(ptype: int, body: bytes, magic: bytes = b"\0REQ") -> bytes:
+    return header(ptype, len(body), magic) + body
+
+
+def sync(peer: Peer) -> None:
+    peer.send(T.ECHO_REQ, b"sync")
+    assert peer.expect(T.ECHO_RES).args == (b"sync",)
+
+
+def queue_keeper(srv: Server) -> tuple[Peer, bytes]:
+    """A background job queued before the bad input arrives."""
+    c = Peer(srv.addr)
+    c.send(T.SUBMIT_JOB_BG, "keep", "", "kept")
+    h = c.expect(T.JOB_CREATED).args[0]
+    return c, h
+
+
+def assert_healthy(srv: Server, handle: bytes) -> None:
+    """A new, well-behaved connection works and the queued job is still there."""
+    assert srv.proc.poll() is None, "the server died"
+    p = Peer(srv.addr)
+    try:
+        p.send(T.ECHO_REQ, b"ok?")
+        assert p.expect(T.ECHO_RES).args == (b"ok?",)
+        status = p.admin("status")
+        assert "keep\t1\t0\t0\n" in status, status
+        p.send(T.GET_STATUS, handle)
+        assert p.expect(T.STATUS_RES).args[1] == b"1"
+    finally:
+        p.close()
+
+
+@pytest.fixture
+def keeper_any(any_server) -> Iterator[tuple[Server, bytes]]:
+    c, h = queue_keeper(any_server)
+    yield any_server, h
+    c.close()
+
+
+@pytest.fixture
+def keeper_farm(farm_server) -> Iterator[tuple[Server, bytes]]:
+    c, h = queue_keeper(farm_server)
+    yield farm_server, h
+    c.close()
+
+
+@pytest.fixture
+def small_farm() -> Iterator[tuple[Server, bytes]]:
+    srv = start_farm_server("--max-packet", "1024")
+    c, h = queue_keeper(srv)
+    yield srv, h
+    c.close()
+    srv.stop()
+
+
+# -- magic ---------------------------------------------------------------------
+
+
+def test_res_magic_is_invalid_magic_and_connection_survives(keeper_any, peer_factory):
+    srv, h = keeper_any
+    p = peer_factory(srv.addr)
+    p.send_raw(packet(T.ECHO_REQ, b"hi", magic=b"\0RES"))
+    err = p.expect(T.ERROR)
+    assert err.args[0] == b"INVALID_MAGIC"
+    sync(p)
+    assert_healthy(srv, h)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [header(T.ECHO_REQ, 0, magic=b"\0XYZ"), b"\0" * 12, header(T.ECHO_REQ, 0, magic=b"\0req")],
+    ids=["XYZ", "zeros", "lowercase"],
+)
+def test_bad_magic_closes(keeper_any, peer_factory, data):
+    srv, h = keeper_any
+    p = peer_factory(srv.addr)
+    p.send_raw(data)
+    assert p.closed_within(5)
+    assert_healthy(srv, h)
+
+
+# -- packet types --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ptype", [0, 43, 44, 100, 65536, 2**24])
+def test_unknown_type_closes(keeper_any, peer_factory, ptype):
+    srv, h = keeper_any
+    p = peer_factory(srv.addr)
+    p.send_raw(header(ptype, 0))
+    assert p.closed_within(5)
+    assert_healthy(srv, h)
+
+
+@pytest.mark.parametrize("ptype", [5, 2**31, 2**32 - 1])
+def test_unknown_type_closes_farm(keeper_farm, peer_factory, ptype):
+    # farm: type 5 is unknown too (gearmand answers INVALID_COMMAND), and huge
+    # type numbers just close (they crash gearmand 1.1.20).
+    srv, h = keeper_farm
+    p = peer_factory(srv.addr)
+    p.send_raw(header(ptype, 0))
+    assert p.closed_within(5)
+    assert_healthy(srv, h)
+
+
+@pytest.mark.parametrize(
+    "ptype,body",
+    [
+        (T.NOOP, b""),
+        (T.JOB_CREATED, b"H:x:1"),
+        (T.ALL_YOURS, b""),
+        (T.SUBMIT_JOB_SCHED, b"f\0\0" + b"1\0" * 5 + b"d"),
+    ],
+    ids=["NOOP", "JOB_CREATED", "ALL_YOURS", "SUBMIT_JOB_SCHED"],
+)
+def test_type_not_accepted_is_invalid_command(keeper_any, peer_factory, ptype, body):
+    srv, h = keeper_any
+    p = peer_factory(srv.addr)
+    p.send_raw(packet(ptype, body))
+    err = p.expect(T.ERROR)
+    assert err.args[0] == b"INVALID_COMMAND"
+    sync(p)
+    assert_healthy(srv, h)
+
+
+@pytest.mark.parametrize(
+    "ptype,body",
+    [
+        (T.NO_JOB, b""),
+        (T.JOB_ASSIGN, b"H:x:1\0f\0d"),
+        (T.ECHO_RES, b"x"),
+        (T.STATUS_RES, b"H:x:1\x000\x000\x000\x000"),
+        (T.OPTION_RES, b"exceptions"),
+        (T.JOB_ASSIGN_UNIQ, b"H:x:1\0f\0u\0d"),
+        (T.JOB_ASSIGN_ALL, b"H:x:1\0f\0u\0r\0d"),
+        (T.STATUS_RES_UNIQUE, b"u\x000\x000\x000\x000\x000"),
+    ],
+    ids=lambda v: v.name if isinstance(v, T) else None,
+)
+def test_server_to_client_types_are_invalid_command_farm(keeper_farm, peer_factory, ptype, body):
+    srv, h = keeper_farm
+    p = peer_factory(srv.addr)
+    p.send_raw(packet(ptype, body))
+    err = p.expect(T.ERROR)
+    assert err.args[0] == b"INVALID_COMMAND"
+    sync(p)
+    assert_healthy(srv, h)
+
+
+# -- framing -------------------------------------------------------------------
+
+
+def test_truncated_packet_then_close(keeper_any, peer_factory):
+    srv, h = keeper_any
+    p = peer_factory(srv.addr)
+    p.send_raw(header(T.SUBMIT_JOB, 100) + b"keep\0\0par")
+    assert p.nothing_within(0.2), "a partial packet gets no answer"
+    p.close()
+    assert_healthy(srv, h)
+    q = Peer(srv.addr)
+    try:
+        assert q.admin("status") == "keep\t1\t0\t0\n.\n", "the half submit created no job"
+    finally:
+        q.close()
+
+
+def test_truncated_header_then_close(keeper_any, peer_factory):
+    srv, h = keeper_any
+    p = peer_factory(srv.addr)
+    p.send_raw(b"\0RE")
+    assert p.nothing_within(0.2)
+    p.close()
+    assert_healthy(srv, h)
+
+
+def test_oversized_body_errors_and_closes_without_buffering(small_farm, peer_factory):
+    # farm: --max-packet; the header alone triggers ERROR + close.
+    srv, h = small_farm
+    p = peer_factory(srv.addr)
+    p.send_raw(header(T.ECHO_REQ, 2**31))
+    err = p.expect(T.ERROR, timeout=5)
+    assert err.args[0]
+    assert p.closed_within(5)
+    assert_healthy(srv, h)
+
+
+def test_body_just_over_the_limit_is_refused(small_farm, peer_factory):
+    srv, h = small_farm
+    p = peer_factory(srv.addr)
+    p.send_raw(header(T.ECHO_REQ, 1025))
+    p.expect(T.ERROR, timeout=5)
+    assert p.closed_within(5)
+    assert_healthy(srv, h)
+
+
+def test_body_at_the_limit_is_accepted(small_farm, peer_factory):
+    srv, h = small_farm
+    p = peer_factory(srv.addr)
+    p.send(T.ECHO_REQ, b"z" * 1024)
+    assert p.expect(T.ECHO_RES).args == (b"z" * 1024,)
+    assert_healthy(srv, h)
+
+
+# -- arguments -----------------------------------------------------------------
+
+
+def test_unique_of_63_bytes_is_accepted(keeper_any, peer_factory):
+    srv, h = keeper_any
+    p = peer_factory(srv.addr)
+    p.send(T.SUBMIT_JOB_BG, "u", b"k" * 63, "x")
+    p.expect(T.JOB_CREATED)
+    assert p.admin("show unique jobs").count("k" * 63) == 1
+
+
+def test_unique_of_100_bytes_is_argument_too_large(keeper_any, peer_factory):
+    srv, h = keeper_any
+    p = peer_factory(srv.addr)
+    p.send(T.SUBMIT_JOB, "u", b"y" * 100, "x")
+    err = p.expect(T.ERROR)
+    assert err.args[0] == b"ARGUMENT_TOO_LARGE"
+    sync(p)
+    assert "u\t" not in p.admin("status")
+    assert_healthy(srv, h)
+
+
+@pytest.mark.parametrize("length", [64, 65])
+def test_unique_of_64_or_more_is_argument_too_large_farm(keeper_farm, peer_factory, length):
+    # farm: gearmand silently cuts a 64-byte unique to 63.
+    srv, h = keeper_farm
+    p = peer_factory(srv.addr)
+    p.send(T.SUBMIT_JOB_BG, "u", b"y" * length, "x")
+    err = p.expect(T.ERROR)
+    assert err.args[0] == b"ARGUMENT_TOO_LARGE"
+    sync(p)
+    assert p.admin("show unique jobs") == "\n.\n", "no job was created"
+    assert_healthy(srv, h)
+
+
+@pytest.mark.parametrize(
+    "ptype,body",
+    [
+        (T.SUBMIT_JOB, b"f\0u"),
+        (T.SUBMIT_JOB, b"f"),
+        (T.SUBMIT_JOB_BG, b""),
+        (T.WORK_STATUS, b"H:x:1\0"),
+        (T.SUBMIT_REDUCE_JOB, b"f\0u\0r\0d"),
+        (T.SUBMIT_JOB_EPOCH, b"f\0u\0d"),
+    ],
+    ids=["submit-2", "submit-1", "bg-0", "work_status-2", "reduce-4", "epoch-3"],
+)
+def test_wrong_argument_count_is_an_error_farm(keeper_farm, peer_factory, ptype, body):
+    # farm: ERROR (gearmand sends nothing and waits forever).
+    srv, h = keeper_farm
+    p = peer_factory(srv.addr)
+    p.send_raw(packet(ptype, body))
+    err = p.expect(T.ERROR, timeout=5)
+    assert err.args[0]
+    assert_healthy(srv, h)
+    status = Peer(srv.addr)
+    try:
+        assert status.admin("status") == "keep\t1\t0\t0\n.\n", "no job was created"
+    finally:
+        status.close()
+
+
+# -- garbage -------------------------------------------------------------------
+
+
+def test_garbage_text_line_is_unknown_command(keeper_any, peer_factory):
+    srv, h = keeper_any
+    p = peer_factory(srv.addr)
+    p.send_raw(b"\xff\xfe garbage\n")
+    p.sock.settimeout(5)
+    buf = b""
+    while not buf.endswith(b"\r\n"):
+        data = p.sock.recv(1024)
+        assert data, "closed instead of answering"
+        buf += data
+    assert buf.startswith(b"ERR UNKNOWN_COMMAND Unknown+server+command")
+    assert_healthy(srv, h)
+
+
+def test_random_garbage_does_not_hurt_the_server(keeper_any, peer_factory):
+    srv, h = keeper_any
+    rng = random.Random(4730)
+    for _ in range(5):
+        p = peer_factory(srv.addr)
+        blob = bytes(rng.randrange(256) for _ in range(4096))
+        try:
+            p.send_raw(b"\0" + blob)
+        except OSError:
+            pass
+        p.close()
+    assert_healthy(srv, h)
+
+
+def test_endless_admin_line_closes_farm(keeper_farm, peer_factory):
+    srv, h = keeper_farm
+    p = peer_factory(srv.addr)
+    try:
+        p.send_raw(b"x" * 100_000)
+    except OSError:
+        pass
+    assert p.closed_within(5)
+    assert_healthy(srv, h)
