@@ -558,8 +558,11 @@ class JobServer:
 
     def drop_function(self, name: bytes) -> bool:
         fq = self.functions.get(name)
-        if fq is None or fq.workers or fq.queued or fq.running:
+        if fq is None or fq.workers or fq.running:
             return False
+        # As gearmand: the operator asked, so the function's waiting jobs go with it.
+        for job in [j for j in self.jobs.values() if j.function == name]:
+            self._end(job, encode_res(T.WORK_FAIL, job.handle), None)
         del self.functions[name]
         return True
 
