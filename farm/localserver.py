@@ -105,10 +105,11 @@ class LocalServer:
         return True
 
     def stop(self) -> None:
+        """Graceful (SIGUSR1): stop accepting, exit once no job runs; ``kill`` if it lingers."""
         self.stopping = True
         if self.pid:
             try:
-                os.kill(self.pid, signal.SIGTERM)
+                os.kill(self.pid, signal.SIGUSR1)
             except ProcessLookupError:
                 pass
 

@@ -163,7 +163,8 @@ class Slot:
         else:
             self.failures += 1
             self.failing = self.failures >= FAILING_AFTER
-            how, delay = f"crashed: {how}", crash_delay(self.failures)
+            how = f"stopped unasked ({how})" if code == EXIT_DRAINED else f"crashed: {how}"
+            delay = crash_delay(self.failures)
         self.last_exit = how
         self.next_start = now + delay
         return how, delay

@@ -79,15 +79,16 @@ class Supervisor(Steering):
         self.selector.register(self.control, selectors.EVENT_READ, "accept")
         self.install_signals()
         log.info("supervisor %d starting (config: %s)", os.getpid(), self.config.source)
-        while not self.stopping:
+        while True:
             self.handle_signals()
+            if self.stopping:
+                return self.shutdown()
             self.reap_workers()
             self.kill_overrunning()
             self.manage_server()
             self.manage_workers()
             self.notify_systemd()
             self.wait(self.next_wakeup())
-        return self.shutdown()
 
     def install_signals(self) -> None:
         """Handlers only enqueue; the wake-up fd makes the loop's select return."""

@@ -1,0 +1,166 @@
+"""A real `farm up` for tests: a config in a temp dir, a notify socket, helpers to wait on it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from farm.control import ControlUnavailable, request
+from tests.conftest import ROOT, free_port
+
+
+def wait_until(what: str, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll another process's state until ``predicate`` is truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)  # polling a process we do not control
+        delay = min(delay * 2, 0.1)
+
+
+class FarmUp:
+    """`farm up -c <tmp>/farm.toml` with $NOTIFY_SOCKET bound by the test."""
+
+    def __init__(self, tmp: Path, functions: str, *, extra_env: dict[str, str] | None = None):
+        self.tmp = tmp
+        self.port = free_port()
+        self.control = str(tmp / "control.sock")
+        self.config = tmp / "farm.toml"
+        self.write_config(functions)
+        self.log_path = tmp / "farm.log"
+        self.notify_path = str(tmp / "notify.sock")
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(self.notify_path)
+        self.messages: list[str] = []
+        env = dict(os.environ, NOTIFY_SOCKET=self.notify_path, PYTHONPATH=f"{tmp}:{ROOT}")
+        env.update(extra_env or {})
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from farm.cli import main; main()",
+                "up",
+                "-c",
+                str(self.config),
+            ],
+            cwd=tmp,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def write_config(self, functions: str) -> None:
+        self.config.write_text(
+            textwrap.dedent(f"""
+            [server]
+            listen = ["127.0.0.1:{self.port}"]
+            store = "none"
+            job_retries = 3
+
+            [supervisor]
+            control = "{self.control}"
+            graceful_timeout = 10
+            """)
+            + textwrap.dedent(functions)
+        )
+
+    def expect_notify(self, field: str, timeout: float = 15.0) -> list[str]:
+        """Read notify datagrams until one carries ``field`` (e.g. "READY=1")."""
+        deadline = time.monotonic() + timeout
+        while field not in self.messages:
+            left = deadline - time.monotonic()
+            exited = self.proc.poll() is not None  # datagrams it sent before exiting still queue
+            self.notify.settimeout(0 if exited else max(0.0, min(left, 0.5)))
+            try:
+                data = self.notify.recv(4096)
+            except (TimeoutError, BlockingIOError):
+                if exited or left <= 0:
+                    log = self.read_log()
+                    raise AssertionError(f"no {field} from the supervisor; log:\n{log}") from None
+                continue
+            self.messages.extend(data.decode().split("\n"))
+        return self.messages
+
+    def ask(self, message: dict[str, Any]) -> dict[str, Any]:
+        return request(self.control, message, timeout=10)
+
+    def ps(self) -> list[dict[str, Any]]:
+        return self.ask({"cmd": "ps"})["processes"]
+
+    def workers(self, function: str | None = None, state: str | None = None) -> list[dict]:
+        return [
+            r
+            for r in self.ps()
+            if r["slot"] is not None
+            and (function is None or r["function"] == function)
+            and (state is None or r["state"] == state)
+        ]
+
+    def wait_idle(self, counts: dict[str, int], timeout: float = 15.0) -> list[dict]:
+        """Until each function has exactly ``count`` idle workers and nothing else of it."""
+
+        def settled() -> list[dict] | None:
+            rows = self.workers()
+            for name, n in counts.items():
+                mine = [r for r in rows if r["function"] == name]
+                if len(mine) != n or any(r["state"] != "idle" for r in mine):
+                    return None
+            return rows
+
+        return wait_until(f"idle workers {counts}", settled, timeout)
+
+    def read_log(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self) -> int:
+        """SIGTERM and wait; whatever happens, no process is left behind."""
+        if self.proc.poll() is None:
+            try:
+                children = psutil.Process(self.proc.pid).children(recursive=True)
+            except psutil.Error:
+                children = []
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            for child in children:  # a supervisor that failed its test must not leak processes
+                try:
+                    child.kill()
+                except psutil.Error:
+                    pass
+        self.log.close()
+        self.notify.close()
+        return self.proc.returncode
+
+    def alive(self) -> bool:
+        try:
+            self.ask({"cmd": "ping"})
+        except ControlUnavailable:
+            return False
+        return True

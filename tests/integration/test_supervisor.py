@@ -1,0 +1,155 @@
+"""`farm up` with real processes: pinning, titles, serving, crash restarts, boot-failure backoff."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from farm.client import Client
+from tests.integration.farmproc import FarmUp, wait_until
+
+pytestmark = pytest.mark.timeout(30)
+
+FUNCTIONS = """
+[functions.reverse]
+target = "workers.text:reverse"
+workers = 2
+
+[functions.hash]
+target = "workers.hashing:compress"
+workers = 1
+"""
+
+
+SLOW = """
+[functions.slow]
+target = "workers.hashing:pbkdf2"
+workers = 1
+"""
+
+
+@pytest.fixture
+def farm(tmp_path: Path) -> Iterator[FarmUp]:
+    up = FarmUp(tmp_path, FUNCTIONS)
+    yield up
+    up.stop()
+
+
+def title(pid: int) -> str:
+    return " ".join(psutil.Process(pid).cmdline()).strip()
+
+
+def test_up_starts_pinned_titled_processes_and_serves(farm: FarmUp) -> None:
+    farm.expect_notify("READY=1")
+    rows = farm.wait_idle({"reverse": 2, "hash": 1})
+    cpus = sorted(os.sched_getaffinity(0))
+    assert len(rows) == 3
+    for row in rows:
+        assert psutil.Process(row["pid"]).cpu_affinity() == [row["cpu"]]
+        assert title(row["pid"]) == f"farm: worker {row['function']}#{row['slot']} cpu{row['cpu']}"
+        assert "NOTIFY_SOCKET" not in psutil.Process(row["pid"]).environ()
+    # slot k of a pool lands on core k (round robin), and the cores carry equal loads
+    assert {r["slot"]: r["cpu"] for r in rows if r["function"] == "reverse"} == {
+        0: cpus[0],
+        1: cpus[1 % len(cpus)],
+    }
+    load = Counter(r["cpu"] for r in rows)
+    assert max(load.values()) - min(load.get(c, 0) for c in cpus) <= 1
+    everyone = {r["function"]: r for r in farm.ps()}
+    assert title(everyone["supervisor"]["pid"]) == "farm: supervisor"
+    assert title(everyone["server"]["pid"]) == f"farm: server :{farm.port}"
+
+    out = subprocess.run(
+        [sys.executable, "-c", "from farm.cli import main; main()", "submit", "reverse",
+         "Hello World!", "--server", farm.addr],
+        capture_output=True, text=True, timeout=15,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "!dlroW olleH"
+
+
+def test_killed_worker_is_replaced_on_its_core_and_logged(farm: FarmUp) -> None:
+    farm.expect_notify("READY=1")
+    (victim,) = farm.wait_idle({"reverse": 2, "hash": 1}) and farm.workers("hash")
+    os.kill(victim["pid"], signal.SIGKILL)
+
+    def replaced() -> list[dict]:
+        return [r for r in farm.workers("hash", "idle") if r["pid"] != victim["pid"]]
+
+    (new,) = wait_until("a replacement hash worker", replaced)
+    assert (new["slot"], new["cpu"], new["restarts"]) == (0, victim["cpu"], 1)
+    assert psutil.Process(new["pid"]).cpu_affinity() == [victim["cpu"]]
+    client = Client(farm.addr)
+    try:
+        assert client.call("hash", b"x" * 1000, timeout=10) != b""  # served by the new process
+    finally:
+        client.close()
+    log = farm.read_log()
+    assert re.search(rf"hash#0 cpu\d+ \(pid {victim['pid']}.*was killed by SIGKILL", log), log
+
+
+def test_boot_failure_backs_off_while_other_functions_serve(tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text(
+        "raise RuntimeError('no model file here')\n\ndef job(j):\n    return b''\n"
+    )
+    up = FarmUp(tmp_path, FUNCTIONS + '\n[functions.broken]\ntarget = "broken:job"\nworkers = 1\n')
+    try:
+        up.expect_notify("READY=1")  # a failing slot does not hold up readiness
+        wait_until("the broken slot marked failing", lambda: up.workers("broken", "failing"))
+        client = Client(up.addr)
+        started = time.monotonic()
+        served = 0
+        try:
+            while time.monotonic() - started < 5:  # keep the good pools busy meanwhile
+                assert client.call("reverse", "abc", timeout=10) == b"cba"
+                served += 1
+        finally:
+            client.close()
+        assert served > 10
+        assert up.alive()
+        log = up.read_log()
+        boots = log.count("broken#0 cpu")
+        assert "failed to boot (exited with code 3)" in log, log
+        assert "RuntimeError: no model file here" in log, log
+        assert 1 <= log.count("failed to boot") <= 4, log  # 2 s, 4 s, ... apart: no hot loop
+        assert boots >= 1
+    finally:
+        assert up.stop() == 0
+
+
+def test_sigterm_drains_running_jobs_and_exits_zero(tmp_path: Path) -> None:
+    farm = FarmUp(tmp_path, FUNCTIONS + SLOW)
+    farm.expect_notify("READY=1")
+    farm.wait_idle({"reverse": 2, "hash": 1, "slow": 1})
+    client = Client(farm.addr)
+    try:
+        # a job long enough (~1 s) to be in hand when SIGTERM arrives
+        task = client.submit("slow", b"2000000 00ff\nsecret")
+        busy = wait_until("the slow job running", lambda: farm.workers("slow", "busy"))
+        children = psutil.Process(farm.proc.pid).children()
+        farm.signal(signal.SIGTERM)
+        result = client.wait(task, timeout=20)
+    finally:
+        client.close()
+    assert (
+        busy
+        and result == hashlib.pbkdf2_hmac("sha256", b"secret", b"\0\xff", 2000000).hex().encode()
+    )
+    assert farm.proc.wait(20) == 0
+    farm.expect_notify("STOPPING=1")
+    assert "READY=1" in farm.messages
+    gone, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive
+    assert "slow#0" in farm.read_log() and "exited with code 0 after draining" in farm.read_log()
+    farm.stop()
