@@ -1,0 +1,166 @@
+"""The server process: listeners, flags, signals, pid and log files, `farm status`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from farm.protocol import PacketType as T
+from tests.conftest import ROOT, Peer, Server, free_port, start_farm_server, wait_connectable
+
+
+def farm_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    code = "from farm.cli import main; main()"
+    cmd = [sys.executable, "-c", code, *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_unix_socket_listener_serves_jobs_with_owner_and_group_permissions(tmp_path: Path) -> None:
+    path = str(tmp_path / "gearman.sock")
+    srv = start_farm_server(unix=path)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        assert mode == 0o660
+        worker = Peer(f"unix:{path}")
+        worker.send(T.CAN_DO, "rev")
+        client = Peer(f"unix:{path}")
+        client.send(T.SUBMIT_JOB, "rev", "", "abc")
+        handle = client.expect(T.JOB_CREATED).args[0]
+        worker.send(T.GRAB_JOB)
+        assert worker.expect(T.JOB_ASSIGN).args == (handle, b"rev", b"abc")
+        worker.send(T.WORK_COMPLETE, handle, "cba")
+        assert client.expect(T.WORK_COMPLETE).args == (handle, b"cba")
+        # The admin `workers` line names the Unix peer.
+        assert " unix - : rev\n" in Peer(f"unix:{path}").admin("workers")
+    finally:
+        srv.stop()
+    assert not os.path.exists(path)  # removed on exit
+
+
+def test_unix_socket_mode_is_configurable(tmp_path: Path) -> None:
+    path = str(tmp_path / "g.sock")
+    srv = start_farm_server("--unix-mode", "600", unix=path)
+    try:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    finally:
+        srv.stop()
+
+
+def test_sigterm_stops_and_removes_the_pid_file(tmp_path: Path) -> None:
+    pid_file = tmp_path / "farm.pid"
+    log_file = tmp_path / "farm.log"
+    srv = start_farm_server("-P", str(pid_file), "-l", str(log_file), "-v")
+    assert pid_file.read_text().strip() == str(srv.proc.pid)
+    srv.proc.send_signal(signal.SIGTERM)
+    assert srv.proc.wait(10) == 0
+    assert not pid_file.exists()
+    assert "listening on 127.0.0.1:" in log_file.read_text()
+
+
+def test_sigusr1_stops_accepting_and_exits_when_the_running_job_ends() -> None:
+    srv = start_farm_server()
+    worker = Peer(srv.addr)
+    worker.send(T.CAN_DO, "slow")
+    client = Peer(srv.addr)
+    client.send(T.SUBMIT_JOB, "slow", "", "x")
+    handle = client.expect(T.JOB_CREATED).args[0]
+    worker.send(T.GRAB_JOB)
+    worker.expect(T.JOB_ASSIGN)
+    srv.proc.send_signal(signal.SIGUSR1)
+    # Wait for the listener to close (an event: connect is refused).
+    wait_refused(srv.port)
+    assert srv.proc.poll() is None  # still serving the job in hand
+    worker.send(T.WORK_COMPLETE, handle, "done")
+    assert client.expect(T.WORK_COMPLETE).args == (handle, b"done")
+    assert srv.proc.wait(10) == 0
+
+
+def wait_refused(port: int, attempts: int = 200) -> None:
+    import time
+
+    for _ in range(attempts):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except ConnectionRefusedError:
+            return
+        time.sleep(0.02)  # polling the OS for the listener's close; no event to wait on
+    raise AssertionError("the server kept accepting after SIGUSR1")
+
+
+def test_sigusr1_with_nothing_running_exits_at_once() -> None:
+    srv = start_farm_server()
+    srv.proc.send_signal(signal.SIGUSR1)
+    assert srv.proc.wait(10) == 0
+
+
+def test_gearmand_style_command_line_is_accepted() -> None:
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "farm.server",
+        "-p",
+        str(port),
+        "-L",
+        "127.0.0.1",
+        "-j",
+        "3",
+        "-t",
+        "4",
+        "--store",
+        "none",
+        "-l",
+        "none",
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    srv = Server("farm", f"127.0.0.1:{port}", proc, port)
+    try:
+        wait_connectable(srv.addr, proc)
+        assert Peer(srv.addr).admin("version").startswith("OK ")
+    finally:
+        srv.stop()
+
+
+def test_bad_flags_are_a_usage_line_and_exit_2() -> None:
+    for args in (["--port", "notaport"], ["--port", "70000"], ["--bogus"], ["-j", "-1"]):
+        out = farm_cli("server", *args)
+        assert out.returncode == 2, (args, out.stderr)
+        assert "usage:" in out.stderr
+        assert "Traceback" not in out.stderr
+
+
+def test_busy_port_is_one_line_and_exit_1(farm_server: Server) -> None:
+    out = farm_cli("server", "--port", str(farm_server.port), "--store", "none")
+    assert out.returncode == 1
+    assert "cannot listen" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_farm_status_prints_the_queues_as_a_table_and_json(farm_server: Server) -> None:
+    worker = Peer(farm_server.addr)
+    worker.send(T.CAN_DO, "reverse")
+    client = Peer(farm_server.addr)
+    for _ in range(3):
+        client.send(T.SUBMIT_JOB_BG, "reverse", "", "x")
+        client.expect(T.JOB_CREATED)
+    worker.send(T.GRAB_JOB)
+    worker.expect(T.JOB_ASSIGN)
+    out = farm_cli("status", "--server", farm_server.addr)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["FUNCTION", "QUEUED", "RUNNING", "WORKERS"]
+    assert lines[1].split() == ["reverse", "2", "1", "1"]
+    data = json.loads(farm_cli("status", "--server", farm_server.addr, "--json").stdout)
+    assert data == [{"function": "reverse", "total": 3, "running": 1, "workers": 1}]
+
+
+def test_farm_status_against_nothing_is_one_line_and_exit_1() -> None:
+    out = farm_cli("status", "--server", f"127.0.0.1:{free_port()}")
+    assert out.returncode == 1
+    assert out.stderr.startswith("farm: cannot read status from 127.0.0.1:")
+    assert out.stderr.count("\n") == 1
