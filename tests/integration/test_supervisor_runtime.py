@@ -1,0 +1,192 @@
+"""A running farm changed at runtime: `farm scale` under load, SIGHUP, timeouts, recycling."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from farm.client import Client
+from farm.errors import FarmError, JobFailed
+from tests.integration.farmproc import FarmUp, wait_until
+
+pytestmark = pytest.mark.timeout(40)
+
+FUNCTIONS = """
+[functions.reverse]
+target = "workers.text:reverse"
+workers = 1
+
+[functions.hash]
+target = "workers.hashing:pbkdf2"
+workers = 1
+"""
+
+
+def farm_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from farm.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+
+
+class JobStream:
+    """Clients submitting jobs back to back until stopped; every answer is checked."""
+
+    def __init__(self, addr: str, clients: int = 3) -> None:
+        self.addr = addr
+        self.done = 0
+        self.errors: list[BaseException] = []
+        self.halt = threading.Event()
+        self.threads = [threading.Thread(target=self.run, args=(i,)) for i in range(clients)]
+        for t in self.threads:
+            t.start()
+
+    def run(self, n: int) -> None:
+        client = Client(self.addr)
+        try:
+            i = 0
+            while not self.halt.is_set():
+                payload = f"{n}:{i}:" + "x" * (i % 50)
+                assert client.call("hash", f"2000 00\n{payload}", timeout=15)
+                assert client.call("reverse", payload, timeout=15) == payload[::-1].encode()
+                self.done += 2
+                i += 1
+        except BaseException as e:  # reported by stop()
+            self.errors.append(e)
+        finally:
+            client.close()
+
+    def stop(self) -> int:
+        self.halt.set()
+        for t in self.threads:
+            t.join(20)
+        assert not self.errors, self.errors
+        return self.done
+
+
+def test_scale_up_and_down_under_load_loses_no_job(tmp_path: Path) -> None:
+    up = FarmUp(tmp_path, FUNCTIONS)
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 1, "hash": 1})
+        stream = JobStream(up.addr)
+        wait_until("jobs flowing", lambda: stream.done >= 20 or stream.errors)
+        out = farm_cli("scale", "hash=3", "reverse=+1", "--control", up.control)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == ["reverse=2", "hash=3"]
+        wait_until(
+            "3 hash and 2 reverse workers", lambda: _running(up) == {"hash": 3, "reverse": 2}
+        )
+        before = stream.done
+        wait_until("jobs on the grown pools", lambda: stream.done >= before + 30 or stream.errors)
+        out = farm_cli("scale", "hash=-2", "reverse=1", "--control", up.control)
+        assert out.returncode == 0, out.stderr
+        wait_until("scaled back down", lambda: _running(up) == {"hash": 1, "reverse": 1})
+        wait_until("drained workers gone", lambda: not up.workers(state="draining"), 20)
+        before = stream.done
+        wait_until("jobs after scale-down", lambda: stream.done >= before + 20 or stream.errors)
+        assert stream.stop() > 50
+        assert "scaling hash from 1 to 3" in up.read_log()
+        assert "crashed" not in up.read_log()
+    finally:
+        assert up.stop() == 0
+
+
+def _running(up: FarmUp) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in up.workers():
+        if row["state"] in ("idle", "busy"):
+            counts[row["function"]] = counts.get(row["function"], 0) + 1
+        elif row["state"] != "draining":
+            return {}  # still starting
+    return counts
+
+
+def test_sighup_applies_a_changed_config(tmp_path: Path) -> None:
+    up = FarmUp(tmp_path, FUNCTIONS)
+    try:
+        up.expect_notify("READY=1")
+        rows = up.wait_idle({"reverse": 1, "hash": 1})
+        pids = {r["function"]: r["pid"] for r in rows}
+        up.write_config(
+            FUNCTIONS.replace("workers = 1", "workers = 2", 1).replace(  # reverse: 1 -> 2
+                "workers.hashing:pbkdf2",
+                "workers.hashing:compress",  # hash: new target
+            )
+            + '\n[functions.upper]\ntarget = "workers.text:upper"\nworkers = 1\n'
+        )
+        up.signal(signal.SIGHUP)
+        up.expect_notify("RELOADING=1")
+        rows = up.wait_idle({"reverse": 2, "hash": 1, "upper": 1})
+        now = {(r["function"], r["slot"]): r["pid"] for r in rows}
+        assert now["reverse", 0] == pids["reverse"]  # unchanged pool: not restarted
+        assert now["hash", 0] != pids["hash"]  # changed target: replaced
+        client = Client(up.addr)
+        try:
+            assert client.call("upper", "abc", timeout=10) == b"ABC"
+            assert client.call("hash", "aaaa", timeout=10).startswith(b"x")  # zlib, not pbkdf2
+        finally:
+            client.close()
+        # a broken config on reload is refused with one line; the farm keeps running
+        up.config.write_text(up.config.read_text() + "\n[functions.bad]\nworkers = -1\n")
+        out = farm_cli("reload", "--control", up.control)
+        assert out.returncode == 1 and "functions.bad" in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+        assert up.wait_idle({"reverse": 2, "hash": 1, "upper": 1})
+    finally:
+        assert up.stop() == 0
+
+
+def test_timeout_fails_the_job_and_replaces_the_worker(tmp_path: Path) -> None:
+    (tmp_path / "sleepy.py").write_text(
+        "import time\n\ndef nap(job):\n    time.sleep(float(job.data))\n    return b'awake'\n"
+    )
+    up = FarmUp(tmp_path, '[functions.nap]\ntarget = "sleepy:nap"\nworkers = 1\ntimeout = 1\n')
+    try:
+        up.expect_notify("READY=1")
+        (first,) = up.wait_idle({"nap": 1})
+        client = Client(up.addr)
+        try:
+            assert client.call("nap", "0", timeout=10) == b"awake"
+            with pytest.raises((JobFailed, FarmError)):
+                client.call("nap", "30", timeout=15)  # the server fails it after 1 s
+        finally:
+            client.close()
+
+        def replaced() -> list[dict]:
+            return [r for r in up.workers("nap", "idle") if r["pid"] != first["pid"]]
+
+        (new,) = wait_until("a replacement for the stuck worker", replaced)
+        assert new["cpu"] == first["cpu"] and new["restarts"] == 1
+        assert "ran past its 1s timeout" in up.read_log()
+    finally:
+        assert up.stop() == 0
+
+
+def test_worker_is_recycled_after_max_jobs(tmp_path: Path) -> None:
+    up = FarmUp(
+        tmp_path,
+        '[functions.reverse]\ntarget = "workers.text:reverse"\nworkers = 1\nmax_jobs = 3\n',
+    )
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 1})
+        client = Client(up.addr)
+        try:
+            for i in range(7):
+                assert client.call("reverse", f"ab{i}", timeout=10) == f"{i}ba".encode()
+        finally:
+            client.close()
+        (row,) = wait_until("two recycles", lambda: [r for r in up.workers() if r["restarts"] >= 2])
+        log = up.read_log()
+        assert log.count("was recycled (max_jobs 3 reached)") >= 2, log
+        assert "crashed" not in log
+    finally:
+        assert up.stop() == 0
