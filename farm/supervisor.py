@@ -369,6 +369,7 @@ class Supervisor(Steering):
             slots.clear()
         self.targets.clear()
         while self.by_pid:
+            self.watchdog.ping()  # a long drain is not a hang
             self.handle_signals()  # a second SIGTERM or SIGQUIT shortens the grace
             self.reap_workers()
             self.kill_overrunning()

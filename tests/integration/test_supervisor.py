@@ -129,8 +129,9 @@ def test_boot_failure_backs_off_while_other_functions_serve(tmp_path: Path) -> N
 
 
 def test_sigterm_drains_running_jobs_and_exits_zero(tmp_path: Path) -> None:
-    farm = FarmUp(tmp_path, FUNCTIONS + SLOW)
+    farm = FarmUp(tmp_path, FUNCTIONS + SLOW, extra_env={"WATCHDOG_USEC": "400000"})
     farm.expect_notify("READY=1")
+    farm.expect_notify("WATCHDOG=1", timeout=2)  # every 0.2 s from the main loop
     farm.wait_idle({"reverse": 2, "hash": 1, "slow": 1})
     client = Client(farm.addr)
     try:

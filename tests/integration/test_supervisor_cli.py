@@ -1,0 +1,95 @@
+"""The supervisor's commands as users meet them: one clear line and exit code 2 for mistakes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from farm import config
+from farm.cli import app
+from tests.conftest import ROOT
+
+runner = CliRunner()
+
+
+def one_line_error(result: object) -> str:
+    text = (getattr(result, "stderr", "") or getattr(result, "output", "")).strip()
+    assert len(text.splitlines()) == 1, text
+    assert text.startswith("farm: "), text
+    assert "Traceback" not in text
+    return text
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("[functions.a]\ntarget = 'workers.text:reverse'\nworkers = -2\n", "functions.a.workers"),
+        ("[functions.a]\ntarget = 'workers.nothere:f'\n", "no module named 'workers.nothere'"),
+        ("[functions.a]\ntarget = 'workers.text:reverse'\nwrkers = 1\n", "did you mean 'workers'"),
+        ("[server]\nlisten = 4730\n[functions.a]\ntarget = 'workers.text:reverse'\n", "listen"),
+        ("[functions.a\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_is_one_line_and_exit_2_before_anything_starts(
+    tmp_path: Path, body: str, expected: str
+) -> None:
+    path = tmp_path / "farm.toml"
+    path.write_text(body)
+    result = runner.invoke(app, ["up", "--config", str(path)])
+    assert result.exit_code == 2
+    line = one_line_error(result)
+    assert str(path) in line and expected in line
+    assert not (tmp_path / "control.sock").exists()
+
+
+def test_missing_config_file_is_exit_2(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["up", "--config", str(tmp_path / "nope.toml")])
+    assert result.exit_code == 2
+    assert "no such config file" in one_line_error(result)
+
+
+@pytest.mark.parametrize("arg", ["reverse", "reverse=", "reverse=two", "=3", "a b=1", "x=+-1"])
+def test_bad_scale_arguments_are_exit_2(tmp_path: Path, arg: str) -> None:
+    result = runner.invoke(app, ["scale", arg, "--control", str(tmp_path / "c.sock")])
+    assert result.exit_code == 2
+    assert "NAME=COUNT" in one_line_error(result)
+
+
+def test_commands_without_a_supervisor_say_so(tmp_path: Path) -> None:
+    for command in (["ps"], ["scale", "a=1"], ["reload"], ["stop"]):
+        result = runner.invoke(app, [*command, "--control", str(tmp_path / "c.sock")])
+        assert result.exit_code == 1, command
+        assert "no supervisor answers" in one_line_error(result)
+
+
+def test_the_example_config_is_valid() -> None:
+    cfg = config.load(ROOT / "systemd" / "farm.toml")
+    assert cfg.supervisor.control == "/run/farm/control.sock"
+    assert cfg.server.unix == "/run/farm/gearman.sock"
+    assert cfg.worker_servers == ("unix:/run/farm/gearman.sock",)
+    assert {"reverse", "resize", "thumbnail", "pbkdf2"} <= set(cfg.functions)
+
+
+def test_systemd_unit_verifies(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (no systemd on this machine)")
+    unit = (ROOT / "systemd" / "farm.service").read_text()
+    for key in ("Type=notify", "NotifyAccess=main", "KillMode=mixed", "WatchdogSec=",
+                "ExecReload=", "Restart=on-failure", "RuntimeDirectory=farm",
+                "StateDirectory=farm", "User=farm", "ProtectSystem=strict"):  # fmt: skip
+        assert key in unit, key
+    # verify checks that ExecStart exists: point it at this machine's farm
+    farm = shutil.which("farm") or sys.executable
+    (tmp_path / "farm.service").write_text(unit.replace("/usr/local/bin/farm", farm))
+    out = subprocess.run(
+        [analyze, "verify", str(tmp_path / "farm.service")],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "farm.service" not in out.stderr, out.stderr  # no warnings about our unit
