@@ -7,7 +7,6 @@ started. One asyncio loop (uvloop when installed) owns all job state.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -15,39 +14,18 @@ import signal
 import stat
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from farm import protocol as p
 from farm.protocol import PacketType as T
 from farm.protocol import encode_res
 from farm.server.connection import Connection, error
 from farm.server.jobs import JobServer
+from farm.server.options import ServerOptions, parse_args
 from farm.server.store import StoreError, open_store
 
 log = logging.getLogger("farm.server")
 
-DEFAULT_PORT = 4730
 VERBOSE_NAMES = ("ERROR", "WARNING", "NOTICE", "INFO", "DEBUG")
-
-
-@dataclass
-class ServerOptions:
-    """Everything the server process is started with."""
-
-    port: int = DEFAULT_PORT
-    listen: list[str] = field(default_factory=lambda: ["127.0.0.1"])
-    unix: list[str] = field(default_factory=list)
-    unix_mode: int = 0o660
-    store: str = "none"
-    store_sync: str = "normal"
-    job_retries: int = 0
-    max_packet: int = p.DEFAULT_MAX_PACKET
-    exceptions: bool = False
-    backlog: int = 1024
-    verbose: int = 0
-    log_file: str = "stderr"
-    pid_file: str | None = None
 
 
 class Server:
@@ -66,6 +44,7 @@ class Server:
         self.store = open_store(options.store, sync=options.store_sync)
         self.jobs = JobServer(
             store=self.store,
+            max_queued_bytes=options.max_queued_bytes,
             job_retries=options.job_retries,
             call_later=self._call_later,
             cancel_timer=lambda handle: handle.cancel(),  # type: ignore[attr-defined]
@@ -184,13 +163,6 @@ class Server:
                 pass
 
 
-def default_store_path() -> str:
-    """Where background jobs live when nothing else is said: the user's state directory."""
-    base = os.environ.get("STATE_DIRECTORY") or os.environ.get("XDG_STATE_HOME")
-    root = Path(base) if base else Path.home() / ".local" / "state"
-    return str(root / "farm" / "queue.db")
-
-
 def _split_host_port(addr: str, default_port: int) -> tuple[str, int]:
     if addr.startswith("["):  # [::1]:4730
         host, _, rest = addr[1:].partition("]")
@@ -201,104 +173,17 @@ def _split_host_port(addr: str, default_port: int) -> tuple[str, int]:
     return addr, default_port
 
 
-def build_parser(prog: str = "farm server") -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog=prog, description="farm's Gearman job server (accepts gearmand's common flags)."
-    )
-    ap.add_argument("-p", "--port", type=int, default=DEFAULT_PORT, help="TCP port (default 4730)")
-    ap.add_argument(
-        "-L",
-        "--listen",
-        action="append",
-        metavar="ADDR",
-        help="address to listen on, repeatable; HOST, HOST:PORT or unix:PATH (default 127.0.0.1)",
-    )
-    ap.add_argument(
-        "--unix", action="append", default=[], metavar="PATH", help="also listen on a Unix socket"
-    )
-    ap.add_argument(
-        "--unix-mode",
-        type=lambda s: int(s, 8),
-        default=0o660,
-        help="Unix socket permissions (octal)",
-    )
-    ap.add_argument(
-        "--store",
-        default=default_store_path(),
-        metavar="PATH|none",
-        help="SQLite file for durable background jobs, or 'none' (default: %(default)s)",
-    )
-    ap.add_argument(
-        "--store-sync",
-        choices=("normal", "full"),
-        default="normal",
-        help="normal survives a killed server; full also survives power loss (fsync per commit)",
-    )
-    ap.add_argument(
-        "-j",
-        "--job-retries",
-        type=int,
-        default=0,
-        metavar="N",
-        help="fail a job after N worker deaths (0: never)",
-    )
-    ap.add_argument(
-        "--max-packet",
-        type=int,
-        default=p.DEFAULT_MAX_PACKET,
-        metavar="BYTES",
-        help="largest packet body accepted",
-    )
-    ap.add_argument(
-        "--exceptions",
-        action="store_true",
-        help="forward WORK_EXCEPTION to every client by default",
-    )
-    ap.add_argument("-b", "--backlog", type=int, default=1024)
-    ap.add_argument("-v", "--verbose", action="count", default=0, help="more logging, repeatable")
-    ap.add_argument(
-        "-l", "--log-file", default="stderr", metavar="FILE", help="log file, 'stderr' or 'none'"
-    )
-    ap.add_argument("-P", "--pid-file", metavar="FILE", help="write the process id here")
-    # gearmand flags that farm accepts and ignores, so its command lines work unchanged.
-    for flag in (
-        "-t",
-        "--threads",
-        "-q",
-        "--queue-type",
-        "-f",
-        "--file-descriptors",
-        "-u",
-        "--user",
-    ):
-        ap.add_argument(flag, help=argparse.SUPPRESS)
-    return ap
+def _raise_fd_limit(wanted: int) -> None:
+    """Lift the soft descriptor limit toward ``wanted`` (as gearmand's -f does), never past hard."""
+    try:
+        import resource
 
-
-def parse_args(argv: Sequence[str] | None = None, prog: str = "farm server") -> ServerOptions:
-    ns = build_parser(prog).parse_args(argv)
-    ap = build_parser(prog)
-    if not 0 < ns.port < 65536:
-        ap.error(f"--port {ns.port} is not a TCP port (1-65535)")
-    if ns.job_retries < 0:
-        ap.error("--job-retries must be 0 (never fail) or a positive count")
-    if ns.max_packet < 1024:
-        ap.error("--max-packet must be at least 1024 bytes")
-    return ServerOptions(
-        port=ns.port,
-        listen=ns.listen or ["127.0.0.1"],
-        unix=ns.unix,
-        unix_mode=ns.unix_mode,
-        store=ns.store,
-        store_sync=ns.store_sync,
-        job_retries=ns.job_retries,
-        max_packet=ns.max_packet,
-        exceptions=ns.exceptions,
-        backlog=ns.backlog,
-        verbose=ns.verbose,
-        log_file=ns.log_file,
-        pid_file=ns.pid_file,
-    )
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ImportError, ValueError, OSError):  # pragma: no cover - best effort
+        pass
 
 
 def _setup_logging(options: ServerOptions) -> None:
@@ -321,6 +206,7 @@ def run(options: ServerOptions) -> int:
         setproctitle(f"farm: server :{options.port}")
     except ImportError:  # pragma: no cover - optional nicety
         pass
+    _raise_fd_limit(options.max_connections + 64)
     if options.pid_file:
         Path(options.pid_file).write_text(f"{os.getpid()}\n")
     try:

@@ -74,6 +74,15 @@ class Connection(asyncio.Protocol):
                 self.ip = peer[0] if peer else "-"
             else:
                 self.ip = "unix"
+        if len(self.server.connections) >= self.server.options.max_connections:
+            log.warning(
+                "connection limit (%d) reached; closing fd %d",
+                len(self.server.connections),
+                self.fd,
+            )
+            self.closed = True
+            transport.close()
+            return
         self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

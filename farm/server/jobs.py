@@ -4,7 +4,7 @@ Connections only translate between the wire and calls on ``JobServer``; all
 decisions (coalescing, priority order, requeue and retries, timeouts, who is
 woken) are made here, in one event loop, so no locks are needed.
 
-A peer is anything with the attributes of ``Peer`` below (the server's
+A peer is anything with the attributes of ``Peer`` (farm/server/queues.py; the server's
 connection class): the model reads its abilities and options and calls
 ``send`` with framed bytes.
 """
@@ -18,169 +18,15 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Protocol
 
 from farm.protocol import PacketType as T
 from farm.protocol import encode_res
+from farm.server.queues import HIGH, LOW, NORMAL, FunctionQueue, Job, Peer, QueueFull
 from farm.server.store import SQLiteStore
 
+__all__ = ["HIGH", "LOW", "NORMAL", "FunctionQueue", "Job", "JobServer", "Peer", "QueueFull"]
+
 log = logging.getLogger("farm.server")
-
-HIGH, NORMAL, LOW = 0, 1, 2
-PRIORITY_NAMES = ("high", "normal", "low")
-
-
-class Peer(Protocol):
-    """What the job model needs of a connection."""
-
-    abilities: dict[bytes, float]  # function -> timeout in seconds (0 = none)
-    running: dict[bytes, Job]  # handle -> job this worker holds
-    attached: set[Job]  # foreground jobs this client waits on
-    exceptions: bool
-    sleeping: bool
-
-    def send(self, data: bytes) -> None: ...
-
-
-class QueueFull(Exception):
-    """A function's queue (or the server's byte budget) is at its limit."""
-
-
-class Job:
-    """One job: queued, held for its epoch, or running on a worker."""
-
-    __slots__ = (
-        "handle",
-        "key",
-        "function",
-        "unique",
-        "data",
-        "priority",
-        "background",
-        "reducer",
-        "when",
-        "seq",
-        "clients",
-        "worker",
-        "numerator",
-        "denominator",
-        "retries",
-        "queued",
-        "store_id",
-        "timer",
-    )
-
-    def __init__(
-        self,
-        handle: bytes,
-        function: bytes,
-        unique: bytes,
-        data: bytes,
-        priority: int,
-        background: bool,
-        reducer: bytes | None,
-        when: float,
-        seq: int,
-    ) -> None:
-        self.handle = handle
-        self.key = unique
-        self.function = function
-        self.unique = unique
-        self.data = data
-        self.priority = priority
-        self.background = background
-        self.reducer = reducer
-        self.when = when
-        self.seq = seq
-        self.clients: list[Peer] = []
-        self.worker: Peer | None = None
-        self.numerator = b"0"
-        self.denominator = b"0"
-        self.retries = 0
-        self.queued = False
-        self.store_id = 0  # row in the durable store; 0 when not stored
-        self.timer: object | None = None
-
-    def __repr__(self) -> str:
-        return f"<Job {self.handle.decode()} {self.function.decode()!r}>"
-
-
-class FunctionQueue:
-    """The jobs of one function: three FIFO queues (high, normal, low) and who can run them.
-
-    Removed jobs stay in their deque, marked ``queued = False``, and are
-    skipped when they reach the head; ``counts`` is kept exact for the admin
-    protocol.
-    """
-
-    __slots__ = (
-        "name",
-        "queues",
-        "counts",
-        "scheduled",
-        "running",
-        "workers",
-        "sleepers",
-        "max_total",
-        "max_by_priority",
-    )
-
-    def __init__(self, name: bytes) -> None:
-        self.name = name
-        self.queues: tuple[deque[Job], deque[Job], deque[Job]] = (deque(), deque(), deque())
-        self.counts = [0, 0, 0]
-        self.running = 0
-        self.workers: set[Peer] = set()
-        # Workers asleep (PRE_SLEEP) that can take this function; a dict keeps wake order.
-        self.sleepers: dict[Peer, None] = {}
-        # Jobs held for their epoch time: counted in status, not yet runnable.
-        self.scheduled = [0, 0, 0]
-        # `maxqueue F N` bounds all queued jobs; `maxqueue F H N L` each priority (0 = no limit).
-        self.max_total = 0
-        self.max_by_priority: tuple[int, int, int] = (0, 0, 0)
-
-    def full(self, priority: int) -> bool:
-        if self.max_total and self.queued >= self.max_total:
-            return True
-        limit = self.max_by_priority[priority]
-        return bool(limit) and self.counts[priority] + self.scheduled[priority] >= limit
-
-    @property
-    def queued(self) -> int:
-        """Jobs waiting, whether runnable now or held for their epoch."""
-        c, s = self.counts, self.scheduled
-        return c[0] + c[1] + c[2] + s[0] + s[1] + s[2]
-
-    def head(self, priority: int) -> Job | None:
-        """The first live job of one priority, dropping removed ones on the way."""
-        q = self.queues[priority]
-        while q:
-            job = q[0]
-            if job.queued:
-                return job
-            q.popleft()
-        return None
-
-    def push(self, job: Job, *, front: bool = False) -> None:
-        if front:
-            self.queues[job.priority].appendleft(job)
-        else:
-            self.queues[job.priority].append(job)
-        job.queued = True
-        self.counts[job.priority] += 1
-
-    def pop(self, job: Job) -> None:
-        """Take ``job`` (the head of its priority) off the queue."""
-        q = self.queues[job.priority]
-        if q and q[0] is job:
-            q.popleft()
-        job.queued = False
-        self.counts[job.priority] -= 1
-
-    def discard(self, job: Job) -> None:
-        """Remove a queued job that is not at the head (lazily)."""
-        job.queued = False
-        self.counts[job.priority] -= 1
 
 
 class JobServer:
@@ -194,8 +40,12 @@ class JobServer:
         call_later: Callable[[float, Callable[[], None]], object] | None = None,
         cancel_timer: Callable[[object], None] | None = None,
         store: SQLiteStore | None = None,
+        max_queued_bytes: int = 0,
     ) -> None:
         self.job_retries = job_retries
+        # Payload bytes held by live jobs; bounded so a flood cannot exhaust memory.
+        self.queued_bytes = 0
+        self.max_queued_bytes = max_queued_bytes
         self.prefix = f"H:{hostname or socket.gethostname()}:".encode()
         self._counter = itertools.count(1)
         self._seq = itertools.count()
@@ -259,7 +109,9 @@ class JobServer:
                     self._attach(job, client)
                 return job
         fq = self.function(function)
-        if fq.full(priority):
+        if fq.full(priority) or (
+            self.max_queued_bytes and self.queued_bytes + len(data) > self.max_queued_bytes
+        ):
             raise QueueFull(function.decode("utf-8", "replace"))
         handle = self.prefix + str(next(self._counter)).encode()
         job = Job(
@@ -270,6 +122,7 @@ class JobServer:
             job.store_id = store_id
         elif background and self.store is not None:
             job.store_id = self._store_add(job)  # may raise StoreError: nothing registered yet
+        self.queued_bytes += len(data)
         self.jobs[handle] = job
         if key:
             self.uniques[(function, key)] = job
@@ -528,7 +381,8 @@ class JobServer:
         self._forget(job)
 
     def _forget(self, job: Job) -> None:
-        self.jobs.pop(job.handle, None)
+        if self.jobs.pop(job.handle, None) is not None:
+            self.queued_bytes -= len(job.data)
         if job.store_id and self.store is not None:
             self.store.remove(job.store_id)
             job.store_id = 0
