@@ -64,8 +64,10 @@ def status(
         rows = protocol.parse_status(admin_query(address, "status"))
     except (OSError, protocol.ProtocolError) as exc:
         fail(f"cannot read status from {address}: {exc}")
+    poison = poison_jobs(address)
     if as_json:
-        typer.echo(json.dumps([row._asdict() for row in rows], indent=2))
+        functions = [row._asdict() for row in rows]
+        typer.echo(json.dumps({"functions": functions, "poison": poison}, indent=2))
         return
     width = max([len("FUNCTION")] + [len(r.function) for r in rows])
     typer.echo(f"{'FUNCTION':<{width}}  {'QUEUED':>8}  {'RUNNING':>8}  {'WORKERS':>8}")
@@ -73,3 +75,24 @@ def status(
         typer.echo(
             f"{r.function:<{width}}  {r.total - r.running:>8}  {r.running:>8}  {r.workers:>8}"
         )
+    if poison:
+        typer.echo(f"\npoison jobs (failed after job_retries worker deaths): {len(poison)}")
+        for job in poison:
+            typer.echo(f"  {job['handle']}  {job['function']}  unique={job['unique']!r}")
+
+
+def poison_jobs(address: str) -> list[dict[str, str]]:
+    """farm's `show poison jobs`; empty from servers that do not have it (gearmand)."""
+    try:
+        reply = admin_query(address, "show poison jobs")
+    except OSError:
+        return []
+    if reply.startswith("ERR"):
+        return []
+    jobs = []
+    for line in reply.splitlines():
+        if line == ".":
+            break
+        handle, function, unique = (line.split("\t") + ["", ""])[:3]
+        jobs.append({"handle": handle, "function": function, "unique": unique})
+    return jobs

@@ -156,7 +156,10 @@ def test_farm_status_prints_the_queues_as_a_table_and_json(farm_server: Server) 
     assert lines[0].split() == ["FUNCTION", "QUEUED", "RUNNING", "WORKERS"]
     assert lines[1].split() == ["reverse", "2", "1", "1"]
     data = json.loads(farm_cli("status", "--server", farm_server.addr, "--json").stdout)
-    assert data == [{"function": "reverse", "total": 3, "running": 1, "workers": 1}]
+    assert data == {
+        "functions": [{"function": "reverse", "total": 3, "running": 1, "workers": 1}],
+        "poison": [],
+    }
 
 
 def test_farm_status_against_nothing_is_one_line_and_exit_1() -> None:

@@ -1,0 +1,1 @@
+"""Worker functions and helpers that tests run inside real worker processes."""
