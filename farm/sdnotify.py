@@ -18,8 +18,13 @@ __all__ = ["notify", "child_environ", "Watchdog", "SYSTEMD_VARIABLES"]
 SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
-def notify(*fields: str, environ: Mapping[str, str] = os.environ) -> bool:
-    """Send ``fields`` (e.g. "READY=1", "STATUS=...") to systemd; False when not under it."""
+def notify(*fields: str, environ: Mapping[str, str] = os.environ, wait: float = 1.0) -> bool:
+    """Send ``fields`` (e.g. "READY=1", "STATUS=...") to systemd; False when not under it.
+
+    A datagram socket whose reader lags blocks the sender once its queue is
+    full, so the send waits at most ``wait`` seconds (0: drop it at once, for
+    STATUS lines that the next one supersedes): the supervisor's loop must not hang.
+    """
     address = environ.get("NOTIFY_SOCKET")
     if not address or not fields:
         return False
@@ -27,6 +32,7 @@ def notify(*fields: str, environ: Mapping[str, str] = os.environ) -> bool:
         address = "\0" + address[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.settimeout(wait)
             sock.connect(address)
             sock.sendall("\n".join(fields).encode())
     except OSError:

@@ -224,7 +224,7 @@ class Supervisor(Steering):
         status = f"{up}/{len(slots)} workers up" + (f", {failing} failing" if failing else "")
         if status != self.last_status:
             self.last_status = status
-            sdnotify.notify(f"STATUS={status}")
+            sdnotify.notify(f"STATUS={status}", wait=0)
 
     def next_wakeup(self) -> float:
         """Sleep until the next timed duty: a restart, a timeout, a drain deadline, a ping."""

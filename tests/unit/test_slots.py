@@ -136,3 +136,16 @@ def test_hashing_functions() -> None:
     with pytest.raises(ValueError):
         hashing.pbkdf2(SimpleNamespace(data=b"lots zz\npw"))
     assert zlib.decompress(hashing.compress(SimpleNamespace(data=b"a" * 1000))) == b"a" * 1000
+
+
+def test_sd_notify_never_hangs_on_a_reader_that_does_not_read(tmp_path: Path) -> None:
+    import time
+
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        start = time.monotonic()
+        sent = [sdnotify.notify(f"STATUS={i}", environ={"NOTIFY_SOCKET": path}, wait=0)
+                for i in range(5000)]  # fmt: skip
+        assert time.monotonic() - start < 5
+        assert sent[0] and not sent[-1]  # the queue filled up and the rest were dropped
