@@ -1,0 +1,315 @@
+"""The executor's pump thread: the one owner of its connections and jobs in flight.
+
+``Executor.submit`` hands a ``WorkItem`` over through ``put`` (a deque append,
+plus a wake-up byte only when the pump is asleep in select); everything else
+here runs in the pump thread. Each turn of the loop sends as many pending
+items as the in-flight window allows, writes each connection's queued bytes
+once, then waits for replies, the socket becoming writable, or a wake-up.
+Replies go through ``farm.session.ClientSession``, as in ``farm.Client``.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from typing import Any
+
+from farm.errors import JobError, JobFailed, ServerUnavailable, WorkerLost
+from farm.executor_worker import OK
+from farm.net import connect
+from farm.protocol import ProtocolError
+from farm.session import ClientSession, JobEnded, Task
+from farm.signing import RESULT, SignatureError, Signer
+
+__all__ = ["Pump", "WorkItem"]
+
+log = logging.getLogger("farm.executor")
+
+#: A server that refused a connection is tried last for this long.
+DOWN_FOR = 2.0
+READ = selectors.EVENT_READ
+READ_WRITE = selectors.EVENT_READ | selectors.EVENT_WRITE
+
+
+class WorkItem:
+    """A call waiting for, or on, the farm: its future and its signed payload."""
+
+    __slots__ = ("future", "payload")
+
+    def __init__(self, future: Future[Any], payload: bytes) -> None:
+        self.future = future
+        self.payload = payload
+
+
+class _Conn:
+    __slots__ = ("addr", "sock", "session", "out", "events")
+
+    def __init__(self, addr: str, sock: socket.socket) -> None:
+        self.addr = addr
+        self.sock = sock
+        self.session = ClientSession(addr)
+        self.out = bytearray()  # bytes the kernel did not take yet (we never block on send)
+        self.events = READ
+
+
+class Pump:
+    """Moves work items to job servers and outcomes to futures (see the module docstring)."""
+
+    def __init__(
+        self,
+        servers: list[str],
+        signer: Signer,
+        function: str,
+        priority: str,
+        max_in_flight: int,
+        connect_timeout: float,
+    ) -> None:
+        self.servers = servers
+        self.signer = signer
+        self.function = function
+        self.priority = priority
+        self.max_in_flight = max_in_flight
+        self.connect_timeout = connect_timeout
+        self.broken: str | None = None
+        self.finished = threading.Event()
+        # Shared with submitting threads: the deque (append/popleft are atomic),
+        # and two flags whose order of writes and reads makes wake-ups safe.
+        self._pending: deque[WorkItem] = deque()
+        self._sleeping = False
+        self._stopping = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        # Pump-thread state only.
+        self._conns: dict[str, _Conn] = {}
+        self._down_until: dict[str, float] = {}
+        self._rotation = 0
+        self._in_flight = 0
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, READ, None)
+
+    # -- called from other threads --
+
+    def put(self, item: WorkItem) -> None:
+        self._pending.append(item)
+        if self._sleeping:  # set before the pump's last look at the deque: it will see a byte
+            self._wake()
+
+    def take_pending(self) -> list[WorkItem]:
+        """Remove and return the items not sent yet (shutdown's cancel_futures)."""
+        taken = []
+        while True:
+            try:
+                taken.append(self._pending.popleft())
+            except IndexError:
+                return taken
+
+    def stop(self) -> None:
+        """Finish what is pending and in flight, then end the thread."""
+        self._stopping = True
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # the buffer is full, so a wake-up is already pending; or closed
+
+    # -- the loop --
+
+    def run(self) -> None:
+        try:
+            while True:
+                self._send_pending()
+                self._flush()
+                if self._idle_and_stopping():
+                    break
+                self._sleeping = True
+                if self._pending and self._in_flight < self.max_in_flight:
+                    self._sleeping = False  # something arrived since we looked: no sleep
+                    continue
+                ready = self._selector.select()
+                self._sleeping = False
+                for key, mask in ready:
+                    if key.data is None:
+                        self._drain_wakeups()
+                        continue
+                    if mask & selectors.EVENT_WRITE:
+                        self._write(key.data)
+                    if mask & selectors.EVENT_READ:
+                        self._read(key.data)
+        except BaseException as exc:  # a bug here must not leave callers waiting forever
+            log.exception("farm executor pump failed")
+            self._break(f"the executor's pump thread failed: {type(exc).__name__}: {exc}")
+        finally:
+            for conn in list(self._conns.values()):
+                self._close(conn)
+            self._selector.close()
+            self._wake_r.close()
+            self._wake_w.close()
+            self.finished.set()
+
+    def _idle_and_stopping(self) -> bool:
+        return self._stopping and not self._pending and not self._in_flight
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    # -- sending --
+
+    def _send_pending(self) -> None:
+        pending = self._pending
+        while pending and self._in_flight < self.max_in_flight:
+            item = pending.popleft()
+            if not item.future.set_running_or_notify_cancel():
+                continue  # cancelled while it waited here
+            try:
+                conn = self._connection()
+            except ServerUnavailable as exc:
+                item.future.set_exception(exc)
+                continue
+            task = Task(self.function, item.payload, priority=self.priority)
+            task.tag = item
+            item.payload = b""  # the task holds the bytes now
+            conn.session.submit(task)
+            self._in_flight += 1
+
+    def _connection(self) -> _Conn:
+        """A connection for the next job: rotate over servers, skipping refusing ones."""
+        servers = self.servers
+        start = self._rotation % len(servers)
+        self._rotation += 1
+        order = servers[start:] + servers[:start]
+        now = time.monotonic()
+        order.sort(key=lambda a: self._down_until.get(a, 0) > now)  # live ones first
+        tried = []
+        for addr in order:
+            conn = self._conns.get(addr)
+            if conn is not None:
+                return conn
+            try:
+                sock = connect(addr, self.connect_timeout)
+            except OSError as exc:
+                tried.append(f"{addr} ({exc.strerror or exc})")
+                self._down_until[addr] = time.monotonic() + DOWN_FOR
+                continue
+            sock.setblocking(False)
+            conn = self._conns[addr] = _Conn(addr, sock)
+            conn.session.option("exceptions")  # WORK_EXCEPTION, not WORK_FAIL, for refusals
+            self._selector.register(sock, READ, conn)
+            return conn
+        raise ServerUnavailable("no job server is reachable; tried " + ", ".join(tried))
+
+    def _flush(self) -> None:
+        for conn in list(self._conns.values()):
+            conn.out += conn.session.data_to_send()
+            if conn.out:
+                self._write(conn)
+
+    def _write(self, conn: _Conn) -> None:
+        try:
+            sent = conn.sock.send(conn.out)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._drop(conn, "write failed")
+            return
+        del conn.out[:sent]
+        events = READ_WRITE if conn.out else READ
+        if events != conn.events:
+            conn.events = events
+            self._selector.modify(conn.sock, events, conn)
+
+    # -- receiving --
+
+    def _read(self, conn: _Conn) -> None:
+        if self._conns.get(conn.addr) is not conn:
+            return  # dropped by a write error in this same turn
+        try:
+            data = conn.sock.recv(262144)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(conn, "closed the connection")
+            return
+        try:
+            events = conn.session.receive(data)
+        except ProtocolError as exc:
+            self._drop(conn, f"broke the protocol: {exc}")
+            return
+        for event in events:
+            if type(event) is JobEnded:
+                self._in_flight -= 1
+                self._complete(event.task)
+
+    def _complete(self, task: Task) -> None:
+        future = task.tag.future  # type: ignore[attr-defined]
+        error = task.error
+        if error is not None:
+            if type(error) is JobFailed:  # no exception came first: the worker is gone
+                error = WorkerLost(
+                    f"the worker running job {task.handle} died (or overran its timeout);"
+                    " the call's outcome is unknown"
+                )
+            future.set_exception(error)
+            return
+        try:
+            outcome = pickle.loads(self.signer.open(RESULT, task.result))  # type: ignore[arg-type]
+        except SignatureError as exc:
+            future.set_exception(exc)
+            return
+        except Exception as exc:
+            failure = JobError(f"cannot unpickle the result of job {task.handle}: {exc}")
+            failure.__cause__ = exc
+            future.set_exception(failure)
+            return
+        if outcome[0] == OK:
+            future.set_result(outcome[1])
+        else:
+            from farm.executor import RemoteTraceback
+
+            exc, text = outcome[1], outcome[2]
+            exc.__cause__ = RemoteTraceback(text)
+            future.set_exception(exc)
+
+    # -- losing connections --
+
+    def _close(self, conn: _Conn) -> None:
+        if self._conns.get(conn.addr) is conn:
+            del self._conns[conn.addr]
+            self._selector.unregister(conn.sock)
+        conn.sock.close()
+
+    def _drop(self, conn: _Conn, why: str) -> None:
+        """The server went away: every call it held fails (it may or may not have run)."""
+        log.warning("job server %s %s", conn.addr, why)
+        self._close(conn)
+        self._down_until[conn.addr] = time.monotonic() + DOWN_FOR
+        for task in conn.session.connection_lost():
+            self._in_flight -= 1
+            task.tag.future.set_exception(  # type: ignore[attr-defined]
+                ServerUnavailable(f"job server {conn.addr} {why} while holding job {task.handle}")
+            )
+
+    def _break(self, why: str) -> None:
+        self.broken = why
+        from concurrent.futures._base import BrokenExecutor
+
+        items = self.take_pending()
+        for conn in list(self._conns.values()):
+            items += [t.tag for t in conn.session.connection_lost()]  # type: ignore[misc]
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(BrokenExecutor(why))
