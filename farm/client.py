@@ -9,8 +9,10 @@ results of other in-flight tasks (a ``map``) are filed on the way.
 from __future__ import annotations
 
 import datetime as _dt
+import select
 import selectors
 import socket
+import ssl
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -18,7 +20,7 @@ from typing import Any
 
 from farm.checks import as_bytes, as_epoch, check_name, check_priority, check_unique
 from farm.errors import ServerUnavailable, Timeout
-from farm.net import connect, parse_servers
+from farm.net import connect, parse_servers, recv
 from farm.protocol import ProtocolError
 from farm.session import (
     ClientSession,
@@ -66,10 +68,15 @@ class Client:
     """
 
     def __init__(
-        self, servers: str | Iterable[str] | None = None, *, connect_timeout: float = 5.0
+        self,
+        servers: str | Iterable[str] | None = None,
+        *,
+        connect_timeout: float = 5.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.servers = parse_servers(servers)
         self.connect_timeout = connect_timeout
+        self.tls = tls  # see farm.net.tls_context
         self._conns: dict[str, _Conn] = {}
         self._down_until: dict[str, float] = {}
         self._selector = selectors.DefaultSelector()
@@ -255,7 +262,7 @@ class Client:
             if conn.session.busy or not self._went_away(conn):
                 return conn
             self._drop(conn)
-        sock = connect(addr, self.connect_timeout)
+        sock = connect(addr, self.connect_timeout, self.tls)
         conn = _Conn(addr, sock)
         conn.session.option("exceptions")  # so WORK_EXCEPTION reaches us, not just WORK_FAIL
         self._conns[addr] = conn
@@ -266,6 +273,9 @@ class Client:
     @staticmethod
     def _went_away(conn: _Conn) -> bool:
         """An idle connection the server closed (e.g. it restarted since our last job)."""
+        if isinstance(conn.sock, ssl.SSLSocket):
+            # No MSG_PEEK through TLS; an idle server has nothing to say unless it is leaving.
+            return bool(select.select([conn.sock], [], [], 0)[0])
         try:
             return conn.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
         except BlockingIOError:
@@ -327,7 +337,7 @@ class Client:
 
     def _read(self, conn: _Conn) -> None:
         try:
-            data = conn.sock.recv(262144)
+            data = recv(conn.sock, 262144)
         except OSError:
             data = b""
         if not data:

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 from collections.abc import Iterable
 
-__all__ = ["DEFAULT_PORT", "parse_servers", "connect", "split_address"]
+__all__ = [
+    "DEFAULT_PORT",
+    "parse_servers",
+    "connect",
+    "split_address",
+    "recv",
+    "tls_context",
+    "tls_from_env",
+]
 
 DEFAULT_PORT = 4730
 
@@ -72,8 +81,41 @@ def _join(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def connect(addr: str, timeout: float) -> socket.socket:
-    """A connected, blocking socket with TCP_NODELAY (small packets must not wait)."""
+def tls_context(
+    ca: str | None = None, cert: str | None = None, key: str | None = None
+) -> ssl.SSLContext:
+    """A client-side TLS context: verify the server against ``ca`` (or the system's CAs),
+    and present ``cert``/``key`` when the server requires client certificates."""
+    ctx = ssl.create_default_context(cafile=ca)
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def tls_from_env() -> ssl.SSLContext | None:
+    """$FARM_TLS_CA, $FARM_TLS_CERT, $FARM_TLS_KEY, for the CLI's client and worker."""
+    ca, cert = os.environ.get("FARM_TLS_CA"), os.environ.get("FARM_TLS_CERT")
+    if not (ca or cert):
+        return None
+    return tls_context(ca, cert, os.environ.get("FARM_TLS_KEY"))
+
+
+def recv(sock: socket.socket, size: int) -> bytes:
+    """``sock.recv`` that also drains what TLS already decrypted: a selector cannot see
+    bytes buffered inside the SSL object, so leaving them there would stall the reader."""
+    data = sock.recv(size)
+    if data and isinstance(sock, ssl.SSLSocket):
+        while sock.pending():
+            data += sock.recv(sock.pending())
+    return data
+
+
+def connect(addr: str, timeout: float, tls: ssl.SSLContext | None = None) -> socket.socket:
+    """A connected, blocking socket with TCP_NODELAY (small packets must not wait).
+
+    With ``tls``, TCP connections are wrapped in TLS (Unix sockets never are:
+    file permissions protect them).
+    """
     parsed = split_address(addr)
     if isinstance(parsed, str):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -86,5 +128,11 @@ def connect(addr: str, timeout: float) -> socket.socket:
     else:
         sock = socket.create_connection(parsed, timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            try:
+                sock = tls.wrap_socket(sock, server_hostname=parsed[0])
+            except BaseException:
+                sock.close()
+                raise
     sock.settimeout(None)
     return sock

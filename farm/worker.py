@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from farm.checks import as_bytes
-from farm.net import connect, parse_servers
+from farm.net import connect, parse_servers, recv
 from farm.protocol import ProtocolError
 from farm.session import JobAssigned, ServerErrorNotice, WorkerSession, WorkerState
 
@@ -111,8 +112,10 @@ class Worker:
         *,
         after_job: Callable[[Job], Any] | None = None,
         connect_timeout: float = 2.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.servers = parse_servers(servers)
+        self.tls = tls  # see farm.net.tls_context
         if client_id is not None and (not isinstance(client_id, str) or len(client_id) > 127):
             raise ValueError("client_id must be a str of at most 127 bytes")
         self.client_id = client_id
@@ -251,7 +254,7 @@ class Worker:
             if server.sock is not None or server.retry_at > now or self._stopping:
                 continue
             try:
-                sock = connect(server.addr, self.connect_timeout)
+                sock = connect(server.addr, self.connect_timeout, self.tls)
             except OSError as exc:
                 if not server.warned:
                     log.warning("job server %s unreachable (%s); retrying", server.addr, exc)
@@ -267,7 +270,7 @@ class Worker:
 
     def _read(self, server: _Server) -> None:
         try:
-            data = server.sock.recv(262144)  # type: ignore[union-attr]
+            data = recv(server.sock, 262144)  # type: ignore[arg-type]
         except OSError:
             data = b""
         if not data:

@@ -11,6 +11,7 @@ import typer
 
 from farm.cli.app import app, fail
 from farm.errors import FarmError, JobError
+from farm.net import tls_from_env
 from farm.session import PRIORITIES
 
 ServerOpt = Annotated[
@@ -55,7 +56,7 @@ def worker(
     except Exception as exc:
         fail(f"cannot load {target}: {type(exc).__name__}: {exc}", 2)
     try:
-        w = Worker(server or None, client_id=client_id)
+        w = Worker(server or None, client_id=client_id, tls=tls_from_env())
         w.register(name or attr, fn, timeout)
     except (TypeError, ValueError) as exc:
         fail(str(exc), 2)
@@ -86,7 +87,7 @@ def submit(
         fail(f"--priority must be one of {', '.join(PRIORITIES)}, not {priority!r}", 2)
     payload = sys.stdin.buffer.read() if data == "-" else (data or "").encode()
     try:
-        client = Client(server or None)
+        client = Client(server or None, tls=tls_from_env())
     except (TypeError, ValueError) as exc:
         fail(str(exc), 2)
     with client:

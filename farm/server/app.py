@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import stat
 import sys
 from collections.abc import Callable, Sequence
@@ -96,18 +97,30 @@ class Server:
             log.warning("replayed %d background jobs from %s", replayed, opts.store)
         self.flush()
         factory = lambda: Connection(self)  # noqa: E731
+        tls = self._tls_context()
         for addr in opts.listen:
             if addr.startswith("unix:"):
                 await self._listen_unix(addr[5:], factory)
                 continue
             host, port = _split_host_port(addr, opts.port)
             srv = await self.loop.create_server(
-                factory, host or None, port, backlog=opts.backlog, reuse_address=True
+                factory, host or None, port, backlog=opts.backlog, reuse_address=True, ssl=tls
             )
             self.listeners.append(srv)
-            log.info("listening on %s:%d", host or "*", port)
+            log.info("listening on %s:%d%s", host or "*", port, " (TLS)" if tls else "")
         for path in opts.unix:
             await self._listen_unix(path, factory)
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        opts = self.options
+        if not opts.tls_cert:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(opts.tls_cert, opts.tls_key)
+        if opts.tls_ca:
+            ctx.load_verify_locations(opts.tls_ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
 
     async def _listen_unix(self, path: str, factory: Callable[[], Connection]) -> None:
         assert self.loop is not None

@@ -26,6 +26,9 @@ class ServerOptions:
     job_retries: int = 0
     max_packet: int = p.DEFAULT_MAX_PACKET
     exceptions: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
     max_connections: int = 10000
     max_queued_bytes: int = 1 << 30
     backlog: int = 1024
@@ -89,6 +92,11 @@ def build_parser(prog: str = "farm server") -> argparse.ArgumentParser:
         metavar="BYTES",
         help="largest packet body accepted",
     )
+    ap.add_argument("--tls-cert", metavar="FILE", help="serve TCP over TLS with this certificate")
+    ap.add_argument("--tls-key", metavar="FILE", help="the certificate's private key")
+    ap.add_argument(
+        "--tls-ca", metavar="FILE", help="require client certificates signed by this CA"
+    )
     ap.add_argument(
         "--max-connections",
         type=int,
@@ -136,6 +144,8 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "farm server") -> 
         ap.error(f"--port {ns.port} is not a TCP port (1-65535)")
     if ns.job_retries < 0:
         ap.error("--job-retries must be 0 (never fail) or a positive count")
+    if (ns.tls_key or ns.tls_ca) and not ns.tls_cert:
+        ap.error("--tls-key and --tls-ca need --tls-cert")
     if ns.max_packet < 1024:
         ap.error("--max-packet must be at least 1024 bytes")
     return ServerOptions(
@@ -148,6 +158,9 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "farm server") -> 
         job_retries=ns.job_retries,
         max_packet=ns.max_packet,
         max_connections=ns.max_connections,
+        tls_cert=ns.tls_cert,
+        tls_key=ns.tls_key,
+        tls_ca=ns.tls_ca,
         max_queued_bytes=ns.max_queued_bytes,
         exceptions=ns.exceptions,
         backlog=ns.backlog,

@@ -1,0 +1,112 @@
+"""TLS on the TCP listener: farm's client and worker speak it; strangers are kept out."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import farm
+from farm.net import tls_context
+from tests.conftest import Server, start_farm_server
+
+pytestmark = pytest.mark.slow
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA."""
+    d = tmp_path_factory.mktemp("pki")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", "/CN=farm-test-ca", "-keyout", "ca.key", "-out", "ca.pem", cwd=d)  # fmt: skip
+    for name, ext in (
+        ("server", "subjectAltName=IP:127.0.0.1"),
+        ("client", "subjectAltName=DNS:client"),
+    ):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+                "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)  # fmt: skip
+        (d / f"{name}.ext").write_text(ext + "\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem",
+                cwd=d)  # fmt: skip
+    return d
+
+
+@pytest.fixture
+def tls_server(pki: Path) -> Iterator[Server]:
+    srv = start_farm_server(
+        "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key")
+    )
+    yield srv
+    srv.stop()
+
+
+def serve_reverse(addr: str, ctx: ssl.SSLContext) -> tuple[farm.Worker, threading.Thread]:
+    worker = farm.Worker(addr, tls=ctx)
+    worker.register("reverse", lambda job: job.data[::-1])
+    thread = threading.Thread(target=worker.work, daemon=True)
+    thread.start()
+    return worker, thread
+
+
+def test_client_and_worker_over_tls(tls_server: Server, pki: Path) -> None:
+    ctx = tls_context(ca=str(pki / "ca.pem"))
+    worker, thread = serve_reverse(tls_server.addr, ctx)
+    try:
+        with farm.Client(tls_server.addr, tls=ctx) as client:
+            assert client.call("reverse", "Hello World!", timeout=10) == b"!dlroW olleH"
+            # Many in flight, so TLS records pile up in one read.
+            assert list(client.map("reverse", [b"ab%d" % i for i in range(300)])) == [
+                (b"ab%d" % i)[::-1] for i in range(300)
+            ]
+    finally:
+        worker.stop()
+        thread.join(10)
+
+
+def test_plaintext_clients_get_nothing_from_a_tls_listener(tls_server: Server) -> None:
+    with (
+        farm.Client(tls_server.addr, connect_timeout=2) as client,
+        pytest.raises((farm.FarmError, OSError)),
+    ):
+        client.call("reverse", "x", timeout=3)
+    # ... and the server is still up for proper clients.
+    assert tls_server.proc.poll() is None
+
+
+def test_an_untrusted_server_certificate_is_refused(tls_server: Server) -> None:
+    ctx = tls_context()  # system CAs only: the test CA is unknown
+    with (
+        farm.Client(tls_server.addr, tls=ctx) as client,
+        pytest.raises((farm.FarmError, ssl.SSLError)),
+    ):
+        client.call("reverse", "x", timeout=3)
+
+
+def test_client_certificates_can_be_required(pki: Path) -> None:
+    srv = start_farm_server(
+        "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"),
+        "--tls-ca", str(pki / "ca.pem"),
+    )  # fmt: skip
+    try:
+        with_cert = tls_context(
+            str(pki / "ca.pem"), str(pki / "client.pem"), str(pki / "client.key")
+        )
+        worker, thread = serve_reverse(srv.addr, with_cert)
+        with farm.Client(srv.addr, tls=with_cert) as client:
+            assert client.call("reverse", "abc", timeout=10) == b"cba"
+        without = tls_context(str(pki / "ca.pem"))
+        with farm.Client(srv.addr, tls=without) as client, pytest.raises((farm.FarmError, OSError)):
+            client.call("reverse", "abc", timeout=3)
+        worker.stop()
+        thread.join(10)
+    finally:
+        srv.stop()
