@@ -42,7 +42,11 @@ def test_decoder_reassembles_packets_split_at_every_byte() -> None:
 def test_admin_lines_and_binary_alternate_on_one_stream() -> None:
     decoder = p.Decoder()
     events = decoder.feed(b"status\r\n" + p.encode_req(T.ECHO_REQ, b"x") + b"workers\n")
-    assert events == [p.AdminLine("status"), p.Packet(p.REQ, T.ECHO_REQ, (b"x",)), p.AdminLine("workers")]
+    assert events == [
+        p.AdminLine("status"),
+        p.Packet(p.REQ, T.ECHO_REQ, (b"x",)),
+        p.AdminLine("workers"),
+    ]
 
 
 @pytest.mark.parametrize(
