@@ -27,5 +27,8 @@ lint:
 	ruff check farm workers tests bench
 	ruff format --check farm workers tests bench
 
-bench: install
-	$(PYTHON) -m bench.all
+BENCHES := server_load durable_enqueue bench_client bench_executor bench_supervisor
+
+# Each benchmark measures farm beside its peer (gearmand, PHP, ProcessPoolExecutor) in one run.
+bench: deps-test
+	@for b in $(BENCHES); do echo "== bench.$$b"; $(PYTHON) -m bench.$$b || exit 1; done
