@@ -113,6 +113,8 @@ class Supervisor(Steering):
             elif item.arg == signal.SIGQUIT:
                 log.info("SIGQUIT: stopping at once")
                 self.stopping, self.grace = True, 0.0
+                for proc in self.by_pid.values():  # also cuts a drain already under way
+                    proc.stop_deadline = time.monotonic()
 
     def reap_workers(self) -> None:
         """Collect every exited child; a slot's worker is restarted by ``manage_workers``."""
