@@ -75,6 +75,9 @@ class Pump:
         self.function = function
         self.priority = priority
         self.max_in_flight = max_in_flight
+        # Refill the window in batches: k submits cost one wake-up for their k
+        # JOB_CREATED replies, where one-for-one refills cost k wake-ups.
+        self._refill_below = max_in_flight - max(1, max_in_flight // 4) + 1
         self.connect_timeout = connect_timeout
         self.broken: str | None = None
         self.finished = threading.Event()
@@ -131,7 +134,7 @@ class Pump:
                 if self._idle_and_stopping():
                     break
                 self._sleeping = True
-                if self._pending and self._in_flight < self.max_in_flight:
+                if self._pending and self._in_flight < self._refill_below:
                     self._sleeping = False  # something arrived since we looked: no sleep
                     continue
                 ready = self._selector.select()
@@ -169,6 +172,8 @@ class Pump:
 
     def _send_pending(self) -> None:
         pending = self._pending
+        if self._in_flight >= self._refill_below:
+            return
         while pending and self._in_flight < self.max_in_flight:
             item = pending.popleft()
             if not item.future.set_running_or_notify_cancel():
