@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -188,5 +190,50 @@ def test_worker_is_recycled_after_max_jobs(tmp_path: Path) -> None:
         log = up.read_log()
         assert log.count("was recycled (max_jobs 3 reached)") >= 2, log
         assert "crashed" not in log
+    finally:
+        assert up.stop() == 0
+
+
+def test_worker_is_recycled_past_max_rss(tmp_path: Path) -> None:
+    up = FarmUp(
+        tmp_path, '[functions.rev]\ntarget = "workers.text:reverse"\nworkers = 1\nmax_rss_mb = 1\n'
+    )
+    try:
+        up.expect_notify("READY=1")
+        (first,) = up.wait_idle({"rev": 1})
+        client = Client(up.addr)
+        try:
+            assert client.call("rev", "ab", timeout=10) == b"ba"  # any Python is past 1 MiB
+        finally:
+            client.close()
+        wait_until("a recycled worker", lambda: [r for r in up.workers("rev") if r["restarts"]])
+        assert re.search(r"was recycled \(RSS \d+ MiB > max_rss_mb 1\)", up.read_log())
+    finally:
+        assert up.stop() == 0
+
+
+def test_a_dead_job_server_is_restarted_and_workers_come_back(tmp_path: Path) -> None:
+    up = FarmUp(tmp_path, FUNCTIONS)
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 1, "hash": 1})
+        (server,) = [r for r in up.ps() if r["function"] == "server"]
+        os.kill(server["pid"], signal.SIGKILL)
+
+        def new_server() -> list[dict]:
+            return [
+                r
+                for r in up.ps()
+                if r["function"] == "server" and r["state"] == "ready" and r["restarts"] == 1
+            ]
+
+        wait_until("a new job server", new_server)
+        client = Client(up.addr, connect_timeout=2)
+        try:
+            # the workers reconnect by themselves; a job waits in the queue until they have
+            assert client.call("reverse", "abc", timeout=15) == b"cba"
+        finally:
+            client.close()
+        assert "job server (pid" in up.read_log() and "was killed by SIGKILL" in up.read_log()
     finally:
         assert up.stop() == 0
