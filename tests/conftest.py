@@ -88,25 +88,72 @@ class Server:
                 self.proc.wait()
 
 
+def _launch(  # noqa: ANN001
+    kind: str, make_cmd, port: int | None, verify: bool = True, **popen
+) -> tuple[subprocess.Popen, int]:
+    """Start a server and wait until *it* (not another process on a reused port) answers.
+
+    ``free_port`` can race with other processes grabbing the port; when no
+    port was asked for, a lost race is retried on a fresh one.
+    """
+    for _attempt in range(5):
+        chosen = port or free_port()
+        proc = subprocess.Popen(make_cmd(chosen), **popen)
+        addr = f"127.0.0.1:{chosen}"
+        try:
+            wait_connectable(addr, proc)
+            # A TLS listener cannot answer plain admin text; there, being alive must do.
+            if (_server_pid(addr) if verify else proc.pid) == proc.pid and proc.poll() is None:
+                return proc, chosen
+        except (RuntimeError, OSError):
+            pass
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if port:
+            break
+    raise RuntimeError(f"{kind} did not start on a free port")
+
+
+def _server_pid(addr: str) -> int:
+    with connect(addr) as sock:
+        sock.sendall(b"getpid\n")
+        reply = b""
+        while not reply.endswith(b"\n"):
+            data = sock.recv(100)
+            if not data:
+                break
+            reply += data
+    return int(reply.split()[1]) if reply.startswith(b"OK ") else -1
+
+
 def start_farm_server(*extra: str, port: int | None = None, unix: str | None = None) -> Server:
-    port = port or free_port()
-    cmd = [sys.executable, "-m", "farm.server", "--port", str(port), "--store", "none", *extra]
-    if unix:
-        cmd += ["--unix", unix]
-    proc = subprocess.Popen(cmd, cwd=ROOT)
-    addr = f"127.0.0.1:{port}"
-    wait_connectable(addr, proc)
-    return Server("farm", addr, proc, port, unix, list(extra))
+    def cmd(chosen: int) -> list[str]:
+        argv = [sys.executable, "-m", "farm.server", "--port", str(chosen), "--store", "none"]
+        return argv + list(extra) + (["--unix", unix] if unix else [])
+
+    proc, chosen = _launch("farm server", cmd, port, "--tls-cert" not in extra, cwd=ROOT)
+    return Server("farm", f"127.0.0.1:{chosen}", proc, chosen, unix, list(extra))
 
 
 def start_gearmand(*extra: str, port: int | None = None) -> Server:
     need(GEARMAND)
-    port = port or free_port()
-    cmd = [GEARMAND, "--port", str(port), "--listen", "127.0.0.1", "--log-file", "none", *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    addr = f"127.0.0.1:{port}"
-    wait_connectable(addr, proc)
-    return Server("gearmand", addr, proc, port, None, list(extra))
+
+    def cmd(chosen: int) -> list[str]:
+        return [
+            GEARMAND,
+            "--port",
+            str(chosen),
+            "--listen",
+            "127.0.0.1",
+            "--log-file",
+            "none",
+        ] + list(extra)
+
+    proc, chosen = _launch(
+        "gearmand", cmd, port, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    return Server("gearmand", f"127.0.0.1:{chosen}", proc, chosen, None, list(extra))
 
 
 @pytest.fixture
