@@ -27,7 +27,6 @@ import atexit
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor as _BaseExecutor
 from concurrent.futures import Future
@@ -128,7 +127,7 @@ class Executor(_BaseExecutor):
             fn_error: Exception | None = None
         except Exception as exc:
             fn_bytes, fn_error = None, exc
-        calls = zip(*iterables)
+        calls = zip(*iterables, strict=False)  # the shortest iterable ends it
         futures: list[Future[Any]] = []
         while chunk := list(islice(calls, chunksize)):
             if fn_bytes is None:
@@ -204,7 +203,7 @@ def _results(futures: list[Future[Any]], end_time: float | None, *, chunked: boo
 
 @atexit.register
 def _drain_at_exit() -> None:
-    """At interpreter exit, let every executor finish what was submitted (as ProcessPoolExecutor)."""
+    """At interpreter exit, every executor finishes what was submitted (as ProcessPoolExecutor)."""
     for pump in list(_live_pumps):
         pump.stop()
     for pump in list(_live_pumps):

@@ -1,0 +1,311 @@
+"""farm.Executor against real processes: farm's server and executor worker processes.
+
+The same small programs run against ProcessPoolExecutor(2) and farm.Executor
+and must observe the same things; a worker killed mid-call fails exactly its
+future with WorkerLost; payloads without a valid signature are refused by
+the worker without being unpickled, and results by the client.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import farm
+from farm.executor import RemoteTraceback
+from farm.executor_worker import SINGLE
+from farm.signing import CALL, KEY_ENV, MAGIC, SignatureError, Signer, ensure_key, load_key
+from tests.conftest import ROOT, Server, start_farm_server
+
+WORKER = [sys.executable, "-c", "from farm.cli import main; main()", "worker"]
+
+
+class ExecutorFarm:
+    """``farm server --job-retries 1`` and ``count`` workers serving farm.python with ``key``."""
+
+    def __init__(self, tmp: Path, count: int = 2) -> None:
+        self.key = ensure_key(tmp / "executor.key")
+        self.server: Server = start_farm_server("--job-retries", "1")
+        self.workers: list[subprocess.Popen] = []
+        for _ in range(count):
+            self.add_worker(self.key)
+
+    @property
+    def addr(self) -> str:
+        return self.server.addr
+
+    def add_worker(self, key: Path, name: str = "farm.python") -> subprocess.Popen:
+        env = dict(os.environ, **{KEY_ENV: str(key)})
+        cmd = [*WORKER, "farm.executor_worker:run_call", "--name", name, "--server", self.addr]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+        self.workers.append(proc)
+        return proc
+
+    def executor(self, **options: Any) -> farm.Executor:
+        return farm.Executor(self.addr, key_file=str(self.key), **options)
+
+    def stop(self) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in self.workers:
+            proc.wait(10)
+        self.server.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExecutorFarm]:
+    f = ExecutorFarm(tmp_path_factory.mktemp("executor"))
+    yield f
+    f.stop()
+
+
+@pytest.fixture
+def ex(shared_farm: ExecutorFarm) -> Iterator[farm.Executor]:
+    with shared_farm.executor() as executor:
+        yield executor
+
+
+# -- functions the workers import by reference (this module is importable from ROOT) --
+
+
+def add(a: int, b: int = 0) -> int:
+    return a + b
+
+
+def fails(x: int) -> int:
+    if x == 3:
+        raise ValueError(f"bad input {x}")
+    return x * 10
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def pid_then_block(fifo: str) -> int:
+    with open(fifo, "w") as f:  # the test reads this: the call has started, here
+        f.write(str(os.getpid()))
+    time.sleep(60)
+    return 0
+
+
+# -- the same program against both executors --
+
+
+def program(ex: Executor) -> dict[str, Any]:
+    """What a user program observes; must be equal for ProcessPoolExecutor and farm.Executor."""
+    seen: dict[str, Any] = {}
+    seen["submit"] = ex.submit(add, 2, b=3).result()
+    seen["map"] = list(ex.map(add, range(5), range(10, 13)))  # stops at the shortest
+    seen["map_chunks"] = list(ex.map(add, range(10), chunksize=3))
+    seen["empty_map"] = list(ex.map(add, []))
+    future = ex.submit(fails, 3)
+    exc = future.exception(timeout=30)
+    seen["exception"] = (type(exc).__name__, str(exc))
+    cause = exc.__cause__
+    seen["cause_has_traceback"] = (
+        "Traceback (most recent call last)" in str(cause)
+        and "in fails" in str(cause)
+        and 'raise ValueError(f"bad input {x}")' in str(cause)
+    )
+    results = ex.map(fails, range(6))
+    got = [next(results), next(results), next(results)]
+    try:
+        next(results)
+    except ValueError as e:
+        got.append(f"raised {e}")
+    seen["map_raises_in_order"] = got
+    chunked = ex.map(fails, range(6), chunksize=2)
+    got = [next(chunked), next(chunked)]
+    try:
+        next(chunked)  # 2 and 3 share a chunk: the chunk fails as a whole
+    except ValueError as e:
+        got.append(f"raised {e}")
+    seen["chunk_raises"] = got
+    with pytest.raises(ValueError):
+        ex.map(add, [1], chunksize=0)
+    done = ex.submit(add, 1)
+    done.result()
+    seen["states"] = (done.done(), done.cancelled(), done.running(), done.cancel())
+    return seen
+
+
+def test_same_program_same_observations(ex: farm.Executor) -> None:
+    with ProcessPoolExecutor(2) as pool:
+        expected = program(pool)
+    assert program(ex) == expected
+    assert expected["exception"] == ("ValueError", "bad input 3")  # the program checks something
+    assert expected["cause_has_traceback"] is True
+
+
+def test_remote_traceback_is_the_cause(ex: farm.Executor) -> None:
+    exc = ex.submit(fails, 3).exception(timeout=30)
+    assert isinstance(exc, ValueError)
+    assert isinstance(exc.__cause__, RemoteTraceback)
+    assert "in fails" in exc.__cause__.tb
+
+
+def test_lambdas_closures_and_kwargs(ex: farm.Executor) -> None:
+    factor = 7
+    assert ex.submit(lambda x: x * factor, 6).result(timeout=30) == 42
+    assert ex.submit(sorted, [3, 1, 2], reverse=True).result(timeout=30) == [3, 2, 1]
+    assert list(ex.map(lambda a, b: a - b, [10, 20], [1, 2], chunksize=2)) == [9, 18]
+
+    class Point:  # defined here: travels by value, comes back as the same class
+        def __init__(self, x: int) -> None:
+            self.x = x
+
+    back = ex.submit(lambda p: Point(p.x + 1), Point(1)).result(timeout=30)
+    assert type(back) is Point and back.x == 2
+
+
+def test_unpicklable_argument_fails_its_future(ex: farm.Executor) -> None:
+    future = ex.submit(add, threading.Lock())
+    with pytest.raises(TypeError, match="pickle"):
+        future.result(timeout=30)
+    assert ex.submit(add, 1, 1).result(timeout=30) == 2
+
+
+def test_map_timeout(ex: farm.Executor) -> None:
+    results = ex.map(nap, [0.0, 5.0], timeout=0.5)
+    assert next(results) == 0.0
+    with pytest.raises(TimeoutError):
+        next(results)
+
+
+def shutdown_program(ex: Executor) -> dict[str, Any]:
+    """shutdown(cancel_futures=True): what was sent finished, the rest (a tail) is cancelled."""
+    futures = [ex.submit(nap, 0.05) for _ in range(40)]
+    ex.shutdown(wait=True, cancel_futures=True)
+    states = ["cancelled" if f.cancelled() else "done" for f in futures]
+    first_cancelled = states.index("cancelled") if "cancelled" in states else len(states)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        ex.submit(nap, 0)
+    return {
+        "all_settled": all(f.done() for f in futures),
+        "some_cancelled": "cancelled" in states,
+        "cancelled_are_the_tail": all(s == "cancelled" for s in states[first_cancelled:]),
+        "ran_ok": all(f.result() == 0.05 for f in futures if not f.cancelled()),
+    }
+
+
+def test_shutdown_cancel_futures_like_process_pool(shared_farm: ExecutorFarm) -> None:
+    with ProcessPoolExecutor(2) as pool:
+        pool.submit(add, 0).result()  # start its processes, as the farm's already run
+        expected = shutdown_program(pool)
+    assert expected == dict.fromkeys(expected, True)
+    assert shutdown_program(shared_farm.executor(max_in_flight=4)) == expected
+
+
+def test_shutdown_wait_finishes_everything(shared_farm: ExecutorFarm) -> None:
+    ex = shared_farm.executor(max_in_flight=2)
+    futures = [ex.submit(nap, 0.01) for _ in range(10)]
+    ex.shutdown(wait=True)
+    assert [f.result(timeout=0) for f in futures] == [0.01] * 10
+
+
+def test_killed_worker_fails_only_its_future(tmp_path: Path) -> None:
+    small = ExecutorFarm(tmp_path, count=2)
+    fifo = str(tmp_path / "started")
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # so the call's open() does not block
+    try:
+        with small.executor() as ex:
+            before = [ex.submit(add, i, 1) for i in range(20)]
+            doomed = ex.submit(pid_then_block, fifo)
+            ready, _, _ = select.select([reader], [], [], 30)
+            assert ready, "the blocking call never started"
+            pid = int(os.read(reader, 64))
+            after = [ex.submit(add, i, 2) for i in range(20)]
+            os.kill(pid, signal.SIGKILL)
+            with pytest.raises(farm.WorkerLost):
+                doomed.result(timeout=30)
+            assert [f.result(timeout=30) for f in before] == [i + 1 for i in range(20)]
+            assert [f.result(timeout=30) for f in after] == [i + 2 for i in range(20)]
+            assert ex.submit(add, 40, 2).result(timeout=30) == 42  # still working
+    finally:
+        os.close(reader)
+        small.stop()
+
+
+# -- signatures --
+
+
+class Marker:
+    """Unpickling this creates ``path``: the proof that a payload was unpickled."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self) -> tuple[Callable[..., Any], tuple[str, str]]:
+        return (open, (self.path, "w"))
+
+
+def signed_call(signer: Signer, fn_pickle: bytes) -> bytes:
+    body = pickle.dumps((SINGLE, ((), {})))
+    return signer.seal(CALL, len(fn_pickle).to_bytes(4, "little") + fn_pickle + body)
+
+
+def test_worker_refuses_unsigned_payloads_without_unpickling(
+    shared_farm: ExecutorFarm, tmp_path: Path
+) -> None:
+    marker = tmp_path / "unpickled"
+    evil = pickle.dumps(Marker(marker))
+    good_key = Signer(load_key(shared_farm.key))
+    other_key = Signer(b"not the farm's key!")
+    wrong_mac = MAGIC + b"\0" * 32 + signed_call(good_key, evil)[36:]
+    with farm.Client(shared_farm.addr) as client:
+        for payload in (evil, signed_call(other_key, evil), wrong_mac):
+            with pytest.raises(farm.JobException, match="SignatureError") as err:
+                client.call("farm.python", payload, timeout=30)
+            assert "refused without unpickling" in str(err.value) or "not signed" in str(err.value)
+            assert not marker.exists()
+        # The same payload with the farm's key IS unpickled: the check above can fail.
+        client.call("farm.python", signed_call(good_key, evil), timeout=30)
+        assert marker.exists()
+
+
+def test_worker_with_another_key_refuses_the_executor(tmp_path: Path) -> None:
+    small = ExecutorFarm(tmp_path, count=0)
+    try:
+        small.add_worker(ensure_key(tmp_path / "other.key"), name="other.pool")
+        refused = pytest.raises(farm.JobException, match="SignatureError.*this farm's key")
+        with small.executor(function="other.pool") as ex, refused:
+            ex.submit(add, 1, 2).result(timeout=30)
+    finally:
+        small.stop()
+
+
+def test_client_refuses_unsigned_results_without_unpickling(
+    farm_server: Server, tmp_path: Path
+) -> None:
+    marker = tmp_path / "unpickled"
+    worker = farm.Worker(farm_server.addr)
+    worker.register("fake.python", lambda job: MAGIC + b"\0" * 32 + pickle.dumps(Marker(marker)))
+    thread = threading.Thread(target=worker.work, daemon=True)
+    thread.start()
+    try:
+        with farm.Executor(
+            farm_server.addr, function="fake.python", key_file=str(ensure_key(tmp_path / "k"))
+        ) as ex:
+            future: Future[Any] = ex.submit(add, 1, 2)
+            with pytest.raises(SignatureError):
+                future.result(timeout=30)
+        assert not marker.exists()
+    finally:
+        worker.stop()
+        thread.join(10)

@@ -1,0 +1,81 @@
+"""farm.signing: the key file (created once, 0600, refused when others can read it) and the HMAC."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from farm.signing import (
+    CALL,
+    KEY_ENV,
+    MAGIC,
+    RESULT,
+    KeyFileError,
+    SignatureError,
+    Signer,
+    ensure_key,
+    key_path,
+    load_key,
+)
+
+
+def test_key_file_is_created_private_and_kept(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "farm" / "executor.key"
+    assert ensure_key(path) == path
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    key = load_key(path)
+    assert len(key) == 32
+    ensure_key(path)
+    assert load_key(path) == key  # a second start keeps the key
+    assert [p.name for p in path.parent.iterdir()] == ["executor.key"]  # no temp file left
+
+
+def test_key_path_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, str(tmp_path / "env.key"))
+    assert key_path(tmp_path / "arg.key") == tmp_path / "arg.key"
+    assert key_path() == tmp_path / "env.key"
+    monkeypatch.delenv(KEY_ENV)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert key_path() == tmp_path / "xdg" / "farm" / "executor.key"
+
+
+def test_key_readable_by_others_is_refused(tmp_path: Path) -> None:
+    path = ensure_key(tmp_path / "k")
+    os.chmod(path, 0o640)
+    with pytest.raises(KeyFileError, match="chmod 600"):
+        load_key(path)
+
+
+def test_missing_key_without_create_and_garbage_key(tmp_path: Path) -> None:
+    with pytest.raises(KeyFileError, match="cannot read"):
+        load_key(tmp_path / "none", create=False)
+    bad = tmp_path / "bad"
+    bad.write_text("not hex\n")
+    os.chmod(bad, 0o600)
+    with pytest.raises(KeyFileError, match="hex digits"):
+        load_key(bad)
+
+
+def test_seal_open_round_trip_and_tampering() -> None:
+    signer = Signer(b"k" * 32)
+    message = signer.seal(CALL, b"body")
+    assert message.startswith(MAGIC)
+    assert bytes(signer.open(CALL, message)) == b"body"
+    tampered = message[:-1] + b"x"
+    with pytest.raises(SignatureError, match="not signed with this farm's key"):
+        signer.open(CALL, tampered)
+    with pytest.raises(SignatureError, match="not signed with this farm's key"):
+        Signer(b"other key 123456").open(CALL, message)
+    with pytest.raises(SignatureError, match="no farm header"):
+        signer.open(CALL, b"\x80\x05plain pickle")
+
+
+def test_a_result_cannot_pass_for_a_call() -> None:
+    signer = Signer(b"k" * 32)
+    with pytest.raises(SignatureError):
+        signer.open(CALL, signer.seal(RESULT, b"body"))
+    assert bytes(signer.open(RESULT, signer.seal(RESULT, b"body"))) == b"body"
