@@ -19,6 +19,8 @@ deps-test:
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	fi
 	$(PIP) install -q -e '.[test]'
+	@# atheris (coverage-guided fuzzing) only where it has a wheel; its test skips otherwise.
+	-$(PIP) install -q atheris 2>/dev/null || echo "atheris did not install; the atheris fuzz test will skip"
 
 test: deps-test
 	FARM_REQUIRE_INTEROP=1 $(PYTHON) -m pytest -q
