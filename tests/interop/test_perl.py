@@ -1,0 +1,64 @@
+"""Perl's Gearman::Client and Gearman::Worker (Debian's libgearman-client-perl) against farm."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+import farm
+from tests.conftest import Server, need
+
+pytestmark = pytest.mark.interop
+
+PERL_WORKER = r"""
+use Gearman::Worker;
+my $w = Gearman::Worker->new(job_servers => ['127.0.0.1:%(port)d']);
+$w->register_function(reverse => sub { scalar reverse $_[0]->arg });
+$w->work while 1;
+"""
+
+PERL_CLIENT = r"""
+use Gearman::Client;
+my $c = Gearman::Client->new(job_servers => ['127.0.0.1:%(port)d']);
+my $r = $c->do_task('reverse', 'Hello World!', {timeout => 20});
+die "no result\n" unless defined $r;
+print $$r;
+"""
+
+
+def perl() -> str:
+    path = need("perl")
+    probe = subprocess.run([path, "-MGearman::Client", "-e", "1"], capture_output=True)
+    if probe.returncode != 0:
+        need("perl-Gearman-Client (Debian: libgearman-client-perl)")
+    return path
+
+
+@pytest.fixture
+def perl_worker(farm_server: Server) -> Iterator[subprocess.Popen]:
+    proc = subprocess.Popen([perl(), "-e", PERL_WORKER % {"port": farm_server.port}])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_perl_client_and_perl_worker_through_farm(
+    farm_server: Server, perl_worker: subprocess.Popen
+) -> None:
+    out = subprocess.run(
+        [perl(), "-e", PERL_CLIENT % {"port": farm_server.port}],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "!dlroW olleH"
+
+
+def test_farm_client_calls_a_perl_worker(
+    farm_server: Server, perl_worker: subprocess.Popen
+) -> None:
+    with farm.Client(farm_server.addr) as client:
+        assert client.call("reverse", "abc", timeout=20) == b"cba"
