@@ -1,0 +1,393 @@
+"""farm.AsyncClient: the client's API in asyncio, many concurrent jobs on one connection.
+
+Each server connection is an ``asyncio.Protocol`` that feeds received bytes to
+a ``farm.session.ClientSession`` (the same bookkeeping as the blocking
+``farm.Client``) and turns its events into futures and stream queues::
+
+    call()/submit()/stream() ── session.submit(task) ──► one write per loop turn
+    data_received ── session.receive(bytes) ──► JobCreated / JobProgress / JobData /
+                                                JobWarning / JobEnded → the task's waiter
+
+Requests of every coroutine share the connection; what they send in one loop
+turn leaves in one ``transport.write``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import time
+import zlib
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+from farm.checks import as_bytes, as_epoch, check_name, check_priority, check_unique
+from farm.errors import ServerUnavailable, Timeout
+from farm.net import parse_servers, split_address
+from farm.protocol import ProtocolError
+from farm.session import (
+    ClientSession,
+    JobCreated,
+    JobData,
+    JobEnded,
+    JobProgress,
+    JobStatus,
+    JobWarning,
+    Query,
+    StatusResult,
+    Task,
+)
+
+__all__ = ["AsyncClient", "Task", "JobStatus", "JobProgress", "JobData", "JobWarning", "JobEnded"]
+
+#: How long a server that refused a connection is tried last.
+DOWN_FOR = 2.0
+
+StreamEvent = JobProgress | JobData | JobWarning | JobEnded
+
+
+class _Waiter:
+    """What coroutines wait on for one task: its creation, its end, its stream."""
+
+    __slots__ = ("created", "ended", "events", "on_status", "on_data", "on_warning")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, stream: bool = False) -> None:
+        self.created: asyncio.Future[Task] = loop.create_future()
+        self.ended: asyncio.Future[Task] = loop.create_future()
+        self.events: asyncio.Queue[StreamEvent] | None = asyncio.Queue() if stream else None
+        self.on_status: Callable[[int, int], Any] | None = None
+        self.on_data: Callable[[bytes], Any] | None = None
+        self.on_warning: Callable[[bytes], Any] | None = None
+
+
+class _Connection(asyncio.Protocol):
+    """One server connection: bytes ⇄ the session, events → waiters."""
+
+    def __init__(self, addr: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.addr = addr
+        self.loop = loop
+        self.session = ClientSession(addr)
+        self.transport: asyncio.Transport | None = None
+        self.queries: deque[tuple[Query, asyncio.Future[Any]]] = deque()
+        self._flush_due = False
+
+    # -- requests --
+
+    def send_soon(self) -> None:
+        """Write what the session queued, once, at the end of this loop turn."""
+        if not self._flush_due:
+            self._flush_due = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        data = self.session.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def ask(self, query: Query) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = self.loop.create_future()
+        self.queries.append((query, future))
+        self.send_soon()
+        return future
+
+    # -- asyncio.Protocol --
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.session.receive(data)
+        except ProtocolError:
+            self.transport.close()  # type: ignore[union-attr]  # connection_lost fails the rest
+            return
+        for event in events:
+            self._dispatch(event)
+        self._answer_queries()
+
+    def _dispatch(self, event: object) -> None:
+        task = event.task  # type: ignore[attr-defined]
+        waiter = task.tag
+        if not isinstance(waiter, _Waiter):
+            return
+        kind = type(event)
+        if kind is JobCreated:
+            if not waiter.created.done():
+                waiter.created.set_result(task)
+            return
+        if kind is JobEnded:
+            if not waiter.created.done():  # an ERROR came instead of JOB_CREATED
+                waiter.created.set_result(task)
+            if not waiter.ended.done():
+                waiter.ended.set_result(task)
+        elif kind is JobProgress and waiter.on_status is not None:
+            waiter.on_status(event.numerator, event.denominator)  # type: ignore[attr-defined]
+        elif kind is JobData and waiter.on_data is not None:
+            waiter.on_data(event.data)  # type: ignore[attr-defined]
+        elif kind is JobWarning and waiter.on_warning is not None:
+            waiter.on_warning(event.data)  # type: ignore[attr-defined]
+        if waiter.events is not None:
+            waiter.events.put_nowait(event)  # type: ignore[arg-type]
+
+    def _answer_queries(self) -> None:
+        while self.queries and self.queries[0][0].done:  # answered in the order asked
+            query, future = self.queries.popleft()
+            if future.done():
+                continue
+            if query.error is not None:
+                future.set_exception(query.error)
+            else:
+                result = query.result
+                future.set_result(result.status if isinstance(result, StatusResult) else result)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        for task in self.session.connection_lost():
+            task.error = ServerUnavailable(
+                f"job server {self.addr} went away while holding job {task.function}"
+                f" {task.handle or '(not yet created)'}"
+            )
+            task.done = True
+            self._dispatch(JobEnded(task=task))
+        self._answer_queries()  # the session failed them with ServerUnavailable
+
+
+class AsyncClient:
+    """An asyncio Gearman client over one or more job servers (farm's or gearmand).
+
+    ``servers`` as for ``farm.Client``. Any number of coroutines may call,
+    submit and stream at once; their jobs share each server's one connection.
+    Errors are those of ``farm.Client``: JobException, JobFailed, Timeout,
+    ServerError, ServerUnavailable.
+    """
+
+    def __init__(
+        self, servers: str | Iterable[str] | None = None, *, connect_timeout: float = 5.0
+    ) -> None:
+        self.servers = parse_servers(servers)
+        self.connect_timeout = connect_timeout
+        self._conns: dict[str, _Connection] = {}
+        self._connecting: dict[str, asyncio.Future[_Connection]] = {}
+        self._down_until: dict[str, float] = {}
+        self._rotation = 0
+
+    # -- the API --
+
+    async def call(
+        self,
+        function: str,
+        data: bytes | str = b"",
+        *,
+        priority: str = "normal",
+        unique: str | None = None,
+        timeout: float | None = None,
+        on_status: Callable[[int, int], Any] | None = None,
+        on_data: Callable[[bytes], Any] | None = None,
+        on_warning: Callable[[bytes], Any] | None = None,
+    ) -> bytes:
+        """Run a foreground job and return its result."""
+        task, waiter = await self._start(function, data, priority, unique, False, None, False)
+        waiter.on_status, waiter.on_data, waiter.on_warning = on_status, on_data, on_warning
+        return await self.wait(task, timeout)
+
+    async def submit(
+        self,
+        function: str,
+        data: bytes | str = b"",
+        *,
+        background: bool = False,
+        priority: str = "normal",
+        unique: str | None = None,
+        when: _dt.datetime | float | None = None,
+    ) -> Task:
+        """Submit a job; return once the server created it (``task.handle``).
+
+        ``when`` schedules a background job (SUBMIT_JOB_EPOCH). A foreground
+        task's result comes from ``await client.wait(task)``.
+        """
+        epoch = None
+        if when is not None:
+            epoch = as_epoch(when)
+            if priority != "normal":
+                raise ValueError("a scheduled (when=) job has no priority; leave it 'normal'")
+            background = True
+        task, waiter = await self._start(function, data, priority, unique, background, epoch, False)
+        await waiter.created
+        if task.handle is None and task.error is not None:
+            raise task.error  # the server answered ERROR (e.g. QUEUE_ERROR)
+        return task
+
+    async def wait(self, task: Task, timeout: float | None = None) -> bytes:
+        """The result of a foreground task from ``submit`` (or raise its error)."""
+        if task.background:
+            raise ValueError("a background job sends no result to wait for")
+        waiter = task.tag
+        if not isinstance(waiter, _Waiter):
+            raise ValueError("the task was not submitted by this client")
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter.ended), timeout)
+        except TimeoutError:
+            self._abandon(task)
+            raise Timeout(
+                f"job {task.function} {task.handle or ''} not done within {timeout}s"
+            ) from None
+        if task.error is not None:
+            raise task.error
+        return task.result  # type: ignore[return-value]
+
+    async def stream(
+        self,
+        function: str,
+        data: bytes | str = b"",
+        *,
+        priority: str = "normal",
+        unique: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[StreamEvent]:
+        """Run a foreground job, yielding its JobProgress, JobData and JobWarning events
+        as they arrive, then JobEnded (``event.task.result``); a failed job raises instead.
+        """
+        task, waiter = await self._start(function, data, priority, unique, False, None, True)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        queue = waiter.events
+        assert queue is not None
+        try:
+            while True:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    event = await asyncio.wait_for(queue.get(), left)
+                except TimeoutError:
+                    raise Timeout(f"job {function} not done within {timeout}s") from None
+                if type(event) is JobEnded:
+                    if task.error is not None:
+                        raise task.error
+                    yield event
+                    return
+                yield event
+        finally:
+            if not task.done:
+                self._abandon(task)
+
+    async def status(self, job: Task | str) -> JobStatus:
+        """What the server knows of a job (a Task, or a handle: each server is asked)."""
+        if isinstance(job, Task):
+            if job.handle is None or job.server is None:
+                raise ValueError("the task has no handle yet")
+            conn = await self._connect(job.server)
+            return await conn.ask(conn.session.get_status(job.handle))
+        status = JobStatus(False, False, 0, 0)
+        for addr in self._candidates(""):
+            try:
+                conn = await self._connect(addr)
+                status = await conn.ask(conn.session.get_status(job))
+            except ServerUnavailable:
+                continue
+            if status.known:
+                break
+        return status
+
+    async def echo(self, data: bytes | str = b"ping") -> bytes:
+        """Round-trip ``data`` through a server (ECHO_REQ)."""
+        payload = as_bytes(data)
+        conn = await self._any_connection("")
+        return await conn.ask(conn.session.echo(payload))
+
+    async def close(self) -> None:
+        """Close every connection; foreground jobs still queued are dropped by the server."""
+        for conn in list(self._conns.values()):
+            if conn.transport is not None:
+                conn.transport.close()
+        self._conns.clear()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- jobs --
+
+    async def _start(
+        self,
+        function: str,
+        data: bytes | str,
+        priority: str,
+        unique: str | None,
+        background: bool,
+        when: int | None,
+        stream: bool,
+    ) -> tuple[Task, _Waiter]:
+        task = Task(
+            check_name(function),
+            as_bytes(data),
+            unique=check_unique(unique),
+            priority=check_priority(priority),
+            background=background,
+            when=when,
+        )
+        conn = await self._any_connection(task.unique)
+        waiter = _Waiter(asyncio.get_running_loop(), stream)
+        task.tag = waiter
+        conn.session.submit(task)
+        conn.send_soon()
+        return task, waiter
+
+    def _abandon(self, task: Task) -> None:
+        conn = self._conns.get(task.server or "")
+        if conn is not None:
+            conn.session.abandon(task)
+
+    # -- connections --
+
+    def _candidates(self, unique: str) -> list[str]:
+        """Servers in the order to try: a stable start per unique key, live ones first."""
+        servers = self.servers
+        if unique:
+            start = zlib.crc32(unique.encode()) % len(servers)
+        else:
+            start = self._rotation % len(servers)
+            self._rotation += 1
+        order = servers[start:] + servers[:start]
+        now = time.monotonic()
+        return sorted(order, key=lambda a: self._down_until.get(a, 0) > now)
+
+    async def _any_connection(self, unique: str) -> _Connection:
+        errors: list[str] = []
+        for addr in self._candidates(unique):
+            try:
+                return await self._connect(addr)
+            except ServerUnavailable as exc:
+                errors.append(str(exc))
+        raise ServerUnavailable("no job server is reachable; tried " + ", ".join(errors))
+
+    async def _connect(self, addr: str) -> _Connection:
+        conn = self._conns.get(addr)
+        if conn is not None and conn.transport is not None:
+            return conn
+        pending = self._connecting.get(addr)
+        if pending is None:  # one connect per server, however many coroutines ask
+            pending = asyncio.ensure_future(self._open(addr))
+            self._connecting[addr] = pending
+            pending.add_done_callback(lambda _: self._connecting.pop(addr, None))
+        return await asyncio.shield(pending)
+
+    async def _open(self, addr: str) -> _Connection:
+        loop = asyncio.get_running_loop()
+        target = split_address(addr)
+        try:
+            if isinstance(target, str):
+                opening = loop.create_unix_connection(lambda: _Connection(addr, loop), target)
+            else:
+                opening = loop.create_connection(lambda: _Connection(addr, loop), *target)
+            _, conn = await asyncio.wait_for(opening, self.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            self._down_until[addr] = time.monotonic() + DOWN_FOR
+            why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise ServerUnavailable(f"{addr} ({why})") from None
+        conn.session.option("exceptions")  # so WORK_EXCEPTION reaches us, not just WORK_FAIL
+        conn.send_soon()
+        self._conns[addr] = conn
+        self._down_until.pop(addr, None)
+        return conn

@@ -1,0 +1,160 @@
+"""farm.AsyncClient against farm's server and gearmand, with a real worker serving it."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import pytest
+
+import farm
+from farm.aio import AsyncClient, JobData, JobEnded, JobProgress, JobWarning
+from farm.worker import Job, Worker
+from tests.conftest import Server
+
+
+def chatty(job: Job) -> bytes:
+    """Reports progress, a data chunk and a warning before its result."""
+    job.send_status(1, 3)
+    job.send_data(b"part:" + job.data)
+    job.send_warning(b"careful")
+    job.send_status(3, 3)
+    return job.data.upper()
+
+
+def explode(job: Job) -> bytes:
+    raise ValueError(f"cannot handle {job.text}")
+
+
+def run_async(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test in a fresh event loop (no pytest plugin needed)."""
+
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    return run
+
+
+gate = threading.Event()
+
+
+def gated(job: Job) -> bytes:
+    gate.wait(30)
+    return b"opened:" + job.data
+
+
+@pytest.fixture
+def served(any_server: Server) -> Iterator[Server]:
+    """Two worker threads (so one may block in ``gated`` while the other serves)."""
+    workers = []
+    for _ in range(2):
+        w = Worker(any_server.addr)
+        w.register("reverse", lambda job: job.data[::-1])
+        w.register("chatty", chatty)
+        w.register("explode", explode)
+        w.register("gated", gated)
+        workers.append(w)
+    threads = [threading.Thread(target=w.work, daemon=True) for w in workers]
+    for t in threads:
+        t.start()
+    gate.clear()
+    yield any_server
+    gate.set()
+    for w in workers:
+        w.stop()
+    for t in threads:
+        t.join(10)
+
+
+@run_async
+async def test_call(served: Server) -> None:
+    async with AsyncClient(served.addr) as client:
+        assert await client.call("reverse", "hello", timeout=30) == b"olleh"
+        assert await client.echo(b"ping") == b"ping"
+
+
+@run_async
+async def test_callbacks_see_status_data_warning(served: Server) -> None:
+    seen: list[object] = []
+    async with AsyncClient(served.addr) as client:
+        result = await client.call(
+            "chatty",
+            b"x",
+            timeout=30,
+            on_status=lambda n, d: seen.append((n, d)),
+            on_data=seen.append,
+            on_warning=seen.append,
+        )
+    assert result == b"X"
+    assert seen == [(1, 3), b"part:x", b"careful", (3, 3)]
+
+
+@run_async
+async def test_stream_yields_events_then_the_result(served: Server) -> None:
+    async with AsyncClient(served.addr) as client:
+        events = [e async for e in client.stream("chatty", b"abc", timeout=30)]
+    kinds = [type(e) for e in events]
+    assert kinds == [JobProgress, JobData, JobWarning, JobProgress, JobEnded]
+    assert (events[0].numerator, events[0].denominator) == (1, 3)
+    assert events[1].data == b"part:abc" and events[2].data == b"careful"
+    assert events[-1].task.result == b"ABC"
+
+
+@run_async
+async def test_stream_raises_the_job_error(served: Server) -> None:
+    async with AsyncClient(served.addr) as client:
+        with pytest.raises(farm.JobException, match="ValueError: cannot handle boom"):
+            async for _ in client.stream("explode", b"boom", timeout=30):
+                pass
+
+
+@run_async
+async def test_exception(served: Server) -> None:
+    async with AsyncClient(served.addr) as client:
+        with pytest.raises(farm.JobException, match="ValueError: cannot handle y") as err:
+            await client.call("explode", "y", timeout=30)
+        assert err.value.text == "ValueError: cannot handle y"
+        assert await client.call("reverse", "ok", timeout=30) == b"ko"  # the connection lives on
+
+
+@run_async
+async def test_fifty_concurrent_calls_share_one_connection(served: Server) -> None:
+    async with AsyncClient(served.addr) as client:
+        payloads = [f"job-{i}".encode() for i in range(50)]
+        results = await asyncio.gather(*(client.call("reverse", p, timeout=30) for p in payloads))
+        assert results == [p[::-1] for p in payloads]
+        assert len(client._conns) == 1
+
+
+@run_async
+async def test_submit_background_and_foreground(served: Server) -> None:
+    async with AsyncClient(served.addr) as client:
+        task = await client.submit("reverse", "bg", background=True)
+        assert task.handle and task.done and task.background
+        fg = await client.submit("gated", "fg")
+        assert fg.handle and not fg.done
+        status = await client.status(fg)
+        assert status.known
+        gate.set()
+        assert await client.wait(fg, timeout=30) == b"opened:fg"
+        with pytest.raises(ValueError, match="background"):
+            await client.wait(task)
+
+
+@run_async
+async def test_timeout_then_other_calls_still_work(served: Server) -> None:
+    async with AsyncClient(served.addr) as client:
+        with pytest.raises(farm.Timeout):
+            await client.call("gated", "slow", timeout=0.2)
+        assert await client.call("reverse", "abc", timeout=30) == b"cba"
+
+
+@run_async
+async def test_no_server_reachable() -> None:
+    client = AsyncClient("127.0.0.1:1", connect_timeout=2)
+    with pytest.raises(farm.ServerUnavailable, match="127.0.0.1:1"):
+        await client.call("reverse", "x")
