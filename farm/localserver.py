@@ -31,6 +31,7 @@ class LocalServer:
         self.pid = 0
         self.started = 0.0
         self.ready = False
+        self.ever_ready = False  # a server that never listened will not by retrying
         self.failures = 0
         self.restarts = 0
         self.next_start = 0.0
@@ -88,21 +89,33 @@ class LocalServer:
         self.pid, self.ready, self.next_start = 0, False, now + delay
 
     def accepts(self) -> bool:
-        """Whether the server's first listen address takes a connection now."""
+        """Whether our server answers on its first listen address.
+
+        Asked with the admin ``getpid``: a connection alone could be accepted
+        by another process holding the port, and the workers must not be
+        started against that.
+        """
         addr = self.config.listen[0]
         try:
             if addr.startswith("unix:"):
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(0.5)
+                sock.settimeout(0.2)
                 sock.connect(addr[5:])
             else:
                 host, port = self.config.tcp or ("127.0.0.1", 4730)
                 host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
-                sock = socket.create_connection((host, port), timeout=0.5)
+                sock = socket.create_connection((host, port), timeout=0.2)
+            with sock:
+                sock.sendall(b"getpid\n")
+                reply = b""
+                while not reply.endswith(b"\n"):
+                    data = sock.recv(64)
+                    if not data:
+                        break
+                    reply += data
         except OSError:
             return False
-        sock.close()
-        return True
+        return reply.strip() == f"OK {self.pid}".encode()
 
     def stop(self) -> None:
         """Graceful (SIGUSR1): stop accepting, exit once no job runs; ``kill`` if it lingers."""

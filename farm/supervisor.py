@@ -58,6 +58,7 @@ class Supervisor(Steering):
         self.grace = config.supervisor.graceful_timeout
         self.pending: list[Pending] = []
         self.stopping = False
+        self.exit_code = 0
         self.ready_sent = False
         self.last_status = ""
         self.watchdog = sdnotify.Watchdog()
@@ -102,7 +103,7 @@ class Supervisor(Steering):
     def handle_signals(self) -> None:
         while self.pending:
             item = self.pending.pop(0)
-            if item.action == "signal" and item.arg == signal.SIGHUP or item.action == "reload":
+            if item.action == "reload" or (item.action == "signal" and item.arg == signal.SIGHUP):
                 error = self.reload()
                 if item.conn is not None:
                     reply = {"ok": error is None}
@@ -127,6 +128,10 @@ class Supervisor(Steering):
                 return
             if pid == self.server.pid:
                 self.server.exited(status)
+                if not self.server.ever_ready and not self.stopping:
+                    # never listened (port taken, bad store path): retrying will not help
+                    log.error("the job server could not start; see its message above")
+                    self.stopping, self.exit_code = True, 1
             elif pid in self.by_pid:
                 self.worker_exited(self.by_pid.pop(pid), status)
 
@@ -182,7 +187,7 @@ class Supervisor(Steering):
         if not srv.pid and time.monotonic() >= srv.next_start:
             srv.spawn()
         elif srv.pid and not srv.ready and srv.accepts():
-            srv.ready = True
+            srv.ready = srv.ever_ready = True
             log.info(
                 "job server (pid %d) accepts on %s", srv.pid, ", ".join(self.config.server.listen)
             )
@@ -388,4 +393,4 @@ class Supervisor(Steering):
         if self.control is not None:
             self.control.close()
         log.info("supervisor stopped")
-        return 0
+        return self.exit_code

@@ -36,7 +36,14 @@ def wait_until(what: str, predicate: Callable[[], Any], timeout: float = 10.0) -
 class FarmUp:
     """`farm up -c <tmp>/farm.toml` with $NOTIFY_SOCKET bound by the test."""
 
-    def __init__(self, tmp: Path, functions: str, *, extra_env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        tmp: Path,
+        functions: str,
+        *,
+        extra_env: dict[str, str] | None = None,
+        start: bool = True,
+    ) -> None:
         self.tmp = tmp
         self.port = free_port()
         self.control = str(tmp / "control.sock")
@@ -47,9 +54,13 @@ class FarmUp:
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(self.notify_path)
         self.messages: list[str] = []
-        env = dict(os.environ, NOTIFY_SOCKET=self.notify_path, PYTHONPATH=f"{tmp}:{ROOT}")
-        env.update(extra_env or {})
+        self.env = dict(os.environ, NOTIFY_SOCKET=self.notify_path, PYTHONPATH=f"{tmp}:{ROOT}")
+        self.env.update(extra_env or {})
         self.log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
+        if start:
+            self.start()
+
+    def start(self) -> None:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -59,8 +70,8 @@ class FarmUp:
                 "-c",
                 str(self.config),
             ],
-            cwd=tmp,
-            env=env,
+            cwd=self.tmp,
+            env=self.env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )

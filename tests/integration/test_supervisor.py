@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -154,3 +155,16 @@ def test_sigterm_drains_running_jobs_and_exits_zero(tmp_path: Path) -> None:
     assert not alive
     assert "slow#0" in farm.read_log() and "exited with code 0 after draining" in farm.read_log()
     farm.stop()
+
+
+def test_a_server_that_cannot_listen_stops_farm_up_with_exit_1(tmp_path: Path) -> None:
+    up = FarmUp(tmp_path, FUNCTIONS, start=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", up.port))
+        taken.listen()
+        up.start()
+        assert up.proc.wait(15) == 1
+    log = up.read_log()
+    assert "cannot listen" in log and "the job server could not start" in log, log
+    assert "worker" not in log  # no worker was started against a server that is not there
+    up.stop()
