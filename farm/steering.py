@@ -237,6 +237,8 @@ class Steering:
                 log.info(
                     "reload: %s changed (target or options); its workers will be replaced", name
                 )
+                for slot in self.slots.get(name, ()):  # a fixed target need not wait out a backoff
+                    slot.failures, slot.failing, slot.next_start = 0, False, 0.0
         for name in old.functions.keys() - new.functions.keys():
             log.info("reload: %s removed; draining its workers", name)
             self.targets.pop(name, None)

@@ -237,3 +237,26 @@ def test_a_dead_job_server_is_restarted_and_workers_come_back(tmp_path: Path) ->
         assert "job server (pid" in up.read_log() and "was killed by SIGKILL" in up.read_log()
     finally:
         assert up.stop() == 0
+
+
+def test_reload_with_a_fixed_target_revives_a_failing_slot_at_once(tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text(
+        "raise ImportError('missing dependency')\ndef job(j): ...\n"
+    )
+    (tmp_path / "fixed.py").write_text("def job(j):\n    return b'fixed'\n")
+    up = FarmUp(tmp_path, '[functions.f]\ntarget = "broken:job"\nworkers = 1\n')
+    try:
+        up.expect_notify("READY=1")
+        wait_until("two boot failures", lambda: up.read_log().count("failed to boot") >= 2)
+        # the next retry is 4 s away now
+        up.write_config('[functions.f]\ntarget = "fixed:job"\nworkers = 1\n')
+        out = farm_cli("reload", "--control", up.control)
+        assert out.returncode == 0, out.stderr
+        up.wait_idle({"f": 1}, timeout=2.5)  # well before the failing slot's next retry
+        client = Client(up.addr)
+        try:
+            assert client.call("f", "", timeout=10) == b"fixed"
+        finally:
+            client.close()
+    finally:
+        assert up.stop() == 0
