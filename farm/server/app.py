@@ -26,6 +26,9 @@ from farm.server.store import StoreError, open_store
 
 log = logging.getLogger("farm.server")
 
+#: How long a stopping server waits for replies still being written.
+DRAIN_SECONDS = 2.0
+
 VERBOSE_NAMES = ("ERROR", "WARNING", "NOTICE", "INFO", "DEBUG")
 
 
@@ -42,6 +45,7 @@ class Server:
         self.listeners: list[asyncio.AbstractServer] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopped: asyncio.Event | None = None
+        self.all_closed: asyncio.Event | None = None  # set once the last connection is gone
         self.store = open_store(options.store, sync=options.store_sync)
         self.jobs = JobServer(
             store=self.store,
@@ -146,6 +150,19 @@ class Server:
         if self.stopped is not None:
             self.stopped.set()
 
+    async def _drain_connections(self, limit: float) -> None:
+        """Let closing connections write what they still owe (a result in flight),
+        up to ``limit`` seconds: the transports close themselves once flushed."""
+        if not self.connections:
+            return
+        self.all_closed = asyncio.Event()
+        try:
+            await asyncio.wait_for(self.all_closed.wait(), limit)
+        except TimeoutError:
+            log.warning(
+                "%d connections still writing after %.0f s; closing", len(self.connections), limit
+            )
+
     def stop_gracefully(self) -> None:
         """SIGUSR1: stop accepting; exit once no job is running."""
         log.info("graceful stop: no new connections; waiting for running jobs")
@@ -165,6 +182,7 @@ class Server:
         assert self.stopped is not None
         await self.stopped.wait()
         self.flush()
+        await self._drain_connections(DRAIN_SECONDS)
         if self.store is not None:
             self.store.close()
         for path in self.options.unix + [

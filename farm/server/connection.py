@@ -91,6 +91,8 @@ class Connection(asyncio.Protocol):
         self.jobs.detach_worker(self)
         self.jobs.detach_client(self)
         self.server.flush()
+        if self.server.all_closed is not None and not self.server.connections:
+            self.server.all_closed.set()
 
     def pause_writing(self) -> None:
         # The peer is not reading its replies: stop reading its requests until it does.

@@ -167,3 +167,25 @@ def test_farm_status_against_nothing_is_one_line_and_exit_1() -> None:
     assert out.returncode == 1
     assert out.stderr.startswith("farm: cannot read status from 127.0.0.1:")
     assert out.stderr.count("\n") == 1
+
+
+def test_sigterm_still_delivers_a_result_being_written() -> None:
+    srv = start_farm_server()
+    worker = Peer(srv.addr)
+    worker.send(T.CAN_DO, "big")
+    client = Peer(srv.addr)
+    client.send(T.SUBMIT_JOB, "big", "", "x")
+    handle = client.expect(T.JOB_CREATED).args[0]
+    worker.send(T.GRAB_JOB)
+    worker.expect(T.JOB_ASSIGN)
+    result = b"r" * (24 * 2**20)
+    worker.send(T.WORK_COMPLETE, handle, result)
+    # Wait until the server has started forwarding (the first bytes reach the client) ...
+    client.sock.settimeout(10)
+    first = client.sock.recv(65536)
+    assert first
+    srv.proc.send_signal(signal.SIGTERM)  # ... then stop it while most of the 24 MB is in flight.
+    client.pending.extend(client.decoder.feed(first))
+    pkt = client.expect(T.WORK_COMPLETE, timeout=20)
+    assert pkt.args == (handle, result)
+    assert srv.proc.wait(10) == 0
