@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import Any
 
 from farm.errors import ConfigError
+from farm.paths import state_dir
 from farm.targets import target_problem
 
 __all__ = [
@@ -126,8 +127,7 @@ def default_runtime_dir() -> Path:
 
 
 def _default_store() -> str:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    path = Path(base) / "farm" / "queue.db"
+    path = state_dir() / "queue.db"
     existing = path.parent
     while not existing.exists():  # the nearest ancestor decides whether we may create it
         existing = existing.parent
@@ -153,6 +153,8 @@ def _defaults() -> dict[str, Any]:
             "resize": {"target": "workers.image:resize", "workers": "auto", "timeout": 60},
             "thumbnail": {"target": "workers.image:thumbnail", "workers": 1, "timeout": 60},
             "pbkdf2": {"target": "workers.hashing:pbkdf2", "workers": 1, "timeout": 60},
+            # farm.Executor's pool (farm.executor_worker.DEFAULT_FUNCTION / TARGET).
+            "farm.python": {"target": "farm.executor_worker:run_call", "workers": "auto"},
         },
     }
 

@@ -30,6 +30,7 @@ import stat
 from pathlib import Path
 
 from farm.errors import FarmError
+from farm.paths import state_dir
 
 __all__ = [
     "KEY_ENV",
@@ -59,9 +60,8 @@ class KeyFileError(FarmError):
 
 
 def default_key_path() -> Path:
-    """``$XDG_STATE_HOME/farm/executor.key``, else ``~/.local/state/farm/executor.key``."""
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return Path(base) / "farm" / "executor.key"
+    """``executor.key`` in farm's state directory (see farm.paths.state_dir)."""
+    return state_dir() / "executor.key"
 
 
 def key_path(path: str | os.PathLike[str] | None = None) -> Path:

@@ -71,6 +71,16 @@ class Supervisor(Steering):
 
     # -- the loop --
 
+    def ensure_executor_key(self) -> None:
+        """farm.Executor's calls are signed with a key only the farm's user can read;
+        make it before any worker needs it (workers would race to create it)."""
+        from farm.signing import KeyFileError, ensure_key
+
+        try:
+            log.info("executor key: %s", ensure_key())
+        except KeyFileError as exc:
+            log.error("%s; farm.Executor calls will be refused", exc)
+
     def run(self) -> int:
         """Start, serve until SIGTERM / `farm stop`, drain, and return the exit code."""
         from setproctitle import setproctitle
@@ -80,6 +90,7 @@ class Supervisor(Steering):
         self.selector.register(self.control, selectors.EVENT_READ, "accept")
         self.install_signals()
         log.info("supervisor %d starting (config: %s)", os.getpid(), self.config.source)
+        self.ensure_executor_key()
         while True:
             self.handle_signals()
             if self.stopping:

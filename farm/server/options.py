@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from farm import protocol as p
+from farm.paths import state_dir
 
 DEFAULT_PORT = 4730
 
@@ -38,10 +37,8 @@ class ServerOptions:
 
 
 def default_store_path() -> str:
-    """Where background jobs live when nothing else is said: the user's state directory."""
-    base = os.environ.get("STATE_DIRECTORY") or os.environ.get("XDG_STATE_HOME")
-    root = Path(base) if base else Path.home() / ".local" / "state"
-    return str(root / "farm" / "queue.db")
+    """Where background jobs live when nothing else is said: farm's state directory."""
+    return str(state_dir() / "queue.db")
 
 
 def build_parser(prog: str = "farm server") -> argparse.ArgumentParser:
