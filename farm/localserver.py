@@ -44,7 +44,8 @@ class LocalServer:
         for addr in cfg.listen:
             argv += ["--listen", addr]
         argv += ["--store", cfg.store, "--job-retries", str(cfg.job_retries)]
-        return argv
+        # If the supervisor is killed, the server stops too (keeping its stored jobs).
+        return argv + ["--parent-pid", str(os.getpid())]
 
     def spawn(self) -> None:
         self.prepare_paths()

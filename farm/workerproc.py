@@ -26,6 +26,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from farm.lifetime import die_with_parent
 from farm.slots import EXIT_BOOT_ERROR, EXIT_DRAINED, EXIT_RECYCLE
 
 __all__ = ["main", "current_rss"]
@@ -75,17 +76,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM us if the supervisor dies, so no orphan keeps serving."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
     ns = parse_args(argv)
     logging.basicConfig(
@@ -94,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         "%(levelname)s %(message)s",
     )
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
-    _die_with_parent()
+    die_with_parent()
     from setproctitle import setproctitle
 
     where = f" cpu{ns.cpu}" if ns.cpu is not None else ""

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from farm.lifetime import die_with_parent
 from farm.protocol import PacketType as T
 from farm.protocol import encode_res
 from farm.server.connection import Connection, error
@@ -237,6 +238,9 @@ def run(options: ServerOptions) -> int:
         setproctitle(f"farm: server :{options.port}")
     except ImportError:  # pragma: no cover - optional nicety
         pass
+    if options.parent_pid and not die_with_parent(options.parent_pid):
+        print("farm server: the parent process is already gone; not starting", file=sys.stderr)
+        return 1
     _raise_fd_limit(options.max_connections + 64)
     if options.pid_file:
         Path(options.pid_file).write_text(f"{os.getpid()}\n")

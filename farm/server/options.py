@@ -34,6 +34,7 @@ class ServerOptions:
     verbose: int = 0
     log_file: str = "stderr"
     pid_file: str | None = None
+    parent_pid: int | None = None
 
 
 def default_store_path() -> str:
@@ -119,6 +120,9 @@ def build_parser(prog: str = "farm server") -> argparse.ArgumentParser:
         "-l", "--log-file", default="stderr", metavar="FILE", help="log file, 'stderr' or 'none'"
     )
     ap.add_argument("-P", "--pid-file", metavar="FILE", help="write the process id here")
+    ap.add_argument(
+        "--parent-pid", type=int, metavar="PID", help="stop (SIGTERM) when this parent process dies"
+    )
     # gearmand flags that farm accepts and ignores, so its command lines work unchanged.
     for flag in (
         "-t",
@@ -164,4 +168,5 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "farm server") -> 
         verbose=ns.verbose,
         log_file=ns.log_file,
         pid_file=ns.pid_file,
+        parent_pid=ns.parent_pid,
     )
