@@ -51,6 +51,7 @@ class Server:
         self.jobs = JobServer(
             store=self.store,
             max_queued_bytes=options.max_queued_bytes,
+            max_queue=options.max_queue,
             job_retries=options.job_retries,
             call_later=self._call_later,
             cancel_timer=lambda handle: handle.cancel(),  # type: ignore[attr-defined]

@@ -41,7 +41,9 @@ class JobServer:
         cancel_timer: Callable[[object], None] | None = None,
         store: SQLiteStore | None = None,
         max_queued_bytes: int = 0,
+        max_queue: int = 0,
     ) -> None:
+        self.max_queue = max_queue  # default `maxqueue` of every new function
         self.job_retries = job_retries
         # Payload bytes held by live jobs; bounded so a flood cannot exhaust memory.
         self.queued_bytes = 0
@@ -67,6 +69,7 @@ class JobServer:
         fq = self.functions.get(name)
         if fq is None:
             fq = self.functions[name] = FunctionQueue(name)
+            fq.max_total = self.max_queue
         return fq
 
     def running_count(self) -> int:

@@ -29,6 +29,7 @@ class ServerOptions:
     tls_key: str | None = None
     tls_ca: str | None = None
     max_connections: int = 10000
+    max_queue: int = 0
     max_queued_bytes: int = 1 << 30
     backlog: int = 1024
     verbose: int = 0
@@ -103,6 +104,13 @@ def build_parser(prog: str = "farm server") -> argparse.ArgumentParser:
         help="connections beyond this are closed at once (default %(default)s)",
     )
     ap.add_argument(
+        "--max-queue",
+        type=int,
+        default=0,
+        metavar="N",
+        help="queued jobs per function before QUEUE_ERROR; the admin maxqueue overrides (0: none)",
+    )
+    ap.add_argument(
         "--max-queued-bytes",
         type=int,
         default=1 << 30,
@@ -147,6 +155,8 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "farm server") -> 
         ap.error("--job-retries must be 0 (never fail) or a positive count")
     if (ns.tls_key or ns.tls_ca) and not ns.tls_cert:
         ap.error("--tls-key and --tls-ca need --tls-cert")
+    if ns.max_queue < 0 or ns.max_queued_bytes < 0 or ns.max_connections < 1:
+        ap.error("--max-queue and --max-queued-bytes must be >= 0, --max-connections >= 1")
     if ns.max_packet < 1024:
         ap.error("--max-packet must be at least 1024 bytes")
     return ServerOptions(
@@ -159,6 +169,7 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "farm server") -> 
         job_retries=ns.job_retries,
         max_packet=ns.max_packet,
         max_connections=ns.max_connections,
+        max_queue=ns.max_queue,
         tls_cert=ns.tls_cert,
         tls_key=ns.tls_key,
         tls_ca=ns.tls_ca,

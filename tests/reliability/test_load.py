@@ -127,3 +127,21 @@ def test_total_queued_bytes_limit_gives_queue_error() -> None:
         peer.expect(T.JOB_CREATED)
     finally:
         srv.stop()
+
+
+def test_default_per_function_queue_limit_and_admin_override() -> None:
+    srv = start_farm_server("--max-queue", "2")
+    try:
+        peer = Peer(srv.addr)
+        for _ in range(2):
+            peer.send(T.SUBMIT_JOB_BG, "f", "", "x")
+            peer.expect(T.JOB_CREATED)
+        peer.send(T.SUBMIT_JOB_BG, "f", "", "x")
+        assert peer.expect(T.ERROR).args == (b"QUEUE_ERROR", b"Job queue is full")
+        peer.send(T.SUBMIT_JOB_BG, "g", "", "x")  # the limit is per function
+        peer.expect(T.JOB_CREATED)
+        assert peer.admin("maxqueue f 3") == "OK\r\n"
+        peer.send(T.SUBMIT_JOB_BG, "f", "", "x")
+        peer.expect(T.JOB_CREATED)
+    finally:
+        srv.stop()
