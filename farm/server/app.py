@@ -145,6 +145,7 @@ class Server:
     def stop(self) -> None:
         """Stop now: close listeners and connections."""
         log.info("stopping")
+        self.jobs.stopping = True
         for srv in self.listeners:
             srv.close()
         for conn in list(self.connections):

@@ -85,11 +85,16 @@ class Connection(asyncio.Protocol):
             return
         self.server.connections.add(self)
 
+    def detach(self) -> None:
+        """Hand back what this connection held. As a client first: its own foreground jobs
+        that it also runs as a worker are then dropped, not requeued as a worker death."""
+        self.jobs.detach_client(self)
+        self.jobs.detach_worker(self)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
-        self.jobs.detach_worker(self)
-        self.jobs.detach_client(self)
+        self.detach()
         self.server.flush()
         if self.server.all_closed is not None and not self.server.connections:
             self.server.all_closed.set()
@@ -120,8 +125,7 @@ class Connection(asyncio.Protocol):
             # A bug must cost one connection, never the server and its queues.
             log.exception("fd %d (%s): internal error; closing the connection", self.fd, self.ip)
             self.close()
-            self.jobs.detach_worker(self)
-            self.jobs.detach_client(self)
+            self.detach()
         finally:
             self.server.flush()
 
@@ -145,6 +149,7 @@ class Connection(asyncio.Protocol):
         """Flush what is owed, then close."""
         if self.closed:
             return
+        self.server.flush()  # commits staged background jobs before their JOB_CREATED leaves
         self.flush()
         self.closed = True
         if self.transport is not None:
@@ -157,8 +162,7 @@ class Connection(asyncio.Protocol):
         if exc.fatal:
             self.close()
             # Work this connection held goes back to the queue now, not after the close lands.
-            self.jobs.detach_worker(self)
-            self.jobs.detach_client(self)
+            self.detach()
 
     # -- packets -------------------------------------------------------------
 
@@ -207,7 +211,7 @@ class Connection(asyncio.Protocol):
     def submit_epoch(self, args: tuple[bytes, ...]) -> None:
         function, unique, epoch, data = args
         try:
-            when = float(epoch)
+            when = float(int(epoch))  # clients send whole seconds; refuses nan and inf
         except ValueError:
             self.send(error("INVALID_COMMAND", "epoch is not a number"))
             return
@@ -268,7 +272,8 @@ class Connection(asyncio.Protocol):
 
     def get_status_unique(self, args: tuple[bytes, ...]) -> None:
         unique = args[0]
-        job = self.jobs.by_unique.get(unique)
+        same = self.jobs.by_unique.get(unique)
+        job = same[-1] if same else None
         if job is None:
             self.send(encode_res(T.STATUS_RES_UNIQUE, unique, b"0", b"0", b"0", b"0", b"0"))
         else:

@@ -54,7 +54,8 @@ class JobServer:
         self.functions: dict[bytes, FunctionQueue] = {}
         self.jobs: dict[bytes, Job] = {}
         self.uniques: dict[tuple[bytes, bytes], Job] = {}
-        self.by_unique: dict[bytes, Job] = {}
+        # unique -> live jobs with it, in any function (GET_STATUS_UNIQUE answers the newest).
+        self.by_unique: dict[bytes, list[Job]] = {}
         self.epoch_heap: list[tuple[float, int, Job]] = []
         self.poison: deque[tuple[bytes, bytes, bytes]] = deque(maxlen=1000)
         self.call_later = call_later
@@ -62,6 +63,7 @@ class JobServer:
         self.store = store
         self._epoch_timer: object | None = None
         self.on_idle: Callable[[], None] | None = None
+        self.stopping = False  # set by a server shutting down
 
     # -- functions ---------------------------------------------------------
 
@@ -105,15 +107,17 @@ class JobServer:
             job = self.uniques.get((function, key))
             if job is not None:
                 if background:
-                    job.background = True
                     if self.store is not None and not job.store_id:
-                        job.store_id = self._store_add(job)
+                        job.store_id = self._store_add(job)  # may raise: then nothing changed
+                    job.background = True
                 elif client is not None:
                     self._attach(job, client)
                 return job
         fq = self.function(function)
-        if fq.full(priority) or (
-            self.max_queued_bytes and self.queued_bytes + len(data) > self.max_queued_bytes
+        # A replayed job was accepted once already; limits only guard new work.
+        if not store_id and (
+            fq.full(priority)
+            or (self.max_queued_bytes and self.queued_bytes + len(data) > self.max_queued_bytes)
         ):
             raise QueueFull(function.decode("utf-8", "replace"))
         handle = self.prefix + str(next(self._counter)).encode()
@@ -130,7 +134,7 @@ class JobServer:
         if key:
             self.uniques[(function, key)] = job
         if unique:
-            self.by_unique[unique] = job
+            self.by_unique.setdefault(unique, []).append(job)
         if client is not None and not background:
             self._attach(job, client)
         if when and when > time.time():
@@ -176,13 +180,23 @@ class JobServer:
         if job is None:
             return None
         job.store_id = 0
-        if job.queued:
-            self.function(job.function).discard(job)
-        elif job.worker is None and job.when:
-            self.function(job.function).scheduled[job.priority] -= 1
+        if job.clients:
+            job.background = False  # foreground clients still wait on it: keep it, not durable
+            return job
         if job.worker is None:
+            self._unqueue(job)
             self._forget(job)
         return job
+
+    def _unqueue(self, job: Job) -> None:
+        """Take a job that is not running off its queue, or out of the epoch heap."""
+        fq = self.function(job.function)
+        if job.queued:
+            fq.discard(job)
+        elif job.when:
+            fq.scheduled[job.priority] -= 1
+            self.epoch_heap = [entry for entry in self.epoch_heap if entry[2] is not job]
+            heapq.heapify(self.epoch_heap)
 
     def _attach(self, job: Job, client: Peer) -> None:
         if client not in job.clients:
@@ -248,15 +262,17 @@ class JobServer:
             self.cant_do(worker, function)
 
     def detach_worker(self, worker: Peer) -> None:
-        """A worker connection is gone: requeue what it held, forget what it could do."""
-        for job in list(worker.running.values()):
-            self._requeue(worker, job)
+        """A worker connection is gone: forget what it could do, then requeue what it held
+        (in that order, so the requeue wakes a live sleeper, not this one)."""
         for function in worker.abilities:
             fq = self.functions.get(function)
             if fq is not None:
                 fq.workers.discard(worker)
                 fq.sleepers.pop(worker, None)
         worker.abilities.clear()
+        worker.sleeping = False
+        for job in list(worker.running.values()):
+            self._requeue(worker, job)
 
     def pre_sleep(self, worker: Peer) -> None:
         """PRE_SLEEP: answer at once with NOOP if there is work, else wait for some."""
@@ -325,6 +341,11 @@ class JobServer:
     def _requeue(self, worker: Peer, job: Job) -> None:
         """The worker let go of a running job without ending it: run it again, or fail it."""
         self._stop_running(worker, job)
+        if self.stopping:
+            return  # a planned stop is no worker's fault; the store keeps background jobs
+        if not job.clients and not job.background:
+            self._forget(job)  # nobody waits for it any more: nothing to retry or fail
+            return
         job.retries += 1
         if self.job_retries and job.retries >= self.job_retries:
             log.error(
@@ -337,12 +358,11 @@ class JobServer:
             self.poison.append((job.handle, job.function, job.unique))
             self._end(job, encode_res(T.WORK_FAIL, job.handle), fail_packet=None)
             return
-        if not job.clients and not job.background:
-            self._forget(job)  # nobody waits for it any more
-            return
         fq = self.function(job.function)
         fq.push(job, front=True)
         self._wake(fq)
+        if self.on_idle is not None and not self.running_count():
+            self.on_idle()  # a graceful stop waits for running jobs, and none runs now
 
     def _stop_running(self, worker: Peer, job: Job) -> None:
         worker.running.pop(job.handle, None)
@@ -393,8 +413,12 @@ class JobServer:
             key = (job.function, job.key)
             if self.uniques.get(key) is job:
                 del self.uniques[key]
-        if job.unique and self.by_unique.get(job.unique) is job:
-            del self.by_unique[job.unique]
+        if job.unique:
+            same = self.by_unique.get(job.unique)
+            if same is not None and job in same:
+                same.remove(job)
+                if not same:
+                    del self.by_unique[job.unique]
         if self.on_idle is not None and not self.running_count():
             self.on_idle()
 
@@ -405,11 +429,7 @@ class JobServer:
         job = self.jobs.get(handle)
         if job is None or job.worker is not None:
             return False
-        fq = self.function(job.function)
-        if job.queued:
-            fq.discard(job)
-        elif job.when:
-            fq.scheduled[job.priority] -= 1  # held for its epoch; the heap entry is skipped later
+        self._unqueue(job)
         self._end(job, encode_res(T.WORK_FAIL, job.handle), None)
         return True
 
@@ -419,6 +439,7 @@ class JobServer:
             return False
         # As gearmand: the operator asked, so the function's waiting jobs go with it.
         for job in [j for j in self.jobs.values() if j.function == name]:
+            self._unqueue(job)
             self._end(job, encode_res(T.WORK_FAIL, job.handle), None)
         del self.functions[name]
         return True

@@ -161,6 +161,14 @@ class FunctionQueue:
         self.counts[job.priority] -= 1
 
     def discard(self, job: Job) -> None:
-        """Remove a queued job that is not at the head (lazily)."""
+        """Remove a queued job that may not be at the head: marked now, dropped from the
+        deque when it reaches the head or when dead entries outnumber live ones."""
         job.queued = False
         self.counts[job.priority] -= 1
+        q, live = self.queues[job.priority], self.counts[job.priority]
+        if not live:
+            q.clear()
+        elif len(q) > 2 * live + 64:
+            kept = [j for j in q if j.queued]
+            q.clear()
+            q.extend(kept)

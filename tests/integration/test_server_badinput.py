@@ -325,3 +325,20 @@ def test_endless_admin_line_closes_farm(keeper_farm, peer_factory):
         pass
     assert p.closed_within(5)
     assert_healthy(srv, h)
+
+
+def test_epoch_that_is_not_a_whole_number_is_refused_and_durability_survives(
+    tmp_path,
+) -> None:  # noqa: ANN001
+    from tests.integration.test_store import start_with_store
+
+    srv = start_with_store(tmp_path / "q.db")
+    try:
+        peer = Peer(srv.addr)
+        for bad in ("nan", "inf", "1e9", ""):
+            peer.send(T.SUBMIT_JOB_EPOCH, "f", "", bad, "x")
+            assert peer.expect(T.ERROR).args[0] == b"INVALID_COMMAND", bad
+        peer.send(T.SUBMIT_JOB_BG, "f", "", "x")  # the store still takes jobs
+        peer.expect(T.JOB_CREATED)
+    finally:
+        srv.stop()

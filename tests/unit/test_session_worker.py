@@ -19,7 +19,7 @@ def test_registration_sends_client_id_and_abilities_with_timeouts() -> None:
     assert sent(w) == [
         (PT.SET_CLIENT_ID, (b"w1",)),
         (PT.CAN_DO, (b"rev",)),
-        (PT.CAN_DO_TIMEOUT, (b"slow", b"30")),
+        (PT.CAN_DO_TIMEOUT, (b"slow", b"30000")),
     ]
     assert w.state is WorkerState.READY
 

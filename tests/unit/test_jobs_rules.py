@@ -1,0 +1,129 @@
+"""Edge cases of the job model, driven without sockets (each one a bug found in review)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from farm.protocol import PacketType as T
+from farm.protocol import encode_res
+from farm.server.jobs import JobServer
+from farm.server.store import SQLiteStore
+
+
+class FakePeer:
+    def __init__(self) -> None:
+        self.abilities: dict[bytes, float] = {}
+        self.running: dict = {}
+        self.attached: set = set()
+        self.exceptions = False
+        self.sleeping = False
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+
+NOOP = encode_res(T.NOOP)
+
+
+def test_replay_ignores_queue_limits_so_a_restart_cannot_fail(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "q.db")
+    jobs = JobServer(store=store, hostname="t", max_queue=2)
+    worker = FakePeer()
+    jobs.can_do(worker, b"f")
+    for i in range(3):  # two queued, one of them grabbed, then a third
+        jobs.submit(None, b"f", b"u%d" % i, b"x", background=True)
+        if i == 0:
+            jobs.grab(worker)
+    store.commit()
+    store.close()
+    again = JobServer(store=SQLiteStore(tmp_path / "q.db"), hostname="t", max_queue=2)
+    assert again.replay() == 3
+
+
+def test_discarded_jobs_do_not_pile_up_in_the_deque() -> None:
+    jobs = JobServer(hostname="t")
+    client = FakePeer()
+    for _ in range(1000):
+        jobs.submit(client, b"f", b"", b"x" * 1024)
+    jobs.detach_client(client)
+    fq = jobs.functions[b"f"]
+    assert fq.counts == [0, 0, 0] and not jobs.jobs and jobs.queued_bytes == 0
+    assert sum(len(q) for q in fq.queues) == 0
+
+
+def test_cancelled_epoch_job_leaves_the_heap() -> None:
+    import time
+
+    jobs = JobServer(hostname="t")
+    job = jobs.submit(None, b"f", b"", b"x", background=True, when=time.time() + 3600)
+    assert jobs.functions[b"f"].queued == 1
+    assert jobs.cancel(job.handle)
+    assert jobs.epoch_heap == [] and jobs.functions[b"f"].queued == 0
+
+
+def test_failed_commit_keeps_a_job_foreground_clients_wait_on(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "q.db")
+    jobs = JobServer(store=store, hostname="t")
+    client = FakePeer()
+    job = jobs.submit(client, b"f", b"k", b"x")
+    jobs.submit(None, b"f", b"k", b"x", background=True)  # joins, stages a row
+    store.db.close()
+    assert store.commit() == [job.handle]
+    jobs.unstore(job.handle)
+    assert job.handle in jobs.jobs and not job.background and job.clients == [client]
+
+
+def test_a_dying_worker_wakes_a_live_sleeper_not_itself() -> None:
+    jobs = JobServer(hostname="t")
+    dying, sleeper = FakePeer(), FakePeer()
+    jobs.can_do(dying, b"f")
+    jobs.can_do(sleeper, b"f")
+    jobs.submit(None, b"f", b"", b"x", background=True)
+    assert jobs.grab(dying) is not None
+    jobs.pre_sleep(dying)
+    jobs.pre_sleep(sleeper)
+    jobs.detach_worker(dying)
+    assert sleeper.sent == [NOOP]
+
+
+def test_graceful_stop_fires_when_the_last_running_job_is_requeued() -> None:
+    jobs = JobServer(hostname="t")
+    fired: list[bool] = []
+    worker = FakePeer()
+    jobs.can_do(worker, b"f")
+    jobs.submit(None, b"f", b"", b"x", background=True)
+    jobs.grab(worker)
+    jobs.on_idle = lambda: fired.append(True)
+    jobs.detach_worker(worker)
+    assert fired
+
+
+def test_a_connection_running_its_own_job_is_not_a_worker_death() -> None:
+    jobs = JobServer(hostname="t", job_retries=1)
+    both = FakePeer()
+    jobs.can_do(both, b"f")
+    jobs.submit(both, b"f", b"", b"x")
+    jobs.grab(both)
+    jobs.detach_client(both)  # the order Connection.detach uses
+    jobs.detach_worker(both)
+    assert not jobs.poison and not jobs.jobs
+
+
+def test_stopping_server_does_not_count_retries() -> None:
+    jobs = JobServer(hostname="t", job_retries=1)
+    worker = FakePeer()
+    jobs.can_do(worker, b"f")
+    job = jobs.submit(None, b"f", b"", b"x", background=True)
+    jobs.grab(worker)
+    jobs.stopping = True
+    jobs.detach_worker(worker)
+    assert not jobs.poison and job.retries == 0
+
+
+def test_status_unique_survives_a_twin_in_another_function() -> None:
+    jobs = JobServer(hostname="t")
+    first = jobs.submit(None, b"f", b"same", b"x", background=True)
+    twin = jobs.submit(None, b"g", b"same", b"x", background=True)
+    jobs.cancel(twin.handle)
+    assert jobs.by_unique[b"same"] == [first]
