@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import logging
 import time
 import zlib
 from collections import deque
@@ -38,6 +39,8 @@ from farm.session import (
     StatusResult,
     Task,
 )
+
+log = logging.getLogger("farm.aio")
 
 __all__ = ["AsyncClient", "Task", "JobStatus", "JobProgress", "JobData", "JobWarning", "JobEnded"]
 
@@ -104,11 +107,18 @@ class _Connection(asyncio.Protocol):
             self.transport.close()  # type: ignore[union-attr]  # connection_lost fails the rest
             return
         for event in events:
-            self._dispatch(event)
+            try:
+                self._dispatch(event)
+            except Exception:
+                # A user callback that raises must not cost the other jobs on this connection.
+                log.exception("farm.AsyncClient: callback for %r raised", event)
         self._answer_queries()
 
     def _dispatch(self, event: object) -> None:
-        task = event.task  # type: ignore[attr-defined]
+        task = getattr(event, "task", None)
+        if task is None:  # e.g. an ERROR the server sent unasked: nothing waits on it
+            log.warning("farm.AsyncClient: %r", event)
+            return
         waiter = task.tag
         if not isinstance(waiter, _Waiter):
             return

@@ -9,6 +9,7 @@ results of other in-flight tasks (a ``map``) are filed on the way.
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import select
 import selectors
 import socket
@@ -39,6 +40,9 @@ __all__ = ["Client", "Task", "JobStatus"]
 
 #: How long a server that refused a connection is tried last.
 DOWN_FOR = 2.0
+
+
+log = logging.getLogger("farm.client")
 
 
 class _Callbacks:
@@ -349,7 +353,10 @@ class Client:
             self._drop(conn)
             return
         for event in events:
-            task = event.task  # type: ignore[attr-defined]
+            task = getattr(event, "task", None)
+            if task is None:  # e.g. an ERROR the server sent unasked: nothing waits on it
+                log.warning("farm.Client: %r from %s", event, conn.addr)
+                continue
             tag = task.tag
             if tag is None:
                 continue
@@ -357,12 +364,16 @@ class Client:
                 if type(tag) is tuple:
                     tag[0].append(task)
             elif type(tag) is _Callbacks:
-                if type(event) is JobProgress and tag.on_status:
-                    tag.on_status(event.numerator, event.denominator)
-                elif type(event) is JobData and tag.on_data:
-                    tag.on_data(event.data)
-                elif type(event) is JobWarning and tag.on_warning:
-                    tag.on_warning(event.data)
+                try:
+                    if type(event) is JobProgress and tag.on_status:
+                        tag.on_status(event.numerator, event.denominator)
+                    elif type(event) is JobData and tag.on_data:
+                        tag.on_data(event.data)
+                    elif type(event) is JobWarning and tag.on_warning:
+                        tag.on_warning(event.data)
+                except Exception:
+                    # The rest of this read's events (other jobs' endings) must still be filed.
+                    log.exception("farm.Client: a progress callback raised")
 
     def _close(self, conn: _Conn) -> None:
         if self._conns.get(conn.addr) is conn:
