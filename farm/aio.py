@@ -18,7 +18,6 @@ import asyncio
 import datetime as _dt
 import logging
 import time
-import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
@@ -27,6 +26,7 @@ from farm.checks import as_bytes, as_epoch, check_name, check_priority, check_un
 from farm.errors import ServerUnavailable, Timeout
 from farm.net import parse_servers, split_address
 from farm.protocol import ProtocolError
+from farm.serverpick import ServerPicker
 from farm.session import (
     ClientSession,
     JobCreated,
@@ -44,8 +44,6 @@ log = logging.getLogger("farm.aio")
 
 __all__ = ["AsyncClient", "Task", "JobStatus", "JobProgress", "JobData", "JobWarning", "JobEnded"]
 
-#: How long a server that refused a connection is tried last.
-DOWN_FOR = 2.0
 
 StreamEvent = JobProgress | JobData | JobWarning | JobEnded
 
@@ -180,8 +178,7 @@ class AsyncClient:
         self.connect_timeout = connect_timeout
         self._conns: dict[str, _Connection] = {}
         self._connecting: dict[str, asyncio.Future[_Connection]] = {}
-        self._down_until: dict[str, float] = {}
-        self._rotation = 0
+        self._picker = ServerPicker(self.servers)
 
     # -- the API --
 
@@ -288,7 +285,7 @@ class AsyncClient:
             conn = await self._connect(job.server)
             return await conn.ask(conn.session.get_status(job.handle))
         status = JobStatus(False, False, 0, 0)
-        for addr in self._candidates(""):
+        for addr in self._picker.order(""):
             try:
                 conn = await self._connect(addr)
                 status = await conn.ask(conn.session.get_status(job))
@@ -351,21 +348,9 @@ class AsyncClient:
 
     # -- connections --
 
-    def _candidates(self, unique: str) -> list[str]:
-        """Servers in the order to try: a stable start per unique key, live ones first."""
-        servers = self.servers
-        if unique:
-            start = zlib.crc32(unique.encode()) % len(servers)
-        else:
-            start = self._rotation % len(servers)
-            self._rotation += 1
-        order = servers[start:] + servers[:start]
-        now = time.monotonic()
-        return sorted(order, key=lambda a: self._down_until.get(a, 0) > now)
-
     async def _any_connection(self, unique: str) -> _Connection:
         errors: list[str] = []
-        for addr in self._candidates(unique):
+        for addr in self._picker.order(unique):
             try:
                 return await self._connect(addr)
             except ServerUnavailable as exc:
@@ -393,11 +378,11 @@ class AsyncClient:
                 opening = loop.create_connection(lambda: _Connection(addr, loop), *target)
             _, conn = await asyncio.wait_for(opening, self.connect_timeout)
         except (OSError, TimeoutError) as exc:
-            self._down_until[addr] = time.monotonic() + DOWN_FOR
+            self._picker.mark_down(addr)
             why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise ServerUnavailable(f"{addr} ({why})") from None
         conn.session.option("exceptions")  # so WORK_EXCEPTION reaches us, not just WORK_FAIL
         conn.send_soon()
         self._conns[addr] = conn
-        self._down_until.pop(addr, None)
+        self._picker.mark_up(addr)
         return conn

@@ -15,7 +15,6 @@ import selectors
 import socket
 import ssl
 import time
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -23,6 +22,7 @@ from farm.checks import as_bytes, as_epoch, check_name, check_priority, check_un
 from farm.errors import ServerUnavailable, Timeout
 from farm.net import connect, parse_servers, recv
 from farm.protocol import ProtocolError
+from farm.serverpick import ServerPicker
 from farm.session import (
     ClientSession,
     JobData,
@@ -37,9 +37,6 @@ from farm.session import (
 from farm.taskset import task_set
 
 __all__ = ["Client", "Task", "JobStatus"]
-
-#: How long a server that refused a connection is tried last.
-DOWN_FOR = 2.0
 
 
 log = logging.getLogger("farm.client")
@@ -82,9 +79,8 @@ class Client:
         self.connect_timeout = connect_timeout
         self.tls = tls  # see farm.net.tls_context
         self._conns: dict[str, _Conn] = {}
-        self._down_until: dict[str, float] = {}
+        self._picker = ServerPicker(self.servers)
         self._selector = selectors.DefaultSelector()
-        self._rotation = 0
 
     # -- the API --
 
@@ -163,7 +159,7 @@ class Client:
         if not isinstance(job, str):
             raise TypeError(f"status() takes a Task or a handle string, not {type(job).__name__}")
         status = JobStatus(False, False, 0, 0)
-        for addr in self._candidates(""):  # a bare handle names no server: ask each
+        for addr in self._picker.order(""):  # a bare handle names no server: ask each
             try:
                 status = self._ask(addr, lambda s: s.get_status(job))
             except ServerUnavailable:
@@ -176,7 +172,7 @@ class Client:
         """Status of the job with this unique key (GET_STATUS_UNIQUE), on its server."""
         check_unique(unique)
         errors: list[str] = []
-        for addr in self._candidates(unique):
+        for addr in self._picker.order(unique):
             try:
                 return self._ask(addr, lambda s: s.get_status_unique(unique))
             except ServerUnavailable as exc:
@@ -187,7 +183,7 @@ class Client:
         """Round-trip ``data`` through a server (ECHO_REQ)."""
         payload = as_bytes(data)
         errors: list[str] = []
-        for addr in self._candidates(""):
+        for addr in self._picker.order(""):
             try:
                 return self._ask(addr, lambda s: s.echo(payload))
             except ServerUnavailable as exc:
@@ -246,20 +242,6 @@ class Client:
             when=when,
         )
 
-    def _candidates(self, unique: str, exclude: str | None = None) -> list[str]:
-        """Servers in the order to try: a stable start per unique key, live ones first."""
-        servers = self.servers
-        if unique:
-            start = zlib.crc32(unique.encode()) % len(servers)
-        else:
-            start = self._rotation % len(servers)
-            self._rotation += 1
-        order = servers[start:] + servers[:start]
-        now = time.monotonic()
-        live = [a for a in order if self._down_until.get(a, 0) <= now and a != exclude]
-        down = [a for a in order if a not in live and a != exclude]
-        return live + down
-
     def _connection(self, addr: str) -> _Conn:
         conn = self._conns.get(addr)
         if conn is not None:
@@ -271,7 +253,7 @@ class Client:
         conn.session.option("exceptions")  # so WORK_EXCEPTION reaches us, not just WORK_FAIL
         self._conns[addr] = conn
         self._selector.register(sock, selectors.EVENT_READ, conn)
-        self._down_until.pop(addr, None)
+        self._picker.mark_up(addr)
         return conn
 
     @staticmethod
@@ -289,12 +271,12 @@ class Client:
 
     def _submit_task(self, task: Task, exclude: str | None = None) -> None:
         tried: list[str] = []
-        for addr in self._candidates(task.unique, exclude):
+        for addr in self._picker.order(task.unique, exclude):
             try:
                 conn = self._connection(addr)
             except OSError as exc:
                 tried.append(f"{addr} ({exc.strerror or exc})")
-                self._down_until[addr] = time.monotonic() + DOWN_FOR
+                self._picker.mark_down(addr)
                 continue
             conn.session.submit(task)
             return
@@ -387,7 +369,7 @@ class Client:
     def _drop(self, conn: _Conn) -> None:
         """The server went away: resubmit what may be (unique key, once), fail the rest."""
         self._close(conn)
-        self._down_until[conn.addr] = time.monotonic() + DOWN_FOR
+        self._picker.mark_down(conn.addr)
         for task in conn.session.connection_lost():
             if task.unique and task.attempts < 2:
                 try:

@@ -15,7 +15,6 @@ import pickle
 import selectors
 import socket
 import threading
-import time
 from collections import deque
 from concurrent.futures import Future
 from typing import Any
@@ -24,6 +23,7 @@ from farm.errors import JobError, JobFailed, ServerUnavailable, WorkerLost
 from farm.executor_worker import OK
 from farm.net import connect
 from farm.protocol import ProtocolError
+from farm.serverpick import ServerPicker
 from farm.session import ClientSession, JobEnded, Task
 from farm.signing import RESULT, SignatureError, Signer
 
@@ -31,8 +31,6 @@ __all__ = ["Pump", "WorkItem"]
 
 log = logging.getLogger("farm.executor")
 
-#: A server that refused a connection is tried last for this long.
-DOWN_FOR = 2.0
 READ = selectors.EVENT_READ
 READ_WRITE = selectors.EVENT_READ | selectors.EVENT_WRITE
 
@@ -91,8 +89,7 @@ class Pump:
         self._wake_w.setblocking(False)
         # Pump-thread state only.
         self._conns: dict[str, _Conn] = {}
-        self._down_until: dict[str, float] = {}
-        self._rotation = 0
+        self._picker = ServerPicker(servers)
         self._in_flight = 0
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, READ, None)
@@ -191,14 +188,8 @@ class Pump:
 
     def _connection(self) -> _Conn:
         """A connection for the next job: rotate over servers, skipping refusing ones."""
-        servers = self.servers
-        start = self._rotation % len(servers)
-        self._rotation += 1
-        order = servers[start:] + servers[:start]
-        now = time.monotonic()
-        order.sort(key=lambda a: self._down_until.get(a, 0) > now)  # live ones first
         tried = []
-        for addr in order:
+        for addr in self._picker.order():
             conn = self._conns.get(addr)
             if conn is not None:
                 return conn
@@ -206,7 +197,7 @@ class Pump:
                 sock = connect(addr, self.connect_timeout)
             except OSError as exc:
                 tried.append(f"{addr} ({exc.strerror or exc})")
-                self._down_until[addr] = time.monotonic() + DOWN_FOR
+                self._picker.mark_down(addr)
                 continue
             sock.setblocking(False)
             conn = self._conns[addr] = _Conn(addr, sock)
@@ -301,7 +292,7 @@ class Pump:
         """The server went away: every call it held fails (it may or may not have run)."""
         log.warning("job server %s %s", conn.addr, why)
         self._close(conn)
-        self._down_until[conn.addr] = time.monotonic() + DOWN_FOR
+        self._picker.mark_down(conn.addr)
         for task in conn.session.connection_lost():
             self._in_flight -= 1
             task.tag.future.set_exception(  # type: ignore[attr-defined]

@@ -68,7 +68,7 @@ def _mid_job_death(two_servers, unique: str | None) -> tuple[Any, list[bytes]]:
 
     with farm.Client(addrs) as c, serving(addrs, {"slow": slow}):
         if unique is None:  # no key: make the first job land on the server we kill
-            c._rotation = addrs.index(holder.addr)
+            c._picker._rotation = addrs.index(holder.addr)
         caller = threading.Thread(target=call)
         caller.start()
         assert started.wait(5)
