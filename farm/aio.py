@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
-from farm.checks import as_bytes, as_epoch, check_name, check_priority, check_unique
+from farm.checks import as_bytes, check_name, check_priority, check_schedule, check_unique
 from farm.errors import ServerUnavailable, Timeout
 from farm.net import parse_servers, split_address
 from farm.protocol import ProtocolError
@@ -214,12 +214,7 @@ class AsyncClient:
         ``when`` schedules a background job (SUBMIT_JOB_EPOCH). A foreground
         task's result comes from ``await client.wait(task)``.
         """
-        epoch = None
-        if when is not None:
-            epoch = as_epoch(when)
-            if priority != "normal":
-                raise ValueError("a scheduled (when=) job has no priority; leave it 'normal'")
-            background = True
+        epoch, background = check_schedule(when, priority, background)
         task, waiter = await self._start(function, data, priority, unique, background, epoch, False)
         await waiter.created
         if task.handle is None and task.error is not None:

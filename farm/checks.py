@@ -7,7 +7,14 @@ import datetime as _dt
 from farm.protocol import MAX_UNIQUE
 from farm.session import PRIORITIES
 
-__all__ = ["as_bytes", "as_epoch", "check_name", "check_unique", "check_priority"]
+__all__ = [
+    "as_bytes",
+    "as_epoch",
+    "check_name",
+    "check_unique",
+    "check_priority",
+    "check_schedule",
+]
 
 
 def as_bytes(data: object, what: str = "data") -> bytes:
@@ -52,3 +59,13 @@ def as_epoch(when: object) -> int:
     if isinstance(when, int | float) and not isinstance(when, bool):
         return int(when)
     raise TypeError(f"when must be a datetime or epoch seconds, not {type(when).__name__}")
+
+
+def check_schedule(when: object, priority: str, background: bool) -> tuple[int | None, bool]:
+    """``submit(when=...)``: the epoch and the background flag it implies (SUBMIT_JOB_EPOCH
+    is background at normal priority); ``(None, background)`` when not scheduled."""
+    if when is None:
+        return None, background
+    if priority != "normal":
+        raise ValueError("a scheduled (when=) job has no priority; leave it 'normal'")
+    return as_epoch(when), True

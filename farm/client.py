@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from farm.checks import as_bytes, as_epoch, check_name, check_priority, check_unique
+from farm.checks import as_bytes, check_name, check_priority, check_schedule, check_unique
 from farm.errors import ServerUnavailable, Timeout
 from farm.net import connect, parse_servers, recv
 from farm.protocol import ProtocolError
@@ -123,12 +123,7 @@ class Client:
         then (SUBMIT_JOB_EPOCH; implies background, normal priority). A
         foreground task's result comes from ``wait(task)``.
         """
-        epoch = None
-        if when is not None:
-            epoch = as_epoch(when)
-            if priority != "normal":
-                raise ValueError("a scheduled (when=) job has no priority; leave it 'normal'")
-            background = True
+        epoch, background = check_schedule(when, priority, background)
         task = self._new_task(function, data, priority, unique, background, epoch)
         self._submit_task(task)
         self._pump(lambda: task.handle is not None or task.done, None)
