@@ -21,7 +21,7 @@ from typing import Any
 
 from farm.errors import JobError, JobFailed, ServerUnavailable, WorkerLost
 from farm.executor_worker import OK
-from farm.net import connect
+from farm.net import Waker, connect
 from farm.protocol import ProtocolError
 from farm.serverpick import ServerPicker
 from farm.session import ClientSession, JobEnded, Task
@@ -84,15 +84,13 @@ class Pump:
         self._pending: deque[WorkItem] = deque()
         self._sleeping = False
         self._stopping = False
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._waker = Waker()
         # Pump-thread state only.
         self._conns: dict[str, _Conn] = {}
         self._picker = ServerPicker(servers)
         self._in_flight = 0
         self._selector = selectors.DefaultSelector()
-        self._selector.register(self._wake_r, READ, None)
+        self._selector.register(self._waker.reader, READ, None)
 
     # -- called from other threads --
 
@@ -116,10 +114,7 @@ class Pump:
         self._wake()
 
     def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:
-            pass  # the buffer is full, so a wake-up is already pending; or closed
+        self._waker.wake()
 
     # -- the loop --
 
@@ -138,7 +133,7 @@ class Pump:
                 self._sleeping = False
                 for key, mask in ready:
                     if key.data is None:
-                        self._drain_wakeups()
+                        self._waker.drain()
                         continue
                     if mask & selectors.EVENT_WRITE:
                         self._write(key.data)
@@ -151,19 +146,11 @@ class Pump:
             for conn in list(self._conns.values()):
                 self._close(conn)
             self._selector.close()
-            self._wake_r.close()
-            self._wake_w.close()
+            self._waker.close()
             self.finished.set()
 
     def _idle_and_stopping(self) -> bool:
         return self._stopping and not self._pending and not self._in_flight
-
-    def _drain_wakeups(self) -> None:
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
 
     # -- sending --
 

@@ -15,6 +15,7 @@ __all__ = [
     "recv",
     "tls_context",
     "tls_from_env",
+    "Waker",
 ]
 
 DEFAULT_PORT = 4730
@@ -136,3 +137,33 @@ def connect(addr: str, timeout: float, tls: ssl.SSLContext | None = None) -> soc
                 raise
     sock.settimeout(None)
     return sock
+
+
+class Waker:
+    """A self-pipe: another thread (or a signal handler) wakes a selector loop.
+
+    Register ``reader`` for reading; ``wake()`` never blocks (a full buffer
+    means a wake-up is already pending); the loop calls ``drain()`` when woken.
+    """
+
+    def __init__(self) -> None:
+        self.reader, self._writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self._writer.setblocking(False)
+
+    def wake(self) -> None:
+        try:
+            self._writer.send(b"\0")
+        except OSError:
+            pass  # already full (a wake-up is pending) or closed
+
+    def drain(self) -> None:
+        try:
+            while self.reader.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        self.reader.close()
+        self._writer.close()

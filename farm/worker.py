@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from farm.checks import as_bytes
-from farm.net import connect, parse_servers, recv
+from farm.net import Waker, connect, parse_servers, recv
 from farm.protocol import ProtocolError
 from farm.session import JobAssigned, ServerErrorNotice, WorkerSession, WorkerState
 
@@ -131,9 +131,7 @@ class Worker:
         self._stopping = False
         self._drain_asked = False  # unregister_all() was called; the loop acts on it
         self._drained = False
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._waker = Waker()
 
     # -- registration --
 
@@ -174,10 +172,7 @@ class Worker:
         self._wake()
 
     def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:
-            pass  # already full (a wake-up is pending) or closed
+        self._waker.wake()
 
     # -- the loop --
 
@@ -188,7 +183,7 @@ class Worker:
         self._stopping = self._drained = False
         goal = None if stop_after is None else self.jobs_done + stop_after
         selector = self._selector = selectors.DefaultSelector()
-        selector.register(self._wake_r, selectors.EVENT_READ, None)
+        selector.register(self._waker.reader, selectors.EVENT_READ, None)
         self._servers = [
             _Server(a, WorkerSession(dict(self._timeouts), self.client_id)) for a in self.servers
         ]
@@ -206,7 +201,7 @@ class Worker:
                     self._flush(server)
                 for key, _ in selector.select(self._sleep_for(now)):
                     if key.data is None:
-                        self._drain_wakeups()
+                        self._waker.drain()
                     else:
                         self._read(key.data)
                         if goal is not None and self.jobs_done >= goal:
@@ -224,13 +219,6 @@ class Worker:
     def _sleep_for(self, now: float) -> float | None:
         waits = [s.retry_at - now for s in self._servers if s.sock is None]
         return max(0.0, min(waits)) if waits else None
-
-    def _drain_wakeups(self) -> None:
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
 
     def _reset_abilities(self) -> None:
         for server in self._servers:
