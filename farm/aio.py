@@ -38,6 +38,8 @@ from farm.session import (
     Query,
     StatusResult,
     Task,
+    lost_error,
+    may_resubmit,
 )
 
 log = logging.getLogger("farm.aio")
@@ -72,6 +74,8 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.queries: deque[tuple[Query, asyncio.Future[Any]]] = deque()
         self._flush_due = False
+        # Set by the AsyncClient: move a lost unique-keyed job to another server.
+        self.resubmit: Callable[[Task, _Connection], None] | None = None
 
     # -- requests --
 
@@ -153,13 +157,16 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         for task in self.session.connection_lost():
-            task.error = ServerUnavailable(
-                f"job server {self.addr} went away while holding job {task.function}"
-                f" {task.handle or '(not yet created)'}"
-            )
-            task.done = True
-            self._dispatch(JobEnded(task=task))
+            if may_resubmit(task) and self.resubmit is not None:
+                self.resubmit(task, self)  # carries on on another server
+                continue
+            self.end_lost(task, lost_error(self.addr, task))
         self._answer_queries()  # the session failed them with ServerUnavailable
+
+    def end_lost(self, task: Task, error: Exception) -> None:
+        task.error = error
+        task.done = True
+        self._dispatch(JobEnded(task=task))
 
 
 class AsyncClient:
@@ -336,6 +343,24 @@ class AsyncClient:
         conn.send_soon()
         return task, waiter
 
+    def _resubmit(self, task: Task, lost_conn: _Connection) -> None:
+        """The rule of farm.session.may_resubmit, asynchronously: another server, once."""
+        lost = lost_conn.addr
+        self._picker.mark_down(lost)
+
+        async def again() -> None:
+            for addr in self._picker.order(task.unique, exclude=lost):
+                try:
+                    conn = await self._connect(addr)
+                except ServerUnavailable:
+                    continue
+                conn.session.submit(task)
+                conn.send_soon()
+                return
+            lost_conn.end_lost(task, lost_error(lost, task))
+
+        asyncio.ensure_future(again())
+
     def _abandon(self, task: Task) -> None:
         conn = self._conns.get(task.server or "")
         if conn is not None:
@@ -377,6 +402,7 @@ class AsyncClient:
             why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise ServerUnavailable(f"{addr} ({why})") from None
         conn.session.option("exceptions")  # so WORK_EXCEPTION reaches us, not just WORK_FAIL
+        conn.resubmit = self._resubmit
         conn.send_soon()
         self._conns[addr] = conn
         self._picker.mark_up(addr)

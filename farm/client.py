@@ -33,6 +33,8 @@ from farm.session import (
     Query,
     StatusResult,
     Task,
+    lost_error,
+    may_resubmit,
 )
 from farm.taskset import task_set
 
@@ -366,17 +368,14 @@ class Client:
         self._close(conn)
         self._picker.mark_down(conn.addr)
         for task in conn.session.connection_lost():
-            if task.unique and task.attempts < 2:
+            if may_resubmit(task):
                 try:
                     self._submit_task(task, exclude=conn.addr)
                     continue
                 except ServerUnavailable as exc:
                     task.error = exc
             else:
-                task.error = ServerUnavailable(
-                    f"job server {conn.addr} went away while holding job {task.function}"
-                    f" {task.handle or '(not yet created)'}"
-                )
+                task.error = lost_error(conn.addr, task)
             task.done = True
             if type(task.tag) is tuple:
                 task.tag[0].append(task)  # type: ignore[index]

@@ -25,6 +25,8 @@ from farm.protocol import Decoder, Packet, PacketType, ProtocolError, encode_req
 from farm.session_events import ServerErrorNotice
 
 __all__ = [
+    "may_resubmit",
+    "lost_error",
     "PRIORITIES",
     "Task",
     "Query",
@@ -169,6 +171,21 @@ class JobEnded:
     """The task is done: ``task.result`` or ``task.error`` says how."""
 
     task: Task
+
+
+def may_resubmit(task: Task) -> bool:
+    """A foreground job lost with its server goes to another server once, and only with a
+    unique key: the key lets a server that still has the job coalesce the resubmission
+    instead of running it a second time. Every face follows this one rule."""
+    return bool(task.unique) and not task.background and task.attempts < 2
+
+
+def lost_error(server: str, task: Task) -> ServerUnavailable:
+    """The error of a job that is not resubmitted when its server went away."""
+    return ServerUnavailable(
+        f"job server {server} went away while holding job {task.function}"
+        f" {task.handle or '(not yet created)'}"
+    )
 
 
 def _int(raw: bytes) -> int:

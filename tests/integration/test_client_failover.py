@@ -88,3 +88,37 @@ def test_job_without_unique_key_fails_when_its_server_dies(two_servers) -> None:
     outcome, runs = _mid_job_death(two_servers, None)
     assert isinstance(outcome.get("error"), farm.ServerUnavailable)
     assert "went away" in str(outcome["error"])
+
+
+def test_async_client_follows_the_same_rule(two_servers) -> None:
+    """AsyncClient: a unique-keyed job whose server dies mid-job moves to the other server."""
+    import asyncio
+
+    a, b = two_servers
+    addrs = [a.addr, b.addr]
+    holder = {s.addr: s for s in two_servers}[addrs[zlib.crc32(b"async-key") % 2]]
+    started, release = threading.Event(), threading.Event()
+    runs: list[bytes] = []
+
+    def slow(job: Any) -> bytes:
+        runs.append(job.data)
+        if len(runs) == 1:
+            started.set()
+            release.wait(5)
+        return b"ok"
+
+    async def main() -> bytes:
+        client = farm.AsyncClient(addrs)
+        try:
+            call = asyncio.ensure_future(client.call("slow", b"p", unique="async-key", timeout=10))
+            while not started.is_set():
+                await asyncio.sleep(0.01)  # the worker runs in another thread
+            holder.stop()
+            release.set()
+            return await call
+        finally:
+            await client.close()
+
+    with serving(addrs, {"slow": slow}):
+        assert asyncio.run(main()) == b"ok"
+    assert runs == [b"p", b"p"]
