@@ -12,6 +12,7 @@ import logging
 import os
 import selectors
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -53,8 +54,8 @@ class Steering:
     selector: selectors.BaseSelector
     started: float
 
-    def place(self, pool: Any) -> None:  # provided by Supervisor
-        raise NotImplementedError
+    # Provided by Supervisor: lays a pool's slots onto cores (declared for the type checker).
+    place: Callable[[Any], None]
 
     def read_request(self, conn: ControlConnection) -> None:
         try:

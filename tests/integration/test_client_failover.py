@@ -43,20 +43,33 @@ def test_unreachable_list_raises_server_unavailable() -> None:
     assert all(addr in str(info.value) for addr in dead)
 
 
+class _SlowOnce:
+    """A worker function whose first run waits for ``release``; records every run."""
+
+    def __init__(self) -> None:
+        self.started, self.release = threading.Event(), threading.Event()
+        self.runs: list[bytes] = []
+
+    def __call__(self, job: Any) -> bytes:
+        self.runs.append(job.data)
+        if len(self.runs) == 1:
+            self.started.set()
+            self.release.wait(5)
+        return b"ok"
+
+
+def _holder(two_servers, key: str):  # noqa: ANN202
+    """The server a job with this unique key starts at (the client's stable choice)."""
+    addrs = [s.addr for s in two_servers]
+    return {s.addr: s for s in two_servers}[addrs[zlib.crc32(key.encode()) % 2]]
+
+
 def _mid_job_death(two_servers, unique: str | None) -> tuple[Any, list[bytes]]:
     a, b = two_servers
     addrs = [a.addr, b.addr]
-    key = unique or "x"
-    holder = {s.addr: s for s in two_servers}[addrs[zlib.crc32(key.encode()) % 2]]
-    started, release = threading.Event(), threading.Event()
-    runs: list[bytes] = []
-
-    def slow(job: Any) -> bytes:
-        runs.append(job.data)
-        if len(runs) == 1:
-            started.set()
-            release.wait(5)
-        return b"ok"
+    holder = _holder(two_servers, unique or "x")
+    slow = _SlowOnce()
+    started, release, runs = slow.started, slow.release, slow.runs
 
     outcome: dict[str, Any] = {}
 
@@ -96,16 +109,9 @@ def test_async_client_follows_the_same_rule(two_servers) -> None:
 
     a, b = two_servers
     addrs = [a.addr, b.addr]
-    holder = {s.addr: s for s in two_servers}[addrs[zlib.crc32(b"async-key") % 2]]
-    started, release = threading.Event(), threading.Event()
-    runs: list[bytes] = []
-
-    def slow(job: Any) -> bytes:
-        runs.append(job.data)
-        if len(runs) == 1:
-            started.set()
-            release.wait(5)
-        return b"ok"
+    holder = _holder(two_servers, "async-key")
+    slow = _SlowOnce()
+    started, release, runs = slow.started, slow.release, slow.runs
 
     async def main() -> bytes:
         client = farm.AsyncClient(addrs)

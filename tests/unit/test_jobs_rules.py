@@ -8,20 +8,7 @@ from farm.protocol import PacketType as T
 from farm.protocol import encode_res
 from farm.server.jobs import JobServer
 from farm.server.store import SQLiteStore
-
-
-class FakePeer:
-    def __init__(self) -> None:
-        self.abilities: dict[bytes, float] = {}
-        self.running: dict = {}
-        self.attached: set = set()
-        self.exceptions = False
-        self.sleeping = False
-        self.sent: list[bytes] = []
-
-    def send(self, data: bytes) -> None:
-        self.sent.append(data)
-
+from tests.helpers.fakes import FakePeer
 
 NOOP = encode_res(T.NOOP)
 

@@ -8,19 +8,7 @@ import pytest
 
 from farm.server.jobs import JobServer
 from farm.server.store import SQLiteStore, StoreError
-
-
-class FakePeer:
-    def __init__(self) -> None:
-        self.abilities: dict[bytes, float] = {}
-        self.running: dict = {}
-        self.attached: set = set()
-        self.exceptions = False
-        self.sleeping = False
-        self.sent: list[bytes] = []
-
-    def send(self, data: bytes) -> None:
-        self.sent.append(data)
+from tests.helpers.fakes import FakePeer
 
 
 def test_background_jobs_are_staged_and_committed_in_one_batch(tmp_path: Path) -> None:
