@@ -150,33 +150,24 @@ class Steering:
                     )
                     continue
                 rows.append(
-                    self.row(
-                        proc.pid,
-                        proc.function,
-                        proc.slot,
-                        proc.core,
-                        proc.state,
-                        proc.started,
-                        now,
-                        jobs=proc.jobs_done,
-                        restarts=slot.restarts,
-                        last_exit=slot.last_exit,
-                    )
+                    self.process_row(proc, now, restarts=slot.restarts, last_exit=slot.last_exit)
                 )
-        for proc in self.retiring:
-            rows.append(
-                self.row(
-                    proc.pid,
-                    proc.function,
-                    proc.slot,
-                    proc.core,
-                    proc.state,
-                    proc.started,
-                    now,
-                    jobs=proc.jobs_done,
-                )
-            )
+        rows += [self.process_row(proc, now) for proc in self.retiring]
         return rows
+
+    def process_row(self, proc: WorkerProcess, now: float, **extra: Any) -> dict[str, Any]:
+        """The `farm ps` row of a live worker process (in a slot, or retiring)."""
+        return self.row(
+            proc.pid,
+            proc.function,
+            proc.slot,
+            proc.core,
+            proc.state,
+            proc.started,
+            now,
+            jobs=proc.jobs_done,
+            **extra,
+        )
 
     @staticmethod
     def row(
