@@ -3,7 +3,7 @@
     python -m bench.bench_executor [--quick]
 
 farm: its server (``--job-retries 1``) plus two worker processes serving
-``farm.executor_worker:run_call`` as ``farm.python``, pinned to cores 0 and 1
+``farm.executor.call:run_call`` as ``farm.python``, pinned to cores 0 and 1
 (os.sched_setaffinity), with a throwaway key file. The pool: the stdlib's
 ProcessPoolExecutor(2). Workloads: 20,000 tiny calls (chunksize 1 and 500),
 2,000 calls of 1 ms CPU, 200 of 20 ms CPU (``map``), then single
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import farm  # noqa: E402
-from farm.signing import KEY_ENV, ensure_key  # noqa: E402
+from farm.executor.signing import KEY_ENV, ensure_key  # noqa: E402
 from tests.conftest import start_farm_server  # noqa: E402
 
 
@@ -107,7 +107,7 @@ def start_farm(key: Path) -> tuple[object, list[subprocess.Popen]]:
     server = start_farm_server("--job-retries", "1")
     env = dict(os.environ, **{KEY_ENV: str(key)})
     cmd = [sys.executable, "-c", "from farm.cli import main; main()", "worker"]
-    cmd += ["farm.executor_worker:run_call", "--name", "farm.python", "--server", server.addr]
+    cmd += ["farm.executor.call:run_call", "--name", "farm.python", "--server", server.addr]
     workers = [subprocess.Popen(cmd, cwd=ROOT, env=env) for _ in range(2)]
     cores = sorted(os.sched_getaffinity(0))
     for i, w in enumerate(workers):

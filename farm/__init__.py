@@ -42,14 +42,14 @@ __all__ = [
 
 _LAZY = {
     "Client": "farm.client",
-    "AsyncClient": "farm.aio",
+    "AsyncClient": "farm.client.aio",
     "Worker": "farm.worker",
     "Executor": "farm.executor",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from farm.aio import AsyncClient
     from farm.client import Client
+    from farm.client.aio import AsyncClient
     from farm.executor import Executor
     from farm.worker import Worker
 

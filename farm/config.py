@@ -153,8 +153,8 @@ def _defaults() -> dict[str, Any]:
             "resize": {"target": "workers.image:resize", "workers": "auto", "timeout": 60},
             "thumbnail": {"target": "workers.image:thumbnail", "workers": 1, "timeout": 60},
             "pbkdf2": {"target": "workers.hashing:pbkdf2", "workers": 1, "timeout": 60},
-            # farm.Executor's pool (farm.executor_worker.DEFAULT_FUNCTION / TARGET).
-            "farm.python": {"target": "farm.executor_worker:run_call", "workers": "auto"},
+            # farm.Executor's pool (farm.executor.call.DEFAULT_FUNCTION / TARGET).
+            "farm.python": {"target": "farm.executor.call:run_call", "workers": "auto"},
         },
     }
 

@@ -8,9 +8,9 @@ one short loop does the work and reads like the policy::
 
 Scaling changes a target number and ``manage_workers`` reconciles. There are
 no threads (children are started with ``posix_spawn`` of ``python -m
-farm.workerproc``); the loop waits in one selector on the signal wake-up pipe,
+farm.pools.workerproc``); the loop waits in one selector on the signal wake-up pipe,
 the control socket and each worker's report pipe. Bookkeeping and the restart
-policy live in :mod:`farm.slots`.
+policy live in :mod:`farm.pools.slots`.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ import time
 
 import psutil
 
-from farm import sdnotify
 from farm.config import Config, FunctionConfig
-from farm.control import ControlConnection, ControlServer
-from farm.localserver import LocalServer
-from farm.slots import Slot, WorkerProcess, core_for, crash_delay, describe_exit
-from farm.steering import Pending, Steering
+from farm.pools import sdnotify
+from farm.pools.control import ControlConnection, ControlServer
+from farm.pools.localserver import LocalServer
+from farm.pools.slots import Slot, WorkerProcess, core_for, crash_delay, describe_exit
+from farm.pools.steering import Pending, Steering
 
 __all__ = ["Supervisor"]
 
@@ -74,7 +74,7 @@ class Supervisor(Steering):
     def ensure_executor_key(self) -> None:
         """farm.Executor's calls are signed with a key only the farm's user can read;
         make it before any worker needs it (workers would race to create it)."""
-        from farm.signing import KeyFileError, ensure_key
+        from farm.executor.signing import KeyFileError, ensure_key
 
         try:
             log.info("executor key: %s", ensure_key())
@@ -294,7 +294,7 @@ class Supervisor(Steering):
         argv = [
             sys.executable,
             "-m",
-            "farm.workerproc",
+            "farm.pools.workerproc",
             "--function",
             pool.name,
             "--target",

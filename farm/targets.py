@@ -35,7 +35,7 @@ def target_problem(target: str) -> str | None:
     The module is found, not executed (see the module docstring).
     """
     module, _, attr = target.partition(":")
-    # Workers run as `python -m farm.workerproc`, which puts the working directory first.
+    # Workers run as `python -m farm.pools.workerproc`, which puts the working directory first.
     added = os.getcwd() not in sys.path
     if added:
         sys.path.insert(0, os.getcwd())

@@ -1,6 +1,6 @@
 """The blocking worker: register functions, then grab, run and answer jobs.
 
-The grab/sleep/wake cycle of each server connection is ``farm.session.WorkerSession``;
+The grab/sleep/wake cycle of each server connection is ``farm.protocol.client.WorkerSession``;
 this module drives it with one selector over every server socket plus a
 wake-up socketpair, so ``stop()`` works from a signal handler or another
 thread. Jobs run one at a time in the calling thread; at most one grab is in
@@ -17,10 +17,11 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from farm.checks import as_bytes
 from farm.net import Waker, connect, parse_servers, recv
 from farm.protocol import ProtocolError
-from farm.session import JobAssigned, ServerErrorNotice, WorkerSession, WorkerState
+from farm.protocol.checks import as_bytes
+from farm.protocol.events import ServerErrorNotice
+from farm.protocol.worker import JobAssigned, WorkerSession, WorkerState
 
 __all__ = ["Worker", "Job"]
 

@@ -12,7 +12,7 @@ import typer
 from farm.cli.app import app, fail
 from farm.errors import FarmError, JobError
 from farm.net import tls_from_env
-from farm.session import PRIORITIES
+from farm.protocol.client import PRIORITIES
 
 ServerOpt = Annotated[
     list[str] | None,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import typer
 
 from farm import protocol
 from farm.cli.app import app, fail
+from farm.client.admin import admin_query
+from farm.protocol.admin import parse_poison, parse_status
 
 
 @app.command(
@@ -21,31 +22,6 @@ def server(ctx: typer.Context) -> None:
     from farm.server.app import main as server_main
 
     raise typer.Exit(server_main(ctx.args, prog="farm server"))
-
-
-def admin_query(address: str, command: str, timeout: float = 5.0) -> str:
-    """Send one admin command to a job server and return its whole reply."""
-    if address.startswith("unix:"):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        sock.connect(address[5:])
-    else:
-        host, _, port = address.rpartition(":") if ":" in address else (address, "", "4730")
-        sock = socket.create_connection((host, int(port or 4730)), timeout=timeout)
-    with sock:
-        sock.sendall(command.encode() + b"\n")
-        buf = b""
-        while not (
-            buf == b".\n"
-            or buf.endswith(b"\n.\n")
-            or buf.startswith((b"OK", b"ERR"))
-            and buf.endswith(b"\n")
-        ):
-            data = sock.recv(65536)
-            if not data:
-                break
-            buf += data
-    return buf.decode("utf-8", "replace")
 
 
 def default_server() -> str:
@@ -61,8 +37,8 @@ def status(
     """Functions with their queued, running and worker counts (like gearadmin --status)."""
     address = server or default_server()
     try:
-        rows = protocol.parse_status(admin_query(address, "status"))
-    except (OSError, protocol.ProtocolError) as exc:
+        rows = parse_status(admin_query(address, "status"))
+    except (OSError, ValueError, protocol.ProtocolError) as exc:
         fail(f"cannot read status from {address}: {exc}")
     poison = poison_jobs(address)
     if as_json:
@@ -89,10 +65,4 @@ def poison_jobs(address: str) -> list[dict[str, str]]:
         return []
     if reply.startswith("ERR"):
         return []
-    jobs = []
-    for line in reply.splitlines():
-        if line == ".":
-            break
-        handle, function, unique = (line.split("\t") + ["", ""])[:3]
-        jobs.append({"handle": handle, "function": function, "unique": unique})
-    return jobs
+    return [row._asdict() for row in parse_poison(reply)]

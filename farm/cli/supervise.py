@@ -49,7 +49,7 @@ def up(
 
 def _ask(config: Path | None, control: str | None, message: dict[str, Any]) -> dict[str, Any]:
     """Send one control request; every failure is one line and an exit code."""
-    from farm.control import ControlUnavailable, request
+    from farm.pools.control import ControlUnavailable, request
 
     if control is None:
         from farm.config import load_config
@@ -105,7 +105,7 @@ def scale(
     control: str = ControlOption,
 ) -> None:
     """Change worker counts at runtime, e.g. `farm scale resize=32 reverse=+2 thumb=-1`."""
-    from farm.control import parse_scale
+    from farm.pools.control import parse_scale
 
     for change in changes:
         try:
@@ -130,7 +130,7 @@ def stop(
     wait: float = typer.Option(60.0, "--wait", help="seconds to wait for the exit (0: don't)"),
 ) -> None:
     """Drain the workers and stop the farm (like SIGTERM to `farm up`)."""
-    from farm.control import ControlUnavailable, request
+    from farm.pools.control import ControlUnavailable, request
 
     reply = _ask(config, control, {"cmd": "stop"})
     path = control

@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 
-from farm.control import ControlUnavailable, request
+from farm.pools.control import ControlUnavailable, request
 from tests.conftest import ROOT, free_port
 
 

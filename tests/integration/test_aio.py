@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import farm
-from farm.aio import AsyncClient, JobData, JobEnded, JobProgress, JobWarning
+from farm.client.aio import AsyncClient, JobData, JobEnded, JobProgress, JobWarning
 from farm.worker import Job, Worker
 from tests.conftest import Server
 

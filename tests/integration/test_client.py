@@ -85,7 +85,9 @@ def test_status_and_progress_callbacks(any_server) -> None:
         assert status == farm.client.JobStatus(True, True, 1, 2)
         assert c.status(task.handle) == status
         release.set()
-        task.tag = farm.client._Callbacks(lambda n, d: progress.append((n, d)), None, None)
+        task.owner = farm.client.blocking._Callbacks(
+            lambda n, d: progress.append((n, d)), None, None
+        )
         assert c.wait(task, 5) == b"done"
         assert (2, 2) in progress
         assert not c.status(task).known

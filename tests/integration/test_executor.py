@@ -25,8 +25,8 @@ import pytest
 
 import farm
 from farm.executor import RemoteTraceback
-from farm.executor_worker import SINGLE
-from farm.signing import CALL, KEY_ENV, MAGIC, SignatureError, Signer, ensure_key, load_key
+from farm.executor.call import SINGLE
+from farm.executor.signing import CALL, KEY_ENV, MAGIC, SignatureError, Signer, ensure_key, load_key
 from tests.conftest import ROOT, Server, start_farm_server
 
 WORKER = [sys.executable, "-c", "from farm.cli import main; main()", "worker"]
@@ -48,7 +48,7 @@ class ExecutorFarm:
 
     def add_worker(self, key: Path, name: str = "farm.python") -> subprocess.Popen:
         env = dict(os.environ, **{KEY_ENV: str(key)})
-        cmd = [*WORKER, "farm.executor_worker:run_call", "--name", name, "--server", self.addr]
+        cmd = [*WORKER, "farm.executor.call:run_call", "--name", name, "--server", self.addr]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
         self.workers.append(proc)
         return proc

@@ -11,7 +11,7 @@ from tests.integration.farmproc import FarmUp
 
 FUNCTIONS = """
 [functions."farm.python"]
-target = "farm.executor_worker:run_call"
+target = "farm.executor.call:run_call"
 workers = 2
 """
 

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from farm import protocol as p
 from farm.protocol import PacketType as T
+from farm.protocol import admin as pa
 
 
 def test_table_covers_every_type_from_1_to_42_but_5() -> None:
@@ -105,12 +106,12 @@ def test_encoder_refuses_what_the_wire_cannot_say() -> None:
 
 
 def test_admin_replies_parse() -> None:
-    assert p.parse_status("rev\t3\t1\t2\nx\t0\t0\t0\n.\n") == [
-        p.StatusRow("rev", 3, 1, 2),
-        p.StatusRow("x", 0, 0, 0),
+    assert pa.parse_status("rev\t3\t1\t2\nx\t0\t0\t0\n.\n") == [
+        pa.StatusRow("rev", 3, 1, 2),
+        pa.StatusRow("x", 0, 0, 0),
     ]
-    rows = p.parse_workers("15 127.0.0.1 myid : rev up\n16 127.0.0.1 - :\n.\n")
-    assert rows[0] == p.WorkerRow("15", "127.0.0.1", "myid", ("rev", "up"))
+    rows = pa.parse_workers("15 127.0.0.1 myid : rev up\n16 127.0.0.1 - :\n.\n")
+    assert rows[0] == pa.WorkerRow("15", "127.0.0.1", "myid", ("rev", "up"))
     assert rows[1].functions == ()
 
 

@@ -1,4 +1,4 @@
-"""farm.session driven with bytes and no sockets: replies matched in order, WORK_* by handle."""
+"""farm.protocol.client, bytes in and no sockets: replies matched in order, WORK_* by handle."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from farm.errors import JobException, JobFailed, ServerError, ServerUnavailable
 from farm.protocol import Decoder, ProtocolError, encode_res
 from farm.protocol import PacketType as PT
-from farm.session import (
+from farm.protocol.client import (
     ClientSession,
     JobCreated,
     JobData,

@@ -6,7 +6,8 @@ import pytest
 
 from farm.protocol import Decoder, ProtocolError, encode_res
 from farm.protocol import PacketType as PT
-from farm.session import JobAssigned, ServerErrorNotice, WorkerSession, WorkerState
+from farm.protocol.events import ServerErrorNotice
+from farm.protocol.worker import JobAssigned, WorkerSession, WorkerState
 
 
 def sent(session: WorkerSession) -> list[tuple[int, tuple[bytes, ...]]]:

@@ -1,4 +1,4 @@
-"""farm.signing: the key file (created once, 0600, refused when others can read it) and the HMAC."""
+"""farm.executor.signing: the key file (made once, 0600, refused if others read it), the HMAC."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.signing import (
+from farm.executor.signing import (
     CALL,
     KEY_ENV,
     MAGIC,

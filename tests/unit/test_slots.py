@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from farm import sdnotify
-from farm.control import parse_scale
-from farm.slots import (
+from farm.pools import sdnotify
+from farm.pools.control import parse_scale
+from farm.pools.slots import (
     EXIT_BOOT_ERROR,
     EXIT_RECYCLE,
     Slot,

@@ -15,7 +15,7 @@ import sys
 import time
 
 from farm.config import ServerConfig
-from farm.slots import HEALTHY_AFTER, crash_delay, describe_exit
+from farm.pools.slots import HEALTHY_AFTER, crash_delay, describe_exit
 
 __all__ = ["LocalServer"]
 

@@ -1,4 +1,4 @@
-"""One supervised worker process: ``python -m farm.workerproc --function NAME --target M:F ...``.
+"""One supervised worker process: ``python -m farm.pools.workerproc --function NAME ...``.
 
 The supervisor spawns this module once per slot and pins it (this process
 pins nothing itself). It loads the target, serves it through
@@ -11,7 +11,7 @@ pins nothing itself). It loads the target, serves it through
     {"ev": "recycle", "why": "..."}       it will exit after this job (max_jobs / max_rss_mb)
 
 SIGTERM means drain: finish the job in hand, unregister, exit 0. Exit codes
-are the supervisor's contract (farm.slots): 3 = the target cannot be loaded
+are the supervisor's contract (farm.pools.slots): 3 = the target cannot be loaded
 (a boot failure, backed off), 4 = recycled, anything else = crashed.
 """
 
@@ -27,11 +27,11 @@ from collections.abc import Callable
 from typing import Any
 
 from farm.lifetime import die_with_parent
-from farm.slots import EXIT_BOOT_ERROR, EXIT_DRAINED, EXIT_RECYCLE
+from farm.pools.slots import EXIT_BOOT_ERROR, EXIT_DRAINED, EXIT_RECYCLE
 
 __all__ = ["main", "current_rss"]
 
-log = logging.getLogger("farm.workerproc")
+log = logging.getLogger("farm.pools.workerproc")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -63,7 +63,7 @@ class Reporter:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m farm.workerproc")
+    ap = argparse.ArgumentParser(prog="python -m farm.pools.workerproc")
     ap.add_argument("--function", required=True)
     ap.add_argument("--target", required=True, help="module:function")
     ap.add_argument("--slot", type=int, default=0)

@@ -1,7 +1,7 @@
 """What can change while the supervisor runs: `farm scale`, `farm ps`, reload.
 
 A mixin of :class:`farm.supervisor.Supervisor`, split off to keep the main
-loop's module short. Requests arrive on the control socket (farm.control);
+loop's module short. Requests arrive on the control socket (farm.pools.control);
 scaling only changes target numbers, which ``manage_workers`` reconciles;
 ``reload`` runs from the loop, like SIGHUP.
 """
@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from farm import sdnotify
 from farm.config import Config, ConfigError, load_config
-from farm.control import ControlConnection, parse_scale
+from farm.pools import sdnotify
+from farm.pools.control import ControlConnection, parse_scale
 
 if TYPE_CHECKING:
-    from farm.localserver import LocalServer
-    from farm.slots import Slot, WorkerProcess
+    from farm.pools.localserver import LocalServer
+    from farm.pools.slots import Slot, WorkerProcess
 
 __all__ = ["Steering", "Pending", "MAX_WORKERS"]
 

@@ -5,7 +5,7 @@ plus a wake-up byte only when the pump is asleep in select); everything else
 here runs in the pump thread. Each turn of the loop sends as many pending
 items as the in-flight window allows, writes each connection's queued bytes
 once, then waits for replies, the socket becoming writable, or a wake-up.
-Replies go through ``farm.session.ClientSession``, as in ``farm.Client``.
+Replies go through ``farm.protocol.client.ClientSession``, as in ``farm.Client``.
 """
 
 from __future__ import annotations
@@ -17,15 +17,16 @@ import socket
 import threading
 from collections import deque
 from concurrent.futures import Future
+from concurrent.futures._base import BrokenExecutor
 from typing import Any
 
+from farm.client.serverpick import ServerPicker
 from farm.errors import JobError, JobFailed, ServerUnavailable, WorkerLost
-from farm.executor_worker import OK
+from farm.executor.call import OK, RemoteTraceback
+from farm.executor.signing import RESULT, SignatureError, Signer
 from farm.net import Waker, connect
 from farm.protocol import ProtocolError
-from farm.serverpick import ServerPicker
-from farm.session import ClientSession, JobEnded, Task
-from farm.signing import RESULT, SignatureError, Signer
+from farm.protocol.client import ClientSession, JobEnded, Task
 
 __all__ = ["Pump", "WorkItem"]
 
@@ -167,8 +168,8 @@ class Pump:
             except ServerUnavailable as exc:
                 item.future.set_exception(exc)
                 continue
-            task = Task(self.function, item.payload, priority=self.priority)
-            task.tag = item
+            task: Task[WorkItem] = Task(self.function, item.payload, priority=self.priority)
+            task.owner = item
             item.payload = b""  # the task holds the bytes now
             conn.session.submit(task)
             self._in_flight += 1
@@ -237,8 +238,8 @@ class Pump:
                 self._in_flight -= 1
                 self._complete(event.task)
 
-    def _complete(self, task: Task) -> None:
-        future = task.tag.future  # type: ignore[attr-defined]
+    def _complete(self, task: Task[WorkItem]) -> None:
+        future = _item(task).future
         error = task.error
         if error is not None:
             if type(error) is JobFailed:  # no exception came first: the worker is gone
@@ -261,8 +262,6 @@ class Pump:
         if outcome[0] == OK:
             future.set_result(outcome[1])
         else:
-            from farm.executor import RemoteTraceback
-
             exc, text = outcome[1], outcome[2]
             exc.__cause__ = RemoteTraceback(text)
             future.set_exception(exc)
@@ -282,17 +281,22 @@ class Pump:
         self._picker.mark_down(conn.addr)
         for task in conn.session.connection_lost():
             self._in_flight -= 1
-            task.tag.future.set_exception(  # type: ignore[attr-defined]
+            _item(task).future.set_exception(
                 ServerUnavailable(f"job server {conn.addr} {why} while holding job {task.handle}")
             )
 
     def _break(self, why: str) -> None:
         self.broken = why
-        from concurrent.futures._base import BrokenExecutor
-
         items = self.take_pending()
         for conn in list(self._conns.values()):
-            items += [t.tag for t in conn.session.connection_lost()]  # type: ignore[misc]
+            items += [_item(t) for t in conn.session.connection_lost()]
         for item in items:
             if not item.future.done():
                 item.future.set_exception(BrokenExecutor(why))
+
+
+def _item(task: Task[WorkItem]) -> WorkItem:
+    """The work item a task was made for (every task the pump submits has one)."""
+    item = task.owner
+    assert item is not None, f"{task!r} was not submitted by the pump"
+    return item

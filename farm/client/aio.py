@@ -1,7 +1,7 @@
 """farm.AsyncClient: the client's API in asyncio, many concurrent jobs on one connection.
 
 Each server connection is an ``asyncio.Protocol`` that feeds received bytes to
-a ``farm.session.ClientSession`` (the same bookkeeping as the blocking
+a ``farm.protocol.client.ClientSession`` (the same bookkeeping as the blocking
 ``farm.Client``) and turns its events into futures and stream queues::
 
     call()/submit()/stream() ── session.submit(task) ──► one write per loop turn
@@ -22,12 +22,12 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
-from farm.checks import as_bytes, check_name, check_priority, check_schedule, check_unique
+from farm.client.serverpick import ServerPicker
 from farm.errors import ServerUnavailable, Timeout
 from farm.net import parse_servers, split_address
 from farm.protocol import ProtocolError
-from farm.serverpick import ServerPicker
-from farm.session import (
+from farm.protocol.checks import as_bytes, check_name, check_priority, check_schedule, check_unique
+from farm.protocol.client import (
     ClientSession,
     JobCreated,
     JobData,
@@ -42,7 +42,7 @@ from farm.session import (
     may_resubmit,
 )
 
-log = logging.getLogger("farm.aio")
+log = logging.getLogger("farm.client.aio")
 
 __all__ = ["AsyncClient", "Task", "JobStatus", "JobProgress", "JobData", "JobWarning", "JobEnded"]
 
@@ -121,7 +121,7 @@ class _Connection(asyncio.Protocol):
         if task is None:  # e.g. an ERROR the server sent unasked: nothing waits on it
             log.warning("farm.AsyncClient: %r", event)
             return
-        waiter = task.tag
+        waiter = task.owner
         if not isinstance(waiter, _Waiter):
             return
         kind = type(event)
@@ -232,7 +232,7 @@ class AsyncClient:
         """The result of a foreground task from ``submit`` (or raise its error)."""
         if task.background:
             raise ValueError("a background job sends no result to wait for")
-        waiter = task.tag
+        waiter = task.owner
         if not isinstance(waiter, _Waiter):
             raise ValueError("the task was not submitted by this client")
         try:
@@ -338,13 +338,13 @@ class AsyncClient:
         )
         conn = await self._any_connection(task.unique)
         waiter = _Waiter(asyncio.get_running_loop(), stream)
-        task.tag = waiter
+        task.owner = waiter
         conn.session.submit(task)
         conn.send_soon()
         return task, waiter
 
     def _resubmit(self, task: Task, lost_conn: _Connection) -> None:
-        """The rule of farm.session.may_resubmit, asynchronously: another server, once."""
+        """The rule of farm.protocol.client.may_resubmit, asynchronously: another server, once."""
         lost = lost_conn.addr
         self._picker.mark_down(lost)
 

@@ -3,7 +3,7 @@
 Data flow (after CPython's ``concurrent/futures/process.py``)::
 
     submit(fn, *args) / map(fn, *its)          caller's thread
-      │  cloudpickle + HMAC (farm.signing) → _WorkItem(future, payload)
+      │  cloudpickle + HMAC (farm.executor.signing) → _WorkItem(future, payload)
       ▼
     pending deque ──(a wake-up byte, only when the pump sleeps)──┐
                                                                  ▼
@@ -11,9 +11,9 @@ Data flow (after CPython's ``concurrent/futures/process.py``)::
       │  up to max_in_flight jobs: Task → ClientSession.submit → one send per turn
       │  replies: ClientSession.receive → JobEnded → verify, unpickle, set the future
       ▼
-    job server ⇄ worker processes serving farm.executor_worker:run_call ("farm.python")
+    job server ⇄ worker processes serving farm.executor.call:run_call ("farm.python")
 
-The wire bookkeeping is ``farm.session.ClientSession``, as for ``farm.Client``;
+The wire bookkeeping is ``farm.protocol.client.ClientSession``, as for ``farm.Client``;
 this module only moves bytes and futures. A future becomes RUNNING when its
 job is sent (a job on the server cannot be taken back, like a call already
 in ProcessPoolExecutor's call queue). WORK_FAIL, which the server sends when
@@ -34,11 +34,18 @@ from concurrent.futures._base import BrokenExecutor
 from itertools import islice
 from typing import Any, TypeVar
 
-from farm.checks import check_name, check_priority
-from farm.executor_pump import Pump, WorkItem
-from farm.executor_worker import CHUNK, DEFAULT_FUNCTION, SINGLE, dump_fn, encode_call
+from farm.executor.call import (
+    CHUNK,
+    DEFAULT_FUNCTION,
+    SINGLE,
+    RemoteTraceback,
+    dump_fn,
+    encode_call,
+)
+from farm.executor.pump import Pump, WorkItem
+from farm.executor.signing import Signer, load_key
 from farm.net import parse_servers
-from farm.signing import Signer, load_key
+from farm.protocol.checks import check_name, check_priority
 
 __all__ = ["Executor", "RemoteTraceback", "DEFAULT_FUNCTION"]
 
@@ -47,22 +54,11 @@ T = TypeVar("T")
 _live_pumps: weakref.WeakSet[Pump] = weakref.WeakSet()
 
 
-class RemoteTraceback(Exception):
-    """The worker's traceback, as text: the ``__cause__`` of a call's exception."""
-
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
-
-
 class Executor(_BaseExecutor):
     """Runs calls on the farm's worker processes, as ProcessPoolExecutor runs them locally.
 
     ``servers``: as for ``farm.Client`` (None: $GEARMAN_SERVERS, else
-    127.0.0.1:4730). ``function``: the pool serving ``farm.executor_worker:run_call``.
+    127.0.0.1:4730). ``function``: the pool serving ``farm.executor.call:run_call``.
     ``priority``: "high", "normal" or "low" for every job. ``max_in_flight``:
     jobs sent to the server and not yet answered (enough to keep the workers
     busy; the rest wait here and can still be cancelled). ``key_file``: the

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as _dt
 
-from farm.protocol import MAX_UNIQUE
-from farm.session import PRIORITIES
+from farm.protocol.client import PRIORITIES
+from farm.protocol.codec import MAX_UNIQUE
 
 __all__ = [
     "as_bytes",

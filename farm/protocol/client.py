@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from farm.errors import JobException, JobFailed, ServerError, ServerUnavailable
-from farm.protocol import Decoder, Packet, PacketType, ProtocolError, encode_req
-from farm.session_events import ServerErrorNotice
+from farm.protocol.codec import Decoder, Packet, PacketType, ProtocolError, encode_req
+from farm.protocol.events import ServerErrorNotice
 
 __all__ = [
     "may_resubmit",
@@ -38,13 +38,15 @@ __all__ = [
     "JobData",
     "JobWarning",
     "JobEnded",
+    "TaskEvent",
+    "TaskListener",
     "ServerErrorNotice",
-    "JobAssigned",
-    "WorkerState",
-    "WorkerSession",
 ]
 
 PT = PacketType
+
+#: What a face keeps with each task: its future, its waiter, its listener.
+Owner = TypeVar("Owner")
 
 #: (priority, background) → the submit packet, as data.
 _SUBMIT: dict[tuple[str, bool], int] = {
@@ -58,7 +60,7 @@ _SUBMIT: dict[tuple[str, bool], int] = {
 PRIORITIES = ("high", "normal", "low")
 
 
-class Task:
+class Task(Generic[Owner]):
     """One submitted job as the client sees it: filled in by the session as replies arrive.
 
     ``handle`` is set by JOB_CREATED; a background task is ``done`` then, a
@@ -80,7 +82,7 @@ class Task:
         "error",
         "abandoned",
         "attempts",
-        "tag",
+        "owner",
     )
 
     def __init__(
@@ -106,7 +108,7 @@ class Task:
         self.error: Exception | None = None
         self.abandoned = False  # the caller gave up (timeout): drop its WORK_* packets
         self.attempts = 0
-        self.tag: object = None  # for the face: an index, a future, callbacks
+        self.owner: Owner | None = None  # the face's record of this task
 
     def __repr__(self) -> str:
         state = "done" if self.done else ("created" if self.handle else "pending")
@@ -171,6 +173,17 @@ class JobEnded:
     """The task is done: ``task.result`` or ``task.error`` says how."""
 
     task: Task
+
+
+#: Everything a session reports about a task.
+TaskEvent = JobCreated | JobProgress | JobData | JobWarning | JobEnded
+
+
+class TaskListener(Protocol):
+    """An owner that wants a task's events as they arrive (the blocking client's callbacks
+    and task sets)."""
+
+    def task_event(self, event: TaskEvent) -> None: ...
 
 
 def may_resubmit(task: Task) -> bool:
@@ -392,7 +405,3 @@ class ClientSession:
         self._awaiting.clear()
         self._running.clear()
         return lost
-
-
-# The worker side lives beside it; both are imported from here.
-from farm.session_worker import JobAssigned, WorkerSession, WorkerState  # noqa: E402

@@ -28,7 +28,7 @@ __all__ = [
     "boot_delay",
 ]
 
-# Exit codes of farm.workerproc, like gunicorn's: the supervisor tells an
+# Exit codes of farm.pools.workerproc, like gunicorn's: the supervisor tells an
 # ordered exit from a crash, and a target that cannot load from one that died.
 EXIT_DRAINED = 0  # asked to stop (SIGTERM): finished its job, unregistered
 EXIT_BOOT_ERROR = 3  # the target could not be imported or served: restarting soon won't help
@@ -102,7 +102,7 @@ class WorkerProcess:
         return self.state in ("draining", "killing")
 
     def feed(self, data: bytes) -> None:
-        """Apply report lines from the worker (JSON, one a line; see farm.workerproc)."""
+        """Apply report lines from the worker (JSON, one a line; see farm.pools.workerproc)."""
         self._buffer += data
         *lines, self._buffer = self._buffer.split(b"\n")
         for line in lines:

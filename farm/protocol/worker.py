@@ -1,6 +1,6 @@
 """Sans-I/O bookkeeping of a worker's connection: the grab/sleep/wake cycle as a table.
 
-Re-exported by ``farm.session``; see its docstring for the picture.
+Re-exported by ``farm.protocol.client``; see its docstring for the picture.
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from farm.protocol import Decoder, PacketType, ProtocolError, encode_req
-from farm.session_events import ServerErrorNotice
+from farm.protocol.codec import Decoder, PacketType, ProtocolError, encode_req
+from farm.protocol.events import ServerErrorNotice
 
 __all__ = ["JobAssigned", "WorkerState", "WorkerSession"]
 

@@ -1,6 +1,6 @@
 """The blocking client: call, submit, status, map (a task set) and failover over servers.
 
-This face only moves bytes: what a reply means lives in ``farm.session``.
+This face only moves bytes: what a reply means lives in ``farm.protocol.client``.
 One socket and one ``ClientSession`` per server, all in one selector; a
 call sends its submit and reads every connection until its task is done, so
 results of other in-flight tasks (a ``map``) are filed on the way.
@@ -18,12 +18,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from farm.checks import as_bytes, check_name, check_priority, check_schedule, check_unique
+from farm.client.serverpick import ServerPicker
+from farm.client.taskset import task_set
 from farm.errors import ServerUnavailable, Timeout
 from farm.net import connect, parse_servers, recv
 from farm.protocol import ProtocolError
-from farm.serverpick import ServerPicker
-from farm.session import (
+from farm.protocol.checks import as_bytes, check_name, check_priority, check_schedule, check_unique
+from farm.protocol.client import (
     ClientSession,
     JobData,
     JobEnded,
@@ -33,10 +34,10 @@ from farm.session import (
     Query,
     StatusResult,
     Task,
+    TaskEvent,
     lost_error,
     may_resubmit,
 )
-from farm.taskset import task_set
 
 __all__ = ["Client", "Task", "JobStatus"]
 
@@ -45,12 +46,29 @@ log = logging.getLogger("farm.client")
 
 
 class _Callbacks:
+    """The listener of a ``call`` with progress callbacks: each event to its callback."""
+
     __slots__ = ("on_status", "on_data", "on_warning")
 
-    def __init__(self, on_status: Any, on_data: Any, on_warning: Any) -> None:
+    def __init__(
+        self,
+        on_status: Callable[[int, int], Any] | None,
+        on_data: Callable[[bytes], Any] | None,
+        on_warning: Callable[[bytes], Any] | None,
+    ) -> None:
         self.on_status = on_status
         self.on_data = on_data
         self.on_warning = on_warning
+
+    def task_event(self, event: TaskEvent) -> None:
+        if type(event) is JobProgress:
+            if self.on_status:
+                self.on_status(event.numerator, event.denominator)
+        elif type(event) is JobData:
+            if self.on_data:
+                self.on_data(event.data)
+        elif type(event) is JobWarning and self.on_warning:
+            self.on_warning(event.data)
 
 
 class _Conn:
@@ -105,7 +123,7 @@ class Client:
         """
         task = self._new_task(function, data, priority, unique, False, None)
         if on_status or on_data or on_warning:
-            task.tag = _Callbacks(on_status, on_data, on_warning)
+            task.owner = _Callbacks(on_status, on_data, on_warning)
         self._submit_task(task)
         return self.wait(task, timeout)
 
@@ -205,7 +223,15 @@ class Client:
         check_priority(priority)
         if not isinstance(max_in_flight, int) or max_in_flight < 1:
             raise ValueError(f"max_in_flight must be a positive int, not {max_in_flight!r}")
-        return task_set(self, function, iter(payloads), max_in_flight, ordered, priority)
+        return task_set(
+            function,
+            iter(payloads),
+            submit=self._submit_task,
+            pump=lambda until: self._pump(until, None),
+            limit=max_in_flight,
+            ordered=ordered,
+            priority=priority,
+        )
 
     def close(self) -> None:
         """Close every connection; foreground jobs still queued are dropped by the server."""
@@ -336,23 +362,14 @@ class Client:
             if task is None:  # e.g. an ERROR the server sent unasked: nothing waits on it
                 log.warning("farm.Client: %r from %s", event, conn.addr)
                 continue
-            tag = task.tag
-            if tag is None:
+            listener = task.owner
+            if listener is None:
                 continue
-            if type(event) is JobEnded:
-                if type(tag) is tuple:
-                    tag[0].append(task)
-            elif type(tag) is _Callbacks:
-                try:
-                    if type(event) is JobProgress and tag.on_status:
-                        tag.on_status(event.numerator, event.denominator)
-                    elif type(event) is JobData and tag.on_data:
-                        tag.on_data(event.data)
-                    elif type(event) is JobWarning and tag.on_warning:
-                        tag.on_warning(event.data)
-                except Exception:
-                    # The rest of this read's events (other jobs' endings) must still be filed.
-                    log.exception("farm.Client: a progress callback raised")
+            try:
+                listener.task_event(event)
+            except Exception:
+                # The rest of this read's events (other jobs' endings) must still be filed.
+                log.exception("farm.Client: a progress callback raised")
 
     def _close(self, conn: _Conn) -> None:
         if self._conns.get(conn.addr) is conn:
@@ -377,5 +394,5 @@ class Client:
             else:
                 task.error = lost_error(conn.addr, task)
             task.done = True
-            if type(task.tag) is tuple:
-                task.tag[0].append(task)  # type: ignore[index]
+            if task.owner is not None:
+                task.owner.task_event(JobEnded(task=task))

@@ -37,10 +37,6 @@ __all__ = [
     "encode",
     "encode_req",
     "encode_res",
-    "parse_status",
-    "parse_workers",
-    "StatusRow",
-    "WorkerRow",
 ]
 
 REQ = b"\0REQ"
@@ -316,53 +312,3 @@ class Decoder:
         exc, self._error = self._error, None
         if exc is not None:
             raise exc
-
-
-# -- admin text replies, parsed (the server writes them in farm/server/admin.py) --
-
-
-class StatusRow(NamedTuple):
-    function: str
-    total: int
-    running: int
-    workers: int
-
-
-class WorkerRow(NamedTuple):
-    fd: str
-    ip: str
-    client_id: str
-    functions: tuple[str, ...]
-
-
-def _list_lines(text: str) -> list[str]:
-    lines = []
-    for line in text.splitlines():
-        if line == ".":
-            break
-        if line:
-            lines.append(line)
-    return lines
-
-
-def parse_status(text: str) -> list[StatusRow]:
-    """Parse the reply to the admin ``status`` command."""
-    rows = []
-    for line in _list_lines(text):
-        parts = line.split("\t")
-        if len(parts) != 4:
-            raise ProtocolError(f"bad status line {line!r}", fatal=False)
-        rows.append(StatusRow(parts[0], int(parts[1]), int(parts[2]), int(parts[3])))
-    return rows
-
-
-def parse_workers(text: str) -> list[WorkerRow]:
-    """Parse the reply to the admin ``workers`` command."""
-    rows = []
-    for line in _list_lines(text):
-        head, _, funcs = line.partition(" :")
-        parts = head.split(" ", 2)
-        while len(parts) < 3:
-            parts.append("")
-        rows.append(WorkerRow(parts[0], parts[1], parts[2], tuple(funcs.split())))
-    return rows

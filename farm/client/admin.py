@@ -1,0 +1,34 @@
+"""A small client of the admin text protocol, for the CLI and the supervisor.
+
+One command a connection, as ``gearadmin`` does: connect (TCP or Unix socket,
+through the one address parser in ``farm.net``), send the line, read until the
+reply is whole, close.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+from farm.net import connect, recv
+from farm.protocol.admin import reply_complete
+
+__all__ = ["admin_query"]
+
+
+def admin_query(
+    address: str, command: str, *, timeout: float = 5.0, tls: ssl.SSLContext | None = None
+) -> str:
+    """Send one admin command to the job server at ``address``; its whole reply as text.
+
+    Raises OSError (or ValueError for an address that does not parse).
+    """
+    with connect(address, timeout, tls) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(command.encode() + b"\n")
+        buf = b""
+        while not reply_complete(buf):
+            data = recv(sock, 65536)
+            if not data:
+                break
+            buf += data
+    return buf.decode("utf-8", "replace")

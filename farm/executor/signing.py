@@ -1,0 +1,151 @@
+"""The farm's secret key and the HMAC that makes pickled calls safe to accept.
+
+``farm.Executor`` sends calls as pickles, and unpickling runs code. So a
+worker unpickles a payload only when it carries an HMAC-SHA256 made with the
+farm's key, a file only the farm's user can read: anyone may submit jobs to
+the job server, but only holders of the key can make a worker run code.
+Results come back signed the same way, so a client never unpickles bytes a
+stranger put on the wire either.
+
+Signed message layout (both directions)::
+
+    MAGIC (4 bytes) | HMAC-SHA256(key, PURPOSE + body) (32 bytes) | body
+
+``PURPOSE`` ("call" or "result") is mixed into the MAC, so a signed result can
+never be replayed to a worker as a call.
+
+The key file holds 64 hex digits (32 random bytes). It is created on first
+use, atomically (a temp file linked into place, so a concurrent reader never
+sees it half written), mode 0600 in a 0700 directory; a key file that group or
+others can read is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from farm.errors import FarmError
+from farm.paths import state_dir
+
+__all__ = [
+    "KEY_ENV",
+    "SignatureError",
+    "KeyFileError",
+    "Signer",
+    "default_key_path",
+    "key_path",
+    "ensure_key",
+    "load_key",
+]
+
+KEY_ENV = "FARM_KEY_FILE"
+MAGIC = b"fx1\0"
+MAC_SIZE = 32
+HEADER = len(MAGIC) + MAC_SIZE
+CALL = b"call"
+RESULT = b"result"
+
+
+class SignatureError(FarmError):
+    """A payload without a valid HMAC of this farm's key: refused, never unpickled."""
+
+
+class KeyFileError(FarmError):
+    """The key file cannot be created or read, or is readable by others."""
+
+
+def default_key_path() -> Path:
+    """``executor.key`` in farm's state directory (see farm.paths.state_dir)."""
+    return state_dir() / "executor.key"
+
+
+def key_path(path: str | os.PathLike[str] | None = None) -> Path:
+    """The key file to use: ``path``, else ``$FARM_KEY_FILE``, else the default."""
+    if path is not None:
+        return Path(path)
+    env = os.environ.get(KEY_ENV)
+    return Path(env) if env else default_key_path()
+
+
+def ensure_key(path: str | os.PathLike[str] | None = None) -> Path:
+    """Create the key file if it does not exist (what the supervisor does at start)."""
+    target = key_path(path)
+    if target.exists():
+        return target
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+        try:
+            os.link(tmp, target)  # atomic and never overwrites: the first creator wins
+        except FileExistsError:
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def load_key(path: str | os.PathLike[str] | None = None, *, create: bool = True) -> bytes:
+    """Read the farm's key (creating it first when ``create``); raises KeyFileError."""
+    target = key_path(path)
+    try:
+        if create:
+            ensure_key(target)
+        with open(target, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            text = f.read().strip()
+    except OSError as exc:
+        raise KeyFileError(
+            f"cannot read the farm's key file {target}: {exc.strerror or exc}; "
+            f"set ${KEY_ENV} to a key file this user may read"
+        ) from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(
+            f"key file {target} is accessible to group or others (mode {mode & 0o777:o});"
+            f" run: chmod 600 {target}"
+        )
+    try:
+        key = bytes.fromhex(text.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        key = b""
+    if len(key) < 16:
+        raise KeyFileError(f"key file {target} must hold at least 32 hex digits")
+    return key
+
+
+class Signer:
+    """Signs and checks messages with one key; ``open`` never lets an unsigned body through."""
+
+    __slots__ = ("_macs",)
+
+    def __init__(self, key: bytes) -> None:
+        # One keyed HMAC per purpose, copied per message: cheaper than re-keying.
+        self._macs = {p: hmac.new(key, p, hashlib.sha256) for p in (CALL, RESULT)}
+
+    def _mac(self, purpose: bytes, body: bytes | memoryview) -> bytes:
+        mac = self._macs[purpose].copy()
+        mac.update(body)
+        return mac.digest()
+
+    def seal(self, purpose: bytes, body: bytes) -> bytes:
+        """MAGIC + MAC + body."""
+        return MAGIC + self._mac(purpose, body) + body
+
+    def open(self, purpose: bytes, message: bytes) -> memoryview:
+        """The body of a message whose MAC is valid; else SignatureError (nothing unpickled)."""
+        if len(message) < HEADER or message[: len(MAGIC)] != MAGIC:
+            raise SignatureError(f"the {purpose.decode()} payload is not signed (no farm header)")
+        body = memoryview(message)[HEADER:]
+        if not hmac.compare_digest(message[len(MAGIC) : HEADER], self._mac(purpose, body)):
+            raise SignatureError(
+                f"the {purpose.decode()} payload is not signed with this farm's key"
+                f" (${KEY_ENV}); refused without unpickling"
+            )
+        return body

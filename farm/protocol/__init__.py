@@ -1,0 +1,57 @@
+"""The Gearman wire, sans I/O: the codec, the client and worker sessions, argument checks.
+
+Nothing in this package opens a socket, starts a thread or touches an event
+loop; the server, the client faces and the worker move bytes in and out of it.
+
+    codec     the packet table (numbers, names, field names) and the framing
+    kinds     submit kinds and priorities: one table for client and server
+    admin     the admin text protocol's replies, parsed
+    events    what sessions report to their faces
+    client    ClientSession: which reply answers which request, tasks by handle
+    worker    WorkerSession: the grab/sleep/wake cycle as a table
+    checks    what callers hand the client and worker APIs, checked
+
+The codec's names are re-exported here (``from farm import protocol as p; p.Decoder``).
+"""
+
+from farm.protocol.codec import (
+    DEFAULT_MAX_PACKET,
+    HEADER,
+    MAX_ADMIN_LINE,
+    MAX_CLIENT_ID,
+    MAX_UNIQUE,
+    PACKETS,
+    REQ,
+    RES,
+    AdminLine,
+    Decoder,
+    LocalProtocolError,
+    Packet,
+    PacketSpec,
+    PacketType,
+    ProtocolError,
+    encode,
+    encode_req,
+    encode_res,
+)
+
+__all__ = [
+    "DEFAULT_MAX_PACKET",
+    "HEADER",
+    "MAX_ADMIN_LINE",
+    "MAX_CLIENT_ID",
+    "MAX_UNIQUE",
+    "PACKETS",
+    "REQ",
+    "RES",
+    "AdminLine",
+    "Decoder",
+    "LocalProtocolError",
+    "Packet",
+    "PacketSpec",
+    "PacketType",
+    "ProtocolError",
+    "encode",
+    "encode_req",
+    "encode_res",
+]

@@ -1,0 +1,92 @@
+"""The admin text protocol's replies, parsed (the server writes them in farm/server/admin.py).
+
+Lists end with a line ``.``; single replies are one line starting ``OK`` or
+``ERR``. ``reply_complete`` tells a reader when a whole reply has arrived.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from farm.protocol.codec import ProtocolError
+
+__all__ = [
+    "StatusRow",
+    "WorkerRow",
+    "PoisonRow",
+    "reply_complete",
+    "parse_status",
+    "parse_workers",
+    "parse_poison",
+]
+
+
+def reply_complete(buf: bytes) -> bool:
+    """Whether ``buf`` holds a whole reply: a list ended by ``.``, or one OK/ERR line."""
+    if buf.startswith((b"OK", b"ERR")):
+        return buf.endswith(b"\n")
+    return buf == b".\n" or buf.endswith(b"\n.\n")
+
+
+class StatusRow(NamedTuple):
+    function: str
+    total: int
+    running: int
+    workers: int
+
+
+class WorkerRow(NamedTuple):
+    fd: str
+    ip: str
+    client_id: str
+    functions: tuple[str, ...]
+
+
+def _list_lines(text: str) -> list[str]:
+    lines = []
+    for line in text.splitlines():
+        if line == ".":
+            break
+        if line:
+            lines.append(line)
+    return lines
+
+
+def parse_status(text: str) -> list[StatusRow]:
+    """Parse the reply to the admin ``status`` command."""
+    rows = []
+    for line in _list_lines(text):
+        parts = line.split("\t")
+        if len(parts) != 4:
+            raise ProtocolError(f"bad status line {line!r}", fatal=False)
+        rows.append(StatusRow(parts[0], int(parts[1]), int(parts[2]), int(parts[3])))
+    return rows
+
+
+def parse_workers(text: str) -> list[WorkerRow]:
+    """Parse the reply to the admin ``workers`` command."""
+    rows = []
+    for line in _list_lines(text):
+        head, _, funcs = line.partition(" :")
+        parts = head.split(" ", 2)
+        while len(parts) < 3:
+            parts.append("")
+        rows.append(WorkerRow(parts[0], parts[1], parts[2], tuple(funcs.split())))
+    return rows
+
+
+class PoisonRow(NamedTuple):
+    """farm's ``show poison jobs``: a job failed after ``job_retries`` worker deaths."""
+
+    handle: str
+    function: str
+    unique: str
+
+
+def parse_poison(text: str) -> list[PoisonRow]:
+    """Parse farm's ``show poison jobs`` (handle, function, unique; tab-separated)."""
+    rows = []
+    for line in _list_lines(text):
+        handle, function, unique = (line.split("\t") + ["", ""])[:3]
+        rows.append(PoisonRow(handle, function, unique))
+    return rows

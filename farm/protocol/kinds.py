@@ -1,0 +1,76 @@
+"""Submit kinds and priorities: one table that the client and the server both read.
+
+Gearman spells a job's priority and whether anyone waits for it in the packet
+type (SUBMIT_JOB_HIGH_BG and so on). The client turns (priority, background)
+into a packet type here, and the server turns the packet type back here, so
+the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import NamedTuple
+
+from farm.protocol.codec import PacketType
+
+__all__ = [
+    "Priority",
+    "PRIORITY_NAMES",
+    "SubmitKind",
+    "SUBMIT_KINDS",
+    "submit_packet",
+    "priority_named",
+]
+
+
+class Priority(enum.IntEnum):
+    """Queue order: the value is the index of the server's queue (lower runs first)."""
+
+    HIGH = 0
+    NORMAL = 1
+    LOW = 2
+
+    @property
+    def label(self) -> str:
+        """The name users write: ``high``, ``normal``, ``low``."""
+        return self.name.lower()
+
+
+#: The names the APIs and the CLI accept, in queue order.
+PRIORITY_NAMES: tuple[str, ...] = tuple(p.label for p in Priority)
+
+
+class SubmitKind(NamedTuple):
+    """What a submit packet asks for."""
+
+    priority: Priority
+    background: bool
+
+
+#: Every plain submit packet and what it means. SUBMIT_JOB_EPOCH (background,
+#: normal priority, held until its time) and the reduce submits are variants
+#: with more arguments, handled beside this table by their users.
+SUBMIT_KINDS: dict[PacketType, SubmitKind] = {
+    PacketType.SUBMIT_JOB_HIGH: SubmitKind(Priority.HIGH, False),
+    PacketType.SUBMIT_JOB: SubmitKind(Priority.NORMAL, False),
+    PacketType.SUBMIT_JOB_LOW: SubmitKind(Priority.LOW, False),
+    PacketType.SUBMIT_JOB_HIGH_BG: SubmitKind(Priority.HIGH, True),
+    PacketType.SUBMIT_JOB_BG: SubmitKind(Priority.NORMAL, True),
+    PacketType.SUBMIT_JOB_LOW_BG: SubmitKind(Priority.LOW, True),
+}
+
+_PACKET_FOR: dict[SubmitKind, PacketType] = {kind: ptype for ptype, kind in SUBMIT_KINDS.items()}
+
+
+def priority_named(name: str) -> Priority:
+    """``"high"`` → Priority.HIGH; ValueError naming the choices for anything else."""
+    try:
+        return Priority[name.upper()]
+    except (KeyError, AttributeError):
+        choices = ", ".join(PRIORITY_NAMES)
+        raise ValueError(f"priority must be one of {choices}, not {name!r}") from None
+
+
+def submit_packet(priority: Priority, *, background: bool) -> PacketType:
+    """The packet that submits a job of this priority, in the background or not."""
+    return _PACKET_FOR[SubmitKind(priority, background)]
