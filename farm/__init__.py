@@ -20,8 +20,7 @@ from farm.errors import (
     Timeout,
     WorkerLost,
 )
-
-__version__ = "0.1.0"
+from farm.version import __version__
 
 __all__ = [
     "Client",

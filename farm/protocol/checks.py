@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as _dt
 
-from farm.protocol.client import PRIORITIES
 from farm.protocol.codec import MAX_UNIQUE
+from farm.protocol.kinds import PRIORITY_NAMES
 
 __all__ = [
     "as_bytes",
@@ -47,9 +47,10 @@ def check_unique(unique: object) -> str:
 
 
 def check_priority(priority: object) -> str:
-    if priority not in PRIORITIES:
-        raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}, not {priority!r}")
-    return priority  # type: ignore[return-value]
+    if not isinstance(priority, str) or priority not in PRIORITY_NAMES:
+        choices = ", ".join(PRIORITY_NAMES)
+        raise ValueError(f"priority must be one of {choices}, not {priority!r}")
+    return priority
 
 
 def as_epoch(when: object) -> int:

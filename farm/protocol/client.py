@@ -23,11 +23,11 @@ from typing import Generic, NamedTuple, Protocol, TypeVar
 from farm.errors import JobException, JobFailed, ServerError, ServerUnavailable
 from farm.protocol.codec import Decoder, Packet, PacketType, ProtocolError, encode_req
 from farm.protocol.events import ServerErrorNotice
+from farm.protocol.kinds import SUBMIT_KINDS
 
 __all__ = [
     "may_resubmit",
     "lost_error",
-    "PRIORITIES",
     "Task",
     "Query",
     "JobStatus",
@@ -48,16 +48,10 @@ PT = PacketType
 #: What a face keeps with each task: its future, its waiter, its listener.
 Owner = TypeVar("Owner")
 
-#: (priority, background) → the submit packet, as data.
-_SUBMIT: dict[tuple[str, bool], int] = {
-    ("high", False): PT.SUBMIT_JOB_HIGH,
-    ("normal", False): PT.SUBMIT_JOB,
-    ("low", False): PT.SUBMIT_JOB_LOW,
-    ("high", True): PT.SUBMIT_JOB_HIGH_BG,
-    ("normal", True): PT.SUBMIT_JOB_BG,
-    ("low", True): PT.SUBMIT_JOB_LOW_BG,
+#: (priority name, background) → the submit packet, derived from the one table in kinds.
+_SUBMIT: dict[tuple[str, bool], PacketType] = {
+    (kind.priority.label, kind.background): ptype for ptype, kind in SUBMIT_KINDS.items()
 }
-PRIORITIES = ("high", "normal", "low")
 
 
 class Task(Generic[Owner]):

@@ -13,6 +13,7 @@ connection whose next byte is not NUL speaks the admin text protocol instead.
 
 from __future__ import annotations
 
+import collections
 import enum
 import struct
 from dataclasses import dataclass
@@ -24,7 +25,6 @@ __all__ = [
     "HEADER",
     "DEFAULT_MAX_PACKET",
     "MAX_UNIQUE",
-    "MAX_HANDLE",
     "MAX_CLIENT_ID",
     "PacketType",
     "PacketSpec",
@@ -50,7 +50,6 @@ DEFAULT_MAX_PACKET = 64 * 1024 * 1024
 #: Longest admin line accepted before the peer is treated as hostile.
 MAX_ADMIN_LINE = 8192
 MAX_UNIQUE = 63
-MAX_HANDLE = 63
 MAX_CLIENT_ID = 127
 
 
@@ -99,63 +98,79 @@ class PacketType(enum.IntEnum):
 
 
 class PacketSpec(NamedTuple):
-    """One row of the packet table: how many arguments, and whether the last is data."""
+    """One row of the packet table: the arguments' names, and whether the last is data.
+
+    ``args`` is the named-tuple type a decoded packet's arguments come in, so
+    code reads ``packet.args.handle`` rather than ``packet.args[0]``.
+    """
 
     name: str
-    nargs: int
+    fields: tuple[str, ...]
     has_data: bool
+    args: type[tuple[bytes, ...]]
+
+    @property
+    def nargs(self) -> int:
+        return len(self.fields)
 
 
-def _spec(name: str, nargs: int, has_data: bool = False) -> PacketSpec:
-    return PacketSpec(name, nargs, has_data)
+def _spec(name: str, fields: str = "", *, data: bool = False) -> PacketSpec:
+    names = tuple(fields.split())
+    args = collections.namedtuple(name.title().replace("_", "") + "Args", names)  # type: ignore[misc]  # names come from the table
+    return PacketSpec(name, names, data, args)
 
 
-#: The packet table, as data. Argument counts include the data argument.
+#: The packet table, as data: number → name, arguments (the data argument last).
 PACKETS: dict[int, PacketSpec] = {
-    1: _spec("CAN_DO", 1),
-    2: _spec("CANT_DO", 1),
-    3: _spec("RESET_ABILITIES", 0),
-    4: _spec("PRE_SLEEP", 0),
-    6: _spec("NOOP", 0),
-    7: _spec("SUBMIT_JOB", 3, True),
-    8: _spec("JOB_CREATED", 1),
-    9: _spec("GRAB_JOB", 0),
-    10: _spec("NO_JOB", 0),
-    11: _spec("JOB_ASSIGN", 3, True),
-    12: _spec("WORK_STATUS", 3),
-    13: _spec("WORK_COMPLETE", 2, True),
-    14: _spec("WORK_FAIL", 1),
-    15: _spec("GET_STATUS", 1),
-    16: _spec("ECHO_REQ", 1, True),
-    17: _spec("ECHO_RES", 1, True),
-    18: _spec("SUBMIT_JOB_BG", 3, True),
-    19: _spec("ERROR", 2),
-    20: _spec("STATUS_RES", 5),
-    21: _spec("SUBMIT_JOB_HIGH", 3, True),
-    22: _spec("SET_CLIENT_ID", 1),
-    23: _spec("CAN_DO_TIMEOUT", 2),
-    24: _spec("ALL_YOURS", 0),
-    25: _spec("WORK_EXCEPTION", 2, True),
-    26: _spec("OPTION_REQ", 1),
-    27: _spec("OPTION_RES", 1),
-    28: _spec("WORK_DATA", 2, True),
-    29: _spec("WORK_WARNING", 2, True),
-    30: _spec("GRAB_JOB_UNIQ", 0),
-    31: _spec("JOB_ASSIGN_UNIQ", 4, True),
-    32: _spec("SUBMIT_JOB_HIGH_BG", 3, True),
-    33: _spec("SUBMIT_JOB_LOW", 3, True),
-    34: _spec("SUBMIT_JOB_LOW_BG", 3, True),
-    35: _spec("SUBMIT_JOB_SCHED", 8, True),
-    36: _spec("SUBMIT_JOB_EPOCH", 4, True),
-    37: _spec("SUBMIT_REDUCE_JOB", 5, True),
-    38: _spec("SUBMIT_REDUCE_JOB_BACKGROUND", 5, True),
-    39: _spec("GRAB_JOB_ALL", 0),
-    40: _spec("JOB_ASSIGN_ALL", 5, True),
-    41: _spec("GET_STATUS_UNIQUE", 1),
-    42: _spec("STATUS_RES_UNIQUE", 6),
+    1: _spec("CAN_DO", "function"),
+    2: _spec("CANT_DO", "function"),
+    3: _spec("RESET_ABILITIES"),
+    4: _spec("PRE_SLEEP"),
+    6: _spec("NOOP"),
+    7: _spec("SUBMIT_JOB", "function unique data", data=True),
+    8: _spec("JOB_CREATED", "handle"),
+    9: _spec("GRAB_JOB"),
+    10: _spec("NO_JOB"),
+    11: _spec("JOB_ASSIGN", "handle function data", data=True),
+    12: _spec("WORK_STATUS", "handle numerator denominator"),
+    13: _spec("WORK_COMPLETE", "handle data", data=True),
+    14: _spec("WORK_FAIL", "handle"),
+    15: _spec("GET_STATUS", "handle"),
+    16: _spec("ECHO_REQ", "data", data=True),
+    17: _spec("ECHO_RES", "data", data=True),
+    18: _spec("SUBMIT_JOB_BG", "function unique data", data=True),
+    19: _spec("ERROR", "code text"),
+    20: _spec("STATUS_RES", "handle known running numerator denominator"),
+    21: _spec("SUBMIT_JOB_HIGH", "function unique data", data=True),
+    22: _spec("SET_CLIENT_ID", "client_id"),
+    23: _spec("CAN_DO_TIMEOUT", "function timeout"),
+    24: _spec("ALL_YOURS"),
+    25: _spec("WORK_EXCEPTION", "handle data", data=True),
+    26: _spec("OPTION_REQ", "option"),
+    27: _spec("OPTION_RES", "option"),
+    28: _spec("WORK_DATA", "handle data", data=True),
+    29: _spec("WORK_WARNING", "handle data", data=True),
+    30: _spec("GRAB_JOB_UNIQ"),
+    31: _spec("JOB_ASSIGN_UNIQ", "handle function unique data", data=True),
+    32: _spec("SUBMIT_JOB_HIGH_BG", "function unique data", data=True),
+    33: _spec("SUBMIT_JOB_LOW", "function unique data", data=True),
+    34: _spec("SUBMIT_JOB_LOW_BG", "function unique data", data=True),
+    35: _spec("SUBMIT_JOB_SCHED", "function unique minute hour mday month wday data", data=True),
+    36: _spec("SUBMIT_JOB_EPOCH", "function unique epoch data", data=True),
+    37: _spec("SUBMIT_REDUCE_JOB", "function unique reducer aggregator data", data=True),
+    38: _spec("SUBMIT_REDUCE_JOB_BACKGROUND", "function unique reducer aggregator data", data=True),
+    39: _spec("GRAB_JOB_ALL"),
+    40: _spec("JOB_ASSIGN_ALL", "handle function unique reducer data", data=True),
+    41: _spec("GET_STATUS_UNIQUE", "unique"),
+    42: _spec("STATUS_RES_UNIQUE", "unique known running numerator denominator client_count"),
 }
 
+# The packet names are PacketType's; the table must name the same packets.
+assert all(PacketType(t).name == spec.name for t, spec in PACKETS.items())
+
 _NARGS = {t: s.nargs for t, s in PACKETS.items()}
+_ARGS = {t: s.args for t, s in PACKETS.items()}
+_NO_ARGS: tuple[bytes, ...] = ()
 
 
 class ProtocolError(Exception):
@@ -177,7 +192,8 @@ class LocalProtocolError(ValueError):
 
 
 class Packet(NamedTuple):
-    """One binary packet. ``magic`` is REQ or RES; ``args`` has the table's count."""
+    """One binary packet. ``magic`` is REQ or RES; ``args`` is the table's named tuple
+    for the type (``args.handle``, ``args.data``), so it indexes like a plain tuple too."""
 
     magic: bytes
     type: int
@@ -287,16 +303,18 @@ class Decoder:
                 if stop > end:
                     break
                 if nargs == 0:
-                    args: tuple[bytes, ...] = ()
-                else:
-                    args = tuple(bytes(buf[pos + HEADER_SIZE : stop]).split(b"\0", nargs - 1))
+                    events.append(Packet(magic, ptype, _NO_ARGS))
+                    pos = stop
+                    continue
+                parts = bytes(buf[pos + HEADER_SIZE : stop]).split(b"\0", nargs - 1)
                 pos = stop
-                if len(args) != nargs:
+                if len(parts) != nargs:
                     raise ProtocolError(
-                        f"{PACKETS[ptype].name} needs {nargs} arguments, got {len(args)}",
+                        f"{PACKETS[ptype].name} needs {nargs} arguments, got {len(parts)}",
                         fatal=False,
                     )
-                events.append(Packet(magic, ptype, args))
+                # tuple.__new__ rather than _make: the same named tuple, without a call layer.
+                events.append(Packet(magic, ptype, tuple.__new__(_ARGS[ptype], parts)))
         except ProtocolError as exc:
             if not events:
                 raise

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-import farm
-
-if TYPE_CHECKING:
-    from farm.server.app import Server
+from farm.server.hub import Hub
+from farm.version import __version__
 
 OK = "OK\r\n"
 
@@ -33,7 +30,7 @@ def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
 
 
-def status(server: Server, args: list[str]) -> str:
+def status(server: Hub, args: list[str]) -> str:
     lines = [
         f"{_text(fq.name)}\t{fq.queued + fq.running}\t{fq.running}\t{len(fq.workers)}\n"
         for fq in reversed(server.jobs.functions.values())
@@ -41,7 +38,7 @@ def status(server: Server, args: list[str]) -> str:
     return "".join(lines) + ".\n"
 
 
-def priority_status(server: Server, args: list[str]) -> str:
+def priority_status(server: Hub, args: list[str]) -> str:
     lines = [
         f"{_text(fq.name)}\t{fq.counts[0] + fq.scheduled[0]}\t{fq.counts[1] + fq.scheduled[1]}"
         f"\t{fq.counts[2] + fq.scheduled[2]}\t{len(fq.workers)}\n"
@@ -50,7 +47,7 @@ def priority_status(server: Server, args: list[str]) -> str:
     return "".join(lines) + ".\n"
 
 
-def workers(server: Server, args: list[str]) -> str:
+def workers(server: Hub, args: list[str]) -> str:
     lines = []
     for conn in sorted(server.connections, key=lambda c: -c.fd):
         functions = "".join(" " + _text(f) for f in reversed(conn.abilities))
@@ -58,7 +55,7 @@ def workers(server: Server, args: list[str]) -> str:
     return "".join(lines) + ".\n"
 
 
-def show(server: Server, args: list[str]) -> str:
+def show(server: Hub, args: list[str]) -> str:
     what = " ".join(a.lower() for a in args)
     if what == "jobs":
         lines = [
@@ -79,13 +76,13 @@ def show(server: Server, args: list[str]) -> str:
     return "ERR UNKNOWN_SHOW_ARGUMENTS\r\n"
 
 
-def cancel(server: Server, args: list[str]) -> str:
+def cancel(server: Hub, args: list[str]) -> str:
     if len(args) < 2 or args[0].lower() != "job":
         return _unknown("cancel")
     return OK if server.jobs.cancel(args[1].encode()) else "ERR UNKNOWN_JOB\r\n"
 
 
-def max_queue(server: Server, args: list[str]) -> str:
+def max_queue(server: Hub, args: list[str]) -> str:
     if not args:
         return _incomplete("maxqueue")
     try:
@@ -100,14 +97,14 @@ def max_queue(server: Server, args: list[str]) -> str:
     return OK
 
 
-def create_function(server: Server, args: list[str]) -> str:
+def create_function(server: Hub, args: list[str]) -> str:
     if len(args) < 2 or args[0].lower() != "function":
         return _incomplete("create")
     server.jobs.function(args[1].encode())
     return OK
 
 
-def drop_function(server: Server, args: list[str]) -> str:
+def drop_function(server: Hub, args: list[str]) -> str:
     if len(args) < 2 or args[0].lower() != "function":
         return _incomplete("drop")
     name = args[1].encode()
@@ -118,19 +115,19 @@ def drop_function(server: Server, args: list[str]) -> str:
     return OK
 
 
-def getpid(server: Server, args: list[str]) -> str:
+def getpid(server: Hub, args: list[str]) -> str:
     return f"OK {os.getpid()}\n"
 
 
-def version(server: Server, args: list[str]) -> str:
-    return f"OK {farm.__version__}\n"
+def version(server: Hub, args: list[str]) -> str:
+    return f"OK {__version__}\n"
 
 
-def verbose(server: Server, args: list[str]) -> str:
+def verbose(server: Hub, args: list[str]) -> str:
     return f"OK {server.verbose_name}\n"
 
 
-COMMANDS: dict[str, Callable[[Server, list[str]], str]] = {
+COMMANDS: dict[str, Callable[[Hub, list[str]], str]] = {
     "status": status,
     "prioritystatus": priority_status,
     "workers": workers,
@@ -145,7 +142,7 @@ COMMANDS: dict[str, Callable[[Server, list[str]], str]] = {
 }
 
 
-def run_admin(server: Server, line: str) -> str | None:
+def run_admin(server: Hub, line: str) -> str | None:
     """The reply to one admin line (None for a blank line, which gearmand also answers)."""
     words = line.split()
     if not words:

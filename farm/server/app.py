@@ -18,97 +18,45 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from farm.lifetime import die_with_parent
-from farm.protocol import PacketType as T
-from farm.protocol import encode_res
-from farm.server.connection import Connection, error
-from farm.server.jobs import JobServer
+from farm.net import parse_address
+from farm.server.connection import Connection
+from farm.server.hub import Hub
 from farm.server.options import ServerOptions, parse_args
-from farm.server.store import StoreError, open_store
+from farm.server.store import StoreError
 
 log = logging.getLogger("farm.server")
 
 #: How long a stopping server waits for replies still being written.
 DRAIN_SECONDS = 2.0
 
-VERBOSE_NAMES = ("ERROR", "WARNING", "NOTICE", "INFO", "DEBUG")
-
 
 class Server:
-    """Listeners plus the job model; connections write through ``flush``."""
+    """The process around a ``Hub``: its listeners, signals and shutdown."""
 
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
-        self.max_packet = options.max_packet
-        self.exceptions_default = options.exceptions
-        self.verbose_name = VERBOSE_NAMES[min(options.verbose, len(VERBOSE_NAMES) - 1)]
-        self.connections: set[Connection] = set()
-        self.dirty: list[Connection] = []
+        self.hub = Hub(options)  # raises StoreError when the store cannot be opened
+        self.jobs = self.hub.jobs
         self.listeners: list[asyncio.AbstractServer] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopped: asyncio.Event | None = None
-        self.all_closed: asyncio.Event | None = None  # set once the last connection is gone
-        self.store = open_store(options.store, sync=options.store_sync)
-        self.jobs = JobServer(
-            store=self.store,
-            max_queued_bytes=options.max_queued_bytes,
-            max_queue=options.max_queue,
-            job_retries=options.job_retries,
-            call_later=self._call_later,
-            cancel_timer=lambda handle: handle.cancel(),  # type: ignore[attr-defined]
-        )
-
-    def _call_later(self, delay: float, callback: Callable[[], None]) -> object:
-        assert self.loop is not None
-
-        def run() -> None:
-            callback()
-            self.flush()
-
-        return self.loop.call_later(delay, run)
-
-    def flush(self) -> None:
-        """Write what every touched connection is owed: one write per connection per turn.
-
-        Background jobs staged in this turn are committed first, so no
-        JOB_CREATED leaves before its job is on disk.
-        """
-        store = self.store
-        if store is not None and store.pending:
-            failed = store.commit()
-            if failed:
-                self._refuse_unstored(failed)
-        dirty = self.dirty
-        if dirty:
-            self.dirty = []
-            for conn in dirty:
-                conn.flush()
-
-    def _refuse_unstored(self, handles: list[bytes]) -> None:
-        """The commit failed: turn those jobs' JOB_CREATED into QUEUE_ERROR and forget them."""
-        text = self.store.broken if self.store is not None else "job store error"
-        refusal = error("QUEUE_ERROR", text or "job store error")
-        for handle in handles:
-            self.jobs.unstore(handle)
-            created = encode_res(T.JOB_CREATED, handle)
-            for conn in self.dirty:
-                if created in conn.out:
-                    conn.out[:] = conn.out.replace(created, refusal)
 
     async def start(self) -> None:
-        self.loop = asyncio.get_running_loop()
+        self.loop = self.hub.loop = asyncio.get_running_loop()
         self.stopped = asyncio.Event()
         opts = self.options
         replayed = self.jobs.replay()
         if replayed:
             log.warning("replayed %d background jobs from %s", replayed, opts.store)
-        self.flush()
-        factory = lambda: Connection(self)  # noqa: E731
+        self.hub.flush()
+        factory = lambda: Connection(self.hub)  # noqa: E731
         tls = self._tls_context()
         for addr in opts.listen:
             if addr.startswith("unix:"):
                 await self._listen_unix(addr[5:], factory)
                 continue
-            host, port = _split_host_port(addr, opts.port)
+            tcp = parse_address(addr, default_port=opts.port)
+            host, port = tcp.host, tcp.port
             srv = await self.loop.create_server(
                 factory, host or None, port, backlog=opts.backlog, reuse_address=True, ssl=tls
             )
@@ -148,7 +96,7 @@ class Server:
         self.jobs.stopping = True
         for srv in self.listeners:
             srv.close()
-        for conn in list(self.connections):
+        for conn in list(self.hub.connections):
             conn.close()
         if self.stopped is not None:
             self.stopped.set()
@@ -156,14 +104,15 @@ class Server:
     async def _drain_connections(self, limit: float) -> None:
         """Let closing connections write what they still owe (a result in flight),
         up to ``limit`` seconds: the transports close themselves once flushed."""
-        if not self.connections:
+        hub = self.hub
+        if not hub.connections:
             return
-        self.all_closed = asyncio.Event()
+        hub.all_closed = asyncio.Event()
         try:
-            await asyncio.wait_for(self.all_closed.wait(), limit)
+            await asyncio.wait_for(hub.all_closed.wait(), limit)
         except TimeoutError:
             log.warning(
-                "%d connections still writing after %.0f s; closing", len(self.connections), limit
+                "%d connections still writing after %.0f s; closing", len(hub.connections), limit
             )
 
     def stop_gracefully(self) -> None:
@@ -184,10 +133,9 @@ class Server:
         loop.add_signal_handler(signal.SIGUSR1, self.stop_gracefully)
         assert self.stopped is not None
         await self.stopped.wait()
-        self.flush()
+        self.hub.flush()
         await self._drain_connections(DRAIN_SECONDS)
-        if self.store is not None:
-            self.store.close()
+        self.hub.close_store()
         for path in self.options.unix + [
             a[5:] for a in self.options.listen if a.startswith("unix:")
         ]:
@@ -195,16 +143,6 @@ class Server:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-
-
-def _split_host_port(addr: str, default_port: int) -> tuple[str, int]:
-    if addr.startswith("["):  # [::1]:4730
-        host, _, rest = addr[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else default_port
-    if addr.count(":") == 1:
-        host, _, port = addr.partition(":")
-        return host, int(port)
-    return addr, default_port
 
 
 def _raise_fd_limit(wanted: int) -> None:

@@ -1,9 +1,11 @@
 """One asyncio.Protocol per connection: bytes in, calls on the job model, bytes out.
 
 The connection decides nothing about jobs; it decodes packets, checks their
-arguments against the wire's limits, and calls ``JobServer``. Replies are
-collected in a per-connection buffer and written once per loop turn, so a
-pipelining peer costs one write per read, not one per packet.
+arguments against the wire's limits, and calls ``JobServer``. What the model
+answers or tells it (a job, a wake-up, a job's progress or end) it alone turns
+into packets -- including WORK_FAIL for a client that did not ask for
+exceptions. Replies are collected in a per-connection buffer and written once
+per loop turn (``Hub.flush``), so a pipelining peer costs one write per read.
 """
 
 from __future__ import annotations
@@ -12,28 +14,21 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from farm import protocol as p
 from farm.protocol import PacketType as T
 from farm.protocol import encode_res
-from farm.server.jobs import HIGH, LOW, NORMAL, Job, QueueFull
+from farm.protocol.kinds import SUBMIT_KINDS, Priority, SubmitKind
+from farm.server.admin import run_admin
+from farm.server.hub import Hub
+from farm.server.jobs import Job, Outcome, Progress, QueueFull
 from farm.server.store import StoreError
-
-if TYPE_CHECKING:
-    from farm.server.app import Server
 
 log = logging.getLogger("farm.server")
 
-# Submit packet type -> (priority, background).
-SUBMITS: dict[int, tuple[int, bool]] = {
-    T.SUBMIT_JOB: (NORMAL, False),
-    T.SUBMIT_JOB_BG: (NORMAL, True),
-    T.SUBMIT_JOB_HIGH: (HIGH, False),
-    T.SUBMIT_JOB_HIGH_BG: (HIGH, True),
-    T.SUBMIT_JOB_LOW: (LOW, False),
-    T.SUBMIT_JOB_LOW_BG: (LOW, True),
-}
+#: SUBMIT_JOB_EPOCH and the reduce submits: not in the plain table, same meaning.
+_EPOCH = SubmitKind(Priority.NORMAL, True)
+_REDUCE = {False: SubmitKind(Priority.NORMAL, False), True: SubmitKind(Priority.NORMAL, True)}
 
 
 def error(code: str, text: str) -> bytes:
@@ -43,12 +38,14 @@ def error(code: str, text: str) -> bytes:
 class Connection(asyncio.Protocol):
     """A client, a worker, an admin tool -- or all three on one socket."""
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.jobs = server.jobs
-        self.decoder = p.Decoder(max_packet=server.max_packet)
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.jobs = hub.jobs
+        self.decoder = p.Decoder(max_packet=hub.options.max_packet)
         self.transport: asyncio.Transport | None = None
         self.out = bytearray()
+        # JOB_CREATEDs waiting for the store's commit, each with what was sent after it.
+        self.held: list[tuple[bytes, bytearray]] | None = None
         self.dirty = False
         self.closed = False
         self.fd = -1
@@ -58,7 +55,7 @@ class Connection(asyncio.Protocol):
         self.abilities: dict[bytes, float] = {}
         self.running: dict[bytes, Job] = {}
         self.attached: set[Job] = set()
-        self.exceptions = server.exceptions_default
+        self.exceptions = hub.options.exceptions
         self.sleeping = False
 
     # -- asyncio callbacks ---------------------------------------------------
@@ -74,16 +71,16 @@ class Connection(asyncio.Protocol):
                 self.ip = peer[0] if peer else "-"
             else:
                 self.ip = "unix"
-        if len(self.server.connections) >= self.server.options.max_connections:
+        if len(self.hub.connections) >= self.hub.options.max_connections:
             log.warning(
                 "connection limit (%d) reached; closing fd %d",
-                len(self.server.connections),
+                len(self.hub.connections),
                 self.fd,
             )
             self.closed = True
             transport.close()
             return
-        self.server.connections.add(self)
+        self.hub.connections.add(self)
 
     def detach(self) -> None:
         """Hand back what this connection held. As a client first: its own foreground jobs
@@ -93,11 +90,11 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.server.connections.discard(self)
+        self.hub.connections.discard(self)
         self.detach()
-        self.server.flush()
-        if self.server.all_closed is not None and not self.server.connections:
-            self.server.all_closed.set()
+        self.hub.flush()
+        if self.hub.all_closed is not None and not self.hub.connections:
+            self.hub.all_closed.set()
 
     def pause_writing(self) -> None:
         # The peer is not reading its replies: stop reading its requests until it does.
@@ -127,17 +124,55 @@ class Connection(asyncio.Protocol):
             self.close()
             self.detach()
         finally:
-            self.server.flush()
+            self.hub.flush()
 
     # -- output --------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
         if self.closed:
             return
-        self.out += data
+        if self.held is None:
+            self.out += data
+        else:
+            self.held[-1][1].extend(data)  # keeps its place behind a held JOB_CREATED
         if not self.dirty:
             self.dirty = True
-            self.server.dirty.append(self)
+            self.hub.dirty.append(self)
+
+    def hold_created(self, handle: bytes) -> None:
+        """JOB_CREATED of a job whose row is staged: sent by ``release_held`` after the commit."""
+        if self.held is None:
+            self.held = []
+            self.hub.holding.append(self)
+        self.held.append((handle, bytearray()))
+
+    def release_held(self, failed: frozenset[bytes], refusal_text: str) -> None:
+        held, self.held = self.held, None
+        if held is None or self.closed:
+            return
+        refusal = error("QUEUE_ERROR", refusal_text) if failed else b""
+        for handle, after in held:
+            self.out += refusal if handle in failed else encode_res(T.JOB_CREATED, handle)
+            self.out += after
+        if not self.dirty:
+            self.dirty = True
+            self.hub.dirty.append(self)
+
+    # -- what the job model tells this connection ------------------------------
+
+    def wake(self) -> None:
+        self.send(NOOP)
+
+    def job_progress(self, job: Job, kind: Progress, fields: tuple[bytes, ...]) -> None:
+        self.send(encode_res(PROGRESS_PACKET[kind], job.handle, *fields))
+
+    def job_ended(self, job: Job, outcome: Outcome, data: bytes) -> None:
+        if outcome is Outcome.COMPLETE:
+            self.send(encode_res(T.WORK_COMPLETE, job.handle, data))
+        elif outcome is Outcome.EXCEPTION and self.exceptions:
+            self.send(encode_res(T.WORK_EXCEPTION, job.handle, data))
+        else:  # a failure, or an exception for a client that did not ask for them
+            self.send(encode_res(T.WORK_FAIL, job.handle))
 
     def flush(self) -> None:
         self.dirty = False
@@ -149,7 +184,7 @@ class Connection(asyncio.Protocol):
         """Flush what is owed, then close."""
         if self.closed:
             return
-        self.server.flush()  # commits staged background jobs before their JOB_CREATED leaves
+        self.hub.flush()  # commits staged background jobs before their JOB_CREATED leaves
         self.flush()
         self.closed = True
         if self.transport is not None:
@@ -177,7 +212,14 @@ class Connection(asyncio.Protocol):
         handler(self, pkt.args)
 
     def on_submit(
-        self, ptype: int, function: bytes, unique: bytes, data: bytes, **kw: object
+        self,
+        kind: SubmitKind,
+        function: bytes,
+        unique: bytes,
+        data: bytes,
+        *,
+        reducer: bytes | None = None,
+        when: float = 0.0,
     ) -> None:
         if len(unique) > p.MAX_UNIQUE:
             self.send(error("ARGUMENT_TOO_LARGE", "Unique value too large"))
@@ -185,17 +227,17 @@ class Connection(asyncio.Protocol):
         if not function:
             self.send(error("INVALID_COMMAND", "function name is empty"))
             return
-        priority, background = SUBMITS.get(ptype, (NORMAL, bool(kw.get("background"))))
+        background = kind.background
         try:
             job = self.jobs.submit(
                 None if background else self,
                 function,
                 unique,
                 data,
-                priority=priority,
+                priority=kind.priority,
                 background=background,
-                reducer=kw.get("reducer"),  # type: ignore[arg-type]
-                when=kw.get("when", 0.0),  # type: ignore[arg-type]
+                reducer=reducer,
+                when=when,
             )
         except QueueFull:
             self.send(error("QUEUE_ERROR", "Job queue is full"))
@@ -203,10 +245,14 @@ class Connection(asyncio.Protocol):
         except StoreError as exc:
             self.send(error("QUEUE_ERROR", str(exc)))
             return
-        self.send(encode_res(T.JOB_CREATED, job.handle))
+        if background and job.store_id and self.hub.must_hold():
+            self.hold_created(job.handle)
+        else:
+            self.send(encode_res(T.JOB_CREATED, job.handle))
 
-    def submit(self, args: tuple[bytes, ...], ptype: int) -> None:
-        self.on_submit(ptype, *args)
+    def submit(self, args: tuple[bytes, ...], kind: SubmitKind) -> None:
+        function, unique, data = args
+        self.on_submit(kind, function, unique, data)
 
     def submit_epoch(self, args: tuple[bytes, ...]) -> None:
         function, unique, epoch, data = args
@@ -215,12 +261,11 @@ class Connection(asyncio.Protocol):
         except ValueError:
             self.send(error("INVALID_COMMAND", "epoch is not a number"))
             return
-        self.on_submit(T.SUBMIT_JOB_EPOCH, function, unique, data, background=True, when=when)
+        self.on_submit(_EPOCH, function, unique, data, when=when)
 
-    def submit_reduce(self, args: tuple[bytes, ...], background: bool) -> None:
+    def submit_reduce(self, args: tuple[bytes, ...], kind: SubmitKind) -> None:
         function, unique, reducer, _aggregator, data = args
-        ptype = T.SUBMIT_JOB_BG if background else T.SUBMIT_JOB
-        self.on_submit(ptype, function, unique, data, reducer=reducer)
+        self.on_submit(kind, function, unique, data, reducer=reducer)
 
     def submit_sched(self, args: tuple[bytes, ...]) -> None:
         self.send(
@@ -248,16 +293,12 @@ class Connection(asyncio.Protocol):
         if job is None:
             self.send(error("JOB_NOT_FOUND", NOT_FOUND_TEXT.get(ptype, NOT_FOUND_DEFAULT)))
             return
-        packet = encode_res(ptype, *args)
-        if ptype == T.WORK_STATUS:
-            job.numerator, job.denominator = args[1], args[2]
-            self.jobs.forward(job, packet)
-        elif ptype in (T.WORK_DATA, T.WORK_WARNING):
-            self.jobs.forward(job, packet)
-        elif ptype == T.WORK_EXCEPTION:
-            self.jobs.finish(self, job, packet, encode_res(T.WORK_FAIL, handle))
+        progress = PROGRESS_KIND.get(ptype)
+        if progress is not None:
+            self.jobs.progress(job, progress, args[1:])
         else:
-            self.jobs.finish(self, job, packet)
+            data = args[1] if ptype != T.WORK_FAIL else b""
+            self.jobs.finish(self, job, OUTCOME[ptype], data)
 
     def get_status(self, args: tuple[bytes, ...]) -> None:
         handle = args[0]
@@ -324,14 +365,24 @@ class Connection(asyncio.Protocol):
     # -- admin ---------------------------------------------------------------
 
     def handle_admin(self, line: str) -> None:
-        from farm.server.admin import run_admin
-
-        reply = run_admin(self.server, line)
+        reply = run_admin(self.hub, line)
         if reply is not None:
             self.send(reply.encode())
 
 
 NO_JOB = encode_res(T.NO_JOB)
+NOOP = encode_res(T.NOOP)
+PROGRESS_KIND = {
+    T.WORK_STATUS: Progress.STATUS,
+    T.WORK_DATA: Progress.DATA,
+    T.WORK_WARNING: Progress.WARNING,
+}
+PROGRESS_PACKET = {kind: ptype for ptype, kind in PROGRESS_KIND.items()}
+OUTCOME = {
+    T.WORK_COMPLETE: Outcome.COMPLETE,
+    T.WORK_FAIL: Outcome.FAIL,
+    T.WORK_EXCEPTION: Outcome.EXCEPTION,
+}
 # gearmand's texts, so tools that match on them keep working.
 NOT_FOUND_DEFAULT = "Job given in work result not found"
 NOT_FOUND_TEXT = {
@@ -370,7 +421,7 @@ HANDLERS: dict[int, Handler] = {
     T.OPTION_REQ: Connection.option,
     T.SUBMIT_JOB_EPOCH: Connection.submit_epoch,
     T.SUBMIT_JOB_SCHED: Connection.submit_sched,
-    T.SUBMIT_REDUCE_JOB: _bind(Connection.submit_reduce, False),
-    T.SUBMIT_REDUCE_JOB_BACKGROUND: _bind(Connection.submit_reduce, True),
-    **{t: _bind(Connection.submit, t) for t in SUBMITS},
+    T.SUBMIT_REDUCE_JOB: _bind(Connection.submit_reduce, _REDUCE[False]),
+    T.SUBMIT_REDUCE_JOB_BACKGROUND: _bind(Connection.submit_reduce, _REDUCE[True]),
+    **{t: _bind(Connection.submit, kind) for t, kind in SUBMIT_KINDS.items()},
 }

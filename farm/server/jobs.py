@@ -5,8 +5,8 @@ decisions (coalescing, priority order, requeue and retries, timeouts, who is
 woken) are made here, in one event loop, so no locks are needed.
 
 A peer is anything with the attributes of ``Peer`` (farm/server/queues.py; the server's
-connection class): the model reads its abilities and options and calls
-``send`` with framed bytes.
+connection class): the model reads its abilities and tells it what happened
+(``wake``, ``job_progress``, ``job_ended``); it never makes bytes itself.
 """
 
 from __future__ import annotations
@@ -17,14 +17,32 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
-from farm.protocol import PacketType as T
-from farm.protocol import encode_res
-from farm.server.queues import HIGH, LOW, NORMAL, FunctionQueue, Job, Peer, QueueFull
+from farm.protocol.kinds import Priority
+from farm.server.queues import (
+    HIGH,
+    LOW,
+    NORMAL,
+    FunctionQueue,
+    Job,
+    Outcome,
+    Peer,
+    Progress,
+    QueueFull,
+    Timer,
+)
 from farm.server.store import SQLiteStore
 
-__all__ = ["HIGH", "LOW", "NORMAL", "FunctionQueue", "Job", "JobServer", "Peer", "QueueFull"]
+__all__ = [
+    "FunctionQueue",
+    "Job",
+    "JobServer",
+    "Outcome",
+    "Peer",
+    "Progress",
+    "QueueFull",
+]
 
 log = logging.getLogger("farm.server")
 
@@ -37,8 +55,7 @@ class JobServer:
         *,
         job_retries: int = 0,
         hostname: str | None = None,
-        call_later: Callable[[float, Callable[[], None]], object] | None = None,
-        cancel_timer: Callable[[object], None] | None = None,
+        call_later: Callable[[float, Callable[[], None]], Timer] | None = None,
         store: SQLiteStore | None = None,
         max_queued_bytes: int = 0,
         max_queue: int = 0,
@@ -59,9 +76,8 @@ class JobServer:
         self.epoch_heap: list[tuple[float, int, Job]] = []
         self.poison: deque[tuple[bytes, bytes, bytes]] = deque(maxlen=1000)
         self.call_later = call_later
-        self.cancel_timer = cancel_timer
         self.store = store
-        self._epoch_timer: object | None = None
+        self._epoch_timer: Timer | None = None
         self.on_idle: Callable[[], None] | None = None
         self.stopping = False  # set by a server shutting down
 
@@ -86,7 +102,7 @@ class JobServer:
         unique: bytes,
         data: bytes,
         *,
-        priority: int = NORMAL,
+        priority: Priority = NORMAL,
         background: bool = False,
         reducer: bytes | None = None,
         when: float = 0.0,
@@ -163,7 +179,7 @@ class JobServer:
                 row.function,
                 row.unique,
                 row.data,
-                priority=row.priority,
+                priority=Priority(row.priority),
                 background=True,
                 reducer=row.reducer,
                 when=row.when,
@@ -220,8 +236,8 @@ class JobServer:
     def _arm_epoch_timer(self) -> None:
         if self.call_later is None or not self.epoch_heap:
             return
-        if self._epoch_timer is not None and self.cancel_timer is not None:
-            self.cancel_timer(self._epoch_timer)
+        if self._epoch_timer is not None:
+            self._epoch_timer.cancel()
         delay = max(0.0, self.epoch_heap[0][0] - time.time())
         self._epoch_timer = self.call_later(delay, self.release_due_epoch_jobs)
 
@@ -277,7 +293,7 @@ class JobServer:
     def pre_sleep(self, worker: Peer) -> None:
         """PRE_SLEEP: answer at once with NOOP if there is work, else wait for some."""
         if self._best_job(worker) is not None:
-            worker.send(NOOP)
+            worker.wake()
             return
         worker.sleeping = True
         for function in worker.abilities:
@@ -295,7 +311,7 @@ class JobServer:
         if fq.sleepers:
             worker = next(iter(fq.sleepers))
             self._unsleep(worker)
-            worker.send(NOOP)
+            worker.wake()
 
     def _best_job(self, worker: Peer) -> Job | None:
         """Highest priority first, then oldest, across all the worker's functions."""
@@ -336,7 +352,7 @@ class JobServer:
             log.warning(
                 "job %s (%s) timed out on its worker", job.handle.decode(), job.function.decode()
             )
-            self.finish(worker, job, encode_res(T.WORK_FAIL, job.handle))
+            self.finish(worker, job, Outcome.FAIL)
 
     def _requeue(self, worker: Peer, job: Job) -> None:
         """The worker let go of a running job without ending it: run it again, or fail it."""
@@ -356,7 +372,7 @@ class JobServer:
                 job.retries,
             )
             self.poison.append((job.handle, job.function, job.unique))
-            self._end(job, encode_res(T.WORK_FAIL, job.handle), fail_packet=None)
+            self._end(job, Outcome.FAIL)
             return
         fq = self.function(job.function)
         fq.push(job, front=True)
@@ -369,8 +385,7 @@ class JobServer:
         job.worker = None
         self.functions[job.function].running -= 1
         if job.timer is not None:
-            if self.cancel_timer is not None:
-                self.cancel_timer(job.timer)
+            job.timer.cancel()
             job.timer = None
 
     # -- work updates ----------------------------------------------------------
@@ -378,27 +393,21 @@ class JobServer:
     def held(self, worker: Peer, handle: bytes) -> Job | None:
         return worker.running.get(handle)
 
-    def forward(self, job: Job, packet: bytes) -> None:
-        """WORK_DATA / WARNING / STATUS: every attached client gets it."""
+    def progress(self, job: Job, kind: Progress, fields: tuple[bytes, ...]) -> None:
+        """WORK_STATUS / DATA / WARNING: kept (status) and passed to every attached client."""
+        if kind is Progress.STATUS:
+            job.numerator, job.denominator = fields
         for client in job.clients:
-            client.send(packet)
+            client.job_progress(job, kind, fields)
 
-    def finish(
-        self, worker: Peer, job: Job, packet: bytes, fail_packet: bytes | None = None
-    ) -> None:
-        """WORK_COMPLETE / FAIL / EXCEPTION: the job ends; clients get ``packet``.
-
-        Clients that did not ask for exceptions get ``fail_packet`` instead when given.
-        """
+    def finish(self, worker: Peer, job: Job, outcome: Outcome, data: bytes = b"") -> None:
+        """WORK_COMPLETE / FAIL / EXCEPTION from the worker holding the job: it ends."""
         self._stop_running(worker, job)
-        self._end(job, packet, fail_packet)
+        self._end(job, outcome, data)
 
-    def _end(self, job: Job, packet: bytes, fail_packet: bytes | None) -> None:
+    def _end(self, job: Job, outcome: Outcome, data: bytes = b"") -> None:
         for client in job.clients:
-            if fail_packet is not None and not client.exceptions:
-                client.send(fail_packet)
-            else:
-                client.send(packet)
+            client.job_ended(job, outcome, data)
             client.attached.discard(job)
         job.clients = []
         self._forget(job)
@@ -430,7 +439,7 @@ class JobServer:
         if job is None or job.worker is not None:
             return False
         self._unqueue(job)
-        self._end(job, encode_res(T.WORK_FAIL, job.handle), None)
+        self._end(job, Outcome.FAIL)
         return True
 
     def drop_function(self, name: bytes) -> bool:
@@ -440,12 +449,6 @@ class JobServer:
         # As gearmand: the operator asked, so the function's waiting jobs go with it.
         for job in [j for j in self.jobs.values() if j.function == name]:
             self._unqueue(job)
-            self._end(job, encode_res(T.WORK_FAIL, job.handle), None)
+            self._end(job, Outcome.FAIL)
         del self.functions[name]
         return True
-
-    def queued_jobs(self) -> Iterable[Job]:
-        return self.jobs.values()
-
-
-NOOP = encode_res(T.NOOP)

@@ -6,23 +6,57 @@ rules; these classes only keep their own bookkeeping exact.
 
 from __future__ import annotations
 
+import enum
 from collections import deque
 from typing import Protocol
 
-HIGH, NORMAL, LOW = 0, 1, 2
-PRIORITY_NAMES = ("high", "normal", "low")
+from farm.protocol.kinds import Priority
+
+HIGH, NORMAL, LOW = Priority.HIGH, Priority.NORMAL, Priority.LOW
+
+
+class Outcome(enum.Enum):
+    """How a job ended, as the job model tells the clients waiting on it."""
+
+    COMPLETE = "complete"  # the worker's result
+    FAIL = "fail"  # the worker failed it, it timed out, was cancelled or ran out of retries
+    EXCEPTION = "exception"  # the worker raised; clients without the option see FAIL
+
+
+class Progress(enum.Enum):
+    """What a worker reported about a running job, forwarded to its clients as it came."""
+
+    STATUS = "status"  # numerator, denominator
+    DATA = "data"
+    WARNING = "warning"
 
 
 class Peer(Protocol):
-    """What the job model needs of a connection."""
+    """What the job model needs of a connection: its state, and what to tell it.
+
+    The model says what happened (wake up, a job's news, a job's end); the
+    connection alone turns that into bytes.
+    """
 
     abilities: dict[bytes, float]  # function -> timeout in seconds (0 = none)
     running: dict[bytes, Job]  # handle -> job this worker holds
     attached: set[Job]  # foreground jobs this client waits on
-    exceptions: bool
     sleeping: bool
 
-    def send(self, data: bytes) -> None: ...
+    def wake(self) -> None:
+        """A sleeping worker has a job it can grab (NOOP)."""
+
+    def job_progress(self, job: Job, kind: Progress, fields: tuple[bytes, ...]) -> None:
+        """A job this client waits on reported progress (WORK_STATUS / DATA / WARNING)."""
+
+    def job_ended(self, job: Job, outcome: Outcome, data: bytes) -> None:
+        """A job this client waits on ended (WORK_COMPLETE / FAIL / EXCEPTION)."""
+
+
+class Timer(Protocol):
+    """What the job model keeps of a timer it started (asyncio's and uvloop's handles)."""
+
+    def cancel(self) -> None: ...
 
 
 class QueueFull(Exception):
@@ -82,7 +116,7 @@ class Job:
         self.retries = 0
         self.queued = False
         self.store_id = 0  # row in the durable store; 0 when not stored
-        self.timer: object | None = None
+        self.timer: Timer | None = None
 
     def __repr__(self) -> str:
         return f"<Job {self.handle.decode()} {self.function.decode()!r}>"

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from farm.server.queues import Job, Outcome, Progress
+
 
 class FakePeer:
-    """A connection as farm.server.queues.Peer sees it; records what it was sent."""
+    """A connection as farm.server.queues.Peer sees it; records what the model told it."""
 
     def __init__(self) -> None:
         self.abilities: dict[bytes, float] = {}
-        self.running: dict = {}
-        self.attached: set = set()
-        self.exceptions = False
+        self.running: dict[bytes, Job] = {}
+        self.attached: set[Job] = set()
         self.sleeping = False
-        self.sent: list[bytes] = []
+        self.told: list[tuple[Any, ...]] = []
 
-    def send(self, data: bytes) -> None:
-        self.sent.append(data)
+    def wake(self) -> None:
+        self.told.append(("wake",))
+
+    def job_progress(self, job: Job, kind: Progress, fields: tuple[bytes, ...]) -> None:
+        self.told.append(("progress", job.handle, kind, fields))
+
+    def job_ended(self, job: Job, outcome: Outcome, data: bytes) -> None:
+        self.told.append(("ended", job.handle, outcome, data))

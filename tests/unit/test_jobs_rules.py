@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from farm.protocol import PacketType as T
-from farm.protocol import encode_res
 from farm.server.jobs import JobServer
 from farm.server.store import SQLiteStore
 from tests.helpers.fakes import FakePeer
-
-NOOP = encode_res(T.NOOP)
 
 
 def test_replay_ignores_queue_limits_so_a_restart_cannot_fail(tmp_path: Path) -> None:
@@ -71,7 +67,7 @@ def test_a_dying_worker_wakes_a_live_sleeper_not_itself() -> None:
     jobs.pre_sleep(dying)
     jobs.pre_sleep(sleeper)
     jobs.detach_worker(dying)
-    assert sleeper.sent == [NOOP]
+    assert sleeper.told == [("wake",)]
 
 
 def test_graceful_stop_fires_when_the_last_running_job_is_requeued() -> None:

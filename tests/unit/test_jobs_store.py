@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.server.jobs import JobServer
+from farm.server.jobs import JobServer, Outcome
 from farm.server.store import SQLiteStore, StoreError
 from tests.helpers.fakes import FakePeer
 
@@ -50,7 +50,7 @@ def test_finished_jobs_are_deleted(tmp_path: Path) -> None:
     store.commit()
     job = jobs.grab(worker)
     assert job is not None
-    jobs.finish(worker, job, b"done")
+    jobs.finish(worker, job, Outcome.COMPLETE, b"done")
     store.commit()
     assert store.count() == 0
 

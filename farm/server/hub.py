@@ -1,0 +1,104 @@
+"""What every connection of one server shares: the job model, the store, the write batch.
+
+``Hub`` sits below the connections and the admin commands (they only see
+this), and ``Server`` (farm/server/app.py) owns one beside its listeners and
+signals — so app, connection and admin do not import each other in a circle.
+
+Writes are batched: a connection that has something to send puts itself on
+``dirty`` once, and ``flush`` (at the end of every read and timer callback)
+writes each one once. Background jobs staged in the store during the turn are
+committed first; a connection holds the JOB_CREATED of such a job (and all
+that it sends after it) until that commit, so no client learns a handle for a
+job that is not on disk, and a failed commit turns into QUEUE_ERROR in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol
+
+from farm.server.jobs import JobServer
+from farm.server.options import ServerOptions
+from farm.server.queues import Timer
+from farm.server.store import SQLiteStore, open_store
+
+__all__ = ["Hub", "Writer", "VERBOSE_NAMES"]
+
+VERBOSE_NAMES = ("ERROR", "WARNING", "NOTICE", "INFO", "DEBUG")
+
+
+class Writer(Protocol):
+    """A connection as the hub and the admin commands see it."""
+
+    fd: int
+    ip: str
+    client_id: bytes
+    abilities: dict[bytes, float]
+
+    def flush(self) -> None:
+        """Write what is buffered (one write)."""
+
+    def close(self) -> None:
+        """Write what is owed, then close."""
+
+    def release_held(self, failed: frozenset[bytes], refusal_text: str) -> None:
+        """The store committed: send the held JOB_CREATEDs (QUEUE_ERROR for ``failed``)."""
+
+
+class Hub:
+    """The state of one server that its connections share."""
+
+    def __init__(self, options: ServerOptions) -> None:
+        self.options = options
+        self.verbose_name = VERBOSE_NAMES[min(options.verbose, len(VERBOSE_NAMES) - 1)]
+        self.connections: set[Writer] = set()
+        self.dirty: list[Writer] = []
+        self.holding: list[Writer] = []  # connections holding replies until the store commits
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.all_closed: asyncio.Event | None = None  # set once the last connection is gone
+        self.store: SQLiteStore | None = open_store(options.store, sync=options.store_sync)
+        self.jobs = JobServer(
+            store=self.store,
+            max_queued_bytes=options.max_queued_bytes,
+            max_queue=options.max_queue,
+            job_retries=options.job_retries,
+            call_later=self.call_later,
+        )
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        """Run ``callback`` after ``delay`` seconds, then write what it made."""
+        assert self.loop is not None, "timers start once the server runs"
+
+        def run() -> None:
+            callback()
+            self.flush()
+
+        return self.loop.call_later(delay, run)
+
+    def must_hold(self) -> bool:
+        """Whether a background job's JOB_CREATED must wait: its row is not committed yet."""
+        return self.store is not None and bool(self.store.staged_handles)
+
+    def flush(self) -> None:
+        """Commit staged background jobs, then write what every touched connection is owed."""
+        store = self.store
+        failed: list[bytes] = []
+        if store is not None and store.pending:
+            failed = store.commit()
+            for handle in failed:
+                self.jobs.unstore(handle)
+        if self.holding:
+            refusal = ((store and store.broken) or "job store error") if failed else ""
+            holding, self.holding = self.holding, []
+            for conn in holding:
+                conn.release_held(frozenset(failed), refusal)
+        dirty = self.dirty
+        if dirty:
+            self.dirty = []
+            for conn in dirty:
+                conn.flush()
+
+    def close_store(self) -> None:
+        if self.store is not None:
+            self.store.close()
