@@ -29,8 +29,8 @@ from farm.config import Config, FunctionConfig
 from farm.pools import sdnotify
 from farm.pools.control import ControlConnection, ControlServer
 from farm.pools.localserver import LocalServer
-from farm.pools.slots import Slot, WorkerProcess, core_for, crash_delay, describe_exit
-from farm.pools.steering import Pending, Steering
+from farm.pools.slots import ProcState, Slot, WorkerProcess, core_for, crash_delay, describe_exit
+from farm.pools.steering import Duty, Pending, Steering
 
 __all__ = ["Supervisor"]
 
@@ -109,17 +109,21 @@ class Supervisor(Steering):
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         self.selector.register(self._wake_r, selectors.EVENT_READ, "wakeup")
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(sig, lambda signum, frame: self.pending.append(Pending("signal", signum)))
+            signal.signal(
+                sig, lambda signum, frame: self.pending.append(Pending(Duty.SIGNAL, signum))
+            )
 
     def handle_signals(self) -> None:
         while self.pending:
             item = self.pending.pop(0)
-            if item.action == "reload" or (item.action == "signal" and item.arg == signal.SIGHUP):
+            if item.action is Duty.RELOAD or (
+                item.action is Duty.SIGNAL and item.arg == signal.SIGHUP
+            ):
                 error = self.reload()
                 if item.conn is not None:
                     reply = {"ok": error is None}
                     item.conn.reply({**reply, "error": error} if error else reply)
-            elif item.action == "stop" or item.arg in (signal.SIGTERM, signal.SIGINT):
+            elif item.action is Duty.STOP or item.arg in (signal.SIGTERM, signal.SIGINT):
                 log.info("stopping: draining workers (grace %gs)", self.grace)
                 self.stopping = True
             elif item.arg == signal.SIGQUIT:
@@ -178,7 +182,7 @@ class Supervisor(Steering):
         for proc in list(self.by_pid.values()):
             pool = self.config.functions.get(proc.function)
             timeout = pool.timeout if pool else None
-            if proc.state == "killing":
+            if proc.state is ProcState.KILLING:
                 continue
             if timeout and proc.busy_since and now - proc.busy_since > timeout + TIMEOUT_GRACE:
                 self.kill(proc, f"job {proc.handle} ran past its {timeout}s timeout")
@@ -187,7 +191,7 @@ class Supervisor(Steering):
 
     def kill(self, proc: WorkerProcess, reason: str) -> None:
         log.warning("killing worker %s (pid %d): %s", proc.name, proc.pid, reason)
-        proc.state, proc.kill_reason = "killing", reason
+        proc.state, proc.kill_reason = ProcState.KILLING, reason
         self.signal(proc.pid, signal.SIGKILL)
 
     def manage_server(self) -> None:
@@ -231,10 +235,10 @@ class Supervisor(Steering):
     def notify_systemd(self) -> None:
         self.watchdog.ping()
         slots = [s for pool in self.slots.values() for s in pool]
-        up = sum(1 for s in slots if s.proc and s.proc.state in ("idle", "busy"))
+        up = sum(1 for s in slots if s.proc and s.proc.state.serving)
         failing = sum(1 for s in slots if s.failing)
         server_up = self.server.ready or not self.config.local_server
-        all_up = all(s.failing or (s.proc and s.proc.state in ("idle", "busy")) for s in slots)
+        all_up = all(s.failing or (s.proc and s.proc.state.serving) for s in slots)
         if not self.ready_sent and server_up and all_up:
             self.ready_sent = True
             sdnotify.notify("READY=1")
@@ -347,8 +351,8 @@ class Supervisor(Steering):
                 if pool and pool.timeout
                 else None
             )
-        if proc.state != "killing":
-            proc.state = "draining"
+        if proc.state is not ProcState.KILLING:
+            proc.state = ProcState.DRAINING
         proc.stop_deadline = None if grace is None else time.monotonic() + grace
         self.retiring.append(proc)
         self.signal(proc.pid, signal.SIGTERM)

@@ -9,6 +9,7 @@ testable without processes.
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import signal
@@ -20,6 +21,8 @@ __all__ = [
     "EXIT_DRAINED",
     "EXIT_BOOT_ERROR",
     "EXIT_RECYCLE",
+    "RestartHistory",
+    "ProcState",
     "Slot",
     "WorkerProcess",
     "describe_exit",
@@ -71,6 +74,25 @@ def describe_exit(status: int) -> str:
     return f"exited with code {os.waitstatus_to_exitcode(status)}"
 
 
+class ProcState(enum.StrEnum):
+    """Where a worker process is in its life; ``farm ps`` shows the value."""
+
+    STARTING = "starting"  # spawned, has not reported ready yet
+    IDLE = "idle"
+    BUSY = "busy"  # holds a job
+    DRAINING = "draining"  # asked to stop after its job (SIGTERM)
+    KILLING = "killing"  # killed by the supervisor (timeout, drain deadline)
+
+    @property
+    def ordered(self) -> bool:
+        """The supervisor asked it to go, so its exit is never a crash."""
+        return self in (ProcState.DRAINING, ProcState.KILLING)
+
+    @property
+    def serving(self) -> bool:
+        return self in (ProcState.IDLE, ProcState.BUSY)
+
+
 @dataclass(eq=False)
 class WorkerProcess:
     """One running worker process and what it last told the supervisor."""
@@ -82,7 +104,7 @@ class WorkerProcess:
     report_fd: int  # read end of the pipe the worker reports on
     options: tuple[object, ...]  # FunctionConfig.options() it was started with
     started: float = field(default_factory=time.monotonic)
-    state: str = "starting"  # starting, idle, busy, draining, killing
+    state: ProcState = ProcState.STARTING
     jobs_done: int = 0
     rss: int = 0
     handle: str = ""
@@ -99,7 +121,7 @@ class WorkerProcess:
     @property
     def ordered(self) -> bool:
         """Whether the supervisor asked it to go (its exit is never a crash)."""
-        return self.state in ("draining", "killing")
+        return self.state.ordered
 
     def feed(self, data: bytes) -> None:
         """Apply report lines from the worker (JSON, one a line; see farm.pools.workerproc)."""
@@ -124,23 +146,55 @@ class WorkerProcess:
         elif kind == "recycle":
             self.recycle_reason = str(event.get("why", ""))
         if kind in ("ready", "job", "done") and not self.ordered:
-            self.state = "busy" if self.busy_since is not None else "idle"
+            self.state = ProcState.BUSY if self.busy_since is not None else ProcState.IDLE
+
+
+@dataclass(eq=False, kw_only=True)
+class RestartHistory:
+    """The one restart policy, for worker slots and the local job server alike.
+
+    A process that lived ``HEALTHY_AFTER`` seconds clears the history; each
+    unplanned exit counts a failure and waits ``crash_delay`` (``boot_delay``
+    after a boot failure) before the next start; ``FAILING_AFTER`` failures in a
+    row, or one boot failure, mark the place failing.
+    """
+
+    failures: int = 0  # consecutive unplanned exits since the last healthy run
+    restarts: int = 0  # processes started after the first
+    next_start: float = 0.0  # monotonic time before which no new process starts
+    failing: bool = False
+    last_exit: str = ""
+
+    def lived(self, seconds: float) -> None:
+        """A process of this place ran ``seconds``: long enough clears the history."""
+        if seconds >= HEALTHY_AFTER:
+            self.failures, self.failing = 0, False
+
+    def failed(self, now: float, *, boot: bool = False) -> float:
+        """An unplanned exit (or a start that failed): the delay before the next start."""
+        self.failures += 1
+        if boot:
+            self.failing, delay = True, boot_delay(self.failures)
+        else:
+            self.failing, delay = self.failures >= FAILING_AFTER, crash_delay(self.failures)
+        self.next_start = now + delay
+        return delay
+
+    def planned(self, now: float) -> float:
+        """An exit the supervisor asked for or expected: start again at once."""
+        self.next_start = now
+        return 0.0
 
 
 @dataclass(eq=False)
-class Slot:
+class Slot(RestartHistory):
     """A numbered, pinned place in a function's pool, and its restart history."""
 
     function: str
     index: int
     core: int
     proc: WorkerProcess | None = None
-    failures: int = 0  # consecutive unplanned exits since the last healthy run
-    restarts: int = 0  # processes started after the first
     spawned: int = 0
-    next_start: float = 0.0  # monotonic time before which no new process starts
-    failing: bool = False
-    last_exit: str = ""
 
     @property
     def name(self) -> str:
@@ -150,26 +204,21 @@ class Slot:
         """Record how ``proc`` ended; return (what happened, delay before the next start)."""
         code = os.waitstatus_to_exitcode(status)
         how = describe_exit(status)
-        if now - proc.started >= HEALTHY_AFTER:
-            self.failures, self.failing = 0, False
+        self.lived(now - proc.started)
         if proc.kill_reason:
-            how, delay = f"{how} ({proc.kill_reason})", 0.0
+            how, delay = f"{how} ({proc.kill_reason})", self.planned(now)
         elif code == EXIT_RECYCLE:
-            how, delay = f"was recycled ({proc.recycle_reason or 'limit reached'})", 0.0
+            how = f"was recycled ({proc.recycle_reason or 'limit reached'})"
+            delay = self.planned(now)
         elif code == EXIT_BOOT_ERROR:
-            self.failures += 1
-            self.failing = True
-            how, delay = f"failed to boot ({how})", boot_delay(self.failures)
+            how, delay = f"failed to boot ({how})", self.failed(now, boot=True)
         else:
-            self.failures += 1
-            self.failing = self.failures >= FAILING_AFTER
             how = f"stopped unasked ({how})" if code == EXIT_DRAINED else f"crashed: {how}"
-            delay = crash_delay(self.failures)
+            delay = self.failed(now)
         self.last_exit = how
-        self.next_start = now + delay
         return how, delay
 
     def note_healthy(self, now: float) -> None:
         """A process that has served a minute clears the slot's crash history."""
-        if self.proc is not None and now - self.proc.started >= HEALTHY_AFTER and self.failures:
-            self.failures, self.failing = 0, False
+        if self.proc is not None and self.failures:
+            self.lived(now - self.proc.started)

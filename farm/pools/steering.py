@@ -8,6 +8,7 @@ scaling only changes target numbers, which ``manage_workers`` reconciles;
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import selectors
@@ -34,11 +35,19 @@ log = logging.getLogger("farm.supervisor")
 MAX_WORKERS = 1024
 
 
+class Duty(enum.Enum):
+    """What a pending item asks of the main loop."""
+
+    SIGNAL = "signal"  # arg: the signal number
+    RELOAD = "reload"  # `farm reload`: re-read the config, answer on conn
+    STOP = "stop"  # `farm stop`: drain and exit
+
+
 @dataclass
 class Pending:
     """Work for the main loop: a signal, or a control request to run there."""
 
-    action: str  # "signal", "reload", "stop"
+    action: Duty
     arg: Any = None
     conn: ControlConnection | None = field(default=None, repr=False)
 
@@ -74,10 +83,11 @@ class Steering:
             conn.reply({"ok": True, "processes": self.process_table(), "targets": self.targets})
         elif cmd == "scale":
             conn.reply(self.scale(message.get("changes")))
-        elif cmd in ("reload", "stop"):
-            if cmd == "stop":
-                conn.reply({"ok": True, "pid": os.getpid()})
-            self.pending.append(Pending(cmd, conn=conn if cmd == "reload" else None))
+        elif cmd == "reload":
+            self.pending.append(Pending(Duty.RELOAD, conn=conn))
+        elif cmd == "stop":
+            conn.reply({"ok": True, "pid": os.getpid()})
+            self.pending.append(Pending(Duty.STOP))
         else:
             conn.reply({"ok": False, "usage": True, "error": f"unknown command {cmd!r}"})
 

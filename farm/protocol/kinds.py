@@ -51,12 +51,12 @@ class SubmitKind(NamedTuple):
 #: normal priority, held until its time) and the reduce submits are variants
 #: with more arguments, handled beside this table by their users.
 SUBMIT_KINDS: dict[PacketType, SubmitKind] = {
-    PacketType.SUBMIT_JOB_HIGH: SubmitKind(Priority.HIGH, False),
-    PacketType.SUBMIT_JOB: SubmitKind(Priority.NORMAL, False),
-    PacketType.SUBMIT_JOB_LOW: SubmitKind(Priority.LOW, False),
-    PacketType.SUBMIT_JOB_HIGH_BG: SubmitKind(Priority.HIGH, True),
-    PacketType.SUBMIT_JOB_BG: SubmitKind(Priority.NORMAL, True),
-    PacketType.SUBMIT_JOB_LOW_BG: SubmitKind(Priority.LOW, True),
+    PacketType.SUBMIT_JOB_HIGH: SubmitKind(Priority.HIGH, background=False),
+    PacketType.SUBMIT_JOB: SubmitKind(Priority.NORMAL, background=False),
+    PacketType.SUBMIT_JOB_LOW: SubmitKind(Priority.LOW, background=False),
+    PacketType.SUBMIT_JOB_HIGH_BG: SubmitKind(Priority.HIGH, background=True),
+    PacketType.SUBMIT_JOB_BG: SubmitKind(Priority.NORMAL, background=True),
+    PacketType.SUBMIT_JOB_LOW_BG: SubmitKind(Priority.LOW, background=True),
 }
 
 _PACKET_FOR: dict[SubmitKind, PacketType] = {kind: ptype for ptype, kind in SUBMIT_KINDS.items()}

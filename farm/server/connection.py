@@ -27,8 +27,9 @@ from farm.server.store import StoreError
 log = logging.getLogger("farm.server")
 
 #: SUBMIT_JOB_EPOCH and the reduce submits: not in the plain table, same meaning.
-_EPOCH = SubmitKind(Priority.NORMAL, True)
-_REDUCE = {False: SubmitKind(Priority.NORMAL, False), True: SubmitKind(Priority.NORMAL, True)}
+_EPOCH = SubmitKind(Priority.NORMAL, background=True)
+_REDUCE = SubmitKind(Priority.NORMAL, background=False)
+_REDUCE_BG = SubmitKind(Priority.NORMAL, background=True)
 
 
 def error(code: str, text: str) -> bytes:
@@ -421,7 +422,7 @@ HANDLERS: dict[int, Handler] = {
     T.OPTION_REQ: Connection.option,
     T.SUBMIT_JOB_EPOCH: Connection.submit_epoch,
     T.SUBMIT_JOB_SCHED: Connection.submit_sched,
-    T.SUBMIT_REDUCE_JOB: _bind(Connection.submit_reduce, _REDUCE[False]),
-    T.SUBMIT_REDUCE_JOB_BACKGROUND: _bind(Connection.submit_reduce, _REDUCE[True]),
+    T.SUBMIT_REDUCE_JOB: _bind(Connection.submit_reduce, _REDUCE),
+    T.SUBMIT_REDUCE_JOB_BACKGROUND: _bind(Connection.submit_reduce, _REDUCE_BG),
     **{t: _bind(Connection.submit, kind) for t, kind in SUBMIT_KINDS.items()},
 }
