@@ -1,17 +1,17 @@
-"""Sans-I/O bookkeeping of one client or worker connection to a job server.
+"""Sans-I/O bookkeeping of one client connection to a job server: ``ClientSession``.
 
-Every face of farm's client (blocking ``Client`` now, ``AsyncClient`` and
-``Executor`` later) and the blocking ``Worker`` keep the state of a connection
-here, once: the face only moves bytes between a socket and a session.
+Every face of farm's client -- the blocking ``Client``, ``AsyncClient`` and
+the ``Executor``'s pump -- keeps the state of a connection here, once: the face
+only moves bytes between a socket and a session (the worker's counterpart is
+``farm.protocol.worker.WorkerSession``).
 
-    face ── submit()/grab()/... ──► session ── data_to_send() ──► socket
-    face ◄── events, task fields ── session ◄── receive(bytes) ── socket
+    face ── submit()/get_status()/... ──► session ── data_to_send() ──► socket
+    face ◄── events, task fields ──────── session ◄── receive(bytes) ── socket
 
-Client side: the server answers the requests of one connection in order
-(JOB_CREATED for a submit, STATUS_RES for GET_STATUS, ECHO_RES, OPTION_RES, or
-ERROR in place of any of them), so one FIFO of requests awaiting a reply says
-which submit a JOB_CREATED belongs to. WORK_* packets arrive later, keyed by
-handle. Worker side: the grab/sleep/wake cycle is a transition table.
+The server answers the requests of one connection in order (JOB_CREATED for a
+submit, STATUS_RES for GET_STATUS, ECHO_RES, OPTION_RES, or ERROR in place of
+any of them), so one FIFO of requests awaiting a reply says which submit a
+JOB_CREATED belongs to. WORK_* packets arrive later, keyed by handle.
 """
 
 from __future__ import annotations

@@ -1,6 +1,10 @@
 """Sans-I/O bookkeeping of a worker's connection: the grab/sleep/wake cycle as a table.
 
-Re-exported by ``farm.protocol.client``; see its docstring for the picture.
+The blocking ``farm.Worker`` moves bytes between its sockets and one
+``WorkerSession`` per server, as the client faces do with ``ClientSession``:
+
+    worker ── connected()/grab()/complete() ──► session ── data_to_send() ──► socket
+    worker ◄── JobAssigned, ServerErrorNotice ── session ◄── receive(bytes) ── socket
 """
 
 from __future__ import annotations
