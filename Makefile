@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 DEBS := gearman-job-server gearman-tools php-cli php-gearman libgearman-client-perl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run deps-test test lint bench
+.PHONY: install run deps-test test unit lint bench
 
 install:
 	$(PIP) install -q -e .
@@ -25,9 +25,15 @@ deps-test:
 test: deps-test
 	FARM_REQUIRE_INTEROP=1 $(PYTHON) -m pytest -q
 
+# The fast loop: the unit tests alone (seconds; no servers, no Debian packages).
+unit:
+	$(PYTHON) -m pytest -q tests/unit
+
+# ruff (lint and format) over everything, mypy --strict over farm/ (config in pyproject.toml).
 lint:
 	ruff check farm workers tests bench
 	ruff format --check farm workers tests bench
+	$(PYTHON) -m mypy
 
 BENCHES := server_load durable_enqueue bench_client bench_executor bench_supervisor
 

@@ -25,7 +25,10 @@ from types import MappingProxyType
 from typing import Any
 
 from farm.errors import ConfigError
-from farm.paths import state_dir
+from farm.executor.call import DEFAULT_FUNCTION as EXECUTOR_FUNCTION
+from farm.executor.call import TARGET as EXECUTOR_TARGET
+from farm.net import DEFAULT_PORT, DEFAULT_SERVER, Address, AddressError, connectable, parse_address
+from farm.paths import default_store
 from farm.targets import target_problem
 
 __all__ = [
@@ -42,7 +45,6 @@ __all__ = [
 ]
 
 SYSTEM_CONFIG = Path("/etc/farm/farm.toml")
-DEFAULT_PORT = 4730
 DEFAULTS_SOURCE = "<built-in defaults>"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -52,23 +54,25 @@ _TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 class ServerConfig:
     """The local job server: where it listens and where it keeps background jobs."""
 
-    listen: tuple[str, ...]
+    listen: tuple[str, ...]  # farm.net's normal form: "HOST:PORT", "[v6]:PORT", "unix:/path"
     store: str  # a path, or "none" for memory only
     job_retries: int
 
     @property
+    def addresses(self) -> tuple[Address, ...]:
+        """``listen``, parsed."""
+        return tuple(parse_address(a) for a in self.listen)
+
+    @property
     def tcp(self) -> tuple[str, int] | None:
-        """The TCP (host, port) entry of ``listen``, if any."""
-        for addr in self.listen:
-            if not addr.startswith("unix:"):
-                host, _, port = addr.rpartition(":")
-                return host.strip("[]") or "127.0.0.1", int(port)
-        return None
+        """The TCP (host, port) entry of ``listen``, if any (the host as listened on)."""
+        addr = next((a for a in self.addresses if a.kind == "tcp"), None)
+        return (addr.host, addr.port) if addr else None
 
     @property
     def unix(self) -> str | None:
         """The Unix socket path of ``listen``, if any."""
-        return next((a[5:] for a in self.listen if a.startswith("unix:")), None)
+        return next((a.path for a in self.addresses if a.kind == "unix"), None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,12 +114,9 @@ class Config:
         """Where workers connect: the remote servers, else the local Unix socket or TCP port."""
         if self.supervisor.servers:
             return self.supervisor.servers
-        if self.server.unix:
-            return (f"unix:{self.server.unix}",)
-        host, port = self.server.tcp or ("127.0.0.1", DEFAULT_PORT)
-        if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1"
-        return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}",)
+        # The Unix socket first: it is the faster way in.
+        ranked = sorted(self.server.addresses, key=lambda a: a.kind != "unix")
+        return (str(connectable(ranked[0] if ranked else DEFAULT_SERVER)),)
 
 
 def default_runtime_dir() -> Path:
@@ -127,7 +128,7 @@ def default_runtime_dir() -> Path:
 
 
 def _default_store() -> str:
-    path = state_dir() / "queue.db"
+    path = default_store()
     existing = path.parent
     while not existing.exists():  # the nearest ancestor decides whether we may create it
         existing = existing.parent
@@ -143,7 +144,7 @@ def _defaults() -> dict[str, Any]:
     run = default_runtime_dir()
     return {
         "server": {
-            "listen": [f"127.0.0.1:{DEFAULT_PORT}", f"unix:{run}/gearman.sock"],
+            "listen": [DEFAULT_SERVER, f"unix:{run}/gearman.sock"],
             "store": _default_store(),
             "job_retries": 3,
         },
@@ -153,8 +154,8 @@ def _defaults() -> dict[str, Any]:
             "resize": {"target": "workers.image:resize", "workers": "auto", "timeout": 60},
             "thumbnail": {"target": "workers.image:thumbnail", "workers": 1, "timeout": 60},
             "pbkdf2": {"target": "workers.hashing:pbkdf2", "workers": 1, "timeout": 60},
-            # farm.Executor's pool (farm.executor.call.DEFAULT_FUNCTION / TARGET).
-            "farm.python": {"target": "farm.executor.call:run_call", "workers": "auto"},
+            # farm.Executor's pool.
+            EXECUTOR_FUNCTION: {"target": EXECUTOR_TARGET, "workers": "auto"},
         },
     }
 
@@ -262,28 +263,22 @@ class _Validator:
         ):
             raise self.fail(
                 "server.listen",
-                'must be a list like ["127.0.0.1:4730", "unix:/run/farm/gearman.sock"]',
+                f'must be a list like ["{DEFAULT_SERVER}", "unix:/run/farm/gearman.sock"]',
             )
-        tcp = [a for a in listen if not a.startswith("unix:")]
-        unix = [a for a in listen if a.startswith("unix:")]
-        if len(tcp) > 1 or len(unix) > 1:
+        addresses = [self.address(a, "server.listen") for a in listen]
+        kinds = [a.kind for a in addresses]
+        if kinds.count("tcp") > 1 or kinds.count("unix") > 1:
             raise self.fail(
                 "server.listen",
                 "at most one TCP address and one unix: path; remove the extra entries",
             )
-        for addr in tcp:
-            self.address(addr, "server.listen")
-        listen = [
-            a if not a.startswith("unix:") else f"unix:{self.path(a[5:], 'server.listen')}"
-            for a in listen
-        ]
         store = raw["store"]
         if not isinstance(store, str) or not store:
             raise self.fail("server.store", 'must be a file path or "none"')
         if store != "none":
             store = self.path(store, "server.store")
         return ServerConfig(
-            listen=tuple(listen),
+            listen=tuple(str(a) for a in addresses),
             store=store,
             job_retries=self.count(raw["job_retries"], "server.job_retries"),
         )
@@ -299,11 +294,9 @@ class _Validator:
         if not isinstance(servers, list) or not all(isinstance(s, str) for s in servers):
             raise self.fail(
                 "supervisor.servers",
-                'must be a list like ["10.0.0.5:4730"]; [] runs the local server',
+                f'must be a list like ["10.0.0.5:{DEFAULT_PORT}"]; [] runs the local server',
             )
-        for addr in servers:
-            if not addr.startswith("unix:"):
-                self.address(addr, "supervisor.servers")
+        servers = [str(self.address(a, "supervisor.servers")) for a in servers]
         grace = raw["graceful_timeout"]
         if isinstance(grace, bool) or not isinstance(grace, int | float) or grace < 0:
             raise self.fail(
@@ -377,12 +370,19 @@ class _Validator:
             )
         return value
 
-    def address(self, addr: str, key: str) -> None:
-        host, sep, port = addr.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    def address(self, addr: str, key: str) -> Address:
+        """``addr`` parsed, its port required (a file says which); Unix paths resolved."""
+        try:
+            parsed = parse_address(addr, default_port=None)
+        except AddressError as exc:
             raise self.fail(
-                key, f'{addr!r} is not HOST:PORT (e.g. "127.0.0.1:4730") or "unix:/path"'
-            )
+                key,
+                f"{addr!r}: {exc.reason}; "
+                f'write HOST:PORT (e.g. "{DEFAULT_SERVER}"), "[::1]:PORT" or "unix:/path"',
+            ) from None
+        if parsed.kind == "unix":
+            return Address("unix", path=self.path(parsed.path, key))
+        return parsed
 
     def path(self, value: str, key: str) -> str:
         path = Path(os.path.expanduser(value))

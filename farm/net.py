@@ -1,64 +1,153 @@
-"""Server addresses and sockets shared by the blocking client and worker."""
+"""Server addresses and sockets shared by the server, the clients, the worker and the CLI.
+
+Every address farm reads (flags, farm.toml, $GEARMAN_SERVERS, API arguments)
+goes through :func:`parse_address`: ``HOST:PORT``, ``[v6]:PORT``, a bare host
+(port :data:`DEFAULT_PORT`) or ``unix:/path``.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import ssl
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final, Literal
 
 __all__ = [
     "DEFAULT_PORT",
+    "DEFAULT_SERVER",
+    "Address",
+    "AddressError",
+    "parse_address",
+    "parse_port",
+    "connectable",
     "parse_servers",
     "connect",
-    "split_address",
     "recv",
     "tls_context",
     "tls_from_env",
     "Waker",
 ]
 
-DEFAULT_PORT = 4730
+#: Gearman's registered port: the one place farm writes it down.
+DEFAULT_PORT: Final = 4730
+#: Where clients and workers go when nothing names a server.
+DEFAULT_SERVER: Final = f"127.0.0.1:{DEFAULT_PORT}"
+
+_PORT_RULE: Final = "port must be a number from 1 to 65535"
+# A listener on every interface is reached, from this host, through loopback.
+_WILDCARD_TO_LOOPBACK: Final = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
 
 
-def split_address(addr: str) -> tuple[str, int] | str:
-    """("host", port) for TCP, or the socket path for "unix:/path". Raises ValueError."""
-    addr = addr.strip()
+class AddressError(ValueError):
+    """An address that does not parse; ``address`` is the text, ``reason`` what is wrong."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(f"server address {address!r}: {reason}")
+        self.address = address
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A parsed address: TCP (``host``, ``port``) or a Unix socket (``path``).
+
+    ``str()`` gives the normal form, which parses back to an equal Address.
+    An empty ``host`` (and ``0.0.0.0``, ``::``) means every interface to a listener.
+    """
+
+    kind: Literal["tcp", "unix"]
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_port(text: str) -> int:
+    """A TCP port from its decimal text; ValueError (naming the rule) otherwise."""
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
+        raise ValueError(_PORT_RULE)
+    return int(text)
+
+
+def parse_address(text: str, default_port: int | None = DEFAULT_PORT) -> Address:
+    """Parse ``HOST:PORT``, ``[v6]:PORT``, ``HOST``, ``v6`` or ``unix:/path``.
+
+    A host without a port gets ``default_port``; with ``default_port=None`` the
+    port is required. An IPv6 address takes brackets when a port follows it.
+    Raises :class:`AddressError`.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"server address must be a string, not {type(text).__name__}")
+    addr = text.strip()
     if not addr:
-        raise ValueError("empty server address")
+        raise AddressError(text, "is empty")
     if addr.startswith("unix:"):
-        path = addr[5:]
-        if not path:
-            raise ValueError(f"server address {addr!r} names no socket path")
-        return path
-    if addr.startswith("["):  # [v6]:port
-        host, _, rest = addr[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-    elif addr.count(":") == 1:
-        host, _, port_text = addr.partition(":")
+        if not addr[5:]:
+            raise AddressError(text, "names no socket path (unix:/path)")
+        return Address("unix", path=addr[5:])
+    if addr.startswith("["):
+        host, bracket, rest = addr[1:].partition("]")
+        if not bracket:
+            raise AddressError(text, "has '[' without ']'")
+        if rest and not rest.startswith(":"):
+            raise AddressError(text, "expected ':PORT' after ']'")
+        if not _is_ipv6(host):
+            raise AddressError(text, f"{host!r} in brackets is not an IPv6 address")
+        port_text: str | None = rest[1:] if rest else None
+    elif addr.count(":") > 1:  # a bare IPv6 address: no port can follow it unbracketed
+        if not _is_ipv6(addr):
+            raise AddressError(
+                text, f"an IPv6 address with a port takes brackets: [::1]:{DEFAULT_PORT}"
+            )
+        host, port_text = addr, None
     else:
-        host, port_text = addr, ""
-    if not port_text:
-        return host, DEFAULT_PORT
+        host, colon, port = addr.partition(":")
+        port_text = port if colon else None
+        if any(c.isspace() or c in "[]/" for c in host):
+            raise AddressError(text, f"{host!r} is not a host name or address")
+    if port_text is None:
+        if default_port is None:
+            raise AddressError(text, "has no port")
+        return Address("tcp", host=host, port=default_port)
     try:
-        port = int(port_text)
+        return Address("tcp", host=host, port=parse_port(port_text))
     except ValueError:
-        port = -1
-    if not 0 < port < 65536:
-        raise ValueError(f"server address {addr!r}: port must be a number from 1 to 65535")
-    return host, port
+        raise AddressError(text, _PORT_RULE) from None
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def connectable(addr: Address | str) -> Address:
+    """Where to connect to reach a listener on ``addr``: wildcards become loopback."""
+    parsed = addr if isinstance(addr, Address) else parse_address(addr)
+    if parsed.kind == "tcp" and parsed.host in _WILDCARD_TO_LOOPBACK:
+        return Address("tcp", host=_WILDCARD_TO_LOOPBACK[parsed.host], port=parsed.port)
+    return parsed
 
 
 def parse_servers(servers: str | Iterable[str] | None) -> list[str]:
-    """Normalise a server list: "host:port", "host" (port 4730) or "unix:/path".
+    """Normalise a server list (each as :func:`parse_address` reads it), duplicates dropped.
 
-    None means $GEARMAN_SERVERS (comma-separated, libgearman's convention),
-    else 127.0.0.1:4730.
+    A string is comma-separated. None means $GEARMAN_SERVERS (libgearman's
+    convention), else :data:`DEFAULT_SERVER`.
     """
     if servers is None:
-        servers = os.environ.get("GEARMAN_SERVERS") or f"127.0.0.1:{DEFAULT_PORT}"
+        servers = os.environ.get("GEARMAN_SERVERS") or DEFAULT_SERVER
     if isinstance(servers, str):
-        items = [s for s in servers.split(",") if s.strip()]
+        items: list[object] = [s for s in servers.split(",") if s.strip()]
     elif isinstance(servers, Iterable):
         items = list(servers)
     else:
@@ -69,17 +158,12 @@ def parse_servers(servers: str | Iterable[str] | None) -> list[str]:
     for item in items:
         if not isinstance(item, str):
             raise TypeError(f"server address must be a string, not {type(item).__name__}")
-        parsed = split_address(item)
-        norm = f"unix:{parsed}" if isinstance(parsed, str) else _join(*parsed)
+        norm = str(parse_address(item))
         if norm not in result:
             result.append(norm)
     if not result:
         raise ValueError("the server list is empty")
     return result
-
-
-def _join(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def tls_context(
@@ -111,27 +195,29 @@ def recv(sock: socket.socket, size: int) -> bytes:
     return data
 
 
-def connect(addr: str, timeout: float, tls: ssl.SSLContext | None = None) -> socket.socket:
+def connect(
+    addr: str | Address, timeout: float, tls: ssl.SSLContext | None = None
+) -> socket.socket:
     """A connected, blocking socket with TCP_NODELAY (small packets must not wait).
 
     With ``tls``, TCP connections are wrapped in TLS (Unix sockets never are:
     file permissions protect them).
     """
-    parsed = split_address(addr)
-    if isinstance(parsed, str):
+    parsed = addr if isinstance(addr, Address) else parse_address(addr)
+    if parsed.kind == "unix":
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(timeout)
-            sock.connect(parsed)
+            sock.connect(parsed.path)
         except BaseException:
             sock.close()
             raise
     else:
-        sock = socket.create_connection(parsed, timeout=timeout)
+        sock = socket.create_connection((parsed.host, parsed.port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls is not None:
             try:
-                sock = tls.wrap_socket(sock, server_hostname=parsed[0])
+                sock = tls.wrap_socket(sock, server_hostname=parsed.host)
             except BaseException:
                 sock.close()
                 raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["state_dir"]
+__all__ = ["state_dir", "default_store"]
 
 
 def state_dir() -> Path:
@@ -16,3 +16,8 @@ def state_dir() -> Path:
         return Path(systemd.split(":")[0])
     base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     return Path(base) / "farm"
+
+
+def default_store() -> Path:
+    """The durable job store when nothing else is said (``farm server`` and ``farm up``)."""
+    return state_dir() / "queue.db"

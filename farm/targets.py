@@ -26,7 +26,7 @@ def load_target(target: str) -> Callable[..., Any]:
     fn = getattr(importlib.import_module(module), attr)
     if not callable(fn):
         raise TypeError(f"{target} is a {type(fn).__name__}, not a function")
-    return fn
+    return fn  # type: ignore[no-any-return]  # checked callable just above
 
 
 def target_problem(target: str) -> str | None:

@@ -239,6 +239,8 @@ class Worker:
                 return
 
     def _reconnect_due(self, now: float) -> None:
+        selector = self._selector
+        assert selector is not None, "only work() reconnects, and it owns the selector"
         for server in self._servers:
             if server.sock is not None or server.retry_at > now or self._stopping:
                 continue
@@ -255,11 +257,14 @@ class Worker:
                 log.info("job server %s is back", server.addr)
             server.sock, server.warned, server.backoff = sock, False, BACKOFF_FIRST
             server.session.connected()
-            self._selector.register(sock, selectors.EVENT_READ, server)  # type: ignore[union-attr]
+            selector.register(sock, selectors.EVENT_READ, server)
 
     def _read(self, server: _Server) -> None:
+        sock = server.sock
+        if sock is None:  # lost earlier in this same turn of the loop
+            return
         try:
-            data = recv(server.sock, 262144)  # type: ignore[arg-type]
+            data = recv(sock, 262144)
         except OSError:
             data = b""
         if not data:

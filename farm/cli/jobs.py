@@ -11,16 +11,16 @@ import typer
 
 from farm.cli.app import app, fail
 from farm.errors import FarmError, JobError
-from farm.net import tls_from_env
-from farm.protocol.client import PRIORITIES
+from farm.net import DEFAULT_SERVER, tls_from_env
+from farm.protocol.kinds import PRIORITY_NAMES
 
 ServerOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--server",
         "-s",
-        help="Job server HOST[:PORT] or unix:PATH; repeat for several. "
-        "Default: $GEARMAN_SERVERS, else 127.0.0.1:4730.",
+        help="Job server HOST[:PORT], [IPv6]:PORT or unix:PATH; repeat for several. "
+        f"Default: $GEARMAN_SERVERS, else {DEFAULT_SERVER}.",
     ),
 ]
 
@@ -83,8 +83,8 @@ def submit(
     """Submit one job; print its result (or its handle with --background)."""
     from farm.client import Client
 
-    if priority not in PRIORITIES:
-        fail(f"--priority must be one of {', '.join(PRIORITIES)}, not {priority!r}", 2)
+    if priority not in PRIORITY_NAMES:
+        fail(f"--priority must be one of {', '.join(PRIORITY_NAMES)}, not {priority!r}", 2)
     payload = sys.stdin.buffer.read() if data == "-" else (data or "").encode()
     try:
         client = Client(server or None, tls=tls_from_env())

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 
 import typer
 
 from farm import protocol
 from farm.cli.app import app, fail
 from farm.client.admin import admin_query
+from farm.net import DEFAULT_SERVER, AddressError, parse_address, parse_servers
 from farm.protocol.admin import parse_poison, parse_status
 
 
@@ -25,17 +25,36 @@ def server(ctx: typer.Context) -> None:
 
 
 def default_server() -> str:
-    servers = os.environ.get("GEARMAN_SERVERS", "").split(",")
-    return servers[0].strip() or "127.0.0.1:4730"
+    """The first of $GEARMAN_SERVERS, else the local default. Raises ValueError."""
+    return parse_servers(None)[0]
+
+
+def server_address(server: str | None) -> str:
+    """``--server`` (else the default) in normal form; a bad one is a usage error."""
+    if server is None:
+        try:
+            return default_server()
+        except ValueError as exc:
+            fail(f"$GEARMAN_SERVERS: {exc}", 2)
+    try:
+        return str(parse_address(server))
+    except AddressError as exc:
+        fail(f"--server {server}: {exc.reason}", 2)
 
 
 @app.command()
 def status(
-    server: str = typer.Option(None, "--server", "-s", help="HOST:PORT or unix:PATH"),
+    server: str = typer.Option(
+        None,
+        "--server",
+        "-s",
+        help="HOST[:PORT], [IPv6]:PORT or unix:PATH "
+        f"(default: $GEARMAN_SERVERS, else {DEFAULT_SERVER})",
+    ),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Functions with their queued, running and worker counts (like gearadmin --status)."""
-    address = server or default_server()
+    address = server_address(server)
     try:
         rows = parse_status(admin_query(address, "status"))
     except (OSError, ValueError, protocol.ProtocolError) as exc:

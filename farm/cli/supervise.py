@@ -21,7 +21,7 @@ ControlOption = typer.Option(None, "--control", help="control socket (default: f
 
 @app.command()
 def up(
-    config: Path = ConfigOption,
+    config: Path | None = ConfigOption,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log every worker event"),
 ) -> None:
     """Run the supervisor in the foreground: job server + pinned workers (what systemd runs)."""
@@ -69,8 +69,8 @@ def _ask(config: Path | None, control: str | None, message: dict[str, Any]) -> d
 
 @app.command()
 def ps(
-    config: Path = ConfigOption,
-    control: str = ControlOption,
+    config: Path | None = ConfigOption,
+    control: str | None = ControlOption,
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Every process of the farm: pid, function, slot, cpu, state, jobs done, RSS, restarts."""
@@ -101,8 +101,8 @@ def ps(
 @app.command()
 def scale(
     changes: Annotated[list[str], typer.Argument(help="NAME=COUNT, NAME=+N or NAME=-N")],
-    config: Path = ConfigOption,
-    control: str = ControlOption,
+    config: Path | None = ConfigOption,
+    control: str | None = ControlOption,
 ) -> None:
     """Change worker counts at runtime, e.g. `farm scale resize=32 reverse=+2 thumb=-1`."""
     from farm.pools.control import parse_scale
@@ -117,7 +117,7 @@ def scale(
 
 
 @app.command()
-def reload(config: Path = ConfigOption, control: str = ControlOption) -> None:
+def reload(config: Path | None = ConfigOption, control: str | None = ControlOption) -> None:
     """Re-read the config: apply changed counts, restart pools whose target or options changed."""
     _ask(config, control, {"cmd": "reload"})
     typer.echo("reloaded")
@@ -125,8 +125,8 @@ def reload(config: Path = ConfigOption, control: str = ControlOption) -> None:
 
 @app.command()
 def stop(
-    config: Path = ConfigOption,
-    control: str = ControlOption,
+    config: Path | None = ConfigOption,
+    control: str | None = ControlOption,
     wait: float = typer.Option(60.0, "--wait", help="seconds to wait for the exit (0: don't)"),
 ) -> None:
     """Drain the workers and stop the farm (like SIGTERM to `farm up`)."""

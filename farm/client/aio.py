@@ -24,7 +24,7 @@ from typing import Any
 
 from farm.client.serverpick import ServerPicker
 from farm.errors import ServerUnavailable, Timeout
-from farm.net import parse_servers, split_address
+from farm.net import parse_address, parse_servers
 from farm.protocol import ProtocolError
 from farm.protocol.checks import as_bytes, check_name, check_priority, check_schedule, check_unique
 from farm.protocol.client import (
@@ -36,7 +36,7 @@ from farm.protocol.client import (
     JobStatus,
     JobWarning,
     Query,
-    StatusResult,
+    Reply,
     Task,
     lost_error,
     may_resubmit,
@@ -56,8 +56,8 @@ class _Waiter:
     __slots__ = ("created", "ended", "events", "on_status", "on_data", "on_warning")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, stream: bool = False) -> None:
-        self.created: asyncio.Future[Task] = loop.create_future()
-        self.ended: asyncio.Future[Task] = loop.create_future()
+        self.created: asyncio.Future[Task[_Waiter]] = loop.create_future()
+        self.ended: asyncio.Future[Task[_Waiter]] = loop.create_future()
         self.events: asyncio.Queue[StreamEvent] | None = asyncio.Queue() if stream else None
         self.on_status: Callable[[int, int], Any] | None = None
         self.on_data: Callable[[bytes], Any] | None = None
@@ -72,10 +72,10 @@ class _Connection(asyncio.Protocol):
         self.loop = loop
         self.session = ClientSession(addr)
         self.transport: asyncio.Transport | None = None
-        self.queries: deque[tuple[Query, asyncio.Future[Any]]] = deque()
+        self.queries: deque[tuple[Query[Any], asyncio.Future[Any]]] = deque()
         self._flush_due = False
         # Set by the AsyncClient: move a lost unique-keyed job to another server.
-        self.resubmit: Callable[[Task, _Connection], None] | None = None
+        self.resubmit: Callable[[Task[_Waiter], _Connection], None] | None = None
 
     # -- requests --
 
@@ -91,8 +91,8 @@ class _Connection(asyncio.Protocol):
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
-    def ask(self, query: Query) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = self.loop.create_future()
+    def ask(self, query: Query[Reply]) -> asyncio.Future[Reply]:
+        future: asyncio.Future[Reply] = self.loop.create_future()
         self.queries.append((query, future))
         self.send_soon()
         return future
@@ -100,7 +100,7 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol --
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -134,14 +134,16 @@ class _Connection(asyncio.Protocol):
                 waiter.created.set_result(task)
             if not waiter.ended.done():
                 waiter.ended.set_result(task)
-        elif kind is JobProgress and waiter.on_status is not None:
-            waiter.on_status(event.numerator, event.denominator)  # type: ignore[attr-defined]
-        elif kind is JobData and waiter.on_data is not None:
-            waiter.on_data(event.data)  # type: ignore[attr-defined]
-        elif kind is JobWarning and waiter.on_warning is not None:
-            waiter.on_warning(event.data)  # type: ignore[attr-defined]
-        if waiter.events is not None:
-            waiter.events.put_nowait(event)  # type: ignore[arg-type]
+        elif isinstance(event, JobProgress):
+            if waiter.on_status is not None:
+                waiter.on_status(event.numerator, event.denominator)
+        elif isinstance(event, JobData):
+            if waiter.on_data is not None:
+                waiter.on_data(event.data)
+        elif isinstance(event, JobWarning) and waiter.on_warning is not None:
+            waiter.on_warning(event.data)
+        if waiter.events is not None and isinstance(event, StreamEvent):
+            waiter.events.put_nowait(event)
 
     def _answer_queries(self) -> None:
         while self.queries and self.queries[0][0].done:  # answered in the order asked
@@ -151,8 +153,7 @@ class _Connection(asyncio.Protocol):
             if query.error is not None:
                 future.set_exception(query.error)
             else:
-                result = query.result
-                future.set_result(result.status if isinstance(result, StatusResult) else result)
+                future.set_result(query.result)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -163,7 +164,7 @@ class _Connection(asyncio.Protocol):
             self.end_lost(task, lost_error(self.addr, task))
         self._answer_queries()  # the session failed them with ServerUnavailable
 
-    def end_lost(self, task: Task, error: Exception) -> None:
+    def end_lost(self, task: Task[_Waiter], error: Exception) -> None:
         task.error = error
         task.done = True
         self._dispatch(JobEnded(task=task))
@@ -202,7 +203,7 @@ class AsyncClient:
         on_warning: Callable[[bytes], Any] | None = None,
     ) -> bytes:
         """Run a foreground job and return its result."""
-        task, waiter = await self._start(function, data, priority, unique, False, None, False)
+        task, waiter = await self._start(function, data, priority, unique)
         waiter.on_status, waiter.on_data, waiter.on_warning = on_status, on_data, on_warning
         return await self.wait(task, timeout)
 
@@ -215,20 +216,22 @@ class AsyncClient:
         priority: str = "normal",
         unique: str | None = None,
         when: _dt.datetime | float | None = None,
-    ) -> Task:
+    ) -> Task[_Waiter]:
         """Submit a job; return once the server created it (``task.handle``).
 
         ``when`` schedules a background job (SUBMIT_JOB_EPOCH). A foreground
         task's result comes from ``await client.wait(task)``.
         """
         epoch, background = check_schedule(when, priority, background)
-        task, waiter = await self._start(function, data, priority, unique, background, epoch, False)
+        task, waiter = await self._start(
+            function, data, priority, unique, background=background, when=epoch
+        )
         await waiter.created
         if task.handle is None and task.error is not None:
             raise task.error  # the server answered ERROR (e.g. QUEUE_ERROR)
         return task
 
-    async def wait(self, task: Task, timeout: float | None = None) -> bytes:
+    async def wait(self, task: Task[_Waiter], timeout: float | None = None) -> bytes:
         """The result of a foreground task from ``submit`` (or raise its error)."""
         if task.background:
             raise ValueError("a background job sends no result to wait for")
@@ -244,7 +247,8 @@ class AsyncClient:
             ) from None
         if task.error is not None:
             raise task.error
-        return task.result  # type: ignore[return-value]
+        assert task.result is not None, "a task done without an error has its result"
+        return task.result
 
     async def stream(
         self,
@@ -258,7 +262,7 @@ class AsyncClient:
         """Run a foreground job, yielding its JobProgress, JobData and JobWarning events
         as they arrive, then JobEnded (``event.task.result``); a failed job raises instead.
         """
-        task, waiter = await self._start(function, data, priority, unique, False, None, True)
+        task, waiter = await self._start(function, data, priority, unique, stream=True)
         deadline = None if timeout is None else time.monotonic() + timeout
         queue = waiter.events
         assert queue is not None
@@ -279,18 +283,18 @@ class AsyncClient:
             if not task.done:
                 self._abandon(task)
 
-    async def status(self, job: Task | str) -> JobStatus:
+    async def status(self, job: Task[Any] | str) -> JobStatus:
         """What the server knows of a job (a Task, or a handle: each server is asked)."""
         if isinstance(job, Task):
             if job.handle is None or job.server is None:
                 raise ValueError("the task has no handle yet")
             conn = await self._connect(job.server)
-            return await conn.ask(conn.session.get_status(job.handle))
+            return (await conn.ask(conn.session.get_status(job.handle))).status
         status = JobStatus(False, False, 0, 0)
         for addr in self._picker.order(""):
             try:
                 conn = await self._connect(addr)
-                status = await conn.ask(conn.session.get_status(job))
+                status = (await conn.ask(conn.session.get_status(job))).status
             except ServerUnavailable:
                 continue
             if status.known:
@@ -324,11 +328,12 @@ class AsyncClient:
         data: bytes | str,
         priority: str,
         unique: str | None,
-        background: bool,
-        when: int | None,
-        stream: bool,
-    ) -> tuple[Task, _Waiter]:
-        task = Task(
+        *,
+        background: bool = False,
+        when: int | None = None,
+        stream: bool = False,
+    ) -> tuple[Task[_Waiter], _Waiter]:
+        task: Task[_Waiter] = Task(
             check_name(function),
             as_bytes(data),
             unique=check_unique(unique),
@@ -343,7 +348,7 @@ class AsyncClient:
         conn.send_soon()
         return task, waiter
 
-    def _resubmit(self, task: Task, lost_conn: _Connection) -> None:
+    def _resubmit(self, task: Task[_Waiter], lost_conn: _Connection) -> None:
         """The rule of farm.protocol.client.may_resubmit, asynchronously: another server, once."""
         lost = lost_conn.addr
         self._picker.mark_down(lost)
@@ -361,7 +366,7 @@ class AsyncClient:
 
         asyncio.ensure_future(again())
 
-    def _abandon(self, task: Task) -> None:
+    def _abandon(self, task: Task[_Waiter]) -> None:
         conn = self._conns.get(task.server or "")
         if conn is not None:
             conn.session.abandon(task)
@@ -390,12 +395,14 @@ class AsyncClient:
 
     async def _open(self, addr: str) -> _Connection:
         loop = asyncio.get_running_loop()
-        target = split_address(addr)
+        target = parse_address(addr)
         try:
-            if isinstance(target, str):
-                opening = loop.create_unix_connection(lambda: _Connection(addr, loop), target)
+            if target.kind == "unix":
+                opening = loop.create_unix_connection(lambda: _Connection(addr, loop), target.path)
             else:
-                opening = loop.create_connection(lambda: _Connection(addr, loop), *target)
+                opening = loop.create_connection(
+                    lambda: _Connection(addr, loop), target.host, target.port
+                )
             _, conn = await asyncio.wait_for(opening, self.connect_timeout)
         except (OSError, TimeoutError) as exc:
             self._picker.mark_down(addr)

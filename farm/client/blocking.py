@@ -32,9 +32,10 @@ from farm.protocol.client import (
     JobStatus,
     JobWarning,
     Query,
-    StatusResult,
+    Reply,
     Task,
     TaskEvent,
+    TaskListener,
     lost_error,
     may_resubmit,
 )
@@ -121,7 +122,7 @@ class Client:
         Raises JobException (the worker raised; its text), JobFailed
         (WORK_FAIL), Timeout, ServerError or ServerUnavailable.
         """
-        task = self._new_task(function, data, priority, unique, False, None)
+        task = self._new_task(function, data, priority, unique)
         if on_status or on_data or on_warning:
             task.owner = _Callbacks(on_status, on_data, on_warning)
         self._submit_task(task)
@@ -136,7 +137,7 @@ class Client:
         priority: str = "normal",
         unique: str | None = None,
         when: _dt.datetime | float | None = None,
-    ) -> Task:
+    ) -> Task[TaskListener]:
         """Submit a job and return once the server has created it (``task.handle``).
 
         ``when`` (a datetime or epoch seconds) holds a background job until
@@ -144,14 +145,14 @@ class Client:
         foreground task's result comes from ``wait(task)``.
         """
         epoch, background = check_schedule(when, priority, background)
-        task = self._new_task(function, data, priority, unique, background, epoch)
+        task = self._new_task(function, data, priority, unique, background=background, when=epoch)
         self._submit_task(task)
         self._pump(lambda: task.handle is not None or task.done, None)
         if task.error is not None:
             raise task.error
         return task
 
-    def wait(self, task: Task, timeout: float | None = None) -> bytes:
+    def wait(self, task: Task[TaskListener], timeout: float | None = None) -> bytes:
         """Wait for a foreground task's result (see ``call`` for the errors)."""
         if task.background:
             raise ValueError("a background job sends no result to wait for")
@@ -163,20 +164,22 @@ class Client:
             raise Timeout(f"job {task.function} {task.handle or ''} not done within {timeout}s")
         if task.error is not None:
             raise task.error
-        return task.result  # type: ignore[return-value]
+        assert task.result is not None, "a task done without an error has its result"
+        return task.result
 
-    def status(self, job: Task | str) -> JobStatus:
+    def status(self, job: Task[Any] | str) -> JobStatus:
         """What the server knows of a job: known, running, numerator, denominator."""
         if isinstance(job, Task):
             if job.handle is None or job.server is None:
                 raise ValueError("the task has no handle yet")
-            return self._ask(job.server, lambda s: s.get_status(job.handle))  # type: ignore[arg-type]
+            handle = job.handle
+            return self._ask(job.server, lambda s: s.get_status(handle)).status
         if not isinstance(job, str):
             raise TypeError(f"status() takes a Task or a handle string, not {type(job).__name__}")
         status = JobStatus(False, False, 0, 0)
         for addr in self._picker.order(""):  # a bare handle names no server: ask each
             try:
-                status = self._ask(addr, lambda s: s.get_status(job))
+                status = self._ask(addr, lambda s: s.get_status(job)).status
             except ServerUnavailable:
                 continue
             if status.known:
@@ -189,7 +192,7 @@ class Client:
         errors: list[str] = []
         for addr in self._picker.order(unique):
             try:
-                return self._ask(addr, lambda s: s.get_status_unique(unique))
+                return self._ask(addr, lambda s: s.get_status_unique(unique)).status
             except ServerUnavailable as exc:
                 errors.append(str(exc))
         raise ServerUnavailable("; ".join(errors))
@@ -253,9 +256,10 @@ class Client:
         data: bytes | str,
         priority: str,
         unique: str | None,
-        background: bool,
-        when: int | None,
-    ) -> Task:
+        *,
+        background: bool = False,
+        when: int | None = None,
+    ) -> Task[TaskListener]:
         return Task(
             check_name(function),
             as_bytes(data),
@@ -292,7 +296,7 @@ class Client:
         except OSError:
             return True
 
-    def _submit_task(self, task: Task, exclude: str | None = None) -> None:
+    def _submit_task(self, task: Task[TaskListener], exclude: str | None = None) -> None:
         tried: list[str] = []
         for addr in self._picker.order(task.unique, exclude):
             try:
@@ -307,7 +311,7 @@ class Client:
             tried.append(f"{exclude} (died)")
         raise ServerUnavailable("no job server is reachable; tried " + ", ".join(tried))
 
-    def _ask(self, addr: str, make: Callable[[ClientSession], Query]) -> Any:
+    def _ask(self, addr: str, make: Callable[[ClientSession], Query[Reply]]) -> Reply:
         try:
             conn = self._connection(addr)
         except OSError as exc:
@@ -316,8 +320,8 @@ class Client:
         self._pump(lambda: query.done, None)
         if query.error is not None:
             raise query.error
-        result = query.result
-        return result.status if isinstance(result, StatusResult) else result
+        assert query.result is not None, "a query done without an error has its reply"
+        return query.result
 
     # -- moving bytes --
 

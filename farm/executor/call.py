@@ -66,7 +66,8 @@ def dump_fn(fn: Any) -> bytes:
     """The function's pickle: cloudpickle, so lambdas, closures and __main__ functions travel."""
     import cloudpickle
 
-    return cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+    data: bytes = cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+    return data
 
 
 def encode_call(signer: Signer, fn_bytes: bytes, kind: int, calls: Any) -> bytes:
@@ -128,7 +129,8 @@ def _dump_outcome(outcome: tuple[Any, ...]) -> bytes:
     import cloudpickle
 
     try:
-        return cloudpickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+        data: bytes = cloudpickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+        return data
     except Exception as exc:
         what = "result" if outcome[0] == OK else f"exception {outcome[1]!r}"
         error = pickle.PicklingError(f"cannot pickle the call's {what}: {exc}")

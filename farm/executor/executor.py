@@ -165,12 +165,14 @@ class Executor(_BaseExecutor):
                 return future
             if self._thread is None:
                 self._start_pump()
-            self._pump.put(WorkItem(future, payload))  # type: ignore[arg-type]
-            if self._pump.broken is not None:
+            assert payload is not None, "a call without an error has its payload"
+            self._pump.put(WorkItem(future, payload))
+            broken = self._pump.why_broken()
+            if broken is not None:
                 # The pump broke between the check above and put(): nobody will take it.
                 for item in self._pump.take_pending():
                     if not item.future.done():
-                        item.future.set_exception(BrokenExecutor(self._pump.broken))
+                        item.future.set_exception(BrokenExecutor(broken))
             return future
 
     def _start_pump(self) -> None:

@@ -250,7 +250,7 @@ class Pump:
             future.set_exception(error)
             return
         try:
-            outcome = pickle.loads(self.signer.open(RESULT, task.result))  # type: ignore[arg-type]
+            outcome = pickle.loads(self.signer.open(RESULT, task.result or b""))
         except SignatureError as exc:
             future.set_exception(exc)
             return
@@ -262,9 +262,9 @@ class Pump:
         if outcome[0] == OK:
             future.set_result(outcome[1])
         else:
-            exc, text = outcome[1], outcome[2]
-            exc.__cause__ = RemoteTraceback(text)
-            future.set_exception(exc)
+            raised, text = outcome[1], outcome[2]
+            raised.__cause__ = RemoteTraceback(text)
+            future.set_exception(raised)
 
     # -- losing connections --
 
@@ -284,6 +284,10 @@ class Pump:
             _item(task).future.set_exception(
                 ServerUnavailable(f"job server {conn.addr} {why} while holding job {task.handle}")
             )
+
+    def why_broken(self) -> str | None:
+        """Why the pump stopped for good (None while it works); read anew on each call."""
+        return self.broken
 
     def _break(self, why: str) -> None:
         self.broken = why

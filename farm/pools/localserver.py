@@ -10,37 +10,37 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 
+from farm.client.admin import admin_query
 from farm.config import ServerConfig
-from farm.pools.slots import HEALTHY_AFTER, crash_delay, describe_exit
+from farm.net import connectable
+from farm.pools.slots import RestartHistory, describe_exit
 
 __all__ = ["LocalServer"]
 
 log = logging.getLogger("farm.supervisor")
 
 
-class LocalServer:
-    """One job server child process and its restart history."""
+class LocalServer(RestartHistory):
+    """One job server child process and its restart history (the slots' policy)."""
 
     def __init__(self, config: ServerConfig, env: dict[str, str]) -> None:
+        super().__init__()
         self.config = config
         self.env = env
         self.pid = 0
         self.started = 0.0
         self.ready = False
         self.ever_ready = False  # a server that never listened will not by retrying
-        self.failures = 0
-        self.restarts = 0
-        self.next_start = 0.0
         self.stopping = False
 
     def argv(self) -> list[str]:
         cfg = self.config
-        tcp = cfg.tcp
-        argv = [sys.executable, "-m", "farm.server", "--port", str(tcp[1] if tcp else 4730)]
+        argv = [sys.executable, "-m", "farm.server"]
+        if cfg.tcp:  # names the port in the server's process title
+            argv += ["--port", str(cfg.tcp[1])]
         for addr in cfg.listen:
             argv += ["--listen", addr]
         argv += ["--store", cfg.store, "--job-retries", str(cfg.job_retries)]
@@ -53,8 +53,7 @@ class LocalServer:
             self.pid = os.posix_spawn(sys.executable, self.argv(), self.env, setpgroup=0)
         except OSError as e:
             log.error("cannot start the job server: %s", e)
-            self.failures += 1
-            self.next_start = time.monotonic() + max(1.0, crash_delay(self.failures))
+            self.failed(time.monotonic(), boot=True)
             return
         self.started, self.ready = time.monotonic(), False
         log.info("job server starting (pid %d)", self.pid)
@@ -76,18 +75,17 @@ class LocalServer:
             log.info("job server (pid %d) %s", self.pid, describe_exit(status))
             self.pid = 0
             return
-        if now - self.started >= HEALTHY_AFTER:
-            self.failures = 0
-        self.failures += 1
+        self.lived(now - self.started)
         self.restarts += 1
-        delay = crash_delay(self.failures)
+        delay = self.failed(now)
+        self.last_exit = describe_exit(status)
         log.warning(
             "job server (pid %d) %s; restarting %s",
             self.pid,
             describe_exit(status),
             "now" if delay == 0 else f"in {delay:g}s",
         )
-        self.pid, self.ready, self.next_start = 0, False, now + delay
+        self.pid, self.ready = 0, False
 
     def accepts(self) -> bool:
         """Whether our server answers on its first listen address.
@@ -96,27 +94,11 @@ class LocalServer:
         by another process holding the port, and the workers must not be
         started against that.
         """
-        addr = self.config.listen[0]
         try:
-            if addr.startswith("unix:"):
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(0.2)
-                sock.connect(addr[5:])
-            else:
-                host, port = self.config.tcp or ("127.0.0.1", 4730)
-                host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
-                sock = socket.create_connection((host, port), timeout=0.2)
-            with sock:
-                sock.sendall(b"getpid\n")
-                reply = b""
-                while not reply.endswith(b"\n"):
-                    data = sock.recv(64)
-                    if not data:
-                        break
-                    reply += data
-        except OSError:
+            reply = admin_query(str(connectable(self.config.listen[0])), "getpid", timeout=0.2)
+        except (OSError, ValueError):
             return False
-        return reply.strip() == f"OK {self.pid}".encode()
+        return reply.strip() == f"OK {self.pid}"
 
     def stop(self) -> None:
         """Graceful (SIGUSR1): stop accepting, exit once no job runs; ``kill`` if it lingers."""

@@ -49,7 +49,7 @@ def crash_delay(failures: int) -> float:
     """Wait before restart number ``failures`` of a crashing slot: 0, 0.5, 1, 2 ... 30 s."""
     if failures <= 1:
         return 0.0
-    return min(BACKOFF_CAP, 0.5 * 2 ** (failures - 2))
+    return min(BACKOFF_CAP, 0.5 * 2.0 ** (failures - 2))
 
 
 def boot_delay(failures: int) -> float:

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from farm.config import Config, ConfigError, load_config
+from farm.config import Config, load_config
+from farm.errors import ConfigError
 from farm.pools import sdnotify
 from farm.pools.control import ControlConnection, parse_scale
 

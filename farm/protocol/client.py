@@ -17,8 +17,9 @@ JOB_CREATED belongs to. WORK_* packets arrive later, keyed by handle.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, NamedTuple, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from farm.errors import JobException, JobFailed, ServerError, ServerUnavailable
 from farm.protocol.codec import Decoder, Packet, PacketType, ProtocolError, encode_req
@@ -109,7 +110,11 @@ class Task(Generic[Owner]):
         return f"<Task {self.function} {self.handle or '-'} {state}>"
 
 
-class Query:
+#: What a query's reply is: StatusResult, bytes (echo), str (option).
+Reply = TypeVar("Reply")
+
+
+class Query(Generic[Reply]):
     """A request that is not a job (GET_STATUS, ECHO_REQ, OPTION_REQ): its reply lands here."""
 
     __slots__ = ("expect", "done", "result", "error")
@@ -117,7 +122,7 @@ class Query:
     def __init__(self, expect: int) -> None:
         self.expect = expect
         self.done = False
-        self.result: object = None
+        self.result: Reply | None = None
         self.error: Exception | None = None
 
 
@@ -140,25 +145,25 @@ class StatusResult(NamedTuple):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobCreated:
-    task: Task
+    task: Task[Any]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobProgress:
-    task: Task
+    task: Task[Any]
     numerator: int
     denominator: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobData:
-    task: Task
+    task: Task[Any]
     data: bytes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobWarning:
-    task: Task
+    task: Task[Any]
     data: bytes
 
 
@@ -166,7 +171,7 @@ class JobWarning:
 class JobEnded:
     """The task is done: ``task.result`` or ``task.error`` says how."""
 
-    task: Task
+    task: Task[Any]
 
 
 #: Everything a session reports about a task.
@@ -180,14 +185,14 @@ class TaskListener(Protocol):
     def task_event(self, event: TaskEvent) -> None: ...
 
 
-def may_resubmit(task: Task) -> bool:
+def may_resubmit(task: Task[Any]) -> bool:
     """A foreground job lost with its server goes to another server once, and only with a
     unique key: the key lets a server that still has the job coalesce the resubmission
     instead of running it a second time. Every face follows this one rule."""
     return bool(task.unique) and not task.background and task.attempts < 2
 
 
-def lost_error(server: str, task: Task) -> ServerUnavailable:
+def lost_error(server: str, task: Task[Any]) -> ServerUnavailable:
     """The error of a job that is not resubmitted when its server went away."""
     return ServerUnavailable(
         f"job server {server} went away while holding job {task.function}"
@@ -209,10 +214,10 @@ class ClientSession:
         self.server = server
         self._decoder = Decoder(allow_admin=False)
         self._out = bytearray()
-        self._awaiting: deque[Task | Query] = deque()  # requests in the order sent
-        self._running: dict[str, list[Task]] = {}  # handle → foreground tasks on it
+        self._awaiting: deque[Task[Any] | Query[Any]] = deque()  # requests in the order sent
+        self._running: dict[str, list[Task[Any]]] = {}  # handle → foreground tasks on it
         self.closed = False
-        self._handlers = {
+        self._handlers: dict[int, Callable[[Packet, list[object]], None]] = {
             PT.JOB_CREATED: self._on_created,
             PT.WORK_COMPLETE: self._on_complete,
             PT.WORK_FAIL: self._on_fail,
@@ -240,26 +245,26 @@ class ClientSession:
         """True while a reply or a foreground result is still owed to us."""
         return bool(self._awaiting or self._running)
 
-    def option(self, name: str) -> Query:
+    def option(self, name: str) -> Query[str]:
         return self._query(PT.OPTION_RES, PT.OPTION_REQ, name.encode())
 
-    def echo(self, data: bytes) -> Query:
+    def echo(self, data: bytes) -> Query[bytes]:
         return self._query(PT.ECHO_RES, PT.ECHO_REQ, data)
 
-    def get_status(self, handle: str) -> Query:
+    def get_status(self, handle: str) -> Query[StatusResult]:
         return self._query(PT.STATUS_RES, PT.GET_STATUS, handle.encode())
 
-    def get_status_unique(self, unique: str) -> Query:
+    def get_status_unique(self, unique: str) -> Query[StatusResult]:
         return self._query(PT.STATUS_RES_UNIQUE, PT.GET_STATUS_UNIQUE, unique.encode())
 
-    def _query(self, expect: int, ptype: int, *args: bytes) -> Query:
+    def _query(self, expect: int, ptype: int, *args: bytes) -> Query[Any]:
         self._check_open()
-        query = Query(expect)
+        query: Query[Any] = Query(expect)
         self._out += encode_req(ptype, *args)
         self._awaiting.append(query)
         return query
 
-    def submit(self, task: Task) -> None:
+    def submit(self, task: Task[Any]) -> None:
         """Queue a submit for ``task``; the next JOB_CREATED (or ERROR) is its answer."""
         self._check_open()
         func = task.function.encode()
@@ -274,7 +279,7 @@ class ClientSession:
         task.attempts += 1
         self._awaiting.append(task)
 
-    def abandon(self, task: Task) -> None:
+    def abandon(self, task: Task[Any]) -> None:
         """The caller stopped waiting: later packets for ``task`` are dropped."""
         task.abandoned = True
         if task.handle is not None:
@@ -299,13 +304,15 @@ class ClientSession:
         events: list[object] = []
         handlers = self._handlers
         for packet in self._decoder.feed(data):
-            handler = handlers.get(packet.type)  # type: ignore[union-attr]
+            if not isinstance(packet, Packet):  # admin text is off for a client's decoder
+                raise ProtocolError("a client does not expect admin text")
+            handler = handlers.get(packet.type)
             if handler is None:
-                raise ProtocolError(f"a client does not expect {packet.name}")  # type: ignore[union-attr]
-            handler(packet, events)  # type: ignore[arg-type]
+                raise ProtocolError(f"a client does not expect {packet.name}")
+            handler(packet, events)
         return events
 
-    def _reply_to(self, packet: Packet) -> Task | Query:
+    def _reply_to(self, packet: Packet) -> Task[Any] | Query[Any]:
         if not self._awaiting:
             raise ProtocolError(f"{packet.name} answers no request")
         return self._awaiting.popleft()
@@ -380,13 +387,13 @@ class ClientSession:
         if isinstance(request, Task):
             events.append(JobEnded(task=request))
 
-    def connection_lost(self) -> list[Task]:
+    def connection_lost(self) -> list[Task[Any]]:
         """The connection is gone: return the unfinished tasks (the face decides on retry).
 
         Pending queries fail with ServerUnavailable; tasks are left not done.
         """
         self.closed = True
-        lost: list[Task] = []
+        lost: list[Task[Any]] = []
         for request in self._awaiting:
             if isinstance(request, Task):
                 if not request.abandoned:

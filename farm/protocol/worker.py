@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from farm.protocol.codec import Decoder, PacketType, ProtocolError, encode_req
+from farm.protocol.codec import Decoder, Packet, PacketType, ProtocolError, encode_req
 from farm.protocol.events import ServerErrorNotice
 
 __all__ = ["JobAssigned", "WorkerState", "WorkerSession"]
@@ -110,22 +110,23 @@ class WorkerSession:
         """Feed bytes from the server; return JobAssigned / ServerErrorNotice events."""
         events: list[object] = []
         for packet in self._decoder.feed(data):
-            ptype = packet.type  # type: ignore[union-attr]
+            if not isinstance(packet, Packet):  # admin text is off for a worker's decoder
+                raise ProtocolError("a worker does not expect admin text")
+            ptype, args = packet.type, packet.args
             if ptype == PT.ERROR:
-                args = packet.args  # type: ignore[union-attr]
                 events.append(ServerErrorNotice(code=args[0].decode(), text=args[1].decode()))
                 continue
             nxt = _WORKER_TRANSITIONS.get((self.state, ptype))
             if nxt is None:
-                raise ProtocolError(f"{packet.name} is unexpected while {self.state.value}")  # type: ignore[union-attr]
+                raise ProtocolError(f"{packet.name} is unexpected while {self.state.value}")
             self.state = nxt
             if ptype == PT.NO_JOB:
                 self._out += encode_req(PT.PRE_SLEEP)
             elif ptype == PT.JOB_ASSIGN_UNIQ:
-                handle, func, unique, payload = packet.args  # type: ignore[union-attr]
+                handle, func, unique, payload = args
                 events.append(self._assigned(handle, func, unique, payload))
             elif ptype == PT.JOB_ASSIGN:
-                handle, func, payload = packet.args  # type: ignore[union-attr]
+                handle, func, payload = args
                 events.append(self._assigned(handle, func, b"", payload))
         return events
 
@@ -141,7 +142,8 @@ class WorkerSession:
 
     def _in_hand(self, action: str) -> bytes:
         self._expect(WorkerState.WORKING, action)
-        return self.handle.encode()  # type: ignore[union-attr]
+        assert self.handle is not None, "WORKING always has a job in hand"
+        return self.handle.encode()
 
     def send_status(self, numerator: int, denominator: int) -> None:
         handle = self._in_hand("send status")

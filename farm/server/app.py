@@ -51,17 +51,18 @@ class Server:
         self.hub.flush()
         factory = lambda: Connection(self.hub)  # noqa: E731
         tls = self._tls_context()
-        for addr in opts.listen:
-            if addr.startswith("unix:"):
-                await self._listen_unix(addr[5:], factory)
-                continue
+        for addr in opts.listen:  # TCP only: -L unix:PATH is sorted into opts.unix
             tcp = parse_address(addr, default_port=opts.port)
-            host, port = tcp.host, tcp.port
             srv = await self.loop.create_server(
-                factory, host or None, port, backlog=opts.backlog, reuse_address=True, ssl=tls
+                factory,
+                tcp.host or None,
+                tcp.port,
+                backlog=opts.backlog,
+                reuse_address=True,
+                ssl=tls,
             )
             self.listeners.append(srv)
-            log.info("listening on %s:%d%s", host or "*", port, " (TLS)" if tls else "")
+            log.info("listening on %s%s", tcp, " (TLS)" if tls else "")
         for path in opts.unix:
             await self._listen_unix(path, factory)
 
@@ -136,9 +137,7 @@ class Server:
         self.hub.flush()
         await self._drain_connections(DRAIN_SECONDS)
         self.hub.close_store()
-        for path in self.options.unix + [
-            a[5:] for a in self.options.listen if a.startswith("unix:")
-        ]:
+        for path in self.options.unix:
             try:
                 os.unlink(path)
             except FileNotFoundError:

@@ -110,10 +110,10 @@ class Connection(asyncio.Protocol):
         try:
             events = self.decoder.feed(data)
             for event in events:
-                if type(event) is p.Packet:
+                if isinstance(event, p.Packet):
                     self.handle_packet(event)
                 else:
-                    self.handle_admin(event.line)  # type: ignore[union-attr]
+                    self.handle_admin(event.line)
                 if self.closed:
                     break
             self.decoder.check()
@@ -373,20 +373,20 @@ class Connection(asyncio.Protocol):
 
 NO_JOB = encode_res(T.NO_JOB)
 NOOP = encode_res(T.NOOP)
-PROGRESS_KIND = {
+PROGRESS_KIND: dict[int, Progress] = {
     T.WORK_STATUS: Progress.STATUS,
     T.WORK_DATA: Progress.DATA,
     T.WORK_WARNING: Progress.WARNING,
 }
 PROGRESS_PACKET = {kind: ptype for ptype, kind in PROGRESS_KIND.items()}
-OUTCOME = {
+OUTCOME: dict[int, Outcome] = {
     T.WORK_COMPLETE: Outcome.COMPLETE,
     T.WORK_FAIL: Outcome.FAIL,
     T.WORK_EXCEPTION: Outcome.EXCEPTION,
 }
 # gearmand's texts, so tools that match on them keep working.
 NOT_FOUND_DEFAULT = "Job given in work result not found"
-NOT_FOUND_TEXT = {
+NOT_FOUND_TEXT: dict[int, str] = {
     T.WORK_DATA: "Job does not exist on server",
     T.WORK_WARNING: "Job does not exist on server",
     T.WORK_EXCEPTION: "An exception was received for a job that does not exist",

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from farm import protocol as p
-from farm.paths import state_dir
-
-DEFAULT_PORT = 4730
+from farm.net import DEFAULT_PORT, AddressError, parse_address, parse_port
+from farm.paths import default_store
 
 
 @dataclass
@@ -17,7 +17,8 @@ class ServerOptions:
     """Everything the server process is started with."""
 
     port: int = DEFAULT_PORT
-    listen: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    # TCP addresses in farm.net's normal form, each with its port; ``-L unix:PATH`` lands in unix.
+    listen: list[str] = field(default_factory=lambda: [f"127.0.0.1:{DEFAULT_PORT}"])
     unix: list[str] = field(default_factory=list)
     unix_mode: int = 0o660
     store: str = "none"
@@ -40,20 +41,33 @@ class ServerOptions:
 
 def default_store_path() -> str:
     """Where background jobs live when nothing else is said: farm's state directory."""
-    return str(state_dir() / "queue.db")
+    return str(default_store())
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are one line and exit code 2, not a screenful of usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (usage: {self.prog} --help)\n")
 
 
 def build_parser(prog: str = "farm server") -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog=prog, description="farm's Gearman job server (accepts gearmand's common flags)."
     )
-    ap.add_argument("-p", "--port", type=int, default=DEFAULT_PORT, help="TCP port (default 4730)")
+    ap.add_argument(
+        "-p",
+        "--port",
+        metavar="PORT",
+        help=f"TCP port for -L addresses that name none (default {DEFAULT_PORT})",
+    )
     ap.add_argument(
         "-L",
         "--listen",
         action="append",
         metavar="ADDR",
-        help="address to listen on, repeatable; HOST, HOST:PORT or unix:PATH (default 127.0.0.1)",
+        help="address to listen on, repeatable: HOST, HOST:PORT, [IPv6]:PORT or unix:PATH "
+        "(default 127.0.0.1; 0.0.0.0 or :: for every interface)",
     )
     ap.add_argument(
         "--unix", action="append", default=[], metavar="PATH", help="also listen on a Unix socket"
@@ -147,10 +161,17 @@ def build_parser(prog: str = "farm server") -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Sequence[str] | None = None, prog: str = "farm server") -> ServerOptions:
-    ns = build_parser(prog).parse_args(argv)
     ap = build_parser(prog)
-    if not 0 < ns.port < 65536:
-        ap.error(f"--port {ns.port} is not a TCP port (1-65535)")
+    ns = ap.parse_args(argv)
+    port = DEFAULT_PORT
+    if ns.port is not None:
+        try:
+            port = parse_port(ns.port)
+        except ValueError as exc:
+            ap.error(f"-p {ns.port}: {exc}")
+    listen, unix = listen_addresses(ap, ns.listen or ["127.0.0.1"], port)
+    if any(not path.strip() for path in ns.unix):
+        ap.error("--unix needs a socket path")
     if ns.job_retries < 0:
         ap.error("--job-retries must be 0 (never fail) or a positive count")
     if (ns.tls_key or ns.tls_ca) and not ns.tls_cert:
@@ -160,9 +181,9 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "farm server") -> 
     if ns.max_packet < 1024:
         ap.error("--max-packet must be at least 1024 bytes")
     return ServerOptions(
-        port=ns.port,
-        listen=ns.listen or ["127.0.0.1"],
-        unix=ns.unix,
+        port=port,
+        listen=listen,
+        unix=unix + ns.unix,
         unix_mode=ns.unix_mode,
         store=ns.store,
         store_sync=ns.store_sync,
@@ -181,3 +202,24 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "farm server") -> 
         pid_file=ns.pid_file,
         parent_pid=ns.parent_pid,
     )
+
+
+def listen_addresses(
+    ap: argparse.ArgumentParser, texts: Sequence[str], port: int
+) -> tuple[list[str], list[str]]:
+    """The -L values as (TCP addresses in normal form, Unix socket paths).
+
+    As in gearmand, ``-L HOST`` without a port listens on the ``-p`` port.
+    """
+    tcp: list[str] = []
+    unix: list[str] = []
+    for text in texts:
+        try:
+            addr = parse_address(text, default_port=port)
+        except AddressError as exc:
+            ap.error(f"-L {text}: {exc.reason}")
+        if addr.kind == "unix":
+            unix.append(addr.path)
+        elif str(addr) not in tcp:
+            tcp.append(str(addr))
+    return tcp, unix

@@ -76,7 +76,7 @@ class SQLiteStore:
             raise StoreError(f"cannot open the job store {self.path}: {exc}") from exc
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the job store {self.path}: {exc}") from exc
-        self._next_id = row[0] + 1
+        self._next_id: int = row[0] + 1
 
     @property
     def pending(self) -> bool:
@@ -141,7 +141,8 @@ class SQLiteStore:
             yield StoredJob(*row)
 
     def count(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+        count: int = self.db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+        return count
 
     def close(self) -> None:
         if self.pending:
