@@ -1,0 +1,162 @@
+"""farm.net's one address parser: every form it reads, every mistake it names."""
+
+from __future__ import annotations
+
+import pytest
+
+from farm.net import (
+    DEFAULT_PORT,
+    DEFAULT_SERVER,
+    Address,
+    AddressError,
+    connectable,
+    parse_address,
+    parse_port,
+    parse_servers,
+)
+
+
+def tcp(host: str, port: int = DEFAULT_PORT) -> Address:
+    return Address("tcp", host=host, port=port)
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed", "normal"),
+    [
+        ("127.0.0.1:4999", tcp("127.0.0.1", 4999), "127.0.0.1:4999"),
+        ("gearman.example:1", tcp("gearman.example", 1), "gearman.example:1"),
+        ("localhost:65535", tcp("localhost", 65535), "localhost:65535"),
+        ("localhost", tcp("localhost"), f"localhost:{DEFAULT_PORT}"),
+        ("  10.0.0.5:80  ", tcp("10.0.0.5", 80), "10.0.0.5:80"),
+        ("host:0080", tcp("host", 80), "host:80"),
+        ("[::1]:4999", tcp("::1", 4999), "[::1]:4999"),
+        ("[::1]", tcp("::1"), f"[::1]:{DEFAULT_PORT}"),
+        ("::1", tcp("::1"), f"[::1]:{DEFAULT_PORT}"),
+        ("::", tcp("::"), f"[::]:{DEFAULT_PORT}"),
+        # Unbracketed, the last group belongs to the address: brackets say where a port starts.
+        ("::1:4999", tcp("::1:4999"), f"[::1:4999]:{DEFAULT_PORT}"),
+        ("[fe80::1%eth0]:5", tcp("fe80::1%eth0", 5), "[fe80::1%eth0]:5"),
+        ("0.0.0.0", tcp("0.0.0.0"), f"0.0.0.0:{DEFAULT_PORT}"),
+        (":4999", tcp("", 4999), ":4999"),  # every interface, for a listener
+        ("unix:/run/farm/gearman.sock", Address("unix", path="/run/farm/gearman.sock"), None),
+        ("unix:rel.sock", Address("unix", path="rel.sock"), "unix:rel.sock"),
+    ],
+)
+def test_each_form_parses_and_prints_its_normal_form(
+    text: str, parsed: Address, normal: str | None
+) -> None:
+    got = parse_address(text)
+    assert got == parsed
+    assert str(got) == (normal or text)
+    assert parse_address(str(got)) == got  # the normal form reads back the same
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "is empty"),
+        ("   ", "is empty"),
+        ("127.0.0.1:abc", "port must be a number from 1 to 65535"),
+        ("127.0.0.1:", "port must be a number from 1 to 65535"),
+        ("127.0.0.1:0", "port must be a number from 1 to 65535"),
+        ("127.0.0.1:65536", "port must be a number from 1 to 65535"),
+        ("127.0.0.1:-1", "port must be a number from 1 to 65535"),
+        ("127.0.0.1:+80", "port must be a number from 1 to 65535"),
+        ("127.0.0.1:٣", "port must be a number from 1 to 65535"),  # a non-ASCII digit
+        ("[::1]:abc", "port must be a number from 1 to 65535"),
+        ("[::1]:", "port must be a number from 1 to 65535"),
+        ("[::1", "has '[' without ']'"),
+        ("[::1]4730", "expected ':PORT' after ']'"),
+        ("[localhost]:4730", "'localhost' in brackets is not an IPv6 address"),
+        ("[]:4730", "'' in brackets is not an IPv6 address"),
+        ("::1:xyz", "an IPv6 address with a port takes brackets"),
+        ("a b:4730", "'a b' is not a host name or address"),
+        ("host/path:4730", "is not a host name or address"),
+        ("unix:", "names no socket path"),
+    ],
+)
+def test_each_mistake_raises_address_error_naming_the_problem(text: str, reason: str) -> None:
+    with pytest.raises(AddressError) as info:
+        parse_address(text)
+    assert info.value.address == text
+    assert reason in info.value.reason
+    assert isinstance(info.value, ValueError)  # callers that catch ValueError keep working
+    assert str(info.value).startswith(f"server address {text!r}: ")
+
+
+def test_the_default_port_is_the_callers_and_may_be_required() -> None:
+    assert parse_address("10.0.0.5", default_port=5000) == tcp("10.0.0.5", 5000)
+    assert parse_address("::1", default_port=5000) == tcp("::1", 5000)
+    assert parse_address("10.0.0.5:6000", default_port=5000) == tcp("10.0.0.5", 6000)
+    with pytest.raises(AddressError, match="has no port"):
+        parse_address("10.0.0.5", default_port=None)
+    with pytest.raises(AddressError, match="has no port"):
+        parse_address("[::1]", default_port=None)
+    assert parse_address("unix:/x", default_port=None) == Address("unix", path="/x")
+
+
+def test_an_address_is_a_string_or_a_type_error() -> None:
+    with pytest.raises(TypeError, match="must be a string"):
+        parse_address(4730)  # type: ignore[arg-type]  # the wrong type is the point
+
+
+@pytest.mark.parametrize(
+    ("listened", "reached"),
+    [
+        ("0.0.0.0:4999", "127.0.0.1:4999"),
+        (":4999", "127.0.0.1:4999"),
+        ("[::]:4999", "[::1]:4999"),
+        ("10.0.0.5:4999", "10.0.0.5:4999"),
+        ("[::1]:4999", "[::1]:4999"),
+        ("unix:/run/g.sock", "unix:/run/g.sock"),
+    ],
+)
+def test_connectable_turns_a_wildcard_listener_into_loopback(listened: str, reached: str) -> None:
+    assert str(connectable(listened)) == reached
+    assert connectable(parse_address(listened)) == parse_address(reached)
+
+
+@pytest.mark.parametrize("text", ["1", "4730", "65535", "08"])
+def test_parse_port_accepts_1_to_65535(text: str) -> None:
+    assert parse_port(text) == int(text)
+
+
+@pytest.mark.parametrize("text", ["", "0", "65536", "abc", "-1", " 80", "1e3", "٣"])
+def test_parse_port_refuses_the_rest(text: str) -> None:
+    with pytest.raises(ValueError, match="from 1 to 65535"):
+        parse_port(text)
+
+
+def test_parse_servers_normalises_and_drops_duplicates() -> None:
+    assert parse_servers("a, a:4730 ,[::1],unix:/s,") == [
+        f"a:{DEFAULT_PORT}",
+        f"[::1]:{DEFAULT_PORT}",
+        "unix:/s",
+    ]
+    assert parse_servers(["b:1", "b:1"]) == ["b:1"]
+
+
+def test_parse_servers_reads_gearman_servers_then_the_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GEARMAN_SERVERS", "[::1]:5000,10.0.0.5")
+    assert parse_servers(None) == ["[::1]:5000", f"10.0.0.5:{DEFAULT_PORT}"]
+    monkeypatch.delenv("GEARMAN_SERVERS")
+    assert parse_servers(None) == [f"127.0.0.1:{DEFAULT_PORT}"] == [DEFAULT_SERVER]
+
+
+@pytest.mark.parametrize(
+    ("servers", "error", "match"),
+    [
+        ("", ValueError, "the server list is empty"),
+        ([], ValueError, "the server list is empty"),
+        ("ok:1,bad:port", AddressError, "'bad:port': port must be"),
+        ([b"host:1"], TypeError, "must be a string, not bytes"),
+        (4730, TypeError, "a string or a list of strings, not int"),
+    ],
+)
+def test_parse_servers_refuses_bad_lists(
+    servers: object, error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        parse_servers(servers)  # type: ignore[arg-type]  # some of these are the wrong type
