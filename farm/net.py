@@ -243,6 +243,13 @@ class Waker:
         except OSError:
             pass  # already full (a wake-up is pending) or closed
 
+    def wake_on_signals(self) -> None:
+        """Make every signal the process receives wake the loop (``signal.set_wakeup_fd``):
+        the handlers then only record the signal, and the loop does the work."""
+        import signal
+
+        signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+
     def drain(self) -> None:
         try:
             while self.reader.recv(4096):

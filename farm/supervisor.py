@@ -19,13 +19,13 @@ import logging
 import os
 import selectors
 import signal
-import socket
 import sys
 import time
 
 import psutil
 
 from farm.config import Config, FunctionConfig
+from farm.net import Waker
 from farm.pools import sdnotify
 from farm.pools.control import ControlConnection, ControlServer
 from farm.pools.localserver import LocalServer
@@ -65,7 +65,7 @@ class Supervisor(Steering):
         self.started = time.monotonic()
         self.selector = selectors.DefaultSelector()
         self.control: ControlServer | None = None
-        self._wake_r, self._wake_w = socket.socketpair()
+        self.waker = Waker()  # signals (and nothing else) wake the loop through it
         for pool in config.functions.values():
             self.place(pool)
 
@@ -104,10 +104,8 @@ class Supervisor(Steering):
 
     def install_signals(self) -> None:
         """Handlers only enqueue; the wake-up fd makes the loop's select return."""
-        for fd in (self._wake_r, self._wake_w):
-            fd.setblocking(False)
-        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        self.selector.register(self._wake_r, selectors.EVENT_READ, "wakeup")
+        self.waker.wake_on_signals()
+        self.selector.register(self.waker.reader, selectors.EVENT_READ, "wakeup")
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(
                 sig, lambda signum, frame: self.pending.append(Pending(Duty.SIGNAL, signum))
@@ -269,11 +267,7 @@ class Supervisor(Steering):
     def wait(self, timeout: float) -> None:
         for key, _ in self.selector.select(timeout):
             if key.data == "wakeup":
-                try:
-                    while self._wake_r.recv(4096):
-                        pass
-                except BlockingIOError:
-                    pass
+                self.waker.drain()
             elif key.data == "accept":
                 conn = self.control.accept() if self.control else None
                 if conn is not None:

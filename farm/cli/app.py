@@ -22,11 +22,6 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def usage_error(message: str) -> NoReturn:
-    """Bad usage: the usage line's spirit, one line, exit code 2."""
-    raise typer.BadParameter(message)
-
-
 def main() -> None:
     """Console-script entry point."""
     try:
