@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import farm  # noqa: E402
-from tests.conftest import Server, start_farm_server, start_gearmand  # noqa: E402
+from tests.helpers.servers import Server, start_farm_server, start_gearmand  # noqa: E402
 
 PAYLOAD = b"0123456789abcdef"
 

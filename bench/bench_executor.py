@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import farm  # noqa: E402
 from farm.executor.signing import KEY_ENV, ensure_key  # noqa: E402
-from tests.conftest import start_farm_server  # noqa: E402
+from tests.helpers.servers import start_farm_server  # noqa: E402
 
 
 def tiny(x: int) -> int:

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from farm.client import Client  # noqa: E402
-from tests.integration.farmproc import FarmUp, wait_until  # noqa: E402
+from tests.helpers.farmproc import FarmUp  # noqa: E402
+from tests.helpers.waiting import wait_for  # noqa: E402
 
 SOLO = """
 [functions.solo{i}]
@@ -69,7 +70,7 @@ def scale_to(up: FarmUp, n: int) -> float:
         rows = up.workers("reverse")
         return len(rows) == n and all(r["state"] == "idle" for r in rows)
 
-    wait_until(f"{n} idle reverse workers", settled, timeout=120)
+    wait_for(f"{n} idle reverse workers", settled, timeout=120)
     return time.perf_counter() - start
 
 
@@ -97,7 +98,7 @@ def main() -> None:
             server_mem, sup_mem = memory(procs["server"]), memory(procs["supervisor"])
             up_time = scale_to(up, args.scale)
             down_time = scale_to(up, 2)
-            wait_until("drained workers gone", lambda: not up.workers(state="draining"), 60)
+            wait_for("drained workers gone", lambda: not up.workers(state="draining"), 60)
             client.close()
         except BaseException:
             print(up.read_log()[-3000:], file=sys.stderr)

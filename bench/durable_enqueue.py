@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from farm import protocol as p  # noqa: E402
-from farm.protocol import PacketType as T  # noqa: E402
-from tests.conftest import (  # noqa: E402
-    ROOT,
+from farm import protocol as p
+from farm.protocol import PacketType as T
+from tests.helpers import ROOT
+from tests.helpers.servers import (
     Server,
     connect,
     free_port,

@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from farm import protocol as p  # noqa: E402
-from farm.protocol import PacketType as T  # noqa: E402
-from tests.conftest import start_farm_server, start_gearmand  # noqa: E402
+from farm import protocol as p
+from farm.protocol import PacketType as T
+from tests.helpers.servers import start_farm_server, start_gearmand
 
 FUNC = b"echo"
 PAYLOAD = b"0123456789abcdef"

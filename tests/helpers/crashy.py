@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
+
+from tests.helpers.waiting import wait_for
 
 
 def hold(job: Any) -> bytes:
@@ -16,11 +17,7 @@ def hold(job: Any) -> bytes:
     """
     folder = Path(job.data.decode())
     (folder / f"started-{os.getpid()}").touch()
-    deadline = time.monotonic() + 20
-    while not (folder / "go").exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the test never said go")
-        time.sleep(0.01)  # a file is the only channel from the test to this process
+    wait_for("the test to say go", (folder / "go").exists, 20)  # a file: the only channel in
     return str(os.getpid()).encode()
 
 

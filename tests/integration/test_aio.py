@@ -13,7 +13,7 @@ import pytest
 import farm
 from farm.client.aio import AsyncClient, JobData, JobEnded, JobProgress, JobWarning
 from farm.worker import Job, Worker
-from tests.conftest import Server
+from tests.helpers.servers import Server
 
 
 def chatty(job: Job) -> bytes:

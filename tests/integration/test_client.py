@@ -11,8 +11,9 @@ import pytest
 
 import farm
 from farm.protocol import PacketType as PT
-from tests.conftest import Peer
-from tests.integration.test_client_support import eventually, reverse, serving
+from tests.helpers.peers import Peer
+from tests.helpers.serving import reverse, serving
+from tests.helpers.waiting import wait_for
 
 
 def test_call_returns_the_result_for_bytes_and_str(any_server) -> None:
@@ -44,7 +45,7 @@ def test_priorities_high_before_normal_before_low(any_server) -> None:
         for prio in ("low", "normal", "high"):
             c.submit("order", prio, background=True, priority=prio)
         with serving(any_server.addr, {"order": lambda job: order.append(job.data)}) as w:
-            eventually(lambda: w.jobs_done == 3)
+            wait_for("three jobs done", lambda: w.jobs_done == 3)
     assert order == [b"high", b"normal", b"low"]
 
 
@@ -81,7 +82,7 @@ def test_status_and_progress_callbacks(any_server) -> None:
     with farm.Client(any_server.addr) as c, serving(any_server.addr, {"slow": slow}):
         task = c.submit("slow", b"")
         assert started.wait(5)
-        status = eventually(lambda: (s := c.status(task)).numerator == 1 and s)
+        status = wait_for("status 1/2", lambda: (s := c.status(task)).numerator == 1 and s)
         assert status == farm.client.JobStatus(True, True, 1, 2)
         assert c.status(task.handle) == status
         release.set()
@@ -148,7 +149,7 @@ def test_call_timeout_raises_timeout_and_the_client_stays_usable(any_server) -> 
         t0 = time.monotonic()
         with pytest.raises(farm.Timeout):
             c.call("nobody-serves-this", b"x", timeout=0.2)
-        assert time.monotonic() - t0 < 2
+        assert time.monotonic() - t0 < 10, "the timeout was not honoured"  # 50x: load-proof
         with serving(any_server.addr, {"reverse": reverse}):
             assert c.call("reverse", b"xy", timeout=5) == b"yx"
 

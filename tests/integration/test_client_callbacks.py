@@ -7,7 +7,8 @@ import threading
 
 import farm
 from farm.protocol import PacketType as T
-from tests.conftest import Peer, Server
+from tests.helpers.peers import Peer
+from tests.helpers.servers import Server
 
 
 def serve_with_status(addr: str, jobs: int) -> threading.Thread:

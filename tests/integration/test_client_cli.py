@@ -7,8 +7,8 @@ from typing import Any
 from typer.testing import CliRunner
 
 from farm.cli import app
-from tests.conftest import free_port
-from tests.integration.test_client_support import reverse, serving
+from tests.helpers.servers import free_port
+from tests.helpers.serving import reverse, serving
 
 runner = CliRunner()
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 import farm
-from tests.conftest import free_port
-from tests.integration.test_client_support import reverse, serving, start_like
+from tests.helpers.servers import free_port, start_like
+from tests.helpers.serving import reverse, serving
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ class _SlowOnce:
         return b"ok"
 
 
-def _holder(two_servers, key: str):  # noqa: ANN202
+def _holder(two_servers, key: str):
     """The server a job with this unique key starts at (the client's stable choice)."""
     addrs = [s.addr for s in two_servers]
     return {s.addr: s for s in two_servers}[addrs[zlib.crc32(key.encode()) % 2]]
@@ -117,8 +117,7 @@ def test_async_client_follows_the_same_rule(two_servers) -> None:
         client = farm.AsyncClient(addrs)
         try:
             call = asyncio.ensure_future(client.call("slow", b"p", unique="async-key", timeout=10))
-            while not started.is_set():
-                await asyncio.sleep(0.01)  # the worker runs in another thread
+            assert await asyncio.to_thread(started.wait, 10), "the job never started"
             holder.stop()
             release.set()
             return await call

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from pathlib import Path
@@ -27,7 +26,9 @@ import farm
 from farm.executor import RemoteTraceback
 from farm.executor.call import SINGLE
 from farm.executor.signing import CALL, KEY_ENV, MAGIC, SignatureError, Signer, ensure_key, load_key
-from tests.conftest import ROOT, Server, start_farm_server
+from tests.helpers import ROOT
+from tests.helpers.calls import add, fails, nap, pid_then_block
+from tests.helpers.servers import Server, start_farm_server
 
 WORKER = [sys.executable, "-c", "from farm.cli import main; main()", "worker"]
 
@@ -76,31 +77,6 @@ def shared_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExecutorFa
 def ex(shared_farm: ExecutorFarm) -> Iterator[farm.Executor]:
     with shared_farm.executor() as executor:
         yield executor
-
-
-# -- functions the workers import by reference (this module is importable from ROOT) --
-
-
-def add(a: int, b: int = 0) -> int:
-    return a + b
-
-
-def fails(x: int) -> int:
-    if x == 3:
-        raise ValueError(f"bad input {x}")
-    return x * 10
-
-
-def nap(seconds: float) -> float:
-    time.sleep(seconds)
-    return seconds
-
-
-def pid_then_block(fifo: str) -> int:
-    with open(fifo, "w") as f:  # the test reads this: the call has started, here
-        f.write(str(os.getpid()))
-    time.sleep(60)
-    return 0
 
 
 # -- the same program against both executors --

@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 import farm
-from tests.integration.farmproc import FarmUp
+from tests.helpers.farmproc import FarmUp
 
 FUNCTIONS = """
 [functions."farm.python"]

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import re
 import socket
-import time
 
 import pytest
 
 from farm.protocol import PacketType as T
 from farm.protocol import encode_req
-from tests.conftest import Peer, Server, connect, start_farm_server
+from tests.helpers.peers import Peer
+from tests.helpers.servers import Server, connect, start_farm_server
+from tests.helpers.waiting import wait_for
 
 # -- helpers -------------------------------------------------------------------
 
@@ -354,10 +355,7 @@ def test_drop_function(any_server, admin_factory, peer_factory):
     w.send(T.WORK_COMPLETE, h, b"r")
     c.expect(T.WORK_COMPLETE)
     w.close()
-    deadline = time.monotonic() + 5
-    while a.listing(b"status\n") != b"q\t0\t0\t0\n.\n":  # wait for the close
-        assert time.monotonic() < deadline, "worker close never seen"
-        time.sleep(0.01)
+    wait_for("the worker's close", lambda: a.listing(b"status\n") == b"q\t0\t0\t0\n.\n")
     assert a.line(b"drop function q\n") == b"OK\r\n"
     assert a.listing(b"status\n") == b".\n"
     assert a.line(b"drop function q\n") == b"ERR function not found\r\n"

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 import pytest
 
 from farm.protocol import PacketType as T
-from tests.conftest import Peer, Server, start_farm_server
+from tests.helpers.peers import Peer
+from tests.helpers.servers import Server, start_farm_server, start_with_store
 
 
 def header(ptype: int, size: int, magic: bytes = b"\0REQ") -> bytes:
@@ -329,9 +330,7 @@ def test_endless_admin_line_closes_farm(keeper_farm, peer_factory):
 
 def test_epoch_that_is_not_a_whole_number_is_refused_and_durability_survives(
     tmp_path,
-) -> None:  # noqa: ANN001
-    from tests.integration.test_store import start_with_store
-
+) -> None:
     srv = start_with_store(tmp_path / "q.db")
     try:
         peer = Peer(srv.addr)

@@ -15,7 +15,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from farm.protocol import PacketType as T
-from tests.conftest import Peer, Server, start_farm_server, start_gearmand
+from tests.helpers.peers import Peer
+from tests.helpers.servers import Server, start_farm_server, start_gearmand
+from tests.helpers.waiting import wait_for
 
 HANDLE = re.compile(rb"^H:[^\s]+:\d+$")
 
@@ -74,15 +76,6 @@ def show_jobs(make, srv: Server) -> dict[bytes, tuple[int, int, int]]:
         handle, retries, ignored, persisted = line.split("\t")
         rows[handle.encode()] = (int(retries), int(ignored), int(persisted))
     return rows
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 5, what: str = "condition") -> None:
-    """Poll server state (admin replies) until ``pred`` holds; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def job_gone_or_ignored(make, srv: Server, handle: bytes) -> bool:
@@ -170,7 +163,7 @@ def test_background_job_survives_submitter_disconnect(any_server, peer_factory):
     c.close()
     w = worker(peer_factory, any_server, "f")
     # the close is processed asynchronously; the job must stay regardless
-    wait_until(lambda: h in show_jobs(peer_factory, any_server), what="job row")
+    wait_for("the job row", lambda: h in show_jobs(peer_factory, any_server))
     assert grab(w).args == (h, b"f", b"bg")
 
 
@@ -526,13 +519,9 @@ def test_epoch_job_held_until_its_time(any_server, peer_factory):
     assert status(peer_factory, any_server)["e"][:2] == (1, 0)
     w = worker(peer_factory, any_server, "e")
     assert grab(w).type == T.NO_JOB, "an epoch job is not handed out before its time"
-    deadline = time.monotonic() + 6
-    while True:
-        pkt = grab(w)
-        if pkt.type == T.JOB_ASSIGN:
-            break
-        assert time.monotonic() < deadline, "epoch job never became runnable"
-        time.sleep(0.1)
+    pkt = wait_for(
+        "the epoch job to become runnable", lambda: (got := grab(w)).type == T.JOB_ASSIGN and got
+    )
     assert time.time() >= when - 0.01
     assert pkt.args == (he, b"e", b"ed")
 
@@ -657,8 +646,8 @@ def test_can_do_timeout_fails_the_job(farm_server, peer_factory, timeout):
     w.send(T.CAN_DO_TIMEOUT, "t", timeout)
     sync(w)
     h = submit(c, "t", b"td")
+    t0 = time.monotonic()  # before the grab, so a slow reply cannot shorten what we measure
     assert grab(w).args == (h, b"t", b"td")
-    t0 = time.monotonic()
     assert c.nothing_within(0.5), "failed long before the timeout"
     assert c.expect(T.WORK_FAIL, timeout=5).args == (h,)
     assert time.monotonic() - t0 >= 0.9
@@ -686,7 +675,7 @@ def test_last_foreground_client_leaving_drops_queued_job(any_server, peer_factor
     c = peer_factory(any_server.addr)
     h = submit(c, "q", b"qd")
     c.close()
-    wait_until(lambda: job_gone_or_ignored(peer_factory, any_server, h), what="job dropped")
+    wait_for("the job dropped", lambda: job_gone_or_ignored(peer_factory, any_server, h))
     w = worker(peer_factory, any_server, "q")
     assert grab(w).type == T.NO_JOB
 
@@ -697,9 +686,7 @@ def test_queued_job_dropped_from_status(farm_server, peer_factory):
     submit(c, "q", b"qd")
     assert status(peer_factory, farm_server)["q"][0] == 1
     c.close()
-    wait_until(
-        lambda: status(peer_factory, farm_server).get("q", (0,))[0] == 0, what="status total 0"
-    )
+    wait_for("status total 0", lambda: status(peer_factory, farm_server).get("q", (0,))[0] == 0)
     assert show_jobs(peer_factory, farm_server) == {}
 
 
@@ -714,7 +701,7 @@ def test_one_of_two_clients_leaving_keeps_the_job(any_server, peer_factory):
         q.send(T.GET_STATUS_UNIQUE, "k")
         return q.expect(T.STATUS_RES_UNIQUE).args[5] == b"1"
 
-    wait_until(one_client, what="first client detached")
+    wait_for("the first client detached", one_client)
     w = worker(peer_factory, any_server, "q")
     assert grab(w).args[0] == h
     w.send(T.WORK_COMPLETE, h, b"r")
@@ -730,7 +717,7 @@ def test_running_job_finishes_after_client_left(any_server, peer_factory):
     w.send(T.WORK_STATUS, h, b"1", b"2")
     w.send(T.WORK_COMPLETE, h, b"discarded")
     sync(w)  # no ERROR came before the ECHO_RES
-    wait_until(lambda: status(peer_factory, any_server)["q"][:2] == (0, 0), what="job finished")
+    wait_for("the job finished", lambda: status(peer_factory, any_server)["q"][:2] == (0, 0))
 
 
 @pytest.mark.parametrize("bg_first", [True, False])
@@ -754,7 +741,7 @@ def test_background_job_not_cancelled_by_joined_foreground_client(
         q.send(T.GET_STATUS_UNIQUE, "k")
         return q.expect(T.STATUS_RES_UNIQUE).args[5] == b"0"
 
-    wait_until(no_clients, what="foreground client detached")
+    wait_for("the foreground client detached", no_clients)
     w = worker(peer_factory, farm_server, "b")
     pkt = grab(w)
     assert pkt.type == T.JOB_ASSIGN, "the background job was dropped"

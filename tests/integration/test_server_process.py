@@ -12,7 +12,10 @@ import sys
 from pathlib import Path
 
 from farm.protocol import PacketType as T
-from tests.conftest import ROOT, Peer, Server, free_port, start_farm_server, wait_connectable
+from tests.helpers import ROOT
+from tests.helpers.peers import Peer
+from tests.helpers.servers import Server, free_port, start_farm_server, wait_connectable
+from tests.helpers.waiting import wait_for
 
 
 def farm_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
@@ -81,16 +84,17 @@ def test_sigusr1_stops_accepting_and_exits_when_the_running_job_ends() -> None:
     assert srv.proc.wait(10) == 0
 
 
-def wait_refused(port: int, attempts: int = 200) -> None:
-    import time
+def wait_refused(port: int) -> None:
+    """Until connecting to ``port`` is refused: the OS's word that the listener closed."""
 
-    for _ in range(attempts):
+    def refused() -> bool:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
         except ConnectionRefusedError:
-            return
-        time.sleep(0.02)  # polling the OS for the listener's close; no event to wait on
-    raise AssertionError("the server kept accepting after SIGUSR1")
+            return True
+        return False
+
+    wait_for("the listener to close after SIGUSR1", refused)
 
 
 def test_sigusr1_with_nothing_running_exits_at_once() -> None:

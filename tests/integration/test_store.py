@@ -9,16 +9,9 @@ import time
 from pathlib import Path
 
 from farm.protocol import PacketType as T
-from tests.conftest import ROOT, Peer, Server, free_port, wait_connectable
-
-
-def start_with_store(db: Path, port: int | None = None) -> Server:
-    port = port or free_port()
-    cmd = [sys.executable, "-m", "farm.server", "--port", str(port), "--store", str(db)]
-    proc = subprocess.Popen(cmd, cwd=ROOT)
-    addr = f"127.0.0.1:{port}"
-    wait_connectable(addr, proc)
-    return Server("farm", addr, proc, port)
+from tests.helpers import ROOT
+from tests.helpers.peers import Peer
+from tests.helpers.servers import free_port, start_with_store
 
 
 def submit_bg(peer: Peer, n: int, ptype: int = T.SUBMIT_JOB_BG, prefix: str = "u") -> list[bytes]:

@@ -18,7 +18,8 @@ import psutil
 import pytest
 
 from farm.client import Client
-from tests.integration.farmproc import FarmUp, wait_until
+from tests.helpers.farmproc import FarmUp
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -88,7 +89,7 @@ def test_killed_worker_is_replaced_on_its_core_and_logged(farm: FarmUp) -> None:
     def replaced() -> list[dict]:
         return [r for r in farm.workers("hash", "idle") if r["pid"] != victim["pid"]]
 
-    (new,) = wait_until("a replacement hash worker", replaced)
+    (new,) = wait_for("a replacement hash worker", replaced)
     assert (new["slot"], new["cpu"], new["restarts"]) == (0, victim["cpu"], 1)
     assert psutil.Process(new["pid"]).cpu_affinity() == [victim["cpu"]]
     client = Client(farm.addr)
@@ -107,7 +108,7 @@ def test_boot_failure_backs_off_while_other_functions_serve(tmp_path: Path) -> N
     up = FarmUp(tmp_path, FUNCTIONS + '\n[functions.broken]\ntarget = "broken:job"\nworkers = 1\n')
     try:
         up.expect_notify("READY=1")  # a failing slot does not hold up readiness
-        wait_until("the broken slot marked failing", lambda: up.workers("broken", "failing"))
+        wait_for("the broken slot marked failing", lambda: up.workers("broken", "failing"))
         client = Client(up.addr)
         started = time.monotonic()
         served = 0
@@ -138,7 +139,7 @@ def test_sigterm_drains_running_jobs_and_exits_zero(tmp_path: Path) -> None:
     try:
         # a job long enough (~1 s) to be in hand when SIGTERM arrives
         task = client.submit("slow", b"2000000 00ff\nsecret")
-        busy = wait_until("the slow job running", lambda: farm.workers("slow", "busy"))
+        busy = wait_for("the slow job running", lambda: farm.workers("slow", "busy"))
         children = psutil.Process(farm.proc.pid).children()
         farm.signal(signal.SIGTERM)
         result = client.wait(task, timeout=20)

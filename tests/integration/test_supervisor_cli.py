@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from farm import config
 from farm.cli import app
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 runner = CliRunner()
 

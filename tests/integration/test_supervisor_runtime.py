@@ -14,7 +14,8 @@ import pytest
 
 from farm.client import Client
 from farm.errors import FarmError, JobFailed
-from tests.integration.farmproc import FarmUp, wait_until
+from tests.helpers.farmproc import FarmUp
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -79,21 +80,19 @@ def test_scale_up_and_down_under_load_loses_no_job(tmp_path: Path) -> None:
         up.expect_notify("READY=1")
         up.wait_idle({"reverse": 1, "hash": 1})
         stream = JobStream(up.addr)
-        wait_until("jobs flowing", lambda: stream.done >= 20 or stream.errors)
+        wait_for("jobs flowing", lambda: stream.done >= 20 or stream.errors)
         out = farm_cli("scale", "hash=3", "reverse=+1", "--control", up.control)
         assert out.returncode == 0, out.stderr
         assert out.stdout.split() == ["reverse=2", "hash=3"]
-        wait_until(
-            "3 hash and 2 reverse workers", lambda: _running(up) == {"hash": 3, "reverse": 2}
-        )
+        wait_for("3 hash and 2 reverse workers", lambda: _running(up) == {"hash": 3, "reverse": 2})
         before = stream.done
-        wait_until("jobs on the grown pools", lambda: stream.done >= before + 30 or stream.errors)
+        wait_for("jobs on the grown pools", lambda: stream.done >= before + 30 or stream.errors)
         out = farm_cli("scale", "hash=-2", "reverse=1", "--control", up.control)
         assert out.returncode == 0, out.stderr
-        wait_until("scaled back down", lambda: _running(up) == {"hash": 1, "reverse": 1})
-        wait_until("drained workers gone", lambda: not up.workers(state="draining"), 20)
+        wait_for("scaled back down", lambda: _running(up) == {"hash": 1, "reverse": 1})
+        wait_for("drained workers gone", lambda: not up.workers(state="draining"), 20)
         before = stream.done
-        wait_until("jobs after scale-down", lambda: stream.done >= before + 20 or stream.errors)
+        wait_for("jobs after scale-down", lambda: stream.done >= before + 20 or stream.errors)
         assert stream.stop() > 50
         assert "scaling hash from 1 to 3" in up.read_log()
         assert "crashed" not in up.read_log()
@@ -165,7 +164,7 @@ def test_timeout_fails_the_job_and_replaces_the_worker(tmp_path: Path) -> None:
         def replaced() -> list[dict]:
             return [r for r in up.workers("nap", "idle") if r["pid"] != first["pid"]]
 
-        (new,) = wait_until("a replacement for the stuck worker", replaced)
+        (new,) = wait_for("a replacement for the stuck worker", replaced)
         assert new["cpu"] == first["cpu"] and new["restarts"] == 1
         assert "ran past its 1s timeout" in up.read_log()
     finally:
@@ -186,7 +185,7 @@ def test_worker_is_recycled_after_max_jobs(tmp_path: Path) -> None:
                 assert client.call("reverse", f"ab{i}", timeout=10) == f"{i}ba".encode()
         finally:
             client.close()
-        (row,) = wait_until("two recycles", lambda: [r for r in up.workers() if r["restarts"] >= 2])
+        (row,) = wait_for("two recycles", lambda: [r for r in up.workers() if r["restarts"] >= 2])
         log = up.read_log()
         assert log.count("was recycled (max_jobs 3 reached)") >= 2, log
         assert "crashed" not in log
@@ -206,7 +205,7 @@ def test_worker_is_recycled_past_max_rss(tmp_path: Path) -> None:
             assert client.call("rev", "ab", timeout=10) == b"ba"  # any Python is past 1 MiB
         finally:
             client.close()
-        wait_until("a recycled worker", lambda: [r for r in up.workers("rev") if r["restarts"]])
+        wait_for("a recycled worker", lambda: [r for r in up.workers("rev") if r["restarts"]])
         assert re.search(r"was recycled \(RSS \d+ MiB > max_rss_mb 1\)", up.read_log())
     finally:
         assert up.stop() == 0
@@ -227,7 +226,7 @@ def test_a_dead_job_server_is_restarted_and_workers_come_back(tmp_path: Path) ->
                 if r["function"] == "server" and r["state"] == "ready" and r["restarts"] == 1
             ]
 
-        wait_until("a new job server", new_server)
+        wait_for("a new job server", new_server)
         client = Client(up.addr, connect_timeout=2)
         try:
             # the workers reconnect by themselves; a job waits in the queue until they have
@@ -247,7 +246,7 @@ def test_reload_with_a_fixed_target_revives_a_failing_slot_at_once(tmp_path: Pat
     up = FarmUp(tmp_path, '[functions.f]\ntarget = "broken:job"\nworkers = 1\n')
     try:
         up.expect_notify("READY=1")
-        wait_until("two boot failures", lambda: up.read_log().count("failed to boot") >= 2)
+        wait_for("two boot failures", lambda: up.read_log().count("failed to boot") >= 2)
         # the next retry is 4 s away now
         up.write_config('[functions.f]\ntarget = "fixed:job"\nworkers = 1\n')
         out = farm_cli("reload", "--control", up.control)

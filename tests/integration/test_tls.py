@@ -12,7 +12,7 @@ import pytest
 
 import farm
 from farm.net import tls_context
-from tests.conftest import Server, start_farm_server
+from tests.helpers.servers import Server, start_farm_server
 
 pytestmark = pytest.mark.slow
 

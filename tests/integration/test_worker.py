@@ -15,14 +15,13 @@ import psutil
 import pytest
 
 import farm
-from tests.conftest import ROOT, Peer
-from tests.integration.test_client_support import eventually, reverse, serving, start_like
+from tests.helpers import ROOT
+from tests.helpers.peers import Peer
+from tests.helpers.servers import start_like
+from tests.helpers.serving import reverse, serving
+from tests.helpers.waiting import wait_for
 
-
-def slow_reverse(job: Any) -> bytes:
-    """Used by the `farm worker` subprocess tests: a job that takes a moment."""
-    time.sleep(0.5)  # stands in for real work, so a signal lands mid-job
-    return job.data[::-1]
+IDLE_WINDOW = 2.0
 
 
 def _workers_of(addr: str, function: str) -> int:
@@ -49,11 +48,12 @@ def test_worker_reconnects_and_reregisters_after_a_server_restart(any_server) ->
 
 
 def test_stop_from_another_thread_returns_promptly_and_unregisters(any_server) -> None:
+    # The worker blocks in select() with no timeout: only stop()'s wake-up can end work(),
+    # so serving()'s bounded join on exit is the promptness check.
     with serving(any_server.addr, {"idle-fn": reverse}) as w:
-        eventually(lambda: _workers_of(any_server.addr, "idle-fn") == 1)
-        t0 = time.monotonic()
-    assert time.monotonic() - t0 < 2 and w.jobs_done == 0
-    eventually(lambda: _workers_of(any_server.addr, "idle-fn") == 0)
+        wait_for("the worker registered", lambda: _workers_of(any_server.addr, "idle-fn") == 1)
+    assert w.jobs_done == 0
+    wait_for("the worker unregistered", lambda: _workers_of(any_server.addr, "idle-fn") == 0)
 
 
 def test_stop_after_and_after_job_hook(any_server) -> None:
@@ -87,9 +87,9 @@ def test_after_job_may_stop_the_worker(any_server) -> None:
 
 def test_unregister_all_stops_taking_jobs_but_keeps_the_loop(any_server) -> None:
     with serving(any_server.addr, {"drain-fn": reverse}) as w:
-        eventually(lambda: _workers_of(any_server.addr, "drain-fn") == 1)
+        wait_for("the worker registered", lambda: _workers_of(any_server.addr, "drain-fn") == 1)
         w.unregister_all()
-        eventually(lambda: _workers_of(any_server.addr, "drain-fn") == 0)
+        wait_for("the abilities reset", lambda: _workers_of(any_server.addr, "drain-fn") == 0)
         with farm.Client(any_server.addr) as c, pytest.raises(farm.Timeout):
             c.call("drain-fn", b"x", timeout=0.3)
     assert w.jobs_done == 0
@@ -113,11 +113,11 @@ def _farm_worker(addr: str, target: str, *extra: str) -> subprocess.Popen:
 
 
 def test_sigterm_finishes_the_job_in_hand_then_exits_0(any_server) -> None:
-    proc = _farm_worker(any_server.addr, "tests.integration.test_worker:slow_reverse")
+    proc = _farm_worker(any_server.addr, "tests.helpers.serving:slow_reverse")
     try:
         with farm.Client(any_server.addr) as c:
             task = c.submit("slow_reverse", b"abc")
-            eventually(lambda: c.status(task).running, timeout=10)
+            wait_for("the job running", lambda: c.status(task).running)
             proc.send_signal(signal.SIGTERM)
             assert c.wait(task, 5) == b"cba"
         assert proc.wait(5) == 0
@@ -128,12 +128,17 @@ def test_sigterm_finishes_the_job_in_hand_then_exits_0(any_server) -> None:
 def test_idle_worker_sleeps_without_burning_cpu(any_server) -> None:
     proc = _farm_worker(any_server.addr, "workers.text:reverse")
     try:
-        eventually(lambda: _workers_of(any_server.addr, "reverse") == 1, timeout=10)
+        wait_for("the worker registered", lambda: _workers_of(any_server.addr, "reverse") == 1)
         ps = psutil.Process(proc.pid)
-        before = sum(ps.cpu_times()[:2])
-        time.sleep(1.0)  # measuring idle CPU needs idle wall time
-        used = sum(ps.cpu_times()[:2]) - before
-        assert used < 0.05, f"idle worker used {used:.3f}s CPU in 1s"
+        cpu, switches = sum(ps.cpu_times()[:2]), sum(ps.num_ctx_switches())
+        time.sleep(IDLE_WINDOW)  # watching an idle process needs idle wall time
+        wakeups = sum(ps.num_ctx_switches()) - switches
+        used = sum(ps.cpu_times()[:2]) - cpu
+        # Blocked in select() without a timeout, the worker is never scheduled, however
+        # loaded the machine: no wake-ups and no CPU. A polling loop wakes hundreds of
+        # times a window; a spinning one takes most of the window in CPU.
+        assert wakeups < 20, f"idle worker woke {wakeups} times in {IDLE_WINDOW}s"
+        assert used < IDLE_WINDOW / 4, f"idle worker used {used:.3f}s CPU in {IDLE_WINDOW}s"
         with farm.Client(any_server.addr) as c:
             assert c.call("reverse", b"awake", timeout=5) == b"ekawa"
     finally:
@@ -144,11 +149,22 @@ def test_idle_worker_sleeps_without_burning_cpu(any_server) -> None:
 def test_stop_is_safe_from_a_signal_handler(any_server) -> None:
     worker = farm.Worker(any_server.addr)
     worker.register("reverse", reverse)
-    previous = signal.signal(signal.SIGUSR1, lambda *_: worker.stop())
+    handled = threading.Event()
+
+    def on_usr1(*_: object) -> None:
+        worker.stop()
+        handled.set()
+
+    def signal_once_registered() -> None:
+        wait_for("the worker registered", lambda: _workers_of(any_server.addr, "reverse") == 1)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, on_usr1)
     try:
-        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1)).start()
-        t0 = time.monotonic()
+        threading.Thread(target=signal_once_registered, daemon=True).start()
+        # work() blocks in select() without a timeout: returning at all means the handler's
+        # stop() woke it (pytest-timeout fails a hang).
         worker.work()
-        assert time.monotonic() - t0 < 3
+        assert handled.is_set() and worker.jobs_done == 0
     finally:
         signal.signal(signal.SIGUSR1, previous)

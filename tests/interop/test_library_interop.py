@@ -11,8 +11,9 @@ from contextlib import contextmanager
 import pytest
 
 import farm
-from tests.conftest import need
-from tests.integration.test_client_support import eventually, serving
+from tests.helpers.servers import need
+from tests.helpers.serving import serving
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.interop
 
@@ -88,5 +89,5 @@ def test_farm_client_calls_gearman_cli_worker(any_server) -> None:
     rev = need("rev")
     cmd = [gearman, "-h", "127.0.0.1", "-p", str(any_server.port), "-w", "-f", "reverse"]
     with process(*cmd, "--", rev), farm.Client(any_server.addr) as c:
-        eventually(lambda: c.call("reverse", b"hello\n", timeout=20), timeout=20)
+        wait_for("`gearman -w` to answer", lambda: c.call("reverse", b"hello\n", timeout=20), 20)
         assert c.call("reverse", b"gearman\n", timeout=20).strip() == b"namraeg"

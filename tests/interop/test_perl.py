@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 import farm
-from tests.conftest import Server, need
+from tests.helpers.servers import Server, need
 
 pytestmark = pytest.mark.interop
 

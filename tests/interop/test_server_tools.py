@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from farm.protocol import PacketType as T
-from tests.conftest import Peer, Server, need, start_gearmand
+from tests.helpers.peers import Peer
+from tests.helpers.servers import Server, need, start_gearmand
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.interop
 
@@ -63,15 +64,13 @@ def admin(srv: Server, cmd: str) -> str:
 
 
 def wait_for_worker(srv: Server, func: str, timeout: float = 10) -> None:
-    """Poll `status` until some worker has registered ``func``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for line in admin(srv, "status").splitlines():
-            parts = line.split("\t")
-            if parts[0] == func and len(parts) == 4 and int(parts[3]) > 0:
-                return
-        assert time.monotonic() < deadline, f"no worker registered {func}"
-        time.sleep(0.05)
+    """Until `status` shows some worker registered for ``func``."""
+
+    def registered() -> bool:
+        rows = [line.split("\t") for line in admin(srv, "status").splitlines()]
+        return any(r[0] == func and len(r) == 4 and int(r[3]) > 0 for r in rows)
+
+    wait_for(f"a worker registered for {func}", registered, timeout)
 
 
 def run(*cmd: str, timeout: float = 20) -> subprocess.CompletedProcess:
@@ -109,10 +108,7 @@ def test_php_do_high_and_do_background(farm_server, spawn):
     assert re.fullmatch(rb"H:\S+:\d+", handle), bg
     assert code == b"0"
     # the PHP worker runs the background job: the queue drains
-    deadline = time.monotonic() + 10
-    while admin(farm_server, "status") != "reverse\t0\t0\t1\n.\n":
-        assert time.monotonic() < deadline, admin(farm_server, "status")
-        time.sleep(0.05)
+    wait_for("the queue drained", lambda: admin(farm_server, "status") == "reverse\t0\t0\t1\n.\n")
 
 
 def test_php_client_sees_work_fail(farm_server, spawn):

@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.slow
 
 
-def test_atheris_finds_nothing_in_the_decoder(tmp_path) -> None:  # noqa: ANN001
+def test_atheris_finds_nothing_in_the_decoder(tmp_path) -> None:
     pytest.importorskip("atheris", reason="atheris has no wheel for this platform")
     run = subprocess.run(
         [sys.executable, str(ROOT / "tests/fuzz/fuzz_decoder.py"), "-runs=30000", "-seed=1",

@@ -8,56 +8,22 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import farm
-from farm import protocol as p
 from farm.protocol import PacketType as T
-from tests.conftest import ROOT, Peer, Server, connect, free_port, start_farm_server
-from tests.integration.test_store import start_with_store
+from tests.helpers import ROOT
+from tests.helpers.crashes import submit_until_killed
+from tests.helpers.peers import Peer
+from tests.helpers.servers import Server, free_port, start_farm_server, start_with_store
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
 JOBS = 10_000
-
-
-def submit_until_killed(
-    srv: Server, uniques: list[str], kill_after: int | None, window: int = 256
-) -> int:
-    """Submit background jobs, ``window`` in flight; SIGKILL the server after ``kill_after``
-    JOB_CREATEDs, while submits are still in flight.
-
-    Returns how many of ``uniques`` (a prefix, since replies come in order) were created.
-    """
-    sock = connect(srv.addr, timeout=30)
-    decoder = p.Decoder(allow_admin=False)
-    packets = [p.encode_req(T.SUBMIT_JOB_BG, b"r", u.encode(), b"x") for u in uniques]
-    sent = min(window, len(packets))
-    sock.sendall(b"".join(packets[:sent]))
-    created = 0
-    try:
-        while created < len(uniques):
-            data = sock.recv(1 << 16)
-            if not data:
-                break
-            for pkt in decoder.feed(data):
-                assert pkt.type == T.JOB_CREATED
-                created += 1
-            if kill_after is not None and created >= kill_after:
-                srv.proc.send_signal(signal.SIGKILL)
-                kill_after = None
-            more = min(created + window, len(packets)) - sent
-            if more > 0:
-                sock.sendall(b"".join(packets[sent : sent + more]))
-                sent += more
-    except (ConnectionResetError, BrokenPipeError):
-        pass
-    sock.close()
-    return created
 
 
 def drain(addr: str) -> list[bytes]:
@@ -116,13 +82,6 @@ def procs() -> Iterator[list[subprocess.Popen]]:
         proc.wait()
 
 
-def wait_for(predicate, timeout: float = 20) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)  # polling files written by another process
-
-
 def test_worker_kill_9_mid_job_the_job_completes_on_another_worker(
     tmp_path: Path, farm_server: Server, procs: list[subprocess.Popen]
 ) -> None:
@@ -139,11 +98,15 @@ def test_worker_kill_9_mid_job_the_job_completes_on_another_worker(
 
     caller = threading.Thread(target=call)
     caller.start()
-    wait_for(lambda: any(tmp_path.glob("started-*")))
+    wait_for("a worker to start the job", lambda: any(tmp_path.glob("started-*")), 20)
     (first,) = tmp_path.glob("started-*")
     victim = int(first.name.split("-")[1])
     next(proc for proc in procs if proc.pid == victim).send_signal(signal.SIGKILL)
-    wait_for(lambda: len(list(tmp_path.glob("started-*"))) == 2)  # requeued to the other
+    wait_for(
+        "the job requeued to the other worker",
+        lambda: len(list(tmp_path.glob("started-*"))) == 2,
+        20,
+    )
     (tmp_path / "go").touch()
     caller.join(30)
     assert "error" not in result, result

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from farm import protocol as p
 from farm.protocol import PacketType as T
-from tests.conftest import Peer, Server, start_farm_server
+from tests.helpers.peers import Peer
+from tests.helpers.servers import Server, start_farm_server
 
 pytestmark = pytest.mark.slow
 

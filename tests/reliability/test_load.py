@@ -14,7 +14,8 @@ import pytest
 
 from farm import protocol as p
 from farm.protocol import PacketType as T
-from tests.conftest import Peer, Server, connect, start_farm_server
+from tests.helpers.peers import Peer
+from tests.helpers.servers import Server, connect, start_farm_server
 
 pytestmark = pytest.mark.slow
 

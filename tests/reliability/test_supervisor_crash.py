@@ -10,9 +10,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import wait_connectable
-from tests.integration.farmproc import FarmUp, wait_until
-from tests.reliability.test_crash import submit_until_killed
+from tests.helpers.crashes import submit_until_killed
+from tests.helpers.farmproc import FarmUp
+from tests.helpers.servers import wait_connectable
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +45,7 @@ def test_supervisor_kill_9_loses_no_created_job(tmp_path: Path) -> None:
         up.expect_notify("READY=1")
         server = next(row["pid"] for row in up.ps() if row["function"] == "server")
         kill_after = random.Random(7).randrange(200, 2000)
-        n = submit_until_killed(_Victim(up), todo, kill_after)  # type: ignore[arg-type]
+        n = submit_until_killed(_Victim(up), todo, kill_after)
         assert up.proc.wait(10) == -signal.SIGKILL
         created.update(todo[:n])
         todo = todo[n:]
@@ -63,6 +64,6 @@ def test_supervisor_kill_9_loses_no_created_job(tmp_path: Path) -> None:
         def all_ran() -> bool:
             return done_file.exists() and created <= set(done_file.read_text().split())
 
-        wait_until("every created job to run", all_ran, timeout=60)
+        wait_for("every created job to run", all_ran, timeout=60)
     finally:
         up.stop()

@@ -9,28 +9,15 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from farm.pools.control import ControlUnavailable, request
-from tests.conftest import ROOT, free_port
-
-
-def wait_until(what: str, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Poll another process's state until ``predicate`` is truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(delay)  # polling a process we do not control
-        delay = min(delay * 2, 0.1)
+from tests.helpers import ROOT
+from tests.helpers.servers import free_port
+from tests.helpers.waiting import wait_for
 
 
 class FarmUp:
@@ -138,7 +125,7 @@ class FarmUp:
                     return None
             return rows
 
-        return wait_until(f"idle workers {counts}", settled, timeout)
+        return wait_for(f"idle workers {counts}", settled, timeout)
 
     def read_log(self) -> str:
         self.log.flush()

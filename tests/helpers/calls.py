@@ -1,0 +1,30 @@
+"""Functions the executor tests send by reference: worker processes (started in the
+repository root) and ProcessPoolExecutor's children import them from here."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def add(a: int, b: int = 0) -> int:
+    return a + b
+
+
+def fails(x: int) -> int:
+    if x == 3:
+        raise ValueError(f"bad input {x}")
+    return x * 10
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)  # stands in for a call that takes a while
+    return seconds
+
+
+def pid_then_block(fifo: str) -> int:
+    """Write this process's pid to ``fifo`` (the test's sign that the call started), then hang."""
+    with open(fifo, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(60)  # until the test kills this worker
+    return 0

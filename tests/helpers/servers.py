@@ -1,0 +1,177 @@
+"""Real job servers (farm's and gearmand) on free ports, and how to reach them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import ROOT
+from tests.helpers.waiting import wait_for
+
+GEARMAND = shutil.which("gearmand") or "/usr/sbin/gearmand"
+REQUIRE_INTEROP = os.environ.get("FARM_REQUIRE_INTEROP") == "1"
+
+
+def need(tool: str) -> str:
+    """The path of an interop tool; a skip with the reason, or a failure where CI requires it."""
+    path = shutil.which(tool) or (tool if os.path.exists(tool) else None)
+    if path:
+        return path
+    msg = f"{tool} is not installed (make deps-test installs it)"
+    if REQUIRE_INTEROP:
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def connect(addr: str, timeout: float = 10) -> socket.socket:
+    """A connected socket to "host:port" or "unix:/path", with TCP_NODELAY on TCP."""
+    if addr.startswith("unix:"):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        s.connect(addr[5:])
+        return s
+    host, _, port = addr.rpartition(":")
+    s = socket.create_connection((host, int(port)), timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def wait_connectable(addr: str, proc: subprocess.Popen | None = None, timeout: float = 10) -> None:
+    """Until ``addr`` accepts a connection; RuntimeError at once if ``proc`` exits first."""
+
+    def accepts() -> bool:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before accepting")
+        try:
+            connect(addr).close()
+        except OSError:
+            return False
+        return True
+
+    wait_for(f"{addr} to accept connections", accepts, timeout)
+
+
+@dataclass
+class Server:
+    """A running job server process: farm's or gearmand."""
+
+    kind: str
+    addr: str
+    proc: subprocess.Popen
+    port: int = 0
+    unix: str | None = None
+    args: list[str] = field(default_factory=list)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _launch(
+    kind: str,
+    make_cmd: Callable[[int], list[str]],
+    port: int | None,
+    verify: bool = True,
+    **popen: Any,
+) -> tuple[subprocess.Popen, int]:
+    """Start a server and wait until *it* (not another process on a reused port) answers.
+
+    ``free_port`` can race with other processes grabbing the port; when no
+    port was asked for, a lost race is retried on a fresh one.
+    """
+    for _attempt in range(5):
+        chosen = port or free_port()
+        proc = subprocess.Popen(make_cmd(chosen), **popen)
+        addr = f"127.0.0.1:{chosen}"
+        try:
+            wait_connectable(addr, proc)
+            # A TLS listener cannot answer plain admin text; there, being alive must do.
+            if (_server_pid(addr) if verify else proc.pid) == proc.pid and proc.poll() is None:
+                return proc, chosen
+        except (RuntimeError, OSError, AssertionError):
+            pass
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if port:
+            break
+    raise RuntimeError(f"{kind} did not start on a free port")
+
+
+def _server_pid(addr: str) -> int:
+    with connect(addr) as sock:
+        sock.sendall(b"getpid\n")
+        reply = b""
+        while not reply.endswith(b"\n"):
+            data = sock.recv(100)
+            if not data:
+                break
+            reply += data
+    return int(reply.split()[1]) if reply.startswith(b"OK ") else -1
+
+
+def start_farm_server(*extra: str, port: int | None = None, unix: str | None = None) -> Server:
+    """`python -m farm.server --store none` plus ``extra``, answering on 127.0.0.1."""
+
+    def cmd(chosen: int) -> list[str]:
+        argv = [sys.executable, "-m", "farm.server", "--port", str(chosen), "--store", "none"]
+        return argv + list(extra) + (["--unix", unix] if unix else [])
+
+    proc, chosen = _launch("farm server", cmd, port, "--tls-cert" not in extra, cwd=ROOT)
+    return Server("farm", f"127.0.0.1:{chosen}", proc, chosen, unix, list(extra))
+
+
+def start_gearmand(*extra: str, port: int | None = None) -> Server:
+    """gearmand 1.1 on 127.0.0.1 (skipped, or failed under FARM_REQUIRE_INTEROP, if absent)."""
+    need(GEARMAND)
+
+    def cmd(chosen: int) -> list[str]:
+        return [
+            GEARMAND,
+            "--port",
+            str(chosen),
+            "--listen",
+            "127.0.0.1",
+            "--log-file",
+            "none",
+        ] + list(extra)
+
+    proc, chosen = _launch(
+        "gearmand", cmd, port, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    return Server("gearmand", f"127.0.0.1:{chosen}", proc, chosen, None, list(extra))
+
+
+def start_like(server: Server, port: int | None = None) -> Server:
+    """Another server of the same kind (farm or gearmand), optionally on a given port."""
+    return start_farm_server(port=port) if server.kind == "farm" else start_gearmand(port=port)
+
+
+def start_with_store(db: Path, port: int | None = None) -> Server:
+    """farm's server keeping background jobs in the SQLite file ``db``."""
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "farm.server", "--port", str(port), "--store", str(db)]
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    addr = f"127.0.0.1:{port}"
+    wait_connectable(addr, proc)
+    return Server("farm", addr, proc, port)

@@ -1,0 +1,39 @@
+"""A farm Worker serving functions in a thread, and the job functions tests serve."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from farm.worker import Worker
+
+
+@contextmanager
+def serving(
+    servers: str | list[str], functions: dict[str, Callable[..., Any]], **kw: Any
+) -> Iterator[Worker]:
+    """A farm Worker serving ``functions`` in a thread; stopped (and checked) on exit."""
+    worker = Worker(servers, **kw)
+    for name, fn in functions.items():
+        worker.register(name, fn)
+    thread = threading.Thread(target=worker.work, daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(10)
+        assert not thread.is_alive(), "worker did not stop"
+
+
+def reverse(job: Any) -> bytes:
+    return job.data[::-1]
+
+
+def slow_reverse(job: Any) -> bytes:
+    """For `farm worker tests.helpers.serving:slow_reverse`: a job that takes a moment."""
+    time.sleep(0.5)  # stands in for real work, so a signal lands mid-job
+    return job.data[::-1]

@@ -1,0 +1,44 @@
+"""The example job functions in workers/: image resizing and hashing, called like a worker
+calls them (an object with ``data``)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zlib
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+from workers import hashing, image
+
+
+def png(width: int, height: int, mode: str = "RGBA") -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, (width, height), "red").save(out, "PNG")
+    return out.getvalue()
+
+
+def test_image_resize_and_thumbnail() -> None:
+    out = image.resize(SimpleNamespace(data=image.envelope(30, 10, png(100, 100))))
+    assert Image.open(io.BytesIO(out)).size == (30, 10)
+    out = image.thumbnail(SimpleNamespace(data=image.envelope(50, 50, png(200, 100), "jpeg")))
+    img = Image.open(io.BytesIO(out))
+    assert img.format == "JPEG" and img.size == (50, 25)
+
+
+@pytest.mark.parametrize(
+    "bad", [b"no header", b"0x10\n" + png(2, 2), b"10x10 gif\n", b"10x10\nnot an image"]
+)
+def test_image_refuses_bad_envelopes(bad: bytes) -> None:
+    with pytest.raises(ValueError):
+        image.resize(SimpleNamespace(data=bad))
+
+
+def test_hashing_functions() -> None:
+    out = hashing.pbkdf2(SimpleNamespace(data=b"1000 0a0b\npassword"))
+    assert out == hashlib.pbkdf2_hmac("sha256", b"password", b"\n\x0b", 1000).hex().encode()
+    with pytest.raises(ValueError):
+        hashing.pbkdf2(SimpleNamespace(data=b"lots zz\npw"))
+    assert zlib.decompress(hashing.compress(SimpleNamespace(data=b"a" * 1000))) == b"a" * 1000

@@ -1,0 +1,60 @@
+"""The restart policy without processes: how long to wait before a restart, and which
+exits are crashes (a crash is not an ordered stop, a boot failure is not a crash)."""
+
+from __future__ import annotations
+
+import signal
+
+from farm.pools.slots import (
+    EXIT_BOOT_ERROR,
+    EXIT_RECYCLE,
+    Slot,
+    WorkerProcess,
+    boot_delay,
+    crash_delay,
+)
+
+
+def status(code: int = 0, sig: int = 0) -> int:
+    """A wait status as os.waitpid returns it."""
+    return sig if sig else code << 8
+
+
+def proc(started: float = 100.0) -> WorkerProcess:
+    return WorkerProcess(1, "f", 0, 0, -1, (), started=started)
+
+
+def test_crash_backoff_starts_immediate_and_is_capped() -> None:
+    assert [crash_delay(n) for n in range(1, 6)] == [0.0, 0.5, 1.0, 2.0, 4.0]
+    assert crash_delay(50) == 30.0
+
+
+def test_a_target_that_never_boots_is_tried_a_handful_of_times_a_minute() -> None:
+    waited, tries = 0.0, 0
+    while waited < 60:
+        tries += 1
+        waited += boot_delay(tries)
+    assert tries <= 6  # never a hot loop
+
+
+def test_exits_are_told_apart() -> None:
+    slot = Slot("f", 0, 0)
+    how, delay = slot.note_exit(proc(), status(sig=signal.SIGKILL), now=101)
+    assert (how, delay, slot.failures, slot.failing) == (
+        "crashed: was killed by SIGKILL",
+        0,
+        1,
+        False,
+    )
+    how, delay = slot.note_exit(proc(), status(EXIT_BOOT_ERROR), now=102)
+    assert "failed to boot" in how and delay >= 2 and slot.failing
+    ordered = proc()
+    ordered.kill_reason = "job H:1 ran past its 5s timeout"
+    how, delay = slot.note_exit(ordered, status(sig=signal.SIGKILL), now=103)
+    assert delay == 0 and slot.failures == 2 and "timeout" in how
+    how, delay = slot.note_exit(proc(), status(EXIT_RECYCLE), now=104)
+    assert delay == 0 and slot.failures == 2 and "recycled" in how
+    slot.note_exit(proc(), status(1), now=105)
+    assert slot.failing and slot.failures == 3  # FAILING_AFTER consecutive crashes
+    slot.note_exit(proc(started=0.0), status(1), now=100)  # lived 100 s: history starts over
+    assert slot.failures == 1 and not slot.failing
