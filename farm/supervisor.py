@@ -29,6 +29,7 @@ from farm.net import Waker
 from farm.pools import sdnotify
 from farm.pools.control import ControlConnection, ControlServer
 from farm.pools.localserver import LocalServer
+from farm.pools.record import RecordReader, create_record_fd
 from farm.pools.slots import ProcState, Slot, WorkerProcess, core_for, crash_delay, describe_exit
 from farm.pools.steering import Duty, Pending, Steering
 
@@ -150,6 +151,7 @@ class Supervisor(Steering):
 
     def worker_exited(self, proc: WorkerProcess, status: int) -> None:
         self.close_report(proc)
+        proc.close()
         now = time.monotonic()
         slot = next((s for s in self.slots.get(proc.function, ()) if s.proc is proc), None)
         if slot is None:  # retired by scale-down, reload or stop: an ordered exit
@@ -178,6 +180,7 @@ class Supervisor(Steering):
         """SIGKILL a worker whose job outlived its timeout, or a drain past its deadline."""
         now = time.monotonic()
         for proc in list(self.by_pid.values()):
+            proc.refresh()  # the supervisor's tick reads each worker's record; no per-job message
             pool = self.config.functions.get(proc.function)
             timeout = pool.timeout if pool else None
             if proc.state is ProcState.KILLING:
@@ -288,7 +291,11 @@ class Supervisor(Steering):
 
     def spawn_worker(self, slot: Slot, pool: FunctionConfig) -> None:
         read_fd, write_fd = os.pipe()
-        os.set_inheritable(write_fd, True)  # the one descriptor the worker inherits
+        record_fd = create_record_fd(slot.name)
+        # The two descriptors the worker inherits; closed here once it is spawned.
+        os.set_inheritable(write_fd, True)
+        os.set_inheritable(record_fd, True)
+        record = RecordReader(record_fd)
         argv = [
             sys.executable,
             "-m",
@@ -303,6 +310,8 @@ class Supervisor(Steering):
             str(slot.core),
             "--report-fd",
             str(write_fd),
+            "--record-fd",
+            str(record_fd),
         ]
         for server in self.config.worker_servers:
             argv += ["--server", server]
@@ -317,17 +326,21 @@ class Supervisor(Steering):
             pid = os.posix_spawn(sys.executable, argv, self.child_env, setpgroup=0)
         except OSError as e:
             os.close(read_fd)
+            record.close()
             log.error("cannot start worker %s: %s", slot.name, e)
             slot.next_start = time.monotonic() + crash_delay(slot.failures + 2)
             return
         finally:
             os.close(write_fd)
+            os.close(record_fd)  # the mapping stays
         try:
             psutil.Process(pid).cpu_affinity([slot.core])
         except psutil.Error as e:
             log.warning("cannot pin worker %s (pid %d): %s", slot.name, pid, e)
         os.set_blocking(read_fd, False)
-        proc = WorkerProcess(pid, pool.name, slot.index, slot.core, read_fd, pool.options())
+        proc = WorkerProcess(
+            pid, pool.name, slot.index, slot.core, read_fd, pool.options(), record=record
+        )
         self.selector.register(read_fd, selectors.EVENT_READ, proc)
         self.by_pid[pid] = proc
         if slot.spawned:

@@ -34,15 +34,8 @@ from concurrent.futures._base import BrokenExecutor
 from itertools import islice
 from typing import Any, TypeVar
 
-from farm.executor.call import (
-    CHUNK,
-    DEFAULT_FUNCTION,
-    SINGLE,
-    RemoteTraceback,
-    dump_fn,
-    encode_call,
-)
-from farm.executor.pump import Pump, WorkItem
+from farm.executor.call import CHUNK, DEFAULT_FUNCTION, SINGLE, RemoteTraceback, dump, dump_fn
+from farm.executor.pump import Call, Pump, WorkItem
 from farm.executor.signing import Signer, load_key
 from farm.net import parse_servers
 from farm.protocol.checks import check_name, check_priority
@@ -97,10 +90,10 @@ class Executor(_BaseExecutor):
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)`` on a worker; its Future holds the outcome."""
         try:
-            payload = encode_call(self._signer, dump_fn(fn), SINGLE, (args, kwargs))
+            call = Call(dump_fn(fn), SINGLE, dump((args, kwargs)))
         except Exception as exc:  # unpicklable: the future says so, as ProcessPoolExecutor's
             return self._enqueue(None, exc)
-        return self._enqueue(payload, None)
+        return self._enqueue(call, None)
 
     def map(
         self,
@@ -131,13 +124,13 @@ class Executor(_BaseExecutor):
                 continue
             try:
                 if chunksize == 1:
-                    payload = encode_call(self._signer, fn_bytes, SINGLE, (chunk[0], {}))
+                    call = Call(fn_bytes, SINGLE, dump((chunk[0], {})))
                 else:
-                    payload = encode_call(self._signer, fn_bytes, CHUNK, chunk)
+                    call = Call(fn_bytes, CHUNK, dump(chunk))
             except Exception as exc:
                 futures.append(self._enqueue(None, exc))
                 continue
-            futures.append(self._enqueue(payload, None))
+            futures.append(self._enqueue(call, None))
         return _results(futures, end_time, chunked=chunksize > 1)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -153,7 +146,7 @@ class Executor(_BaseExecutor):
 
     # -- internals --
 
-    def _enqueue(self, payload: bytes | None, error: Exception | None) -> Future[Any]:
+    def _enqueue(self, call: Call | None, error: Exception | None) -> Future[Any]:
         with self._shutdown_lock:
             if self._pump.broken is not None:
                 raise BrokenExecutor(self._pump.broken)
@@ -165,8 +158,8 @@ class Executor(_BaseExecutor):
                 return future
             if self._thread is None:
                 self._start_pump()
-            assert payload is not None, "a call without an error has its payload"
-            self._pump.put(WorkItem(future, payload))
+            assert call is not None, "a call without an error has its payload"
+            self._pump.put(WorkItem(future, call))
             broken = self._pump.why_broken()
             if broken is not None:
                 # The pump broke between the check above and put(): nobody will take it.

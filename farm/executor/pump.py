@@ -6,6 +6,16 @@ here runs in the pump thread. Each turn of the loop sends as many pending
 items as the in-flight window allows, writes each connection's queued bytes
 once, then waits for replies, the socket becoming writable, or a wake-up.
 Replies go through ``farm.protocol.client.ClientSession``, as in ``farm.Client``.
+
+Batching: when more calls wait than the window has room for, consecutive
+calls of the same function travel as one job (``BATCH``, farm/executor/call.py),
+so tiny calls stop paying a job each -- a packet, a queue entry and a wake-up
+at the server, a grab at the worker. Each call keeps its own future, resolved
+as its outcome arrives (WORK_DATA while the batch runs, WORK_COMPLETE at its
+end). If the batch's worker dies, the server runs the job again on another
+worker (``job_retries``); calls whose outcome already arrived stay resolved
+(their second outcome is dropped, but they did run twice), the others resolve
+from the rerun or, when the retries run out, fail with ``WorkerLost``.
 """
 
 from __future__ import annotations
@@ -18,15 +28,15 @@ import threading
 from collections import deque
 from concurrent.futures import Future
 from concurrent.futures._base import BrokenExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 from farm.client.serverpick import ServerPicker
 from farm.errors import JobError, JobFailed, ServerUnavailable, WorkerLost
-from farm.executor.call import OK, RemoteTraceback
+from farm.executor.call import BATCH, OK, SINGLE, RemoteTraceback, encode_call
 from farm.executor.signing import RESULT, SignatureError, Signer
 from farm.net import Waker, connect
 from farm.protocol import ProtocolError
-from farm.protocol.client import ClientSession, JobEnded, Task
+from farm.protocol.client import ClientSession, JobData, JobEnded, Task
 
 __all__ = ["Pump", "WorkItem"]
 
@@ -36,14 +46,37 @@ READ = selectors.EVENT_READ
 READ_WRITE = selectors.EVENT_READ | selectors.EVENT_WRITE
 
 
+#: Most calls one batch carries.
+MAX_BATCH = 64
+
+
+class Call(NamedTuple):
+    """A call as the caller's thread encoded it: the pickled function, its kind and body."""
+
+    fn: bytes
+    kind: int  # SINGLE or CHUNK (the pump makes BATCHes of SINGLEs)
+    body: bytes
+
+
 class WorkItem:
-    """A call waiting for, or on, the farm: its future and its signed payload."""
+    """A call waiting for, or on, the farm: its future and what it asks."""
 
-    __slots__ = ("future", "payload")
+    __slots__ = ("future", "call")
 
-    def __init__(self, future: Future[Any], payload: bytes) -> None:
+    def __init__(self, future: Future[Any], call: Call) -> None:
         self.future = future
-        self.payload = payload
+        self.call = call
+
+
+class Flight:
+    """The calls one job carries (one, or a batch) and how many have their outcome."""
+
+    __slots__ = ("items", "batched", "resolved")
+
+    def __init__(self, items: list[WorkItem], *, batched: bool) -> None:
+        self.items = items
+        self.batched = batched
+        self.resolved = 0
 
 
 class _Conn:
@@ -160,19 +193,50 @@ class Pump:
         if self._in_flight >= self._refill_below:
             return
         while pending and self._in_flight < self.max_in_flight:
-            item = pending.popleft()
-            if not item.future.set_running_or_notify_cancel():
-                continue  # cancelled while it waited here
+            items = self._take(pending)
+            if not items:
+                continue  # all cancelled while they waited here
             try:
                 conn = self._connection()
             except ServerUnavailable as exc:
-                item.future.set_exception(exc)
+                for item in items:
+                    item.future.set_exception(exc)
                 continue
-            task: Task[WorkItem] = Task(self.function, item.payload, priority=self.priority)
-            task.owner = item
-            item.payload = b""  # the task holds the bytes now
+            flight = Flight(items, batched=len(items) > 1)
+            task: Task[Flight] = Task(self.function, self._payload(flight), priority=self.priority)
+            task.owner = flight
             conn.session.submit(task)
             self._in_flight += 1
+
+    def _take(self, pending: deque[WorkItem]) -> list[WorkItem]:
+        """The next job's calls: one, or a batch of one function's calls when many wait.
+
+        A batch's size spreads what waits over twice the window, so that every
+        worker still gets several jobs and the last ones end close together.
+        """
+        first = pending.popleft()
+        if not first.future.set_running_or_notify_cancel():
+            return []
+        items = [first]
+        if first.call.kind != SINGLE:
+            return items
+        size = min(MAX_BATCH, len(pending) // (2 * self.max_in_flight) + 1)
+        fn = first.call.fn
+        while len(items) < size and pending:
+            nxt = pending[0]
+            if nxt.call.kind != SINGLE or nxt.call.fn != fn:
+                break
+            pending.popleft()
+            if nxt.future.set_running_or_notify_cancel():
+                items.append(nxt)
+        return items
+
+    def _payload(self, flight: Flight) -> bytes:
+        call = flight.items[0].call
+        if not flight.batched:
+            return encode_call(self.signer, call.fn, call.kind, call.body)
+        body = pickle.dumps([item.call.body for item in flight.items], pickle.HIGHEST_PROTOCOL)
+        return encode_call(self.signer, call.fn, BATCH, body)
 
     def _connection(self) -> _Conn:
         """A connection for the next job: rotate over servers, skipping refusing ones."""
@@ -234,12 +298,20 @@ class Pump:
             self._drop(conn, f"broke the protocol: {exc}")
             return
         for event in events:
-            if type(event) is JobEnded:
+            if isinstance(event, JobEnded):
                 self._in_flight -= 1
                 self._complete(event.task)
+            elif isinstance(event, JobData):
+                self._partial(event.task, event.data)
 
-    def _complete(self, task: Task[WorkItem]) -> None:
-        future = _item(task).future
+    def _partial(self, task: Task[Flight], data: bytes) -> None:
+        """WORK_DATA of a batch: the outcomes of the calls it finished so far."""
+        flight = _flight(task)
+        if flight.batched:
+            self._resolve_batch(task, flight, data)
+
+    def _complete(self, task: Task[Flight]) -> None:
+        flight = _flight(task)
         error = task.error
         if error is not None:
             if type(error) is JobFailed:  # no exception came first: the worker is gone
@@ -247,24 +319,45 @@ class Pump:
                     f"the worker running job {task.handle} died (or overran its timeout);"
                     " the call's outcome is unknown"
                 )
-            future.set_exception(error)
+            for item in flight.items:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        if flight.batched:
+            self._resolve_batch(task, flight, task.result or b"")
+            for item in flight.items:  # a well-formed batch leaves none; a broken one says so
+                if not item.future.done():
+                    item.future.set_exception(JobError(f"job {task.handle} lost this call"))
             return
         try:
-            outcome = pickle.loads(self.signer.open(RESULT, task.result or b""))
-        except SignatureError as exc:
-            future.set_exception(exc)
+            outcome = self._open(task, task.result or b"")
+        except Exception as exc:
+            flight.items[0].future.set_exception(exc)
             return
+        _settle(flight.items[0].future, outcome)
+
+    def _resolve_batch(self, task: Task[Flight], flight: Flight, data: bytes) -> None:
+        try:
+            first, outcomes = self._open(task, data)
+        except Exception as exc:
+            for item in flight.items:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        for item, outcome in zip(flight.items[first:], outcomes, strict=False):
+            if not item.future.done():  # a rerun after a worker died repeats early outcomes
+                _settle(item.future, outcome)
+
+    def _open(self, task: Task[Flight], data: bytes) -> Any:
+        """Verify and unpickle a result; SignatureError, or JobError when it will not load."""
+        try:
+            return pickle.loads(self.signer.open(RESULT, data))
+        except SignatureError:
+            raise
         except Exception as exc:
             failure = JobError(f"cannot unpickle the result of job {task.handle}: {exc}")
             failure.__cause__ = exc
-            future.set_exception(failure)
-            return
-        if outcome[0] == OK:
-            future.set_result(outcome[1])
-        else:
-            raised, text = outcome[1], outcome[2]
-            raised.__cause__ = RemoteTraceback(text)
-            future.set_exception(raised)
+            raise failure from exc
 
     # -- losing connections --
 
@@ -281,9 +374,12 @@ class Pump:
         self._picker.mark_down(conn.addr)
         for task in conn.session.connection_lost():
             self._in_flight -= 1
-            _item(task).future.set_exception(
-                ServerUnavailable(f"job server {conn.addr} {why} while holding job {task.handle}")
+            lost = ServerUnavailable(
+                f"job server {conn.addr} {why} while holding job {task.handle}"
             )
+            for item in _flight(task).items:
+                if not item.future.done():
+                    item.future.set_exception(lost)
 
     def why_broken(self) -> str | None:
         """Why the pump stopped for good (None while it works); read anew on each call."""
@@ -293,14 +389,25 @@ class Pump:
         self.broken = why
         items = self.take_pending()
         for conn in list(self._conns.values()):
-            items += [_item(t) for t in conn.session.connection_lost()]
+            for task in conn.session.connection_lost():
+                items += _flight(task).items
         for item in items:
             if not item.future.done():
                 item.future.set_exception(BrokenExecutor(why))
 
 
-def _item(task: Task[WorkItem]) -> WorkItem:
-    """The work item a task was made for (every task the pump submits has one)."""
-    item = task.owner
-    assert item is not None, f"{task!r} was not submitted by the pump"
-    return item
+def _flight(task: Task[Flight]) -> Flight:
+    """The calls a task was made for (every task the pump submits has them)."""
+    flight = task.owner
+    assert flight is not None, f"{task!r} was not submitted by the pump"
+    return flight
+
+
+def _settle(future: Future[Any], outcome: tuple[Any, ...]) -> None:
+    """Resolve a call's future from its outcome: (OK, value) or (ERROR, exc, traceback)."""
+    if outcome[0] == OK:
+        future.set_result(outcome[1])
+    else:
+        raised, text = outcome[1], outcome[2]
+        raised.__cause__ = RemoteTraceback(text)
+        future.set_exception(raised)

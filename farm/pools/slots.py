@@ -17,6 +17,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from farm.pools.record import RecordReader
+
 __all__ = [
     "EXIT_DRAINED",
     "EXIT_BOOT_ERROR",
@@ -101,8 +103,9 @@ class WorkerProcess:
     function: str
     slot: int
     core: int
-    report_fd: int  # read end of the pipe the worker reports on
+    report_fd: int  # read end of the pipe the worker reports on (ready, recycle)
     options: tuple[object, ...]  # FunctionConfig.options() it was started with
+    record: RecordReader | None = None  # what it is doing, in shared memory (farm.pools.record)
     started: float = field(default_factory=time.monotonic)
     state: ProcState = ProcState.STARTING
     jobs_done: int = 0
@@ -135,18 +138,31 @@ class WorkerProcess:
             self.apply(event)
 
     def apply(self, event: dict[str, object]) -> None:
+        """A report line: ``ready`` (it serves now) or ``recycle`` (it exits after this job).
+        What it does job by job is in its shared-memory record, read by ``refresh``."""
         kind = event.get("ev")
-        if kind == "job":
-            self.handle = str(event.get("handle", ""))
-            self.busy_since = time.monotonic()
-        elif kind == "done":
-            self.jobs_done = int(event.get("jobs", self.jobs_done))  # type: ignore[call-overload]
-            self.rss = int(event.get("rss", self.rss))  # type: ignore[call-overload]
-            self.handle, self.busy_since = "", None
-        elif kind == "recycle":
+        if kind == "recycle":
             self.recycle_reason = str(event.get("why", ""))
-        if kind in ("ready", "job", "done") and not self.ordered:
-            self.state = ProcState.BUSY if self.busy_since is not None else ProcState.IDLE
+        elif kind == "ready" and self.state is ProcState.STARTING:
+            self.state = ProcState.IDLE
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Take the job in hand, jobs done and RSS from the worker's record."""
+        if self.record is None:
+            return
+        now = self.record.read()
+        self.jobs_done, self.handle, self.busy_since = now.jobs_done, now.handle, now.busy_since
+        if now.rss:
+            self.rss = now.rss
+        if self.state.serving:
+            self.state = ProcState.BUSY if now.busy_since is not None else ProcState.IDLE
+
+    def close(self) -> None:
+        if self.record is not None:
+            self.refresh()  # the last word: jobs done, for the exit's log line
+            self.record.close()
+            self.record = None
 
 
 @dataclass(eq=False, kw_only=True)

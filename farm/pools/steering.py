@@ -168,6 +168,7 @@ class Steering:
 
     def process_row(self, proc: WorkerProcess, now: float, **extra: Any) -> dict[str, Any]:
         """The `farm ps` row of a live worker process (in a slot, or retiring)."""
+        proc.refresh()
         return self.row(
             proc.pid,
             proc.function,

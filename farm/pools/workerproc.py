@@ -3,12 +3,14 @@
 The supervisor spawns this module once per slot and pins it (this process
 pins nothing itself). It loads the target, serves it through
 :class:`farm.Worker`, and tells the supervisor what it does through a pipe
-(``--report-fd``), one JSON object a line::
+(``--report-fd``), one JSON object a line, for what happens once or twice in its life::
 
     {"ev": "ready"}                       target loaded, about to connect
-    {"ev": "job", "handle": "H:host:1"}   a job started (the supervisor times it)
-    {"ev": "done", "jobs": 12, "rss": N}  a job ended; jobs done so far, RSS in bytes
     {"ev": "recycle", "why": "..."}       it will exit after this job (max_jobs / max_rss_mb)
+
+What it does job by job (the job in hand since when, jobs done, RSS) it writes
+into its slot's shared-memory record (``--record-fd``, farm.pools.record), which
+the supervisor reads on its own tick: no message, no wake-up per job.
 
 SIGTERM means drain: finish the job in hand, unregister, exit 0. Exit codes
 are the supervisor's contract (farm.pools.slots): 3 = the target cannot be loaded
@@ -23,16 +25,20 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 from farm.lifetime import die_with_parent
+from farm.pools.record import RecordWriter
 from farm.pools.slots import EXIT_BOOT_ERROR, EXIT_DRAINED, EXIT_RECYCLE
 
 __all__ = ["main", "current_rss"]
 
 log = logging.getLogger("farm.pools.workerproc")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+#: RSS is read after a job at most this often (seconds); max_rss_mb acts on the latest.
+RSS_EVERY = 0.05
 
 
 def current_rss() -> int:
@@ -73,6 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-jobs", type=int, default=None)
     ap.add_argument("--max-rss-mb", type=int, default=None)
     ap.add_argument("--report-fd", type=int, default=None)
+    ap.add_argument("--record-fd", type=int, default=None)
     return ap.parse_args(argv)
 
 
@@ -90,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     where = f" cpu{ns.cpu}" if ns.cpu is not None else ""
     setproctitle(f"farm: worker {ns.function}#{ns.slot}{where}")
     reporter = Reporter(ns.report_fd)
+    record = RecordWriter(ns.record_fd) if ns.record_fd is not None else None
 
     from farm.targets import load_target
 
@@ -101,10 +109,16 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BOOT_ERROR
 
     recycle: list[str] = []
+    rss_read = [0.0, 0]  # when RSS was last read, and what it was
 
     def after_job(job: Any) -> None:
-        rss = current_rss()
-        reporter.send(ev="done", jobs=worker.jobs_done, rss=rss)
+        now = time.monotonic()
+        # /proc is a few system calls: every job only where max_rss_mb acts on it.
+        if ns.max_rss_mb is not None or now - rss_read[0] >= RSS_EVERY:
+            rss_read[:] = [now, current_rss()]
+        rss = int(rss_read[1])
+        if record is not None:
+            record.ended(worker.jobs_done, rss)
         if ns.max_jobs is not None and worker.jobs_done >= ns.max_jobs:
             recycle.append(f"max_jobs {ns.max_jobs} reached")
         elif ns.max_rss_mb is not None and rss > ns.max_rss_mb * 1024 * 1024:
@@ -118,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     client_id = f"farm:{ns.function}#{ns.slot}:{os.getpid()}"
     try:
         worker = Worker(ns.server or None, client_id=client_id, after_job=after_job)
-        worker.register(ns.function, _reporting(fn, reporter), timeout=ns.timeout)
+        worker.register(ns.function, _recording(fn, record), timeout=ns.timeout)
     except (ValueError, TypeError) as e:
         log.error("cannot serve %s: %s", ns.function, e)
         return EXIT_BOOT_ERROR
@@ -128,11 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_RECYCLE if recycle else EXIT_DRAINED
 
 
-def _reporting(fn: Callable[[Any], Any], reporter: Reporter) -> Callable[[Any], Any]:
+def _recording(fn: Callable[[Any], Any], record: RecordWriter | None) -> Callable[[Any], Any]:
     """Wrap the target so the supervisor knows which job runs since when."""
+    if record is None:
+        return fn
 
     def run(job: Any) -> Any:
-        reporter.send(ev="job", handle=job.handle)
+        record.started(job.handle)
         return fn(job)
 
     return run

@@ -27,7 +27,7 @@ from farm.executor import RemoteTraceback
 from farm.executor.call import SINGLE
 from farm.executor.signing import CALL, KEY_ENV, MAGIC, SignatureError, Signer, ensure_key, load_key
 from tests.helpers import ROOT
-from tests.helpers.calls import add, fails, nap, pid_then_block
+from tests.helpers.calls import add, batch_step, fails, nap, pid_then_block
 from tests.helpers.servers import Server, start_farm_server
 
 WORKER = [sys.executable, "-c", "from farm.cli import main; main()", "worker"]
@@ -216,6 +216,46 @@ def test_killed_worker_fails_only_its_future(tmp_path: Path) -> None:
     finally:
         os.close(reader)
         small.stop()
+
+
+def test_a_worker_dying_mid_batch_fails_the_calls_it_had_not_finished(tmp_path: Path) -> None:
+    # One job in flight at a time, so the calls queued behind a slow one travel as batches
+    # (farm/executor/pump.py). With --job-retries 1 the batch is not run again.
+    small = ExecutorFarm(tmp_path, count=2)
+    fifo = str(tmp_path / "started")
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with small.executor(max_in_flight=1) as ex:
+            first = ex.submit(nap, 0.5)  # holds the window while the batch queues up
+            steps = [ex.submit(batch_step, i, fifo, 2, 3) for i in range(10)]
+            ready, _, _ = select.select([reader], [], [], 30)
+            assert ready, "the blocking call never started"
+            # The batch is calls 0..4 (call 0 and 9 // 2 more of the 9 behind it); 0..2
+            # ended 20 ms before 3 blocked, so their outcomes left in a WORK_DATA.
+            assert [f.result(timeout=30) for f in steps[:3]] == [0, 1, 2]
+            assert not any(f.done() for f in steps[3:5])
+            os.kill(int(os.read(reader, 64)), signal.SIGKILL)
+            for f in steps[3:5]:  # the one running and the one after it in the batch
+                with pytest.raises(farm.WorkerLost):
+                    f.result(timeout=30)
+            assert first.result(timeout=30) == 0.5
+            assert [f.result(timeout=30) for f in steps[5:]] == [5, 6, 7, 8, 9]
+    finally:
+        os.close(reader)
+        small.stop()
+
+
+def test_batched_calls_keep_their_own_outcomes(shared_farm: ExecutorFarm) -> None:
+    with shared_farm.executor(max_in_flight=2) as ex:
+        futures = [ex.submit(fails, i) for i in range(200)]  # 200 waiting: batches of up to 51
+        for i, future in enumerate(futures):
+            if i == 3:
+                with pytest.raises(ValueError, match="bad input 3"):
+                    future.result(timeout=30)
+                assert isinstance(future.exception().__cause__, RemoteTraceback)
+            else:
+                assert future.result(timeout=30) == i * 10
 
 
 # -- signatures --

@@ -1,19 +1,72 @@
-"""What a worker process tells the supervisor over its report pipe, read in whatever pieces
-the pipe delivers."""
+"""What a worker process tells the supervisor: rare events over its report pipe (read in
+whatever pieces the pipe delivers), and job by job through its shared-memory record."""
 
 from __future__ import annotations
 
+import os
+import time
+
+from farm.pools.record import SIZE, RecordReader, RecordWriter, create_record_fd
 from farm.pools.slots import ProcState, WorkerProcess
 
 
-def test_reports_survive_torn_reads() -> None:
+def test_report_lines_survive_torn_reads() -> None:
     p = WorkerProcess(1, "f", 0, 0, -1, (), started=100.0)
-    p.feed(b'{"ev": "ready"}\n{"ev": "job", "ha')
-    assert p.state == "idle"
-    p.feed(b'ndle": "H:x:1"}\n')
-    assert p.state == "busy" and p.handle == "H:x:1" and p.busy_since is not None
-    p.feed(b'{"ev": "done", "jobs": 7, "rss": 1024}\n')
-    assert (p.state, p.jobs_done, p.rss, p.busy_since) == ("idle", 7, 1024, None)
-    p.state = ProcState.DRAINING
-    p.feed(b'{"ev": "done", "jobs": 8, "rss": 1}\n')
-    assert p.state == "draining" and p.ordered
+    p.feed(b'{"ev": "re')
+    assert p.state is ProcState.STARTING
+    p.feed(b'ady"}\n{"ev": "recycle", "why": "max_jobs 3 reached"}\n')
+    assert p.state is ProcState.IDLE and p.recycle_reason == "max_jobs 3 reached"
+
+
+def test_the_record_carries_the_job_in_hand_and_the_counts() -> None:
+    fd = create_record_fd("f#0")
+    try:
+        assert os.fstat(fd).st_size == SIZE
+        writer, reader = RecordWriter(fd), RecordReader(fd)
+        p = WorkerProcess(1, "f", 0, 0, -1, (), record=reader)
+        p.feed(b'{"ev": "ready"}\n')
+        assert (p.state, p.jobs_done, p.busy_since) == (ProcState.IDLE, 0, None)
+        before = time.monotonic()
+        writer.started("H:x:1")
+        p.refresh()
+        assert p.state is ProcState.BUSY and p.handle == "H:x:1"
+        assert p.busy_since is not None and before <= p.busy_since <= time.monotonic()
+        writer.ended(7, 1024)
+        p.refresh()
+        assert (p.state, p.jobs_done, p.rss, p.handle, p.busy_since) == (
+            ProcState.IDLE,
+            7,
+            1024,
+            "",
+            None,
+        )
+        writer.started("H:x:2")
+        p.state = ProcState.DRAINING  # asked to go: the record no longer decides its state
+        p.refresh()
+        assert p.state is ProcState.DRAINING and p.handle == "H:x:2" and p.ordered
+    finally:
+        os.close(fd)
+
+
+def test_a_record_caught_mid_write_reads_as_what_it_said_last() -> None:
+    fd = create_record_fd("f#1")
+    try:
+        writer, reader = RecordWriter(fd), RecordReader(fd)
+        writer.ended(3, 10)
+        assert reader.read().jobs_done == 3
+        # A writer stopped between its two sequence stores leaves the sequence odd.
+        writer._seq += 1
+        writer._map[0:8] = writer._seq.to_bytes(8, "little")
+        assert reader.read().jobs_done == 3
+    finally:
+        os.close(fd)
+
+
+def test_handles_longer_than_the_record_are_cut_not_spilled() -> None:
+    fd = create_record_fd("f#2")
+    try:
+        writer, reader = RecordWriter(fd), RecordReader(fd)
+        writer.started("H:" + "x" * 200)
+        assert reader.read().handle == "H:" + "x" * 60
+    finally:
+        os.close(fd)
