@@ -1,34 +1,89 @@
-"""farm.Executor against ProcessPoolExecutor(2), the same workloads in one run.
+"""farm.Executor on a real `farm up`, against the process pools, the same workloads in one run.
 
-    python -m bench.bench_executor [--quick]
+    python -m bench.bench_executor [--quick] [--workers N] [--hogs 2 | --skip-hogs]
+                                   [--only farm] [--tcp]
 
-farm: its server (``--job-retries 1``) plus two worker processes serving
-``farm.executor.call:run_call`` as ``farm.python``, pinned to cores 0 and 1
-(os.sched_setaffinity), with a throwaway key file. The pool: the stdlib's
-ProcessPoolExecutor(2). Workloads: 20,000 tiny calls (chunksize 1 and 500),
-2,000 calls of 1 ms CPU, 200 of 20 ms CPU (``map``), then single
-``submit().result()`` latency p50/p99. "Ideal" is two workers doing nothing
-but the CPU work. Prints a markdown table with farm/pool ratios.
+The farm is the deployment users run: ``python -m farm.cli up --config tmp/farm.toml``
+(bench/_farmup.py), whose config sets only addresses (a free TCP port, a Unix
+socket, a control socket, all in a temp dir), ``store = "none"`` and one pool,
+``[functions."farm.python"] target = "farm.executor.call:run_call", workers = N``
+— so none of the built-in default pools run. ``$FARM_KEY_FILE`` points the
+supervisor and this process at a temp key, which the supervisor creates. We
+measure once the control socket's process table (``farm ps --json``) shows
+the server ready and every farm.python worker idle. ``farm.Executor`` connects
+through the Unix socket (``--tcp``: the TCP port).
+
+Peers, each with N workers (N = ``--workers``, default: the cores this process
+may run on): ``concurrent.futures.ProcessPoolExecutor(N)``,
+``loky.get_reusable_executor(N)`` (skipped, with a line saying so, when loky is
+not installed) and ``multiprocessing.Pool(N)`` (``pool.map(fn, args, chunksize)``;
+single calls as ``apply_async(fn, (x,)).get()``). Each is warmed up with 200
+tiny calls before its workloads.
+
+Workloads (``--quick`` divides the counts by 4): 20,000 tiny calls with
+chunksize 1 and with chunksize 500, 2,000 calls of 1 ms CPU and 200 of 20 ms
+CPU (chunksize 1), all through ``map``; then 1,000 single
+``submit(tiny).result()`` calls after 100 warm-up calls, for p50/p99 latency.
+The functions are this module's, imported as ``bench.bench_executor``, so they
+travel by name as in real programs. "Ideal" is N workers doing nothing but the
+CPU work (1 ms: N x 1000 calls/s; 20 ms: N x 50 calls/s).
+
+CPU per call: around each farm workload we read the CPU time (user + sys,
+psutil) of every process on the path — the supervisor, the job server, each
+farm.python worker (pids from the control socket's ``ps``) and the caller (this
+process, pump thread included) — and divide by the calls. "busiest worker" is
+the worker that used the most CPU, divided by the calls it ran (its jobs done,
+from ``ps``, times calls per job). The same for ProcessPoolExecutor: this
+process and its worker children.
+
+Hogs (``--hogs K``, default 2; ``--skip-hogs``): a second pass with K busy-loop
+processes running, every workload again for the farm and for the pool that did
+best on that row in the first pass; the ratio is farm / that pool.
+
+Everything stops by itself: the supervisor gets SIGTERM and is waited for, the
+pools are shut down, the hogs killed and the temp dir removed, also on Ctrl-C,
+SIGTERM or an error.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import math
+import multiprocessing
 import os
-import subprocess
+import shlex
+import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from multiprocessing.pool import Pool
 from pathlib import Path
+from types import FrameType, ModuleType
+from typing import Any, Protocol
+
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import farm  # noqa: E402
-from farm.executor.signing import KEY_ENV, ensure_key  # noqa: E402
-from tests.helpers.servers import start_farm_server  # noqa: E402
+from bench._farmup import FarmService  # noqa: E402
+from farm.executor.call import DEFAULT_FUNCTION, TARGET  # noqa: E402
+
+N_TINY, N_1MS, N_20MS, N_LATENCY, N_LATENCY_WARM, N_WARM = 20_000, 2_000, 200, 1_000, 100, 200
+FARM, PPE, LOKY, MP = "farm", "ProcessPoolExecutor", "loky", "mp.Pool"
+POOLS = (PPE, LOKY, MP)
+ALIASES = {"farm": FARM, "ppe": PPE, "processpoolexecutor": PPE, "loky": LOKY}
+ALIASES |= {"mp": MP, "mp.pool": MP}
+LATENCY = "single calls"  # the latency run's row in the CPU table
+
+
+# -- what the workers run (imported by name from bench.bench_executor) --
 
 
 def tiny(x: int) -> int:
@@ -43,7 +98,15 @@ def burn(ms: float) -> float:
     return ms
 
 
-def _tasks() -> Callable[..., object]:
+def hog() -> None:
+    """A busy loop until killed (the hogs pass)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the benchmark's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    while True:
+        pass
+
+
+def _tasks() -> ModuleType:
     # Run as __main__, our functions would travel by value; imported, by reference
     # (a name the workers import), which is how real programs submit work.
     from bench import bench_executor
@@ -51,102 +114,455 @@ def _tasks() -> Callable[..., object]:
     return bench_executor
 
 
-def workloads(quick: bool) -> list[tuple[str, Callable[[Executor], float], float | None]]:
-    """(label, run(executor) -> seconds, ideal calls/s or None)."""
+# -- workloads --
+
+
+@dataclass(frozen=True)
+class Workload:
+    label: str
+    fn: Callable[[Any], Any]
+    args: list[Any]
+    chunksize: int
+    ideal_per_worker: float | None  # calls/s of one worker doing only the CPU work
+
+    def ideal(self, workers: int) -> float | None:
+        return None if self.ideal_per_worker is None else workers * self.ideal_per_worker
+
+
+def workloads(scale: int) -> list[Workload]:
     t = _tasks()
-    scale = 4 if quick else 1
-    n_tiny, n_1ms, n_20ms = 20000 // scale, 2000 // scale, 200 // scale
-
-    def timed(n: int, fn: Callable, args: list, chunksize: int) -> Callable[[Executor], float]:
-        def run(ex: Executor) -> float:
-            start = time.perf_counter()
-            out = list(ex.map(fn, args, chunksize=chunksize))
-            elapsed = time.perf_counter() - start
-            assert len(out) == n
-            return n / elapsed
-
-        return run
-
+    n_tiny, n_1ms, n_20ms = N_TINY // scale, N_1MS // scale, N_20MS // scale
     return [
-        (
-            f"{n_tiny:,} tiny calls, chunksize 1",
-            timed(n_tiny, t.tiny, list(range(n_tiny)), 1),
-            None,
-        ),
-        (
-            f"{n_tiny:,} tiny calls, chunksize 500",
-            timed(n_tiny, t.tiny, list(range(n_tiny)), 500),
-            None,
-        ),
-        (f"{n_1ms:,} calls of 1 ms CPU", timed(n_1ms, t.burn, [1.0] * n_1ms, 1), 2000.0),
-        (f"{n_20ms:,} calls of 20 ms CPU", timed(n_20ms, t.burn, [20.0] * n_20ms, 1), 100.0),
+        Workload(f"{n_tiny:,} tiny calls, chunksize 1", t.tiny, list(range(n_tiny)), 1, None),
+        Workload(f"{n_tiny:,} tiny calls, chunksize 500", t.tiny, list(range(n_tiny)), 500, None),
+        Workload(f"{n_1ms:,} calls of 1 ms CPU", t.burn, [1.0] * n_1ms, 1, 1000.0),
+        Workload(f"{n_20ms:,} calls of 20 ms CPU", t.burn, [20.0] * n_20ms, 1, 50.0),
     ]
 
 
-def latency(ex: Executor, n: int) -> tuple[float, float]:
+# -- CPU accounting --
+
+
+def cpu_seconds(pids: Sequence[int]) -> dict[int, float]:
+    """user + sys CPU seconds of each live process."""
+    out = {}
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        out[pid] = t.user + t.system
+    return out
+
+
+class Probe(Protocol):
+    def start(self) -> None: ...
+    def stop(self, calls: int) -> dict[str, float]:
+        """CPU µs per call for each role since start()."""
+        ...
+
+
+class FarmProbe:
+    """CPU of the supervisor, the server, the caller and the workers."""
+
+    def __init__(self, service: FarmService) -> None:
+        self.service = service
+        self.procs = service.processes()
+        self.before: dict[int, float] = {}
+
+    def start(self) -> None:
+        self.procs = self.service.processes()  # outside the CPU window: ps costs the supervisor
+        procs = self.procs
+        self.before = cpu_seconds([procs.supervisor, procs.server, os.getpid(), *procs.workers])
+
+    def stop(self, calls: int) -> dict[str, float]:
+        after = cpu_seconds(list(self.before))
+        jobs = self.service.processes().workers
+        procs, before = self.procs, self.before
+        used = {pid: after[pid] - before[pid] for pid in before if pid in after}
+        workers = {pid: used[pid] for pid in procs.workers if pid in used}
+        done = {pid: jobs.get(pid, n) - n for pid, n in procs.workers.items()}
+        total_jobs = sum(done.values())
+        busiest_us = math.nan
+        if workers and total_jobs:
+            busiest = max(workers, key=workers.__getitem__)
+            busiest_calls = done.get(busiest, 0) * calls / total_jobs  # jobs may be chunks
+            if busiest_calls:
+                busiest_us = workers[busiest] / busiest_calls * 1e6
+        return {
+            "supervisor": used.get(procs.supervisor, math.nan) / calls * 1e6,
+            "server": used.get(procs.server, math.nan) / calls * 1e6,
+            "caller": used.get(os.getpid(), math.nan) / calls * 1e6,
+            "workers": sum(workers.values()) / calls * 1e6,
+            "busiest": busiest_us,
+        }
+
+
+class PoolProbe:
+    """CPU of the caller and the pool's worker processes."""
+
+    def __init__(self, workers: Sequence[int]) -> None:
+        self.pids = [os.getpid(), *workers]
+        self.before: dict[int, float] = {}
+
+    def start(self) -> None:
+        self.before = cpu_seconds(self.pids)
+
+    def stop(self, calls: int) -> dict[str, float]:
+        after = cpu_seconds(self.pids)
+        used = {pid: after[pid] - self.before[pid] for pid in self.before if pid in after}
+        me = os.getpid()
+        return {
+            "caller": used.get(me, math.nan) / calls * 1e6,
+            "workers": sum(v for pid, v in used.items() if pid != me) / calls * 1e6,
+        }
+
+
+# -- the executors, behind one face --
+
+
+@dataclass
+class Runner:
+    name: str
+    map: Callable[[Callable[[Any], Any], list[Any], int], list[Any]]
+    call: Callable[[Callable[[Any], Any], Any], Any]
+    probe: Probe | None = None
+
+
+def futures_runner(name: str, ex: Executor) -> Runner:
+    return Runner(
+        name,
+        lambda fn, args, chunksize: list(ex.map(fn, args, chunksize=chunksize)),
+        lambda fn, x: ex.submit(fn, x).result(),
+    )
+
+
+def pool_runner(pool: Pool) -> Runner:
+    return Runner(
+        MP,
+        lambda fn, args, chunksize: pool.map(fn, args, chunksize=chunksize),
+        lambda fn, x: pool.apply_async(fn, (x,)).get(),
+    )
+
+
+def children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+@contextmanager
+def open_runner(
+    name: str, workers: int, service: FarmService | None, addr: str
+) -> Iterator[Runner]:
+    """The executor ``name``, warmed up; shut down on leaving."""
+    before = children()
+    with ExitStack() as stack:
+        if name == FARM:
+            assert service is not None
+            ex: Executor = farm.Executor([addr], key_file=str(service.key_file))
+            stack.callback(ex.shutdown)
+            runner = futures_runner(name, ex)
+        elif name == PPE:
+            runner = futures_runner(name, stack.enter_context(ProcessPoolExecutor(workers)))
+        elif name == LOKY:
+            import loky  # type: ignore[import-not-found, import-untyped, unused-ignore]
+
+            lex = loky.get_reusable_executor(max_workers=workers)
+            stack.callback(lambda: lex.shutdown(wait=True, kill_workers=True))
+            runner = futures_runner(name, lex)
+        else:
+            pool = Pool(workers)
+            stack.callback(pool.join)  # last in, first out: terminate, then join
+            stack.callback(pool.terminate)
+            runner = pool_runner(pool)
+        out = runner.map(_tasks().tiny, list(range(N_WARM)), 1)  # imports, connections, forks
+        assert out == [x + 1 for x in range(N_WARM)]
+        new = sorted(children() - before)
+        runner.probe = FarmProbe(service) if service and name == FARM else PoolProbe(new)
+        yield runner
+
+
+# -- measuring --
+
+
+@dataclass
+class Results:
+    """One executor's numbers: calls/s per workload, latency, CPU µs per call per role."""
+
+    rate: dict[str, float] = field(default_factory=dict)
+    p50: float = math.nan
+    p99: float = math.nan
+    cpu: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def run_workload(runner: Runner, w: Workload, out: Results, probe: bool) -> None:
+    probe_ = runner.probe if probe else None
+    if probe_:
+        probe_.start()
+    start = time.perf_counter()
+    got = runner.map(w.fn, w.args, w.chunksize)
+    elapsed = time.perf_counter() - start
+    if probe_:
+        out.cpu[w.label] = probe_.stop(len(w.args))
+    assert len(got) == len(w.args), (runner.name, w.label, len(got))
+    out.rate[w.label] = len(w.args) / elapsed
+
+
+def run_latency(runner: Runner, n: int, out: Results, probe: bool) -> None:
     fn = _tasks().tiny
-    for i in range(100):
-        ex.submit(fn, i).result()
+    for i in range(N_LATENCY_WARM):
+        runner.call(fn, i)
     lat = []
+    probe_ = runner.probe if probe else None
+    if probe_:
+        probe_.start()
     for i in range(n):
         start = time.perf_counter()
-        ex.submit(fn, i).result()
+        runner.call(fn, i)
         lat.append((time.perf_counter() - start) * 1e6)
+    if probe_:
+        out.cpu[LATENCY] = probe_.stop(n)
     lat.sort()
-    return lat[n // 2], lat[n * 99 // 100]
+    out.p50, out.p99 = lat[n // 2], lat[n * 99 // 100]
 
 
-def measure(ex: Executor, quick: bool) -> dict[str, float]:
-    list(ex.map(_tasks().tiny, range(200)))  # warm up: imports, connections
-    rows = {label: run(ex) for label, run, _ in workloads(quick)}
-    rows["p50"], rows["p99"] = latency(ex, 300 if quick else 1000)
-    return rows
+def measure(
+    runner: Runner, loads: list[Workload], n_latency: int | None, probe: bool, out: Results
+) -> Results:
+    for w in loads:
+        run_workload(runner, w, out, probe)
+    if n_latency:
+        run_latency(runner, n_latency, out, probe)
+    return out
 
 
-def start_farm(key: Path) -> tuple[object, list[subprocess.Popen]]:
-    server = start_farm_server("--job-retries", "1")
-    env = dict(os.environ, **{KEY_ENV: str(key)})
-    cmd = [sys.executable, "-c", "from farm.cli import main; main()", "worker"]
-    cmd += ["farm.executor.call:run_call", "--name", "farm.python", "--server", server.addr]
-    workers = [subprocess.Popen(cmd, cwd=ROOT, env=env) for _ in range(2)]
-    cores = sorted(os.sched_getaffinity(0))
-    for i, w in enumerate(workers):
-        os.sched_setaffinity(w.pid, {cores[i % len(cores)]})
-    return server, workers
+@contextmanager
+def hogs(count: int) -> Iterator[None]:
+    procs = [multiprocessing.Process(target=hog, daemon=True) for _ in range(count)]
+    try:
+        for p in procs:
+            p.start()
+        yield
+    finally:
+        for p in procs:
+            if p.pid is not None:
+                p.kill()
+        for p in procs:
+            if p.pid is not None:
+                p.join(10)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="a quarter of the calls")
-    args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        key = ensure_key(Path(tmp) / "executor.key")
-        os.environ[KEY_ENV] = str(key)
-        server, workers = start_farm(key)
-        try:
-            with farm.Executor(server.addr) as ex:  # type: ignore[attr-defined]
-                mine = measure(ex, args.quick)
-        finally:
-            for w in workers:
-                w.terminate()
-            for w in workers:
-                w.wait(5)
-            server.stop()  # type: ignore[attr-defined]
-    with ProcessPoolExecutor(2) as pool:
-        theirs = measure(pool, args.quick)
+# -- output --
+
+
+def fmt(value: float | None, digits: int = 0) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    if digits == 0 and abs(value) < 10:
+        return f"{value:.1f}"
+    return f"{value:,.{digits}f}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or math.isnan(a) or math.isnan(b) or b == 0:
+        return "-"
+    return f"{a / b:.2f}x"
+
+
+def pct(value: float | None, ideal: float | None) -> str:
+    if value is None or ideal is None or math.isnan(value):
+        return "-"
+    return f"{100 * value / ideal:.0f}%"
+
+
+def best_pools(res: dict[str, Results], loads: list[Workload]) -> dict[str, str]:
+    """Row -> the pool that did best on it (highest calls/s; lowest p50 for latency)."""
+    pools = [p for p in POOLS if p in res]
+    best = {}
+    for w in loads:
+        rated = [p for p in pools if w.label in res[p].rate]
+        if rated:
+            best[w.label] = max(rated, key=lambda p: res[p].rate[w.label])
+    timed = [p for p in pools if not math.isnan(res[p].p50)]
+    if timed:
+        best[LATENCY] = min(timed, key=lambda p: res[p].p50)
+    return best
+
+
+def print_tables(
+    res: dict[str, Results], loads: list[Workload], workers: int, best: dict[str, str]
+) -> None:
+    empty = Results()
+    get = {name: res.get(name, empty) for name in (FARM, *POOLS)}
+    f = get[FARM]
+    print("\n### Throughput (calls/s, higher is better)\n")
     print(
-        "\n| workload | farm.Executor | ProcessPoolExecutor(2) | farm/pool | farm % ideal"
-        " | pool % ideal |"
+        f"| workload | farm | {PPE} | loky | mp.Pool | farm/best pool"
+        " | farm % ideal | best pool % ideal |"
     )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for w in loads:
+        cells = [fmt(get[n].rate.get(w.label)) for n in (FARM, *POOLS)]
+        b = best.get(w.label)
+        bv = get[b].rate.get(w.label) if b else None
+        versus = f"{ratio(f.rate.get(w.label), bv)} ({b})" if b else "-"
+        ideal = w.ideal(workers)
+        print(
+            f"| {w.label} | {' | '.join(cells)} | {versus}"
+            f" | {pct(f.rate.get(w.label), ideal)} | {pct(bv, ideal)} |"
+        )
+
+    print("\n### Single `submit(tiny).result()` latency (µs, lower is better)\n")
+    print(f"| | farm | {PPE} | loky | mp.Pool | farm/{PPE} |")
     print("|---|---:|---:|---:|---:|---:|")
-    for label, _, ideal in workloads(args.quick):
-        a, b = mine[label], theirs[label]
-        pa = f"{100 * a / ideal:.0f}%" if ideal else "-"
-        pb = f"{100 * b / ideal:.0f}%" if ideal else "-"
-        print(f"| {label} (calls/s) | {a:,.0f} | {b:,.0f} | {a / b:.2f}x | {pa} | {pb} |")
-    for key_, label in (("p50", "single call p50 µs"), ("p99", "single call p99 µs")):
-        a, b = mine[key_], theirs[key_]
-        print(f"| {label} | {a:,.0f} | {b:,.0f} | {a / b:.2f}x (lower is better) | - | - |")
+    for q in ("p50", "p99"):
+        cells = [fmt(getattr(get[n], q)) for n in (FARM, *POOLS)]
+        print(f"| {q} | {' | '.join(cells)} | {ratio(getattr(f, q), getattr(get[PPE], q))} |")
+
+    print("\n### CPU per call (µs of user+sys CPU, summed over the processes in each role)\n")
+    print(
+        "| workload | farm supervisor | farm server | farm caller | farm workers"
+        f" | farm busiest worker | farm total | {PPE} caller | {PPE} workers | {PPE} total |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for label in [w.label for w in loads] + [LATENCY]:
+        c, p = f.cpu.get(label, {}), get[PPE].cpu.get(label, {})
+        ftotal = sum(c.get(k, math.nan) for k in ("supervisor", "server", "caller", "workers"))
+        ptotal = p.get("caller", math.nan) + p.get("workers", math.nan)
+        values: list[float | None] = [
+            c.get(k) for k in ("supervisor", "server", "caller", "workers", "busiest")
+        ]
+        values += [ftotal, p.get("caller"), p.get("workers"), ptotal]
+        print(f"| {label} | {' | '.join(fmt(v) for v in values)} |")
+    tick = 1e6 / os.sysconf("SC_CLK_TCK")
+    print(
+        "\n(busiest worker: the farm worker that used the most CPU, per call it ran."
+        f" The kernel counts CPU time in {tick:,.0f} µs ticks per process: divide by the"
+        " calls for the resolution of a cell. Ideal: N workers doing only the CPU work.)"
+    )
+
+
+def print_hog_table(
+    base: dict[str, Results],
+    hogged: dict[str, Results],
+    loads: list[Workload],
+    best: dict[str, str],
+    count: int,
+) -> None:
+    print(f"\n### With {count} busy-loop hog processes running (farm vs the row's best pool)\n")
+    print("| workload | farm | best pool | that pool | farm/pool | farm vs no hogs |")
+    print("|---|---:|---|---:|---:|---:|")
+    f = hogged.get(FARM, Results())
+    for w in loads:
+        b = best.get(w.label)
+        bv = hogged[b].rate.get(w.label) if b and b in hogged else None
+        mine = f.rate.get(w.label)
+        calm = base[FARM].rate.get(w.label) if FARM in base else None
+        print(
+            f"| {w.label} (calls/s) | {fmt(mine)} | {b or '-'} | {fmt(bv)} | {ratio(mine, bv)}"
+            f" | {ratio(mine, calm)} |"
+        )
+    b = best.get(LATENCY)
+    for q in ("p50", "p99"):
+        mine = getattr(f, q)
+        bv = getattr(hogged[b], q) if b and b in hogged else None
+        calm = getattr(base[FARM], q) if FARM in base else None
+        print(
+            f"| single call {q} (µs, lower is better) | {fmt(mine)} | {b or '-'} | {fmt(bv)}"
+            f" | {ratio(mine, bv)} | {ratio(mine, calm)} |"
+        )
+
+
+# -- main --
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a quarter of the calls")
+    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="N")
+    ap.add_argument("--hogs", type=int, default=2, help="busy loops in the second pass")
+    ap.add_argument("--skip-hogs", action="store_true", help="no second pass")
+    ap.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME",
+        help="run only these (farm, ppe, loky, mp); repeatable",
+    )
+    ap.add_argument("--tcp", action="store_true", help="connect farm.Executor over TCP")
+    args = ap.parse_args(argv)
+    if args.workers < 1:
+        ap.error("--workers must be >= 1")
+    only = [ALIASES.get(name.lower()) for name in args.only or [FARM, *POOLS]]
+    if None in only:
+        ap.error(f"--only takes {', '.join(sorted(ALIASES))}")
+    args.only = only
+    return args
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through every finally: the farm stops, dirs go
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    main_pid = os.getpid()
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != main_pid:  # a forked pool worker inherited this handler
+            os._exit(128 + signum)
+        _exit_on_sigterm(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    # Pool workers started by spawn (loky) import bench from the repository root too.
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
+    )
+    n = args.workers
+    scale = 4 if args.quick else 1
+    loads = workloads(scale)
+    n_latency = N_LATENCY // scale
+    names = [name for name in (FARM, *POOLS) if name in args.only]
+    cmd = shlex.join(
+        [os.path.basename(sys.executable), "-m", "bench.bench_executor", *sys.argv[1:]]
+    )
+    print(f"## farm.Executor vs process pools\n\n`{cmd}`\n")
+    cores = sorted(os.sched_getaffinity(0))
+    print(f"- N = {n} workers for farm and each pool; cores available: {len(cores)} {cores}")
+    if LOKY in names and importlib.util.find_spec("loky") is None:
+        print("- loky is not installed (pip install loky): skipped")
+        names.remove(LOKY)
+
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="farm-bench-")))
+        service, addr = None, ""
+        if FARM in names:
+            service = stack.enter_context(FarmService(tmp, {DEFAULT_FUNCTION: (TARGET, n)}))
+            addr = service.tcp if args.tcp else f"unix:{service.unix}"
+            procs = service.processes()
+            print(
+                f"- farm: `python -m farm.cli up --config farm.toml` (supervisor pid"
+                f" {procs.supervisor}, server pid {procs.server}); only pool:"
+                f' [functions."{DEFAULT_FUNCTION}"] target = "{TARGET}", workers = {n};'
+                f" farm.Executor connects to `{addr}`"
+            )
+        base: dict[str, Results] = {}
+        for name in names:
+            with open_runner(name, n, service, addr) as runner:
+                base[name] = measure(runner, loads, n_latency, True, Results())
+        best = best_pools(base, loads)
+        print_tables(base, loads, n, best)
+
+        if args.skip_hogs or args.hogs < 1:
+            return
+        hogged: dict[str, Results] = {}
+        with hogs(args.hogs):
+            for name in names:
+                mine = [w for w in loads if name == FARM or best.get(w.label) == name]
+                latency = n_latency if name == FARM or best.get(LATENCY) == name else None
+                if not mine and not latency:
+                    continue
+                with open_runner(name, n, service, addr) as runner:
+                    hogged[name] = measure(runner, mine, latency, False, Results())
+        print_hog_table(base, hogged, loads, best, args.hogs)
 
 
 if __name__ == "__main__":

@@ -299,9 +299,9 @@ class Worker:
             if self._holds(server, job):
                 server.session.complete(payload)
         self.jobs_done += 1  # before the answer leaves, so whoever sees it sees the count
-        self._flush(server)
         if self.after_job is not None:
             self.after_job(job)
+        # The answer leaves with the next grab, in the loop's one write per turn.
 
     @staticmethod
     def _holds(server: _Server, job: Job) -> bool:

@@ -93,7 +93,7 @@ class Connection(asyncio.Protocol):
         self.closed = True
         self.hub.connections.discard(self)
         self.detach()
-        self.hub.flush()
+        self.hub.flush_soon()
         if self.hub.all_closed is not None and not self.hub.connections:
             self.hub.all_closed.set()
 
@@ -125,7 +125,7 @@ class Connection(asyncio.Protocol):
             self.close()
             self.detach()
         finally:
-            self.hub.flush()
+            self.hub.flush_soon()
 
     # -- output --------------------------------------------------------------
 

@@ -5,8 +5,10 @@ this), and ``Server`` (farm/server/app.py) owns one beside its listeners and
 signals — so app, connection and admin do not import each other in a circle.
 
 Writes are batched: a connection that has something to send puts itself on
-``dirty`` once, and ``flush`` (at the end of every read and timer callback)
-writes each one once. Background jobs staged in the store during the turn are
+``dirty`` once, and ``flush`` writes each one once. A read asks for the flush
+with ``flush_soon``, which runs it once after every read the loop has ready in
+this turn: a client whose jobs two workers finished in the same turn gets one
+write, not two (a write is a system call, the largest cost per job). Background jobs staged in the store during the turn are
 committed first; a connection holds the JOB_CREATED of such a job (and all
 that it sends after it) until that commit, so no client learns a handle for a
 job that is not on disk, and a failed commit turns into QUEUE_ERROR in place.
@@ -56,6 +58,7 @@ class Hub:
         self.dirty: list[Writer] = []
         self.holding: list[Writer] = []  # connections holding replies until the store commits
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._flush_due = False
         self.all_closed: asyncio.Event | None = None  # set once the last connection is gone
         self.store: SQLiteStore | None = open_store(options.store, sync=options.store_sync)
         self.jobs = JobServer(
@@ -80,8 +83,17 @@ class Hub:
         """Whether a background job's JOB_CREATED must wait: its row is not committed yet."""
         return self.store is not None and bool(self.store.staged_handles)
 
+    def flush_soon(self) -> None:
+        """Flush after the reads of this loop turn (at once when no loop runs: tests)."""
+        if self.loop is None:
+            self.flush()
+        elif not self._flush_due:
+            self._flush_due = True
+            self.loop.call_soon(self.flush)
+
     def flush(self) -> None:
         """Commit staged background jobs, then write what every touched connection is owed."""
+        self._flush_due = False
         store = self.store
         failed: list[bytes] = []
         if store is not None and store.pending:
@@ -100,5 +112,8 @@ class Hub:
                 conn.flush()
 
     def close_store(self) -> None:
+        """Commit what is staged and close the store; later flushes only write."""
+        self.flush()
         if self.store is not None:
             self.store.close()
+            self.store = None
