@@ -8,10 +8,11 @@ Writes are batched: a connection that has something to send puts itself on
 ``dirty`` once, and ``flush`` writes each one once. A read asks for the flush
 with ``flush_soon``, which runs it once after every read the loop has ready in
 this turn: a client whose jobs two workers finished in the same turn gets one
-write, not two (a write is a system call, the largest cost per job). Background jobs staged in the store during the turn are
-committed first; a connection holds the JOB_CREATED of such a job (and all
-that it sends after it) until that commit, so no client learns a handle for a
-job that is not on disk, and a failed commit turns into QUEUE_ERROR in place.
+write, not two (a write is a system call, the largest cost per job here).
+Background jobs staged in the store during the turn are committed first; a
+connection holds the JOB_CREATED of such a job (and all that it sends after
+it) until that commit, so no client learns a handle for a job that is not on
+disk, and a failed commit turns into QUEUE_ERROR in place.
 """
 
 from __future__ import annotations
