@@ -618,6 +618,12 @@ def test_job_retries_exhausted_fails_the_job(retry2_server, peer_factory):
         pkt = grab(w)
         assert pkt.args == (h, b"r", b"rd"), pkt
         w.close()
+        # The next worker must not grab before the server has seen this one go (gearmand
+        # handles the close on its own thread, after a grab that may already be in flight).
+        wait_for(
+            "the server to take the job back",
+            lambda: status(peer_factory, srv).get("r", (0, 0, 0))[1:] == (0, 0),
+        )
     assert c.expect(T.WORK_FAIL, timeout=5).args == (h,)
     w = worker(peer_factory, srv, "r")
     assert grab(w).type == T.NO_JOB
