@@ -28,7 +28,7 @@ from farm.errors import ConfigError
 from farm.executor.call import DEFAULT_FUNCTION as EXECUTOR_FUNCTION
 from farm.executor.call import TARGET as EXECUTOR_TARGET
 from farm.net import DEFAULT_PORT, DEFAULT_SERVER, Address, AddressError, connectable, parse_address
-from farm.paths import default_store
+from farm.paths import default_store, runtime_dir
 from farm.targets import target_problem
 
 __all__ = [
@@ -120,11 +120,8 @@ class Config:
 
 
 def default_runtime_dir() -> Path:
-    """Where sockets go when no config names them; never needs root."""
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and os.path.isdir(xdg):
-        return Path(xdg) / "farm"
-    return Path(f"/tmp/farm-{os.getuid()}")
+    """Where sockets go when no config names them (farm.paths.runtime_dir)."""
+    return runtime_dir()
 
 
 def _default_store() -> str:

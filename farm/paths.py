@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import os
+import stat
+import tempfile
 from pathlib import Path
 
-__all__ = ["state_dir", "default_store"]
+from farm.errors import FarmError
+
+__all__ = [
+    "state_dir",
+    "default_store",
+    "runtime_dir",
+    "fallback_runtime_dir",
+    "UnsafeDirectory",
+    "private_dir",
+    "check_runtime_path",
+]
 
 
 def state_dir() -> Path:
@@ -21,3 +33,54 @@ def state_dir() -> Path:
 def default_store() -> Path:
     """The durable job store when nothing else is said (``farm server`` and ``farm up``)."""
     return state_dir() / "queue.db"
+
+
+def runtime_dir() -> Path:
+    """Where sockets go when no config names them (never needs root): ``$XDG_RUNTIME_DIR/farm``,
+    else ``fallback_runtime_dir()``."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isdir(xdg):
+        return Path(xdg) / "farm"
+    return fallback_runtime_dir()
+
+
+def fallback_runtime_dir() -> Path:
+    """``/tmp/farm-$UID``: in a directory every user can write, so it is checked before use
+    (``private_dir``)."""
+    return Path(tempfile.gettempdir()) / f"farm-{os.getuid()}"
+
+
+class UnsafeDirectory(FarmError):
+    """A directory farm would put its sockets in is not private to this user."""
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` with mode 0700, or check that the one there is ours and closed to
+    others, as OpenSSH and tmux check theirs: another user who made it first would
+    receive our sockets (and answer ``farm ps`` and ``farm stop`` in the supervisor's place)."""
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    info = path.lstat()
+    uid = os.getuid()
+    fix = "remove it (or set XDG_RUNTIME_DIR) and start again"
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafeDirectory(f"{path} is not a directory (a link or a file); {fix}")
+    if info.st_uid != uid:
+        raise UnsafeDirectory(
+            f"{path} belongs to uid {info.st_uid}, not to you (uid {uid}): another user may"
+            f" have made it to receive farm's sockets; {fix}"
+        )
+    if info.st_mode & 0o022:
+        raise UnsafeDirectory(
+            f"{path} is writable by others (mode {stat.S_IMODE(info.st_mode):o}); {fix}"
+        )
+    return path
+
+
+def check_runtime_path(path: str | os.PathLike[str]) -> None:
+    """A socket path in the shared-/tmp fallback: make sure its directory is private first."""
+    fallback = fallback_runtime_dir()
+    if Path(path).parent == fallback:
+        private_dir(fallback)

@@ -3,17 +3,23 @@
 The supervisor serves ``farm.executor.call:run_call`` under the function
 name ``farm.python`` (``DEFAULT_FUNCTION``). A job's data is a signed call::
 
-    signed(CALL, fn_size (4 bytes, little endian) | pickled fn | kind (1 byte) | body)
+    signed(CALL, call_id (16 bytes) | fn_size (4 bytes, little endian) | pickled fn
+                 | kind (1 byte) | body)
+
+``call_id`` is chosen afresh by the caller for each job, and every result
+names it -- ``signed(RESULT, call_id | pickled outcome)`` -- so a result made for
+another call (captured, or answered by someone else) is refused by the caller
+even though its signature is good.
 
 ``kind`` says what ``body`` is and what comes back:
 
 * SINGLE: ``pickle((args, kwargs))``; the job's result is
-  ``signed(RESULT, pickle(outcome))``.
+  ``signed(RESULT, call_id | pickle(outcome))``.
 * CHUNK (``map`` with ``chunksize``): ``pickle([args, ...])``; the result is one
   outcome holding the list of values, as ``ProcessPoolExecutor.map`` does.
 * BATCH (calls the pump packed into one job, see farm/executor/pump.py):
   ``pickle([pickled (args, kwargs), ...])``; outcomes come back in order, as
-  ``signed(RESULT, pickle((first_index, [outcome, ...])))`` in WORK_DATA
+  ``signed(RESULT, call_id | pickle((first_index, [outcome, ...])))`` in WORK_DATA
   packets while the batch runs (so a long batch's early calls finish early)
   and in the WORK_COMPLETE that ends it.
 
@@ -33,7 +39,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from farm.executor.signing import CALL, RESULT, Signer, load_key
+from farm.executor.signing import CALL, RESULT, SignatureError, Signer, load_key
 
 __all__ = [
     "DEFAULT_FUNCTION",
@@ -45,6 +51,8 @@ __all__ = [
     "ERROR",
     "run_call",
     "encode_call",
+    "open_result",
+    "CALL_ID_SIZE",
     "dump",
     "dump_fn",
     "RemoteTraceback",
@@ -54,6 +62,8 @@ DEFAULT_FUNCTION = "farm.python"
 TARGET = "farm.executor.call:run_call"
 
 SINGLE, CHUNK, BATCH = 0, 1, 2
+#: Bytes of the id that binds a call and its results.
+CALL_ID_SIZE = 16
 OK, ERROR = 0, 1
 
 #: A running batch sends the outcomes it has so far at most this often (seconds).
@@ -103,11 +113,22 @@ def dump_fn(fn: Any) -> bytes:
     return dump(fn)
 
 
-def encode_call(signer: Signer, fn_bytes: bytes, kind: int, body: bytes) -> bytes:
+def encode_call(signer: Signer, call_id: bytes, fn_bytes: bytes, kind: int, body: bytes) -> bytes:
     """A signed job payload (see the module docstring)."""
-    return signer.seal(
-        CALL, len(fn_bytes).to_bytes(4, "little") + fn_bytes + kind.to_bytes(1, "little") + body
-    )
+    assert len(call_id) == CALL_ID_SIZE, "a call id has CALL_ID_SIZE bytes"
+    head = call_id + len(fn_bytes).to_bytes(4, "little")
+    return signer.seal(CALL, head + fn_bytes + kind.to_bytes(1, "little") + body)
+
+
+def open_result(signer: Signer, call_id: bytes, message: bytes) -> memoryview:
+    """The pickled outcome(s) of a result signed by this farm *for this call*; else
+    SignatureError, before anything is unpickled."""
+    body = signer.open(RESULT, message)
+    if bytes(body[:CALL_ID_SIZE]) != call_id:
+        raise SignatureError(
+            "the result is signed, but for another call: refused without unpickling"
+        )
+    return body[CALL_ID_SIZE:]
 
 
 def _worker_signer() -> Signer:
@@ -130,11 +151,12 @@ def _function(fn_bytes: bytes) -> Callable[..., Any]:
 def run_call(job: Any) -> bytes:
     """Worker target: check the signature, unpickle, run, and return the signed outcome."""
     signer = _worker_signer()
-    body = signer.open(CALL, job.data)  # SignatureError: nothing below runs
+    signed = signer.open(CALL, job.data)  # SignatureError: nothing below runs
+    call_id, body = bytes(signed[:CALL_ID_SIZE]), signed[CALL_ID_SIZE:]
     fn_size = int.from_bytes(body[:4], "little")
     kind = body[4 + fn_size]
     if kind == BATCH:
-        return _run_batch(job, signer, bytes(body[4 : 4 + fn_size]), body[5 + fn_size :])
+        return _run_batch(job, signer, call_id, bytes(body[4 : 4 + fn_size]), body[5 + fn_size :])
     try:
         fn = _function(bytes(body[4 : 4 + fn_size]))
         calls = pickle.loads(body[5 + fn_size :])
@@ -145,10 +167,12 @@ def run_call(job: Any) -> bytes:
             outcome = (OK, [fn(*args) for args in calls])
     except BaseException as exc:  # as ProcessPoolExecutor: even SystemExit is the call's outcome
         outcome = (ERROR, exc, _remote_traceback(exc))
-    return signer.seal(RESULT, _dump_outcome(outcome))
+    return signer.seal(RESULT, call_id + _dump_outcome(outcome))
 
 
-def _run_batch(job: Any, signer: Signer, fn_bytes: bytes, body: memoryview) -> bytes:
+def _run_batch(
+    job: Any, signer: Signer, call_id: bytes, fn_bytes: bytes, body: memoryview
+) -> bytes:
     """Run a batch's calls in order; send outcomes as they pile up, the rest at the end."""
     try:
         fn: Callable[..., Any] | None = _function(fn_bytes)
@@ -169,10 +193,10 @@ def _run_batch(job: Any, signer: Signer, fn_bytes: bytes, body: memoryview) -> b
             outcome = (ERROR, exc, _remote_traceback(exc))
         outcomes.append(outcome)
         if index + 1 < len(calls) and time.monotonic() >= flush_at:
-            job.send_data(signer.seal(RESULT, _dump_batch(first, outcomes)))
+            job.send_data(signer.seal(RESULT, call_id + _dump_batch(first, outcomes)))
             first, outcomes = index + 1, []
             flush_at = time.monotonic() + BATCH_FLUSH_EVERY
-    return signer.seal(RESULT, _dump_batch(first, outcomes))
+    return signer.seal(RESULT, call_id + _dump_batch(first, outcomes))
 
 
 def _remote_traceback(exc: BaseException) -> str:

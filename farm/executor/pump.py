@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import secrets
 import selectors
 import socket
 import threading
@@ -32,8 +33,16 @@ from typing import Any, NamedTuple
 
 from farm.client.serverpick import ServerPicker
 from farm.errors import JobError, JobFailed, ServerUnavailable, WorkerLost
-from farm.executor.call import BATCH, OK, SINGLE, RemoteTraceback, encode_call
-from farm.executor.signing import RESULT, SignatureError, Signer
+from farm.executor.call import (
+    BATCH,
+    CALL_ID_SIZE,
+    OK,
+    SINGLE,
+    RemoteTraceback,
+    encode_call,
+    open_result,
+)
+from farm.executor.signing import SignatureError, Signer
 from farm.net import Waker, connect
 from farm.protocol import ProtocolError
 from farm.protocol.client import ClientSession, JobData, JobEnded, Task
@@ -69,14 +78,14 @@ class WorkItem:
 
 
 class Flight:
-    """The calls one job carries (one, or a batch) and how many have their outcome."""
+    """The calls one job carries (one, or a batch), and the id its results must name."""
 
-    __slots__ = ("items", "batched", "resolved")
+    __slots__ = ("items", "batched", "call_id")
 
     def __init__(self, items: list[WorkItem], *, batched: bool) -> None:
         self.items = items
         self.batched = batched
-        self.resolved = 0
+        self.call_id = secrets.token_bytes(CALL_ID_SIZE)
 
 
 class _Conn:
@@ -234,9 +243,9 @@ class Pump:
     def _payload(self, flight: Flight) -> bytes:
         call = flight.items[0].call
         if not flight.batched:
-            return encode_call(self.signer, call.fn, call.kind, call.body)
+            return encode_call(self.signer, flight.call_id, call.fn, call.kind, call.body)
         body = pickle.dumps([item.call.body for item in flight.items], pickle.HIGHEST_PROTOCOL)
-        return encode_call(self.signer, call.fn, BATCH, body)
+        return encode_call(self.signer, flight.call_id, call.fn, BATCH, body)
 
     def _connection(self) -> _Conn:
         """A connection for the next job: rotate over servers, skipping refusing ones."""
@@ -351,7 +360,7 @@ class Pump:
     def _open(self, task: Task[Flight], data: bytes) -> Any:
         """Verify and unpickle a result; SignatureError, or JobError when it will not load."""
         try:
-            return pickle.loads(self.signer.open(RESULT, data))
+            return pickle.loads(open_result(self.signer, _flight(task).call_id, data))
         except SignatureError:
             raise
         except Exception as exc:

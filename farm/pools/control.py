@@ -17,6 +17,7 @@ import socket
 from typing import Any
 
 from farm.errors import FarmError
+from farm.paths import UnsafeDirectory, check_runtime_path
 
 __all__ = [
     "ControlServer",
@@ -46,6 +47,10 @@ def parse_scale(arg: str) -> tuple[str, str, int]:
 
 def request(path: str, message: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
     """Send one request to the supervisor at ``path`` and return its reply."""
+    try:
+        check_runtime_path(path)  # never ask a squatter's socket what our supervisor does
+    except UnsafeDirectory as e:
+        raise ControlUnavailable(str(e)) from None
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
@@ -77,6 +82,7 @@ class ControlServer:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        check_runtime_path(path)  # UnsafeDirectory (a FarmError): `farm up` stops, one line
         directory = os.path.dirname(path) or "."
         os.makedirs(directory, mode=0o700, exist_ok=True)
         if os.path.exists(path):

@@ -24,8 +24,16 @@ import pytest
 
 import farm
 from farm.executor import RemoteTraceback
-from farm.executor.call import SINGLE
-from farm.executor.signing import CALL, KEY_ENV, MAGIC, SignatureError, Signer, ensure_key, load_key
+from farm.executor.call import CALL_ID_SIZE, OK, SINGLE, encode_call
+from farm.executor.signing import (
+    KEY_ENV,
+    MAGIC,
+    RESULT,
+    SignatureError,
+    Signer,
+    ensure_key,
+    load_key,
+)
 from tests.helpers import ROOT
 from tests.helpers.calls import add, batch_step, fails, nap, pid_then_block
 from tests.helpers.servers import Server, start_farm_server
@@ -272,8 +280,7 @@ class Marker:
 
 
 def signed_call(signer: Signer, fn_pickle: bytes) -> bytes:
-    body = pickle.dumps((SINGLE, ((), {})))
-    return signer.seal(CALL, len(fn_pickle).to_bytes(4, "little") + fn_pickle + body)
+    return encode_call(signer, os.urandom(CALL_ID_SIZE), fn_pickle, SINGLE, pickle.dumps(((), {})))
 
 
 def test_worker_refuses_unsigned_payloads_without_unpickling(
@@ -322,6 +329,25 @@ def test_client_refuses_unsigned_results_without_unpickling(
             with pytest.raises(SignatureError):
                 future.result(timeout=30)
         assert not marker.exists()
+    finally:
+        worker.stop()
+        thread.join(10)
+
+
+def test_a_result_signed_for_another_call_is_refused(farm_server: Server, tmp_path: Path) -> None:
+    # Whoever answers a call -- a worker that took it, or a result captured from another
+    # call -- may hold a validly signed result; it must still be this call's.
+    key = ensure_key(tmp_path / "k")
+    signer = Signer(load_key(key))
+    elsewhere = signer.seal(RESULT, os.urandom(CALL_ID_SIZE) + pickle.dumps((OK, 42)))
+    worker = farm.Worker(farm_server.addr)
+    worker.register("stolen.python", lambda job: elsewhere)
+    thread = threading.Thread(target=worker.work, daemon=True)
+    thread.start()
+    try:
+        ex = farm.Executor(farm_server.addr, function="stolen.python", key_file=str(key))
+        with ex, pytest.raises(SignatureError, match="for another call"):
+            ex.submit(add, 1, 2).result(timeout=30)
     finally:
         worker.stop()
         thread.join(10)
