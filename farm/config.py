@@ -57,6 +57,7 @@ class ServerConfig:
     listen: tuple[str, ...]  # farm.net's normal form: "HOST:PORT", "[v6]:PORT", "unix:/path"
     store: str  # a path, or "none" for memory only
     job_retries: int
+    tcp_admin: str = "read-only"  # "full": state-changing admin commands over TCP too
 
     @property
     def addresses(self) -> tuple[Address, ...]:
@@ -144,6 +145,7 @@ def _defaults() -> dict[str, Any]:
             "listen": [DEFAULT_SERVER, f"unix:{run}/gearman.sock"],
             "store": _default_store(),
             "job_retries": 3,
+            "tcp_admin": "read-only",
         },
         "supervisor": {"control": f"{run}/control.sock", "cpus": "all", "servers": []},
         "functions": {
@@ -242,6 +244,14 @@ class _Validator:
             name: self.function(name, spec, len(supervisor.cpus))
             for name, spec in functions.items()
         }
+        local = not supervisor.servers
+        if local and not server.unix and any(n.startswith("farm.") for n in pools):
+            name = next(n for n in pools if n.startswith("farm."))
+            raise self.fail(
+                "server.listen",
+                f"the {name} pool is served only over a Unix socket (its calls are code to"
+                ' run); add "unix:/run/farm/gearman.sock" or another path',
+            )
         return Config(
             source=self.source,
             server=server,
@@ -274,10 +284,18 @@ class _Validator:
             raise self.fail("server.store", 'must be a file path or "none"')
         if store != "none":
             store = self.path(store, "server.store")
+        tcp_admin = raw["tcp_admin"]
+        if tcp_admin not in ("read-only", "full"):
+            raise self.fail(
+                "server.tcp_admin",
+                'must be "read-only" (state-changing admin commands on the Unix socket only)'
+                ' or "full" (as gearmand)',
+            )
         return ServerConfig(
             listen=tuple(str(a) for a in addresses),
             store=store,
             job_retries=self.count(raw["job_retries"], "server.job_retries"),
+            tcp_admin=tcp_admin,
         )
 
     def supervisor(self, raw: dict[str, Any]) -> SupervisorConfig:

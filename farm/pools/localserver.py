@@ -44,6 +44,7 @@ class LocalServer(RestartHistory):
         for addr in cfg.listen:
             argv += ["--listen", addr]
         argv += ["--store", cfg.store, "--job-retries", str(cfg.job_retries)]
+        argv += ["--tcp-admin", cfg.tcp_admin]
         # If the supervisor is killed, the server stops too (keeping its stored jobs).
         return argv + ["--parent-pid", str(os.getpid())]
 

@@ -142,12 +142,32 @@ COMMANDS: dict[str, Callable[[Hub, list[str]], str]] = {
 }
 
 
-def run_admin(server: Hub, line: str) -> str | None:
-    """The reply to one admin line (None for a blank line, which gearmand also answers)."""
+#: Commands that change the server's state, and when (maxqueue only with a size).
+CHANGES_STATE: dict[str, Callable[[list[str]], bool]] = {
+    "cancel": lambda args: True,
+    "create": lambda args: True,
+    "drop": lambda args: True,
+    "maxqueue": lambda args: len(args) > 1,
+}
+DENIED = "ERR PERMISSION_DENIED this+command+is+accepted+only+on+the+Unix+socket\r\n"
+
+
+def run_admin(server: Hub, line: str, *, over_tcp: bool = False) -> str | None:
+    """The reply to one admin line (None for a blank line, which gearmand also answers).
+
+    With ``--tcp-admin read-only``, a command that changes state is refused on TCP, where
+    every local user can reach the server; read-only ones (status, workers, show jobs)
+    answer everywhere, so ``gearadmin --status`` works as before.
+    """
     words = line.split()
     if not words:
         return _unknown("")
-    command = COMMANDS.get(words[0].lower())
+    name = words[0].lower()
+    command = COMMANDS.get(name)
     if command is None:
         return _unknown(words[0])
+    changes = CHANGES_STATE.get(name)
+    read_only = over_tcp and server.options.tcp_admin == "read-only"
+    if read_only and changes is not None and changes(words[1:]):
+        return DENIED
     return command(server, words[1:])

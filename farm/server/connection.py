@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 from collections.abc import Callable
 
 from farm import protocol as p
@@ -52,6 +53,7 @@ class Connection(asyncio.Protocol):
         self.fd = -1
         self.ip = "-"
         self.client_id = b"-"
+        self.peer_uid: int | None = None  # Unix-socket peers only (SO_PEERCRED)
         # What the job model reads and writes (see jobs.Peer).
         self.abilities: dict[bytes, float] = {}
         self.running: dict[bytes, Job] = {}
@@ -72,6 +74,8 @@ class Connection(asyncio.Protocol):
                 self.ip = peer[0] if peer else "-"
             else:
                 self.ip = "unix"
+                creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+                self.peer_uid = _UCRED.unpack(creds)[1]
         if len(self.hub.connections) >= self.hub.options.max_connections:
             log.warning(
                 "connection limit (%d) reached; closing fd %d",
@@ -333,8 +337,20 @@ class Connection(asyncio.Protocol):
                 )
             )
 
+    def may_serve(self, function: bytes) -> bool:
+        """Reserved ``farm.*`` functions (the Executor's calls) go only to trusted workers:
+        Unix-socket peers of an allowed uid. Anyone else is told, and not registered."""
+        if not function.startswith(RESERVED) or self.peer_uid in self.hub.options.worker_uids:
+            return True
+        where = "over TCP" if self.peer_uid is None else f"by uid {self.peer_uid}"
+        self.send(
+            error("PERMISSION_DENIED", f"{function.decode(errors='replace')} is not served {where}")
+        )
+        return False
+
     def can_do(self, args: tuple[bytes, ...]) -> None:
-        self.jobs.can_do(self, args[0])
+        if self.may_serve(args[0]):
+            self.jobs.can_do(self, args[0])
 
     def can_do_timeout(self, args: tuple[bytes, ...]) -> None:
         function, raw = args
@@ -342,6 +358,8 @@ class Connection(asyncio.Protocol):
             value = int(raw)
         except ValueError:
             self.send(error("INVALID_COMMAND", "CAN_DO_TIMEOUT timeout is not an integer"))
+            return
+        if not self.may_serve(function):
             return
         # The protocol says seconds; libgearman >= 1.1.19 sends milliseconds.
         self.jobs.can_do(self, function, value / 1000 if value >= 1000 else float(value))
@@ -366,12 +384,15 @@ class Connection(asyncio.Protocol):
     # -- admin ---------------------------------------------------------------
 
     def handle_admin(self, line: str) -> None:
-        reply = run_admin(self.hub, line)
+        reply = run_admin(self.hub, line, over_tcp=self.ip != "unix")
         if reply is not None:
             self.send(reply.encode())
 
 
 NO_JOB = encode_res(T.NO_JOB)
+#: Functions only trusted workers may serve (see ``Connection.may_serve``).
+RESERVED = b"farm."
+_UCRED = struct.Struct("3i")  # pid, uid, gid
 NOOP = encode_res(T.NOOP)
 PROGRESS_KIND: dict[int, Progress] = {
     T.WORK_STATUS: Progress.STATUS,

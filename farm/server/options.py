@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn
@@ -37,6 +38,11 @@ class ServerOptions:
     log_file: str = "stderr"
     pid_file: str | None = None
     parent_pid: int | None = None
+    # Who may serve the reserved ``farm.*`` functions (the Executor's signed calls): workers
+    # on the Unix socket whose peer uid is one of these. Nobody over TCP.
+    worker_uids: frozenset[int] = field(default_factory=lambda: frozenset({os.getuid()}))
+    # "read-only": cancel job, maxqueue N, create/drop function only on the Unix socket.
+    tcp_admin: str = "full"
 
 
 def default_store_path() -> str:
@@ -136,6 +142,22 @@ def build_parser(prog: str = "farm server") -> argparse.ArgumentParser:
         action="store_true",
         help="forward WORK_EXCEPTION to every client by default",
     )
+    ap.add_argument(
+        "--worker-uid",
+        type=int,
+        action="append",
+        default=[],
+        metavar="UID",
+        help="a user whose workers may serve the reserved farm.* functions over the Unix"
+        " socket (repeatable; default: the server's own user; never over TCP)",
+    )
+    ap.add_argument(
+        "--tcp-admin",
+        choices=("full", "read-only"),
+        default="full",
+        help="read-only: admin commands that change state (cancel job, maxqueue N,"
+        " create/drop function) only on the Unix socket (default: %(default)s, as gearmand)",
+    )
     ap.add_argument("-b", "--backlog", type=int, default=1024)
     ap.add_argument("-v", "--verbose", action="count", default=0, help="more logging, repeatable")
     ap.add_argument(
@@ -201,6 +223,8 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "farm server") -> 
         log_file=ns.log_file,
         pid_file=ns.pid_file,
         parent_pid=ns.parent_pid,
+        worker_uids=frozenset(ns.worker_uid or [os.getuid()]),
+        tcp_admin=ns.tcp_admin,
     )
 
 

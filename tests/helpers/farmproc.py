@@ -35,6 +35,7 @@ class FarmUp:
         self.port = free_port()
         self.control = str(tmp / "control.sock")
         self.config = tmp / "farm.toml"
+        self.unix = tmp / "gearman.sock"  # workers connect here (farm.* pools must)
         self.write_config(functions)
         self.log_path = tmp / "farm.log"
         self.notify_path = str(tmp / "notify.sock")
@@ -71,7 +72,7 @@ class FarmUp:
         self.config.write_text(
             textwrap.dedent(f"""
             [server]
-            listen = ["127.0.0.1:{self.port}"]
+            listen = ["127.0.0.1:{self.port}", "unix:{self.unix}"]
             store = "none"
             job_retries = 3
 

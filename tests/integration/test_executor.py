@@ -37,6 +37,7 @@ from farm.executor.signing import (
 from tests.helpers import ROOT
 from tests.helpers.calls import add, batch_step, fails, nap, pid_then_block
 from tests.helpers.servers import Server, start_farm_server
+from tests.helpers.waiting import wait_for
 
 WORKER = [sys.executable, "-c", "from farm.cli import main; main()", "worker"]
 
@@ -46,7 +47,10 @@ class ExecutorFarm:
 
     def __init__(self, tmp: Path, count: int = 2) -> None:
         self.key = ensure_key(tmp / "executor.key")
-        self.server: Server = start_farm_server("--job-retries", "1")
+        # Workers of farm.* functions must come over the Unix socket; callers may use TCP.
+        self.unix = str(tmp / "gearman.sock")
+        self.server: Server = start_farm_server("--job-retries", "1", unix=self.unix)
+        wait_for("the Unix socket", lambda: os.path.exists(self.unix))
         self.workers: list[subprocess.Popen] = []
         for _ in range(count):
             self.add_worker(self.key)
@@ -57,7 +61,8 @@ class ExecutorFarm:
 
     def add_worker(self, key: Path, name: str = "farm.python") -> subprocess.Popen:
         env = dict(os.environ, **{KEY_ENV: str(key)})
-        cmd = [*WORKER, "farm.executor.call:run_call", "--name", name, "--server", self.addr]
+        where = f"unix:{self.unix}"
+        cmd = [*WORKER, "farm.executor.call:run_call", "--name", name, "--server", where]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
         self.workers.append(proc)
         return proc

@@ -1,0 +1,126 @@
+"""Who may take the Executor's calls, and who may change the server through its admin port.
+
+Anything on TCP 127.0.0.1 is reachable by every account on the host. Executor
+calls (the reserved ``farm.*`` functions) carry code to run: only workers on
+the Unix socket whose peer uid is trusted may register for them, so nobody
+else even sees one. State-changing admin commands can be kept off TCP
+(``--tcp-admin read-only``, what ``farm up`` runs) while read-only ones stay.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from farm.protocol import PacketType as T
+from tests.helpers import ROOT
+from tests.helpers.peers import Peer
+from tests.helpers.servers import Server, connect, start_farm_server
+from tests.helpers.waiting import wait_for
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    # A socket others may reach (pytest's own temp tree is closed to them), so that a
+    # second local user can be tried.
+    sockdir = Path(tempfile.mkdtemp(prefix="farm-security-"))
+    os.chmod(sockdir, 0o755)
+    unix = str(sockdir / "gearman.sock")
+    srv = start_farm_server("--tcp-admin", "read-only", "--unix-mode", "0o666", unix=unix)
+    try:
+        wait_for("the Unix socket", lambda: os.path.exists(unix))
+        yield srv
+    finally:
+        srv.stop()
+        shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def submit(peer: Peer, function: str, data: bytes) -> bytes:
+    peer.send(T.SUBMIT_JOB_BG, function, "", data)
+    return bytes(peer.expect(T.JOB_CREATED).args[0])
+
+
+def test_a_tcp_worker_cannot_take_executor_calls(
+    server: Server, peer_factory: Callable[[str], Peer]
+) -> None:
+    thief = peer_factory(server.addr)
+    thief.send(T.CAN_DO, "farm.python")
+    error = thief.expect(T.ERROR)
+    assert error.args[0] == b"PERMISSION_DENIED" and b"over TCP" in error.args[1]
+    thief.send(T.CAN_DO_TIMEOUT, "farm.python", "30")
+    assert thief.expect(T.ERROR).args[0] == b"PERMISSION_DENIED"
+    client = peer_factory(server.addr)
+    handle = submit(client, "farm.python", b"signed call")
+    thief.send(T.GRAB_JOB_UNIQ)
+    assert thief.expect(T.NO_JOB).type == T.NO_JOB, "the call was not handed to it"
+    # A worker of the server's own user on the Unix socket gets it.
+    owner = peer_factory(f"unix:{server.unix}")
+    owner.send(T.CAN_DO, "farm.python")
+    owner.send(T.GRAB_JOB_UNIQ)
+    assert owner.expect(T.JOB_ASSIGN_UNIQ).args[0] == handle
+    # Functions outside farm.* are anyone's, as in gearmand.
+    thief.send(T.CAN_DO, "reverse")
+    submit(client, "reverse", b"abc")
+    thief.send(T.GRAB_JOB_UNIQ)
+    assert thief.expect(T.JOB_ASSIGN_UNIQ).args[1] == b"reverse"
+
+
+def test_a_unix_worker_of_another_user_cannot_take_executor_calls(server: Server) -> None:
+    if os.getuid() != 0:
+        pytest.skip("needs root to connect as a second local user (CI runs as root)")
+    probe = f"""
+import os, socket, sys
+sys.path.insert(0, {str(ROOT)!r})
+from farm import protocol as p
+os.setgid({NOBODY}); os.setuid({NOBODY})
+s = socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect({server.unix!r})
+s.sendall(p.encode_req(p.PacketType.CAN_DO, b"farm.python"))
+(pkt,) = p.Decoder(allow_admin=False).feed(s.recv(4096))
+print(pkt.name, pkt.args[0].decode(), pkt.args[1].decode())
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    assert out.startswith("ERROR PERMISSION_DENIED") and f"by uid {NOBODY}" in out, out
+
+
+def admin(addr: str, line: str) -> str:
+    with connect(addr) as sock:
+        sock.sendall(line.encode() + b"\n")
+        reply = b""
+        while not (reply.endswith(b"\r\n") or reply.endswith(b".\n")):
+            data = sock.recv(4096)
+            if not data:
+                break
+            reply += data
+    return reply.decode()
+
+
+def test_state_changing_admin_commands_are_refused_over_tcp(
+    server: Server, peer_factory: Callable[[str], Peer]
+) -> None:
+    handle = submit(peer_factory(server.addr), "victim", b"durable work").decode()
+    local = f"unix:{server.unix}"
+    for line in (f"cancel job {handle}", "maxqueue victim 1", "drop function victim"):
+        assert admin(server.addr, line).startswith("ERR PERMISSION_DENIED"), line
+    assert admin(server.addr, "create function x").startswith("ERR PERMISSION_DENIED")
+    assert "victim\t1\t0\t0" in admin(server.addr, "status"), "read-only commands answer"
+    assert handle in admin(server.addr, "show jobs")
+    assert admin(local, f"cancel job {handle}") == "OK\r\n", "the Unix socket may"
+    assert "victim\t0\t0\t0" in admin(server.addr, "status")
+
+
+def test_farm_server_alone_keeps_gearmand_admin_by_default(
+    farm_server: Server, peer_factory: Callable[[str], Peer]
+) -> None:
+    handle = submit(peer_factory(farm_server.addr), "f", b"x").decode()
+    assert admin(farm_server.addr, f"cancel job {handle}") == "OK\r\n"
