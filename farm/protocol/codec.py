@@ -25,6 +25,9 @@ __all__ = [
     "HEADER",
     "DEFAULT_MAX_PACKET",
     "MAX_UNIQUE",
+    "MAX_FUNCTION",
+    "MAX_TIMEOUT",
+    "MAX_EPOCH",
     "MAX_CLIENT_ID",
     "PacketType",
     "PacketSpec",
@@ -50,6 +53,12 @@ DEFAULT_MAX_PACKET = 64 * 1024 * 1024
 #: Longest admin line accepted before the peer is treated as hostile.
 MAX_ADMIN_LINE = 8192
 MAX_UNIQUE = 63
+#: Longest function name (and reducer name) accepted, as gearmand: names live as long as
+#: their function's entry, so they must not be a way to pin memory.
+MAX_FUNCTION = 512
+#: Longest CAN_DO_TIMEOUT (seconds) and latest SUBMIT_JOB_EPOCH (epoch seconds) accepted.
+MAX_TIMEOUT = 366 * 86400
+MAX_EPOCH = 1 << 40
 MAX_CLIENT_ID = 127
 
 

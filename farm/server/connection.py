@@ -57,6 +57,7 @@ class Connection(asyncio.Protocol):
         # What the job model reads and writes (see jobs.Peer).
         self.abilities: dict[bytes, float] = {}
         self.running: dict[bytes, Job] = {}
+        self.expired: dict[bytes, None] = {}
         self.attached: set[Job] = set()
         self.exceptions = hub.options.exceptions
         self.sleeping = False
@@ -229,8 +230,7 @@ class Connection(asyncio.Protocol):
         if len(unique) > p.MAX_UNIQUE:
             self.send(error("ARGUMENT_TOO_LARGE", "Unique value too large"))
             return
-        if not function:
-            self.send(error("INVALID_COMMAND", "function name is empty"))
+        if not self.function_ok(function) or not self.function_ok(reducer or b"x", "reducer"):
             return
         background = kind.background
         try:
@@ -262,11 +262,14 @@ class Connection(asyncio.Protocol):
     def submit_epoch(self, args: tuple[bytes, ...]) -> None:
         function, unique, epoch, data = args
         try:
-            when = float(int(epoch))  # clients send whole seconds; refuses nan and inf
+            seconds = int(epoch)  # clients send whole seconds; refuses nan and inf
         except ValueError:
             self.send(error("INVALID_COMMAND", "epoch is not a number"))
             return
-        self.on_submit(_EPOCH, function, unique, data, when=when)
+        if not 0 <= seconds <= p.MAX_EPOCH:
+            self.refuse("epoch is out of range")
+            return
+        self.on_submit(_EPOCH, function, unique, data, when=float(seconds))
 
     def submit_reduce(self, args: tuple[bytes, ...], kind: SubmitKind) -> None:
         function, unique, reducer, _aggregator, data = args
@@ -296,6 +299,14 @@ class Connection(asyncio.Protocol):
         handle = args[0]
         job = self.jobs.held(self, handle)
         if job is None:
+            if handle in self.expired:
+                # farm: the job timed out in this worker's hands and has failed already. Its
+                # late answer is dropped, not answered with an ERROR that some workers (Perl's
+                # Gearman::Worker) die on.
+                if ptype in OUTCOME:
+                    del self.expired[handle]
+                log.debug("fd %d: late %s for timed-out job %r dropped", self.fd, ptype, handle)
+                return
             self.send(error("JOB_NOT_FOUND", NOT_FOUND_TEXT.get(ptype, NOT_FOUND_DEFAULT)))
             return
         progress = PROGRESS_KIND.get(ptype)
@@ -348,8 +359,23 @@ class Connection(asyncio.Protocol):
         )
         return False
 
+    def function_ok(self, name: bytes, what: str = "function name") -> bool:
+        if not name:
+            self.send(error("INVALID_COMMAND", f"{what} is empty"))
+            return False
+        if len(name) > p.MAX_FUNCTION:
+            self.send(error("ARGUMENT_TOO_LARGE", f"{what} is longer than {p.MAX_FUNCTION} bytes"))
+            return False
+        return True
+
+    def refuse(self, text: str) -> None:
+        """A value no peer speaking the protocol sends: say why, then close."""
+        self.send(error("INVALID_COMMAND", text))
+        self.close()
+        self.detach()
+
     def can_do(self, args: tuple[bytes, ...]) -> None:
-        if self.may_serve(args[0]):
+        if self.function_ok(args[0]) and self.may_serve(args[0]):
             self.jobs.can_do(self, args[0])
 
     def can_do_timeout(self, args: tuple[bytes, ...]) -> None:
@@ -359,10 +385,14 @@ class Connection(asyncio.Protocol):
         except ValueError:
             self.send(error("INVALID_COMMAND", "CAN_DO_TIMEOUT timeout is not an integer"))
             return
-        if not self.may_serve(function):
+        if not self.function_ok(function) or not self.may_serve(function):
             return
-        # The protocol says seconds; libgearman >= 1.1.19 sends milliseconds.
-        self.jobs.can_do(self, function, value / 1000 if value >= 1000 else float(value))
+        if value > p.MAX_TIMEOUT * 1000:  # checked before any float: 10**400 has none
+            self.refuse(f"CAN_DO_TIMEOUT is more than {p.MAX_TIMEOUT} s")
+            return
+        # The protocol says seconds; libgearman >= 1.1.19 sends milliseconds. 0 or less: none.
+        seconds = 0.0 if value <= 0 else value / 1000 if value >= 1000 else float(value)
+        self.jobs.can_do(self, function, seconds)
 
     def option(self, args: tuple[bytes, ...]) -> None:
         name = args[0]

@@ -46,6 +46,9 @@ __all__ = [
 
 log = logging.getLogger("farm.server")
 
+#: Timed-out handles remembered per worker connection, to drop their late answers.
+MAX_EXPIRED = 64
+
 
 class JobServer:
     """All job state of one server, and the rules that change it."""
@@ -352,6 +355,10 @@ class JobServer:
             log.warning(
                 "job %s (%s) timed out on its worker", job.handle.decode(), job.function.decode()
             )
+            expired = worker.expired
+            expired[job.handle] = None
+            if len(expired) > MAX_EXPIRED:
+                del expired[next(iter(expired))]
             self.finish(worker, job, Outcome.FAIL)
 
     def _requeue(self, worker: Peer, job: Job) -> None:

@@ -13,6 +13,7 @@ class FakePeer:
     def __init__(self) -> None:
         self.abilities: dict[bytes, float] = {}
         self.running: dict[bytes, Job] = {}
+        self.expired: dict[bytes, None] = {}
         self.attached: set[Job] = set()
         self.sleeping = False
         self.told: list[tuple[Any, ...]] = []

@@ -1,0 +1,97 @@
+"""Values at the edge of what the wire can carry get an answer, never a silent close.
+
+Each case here was found by an adversarial run against farm: a huge CAN_DO_TIMEOUT
+or epoch closed the connection without an ERROR, CAN_DO_TIMEOUT -1 failed jobs at
+once, a late answer from a worker whose job had timed out got an ERROR that
+Perl's Gearman::Worker dies on, and function names had no size limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from farm import protocol as p
+from farm.protocol import PacketType as T
+from tests.helpers.peers import Peer
+from tests.helpers.servers import Server
+
+HUGE = "1" + "0" * 400
+
+
+def sync(peer: Peer) -> None:
+    """Everything sent before has been handled (the server answers in order)."""
+    peer.send(T.ECHO_REQ, "sync")
+    peer.expect(T.ECHO_RES)
+
+
+def submit(peer: Peer, function: str, data: bytes = b"x") -> bytes:
+    peer.send(T.SUBMIT_JOB, function, "", data)
+    return bytes(peer.expect(T.JOB_CREATED).args[0])
+
+
+def test_a_huge_can_do_timeout_gets_an_error_then_a_close(
+    farm_server: Server, peer_factory: Callable[[str], Peer]
+) -> None:
+    w = peer_factory(farm_server.addr)
+    w.send(T.CAN_DO_TIMEOUT, "f", HUGE)
+    err = w.expect(T.ERROR)
+    assert err.args[0] == b"INVALID_COMMAND" and b"CAN_DO_TIMEOUT" in err.args[1]
+    assert w.closed_within(5)
+
+
+def test_a_huge_epoch_gets_an_error_then_a_close(
+    farm_server: Server, peer_factory: Callable[[str], Peer]
+) -> None:
+    c = peer_factory(farm_server.addr)
+    c.send(T.SUBMIT_JOB_EPOCH, "f", "", HUGE, "x")
+    assert c.expect(T.ERROR).args[1] == b"epoch is out of range"
+    assert c.closed_within(5)
+    witness = peer_factory(farm_server.addr)
+    sync(witness)  # the server lives on
+
+
+def test_a_negative_can_do_timeout_means_no_timeout(
+    farm_server: Server, peer_factory: Callable[[str], Peer]
+) -> None:
+    w, c = peer_factory(farm_server.addr), peer_factory(farm_server.addr)
+    w.send(T.CAN_DO_TIMEOUT, "f", "-1")
+    sync(w)
+    h = submit(c, "f")
+    w.send(T.GRAB_JOB_UNIQ)
+    assert w.expect(T.JOB_ASSIGN_UNIQ).args[0] == h
+    assert c.nothing_within(1.5), "the job was not failed by a timeout of -1"
+    w.send(T.WORK_COMPLETE, h, "done")
+    assert c.expect(T.WORK_COMPLETE).args == (h, b"done")
+
+
+def test_a_late_answer_for_a_timed_out_job_is_dropped_quietly(
+    farm_server: Server, peer_factory: Callable[[str], Peer]
+) -> None:
+    w, c = peer_factory(farm_server.addr), peer_factory(farm_server.addr)
+    w.send(T.CAN_DO_TIMEOUT, "slow", "1")
+    sync(w)
+    h = submit(c, "slow")
+    w.send(T.GRAB_JOB_UNIQ)
+    assert w.expect(T.JOB_ASSIGN_UNIQ).args[0] == h
+    assert c.expect(T.WORK_FAIL, timeout=10).args == (h,)
+    w.send(T.WORK_STATUS, h, "1", "2")
+    w.send(T.WORK_COMPLETE, h, "too late")
+    sync(w)  # no ERROR came before the echo: both were dropped
+    assert c.nothing_within(0.3), "the client hears nothing more of its failed job"
+    # A handle this connection never held still gets gearmand's ERROR.
+    w.send(T.WORK_COMPLETE, "H:nowhere:1", "x")
+    assert w.expect(T.ERROR).args[0] == b"JOB_NOT_FOUND"
+
+
+def test_function_names_are_limited_like_gearmand(
+    farm_server: Server, peer_factory: Callable[[str], Peer]
+) -> None:
+    long = "f" * (p.MAX_FUNCTION + 1)
+    w, c = peer_factory(farm_server.addr), peer_factory(farm_server.addr)
+    w.send(T.CAN_DO, long)
+    assert w.expect(T.ERROR).args[0] == b"ARGUMENT_TOO_LARGE"
+    c.send(T.SUBMIT_JOB_BG, long, "", "x")
+    assert c.expect(T.ERROR).args[0] == b"ARGUMENT_TOO_LARGE"
+    c.send(T.SUBMIT_REDUCE_JOB, "f", "", long, "", "x")
+    assert c.expect(T.ERROR).args[0] == b"ARGUMENT_TOO_LARGE"
+    assert len(submit(c, "f" * p.MAX_FUNCTION)) > 0, "512 bytes is still fine"
