@@ -41,11 +41,14 @@ __all__ = [
     "load",
     "load_config",
     "default_runtime_dir",
+    "control_path",
     "available_cpus",
 ]
 
 SYSTEM_CONFIG = Path("/etc/farm/farm.toml")
 DEFAULTS_SOURCE = "<built-in defaults>"
+#: Longest graceful_timeout accepted (a day): a stop must end.
+MAX_GRACE = 86400
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -183,6 +186,31 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
     return load(find_config(explicit))
 
 
+def control_path(explicit: str | os.PathLike[str] | None = None) -> str:
+    """Only ``[supervisor] control`` of the config that ``load_config`` would read.
+
+    Commands that just talk to a running supervisor (``farm ps``, ``scale``, ``stop``)
+    use this: they need not import, or even find, the workers' modules.
+    """
+    path = find_config(explicit)
+    default = str(default_runtime_dir() / "control.sock")
+    if path is None:
+        return default
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}; check the path") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}; fix the syntax there") from None
+    supervisor = raw.get("supervisor", {})
+    control = supervisor.get("control", default) if isinstance(supervisor, dict) else default
+    if not isinstance(control, str) or not control.strip():
+        raise ConfigError(f"{path}: supervisor.control must be the path of a Unix socket")
+    resolved = Path(os.path.expanduser(control))
+    return str(resolved if resolved.is_absolute() else path.resolve().parent / resolved)
+
+
 def load(path: str | os.PathLike[str] | None) -> Config:
     """Read and validate one file (None: the built-in defaults)."""
     if path is None:
@@ -197,6 +225,8 @@ def load(path: str | os.PathLike[str] | None) -> Config:
         ) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}; fix the syntax there") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; is it the right file?") from None
     return _Validator(str(path), path.resolve().parent).config(raw)
 
 
@@ -313,9 +343,14 @@ class _Validator:
             )
         servers = [str(self.address(a, "supervisor.servers")) for a in servers]
         grace = raw["graceful_timeout"]
-        if isinstance(grace, bool) or not isinstance(grace, int | float) or grace < 0:
+        if (
+            isinstance(grace, bool)
+            or not isinstance(grace, int | float)
+            or not 0 <= grace <= MAX_GRACE  # also refuses nan and inf
+        ):
             raise self.fail(
-                "supervisor.graceful_timeout", f"must be a number of seconds >= 0, got {grace!r}"
+                "supervisor.graceful_timeout",
+                f"must be a number of seconds from 0 to {MAX_GRACE}, got {grace!r}",
             )
         return SupervisorConfig(
             control=self.path(control, "supervisor.control"),

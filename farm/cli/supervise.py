@@ -52,10 +52,10 @@ def _ask(config: Path | None, control: str | None, message: dict[str, Any]) -> d
     from farm.pools.control import ControlUnavailable, request
 
     if control is None:
-        from farm.config import load_config
+        from farm.config import control_path
 
         try:
-            control = load_config(config).supervisor.control
+            control = control_path(config)
         except ConfigError as e:
             fail(str(e), 2)
     try:
@@ -135,9 +135,9 @@ def stop(
     reply = _ask(config, control, {"cmd": "stop"})
     path = control
     if path is None:
-        from farm.config import load_config
+        from farm.config import control_path
 
-        path = load_config(config).supervisor.control
+        path = control_path(config)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         try:

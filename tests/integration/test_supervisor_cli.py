@@ -93,3 +93,18 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "farm.service" not in out.stderr, out.stderr  # no warnings about our unit
+
+
+@pytest.mark.parametrize("command", [["ps"], ["stop"], ["scale", "a=2"], ["reload"]])
+def test_steering_commands_need_only_the_control_path(tmp_path: Path, command: list[str]) -> None:
+    # The workers' modules are not importable here (no PYTHONPATH for them): commands that
+    # only talk to the supervisor must not load and check the pools.
+    cfg = tmp_path / "farm.toml"
+    control = tmp_path / "control.sock"
+    cfg.write_text(
+        f'[supervisor]\ncontrol = "{control}"\n[functions.a]\ntarget = "elsewhere.mod:fn"\n'
+    )
+    result = runner.invoke(app, [*command, "--config", str(cfg)])
+    text = one_line_error(result)
+    assert result.exit_code == 1, text
+    assert f"no supervisor answers at {control}" in text, text

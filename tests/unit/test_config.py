@@ -184,3 +184,17 @@ def test_defaults_need_no_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert set(cfg.functions) >= {"reverse", "resize", "thumbnail", "pbkdf2"}
     monkeypatch.delenv("XDG_RUNTIME_DIR")
     assert config.default_runtime_dir() == Path(f"/tmp/farm-{os.getuid()}")
+
+
+def test_binary_garbage_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "farm.toml"
+    path.write_bytes(b"\xff\xfe\x00\x80 not text at all")
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert str(info.value) == f"{path}: not UTF-8 text; is it the right file?"
+
+
+@pytest.mark.parametrize("grace", ["nan", "inf", "-1", "1e9"])
+def test_graceful_timeout_must_be_a_real_bounded_number(tmp_path: Path, grace: str) -> None:
+    text = f'[supervisor]\ngraceful_timeout = {grace}\n[functions.a]\ntarget = "x:y"\n'
+    assert "supervisor.graceful_timeout" in error_of(tmp_path, text)
