@@ -47,6 +47,10 @@ __all__ = [
 
 SYSTEM_CONFIG = Path("/etc/farm/farm.toml")
 DEFAULTS_SOURCE = "<built-in defaults>"
+#: Most workers one pool may have (a typo must not fork-bomb the host).
+MAX_WORKERS = 1024
+#: What a worker is taken to need when its pool sets no max_rss_mb.
+DEFAULT_WORKER_MB = 100
 #: Longest graceful_timeout accepted (a day): a stop must end.
 MAX_GRACE = 86400
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -85,6 +89,7 @@ class SupervisorConfig:
     cpus: tuple[int, ...]  # resolved: the cores slots are pinned to
     servers: tuple[str, ...]  # remote job servers; empty = run the local one
     graceful_timeout: float  # seconds a stopping worker may take to finish its job
+    memory_budget_mb: int = 0  # what all pools together may use; see capacity_problem
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,7 +155,12 @@ def _defaults() -> dict[str, Any]:
             "job_retries": 3,
             "tcp_admin": "read-only",
         },
-        "supervisor": {"control": f"{run}/control.sock", "cpus": "all", "servers": []},
+        "supervisor": {
+            "control": f"{run}/control.sock",
+            "cpus": "all",
+            "servers": [],
+            "memory_budget_mb": "auto",
+        },
         "functions": {
             "reverse": {"target": "workers.text:reverse", "workers": 1},
             "resize": {"target": "workers.image:resize", "workers": "auto", "timeout": 60},
@@ -184,6 +194,35 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
 def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
     """Find and load the config by the search order."""
     return load(find_config(explicit))
+
+
+def default_memory_budget_mb() -> int:
+    """The machine's memory, in MB: the default bound of what all pools may hold."""
+    import psutil
+
+    return int(psutil.virtual_memory().total // 2**20)
+
+
+def capacity_problem(
+    pools: Mapping[str, FunctionConfig], targets: Mapping[str, int], budget_mb: int
+) -> str | None:
+    """Why these pool sizes cannot be run, or None. One rule for the config and `farm scale`:
+    at most MAX_WORKERS a pool, and all workers' memory (``max_rss_mb``, else an estimate
+    of DEFAULT_WORKER_MB each) within the budget -- a typo must not fork-bomb the host."""
+    for name, count in targets.items():
+        if not 0 <= count <= MAX_WORKERS:
+            return f"{name} would have {count} workers (0..{MAX_WORKERS})"
+    need = sum(
+        count * (pools[name].max_rss_mb or DEFAULT_WORKER_MB)
+        for name, count in targets.items()
+        if name in pools
+    )
+    if need > budget_mb:
+        return (
+            f"the pools would need about {need} MB ({DEFAULT_WORKER_MB} MB a worker unless"
+            f" max_rss_mb says), more than [supervisor] memory_budget_mb = {budget_mb}"
+        )
+    return None
 
 
 def control_path(explicit: str | os.PathLike[str] | None = None) -> str:
@@ -274,6 +313,11 @@ class _Validator:
             name: self.function(name, spec, len(supervisor.cpus))
             for name, spec in functions.items()
         }
+        problem = capacity_problem(
+            pools, {n: p.workers for n, p in pools.items()}, supervisor.memory_budget_mb
+        )
+        if problem:
+            raise self.fail("functions", f"{problem}; lower the workers of a pool")
         local = not supervisor.servers
         if local and not server.unix and any(n.startswith("farm.") for n in pools):
             name = next(n for n in pools if n.startswith("farm."))
@@ -352,11 +396,20 @@ class _Validator:
                 "supervisor.graceful_timeout",
                 f"must be a number of seconds from 0 to {MAX_GRACE}, got {grace!r}",
             )
+        budget = raw["memory_budget_mb"]
+        if budget == "auto":
+            budget = default_memory_budget_mb()
+        elif type(budget) is not int or budget <= 0:
+            raise self.fail(
+                "supervisor.memory_budget_mb",
+                f'must be a whole number of MB > 0 or "auto" (all memory), got {budget!r}',
+            )
         return SupervisorConfig(
             control=self.path(control, "supervisor.control"),
             cpus=self.cpus(raw["cpus"]),
             servers=tuple(servers),
             graceful_timeout=float(grace),
+            memory_budget_mb=budget,
         )
 
     def cpus(self, raw: Any) -> tuple[int, ...]:

@@ -41,6 +41,9 @@ log = logging.getLogger("farm.supervisor")
 TIMEOUT_GRACE = 1.0
 #: How long the job server gets to exit on SIGTERM before SIGKILL.
 SERVER_STOP_TIMEOUT = 5.0
+#: Workers started per turn of the loop at most: a pool scaled to hundreds starts over many
+#: turns, and the control socket, signals and the watchdog are served between them.
+SPAWNS_PER_TURN = 8
 
 
 class Supervisor(Steering):
@@ -61,6 +64,7 @@ class Supervisor(Steering):
         self.stopping = False
         self.exit_code = 0
         self.ready_sent = False
+        self.more_to_spawn = False  # manage_workers stopped at SPAWNS_PER_TURN
         self.last_status = ""
         self.watchdog = sdnotify.Watchdog()
         self.started = time.monotonic()
@@ -213,6 +217,7 @@ class Supervisor(Steering):
         if self.config.local_server and not self.server.ready:
             return  # workers would only spin on connection refused
         now = time.monotonic()
+        spawns = SPAWNS_PER_TURN  # the rest next turn: signals and `farm ps` answer meanwhile
         for name, slots in self.slots.items():
             pool = self.config.functions.get(name)
             target = self.targets.get(name, 0) if pool else 0
@@ -231,7 +236,12 @@ class Supervisor(Steering):
                     self.retire(proc, pool)
                     slot.proc, slot.next_start = None, 0.0
                 if slot.proc is None and pool is not None and now >= slot.next_start:
+                    if not spawns:
+                        self.more_to_spawn = True
+                        return
+                    spawns -= 1
                     self.spawn_worker(slot, pool)
+        self.more_to_spawn = False
 
     def notify_systemd(self) -> None:
         self.watchdog.ping()

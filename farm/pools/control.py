@@ -153,6 +153,16 @@ class ControlConnection:
             return {"cmd": None}
         return message
 
+    def gone(self) -> bool:
+        """Whether the client hung up after asking (a CLI that timed out waiting): a change
+        it asked for is then not made, since nobody would learn of it."""
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
+
     def reply(self, message: dict[str, Any]) -> None:
         """Send the reply and close; a client that stopped reading is dropped."""
         try:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from farm.config import Config, load_config
+from farm.config import Config, capacity_problem, load_config
 from farm.errors import ConfigError
 from farm.pools import sdnotify
 from farm.pools.control import ControlConnection, parse_scale
@@ -28,12 +28,9 @@ if TYPE_CHECKING:
     from farm.pools.localserver import LocalServer
     from farm.pools.slots import Slot, WorkerProcess
 
-__all__ = ["Steering", "Pending", "MAX_WORKERS"]
+__all__ = ["Steering", "Pending", "Duty"]
 
 log = logging.getLogger("farm.supervisor")
-
-#: Most workers one function may be scaled to (a typo must not fork-bomb the host).
-MAX_WORKERS = 1024
 
 
 class Duty(enum.Enum):
@@ -83,6 +80,10 @@ class Steering:
         elif cmd == "ps":
             conn.reply({"ok": True, "processes": self.process_table(), "targets": self.targets})
         elif cmd == "scale":
+            if conn.gone():
+                log.warning("a scale request whose client has gone is not applied")
+                conn.sock.close()
+                return
             conn.reply(self.scale(message.get("changes")))
         elif cmd == "reload":
             self.pending.append(Pending(Duty.RELOAD, conn=conn))
@@ -109,14 +110,12 @@ class Steering:
                     "usage": True,
                     "error": f"no function {name!r} in the config (known: {known})",
                 }
-            new = {"=": count, "+": targets[name] + count, "-": targets[name] - count}[op]
-            if not 0 <= new <= MAX_WORKERS:
-                return {
-                    "ok": False,
-                    "usage": True,
-                    "error": f"{change}: {name} would have {new} workers (0..{MAX_WORKERS})",
-                }
-            targets[name] = new
+            targets[name] = {"=": count, "+": targets[name] + count, "-": targets[name] - count}[op]
+        problem = capacity_problem(
+            self.config.functions, targets, self.config.supervisor.memory_budget_mb
+        )
+        if problem:
+            return {"ok": False, "usage": True, "error": f"{' '.join(changes)}: {problem}"}
         for name, new in targets.items():
             if new != self.targets[name]:
                 log.info("scaling %s from %d to %d workers", name, self.targets[name], new)

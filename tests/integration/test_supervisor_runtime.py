@@ -81,6 +81,10 @@ def test_scale_up_and_down_under_load_loses_no_job(tmp_path: Path) -> None:
         up.wait_idle({"reverse": 1, "hash": 1})
         stream = JobStream(up.addr)
         wait_for("jobs flowing", lambda: stream.done >= 20 or stream.errors)
+        # A typo of a size is refused in one line (the host would not hold 1025 workers).
+        out = farm_cli("scale", "reverse=+1024", "--control", up.control)
+        assert out.returncode == 2 and "reverse would have 1025 workers" in out.stderr, out
+        assert len(out.stderr.strip().splitlines()) == 1
         out = farm_cli("scale", "hash=3", "reverse=+1", "--control", up.control)
         assert out.returncode == 0, out.stderr
         assert out.stdout.split() == ["reverse=2", "hash=3"]

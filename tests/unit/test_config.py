@@ -198,3 +198,23 @@ def test_binary_garbage_is_one_line_not_a_traceback(tmp_path: Path) -> None:
 def test_graceful_timeout_must_be_a_real_bounded_number(tmp_path: Path, grace: str) -> None:
     text = f'[supervisor]\ngraceful_timeout = {grace}\n[functions.a]\ntarget = "x:y"\n'
     assert "supervisor.graceful_timeout" in error_of(tmp_path, text)
+
+
+def test_pool_sizes_are_bounded_by_count_and_memory(tmp_path: Path) -> None:
+    huge = '[functions.a]\ntarget = "workers.text:reverse"\nworkers = 100000\n'
+    assert "a would have 100000 workers (0..1024)" in error_of(tmp_path, huge)
+    budget = (
+        '[supervisor]\nmemory_budget_mb = 1000\n[functions.a]\ntarget = "workers.text:reverse"\n'
+        "workers = 8\nmax_rss_mb = 200\n"
+    )
+    message = error_of(tmp_path, budget)
+    assert "about 1600 MB" in message and "memory_budget_mb = 1000" in message
+    fits = budget.replace("workers = 8", "workers = 5")
+    assert config.load(write(tmp_path, fits)).supervisor.memory_budget_mb == 1000
+
+
+def test_capacity_rule_is_shared_with_scale() -> None:
+    pools = config.load(None).functions
+    assert config.capacity_problem(pools, {"reverse": 2}, 10_000) is None
+    assert "would have 2000" in (config.capacity_problem(pools, {"reverse": 2000}, 10**9) or "")
+    assert "memory_budget_mb = 300" in (config.capacity_problem(pools, {"reverse": 4}, 300) or "")
