@@ -22,8 +22,6 @@ import signal
 import sys
 import time
 
-import psutil
-
 from farm.config import Config, FunctionConfig
 from farm.net import Waker
 from farm.pools import sdnotify
@@ -31,6 +29,7 @@ from farm.pools.control import ControlConnection, ControlServer
 from farm.pools.localserver import LocalServer
 from farm.pools.record import RecordReader, create_record_fd
 from farm.pools.slots import ProcState, Slot, WorkerProcess, core_for, crash_delay, describe_exit
+from farm.pools.spawn import spawn
 from farm.pools.steering import Duty, Pending, Steering
 
 __all__ = ["Supervisor"]
@@ -333,7 +332,8 @@ class Supervisor(Steering):
             if value is not None:
                 argv += [flag, str(value)]
         try:
-            pid = os.posix_spawn(sys.executable, argv, self.child_env, setpgroup=0)
+            # Pinned, and killed with the supervisor, before any of its own code runs.
+            pid = spawn(argv, self.child_env, death_signal=signal.SIGKILL, core=slot.core)
         except OSError as e:
             os.close(read_fd)
             record.close()
@@ -343,10 +343,6 @@ class Supervisor(Steering):
         finally:
             os.close(write_fd)
             os.close(record_fd)  # the mapping stays
-        try:
-            psutil.Process(pid).cpu_affinity([slot.core])
-        except psutil.Error as e:
-            log.warning("cannot pin worker %s (pid %d): %s", slot.name, pid, e)
         os.set_blocking(read_fd, False)
         proc = WorkerProcess(
             pid, pool.name, slot.index, slot.core, read_fd, pool.options(), record=record

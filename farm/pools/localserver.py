@@ -17,6 +17,7 @@ from farm.client.admin import admin_query
 from farm.config import ServerConfig
 from farm.net import connectable
 from farm.pools.slots import RestartHistory, describe_exit
+from farm.pools.spawn import spawn
 
 __all__ = ["LocalServer"]
 
@@ -51,7 +52,8 @@ class LocalServer(RestartHistory):
     def spawn(self) -> None:
         self.prepare_paths()
         try:
-            self.pid = os.posix_spawn(sys.executable, self.argv(), self.env, setpgroup=0)
+            # SIGTERM with the supervisor: the server stops gracefully, its store kept.
+            self.pid = spawn(self.argv(), self.env, death_signal=signal.SIGTERM)
         except OSError as e:
             log.error("cannot start the job server: %s", e)
             self.failed(time.monotonic(), boot=True)

@@ -29,7 +29,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from farm.lifetime import die_with_parent
 from farm.pools.record import RecordWriter
 from farm.pools.slots import EXIT_BOOT_ERROR, EXIT_DRAINED, EXIT_RECYCLE
 
@@ -91,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         "%(levelname)s %(message)s",
     )
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
-    die_with_parent()
+    # The supervisor's spawn set our death signal (SIGKILL) and pinned us before exec.
     from setproctitle import setproctitle
 
     where = f" cpu{ns.cpu}" if ns.cpu is not None else ""

@@ -1,0 +1,93 @@
+"""kill -9 of the supervisor leaves no worker behind, whatever the worker was doing.
+
+A worker is started with its death signal (SIGKILL) already set and its parent
+re-checked, before any of its own code runs (farm/pools/spawn.py): one that is
+busy with a job that never ends, or one that was still starting, dies with the
+supervisor. Its job, if it had one, goes back to the queue like any dead
+worker's.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.helpers import ROOT
+from tests.helpers.farmproc import FarmUp
+from tests.helpers.waiting import wait_for
+
+pytestmark = pytest.mark.slow
+
+HOLDER = """
+[functions.h]
+target = "tests.helpers.crashy:hold"
+workers = 1
+"""
+
+MANY = """
+[functions.reverse]
+target = "workers.text:reverse"
+workers = 4
+"""
+
+
+def gone(pids: set[int]) -> bool:
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            continue
+    return True
+
+
+def test_a_busy_worker_dies_with_its_supervisor(tmp_path: Path) -> None:
+    up = FarmUp(tmp_path, HOLDER)
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"h": 1})
+        subprocess.run(
+            [sys.executable, "-m", "farm.cli", "submit", "h", str(tmp_path), "--background"],
+            env={**os.environ, "GEARMAN_SERVERS": up.addr, "PYTHONPATH": str(ROOT)},
+            check=True,
+            timeout=30,
+        )
+        started = wait_for("the job to start", lambda: list(tmp_path.glob("started-*")))
+        worker = int(started[0].name.split("-")[1])
+        up.proc.send_signal(signal.SIGKILL)
+        up.proc.wait(10)
+        # Its job would hold it for 20 s more; SIGTERM (drain) would have waited for it.
+        wait_for("the busy worker to die", lambda: gone({worker}), timeout=10)
+    finally:
+        up.stop()
+
+
+def test_workers_still_starting_die_with_their_supervisor(tmp_path: Path) -> None:
+    up = FarmUp(tmp_path, MANY)
+    try:
+        supervisor = psutil.Process(up.proc.pid)
+
+        def workers() -> set[int]:
+            found = set()
+            for kid in supervisor.children(recursive=True):
+                try:
+                    if "workerproc" in " ".join(kid.cmdline()):
+                        found.add(kid.pid)
+                except psutil.Error:
+                    continue  # gone between the listing and the look
+            return found
+
+        wait_for("a worker process", workers, timeout=30)
+        seen = workers()
+        up.proc.send_signal(signal.SIGKILL)  # while the others are still being started
+        up.proc.wait(10)
+        assert seen
+        wait_for("every worker gone with the supervisor", lambda: gone(seen), timeout=10)
+    finally:
+        up.stop()
