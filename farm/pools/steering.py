@@ -32,6 +32,8 @@ __all__ = ["Steering", "Pending", "Duty"]
 
 log = logging.getLogger("farm.supervisor")
 
+STOPPED = (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+
 
 class Duty(enum.Enum):
     """What a pending item asks of the main loop."""
@@ -194,7 +196,10 @@ class Steering:
         rss = 0
         if pid:
             try:
-                rss = psutil.Process(pid).memory_info().rss
+                process = psutil.Process(pid)
+                rss = process.memory_info().rss
+                if process.status() in STOPPED:
+                    state = "stopped"  # SIGSTOP or a debugger: it serves nothing, whatever it said
             except psutil.Error:
                 pass
         uptime = round(now - started, 1) if started is not None else None

@@ -61,6 +61,7 @@ class Connection(asyncio.Protocol):
         self.attached: set[Job] = set()
         self.exceptions = hub.options.exceptions
         self.sleeping = False
+        self.woken = False
 
     # -- asyncio callbacks ---------------------------------------------------
 

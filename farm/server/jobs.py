@@ -48,6 +48,8 @@ log = logging.getLogger("farm.server")
 
 #: Timed-out handles remembered per worker connection, to drop their late answers.
 MAX_EXPIRED = 64
+#: How long a woken worker has to come and grab before another sleeper is woken instead.
+WAKE_DEADLINE = 0.5
 
 
 class JobServer:
@@ -289,7 +291,7 @@ class JobServer:
                 fq.workers.discard(worker)
                 fq.sleepers.pop(worker, None)
         worker.abilities.clear()
-        worker.sleeping = False
+        worker.sleeping = worker.woken = False
         for job in list(worker.running.values()):
             self._requeue(worker, job)
 
@@ -310,11 +312,29 @@ class JobServer:
                 fq.sleepers.pop(worker, None)
 
     def _wake(self, fq: FunctionQueue) -> None:
-        """One more job is runnable: wake one sleeping worker for it, no herd."""
+        """One more job is runnable: wake one sleeping worker for it, no herd.
+
+        A woken worker that has not come to grab within WAKE_DEADLINE (stopped,
+        hung, swapping) holds nothing, but the job would wait on it while others
+        sleep: then another sleeper is woken for it.
+        """
         if fq.sleepers:
             worker = next(iter(fq.sleepers))
             self._unsleep(worker)
             worker.wake()
+            worker.woken = True
+            if self.call_later is not None:
+                self.call_later(WAKE_DEADLINE, lambda: self._wake_deadline(worker, fq))
+
+    def _wake_deadline(self, worker: Peer, fq: FunctionQueue) -> None:
+        if not worker.woken:
+            return  # it came (or left): nothing waits on it
+        worker.woken = False
+        if fq.queued and self.functions.get(fq.name) is fq:
+            log.info(
+                "a woken worker did not come for its job within %gs; waking another", WAKE_DEADLINE
+            )
+            self._wake(fq)
 
     def _best_job(self, worker: Peer) -> Job | None:
         """Highest priority first, then oldest, across all the worker's functions."""
@@ -333,6 +353,7 @@ class JobServer:
 
     def grab(self, worker: Peer) -> Job | None:
         """GRAB_JOB*: hand the worker its next job, or None for NO_JOB."""
+        worker.woken = False
         if worker.sleeping:
             self._unsleep(worker)
         job = self._best_job(worker)

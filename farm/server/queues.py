@@ -43,6 +43,7 @@ class Peer(Protocol):
     expired: dict[bytes, None]  # jobs it held that timed out: a late answer is dropped
     attached: set[Job]  # foreground jobs this client waits on
     sleeping: bool
+    woken: bool  # woken (NOOP) and not come to grab yet; see JobServer._wake
 
     def wake(self) -> None:
         """A sleeping worker has a job it can grab (NOOP)."""

@@ -16,6 +16,7 @@ class FakePeer:
         self.expired: dict[bytes, None] = {}
         self.attached: set[Job] = set()
         self.sleeping = False
+        self.woken = False
         self.told: list[tuple[Any, ...]] = []
 
     def wake(self) -> None:

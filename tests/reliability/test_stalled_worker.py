@@ -1,0 +1,82 @@
+"""A woken worker that does not come for its job (stopped, hung, swapping) does not stall it.
+
+The server wakes one sleeping worker per runnable job, not all of them (no
+herd); if the woken one has not grabbed within a short deadline, it wakes
+another. gearmand wakes every sleeper, so it never stalls here, but pays for it
+with a herd on every job.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from farm.protocol import PacketType as T
+from tests.helpers.farmproc import FarmUp
+from tests.helpers.peers import Peer
+from tests.helpers.servers import Server
+from tests.helpers.waiting import wait_for
+
+
+def sleeping_worker(make: Callable[[str], Peer], srv: Server, function: str) -> Peer:
+    w = make(srv.addr)
+    w.send(T.CAN_DO, function)
+    w.send(T.PRE_SLEEP)
+    w.send(T.ECHO_REQ, "asleep")
+    w.expect(T.ECHO_RES)
+    return w
+
+
+def test_another_sleeper_is_woken_when_the_first_does_not_come(
+    farm_server: Server, peer_factory: Callable[[str], Peer]
+) -> None:
+    stalled = sleeping_worker(peer_factory, farm_server, "f")
+    healthy = sleeping_worker(peer_factory, farm_server, "f")
+    client = peer_factory(farm_server.addr)
+    client.send(T.SUBMIT_JOB, "f", "", "x")
+    handle = client.expect(T.JOB_CREATED).args[0]
+    stalled.expect(T.NOOP)  # the first sleeper is woken first ...
+    assert healthy.nothing_within(0.1), "... and only it, at first: no herd"
+    healthy.expect(T.NOOP, timeout=5)  # ... then, as it does not come, the other
+    healthy.send(T.GRAB_JOB_UNIQ)
+    assert healthy.expect(T.JOB_ASSIGN_UNIQ).args[0] == handle
+    healthy.send(T.WORK_COMPLETE, handle, "done")
+    assert client.expect(T.WORK_COMPLETE).args == (handle, b"done")
+    # The stalled one, back to life, finds nothing left and sleeps again.
+    stalled.send(T.GRAB_JOB_UNIQ)
+    assert stalled.expect(T.NO_JOB).type == T.NO_JOB
+
+
+def test_a_woken_worker_that_grabs_in_time_is_not_doubled(
+    farm_server: Server, peer_factory: Callable[[str], Peer]
+) -> None:
+    first = sleeping_worker(peer_factory, farm_server, "g")
+    second = sleeping_worker(peer_factory, farm_server, "g")
+    client = peer_factory(farm_server.addr)
+    client.send(T.SUBMIT_JOB, "g", "", "x")
+    handle = client.expect(T.JOB_CREATED).args[0]
+    first.expect(T.NOOP)
+    first.send(T.GRAB_JOB_UNIQ)
+    assert first.expect(T.JOB_ASSIGN_UNIQ).args[0] == handle
+    assert second.nothing_within(1.5), "the second sleeper is left asleep"
+
+
+def test_farm_ps_shows_a_stopped_worker_as_stopped(tmp_path: Path) -> None:
+    up = FarmUp(tmp_path, '[functions.reverse]\ntarget = "workers.text:reverse"\nworkers = 1\n')
+    try:
+        up.expect_notify("READY=1")
+        (row,) = up.wait_idle({"reverse": 1})
+        os.kill(row["pid"], signal.SIGSTOP)
+        try:
+            wait_for("ps to say stopped", lambda: _state(up, row["pid"]) == "stopped")
+        finally:
+            os.kill(row["pid"], signal.SIGCONT)
+        wait_for("ps to say idle again", lambda: _state(up, row["pid"]) == "idle")
+    finally:
+        assert up.stop() == 0
+
+
+def _state(up: FarmUp, pid: int) -> str:
+    return next(r["state"] for r in up.ps() if r["pid"] == pid)
