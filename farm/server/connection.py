@@ -349,6 +349,17 @@ class Connection(asyncio.Protocol):
                 )
             )
 
+    def room_for(self, function: bytes) -> bool:
+        """A connection registers at most --max-abilities functions; past that it is closed
+        (ERROR first): one peer must not make every grab and sleep walk a huge table."""
+        limit = self.hub.options.max_abilities
+        if len(self.abilities) < limit or function in self.abilities:
+            return True
+        self.send(error("ARGUMENT_TOO_LARGE", f"more than {limit} functions on one connection"))
+        self.close()
+        self.detach()
+        return False
+
     def may_serve(self, function: bytes) -> bool:
         """Reserved ``farm.*`` functions (the Executor's calls) go only to trusted workers:
         Unix-socket peers of an allowed uid. Anyone else is told, and not registered."""
@@ -376,8 +387,9 @@ class Connection(asyncio.Protocol):
         self.detach()
 
     def can_do(self, args: tuple[bytes, ...]) -> None:
-        if self.function_ok(args[0]) and self.may_serve(args[0]):
-            self.jobs.can_do(self, args[0])
+        function = args[0]
+        if self.function_ok(function) and self.room_for(function) and self.may_serve(function):
+            self.jobs.can_do(self, function)
 
     def can_do_timeout(self, args: tuple[bytes, ...]) -> None:
         function, raw = args
@@ -386,7 +398,9 @@ class Connection(asyncio.Protocol):
         except ValueError:
             self.send(error("INVALID_COMMAND", "CAN_DO_TIMEOUT timeout is not an integer"))
             return
-        if not self.function_ok(function) or not self.may_serve(function):
+        if not (self.function_ok(function) and self.room_for(function)):
+            return
+        if not self.may_serve(function):
             return
         if value > p.MAX_TIMEOUT * 1000:  # checked before any float: 10**400 has none
             self.refuse(f"CAN_DO_TIMEOUT is more than {p.MAX_TIMEOUT} s")

@@ -74,6 +74,9 @@ class JobServer:
         self._counter = itertools.count(1)
         self._seq = itertools.count()
         self.functions: dict[bytes, FunctionQueue] = {}
+        # Functions with runnable jobs: a grab looks at these, not at all of a worker's
+        # abilities, so 100,000 CAN_DOs cannot make every grab slow.
+        self.ready: set[bytes] = set()
         self.jobs: dict[bytes, Job] = {}
         self.uniques: dict[tuple[bytes, bytes], Job] = {}
         # unique -> live jobs with it, in any function (GET_STATUS_UNIQUE answers the newest).
@@ -91,7 +94,7 @@ class JobServer:
     def function(self, name: bytes) -> FunctionQueue:
         fq = self.functions.get(name)
         if fq is None:
-            fq = self.functions[name] = FunctionQueue(name)
+            fq = self.functions[name] = FunctionQueue(name, self.ready)
             fq.max_total = self.max_queue
         return fq
 
@@ -338,10 +341,12 @@ class JobServer:
 
     def _best_job(self, worker: Peer) -> Job | None:
         """Highest priority first, then oldest, across all the worker's functions."""
-        functions = self.functions
+        functions, abilities, ready = self.functions, worker.abilities, self.ready
+        # Whichever is smaller: the worker's functions, or the functions with work.
+        names = [n for n in ready if n in abilities] if len(abilities) > len(ready) else abilities
         for priority in (HIGH, NORMAL, LOW):
             best: Job | None = None
-            for name in worker.abilities:
+            for name in names:
                 fq = functions[name]
                 if fq.counts[priority]:
                     job = fq.head(priority)

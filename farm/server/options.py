@@ -43,6 +43,7 @@ class ServerOptions:
     worker_uids: frozenset[int] = field(default_factory=lambda: frozenset({os.getuid()}))
     # "read-only": cancel job, maxqueue N, create/drop function only on the Unix socket.
     tcp_admin: str = "full"
+    max_abilities: int = 4096  # functions one connection may register
 
 
 def default_store_path() -> str:
@@ -158,6 +159,13 @@ def build_parser(prog: str = "farm server") -> argparse.ArgumentParser:
         help="read-only: admin commands that change state (cancel job, maxqueue N,"
         " create/drop function) only on the Unix socket (default: %(default)s, as gearmand)",
     )
+    ap.add_argument(
+        "--max-abilities",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="functions one connection may register; past it: ERROR, close (default %(default)s)",
+    )
     ap.add_argument("-b", "--backlog", type=int, default=1024)
     ap.add_argument("-v", "--verbose", action="count", default=0, help="more logging, repeatable")
     ap.add_argument(
@@ -200,6 +208,8 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "farm server") -> 
         ap.error("--tls-key and --tls-ca need --tls-cert")
     if ns.max_queue < 0 or ns.max_queued_bytes < 0 or ns.max_connections < 1:
         ap.error("--max-queue and --max-queued-bytes must be >= 0, --max-connections >= 1")
+    if ns.max_abilities < 1:
+        ap.error("--max-abilities must be at least 1")
     if ns.max_packet < 1024:
         ap.error("--max-packet must be at least 1024 bytes")
     return ServerOptions(
@@ -225,6 +235,7 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "farm server") -> 
         parent_pid=ns.parent_pid,
         worker_uids=frozenset(ns.worker_uid or [os.getuid()]),
         tcp_admin=ns.tcp_admin,
+        max_abilities=ns.max_abilities,
     )
 
 

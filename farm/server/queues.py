@@ -142,10 +142,13 @@ class FunctionQueue:
         "sleepers",
         "max_total",
         "max_by_priority",
+        "ready",
     )
 
-    def __init__(self, name: bytes) -> None:
+    def __init__(self, name: bytes, ready: set[bytes] | None = None) -> None:
         self.name = name
+        # The server's index of functions with runnable jobs, kept here as counts change.
+        self.ready: set[bytes] = set() if ready is None else ready
         self.queues: tuple[deque[Job], deque[Job], deque[Job]] = (deque(), deque(), deque())
         self.counts = [0, 0, 0]
         self.running = 0
@@ -187,6 +190,7 @@ class FunctionQueue:
             self.queues[job.priority].append(job)
         job.queued = True
         self.counts[job.priority] += 1
+        self.ready.add(self.name)
 
     def pop(self, job: Job) -> None:
         """Take ``job`` (the head of its priority) off the queue."""
@@ -195,12 +199,19 @@ class FunctionQueue:
             q.popleft()
         job.queued = False
         self.counts[job.priority] -= 1
+        self._maybe_empty()
+
+    def _maybe_empty(self) -> None:
+        c = self.counts
+        if not (c[0] or c[1] or c[2]):
+            self.ready.discard(self.name)
 
     def discard(self, job: Job) -> None:
         """Remove a queued job that may not be at the head: marked now, dropped from the
         deque when it reaches the head or when dead entries outnumber live ones."""
         job.queued = False
         self.counts[job.priority] -= 1
+        self._maybe_empty()
         q, live = self.queues[job.priority], self.counts[job.priority]
         if not live:
             q.clear()
