@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     run_at    REAL NOT NULL DEFAULT 0
 )
 """
+
+
+#: Seconds a failing store refuses background jobs before the next write tries again.
+RETRY_AFTER = 1.0
 
 
 class StoreError(Exception):
@@ -53,9 +58,13 @@ class StoredJob:
 class SQLiteStore:
     """Background jobs on disk, written in batches."""
 
-    def __init__(self, path: str | Path, *, sync: str = "normal") -> None:
+    def __init__(
+        self, path: str | Path, *, sync: str = "normal", retry_after: float = RETRY_AFTER
+    ) -> None:
         self.path = str(path)
-        self.broken: str | None = None
+        self.broken: str | None = None  # why the last write failed; None while writes work
+        self.retry_after = retry_after
+        self._retry_at = 0.0
         self._adds: list[tuple[int, bytes, bytes, bytes, int, bytes | None, float]] = []
         self._deletes: list[tuple[int]] = []
         self.staged_handles: list[bytes] = []
@@ -92,8 +101,9 @@ class SQLiteStore:
         reducer: bytes | None,
         when: float,
     ) -> int:
-        """Stage one job for the next commit; its row id."""
-        if self.broken:
+        """Stage one job for the next commit; its row id. Refused (StoreError) while the
+        store is failing; after ``retry_after`` seconds the next commit tries again."""
+        if self.broken and time.monotonic() < self._retry_at:
             raise StoreError(self.broken)
         row_id = self._next_id
         self._next_id += 1
@@ -108,8 +118,41 @@ class SQLiteStore:
         """Write the stage in one transaction; the handles whose add failed (empty on success)."""
         adds, deletes, handles = self._adds, self._deletes, self.staged_handles
         self._adds, self._deletes, self.staged_handles = [], [], []
-        if self.broken:
+        if self.broken and time.monotonic() < self._retry_at:
+            self._deletes = deletes + self._deletes  # kept: see below
             return handles
+        try:
+            self._write(adds, deletes)
+        except sqlite3.Error as exc:
+            if not self.broken:
+                log.error(
+                    "the job store %s cannot be written: %s; refusing background jobs"
+                    " while it fails",
+                    self.path,
+                    exc,
+                )
+            self.broken = f"the job store {self.path} cannot be written: {exc}"
+            self._retry_at = time.monotonic() + self.retry_after
+            # The adds are refused, but a finished job's delete must not be lost, or the job
+            # runs again after a restart: alone it may fit (a full disk frees pages), else it
+            # waits for the next commit.
+            try:
+                if deletes:
+                    self._write([], deletes)
+            except sqlite3.Error:
+                self._deletes = deletes + self._deletes
+            return handles
+        if self.broken:
+            log.warning("the job store %s can be written again", self.path)
+            self.broken = None
+        return []
+
+    def _write(
+        self,
+        adds: list[tuple[int, bytes, bytes, bytes, int, bytes | None, float]],
+        deletes: list[tuple[int]],
+    ) -> None:
+        """One transaction; rolled back and raised again when it fails."""
         try:
             self.db.execute("BEGIN")
             if adds:
@@ -121,15 +164,12 @@ class SQLiteStore:
             if deletes:
                 self.db.executemany("DELETE FROM jobs WHERE id = ?", deletes)
             self.db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self.broken = f"the job store {self.path} cannot be written: {exc}"
-            log.error("%s; refusing background jobs from now on", self.broken)
+        except sqlite3.Error:
             try:
                 self.db.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            return handles
-        return []
+            raise
 
     def load(self) -> Iterator[StoredJob]:
         """Every stored job, in the order it must run: priority, then arrival."""

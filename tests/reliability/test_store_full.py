@@ -1,0 +1,74 @@
+"""A full store refuses background jobs only while it is full, and loses no delete.
+
+Found in an adversarial run: with the disk full the server rightly refused new
+background jobs, but kept refusing after space was freed, and the deletes of
+jobs that finished meanwhile were lost, so 127 finished jobs ran again after a
+restart. The store is filled here with SQLite's own limit (PRAGMA
+max_page_count), which needs no special mount.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from farm.server.jobs import JobServer, Outcome
+from farm.server.store import SQLiteStore, StoreError
+from tests.helpers.fakes import FakePeer
+
+BIG = b"x" * 20_000
+
+
+def fill(store: SQLiteStore, jobs: JobServer) -> list[bytes]:
+    """Submit big background jobs until a commit fails; the handles that were refused."""
+    for _ in range(1000):
+        jobs.submit(None, b"f", b"", BIG, background=True)
+        failed = store.commit()
+        if failed:
+            for handle in failed:
+                jobs.unstore(handle)
+            return failed
+    raise AssertionError("the store never filled up")
+
+
+def test_a_full_store_recovers_and_keeps_the_deletes_of_finished_jobs(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    store = SQLiteStore(path, retry_after=0.0)
+    jobs = JobServer(store=store, hostname="t")
+    worker = FakePeer()
+    jobs.can_do(worker, b"f")
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count = {pages + 40}")
+    assert fill(store, jobs) and store.broken
+    stored = store.count()
+    assert stored > 0
+    # While it is full, workers finish stored jobs: their deletes must reach the disk.
+    finished = []
+    for _ in range(3):
+        job = jobs.grab(worker)
+        assert job is not None and job.store_id
+        jobs.finish(worker, job, Outcome.COMPLETE, b"done")
+        finished.append(job.store_id)
+    store.commit()
+    assert store.count() == stored - 3, "the deletes were written although adds cannot be"
+    # Space comes back: background jobs are accepted again, without a restart.
+    store.db.execute("PRAGMA max_page_count = 1000000")
+    job = jobs.submit(None, b"f", b"", b"small", background=True)
+    assert store.commit() == [] and store.broken is None
+    store.close()
+    again = SQLiteStore(path)
+    ids = {row.id for row in again.load()}
+    assert job.store_id in ids and not ids & set(finished), "no finished job comes back"
+    again.close()
+
+
+def test_a_failing_store_refuses_until_its_retry_is_due(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "q.db", retry_after=3600.0)
+    jobs = JobServer(store=store, hostname="t")
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count = {pages + 5}")
+    fill(store, jobs)
+    with pytest.raises(StoreError, match="cannot be written"):
+        jobs.submit(None, b"f", b"", b"y", background=True)
+    store.close()
