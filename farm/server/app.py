@@ -197,6 +197,9 @@ def run(options: ServerOptions) -> int:
         return 2
     try:
         runner(server.serve())
+    except StoreError as exc:  # replaying a damaged store at start
+        print(f"farm server: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"farm server: cannot listen: {exc}", file=sys.stderr)
         return 1

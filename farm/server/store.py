@@ -173,10 +173,16 @@ class SQLiteStore:
 
     def load(self) -> Iterator[StoredJob]:
         """Every stored job, in the order it must run: priority, then arrival."""
-        rows = self.db.execute(
-            "SELECT id, function, uniq, data, priority, reducer, run_at FROM jobs"
-            " ORDER BY priority, id"
-        ).fetchall()
+        try:
+            rows = self.db.execute(
+                "SELECT id, function, uniq, data, priority, reducer, run_at FROM jobs"
+                " ORDER BY priority, id"
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"the job store {self.path} cannot be read ({exc}); restore it from a backup,"
+                " or move it aside to start empty (its queued jobs are then lost)"
+            ) from None
         for row in rows:
             yield StoredJob(*row)
 

@@ -9,13 +9,17 @@ max_page_count), which needs no special mount.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from farm.server.jobs import JobServer, Outcome
 from farm.server.store import SQLiteStore, StoreError
+from tests.helpers import ROOT
 from tests.helpers.fakes import FakePeer
+from tests.helpers.servers import free_port
 
 BIG = b"x" * 20_000
 
@@ -72,3 +76,26 @@ def test_a_failing_store_refuses_until_its_retry_is_due(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="cannot be written"):
         jobs.submit(None, b"f", b"", b"y", background=True)
     store.close()
+
+
+def test_a_damaged_store_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    store = SQLiteStore(path)
+    jobs = JobServer(store=store, hostname="t")
+    for _ in range(200):
+        jobs.submit(None, b"f", b"", b"x" * 3000, background=True)
+    store.commit()
+    store.close()
+    damaged = bytearray(path.read_bytes())
+    damaged[5000:9000] = b"\xff" * 4000  # pages of the jobs table
+    path.write_bytes(bytes(damaged))
+    result = subprocess.run(
+        [sys.executable, "-m", "farm.server", "-p", str(free_port()), "--store", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"farm server: the job store {path} cannot be read"), line
