@@ -11,6 +11,10 @@ class ConfigError(FarmError):
     """A configuration mistake: names the file, the key and the fix in one line."""
 
 
+class TLSFileError(FarmError):
+    """A certificate, key or CA file cannot be used; the message names the file."""
+
+
 class ServerUnavailable(FarmError, ConnectionError):
     """No job server could be reached (the message lists those tried)."""
 

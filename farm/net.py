@@ -11,9 +11,11 @@ import ipaddress
 import os
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, TypeVar
+
+from farm.errors import TLSFileError
 
 __all__ = [
     "DEFAULT_PORT",
@@ -171,10 +173,23 @@ def tls_context(
 ) -> ssl.SSLContext:
     """A client-side TLS context: verify the server against ``ca`` (or the system's CAs),
     and present ``cert``/``key`` when the server requires client certificates."""
-    ctx = ssl.create_default_context(cafile=ca)
+    ctx = load_tls_file("CA file", ca, lambda: ssl.create_default_context(cafile=ca))
     if cert:
-        ctx.load_cert_chain(cert, key)
+        load_tls_file("certificate", cert, lambda: ctx.load_cert_chain(cert, key))
     return ctx
+
+
+T = TypeVar("T")
+
+
+def load_tls_file(what: str, path: str | None, load: Callable[[], T]) -> T:
+    """Run ``load``; a file it cannot use becomes TLSFileError naming the file (OpenSSL's own
+    errors do not, and ``[Errno 2] No such file or directory`` alone helps nobody)."""
+    try:
+        return load()
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise TLSFileError(f"TLS {what} {path}: {reason}") from None
 
 
 def tls_from_env() -> ssl.SSLContext | None:

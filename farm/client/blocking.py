@@ -73,12 +73,22 @@ class _Callbacks:
 
 
 class _Conn:
-    __slots__ = ("addr", "sock", "session")
+    __slots__ = ("addr", "sock", "session", "answered")
 
     def __init__(self, addr: str, sock: socket.socket) -> None:
         self.addr = addr
         self.sock = sock
         self.session = ClientSession(addr)
+        self.answered = False  # the server has said something on this connection
+
+    def why_closed(self) -> str:
+        """How to word a close: a TLS server that refuses our certificate closes at once."""
+        if isinstance(self.sock, ssl.SSLSocket) and not self.answered:
+            return (
+                "closed the TLS connection before answering (a server that requires client"
+                " certificates does so when ours is missing or not trusted: FARM_TLS_CERT)"
+            )
+        return "went away"
 
 
 class Client:
@@ -334,6 +344,8 @@ class Client:
                 if out:
                     try:
                         conn.sock.sendall(out)
+                    except ssl.SSLError as exc:
+                        self._drop(conn, f"ended the TLS session ({exc.reason or exc})")
                     except OSError:
                         self._drop(conn)
             if until():
@@ -351,11 +363,15 @@ class Client:
     def _read(self, conn: _Conn) -> None:
         try:
             data = recv(conn.sock, 262144)
+        except ssl.SSLError as exc:  # e.g. the server refused our certificate after the handshake
+            self._drop(conn, f"ended the TLS session ({exc.reason or exc})")
+            return
         except OSError:
             data = b""
         if not data:
-            self._drop(conn)
+            self._drop(conn, conn.why_closed())
             return
+        conn.answered = True
         try:
             events = conn.session.receive(data)
         except ProtocolError:
@@ -384,7 +400,7 @@ class Client:
                 pass
         conn.sock.close()
 
-    def _drop(self, conn: _Conn) -> None:
+    def _drop(self, conn: _Conn, why: str = "went away") -> None:
         """The server went away: resubmit what may be (unique key, once), fail the rest."""
         self._close(conn)
         self._picker.mark_down(conn.addr)
@@ -396,7 +412,7 @@ class Client:
                 except ServerUnavailable as exc:
                     task.error = exc
             else:
-                task.error = lost_error(conn.addr, task)
+                task.error = lost_error(conn.addr, task, why)
             task.done = True
             if task.owner is not None:
                 task.owner.task_event(JobEnded(task=task))

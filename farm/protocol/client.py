@@ -192,10 +192,11 @@ def may_resubmit(task: Task[Any]) -> bool:
     return bool(task.unique) and not task.background and task.attempts < 2
 
 
-def lost_error(server: str, task: Task[Any]) -> ServerUnavailable:
-    """The error of a job that is not resubmitted when its server went away."""
+def lost_error(server: str, task: Task[Any], why: str = "went away") -> ServerUnavailable:
+    """The error of a job that is not resubmitted when its server went away (``why``: how,
+    e.g. that it refused our TLS certificate)."""
     return ServerUnavailable(
-        f"job server {server} went away while holding job {task.function}"
+        f"job server {server} {why} while holding job {task.function}"
         f" {task.handle or '(not yet created)'}"
     )
 

@@ -17,8 +17,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from farm.errors import TLSFileError
 from farm.lifetime import die_with_parent
-from farm.net import parse_address
+from farm.net import load_tls_file, parse_address
 from farm.server.connection import Connection
 from farm.server.hub import Hub
 from farm.server.options import ServerOptions, parse_args
@@ -71,9 +72,10 @@ class Server:
         if not opts.tls_cert:
             return None
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(opts.tls_cert, opts.tls_key)
-        if opts.tls_ca:
-            ctx.load_verify_locations(opts.tls_ca)
+        cert, key, ca = opts.tls_cert, opts.tls_key, opts.tls_ca
+        load_tls_file("--tls-cert/--tls-key", cert, lambda: ctx.load_cert_chain(cert, key))
+        if ca:
+            load_tls_file("--tls-ca", ca, lambda: ctx.load_verify_locations(ca))
             ctx.verify_mode = ssl.CERT_REQUIRED
         return ctx
 
@@ -197,7 +199,7 @@ def run(options: ServerOptions) -> int:
         return 2
     try:
         runner(server.serve())
-    except StoreError as exc:  # replaying a damaged store at start
+    except (StoreError, TLSFileError) as exc:  # a damaged store, an unusable TLS file
         print(f"farm server: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,8 @@ import pytest
 
 import farm
 from farm.net import tls_context
-from tests.helpers.servers import Server, start_farm_server
+from tests.helpers import ROOT
+from tests.helpers.servers import Server, free_port, start_farm_server
 
 pytestmark = pytest.mark.slow
 
@@ -104,9 +106,27 @@ def test_client_certificates_can_be_required(pki: Path) -> None:
         with farm.Client(srv.addr, tls=with_cert) as client:
             assert client.call("reverse", "abc", timeout=10) == b"cba"
         without = tls_context(str(pki / "ca.pem"))
-        with farm.Client(srv.addr, tls=without) as client, pytest.raises((farm.FarmError, OSError)):
+        with (
+            farm.Client(srv.addr, tls=without) as client,
+            pytest.raises((farm.FarmError, OSError), match="(?i)certificate"),
+        ):  # says why, not just "went away"
             client.call("reverse", "abc", timeout=3)
         worker.stop()
         thread.join(10)
     finally:
         srv.stop()
+
+
+def test_a_missing_tls_file_is_named(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nowhere.pem")
+    with pytest.raises(farm.FarmError, match=f"TLS certificate {missing}: No such file"):
+        tls_context(None, missing, missing)
+    result = subprocess.run(
+        [sys.executable, "-m", "farm.server", "-p", str(free_port()), "--store", "none"]
+        + ["--tls-cert", missing, "--tls-key", missing],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2 and missing in result.stderr, result.stderr
