@@ -24,6 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from farm.discovery import SYSTEM_CONFIG, default_listen, find_config
 from farm.errors import ConfigError
 from farm.executor.call import DEFAULT_FUNCTION as EXECUTOR_FUNCTION
 from farm.executor.call import TARGET as EXECUTOR_TARGET
@@ -45,7 +46,6 @@ __all__ = [
     "available_cpus",
 ]
 
-SYSTEM_CONFIG = Path("/etc/farm/farm.toml")
 DEFAULTS_SOURCE = "<built-in defaults>"
 #: Most workers one pool may have (a typo must not fork-bomb the host).
 MAX_WORKERS = 1024
@@ -150,7 +150,7 @@ def _defaults() -> dict[str, Any]:
     run = default_runtime_dir()
     return {
         "server": {
-            "listen": [DEFAULT_SERVER, f"unix:{run}/gearman.sock"],
+            "listen": default_listen(),
             "store": _default_store(),
             "job_retries": 3,
             "tcp_admin": "read-only",
@@ -170,25 +170,6 @@ def _defaults() -> dict[str, Any]:
             EXECUTOR_FUNCTION: {"target": EXECUTOR_TARGET, "workers": "auto"},
         },
     }
-
-
-def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
-    """The config file to read, by the search order; None means built-in defaults."""
-    if explicit is not None:
-        path = Path(explicit)
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such config file (--config); check the path")
-        return path
-    env = os.environ.get("FARM_CONFIG")
-    if env:
-        path = Path(env)
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such config file ($FARM_CONFIG); fix or unset it")
-        return path
-    for candidate in (Path("farm.toml"), SYSTEM_CONFIG):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:

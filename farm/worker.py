@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from farm.discovery import client_servers
 from farm.net import Waker, connect, parse_servers, recv
 from farm.protocol import ProtocolError
 from farm.protocol.checks import as_bytes
@@ -115,7 +116,7 @@ class Worker:
         connect_timeout: float = 2.0,
         tls: ssl.SSLContext | None = None,
     ) -> None:
-        self.servers = parse_servers(servers)
+        self.servers = parse_servers(client_servers() if servers is None else servers)
         self.tls = tls  # see farm.net.tls_context
         if client_id is not None and (not isinstance(client_id, str) or len(client_id) > 127):
             raise ValueError("client_id must be a str of at most 127 bytes")

@@ -9,6 +9,7 @@ import typer
 from farm import protocol
 from farm.cli.app import app, fail
 from farm.client.admin import admin_query
+from farm.discovery import client_servers
 from farm.net import DEFAULT_SERVER, AddressError, parse_address, parse_servers
 from farm.protocol.admin import parse_poison, parse_status
 
@@ -25,8 +26,8 @@ def server(ctx: typer.Context) -> None:
 
 
 def default_server() -> str:
-    """The first of $GEARMAN_SERVERS, else the local default. Raises ValueError."""
-    return parse_servers(None)[0]
+    """Where a client given no server goes (farm.discovery). Raises ValueError."""
+    return parse_servers(client_servers())[0]
 
 
 def server_address(server: str | None) -> str:

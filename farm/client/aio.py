@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from farm.client.serverpick import ServerPicker
+from farm.discovery import client_servers
 from farm.errors import ServerUnavailable, Timeout
 from farm.net import parse_address, parse_servers
 from farm.protocol import ProtocolError
@@ -182,7 +183,7 @@ class AsyncClient:
     def __init__(
         self, servers: str | Iterable[str] | None = None, *, connect_timeout: float = 5.0
     ) -> None:
-        self.servers = parse_servers(servers)
+        self.servers = parse_servers(client_servers() if servers is None else servers)
         self.connect_timeout = connect_timeout
         self._conns: dict[str, _Connection] = {}
         self._connecting: dict[str, asyncio.Future[_Connection]] = {}

@@ -20,6 +20,7 @@ from typing import Any
 
 from farm.client.serverpick import ServerPicker
 from farm.client.taskset import task_set
+from farm.discovery import client_servers
 from farm.errors import ServerUnavailable, Timeout
 from farm.net import connect, parse_servers, recv
 from farm.protocol import ProtocolError
@@ -95,8 +96,10 @@ class Client:
     """A blocking Gearman client over one or more job servers.
 
     ``servers``: "host:port", "host" (port 4730) or "unix:/path", a list of
-    them or a comma-separated string; None reads $GEARMAN_SERVERS, else
-    127.0.0.1:4730. Not thread-safe: use one Client per thread.
+    them or a comma-separated string; None finds the farm as the CLI does
+    (farm.discovery: $FARM_SERVERS, $GEARMAN_SERVERS, the config's Unix socket
+    if this user may use it, else its TCP address). Not thread-safe: use one
+    Client per thread.
     """
 
     def __init__(
@@ -106,7 +109,7 @@ class Client:
         connect_timeout: float = 5.0,
         tls: ssl.SSLContext | None = None,
     ) -> None:
-        self.servers = parse_servers(servers)
+        self.servers = parse_servers(client_servers() if servers is None else servers)
         self.connect_timeout = connect_timeout
         self.tls = tls  # see farm.net.tls_context
         self._conns: dict[str, _Conn] = {}

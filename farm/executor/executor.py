@@ -34,6 +34,7 @@ from concurrent.futures._base import BrokenExecutor
 from itertools import islice
 from typing import Any, TypeVar
 
+from farm.discovery import executor_servers
 from farm.executor.call import CHUNK, DEFAULT_FUNCTION, SINGLE, RemoteTraceback, dump, dump_fn
 from farm.executor.pump import Call, Pump, WorkItem
 from farm.executor.signing import Signer, load_key
@@ -50,8 +51,9 @@ _live_pumps: weakref.WeakSet[Pump] = weakref.WeakSet()
 class Executor(_BaseExecutor):
     """Runs calls on the farm's worker processes, as ProcessPoolExecutor runs them locally.
 
-    ``servers``: as for ``farm.Client`` (None: $GEARMAN_SERVERS, else
-    127.0.0.1:4730). ``function``: the pool serving ``farm.executor.call:run_call``.
+    ``servers``: as for ``farm.Client``, but None means the local farm's Unix
+    socket only (farm.discovery; never TCP, which every local user can reach).
+    ``function``: the pool serving ``farm.executor.call:run_call``.
     ``priority``: "high", "normal" or "low" for every job. ``max_in_flight``:
     jobs sent to the server and not yet answered (enough to keep the workers
     busy; the rest wait here and can still be cancelled). ``key_file``: the
@@ -72,7 +74,7 @@ class Executor(_BaseExecutor):
             raise ValueError(f"max_in_flight must be a positive int, not {max_in_flight!r}")
         self._signer = Signer(load_key(key_file))
         self._pump = Pump(
-            parse_servers(servers),
+            parse_servers(executor_servers() if servers is None else servers),
             self._signer,
             check_name(function),
             check_priority(priority),

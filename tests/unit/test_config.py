@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from farm import config
+from farm import config, discovery
 from farm.errors import ConfigError
 
 GOOD = """
@@ -155,7 +155,7 @@ def test_bad_toml_and_missing_functions(tmp_path: Path) -> None:
 def test_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("FARM_CONFIG", raising=False)
-    monkeypatch.setattr(config, "SYSTEM_CONFIG", tmp_path / "etc" / "farm.toml")
+    monkeypatch.setattr(discovery, "SYSTEM_CONFIG", tmp_path / "etc" / "farm.toml")
     assert config.find_config() is None  # built-in defaults
     (tmp_path / "etc").mkdir()
     system = write(tmp_path / "etc", GOOD)

@@ -1,0 +1,150 @@
+"""Where the farm is, for a client, worker or executor given no servers.
+
+One address-only reading of the config, the same file the CLI reads: it never
+imports a worker target (a caller need not have the workers' modules), and it
+reads nothing but ``[server] listen`` and ``[supervisor] servers``.
+
+Search order: ``$FARM_SERVERS`` (comma-separated), then ``$GEARMAN_SERVERS``
+(libgearman's convention), then the config (``$FARM_CONFIG``, ``./farm.toml``,
+``/etc/farm/farm.toml``), else the built-in defaults. From a config, the local
+server's Unix socket comes first: it is faster, and it is the only way in for
+the Executor, whose calls only workers on the Unix socket may take. A client
+falls back to TCP when the socket is not there or not accessible to its user;
+the Executor does not (it would put signed calls on a TCP port any local user
+can reach).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from farm.errors import ConfigError, ServerUnavailable
+from farm.net import DEFAULT_SERVER, AddressError, connectable, parse_address
+from farm.paths import runtime_dir
+
+__all__ = [
+    "SYSTEM_CONFIG",
+    "find_config",
+    "default_listen",
+    "FarmAddresses",
+    "local_farm",
+    "client_servers",
+    "executor_servers",
+]
+
+SYSTEM_CONFIG = Path("/etc/farm/farm.toml")
+
+
+def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The config file to read, by the search order; None means built-in defaults."""
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file (--config); check the path")
+        return path
+    env = os.environ.get("FARM_CONFIG")
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file ($FARM_CONFIG); fix or unset it")
+        return path
+    for candidate in (Path("farm.toml"), SYSTEM_CONFIG):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def default_listen() -> list[str]:
+    """The local server's addresses when no config names them."""
+    return [DEFAULT_SERVER, f"unix:{runtime_dir()}/gearman.sock"]
+
+
+@dataclass(frozen=True)
+class FarmAddresses:
+    """Where a farm answers: its local server's socket and TCP address, or remote servers."""
+
+    unix: str | None  # "unix:/path"
+    tcp: str | None  # "HOST:PORT", a wildcard made loopback
+    remote: tuple[str, ...] = ()  # [supervisor] servers: the farm runs no server of its own
+
+
+def local_farm(explicit: str | os.PathLike[str] | None = None) -> FarmAddresses:
+    """The addresses of the farm the config (or the defaults) describes."""
+    path = find_config(explicit)
+    listen: object = default_listen()
+    remote: object = []
+    base = Path.cwd()
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read: {e.strerror}; check the path") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}; fix the syntax there") from None
+        base = path.resolve().parent
+        server, supervisor = raw.get("server", {}), raw.get("supervisor", {})
+        listen = server.get("listen", listen) if isinstance(server, dict) else listen
+        remote = supervisor.get("servers", []) if isinstance(supervisor, dict) else []
+        if isinstance(listen, str):
+            listen = [listen]
+    where = path or "the built-in defaults"
+    if not isinstance(listen, list) or not isinstance(remote, list):
+        raise ConfigError(f"{where}: server.listen and supervisor.servers must be lists")
+    unix = tcp = None
+    try:
+        for text in listen:
+            addr = parse_address(str(text))
+            if addr.kind == "unix" and unix is None:
+                resolved = Path(os.path.expanduser(addr.path))
+                unix = f"unix:{resolved if resolved.is_absolute() else base / resolved}"
+            elif addr.kind == "tcp" and tcp is None:
+                tcp = str(connectable(addr))
+        servers = tuple(str(parse_address(str(s))) for s in remote)
+    except AddressError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return FarmAddresses(unix, tcp, servers)
+
+
+def _from_env() -> str | None:
+    return os.environ.get("FARM_SERVERS") or os.environ.get("GEARMAN_SERVERS") or None
+
+
+def _usable(unix: str) -> bool:
+    path = unix[len("unix:") :]
+    return os.path.exists(path) and os.access(path, os.R_OK | os.W_OK)
+
+
+def client_servers() -> str | list[str]:
+    """Servers for a client or worker given none: the Unix socket if this user may use it,
+    else the TCP address (see the module docstring for the order)."""
+    env = _from_env()
+    if env:
+        return env
+    farm = local_farm()
+    if farm.remote:
+        return list(farm.remote)
+    if farm.unix and (_usable(farm.unix) or not farm.tcp):
+        return [farm.unix]
+    return [farm.tcp or DEFAULT_SERVER]
+
+
+def executor_servers() -> str | list[str]:
+    """Servers for an Executor given none: the local farm's Unix socket, and nothing else."""
+    env = _from_env()
+    if env:
+        return env
+    farm = local_farm()
+    if farm.remote:
+        return list(farm.remote)
+    if farm.unix and _usable(farm.unix):
+        return [farm.unix]
+    where = farm.unix[len("unix:") :] if farm.unix else "(none configured)"
+    raise ServerUnavailable(
+        f"no farm answers on its Unix socket {where}: is `farm up` running, and may this user"
+        " use the socket? farm.Executor() does not fall back to TCP; pass servers= (or set"
+        " $FARM_SERVERS) to choose a TCP address knowingly"
+    )

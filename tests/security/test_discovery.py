@@ -1,0 +1,80 @@
+"""A client or an Executor given no servers finds the farm the CLI would, Unix socket first.
+
+The Executor never falls back to TCP: its calls would go to a port every local
+user can reach. Discovery reads only addresses from the config, so a caller
+without the workers' modules still finds the farm.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import farm
+from farm import discovery
+from tests.helpers.farmproc import FarmUp
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    for name in ("FARM_SERVERS", "GEARMAN_SERVERS", "FARM_CONFIG", "XDG_RUNTIME_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./farm.toml but the one a test writes
+    yield tmp_path
+
+
+def write_config(tmp: Path, sock: Path) -> Path:
+    cfg = tmp / "farm.toml"
+    cfg.write_text(
+        f'[server]\nlisten = ["0.0.0.0:4999", "unix:{sock}"]\n'
+        '[functions.a]\ntarget = "not.importable.here:fn"\n'  # never imported by discovery
+    )
+    return cfg
+
+
+def test_the_environment_comes_first(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GEARMAN_SERVERS", "10.0.0.1:4730")
+    assert discovery.client_servers() == "10.0.0.1:4730"
+    monkeypatch.setenv("FARM_SERVERS", "unix:/run/x.sock")
+    assert discovery.client_servers() == discovery.executor_servers() == "unix:/run/x.sock"
+
+
+def test_a_client_uses_the_socket_when_it_may_else_tcp(clean_env: Path) -> None:
+    sock = clean_env / "gearman.sock"
+    write_config(clean_env, sock)
+    assert discovery.client_servers() == ["127.0.0.1:4999"], "no socket yet: TCP, loopback"
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(sock))
+        assert discovery.client_servers() == [f"unix:{sock}"]
+        assert discovery.executor_servers() == [f"unix:{sock}"]
+
+
+def test_the_executor_refuses_to_fall_back_to_tcp(clean_env: Path) -> None:
+    write_config(clean_env, clean_env / "absent.sock")
+    with pytest.raises(farm.ServerUnavailable, match="does not fall back to TCP"):
+        farm.Executor()
+
+
+def test_an_executor_with_no_servers_finds_a_running_farm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = tmp_path / "state" / "executor.key"
+    functions = '[functions."farm.python"]\ntarget = "farm.executor.call:run_call"\nworkers = 1\n'
+    up = FarmUp(tmp_path, functions, extra_env={"FARM_KEY_FILE": str(key)})
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"farm.python": 1})
+        for name in ("FARM_SERVERS", "GEARMAN_SERVERS"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("FARM_CONFIG", str(up.config))
+        with farm.Executor(key_file=str(key)) as ex:
+            assert ex.submit(os.getpid).result(timeout=30) != os.getpid()
+        with farm.Client() as client:
+            assert client.servers == [f"unix:{up.unix}"]
+            assert client.echo(b"hi") == b"hi"
+    finally:
+        assert up.stop() == 0
