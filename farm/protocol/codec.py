@@ -106,6 +106,9 @@ class PacketType(enum.IntEnum):
     STATUS_RES_UNIQUE = 42
 
 
+PT = PacketType
+
+
 class PacketSpec(NamedTuple):
     """One row of the packet table: the arguments' names, and whether the last is data.
 
@@ -117,65 +120,71 @@ class PacketSpec(NamedTuple):
     fields: tuple[str, ...]
     has_data: bool
     args: type[tuple[bytes, ...]]
+    number: int
 
     @property
     def nargs(self) -> int:
         return len(self.fields)
 
 
-def _spec(name: str, fields: str = "", *, data: bool = False) -> PacketSpec:
+def _spec(ptype: PacketType, fields: str = "", *, data: bool = False) -> PacketSpec:
+    """A table row; the packet's name is its PacketType's, written once."""
+    name = ptype.name
     names = tuple(fields.split())
     args = collections.namedtuple(name.title().replace("_", "") + "Args", names)  # type: ignore[misc]  # names come from the table
-    return PacketSpec(name, names, data, args)
+    return PacketSpec(name, names, data, args, int(ptype))
 
 
 #: The packet table, as data: number → name, arguments (the data argument last).
 PACKETS: dict[int, PacketSpec] = {
-    1: _spec("CAN_DO", "function"),
-    2: _spec("CANT_DO", "function"),
-    3: _spec("RESET_ABILITIES"),
-    4: _spec("PRE_SLEEP"),
-    6: _spec("NOOP"),
-    7: _spec("SUBMIT_JOB", "function unique data", data=True),
-    8: _spec("JOB_CREATED", "handle"),
-    9: _spec("GRAB_JOB"),
-    10: _spec("NO_JOB"),
-    11: _spec("JOB_ASSIGN", "handle function data", data=True),
-    12: _spec("WORK_STATUS", "handle numerator denominator"),
-    13: _spec("WORK_COMPLETE", "handle data", data=True),
-    14: _spec("WORK_FAIL", "handle"),
-    15: _spec("GET_STATUS", "handle"),
-    16: _spec("ECHO_REQ", "data", data=True),
-    17: _spec("ECHO_RES", "data", data=True),
-    18: _spec("SUBMIT_JOB_BG", "function unique data", data=True),
-    19: _spec("ERROR", "code text"),
-    20: _spec("STATUS_RES", "handle known running numerator denominator"),
-    21: _spec("SUBMIT_JOB_HIGH", "function unique data", data=True),
-    22: _spec("SET_CLIENT_ID", "client_id"),
-    23: _spec("CAN_DO_TIMEOUT", "function timeout"),
-    24: _spec("ALL_YOURS"),
-    25: _spec("WORK_EXCEPTION", "handle data", data=True),
-    26: _spec("OPTION_REQ", "option"),
-    27: _spec("OPTION_RES", "option"),
-    28: _spec("WORK_DATA", "handle data", data=True),
-    29: _spec("WORK_WARNING", "handle data", data=True),
-    30: _spec("GRAB_JOB_UNIQ"),
-    31: _spec("JOB_ASSIGN_UNIQ", "handle function unique data", data=True),
-    32: _spec("SUBMIT_JOB_HIGH_BG", "function unique data", data=True),
-    33: _spec("SUBMIT_JOB_LOW", "function unique data", data=True),
-    34: _spec("SUBMIT_JOB_LOW_BG", "function unique data", data=True),
-    35: _spec("SUBMIT_JOB_SCHED", "function unique minute hour mday month wday data", data=True),
-    36: _spec("SUBMIT_JOB_EPOCH", "function unique epoch data", data=True),
-    37: _spec("SUBMIT_REDUCE_JOB", "function unique reducer aggregator data", data=True),
-    38: _spec("SUBMIT_REDUCE_JOB_BACKGROUND", "function unique reducer aggregator data", data=True),
-    39: _spec("GRAB_JOB_ALL"),
-    40: _spec("JOB_ASSIGN_ALL", "handle function unique reducer data", data=True),
-    41: _spec("GET_STATUS_UNIQUE", "unique"),
-    42: _spec("STATUS_RES_UNIQUE", "unique known running numerator denominator client_count"),
+    spec.number: spec
+    for spec in (
+        _spec(PT.CAN_DO, "function"),
+        _spec(PT.CANT_DO, "function"),
+        _spec(PT.RESET_ABILITIES),
+        _spec(PT.PRE_SLEEP),
+        _spec(PT.NOOP),
+        _spec(PT.SUBMIT_JOB, "function unique data", data=True),
+        _spec(PT.JOB_CREATED, "handle"),
+        _spec(PT.GRAB_JOB),
+        _spec(PT.NO_JOB),
+        _spec(PT.JOB_ASSIGN, "handle function data", data=True),
+        _spec(PT.WORK_STATUS, "handle numerator denominator"),
+        _spec(PT.WORK_COMPLETE, "handle data", data=True),
+        _spec(PT.WORK_FAIL, "handle"),
+        _spec(PT.GET_STATUS, "handle"),
+        _spec(PT.ECHO_REQ, "data", data=True),
+        _spec(PT.ECHO_RES, "data", data=True),
+        _spec(PT.SUBMIT_JOB_BG, "function unique data", data=True),
+        _spec(PT.ERROR, "code text"),
+        _spec(PT.STATUS_RES, "handle known running numerator denominator"),
+        _spec(PT.SUBMIT_JOB_HIGH, "function unique data", data=True),
+        _spec(PT.SET_CLIENT_ID, "client_id"),
+        _spec(PT.CAN_DO_TIMEOUT, "function timeout"),
+        _spec(PT.ALL_YOURS),
+        _spec(PT.WORK_EXCEPTION, "handle data", data=True),
+        _spec(PT.OPTION_REQ, "option"),
+        _spec(PT.OPTION_RES, "option"),
+        _spec(PT.WORK_DATA, "handle data", data=True),
+        _spec(PT.WORK_WARNING, "handle data", data=True),
+        _spec(PT.GRAB_JOB_UNIQ),
+        _spec(PT.JOB_ASSIGN_UNIQ, "handle function unique data", data=True),
+        _spec(PT.SUBMIT_JOB_HIGH_BG, "function unique data", data=True),
+        _spec(PT.SUBMIT_JOB_LOW, "function unique data", data=True),
+        _spec(PT.SUBMIT_JOB_LOW_BG, "function unique data", data=True),
+        _spec(PT.SUBMIT_JOB_SCHED, "function unique minute hour mday month wday data", data=True),
+        _spec(PT.SUBMIT_JOB_EPOCH, "function unique epoch data", data=True),
+        _spec(PT.SUBMIT_REDUCE_JOB, "function unique reducer aggregator data", data=True),
+        _spec(
+            PT.SUBMIT_REDUCE_JOB_BACKGROUND, "function unique reducer aggregator data", data=True
+        ),
+        _spec(PT.GRAB_JOB_ALL),
+        _spec(PT.JOB_ASSIGN_ALL, "handle function unique reducer data", data=True),
+        _spec(PT.GET_STATUS_UNIQUE, "unique"),
+        _spec(PT.STATUS_RES_UNIQUE, "unique known running numerator denominator client_count"),
+    )
 }
 
-# The packet names are PacketType's; the table must name the same packets.
-assert all(PacketType(t).name == spec.name for t, spec in PACKETS.items())
 
 _NARGS = {t: s.nargs for t, s in PACKETS.items()}
 _ARGS = {t: s.args for t, s in PACKETS.items()}
