@@ -67,7 +67,7 @@ CALL_ID_SIZE = 16
 OK, ERROR = 0, 1
 
 #: A running batch sends the outcomes it has so far at most this often (seconds).
-BATCH_FLUSH_EVERY = 0.002
+BATCH_FLUSH_EVERY = 0.02
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 

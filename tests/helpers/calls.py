@@ -31,10 +31,10 @@ def pid_then_block(fifo: str) -> int:
 
 
 def batch_step(i: int, fifo: str, slow_at: int, block_at: int) -> int:
-    """A call of a batch: the one at ``slow_at`` takes 20 ms (so the batch sends the outcomes
+    """A call of a batch: the one at ``slow_at`` takes 100 ms (so the batch sends the outcomes
     it has so far), the one at ``block_at`` hangs like ``pid_then_block``."""
     if i == slow_at:
-        time.sleep(0.02)
+        time.sleep(0.1)
     if i == block_at:
         pid_then_block(fifo)
     return i
