@@ -17,14 +17,19 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from farm.discovery import SYSTEM_CONFIG, default_listen, find_config
+from farm.discovery import (
+    SYSTEM_CONFIG,
+    control_path,
+    default_listen,
+    find_config,
+    read_config_file,
+)
 from farm.errors import ConfigError
 from farm.executor.call import DEFAULT_FUNCTION as EXECUTOR_FUNCTION
 from farm.executor.call import TARGET as EXECUTOR_TARGET
@@ -206,48 +211,12 @@ def capacity_problem(
     return None
 
 
-def control_path(explicit: str | os.PathLike[str] | None = None) -> str:
-    """Only ``[supervisor] control`` of the config that ``load_config`` would read.
-
-    Commands that just talk to a running supervisor (``farm ps``, ``scale``, ``stop``)
-    use this: they need not import, or even find, the workers' modules.
-    """
-    path = find_config(explicit)
-    default = str(default_runtime_dir() / "control.sock")
-    if path is None:
-        return default
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}; check the path") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}; fix the syntax there") from None
-    supervisor = raw.get("supervisor", {})
-    control = supervisor.get("control", default) if isinstance(supervisor, dict) else default
-    if not isinstance(control, str) or not control.strip():
-        raise ConfigError(f"{path}: supervisor.control must be the path of a Unix socket")
-    resolved = Path(os.path.expanduser(control))
-    return str(resolved if resolved.is_absolute() else path.resolve().parent / resolved)
-
-
 def load(path: str | os.PathLike[str] | None) -> Config:
     """Read and validate one file (None: the built-in defaults)."""
     if path is None:
         return _Validator(DEFAULTS_SOURCE, Path.cwd()).config(_defaults())
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(
-            f"{path}: cannot read: {e.strerror}; check the path and its permissions"
-        ) from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}; fix the syntax there") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text; is it the right file?") from None
-    return _Validator(str(path), path.resolve().parent).config(raw)
+    return _Validator(str(path), path.resolve().parent).config(read_config_file(path))
 
 
 class _Validator:

@@ -20,6 +20,7 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from farm.errors import ConfigError, ServerUnavailable
 from farm.net import DEFAULT_SERVER, AddressError, connectable, parse_address
@@ -28,6 +29,8 @@ from farm.paths import runtime_dir
 __all__ = [
     "SYSTEM_CONFIG",
     "find_config",
+    "read_config_file",
+    "control_path",
     "default_listen",
     "FarmAddresses",
     "local_farm",
@@ -57,6 +60,44 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
     return None
 
 
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The TOML document at ``path``; ConfigError naming the file for anything unreadable."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(
+            f"{path}: cannot read: {e.strerror}; check the path and its permissions"
+        ) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}; fix the syntax there") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; is it the right file?") from None
+
+
+def resolve(path: Path, value: str) -> str:
+    """A path from the config file at ``path``: ``~`` expanded, relative to the file's folder."""
+    resolved = Path(os.path.expanduser(value))
+    return str(resolved if resolved.is_absolute() else path.resolve().parent / resolved)
+
+
+def control_path(explicit: str | os.PathLike[str] | None = None) -> str:
+    """Only ``[supervisor] control`` of the config that ``load_config`` would read.
+
+    Commands that just talk to a running supervisor (``farm ps``, ``scale``, ``stop``)
+    use this: they need not import, or even find, the workers' modules.
+    """
+    path = find_config(explicit)
+    default = str(runtime_dir() / "control.sock")
+    if path is None:
+        return default
+    supervisor = read_config_file(path).get("supervisor", {})
+    control = supervisor.get("control", default) if isinstance(supervisor, dict) else default
+    if not isinstance(control, str) or not control.strip():
+        raise ConfigError(f"{path}: supervisor.control must be the path of a Unix socket")
+    return resolve(path, control)
+
+
 def default_listen() -> list[str]:
     """The local server's addresses when no config names them."""
     return [DEFAULT_SERVER, f"unix:{runtime_dir()}/gearman.sock"]
@@ -78,13 +119,7 @@ def local_farm(explicit: str | os.PathLike[str] | None = None) -> FarmAddresses:
     remote: object = []
     base = Path.cwd()
     if path is not None:
-        try:
-            with open(path, "rb") as f:
-                raw = tomllib.load(f)
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read: {e.strerror}; check the path") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not valid TOML: {e}; fix the syntax there") from None
+        raw = read_config_file(path)
         base = path.resolve().parent
         server, supervisor = raw.get("server", {}), raw.get("supervisor", {})
         listen = server.get("listen", listen) if isinstance(server, dict) else listen
@@ -109,10 +144,6 @@ def local_farm(explicit: str | os.PathLike[str] | None = None) -> FarmAddresses:
     return FarmAddresses(unix, tcp, servers)
 
 
-def _from_env() -> str | None:
-    return os.environ.get("FARM_SERVERS") or os.environ.get("GEARMAN_SERVERS") or None
-
-
 def _usable(unix: str) -> bool:
     path = unix[len("unix:") :]
     return os.path.exists(path) and os.access(path, os.R_OK | os.W_OK)
@@ -121,27 +152,25 @@ def _usable(unix: str) -> bool:
 def client_servers() -> str | list[str]:
     """Servers for a client or worker given none: the Unix socket if this user may use it,
     else the TCP address (see the module docstring for the order)."""
-    env = _from_env()
-    if env:
-        return env
-    farm = local_farm()
-    if farm.remote:
-        return list(farm.remote)
-    if farm.unix and (_usable(farm.unix) or not farm.tcp):
-        return [farm.unix]
-    return [farm.tcp or DEFAULT_SERVER]
+    return _servers(tcp_fallback=True)
 
 
 def executor_servers() -> str | list[str]:
     """Servers for an Executor given none: the local farm's Unix socket, and nothing else."""
-    env = _from_env()
+    return _servers(tcp_fallback=False)
+
+
+def _servers(*, tcp_fallback: bool) -> str | list[str]:
+    env = os.environ.get("FARM_SERVERS") or os.environ.get("GEARMAN_SERVERS")
     if env:
         return env
     farm = local_farm()
     if farm.remote:
         return list(farm.remote)
-    if farm.unix and _usable(farm.unix):
+    if farm.unix and (_usable(farm.unix) or (tcp_fallback and not farm.tcp)):
         return [farm.unix]
+    if tcp_fallback:
+        return [farm.tcp or DEFAULT_SERVER]
     where = farm.unix[len("unix:") :] if farm.unix else "(none configured)"
     raise ServerUnavailable(
         f"no farm answers on its Unix socket {where}: is `farm up` running, and may this user"
