@@ -141,7 +141,11 @@ class JobServer:
         # A replayed job was accepted once already; limits only guard new work.
         if not store_id and (
             fq.full(priority)
-            or (self.max_queued_bytes and self.queued_bytes + len(data) > self.max_queued_bytes)
+            or (
+                self.max_queued_bytes
+                and self.queued_bytes + _held(function, unique, data, reducer)
+                > self.max_queued_bytes
+            )
         ):
             raise QueueFull(function.decode("utf-8", "replace"))
         handle = self.prefix + str(next(self._counter)).encode()
@@ -153,7 +157,7 @@ class JobServer:
             job.store_id = store_id
         elif background and self.store is not None:
             job.store_id = self._store_add(job)  # may raise StoreError: nothing registered yet
-        self.queued_bytes += len(data)
+        self.queued_bytes += _held(function, unique, data, reducer)
         self.jobs[handle] = job
         if key:
             self.uniques[(function, key)] = job
@@ -447,7 +451,7 @@ class JobServer:
 
     def _forget(self, job: Job) -> None:
         if self.jobs.pop(job.handle, None) is not None:
-            self.queued_bytes -= len(job.data)
+            self.queued_bytes -= _held(job.function, job.unique, job.data, job.reducer)
         if job.store_id and self.store is not None:
             self.store.remove(job.store_id)
             job.store_id = 0
@@ -485,3 +489,9 @@ class JobServer:
             self._end(job, Outcome.FAIL)
         del self.functions[name]
         return True
+
+
+def _held(function: bytes, unique: bytes, data: bytes, reducer: bytes | None) -> int:
+    """The bytes a live job holds, as --max-queued-bytes counts them: every argument, not
+    only the payload (a flood of long names must hit the limit too)."""
+    return len(function) + len(unique) + len(data) + (len(reducer) if reducer else 0)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from farm.server.jobs import JobServer
+import pytest
+
+from farm.server.jobs import JobServer, QueueFull
 from farm.server.store import SQLiteStore
 from tests.helpers.fakes import FakePeer
 
@@ -110,3 +112,14 @@ def test_status_unique_survives_a_twin_in_another_function() -> None:
     twin = jobs.submit(None, b"g", b"same", b"x", background=True)
     jobs.cancel(twin.handle)
     assert jobs.by_unique[b"same"] == [first]
+
+
+def test_queued_bytes_count_every_argument_not_only_the_payload() -> None:
+    jobs = JobServer(hostname="t", max_queued_bytes=1000)
+    long_name = b"f" * 450
+    first = jobs.submit(None, long_name, b"u" * 40, b"x" * 10, background=True)
+    assert jobs.queued_bytes == 500
+    with pytest.raises(QueueFull):
+        jobs.submit(None, long_name + b"2", b"", b"y" * 60, background=True)  # 511 more
+    jobs.cancel(first.handle)
+    assert jobs.queued_bytes == 0
