@@ -3,13 +3,15 @@
 The supervisor serves ``farm.executor.call:run_call`` under the function
 name ``farm.python`` (``DEFAULT_FUNCTION``). A job's data is a signed call::
 
-    signed(CALL, call_id (16 bytes) | fn_size (4 bytes, little endian) | pickled fn
-                 | kind (1 byte) | body)
+    signed(CALL, call_id (16 bytes) | expires (8 bytes, epoch seconds, big endian)
+                 | fn_size (4 bytes, little endian) | pickled fn | kind (1 byte) | body)
 
 ``call_id`` is chosen afresh by the caller for each job, and every result
 names it -- ``signed(RESULT, call_id | pickled outcome)`` -- so a result made for
 another call (captured, or answered by someone else) is refused by the caller
-even though its signature is good.
+even though its signature is good. A worker runs a call only before it
+expires and only once in the whole pool (``farm.executor.replay``), so a
+captured call submitted again is refused unrun.
 
 ``kind`` says what ``body`` is and what comes back:
 
@@ -39,6 +41,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from farm.executor.replay import ReplayGuard
 from farm.executor.signing import CALL, RESULT, SignatureError, Signer, load_key
 
 __all__ = [
@@ -84,6 +87,7 @@ class RemoteTraceback(Exception):
 
 
 _signer: Signer | None = None
+_guard: ReplayGuard | None = None
 #: Unpickled functions by their pickled bytes: a lambda sent 10,000 times is rebuilt once.
 _functions: dict[bytes, Any] = {}
 _MAX_FUNCTIONS = 256
@@ -113,10 +117,12 @@ def dump_fn(fn: Any) -> bytes:
     return dump(fn)
 
 
-def encode_call(signer: Signer, call_id: bytes, fn_bytes: bytes, kind: int, body: bytes) -> bytes:
+def encode_call(
+    signer: Signer, call_id: bytes, expires: int, fn_bytes: bytes, kind: int, body: bytes
+) -> bytes:
     """A signed job payload (see the module docstring)."""
     assert len(call_id) == CALL_ID_SIZE, "a call id has CALL_ID_SIZE bytes"
-    head = call_id + len(fn_bytes).to_bytes(4, "little")
+    head = call_id + expires.to_bytes(8, "big") + len(fn_bytes).to_bytes(4, "little")
     return signer.seal(CALL, head + fn_bytes + kind.to_bytes(1, "little") + body)
 
 
@@ -129,6 +135,13 @@ def open_result(signer: Signer, call_id: bytes, message: bytes) -> memoryview:
             "the result is signed, but for another call: refused without unpickling"
         )
     return body[CALL_ID_SIZE:]
+
+
+def _worker_guard() -> ReplayGuard:
+    global _guard
+    if _guard is None:
+        _guard = ReplayGuard()  # beside the key file, shared by the pool
+    return _guard
 
 
 def _worker_signer() -> Signer:
@@ -152,7 +165,10 @@ def run_call(job: Any) -> bytes:
     """Worker target: check the signature, unpickle, run, and return the signed outcome."""
     signer = _worker_signer()
     signed = signer.open(CALL, job.data)  # SignatureError: nothing below runs
-    call_id, body = bytes(signed[:CALL_ID_SIZE]), signed[CALL_ID_SIZE:]
+    call_id = bytes(signed[:CALL_ID_SIZE])
+    expires = int.from_bytes(signed[CALL_ID_SIZE : CALL_ID_SIZE + 8], "big")
+    _worker_guard().claim(call_id, expires, job.handle)  # SignatureError: expired or replayed
+    body = signed[CALL_ID_SIZE + 8 :]
     fn_size = int.from_bytes(body[:4], "little")
     kind = body[4 + fn_size]
     if kind == BATCH:

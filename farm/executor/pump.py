@@ -26,6 +26,7 @@ import secrets
 import selectors
 import socket
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future
 from concurrent.futures._base import BrokenExecutor
@@ -57,6 +58,8 @@ READ_WRITE = selectors.EVENT_READ | selectors.EVENT_WRITE
 
 #: Most calls one batch carries.
 MAX_BATCH = 64
+#: Seconds a sent call stays valid: a worker refuses it after that (and any replay of it).
+CALL_TTL = 24 * 3600
 
 
 class Call(NamedTuple):
@@ -85,7 +88,7 @@ class Flight:
     def __init__(self, items: list[WorkItem], *, batched: bool) -> None:
         self.items = items
         self.batched = batched
-        self.call_id = secrets.token_bytes(CALL_ID_SIZE)
+        self.call_id = secrets.token_bytes(CALL_ID_SIZE)  # fresh: binds results, stops replays
 
 
 class _Conn:
@@ -116,6 +119,7 @@ class Pump:
         self.function = function
         self.priority = priority
         self.max_in_flight = max_in_flight
+        self.call_ttl = CALL_TTL  # a call not run within this many seconds never runs
         # Refill the window in batches: k submits cost one wake-up for their k
         # JOB_CREATED replies, where one-for-one refills cost k wake-ups.
         self._refill_below = max_in_flight - max(1, max_in_flight // 4) + 1
@@ -242,10 +246,11 @@ class Pump:
 
     def _payload(self, flight: Flight) -> bytes:
         call = flight.items[0].call
+        expires = int(time.time() + self.call_ttl)
         if not flight.batched:
-            return encode_call(self.signer, flight.call_id, call.fn, call.kind, call.body)
+            return encode_call(self.signer, flight.call_id, expires, call.fn, call.kind, call.body)
         body = pickle.dumps([item.call.body for item in flight.items], pickle.HIGHEST_PROTOCOL)
-        return encode_call(self.signer, flight.call_id, call.fn, BATCH, body)
+        return encode_call(self.signer, flight.call_id, expires, call.fn, BATCH, body)
 
     def _connection(self) -> _Conn:
         """A connection for the next job: rotate over servers, skipping refusing ones."""

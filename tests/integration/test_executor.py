@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from pathlib import Path
@@ -284,8 +285,11 @@ class Marker:
         return (open, (self.path, "w"))
 
 
-def signed_call(signer: Signer, fn_pickle: bytes) -> bytes:
-    return encode_call(signer, os.urandom(CALL_ID_SIZE), fn_pickle, SINGLE, pickle.dumps(((), {})))
+def signed_call(signer: Signer, fn_pickle: bytes, expires: float | None = None) -> bytes:
+    """A call as the Executor would sign it (a fresh id, valid for an hour unless told)."""
+    until = int(time.time() + 3600 if expires is None else expires)
+    body = pickle.dumps(((), {}))
+    return encode_call(signer, os.urandom(CALL_ID_SIZE), until, fn_pickle, SINGLE, body)
 
 
 def test_worker_refuses_unsigned_payloads_without_unpickling(
@@ -356,3 +360,20 @@ def test_a_result_signed_for_another_call_is_refused(farm_server: Server, tmp_pa
     finally:
         worker.stop()
         thread.join(10)
+
+
+def test_a_captured_call_runs_once_and_an_expired_one_never(
+    shared_farm: ExecutorFarm, tmp_path: Path
+) -> None:
+    # Someone who captured a signed call (it crosses the server) submits it again.
+    signer = Signer(load_key(shared_farm.key))
+    call = signed_call(signer, pickle.dumps(os.getpid))
+    with farm.Client(shared_farm.addr) as client:
+        first = client.call("farm.python", call, timeout=30)
+        assert first.startswith(MAGIC), "the genuine submission ran"
+        for _ in range(2):  # whichever worker takes it: the record is the pool's
+            with pytest.raises(farm.JobException, match="already ran"):
+                client.call("farm.python", call, timeout=30)
+        stale = signed_call(signer, pickle.dumps(os.getpid), expires=time.time() - 5)
+        with pytest.raises(farm.JobException, match="expired"):
+            client.call("farm.python", stale, timeout=30)
