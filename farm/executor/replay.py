@@ -3,21 +3,27 @@
 A signed call is valid for anyone who holds its bytes: whoever captured one
 could submit it again. Each call carries a fresh id and an expiry (see
 ``farm.executor.call``); before running one, a worker claims its id here, in a
-directory beside the farm's key that every worker of the pool shares (and
+directory named for the farm's key that every worker of the pool shares (and
 that outlives any one of them, so recycling forgets nothing). A claim is one
-file created with O_EXCL, holding the job handle: the server's own retry of
-the same job (its worker died) carries the same handle and may run; a second
+symbolic link whose target is the job handle (made atomically in one system
+call, failing when it exists): the server's own retry of the same job (its
+worker died) carries the same handle and may run; a second
 submission of the bytes is a new job with a new handle and is refused. Claims
 are named by their expiry, so stale ones are swept by name, without a stat.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import time
 from pathlib import Path
 
 from farm.executor.signing import SignatureError, key_path
+from farm.paths import UnsafeDirectory, private_dir
+
+log = logging.getLogger("farm.executor")
 
 __all__ = ["ReplayGuard"]
 
@@ -25,11 +31,26 @@ __all__ = ["ReplayGuard"]
 SWEEP_EVERY = 60.0
 
 
+def default_directory() -> Path:
+    """Where the pool keeps its claims: in shared memory (a claim on a disk's file system
+    cost ~0.8 ms here, in tmpfs ~7 µs), in a directory private to this user and named for
+    the farm's key; beside the key file when shared memory is missing or not safe."""
+    key = key_path()
+    digest = hashlib.sha256(str(key.resolve()).encode()).hexdigest()[:12]
+    shm = Path("/dev/shm")
+    if shm.is_dir():
+        try:
+            return private_dir(shm / f"farm-{os.getuid()}-calls-{digest}")
+        except (UnsafeDirectory, OSError) as exc:
+            log.warning("replay record not in %s (%s); using the key's directory", shm, exc)
+    return key.with_name("calls-run")
+
+
 class ReplayGuard:
     """Claims call ids for this pool; refuses a call that already ran or has expired."""
 
     def __init__(self, directory: Path | None = None) -> None:
-        self.directory = directory or key_path().with_name("calls-run")
+        self.directory = directory or default_directory()
         self.directory.mkdir(mode=0o700, exist_ok=True)
         self._swept = 0.0
 
@@ -40,15 +61,13 @@ class ReplayGuard:
             raise SignatureError(f"the call expired {now - expires:.0f}s ago; refused unrun")
         name = self.directory / f"{expires}-{call_id.hex()}"
         try:
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.symlink(handle, name)  # one system call, atomic, fails if claimed
         except FileExistsError:
-            if name.read_text() != handle:
+            if os.readlink(name) != handle:
                 raise SignatureError(
                     "this call already ran (a replayed payload); refused unrun"
                 ) from None
             return  # the server runs the same job again after its worker died
-        with os.fdopen(fd, "w") as f:
-            f.write(handle)
         if now - self._swept > SWEEP_EVERY:
             self.sweep(now)
 
