@@ -48,6 +48,7 @@ class Connection(asyncio.Protocol):
         self.out = bytearray()
         # JOB_CREATEDs waiting for the store's commit, each with what was sent after it.
         self.held: list[tuple[bytes, bytearray]] | None = None
+        self.partial = 0  # bytes of unfinished packets this connection holds (see count_partial)
         self.dirty = False
         self.closed = False
         self.fd = -1
@@ -97,6 +98,8 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.hub.partial_bytes -= self.partial
+        self.partial = 0
         self.hub.connections.discard(self)
         self.detach()
         self.hub.flush_soon()
@@ -123,6 +126,7 @@ class Connection(asyncio.Protocol):
                 if self.closed:
                     break
             self.decoder.check()
+            self.count_partial()
         except p.ProtocolError as exc:
             self.protocol_error(exc)
         except Exception:
@@ -132,6 +136,25 @@ class Connection(asyncio.Protocol):
             self.detach()
         finally:
             self.hub.flush_soon()
+
+    def count_partial(self) -> None:
+        """Keep the server-wide count of bytes waiting to become whole packets; the
+        connection that takes it past --max-partial-bytes is refused, so many slow
+        senders of large bodies cannot hold the server's memory between them."""
+        now = self.decoder.buffered
+        grew = now - self.partial
+        if not grew:
+            return
+        hub = self.hub
+        hub.partial_bytes += grew
+        self.partial = now
+        if grew > 0 and hub.partial_bytes > hub.options.max_partial_bytes:
+            log.warning(
+                "fd %d (%s): partial packets over the server's limit; closing", self.fd, self.ip
+            )
+            self.send(error("ARGUMENT_TOO_LARGE", "too many partly received bytes on the server"))
+            self.close()
+            self.detach()
 
     # -- output --------------------------------------------------------------
 

@@ -58,6 +58,7 @@ class Hub:
         self.connections: set[Writer] = set()
         self.dirty: list[Writer] = []
         self.holding: list[Writer] = []  # connections holding replies until the store commits
+        self.partial_bytes = 0  # bytes of not yet whole packets, over all connections
         self.loop: asyncio.AbstractEventLoop | None = None
         self._flush_due = False
         self.all_closed: asyncio.Event | None = None  # set once the last connection is gone

@@ -44,6 +44,7 @@ class ServerOptions:
     # "read-only": cancel job, maxqueue N, create/drop function only on the Unix socket.
     tcp_admin: str = "full"
     max_abilities: int = 4096  # functions one connection may register
+    max_partial_bytes: int = 256 << 20  # bytes of unfinished packets all connections may hold
 
 
 def default_store_path() -> str:
@@ -166,6 +167,14 @@ def build_parser(prog: str = "farm server") -> argparse.ArgumentParser:
         metavar="N",
         help="functions one connection may register; past it: ERROR, close (default %(default)s)",
     )
+    ap.add_argument(
+        "--max-partial-bytes",
+        type=int,
+        default=256 << 20,
+        metavar="BYTES",
+        help="bytes of packets not yet whole that all connections together may hold; the"
+        " connection that goes past it gets ERROR and is closed (default 256 MiB)",
+    )
     ap.add_argument("-b", "--backlog", type=int, default=1024)
     ap.add_argument("-v", "--verbose", action="count", default=0, help="more logging, repeatable")
     ap.add_argument(
@@ -208,6 +217,8 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "farm server") -> 
         ap.error("--tls-key and --tls-ca need --tls-cert")
     if ns.max_queue < 0 or ns.max_queued_bytes < 0 or ns.max_connections < 1:
         ap.error("--max-queue and --max-queued-bytes must be >= 0, --max-connections >= 1")
+    if ns.max_partial_bytes < ns.max_packet:
+        ap.error("--max-partial-bytes must be at least --max-packet (one whole packet)")
     if ns.max_abilities < 1:
         ap.error("--max-abilities must be at least 1")
     if ns.max_packet < 1024:
@@ -236,6 +247,7 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "farm server") -> 
         worker_uids=frozenset(ns.worker_uid or [os.getuid()]),
         tcp_admin=ns.tcp_admin,
         max_abilities=ns.max_abilities,
+        max_partial_bytes=ns.max_partial_bytes,
     )
 
 

@@ -17,6 +17,7 @@ from farm.server.jobs import JobServer
 from tests.helpers.fakes import FakePeer
 from tests.helpers.peers import Peer
 from tests.helpers.servers import start_farm_server
+from tests.helpers.waiting import wait_for
 
 
 class CountingAbilities(dict[bytes, float]):
@@ -60,5 +61,32 @@ def test_a_connection_past_the_ability_cap_gets_an_error_and_is_closed(
         ok.send(T.CAN_DO, "g5")  # again: no new entry, so not past the cap
         ok.send(T.ECHO_REQ, "alive")
         assert ok.expect(T.ECHO_RES).args == (b"alive",)
+    finally:
+        srv.stop()
+
+
+def test_partial_bodies_are_bounded_across_connections(
+    peer_factory: Callable[[str], Peer],
+) -> None:
+    # 15 connections x 50 MB half-sent bodies once held 788 MB. Here: 1 MB for all.
+    srv = start_farm_server("--max-packet", "1000000", "--max-partial-bytes", "1000000")
+    try:
+        header = p.HEADER.pack(p.REQ, T.SUBMIT_JOB_BG, 900_000)
+        a, b = peer_factory(srv.addr), peer_factory(srv.addr)
+        a.send_raw(header + b"f\0\0" + b"x" * 600_000)  # each fine alone,
+        b.send_raw(header + b"f\0\0" + b"y" * 600_000)  # together past the limit
+        (refused,) = wait_for(
+            "one of the two to be refused",
+            lambda: [q for q in (a, b) if not q.nothing_within(0.05)],
+        )
+        err = refused.expect(T.ERROR)
+        assert err.args[0] == b"ARGUMENT_TOO_LARGE" and b"partly received" in err.args[1]
+        assert refused.closed_within(5)
+        other = b if refused is a else a
+        other.send_raw(b"z" * 299_997)  # the other finishes its packet and is answered
+        assert other.expect(T.JOB_CREATED).type == T.JOB_CREATED
+        witness = peer_factory(srv.addr)
+        witness.send(T.ECHO_REQ, "alive")
+        assert witness.expect(T.ECHO_RES).args == (b"alive",)
     finally:
         srv.stop()
