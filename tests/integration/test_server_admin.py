@@ -199,6 +199,8 @@ def test_show_jobs(any_server, admin_factory, peer_factory):
     w.expect(T.JOB_ASSIGN)
     assert a.listing(b"show jobs\n") == h + b"\t0\t0\t0\n.\n", "a running job is still listed"
     w.close()
+    # gearmand handles the close on its own thread: grab only once the job is back.
+    wait_for("the job back in the queue", lambda: b"f\t1\t0\t0\n" in a.listing(b"status\n"))
     w2 = worker(peer_factory, any_server, "f")
     w2.send(T.GRAB_JOB)
     assert w2.expect(T.JOB_ASSIGN).args[0] == h
