@@ -3,9 +3,10 @@
     python -m bench.bench_executor [--quick] [--workers N] [--hogs 2 | --skip-hogs]
                                    [--only farm] [--tcp]
 
-The farm is the deployment users run: ``python -m farm.cli up --config tmp/farm.toml``
-(bench/_farmup.py), whose config sets only addresses (a free TCP port, a Unix
-socket, a control socket, all in a temp dir), ``store = "none"`` and one pool,
+The farm is the deployment users run: ``farm up -c tmp/farm.toml``, started by
+``tests.helpers.farmproc.FarmUp`` as in bench_supervisor. Its config sets only
+addresses (a free TCP port, a Unix socket, a control socket, all in a temp dir),
+``store = "none"``, the stop grace and one pool,
 ``[functions."farm.python"] target = "farm.executor.call:run_call", workers = N``
 — so none of the built-in default pools run. ``$FARM_KEY_FILE`` points the
 supervisor and this process at a temp key, which the supervisor creates. We
@@ -72,8 +73,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import farm  # noqa: E402
-from bench._farmup import FarmService  # noqa: E402
 from farm.executor.call import DEFAULT_FUNCTION, TARGET  # noqa: E402
+from farm.executor.signing import KEY_ENV  # noqa: E402
+from tests.helpers.farmproc import FarmUp  # noqa: E402
 
 N_TINY, N_1MS, N_20MS, N_LATENCY, N_LATENCY_WARM, N_WARM = 20_000, 2_000, 200, 1_000, 100, 200
 FARM, PPE, LOKY, MP = "farm", "ProcessPoolExecutor", "loky", "mp.Pool"
@@ -162,22 +164,59 @@ class Probe(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Processes:
+    """The farm's processes at one moment, from its `farm ps` table."""
+
+    supervisor: int
+    server: int
+    workers: dict[int, int]  # pid -> jobs done so far
+
+
+def processes(up: FarmUp) -> Processes:
+    rows = up.ps()
+    (sup,) = (r["pid"] for r in rows if r["slot"] is None and r["function"] == "supervisor")
+    (srv,) = (r["pid"] for r in rows if r["slot"] is None and r["function"] == "server")
+    workers = {r["pid"]: r["jobs"] for r in rows if r["slot"] is not None and r["pid"]}
+    return Processes(sup, srv, workers)
+
+
+def key_file(up: FarmUp) -> Path:
+    return up.tmp / "executor.key"
+
+
+@contextmanager
+def farm_up(tmp: Path, workers: int) -> Iterator[FarmUp]:
+    """`farm up` with one pool of ``workers`` farm.python workers, all idle and the key
+    made; stopped (and every process of it gone) on leaving."""
+    pool = f'[functions."{DEFAULT_FUNCTION}"]\ntarget = "{TARGET}"\nworkers = {workers}\n'
+    up = FarmUp(tmp, pool, extra_env={KEY_ENV: str(tmp / "executor.key")})
+    try:
+        up.expect_notify("READY=1", timeout=120)  # as systemd would see it: all workers up
+        up.wait_idle({DEFAULT_FUNCTION: workers}, timeout=120)
+        if not key_file(up).exists():
+            raise RuntimeError(f"the supervisor made no key at {key_file(up)}")
+        yield up
+    finally:
+        up.stop()
+
+
 class FarmProbe:
     """CPU of the supervisor, the server, the caller and the workers."""
 
-    def __init__(self, service: FarmService) -> None:
-        self.service = service
-        self.procs = service.processes()
+    def __init__(self, up: FarmUp) -> None:
+        self.up = up
+        self.procs = processes(up)
         self.before: dict[int, float] = {}
 
     def start(self) -> None:
-        self.procs = self.service.processes()  # outside the CPU window: ps costs the supervisor
+        self.procs = processes(self.up)  # outside the CPU window: ps costs the supervisor
         procs = self.procs
         self.before = cpu_seconds([procs.supervisor, procs.server, os.getpid(), *procs.workers])
 
     def stop(self, calls: int) -> dict[str, float]:
         after = cpu_seconds(list(self.before))
-        jobs = self.service.processes().workers
+        jobs = processes(self.up).workers
         procs, before = self.procs, self.before
         used = {pid: after[pid] - before[pid] for pid in before if pid in after}
         workers = {pid: used[pid] for pid in procs.workers if pid in used}
@@ -250,15 +289,13 @@ def children() -> set[int]:
 
 
 @contextmanager
-def open_runner(
-    name: str, workers: int, service: FarmService | None, addr: str
-) -> Iterator[Runner]:
+def open_runner(name: str, workers: int, service: FarmUp | None, addr: str) -> Iterator[Runner]:
     """The executor ``name``, warmed up; shut down on leaving."""
     before = children()
     with ExitStack() as stack:
         if name == FARM:
             assert service is not None
-            ex: Executor = farm.Executor([addr], key_file=str(service.key_file))
+            ex: Executor = farm.Executor([addr], key_file=str(key_file(service)))
             stack.callback(ex.shutdown)
             runner = futures_runner(name, ex)
         elif name == PPE:
@@ -535,9 +572,9 @@ def main(argv: list[str] | None = None) -> None:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="farm-bench-")))
         service, addr = None, ""
         if FARM in names:
-            service = stack.enter_context(FarmService(tmp, {DEFAULT_FUNCTION: (TARGET, n)}))
-            addr = service.tcp if args.tcp else f"unix:{service.unix}"
-            procs = service.processes()
+            service = stack.enter_context(farm_up(tmp, n))
+            addr = service.addr if args.tcp else f"unix:{service.unix}"
+            procs = processes(service)
             print(
                 f"- farm: `python -m farm.cli up --config farm.toml` (supervisor pid"
                 f" {procs.supervisor}, server pid {procs.server}); only pool:"

@@ -29,6 +29,7 @@ from farm.discovery import (
     default_listen,
     find_config,
     read_config_file,
+    resolve,
 )
 from farm.errors import ConfigError
 from farm.executor.call import DEFAULT_FUNCTION as EXECUTOR_FUNCTION
@@ -46,7 +47,6 @@ __all__ = [
     "find_config",
     "load",
     "load_config",
-    "default_runtime_dir",
     "control_path",
     "available_cpus",
 ]
@@ -133,11 +133,6 @@ class Config:
         return (str(connectable(ranked[0] if ranked else DEFAULT_SERVER)),)
 
 
-def default_runtime_dir() -> Path:
-    """Where sockets go when no config names them (farm.paths.runtime_dir)."""
-    return runtime_dir()
-
-
 def _default_store() -> str:
     path = default_store()
     existing = path.parent
@@ -152,7 +147,7 @@ def available_cpus() -> tuple[int, ...]:
 
 
 def _defaults() -> dict[str, Any]:
-    run = default_runtime_dir()
+    run = runtime_dir()
     return {
         "server": {
             "listen": default_listen(),
@@ -438,10 +433,9 @@ class _Validator:
         return parsed
 
     def path(self, value: str, key: str) -> str:
-        path = Path(os.path.expanduser(value))
         if not value.strip():
             raise self.fail(key, "must not be empty")
-        return str(path if path.is_absolute() else self.base / path)
+        return resolve(self.base, value)
 
 
 def _kind(value: Any) -> str:

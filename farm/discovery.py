@@ -75,10 +75,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not UTF-8 text; is it the right file?") from None
 
 
-def resolve(path: Path, value: str) -> str:
-    """A path from the config file at ``path``: ``~`` expanded, relative to the file's folder."""
+def resolve(base: Path, value: str) -> str:
+    """A path written in a config: ``~`` expanded, a relative one taken from ``base`` (the
+    config file's folder)."""
     resolved = Path(os.path.expanduser(value))
-    return str(resolved if resolved.is_absolute() else path.resolve().parent / resolved)
+    return str(resolved if resolved.is_absolute() else base / resolved)
 
 
 def control_path(explicit: str | os.PathLike[str] | None = None) -> str:
@@ -95,7 +96,7 @@ def control_path(explicit: str | os.PathLike[str] | None = None) -> str:
     control = supervisor.get("control", default) if isinstance(supervisor, dict) else default
     if not isinstance(control, str) or not control.strip():
         raise ConfigError(f"{path}: supervisor.control must be the path of a Unix socket")
-    return resolve(path, control)
+    return resolve(path.resolve().parent, control)
 
 
 def default_listen() -> list[str]:
@@ -134,8 +135,7 @@ def local_farm(explicit: str | os.PathLike[str] | None = None) -> FarmAddresses:
         for text in listen:
             addr = parse_address(str(text))
             if addr.kind == "unix" and unix is None:
-                resolved = Path(os.path.expanduser(addr.path))
-                unix = f"unix:{resolved if resolved.is_absolute() else base / resolved}"
+                unix = f"unix:{resolve(base, addr.path)}"
             elif addr.kind == "tcp" and tcp is None:
                 tcp = str(connectable(addr))
         servers = tuple(str(parse_address(str(s))) for s in remote)

@@ -33,6 +33,8 @@ __all__ = [
     "Waker",
 ]
 
+T = TypeVar("T")
+
 #: Gearman's registered port: the one place farm writes it down.
 DEFAULT_PORT: Final = 4730
 #: Where clients and workers go when nothing names a server.
@@ -177,9 +179,6 @@ def tls_context(
     if cert:
         load_tls_file("certificate", cert, lambda: ctx.load_cert_chain(cert, key))
     return ctx
-
-
-T = TypeVar("T")
 
 
 def load_tls_file(what: str, path: str | None, load: Callable[[], T]) -> T:

@@ -63,7 +63,6 @@ class Supervisor(Steering):
         self.stopping = False
         self.exit_code = 0
         self.ready_sent = False
-        self.more_to_spawn = False  # manage_workers stopped at SPAWNS_PER_TURN
         self.last_status = ""
         self.watchdog = sdnotify.Watchdog()
         self.started = time.monotonic()
@@ -236,11 +235,9 @@ class Supervisor(Steering):
                     slot.proc, slot.next_start = None, 0.0
                 if slot.proc is None and pool is not None and now >= slot.next_start:
                     if not spawns:
-                        self.more_to_spawn = True
-                        return
+                        return  # next turn: next_wakeup sees the empty slots due now
                     spawns -= 1
                     self.spawn_worker(slot, pool)
-        self.more_to_spawn = False
 
     def notify_systemd(self) -> None:
         self.watchdog.ping()

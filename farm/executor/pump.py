@@ -83,12 +83,16 @@ class WorkItem:
 class Flight:
     """The calls one job carries (one, or a batch), and the id its results must name."""
 
-    __slots__ = ("items", "batched", "call_id")
+    __slots__ = ("items", "call_id")
 
-    def __init__(self, items: list[WorkItem], *, batched: bool) -> None:
+    def __init__(self, items: list[WorkItem]) -> None:
         self.items = items
-        self.batched = batched
         self.call_id = secrets.token_bytes(CALL_ID_SIZE)  # fresh: binds results, stops replays
+
+    @property
+    def batched(self) -> bool:
+        """Several calls in one job (BATCH): outcomes come back with their index."""
+        return len(self.items) > 1
 
 
 class _Conn:
@@ -215,7 +219,7 @@ class Pump:
                 for item in items:
                     item.future.set_exception(exc)
                 continue
-            flight = Flight(items, batched=len(items) > 1)
+            flight = Flight(items)
             task: Task[Flight] = Task(self.function, self._payload(flight), priority=self.priority)
             task.owner = flight
             conn.session.submit(task)

@@ -152,9 +152,7 @@ class Connection(asyncio.Protocol):
             log.warning(
                 "fd %d (%s): partial packets over the server's limit; closing", self.fd, self.ip
             )
-            self.send(error("ARGUMENT_TOO_LARGE", "too many partly received bytes on the server"))
-            self.close()
-            self.detach()
+            self.refuse("too many partly received bytes on the server", "ARGUMENT_TOO_LARGE")
 
     # -- output --------------------------------------------------------------
 
@@ -378,9 +376,7 @@ class Connection(asyncio.Protocol):
         limit = self.hub.options.max_abilities
         if len(self.abilities) < limit or function in self.abilities:
             return True
-        self.send(error("ARGUMENT_TOO_LARGE", f"more than {limit} functions on one connection"))
-        self.close()
-        self.detach()
+        self.refuse(f"more than {limit} functions on one connection", "ARGUMENT_TOO_LARGE")
         return False
 
     def may_serve(self, function: bytes) -> bool:
@@ -403,9 +399,10 @@ class Connection(asyncio.Protocol):
             return False
         return True
 
-    def refuse(self, text: str) -> None:
-        """A value no peer speaking the protocol sends: say why, then close."""
-        self.send(error("INVALID_COMMAND", text))
+    def refuse(self, text: str, code: str = "INVALID_COMMAND") -> None:
+        """A peer past a limit, or sending what no peer speaking the protocol sends: say
+        why (ERROR), then close; what it held goes back to the queues now."""
+        self.send(error(code, text))
         self.close()
         self.detach()
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from farm.client.admin import admin_query
 from tests.helpers import ROOT
 from tests.helpers.waiting import wait_for
 
@@ -119,15 +120,8 @@ def _launch(
 
 
 def _server_pid(addr: str) -> int:
-    with connect(addr) as sock:
-        sock.sendall(b"getpid\n")
-        reply = b""
-        while not reply.endswith(b"\n"):
-            data = sock.recv(100)
-            if not data:
-                break
-            reply += data
-    return int(reply.split()[1]) if reply.startswith(b"OK ") else -1
+    reply = admin_query(addr, "getpid", timeout=10)
+    return int(reply.split()[1]) if reply.startswith("OK ") else -1
 
 
 def start_farm_server(*extra: str, port: int | None = None, unix: str | None = None) -> Server:

@@ -10,6 +10,7 @@ import pytest
 
 from farm import config, discovery
 from farm.errors import ConfigError
+from farm.paths import runtime_dir
 
 GOOD = """
 [server]
@@ -183,7 +184,7 @@ def test_defaults_need_no_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert cfg.server.store == f"{tmp_path}/state/farm/queue.db"
     assert set(cfg.functions) >= {"reverse", "resize", "thumbnail", "pbkdf2"}
     monkeypatch.delenv("XDG_RUNTIME_DIR")
-    assert config.default_runtime_dir() == Path(f"/tmp/farm-{os.getuid()}")
+    assert runtime_dir() == Path(f"/tmp/farm-{os.getuid()}")
 
 
 def test_binary_garbage_is_one_line_not_a_traceback(tmp_path: Path) -> None:
