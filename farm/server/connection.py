@@ -63,6 +63,13 @@ class Connection(asyncio.Protocol):
         self.exceptions = hub.options.exceptions
         self.sleeping = False
         self.woken = False
+        # Back-pressure. A connection whose peer does not read (its transport passed the
+        # high-water mark) is not read either; a worker streaming WORK_DATA or WARNING to
+        # such a client is not read until that client's buffer drains.
+        self.write_paused = False
+        self.reading = True
+        self.waiting_on: set[Connection] = set()  # clients this worker waits for
+        self.held_back: set[Connection] = set()  # workers waiting for this client
 
     # -- asyncio callbacks ---------------------------------------------------
 
@@ -98,6 +105,10 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.release_held_back()
+        for client in self.waiting_on:
+            client.held_back.discard(self)
+        self.waiting_on.clear()
         self.hub.partial_bytes -= self.partial
         self.partial = 0
         self.hub.connections.discard(self)
@@ -108,12 +119,37 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The peer is not reading its replies: stop reading its requests until it does.
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self.write_paused = True
+        self.update_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None and not self.closed:
+        self.write_paused = False
+        self.update_reading()
+        self.release_held_back()
+
+    def update_reading(self) -> None:
+        want = not (self.write_paused or self.waiting_on)
+        if want == self.reading or self.closed or self.transport is None:
+            return
+        self.reading = want
+        if want:
             self.transport.resume_reading()
+        else:
+            self.transport.pause_reading()
+
+    def wait_for_reader(self, client: Connection) -> None:
+        """Stop reading this worker until ``client`` has drained what it was sent."""
+        if client is self or client.closed:
+            return
+        client.held_back.add(self)
+        self.waiting_on.add(client)
+        self.update_reading()
+
+    def release_held_back(self) -> None:
+        held, self.held_back = self.held_back, set()
+        for worker in held:
+            worker.waiting_on.discard(self)
+            worker.update_reading()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -334,6 +370,9 @@ class Connection(asyncio.Protocol):
         progress = PROGRESS_KIND.get(ptype)
         if progress is not None:
             self.jobs.progress(job, progress, args[1:])
+            for client in job.clients:
+                if isinstance(client, Connection) and client.write_paused:
+                    self.wait_for_reader(client)
         else:
             data = args[1] if ptype != T.WORK_FAIL else b""
             self.jobs.finish(self, job, OUTCOME[ptype], data)

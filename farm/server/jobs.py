@@ -50,6 +50,10 @@ log = logging.getLogger("farm.server")
 MAX_EXPIRED = 64
 #: How long a woken worker has to come and grab before another sleeper is woken instead.
 WAKE_DEADLINE = 0.5
+#: Functions with no job, no worker and no limit of their own are kept (gearmand keeps them
+#: all, and `status` lists them) up to this many; past it the oldest are freed, so a flood
+#: of distinct names cannot hold memory forever.
+MAX_IDLE_FUNCTIONS = 1024
 
 
 class JobServer:
@@ -74,6 +78,8 @@ class JobServer:
         self._counter = itertools.count(1)
         self._seq = itertools.count()
         self.functions: dict[bytes, FunctionQueue] = {}
+        # Unused functions, oldest first (see MAX_IDLE_FUNCTIONS).
+        self.idle: dict[bytes, None] = {}
         # Functions with runnable jobs: a grab looks at these, not at all of a worker's
         # abilities, so 100,000 CAN_DOs cannot make every grab slow.
         self.ready: set[bytes] = set()
@@ -97,6 +103,31 @@ class JobServer:
             fq = self.functions[name] = FunctionQueue(name, self.ready)
             fq.max_total = self.max_queue
         return fq
+
+    def note_unused(self, name: bytes) -> None:
+        """``name`` may have lost its last job or worker: remember it as idle, and free the
+        oldest idle functions past MAX_IDLE_FUNCTIONS."""
+        fq = self.functions.get(name)
+        if fq is None or not self._unused(fq):
+            return
+        idle = self.idle
+        idle.pop(name, None)
+        idle[name] = None
+        while len(idle) > MAX_IDLE_FUNCTIONS:
+            oldest = next(iter(idle))
+            del idle[oldest]
+            fq = self.functions.get(oldest)
+            if fq is not None and self._unused(fq):
+                del self.functions[oldest]
+
+    def _unused(self, fq: FunctionQueue) -> bool:
+        return not (
+            fq.workers
+            or fq.running
+            or fq.queued
+            or fq.max_total != self.max_queue
+            or any(fq.max_by_priority)
+        )
 
     def running_count(self) -> int:
         return sum(fq.running for fq in self.functions.values())
@@ -284,6 +315,8 @@ class JobServer:
         fq.sleepers.pop(worker, None)
         for job in [j for j in worker.running.values() if j.function == function]:
             self._requeue(worker, job)
+        if not fq.workers:
+            self.note_unused(function)
 
     def reset_abilities(self, worker: Peer) -> None:
         for function in list(worker.abilities):
@@ -297,10 +330,13 @@ class JobServer:
             if fq is not None:
                 fq.workers.discard(worker)
                 fq.sleepers.pop(worker, None)
+        gone = list(worker.abilities)
         worker.abilities.clear()
         worker.sleeping = worker.woken = False
         for job in list(worker.running.values()):
             self._requeue(worker, job)
+        for function in gone:
+            self.note_unused(function)
 
     def pre_sleep(self, worker: Peer) -> None:
         """PRE_SLEEP: answer at once with NOOP if there is work, else wait for some."""
@@ -465,6 +501,9 @@ class JobServer:
                 same.remove(job)
                 if not same:
                     del self.by_unique[job.unique]
+        fq = self.functions.get(job.function)
+        if fq is not None and not fq.workers:
+            self.note_unused(job.function)
         if self.on_idle is not None and not self.running_count():
             self.on_idle()
 

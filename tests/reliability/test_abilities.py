@@ -13,7 +13,7 @@ from typing import Any
 
 from farm import protocol as p
 from farm.protocol import PacketType as T
-from farm.server.jobs import JobServer
+from farm.server.jobs import MAX_IDLE_FUNCTIONS, JobServer
 from tests.helpers.fakes import FakePeer
 from tests.helpers.peers import Peer
 from tests.helpers.servers import start_farm_server
@@ -88,5 +88,43 @@ def test_partial_bodies_are_bounded_across_connections(
         witness = peer_factory(srv.addr)
         witness.send(T.ECHO_REQ, "alive")
         assert witness.expect(T.ECHO_RES).args == (b"alive",)
+    finally:
+        srv.stop()
+
+
+def test_unused_function_entries_are_freed_past_a_bound(
+    peer_factory: Callable[[str], Peer],
+) -> None:
+    # Every name a worker or a client ever used stayed in the server for good. Now unused
+    # ones (no job, no worker, no limit of their own) are kept up to MAX_IDLE_FUNCTIONS.
+    srv = start_farm_server()
+    try:
+        names = [b"gone%d" % i for i in range(MAX_IDLE_FUNCTIONS + 1500)]
+        w = peer_factory(srv.addr)
+        w.send_raw(b"".join(p.encode_req(T.CAN_DO, n) for n in names[:1500]))
+        w.send_raw(b"".join(p.encode_req(T.CANT_DO, n) for n in names[:1500]))
+        c = peer_factory(srv.addr)  # foreground jobs nobody runs, dropped with their client
+        c.send_raw(b"".join(p.encode_req(T.SUBMIT_JOB, n, b"", b"x") for n in names[1500:]))
+        for _ in names[1500:]:
+            c.expect(T.JOB_CREATED)
+        c.sock.close()
+        keep = peer_factory(srv.addr)
+        keep.send(T.SUBMIT_JOB_BG, "queued", "", "stays")
+        keep.expect(T.JOB_CREATED)
+        keep.send(T.CAN_DO, "registered")
+        admin = peer_factory(srv.addr)
+        listed = wait_for(
+            "the unused entries to be freed",
+            lambda: (
+                rows
+                if len(rows := admin.admin("status").splitlines()[:-1]) <= MAX_IDLE_FUNCTIONS + 2
+                else None
+            ),
+        )
+        functions = {row.split("\t")[0]: row.split("\t")[1:] for row in listed}
+        assert functions["queued"] == ["1", "0", "0"]
+        assert functions["registered"] == ["0", "0", "1"]
+        assert "gone0" not in functions, "the oldest unused entries go first"
+        assert f"gone{len(names) - 1}" in functions, "the newest unused ones are kept"
     finally:
         srv.stop()
