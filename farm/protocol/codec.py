@@ -29,6 +29,7 @@ __all__ = [
     "MAX_TIMEOUT",
     "MAX_EPOCH",
     "MAX_CLIENT_ID",
+    "OPTION_HELD_GRAB",
     "PacketType",
     "PacketSpec",
     "PACKETS",
@@ -60,6 +61,8 @@ MAX_FUNCTION = 512
 MAX_TIMEOUT = 366 * 86400
 MAX_EPOCH = 1 << 40
 MAX_CLIENT_ID = 127
+#: OPTION_REQ of a worker asking the server to hold its grabs (docs/held-grab.md).
+OPTION_HELD_GRAB = b"held-grab"
 
 
 class PacketType(enum.IntEnum):
@@ -104,6 +107,9 @@ class PacketType(enum.IntEnum):
     JOB_ASSIGN_ALL = 40
     GET_STATUS_UNIQUE = 41
     STATUS_RES_UNIQUE = 42
+    # farm's own, after OPTION_REQ held-grab only (docs/held-grab.md); gearmand numbers
+    # its packets one by one and is at 42, so farm's start at 200.
+    JOB_ACCEPT = 200
 
 
 PT = PacketType
@@ -182,6 +188,7 @@ PACKETS: dict[int, PacketSpec] = {
         _spec(PT.JOB_ASSIGN_ALL, "handle function unique reducer data", data=True),
         _spec(PT.GET_STATUS_UNIQUE, "unique"),
         _spec(PT.STATUS_RES_UNIQUE, "unique known running numerator denominator client_count"),
+        _spec(PT.JOB_ACCEPT, "handle"),
     )
 }
 

@@ -12,7 +12,14 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from farm.protocol.codec import Decoder, Packet, PacketType, ProtocolError, encode_req
+from farm.protocol.codec import (
+    OPTION_HELD_GRAB,
+    Decoder,
+    Packet,
+    PacketType,
+    ProtocolError,
+    encode_req,
+)
 from farm.protocol.events import ServerErrorNotice
 
 __all__ = ["JobAssigned", "WorkerState", "WorkerSession"]
@@ -56,13 +63,29 @@ class WorkerSession:
     ``abilities`` maps function name → timeout in seconds (None: no timeout).
     The face calls ``grab`` when it is free and the state is READY, runs the
     job of a ``JobAssigned`` event, then calls ``complete``/``fail``/``exception``.
+    With ``held_grab`` (and a server that agrees) an idle grab stays GRABBING until
+    a job comes, and the face must send what ``data_to_send`` holds (JOB_ACCEPT)
+    before it runs a job.
     """
 
-    def __init__(self, abilities: dict[str, float | None], client_id: str | None = None) -> None:
+    def __init__(
+        self,
+        abilities: dict[str, float | None],
+        client_id: str | None = None,
+        *,
+        held_grab: bool = False,
+    ) -> None:
         self.abilities = abilities
         self.client_id = client_id
         self.state = WorkerState.DISCONNECTED
         self.handle: str | None = None  # the job in hand
+        # Held grab (docs/held-grab.md): asked for on each connection when ``held_grab``;
+        # ``held`` once the server agreed (gearmand answers ERROR UNKNOWN_OPTION: the
+        # standard PRE_SLEEP/NOOP dance then goes on as before).
+        self.want_held = held_grab
+        self.held = False
+        self._asking = False
+        self._pushed = False  # a NOOP announced that the next assignment was pushed
         self._decoder = Decoder(allow_admin=False)
         self._out = bytearray()
 
@@ -76,6 +99,10 @@ class WorkerSession:
         self._decoder = Decoder(allow_admin=False)
         self._out.clear()
         self.handle = None
+        self.held = self._pushed = False
+        self._asking = self.want_held
+        if self.want_held:
+            self._out += encode_req(PT.OPTION_REQ, OPTION_HELD_GRAB)
         if self.client_id:
             self._out += encode_req(PT.SET_CLIENT_ID, self.client_id.encode())
         for name, timeout in self.abilities.items():
@@ -113,6 +140,13 @@ class WorkerSession:
             if not isinstance(packet, Packet):  # admin text is off for a worker's decoder
                 raise ProtocolError("a worker does not expect admin text")
             ptype, args = packet.type, packet.args
+            if self._asking and (
+                (ptype == PT.OPTION_RES and args[0] == OPTION_HELD_GRAB)
+                or (ptype == PT.ERROR and args[0] == b"UNKNOWN_OPTION")
+            ):
+                self._asking = False
+                self.held = ptype == PT.OPTION_RES
+                continue
             if ptype == PT.ERROR:
                 events.append(ServerErrorNotice(code=args[0].decode(), text=args[1].decode()))
                 continue
@@ -121,7 +155,12 @@ class WorkerSession:
                 raise ProtocolError(f"{packet.name} is unexpected while {self.state.value}")
             self.state = nxt
             if ptype == PT.NO_JOB:
-                self._out += encode_req(PT.PRE_SLEEP)
+                if self.held:  # a held grab ends this way only after RESET_ABILITIES
+                    self.state = WorkerState.READY
+                else:
+                    self._out += encode_req(PT.PRE_SLEEP)
+            elif ptype == PT.NOOP:
+                self._pushed = self.held and nxt is WorkerState.GRABBING
             elif ptype == PT.JOB_ASSIGN_UNIQ:
                 handle, func, unique, payload = args
                 events.append(self._assigned(handle, func, unique, payload))
@@ -131,6 +170,9 @@ class WorkerSession:
         return events
 
     def _assigned(self, handle: bytes, func: bytes, unique: bytes, data: bytes) -> JobAssigned:
+        if self._pushed:  # answered a held grab: accept it at once, before it runs
+            self._pushed = False
+            self._out += encode_req(PT.JOB_ACCEPT, handle)
         self.handle = handle.decode()
         return JobAssigned(
             handle=self.handle, function=func.decode(), unique=unique.decode(), data=data

@@ -22,7 +22,7 @@ from farm.protocol import encode_res
 from farm.protocol.kinds import SUBMIT_KINDS, Priority, SubmitKind
 from farm.server.admin import run_admin
 from farm.server.hub import Hub
-from farm.server.jobs import Job, Outcome, Progress, QueueFull
+from farm.server.jobs import WAKE_DEADLINE, Job, Outcome, Progress, QueueFull
 from farm.server.store import StoreError
 
 log = logging.getLogger("farm.server")
@@ -70,6 +70,11 @@ class Connection(asyncio.Protocol):
         self.reading = True
         self.waiting_on: set[Connection] = set()  # clients this worker waits for
         self.held_back: set[Connection] = set()  # workers waiting for this client
+        # Held grab (docs/held-grab.md): negotiated; the grab packet held (0: none); a job
+        # pushed to this worker and not yet accepted, with its deadline.
+        self.may_hold_grab = False
+        self.held_grab = 0
+        self.pushed: Job | None = None
 
     # -- asyncio callbacks ---------------------------------------------------
 
@@ -225,7 +230,56 @@ class Connection(asyncio.Protocol):
     # -- what the job model tells this connection ------------------------------
 
     def wake(self) -> None:
+        if self.held_grab:
+            self.hub.push_soon(self)
+        else:
+            self.send(NOOP)
+
+    def push(self) -> None:
+        """Answer the held grab (NOOP, then the assignment, in one write) with the best job
+        now, and give the worker WAKE_DEADLINE to accept it (JOB_ACCEPT) before it is taken
+        back: a stopped or hung worker must not sit on a job others could run."""
+        ptype, self.held_grab = self.held_grab, 0
+        if not ptype or self.closed:
+            return
+        job = self.jobs.grab(self)
+        if job is None:  # another worker took it first: keep holding
+            self.hold_grab(ptype)
+            return
         self.send(NOOP)
+        self.assign(job, ptype)
+        self.pushed = job
+        self.hub.call_later(WAKE_DEADLINE, lambda: self.not_accepted(job))
+
+    def hold_grab(self, ptype: int) -> None:
+        self.held_grab = ptype
+        self.jobs.pre_sleep(self)
+
+    def not_accepted(self, job: Job) -> None:
+        if self.pushed is not job or self.closed:
+            return
+        self.pushed = None
+        log.info(
+            "fd %d: pushed job %s not accepted within %gs; it goes to another worker",
+            self.fd,
+            job.handle.decode(),
+            WAKE_DEADLINE,
+        )
+        self.jobs.take_back(self, job)
+
+    def accept(self, args: tuple[bytes, ...]) -> None:
+        if not self.may_hold_grab:  # as for any packet type this server does not know
+            self.protocol_error(p.ProtocolError(f"unknown packet type {int(T.JOB_ACCEPT)}"))
+            return
+        if self.pushed is not None and self.pushed.handle == args[0]:
+            self.pushed = None
+
+    def reset_abilities(self, args: tuple[bytes, ...]) -> None:
+        self.jobs.reset_abilities(self)
+        if self.held_grab:  # nothing left to wait for: the held grab ends as a plain one
+            self.held_grab = 0
+            self.sleeping = False  # with no abilities left it is in no function's sleepers
+            self.send(NO_JOB)
 
     def job_progress(self, job: Job, kind: Progress, fields: tuple[bytes, ...]) -> None:
         self.send(encode_res(PROGRESS_PACKET[kind], job.handle, *fields))
@@ -340,9 +394,15 @@ class Connection(asyncio.Protocol):
 
     def grab(self, args: tuple[bytes, ...], ptype: int) -> None:
         job = self.jobs.grab(self)
-        if job is None:
+        if job is not None:
+            self.assign(job, ptype)
+        elif self.may_hold_grab and self.abilities:
+            self.hold_grab(ptype)  # answered by push() when a job comes
+        else:
             self.send(NO_JOB)
-        elif ptype == T.GRAB_JOB:
+
+    def assign(self, job: Job, ptype: int) -> None:
+        if ptype == T.GRAB_JOB:
             self.send(encode_res(T.JOB_ASSIGN, job.handle, job.function, job.data))
         elif ptype == T.GRAB_JOB_ALL and job.reducer is not None:
             self.send(
@@ -356,6 +416,8 @@ class Connection(asyncio.Protocol):
     def work_update(self, args: tuple[bytes, ...], ptype: int) -> None:
         handle = args[0]
         job = self.jobs.held(self, handle)
+        if job is not None and job is self.pushed:
+            self.pushed = None  # its news says it took the job, as JOB_ACCEPT would
         if job is None:
             if handle in self.expired:
                 # farm: the job timed out in this worker's hands and has failed already. Its
@@ -473,6 +535,9 @@ class Connection(asyncio.Protocol):
         if name == b"exceptions":
             self.exceptions = True
             self.send(encode_res(T.OPTION_RES, name))
+        elif name == p.OPTION_HELD_GRAB:
+            self.may_hold_grab = True
+            self.send(encode_res(T.OPTION_RES, name))
         else:
             self.send(error("UNKNOWN_OPTION", "Server does not recognize given option"))
 
@@ -528,7 +593,7 @@ def _bind(method: Callable[..., None], *extra: object) -> Handler:
 HANDLERS: dict[int, Handler] = {
     T.CAN_DO: Connection.can_do,
     T.CANT_DO: lambda c, a: c.jobs.cant_do(c, a[0]),
-    T.RESET_ABILITIES: lambda c, a: c.jobs.reset_abilities(c),
+    T.RESET_ABILITIES: Connection.reset_abilities,
     T.PRE_SLEEP: lambda c, a: c.jobs.pre_sleep(c),
     T.GRAB_JOB: _bind(Connection.grab, T.GRAB_JOB),
     T.GRAB_JOB_UNIQ: _bind(Connection.grab, T.GRAB_JOB_UNIQ),
@@ -539,6 +604,7 @@ HANDLERS: dict[int, Handler] = {
     T.WORK_EXCEPTION: _bind(Connection.work_update, T.WORK_EXCEPTION),
     T.WORK_DATA: _bind(Connection.work_update, T.WORK_DATA),
     T.WORK_WARNING: _bind(Connection.work_update, T.WORK_WARNING),
+    T.JOB_ACCEPT: Connection.accept,
     T.GET_STATUS: Connection.get_status,
     T.GET_STATUS_UNIQUE: Connection.get_status_unique,
     T.ECHO_REQ: lambda c, a: c.send(encode_res(_echo, a[0])),

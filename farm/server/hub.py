@@ -48,6 +48,9 @@ class Writer(Protocol):
     def release_held(self, failed: frozenset[bytes], refusal_text: str) -> None:
         """The store committed: send the held JOB_CREATEDs (QUEUE_ERROR for ``failed``)."""
 
+    def push(self) -> None:
+        """Answer this worker's held grab with the job it was woken for, if still there."""
+
 
 class Hub:
     """The state of one server that its connections share."""
@@ -58,6 +61,7 @@ class Hub:
         self.connections: set[Writer] = set()
         self.dirty: list[Writer] = []
         self.holding: list[Writer] = []  # connections holding replies until the store commits
+        self.pushes: list[Writer] = []  # workers with a held grab woken this turn
         self.partial_bytes = 0  # bytes of not yet whole packets, over all connections
         self.loop: asyncio.AbstractEventLoop | None = None
         self._flush_due = False
@@ -89,6 +93,13 @@ class Hub:
         """Whether a background job's JOB_CREATED must wait: its row is not committed yet."""
         return self.store is not None and bool(self.store.staged_handles)
 
+    def push_soon(self, worker: Writer) -> None:
+        """A worker holding a grab was woken: assign its job in this turn's flush (after the
+        model is done changing, and after the store's commit)."""
+        self.pushes.append(worker)
+        if self.loop is not None:  # without a loop, the read that led here flushes next
+            self.flush_soon()
+
     def flush_soon(self) -> None:
         """Flush after the reads of this loop turn (at once when no loop runs: tests)."""
         if self.loop is None:
@@ -111,6 +122,10 @@ class Hub:
             holding, self.holding = self.holding, []
             for conn in holding:
                 conn.release_held(frozenset(failed), refusal)
+        if self.pushes:
+            pushes, self.pushes = self.pushes, []
+            for conn in pushes:
+                conn.push()
         dirty = self.dirty
         if dirty:
             self.dirty = []

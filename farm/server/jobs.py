@@ -421,11 +421,28 @@ class JobServer:
             log.warning(
                 "job %s (%s) timed out on its worker", job.handle.decode(), job.function.decode()
             )
-            expired = worker.expired
-            expired[job.handle] = None
-            if len(expired) > MAX_EXPIRED:
-                del expired[next(iter(expired))]
+            self._drop_answers(worker, job)
             self.finish(worker, job, Outcome.FAIL)
+
+    def take_back(self, worker: Peer, job: Job) -> None:
+        """A job pushed to a worker's held grab that it did not accept in time: it goes back
+        to the head of its queue for another worker, with no retry counted (it never
+        started); should the worker run it after all, its answers are dropped."""
+        if job.worker is not worker or worker.running.get(job.handle) is not job:
+            return
+        self._drop_answers(worker, job)
+        self._stop_running(worker, job)
+        fq = self.function(job.function)
+        fq.push(job, front=True)
+        self._wake(fq)
+
+    @staticmethod
+    def _drop_answers(worker: Peer, job: Job) -> None:
+        """Remember that ``worker`` no longer holds ``job``: what it sends for it is dropped."""
+        expired = worker.expired
+        expired[job.handle] = None
+        if len(expired) > MAX_EXPIRED:
+            del expired[next(iter(expired))]
 
     def _requeue(self, worker: Peer, job: Job) -> None:
         """The worker let go of a running job without ending it: run it again, or fail it."""

@@ -1,0 +1,139 @@
+"""Held grab (docs/held-grab.md), a worker session and the server's connection back to back.
+
+An idle worker that negotiated ``held-grab`` waits on its grab instead of
+NO_JOB → PRE_SLEEP → NOOP → GRAB_JOB: the job is pushed to it (NOOP, then the
+assignment) and it accepts it at once with JOB_ACCEPT.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from farm import protocol as p
+from farm.protocol import PacketType as T
+from farm.protocol.client import ClientSession, JobCreated, JobEnded, Task
+from farm.protocol.worker import JobAssigned, WorkerSession, WorkerState
+from farm.server.hub import Hub
+from farm.server.options import parse_args
+from tests.helpers.pair import Wire
+
+
+@pytest.fixture
+def hub() -> Hub:
+    return Hub(parse_args(["--store", "none"]))
+
+
+def held_worker(hub: Hub, *functions: str) -> tuple[Wire, WorkerSession]:
+    session = WorkerSession({f: None for f in functions}, held_grab=True)
+    wire = Wire(hub, session)
+    session.connected()
+    assert wire.pump() == []
+    assert session.held, "the server agreed (OPTION_RES held-grab)"
+    return wire, session
+
+
+def sent(wire: Wire) -> list[int]:
+    """The packet types the session has queued for the server (without sending them)."""
+    out = wire.session.data_to_send()
+    packets = p.Decoder(allow_admin=False).feed(out)
+    wire.conn.data_received(out)
+    return [pkt.type for pkt in packets]  # type: ignore[union-attr]
+
+
+def test_an_idle_grab_is_held_and_the_job_is_pushed_and_accepted(hub: Hub) -> None:
+    wire, worker = held_worker(hub, "f")
+    worker.grab()
+    assert wire.pump() == [] and worker.state is WorkerState.GRABBING, "no NO_JOB"
+    assert wire.transport.take() == b"", "nothing at all: the grab waits"
+
+    client = Wire(hub, ClientSession("mem"))
+    task: Task[None] = Task("f", b"x")
+    client.session.submit(task)  # type: ignore[union-attr]
+    assert client.pump() == [JobCreated(task=task)]
+
+    pushed = wire.transport.take()
+    assert [pkt.type for pkt in p.Decoder().feed(pushed)] == [T.NOOP, T.JOB_ASSIGN_UNIQ]  # type: ignore[union-attr]
+    (job,) = worker.receive(pushed)
+    assert isinstance(job, JobAssigned) and job.handle == task.handle
+    assert sent(wire) == [T.JOB_ACCEPT], "accepted before it runs"
+    assert wire.conn.pushed is None
+
+    worker.complete(b"done")
+    worker.grab()
+    assert sent(wire) == [T.WORK_COMPLETE, T.GRAB_JOB_UNIQ]
+    assert client.pump() == [JobEnded(task=task)] and task.result == b"done"
+    assert wire.transport.take() == b"", "the next grab is held again"
+
+
+def test_a_grab_with_work_waiting_is_answered_at_once_and_needs_no_accept(hub: Hub) -> None:
+    wire, worker = held_worker(hub, "f")
+    client = Wire(hub, ClientSession("mem"))
+    task: Task[None] = Task("f", b"x")
+    client.session.submit(task)  # type: ignore[union-attr]
+    client.pump()
+    worker.grab()
+    (job,) = wire.pump()
+    assert isinstance(job, JobAssigned) and job.handle == task.handle
+    assert worker.data_to_send() == b"", "a plain answer is not accepted"
+
+
+def test_reset_abilities_ends_a_held_grab_with_no_job(hub: Hub) -> None:
+    wire, worker = held_worker(hub, "f")
+    worker.grab()
+    wire.pump()
+    worker.reset_abilities()
+    assert wire.pump() == [] and worker.state is WorkerState.READY
+    assert worker.data_to_send() == b"", "no PRE_SLEEP after a held grab ends"
+    assert not wire.conn.sleeping and not hub.jobs.functions[b"f"].sleepers
+
+
+def test_a_pushed_job_not_accepted_in_time_goes_to_another_worker(hub: Hub) -> None:
+    stuck, stuck_session = held_worker(hub, "f")
+    stuck_session.grab()
+    stuck.pump()
+    other, other_session = held_worker(hub, "f")
+    client = Wire(hub, ClientSession("mem"))
+    task: Task[None] = Task("f", b"x")
+    client.session.submit(task)  # type: ignore[union-attr]
+    client.pump()
+    pushed = stuck.conn.pushed
+    assert pushed is not None and stuck.transport.take()  # it never reads it
+
+    stuck.conn.not_accepted(pushed)  # what the WAKE_DEADLINE timer does
+    assert pushed.worker is None and pushed.retries == 0, "back in the queue, no retry"
+    other_session.grab()
+    (job,) = other.pump()
+    assert isinstance(job, JobAssigned) and job.handle == task.handle
+    other_session.complete(b"from the other")
+    other.pump()
+    assert client.pump() == [JobEnded(task=task)] and task.result == b"from the other"
+
+    # The stuck worker wakes up, accepts and answers: dropped, no ERROR, no second result.
+    stuck.conn.data_received(
+        p.encode_req(T.JOB_ACCEPT, pushed.handle)
+        + p.encode_req(T.WORK_COMPLETE, pushed.handle, b"late")
+    )
+    hub.flush()
+    assert stuck.transport.take() == b"" and client.transport.take() == b""
+
+
+def test_against_a_server_without_held_grab_the_standard_dance_goes_on() -> None:
+    session = WorkerSession({"f": None}, held_grab=True)
+    session.connected()
+    assert T.OPTION_REQ in [pkt.type for pkt in p.Decoder().feed(session.data_to_send())]  # type: ignore[union-attr]
+    # gearmand's answer to an option it does not know, then NO_JOB for the grab.
+    session.grab()
+    session.data_to_send()
+    events = session.receive(
+        p.encode_res(T.ERROR, b"UNKNOWN_OPTION", b"Server does not recognize given option")
+        + p.encode_res(T.NO_JOB)
+    )
+    assert events == [] and not session.held, "no warning for the refused option"
+    assert session.state is WorkerState.SLEEPING
+    assert [pkt.type for pkt in p.Decoder().feed(session.data_to_send())] == [T.PRE_SLEEP]  # type: ignore[union-attr]
+
+
+def test_job_accept_is_unknown_to_a_connection_that_did_not_ask(hub: Hub) -> None:
+    wire = Wire(hub, ClientSession("mem"))
+    wire.conn.data_received(p.encode_req(T.JOB_ACCEPT, b"H:x:1"))
+    assert wire.conn.closed, "as any packet type the server does not know"
