@@ -80,3 +80,31 @@ def test_farm_ps_shows_a_stopped_worker_as_stopped(tmp_path: Path) -> None:
 
 def _state(up: FarmUp, pid: int) -> str:
     return next(r["state"] for r in up.ps() if r["pid"] == pid)
+
+
+def test_a_job_pushed_to_a_held_grab_and_not_accepted_goes_to_another_worker(
+    farm_server: Server, peer_factory: Callable[[str], Peer]
+) -> None:
+    stalled = peer_factory(farm_server.addr)
+    stalled.send(T.OPTION_REQ, "held-grab")
+    assert stalled.expect(T.OPTION_RES).args == (b"held-grab",)
+    stalled.send(T.CAN_DO, "h")
+    stalled.send(T.GRAB_JOB_UNIQ)  # held: no NO_JOB
+    healthy = sleeping_worker(peer_factory, farm_server, "h")
+    client = peer_factory(farm_server.addr)
+    client.send(T.SUBMIT_JOB, "h", "", "x")
+    handle = client.expect(T.JOB_CREATED).args[0]
+    stalled.expect(T.NOOP)
+    assert stalled.expect(T.JOB_ASSIGN_UNIQ).args[0] == handle, "pushed to the held grab"
+    # It never accepts: after the deadline the job is taken back and the sleeper woken.
+    healthy.expect(T.NOOP, timeout=5)
+    healthy.send(T.GRAB_JOB_UNIQ)
+    assert healthy.expect(T.JOB_ASSIGN_UNIQ).args[0] == handle
+    healthy.send(T.WORK_COMPLETE, handle, "done")
+    assert client.expect(T.WORK_COMPLETE).args == (handle, b"done")
+    # Back to life, the stalled one's answer is dropped: no ERROR, no second result.
+    stalled.send(T.JOB_ACCEPT, handle)
+    stalled.send(T.WORK_COMPLETE, handle, "late")
+    stalled.send(T.ECHO_REQ, "alive")
+    assert stalled.expect(T.ECHO_RES).args == (b"alive",)
+    assert client.nothing_within(0.2)
