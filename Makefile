@@ -1,7 +1,7 @@
 # The README names these targets. `make test` installs everything the tests need.
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
-DEBS := gearman-job-server gearman-tools php-cli php-gearman libgearman-client-perl
+DEBS := gearman-job-server gearman-tools php-cli php-gearman libgearman-client-perl prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install run deps-test test unit lint bench

@@ -12,7 +12,7 @@ import ssl
 from farm.net import connect, recv
 from farm.protocol.admin import reply_complete
 
-__all__ = ["admin_query"]
+__all__ = ["admin_query", "server_metrics"]
 
 
 def admin_query(
@@ -32,3 +32,11 @@ def admin_query(
                 break
             buf += data
     return buf.decode("utf-8", "replace")
+
+
+def server_metrics(address: str, *, timeout: float = 5.0) -> str:
+    """A farm server's metrics in Prometheus' text format (admin command ``metrics``)."""
+    reply = admin_query(address, "metrics", timeout=timeout)
+    if not reply.endswith("\n.\n"):
+        raise OSError(f"job server {address} did not answer `metrics`: {reply[:80]!r}")
+    return reply[:-2]

@@ -127,6 +127,14 @@ def verbose(server: Hub, args: list[str]) -> str:
     return f"OK {server.verbose_name}\n"
 
 
+def metrics(server: Hub, args: list[str]) -> str:
+    """farm's own: the server's metrics in Prometheus' text format, then ``.`` (the supervisor
+    serves them on its /metrics endpoint; docs/monitoring.md)."""
+    from farm.server.exposition import exposition
+
+    return exposition(server).decode() + ".\n"
+
+
 COMMANDS: dict[str, Callable[[Hub, list[str]], str]] = {
     "status": status,
     "prioritystatus": priority_status,
@@ -139,6 +147,7 @@ COMMANDS: dict[str, Callable[[Hub, list[str]], str]] = {
     "getpid": getpid,
     "version": version,
     "verbose": verbose,
+    "metrics": metrics,
 }
 
 

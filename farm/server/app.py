@@ -21,6 +21,7 @@ from farm.errors import TLSFileError
 from farm.lifetime import die_with_parent
 from farm.net import load_tls_file, parse_address
 from farm.server.connection import Connection
+from farm.server.exposition import serve_http
 from farm.server.hub import Hub
 from farm.server.options import ServerOptions, parse_args
 from farm.server.store import StoreError
@@ -66,6 +67,10 @@ class Server:
             log.info("listening on %s%s", tcp, " (TLS)" if tls else "")
         for path in opts.unix:
             await self._listen_unix(path, factory)
+        if opts.metrics:
+            where = parse_address(opts.metrics)
+            self.listeners.append(await serve_http(self.hub, where.host, where.port))
+            log.info("metrics on http://%s/metrics", opts.metrics)
 
     def _tls_context(self) -> ssl.SSLContext | None:
         opts = self.options

@@ -72,6 +72,7 @@ class Connection(asyncio.Protocol):
         self.held_back: set[Connection] = set()  # workers waiting for this client
         # Held grab (docs/held-grab.md): negotiated; the grab packet held (0: none); a job
         # pushed to this worker and not yet accepted, with its deadline.
+        self.used_admin = False
         self.may_hold_grab = False
         self.held_grab = 0
         self.pushed: Job | None = None
@@ -157,6 +158,7 @@ class Connection(asyncio.Protocol):
             worker.update_reading()
 
     def data_received(self, data: bytes) -> None:
+        self.hub.stats.bytes_in += len(data)
         try:
             events = self.decoder.feed(data)
             for event in events:
@@ -295,6 +297,7 @@ class Connection(asyncio.Protocol):
     def flush(self) -> None:
         self.dirty = False
         if self.out and not self.closed and self.transport is not None:
+            self.hub.stats.bytes_out += len(self.out)
             self.transport.write(bytes(self.out))
         self.out.clear()
 
@@ -552,7 +555,13 @@ class Connection(asyncio.Protocol):
 
     # -- admin ---------------------------------------------------------------
 
+    @property
+    def kind(self) -> str:
+        """What the metrics count this connection as."""
+        return "worker" if self.abilities else "admin" if self.used_admin else "client"
+
     def handle_admin(self, line: str) -> None:
+        self.used_admin = True
         reply = run_admin(self.hub, line, over_tcp=self.ip != "unix")
         if reply is not None:
             self.send(reply.encode())

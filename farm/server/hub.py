@@ -18,10 +18,12 @@ disk, and a failed commit turns into QUEUE_ERROR in place.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Protocol
 
 from farm.server.jobs import JobServer
+from farm.server.metrics import ServerStats
 from farm.server.options import ServerOptions
 from farm.server.queues import Timer
 from farm.server.store import SQLiteStore, open_store
@@ -38,6 +40,10 @@ class Writer(Protocol):
     ip: str
     client_id: bytes
     abilities: dict[bytes, float]
+
+    @property
+    def kind(self) -> str:
+        """ "client", "worker" or "admin", for the metrics."""
 
     def flush(self) -> None:
         """Write what is buffered (one write)."""
@@ -63,6 +69,7 @@ class Hub:
         self.holding: list[Writer] = []  # connections holding replies until the store commits
         self.pushes: list[Writer] = []  # workers with a held grab woken this turn
         self.partial_bytes = 0  # bytes of not yet whole packets, over all connections
+        self.stats = ServerStats()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._flush_due = False
         self.all_closed: asyncio.Event | None = None  # set once the last connection is gone
@@ -114,7 +121,10 @@ class Hub:
         store = self.store
         failed: list[bytes] = []
         if store is not None and store.pending:
+            began = time.perf_counter()
             failed = store.commit()
+            self.stats.commits += 1
+            self.stats.commit_time.observe(time.perf_counter() - began)
             for handle in failed:
                 self.jobs.unstore(handle)
         if self.holding:

@@ -196,6 +196,8 @@ class JobServer:
             self.by_unique.setdefault(unique, []).append(job)
         if client is not None and not background:
             self._attach(job, client)
+        if not store_id:
+            fq.stats.submitted[priority] += 1
         if when and when > time.time():
             heapq.heappush(self.epoch_heap, (when, job.seq, job))
             fq.scheduled[priority] += 1
@@ -407,6 +409,9 @@ class JobServer:
         fq = self.functions[job.function]
         fq.pop(job)
         fq.running += 1
+        now = time.monotonic()
+        fq.stats.wait.observe(now - job.since)
+        job.since = now
         job.worker = worker
         worker.running[job.handle] = job
         timeout = worker.abilities.get(job.function, 0.0)
@@ -422,6 +427,7 @@ class JobServer:
                 "job %s (%s) timed out on its worker", job.handle.decode(), job.function.decode()
             )
             self._drop_answers(worker, job)
+            self.functions[job.function].stats.timed_out[job.priority] += 1
             self.finish(worker, job, Outcome.FAIL)
 
     def take_back(self, worker: Peer, job: Job) -> None:
@@ -453,6 +459,7 @@ class JobServer:
             self._forget(job)  # nobody waits for it any more: nothing to retry or fail
             return
         job.retries += 1
+        self.function(job.function).stats.retried[job.priority] += 1
         if self.job_retries and job.retries >= self.job_retries:
             log.error(
                 "poison job %s: function %s unique %r failed after %d attempts",
@@ -492,10 +499,22 @@ class JobServer:
 
     def finish(self, worker: Peer, job: Job, outcome: Outcome, data: bytes = b"") -> None:
         """WORK_COMPLETE / FAIL / EXCEPTION from the worker holding the job: it ends."""
+        self.functions[job.function].stats.run.observe(time.monotonic() - job.since)
         self._stop_running(worker, job)
         self._end(job, outcome, data)
 
     def _end(self, job: Job, outcome: Outcome, data: bytes = b"") -> None:
+        fq = self.functions.get(job.function)
+        if fq is not None:
+            stats = fq.stats
+            counter = (
+                stats.completed
+                if outcome is Outcome.COMPLETE
+                else stats.exceptions
+                if outcome is Outcome.EXCEPTION
+                else stats.failed
+            )
+            counter[job.priority] += 1
         for client in job.clients:
             client.job_ended(job, outcome, data)
             client.attached.discard(job)

@@ -45,6 +45,7 @@ class ServerOptions:
     tcp_admin: str = "full"
     max_abilities: int = 4096  # functions one connection may register
     max_partial_bytes: int = 256 << 20  # bytes of unfinished packets all connections may hold
+    metrics: str | None = None  # HOST:PORT of the Prometheus endpoint (docs/monitoring.md)
 
 
 def default_store_path() -> str:
@@ -175,6 +176,12 @@ def build_parser(prog: str = "farm server") -> argparse.ArgumentParser:
         help="bytes of packets not yet whole that all connections together may hold; the"
         " connection that goes past it gets ERROR and is closed (default 256 MiB)",
     )
+    ap.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off; under farm up"
+        " the supervisor serves them; the admin command `metrics` answers anyway)",
+    )
     ap.add_argument("-b", "--backlog", type=int, default=1024)
     ap.add_argument("-v", "--verbose", action="count", default=0, help="more logging, repeatable")
     ap.add_argument(
@@ -248,7 +255,21 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "farm server") -> 
         tcp_admin=ns.tcp_admin,
         max_abilities=ns.max_abilities,
         max_partial_bytes=ns.max_partial_bytes,
+        metrics=metrics_address(ap, ns.metrics),
     )
+
+
+def metrics_address(ap: argparse.ArgumentParser, text: str | None) -> str | None:
+    """--metrics HOST:PORT in normal form (a port is required: there is no default)."""
+    if text is None:
+        return None
+    try:
+        addr = parse_address(text, default_port=0)
+    except AddressError as exc:
+        ap.error(f"--metrics {text}: {exc.reason}")
+    if addr.kind == "unix" or not addr.port:
+        ap.error(f"--metrics {text}: give HOST:PORT, for example 127.0.0.1:9731")
+    return str(addr)
 
 
 def listen_addresses(

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from time import monotonic
 from typing import Protocol
 
 from farm.protocol.kinds import Priority
+from farm.server.metrics import FunctionStats
 
 HIGH, NORMAL, LOW = Priority.HIGH, Priority.NORMAL, Priority.LOW
 
@@ -87,6 +89,7 @@ class Job:
         "queued",
         "store_id",
         "timer",
+        "since",
     )
 
     def __init__(
@@ -119,6 +122,7 @@ class Job:
         self.queued = False
         self.store_id = 0  # row in the durable store; 0 when not stored
         self.timer: Timer | None = None
+        self.since = 0.0  # monotonic: when it was queued, then when a worker took it
 
     def __repr__(self) -> str:
         return f"<Job {self.handle.decode()} {self.function.decode()!r}>"
@@ -143,6 +147,7 @@ class FunctionQueue:
         "max_total",
         "max_by_priority",
         "ready",
+        "stats",
     )
 
     def __init__(self, name: bytes, ready: set[bytes] | None = None) -> None:
@@ -160,6 +165,7 @@ class FunctionQueue:
         # `maxqueue F N` bounds all queued jobs; `maxqueue F H N L` each priority (0 = no limit).
         self.max_total = 0
         self.max_by_priority: tuple[int, int, int] = (0, 0, 0)
+        self.stats = FunctionStats()
 
     def full(self, priority: int) -> bool:
         if self.max_total and self.queued >= self.max_total:
@@ -184,6 +190,7 @@ class FunctionQueue:
         return None
 
     def push(self, job: Job, *, front: bool = False) -> None:
+        job.since = monotonic()
         if front:
             self.queues[job.priority].appendleft(job)
         else:

@@ -1,0 +1,179 @@
+"""The server's metrics in Prometheus' text format: the admin command ``metrics`` and
+``--metrics HOST:PORT``'s HTTP endpoint.
+
+prometheus_client is imported only when someone asks for the numbers: a custom
+collector reads the Hub's counters (farm.server.metrics) at scrape time, in
+the server's loop, so a server nobody scrapes pays nothing for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from farm.protocol.kinds import PRIORITY_NAMES
+from farm.server.hub import Hub
+
+__all__ = ["exposition", "serve_http", "CONTENT_TYPE"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_COUNTERS = (
+    ("submitted", "Jobs submitted (a submit joining a live job of the same unique is not one)."),
+    ("completed", "Jobs that ended with WORK_COMPLETE."),
+    ("failed", "Jobs that failed: WORK_FAIL, a timeout, a cancel, or out of retries."),
+    ("exceptions", "Jobs that ended with WORK_EXCEPTION."),
+    ("retried", "Times a job was queued again because its worker died or let it go."),
+    ("timed_out", "Jobs failed because they outran their CAN_DO_TIMEOUT."),
+)
+
+
+class _Collector:
+    """Reads a Hub at scrape time (in the server's loop thread) into metric families."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        hub = self.hub
+        functions = list(hub.jobs.functions.values())
+        labels = ["function", "priority"]
+        for field, text in _COUNTERS:
+            family = CounterMetricFamily(f"farm_jobs_{field}", text, labels=labels)
+            for fq in functions:
+                name = fq.name.decode("utf-8", "replace")
+                for priority, count in zip(PRIORITY_NAMES, getattr(fq.stats, field), strict=True):
+                    family.add_metric([name, priority], count)
+            yield family
+        queued = GaugeMetricFamily(
+            "farm_jobs_queued", "Jobs waiting (runnable or held for their epoch).", labels=labels
+        )
+        running = GaugeMetricFamily(
+            "farm_jobs_running", "Jobs on a worker now.", labels=["function"]
+        )
+        workers = GaugeMetricFamily(
+            "farm_workers", "Worker connections that registered the function.", labels=["function"]
+        )
+        wait = HistogramMetricFamily(
+            "farm_job_queue_wait_seconds",
+            "From submit (or requeue) to a worker taking the job.",
+            labels=["function"],
+        )
+        run = HistogramMetricFamily(
+            "farm_job_run_seconds",
+            "From a worker taking the job to its answer (complete, fail or exception).",
+            labels=["function"],
+        )
+        for fq in functions:
+            name = fq.name.decode("utf-8", "replace")
+            for index, label in enumerate(PRIORITY_NAMES):
+                queued.add_metric([name, label], fq.counts[index] + fq.scheduled[index])
+            running.add_metric([name], fq.running)
+            workers.add_metric([name], len(fq.workers))
+            for histogram, hist in ((wait, fq.stats.wait), (run, fq.stats.run)):
+                histogram.add_metric([name], hist.cumulative(), hist.total)
+        yield from (queued, running, workers, wait, run)
+        yield from self._server()
+
+    def _server(self) -> Iterator[Any]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        hub, stats = self.hub, self.hub.stats
+        kinds = {"client": 0, "worker": 0, "admin": 0}
+        for conn in hub.connections:
+            kinds[conn.kind] += 1
+        connections = GaugeMetricFamily(
+            "farm_server_connections", "Open connections by what they did.", labels=["kind"]
+        )
+        for kind, count in kinds.items():
+            connections.add_metric([kind], count)
+        yield connections
+        yield CounterMetricFamily(
+            "farm_server_received_bytes", "Bytes read from connections.", value=stats.bytes_in
+        )
+        yield CounterMetricFamily(
+            "farm_server_sent_bytes", "Bytes written to connections.", value=stats.bytes_out
+        )
+        yield CounterMetricFamily(
+            "farm_store_commits", "Commits of the durable store.", value=stats.commits
+        )
+        commit = HistogramMetricFamily(
+            "farm_store_commit_seconds", "How long each commit of the durable store took."
+        )
+        commit.add_metric([], stats.commit_time.cumulative(), stats.commit_time.total)
+        yield commit
+        store = hub.store
+        size = 0
+        if store is not None:
+            for suffix in ("", "-wal"):
+                try:
+                    size += os.path.getsize(store.path + suffix)
+                except OSError:
+                    pass
+        yield GaugeMetricFamily(
+            "farm_store_bytes", "Size of the durable store on disk (with its WAL).", value=size
+        )
+        yield GaugeMetricFamily(
+            "farm_server_start_time_seconds",
+            "When the server started (Unix time); uptime is time() minus this.",
+            value=stats.started,
+        )
+        yield GaugeMetricFamily(
+            "farm_server_uptime_seconds",
+            "Seconds since the server started.",
+            value=time.time() - stats.started,
+        )
+
+
+def exposition(hub: Hub) -> bytes:
+    """The server's metrics in Prometheus' text format (prometheus_client writes it)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(hub))
+    return generate_latest(registry)
+
+
+async def serve_http(hub: Hub, host: str, port: int) -> asyncio.AbstractServer:
+    """``GET /metrics`` on HOST:PORT, answered in the server's own loop (the numbers are read
+    where they change, so no lock is needed), one request per connection."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            method, _, rest = head.partition(b" ")
+            path = rest.partition(b" ")[0].partition(b"?")[0]
+            if method not in (b"GET", b"HEAD"):
+                status, body, kind = b"405 Method Not Allowed", b"GET only\n", b"text/plain"
+            elif path != b"/metrics":
+                status, body, kind = b"404 Not Found", b"see /metrics\n", b"text/plain"
+            else:
+                status, body, kind = b"200 OK", exposition(hub), CONTENT_TYPE.encode()
+            writer.write(
+                b"HTTP/1.1 "
+                + status
+                + b"\r\nContent-Type: "
+                + kind
+                + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+                + (body if method != b"HEAD" else b"")
+            )
+            await writer.drain()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(answer, host, port, reuse_address=True)

@@ -1,0 +1,116 @@
+"""The server's own numbers, counted where they change (farm.server.exposition shows them).
+
+Counting sits on the hot path, so it is plain integer arithmetic on objects the
+server already touches: each function's ``FunctionStats`` lives on its
+``FunctionQueue``, and histograms are bucket arrays filled with one
+``bisect``. Nothing here takes a lock or allocates per job.
+
+The names, labels and meaning of each metric are in docs/monitoring.md.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+
+__all__ = ["Histogram", "FunctionStats", "ServerStats", "BUCKETS", "COMMIT_BUCKETS"]
+
+#: Upper bounds (seconds) of the queue-wait and run-time buckets: 0.5 ms to 5 minutes.
+BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
+#: Commits are quicker than jobs: 50 µs to 1 s.
+COMMIT_BUCKETS: tuple[float, ...] = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.1,
+    1.0,
+)
+
+
+class Histogram:
+    """Bucket counts (not cumulative) and a sum: what one observation costs is a bisect."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...] = BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out, running = [], 0
+        for bound, count in zip(self.bounds, self.counts, strict=False):
+            running += count
+            out.append((_bound(bound), float(running)))
+        out.append(("+Inf", float(running + self.counts[-1])))
+        return out
+
+
+def _bound(value: float) -> str:
+    return repr(value)
+
+
+class FunctionStats:
+    """One function's counters, each indexed by priority (high, normal, low)."""
+
+    __slots__ = (
+        "submitted",
+        "completed",
+        "failed",
+        "exceptions",
+        "retried",
+        "timed_out",
+        "wait",
+        "run",
+    )
+
+    def __init__(self) -> None:
+        self.submitted = [0, 0, 0]
+        self.completed = [0, 0, 0]
+        self.failed = [0, 0, 0]
+        self.exceptions = [0, 0, 0]
+        self.retried = [0, 0, 0]
+        self.timed_out = [0, 0, 0]
+        self.wait = Histogram()  # submit (or requeue) -> assigned to a worker
+        self.run = Histogram()  # assigned -> the worker's answer
+
+
+class ServerStats:
+    """What the server counts outside any one function."""
+
+    __slots__ = ("started", "bytes_in", "bytes_out", "commits", "commit_time")
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.commits = 0
+        self.commit_time = Histogram(COMMIT_BUCKETS)

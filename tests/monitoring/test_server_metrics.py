@@ -1,0 +1,154 @@
+"""The server's Prometheus metrics, from a real server, real jobs and a real scrape.
+
+Each counter is driven by the protocol event it counts (a completion, a
+WORK_FAIL, an exception, a worker dying mid-job, a CAN_DO_TIMEOUT) and read
+back through ``--metrics``' HTTP endpoint and the admin command ``metrics``,
+parsed with prometheus_client's own parser; promtool checks the exposition.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from farm.client.admin import admin_query, server_metrics
+from farm.protocol import PacketType as T
+from tests.helpers.peers import Peer
+from tests.helpers.servers import free_port, start_farm_server
+from tests.helpers.waiting import wait_for
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def run_one(
+    client: Peer, worker: Peer, function: str, answer: Callable[[bytes], None], priority: int
+) -> bytes:
+    submit = {0: T.SUBMIT_JOB_HIGH, 1: T.SUBMIT_JOB, 2: T.SUBMIT_JOB_LOW}[priority]
+    client.send(submit, function, "", "x")
+    handle = client.expect(T.JOB_CREATED).args[0]
+    worker.send(T.GRAB_JOB)
+    assert worker.expect(T.JOB_ASSIGN).args[0] == handle
+    answer(handle)
+    return handle
+
+
+@pytest.mark.timeout(60)
+def test_counters_gauges_and_histograms_follow_the_jobs(
+    peer_factory: Callable[[str], Peer],
+) -> None:
+    port = free_port()
+    srv = start_farm_server("--metrics", f"127.0.0.1:{port}")
+    try:
+        client = peer_factory(srv.addr)
+        client.send(T.OPTION_REQ, "exceptions")
+        client.expect(T.OPTION_RES)
+        worker = peer_factory(srv.addr)
+        worker.send(T.CAN_DO, "f")
+        for priority in (0, 1, 1):
+            run_one(client, worker, "f", lambda h: worker.send(T.WORK_COMPLETE, h, "ok"), priority)
+            client.expect(T.WORK_COMPLETE)
+        run_one(client, worker, "f", lambda h: worker.send(T.WORK_FAIL, h), 2)
+        client.expect(T.WORK_FAIL)
+        run_one(client, worker, "f", lambda h: worker.send(T.WORK_EXCEPTION, h, "E: boom"), 1)
+        client.expect(T.WORK_EXCEPTION)
+        # A worker dies holding a job: it is retried, and then completed by another.
+        doomed = peer_factory(srv.addr)
+        doomed.send(T.CAN_DO, "f")
+        run_one(client, doomed, "f", lambda h: doomed.sock.close(), 1)
+        wait_for(
+            "the dead worker's job to be queued again",
+            lambda: "f\t1\t0\t1\n" in admin_query(srv.addr, "status", timeout=10),
+        )
+        worker.send(T.GRAB_JOB)
+        handle = worker.expect(T.JOB_ASSIGN).args[0]
+        worker.send(T.WORK_COMPLETE, handle, "second try")
+        client.expect(T.WORK_COMPLETE)
+        # A job that outruns its CAN_DO_TIMEOUT.
+        slow = peer_factory(srv.addr)
+        slow.send(T.CAN_DO_TIMEOUT, "t", "1")
+        run_one(client, slow, "t", lambda h: None, 1)
+        client.expect(T.WORK_FAIL, timeout=10)
+        client.send(T.SUBMIT_JOB_BG, "waiting", "", "queued")
+        client.expect(T.JOB_CREATED)
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            assert reply.status == 200
+            assert reply.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            text = reply.read().decode()
+        assert value(text, "farm_jobs_submitted_total", function="f", priority="high") == 1
+        assert value(text, "farm_jobs_submitted_total", function="f", priority="normal") == 4
+        assert value(text, "farm_jobs_submitted_total", function="f", priority="low") == 1
+        assert value(text, "farm_jobs_completed_total", function="f", priority="high") == 1
+        assert value(text, "farm_jobs_completed_total", function="f", priority="normal") == 3
+        assert value(text, "farm_jobs_failed_total", function="f", priority="low") == 1
+        assert value(text, "farm_jobs_exceptions_total", function="f", priority="normal") == 1
+        assert value(text, "farm_jobs_retried_total", function="f", priority="normal") == 1
+        assert value(text, "farm_jobs_timed_out_total", function="t", priority="normal") == 1
+        assert value(text, "farm_jobs_failed_total", function="t", priority="normal") == 1
+        assert value(text, "farm_jobs_queued", function="waiting", priority="normal") == 1
+        assert value(text, "farm_workers", function="f") == 1
+        # Six jobs ran to an answer on f (the dead worker's try has none): six run times.
+        assert value(text, "farm_job_run_seconds_count", function="f") == 6
+        assert value(text, "farm_job_queue_wait_seconds_count", function="f") == 7
+        assert value(text, "farm_server_connections", kind="worker") == 2
+        assert value(text, "farm_server_received_bytes_total") > 0
+        assert value(text, "farm_server_uptime_seconds") > 0
+
+        # The same numbers through the admin protocol (what farm up's supervisor scrapes).
+        reply_text = server_metrics(srv.addr, timeout=10)
+        assert value(reply_text, "farm_jobs_completed_total", function="f", priority="normal") == 3
+        promtool = shutil.which("promtool")
+        if promtool is None and os.environ.get("FARM_REQUIRE_INTEROP"):
+            pytest.fail("promtool is missing (Debian package prometheus; make deps-test)")
+        if promtool:
+            check = subprocess.run(
+                [promtool, "check", "metrics"], input=text.encode(), capture_output=True
+            )
+            assert check.returncode == 0, check.stdout + check.stderr
+    finally:
+        srv.stop()
+
+
+def test_metrics_needs_host_and_port() -> None:
+    import sys
+
+    from tests.helpers import ROOT
+
+    run = subprocess.run(
+        [sys.executable, "-m", "farm.server", "--metrics", "nowhere"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+    )
+    assert run.returncode == 2 and "--metrics nowhere" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_an_unknown_path_is_404(peer_factory: Callable[[str], Peer]) -> None:
+    port = free_port()
+    srv = start_farm_server("--metrics", f"127.0.0.1:{port}")
+    try:
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10)
+        assert err.value.code == 404
+        wait_for("the server to still answer", lambda: admin_query(srv.addr, "version"))
+    finally:
+        srv.stop()
