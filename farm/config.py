@@ -15,6 +15,7 @@ that is not writable.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -56,6 +57,8 @@ DEFAULTS_SOURCE = "<built-in defaults>"
 MAX_WORKERS = 1024
 #: What a worker is taken to need when its pool sets no max_rss_mb.
 DEFAULT_WORKER_MB = 100
+#: kill_rss_mb when a pool sets only max_rss_mb: this many times it, rounded up.
+KILL_RSS_FACTOR = 1.5
 #: Longest graceful_timeout accepted (a day): a stop must end.
 MAX_GRACE = 86400
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -105,11 +108,12 @@ class FunctionConfig:
     auto: bool
     timeout: int | None  # seconds; the job fails and the worker is replaced
     max_jobs: int | None
-    max_rss_mb: int | None
+    max_rss_mb: int | None  # recycle after a job past this
+    kill_rss_mb: int | None = None  # resolved; fail the job and exit past this, mid-job
 
     def options(self) -> tuple[object, ...]:
         """What a running worker was started with: a change means the pool restarts."""
-        return (self.target, self.timeout, self.max_jobs, self.max_rss_mb)
+        return (self.target, self.timeout, self.max_jobs, self.max_rss_mb, self.kill_rss_mb)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -379,7 +383,9 @@ class _Validator:
             raise self.fail(
                 key, "function names use letters, digits, '_', '.' and '-' (at most 64)"
             )
-        raw = self.table(raw, key, ("target", "workers", "timeout", "max_jobs", "max_rss_mb"))
+        raw = self.table(
+            raw, key, ("target", "workers", "timeout", "max_jobs", "max_rss_mb", "kill_rss_mb")
+        )
         if "target" not in raw:
             raise self.fail(f"{key}.target", 'missing; add target = "module:function"')
         target = raw["target"]
@@ -394,6 +400,16 @@ class _Validator:
             raise self.fail(
                 f"{key}.workers", f'must be a whole number >= 0 or "auto", got {workers!r}'
             )
+        max_rss_mb = self.optional_positive(raw.get("max_rss_mb"), f"{key}.max_rss_mb")
+        kill_rss_mb = self.optional_positive(raw.get("kill_rss_mb"), f"{key}.kill_rss_mb")
+        if kill_rss_mb is None and max_rss_mb is not None:
+            kill_rss_mb = math.ceil(max_rss_mb * KILL_RSS_FACTOR)
+        elif kill_rss_mb is not None and max_rss_mb is not None and kill_rss_mb < max_rss_mb:
+            raise self.fail(
+                f"{key}.kill_rss_mb",
+                f"must be >= max_rss_mb ({max_rss_mb}), got {kill_rss_mb}; raise it, or"
+                f" leave it out for {KILL_RSS_FACTOR:g} x max_rss_mb",
+            )
         return FunctionConfig(
             name=name,
             target=target,
@@ -401,7 +417,8 @@ class _Validator:
             auto=auto,
             timeout=self.optional_positive(raw.get("timeout"), f"{key}.timeout"),
             max_jobs=self.optional_positive(raw.get("max_jobs"), f"{key}.max_jobs"),
-            max_rss_mb=self.optional_positive(raw.get("max_rss_mb"), f"{key}.max_rss_mb"),
+            max_rss_mb=max_rss_mb,
+            kill_rss_mb=kill_rss_mb,
         )
 
     def count(self, value: Any, key: str) -> int:

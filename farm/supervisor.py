@@ -325,6 +325,7 @@ class Supervisor(Steering):
             ("--timeout", pool.timeout),
             ("--max-jobs", pool.max_jobs),
             ("--max-rss-mb", pool.max_rss_mb),
+            ("--kill-rss-mb", pool.kill_rss_mb),
         ):
             if value is not None:
                 argv += [flag, str(value)]

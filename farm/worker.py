@@ -13,6 +13,7 @@ import logging
 import selectors
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -84,11 +85,12 @@ class Job:
         self._send(lambda s: s.send_warning(payload))
 
     def _send(self, queue: Callable[[WorkerSession], None]) -> None:
-        server = self._server
-        if server.session.state is not WorkerState.WORKING or server.session.handle != self.handle:
-            return  # the server went away mid-job: nobody is listening any more
-        queue(server.session)
-        self._worker._flush(server)
+        server, worker = self._server, self._worker
+        with worker._send_lock:  # Worker.abandon may fail this job from another thread
+            if not worker._holds(server, self):
+                return  # the job ended, or its server went away mid-job: nobody listens
+            queue(server.session)
+            worker._flush_locked(server)
 
     def __repr__(self) -> str:
         return f"<Job {self.function} {self.handle}>"
@@ -134,6 +136,9 @@ class Worker:
         self._drain_asked = False  # unregister_all() was called; the loop acts on it
         self._drained = False
         self._waker = Waker()
+        # Taken by every write to the servers, so abandon() may fail a job from another
+        # thread; uncontended (one thread runs jobs) it costs well under a microsecond.
+        self._send_lock = threading.Lock()
 
     # -- registration --
 
@@ -176,6 +181,27 @@ class Worker:
     def _wake(self) -> None:
         self._waker.wake()
 
+    def abandon(self, job: Job, why: str) -> bool:
+        """Fail the job in hand now (WORK_FAIL) from another thread, and send that at once.
+
+        For a watchdog whose process exits next (farm.pools.workerproc's kill_rss_mb): the
+        job's code still holds the thread that runs it, and the server, told WORK_FAIL
+        before the connection drops, fails the job rather than handing it out again.
+        Logs ``job HANDLE failed: WHY``. False, and nothing is sent, if ``job`` is no longer
+        in hand: it has just ended (its answer leaves as usual) or its server is gone.
+        """
+        server = job._server
+        with self._send_lock:
+            if not self._holds(server, job):
+                return False
+            try:
+                server.session.fail()
+            except ProtocolError:  # the job's own thread answered it just now
+                return False
+            log.error("job %s failed: %s", job.handle, why)
+            self._flush_locked(server)
+            return True
+
     # -- the loop --
 
     def work(self, stop_after: int | None = None) -> None:
@@ -186,15 +212,20 @@ class Worker:
         goal = None if stop_after is None else self.jobs_done + stop_after
         selector = self._selector = selectors.DefaultSelector()
         selector.register(self._waker.reader, selectors.EVENT_READ, None)
+        # Held grab only with one server: two servers must not push to one worker at once.
+        held = len(self.servers) == 1
         self._servers = [
-            _Server(a, WorkerSession(dict(self._timeouts), self.client_id)) for a in self.servers
+            _Server(a, WorkerSession(dict(self._timeouts), self.client_id, held_grab=held))
+            for a in self.servers
         ]
         try:
             while True:
                 now = time.monotonic()
                 self._reconnect_due(now)
-                if self._drain_asked:
-                    self._reset_abilities()
+                if self._drain_asked or (
+                    self._stopping and self._grabbing is not None and not self._drained
+                ):
+                    self._reset_abilities()  # ends a held grab too (NO_JOB)
                 if self._stopping and self._grabbing is None:
                     break
                 if self._grabbing is None and not self._drained and not self._stopping:
@@ -208,7 +239,8 @@ class Worker:
                         self._read(key.data)
                         if goal is not None and self.jobs_done >= goal:
                             self._stopping = True
-            self._reset_abilities()
+            if not self._drained:
+                self._reset_abilities()
         finally:
             for server in self._servers:
                 if server.sock is not None:
@@ -278,6 +310,7 @@ class Worker:
             return
         if self._grabbing is server and server.session.state is not WorkerState.GRABBING:
             self._grabbing = None
+        self._flush(server)  # a JOB_ACCEPT leaves before its job runs
         for event in events:
             if type(event) is JobAssigned:
                 self._run(server, event)
@@ -310,6 +343,10 @@ class Worker:
         return session.state is WorkerState.WORKING and session.handle == job.handle
 
     def _flush(self, server: _Server) -> None:
+        with self._send_lock:
+            self._flush_locked(server)
+
+    def _flush_locked(self, server: _Server) -> None:
         out = server.session.data_to_send()
         if out and server.sock is not None:
             try:

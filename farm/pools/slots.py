@@ -23,6 +23,7 @@ __all__ = [
     "EXIT_DRAINED",
     "EXIT_BOOT_ERROR",
     "EXIT_RECYCLE",
+    "EXIT_RSS_KILLED",
     "RestartHistory",
     "ProcState",
     "Slot",
@@ -38,6 +39,7 @@ __all__ = [
 EXIT_DRAINED = 0  # asked to stop (SIGTERM): finished its job, unregistered
 EXIT_BOOT_ERROR = 3  # the target could not be imported or served: restarting soon won't help
 EXIT_RECYCLE = 4  # reached max_jobs or max_rss_mb after a job: replace at once
+EXIT_RSS_KILLED = 5  # went past kill_rss_mb mid-job, failed that job: replace at once
 
 #: A process that lived this long was healthy: its slot's failure count starts over.
 HEALTHY_AFTER = 60.0
@@ -226,6 +228,10 @@ class Slot(RestartHistory):
         elif code == EXIT_RECYCLE:
             how = f"was recycled ({proc.recycle_reason or 'limit reached'})"
             delay = self.planned(now)
+        elif code == EXIT_RSS_KILLED:
+            # Not a crash: the worker failed its job (WORK_FAIL, no retry) and left on purpose.
+            job = f"; job {proc.handle} failed" if proc.handle else ""
+            how, delay = f"killed: RSS over kill_rss_mb{job}", self.planned(now)
         elif code == EXIT_BOOT_ERROR:
             how, delay = f"failed to boot ({how})", self.failed(now, boot=True)
         else:

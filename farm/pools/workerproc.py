@@ -12,9 +12,14 @@ What it does job by job (the job in hand since when, jobs done, RSS) it writes
 into its slot's shared-memory record (``--record-fd``, farm.pools.record), which
 the supervisor reads on its own tick: no message, no wake-up per job.
 
+With ``--kill-rss-mb`` a watchdog thread reads RSS while a job runs; past that
+ceiling the job fails (WORK_FAIL: the server does not retry it, which would
+only blow up another worker) and the process exits at once (see ``watch_rss``).
+
 SIGTERM means drain: finish the job in hand, unregister, exit 0. Exit codes
 are the supervisor's contract (farm.pools.slots): 3 = the target cannot be loaded
-(a boot failure, backed off), 4 = recycled, anything else = crashed.
+(a boot failure, backed off), 4 = recycled, 5 = killed past kill_rss_mb mid-job,
+anything else = crashed.
 """
 
 from __future__ import annotations
@@ -25,19 +30,27 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from farm.pools.record import RecordWriter
-from farm.pools.slots import EXIT_BOOT_ERROR, EXIT_DRAINED, EXIT_RECYCLE
+from farm.pools.slots import EXIT_BOOT_ERROR, EXIT_DRAINED, EXIT_RECYCLE, EXIT_RSS_KILLED
 
-__all__ = ["main", "current_rss"]
+if TYPE_CHECKING:
+    from farm.worker import Job, Worker
+
+__all__ = ["main", "current_rss", "watch_rss"]
 
 log = logging.getLogger("farm.pools.workerproc")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 #: RSS is read after a job at most this often (seconds); max_rss_mb acts on the latest.
 RSS_EVERY = 0.05
+#: While a job runs, RSS is checked against kill_rss_mb this often (seconds). A job can
+#: outgrow the ceiling by what it allocates in this time (or in one C call that holds
+#: the GIL, which delays the check until it returns): a hard ceiling, not an exact one.
+RSS_WATCH_EVERY = 0.1
 
 
 def current_rss() -> int:
@@ -77,6 +90,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--timeout", type=int, default=None)
     ap.add_argument("--max-jobs", type=int, default=None)
     ap.add_argument("--max-rss-mb", type=int, default=None)
+    ap.add_argument("--kill-rss-mb", type=int, default=None)
     ap.add_argument("--report-fd", type=int, default=None)
     ap.add_argument("--record-fd", type=int, default=None)
     return ap.parse_args(argv)
@@ -109,11 +123,15 @@ def main(argv: list[str] | None = None) -> int:
 
     recycle: list[str] = []
     rss_read = [0.0, 0]  # when RSS was last read, and what it was
+    # After a job, past max_rss_mb recycles; so does past kill_rss_mb without it (a
+    # worker still past its ceiling after a job would fail the next one at once).
+    rss_limited = ns.max_rss_mb is not None or ns.kill_rss_mb is not None
+    in_hand: list[Job | None] = [None]  # the job the main thread runs, for watch_rss
 
     def after_job(job: Any) -> None:
         now = time.monotonic()
-        # /proc is a few system calls: every job only where max_rss_mb acts on it.
-        if ns.max_rss_mb is not None or now - rss_read[0] >= RSS_EVERY:
+        # /proc is a few system calls: every job only where an RSS limit acts on it.
+        if rss_limited or now - rss_read[0] >= RSS_EVERY:
             rss_read[:] = [now, current_rss()]
         rss = int(rss_read[1])
         if record is not None:
@@ -122,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             recycle.append(f"max_jobs {ns.max_jobs} reached")
         elif ns.max_rss_mb is not None and rss > ns.max_rss_mb * 1024 * 1024:
             recycle.append(f"RSS {rss // 2**20} MiB > max_rss_mb {ns.max_rss_mb}")
+        elif ns.kill_rss_mb is not None and rss > ns.kill_rss_mb * 1024 * 1024:
+            recycle.append(f"RSS {rss // 2**20} MiB > kill_rss_mb {ns.kill_rss_mb}")
         if recycle:
             reporter.send(ev="recycle", why=recycle[0])
             worker.stop()
@@ -131,24 +151,77 @@ def main(argv: list[str] | None = None) -> int:
     client_id = f"farm:{ns.function}#{ns.slot}:{os.getpid()}"
     try:
         worker = Worker(ns.server or None, client_id=client_id, after_job=after_job)
-        worker.register(ns.function, _recording(fn, record), timeout=ns.timeout)
+        watched = in_hand if ns.kill_rss_mb is not None else None
+        worker.register(ns.function, _recording(fn, record, watched), timeout=ns.timeout)
     except (ValueError, TypeError) as e:
         log.error("cannot serve %s: %s", ns.function, e)
         return EXIT_BOOT_ERROR
     signal.signal(signal.SIGTERM, lambda signum, frame: worker.stop())
+    if ns.kill_rss_mb is not None:
+        rss = current_rss()
+        if rss > ns.kill_rss_mb * 1024 * 1024:
+            log.warning(
+                "RSS %d MiB is past kill_rss_mb %d before any job: every job will fail;"
+                " raise kill_rss_mb (and max_rss_mb)",
+                rss // 2**20,
+                ns.kill_rss_mb,
+            )
+        threading.Thread(
+            target=watch_rss, args=(worker, in_hand, ns.kill_rss_mb), name="rss-watch", daemon=True
+        ).start()
     reporter.send(ev="ready")
     worker.work()
     return EXIT_RECYCLE if recycle else EXIT_DRAINED
 
 
-def _recording(fn: Callable[[Any], Any], record: RecordWriter | None) -> Callable[[Any], Any]:
-    """Wrap the target so the supervisor knows which job runs since when."""
-    if record is None:
+def watch_rss(worker: Worker, in_hand: list[Job | None], kill_rss_mb: int) -> None:
+    """Kill this worker once its RSS passes ``kill_rss_mb`` while a job runs.
+
+    A thread of its own, because the job's code holds the main thread until it
+    returns. Every RSS_WATCH_EVERY seconds, while a job is in hand: past the
+    ceiling, fail that job (WORK_FAIL, sent before the connection drops, so the
+    server fails it for its client instead of retrying it) and ``os._exit`` at
+    once: nothing of the job's code runs on, nor any cleanup that could allocate.
+    The check needs the GIL, so a C call holding it delays the check until it returns.
+    """
+    ceiling = kill_rss_mb * 1024 * 1024
+    while True:
+        time.sleep(RSS_WATCH_EVERY)
+        job = in_hand[0]
+        if job is None:
+            continue
+        rss = current_rss()
+        if rss <= ceiling:
+            continue
+        why = f"RSS {rss // 2**20} MiB over kill_rss_mb {kill_rss_mb}; worker exits"
+        # Not sent while the job is still in hand: its server is gone (the server hands the
+        # job out again, nothing to do about that), exit all the same. Not sent and no
+        # longer in hand: it ended just now and after_job recycles this worker.
+        sent = worker.abandon(job, why)  # logs "job HANDLE failed: WHY"
+        if sent or in_hand[0] is job:
+            if not sent:
+                log.error("job %s: %s (its job server is gone, no WORK_FAIL)", job.handle, why)
+            os._exit(EXIT_RSS_KILLED)
+
+
+def _recording(
+    fn: Callable[[Any], Any], record: RecordWriter | None, in_hand: list[Job | None] | None
+) -> Callable[[Any], Any]:
+    """Wrap the target so the supervisor knows which job runs since when, and
+    ``watch_rss`` which job is in hand (``in_hand[0]``, cleared before its answer)."""
+    if record is None and in_hand is None:
         return fn
 
-    def run(job: Any) -> Any:
-        record.started(job.handle)
-        return fn(job)
+    def run(job: Job) -> Any:
+        if record is not None:
+            record.started(job.handle)
+        if in_hand is None:
+            return fn(job)
+        in_hand[0] = job
+        try:
+            return fn(job)
+        finally:
+            in_hand[0] = None
 
     return run
 

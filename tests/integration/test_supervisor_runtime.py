@@ -198,8 +198,11 @@ def test_worker_is_recycled_after_max_jobs(tmp_path: Path) -> None:
 
 
 def test_worker_is_recycled_past_max_rss(tmp_path: Path) -> None:
+    # kill_rss_mb well above: its default (1.5 x 1 MiB) would fail the job mid-run instead
     up = FarmUp(
-        tmp_path, '[functions.rev]\ntarget = "workers.text:reverse"\nworkers = 1\nmax_rss_mb = 1\n'
+        tmp_path,
+        '[functions.rev]\ntarget = "workers.text:reverse"\nworkers = 1\nmax_rss_mb = 1\n'
+        "kill_rss_mb = 4096\n",
     )
     try:
         up.expect_notify("READY=1")

@@ -98,6 +98,13 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
         ("workers = 2", "workers = 2.5", "functions.rev.workers", "whole number"),
         ("timeout = 30", "timeout = 0", "functions.hash.timeout", "> 0"),
         ("max_jobs = 100", "max_jobs = true", "functions.hash.max_jobs", "whole number"),
+        (
+            "max_rss_mb = 256",
+            "max_rss_mb = 256\nkill_rss_mb = 200",
+            "functions.hash.kill_rss_mb",
+            "must be >= max_rss_mb (256), got 200",
+        ),
+        ("max_rss_mb = 256", "kill_rss_mb = 0", "functions.hash.kill_rss_mb", "> 0"),
         ("job_retries = 5", 'job_retries = "5"', "server.job_retries", "whole number"),
         ('store = "none"', "store = 3", "server.store", '"none"'),
         ('cpus = "all"', "cpus = [999]", "supervisor.cpus", "core 999"),
@@ -121,6 +128,26 @@ def test_each_mistake_is_one_line_naming_the_key_and_the_fix(
     message = error_of(tmp_path, GOOD.replace(old, new, 1))
     assert f": {key}:" in message, message
     assert hint in message, message
+
+
+def test_kill_rss_mb_defaults_to_one_and_a_half_max_rss_mb(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, GOOD))
+    assert cfg.functions["hash"].kill_rss_mb == 384  # 1.5 x 256
+    assert cfg.functions["rev"].kill_rss_mb is None  # no max_rss_mb: no ceiling
+    odd = config.load(write(tmp_path, GOOD.replace("max_rss_mb = 256", "max_rss_mb = 101")))
+    assert odd.functions["hash"].kill_rss_mb == 152  # rounded up from 151.5
+    both = GOOD.replace("max_rss_mb = 256", "max_rss_mb = 256\nkill_rss_mb = 256")
+    assert config.load(write(tmp_path, both)).functions["hash"].kill_rss_mb == 256
+    alone = GOOD.replace("max_rss_mb = 256", "kill_rss_mb = 500")
+    hsh = config.load(write(tmp_path, alone)).functions["hash"]
+    assert (hsh.max_rss_mb, hsh.kill_rss_mb) == (None, 500)
+    # a changed ceiling restarts the pool on reload, as the other worker options do
+    assert hsh.options() != cfg.functions["hash"].options()
+    raised = GOOD.replace("max_rss_mb = 256", "max_rss_mb = 256\nkill_rss_mb = 1000")
+    assert (
+        config.load(write(tmp_path, raised)).functions["hash"].options()
+        != cfg.functions["hash"].options()
+    )
 
 
 def test_unimportable_target(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import signal
 from farm.pools.slots import (
     EXIT_BOOT_ERROR,
     EXIT_RECYCLE,
+    EXIT_RSS_KILLED,
     Slot,
     WorkerProcess,
     boot_delay,
@@ -54,6 +55,10 @@ def test_exits_are_told_apart() -> None:
     assert delay == 0 and slot.failures == 2 and "timeout" in how
     how, delay = slot.note_exit(proc(), status(EXIT_RECYCLE), now=104)
     assert delay == 0 and slot.failures == 2 and "recycled" in how
+    hog = proc()
+    hog.handle = "H:1"
+    how, delay = slot.note_exit(hog, status(EXIT_RSS_KILLED), now=104)
+    assert (how, delay, slot.failures) == ("killed: RSS over kill_rss_mb; job H:1 failed", 0, 2)
     slot.note_exit(proc(), status(1), now=105)
     assert slot.failing and slot.failures == 3  # FAILING_AFTER consecutive crashes
     slot.note_exit(proc(started=0.0), status(1), now=100)  # lived 100 s: history starts over
