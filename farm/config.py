@@ -98,6 +98,7 @@ class SupervisorConfig:
     servers: tuple[str, ...]  # remote job servers; empty = run the local one
     graceful_timeout: float  # seconds a stopping worker may take to finish its job
     memory_budget_mb: int = 0  # what all pools together may use; see capacity_problem
+    metrics: str | None = None  # HOST:PORT of the Prometheus endpoint; None: off
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -164,6 +165,7 @@ def _defaults() -> dict[str, Any]:
             "cpus": "all",
             "servers": [],
             "memory_budget_mb": "auto",
+            "metrics": "127.0.0.1:9730",
         },
         "functions": {
             "reverse": {"target": "workers.text:reverse", "workers": 1},
@@ -353,7 +355,18 @@ class _Validator:
                 "supervisor.memory_budget_mb",
                 f'must be a whole number of MB > 0 or "auto" (all memory), got {budget!r}',
             )
+        metrics = raw["metrics"]
+        if metrics != "off":
+            where = None
+            if isinstance(metrics, str):
+                where = self.address(metrics, "supervisor.metrics")
+            if where is None or where.kind != "tcp":
+                raise self.fail(
+                    "supervisor.metrics", 'must be "HOST:PORT" (e.g. "127.0.0.1:9730") or "off"'
+                )
+            metrics = str(where)
         return SupervisorConfig(
+            metrics=None if metrics == "off" else metrics,
             control=self.path(control, "supervisor.control"),
             cpus=self.cpus(raw["cpus"]),
             servers=tuple(servers),

@@ -21,14 +21,25 @@ import selectors
 import signal
 import sys
 import time
+from collections import Counter
+from typing import Any
 
 from farm.config import Config, FunctionConfig
 from farm.net import Waker
 from farm.pools import sdnotify
 from farm.pools.control import ControlConnection, ControlServer
 from farm.pools.localserver import LocalServer
+from farm.pools.metrics import Exits, serve_metrics
 from farm.pools.record import RecordReader, create_record_fd
-from farm.pools.slots import ProcState, Slot, WorkerProcess, core_for, crash_delay, describe_exit
+from farm.pools.slots import (
+    ProcState,
+    Slot,
+    WorkerProcess,
+    core_for,
+    crash_delay,
+    describe_exit,
+    exit_cause,
+)
 from farm.pools.spawn import spawn
 from farm.pools.steering import Duty, Pending, Steering
 
@@ -66,6 +77,8 @@ class Supervisor(Steering):
         self.last_status = ""
         self.watchdog = sdnotify.Watchdog()
         self.started = time.monotonic()
+        self.exits: Exits = Counter()
+        self.metrics_server: Any = None
         self.selector = selectors.DefaultSelector()
         self.control: ControlServer | None = None
         self.waker = Waker()  # signals (and nothing else) wake the loop through it
@@ -93,6 +106,7 @@ class Supervisor(Steering):
         self.selector.register(self.control, selectors.EVENT_READ, "accept")
         self.install_signals()
         log.info("supervisor %d starting (config: %s)", os.getpid(), self.config.source)
+        self.start_metrics()
         self.ensure_executor_key()
         while True:
             self.handle_signals()
@@ -104,6 +118,16 @@ class Supervisor(Steering):
             self.manage_workers()
             self.notify_systemd()
             self.wait(self.next_wakeup())
+
+    def start_metrics(self) -> None:
+        """Serve /metrics ([supervisor] metrics); a port in use is a warning, not a stop."""
+        where = self.config.supervisor.metrics
+        if where is None:
+            return
+        try:
+            self.metrics_server = serve_metrics(self, where)
+        except OSError as exc:
+            log.warning("metrics: cannot serve on %s (%s); going on without them", where, exc)
 
     def install_signals(self) -> None:
         """Handlers only enqueue; the wake-up fd makes the loop's select return."""
@@ -163,6 +187,7 @@ class Supervisor(Steering):
             )
             return
         slot.proc = None
+        self.exits[proc.function, exit_cause(proc.kill_reason, status)] += 1
         how, delay = slot.note_exit(proc, status, now)
         when = "now" if delay == 0 else f"in {delay:g}s"
         level = logging.INFO if "recycled" in how else logging.WARNING
@@ -418,5 +443,8 @@ class Supervisor(Steering):
             self.reap_workers()
         if self.control is not None:
             self.control.close()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
         log.info("supervisor stopped")
         return self.exit_code

@@ -90,6 +90,15 @@ class LocalServer(RestartHistory):
         )
         self.pid, self.ready = 0, False
 
+    def admin_address(self) -> str | None:
+        """Where to ask this server admin questions: its Unix socket when it has one (no
+        TCP admin restrictions apply there), else its first listen address; None if none."""
+        if not self.pid or not self.ready:
+            return None
+        if self.config.unix:
+            return f"unix:{self.config.unix}"
+        return str(connectable(self.config.listen[0]))
+
     def accepts(self) -> bool:
         """Whether our server answers on its first listen address.
 

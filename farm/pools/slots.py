@@ -66,6 +66,15 @@ def core_for(cpus: Sequence[int], offset: int, index: int) -> int:
     return cpus[(offset + index) % len(cpus)]
 
 
+def exit_cause(kill_reason: str, status: int) -> str:
+    """Why a worker in a slot ended, as the label of farm_pool_restarts_total."""
+    if kill_reason:
+        return "timeout" if "timeout" in kill_reason else "killed"
+    code = os.waitstatus_to_exitcode(status)
+    causes = {EXIT_RECYCLE: "recycle", EXIT_RSS_KILLED: "rss", EXIT_BOOT_ERROR: "boot_failure"}
+    return causes.get(code, "crash")
+
+
 def describe_exit(status: int) -> str:
     """A wait status in words: 'exited with code 3', 'was killed by SIGKILL'."""
     if os.WIFSIGNALED(status):

@@ -26,6 +26,7 @@ from farm.pools.control import ControlConnection, parse_scale
 
 if TYPE_CHECKING:
     from farm.pools.localserver import LocalServer
+    from farm.pools.metrics import Exits
     from farm.pools.slots import Slot, WorkerProcess
 
 __all__ = ["Steering", "Pending", "Duty"]
@@ -62,6 +63,7 @@ class Steering:
     pending: list[Pending]
     selector: selectors.BaseSelector
     started: float
+    exits: Exits  # (pool, cause) -> workers replaced, for the metrics
 
     # Provided by Supervisor: lays a pool's slots onto cores (declared for the type checker).
     place: Callable[[Any], None]

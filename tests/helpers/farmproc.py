@@ -33,6 +33,7 @@ class FarmUp:
     ) -> None:
         self.tmp = tmp
         self.port = free_port()
+        self.metrics_port = free_port()
         self.control = str(tmp / "control.sock")
         self.config = tmp / "farm.toml"
         self.unix = tmp / "gearman.sock"  # workers connect here (farm.* pools must)
@@ -65,6 +66,10 @@ class FarmUp:
         )
 
     @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
     def addr(self) -> str:
         return f"127.0.0.1:{self.port}"
 
@@ -79,6 +84,7 @@ class FarmUp:
             [supervisor]
             control = "{self.control}"
             graceful_timeout = 10
+            metrics = "127.0.0.1:{self.metrics_port}"
             """)
             + textwrap.dedent(functions)
         )

@@ -1,0 +1,155 @@
+"""The farm's one metrics endpoint, served by the supervisor (``[supervisor] metrics``).
+
+``farm up`` answers ``GET /metrics`` on 127.0.0.1:9730 by default with:
+
+* its own numbers: processes per pool by state, target sizes, restarts by
+  cause, and for each slot's worker its CPU seconds, RSS and pinned core
+  (psutil, read at scrape time);
+* the job server's numbers, which the collector asks the server for over
+  the admin protocol (the farm-only command ``metrics``, on the Unix socket
+  when there is one) and passes on unchanged.
+
+So Prometheus has one target per farm. The supervisor asks the server at
+scrape time rather than keeping a copy: a scrape always sees the server's
+current counts, and a server that restarts shows up as a counter reset, as
+Prometheus expects. The server does not need an HTTP port of its own. A
+server that does not answer costs the scrape its server part only;
+``farm_server_up`` says so.
+
+The HTTP server is prometheus_client's, in a daemon thread. The collector
+only reads the supervisor's state: it copies each list before walking it,
+under the GIL, and never changes anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from farm.net import parse_address
+
+if TYPE_CHECKING:
+    from farm.pools.steering import Steering
+
+__all__ = ["Exits", "serve_metrics", "SupervisorCollector", "DEFAULT_METRICS"]
+
+log = logging.getLogger("farm.supervisor")
+
+#: Where `farm up` serves metrics unless `[supervisor] metrics` says otherwise ("off": nowhere).
+DEFAULT_METRICS = "127.0.0.1:9730"
+#: How long a scrape waits for the job server's part.
+SERVER_TIMEOUT = 2.0
+
+#: Why a worker process ended and was replaced (the label of farm_pool_restarts_total).
+Exits = Counter[tuple[str, str]]  # (pool, cause) -> count
+
+
+class SupervisorCollector:
+    """Reads a running supervisor (and, through it, its server) into metric families."""
+
+    def __init__(self, supervisor: Steering) -> None:
+        self.supervisor = supervisor
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        sup = self.supervisor
+        states = GaugeMetricFamily(
+            "farm_pool_processes", "Worker processes of a pool by state.", labels=["pool", "state"]
+        )
+        target = GaugeMetricFamily(
+            "farm_pool_target_workers", "How many workers a pool should have.", labels=["pool"]
+        )
+        restarts = CounterMetricFamily(
+            "farm_pool_restarts",
+            "Worker processes that ended and were replaced, by cause.",
+            labels=["pool", "cause"],
+        )
+        cpu = CounterMetricFamily(
+            "farm_worker_cpu_seconds",
+            "CPU time (user + system) of a slot's current worker process.",
+            labels=["pool", "slot"],
+        )
+        rss = GaugeMetricFamily(
+            "farm_worker_rss_bytes", "Resident memory of a slot's worker.", labels=["pool", "slot"]
+        )
+        core = GaugeMetricFamily(
+            "farm_worker_core", "The CPU core a slot is pinned to.", labels=["pool", "slot"]
+        )
+        jobs = CounterMetricFamily(
+            "farm_worker_jobs",
+            "Jobs the slot's current worker process has done.",
+            labels=["pool", "slot"],
+        )
+        for pool, slots in list(sup.slots.items()):
+            by_state: Counter[str] = Counter()
+            target.add_metric([pool], sup.targets.get(pool, 0))
+            for slot in list(slots):
+                labels = [pool, str(slot.index)]
+                core.add_metric(labels, slot.core)
+                proc = slot.proc
+                if proc is None:
+                    by_state["failing" if slot.failing else "backoff"] += 1
+                    continue
+                by_state[str(proc.state)] += 1
+                jobs.add_metric(labels, proc.jobs_done)
+                try:
+                    process = psutil.Process(proc.pid)
+                    with process.oneshot():
+                        times = process.cpu_times()
+                        cpu.add_metric(labels, times.user + times.system)
+                        rss.add_metric(labels, process.memory_info().rss)
+                except psutil.Error:
+                    pass  # it just ended; the next scrape sees its successor
+            for retiring in list(sup.retiring):
+                if retiring.function == pool:
+                    by_state[str(retiring.state)] += 1
+            for state, count in sorted(by_state.items()):
+                states.add_metric([pool, state], count)
+        for (pool, cause), count in sorted(list(sup.exits.items())):
+            restarts.add_metric([pool, cause], count)
+        server_restarts = CounterMetricFamily(
+            "farm_server_restarts",
+            "Times the supervisor restarted a job server that died.",
+            value=sup.server.restarts,
+        )
+        yield from (states, target, restarts, cpu, rss, core, jobs, server_restarts)
+        yield from self._server()
+
+    def _server(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.parser import text_string_to_metric_families
+
+        from farm.client.admin import server_metrics
+
+        up = GaugeMetricFamily(
+            "farm_server_up", "1 when the job server answered this scrape, else 0."
+        )
+        address = self.supervisor.server.admin_address()
+        text = None
+        if address is not None:
+            try:
+                text = server_metrics(address, timeout=SERVER_TIMEOUT)
+            except (OSError, ValueError) as exc:
+                log.debug("metrics: the job server at %s did not answer: %s", address, exc)
+        up.add_metric([], 1.0 if text is not None else 0.0)
+        yield up
+        if text is not None:
+            yield from text_string_to_metric_families(text)
+
+
+def serve_metrics(supervisor: Steering, address: str) -> Any:
+    """Start the HTTP endpoint on ``address`` (HOST:PORT); the server object, to shut down."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    where = parse_address(address)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SupervisorCollector(supervisor))
+    server, _thread = start_http_server(where.port, addr=where.host, registry=registry)
+    log.info("metrics on http://%s/metrics (pid %d)", address, os.getpid())
+    return server

@@ -1,0 +1,83 @@
+"""farm up's one metrics endpoint: the supervisor's own numbers and the server's, from a
+real farm, with a worker crash and a recycle counted by cause."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import farm
+from tests.helpers.farmproc import FarmUp
+from tests.helpers.waiting import wait_for
+
+POOLS = """
+[functions.reverse]
+target = "tests.helpers.serving:reverse"
+workers = 2
+max_jobs = 2
+"""
+
+
+def scrape(up: FarmUp) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(up.metrics_url, timeout=10) as reply:
+        assert reply.status == 200
+        text = reply.read().decode()
+    if shutil.which("promtool"):
+        check = subprocess.run(
+            ["promtool", "check", "metrics"], input=text.encode(), capture_output=True
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def get(metrics: dict, name: str, **labels: str) -> float:
+    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.mark.timeout(90)
+def test_one_endpoint_shows_pools_slots_restarts_and_the_servers_jobs(tmp_path: Path) -> None:
+    up = FarmUp(tmp_path, POOLS)
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 2})
+        first = scrape(up)
+        assert get(first, "farm_pool_target_workers", pool="reverse") == 2
+        assert get(first, "farm_pool_processes", pool="reverse", state="idle") == 2
+        assert get(first, "farm_server_up") == 1
+        assert {get(first, "farm_worker_core", pool="reverse", slot=s) for s in "01"} <= set(
+            range(os.cpu_count() or 1)
+        )
+        assert get(first, "farm_worker_rss_bytes", pool="reverse", slot="0") > 1 << 20
+
+        with farm.Client(up.addr) as client:
+            for text in ("abc", "def", "ghi", "jkl"):
+                assert client.call("reverse", text) == text[::-1].encode()
+        crashed = up.workers("reverse")[0]["pid"]
+        os.kill(crashed, signal.SIGKILL)
+
+        def counted() -> dict | None:
+            m = scrape(up)
+            recycled = get(m, "farm_pool_restarts_total", pool="reverse", cause="recycle")
+            crashes = get(m, "farm_pool_restarts_total", pool="reverse", cause="crash")
+            return m if recycled >= 1 and crashes == 1 else None
+
+        metrics = wait_for("a recycle and a crash counted", counted, timeout=30)
+        done = sum(
+            get(metrics, "farm_jobs_completed_total", function="reverse", priority=p)
+            for p in ("high", "normal", "low")
+        )
+        assert done == 4, "the server's counters come through the supervisor's endpoint"
+        assert get(metrics, "farm_job_run_seconds_count", function="reverse") == 4
+    finally:
+        up.stop()
