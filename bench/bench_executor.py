@@ -295,7 +295,7 @@ def open_runner(name: str, workers: int, service: FarmUp | None, addr: str) -> I
     with ExitStack() as stack:
         if name == FARM:
             assert service is not None
-            ex: Executor = farm.Executor([addr], key_file=str(key_file(service)))
+            ex: Executor = farm.Executor(servers=[addr], key_file=str(key_file(service)))
             stack.callback(ex.shutdown)
             runner = futures_runner(name, ex)
         elif name == PPE:

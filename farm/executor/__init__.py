@@ -13,15 +13,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["Executor", "RemoteTraceback", "DEFAULT_FUNCTION"]
+__all__ = ["Executor", "RemoteTraceback", "BrokenFarmExecutor", "DEFAULT_FUNCTION"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from farm.executor.call import DEFAULT_FUNCTION, RemoteTraceback
     from farm.executor.executor import Executor
+    from farm.executor.pump import BrokenFarmExecutor
 
 _HOMES = {
     "Executor": "farm.executor.executor",
     "RemoteTraceback": "farm.executor.call",
+    "BrokenFarmExecutor": "farm.executor.pump",
     "DEFAULT_FUNCTION": "farm.executor.call",
 }
 

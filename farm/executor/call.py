@@ -224,31 +224,73 @@ def _remote_traceback(exc: BaseException) -> str:
 
 
 def _dump_outcome(outcome: tuple[Any, ...]) -> bytes:
-    """Plain pickle when it works (fast); cloudpickle for classes rebuilt by value.
+    """The outcome's pickle: plain pickle when it works (fast), else cloudpickle.
 
-    A result that cannot be pickled at all becomes the error saying so.
+    As in ProcessPoolExecutor, an outcome that cannot be pickled becomes the
+    call's exception: whatever pickling raised (any BaseException -- a
+    ``__reduce__`` may raise SystemExit), with that traceback. The worker lives on.
     """
     try:
-        return pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+        return _pickle(outcome)
+    except BaseException as exc:
+        return pickle.dumps(_unsendable(exc, outcome), protocol=_PROTOCOL)
+
+
+def _pickle(obj: Any) -> bytes:
+    """Plain pickle, else cloudpickle (classes rebuilt by value); raises what they raise."""
+    try:
+        return pickle.dumps(obj, protocol=_PROTOCOL)
     except Exception:
-        pass
+        pass  # a BaseException is no "try cloudpickle": it goes to the caller at once
     import cloudpickle
 
+    data: bytes = cloudpickle.dumps(obj, protocol=_PROTOCOL)
+    return data
+
+
+def _unsendable(exc: BaseException, outcome: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The outcome that replaces one that pickling failed with ``exc``: ``exc`` itself
+    (ProcessPoolExecutor's rule), or a PicklingError naming it when it will not pickle
+    either. A call's own exception that failed keeps its traceback in the text."""
+    text = _remote_traceback(exc)
+    if outcome[0] == ERROR:
+        text += f"\nwhile sending the call's exception, which was:\n{outcome[2]}"
+    exc.__traceback__ = None  # its frames hold the unpicklable value
     try:
-        data: bytes = cloudpickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
-        return data
-    except Exception as exc:
-        what = "result" if outcome[0] == OK else f"exception {outcome[1]!r}"
-        error = pickle.PicklingError(f"cannot pickle the call's {what}: {exc}")
-        text = outcome[2] if outcome[0] == ERROR else ""
-        return pickle.dumps((ERROR, error, text), protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dumps(exc, protocol=_PROTOCOL)
+        return (ERROR, exc, text)
+    except BaseException as again:
+        what = "result" if outcome[0] == OK else "exception"
+        error = pickle.PicklingError(
+            f"cannot pickle the call's {what}: {_describe(exc)}; nor that error: {_describe(again)}"
+        )
+        return (ERROR, error, text)
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message``, even for an exception whose ``str()`` raises."""
+    try:
+        text = str(exc)
+    except BaseException:
+        text = "<str() failed>"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _dump_batch(first: int, outcomes: list[Any]) -> bytes:
     """A batch's outcomes from ``first`` on; one that cannot be pickled becomes its error."""
     try:
         return pickle.dumps((first, outcomes), protocol=_PROTOCOL)
-    except Exception:
+    except BaseException:
         pass
-    kept = [pickle.loads(_dump_outcome(outcome)) for outcome in outcomes]
-    return dump((first, kept))
+    kept = []
+    for outcome in outcomes:
+        try:
+            _pickle(outcome)
+            kept.append(outcome)
+        except BaseException as exc:
+            kept.append(_unsendable(exc, outcome))
+    try:
+        return _pickle((first, kept))
+    except BaseException as exc:  # each pickles alone but not together: none is sent
+        failure = _unsendable(exc, (OK, None))
+        return pickle.dumps((first, [failure] * len(kept)), protocol=_PROTOCOL)

@@ -8,7 +8,7 @@ Data flow (after CPython's ``concurrent/futures/process.py``)::
     pending deque ──(a wake-up byte, only when the pump sleeps)──┐
                                                                  ▼
     pump thread (_Pump: the one owner of connections and in-flight counts)
-      │  up to max_in_flight jobs: Task → ClientSession.submit → one send per turn
+      │  up to max_workers jobs: Task → ClientSession.submit → one send per turn
       │  replies: ClientSession.receive → JobEnded → verify, unpickle, set the future
       ▼
     job server ⇄ worker processes serving farm.executor.call:run_call ("farm.python")
@@ -26,24 +26,27 @@ from __future__ import annotations
 import atexit
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor as _BaseExecutor
 from concurrent.futures import Future
-from concurrent.futures._base import BrokenExecutor
 from itertools import islice
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 from farm.discovery import executor_servers
 from farm.executor.call import CHUNK, DEFAULT_FUNCTION, SINGLE, RemoteTraceback, dump, dump_fn
-from farm.executor.pump import Call, Pump, WorkItem
+from farm.executor.pump import BrokenFarmExecutor, Call, Pump, WorkItem, fail_broken
 from farm.executor.signing import Signer, load_key
 from farm.net import parse_servers
 from farm.protocol.checks import check_name, check_priority
 
-__all__ = ["Executor", "RemoteTraceback", "DEFAULT_FUNCTION"]
+__all__ = ["Executor", "RemoteTraceback", "BrokenFarmExecutor", "DEFAULT_FUNCTION"]
 
 T = TypeVar("T")
+
+#: Jobs in flight when ``max_workers`` is None: enough to keep a large pool busy.
+DEFAULT_MAX_WORKERS = 64
 
 _live_pumps: weakref.WeakSet[Pump] = weakref.WeakSet()
 
@@ -51,34 +54,68 @@ _live_pumps: weakref.WeakSet[Pump] = weakref.WeakSet()
 class Executor(_BaseExecutor):
     """Runs calls on the farm's worker processes, as ProcessPoolExecutor runs them locally.
 
+    The first five parameters are ProcessPoolExecutor's, in its order.
+    ``max_workers``: how many of this executor's calls may be in flight on the
+    farm at once, so at most that many run at once (None: 64; the pool's
+    workers are the farm's). ``max_in_flight`` is its older name. The others
+    wait here and can still be cancelled. ``mp_context`` is accepted and
+    ignored (the farm starts its workers); ``initializer`` and
+    ``max_tasks_per_child`` are not supported yet (NotImplementedError).
+
     ``servers``: as for ``farm.Client``, but None means the local farm's Unix
     socket only (farm.discovery; never TCP, which every local user can reach).
-    ``function``: the pool serving ``farm.executor.call:run_call``.
-    ``priority``: "high", "normal" or "low" for every job. ``max_in_flight``:
-    jobs sent to the server and not yet answered (enough to keep the workers
-    busy; the rest wait here and can still be cancelled). ``key_file``: the
-    farm's secret key (default $FARM_KEY_FILE, else ~/.local/state/farm/executor.key).
+    A str, list or tuple of str in ``max_workers``' place still means servers
+    (DeprecationWarning). ``function``: the pool serving
+    ``farm.executor.call:run_call``. ``priority``: "high", "normal" or "low"
+    for every job. ``key_file``: the farm's secret key (default
+    $FARM_KEY_FILE, else ~/.local/state/farm/executor.key).
     """
 
     def __init__(
         self,
-        servers: str | Iterable[str] | None = None,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
         *,
+        max_tasks_per_child: int | None = None,
+        servers: str | Iterable[str] | None = None,
         function: str = DEFAULT_FUNCTION,
         priority: str = "normal",
-        max_in_flight: int = 64,
+        max_in_flight: int | None = None,
         key_file: str | None = None,
         connect_timeout: float = 5.0,
     ) -> None:
-        if not isinstance(max_in_flight, int) or max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be a positive int, not {max_in_flight!r}")
+        if _is_servers(max_workers):  # farm.Executor("unix:/run/farm/gearman.sock"), the old way
+            if servers is not None:
+                raise TypeError("Executor() got servers twice: as max_workers and as servers=")
+            warnings.warn(
+                "farm.Executor(servers) is deprecated: the first argument is max_workers, as"
+                " for ProcessPoolExecutor; pass servers=... instead",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            servers, max_workers = max_workers, None
+        if max_in_flight is not None:
+            if max_workers is not None:
+                raise TypeError("give max_workers or its older name max_in_flight, not both")
+            max_workers = max_in_flight
+        self._max_workers = _check_max_workers(max_workers)
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        _check_max_tasks_per_child(max_tasks_per_child)
+        if initializer is not None:
+            raise NotImplementedError("farm.Executor: initializer is not supported yet")
+        if max_tasks_per_child is not None:
+            raise NotImplementedError("farm.Executor: max_tasks_per_child is not supported yet")
+        del mp_context, initargs  # the farm starts its workers; initargs go with initializer
         self._signer = Signer(load_key(key_file))
         self._pump = Pump(
             parse_servers(executor_servers() if servers is None else servers),
             self._signer,
             check_name(function),
             check_priority(priority),
-            max_in_flight,
+            self._max_workers,
             connect_timeout,
         )
         self._thread: threading.Thread | None = None
@@ -151,7 +188,7 @@ class Executor(_BaseExecutor):
     def _enqueue(self, call: Call | None, error: Exception | None) -> Future[Any]:
         with self._shutdown_lock:
             if self._pump.broken is not None:
-                raise BrokenExecutor(self._pump.broken)
+                raise BrokenFarmExecutor(self._pump.broken) from self._pump.broken_by
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             future: Future[Any] = Future()
@@ -165,38 +202,80 @@ class Executor(_BaseExecutor):
             broken = self._pump.why_broken()
             if broken is not None:
                 # The pump broke between the check above and put(): nobody will take it.
-                for item in self._pump.take_pending():
-                    if not item.future.done():
-                        item.future.set_exception(BrokenExecutor(broken))
+                fail_broken(self._pump.take_pending(), broken, self._pump.broken_by)
             return future
 
     def _start_pump(self) -> None:
         # Started on first use, not in __init__, so creating an executor before
         # fork() leaves no thread behind; a daemon so that a forgotten executor
         # cannot hang the interpreter (the atexit hook below still drains it).
-        self._thread = threading.Thread(target=self._pump.run, name="farm-executor", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._pump.run, name="farm-executor", daemon=True)
+        self._pump.started = True
+        try:
+            thread.start()
+        except BaseException:  # no thread to be had: the next submit tries again
+            self._pump.started = False
+            raise
+        self._thread = thread
         _live_pumps.add(self._pump)
 
 
 def _results(futures: list[Future[Any]], end_time: float | None, *, chunked: bool) -> Iterator[Any]:
-    """Yield the futures' results in order; cancel what is left if the caller stops early."""
+    """Yield the futures' results in order; cancel what is left if the caller stops early.
+
+    While the caller holds a yielded result, nothing here refers to it or to its
+    future (bpo-14406): no local names either, as in CPython's ``_result_or_cancel``.
+    """
     futures.reverse()  # pop() from the end is O(1) and drops each reference when done
     try:
         while futures:
-            future = futures.pop()
-            try:
-                left = None if end_time is None else end_time - time.monotonic()
-                result = future.result(left)
-            finally:
-                future.cancel()  # no-op when done; frees a pending one on timeout
-            if chunked:
-                yield from result
-            else:
-                yield result
+            left = None if end_time is None else end_time - time.monotonic()
+            if not chunked:
+                yield _result_or_cancel(futures.pop(), left)
+                continue
+            chunk = _result_or_cancel(futures.pop(), left)
+            chunk.reverse()
+            while chunk:
+                yield chunk.pop()
     finally:
         for future in futures:
             future.cancel()
+
+
+def _result_or_cancel(future: Future[Any], timeout: float | None) -> Any:
+    try:
+        try:
+            return future.result(timeout)
+        finally:
+            future.cancel()  # no-op when done; frees a pending one on timeout
+    finally:
+        del future  # break the cycle through the exception's traceback
+
+
+def _is_servers(value: object) -> TypeGuard[str | list[str] | tuple[str, ...]]:
+    """A str, or a list or tuple of str: servers passed where max_workers now stands."""
+    if isinstance(value, str):
+        return True
+    return isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+
+
+def _check_max_workers(max_workers: object) -> int:
+    if max_workers is None:
+        return DEFAULT_MAX_WORKERS
+    if not isinstance(max_workers, int):
+        raise TypeError(f"max_workers must be an int or None, not {max_workers!r}")
+    if max_workers <= 0:
+        raise ValueError("max_workers must be greater than 0")
+    return max_workers
+
+
+def _check_max_tasks_per_child(max_tasks_per_child: object) -> None:
+    if max_tasks_per_child is None:
+        return
+    if not isinstance(max_tasks_per_child, int):
+        raise TypeError("max_tasks_per_child must be an integer")
+    if max_tasks_per_child <= 0:
+        raise ValueError("max_tasks_per_child must be >= 1")
 
 
 @atexit.register

@@ -33,7 +33,7 @@ from concurrent.futures._base import BrokenExecutor
 from typing import Any, NamedTuple
 
 from farm.client.serverpick import ServerPicker
-from farm.errors import JobError, JobFailed, ServerUnavailable, WorkerLost
+from farm.errors import FarmError, JobError, JobFailed, ServerUnavailable, WorkerLost
 from farm.executor.call import (
     BATCH,
     CALL_ID_SIZE,
@@ -48,7 +48,7 @@ from farm.net import Waker, connect
 from farm.protocol import ProtocolError
 from farm.protocol.client import ClientSession, JobData, JobEnded, Task
 
-__all__ = ["Pump", "WorkItem"]
+__all__ = ["Pump", "WorkItem", "BrokenFarmExecutor", "fail_broken"]
 
 log = logging.getLogger("farm.executor")
 
@@ -60,6 +60,11 @@ READ_WRITE = selectors.EVENT_READ | selectors.EVENT_WRITE
 MAX_BATCH = 64
 #: Seconds a sent call stays valid: a worker refuses it after that (and any replay of it).
 CALL_TTL = 24 * 3600
+
+
+class BrokenFarmExecutor(FarmError, BrokenExecutor):
+    """The executor's pump thread failed: every call it had not finished fails with this, and
+    so does every later ``submit`` (as ``BrokenProcessPool`` for ProcessPoolExecutor)."""
 
 
 class Call(NamedTuple):
@@ -129,7 +134,9 @@ class Pump:
         self._refill_below = max_in_flight - max(1, max_in_flight // 4) + 1
         self.connect_timeout = connect_timeout
         self.broken: str | None = None
+        self.broken_by: BaseException | None = None
         self.finished = threading.Event()
+        self.started = False  # set by the executor before it starts the thread on run()
         # Shared with submitting threads: the deque (append/popleft are atomic),
         # and two flags whose order of writes and reads makes wake-ups safe.
         self._pending: deque[WorkItem] = deque()
@@ -140,6 +147,9 @@ class Pump:
         self._conns: dict[str, _Conn] = {}
         self._picker = ServerPicker(servers)
         self._in_flight = 0
+        # Every flight from the moment its first call leaves the deque until its job
+        # ended and its futures were settled: what a failing pump must still fail.
+        self._flights: set[Flight] = set()
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._waker.reader, READ, None)
 
@@ -160,9 +170,15 @@ class Pump:
                 return taken
 
     def stop(self) -> None:
-        """Finish what is pending and in flight, then end the thread."""
+        """Finish what is pending and in flight, then end the thread (or, for a pump whose
+        thread never started, which holds no calls: release its sockets now)."""
         self._stopping = True
-        self._wake()
+        if self.started:
+            self._wake()
+        elif not self.finished.is_set():
+            self.finished.set()
+            self._selector.close()
+            self._waker.close()
 
     def _wake(self) -> None:
         self._waker.wake()
@@ -190,15 +206,17 @@ class Pump:
                         self._write(key.data)
                     if mask & selectors.EVENT_READ:
                         self._read(key.data)
-        except BaseException as exc:  # a bug here must not leave callers waiting forever
-            log.exception("farm executor pump failed")
-            self._break(f"the executor's pump thread failed: {type(exc).__name__}: {exc}")
+        except BaseException as exc:  # a bug (or a done-callback raising SystemExit) here
+            log.exception("farm executor pump failed")  # must not leave callers waiting forever
+            self._break(f"the executor's pump thread failed: {_describe(exc)}", exc)
         finally:
-            for conn in list(self._conns.values()):
-                self._close(conn)
-            self._selector.close()
-            self._waker.close()
-            self.finished.set()
+            try:
+                for conn in list(self._conns.values()):
+                    self._close(conn)
+                self._selector.close()
+                self._waker.close()
+            finally:
+                self.finished.set()
 
     def _idle_and_stopping(self) -> bool:
         return self._stopping and not self._pending and not self._in_flight
@@ -209,32 +227,38 @@ class Pump:
         pending = self._pending
         if self._in_flight >= self._refill_below:
             return
+        flights = self._flights
         while pending and self._in_flight < self.max_in_flight:
-            items = self._take(pending)
+            flight = Flight([])
+            flights.add(flight)  # before a call leaves the deque: _break finds it anywhere
+            items = self._take(pending, flight.items)
             if not items:
+                flights.discard(flight)
                 continue  # all cancelled while they waited here
             try:
                 conn = self._connection()
             except ServerUnavailable as exc:
                 for item in items:
                     item.future.set_exception(exc)
+                flights.discard(flight)
                 continue
-            flight = Flight(items)
             task: Task[Flight] = Task(self.function, self._payload(flight), priority=self.priority)
             task.owner = flight
             conn.session.submit(task)
             self._in_flight += 1
 
-    def _take(self, pending: deque[WorkItem]) -> list[WorkItem]:
-        """The next job's calls: one, or a batch of one function's calls when many wait.
+    def _take(self, pending: deque[WorkItem], items: list[WorkItem]) -> list[WorkItem]:
+        """The next job's calls, into ``items``: one, or a batch of one function's calls
+        when many wait. Each call is in ``items`` from the moment it leaves the deque.
 
         A batch's size spreads what waits over twice the window, so that every
         worker still gets several jobs and the last ones end close together.
         """
         first = pending.popleft()
+        items.append(first)
         if not first.future.set_running_or_notify_cancel():
-            return []
-        items = [first]
+            items.pop()
+            return items
         if first.call.kind != SINGLE:
             return items
         size = min(MAX_BATCH, len(pending) // (2 * self.max_in_flight) + 1)
@@ -243,9 +267,9 @@ class Pump:
             nxt = pending[0]
             if nxt.call.kind != SINGLE or nxt.call.fn != fn:
                 break
-            pending.popleft()
-            if nxt.future.set_running_or_notify_cancel():
-                items.append(nxt)
+            items.append(pending.popleft())
+            if not nxt.future.set_running_or_notify_cancel():
+                items.pop()
         return items
 
     def _payload(self, flight: Flight) -> bytes:
@@ -319,6 +343,7 @@ class Pump:
             if isinstance(event, JobEnded):
                 self._in_flight -= 1
                 self._complete(event.task)
+                self._flights.discard(_flight(event.task))  # not before: _break still finds it
             elif isinstance(event, JobData):
                 self._partial(event.task, event.data)
 
@@ -367,15 +392,19 @@ class Pump:
                 _settle(item.future, outcome)
 
     def _open(self, task: Task[Flight], data: bytes) -> Any:
-        """Verify and unpickle a result; SignatureError, or JobError when it will not load."""
+        """Verify and unpickle a result; SignatureError, or JobError when it will not load.
+
+        Whatever unpickling raises -- even SystemExit from a ``__reduce__`` -- is the
+        failure of this job's calls only: the pump lives on. (ProcessPoolExecutor breaks
+        instead, because it cannot tell whose result its pipe held; here the job says.)
+        """
         try:
             return pickle.loads(open_result(self.signer, _flight(task).call_id, data))
         except SignatureError:
             raise
-        except Exception as exc:
-            failure = JobError(f"cannot unpickle the result of job {task.handle}: {exc}")
-            failure.__cause__ = exc
-            raise failure from exc
+        except BaseException as exc:
+            why = f"cannot unpickle the result of job {task.handle}: {_describe(exc)}"
+            raise JobError(why) from exc
 
     # -- losing connections --
 
@@ -395,23 +424,54 @@ class Pump:
             lost = ServerUnavailable(
                 f"job server {conn.addr} {why} while holding job {task.handle}"
             )
-            for item in _flight(task).items:
+            flight = _flight(task)
+            for item in flight.items:
                 if not item.future.done():
                     item.future.set_exception(lost)
+            self._flights.discard(flight)
 
     def why_broken(self) -> str | None:
         """Why the pump stopped for good (None while it works); read anew on each call."""
         return self.broken
 
-    def _break(self, why: str) -> None:
+    def _break(self, why: str, cause: BaseException) -> None:
+        """The pump failed: fail every call not settled, waiting or in flight, and refuse
+        new ones (``broken`` is set before the deque is emptied: see Executor._enqueue)."""
+        self.broken_by = cause
         self.broken = why
         items = self.take_pending()
-        for conn in list(self._conns.values()):
-            for task in conn.session.connection_lost():
-                items += _flight(task).items
-        for item in items:
-            if not item.future.done():
-                item.future.set_exception(BrokenExecutor(why))
+        for flight in self._flights:
+            items += flight.items
+        self._flights.clear()
+        fail_broken(items, why, cause)
+
+
+def fail_broken(items: list[WorkItem], why: str, cause: BaseException | None) -> None:
+    """Fail each call not settled yet with BrokenFarmExecutor (a cancelled one stays so).
+
+    A done-callback that raises (even SystemExit) cannot stop the others from failing.
+    """
+    for item in items:
+        future = item.future
+        try:
+            if future.done():
+                continue
+            if not future.running() and not future.set_running_or_notify_cancel():
+                continue  # cancelled while it waited
+            error = BrokenFarmExecutor(why)
+            error.__cause__ = cause
+            future.set_exception(error)
+        except BaseException:
+            log.exception("farm executor: failing a call of the broken pump")
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message``, even for an exception whose ``str()`` raises."""
+    try:
+        text = str(exc)
+    except BaseException:
+        text = "<str() failed>"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _flight(task: Task[Flight]) -> Flight:

@@ -4,6 +4,8 @@ repository root) and ProcessPoolExecutor's children import them from here."""
 from __future__ import annotations
 
 import os
+import sys
+import threading
 import time
 
 
@@ -38,3 +40,41 @@ def batch_step(i: int, fifo: str, slow_at: int, block_at: int) -> int:
     if i == block_at:
         pid_then_block(fifo)
     return i
+
+
+class ExitsWhenPickled:
+    """A result whose pickling raises SystemExit (a BaseException) in the worker."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise SystemExit("this result will not be pickled")
+
+
+class ExitsWhenLoaded:
+    """A result that pickles, but whose unpickling raises SystemExit in the caller."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (sys.exit, ("this result will not be unpickled",))
+
+
+class Box:
+    """A result object the test can hold a weak reference to."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+def exits_when_pickled(i: int = 0) -> object:
+    """Returns ``i``, except for 3, whose result cannot be sent back (SystemExit)."""
+    return ExitsWhenPickled() if i == 3 else i
+
+
+def exits_when_loaded() -> ExitsWhenLoaded:
+    return ExitsWhenLoaded()
+
+
+def unpicklable_result(i: int = 0) -> object:
+    return threading.Lock()
+
+
+def box(value: int) -> Box:
+    return Box(value)

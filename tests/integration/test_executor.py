@@ -16,8 +16,9 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,17 @@ from farm.executor.signing import (
     load_key,
 )
 from tests.helpers import ROOT
-from tests.helpers.calls import add, batch_step, fails, nap, pid_then_block
+from tests.helpers.calls import (
+    add,
+    batch_step,
+    box,
+    exits_when_loaded,
+    exits_when_pickled,
+    fails,
+    nap,
+    pid_then_block,
+    unpicklable_result,
+)
 from tests.helpers.servers import Server, start_farm_server
 from tests.helpers.waiting import wait_for
 
@@ -69,7 +80,7 @@ class ExecutorFarm:
         return proc
 
     def executor(self, **options: Any) -> farm.Executor:
-        return farm.Executor(self.addr, key_file=str(self.key), **options)
+        return farm.Executor(servers=self.addr, key_file=str(self.key), **options)
 
     def stop(self) -> None:
         for proc in self.workers:
@@ -198,11 +209,11 @@ def test_shutdown_cancel_futures_like_process_pool(shared_farm: ExecutorFarm) ->
         pool.submit(add, 0).result()  # start its processes, as the farm's already run
         expected = shutdown_program(pool)
     assert expected == dict.fromkeys(expected, True)
-    assert shutdown_program(shared_farm.executor(max_in_flight=4)) == expected
+    assert shutdown_program(shared_farm.executor(max_workers=4)) == expected
 
 
 def test_shutdown_wait_finishes_everything(shared_farm: ExecutorFarm) -> None:
-    ex = shared_farm.executor(max_in_flight=2)
+    ex = shared_farm.executor(max_workers=2)
     futures = [ex.submit(nap, 0.01) for _ in range(10)]
     ex.shutdown(wait=True)
     assert [f.result(timeout=0) for f in futures] == [0.01] * 10
@@ -240,7 +251,7 @@ def test_a_worker_dying_mid_batch_fails_the_calls_it_had_not_finished(tmp_path: 
     os.mkfifo(fifo)
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        with small.executor(max_in_flight=1) as ex:
+        with small.executor(max_workers=1) as ex:
             first = ex.submit(nap, 0.5)  # holds the window while the batch queues up
             steps = [ex.submit(batch_step, i, fifo, 2, 3) for i in range(10)]
             ready, _, _ = select.select([reader], [], [], 30)
@@ -270,6 +281,131 @@ def test_batched_calls_keep_their_own_outcomes(shared_farm: ExecutorFarm) -> Non
                 assert isinstance(future.exception().__cause__, RemoteTraceback)
             else:
                 assert future.result(timeout=30) == i * 10
+
+
+# -- the concurrent.futures contract: no future left pending, no worker killed --
+
+
+def blocking_call(tmp_path: Path, name: str) -> tuple[str, int]:
+    """A fifo for ``pid_then_block`` and our end of it (non-blocking: the call's open() must
+    not wait for us)."""
+    fifo = str(tmp_path / name)
+    os.mkfifo(fifo)
+    return fifo, os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+
+
+def started_pid(reader: int) -> int:
+    """The pid a ``pid_then_block`` call wrote to the fifo open on ``reader``."""
+    ready, _, _ = select.select([reader], [], [], 30)
+    assert ready, "the blocking call never started"
+    return int(os.read(reader, 64))
+
+
+def test_a_dead_pump_fails_every_outstanding_future(tmp_path: Path) -> None:
+    # A done-callback raising SystemExit (Future runs callbacks catching only Exception)
+    # kills the pump thread while one call is in flight, the rest of a batch is in flight
+    # with the call whose callback raised, and more calls wait: none may stay pending.
+    small = ExecutorFarm(tmp_path, count=3)
+    fifo1, reader1 = blocking_call(tmp_path, "first")
+    fifo2, reader2 = blocking_call(tmp_path, "second")
+
+    def explode(_: Future[Any]) -> None:
+        raise SystemExit("a done-callback raised SystemExit")
+
+    try:
+        ex = small.executor(max_workers=2)
+        blocked = ex.submit(pid_then_block, fifo1)  # in flight until the end
+        started_pid(reader1)
+        doomed = ex.submit(pid_then_block, fifo2)  # fills the window
+        doomed_pid = started_pid(reader2)
+        waiting = [ex.submit(add, i, 1) for i in range(10)]  # the window is full: they wait
+        waiting[0].add_done_callback(explode)
+        os.kill(doomed_pid, signal.SIGKILL)  # frees the window: waiting[0..2] leave as a batch
+        with pytest.raises(farm.WorkerLost):
+            doomed.result(timeout=30)
+        assert waiting[0].result(timeout=30) == 1  # its outcome was set before the callback ran
+        for future in [*waiting[1:], blocked]:
+            exc = future.exception(timeout=30)
+            assert isinstance(exc, BrokenExecutor), exc
+            assert isinstance(exc, farm.executor.BrokenFarmExecutor)
+            assert "SystemExit" in str(exc)
+        with pytest.raises(farm.executor.BrokenFarmExecutor):
+            ex.submit(add, 1, 1)
+        ex.shutdown(wait=True)
+    finally:
+        os.close(reader1)
+        os.close(reader2)
+        small.stop()
+
+
+def test_a_result_that_cannot_be_unpickled_fails_only_its_call(ex: farm.Executor) -> None:
+    # ProcessPoolExecutor breaks when it cannot unpickle a result (it cannot tell whose it
+    # is); the executor knows the call, so only that call fails, even for a BaseException.
+    future = ex.submit(exits_when_loaded)
+    with pytest.raises(farm.JobError, match="cannot unpickle the result") as err:
+        future.result(timeout=30)
+    assert isinstance(err.value.__cause__, SystemExit)
+    assert ex.submit(add, 1, 1).result(timeout=30) == 2
+
+
+def pickling_program(ex: Executor) -> dict[str, Any]:
+    """Results the worker cannot pickle: each is its call's exception, as in the pool."""
+    seen: dict[str, Any] = {}
+    for fn in (exits_when_pickled, unpicklable_result):
+        exc = ex.submit(fn, 3).exception(timeout=30)
+        has_traceback = "Traceback (most recent call last)" in str(exc.__cause__)
+        seen[fn.__name__] = (type(exc).__name__, str(exc), has_traceback)
+    results = ex.map(exits_when_pickled, range(5))
+    got: list[Any] = [next(results), next(results), next(results)]
+    with pytest.raises(SystemExit) as err:
+        next(results)
+    got.append(f"raised {err.value}")
+    seen["map"] = got
+    chunks = ex.map(exits_when_pickled, range(6), chunksize=2)
+    got = [next(chunks), next(chunks)]
+    with pytest.raises(SystemExit):
+        next(chunks)  # 2 and 3 share a chunk
+    seen["chunks"] = got
+    seen["still_works"] = ex.submit(add, 1, 1).result(timeout=30)
+    return seen
+
+
+def test_a_result_the_worker_cannot_pickle_is_the_calls_exception(tmp_path: Path) -> None:
+    small = ExecutorFarm(tmp_path, count=1)
+    try:
+        with ProcessPoolExecutor(1) as pool:
+            expected = pickling_program(pool)
+        assert expected["exits_when_pickled"][:2] == (
+            "SystemExit",
+            "this result will not be pickled",
+        )
+        with small.executor() as ex:
+            assert pickling_program(ex) == expected
+        with small.executor(max_workers=1) as ex:  # calls queued behind `first` go as batches
+            first = ex.submit(nap, 0.2)
+            futures = [ex.submit(exits_when_pickled, i) for i in range(40)]
+            with pytest.raises(SystemExit, match="will not be pickled"):
+                futures[3].result(timeout=30)
+            assert [f.result(timeout=30) for f in futures if f is not futures[3]] == [
+                i for i in range(40) if i != 3
+            ]
+            assert first.result(timeout=30) == 0.2
+        assert small.workers[0].poll() is None, "the worker survived every call"
+    finally:
+        small.stop()
+
+
+@pytest.mark.parametrize("chunksize", [1, 2])
+def test_map_does_not_keep_the_last_result_alive(ex: farm.Executor, chunksize: int) -> None:
+    # bpo-14406, as CPython's test_free_reference: map's iterator holds no reference to a
+    # result it yielded (nor to its future) while the caller has moved on.
+    results = ex.map(box, range(4), chunksize=chunksize)
+    first = next(results)
+    assert first.value == 0
+    ref = weakref.ref(first)
+    del first
+    wait_for("the yielded result to be freed", lambda: ref() is None, timeout=5)
+    assert [b.value for b in results] == [1, 2, 3]
 
 
 # -- signatures --
@@ -332,7 +468,9 @@ def test_client_refuses_unsigned_results_without_unpickling(
     thread.start()
     try:
         with farm.Executor(
-            farm_server.addr, function="fake.python", key_file=str(ensure_key(tmp_path / "k"))
+            servers=farm_server.addr,
+            function="fake.python",
+            key_file=str(ensure_key(tmp_path / "k")),
         ) as ex:
             future: Future[Any] = ex.submit(add, 1, 2)
             with pytest.raises(SignatureError):
@@ -354,7 +492,7 @@ def test_a_result_signed_for_another_call_is_refused(farm_server: Server, tmp_pa
     thread = threading.Thread(target=worker.work, daemon=True)
     thread.start()
     try:
-        ex = farm.Executor(farm_server.addr, function="stolen.python", key_file=str(key))
+        ex = farm.Executor(servers=farm_server.addr, function="stolen.python", key_file=str(key))
         with ex, pytest.raises(SignatureError, match="for another call"):
             ex.submit(add, 1, 2).result(timeout=30)
     finally:

@@ -23,7 +23,7 @@ def test_executor_runs_on_the_supervised_pinned_pool(tmp_path: Path) -> None:
         up.expect_notify("READY=1")
         rows = up.wait_idle({"farm.python": 2})
         assert stat.S_IMODE(key.stat().st_mode) == 0o600  # made by the supervisor at start
-        with farm.Executor(up.addr, key_file=str(key)) as pool:
+        with farm.Executor(servers=up.addr, key_file=str(key)) as pool:
             pids = set(pool.map(lambda _: os.getpid(), range(40)))
             assert sum(pool.map(lambda x: x * x, range(100), chunksize=10)) == 328350
         assert pids <= {row["pid"] for row in rows}

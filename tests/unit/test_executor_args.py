@@ -1,0 +1,98 @@
+"""farm.Executor's constructor takes ProcessPoolExecutor's arguments, in its order.
+
+Nothing here connects: the pump thread starts on the first submit.
+"""
+
+from __future__ import annotations
+
+import inspect
+import multiprocessing
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pytest
+
+import farm
+from farm.executor.signing import ensure_key
+
+SERVER = "127.0.0.1:1"
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> str:
+    return str(ensure_key(tmp_path / "executor.key"))
+
+
+def test_the_pools_parameters_come_first_in_its_order() -> None:
+    pool = list(inspect.signature(ProcessPoolExecutor).parameters.values())
+    ours = list(inspect.signature(farm.Executor).parameters.values())
+    assert [(p.name, p.kind) for p in ours[: len(pool)]] == [(p.name, p.kind) for p in pool]
+
+
+def test_first_positional_argument_is_max_workers(key: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an int is no deprecated spelling
+        assert farm.Executor(4, servers=SERVER, key_file=key)._max_workers == 4
+        assert farm.Executor(max_workers=2, servers=SERVER, key_file=key)._max_workers == 2
+        default = farm.Executor(servers=SERVER, key_file=key)._max_workers
+        assert farm.Executor(None, servers=SERVER, key_file=key)._max_workers == default == 64
+
+
+def test_max_in_flight_is_an_alias(key: str) -> None:
+    assert farm.Executor(servers=SERVER, key_file=key, max_in_flight=8)._max_workers == 8
+    with pytest.raises(TypeError, match="max_in_flight"):
+        farm.Executor(4, servers=SERVER, key_file=key, max_in_flight=8)
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_max_workers_must_be_positive(key: str, bad: int) -> None:
+    with pytest.raises(ValueError, match="max_workers must be greater than 0"):
+        farm.Executor(bad, servers=SERVER, key_file=key)
+
+
+def test_max_workers_must_be_an_int(key: str) -> None:
+    with pytest.raises(TypeError, match="max_workers"):
+        farm.Executor(2.5, servers=SERVER, key_file=key)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("servers", [SERVER, [SERVER, "unix:/run/farm/gearman.sock"], (SERVER,)])
+def test_servers_as_first_argument_still_work_but_are_deprecated(
+    key: str, servers: str | list[str] | tuple[str, ...]
+) -> None:
+    with pytest.warns(DeprecationWarning, match="servers="):
+        ex = farm.Executor(servers, key_file=key)  # type: ignore[arg-type]
+    expected = [servers] if isinstance(servers, str) else list(servers)
+    assert ex._pump.servers == expected
+    assert ex._max_workers == 64
+
+
+def test_servers_twice_is_an_error(key: str) -> None:
+    with pytest.raises(TypeError, match="servers"):
+        farm.Executor(SERVER, servers=SERVER, key_file=key)  # type: ignore[arg-type]
+
+
+def test_mp_context_is_accepted_and_ignored(key: str) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    ex = farm.Executor(2, ctx, servers=SERVER, key_file=key)
+    assert ex._max_workers == 2
+
+
+def test_initializer_must_be_callable(key: str) -> None:
+    with pytest.raises(TypeError, match="initializer must be a callable"):
+        farm.Executor(2, None, "not callable", servers=SERVER, key_file=key)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("bad", "error"), [("2", TypeError), (0, ValueError)])
+def test_max_tasks_per_child_is_checked_as_the_pools(
+    key: str, bad: object, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match="max_tasks_per_child"):
+        farm.Executor(servers=SERVER, key_file=key, max_tasks_per_child=bad)  # type: ignore[arg-type]
+
+
+def test_initializer_and_max_tasks_per_child_are_not_supported_yet(key: str) -> None:
+    with pytest.raises(NotImplementedError, match="initializer is not supported yet"):
+        farm.Executor(2, None, print, ("hello",), servers=SERVER, key_file=key)
+    with pytest.raises(NotImplementedError, match="max_tasks_per_child is not supported yet"):
+        farm.Executor(servers=SERVER, key_file=key, max_tasks_per_child=5)
