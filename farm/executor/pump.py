@@ -1,8 +1,10 @@
 """The executor's pump thread: the one owner of its connections and jobs in flight.
 
-``Executor.submit`` hands a ``WorkItem`` over through ``put`` (a deque append,
-plus a wake-up byte only when the pump is asleep in select); everything else
-here runs in the pump thread. Each turn of the loop sends as many pending
+``Executor.submit`` hands a ``WorkItem`` over through ``put``: a deque append;
+when the pump is asleep in select, the submitting thread sends the call itself
+under the pump's lock (no thread hop: the reply wakes the pump), or writes a
+wake-up byte if the pump turns out busy. Everything else runs in the pump
+thread, which holds the lock except while it waits. Each turn of the loop sends as many pending
 items as the in-flight window allows, writes each connection's queued bytes
 once, then waits for replies, the socket becoming writable, or a wake-up.
 Replies go through ``farm.protocol.client.ClientSession``, as in ``farm.Client``.
@@ -143,6 +145,9 @@ class Pump:
         self._sleeping = False
         self._stopping = False
         self._waker = Waker()
+        # Held by the pump thread except while it waits in select; a submitting thread
+        # that finds it free sends its call itself (see put). Guards all below.
+        self._lock = threading.Lock()
         # Pump-thread state only.
         self._conns: dict[str, _Conn] = {}
         self._picker = ServerPicker(servers)
@@ -157,8 +162,20 @@ class Pump:
 
     def put(self, item: WorkItem) -> None:
         self._pending.append(item)
-        if self._sleeping:  # set before the pump's last look at the deque: it will see a byte
-            self._wake()
+        if not self._sleeping:
+            return  # the pump is busy: it looks at the deque before it sleeps again
+        # The pump sleeps in select: send the call from this thread, with no hop to the
+        # pump and back (its reply wakes the pump, which reads it). The lock is free only
+        # while the pump waits in select; if it is busy after all, a wake-up byte it is.
+        if self._lock.acquire(blocking=False):
+            try:
+                if self._sleeping and self.broken is None:
+                    self._send_pending()
+                    self._flush()
+                    return
+            finally:
+                self._lock.release()
+        self._wake()  # _sleeping was set before the pump's last look: it will see a byte
 
     def take_pending(self) -> list[WorkItem]:
         """Remove and return the items not sent yet (shutdown's cancel_futures)."""
@@ -186,6 +203,8 @@ class Pump:
     # -- the loop --
 
     def run(self) -> None:
+        lock = self._lock
+        lock.acquire()
         try:
             while True:
                 self._send_pending()
@@ -196,7 +215,11 @@ class Pump:
                 if self._pending and self._in_flight < self._refill_below:
                     self._sleeping = False  # something arrived since we looked: no sleep
                     continue
-                ready = self._selector.select()
+                lock.release()
+                try:
+                    ready = self._selector.select()
+                finally:
+                    lock.acquire()
                 self._sleeping = False
                 for key, mask in ready:
                     if key.data is None:
@@ -216,6 +239,8 @@ class Pump:
                 self._selector.close()
                 self._waker.close()
             finally:
+                self._sleeping = False  # no submitter may send through closed sockets
+                lock.release()
                 self.finished.set()
 
     def _idle_and_stopping(self) -> bool:

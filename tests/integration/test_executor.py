@@ -174,6 +174,22 @@ def test_lambdas_closures_and_kwargs(ex: farm.Executor) -> None:
     assert type(back) is Point and back.x == 2
 
 
+def test_sequential_calls_go_out_from_the_callers_thread(ex: farm.Executor) -> None:
+    # An idle pump is not woken to send a call: the submitting thread sends it (its reply
+    # wakes the pump). One wake-up per call would be a thread hop per call.
+    assert ex.submit(abs, -1).result(timeout=30) == 1  # the pump is started and idle
+    pump = ex._pump
+    wakes = []
+    real_wake = pump._wake
+    pump._wake = lambda: (wakes.append(1), real_wake())  # type: ignore[method-assign]
+    try:
+        results = [ex.submit(abs, -i).result(timeout=30) for i in range(50)]
+    finally:
+        pump._wake = real_wake  # type: ignore[method-assign]
+    assert results == list(range(50))
+    assert len(wakes) <= 5, f"{len(wakes)} of 50 sequential calls needed the pump woken"
+
+
 def test_unpicklable_argument_fails_its_future(ex: farm.Executor) -> None:
     future = ex.submit(add, threading.Lock())
     with pytest.raises(TypeError, match="pickle"):
