@@ -1,0 +1,148 @@
+"""A joblib parallel backend that runs ``Parallel`` on the farm.
+
+::
+
+    import farm.joblib  # registers the backend "farm" (or call farm.joblib.register())
+    from joblib import Parallel, delayed, parallel_config
+
+    with parallel_config(backend="farm"):
+        squares = Parallel(n_jobs=-1)(delayed(pow)(x, 2) for x in range(1000))
+
+``n_jobs=-1`` means the farm's ``farm.python`` workers, as the server counts
+them (``n_jobs=-2`` one less, and so on, as in joblib); a positive ``n_jobs``
+caps this Parallel's calls in flight. joblib's auto-batching, ``return_as=
+"generator"`` and its re-raising of a task's exception work as with loky,
+because the backend hands joblib's batches to a :class:`farm.Executor` and
+gives back its futures. Backend parameters go to the Executor:
+``parallel_config(backend="farm", servers=[...], key_file=...)``.
+
+What differs from loky: the workers are the farm's, shared with every other
+program that uses it and already running (nothing is started or stopped per
+``Parallel``), and joblib's memory mapping of large NumPy arrays does not apply:
+arguments travel pickled through the job server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import Future
+from typing import Any
+
+from joblib import register_parallel_backend  # type: ignore[import-untyped]
+from joblib._parallel_backends import (  # type: ignore[import-untyped]
+    AutoBatchingMixin,
+    ParallelBackendBase,
+)
+
+from farm.executor.call import DEFAULT_FUNCTION
+from farm.executor.executor import Executor
+
+__all__ = ["FarmBackend", "register", "farm_workers"]
+
+log = logging.getLogger("farm.joblib")
+
+
+def farm_workers(servers: str | list[str] | None = None) -> int | None:
+    """How many workers serve ``farm.python`` on the first server that answers, or None."""
+    from farm.client.admin import admin_query
+    from farm.discovery import executor_servers
+    from farm.net import parse_servers
+    from farm.protocol import ProtocolError
+    from farm.protocol.admin import parse_status
+
+    addresses = parse_servers(executor_servers() if servers is None else servers)
+    for address in addresses:
+        try:
+            rows = parse_status(admin_query(address, "status", timeout=2.0))
+        except (OSError, ValueError, ProtocolError):
+            continue
+        for row in rows:
+            if row.function == DEFAULT_FUNCTION:
+                return row.workers
+        return 0
+    return None
+
+
+class FarmBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
+    """joblib's view of a :class:`farm.Executor` (see the module docstring)."""
+
+    supports_retrieve_callback = True
+    supports_inner_max_num_threads = False
+    uses_threads = False
+    supports_sharedmem = False
+    default_n_jobs = -1
+
+    def __init__(
+        self,
+        nesting_level: int | None = None,
+        inner_max_num_threads: int | None = None,
+        **executor_kwargs: Any,
+    ) -> None:
+        super().__init__(nesting_level=nesting_level, inner_max_num_threads=None)
+        self.executor_kwargs = executor_kwargs
+        self._executor: Executor | None = None
+        self.parallel: Any = None
+
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        if n_jobs == 0:
+            raise ValueError("n_jobs == 0 in Parallel has no meaning")
+        if n_jobs is None:
+            n_jobs = self.default_n_jobs
+        if n_jobs > 0:
+            return n_jobs
+        workers = farm_workers(self.executor_kwargs.get("servers"))
+        if not workers:
+            # Nobody to ask, or no worker yet: size the batches for this machine's cores;
+            # the calls wait in the server's queue for workers, which is what the farm is for.
+            workers = os.cpu_count() or 1
+        return max(workers + 1 + n_jobs, 1)
+
+    def configure(
+        self,
+        n_jobs: int | None = 1,
+        parallel: Any = None,
+        prefer: str | None = None,
+        require: str | None = None,
+        **backend_kwargs: Any,
+    ) -> int:
+        if require == "sharedmem":
+            raise ValueError("the farm backend runs calls in other processes: no shared memory")
+        n = self.effective_n_jobs(n_jobs)
+        self.parallel = parallel
+        if self._executor is None:
+            self._executor = Executor(max_workers=n, **self.executor_kwargs)
+        return n
+
+    def submit(self, func: Any, callback: Any = None) -> Future[Any]:
+        assert self._executor is not None, "joblib configures a backend before it submits"
+        future = self._executor.submit(func)
+        if callback is not None:
+            future.add_done_callback(callback)
+        return future
+
+    def retrieve_result_callback(self, future: Future[Any]) -> Any:
+        return future.result()
+
+    def terminate(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+        self.reset_batch_stats()
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        """A task raised: drop what has not started (calls already on workers run to the end,
+        their results ignored), and be ready for the next Parallel call if asked."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+        if ensure_ready and self.parallel is not None:
+            self.configure(n_jobs=self.parallel.n_jobs, parallel=self.parallel)
+
+
+def register() -> None:
+    """Make ``parallel_config(backend="farm")`` (and ``parallel_backend("farm")``) available."""
+    register_parallel_backend("farm", FarmBackend)
+
+
+register()

@@ -1,0 +1,95 @@
+"""joblib's Parallel on a real `farm up` (backend "farm"), checked against loky in the same run."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from joblib import Parallel, delayed, parallel_config
+
+import farm.joblib
+from tests.helpers.calls import add, fails
+from tests.helpers.farmproc import FarmUp
+
+POOL = """
+[functions."farm.python"]
+target = "farm.executor.call:run_call"
+workers = 2
+"""
+
+
+@pytest.fixture(scope="module")
+def farm_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    tmp = tmp_path_factory.mktemp("joblib")
+    key = tmp / "state" / "executor.key"
+    up = FarmUp(tmp, POOL, extra_env={"FARM_KEY_FILE": str(key)})
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"farm.python": 2})
+        yield {"backend": "farm", "servers": [f"unix:{up.unix}"], "key_file": str(key)}
+    finally:
+        up.stop()
+
+
+def on_farm(config: dict[str, object], n_jobs: int, work: Iterator, **kw: object) -> list:
+    with parallel_config(**config):  # type: ignore[arg-type]
+        return list(Parallel(n_jobs=n_jobs, **kw)(work))  # type: ignore[arg-type]
+
+
+def on_loky(n_jobs: int, work: Iterator, **kw: object) -> list:
+    with parallel_config(backend="loky"):
+        return list(Parallel(n_jobs=n_jobs, **kw)(work))  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(120)
+def test_results_match_loky_for_lists_generators_and_return_as_generator(
+    farm_backend: dict[str, object],
+) -> None:
+    expected = on_loky(2, (delayed(add)(i, i) for i in range(300)))
+    assert on_farm(farm_backend, -1, (delayed(add)(i, i) for i in range(300))) == expected
+    out = on_farm(farm_backend, 2, (delayed(add)(i, i) for i in range(300)), return_as="generator")
+    assert out == expected
+
+
+@pytest.mark.timeout(60)
+def test_a_tasks_exception_is_raised_as_joblib_does(farm_backend: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="3") as on_loky_err:
+        on_loky(2, (delayed(fails)(i) if i == 3 else delayed(add)(i) for i in range(10)))
+    with pytest.raises(ValueError, match="3") as on_farm_err:
+        on_farm(
+            farm_backend, 2, (delayed(fails)(i) if i == 3 else delayed(add)(i) for i in range(10))
+        )
+    assert str(on_farm_err.value) == str(on_loky_err.value)
+    # The backend is usable again after the abort.
+    assert on_farm(farm_backend, 2, (delayed(add)(i) for i in range(5))) == list(range(5))
+
+
+@pytest.mark.timeout(60)
+def test_n_jobs_minus_one_is_the_farms_worker_count(farm_backend: dict[str, object]) -> None:
+    backend = farm.joblib.FarmBackend(
+        servers=farm_backend["servers"], key_file=farm_backend["key_file"]
+    )
+    assert backend.effective_n_jobs(-1) == 2
+    assert backend.effective_n_jobs(-2) == 1
+    assert backend.effective_n_jobs(5) == 5
+    pids = on_farm(farm_backend, -1, (delayed(os.getpid)() for _ in range(50)))
+    assert os.getpid() not in pids and 1 <= len(set(pids)) <= 2
+
+
+@pytest.mark.timeout(180)
+def test_a_scikit_learn_fit_gives_the_same_model_as_with_loky(
+    farm_backend: dict[str, object],
+) -> None:
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import RandomForestClassifier
+
+    x, y = make_classification(n_samples=300, n_features=8, random_state=0)
+
+    def fit(**config: object) -> list[float]:
+        with parallel_config(**config):  # type: ignore[arg-type]
+            model = RandomForestClassifier(n_estimators=20, n_jobs=-1, random_state=0)
+            model.fit(x, y)
+        return list(model.predict_proba(x[:20])[:, 1])
+
+    assert fit(**farm_backend) == fit(backend="loky")
