@@ -4,7 +4,8 @@ The supervisor serves ``farm.executor.call:run_call`` under the function
 name ``farm.python`` (``DEFAULT_FUNCTION``). A job's data is a signed call::
 
     signed(CALL, call_id (16 bytes) | expires (8 bytes, epoch seconds, big endian)
-                 | fn_size (4 bytes, little endian) | pickled fn | kind (1 byte) | body)
+                 | fn_size (4 bytes, little endian) | pickled fn | kind (1 byte)
+                 | [setup] | body)
 
 ``call_id`` is chosen afresh by the caller for each job, and every result
 names it -- ``signed(RESULT, call_id | pickled outcome)`` -- so a result made for
@@ -25,6 +26,23 @@ captured call submitted again is refused unrun.
   packets while the batch runs (so a long batch's early calls finish early)
   and in the WORK_COMPLETE that ends it.
 
+The kind byte's low four bits are the kind; its high bits say which setup
+sections follow it, in this order (a call of an executor without them carries
+no byte more):
+
+* INITIALIZER (0x10): ``digest (32 bytes, sha256 of the pickle) | size (4 bytes,
+  little endian) | pickle((initializer, initargs))``. The worker runs
+  ``initializer(*initargs)`` before the call unless the last initializer it ran
+  has this digest. If it raises, the job's result is the outcome
+  ``(BROKEN, exception, traceback_text)`` (for a batch: ``(0, [that])``) and the
+  caller breaks the executor, as ProcessPoolExecutor breaks when a child's
+  initializer fails.
+* RECYCLE (0x20): ``executor_id (16 bytes) | max_tasks (4 bytes, little endian)``:
+  after ``max_tasks`` jobs of that executor this worker sets
+  ``recycle_requested``, which the supervised worker process
+  (farm/pools/workerproc.py) reads after the job: it exits and the supervisor
+  replaces it (``max_tasks_per_child``).
+
 An outcome is ``(OK, value)`` or ``(ERROR, exception, traceback_text)``. The
 signature is checked before anything is unpickled (``farm.executor.signing``);
 a payload that fails it raises SignatureError, which the worker library
@@ -35,6 +53,8 @@ result.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import pickle
 import time
 import traceback
@@ -56,18 +76,32 @@ __all__ = [
     "encode_call",
     "open_result",
     "CALL_ID_SIZE",
+    "BROKEN",
+    "NO_SETUP",
+    "encode_setup",
     "dump",
     "dump_fn",
+    "dump_initializer",
     "RemoteTraceback",
+    "recycle_requested",
 ]
+
+log = logging.getLogger("farm.executor")
 
 DEFAULT_FUNCTION = "farm.python"
 TARGET = "farm.executor.call:run_call"
 
 SINGLE, CHUNK, BATCH = 0, 1, 2
-#: Bytes of the id that binds a call and its results.
+#: The kind byte: the kind in the low bits, the setup sections that follow it in the high ones.
+KIND_MASK = 0x0F
+INITIALIZER, RECYCLE = 0x10, 0x20
+DIGEST_SIZE = 32
+#: Bytes of the id that binds a call and its results (and of an executor's id).
 CALL_ID_SIZE = 16
-OK, ERROR = 0, 1
+#: BROKEN: the executor's initializer failed in the worker; the caller breaks the executor.
+OK, ERROR, BROKEN = 0, 1, 2
+#: The setup of an executor without initializer or max_tasks_per_child: flags and bytes.
+NO_SETUP: tuple[int, bytes] = (0, b"")
 
 #: A running batch sends the outcomes it has so far at most this often (seconds).
 BATCH_FLUSH_EVERY = 0.02
@@ -88,6 +122,13 @@ class RemoteTraceback(Exception):
 
 _signer: Signer | None = None
 _guard: ReplayGuard | None = None
+#: The digest of the last initializer this worker ran (None: none, or it failed).
+_initialized: bytes | None = None
+#: Jobs run per executor id that asked for max_tasks_per_child.
+_tasks_done: dict[bytes, int] = {}
+#: Why this worker should be replaced after the job in hand (max_tasks_per_child reached),
+#: or None. Read by farm/pools/workerproc.py after each job; unsupervised workers ignore it.
+recycle_requested: str | None = None
 #: Unpickled functions by their pickled bytes: a lambda sent 10,000 times is rebuilt once.
 _functions: dict[bytes, Any] = {}
 _MAX_FUNCTIONS = 256
@@ -117,12 +158,48 @@ def dump_fn(fn: Any) -> bytes:
     return dump(fn)
 
 
+def dump_initializer(initializer: Callable[..., object], initargs: tuple[Any, ...]) -> bytes:
+    """The pickle of ``(initializer, initargs)``: by value for a function of ``__main__``."""
+    if getattr(initializer, "__module__", None) == "__main__":
+        import cloudpickle
+
+        data: bytes = cloudpickle.dumps((initializer, initargs), protocol=_PROTOCOL)
+        return data
+    return dump((initializer, initargs))
+
+
+def encode_setup(
+    initializer: bytes | None, executor_id: bytes | None = None, max_tasks: int | None = None
+) -> tuple[int, bytes]:
+    """An executor's setup sections, once for all its calls: the flags for the kind byte and
+    the bytes after it (see the module docstring). NO_SETUP when there is nothing to say."""
+    flags, data = 0, b""
+    if initializer is not None:
+        digest = hashlib.sha256(initializer).digest()
+        flags |= INITIALIZER
+        data += digest + len(initializer).to_bytes(4, "little") + initializer
+    if max_tasks is not None:
+        assert executor_id is not None and len(executor_id) == CALL_ID_SIZE
+        flags |= RECYCLE
+        data += executor_id + max_tasks.to_bytes(4, "little")
+    return flags, data
+
+
 def encode_call(
-    signer: Signer, call_id: bytes, expires: int, fn_bytes: bytes, kind: int, body: bytes
+    signer: Signer,
+    call_id: bytes,
+    expires: int,
+    fn_bytes: bytes,
+    kind: int,
+    body: bytes,
+    setup: tuple[int, bytes] = NO_SETUP,
 ) -> bytes:
     """A signed job payload (see the module docstring)."""
     assert len(call_id) == CALL_ID_SIZE, "a call id has CALL_ID_SIZE bytes"
     head = call_id + expires.to_bytes(8, "big") + len(fn_bytes).to_bytes(4, "little")
+    if setup[0]:  # an initializer or max_tasks_per_child: their sections follow the kind
+        kind_byte = (kind | setup[0]).to_bytes(1, "little")
+        return signer.seal(CALL, head + fn_bytes + kind_byte + setup[1] + body)
     return signer.seal(CALL, head + fn_bytes + kind.to_bytes(1, "little") + body)
 
 
@@ -171,11 +248,18 @@ def run_call(job: Any) -> bytes:
     body = signed[CALL_ID_SIZE + 8 :]
     fn_size = int.from_bytes(body[:4], "little")
     kind = body[4 + fn_size]
+    start = 5 + fn_size
+    if kind > KIND_MASK:  # setup sections follow: this executor's initializer, max_tasks
+        start, failure = _set_up(kind, body, start)
+        kind &= KIND_MASK
+        if failure is not None:
+            broken: Any = (0, [failure]) if kind == BATCH else failure
+            return signer.seal(RESULT, call_id + _dump_outcome(broken))
     if kind == BATCH:
-        return _run_batch(job, signer, call_id, bytes(body[4 : 4 + fn_size]), body[5 + fn_size :])
+        return _run_batch(job, signer, call_id, bytes(body[4 : 4 + fn_size]), body[start:])
     try:
         fn = _function(bytes(body[4 : 4 + fn_size]))
-        calls = pickle.loads(body[5 + fn_size :])
+        calls = pickle.loads(body[start:])
         if kind == SINGLE:
             args, kwargs = calls
             outcome: tuple[Any, ...] = (OK, fn(*args, **kwargs))
@@ -184,6 +268,40 @@ def run_call(job: Any) -> bytes:
     except BaseException as exc:  # as ProcessPoolExecutor: even SystemExit is the call's outcome
         outcome = (ERROR, exc, _remote_traceback(exc))
     return signer.seal(RESULT, call_id + _dump_outcome(outcome))
+
+
+def _set_up(kind: int, body: memoryview, at: int) -> tuple[int, tuple[Any, ...] | None]:
+    """Read the setup sections at ``at``; run the initializer if this worker's last one differs,
+    and count the job against max_tasks_per_child. Returns where the body starts, and the
+    BROKEN outcome when the initializer raised (the call does not run then)."""
+    global _initialized, recycle_requested
+    failure = None
+    if kind & INITIALIZER:
+        digest = bytes(body[at : at + DIGEST_SIZE])
+        size = int.from_bytes(body[at + DIGEST_SIZE : at + DIGEST_SIZE + 4], "little")
+        at += DIGEST_SIZE + 4
+        if digest != _initialized:
+            _initialized = None  # whatever it leaves behind, a failed one runs again next time
+            try:
+                initializer, initargs = pickle.loads(body[at : at + size])
+                initializer(*initargs)
+                _initialized = digest
+            except BaseException as exc:  # as ProcessPoolExecutor: even SystemExit breaks it
+                log.critical("Exception in initializer:", exc_info=True)
+                failure = (BROKEN, exc, _remote_traceback(exc))
+        at += size
+    if kind & RECYCLE:
+        executor_id = bytes(body[at : at + CALL_ID_SIZE])
+        max_tasks = int.from_bytes(body[at + CALL_ID_SIZE : at + CALL_ID_SIZE + 4], "little")
+        at += CALL_ID_SIZE + 4
+        if len(_tasks_done) >= 4096 and executor_id not in _tasks_done:
+            _tasks_done.clear()
+        done = _tasks_done[executor_id] = _tasks_done.get(executor_id, 0) + 1
+        if done >= max_tasks:
+            recycle_requested = (
+                f"max_tasks_per_child {max_tasks} of executor {executor_id.hex()[:8]} reached"
+            )
+    return at, failure
 
 
 def _run_batch(

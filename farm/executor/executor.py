@@ -24,6 +24,7 @@ exactly that future with ``farm.WorkerLost``; the executor keeps working.
 from __future__ import annotations
 
 import atexit
+import secrets
 import threading
 import time
 import warnings
@@ -35,8 +36,19 @@ from itertools import islice
 from typing import Any, TypeGuard, TypeVar
 
 from farm.discovery import executor_servers
-from farm.executor.call import CHUNK, DEFAULT_FUNCTION, SINGLE, RemoteTraceback, dump, dump_fn
-from farm.executor.pump import BrokenFarmExecutor, Call, Pump, WorkItem, fail_broken
+from farm.executor.call import (
+    CALL_ID_SIZE,
+    CHUNK,
+    DEFAULT_FUNCTION,
+    NO_SETUP,
+    SINGLE,
+    RemoteTraceback,
+    dump,
+    dump_fn,
+    dump_initializer,
+    encode_setup,
+)
+from farm.executor.pump import MAX_BATCH, BrokenFarmExecutor, Call, Pump, WorkItem, fail_broken
 from farm.executor.signing import Signer, load_key
 from farm.net import parse_servers
 from farm.protocol.checks import check_name, check_priority
@@ -49,6 +61,8 @@ T = TypeVar("T")
 DEFAULT_MAX_WORKERS = 64
 
 _live_pumps: weakref.WeakSet[Pump] = weakref.WeakSet()
+#: Set by the atexit hook: no executor takes new calls once the interpreter is exiting.
+_exiting = False
 
 
 class Executor(_BaseExecutor):
@@ -59,8 +73,15 @@ class Executor(_BaseExecutor):
     farm at once, so at most that many run at once (None: 64; the pool's
     workers are the farm's). ``max_in_flight`` is its older name. The others
     wait here and can still be cancelled. ``mp_context`` is accepted and
-    ignored (the farm starts its workers); ``initializer`` and
-    ``max_tasks_per_child`` are not supported yet (NotImplementedError).
+    ignored (the farm starts its workers).
+
+    ``initializer(*initargs)`` runs in a worker before one of this executor's
+    calls when the last initializer that worker ran was another (the workers
+    are shared: each runs the initializer of whichever executor's call it
+    takes); if it raises, the executor breaks (BrokenFarmExecutor), as
+    ProcessPoolExecutor does. ``max_tasks_per_child``: a supervised worker that
+    ran this many of this executor's calls exits after the last one, and the
+    supervisor starts a fresh one (calls then travel one per job, unbatched).
 
     ``servers``: as for ``farm.Client``, but None means the local farm's Unix
     socket only (farm.discovery; never TCP, which every local user can reach).
@@ -104,11 +125,14 @@ class Executor(_BaseExecutor):
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         _check_max_tasks_per_child(max_tasks_per_child)
-        if initializer is not None:
-            raise NotImplementedError("farm.Executor: initializer is not supported yet")
-        if max_tasks_per_child is not None:
-            raise NotImplementedError("farm.Executor: max_tasks_per_child is not supported yet")
-        del mp_context, initargs  # the farm starts its workers; initargs go with initializer
+        del mp_context  # the farm starts its workers
+        setup = NO_SETUP
+        if initializer is not None or max_tasks_per_child is not None:
+            setup = encode_setup(
+                None if initializer is None else dump_initializer(initializer, tuple(initargs)),
+                secrets.token_bytes(CALL_ID_SIZE),  # this executor, for max_tasks_per_child
+                max_tasks_per_child,
+            )
         self._signer = Signer(load_key(key_file))
         self._pump = Pump(
             parse_servers(executor_servers() if servers is None else servers),
@@ -117,6 +141,8 @@ class Executor(_BaseExecutor):
             check_priority(priority),
             self._max_workers,
             connect_timeout,
+            setup,
+            MAX_BATCH if max_tasks_per_child is None else 1,  # a worker counts jobs
         )
         self._thread: threading.Thread | None = None
         self._shutdown = False
@@ -140,12 +166,15 @@ class Executor(_BaseExecutor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        progress: bool = False,
     ) -> Iterator[T]:
         """Like ``builtins.map`` run on the farm; ``chunksize`` calls travel as one job.
 
         The iterables are read at once; results are yielded in order. A call
         that raised raises when its result is due (with chunks: the whole
         chunk's). ``timeout`` counts from this call, as in concurrent.futures.
+        ``progress``: draw a progress bar of the calls done on standard error
+        while the results are read, when it is a terminal (farm.executor.progress).
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
@@ -157,7 +186,9 @@ class Executor(_BaseExecutor):
             fn_bytes, fn_error = None, exc
         calls = zip(*iterables, strict=False)  # the shortest iterable ends it
         futures: list[Future[Any]] = []
+        sizes: list[int] = []  # calls per future, for the progress bar
         while chunk := list(islice(calls, chunksize)):
+            sizes.append(len(chunk))
             if fn_bytes is None:
                 futures.append(self._enqueue(None, fn_error))
                 continue
@@ -170,7 +201,13 @@ class Executor(_BaseExecutor):
                 futures.append(self._enqueue(None, exc))
                 continue
             futures.append(self._enqueue(call, None))
-        return _results(futures, end_time, chunked=chunksize > 1)
+        if not progress:
+            return _results(futures, end_time, chunked=chunksize > 1)
+        from farm.executor.progress import with_progress
+
+        name = getattr(fn, "__name__", None) or "calls"
+        shown = list(futures)  # _results empties its list as it goes
+        return with_progress(_results(futures, end_time, chunked=chunksize > 1), shown, sizes, name)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new calls; ``cancel_futures`` cancels those not yet sent; ``wait`` for the rest."""
@@ -191,6 +228,8 @@ class Executor(_BaseExecutor):
                 raise BrokenFarmExecutor(self._pump.broken) from self._pump.broken_by
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
+            if _exiting:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             future: Future[Any] = Future()
             if error is not None:
                 future.set_exception(error)
@@ -281,6 +320,8 @@ def _check_max_tasks_per_child(max_tasks_per_child: object) -> None:
 @atexit.register
 def _drain_at_exit() -> None:
     """At interpreter exit, every executor finishes what was submitted (as ProcessPoolExecutor)."""
+    global _exiting
+    _exiting = True
     for pump in list(_live_pumps):
         pump.stop()
     for pump in list(_live_pumps):

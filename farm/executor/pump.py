@@ -38,7 +38,9 @@ from farm.client.serverpick import ServerPicker
 from farm.errors import FarmError, JobError, JobFailed, ServerUnavailable, WorkerLost
 from farm.executor.call import (
     BATCH,
+    BROKEN,
     CALL_ID_SIZE,
+    NO_SETUP,
     OK,
     SINGLE,
     RemoteTraceback,
@@ -67,6 +69,15 @@ CALL_TTL = 24 * 3600
 class BrokenFarmExecutor(FarmError, BrokenExecutor):
     """The executor's pump thread failed: every call it had not finished fails with this, and
     so does every later ``submit`` (as ``BrokenProcessPool`` for ProcessPoolExecutor)."""
+
+
+class InitializerFailed(Exception):
+    """Raised in the pump thread when a worker reports that the executor's initializer
+    failed: the pump breaks, as ProcessPoolExecutor breaks when a child's initializer fails."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(_describe(error))
+        self.error = error
 
 
 class Call(NamedTuple):
@@ -124,8 +135,12 @@ class Pump:
         priority: str,
         max_in_flight: int,
         connect_timeout: float,
+        setup: tuple[int, bytes] = NO_SETUP,
+        max_batch: int = MAX_BATCH,
     ) -> None:
         self.servers = servers
+        self.setup = setup  # the initializer and max_tasks_per_child sections of every call
+        self.max_batch = max_batch  # 1 with max_tasks_per_child: a worker counts jobs
         self.signer = signer
         self.function = function
         self.priority = priority
@@ -229,6 +244,10 @@ class Pump:
                         self._write(key.data)
                     if mask & selectors.EVENT_READ:
                         self._read(key.data)
+        except InitializerFailed as exc:  # no bug: the pool breaks, as ProcessPoolExecutor's
+            log.critical("farm executor: the initializer failed in a worker%s", _cause_text(exc))
+            why = f"the executor's initializer failed in a worker: {exc}; the executor is broken"
+            self._break(why, exc.error)
         except BaseException as exc:  # a bug (or a done-callback raising SystemExit) here
             log.exception("farm executor pump failed")  # must not leave callers waiting forever
             self._break(f"the executor's pump thread failed: {_describe(exc)}", exc)
@@ -286,7 +305,7 @@ class Pump:
             return items
         if first.call.kind != SINGLE:
             return items
-        size = min(MAX_BATCH, len(pending) // (2 * self.max_in_flight) + 1)
+        size = min(self.max_batch, len(pending) // (2 * self.max_in_flight) + 1)
         fn = first.call.fn
         while len(items) < size and pending:
             nxt = pending[0]
@@ -301,9 +320,11 @@ class Pump:
         call = flight.items[0].call
         expires = int(time.time() + self.call_ttl)
         if not flight.batched:
-            return encode_call(self.signer, flight.call_id, expires, call.fn, call.kind, call.body)
+            return encode_call(
+                self.signer, flight.call_id, expires, call.fn, call.kind, call.body, self.setup
+            )
         body = pickle.dumps([item.call.body for item in flight.items], pickle.HIGHEST_PROTOCOL)
-        return encode_call(self.signer, flight.call_id, expires, call.fn, BATCH, body)
+        return encode_call(self.signer, flight.call_id, expires, call.fn, BATCH, body, self.setup)
 
     def _connection(self) -> _Conn:
         """A connection for the next job: rotate over servers, skipping refusing ones."""
@@ -507,10 +528,18 @@ def _flight(task: Task[Flight]) -> Flight:
 
 
 def _settle(future: Future[Any], outcome: tuple[Any, ...]) -> None:
-    """Resolve a call's future from its outcome: (OK, value) or (ERROR, exc, traceback)."""
+    """Resolve a call's future from its outcome: (OK, value) or (ERROR, exc, traceback);
+    (BROKEN, exc, traceback) raises InitializerFailed, which breaks the pump."""
     if outcome[0] == OK:
         future.set_result(outcome[1])
-    else:
-        raised, text = outcome[1], outcome[2]
-        raised.__cause__ = RemoteTraceback(text)
-        future.set_exception(raised)
+        return
+    raised, text = outcome[1], outcome[2]
+    raised.__cause__ = RemoteTraceback(text)
+    if outcome[0] == BROKEN:
+        raise InitializerFailed(raised)
+    future.set_exception(raised)
+
+
+def _cause_text(exc: InitializerFailed) -> str:
+    cause = exc.error.__cause__
+    return f":{cause}" if isinstance(cause, RemoteTraceback) else f": {exc}"

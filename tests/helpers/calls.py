@@ -78,3 +78,47 @@ def unpicklable_result(i: int = 0) -> object:
 
 def box(value: int) -> Box:
     return Box(value)
+
+
+#: What ``init_state`` last set in this process (read by ``get_init_state``).
+INIT_STATE = "uninitialized"
+
+
+def init_state(value: str) -> None:
+    """An Executor initializer: records ``value`` in this worker process."""
+    global INIT_STATE
+    INIT_STATE = value
+
+
+def get_init_state(_: object = None) -> str:
+    return INIT_STATE
+
+
+def init_fails(*_: object) -> None:
+    raise ValueError("error in initializer")
+
+
+def getpid(_: object = None) -> int:
+    return os.getpid()
+
+
+def wait_gate(path: str) -> None:
+    """Block until the test opens the gate at ``path`` (tests.helpers.gate.Gate): connect to
+    its Unix socket and wait until the test closes it. Already open: return at once."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        try:
+            sock.connect(path)
+            sock.recv(1)  # b"" or a reset: the test closed the listener
+        except OSError:
+            pass  # refused, gone or reset: the gate is open
+
+
+def wait_gate_and_raise(path: str) -> None:
+    wait_gate(path)
+    raise Exception("this is an exception")
+
+
+def raise_runtime_error_123() -> None:
+    raise RuntimeError(123)  # some comment

@@ -91,8 +91,16 @@ def test_max_tasks_per_child_is_checked_as_the_pools(
         farm.Executor(servers=SERVER, key_file=key, max_tasks_per_child=bad)  # type: ignore[arg-type]
 
 
-def test_initializer_and_max_tasks_per_child_are_not_supported_yet(key: str) -> None:
-    with pytest.raises(NotImplementedError, match="initializer is not supported yet"):
-        farm.Executor(2, None, print, ("hello",), servers=SERVER, key_file=key)
-    with pytest.raises(NotImplementedError, match="max_tasks_per_child is not supported yet"):
-        farm.Executor(servers=SERVER, key_file=key, max_tasks_per_child=5)
+def test_initializer_and_max_tasks_per_child_are_taken(key: str) -> None:
+    ex = farm.Executor(2, None, print, ("hello",), servers=SERVER, key_file=key)
+    flags, sections = ex._pump.setup
+    assert flags and sections and ex._pump.max_batch > 1
+    ex = farm.Executor(servers=SERVER, key_file=key, max_tasks_per_child=5)
+    assert ex._pump.max_batch == 1  # a worker counts jobs: one call each
+
+
+def test_an_unpicklable_initarg_is_refused_at_once(key: str) -> None:
+    import threading
+
+    with pytest.raises(TypeError):
+        farm.Executor(2, None, print, (threading.Lock(),), servers=SERVER, key_file=key)

@@ -1,0 +1,173 @@
+"""farm.Executor's initializer, max_tasks_per_child and progress, against a real `farm up`.
+
+The workers are shared: two executors with different initializers use the
+same two workers, each worker running the initializer of the executor whose
+call it takes. ``max_tasks_per_child`` recycles supervised workers, which the
+supervisor replaces.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import sys
+from collections.abc import Iterable, Iterator
+from concurrent.futures import BrokenExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import farm
+from tests.helpers.calls import add, get_init_state, getpid, init_fails, init_state
+from tests.helpers.farmproc import FarmUp
+
+POOL = """
+[functions."farm.python"]
+target = "farm.executor.call:run_call"
+workers = 2
+"""
+
+
+class Farm:
+    def __init__(self, up: FarmUp, key: Path) -> None:
+        self.up = up
+        self.key = key
+
+    def executor(self, *args: Any, **options: Any) -> farm.Executor:
+        return farm.Executor(
+            *args, servers=[f"unix:{self.up.unix}"], key_file=str(self.key), **options
+        )
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
+    tmp = tmp_path_factory.mktemp("setup")
+    key = tmp / "state" / "executor.key"
+    up = FarmUp(tmp, POOL, extra_env={"FARM_KEY_FILE": str(key)})
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"farm.python": 2})
+        yield Farm(up, key)
+    finally:
+        up.stop()
+
+
+@pytest.mark.timeout(60)
+def test_initializer_state_is_visible_to_the_calls(shared: Farm) -> None:
+    with shared.executor(2, None, init_state, ("initialized",)) as ex:
+        assert set(ex.map(get_init_state, range(50))) == {"initialized"}
+        assert ex.submit(get_init_state).result() == "initialized"
+
+
+@pytest.mark.timeout(60)
+def test_two_executors_with_different_initializers_share_the_workers(shared: Farm) -> None:
+    with (
+        shared.executor(2, None, init_state, ("first",)) as one,
+        shared.executor(2, None, init_state, ("second",)) as two,
+    ):
+        for _ in range(5):  # interleaved: each worker switches state back and forth
+            firsts = [one.submit(get_init_state) for _ in range(4)]
+            seconds = [two.submit(get_init_state) for _ in range(4)]
+            assert {f.result() for f in firsts} == {"first"}
+            assert {f.result() for f in seconds} == {"second"}
+
+
+@pytest.mark.timeout(60)
+def test_a_failing_initializer_breaks_the_executor(
+    shared: Farm, caplog: pytest.LogCaptureFixture
+) -> None:
+    ex = shared.executor(2, None, init_fails)
+    futures = [ex.submit(add, i) for i in range(10)]
+    for future in futures:
+        with pytest.raises(BrokenExecutor) as info:
+            future.result(timeout=30)
+    assert isinstance(info.value, farm.executor.BrokenFarmExecutor)
+    assert "initializer" in str(info.value)
+    with pytest.raises(BrokenExecutor):
+        ex.submit(add, 1)
+    ex.shutdown()
+    assert any("initializer" in r.getMessage() for r in caplog.records)
+    # The workers are fine: another executor still runs.
+    with shared.executor(2) as ok:
+        assert ok.submit(add, 2, 3).result(timeout=30) == 5
+
+
+@pytest.mark.timeout(120)
+def test_max_tasks_per_child_one_gives_a_new_pid_per_call(shared: Farm) -> None:
+    with shared.executor(2, max_tasks_per_child=1) as ex:
+        pids = [ex.submit(getpid).result(timeout=30) for _ in range(6)]
+        assert len(set(pids)) == 6, pids
+        mapped = list(ex.map(getpid, range(6)))
+        assert len(set(mapped) | set(pids)) == 12, mapped
+    shared.up.wait_idle({"farm.python": 2}, timeout=30)
+    assert "max_tasks_per_child 1" in shared.up.read_log()
+
+
+@pytest.mark.timeout(60)
+def test_map_progress_is_silent_when_not_on_a_terminal(
+    shared: Farm, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with shared.executor(2) as ex:
+        assert list(ex.map(add, range(20), progress=True)) == list(range(20))
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+
+
+@pytest.mark.timeout(60)
+def test_map_progress_draws_a_bar_on_a_terminal(
+    shared: Farm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    master, slave = pty.openpty()
+    terminal = open(slave, "w", encoding="utf-8", closefd=True)  # noqa: SIM115 (closed below)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.setenv("COLUMNS", "100")
+    try:
+        with shared.executor(2) as ex:
+            assert list(ex.map(add, range(30), range(30), chunksize=4, progress=True)) == [
+                2 * i for i in range(30)
+            ]
+        terminal.flush()
+    finally:
+        monkeypatch.setattr(sys, "stderr", sys.__stderr__)
+        terminal.close()
+    drawn = b""
+    while True:  # the slave is closed: read what the bar wrote until EOF (EIO on Linux)
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(master)
+    text = drawn.decode(errors="replace")
+    assert "add" in text and "30/30" in text, text
+
+
+class Counting:
+    """What tqdm does with an iterable, as far as a caller can tell: wraps it, counts."""
+
+    def __init__(self, iterable: Iterable[Any], total: int | None = None) -> None:
+        self.iterable = iterable
+        self.total = total
+        self.n = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in self.iterable:
+            self.n += 1
+            yield item
+
+
+@pytest.mark.timeout(60)
+def test_as_completed_works_under_a_progress_wrapper(shared: Farm) -> None:
+    try:
+        from tqdm import tqdm as wrapper  # type: ignore[import-untyped]
+    except ImportError:
+        wrapper = Counting
+    with shared.executor(2) as ex:
+        futures = [ex.submit(add, i, 1) for i in range(25)]
+        bar = wrapper(as_completed(futures), total=len(futures))
+        assert sorted(f.result() for f in bar) == list(range(1, 26))
+        assert bar.n == 25
