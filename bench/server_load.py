@@ -1,31 +1,46 @@
 """Load generator speaking raw Gearman: farm's server against gearmand, in one run.
 
     python -m bench.server_load [--jobs 20000] [--inflight 16] [--latency-jobs 2000]
-        [--gearmand-threads 0,1,4] [--no-held-grab]
+        [--rounds 5] [--gearmand-threads 0,1,4] [--no-held-grab] [--scrape]
+        [--farm-root DIR ...]
 
 Throughput: one client keeps ``--inflight`` 16-byte foreground jobs in flight;
 two raw-protocol echo workers (separate processes) answer them. Latency: one
 client doing sequential jobs, p50/p99 of submit -> WORK_COMPLETE. Both servers
 face the same client and workers, so only the server differs. The workers ask
 for farm's held grab, as farm's Worker does (gearmand refuses it); farm is
-compared with the best of gearmand's thread settings, figure by figure.
+compared with the best of gearmand's thread settings, figure by figure. Every
+figure is the median of ``--rounds`` interleaved rounds. ``--scrape`` scrapes
+this tree's farm's metrics once a second while it is measured; ``--farm-root``
+adds another checkout's server (metrics on against off: a worktree of the
+commit before the counting, with ``--gearmand-threads ''``).
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import socket
 import statistics
+import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from farm import protocol as p
 from farm.protocol import PacketType as T
-from tests.helpers.servers import start_farm_server, start_gearmand
+from tests.helpers.servers import (
+    Server,
+    free_port,
+    start_farm_server,
+    start_gearmand,
+    wait_connectable,
+)
 
 FUNC = b"echo"
 PAYLOAD = b"0123456789abcdef"
@@ -110,23 +125,57 @@ def latency(addr: str, jobs: int) -> tuple[float, float]:
     return statistics.median(samples) * 1e6, samples[int(len(samples) * 0.99)] * 1e6
 
 
-def measure(kind: str, args: argparse.Namespace) -> dict[str, float]:
+def start_server(kind: str, args: argparse.Namespace) -> tuple[Server, str | None]:
+    """The server a row names, and the URL to scrape while it is measured (or None)."""
+    if kind.startswith("gearmand -t "):
+        return start_gearmand("--threads", kind.rpartition(" ")[2]), None
     if kind == "farm":
-        server = start_farm_server()
-    else:  # "gearmand -t N"
-        server = start_gearmand("--threads", kind.rpartition(" ")[2])
+        if not args.scrape:
+            return start_farm_server(), None
+        port = free_port()
+        return start_farm_server(
+            "--metrics", f"127.0.0.1:{port}"
+        ), f"http://127.0.0.1:{port}/metrics"
+    root = Path(kind.partition(" ")[2])  # "farm-root DIR": another checkout's server
+    argv = [sys.executable, "-m", "farm.server", "--port", "{port}", "--store", "none"]
+    port = free_port()
+    proc = subprocess.Popen(
+        [a.replace("{port}", str(port)) for a in argv],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_connectable(f"127.0.0.1:{port}", proc, timeout=30)
+    return Server("farm", f"127.0.0.1:{port}", proc, port), None
+
+
+def scraping(url: str, stop: threading.Event) -> None:
+    """Fetch the metrics once a second, as Prometheus would, until told to stop."""
+    while not stop.wait(1.0):
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            reply.read()
+
+
+def measure(kind: str, args: argparse.Namespace) -> dict[str, float]:
+    server, url = start_server(kind, args)
     held = not args.no_held_grab
     workers = [
         mp.Process(target=echo_worker, args=(server.addr, held), daemon=True) for _ in range(2)
     ]
+    stop = threading.Event()
+    scraper = threading.Thread(target=scraping, args=(url, stop), daemon=True) if url else None
     try:
         for w in workers:
             w.start()
         throughput(server.addr, 500, args.inflight)  # warm-up
+        if scraper is not None:
+            scraper.start()
         rate = throughput(server.addr, args.jobs, args.inflight)
         p50, p99 = latency(server.addr, args.latency_jobs)
         return {"jobs_s": rate, "p50_us": p50, "p99_us": p99}
     finally:
+        stop.set()
         for w in workers:
             w.kill()
         server.stop()
@@ -140,42 +189,68 @@ def main() -> None:
     ap.add_argument("--inflight", type=int, default=16)
     ap.add_argument("--latency-jobs", type=int, default=2000)
     ap.add_argument(
-        "--rounds", type=int, default=2, help="alternate the servers this many times; keep the best"
+        "--rounds",
+        type=int,
+        default=5,
+        help="alternate the servers this many times; each figure is the median of the rounds",
     )
     ap.add_argument(
         "--gearmand-threads",
         default="0,1,4",
-        help="gearmand --threads settings to run; farm is compared with the best of them",
+        help="gearmand --threads settings to run ('' for none); farm is compared with the best",
     )
     ap.add_argument(
         "--no-held-grab", action="store_true", help="workers do not ask for farm's held grab"
     )
+    ap.add_argument(
+        "--scrape",
+        action="store_true",
+        help="serve this tree's farm with --metrics and scrape it once a second while measured",
+    )
+    ap.add_argument(
+        "--farm-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also measure farm's server from another checkout (e.g. a git worktree)",
+    )
     args = ap.parse_args()
-    results: dict[str, dict[str, float]] = {}
-    kinds = [f"gearmand -t {t}" for t in args.gearmand_threads.split(",")] + ["farm"]
+    threads = [t for t in args.gearmand_threads.split(",") if t]
+    kinds = [f"gearmand -t {t}" for t in threads] + ["farm"]
+    kinds += [f"farm-root {Path(r).resolve()}" for r in args.farm_root]
+    runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
     for _ in range(args.rounds):
         for kind in kinds:
-            r = measure(kind, args)
-            best = results.setdefault(kind, r)
-            best["jobs_s"] = max(best["jobs_s"], r["jobs_s"])
-            best["p50_us"] = min(best["p50_us"], r["p50_us"])
-            best["p99_us"] = min(best["p99_us"], r["p99_us"])
-    f = results["farm"]
-    peers = [r for kind, r in results.items() if kind != "farm"]
-    best = {
-        "jobs_s": max(r["jobs_s"] for r in peers),
-        "p50_us": min(r["p50_us"] for r in peers),
-        "p99_us": min(r["p99_us"] for r in peers),
+            runs[kind].append(measure(kind, args))
+    results = {
+        kind: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
+        for kind, rs in runs.items()
     }
     title = f"jobs/s (1 client x {args.inflight} in flight, 2 workers)"
+    print(f"medians of {args.rounds} interleaved rounds\n")
     print(f"| server | {title} | p50 µs | p99 µs |")
     print("|---|---:|---:|---:|")
     for kind, r in results.items():
         print(f"| {kind} | {r['jobs_s']:,.0f} | {r['p50_us']:.0f} | {r['p99_us']:.0f} |")
-    print(
-        f"| farm / best gearmand | {f['jobs_s'] / best['jobs_s']:.2f}x | "
-        f"{f['p50_us'] / best['p50_us']:.2f}x | {f['p99_us'] / best['p99_us']:.2f}x |"
-    )
+    f = results["farm"]
+    for other, r in results.items():
+        if other == "farm":
+            continue
+        print(
+            f"| farm / {other} | {f['jobs_s'] / r['jobs_s']:.2f}x | "
+            f"{f['p50_us'] / r['p50_us']:.2f}x | {f['p99_us'] / r['p99_us']:.2f}x |"
+        )
+    peers = [r for kind, r in results.items() if kind.startswith("gearmand")]
+    if len(peers) > 1:
+        best = {
+            "jobs_s": max(r["jobs_s"] for r in peers),
+            "p50_us": min(r["p50_us"] for r in peers),
+            "p99_us": min(r["p99_us"] for r in peers),
+        }
+        print(
+            f"| farm / best gearmand | {f['jobs_s'] / best['jobs_s']:.2f}x | "
+            f"{f['p50_us'] / best['p50_us']:.2f}x | {f['p99_us'] / best['p99_us']:.2f}x |"
+        )
 
 
 if __name__ == "__main__":
