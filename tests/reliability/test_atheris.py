@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -18,6 +19,7 @@ def test_atheris_finds_nothing_in_the_decoder(tmp_path) -> None:
         [sys.executable, str(ROOT / "tests/fuzz/fuzz_decoder.py"), "-runs=30000", "-seed=1",
          f"-artifact_prefix={tmp_path}/"],
         cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},  # this tree's farm, installed or not
         capture_output=True,
         text=True,
         timeout=240,
