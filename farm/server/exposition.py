@@ -4,6 +4,12 @@
 prometheus_client is imported only when someone asks for the numbers: a custom
 collector reads the Hub's counters (farm.server.metrics) at scrape time, in
 the server's loop, so a server nobody scrapes pays nothing for it.
+
+Label sets stay bounded: a function is labelled by its name once a worker has
+registered it (``FunctionQueue.served``, kept while its entry lives, so a pool
+that is recycling keeps its series); every function nobody has served is
+summed under ``function="other"``, so a client inventing names cannot grow the
+scrape without limit.
 """
 
 from __future__ import annotations
@@ -11,15 +17,19 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from farm.protocol.kinds import PRIORITY_NAMES
 from farm.server.hub import Hub
+from farm.server.metrics import Histogram
+from farm.server.queues import FunctionQueue
 
 __all__ = ["exposition", "serve_http", "CONTENT_TYPE"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: The label of every function no worker serves, summed (bounded label sets).
+OTHER = "other"
 
 _COUNTERS = (
     ("submitted", "Jobs submitted (a submit joining a live job of the same unique is not one)."),
@@ -44,14 +54,13 @@ class _Collector:
             HistogramMetricFamily,
         )
 
-        hub = self.hub
-        functions = list(hub.jobs.functions.values())
+        groups = _by_label(self.hub.jobs.functions.values())
         labels = ["function", "priority"]
         for field, text in _COUNTERS:
             family = CounterMetricFamily(f"farm_jobs_{field}", text, labels=labels)
-            for fq in functions:
-                name = fq.name.decode("utf-8", "replace")
-                for priority, count in zip(PRIORITY_NAMES, getattr(fq.stats, field), strict=True):
+            for name, fqs in groups:
+                counts = [sum(getattr(fq.stats, field)[i] for fq in fqs) for i in range(3)]
+                for priority, count in zip(PRIORITY_NAMES, counts, strict=True):
                     family.add_metric([name, priority], count)
             yield family
         queued = GaugeMetricFamily(
@@ -73,14 +82,18 @@ class _Collector:
             "From a worker taking the job to its answer (complete, fail or exception).",
             labels=["function"],
         )
-        for fq in functions:
-            name = fq.name.decode("utf-8", "replace")
+        for name, fqs in groups:
             for index, label in enumerate(PRIORITY_NAMES):
-                queued.add_metric([name, label], fq.counts[index] + fq.scheduled[index])
-            running.add_metric([name], fq.running)
-            workers.add_metric([name], len(fq.workers))
-            for histogram, hist in ((wait, fq.stats.wait), (run, fq.stats.run)):
-                histogram.add_metric([name], hist.cumulative(), hist.total)
+                count = sum(fq.counts[index] + fq.scheduled[index] for fq in fqs)
+                queued.add_metric([name, label], count)
+            running.add_metric([name], sum(fq.running for fq in fqs))
+            workers.add_metric([name], sum(len(fq.workers) for fq in fqs))
+            for histogram, hists in (
+                (wait, [fq.stats.wait for fq in fqs]),
+                (run, [fq.stats.run for fq in fqs]),
+            ):
+                merged = Histogram.merged(hists)
+                histogram.add_metric([name], merged.cumulative(), merged.total)
         yield from (queued, running, workers, wait, run)
         yield from self._server()
 
@@ -136,6 +149,21 @@ class _Collector:
             "Seconds since the server started.",
             value=time.time() - stats.started,
         )
+
+
+def _by_label(functions: Iterable[FunctionQueue]) -> list[tuple[str, list[FunctionQueue]]]:
+    """(label, functions) pairs: one per function a worker has served, then "other"."""
+    named: list[tuple[str, list[FunctionQueue]]] = []
+    other: list[FunctionQueue] = []
+    for fq in functions:
+        name = fq.name.decode("utf-8", "replace")
+        if fq.served and name != OTHER:  # a function named "other" joins the sum
+            named.append((name, [fq]))
+        else:
+            other.append(fq)
+    if other:
+        named.append((OTHER, other))
+    return named
 
 
 def exposition(hub: Hub) -> bytes:

@@ -306,6 +306,7 @@ class JobServer:
         worker.abilities[function] = timeout
         fq = self.function(function)
         fq.workers.add(worker)
+        fq.served = True
         if worker.sleeping:
             fq.sleepers[worker] = None
 

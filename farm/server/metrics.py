@@ -65,6 +65,17 @@ class Histogram:
         self.counts[bisect_left(self.bounds, seconds)] += 1
         self.total += seconds
 
+    @classmethod
+    def merged(cls, hists: list[Histogram]) -> Histogram:
+        """One histogram holding all of ``hists``' observations (same bounds), for a scrape."""
+        if len(hists) == 1:
+            return hists[0]
+        out = cls(hists[0].bounds if hists else BUCKETS)
+        for hist in hists:
+            out.counts = [a + b for a, b in zip(out.counts, hist.counts, strict=True)]
+            out.total += hist.total
+        return out
+
     def cumulative(self) -> list[tuple[str, float]]:
         out, running = [], 0
         for bound, count in zip(self.bounds, self.counts, strict=False):

@@ -148,6 +148,7 @@ class FunctionQueue:
         "max_by_priority",
         "ready",
         "stats",
+        "served",
     )
 
     def __init__(self, name: bytes, ready: set[bytes] | None = None) -> None:
@@ -166,6 +167,10 @@ class FunctionQueue:
         self.max_total = 0
         self.max_by_priority: tuple[int, int, int] = (0, 0, 0)
         self.stats = FunctionStats()
+        # A worker has registered it: the metrics label it by name from then on (while it
+        # is in the table), not only while a worker is there, so a pool that is recycling
+        # keeps its series; names nobody ever served are summed as "other".
+        self.served = False
 
     def full(self, priority: int) -> bool:
         if self.max_total and self.queued >= self.max_total:

@@ -102,7 +102,11 @@ def test_counters_gauges_and_histograms_follow_the_jobs(
         assert value(text, "farm_jobs_retried_total", function="f", priority="normal") == 1
         assert value(text, "farm_jobs_timed_out_total", function="t", priority="normal") == 1
         assert value(text, "farm_jobs_failed_total", function="t", priority="normal") == 1
-        assert value(text, "farm_jobs_queued", function="waiting", priority="normal") == 1
+        # Nobody serves "waiting": it is counted under "other", never by its own name.
+        assert value(text, "farm_jobs_queued", function="other", priority="normal") == 1
+        assert ("farm_jobs_queued", (("function", "waiting"), ("priority", "normal"))) not in (
+            samples(text)
+        )
         assert value(text, "farm_workers", function="f") == 1
         # Six jobs ran to an answer on f (the dead worker's try has none): six run times.
         assert value(text, "farm_job_run_seconds_count", function="f") == 6
@@ -150,5 +154,56 @@ def test_an_unknown_path_is_404(peer_factory: Callable[[str], Peer]) -> None:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10)
         assert err.value.code == 404
         wait_for("the server to still answer", lambda: admin_query(srv.addr, "version"))
+    finally:
+        srv.stop()
+
+
+@pytest.mark.timeout(60)
+def test_functions_nobody_serves_are_summed_under_other(
+    peer_factory: Callable[[str], Peer],
+) -> None:
+    """Bounded label sets: a client inventing function names adds no series."""
+    srv = start_farm_server()
+    try:
+        client = peer_factory(srv.addr)
+        for n in range(20):
+            client.send(T.SUBMIT_JOB_BG, f"made-up-{n}", "", "x")
+            client.expect(T.JOB_CREATED)
+        client.send(T.SUBMIT_JOB_LOW_BG, "served", "", "x")
+        client.expect(T.JOB_CREATED)
+        text = server_metrics(srv.addr, timeout=10)
+        functions = {s[1][0][1] for s in samples(text) if s[0] == "farm_jobs_submitted_total"}
+        assert functions == {"other"}
+        assert value(text, "farm_jobs_submitted_total", function="other", priority="normal") == 20
+        assert value(text, "farm_jobs_queued", function="other", priority="low") == 1
+
+        worker = peer_factory(srv.addr)
+        worker.send(T.CAN_DO, "served")
+        worker.send(T.GRAB_JOB)
+        worker.expect(T.JOB_ASSIGN)
+        text = server_metrics(srv.addr, timeout=10)
+        assert value(text, "farm_jobs_submitted_total", function="served", priority="low") == 1
+        assert value(text, "farm_jobs_running", function="served") == 1
+        assert value(text, "farm_jobs_submitted_total", function="other", priority="low") == 0
+        assert value(text, "farm_jobs_submitted_total", function="other", priority="normal") == 20
+        assert value(text, "farm_job_queue_wait_seconds_count", function="served") == 1
+        assert value(text, "farm_job_queue_wait_seconds_count", function="other") == 0
+        # Its worker goes (a pool recycling): it keeps its name, its job is queued again.
+        worker.sock.close()
+        wait_for(
+            "the job to be queued again",
+            lambda: (
+                value(
+                    server_metrics(srv.addr, timeout=10),
+                    "farm_jobs_retried_total",
+                    function="served",
+                    priority="low",
+                )
+                == 1
+            ),
+        )
+        text = server_metrics(srv.addr, timeout=10)
+        assert value(text, "farm_jobs_queued", function="served", priority="low") == 1
+        assert value(text, "farm_workers", function="served") == 0
     finally:
         srv.stop()
