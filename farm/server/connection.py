@@ -6,6 +6,11 @@ answers or tells it (a job, a wake-up, a job's progress or end) it alone turns
 into packets -- including WORK_FAIL for a client that did not ask for
 exceptions. Replies are collected in a per-connection buffer and written once
 per loop turn (``Hub.flush``), so a pipelining peer costs one write per read.
+
+The connection keeps the bytes (decoding, buffers, back-pressure, the store's
+held replies) and the packet table; what a client asks is in
+``farm.server.clientside`` and what a worker says in ``farm.server.workerside``,
+mixins of the one ``Connection`` class (a socket may be both).
 """
 
 from __future__ import annotations
@@ -13,31 +18,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import struct
 from collections.abc import Callable
 
 from farm import protocol as p
 from farm.protocol import PacketType as T
 from farm.protocol import encode_res
-from farm.protocol.kinds import SUBMIT_KINDS, Priority, SubmitKind
+from farm.protocol.kinds import SUBMIT_KINDS
 from farm.server.admin import run_admin
+from farm.server.clientside import REDUCE, REDUCE_BG, ClientSide
 from farm.server.hub import Hub
-from farm.server.jobs import WAKE_DEADLINE, Job, Outcome, Progress, QueueFull
-from farm.server.store import StoreError
+from farm.server.jobs import Job, Outcome, Progress
+from farm.server.workerside import UCRED, WorkerSide, error
 
 log = logging.getLogger("farm.server")
 
-#: SUBMIT_JOB_EPOCH and the reduce submits: not in the plain table, same meaning.
-_EPOCH = SubmitKind(Priority.NORMAL, background=True)
-_REDUCE = SubmitKind(Priority.NORMAL, background=False)
-_REDUCE_BG = SubmitKind(Priority.NORMAL, background=True)
 
-
-def error(code: str, text: str) -> bytes:
-    return encode_res(T.ERROR, code.encode(), text.encode())
-
-
-class Connection(asyncio.Protocol):
+class Connection(ClientSide, WorkerSide, asyncio.Protocol):
     """A client, a worker, an admin tool -- or all three on one socket."""
 
     def __init__(self, hub: Hub) -> None:
@@ -90,8 +86,8 @@ class Connection(asyncio.Protocol):
                 self.ip = peer[0] if peer else "-"
             else:
                 self.ip = "unix"
-                creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-                self.peer_uid = _UCRED.unpack(creds)[1]
+                creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size)
+                self.peer_uid = UCRED.unpack(creds)[1]
         if len(self.hub.connections) >= self.hub.options.max_connections:
             log.warning(
                 "connection limit (%d) reached; closing fd %d",
@@ -231,58 +227,6 @@ class Connection(asyncio.Protocol):
 
     # -- what the job model tells this connection ------------------------------
 
-    def wake(self) -> None:
-        if self.held_grab:
-            self.hub.push_soon(self)
-        else:
-            self.send(NOOP)
-
-    def push(self) -> None:
-        """Answer the held grab (NOOP, then the assignment, in one write) with the best job
-        now, and give the worker WAKE_DEADLINE to accept it (JOB_ACCEPT) before it is taken
-        back: a stopped or hung worker must not sit on a job others could run."""
-        ptype, self.held_grab = self.held_grab, 0
-        if not ptype or self.closed:
-            return
-        job = self.jobs.grab(self)
-        if job is None:  # another worker took it first: keep holding
-            self.hold_grab(ptype)
-            return
-        self.send(NOOP)
-        self.assign(job, ptype)
-        self.pushed = job
-        self.hub.call_later(WAKE_DEADLINE, lambda: self.not_accepted(job))
-
-    def hold_grab(self, ptype: int) -> None:
-        self.held_grab = ptype
-        self.jobs.pre_sleep(self)
-
-    def not_accepted(self, job: Job) -> None:
-        if self.pushed is not job or self.closed:
-            return
-        self.pushed = None
-        log.info(
-            "fd %d: pushed job %s not accepted within %gs; it goes to another worker",
-            self.fd,
-            job.handle.decode(),
-            WAKE_DEADLINE,
-        )
-        self.jobs.take_back(self, job)
-
-    def accept(self, args: tuple[bytes, ...]) -> None:
-        if not self.may_hold_grab:  # as for any packet type this server does not know
-            self.protocol_error(p.ProtocolError(f"unknown packet type {int(T.JOB_ACCEPT)}"))
-            return
-        if self.pushed is not None and self.pushed.handle == args[0]:
-            self.pushed = None
-
-    def reset_abilities(self, args: tuple[bytes, ...]) -> None:
-        self.jobs.reset_abilities(self)
-        if self.held_grab:  # nothing left to wait for: the held grab ends as a plain one
-            self.held_grab = 0
-            self.sleeping = False  # with no abilities left it is in no function's sleepers
-            self.send(NO_JOB)
-
     def job_progress(self, job: Job, kind: Progress, fields: tuple[bytes, ...]) -> None:
         self.send(encode_res(PROGRESS_PACKET[kind], job.handle, *fields))
 
@@ -332,90 +276,6 @@ class Connection(asyncio.Protocol):
             return
         handler(self, pkt.args)
 
-    def on_submit(
-        self,
-        kind: SubmitKind,
-        function: bytes,
-        unique: bytes,
-        data: bytes,
-        *,
-        reducer: bytes | None = None,
-        when: float = 0.0,
-    ) -> None:
-        if len(unique) > p.MAX_UNIQUE:
-            self.send(error("ARGUMENT_TOO_LARGE", "Unique value too large"))
-            return
-        if not self.function_ok(function) or not self.function_ok(reducer or b"x", "reducer"):
-            return
-        background = kind.background
-        try:
-            job = self.jobs.submit(
-                None if background else self,
-                function,
-                unique,
-                data,
-                priority=kind.priority,
-                background=background,
-                reducer=reducer,
-                when=when,
-            )
-        except QueueFull:
-            self.send(error("QUEUE_ERROR", "Job queue is full"))
-            return
-        except StoreError as exc:
-            self.send(error("QUEUE_ERROR", str(exc)))
-            return
-        if background and job.store_id and self.hub.must_hold():
-            self.hold_created(job.handle)
-        else:
-            self.send(encode_res(T.JOB_CREATED, job.handle))
-
-    def submit(self, args: tuple[bytes, ...], kind: SubmitKind) -> None:
-        function, unique, data = args
-        self.on_submit(kind, function, unique, data)
-
-    def submit_epoch(self, args: tuple[bytes, ...]) -> None:
-        function, unique, epoch, data = args
-        try:
-            seconds = int(epoch)  # clients send whole seconds; refuses nan and inf
-        except ValueError:
-            self.send(error("INVALID_COMMAND", "epoch is not a number"))
-            return
-        if not 0 <= seconds <= p.MAX_EPOCH:
-            self.refuse("epoch is out of range")
-            return
-        self.on_submit(_EPOCH, function, unique, data, when=float(seconds))
-
-    def submit_reduce(self, args: tuple[bytes, ...], kind: SubmitKind) -> None:
-        function, unique, reducer, _aggregator, data = args
-        self.on_submit(kind, function, unique, data, reducer=reducer)
-
-    def submit_sched(self, args: tuple[bytes, ...]) -> None:
-        self.send(
-            error("INVALID_COMMAND", "SUBMIT_JOB_SCHED is not supported; use SUBMIT_JOB_EPOCH")
-        )
-
-    def grab(self, args: tuple[bytes, ...], ptype: int) -> None:
-        job = self.jobs.grab(self)
-        if job is not None:
-            self.assign(job, ptype)
-        elif self.may_hold_grab and self.abilities:
-            self.hold_grab(ptype)  # answered by push() when a job comes
-        else:
-            self.send(NO_JOB)
-
-    def assign(self, job: Job, ptype: int) -> None:
-        if ptype == T.GRAB_JOB:
-            self.send(encode_res(T.JOB_ASSIGN, job.handle, job.function, job.data))
-        elif ptype == T.GRAB_JOB_ALL and job.reducer is not None:
-            self.send(
-                encode_res(
-                    T.JOB_ASSIGN_ALL, job.handle, job.function, job.unique, job.reducer, job.data
-                )
-            )
-        else:
-            self.send(encode_res(T.JOB_ASSIGN_UNIQ, job.handle, job.function, job.unique, job.data))
-
     def work_update(self, args: tuple[bytes, ...], ptype: int) -> None:
         handle = args[0]
         job = self.jobs.held(self, handle)
@@ -442,58 +302,6 @@ class Connection(asyncio.Protocol):
             data = args[1] if ptype != T.WORK_FAIL else b""
             self.jobs.finish(self, job, OUTCOME[ptype], data)
 
-    def get_status(self, args: tuple[bytes, ...]) -> None:
-        handle = args[0]
-        job = self.jobs.jobs.get(handle)
-        if job is None:
-            self.send(encode_res(T.STATUS_RES, handle, b"0", b"0", b"0", b"0"))
-        else:
-            running = b"1" if job.worker is not None else b"0"
-            self.send(
-                encode_res(T.STATUS_RES, handle, b"1", running, job.numerator, job.denominator)
-            )
-
-    def get_status_unique(self, args: tuple[bytes, ...]) -> None:
-        unique = args[0]
-        same = self.jobs.by_unique.get(unique)
-        job = same[-1] if same else None
-        if job is None:
-            self.send(encode_res(T.STATUS_RES_UNIQUE, unique, b"0", b"0", b"0", b"0", b"0"))
-        else:
-            running = b"1" if job.worker is not None else b"0"
-            count = str(len(job.clients)).encode()
-            self.send(
-                encode_res(
-                    T.STATUS_RES_UNIQUE,
-                    unique,
-                    b"1",
-                    running,
-                    job.numerator,
-                    job.denominator,
-                    count,
-                )
-            )
-
-    def room_for(self, function: bytes) -> bool:
-        """A connection registers at most --max-abilities functions; past that it is closed
-        (ERROR first): one peer must not make every grab and sleep walk a huge table."""
-        limit = self.hub.options.max_abilities
-        if len(self.abilities) < limit or function in self.abilities:
-            return True
-        self.refuse(f"more than {limit} functions on one connection", "ARGUMENT_TOO_LARGE")
-        return False
-
-    def may_serve(self, function: bytes) -> bool:
-        """Reserved ``farm.*`` functions (the Executor's calls) go only to trusted workers:
-        Unix-socket peers of an allowed uid. Anyone else is told, and not registered."""
-        if not function.startswith(RESERVED) or self.peer_uid in self.hub.options.worker_uids:
-            return True
-        where = "over TCP" if self.peer_uid is None else f"by uid {self.peer_uid}"
-        self.send(
-            error("PERMISSION_DENIED", f"{function.decode(errors='replace')} is not served {where}")
-        )
-        return False
-
     def function_ok(self, name: bytes, what: str = "function name") -> bool:
         if not name:
             self.send(error("INVALID_COMMAND", f"{what} is empty"))
@@ -509,29 +317,6 @@ class Connection(asyncio.Protocol):
         self.send(error(code, text))
         self.close()
         self.detach()
-
-    def can_do(self, args: tuple[bytes, ...]) -> None:
-        function = args[0]
-        if self.function_ok(function) and self.room_for(function) and self.may_serve(function):
-            self.jobs.can_do(self, function)
-
-    def can_do_timeout(self, args: tuple[bytes, ...]) -> None:
-        function, raw = args
-        try:
-            value = int(raw)
-        except ValueError:
-            self.send(error("INVALID_COMMAND", "CAN_DO_TIMEOUT timeout is not an integer"))
-            return
-        if not (self.function_ok(function) and self.room_for(function)):
-            return
-        if not self.may_serve(function):
-            return
-        if value > p.MAX_TIMEOUT * 1000:  # checked before any float: 10**400 has none
-            self.refuse(f"CAN_DO_TIMEOUT is more than {p.MAX_TIMEOUT} s")
-            return
-        # The protocol says seconds; libgearman >= 1.1.19 sends milliseconds. 0 or less: none.
-        seconds = 0.0 if value <= 0 else value / 1000 if value >= 1000 else float(value)
-        self.jobs.can_do(self, function, seconds)
 
     def option(self, args: tuple[bytes, ...]) -> None:
         name = args[0]
@@ -567,11 +352,6 @@ class Connection(asyncio.Protocol):
             self.send(reply.encode())
 
 
-NO_JOB = encode_res(T.NO_JOB)
-#: Functions only trusted workers may serve (see ``Connection.may_serve``).
-RESERVED = b"farm."
-_UCRED = struct.Struct("3i")  # pid, uid, gid
-NOOP = encode_res(T.NOOP)
 PROGRESS_KIND: dict[int, Progress] = {
     T.WORK_STATUS: Progress.STATUS,
     T.WORK_DATA: Progress.DATA,
@@ -622,7 +402,7 @@ HANDLERS: dict[int, Handler] = {
     T.OPTION_REQ: Connection.option,
     T.SUBMIT_JOB_EPOCH: Connection.submit_epoch,
     T.SUBMIT_JOB_SCHED: Connection.submit_sched,
-    T.SUBMIT_REDUCE_JOB: _bind(Connection.submit_reduce, _REDUCE),
-    T.SUBMIT_REDUCE_JOB_BACKGROUND: _bind(Connection.submit_reduce, _REDUCE_BG),
+    T.SUBMIT_REDUCE_JOB: _bind(Connection.submit_reduce, REDUCE),
+    T.SUBMIT_REDUCE_JOB_BACKGROUND: _bind(Connection.submit_reduce, REDUCE_BG),
     **{t: _bind(Connection.submit, kind) for t, kind in SUBMIT_KINDS.items()},
 }

@@ -1,0 +1,137 @@
+"""What a client connection asks: submits of every kind, and status queries.
+
+A mixin of :class:`farm.server.connection.Connection`, split off along the
+client's side of the wire (the worker's is farm.server.workerside). Arguments
+are checked against the wire's limits here; the job model decides the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from farm import protocol as p
+from farm.protocol import PacketType as T
+from farm.protocol import encode_res
+from farm.protocol.kinds import Priority, SubmitKind
+from farm.server.hub import Hub
+from farm.server.jobs import JobServer, QueueFull
+from farm.server.queues import Peer
+from farm.server.store import StoreError
+from farm.server.workerside import error
+
+__all__ = ["ClientSide", "EPOCH", "REDUCE", "REDUCE_BG"]
+
+#: SUBMIT_JOB_EPOCH and the reduce submits: not in the plain table, same meaning.
+EPOCH = SubmitKind(Priority.NORMAL, background=True)
+REDUCE = SubmitKind(Priority.NORMAL, background=False)
+REDUCE_BG = SubmitKind(Priority.NORMAL, background=True)
+
+
+class ClientSide:
+    """The client half of a Connection (see the module docstring)."""
+
+    # The connection's, read and written here (declared for the type checker).
+    hub: Hub
+    jobs: JobServer
+    send: Callable[[bytes], None]
+    refuse: Callable[..., None]
+    function_ok: Callable[..., bool]
+    hold_created: Callable[[bytes], None]
+
+    def client(self) -> Peer:
+        return self  # type: ignore[return-value]  # a Connection, which is one
+
+    def on_submit(
+        self,
+        kind: SubmitKind,
+        function: bytes,
+        unique: bytes,
+        data: bytes,
+        *,
+        reducer: bytes | None = None,
+        when: float = 0.0,
+    ) -> None:
+        if len(unique) > p.MAX_UNIQUE:
+            self.send(error("ARGUMENT_TOO_LARGE", "Unique value too large"))
+            return
+        if not self.function_ok(function) or not self.function_ok(reducer or b"x", "reducer"):
+            return
+        background = kind.background
+        try:
+            job = self.jobs.submit(
+                None if background else self.client(),
+                function,
+                unique,
+                data,
+                priority=kind.priority,
+                background=background,
+                reducer=reducer,
+                when=when,
+            )
+        except QueueFull:
+            self.send(error("QUEUE_ERROR", "Job queue is full"))
+            return
+        except StoreError as exc:
+            self.send(error("QUEUE_ERROR", str(exc)))
+            return
+        if background and job.store_id and self.hub.must_hold():
+            self.hold_created(job.handle)
+        else:
+            self.send(encode_res(T.JOB_CREATED, job.handle))
+
+    def submit(self, args: tuple[bytes, ...], kind: SubmitKind) -> None:
+        function, unique, data = args
+        self.on_submit(kind, function, unique, data)
+
+    def submit_epoch(self, args: tuple[bytes, ...]) -> None:
+        function, unique, epoch, data = args
+        try:
+            seconds = int(epoch)  # clients send whole seconds; refuses nan and inf
+        except ValueError:
+            self.send(error("INVALID_COMMAND", "epoch is not a number"))
+            return
+        if not 0 <= seconds <= p.MAX_EPOCH:
+            self.refuse("epoch is out of range")
+            return
+        self.on_submit(EPOCH, function, unique, data, when=float(seconds))
+
+    def submit_reduce(self, args: tuple[bytes, ...], kind: SubmitKind) -> None:
+        function, unique, reducer, _aggregator, data = args
+        self.on_submit(kind, function, unique, data, reducer=reducer)
+
+    def submit_sched(self, args: tuple[bytes, ...]) -> None:
+        self.send(
+            error("INVALID_COMMAND", "SUBMIT_JOB_SCHED is not supported; use SUBMIT_JOB_EPOCH")
+        )
+
+    def get_status(self, args: tuple[bytes, ...]) -> None:
+        handle = args[0]
+        job = self.jobs.jobs.get(handle)
+        if job is None:
+            self.send(encode_res(T.STATUS_RES, handle, b"0", b"0", b"0", b"0"))
+        else:
+            running = b"1" if job.worker is not None else b"0"
+            self.send(
+                encode_res(T.STATUS_RES, handle, b"1", running, job.numerator, job.denominator)
+            )
+
+    def get_status_unique(self, args: tuple[bytes, ...]) -> None:
+        unique = args[0]
+        same = self.jobs.by_unique.get(unique)
+        job = same[-1] if same else None
+        if job is None:
+            self.send(encode_res(T.STATUS_RES_UNIQUE, unique, b"0", b"0", b"0", b"0", b"0"))
+        else:
+            running = b"1" if job.worker is not None else b"0"
+            count = str(len(job.clients)).encode()
+            self.send(
+                encode_res(
+                    T.STATUS_RES_UNIQUE,
+                    unique,
+                    b"1",
+                    running,
+                    job.numerator,
+                    job.denominator,
+                    count,
+                )
+            )

@@ -1,0 +1,176 @@
+"""What a worker connection says and is told: abilities, grabs (plain and held), pushes.
+
+A mixin of :class:`farm.server.connection.Connection`, split off along the
+worker's side of the wire; the connection keeps its buffers, back-pressure,
+the clients' requests and the worker's job news (``work_update``). Held grab
+(``OPTION_REQ held-grab``) is specified in docs/held-grab.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Callable
+
+from farm import protocol as p
+from farm.protocol import PacketType as T
+from farm.protocol import encode_res
+from farm.server.hub import Hub, Writer
+from farm.server.jobs import WAKE_DEADLINE, Job, JobServer
+from farm.server.queues import Peer
+
+__all__ = ["WorkerSide", "error", "NO_JOB", "NOOP", "RESERVED", "UCRED"]
+
+log = logging.getLogger("farm.server")
+
+NO_JOB = encode_res(T.NO_JOB)
+NOOP = encode_res(T.NOOP)
+#: Functions only trusted workers may serve (see ``WorkerSide.may_serve``).
+RESERVED = b"farm."
+UCRED = struct.Struct("3i")  # pid, uid, gid
+
+
+def error(code: str, text: str) -> bytes:
+    return encode_res(T.ERROR, code.encode(), text.encode())
+
+
+class WorkerSide:
+    """The worker half of a Connection (see the module docstring)."""
+
+    # The connection's, read and written here (declared for the type checker).
+    hub: Hub
+    jobs: JobServer
+    abilities: dict[bytes, float]
+    closed: bool
+    fd: int
+    peer_uid: int | None
+    sleeping: bool
+    may_hold_grab: bool
+    held_grab: int  # the grab packet held (0: none)
+    pushed: Job | None  # pushed to a held grab, not accepted yet
+    send: Callable[[bytes], None]
+    refuse: Callable[..., None]
+    function_ok: Callable[..., bool]
+    protocol_error: Callable[[p.ProtocolError], None]
+
+    def writer(self) -> Writer:
+        return self  # type: ignore[return-value]  # a Connection, which is one
+
+    def peer(self) -> Peer:
+        return self  # type: ignore[return-value]  # a Connection, which is one
+
+    def wake(self) -> None:
+        if self.held_grab:
+            self.hub.push_soon(self.writer())
+        else:
+            self.send(NOOP)
+
+    def push(self) -> None:
+        """Answer the held grab (NOOP, then the assignment, in one write) with the best job
+        now, and give the worker WAKE_DEADLINE to accept it (JOB_ACCEPT) before it is taken
+        back: a stopped or hung worker must not sit on a job others could run."""
+        ptype, self.held_grab = self.held_grab, 0
+        if not ptype or self.closed:
+            return
+        job = self.jobs.grab(self.peer())
+        if job is None:  # another worker took it first: keep holding
+            self.hold_grab(ptype)
+            return
+        self.send(NOOP)
+        self.assign(job, ptype)
+        self.pushed = job
+        self.hub.call_later(WAKE_DEADLINE, lambda: self.not_accepted(job))
+
+    def hold_grab(self, ptype: int) -> None:
+        self.held_grab = ptype
+        self.jobs.pre_sleep(self.peer())
+
+    def not_accepted(self, job: Job) -> None:
+        if self.pushed is not job or self.closed:
+            return
+        self.pushed = None
+        log.info(
+            "fd %d: pushed job %s not accepted within %gs; it goes to another worker",
+            self.fd,
+            job.handle.decode(),
+            WAKE_DEADLINE,
+        )
+        self.jobs.take_back(self.peer(), job)
+
+    def accept(self, args: tuple[bytes, ...]) -> None:
+        if not self.may_hold_grab:  # as for any packet type this server does not know
+            self.protocol_error(p.ProtocolError(f"unknown packet type {int(T.JOB_ACCEPT)}"))
+            return
+        if self.pushed is not None and self.pushed.handle == args[0]:
+            self.pushed = None
+
+    def reset_abilities(self, args: tuple[bytes, ...]) -> None:
+        self.jobs.reset_abilities(self.peer())
+        if self.held_grab:  # nothing left to wait for: the held grab ends as a plain one
+            self.held_grab = 0
+            self.sleeping = False  # with no abilities left it is in no function's sleepers
+            self.send(NO_JOB)
+
+    def grab(self, args: tuple[bytes, ...], ptype: int) -> None:
+        job = self.jobs.grab(self.peer())
+        if job is not None:
+            self.assign(job, ptype)
+        elif self.may_hold_grab and self.abilities:
+            self.hold_grab(ptype)  # answered by push() when a job comes
+        else:
+            self.send(NO_JOB)
+
+    def assign(self, job: Job, ptype: int) -> None:
+        if ptype == T.GRAB_JOB:
+            self.send(encode_res(T.JOB_ASSIGN, job.handle, job.function, job.data))
+        elif ptype == T.GRAB_JOB_ALL and job.reducer is not None:
+            self.send(
+                encode_res(
+                    T.JOB_ASSIGN_ALL, job.handle, job.function, job.unique, job.reducer, job.data
+                )
+            )
+        else:
+            self.send(encode_res(T.JOB_ASSIGN_UNIQ, job.handle, job.function, job.unique, job.data))
+
+    def room_for(self, function: bytes) -> bool:
+        """A connection registers at most --max-abilities functions; past that it is closed
+        (ERROR first): one peer must not make every grab and sleep walk a huge table."""
+        limit = self.hub.options.max_abilities
+        if len(self.abilities) < limit or function in self.abilities:
+            return True
+        self.refuse(f"more than {limit} functions on one connection", "ARGUMENT_TOO_LARGE")
+        return False
+
+    def may_serve(self, function: bytes) -> bool:
+        """Reserved ``farm.*`` functions (the Executor's calls) go only to trusted workers:
+        Unix-socket peers of an allowed uid. Anyone else is told, and not registered."""
+        if not function.startswith(RESERVED) or self.peer_uid in self.hub.options.worker_uids:
+            return True
+        where = "over TCP" if self.peer_uid is None else f"by uid {self.peer_uid}"
+        self.send(
+            error("PERMISSION_DENIED", f"{function.decode(errors='replace')} is not served {where}")
+        )
+        return False
+
+    def can_do(self, args: tuple[bytes, ...]) -> None:
+        function = args[0]
+        if self.function_ok(function) and self.room_for(function) and self.may_serve(function):
+            self.jobs.can_do(self.peer(), function)
+
+    def can_do_timeout(self, args: tuple[bytes, ...]) -> None:
+        function, raw = args
+        try:
+            value = int(raw)
+        except ValueError:
+            self.send(error("INVALID_COMMAND", "CAN_DO_TIMEOUT timeout is not an integer"))
+            return
+        if not (self.function_ok(function) and self.room_for(function)):
+            return
+        if not self.may_serve(function):
+            return
+        if value > p.MAX_TIMEOUT * 1000:  # checked before any float: 10**400 has none
+            self.refuse(f"CAN_DO_TIMEOUT is more than {p.MAX_TIMEOUT} s")
+            return
+        # The protocol says seconds; libgearman >= 1.1.19 sends milliseconds. 0 or less: none.
+        seconds = 0.0 if value <= 0 else value / 1000 if value >= 1000 else float(value)
+        self.jobs.can_do(self.peer(), function, seconds)
