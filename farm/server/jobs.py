@@ -20,9 +20,8 @@ from collections import deque
 from collections.abc import Callable
 
 from farm.protocol.kinds import Priority
+from farm.server.dispatch import MAX_EXPIRED, WAKE_DEADLINE, Dispatch
 from farm.server.queues import (
-    HIGH,
-    LOW,
     NORMAL,
     FunctionQueue,
     Job,
@@ -35,6 +34,8 @@ from farm.server.queues import (
 from farm.server.store import SQLiteStore
 
 __all__ = [
+    "MAX_EXPIRED",
+    "WAKE_DEADLINE",
     "FunctionQueue",
     "Job",
     "JobServer",
@@ -46,17 +47,13 @@ __all__ = [
 
 log = logging.getLogger("farm.server")
 
-#: Timed-out handles remembered per worker connection, to drop their late answers.
-MAX_EXPIRED = 64
-#: How long a woken worker has to come and grab before another sleeper is woken instead.
-WAKE_DEADLINE = 0.5
 #: Functions with no job, no worker and no limit of their own are kept (gearmand keeps them
 #: all, and `status` lists them) up to this many; past it the oldest are freed, so a flood
 #: of distinct names cannot hold memory forever.
 MAX_IDLE_FUNCTIONS = 1024
 
 
-class JobServer:
+class JobServer(Dispatch):
     """All job state of one server, and the rules that change it."""
 
     def __init__(
@@ -299,192 +296,6 @@ class JobServer:
             fq.push(job)
             self._wake(fq)
         self._arm_epoch_timer()
-
-    # -- workers -----------------------------------------------------------
-
-    def can_do(self, worker: Peer, function: bytes, timeout: float = 0.0) -> None:
-        worker.abilities[function] = timeout
-        fq = self.function(function)
-        fq.workers.add(worker)
-        fq.served = True
-        if worker.sleeping:
-            fq.sleepers[worker] = None
-
-    def cant_do(self, worker: Peer, function: bytes) -> None:
-        if worker.abilities.pop(function, None) is None:
-            return
-        fq = self.function(function)
-        fq.workers.discard(worker)
-        fq.sleepers.pop(worker, None)
-        for job in [j for j in worker.running.values() if j.function == function]:
-            self._requeue(worker, job)
-        if not fq.workers:
-            self.note_unused(function)
-
-    def reset_abilities(self, worker: Peer) -> None:
-        for function in list(worker.abilities):
-            self.cant_do(worker, function)
-
-    def detach_worker(self, worker: Peer) -> None:
-        """A worker connection is gone: forget what it could do, then requeue what it held
-        (in that order, so the requeue wakes a live sleeper, not this one)."""
-        for function in worker.abilities:
-            fq = self.functions.get(function)
-            if fq is not None:
-                fq.workers.discard(worker)
-                fq.sleepers.pop(worker, None)
-        gone = list(worker.abilities)
-        worker.abilities.clear()
-        worker.sleeping = worker.woken = False
-        for job in list(worker.running.values()):
-            self._requeue(worker, job)
-        for function in gone:
-            self.note_unused(function)
-
-    def pre_sleep(self, worker: Peer) -> None:
-        """PRE_SLEEP: answer at once with NOOP if there is work, else wait for some."""
-        if self._best_job(worker) is not None:
-            worker.wake()
-            return
-        worker.sleeping = True
-        for function in worker.abilities:
-            self.functions[function].sleepers[worker] = None
-
-    def _unsleep(self, worker: Peer) -> None:
-        worker.sleeping = False
-        for function in worker.abilities:
-            fq = self.functions.get(function)
-            if fq is not None:
-                fq.sleepers.pop(worker, None)
-
-    def _wake(self, fq: FunctionQueue) -> None:
-        """One more job is runnable: wake one sleeping worker for it, no herd.
-
-        A woken worker that has not come to grab within WAKE_DEADLINE (stopped,
-        hung, swapping) holds nothing, but the job would wait on it while others
-        sleep: then another sleeper is woken for it.
-        """
-        if fq.sleepers:
-            worker = next(iter(fq.sleepers))
-            self._unsleep(worker)
-            worker.wake()
-            worker.woken = True
-            if self.call_later is not None:
-                self.call_later(WAKE_DEADLINE, lambda: self._wake_deadline(worker, fq))
-
-    def _wake_deadline(self, worker: Peer, fq: FunctionQueue) -> None:
-        if not worker.woken:
-            return  # it came (or left): nothing waits on it
-        worker.woken = False
-        if fq.queued and self.functions.get(fq.name) is fq:
-            log.info(
-                "a woken worker did not come for its job within %gs; waking another", WAKE_DEADLINE
-            )
-            self._wake(fq)
-
-    def _best_job(self, worker: Peer) -> Job | None:
-        """Highest priority first, then oldest, across all the worker's functions."""
-        functions, abilities, ready = self.functions, worker.abilities, self.ready
-        # Whichever is smaller: the worker's functions, or the functions with work.
-        names = [n for n in ready if n in abilities] if len(abilities) > len(ready) else abilities
-        for priority in (HIGH, NORMAL, LOW):
-            best: Job | None = None
-            for name in names:
-                fq = functions[name]
-                if fq.counts[priority]:
-                    job = fq.head(priority)
-                    if job is not None and (best is None or job.seq < best.seq):
-                        best = job
-            if best is not None:
-                return best
-        return None
-
-    def grab(self, worker: Peer) -> Job | None:
-        """GRAB_JOB*: hand the worker its next job, or None for NO_JOB."""
-        worker.woken = False
-        if worker.sleeping:
-            self._unsleep(worker)
-        job = self._best_job(worker)
-        if job is None:
-            return None
-        fq = self.functions[job.function]
-        fq.pop(job)
-        fq.running += 1
-        now = time.monotonic()
-        fq.stats.wait.observe(now - job.since)
-        job.since = now
-        job.worker = worker
-        worker.running[job.handle] = job
-        timeout = worker.abilities.get(job.function, 0.0)
-        if timeout and self.call_later is not None:
-            job.timer = self.call_later(timeout, lambda: self._expire(job, worker))
-        return job
-
-    def _expire(self, job: Job, worker: Peer) -> None:
-        """CAN_DO_TIMEOUT ran out: the job fails (gearmand 1.1 would requeue it forever)."""
-        job.timer = None
-        if job.worker is worker and worker.running.get(job.handle) is job:
-            log.warning(
-                "job %s (%s) timed out on its worker", job.handle.decode(), job.function.decode()
-            )
-            self._drop_answers(worker, job)
-            self.functions[job.function].stats.timed_out[job.priority] += 1
-            self.finish(worker, job, Outcome.FAIL)
-
-    def take_back(self, worker: Peer, job: Job) -> None:
-        """A job pushed to a worker's held grab that it did not accept in time: it goes back
-        to the head of its queue for another worker, with no retry counted (it never
-        started); should the worker run it after all, its answers are dropped."""
-        if job.worker is not worker or worker.running.get(job.handle) is not job:
-            return
-        self._drop_answers(worker, job)
-        self._stop_running(worker, job)
-        fq = self.function(job.function)
-        fq.push(job, front=True)
-        self._wake(fq)
-
-    @staticmethod
-    def _drop_answers(worker: Peer, job: Job) -> None:
-        """Remember that ``worker`` no longer holds ``job``: what it sends for it is dropped."""
-        expired = worker.expired
-        expired[job.handle] = None
-        if len(expired) > MAX_EXPIRED:
-            del expired[next(iter(expired))]
-
-    def _requeue(self, worker: Peer, job: Job) -> None:
-        """The worker let go of a running job without ending it: run it again, or fail it."""
-        self._stop_running(worker, job)
-        if self.stopping:
-            return  # a planned stop is no worker's fault; the store keeps background jobs
-        if not job.clients and not job.background:
-            self._forget(job)  # nobody waits for it any more: nothing to retry or fail
-            return
-        job.retries += 1
-        self.function(job.function).stats.retried[job.priority] += 1
-        if self.job_retries and job.retries >= self.job_retries:
-            log.error(
-                "poison job %s: function %s unique %r failed after %d attempts",
-                job.handle.decode(),
-                job.function.decode(),
-                job.unique.decode("utf-8", "replace"),
-                job.retries,
-            )
-            self.poison.append((job.handle, job.function, job.unique))
-            self._end(job, Outcome.FAIL)
-            return
-        fq = self.function(job.function)
-        fq.push(job, front=True)
-        self._wake(fq)
-        if self.on_idle is not None and not self.running_count():
-            self.on_idle()  # a graceful stop waits for running jobs, and none runs now
-
-    def _stop_running(self, worker: Peer, job: Job) -> None:
-        worker.running.pop(job.handle, None)
-        job.worker = None
-        self.functions[job.function].running -= 1
-        if job.timer is not None:
-            job.timer.cancel()
-            job.timer = None
 
     # -- work updates ----------------------------------------------------------
 
