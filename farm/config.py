@@ -24,6 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from farm.commandspec import CommandSpec, parse_command, parse_stop_signal
 from farm.discovery import (
     SYSTEM_CONFIG,
     control_path,
@@ -35,6 +36,7 @@ from farm.discovery import (
 from farm.errors import ConfigError
 from farm.executor.call import DEFAULT_FUNCTION as EXECUTOR_FUNCTION
 from farm.executor.call import TARGET as EXECUTOR_TARGET
+from farm.logs import LOG_FORMATS
 from farm.net import DEFAULT_PORT, DEFAULT_SERVER, Address, AddressError, connectable, parse_address
 from farm.paths import default_store, runtime_dir
 from farm.targets import target_problem
@@ -62,6 +64,18 @@ KILL_RSS_FACTOR = 1.5
 #: Longest graceful_timeout accepted (a day): a stop must end.
 MAX_GRACE = 86400
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+#: The keys of a [functions.NAME] table; COMMAND_KEYS are for command pools only.
+COMMAND_KEYS = ("command", "cwd", "env", "user", "stop_signal", "graceful_timeout")
+POOL_KEYS = (
+    "target",
+    "workers",
+    "timeout",
+    "max_jobs",
+    "max_rss_mb",
+    "kill_rss_mb",
+    "function",
+    "functions",
+) + COMMAND_KEYS
 _TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -99,22 +113,43 @@ class SupervisorConfig:
     graceful_timeout: float  # seconds a stopping worker may take to finish its job
     memory_budget_mb: int = 0  # what all pools together may use; see capacity_problem
     metrics: str | None = None  # HOST:PORT of the Prometheus endpoint; None: off
+    log_format: str = "text"  # "json": supervisor, server and workers log JSON lines (farm.logs)
+    # Run the [server] job server too; default: when ``servers`` is empty. With servers and
+    # local_server = true, workers register with the local server and with each of servers.
+    local_server: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)
 class FunctionConfig:
-    name: str
-    target: str  # "module:function"
+    name: str  # the pool's name: its table, [functions.NAME]
+    target: str  # "module:function"; "" for a command pool
     workers: int  # resolved; "auto" becomes one per core of ``cpus``
     auto: bool
     timeout: int | None  # seconds; the job fails and the worker is replaced
     max_jobs: int | None
     max_rss_mb: int | None  # recycle after a job past this
     kill_rss_mb: int | None = None  # resolved; fail the job and exit past this, mid-job
+    command: CommandSpec | None = None  # a command pool: any executable instead of a target
+    serves: tuple[str, ...] = ()  # the functions it registers (`function`, `functions`)
+    stop_signal: int = 15  # what asks a command worker to stop (SIGTERM); SIGKILL follows
+    graceful_timeout: float | None = None  # seconds before that SIGKILL; None: [supervisor]'s
+
+    @property
+    def functions(self) -> tuple[str, ...]:
+        """The Gearman functions this pool's workers serve (by default the pool's name)."""
+        return self.serves or (self.name,)
 
     def options(self) -> tuple[object, ...]:
         """What a running worker was started with: a change means the pool restarts."""
-        return (self.target, self.timeout, self.max_jobs, self.max_rss_mb, self.kill_rss_mb)
+        return (
+            self.target,
+            self.timeout,
+            self.max_jobs,
+            self.max_rss_mb,
+            self.kill_rss_mb,
+            self.command,
+            self.serves,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,20 +161,37 @@ class Config:
 
     @property
     def local_server(self) -> bool:
-        return not self.supervisor.servers
+        return self.supervisor.local_server
 
     @property
     def worker_servers(self) -> tuple[str, ...]:
-        """Where workers connect: the remote servers, else the local Unix socket or TCP port."""
-        if self.supervisor.servers:
+        """Where workers connect: the local Unix socket or TCP port when the farm runs its
+        server, then the remote ``servers``."""
+        if not self.local_server:
             return self.supervisor.servers
         # The Unix socket first: it is the faster way in.
         ranked = sorted(self.server.addresses, key=lambda a: a.kind != "unix")
-        return (str(connectable(ranked[0] if ranked else DEFAULT_SERVER)),)
+        local = str(connectable(ranked[0] if ranked else DEFAULT_SERVER))
+        return (local, *(s for s in self.supervisor.servers if s != local))
+
+    @property
+    def command_servers(self) -> tuple[str, ...]:
+        """``$FARM_SERVERS`` of command workers: TCP HOST:PORTs, the local server's first
+        (PHP's extension, Perl and the gearman CLI take host and port, not a Unix path)."""
+        found = []
+        if self.local_server and self.server.tcp:
+            tcp = next(a for a in self.server.addresses if a.kind == "tcp")
+            found.append(str(connectable(tcp)))
+        found += [s for s in self.supervisor.servers if parse_address(s).kind == "tcp"]
+        return tuple(dict.fromkeys(found))
 
 
-def _default_store() -> str:
-    path = default_store()
+def _default_store(addresses: tuple[Address, ...]) -> str:
+    """The server's own file (keyed by its TCP port, else its Unix path), or "none" when
+    farm's state directory cannot be made."""
+    tcp = next((a.port for a in addresses if a.kind == "tcp"), None)
+    unix = next((a.path for a in addresses if a.kind == "unix"), None)
+    path = default_store(tcp, unix)
     existing = path.parent
     while not existing.exists():  # the nearest ancestor decides whether we may create it
         existing = existing.parent
@@ -156,7 +208,7 @@ def _defaults() -> dict[str, Any]:
     return {
         "server": {
             "listen": default_listen(),
-            "store": _default_store(),
+            "store": None,  # the server's own file in the state directory: _default_store
             "job_retries": 3,
             "tcp_admin": "read-only",
         },
@@ -164,8 +216,10 @@ def _defaults() -> dict[str, Any]:
             "control": f"{run}/control.sock",
             "cpus": "all",
             "servers": [],
+            "local_server": None,  # default: when servers is empty
             "memory_budget_mb": "auto",
             "metrics": "127.0.0.1:9730",
+            "log_format": "text",
         },
         "functions": {
             "reverse": {"target": "workers.text:reverse", "workers": 1},
@@ -269,7 +323,7 @@ class _Validator:
         )
         if problem:
             raise self.fail("functions", f"{problem}; lower the workers of a pool")
-        local = not supervisor.servers
+        local = supervisor.local_server
         if local and not server.unix and any(n.startswith("farm.") for n in pools):
             name = next(n for n in pools if n.startswith("farm."))
             raise self.fail(
@@ -277,12 +331,20 @@ class _Validator:
                 f"the {name} pool is served only over a Unix socket (its calls are code to"
                 ' run); add "unix:/run/farm/gearman.sock" or another path',
             )
-        return Config(
+        config = Config(
             source=self.source,
             server=server,
             supervisor=supervisor,
             functions=MappingProxyType(pools),
         )
+        command = next((p.name for p in pools.values() if p.command), None)
+        if command is not None and not config.command_servers:
+            raise self.fail(
+                f"functions.{command}.command",
+                f'command workers connect over TCP; add "{DEFAULT_SERVER}" to server.listen'
+                " (or a HOST:PORT to supervisor.servers)",
+            )
+        return config
 
     def server(self, raw: dict[str, Any]) -> ServerConfig:
         listen = raw["listen"]
@@ -305,9 +367,11 @@ class _Validator:
                 "at most one TCP address and one unix: path; remove the extra entries",
             )
         store = raw["store"]
-        if not isinstance(store, str) or not store:
+        if store is None:
+            store = _default_store(tuple(addresses))
+        elif not isinstance(store, str) or not store:
             raise self.fail("server.store", 'must be a file path or "none"')
-        if store != "none":
+        elif store != "none":
             store = self.path(store, "server.store")
         tcp_admin = raw["tcp_admin"]
         if tcp_admin not in ("read-only", "full"):
@@ -365,14 +429,34 @@ class _Validator:
                     "supervisor.metrics", 'must be "HOST:PORT" (e.g. "127.0.0.1:9730") or "off"'
                 )
             metrics = str(where)
+        log_format = raw["log_format"]
+        if log_format not in LOG_FORMATS:
+            raise self.fail(
+                "supervisor.log_format", f'must be "text" or "json", got {log_format!r}'
+            )
         return SupervisorConfig(
             metrics=None if metrics == "off" else metrics,
+            log_format=log_format,
             control=self.path(control, "supervisor.control"),
             cpus=self.cpus(raw["cpus"]),
             servers=tuple(servers),
+            local_server=self.local_server(raw["local_server"], servers),
             graceful_timeout=float(grace),
             memory_budget_mb=budget,
         )
+
+    def local_server(self, raw: Any, servers: list[str]) -> bool:
+        if raw is None:
+            return not servers
+        if not isinstance(raw, bool):
+            raise self.fail("supervisor.local_server", f"must be true or false, got {raw!r}")
+        if not raw and not servers:
+            raise self.fail(
+                "supervisor.local_server",
+                "false needs servers to register the workers with; add"
+                f' servers = ["HOST:{DEFAULT_PORT}"] or set local_server = true',
+            )
+        return raw
 
     def cpus(self, raw: Any) -> tuple[int, ...]:
         allowed = available_cpus()
@@ -396,11 +480,17 @@ class _Validator:
             raise self.fail(
                 key, "function names use letters, digits, '_', '.' and '-' (at most 64)"
             )
-        raw = self.table(
-            raw, key, ("target", "workers", "timeout", "max_jobs", "max_rss_mb", "kill_rss_mb")
-        )
+        raw = self.table(raw, key, POOL_KEYS)
+        if "command" in raw:
+            return self.command_pool(name, raw, ncpus)
         if "target" not in raw:
-            raise self.fail(f"{key}.target", 'missing; add target = "module:function"')
+            raise self.fail(
+                f"{key}.target",
+                'missing; add target = "module:function" (or command = ["php", "worker.php"])',
+            )
+        for other in COMMAND_KEYS:
+            if other in raw:
+                raise self.fail(f"{key}.{other}", "applies to command pools only; remove it")
         target = raw["target"]
         if not isinstance(target, str) or not _TARGET.match(target):
             raise self.fail(f"{key}.target", f'must look like "module:function", got {target!r}')
@@ -432,7 +522,66 @@ class _Validator:
             max_jobs=self.optional_positive(raw.get("max_jobs"), f"{key}.max_jobs"),
             max_rss_mb=max_rss_mb,
             kill_rss_mb=kill_rss_mb,
+            serves=self.served(raw, key),
         )
+
+    def command_pool(self, name: str, raw: dict[str, Any], ncpus: int) -> FunctionConfig:
+        """A pool of any executable: ``command`` (+ ``cwd``, ``env``, ``user``) instead of
+        ``target``; the Python worker's own limits do not apply to it."""
+        key = f"functions.{name}"
+        for other in ("target", "max_jobs", "max_rss_mb", "kill_rss_mb", "timeout"):
+            if other in raw:
+                why = {
+                    "target": "give either target or command",
+                    "timeout": "the supervisor cannot see a command worker's jobs; register"
+                    " the function with a timeout in the worker (CAN_DO_TIMEOUT) instead",
+                }.get(other, "applies to Python workers only")
+                raise self.fail(f"{key}.{other}", f"{why}; remove it")
+        workers = raw.get("workers", "auto")
+        auto = workers == "auto"
+        if not auto and (type(workers) is not int or workers < 0):
+            raise self.fail(
+                f"{key}.workers", f'must be a whole number >= 0 or "auto", got {workers!r}'
+            )
+        grace = raw.get("graceful_timeout")
+        if grace is not None and (
+            isinstance(grace, bool)
+            or not isinstance(grace, int | float)
+            or not 0 <= grace <= MAX_GRACE
+        ):
+            raise self.fail(
+                f"{key}.graceful_timeout",
+                f"must be a number of seconds from 0 to {MAX_GRACE}, got {grace!r}",
+            )
+        return FunctionConfig(
+            name=name,
+            target="",
+            workers=ncpus if auto else workers,
+            auto=auto,
+            timeout=None,
+            max_jobs=None,
+            max_rss_mb=None,
+            command=parse_command(raw, key, str(self.base), self.fail),
+            serves=self.served(raw, key),
+            stop_signal=parse_stop_signal(raw.get("stop_signal"), f"{key}.stop_signal", self.fail),
+            graceful_timeout=None if grace is None else float(grace),
+        )
+
+    def served(self, raw: dict[str, Any], key: str) -> tuple[str, ...]:
+        """``function = "NAME"`` or ``functions = ["A", "B"]``: what the pool registers."""
+        if "function" in raw and "functions" in raw:
+            raise self.fail(f"{key}.functions", "give function or functions, not both")
+        names = raw.get("functions", [raw["function"]] if "function" in raw else [])
+        which = f"{key}.functions" if "functions" in raw else f"{key}.function"
+        if not isinstance(names, list) or not all(
+            isinstance(n, str) and _NAME.match(n) for n in names
+        ):
+            raise self.fail(
+                which, 'must name functions like "reverse" (letters, digits, _ . -; at most 64)'
+            )
+        if "functions" in raw and not names:
+            raise self.fail(which, "is empty; name at least one function")
+        return tuple(dict.fromkeys(names))
 
     def count(self, value: Any, key: str) -> int:
         if type(value) is not int or value < 0:

@@ -125,6 +125,8 @@ def local_farm(explicit: str | os.PathLike[str] | None = None) -> FarmAddresses:
         server, supervisor = raw.get("server", {}), raw.get("supervisor", {})
         listen = server.get("listen", listen) if isinstance(server, dict) else listen
         remote = supervisor.get("servers", []) if isinstance(supervisor, dict) else []
+        if isinstance(supervisor, dict) and supervisor.get("local_server") is True:
+            remote = []  # the farm runs its own server too: that is where it answers
         if isinstance(listen, str):
             listen = [listen]
     where = path or "the built-in defaults"

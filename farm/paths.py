@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -12,6 +13,7 @@ from farm.errors import FarmError
 __all__ = [
     "state_dir",
     "default_store",
+    "adopt_legacy_store",
     "runtime_dir",
     "fallback_runtime_dir",
     "UnsafeDirectory",
@@ -30,9 +32,39 @@ def state_dir() -> Path:
     return Path(base) / "farm"
 
 
-def default_store() -> Path:
-    """The durable job store when nothing else is said (``farm server`` and ``farm up``)."""
-    return state_dir() / "queue.db"
+#: The one store every server on the host shared before stores were keyed by server.
+LEGACY_STORE = "queue.db"
+#: The port whose server adopts ``LEGACY_STORE`` (gearmand's, the default before the change).
+LEGACY_PORT = 4730
+
+
+def default_store(port: int | None = None, unix: str | None = None) -> Path:
+    """The durable job store when nothing else is said (``farm server`` and ``farm up``): one
+    file per server, keyed by its TCP port (``queue-4730.db``), else by its Unix socket path
+    (``queue-run-farm-gearman.sock.db``), so several servers on one host need no flags."""
+    if port is not None:
+        return state_dir() / f"queue-{port}.db"
+    if unix:
+        key = re.sub(r"[^A-Za-z0-9_.-]+", "-", unix).strip("-")
+        return state_dir() / f"queue-{key}.db"
+    return state_dir() / LEGACY_STORE
+
+
+def adopt_legacy_store(store: str | os.PathLike[str]) -> bool:
+    """Rename the pre-change ``queue.db`` (and its WAL) to the store of the server on
+    LEGACY_PORT when that one does not exist yet, so no queued job is stranded. True if done."""
+    new = Path(store)
+    if new != default_store(LEGACY_PORT) or new.exists():
+        return False
+    old = new.with_name(LEGACY_STORE)
+    if not old.exists():
+        return False
+    for suffix in ("-wal", "-shm"):  # WAL first: committed jobs may still be only there
+        side = old.with_name(old.name + suffix)
+        if side.exists():
+            side.rename(new.with_name(new.name + suffix))
+    old.rename(new)
+    return True
 
 
 def runtime_dir() -> Path:

@@ -4,13 +4,16 @@ Like gunicorn's arbiter, signal handlers and control requests only enqueue;
 one short loop does the work and reads like the policy::
 
     handle_signals -> reap_workers -> kill_overrunning -> manage_server
-                   -> manage_workers -> notify_systemd -> wait for events
+                   -> manage_workers -> watch_commands, advance_restarts
+                   -> notify_systemd -> wait for events
 
 Scaling changes a target number and ``manage_workers`` reconciles. There are
-no threads (children are started with ``posix_spawn`` of ``python -m
-farm.pools.workerproc``); the loop waits in one selector on the signal wake-up pipe,
-the control socket and each worker's report pipe. Bookkeeping and the restart
-policy live in :mod:`farm.pools.slots`.
+no threads (children are forked and exec'd by farm.pools.spawn); the loop
+waits in one selector on the signal wake-up pipe, the control socket and each
+worker's report (or output) pipe. Its parts live beside it in farm/pools:
+bookkeeping and the restart policy in ``slots``, a process's life (spawn,
+retire, kill, reap) in ``lifecycle``, `farm restart` in ``rollout``, and what
+the control socket may change in ``steering``.
 """
 
 from __future__ import annotations
@@ -19,36 +22,25 @@ import logging
 import os
 import selectors
 import signal
-import sys
 import time
 from collections import Counter
 from typing import Any
 
-from farm.config import Config, FunctionConfig
+from farm.config import Config
 from farm.net import Waker
 from farm.pools import sdnotify
 from farm.pools.control import ControlConnection, ControlServer
+from farm.pools.lifecycle import TIMEOUT_GRACE, Lifecycle
 from farm.pools.localserver import LocalServer
 from farm.pools.metrics import Exits, serve_metrics
-from farm.pools.record import RecordReader, create_record_fd
-from farm.pools.slots import (
-    ProcState,
-    Slot,
-    WorkerProcess,
-    core_for,
-    crash_delay,
-    describe_exit,
-    exit_cause,
-)
-from farm.pools.spawn import spawn
+from farm.pools.rollout import Restarting, Rollout
+from farm.pools.slots import Slot, WorkerProcess, core_for
 from farm.pools.steering import Duty, Pending, Steering
 
 __all__ = ["Supervisor"]
 
 log = logging.getLogger("farm.supervisor")
 
-#: A job is killed this long after its function's timeout (the server fails it at the timeout).
-TIMEOUT_GRACE = 1.0
 #: How long the job server gets to exit on SIGTERM before SIGKILL.
 SERVER_STOP_TIMEOUT = 5.0
 #: Workers started per turn of the loop at most: a pool scaled to hundreds starts over many
@@ -56,7 +48,7 @@ SERVER_STOP_TIMEOUT = 5.0
 SPAWNS_PER_TURN = 8
 
 
-class Supervisor(Steering):
+class Supervisor(Lifecycle, Restarting, Steering):
     """Runs the farm described by a :class:`~farm.config.Config` until told to stop."""
 
     def __init__(self, config: Config, config_path: str | None = None) -> None:
@@ -66,9 +58,14 @@ class Supervisor(Steering):
         self.targets: dict[str, int] = {}
         self.offsets: dict[str, int] = {}
         self.retiring: list[WorkerProcess] = []  # draining or killed, no longer in a slot
+        self.rollout: Rollout | None = None  # the latest `farm restart`
+        self.rollouts = 0
+        self.polling = False  # a command worker starts or a restart runs: look again soon
         self.by_pid: dict[int, WorkerProcess] = {}
         self.child_env = sdnotify.child_environ()
-        self.server = LocalServer(config.server, self.child_env)
+        self.server = LocalServer(
+            config.server, self.child_env, log_format=config.supervisor.log_format
+        )
         self.grace = config.supervisor.graceful_timeout
         self.pending: list[Pending] = []
         self.stopping = False
@@ -116,6 +113,7 @@ class Supervisor(Steering):
             self.kill_overrunning()
             self.manage_server()
             self.manage_workers()
+            self.polling = self.watch_commands() | self.advance_restarts()
             self.notify_systemd()
             self.wait(self.next_wakeup())
 
@@ -145,9 +143,13 @@ class Supervisor(Steering):
                 item.action is Duty.SIGNAL and item.arg == signal.SIGHUP
             ):
                 error = self.reload()
+                reply: dict[str, Any] = {"ok": error is None}
+                if error:
+                    reply["error"] = error
+                elif item.arg == "restart":  # `farm reload --restart`
+                    reply = self.start_restart(self.restart_picks([]))
                 if item.conn is not None:
-                    reply = {"ok": error is None}
-                    item.conn.reply({**reply, "error": error} if error else reply)
+                    item.conn.reply(reply)
             elif item.action is Duty.STOP or item.arg in (signal.SIGTERM, signal.SIGINT):
                 log.info("stopping: draining workers (grace %gs)", self.grace)
                 self.stopping = True
@@ -175,53 +177,6 @@ class Supervisor(Steering):
             elif pid in self.by_pid:
                 self.worker_exited(self.by_pid.pop(pid), status)
 
-    def worker_exited(self, proc: WorkerProcess, status: int) -> None:
-        self.close_report(proc)
-        proc.close()
-        now = time.monotonic()
-        slot = next((s for s in self.slots.get(proc.function, ()) if s.proc is proc), None)
-        if slot is None:  # retired by scale-down, reload or stop: an ordered exit
-            self.retiring.remove(proc)
-            log.info(
-                "worker %s (pid %d) %s after draining", proc.name, proc.pid, describe_exit(status)
-            )
-            return
-        slot.proc = None
-        self.exits[proc.function, exit_cause(proc.kill_reason, status)] += 1
-        how, delay = slot.note_exit(proc, status, now)
-        when = "now" if delay == 0 else f"in {delay:g}s"
-        level = logging.INFO if "recycled" in how else logging.WARNING
-        log.log(
-            level,
-            "worker %s (pid %d, up %.1fs, %d jobs) %s; restarting %s%s",
-            proc.name,
-            proc.pid,
-            now - proc.started,
-            proc.jobs_done,
-            how,
-            when,
-            " (slot failing)" if slot.failing else "",
-        )
-
-    def kill_overrunning(self) -> None:
-        """SIGKILL a worker whose job outlived its timeout, or a drain past its deadline."""
-        now = time.monotonic()
-        for proc in list(self.by_pid.values()):
-            proc.refresh()  # the supervisor's tick reads each worker's record; no per-job message
-            pool = self.config.functions.get(proc.function)
-            timeout = pool.timeout if pool else None
-            if proc.state is ProcState.KILLING:
-                continue
-            if timeout and proc.busy_since and now - proc.busy_since > timeout + TIMEOUT_GRACE:
-                self.kill(proc, f"job {proc.handle} ran past its {timeout}s timeout")
-            elif proc.stop_deadline is not None and now >= proc.stop_deadline:
-                self.kill(proc, "did not drain in time")
-
-    def kill(self, proc: WorkerProcess, reason: str) -> None:
-        log.warning("killing worker %s (pid %d): %s", proc.name, proc.pid, reason)
-        proc.state, proc.kill_reason = ProcState.KILLING, reason
-        self.signal(proc.pid, signal.SIGKILL)
-
     def manage_server(self) -> None:
         """Start the local job server, and notice when it accepts connections."""
         if not self.config.local_server or self.stopping:
@@ -246,15 +201,21 @@ class Supervisor(Steering):
             target = self.targets.get(name, 0) if pool else 0
             while len(slots) > target:
                 slot = slots.pop()
-                if slot.proc is not None:
-                    self.retire(slot.proc, pool)
+                for proc in (slot.proc, slot.successor):
+                    if proc is not None:
+                        self.retire(proc, pool)
             for index in range(len(slots), target):
                 core = core_for(self.config.supervisor.cpus, self.offsets[name], index)
                 slots.append(Slot(name, index, core))
             for slot in slots:
                 slot.note_healthy(now)
                 proc = slot.proc
-                if proc is not None and pool is not None and proc.options != pool.options():
+                if (
+                    proc is not None
+                    and pool is not None
+                    and proc.options != pool.options()
+                    and not self.rolling(name)  # `farm reload --restart` replaces it
+                ):
                     log.info("worker %s: target or options changed; replacing it", proc.name)
                     self.retire(proc, pool)
                     slot.proc, slot.next_start = None, 0.0
@@ -285,6 +246,8 @@ class Supervisor(Steering):
         now = time.monotonic()
         if self.config.local_server and self.server.pid and not self.server.ready:
             return 0.02  # polling the new server for readiness
+        if self.polling:
+            return 0.02  # a command worker's connection, a successor's readiness
         times = [s.next_start for pool in self.slots.values() for s in pool if s.proc is None]
         for proc in self.by_pid.values():
             pool = self.config.functions.get(proc.function)
@@ -311,119 +274,18 @@ class Supervisor(Steering):
             elif isinstance(key.data, WorkerProcess):
                 self.read_report(key.data)
 
-    # -- processes --
-
-    def place(self, pool: FunctionConfig) -> None:
-        """Give a new function its slots' cores: after those already placed, round robin."""
-        if pool.name not in self.offsets:
-            self.offsets[pool.name] = sum(self.targets.values()) % len(self.config.supervisor.cpus)
-            self.slots[pool.name] = []
-        self.targets[pool.name] = pool.workers
-
-    def spawn_worker(self, slot: Slot, pool: FunctionConfig) -> None:
-        read_fd, write_fd = os.pipe()
-        record_fd = create_record_fd(slot.name)
-        # The two descriptors the worker inherits; closed here once it is spawned.
-        os.set_inheritable(write_fd, True)
-        os.set_inheritable(record_fd, True)
-        record = RecordReader(record_fd)
-        argv = [
-            sys.executable,
-            "-m",
-            "farm.pools.workerproc",
-            "--function",
-            pool.name,
-            "--target",
-            pool.target,
-            "--slot",
-            str(slot.index),
-            "--cpu",
-            str(slot.core),
-            "--report-fd",
-            str(write_fd),
-            "--record-fd",
-            str(record_fd),
-        ]
-        for server in self.config.worker_servers:
-            argv += ["--server", server]
-        for flag, value in (
-            ("--timeout", pool.timeout),
-            ("--max-jobs", pool.max_jobs),
-            ("--max-rss-mb", pool.max_rss_mb),
-            ("--kill-rss-mb", pool.kill_rss_mb),
-        ):
-            if value is not None:
-                argv += [flag, str(value)]
-        try:
-            # Pinned, and killed with the supervisor, before any of its own code runs.
-            pid = spawn(argv, self.child_env, death_signal=signal.SIGKILL, core=slot.core)
-        except OSError as e:
-            os.close(read_fd)
-            record.close()
-            log.error("cannot start worker %s: %s", slot.name, e)
-            slot.next_start = time.monotonic() + crash_delay(slot.failures + 2)
-            return
-        finally:
-            os.close(write_fd)
-            os.close(record_fd)  # the mapping stays
-        os.set_blocking(read_fd, False)
-        proc = WorkerProcess(
-            pid, pool.name, slot.index, slot.core, read_fd, pool.options(), record=record
-        )
-        self.selector.register(read_fd, selectors.EVENT_READ, proc)
-        self.by_pid[pid] = proc
-        if slot.spawned:
-            slot.restarts += 1
-        slot.spawned += 1
-        slot.proc = proc
-
-    def retire(
-        self, proc: WorkerProcess, pool: FunctionConfig | None, grace: float | None = None
-    ) -> None:
-        """Ask a worker to drain: finish its job, unregister, exit 0 (SIGTERM)."""
-        if grace is None:  # scale-down and reload: a job may run its full timeout
-            grace = (
-                pool.timeout + self.config.supervisor.graceful_timeout
-                if pool and pool.timeout
-                else None
-            )
-        if proc.state is not ProcState.KILLING:
-            proc.state = ProcState.DRAINING
-        proc.stop_deadline = None if grace is None else time.monotonic() + grace
-        self.retiring.append(proc)
-        self.signal(proc.pid, signal.SIGTERM)
-
-    def read_report(self, proc: WorkerProcess) -> None:
-        try:
-            data = os.read(proc.report_fd, 65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            proc.feed(data)
-        else:
-            self.close_report(proc)  # it is exiting; reap_workers will hear of it
-
-    def close_report(self, proc: WorkerProcess) -> None:
-        if proc.report_fd >= 0:
-            self.selector.unregister(proc.report_fd)
-            os.close(proc.report_fd)
-            proc.report_fd = -1
-
-    def signal(self, pid: int, sig: int) -> None:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass  # already dead; reaping will report it
+    # -- stopping --
 
     def shutdown(self) -> int:
         """Drain every worker (SIGKILL past the grace period), then stop the server."""
         sdnotify.notify("STOPPING=1")
         for name, slots in self.slots.items():
             for slot in slots:
-                if slot.proc is not None:
-                    self.retire(slot.proc, self.config.functions.get(name), grace=self.grace)
+                for proc in (slot.proc, slot.successor):
+                    if proc is not None:
+                        pool = self.config.functions.get(name)
+                        grace = self.grace if pool is None or pool.command is None else None
+                        self.retire(proc, pool, grace=grace)
             slots.clear()
         self.targets.clear()
         while self.by_pid:
@@ -431,8 +293,10 @@ class Supervisor(Steering):
             self.handle_signals()  # a second SIGTERM or SIGQUIT shortens the grace
             self.reap_workers()
             self.kill_overrunning()
+            self.report_drain()  # `farm stop`: workers left, seconds left, what was killed
             if self.by_pid:
                 self.wait(min(0.5, max(0.05, self.next_wakeup())))
+        self.report_drain(final=True)
         if self.server.pid:
             self.server.stop()
             deadline = time.monotonic() + SERVER_STOP_TIMEOUT

@@ -313,6 +313,11 @@ class Worker:
         self._flush(server)  # a JOB_ACCEPT leaves before its job runs
         for event in events:
             if type(event) is JobAssigned:
+                if self._drained:
+                    # Pushed to our held grab before our RESET_ABILITIES reached the server,
+                    # which put it back in its queue on receipt: another worker runs it.
+                    log.debug("job %s came after RESET_ABILITIES; not run here", event.handle)
+                    continue
                 self._run(server, event)
             elif type(event) is ServerErrorNotice:
                 log.warning("job server %s: %s %s", server.addr, event.code, event.text)
@@ -326,7 +331,13 @@ class Worker:
             result = fn(job)
             payload = b"" if result is None else as_bytes(result, "a worker function's result")
         except Exception as exc:
-            log.warning("job %s %s raised", event.function, event.handle, exc_info=True)
+            log.warning(
+                "job %s %s raised",
+                event.function,
+                event.handle,
+                exc_info=True,
+                extra={"function": event.function, "job": event.handle},  # farm.logs' fields
+            )
             if self._holds(server, job):
                 server.session.exception(f"{type(exc).__name__}: {exc}")
         else:

@@ -7,7 +7,7 @@ job or command), never a traceback.
 
 from __future__ import annotations
 
-from farm.cli import jobs, server, supervise  # noqa: F401  (registers commands)
+from farm.cli import deploy, jobs, server, supervise, top  # noqa: F401  (registers commands)
 from farm.cli.app import app, main
 
 __all__ = ["app", "main"]

@@ -7,13 +7,37 @@ from typing import NoReturn
 
 import typer
 
+from farm.version import __version__
+
 app = typer.Typer(
     name="farm",
     help="A Gearman-compatible compute farm for one multi-core host.",
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain help, as click writes it: flags show no value metavar, and `farm server --help`
+    # (rendered from gearmand-compatible argparse flags) can look the same.
+    rich_markup_mode=None,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"farm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print farm's version and exit.",
+    ),
+) -> None:
+    """A Gearman-compatible compute farm for one multi-core host."""
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

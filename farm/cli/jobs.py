@@ -19,6 +19,7 @@ ServerOpt = Annotated[
     typer.Option(
         "--server",
         "-s",
+        metavar="ADDRESS",
         help="Job server HOST[:PORT], [IPv6]:PORT or unix:PATH; repeat for several. "
         f"Default: $GEARMAN_SERVERS, else {DEFAULT_SERVER}.",
     ),
@@ -80,7 +81,12 @@ def submit(
     timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
     server: ServerOpt = None,
 ) -> None:
-    """Submit one job; print its result (or its handle with --background)."""
+    """Submit one job; print its result (or its handle with --background).
+
+    WORK_DATA chunks are printed as they arrive; on a terminal, WORK_STATUS is drawn as a
+    progress bar. If no worker has registered FUNCTION after a few seconds, it says so.
+    """
+    from farm.cli.watch import LiveLine, progress_bar, warn_if_unserved
     from farm.client import Client
 
     if priority not in PRIORITY_NAMES:
@@ -98,16 +104,38 @@ def submit(
                 )
                 typer.echo(task.handle)
                 return
-            result = client.call(
-                function, payload, priority=priority, unique=unique, timeout=timeout
-            )
+            bar = LiveLine(sys.stderr)
+            out = sys.stdout.buffer
+
+            def on_data(chunk: bytes) -> None:
+                bar.clear()
+                out.write(chunk)
+                out.flush()
+
+            def on_status(numerator: int, denominator: int) -> None:
+                if bar.tty:  # a log has no use for a bar redrawn in place
+                    bar.show(f"{function} {progress_bar(numerator, denominator)}")
+
+            unserved = warn_if_unserved(client.servers[0], function)
+            try:
+                result = client.call(
+                    function,
+                    payload,
+                    priority=priority,
+                    unique=unique,
+                    timeout=timeout,
+                    on_status=on_status,
+                    on_data=on_data,
+                )
+            finally:
+                unserved.cancel()
+                bar.clear()
         except (TypeError, ValueError) as exc:
             fail(str(exc), 2)
         except JobError as exc:
             fail(f"job {function} failed: {exc}", 1)
         except FarmError as exc:
             fail(str(exc), 1)
-    out = sys.stdout.buffer
     out.write(result)
     if sys.stdout.isatty() and not result.endswith(b"\n"):
         out.write(b"\n")

@@ -11,7 +11,7 @@ from farm.cli.app import app, fail
 from farm.client.admin import admin_query
 from farm.discovery import client_servers
 from farm.net import DEFAULT_SERVER, AddressError, parse_address, parse_servers
-from farm.protocol.admin import parse_poison, parse_status
+from farm.protocol.admin import parse_jobs, parse_poison, parse_status
 
 
 @app.command(
@@ -22,7 +22,46 @@ def server(ctx: typer.Context) -> None:
     """Run the job server alone (gearmand's flags: -p, -L, -j, -v, -l, -P; --unix, --store)."""
     from farm.server.app import main as server_main
 
+    flags = ctx.args[: ctx.args.index("--")] if "--" in ctx.args else ctx.args
+    if "--help" in flags or "-h" in flags:
+        typer.echo(server_help(ctx))
+        raise typer.Exit(0)
     raise typer.Exit(server_main(ctx.args, prog="farm server"))
+
+
+def server_help(ctx: typer.Context) -> str:
+    """``farm server --help`` laid out as the other commands' help, from the one parser of
+    the server's flags (farm.server.options), so gearmand's flags stay as they are."""
+    import argparse
+
+    from farm.server.options import build_parser
+
+    parser = build_parser("farm server")
+    rows = []
+    for action in parser._actions:  # argparse has no public list of its actions
+        if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
+            continue
+        names = ", ".join(action.option_strings)
+        if action.nargs != 0:  # flags (store_true, count) take no value: no metavar
+            metavar = action.metavar or (
+                "|".join(action.choices) if action.choices else action.dest.upper()
+            )
+            names += f" <{metavar}>"
+        text = (action.help or "") % {"default": action.default}
+        rows.append((names, text))
+    rows.append(("-h, --help", "Show this message and exit."))
+    formatter = ctx.make_formatter()
+    formatter.write_usage(ctx.command_path, "[OPTIONS]")
+    formatter.write_paragraph()
+    with formatter.indentation():
+        formatter.write_text(
+            "Run the job server alone. It takes gearmand's common flags (-p, -L, -j, -v, -l,"
+            " -P; -t, -q, -f and -u are accepted and ignored), so farm stands in wherever"
+            " gearmand is started."
+        )
+    with formatter.section("Options"):
+        formatter.write_dl(rows)
+    return formatter.getvalue().rstrip("\n")
 
 
 def default_server() -> str:
@@ -49,6 +88,7 @@ def status(
         None,
         "--server",
         "-s",
+        metavar="ADDRESS",
         help="HOST[:PORT], [IPv6]:PORT or unix:PATH "
         f"(default: $GEARMAN_SERVERS, else {DEFAULT_SERVER})",
     ),
@@ -61,8 +101,16 @@ def status(
     except (OSError, ValueError, protocol.ProtocolError) as exc:
         fail(f"cannot read status from {address}: {exc}")
     poison = poison_jobs(address)
-    if as_json:
-        functions = [row._asdict() for row in rows]
+    if as_json:  # the table's names: queued (not total), running, workers
+        functions = [
+            {
+                "function": r.function,
+                "queued": r.total - r.running,
+                "running": r.running,
+                "workers": r.workers,
+            }
+            for r in sorted(rows)
+        ]
         typer.echo(json.dumps({"functions": functions, "poison": poison}, indent=2))
         return
     width = max([len("FUNCTION")] + [len(r.function) for r in rows])
@@ -75,6 +123,44 @@ def status(
         typer.echo(f"\npoison jobs (failed after job_retries worker deaths): {len(poison)}")
         for job in poison:
             typer.echo(f"  {job['handle']}  {job['function']}  unique={job['unique']!r}")
+
+
+@app.command()
+def jobs(
+    server: str = typer.Option(
+        None,
+        "--server",
+        "-s",
+        metavar="ADDRESS",
+        help="HOST[:PORT], [IPv6]:PORT or unix:PATH "
+        f"(default: $GEARMAN_SERVERS, else {DEFAULT_SERVER})",
+    ),
+    function: str = typer.Option(None, "--function", "-f", help="only this function's jobs"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """The jobs running and queued, per function, oldest first, with age and priority."""
+    address = server_address(server)
+    try:
+        reply = admin_query(address, "jobs")
+        if reply.startswith("ERR"):
+            fail(
+                f"the server at {address} does not support `farm jobs` (gearmand has no such"
+                " admin command; `farm status` works with both)"
+            )
+        rows = parse_jobs(reply)
+    except (OSError, ValueError, protocol.ProtocolError) as exc:
+        fail(f"cannot read the jobs from {address}: {exc}")
+    if function is not None:
+        rows = [r for r in rows if r.function == function]
+    if as_json:
+        typer.echo(json.dumps([r._asdict() for r in rows], indent=2))
+        return
+    table = [("FUNCTION", "HANDLE", "STATE", "PRIORITY", "AGE")] + [
+        (r.function, r.handle, r.state, r.priority, f"{r.age:.1f}s") for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(5)]
+    for row in table:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def poison_jobs(address: str) -> list[dict[str, str]]:

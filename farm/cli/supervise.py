@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,15 +16,25 @@ from farm.errors import ConfigError, FarmError
 CONFIG_HELP = "config file (default: $FARM_CONFIG, ./farm.toml, /etc/farm/farm.toml, built-in)"
 ConfigOption = typer.Option(None, "--config", "-c", help=CONFIG_HELP)
 ControlOption = typer.Option(None, "--control", help="control socket (default: from the config)")
+LogFormatOption = typer.Option(
+    None,
+    "--log-format",
+    metavar="text|json",
+    help="the supervisor's, server's and workers' logs (default: [supervisor] log_format)",
+)
 
 
 @app.command()
 def up(
     config: Path | None = ConfigOption,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log every worker event"),
+    log_format: str | None = LogFormatOption,
 ) -> None:
     """Run the supervisor in the foreground: job server + pinned workers (what systemd runs)."""
+    from dataclasses import replace
+
     from farm.config import find_config, load
+    from farm.logs import LOG_FORMATS, setup_logging
     from farm.supervisor import Supervisor
 
     try:
@@ -33,9 +42,15 @@ def up(
         cfg = load(path)
     except ConfigError as e:
         fail(str(e), 2)
-    logging.basicConfig(
+    if log_format is not None:
+        if log_format not in LOG_FORMATS:
+            fail(f"--log-format {log_format}: text or json", 2)
+        cfg = replace(cfg, supervisor=replace(cfg.supervisor, log_format=log_format))
+    setup_logging(
+        role="supervisor",
+        log_format=cfg.supervisor.log_format,
         level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s farm[%(process)d] %(levelname)s %(message)s",
+        text_format="%(asctime)s farm[%(process)d] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
     try:
@@ -72,30 +87,28 @@ def ps(
     config: Path | None = ConfigOption,
     control: str | None = ControlOption,
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    watch: bool = typer.Option(False, "--watch", "-w", help="redraw the table in place"),
+    interval: float = typer.Option(1.0, "--interval", min=0.1, help="seconds between redraws"),
+    count: int | None = typer.Option(None, "--count", min=1, help="with --watch: stop after N"),
 ) -> None:
-    """Every process of the farm: pid, function, slot, cpu, state, jobs done, RSS, restarts."""
+    """Every process of the farm: pid, function, slot, cpu, state, jobs done, RSS, restarts,
+    and for a busy worker its job handle and how long it has run."""
+    from farm.cli.watch import ps_lines
+
+    if watch and as_json:
+        fail("--watch draws the table; use --json without it", 2)
     rows = _ask(config, control, {"cmd": "ps"})["processes"]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    header = ("PID", "FUNCTION", "SLOT", "CPU", "STATE", "JOBS", "RSS", "RESTARTS", "UPTIME")
-    table = [header] + [
-        (
-            _cell(r["pid"]),
-            r["function"],
-            _cell(r["slot"]),
-            _cell(r["cpu"]),
-            r["state"],
-            str(r["jobs"]),
-            f"{r['rss'] / 2**20:.1f}M" if r["rss"] else "-",
-            str(r["restarts"]),
-            _duration(r["uptime"]),
-        )
-        for r in rows
-    ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    if watch:  # farm top's live view (farm/cli/top.py), its process table only
+        from farm.cli.top import live_view
+        from farm.config import control_path
+
+        path = control or control_path(config)  # _ask has checked the config already
+        raise typer.Exit(live_view(path, interval=interval, iterations=count, processes_only=True))
+    for line in ps_lines(rows):
+        typer.echo(line)
 
 
 @app.command()
@@ -117,10 +130,20 @@ def scale(
 
 
 @app.command()
-def reload(config: Path | None = ConfigOption, control: str | None = ControlOption) -> None:
+def reload(
+    config: Path | None = ConfigOption,
+    control: str | None = ControlOption,
+    restart: bool = typer.Option(
+        False, "--restart", help="then replace every worker, as `farm restart` does"
+    ),
+) -> None:
     """Re-read the config: apply changed counts, restart pools whose target or options changed."""
-    _ask(config, control, {"cmd": "reload"})
+    reply = _ask(config, control, {"cmd": "reload", "restart": restart})
     typer.echo("reloaded")
+    if restart:
+        from farm.cli.deploy import follow_restart
+
+        follow_restart(reply, lambda: _ask(config, control, {"cmd": "restart-status"}))
 
 
 @app.command()
@@ -129,37 +152,19 @@ def stop(
     control: str | None = ControlOption,
     wait: float = typer.Option(60.0, "--wait", help="seconds to wait for the exit (0: don't)"),
 ) -> None:
-    """Drain the workers and stop the farm (like SIGTERM to `farm up`)."""
-    from farm.pools.control import ControlUnavailable, request
+    """Drain the workers and stop the farm (like SIGTERM to `farm up`), showing the drain."""
+    from farm.cli.watch import follow_stop
 
-    reply = _ask(config, control, {"cmd": "stop"})
+    if not wait:
+        reply = _ask(config, control, {"cmd": "stop"})
+        typer.echo(f"stopping (supervisor {reply.get('pid')})")
+        return
     path = control
     if path is None:
         from farm.config import control_path
 
-        path = control_path(config)
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
         try:
-            request(path, {"cmd": "ping"}, timeout=1.0)
-        except ControlUnavailable:
-            typer.echo(f"stopped (supervisor {reply.get('pid')})")
-            return
-        time.sleep(0.1)  # polling another process's exit
-    if wait:
-        fail(f"supervisor {reply.get('pid')} is still draining after {wait:g}s", 1)
-    typer.echo(f"stopping (supervisor {reply.get('pid')})")
-
-
-def _cell(value: object) -> str:
-    return "-" if value is None else str(value)
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
+            path = control_path(config)
+        except ConfigError as e:
+            fail(str(e), 2)
+    follow_stop(path, wait)

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import socket
+from collections.abc import Generator
 from typing import Any
 
 from farm.errors import FarmError
@@ -24,6 +25,7 @@ __all__ = [
     "ControlConnection",
     "ControlUnavailable",
     "request",
+    "follow",
     "parse_scale",
     "MAX_REQUEST",
 ]
@@ -75,6 +77,38 @@ def request(path: str, message: dict[str, Any], timeout: float = 30.0) -> dict[s
     if not isinstance(reply, dict):
         raise ControlUnavailable(f"control socket {path}: unexpected reply {reply!r}")
     return reply
+
+
+def follow(
+    path: str, message: dict[str, Any], timeout: float = 30.0
+) -> Generator[dict[str, Any], None, None]:
+    """Send one request and yield each line of a reply that goes on until the supervisor
+    closes it (``{"cmd": "stop", "follow": true}``); ``timeout`` bounds each wait."""
+    try:
+        check_runtime_path(path)
+    except UnsafeDirectory as e:
+        raise ControlUnavailable(str(e)) from None
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            sock.sendall(json.dumps(message).encode() + b"\n")
+            buf = b""
+            while data := sock.recv(65536):
+                buf += data
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    reply = json.loads(line)
+                    if isinstance(reply, dict):
+                        yield reply
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise ControlUnavailable(
+            f"no supervisor answers at {path} (is `farm up` running with this config?)"
+        ) from None
+    except OSError as e:
+        raise ControlUnavailable(f"control socket {path}: {e.strerror or e}") from None
+    except ValueError:
+        raise ControlUnavailable(f"control socket {path}: a reply that is not JSON") from None
 
 
 class ControlServer:
@@ -162,6 +196,18 @@ class ControlConnection:
             return False
         except OSError:
             return True
+
+    def send(self, message: dict[str, Any]) -> bool:
+        """One line of a reply that goes on (`farm stop` following the drain); the
+        connection stays open. False, and closed, when the client stopped reading."""
+        try:
+            self.sock.setblocking(True)
+            self.sock.settimeout(0.2)
+            self.sock.sendall(json.dumps(message).encode() + b"\n")
+            return True
+        except OSError:
+            self.sock.close()
+            return False
 
     def reply(self, message: dict[str, Any]) -> None:
         """Send the reply and close; a client that stopped reading is dropped."""

@@ -27,10 +27,13 @@ log = logging.getLogger("farm.supervisor")
 class LocalServer(RestartHistory):
     """One job server child process and its restart history (the slots' policy)."""
 
-    def __init__(self, config: ServerConfig, env: dict[str, str]) -> None:
+    def __init__(
+        self, config: ServerConfig, env: dict[str, str], *, log_format: str = "text"
+    ) -> None:
         super().__init__()
         self.config = config
         self.env = env
+        self.log_format = log_format  # [supervisor] log_format: the server logs alike
         self.pid = 0
         self.started = 0.0
         self.ready = False
@@ -46,6 +49,9 @@ class LocalServer(RestartHistory):
             argv += ["--listen", addr]
         argv += ["--store", cfg.store, "--job-retries", str(cfg.job_retries)]
         argv += ["--tcp-admin", cfg.tcp_admin]
+        argv += ["--hints", "config"]  # its errors name [server] keys, not flags
+        if self.log_format != "text":
+            argv += ["--log-format", self.log_format]
         # If the supervisor is killed, the server stops too (keeping its stored jobs).
         return argv + ["--parent-pid", str(os.getpid())]
 

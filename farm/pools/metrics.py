@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from farm.net import parse_address
+from farm.pools.slots import Exits
 
 if TYPE_CHECKING:
     from farm.pools.steering import Steering
@@ -44,9 +45,6 @@ log = logging.getLogger("farm.supervisor")
 DEFAULT_METRICS = "127.0.0.1:9730"
 #: How long a scrape waits for the job server's part.
 SERVER_TIMEOUT = 2.0
-
-#: Why a worker process ended and was replaced (the label of farm_pool_restarts_total).
-Exits = Counter[tuple[str, str]]  # (pool, cause) -> count
 
 
 class SupervisorCollector:

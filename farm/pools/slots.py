@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -66,6 +67,10 @@ def core_for(cpus: Sequence[int], offset: int, index: int) -> int:
     return cpus[(offset + index) % len(cpus)]
 
 
+#: Workers that ended and were replaced, by (pool, cause): farm_pool_restarts_total.
+Exits = Counter[tuple[str, str]]
+
+
 def exit_cause(kill_reason: str, status: int) -> str:
     """Why a worker in a slot ended, as the label of farm_pool_restarts_total."""
     if kill_reason:
@@ -95,6 +100,7 @@ class ProcState(enum.StrEnum):
     BUSY = "busy"  # holds a job
     DRAINING = "draining"  # asked to stop after its job (SIGTERM)
     KILLING = "killing"  # killed by the supervisor (timeout, drain deadline)
+    RUNNING = "running"  # a command worker connected to its server (it tells no more)
 
     @property
     def ordered(self) -> bool:
@@ -103,7 +109,7 @@ class ProcState(enum.StrEnum):
 
     @property
     def serving(self) -> bool:
-        return self in (ProcState.IDLE, ProcState.BUSY)
+        return self in (ProcState.IDLE, ProcState.BUSY, ProcState.RUNNING)
 
 
 @dataclass(eq=False)
@@ -126,6 +132,8 @@ class WorkerProcess:
     stop_deadline: float | None = None  # SIGKILL if still alive then (draining)
     kill_reason: str = ""  # why the supervisor killed it, so its death is not a crash
     recycle_reason: str = ""
+    command: bool = False  # a command pool's process: report_fd carries its stdout/stderr
+    stop_signal: int = signal.SIGTERM  # what asks it to stop (SIGTERM drains a Python worker)
     _buffer: bytes = b""
 
     @property
@@ -136,6 +144,15 @@ class WorkerProcess:
     def ordered(self) -> bool:
         """Whether the supervisor asked it to go (its exit is never a crash)."""
         return self.state.ordered
+
+    def output(self, data: bytes, *, final: bool = False) -> list[str]:
+        """A command worker's whole output lines so far (all that is left when ``final``)."""
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        if (final and self._buffer) or len(self._buffer) > 65536:  # the rest, or a huge line
+            lines.append(self._buffer)
+            self._buffer = b""
+        return [line.decode(errors="replace").rstrip("\r") for line in lines]
 
     def feed(self, data: bytes) -> None:
         """Apply report lines from the worker (JSON, one a line; see farm.pools.workerproc)."""
@@ -222,6 +239,7 @@ class Slot(RestartHistory):
     core: int
     proc: WorkerProcess | None = None
     spawned: int = 0
+    successor: WorkerProcess | None = None  # `farm restart`: takes over once it serves
 
     @property
     def name(self) -> str:

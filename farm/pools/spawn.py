@@ -6,8 +6,12 @@ that window left orphans. Here the forked child, before ``exec``, joins its own
 process group, asks Linux for a death signal and checks that its parent is
 still the supervisor (the parent may have died before the request), and pins
 itself to its core -- so none of the worker's own code ever runs unpinned or
-unwatched. The supervisor has no threads, so forking it is safe, and it is
-small, so forking it is cheap.
+unwatched. Python workers and command pools (any executable) start the same
+way; a command may also get a user (the death signal is set *after* the change
+of credentials, which clears it), a working directory and its stdout/stderr
+on the supervisor's pipe. Every descriptor but 0-2 and those named in ``keep``
+is closed before exec, whatever the supervisor inherited. The supervisor has
+no threads, so forking it is safe, and it is small, so forking it is cheap.
 """
 
 from __future__ import annotations
@@ -15,11 +19,14 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+
+from farm.commandspec import RunAs
 
 __all__ = ["spawn", "set_death_signal"]
 
 PR_SET_PDEATHSIG = 1
+_MAX_FD = max(256, os.sysconf("SC_OPEN_MAX"))
 
 _prctl: Callable[..., int] | None
 try:  # looked up once, in the parent: the forked child must not load libraries
@@ -40,19 +47,37 @@ def spawn(
     *,
     death_signal: int = signal.SIGKILL,
     core: int | None = None,
+    keep: Collection[int] = (),
+    stdio: tuple[int, int, int] | None = None,
+    user: RunAs | None = None,
+    cwd: str | None = None,
 ) -> int:
     """Start ``argv`` (``argv[0]`` an absolute path) as a watched child; its pid.
 
-    The child inherits exactly the descriptors marked inheritable. Raises OSError
-    when the fork fails; an exec that fails ends the child with exit code 127.
+    The child keeps 0-2 (or gets ``stdio`` as its stdin, stdout, stderr) and the
+    descriptors in ``keep``; all others are closed. ``user`` and ``cwd`` are taken
+    before the death signal is set. Raises OSError when the fork fails; a child
+    that cannot take its user, directory or exec ends with exit code 127.
     """
     parent = os.getpid()
+    kept = sorted(set(keep))
     pid = os.fork()
     if pid:
         return pid
     try:  # the child: nothing here may raise into the supervisor's code
         os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor, which decides
-        set_death_signal(death_signal)
+        signal.set_wakeup_fd(-1)  # a signal before exec must not wake the supervisor's loop
+        if stdio is not None:
+            for target, fd in enumerate(stdio):
+                os.dup2(fd, target)  # dup2 leaves the copy inheritable
+        _close_others(kept)
+        if user is not None:  # groups first: they need the privileges setuid drops
+            os.setgroups(list(user.groups))
+            os.setgid(user.gid)
+            os.setuid(user.uid)
+        if cwd is not None:
+            os.chdir(cwd)
+        set_death_signal(death_signal)  # after setuid, which would clear it
         if os.getppid() != parent:  # it died before the request took hold
             os._exit(1)
         if core is not None:
@@ -60,8 +85,17 @@ def spawn(
                 os.sched_setaffinity(0, {core})
             except OSError:
                 pass  # a core taken away since the config was read: run unpinned, not never
-        signal.set_wakeup_fd(-1)  # a signal before exec must not wake the supervisor's loop
         os.execve(argv[0], list(argv), dict(env))
     except BaseException:
         pass
     os._exit(127)
+
+
+def _close_others(keep: Sequence[int]) -> None:
+    """Close every descriptor above 2 except ``keep`` (sorted)."""
+    low = 3
+    for fd in keep:
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, _MAX_FD)

@@ -1,4 +1,4 @@
-"""What can change while the supervisor runs: `farm scale`, `farm ps`, reload.
+"""What can change while the supervisor runs: `farm scale`, `farm ps`, reload, restart.
 
 A mixin of :class:`farm.supervisor.Supervisor`, split off to keep the main
 loop's module short. Requests arrive on the control socket (farm.pools.control);
@@ -23,11 +23,11 @@ from farm.config import Config, capacity_problem, load_config
 from farm.errors import ConfigError
 from farm.pools import sdnotify
 from farm.pools.control import ControlConnection, parse_scale
+from farm.pools.slots import ProcState
 
 if TYPE_CHECKING:
     from farm.pools.localserver import LocalServer
-    from farm.pools.metrics import Exits
-    from farm.pools.slots import Slot, WorkerProcess
+    from farm.pools.slots import Exits, Slot, WorkerProcess
 
 __all__ = ["Steering", "Pending", "Duty"]
 
@@ -40,7 +40,8 @@ class Duty(enum.Enum):
     """What a pending item asks of the main loop."""
 
     SIGNAL = "signal"  # arg: the signal number
-    RELOAD = "reload"  # `farm reload`: re-read the config, answer on conn
+    RELOAD = "reload"  # `farm reload`: re-read the config, answer on conn (arg "restart":
+    # then replace every worker, as `farm reload --restart`)
     STOP = "stop"  # `farm stop`: drain and exit
 
 
@@ -64,9 +65,18 @@ class Steering:
     selector: selectors.BaseSelector
     started: float
     exits: Exits  # (pool, cause) -> workers replaced, for the metrics
+    metrics_server: Any  # the /metrics HTTP server (farm.pools.metrics), None when off
+    by_pid: dict[int, WorkerProcess]
+    # `farm stop` clients that follow the drain, the workers it killed, when they last heard.
+    drain_followers: tuple[ControlConnection, ...] = ()
+    drain_killed: tuple[dict[str, Any], ...] = ()
+    drain_told: float = 0.0
 
     # Provided by Supervisor: lays a pool's slots onto cores (declared for the type checker).
     place: Callable[[Any], None]
+    # Provided by Restarting (farm.pools.rollout): `farm restart`.
+    start_restart: Callable[[dict[str, list[int] | None]], dict[str, Any]]
+    restart_status: Callable[[], dict[str, Any]]
 
     def read_request(self, conn: ControlConnection) -> None:
         try:
@@ -82,7 +92,14 @@ class Steering:
         if cmd == "ping":
             conn.reply({"ok": True, "pid": os.getpid()})
         elif cmd == "ps":
-            conn.reply({"ok": True, "processes": self.process_table(), "targets": self.targets})
+            conn.reply(
+                {
+                    "ok": True,
+                    "processes": self.process_table(),
+                    "targets": self.targets,
+                    "metrics": self.metrics_address(),
+                }
+            )
         elif cmd == "scale":
             if conn.gone():
                 log.warning("a scale request whose client has gone is not applied")
@@ -90,9 +107,22 @@ class Steering:
                 return
             conn.reply(self.scale(message.get("changes")))
         elif cmd == "reload":
-            self.pending.append(Pending(Duty.RELOAD, conn=conn))
+            restart = "restart" if message.get("restart") else None
+            self.pending.append(Pending(Duty.RELOAD, restart, conn=conn))
+        elif cmd == "restart":
+            try:
+                picks = self.restart_picks(message.get("names") or [])
+            except ValueError as e:
+                conn.reply({"ok": False, "usage": True, "error": str(e)})
+                return
+            conn.reply(self.start_restart(picks))
+        elif cmd == "restart-status":
+            conn.reply(self.restart_status())
         elif cmd == "stop":
-            conn.reply({"ok": True, "pid": os.getpid()})
+            if message.get("follow") and conn.send({"ok": True, "pid": os.getpid()}):
+                self.drain_followers = (*self.drain_followers, conn)  # report_drain tells it
+            else:
+                conn.reply({"ok": True, "pid": os.getpid()})
             self.pending.append(Pending(Duty.STOP))
         else:
             conn.reply({"ok": False, "usage": True, "error": f"unknown command {cmd!r}"})
@@ -107,13 +137,10 @@ class Steering:
                 name, op, count = parse_scale(str(change))
             except ValueError as e:
                 return {"ok": False, "usage": True, "error": str(e)}
-            if name not in self.config.functions:
-                known = ", ".join(self.config.functions) or "none"
-                return {
-                    "ok": False,
-                    "usage": True,
-                    "error": f"no function {name!r} in the config (known: {known})",
-                }
+            try:
+                name = self.pool_named(name)
+            except ValueError as e:
+                return {"ok": False, "usage": True, "error": str(e)}
             targets[name] = {"=": count, "+": targets[name] + count, "-": targets[name] - count}[op]
         problem = capacity_problem(
             self.config.functions, targets, self.config.supervisor.memory_budget_mb
@@ -125,6 +152,42 @@ class Steering:
                 log.info("scaling %s from %d to %d workers", name, self.targets[name], new)
         self.targets = targets
         return {"ok": True, "targets": targets}
+
+    def pool_named(self, name: str) -> str:
+        """The pool ``name`` means: its table name, or a function exactly one pool serves."""
+        pools = self.config.functions
+        if name in pools:
+            return name
+        serving = [p.name for p in pools.values() if name in p.functions]
+        if len(serving) == 1:
+            return serving[0]
+        if serving:
+            raise ValueError(
+                f"function {name!r} is served by pools {', '.join(serving)}; name one of them"
+            )
+        known = ", ".join(pools) or "none"
+        raise ValueError(f"no pool or function {name!r} in the config (pools: {known})")
+
+    def restart_picks(self, names: list[Any]) -> dict[str, list[int] | None]:
+        """`farm restart` arguments: POOL (all its slots) or POOL#SLOT; none: every pool."""
+        if not names:
+            return {name: None for name in self.config.functions}
+        picks: dict[str, list[int] | None] = {}
+        for raw in names:
+            name, hash_, index = str(raw).partition("#")
+            pool = self.pool_named(name)
+            if not hash_:
+                picks[pool] = None
+                continue
+            if not index.isdigit() or int(index) >= self.targets.get(pool, 0):
+                raise ValueError(
+                    f"{raw!r}: {pool} has slots 0 to {self.targets.get(pool, 0) - 1}"
+                    " (POOL#SLOT, e.g. reverse#0)"
+                )
+            chosen = picks.setdefault(pool, [])
+            if chosen is not None and int(index) not in chosen:
+                chosen.append(int(index))
+        return picks
 
     def process_table(self) -> list[dict[str, Any]]:
         """Every process the supervisor runs, for `farm ps`."""
@@ -166,8 +229,17 @@ class Steering:
                 rows.append(
                     self.process_row(proc, now, restarts=slot.restarts, last_exit=slot.last_exit)
                 )
+                if slot.successor is not None:  # `farm restart`: its replacement, starting
+                    rows.append(self.process_row(slot.successor, now))
         rows += [self.process_row(proc, now) for proc in self.retiring]
         return rows
+
+    def metrics_address(self) -> str | None:
+        """HOST:PORT the /metrics endpoint listens on (the real port when configured as 0)."""
+        if self.metrics_server is None:
+            return None
+        host, port = self.metrics_server.server_address[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def process_row(self, proc: WorkerProcess, now: float, **extra: Any) -> dict[str, Any]:
         """The `farm ps` row of a live worker process (in a slot, or retiring)."""
@@ -181,6 +253,8 @@ class Steering:
             proc.started,
             now,
             jobs=proc.jobs_done,
+            job=proc.handle or None,
+            busy_for=round(now - proc.busy_since, 1) if proc.busy_since is not None else None,
             **extra,
         )
 
@@ -216,7 +290,33 @@ class Steering:
             "restarts": extra.get("restarts", 0),
             "uptime": uptime,
             "last_exit": extra.get("last_exit", ""),
+            "job": extra.get("job"),  # the handle of the job in hand, if any
+            "busy_for": extra.get("busy_for"),  # seconds it has run
         }
+
+    def report_drain(self, *, final: bool = False) -> None:
+        """Tell `farm stop` how the drain goes: workers left, seconds left, what was killed
+        (a few times a second, and once more when the last worker is gone)."""
+        now = time.monotonic()
+        seen = {k["pid"] for k in self.drain_killed}
+        self.drain_killed += tuple(
+            {"pid": p.pid, "worker": p.name, "reason": p.kill_reason}
+            for p in self.by_pid.values()
+            if p.state is ProcState.KILLING and p.pid not in seen
+        )
+        if not self.drain_followers or (not final and now - self.drain_told < 0.25):
+            return
+        self.drain_told = now
+        deadlines = [p.stop_deadline for p in self.by_pid.values() if p.stop_deadline]
+        news: dict[str, Any] = {"workers": len(self.by_pid), "killed": list(self.drain_killed)}
+        news["seconds_left"] = round(max(deadlines) - now, 1) if deadlines else None
+        if final:
+            news["done"] = True
+        self.drain_followers = tuple(c for c in self.drain_followers if c.send(news))
+        if final:
+            for conn in self.drain_followers:
+                conn.sock.close()
+            self.drain_followers = ()
 
     def reload(self) -> str | None:
         """Re-read the config: apply changed counts, restart pools whose target/options changed."""

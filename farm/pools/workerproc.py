@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from farm.logs import LOG_FORMATS, setup_logging
 from farm.pools.record import RecordWriter
 from farm.pools.slots import EXIT_BOOT_ERROR, EXIT_DRAINED, EXIT_RECYCLE, EXIT_RSS_KILLED
 
@@ -84,6 +85,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m farm.pools.workerproc")
     ap.add_argument("--function", required=True)
     ap.add_argument("--target", required=True, help="module:function")
+    ap.add_argument(
+        "--serve", action="append", default=[], help="a function to register (default: --function)"
+    )
     ap.add_argument("--slot", type=int, default=0)
     ap.add_argument("--cpu", type=int, default=None, help="the core the supervisor pins us to")
     ap.add_argument("--server", action="append", default=[], help="HOST:PORT or unix:PATH")
@@ -93,15 +97,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--kill-rss-mb", type=int, default=None)
     ap.add_argument("--report-fd", type=int, default=None)
     ap.add_argument("--record-fd", type=int, default=None)
+    ap.add_argument("--log-format", choices=LOG_FORMATS, default="text")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     ns = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s farm-worker {ns.function}#{ns.slot}[%(process)d] "
+    setup_logging(
+        role="worker",
+        log_format=ns.log_format,
+        text_format=f"%(asctime)s farm-worker {ns.function}#{ns.slot}[%(process)d] "
         "%(levelname)s %(message)s",
+        slot=ns.slot,
+        function=ns.function,
     )
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     # The supervisor's spawn set our death signal (SIGKILL) and pinned us before exec.
@@ -118,7 +126,14 @@ def main(argv: list[str] | None = None) -> int:
         fn = load_target(ns.target)
         from farm.worker import Worker
     except Exception as e:  # whatever the target's import raises is a boot failure
-        log.error("cannot load %s for %s: %s: %s", ns.target, ns.function, type(e).__name__, e)
+        log.error(
+            "cannot load %s for %s: %s: %s",
+            ns.target,
+            ns.function,
+            type(e).__name__,
+            e,
+            exc_info=True,  # a traceback to the import error; one record (farm.logs)
+        )
         return EXIT_BOOT_ERROR
 
     recycle: list[str] = []
@@ -142,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             recycle.append(f"RSS {rss // 2**20} MiB > max_rss_mb {ns.max_rss_mb}")
         elif ns.kill_rss_mb is not None and rss > ns.kill_rss_mb * 1024 * 1024:
             recycle.append(f"RSS {rss // 2**20} MiB > kill_rss_mb {ns.kill_rss_mb}")
+        elif (calls := sys.modules.get("farm.executor.call")) and calls.recycle_requested:
+            recycle.append(calls.recycle_requested)  # an Executor's max_tasks_per_child
         if recycle:
             reporter.send(ev="recycle", why=recycle[0])
             worker.stop()
@@ -152,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         worker = Worker(ns.server or None, client_id=client_id, after_job=after_job)
         watched = in_hand if ns.kill_rss_mb is not None else None
-        worker.register(ns.function, _recording(fn, record, watched), timeout=ns.timeout)
+        for served in ns.serve or [ns.function]:
+            worker.register(served, _recording(fn, record, watched), timeout=ns.timeout)
     except (ValueError, TypeError) as e:
         log.error("cannot serve %s: %s", ns.function, e)
         return EXIT_BOOT_ERROR

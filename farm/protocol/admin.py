@@ -14,10 +14,12 @@ __all__ = [
     "StatusRow",
     "WorkerRow",
     "PoisonRow",
+    "JobRow",
     "reply_complete",
     "parse_status",
     "parse_workers",
     "parse_poison",
+    "parse_jobs",
 ]
 
 
@@ -81,6 +83,27 @@ class PoisonRow(NamedTuple):
     handle: str
     function: str
     unique: str
+
+
+class JobRow(NamedTuple):
+    """farm's ``jobs``: one live job (gearmand has no such command)."""
+
+    function: str
+    handle: str
+    state: str  # running, queued or scheduled
+    priority: str  # high, normal or low
+    age: float  # seconds since it was queued, or since a worker took it
+
+
+def parse_jobs(text: str) -> list[JobRow]:
+    """Parse farm's ``jobs`` (tab-separated: function, handle, state, priority, age)."""
+    rows = []
+    for line in _list_lines(text):
+        parts = line.split("\t")
+        if len(parts) != 5:
+            raise ProtocolError(f"bad jobs line {line!r}", fatal=False)
+        rows.append(JobRow(parts[0], parts[1], parts[2], parts[3], float(parts[4])))
+    return rows
 
 
 def parse_poison(text: str) -> list[PoisonRow]:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from time import monotonic
 
+from farm.protocol.kinds import Priority
 from farm.server.hub import Hub
 from farm.version import __version__
 
@@ -74,6 +76,27 @@ def show(server: Hub, args: list[str]) -> str:
     if not what:
         return _unknown("show")
     return "ERR UNKNOWN_SHOW_ARGUMENTS\r\n"
+
+
+def jobs(server: Hub, args: list[str]) -> str:
+    """farm's own: every live job, per function and oldest first, one line each:
+    function, handle, state (running, queued, scheduled), priority, age in seconds (since it
+    was queued, or since a worker took it). ``show jobs`` keeps gearmand's four fields."""
+    now = monotonic()
+    lines = []
+    for job in sorted(server.jobs.jobs.values(), key=lambda j: (j.function, j.seq)):
+        if job.worker is not None:
+            state = "running"
+        elif job.queued:
+            state = "queued"
+        else:
+            state = "scheduled"  # SUBMIT_JOB_EPOCH, not due yet
+        age = now - job.since if job.since else 0.0
+        lines.append(
+            f"{_text(job.function)}\t{_text(job.handle)}\t{state}"
+            f"\t{Priority(job.priority).label}\t{age:.1f}\n"
+        )
+    return "".join(lines) + ".\n"
 
 
 def cancel(server: Hub, args: list[str]) -> str:
@@ -140,6 +163,7 @@ COMMANDS: dict[str, Callable[[Hub, list[str]], str]] = {
     "prioritystatus": priority_status,
     "workers": workers,
     "show": show,
+    "jobs": jobs,
     "cancel": cancel,
     "maxqueue": max_queue,
     "create": create_function,

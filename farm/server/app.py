@@ -8,6 +8,7 @@ started. One asyncio loop (uvloop when installed) owns all job state.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -17,9 +18,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from farm.errors import TLSFileError
+from farm.errors import FarmError, TLSFileError
 from farm.lifetime import die_with_parent
+from farm.logs import setup_logging
 from farm.net import load_tls_file, parse_address
+from farm.paths import adopt_legacy_store
 from farm.server.connection import Connection
 from farm.server.exposition import serve_http
 from farm.server.hub import Hub
@@ -30,6 +33,23 @@ log = logging.getLogger("farm.server")
 
 #: How long a stopping server waits for replies still being written.
 DRAIN_SECONDS = 2.0
+
+#: What a failed bind means, in the words of the fix (errno -> words).
+BIND_REASONS = {
+    errno.ENOENT: "no such directory",
+    errno.EADDRINUSE: "address already in use",
+    errno.EACCES: "permission denied",
+    errno.EADDRNOTAVAIL: "no such address on this host",
+}
+
+
+class ListenError(FarmError):
+    """A listener could not be opened; the message names the address or path."""
+
+    def __init__(self, where: str, exc: OSError) -> None:
+        self.errno = exc.errno
+        reason = BIND_REASONS.get(exc.errno or 0) or exc.strerror or str(exc)
+        super().__init__(f"cannot listen on {where}: {reason}")
 
 
 class Server:
@@ -55,14 +75,17 @@ class Server:
         tls = self._tls_context()
         for addr in opts.listen:  # TCP only: -L unix:PATH is sorted into opts.unix
             tcp = parse_address(addr, default_port=opts.port)
-            srv = await self.loop.create_server(
-                factory,
-                tcp.host or None,
-                tcp.port,
-                backlog=opts.backlog,
-                reuse_address=True,
-                ssl=tls,
-            )
+            try:
+                srv = await self.loop.create_server(
+                    factory,
+                    tcp.host or None,
+                    tcp.port,
+                    backlog=opts.backlog,
+                    reuse_address=True,
+                    ssl=tls,
+                )
+            except OSError as exc:
+                raise ListenError(str(tcp), exc) from exc
             self.listeners.append(srv)
             log.info("listening on %s%s", tcp, " (TLS)" if tls else "")
         for path in opts.unix:
@@ -92,6 +115,8 @@ class Server:
         old_umask = os.umask(0o777 & ~self.options.unix_mode)
         try:
             srv = await self.loop.create_unix_server(factory, path, backlog=self.options.backlog)
+        except OSError as exc:
+            raise ListenError(f"unix:{path}", exc) from exc
         finally:
             os.umask(old_umask)
         os.chmod(path, self.options.unix_mode)
@@ -169,10 +194,14 @@ def _setup_logging(options: ServerOptions) -> None:
     fmt = "%(asctime)s farm-server[%(process)d] %(levelname)s %(message)s"
     if options.log_file == "none":
         logging.basicConfig(level=logging.CRITICAL + 1)
-    elif options.log_file == "stderr":
-        logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
-    else:
-        logging.basicConfig(level=level, format=fmt, filename=options.log_file)
+        return
+    setup_logging(
+        role="server",
+        log_format=options.log_format,
+        level=level,
+        text_format=fmt,
+        filename=None if options.log_file == "stderr" else options.log_file,
+    )
 
 
 def run(options: ServerOptions) -> int:
@@ -196,17 +225,26 @@ def run(options: ServerOptions) -> int:
         runner: Callable[..., object] = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency, but stay usable without it
         runner = asyncio.run
+    if options.store != "none":
+        try:
+            if adopt_legacy_store(options.store):
+                log.warning("adopted the job store of an older farm as %s", options.store)
+        except OSError as exc:
+            log.warning("cannot adopt the older job store as %s: %s", options.store, exc)
     try:
         server = Server(options)
     except StoreError as exc:
-        hint = "use --store PATH, or --store none for memory only"
-        print(f"farm server: {exc} ({hint})", file=sys.stderr)
+        print(f"farm server: {exc} ({_hint(options, 'store')})", file=sys.stderr)
         return 2
     try:
         runner(server.serve())
     except (StoreError, TLSFileError) as exc:  # a damaged store, an unusable TLS file
         print(f"farm server: {exc}", file=sys.stderr)
         return 2
+    except ListenError as exc:
+        hint = _hint(options, "port" if exc.errno == errno.EADDRINUSE else "listen")
+        print(f"farm server: {exc} ({hint})", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"farm server: cannot listen: {exc}", file=sys.stderr)
         return 1
@@ -214,6 +252,22 @@ def run(options: ServerOptions) -> int:
         if options.pid_file:
             Path(options.pid_file).unlink(missing_ok=True)
     return 0
+
+
+#: How to fix a start-up error, for whoever started the server: `farm server`'s flags, or
+#: the [server] keys of `farm up`'s config (which has no such flags).
+HINTS = {
+    ("store", "flags"): "use --store PATH, or --store none for memory only",
+    ("store", "config"): 'set [server] store = "PATH" in the config, or "none" for memory only',
+    ("port", "flags"): "another server has it? use another -p PORT, or -L HOST:PORT",
+    ("port", "config"): "another server has it? give [server] listen another port",
+    ("listen", "flags"): "check the -L and --unix addresses",
+    ("listen", "config"): "check [server] listen in the config",
+}
+
+
+def _hint(options: ServerOptions, what: str) -> str:
+    return HINTS[what, options.hints]
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "farm server") -> int:

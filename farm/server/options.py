@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from farm import protocol as p
+from farm.logs import LOG_FORMATS
 from farm.net import DEFAULT_PORT, AddressError, parse_address, parse_port
 from farm.paths import default_store
 
@@ -36,6 +37,7 @@ class ServerOptions:
     backlog: int = 1024
     verbose: int = 0
     log_file: str = "stderr"
+    log_format: str = "text"  # or "json": one object a line (farm.logs)
     pid_file: str | None = None
     parent_pid: int | None = None
     # Who may serve the reserved ``farm.*`` functions (the Executor's signed calls): workers
@@ -46,11 +48,16 @@ class ServerOptions:
     max_abilities: int = 4096  # functions one connection may register
     max_partial_bytes: int = 256 << 20  # bytes of unfinished packets all connections may hold
     metrics: str | None = None  # HOST:PORT of the Prometheus endpoint (docs/monitoring.md)
+    # Who the hints of a start-up error speak to: "flags" (farm server) or "config" (the
+    # local server of `farm up`, whose user has [server] keys, not flags).
+    hints: str = "flags"
 
 
-def default_store_path() -> str:
-    """Where background jobs live when nothing else is said: farm's state directory."""
-    return str(default_store())
+def default_store_path(listen: Sequence[str] = (), unix: Sequence[str] = ()) -> str:
+    """Where background jobs live when nothing else is said: a file per server in farm's
+    state directory, keyed by the first TCP port, else the first Unix path."""
+    port = parse_address(listen[0]).port if listen else None
+    return str(default_store(port, unix[0] if unix else None))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,13 +92,14 @@ def build_parser(prog: str = "farm server") -> argparse.ArgumentParser:
         "--unix-mode",
         type=lambda s: int(s, 8),
         default=0o660,
-        help="Unix socket permissions (octal)",
+        metavar="MODE",
+        help="Unix socket permissions (octal, default 660)",
     )
     ap.add_argument(
         "--store",
-        default=default_store_path(),
         metavar="PATH|none",
-        help="SQLite file for durable background jobs, or 'none' (default: %(default)s)",
+        help="SQLite file for durable background jobs, or 'none' (default: one file per server"
+        f" in {default_store().parent}, e.g. {default_store(DEFAULT_PORT).name})",
     )
     ap.add_argument(
         "--store-sync",
@@ -182,7 +190,9 @@ def build_parser(prog: str = "farm server") -> argparse.ArgumentParser:
         help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off; under farm up"
         " the supervisor serves them; the admin command `metrics` answers anyway)",
     )
-    ap.add_argument("-b", "--backlog", type=int, default=1024)
+    ap.add_argument(
+        "-b", "--backlog", type=int, default=1024, metavar="N", help="listen backlog (default 1024)"
+    )
     ap.add_argument("-v", "--verbose", action="count", default=0, help="more logging, repeatable")
     ap.add_argument(
         "-l", "--log-file", default="stderr", metavar="FILE", help="log file, 'stderr' or 'none'"
@@ -191,6 +201,13 @@ def build_parser(prog: str = "farm server") -> argparse.ArgumentParser:
     ap.add_argument(
         "--parent-pid", type=int, metavar="PID", help="stop (SIGTERM) when this parent process dies"
     )
+    ap.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text (readable, the default) or json (one object a line; docs/monitoring.md)",
+    )
+    ap.add_argument("--hints", choices=("flags", "config"), default="flags", help=argparse.SUPPRESS)
     # gearmand flags that farm accepts and ignores, so its command lines work unchanged.
     for flag in (
         "-t",
@@ -235,7 +252,7 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "farm server") -> 
         listen=listen,
         unix=unix + ns.unix,
         unix_mode=ns.unix_mode,
-        store=ns.store,
+        store=ns.store if ns.store is not None else default_store_path(listen, unix + ns.unix),
         store_sync=ns.store_sync,
         job_retries=ns.job_retries,
         max_packet=ns.max_packet,
@@ -249,6 +266,7 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "farm server") -> 
         backlog=ns.backlog,
         verbose=ns.verbose,
         log_file=ns.log_file,
+        log_format=ns.log_format,
         pid_file=ns.pid_file,
         parent_pid=ns.parent_pid,
         worker_uids=frozenset(ns.worker_uid or [os.getuid()]),
@@ -256,6 +274,7 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "farm server") -> 
         max_abilities=ns.max_abilities,
         max_partial_bytes=ns.max_partial_bytes,
         metrics=metrics_address(ap, ns.metrics),
+        hints=ns.hints,
     )
 
 

@@ -143,7 +143,7 @@ def test_farm_status_reads_a_server_on_the_ipv6_loopback(
         out = farm("status", "-s", addr, "--json")
         assert out.returncode == 0, out.stderr
         data = json.loads(out.stdout)
-        assert data["functions"] == [{"function": "rev", "total": 0, "running": 0, "workers": 1}]
+        assert data["functions"] == [{"function": "rev", "queued": 0, "running": 0, "workers": 1}]
         table = farm("status", "--server", addr)
         assert table.returncode == 0, table.stderr
         assert table.stdout.splitlines()[1].split() == ["rev", "0", "0", "1"]

@@ -161,7 +161,7 @@ def test_farm_status_prints_the_queues_as_a_table_and_json(farm_server: Server) 
     assert lines[1].split() == ["reverse", "2", "1", "1"]
     data = json.loads(farm_cli("status", "--server", farm_server.addr, "--json").stdout)
     assert data == {
-        "functions": [{"function": "reverse", "total": 3, "running": 1, "workers": 1}],
+        "functions": [{"function": "reverse", "queued": 2, "running": 1, "workers": 1}],
         "poison": [],
     }
 

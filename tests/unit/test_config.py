@@ -116,7 +116,8 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
             "server.listen",
             "at most one TCP",
         ),
-        ("[functions.rev]", "[functions.rev]\nuser = 1", "functions.rev.user", "allowed:"),
+        ("[functions.rev]", "[functions.rev]\nzzz = 1", "functions.rev.zzz", "allowed:"),
+        ("[functions.rev]", "[functions.rev]\nuser = 1", "functions.rev.user", "command pools"),
         ("[supervisor]", "[supervisor]\ncontrl = 'x'", "supervisor.contrl", "did you mean"),
         ("[functions.rev]", "[bogus]\n[functions.rev]", "bogus", "unknown key"),
     ],
@@ -208,7 +209,7 @@ def test_defaults_need_no_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     cfg = config.load(None)
     assert cfg.source == config.DEFAULTS_SOURCE
     assert cfg.supervisor.control == f"{tmp_path}/farm/control.sock"
-    assert cfg.server.store == f"{tmp_path}/state/farm/queue.db"
+    assert cfg.server.store == f"{tmp_path}/state/farm/queue-4730.db"  # its own, by port
     assert set(cfg.functions) >= {"reverse", "resize", "thumbnail", "pbkdf2"}
     monkeypatch.delenv("XDG_RUNTIME_DIR")
     assert runtime_dir() == Path(f"/tmp/farm-{os.getuid()}")

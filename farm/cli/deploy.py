@@ -1,0 +1,66 @@
+"""`farm restart`: replace the running workers with fresh processes, a few at a time.
+
+The supervisor does the work (farm.pools.rollout); this command starts it over
+the control socket and follows its progress (``restart-status``) until every
+slot named is replaced, or a replacement fails to boot (exit code 1: the old
+process keeps that slot). `farm reload --restart` follows the same way.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from farm.cli.app import app, fail
+from farm.cli.supervise import ConfigOption, ControlOption, _ask
+
+__all__ = ["restart", "follow_restart"]
+
+#: How often the progress is asked for.
+POLL = 0.2
+
+
+@app.command()
+def restart(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="POOL or POOL#SLOT (default: every pool)")
+    ] = None,
+    config: Path | None = ConfigOption,
+    control: str | None = ControlOption,
+) -> None:
+    """Replace workers with fresh processes (new code) without downtime: each new process
+    serves before the old one drains, a few slots of a pool at a time."""
+    reply = _ask(config, control, {"cmd": "restart", "names": names or []})
+    follow_restart(reply, lambda: _ask(config, control, {"cmd": "restart-status"}))
+
+
+def follow_restart(reply: dict[str, Any], status: Callable[[], dict[str, Any]]) -> None:
+    """Print "reverse: 7/16 replaced" as it changes until the restart ends; exit 1 if a
+    replacement failed."""
+    number = reply.get("restart")
+    tty = sys.stdout.isatty()
+    shown = ""
+    while True:
+        line = ", ".join(
+            f"{name}: {reply['replaced'].get(name, 0)}/{total} replaced"
+            for name, total in reply["total"].items()
+        )
+        if line != shown:
+            typer.echo(("\r\x1b[K" if tty else "") + line, nl=not tty)
+            shown = line
+        if reply.get("done") or reply.get("restart") != number:
+            break
+        time.sleep(POLL)  # polling the supervisor's progress
+        reply = status()
+    if tty:
+        typer.echo()
+    for problem in reply.get("failed", []):
+        typer.echo(f"farm: {problem}", err=True)
+    if reply.get("failed"):
+        fail(f"restart incomplete after {reply.get('seconds', 0):g}s", 1)
+    typer.echo(f"restarted in {reply.get('seconds', 0):g}s")

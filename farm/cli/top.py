@@ -1,0 +1,340 @@
+"""`farm top`: the farm live in a terminal, from what it already reports.
+
+Each second it asks the supervisor for ``ps`` (control socket) and reads the metrics
+endpoint once; it computes nothing the farm does not count. Rates (jobs/s, CPU %) and
+recent run-time quantiles are the difference between two readings a few seconds apart;
+p50/p99 come from the run-time histogram's buckets, as PromQL's histogram_quantile.
+
+Keys: ``q`` quits, ``s`` cycles the sort key, a letter picks one (farm.cli.liveview).
+Without a terminal (a pipe, a test) each frame is printed in turn. When the farm stops
+under the view it says so and exits 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from farm.cli.app import app, fail
+from farm.cli.liveview import SORT_KEYS, SORT_LETTERS, FunctionRow, frame, quantile
+from farm.errors import ConfigError
+
+__all__ = ["Sampler", "Sample", "live_view"]
+
+#: How far back rates and recent quantiles look.
+WINDOW = 5.0
+#: How long one reading of the endpoint may take.
+SCRAPE_TIMEOUT = 2.0
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+@dataclass
+class Sample:
+    """One reading of the farm: its processes, and its numbers when the endpoint answered."""
+
+    when: float
+    processes: list[dict[str, Any]]
+    metrics: Samples | None
+    metrics_url: str | None
+    note: str = ""
+
+
+class Sampler:
+    """Reads the farm each time it is asked and keeps the last few seconds of readings."""
+
+    def __init__(self, control: str, metrics_url: str | None = None) -> None:
+        self.control = control
+        self.metrics_url = metrics_url  # None: the address the supervisor reports
+        self.history: deque[Sample] = deque()
+
+    def sample(self) -> Sample:
+        """Raises ControlUnavailable when no supervisor answers."""
+        from farm.pools.control import request
+
+        reply = request(self.control, {"cmd": "ps"}, timeout=5.0)
+        url = self.metrics_url
+        if url is None and reply.get("metrics"):
+            url = f"http://{reply['metrics']}/metrics"
+        metrics, note = None, "metrics: off ([supervisor] metrics)"
+        if url is not None:
+            try:
+                metrics, note = scrape(url), ""
+            except (OSError, ValueError) as exc:
+                note = f"metrics: {url} did not answer ({exc})"
+        now = Sample(time.monotonic(), list(reply.get("processes", [])), metrics, url, note)
+        if metrics is not None:
+            self.history.append(now)
+            while len(self.history) > 2 and now.when - self.history[1].when >= WINDOW:
+                self.history.popleft()
+        return now
+
+    def before(self, now: Sample) -> Sample | None:
+        """The oldest reading in the window, to difference ``now`` against."""
+        first = self.history[0] if self.history else None
+        return first if first is not None and first is not now else None
+
+    def functions(self, now: Sample) -> list[FunctionRow]:
+        """One row per function the server counts or the supervisor runs a pool for."""
+        m = now.metrics or {}
+        pools = {r["function"] for r in now.processes if r.get("slot") is not None}
+        names = pools | {
+            dict(labels)["function"]
+            for name, labels in m
+            if name == "farm_jobs_submitted_total" and "function" in dict(labels)
+        }
+        then = self.before(now)
+        seconds = now.when - then.when if then is not None else 0.0
+        rows = []
+        for fn in sorted(names):
+            states = [
+                r["state"] for r in now.processes if r["function"] == fn and r["slot"] is not None
+            ]
+            rate = None
+            if then is not None and then.metrics is not None and seconds > 0:
+                rate = max(0.0, answered(m, fn) - answered(then.metrics, fn)) / seconds
+            run = buckets(m, "farm_job_run_seconds", fn)
+            if then is not None and then.metrics is not None:
+                earlier = dict(buckets(then.metrics, "farm_job_run_seconds", fn))
+                recent = [(le, count - earlier.get(le, 0.0)) for le, count in run]
+                if recent and recent[-1][1] > 0:
+                    run = recent  # what ran in the window; else since the server started
+            rows.append(
+                FunctionRow(
+                    name=fn,
+                    queued=int(total(m, "farm_jobs_queued", fn)),
+                    running=int(total(m, "farm_jobs_running", fn)),
+                    workers=int(total(m, "farm_workers", fn)),
+                    idle=states.count("idle"),
+                    busy=states.count("busy"),
+                    rate=rate,
+                    p50=quantile(run, 0.5),
+                    p99=quantile(run, 0.99),
+                    failures=int(
+                        total(m, "farm_jobs_failed_total", fn)
+                        + total(m, "farm_jobs_exceptions_total", fn)
+                    ),
+                )
+            )
+        return rows
+
+    def cpu(self, now: Sample) -> dict[tuple[str, int], float]:
+        """CPU % of each slot's worker over the window (a replaced process is left out)."""
+        then = self.before(now)
+        if then is None or then.metrics is None or now.metrics is None:
+            return {}
+        seconds = now.when - then.when
+        out = {}
+        for (name, labels), value in now.metrics.items():
+            if name != "farm_worker_cpu_seconds_total" or seconds <= 0:
+                continue
+            earlier = then.metrics.get((name, labels))
+            if earlier is not None and value >= earlier:
+                where = dict(labels)
+                out[(where["pool"], int(where["slot"]))] = 100.0 * (value - earlier) / seconds
+        return out
+
+
+def scrape(url: str) -> Samples:
+    """Every sample of a Prometheus endpoint, by (name, sorted labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT) as reply:
+        text = reply.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def total(m: Samples, name: str, function: str) -> float:
+    """``name`` summed over every series of ``function`` (its priorities)."""
+    return sum(v for (n, labels), v in m.items() if n == name and ("function", function) in labels)
+
+
+def answered(m: Samples, function: str) -> float:
+    return sum(
+        total(m, f"farm_jobs_{what}_total", function)
+        for what in ("completed", "failed", "exceptions")
+    )
+
+
+def buckets(m: Samples, histogram: str, function: str) -> list[tuple[float, float]]:
+    """The cumulative (upper bound, count) pairs of one function's histogram."""
+    out = [
+        (float(dict(labels)["le"]), v)
+        for (n, labels), v in m.items()
+        if n == f"{histogram}_bucket" and ("function", function) in labels
+    ]
+    return sorted(out)
+
+
+class Keys:
+    """Key presses from the terminal, one at a time, while the view waits; a resize
+    (SIGWINCH) ends the wait early so the next frame fits at once."""
+
+    def __init__(self) -> None:
+        import termios
+        import tty
+
+        self.fd = sys.stdin.fileno()
+        self.saved = termios.tcgetattr(self.fd)
+        tty.setcbreak(self.fd)
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        self.old_winch = signal.signal(signal.SIGWINCH, self._resized)
+
+    def _resized(self, signum: int, frame: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self.wake_w, b"r")  # only wakes the wait; the loop redraws
+
+    def wait(self, timeout: float) -> str:
+        """The key pressed within ``timeout`` seconds ('' for none or a resize)."""
+        ready, _, _ = select.select([self.fd, self.wake_r], [], [], timeout)
+        if self.wake_r in ready:
+            os.read(self.wake_r, 64)
+        if self.fd in ready:
+            return os.read(self.fd, 16).decode(errors="replace")[:1]
+        return ""
+
+    def close(self) -> None:
+        import termios
+
+        termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+        signal.signal(signal.SIGWINCH, self.old_winch)
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
+
+@contextlib.contextmanager
+def _keys(interactive: bool) -> Iterator[Keys | None]:
+    keys = Keys() if interactive else None
+    try:
+        yield keys
+    finally:
+        if keys is not None:
+            keys.close()
+
+
+def live_view(
+    control: str,
+    metrics_url: str | None = None,
+    *,
+    interval: float = 1.0,
+    iterations: int | None = None,
+    sort: str = "name",
+    processes_only: bool = False,
+) -> int:
+    """Draw the farm every ``interval`` seconds until `q`, ``iterations`` frames, or the farm
+    stops; the exit code. `farm ps --watch` is this with ``processes_only``."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from farm.pools.control import ControlUnavailable
+
+    sampler = Sampler(control, metrics_url)
+    try:
+        now = sampler.sample()  # no farm at all is an error; a farm that goes away is not
+    except ControlUnavailable as exc:
+        fail(str(exc), 1)
+    console = Console()
+    interactive = console.is_terminal and sys.stdin.isatty()
+    live = Live(console=console, screen=True, auto_refresh=False) if interactive else None
+    shown, gone = 0, ""
+    with _keys(interactive) as keys, live or contextlib.nullcontext():
+        while True:
+            status = f"farm · {time.strftime('%H:%M:%S')} · sort: {sort}"
+            if now.note:
+                status += f" · {now.note}"
+            view = frame(
+                None if processes_only else sampler.functions(now),
+                now.processes,
+                sort=sort,
+                cpu=sampler.cpu(now),
+                status=status,
+                height=console.size.height if interactive else None,
+                keys=interactive,
+            )
+            if live is not None:
+                live.update(view, refresh=True)
+            else:
+                console.print(view)
+            shown += 1
+            if iterations is not None and shown >= iterations:
+                break
+            key = keys.wait(interval) if keys is not None else _sleep(interval)
+            if key == "q":
+                break
+            if key == "s":
+                sort = SORT_KEYS[(SORT_KEYS.index(sort) + 1) % len(SORT_KEYS)]
+            sort = SORT_LETTERS.get(key, sort)
+            try:
+                now = sampler.sample()
+            except ControlUnavailable as exc:
+                gone = f"the farm stopped: {exc}"
+                break
+    if gone:
+        console.print(gone)
+    return 0
+
+
+def _sleep(seconds: float) -> str:
+    time.sleep(seconds)  # no terminal to read keys from: only the clock
+    return ""
+
+
+@app.command()
+def top(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="config file (default: as `farm up` finds it)"),
+    ] = None,
+    control: Annotated[str | None, typer.Option("--control", help="control socket")] = None,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics",
+            metavar="HOST:PORT|URL",
+            help="the metrics endpoint (default: where the supervisor says it serves them)",
+        ),
+    ] = None,
+    once: Annotated[bool, typer.Option("--once", help="print one frame and exit")] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.1, help="seconds between frames")
+    ] = 1.0,
+    iterations: Annotated[
+        int | None, typer.Option("--iterations", min=1, help="stop after this many frames")
+    ] = None,
+    sort: Annotated[str, typer.Option("--sort", help=f"one of {', '.join(SORT_KEYS)}")] = "name",
+) -> None:
+    """A live view: each function's queue, rate, run times and failures, and each process."""
+    if sort not in SORT_KEYS:
+        fail(f"--sort {sort}: one of {', '.join(SORT_KEYS)}", 2)
+    if control is None:
+        from farm.config import control_path
+
+        try:
+            control = control_path(config)
+        except ConfigError as e:
+            fail(str(e), 2)
+    url = metrics
+    if url is not None and "://" not in url:
+        url = f"http://{url}/metrics"
+    code = live_view(
+        control, url, interval=interval, iterations=1 if once else iterations, sort=sort
+    )
+    raise typer.Exit(code)

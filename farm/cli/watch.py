@@ -1,0 +1,170 @@
+"""What the CLI shows while something goes on: a line redrawn in place, a progress bar,
+the process table of `farm ps`, and `farm stop` following the drain. (`farm ps --watch` is
+`farm top`'s live view: farm/cli/top.py.)"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+import typer
+
+from farm.cli.app import fail
+
+#: Seconds `farm submit` waits before it checks that some worker has the function.
+NO_WORKER_AFTER = 3.0
+
+PS_HEADER = ("PID", "FUNCTION", "SLOT", "CPU", "STATE", "JOBS", "RSS", "RESTARTS", "UPTIME", "JOB")
+
+
+class LiveLine:
+    """One status line: redrawn in place on a terminal; elsewhere printed when its text
+    changes (a log reads as a history, not as a stream of carriage returns)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.last = ""
+
+    def show(self, text: str) -> None:
+        if text == self.last:
+            return
+        self.last = text
+        if self.tty:
+            self.stream.write(f"\r\x1b[K{text}")
+        else:
+            self.stream.write(f"{text}\n")
+        self.stream.flush()
+
+    def clear(self) -> None:
+        """Take the line away (on a terminal) before other output is written."""
+        if self.tty and self.last:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+        self.last = ""
+
+
+def progress_bar(numerator: int, denominator: int, width: int = 30) -> str:
+    """WORK_STATUS as a bar: ``[#######.......]  50% (5/10)``; no total: just the count."""
+    if denominator <= 0:
+        return f"[{'?' * width}] {numerator}"
+    done = max(0.0, min(1.0, numerator / denominator))
+    filled = int(done * width)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {done:4.0%} ({numerator}/{denominator})"
+
+
+def ps_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """`farm ps`'s table; a busy worker's JOB is its job handle and how long it has run."""
+    table = [PS_HEADER] + [
+        (
+            _cell(r["pid"]),
+            r["function"],
+            _cell(r["slot"]),
+            _cell(r["cpu"]),
+            r["state"],
+            str(r["jobs"]),
+            f"{r['rss'] / 2**20:.1f}M" if r["rss"] else "-",
+            str(r["restarts"]),
+            duration(r["uptime"]),
+            _job(r),
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(PS_HEADER))]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in table
+    ]
+
+
+def follow_stop(path: str, wait: float) -> None:
+    """Ask the supervisor to stop and show the drain as it goes (workers left, seconds
+    left), then what it killed; exit 1 if it is still there after ``wait`` seconds."""
+    from farm.pools.control import ControlUnavailable, follow, request
+
+    deadline = time.monotonic() + wait
+    line = LiveLine(sys.stdout)
+    pid: object = None
+    killed: list[dict[str, Any]] = []
+    replies = follow(path, {"cmd": "stop", "follow": True}, timeout=max(wait, 1.0))
+    try:
+        for news in replies:
+            if pid is None:
+                if not news.get("ok"):
+                    fail(str(news.get("error", "the supervisor refused")), 1)
+                pid = news.get("pid")
+                continue
+            killed = news.get("killed", killed)
+            if news.get("done") or time.monotonic() > deadline:
+                break
+            left = news.get("seconds_left")
+            line.show(
+                f"draining: {news.get('workers')} workers left"
+                + (f", {max(0.0, left):.0f}s before SIGKILL" if left is not None else "")
+            )
+    except ControlUnavailable as e:
+        if pid is None:
+            fail(str(e), 1)  # nobody to stop; once asked, a closed socket means it has gone
+    finally:
+        replies.close()
+    line.clear()
+    while time.monotonic() < deadline:
+        try:
+            request(path, {"cmd": "ping"}, timeout=1.0)
+        except ControlUnavailable:
+            for k in killed:
+                typer.echo(f"killed worker {k['worker']} (pid {k['pid']}): {k['reason']}")
+            typer.echo(f"stopped (supervisor {pid})")
+            return
+        time.sleep(0.1)  # polling another process's exit
+    fail(f"supervisor {pid} is still draining after {wait:g}s", 1)
+
+
+def warn_if_unserved(address: str, function: str) -> threading.Timer:
+    """After NO_WORKER_AFTER seconds, say on stderr when no worker has registered
+    ``function`` (the job would wait silently); the caller cancels it when the job ends."""
+
+    def check() -> None:
+        from farm.client.admin import admin_query
+        from farm.protocol.admin import parse_status
+
+        try:
+            rows = parse_status(admin_query(address, "status"))
+        except Exception:  # only a hint: a server that cannot say leaves the job waiting
+            return
+        if not any(r.function == function and r.workers for r in rows):
+            typer.echo(
+                f"farm: no worker has registered {function!r} at {address}; the job waits"
+                " until one does (Ctrl-C or --timeout to give up)",
+                err=True,
+            )
+
+    timer = threading.Timer(NO_WORKER_AFTER, check)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _cell(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _job(row: dict[str, Any]) -> str:
+    handle = row.get("job")
+    if not handle:
+        return "-"
+    busy = row.get("busy_for")
+    return f"{handle} ({busy:.1f}s)" if busy is not None else str(handle)

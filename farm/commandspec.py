@@ -1,0 +1,144 @@
+"""A command pool's process, as farm.toml describes it: ``command``, ``cwd``, ``env``, ``user``.
+
+``[functions.NAME] command = ["php", "/srv/workers/worker.php"]`` (or one string,
+split as a shell would) runs any executable as the pool's worker. Everything
+that can be checked before a process starts is checked here, so ``farm up``
+stops with one line naming the file, the key and the fix: the executable is
+found on ``PATH`` (or in ``cwd``) now, ``cwd`` exists, ``env`` holds strings,
+and ``user`` exists and is allowed (only a supervisor running as root may
+change user). The spawn helper (farm.pools.spawn) then needs no lookups in
+the forked child.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shlex
+import shutil
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from farm.errors import ConfigError
+
+__all__ = ["CommandSpec", "RunAs", "parse_command", "parse_stop_signal"]
+
+Fail = Callable[[str, str], ConfigError]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunAs:
+    """The account a command pool's processes run as (resolved when the config is read)."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommandSpec:
+    """What to exec for each slot of a command pool."""
+
+    argv: tuple[str, ...]  # argv[0] an absolute path, found when the config was read
+    cwd: str | None = None
+    env: tuple[tuple[str, str], ...] = ()  # added to the supervisor's environment
+    user: RunAs | None = None
+
+
+def parse_command(raw: dict[str, Any], key: str, base: str, fail: Fail) -> CommandSpec:
+    """``command``, ``cwd``, ``env`` and ``user`` of the table ``key``; relative paths are
+    relative to ``base`` (the config file's directory)."""
+    command = raw["command"]
+    if isinstance(command, str):
+        try:
+            argv = shlex.split(command)
+        except ValueError as e:
+            raise fail(
+                f"{key}.command", f"cannot split {command!r} as a shell would: {e}"
+            ) from None
+    elif isinstance(command, list) and all(isinstance(a, str) for a in command):
+        argv = list(command)
+    else:
+        raise fail(f"{key}.command", 'must be a list like ["php", "worker.php"] or one string')
+    if not argv or not argv[0]:
+        raise fail(f"{key}.command", 'is empty; name a program, e.g. ["php", "worker.php"]')
+    cwd = raw.get("cwd")
+    if cwd is not None:
+        if not isinstance(cwd, str) or not cwd:
+            raise fail(f"{key}.cwd", "must be a directory path")
+        cwd = os.path.normpath(os.path.join(base, os.path.expanduser(cwd)))
+        if not os.path.isdir(cwd):
+            raise fail(f"{key}.cwd", f"{cwd} is not a directory; create it or fix the path")
+    env = raw.get("env", {})
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and k and "=" not in k and isinstance(v, str) for k, v in env.items()
+    ):
+        raise fail(f"{key}.env", 'must be a table of strings, e.g. env = { APP_ENV = "prod" }')
+    argv[0] = _executable(argv[0], key, cwd or base, env.get("PATH"), fail)
+    return CommandSpec(
+        argv=tuple(argv),
+        cwd=cwd,
+        env=tuple(sorted(env.items())),
+        user=_user(raw.get("user"), f"{key}.user", fail),
+    )
+
+
+def _executable(program: str, key: str, cwd: str, path: str | None, fail: Fail) -> str:
+    """``program`` as an absolute path: looked up on PATH, or relative to the pool's cwd."""
+    if "/" in program:
+        found = os.path.normpath(os.path.join(cwd, os.path.expanduser(program)))
+        if not (os.path.isfile(found) and os.access(found, os.X_OK)):
+            raise fail(f"{key}.command", f"{found} is not an executable file; fix the path")
+        return found
+    where = shutil.which(program, path=path or os.environ.get("PATH", os.defpath))
+    if where is None:
+        raise fail(
+            f"{key}.command",
+            f"{program!r} is not on PATH; install it or give its full path",
+        )
+    return os.path.abspath(where)
+
+
+def _user(raw: Any, key: str, fail: Fail) -> RunAs | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw:
+        raise fail(key, 'must be a user name, e.g. user = "www-data"')
+    if os.geteuid() != 0:
+        raise fail(
+            key,
+            f"only a supervisor running as root may change user (it runs as uid"
+            f" {os.geteuid()}); remove it, or run farm up as root",
+        )
+    try:
+        entry = pwd.getpwnam(raw)
+    except KeyError:
+        raise fail(key, f"no user {raw!r} on this host; create it or fix the name") from None
+    groups = tuple(sorted(set(os.getgrouplist(entry.pw_name, entry.pw_gid))))
+    return RunAs(
+        name=entry.pw_name,
+        uid=entry.pw_uid,
+        gid=entry.pw_gid,
+        groups=groups,
+        home=entry.pw_dir,
+    )
+
+
+def parse_stop_signal(raw: Any, key: str, fail: Fail) -> int:
+    """``"SIGTERM"``, ``"TERM"``, ``"INT"``, ``"QUIT"`` or a number -> the signal number."""
+    if raw is None:
+        return int(signal.SIGTERM)
+    name = raw.upper() if isinstance(raw, str) else None
+    if name is not None and not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        sig = signal.Signals[name] if name else signal.Signals(raw)
+    except (KeyError, ValueError):
+        raise fail(key, f'must be a signal name like "SIGTERM" or "SIGQUIT", got {raw!r}') from None
+    if sig in (signal.SIGKILL, signal.SIGSTOP):
+        raise fail(key, f"{sig.name} cannot be caught; use SIGTERM (SIGKILL follows anyway)")
+    return int(sig)

@@ -1,0 +1,91 @@
+"""How farm's processes log: readable text (the default) or one JSON object a line.
+
+One module for the supervisor, the job server and the workers, so the three write the
+same fields. A JSON record holds ``time`` (UTC, ISO 8601), ``level``, ``role``
+(supervisor, server or worker), ``pid``, ``logger`` and ``message``; ``slot``,
+``function`` and ``job`` (a job handle) where there is one -- a worker process knows its
+slot and function, and a call may name them with ``extra={"function": ..., "job": ...}``;
+``exc_info`` holds a traceback as one string, so a traceback stays one record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import IO, Any
+
+__all__ = ["LOG_FORMATS", "JsonFormatter", "setup_logging"]
+
+#: The values of --log-format and ``[supervisor] log_format``.
+LOG_FORMATS = ("text", "json")
+
+#: Fields a log call may add with ``extra=``.
+_EXTRA = ("slot", "function", "job")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a record; ``role``, ``slot`` and ``function`` fill what a record
+    does not say itself."""
+
+    def __init__(self, role: str, *, slot: int | None = None, function: str | None = None):
+        super().__init__()
+        self.fixed: dict[str, Any] = {"role": role, "slot": slot, "function": function}
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": _iso(record.created),
+            "level": record.levelname,
+            "role": self.fixed["role"],
+            "pid": record.process,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in _EXTRA:
+            value = record.__dict__.get(key, self.fixed.get(key))
+            if isinstance(value, bytes):
+                value = value.decode("utf-8", "replace")
+            if value is not None:
+                out[key] = value
+        if record.exc_info:
+            out["exc_info"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exc_info"] = record.exc_text
+        if record.stack_info:
+            out["stack_info"] = record.stack_info
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+def _iso(created: float) -> str:
+    seconds = int(created)
+    millis = int((created - seconds) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+def setup_logging(
+    *,
+    role: str,
+    log_format: str = "text",
+    level: int = logging.INFO,
+    text_format: str,
+    stream: IO[str] | None = None,
+    filename: str | None = None,
+    slot: int | None = None,
+    function: str | None = None,
+) -> None:
+    """Configure the root logger of this process (as logging.basicConfig: once).
+
+    ``text_format`` is the process's readable format, kept exactly as it was; with
+    ``log_format="json"`` each record is a JsonFormatter line instead.
+    """
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"log format {log_format!r}: one of {', '.join(LOG_FORMATS)}")
+    handler: logging.Handler = (
+        logging.FileHandler(filename) if filename else logging.StreamHandler(stream or sys.stderr)
+    )
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter(role, slot=slot, function=function))
+    else:
+        handler.setFormatter(logging.Formatter(text_format))
+    logging.basicConfig(level=level, handlers=[handler])

@@ -1,0 +1,336 @@
+"""A worker process's life under the supervisor: spawn, watch, retire, kill, reap.
+
+A mixin of :class:`farm.supervisor.Supervisor`, split off to keep the main
+loop's module short. Two kinds of pool start the same way (farm.pools.spawn:
+pinned, death signal, descriptors closed): a Python pool runs ``python -m
+farm.pools.workerproc``, which reports on a pipe and writes a shared-memory
+record; a command pool runs any executable, whose stdout and stderr come back
+on a pipe and are logged line by line with its pool and slot. A command worker
+says nothing, so it is ``starting`` until it holds a TCP connection to one of
+its servers (psutil), then ``running``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import sys
+import time
+from collections.abc import Callable
+
+import psutil
+
+from farm.config import Config, FunctionConfig
+from farm.net import parse_address
+from farm.pools.record import RecordReader, create_record_fd
+from farm.pools.slots import (
+    Exits,
+    ProcState,
+    Slot,
+    WorkerProcess,
+    crash_delay,
+    describe_exit,
+    exit_cause,
+)
+from farm.pools.spawn import spawn
+
+__all__ = ["Lifecycle", "TIMEOUT_GRACE"]
+
+log = logging.getLogger("farm.supervisor")
+output_log = logging.getLogger("farm.worker.output")
+
+#: A job is killed this long after its function's timeout (the server fails it at the timeout).
+TIMEOUT_GRACE = 1.0
+#: A command worker whose connections psutil may not read counts as running after this long.
+UNSEEN_READY_AFTER = 1.0
+#: While a command worker starts, the loop looks at its connections this often.
+CONNECT_POLL = 0.02
+
+
+class Lifecycle:
+    config: Config
+    slots: dict[str, list[Slot]]
+    targets: dict[str, int]
+    offsets: dict[str, int]
+    retiring: list[WorkerProcess]
+    by_pid: dict[int, WorkerProcess]
+    child_env: dict[str, str]
+    selector: selectors.BaseSelector
+    exits: Exits
+
+    # Provided by the rollout (farm.pools.rollout): a successor that died before serving.
+    successor_exited: Callable[[Slot, WorkerProcess, int], None]
+
+    # -- the loop's steps --
+
+    def kill_overrunning(self) -> None:
+        """SIGKILL a worker whose job outlived its timeout, or a drain past its deadline."""
+        now = time.monotonic()
+        for proc in list(self.by_pid.values()):
+            proc.refresh()  # the supervisor's tick reads each worker's record; no per-job message
+            pool = self.config.functions.get(proc.function)
+            timeout = pool.timeout if pool else None
+            if proc.state is ProcState.KILLING:
+                continue
+            if timeout and proc.busy_since and now - proc.busy_since > timeout + TIMEOUT_GRACE:
+                self.kill(proc, f"job {proc.handle} ran past its {timeout}s timeout")
+            elif proc.stop_deadline is not None and now >= proc.stop_deadline:
+                self.kill(proc, "did not drain in time")
+
+    def watch_commands(self) -> bool:
+        """Mark command workers that connected to a server ``running``; whether any still
+        starts (the loop then polls again soon)."""
+        ports = {parse_address(s).port for s in self.config.command_servers}
+        waiting = False
+        now = time.monotonic()
+        for proc in self.by_pid.values():
+            if not proc.command or proc.state is not ProcState.STARTING:
+                continue
+            try:
+                conns = psutil.Process(proc.pid).net_connections(kind="tcp")
+                connected = any(
+                    c.raddr and c.raddr.port in ports and c.status == psutil.CONN_ESTABLISHED
+                    for c in conns
+                )
+            except psutil.AccessDenied:
+                connected = now - proc.started >= UNSEEN_READY_AFTER
+            except psutil.Error:
+                continue  # exiting: reaping will tell
+            if connected:
+                proc.state = ProcState.RUNNING
+                log.debug("worker %s (pid %d) connected", proc.name, proc.pid)
+            else:
+                waiting = True
+        return waiting
+
+    def worker_exited(self, proc: WorkerProcess, status: int) -> None:
+        self.close_report(proc)
+        proc.close()
+        now = time.monotonic()
+        pool_slots = self.slots.get(proc.function, ())
+        heir = next((s for s in pool_slots if s.successor is proc), None)
+        if heir is not None:
+            self.successor_exited(heir, proc, status)
+            return
+        slot = next((s for s in pool_slots if s.proc is proc), None)
+        if slot is None:  # retired by scale-down, reload, restart or stop: an ordered exit
+            self.retiring.remove(proc)
+            log.info(
+                "worker %s (pid %d) %s after draining", proc.name, proc.pid, describe_exit(status)
+            )
+            return
+        slot.proc = None
+        self.exits[proc.function, exit_cause(proc.kill_reason, status)] += 1
+        how, delay = slot.note_exit(proc, status, now)
+        when = "now" if delay == 0 else f"in {delay:g}s"
+        level = logging.INFO if "recycled" in how else logging.WARNING
+        log.log(
+            level,
+            "worker %s (pid %d, up %.1fs, %d jobs) %s; restarting %s%s",
+            proc.name,
+            proc.pid,
+            now - proc.started,
+            proc.jobs_done,
+            how,
+            when,
+            " (slot failing)" if slot.failing else "",
+        )
+
+    # -- processes --
+
+    def place(self, pool: FunctionConfig) -> None:
+        """Give a new pool its slots' cores: after those already placed, round robin."""
+        if pool.name not in self.offsets:
+            self.offsets[pool.name] = sum(self.targets.values()) % len(self.config.supervisor.cpus)
+            self.slots[pool.name] = []
+        self.targets[pool.name] = pool.workers
+
+    def start_process(self, slot: Slot, pool: FunctionConfig) -> WorkerProcess | None:
+        """Start a process for ``slot`` (not yet put in it); None, and a backoff, if none starts."""
+        try:
+            if pool.command is not None:
+                return self.spawn_command(slot, pool)
+            return self.spawn_python(slot, pool)
+        except OSError as e:
+            log.error("cannot start worker %s: %s", slot.name, e)
+            slot.next_start = time.monotonic() + crash_delay(slot.failures + 2)
+            return None
+
+    def spawn_worker(self, slot: Slot, pool: FunctionConfig) -> None:
+        """Fill an empty slot."""
+        proc = self.start_process(slot, pool)
+        if proc is not None:
+            if slot.spawned > 1:
+                slot.restarts += 1
+            slot.proc = proc
+
+    def spawn_python(self, slot: Slot, pool: FunctionConfig) -> WorkerProcess:
+        read_fd, write_fd = os.pipe()
+        try:
+            record_fd = create_record_fd(slot.name)
+        except OSError:
+            os.close(read_fd)
+            os.close(write_fd)
+            raise
+        os.set_inheritable(write_fd, True)  # the two descriptors the worker keeps
+        os.set_inheritable(record_fd, True)
+        record = RecordReader(record_fd)
+        argv = [sys.executable, "-m", "farm.pools.workerproc", "--function", pool.name]
+        argv += ["--target", pool.target, "--slot", str(slot.index), "--cpu", str(slot.core)]
+        argv += ["--report-fd", str(write_fd), "--record-fd", str(record_fd)]
+        for served in pool.serves:
+            argv += ["--serve", served]
+        if self.config.supervisor.log_format != "text":
+            argv += ["--log-format", self.config.supervisor.log_format]
+        for server in self.config.worker_servers:
+            argv += ["--server", server]
+        for flag, value in (
+            ("--timeout", pool.timeout),
+            ("--max-jobs", pool.max_jobs),
+            ("--max-rss-mb", pool.max_rss_mb),
+            ("--kill-rss-mb", pool.kill_rss_mb),
+        ):
+            if value is not None:
+                argv += [flag, str(value)]
+        try:
+            # Pinned, and killed with the supervisor, before any of its own code runs.
+            pid = spawn(
+                argv,
+                self.child_env,
+                death_signal=signal.SIGKILL,
+                core=slot.core,
+                keep=(write_fd, record_fd),
+            )
+        except OSError:
+            os.close(read_fd)
+            record.close()
+            raise
+        finally:
+            os.close(write_fd)
+            os.close(record_fd)  # the mapping stays
+        proc = WorkerProcess(
+            pid, pool.name, slot.index, slot.core, read_fd, pool.options(), record=record
+        )
+        return self.watch(slot, proc)
+
+    def spawn_command(self, slot: Slot, pool: FunctionConfig) -> WorkerProcess:
+        """A command pool's slot: the executable, with its stdout and stderr on our pipe."""
+        spec = pool.command
+        assert spec is not None
+        env = dict(self.child_env)
+        env.update(
+            FARM_SERVERS=",".join(self.config.command_servers),
+            FARM_FUNCTION=",".join(pool.functions),
+            FARM_SLOT=str(slot.index),
+            FARM_CPU=str(slot.core),
+            FARM_WORKER_ID=f"farm:{pool.name}#{slot.index}:{slot.spawned}",
+        )
+        if spec.user is not None:
+            env.update(HOME=spec.user.home, USER=spec.user.name, LOGNAME=spec.user.name)
+        env.update(spec.env)
+        read_fd, write_fd = os.pipe()
+        null = os.open(os.devnull, os.O_RDONLY)
+        try:
+            pid = spawn(
+                spec.argv,
+                env,
+                death_signal=signal.SIGKILL,
+                core=slot.core,
+                stdio=(null, write_fd, write_fd),
+                user=spec.user,
+                cwd=spec.cwd,
+            )
+        except OSError:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+            os.close(null)
+        proc = WorkerProcess(pid, pool.name, slot.index, slot.core, read_fd, pool.options())
+        proc.command, proc.stop_signal = True, pool.stop_signal
+        return self.watch(slot, proc)
+
+    def watch(self, slot: Slot, proc: WorkerProcess) -> WorkerProcess:
+        os.set_blocking(proc.report_fd, False)
+        self.selector.register(proc.report_fd, selectors.EVENT_READ, proc)
+        self.by_pid[proc.pid] = proc
+        slot.spawned += 1
+        return proc
+
+    def retire(
+        self, proc: WorkerProcess, pool: FunctionConfig | None, grace: float | None = None
+    ) -> None:
+        """Ask a worker to stop: a Python worker drains (finishes its job, unregisters, exits 0)
+        on SIGTERM; a command worker gets its pool's ``stop_signal``. SIGKILL after the grace."""
+        if grace is None:
+            grace = self.grace_for(pool)
+        if proc.state is not ProcState.KILLING:
+            proc.state = ProcState.DRAINING
+        proc.stop_deadline = None if grace is None else time.monotonic() + grace
+        self.retiring.append(proc)
+        self.signal(proc.pid, proc.stop_signal)
+
+    def grace_for(self, pool: FunctionConfig | None) -> float | None:
+        """How long a retiring worker may take: a command pool's graceful_timeout (else the
+        supervisor's); for a Python pool with a timeout, that plus the supervisor's; else
+        unbounded (a Python worker drains after its job, whatever it takes)."""
+        if pool is not None and pool.command is not None:
+            if pool.graceful_timeout is not None:
+                return pool.graceful_timeout
+            return self.config.supervisor.graceful_timeout
+        if pool and pool.timeout:
+            return pool.timeout + self.config.supervisor.graceful_timeout
+        return None
+
+    def kill(self, proc: WorkerProcess, reason: str) -> None:
+        log.warning("killing worker %s (pid %d): %s", proc.name, proc.pid, reason)
+        proc.state, proc.kill_reason = ProcState.KILLING, reason
+        self.signal(proc.pid, signal.SIGKILL)
+
+    def read_report(self, proc: WorkerProcess) -> None:
+        try:
+            data = os.read(proc.report_fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if proc.command:
+            self.log_output(proc, proc.output(data, final=not data))
+        elif data:
+            proc.feed(data)
+        if not data:
+            self.close_report(proc)  # it is exiting; reap_workers will hear of it
+
+    def log_output(self, proc: WorkerProcess, lines: list[str]) -> None:
+        """A command worker's stdout/stderr, a log line each, with its pool and slot."""
+        for line in lines:
+            output_log.info(
+                "worker %s (pid %d): %s",
+                proc.name,
+                proc.pid,
+                line,
+                extra={"pool": proc.function, "slot": proc.slot, "worker_pid": proc.pid},
+            )
+
+    def close_report(self, proc: WorkerProcess) -> None:
+        if proc.report_fd >= 0:
+            if proc.command:  # what it wrote before exiting is still in the pipe
+                while True:
+                    try:
+                        data = os.read(proc.report_fd, 65536)
+                    except OSError:
+                        data = b""
+                    self.log_output(proc, proc.output(data, final=not data))
+                    if not data:
+                        break
+            self.selector.unregister(proc.report_fd)
+            os.close(proc.report_fd)
+            proc.report_fd = -1
+
+    def signal(self, pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass  # already dead; reaping will report it

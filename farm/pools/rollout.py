@@ -1,0 +1,199 @@
+"""`farm restart`: replace running workers with fresh processes, without downtime.
+
+A mixin of :class:`farm.supervisor.Supervisor`. A restart is a *rollout*: a
+queue of slots per pool. A few slots of a pool at a time (``surge``) get a
+*successor*, a new process on the slot's core started beside the old one;
+only once the successor serves (a Python worker reported ready, a command
+worker connected) is the old process retired -- drained as on scale-down --
+and the successor takes the slot. So a pool never has fewer serving processes
+than its target minus the slots whose old process is already draining while
+the new one is serving, i.e. never fewer than target - 1 for any client, and
+no job is lost: the old worker finishes its job in hand (a command worker
+gets its ``stop_signal``; a job it dies holding is requeued by the server).
+
+A successor that exits before it serves, or does not serve within
+``BOOT_TIMEOUT``, fails the rollout of its pool: the old process keeps its
+slot, the pool's remaining slots are left alone, and `farm restart` exits 1.
+Progress is read with the control command ``restart-status``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from farm.config import Config, FunctionConfig
+from farm.pools.slots import ProcState, Slot, WorkerProcess, describe_exit
+
+if TYPE_CHECKING:
+    from farm.pools.localserver import LocalServer
+
+__all__ = ["Restarting", "Rollout", "MAX_SURGE", "BOOT_TIMEOUT"]
+
+log = logging.getLogger("farm.supervisor")
+
+#: Slots of one pool replaced at the same time at most (and a quarter of the pool at most).
+MAX_SURGE = 4
+#: A successor that does not serve within this many seconds fails the rollout.
+BOOT_TIMEOUT = 60.0
+
+
+@dataclass
+class Rollout:
+    """One `farm restart`: which slots are still to be replaced, and how it went."""
+
+    number: int
+    queue: dict[str, list[int]]  # pool -> slot indices not started yet, in order
+    total: dict[str, int]
+    replaced: Counter[str] = field(default_factory=Counter)
+    in_flight: dict[str, set[int]] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return not any(self.queue.values()) and not any(self.in_flight.values())
+
+    def report(self) -> dict[str, Any]:
+        end = self.finished if self.finished is not None else time.monotonic()
+        return {
+            "ok": True,
+            "restart": self.number,
+            "done": self.done,
+            "total": self.total,
+            "replaced": {name: self.replaced[name] for name in self.total},
+            "failed": self.failed,
+            "seconds": round(end - self.started, 2),
+        }
+
+
+class Restarting:
+    config: Config
+    slots: dict[str, list[Slot]]
+    server: LocalServer
+    rollout: Rollout | None
+    rollouts: int
+
+    # Provided by Lifecycle (farm.pools.lifecycle); declared for the type checker.
+    start_process: Callable[[Slot, FunctionConfig], WorkerProcess | None]
+    retire: Callable[..., None]
+    kill: Callable[[WorkerProcess, str], None]
+
+    def start_restart(self, picks: dict[str, list[int] | None]) -> dict[str, Any]:
+        """Begin replacing the slots named (pool -> slot indices, None: all of them)."""
+        if self.rollout is not None and not self.rollout.done:
+            return {
+                "ok": False,
+                "error": f"a restart is under way ({self.progress(self.rollout)}); wait for it",
+            }
+        queue = {}
+        for name, indices in picks.items():
+            have = len(self.slots.get(name, ()))
+            queue[name] = list(range(have)) if indices is None else [i for i in indices if i < have]
+        self.rollouts += 1
+        self.rollout = Rollout(
+            self.rollouts, queue, {n: len(q) for n, q in queue.items()}, in_flight={}
+        )
+        log.info("restart %d: replacing %s", self.rollouts, self.progress(self.rollout))
+        return self.rollout.report()
+
+    def restart_status(self) -> dict[str, Any]:
+        if self.rollout is None:
+            return {"ok": False, "error": "no restart has run"}
+        return self.rollout.report()
+
+    @staticmethod
+    def progress(rollout: Rollout) -> str:
+        return ", ".join(f"{n}: {rollout.replaced[n]}/{t}" for n, t in rollout.total.items())
+
+    def rolling(self, name: str) -> bool:
+        """Whether a rollout is replacing this pool's processes (reload leaves them to it)."""
+        ro = self.rollout
+        return ro is not None and bool(ro.queue.get(name) or ro.in_flight.get(name))
+
+    def advance_restarts(self) -> bool:
+        """One step of the rollout: hand over to successors that serve, start the next ones.
+        Whether it is still under way (the loop then looks again soon)."""
+        ro = self.rollout
+        if ro is None or ro.finished is not None:
+            return False
+        if self.config.local_server and not self.server.ready:
+            return True  # successors would only spin on connection refused
+        now = time.monotonic()
+        for name in list(ro.total):
+            self.advance_pool(ro, name, now)
+        if ro.done:
+            ro.finished = now
+            how = "failed: " + "; ".join(ro.failed) if ro.failed else "done"
+            log.info("restart %d %s (%s)", ro.number, how, self.progress(ro))
+            return False
+        return True
+
+    def advance_pool(self, ro: Rollout, name: str, now: float) -> None:
+        pool = self.config.functions.get(name)
+        slots = self.slots.get(name, [])
+        flying = ro.in_flight.setdefault(name, set())
+        for index in sorted(flying):
+            slot = slots[index] if index < len(slots) else None
+            heir = slot.successor if slot is not None else None
+            if slot is None or heir is None:  # scaled away, or its successor died (counted)
+                flying.discard(index)
+            elif heir.state.serving:
+                old = slot.proc
+                if old is not None:
+                    self.retire(old, pool)
+                slot.proc, slot.successor = heir, None
+                slot.restarts += 1
+                ro.replaced[name] += 1
+                flying.discard(index)
+                log.info(
+                    "restart: %s (pid %d) replaces pid %s", heir.name, heir.pid, old and old.pid
+                )
+            elif now - heir.started > BOOT_TIMEOUT and heir.state is ProcState.STARTING:
+                self.kill(heir, f"did not serve within {BOOT_TIMEOUT:g}s of its start")
+        queue = ro.queue.get(name, [])
+        if pool is None:
+            queue.clear()
+            return
+        surge = max(1, min(MAX_SURGE, math.ceil(len(slots) / 4)))
+        while queue and len(flying) < surge:
+            index = queue.pop(0)
+            if index >= len(slots):
+                continue  # scaled down meanwhile
+            slot = slots[index]
+            if slot.proc is None or not slot.proc.state.serving:
+                # empty (backoff) or still starting: the next process it gets is new anyway
+                slot.next_start = min(slot.next_start, now)
+                ro.replaced[name] += 1
+                continue
+            heir = self.start_process(slot, pool)
+            if heir is None:
+                self.fail_pool(ro, name, f"{slot.name}: could not start a new process")
+                return
+            slot.successor = heir
+            flying.add(index)
+
+    def successor_exited(self, slot: Slot, proc: WorkerProcess, status: int) -> None:
+        """A successor died before it took over: the old process keeps the slot."""
+        slot.successor = None
+        ro = self.rollout
+        reason = proc.kill_reason or describe_exit(status)
+        old = f"pid {slot.proc.pid}" if slot.proc is not None else "none"
+        message = (
+            f"{proc.name}: the new process (pid {proc.pid}) {reason}; the old one ({old}) stays"
+        )
+        log.warning("restart: %s", message)
+        if ro is not None:
+            ro.in_flight.get(slot.function, set()).discard(slot.index)
+            self.fail_pool(ro, slot.function, message)
+
+    def fail_pool(self, ro: Rollout, name: str, message: str) -> None:
+        """Stop replacing ``name``'s slots: a deploy that does not boot is not pushed on."""
+        ro.failed.append(message)
+        ro.queue[name] = []

@@ -1,0 +1,245 @@
+"""Command pools under `farm up`: the seed's PHP worker, Perl and `gearman -w` as pinned,
+restarted, scaled pools (docs/operations.md, "Command pools").
+
+PHP, Perl and the gearman CLI are skipped when absent, and fail instead under
+FARM_REQUIRE_INTEROP=1, as in tests/interop.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import psutil
+import pytest
+
+from farm.client import Client
+from tests.helpers import ROOT
+from tests.helpers.farmproc import FarmUp
+from tests.helpers.servers import need
+from tests.helpers.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+SEED_WORKER = ROOT / "workers" / "php" / "worker.php"
+PERL_WORKER = ROOT / "workers" / "perl" / "reverse.pl"
+PHP_CLIENT = (
+    '$c = new GearmanClient(); $c->addServer(); echo $c->doNormal("reverse", "Hello World!");'
+)
+
+
+def farm_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from farm.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def php() -> str:
+    path = need("php")
+    probe = subprocess.run([path, "-r", "exit(class_exists('GearmanWorker') ? 0 : 1);"])
+    if probe.returncode != 0:
+        need("php-gearman-extension")
+    return path
+
+
+def port_4730_free() -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", 4730))
+        except OSError:
+            return False
+    return True
+
+
+def farm_on_4730(tmp_path: Path, functions: str) -> FarmUp:
+    """The seed's worker connects to 127.0.0.1:4730 and reads no settings: so does the farm."""
+    if not port_4730_free():
+        pytest.skip("the seed's PHP worker needs 127.0.0.1:4730, which is taken here")
+    up = FarmUp(tmp_path, functions, start=False)
+    up.port = 4730
+    up.write_config(functions)
+    up.start()
+    return up
+
+
+def pool_rows(up: FarmUp, pool: str, state: str = "running") -> list[dict]:
+    return [r for r in up.workers(pool) if r["state"] == state]
+
+
+def test_the_seeds_php_worker_is_a_pinned_restarted_scaled_pool(tmp_path: Path) -> None:
+    php()
+    up = farm_on_4730(
+        tmp_path,
+        f"""
+        [functions.reverse]
+        command = ["php", "{SEED_WORKER}"]
+        workers = 2
+        graceful_timeout = 5
+        """,
+    )
+    try:
+        up.expect_notify("READY=1")
+        rows = wait_for(
+            "2 running PHP workers",
+            lambda: len(pool_rows(up, "reverse")) == 2 and up.workers("reverse"),
+        )
+        for row in rows:  # each pinned to its slot's core, before PHP ran a line
+            assert psutil.Process(row["pid"]).cpu_affinity() == [row["cpu"]]
+            assert psutil.Process(row["pid"]).name().startswith("php")
+        out = subprocess.run([php(), "-r", PHP_CLIENT], capture_output=True, text=True, timeout=20)
+        assert out.stdout == "!dlroW olleH", out.stderr
+        submitted = farm_cli("submit", "reverse", "Hello World!", "--server", up.addr)
+        assert submitted.returncode == 0, submitted.stderr
+        assert submitted.stdout.strip() == "!dlroW olleH"
+
+        victim = rows[0]
+        os.kill(victim["pid"], signal.SIGKILL)
+
+        def replaced() -> dict | None:
+            now = [r for r in pool_rows(up, "reverse") if r["slot"] == victim["slot"]]
+            return now[0] if now and now[0]["pid"] != victim["pid"] else None
+
+        new = wait_for("a new PHP worker in the killed one's slot", replaced)
+        assert new["cpu"] == victim["cpu"]
+        assert psutil.Process(new["pid"]).cpu_affinity() == [victim["cpu"]]
+
+        # Scale up and back down while jobs stream: none fails (a job a stopped PHP worker
+        # held is requeued by the server and runs on another).
+        failures: list[BaseException] = []
+        done = [0]
+        halt = threading.Event()
+
+        def stream() -> None:
+            with Client(up.addr) as client:
+                while not halt.is_set():
+                    try:
+                        assert client.call("reverse", "abc", timeout=20) == b"cba"
+                        done[0] += 1
+                    except BaseException as e:  # reported below
+                        failures.append(e)
+                        return
+
+        thread = threading.Thread(target=stream)
+        thread.start()
+        try:
+            assert farm_cli("scale", "reverse=4", "--control", up.control).returncode == 0
+            wait_for("4 running", lambda: len(pool_rows(up, "reverse")) == 4, 20)
+            assert farm_cli("scale", "reverse=1", "--control", up.control).returncode == 0
+            wait_for("1 PHP worker left", lambda: len(up.workers("reverse")) == 1, 20)
+        finally:
+            halt.set()
+            thread.join(30)
+        assert not failures, failures
+        assert done[0] > 0
+        assert "crashed" not in up.read_log().split("scaling reverse from 2 to 4")[-1]
+    finally:
+        assert up.stop() == 0
+
+
+def test_perl_and_gearman_cli_workers_are_pools_too(tmp_path: Path) -> None:
+    perl = need("perl")
+    if subprocess.run([perl, "-MGearman::Worker", "-e", "1"]).returncode != 0:
+        need("perl-Gearman-Worker (Debian: libgearman-client-perl)")
+    need("gearman")
+    up = FarmUp(tmp_path, "", start=False)
+    functions = f"""
+        [functions.perl]
+        command = ["perl", "{PERL_WORKER}"]
+        function = "perlrev"
+        workers = 1
+
+        [functions.cli]
+        command = "gearman -w -h 127.0.0.1 -p {up.port} -f clirev -- rev"
+        workers = 1
+        stop_signal = "SIGINT"
+        graceful_timeout = 3
+        """
+    up.write_config(functions)  # the gearman CLI takes -h and -p, not $FARM_SERVERS
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        wait_for("both running", lambda: pool_rows(up, "perl") and pool_rows(up, "cli"), 20)
+        with Client(up.addr) as client:
+            assert client.call("perlrev", "Hello World!", timeout=20) == b"!dlroW olleH"
+            assert client.call("clirev", "Hello World!\n", timeout=20) == b"!dlroW olleH\n"
+    finally:
+        assert up.stop() == 0
+
+
+def test_a_command_worker_learns_its_place_and_its_output_is_logged(tmp_path: Path) -> None:
+    script = tmp_path / "talk.sh"
+    script.write_text(
+        "echo servers=$FARM_SERVERS function=$FARM_FUNCTION slot=$FARM_SLOT cpu=$FARM_CPU"
+        " id=$FARM_WORKER_ID extra=$EXTRA\n"
+        "echo to-stderr >&2\n"
+        "exec sleep 600\n"
+    )
+    up = FarmUp(
+        tmp_path,
+        f"""
+        [functions.talk]
+        command = ["sh", "{script}"]
+        functions = ["a", "b"]
+        workers = 1
+        env = {{ EXTRA = "yes" }}
+        graceful_timeout = 1
+        """,
+    )
+    try:  # no READY=1: that waits for every worker to connect, and this one never does
+        log = wait_for(
+            "its output in the log", lambda: "to-stderr" in up.read_log() and up.read_log()
+        )
+        cpu = up.workers("talk")[0]["cpu"]
+        assert (
+            f"worker talk#0 cpu{cpu} (pid" in log
+            and f"servers={up.addr} function=a,b slot=0 cpu={cpu} id=farm:talk#0:0 extra=yes" in log
+        ), log
+        # it never connects: "starting", and `farm stop` still ends it (SIGTERM kills sh)
+        assert up.workers("talk")[0]["state"] == "starting"
+    finally:
+        assert up.stop() == 0
+
+
+def test_names_a_function_served_by_two_pools_is_ambiguous(tmp_path: Path) -> None:
+    up = FarmUp(
+        tmp_path,
+        """
+        [functions.rev_a]
+        target = "workers.text:reverse"
+        function = "reverse"
+        workers = 1
+
+        [functions.rev_b]
+        target = "workers.text:reverse"
+        function = "reverse"
+        workers = 1
+
+        [functions.up]
+        target = "workers.text:upper"
+        function = "shout"
+        workers = 1
+        """,
+    )
+    try:
+        up.expect_notify("READY=1")
+        with Client(up.addr) as client:
+            assert client.call("reverse", "ab", timeout=10) == b"ba"
+            assert client.call("shout", "ab", timeout=10) == b"AB"
+        bad = farm_cli("scale", "reverse=2", "--control", up.control)
+        assert bad.returncode == 2
+        assert bad.stderr.strip() == (
+            "farm: function 'reverse' is served by pools rev_a, rev_b; name one of them"
+        )
+        good = farm_cli("scale", "shout=2", "--control", up.control)  # one pool serves it
+        assert good.returncode == 0, good.stderr
+        assert "up=2" in good.stdout
+    finally:
+        assert up.stop() == 0

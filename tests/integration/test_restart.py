@@ -1,0 +1,196 @@
+"""`farm restart` and `farm reload --restart`: new processes, new code, no downtime."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.farmproc import FarmUp
+from tests.helpers.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+TARGET = 8
+
+# Every job it runs appends its payload to a file: a job run twice shows up twice.
+COUNTED = """
+import os
+
+def run(job):
+    fd = os.open(os.environ["COUNTED_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, job.data + b"\\n")
+    finally:
+        os.close(fd)
+    return b"VERSION:" + job.data
+"""
+
+# A client in another process: submits jobs back to back until told to stop (stdin closes),
+# prints every payload it got an answer for, and "FAILED ..." for any that failed.
+STREAM = """
+import sys, threading
+from farm.client import Client
+
+addr, prefix = sys.argv[1], sys.argv[2]
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+with Client(addr) as client:
+    i = 0
+    while not stop.is_set():
+        payload = f"{prefix}-{i}"
+        try:
+            out = client.call("counted", payload, timeout=30)
+            print(payload if out.endswith(payload.encode()) else f"FAILED wrong {out!r}")
+        except Exception as e:
+            print(f"FAILED {payload} {type(e).__name__}: {e}")
+        sys.stdout.flush()
+        i += 1
+"""
+
+
+def farm_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from farm.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def counted_farm(tmp_path: Path, version: str = "v1") -> FarmUp:
+    (tmp_path / "counted.py").write_text(COUNTED.replace("VERSION", version))
+    return FarmUp(
+        tmp_path,
+        f"""
+        [functions.counted]
+        target = "counted:run"
+        workers = {TARGET}
+        """,
+        extra_env={"COUNTED_LOG": str(tmp_path / "ran.log")},
+    )
+
+
+def test_restart_under_load_runs_every_job_once_and_never_drops_below_target_minus_one(
+    tmp_path: Path,
+) -> None:
+    up = counted_farm(tmp_path)
+    try:
+        up.expect_notify("READY=1")
+        before = {r["pid"] for r in up.wait_idle({"counted": TARGET})}
+        streams = [
+            subprocess.Popen(
+                [sys.executable, "-c", STREAM, up.addr, f"c{n}"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=up.env,
+            )
+            for n in range(3)
+        ]
+        serving: list[int] = []
+        sampling = threading.Event()
+
+        def sample() -> None:
+            while not sampling.is_set():
+                rows = up.workers("counted")
+                serving.append(sum(r["state"] in ("idle", "busy") for r in rows))
+                time.sleep(0.01)
+
+        sampler = threading.Thread(target=sample)
+        wait_for("jobs flowing", lambda: (tmp_path / "ran.log").exists())
+        sampler.start()
+        try:
+            done = farm_cli("restart", "--control", up.control)
+        finally:
+            sampling.set()
+            sampler.join()
+        assert done.returncode == 0, done.stderr
+        assert f"counted: {TARGET}/{TARGET} replaced" in done.stdout
+        time.sleep(0.3)  # a few jobs on the new processes
+        answered: list[str] = []
+        for proc in streams:
+            out, _ = proc.communicate("", timeout=40)
+            answered += out.split()
+        assert not [a for a in answered if a.startswith("FAILED")], answered
+        ran = (tmp_path / "ran.log").read_text().split()
+        twice = [p for p, n in Counter(ran).items() if n > 1]
+        assert not twice, twice  # no job ran twice
+        assert sorted(ran) == sorted(answered), set(ran) ^ set(answered)  # and each ran once
+        assert len(answered) > 50
+        assert serving and min(serving) >= TARGET - 1, serving
+        after = {r["pid"] for r in up.wait_idle({"counted": TARGET})}
+        assert not before & after  # every process is new
+        assert "crashed" not in up.read_log()
+    finally:
+        assert up.stop() == 0
+
+
+def test_restart_picks_up_code_changed_on_disk_and_one_slot_alone(tmp_path: Path) -> None:
+    up = counted_farm(tmp_path)
+    try:
+        up.expect_notify("READY=1")
+        rows = up.wait_idle({"counted": TARGET})
+        (tmp_path / "counted.py").write_text(COUNTED.replace("VERSION", "v2"))
+        one = farm_cli("restart", "counted#3", "--control", up.control)
+        assert one.returncode == 0, one.stderr
+        assert "counted: 1/1 replaced" in one.stdout
+        now = up.wait_idle({"counted": TARGET})
+        changed = {r["slot"] for r in now} - {
+            r["slot"] for r in now if r["pid"] in {x["pid"] for x in rows}
+        }
+        assert changed == {3}
+        assert farm_cli("restart", "--control", up.control).returncode == 0
+        got = farm_cli("submit", "counted", "x", "--server", up.addr)
+        assert got.stdout.strip() == "v2:x", got.stderr
+    finally:
+        assert up.stop() == 0
+
+
+def test_a_replacement_that_cannot_boot_fails_the_restart_and_keeps_the_old_ones(
+    tmp_path: Path,
+) -> None:
+    up = counted_farm(tmp_path)
+    try:
+        up.expect_notify("READY=1")
+        before = {r["pid"] for r in up.wait_idle({"counted": TARGET})}
+        (tmp_path / "counted.py").write_text("raise ImportError('broken deploy')\n")
+        failed = farm_cli("restart", "--control", up.control)
+        assert failed.returncode == 1
+        assert "failed to boot" in failed.stderr or "exited with code 3" in failed.stderr, failed
+        assert "stays" in failed.stderr
+        assert {r["pid"] for r in up.wait_idle({"counted": TARGET})} == before
+        got = farm_cli("submit", "counted", "x", "--server", up.addr)
+        assert got.stdout.strip() == "v1:x", got.stderr
+        bad = farm_cli("restart", "nope", "--control", up.control)
+        assert bad.returncode == 2
+        assert "no pool or function 'nope'" in bad.stderr
+    finally:
+        assert up.stop() == 0
+
+
+def test_reload_restart_rereads_the_config_then_replaces_every_worker(tmp_path: Path) -> None:
+    up = counted_farm(tmp_path)
+    try:
+        up.expect_notify("READY=1")
+        before = {r["pid"] for r in up.wait_idle({"counted": TARGET})}
+        up.write_config(
+            textwrap.dedent("""
+            [functions.counted]
+            target = "counted:run"
+            workers = 4
+            """)
+        )
+        done = farm_cli("reload", "--restart", "--control", up.control)
+        assert done.returncode == 0, done.stderr
+        assert "reloaded" in done.stdout and "replaced" in done.stdout
+        after = {r["pid"] for r in up.wait_idle({"counted": 4})}
+        assert not before & after
+    finally:
+        assert up.stop() == 0

@@ -1,0 +1,158 @@
+"""Several job servers on one host with no flags: a store per server, hints that name what
+exists for the command run, bind errors that name the address, [supervisor] local_server."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from farm import config
+from farm.errors import ConfigError
+from farm.paths import adopt_legacy_store, default_store
+from farm.server.options import parse_args
+from tests.helpers import ROOT
+from tests.helpers.farmproc import FarmUp
+from tests.helpers.servers import free_port, wait_connectable
+
+REVERSE = """
+[functions.reverse]
+target = "workers.text:reverse"
+workers = 1
+"""
+
+
+def state_env(tmp_path: Path) -> dict[str, str]:
+    return dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"), PYTHONPATH=str(ROOT))
+
+
+def server(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-c", "from farm.cli import main; main()", "server", *args]
+    return subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def one_line(proc: subprocess.Popen[str], timeout: float = 20) -> str:
+    _, err = proc.communicate(timeout=timeout)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_the_default_store_is_keyed_by_the_port_else_the_unix_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert parse_args([]).store == str(tmp_path / "farm" / "queue-4730.db")
+    assert parse_args(["-p", "4731"]).store == str(tmp_path / "farm" / "queue-4731.db")
+    assert parse_args(["-L", "127.0.0.1:5000"]).store.endswith("queue-5000.db")
+    assert parse_args(["-L", "unix:/run/farm/g.sock"]).store.endswith("queue-run-farm-g.sock.db")
+    assert parse_args(["--store", "none"]).store == "none"
+    path = tmp_path / "farm.toml"
+    path.write_text(f'[server]\nlisten = ["127.0.0.1:4999"]\n{REVERSE}')
+    assert config.load(path).server.store == str(tmp_path / "farm" / "queue-4999.db")
+
+
+def test_a_server_on_4730_adopts_the_store_of_an_older_farm(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    old = tmp_path / "farm" / "queue.db"
+    old.parent.mkdir()
+    with sqlite3.connect(old) as db:
+        db.execute("CREATE TABLE marker (x)")
+    assert not adopt_legacy_store(default_store(4731))  # only the server on 4730 adopts it
+    assert adopt_legacy_store(default_store(4730))
+    assert not old.exists()
+    with sqlite3.connect(default_store(4730)) as db:
+        assert db.execute("SELECT name FROM sqlite_master").fetchall() == [("marker",)]
+    old.write_bytes(b"")
+    assert not adopt_legacy_store(default_store(4730))  # never over an existing store
+    assert old.exists()
+
+
+def test_farm_server_beside_farm_up_on_defaults_needs_no_flags(tmp_path: Path) -> None:
+    farm = FarmUp(tmp_path, REVERSE, extra_env=state_env(tmp_path), start=False)
+    # The defaults' store (FarmUp's config writes store = "none").
+    farm.config.write_text(farm.config.read_text().replace('store = "none"\n', ""))
+    farm.start()
+    port = free_port()
+    second = None
+    try:
+        farm.expect_notify("READY=1")
+        second = server(state_env(tmp_path), "-p", str(port))
+        wait_connectable(f"127.0.0.1:{port}", second)
+        stores = sorted(p.name for p in (tmp_path / "state" / "farm").glob("queue-*.db"))
+        shared = str(tmp_path / "state" / "farm" / stores[0])
+        assert stores == sorted([f"queue-{farm.port}.db", f"queue-{port}.db"])
+        # Two servers naming the same store: one clear line, with the flag farm server has.
+        third = server(state_env(tmp_path), "-p", str(free_port()), "--store", shared)
+        line = one_line(third, timeout=30)
+        assert third.returncode == 2
+        assert "is in use by another server" in line and "--store" in line
+    finally:
+        if second is not None:
+            second.terminate()
+            second.wait(10)
+        farm.stop()
+
+
+def test_farm_up_hints_name_its_config_keys_not_flags(tmp_path: Path) -> None:
+    store = tmp_path / "shared.db"
+    holder = sqlite3.connect(store)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")  # another server holds this store
+    farm = FarmUp(tmp_path, REVERSE, start=False)
+    farm.config.write_text(farm.config.read_text().replace('"none"', f'"{store}"'))
+    farm.start()
+    try:
+        assert farm.proc.wait(40) == 1
+        log = farm.read_log()
+        assert "is in use by another server" in log and "[server] store" in log, log
+        assert "--store" not in log, log
+    finally:
+        farm.stop()
+        holder.close()
+
+
+def test_a_failing_bind_names_the_address(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "gearman.sock"
+    proc = server(state_env(tmp_path), "--store", "none", "-L", f"unix:{missing}")
+    line = one_line(proc)
+    assert proc.returncode == 1
+    assert f"cannot listen on unix:{missing}: no such directory" in line
+    port = free_port()
+    first = server(state_env(tmp_path), "--store", "none", "-p", str(port))
+    try:
+        wait_connectable(f"127.0.0.1:{port}", first)
+        busy = server(state_env(tmp_path), "--store", "none", "-p", str(port))
+        line = one_line(busy)
+        assert busy.returncode == 1
+        assert f"cannot listen on 127.0.0.1:{port}: address already in use" in line
+        assert "-p PORT" in line
+    finally:
+        first.terminate()
+        first.wait(10)
+
+
+def test_local_server_with_servers_registers_workers_with_both(tmp_path: Path) -> None:
+    path = tmp_path / "farm.toml"
+    body = '[server]\nlisten = ["127.0.0.1:4800"]\n[supervisor]\nservers = ["10.0.0.5:4730"]\n'
+    path.write_text(body + REVERSE)
+    remote_only = config.load(path)
+    assert not remote_only.local_server and remote_only.worker_servers == ("10.0.0.5:4730",)
+    path.write_text(body.replace("servers =", "local_server = true\nservers =") + REVERSE)
+    both = config.load(path)
+    assert both.local_server
+    assert both.worker_servers == ("127.0.0.1:4800", "10.0.0.5:4730")
+    path.write_text("[supervisor]\nlocal_server = false\n" + REVERSE)
+    with pytest.raises(ConfigError, match="supervisor.local_server: false needs servers"):
+        config.load(path)
+    path.write_text('[supervisor]\nlocal_server = "yes"\n' + REVERSE)
+    with pytest.raises(ConfigError, match="true or false"):
+        config.load(path)

@@ -1,0 +1,118 @@
+"""`[supervisor] log_format = "json"`: the supervisor, the server and the workers of a real
+`farm up` write one JSON object a line, a worker's traceback included as one record."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import farm
+from farm.config import load
+from farm.errors import ConfigError, JobException, JobFailed
+from farm.logs import JsonFormatter
+from tests.helpers import ROOT
+from tests.helpers.farmproc import FarmUp
+from tests.helpers.servers import free_port, wait_connectable
+from tests.helpers.waiting import wait_for
+
+POOLS = """
+[functions.alpha]
+target = "tests.helpers.monitored:work"
+workers = 1
+
+[functions.beta]
+target = "tests.helpers.monitored:work"
+workers = 1
+timeout = 1
+"""
+
+
+def records(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@pytest.mark.timeout(90)
+def test_every_process_of_the_farm_logs_json_lines(tmp_path: Path) -> None:
+    up = FarmUp(tmp_path, POOLS, start=False)
+    up.config.write_text(
+        up.config.read_text().replace("[supervisor]\n", '[supervisor]\nlog_format = "json"\n', 1)
+    )
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"alpha": 1, "beta": 1})
+        with farm.Client(up.addr) as client:
+            with pytest.raises(JobException):
+                client.call("alpha", "raise")
+            with pytest.raises(JobFailed):
+                client.call("beta", "sleep", timeout=30)  # the server logs the timeout
+
+        def logged() -> list[dict] | None:
+            found = records(up.read_log())  # every line must parse, or this raises
+            roles = {r["role"] for r in found}
+            return found if {"supervisor", "server", "worker"} <= roles else None
+
+        wait_for("a record from each role", logged, timeout=20)
+    finally:
+        assert up.stop() == 0
+    found = records(up.log_path.read_text())
+    for record in found:
+        assert {"time", "level", "role", "pid", "message"} <= set(record), record
+    raised = [r for r in found if r["role"] == "worker" and "exc_info" in r]
+    assert len(raised) == 1, raised
+    (worker,) = raised
+    assert worker["function"] == "alpha" and worker["slot"] == 0
+    assert worker["job"].startswith("H:") and worker["level"] == "WARNING"
+    assert worker["exc_info"].startswith("Traceback (most recent call last)")
+    assert "Refused: asked to fail" in worker["exc_info"]
+    timed_out = [r for r in found if r["role"] == "server" and "timed out" in r["message"]]
+    assert len(timed_out) == 1
+    assert any(r["role"] == "supervisor" and "stopped" in r["message"] for r in found)
+
+
+def test_the_server_alone_takes_log_format_json() -> None:
+    port = free_port()
+    argv = [sys.executable, "-m", "farm.server", "--port", str(port), "--store", "none"]
+    server = subprocess.Popen(
+        [*argv, "-vv", "--log-format", "json"], cwd=ROOT, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_connectable(f"127.0.0.1:{port}", server)
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=30)
+    found = records(err)
+    assert found and all(r["role"] == "server" for r in found)
+    bad = subprocess.run([*argv, "--log-format", "xml"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "--log-format" in bad.stderr
+
+
+def test_log_format_in_the_config_is_text_or_json(tmp_path: Path) -> None:
+    path = tmp_path / "farm.toml"
+    pool = '[functions.f]\ntarget = "tests.helpers.serving:reverse"\n'
+    path.write_text('[supervisor]\nlog_format = "xml"\n' + pool)
+    with pytest.raises(ConfigError, match="supervisor.log_format"):
+        load(path)
+    path.write_text('[supervisor]\nlog_format = "json"\n' + pool)
+    assert load(path).supervisor.log_format == "json"
+
+
+def test_a_record_is_one_line_with_the_fields_a_call_adds() -> None:
+    formatter = JsonFormatter("worker", slot=3, function="resize")
+    try:
+        raise ValueError("two\nlines")
+    except ValueError:
+        record = logging.LogRecord(
+            "t", logging.ERROR, __file__, 1, "job %s", ("x",), sys.exc_info()
+        )
+    record.job = b"H:host:7"
+    line = formatter.format(record)
+    assert "\n" not in line
+    out = json.loads(line)
+    assert out["slot"] == 3 and out["function"] == "resize" and out["job"] == "H:host:7"
+    assert out["message"] == "job x" and "ValueError: two\nlines" in out["exc_info"]

@@ -1,0 +1,138 @@
+"""`farm top` against a real `farm up`: one frame shows every function and process with
+the endpoint's numbers; the live view outlives a killed worker and the farm itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import farm
+from farm.errors import JobException
+from tests.helpers import ROOT
+from tests.helpers.farmproc import FarmUp
+from tests.helpers.scraping import get, scrape
+from tests.helpers.waiting import wait_for
+
+POOLS = """
+[functions.alpha]
+target = "tests.helpers.monitored:work"
+workers = 2
+
+[functions.beta]
+target = "tests.helpers.monitored:work"
+workers = 1
+"""
+
+ENV = dict(os.environ, COLUMNS="160", LINES="60", PYTHONPATH=str(ROOT))
+
+
+def farm_top(up: FarmUp, *args: str) -> list[str]:
+    argv = [sys.executable, "-m", "farm.cli", "top", "--control", up.control, *args]
+    run = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Traceback" not in run.stderr
+    return run.stdout.splitlines()
+
+
+def rows_of(lines: list[str], first: str) -> dict[str, list[str]]:
+    """The table under the header line that starts with ``first``, keyed by the first cell."""
+    start = next(
+        i for i, line in enumerate(lines) if line.replace("▼", "").strip().startswith(first)
+    )
+    out: dict[str, list[str]] = {}
+    for line in lines[start + 1 :]:
+        if not line.strip():
+            break
+        cells = line.split()
+        out.setdefault(cells[0], cells)
+    return out
+
+
+@pytest.mark.timeout(90)
+def test_once_shows_every_function_and_process_with_the_endpoints_numbers(tmp_path: Path) -> None:
+    up = FarmUp(tmp_path, POOLS)
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"alpha": 2, "beta": 1})
+        with farm.Client(up.addr) as client:
+            for text in ("a", "b", "c", "d"):
+                client.call("alpha", text)
+            with pytest.raises(JobException):
+                client.call("beta", "raise")
+            client.submit("nobody", "x", background=True)
+        lines = farm_top(up, "--once")
+        m = scrape(up.metrics_url, check=False)
+        functions = rows_of(lines, "FUNCTION")
+        assert set(functions) == {"alpha", "beta", "other"}
+        for name, cells in functions.items():
+            _, queued, running, workers, idle, busy, _rate, _p50, _p99, failed = cells
+            priorities = ("high", "normal", "low")
+            assert int(queued) == sum(
+                get(m, "farm_jobs_queued", function=name, priority=p) for p in priorities
+            )
+            assert int(workers) == get(m, "farm_workers", function=name)
+            assert int(running) == get(m, "farm_jobs_running", function=name)
+            assert int(failed) == sum(
+                get(m, f"farm_jobs_{kind}_total", function=name, priority=p)
+                for kind in ("failed", "exceptions")
+                for p in priorities
+            )
+        assert functions["other"][1] == "1"  # the job nobody serves
+        assert functions["beta"][-1] == "1"
+        assert functions["alpha"][4:6] == ["2", "0"]  # idle, busy
+
+        processes = {r["pid"]: r for r in up.ps()}
+        shown = rows_of(lines, "PID")
+        assert set(shown) == {str(pid) for pid in processes}
+        for pid, row in processes.items():
+            cells = shown[str(pid)]
+            assert cells[1] == row["function"]
+            assert cells[-2] == str(row["jobs"]) and cells[-1] == str(row["restarts"])
+    finally:
+        up.stop()
+
+
+@pytest.mark.timeout(90)
+def test_the_live_view_survives_a_killed_worker_and_the_farm_stopping(tmp_path: Path) -> None:
+    up = FarmUp(tmp_path, POOLS)
+    out = tmp_path / "top.out"
+    try:
+        up.expect_notify("READY=1")
+        workers = up.wait_idle({"alpha": 2, "beta": 1})
+        argv = [sys.executable, "-m", "farm.cli", "top", "--control", up.control]
+        with open(out, "wb") as sink:  # no terminal: each frame is printed in turn
+            top = subprocess.Popen(
+                [*argv, "--interval", "0.2"], stdout=sink, stderr=subprocess.PIPE, env=ENV
+            )
+        wait_for("a first frame", lambda: "FUNCTION" in out.read_text())
+        victim = next(r["pid"] for r in workers if r["function"] == "beta")
+        os.kill(victim, signal.SIGKILL)
+        successor = wait_for(
+            "the slot's new worker",
+            lambda: [r["pid"] for r in up.workers("beta", "idle") if r["pid"] != victim],
+            timeout=30,
+        )[0]
+        wait_for("a frame with the new worker", lambda: f"{successor} " in out.read_text())
+        assert top.poll() is None, "the view goes on after a worker died"
+        assert up.stop() == 0
+        _, err = top.communicate(timeout=30)
+        assert top.returncode == 0, err
+        assert b"Traceback" not in err
+        assert "the farm stopped" in out.read_text()
+    finally:
+        up.stop()
+        if "top" in locals() and top.poll() is None:
+            top.kill()
+            top.wait()
+
+
+def test_a_farm_that_is_not_running_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "farm.cli", "top", "--control", str(tmp_path / "none.sock")]
+    run = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=60, input="")
+    assert run.returncode == 1
+    assert run.stderr.startswith("farm: ") and "Traceback" not in run.stderr

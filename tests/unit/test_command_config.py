@@ -1,0 +1,142 @@
+"""Command pools in farm.toml, `function`/`functions`, and how pools are named at runtime."""
+
+from __future__ import annotations
+
+import signal
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from farm import config
+from farm.errors import ConfigError
+from farm.pools.steering import Steering
+
+HEAD = """
+[server]
+listen = ["127.0.0.1:4999", "unix:run/gearman.sock"]
+store = "none"
+
+[supervisor]
+control = "/tmp/farm-test/control.sock"
+"""
+
+
+def load(tmp_path: Path, functions: str) -> config.Config:
+    path = tmp_path / "farm.toml"
+    path.write_text(HEAD + textwrap.dedent(functions))
+    return config.load(path)
+
+
+def error_of(tmp_path: Path, functions: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, functions)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(str(tmp_path / "farm.toml")), message
+    return message
+
+
+def test_a_command_pool_loads_with_its_keys(tmp_path: Path) -> None:
+    (tmp_path / "w").mkdir()
+    cfg = load(
+        tmp_path,
+        """
+        [functions.php]
+        command = "sh -c 'echo hi'"
+        functions = ["reverse", "upper"]
+        workers = 3
+        cwd = "w"
+        env = { APP_ENV = "prod" }
+        stop_signal = "INT"
+        graceful_timeout = 2.5
+        """,
+    )
+    pool = cfg.functions["php"]
+    assert pool.command is not None
+    assert pool.command.argv[0].endswith("/sh") and pool.command.argv[1:] == ("-c", "echo hi")
+    assert pool.command.cwd == str(tmp_path / "w")
+    assert pool.command.env == (("APP_ENV", "prod"),)
+    assert pool.functions == ("reverse", "upper") and pool.workers == 3
+    assert pool.stop_signal == signal.SIGINT and pool.graceful_timeout == 2.5
+    assert cfg.command_servers == ("127.0.0.1:4999",)
+
+
+def test_function_renames_what_a_python_pool_serves(tmp_path: Path) -> None:
+    cfg = load(tmp_path, '[functions.a]\ntarget = "workers.text:reverse"\nfunction = "reverse"\n')
+    assert cfg.functions["a"].functions == ("reverse",)
+    plain = load(tmp_path, '[functions.a]\ntarget = "workers.text:reverse"\n')
+    assert plain.functions["a"].functions == ("a",)
+
+
+@pytest.mark.parametrize(
+    ("functions", "key", "hint"),
+    [
+        ('command = ["no-such-program-x"]', "functions.p.command", "not on PATH"),
+        ("command = []", "functions.p.command", "is empty"),
+        ("command = 3", "functions.p.command", "must be a list"),
+        ('command = "sh -c \'x"', "functions.p.command", "as a shell would"),
+        ('command = "sh"\ntarget = "workers.text:reverse"', "functions.p.target", "either"),
+        ('command = "sh"\nmax_jobs = 3', "functions.p.max_jobs", "Python workers only"),
+        ('command = "sh"\ntimeout = 3', "functions.p.timeout", "CAN_DO_TIMEOUT"),
+        ('command = "sh"\ncwd = "nowhere"', "functions.p.cwd", "not a directory"),
+        ('command = "sh"\nenv = { A = 1 }', "functions.p.env", "table of strings"),
+        ('command = "sh"\nstop_signal = "SIGNOPE"', "functions.p.stop_signal", "signal name"),
+        ('command = "sh"\nstop_signal = "KILL"', "functions.p.stop_signal", "cannot be caught"),
+        ('command = "sh"\ngraceful_timeout = -1', "functions.p.graceful_timeout", "0 to"),
+        ('command = "sh"\nuser = "no-such-user-x"', "functions.p.user", "no user"),
+        ('target = "workers.text:reverse"\ncwd = "."', "functions.p.cwd", "command pools"),
+        ('command = "sh"\nfunction = "a"\nfunctions = ["b"]', "functions.p.functions", "not both"),
+        ('command = "sh"\nfunctions = []', "functions.p.functions", "at least one"),
+        ('command = "sh"\nfunction = "a b"', "functions.p.function", "letters"),
+        ("workers = 1", "functions.p.target", "command = "),
+    ],
+)
+def test_each_command_pool_mistake_is_one_line(
+    tmp_path: Path, functions: str, key: str, hint: str
+) -> None:
+    message = error_of(tmp_path, "[functions.p]\n" + functions + "\n")
+    assert f": {key}:" in message and hint in message, message
+
+
+def test_user_needs_a_root_supervisor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    message = error_of(tmp_path, '[functions.p]\ncommand = "sh"\nuser = "root"\n')
+    assert ": functions.p.user: only a supervisor running as root" in message
+
+
+def test_a_command_pool_needs_a_tcp_address(tmp_path: Path) -> None:
+    path = tmp_path / "farm.toml"
+    path.write_text(HEAD.replace('"127.0.0.1:4999", ', "") + '[functions.p]\ncommand = "sh"\n')
+    with pytest.raises(ConfigError, match=r"functions\.p\.command: command workers connect"):
+        config.load(path)
+
+
+def test_pools_are_named_by_table_or_by_a_function_only_one_serves(tmp_path: Path) -> None:
+    cfg = load(
+        tmp_path,
+        """
+        [functions.a]
+        target = "workers.text:reverse"
+        function = "reverse"
+        [functions.b]
+        target = "workers.text:reverse"
+        function = "reverse"
+        [functions.c]
+        target = "workers.text:upper"
+        functions = ["upper", "shout"]
+        """,
+    )
+    sup = SimpleNamespace(config=cfg, targets={"a": 2, "b": 1, "c": 1})
+    assert Steering.pool_named(sup, "a") == "a"  # type: ignore[arg-type]  # a stand-in
+    assert Steering.pool_named(sup, "shout") == "c"  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="served by pools a, b; name one of them"):
+        Steering.pool_named(sup, "reverse")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no pool or function 'x'"):
+        Steering.pool_named(sup, "x")  # type: ignore[arg-type]
+    sup.pool_named = lambda name: Steering.pool_named(sup, name)  # type: ignore[arg-type]
+    picks = Steering.restart_picks(sup, ["a#1", "a#0", "shout"])  # type: ignore[arg-type]
+    assert picks == {"a": [1, 0], "c": None}
+    assert Steering.restart_picks(sup, []) == {"a": None, "b": None, "c": None}  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="a has slots 0 to 1"):
+        Steering.restart_picks(sup, ["a#2"])  # type: ignore[arg-type]

@@ -1,0 +1,109 @@
+"""The live view's tables and quantiles, from rows and buckets (no farm needed)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from rich.console import Console
+
+from farm.cli.liveview import FunctionRow, frame, process_table, quantile, seconds
+
+
+def render(renderable: object) -> str:
+    console = Console(width=160, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_quantile_interpolates_within_a_bucket_as_promql_does() -> None:
+    buckets = [(0.1, 0.0), (0.2, 10.0), (0.4, 20.0), (math.inf, 20.0)]
+    assert quantile(buckets, 0.5) == 0.2
+    assert quantile(buckets, 0.25) == pytest.approx(0.15)
+    assert quantile(buckets, 0.75) == pytest.approx(0.3)
+    assert quantile([(0.1, 0.0), (math.inf, 0.0)], 0.5) is None
+    assert quantile([(0.1, 1.0), (math.inf, 5.0)], 0.99) == 0.1  # the open bucket: its edge
+
+
+def test_seconds_fit_a_column() -> None:
+    assert [seconds(v) for v in (None, 0.0004, 0.12, 2.5, 600)] == [
+        "-",
+        "0.40ms",
+        "120ms",
+        "2.5s",
+        "10m",
+    ]
+
+
+ROWS = [
+    {
+        "pid": 10,
+        "function": "supervisor",
+        "slot": None,
+        "cpu": None,
+        "state": "running",
+        "jobs": 0,
+        "rss": 50 << 20,
+        "restarts": 0,
+    },
+    {
+        "pid": 11,
+        "function": "resize",
+        "slot": 1,
+        "cpu": 3,
+        "state": "busy",
+        "jobs": 7,
+        "rss": 20 << 20,
+        "restarts": 2,
+        "job": "H:x:9",
+        "busy_for": 1.5,
+    },
+    {
+        "pid": 12,
+        "function": "resize",
+        "slot": 0,
+        "cpu": 2,
+        "state": "idle",
+        "jobs": 5,
+        "rss": 30 << 20,
+        "restarts": 0,
+    },
+]
+
+
+def order(text: str) -> list[str]:
+    return [line.split()[0] for line in text.splitlines()[1:] if line.strip()]
+
+
+def test_the_process_table_sorts_by_the_key_and_shows_the_job_in_hand() -> None:
+    text = render(process_table(ROWS, cpu={("resize", 1): 97.0, ("resize", 0): 3.0}))
+    assert order(text) == ["12", "11", "10"]  # by function, then slot
+    assert "H:x:9" in text and "1.5s" in text and "97" in text
+    assert order(render(process_table(ROWS, sort="rss"))) == ["10", "12", "11"]
+    assert order(render(process_table(ROWS, sort="cpu", cpu={("resize", 1): 97.0}))) == [
+        "11",
+        "12",
+        "10",
+    ]
+    assert order(render(process_table(ROWS, sort="restarts")))[0] == "11"
+    cut = render(process_table(ROWS, limit=1))
+    assert "2 more" in cut
+
+
+def test_a_frame_without_the_function_table_is_the_process_view() -> None:
+    fn = FunctionRow(
+        name="resize",
+        queued=4,
+        running=1,
+        workers=2,
+        idle=1,
+        busy=1,
+        rate=2.0,
+        p50=0.1,
+        p99=0.5,
+        failures=1,
+    )
+    full = render(frame([fn], ROWS, status="farm"))
+    assert "QUEUED" in full and "resize" in full and "q quit" in full
+    only = render(frame(None, ROWS, keys=False))
+    assert "QUEUED" not in only and "PID" in only and "q quit" not in only

@@ -1,0 +1,14 @@
+#!/usr/bin/perl
+# A command pool's worker in Perl (Debian: libgearman-client-perl). It learns from
+# the supervisor where to connect ($FARM_SERVERS, HOST:PORT,...) and what to serve
+# ($FARM_FUNCTION).
+use strict;
+use warnings;
+use Gearman::Worker;
+
+my @servers = split /,/, ($ENV{FARM_SERVERS} || '127.0.0.1:4730');
+my $function = (split /,/, ($ENV{FARM_FUNCTION} || 'reverse'))[0];
+my $worker = Gearman::Worker->new(job_servers => \@servers);
+$worker->register_function($function => sub { scalar reverse $_[0]->arg });
+$SIG{TERM} = sub { exit 0 };
+$worker->work while 1;
