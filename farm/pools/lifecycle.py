@@ -184,7 +184,7 @@ class Lifecycle:
             argv += ["--serve", served]
         if self.config.supervisor.log_format != "text":
             argv += ["--log-format", self.config.supervisor.log_format]
-        for server in self.config.worker_servers:
+        for server in self.config.servers_for(pool):
             argv += ["--server", server]
         for flag, value in (
             ("--timeout", pool.timeout),

@@ -247,3 +247,68 @@ def test_capacity_rule_is_shared_with_scale() -> None:
     assert config.capacity_problem(pools, {"reverse": 2}, 10_000) is None
     assert "would have 2000" in (config.capacity_problem(pools, {"reverse": 2000}, 10**9) or "")
     assert "memory_budget_mb = 300" in (config.capacity_problem(pools, {"reverse": 4}, 300) or "")
+
+
+RESERVED = """
+[supervisor]
+control = "/tmp/farm-test/control.sock"
+{supervisor}
+
+[server]
+listen = {listen}
+store = "none"
+
+[functions.rev]
+target = "workers.hashing:compress"
+workers = 1
+
+[functions.calls]
+target = "farm.executor.call:run_call"
+workers = 1
+function = "farm.python"
+"""
+
+
+def reserved(supervisor: str, listen: str) -> str:
+    return RESERVED.format(supervisor=supervisor, listen=listen)
+
+
+def test_a_farm_pool_registers_only_on_the_local_unix_socket(tmp_path: Path) -> None:
+    body = reserved(
+        'local_server = true\nservers = ["10.0.0.5:4730", "unix:/run/other.sock"]',
+        '["127.0.0.1:4999", "unix:run/gearman.sock"]',
+    )
+    cfg = config.load(write(tmp_path, body))
+    sock = f"unix:{tmp_path}/run/gearman.sock"
+    normal, calls = cfg.functions["rev"], cfg.functions["calls"]
+    assert not normal.reserved and calls.reserved  # by what it serves, not its table's name
+    assert cfg.servers_for(normal) == (sock, "10.0.0.5:4730", "unix:/run/other.sock")
+    assert cfg.servers_for(calls) == (sock,)  # never TCP, never another server
+
+
+def test_without_a_local_server_a_farm_pool_keeps_to_unix_servers(tmp_path: Path) -> None:
+    body = reserved('servers = ["10.0.0.5:4730", "unix:/run/other.sock"]', '["127.0.0.1:4999"]')
+    cfg = config.load(write(tmp_path, body))
+    assert cfg.servers_for(cfg.functions["rev"]) == ("10.0.0.5:4730", "unix:/run/other.sock")
+    assert cfg.servers_for(cfg.functions["calls"]) == ("unix:/run/other.sock",)
+
+
+@pytest.mark.parametrize(
+    ("supervisor", "listen", "key", "fix"),
+    [
+        ('servers = ["10.0.0.5:4730"]', '["127.0.0.1:4999"]', "supervisor.servers", "unix:/path"),
+        ("local_server = true", '["127.0.0.1:4999"]', "server.listen", "unix:/run/farm/gearman"),
+    ],
+)
+def test_a_farm_pool_with_no_unix_socket_to_use_is_refused(
+    tmp_path: Path, supervisor: str, listen: str, key: str, fix: str
+) -> None:
+    message = error_of(tmp_path, reserved(supervisor, listen))
+    assert f": {key}: the calls pool is served only over a Unix socket" in message
+    assert fix in message
+
+
+def test_a_command_pool_may_not_serve_a_farm_function(tmp_path: Path) -> None:
+    body = GOOD + '\n[functions.php]\ncommand = ["php", "w.php"]\nfunction = "farm.python"\n'
+    message = error_of(tmp_path, body)
+    assert ": functions.php: command workers connect over TCP" in message

@@ -1,64 +1,27 @@
-"""farm.toml -> validated, frozen dataclasses.
+"""Reading a farm.toml document (the dict a TOML reader gives) into :mod:`farm.config.model`.
 
-Every mistake becomes one :class:`~farm.errors.ConfigError` whose message names
-the file, the key and the fix, so ``farm up`` can print one line and exit 2
-before any process starts.
-
-Search order (:func:`find_config`): ``--config``, ``$FARM_CONFIG``,
-``./farm.toml``, ``/etc/farm/farm.toml``, then built-in defaults that serve the
-functions in ``workers/``. The defaults never need root: runtime files go to
-``$XDG_RUNTIME_DIR/farm`` (else ``/tmp/farm-$UID``) and durable jobs to
-``$XDG_STATE_HOME/farm`` (else ``~/.local/state/farm``), or stay in memory when
-that is not writable.
+Each method owns one table or value and raises :meth:`Validator.fail`: one
+:class:`~farm.errors.ConfigError` whose message names the file, the key and the fix.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
-import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from farm.commandspec import CommandSpec, parse_command, parse_stop_signal
-from farm.discovery import (
-    SYSTEM_CONFIG,
-    control_path,
-    default_listen,
-    find_config,
-    read_config_file,
-    resolve,
-)
-from farm.errors import ConfigError
-from farm.executor.call import DEFAULT_FUNCTION as EXECUTOR_FUNCTION
-from farm.executor.call import TARGET as EXECUTOR_TARGET
+from farm.commandspec import parse_command, parse_stop_signal
+from farm.config.capacity import available_cpus, capacity_problem, default_memory_budget_mb
+from farm.config.defaults import builtin, server_store
+from farm.config.model import Config, FunctionConfig, ServerConfig, SupervisorConfig
+from farm.config.reader import TableReader
 from farm.logs import LOG_FORMATS
-from farm.net import DEFAULT_PORT, DEFAULT_SERVER, Address, AddressError, connectable, parse_address
-from farm.paths import default_store, runtime_dir
+from farm.net import DEFAULT_PORT, DEFAULT_SERVER
 from farm.targets import target_problem
 
-__all__ = [
-    "Config",
-    "ServerConfig",
-    "SupervisorConfig",
-    "FunctionConfig",
-    "SYSTEM_CONFIG",
-    "find_config",
-    "load",
-    "load_config",
-    "control_path",
-    "available_cpus",
-]
+__all__ = ["Validator", "COMMAND_KEYS", "POOL_KEYS", "KILL_RSS_FACTOR", "MAX_GRACE"]
 
-DEFAULTS_SOURCE = "<built-in defaults>"
-#: Most workers one pool may have (a typo must not fork-bomb the host).
-MAX_WORKERS = 1024
-#: What a worker is taken to need when its pool sets no max_rss_mb.
-DEFAULT_WORKER_MB = 100
 #: kill_rss_mb when a pool sets only max_rss_mb: this many times it, rounded up.
 KILL_RSS_FACTOR = 1.5
 #: Longest graceful_timeout accepted (a day): a stop must end.
@@ -79,225 +42,12 @@ POOL_KEYS = (
 _TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
-@dataclass(frozen=True, kw_only=True)
-class ServerConfig:
-    """The local job server: where it listens and where it keeps background jobs."""
-
-    listen: tuple[str, ...]  # farm.net's normal form: "HOST:PORT", "[v6]:PORT", "unix:/path"
-    store: str  # a path, or "none" for memory only
-    job_retries: int
-    tcp_admin: str = "read-only"  # "full": state-changing admin commands over TCP too
-
-    @property
-    def addresses(self) -> tuple[Address, ...]:
-        """``listen``, parsed."""
-        return tuple(parse_address(a) for a in self.listen)
-
-    @property
-    def tcp(self) -> tuple[str, int] | None:
-        """The TCP (host, port) entry of ``listen``, if any (the host as listened on)."""
-        addr = next((a for a in self.addresses if a.kind == "tcp"), None)
-        return (addr.host, addr.port) if addr else None
-
-    @property
-    def unix(self) -> str | None:
-        """The Unix socket path of ``listen``, if any."""
-        return next((a.path for a in self.addresses if a.kind == "unix"), None)
-
-
-@dataclass(frozen=True, kw_only=True)
-class SupervisorConfig:
-    control: str  # Unix socket path of the control socket
-    cpus: tuple[int, ...]  # resolved: the cores slots are pinned to
-    servers: tuple[str, ...]  # remote job servers; empty = run the local one
-    graceful_timeout: float  # seconds a stopping worker may take to finish its job
-    memory_budget_mb: int = 0  # what all pools together may use; see capacity_problem
-    metrics: str | None = None  # HOST:PORT of the Prometheus endpoint; None: off
-    log_format: str = "text"  # "json": supervisor, server and workers log JSON lines (farm.logs)
-    # Run the [server] job server too; default: when ``servers`` is empty. With servers and
-    # local_server = true, workers register with the local server and with each of servers.
-    local_server: bool = True
-
-
-@dataclass(frozen=True, kw_only=True)
-class FunctionConfig:
-    name: str  # the pool's name: its table, [functions.NAME]
-    target: str  # "module:function"; "" for a command pool
-    workers: int  # resolved; "auto" becomes one per core of ``cpus``
-    auto: bool
-    timeout: int | None  # seconds; the job fails and the worker is replaced
-    max_jobs: int | None
-    max_rss_mb: int | None  # recycle after a job past this
-    kill_rss_mb: int | None = None  # resolved; fail the job and exit past this, mid-job
-    command: CommandSpec | None = None  # a command pool: any executable instead of a target
-    serves: tuple[str, ...] = ()  # the functions it registers (`function`, `functions`)
-    stop_signal: int = 15  # what asks a command worker to stop (SIGTERM); SIGKILL follows
-    graceful_timeout: float | None = None  # seconds before that SIGKILL; None: [supervisor]'s
-
-    @property
-    def functions(self) -> tuple[str, ...]:
-        """The Gearman functions this pool's workers serve (by default the pool's name)."""
-        return self.serves or (self.name,)
-
-    def options(self) -> tuple[object, ...]:
-        """What a running worker was started with: a change means the pool restarts."""
-        return (
-            self.target,
-            self.timeout,
-            self.max_jobs,
-            self.max_rss_mb,
-            self.kill_rss_mb,
-            self.command,
-            self.serves,
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class Config:
-    source: str  # the file it came from, or DEFAULTS_SOURCE
-    server: ServerConfig
-    supervisor: SupervisorConfig
-    functions: Mapping[str, FunctionConfig]
-
-    @property
-    def local_server(self) -> bool:
-        return self.supervisor.local_server
-
-    @property
-    def worker_servers(self) -> tuple[str, ...]:
-        """Where workers connect: the local Unix socket or TCP port when the farm runs its
-        server, then the remote ``servers``."""
-        if not self.local_server:
-            return self.supervisor.servers
-        # The Unix socket first: it is the faster way in.
-        ranked = sorted(self.server.addresses, key=lambda a: a.kind != "unix")
-        local = str(connectable(ranked[0] if ranked else DEFAULT_SERVER))
-        return (local, *(s for s in self.supervisor.servers if s != local))
-
-    @property
-    def command_servers(self) -> tuple[str, ...]:
-        """``$FARM_SERVERS`` of command workers: TCP HOST:PORTs, the local server's first
-        (PHP's extension, Perl and the gearman CLI take host and port, not a Unix path)."""
-        found = []
-        if self.local_server and self.server.tcp:
-            tcp = next(a for a in self.server.addresses if a.kind == "tcp")
-            found.append(str(connectable(tcp)))
-        found += [s for s in self.supervisor.servers if parse_address(s).kind == "tcp"]
-        return tuple(dict.fromkeys(found))
-
-
-def _default_store(addresses: tuple[Address, ...]) -> str:
-    """The server's own file (keyed by its TCP port, else its Unix path), or "none" when
-    farm's state directory cannot be made."""
-    tcp = next((a.port for a in addresses if a.kind == "tcp"), None)
-    unix = next((a.path for a in addresses if a.kind == "unix"), None)
-    path = default_store(tcp, unix)
-    existing = path.parent
-    while not existing.exists():  # the nearest ancestor decides whether we may create it
-        existing = existing.parent
-    return str(path) if os.access(existing, os.W_OK) else "none"
-
-
-def available_cpus() -> tuple[int, ...]:
-    """The cores this process may run on (its affinity set, not the machine's count)."""
-    return tuple(sorted(os.sched_getaffinity(0)))
-
-
-def _defaults() -> dict[str, Any]:
-    run = runtime_dir()
-    return {
-        "server": {
-            "listen": default_listen(),
-            "store": None,  # the server's own file in the state directory: _default_store
-            "job_retries": 3,
-            "tcp_admin": "read-only",
-        },
-        "supervisor": {
-            "control": f"{run}/control.sock",
-            "cpus": "all",
-            "servers": [],
-            "local_server": None,  # default: when servers is empty
-            "memory_budget_mb": "auto",
-            "metrics": "127.0.0.1:9730",
-            "log_format": "text",
-        },
-        "functions": {
-            "reverse": {"target": "workers.text:reverse", "workers": 1},
-            "resize": {"target": "workers.image:resize", "workers": "auto", "timeout": 60},
-            "thumbnail": {"target": "workers.image:thumbnail", "workers": 1, "timeout": 60},
-            "pbkdf2": {"target": "workers.hashing:pbkdf2", "workers": 1, "timeout": 60},
-            # farm.Executor's pool.
-            EXECUTOR_FUNCTION: {"target": EXECUTOR_TARGET, "workers": "auto"},
-        },
-    }
-
-
-def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
-    """Find and load the config by the search order."""
-    return load(find_config(explicit))
-
-
-def default_memory_budget_mb() -> int:
-    """The machine's memory, in MB: the default bound of what all pools may hold."""
-    import psutil
-
-    return int(psutil.virtual_memory().total // 2**20)
-
-
-def capacity_problem(
-    pools: Mapping[str, FunctionConfig], targets: Mapping[str, int], budget_mb: int
-) -> str | None:
-    """Why these pool sizes cannot be run, or None. One rule for the config and `farm scale`:
-    at most MAX_WORKERS a pool, and all workers' memory (``max_rss_mb``, else an estimate
-    of DEFAULT_WORKER_MB each) within the budget -- a typo must not fork-bomb the host."""
-    for name, count in targets.items():
-        if not 0 <= count <= MAX_WORKERS:
-            return f"{name} would have {count} workers (0..{MAX_WORKERS})"
-    need = sum(
-        count * (pools[name].max_rss_mb or DEFAULT_WORKER_MB)
-        for name, count in targets.items()
-        if name in pools
-    )
-    if need > budget_mb:
-        return (
-            f"the pools would need about {need} MB ({DEFAULT_WORKER_MB} MB a worker unless"
-            f" max_rss_mb says), more than [supervisor] memory_budget_mb = {budget_mb}"
-        )
-    return None
-
-
-def load(path: str | os.PathLike[str] | None) -> Config:
-    """Read and validate one file (None: the built-in defaults)."""
-    if path is None:
-        return _Validator(DEFAULTS_SOURCE, Path.cwd()).config(_defaults())
-    path = Path(path)
-    return _Validator(str(path), path.resolve().parent).config(read_config_file(path))
-
-
-class _Validator:
+class Validator(TableReader):
     """Checks one parsed document; each method owns one table."""
-
-    def __init__(self, source: str, base: Path) -> None:
-        self.source = source
-        self.base = base  # relative paths in a file are relative to the file
-
-    def fail(self, key: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {key}: {message}")
-
-    def table(self, raw: Any, key: str, allowed: tuple[str, ...]) -> dict[str, Any]:
-        if not isinstance(raw, dict):
-            raise self.fail(key, f"must be a table ([{key}]), got {_kind(raw)}")
-        for name in raw:
-            if name not in allowed:
-                near = difflib.get_close_matches(name, allowed, n=1)
-                hint = f"did you mean {near[0]!r}?" if near else f"allowed: {', '.join(allowed)}"
-                where = f"{key}.{name}" if key else name
-                raise self.fail(where, f"unknown key; {hint}")
-        return raw
 
     def config(self, raw: dict[str, Any]) -> Config:
         self.table(raw, "", ("server", "supervisor", "functions"))
-        defaults = _defaults()
+        defaults = builtin()
         server = self.server(
             {
                 **defaults["server"],
@@ -323,20 +73,13 @@ class _Validator:
         )
         if problem:
             raise self.fail("functions", f"{problem}; lower the workers of a pool")
-        local = supervisor.local_server
-        if local and not server.unix and any(n.startswith("farm.") for n in pools):
-            name = next(n for n in pools if n.startswith("farm."))
-            raise self.fail(
-                "server.listen",
-                f"the {name} pool is served only over a Unix socket (its calls are code to"
-                ' run); add "unix:/run/farm/gearman.sock" or another path',
-            )
         config = Config(
             source=self.source,
             server=server,
             supervisor=supervisor,
             functions=MappingProxyType(pools),
         )
+        self.reserved_pools(config)
         command = next((p.name for p in pools.values() if p.command), None)
         if command is not None and not config.command_servers:
             raise self.fail(
@@ -345,6 +88,33 @@ class _Validator:
                 " (or a HOST:PORT to supervisor.servers)",
             )
         return config
+
+    def reserved_pools(self, config: Config) -> None:
+        """A pool serving a reserved ``farm.*`` function (the Executor's calls, code to run)
+        needs a Unix socket on this host to register on: a farm server refuses it over TCP."""
+        for pool in config.functions.values():
+            if not pool.reserved:
+                continue
+            if pool.command is not None:
+                raise self.fail(
+                    f"functions.{pool.name}",
+                    "command workers connect over TCP, where a farm server refuses the"
+                    " reserved farm.* functions; serve them from a Python target",
+                )
+            if config.servers_for(pool):
+                continue
+            if config.local_server:
+                raise self.fail(
+                    "server.listen",
+                    f"the {pool.name} pool is served only over a Unix socket (its calls are"
+                    ' code to run); add "unix:/run/farm/gearman.sock" or another path',
+                )
+            raise self.fail(
+                "supervisor.servers",
+                f"the {pool.name} pool is served only over a Unix socket (its calls are code"
+                ' to run); add the "unix:/path" of a farm server on this host, or set'
+                " local_server = true",
+            )
 
     def server(self, raw: dict[str, Any]) -> ServerConfig:
         listen = raw["listen"]
@@ -368,7 +138,7 @@ class _Validator:
             )
         store = raw["store"]
         if store is None:
-            store = _default_store(tuple(addresses))
+            store = server_store(tuple(addresses))
         elif not isinstance(store, str) or not store:
             raise self.fail("server.store", 'must be a file path or "none"')
         elif store != "none":
@@ -582,46 +352,3 @@ class _Validator:
         if "functions" in raw and not names:
             raise self.fail(which, "is empty; name at least one function")
         return tuple(dict.fromkeys(names))
-
-    def count(self, value: Any, key: str) -> int:
-        if type(value) is not int or value < 0:
-            raise self.fail(key, f"must be a whole number >= 0, got {value!r}")
-        return value
-
-    def optional_positive(self, value: Any, key: str) -> int | None:
-        if value is None:
-            return None
-        if type(value) is not int or value <= 0:
-            raise self.fail(
-                key, f"must be a whole number > 0 (or left out for no limit), got {value!r}"
-            )
-        return value
-
-    def address(self, addr: str, key: str) -> Address:
-        """``addr`` parsed, its port required (a file says which); Unix paths resolved."""
-        try:
-            parsed = parse_address(addr, default_port=None)
-        except AddressError as exc:
-            raise self.fail(
-                key,
-                f"{addr!r}: {exc.reason}; "
-                f'write HOST:PORT (e.g. "{DEFAULT_SERVER}"), "[::1]:PORT" or "unix:/path"',
-            ) from None
-        if parsed.kind == "unix":
-            return Address("unix", path=self.path(parsed.path, key))
-        return parsed
-
-    def path(self, value: str, key: str) -> str:
-        if not value.strip():
-            raise self.fail(key, "must not be empty")
-        return resolve(self.base, value)
-
-
-def _kind(value: Any) -> str:
-    return {
-        str: "a string",
-        int: "a number",
-        float: "a number",
-        bool: "true/false",
-        list: "a list",
-    }.get(type(value), type(value).__name__)

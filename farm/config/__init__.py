@@ -1,0 +1,74 @@
+"""farm.toml -> validated, frozen dataclasses.
+
+Every mistake becomes one :class:`~farm.errors.ConfigError` whose message names
+the file, the key and the fix, so ``farm up`` can print one line and exit 2
+before any process starts.
+
+Search order (:func:`find_config`): ``--config``, ``$FARM_CONFIG``,
+``./farm.toml``, ``/etc/farm/farm.toml``, then built-in defaults that serve the
+functions in ``workers/``.
+
+The package, top down: ``parse`` reads a document's tables (on ``reader``'s
+checks of single values) into ``model``'s dataclasses; ``defaults`` is the
+built-in document; ``capacity`` holds the host's cores and memory and the rule
+on pool sizes that ``farm scale`` applies too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from farm.config.capacity import (
+    DEFAULT_WORKER_MB,
+    MAX_WORKERS,
+    available_cpus,
+    capacity_problem,
+    default_memory_budget_mb,
+)
+from farm.config.defaults import DEFAULTS_SOURCE, builtin
+from farm.config.model import (
+    RESERVED_PREFIX,
+    Config,
+    FunctionConfig,
+    ServerConfig,
+    SupervisorConfig,
+)
+from farm.config.parse import COMMAND_KEYS, KILL_RSS_FACTOR, MAX_GRACE, POOL_KEYS, Validator
+from farm.discovery import SYSTEM_CONFIG, control_path, find_config, read_config_file
+
+__all__ = [
+    "Config",
+    "ServerConfig",
+    "SupervisorConfig",
+    "FunctionConfig",
+    "SYSTEM_CONFIG",
+    "find_config",
+    "load",
+    "load_config",
+    "control_path",
+    "available_cpus",
+    "capacity_problem",
+    "default_memory_budget_mb",
+    "DEFAULTS_SOURCE",
+    "MAX_WORKERS",
+    "DEFAULT_WORKER_MB",
+    "KILL_RSS_FACTOR",
+    "MAX_GRACE",
+    "COMMAND_KEYS",
+    "POOL_KEYS",
+    "RESERVED_PREFIX",
+]
+
+
+def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
+    """Find and load the config by the search order."""
+    return load(find_config(explicit))
+
+
+def load(path: str | os.PathLike[str] | None) -> Config:
+    """Read and validate one file (None: the built-in defaults)."""
+    if path is None:
+        return Validator(DEFAULTS_SOURCE, Path.cwd()).config(builtin())
+    path = Path(path)
+    return Validator(str(path), path.resolve().parent).config(read_config_file(path))

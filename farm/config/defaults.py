@@ -1,0 +1,62 @@
+"""The built-in farm.toml: what ``farm up`` runs with no file, and the defaults a file's
+tables are laid over. It never needs root: runtime files go to ``$XDG_RUNTIME_DIR/farm``
+(else ``/tmp/farm-$UID``) and durable jobs to ``$XDG_STATE_HOME/farm`` (else
+``~/.local/state/farm``), or stay in memory when that is not writable.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from farm.discovery import default_listen
+from farm.executor.call import DEFAULT_FUNCTION as EXECUTOR_FUNCTION
+from farm.executor.call import TARGET as EXECUTOR_TARGET
+from farm.net import Address
+from farm.paths import default_store, runtime_dir
+
+__all__ = ["DEFAULTS_SOURCE", "builtin", "server_store"]
+
+DEFAULTS_SOURCE = "<built-in defaults>"
+
+
+def builtin() -> dict[str, Any]:
+    """The built-in document as a TOML reader gives it; a fresh copy each call."""
+    run = runtime_dir()
+    return {
+        "server": {
+            "listen": default_listen(),
+            "store": None,  # the server's own file in the state directory: server_store
+            "job_retries": 3,
+            "tcp_admin": "read-only",
+        },
+        "supervisor": {
+            "control": f"{run}/control.sock",
+            "cpus": "all",
+            "servers": [],
+            "local_server": None,  # default: when servers is empty
+            "memory_budget_mb": "auto",
+            "metrics": "127.0.0.1:9730",
+            "log_format": "text",
+        },
+        "functions": {
+            "reverse": {"target": "workers.text:reverse", "workers": 1},
+            "resize": {"target": "workers.image:resize", "workers": "auto", "timeout": 60},
+            "thumbnail": {"target": "workers.image:thumbnail", "workers": 1, "timeout": 60},
+            "pbkdf2": {"target": "workers.hashing:pbkdf2", "workers": 1, "timeout": 60},
+            # farm.Executor's pool.
+            EXECUTOR_FUNCTION: {"target": EXECUTOR_TARGET, "workers": "auto"},
+        },
+    }
+
+
+def server_store(addresses: tuple[Address, ...]) -> str:
+    """The server's own file (keyed by its TCP port, else its Unix path), or "none" when
+    farm's state directory cannot be made."""
+    tcp = next((a.port for a in addresses if a.kind == "tcp"), None)
+    unix = next((a.path for a in addresses if a.kind == "unix"), None)
+    path = default_store(tcp, unix)
+    existing = path.parent
+    while not existing.exists():  # the nearest ancestor decides whether we may create it
+        existing = existing.parent
+    return str(path) if os.access(existing, os.W_OK) else "none"

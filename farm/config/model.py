@@ -1,0 +1,142 @@
+"""What a loaded farm.toml is: frozen dataclasses, and where each pool's workers connect.
+
+Reading and checking the file is :mod:`farm.config.parse`'s job; these classes only hold
+the result and answer questions about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from farm.commandspec import CommandSpec
+from farm.net import DEFAULT_SERVER, Address, connectable, parse_address
+
+__all__ = ["Config", "ServerConfig", "SupervisorConfig", "FunctionConfig", "RESERVED_PREFIX"]
+
+#: Functions a farm server lets only its trusted Unix-socket workers serve (the Executor's
+#: signed calls); the server's own check is farm.server.workerside.RESERVED.
+RESERVED_PREFIX = "farm."
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """The local job server: where it listens and where it keeps background jobs."""
+
+    listen: tuple[str, ...]  # farm.net's normal form: "HOST:PORT", "[v6]:PORT", "unix:/path"
+    store: str  # a path, or "none" for memory only
+    job_retries: int
+    tcp_admin: str = "read-only"  # "full": state-changing admin commands over TCP too
+
+    @property
+    def addresses(self) -> tuple[Address, ...]:
+        """``listen``, parsed."""
+        return tuple(parse_address(a) for a in self.listen)
+
+    @property
+    def tcp(self) -> tuple[str, int] | None:
+        """The TCP (host, port) entry of ``listen``, if any (the host as listened on)."""
+        addr = next((a for a in self.addresses if a.kind == "tcp"), None)
+        return (addr.host, addr.port) if addr else None
+
+    @property
+    def unix(self) -> str | None:
+        """The Unix socket path of ``listen``, if any."""
+        return next((a.path for a in self.addresses if a.kind == "unix"), None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SupervisorConfig:
+    control: str  # Unix socket path of the control socket
+    cpus: tuple[int, ...]  # resolved: the cores slots are pinned to
+    servers: tuple[str, ...]  # remote job servers; empty = run the local one
+    graceful_timeout: float  # seconds a stopping worker may take to finish its job
+    memory_budget_mb: int = 0  # what all pools together may use; see capacity_problem
+    metrics: str | None = None  # HOST:PORT of the Prometheus endpoint; None: off
+    log_format: str = "text"  # "json": supervisor, server and workers log JSON lines (farm.logs)
+    # Run the [server] job server too; default: when ``servers`` is empty. With servers and
+    # local_server = true, workers register with the local server and with each of servers.
+    local_server: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class FunctionConfig:
+    name: str  # the pool's name: its table, [functions.NAME]
+    target: str  # "module:function"; "" for a command pool
+    workers: int  # resolved; "auto" becomes one per core of ``cpus``
+    auto: bool
+    timeout: int | None  # seconds; the job fails and the worker is replaced
+    max_jobs: int | None
+    max_rss_mb: int | None  # recycle after a job past this
+    kill_rss_mb: int | None = None  # resolved; fail the job and exit past this, mid-job
+    command: CommandSpec | None = None  # a command pool: any executable instead of a target
+    serves: tuple[str, ...] = ()  # the functions it registers (`function`, `functions`)
+    stop_signal: int = 15  # what asks a command worker to stop (SIGTERM); SIGKILL follows
+    graceful_timeout: float | None = None  # seconds before that SIGKILL; None: [supervisor]'s
+
+    @property
+    def functions(self) -> tuple[str, ...]:
+        """The Gearman functions this pool's workers serve (by default the pool's name)."""
+        return self.serves or (self.name,)
+
+    @property
+    def reserved(self) -> bool:
+        """Whether it serves a reserved ``farm.*`` function (the Executor's ``farm.python``)."""
+        return any(f.startswith(RESERVED_PREFIX) for f in self.functions)
+
+    def options(self) -> tuple[object, ...]:
+        """What a running worker was started with: a change means the pool restarts."""
+        return (
+            self.target,
+            self.timeout,
+            self.max_jobs,
+            self.max_rss_mb,
+            self.kill_rss_mb,
+            self.command,
+            self.serves,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    source: str  # the file it came from, or DEFAULTS_SOURCE
+    server: ServerConfig
+    supervisor: SupervisorConfig
+    functions: Mapping[str, FunctionConfig]
+
+    @property
+    def local_server(self) -> bool:
+        return self.supervisor.local_server
+
+    @property
+    def worker_servers(self) -> tuple[str, ...]:
+        """Where workers connect: the local Unix socket or TCP port when the farm runs its
+        server, then the remote ``servers``."""
+        if not self.local_server:
+            return self.supervisor.servers
+        # The Unix socket first: it is the faster way in.
+        ranked = sorted(self.server.addresses, key=lambda a: a.kind != "unix")
+        local = str(connectable(ranked[0] if ranked else DEFAULT_SERVER))
+        return (local, *(s for s in self.supervisor.servers if s != local))
+
+    def servers_for(self, pool: FunctionConfig) -> tuple[str, ...]:
+        """Where ``pool``'s workers connect: ``worker_servers``, except that a pool serving a
+        reserved ``farm.*`` function uses only a Unix socket on this host (the local server's
+        when the farm runs one): a farm server refuses ``farm.*`` over TCP, and the Executor's
+        calls, code to run, must not leave the host. The config makes sure there is one."""
+        if not pool.reserved:
+            return self.worker_servers
+        if self.local_server:
+            return (f"unix:{self.server.unix}",) if self.server.unix else ()
+        return tuple(s for s in self.supervisor.servers if parse_address(s).kind == "unix")
+
+    @property
+    def command_servers(self) -> tuple[str, ...]:
+        """``$FARM_SERVERS`` of command workers: TCP HOST:PORTs, the local server's first
+        (PHP's extension, Perl and the gearman CLI take host and port, not a Unix path)."""
+        found = []
+        if self.local_server and self.server.tcp:
+            tcp = next(a for a in self.server.addresses if a.kind == "tcp")
+            found.append(str(connectable(tcp)))
+        found += [s for s in self.supervisor.servers if parse_address(s).kind == "tcp"]
+        return tuple(dict.fromkeys(found))

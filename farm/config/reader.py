@@ -1,0 +1,83 @@
+"""The one way a farm.toml value is checked and refused: by its dotted key, in one line.
+
+:class:`TableReader` holds what every table needs (unknown keys with a "did you mean",
+counts, limits, addresses, paths relative to the file); :mod:`farm.config.parse` builds
+farm.toml's tables on it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+from farm.discovery import resolve
+from farm.errors import ConfigError
+from farm.net import DEFAULT_SERVER, Address, AddressError, parse_address
+
+__all__ = ["TableReader"]
+
+
+class TableReader:
+    """Reads the values of one document, read from ``source``; each refusal names it."""
+
+    def __init__(self, source: str, base: Path) -> None:
+        self.source = source
+        self.base = base  # relative paths in a file are relative to the file
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {key}: {message}")
+
+    def table(self, raw: Any, key: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            raise self.fail(key, f"must be a table ([{key}]), got {_kind(raw)}")
+        for name in raw:
+            if name not in allowed:
+                near = difflib.get_close_matches(name, allowed, n=1)
+                hint = f"did you mean {near[0]!r}?" if near else f"allowed: {', '.join(allowed)}"
+                where = f"{key}.{name}" if key else name
+                raise self.fail(where, f"unknown key; {hint}")
+        return raw
+
+    def count(self, value: Any, key: str) -> int:
+        if type(value) is not int or value < 0:
+            raise self.fail(key, f"must be a whole number >= 0, got {value!r}")
+        return value
+
+    def optional_positive(self, value: Any, key: str) -> int | None:
+        if value is None:
+            return None
+        if type(value) is not int or value <= 0:
+            raise self.fail(
+                key, f"must be a whole number > 0 (or left out for no limit), got {value!r}"
+            )
+        return value
+
+    def address(self, addr: str, key: str) -> Address:
+        """``addr`` parsed, its port required (a file says which); Unix paths resolved."""
+        try:
+            parsed = parse_address(addr, default_port=None)
+        except AddressError as exc:
+            raise self.fail(
+                key,
+                f"{addr!r}: {exc.reason}; "
+                f'write HOST:PORT (e.g. "{DEFAULT_SERVER}"), "[::1]:PORT" or "unix:/path"',
+            ) from None
+        if parsed.kind == "unix":
+            return Address("unix", path=self.path(parsed.path, key))
+        return parsed
+
+    def path(self, value: str, key: str) -> str:
+        if not value.strip():
+            raise self.fail(key, "must not be empty")
+        return resolve(self.base, value)
+
+
+def _kind(value: Any) -> str:
+    return {
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        bool: "true/false",
+        list: "a list",
+    }.get(type(value), type(value).__name__)
