@@ -1,12 +1,15 @@
 """``farm.Executor``: a ``concurrent.futures.Executor`` whose calls run on the farm.
 
     executor  the Executor the caller holds (submit, map, shutdown)
-    pump      its one thread that owns connections and calls in flight
-    call      both ends of a call: encoding it, and ``run_call`` on the worker
+    pump      its one thread that owns connections and jobs in flight
+    flight    calls and jobs in flight: batching, payloads, outcomes into futures
+    payload   the format of a call and its result, and the caller's end of it
+    call      the worker's end: ``run_call``
+    replay    the worker's guard against expired and replayed calls
     signing   the farm's key and the HMAC on every call and result
 
-Worker processes import only ``call`` and ``signing``; the names below load on
-first use so that they do not pay for the caller's side.
+Worker processes import only ``call``, ``payload``, ``replay`` and ``signing``; the
+names below load on first use so that they do not pay for the caller's side.
 """
 
 from __future__ import annotations
@@ -16,14 +19,15 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["Executor", "RemoteTraceback", "BrokenFarmExecutor", "DEFAULT_FUNCTION"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from farm.executor.call import DEFAULT_FUNCTION, RemoteTraceback
+    from farm.executor.call import DEFAULT_FUNCTION
     from farm.executor.executor import Executor
-    from farm.executor.pump import BrokenFarmExecutor
+    from farm.executor.flight import BrokenFarmExecutor
+    from farm.executor.payload import RemoteTraceback
 
 _HOMES = {
     "Executor": "farm.executor.executor",
-    "RemoteTraceback": "farm.executor.call",
-    "BrokenFarmExecutor": "farm.executor.pump",
+    "RemoteTraceback": "farm.executor.payload",
+    "BrokenFarmExecutor": "farm.executor.flight",
     "DEFAULT_FUNCTION": "farm.executor.call",
 }
 

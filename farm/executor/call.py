@@ -1,59 +1,17 @@
-"""Both ends of an Executor call: encoding it (caller), and ``run_call`` (worker).
+"""The worker's end of an Executor call: ``run_call``, and the worker's state across calls.
 
 The supervisor serves ``farm.executor.call:run_call`` under the function
-name ``farm.python`` (``DEFAULT_FUNCTION``). A job's data is a signed call::
-
-    signed(CALL, call_id (16 bytes) | expires (8 bytes, epoch seconds, big endian)
-                 | fn_size (4 bytes, little endian) | pickled fn | kind (1 byte)
-                 | [setup] | body)
-
-``call_id`` is chosen afresh by the caller for each job, and every result
-names it -- ``signed(RESULT, call_id | pickled outcome)`` -- so a result made for
-another call (captured, or answered by someone else) is refused by the caller
-even though its signature is good. A worker runs a call only before it
-expires and only once in the whole pool (``farm.executor.replay``), so a
-captured call submitted again is refused unrun.
-
-``kind`` says what ``body`` is and what comes back:
-
-* SINGLE: ``pickle((args, kwargs))``; the job's result is
-  ``signed(RESULT, call_id | pickle(outcome))``.
-* CHUNK (``map`` with ``chunksize``): ``pickle([args, ...])``; the result is one
-  outcome holding the list of values, as ``ProcessPoolExecutor.map`` does.
-* BATCH (calls the pump packed into one job, see farm/executor/pump.py):
-  ``pickle([pickled (args, kwargs), ...])``; outcomes come back in order, as
-  ``signed(RESULT, call_id | pickle((first_index, [outcome, ...])))`` in WORK_DATA
-  packets while the batch runs (so a long batch's early calls finish early)
-  and in the WORK_COMPLETE that ends it.
-
-The kind byte's low four bits are the kind; its high bits say which setup
-sections follow it, in this order (a call of an executor without them carries
-no byte more):
-
-* INITIALIZER (0x10): ``digest (32 bytes, sha256 of the pickle) | size (4 bytes,
-  little endian) | pickle((initializer, initargs))``. The worker runs
-  ``initializer(*initargs)`` before the call unless the last initializer it ran
-  has this digest. If it raises, the job's result is the outcome
-  ``(BROKEN, exception, traceback_text)`` (for a batch: ``(0, [that])``) and the
-  caller breaks the executor, as ProcessPoolExecutor breaks when a child's
-  initializer fails.
-* RECYCLE (0x20): ``executor_id (16 bytes) | max_tasks (4 bytes, little endian)``:
-  after ``max_tasks`` jobs of that executor this worker sets
-  ``recycle_requested``, which the supervised worker process
-  (farm/pools/workerproc.py) reads after the job: it exits and the supervisor
-  replaces it (``max_tasks_per_child``).
-
-An outcome is ``(OK, value)`` or ``(ERROR, exception, traceback_text)``. The
-signature is checked before anything is unpickled (``farm.executor.signing``);
-a payload that fails it raises SignatureError, which the worker library
-reports as WORK_EXCEPTION, so the client learns why. Whatever the call itself
-raises (BaseException, as ProcessPoolExecutor) travels back inside a signed
-result.
+name ``farm.python`` (``DEFAULT_FUNCTION``). ``run_call`` checks a job's
+signature and that its call is neither expired nor replayed (``farm.executor.replay``)
+before it unpickles anything, runs the executor's initializer when this worker's
+last one differs, counts jobs for ``max_tasks_per_child``, runs the call (or a
+batch of calls), and returns the signed outcome. The format of calls and
+results, and the caller's end of it, is farm/executor/payload.py; its names are
+re-exported here, where tests and older code import them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import pickle
 import time
@@ -61,8 +19,29 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from farm.executor.payload import (
+    BATCH,
+    BROKEN,
+    CALL_ID_SIZE,
+    CHUNK,
+    DIGEST_SIZE,
+    ERROR,
+    INITIALIZER,
+    KIND_MASK,
+    NO_SETUP,
+    OK,
+    RECYCLE,
+    SINGLE,
+    RemoteTraceback,
+    dump,
+    dump_fn,
+    dump_initializer,
+    encode_call,
+    encode_setup,
+    open_result,
+)
 from farm.executor.replay import ReplayGuard
-from farm.executor.signing import CALL, RESULT, SignatureError, Signer, load_key
+from farm.executor.signing import CALL, RESULT, Signer, load_key
 
 __all__ = [
     "DEFAULT_FUNCTION",
@@ -91,33 +70,10 @@ log = logging.getLogger("farm.executor")
 DEFAULT_FUNCTION = "farm.python"
 TARGET = "farm.executor.call:run_call"
 
-SINGLE, CHUNK, BATCH = 0, 1, 2
-#: The kind byte: the kind in the low bits, the setup sections that follow it in the high ones.
-KIND_MASK = 0x0F
-INITIALIZER, RECYCLE = 0x10, 0x20
-DIGEST_SIZE = 32
-#: Bytes of the id that binds a call and its results (and of an executor's id).
-CALL_ID_SIZE = 16
-#: BROKEN: the executor's initializer failed in the worker; the caller breaks the executor.
-OK, ERROR, BROKEN = 0, 1, 2
-#: The setup of an executor without initializer or max_tasks_per_child: flags and bytes.
-NO_SETUP: tuple[int, bytes] = (0, b"")
-
 #: A running batch sends the outcomes it has so far at most this often (seconds).
 BATCH_FLUSH_EVERY = 0.02
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
-
-
-class RemoteTraceback(Exception):
-    """The worker's traceback, as text: the ``__cause__`` of a call's exception."""
-
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
 
 
 _signer: Signer | None = None
@@ -132,86 +88,6 @@ recycle_requested: str | None = None
 #: Unpickled functions by their pickled bytes: a lambda sent 10,000 times is rebuilt once.
 _functions: dict[bytes, Any] = {}
 _MAX_FUNCTIONS = 256
-
-
-def dump(obj: Any) -> bytes:
-    """Plain pickle when it works (several times faster), else cloudpickle, which sends
-    lambdas, closures and classes of ``__main__`` by value."""
-    try:
-        return pickle.dumps(obj, protocol=_PROTOCOL)
-    except Exception:
-        pass
-    import cloudpickle
-
-    data: bytes = cloudpickle.dumps(obj, protocol=_PROTOCOL)
-    return data
-
-
-def dump_fn(fn: Any) -> bytes:
-    """The function's pickle. A function of ``__main__`` travels by value (cloudpickle): the
-    worker cannot import the caller's script; one of a module travels by name."""
-    if getattr(fn, "__module__", None) == "__main__":
-        import cloudpickle
-
-        data: bytes = cloudpickle.dumps(fn, protocol=_PROTOCOL)
-        return data
-    return dump(fn)
-
-
-def dump_initializer(initializer: Callable[..., object], initargs: tuple[Any, ...]) -> bytes:
-    """The pickle of ``(initializer, initargs)``: by value for a function of ``__main__``."""
-    if getattr(initializer, "__module__", None) == "__main__":
-        import cloudpickle
-
-        data: bytes = cloudpickle.dumps((initializer, initargs), protocol=_PROTOCOL)
-        return data
-    return dump((initializer, initargs))
-
-
-def encode_setup(
-    initializer: bytes | None, executor_id: bytes | None = None, max_tasks: int | None = None
-) -> tuple[int, bytes]:
-    """An executor's setup sections, once for all its calls: the flags for the kind byte and
-    the bytes after it (see the module docstring). NO_SETUP when there is nothing to say."""
-    flags, data = 0, b""
-    if initializer is not None:
-        digest = hashlib.sha256(initializer).digest()
-        flags |= INITIALIZER
-        data += digest + len(initializer).to_bytes(4, "little") + initializer
-    if max_tasks is not None:
-        assert executor_id is not None and len(executor_id) == CALL_ID_SIZE
-        flags |= RECYCLE
-        data += executor_id + max_tasks.to_bytes(4, "little")
-    return flags, data
-
-
-def encode_call(
-    signer: Signer,
-    call_id: bytes,
-    expires: int,
-    fn_bytes: bytes,
-    kind: int,
-    body: bytes,
-    setup: tuple[int, bytes] = NO_SETUP,
-) -> bytes:
-    """A signed job payload (see the module docstring)."""
-    assert len(call_id) == CALL_ID_SIZE, "a call id has CALL_ID_SIZE bytes"
-    head = call_id + expires.to_bytes(8, "big") + len(fn_bytes).to_bytes(4, "little")
-    if setup[0]:  # an initializer or max_tasks_per_child: their sections follow the kind
-        kind_byte = (kind | setup[0]).to_bytes(1, "little")
-        return signer.seal(CALL, head + fn_bytes + kind_byte + setup[1] + body)
-    return signer.seal(CALL, head + fn_bytes + kind.to_bytes(1, "little") + body)
-
-
-def open_result(signer: Signer, call_id: bytes, message: bytes) -> memoryview:
-    """The pickled outcome(s) of a result signed by this farm *for this call*; else
-    SignatureError, before anything is unpickled."""
-    body = signer.open(RESULT, message)
-    if bytes(body[:CALL_ID_SIZE]) != call_id:
-        raise SignatureError(
-            "the result is signed, but for another call: refused without unpickling"
-        )
-    return body[CALL_ID_SIZE:]
 
 
 def _worker_guard() -> ReplayGuard:
@@ -349,21 +225,9 @@ def _dump_outcome(outcome: tuple[Any, ...]) -> bytes:
     ``__reduce__`` may raise SystemExit), with that traceback. The worker lives on.
     """
     try:
-        return _pickle(outcome)
+        return dump(outcome)
     except BaseException as exc:
         return pickle.dumps(_unsendable(exc, outcome), protocol=_PROTOCOL)
-
-
-def _pickle(obj: Any) -> bytes:
-    """Plain pickle, else cloudpickle (classes rebuilt by value); raises what they raise."""
-    try:
-        return pickle.dumps(obj, protocol=_PROTOCOL)
-    except Exception:
-        pass  # a BaseException is no "try cloudpickle": it goes to the caller at once
-    import cloudpickle
-
-    data: bytes = cloudpickle.dumps(obj, protocol=_PROTOCOL)
-    return data
 
 
 def _unsendable(exc: BaseException, outcome: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -403,12 +267,12 @@ def _dump_batch(first: int, outcomes: list[Any]) -> bytes:
     kept = []
     for outcome in outcomes:
         try:
-            _pickle(outcome)
+            dump(outcome)
             kept.append(outcome)
         except BaseException as exc:
             kept.append(_unsendable(exc, outcome))
     try:
-        return _pickle((first, kept))
+        return dump((first, kept))
     except BaseException as exc:  # each pickles alone but not together: none is sent
         failure = _unsendable(exc, (OK, None))
         return pickle.dumps((first, [failure] * len(kept)), protocol=_PROTOCOL)

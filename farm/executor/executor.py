@@ -3,13 +3,14 @@
 Data flow (after CPython's ``concurrent/futures/process.py``)::
 
     submit(fn, *args) / map(fn, *its)          caller's thread
-      │  cloudpickle + HMAC (farm.executor.signing) → _WorkItem(future, payload)
+      │  pickle, cloudpickle where it must (farm.executor.payload) → WorkItem(future, Call)
       ▼
-    pending deque ──(a wake-up byte, only when the pump sleeps)──┐
-                                                                 ▼
-    pump thread (_Pump: the one owner of connections and in-flight counts)
-      │  up to max_workers jobs: Task → ClientSession.submit → one send per turn
-      │  replies: ClientSession.receive → JobEnded → verify, unpickle, set the future
+    pending deque ──(when the pump sleeps: sent from the caller's thread, under its lock)
+      ▼
+    pump thread (Pump, farm.executor.pump: the one owner of connections and jobs in flight)
+      │  up to max_workers jobs, waiting calls packed into batches (farm.executor.flight),
+      │  each signed (HMAC, farm.executor.signing): Task → ClientSession.submit → one send per turn
+      │  replies: ClientSession.receive → JobEnded → verify, unpickle, set the futures
       ▼
     job server ⇄ worker processes serving farm.executor.call:run_call ("farm.python")
 
@@ -36,10 +37,11 @@ from itertools import islice
 from typing import Any, TypeGuard, TypeVar
 
 from farm.discovery import executor_servers
-from farm.executor.call import (
+from farm.executor.call import DEFAULT_FUNCTION
+from farm.executor.flight import MAX_BATCH, BrokenFarmExecutor, Call, WorkItem, fail_broken
+from farm.executor.payload import (
     CALL_ID_SIZE,
     CHUNK,
-    DEFAULT_FUNCTION,
     NO_SETUP,
     SINGLE,
     RemoteTraceback,
@@ -48,7 +50,7 @@ from farm.executor.call import (
     dump_initializer,
     encode_setup,
 )
-from farm.executor.pump import MAX_BATCH, BrokenFarmExecutor, Call, Pump, WorkItem, fail_broken
+from farm.executor.pump import Pump
 from farm.executor.signing import Signer, load_key
 from farm.net import parse_servers
 from farm.protocol.checks import check_name, check_priority

@@ -9,108 +9,50 @@ items as the in-flight window allows, writes each connection's queued bytes
 once, then waits for replies, the socket becoming writable, or a wake-up.
 Replies go through ``farm.protocol.client.ClientSession``, as in ``farm.Client``.
 
-Batching: when more calls wait than the window has room for, consecutive
-calls of the same function travel as one job (``BATCH``, farm/executor/call.py),
-so tiny calls stop paying a job each -- a packet, a queue entry and a wake-up
-at the server, a grab at the worker. Each call keeps its own future, resolved
-as its outcome arrives (WORK_DATA while the batch runs, WORK_COMPLETE at its
-end). If the batch's worker dies, the server runs the job again on another
-worker (``job_retries``); calls whose outcome already arrived stay resolved
-(their second outcome is dropped, but they did run twice), the others resolve
-from the rerun or, when the retries run out, fail with ``WorkerLost``.
+What a call and a job in flight are, how waiting calls are packed into jobs
+(batching) and how outcomes settle futures is farm/executor/flight.py; this
+module is the thread, its lock, the connections, and the reading and writing.
 """
 
 from __future__ import annotations
 
 import logging
-import pickle
-import secrets
 import selectors
 import socket
 import threading
-import time
 from collections import deque
-from concurrent.futures import Future
-from concurrent.futures._base import BrokenExecutor
-from typing import Any, NamedTuple
 
 from farm.client.serverpick import ServerPicker
-from farm.errors import FarmError, JobError, JobFailed, ServerUnavailable, WorkerLost
-from farm.executor.call import (
-    BATCH,
-    BROKEN,
-    CALL_ID_SIZE,
-    NO_SETUP,
-    OK,
-    SINGLE,
-    RemoteTraceback,
-    encode_call,
-    open_result,
+from farm.errors import ServerUnavailable
+from farm.executor.flight import (
+    CALL_TTL,
+    MAX_BATCH,
+    BrokenFarmExecutor,
+    Call,
+    Flight,
+    InitializerFailed,
+    WorkItem,
+    complete,
+    describe,
+    fail_broken,
+    flight_of,
+    partial,
+    take,
 )
-from farm.executor.signing import SignatureError, Signer
+from farm.executor.payload import NO_SETUP, RemoteTraceback
+from farm.executor.signing import Signer
 from farm.net import Waker, connect
 from farm.protocol import ProtocolError
 from farm.protocol.client import ClientSession, JobData, JobEnded, Task
 
-__all__ = ["Pump", "WorkItem", "BrokenFarmExecutor", "fail_broken"]
+# Call, WorkItem, BrokenFarmExecutor, fail_broken and MAX_BATCH live in farm.executor.flight;
+# they are named here too, where the executor and older code import them.
+__all__ = ["Pump", "WorkItem", "Call", "BrokenFarmExecutor", "fail_broken", "MAX_BATCH"]
 
 log = logging.getLogger("farm.executor")
 
 READ = selectors.EVENT_READ
 READ_WRITE = selectors.EVENT_READ | selectors.EVENT_WRITE
-
-
-#: Most calls one batch carries.
-MAX_BATCH = 64
-#: Seconds a sent call stays valid: a worker refuses it after that (and any replay of it).
-CALL_TTL = 24 * 3600
-
-
-class BrokenFarmExecutor(FarmError, BrokenExecutor):
-    """The executor's pump thread failed: every call it had not finished fails with this, and
-    so does every later ``submit`` (as ``BrokenProcessPool`` for ProcessPoolExecutor)."""
-
-
-class InitializerFailed(Exception):
-    """Raised in the pump thread when a worker reports that the executor's initializer
-    failed: the pump breaks, as ProcessPoolExecutor breaks when a child's initializer fails."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(_describe(error))
-        self.error = error
-
-
-class Call(NamedTuple):
-    """A call as the caller's thread encoded it: the pickled function, its kind and body."""
-
-    fn: bytes
-    kind: int  # SINGLE or CHUNK (the pump makes BATCHes of SINGLEs)
-    body: bytes
-
-
-class WorkItem:
-    """A call waiting for, or on, the farm: its future and what it asks."""
-
-    __slots__ = ("future", "call")
-
-    def __init__(self, future: Future[Any], call: Call) -> None:
-        self.future = future
-        self.call = call
-
-
-class Flight:
-    """The calls one job carries (one, or a batch), and the id its results must name."""
-
-    __slots__ = ("items", "call_id")
-
-    def __init__(self, items: list[WorkItem]) -> None:
-        self.items = items
-        self.call_id = secrets.token_bytes(CALL_ID_SIZE)  # fresh: binds results, stops replays
-
-    @property
-    def batched(self) -> bool:
-        """Several calls in one job (BATCH): outcomes come back with their index."""
-        return len(self.items) > 1
 
 
 class _Conn:
@@ -250,7 +192,7 @@ class Pump:
             self._break(why, exc.error)
         except BaseException as exc:  # a bug (or a done-callback raising SystemExit) here
             log.exception("farm executor pump failed")  # must not leave callers waiting forever
-            self._break(f"the executor's pump thread failed: {_describe(exc)}", exc)
+            self._break(f"the executor's pump thread failed: {describe(exc)}", exc)
         finally:
             try:
                 for conn in list(self._conns.values()):
@@ -275,7 +217,7 @@ class Pump:
         while pending and self._in_flight < self.max_in_flight:
             flight = Flight([])
             flights.add(flight)  # before a call leaves the deque: _break finds it anywhere
-            items = self._take(pending, flight.items)
+            items = take(pending, flight.items, self.max_batch, self.max_in_flight)
             if not items:
                 flights.discard(flight)
                 continue  # all cancelled while they waited here
@@ -286,45 +228,11 @@ class Pump:
                     item.future.set_exception(exc)
                 flights.discard(flight)
                 continue
-            task: Task[Flight] = Task(self.function, self._payload(flight), priority=self.priority)
+            payload = flight.payload(self.signer, self.call_ttl, self.setup)
+            task: Task[Flight] = Task(self.function, payload, priority=self.priority)
             task.owner = flight
             conn.session.submit(task)
             self._in_flight += 1
-
-    def _take(self, pending: deque[WorkItem], items: list[WorkItem]) -> list[WorkItem]:
-        """The next job's calls, into ``items``: one, or a batch of one function's calls
-        when many wait. Each call is in ``items`` from the moment it leaves the deque.
-
-        A batch's size spreads what waits over twice the window, so that every
-        worker still gets several jobs and the last ones end close together.
-        """
-        first = pending.popleft()
-        items.append(first)
-        if not first.future.set_running_or_notify_cancel():
-            items.pop()
-            return items
-        if first.call.kind != SINGLE:
-            return items
-        size = min(self.max_batch, len(pending) // (2 * self.max_in_flight) + 1)
-        fn = first.call.fn
-        while len(items) < size and pending:
-            nxt = pending[0]
-            if nxt.call.kind != SINGLE or nxt.call.fn != fn:
-                break
-            items.append(pending.popleft())
-            if not nxt.future.set_running_or_notify_cancel():
-                items.pop()
-        return items
-
-    def _payload(self, flight: Flight) -> bytes:
-        call = flight.items[0].call
-        expires = int(time.time() + self.call_ttl)
-        if not flight.batched:
-            return encode_call(
-                self.signer, flight.call_id, expires, call.fn, call.kind, call.body, self.setup
-            )
-        body = pickle.dumps([item.call.body for item in flight.items], pickle.HIGHEST_PROTOCOL)
-        return encode_call(self.signer, flight.call_id, expires, call.fn, BATCH, body, self.setup)
 
     def _connection(self) -> _Conn:
         """A connection for the next job: rotate over servers, skipping refusing ones."""
@@ -388,69 +296,10 @@ class Pump:
         for event in events:
             if isinstance(event, JobEnded):
                 self._in_flight -= 1
-                self._complete(event.task)
-                self._flights.discard(_flight(event.task))  # not before: _break still finds it
+                complete(event.task, self.signer)
+                self._flights.discard(flight_of(event.task))  # not before: _break still finds it
             elif isinstance(event, JobData):
-                self._partial(event.task, event.data)
-
-    def _partial(self, task: Task[Flight], data: bytes) -> None:
-        """WORK_DATA of a batch: the outcomes of the calls it finished so far."""
-        flight = _flight(task)
-        if flight.batched:
-            self._resolve_batch(task, flight, data)
-
-    def _complete(self, task: Task[Flight]) -> None:
-        flight = _flight(task)
-        error = task.error
-        if error is not None:
-            if type(error) is JobFailed:  # no exception came first: the worker is gone
-                error = WorkerLost(
-                    f"the worker running job {task.handle} died (or overran its timeout);"
-                    " the call's outcome is unknown"
-                )
-            for item in flight.items:
-                if not item.future.done():
-                    item.future.set_exception(error)
-            return
-        if flight.batched:
-            self._resolve_batch(task, flight, task.result or b"")
-            for item in flight.items:  # a well-formed batch leaves none; a broken one says so
-                if not item.future.done():
-                    item.future.set_exception(JobError(f"job {task.handle} lost this call"))
-            return
-        try:
-            outcome = self._open(task, task.result or b"")
-        except Exception as exc:
-            flight.items[0].future.set_exception(exc)
-            return
-        _settle(flight.items[0].future, outcome)
-
-    def _resolve_batch(self, task: Task[Flight], flight: Flight, data: bytes) -> None:
-        try:
-            first, outcomes = self._open(task, data)
-        except Exception as exc:
-            for item in flight.items:
-                if not item.future.done():
-                    item.future.set_exception(exc)
-            return
-        for item, outcome in zip(flight.items[first:], outcomes, strict=False):
-            if not item.future.done():  # a rerun after a worker died repeats early outcomes
-                _settle(item.future, outcome)
-
-    def _open(self, task: Task[Flight], data: bytes) -> Any:
-        """Verify and unpickle a result; SignatureError, or JobError when it will not load.
-
-        Whatever unpickling raises -- even SystemExit from a ``__reduce__`` -- is the
-        failure of this job's calls only: the pump lives on. (ProcessPoolExecutor breaks
-        instead, because it cannot tell whose result its pipe held; here the job says.)
-        """
-        try:
-            return pickle.loads(open_result(self.signer, _flight(task).call_id, data))
-        except SignatureError:
-            raise
-        except BaseException as exc:
-            why = f"cannot unpickle the result of job {task.handle}: {_describe(exc)}"
-            raise JobError(why) from exc
+                partial(event.task, self.signer, event.data)
 
     # -- losing connections --
 
@@ -470,10 +319,8 @@ class Pump:
             lost = ServerUnavailable(
                 f"job server {conn.addr} {why} while holding job {task.handle}"
             )
-            flight = _flight(task)
-            for item in flight.items:
-                if not item.future.done():
-                    item.future.set_exception(lost)
+            flight = flight_of(task)
+            flight.fail(lost)
             self._flights.discard(flight)
 
     def why_broken(self) -> str | None:
@@ -490,54 +337,6 @@ class Pump:
             items += flight.items
         self._flights.clear()
         fail_broken(items, why, cause)
-
-
-def fail_broken(items: list[WorkItem], why: str, cause: BaseException | None) -> None:
-    """Fail each call not settled yet with BrokenFarmExecutor (a cancelled one stays so).
-
-    A done-callback that raises (even SystemExit) cannot stop the others from failing.
-    """
-    for item in items:
-        future = item.future
-        try:
-            if future.done():
-                continue
-            if not future.running() and not future.set_running_or_notify_cancel():
-                continue  # cancelled while it waited
-            error = BrokenFarmExecutor(why)
-            error.__cause__ = cause
-            future.set_exception(error)
-        except BaseException:
-            log.exception("farm executor: failing a call of the broken pump")
-
-
-def _describe(exc: BaseException) -> str:
-    """``Type: message``, even for an exception whose ``str()`` raises."""
-    try:
-        text = str(exc)
-    except BaseException:
-        text = "<str() failed>"
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _flight(task: Task[Flight]) -> Flight:
-    """The calls a task was made for (every task the pump submits has them)."""
-    flight = task.owner
-    assert flight is not None, f"{task!r} was not submitted by the pump"
-    return flight
-
-
-def _settle(future: Future[Any], outcome: tuple[Any, ...]) -> None:
-    """Resolve a call's future from its outcome: (OK, value) or (ERROR, exc, traceback);
-    (BROKEN, exc, traceback) raises InitializerFailed, which breaks the pump."""
-    if outcome[0] == OK:
-        future.set_result(outcome[1])
-        return
-    raised, text = outcome[1], outcome[2]
-    raised.__cause__ = RemoteTraceback(text)
-    if outcome[0] == BROKEN:
-        raise InitializerFailed(raised)
-    future.set_exception(raised)
 
 
 def _cause_text(exc: InitializerFailed) -> str:

@@ -2,7 +2,7 @@
 
 A signed call is valid for anyone who holds its bytes: whoever captured one
 could submit it again. Each call carries a fresh id and an expiry (see
-``farm.executor.call``); before running one, a worker claims its id here, in a
+``farm.executor.payload``); before running one, a worker claims its id here, in a
 directory named for the farm's key that every worker of the pool shares (and
 that outlives any one of them, so recycling forgets nothing). A claim is one
 symbolic link whose target is the job handle (made atomically in one system

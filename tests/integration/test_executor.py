@@ -261,7 +261,7 @@ def test_killed_worker_fails_only_its_future(tmp_path: Path) -> None:
 
 def test_a_worker_dying_mid_batch_fails_the_calls_it_had_not_finished(tmp_path: Path) -> None:
     # One job in flight at a time, so the calls queued behind a slow one travel as batches
-    # (farm/executor/pump.py). With --job-retries 1 the batch is not run again.
+    # (farm/executor/flight.py). With --job-retries 1 the batch is not run again.
     small = ExecutorFarm(tmp_path, count=2)
     fifo = str(tmp_path / "started")
     os.mkfifo(fifo)

@@ -1,0 +1,266 @@
+"""Calls and jobs in flight: how waiting calls become jobs, and outcomes become futures.
+
+The pump (farm/executor/pump.py) moves bytes; what it moves is decided here.
+A ``WorkItem`` is one call and its future. ``take`` picks the calls of the next
+job; a ``Flight`` is that job's calls with the fresh id its results must name,
+and makes the signed payload. ``complete`` and ``partial`` turn the job's replies
+into outcomes and settle each call's future; ``fail_broken`` fails what a broken
+pump leaves.
+
+Batching: when more calls wait than the window has room for, consecutive
+calls of the same function travel as one job (``BATCH``, farm/executor/call.py),
+so tiny calls stop paying a job each -- a packet, a queue entry and a wake-up
+at the server, a grab at the worker. Each call keeps its own future, resolved
+as its outcome arrives (WORK_DATA while the batch runs, WORK_COMPLETE at its
+end). If the batch's worker dies, the server runs the job again on another
+worker (``job_retries``); calls whose outcome already arrived stay resolved
+(their second outcome is dropped, but they did run twice), the others resolve
+from the rerun or, when the retries run out, fail with ``WorkerLost``.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import secrets
+import time
+from collections import deque
+from concurrent.futures import Future
+from concurrent.futures._base import BrokenExecutor
+from typing import Any, NamedTuple
+
+from farm.errors import FarmError, JobError, JobFailed, WorkerLost
+from farm.executor.payload import (
+    BATCH,
+    BROKEN,
+    CALL_ID_SIZE,
+    OK,
+    SINGLE,
+    RemoteTraceback,
+    encode_call,
+    open_result,
+)
+from farm.executor.signing import SignatureError, Signer
+from farm.protocol.client import Task
+
+__all__ = [
+    "MAX_BATCH",
+    "CALL_TTL",
+    "BrokenFarmExecutor",
+    "InitializerFailed",
+    "Call",
+    "WorkItem",
+    "Flight",
+    "take",
+    "complete",
+    "partial",
+    "flight_of",
+    "fail_broken",
+    "describe",
+]
+
+log = logging.getLogger("farm.executor")
+
+#: Most calls one batch carries.
+MAX_BATCH = 64
+#: Seconds a sent call stays valid: a worker refuses it after that (and any replay of it).
+CALL_TTL = 24 * 3600
+
+
+class BrokenFarmExecutor(FarmError, BrokenExecutor):
+    """The executor's pump thread failed: every call it had not finished fails with this, and
+    so does every later ``submit`` (as ``BrokenProcessPool`` for ProcessPoolExecutor)."""
+
+
+class InitializerFailed(Exception):
+    """Raised in the pump thread when a worker reports that the executor's initializer
+    failed: the pump breaks, as ProcessPoolExecutor breaks when a child's initializer fails."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(describe(error))
+        self.error = error
+
+
+class Call(NamedTuple):
+    """A call as the caller's thread encoded it: the pickled function, its kind and body."""
+
+    fn: bytes
+    kind: int  # SINGLE or CHUNK (the pump makes BATCHes of SINGLEs)
+    body: bytes
+
+
+class WorkItem:
+    """A call waiting for, or on, the farm: its future and what it asks."""
+
+    __slots__ = ("future", "call")
+
+    def __init__(self, future: Future[Any], call: Call) -> None:
+        self.future = future
+        self.call = call
+
+
+class Flight:
+    """The calls one job carries (one, or a batch), and the id its results must name."""
+
+    __slots__ = ("items", "call_id")
+
+    def __init__(self, items: list[WorkItem]) -> None:
+        self.items = items
+        self.call_id = secrets.token_bytes(CALL_ID_SIZE)  # fresh: binds results, stops replays
+
+    @property
+    def batched(self) -> bool:
+        """Several calls in one job (BATCH): outcomes come back with their index."""
+        return len(self.items) > 1
+
+    def payload(self, signer: Signer, ttl: float, setup: tuple[int, bytes]) -> bytes:
+        """The job's signed data: the one call, or the batch, valid for ``ttl`` seconds."""
+        call = self.items[0].call
+        expires = int(time.time() + ttl)
+        if not self.batched:
+            return encode_call(signer, self.call_id, expires, call.fn, call.kind, call.body, setup)
+        body = pickle.dumps([item.call.body for item in self.items], pickle.HIGHEST_PROTOCOL)
+        return encode_call(signer, self.call_id, expires, call.fn, BATCH, body, setup)
+
+    def fail(self, error: BaseException) -> None:
+        """Fail each of its calls not settled yet with ``error``."""
+        for item in self.items:
+            if not item.future.done():
+                item.future.set_exception(error)
+
+
+def take(
+    pending: deque[WorkItem], items: list[WorkItem], max_batch: int, window: int
+) -> list[WorkItem]:
+    """The next job's calls, into ``items``: one, or a batch of one function's calls
+    when many wait. Each call is in ``items`` from the moment it leaves the deque.
+
+    A batch's size spreads what waits over twice the window (``window``: the jobs
+    in flight at most), so that every worker still gets several jobs and the last
+    ones end close together.
+    """
+    first = pending.popleft()
+    items.append(first)
+    if not first.future.set_running_or_notify_cancel():
+        items.pop()
+        return items
+    if first.call.kind != SINGLE:
+        return items
+    size = min(max_batch, len(pending) // (2 * window) + 1)
+    fn = first.call.fn
+    while len(items) < size and pending:
+        nxt = pending[0]
+        if nxt.call.kind != SINGLE or nxt.call.fn != fn:
+            break
+        items.append(pending.popleft())
+        if not nxt.future.set_running_or_notify_cancel():
+            items.pop()
+    return items
+
+
+def partial(task: Task[Flight], signer: Signer, data: bytes) -> None:
+    """WORK_DATA of a batch: the outcomes of the calls it finished so far."""
+    flight = flight_of(task)
+    if flight.batched:
+        _resolve_batch(task, flight, signer, data)
+
+
+def complete(task: Task[Flight], signer: Signer) -> None:
+    """The job ended: settle every call it carried (InitializerFailed breaks the pump)."""
+    flight = flight_of(task)
+    error = task.error
+    if error is not None:
+        if type(error) is JobFailed:  # no exception came first: the worker is gone
+            error = WorkerLost(
+                f"the worker running job {task.handle} died (or overran its timeout);"
+                " the call's outcome is unknown"
+            )
+        flight.fail(error)
+        return
+    if flight.batched:
+        _resolve_batch(task, flight, signer, task.result or b"")
+        for item in flight.items:  # a well-formed batch leaves none; a broken one says so
+            if not item.future.done():
+                item.future.set_exception(JobError(f"job {task.handle} lost this call"))
+        return
+    try:
+        outcome = _open(task, flight, signer, task.result or b"")
+    except Exception as exc:
+        flight.items[0].future.set_exception(exc)
+        return
+    _settle(flight.items[0].future, outcome)
+
+
+def _resolve_batch(task: Task[Flight], flight: Flight, signer: Signer, data: bytes) -> None:
+    try:
+        first, outcomes = _open(task, flight, signer, data)
+    except Exception as exc:
+        flight.fail(exc)
+        return
+    for item, outcome in zip(flight.items[first:], outcomes, strict=False):
+        if not item.future.done():  # a rerun after a worker died repeats early outcomes
+            _settle(item.future, outcome)
+
+
+def _open(task: Task[Flight], flight: Flight, signer: Signer, data: bytes) -> Any:
+    """Verify and unpickle a result; SignatureError, or JobError when it will not load.
+
+    Whatever unpickling raises -- even SystemExit from a ``__reduce__`` -- is the
+    failure of this job's calls only: the pump lives on. (ProcessPoolExecutor breaks
+    instead, because it cannot tell whose result its pipe held; here the job says.)
+    """
+    try:
+        return pickle.loads(open_result(signer, flight.call_id, data))
+    except SignatureError:
+        raise
+    except BaseException as exc:
+        why = f"cannot unpickle the result of job {task.handle}: {describe(exc)}"
+        raise JobError(why) from exc
+
+
+def _settle(future: Future[Any], outcome: tuple[Any, ...]) -> None:
+    """Resolve a call's future from its outcome: (OK, value) or (ERROR, exc, traceback);
+    (BROKEN, exc, traceback) raises InitializerFailed, which breaks the pump."""
+    if outcome[0] == OK:
+        future.set_result(outcome[1])
+        return
+    raised, text = outcome[1], outcome[2]
+    raised.__cause__ = RemoteTraceback(text)
+    if outcome[0] == BROKEN:
+        raise InitializerFailed(raised)
+    future.set_exception(raised)
+
+
+def flight_of(task: Task[Flight]) -> Flight:
+    """The calls a task was made for (every task the pump submits has them)."""
+    flight = task.owner
+    assert flight is not None, f"{task!r} was not submitted by the pump"
+    return flight
+
+
+def fail_broken(items: list[WorkItem], why: str, cause: BaseException | None) -> None:
+    """Fail each call not settled yet with BrokenFarmExecutor (a cancelled one stays so).
+
+    A done-callback that raises (even SystemExit) cannot stop the others from failing.
+    """
+    for item in items:
+        future = item.future
+        try:
+            if future.done():
+                continue
+            if not future.running() and not future.set_running_or_notify_cancel():
+                continue  # cancelled while it waited
+            error = BrokenFarmExecutor(why)
+            error.__cause__ = cause
+            future.set_exception(error)
+        except BaseException:
+            log.exception("farm executor: failing a call of the broken pump")
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message``, even for an exception whose ``str()`` raises."""
+    try:
+        text = str(exc)
+    except BaseException:
+        text = "<str() failed>"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
