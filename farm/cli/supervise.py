@@ -97,8 +97,12 @@ def ps(
 
     if watch and as_json:
         fail("--watch draws the table; use --json without it", 2)
-    rows = _ask(config, control, {"cmd": "ps"})["processes"]
+    reply = _ask(config, control, {"cmd": "ps"})
+    rows = reply["processes"]
     if as_json:
+        for row in rows:  # where /metrics listens (the real port when configured as 0)
+            if row["function"] == "supervisor":
+                row["metrics"] = reply.get("metrics")
         typer.echo(json.dumps(rows, indent=2))
         return
     if watch:  # farm top's live view (farm/cli/top.py), its process table only

@@ -87,6 +87,14 @@ class Validator(TableReader):
                 f'command workers connect over TCP; add "{DEFAULT_SERVER}" to server.listen'
                 " (or a HOST:PORT to supervisor.servers)",
             )
+        timed = next((p.name for p in pools.values() if p.command and p.timeout), None)
+        if timed is not None and not (config.local_server and server.unix):
+            raise self.fail(
+                f"functions.{timed}.timeout",
+                "the supervisor sees a command worker's job through the local server's Unix"
+                ' socket; add "unix:PATH" to server.listen, or remove it and register the'
+                " function with a timeout in the worker (CAN_DO_TIMEOUT)",
+            )
         return config
 
     def reserved_pools(self, config: Config) -> None:
@@ -192,13 +200,16 @@ class Validator(TableReader):
         metrics = raw["metrics"]
         if metrics != "off":
             where = None
+            # Port 0: any free port, which `farm ps --json` reports (tests, several farms).
+            any_port = isinstance(metrics, str) and metrics.endswith(":0")
             if isinstance(metrics, str):
-                where = self.address(metrics, "supervisor.metrics")
+                checked = metrics[:-2] + ":1" if any_port else metrics
+                where = self.address(checked, "supervisor.metrics")
             if where is None or where.kind != "tcp":
                 raise self.fail(
                     "supervisor.metrics", 'must be "HOST:PORT" (e.g. "127.0.0.1:9730") or "off"'
                 )
-            metrics = str(where)
+            metrics = str(where).rpartition(":")[0] + ":0" if any_port else str(where)
         log_format = raw["log_format"]
         if log_format not in LOG_FORMATS:
             raise self.fail(
@@ -299,13 +310,11 @@ class Validator(TableReader):
         """A pool of any executable: ``command`` (+ ``cwd``, ``env``, ``user``) instead of
         ``target``; the Python worker's own limits do not apply to it."""
         key = f"functions.{name}"
-        for other in ("target", "max_jobs", "max_rss_mb", "kill_rss_mb", "timeout"):
+        for other in ("target", "max_jobs", "max_rss_mb", "kill_rss_mb"):
             if other in raw:
-                why = {
-                    "target": "give either target or command",
-                    "timeout": "the supervisor cannot see a command worker's jobs; register"
-                    " the function with a timeout in the worker (CAN_DO_TIMEOUT) instead",
-                }.get(other, "applies to Python workers only")
+                why = {"target": "give either target or command"}.get(
+                    other, "applies to Python workers only"
+                )
                 raise self.fail(f"{key}.{other}", f"{why}; remove it")
         workers = raw.get("workers", "auto")
         auto = workers == "auto"
@@ -328,7 +337,8 @@ class Validator(TableReader):
             target="",
             workers=ncpus if auto else workers,
             auto=auto,
-            timeout=None,
+            # Seen through the local server's `peers` (farm.pools.commandjobs); see below.
+            timeout=self.optional_positive(raw.get("timeout"), f"{key}.timeout"),
             max_jobs=None,
             max_rss_mb=None,
             command=parse_command(raw, key, str(self.base), self.fail),

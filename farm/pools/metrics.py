@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from farm.net import parse_address
 from farm.pools.slots import Exits
 
 if TYPE_CHECKING:
@@ -145,9 +144,10 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
     """Start the HTTP endpoint on ``address`` (HOST:PORT); the server object, to shut down."""
     from prometheus_client import CollectorRegistry, start_http_server
 
-    where = parse_address(address)
+    host, _, port = address.rpartition(":")  # the config checked it; port 0: any free one
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SupervisorCollector(supervisor))
-    server, _thread = start_http_server(where.port, addr=where.host, registry=registry)
-    log.info("metrics on http://%s/metrics (pid %d)", address, os.getpid())
+    server, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+    bound = server.server_address[1]
+    log.info("metrics on http://%s:%d/metrics (pid %d)", host, bound, os.getpid())
     return server

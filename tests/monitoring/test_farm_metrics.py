@@ -3,10 +3,12 @@ real farm, with a worker crash and a recycle counted by cause."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -79,5 +81,30 @@ def test_one_endpoint_shows_pools_slots_restarts_and_the_servers_jobs(tmp_path: 
         )
         assert done == 4, "the server's counters come through the supervisor's endpoint"
         assert get(metrics, "farm_job_run_seconds_count", function="reverse") == 4
+    finally:
+        up.stop()
+
+
+@pytest.mark.timeout(60)
+def test_port_zero_takes_a_free_port_and_farm_ps_json_says_which(tmp_path: Path) -> None:
+    up = FarmUp(tmp_path, POOLS, start=False)
+    text = up.config.read_text()
+    up.config.write_text(text.replace(f"127.0.0.1:{up.metrics_port}", "127.0.0.1:0"))
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        run = subprocess.run(
+            [sys.executable, "-m", "farm.cli", "ps", "--json", "-c", str(up.config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=up.env,
+        )
+        assert run.returncode == 0, run.stderr
+        (supervisor,) = [r for r in json.loads(run.stdout) if r["function"] == "supervisor"]
+        host, _, port = supervisor["metrics"].rpartition(":")
+        assert host == "127.0.0.1" and int(port) > 0
+        up.metrics_port = int(port)
+        assert get(scrape(up), "farm_pool_target_workers", pool="reverse") == 2
     finally:
         up.stop()
