@@ -29,6 +29,7 @@ from typing import Any
 from farm.config import Config
 from farm.net import Waker
 from farm.pools import sdnotify
+from farm.pools.commandjobs import CommandJobs
 from farm.pools.control import ControlConnection, ControlServer
 from farm.pools.lifecycle import TIMEOUT_GRACE, Lifecycle
 from farm.pools.localserver import LocalServer
@@ -48,7 +49,7 @@ SERVER_STOP_TIMEOUT = 5.0
 SPAWNS_PER_TURN = 8
 
 
-class Supervisor(Lifecycle, Restarting, Steering):
+class Supervisor(Lifecycle, CommandJobs, Restarting, Steering):
     """Runs the farm described by a :class:`~farm.config.Config` until told to stop."""
 
     def __init__(self, config: Config, config_path: str | None = None) -> None:
@@ -257,6 +258,9 @@ class Supervisor(Lifecycle, Restarting, Steering):
                 times.append(proc.stop_deadline)
         if not self.server.pid and self.config.local_server:
             times.append(self.server.next_start)
+        commands = self.command_wakeup(now)  # a command worker drains, or has a timeout
+        if commands is not None:
+            times.append(now + commands)
         delay = min([t - now for t in times] + [1.0])
         ping = self.watchdog.due_in(now)
         return max(0.0, min(delay, ping if ping is not None else delay))

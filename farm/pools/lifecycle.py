@@ -62,11 +62,15 @@ class Lifecycle:
 
     # Provided by the rollout (farm.pools.rollout): a successor that died before serving.
     successor_exited: Callable[[Slot, WorkerProcess, int], None]
+    # Provided by farm.pools.commandjobs: a command worker's jobs and drain, from the server.
+    drain_command: Callable[[WorkerProcess, float], bool]
+    track_commands: Callable[..., None]
 
     # -- the loop's steps --
 
     def kill_overrunning(self) -> None:
         """SIGKILL a worker whose job outlived its timeout, or a drain past its deadline."""
+        self.track_commands()  # command workers' jobs in hand, from the job server
         now = time.monotonic()
         for proc in list(self.by_pid.values()):
             proc.refresh()  # the supervisor's tick reads each worker's record; no per-job message
@@ -263,13 +267,19 @@ class Lifecycle:
         self, proc: WorkerProcess, pool: FunctionConfig | None, grace: float | None = None
     ) -> None:
         """Ask a worker to stop: a Python worker drains (finishes its job, unregisters, exits 0)
-        on SIGTERM; a command worker gets its pool's ``stop_signal``. SIGKILL after the grace."""
+        on SIGTERM; a command worker is first drained by the job server (no more jobs), and
+        gets its pool's ``stop_signal`` once it holds none or after the grace
+        (farm.pools.commandjobs). SIGKILL after the grace that follows the signal."""
         if grace is None:
             grace = self.grace_for(pool)
+        serving = proc.state.serving
         if proc.state is not ProcState.KILLING:
             proc.state = ProcState.DRAINING
-        proc.stop_deadline = None if grace is None else time.monotonic() + grace
         self.retiring.append(proc)
+        if proc.command and serving and grace is not None and self.drain_command(proc, grace):
+            proc.stop_deadline = None  # set when its stop_signal goes
+            return
+        proc.stop_deadline = None if grace is None else time.monotonic() + grace
         self.signal(proc.pid, proc.stop_signal)
 
     def grace_for(self, pool: FunctionConfig | None) -> float | None:

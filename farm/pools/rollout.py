@@ -8,8 +8,9 @@ worker connected) is the old process retired -- drained as on scale-down --
 and the successor takes the slot. So a pool never has fewer serving processes
 than its target minus the slots whose old process is already draining while
 the new one is serving, i.e. never fewer than target - 1 for any client, and
-no job is lost: the old worker finishes its job in hand (a command worker
-gets its ``stop_signal``; a job it dies holding is requeued by the server).
+no job is lost: the old worker finishes its job in hand (a command worker is
+drained by the server first, and gets its ``stop_signal`` once it holds no job or after
+its grace; a job it dies holding is requeued by the server).
 
 A successor that exits before it serves, or does not serve within
 ``BOOT_TIMEOUT``, fails the rollout of its pool: the old process keeps its

@@ -134,6 +134,14 @@ class WorkerProcess:
     recycle_reason: str = ""
     command: bool = False  # a command pool's process: report_fd carries its stdout/stderr
     stop_signal: int = signal.SIGTERM  # what asks it to stop (SIGTERM drains a Python worker)
+    # A command worker, as the job server sees it (farm.pools.commandjobs): the names of its
+    # connections in the server's `peers`, when they were read, jobs done per connection;
+    # while it drains, when its stop_signal is due at the latest, and the grace after it.
+    peers: frozenset[str] = frozenset()
+    peers_read: float = 0.0
+    peer_jobs: dict[str, int] = field(default_factory=dict)
+    signal_at: float | None = None
+    grace: float = 0.0
     _buffer: bytes = b""
 
     @property

@@ -74,6 +74,8 @@ class Steering:
 
     # Provided by Supervisor: lays a pool's slots onto cores (declared for the type checker).
     place: Callable[[Any], None]
+    # Provided by CommandJobs (farm.pools.commandjobs): command workers' jobs, from the server.
+    track_commands: Callable[..., None]
     # Provided by Restarting (farm.pools.rollout): `farm restart`.
     start_restart: Callable[[dict[str, list[int] | None]], dict[str, Any]]
     restart_status: Callable[[], dict[str, Any]]
@@ -92,6 +94,7 @@ class Steering:
         if cmd == "ping":
             conn.reply({"ok": True, "pid": os.getpid()})
         elif cmd == "ps":
+            self.track_commands(everyone=True)  # command workers' jobs, from the job server
             conn.reply(
                 {
                     "ok": True,
@@ -308,6 +311,7 @@ class Steering:
             return
         self.drain_told = now
         deadlines = [p.stop_deadline for p in self.by_pid.values() if p.stop_deadline]
+        deadlines += [p.signal_at + p.grace for p in self.by_pid.values() if p.signal_at]
         news: dict[str, Any] = {"workers": len(self.by_pid), "killed": list(self.drain_killed)}
         news["seconds_left"] = round(max(deadlines) - now, 1) if deadlines else None
         if final:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from time import monotonic
 
 from farm.protocol.kinds import Priority
-from farm.server.hub import Hub
+from farm.server.hub import Hub, Writer
 from farm.version import __version__
 
 OK = "OK\r\n"
@@ -99,6 +99,76 @@ def jobs(server: Hub, args: list[str]) -> str:
     return "".join(lines) + ".\n"
 
 
+def peer_name(conn: Writer) -> str:
+    """How ``peers`` and ``drain`` name a connection's other end: ``pid:N`` on the Unix
+    socket (SO_PEERCRED), ``tcp:IP:PORT`` (``tcp:[IPv6]:PORT``) on TCP, ``fd:N`` else."""
+    if conn.peer_pid:
+        return f"pid:{conn.peer_pid}"
+    if conn.peer_port:
+        ip = conn.ip.removeprefix("::ffff:")  # an IPv4 peer of a dual-stack listener
+        return f"tcp:[{ip}]:{conn.peer_port}" if ":" in ip else f"tcp:{ip}:{conn.peer_port}"
+    return f"fd:{conn.fd}"
+
+
+def _worker_connections(server: Hub) -> list[Writer]:
+    return [
+        c
+        for c in sorted(server.connections, key=lambda c: c.fd)
+        if c.abilities or c.running or c.jobs_done or c.draining
+    ]
+
+
+def peers(server: Hub, args: list[str]) -> str:
+    """farm's own (Unix socket only): each worker connection, one line: peer (see
+    ``peer_name``), fd, jobs it ended, draining (0/1), the job in hand (handle, function,
+    seconds since it took it; ``-`` for each when idle; the oldest when it holds several),
+    then its client id. The supervisor fills `farm ps` for command workers from this."""
+    now = monotonic()
+    lines = []
+    for conn in _worker_connections(server):
+        job = min(conn.running.values(), key=lambda j: j.since, default=None)
+        held = (
+            f"{_text(job.handle)}\t{_text(job.function)}\t{now - job.since:.3f}"
+            if job is not None
+            else "-\t-\t-"
+        )
+        client_id = " ".join(_text(conn.client_id).split()) or "-"
+        lines.append(
+            f"{peer_name(conn)}\t{conn.fd}\t{conn.jobs_done}\t{int(conn.draining)}"
+            f"\t{held}\t{client_id}\n"
+        )
+    return "".join(lines) + ".\n"
+
+
+def drain(server: Hub, args: list[str]) -> str:
+    """farm's own (Unix socket only): ``drain PEER...`` -- hand these worker connections
+    no more jobs (grabs get NO_JOB, a PRE_SLEEP is never answered); their jobs in hand run
+    to their end. PEER is ``pid:N``, ``tcp:IP:PORT``, ``tcp:PORT`` (any IP) or ``fd:N``, as
+    ``peers`` lists them. ``OK N``: the worker connections now draining among those named
+    (0 when none is connected: nothing to do)."""
+    if not args:
+        return _incomplete("drain")
+    wanted = set()
+    ports = set()
+    for arg in args:
+        kind, _, value = arg.lower().partition(":")
+        if kind == "tcp" and value.isdigit():
+            ports.add(int(value))
+        elif kind in ("pid", "fd") and value.isdigit():
+            wanted.add(f"{kind}:{int(value)}")
+        elif kind == "tcp" and value.rpartition(":")[2].isdigit():
+            wanted.add(arg.lower())
+        else:
+            return "ERR INVALID_ARGUMENTS drain+takes+pid:N,+tcp:IP:PORT,+tcp:PORT+or+fd:N\r\n"
+    count = 0
+    for conn in _worker_connections(server):
+        if conn.peer_port in ports or peer_name(conn).lower() in wanted:
+            if not conn.draining:
+                conn.drain()
+            count += 1
+    return f"OK {count}\r\n"
+
+
 def cancel(server: Hub, args: list[str]) -> str:
     if len(args) < 2 or args[0].lower() != "job":
         return _unknown("cancel")
@@ -172,6 +242,8 @@ COMMANDS: dict[str, Callable[[Hub, list[str]], str]] = {
     "version": version,
     "verbose": verbose,
     "metrics": metrics,
+    "peers": peers,
+    "drain": drain,
 }
 
 
@@ -183,6 +255,9 @@ CHANGES_STATE: dict[str, Callable[[list[str]], bool]] = {
     "maxqueue": lambda args: len(args) > 1,
 }
 DENIED = "ERR PERMISSION_DENIED this+command+is+accepted+only+on+the+Unix+socket\r\n"
+#: farm's own commands about worker processes: refused on TCP whatever --tcp-admin says
+#: (they name local processes and can starve a function of workers).
+UNIX_ONLY = frozenset({"peers", "drain"})
 
 
 def run_admin(server: Hub, line: str, *, over_tcp: bool = False) -> str | None:
@@ -200,6 +275,8 @@ def run_admin(server: Hub, line: str, *, over_tcp: bool = False) -> str | None:
     if command is None:
         return _unknown(words[0])
     changes = CHANGES_STATE.get(name)
+    if over_tcp and name in UNIX_ONLY:
+        return DENIED
     read_only = over_tcp and server.options.tcp_admin == "read-only"
     if read_only and changes is not None and changes(words[1:]):
         return DENIED

@@ -51,6 +51,12 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
         self.ip = "-"
         self.client_id = b"-"
         self.peer_uid: int | None = None  # Unix-socket peers only (SO_PEERCRED)
+        # Who is at the other end, for farm's admin `peers` and `drain`: the process on a
+        # Unix socket (SO_PEERCRED), the remote port on TCP (0: not known).
+        self.peer_pid = 0
+        self.peer_port = 0
+        self.jobs_done = 0  # jobs this connection ended (WORK_COMPLETE / FAIL / EXCEPTION)
+        self.draining = False  # admin `drain`: no more jobs for it (Dispatch.drain)
         # What the job model reads and writes (see jobs.Peer).
         self.abilities: dict[bytes, float] = {}
         self.running: dict[bytes, Job] = {}
@@ -84,10 +90,11 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 peer = transport.get_extra_info("peername")
                 self.ip = peer[0] if peer else "-"
+                self.peer_port = peer[1] if peer else 0
             else:
                 self.ip = "unix"
                 creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size)
-                self.peer_uid = UCRED.unpack(creds)[1]
+                self.peer_pid, self.peer_uid, _ = UCRED.unpack(creds)
         if len(self.hub.connections) >= self.hub.options.max_connections:
             log.warning(
                 "connection limit (%d) reached; closing fd %d",
@@ -301,6 +308,7 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
         else:
             data = args[1] if ptype != T.WORK_FAIL else b""
             self.jobs.finish(self, job, OUTCOME[ptype], data)
+            self.jobs_done += 1
 
     def function_ok(self, name: bytes, what: str = "function name") -> bool:
         if not name:

@@ -83,7 +83,10 @@ class Dispatch:
             self.note_unused(function)
 
     def pre_sleep(self, worker: Peer) -> None:
-        """PRE_SLEEP: answer at once with NOOP if there is work, else wait for some."""
+        """PRE_SLEEP: answer at once with NOOP if there is work, else wait for some.
+        A draining worker is never woken: it sleeps until it is stopped."""
+        if worker.draining:
+            return
         if self._best_job(worker) is not None:
             worker.wake()
             return
@@ -97,6 +100,19 @@ class Dispatch:
             fq = self.functions.get(function)
             if fq is not None:
                 fq.sleepers.pop(worker, None)
+
+    def drain(self, worker: Peer) -> None:
+        """farm's admin ``drain``: hand this worker no more jobs (its grabs get NO_JOB, a
+        PRE_SLEEP is never answered); the jobs it holds run to their end. A wake-up it was
+        sent and has not answered yet goes to another sleeper."""
+        worker.draining = True
+        self._unsleep(worker)
+        if worker.woken:
+            worker.woken = False
+            for function in worker.abilities:
+                fq = self.functions.get(function)
+                if fq is not None and function in self.ready:
+                    self._wake(fq)
 
     def _wake(self, fq: FunctionQueue) -> None:
         """One more job is runnable: wake one sleeping worker for it, no herd.
@@ -145,6 +161,8 @@ class Dispatch:
         worker.woken = False
         if worker.sleeping:
             self._unsleep(worker)
+        if worker.draining:
+            return None
         job = self._best_job(worker)
         if job is None:
             return None

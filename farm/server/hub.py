@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from farm.server.jobs import JobServer
+from farm.server.jobs import Job, JobServer
 from farm.server.metrics import ServerStats
 from farm.server.options import ServerOptions
 from farm.server.queues import Timer
@@ -40,6 +40,15 @@ class Writer(Protocol):
     ip: str
     client_id: bytes
     abilities: dict[bytes, float]
+    # farm's admin `peers` and `drain` (docs/server.md): who is at the other end, what it did.
+    peer_pid: int  # Unix-socket peers (SO_PEERCRED); 0 on TCP
+    peer_port: int  # TCP peers' remote port; 0 on a Unix socket
+    jobs_done: int
+    draining: bool
+    running: dict[bytes, Job]
+
+    def drain(self) -> None:
+        """Hand this worker no more jobs; the one in hand runs to its end."""
 
     @property
     def kind(self) -> str:

@@ -46,6 +46,7 @@ class Peer(Protocol):
     attached: set[Job]  # foreground jobs this client waits on
     sleeping: bool
     woken: bool  # woken (NOOP) and not come to grab yet; see JobServer._wake
+    draining: bool  # farm's admin `drain`: no job is handed to it any more (Dispatch.drain)
 
     def wake(self) -> None:
         """A sleeping worker has a job it can grab (NOOP)."""

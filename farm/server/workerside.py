@@ -44,6 +44,7 @@ class WorkerSide:
     closed: bool
     fd: int
     peer_uid: int | None
+    draining: bool
     sleeping: bool
     may_hold_grab: bool
     held_grab: int  # the grab packet held (0: none)
@@ -115,9 +116,17 @@ class WorkerSide:
         job = self.jobs.grab(self.peer())
         if job is not None:
             self.assign(job, ptype)
-        elif self.may_hold_grab and self.abilities:
+        elif self.may_hold_grab and self.abilities and not self.draining:
             self.hold_grab(ptype)  # answered by push() when a job comes
         else:
+            self.send(NO_JOB)
+
+    def drain(self) -> None:
+        """farm's admin ``drain``: no job for this connection from now on; a held grab
+        ends as a plain one would (NO_JOB), and the job in hand runs to its end."""
+        self.jobs.drain(self.peer())
+        if self.held_grab:
+            self.held_grab = 0
             self.send(NO_JOB)
 
     def assign(self, job: Job, ptype: int) -> None:

@@ -17,6 +17,7 @@ class FakePeer:
         self.attached: set[Job] = set()
         self.sleeping = False
         self.woken = False
+        self.draining = False
         self.told: list[tuple[Any, ...]] = []
 
     def wake(self) -> None:

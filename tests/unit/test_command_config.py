@@ -62,6 +62,21 @@ def test_a_command_pool_loads_with_its_keys(tmp_path: Path) -> None:
     assert cfg.command_servers == ("127.0.0.1:4999",)
 
 
+def test_a_command_pools_timeout_needs_the_local_servers_unix_socket(tmp_path: Path) -> None:
+    cfg = load(tmp_path, '[functions.p]\ncommand = "sh"\ntimeout = 5\n')
+    assert cfg.functions["p"].timeout == 5
+    path = tmp_path / "farm.toml"
+    path.write_text(
+        HEAD.replace(', "unix:run/gearman.sock"', "")
+        + '[functions.p]\ncommand = "sh"\ntimeout = 5\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    message = str(info.value)
+    assert ": functions.p.timeout: " in message and "Unix" in message, message
+    assert "\n" not in message
+
+
 def test_function_renames_what_a_python_pool_serves(tmp_path: Path) -> None:
     cfg = load(tmp_path, '[functions.a]\ntarget = "workers.text:reverse"\nfunction = "reverse"\n')
     assert cfg.functions["a"].functions == ("reverse",)
@@ -78,7 +93,7 @@ def test_function_renames_what_a_python_pool_serves(tmp_path: Path) -> None:
         ('command = "sh -c \'x"', "functions.p.command", "as a shell would"),
         ('command = "sh"\ntarget = "workers.text:reverse"', "functions.p.target", "either"),
         ('command = "sh"\nmax_jobs = 3', "functions.p.max_jobs", "Python workers only"),
-        ('command = "sh"\ntimeout = 3', "functions.p.timeout", "CAN_DO_TIMEOUT"),
+        ('command = "sh"\ntimeout = 0', "functions.p.timeout", "whole number > 0"),
         ('command = "sh"\ncwd = "nowhere"', "functions.p.cwd", "not a directory"),
         ('command = "sh"\nenv = { A = 1 }', "functions.p.env", "table of strings"),
         ('command = "sh"\nstop_signal = "SIGNOPE"', "functions.p.stop_signal", "signal name"),

@@ -1,0 +1,247 @@
+"""What a command worker is doing, seen from the job server: its jobs, its drain, its timeout.
+
+A command worker (PHP, Perl, ``gearman -w``) tells the supervisor nothing, but the local
+job server knows each worker connection's other end: the process on its Unix socket
+(SO_PEERCRED), the remote port on TCP. The supervisor reads which sockets each command
+worker holds (psutil), and matches them against the server's farm-only admin ``peers``
+listing (docs/server.md) for `farm ps` (jobs done, the job in hand since when) and for a
+pool's ``timeout``. To stop a command worker without killing its job mid-way it first asks
+the server to ``drain`` those connections (their grabs get NO_JOB from then on), and sends
+``stop_signal`` once the server shows the worker holds no job, or after
+``graceful_timeout``; SIGKILL follows ``graceful_timeout`` later, as for any stop.
+
+A mixin of :class:`farm.supervisor.Supervisor`. Both admin commands are refused on TCP,
+so all this needs the local server's Unix socket; without one (or with no local server) a
+command worker gets its ``stop_signal`` at once, and `farm ps` shows no jobs for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import TYPE_CHECKING, NamedTuple
+
+import psutil
+
+from farm.client.admin import admin_query
+from farm.config import Config
+from farm.net import parse_address
+from farm.pools.slots import ProcState, WorkerProcess
+
+if TYPE_CHECKING:
+    from farm.pools.localserver import LocalServer
+
+__all__ = ["CommandJobs", "PeerRow", "parse_peers", "process_peers", "PEERS_POLL"]
+
+log = logging.getLogger("farm.supervisor")
+
+#: While a command worker drains, the server is asked this often whether it holds a job.
+PEERS_POLL = 0.1
+#: Command workers with a pool timeout: their jobs are looked at this often.
+TIMEOUT_POLL = 0.5
+#: A command worker's sockets are read again after this long (a reconnect changes its port).
+SOCKETS_STALE = 1.0
+#: How long the supervisor's loop waits on the local server's admin answer at most.
+ADMIN_TIMEOUT = 0.5
+
+
+class PeerRow(NamedTuple):
+    """One line of the admin ``peers`` listing."""
+
+    peer: str  # pid:N, tcp:IP:PORT or fd:N
+    jobs: int
+    draining: bool
+    handle: str  # "" when idle
+    function: str
+    seconds: float | None  # how long the job in hand has run; None when idle
+    client_id: str
+
+
+def parse_peers(reply: str) -> list[PeerRow]:
+    """The ``peers`` listing; ValueError when the reply is not one (gearmand, an ERR)."""
+    if not reply.endswith(".\n") or reply.startswith("ERR"):
+        raise ValueError(f"not a peers listing: {reply[:80]!r}")
+    rows = []
+    for line in reply[:-2].splitlines():
+        peer, _fd, jobs, draining, handle, function, seconds, client_id = line.split("\t", 7)
+        idle = handle == "-"
+        rows.append(
+            PeerRow(
+                peer,
+                int(jobs),
+                draining == "1",
+                "" if idle else handle,
+                "" if idle else function,
+                None if idle else float(seconds),
+                client_id,
+            )
+        )
+    return rows
+
+
+def _tcp_name(ip: str, port: int) -> str:
+    return f"tcp:[{ip}]:{port}" if ":" in ip else f"tcp:{ip}:{port}"
+
+
+def process_peers(pid: int, ports: set[int]) -> frozenset[str] | None:
+    """The names the server's ``peers`` gives the connections of process ``pid`` and its
+    descendants (a shell wrapper, ``gearman -w``'s child): ``pid:N`` for each process, and
+    ``tcp:IP:PORT`` for each TCP connection to one of ``ports``. None when it is gone."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return None
+    names = set()
+    for proc in procs:
+        names.add(f"pid:{proc.pid}")
+        try:
+            conns = proc.net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        for conn in conns:
+            if conn.raddr and conn.raddr.port in ports and conn.laddr:
+                ip = conn.laddr.ip.removeprefix("::ffff:")
+                names.add(_tcp_name(ip, conn.laddr.port))
+    return frozenset(names)
+
+
+class CommandJobs:
+    config: Config
+    server: LocalServer
+    retiring: list[WorkerProcess]
+    by_pid: dict[int, WorkerProcess]
+    peers_polled: float = 0.0
+
+    def server_ports(self) -> set[int]:
+        return {parse_address(s).port for s in self.config.command_servers}
+
+    def peers_address(self) -> str | None:
+        """The local server's Unix socket, where ``peers`` and ``drain`` are answered."""
+        srv = self.server
+        if not self.config.local_server or not srv.pid or not srv.ready:
+            return None
+        return f"unix:{self.config.server.unix}" if self.config.server.unix else None
+
+    def ask_server(self, command: str) -> str | None:
+        address = self.peers_address()
+        if address is None:
+            return None
+        try:
+            return admin_query(address, command, timeout=ADMIN_TIMEOUT)
+        except (OSError, ValueError) as e:
+            log.debug("admin %r to %s: %s", command.split()[0], address, e)
+            return None
+
+    def read_sockets(self, proc: WorkerProcess, now: float) -> None:
+        peers = process_peers(proc.pid, self.server_ports())
+        if peers is not None:
+            proc.peers = peers
+        proc.peers_read = now
+
+    # -- draining --
+
+    def drain_command(self, proc: WorkerProcess, grace: float) -> bool:
+        """Ask the server to hand ``proc`` no more jobs; its ``stop_signal`` follows once
+        it holds none (``track_commands``). False when that cannot be asked (no local
+        server's Unix socket, no connection of it seen): then it is signalled at once."""
+        if self.peers_address() is None:
+            return False
+        now = time.monotonic()
+        self.read_sockets(proc, now)
+        if not proc.peers:
+            return False
+        reply = self.ask_server("drain " + " ".join(sorted(proc.peers)))
+        if reply is None or not reply.startswith("OK"):
+            return False
+        proc.signal_at, proc.grace = now + grace, grace
+        log.info(
+            "worker %s (pid %d): the server hands it no more jobs; %s once it holds none",
+            proc.name,
+            proc.pid,
+            signal.Signals(proc.stop_signal).name,
+        )
+        return True
+
+    def send_stop(self, proc: WorkerProcess, now: float, why: str) -> None:
+        proc.signal_at = None
+        proc.stop_deadline = now + proc.grace
+        log.debug("worker %s (pid %d): stop signal (%s)", proc.name, proc.pid, why)
+        try:
+            os.kill(proc.pid, proc.stop_signal)
+        except ProcessLookupError:
+            pass
+
+    # -- the loop's step --
+
+    def track_commands(self, *, everyone: bool = False) -> None:
+        """Read the server's ``peers`` when a command worker drains, has a pool timeout,
+        or `farm ps` asks (``everyone``); set each one's jobs and job in hand, and signal
+        the drained workers that hold no job any more."""
+        now = time.monotonic()
+        waiting = [p for p in self.retiring if p.command and p.signal_at is not None]
+        watched = [
+            p
+            for p in self.by_pid.values()
+            if p.command
+            and p.state is not ProcState.KILLING
+            and (everyone or p.signal_at is not None or self.has_timeout(p))
+        ]
+        if not watched:
+            return
+        due = PEERS_POLL if waiting else TIMEOUT_POLL
+        if not everyone and now - self.peers_polled < due:
+            return
+        self.peers_polled = now
+        reply = self.ask_server("peers")
+        rows: list[PeerRow] | None = None
+        if reply is not None:
+            try:
+                rows = parse_peers(reply)
+            except ValueError as e:
+                log.warning("the job server's peers listing: %s", e)
+        if rows is None:  # nothing to wait on: the server cannot tell
+            for proc in waiting:
+                self.send_stop(proc, now, "the job server does not answer")
+            return
+        by_peer = {row.peer: row for row in rows}
+        for proc in watched:
+            if now - proc.peers_read > SOCKETS_STALE or not proc.peers:
+                self.read_sockets(proc, now)
+            mine = [by_peer[name] for name in proc.peers if name in by_peer]
+            for row in mine:
+                proc.peer_jobs[row.peer] = row.jobs
+            proc.jobs_done = sum(proc.peer_jobs.values())
+            busy = [r for r in mine if r.seconds is not None]
+            oldest = max(busy, key=lambda r: r.seconds or 0.0, default=None)
+            if oldest is None or oldest.seconds is None:
+                proc.handle, proc.busy_since = "", None
+            else:
+                proc.handle, proc.busy_since = oldest.handle, now - oldest.seconds
+            if proc.signal_at is None:
+                continue
+            undrained = [r.peer for r in mine if not r.draining]
+            if undrained:  # a connection made after the drain was asked
+                self.ask_server("drain " + " ".join(undrained))
+            if oldest is None:
+                self.send_stop(proc, now, "it holds no job")
+            elif now >= proc.signal_at:
+                self.send_stop(proc, now, f"job {oldest.handle} still runs after the grace")
+
+    def has_timeout(self, proc: WorkerProcess) -> bool:
+        pool = self.config.functions.get(proc.function)
+        return bool(pool is not None and pool.timeout)
+
+    def command_wakeup(self, now: float) -> float | None:
+        """When the loop must look again for ``track_commands``; None: no hurry."""
+        times = []
+        for proc in self.by_pid.values():
+            if not proc.command or proc.state is ProcState.KILLING:
+                continue
+            if proc.signal_at is not None:
+                times.append(min(proc.signal_at, self.peers_polled + PEERS_POLL))
+            elif self.has_timeout(proc):
+                times.append(self.peers_polled + TIMEOUT_POLL)
+        return min(times) - now if times else None

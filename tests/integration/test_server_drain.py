@@ -1,0 +1,153 @@
+"""farm's admin `peers` and `drain` (docs/server.md): which process is which worker
+connection, what it holds, and handing it no more jobs while its job in hand runs on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from farm.protocol import PacketType as T
+from tests.helpers.peers import Peer
+from tests.helpers.servers import Server, start_farm_server
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def srv(tmp_path) -> Iterator[Server]:
+    server = start_farm_server(unix=str(tmp_path / "farm.sock"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def peers() -> Iterator[list[Peer]]:
+    made: list[Peer] = []
+    yield made
+    for peer in made:
+        peer.close()
+
+
+def connect(srv: Server, made: list[Peer], *, unix: bool = False) -> Peer:
+    peer = Peer(f"unix:{srv.unix}" if unix else srv.addr)
+    made.append(peer)
+    return peer
+
+
+def sync(peer: Peer) -> None:
+    peer.send(T.ECHO_REQ, b"sync")
+    assert peer.expect(T.ECHO_RES).args == (b"sync",)
+
+
+def listing(admin: Peer) -> list[list[str]]:
+    reply = admin.admin("peers")
+    assert reply.endswith(".\n"), reply
+    return [line.split("\t") for line in reply[:-2].splitlines()]
+
+
+def test_peers_names_the_process_and_the_job_in_hand(srv, peers) -> None:
+    admin = connect(srv, peers, unix=True)
+    unix_worker = connect(srv, peers, unix=True)
+    unix_worker.send(T.SET_CLIENT_ID, "farm:w#0:0")
+    unix_worker.send(T.CAN_DO, "f")
+    sync(unix_worker)
+    tcp_worker = connect(srv, peers)
+    tcp_worker.send(T.CAN_DO, "f")
+    sync(tcp_worker)
+    ip, port = tcp_worker.sock.getsockname()[:2]
+    rows = {row[0]: row for row in listing(admin)}
+    assert rows[f"pid:{os.getpid()}"][2:] == ["0", "0", "-", "-", "-", "farm:w#0:0"]
+    assert rows[f"tcp:{ip}:{port}"][2:] == ["0", "0", "-", "-", "-", "-"]
+    assert len(rows) == 2  # the admin connection is not a worker
+
+    client = connect(srv, peers)
+    client.send(T.SUBMIT_JOB, "f", "", "x")
+    handle = client.expect(T.JOB_CREATED).args[0]
+    tcp_worker.send(T.GRAB_JOB)
+    assigned = tcp_worker.recv()
+    if assigned.type == T.NO_JOB:  # the Unix worker is the one asked below
+        tcp_worker, assigned = unix_worker, None
+        tcp_worker.send(T.GRAB_JOB)
+        assigned = tcp_worker.expect(T.JOB_ASSIGN)
+    assert assigned.args[0] == handle
+    busy = [r for r in listing(admin) if r[4] != "-"]
+    assert len(busy) == 1 and busy[0][4:6] == [handle.decode(), "f"] and float(busy[0][6]) >= 0
+    tcp_worker.send(T.WORK_COMPLETE, handle, "done")
+    assert client.expect(T.WORK_COMPLETE).args == (handle, b"done")
+    sync(tcp_worker)
+    done = [r for r in listing(admin) if r[2] == "1"]
+    assert len(done) == 1 and done[0][4] == "-"
+
+
+def test_a_drained_worker_finishes_its_job_and_gets_no_more(srv, peers) -> None:
+    admin = connect(srv, peers, unix=True)
+    old = connect(srv, peers)
+    old.send(T.CAN_DO, "f")
+    client = connect(srv, peers)
+    client.send(T.SUBMIT_JOB, "f", "", "first")
+    first = client.expect(T.JOB_CREATED).args[0]
+    old.send(T.GRAB_JOB)
+    assert old.expect(T.JOB_ASSIGN).args[0] == first
+    port = old.sock.getsockname()[1]
+
+    assert admin.admin(f"drain tcp:{port}") == "OK 1\r\n"
+    assert [r[3] for r in listing(admin)] == ["1"]
+    client.send(T.SUBMIT_JOB, "f", "", "second")
+    second = client.expect(T.JOB_CREATED).args[0]
+    old.send(T.GRAB_JOB)
+    assert old.expect(T.NO_JOB)
+    old.send(T.PRE_SLEEP)
+    assert old.nothing_within(0.3)  # a job waits, and it is not woken for it
+
+    # its job in hand runs to its end, answered as any other
+    old.send(T.WORK_COMPLETE, first, "1")
+    assert client.expect(T.WORK_COMPLETE).args == (first, b"1")
+
+    new = connect(srv, peers)
+    new.send(T.CAN_DO, "f")
+    new.send(T.GRAB_JOB)
+    assert new.expect(T.JOB_ASSIGN).args[0] == second
+    assert old.nothing_within(0.2)
+    row = next(r for r in listing(admin) if r[0].endswith(f":{port}"))
+    assert row[2:5] == ["1", "1", "-"]
+
+
+def test_draining_a_woken_worker_wakes_another(srv, peers) -> None:
+    admin = connect(srv, peers, unix=True)
+    a, b = connect(srv, peers), connect(srv, peers)
+    for w in (a, b):
+        w.send(T.CAN_DO, "f")
+        w.send(T.PRE_SLEEP)
+        sync(w)
+    client = connect(srv, peers)
+    client.send(T.SUBMIT_JOB_BG, "f", "", "x")
+    client.expect(T.JOB_CREATED)
+    woken, other = (a, b) if not a.nothing_within(0.3) else (b, a)
+    woken.expect(T.NOOP)
+    port = woken.sock.getsockname()[1]
+    assert admin.admin(f"drain tcp:127.0.0.1:{port} pid:1") == "OK 1\r\n"
+    other.expect(T.NOOP)  # at once, not after the wake deadline of the first
+    woken.send(T.GRAB_JOB)
+    woken.expect(T.NO_JOB)
+    other.send(T.GRAB_JOB)
+    other.expect(T.JOB_ASSIGN)
+
+
+def test_drain_answers(srv, peers) -> None:
+    admin = connect(srv, peers, unix=True)
+    assert admin.admin("drain pid:1") == "OK 0\r\n"  # nobody connected as it: nothing to do
+    assert admin.admin("drain").startswith("ERR INVALID_ARGUMENTS")
+    assert admin.admin("drain 1234").startswith("ERR INVALID_ARGUMENTS")
+    assert admin.admin("peers") == ".\n"
+
+
+def test_peers_and_drain_are_refused_over_tcp(srv, peers) -> None:
+    # farm server runs --tcp-admin full by default (as gearmand): these are refused anyway
+    admin = connect(srv, peers)
+    denied = "ERR PERMISSION_DENIED this+command+is+accepted+only+on+the+Unix+socket\r\n"
+    assert admin.admin("peers") == denied
+    assert admin.admin("drain pid:1") == denied
+    assert admin.admin("DRAIN tcp:1") == denied
