@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 import farm
+from tests.helpers import scraping
 from tests.helpers.farmproc import FarmUp
+from tests.helpers.scraping import Samples, get
 from tests.helpers.waiting import wait_for
 
 POOLS = """
@@ -27,24 +26,8 @@ max_jobs = 2
 """
 
 
-def scrape(up: FarmUp) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(up.metrics_url, timeout=10) as reply:
-        assert reply.status == 200
-        text = reply.read().decode()
-    if shutil.which("promtool"):
-        check = subprocess.run(
-            ["promtool", "check", "metrics"], input=text.encode(), capture_output=True
-        )
-        assert check.returncode == 0, check.stdout + check.stderr
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def get(metrics: dict, name: str, **labels: str) -> float:
-    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
+def scrape(up: FarmUp) -> Samples:
+    return scraping.scrape(up.metrics_url)
 
 
 @pytest.mark.timeout(90)
