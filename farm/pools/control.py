@@ -49,34 +49,9 @@ def parse_scale(arg: str) -> tuple[str, str, int]:
 
 def request(path: str, message: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
     """Send one request to the supervisor at ``path`` and return its reply."""
-    try:
-        check_runtime_path(path)  # never ask a squatter's socket what our supervisor does
-    except UnsafeDirectory as e:
-        raise ControlUnavailable(str(e)) from None
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(path)
-            sock.sendall(json.dumps(message).encode() + b"\n")
-            buf = b""
-            while not buf.endswith(b"\n"):
-                data = sock.recv(65536)
-                if not data:
-                    break
-                buf += data
-    except (FileNotFoundError, ConnectionRefusedError):
-        raise ControlUnavailable(
-            f"no supervisor answers at {path} (is `farm up` running with this config?)"
-        ) from None
-    except OSError as e:
-        raise ControlUnavailable(f"control socket {path}: {e.strerror or e}") from None
-    try:
-        reply = json.loads(buf)
-    except ValueError:
-        raise ControlUnavailable(f"control socket {path}: the supervisor closed early") from None
-    if not isinstance(reply, dict):
-        raise ControlUnavailable(f"control socket {path}: unexpected reply {reply!r}")
-    return reply
+    for reply in _exchange(path, message, timeout):
+        return reply
+    raise ControlUnavailable(f"control socket {path}: the supervisor closed early")
 
 
 def follow(
@@ -84,8 +59,15 @@ def follow(
 ) -> Generator[dict[str, Any], None, None]:
     """Send one request and yield each line of a reply that goes on until the supervisor
     closes it (``{"cmd": "stop", "follow": true}``); ``timeout`` bounds each wait."""
+    yield from _exchange(path, message, timeout)
+
+
+def _exchange(
+    path: str, message: dict[str, Any], timeout: float
+) -> Generator[dict[str, Any], None, None]:
+    """One request, then each reply line as it comes; every failure is ControlUnavailable."""
     try:
-        check_runtime_path(path)
+        check_runtime_path(path)  # never ask a squatter's socket what our supervisor does
     except UnsafeDirectory as e:
         raise ControlUnavailable(str(e)) from None
     try:
@@ -99,8 +81,11 @@ def follow(
                 *lines, buf = buf.split(b"\n")
                 for line in lines:
                     reply = json.loads(line)
-                    if isinstance(reply, dict):
-                        yield reply
+                    if not isinstance(reply, dict):
+                        raise ControlUnavailable(
+                            f"control socket {path}: unexpected reply {reply!r}"
+                        )
+                    yield reply
     except (FileNotFoundError, ConnectionRefusedError):
         raise ControlUnavailable(
             f"no supervisor answers at {path} (is `farm up` running with this config?)"
