@@ -29,7 +29,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_hostile import Target, targets
+from bench.bench_hostile import Target, add_target_args, targets
 from farm import protocol as p
 from farm.protocol import PacketType as T
 from tests.helpers.peers import Peer
@@ -95,10 +95,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--only", default=",".join(ITEMS), help="comma-separated: %(default)s")
-    ap.add_argument("--farm", action="store_true", help="this tree's farm server")
-    ap.add_argument("--gearmand", action="store_true", help="gearmand, as the tests start it")
-    ap.add_argument("--farm-root", action="append", default=[], metavar="DIR")
-    ap.add_argument("--server-cmd", action="append", default=[], metavar="CMD")
+    add_target_args(ap)
     ap.add_argument("--names", type=int, default=100_000)
     ap.add_argument("--stream-mb", type=int, default=96)
     args = ap.parse_args()

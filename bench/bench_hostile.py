@@ -135,6 +135,26 @@ def targets(args: argparse.Namespace) -> list[Target]:
     return chosen
 
 
+def add_target_args(ap: argparse.ArgumentParser) -> None:
+    """The options that choose the servers under test (read back by ``targets``)."""
+    ap.add_argument("--farm", action="store_true", help="this tree's farm server")
+    ap.add_argument("--gearmand", action="store_true", help="gearmand, as the tests start it")
+    ap.add_argument(
+        "--farm-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="farm's server from another checkout (repeatable)",
+    )
+    ap.add_argument(
+        "--server-cmd",
+        action="append",
+        default=[],
+        metavar="CMD",
+        help="any server command; {port} is replaced (repeatable)",
+    )
+
+
 # -- measuring ----------------------------------------------------------------
 
 
@@ -376,22 +396,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--only", default=",".join(ITEMS), help="comma-separated: %(default)s")
-    ap.add_argument("--farm", action="store_true", help="this tree's farm server")
-    ap.add_argument("--gearmand", action="store_true", help="gearmand, as the tests start it")
-    ap.add_argument(
-        "--farm-root",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="farm's server from another checkout (repeatable)",
-    )
-    ap.add_argument(
-        "--server-cmd",
-        action="append",
-        default=[],
-        metavar="CMD",
-        help="any server command; {port} is replaced (repeatable)",
-    )
+    add_target_args(ap)
     ap.add_argument("--abilities", type=int, default=100_000)
     ap.add_argument("--grabs", type=int, default=20)
     ap.add_argument("--burst", type=int, default=200)
