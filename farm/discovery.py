@@ -2,7 +2,8 @@
 
 One address-only reading of the config, the same file the CLI reads: it never
 imports a worker target (a caller need not have the workers' modules), and it
-reads nothing but ``[server] listen`` and ``[supervisor] servers``.
+reads nothing but ``[server] listen``, ``[supervisor] servers`` and, for the Executor's
+large data, ``[executor] spill_dir`` and ``max_spill_mb``.
 
 Search order: ``$FARM_SERVERS`` (comma-separated), then ``$GEARMAN_SERVERS``
 (libgearman's convention), then the config (``$FARM_CONFIG``, ``./farm.toml``,
@@ -36,6 +37,7 @@ __all__ = [
     "local_farm",
     "client_servers",
     "executor_servers",
+    "executor_spill",
 ]
 
 SYSTEM_CONFIG = Path("/etc/farm/farm.toml")
@@ -179,3 +181,20 @@ def _servers(*, tcp_fallback: bool) -> str | list[str]:
         " use the socket? farm.Executor() does not fall back to TCP; pass servers= (or set"
         " $FARM_SERVERS) to choose a TCP address knowingly"
     )
+
+
+def executor_spill() -> tuple[str | None, int | None]:
+    """``[executor] spill_dir`` (resolved against the config's folder) and ``max_spill_mb``
+    of the config the search order finds; None for what it does not set."""
+    path = find_config()
+    if path is None:
+        return None, None
+    executor = read_config_file(path).get("executor", {})
+    if not isinstance(executor, dict):
+        return None, None
+    where, mb = executor.get("spill_dir"), executor.get("max_spill_mb")
+    if where is not None and (not isinstance(where, str) or not where.strip()):
+        raise ConfigError(f"{path}: executor.spill_dir must be the path of a directory")
+    if mb is not None and (type(mb) is not int or mb <= 0):
+        raise ConfigError(f"{path}: executor.max_spill_mb must be a whole number of MiB > 0")
+    return (resolve(path.resolve().parent, where) if where else None), mb

@@ -24,9 +24,10 @@ import selectors
 import signal
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
-from farm.config import Config
+from farm.config import Config, ExecutorConfig
 from farm.net import Waker
 from farm.pools import sdnotify
 from farm.pools.commandjobs import CommandJobs
@@ -64,6 +65,8 @@ class Supervisor(Lifecycle, CommandJobs, Restarting, Steering):
         self.polling = False  # a command worker starts or a restart runs: look again soon
         self.by_pid: dict[int, WorkerProcess] = {}
         self.child_env = sdnotify.child_environ()
+        self.child_env.update(spill_environ(config.executor))  # the Executor's workers' spill
+        self.next_spill_sweep = 0.0
         self.server = LocalServer(
             config.server, self.child_env, log_format=config.supervisor.log_format
         )
@@ -95,6 +98,21 @@ class Supervisor(Lifecycle, CommandJobs, Restarting, Steering):
         except KeyFileError as exc:
             log.error("%s; farm.Executor calls will be refused", exc)
 
+    def sweep_spill(self) -> None:
+        """Now and then, remove the Executor's spill files that a killed caller or worker
+        left behind (farm.executor.spill.sweep); a cheap time check otherwise."""
+        now = time.monotonic()
+        if now < self.next_spill_sweep:
+            return
+        from farm.executor import spill
+
+        settings = self.config.executor
+        self.next_spill_sweep = now + spill.sweep_every(settings.spill_orphan_age_s)
+        where = settings.spill_dir or str(spill.default_spill_dir())
+        removed = spill.sweep(Path(where), settings.spill_max_age_s, settings.spill_orphan_age_s)
+        if removed:
+            log.info("removed %d stale spill file(s) from %s", removed, where)
+
     def run(self) -> int:
         """Start, serve until SIGTERM / `farm stop`, drain, and return the exit code."""
         from setproctitle import setproctitle
@@ -116,6 +134,7 @@ class Supervisor(Lifecycle, CommandJobs, Restarting, Steering):
             self.manage_workers()
             self.polling = self.watch_commands() | self.advance_restarts()
             self.notify_systemd()
+            self.sweep_spill()
             self.wait(self.next_wakeup())
 
     def start_metrics(self) -> None:
@@ -316,3 +335,13 @@ class Supervisor(Lifecycle, CommandJobs, Restarting, Steering):
             self.metrics_server.server_close()
         log.info("supervisor stopped")
         return self.exit_code
+
+
+def spill_environ(executor: ExecutorConfig) -> dict[str, str]:
+    """What the Executor's workers read their spill directory and limit from."""
+    from farm.executor.spill import MAX_SPILL_ENV, SPILL_ENV
+
+    env = {MAX_SPILL_ENV: str(executor.max_spill_mb)}
+    if executor.spill_dir:
+        env[SPILL_ENV] = executor.spill_dir
+    return env

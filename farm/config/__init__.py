@@ -30,6 +30,7 @@ from farm.config.defaults import DEFAULTS_SOURCE, builtin
 from farm.config.model import (
     RESERVED_PREFIX,
     Config,
+    ExecutorConfig,
     FunctionConfig,
     ServerConfig,
     SupervisorConfig,
@@ -40,6 +41,7 @@ from farm.discovery import SYSTEM_CONFIG, control_path, find_config, read_config
 __all__ = [
     "Config",
     "ServerConfig",
+    "ExecutorConfig",
     "SupervisorConfig",
     "FunctionConfig",
     "SYSTEM_CONFIG",

@@ -7,7 +7,7 @@ the result and answer questions about it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from farm.commandspec import CommandSpec
 from farm.net import DEFAULT_SERVER, Address, connectable, parse_address
@@ -60,6 +60,16 @@ class SupervisorConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ExecutorConfig:
+    """``[executor]``: where farm.Executor's large arguments and results go (executor.spill)."""
+
+    spill_dir: str | None = None  # None: ``spill`` beside the executor's key file
+    max_spill_mb: int = 4096  # the largest argument or result, pickled
+    spill_max_age_s: int = 24 * 3600  # the sweep removes any spill file older than this
+    spill_orphan_age_s: int = 3600  # ... and older result files, and those of a dead caller
+
+
+@dataclass(frozen=True, kw_only=True)
 class FunctionConfig:
     name: str  # the pool's name: its table, [functions.NAME]
     target: str  # "module:function"; "" for a command pool
@@ -103,6 +113,7 @@ class Config:
     server: ServerConfig
     supervisor: SupervisorConfig
     functions: Mapping[str, FunctionConfig]
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     @property
     def local_server(self) -> bool:

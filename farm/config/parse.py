@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import fields
 from types import MappingProxyType
 from typing import Any
 
 from farm.commandspec import parse_command, parse_stop_signal
 from farm.config.capacity import available_cpus, capacity_problem, default_memory_budget_mb
 from farm.config.defaults import builtin, server_store
-from farm.config.model import Config, FunctionConfig, ServerConfig, SupervisorConfig
+from farm.config.model import (
+    Config,
+    ExecutorConfig,
+    FunctionConfig,
+    ServerConfig,
+    SupervisorConfig,
+)
 from farm.config.reader import TableReader
 from farm.logs import LOG_FORMATS
 from farm.net import DEFAULT_PORT, DEFAULT_SERVER
@@ -46,7 +53,7 @@ class Validator(TableReader):
     """Checks one parsed document; each method owns one table."""
 
     def config(self, raw: dict[str, Any]) -> Config:
-        self.table(raw, "", ("server", "supervisor", "functions"))
+        self.table(raw, "", ("server", "supervisor", "functions", "executor"))
         defaults = builtin()
         server = self.server(
             {
@@ -78,6 +85,7 @@ class Validator(TableReader):
             server=server,
             supervisor=supervisor,
             functions=MappingProxyType(pools),
+            executor=self.executor(raw.get("executor", {})),
         )
         self.reserved_pools(config)
         command = next((p.name for p in pools.values() if p.command), None)
@@ -96,6 +104,23 @@ class Validator(TableReader):
                 " function with a timeout in the worker (CAN_DO_TIMEOUT)",
             )
         return config
+
+    def executor(self, raw: Any) -> ExecutorConfig:
+        """``[executor]``: farm.Executor's spill directory and limits (all optional)."""
+        table = self.table(raw, "executor", tuple(f.name for f in fields(ExecutorConfig)))
+        spill_dir = table.get("spill_dir")
+        if spill_dir is not None:
+            if not isinstance(spill_dir, str):
+                raise self.fail("executor.spill_dir", "must be the path of a directory")
+            spill_dir = self.path(spill_dir, "executor.spill_dir")
+        numbers = {}
+        for key in ("max_spill_mb", "spill_max_age_s", "spill_orphan_age_s"):
+            if key in table:
+                value = table[key]
+                if type(value) is not int or value <= 0:
+                    raise self.fail(f"executor.{key}", f"must be a whole number > 0, got {value!r}")
+                numbers[key] = value
+        return ExecutorConfig(spill_dir=spill_dir, **numbers)
 
     def reserved_pools(self, config: Config) -> None:
         """A pool serving a reserved ``farm.*`` function (the Executor's calls, code to run)

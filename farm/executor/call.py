@@ -19,6 +19,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from farm.executor import spill
 from farm.executor.payload import (
     BATCH,
     BROKEN,
@@ -32,6 +33,7 @@ from farm.executor.payload import (
     OK,
     RECYCLE,
     SINGLE,
+    SPILLED,
     RemoteTraceback,
     dump,
     dump_fn,
@@ -88,6 +90,8 @@ recycle_requested: str | None = None
 #: Unpickled functions by their pickled bytes: a lambda sent 10,000 times is rebuilt once.
 _functions: dict[bytes, Any] = {}
 _MAX_FUNCTIONS = 256
+#: Where this worker writes large results, and its limit (farm.executor.spill).
+_spill: spill.SpillSettings | None = None
 
 
 def _worker_guard() -> ReplayGuard:
@@ -125,25 +129,63 @@ def run_call(job: Any) -> bytes:
     fn_size = int.from_bytes(body[:4], "little")
     kind = body[4 + fn_size]
     start = 5 + fn_size
+    calls_data: Any = None
     if kind > KIND_MASK:  # setup sections follow: this executor's initializer, max_tasks
         start, failure = _set_up(kind, body, start)
+        spilled = kind & SPILLED
         kind &= KIND_MASK
         if failure is not None:
             broken: Any = (0, [failure]) if kind == BATCH else failure
             return signer.seal(RESULT, call_id + _dump_outcome(broken))
+        if spilled:  # the pickle is in a file: checked against the signed reference first
+            try:
+                calls_data = spill.read(body[start:])
+            except spill.SpillRefused as exc:
+                log.error("%s", exc)
+                refused = (ERROR, exc, _remote_traceback(exc))
+                return _seal_result(signer, call_id, _dump_outcome(refused))
+    if calls_data is None:
+        calls_data = body[start:]
     if kind == BATCH:
-        return _run_batch(job, signer, call_id, bytes(body[4 : 4 + fn_size]), body[start:])
+        return _run_batch(job, signer, call_id, bytes(body[4 : 4 + fn_size]), calls_data)
     try:
         fn = _function(bytes(body[4 : 4 + fn_size]))
-        calls = pickle.loads(body[start:])
+        calls = pickle.loads(calls_data)
+        del calls_data  # a large argument's bytes: not kept while the call runs
         if kind == SINGLE:
             args, kwargs = calls
+            del calls
             outcome: tuple[Any, ...] = (OK, fn(*args, **kwargs))
         else:
             outcome = (OK, [fn(*args) for args in calls])
     except BaseException as exc:  # as ProcessPoolExecutor: even SystemExit is the call's outcome
         outcome = (ERROR, exc, _remote_traceback(exc))
-    return signer.seal(RESULT, call_id + _dump_outcome(outcome))
+    return _seal_result(signer, call_id, _dump_outcome(outcome))
+
+
+def _seal_result(
+    signer: Signer, call_id: bytes, pickled: bytes, count: int | None = None, first: int = 0
+) -> bytes:
+    """The signed result; a pickle over SPILL_THRESHOLD goes to a spill file and its reference
+    travels instead. Past the limit, or when the file cannot be written, the outcome (each
+    of a batch's ``count`` outcomes from ``first``) becomes that error."""
+    if len(pickled) <= spill.SPILL_THRESHOLD:
+        return signer.seal(RESULT, call_id + pickled)
+    global _spill
+    if _spill is None:
+        _spill = spill.worker_settings()
+    try:
+        reference = spill.write(_spill, pickled, "r")
+    except (spill.SpillError, OSError) as exc:
+        del pickled
+        log.error("cannot send a large result: %s", exc)
+        text = _remote_traceback(exc)
+        if isinstance(exc, OSError):
+            exc = spill.SpillError(f"cannot write the call's result to a spill file: {exc}")
+        failure = (ERROR, exc, text)
+        replaced: Any = failure if count is None else (first, [failure] * count)
+        return signer.seal(RESULT, call_id + pickle.dumps(replaced, protocol=_PROTOCOL))
+    return signer.seal(RESULT, call_id + spill.RESULT_MARK + reference)
 
 
 def _set_up(kind: int, body: memoryview, at: int) -> tuple[int, tuple[Any, ...] | None]:
@@ -203,10 +245,11 @@ def _run_batch(
             outcome = (ERROR, exc, _remote_traceback(exc))
         outcomes.append(outcome)
         if index + 1 < len(calls) and time.monotonic() >= flush_at:
-            job.send_data(signer.seal(RESULT, call_id + _dump_batch(first, outcomes)))
+            pickled = _dump_batch(first, outcomes)
+            job.send_data(_seal_result(signer, call_id, pickled, len(outcomes), first))
             first, outcomes = index + 1, []
             flush_at = time.monotonic() + BATCH_FLUSH_EVERY
-    return signer.seal(RESULT, call_id + _dump_batch(first, outcomes))
+    return _seal_result(signer, call_id, _dump_batch(first, outcomes), len(outcomes), first)
 
 
 def _remote_traceback(exc: BaseException) -> str:

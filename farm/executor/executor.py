@@ -25,6 +25,7 @@ exactly that future with ``farm.WorkerLost``; the executor keeps working.
 from __future__ import annotations
 
 import atexit
+import os
 import secrets
 import threading
 import time
@@ -34,9 +35,11 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor as _BaseExecutor
 from concurrent.futures import Future
 from itertools import islice
+from pathlib import Path
 from typing import Any, TypeGuard, TypeVar
 
-from farm.discovery import executor_servers
+from farm.discovery import executor_servers, executor_spill
+from farm.executor import spill
 from farm.executor.call import DEFAULT_FUNCTION
 from farm.executor.flight import MAX_BATCH, BrokenFarmExecutor, Call, WorkItem, fail_broken
 from farm.executor.payload import (
@@ -44,6 +47,7 @@ from farm.executor.payload import (
     CHUNK,
     NO_SETUP,
     SINGLE,
+    SPILLED,
     RemoteTraceback,
     dump,
     dump_fn,
@@ -92,6 +96,12 @@ class Executor(_BaseExecutor):
     ``farm.executor.call:run_call``. ``priority``: "high", "normal" or "low"
     for every job. ``key_file``: the farm's secret key (default
     $FARM_KEY_FILE, else ~/.local/state/farm/executor.key).
+
+    Arguments and results whose pickle is over 1 MiB travel as files in
+    ``spill_dir`` (default: ``$FARM_SPILL_DIR``, else ``[executor] spill_dir`` of
+    the config, else ``spill`` beside the key file), at most ``max_spill_mb`` MiB
+    each (default: ``$FARM_MAX_SPILL_MB``, the config's, else 4096); see
+    "Large data" in docs/executor.md.
     """
 
     def __init__(
@@ -108,6 +118,8 @@ class Executor(_BaseExecutor):
         max_in_flight: int | None = None,
         key_file: str | None = None,
         connect_timeout: float = 5.0,
+        spill_dir: str | os.PathLike[str] | None = None,
+        max_spill_mb: int | None = None,
     ) -> None:
         if _is_servers(max_workers):  # farm.Executor("unix:/run/farm/gearman.sock"), the old way
             if servers is not None:
@@ -136,6 +148,11 @@ class Executor(_BaseExecutor):
                 max_tasks_per_child,
             )
         self._signer = Signer(load_key(key_file))
+        self._spill_options = (key_file, spill_dir, max_spill_mb)
+        if max_spill_mb is not None:
+            spill.mb_to_bytes(max_spill_mb)  # a bad limit fails here, not at the first large call
+        self._spill: spill.SpillSettings | None = None  # resolved at the first large call
+        self._spill_files: set[bytes] = set()  # references of argument files not removed yet
         self._pump = Pump(
             parse_servers(executor_servers() if servers is None else servers),
             self._signer,
@@ -157,10 +174,13 @@ class Executor(_BaseExecutor):
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)`` on a worker; its Future holds the outcome."""
         try:
-            call = Call(dump_fn(fn), SINGLE, dump((args, kwargs)))
+            fn_bytes = dump_fn(fn)
+            body = dump((args, kwargs))
         except Exception as exc:  # unpicklable: the future says so, as ProcessPoolExecutor's
             return self._enqueue(None, exc)
-        return self._enqueue(call, None)
+        if len(body) > spill.SPILL_THRESHOLD:
+            return self._enqueue_spilled(fn_bytes, SINGLE, body)
+        return self._enqueue(Call(fn_bytes, SINGLE, body), None)
 
     def map(
         self,
@@ -194,15 +214,16 @@ class Executor(_BaseExecutor):
             if fn_bytes is None:
                 futures.append(self._enqueue(None, fn_error))
                 continue
+            kind = SINGLE if chunksize == 1 else CHUNK
             try:
-                if chunksize == 1:
-                    call = Call(fn_bytes, SINGLE, dump((chunk[0], {})))
-                else:
-                    call = Call(fn_bytes, CHUNK, dump(chunk))
+                body = dump((chunk[0], {})) if chunksize == 1 else dump(chunk)
             except Exception as exc:
                 futures.append(self._enqueue(None, exc))
                 continue
-            futures.append(self._enqueue(call, None))
+            if len(body) > spill.SPILL_THRESHOLD:
+                futures.append(self._enqueue_spilled(fn_bytes, kind, body))
+                continue
+            futures.append(self._enqueue(Call(fn_bytes, kind, body), None))
         if not progress:
             return _results(futures, end_time, chunked=chunksize > 1)
         from farm.executor.progress import with_progress
@@ -221,6 +242,9 @@ class Executor(_BaseExecutor):
             self._pump.stop()
         if wait and self._thread is not None:
             self._thread.join()
+        if wait or self._thread is None:
+            for reference in list(self._spill_files):  # what no future removed
+                self._unspill(reference)
 
     # -- internals --
 
@@ -246,6 +270,29 @@ class Executor(_BaseExecutor):
                 fail_broken(self._pump.take_pending(), broken, self._pump.broken_by)
             return future
 
+    def _enqueue_spilled(self, fn_bytes: bytes, kind: int, body: bytes) -> Future[Any]:
+        """A call whose pickle is over SPILL_THRESHOLD: written to a spill file, its reference
+        sent; the file is removed when the future is done, whatever the outcome."""
+        try:
+            if self._spill is None:
+                self._spill = _spill_settings(*self._spill_options)
+            reference = spill.write(self._spill, body, "a")
+        except (spill.SpillError, OSError) as exc:  # too large, or no spill directory
+            return self._enqueue(None, exc)
+        del body
+        self._spill_files.add(reference)
+        try:
+            future = self._enqueue(Call(fn_bytes, kind | SPILLED, reference), None)
+        except BaseException:
+            self._unspill(reference)
+            raise
+        future.add_done_callback(lambda _: self._unspill(reference))
+        return future
+
+    def _unspill(self, reference: bytes) -> None:
+        self._spill_files.discard(reference)
+        spill.remove(reference)
+
     def _start_pump(self) -> None:
         # Started on first use, not in __init__, so creating an executor before
         # fork() leaves no thread behind; a daemon so that a forgotten executor
@@ -259,6 +306,20 @@ class Executor(_BaseExecutor):
             raise
         self._thread = thread
         _live_pumps.add(self._pump)
+
+
+def _spill_settings(
+    key_file: str | None, spill_dir: str | os.PathLike[str] | None, max_spill_mb: int | None
+) -> spill.SpillSettings:
+    """The executor's spill directory and limit: its keywords, else $FARM_SPILL_DIR and
+    $FARM_MAX_SPILL_MB, else ``[executor]`` of the config, else the defaults."""
+    configured_dir, configured_mb = executor_spill()
+    where = spill_dir or os.environ.get(spill.SPILL_ENV) or configured_dir
+    mb = max_spill_mb or os.environ.get(spill.MAX_SPILL_ENV) or configured_mb
+    return spill.SpillSettings(
+        Path(where) if where else spill.default_spill_dir(key_file),
+        spill.mb_to_bytes(mb or spill.DEFAULT_MAX_SPILL_MB),
+    )
 
 
 def _results(futures: list[Future[Any]], end_time: float | None, *, chunked: bool) -> Iterator[Any]:

@@ -30,6 +30,7 @@ from concurrent.futures._base import BrokenExecutor
 from typing import Any, NamedTuple
 
 from farm.errors import FarmError, JobError, JobFailed, WorkerLost
+from farm.executor import spill
 from farm.executor.payload import (
     BATCH,
     BROKEN,
@@ -210,7 +211,14 @@ def _open(task: Task[Flight], flight: Flight, signer: Signer, data: bytes) -> An
     instead, because it cannot tell whose result its pipe held; here the job says.)
     """
     try:
-        return pickle.loads(open_result(signer, flight.call_id, data))
+        body: Any = open_result(signer, flight.call_id, data)
+        if body[:1] == spill.RESULT_MARK:  # a large result, in a file the worker wrote
+            reference = body[1:]
+            try:
+                body = spill.read(reference)  # SpillRefused before anything is unpickled
+            finally:
+                spill.remove(reference)  # the caller deletes a result file once read
+        return pickle.loads(body)
     except SignatureError:
         raise
     except BaseException as exc:

@@ -37,6 +37,9 @@ no byte more):
   ``(BROKEN, exception, traceback_text)`` (for a batch: ``(0, [that])``) and the
   caller breaks the executor, as ProcessPoolExecutor breaks when a child's
   initializer fails.
+* SPILLED (0x40, no section of its own): ``body`` is a reference to a file in the spill
+  directory holding the pickle (farm/executor/spill.py); a result whose pickle
+  is in a file is ``signed(RESULT, call_id | "S" | reference)``.
 * RECYCLE (0x20): ``executor_id (16 bytes) | max_tasks (4 bytes, little endian)``:
   after ``max_tasks`` jobs of that executor this worker sets
   ``recycle_requested``, which the supervised worker process
@@ -69,6 +72,7 @@ __all__ = [
     "BROKEN",
     "CALL_ID_SIZE",
     "NO_SETUP",
+    "SPILLED",
     "RemoteTraceback",
     "dump",
     "dump_fn",
@@ -82,6 +86,8 @@ SINGLE, CHUNK, BATCH = 0, 1, 2
 #: The kind byte: the kind in the low bits, the setup sections that follow it in the high ones.
 KIND_MASK = 0x0F
 INITIALIZER, RECYCLE = 0x10, 0x20
+#: The body is a reference to a spill file (farm.executor.spill), not the pickle itself.
+SPILLED = 0x40
 DIGEST_SIZE = 32
 #: Bytes of the id that binds a call and its results (and of an executor's id).
 CALL_ID_SIZE = 16

@@ -122,3 +122,27 @@ def wait_gate_and_raise(path: str) -> None:
 
 def raise_runtime_error_123() -> None:
     raise RuntimeError(123)  # some comment
+
+
+def identity(value: object) -> object:
+    """The argument back: a large one comes back through a spill file too."""
+    return value
+
+
+def nbytes_after_gate(data: bytes, gate: str) -> int:
+    wait_gate(gate)
+    return len(data)
+
+
+def large_result(size: int) -> bytes:
+    return b"\x01" * size
+
+
+def spill_and_die(size: int) -> None:
+    """Leave a result file behind, as a worker killed while writing one, and die (kill -9)."""
+    import signal
+
+    from farm.executor import spill
+
+    spill.write(spill.worker_settings(), b"\x00" * size, "r")
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,286 @@
+"""Large arguments and results: a file in the spill directory, a signed reference on the wire.
+
+A call body (the pickled arguments) or a result (the pickled outcome) longer than
+``SPILL_THRESHOLD`` does not cross the job server: its sender writes it to a
+fresh file in the spill directory and sends, inside the signed payload, only a
+reference::
+
+    size (8 bytes, little endian) | sha256 of the bytes (32 bytes) | path (utf-8)
+
+The receiver opens the file (never following a link), checks its size and
+digest, and only then unpickles: a file changed or swapped after it was
+written is refused with ``SpillRefused`` (a ``SignatureError``). The reference
+cannot be forged, since it travels inside the HMAC.
+
+Files are created with O_EXCL, mode 0640 (the farm's group may read them), named
+``farm-spill-KIND-PID-RANDOM``: KIND ``a`` for arguments (written and deleted by
+the caller), ``r`` for results (written by the worker, deleted by the caller
+once read); PID is the writer's. The directory is created 0770 (setgid, so its
+files take its group) and refused when others may write to it.
+
+``sweep`` is the supervisor's cleanup of what a killed process left behind
+(farm/supervisor.py runs it every ``sweep_every`` seconds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import stat
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+from farm.errors import FarmError
+from farm.executor.signing import SignatureError, key_path
+
+__all__ = [
+    "SPILL_THRESHOLD",
+    "DEFAULT_MAX_SPILL_MB",
+    "DEFAULT_MAX_AGE",
+    "DEFAULT_ORPHAN_AGE",
+    "SPILL_ENV",
+    "MAX_SPILL_ENV",
+    "RESULT_MARK",
+    "SpillError",
+    "SpillRefused",
+    "SpillTooLarge",
+    "SpillDirError",
+    "SpillSettings",
+    "default_spill_dir",
+    "spill_dir",
+    "write",
+    "read",
+    "remove",
+    "reference_path",
+    "sweep",
+    "sweep_every",
+    "worker_settings",
+]
+
+#: Bodies and results longer than this (bytes) travel as a file, not through the server.
+SPILL_THRESHOLD = 1 << 20
+#: ``[executor] max_spill_mb`` when not set: the largest argument or result, in MiB.
+DEFAULT_MAX_SPILL_MB = 4096
+#: Any spill file older than this is removed by the sweep (seconds; = flight.CALL_TTL).
+DEFAULT_MAX_AGE = 24 * 3600
+#: A result file older than this, or an argument file whose writer is gone, is removed.
+DEFAULT_ORPHAN_AGE = 3600
+SPILL_ENV = "FARM_SPILL_DIR"
+MAX_SPILL_ENV = "FARM_MAX_SPILL_MB"
+#: First byte of a result body that is a reference (a pickle starts with 0x80).
+RESULT_MARK = b"S"
+PREFIX = "farm-spill-"
+_HEAD = 8 + 32
+
+
+class SpillError(FarmError):
+    """A large argument or result could not travel through the spill directory."""
+
+
+class SpillRefused(SignatureError):
+    """A spill file is missing, or not the bytes its signed reference names: refused unread."""
+
+
+class SpillTooLarge(SpillError, ValueError):
+    """An argument or result larger than ``[executor] max_spill_mb``."""
+
+
+class SpillDirError(SpillError):
+    """The spill directory cannot be created, or others may write to it."""
+
+
+class SpillSettings(NamedTuple):
+    directory: Path
+    max_bytes: int
+
+
+def default_spill_dir(key_file: str | os.PathLike[str] | None = None) -> Path:
+    """``spill`` beside the executor's key file (the farm's state directory by default)."""
+    return key_path(key_file).parent / "spill"
+
+
+def worker_settings() -> SpillSettings:
+    """A worker's: ``$FARM_SPILL_DIR`` and ``$FARM_MAX_SPILL_MB`` (the supervisor sets them
+    from ``[executor]``), else the defaults."""
+    where = os.environ.get(SPILL_ENV)
+    return SpillSettings(
+        Path(where) if where else default_spill_dir(),
+        mb_to_bytes(os.environ.get(MAX_SPILL_ENV) or DEFAULT_MAX_SPILL_MB),
+    )
+
+
+def mb_to_bytes(mb: object) -> int:
+    try:
+        value = int(str(mb))
+    except ValueError:
+        raise SpillError(f"max_spill_mb must be a whole number of MiB, got {mb!r}") from None
+    if value <= 0:
+        raise SpillError(f"max_spill_mb must be > 0, got {mb!r}")
+    return value << 20
+
+
+_checked: set[Path] = set()
+
+
+def spill_dir(path: Path) -> Path:
+    """``path``, created 0770 (setgid) if missing; SpillDirError when it is not a directory or
+    others may write to it. Checked once per process."""
+    if path in _checked:
+        return path
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.mkdir(mode=0o770)
+        os.chmod(path, 0o2770)  # whatever the umask; files take the directory's group
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise SpillDirError(
+            f"cannot create the spill directory {path}: {exc.strerror or exc};"
+            " set [executor] spill_dir (or $FARM_SPILL_DIR) to a directory the farm's group shares"
+        ) from None
+    try:
+        info = path.lstat()
+    except OSError as exc:
+        raise SpillDirError(f"spill directory {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise SpillDirError(f"spill directory {path} is not a directory (a link or a file)")
+    if info.st_mode & stat.S_IWOTH:
+        raise SpillDirError(
+            f"spill directory {path} is writable by others (mode {stat.S_IMODE(info.st_mode):o});"
+            f" run: chmod o-rwx {path}"
+        )
+    _checked.add(path)
+    return path
+
+
+def write(settings: SpillSettings, data: bytes | bytearray | memoryview, kind: str) -> bytes:
+    """Write ``data`` to a fresh file (``kind``: "a" argument, "r" result); its reference.
+    SpillTooLarge past the limit (nothing written), SpillDirError, OSError."""
+    size = len(data)
+    if size > settings.max_bytes:
+        what = "argument" if kind == "a" else "result"
+        raise SpillTooLarge(
+            f"the call's {what} is {size / 2**20:.1f} MiB pickled, over the farm's limit of"
+            f" {settings.max_bytes >> 20} MiB ([executor] max_spill_mb)"
+        )
+    directory = spill_dir(settings.directory)
+    path = directory / f"{PREFIX}{kind}-{os.getpid()}-{secrets.token_hex(12)}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o640)
+    try:
+        os.fchmod(fd, 0o640)  # whatever the umask: the farm's group reads it
+        with open(fd, "wb", closefd=False) as f:
+            f.write(data)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    digest = hashlib.sha256(data).digest()
+    return size.to_bytes(8, "little") + digest + os.fsencode(path)
+
+
+def reference_path(reference: bytes | memoryview) -> Path:
+    return Path(os.fsdecode(bytes(reference[_HEAD:])))
+
+
+def read(reference: bytes | memoryview) -> bytearray:
+    """The bytes a (signed) reference names, checked; SpillRefused, before any unpickling."""
+    if len(reference) <= _HEAD:
+        raise SpillRefused("a spill reference too short to name a file: refused")
+    size = int.from_bytes(reference[:8], "little")
+    digest = bytes(reference[8:_HEAD])
+    path = reference_path(reference)
+    if not path.name.startswith(PREFIX):
+        raise SpillRefused(f"{path} is not a spill file: refused")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SpillRefused(
+            f"cannot read spill file {path}: {exc.strerror or exc} (do the caller and the"
+            " farm's workers share [executor] spill_dir, and its group?)"
+        ) from None
+    with open(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size != size:
+            raise SpillRefused(
+                f"spill file {path} is {info.st_size} bytes, not the {size} signed for:"
+                " changed or swapped; refused without unpickling"
+            )
+        data = bytearray(size)
+        got = f.readinto(data)
+        if got != size or f.read(1):
+            raise SpillRefused(f"spill file {path} changed while read; refused")
+    if hashlib.sha256(data).digest() != digest:
+        raise SpillRefused(
+            f"spill file {path} does not hold the bytes signed for (changed or swapped):"
+            " refused without unpickling"
+        )
+    return data
+
+
+def remove(reference: bytes | memoryview | Path) -> None:
+    """Delete a spill file (by its reference or path); gone already is fine."""
+    path = reference if isinstance(reference, Path) else reference_path(reference)
+    if path.name.startswith(PREFIX):
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
+def sweep_every(orphan_age: float) -> float:
+    """How often the supervisor sweeps (seconds): every minute, or oftener for short ages."""
+    return max(0.5, min(60.0, orphan_age / 2))
+
+
+def sweep(directory: Path, max_age: float, orphan_age: float, now: float | None = None) -> int:
+    """Remove spill files left by dead or lost processes; the number removed.
+
+    Any file older than ``max_age``; a result file older than ``orphan_age`` (its
+    caller reads it the moment the job ends); an argument file older than
+    ``orphan_age`` whose writer's pid is gone (a caller killed with SIGKILL).
+    """
+    now = time.time() if now is None else now
+    removed = 0
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0
+    for entry in entries:
+        name = entry.name
+        if not name.startswith(PREFIX):
+            continue
+        try:
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        parts = name[len(PREFIX) :].split("-")
+        if age <= orphan_age and age <= max_age:
+            continue
+        if age <= max_age and parts[0] == "a" and _alive(parts[1] if len(parts) > 2 else ""):
+            continue
+        try:
+            os.unlink(entry.path)
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid_text: str) -> bool:
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True

@@ -1,0 +1,137 @@
+"""farm.Executor's large arguments and results (over 1 MiB) travel as spill files, against a
+real `farm up`: they round-trip intact, leave nothing behind, are refused when tampered
+with, and fail clearly past ``[executor] max_spill_mb``."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import farm
+from farm.executor.spill import SpillRefused, SpillTooLarge
+from tests.helpers.calls import (
+    add,
+    identity,
+    large_result,
+    nbytes_after_gate,
+    spill_and_die,
+    wait_gate,
+)
+from tests.helpers.farmproc import FarmUp
+from tests.helpers.gate import Gate
+
+LIMIT_MB = 256
+POOL = f"""
+[executor]
+max_spill_mb = {LIMIT_MB}
+spill_orphan_age_s = 3
+
+[functions."farm.python"]
+target = "farm.executor.call:run_call"
+workers = 2
+"""
+
+
+class Farm:
+    def __init__(self, up: FarmUp, key: Path, tmp: Path) -> None:
+        self.up = up
+        self.key = key
+        self.tmp = tmp
+        self.spill = key.parent / "spill"  # the default: beside the key file
+
+    def executor(self, *args: Any, **options: Any) -> farm.Executor:
+        return farm.Executor(
+            *args, servers=[f"unix:{self.up.unix}"], key_file=str(self.key), **options
+        )
+
+    def files(self) -> list[str]:
+        return sorted(os.listdir(self.spill)) if self.spill.exists() else []
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
+    tmp = tmp_path_factory.mktemp("large")
+    key = tmp / "state" / "executor.key"
+    up = FarmUp(tmp, POOL, extra_env={"FARM_KEY_FILE": str(key)})
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"farm.python": 2})
+        yield Farm(up, key, tmp)
+    finally:
+        up.stop()
+
+
+def _wait_for(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.timeout(120)
+def test_a_200_mb_array_and_a_bytearray_round_trip_and_leave_no_file(shared: Farm) -> None:
+    np = pytest.importorskip("numpy")
+    array = np.arange(25_000_000, dtype=np.float64)  # 200 MB
+    blob = bytearray(os.urandom(1 << 20) * 20)
+    with shared.executor(2) as ex:
+        back = ex.submit(identity, array).result()
+        assert back.dtype == array.dtype and np.array_equal(back, array)
+        del back
+        assert ex.submit(identity, blob).result() == blob
+        assert list(ex.map(identity, [blob, b"small"])) == [blob, b"small"]
+        assert ex.submit(add, 1, 2).result() == 3
+    assert shared.files() == []
+    mode = os.stat(shared.spill).st_mode
+    assert mode & 0o777 == 0o770
+
+
+@pytest.mark.timeout(60)
+def test_a_tampered_argument_file_is_refused_without_unpickling(shared: Farm) -> None:
+    gate = Gate(shared.tmp / "tamper.gate")
+    with gate, shared.executor(4) as ex:
+        blockers = [ex.submit(wait_gate, gate.path) for _ in range(2)]
+        _wait_for(lambda: len(shared.up.workers("farm.python", "busy")) == 2, 15, "busy workers")
+        future = ex.submit(nbytes_after_gate, b"\x07" * (3 << 20), gate.path)
+        (name,) = _wait_for(shared.files, 5, "the argument file")
+        assert name.startswith(f"farm-spill-a-{os.getpid()}-")
+        assert os.stat(shared.spill / name).st_mode & 0o777 == 0o640
+        with open(shared.spill / name, "r+b") as f:
+            f.seek(1 << 20)
+            f.write(b"\x08")
+        gate.open()
+        with pytest.raises(SpillRefused, match="refused without unpickling"):
+            future.result(timeout=30)
+        for blocker in blockers:
+            blocker.result(timeout=30)
+    assert shared.files() == []
+
+
+@pytest.mark.timeout(60)
+def test_over_the_limit_fails_clearly(shared: Farm) -> None:
+    with shared.executor(2, max_spill_mb=1) as ex:
+        future = ex.submit(identity, b"x" * (2 << 20))
+        with pytest.raises(SpillTooLarge, match=r"over the farm's limit of 1 MiB"):
+            future.result(timeout=5)
+        assert shared.files() == []
+        with pytest.raises(SpillTooLarge, match=f"limit of {LIMIT_MB} MiB"):
+            ex.submit(large_result, (LIMIT_MB + 1) << 20).result(timeout=60)
+        assert ex.submit(add, 2, 3).result() == 5  # the worker lives on
+    assert shared.files() == []
+
+
+@pytest.mark.timeout(90)
+def test_files_of_a_killed_worker_are_swept_by_the_supervisor(shared: Farm) -> None:
+    with shared.executor(2) as ex, pytest.raises(farm.WorkerLost):
+        ex.submit(spill_and_die, 1000).result(timeout=80)
+    left = shared.files()
+    assert left and all(n.startswith("farm-spill-r-") for n in left)
+    _wait_for(lambda: shared.files() == [], 20, "the supervisor's sweep")
+    shared.up.wait_idle({"farm.python": 2}, timeout=30)

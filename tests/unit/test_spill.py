@@ -1,0 +1,90 @@
+"""farm.executor.spill: files, references, checks and the sweep, without a farm."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from farm.executor import spill
+from farm.executor.flight import CALL_TTL
+from farm.executor.signing import SignatureError
+
+
+def settings(tmp_path: Path, mb: int = 16) -> spill.SpillSettings:
+    return spill.SpillSettings(tmp_path / "spill", mb << 20)
+
+
+def test_write_then_read_round_trips_with_private_modes(tmp_path: Path) -> None:
+    ref = spill.write(settings(tmp_path), b"abc" * 1000, "a")
+    path = spill.reference_path(ref)
+    assert path.name.startswith(f"farm-spill-a-{os.getpid()}-")
+    assert os.stat(path).st_mode & 0o777 == 0o640
+    assert os.stat(path.parent).st_mode & 0o7777 == 0o2770
+    assert bytes(spill.read(ref)) == b"abc" * 1000
+    spill.remove(ref)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("change", ["flip", "grow", "swap"])
+def test_a_changed_file_is_refused(tmp_path: Path, change: str) -> None:
+    ref = spill.write(settings(tmp_path), b"\x00" * 4096, "a")
+    path = spill.reference_path(ref)
+    if change == "flip":
+        with open(path, "r+b") as f:
+            f.write(b"\x01")
+    elif change == "grow":
+        with open(path, "ab") as f:
+            f.write(b"\x00")
+    else:
+        other = spill.reference_path(spill.write(settings(tmp_path), b"\x01" * 4096, "a"))
+        os.replace(other, path)
+    with pytest.raises(spill.SpillRefused) as info:
+        spill.read(ref)
+    assert isinstance(info.value, SignatureError)
+
+
+def test_a_missing_or_foreign_file_is_refused(tmp_path: Path) -> None:
+    ref = spill.write(settings(tmp_path), b"x", "a")
+    spill.remove(ref)
+    with pytest.raises(spill.SpillRefused, match="cannot read"):
+        spill.read(ref)
+    foreign = ref[:40] + os.fsencode(tmp_path / "passwd")
+    with pytest.raises(spill.SpillRefused, match="not a spill file"):
+        spill.read(foreign)
+
+
+def test_over_the_limit_writes_nothing(tmp_path: Path) -> None:
+    with pytest.raises(spill.SpillTooLarge, match="limit of 1 MiB"):
+        spill.write(settings(tmp_path, 1), b"x" * (2 << 20), "a")
+    assert not (tmp_path / "spill").exists() or not list((tmp_path / "spill").iterdir())
+
+
+def test_a_directory_others_may_write_is_refused(tmp_path: Path) -> None:
+    where = tmp_path / "open"
+    where.mkdir()
+    os.chmod(where, 0o777)
+    with pytest.raises(spill.SpillDirError, match="writable by others"):
+        spill.write(spill.SpillSettings(where, 1 << 20), b"x", "a")
+
+
+def test_the_sweep_removes_only_what_is_stale(tmp_path: Path) -> None:
+    s = settings(tmp_path)
+    live_arg = spill.reference_path(spill.write(s, b"x", "a"))
+    result = spill.reference_path(spill.write(s, b"x", "r"))
+    dead_arg = live_arg.with_name("farm-spill-a-999999999-00")
+    dead_arg.write_bytes(b"x")
+    other = s.directory / "not-ours"
+    other.write_bytes(b"x")
+    assert spill.sweep(s.directory, 100, 10) == 0  # all fresh
+    later = time.time() + 50
+    assert spill.sweep(s.directory, 100, 10, now=later) == 2  # the result, the dead caller's
+    assert live_arg.exists() and not result.exists() and not dead_arg.exists()
+    assert spill.sweep(s.directory, 100, 10, now=time.time() + 500) == 1  # past max age
+    assert sorted(os.listdir(s.directory)) == ["not-ours"]
+
+
+def test_the_default_max_age_is_the_call_ttl() -> None:
+    assert spill.DEFAULT_MAX_AGE == CALL_TTL
