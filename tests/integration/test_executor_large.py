@@ -5,7 +5,8 @@ with, and fail clearly past ``[executor] max_spill_mb``."""
 from __future__ import annotations
 
 import os
-import time
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from tests.helpers.calls import (
 )
 from tests.helpers.farmproc import FarmUp
 from tests.helpers.gate import Gate
+from tests.helpers.waiting import wait_for
 
 LIMIT_MB = 256
 POOL = f"""
@@ -66,16 +68,6 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
         up.stop()
 
 
-def _wait_for(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.timeout(120)
 def test_a_200_mb_array_and_a_bytearray_round_trip_and_leave_no_file(shared: Farm) -> None:
     np = pytest.importorskip("numpy")
@@ -98,9 +90,9 @@ def test_a_tampered_argument_file_is_refused_without_unpickling(shared: Farm) ->
     gate = Gate(shared.tmp / "tamper.gate")
     with gate, shared.executor(4) as ex:
         blockers = [ex.submit(wait_gate, gate.path) for _ in range(2)]
-        _wait_for(lambda: len(shared.up.workers("farm.python", "busy")) == 2, 15, "busy workers")
+        wait_for("busy workers", lambda: len(shared.up.workers("farm.python", "busy")) == 2, 15)
         future = ex.submit(nbytes_after_gate, b"\x07" * (3 << 20), gate.path)
-        (name,) = _wait_for(shared.files, 5, "the argument file")
+        (name,) = wait_for("the argument file", shared.files, 5)
         assert name.startswith(f"farm-spill-a-{os.getpid()}-")
         assert os.stat(shared.spill / name).st_mode & 0o777 == 0o640
         with open(shared.spill / name, "r+b") as f:
@@ -133,5 +125,38 @@ def test_files_of_a_killed_worker_are_swept_by_the_supervisor(shared: Farm) -> N
         ex.submit(spill_and_die, 1000).result(timeout=80)
     left = shared.files()
     assert left and all(n.startswith("farm-spill-r-") for n in left)
-    _wait_for(lambda: shared.files() == [], 20, "the supervisor's sweep")
+    wait_for("the supervisor's sweep", lambda: shared.files() == [], 20)
+    shared.up.wait_idle({"farm.python": 2}, timeout=30)
+
+
+CALLER = """
+import sys
+import farm
+from tests.helpers.calls import nbytes_after_gate
+
+socket, key, gate = sys.argv[1:4]
+ex = farm.Executor(2, servers=[socket], key_file=key)
+future = ex.submit(nbytes_after_gate, b"\\x05" * (3 << 20), gate)
+print("submitted", flush=True)
+future.result()
+"""
+
+
+@pytest.mark.timeout(90)
+def test_argument_files_of_a_killed_caller_are_swept_by_the_supervisor(shared: Farm) -> None:
+    gate = Gate(shared.tmp / "caller.gate")
+    with gate:
+        caller = subprocess.Popen(
+            [sys.executable, "-c", CALLER, f"unix:{shared.up.unix}", str(shared.key), gate.path],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=shared.up.env,
+        )
+        assert caller.stdout is not None and caller.stdout.readline() == "submitted\n"
+        (name,) = wait_for("the caller's argument file", shared.files, 10)
+        assert name.startswith(f"farm-spill-a-{caller.pid}-")
+        caller.kill()  # kill -9: nobody is left to delete its file
+        caller.wait()
+        gate.open()  # the worker finishes the call; its result has nobody to go to
+        wait_for("the supervisor's sweep", lambda: shared.files() == [], 30)
     shared.up.wait_idle({"farm.python": 2}, timeout=30)
