@@ -82,16 +82,20 @@ def server_address(server: str | None) -> str:
         fail(f"--server {server}: {exc.reason}", 2)
 
 
+#: The one server an admin command asks (``farm status``, ``farm jobs``).
+ServerOption = typer.Option(
+    None,
+    "--server",
+    "-s",
+    metavar="ADDRESS",
+    help="HOST[:PORT], [IPv6]:PORT or unix:PATH "
+    f"(default: $GEARMAN_SERVERS, else {DEFAULT_SERVER})",
+)
+
+
 @app.command()
 def status(
-    server: str = typer.Option(
-        None,
-        "--server",
-        "-s",
-        metavar="ADDRESS",
-        help="HOST[:PORT], [IPv6]:PORT or unix:PATH "
-        f"(default: $GEARMAN_SERVERS, else {DEFAULT_SERVER})",
-    ),
+    server: str = ServerOption,
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Functions with their queued, running and worker counts (like gearadmin --status)."""
@@ -127,14 +131,7 @@ def status(
 
 @app.command()
 def jobs(
-    server: str = typer.Option(
-        None,
-        "--server",
-        "-s",
-        metavar="ADDRESS",
-        help="HOST[:PORT], [IPv6]:PORT or unix:PATH "
-        f"(default: $GEARMAN_SERVERS, else {DEFAULT_SERVER})",
-    ),
+    server: str = ServerOption,
     function: str = typer.Option(None, "--function", "-f", help="only this function's jobs"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
