@@ -16,8 +16,11 @@ never be replayed to a worker as a call.
 
 The key file holds 64 hex digits (32 random bytes). It is created on first
 use, atomically (a temp file linked into place, so a concurrent reader never
-sees it half written), mode 0600 in a 0700 directory; a key file that group or
-others can read is refused.
+sees it half written), mode 0600 in a 0700 directory. The owner may share it with
+the farm's group (``chmod 640``), so that callers of other accounts in that group
+can sign calls: holding the key means running code as the farm's user, so the
+group is as trusted as that user. A key file that others can read, or that the
+group can write, is refused.
 """
 
 from __future__ import annotations
@@ -106,10 +109,11 @@ def load_key(path: str | os.PathLike[str] | None = None, *, create: bool = True)
             f"cannot read the farm's key file {target}: {exc.strerror or exc}; "
             f"set ${KEY_ENV} to a key file this user may read"
         ) from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if mode & ((stat.S_IRWXG & ~stat.S_IRGRP) | stat.S_IRWXO):
         raise KeyFileError(
-            f"key file {target} is accessible to group or others (mode {mode & 0o777:o});"
-            f" run: chmod 600 {target}"
+            f"key file {target} is accessible to others or writable by its group"
+            f" (mode {mode & 0o777:o}); run: chmod 600 {target} (or 640 to share it with"
+            " the farm's group)"
         )
     try:
         key = bytes.fromhex(text.decode("ascii"))

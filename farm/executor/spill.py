@@ -15,8 +15,12 @@ cannot be forged, since it travels inside the HMAC.
 Files are created with O_EXCL, mode 0640 (the farm's group may read them), named
 ``farm-spill-KIND-PID-RANDOM``: KIND ``a`` for arguments (written and deleted by
 the caller), ``r`` for results (written by the worker, deleted by the caller
-once read); PID is the writer's. The directory is created 0770 (setgid, so its
-files take its group) and refused when others may write to it.
+once read); PID is the writer's. The directory is created 2770 (setgid, so its
+files take its group) and refused when others may write to it. Each file is
+also given the directory's group explicitly, since a setgid bit may be missing:
+systemd's ``RestrictSUIDSGID=`` (set by the shipped unit) refuses to set it, and
+a caller of another account would otherwise write files of its own group that
+the farm's user cannot read.
 
 ``sweep`` is the supervisor's cleanup of what a killed process left behind
 (farm/supervisor.py runs it every ``sweep_every`` seconds).
@@ -121,18 +125,22 @@ def mb_to_bytes(mb: object) -> int:
     return value << 20
 
 
-_checked: set[Path] = set()
+#: Directories already checked in this process, and their group.
+_checked: dict[Path, int] = {}
 
 
 def spill_dir(path: Path) -> Path:
-    """``path``, created 0770 (setgid) if missing; SpillDirError when it is not a directory or
+    """``path``, created 2770 if missing; SpillDirError when it is not a directory or
     others may write to it. Checked once per process."""
     if path in _checked:
         return path
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         path.mkdir(mode=0o770)
-        os.chmod(path, 0o2770)  # whatever the umask; files take the directory's group
+        try:
+            os.chmod(path, 0o2770)  # whatever the umask; files take the directory's group
+        except PermissionError:  # RestrictSUIDSGID=: write() gives each file the group
+            os.chmod(path, 0o770)
     except FileExistsError:
         pass
     except OSError as exc:
@@ -151,7 +159,7 @@ def spill_dir(path: Path) -> Path:
             f"spill directory {path} is writable by others (mode {stat.S_IMODE(info.st_mode):o});"
             f" run: chmod o-rwx {path}"
         )
-    _checked.add(path)
+    _checked[path] = info.st_gid
     return path
 
 
@@ -171,6 +179,10 @@ def write(settings: SpillSettings, data: bytes | bytearray | memoryview, kind: s
     fd = os.open(path, flags, 0o640)
     try:
         os.fchmod(fd, 0o640)  # whatever the umask: the farm's group reads it
+        if os.fstat(fd).st_gid != _checked[directory]:
+            # No setgid bit took effect: a member of the directory's group may still hand
+            # the file to that group, so that the farm's user (or the caller) can read it.
+            os.fchown(fd, -1, _checked[directory])
         with open(fd, "wb", closefd=False) as f:
             f.write(data)
     except BaseException:

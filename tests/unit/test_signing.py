@@ -43,11 +43,19 @@ def test_key_path_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert key_path() == tmp_path / "xdg" / "farm" / "executor.key"
 
 
-def test_key_readable_by_others_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o660, 0o670, 0o601])
+def test_key_open_to_others_or_writable_by_its_group_is_refused(tmp_path: Path, mode: int) -> None:
     path = ensure_key(tmp_path / "k")
-    os.chmod(path, 0o640)
+    os.chmod(path, mode)
     with pytest.raises(KeyFileError, match="chmod 600"):
         load_key(path)
+
+
+def test_key_shared_with_its_group_for_reading_is_accepted(tmp_path: Path) -> None:
+    path = ensure_key(tmp_path / "k")
+    key = load_key(path)
+    os.chmod(path, 0o640)  # callers of other accounts in the farm's group may sign
+    assert load_key(path) == key
 
 
 def test_missing_key_without_create_and_garbage_key(tmp_path: Path) -> None:
