@@ -45,23 +45,12 @@ log = logging.getLogger("farm.joblib")
 
 def farm_workers(servers: str | list[str] | None = None) -> int | None:
     """How many workers serve ``farm.python`` on the first server that answers, or None."""
-    from farm.client.admin import admin_query
+    from farm.client.admin import function_workers
     from farm.discovery import executor_servers
     from farm.net import parse_servers
-    from farm.protocol import ProtocolError
-    from farm.protocol.admin import parse_status
 
     addresses = parse_servers(executor_servers() if servers is None else servers)
-    for address in addresses:
-        try:
-            rows = parse_status(admin_query(address, "status", timeout=2.0))
-        except (OSError, ValueError, ProtocolError):
-            continue
-        for row in rows:
-            if row.function == DEFAULT_FUNCTION:
-                return row.workers
-        return 0
-    return None
+    return function_workers(addresses, DEFAULT_FUNCTION)
 
 
 class FarmBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]

@@ -10,9 +10,10 @@ from __future__ import annotations
 import ssl
 
 from farm.net import connect, recv
-from farm.protocol.admin import reply_complete
+from farm.protocol import ProtocolError
+from farm.protocol.admin import parse_status, reply_complete
 
-__all__ = ["admin_query", "server_metrics"]
+__all__ = ["admin_query", "server_metrics", "function_workers"]
 
 
 def admin_query(
@@ -32,6 +33,21 @@ def admin_query(
                 break
             buf += data
     return buf.decode("utf-8", "replace")
+
+
+def function_workers(addresses: list[str], function: str, *, timeout: float = 2.0) -> int | None:
+    """How many workers serve ``function`` on the first of ``addresses`` that answers
+    ``status`` (0 when it lists none), or None when none answers."""
+    for address in addresses:
+        try:
+            rows = parse_status(admin_query(address, "status", timeout=timeout))
+        except (OSError, ValueError, ProtocolError):
+            continue
+        for row in rows:
+            if row.function == function:
+                return row.workers
+        return 0
+    return None
 
 
 def server_metrics(address: str, *, timeout: float = 5.0) -> str:

@@ -38,6 +38,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, TypeGuard, TypeVar
 
+from farm.client.admin import function_workers
 from farm.discovery import executor_servers, executor_spill
 from farm.executor import spill
 from farm.executor.call import DEFAULT_FUNCTION
@@ -63,9 +64,6 @@ __all__ = ["Executor", "RemoteTraceback", "BrokenFarmExecutor", "DEFAULT_FUNCTIO
 
 T = TypeVar("T")
 
-#: Jobs in flight when ``max_workers`` is None: enough to keep a large pool busy.
-DEFAULT_MAX_WORKERS = 64
-
 _live_pumps: weakref.WeakSet[Pump] = weakref.WeakSet()
 #: Set by the atexit hook: no executor takes new calls once the interpreter is exiting.
 _exiting = False
@@ -76,9 +74,11 @@ class Executor(_BaseExecutor):
 
     The first five parameters are ProcessPoolExecutor's, in its order.
     ``max_workers``: how many of this executor's calls may be in flight on the
-    farm at once, so at most that many run at once (None: 64; the pool's
-    workers are the farm's). ``max_in_flight`` is its older name. The others
-    wait here and can still be cancelled. ``mp_context`` is accepted and
+    farm at once, so at most that many run at once (None: the number of workers
+    the first server reports for ``function``, asked once here; the CPU count
+    when none answers or none is registered yet; the workers are the farm's).
+    ``max_in_flight`` is its older name. The others wait here and can still be
+    cancelled. ``mp_context`` is accepted and
     ignored (the farm starts its workers).
 
     ``initializer(*initargs)`` runs in a worker before one of this executor's
@@ -135,7 +135,7 @@ class Executor(_BaseExecutor):
             if max_workers is not None:
                 raise TypeError("give max_workers or its older name max_in_flight, not both")
             max_workers = max_in_flight
-        self._max_workers = _check_max_workers(max_workers)
+        checked = _check_max_workers(max_workers)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         _check_max_tasks_per_child(max_tasks_per_child)
@@ -153,10 +153,17 @@ class Executor(_BaseExecutor):
             spill.mb_to_bytes(max_spill_mb)  # a bad limit fails here, not at the first large call
         self._spill: spill.SpillSettings | None = None  # resolved at the first large call
         self._spill_files: set[bytes] = set()  # references of argument files not removed yet
+        addresses = parse_servers(executor_servers() if servers is None else servers)
+        function = check_name(function)
+        if checked is None:  # the pool's own size, as ProcessPoolExecutor's default is the cores
+            checked = function_workers(addresses, function, timeout=connect_timeout) or (
+                os.cpu_count() or 1
+            )
+        self._max_workers = checked
         self._pump = Pump(
-            parse_servers(executor_servers() if servers is None else servers),
+            addresses,
             self._signer,
-            check_name(function),
+            function,
             check_priority(priority),
             self._max_workers,
             connect_timeout,
@@ -361,9 +368,9 @@ def _is_servers(value: object) -> TypeGuard[str | list[str] | tuple[str, ...]]:
     return isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
 
 
-def _check_max_workers(max_workers: object) -> int:
+def _check_max_workers(max_workers: object) -> int | None:
     if max_workers is None:
-        return DEFAULT_MAX_WORKERS
+        return None
     if not isinstance(max_workers, int):
         raise TypeError(f"max_workers must be an int or None, not {max_workers!r}")
     if max_workers <= 0:

@@ -181,6 +181,15 @@ def test_max_workers_negative(shared: Farm, number: int) -> None:
         shared.executor(number)
 
 
+def test_max_workers_none_is_the_pools_size_the_server_reports(shared: Farm) -> None:
+    # ProcessPoolExecutor() means the cores; farm.Executor() means the farm's workers.
+    with shared.executor(None) as ex:
+        assert ex._max_workers == WORKERS
+        assert ex.submit(add, 1, 1).result() == 2
+    with shared.executor(None, function="farm.solo") as solo:
+        assert solo._max_workers == 1
+
+
 def test_free_reference(executor: farm.Executor) -> None:
     for obj in executor.map(box, range(10)):
         ref = weakref.ref(obj)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import multiprocessing
+import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -35,8 +36,10 @@ def test_first_positional_argument_is_max_workers(key: str) -> None:
         warnings.simplefilter("error")  # an int is no deprecated spelling
         assert farm.Executor(4, servers=SERVER, key_file=key)._max_workers == 4
         assert farm.Executor(max_workers=2, servers=SERVER, key_file=key)._max_workers == 2
+        # No server answers SERVER: None falls back to the cores, as ProcessPoolExecutor's.
         default = farm.Executor(servers=SERVER, key_file=key)._max_workers
-        assert farm.Executor(None, servers=SERVER, key_file=key)._max_workers == default == 64
+        cores = os.cpu_count() or 1
+        assert farm.Executor(None, servers=SERVER, key_file=key)._max_workers == default == cores
 
 
 def test_max_in_flight_is_an_alias(key: str) -> None:
@@ -64,7 +67,7 @@ def test_servers_as_first_argument_still_work_but_are_deprecated(
         ex = farm.Executor(servers, key_file=key)  # type: ignore[arg-type]
     expected = [servers] if isinstance(servers, str) else list(servers)
     assert ex._pump.servers == expected
-    assert ex._max_workers == 64
+    assert ex._max_workers == (os.cpu_count() or 1)  # nobody answers: the cores
 
 
 def test_servers_twice_is_an_error(key: str) -> None:
