@@ -155,20 +155,27 @@ class Executor(_BaseExecutor):
         self._spill_files: set[bytes] = set()  # references of argument files not removed yet
         addresses = parse_servers(executor_servers() if servers is None else servers)
         function = check_name(function)
+        window = checked or 0
         if checked is None:  # the pool's own size, as ProcessPoolExecutor's default is the cores
             checked = function_workers(addresses, function, timeout=connect_timeout) or (
                 os.cpu_count() or 1
             )
+            # No cap of this executor's own: a second job per worker waits in the server's
+            # queue (no more run at once than the pool has workers), so that a worker that
+            # ends a job finds its next one there instead of idling through a round trip to
+            # this process, as ProcessPoolExecutor keeps a call queued beyond its workers.
+            window = 2 * checked
         self._max_workers = checked
         self._pump = Pump(
             addresses,
             self._signer,
             function,
             check_priority(priority),
-            self._max_workers,
+            window,
             connect_timeout,
             setup,
             MAX_BATCH if max_tasks_per_child is None else 1,  # a worker counts jobs
+            checked,
         )
         self._thread: threading.Thread | None = None
         self._shutdown = False

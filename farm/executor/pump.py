@@ -42,7 +42,7 @@ from farm.executor.flight import (
 from farm.executor.payload import NO_SETUP, RemoteTraceback
 from farm.executor.signing import Signer
 from farm.net import Waker, connect
-from farm.protocol import ProtocolError
+from farm.protocol import OPTION_LAZY_CREATED, ProtocolError
 from farm.protocol.client import ClientSession, JobData, JobEnded, Task
 
 # Call, WorkItem, BrokenFarmExecutor, fail_broken and MAX_BATCH live in farm.executor.flight;
@@ -79,6 +79,7 @@ class Pump:
         connect_timeout: float,
         setup: tuple[int, bytes] = NO_SETUP,
         max_batch: int = MAX_BATCH,
+        workers: int | None = None,
     ) -> None:
         self.servers = servers
         self.setup = setup  # the initializer and max_tasks_per_child sections of every call
@@ -87,6 +88,9 @@ class Pump:
         self.function = function
         self.priority = priority
         self.max_in_flight = max_in_flight
+        # The workers the jobs spread over, which sizes batches (see flight.take): the
+        # window itself when it is a cap, fewer when jobs may also queue on the server.
+        self.workers = workers or max_in_flight
         self.call_ttl = CALL_TTL  # a call not run within this many seconds never runs
         # Refill the window in batches: k submits cost one wake-up for their k
         # JOB_CREATED replies, where one-for-one refills cost k wake-ups.
@@ -217,7 +221,7 @@ class Pump:
         while pending and self._in_flight < self.max_in_flight:
             flight = Flight([])
             flights.add(flight)  # before a call leaves the deque: _break finds it anywhere
-            items = take(pending, flight.items, self.max_batch, self.max_in_flight)
+            items = take(pending, flight.items, self.max_batch, self.workers)
             if not items:
                 flights.discard(flight)
                 continue  # all cancelled while they waited here
@@ -250,6 +254,9 @@ class Pump:
             sock.setblocking(False)
             conn = self._conns[addr] = _Conn(addr, sock)
             conn.session.option("exceptions")  # WORK_EXCEPTION, not WORK_FAIL, for refusals
+            # No wake-up for a JOB_CREATED alone: it may ride with the job's result (farm's
+            # extension, docs/held-grab.md; gearmand refuses it and nothing changes).
+            conn.session.option(OPTION_LAZY_CREATED.decode())
             self._selector.register(sock, READ, conn)
             return conn
         raise ServerUnavailable("no job server is reachable; tried " + ", ".join(tried))

@@ -63,6 +63,10 @@ MAX_EPOCH = 1 << 40
 MAX_CLIENT_ID = 127
 #: OPTION_REQ of a worker asking the server to hold its grabs (docs/held-grab.md).
 OPTION_HELD_GRAB = b"held-grab"
+#: OPTION_REQ of a held-grab worker on a Unix socket: reading a pushed job accepts it.
+OPTION_READ_ACCEPT = b"read-accept"
+#: OPTION_REQ of a client that needs no JOB_CREATED before the job's next news.
+OPTION_LAZY_CREATED = b"lazy-created"
 
 
 class PacketType(enum.IntEnum):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from farm.protocol.codec import (
     OPTION_HELD_GRAB,
+    OPTION_READ_ACCEPT,
     Decoder,
     Packet,
     PacketType,
@@ -84,7 +85,10 @@ class WorkerSession:
         # standard PRE_SLEEP/NOOP dance then goes on as before).
         self.want_held = held_grab
         self.held = False
-        self._asking = False
+        # And read-accept (on a Unix socket; refused over TCP): a pushed job needs no
+        # JOB_ACCEPT, the server sees that it was read. Options asked, answers to come:
+        self.read_accept = False
+        self._asking: list[bytes] = []
         self._pushed = False  # a NOOP announced that the next assignment was pushed
         self._decoder = Decoder(allow_admin=False)
         self._out = bytearray()
@@ -99,10 +103,10 @@ class WorkerSession:
         self._decoder = Decoder(allow_admin=False)
         self._out.clear()
         self.handle = None
-        self.held = self._pushed = False
-        self._asking = self.want_held
-        if self.want_held:
-            self._out += encode_req(PT.OPTION_REQ, OPTION_HELD_GRAB)
+        self.held = self._pushed = self.read_accept = False
+        self._asking = [OPTION_HELD_GRAB, OPTION_READ_ACCEPT] if self.want_held else []
+        for option in self._asking:
+            self._out += encode_req(PT.OPTION_REQ, option)
         if self.client_id:
             self._out += encode_req(PT.SET_CLIENT_ID, self.client_id.encode())
         for name, timeout in self.abilities.items():
@@ -141,11 +145,14 @@ class WorkerSession:
                 raise ProtocolError("a worker does not expect admin text")
             ptype, args = packet.type, packet.args
             if self._asking and (
-                (ptype == PT.OPTION_RES and args[0] == OPTION_HELD_GRAB)
+                (ptype == PT.OPTION_RES and args[0] == self._asking[0])
                 or (ptype == PT.ERROR and args[0] == b"UNKNOWN_OPTION")
             ):
-                self._asking = False
-                self.held = ptype == PT.OPTION_RES
+                option = self._asking.pop(0)
+                if option == OPTION_HELD_GRAB:
+                    self.held = ptype == PT.OPTION_RES
+                else:
+                    self.read_accept = self.held and ptype == PT.OPTION_RES
                 continue
             if ptype == PT.ERROR:
                 events.append(ServerErrorNotice(code=args[0].decode(), text=args[1].decode()))
@@ -172,7 +179,8 @@ class WorkerSession:
     def _assigned(self, handle: bytes, func: bytes, unique: bytes, data: bytes) -> JobAssigned:
         if self._pushed:  # answered a held grab: accept it at once, before it runs
             self._pushed = False
-            self._out += encode_req(PT.JOB_ACCEPT, handle)
+            if not self.read_accept:  # else having read it is the acceptance
+                self._out += encode_req(PT.JOB_ACCEPT, handle)
         self.handle = handle.decode()
         return JobAssigned(
             handle=self.handle, function=func.decode(), unique=unique.decode(), data=data

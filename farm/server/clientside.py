@@ -15,11 +15,14 @@ from farm.protocol import encode_res
 from farm.protocol.kinds import Priority, SubmitKind
 from farm.server.hub import Hub
 from farm.server.jobs import JobServer, QueueFull
-from farm.server.queues import Peer
+from farm.server.queues import Peer, Timer
 from farm.server.store import StoreError
 from farm.server.workerside import error
 
-__all__ = ["ClientSide", "EPOCH", "REDUCE", "REDUCE_BG"]
+__all__ = ["ClientSide", "EPOCH", "REDUCE", "REDUCE_BG", "LAZY_CREATED_MAX"]
+
+#: A JOB_CREATED held for a lazy-created client leaves at the latest this late (seconds).
+LAZY_CREATED_MAX = 0.005
 
 #: SUBMIT_JOB_EPOCH and the reduce submits: not in the plain table, same meaning.
 EPOCH = SubmitKind(Priority.NORMAL, background=True)
@@ -37,6 +40,12 @@ class ClientSide:
     refuse: Callable[..., None]
     function_ok: Callable[..., bool]
     hold_created: Callable[[bytes], None]
+    out: bytearray
+    dirty: bool
+    closed: bool
+    held: list[tuple[bytes, bytearray]] | None
+    lazy_created: bool
+    lazy_timer: Timer | None
 
     def client(self) -> Peer:
         return self  # type: ignore[return-value]  # a Connection, which is one
@@ -76,8 +85,30 @@ class ClientSide:
             return
         if background and job.store_id and self.hub.must_hold():
             self.hold_created(job.handle)
+        elif self.lazy_created and not background:
+            self.send_lazily(encode_res(T.JOB_CREATED, job.handle))
         else:
             self.send(encode_res(T.JOB_CREATED, job.handle))
+
+    def send_lazily(self, data: bytes) -> None:
+        """Queue ``data`` without asking for a write of its own: it leaves with whatever
+        this connection is sent next (a sequential call's JOB_CREATED rides with its
+        WORK_COMPLETE: one write and one wake-up of the client, not two), and at the
+        latest after LAZY_CREATED_MAX (docs/held-grab.md, "lazy-created")."""
+        if self.closed:
+            return
+        if self.held is not None or self.dirty:
+            self.send(data)  # behind held replies, or a write is due anyway
+            return
+        self.out += data
+        if self.lazy_timer is None:
+            self.lazy_timer = self.hub.call_later(LAZY_CREATED_MAX, self._lazy_due)
+
+    def _lazy_due(self) -> None:
+        self.lazy_timer = None
+        if self.out and not self.dirty and not self.closed:
+            self.dirty = True
+            self.hub.dirty.append(self)  # type: ignore[arg-type]  # a Connection, a Writer
 
     def submit(self, args: tuple[bytes, ...], kind: SubmitKind) -> None:
         function, unique, data = args

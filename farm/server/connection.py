@@ -28,6 +28,7 @@ from farm.server.admin import run_admin
 from farm.server.clientside import REDUCE, REDUCE_BG, ClientSide
 from farm.server.hub import Hub
 from farm.server.jobs import Job, Outcome, Progress
+from farm.server.queues import Timer
 from farm.server.workerside import UCRED, WorkerSide, error
 
 log = logging.getLogger("farm.server")
@@ -78,6 +79,11 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
         self.may_hold_grab = False
         self.held_grab = 0
         self.pushed: Job | None = None
+        self.push_timer: Timer | None = None
+        self.read_accept = False  # docs/held-grab.md: having read a pushed job accepts it
+        # docs/held-grab.md "lazy-created": foreground JOB_CREATEDs ride with the next write.
+        self.lazy_created = False
+        self.lazy_timer: Timer | None = None
 
     # -- asyncio callbacks ---------------------------------------------------
 
@@ -247,6 +253,9 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
 
     def flush(self) -> None:
         self.dirty = False
+        if self.lazy_timer is not None:  # what it waited for leaves now
+            self.lazy_timer.cancel()
+            self.lazy_timer = None
         if self.out and not self.closed and self.transport is not None:
             self.hub.stats.bytes_out += len(self.out)
             self.transport.write(bytes(self.out))
@@ -287,7 +296,7 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
         handle = args[0]
         job = self.jobs.held(self, handle)
         if job is not None and job is self.pushed:
-            self.pushed = None  # its news says it took the job, as JOB_ACCEPT would
+            self.accepted()  # its news says it took the job, as JOB_ACCEPT would
         if job is None:
             if handle in self.expired:
                 # farm: the job timed out in this worker's hands and has failed already. Its
@@ -333,6 +342,12 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
             self.send(encode_res(T.OPTION_RES, name))
         elif name == p.OPTION_HELD_GRAB:
             self.may_hold_grab = True
+            self.send(encode_res(T.OPTION_RES, name))
+        elif name == p.OPTION_READ_ACCEPT and self.ip == "unix":  # outq is told on Unix only
+            self.read_accept = True
+            self.send(encode_res(T.OPTION_RES, name))
+        elif name == p.OPTION_LAZY_CREATED:
+            self.lazy_created = self.hub.loop is not None  # its timer needs a running loop
             self.send(encode_res(T.OPTION_RES, name))
         else:
             self.send(error("UNKNOWN_OPTION", "Server does not recognize given option"))

@@ -8,8 +8,12 @@ the clients' requests and the worker's job news (``work_update``). Held grab
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import logging
 import struct
+import sys
+import termios
 from collections.abc import Callable
 
 from farm import protocol as p
@@ -17,7 +21,7 @@ from farm.protocol import PacketType as T
 from farm.protocol import encode_res
 from farm.server.hub import Hub, Writer
 from farm.server.jobs import WAKE_DEADLINE, Job, JobServer
-from farm.server.queues import Peer
+from farm.server.queues import Peer, Timer
 
 __all__ = ["WorkerSide", "error", "NO_JOB", "NOOP", "RESERVED", "UCRED"]
 
@@ -49,6 +53,9 @@ class WorkerSide:
     may_hold_grab: bool
     held_grab: int  # the grab packet held (0: none)
     pushed: Job | None  # pushed to a held grab, not accepted yet
+    push_timer: Timer | None  # its deadline
+    read_accept: bool  # negotiated: having read a pushed job accepts it
+    transport: asyncio.Transport | None
     send: Callable[[bytes], None]
     refuse: Callable[..., None]
     function_ok: Callable[..., bool]
@@ -80,7 +87,29 @@ class WorkerSide:
         self.send(NOOP)
         self.assign(job, ptype)
         self.pushed = job
-        self.hub.call_later(WAKE_DEADLINE, lambda: self.not_accepted(job))
+        self.push_timer = self.hub.call_later(WAKE_DEADLINE, lambda: self.not_accepted(job))
+
+    def accepted(self) -> None:
+        """The pushed job was accepted (JOB_ACCEPT, or news of it): no deadline left. The
+        timer is cancelled, not left to fire idle: a sequence of calls would otherwise wake
+        the server once more per call, half a second later."""
+        self.pushed = None
+        timer, self.push_timer = self.push_timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def read_everything(self) -> bool:
+        """Whether the worker has read every byte sent to it: nothing waits in our
+        transport, nor in the socket (SIOCOUTQ: on a Unix socket, bytes the peer has not
+        read yet)."""
+        transport = self.transport
+        if transport is None or transport.get_write_buffer_size():
+            return False
+        try:
+            unread = fcntl.ioctl(self.fd, termios.TIOCOUTQ, b"\0\0\0\0")
+        except OSError:
+            return False
+        return int.from_bytes(unread, sys.byteorder) == 0
 
     def hold_grab(self, ptype: int) -> None:
         self.held_grab = ptype
@@ -89,7 +118,9 @@ class WorkerSide:
     def not_accepted(self, job: Job) -> None:
         if self.pushed is not job or self.closed:
             return
-        self.pushed = None
+        self.pushed = self.push_timer = None
+        if self.read_accept and self.read_everything():
+            return  # it took the job off the socket: it runs it (docs/held-grab.md)
         log.info(
             "fd %d: pushed job %s not accepted within %gs; it goes to another worker",
             self.fd,
@@ -103,7 +134,7 @@ class WorkerSide:
             self.protocol_error(p.ProtocolError(f"unknown packet type {int(T.JOB_ACCEPT)}"))
             return
         if self.pushed is not None and self.pushed.handle == args[0]:
-            self.pushed = None
+            self.accepted()
 
     def reset_abilities(self, args: tuple[bytes, ...]) -> None:
         self.jobs.reset_abilities(self.peer())
