@@ -1,14 +1,15 @@
 """Load generator speaking raw Gearman: farm's server against gearmand, in one run.
 
     python -m bench.server_load [--jobs 20000] [--inflight 16] [--latency-jobs 2000]
-        [--rounds 5] [--gearmand-threads 0,1,4] [--no-held-grab] [--scrape]
+        [--rounds 5] [--gearmand-threads 0,1,4] [--no-held-grab] [--no-lazy-created] [--scrape]
         [--farm-root DIR ...]
 
 Throughput: one client keeps ``--inflight`` 16-byte foreground jobs in flight;
 two raw-protocol echo workers (separate processes) answer them. Latency: one
 client doing sequential jobs, p50/p99 of submit -> WORK_COMPLETE. Both servers
 face the same client and workers, so only the server differs. The workers ask
-for farm's held grab, as farm's Worker does (gearmand refuses it); farm is
+for farm's held grab, as farm's Worker does, and the clients for lazy-created, as
+farm.Executor does (gearmand refuses both: it runs the standard protocol); farm is
 compared with the best of gearmand's thread settings, figure by figure. Every
 figure is the median of ``--rounds`` interleaved rounds. ``--scrape`` scrapes
 this tree's farm's metrics once a second while it is measured; ``--farm-root``
@@ -53,6 +54,19 @@ def _connect(addr: str) -> socket.socket:
     return s
 
 
+def _client(addr: str, lazy_created: bool) -> tuple[socket.socket, p.Decoder]:
+    """A client connection; with ``lazy_created`` it asks for farm's option, as
+    farm.Executor does (docs/held-grab.md; gearmand refuses it: nothing changes)."""
+    s = _connect(addr)
+    dec = p.Decoder(allow_admin=False)
+    if lazy_created:
+        s.sendall(p.encode_req(T.OPTION_REQ, p.OPTION_LAZY_CREATED))
+        answer: list[object] = []
+        while not answer:
+            answer = dec.feed(s.recv(4096))  # OPTION_RES, or ERROR UNKNOWN_OPTION
+    return s, dec
+
+
 def echo_worker(addr: str, held_grab: bool) -> None:
     """GRAB -> JOB_ASSIGN -> WORK_COMPLETE+GRAB, sleeping on PRE_SLEEP when idle.
 
@@ -84,9 +98,8 @@ def echo_worker(addr: str, held_grab: bool) -> None:
             s.sendall(out)
 
 
-def throughput(addr: str, jobs: int, inflight: int) -> float:
-    s = _connect(addr)
-    dec = p.Decoder(allow_admin=False)
+def throughput(addr: str, jobs: int, inflight: int, lazy_created: bool = True) -> float:
+    s, dec = _client(addr, lazy_created)
     submit = p.encode_req(T.SUBMIT_JOB, FUNC, b"", PAYLOAD)
     sent = done = 0
     start = time.perf_counter()
@@ -107,9 +120,8 @@ def throughput(addr: str, jobs: int, inflight: int) -> float:
     return jobs / elapsed
 
 
-def latency(addr: str, jobs: int) -> tuple[float, float]:
-    s = _connect(addr)
-    dec = p.Decoder(allow_admin=False)
+def latency(addr: str, jobs: int, lazy_created: bool = True) -> tuple[float, float]:
+    s, dec = _client(addr, lazy_created)
     submit = p.encode_req(T.SUBMIT_JOB, FUNC, b"", PAYLOAD)
     samples = []
     for _ in range(jobs):
@@ -168,11 +180,12 @@ def measure(kind: str, args: argparse.Namespace) -> dict[str, float]:
     try:
         for w in workers:
             w.start()
-        throughput(server.addr, 500, args.inflight)  # warm-up
+        lazy = not args.no_lazy_created
+        throughput(server.addr, 500, args.inflight, lazy)  # warm-up
         if scraper is not None:
             scraper.start()
-        rate = throughput(server.addr, args.jobs, args.inflight)
-        p50, p99 = latency(server.addr, args.latency_jobs)
+        rate = throughput(server.addr, args.jobs, args.inflight, lazy)
+        p50, p99 = latency(server.addr, args.latency_jobs, lazy)
         return {"jobs_s": rate, "p50_us": p50, "p99_us": p99}
     finally:
         stop.set()
@@ -201,6 +214,11 @@ def main() -> None:
     )
     ap.add_argument(
         "--no-held-grab", action="store_true", help="workers do not ask for farm's held grab"
+    )
+    ap.add_argument(
+        "--no-lazy-created",
+        action="store_true",
+        help="clients do not ask for farm's lazy-created (farm.Executor does)",
     )
     ap.add_argument(
         "--scrape",

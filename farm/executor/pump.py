@@ -17,10 +17,13 @@ module is the thread, its lock, the connections, and the reading and writing.
 from __future__ import annotations
 
 import logging
-import selectors
+import select
 import socket
 import threading
+import time
 from collections import deque
+from concurrent.futures import Future
+from typing import Any
 
 from farm.client.serverpick import ServerPicker
 from farm.errors import ServerUnavailable
@@ -40,6 +43,7 @@ from farm.executor.flight import (
     take,
 )
 from farm.executor.payload import NO_SETUP, RemoteTraceback
+from farm.executor.poller import READ, WRITE, Poller
 from farm.executor.signing import Signer
 from farm.net import Waker, connect
 from farm.protocol import OPTION_LAZY_CREATED, ProtocolError
@@ -51,8 +55,7 @@ __all__ = ["Pump", "WorkItem", "Call", "BrokenFarmExecutor", "fail_broken", "MAX
 
 log = logging.getLogger("farm.executor")
 
-READ = selectors.EVENT_READ
-READ_WRITE = selectors.EVENT_READ | selectors.EVENT_WRITE
+READ_WRITE = READ | WRITE
 
 
 class _Conn:
@@ -116,8 +119,11 @@ class Pump:
         # Every flight from the moment its first call leaves the deque until its job
         # ended and its futures were settled: what a failing pump must still fail.
         self._flights: set[Flight] = set()
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._waker.reader, READ, None)
+        self._selector = Poller()
+        self._selector.register(self._waker.reader.fileno(), READ, None)
+        # What went wrong while another thread read replies in wait_here: raised by the
+        # pump thread, which breaks the executor as for its own failures.
+        self._deferred: BaseException | None = None
 
     # -- called from other threads --
 
@@ -137,6 +143,64 @@ class Pump:
             finally:
                 self._lock.release()
         self._wake()  # _sleeping was set before the pump's last look: it will see a byte
+
+    def wait_here(self, future: Future[Any], timeout: float | None) -> None:
+        """Wait up to ``timeout`` for ``future`` in the calling thread, reading replies here,
+        when the pump thread is asleep: the reply then wakes the thread that wants it, not
+        the pump thread, which would wake it in turn (one hop fewer for a call waited on
+        with ``result()``). Returns early, leaving the rest to the pump thread, when
+        another thread hands it work or anything but reading is to be done."""
+        if not (self._sleeping and self._selector.can_mute):
+            return
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            if not self._sleeping or self.broken is not None or self._stopping:
+                return
+            conns = {conn.sock.fileno(): conn for conn in self._conns.values()}
+            if not conns or any(conn.events != READ for conn in conns.values()):
+                return
+            self._wait_reading(future, conns, timeout)
+        finally:
+            self._lock.release()
+
+    def _wait_reading(
+        self, future: Future[Any], conns: dict[int, _Conn], timeout: float | None
+    ) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        waker = self._waker.reader.fileno()
+        local = select.poll()
+        local.register(waker, select.POLLIN)
+        for fd in conns:
+            self._selector.mute(fd)  # the pump thread sleeps on through the replies
+            local.register(fd, select.POLLIN)
+        try:
+            while not future.done():
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                ready = local.poll(None if left is None else left * 1000)
+                if not ready:
+                    return  # timed out: result() raises TimeoutError
+                if any(fd == waker for fd, _ in ready):
+                    return  # new work: the pump thread, already woken, takes over
+                try:
+                    for fd, _ in ready:
+                        self._read(conns[fd])
+                    # What a pump turn does after reading: refill the window.
+                    self._send_pending()
+                    self._flush()
+                except BaseException as exc:  # the pump thread raises it: the executor breaks
+                    self._deferred = exc
+                    self._wake()
+                    return
+                if self.broken is not None or any(
+                    self._conns.get(conn.addr) is not conn or conn.events != READ
+                    for conn in conns.values()
+                ):
+                    return  # a connection dropped, or output waits: the pump's business
+        finally:
+            for fd, conn in conns.items():
+                if self._conns.get(conn.addr) is conn:
+                    self._selector.modify(fd, conn.events, conn)
 
     def take_pending(self) -> list[WorkItem]:
         """Remove and return the items not sent yet (shutdown's cancel_futures)."""
@@ -168,6 +232,8 @@ class Pump:
         lock.acquire()
         try:
             while True:
+                if self._deferred is not None:
+                    raise self._deferred
                 self._send_pending()
                 self._flush()
                 if self._idle_and_stopping():
@@ -182,14 +248,14 @@ class Pump:
                 finally:
                     lock.acquire()
                 self._sleeping = False
-                for key, mask in ready:
-                    if key.data is None:
+                for data, mask in ready:
+                    if data is None:
                         self._waker.drain()
                         continue
-                    if mask & selectors.EVENT_WRITE:
-                        self._write(key.data)
-                    if mask & selectors.EVENT_READ:
-                        self._read(key.data)
+                    if mask & WRITE:
+                        self._write(data)
+                    if mask & READ:
+                        self._read(data)
         except InitializerFailed as exc:  # no bug: the pool breaks, as ProcessPoolExecutor's
             log.critical("farm executor: the initializer failed in a worker%s", _cause_text(exc))
             why = f"the executor's initializer failed in a worker: {exc}; the executor is broken"
@@ -257,7 +323,7 @@ class Pump:
             # No wake-up for a JOB_CREATED alone: it may ride with the job's result (farm's
             # extension, docs/held-grab.md; gearmand refuses it and nothing changes).
             conn.session.option(OPTION_LAZY_CREATED.decode())
-            self._selector.register(sock, READ, conn)
+            self._selector.register(sock.fileno(), READ, conn)
             return conn
         raise ServerUnavailable("no job server is reachable; tried " + ", ".join(tried))
 
@@ -279,7 +345,7 @@ class Pump:
         events = READ_WRITE if conn.out else READ
         if events != conn.events:
             conn.events = events
-            self._selector.modify(conn.sock, events, conn)
+            self._selector.modify(conn.sock.fileno(), events, conn)
 
     # -- receiving --
 
@@ -313,7 +379,7 @@ class Pump:
     def _close(self, conn: _Conn) -> None:
         if self._conns.get(conn.addr) is conn:
             del self._conns[conn.addr]
-            self._selector.unregister(conn.sock)
+            self._selector.unregister(conn.sock.fileno())
         conn.sock.close()
 
     def _drop(self, conn: _Conn, why: str) -> None:
