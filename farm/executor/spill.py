@@ -67,7 +67,8 @@ __all__ = [
 SPILL_THRESHOLD = 1 << 20
 #: ``[executor] max_spill_mb`` when not set: the largest argument or result, in MiB.
 DEFAULT_MAX_SPILL_MB = 4096
-#: Any spill file older than this is removed by the sweep (seconds; = flight.CALL_TTL).
+#: Any spill file older than this is removed by the sweep (seconds; longer than
+#: flight.CALL_TTL, since an argument file is written when its call waits in the executor).
 DEFAULT_MAX_AGE = 24 * 3600
 #: A result file older than this, or an argument file whose writer is gone, is removed.
 DEFAULT_ORPHAN_AGE = 3600

@@ -27,6 +27,37 @@ def test_expired_calls_are_refused_and_their_claims_swept(tmp_path: Path) -> Non
         guard.claim(b"\3" * 16, int(time.time()) - 1, "H:x:3")
     soon = int(time.time()) + 2
     guard.claim(b"\4" * 16, soon, "H:x:4")
+    assert len(list((tmp_path / "calls").iterdir())) == 1, "one file per expiry minute"
+    guard.sweep(soon + 1 - soon % 60 - 1)  # the minute is not over: its file stays
     assert len(list((tmp_path / "calls").iterdir())) == 1
-    guard.sweep(soon + 1)
+    guard.sweep((soon // 60 + 1) * 60)  # every call filed there has expired
     assert list((tmp_path / "calls").iterdir()) == []
+
+
+def test_a_claim_costs_twelve_bytes_and_workers_see_each_others(tmp_path: Path) -> None:
+    # A busy pool claims thousands of calls a second until they expire: one small record
+    # each, not a file each (about 1.2 KB of memory apiece in tmpfs).
+    workers = [ReplayGuard(tmp_path / "calls") for _ in range(3)]
+    expires = int(time.time()) + 600
+    for n in range(300):
+        workers[n % 3].claim(n.to_bytes(16, "big"), expires, f"H:x:{n}")
+    (claims,) = (tmp_path / "calls").iterdir()
+    assert claims.stat().st_size == 300 * 12
+    for n in range(300):  # each worker refuses what the others ran
+        with pytest.raises(SignatureError, match="already ran"):
+            workers[(n + 1) % 3].claim(n.to_bytes(16, "big"), expires, f"H:x:{n + 1000}")
+        workers[(n + 2) % 3].claim(n.to_bytes(16, "big"), expires, f"H:x:{n}")  # a retry
+
+
+def test_a_worker_reads_again_a_minute_it_let_go_of(tmp_path: Path) -> None:
+    one, other = ReplayGuard(tmp_path / "calls"), ReplayGuard(tmp_path / "calls")
+    now = int(time.time())
+    old = now + 60
+    one.claim(b"\7" * 16, old, "H:x:7")
+    for minute in range(2, 8):  # other minutes push the first out of one's memory
+        one.claim(bytes([minute]) * 16, now + 60 * minute, f"H:x:{minute}")
+    other.claim(b"\10" * 16, old, "H:x:8")
+    with pytest.raises(SignatureError, match="already ran"):
+        one.claim(b"\10" * 16, old, "H:x:9")
+    with pytest.raises(SignatureError, match="already ran"):
+        one.claim(b"\7" * 16, old, "H:x:10")
