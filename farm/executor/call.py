@@ -25,6 +25,7 @@ from farm.executor.payload import (
     BROKEN,
     CALL_ID_SIZE,
     CHUNK,
+    CHUNK_BATCH,
     DIGEST_SIZE,
     ERROR,
     INITIALIZER,
@@ -135,7 +136,7 @@ def run_call(job: Any) -> bytes:
         spilled = kind & SPILLED
         kind &= KIND_MASK
         if failure is not None:
-            broken: Any = (0, [failure]) if kind == BATCH else failure
+            broken: Any = (0, [failure]) if kind in (BATCH, CHUNK_BATCH) else failure
             return signer.seal(RESULT, call_id + _dump_outcome(broken))
         if spilled:  # the pickle is in a file: checked against the signed reference first
             try:
@@ -146,8 +147,9 @@ def run_call(job: Any) -> bytes:
                 return _seal_result(signer, call_id, _dump_outcome(refused))
     if calls_data is None:
         calls_data = body[start:]
-    if kind == BATCH:
-        return _run_batch(job, signer, call_id, bytes(body[4 : 4 + fn_size]), calls_data)
+    if kind in (BATCH, CHUNK_BATCH):
+        fn_bytes = bytes(body[4 : 4 + fn_size])
+        return _run_batch(job, signer, call_id, fn_bytes, calls_data, kind == CHUNK_BATCH)
     try:
         fn = _function(bytes(body[4 : 4 + fn_size]))
         calls = pickle.loads(calls_data)
@@ -223,9 +225,10 @@ def _set_up(kind: int, body: memoryview, at: int) -> tuple[int, tuple[Any, ...] 
 
 
 def _run_batch(
-    job: Any, signer: Signer, call_id: bytes, fn_bytes: bytes, body: memoryview
+    job: Any, signer: Signer, call_id: bytes, fn_bytes: bytes, body: memoryview, chunks: bool
 ) -> bytes:
-    """Run a batch's calls in order; send outcomes as they pile up, the rest at the end."""
+    """Run a batch's calls (or ``chunks`` of calls) in order; send outcomes as they pile
+    up, the rest at the end."""
     try:
         fn: Callable[..., Any] | None = _function(fn_bytes)
         calls: list[bytes] = pickle.loads(body)
@@ -239,8 +242,11 @@ def _run_batch(
             outcomes.append(failure)
             continue
         try:
-            args, kwargs = pickle.loads(call)
-            outcome: tuple[Any, ...] = (OK, fn(*args, **kwargs))
+            if chunks:
+                outcome: tuple[Any, ...] = (OK, [fn(*args) for args in pickle.loads(call)])
+            else:
+                args, kwargs = pickle.loads(call)
+                outcome = (OK, fn(*args, **kwargs))
         except BaseException as exc:
             outcome = (ERROR, exc, _remote_traceback(exc))
         outcomes.append(outcome)

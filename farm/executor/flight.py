@@ -35,6 +35,8 @@ from farm.executor.payload import (
     BATCH,
     BROKEN,
     CALL_ID_SIZE,
+    CHUNK,
+    CHUNK_BATCH,
     OK,
     SINGLE,
     RemoteTraceback,
@@ -89,7 +91,7 @@ class Call(NamedTuple):
     """A call as the caller's thread encoded it: the pickled function, its kind and body."""
 
     fn: bytes
-    kind: int  # SINGLE or CHUNK (the pump makes BATCHes of SINGLEs)
+    kind: int  # SINGLE or CHUNK (the pump batches them: BATCH, CHUNK_BATCH)
     body: bytes
 
 
@@ -124,7 +126,8 @@ class Flight:
         if not self.batched:
             return encode_call(signer, self.call_id, expires, call.fn, call.kind, call.body, setup)
         body = pickle.dumps([item.call.body for item in self.items], pickle.HIGHEST_PROTOCOL)
-        return encode_call(signer, self.call_id, expires, call.fn, BATCH, body, setup)
+        kind = BATCH if call.kind == SINGLE else CHUNK_BATCH
+        return encode_call(signer, self.call_id, expires, call.fn, kind, body, setup)
 
     def fail(self, error: BaseException) -> None:
         """Fail each of its calls not settled yet with ``error``."""
@@ -148,13 +151,16 @@ def take(
     if not first.future.set_running_or_notify_cancel():
         items.pop()
         return items
-    if first.call.kind != SINGLE:
-        return items
-    size = min(max_batch, len(pending) // (2 * window) + 1)
+    kind = first.call.kind
+    if kind != SINGLE and kind != CHUNK:
+        return items  # a spilled call travels alone
+    # Chunks already hold many calls each: fewer of them to a job, so the work still
+    # spreads over the workers; what batching them saves is the per-job cost.
+    size = min(max_batch, len(pending) // ((2 if kind == SINGLE else 4) * window) + 1)
     fn = first.call.fn
     while len(items) < size and pending:
         nxt = pending[0]
-        if nxt.call.kind != SINGLE or nxt.call.fn != fn:
+        if nxt.call.kind != kind or nxt.call.fn != fn:
             break
         items.append(pending.popleft())
         if not nxt.future.set_running_or_notify_cancel():

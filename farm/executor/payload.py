@@ -25,6 +25,9 @@ captured call submitted again is refused unrun.
   ``signed(RESULT, call_id | pickle((first_index, [outcome, ...])))`` in WORK_DATA
   packets while the batch runs (so a long batch's early calls finish early)
   and in the WORK_COMPLETE that ends it.
+* CHUNK_BATCH: a BATCH of CHUNKs (``map`` with ``chunksize``, many chunks
+  waiting): ``pickle([pickled [args, ...], ...])``; each chunk's outcome is the
+  list of its values, as for a CHUNK, and they come back as a BATCH's do.
 
 The kind byte's low four bits are the kind; its high bits say which setup
 sections follow it, in this order (a call of an executor without them carries
@@ -67,6 +70,7 @@ __all__ = [
     "SINGLE",
     "CHUNK",
     "BATCH",
+    "CHUNK_BATCH",
     "OK",
     "ERROR",
     "BROKEN",
@@ -82,7 +86,7 @@ __all__ = [
     "open_result",
 ]
 
-SINGLE, CHUNK, BATCH = 0, 1, 2
+SINGLE, CHUNK, BATCH, CHUNK_BATCH = 0, 1, 2, 3
 #: The kind byte: the kind in the low bits, the setup sections that follow it in the high ones.
 KIND_MASK = 0x0F
 INITIALIZER, RECYCLE = 0x10, 0x20

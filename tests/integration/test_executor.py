@@ -299,6 +299,30 @@ def test_batched_calls_keep_their_own_outcomes(shared_farm: ExecutorFarm) -> Non
                 assert future.result(timeout=30) == i * 10
 
 
+def test_waiting_chunks_travel_together_and_keep_their_own_outcomes(
+    shared_farm: ExecutorFarm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import farm.executor.flight as flight
+
+    kinds: list[int] = []
+    real = flight.encode_call
+
+    def spy(*args: Any, **kwargs: Any) -> bytes:
+        kinds.append(args[4])  # the kind of each job the pump sends
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(flight, "encode_call", spy)
+    with shared_farm.executor(max_in_flight=2) as ex:
+        # 40 chunks of 10 wait for 2 jobs in flight: several chunks go in one job.
+        values = ex.map(lambda x: x + 1 if x != 255 else fails(3), range(400), chunksize=10)
+        got = []
+        with pytest.raises(ValueError, match="bad input 3"):
+            for value in values:
+                got.append(value)
+    assert got == [x + 1 for x in range(250)], "the chunks before the failing one"
+    assert flight.CHUNK_BATCH in kinds and len(kinds) < 40, kinds
+
+
 # -- the concurrent.futures contract: no future left pending, no worker killed --
 
 
