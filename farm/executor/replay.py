@@ -24,6 +24,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import shutil
 import time
 import zlib
 from pathlib import Path
@@ -37,6 +38,10 @@ __all__ = ["ReplayGuard"]
 
 #: How often (seconds) a worker sweeps claims whose calls have expired.
 SWEEP_EVERY = 60.0
+#: The claims directory's name in /dev/shm (``farm-UID-NAME-DIGEST``). farm before the
+#: 12-byte records used ``calls``, a link per claim and 24-hour calls: such a directory is
+#: removed once a day has passed since its last claim (see ReplayGuard.sweep).
+NAME, LEGACY_NAME, LEGACY_TTL = "claims", "calls", 24 * 3600
 
 
 def default_directory() -> Path:
@@ -48,7 +53,7 @@ def default_directory() -> Path:
     shm = Path("/dev/shm")
     if shm.is_dir():
         try:
-            return private_dir(shm / f"farm-{os.getuid()}-calls-{digest}")
+            return private_dir(shm / f"farm-{os.getuid()}-{NAME}-{digest}")
         except (UnsafeDirectory, OSError) as exc:
             log.warning("replay record not in %s (%s); using the key's directory", shm, exc)
     return key.with_name("calls-run")
@@ -111,6 +116,19 @@ class ReplayGuard:
         self._files[bucket] = entry  # last: the most recently used
         return entry
 
+    def _sweep_legacy(self, now: float) -> None:
+        """Remove an older farm's claims directory once every call it recorded has expired
+        (never scanned: it may hold millions of links)."""
+        name = self.directory.name
+        if f"-{NAME}-" not in name:
+            return
+        legacy = self.directory.with_name(name.replace(f"-{NAME}-", f"-{LEGACY_NAME}-", 1))
+        try:
+            if now - legacy.lstat().st_mtime > LEGACY_TTL:
+                shutil.rmtree(legacy, ignore_errors=True)
+        except FileNotFoundError:
+            pass
+
     @staticmethod
     def _catch_up(fd: int, read: list[int], seen: dict[bytes, int]) -> None:
         """Take in the claims other workers appended since this one last read."""
@@ -126,6 +144,7 @@ class ReplayGuard:
     def sweep(self, now: float) -> None:
         """Forget claims of expired calls: they would be refused for their age anyway."""
         self._swept = now
+        self._sweep_legacy(now)
         current = int(now) // BUCKET
         for bucket in [b for b in self._files if b < current]:
             os.close(self._files.pop(bucket)[0])

@@ -61,3 +61,17 @@ def test_a_worker_reads_again_a_minute_it_let_go_of(tmp_path: Path) -> None:
         one.claim(b"\10" * 16, old, "H:x:9")
     with pytest.raises(SignatureError, match="already ran"):
         one.claim(b"\7" * 16, old, "H:x:10")
+
+
+def test_an_older_farms_directory_of_links_goes_once_its_day_is_over(tmp_path: Path) -> None:
+    import os
+
+    legacy = tmp_path / "farm-0-calls-abc"
+    legacy.mkdir()
+    os.symlink("H:x:1", legacy / f"{int(time.time()) + 3600}-{'0' * 32}")
+    guard = ReplayGuard(tmp_path / "farm-0-claims-abc")
+    guard.sweep(time.time())
+    assert legacy.exists(), "a claim in it may still be live"
+    os.utime(legacy, (time.time() - 25 * 3600,) * 2, follow_symlinks=False)
+    guard.sweep(time.time())
+    assert not legacy.exists()
