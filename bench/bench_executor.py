@@ -55,6 +55,7 @@ import multiprocessing
 import os
 import shlex
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -372,6 +373,39 @@ def measure(
     return out
 
 
+def median_of(rounds: list[Results]) -> Results:
+    """Each figure the median of the rounds' (a noisy machine: see ``--rounds``)."""
+    out = Results()
+    for label in dict.fromkeys(k for r in rounds for k in r.rate):
+        out.rate[label] = statistics.median(r.rate[label] for r in rounds if label in r.rate)
+    for q in ("p50", "p99"):
+        values = [getattr(r, q) for r in rounds if not math.isnan(getattr(r, q))]
+        setattr(out, q, statistics.median(values) if values else math.nan)
+    for label in dict.fromkeys(k for r in rounds for k in r.cpu):
+        roles = dict.fromkeys(role for r in rounds for role in r.cpu.get(label, {}))
+        out.cpu[label] = {
+            role: statistics.median(
+                r.cpu[label][role] for r in rounds if role in r.cpu.get(label, {})
+            )
+            for role in roles
+        }
+    return out
+
+
+def interleaved(
+    names: list[str], rounds: int, run: Callable[[str], Results | None]
+) -> dict[str, Results]:
+    """``run`` each executor ``rounds`` times, rotating the order each round; medians."""
+    got: dict[str, list[Results]] = {name: [] for name in names}
+    for r in range(rounds):
+        shift = r % len(names) if names else 0
+        for name in names[shift:] + names[:shift]:
+            result = run(name)
+            if result is not None:
+                got[name].append(result)
+    return {name: median_of(rs) for name, rs in got.items() if rs}
+
+
 @contextmanager
 def hogs(count: int) -> Iterator[None]:
     procs = [multiprocessing.Process(target=hog, daemon=True) for _ in range(count)]
@@ -525,9 +559,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run only these (farm, ppe, loky, mp); repeatable",
     )
     ap.add_argument("--tcp", action="store_true", help="connect farm.Executor over TCP")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="run every executor this many times, interleaved; each figure is the median",
+    )
     args = ap.parse_args(argv)
     if args.workers < 1:
         ap.error("--workers must be >= 1")
+    if args.rounds < 1:
+        ap.error("--rounds must be >= 1")
     only = [ALIASES.get(name.lower()) for name in args.only or [FARM, *POOLS]]
     if None in only:
         ap.error(f"--only takes {', '.join(sorted(ALIASES))}")
@@ -581,24 +623,29 @@ def main(argv: list[str] | None = None) -> None:
                 f' [functions."{DEFAULT_FUNCTION}"] target = "{TARGET}", workers = {n};'
                 f" farm.Executor connects to `{addr}`"
             )
-        base: dict[str, Results] = {}
-        for name in names:
+        print(f"- every figure: the median of {args.rounds} interleaved rounds")
+
+        def calm(name: str) -> Results:
             with open_runner(name, n, service, addr) as runner:
-                base[name] = measure(runner, loads, n_latency, True, Results())
+                return measure(runner, loads, n_latency, True, Results())
+
+        base = interleaved(names, args.rounds, calm)
         best = best_pools(base, loads)
         print_tables(base, loads, n, best)
 
         if args.skip_hogs or args.hogs < 1:
             return
-        hogged: dict[str, Results] = {}
+
+        def hogged_run(name: str) -> Results | None:
+            mine = [w for w in loads if name == FARM or best.get(w.label) == name]
+            latency = n_latency if name == FARM or best.get(LATENCY) == name else None
+            if not mine and not latency:
+                return None
+            with open_runner(name, n, service, addr) as runner:
+                return measure(runner, mine, latency, False, Results())
+
         with hogs(args.hogs):
-            for name in names:
-                mine = [w for w in loads if name == FARM or best.get(w.label) == name]
-                latency = n_latency if name == FARM or best.get(LATENCY) == name else None
-                if not mine and not latency:
-                    continue
-                with open_runner(name, n, service, addr) as runner:
-                    hogged[name] = measure(runner, mine, latency, False, Results())
+            hogged = interleaved(names, args.rounds, hogged_run)
         print_hog_table(base, hogged, loads, best, args.hogs)
 
 
