@@ -121,6 +121,8 @@ class Pump:
         self._flights: set[Flight] = set()
         self._selector = Poller()
         self._selector.register(self._waker.reader.fileno(), READ, None)
+        # The thread reading replies in wait_here, if any (its ident).
+        self._reader = 0
         # What went wrong while another thread read replies in wait_here: raised by the
         # pump thread, which breaks the executor as for its own failures.
         self._deferred: BaseException | None = None
@@ -129,8 +131,10 @@ class Pump:
 
     def put(self, item: WorkItem) -> None:
         self._pending.append(item)
-        if not self._sleeping:
-            return  # the pump is busy: it looks at the deque before it sleeps again
+        if not self._sleeping or self._reader == threading.get_ident():
+            # The pump is busy, or this thread reads in wait_here (a done-callback that
+            # submits, as joblib's): either looks at the deque before it waits again.
+            return
         # The pump sleeps in select: send the call from this thread, with no hop to the
         # pump and back (its reply wakes the pump, which reads it). The lock is free only
         # while the pump waits in select; if it is busy after all, a wake-up byte it is.
@@ -169,6 +173,7 @@ class Pump:
     ) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         waker = self._waker.reader.fileno()
+        self._reader = threading.get_ident()
         local = select.poll()
         local.register(waker, select.POLLIN)
         for fd in conns:
@@ -198,6 +203,7 @@ class Pump:
                 ):
                     return  # a connection dropped, or output waits: the pump's business
         finally:
+            self._reader = 0
             for fd, conn in conns.items():
                 if self._conns.get(conn.addr) is conn:
                     self._selector.modify(fd, conn.events, conn)
