@@ -147,6 +147,9 @@ def run_call(job: Any) -> bytes:
                 return _seal_result(signer, call_id, _dump_outcome(refused))
     if calls_data is None:
         calls_data = body[start:]
+    if kind > CHUNK_BATCH:  # a caller newer than this worker: say so, run nothing
+        unknown = TypeError(f"call kind {kind} is unknown to this worker: upgrade the farm")
+        return _seal_result(signer, call_id, _dump_outcome((ERROR, unknown, "")))
     if kind in (BATCH, CHUNK_BATCH):
         fn_bytes = bytes(body[4 : 4 + fn_size])
         return _run_batch(job, signer, call_id, fn_bytes, calls_data, kind == CHUNK_BATCH)

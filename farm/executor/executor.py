@@ -158,9 +158,8 @@ class Executor(_BaseExecutor):
         function = check_name(function)
         window = checked or 0
         if checked is None:  # the pool's own size, as ProcessPoolExecutor's default is the cores
-            checked = function_workers(addresses, function, timeout=connect_timeout) or (
-                os.cpu_count() or 1
-            )
+            asked = function_workers(addresses, function, timeout=min(connect_timeout, 1.0))
+            checked = asked or os.cpu_count() or 1
             # No cap of this executor's own: a second job per worker waits in the server's
             # queue (no more run at once than the pool has workers), so that a worker that
             # ends a job finds its next one there instead of idling through a round trip to
@@ -256,6 +255,11 @@ class Executor(_BaseExecutor):
                     item.future.cancel()
             self._pump.stop()
         if wait and self._thread is not None:
+            if self._pump.reading_here():
+                # A done-callback run by a thread reading replies in wait_here: the pump
+                # thread waits for that thread, so joining it would never end (as the pump
+                # thread cannot join itself when it runs the callback).
+                raise RuntimeError("cannot wait for the executor from one of its done-callbacks")
             self._thread.join()
         if wait or self._thread is None:
             for reference in list(self._spill_files):  # what no future removed
@@ -383,6 +387,12 @@ class _CallFuture(Future[T]):
     def __init__(self, pump: Pump) -> None:
         super().__init__()
         self._pump = pump
+
+    def cancel(self) -> bool:
+        cancelled = super().cancel()
+        if cancelled:
+            self._pump.interrupt_reader()  # a thread may wait for it in wait_here
+        return cancelled
 
     def result(self, timeout: float | None = None) -> T:
         return super().result(self._wait_here(timeout))

@@ -131,7 +131,7 @@ class Pump:
 
     def put(self, item: WorkItem) -> None:
         self._pending.append(item)
-        if not self._sleeping or self._reader == threading.get_ident():
+        if not self._sleeping or self.reading_here():
             # The pump is busy, or this thread reads in wait_here (a done-callback that
             # submits, as joblib's): either looks at the deque before it waits again.
             return
@@ -176,10 +176,10 @@ class Pump:
         self._reader = threading.get_ident()
         local = select.poll()
         local.register(waker, select.POLLIN)
-        for fd in conns:
-            self._selector.mute(fd)  # the pump thread sleeps on through the replies
-            local.register(fd, select.POLLIN)
         try:
+            for fd in conns:
+                self._selector.mute(fd)  # the pump thread sleeps on through the replies
+                local.register(fd, select.POLLIN)
             while not future.done():
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 ready = local.poll(None if left is None else left * 1000)
@@ -193,20 +193,39 @@ class Pump:
                     # What a pump turn does after reading: refill the window.
                     self._send_pending()
                     self._flush()
-                except BaseException as exc:  # the pump thread raises it: the executor breaks
+                except BaseException as exc:
+                    # Half-done bookkeeping: the pump thread raises it and the executor
+                    # breaks. A KeyboardInterrupt (or SystemExit) goes on to the caller too;
+                    # one that lands in poll() above leaves the executor whole.
                     self._deferred = exc
                     self._wake()
+                    if not isinstance(exc, Exception):
+                        raise
                     return
-                if self.broken is not None or any(
-                    self._conns.get(conn.addr) is not conn or conn.events != READ
-                    for conn in conns.values()
+                if (
+                    self.broken is not None
+                    or len(self._conns) != len(conns)  # a new connection: the pump's to read
+                    or any(
+                        self._conns.get(conn.addr) is not conn or conn.events != READ
+                        for conn in conns.values()
+                    )
                 ):
-                    return  # a connection dropped, or output waits: the pump's business
+                    return  # a connection dropped or came, or output waits: the pump's business
         finally:
             self._reader = 0
             for fd, conn in conns.items():
                 if self._conns.get(conn.addr) is conn:
                     self._selector.modify(fd, conn.events, conn)
+
+    def reading_here(self) -> bool:
+        """Whether the calling thread reads replies in wait_here (it runs done-callbacks)."""
+        return self._reader == threading.get_ident()
+
+    def interrupt_reader(self) -> None:
+        """Make a thread waiting in wait_here look again (a future it waits for was
+        cancelled from elsewhere): it returns, and the Future's own wait sees the state."""
+        if self._reader:
+            self._wake()
 
     def take_pending(self) -> list[WorkItem]:
         """Remove and return the items not sent yet (shutdown's cancel_futures)."""

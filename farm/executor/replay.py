@@ -13,7 +13,7 @@ be kept until its call expires: one 12-byte record (a 64-bit hash of the call id
 the CRC-32 of the job handle) appended to the file of the call's expiry minute,
 under ``flock`` so that workers see each other's claims. (One file per claim,
 as before, cost about 1.2 KB of memory each in tmpfs: 100 GB a day at 1,000
-calls a second.) A worker keeps the records of the few minutes it claims in
+calls a second.) A worker keeps the records of the two minutes it claims in
 now in memory, reads what others appended since it last looked, and drops a
 minute's file once every call in it has expired.
 """
@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 import shutil
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -62,7 +63,7 @@ def default_directory() -> Path:
 #: Claims are filed by their call's expiry, this many seconds to a file.
 BUCKET = 60
 #: Minutes whose claims a worker keeps in memory (the current ones; others are re-read).
-KEPT = 4
+KEPT = 2
 _RECORD = 12  # BLAKE2b-64 of the call id | crc32 of the handle (4 bytes, little endian)
 
 
@@ -91,10 +92,14 @@ class ReplayGuard:
         fd, read, seen = self._bucket(expires // BUCKET)
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
+            if time.time() > expires:  # its minute's file may be swept from now on
+                raise SignatureError("the call expired; refused unrun")
             self._catch_up(fd, read, seen)
             prior = seen.get(key)
             if prior is None:
-                os.write(fd, key + mark.to_bytes(4, "little"))  # O_APPEND, under the lock
+                record = key + mark.to_bytes(4, "little")
+                if os.write(fd, record) != _RECORD:  # O_APPEND, under the lock
+                    raise OSError("short write to the replay record (is its disk full?)")
                 read[0] += _RECORD
                 seen[key] = mark
         finally:
@@ -124,10 +129,17 @@ class ReplayGuard:
             return
         legacy = self.directory.with_name(name.replace(f"-{NAME}-", f"-{LEGACY_NAME}-", 1))
         try:
-            if now - legacy.lstat().st_mtime > LEGACY_TTL:
-                shutil.rmtree(legacy, ignore_errors=True)
-        except FileNotFoundError:
-            pass
+            if now - legacy.lstat().st_mtime <= LEGACY_TTL:
+                return
+            # One worker wins the rename; it removes the links in a thread of its own, so
+            # that no call waits on millions of unlinks.
+            gone = legacy.with_name(f"{legacy.name}.gone-{os.getpid()}")
+            os.rename(legacy, gone)
+        except OSError:
+            return
+        threading.Thread(
+            target=shutil.rmtree, args=(gone,), kwargs={"ignore_errors": True}, daemon=True
+        ).start()
 
     @staticmethod
     def _catch_up(fd: int, read: list[int], seen: dict[bytes, int]) -> None:

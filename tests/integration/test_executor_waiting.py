@@ -4,18 +4,29 @@ same, timeouts hold, and other threads' calls are not held up behind it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import CancelledError
 from concurrent.futures import TimeoutError as FuturesTimeout
 from pathlib import Path
 
 import pytest
 
 import farm
-from tests.helpers.calls import add, wait_gate
+from farm.executor.call import TARGET
+from farm.executor.signing import KEY_ENV, ensure_key
+from tests.helpers import ROOT
+from tests.helpers.calls import add, nap, wait_gate
 from tests.helpers.farmproc import FarmUp
 from tests.helpers.gate import Gate
+from tests.helpers.servers import start_farm_server
+from tests.helpers.waiting import wait_for
+
+WORKER = [sys.executable, "-c", "from farm.cli import main; main()", "worker"]
 
 POOL = """
 [functions."farm.python"]
@@ -85,3 +96,83 @@ def test_another_threads_call_is_not_held_up_by_a_thread_waiting_here(
             gate.open()
             waiter.join(30)
         assert long.result(timeout=10) is None
+
+
+def test_a_call_sent_on_a_connection_opened_while_waiting_is_not_lost(tmp_path: Path) -> None:
+    # Two servers: the waiting thread's refill may open the second connection for the very
+    # call it waits for; its reply must still reach it (review of Pump.wait_here).
+    key = ensure_key(tmp_path / "executor.key")
+    servers, workers = [], []
+    try:
+        for name in ("a", "b"):
+            unix = str(tmp_path / f"{name}.sock")
+            servers.append(start_farm_server(unix=unix))
+            wait_for("the Unix socket", lambda unix=unix: os.path.exists(unix))
+            cmd = [*WORKER, TARGET, "--name", "farm.python", "--server", f"unix:{unix}"]
+            env = dict(os.environ, **{KEY_ENV: str(key)})
+            workers.append(subprocess.Popen(cmd, cwd=ROOT, env=env))
+        addrs = [f"unix:{s.unix}" for s in servers]
+        for _ in range(3):
+            with farm.Executor(1, servers=addrs, key_file=str(key)) as ex:
+                first = ex.submit(nap, 0.3)
+                second = ex.submit(nap, 0.01)
+                assert second.result(timeout=20) == 0.01
+                assert first.result(timeout=20) == 0.3
+    finally:
+        for proc in workers:
+            proc.kill()
+            proc.wait(10)
+        for srv in servers:
+            srv.stop()
+
+
+def test_cancel_from_another_thread_ends_a_wait_here(
+    executor: tuple[farm.Executor, Path],
+) -> None:
+    ex, tmp = executor
+    with Gate(tmp / "gate-cancel-1") as one, Gate(tmp / "gate-cancel-2") as two:
+        # Fill the window (twice the pool: 4 jobs), so the fifth call waits in the executor.
+        held = [ex.submit(wait_gate, (one if i % 2 else two).path) for i in range(4)]
+        queued = ex.submit(add, 1, 1)
+        timer = threading.Timer(0.5, queued.cancel)
+        timer.start()
+        began = time.monotonic()
+        try:
+            with pytest.raises(CancelledError):
+                queued.result(timeout=20)  # cancelled while this thread reads replies
+            waited = time.monotonic() - began
+            assert waited < 10, f"the cancel woke the waiting thread only after {waited:.1f} s"
+        finally:
+            timer.cancel()
+            one.open()
+            two.open()
+        assert [f.result(timeout=20) for f in held] == [None] * 4
+
+
+def test_shutdown_wait_from_a_done_callback_does_not_hang(tmp_path: Path) -> None:
+    key = ensure_key(tmp_path / "executor.key")
+    unix = str(tmp_path / "s.sock")
+    srv = start_farm_server(unix=unix)
+    wait_for("the Unix socket", lambda: os.path.exists(unix))
+    env = dict(os.environ, **{KEY_ENV: str(key)})
+    cmd = [*WORKER, TARGET, "--name", "farm.python", "--server", f"unix:{unix}"]
+    worker = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    try:
+        ex = farm.Executor(1, servers=[f"unix:{unix}"], key_file=str(key))
+        raised: list[BaseException] = []
+
+        def stop(_: object) -> None:
+            try:
+                ex.shutdown(wait=True)
+            except RuntimeError as exc:  # as the pump thread could not join itself
+                raised.append(exc)
+
+        future = ex.submit(add, 2, 3)
+        future.add_done_callback(stop)
+        assert future.result(timeout=20) == 5
+        ex.shutdown(wait=True)
+        assert ex._pump.finished.wait(20), "the executor shut down, nothing hung"
+    finally:
+        worker.kill()
+        worker.wait(10)
+        srv.stop()

@@ -9,6 +9,7 @@ import pytest
 
 from farm.executor.replay import ReplayGuard
 from farm.executor.signing import SignatureError
+from tests.helpers.waiting import wait_for
 
 
 def test_a_call_runs_once_but_its_job_may_be_retried(tmp_path: Path) -> None:
@@ -75,3 +76,6 @@ def test_an_older_farms_directory_of_links_goes_once_its_day_is_over(tmp_path: P
     os.utime(legacy, (time.time() - 25 * 3600,) * 2, follow_symlinks=False)
     guard.sweep(time.time())
     assert not legacy.exists()
+    wait_for(
+        "the links removed", lambda: [p.name for p in tmp_path.iterdir()] == [guard.directory.name]
+    )

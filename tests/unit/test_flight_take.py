@@ -1,0 +1,44 @@
+"""farm.executor.flight.take: which waiting calls travel together in one job."""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future
+
+from farm.executor.flight import BATCH_BYTES, MAX_BATCH, Call, WorkItem, take
+from farm.executor.payload import CHUNK, SINGLE, SPILLED
+
+
+def waiting(*calls: Call) -> deque[WorkItem]:
+    return deque(WorkItem(Future(), call) for call in calls)
+
+
+def test_waiting_calls_of_one_function_and_kind_go_together() -> None:
+    pending = waiting(*[Call(b"f", SINGLE, b"x")] * 400, Call(b"g", SINGLE, b"y"))
+    items: list[WorkItem] = []
+    take(pending, items, MAX_BATCH, 2)  # 400 waiting over 2 workers: about 400 // 4, capped
+    assert len(items) == MAX_BATCH and all(i.call.fn == b"f" for i in items)
+    chunks = waiting(*[Call(b"f", CHUNK, b"c")] * 40, Call(b"f", SINGLE, b"x"))
+    items = []
+    take(chunks, items, MAX_BATCH, 2)  # chunks: about 40 // 8, fewer than calls
+    assert 4 <= len(items) <= 6 and all(i.call.kind == CHUNK for i in items)
+
+
+def test_a_batch_stops_at_its_byte_budget_and_a_spilled_call_travels_alone() -> None:
+    big = b"b" * (BATCH_BYTES // 3)
+    pending = waiting(*[Call(b"f", SINGLE, big)] * 10)
+    items: list[WorkItem] = []
+    take(pending, items, MAX_BATCH, 1)
+    assert len(items) == 3, "no job past the budget: the server's packet limit stays far"
+    spilled = waiting(*[Call(b"f", SINGLE | SPILLED, b"ref")] * 10)
+    items = []
+    take(spilled, items, MAX_BATCH, 1)
+    assert len(items) == 1
+
+
+def test_a_cancelled_call_stays_out() -> None:
+    pending = waiting(*[Call(b"f", SINGLE, b"x")] * 20)
+    pending[1].future.cancel()
+    items: list[WorkItem] = []
+    take(pending, items, MAX_BATCH, 1)
+    assert all(not i.future.cancelled() for i in items) and len(items) == 10
