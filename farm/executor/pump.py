@@ -194,12 +194,13 @@ class Pump:
                     self._send_pending()
                     self._flush()
                 except BaseException as exc:
-                    # Half-done bookkeeping: the pump thread raises it and the executor
-                    # breaks. A KeyboardInterrupt (or SystemExit) goes on to the caller too;
+                    # Half-done bookkeeping (or a done-callback raising SystemExit, which
+                    # breaks the executor as when the pump thread runs it): the pump thread
+                    # raises it and the executor breaks. A Ctrl-C goes on to the caller too;
                     # one that lands in poll() above leaves the executor whole.
                     self._deferred = exc
                     self._wake()
-                    if not isinstance(exc, Exception):
+                    if isinstance(exc, KeyboardInterrupt):
                         raise
                     return
                 if (
