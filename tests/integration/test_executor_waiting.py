@@ -176,3 +176,27 @@ def test_shutdown_wait_from_a_done_callback_does_not_hang(tmp_path: Path) -> Non
         worker.kill()
         worker.wait(10)
         srv.stop()
+
+
+def test_other_calls_ending_do_not_cut_a_wait_short(executor: tuple[farm.Executor, Path]) -> None:
+    # The executor's futures share one Condition: a notification for one wakes the waiters
+    # of all, and each must wait on until its own is done or its time is up.
+    ex, tmp = executor
+    with Gate(tmp / "gate-shared") as gate:
+        long = ex.submit(wait_gate, gate.path)
+        outcome: list[object] = []
+
+        def wait_long() -> None:
+            began = time.monotonic()
+            try:
+                long.result(timeout=3)
+            except FuturesTimeout:
+                outcome.append(time.monotonic() - began)
+
+        waiter = threading.Thread(target=wait_long)
+        waiter.start()
+        assert [ex.submit(add, i, 1).result(timeout=20) for i in range(50)] == list(range(1, 51))
+        waiter.join(20)
+        gate.open()
+        assert long.result(timeout=20) is None
+    assert outcome and outcome[0] >= 2.9, f"the wait ended after {outcome} s, not at its timeout"
