@@ -80,6 +80,7 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
         self.held_grab = 0
         self.pushed: Job | None = None
         self.push_timer: Timer | None = None
+        self.heard_since_push = False
         self.read_accept = False  # docs/held-grab.md: having read a pushed job accepts it
         # docs/held-grab.md "lazy-created": foreground JOB_CREATEDs ride with the next write.
         self.lazy_created = False
@@ -168,6 +169,8 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.hub.stats.bytes_in += len(data)
+        if self.pushed is not None:
+            self.heard_since_push = True  # read-accept: a worker that talks is not stopped
         try:
             events = self.decoder.feed(data)
             for event in events:

@@ -55,6 +55,7 @@ class WorkerSide:
     pushed: Job | None  # pushed to a held grab, not accepted yet
     push_timer: Timer | None  # its deadline
     read_accept: bool  # negotiated: having read a pushed job accepts it
+    heard_since_push: bool  # a packet came from the worker after the push
     transport: asyncio.Transport | None
     send: Callable[[bytes], None]
     refuse: Callable[..., None]
@@ -87,6 +88,7 @@ class WorkerSide:
         self.send(NOOP)
         self.assign(job, ptype)
         self.pushed = job
+        self.heard_since_push = False
         self.push_timer = self.hub.call_later(WAKE_DEADLINE, lambda: self.not_accepted(job))
 
     def accepted(self) -> None:
@@ -119,8 +121,11 @@ class WorkerSide:
         if self.pushed is not job or self.closed:
             return
         self.pushed = self.push_timer = None
-        if self.read_accept and self.read_everything():
-            return  # it took the job off the socket: it runs it (docs/held-grab.md)
+        if self.read_accept and (self.heard_since_push or self.read_everything()):
+            # It took the job off the socket, or it still talks to us (so what we sent
+            # after the push, such as an ECHO_RES, may wait unread behind it while it
+            # runs the job): it runs it (docs/held-grab.md).
+            return
         log.info(
             "fd %d: pushed job %s not accepted within %gs; it goes to another worker",
             self.fd,

@@ -129,3 +129,20 @@ def test_a_lazy_created_client_gets_job_created_first_and_alone_when_no_news_com
     assert second != handle
     client.send(T.GET_STATUS, handle)
     assert client.expect(T.STATUS_RES).args[:2] == (handle, b"1"), "the first job waits"
+
+
+def test_bytes_sent_to_the_worker_after_the_push_do_not_undo_its_read(
+    server: Server, peer_factory: Callable[[str], Peer]
+) -> None:
+    reader = read_accept_worker(peer_factory, server, "e")
+    other = sleeping_worker(peer_factory, server, "e")
+    client = peer_factory(server.addr)
+    client.send(T.SUBMIT_JOB, "e", "", "x")
+    handle = client.expect(T.JOB_CREATED).args[0]
+    reader.expect(T.NOOP)
+    assert reader.expect(T.JOB_ASSIGN_UNIQ).args[0] == handle
+    reader.send(T.ECHO_REQ, "unread")  # its answer waits unread in the worker's socket
+    assert other.nothing_within(PAST_DEADLINE), "the job read stays with its worker"
+    reader.send(T.WORK_COMPLETE, handle, "done")
+    assert client.expect(T.WORK_COMPLETE).args == (handle, b"done")
+    assert reader.expect(T.ECHO_RES).args == (b"unread",)
