@@ -3,7 +3,6 @@ drain hooks, signals, and an idle worker that does not spin."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -157,7 +156,10 @@ def test_stop_is_safe_from_a_signal_handler(any_server) -> None:
 
     def signal_once_registered() -> None:
         wait_for("the worker registered", lambda: _workers_of(any_server.addr, "reverse") == 1)
-        os.kill(os.getpid(), signal.SIGUSR1)
+        # To the main thread itself: a process-wide kill may land in any thread (this one, or
+        # a pool's left by an earlier test), and then nothing interrupts the main thread's
+        # select() to run the Python handler.
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
 
     previous = signal.signal(signal.SIGUSR1, on_usr1)
     try:
