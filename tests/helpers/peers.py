@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from farm import protocol as p
-from tests.helpers.servers import connect
+from farm.protocol import PacketType as T
+from tests.helpers.servers import Server, connect
 
 
 class Peer:
@@ -80,3 +83,13 @@ class Peer:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def sleeping_worker(make: Callable[[str], Peer], srv: Server, function: str) -> Peer:
+    """A raw worker of ``function`` on ``srv``, asleep (PRE_SLEEP) once this returns."""
+    w = make(srv.addr)
+    w.send(T.CAN_DO, function)
+    w.send(T.PRE_SLEEP)
+    w.send(T.ECHO_REQ, "asleep")
+    w.expect(T.ECHO_RES)
+    return w

@@ -15,18 +15,9 @@ from pathlib import Path
 
 from farm.protocol import PacketType as T
 from tests.helpers.farmproc import FarmUp
-from tests.helpers.peers import Peer
+from tests.helpers.peers import Peer, sleeping_worker
 from tests.helpers.servers import Server
 from tests.helpers.waiting import wait_for
-
-
-def sleeping_worker(make: Callable[[str], Peer], srv: Server, function: str) -> Peer:
-    w = make(srv.addr)
-    w.send(T.CAN_DO, function)
-    w.send(T.PRE_SLEEP)
-    w.send(T.ECHO_REQ, "asleep")
-    w.expect(T.ECHO_RES)
-    return w
 
 
 def test_another_sleeper_is_woken_when_the_first_does_not_come(

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from farm.protocol import PacketType as T
-from tests.helpers.peers import Peer
+from tests.helpers.peers import Peer, sleeping_worker
 from tests.helpers.servers import Server, start_farm_server
 from tests.helpers.waiting import wait_for
 
@@ -48,15 +48,6 @@ def read_accept_worker(make: Callable[[str], Peer], srv: Server, function: str) 
     worker.send(T.CAN_DO, function)
     worker.send(T.GRAB_JOB_UNIQ)  # held
     worker.send(T.ECHO_REQ, "holding")  # answered after the grab was taken in
-    worker.expect(T.ECHO_RES)
-    return worker
-
-
-def sleeping_worker(make: Callable[[str], Peer], srv: Server, function: str) -> Peer:
-    worker = make(srv.addr)
-    worker.send(T.CAN_DO, function)
-    worker.send(T.PRE_SLEEP)
-    worker.send(T.ECHO_REQ, "asleep")
     worker.expect(T.ECHO_RES)
     return worker
 
