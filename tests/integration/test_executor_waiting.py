@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import CancelledError
 from concurrent.futures import TimeoutError as FuturesTimeout
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -98,32 +99,39 @@ def test_another_threads_call_is_not_held_up_by_a_thread_waiting_here(
         assert long.result(timeout=10) is None
 
 
-def test_a_call_sent_on_a_connection_opened_while_waiting_is_not_lost(tmp_path: Path) -> None:
-    # Two servers: the waiting thread's refill may open the second connection for the very
-    # call it waits for; its reply must still reach it (review of Pump.wait_here).
+@contextmanager
+def lone_servers(tmp_path: Path, names: tuple[str, ...]) -> Iterator[tuple[Path, list[str]]]:
+    """A farm server per name, each with one `farm worker` of farm.python on its Unix
+    socket, all with one key: the key, and the servers' addresses."""
     key = ensure_key(tmp_path / "executor.key")
+    env = dict(os.environ, **{KEY_ENV: str(key)})
     servers, workers = [], []
     try:
-        for name in ("a", "b"):
+        for name in names:
             unix = str(tmp_path / f"{name}.sock")
             servers.append(start_farm_server(unix=unix))
             wait_for("the Unix socket", lambda unix=unix: os.path.exists(unix))
             cmd = [*WORKER, TARGET, "--name", "farm.python", "--server", f"unix:{unix}"]
-            env = dict(os.environ, **{KEY_ENV: str(key)})
             workers.append(subprocess.Popen(cmd, cwd=ROOT, env=env))
-        addrs = [f"unix:{s.unix}" for s in servers]
-        for _ in range(3):
-            with farm.Executor(1, servers=addrs, key_file=str(key)) as ex:
-                first = ex.submit(nap, 0.3)
-                second = ex.submit(nap, 0.01)
-                assert second.result(timeout=20) == 0.01
-                assert first.result(timeout=20) == 0.3
+        yield key, [f"unix:{s.unix}" for s in servers]
     finally:
         for proc in workers:
             proc.kill()
             proc.wait(10)
         for srv in servers:
             srv.stop()
+
+
+def test_a_call_sent_on_a_connection_opened_while_waiting_is_not_lost(tmp_path: Path) -> None:
+    # Two servers: the waiting thread's refill may open the second connection for the very
+    # call it waits for; its reply must still reach it (review of Pump.wait_here).
+    with lone_servers(tmp_path, ("a", "b")) as (key, addrs):
+        for _ in range(3):
+            with farm.Executor(1, servers=addrs, key_file=str(key)) as ex:
+                first = ex.submit(nap, 0.3)
+                second = ex.submit(nap, 0.01)
+                assert second.result(timeout=20) == 0.01
+                assert first.result(timeout=20) == 0.3
 
 
 def test_cancel_from_another_thread_ends_a_wait_here(
@@ -150,15 +158,8 @@ def test_cancel_from_another_thread_ends_a_wait_here(
 
 
 def test_shutdown_wait_from_a_done_callback_does_not_hang(tmp_path: Path) -> None:
-    key = ensure_key(tmp_path / "executor.key")
-    unix = str(tmp_path / "s.sock")
-    srv = start_farm_server(unix=unix)
-    wait_for("the Unix socket", lambda: os.path.exists(unix))
-    env = dict(os.environ, **{KEY_ENV: str(key)})
-    cmd = [*WORKER, TARGET, "--name", "farm.python", "--server", f"unix:{unix}"]
-    worker = subprocess.Popen(cmd, cwd=ROOT, env=env)
-    try:
-        ex = farm.Executor(1, servers=[f"unix:{unix}"], key_file=str(key))
+    with lone_servers(tmp_path, ("s",)) as (key, addrs):
+        ex = farm.Executor(1, servers=addrs, key_file=str(key))
         raised: list[BaseException] = []
 
         def stop(_: object) -> None:
@@ -172,10 +173,6 @@ def test_shutdown_wait_from_a_done_callback_does_not_hang(tmp_path: Path) -> Non
         assert future.result(timeout=20) == 5
         ex.shutdown(wait=True)
         assert ex._pump.finished.wait(20), "the executor shut down, nothing hung"
-    finally:
-        worker.kill()
-        worker.wait(10)
-        srv.stop()
 
 
 def test_other_calls_ending_do_not_cut_a_wait_short(executor: tuple[farm.Executor, Path]) -> None:
