@@ -11,6 +11,7 @@ import ipaddress
 import os
 import socket
 import ssl
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Literal, TypeVar
@@ -263,6 +264,28 @@ class Waker:
         import signal
 
         signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+
+    def claim_signals(self) -> bool:
+        """``wake_on_signals`` for a loop in the main thread, if nothing else (asyncio, an
+        outer loop) holds the wake-up fd; True if it was taken, for ``release_signals``.
+
+        Without it a signal that arrives after the loop's last check and before its select
+        sleeps has its Python handler run only once the select returns for another reason.
+        """
+        import signal
+
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        previous = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        if previous != -1:  # someone else's: leave it theirs
+            signal.set_wakeup_fd(previous)
+            return False
+        return True
+
+    def release_signals(self) -> None:
+        import signal
+
+        signal.set_wakeup_fd(-1)
 
     def drain(self) -> None:
         try:

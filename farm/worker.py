@@ -3,8 +3,11 @@
 The grab/sleep/wake cycle of each server connection is ``farm.protocol.client.WorkerSession``;
 this module drives it with one selector over every server socket plus a
 wake-up socketpair, so ``stop()`` works from a signal handler or another
-thread. Jobs run one at a time in the calling thread; at most one grab is in
-flight across servers, so the worker never holds a job it cannot start.
+thread. In the main thread the socketpair is also the signal wake-up fd: a signal that
+lands just before the select sleeps would otherwise run its handler only after the
+select's next event, which may never come. Jobs run one at a time in the calling
+thread; at most one grab is in flight across servers, so the worker never holds a
+job it cannot start.
 """
 
 from __future__ import annotations
@@ -212,6 +215,7 @@ class Worker:
         goal = None if stop_after is None else self.jobs_done + stop_after
         selector = self._selector = selectors.DefaultSelector()
         selector.register(self._waker.reader, selectors.EVENT_READ, None)
+        signals_wake = self._waker.claim_signals()
         # Held grab only with one server: two servers must not push to one worker at once.
         held = len(self.servers) == 1
         self._servers = [
@@ -249,6 +253,8 @@ class Worker:
             selector.close()
             self._selector = None
             self._grabbing = None
+            if signals_wake:
+                self._waker.release_signals()
 
     def _sleep_for(self, now: float) -> float | None:
         waits = [s.retry_at - now for s in self._servers if s.sock is None]

@@ -170,3 +170,28 @@ def test_stop_is_safe_from_a_signal_handler(any_server) -> None:
         assert handled.is_set() and worker.jobs_done == 0
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+def test_work_in_the_main_thread_holds_the_signal_wakeup_fd_then_gives_it_back(
+    any_server,
+) -> None:
+    # A signal that lands after the loop's last check and before its select sleeps would
+    # run its handler (and its stop()) only once the select returned for something else,
+    # which for an idle worker is never. The wake-up fd closes that window; this test pins
+    # that work() sets it (seen from a job, which runs in work()'s thread) and restores it.
+    seen: list[int] = []
+
+    def peek(job: farm.Job) -> bytes:
+        fd = signal.set_wakeup_fd(-1)
+        signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+        seen.append(fd)
+        return b""
+
+    assert signal.set_wakeup_fd(-1) == -1
+    worker = farm.Worker(any_server.addr)
+    worker.register("peek", peek)
+    with farm.Client(any_server.addr) as client:
+        threading.Thread(target=client.call, args=("peek", b""), daemon=True).start()
+        worker.work(stop_after=1)
+    assert seen and seen[0] != -1
+    assert signal.set_wakeup_fd(-1) == -1, "work() left its wake-up fd installed"
