@@ -21,6 +21,8 @@ from typing import Any
 
 from farm.executor import spill
 from farm.executor.payload import (
+    ARG_CHUNK,
+    ARG_CHUNK_BATCH,
     BATCH,
     BROKEN,
     CALL_ID_SIZE,
@@ -136,7 +138,8 @@ def run_call(job: Any) -> bytes:
         spilled = kind & SPILLED
         kind &= KIND_MASK
         if failure is not None:
-            broken: Any = (0, [failure]) if kind in (BATCH, CHUNK_BATCH) else failure
+            batched = kind in (BATCH, CHUNK_BATCH, ARG_CHUNK_BATCH)
+            broken: Any = (0, [failure]) if batched else failure
             return signer.seal(RESULT, call_id + _dump_outcome(broken))
         if spilled:  # the pickle is in a file: checked against the signed reference first
             try:
@@ -147,12 +150,12 @@ def run_call(job: Any) -> bytes:
                 return _seal_result(signer, call_id, _dump_outcome(refused))
     if calls_data is None:
         calls_data = body[start:]
-    if kind > CHUNK_BATCH:  # a caller newer than this worker: say so, run nothing
+    if kind > ARG_CHUNK_BATCH:  # a caller newer than this worker: say so, run nothing
         unknown = TypeError(f"call kind {kind} is unknown to this worker: upgrade the farm")
         return _seal_result(signer, call_id, _dump_outcome((ERROR, unknown, "")))
-    if kind in (BATCH, CHUNK_BATCH):
+    if kind in (BATCH, CHUNK_BATCH, ARG_CHUNK_BATCH):
         fn_bytes = bytes(body[4 : 4 + fn_size])
-        return _run_batch(job, signer, call_id, fn_bytes, calls_data, kind == CHUNK_BATCH)
+        return _run_batch(job, signer, call_id, fn_bytes, calls_data, _BATCHED[kind])
     try:
         fn = _function(bytes(body[4 : 4 + fn_size]))
         calls = pickle.loads(calls_data)
@@ -161,6 +164,8 @@ def run_call(job: Any) -> bytes:
             args, kwargs = calls
             del calls
             outcome: tuple[Any, ...] = (OK, fn(*args, **kwargs))
+        elif kind == ARG_CHUNK:
+            outcome = (OK, list(map(fn, calls)))
         else:
             outcome = (OK, [fn(*args) for args in calls])
     except BaseException as exc:  # as ProcessPoolExecutor: even SystemExit is the call's outcome
@@ -228,10 +233,10 @@ def _set_up(kind: int, body: memoryview, at: int) -> tuple[int, tuple[Any, ...] 
 
 
 def _run_batch(
-    job: Any, signer: Signer, call_id: bytes, fn_bytes: bytes, body: memoryview, chunks: bool
+    job: Any, signer: Signer, call_id: bytes, fn_bytes: bytes, body: memoryview, kind: int
 ) -> bytes:
-    """Run a batch's calls (or ``chunks`` of calls) in order; send outcomes as they pile
-    up, the rest at the end."""
+    """Run a batch's calls (or chunks of calls: ``kind`` CHUNK or ARG_CHUNK, else SINGLE)
+    in order; send outcomes as they pile up, the rest at the end."""
     try:
         fn: Callable[..., Any] | None = _function(fn_bytes)
         calls: list[bytes] = pickle.loads(body)
@@ -245,8 +250,10 @@ def _run_batch(
             outcomes.append(failure)
             continue
         try:
-            if chunks:
-                outcome: tuple[Any, ...] = (OK, [fn(*args) for args in pickle.loads(call)])
+            if kind == ARG_CHUNK:
+                outcome: tuple[Any, ...] = (OK, list(map(fn, pickle.loads(call))))
+            elif kind == CHUNK:
+                outcome = (OK, [fn(*args) for args in pickle.loads(call)])
             else:
                 args, kwargs = pickle.loads(call)
                 outcome = (OK, fn(*args, **kwargs))
@@ -259,6 +266,10 @@ def _run_batch(
             first, outcomes = index + 1, []
             flush_at = time.monotonic() + BATCH_FLUSH_EVERY
     return _seal_result(signer, call_id, _dump_batch(first, outcomes), len(outcomes), first)
+
+
+#: The kind of the calls a batch kind carries.
+_BATCHED = {BATCH: SINGLE, CHUNK_BATCH: CHUNK, ARG_CHUNK_BATCH: ARG_CHUNK}
 
 
 def _remote_traceback(exc: BaseException) -> str:

@@ -35,8 +35,7 @@ from farm.executor.payload import (
     BATCH,
     BROKEN,
     CALL_ID_SIZE,
-    CHUNK,
-    CHUNK_BATCH,
+    CHUNK_KINDS,
     OK,
     SINGLE,
     RemoteTraceback,
@@ -95,7 +94,7 @@ class Call(NamedTuple):
     """A call as the caller's thread encoded it: the pickled function, its kind and body."""
 
     fn: bytes
-    kind: int  # SINGLE or CHUNK (the pump batches them: BATCH, CHUNK_BATCH)
+    kind: int  # SINGLE, CHUNK or ARG_CHUNK (the pump batches them: BATCH, *_BATCH)
     body: bytes
 
 
@@ -130,7 +129,7 @@ class Flight:
         if not self.batched:
             return encode_call(signer, self.call_id, expires, call.fn, call.kind, call.body, setup)
         body = pickle.dumps([item.call.body for item in self.items], pickle.HIGHEST_PROTOCOL)
-        kind = BATCH if call.kind == SINGLE else CHUNK_BATCH
+        kind = BATCH if call.kind == SINGLE else CHUNK_KINDS[call.kind]
         return encode_call(signer, self.call_id, expires, call.fn, kind, body, setup)
 
     def fail(self, error: BaseException) -> None:
@@ -156,7 +155,7 @@ def take(
         items.pop()
         return items
     kind = first.call.kind
-    if kind != SINGLE and kind != CHUNK:
+    if kind != SINGLE and kind not in CHUNK_KINDS:
         return items  # a spilled call travels alone
     # Chunks already hold many calls each: fewer of them to a job, so the work still
     # spreads over the workers; what batching them saves is the per-job cost.

@@ -129,8 +129,16 @@ class Pump:
 
     # -- called from other threads --
 
-    def put(self, item: WorkItem) -> None:
+    def put(self, item: WorkItem, *, hold: bool = False) -> None:
+        """Hand a call over. ``hold``: only queue it, for a caller that hands over more at
+        once (map) and calls ``nudge`` when done, so that the calls go out in batches
+        rather than one send each from the caller's thread."""
         self._pending.append(item)
+        if not hold:
+            self.nudge()
+
+    def nudge(self) -> None:
+        """Make sure the pump sends what is queued: from this thread when it sleeps."""
         if not self._sleeping or self.reading_here():
             # The pump is busy, or this thread reads in wait_here (a done-callback that
             # submits, as joblib's): either looks at the deque before it waits again.

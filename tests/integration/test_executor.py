@@ -113,6 +113,9 @@ def program(ex: Executor) -> dict[str, Any]:
     seen["submit"] = ex.submit(add, 2, b=3).result()
     seen["map"] = list(ex.map(add, range(5), range(10, 13)))  # stops at the shortest
     seen["map_chunks"] = list(ex.map(add, range(10), chunksize=3))
+    # One iterable travels as a list of arguments: a tuple argument stays one argument.
+    seen["map_tuple_args"] = list(ex.map(len, [(1, 2), (3,), (), "ab"], chunksize=3))
+    seen["map_chunks_2"] = list(ex.map(add, range(7), range(10, 20), chunksize=3))
     seen["empty_map"] = list(ex.map(add, []))
     future = ex.submit(fails, 3)
     exc = future.exception(timeout=30)
@@ -299,10 +302,12 @@ def test_batched_calls_keep_their_own_outcomes(shared_farm: ExecutorFarm) -> Non
                 assert future.result(timeout=30) == i * 10
 
 
+@pytest.mark.parametrize("iterables", [1, 2])
 def test_waiting_chunks_travel_together_and_keep_their_own_outcomes(
-    shared_farm: ExecutorFarm, monkeypatch: pytest.MonkeyPatch
+    shared_farm: ExecutorFarm, monkeypatch: pytest.MonkeyPatch, iterables: int
 ) -> None:
     import farm.executor.flight as flight
+    from farm.executor.payload import ARG_CHUNK_BATCH, CHUNK_BATCH
 
     kinds: list[int] = []
     real = flight.encode_call
@@ -311,16 +316,20 @@ def test_waiting_chunks_travel_together_and_keep_their_own_outcomes(
         kinds.append(args[4])  # the kind of each job the pump sends
         return real(*args, **kwargs)
 
+    def one(x: int, *_: int) -> int:
+        return x + 1 if x != 255 else fails(3)
+
     monkeypatch.setattr(flight, "encode_call", spy)
     with shared_farm.executor(max_in_flight=2) as ex:
         # 40 chunks of 10 wait for 2 jobs in flight: several chunks go in one job.
-        values = ex.map(lambda x: x + 1 if x != 255 else fails(3), range(400), chunksize=10)
+        values = ex.map(one, *[range(400)] * iterables, chunksize=10)
         got = []
         with pytest.raises(ValueError, match="bad input 3"):
             for value in values:
                 got.append(value)
     assert got == [x + 1 for x in range(250)], "the chunks before the failing one"
-    assert flight.CHUNK_BATCH in kinds and len(kinds) < 40, kinds
+    batch_kind = ARG_CHUNK_BATCH if iterables == 1 else CHUNK_BATCH
+    assert batch_kind in kinds and len(kinds) < 40, kinds
 
 
 # -- the concurrent.futures contract: no future left pending, no worker killed --

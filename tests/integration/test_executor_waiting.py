@@ -139,8 +139,10 @@ def test_cancel_from_another_thread_ends_a_wait_here(
 ) -> None:
     ex, tmp = executor
     with Gate(tmp / "gate-cancel-1") as one, Gate(tmp / "gate-cancel-2") as two:
-        # Fill the window (twice the pool: 4 jobs), so the fifth call waits in the executor.
-        held = [ex.submit(wait_gate, (one if i % 2 else two).path) for i in range(4)]
+        # Fill the window (jobs in flight: four per worker of the pool), so the next call
+        # waits in the executor.
+        window = ex._pump.max_in_flight
+        held = [ex.submit(wait_gate, (one if i % 2 else two).path) for i in range(window)]
         queued = ex.submit(add, 1, 1)
         timer = threading.Timer(0.5, queued.cancel)
         timer.start()
@@ -154,7 +156,7 @@ def test_cancel_from_another_thread_ends_a_wait_here(
             timer.cancel()
             one.open()
             two.open()
-        assert [f.result(timeout=20) for f in held] == [None] * 4
+        assert [f.result(timeout=20) for f in held] == [None] * window
 
 
 def test_shutdown_wait_from_a_done_callback_does_not_hang(tmp_path: Path) -> None:
