@@ -68,6 +68,8 @@ T = TypeVar("T")
 
 #: How long map() may queue calls before it hands them to the pump (see map).
 NUDGE_EVERY = 0.002
+#: Iterables whose reading cannot block: map may queue their calls (see map).
+_IN_MEMORY = (list, tuple, range)
 #: Jobs in flight per worker of the pool for an executor without max_workers (see __init__).
 QUEUED_PER_WORKER = 4
 
@@ -243,11 +245,14 @@ class Executor(_BaseExecutor):
             kind = SINGLE if chunksize == 1 else CHUNK
         futures: list[Future[Any]] = []
         sizes: list[int] = []  # calls per future, for the progress bar
-        # The first call goes out at once, so a worker starts; the next ones are queued
-        # and handed over every NUDGE_EVERY seconds and at the end, and go out in batches.
-        # A send per call from this thread would cost more than the call itself (tiny
-        # calls); and the pump thread, which would batch them, waits for the GIL that
-        # this loop holds while it pickles.
+        # Over lists, tuples and ranges (which cannot block), the first call goes out at
+        # once, so a worker starts; the next ones are queued and handed over every
+        # NUDGE_EVERY seconds and at the end, and go out in batches. A send per call from
+        # this thread would cost more than the call itself (tiny calls); and the pump
+        # thread, which would batch them, waits for the GIL that this loop holds while it
+        # pickles. Calls read from anything else (a generator may wait for input, or for
+        # the calls already read to run) are handed over as they are read.
+        may_hold = all(type(it) in _IN_MEMORY for it in iterables)
         hold_until = 0.0
         try:
             while chunk := list(islice(calls, chunksize)):
@@ -263,10 +268,12 @@ class Executor(_BaseExecutor):
                 if len(body) > spill.SPILL_THRESHOLD:
                     futures.append(self._enqueue_spilled(fn_bytes, kind, body))
                     continue
-                now = time.monotonic()
-                hold = now < hold_until
-                if not hold:
-                    hold_until = now + NUDGE_EVERY
+                hold = False
+                if may_hold:
+                    now = time.monotonic()
+                    hold = now < hold_until
+                    if not hold:
+                        hold_until = now + NUDGE_EVERY
                 futures.append(self._enqueue(Call(fn_bytes, kind, body), None, hold=hold))
         finally:
             if self._thread is not None:

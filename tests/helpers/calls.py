@@ -146,3 +146,12 @@ def spill_and_die(size: int) -> None:
 
     spill.write(spill.worker_settings(), b"\x00" * size, "r")
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def tell(path: str) -> str:
+    """Send one datagram to the Unix socket at ``path``: the test's sign that the call ran."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(b"ran", path)
+    return path

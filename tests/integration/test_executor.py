@@ -46,6 +46,7 @@ from tests.helpers.calls import (
     fails,
     nap,
     pid_then_block,
+    tell,
     unpicklable_result,
 )
 from tests.helpers.servers import Server, start_farm_server
@@ -330,6 +331,35 @@ def test_waiting_chunks_travel_together_and_keep_their_own_outcomes(
     assert got == [x + 1 for x in range(250)], "the chunks before the failing one"
     batch_kind = ARG_CHUNK_BATCH if iterables == 1 else CHUNK_BATCH
     assert batch_kind in kinds and len(kinds) < 40, kinds
+
+
+def test_map_sends_the_calls_of_a_generator_as_it_reads_them(
+    ex: farm.Executor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """map may queue the calls of a list to send them together, never those of a generator:
+    one that waits for a call it gave to run must not wait forever."""
+    import socket
+
+    import farm.executor.executor as executor_module
+
+    monkeypatch.setattr(executor_module, "NUDGE_EVERY", 3600.0)  # queued calls would stay
+    path = str(tmp_path / "ran.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as inbox:
+        inbox.bind(path)
+        inbox.settimeout(20)
+        heard: list[bytes] = []
+
+        def calls() -> Iterator[str]:
+            yield path
+            heard.append(inbox.recv(16))  # the first call ran
+            # ... and its job ended: nothing in flight would wake the pump for a queued call.
+            wait_for("the first job to end", lambda: ex._pump._in_flight == 0)
+            yield path
+            heard.append(inbox.recv(16))  # the second ran: it was sent as it was read
+            yield path
+
+        assert list(ex.map(tell, calls())) == [path] * 3
+    assert heard == [b"ran"] * 2
 
 
 # -- the concurrent.futures contract: no future left pending, no worker killed --
