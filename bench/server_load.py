@@ -6,7 +6,9 @@
 
 Throughput: one client keeps ``--inflight`` 16-byte foreground jobs in flight;
 two raw-protocol echo workers (separate processes) answer them. Latency: one
-client doing sequential jobs, p50/p99 of submit -> WORK_COMPLETE. Both servers
+client doing sequential jobs, p50/p99 of submit -> WORK_COMPLETE. Beside the
+throughput: the CPU the server process itself spent per job (user + system), which on
+a small machine sets the rate, since the client and workers share its cores. Both servers
 face the same client and workers, so only the server differs. The workers ask
 for farm's held grab, as farm's Worker does, and the clients for lazy-created, as
 farm.Executor does (gearmand refuses both: it runs the standard protocol); farm is
@@ -30,6 +32,8 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -162,6 +166,13 @@ def start_server(kind: str, args: argparse.Namespace) -> tuple[Server, str | Non
     return Server("farm", f"127.0.0.1:{port}", proc, port), None
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU the process has used (the server's own cost per job, beside the
+    throughput, which on a small machine the client and workers share the cores with)."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
 def scraping(url: str, stop: threading.Event) -> None:
     """Fetch the metrics once a second, as Prometheus would, until told to stop."""
     while not stop.wait(1.0):
@@ -184,9 +195,11 @@ def measure(kind: str, args: argparse.Namespace) -> dict[str, float]:
         throughput(server.addr, 500, args.inflight, lazy)  # warm-up
         if scraper is not None:
             scraper.start()
+        before = _cpu_seconds(server.proc.pid)
         rate = throughput(server.addr, args.jobs, args.inflight, lazy)
+        cpu_us = (_cpu_seconds(server.proc.pid) - before) / args.jobs * 1e6
         p50, p99 = latency(server.addr, args.latency_jobs, lazy)
-        return {"jobs_s": rate, "p50_us": p50, "p99_us": p99}
+        return {"jobs_s": rate, "p50_us": p50, "p99_us": p99, "cpu_us": cpu_us}
     finally:
         stop.set()
         for w in workers:
@@ -246,29 +259,33 @@ def main() -> None:
     }
     title = f"jobs/s (1 client x {args.inflight} in flight, 2 workers)"
     print(f"medians of {args.rounds} interleaved rounds\n")
-    print(f"| server | {title} | p50 µs | p99 µs |")
-    print("|---|---:|---:|---:|")
+    print(f"| server | {title} | server CPU µs/job | p50 µs | p99 µs |")
+    print("|---|---:|---:|---:|---:|")
     for kind, r in results.items():
-        print(f"| {kind} | {r['jobs_s']:,.0f} | {r['p50_us']:.0f} | {r['p99_us']:.0f} |")
-    f = results["farm"]
-    for other, r in results.items():
-        if other == "farm":
-            continue
         print(
-            f"| farm / {other} | {f['jobs_s'] / r['jobs_s']:.2f}x | "
-            f"{f['p50_us'] / r['p50_us']:.2f}x | {f['p99_us'] / r['p99_us']:.2f}x |"
+            f"| {kind} | {r['jobs_s']:,.0f} | {r['cpu_us']:.0f} | {r['p50_us']:.0f} | "
+            f"{r['p99_us']:.0f} |"
         )
+    f = results["farm"]
+
+    def ratios(name: str, r: dict[str, float]) -> None:
+        print(
+            f"| farm / {name} | {f['jobs_s'] / r['jobs_s']:.2f}x | {f['cpu_us'] / r['cpu_us']:.2f}x"
+            f" | {f['p50_us'] / r['p50_us']:.2f}x | {f['p99_us'] / r['p99_us']:.2f}x |"
+        )
+
+    for other, r in results.items():
+        if other != "farm":
+            ratios(other, r)
     peers = [r for kind, r in results.items() if kind.startswith("gearmand")]
     if len(peers) > 1:
         best = {
             "jobs_s": max(r["jobs_s"] for r in peers),
+            "cpu_us": min(r["cpu_us"] for r in peers),
             "p50_us": min(r["p50_us"] for r in peers),
             "p99_us": min(r["p99_us"] for r in peers),
         }
-        print(
-            f"| farm / best gearmand | {f['jobs_s'] / best['jobs_s']:.2f}x | "
-            f"{f['p50_us'] / best['p50_us']:.2f}x | {f['p99_us'] / best['p99_us']:.2f}x |"
-        )
+        ratios("best gearmand", best)
 
 
 if __name__ == "__main__":
