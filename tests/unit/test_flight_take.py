@@ -20,8 +20,11 @@ def test_waiting_calls_of_one_function_and_kind_go_together() -> None:
     assert len(items) == MAX_BATCH and all(i.call.fn == b"f" for i in items)
     chunks = waiting(*[Call(b"f", CHUNK, b"c")] * 40, Call(b"f", SINGLE, b"x"))
     items = []
-    take(chunks, items, MAX_BATCH, 2)  # chunks: about 40 // 8, fewer than calls
-    assert 4 <= len(items) <= 6 and all(i.call.kind == CHUNK for i in items)
+    take(chunks, items, MAX_BATCH, 2)  # chunks: a share of 1 / workers, 40 // 2 + 1
+    assert len(items) == 21 and all(i.call.kind == CHUNK for i in items)
+    items = []
+    take(chunks, items, MAX_BATCH, 2)  # a smaller share: 19 wait behind its first
+    assert len(items) == 19 // 2 + 1
 
 
 def test_a_batch_stops_at_its_byte_budget_and_a_spilled_call_travels_alone() -> None:
