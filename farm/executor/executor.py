@@ -71,7 +71,7 @@ NUDGE_EVERY = 0.002
 #: Iterables whose reading cannot block: map may queue their calls (see map).
 _IN_MEMORY = (list, tuple, range)
 #: Jobs in flight per worker of the pool for an executor without max_workers (see __init__).
-QUEUED_PER_WORKER = 4
+QUEUED_PER_WORKER = 2
 
 _live_pumps: weakref.WeakSet[Pump] = weakref.WeakSet()
 #: Set by the atexit hook: no executor takes new calls once the interpreter is exiting.
@@ -168,14 +168,12 @@ class Executor(_BaseExecutor):
         if checked is None:  # the pool's own size, as ProcessPoolExecutor's default is the cores
             asked = function_workers(addresses, function, timeout=min(connect_timeout, 1.0))
             checked = asked or os.cpu_count() or 1
-            # No cap of this executor's own: more jobs than workers wait in the server's
+            # No cap of this executor's own: a second job per worker waits in the server's
             # queue (no more run at once than the pool has workers), so that a worker that
             # ends a job finds its next one there instead of idling through a round trip to
             # this process, as ProcessPoolExecutor keeps a call queued beyond its workers.
-            # Three per worker, not one: on a busy host this process may take a millisecond
-            # to hear of a finished job and refill, longer than a job of short chunks runs
-            # (map of 20,000 tiny calls in chunks of 500: 0.71x multiprocessing.Pool's rate
-            # with one job queued per worker, 0.80x with three, in the same run).
+            # (Four per worker gained nothing measurable once chunks went out in 1/workers
+            # shares, and would queue more of this executor's work ahead of other callers'.)
             window = QUEUED_PER_WORKER * checked
         self._max_workers = checked
         self._pump = Pump(

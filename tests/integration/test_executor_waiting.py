@@ -139,7 +139,7 @@ def test_cancel_from_another_thread_ends_a_wait_here(
 ) -> None:
     ex, tmp = executor
     with Gate(tmp / "gate-cancel-1") as one, Gate(tmp / "gate-cancel-2") as two:
-        # Fill the window (jobs in flight: four per worker of the pool), so the next call
+        # Fill the window (jobs in flight: two per worker of the pool), so the next call
         # waits in the executor.
         window = ex._pump.max_in_flight
         held = [ex.submit(wait_gate, (one if i % 2 else two).path) for i in range(window)]
