@@ -75,8 +75,11 @@ log = logging.getLogger("farm.executor")
 DEFAULT_FUNCTION = "farm.python"
 TARGET = "farm.executor.call:run_call"
 
-#: A running batch sends the outcomes it has so far at most this often (seconds).
-BATCH_FLUSH_EVERY = 0.02
+#: A running batch sends the outcomes it has so far at most this often (seconds). Each
+#: WORK_DATA wakes the server and the caller: every 20 ms, 200 calls of 20 ms on 2 workers
+#: ran at 96.1% of ideal; every 50 ms at 97.4%, every 100 ms at 98.1% (one run, medians
+#: of six), as the woken processes took less of the workers' cores.
+BATCH_FLUSH_EVERY = 0.1
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 

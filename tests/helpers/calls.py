@@ -33,10 +33,13 @@ def pid_then_block(fifo: str) -> int:
 
 
 def batch_step(i: int, fifo: str, slow_at: int, block_at: int) -> int:
-    """A call of a batch: the one at ``slow_at`` takes 100 ms (so the batch sends the outcomes
-    it has so far), the one at ``block_at`` hangs like ``pid_then_block``."""
+    """A call of a batch: the one at ``slow_at`` takes longer than the batch's flush interval
+    (so the batch sends the outcomes it has so far), the one at ``block_at`` hangs like
+    ``pid_then_block``."""
+    from farm.executor.call import BATCH_FLUSH_EVERY
+
     if i == slow_at:
-        time.sleep(0.1)
+        time.sleep(2.5 * BATCH_FLUSH_EVERY)
     if i == block_at:
         pid_then_block(fifo)
     return i

@@ -277,7 +277,7 @@ def test_a_worker_dying_mid_batch_fails_the_calls_it_had_not_finished(tmp_path: 
             ready, _, _ = select.select([reader], [], [], 30)
             assert ready, "the blocking call never started"
             # The batch is calls 0..4 (call 0 and 9 // 2 more of the 9 behind it); 0..2
-            # ended 100 ms before 3 blocked, so their outcomes left in a WORK_DATA.
+            # ended a flush interval before 3 blocked, so their outcomes left in a WORK_DATA.
             assert [f.result(timeout=30) for f in steps[:3]] == [0, 1, 2]
             assert not any(f.done() for f in steps[3:5])
             os.kill(int(os.read(reader, 64)), signal.SIGKILL)
