@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor as _BaseExecutor
 from concurrent.futures import Future
 from concurrent.futures._base import PENDING, RUNNING
-from itertools import islice
+from itertools import chain, islice, repeat
 from pathlib import Path
 from typing import Any, TypeGuard, TypeVar
 
@@ -382,25 +382,45 @@ def _spill_settings(
 
 
 def _results(futures: list[Future[Any]], end_time: float | None, *, chunked: bool) -> Iterator[Any]:
-    """Yield the futures' results in order; cancel what is left if the caller stops early.
+    """The futures' results in order (with ``chunked``: the values of each chunk's list);
+    what is left is cancelled if the caller stops early (the iterator is closed or dropped).
 
     While the caller holds a yielded result, nothing here refers to it or to its
     future (bpo-14406): no local names either, as in CPython's ``_result_or_cancel``.
+    A chunk's values are popped from its list as they are yielded, by C code
+    (``map(list.pop, ...)`` under ``chain``): a Python generator's step per value cost
+    more than a tiny call's whole round trip (20,000 values: 1.8 ms, against 0.7).
     """
     futures.reverse()  # pop() from the end is O(1) and drops each reference when done
+    if chunked:
+        return chain.from_iterable(_chunks(futures, end_time))
+    return _each(futures, end_time)
+
+
+def _each(futures: list[Future[Any]], end_time: float | None) -> Iterator[Any]:
     try:
         while futures:
             left = None if end_time is None else end_time - time.monotonic()
-            if not chunked:
-                yield _result_or_cancel(futures.pop(), left)
-                continue
-            chunk = _result_or_cancel(futures.pop(), left)
-            chunk.reverse()
-            while chunk:
-                yield chunk.pop()
+            yield _result_or_cancel(futures.pop(), left)
     finally:
         for future in futures:
             future.cancel()
+
+
+def _chunks(futures: list[Future[Any]], end_time: float | None) -> Iterator[Iterator[Any]]:
+    """Per chunk, an iterator that pops its values in order (its list empties as it goes)."""
+    try:
+        while futures:
+            left = None if end_time is None else end_time - time.monotonic()
+            chunk = _result_or_cancel(futures.pop(), left)
+            chunk.reverse()
+            yield map(_pop, repeat(chunk, len(chunk)))
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+_pop = list.pop
 
 
 def _result_or_cancel(future: Future[Any], timeout: float | None) -> Any:

@@ -1,0 +1,56 @@
+"""farm.executor.executor._results: what map's iterator yields, holds and cancels."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from concurrent.futures import Future
+from typing import Any
+
+import pytest
+
+from farm.executor.executor import _results
+
+
+class Box:
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+def done(value: Any) -> Future[Any]:
+    future: Future[Any] = Future()
+    future.set_result(value)
+    return future
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_dropping_the_iterator_cancels_the_calls_not_yet_due(chunked: bool) -> None:
+    first = done([1, 2] if chunked else 1)
+    later: list[Future[Any]] = [Future(), Future()]
+    results = _results([first, *later], None, chunked=chunked)
+    assert next(results) == 1
+    del results
+    gc.collect()
+    assert all(f.cancelled() for f in later)
+
+
+def test_chunks_yield_in_order_and_hold_no_value_they_gave() -> None:
+    boxes = [Box(i) for i in range(4)]
+    refs = [weakref.ref(b) for b in boxes]
+    futures = [done(boxes[:2]), done(boxes[2:])]
+    del boxes
+    results = _results(futures, None, chunked=True)
+    got = next(results)
+    assert got.value == 0
+    del got
+    assert refs[0]() is None, "the first value of a chunk is freed once the caller drops it"
+    assert [b.value for b in results] == [1, 2, 3]
+
+
+def test_a_failed_chunk_raises_after_the_values_before_it() -> None:
+    bad: Future[Any] = Future()
+    bad.set_exception(ValueError("chunk 2"))
+    results = _results([done([1, 2]), bad, done([5])], None, chunked=True)
+    assert [next(results), next(results)] == [1, 2]
+    with pytest.raises(ValueError, match="chunk 2"):
+        next(results)
