@@ -289,6 +289,14 @@ def children() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
+def _default_sigterm() -> None:
+    """In a forked pool worker: SIGTERM (Pool.terminate) kills at once. The Python handler
+    it inherits from main() runs only when the worker's main thread next runs Python code,
+    and a signal that lands just before the worker blocks on its task queue's semaphore
+    leaves it blocked there: terminate() then waited forever (seen once in ten runs)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @contextmanager
 def open_runner(name: str, workers: int, service: FarmUp | None, addr: str) -> Iterator[Runner]:
     """The executor ``name``, warmed up; shut down on leaving."""
@@ -308,7 +316,7 @@ def open_runner(name: str, workers: int, service: FarmUp | None, addr: str) -> I
             stack.callback(lambda: lex.shutdown(wait=True, kill_workers=True))
             runner = futures_runner(name, lex)
         else:
-            pool = Pool(workers)
+            pool = Pool(workers, initializer=_default_sigterm)
             stack.callback(pool.join)  # last in, first out: terminate, then join
             stack.callback(pool.terminate)
             runner = pool_runner(pool)
