@@ -79,6 +79,13 @@ def test_a_200_mb_array_and_a_bytearray_round_trip_and_leave_no_file(shared: Far
         del back
         assert ex.submit(identity, blob).result() == blob
         assert list(ex.map(identity, [blob, b"small"])) == [blob, b"small"]
+        # A chunk over the limit travels as a file too, one argument per call (ARG_CHUNK)
+        # or a tuple of them (CHUNK), and so does the list of its results.
+        assert list(ex.map(identity, [blob, b"small", blob], chunksize=2)) == [blob, b"small", blob]
+        assert list(ex.map(add, [b"a", blob], [blob, b"b"], chunksize=2)) == [
+            b"a" + blob,
+            blob + b"b",
+        ]
         assert ex.submit(add, 1, 2).result() == 3
     assert shared.files() == []
     mode = os.stat(shared.spill).st_mode
