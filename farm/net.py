@@ -283,9 +283,12 @@ class Waker:
         return True
 
     def release_signals(self) -> None:
+        """Give back what ``claim_signals`` took; a wake-up fd someone else set since stays."""
         import signal
 
-        signal.set_wakeup_fd(-1)
+        current = signal.set_wakeup_fd(-1)
+        if current != self._writer.fileno():  # replaced meanwhile (a job's own event loop)
+            signal.set_wakeup_fd(current)
 
     def drain(self) -> None:
         try:

@@ -215,14 +215,15 @@ class Worker:
         goal = None if stop_after is None else self.jobs_done + stop_after
         selector = self._selector = selectors.DefaultSelector()
         selector.register(self._waker.reader, selectors.EVENT_READ, None)
-        signals_wake = self._waker.claim_signals()
         # Held grab only with one server: two servers must not push to one worker at once.
         held = len(self.servers) == 1
         self._servers = [
             _Server(a, WorkerSession(dict(self._timeouts), self.client_id, held_grab=held))
             for a in self.servers
         ]
+        signals_wake = False
         try:
+            signals_wake = self._waker.claim_signals()
             while True:
                 now = time.monotonic()
                 self._reconnect_due(now)

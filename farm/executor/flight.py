@@ -152,7 +152,10 @@ def take(
     are single chunks and end close together, while a map of many small chunks costs
     a few jobs rather than dozens.
     """
-    first = pending.popleft()
+    try:
+        first = pending.popleft()
+    except IndexError:  # emptied since the caller looked (shutdown's cancel_futures)
+        return items
     items.append(first)
     if not first.future.set_running_or_notify_cancel():
         items.pop()

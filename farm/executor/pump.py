@@ -152,6 +152,15 @@ class Pump:
                     self._send_pending()
                     self._flush()
                     return
+            except BaseException as exc:
+                # Calls half sent (a Ctrl-C here): the pump thread raises it and the executor
+                # breaks, failing them, as when it fails itself, instead of leaving them
+                # RUNNING for ever. A Ctrl-C goes on to the caller too (as in wait_here).
+                self._deferred = exc
+                self._wake()
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                return
             finally:
                 self._lock.release()
         self._wake()  # _sleeping was set before the pump's last look: it will see a byte

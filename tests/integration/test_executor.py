@@ -362,6 +362,38 @@ def test_map_sends_the_calls_of_a_generator_as_it_reads_them(
     assert heard == [b"ran"] * 2
 
 
+def test_a_ctrl_c_while_submit_sends_breaks_the_executor_instead_of_hanging(
+    shared_farm: ExecutorFarm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """submit sends from the caller's thread while the pump sleeps; a KeyboardInterrupt
+    there reaches the caller, and the executor breaks (its calls fail) rather than leaving
+    calls taken off the queue but never sent RUNNING for ever."""
+    with shared_farm.executor() as ex:
+        assert ex.submit(add, 1, 1).result(timeout=30) == 2  # the pump is up, and asleep
+        pump = ex._pump
+        send = pump._send_pending
+        caller = threading.get_ident()
+
+        def interrupted() -> None:
+            send()
+            if threading.get_ident() == caller:  # the pump thread's own sends go through
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(pump, "_send_pending", interrupted)
+        for _ in range(50):  # the pump may be awake (a late reply) when we submit: again
+            wait_for("the pump to sleep", lambda: pump._sleeping)
+            try:
+                assert ex.submit(add, 2, 2).result(timeout=30) == 4
+            except KeyboardInterrupt:
+                break
+        else:
+            pytest.fail("submit never sent from the caller's thread")
+        monkeypatch.setattr(pump, "_send_pending", send)
+        assert pump.finished.wait(30), "the pump thread ended"
+        with pytest.raises(farm.executor.BrokenFarmExecutor):
+            ex.submit(add, 3, 3)
+
+
 # -- the concurrent.futures contract: no future left pending, no worker killed --
 
 

@@ -45,3 +45,9 @@ def test_a_cancelled_call_stays_out() -> None:
     items: list[WorkItem] = []
     take(pending, items, MAX_BATCH, 1)
     assert all(not i.future.cancelled() for i in items) and len(items) == 10
+
+
+def test_a_deque_emptied_meanwhile_gives_no_call() -> None:
+    # The pump looked at the deque, then shutdown(cancel_futures=True) took everything.
+    items: list[WorkItem] = []
+    assert take(deque(), items, MAX_BATCH, 2) == []
