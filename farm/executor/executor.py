@@ -31,7 +31,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Executor as _BaseExecutor
 from concurrent.futures import Future
 from concurrent.futures._base import PENDING, RUNNING
@@ -393,8 +393,22 @@ def _results(futures: list[Future[Any]], end_time: float | None, *, chunked: boo
     """
     futures.reverse()  # pop() from the end is O(1) and drops each reference when done
     if chunked:
-        return chain.from_iterable(_chunks(futures, end_time))
+        return _ChunkValues.of(_chunks(futures, end_time))
     return _each(futures, end_time)
+
+
+class _ChunkValues(chain[Any]):
+    """``chain`` (C iteration) with a generator's ``close()``, as ProcessPoolExecutor.map's
+    iterator has: what is not due yet is cancelled at once."""
+
+    close: Callable[[], None]
+
+    @classmethod
+    def of(cls, chunks: Generator[Iterator[Any], None, None]) -> _ChunkValues:
+        values = cls.from_iterable(chunks)
+        assert isinstance(values, cls), "from_iterable makes an instance of the subclass"
+        values.close = chunks.close
+        return values
 
 
 def _each(futures: list[Future[Any]], end_time: float | None) -> Iterator[Any]:
@@ -407,7 +421,9 @@ def _each(futures: list[Future[Any]], end_time: float | None) -> Iterator[Any]:
             future.cancel()
 
 
-def _chunks(futures: list[Future[Any]], end_time: float | None) -> Iterator[Iterator[Any]]:
+def _chunks(
+    futures: list[Future[Any]], end_time: float | None
+) -> Generator[Iterator[Any], None, None]:
     """Per chunk, an iterator that pops its values in order (its list empties as it goes)."""
     try:
         while futures:

@@ -54,3 +54,14 @@ def test_a_failed_chunk_raises_after_the_values_before_it() -> None:
     assert [next(results), next(results)] == [1, 2]
     with pytest.raises(ValueError, match="chunk 2"):
         next(results)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_close_cancels_the_calls_not_yet_due_as_a_generator_does(chunked: bool) -> None:
+    later: list[Future[Any]] = [Future(), Future()]
+    results = _results([done([1] if chunked else 1), *later], None, chunked=chunked)
+    assert next(results) == 1
+    results.close()  # type: ignore[attr-defined]  # map's iterator, as ProcessPoolExecutor's
+    assert all(f.cancelled() for f in later)
+    with pytest.raises(StopIteration):
+        next(results)
