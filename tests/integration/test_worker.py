@@ -190,8 +190,14 @@ def test_work_in_the_main_thread_holds_the_signal_wakeup_fd_then_gives_it_back(
     assert signal.set_wakeup_fd(-1) == -1
     worker = farm.Worker(any_server.addr)
     worker.register("peek", peek)
+    answers: list[bytes] = []
     with farm.Client(any_server.addr) as client:
-        threading.Thread(target=client.call, args=("peek", b""), daemon=True).start()
+        caller = threading.Thread(
+            target=lambda: answers.append(client.call("peek", b"")), daemon=True
+        )
+        caller.start()
         worker.work(stop_after=1)
+        caller.join(30)  # the answer is read before the client closes
+    assert answers == [b""]
     assert seen and seen[0] != -1
     assert signal.set_wakeup_fd(-1) == -1, "work() left its wake-up fd installed"
