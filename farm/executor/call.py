@@ -27,7 +27,7 @@ from farm.executor.payload import (
     BROKEN,
     CALL_ID_SIZE,
     CHUNK,
-    CHUNK_BATCH,
+    CHUNK_KINDS,
     DIGEST_SIZE,
     ERROR,
     INITIALIZER,
@@ -82,6 +82,8 @@ TARGET = "farm.executor.call:run_call"
 BATCH_FLUSH_EVERY = 0.1
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
+#: The kind of the calls each batch kind carries.
+_BATCHED = {BATCH: SINGLE} | {batch: chunk for chunk, batch in CHUNK_KINDS.items()}
 
 
 _signer: Signer | None = None
@@ -141,8 +143,7 @@ def run_call(job: Any) -> bytes:
         spilled = kind & SPILLED
         kind &= KIND_MASK
         if failure is not None:
-            batched = kind in (BATCH, CHUNK_BATCH, ARG_CHUNK_BATCH)
-            broken: Any = (0, [failure]) if batched else failure
+            broken: Any = (0, [failure]) if kind in _BATCHED else failure
             return signer.seal(RESULT, call_id + _dump_outcome(broken))
         if spilled:  # the pickle is in a file: checked against the signed reference first
             try:
@@ -156,7 +157,7 @@ def run_call(job: Any) -> bytes:
     if kind > ARG_CHUNK_BATCH:  # a caller newer than this worker: say so, run nothing
         unknown = TypeError(f"call kind {kind} is unknown to this worker: upgrade the farm")
         return _seal_result(signer, call_id, _dump_outcome((ERROR, unknown, "")))
-    if kind in (BATCH, CHUNK_BATCH, ARG_CHUNK_BATCH):
+    if kind in _BATCHED:
         fn_bytes = bytes(body[4 : 4 + fn_size])
         return _run_batch(job, signer, call_id, fn_bytes, calls_data, _BATCHED[kind])
     try:
@@ -269,10 +270,6 @@ def _run_batch(
             first, outcomes = index + 1, []
             flush_at = time.monotonic() + BATCH_FLUSH_EVERY
     return _seal_result(signer, call_id, _dump_batch(first, outcomes), len(outcomes), first)
-
-
-#: The kind of the calls a batch kind carries.
-_BATCHED = {BATCH: SINGLE, CHUNK_BATCH: CHUNK, ARG_CHUNK_BATCH: ARG_CHUNK}
 
 
 def _remote_traceback(exc: BaseException) -> str:

@@ -392,9 +392,8 @@ def _results(futures: list[Future[Any]], end_time: float | None, *, chunked: boo
     more than a tiny call's whole round trip (20,000 values: 1.8 ms, against 0.7).
     """
     futures.reverse()  # pop() from the end is O(1) and drops each reference when done
-    if chunked:
-        return _ChunkValues.of(_chunks(futures, end_time))
-    return _each(futures, end_time)
+    due = _each(futures, end_time)
+    return _ChunkValues.of(due) if chunked else due
 
 
 class _ChunkValues(chain[Any]):
@@ -404,14 +403,14 @@ class _ChunkValues(chain[Any]):
     close: Callable[[], None]
 
     @classmethod
-    def of(cls, chunks: Generator[Iterator[Any], None, None]) -> _ChunkValues:
-        values = cls.from_iterable(chunks)
+    def of(cls, chunks: Generator[list[Any], None, None]) -> _ChunkValues:
+        values = cls.from_iterable(map(_popping, chunks))
         assert isinstance(values, cls), "from_iterable makes an instance of the subclass"
         values.close = chunks.close
         return values
 
 
-def _each(futures: list[Future[Any]], end_time: float | None) -> Iterator[Any]:
+def _each(futures: list[Future[Any]], end_time: float | None) -> Generator[Any, None, None]:
     try:
         while futures:
             left = None if end_time is None else end_time - time.monotonic()
@@ -421,19 +420,10 @@ def _each(futures: list[Future[Any]], end_time: float | None) -> Iterator[Any]:
             future.cancel()
 
 
-def _chunks(
-    futures: list[Future[Any]], end_time: float | None
-) -> Generator[Iterator[Any], None, None]:
-    """Per chunk, an iterator that pops its values in order (its list empties as it goes)."""
-    try:
-        while futures:
-            left = None if end_time is None else end_time - time.monotonic()
-            chunk = _result_or_cancel(futures.pop(), left)
-            chunk.reverse()
-            yield map(_pop, repeat(chunk, len(chunk)))
-    finally:
-        for future in futures:
-            future.cancel()
+def _popping(chunk: list[Any]) -> Iterator[Any]:
+    """The chunk's values in order, each leaving the list as it is yielded."""
+    chunk.reverse()
+    return map(_pop, repeat(chunk, len(chunk)))
 
 
 _pop = list.pop

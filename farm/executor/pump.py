@@ -153,13 +153,8 @@ class Pump:
                     self._flush()
                     return
             except BaseException as exc:
-                # Calls half sent (a Ctrl-C here): the pump thread raises it and the executor
-                # breaks, failing them, as when it fails itself, instead of leaving them
-                # RUNNING for ever. A Ctrl-C goes on to the caller too (as in wait_here).
-                self._deferred = exc
-                self._wake()
-                if isinstance(exc, KeyboardInterrupt):
-                    raise
+                # Calls half sent (a Ctrl-C here) would stay RUNNING for ever: break instead.
+                self._defer(exc)
                 return
             finally:
                 self._lock.release()
@@ -212,13 +207,9 @@ class Pump:
                     self._flush()
                 except BaseException as exc:
                     # Half-done bookkeeping (or a done-callback raising SystemExit, which
-                    # breaks the executor as when the pump thread runs it): the pump thread
-                    # raises it and the executor breaks. A Ctrl-C goes on to the caller too;
-                    # one that lands in poll() above leaves the executor whole.
-                    self._deferred = exc
-                    self._wake()
-                    if isinstance(exc, KeyboardInterrupt):
-                        raise
+                    # breaks the executor as when the pump thread runs it). A Ctrl-C that
+                    # lands in poll() above leaves the executor whole.
+                    self._defer(exc)
                     return
                 if (
                     self.broken is not None
@@ -234,6 +225,15 @@ class Pump:
             for fd, conn in conns.items():
                 if self._conns.get(conn.addr) is conn:
                     self._selector.modify(fd, conn.events, conn)
+
+    def _defer(self, exc: BaseException) -> None:
+        """What went wrong in another thread's turn at the pump's work: the pump thread
+        raises it and the executor breaks, failing what that turn left half done, as when
+        the pump fails itself. A Ctrl-C goes on to the caller too."""
+        self._deferred = exc
+        self._wake()
+        if isinstance(exc, KeyboardInterrupt):
+            raise exc
 
     def reading_here(self) -> bool:
         """Whether the calling thread reads replies in wait_here (it runs done-callbacks)."""
