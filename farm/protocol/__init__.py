@@ -39,6 +39,7 @@ from farm.protocol.codec import (
     encode,
     encode_req,
     encode_res,
+    frame_res,
 )
 
 __all__ = [
@@ -66,4 +67,5 @@ __all__ = [
     "encode",
     "encode_req",
     "encode_res",
+    "frame_res",
 ]

@@ -41,6 +41,7 @@ __all__ = [
     "encode",
     "encode_req",
     "encode_res",
+    "frame_res",
 ]
 
 REQ = b"\0REQ"
@@ -200,6 +201,7 @@ PACKETS: dict[int, PacketSpec] = {
 _NARGS = {t: s.nargs for t, s in PACKETS.items()}
 _ARGS = {t: s.args for t, s in PACKETS.items()}
 _NO_ARGS: tuple[bytes, ...] = ()
+_tuple_new = tuple.__new__
 
 
 class ProtocolError(Exception):
@@ -248,11 +250,21 @@ def encode(magic: bytes, ptype: int, *args: bytes) -> bytes:
         raise LocalProtocolError(f"unknown packet type {ptype}")
     if len(args) != nargs:
         raise LocalProtocolError(f"{PACKETS[ptype].name} takes {nargs} arguments, got {len(args)}")
-    for arg in args[:-1]:
-        if b"\0" in arg:
-            raise LocalProtocolError(f"{PACKETS[ptype].name}: NUL inside a non-final argument")
     body = b"\0".join(args)
-    return HEADER.pack(magic, ptype, len(body)) + body
+    size = len(body)
+    # The separators must be the only NULs before the last argument (which may hold any):
+    # one count in C instead of a search per argument.
+    if nargs > 1 and body.count(b"\0", 0, size - len(args[-1])) != nargs - 1:
+        raise LocalProtocolError(f"{PACKETS[ptype].name}: NUL inside a non-final argument")
+    return HEADER.pack(magic, ptype, size) + body
+
+
+def frame_res(ptype: int, *args: bytes) -> bytes:
+    """A packet from the server, unchecked: for the server's hot replies, whose arguments
+    are its own handles and what it decoded from the wire (split on NUL, so only the last
+    can hold one). Anything else goes through ``encode_res``."""
+    body = b"\0".join(args)
+    return HEADER.pack(RES, ptype, len(body)) + body
 
 
 def encode_req(ptype: int, *args: bytes) -> bytes:
@@ -273,11 +285,12 @@ class Decoder:
     the client side, where every byte must be binary.
     """
 
-    __slots__ = ("_buf", "_error", "max_packet", "allow_admin")
+    __slots__ = ("_buf", "error", "max_packet", "allow_admin")
 
     def __init__(self, *, max_packet: int = DEFAULT_MAX_PACKET, allow_admin: bool = True) -> None:
         self._buf = bytearray()
-        self._error: ProtocolError | None = None
+        #: The protocol error held back by the last ``feed`` (raised by ``check``), if any.
+        self.error: ProtocolError | None = None
         self.max_packet = max_packet
         self.allow_admin = allow_admin
 
@@ -293,69 +306,84 @@ class Decoder:
         otherwise the events before it are returned and the error is kept for
         ``check()`` (or the next ``feed``), so no good packet is lost to a bad one.
         """
-        if self._error is not None:
+        if self.error is not None:
             self.check()
         buf = self._buf
-        buf += data
+        # Most reads hold whole packets and nothing waits before them: those are decoded
+        # from ``data`` itself, whose slices are already the bytes the arguments must be.
+        # Otherwise the bytes go to the buffer first, as a large body arriving in pieces
+        # must (appending is linear; re-joining each piece would be quadratic).
+        if buf:
+            buf += data
+            src: bytes | bytearray = buf
+        else:
+            src = data if data.__class__ is bytes else bytes(data)
         events: list[Packet | AdminLine] = []
         pos = 0
-        end = len(buf)
+        end = len(src)
         unpack = HEADER.unpack_from
+        max_packet = self.max_packet
         try:
             while pos < end:
-                if buf[pos] != 0:
+                if src[pos] != 0:
                     if not self.allow_admin:
                         raise ProtocolError("expected a binary packet", code="INVALID_MAGIC")
-                    nl = buf.find(b"\n", pos)
+                    nl = src.find(b"\n", pos)
                     if nl < 0:
                         if end - pos > MAX_ADMIN_LINE:
                             raise ProtocolError("admin line too long")
                         break
-                    line = bytes(buf[pos:nl]).rstrip(b"\r")
+                    line = bytes(src[pos:nl]).rstrip(b"\r")
                     pos = nl + 1
                     events.append(AdminLine(line.decode("utf-8", "replace")))
                     continue
                 if end - pos < HEADER_SIZE:
                     break
-                magic, ptype, size = unpack(buf, pos)
+                magic, ptype, size = unpack(src, pos)
                 if magic != REQ and magic != RES:
                     raise ProtocolError(f"bad magic {magic!r}", code="INVALID_MAGIC")
                 nargs = _NARGS.get(ptype)
                 if nargs is None:
                     raise ProtocolError(f"unknown packet type {ptype}")
-                if size > self.max_packet:
+                if size > max_packet:
                     raise ProtocolError(
-                        f"packet body of {size} bytes exceeds the limit of {self.max_packet}",
+                        f"packet body of {size} bytes exceeds the limit of {max_packet}",
                         code="ARGUMENT_TOO_LARGE",
                     )
                 stop = pos + HEADER_SIZE + size
                 if stop > end:
                     break
                 if nargs == 0:
-                    events.append(Packet(magic, ptype, _NO_ARGS))
+                    events.append(_tuple_new(Packet, (magic, ptype, _NO_ARGS)))
                     pos = stop
                     continue
-                parts = bytes(buf[pos + HEADER_SIZE : stop]).split(b"\0", nargs - 1)
+                body = src[pos + HEADER_SIZE : stop]
+                parts = (body if src is data else bytes(body)).split(b"\0", nargs - 1)
                 pos = stop
                 if len(parts) != nargs:
                     raise ProtocolError(
                         f"{PACKETS[ptype].name} needs {nargs} arguments, got {len(parts)}",
                         fatal=False,
                     )
-                # tuple.__new__ rather than _make: the same named tuple, without a call layer.
-                events.append(Packet(magic, ptype, tuple.__new__(_ARGS[ptype], parts)))
+                # tuple.__new__ rather than the named tuples' own __new__ (a Python function):
+                # the same objects, one call layer less per packet.
+                args = _tuple_new(_ARGS[ptype], parts)
+                events.append(_tuple_new(Packet, (magic, ptype, args)))
         except ProtocolError as exc:
             if not events:
                 raise
-            self._error = exc
+            self.error = exc
         finally:
             # Keep what was decoded even when a later packet in the same read is bad.
-            if pos:
-                del buf[:pos]
+            if src is buf:
+                if pos:
+                    del buf[:pos]
+            elif pos < end:
+                buf += memoryview(src)[pos:]
         return events
 
     def check(self) -> None:
         """Raise the protocol error held back by the last ``feed``, if any."""
-        exc, self._error = self._error, None
+        exc, self.error = self.error, None
         if exc is not None:
             raise exc

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 from farm import protocol as p
 from farm.protocol import PacketType as T
-from farm.protocol import encode_res
-from farm.protocol.kinds import Priority, SubmitKind
+from farm.protocol import encode_res, frame_res
+from farm.protocol.kinds import SUBMIT_KINDS, Priority, SubmitKind
 from farm.server.hub import Hub
 from farm.server.jobs import JobServer, QueueFull
 from farm.server.queues import Peer, Timer
@@ -63,7 +63,9 @@ class ClientSide:
         if len(unique) > p.MAX_UNIQUE:
             self.send(error("ARGUMENT_TOO_LARGE", "Unique value too large"))
             return
-        if not self.function_ok(function) or not self.function_ok(reducer or b"x", "reducer"):
+        if (reducer is not None or not 0 < len(function) <= p.MAX_FUNCTION) and (
+            not self.function_ok(function) or not self.function_ok(reducer or b"x", "reducer")
+        ):
             return
         background = kind.background
         try:
@@ -86,9 +88,9 @@ class ClientSide:
         if background and job.store_id and self.hub.must_hold():
             self.hold_created(job.handle)
         elif self.lazy_created and not background:
-            self.send_lazily(encode_res(T.JOB_CREATED, job.handle))
+            self.send_lazily(frame_res(T.JOB_CREATED, job.handle))
         else:
-            self.send(encode_res(T.JOB_CREATED, job.handle))
+            self.send(frame_res(T.JOB_CREATED, job.handle))
 
     def send_lazily(self, data: bytes) -> None:
         """Queue ``data`` without asking for a write of its own: it leaves with whatever
@@ -110,9 +112,9 @@ class ClientSide:
             self.dirty = True
             self.hub.dirty.append(self)  # type: ignore[arg-type]  # a Connection, a Writer
 
-    def submit(self, args: tuple[bytes, ...], kind: SubmitKind) -> None:
+    def submit(self, args: tuple[bytes, ...], ptype: int) -> None:
         function, unique, data = args
-        self.on_submit(kind, function, unique, data)
+        self.on_submit(SUBMIT_KINDS[ptype], function, unique, data)  # type: ignore[index]
 
     def submit_epoch(self, args: tuple[bytes, ...]) -> None:
         function, unique, epoch, data = args
@@ -126,8 +128,9 @@ class ClientSide:
             return
         self.on_submit(EPOCH, function, unique, data, when=float(seconds))
 
-    def submit_reduce(self, args: tuple[bytes, ...], kind: SubmitKind) -> None:
+    def submit_reduce(self, args: tuple[bytes, ...], ptype: int) -> None:
         function, unique, reducer, _aggregator, data = args
+        kind = REDUCE_BG if ptype == T.SUBMIT_REDUCE_JOB_BACKGROUND else REDUCE
         self.on_submit(kind, function, unique, data, reducer=reducer)
 
     def submit_sched(self, args: tuple[bytes, ...]) -> None:

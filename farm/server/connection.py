@@ -22,10 +22,10 @@ from collections.abc import Callable
 
 from farm import protocol as p
 from farm.protocol import PacketType as T
-from farm.protocol import encode_res
+from farm.protocol import encode_res, frame_res
 from farm.protocol.kinds import SUBMIT_KINDS
 from farm.server.admin import run_admin
-from farm.server.clientside import REDUCE, REDUCE_BG, ClientSide
+from farm.server.clientside import ClientSide
 from farm.server.hub import Hub
 from farm.server.jobs import Job, Outcome, Progress
 from farm.server.queues import Timer
@@ -79,7 +79,6 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
         self.may_hold_grab = False
         self.held_grab = 0
         self.pushed: Job | None = None
-        self.push_timer: Timer | None = None
         self.heard_since_push = False
         self.read_accept = False  # docs/held-grab.md: having read a pushed job accepts it
         # docs/held-grab.md "lazy-created": foreground JOB_CREATEDs ride with the next write.
@@ -127,6 +126,7 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
         self.waiting_on.clear()
         self.hub.partial_bytes -= self.partial
         self.partial = 0
+        self.hub.unaccepted.discard(self)
         self.hub.connections.discard(self)
         self.detach()
         self.hub.flush_soon()
@@ -171,17 +171,26 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
         self.hub.stats.bytes_in += len(data)
         if self.pushed is not None:
             self.heard_since_push = True  # read-accept: a worker that talks is not stopped
+        decoder = self.decoder
         try:
-            events = self.decoder.feed(data)
-            for event in events:
-                if isinstance(event, p.Packet):
-                    self.handle_packet(event)
+            for event in decoder.feed(data):
+                if event.__class__ is p.Packet:
+                    magic, ptype, args = event
+                    handler = HANDLERS.get(ptype)
+                    if magic != p.REQ:
+                        self.send(error("INVALID_MAGIC", "Request magic expected"))
+                    elif handler is None:
+                        self.send(error("INVALID_COMMAND", "Command not expected"))
+                    else:
+                        handler(self, args, ptype)
                 else:
-                    self.handle_admin(event.line)
+                    self.handle_admin(event.line)  # type: ignore[union-attr]  # an AdminLine
                 if self.closed:
                     break
-            self.decoder.check()
-            self.count_partial()
+            if decoder.error is not None:
+                decoder.check()
+            if decoder.buffered != self.partial:
+                self.count_partial()
         except p.ProtocolError as exc:
             self.protocol_error(exc)
         except Exception:
@@ -235,7 +244,7 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
             return
         refusal = error("QUEUE_ERROR", refusal_text) if failed else b""
         for handle, after in held:
-            self.out += refusal if handle in failed else encode_res(T.JOB_CREATED, handle)
+            self.out += refusal if handle in failed else frame_res(T.JOB_CREATED, handle)
             self.out += after
         if not self.dirty:
             self.dirty = True
@@ -244,15 +253,15 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
     # -- what the job model tells this connection ------------------------------
 
     def job_progress(self, job: Job, kind: Progress, fields: tuple[bytes, ...]) -> None:
-        self.send(encode_res(PROGRESS_PACKET[kind], job.handle, *fields))
+        self.send(frame_res(PROGRESS_PACKET[kind], job.handle, *fields))
 
     def job_ended(self, job: Job, outcome: Outcome, data: bytes) -> None:
         if outcome is Outcome.COMPLETE:
-            self.send(encode_res(T.WORK_COMPLETE, job.handle, data))
+            self.send(frame_res(T.WORK_COMPLETE, job.handle, data))
         elif outcome is Outcome.EXCEPTION and self.exceptions:
-            self.send(encode_res(T.WORK_EXCEPTION, job.handle, data))
+            self.send(frame_res(T.WORK_EXCEPTION, job.handle, data))
         else:  # a failure, or an exception for a client that did not ask for them
-            self.send(encode_res(T.WORK_FAIL, job.handle))
+            self.send(frame_res(T.WORK_FAIL, job.handle))
 
     def flush(self) -> None:
         self.dirty = False
@@ -284,16 +293,6 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
             self.detach()
 
     # -- packets -------------------------------------------------------------
-
-    def handle_packet(self, pkt: p.Packet) -> None:
-        if pkt.magic != p.REQ:
-            self.send(error("INVALID_MAGIC", "Request magic expected"))
-            return
-        handler = HANDLERS.get(pkt.type)
-        if handler is None:
-            self.send(error("INVALID_COMMAND", "Command not expected"))
-            return
-        handler(self, pkt.args)
 
     def work_update(self, args: tuple[bytes, ...], ptype: int) -> None:
         handle = args[0]
@@ -398,37 +397,40 @@ NOT_FOUND_TEXT: dict[int, str] = {
 }
 _echo = T.ECHO_RES
 
-Handler = Callable[[Connection, tuple[bytes, ...]], None]
+#: A packet's handler: the connection, the packet's arguments, its type. The hot ones
+#: (submits, grabs, a worker's news) are methods that take the type; the others are
+#: adapted to the one signature here, so each packet is one call from ``data_received``.
+Handler = Callable[[Connection, tuple[bytes, ...], int], None]
 
 
-def _bind(method: Callable[..., None], *extra: object) -> Handler:
-    return lambda conn, args: method(conn, args, *extra)
+def _args_only(method: Callable[[Connection, tuple[bytes, ...]], None]) -> Handler:
+    return lambda conn, args, _ptype: method(conn, args)
 
 
 HANDLERS: dict[int, Handler] = {
-    T.CAN_DO: Connection.can_do,
-    T.CANT_DO: lambda c, a: c.jobs.cant_do(c, a[0]),
-    T.RESET_ABILITIES: Connection.reset_abilities,
-    T.PRE_SLEEP: lambda c, a: c.jobs.pre_sleep(c),
-    T.GRAB_JOB: _bind(Connection.grab, T.GRAB_JOB),
-    T.GRAB_JOB_UNIQ: _bind(Connection.grab, T.GRAB_JOB_UNIQ),
-    T.GRAB_JOB_ALL: _bind(Connection.grab, T.GRAB_JOB_ALL),
-    T.WORK_STATUS: _bind(Connection.work_update, T.WORK_STATUS),
-    T.WORK_COMPLETE: _bind(Connection.work_update, T.WORK_COMPLETE),
-    T.WORK_FAIL: _bind(Connection.work_update, T.WORK_FAIL),
-    T.WORK_EXCEPTION: _bind(Connection.work_update, T.WORK_EXCEPTION),
-    T.WORK_DATA: _bind(Connection.work_update, T.WORK_DATA),
-    T.WORK_WARNING: _bind(Connection.work_update, T.WORK_WARNING),
-    T.JOB_ACCEPT: Connection.accept,
-    T.GET_STATUS: Connection.get_status,
-    T.GET_STATUS_UNIQUE: Connection.get_status_unique,
-    T.ECHO_REQ: lambda c, a: c.send(encode_res(_echo, a[0])),
-    T.SET_CLIENT_ID: Connection.set_client_id,
-    T.CAN_DO_TIMEOUT: Connection.can_do_timeout,
-    T.OPTION_REQ: Connection.option,
-    T.SUBMIT_JOB_EPOCH: Connection.submit_epoch,
-    T.SUBMIT_JOB_SCHED: Connection.submit_sched,
-    T.SUBMIT_REDUCE_JOB: _bind(Connection.submit_reduce, REDUCE),
-    T.SUBMIT_REDUCE_JOB_BACKGROUND: _bind(Connection.submit_reduce, REDUCE_BG),
-    **{t: _bind(Connection.submit, kind) for t, kind in SUBMIT_KINDS.items()},
+    T.CAN_DO: _args_only(Connection.can_do),
+    T.CANT_DO: lambda c, a, _: c.jobs.cant_do(c, a[0]),
+    T.RESET_ABILITIES: _args_only(Connection.reset_abilities),
+    T.PRE_SLEEP: lambda c, a, _: c.jobs.pre_sleep(c),
+    T.GRAB_JOB: Connection.grab,
+    T.GRAB_JOB_UNIQ: Connection.grab,
+    T.GRAB_JOB_ALL: Connection.grab,
+    T.WORK_STATUS: Connection.work_update,
+    T.WORK_COMPLETE: Connection.work_update,
+    T.WORK_FAIL: Connection.work_update,
+    T.WORK_EXCEPTION: Connection.work_update,
+    T.WORK_DATA: Connection.work_update,
+    T.WORK_WARNING: Connection.work_update,
+    T.JOB_ACCEPT: _args_only(Connection.accept),
+    T.GET_STATUS: _args_only(Connection.get_status),
+    T.GET_STATUS_UNIQUE: _args_only(Connection.get_status_unique),
+    T.ECHO_REQ: lambda c, a, _: c.send(encode_res(_echo, a[0])),
+    T.SET_CLIENT_ID: _args_only(Connection.set_client_id),
+    T.CAN_DO_TIMEOUT: _args_only(Connection.can_do_timeout),
+    T.OPTION_REQ: _args_only(Connection.option),
+    T.SUBMIT_JOB_EPOCH: _args_only(Connection.submit_epoch),
+    T.SUBMIT_JOB_SCHED: _args_only(Connection.submit_sched),
+    T.SUBMIT_REDUCE_JOB: Connection.submit_reduce,
+    T.SUBMIT_REDUCE_JOB_BACKGROUND: Connection.submit_reduce,
+    **dict.fromkeys(SUBMIT_KINDS, Connection.submit),
 }

@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from farm.server.deadlines import Deadlines
 from farm.server.queues import HIGH, LOW, NORMAL, FunctionQueue, Job, Outcome, Peer, Timer
 
 __all__ = ["Dispatch", "MAX_EXPIRED", "WAKE_DEADLINE"]
@@ -36,6 +37,7 @@ class Dispatch:
     job_retries: int
     poison: deque[tuple[bytes, bytes, bytes]]
     on_idle: Callable[[], None] | None
+    wakes: Deadlines[Peer, FunctionQueue]  # woken workers that have not come to grab yet
     function: Callable[[bytes], FunctionQueue]
     note_unused: Callable[[bytes], None]
     running_count: Callable[[], int]
@@ -77,6 +79,7 @@ class Dispatch:
         gone = list(worker.abilities)
         worker.abilities.clear()
         worker.sleeping = worker.woken = False
+        self.wakes.discard(worker)
         for job in list(worker.running.values()):
             self._requeue(worker, job)
         for function in gone:
@@ -109,6 +112,7 @@ class Dispatch:
         self._unsleep(worker)
         if worker.woken:
             worker.woken = False
+            self.wakes.discard(worker)
             for function in worker.abilities:
                 fq = self.functions.get(function)
                 if fq is not None and function in self.ready:
@@ -126,8 +130,7 @@ class Dispatch:
             self._unsleep(worker)
             worker.wake()
             worker.woken = True
-            if self.call_later is not None:
-                self.call_later(WAKE_DEADLINE, lambda: self._wake_deadline(worker, fq))
+            self.wakes.add(worker, fq)
 
     def _wake_deadline(self, worker: Peer, fq: FunctionQueue) -> None:
         if not worker.woken:
@@ -158,7 +161,9 @@ class Dispatch:
 
     def grab(self, worker: Peer) -> Job | None:
         """GRAB_JOB*: hand the worker its next job, or None for NO_JOB."""
-        worker.woken = False
+        if worker.woken:
+            worker.woken = False
+            self.wakes.discard(worker)
         if worker.sleeping:
             self._unsleep(worker)
         if worker.draining:

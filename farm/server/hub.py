@@ -22,7 +22,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from farm.server.jobs import Job, JobServer
+from farm.server.deadlines import Deadlines
+from farm.server.jobs import WAKE_DEADLINE, Job, JobServer
 from farm.server.metrics import ServerStats
 from farm.server.options import ServerOptions
 from farm.server.queues import Timer
@@ -66,6 +67,9 @@ class Writer(Protocol):
     def push(self) -> None:
         """Answer this worker's held grab with the job it was woken for, if still there."""
 
+    def not_accepted(self, job: Job) -> None:
+        """The job pushed to this worker was not accepted within WAKE_DEADLINE."""
+
 
 class Hub:
     """The state of one server that its connections share."""
@@ -77,6 +81,10 @@ class Hub:
         self.dirty: list[Writer] = []
         self.holding: list[Writer] = []  # connections holding replies until the store commits
         self.pushes: list[Writer] = []  # workers with a held grab woken this turn
+        # Jobs pushed to held grabs and not accepted yet (docs/held-grab.md), by worker.
+        self.unaccepted: Deadlines[Writer, Job] = Deadlines(
+            WAKE_DEADLINE, _not_accepted, self.call_later
+        )
         self.partial_bytes = 0  # bytes of not yet whole packets, over all connections
         self.stats = ServerStats()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -157,6 +165,10 @@ class Hub:
         if self.store is not None:
             self.store.close()
             self.store = None
+
+
+def _not_accepted(worker: Writer, job: Job) -> None:
+    worker.not_accepted(job)
 
 
 class _Inert:

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 
 from farm.protocol.kinds import Priority
+from farm.server.deadlines import Deadlines
 from farm.server.dispatch import MAX_EXPIRED, WAKE_DEADLINE, Dispatch
 from farm.server.queues import (
     NORMAL,
@@ -87,6 +88,9 @@ class JobServer(Dispatch):
         self.epoch_heap: list[tuple[float, int, Job]] = []
         self.poison: deque[tuple[bytes, bytes, bytes]] = deque(maxlen=1000)
         self.call_later = call_later
+        self.wakes: Deadlines[Peer, FunctionQueue] = Deadlines(
+            WAKE_DEADLINE, self._wake_deadline, call_later
+        )
         self.store = store
         self._epoch_timer: Timer | None = None
         self.on_idle: Callable[[], None] | None = None
@@ -165,15 +169,12 @@ class JobServer(Dispatch):
                 elif client is not None:
                     self._attach(job, client)
                 return job
-        fq = self.function(function)
+        fq = self.functions.get(function) or self.function(function)
+        size = _held(function, unique, data, reducer)
         # A replayed job was accepted once already; limits only guard new work.
         if not store_id and (
             fq.full(priority)
-            or (
-                self.max_queued_bytes
-                and self.queued_bytes + _held(function, unique, data, reducer)
-                > self.max_queued_bytes
-            )
+            or (self.max_queued_bytes and self.queued_bytes + size > self.max_queued_bytes)
         ):
             raise QueueFull(function.decode("utf-8", "replace"))
         handle = self.prefix + str(next(self._counter)).encode()
@@ -181,11 +182,12 @@ class JobServer(Dispatch):
             handle, function, unique, data, priority, background, reducer, when, next(self._seq)
         )
         job.key = key
+        job.size = size
         if store_id:
             job.store_id = store_id
         elif background and self.store is not None:
             job.store_id = self._store_add(job)  # may raise StoreError: nothing registered yet
-        self.queued_bytes += _held(function, unique, data, reducer)
+        self.queued_bytes += size
         self.jobs[handle] = job
         if key:
             self.uniques[(function, key)] = job
@@ -335,7 +337,7 @@ class JobServer(Dispatch):
 
     def _forget(self, job: Job) -> None:
         if self.jobs.pop(job.handle, None) is not None:
-            self.queued_bytes -= _held(job.function, job.unique, job.data, job.reducer)
+            self.queued_bytes -= job.size
         if job.store_id and self.store is not None:
             self.store.remove(job.store_id)
             job.store_id = 0

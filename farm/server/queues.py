@@ -91,6 +91,7 @@ class Job:
         "store_id",
         "timer",
         "since",
+        "size",
     )
 
     def __init__(
@@ -124,6 +125,7 @@ class Job:
         self.store_id = 0  # row in the durable store; 0 when not stored
         self.timer: Timer | None = None
         self.since = 0.0  # monotonic: when it was queued, then when a worker took it
+        self.size = 0  # the bytes it holds, as --max-queued-bytes counts them (jobs._held)
 
     def __repr__(self) -> str:
         return f"<Job {self.handle.decode()} {self.function.decode()!r}>"

@@ -18,10 +18,10 @@ from collections.abc import Callable
 
 from farm import protocol as p
 from farm.protocol import PacketType as T
-from farm.protocol import encode_res
+from farm.protocol import encode_res, frame_res
 from farm.server.hub import Hub, Writer
 from farm.server.jobs import WAKE_DEADLINE, Job, JobServer
-from farm.server.queues import Peer, Timer
+from farm.server.queues import Peer
 
 __all__ = ["WorkerSide", "error", "NO_JOB", "NOOP", "RESERVED", "UCRED"]
 
@@ -53,7 +53,6 @@ class WorkerSide:
     may_hold_grab: bool
     held_grab: int  # the grab packet held (0: none)
     pushed: Job | None  # pushed to a held grab, not accepted yet
-    push_timer: Timer | None  # its deadline
     read_accept: bool  # negotiated: having read a pushed job accepts it
     heard_since_push: bool  # a packet came from the worker after the push
     transport: asyncio.Transport | None
@@ -89,16 +88,12 @@ class WorkerSide:
         self.assign(job, ptype)
         self.pushed = job
         self.heard_since_push = False
-        self.push_timer = self.hub.call_later(WAKE_DEADLINE, lambda: self.not_accepted(job))
+        self.hub.unaccepted.add(self.writer(), job)
 
     def accepted(self) -> None:
-        """The pushed job was accepted (JOB_ACCEPT, or news of it): no deadline left. The
-        timer is cancelled, not left to fire idle: a sequence of calls would otherwise wake
-        the server once more per call, half a second later."""
+        """The pushed job was accepted (JOB_ACCEPT, or news of it): no deadline left."""
         self.pushed = None
-        timer, self.push_timer = self.push_timer, None
-        if timer is not None:
-            timer.cancel()
+        self.hub.unaccepted.discard(self.writer())
 
     def read_everything(self) -> bool:
         """Whether the worker has read every byte sent to it: nothing waits in our
@@ -120,7 +115,7 @@ class WorkerSide:
     def not_accepted(self, job: Job) -> None:
         if self.pushed is not job or self.closed:
             return
-        self.pushed = self.push_timer = None
+        self.pushed = None
         if self.read_accept and (self.heard_since_push or self.read_everything()):
             # It took the job off the socket, or it still talks to us (so what we sent
             # after the push, such as an ECHO_RES, may wait unread behind it while it
@@ -167,7 +162,7 @@ class WorkerSide:
 
     def assign(self, job: Job, ptype: int) -> None:
         if ptype == T.GRAB_JOB:
-            self.send(encode_res(T.JOB_ASSIGN, job.handle, job.function, job.data))
+            self.send(frame_res(T.JOB_ASSIGN, job.handle, job.function, job.data))
         elif ptype == T.GRAB_JOB_ALL and job.reducer is not None:
             self.send(
                 encode_res(
@@ -175,7 +170,7 @@ class WorkerSide:
                 )
             )
         else:
-            self.send(encode_res(T.JOB_ASSIGN_UNIQ, job.handle, job.function, job.unique, job.data))
+            self.send(frame_res(T.JOB_ASSIGN_UNIQ, job.handle, job.function, job.unique, job.data))
 
     def room_for(self, function: bytes) -> bool:
         """A connection registers at most --max-abilities functions; past that it is closed

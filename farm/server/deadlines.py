@@ -1,0 +1,88 @@
+"""Many deadlines of one length behind one timer: the wake-up and push deadlines.
+
+Every job handed to a sleeping worker starts a deadline (WAKE_DEADLINE: come and
+grab, or accept the pushed job, within half a second), and nearly every one of
+them is met. A loop timer per deadline cost a timer handle, a closure and a
+cancel (or a late, idle firing) per job; here a deadline is one dict entry, and
+one timer serves them all. All deadlines of one ``Deadlines`` have the same
+length, so the dict's insertion order is their order of expiry: the timer is
+armed for the first one only, and meeting a deadline is a dict pop. The timer is
+not cancelled when the last deadline is met: it fires once, idle, at most once
+per length, instead of a cancel and a new timer per job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from time import monotonic
+from typing import Generic, TypeVar
+
+from farm.server.queues import Timer
+
+__all__ = ["Deadlines"]
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+#: The loop's timers are in milliseconds: one may fire this much before its time.
+RESOLUTION = 0.001
+
+CallLater = Callable[[float, Callable[[], None]], Timer]
+
+
+class Deadlines(Generic[K, V]):
+    """Deadlines of ``length`` seconds, at most one per key; ``on_due(key, value)`` is
+    called for each one that is not discarded in time. Without ``call_later`` (a server
+    driven by hand, as in tests) none ever fires, as with any timer of such a server."""
+
+    __slots__ = ("length", "on_due", "call_later", "entries", "timer")
+
+    def __init__(
+        self, length: float, on_due: Callable[[K, V], None], call_later: CallLater | None
+    ) -> None:
+        self.length = length
+        self.on_due = on_due
+        self.call_later = call_later
+        self.entries: dict[K, tuple[float, V]] = {}
+        self.timer: Timer | None = None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.entries
+
+    def add(self, key: K, value: V) -> None:
+        """Start ``key``'s deadline now (a running one for the same key is replaced)."""
+        entries = self.entries
+        if key in entries:
+            del entries[key]  # to the end: its deadline is now the latest
+        entries[key] = (monotonic() + self.length, value)
+        if self.timer is None and self.call_later is not None:
+            self.timer = self.call_later(self.length, self._fire)
+
+    def discard(self, key: K) -> None:
+        """``key`` met its deadline (or no longer has one)."""
+        self.entries.pop(key, None)
+
+    def _fire(self) -> None:
+        self.timer = None
+        entries = self.entries
+        now = monotonic()
+        while entries:
+            key = next(iter(entries))
+            due, value = entries[key]
+            if due > now + RESOLUTION:
+                break
+            del entries[key]
+            self.on_due(key, value)  # may add or discard deadlines
+        if entries and self.timer is None and self.call_later is not None:
+            first = entries[next(iter(entries))][0]
+            self.timer = self.call_later(max(0.0, first - monotonic()), self._fire)
+
+    def close(self) -> None:
+        """Forget every deadline and stop the timer (a server shutting down)."""
+        self.entries.clear()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None

@@ -1,0 +1,108 @@
+"""farm.server.deadlines: many deadlines of one length behind one loop timer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from farm.server.deadlines import Deadlines
+from farm.server.queues import Timer
+
+LENGTH = 0.05
+
+
+class Recorder:
+    """What fired (key, value, when), and how many loop timers were asked for."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.fired: list[tuple[str, int, float]] = []
+        self.timers = 0
+        self.done = asyncio.Event()
+        self.expect = 0
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        self.timers += 1
+        return self.loop.call_later(delay, callback)
+
+    def on_due(self, key: str, value: int) -> None:
+        self.fired.append((key, value, time.monotonic()))
+        if len(self.fired) >= self.expect:
+            self.done.set()
+
+
+def run(body: Callable[[Recorder], Awaitable[None]]) -> Recorder:
+    async def main() -> Recorder:
+        rec = Recorder(asyncio.get_running_loop())
+        await body(rec)
+        return rec
+
+    return asyncio.run(main())
+
+
+@pytest.mark.timeout(10)
+def test_deadlines_not_met_fire_in_order_on_one_timer() -> None:
+    async def body(rec: Recorder) -> None:
+        d: Deadlines[str, int] = Deadlines(LENGTH, rec.on_due, rec.call_later)
+        rec.expect = 3
+        started = time.monotonic()
+        for i, key in enumerate("abc"):
+            d.add(key, i)
+        await asyncio.wait_for(rec.done.wait(), 5)
+        assert [(k, v) for k, v, _ in rec.fired] == [("a", 0), ("b", 1), ("c", 2)]
+        assert all(when - started >= LENGTH - 0.002 for _, _, when in rec.fired), "not early"
+        assert rec.timers == 1, "three deadlines, one timer"
+        assert len(d) == 0
+
+    run(body)
+
+
+@pytest.mark.timeout(10)
+def test_a_met_deadline_never_fires_and_a_renewed_one_fires_late() -> None:
+    async def body(rec: Recorder) -> None:
+        d: Deadlines[str, int] = Deadlines(LENGTH, rec.on_due, rec.call_later)
+        rec.expect = 2
+        d.add("met", 1)
+        d.add("renewed", 2)
+        d.add("late", 3)
+        d.discard("met")
+        await asyncio.sleep(LENGTH / 2)
+        renewed_at = time.monotonic()
+        d.add("renewed", 4)  # its deadline starts again, behind "late"
+        await asyncio.wait_for(rec.done.wait(), 5)
+        assert [(k, v) for k, v, _ in rec.fired] == [("late", 3), ("renewed", 4)]
+        assert rec.fired[1][2] - renewed_at >= LENGTH - 0.002
+        assert rec.timers == 2, "the timer is armed again for the deadline left"
+
+    run(body)
+
+
+@pytest.mark.timeout(10)
+def test_a_deadline_added_from_on_due_is_kept() -> None:
+    async def body(rec: Recorder) -> None:
+        d: Deadlines[str, int] = Deadlines(LENGTH, lambda k, v: None, rec.call_later)
+
+        def again(key: str, value: int) -> None:
+            rec.on_due(key, value)
+            if value < 2:
+                d.add(key, value + 1)  # as waking another sleeper starts its deadline
+
+        d.on_due = again
+        rec.expect = 3
+        d.add("w", 0)
+        await asyncio.wait_for(rec.done.wait(), 5)
+        assert [v for _, v, _ in rec.fired] == [0, 1, 2]
+
+    run(body)
+
+
+def test_without_a_loop_nothing_fires_and_discard_forgets() -> None:
+    d: Deadlines[str, int] = Deadlines(LENGTH, lambda k, v: pytest.fail("fired"), None)
+    d.add("a", 1)
+    assert "a" in d and d.timer is None
+    d.discard("a")
+    d.discard("never added")
+    assert len(d) == 0
