@@ -145,8 +145,17 @@ class Dispatch:
     def _best_job(self, worker: Peer) -> Job | None:
         """Highest priority first, then oldest, across all the worker's functions."""
         functions, abilities, ready = self.functions, worker.abilities, self.ready
-        # Whichever is smaller: the worker's functions, or the functions with work.
-        names = [n for n in ready if n in abilities] if len(abilities) > len(ready) else abilities
+        # The functions it can do that have work, walking whichever set is smaller.
+        if len(abilities) > len(ready):
+            names = [n for n in ready if n in abilities]
+        else:
+            names = [n for n in abilities if n in ready]
+        if len(names) < 2:  # most workers: one function, or nothing to do
+            if not names:
+                return None
+            fq = functions[names[0]]
+            counts = fq.counts  # a function in ``ready`` has a live job of some priority
+            return fq.head(HIGH if counts[HIGH] else NORMAL if counts[NORMAL] else LOW)
         for priority in (HIGH, NORMAL, LOW):
             best: Job | None = None
             for name in names:
