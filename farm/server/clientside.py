@@ -13,16 +13,13 @@ from farm import protocol as p
 from farm.protocol import PacketType as T
 from farm.protocol import encode_res, frame_res
 from farm.protocol.kinds import SUBMIT_KINDS, Priority, SubmitKind
-from farm.server.hub import Hub
+from farm.server.hub import LAZY_CREATED_MAX, Hub
 from farm.server.jobs import JobServer, QueueFull
-from farm.server.queues import Peer, Timer
+from farm.server.queues import Peer
 from farm.server.store import StoreError
 from farm.server.workerside import error
 
 __all__ = ["ClientSide", "EPOCH", "REDUCE", "REDUCE_BG", "LAZY_CREATED_MAX"]
-
-#: A JOB_CREATED held for a lazy-created client leaves at the latest this late (seconds).
-LAZY_CREATED_MAX = 0.005
 
 #: SUBMIT_JOB_EPOCH and the reduce submits: not in the plain table, same meaning.
 EPOCH = SubmitKind(Priority.NORMAL, background=True)
@@ -45,7 +42,7 @@ class ClientSide:
     closed: bool
     held: list[tuple[bytes, bytearray]] | None
     lazy_created: bool
-    lazy_timer: Timer | None
+    lazy_waiting: bool  # has a deadline in hub.lazy
 
     def client(self) -> Peer:
         return self  # type: ignore[return-value]  # a Connection, which is one
@@ -103,11 +100,12 @@ class ClientSide:
             self.send(data)  # behind held replies, or a write is due anyway
             return
         self.out += data
-        if self.lazy_timer is None:
-            self.lazy_timer = self.hub.call_later(LAZY_CREATED_MAX, self._lazy_due)
+        if not self.lazy_waiting:
+            self.lazy_waiting = True
+            self.hub.lazy.add(self, None)  # type: ignore[arg-type]  # a Connection, a Writer
 
-    def _lazy_due(self) -> None:
-        self.lazy_timer = None
+    def lazy_due(self) -> None:
+        self.lazy_waiting = False
         if self.out and not self.dirty and not self.closed:
             self.dirty = True
             self.hub.dirty.append(self)  # type: ignore[arg-type]  # a Connection, a Writer

@@ -28,7 +28,6 @@ from farm.server.admin import run_admin
 from farm.server.clientside import ClientSide
 from farm.server.hub import Hub
 from farm.server.jobs import Job, Outcome, Progress
-from farm.server.queues import Timer
 from farm.server.workerside import UCRED, WorkerSide, error
 
 log = logging.getLogger("farm.server")
@@ -83,7 +82,7 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
         self.read_accept = False  # docs/held-grab.md: having read a pushed job accepts it
         # docs/held-grab.md "lazy-created": foreground JOB_CREATEDs ride with the next write.
         self.lazy_created = False
-        self.lazy_timer: Timer | None = None
+        self.lazy_waiting = False  # replies held with a deadline in hub.lazy
 
     # -- asyncio callbacks ---------------------------------------------------
 
@@ -127,6 +126,7 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
         self.hub.partial_bytes -= self.partial
         self.partial = 0
         self.hub.unaccepted.discard(self)
+        self.hub.lazy.discard(self)
         self.hub.connections.discard(self)
         self.detach()
         self.hub.flush_soon()
@@ -265,9 +265,9 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
 
     def flush(self) -> None:
         self.dirty = False
-        if self.lazy_timer is not None:  # what it waited for leaves now
-            self.lazy_timer.cancel()
-            self.lazy_timer = None
+        if self.lazy_waiting:  # what it held leaves now
+            self.lazy_waiting = False
+            self.hub.lazy.discard(self)
         if self.out and not self.closed and self.transport is not None:
             self.hub.stats.bytes_out += len(self.out)
             self.transport.write(bytes(self.out))

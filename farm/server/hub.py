@@ -29,9 +29,12 @@ from farm.server.options import ServerOptions
 from farm.server.queues import Timer
 from farm.server.store import SQLiteStore, open_store
 
-__all__ = ["Hub", "Writer", "VERBOSE_NAMES"]
+__all__ = ["Hub", "Writer", "VERBOSE_NAMES", "LAZY_CREATED_MAX"]
 
 VERBOSE_NAMES = ("ERROR", "WARNING", "NOTICE", "INFO", "DEBUG")
+
+#: A JOB_CREATED held for a lazy-created client leaves at the latest this late (seconds).
+LAZY_CREATED_MAX = 0.005
 
 
 class Writer(Protocol):
@@ -70,6 +73,9 @@ class Writer(Protocol):
     def not_accepted(self, job: Job) -> None:
         """The job pushed to this worker was not accepted within WAKE_DEADLINE."""
 
+    def lazy_due(self) -> None:
+        """What this lazy-created client was sent without a write of its own is due now."""
+
 
 class Hub:
     """The state of one server that its connections share."""
@@ -85,6 +91,8 @@ class Hub:
         self.unaccepted: Deadlines[Writer, Job] = Deadlines(
             WAKE_DEADLINE, _not_accepted, self.call_later
         )
+        # Lazy-created clients holding replies that asked for no write of their own.
+        self.lazy: Deadlines[Writer, None] = Deadlines(LAZY_CREATED_MAX, _lazy_due, self.call_later)
         self.partial_bytes = 0  # bytes of not yet whole packets, over all connections
         self.stats = ServerStats()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -169,6 +177,10 @@ class Hub:
 
 def _not_accepted(worker: Writer, job: Job) -> None:
     worker.not_accepted(job)
+
+
+def _lazy_due(client: Writer, _: None) -> None:
+    client.lazy_due()
 
 
 class _Inert:
