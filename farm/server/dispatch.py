@@ -93,6 +93,13 @@ class Dispatch:
         if self._best_job(worker) is not None:
             worker.wake()
             return
+        self.sleep(worker)
+
+    def sleep(self, worker: Peer) -> None:
+        """Put a worker to sleep that was found to have nothing to do in this same call
+        (its grab came back empty): PRE_SLEEP's look for work would only repeat that one."""
+        if worker.draining:
+            return  # as in pre_sleep: it is never woken
         worker.sleeping = True
         for function in worker.abilities:
             self.functions[function].sleepers[worker] = None
@@ -145,12 +152,17 @@ class Dispatch:
     def _best_job(self, worker: Peer) -> Job | None:
         """Highest priority first, then oldest, across all the worker's functions."""
         functions, abilities, ready = self.functions, worker.abilities, self.ready
-        # The functions it can do that have work, walking whichever set is smaller.
-        if len(abilities) > len(ready):
+        if not ready:
+            return None
+        # The functions it can do that have work, walking whichever set is smaller; most
+        # workers have one function, and then there is nothing to walk.
+        if len(abilities) == 1:
+            names = list(abilities) if next(iter(abilities)) in ready else []
+        elif len(abilities) > len(ready):
             names = [n for n in ready if n in abilities]
         else:
             names = [n for n in abilities if n in ready]
-        if len(names) < 2:  # most workers: one function, or nothing to do
+        if len(names) < 2:
             if not names:
                 return None
             fq = functions[names[0]]

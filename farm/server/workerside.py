@@ -109,8 +109,9 @@ class WorkerSide:
         return int.from_bytes(unread, sys.byteorder) == 0
 
     def hold_grab(self, ptype: int) -> None:
+        """Hold a grab that ``jobs.grab`` has just answered with no job, in this call."""
         self.held_grab = ptype
-        self.jobs.pre_sleep(self.peer())
+        self.jobs.sleep(self.peer())
 
     def not_accepted(self, job: Job) -> None:
         if self.pushed is not job or self.closed:
