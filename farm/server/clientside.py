@@ -26,6 +26,10 @@ EPOCH = SubmitKind(Priority.NORMAL, background=True)
 REDUCE = SubmitKind(Priority.NORMAL, background=False)
 REDUCE_BG = SubmitKind(Priority.NORMAL, background=True)
 
+# Plain ints and module names for the hot path, as in farm.server.workerside.
+_JOB_CREATED = int(T.JOB_CREATED)
+_KIND_OF: dict[int, SubmitKind] = {int(ptype): kind for ptype, kind in SUBMIT_KINDS.items()}
+
 
 class ClientSide:
     """The client half of a Connection (see the module docstring)."""
@@ -85,9 +89,9 @@ class ClientSide:
         if background and job.store_id and self.hub.must_hold():
             self.hold_created(job.handle)
         elif self.lazy_created and not background:
-            self.send_lazily(frame_res(T.JOB_CREATED, job.handle))
+            self.send_lazily(frame_res(_JOB_CREATED, job.handle))
         else:
-            self.send(frame_res(T.JOB_CREATED, job.handle))
+            self.send(frame_res(_JOB_CREATED, job.handle))
 
     def send_lazily(self, data: bytes) -> None:
         """Queue ``data`` without asking for a write of its own: it leaves with whatever
@@ -112,7 +116,7 @@ class ClientSide:
 
     def submit(self, args: tuple[bytes, ...], ptype: int) -> None:
         function, unique, data = args
-        self.on_submit(SUBMIT_KINDS[ptype], function, unique, data)  # type: ignore[index]
+        self.on_submit(_KIND_OF[ptype], function, unique, data)
 
     def submit_epoch(self, args: tuple[bytes, ...]) -> None:
         function, unique, epoch, data = args

@@ -32,6 +32,14 @@ from farm.server.workerside import UCRED, WorkerSide, error
 
 log = logging.getLogger("farm.server")
 
+# Plain ints and module names for the hot path, as in farm.server.workerside.
+_COMPLETE, _EXCEPTION = Outcome.COMPLETE, Outcome.EXCEPTION
+_WORK_COMPLETE, _WORK_EXCEPTION, _WORK_FAIL = (
+    int(T.WORK_COMPLETE),
+    int(T.WORK_EXCEPTION),
+    int(T.WORK_FAIL),
+)
+
 
 class Connection(ClientSide, WorkerSide, asyncio.Protocol):
     """A client, a worker, an admin tool -- or all three on one socket."""
@@ -256,12 +264,12 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
         self.send(frame_res(PROGRESS_PACKET[kind], job.handle, *fields))
 
     def job_ended(self, job: Job, outcome: Outcome, data: bytes) -> None:
-        if outcome is Outcome.COMPLETE:
-            self.send(frame_res(T.WORK_COMPLETE, job.handle, data))
-        elif outcome is Outcome.EXCEPTION and self.exceptions:
-            self.send(frame_res(T.WORK_EXCEPTION, job.handle, data))
+        if outcome is _COMPLETE:
+            self.send(frame_res(_WORK_COMPLETE, job.handle, data))
+        elif outcome is _EXCEPTION and self.exceptions:
+            self.send(frame_res(_WORK_EXCEPTION, job.handle, data))
         else:  # a failure, or an exception for a client that did not ask for them
-            self.send(frame_res(T.WORK_FAIL, job.handle))
+            self.send(frame_res(_WORK_FAIL, job.handle))
 
     def flush(self) -> None:
         self.dirty = False
@@ -317,7 +325,7 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
                 if isinstance(client, Connection) and client.write_paused:
                     self.wait_for_reader(client)
         else:
-            data = args[1] if ptype != T.WORK_FAIL else b""
+            data = args[1] if ptype != _WORK_FAIL else b""
             self.jobs.finish(self, job, OUTCOME[ptype], data)
             self.jobs_done += 1
 
@@ -378,15 +386,15 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
 
 
 PROGRESS_KIND: dict[int, Progress] = {
-    T.WORK_STATUS: Progress.STATUS,
-    T.WORK_DATA: Progress.DATA,
-    T.WORK_WARNING: Progress.WARNING,
+    int(T.WORK_STATUS): Progress.STATUS,
+    int(T.WORK_DATA): Progress.DATA,
+    int(T.WORK_WARNING): Progress.WARNING,
 }
 PROGRESS_PACKET = {kind: ptype for ptype, kind in PROGRESS_KIND.items()}
 OUTCOME: dict[int, Outcome] = {
-    T.WORK_COMPLETE: Outcome.COMPLETE,
-    T.WORK_FAIL: Outcome.FAIL,
-    T.WORK_EXCEPTION: Outcome.EXCEPTION,
+    int(T.WORK_COMPLETE): Outcome.COMPLETE,
+    int(T.WORK_FAIL): Outcome.FAIL,
+    int(T.WORK_EXCEPTION): Outcome.EXCEPTION,
 }
 # gearmand's texts, so tools that match on them keep working.
 NOT_FOUND_DEFAULT = "Job given in work result not found"
@@ -407,7 +415,7 @@ def _args_only(method: Callable[[Connection, tuple[bytes, ...]], None]) -> Handl
     return lambda conn, args, _ptype: method(conn, args)
 
 
-HANDLERS: dict[int, Handler] = {
+_HANDLERS: dict[int, Handler] = {
     T.CAN_DO: _args_only(Connection.can_do),
     T.CANT_DO: lambda c, a, _: c.jobs.cant_do(c, a[0]),
     T.RESET_ABILITIES: _args_only(Connection.reset_abilities),
@@ -434,3 +442,6 @@ HANDLERS: dict[int, Handler] = {
     T.SUBMIT_REDUCE_JOB_BACKGROUND: Connection.submit_reduce,
     **dict.fromkeys(SUBMIT_KINDS, Connection.submit),
 }
+#: Keyed by plain ints, as the decoder gives them: a lookup then ends on identity, where an
+#: IntEnum key would be compared with ``==`` every time.
+HANDLERS: dict[int, Handler] = {int(ptype): handler for ptype, handler in _HANDLERS.items()}

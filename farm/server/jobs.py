@@ -53,6 +53,10 @@ log = logging.getLogger("farm.server")
 #: of distinct names cannot hold memory forever.
 MAX_IDLE_FUNCTIONS = 1024
 
+# Module names for the hot path: reading a member off an enum class costs about 100 ns on
+# Python 3.11.
+_COMPLETE, _EXCEPTION = Outcome.COMPLETE, Outcome.EXCEPTION
+
 
 class JobServer(Dispatch):
     """All job state of one server, and the rules that change it."""
@@ -323,9 +327,9 @@ class JobServer(Dispatch):
             stats = fq.stats
             counter = (
                 stats.completed
-                if outcome is Outcome.COMPLETE
+                if outcome is _COMPLETE
                 else stats.exceptions
-                if outcome is Outcome.EXCEPTION
+                if outcome is _EXCEPTION
                 else stats.failed
             )
             counter[job.priority] += 1
