@@ -69,16 +69,19 @@ class Deadlines(Generic[K, V]):
         self.timer = None
         entries = self.entries
         now = monotonic()
-        while entries:
-            key = next(iter(entries))
-            due, value = entries[key]
-            if due > now + RESOLUTION:
-                break
-            del entries[key]
-            self.on_due(key, value)  # may add or discard deadlines
-        if entries and self.timer is None and self.call_later is not None:
-            first = entries[next(iter(entries))][0]
-            self.timer = self.call_later(max(0.0, first - monotonic()), self._fire)
+        try:
+            while entries:
+                key = next(iter(entries))
+                due, value = entries[key]
+                if due > now + RESOLUTION:
+                    break
+                del entries[key]
+                self.on_due(key, value)  # may add or discard deadlines
+        finally:
+            # Armed again even when a callback raised: the deadlines after it still count.
+            if entries and self.timer is None and self.call_later is not None:
+                first = entries[next(iter(entries))][0]
+                self.timer = self.call_later(max(0.0, first - monotonic()), self._fire)
 
     def close(self) -> None:
         """Forget every deadline and stop the timer (a server shutting down)."""

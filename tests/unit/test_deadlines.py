@@ -106,3 +106,27 @@ def test_without_a_loop_nothing_fires_and_discard_forgets() -> None:
     d.discard("a")
     d.discard("never added")
     assert len(d) == 0
+
+
+@pytest.mark.timeout(10)
+def test_a_callback_that_raises_does_not_stop_the_deadlines_after_it() -> None:
+    async def body(rec: Recorder) -> None:
+        loop = asyncio.get_running_loop()
+        errors: list[object] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(context["exception"]))
+
+        def on_due(key: str, value: int) -> None:
+            if key == "bad":
+                raise RuntimeError("a bug in one callback")
+            rec.on_due(key, value)
+
+        d: Deadlines[str, int] = Deadlines(LENGTH, on_due, rec.call_later)
+        rec.expect = 1
+        d.add("bad", 0)
+        await asyncio.sleep(LENGTH / 2)
+        d.add("good", 1)  # due after the bad one's timer has fired
+        await asyncio.wait_for(rec.done.wait(), 5)
+        assert [k for k, _, _ in rec.fired] == ["good"]
+        assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
+
+    run(body)
