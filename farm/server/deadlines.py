@@ -30,6 +30,16 @@ RESOLUTION = 0.001
 CallLater = Callable[[float, Callable[[], None]], Timer]
 
 
+class _Firing:
+    """The timer of a ``Deadlines`` whose callbacks are running: nothing to cancel."""
+
+    def cancel(self) -> None:
+        pass
+
+
+_FIRING = _Firing()
+
+
 class Deadlines(Generic[K, V]):
     """Deadlines of ``length`` seconds, at most one per key; ``on_due(key, value)`` is
     called for each one that is not discarded in time. Without ``call_later`` (a server
@@ -66,7 +76,9 @@ class Deadlines(Generic[K, V]):
         self.entries.pop(key, None)
 
     def _fire(self) -> None:
-        self.timer = None
+        # While the callbacks run, ``add`` must not arm a timer of the full length: the
+        # deadlines already waiting are due sooner. The timer is armed after them.
+        self.timer = _FIRING
         entries = self.entries
         now = monotonic()
         try:
@@ -79,7 +91,8 @@ class Deadlines(Generic[K, V]):
                 self.on_due(key, value)  # may add or discard deadlines
         finally:
             # Armed again even when a callback raised: the deadlines after it still count.
-            if entries and self.timer is None and self.call_later is not None:
+            self.timer = None
+            if entries and self.call_later is not None:
                 first = entries[next(iter(entries))][0]
                 self.timer = self.call_later(max(0.0, first - monotonic()), self._fire)
 

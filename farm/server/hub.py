@@ -116,8 +116,10 @@ class Hub:
             return _NEVER
 
         def run() -> None:
-            callback()
-            self.flush()
+            try:
+                callback()
+            finally:
+                self.flush()  # what it made before a bug in it, too
 
         return self.loop.call_later(delay, run)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import pytest
 
@@ -130,3 +131,54 @@ def test_a_callback_that_raises_does_not_stop_the_deadlines_after_it() -> None:
         assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
 
     run(body)
+
+
+@dataclass
+class FakeTimer:
+    when: float
+    callback: Callable[[], None]
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeClock:
+    """Timers and a monotonic clock that move only when told (no loop, no waiting)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[FakeTimer] = []
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        timer = FakeTimer(self.now + delay, callback)
+        self.timers.append(timer)
+        return timer
+
+    def advance(self, until: float) -> None:
+        while due := [t for t in self.timers if not t.cancelled and t.when <= until]:
+            first = min(due, key=lambda t: t.when)
+            first.cancelled = True  # fired
+            self.now = first.when
+            first.callback()
+        self.now = until
+
+
+def test_a_deadline_added_by_a_callback_does_not_delay_those_already_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr("farm.server.deadlines.monotonic", lambda: clock.now)
+    fired: list[tuple[str, float]] = []
+
+    def on_due(key: str, value: int) -> None:
+        fired.append((key, clock.now))
+        if key == "a":
+            d.add("c", 0)  # as a wake deadline wakes the next sleeper
+
+    d: Deadlines[str, int] = Deadlines(0.5, on_due, clock.call_later)
+    d.add("a", 0)
+    clock.now = 0.2
+    d.add("b", 0)
+    clock.advance(2.0)
+    assert fired == [("a", 0.5), ("b", 0.7), ("c", 1.0)]
