@@ -182,3 +182,37 @@ def test_a_deadline_added_by_a_callback_does_not_delay_those_already_waiting(
     d.add("b", 0)
     clock.advance(2.0)
     assert fired == [("a", 0.5), ("b", 0.7), ("c", 1.0)]
+
+
+@pytest.mark.timeout(10)
+def test_the_hub_writes_what_a_timer_callback_made_before_it_raised() -> None:
+    from farm.server.hub import Hub
+    from farm.server.options import parse_args
+
+    class Dirty:
+        """A connection with something to write, as the hub's flush sees it."""
+
+        def __init__(self) -> None:
+            self.flushed = asyncio.Event()
+
+        def flush(self) -> None:
+            self.flushed.set()
+
+    async def main() -> list[object]:
+        loop = asyncio.get_running_loop()
+        errors: list[object] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(context["exception"]))
+        hub = Hub(parse_args(["--store", "none"]))
+        hub.loop = loop
+        conn = Dirty()
+
+        def callback() -> None:
+            hub.dirty.append(conn)  # type: ignore[arg-type]  # all that flush calls
+            raise RuntimeError("a bug after the reply was made")
+
+        hub.call_later(0, callback)
+        await asyncio.wait_for(conn.flushed.wait(), 5)
+        return errors
+
+    errors = asyncio.run(main())
+    assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
