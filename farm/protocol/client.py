@@ -218,7 +218,8 @@ class ClientSession:
         self._awaiting: deque[Task[Any] | Query[Any]] = deque()  # requests in the order sent
         self._running: dict[str, list[Task[Any]]] = {}  # handle → foreground tasks on it
         self.closed = False
-        self._handlers: dict[int, Callable[[Packet, list[object]], None]] = {
+        # Keyed by plain ints, as the decoder gives them (an IntEnum key costs an == each).
+        handlers: dict[PT, Callable[[Packet, list[object]], None]] = {
             PT.JOB_CREATED: self._on_created,
             PT.WORK_COMPLETE: self._on_complete,
             PT.WORK_FAIL: self._on_fail,
@@ -232,6 +233,7 @@ class ClientSession:
             PT.OPTION_RES: self._on_query_reply,
             PT.ERROR: self._on_error,
         }
+        self._handlers = {int(ptype): handler for ptype, handler in handlers.items()}
 
     # -- requests --
 

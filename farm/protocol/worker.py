@@ -35,6 +35,10 @@ class WorkerState(enum.Enum):
     SLEEPING = "sleeping"  # PRE_SLEEP sent, NOOP due
     WORKING = "working"  # holds a job until it is completed, failed or excepted
 
+    # Members are singletons: identity is their equality, so it can be their hash too
+    # (Enum's own hashes the name in Python, once per packet in the table below).
+    __hash__ = object.__hash__
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobAssigned:
@@ -56,6 +60,20 @@ _WORKER_TRANSITIONS: dict[tuple[WorkerState, int], WorkerState] = {
     (S.GRABBING, PT.NOOP): S.GRABBING,
     (S.WORKING, PT.NOOP): S.WORKING,
 }
+
+# The per-job path reads plain ints and module names: an enum member read off its class
+# costs about 100 ns on Python 3.11 (EnumType.__getattr__ defeats the attribute cache).
+_READY, _GRABBING, _WORKING = S.READY, S.GRABBING, S.WORKING
+_ERROR, _OPTION_RES, _NO_JOB, _NOOP = (
+    int(PT.ERROR),
+    int(PT.OPTION_RES),
+    int(PT.NO_JOB),
+    int(PT.NOOP),
+)
+_JOB_ASSIGN, _JOB_ASSIGN_UNIQ = int(PT.JOB_ASSIGN), int(PT.JOB_ASSIGN_UNIQ)
+_WORK_COMPLETE = int(PT.WORK_COMPLETE)
+_GRAB = encode_req(PT.GRAB_JOB_UNIQ)
+_PRE_SLEEP = encode_req(PT.PRE_SLEEP)
 
 
 class WorkerSession:
@@ -80,6 +98,7 @@ class WorkerSession:
         self.client_id = client_id
         self.state = WorkerState.DISCONNECTED
         self.handle: str | None = None  # the job in hand
+        self._handle: bytes | None = None  # and as the wire has it
         # Held grab (docs/held-grab.md): asked for on each connection when ``held_grab``;
         # ``held`` once the server agreed (gearmand answers ERROR UNKNOWN_OPTION: the
         # standard PRE_SLEEP/NOOP dance then goes on as before).
@@ -102,7 +121,7 @@ class WorkerSession:
         """A fresh connection: identify, register every function, be ready to grab."""
         self._decoder = Decoder(allow_admin=False)
         self._out.clear()
-        self.handle = None
+        self.handle = self._handle = None
         self.held = self._pushed = self.read_accept = False
         self._asking = [OPTION_HELD_GRAB, OPTION_READ_ACCEPT] if self.want_held else []
         for option in self._asking:
@@ -133,9 +152,10 @@ class WorkerSession:
             self._out += encode_req(PT.RESET_ABILITIES)
 
     def grab(self) -> None:
-        self._expect(WorkerState.READY, "grab")
-        self._out += encode_req(PT.GRAB_JOB_UNIQ)
-        self.state = WorkerState.GRABBING
+        if self.state is not _READY:
+            self._expect(_READY, "grab")
+        self._out += _GRAB
+        self.state = _GRABBING
 
     def receive(self, data: bytes) -> list[object]:
         """Feed bytes from the server; return JobAssigned / ServerErrorNotice events."""
@@ -145,35 +165,35 @@ class WorkerSession:
                 raise ProtocolError("a worker does not expect admin text")
             ptype, args = packet.type, packet.args
             if self._asking and (
-                (ptype == PT.OPTION_RES and args[0] == self._asking[0])
-                or (ptype == PT.ERROR and args[0] == b"UNKNOWN_OPTION")
+                (ptype == _OPTION_RES and args[0] == self._asking[0])
+                or (ptype == _ERROR and args[0] == b"UNKNOWN_OPTION")
             ):
                 option = self._asking.pop(0)
                 if option == OPTION_HELD_GRAB:
-                    self.held = ptype == PT.OPTION_RES
+                    self.held = ptype == _OPTION_RES
                 else:
-                    self.read_accept = self.held and ptype == PT.OPTION_RES
+                    self.read_accept = self.held and ptype == _OPTION_RES
                 continue
-            if ptype == PT.ERROR:
+            if ptype == _ERROR:
                 events.append(ServerErrorNotice(code=args[0].decode(), text=args[1].decode()))
                 continue
             nxt = _WORKER_TRANSITIONS.get((self.state, ptype))
             if nxt is None:
                 raise ProtocolError(f"{packet.name} is unexpected while {self.state.value}")
             self.state = nxt
-            if ptype == PT.NO_JOB:
-                if self.held:  # a held grab ends this way only after RESET_ABILITIES
-                    self.state = WorkerState.READY
-                else:
-                    self._out += encode_req(PT.PRE_SLEEP)
-            elif ptype == PT.NOOP:
-                self._pushed = self.held and nxt is WorkerState.GRABBING
-            elif ptype == PT.JOB_ASSIGN_UNIQ:
+            if ptype == _JOB_ASSIGN_UNIQ:
                 handle, func, unique, payload = args
                 events.append(self._assigned(handle, func, unique, payload))
-            elif ptype == PT.JOB_ASSIGN:
+            elif ptype == _JOB_ASSIGN:
                 handle, func, payload = args
                 events.append(self._assigned(handle, func, b"", payload))
+            elif ptype == _NO_JOB:
+                if self.held:  # a held grab ends this way only after RESET_ABILITIES
+                    self.state = _READY
+                else:
+                    self._out += _PRE_SLEEP
+            elif ptype == _NOOP:
+                self._pushed = self.held and nxt is _GRABBING
         return events
 
     def _assigned(self, handle: bytes, func: bytes, unique: bytes, data: bytes) -> JobAssigned:
@@ -181,6 +201,7 @@ class WorkerSession:
             self._pushed = False
             if not self.read_accept:  # else having read it is the acceptance
                 self._out += encode_req(PT.JOB_ACCEPT, handle)
+        self._handle = handle
         self.handle = handle.decode()
         return JobAssigned(
             handle=self.handle, function=func.decode(), unique=unique.decode(), data=data
@@ -191,9 +212,11 @@ class WorkerSession:
             raise ProtocolError(f"cannot {action} while {self.state.value}", fatal=False)
 
     def _in_hand(self, action: str) -> bytes:
-        self._expect(WorkerState.WORKING, action)
-        assert self.handle is not None, "WORKING always has a job in hand"
-        return self.handle.encode()
+        if self.state is not _WORKING:
+            self._expect(_WORKING, action)
+        handle = self._handle
+        assert handle is not None, "WORKING always has a job in hand"
+        return handle
 
     def send_status(self, numerator: int, denominator: int) -> None:
         handle = self._in_hand("send status")
@@ -206,7 +229,7 @@ class WorkerSession:
         self._out += encode_req(PT.WORK_WARNING, self._in_hand("send a warning"), data)
 
     def complete(self, result: bytes) -> None:
-        self._out += encode_req(PT.WORK_COMPLETE, self._in_hand("complete"), result)
+        self._out += encode_req(_WORK_COMPLETE, self._in_hand("complete"), result)
         self._job_ended()
 
     def fail(self) -> None:
@@ -219,10 +242,10 @@ class WorkerSession:
         self._job_ended()
 
     def _job_ended(self) -> None:
-        self.handle = None
-        self.state = WorkerState.READY
+        self.handle = self._handle = None
+        self.state = _READY
 
     def connection_lost(self) -> None:
         self.state = WorkerState.DISCONNECTED
-        self.handle = None
+        self.handle = self._handle = None
         self._out.clear()
