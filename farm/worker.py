@@ -32,6 +32,10 @@ __all__ = ["Worker", "Job"]
 
 log = logging.getLogger("farm.worker")
 
+# Module names for the per-job path: an enum member read off its class costs about 100 ns
+# on Python 3.11 (farm/protocol/worker.py).
+_READY, _GRABBING, _WORKING = WorkerState.READY, WorkerState.GRABBING, WorkerState.WORKING
+
 #: Reconnect delays after a server is lost or refuses: first, then doubling up to the cap.
 BACKOFF_FIRST = 0.05
 BACKOFF_CAP = 5.0
@@ -272,7 +276,7 @@ class Worker:
         servers = self._servers
         for i in range(len(servers)):
             server = servers[(self._next + i) % len(servers)]
-            if server.session.state is WorkerState.READY:
+            if server.session.state is _READY:
                 server.session.grab()
                 self._grabbing = server
                 self._next = (self._next + i + 1) % len(servers)
@@ -315,7 +319,7 @@ class Worker:
         except ProtocolError as exc:
             self._lost(server, f"broke the protocol: {exc}")
             return
-        if self._grabbing is server and server.session.state is not WorkerState.GRABBING:
+        if self._grabbing is server and server.session.state is not _GRABBING:
             self._grabbing = None
         self._flush(server)  # a JOB_ACCEPT leaves before its job runs
         for event in events:
@@ -358,7 +362,7 @@ class Worker:
     @staticmethod
     def _holds(server: _Server, job: Job) -> bool:
         session = server.session
-        return session.state is WorkerState.WORKING and session.handle == job.handle
+        return session.state is _WORKING and session.handle == job.handle
 
     def _flush(self, server: _Server) -> None:
         with self._send_lock:
