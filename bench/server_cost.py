@@ -114,53 +114,47 @@ def run_here(jobs: int, batch: int) -> float:
         loop.close()
 
 
-def child(root: Path, jobs: int, batch: int) -> list[str]:
-    """The command that drives ``root``'s server: this file run as a script, so that
-    ``farm`` comes from PYTHONPATH (``root``), not from this checkout."""
-    return [sys.executable, str(Path(__file__).resolve()), "--child", str(jobs), str(batch)]
-
-
-def child_env(root: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(root)}
+def run_child(
+    root: Path, jobs: int, batch: int, wrapper: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """Drive ``root``'s server in a fresh process: this file run as a script (under
+    ``wrapper``, e.g. valgrind), so that ``farm`` comes from PYTHONPATH, that is ``root``,
+    not from this checkout. It prints the CPU seconds and where farm came from."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", str(jobs), str(batch)]
+    done = subprocess.run(
+        [*wrapper, *command],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    where = done.stdout.strip().partition(" ")[2]
+    if not where.startswith(str(root)):
+        raise RuntimeError(f"measured the farm at {where!r}, not the one at {root}")
+    return done
 
 
 def cpu_per_job(root: Path, jobs: int, batch: int, rounds: int) -> float:
     """µs of CPU per job, the fastest of ``rounds`` runs (each in a fresh process)."""
     best = float("inf")
     for _ in range(rounds):
-        out = subprocess.run(
-            child(root, jobs, batch),
-            cwd=root,
-            env=child_env(root),
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        seconds, _, where = out.strip().partition(" ")
-        if not where.startswith(str(root)):
-            raise RuntimeError(f"measured the farm at {where}, not the one at {root}")
+        seconds = run_child(root, jobs, batch).stdout.split()[0]
         best = min(best, float(seconds) / jobs * 1e6)
     return best
 
 
 def instructions_per_job(root: Path, jobs: int, batch: int) -> float:
     """Instructions per job as cachegrind counts them (two run lengths, differenced)."""
+    valgrind = (
+        "valgrind",
+        "--tool=cachegrind",
+        "--cache-sim=no",
+        "--cachegrind-out-file=/dev/null",
+    )
 
     def count(n: int) -> int:
-        out = subprocess.run(
-            [
-                "valgrind",
-                "--tool=cachegrind",
-                "--cache-sim=no",
-                "--cachegrind-out-file=/dev/null",
-                *child(root, n, batch),
-            ],
-            cwd=root,
-            env=child_env(root),
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stderr
+        out = run_child(root, n, batch, valgrind).stderr
         match = re.search(r"I\s+refs:\s+([\d,]+)", out)
         if match is None:
             raise RuntimeError(f"no instruction count in valgrind's output:\n{out}")
