@@ -33,10 +33,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-import psutil
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.bench_executor import cpu_seconds
 from farm import protocol as p
 from farm.protocol import PacketType as T
 from tests.helpers.servers import (
@@ -166,13 +165,6 @@ def start_server(kind: str, args: argparse.Namespace) -> tuple[Server, str | Non
     return Server("farm", f"127.0.0.1:{port}", proc, port), None
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU the process has used (the server's own cost per job, beside the
-    throughput, which on a small machine the client and workers share the cores with)."""
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
-
-
 def scraping(url: str, stop: threading.Event) -> None:
     """Fetch the metrics once a second, as Prometheus would, until told to stop."""
     while not stop.wait(1.0):
@@ -195,9 +187,12 @@ def measure(kind: str, args: argparse.Namespace) -> dict[str, float]:
         throughput(server.addr, 500, args.inflight, lazy)  # warm-up
         if scraper is not None:
             scraper.start()
-        before = _cpu_seconds(server.proc.pid)
+        # The server's own CPU per job, beside the rate (which on a small machine the client
+        # and the workers share the cores with).
+        pid = server.proc.pid
+        before = cpu_seconds([pid])[pid]
         rate = throughput(server.addr, args.jobs, args.inflight, lazy)
-        cpu_us = (_cpu_seconds(server.proc.pid) - before) / args.jobs * 1e6
+        cpu_us = (cpu_seconds([pid])[pid] - before) / args.jobs * 1e6
         p50, p99 = latency(server.addr, args.latency_jobs, lazy)
         return {"jobs_s": rate, "p50_us": p50, "p99_us": p99, "cpu_us": cpu_us}
     finally:

@@ -164,14 +164,7 @@ def run_call(job: Any) -> bytes:
         fn = _function(bytes(body[4 : 4 + fn_size]))
         calls = pickle.loads(calls_data)
         del calls_data  # a large argument's bytes: not kept while the call runs
-        if kind == SINGLE:
-            args, kwargs = calls
-            del calls
-            outcome: tuple[Any, ...] = (OK, fn(*args, **kwargs))
-        elif kind == ARG_CHUNK:
-            outcome = (OK, list(map(fn, calls)))
-        else:
-            outcome = (OK, [fn(*args) for args in calls])
+        outcome: tuple[Any, ...] = (OK, _apply(fn, kind, calls))
     except BaseException as exc:  # as ProcessPoolExecutor: even SystemExit is the call's outcome
         outcome = (ERROR, exc, _remote_traceback(exc))
     return _seal_result(signer, call_id, _dump_outcome(outcome))
@@ -236,6 +229,18 @@ def _set_up(kind: int, body: memoryview, at: int) -> tuple[int, tuple[Any, ...] 
     return at, failure
 
 
+def _apply(fn: Callable[..., Any], kind: int, calls: Any) -> Any:
+    """Run one unpickled call body of ``kind``: a SINGLE's ``(args, kwargs)``, or a chunk's
+    list of argument tuples (CHUNK) or of plain arguments (ARG_CHUNK), whose value is the
+    list of the calls' values."""
+    if kind == SINGLE:
+        args, kwargs = calls
+        return fn(*args, **kwargs)
+    if kind == ARG_CHUNK:
+        return list(map(fn, calls))
+    return [fn(*args) for args in calls]
+
+
 def _run_batch(
     job: Any, signer: Signer, call_id: bytes, fn_bytes: bytes, body: memoryview, kind: int
 ) -> bytes:
@@ -254,13 +259,7 @@ def _run_batch(
             outcomes.append(failure)
             continue
         try:
-            if kind == ARG_CHUNK:
-                outcome: tuple[Any, ...] = (OK, list(map(fn, pickle.loads(call))))
-            elif kind == CHUNK:
-                outcome = (OK, [fn(*args) for args in pickle.loads(call)])
-            else:
-                args, kwargs = pickle.loads(call)
-                outcome = (OK, fn(*args, **kwargs))
+            outcome: tuple[Any, ...] = (OK, _apply(fn, kind, pickle.loads(call)))
         except BaseException as exc:
             outcome = (ERROR, exc, _remote_traceback(exc))
         outcomes.append(outcome)

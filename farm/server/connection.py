@@ -415,33 +415,38 @@ def _args_only(method: Callable[[Connection, tuple[bytes, ...]], None]) -> Handl
     return lambda conn, args, _ptype: method(conn, args)
 
 
-_HANDLERS: dict[int, Handler] = {
-    T.CAN_DO: _args_only(Connection.can_do),
-    T.CANT_DO: lambda c, a, _: c.jobs.cant_do(c, a[0]),
-    T.RESET_ABILITIES: _args_only(Connection.reset_abilities),
-    T.PRE_SLEEP: lambda c, a, _: c.jobs.pre_sleep(c),
-    T.GRAB_JOB: Connection.grab,
-    T.GRAB_JOB_UNIQ: Connection.grab,
-    T.GRAB_JOB_ALL: Connection.grab,
-    T.WORK_STATUS: Connection.work_update,
-    T.WORK_COMPLETE: Connection.work_update,
-    T.WORK_FAIL: Connection.work_update,
-    T.WORK_EXCEPTION: Connection.work_update,
-    T.WORK_DATA: Connection.work_update,
-    T.WORK_WARNING: Connection.work_update,
-    T.JOB_ACCEPT: _args_only(Connection.accept),
-    T.GET_STATUS: _args_only(Connection.get_status),
-    T.GET_STATUS_UNIQUE: _args_only(Connection.get_status_unique),
-    T.ECHO_REQ: lambda c, a, _: c.send(encode_res(_echo, a[0])),
-    T.SET_CLIENT_ID: _args_only(Connection.set_client_id),
-    T.CAN_DO_TIMEOUT: _args_only(Connection.can_do_timeout),
-    T.OPTION_REQ: _args_only(Connection.option),
-    T.SUBMIT_JOB_EPOCH: _args_only(Connection.submit_epoch),
-    T.SUBMIT_JOB_SCHED: _args_only(Connection.submit_sched),
-    T.SUBMIT_REDUCE_JOB: Connection.submit_reduce,
-    T.SUBMIT_REDUCE_JOB_BACKGROUND: Connection.submit_reduce,
-    **dict.fromkeys(SUBMIT_KINDS, Connection.submit),
-}
-#: Keyed by plain ints, as the decoder gives them: a lookup then ends on identity, where an
-#: IntEnum key would be compared with ``==`` every time.
-HANDLERS: dict[int, Handler] = {int(ptype): handler for ptype, handler in _HANDLERS.items()}
+def _plain_keys(table: dict[int, Handler]) -> dict[int, Handler]:
+    """Keyed by plain ints, as the decoder gives them: a lookup then ends on identity,
+    where an IntEnum key would be compared with ``==`` every time."""
+    return {int(ptype): handler for ptype, handler in table.items()}
+
+
+HANDLERS: dict[int, Handler] = _plain_keys(
+    {
+        T.CAN_DO: _args_only(Connection.can_do),
+        T.CANT_DO: lambda c, a, _: c.jobs.cant_do(c, a[0]),
+        T.RESET_ABILITIES: _args_only(Connection.reset_abilities),
+        T.PRE_SLEEP: lambda c, a, _: c.jobs.pre_sleep(c),
+        T.GRAB_JOB: Connection.grab,
+        T.GRAB_JOB_UNIQ: Connection.grab,
+        T.GRAB_JOB_ALL: Connection.grab,
+        T.WORK_STATUS: Connection.work_update,
+        T.WORK_COMPLETE: Connection.work_update,
+        T.WORK_FAIL: Connection.work_update,
+        T.WORK_EXCEPTION: Connection.work_update,
+        T.WORK_DATA: Connection.work_update,
+        T.WORK_WARNING: Connection.work_update,
+        T.JOB_ACCEPT: _args_only(Connection.accept),
+        T.GET_STATUS: _args_only(Connection.get_status),
+        T.GET_STATUS_UNIQUE: _args_only(Connection.get_status_unique),
+        T.ECHO_REQ: lambda c, a, _: c.send(encode_res(_echo, a[0])),
+        T.SET_CLIENT_ID: _args_only(Connection.set_client_id),
+        T.CAN_DO_TIMEOUT: _args_only(Connection.can_do_timeout),
+        T.OPTION_REQ: _args_only(Connection.option),
+        T.SUBMIT_JOB_EPOCH: _args_only(Connection.submit_epoch),
+        T.SUBMIT_JOB_SCHED: _args_only(Connection.submit_sched),
+        T.SUBMIT_REDUCE_JOB: Connection.submit_reduce,
+        T.SUBMIT_REDUCE_JOB_BACKGROUND: Connection.submit_reduce,
+        **dict.fromkeys(SUBMIT_KINDS, Connection.submit),
+    }
+)

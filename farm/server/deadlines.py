@@ -17,7 +17,7 @@ from collections.abc import Callable
 from time import monotonic
 from typing import Generic, TypeVar
 
-from farm.server.queues import Timer
+from farm.server.queues import INERT_TIMER, Timer
 
 __all__ = ["Deadlines"]
 
@@ -28,16 +28,6 @@ V = TypeVar("V")
 RESOLUTION = 0.001
 
 CallLater = Callable[[float, Callable[[], None]], Timer]
-
-
-class _Firing:
-    """The timer of a ``Deadlines`` whose callbacks are running: nothing to cancel."""
-
-    def cancel(self) -> None:
-        pass
-
-
-_FIRING = _Firing()
 
 
 class Deadlines(Generic[K, V]):
@@ -78,7 +68,7 @@ class Deadlines(Generic[K, V]):
     def _fire(self) -> None:
         # While the callbacks run, ``add`` must not arm a timer of the full length: the
         # deadlines already waiting are due sooner. The timer is armed after them.
-        self.timer = _FIRING
+        self.timer = INERT_TIMER
         entries = self.entries
         now = monotonic()
         try:
@@ -95,10 +85,3 @@ class Deadlines(Generic[K, V]):
             if entries and self.call_later is not None:
                 first = entries[next(iter(entries))][0]
                 self.timer = self.call_later(max(0.0, first - monotonic()), self._fire)
-
-    def close(self) -> None:
-        """Forget every deadline and stop the timer (a server shutting down)."""
-        self.entries.clear()
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None

@@ -26,7 +26,7 @@ from farm.server.deadlines import Deadlines
 from farm.server.jobs import WAKE_DEADLINE, Job, JobServer
 from farm.server.metrics import ServerStats
 from farm.server.options import ServerOptions
-from farm.server.queues import Timer
+from farm.server.queues import INERT_TIMER, Timer
 from farm.server.store import SQLiteStore, open_store
 
 __all__ = ["Hub", "Writer", "VERBOSE_NAMES", "LAZY_CREATED_MAX"]
@@ -113,7 +113,7 @@ class Hub:
         Without a running loop (connections driven by hand, as in tests) timers never fire.
         """
         if self.loop is None:
-            return _NEVER
+            return INERT_TIMER
 
         def run() -> None:
             try:
@@ -183,13 +183,3 @@ def _not_accepted(worker: Writer, job: Job) -> None:
 
 def _lazy_due(client: Writer, _: None) -> None:
     client.lazy_due()
-
-
-class _Inert:
-    """The timer of a hub that has no loop: nothing to cancel."""
-
-    def cancel(self) -> None:
-        pass
-
-
-_NEVER = _Inert()

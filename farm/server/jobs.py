@@ -173,7 +173,7 @@ class JobServer(Dispatch):
                 elif client is not None:
                     self._attach(job, client)
                 return job
-        fq = self.functions.get(function) or self.function(function)
+        fq = self.function(function)
         size = _held(function, unique, data, reducer)
         # A replayed job was accepted once already; limits only guard new work.
         if not store_id and (

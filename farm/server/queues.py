@@ -64,6 +64,17 @@ class Timer(Protocol):
     def cancel(self) -> None: ...
 
 
+class _Inert:
+    """A timer that will never fire: nothing to cancel."""
+
+    def cancel(self) -> None:
+        pass
+
+
+#: The timer of a hub with no loop, and the mark of a ``Deadlines`` firing (deadlines.py).
+INERT_TIMER: Timer = _Inert()
+
+
 class QueueFull(Exception):
     """A function's queue (or the server's byte budget) is at its limit."""
 
