@@ -92,6 +92,10 @@ def wait_refused(port: int) -> None:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
         except ConnectionRefusedError:
             return True
+        except ConnectionResetError:
+            # The listener closed while this connect sat in its backlog; the
+            # next try sees the closed port and is refused.
+            return False
         return False
 
     wait_for("the listener to close after SIGUSR1", refused)
