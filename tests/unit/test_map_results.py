@@ -1,4 +1,4 @@
-"""farm.executor.executor._results: what map's iterator yields, holds and cancels."""
+"""farm.executor.futures.results: what map's iterator yields, holds and cancels."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from farm.executor.executor import _results
+from farm.executor.futures import results as map_results
 
 
 class Box:
@@ -27,7 +27,7 @@ def done(value: Any) -> Future[Any]:
 def test_dropping_the_iterator_cancels_the_calls_not_yet_due(chunked: bool) -> None:
     first = done([1, 2] if chunked else 1)
     later: list[Future[Any]] = [Future(), Future()]
-    results = _results([first, *later], None, chunked=chunked)
+    results = map_results([first, *later], None, chunked=chunked)
     assert next(results) == 1
     del results
     gc.collect()
@@ -39,7 +39,7 @@ def test_chunks_yield_in_order_and_hold_no_value_they_gave() -> None:
     refs = [weakref.ref(b) for b in boxes]
     futures = [done(boxes[:2]), done(boxes[2:])]
     del boxes
-    results = _results(futures, None, chunked=True)
+    results = map_results(futures, None, chunked=True)
     got = next(results)
     assert got.value == 0
     del got
@@ -50,7 +50,7 @@ def test_chunks_yield_in_order_and_hold_no_value_they_gave() -> None:
 def test_a_failed_chunk_raises_after_the_values_before_it() -> None:
     bad: Future[Any] = Future()
     bad.set_exception(ValueError("chunk 2"))
-    results = _results([done([1, 2]), bad, done([5])], None, chunked=True)
+    results = map_results([done([1, 2]), bad, done([5])], None, chunked=True)
     assert [next(results), next(results)] == [1, 2]
     with pytest.raises(ValueError, match="chunk 2"):
         next(results)
@@ -59,7 +59,7 @@ def test_a_failed_chunk_raises_after_the_values_before_it() -> None:
 @pytest.mark.parametrize("chunked", [False, True])
 def test_close_cancels_the_calls_not_yet_due_as_a_generator_does(chunked: bool) -> None:
     later: list[Future[Any]] = [Future(), Future()]
-    results = _results([done([1] if chunked else 1), *later], None, chunked=chunked)
+    results = map_results([done([1] if chunked else 1), *later], None, chunked=chunked)
     assert next(results) == 1
     results.close()  # type: ignore[attr-defined]  # map's iterator, as ProcessPoolExecutor's
     assert all(f.cancelled() for f in later)

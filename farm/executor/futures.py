@@ -1,0 +1,136 @@
+"""What the executor hands its callers: the Future of a call, and map's iterator.
+
+``CallFuture`` reads its own reply in the waiting thread when the pump sleeps;
+``results`` yields map's values in order and cancels what is left when the caller
+stops early, as ProcessPoolExecutor.map's iterator does.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future
+from concurrent.futures._base import PENDING, RUNNING
+from itertools import chain, repeat
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from farm.executor.pump import Pump
+
+T = TypeVar("T")
+
+
+def results(futures: list[Future[Any]], end_time: float | None, *, chunked: bool) -> Iterator[Any]:
+    """The futures' results in order (with ``chunked``: the values of each chunk's list);
+    what is left is cancelled if the caller stops early (the iterator is closed or dropped).
+
+    While the caller holds a yielded result, nothing here refers to it or to its
+    future (bpo-14406): no local names either, as in CPython's ``_result_or_cancel``.
+    A chunk's values are popped from its list as they are yielded, by C code
+    (``map(list.pop, ...)`` under ``chain``): a Python generator's step per value cost
+    more than a tiny call's whole round trip (20,000 values: 1.8 ms, against 0.7).
+    """
+    futures.reverse()  # pop() from the end is O(1) and drops each reference when done
+    due = _each(futures, end_time)
+    return _ChunkValues.of(due) if chunked else due
+
+
+class _ChunkValues(chain[Any]):
+    """``chain`` (C iteration) with a generator's ``close()``, as ProcessPoolExecutor.map's
+    iterator has: what is not due yet is cancelled at once."""
+
+    close: Callable[[], None]
+
+    @classmethod
+    def of(cls, chunks: Generator[list[Any], None, None]) -> _ChunkValues:
+        values = cls.from_iterable(map(_popping, chunks))
+        assert isinstance(values, cls), "from_iterable makes an instance of the subclass"
+        values.close = chunks.close
+        return values
+
+
+def _each(futures: list[Future[Any]], end_time: float | None) -> Generator[Any, None, None]:
+    try:
+        while futures:
+            left = None if end_time is None else end_time - time.monotonic()
+            yield _result_or_cancel(futures.pop(), left)
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+def _popping(chunk: list[Any]) -> Iterator[Any]:
+    """The chunk's values in order, each leaving the list as it is yielded."""
+    chunk.reverse()
+    return map(_pop, repeat(chunk, len(chunk)))
+
+
+_pop = list.pop
+
+
+def _result_or_cancel(future: Future[Any], timeout: float | None) -> Any:
+    try:
+        try:
+            return future.result(timeout)
+        finally:
+            future.cancel()  # no-op when done; frees a pending one on timeout
+    finally:
+        del future  # break the cycle through the exception's traceback
+
+
+class CallFuture(Future[T]):
+    """The Future of a call: ``result()`` and ``exception()`` read the reply in the waiting
+    thread when the executor's pump thread is asleep (Pump.wait_here), sparing a hop.
+
+    Its ``_condition`` is its executor's, shared by all its futures, instead of a new
+    Condition (an RLock and a dozen bound methods) per call. A notification for one future
+    then wakes the threads waiting for others too, so ``result()`` and ``exception()``
+    wait in a loop until their own future is done or the time is up; ``wait()`` and
+    ``as_completed()`` wait on their own events and only take the lock.
+    """
+
+    def __init__(self, pump: Pump, condition: threading.Condition) -> None:
+        # Future.__init__'s fields, with the shared condition.
+        self._condition = condition
+        self._state = PENDING
+        self._result = None
+        self._exception = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Callable[[Future[T]], object]] = []
+        self._pump = pump
+
+    def cancel(self) -> bool:
+        cancelled = super().cancel()
+        if cancelled:
+            self._pump.interrupt_reader()  # a thread may wait for it in wait_here
+        return cancelled
+
+    def result(self, timeout: float | None = None) -> T:
+        return super().result(self._wait_done(self._wait_here(timeout)))
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return super().exception(self._wait_done(self._wait_here(timeout)))
+
+    def _wait_done(self, timeout: float | None) -> float:
+        """Wait until done or ``timeout``; 0 for the Future's own (single) look after it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._condition:
+            while self._state == PENDING or self._state == RUNNING:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._condition.wait(left)
+        return 0.0
+
+    def _wait_here(self, timeout: float | None) -> float | None:
+        """Wait in this thread if the pump lets it; what is left of ``timeout`` for the
+        Future's own wait (wait_here returns early when other work comes)."""
+        if self._state != PENDING and self._state != RUNNING:
+            return timeout
+        if timeout is None:
+            self._pump.wait_here(self, None)
+            return None
+        began = time.monotonic()
+        self._pump.wait_here(self, timeout)
+        return max(0.0, timeout - (time.monotonic() - began))
