@@ -51,23 +51,21 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import multiprocessing
 import os
 import shlex
 import signal
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.pool import Pool
 from pathlib import Path
 from types import FrameType, ModuleType
-from typing import Any, Protocol
+from typing import Any
 
 import psutil
 
@@ -75,18 +73,28 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import farm  # noqa: E402
+from bench.executor_tables import (  # noqa: E402
+    FARM,
+    LATENCY,
+    LOKY,
+    MP,
+    POOLS,
+    PPE,
+    Results,
+    best_pools,
+    median_of,
+    print_hog_table,
+    print_tables,
+)
+from bench.probes import FarmProbe, PoolProbe, Probe, farm_up, key_file, processes  # noqa: E402
 from farm.executor.call import DEFAULT_FUNCTION, TARGET  # noqa: E402
-from farm.executor.signing import KEY_ENV  # noqa: E402
 from tests.helpers.farmproc import FarmUp  # noqa: E402
 
 N_TINY, N_1MS, N_20MS, N_LATENCY, N_LATENCY_WARM, N_WARM = 20_000, 2_000, 200, 1_000, 100, 200
 #: Maps of N_TINY calls in chunks of 500 timed as one figure (one takes about 8 ms).
 TINY_MAPS = 10
-FARM, PPE, LOKY, MP = "farm", "ProcessPoolExecutor", "loky", "mp.Pool"
-POOLS = (PPE, LOKY, MP)
 ALIASES = {"farm": FARM, "ppe": PPE, "processpoolexecutor": PPE, "loky": LOKY}
 ALIASES |= {"mp": MP, "mp.pool": MP}
-LATENCY = "single calls"  # the latency run's row in the CPU table
 
 
 # -- what the workers run (imported by name from bench.bench_executor) --
@@ -157,118 +165,6 @@ def workloads(scale: int) -> list[Workload]:
 
 
 # -- CPU accounting --
-
-
-def cpu_seconds(pids: Sequence[int]) -> dict[int, float]:
-    """user + sys CPU seconds of each live process."""
-    out = {}
-    for pid in pids:
-        try:
-            t = psutil.Process(pid).cpu_times()
-        except psutil.Error:
-            continue
-        out[pid] = t.user + t.system
-    return out
-
-
-class Probe(Protocol):
-    def start(self) -> None: ...
-    def stop(self, calls: int) -> dict[str, float]:
-        """CPU µs per call for each role since start()."""
-        ...
-
-
-@dataclass(frozen=True)
-class Processes:
-    """The farm's processes at one moment, from its `farm ps` table."""
-
-    supervisor: int
-    server: int
-    workers: dict[int, int]  # pid -> jobs done so far
-
-
-def processes(up: FarmUp) -> Processes:
-    rows = up.ps()
-    (sup,) = (r["pid"] for r in rows if r["slot"] is None and r["function"] == "supervisor")
-    (srv,) = (r["pid"] for r in rows if r["slot"] is None and r["function"] == "server")
-    workers = {r["pid"]: r["jobs"] for r in rows if r["slot"] is not None and r["pid"]}
-    return Processes(sup, srv, workers)
-
-
-def key_file(up: FarmUp) -> Path:
-    return up.tmp / "executor.key"
-
-
-@contextmanager
-def farm_up(tmp: Path, workers: int) -> Iterator[FarmUp]:
-    """`farm up` with one pool of ``workers`` farm.python workers, all idle and the key
-    made; stopped (and every process of it gone) on leaving."""
-    pool = f'[functions."{DEFAULT_FUNCTION}"]\ntarget = "{TARGET}"\nworkers = {workers}\n'
-    up = FarmUp(tmp, pool, extra_env={KEY_ENV: str(tmp / "executor.key")})
-    try:
-        up.expect_notify("READY=1", timeout=120)  # as systemd would see it: all workers up
-        up.wait_idle({DEFAULT_FUNCTION: workers}, timeout=120)
-        if not key_file(up).exists():
-            raise RuntimeError(f"the supervisor made no key at {key_file(up)}")
-        yield up
-    finally:
-        up.stop()
-
-
-class FarmProbe:
-    """CPU of the supervisor, the server, the caller and the workers."""
-
-    def __init__(self, up: FarmUp) -> None:
-        self.up = up
-        self.procs = processes(up)
-        self.before: dict[int, float] = {}
-
-    def start(self) -> None:
-        self.procs = processes(self.up)  # outside the CPU window: ps costs the supervisor
-        procs = self.procs
-        self.before = cpu_seconds([procs.supervisor, procs.server, os.getpid(), *procs.workers])
-
-    def stop(self, calls: int) -> dict[str, float]:
-        after = cpu_seconds(list(self.before))
-        jobs = processes(self.up).workers
-        procs, before = self.procs, self.before
-        used = {pid: after[pid] - before[pid] for pid in before if pid in after}
-        workers = {pid: used[pid] for pid in procs.workers if pid in used}
-        done = {pid: jobs.get(pid, n) - n for pid, n in procs.workers.items()}
-        total_jobs = sum(done.values())
-        busiest_us = math.nan
-        if workers and total_jobs:
-            busiest = max(workers, key=workers.__getitem__)
-            busiest_calls = done.get(busiest, 0) * calls / total_jobs  # jobs may be chunks
-            if busiest_calls:
-                busiest_us = workers[busiest] / busiest_calls * 1e6
-        return {
-            "supervisor": used.get(procs.supervisor, math.nan) / calls * 1e6,
-            "server": used.get(procs.server, math.nan) / calls * 1e6,
-            "caller": used.get(os.getpid(), math.nan) / calls * 1e6,
-            "workers": sum(workers.values()) / calls * 1e6,
-            "busiest": busiest_us,
-        }
-
-
-class PoolProbe:
-    """CPU of the caller and the pool's worker processes."""
-
-    def __init__(self, workers: Sequence[int]) -> None:
-        self.pids = [os.getpid(), *workers]
-        self.before: dict[int, float] = {}
-
-    def start(self) -> None:
-        self.before = cpu_seconds(self.pids)
-
-    def stop(self, calls: int) -> dict[str, float]:
-        after = cpu_seconds(self.pids)
-        used = {pid: after[pid] - self.before[pid] for pid in self.before if pid in after}
-        me = os.getpid()
-        return {
-            "caller": used.get(me, math.nan) / calls * 1e6,
-            "workers": sum(v for pid, v in used.items() if pid != me) / calls * 1e6,
-        }
 
 
 # -- the executors, behind one face --
@@ -343,16 +239,6 @@ def open_runner(name: str, workers: int, service: FarmUp | None, addr: str) -> I
 # -- measuring --
 
 
-@dataclass
-class Results:
-    """One executor's numbers: calls/s per workload, latency, CPU µs per call per role."""
-
-    rate: dict[str, float] = field(default_factory=dict)
-    p50: float = math.nan
-    p99: float = math.nan
-    cpu: dict[str, dict[str, float]] = field(default_factory=dict)
-
-
 def run_workload(runner: Runner, w: Workload, out: Results, probe: bool) -> None:
     probe_ = runner.probe if probe else None
     if probe_:
@@ -396,25 +282,6 @@ def measure(
     return out
 
 
-def median_of(rounds: list[Results]) -> Results:
-    """Each figure the median of the rounds' (a noisy machine: see ``--rounds``)."""
-    out = Results()
-    for label in dict.fromkeys(k for r in rounds for k in r.rate):
-        out.rate[label] = statistics.median(r.rate[label] for r in rounds if label in r.rate)
-    for q in ("p50", "p99"):
-        values = [getattr(r, q) for r in rounds if not math.isnan(getattr(r, q))]
-        setattr(out, q, statistics.median(values) if values else math.nan)
-    for label in dict.fromkeys(k for r in rounds for k in r.cpu):
-        roles = dict.fromkeys(role for r in rounds for role in r.cpu.get(label, {}))
-        out.cpu[label] = {
-            role: statistics.median(
-                r.cpu[label][role] for r in rounds if role in r.cpu.get(label, {})
-            )
-            for role in roles
-        }
-    return out
-
-
 def interleaved(
     names: list[str], rounds: int, run: Callable[[str], Results | None]
 ) -> dict[str, Results]:
@@ -443,127 +310,6 @@ def hogs(count: int) -> Iterator[None]:
         for p in procs:
             if p.pid is not None:
                 p.join(10)
-
-
-# -- output --
-
-
-def fmt(value: float | None, digits: int = 0) -> str:
-    if value is None or math.isnan(value):
-        return "-"
-    if digits == 0 and abs(value) < 10:
-        return f"{value:.1f}"
-    return f"{value:,.{digits}f}"
-
-
-def ratio(a: float | None, b: float | None) -> str:
-    if a is None or b is None or math.isnan(a) or math.isnan(b) or b == 0:
-        return "-"
-    return f"{a / b:.2f}x"
-
-
-def pct(value: float | None, ideal: float | None) -> str:
-    if value is None or ideal is None or math.isnan(value):
-        return "-"
-    return f"{100 * value / ideal:.0f}%"
-
-
-def best_pools(res: dict[str, Results], loads: list[Workload]) -> dict[str, str]:
-    """Row -> the pool that did best on it (highest calls/s; lowest p50 for latency)."""
-    pools = [p for p in POOLS if p in res]
-    best = {}
-    for w in loads:
-        rated = [p for p in pools if w.label in res[p].rate]
-        if rated:
-            best[w.label] = max(rated, key=lambda p: res[p].rate[w.label])
-    timed = [p for p in pools if not math.isnan(res[p].p50)]
-    if timed:
-        best[LATENCY] = min(timed, key=lambda p: res[p].p50)
-    return best
-
-
-def print_tables(
-    res: dict[str, Results], loads: list[Workload], workers: int, best: dict[str, str]
-) -> None:
-    empty = Results()
-    get = {name: res.get(name, empty) for name in (FARM, *POOLS)}
-    f = get[FARM]
-    print("\n### Throughput (calls/s, higher is better)\n")
-    print(
-        f"| workload | farm | {PPE} | loky | mp.Pool | farm/best pool"
-        " | farm % ideal | best pool % ideal |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for w in loads:
-        cells = [fmt(get[n].rate.get(w.label)) for n in (FARM, *POOLS)]
-        b = best.get(w.label)
-        bv = get[b].rate.get(w.label) if b else None
-        versus = f"{ratio(f.rate.get(w.label), bv)} ({b})" if b else "-"
-        ideal = w.ideal(workers)
-        print(
-            f"| {w.label} | {' | '.join(cells)} | {versus}"
-            f" | {pct(f.rate.get(w.label), ideal)} | {pct(bv, ideal)} |"
-        )
-
-    print("\n### Single `submit(tiny).result()` latency (µs, lower is better)\n")
-    print(f"| | farm | {PPE} | loky | mp.Pool | farm/{PPE} |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for q in ("p50", "p99"):
-        cells = [fmt(getattr(get[n], q)) for n in (FARM, *POOLS)]
-        print(f"| {q} | {' | '.join(cells)} | {ratio(getattr(f, q), getattr(get[PPE], q))} |")
-
-    print("\n### CPU per call (µs of user+sys CPU, summed over the processes in each role)\n")
-    print(
-        "| workload | farm supervisor | farm server | farm caller | farm workers"
-        f" | farm busiest worker | farm total | {PPE} caller | {PPE} workers | {PPE} total |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for label in [w.label for w in loads] + [LATENCY]:
-        c, p = f.cpu.get(label, {}), get[PPE].cpu.get(label, {})
-        ftotal = sum(c.get(k, math.nan) for k in ("supervisor", "server", "caller", "workers"))
-        ptotal = p.get("caller", math.nan) + p.get("workers", math.nan)
-        values: list[float | None] = [
-            c.get(k) for k in ("supervisor", "server", "caller", "workers", "busiest")
-        ]
-        values += [ftotal, p.get("caller"), p.get("workers"), ptotal]
-        print(f"| {label} | {' | '.join(fmt(v) for v in values)} |")
-    tick = 1e6 / os.sysconf("SC_CLK_TCK")
-    print(
-        "\n(busiest worker: the farm worker that used the most CPU, per call it ran."
-        f" The kernel counts CPU time in {tick:,.0f} µs ticks per process: divide by the"
-        " calls for the resolution of a cell. Ideal: N workers doing only the CPU work.)"
-    )
-
-
-def print_hog_table(
-    base: dict[str, Results],
-    hogged: dict[str, Results],
-    loads: list[Workload],
-    best: dict[str, str],
-    count: int,
-) -> None:
-    print(f"\n### With {count} busy-loop hog processes running (farm vs the row's best pool)\n")
-    print("| workload | farm | best pool | that pool | farm/pool | farm vs no hogs |")
-    print("|---|---:|---|---:|---:|---:|")
-    f = hogged.get(FARM, Results())
-    for w in loads:
-        b = best.get(w.label)
-        bv = hogged[b].rate.get(w.label) if b and b in hogged else None
-        mine = f.rate.get(w.label)
-        calm = base[FARM].rate.get(w.label) if FARM in base else None
-        print(
-            f"| {w.label} (calls/s) | {fmt(mine)} | {b or '-'} | {fmt(bv)} | {ratio(mine, bv)}"
-            f" | {ratio(mine, calm)} |"
-        )
-    b = best.get(LATENCY)
-    for q in ("p50", "p99"):
-        mine = getattr(f, q)
-        bv = getattr(hogged[b], q) if b and b in hogged else None
-        calm = getattr(base[FARM], q) if FARM in base else None
-        print(
-            f"| single call {q} (µs, lower is better) | {fmt(mine)} | {b or '-'} | {fmt(bv)}"
-            f" | {ratio(mine, bv)} | {ratio(mine, calm)} |"
-        )
 
 
 # -- main --

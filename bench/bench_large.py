@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 import farm
-from bench.bench_executor import farm_up, key_file
+from bench.probes import farm_up, key_file
 from tests.helpers.calls import identity
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_executor import cpu_seconds
+from bench.probes import cpu_seconds
 from farm import protocol as p
 from farm.protocol import PacketType as T
 from tests.helpers.servers import (
