@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -30,10 +29,4 @@ def serving(
 
 
 def reverse(job: Any) -> bytes:
-    return job.data[::-1]
-
-
-def slow_reverse(job: Any) -> bytes:
-    """For `farm worker tests.helpers.serving:slow_reverse`: a job that takes a moment."""
-    time.sleep(0.5)  # stands in for real work, so a signal lands mid-job
     return job.data[::-1]

@@ -33,9 +33,15 @@ def farm_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def gearman_pool(up: FarmUp, runs: Path, seconds: float, extra: str = "") -> str:
-    """A `gearman -w` pool whose job notes each run in ``runs``, then sleeps, then echoes."""
-    script = f"echo run >> {runs}; sleep {seconds}; cat"
+def gearman_pool(up: FarmUp, runs: Path, seconds: float, extra: str = "", gate: str = "") -> str:
+    """A `gearman -w` pool whose job notes each run in ``runs``, then sleeps (with
+    ``gate``: until that file exists, at most ``seconds``), then echoes."""
+    if gate:
+        tries = int(seconds * 20)
+        wait = f"for i in $(seq {tries}); do [ -e {gate} ] && break; sleep 0.05; done"
+    else:
+        wait = f"sleep {seconds}"
+    script = f"echo run >> {runs}; {wait}; cat"
     return f"""
         [functions.slow]
         command = ["gearman", "-w", "-h", "127.0.0.1", "-p", "{up.port}", "-f", "slow",
@@ -55,7 +61,8 @@ def test_a_scaled_down_command_worker_finishes_its_job_once_then_exits(tmp_path:
     need("gearman")
     runs = tmp_path / "runs"
     up = FarmUp(tmp_path, "", start=False)
-    up.write_config(gearman_pool(up, runs, 3))
+    gate = tmp_path / "go"  # the job runs until the test has seen it draining
+    up.write_config(gearman_pool(up, runs, 60, gate=str(gate)))
     up.start()
     try:
         up.expect_notify("READY=1")
@@ -79,7 +86,6 @@ def test_a_scaled_down_command_worker_finishes_its_job_once_then_exits(tmp_path:
         shown = farm_cli("ps", "--control", up.control)
         assert shown.returncode == 0 and row["job"] in shown.stdout, shown.stdout + shown.stderr
 
-        scaled = time.monotonic()
         assert farm_cli("scale", "slow=0", "--control", up.control).returncode == 0
         draining = wait_for(
             "the worker draining",
@@ -88,6 +94,8 @@ def test_a_scaled_down_command_worker_finishes_its_job_once_then_exits(tmp_path:
         )[0]
         assert draining["pid"] == worker["pid"] and draining["job"] == row["job"]
         assert psutil.pid_exists(worker["pid"])  # its job runs on: no stop signal yet
+        scaled = time.monotonic()
+        gate.touch()
         thread.join(30)
         assert result == [b"payload"], result
         # it got its stop signal once idle: long before graceful_timeout (30 s)

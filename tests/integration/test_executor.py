@@ -202,7 +202,9 @@ def test_unpicklable_argument_fails_its_future(ex: farm.Executor) -> None:
 
 
 def test_map_timeout(ex: farm.Executor) -> None:
-    results = ex.map(nap, [0.0, 5.0], timeout=0.5)
+    # The first call's round trip must fit in the timeout on a loaded machine; the second
+    # cannot (5 s of sleep).
+    results = ex.map(nap, [0.0, 5.0], timeout=3)
     assert next(results) == 0.0
     with pytest.raises(TimeoutError):
         next(results)

@@ -153,7 +153,7 @@ def test_map_exception(executor: farm.Executor) -> None:
 def test_map_timeout(shared: Farm, executor: farm.Executor) -> None:
     results = []
     with shared.gate() as gate, pytest.raises(futures.TimeoutError):
-        for value in executor.map(wait_gate, ["", "", gate.path], timeout=1):
+        for value in executor.map(wait_gate, ["", "", gate.path], timeout=3):
             results.append(value)
     assert results == [None, None]
 

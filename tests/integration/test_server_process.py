@@ -92,9 +92,9 @@ def wait_refused(port: int) -> None:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
         except ConnectionRefusedError:
             return True
-        except ConnectionResetError:
-            # The listener closed while this connect sat in its backlog; the
-            # next try sees the closed port and is refused.
+        except OSError:
+            # Reset (the listener closed while this connect sat in its backlog) or timed
+            # out while it closes: the next try sees the closed port and is refused.
             return False
         return False
 

@@ -111,14 +111,18 @@ def _farm_worker(addr: str, target: str, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([*cmd, "--server", addr, *extra], cwd=ROOT)
 
 
-def test_sigterm_finishes_the_job_in_hand_then_exits_0(any_server) -> None:
-    proc = _farm_worker(any_server.addr, "tests.helpers.serving:slow_reverse")
+def test_sigterm_finishes_the_job_in_hand_then_exits_0(any_server, tmp_path) -> None:
+    # The job holds until the test says go (tests.helpers.crashy:hold): the signal lands
+    # mid-job however slowly the test runs.
+    proc = _farm_worker(any_server.addr, "tests.helpers.crashy:hold")
     try:
         with farm.Client(any_server.addr) as c:
-            task = c.submit("slow_reverse", b"abc")
-            wait_for("the job running", lambda: c.status(task).running)
+            task = c.submit("hold", str(tmp_path).encode())
+            wait_for("the job running", lambda: (tmp_path / f"started-{proc.pid}").exists())
             proc.send_signal(signal.SIGTERM)
-            assert c.wait(task, 5) == b"cba"
+            assert proc.poll() is None
+            (tmp_path / "go").touch()
+            assert c.wait(task, 20) == str(proc.pid).encode()
         assert proc.wait(5) == 0
     finally:
         proc.kill()

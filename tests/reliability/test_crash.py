@@ -24,6 +24,7 @@ from tests.helpers.waiting import wait_for
 pytestmark = pytest.mark.slow
 
 JOBS = 10_000
+WINDOW = 256  # submits in flight (submit_until_killed's default)
 
 
 def drain(addr: str) -> list[bytes]:
@@ -48,7 +49,11 @@ def test_kill_9_of_the_server_at_random_points_loses_no_created_job(tmp_path: Pa
     kills = 0
     while todo:
         srv = start_with_store(db, port)
-        kill_after = rng.randrange(1, len(todo)) if kills < 4 and len(todo) > 1 else None
+        # Up to two windows of replies can follow the count a kill is due at (the read
+        # that passes it, and what was in flight), however the reads fall on a loaded
+        # machine; killing in the first half of what is left keeps jobs for all four.
+        last = max(2, (len(todo) - 2 * WINDOW) // 2)
+        kill_after = rng.randrange(1, last) if kills < 4 else None
         n = submit_until_killed(srv, todo, kill_after)
         created.update(todo[:n])
         todo = todo[n:]
