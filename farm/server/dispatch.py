@@ -22,7 +22,8 @@ log = logging.getLogger("farm.server")
 
 #: Timed-out handles remembered per worker connection, to drop their late answers.
 MAX_EXPIRED = 64
-#: How long a woken worker has to come and grab before another sleeper is woken instead.
+#: How long a woken worker has to come and grab before another sleeper is woken instead
+#: (the default of the server's --wake-deadline).
 WAKE_DEADLINE = 0.5
 
 
@@ -145,7 +146,8 @@ class Dispatch:
         worker.woken = False
         if fq.queued and self.functions.get(fq.name) is fq:
             log.info(
-                "a woken worker did not come for its job within %gs; waking another", WAKE_DEADLINE
+                "a woken worker did not come for its job within %gs; waking another",
+                self.wakes.length,
             )
             self._wake(fq)
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from farm.server.deadlines import Deadlines
-from farm.server.jobs import WAKE_DEADLINE, Job, JobServer
+from farm.server.jobs import Job, JobServer
 from farm.server.metrics import ServerStats
 from farm.server.options import ServerOptions
 from farm.server.queues import INERT_TIMER, Timer
@@ -71,7 +71,7 @@ class Writer(Protocol):
         """Answer this worker's held grab with the job it was woken for, if still there."""
 
     def not_accepted(self, job: Job) -> None:
-        """The job pushed to this worker was not accepted within WAKE_DEADLINE."""
+        """The job pushed to this worker was not accepted within --wake-deadline."""
 
     def lazy_due(self) -> None:
         """What this lazy-created client was sent without a write of its own is due now."""
@@ -89,7 +89,7 @@ class Hub:
         self.pushes: list[Writer] = []  # workers with a held grab woken this turn
         # Jobs pushed to held grabs and not accepted yet (docs/held-grab.md), by worker.
         self.unaccepted: Deadlines[Writer, Job] = Deadlines(
-            WAKE_DEADLINE, _not_accepted, self.call_later
+            options.wake_deadline, _not_accepted, self.call_later
         )
         # Lazy-created clients holding replies that asked for no write of their own.
         self.lazy: Deadlines[Writer, None] = Deadlines(LAZY_CREATED_MAX, _lazy_due, self.call_later)
@@ -105,6 +105,7 @@ class Hub:
             max_queue=options.max_queue,
             job_retries=options.job_retries,
             call_later=self.call_later,
+            wake_deadline=options.wake_deadline,
         )
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:

@@ -70,6 +70,7 @@ class JobServer(Dispatch):
         store: SQLiteStore | None = None,
         max_queued_bytes: int = 0,
         max_queue: int = 0,
+        wake_deadline: float = WAKE_DEADLINE,
     ) -> None:
         self.max_queue = max_queue  # default `maxqueue` of every new function
         self.job_retries = job_retries
@@ -93,7 +94,7 @@ class JobServer(Dispatch):
         self.poison: deque[tuple[bytes, bytes, bytes]] = deque(maxlen=1000)
         self.call_later = call_later
         self.wakes: Deadlines[Peer, FunctionQueue] = Deadlines(
-            WAKE_DEADLINE, self._wake_deadline, call_later
+            wake_deadline, self._wake_deadline, call_later
         )
         self.store = store
         self._epoch_timer: Timer | None = None

@@ -47,6 +47,9 @@ class ServerOptions:
     tcp_admin: str = "full"
     max_abilities: int = 4096  # functions one connection may register
     max_partial_bytes: int = 256 << 20  # bytes of unfinished packets all connections may hold
+    # Seconds a woken worker has to grab, or a pushed job to be accepted, before another
+    # worker gets the job (farm.server.dispatch.WAKE_DEADLINE by default).
+    wake_deadline: float = 0.5
     metrics: str | None = None  # HOST:PORT of the Prometheus endpoint (docs/monitoring.md)
     # Who the hints of a start-up error speak to: "flags" (farm server) or "config" (the
     # local server of `farm up`, whose user has [server] keys, not flags).
@@ -185,6 +188,14 @@ def build_parser(prog: str = "farm server") -> argparse.ArgumentParser:
         " connection that goes past it gets ERROR and is closed (default 256 MiB)",
     )
     ap.add_argument(
+        "--wake-deadline",
+        type=float,
+        default=0.5,
+        metavar="SECONDS",
+        help="how long a woken worker has to come for its job, or a pushed job to be"
+        " accepted, before another worker gets it (default %(default)s)",
+    )
+    ap.add_argument(
         "--metrics",
         metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off; under farm up"
@@ -243,6 +254,8 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "farm server") -> 
         ap.error("--max-queue and --max-queued-bytes must be >= 0, --max-connections >= 1")
     if ns.max_partial_bytes < ns.max_packet:
         ap.error("--max-partial-bytes must be at least --max-packet (one whole packet)")
+    if not 0.01 <= ns.wake_deadline <= 60:
+        ap.error("--wake-deadline must be between 0.01 and 60 seconds")
     if ns.max_abilities < 1:
         ap.error("--max-abilities must be at least 1")
     if ns.max_packet < 1024:
@@ -273,6 +286,7 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "farm server") -> 
         tcp_admin=ns.tcp_admin,
         max_abilities=ns.max_abilities,
         max_partial_bytes=ns.max_partial_bytes,
+        wake_deadline=ns.wake_deadline,
         metrics=metrics_address(ap, ns.metrics),
         hints=ns.hints,
     )

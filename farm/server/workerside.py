@@ -20,7 +20,7 @@ from farm import protocol as p
 from farm.protocol import PacketType as T
 from farm.protocol import encode_res, frame_res
 from farm.server.hub import Hub, Writer
-from farm.server.jobs import WAKE_DEADLINE, Job, JobServer
+from farm.server.jobs import Job, JobServer
 from farm.server.queues import Peer
 
 __all__ = ["WorkerSide", "error", "NO_JOB", "NOOP", "RESERVED", "UCRED"]
@@ -80,7 +80,7 @@ class WorkerSide:
 
     def push(self) -> None:
         """Answer the held grab (NOOP, then the assignment, in one write) with the best job
-        now, and give the worker WAKE_DEADLINE to accept it (JOB_ACCEPT) before it is taken
+        now, and give the worker --wake-deadline to accept it (JOB_ACCEPT) before it is taken
         back: a stopped or hung worker must not sit on a job others could run."""
         ptype, self.held_grab = self.held_grab, 0
         if not ptype or self.closed:
@@ -131,7 +131,7 @@ class WorkerSide:
             "fd %d: pushed job %s not accepted within %gs; it goes to another worker",
             self.fd,
             job.handle.decode(),
-            WAKE_DEADLINE,
+            self.hub.unaccepted.length,
         )
         self.jobs.take_back(self.peer(), job)
 

@@ -136,7 +136,8 @@ def test_gearmand_style_command_line_is_accepted() -> None:
 
 
 def test_bad_flags_are_a_usage_line_and_exit_2() -> None:
-    for args in (["--port", "notaport"], ["--port", "70000"], ["--bogus"], ["-j", "-1"]):
+    bad = (["--port", "notaport"], ["--port", "70000"], ["--bogus"], ["-j", "-1"])
+    for args in (*bad, ["--wake-deadline", "0"]):
         out = farm_cli("server", *args)
         assert out.returncode == 2, (args, out.stderr)
         assert "usage:" in out.stderr

@@ -137,3 +137,17 @@ def test_job_accept_is_unknown_to_a_connection_that_did_not_ask(hub: Hub) -> Non
     wire = Wire(hub, ClientSession("mem"))
     wire.conn.data_received(p.encode_req(T.JOB_ACCEPT, b"H:x:1"))
     assert wire.conn.closed, "as any packet type the server does not know"
+
+
+def test_wake_deadline_sets_both_deadlines_and_bad_values_are_usage_errors(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert Hub(parse_args(["--store", "none"])).unaccepted.length == 0.5, "the default"
+    hub = Hub(parse_args(["--store", "none", "--wake-deadline", "2"]))
+    assert hub.unaccepted.length == 2.0, "a pushed job's"
+    assert hub.jobs.wakes.length == 2.0, "a woken sleeper's"
+    for bad in ("0", "61", "soon"):
+        with pytest.raises(SystemExit) as exit_:
+            parse_args(["--wake-deadline", bad])
+        assert exit_.value.code == 2
+        assert "--wake-deadline" in capsys.readouterr().err
