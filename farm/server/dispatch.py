@@ -22,6 +22,8 @@ log = logging.getLogger("farm.server")
 
 #: Timed-out handles remembered per worker connection, to drop their late answers.
 MAX_EXPIRED = 64
+#: CAN_DO_TIMEOUT lengths kept before those with no running job are dropped.
+MAX_TIMEOUT_LENGTHS = 64
 #: How long a woken worker has to come and grab before another sleeper is woken instead
 #: (the default of the server's --wake-deadline).
 WAKE_DEADLINE = 0.5
@@ -39,6 +41,7 @@ class Dispatch:
     poison: deque[tuple[bytes, bytes, bytes]]
     on_idle: Callable[[], None] | None
     wakes: Deadlines[Peer, FunctionQueue]  # woken workers that have not come to grab yet
+    timeouts: dict[float, Deadlines[Job, Peer]]  # running jobs' CAN_DO_TIMEOUTs, by length
     function: Callable[[bytes], FunctionQueue]
     note_unused: Callable[[bytes], None]
     running_count: Callable[[], int]
@@ -204,12 +207,27 @@ class Dispatch:
         worker.running[job.handle] = job
         timeout = worker.abilities.get(job.function, 0.0)
         if timeout and self.call_later is not None:
-            job.timer = self.call_later(timeout, lambda: self._expire(job, worker))
+            expiry = self.timeouts.get(timeout)
+            if expiry is None:
+                expiry = self._timeout_deadlines(timeout)
+            expiry.add(job, worker)
+            job.expiry = expiry
         return job
+
+    def _timeout_deadlines(self, timeout: float) -> Deadlines[Job, Peer]:
+        """The deadlines of jobs run under CAN_DO_TIMEOUT ``timeout``: one timer per length in
+        use, not a loop timer made and cancelled per job. Lengths nothing waits on are dropped
+        once many are kept, as workers may register any number of different timeouts."""
+        if len(self.timeouts) >= MAX_TIMEOUT_LENGTHS:
+            for length, deadlines in list(self.timeouts.items()):
+                if not deadlines:
+                    del self.timeouts[length]
+        expiry = self.timeouts[timeout] = Deadlines(timeout, self._expire, self.call_later)
+        return expiry
 
     def _expire(self, job: Job, worker: Peer) -> None:
         """CAN_DO_TIMEOUT ran out: the job fails (gearmand 1.1 would requeue it forever)."""
-        job.timer = None
+        job.expiry = None
         if job.worker is worker and worker.running.get(job.handle) is job:
             log.warning(
                 "job %s (%s) timed out on its worker", job.handle.decode(), job.function.decode()
@@ -269,6 +287,6 @@ class Dispatch:
         worker.running.pop(job.handle, None)
         job.worker = None
         self.functions[job.function].running -= 1
-        if job.timer is not None:
-            job.timer.cancel()
-            job.timer = None
+        if job.expiry is not None:
+            job.expiry.discard(job)
+            job.expiry = None

@@ -96,6 +96,7 @@ class JobServer(Dispatch):
         self.wakes: Deadlines[Peer, FunctionQueue] = Deadlines(
             wake_deadline, self._wake_deadline, call_later
         )
+        self.timeouts: dict[float, Deadlines[Job, Peer]] = {}
         self.store = store
         self._epoch_timer: Timer | None = None
         self.on_idle: Callable[[], None] | None = None

@@ -75,6 +75,12 @@ class _Inert:
 INERT_TIMER: Timer = _Inert()
 
 
+class Expiry(Protocol):
+    """Where a running job's CAN_DO_TIMEOUT deadline is kept (a ``Deadlines``, deadlines.py)."""
+
+    def discard(self, key: Job) -> None: ...
+
+
 class QueueFull(Exception):
     """A function's queue (or the server's byte budget) is at its limit."""
 
@@ -100,7 +106,7 @@ class Job:
         "retries",
         "queued",
         "store_id",
-        "timer",
+        "expiry",
         "since",
         "size",
     )
@@ -134,7 +140,7 @@ class Job:
         self.retries = 0
         self.queued = False
         self.store_id = 0  # row in the durable store; 0 when not stored
-        self.timer: Timer | None = None
+        self.expiry: Expiry | None = None  # its CAN_DO_TIMEOUT deadline, while it runs
         self.since = 0.0  # monotonic: when it was queued, then when a worker took it
         self.size = 0  # the bytes it holds, as --max-queued-bytes counts them (jobs._held)
 

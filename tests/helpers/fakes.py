@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from farm.server.queues import Job, Outcome, Progress
+from farm.server.queues import Job, Outcome, Progress, Timer
 
 
 class FakePeer:
@@ -28,3 +30,34 @@ class FakePeer:
 
     def job_ended(self, job: Job, outcome: Outcome, data: bytes) -> None:
         self.told.append(("ended", job.handle, outcome, data))
+
+
+@dataclass
+class FakeTimer:
+    when: float
+    callback: Callable[[], None]
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeClock:
+    """Timers and a monotonic clock that move only when told (no loop, no waiting)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[FakeTimer] = []
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        timer = FakeTimer(self.now + delay, callback)
+        self.timers.append(timer)
+        return timer
+
+    def advance(self, until: float) -> None:
+        while due := [t for t in self.timers if not t.cancelled and t.when <= until]:
+            first = min(due, key=lambda t: t.when)
+            first.cancelled = True  # fired
+            self.now = first.when
+            first.callback()
+        self.now = until

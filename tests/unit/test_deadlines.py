@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import pytest
 
 from farm.server.deadlines import Deadlines
 from farm.server.queues import Timer
+from tests.helpers.fakes import FakeClock
 
 LENGTH = 0.05
 
@@ -133,37 +133,6 @@ def test_a_callback_that_raises_does_not_stop_the_deadlines_after_it() -> None:
         assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
 
     run(body)
-
-
-@dataclass
-class FakeTimer:
-    when: float
-    callback: Callable[[], None]
-    cancelled: bool = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class FakeClock:
-    """Timers and a monotonic clock that move only when told (no loop, no waiting)."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.timers: list[FakeTimer] = []
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
-        timer = FakeTimer(self.now + delay, callback)
-        self.timers.append(timer)
-        return timer
-
-    def advance(self, until: float) -> None:
-        while due := [t for t in self.timers if not t.cancelled and t.when <= until]:
-            first = min(due, key=lambda t: t.when)
-            first.cancelled = True  # fired
-            self.now = first.when
-            first.callback()
-        self.now = until
 
 
 def test_a_deadline_added_by_a_callback_does_not_delay_those_already_waiting(

@@ -8,7 +8,7 @@ import pytest
 
 from farm.server.jobs import JobServer, QueueFull
 from farm.server.store import SQLiteStore
-from tests.helpers.fakes import FakePeer
+from tests.helpers.fakes import FakeClock, FakePeer
 
 
 def test_replay_ignores_queue_limits_so_a_restart_cannot_fail(tmp_path: Path) -> None:
@@ -123,3 +123,35 @@ def test_queued_bytes_count_every_argument_not_only_the_payload() -> None:
         jobs.submit(None, long_name + b"2", b"", b"y" * 60, background=True)  # 511 more
     jobs.cancel(first.handle)
     assert jobs.queued_bytes == 0
+
+
+def test_can_do_timeouts_share_a_timer_per_length_and_fail_only_the_overdue_job(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from farm.server.dispatch import MAX_TIMEOUT_LENGTHS
+    from farm.server.jobs import Outcome
+
+    clock = FakeClock()
+    monkeypatch.setattr("farm.server.deadlines.monotonic", lambda: clock.now)
+    jobs = JobServer(hostname="t", call_later=clock.call_later)
+    client, slow, quick = FakePeer(), FakePeer(), FakePeer()
+    for worker in (slow, quick):
+        jobs.can_do(worker, b"f", timeout=2.0)
+    first = jobs.submit(client, b"f", b"", b"1")
+    second = jobs.submit(client, b"f", b"", b"2")
+    assert jobs.grab(slow) is first and jobs.grab(quick) is second
+    assert len(clock.timers) == 1, "two jobs, one timer"
+    clock.advance(1.0)
+    jobs.finish(quick, second, Outcome.COMPLETE, b"done")  # in time: never fails
+    clock.advance(5.0)
+    assert [t[1:3] for t in client.told] == [
+        (second.handle, Outcome.COMPLETE),
+        (first.handle, Outcome.FAIL),
+    ]
+    # Any number of different timeouts keeps few idle ones around.
+    for n in range(3 * MAX_TIMEOUT_LENGTHS):
+        jobs.can_do(slow, b"g", timeout=10.0 + n)
+        job = jobs.submit(client, b"g", b"", b"x")
+        assert jobs.grab(slow) is job
+        jobs.finish(slow, job, Outcome.COMPLETE, b"")
+    assert len(jobs.timeouts) <= MAX_TIMEOUT_LENGTHS + 1
