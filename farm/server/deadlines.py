@@ -1,4 +1,4 @@
-"""Many deadlines of one length behind one timer: the wake-up and push deadlines.
+"""Many deadlines of one length behind one timer: wake-ups, pushes, lazy replies, timeouts.
 
 Every job handed to a sleeping worker starts a deadline (WAKE_DEADLINE: come and
 grab, or accept the pushed job, within half a second), and nearly every one of
