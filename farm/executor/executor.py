@@ -281,7 +281,7 @@ class Executor(_BaseExecutor):
         from farm.executor.progress import with_progress
 
         name = getattr(fn, "__name__", None) or "calls"
-        shown = list(futures)  # _results empties its list as it goes
+        shown = list(futures)  # results() empties its list as it goes
         return with_progress(results(futures, end_time, chunked=chunksize > 1), shown, sizes, name)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

@@ -222,6 +222,9 @@ class Dispatch:
             for length, deadlines in list(self.timeouts.items()):
                 if not deadlines:
                     del self.timeouts[length]
+                    if deadlines.timer is not None:
+                        # Its idle firing would keep it alive for up to its length (a year).
+                        deadlines.timer.cancel()
         expiry = self.timeouts[timeout] = Deadlines(timeout, self._expire, self.call_later)
         return expiry
 

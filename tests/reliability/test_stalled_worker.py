@@ -41,8 +41,8 @@ def test_another_sleeper_is_woken_when_the_first_does_not_come(
     stalled = sleeping_worker(peer_factory, srv, "f")
     healthy = sleeping_worker(peer_factory, srv, "f")
     client = peer_factory(srv.addr)
+    began = time.monotonic()  # before the submit: the deadline may start before we look
     client.send(T.SUBMIT_JOB, "f", "", "x")
-    began = time.monotonic()
     handle = client.expect(T.JOB_CREATED).args[0]
     stalled.expect(T.NOOP)  # the first sleeper is woken first ...
     assert healthy.nothing_within(0.3), "... and only it, at first: no herd"

@@ -155,3 +155,5 @@ def test_can_do_timeouts_share_a_timer_per_length_and_fail_only_the_overdue_job(
         assert jobs.grab(slow) is job
         jobs.finish(slow, job, Outcome.COMPLETE, b"")
     assert len(jobs.timeouts) <= MAX_TIMEOUT_LENGTHS + 1
+    live = [t for t in clock.timers if not t.cancelled]
+    assert len(live) <= MAX_TIMEOUT_LENGTHS + 1, "a dropped length's timer is cancelled"
