@@ -48,7 +48,13 @@ def test_one_endpoint_shows_pools_slots_restarts_and_the_servers_jobs(tmp_path: 
         with farm.Client(up.addr) as client:
             for text in ("abc", "def", "ghi", "jkl"):
                 assert client.call("reverse", text) == text[::-1].encode()
-        crashed = up.workers("reverse")[0]["pid"]
+        # Both workers have run max_jobs and are on their way out: kill a replacement, so
+        # the kill cannot land on one that exits (a recycle) on its own.
+        crashed = wait_for(
+            "a fresh worker",
+            lambda: next((r["pid"] for r in up.workers("reverse", "idle") if r["jobs"] < 2), None),
+            timeout=30,
+        )
         os.kill(crashed, signal.SIGKILL)
 
         def counted() -> dict | None:
