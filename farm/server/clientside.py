@@ -64,8 +64,8 @@ class ClientSide:
         if len(unique) > p.MAX_UNIQUE:
             self.send(error("ARGUMENT_TOO_LARGE", "Unique value too large"))
             return
-        if (reducer is not None or not 0 < len(function) <= p.MAX_FUNCTION) and (
-            not self.function_ok(function) or not self.function_ok(reducer or b"x", "reducer")
+        if not self.function_ok(function) or (
+            reducer is not None and not self.function_ok(reducer, "reducer")
         ):
             return
         background = kind.background

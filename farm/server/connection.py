@@ -214,9 +214,7 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
         connection that takes it past --max-partial-bytes is refused, so many slow
         senders of large bodies cannot hold the server's memory between them."""
         now = self.decoder.buffered
-        grew = now - self.partial
-        if not grew:
-            return
+        grew = now - self.partial  # not 0: data_received calls this only on a change
         hub = self.hub
         hub.partial_bytes += grew
         self.partial = now

@@ -1,8 +1,8 @@
 """Many deadlines of one length behind one timer: wake-ups, pushes, lazy replies, timeouts.
 
-Every job handed to a sleeping worker starts a deadline (WAKE_DEADLINE: come and
-grab, or accept the pushed job, within half a second), and nearly every one of
-them is met. A loop timer per deadline cost a timer handle, a closure and a
+Every job handed to a sleeping worker starts a deadline (--wake-deadline: come and
+grab, or accept the pushed job, within half a second by default), and nearly every
+one of them is met. A loop timer per deadline cost a timer handle, a closure and a
 cancel (or a late, idle firing) per job; here a deadline is one dict entry, and
 one timer serves them all. All deadlines of one ``Deadlines`` have the same
 length, so the dict's insertion order is their order of expiry: the timer is

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
+
 from farm.server.queues import Job, Outcome, Progress, Timer
 
 
@@ -53,6 +55,13 @@ class FakeClock:
         timer = FakeTimer(self.now + delay, callback)
         self.timers.append(timer)
         return timer
+
+    @classmethod
+    def installed(cls, monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+        """A clock that farm.server.deadlines reads as its monotonic one, for this test."""
+        clock = cls()
+        monkeypatch.setattr("farm.server.deadlines.monotonic", lambda: clock.now)
+        return clock
 
     def advance(self, until: float) -> None:
         while due := [t for t in self.timers if not t.cancelled and t.when <= until]:

@@ -70,8 +70,7 @@ def test_a_met_deadline_never_fires_and_a_renewed_one_fires_late(
 ) -> None:
     # On the fake clock: on a real loop a stall of the test between the adds would let
     # the first timer fire before the renewal it is about.
-    clock = FakeClock()
-    monkeypatch.setattr("farm.server.deadlines.monotonic", lambda: clock.now)
+    clock = FakeClock.installed(monkeypatch)
     fired: list[tuple[str, int, float]] = []
     d: Deadlines[str, int] = Deadlines(
         0.5, lambda k, v: fired.append((k, v, clock.now)), clock.call_later
@@ -142,8 +141,7 @@ def test_a_callback_that_raises_does_not_stop_the_deadlines_after_it() -> None:
 def test_a_deadline_added_by_a_callback_does_not_delay_those_already_waiting(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    clock = FakeClock()
-    monkeypatch.setattr("farm.server.deadlines.monotonic", lambda: clock.now)
+    clock = FakeClock.installed(monkeypatch)
     fired: list[tuple[str, float]] = []
 
     def on_due(key: str, value: int) -> None:

@@ -131,8 +131,7 @@ def test_can_do_timeouts_share_a_timer_per_length_and_fail_only_the_overdue_job(
     from farm.server.dispatch import MAX_TIMEOUT_LENGTHS
     from farm.server.jobs import Outcome
 
-    clock = FakeClock()
-    monkeypatch.setattr("farm.server.deadlines.monotonic", lambda: clock.now)
+    clock = FakeClock.installed(monkeypatch)
     jobs = JobServer(hostname="t", call_later=clock.call_later)
     client, slow, quick = FakePeer(), FakePeer(), FakePeer()
     for worker in (slow, quick):
