@@ -1,4 +1,5 @@
-"""What a client connection asks: submits of every kind, and status queries.
+"""What a client connection asks (submits of every kind, status queries) and is told
+(its jobs' progress and ends, ``job_progress`` and ``job_ended``).
 
 A mixin of :class:`farm.server.connection.Connection`, split off along the
 client's side of the wire (the worker's is farm.server.workerside). Arguments
@@ -14,7 +15,7 @@ from farm.protocol import PacketType as T
 from farm.protocol import encode_res, frame_res
 from farm.protocol.kinds import SUBMIT_KINDS, Priority, SubmitKind
 from farm.server.hub import LAZY_CREATED_MAX, Hub
-from farm.server.jobs import JobServer, QueueFull
+from farm.server.jobs import Job, JobServer, Outcome, Progress, QueueFull
 from farm.server.queues import Peer
 from farm.server.store import StoreError
 from farm.server.workerside import error
@@ -28,6 +29,18 @@ REDUCE_BG = SubmitKind(Priority.NORMAL, background=True)
 
 # Plain ints and module names for the hot path, as in farm.server.workerside.
 _JOB_CREATED = int(T.JOB_CREATED)
+_COMPLETE, _EXCEPTION = Outcome.COMPLETE, Outcome.EXCEPTION
+_WORK_COMPLETE, _WORK_EXCEPTION, _WORK_FAIL = (
+    int(T.WORK_COMPLETE),
+    int(T.WORK_EXCEPTION),
+    int(T.WORK_FAIL),
+)
+#: What a job's news is called on the client's side of the wire.
+PROGRESS_PACKET: dict[Progress, int] = {
+    Progress.STATUS: int(T.WORK_STATUS),
+    Progress.DATA: int(T.WORK_DATA),
+    Progress.WARNING: int(T.WORK_WARNING),
+}
 _KIND_OF: dict[int, SubmitKind] = {int(ptype): kind for ptype, kind in SUBMIT_KINDS.items()}
 
 
@@ -47,6 +60,7 @@ class ClientSide:
     held: list[tuple[bytes, bytearray]] | None
     lazy_created: bool
     lazy_waiting: bool  # has a deadline in hub.lazy
+    exceptions: bool  # OPTION_REQ exceptions: WORK_EXCEPTION, not WORK_FAIL
 
     def client(self) -> Peer:
         return self  # type: ignore[return-value]  # a Connection, which is one
@@ -171,3 +185,16 @@ class ClientSide:
                     count,
                 )
             )
+
+    # -- what the job model tells this client -------------------------------------
+
+    def job_progress(self, job: Job, kind: Progress, fields: tuple[bytes, ...]) -> None:
+        self.send(frame_res(PROGRESS_PACKET[kind], job.handle, *fields))
+
+    def job_ended(self, job: Job, outcome: Outcome, data: bytes) -> None:
+        if outcome is _COMPLETE:
+            self.send(frame_res(_WORK_COMPLETE, job.handle, data))
+        elif outcome is _EXCEPTION and self.exceptions:
+            self.send(frame_res(_WORK_EXCEPTION, job.handle, data))
+        else:  # a failure, or an exception for a client that did not ask for them
+            self.send(frame_res(_WORK_FAIL, job.handle))

@@ -27,18 +27,10 @@ from farm.protocol.kinds import SUBMIT_KINDS
 from farm.server.admin import run_admin
 from farm.server.clientside import ClientSide
 from farm.server.hub import Hub
-from farm.server.jobs import Job, Outcome, Progress
+from farm.server.jobs import Job
 from farm.server.workerside import UCRED, WorkerSide, error
 
 log = logging.getLogger("farm.server")
-
-# Plain ints and module names for the hot path, as in farm.server.workerside.
-_COMPLETE, _EXCEPTION = Outcome.COMPLETE, Outcome.EXCEPTION
-_WORK_COMPLETE, _WORK_EXCEPTION, _WORK_FAIL = (
-    int(T.WORK_COMPLETE),
-    int(T.WORK_EXCEPTION),
-    int(T.WORK_FAIL),
-)
 
 
 class Connection(ClientSide, WorkerSide, asyncio.Protocol):
@@ -161,13 +153,17 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
         else:
             self.transport.pause_reading()
 
-    def wait_for_reader(self, client: Connection) -> None:
-        """Stop reading this worker until ``client`` has drained what it was sent."""
-        if client is self or client.closed:
-            return
-        client.held_back.add(self)
-        self.waiting_on.add(client)
-        self.update_reading()
+    def wait_for_readers(self, job: Job) -> None:
+        """Stop reading this worker until the clients of ``job`` that stopped reading
+        (their transport past the high-water mark) have drained what they were sent."""
+        for client in job.clients:
+            if not isinstance(client, Connection) or not client.write_paused:
+                continue
+            if client is self or client.closed:
+                continue
+            client.held_back.add(self)
+            self.waiting_on.add(client)
+            self.update_reading()
 
     def release_held_back(self) -> None:
         held, self.held_back = self.held_back, set()
@@ -256,19 +252,6 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
             self.dirty = True
             self.hub.dirty.append(self)
 
-    # -- what the job model tells this connection ------------------------------
-
-    def job_progress(self, job: Job, kind: Progress, fields: tuple[bytes, ...]) -> None:
-        self.send(frame_res(PROGRESS_PACKET[kind], job.handle, *fields))
-
-    def job_ended(self, job: Job, outcome: Outcome, data: bytes) -> None:
-        if outcome is _COMPLETE:
-            self.send(frame_res(_WORK_COMPLETE, job.handle, data))
-        elif outcome is _EXCEPTION and self.exceptions:
-            self.send(frame_res(_WORK_EXCEPTION, job.handle, data))
-        else:  # a failure, or an exception for a client that did not ask for them
-            self.send(frame_res(_WORK_FAIL, job.handle))
-
     def flush(self) -> None:
         self.dirty = False
         if self.lazy_waiting:  # what it held leaves now
@@ -299,33 +282,6 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
             self.detach()
 
     # -- packets -------------------------------------------------------------
-
-    def work_update(self, args: tuple[bytes, ...], ptype: int) -> None:
-        handle = args[0]
-        job = self.jobs.held(self, handle)
-        if job is not None and job is self.pushed:
-            self.accepted()  # its news says it took the job, as JOB_ACCEPT would
-        if job is None:
-            if handle in self.expired:
-                # farm: the job timed out in this worker's hands and has failed already. Its
-                # late answer is dropped, not answered with an ERROR that some workers (Perl's
-                # Gearman::Worker) die on.
-                if ptype in OUTCOME:
-                    del self.expired[handle]
-                log.debug("fd %d: late %s for timed-out job %r dropped", self.fd, ptype, handle)
-                return
-            self.send(error("JOB_NOT_FOUND", NOT_FOUND_TEXT.get(ptype, NOT_FOUND_DEFAULT)))
-            return
-        progress = PROGRESS_KIND.get(ptype)
-        if progress is not None:
-            self.jobs.progress(job, progress, args[1:])
-            for client in job.clients:
-                if isinstance(client, Connection) and client.write_paused:
-                    self.wait_for_reader(client)
-        else:
-            data = args[1] if ptype != _WORK_FAIL else b""
-            self.jobs.finish(self, job, OUTCOME[ptype], data)
-            self.jobs_done += 1
 
     def function_ok(self, name: bytes, what: str = "function name") -> bool:
         if not name:
@@ -383,24 +339,6 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
             self.send(reply.encode())
 
 
-PROGRESS_KIND: dict[int, Progress] = {
-    int(T.WORK_STATUS): Progress.STATUS,
-    int(T.WORK_DATA): Progress.DATA,
-    int(T.WORK_WARNING): Progress.WARNING,
-}
-PROGRESS_PACKET = {kind: ptype for ptype, kind in PROGRESS_KIND.items()}
-OUTCOME: dict[int, Outcome] = {
-    int(T.WORK_COMPLETE): Outcome.COMPLETE,
-    int(T.WORK_FAIL): Outcome.FAIL,
-    int(T.WORK_EXCEPTION): Outcome.EXCEPTION,
-}
-# gearmand's texts, so tools that match on them keep working.
-NOT_FOUND_DEFAULT = "Job given in work result not found"
-NOT_FOUND_TEXT: dict[int, str] = {
-    T.WORK_DATA: "Job does not exist on server",
-    T.WORK_WARNING: "Job does not exist on server",
-    T.WORK_EXCEPTION: "An exception was received for a job that does not exist",
-}
 _echo = T.ECHO_RES
 
 #: A packet's handler: the connection, the packet's arguments, its type. The hot ones

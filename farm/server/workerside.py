@@ -1,8 +1,9 @@
-"""What a worker connection says and is told: abilities, grabs (plain and held), pushes.
+"""What a worker connection says and is told: abilities, grabs (plain and held), pushes,
+and the worker's news of its job (``work_update``: progress, or the job's end).
 
 A mixin of :class:`farm.server.connection.Connection`, split off along the
-worker's side of the wire; the connection keeps its buffers, back-pressure,
-the clients' requests and the worker's job news (``work_update``). Held grab
+worker's side of the wire; the connection keeps its buffers and back-pressure,
+the clients' requests are in farm.server.clientside. Held grab
 (``OPTION_REQ held-grab``) is specified in docs/held-grab.md.
 """
 
@@ -20,7 +21,7 @@ from farm import protocol as p
 from farm.protocol import PacketType as T
 from farm.protocol import encode_res, frame_res
 from farm.server.hub import Hub, Writer
-from farm.server.jobs import Job, JobServer
+from farm.server.jobs import Job, JobServer, Outcome, Progress
 from farm.server.queues import Peer
 
 __all__ = ["WorkerSide", "error", "NO_JOB", "NOOP", "RESERVED", "UCRED"]
@@ -37,6 +38,26 @@ UCRED = struct.Struct("3i")  # pid, uid, gid
 # about 100 ns on Python 3.11, several times a job.
 _GRAB_JOB, _GRAB_JOB_ALL = int(T.GRAB_JOB), int(T.GRAB_JOB_ALL)
 _JOB_ASSIGN, _JOB_ASSIGN_UNIQ = int(T.JOB_ASSIGN), int(T.JOB_ASSIGN_UNIQ)
+_WORK_FAIL = int(T.WORK_FAIL)
+
+#: What a worker's news means to the job model: progress, or the job's end.
+PROGRESS_KIND: dict[int, Progress] = {
+    int(T.WORK_STATUS): Progress.STATUS,
+    int(T.WORK_DATA): Progress.DATA,
+    int(T.WORK_WARNING): Progress.WARNING,
+}
+OUTCOME: dict[int, Outcome] = {
+    int(T.WORK_COMPLETE): Outcome.COMPLETE,
+    int(T.WORK_FAIL): Outcome.FAIL,
+    int(T.WORK_EXCEPTION): Outcome.EXCEPTION,
+}
+# gearmand's texts, so tools that match on them keep working.
+NOT_FOUND_DEFAULT = "Job given in work result not found"
+NOT_FOUND_TEXT: dict[int, str] = {
+    T.WORK_DATA: "Job does not exist on server",
+    T.WORK_WARNING: "Job does not exist on server",
+    T.WORK_EXCEPTION: "An exception was received for a job that does not exist",
+}
 
 
 def error(code: str, text: str) -> bytes:
@@ -60,11 +81,14 @@ class WorkerSide:
     pushed: Job | None  # pushed to a held grab, not accepted yet
     read_accept: bool  # negotiated: having read a pushed job accepts it
     heard_since_push: bool  # a packet came from the worker after the push
+    expired: dict[bytes, None]  # handles of jobs that timed out in this worker's hands
+    jobs_done: int
     transport: asyncio.Transport | None
     send: Callable[[bytes], None]
     refuse: Callable[..., None]
     function_ok: Callable[..., bool]
     protocol_error: Callable[[p.ProtocolError], None]
+    wait_for_readers: Callable[[Job], None]
 
     def writer(self) -> Writer:
         return self  # type: ignore[return-value]  # a Connection, which is one
@@ -220,3 +244,30 @@ class WorkerSide:
         # The protocol says seconds; libgearman >= 1.1.19 sends milliseconds. 0 or less: none.
         seconds = 0.0 if value <= 0 else value / 1000 if value >= 1000 else float(value)
         self.jobs.can_do(self.peer(), function, seconds)
+
+    # -- the worker's news of its job -----------------------------------------------
+
+    def work_update(self, args: tuple[bytes, ...], ptype: int) -> None:
+        handle, me = args[0], self.peer()
+        job = self.jobs.held(me, handle)
+        if job is not None and job is self.pushed:
+            self.accepted()  # its news says it took the job, as JOB_ACCEPT would
+        if job is None:
+            if handle in self.expired:
+                # farm: the job timed out in this worker's hands and has failed already. Its
+                # late answer is dropped, not answered with an ERROR that some workers (Perl's
+                # Gearman::Worker) die on.
+                if ptype in OUTCOME:
+                    del self.expired[handle]
+                log.debug("fd %d: late %s for timed-out job %r dropped", self.fd, ptype, handle)
+                return
+            self.send(error("JOB_NOT_FOUND", NOT_FOUND_TEXT.get(ptype, NOT_FOUND_DEFAULT)))
+            return
+        progress = PROGRESS_KIND.get(ptype)
+        if progress is not None:
+            self.jobs.progress(job, progress, args[1:])
+            self.wait_for_readers(job)
+        else:
+            data = args[1] if ptype != _WORK_FAIL else b""
+            self.jobs.finish(me, job, OUTCOME[ptype], data)
+            self.jobs_done += 1
