@@ -8,6 +8,8 @@ thread, which holds the lock except while it waits. Each turn of the loop sends 
 items as the in-flight window allows, writes each connection's queued bytes
 once, then waits for replies, the socket becoming writable, or a wake-up.
 Replies go through ``farm.protocol.client.ClientSession``, as in ``farm.Client``.
+A thread waiting in ``result()`` may read its own reply instead (``wait_here``,
+farm/executor/waithere.py).
 
 What a call and a job in flight are, how waiting calls are packed into jobs
 (batching) and how outcomes settle futures is farm/executor/flight.py; this
@@ -17,13 +19,9 @@ module is the thread, its lock, the connections, and the reading and writing.
 from __future__ import annotations
 
 import logging
-import select
 import socket
 import threading
-import time
 from collections import deque
-from concurrent.futures import Future
-from typing import Any
 
 from farm.client.serverpick import ServerPicker
 from farm.errors import ServerUnavailable
@@ -45,6 +43,7 @@ from farm.executor.flight import (
 from farm.executor.payload import NO_SETUP, RemoteTraceback
 from farm.executor.poller import READ, WRITE, Poller
 from farm.executor.signing import Signer
+from farm.executor.waithere import WaitHere
 from farm.net import Waker, connect
 from farm.protocol import OPTION_LAZY_CREATED, ProtocolError
 from farm.protocol.client import ClientSession, JobData, JobEnded, Task
@@ -69,7 +68,7 @@ class _Conn:
         self.events = READ
 
 
-class Pump:
+class Pump(WaitHere):
     """Moves work items to job servers and outcomes to futures (see the module docstring)."""
 
     def __init__(
@@ -121,8 +120,7 @@ class Pump:
         self._flights: set[Flight] = set()
         self._selector = Poller()
         self._selector.register(self._waker.reader.fileno(), READ, None)
-        # The thread reading replies in wait_here, if any (its ident).
-        self._reader = 0
+        self._reader = 0  # the thread reading replies in wait_here, if any (its ident)
         # What went wrong while another thread read replies in wait_here: raised by the
         # pump thread, which breaks the executor as for its own failures.
         self._deferred: BaseException | None = None
@@ -160,72 +158,6 @@ class Pump:
                 self._lock.release()
         self._wake()  # _sleeping was set before the pump's last look: it will see a byte
 
-    def wait_here(self, future: Future[Any], timeout: float | None) -> None:
-        """Wait up to ``timeout`` for ``future`` in the calling thread, reading replies here,
-        when the pump thread is asleep: the reply then wakes the thread that wants it, not
-        the pump thread, which would wake it in turn (one hop fewer for a call waited on
-        with ``result()``). Returns early, leaving the rest to the pump thread, when
-        another thread hands it work or anything but reading is to be done."""
-        if not (self._sleeping and self._selector.can_mute):
-            return
-        if not self._lock.acquire(blocking=False):
-            return
-        try:
-            if not self._sleeping or self.broken is not None or self._stopping:
-                return
-            conns = {conn.sock.fileno(): conn for conn in self._conns.values()}
-            if not conns or any(conn.events != READ for conn in conns.values()):
-                return
-            self._wait_reading(future, conns, timeout)
-        finally:
-            self._lock.release()
-
-    def _wait_reading(
-        self, future: Future[Any], conns: dict[int, _Conn], timeout: float | None
-    ) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        waker = self._waker.reader.fileno()
-        self._reader = threading.get_ident()
-        local = select.poll()
-        local.register(waker, select.POLLIN)
-        try:
-            for fd in conns:
-                self._selector.mute(fd)  # the pump thread sleeps on through the replies
-                local.register(fd, select.POLLIN)
-            while not future.done():
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                ready = local.poll(None if left is None else left * 1000)
-                if not ready:
-                    return  # timed out: result() raises TimeoutError
-                if any(fd == waker for fd, _ in ready):
-                    return  # new work: the pump thread, already woken, takes over
-                try:
-                    for fd, _ in ready:
-                        self._read(conns[fd])
-                    # What a pump turn does after reading: refill the window.
-                    self._send_pending()
-                    self._flush()
-                except BaseException as exc:
-                    # Half-done bookkeeping (or a done-callback raising SystemExit, which
-                    # breaks the executor as when the pump thread runs it). A Ctrl-C that
-                    # lands in poll() above leaves the executor whole.
-                    self._defer(exc)
-                    return
-                if (
-                    self.broken is not None
-                    or len(self._conns) != len(conns)  # a new connection: the pump's to read
-                    or any(
-                        self._conns.get(conn.addr) is not conn or conn.events != READ
-                        for conn in conns.values()
-                    )
-                ):
-                    return  # a connection dropped or came, or output waits: the pump's business
-        finally:
-            self._reader = 0
-            for fd, conn in conns.items():
-                if self._conns.get(conn.addr) is conn:
-                    self._selector.modify(fd, conn.events, conn)
-
     def _defer(self, exc: BaseException) -> None:
         """What went wrong in another thread's turn at the pump's work: the pump thread
         raises it and the executor breaks, failing what that turn left half done, as when
@@ -234,16 +166,6 @@ class Pump:
         self._wake()
         if isinstance(exc, KeyboardInterrupt):
             raise exc
-
-    def reading_here(self) -> bool:
-        """Whether the calling thread reads replies in wait_here (it runs done-callbacks)."""
-        return self._reader == threading.get_ident()
-
-    def interrupt_reader(self) -> None:
-        """Make a thread waiting in wait_here look again (a future it waits for was
-        cancelled from elsewhere): it returns, and the Future's own wait sees the state."""
-        if self._reader:
-            self._wake()
 
     def take_pending(self) -> list[WorkItem]:
         """Remove and return the items not sent yet (shutdown's cancel_futures)."""
