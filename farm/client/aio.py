@@ -206,7 +206,11 @@ class AsyncClient:
         """Run a foreground job and return its result."""
         task, waiter = await self._start(function, data, priority, unique)
         waiter.on_status, waiter.on_data, waiter.on_warning = on_status, on_data, on_warning
-        return await self.wait(task, timeout)
+        try:
+            return await self.wait(task, timeout)
+        except Timeout:
+            self._abandon(task)  # the caller gave up: its result is dropped
+            raise
 
     async def submit(
         self,
@@ -233,7 +237,8 @@ class AsyncClient:
         return task
 
     async def wait(self, task: Task[_Waiter], timeout: float | None = None) -> bytes:
-        """The result of a foreground task from ``submit`` (or raise its error)."""
+        """The result of a foreground task from ``submit`` (or raise its error). A Timeout
+        leaves the task as it was, as ``Future.result(timeout)`` does: wait for it again."""
         if task.background:
             raise ValueError("a background job sends no result to wait for")
         waiter = task.owner
@@ -242,7 +247,6 @@ class AsyncClient:
         try:
             await asyncio.wait_for(asyncio.shield(waiter.ended), timeout)
         except TimeoutError:
-            self._abandon(task)
             raise Timeout(
                 f"job {task.function} {task.handle or ''} not done within {timeout}s"
             ) from None

@@ -139,7 +139,13 @@ class Client:
         if on_status or on_data or on_warning:
             task.owner = _Callbacks(on_status, on_data, on_warning)
         self._submit_task(task)
-        return self.wait(task, timeout)
+        try:
+            return self.wait(task, timeout)
+        except Timeout:
+            conn = self._conns.get(task.server or "")
+            if conn is not None:
+                conn.session.abandon(task)  # the caller gave up: its result is dropped
+            raise
 
     def submit(
         self,
@@ -166,14 +172,12 @@ class Client:
         return task
 
     def wait(self, task: Task[TaskListener], timeout: float | None = None) -> bytes:
-        """Wait for a foreground task's result (see ``call`` for the errors)."""
+        """Wait for a foreground task's result (see ``call`` for the errors). A Timeout
+        leaves the task as it was, as ``Future.result(timeout)`` does: wait for it again."""
         if task.background:
             raise ValueError("a background job sends no result to wait for")
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._pump(lambda: task.done, deadline):
-            conn = self._conns.get(task.server or "")
-            if conn is not None:
-                conn.session.abandon(task)
             raise Timeout(f"job {task.function} {task.handle or ''} not done within {timeout}s")
         if task.error is not None:
             raise task.error

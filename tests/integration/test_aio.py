@@ -154,6 +154,16 @@ async def test_timeout_then_other_calls_still_work(served: Server) -> None:
 
 
 @run_async
+async def test_a_wait_that_times_out_can_be_waited_again(served: Server) -> None:
+    async with AsyncClient(served.addr) as client:
+        task = await client.submit("gated", "late")
+        with pytest.raises(farm.Timeout):
+            await client.wait(task, timeout=0.2)
+        gate.set()
+        assert await client.wait(task, timeout=30) == b"opened:late"
+
+
+@run_async
 async def test_no_server_reachable() -> None:
     client = AsyncClient("127.0.0.1:1", connect_timeout=2)
     with pytest.raises(farm.ServerUnavailable, match="127.0.0.1:1"):

@@ -154,6 +154,17 @@ def test_call_timeout_raises_timeout_and_the_client_stays_usable(any_server) -> 
             assert c.call("reverse", b"xy", timeout=5) == b"yx"
 
 
+def test_a_wait_that_times_out_can_be_waited_again(any_server) -> None:
+    # As Future.result(timeout): the task is not given up, its result still comes.
+    with farm.Client(any_server.addr) as c:
+        task = c.submit("reverse", b"later")
+        with pytest.raises(farm.Timeout):
+            c.wait(task, 0.2)
+        with serving(any_server.addr, {"reverse": reverse}):
+            assert c.wait(task, 30) == b"retal"
+        assert task.done
+
+
 def test_map_ordered_and_unordered_over_two_workers(any_server) -> None:
     payloads = [b"job%03d" % i for i in range(300)]
     fns = {"reverse": reverse}
