@@ -25,6 +25,7 @@ exactly that future with ``farm.WorkerLost``; the executor keeps working.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import secrets
 import threading
@@ -52,7 +53,7 @@ from farm.executor.payload import (
     SINGLE,
     SPILLED,
     RemoteTraceback,
-    dump,
+    dump_call,
     dump_fn,
     dump_initializer,
     encode_setup,
@@ -61,6 +62,11 @@ from farm.executor.pump import Pump
 from farm.executor.signing import Signer, load_key
 from farm.net import parse_servers
 from farm.protocol.checks import check_name, check_priority
+
+log = logging.getLogger("farm.executor")
+
+#: At exit, how long the drain waits before it says what it waits for (seconds).
+EXIT_QUIET = 10.0
 
 __all__ = ["Executor", "RemoteTraceback", "BrokenFarmExecutor", "DEFAULT_FUNCTION"]
 
@@ -167,6 +173,13 @@ class Executor(_BaseExecutor):
         window = checked or 0
         if checked is None:  # the pool's own size, as ProcessPoolExecutor's default is the cores
             asked = function_workers(addresses, function, timeout=min(connect_timeout, 1.0))
+            if asked == 0:  # a server answered, and no worker serves it: calls would wait
+                log.warning(
+                    "no worker serves %r on %s yet: its calls wait until one registers"
+                    " (a pool of that name in farm.toml?)",
+                    function,
+                    ", ".join(addresses),
+                )
             checked = asked or os.cpu_count() or 1
             # No cap of this executor's own: a second job per worker waits in the server's
             # queue (no more run at once than the pool has workers), so that a worker that
@@ -202,7 +215,7 @@ class Executor(_BaseExecutor):
         """Schedule ``fn(*args, **kwargs)`` on a worker; its Future holds the outcome."""
         try:
             fn_bytes = dump_fn(fn)
-            body = dump((args, kwargs))
+            body = dump_call((args, kwargs))
         except Exception as exc:  # unpicklable: the future says so, as ProcessPoolExecutor's
             return self._enqueue(None, exc)
         if len(body) > spill.SPILL_THRESHOLD:
@@ -259,7 +272,7 @@ class Executor(_BaseExecutor):
                     futures.append(self._enqueue(None, fn_error))
                     continue
                 try:
-                    body = dump((chunk[0], {})) if kind == SINGLE else dump(chunk)
+                    body = dump_call((chunk[0], {})) if kind == SINGLE else dump_call(chunk)
                 except Exception as exc:
                     futures.append(self._enqueue(None, exc))
                     continue
@@ -415,4 +428,11 @@ def _drain_at_exit() -> None:
     for pump in list(_live_pumps):
         pump.stop()
     for pump in list(_live_pumps):
-        pump.finished.wait()
+        if not pump.finished.wait(EXIT_QUIET):
+            # Silence here looks like a hang: say what the exit waits for (calls queued on a
+            # server with no worker for them wait until one comes, as a pool's would).
+            log.warning(
+                "exiting: waiting for the calls of %r still on the farm (Ctrl-C abandons them)",
+                pump.function,
+            )
+            pump.finished.wait()

@@ -127,7 +127,7 @@ class RemoteTraceback(Exception):
 def dump(obj: Any) -> bytes:
     """Plain pickle when it works (several times faster), else cloudpickle, which sends
     lambdas, closures and classes of ``__main__`` by value; raises what they raise.
-    The caller pickles calls with it, the worker outcomes."""
+    The worker pickles outcomes with it; the caller its calls with ``dump_call``."""
     try:
         return pickle.dumps(obj, protocol=_PROTOCOL)
     except Exception:
@@ -138,6 +138,25 @@ def dump(obj: Any) -> bytes:
     return data
 
 
+def dump_call(obj: Any) -> bytes:
+    """What the caller sends (a call's function, arguments, initializer): as ``dump``, but
+    by value (cloudpickle) when plain pickle would name anything of ``__main__`` -- an
+    instance of a class the script defines, ``functools.partial`` of one of its functions.
+    The worker's ``__main__`` is not the caller's script, so such a name would not resolve
+    there. (Not for the worker's outcomes: their ``__main__`` names are the caller's own.)"""
+    try:
+        data = pickle.dumps(obj, protocol=_PROTOCOL)
+    except Exception:
+        data = b""  # unpicklable by name: by value below, or what cloudpickle raises
+    else:
+        if b"__main__" not in data:  # a false alarm (data that spells it) costs only speed
+            return data
+    import cloudpickle
+
+    by_value: bytes = cloudpickle.dumps(obj, protocol=_PROTOCOL)
+    return by_value
+
+
 def dump_fn(fn: Any) -> bytes:
     """The function's pickle. A function of ``__main__`` travels by value (cloudpickle): the
     worker cannot import the caller's script; one of a module travels by name."""
@@ -146,7 +165,7 @@ def dump_fn(fn: Any) -> bytes:
 
         data: bytes = cloudpickle.dumps(fn, protocol=_PROTOCOL)
         return data
-    return dump(fn)
+    return dump_call(fn)
 
 
 def dump_initializer(initializer: Callable[..., object], initargs: tuple[Any, ...]) -> bytes:
@@ -156,7 +175,7 @@ def dump_initializer(initializer: Callable[..., object], initargs: tuple[Any, ..
 
         data: bytes = cloudpickle.dumps((initializer, initargs), protocol=_PROTOCOL)
         return data
-    return dump((initializer, initargs))
+    return dump_call((initializer, initargs))
 
 
 def encode_setup(

@@ -46,7 +46,7 @@ from farm.executor.signing import Signer
 from farm.executor.waithere import WaitHere
 from farm.net import Waker, connect
 from farm.protocol import OPTION_LAZY_CREATED, ProtocolError
-from farm.protocol.client import ClientSession, JobData, JobEnded, Task
+from farm.protocol.client import ClientSession, JobData, JobEnded, Task, lost_error
 
 # Call, WorkItem, BrokenFarmExecutor, fail_broken and MAX_BATCH live in farm.executor.flight;
 # they are named here too, where the executor and older code import them.
@@ -354,9 +354,7 @@ class Pump(WaitHere):
         self._picker.mark_down(conn.addr)
         for task in conn.session.connection_lost():
             self._in_flight -= 1
-            lost = ServerUnavailable(
-                f"job server {conn.addr} {why} while holding job {task.handle}"
-            )
+            lost = lost_error(conn.addr, task, why)  # its handle may not have come yet
             flight = flight_of(task)
             flight.fail(lost)
             self._flights.discard(flight)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import pty
+import subprocess
 import sys
+import textwrap
 from collections.abc import Iterable, Iterator
 from concurrent.futures import BrokenExecutor, Future, as_completed
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any
 import pytest
 
 import farm
+from tests.helpers import ROOT
 from tests.helpers.calls import add, get_init_state, getpid, init_fails, init_state
 from tests.helpers.farmproc import FarmUp
 
@@ -37,6 +40,26 @@ class Farm:
     def executor(self, *args: Any, **options: Any) -> farm.Executor:
         return farm.Executor(
             *args, servers=[f"unix:{self.up.unix}"], key_file=str(self.key), **options
+        )
+
+    def run_script(self, body: str) -> subprocess.CompletedProcess[str]:
+        """``body`` run as a script (its own ``__main__``), with an executor ``ex(...)``."""
+        head = f"""
+            import farm
+            def ex(*args, **options):
+                return farm.Executor(
+                    *args, servers=["unix:{self.up.unix}"], key_file={str(self.key)!r}, **options
+                )
+        """
+        script = textwrap.dedent(head) + textwrap.dedent(body)
+        return subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
 
 
@@ -183,3 +206,81 @@ def test_as_completed_works_under_a_progress_wrapper(shared: Farm) -> None:
         bar = wrapper(as_completed(futures), total=len(futures))
         assert sorted(f.result() for f in bar) == list(range(1, 26))
         assert bar.n == 25
+
+
+@pytest.mark.timeout(90)
+def test_a_scripts_own_classes_and_partials_travel_as_arguments(shared: Farm) -> None:
+    # Plain pickle names them as __main__.Point, __main__.work: the worker's __main__ is
+    # not the script, so they must travel by value (as ProcessPoolExecutor finds them).
+    done = shared.run_script(
+        """
+        import dataclasses, functools
+        @dataclasses.dataclass
+        class Point:
+            x: int
+            y: int
+        def norm(p):
+            return p.x * p.x + p.y * p.y
+        def work(a, b):
+            return a * 10 + b
+        def moved(p):
+            return Point(p.x + 1, p.y)
+        with ex(2) as pool:
+            print(pool.submit(norm, Point(3, 4)).result(timeout=30))
+            print(pool.submit(functools.partial(work, 2), 3).result(timeout=30))
+            print(list(pool.map(functools.partial(work, b=1), [1, 2], timeout=30)))
+            print(pool.submit(functools.reduce, work, [1, 2, 3]).result(timeout=30))
+            back = pool.submit(moved, Point(1, 2)).result(timeout=30)
+            print(isinstance(back, Point), back)
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:5] == [
+        "25",
+        "23",
+        "[11, 21]",
+        "123",
+        "True Point(x=2, y=2)",
+    ], done.stdout
+
+
+@pytest.mark.timeout(90)
+def test_a_scripts_initializer_sets_the_globals_its_calls_read(shared: Farm) -> None:
+    # The standard pattern: the initializer and the calls, both of the script, share its
+    # globals in a pool's process. What a call keeps there (a counter) stays, as it does.
+    done = shared.run_script(
+        """
+        STATE = None
+        SEEN = 0
+        def init(x):
+            global STATE
+            STATE = x
+        def work(i):
+            global SEEN
+            SEEN += 1
+            return STATE + i, SEEN
+        with ex(2, None, init, (10,)) as pool:
+            print(pool.submit(work, 1).result(timeout=30)[0])
+            print(sorted(v for v, _ in pool.map(work, range(3), timeout=30)))
+            counts = [pool.submit(work, 0).result(timeout=30)[1] for _ in range(8)]
+            print(max(counts) > 1)
+        def peek():
+            return STATE
+        with ex(2) as plain:  # no initializer: the other executor's state is not its own
+            print(plain.submit(peek).result(timeout=30))
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:4] == ["11", "[10, 11, 12]", "True", "None"], done.stdout
+
+
+@pytest.mark.timeout(60)
+def test_an_executor_for_a_function_no_worker_serves_says_so(
+    shared: Farm, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="farm.executor"):
+        shared.executor(function="farm.nothere").shutdown()
+        assert [r.getMessage() for r in caplog.records if "no worker serves" in r.getMessage()]
+        caplog.clear()
+        shared.executor().shutdown()  # farm.python has its workers: nothing to say
+    assert not [r for r in caplog.records if "no worker serves" in r.getMessage()]
