@@ -36,12 +36,17 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor as _BaseExecutor
 from concurrent.futures import Future
 from itertools import islice
-from pathlib import Path
-from typing import Any, TypeGuard, TypeVar
+from typing import Any, TypeVar
 
 from farm.client.admin import function_workers
-from farm.discovery import executor_servers, executor_spill
+from farm.discovery import executor_servers
 from farm.executor import spill
+from farm.executor.arguments import (
+    check_max_tasks_per_child,
+    check_max_workers,
+    is_servers,
+    spill_settings,
+)
 from farm.executor.call import DEFAULT_FUNCTION
 from farm.executor.flight import MAX_BATCH, BrokenFarmExecutor, Call, WorkItem, fail_broken
 from farm.executor.futures import CallFuture, results
@@ -136,7 +141,7 @@ class Executor(_BaseExecutor):
         spill_dir: str | os.PathLike[str] | None = None,
         max_spill_mb: int | None = None,
     ) -> None:
-        if _is_servers(max_workers):  # farm.Executor("unix:/run/farm/gearman.sock"), the old way
+        if is_servers(max_workers):  # farm.Executor("unix:/run/farm/gearman.sock"), the old way
             if servers is not None:
                 raise TypeError("Executor() got servers twice: as max_workers and as servers=")
             warnings.warn(
@@ -150,10 +155,10 @@ class Executor(_BaseExecutor):
             if max_workers is not None:
                 raise TypeError("give max_workers or its older name max_in_flight, not both")
             max_workers = max_in_flight
-        checked = _check_max_workers(max_workers)
+        checked = check_max_workers(max_workers)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        _check_max_tasks_per_child(max_tasks_per_child)
+        check_max_tasks_per_child(max_tasks_per_child)
         del mp_context  # the farm starts its workers
         setup = NO_SETUP
         if initializer is not None or max_tasks_per_child is not None:
@@ -347,7 +352,7 @@ class Executor(_BaseExecutor):
         sent; the file is removed when the future is done, whatever the outcome."""
         try:
             if self._spill is None:
-                self._spill = _spill_settings(*self._spill_options)
+                self._spill = spill_settings(*self._spill_options)
             reference = spill.write(self._spill, body, "a")
         except (spill.SpillError, OSError) as exc:  # too large, or no spill directory
             return self._enqueue(None, exc)
@@ -378,46 +383,6 @@ class Executor(_BaseExecutor):
             raise
         self._thread = thread
         _live_pumps.add(self._pump)
-
-
-def _spill_settings(
-    key_file: str | None, spill_dir: str | os.PathLike[str] | None, max_spill_mb: int | None
-) -> spill.SpillSettings:
-    """The executor's spill directory and limit: its keywords, else $FARM_SPILL_DIR and
-    $FARM_MAX_SPILL_MB, else ``[executor]`` of the config, else the defaults."""
-    configured_dir, configured_mb = executor_spill()
-    where = spill_dir or os.environ.get(spill.SPILL_ENV) or configured_dir
-    mb = max_spill_mb or os.environ.get(spill.MAX_SPILL_ENV) or configured_mb
-    return spill.SpillSettings(
-        Path(where) if where else spill.default_spill_dir(key_file),
-        spill.mb_to_bytes(mb or spill.DEFAULT_MAX_SPILL_MB),
-    )
-
-
-def _is_servers(value: object) -> TypeGuard[str | list[str] | tuple[str, ...]]:
-    """A str, or a list or tuple of str: servers passed where max_workers now stands."""
-    if isinstance(value, str):
-        return True
-    return isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
-
-
-def _check_max_workers(max_workers: object) -> int | None:
-    if max_workers is None:
-        return None
-    if not isinstance(max_workers, int):
-        raise TypeError(f"max_workers must be an int or None, not {max_workers!r}")
-    if max_workers <= 0:
-        raise ValueError("max_workers must be greater than 0")
-    return max_workers
-
-
-def _check_max_tasks_per_child(max_tasks_per_child: object) -> None:
-    if max_tasks_per_child is None:
-        return
-    if not isinstance(max_tasks_per_child, int):
-        raise TypeError("max_tasks_per_child must be an integer")
-    if max_tasks_per_child <= 0:
-        raise ValueError("max_tasks_per_child must be >= 1")
 
 
 @atexit.register
