@@ -153,10 +153,11 @@ def _usable(unix: str) -> bool:
     return os.path.exists(path) and os.access(path, os.R_OK | os.W_OK)
 
 
-def client_servers() -> str | list[str]:
+def client_servers(config: str | os.PathLike[str] | None = None) -> str | list[str]:
     """Servers for a client or worker given none: the Unix socket if this user may use it,
-    else the TCP address (see the module docstring for the order)."""
-    return _servers(tcp_fallback=True)
+    else the TCP address (see the module docstring for the order); ``config``: that file's
+    farm, not the search order's."""
+    return _servers(tcp_fallback=True, config=config)
 
 
 def executor_servers() -> str | list[str]:
@@ -164,11 +165,13 @@ def executor_servers() -> str | list[str]:
     return _servers(tcp_fallback=False)
 
 
-def _servers(*, tcp_fallback: bool) -> str | list[str]:
+def _servers(
+    *, tcp_fallback: bool, config: str | os.PathLike[str] | None = None
+) -> str | list[str]:
     env = os.environ.get("FARM_SERVERS") or os.environ.get("GEARMAN_SERVERS")
-    if env:
+    if env and config is None:  # a config named on the command line says which farm
         return env
-    farm = local_farm()
+    farm = local_farm(config)
     if farm.remote:
         return list(farm.remote)
     if farm.unix and (_usable(farm.unix) or (tcp_fallback and not farm.tcp)):

@@ -162,10 +162,11 @@ class Supervisor(Lifecycle, CommandJobs, Restarting, Steering):
             if item.action is Duty.RELOAD or (
                 item.action is Duty.SIGNAL and item.arg == signal.SIGHUP
             ):
-                error = self.reload()
-                reply: dict[str, Any] = {"ok": error is None}
+                error, kept = self.reload()
+                reply: dict[str, Any] = {"ok": error is None, "not_applied": kept}
                 if error:
                     reply["error"] = error
+                    reply["usage"] = True  # a bad config: exit 2, as for `farm up`
                 elif item.arg == "restart":  # `farm reload --restart`
                     reply = self.start_restart(self.restart_picks([]))
                 if item.conn is not None:

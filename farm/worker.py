@@ -23,7 +23,7 @@ from typing import Any
 
 from farm.discovery import client_servers
 from farm.net import Waker, connect, parse_servers, recv
-from farm.protocol import ProtocolError
+from farm.protocol import MAX_TIMEOUT, ProtocolError
 from farm.protocol.checks import as_bytes
 from farm.protocol.events import ServerErrorNotice
 from farm.protocol.worker import JobAssigned, WorkerSession, WorkerState
@@ -155,8 +155,16 @@ class Worker:
             raise ValueError(f"function name must be a non-empty str without NUL, not {name!r}")
         if not callable(fn):
             raise TypeError(f"{name}: the worker function must be callable, not {fn!r}")
-        if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
-            raise ValueError(f"{name}: timeout must be a positive number of seconds")
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout <= MAX_TIMEOUT  # also refuses nan and inf
+        ):
+            # A server refuses a longer CAN_DO_TIMEOUT and closes the connection: said here,
+            # not found out by reconnecting for ever.
+            raise ValueError(
+                f"{name}: timeout must be a number of seconds > 0 and at most {MAX_TIMEOUT}"
+            )
         self._functions[name] = fn
         self._timeouts[name] = timeout
         for server in self._servers:

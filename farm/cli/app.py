@@ -21,6 +21,15 @@ app = typer.Typer(
 )
 
 
+CONFIG_HELP = "config file (default: $FARM_CONFIG, ./farm.toml, /etc/farm/farm.toml, built-in)"
+ConfigOption = typer.Option(None, "--config", "-c", help=CONFIG_HELP)
+#: Where a client command goes given no --server (farm.discovery).
+SERVER_DEFAULT_HELP = (
+    "Default: $FARM_SERVERS, else $GEARMAN_SERVERS, else the farm the config describes"
+    " (its Unix socket when this user may use it, else its TCP address)."
+)
+
+
 def _print_version(value: bool) -> None:
     if value:
         typer.echo(f"farm {__version__}")

@@ -16,8 +16,8 @@ from typing import Annotated, Any
 
 import typer
 
-from farm.cli.app import app, fail
-from farm.cli.supervise import ConfigOption, ControlOption, _ask
+from farm.cli.app import ConfigOption, app, fail
+from farm.cli.supervise import ControlOption, _ask
 
 __all__ = ["restart", "follow_restart"]
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from farm.cli.app import app, fail
-from farm.errors import FarmError, JobError
-from farm.net import DEFAULT_SERVER, tls_from_env
+from farm.cli.app import SERVER_DEFAULT_HELP, ConfigOption, app, fail
+from farm.discovery import client_servers
+from farm.errors import ConfigError, FarmError, JobError
+from farm.net import parse_servers, tls_from_env
+from farm.protocol.codec import MAX_TIMEOUT
 from farm.protocol.kinds import PRIORITY_NAMES
 
 ServerOpt = Annotated[
@@ -20,10 +23,16 @@ ServerOpt = Annotated[
         "--server",
         "-s",
         metavar="ADDRESS",
-        help="Job server HOST[:PORT], [IPv6]:PORT or unix:PATH; repeat for several. "
-        f"Default: $GEARMAN_SERVERS, else {DEFAULT_SERVER}.",
+        help=f"Job server HOST[:PORT], [IPv6]:PORT or unix:PATH; repeat for several. "
+        f"{SERVER_DEFAULT_HELP}",
     ),
 ]
+
+
+def _seconds(value: float | None, flag: str, at_most: float = float(MAX_TIMEOUT)) -> None:
+    """A number of seconds from a flag: finite, > 0 and at most ``at_most``, else exit 2."""
+    if value is not None and not (0 < value <= at_most):  # also refuses nan and inf
+        fail(f"{flag} must be a number of seconds > 0 and at most {at_most:.0f}, not {value}", 2)
 
 
 @app.command()
@@ -33,6 +42,7 @@ def worker(
         str | None, typer.Option(help="Gearman function name (default: FUNCTION).")
     ] = None,
     server: ServerOpt = None,
+    config: Path | None = ConfigOption,
     timeout: Annotated[
         float | None, typer.Option(help="Seconds a job may run (sent as CAN_DO_TIMEOUT).")
     ] = None,
@@ -47,6 +57,7 @@ def worker(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s farm worker[%(process)d] %(message)s",
     )
+    _seconds(timeout, "--timeout")
     module, sep, attr = target.partition(":")
     if not sep or not module or not attr:
         fail(f"target {target!r} must look like MODULE:FUNCTION, e.g. workers.text:reverse", 2)
@@ -57,7 +68,7 @@ def worker(
     except Exception as exc:
         fail(f"cannot load {target}: {type(exc).__name__}: {exc}", 2)
     try:
-        w = Worker(server or None, client_id=client_id, tls=tls_from_env())
+        w = Worker(_servers(server, config), client_id=client_id, tls=tls_from_env())
         w.register(name or attr, fn, timeout)
     except (TypeError, ValueError) as exc:
         fail(str(exc), 2)
@@ -80,6 +91,7 @@ def submit(
     unique: Annotated[str | None, typer.Option(help="Unique key (coalesces equal jobs).")] = None,
     timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
     server: ServerOpt = None,
+    config: Path | None = ConfigOption,
 ) -> None:
     """Submit one job; print its result (or its handle with --background).
 
@@ -91,9 +103,11 @@ def submit(
 
     if priority not in PRIORITY_NAMES:
         fail(f"--priority must be one of {', '.join(PRIORITY_NAMES)}, not {priority!r}", 2)
+    _seconds(timeout, "--timeout", at_most=float("1e9"))
+    servers = _servers(server, config)
     payload = sys.stdin.buffer.read() if data == "-" else (data or "").encode()
     try:
-        client = Client(server or None, tls=tls_from_env())
+        client = Client(servers, tls=tls_from_env())
     except (TypeError, ValueError) as exc:
         fail(str(exc), 2)
     with client:
@@ -140,3 +154,18 @@ def submit(
     if sys.stdout.isatty() and not result.endswith(b"\n"):
         out.write(b"\n")
     out.flush()
+
+
+def _servers(server: list[str] | None, config: Path | None) -> list[str] | None:
+    """``--server`` in normal form (a bad one: exit 2), else the config's farm, else None
+    (the library's own default, farm.discovery)."""
+    try:
+        if server:
+            return parse_servers(server)
+        if config is not None:
+            return parse_servers(client_servers(config))
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    except ValueError as exc:
+        fail(f"--server: {exc}", 2)
+    return None

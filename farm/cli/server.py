@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 
 from farm import protocol
-from farm.cli.app import app, fail
+from farm.cli.app import SERVER_DEFAULT_HELP, ConfigOption, app, fail
 from farm.client.admin import admin_query
 from farm.discovery import client_servers
-from farm.net import DEFAULT_SERVER, AddressError, parse_address, parse_servers
+from farm.errors import ConfigError
+from farm.net import AddressError, parse_address, parse_servers
 from farm.protocol.admin import parse_jobs, parse_poison, parse_status
 
 
@@ -64,18 +66,22 @@ def server_help(ctx: typer.Context) -> str:
     return formatter.getvalue().rstrip("\n")
 
 
-def default_server() -> str:
-    """Where a client given no server goes (farm.discovery). Raises ValueError."""
-    return parse_servers(client_servers())[0]
+def default_server(config: Path | None = None) -> str:
+    """Where a client given no server goes (farm.discovery). Raises ValueError, or
+    ConfigError for a config that does not say."""
+    return parse_servers(client_servers(config))[0]
 
 
-def server_address(server: str | None) -> str:
-    """``--server`` (else the default) in normal form; a bad one is a usage error."""
+def server_address(server: str | None, config: Path | None = None) -> str:
+    """``--server`` (else the default, from ``config`` if given) in normal form; a bad one
+    is a usage error."""
     if server is None:
         try:
-            return default_server()
+            return default_server(config)
+        except ConfigError as exc:
+            fail(str(exc), 2)
         except ValueError as exc:
-            fail(f"$GEARMAN_SERVERS: {exc}", 2)
+            fail(f"the default server: {exc}", 2)
     try:
         return str(parse_address(server))
     except AddressError as exc:
@@ -88,18 +94,18 @@ ServerOption = typer.Option(
     "--server",
     "-s",
     metavar="ADDRESS",
-    help="HOST[:PORT], [IPv6]:PORT or unix:PATH "
-    f"(default: $GEARMAN_SERVERS, else {DEFAULT_SERVER})",
+    help=f"HOST[:PORT], [IPv6]:PORT or unix:PATH. {SERVER_DEFAULT_HELP}",
 )
 
 
 @app.command()
 def status(
     server: str = ServerOption,
+    config: Path | None = ConfigOption,
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Functions with their queued, running and worker counts (like gearadmin --status)."""
-    address = server_address(server)
+    address = server_address(server, config)
     try:
         rows = parse_status(admin_query(address, "status"))
     except (OSError, ValueError, protocol.ProtocolError) as exc:
@@ -132,11 +138,12 @@ def status(
 @app.command()
 def jobs(
     server: str = ServerOption,
+    config: Path | None = ConfigOption,
     function: str = typer.Option(None, "--function", "-f", help="only this function's jobs"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """The jobs running and queued, per function, oldest first, with age and priority."""
-    address = server_address(server)
+    address = server_address(server, config)
     try:
         reply = admin_query(address, "jobs")
         if reply.startswith("ERR"):

@@ -10,11 +10,9 @@ from typing import Annotated, Any
 
 import typer
 
-from farm.cli.app import app, fail
+from farm.cli.app import ConfigOption, app, fail
 from farm.errors import ConfigError, FarmError
 
-CONFIG_HELP = "config file (default: $FARM_CONFIG, ./farm.toml, /etc/farm/farm.toml, built-in)"
-ConfigOption = typer.Option(None, "--config", "-c", help=CONFIG_HELP)
 ControlOption = typer.Option(None, "--control", help="control socket (default: from the config)")
 LogFormatOption = typer.Option(
     None,
@@ -144,6 +142,8 @@ def reload(
     """Re-read the config: apply changed counts, restart pools whose target or options changed."""
     reply = _ask(config, control, {"cmd": "reload", "restart": restart})
     typer.echo("reloaded")
+    for note in reply.get("not_applied", ()):  # the pools changed; these wait for a restart
+        typer.echo(f"not applied: {note}", err=True)
     if restart:
         from farm.cli.deploy import follow_restart
 
@@ -159,6 +159,8 @@ def stop(
     """Drain the workers and stop the farm (like SIGTERM to `farm up`), showing the drain."""
     from farm.cli.watch import follow_stop
 
+    if not 0 <= wait <= 86400:  # also refuses nan and inf
+        fail(f"--wait must be a number of seconds from 0 to 86400, not {wait}", 2)
     if not wait:
         reply = _ask(config, control, {"cmd": "stop"})
         typer.echo(f"stopping (supervisor {reply.get('pid')})")

@@ -25,6 +25,7 @@ from farm.config.model import (
 from farm.config.reader import TableReader
 from farm.logs import LOG_FORMATS
 from farm.net import DEFAULT_PORT, DEFAULT_SERVER
+from farm.protocol.codec import MAX_TIMEOUT
 from farm.targets import target_problem
 
 __all__ = ["Validator", "COMMAND_KEYS", "POOL_KEYS", "KILL_RSS_FACTOR", "MAX_GRACE"]
@@ -70,7 +71,8 @@ class Validator(TableReader):
                 "functions",
                 'no functions; add a [functions.NAME] table with target = "module:function"',
             )
-        functions = self.table(raw["functions"], "functions", tuple(raw["functions"]))
+        names = tuple(raw["functions"]) if isinstance(raw["functions"], dict) else ()
+        functions = self.table(raw["functions"], "functions", names)
         pools = {
             name: self.function(name, spec, len(supervisor.cpus))
             for name, spec in functions.items()
@@ -324,7 +326,7 @@ class Validator(TableReader):
             target=target,
             workers=ncpus if auto else workers,
             auto=auto,
-            timeout=self.optional_positive(raw.get("timeout"), f"{key}.timeout"),
+            timeout=self.optional_positive(raw.get("timeout"), f"{key}.timeout", MAX_TIMEOUT),
             max_jobs=self.optional_positive(raw.get("max_jobs"), f"{key}.max_jobs"),
             max_rss_mb=max_rss_mb,
             kill_rss_mb=kill_rss_mb,
@@ -363,7 +365,7 @@ class Validator(TableReader):
             workers=ncpus if auto else workers,
             auto=auto,
             # Seen through the local server's `peers` (farm.pools.commandjobs); see below.
-            timeout=self.optional_positive(raw.get("timeout"), f"{key}.timeout"),
+            timeout=self.optional_positive(raw.get("timeout"), f"{key}.timeout", MAX_TIMEOUT),
             max_jobs=None,
             max_rss_mb=None,
             command=parse_command(raw, key, str(self.base), self.fail),

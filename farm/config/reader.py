@@ -44,13 +44,15 @@ class TableReader:
             raise self.fail(key, f"must be a whole number >= 0, got {value!r}")
         return value
 
-    def optional_positive(self, value: Any, key: str) -> int | None:
+    def optional_positive(self, value: Any, key: str, at_most: int | None = None) -> int | None:
         if value is None:
             return None
         if type(value) is not int or value <= 0:
             raise self.fail(
                 key, f"must be a whole number > 0 (or left out for no limit), got {value!r}"
             )
+        if at_most is not None and value > at_most:
+            raise self.fail(key, f"must be at most {at_most}, got {value!r}")
         return value
 
     def address(self, addr: str, key: str) -> Address:

@@ -14,7 +14,7 @@ import os
 import selectors
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import psutil
@@ -322,26 +322,29 @@ class Steering:
                 conn.sock.close()
             self.drain_followers = ()
 
-    def reload(self) -> str | None:
-        """Re-read the config: apply changed counts, restart pools whose target/options changed."""
+    def reload(self) -> tuple[str | None, list[str]]:
+        """Re-read the config: apply changed counts, restart pools whose target/options changed.
+        Returns why it refused the file (None: applied), and what it did not apply."""
         sdnotify.notify(
             "RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
         )
         try:
             new = load_config(self.config_path)
-        except ConfigError as e:
-            log.error("reload failed, keeping the running config: %s", e)
+        except Exception as e:  # a ConfigError; anything else must not end the running farm
+            why = str(e) if isinstance(e, ConfigError) else f"{self.config_path}: {e!r}"
+            if not isinstance(e, ConfigError):
+                log.exception("reading the config failed")
+            log.error("reload failed, keeping the running config: %s", why)
             sdnotify.notify("READY=1")
-            return str(e)
+            return why, []
         old = self.config
-        for section in ("server", "supervisor"):
+        kept = []
+        for section in ("server", "supervisor", "executor"):
             if getattr(new, section) != getattr(old, section):
-                log.warning(
-                    "reload: [%s] changed; that takes a restart (farm stop; farm up)", section
-                )
-        new = Config(
-            source=new.source, server=old.server, supervisor=old.supervisor, functions=new.functions
-        )
+                kept.append(f"[{section}] changed; that takes a restart (farm stop; farm up)")
+                log.warning("reload: %s", kept[-1])
+        # Only the pools change while the farm runs.
+        new = replace(new, server=old.server, supervisor=old.supervisor, executor=old.executor)
         self.config = new
         for name, pool in new.functions.items():
             before = old.functions.get(name)
@@ -358,4 +361,4 @@ class Steering:
             self.targets.pop(name, None)
         log.info("reloaded %s", new.source)
         sdnotify.notify("READY=1")
-        return None
+        return None, kept

@@ -98,6 +98,30 @@ def test_usage_mistakes_are_one_line_and_exit_2(tmp_path: Path) -> None:
     assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["submit", "f", "x", "--timeout", "inf"],
+        ["submit", "f", "x", "--timeout", "nan"],
+        ["submit", "f", "x", "--timeout", "-1"],
+        ["submit", "f", "x", "--server", "bad:port"],
+        ["submit", "f", "x", "--config", "/no/such/farm.toml"],
+        ["worker", "workers.text:reverse", "--timeout", "nan"],
+        # past CAN_DO_TIMEOUT's limit: the server would refuse it, the worker reconnect
+        ["worker", "workers.text:reverse", "--timeout", "1e12"],
+        ["status", "--config", "/no/such/farm.toml"],
+        ["jobs", "--config", "/no/such/farm.toml"],
+        ["stop", "--wait", "nan"],
+        ["stop", "--wait", "-1"],
+    ],
+)
+def test_bad_numbers_addresses_and_configs_are_usage_errors(args: list[str]) -> None:
+    # 127.0.0.1:1 and a missing control socket: nothing may be reached before the check
+    out = cli(*args, timeout=30, env=dict(os.environ, FARM_SERVERS="127.0.0.1:1"))
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    assert one_line_error(out.stderr).startswith("farm: ")
+
+
 def test_status_json_uses_the_tables_names(farm_server: Server) -> None:
     table = cli("status", "--server", farm_server.addr)
     header = [h.lower() for h in table.stdout.splitlines()[0].split()]
@@ -218,6 +242,18 @@ def slow_farm(tmp_path: Path):
     farm.expect_notify("READY=1")
     yield farm
     farm.stop()
+
+
+def test_client_commands_find_the_farm_of_a_config(slow_farm: FarmUp) -> None:
+    # --config names the farm, as it does for ps and stop: its server, not $FARM_SERVERS'
+    env = dict(os.environ, FARM_SERVERS="127.0.0.1:1")
+    status = cli("status", "--config", str(slow_farm.config), timeout=30, env=env)
+    assert status.returncode == 0 and "slow" in status.stdout, status.stderr
+    jobs = cli("jobs", "--config", str(slow_farm.config), timeout=30, env=env)
+    assert jobs.returncode == 0 and jobs.stdout.startswith("FUNCTION"), jobs.stderr
+    args = ["submit", "slow", "0", "--config", str(slow_farm.config)]
+    submitted = cli(*args, timeout=30, env=env)
+    assert (submitted.returncode, submitted.stdout) == (0, "ok"), submitted.stderr
 
 
 def test_ps_shows_a_busy_workers_job_and_watch_redraws(slow_farm: FarmUp) -> None:

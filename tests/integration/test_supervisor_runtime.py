@@ -139,12 +139,21 @@ def test_sighup_applies_a_changed_config(tmp_path: Path) -> None:
             assert client.call("hash", "aaaa", timeout=10).startswith(b"x")  # zlib, not pbkdf2
         finally:
             client.close()
-        # a broken config on reload is refused with one line; the farm keeps running
-        up.config.write_text(up.config.read_text() + "\n[functions.bad]\nworkers = -1\n")
+        # a broken config on reload is refused with one line (exit 2, as `farm up` refuses
+        # it); the farm keeps running -- also when the file is of a shape the reader did not
+        # expect (functions = 3 once raised a TypeError that ended the supervisor)
+        good = up.config.read_text()
+        for broken in (good + "\n[functions.bad]\nworkers = -1\n", "functions = 3\n"):
+            up.config.write_text(broken)
+            out = farm_cli("reload", "--control", up.control)
+            assert out.returncode == 2 and "functions" in out.stderr, out.stderr
+            assert len(out.stderr.strip().splitlines()) == 1
+            assert up.wait_idle({"reverse": 2, "hash": 1, "upper": 1})
+        # what a reload cannot apply is said, not only logged
+        up.config.write_text(good.replace("job_retries = 3", "job_retries = 5"))
         out = farm_cli("reload", "--control", up.control)
-        assert out.returncode == 1 and "functions.bad" in out.stderr
-        assert len(out.stderr.strip().splitlines()) == 1
-        assert up.wait_idle({"reverse": 2, "hash": 1, "upper": 1})
+        assert out.returncode == 0 and out.stdout.strip() == "reloaded", out.stdout
+        assert "not applied: [server] changed" in out.stderr, out.stderr
     finally:
         assert up.stop() == 0
 

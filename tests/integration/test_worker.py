@@ -100,8 +100,9 @@ def test_registration_errors_are_clear() -> None:
         w.register("", reverse)
     with pytest.raises(TypeError, match="callable"):
         w.register("x", "not a function")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="timeout"):
-        w.register("x", reverse, timeout=-1)
+    for bad in (-1, float("nan"), float("inf"), 1e12, True):  # 1e12: past CAN_DO_TIMEOUT's
+        with pytest.raises(ValueError, match="timeout"):
+            w.register("x", reverse, timeout=bad)
     with pytest.raises(ValueError, match="no functions"):
         w.work()
 

@@ -97,6 +97,8 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
         ("workers = 2", 'workers = "two"', "functions.rev.workers", "got 'two'"),
         ("workers = 2", "workers = 2.5", "functions.rev.workers", "whole number"),
         ("timeout = 30", "timeout = 0", "functions.hash.timeout", "> 0"),
+        # past CAN_DO_TIMEOUT's limit the server refuses the worker, which would reconnect
+        ("timeout = 30", "timeout = 31622401", "functions.hash.timeout", "at most 31622400"),
         ("max_jobs = 100", "max_jobs = true", "functions.hash.max_jobs", "whole number"),
         (
             "max_rss_mb = 256",
@@ -221,6 +223,12 @@ def test_binary_garbage_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         config.load(path)
     assert str(info.value) == f"{path}: not UTF-8 text; is it the right file?"
+
+
+@pytest.mark.parametrize("value", ["3", "true", '"reverse"', "[1, 2]"])
+def test_functions_that_is_not_a_table_is_one_line(tmp_path: Path, value: str) -> None:
+    # once a TypeError: the supervisor died of it on reload
+    assert "functions: must be a table" in error_of(tmp_path, f"functions = {value}\n")
 
 
 @pytest.mark.parametrize("grace", ["nan", "inf", "-1", "1e9"])
