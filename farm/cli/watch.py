@@ -102,8 +102,8 @@ def follow_stop(path: str, wait: float) -> None:
                 break
             left = news.get("seconds_left")
             line.show(
-                f"draining: {news.get('workers')} workers left"
-                + (f", {max(0.0, left):.0f}s before SIGKILL" if left is not None else "")
+                f"draining: {news.get('workers')} worker{'' if news.get('workers') == 1 else 's'}"
+                " left" + (f", {max(0.0, left):.0f}s before SIGKILL" if left is not None else "")
             )
     except ControlUnavailable as e:
         if pid is None:

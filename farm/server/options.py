@@ -70,6 +70,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (usage: {self.prog} --help)\n")
 
 
+def _octal_mode(text: str) -> int:
+    """A file mode in octal, as chmod takes it (660, 0660)."""
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode such as 660") from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a mode from 000 to 777")
+    return mode
+
+
 def build_parser(prog: str = "farm server") -> argparse.ArgumentParser:
     ap = _Parser(
         prog=prog, description="farm's Gearman job server (accepts gearmand's common flags)."
@@ -93,7 +104,7 @@ def build_parser(prog: str = "farm server") -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--unix-mode",
-        type=lambda s: int(s, 8),
+        type=_octal_mode,
         default=0o660,
         metavar="MODE",
         help="Unix socket permissions (octal, default 660)",

@@ -289,7 +289,7 @@ def test_stop_shows_the_drain_and_what_it_killed(slow_farm: FarmUp) -> None:
     thread.join(40)
     out = result["out"]
     assert out.returncode == 0, out.stderr
-    assert "draining: 1 workers left" in out.stdout
+    assert "draining: 1 worker left" in out.stdout
     assert re.search(
         rf"killed worker slow#0 cpu\d+ \(pid {busy['pid']}\): did not drain in time", out.stdout
     ), out.stdout
