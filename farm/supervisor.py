@@ -162,11 +162,19 @@ class Supervisor(Lifecycle, CommandJobs, Restarting, Steering):
             if item.action is Duty.RELOAD or (
                 item.action is Duty.SIGNAL and item.arg == signal.SIGHUP
             ):
-                error, kept = self.reload()
+                error: str | None
+                kept: list[str] = []
+                usage = False
+                if self.stopping:  # nothing new starts while it drains: nothing to apply
+                    log.info("reload asked while stopping: ignored")
+                    error = "the farm is stopping; nothing was reloaded"
+                else:
+                    error, kept = self.reload()
+                    usage = True  # a bad config: exit 2, as for `farm up`
                 reply: dict[str, Any] = {"ok": error is None, "not_applied": kept}
                 if error:
                     reply["error"] = error
-                    reply["usage"] = True  # a bad config: exit 2, as for `farm up`
+                    reply["usage"] = usage
                 elif item.arg == "restart":  # `farm reload --restart`
                     reply = self.start_restart(self.restart_picks([]))
                 if item.conn is not None:
