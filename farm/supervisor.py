@@ -122,6 +122,8 @@ class Supervisor(Lifecycle, CommandJobs, Restarting, Steering):
         self.selector.register(self.control, selectors.EVENT_READ, "accept")
         self.install_signals()
         log.info("supervisor %d starting (config: %s)", os.getpid(), self.config.source)
+        if not self.config.functions:  # allowed (a server alone), but rarely what was meant
+            log.warning("no pools in [functions]: the job server runs without workers")
         self.start_metrics()
         self.ensure_executor_key()
         while True:

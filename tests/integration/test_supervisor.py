@@ -169,3 +169,14 @@ def test_a_server_that_cannot_listen_stops_farm_up_with_exit_1(tmp_path: Path) -
     assert "cannot listen" in log and "the job server could not start" in log, log
     assert "worker" not in log  # no worker was started against a server that is not there
     up.stop()
+
+
+def test_a_farm_without_pools_serves_and_says_so(tmp_path: Path) -> None:
+    up = FarmUp(tmp_path, "[functions]\n")
+    try:
+        up.expect_notify("READY=1")
+        with Client(up.addr) as client:
+            assert client.echo(b"ping") == b"ping"  # the server runs alone
+        assert "no pools in [functions]" in up.read_log()
+    finally:
+        assert up.stop() == 0
