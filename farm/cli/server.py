@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -81,7 +82,9 @@ def server_address(server: str | None, config: Path | None = None) -> str:
         except ConfigError as exc:
             fail(str(exc), 2)
         except ValueError as exc:
-            fail(f"the default server: {exc}", 2)
+            named = ("FARM_SERVERS", "GEARMAN_SERVERS") if config is None else ()
+            source = next((f"${v}" for v in named if os.environ.get(v)), "the default server")
+            fail(f"{source}: {exc}", 2)
     try:
         return str(parse_address(server))
     except AddressError as exc:
