@@ -248,8 +248,8 @@ class WorkerSide:
     # -- the worker's news of its job -----------------------------------------------
 
     def work_update(self, args: tuple[bytes, ...], ptype: int) -> None:
-        handle, me = args[0], self.peer()
-        job = self.jobs.held(me, handle)
+        handle = args[0]
+        job = self.jobs.held(self, handle)  # type: ignore[arg-type]  # a Connection: a Peer
         if job is not None and job is self.pushed:
             self.accepted()  # its news says it took the job, as JOB_ACCEPT would
         if job is None:
@@ -269,5 +269,5 @@ class WorkerSide:
             self.wait_for_readers(job)
         else:
             data = args[1] if ptype != _WORK_FAIL else b""
-            self.jobs.finish(me, job, OUTCOME[ptype], data)
+            self.jobs.finish(self, job, OUTCOME[ptype], data)  # type: ignore[arg-type]  # as above
             self.jobs_done += 1
