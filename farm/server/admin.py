@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from time import monotonic
 
+from farm.protocol.codec import MAX_FUNCTION
 from farm.protocol.kinds import Priority
 from farm.server.hub import Hub, Writer
 from farm.version import __version__
@@ -22,6 +23,10 @@ OK = "OK\r\n"
 def _incomplete(command: str) -> str:
     text = "An+incomplete+set+of+arguments+was+sent+to+this+command+"
     return f"ERR INVALID_ARGUMENTS {text}{command}\r\n"
+
+
+def _too_long() -> str:
+    return f"ERR ARGUMENT_TOO_LARGE function+names+are+at+most+{MAX_FUNCTION}+bytes\r\n"
 
 
 def _unknown(command: str) -> str:
@@ -182,7 +187,10 @@ def max_queue(server: Hub, args: list[str]) -> str:
         sizes = [int(a) for a in args[1:4]]
     except ValueError:
         return _incomplete("maxqueue")
-    fq = server.jobs.function(args[0].encode())
+    name = args[0].encode()
+    if len(name) > MAX_FUNCTION:
+        return _too_long()
+    fq = server.jobs.function(name)
     if len(sizes) >= 3:
         fq.max_total, fq.max_by_priority = 0, (sizes[0], sizes[1], sizes[2])
     else:
@@ -193,7 +201,10 @@ def max_queue(server: Hub, args: list[str]) -> str:
 def create_function(server: Hub, args: list[str]) -> str:
     if len(args) < 2 or args[0].lower() != "function":
         return _incomplete("create")
-    server.jobs.function(args[1].encode())
+    name = args[1].encode()
+    if len(name) > MAX_FUNCTION:
+        return _too_long()
+    server.jobs.function(name)
     return OK
 
 
@@ -247,12 +258,13 @@ COMMANDS: dict[str, Callable[[Hub, list[str]], str]] = {
 }
 
 
-#: Commands that change the server's state, and when (maxqueue only with a size).
+#: Commands that change the server's state, and when. ``maxqueue F`` with no size lifts
+#: F's limit (and makes F if it is not there): it changes state as ``maxqueue F N`` does.
 CHANGES_STATE: dict[str, Callable[[list[str]], bool]] = {
     "cancel": lambda args: True,
     "create": lambda args: True,
     "drop": lambda args: True,
-    "maxqueue": lambda args: len(args) > 1,
+    "maxqueue": lambda args: len(args) > 0,
 }
 DENIED = "ERR PERMISSION_DENIED this+command+is+accepted+only+on+the+Unix+socket\r\n"
 #: farm's own commands about worker processes: refused on TCP whatever --tcp-admin says

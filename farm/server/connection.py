@@ -32,6 +32,9 @@ from farm.server.workerside import UCRED, WorkerSide, error
 
 log = logging.getLogger("farm.server")
 
+#: Bytes of replies a connection may leave unread and still be answered another admin command.
+MAX_UNREAD_ADMIN = 1 << 20
+
 
 class Connection(ClientSide, WorkerSide, asyncio.Protocol):
     """A client, a worker, an admin tool -- or all three on one socket."""
@@ -334,6 +337,25 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
 
     def handle_admin(self, line: str) -> None:
         self.used_admin = True
+        unread = len(self.out)
+        if self.transport is not None:
+            unread += self.transport.get_write_buffer_size()
+        if unread > MAX_UNREAD_ADMIN:
+            # A few bytes of `status` lines, sent and never read, would each make the server
+            # hold a whole reply: a peer asking for more while this much is unread is cut off
+            # (its replies dropped with it), as one that does not read must not fill memory.
+            log.warning(
+                "fd %d (%s): admin commands with %d bytes of replies unread; closing",
+                self.fd,
+                self.ip,
+                unread,
+            )
+            self.out.clear()
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+            self.detach()
+            return
         reply = run_admin(self.hub, line, over_tcp=self.ip != "unix")
         if reply is not None:
             self.send(reply.encode())

@@ -119,6 +119,43 @@ def test_state_changing_admin_commands_are_refused_over_tcp(
     assert "victim\t0\t0\t0" in admin(server.addr, "status")
 
 
+def test_maxqueue_of_a_bare_name_changes_state_and_is_refused_over_tcp(server: Server) -> None:
+    # `maxqueue F` lifts F's limit and makes F: once it slipped past --tcp-admin read-only,
+    # and any number of made-up names grew the server's function table for good.
+    for line in ("maxqueue victim", "maxqueue " + "x" * 600):
+        assert admin(server.addr, line).startswith("ERR PERMISSION_DENIED"), line
+    local = f"unix:{server.unix}"
+    assert admin(local, "maxqueue " + "x" * 600).startswith("ERR ARGUMENT_TOO_LARGE")
+    assert admin(local, "create function " + "x" * 600).startswith("ERR ARGUMENT_TOO_LARGE")
+    assert "x" * 600 not in admin(local, "status")
+
+
+def test_admin_lines_whose_replies_are_not_read_cannot_fill_the_servers_memory(
+    server: Server, peer_factory: Callable[[str], Peer]
+) -> None:
+    # 200 functions of 500-byte names: a `status` reply of about 100 KB. Sixty such lines in
+    # one send, never read, would make the server hold 6 MB; it answers about 1 MiB of them,
+    # then cuts the connection off, and serves on.
+    worker = peer_factory(server.addr)
+    for i in range(200):
+        worker.send(T.CAN_DO, f"{i:03d}" + "f" * 497)
+    assert "199f" in admin(server.addr, "status")
+    with connect(server.addr) as greedy:
+        greedy.sendall(b"status\n" * 60)
+        received = 0
+        while True:  # read only now: the server has answered what it will answer
+            try:
+                chunk = greedy.recv(1 << 20)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            received += len(chunk)
+    status = admin(server.addr, "status")  # and the server serves on
+    assert "199f" in status
+    assert received < (1 << 20) + 3 * len(status), (received, len(status))
+
+
 def test_farm_server_alone_keeps_gearmand_admin_by_default(
     farm_server: Server, peer_factory: Callable[[str], Peer]
 ) -> None:
