@@ -25,7 +25,7 @@ from typing import Any
 
 from farm.errors import ConfigError, ServerUnavailable
 from farm.net import DEFAULT_SERVER, AddressError, connectable, parse_address
-from farm.paths import runtime_dir
+from farm.paths import check_private, fallback_runtime_dir, runtime_dir
 
 __all__ = [
     "SYSTEM_CONFIG",
@@ -58,8 +58,28 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
         return path
     for candidate in (Path("farm.toml"), SYSTEM_CONFIG):
         if candidate.is_file():
+            if candidate is not SYSTEM_CONFIG:
+                _check_owner(candidate)
             return candidate
     return None
+
+
+def _check_owner(path: Path) -> None:
+    """A ``farm.toml`` found in the working directory is read only when this user (or root)
+    owns it and not everyone may write it, as git treats a repository of another user: in a
+    shared directory another user's file would choose the sockets our calls go to, the spill
+    directory our arguments are written to, and for ``farm up`` the commands it runs."""
+    info = path.stat()
+    if info.st_uid not in (os.getuid(), 0):
+        whose = f"belongs to uid {info.st_uid}"
+    elif info.st_mode & 0o002:
+        whose = "may be written by every user"
+    else:
+        return
+    raise ConfigError(
+        f"{path.resolve()}: {whose}, so it is not read from the working directory;"
+        " name it with --config (or $FARM_CONFIG) if you trust it, or remove it"
+    )
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -150,7 +170,13 @@ def local_farm(explicit: str | os.PathLike[str] | None = None) -> FarmAddresses:
 
 def _usable(unix: str) -> bool:
     path = unix[len("unix:") :]
-    return os.path.exists(path) and os.access(path, os.R_OK | os.W_OK)
+    if not (os.path.exists(path) and os.access(path, os.R_OK | os.W_OK)):
+        return False
+    if Path(path).parent == fallback_runtime_dir():
+        # In the shared /tmp another user may have made the directory first, with a socket
+        # of theirs in it, to receive our calls: never use one there that is not private.
+        check_private(Path(path).parent)  # UnsafeDirectory (a FarmError), in one line
+    return True
 
 
 def client_servers(config: str | os.PathLike[str] | None = None) -> str | list[str]:

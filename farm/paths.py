@@ -18,6 +18,7 @@ __all__ = [
     "fallback_runtime_dir",
     "UnsafeDirectory",
     "private_dir",
+    "check_private",
     "check_runtime_path",
 ]
 
@@ -94,6 +95,12 @@ def private_dir(path: Path) -> Path:
         path.mkdir(mode=0o700)
     except FileExistsError:
         pass
+    return check_private(path)
+
+
+def check_private(path: Path) -> Path:
+    """``path`` is a directory of this user, closed to others (see ``private_dir``), else
+    UnsafeDirectory. It must exist: a caller that only looks has nothing to make."""
     info = path.lstat()
     uid = os.getuid()
     fix = "remove it (or set XDG_RUNTIME_DIR) and start again"

@@ -86,3 +86,60 @@ def test_the_fallback_is_created_private(tmp_path: Path, monkeypatch: pytest.Mon
     path = private_dir(fallback_runtime_dir())
     assert path.parent == tmp_path
     assert path.stat().st_mode & 0o777 == 0o700 and path.stat().st_uid == os.getuid()
+
+
+def test_clients_and_the_executor_refuse_a_job_server_socket_in_a_squatted_dir(
+    tmp_path: Path, squatted: Path
+) -> None:
+    # The squatter's socket, where a farm without $XDG_RUNTIME_DIR puts its own: a caller
+    # must not send it the Executor's calls (readable arguments) nor a client's jobs.
+    import socket
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(squatted / "gearman.sock"))
+    listener.listen()
+    os.chmod(squatted / "gearman.sock", 0o777)
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    env.update(TMPDIR=str(tmp_path), PYTHONPATH=str(ROOT), XDG_STATE_HOME=str(tmp_path / "s"))
+    try:
+        for code in ("farm.Executor(2, key_file='k')", "farm.Client().echo()"):
+            probe = subprocess.run(
+                [sys.executable, "-c", f"import farm; {code}"],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert probe.returncode == 1, (code, probe.stderr)
+            assert f"belongs to uid {NOBODY}" in probe.stderr, (code, probe.stderr)
+        submitted = farm_cli(tmp_path, "submit", "reverse", "x")
+        assert submitted.returncode == 1 and f"belongs to uid {NOBODY}" in submitted.stderr
+        listener.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            listener.accept()  # nothing ever connected to it
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("owner_or_mode", ["nobody", "0o666"])
+def test_a_farm_toml_of_another_user_in_the_working_directory_is_not_read(
+    tmp_path: Path, owner_or_mode: str
+) -> None:
+    # Another user's file in a shared directory would choose where our calls go (and for
+    # `farm up` what runs): read only when named (--config), as git refuses such a repo.
+    config = tmp_path / "farm.toml"
+    config.write_text('[server]\nlisten = ["unix:/tmp/attacker.sock"]\n')
+    if owner_or_mode == "nobody":
+        if os.getuid() != 0:
+            pytest.skip("needs root to give a file to another user (CI runs as root)")
+        os.chown(config, NOBODY, NOBODY)
+        why = f"belongs to uid {NOBODY}"
+    else:
+        os.chmod(config, 0o666)
+        why = "may be written by every user"
+    refused = farm_cli(tmp_path, "status")
+    assert refused.returncode == 2, refused.stderr
+    assert why in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    named = farm_cli(tmp_path, "status", "--config", str(config))
+    assert "/tmp/attacker.sock" in named.stderr, named.stderr  # named: read, and used
