@@ -82,12 +82,13 @@ async def drive(jobs: int, batch: int) -> float:
     )
     await asyncio.sleep(0)
     assert client.lazy_created and worker.may_hold_grab
-    # The handles the server will give (a new server numbers its jobs from 1), so the
+    # The handles the server will give (it numbers its jobs from first_number), so the
     # worker's answers are made before the clock starts; a wrong guess fails below.
+    first = getattr(hub.jobs, "first_number", 1)  # 1: a checkout from before it
     answers = [
         p.encode_req(T.WORK_COMPLETE, hub.jobs.prefix + str(n).encode(), PAYLOAD)
         + p.encode_req(T.GRAB_JOB)
-        for n in range(1, jobs + 1)
+        for n in range(first, first + jobs)
     ]
     submits = p.encode_req(T.SUBMIT_JOB, b"echo", b"", PAYLOAD) * batch
     it = iter(answers)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import secrets
 import socket
 import time
 from collections import deque
@@ -78,7 +79,12 @@ class JobServer(Dispatch):
         self.queued_bytes = 0
         self.max_queued_bytes = max_queued_bytes
         self.prefix = f"H:{hostname or socket.gethostname()}:".encode()
-        self._counter = itertools.count(1)
+        # Handles count from a random start, not from 1 as gearmand's: a server restarted
+        # (or a second one on this host) must not hand out a handle of an earlier job, which
+        # the Executor's replay guard takes for the server's own retry of that job
+        # (farm.executor.replay), so that a captured call would run again.
+        self.first_number = secrets.randbelow(1 << 47) + 1
+        self._counter = itertools.count(self.first_number)
         self._seq = itertools.count()
         self.functions: dict[bytes, FunctionQueue] = {}
         # Unused functions, oldest first (see MAX_IDLE_FUNCTIONS).

@@ -628,3 +628,21 @@ def test_a_captured_call_runs_once_and_an_expired_one_never(
         stale = signed_call(signer, pickle.dumps(os.getpid), expires=time.time() - 5)
         with pytest.raises(farm.JobException, match="expired"):
             client.call("farm.python", stale, timeout=30)
+
+
+def test_a_captured_call_does_not_run_again_on_a_restarted_server(tmp_path: Path) -> None:
+    # A restarted server once numbered its jobs from 1 again: the captured call's new job
+    # got the old job's handle, which the replay guard took for the server's own retry.
+    signer = Signer(load_key(ensure_key(tmp_path / "executor.key")))
+    call = signed_call(signer, pickle.dumps(os.getpid))
+    for attempt in range(2):  # the same key, the same pool's record; a fresh server each
+        fresh = ExecutorFarm(tmp_path, count=1)
+        try:
+            with farm.Client(fresh.addr) as client:
+                if attempt == 0:
+                    assert client.call("farm.python", call, timeout=30).startswith(MAGIC)
+                else:
+                    with pytest.raises(farm.JobException, match="already ran"):
+                        client.call("farm.python", call, timeout=30)
+        finally:
+            fresh.stop()
