@@ -52,6 +52,7 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
         self.closed = False
         self.fd = -1
         self.ip = "-"
+        self.tcp = False  # counted in the hub's TCP shares (see connection_made)
         self.client_id = b"-"
         self.peer_uid: int | None = None  # Unix-socket peers only (SO_PEERCRED)
         # Who is at the other end, for farm's admin `peers` and `drain`: the process on a
@@ -95,6 +96,7 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
         if sock is not None:
             self.fd = sock.fileno()
             if sock.family in (socket.AF_INET, socket.AF_INET6):
+                self.tcp = True
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 peer = transport.get_extra_info("peername")
                 self.ip = peer[0] if peer else "-"
@@ -103,16 +105,11 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
                 self.ip = "unix"
                 creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size)
                 self.peer_pid, self.peer_uid, _ = UCRED.unpack(creds)
-        if len(self.hub.connections) >= self.hub.options.max_connections:
-            log.warning(
-                "connection limit (%d) reached; closing fd %d",
-                len(self.hub.connections),
-                self.fd,
-            )
+        if not self.hub.admit(self, self.tcp):
+            log.warning("connection limit reached; closing fd %d (%s)", self.fd, self.ip)
             self.closed = True
+            self.tcp = False  # not counted
             transport.close()
-            return
-        self.hub.connections.add(self)
 
     def detach(self) -> None:
         """Hand back what this connection held. As a client first: its own foreground jobs
@@ -126,11 +123,12 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
         for client in self.waiting_on:
             client.held_back.discard(self)
         self.waiting_on.clear()
-        self.hub.partial_bytes -= self.partial
+        self.hub.count_partial(-self.partial, self.tcp)
         self.partial = 0
         self.hub.unaccepted.discard(self)
         self.hub.lazy.discard(self)
-        self.hub.connections.discard(self)
+        self.hub.leave(self, self.tcp)
+        self.tcp = False
         self.detach()
         self.hub.flush_soon()
         if self.hub.all_closed is not None and not self.hub.connections:
@@ -214,10 +212,8 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
         senders of large bodies cannot hold the server's memory between them."""
         now = self.decoder.buffered
         grew = now - self.partial  # not 0: data_received calls this only on a change
-        hub = self.hub
-        hub.partial_bytes += grew
         self.partial = now
-        if grew > 0 and hub.partial_bytes > hub.options.max_partial_bytes:
+        if self.hub.count_partial(grew, self.tcp) and grew > 0:
             log.warning(
                 "fd %d (%s): partial packets over the server's limit; closing", self.fd, self.ip
             )

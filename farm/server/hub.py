@@ -94,6 +94,8 @@ class Hub:
         # Lazy-created clients holding replies that asked for no write of their own.
         self.lazy: Deadlines[Writer, None] = Deadlines(LAZY_CREATED_MAX, _lazy_due, self.call_later)
         self.partial_bytes = 0  # bytes of not yet whole packets, over all connections
+        self.tcp_partial_bytes = 0  # of those, held by TCP connections
+        self.tcp_connections = 0
         self.stats = ServerStats()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._flush_due = False
@@ -134,6 +136,41 @@ class Hub:
         self.pushes.append(worker)
         if self.loop is not None:  # without a loop, the read that led here flushes next
             self.flush_soon()
+
+    # -- what the connections share: their number, and unfinished packets' bytes --
+
+    def admit(self, conn: Writer, tcp: bool) -> bool:
+        """Room for one more connection (then it counts); TCP peers, which any local user
+        can be, leave a share to the Unix socket, for the farm's own workers and callers."""
+        limit = self.options.max_connections
+        if len(self.connections) >= limit:
+            return False
+        if tcp:
+            if self.tcp_connections >= limit - min(64, limit // 10):
+                return False
+            self.tcp_connections += 1
+        self.connections.add(conn)
+        return True
+
+    def leave(self, conn: Writer, tcp: bool) -> None:
+        """An admitted connection (``tcp`` as counted) is gone."""
+        self.connections.discard(conn)
+        if tcp:
+            self.tcp_connections -= 1
+
+    def count_partial(self, grew: int, tcp: bool) -> bool:
+        """Count bytes of unfinished packets (``grew`` may be negative); whether they are now
+        over --max-partial-bytes. TCP peers together may hold all but one whole packet's
+        worth (--max-packet): one local user holding unfinished packets must not stop the
+        farm's own callers on the Unix socket."""
+        self.partial_bytes += grew
+        options = self.options
+        over = self.partial_bytes > options.max_partial_bytes
+        if tcp:
+            self.tcp_partial_bytes += grew
+            share = max(options.max_packet, options.max_partial_bytes - options.max_packet)
+            over = over or self.tcp_partial_bytes > share
+        return over
 
     def flush_soon(self) -> None:
         """Flush after the reads of this loop turn (at once when no loop runs: tests)."""

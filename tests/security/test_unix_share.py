@@ -1,0 +1,68 @@
+"""What one TCP peer -- any local user -- can take of the server's limits, the Unix socket
+keeps a share of: connections (--max-connections) and unfinished packets' bytes
+(--max-partial-bytes), so the farm's own workers and Executor calls are not locked out."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from farm import protocol as p
+from farm.protocol import PacketType as T
+from tests.helpers.peers import Peer
+from tests.helpers.servers import connect, start_farm_server
+from tests.helpers.waiting import wait_for
+
+
+def unix_path() -> str:
+    return str(Path(tempfile.mkdtemp(prefix="farm-share-")) / "gearman.sock")
+
+
+def test_tcp_peers_cannot_take_the_unix_sockets_last_connections() -> None:
+    unix = unix_path()
+    srv = start_farm_server("--max-connections", "20", unix=unix)  # 2 kept for the socket
+    try:
+        wait_for("the Unix socket", lambda: os.path.exists(unix))
+        held = [connect(srv.addr) for _ in range(18)]
+        for s in held:  # each is really served
+            s.sendall(p.encode_req(T.ECHO_REQ, b"x"))
+            assert s.recv(100).endswith(b"x")
+        extra = connect(srv.addr)
+        extra.settimeout(5)
+        try:
+            assert extra.recv(100) == b"", "a 19th TCP peer is closed at once"
+        except ConnectionResetError:
+            pass
+        local = Peer(f"unix:{unix}")
+        local.send(T.ECHO_REQ, "mine")
+        assert local.expect(T.ECHO_RES).args == (b"mine",)
+        for s in [*held, extra]:
+            s.close()
+    finally:
+        srv.stop()
+
+
+def test_tcp_peers_cannot_take_the_unix_sockets_share_of_unfinished_packets(
+    peer_factory: Callable[[str], Peer],
+) -> None:
+    # One packet's worth (--max-packet) of the 2 MB is kept for the Unix socket: TCP peers
+    # holding half-sent bodies once made the farm's own 900 KB call fail.
+    unix = unix_path()
+    limits = ("--max-packet", "1000000", "--max-partial-bytes", "2000000")
+    srv = start_farm_server(*limits, unix=unix)
+    try:
+        wait_for("the Unix socket", lambda: os.path.exists(unix))
+        header = p.HEADER.pack(p.REQ, T.SUBMIT_JOB_BG, 950_000)
+        hog = peer_factory(srv.addr)
+        hog.send_raw(header + b"f\0\0" + b"x" * 900_000)
+        more = peer_factory(srv.addr)
+        more.send_raw(header + b"f\0\0" + b"y" * 200_000)  # TCP's share is 1 MB
+        err = more.expect(T.ERROR)
+        assert err.args[0] == b"ARGUMENT_TOO_LARGE" and b"partly received" in err.args[1]
+        local = Peer(f"unix:{unix}")
+        local.send_raw(header + b"f\0\0" + b"z" * 949_997)
+        assert local.expect(T.JOB_CREATED).type == T.JOB_CREATED
+    finally:
+        srv.stop()
