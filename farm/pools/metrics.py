@@ -140,14 +140,61 @@ class SupervisorCollector:
             yield from text_string_to_metric_families(text)
 
 
+#: Scrapes served at once; a connection past them is closed. Each is a thread, and a
+#: local user opening idle connections must not grow the supervisor without bound.
+MAX_SCRAPES = 32
+#: Seconds a connection may take to send its request before it is dropped.
+SCRAPE_TIMEOUT = 5.0
+
+
 def serve_metrics(supervisor: Steering, address: str) -> Any:
-    """Start the HTTP endpoint on ``address`` (HOST:PORT); the server object, to shut down."""
-    from prometheus_client import CollectorRegistry, start_http_server
+    """Start the HTTP endpoint on ``address`` (HOST:PORT); the server object, to shut down.
+
+    prometheus_client's own server gives every connection a thread with no timeout, so
+    idle connections (from any local user) would pile up threads in the supervisor; this
+    one serves at most MAX_SCRAPES at once and drops a client silent for SCRAPE_TIMEOUT."""
+    import socket
+    import threading
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client import CollectorRegistry, make_wsgi_app
+
+    class Handler(WSGIRequestHandler):
+        timeout = SCRAPE_TIMEOUT  # the socket's timeout, for the request and the reply
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # a scrape a second is no news
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        slots = threading.BoundedSemaphore(MAX_SCRAPES)
+
+        def process_request(self, request: Any, client_address: Any) -> None:
+            if not self.slots.acquire(blocking=False):
+                self.shutdown_request(request)  # full: closed at once
+                return
+            try:
+                super().process_request(request, client_address)
+            except BaseException:
+                self.slots.release()
+                raise
+
+        def process_request_thread(self, request: Any, client_address: Any) -> None:
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self.slots.release()
 
     host, _, port = address.rpartition(":")  # the config checked it; port 0: any free one
+    family, _, _, _, sockaddr = socket.getaddrinfo(
+        host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    Server.address_family = family
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SupervisorCollector(supervisor))
-    server, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+    server = make_server(str(sockaddr[0]), int(port), make_wsgi_app(registry), Server, Handler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     bound = server.server_address[1]
     log.info("metrics on http://%s:%d/metrics (pid %d)", host, bound, os.getpid())
     return server
