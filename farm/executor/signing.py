@@ -102,7 +102,8 @@ def load_key(path: str | os.PathLike[str] | None = None, *, create: bool = True)
         if create:
             ensure_key(target)
         with open(target, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
+            info = os.fstat(f.fileno())
+            mode = info.st_mode
             text = f.read().strip()
     except OSError as exc:
         raise KeyFileError(
@@ -114,6 +115,13 @@ def load_key(path: str | os.PathLike[str] | None = None, *, create: bool = True)
             f"key file {target} is accessible to others or writable by its group"
             f" (mode {mode & 0o777:o}); run: chmod 600 {target} (or 640 to share it with"
             " the farm's group)"
+        )
+    if os.getuid() == 0 and info.st_uid != 0:
+        # root reads any file: one another user made (in a shared directory, before the farm
+        # did) would be a key that user knows, and so their code run as root.
+        raise KeyFileError(
+            f"key file {target} belongs to uid {info.st_uid}, and this process runs as root;"
+            f" run: chown root {target} (if you trust it), or set ${KEY_ENV} to root's key"
         )
     try:
         key = bytes.fromhex(text.decode("ascii"))

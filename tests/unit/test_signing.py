@@ -58,6 +58,18 @@ def test_key_shared_with_its_group_for_reading_is_accepted(tmp_path: Path) -> No
     assert load_key(path) == key
 
 
+def test_root_refuses_a_key_another_user_made(tmp_path: Path) -> None:
+    # That user knows the key, and could sign calls that a root farm would run.
+    if os.getuid() != 0:
+        pytest.skip("needs root to give the key to another user (CI runs as root)")
+    path = ensure_key(tmp_path / "k")
+    os.chown(path, 65534, 65534)
+    with pytest.raises(KeyFileError, match="belongs to uid 65534"):
+        load_key(path)
+    os.chown(path, 0, 0)
+    assert len(load_key(path)) == 32
+
+
 def test_missing_key_without_create_and_garbage_key(tmp_path: Path) -> None:
     with pytest.raises(KeyFileError, match="cannot read"):
         load_key(tmp_path / "none", create=False)
