@@ -126,6 +126,7 @@ class Lifecycle:
             )
             return
         slot.proc = None
+        slot.restarts += 1  # an end nobody asked for (a crash, a kill, a recycle): counted
         self.exits[proc.function, exit_cause(proc.kill_reason, status)] += 1
         how, delay = slot.note_exit(proc, status, now)
         when = "now" if delay == 0 else f"in {delay:g}s"
@@ -166,8 +167,6 @@ class Lifecycle:
         """Fill an empty slot."""
         proc = self.start_process(slot, pool)
         if proc is not None:
-            if slot.spawned > 1:
-                slot.restarts += 1
             slot.proc = proc
 
     def spawn_python(self, slot: Slot, pool: FunctionConfig) -> WorkerProcess:

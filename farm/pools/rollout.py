@@ -149,8 +149,7 @@ class Restarting:
                 old = slot.proc
                 if old is not None:
                     self.retire(old, pool)
-                slot.proc, slot.successor = heir, None
-                slot.restarts += 1
+                slot.proc, slot.successor = heir, None  # a deploy, not a restart: not counted
                 ro.replaced[name] += 1
                 flying.discard(index)
                 log.info(

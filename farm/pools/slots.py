@@ -212,7 +212,7 @@ class RestartHistory:
     """
 
     failures: int = 0  # consecutive unplanned exits since the last healthy run
-    restarts: int = 0  # processes started after the first
+    restarts: int = 0  # ends nobody asked for (crash, kill, recycle); not scale or deploy
     next_start: float = 0.0  # monotonic time before which no new process starts
     failing: bool = False
     last_exit: str = ""

@@ -149,6 +149,8 @@ def test_restart_picks_up_code_changed_on_disk_and_one_slot_alone(tmp_path: Path
         assert farm_cli("restart", "--control", up.control).returncode == 0
         got = farm_cli("submit", "counted", "x", "--server", up.addr)
         assert got.stdout.strip() == "v2:x", got.stderr
+        # a deploy is no restart: `farm ps` keeps RESTARTS for ends nobody asked for
+        assert {r["restarts"] for r in up.wait_idle({"counted": TARGET})} == {0}
     finally:
         assert up.stop() == 0
 
