@@ -84,10 +84,14 @@ class LocalServer(RestartHistory):
             log.info("job server (pid %d) %s", self.pid, describe_exit(status))
             self.pid = 0
             return
+        self.last_exit = describe_exit(status)
+        if not self.ever_ready:  # it never listened: the supervisor stops (no restart)
+            log.info("job server (pid %d) %s before it listened", self.pid, self.last_exit)
+            self.pid, self.ready = 0, False
+            return
         self.lived(now - self.started)
         self.restarts += 1
         delay = self.failed(now)
-        self.last_exit = describe_exit(status)
         log.warning(
             "job server (pid %d) %s; restarting %s",
             self.pid,

@@ -168,6 +168,7 @@ def test_a_server_that_cannot_listen_stops_farm_up_with_exit_1(tmp_path: Path) -
     log = up.read_log()
     assert "cannot listen" in log and "the job server could not start" in log, log
     assert "worker" not in log  # no worker was started against a server that is not there
+    assert "restarting" not in log  # it is not restarted, and the log does not say it is
     up.stop()
 
 
