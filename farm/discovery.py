@@ -17,6 +17,7 @@ can reach).
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from typing import Any
 
 from farm.errors import ConfigError, ServerUnavailable
 from farm.net import DEFAULT_SERVER, AddressError, connectable, parse_address
-from farm.paths import check_private, fallback_runtime_dir, runtime_dir
+from farm.paths import UnsafeDirectory, check_private, fallback_runtime_dir, runtime_dir
 
 __all__ = [
     "SYSTEM_CONFIG",
@@ -41,6 +42,8 @@ __all__ = [
 ]
 
 SYSTEM_CONFIG = Path("/etc/farm/farm.toml")
+
+log = logging.getLogger("farm")
 
 
 def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
@@ -69,8 +72,10 @@ def _check_owner(path: Path) -> None:
     owns it and not everyone may write it, as git treats a repository of another user: in a
     shared directory another user's file would choose the sockets our calls go to, the spill
     directory our arguments are written to, and for ``farm up`` the commands it runs."""
-    info = path.stat()
-    if info.st_uid not in (os.getuid(), 0):
+    link, info = path.lstat(), path.stat()  # a link of another user's counts as theirs
+    if link.st_uid not in (os.getuid(), 0):
+        whose = f"belongs to uid {link.st_uid}"
+    elif info.st_uid not in (os.getuid(), 0):
         whose = f"belongs to uid {info.st_uid}"
     elif info.st_mode & 0o002:
         whose = "may be written by every user"
@@ -170,13 +175,21 @@ def local_farm(explicit: str | os.PathLike[str] | None = None) -> FarmAddresses:
 
 def _usable(unix: str) -> bool:
     path = unix[len("unix:") :]
-    if not (os.path.exists(path) and os.access(path, os.R_OK | os.W_OK)):
-        return False
-    if Path(path).parent == fallback_runtime_dir():
-        # In the shared /tmp another user may have made the directory first, with a socket
-        # of theirs in it, to receive our calls: never use one there that is not private.
-        check_private(Path(path).parent)  # UnsafeDirectory (a FarmError), in one line
-    return True
+    return os.path.exists(path) and os.access(path, os.R_OK | os.W_OK)
+
+
+def _unsafe(unix: str) -> str | None:
+    """Why a socket in the shared-/tmp fallback directory must not be used (None: it may).
+    Another user may have made that directory first, with a socket of theirs in it, to
+    receive our calls."""
+    parent = Path(unix[len("unix:") :]).parent
+    if parent != fallback_runtime_dir() or not os.path.lexists(parent):
+        return None
+    try:
+        check_private(parent)
+    except UnsafeDirectory as exc:
+        return str(exc)
+    return None
 
 
 def client_servers(config: str | os.PathLike[str] | None = None) -> str | list[str]:
@@ -200,9 +213,14 @@ def _servers(
     farm = local_farm(config)
     if farm.remote:
         return list(farm.remote)
-    if farm.unix and (_usable(farm.unix) or (tcp_fallback and not farm.tcp)):
+    unsafe = _unsafe(farm.unix) if farm.unix else None
+    if unsafe is not None and not tcp_fallback:
+        raise UnsafeDirectory(unsafe)  # the Executor's calls go nowhere else
+    if unsafe is None and farm.unix and (_usable(farm.unix) or (tcp_fallback and not farm.tcp)):
         return [farm.unix]
     if tcp_fallback:
+        if unsafe is not None:  # a client may use TCP instead: it does, and says why
+            log.warning("not using the farm's Unix socket: %s", unsafe)
         return [farm.tcp or DEFAULT_SERVER]
     where = farm.unix[len("unix:") :] if farm.unix else "(none configured)"
     raise ServerUnavailable(

@@ -70,8 +70,10 @@ def worker(
     try:
         w = Worker(_servers(server, config), client_id=client_id, tls=tls_from_env())
         w.register(name or attr, fn, timeout)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ConfigError) as exc:
         fail(str(exc), 2)
+    except FarmError as exc:
+        fail(str(exc), 1)
     # The handlers only ask the loop to stop; it finishes the job in hand first.
     signal.signal(signal.SIGTERM, lambda *_: w.stop())
     signal.signal(signal.SIGINT, lambda *_: w.stop())
@@ -108,8 +110,10 @@ def submit(
     payload = sys.stdin.buffer.read() if data == "-" else (data or "").encode()
     try:
         client = Client(servers, tls=tls_from_env())
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ConfigError) as exc:
         fail(str(exc), 2)
+    except FarmError as exc:
+        fail(str(exc), 1)
     with client:
         try:
             if background:

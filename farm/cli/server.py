@@ -12,7 +12,7 @@ from farm import protocol
 from farm.cli.app import SERVER_DEFAULT_HELP, ConfigOption, app, fail
 from farm.client.admin import admin_query
 from farm.discovery import client_servers
-from farm.errors import ConfigError
+from farm.errors import ConfigError, FarmError
 from farm.net import AddressError, parse_address, parse_servers
 from farm.protocol.admin import parse_jobs, parse_poison, parse_status
 
@@ -81,6 +81,8 @@ def server_address(server: str | None, config: Path | None = None) -> str:
             return default_server(config)
         except ConfigError as exc:
             fail(str(exc), 2)
+        except FarmError as exc:
+            fail(str(exc), 1)
         except ValueError as exc:
             named = ("FARM_SERVERS", "GEARMAN_SERVERS") if config is None else ()
             source = next((f"${v}" for v in named if os.environ.get(v)), "the default server")
