@@ -35,6 +35,9 @@ from farm.server.queues import (
 )
 from farm.server.store import SQLiteStore
 
+#: The longest host part of a job handle: "H:" + host + ":" + 20 digits + NUL fit 64 bytes.
+MAX_HANDLE_HOST = 64 - 1 - 20 - 3
+
 __all__ = [
     "MAX_EXPIRED",
     "WAKE_DEADLINE",
@@ -78,12 +81,16 @@ class JobServer(Dispatch):
         # Payload bytes held by live jobs; bounded so a flood cannot exhaust memory.
         self.queued_bytes = 0
         self.max_queued_bytes = max_queued_bytes
-        self.prefix = f"H:{hostname or socket.gethostname()}:".encode()
+        # Clients keep a handle in 64 bytes (libgearman's GEARMAN_JOB_HANDLE_SIZE, with its
+        # NUL): the host is cut so that "H:host:" and 20 digits always fit, as gearmand does.
+        host = (hostname or socket.gethostname()).encode()[:MAX_HANDLE_HOST]
+        host = host.decode("utf-8", "ignore").encode()  # not cut inside a character
+        self.prefix = b"H:" + host + b":"
         # Handles count from a random start, not from 1 as gearmand's: a server restarted
         # (or a second one on this host) must not hand out a handle of an earlier job, which
         # the Executor's replay guard takes for the server's own retry of that job
         # (farm.executor.replay), so that a captured call would run again.
-        self.first_number = secrets.randbelow(1 << 47) + 1
+        self.first_number = secrets.randbelow(1 << 32) + 1
         self._counter = itertools.count(self.first_number)
         self._seq = itertools.count()
         self.functions: dict[bytes, FunctionQueue] = {}

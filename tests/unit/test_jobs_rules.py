@@ -26,6 +26,20 @@ def test_replay_ignores_queue_limits_so_a_restart_cannot_fail(tmp_path: Path) ->
     assert again.replay() == 3
 
 
+@pytest.mark.parametrize("host", ["t", "h" * 100, "é" * 40])
+def test_handles_fit_the_64_bytes_clients_keep_and_differ_between_servers(host: str) -> None:
+    # libgearman keeps a handle in 64 bytes with its NUL; numbers start at random, so that a
+    # restarted server never repeats an earlier one's handles (the Executor's replay guard)
+    first, second = JobServer(hostname=host), JobServer(hostname=host)
+    handles = [
+        jobs.submit(None, b"f", b"", b"x", background=True).handle for jobs in (first, second)
+    ]
+    assert handles[0] != handles[1]
+    assert all(len(h) <= 63 and h.startswith(b"H:") for h in handles), handles
+    assert len(first.prefix) + 20 <= 63  # as far as the counter can go
+    first.prefix.decode()  # not cut inside a character
+
+
 def test_discarded_jobs_do_not_pile_up_in_the_deque() -> None:
     jobs = JobServer(hostname="t")
     client = FakePeer()
