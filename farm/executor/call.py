@@ -12,7 +12,6 @@ re-exported here, where tests and older code import them.
 
 from __future__ import annotations
 
-import functools
 import logging
 import pickle
 import time
@@ -20,7 +19,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from farm.executor import spill
+from farm.executor import initstate, spill
 from farm.executor.payload import (
     ARG_CHUNK,
     ARG_CHUNK_BATCH,
@@ -96,14 +95,10 @@ _tasks_done: dict[bytes, int] = {}
 #: Why this worker should be replaced after the job in hand (max_tasks_per_child reached),
 #: or None. Read by farm/pools/workerproc.py after each job; unsupervised workers ignore it.
 recycle_requested: str | None = None
-#: What the last initializer of the caller's script (``__main__``, sent by value) set in its
-#: globals: given to the script's functions of that executor's calls (_share_initialized).
-_initializer_wrote: dict[str, Any] = {}
-#: The key, in a by-value function's globals, of the initializer digest given to it.
-_GIVEN = "__farm_initializer__"
-_MISSING = object()
-#: Unpickled functions by their pickled bytes: a lambda sent 10,000 times is rebuilt once.
-_functions: dict[bytes, Any] = {}
+#: Unpickled functions by their pickled bytes and the initializer they run after (None:
+#: none): a lambda sent 10,000 times is rebuilt once, and executors with different
+#: initializers never share a function of the script, whose globals hold what theirs left.
+_functions: dict[tuple[bytes, bytes | None], Any] = {}
 _MAX_FUNCTIONS = 256
 #: Where this worker writes large results, and its limit (farm.executor.spill).
 _spill: spill.SpillSettings | None = None
@@ -123,13 +118,18 @@ def _worker_signer() -> Signer:
     return _signer
 
 
-def _function(fn_bytes: bytes) -> Callable[..., Any]:
-    fn = _functions.get(fn_bytes)
+def _function(fn_bytes: bytes, initialized: bool) -> Callable[..., Any]:
+    """The call's function; after this executor's initializer, given what it left
+    (farm.executor.initstate)."""
+    key = (fn_bytes, _initialized if initialized else None)
+    fn = _functions.get(key)
     if fn is None:
         fn = pickle.loads(fn_bytes)
         if len(_functions) >= _MAX_FUNCTIONS:
             _functions.clear()
-        _functions[fn_bytes] = fn
+        _functions[key] = fn
+    if initialized:
+        initstate.give(fn)
     return fn  # type: ignore[no-any-return]  # whatever the caller pickled: called below
 
 
@@ -171,9 +171,7 @@ def run_call(job: Any) -> bytes:
             job, signer, call_id, fn_bytes, calls_data, _BATCHED[kind], bool(initialized)
         )
     try:
-        fn = _function(bytes(body[4 : 4 + fn_size]))
-        if initialized and _initializer_wrote:
-            _share_initialized(fn)
+        fn = _function(bytes(body[4 : 4 + fn_size]), bool(initialized))
         calls = pickle.loads(calls_data)
         del calls_data  # a large argument's bytes: not kept while the call runs
         outcome: tuple[Any, ...] = (OK, _apply(fn, kind, calls))
@@ -219,17 +217,11 @@ def _set_up(kind: int, body: memoryview, at: int) -> tuple[int, tuple[Any, ...] 
         at += DIGEST_SIZE + 4
         if digest != _initialized:
             _initialized = None  # whatever it leaves behind, a failed one runs again next time
-            _initializer_wrote.clear()
+            initstate.forget()
             try:
                 initializer, initargs = pickle.loads(body[at : at + size])
-                script = _script_globals(initializer)
-                before = dict(script) if script is not None else {}
-                initializer(*initargs)
+                initstate.run(initializer, initargs)
                 _initialized = digest
-                if script is not None:
-                    _initializer_wrote.update(
-                        (k, v) for k, v in script.items() if before.get(k, _MISSING) is not v
-                    )
             except BaseException as exc:  # as ProcessPoolExecutor: even SystemExit breaks it
                 log.critical("Exception in initializer:", exc_info=True)
                 failure = (BROKEN, exc, _remote_traceback(exc))
@@ -246,29 +238,6 @@ def _set_up(kind: int, body: memoryview, at: int) -> tuple[int, tuple[Any, ...] 
                 f"max_tasks_per_child {max_tasks} of executor {executor_id.hex()[:8]} reached"
             )
     return at, failure
-
-
-def _script_globals(fn: Any) -> dict[str, Any] | None:
-    """The globals of a function of the caller's script (through ``functools.partial``s):
-    a dict of its own, made when cloudpickle rebuilt the function by value. None for a
-    function of a module, whose globals are that module's here as in the caller."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    if getattr(fn, "__module__", None) != "__main__":
-        return None
-    return getattr(fn, "__globals__", None)
-
-
-def _share_initialized(fn: Any) -> None:
-    """Give a function of the caller's script what that executor's initializer, also of the
-    script, set in its globals. Each travels by value with globals of its own, where in
-    ProcessPoolExecutor both are the one ``__main__`` module: an initializer that sets a
-    global for its calls must be seen by them. Once per initializer run: what a call then
-    keeps in its globals (a counter) stays, as it does in a pool's process."""
-    script = _script_globals(fn)
-    if script is not None and script.get(_GIVEN) != _initialized:
-        script.update(_initializer_wrote)
-        script[_GIVEN] = _initialized
 
 
 def _apply(fn: Callable[..., Any], kind: int, calls: Any) -> Any:
@@ -295,9 +264,7 @@ def _run_batch(
     """Run a batch's calls (or chunks of calls: ``kind`` CHUNK or ARG_CHUNK, else SINGLE)
     in order; send outcomes as they pile up, the rest at the end."""
     try:
-        fn: Callable[..., Any] | None = _function(fn_bytes)
-        if initialized and _initializer_wrote:
-            _share_initialized(fn)
+        fn: Callable[..., Any] | None = _function(fn_bytes, initialized)
         calls: list[bytes] = pickle.loads(body)
         failure: tuple[Any, ...] | None = None
     except BaseException as exc:  # the function itself cannot be rebuilt: every call says so

@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 
 from farm.client.admin import function_workers
 from farm.discovery import executor_servers
+from farm.errors import FarmError
 from farm.executor import spill
 from farm.executor.arguments import (
     check_max_tasks_per_child,
@@ -354,7 +355,7 @@ class Executor(_BaseExecutor):
             if self._spill is None:
                 self._spill = spill_settings(*self._spill_options)
             reference = spill.write(self._spill, body, "a")
-        except (spill.SpillError, OSError) as exc:  # too large, or no spill directory
+        except (FarmError, OSError) as exc:  # too large, no spill directory, a bad config
             return self._enqueue(None, exc)
         del body
         self._spill_files.add(reference)

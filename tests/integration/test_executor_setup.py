@@ -246,32 +246,42 @@ def test_a_scripts_own_classes_and_partials_travel_as_arguments(shared: Farm) ->
 
 @pytest.mark.timeout(90)
 def test_a_scripts_initializer_sets_the_globals_its_calls_read(shared: Farm) -> None:
-    # The standard pattern: the initializer and the calls, both of the script, share its
-    # globals in a pool's process. What a call keeps there (a counter) stays, as it does.
+    # The standard patterns: the initializer and the calls, both of the script, share its
+    # globals in a pool's process -- a name it rebinds, a dict it fills. What a call keeps
+    # there (a counter) stays, as it does; another executor's calls do not see any of it.
     done = shared.run_script(
         """
         STATE = None
+        CACHE = {}
         SEEN = 0
         def init(x):
             global STATE
             STATE = x
+            CACHE["db"] = "connected"
         def work(i):
             global SEEN
             SEEN += 1
             return STATE + i, SEEN
+        def peek():
+            return STATE, CACHE.get("db")
         with ex(2, None, init, (10,)) as pool:
             print(pool.submit(work, 1).result(timeout=30)[0])
             print(sorted(v for v, _ in pool.map(work, range(3), timeout=30)))
             counts = [pool.submit(work, 0).result(timeout=30)[1] for _ in range(8)]
             print(max(counts) > 1)
-        def peek():
-            return STATE
-        with ex(2) as plain:  # no initializer: the other executor's state is not its own
+            print(pool.submit(peek).result(timeout=30))
+        with ex(2) as plain:  # no initializer: the script's own values, not the other's
             print(plain.submit(peek).result(timeout=30))
         """
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[:4] == ["11", "[10, 11, 12]", "True", "None"], done.stdout
+    assert done.stdout.split("\n")[:5] == [
+        "11",
+        "[10, 11, 12]",
+        "True",
+        "(10, 'connected')",
+        "(None, None)",
+    ], done.stdout
 
 
 @pytest.mark.timeout(60)
