@@ -140,10 +140,12 @@ class SupervisorCollector:
             yield from text_string_to_metric_families(text)
 
 
-#: Scrapes served at once; a connection past them is closed. Each is a thread, and a
-#: local user opening idle connections must not grow the supervisor without bound.
+#: Scrapes served at once. Each is a thread, and a local user opening idle connections
+#: must not grow the supervisor without bound: past them, a new connection takes the place
+#: of the oldest one that has taken more than EVICT_AFTER, or is closed.
 MAX_SCRAPES = 32
-#: Seconds a connection may take to send its request before it is dropped.
+EVICT_AFTER = 1.0
+#: Seconds a connection may stay silent before it is dropped.
 SCRAPE_TIMEOUT = 5.0
 
 
@@ -152,9 +154,11 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
 
     prometheus_client's own server gives every connection a thread with no timeout, so
     idle connections (from any local user) would pile up threads in the supervisor; this
-    one serves at most MAX_SCRAPES at once and drops a client silent for SCRAPE_TIMEOUT."""
+    one serves at most MAX_SCRAPES at once, drops a client silent for SCRAPE_TIMEOUT, and
+    lets a new connection take the place of the oldest slow one when it is full."""
     import socket
     import threading
+    import time
     from socketserver import ThreadingMixIn
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -169,22 +173,44 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
     class Server(ThreadingMixIn, WSGIServer):
         daemon_threads = True
         slots = threading.BoundedSemaphore(MAX_SCRAPES)
+        lock = threading.Lock()
+        started: dict[Any, float] = {}  # connection -> when it was taken in
 
         def process_request(self, request: Any, client_address: Any) -> None:
             if not self.slots.acquire(blocking=False):
-                self.shutdown_request(request)  # full: closed at once
-                return
+                # Full: a scrape takes a second at most, so the oldest slow one is a client
+                # holding its place (one byte every few seconds beats any read timeout).
+                self.evict_oldest()
+                if not self.slots.acquire(timeout=EVICT_AFTER):
+                    self.shutdown_request(request)
+                    return
+            with self.lock:
+                self.started[request] = time.monotonic()
             try:
                 super().process_request(request, client_address)
             except BaseException:
-                self.slots.release()
+                self.forget(request)
                 raise
+
+        def evict_oldest(self) -> None:
+            with self.lock:
+                oldest = min(self.started.items(), key=lambda item: item[1], default=None)
+            if oldest is not None and time.monotonic() - oldest[1] > EVICT_AFTER:
+                try:
+                    oldest[0].shutdown(socket.SHUT_RDWR)  # its thread ends, its slot frees
+                except OSError:
+                    pass
+
+        def forget(self, request: Any) -> None:
+            with self.lock:
+                self.started.pop(request, None)
+            self.slots.release()
 
         def process_request_thread(self, request: Any, client_address: Any) -> None:
             try:
                 super().process_request_thread(request, client_address)
             finally:
-                self.slots.release()
+                self.forget(request)
 
     host, _, port = address.rpartition(":")  # the config checked it; port 0: any free one
     family, _, _, _, sockaddr = socket.getaddrinfo(
