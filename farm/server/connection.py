@@ -34,6 +34,7 @@ log = logging.getLogger("farm.server")
 
 #: Bytes of replies a connection may leave unread and still be answered another admin command.
 MAX_UNREAD_ADMIN = 1 << 20
+BUSY = b"ERR BUSY too+many+replies+unread;+read+them+first\r\n"
 
 
 class Connection(ClientSide, WorkerSide, asyncio.Protocol):
@@ -338,19 +339,10 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
             unread += self.transport.get_write_buffer_size()
         if unread > MAX_UNREAD_ADMIN:
             # A few bytes of `status` lines, sent and never read, would each make the server
-            # hold a whole reply: a peer asking for more while this much is unread is cut off
-            # (its replies dropped with it), as one that does not read must not fill memory.
-            log.warning(
-                "fd %d (%s): admin commands with %d bytes of replies unread; closing",
-                self.fd,
-                self.ip,
-                unread,
-            )
-            self.out.clear()
-            self.closed = True
-            if self.transport is not None:
-                self.transport.abort()
-            self.detach()
+            # hold a whole reply: past this much unread, a command gets a short refusal
+            # instead, and back-pressure (pause_writing) stops reading the peer from there.
+            # Nothing else of the connection's is dropped (its jobs' results, say).
+            self.send(BUSY)
             return
         reply = run_admin(self.hub, line, over_tcp=self.ip != "unix")
         if reply is not None:
