@@ -178,7 +178,7 @@ class Supervisor(Lifecycle, CommandJobs, Restarting, Steering):
                     reply["error"] = error
                     reply["usage"] = usage
                 elif item.arg == "restart":  # `farm reload --restart`
-                    reply = self.start_restart(self.restart_picks([]))
+                    reply = {**self.start_restart(self.restart_picks([])), "not_applied": kept}
                 if item.conn is not None:
                     item.conn.reply(reply)
             elif item.action is Duty.STOP or item.arg in (signal.SIGTERM, signal.SIGINT):

@@ -209,7 +209,7 @@ class AsyncClient:
         try:
             return await self.wait(task, timeout)
         except Timeout:
-            self._abandon(task)  # the caller gave up: its result is dropped
+            self.abandon(task)  # the caller gave up: its result is dropped
             raise
 
     async def submit(
@@ -286,7 +286,7 @@ class AsyncClient:
                 yield event
         finally:
             if not task.done:
-                self._abandon(task)
+                self.abandon(task)
 
     async def status(self, job: Task[Any] | str) -> JobStatus:
         """What the server knows of a job (a Task, or a handle: each server is asked)."""
@@ -371,7 +371,9 @@ class AsyncClient:
 
         asyncio.ensure_future(again())
 
-    def _abandon(self, task: Task[_Waiter]) -> None:
+    def abandon(self, task: Task[_Waiter]) -> None:
+        """Stop waiting for ``task``: what the server sends of it is dropped, and the client
+        keeps nothing of it (the job itself runs on)."""
         conn = self._conns.get(task.server or "")
         if conn is not None:
             conn.session.abandon(task)

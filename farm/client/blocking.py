@@ -142,9 +142,7 @@ class Client:
         try:
             return self.wait(task, timeout)
         except Timeout:
-            conn = self._conns.get(task.server or "")
-            if conn is not None:
-                conn.session.abandon(task)  # the caller gave up: its result is dropped
+            self.abandon(task)  # the caller gave up
             raise
 
     def submit(
@@ -183,6 +181,13 @@ class Client:
             raise task.error
         assert task.result is not None, "a task done without an error has its result"
         return task.result
+
+    def abandon(self, task: Task[TaskListener]) -> None:
+        """Stop waiting for ``task``: what the server sends of it is dropped, and the client
+        keeps nothing of it (the job itself runs on; a background job has nothing to drop)."""
+        conn = self._conns.get(task.server or "")
+        if conn is not None:
+            conn.session.abandon(task)
 
     def status(self, job: Task[Any] | str) -> JobStatus:
         """What the server knows of a job: known, running, numerator, denominator."""

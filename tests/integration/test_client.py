@@ -165,6 +165,16 @@ def test_a_wait_that_times_out_can_be_waited_again(any_server) -> None:
         assert task.done
 
 
+def test_an_abandoned_task_is_dropped(any_server) -> None:
+    with farm.Client(any_server.addr) as c:
+        task = c.submit("reverse", b"unwanted")
+        c.abandon(task)
+        with serving(any_server.addr, {"reverse": reverse}):
+            assert c.call("reverse", b"ab", timeout=30) == b"ba"  # the client goes on
+            assert c.call("reverse", b"cd", timeout=30) == b"dc"
+        assert not task.done and task.result is None  # its result, if it came, was dropped
+
+
 def test_map_ordered_and_unordered_over_two_workers(any_server) -> None:
     payloads = [b"job%03d" % i for i in range(300)]
     fns = {"reverse": reverse}
