@@ -214,8 +214,10 @@ def _servers(
     if farm.remote:
         return list(farm.remote)
     unsafe = _unsafe(farm.unix) if farm.unix else None
-    if unsafe is not None and not tcp_fallback:
-        raise UnsafeDirectory(unsafe)  # the Executor's calls go nowhere else
+    if unsafe is not None and not (tcp_fallback and farm.tcp):
+        # The Executor's calls go nowhere else; and a farm with no TCP address of its own must
+        # not send anyone to the default port, which the squatter may hold as well.
+        raise UnsafeDirectory(unsafe)
     if unsafe is None and farm.unix and (_usable(farm.unix) or (tcp_fallback and not farm.tcp)):
         return [farm.unix]
     if tcp_fallback:

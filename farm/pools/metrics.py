@@ -181,7 +181,7 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
                 # Full: a scrape takes a second at most, so the oldest slow one is a client
                 # holding its place (one byte every few seconds beats any read timeout).
                 self.evict_oldest()
-                if not self.slots.acquire(timeout=EVICT_AFTER):
+                if not self.slots.acquire(timeout=0.25):  # the evicted one ends in ms
                     self.shutdown_request(request)
                     return
             with self.lock:
@@ -196,10 +196,16 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
             with self.lock:
                 oldest = min(self.started.items(), key=lambda item: item[1], default=None)
             if oldest is not None and time.monotonic() - oldest[1] > EVICT_AFTER:
+                with self.lock:  # not picked again while its thread winds down
+                    self.started.pop(oldest[0], None)
                 try:
                     oldest[0].shutdown(socket.SHUT_RDWR)  # its thread ends, its slot frees
                 except OSError:
                     pass
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            # A client gone silent or evicted: no traceback on the supervisor's stderr.
+            log.debug("metrics: a connection from %s ended in error", client_address)
 
         def forget(self, request: Any) -> None:
             with self.lock:

@@ -340,9 +340,18 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
         if unread > MAX_UNREAD_ADMIN:
             # A few bytes of `status` lines, sent and never read, would each make the server
             # hold a whole reply: past this much unread, a command gets a short refusal
-            # instead, and back-pressure (pause_writing) stops reading the peer from there.
-            # Nothing else of the connection's is dropped (its jobs' results, say).
-            self.send(BUSY)
+            # instead, and back-pressure (pause_writing) stops reading the peer after this
+            # turn. Within one read, refusals of blank lines could still pile up: at twice
+            # the limit the connection is cut off.
+            if unread <= 2 * MAX_UNREAD_ADMIN:
+                self.send(BUSY)
+                return
+            log.warning("fd %d (%s): %d bytes of replies unread; closing", self.fd, self.ip, unread)
+            self.out.clear()
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+            self.detach()
             return
         reply = run_admin(self.hub, line, over_tcp=self.ip != "unix")
         if reply is not None:

@@ -118,6 +118,14 @@ def test_clients_and_the_executor_refuse_a_job_server_socket_in_a_squatted_dir(
             out = farm_cli(tmp_path, *args)
             assert f"belongs to uid {NOBODY}" in out.stderr, out.stderr
             assert "Traceback" not in out.stderr, out.stderr
+        # A farm that listens on that socket alone: no client goes to the default TCP port
+        # instead (the squatter may hold it too); it refuses, in one line.
+        (tmp_path / "farm.toml").write_text(
+            f'[server]\nlisten = ["unix:{squatted}/gearman.sock"]\n'
+        )
+        out = farm_cli(tmp_path, "submit", "reverse", "x")
+        assert out.returncode == 1 and f"belongs to uid {NOBODY}" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr and "4730" not in out.stderr, out.stderr
         listener.settimeout(0.5)
         with pytest.raises(TimeoutError):
             listener.accept()  # nothing ever connected to it

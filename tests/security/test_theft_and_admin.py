@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -152,6 +153,20 @@ def test_admin_lines_whose_replies_are_not_read_cannot_fill_the_servers_memory(
     assert answered * len(status) < (1 << 20) + 2 * len(status), answered
     assert received.count(b"ERR BUSY") == 60 - answered > 0
     assert "199f" in admin(server.addr, "status")  # and the server serves on
+    with connect(server.addr) as flood:  # blank lines are commands too: refusals pile up
+        flood.sendall(b"status\n" * 12 + b"\n" * 200_000)
+        total = 0
+        while chunk := _recv_or_reset(flood):
+            total += len(chunk)
+        assert total < 2 * (1 << 20) + 2 * len(status), total  # cut off at twice the limit
+    assert "199f" in admin(server.addr, "status")
+
+
+def _recv_or_reset(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(1 << 20)
+    except ConnectionResetError:
+        return b""
 
 
 def test_farm_server_alone_keeps_gearmand_admin_by_default(
