@@ -172,6 +172,7 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
 
     class Server(ThreadingMixIn, WSGIServer):
         daemon_threads = True
+        request_queue_size = 2 * MAX_SCRAPES  # socketserver's 5 drops a burst's SYNs
         slots = threading.BoundedSemaphore(MAX_SCRAPES)
         lock = threading.Lock()
         started: dict[Any, float] = {}  # connection -> when it was taken in
