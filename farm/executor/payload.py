@@ -158,23 +158,13 @@ def dump_call(obj: Any) -> bytes:
 
 
 def dump_fn(fn: Any) -> bytes:
-    """The function's pickle. A function of ``__main__`` travels by value (cloudpickle): the
-    worker cannot import the caller's script; one of a module travels by name."""
-    if getattr(fn, "__module__", None) == "__main__":
-        import cloudpickle
-
-        data: bytes = cloudpickle.dumps(fn, protocol=_PROTOCOL)
-        return data
+    """The function's pickle: by value for one of ``__main__`` (``dump_call``), by name for
+    one of a module."""
     return dump_call(fn)
 
 
 def dump_initializer(initializer: Callable[..., object], initargs: tuple[Any, ...]) -> bytes:
     """The pickle of ``(initializer, initargs)``: by value for a function of ``__main__``."""
-    if getattr(initializer, "__module__", None) == "__main__":
-        import cloudpickle
-
-        data: bytes = cloudpickle.dumps((initializer, initargs), protocol=_PROTOCOL)
-        return data
     return dump_call((initializer, initargs))
 
 

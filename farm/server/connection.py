@@ -159,13 +159,12 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
         """Stop reading this worker until the clients of ``job`` that stopped reading
         (their transport past the high-water mark) have drained what they were sent."""
         for client in job.clients:
-            if not isinstance(client, Connection) or not client.write_paused:
+            if not isinstance(client, Connection) or client is self or client.closed:
                 continue
-            if client is self or client.closed:
-                continue
-            client.held_back.add(self)
-            self.waiting_on.add(client)
-            self.update_reading()
+            if client.write_paused:
+                client.held_back.add(self)
+                self.waiting_on.add(client)
+        self.update_reading()
 
     def release_held_back(self) -> None:
         held, self.held_back = self.held_back, set()
