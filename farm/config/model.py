@@ -27,6 +27,8 @@ class ServerConfig:
     store: str  # a path, or "none" for memory only
     job_retries: int
     tcp_admin: str = "read-only"  # "full": state-changing admin commands over TCP too
+    # What the other [server] keys ask of the server, as its flags (farm.config.servertune).
+    flags: tuple[str, ...] = ()
 
     @property
     def addresses(self) -> tuple[Address, ...]:

@@ -23,6 +23,7 @@ from farm.config.model import (
     SupervisorConfig,
 )
 from farm.config.reader import TableReader
+from farm.config.servertune import TUNING, server_flags
 from farm.logs import LOG_FORMATS
 from farm.net import DEFAULT_PORT, DEFAULT_SERVER
 from farm.protocol.codec import MAX_TIMEOUT
@@ -59,7 +60,7 @@ class Validator(TableReader):
         server = self.server(
             {
                 **defaults["server"],
-                **self.table(raw.get("server", {}), "server", tuple(defaults["server"])),
+                **self.table(raw.get("server", {}), "server", (*defaults["server"], *TUNING)),
             }
         )
         sup = {**defaults["supervisor"], "graceful_timeout": 30}
@@ -190,6 +191,7 @@ class Validator(TableReader):
             store=store,
             job_retries=self.count(raw["job_retries"], "server.job_retries"),
             tcp_admin=tcp_admin,
+            flags=server_flags(raw, self.fail),
         )
 
     def supervisor(self, raw: dict[str, Any]) -> SupervisorConfig:

@@ -48,7 +48,7 @@ class LocalServer(RestartHistory):
         for addr in cfg.listen:
             argv += ["--listen", addr]
         argv += ["--store", cfg.store, "--job-retries", str(cfg.job_retries)]
-        argv += ["--tcp-admin", cfg.tcp_admin]
+        argv += ["--tcp-admin", cfg.tcp_admin, *cfg.flags]
         argv += ["--hints", "config"]  # its errors name [server] keys, not flags
         if self.log_format != "text":
             argv += ["--log-format", self.log_format]

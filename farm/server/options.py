@@ -70,6 +70,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (usage: {self.prog} --help)\n")
 
 
+class OptionError(ValueError):
+    """A flag the server would refuse, and why (see ``refusal``)."""
+
+
+class _Checker(_Parser):
+    def error(self, message: str) -> NoReturn:
+        raise OptionError(message)
+
+
 def _octal_mode(text: str) -> int:
     """A file mode in octal, as chmod takes it (660, 0660)."""
     try:
@@ -81,8 +90,10 @@ def _octal_mode(text: str) -> int:
     return mode
 
 
-def build_parser(prog: str = "farm server") -> argparse.ArgumentParser:
-    ap = _Parser(
+def build_parser(
+    prog: str = "farm server", parser: type[_Parser] = _Parser
+) -> argparse.ArgumentParser:
+    ap = parser(
         prog=prog, description="farm's Gearman job server (accepts gearmand's common flags)."
     )
     ap.add_argument(
@@ -245,8 +256,21 @@ def build_parser(prog: str = "farm server") -> argparse.ArgumentParser:
     return ap
 
 
-def parse_args(argv: Sequence[str] | None = None, prog: str = "farm server") -> ServerOptions:
-    ap = build_parser(prog)
+def refusal(argv: Sequence[str]) -> str | None:
+    """Why the server would not start with the flags ``argv`` (its first objection), or None.
+    farm.config checks the [server] keys that become flags with it, so each limit is written
+    once, here."""
+    try:
+        parse_args(argv, parser=_Checker)
+    except OptionError as exc:
+        return str(exc)
+    return None
+
+
+def parse_args(
+    argv: Sequence[str] | None = None, prog: str = "farm server", parser: type[_Parser] = _Parser
+) -> ServerOptions:
+    ap = build_parser(prog, parser)
     ns = ap.parse_args(argv)
     port = DEFAULT_PORT
     if ns.port is not None:
@@ -261,8 +285,12 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "farm server") -> 
         ap.error("--job-retries must be 0 (never fail) or a positive count")
     if (ns.tls_key or ns.tls_ca) and not ns.tls_cert:
         ap.error("--tls-key and --tls-ca need --tls-cert")
-    if ns.max_queue < 0 or ns.max_queued_bytes < 0 or ns.max_connections < 1:
-        ap.error("--max-queue and --max-queued-bytes must be >= 0, --max-connections >= 1")
+    if ns.max_queue < 0:
+        ap.error("--max-queue must be >= 0 (0: no limit)")
+    if ns.max_queued_bytes < 0:
+        ap.error("--max-queued-bytes must be >= 0 (0: no limit)")
+    if ns.max_connections < 1:
+        ap.error("--max-connections must be at least 1")
     if ns.max_partial_bytes < ns.max_packet:
         ap.error("--max-partial-bytes must be at least --max-packet (one whole packet)")
     if not 0.01 <= ns.wake_deadline <= 60:
@@ -271,6 +299,8 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "farm server") -> 
         ap.error("--max-abilities must be at least 1")
     if ns.max_packet < 1024:
         ap.error("--max-packet must be at least 1024 bytes")
+    if ns.backlog < 1:
+        ap.error("--backlog must be at least 1")
     return ServerOptions(
         port=port,
         listen=listen,

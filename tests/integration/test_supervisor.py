@@ -18,7 +18,9 @@ import psutil
 import pytest
 
 from farm.client import Client
+from farm.protocol import PacketType as T
 from tests.helpers.farmproc import FarmUp
+from tests.helpers.peers import Peer
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(30)
@@ -179,5 +181,27 @@ def test_a_farm_without_pools_serves_and_says_so(tmp_path: Path) -> None:
         with Client(up.addr) as client:
             assert client.echo(b"ping") == b"ping"  # the server runs alone
         assert "no pools in [functions]" in up.read_log()
+    finally:
+        assert up.stop() == 0
+
+
+def test_server_keys_of_the_config_reach_the_local_server(tmp_path: Path) -> None:
+    """[server] max_queue is the server's --max-queue under farm up: a third queued job
+    is refused, as `farm server --max-queue 2` refuses it."""
+    up = FarmUp(
+        tmp_path, "[functions.idle]\ntarget = 'workers.text:reverse'\nworkers = 0\n", start=False
+    )
+    up.config.write_text(
+        up.config.read_text().replace("job_retries = 3", "job_retries = 3\nmax_queue = 2")
+    )
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        peer = Peer(up.addr)
+        for n in range(2):
+            peer.send(T.SUBMIT_JOB_BG, "idle", f"u{n}", b"x")
+            peer.expect(T.JOB_CREATED)
+        peer.send(T.SUBMIT_JOB_BG, "idle", "u2", b"x")
+        assert peer.expect(T.ERROR).args == (b"QUEUE_ERROR", b"Job queue is full")
     finally:
         assert up.stop() == 0

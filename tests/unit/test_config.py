@@ -320,3 +320,58 @@ def test_a_command_pool_may_not_serve_a_farm_function(tmp_path: Path) -> None:
     body = GOOD + '\n[functions.php]\ncommand = ["php", "w.php"]\nfunction = "farm.python"\n'
     message = error_of(tmp_path, body)
     assert ": functions.php: command workers connect over TCP" in message
+
+
+def test_server_tuning_keys_become_the_servers_flags(tmp_path: Path) -> None:
+    tuned = GOOD.replace(
+        "job_retries = 5",
+        'job_retries = 5\nmax_queue = 100\nstore_sync = "full"\nexceptions = true\n'
+        "wake_deadline = 2\nunix_mode = 0o600\nmax_packet = 1048576",
+    )
+    cfg = config.load(write(tmp_path, tuned))
+    assert cfg.server.flags == (
+        "--store-sync=full",
+        "--max-queue=100",
+        "--max-packet=1048576",
+        "--wake-deadline=2.0",
+        "--exceptions",
+        "--unix-mode=600",
+    )
+    # Left out, no flag: the server keeps its own defaults.
+    assert config.load(write(tmp_path, GOOD)).server.flags == ()
+    assert config.load(write(tmp_path, GOOD.replace("job_retries = 5", "exceptions = false")))
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "hint"),
+    [
+        ("max_queue = -1", "server.max_queue", "max_queue must be >= 0"),
+        ("max_queued_bytes = -1", "server.max_queued_bytes", "max_queued_bytes must be >= 0"),
+        ("max_queue = true", "server.max_queue", "must be a whole number, got True"),
+        ("max_connections = 0", "server.max_connections", "at least 1"),
+        ('store_sync = "always"', "server.store_sync", 'must be "normal" or "full"'),
+        ("wake_deadline = 0", "server.wake_deadline", "between 0.01 and 60"),
+        ("wake_deadline = nan", "server.wake_deadline", "between 0.01 and 60"),
+        ("wake_deadline = inf", "server.wake_deadline", "between 0.01 and 60"),
+        ('wake_deadline = "1"', "server.wake_deadline", "a number of seconds"),
+        ("exceptions = 1", "server.exceptions", "true or false"),
+        ('unix_mode = "999"', "server.unix_mode", "not an octal mode"),
+        ("unix_mode = 0o1777", "server.unix_mode", "from 000 to 777"),
+        ("max_packet = 100", "server.max_packet", "at least 1024"),
+        ("max_packet = 1073741824", "server.max_packet", "at most 67108864"),
+        (
+            "max_packet = 1048576\nmax_partial_bytes = 4096",
+            "server.max_partial_bytes",
+            "max_partial_bytes must be at least max_packet",
+        ),
+        ("backlog = 0", "server.backlog", "at least 1"),
+        ("max_queu = 3", "server.max_queu", "did you mean 'max_queue'"),
+    ],
+)
+def test_a_tuning_key_the_server_would_refuse_is_one_line(
+    tmp_path: Path, line: str, key: str, hint: str
+) -> None:
+    message = error_of(tmp_path, GOOD.replace("job_retries = 5", line, 1))
+    assert f": {key}: " in message, message
+    assert hint in message, message
+    assert "--" not in message, message  # the config's words, not the server's flags

@@ -1,0 +1,106 @@
+"""``[server]`` keys that tune the local job server: each one is a flag of ``farm server``.
+
+Under ``farm up`` the supervisor starts the server, so an operator has no command line
+to give it limits on: these keys are that command line. A key left out passes no flag,
+and the server keeps its own default (``farm server --help`` lists them). The values are
+checked by the server's own parser (``farm.server.options.refusal``), so each limit is
+written once, there; a refusal is one line naming the file and the key, as every
+config error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from farm.errors import ConfigError
+from farm.protocol.codec import DEFAULT_MAX_PACKET
+from farm.server.options import refusal
+
+__all__ = ["TUNING", "server_flags"]
+
+#: key -> (the server's flag, what the value must be: "int", "number", "bool", "mode", or
+#: the choices of a string).
+TUNING: dict[str, tuple[str, str | tuple[str, ...]]] = {
+    "store_sync": ("--store-sync", ("normal", "full")),
+    "max_connections": ("--max-connections", "int"),
+    "max_queue": ("--max-queue", "int"),
+    "max_queued_bytes": ("--max-queued-bytes", "int"),
+    "max_packet": ("--max-packet", "int"),
+    "max_partial_bytes": ("--max-partial-bytes", "int"),
+    "max_abilities": ("--max-abilities", "int"),
+    "wake_deadline": ("--wake-deadline", "number"),
+    "backlog": ("--backlog", "int"),
+    "exceptions": ("--exceptions", "bool"),
+    "unix_mode": ("--unix-mode", "mode"),
+}
+
+_WHAT = {
+    "int": "a whole number",
+    "number": "a number of seconds",
+    "bool": "true or false",
+    "mode": 'an octal mode, such as 0o660 or "660"',
+}
+
+Fail = Callable[[str, str], ConfigError]
+
+
+def server_flags(raw: Mapping[str, Any], fail: Fail) -> tuple[str, ...]:
+    """The flags the ``[server]`` table ``raw`` asks for, as ``--flag=value`` (or ``--flag``);
+    ``fail(key, message)`` makes the error for a value the server would refuse."""
+    argv: list[str] = []
+    for key, (flag, kind) in TUNING.items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        text = _text(value, kind)
+        if text is None:
+            what = _WHAT[kind] if isinstance(kind, str) else " or ".join(f'"{c}"' for c in kind)
+            raise fail(f"server.{key}", f"must be {what}, got {value!r}")
+        if kind == "bool":
+            if value:
+                argv.append(flag)
+        else:
+            argv.append(f"{flag}={text}")
+    if raw.get("max_packet", 0) > DEFAULT_MAX_PACKET:
+        raise fail(
+            "server.max_packet",
+            f"must be at most {DEFAULT_MAX_PACKET} (the largest packet farm's own workers and"
+            " clients read); lower it",
+        )
+    problem = refusal(argv)
+    if problem is not None:
+        raise fail(*_in_keys(problem))
+    return tuple(argv)
+
+
+def _text(value: Any, kind: str | tuple[str, ...]) -> str | None:
+    """``value`` as the flag's text, or None when it is not of the key's kind."""
+    if kind == "bool":
+        return str(value) if isinstance(value, bool) else None
+    if isinstance(value, bool):  # a bool is an int to Python, never to a farm.toml
+        return None
+    if kind == "int":
+        return str(value) if isinstance(value, int) else None
+    if kind == "number":
+        return repr(float(value)) if isinstance(value, int | float) else None
+    if kind == "mode":  # TOML's 0o660 is an int; "660" and "0660" are chmod's spelling
+        if isinstance(value, int):
+            return format(value, "o") if value >= 0 else None
+        return value if isinstance(value, str) and value.isdigit() else None
+    return value if value in kind else None
+
+
+def _in_keys(message: str) -> tuple[str, str]:
+    """The server's objection, in the config's words: the key of the first flag it names,
+    and the message with every flag as its key."""
+    named = {flag: key for key, (flag, _) in TUNING.items()}
+    keys = [named[f] for f in _FLAG.findall(message) if f in named]
+    message = _FLAG.sub(lambda m: named.get(m[0], m[0]), message).removeprefix("argument ")
+    if keys and message.startswith(f"{keys[0]}: "):  # argparse's "argument --flag: why"
+        message = message[len(keys[0]) + 2 :]
+    return (f"server.{keys[0]}" if keys else "server"), message
+
+
+_FLAG = re.compile(r"--[a-z][a-z-]*")
