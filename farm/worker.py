@@ -223,7 +223,9 @@ class Worker:
         """Serve jobs until ``stop()`` (or ``stop_after`` more jobs); then return."""
         if not self._functions:
             raise ValueError("no functions registered: call register() first")
-        self._stopping = self._drained = False
+        # Not _stopping: a stop() that came before work() (a SIGTERM while the process was
+        # still setting up) makes it return at once; it is cleared when work() returns.
+        self._drained = False
         goal = None if stop_after is None else self.jobs_done + stop_after
         selector = self._selector = selectors.DefaultSelector()
         selector.register(self._waker.reader, selectors.EVENT_READ, None)
@@ -266,6 +268,7 @@ class Worker:
             selector.close()
             self._selector = None
             self._grabbing = None
+            self._stopping = False
             if signals_wake:
                 self._waker.release_signals()
 
@@ -357,11 +360,13 @@ class Worker:
                 exc_info=True,
                 extra={"function": event.function, "job": event.handle},  # farm.logs' fields
             )
-            if self._holds(server, job):
-                server.session.exception(f"{type(exc).__name__}: {exc}")
+            with self._send_lock:  # abandon() may answer it from another thread
+                if self._holds(server, job):
+                    server.session.exception(f"{type(exc).__name__}: {exc}")
         else:
-            if self._holds(server, job):
-                server.session.complete(payload)
+            with self._send_lock:
+                if self._holds(server, job):
+                    server.session.complete(payload)
         self.jobs_done += 1  # before the answer leaves, so whoever sees it sees the count
         if self.after_job is not None:
             self.after_job(job)

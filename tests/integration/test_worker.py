@@ -206,3 +206,23 @@ def test_work_in_the_main_thread_holds_the_signal_wakeup_fd_then_gives_it_back(
     assert answers == [b""]
     assert seen and seen[0] != -1
     assert signal.set_wakeup_fd(-1) == -1, "work() left its wake-up fd installed"
+
+
+@pytest.mark.timeout(10)
+def test_a_stop_before_work_makes_work_return_at_once(any_server) -> None:
+    """A SIGTERM that lands while a worker process still sets up (farm.pools.workerproc
+    installs its handler before work()) must not be forgotten: the supervisor, draining a
+    pool with no timeout, would wait for ever on a worker that keeps taking jobs."""
+    w = farm.Worker(any_server.addr)
+    w.register("never", lambda job: b"")
+    w.stop()
+    done = threading.Event()
+    threading.Thread(target=lambda: (w.work(), done.set()), daemon=True).start()
+    assert done.wait(5), "work() ignored the stop() that came before it"
+    assert _workers_of(any_server.addr, "never") == 0
+    # Cleared when work() returned: the same worker may serve again.
+    w.register("again", lambda job: b"ok")
+    threading.Thread(target=w.work, daemon=True).start()
+    with farm.Client(any_server.addr) as c:
+        assert c.call("again", b"") == b"ok"
+    w.stop()
