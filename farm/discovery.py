@@ -49,22 +49,25 @@ log = logging.getLogger("farm")
 def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
     """The config file to read, by the search order; None means built-in defaults."""
     if explicit is not None:
-        path = Path(explicit)
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such config file (--config); check the path")
-        return path
+        return _named(Path(explicit), "(--config); check the path")
     env = os.environ.get("FARM_CONFIG")
     if env:
-        path = Path(env)
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such config file ($FARM_CONFIG); fix or unset it")
-        return path
+        return _named(Path(env), "($FARM_CONFIG); fix or unset it")
     for candidate in (Path("farm.toml"), SYSTEM_CONFIG):
         if candidate.is_file():
             if candidate is not SYSTEM_CONFIG:
                 _check_owner(candidate)
             return candidate
     return None
+
+
+def _named(path: Path, where: str) -> Path:
+    """A config file named by the user, or why it cannot be one."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a config file {where}")
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file {where}")
+    return path
 
 
 def _check_owner(path: Path) -> None:

@@ -206,7 +206,11 @@ def _setup_logging(options: ServerOptions) -> None:
 
 def run(options: ServerOptions) -> int:
     """Run the server until a signal stops it; the process exit code."""
-    _setup_logging(options)
+    try:
+        _setup_logging(options)
+    except OSError as exc:
+        print(f"farm server: cannot open the log file: {exc} (-l/--log-file)", file=sys.stderr)
+        return 2
     try:
         from setproctitle import setproctitle
 
@@ -218,7 +222,19 @@ def run(options: ServerOptions) -> int:
         return 1
     _raise_fd_limit(options.max_connections + 64)
     if options.pid_file:
-        Path(options.pid_file).write_text(f"{os.getpid()}\n")
+        try:
+            Path(options.pid_file).write_text(f"{os.getpid()}\n")
+        except OSError as exc:
+            print(f"farm server: cannot write the pid file: {exc} (-P/--pid-file)", file=sys.stderr)
+            return 2
+    try:
+        return _serve(options)
+    finally:
+        if options.pid_file:  # also when the store or the address was refused
+            Path(options.pid_file).unlink(missing_ok=True)
+
+
+def _serve(options: ServerOptions) -> int:
     try:
         import uvloop
 
@@ -248,9 +264,6 @@ def run(options: ServerOptions) -> int:
     except OSError as exc:
         print(f"farm server: cannot listen: {exc}", file=sys.stderr)
         return 1
-    finally:
-        if options.pid_file:
-            Path(options.pid_file).unlink(missing_ok=True)
     return 0
 
 

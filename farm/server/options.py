@@ -191,7 +191,7 @@ def build_parser(
         "--tcp-admin",
         choices=("full", "read-only"),
         default="full",
-        help="read-only: admin commands that change state (cancel job, maxqueue N,"
+        help="read-only: admin commands that change state (cancel job, maxqueue F [N],"
         " create/drop function) only on the Unix socket (default: %(default)s, as gearmand)",
     )
     ap.add_argument(
@@ -301,6 +301,10 @@ def parse_args(
         ap.error("--max-packet must be at least 1024 bytes")
     if ns.backlog < 1:
         ap.error("--backlog must be at least 1")
+    if any(uid < 0 for uid in ns.worker_uid):
+        ap.error("--worker-uid must be a user id (>= 0)")
+    if ns.parent_pid is not None and ns.parent_pid < 1:
+        ap.error("--parent-pid must be a process id (>= 1)")
     return ServerOptions(
         port=port,
         listen=listen,

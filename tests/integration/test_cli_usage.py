@@ -113,13 +113,25 @@ def test_usage_mistakes_are_one_line_and_exit_2(tmp_path: Path) -> None:
         ["jobs", "--config", "/no/such/farm.toml"],
         ["stop", "--wait", "nan"],
         ["stop", "--wait", "-1"],
+        ["server", "--backlog", "0"],
+        ["server", "--worker-uid", "-1"],
+        ["server", "--parent-pid", "-1"],
+        ["server", "--store", "none", "-P", "/no/such/dir/farm.pid"],
+        ["server", "--store", "none", "-l", "/no/such/dir/farm.log"],
     ],
 )
 def test_bad_numbers_addresses_and_configs_are_usage_errors(args: list[str]) -> None:
     # 127.0.0.1:1 and a missing control socket: nothing may be reached before the check
     out = cli(*args, timeout=30, env=dict(os.environ, FARM_SERVERS="127.0.0.1:1"))
     assert out.returncode == 2, (out.returncode, out.stderr)
-    assert one_line_error(out.stderr).startswith("farm: ")
+    assert one_line_error(out.stderr).startswith(("farm: ", "farm server: "))
+
+
+def test_a_refused_store_leaves_no_pid_file(tmp_path: Path) -> None:
+    pid = tmp_path / "farm.pid"
+    out = cli("server", "-p", str(free_port()), "--store", str(tmp_path), "-P", str(pid))
+    assert out.returncode == 2 and "job store" in one_line_error(out.stderr)
+    assert not pid.exists()  # a pid file naming a dead process misleads init scripts
 
 
 def test_status_json_uses_the_tables_names(farm_server: Server) -> None:

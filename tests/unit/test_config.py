@@ -200,6 +200,8 @@ def test_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.find_config(explicit) == explicit
     with pytest.raises(ConfigError, match="no such config file"):
         config.find_config(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match=r"is a directory, not a config file \(--config\)"):
+        config.find_config(tmp_path)
     monkeypatch.setenv("FARM_CONFIG", str(tmp_path / "gone.toml"))
     with pytest.raises(ConfigError, match=r"\$FARM_CONFIG"):
         config.find_config()
