@@ -7,7 +7,11 @@ job or command), never a traceback.
 
 from __future__ import annotations
 
-from farm.cli import deploy, jobs, server, supervise, top  # noqa: F401  (registers commands)
+# Each import registers its commands; their order is `farm --help`'s: running the farm first.
+from farm.cli import supervise  # noqa: F401
+
+# isort: split
+from farm.cli import deploy, jobs, server, top  # noqa: F401
 from farm.cli.app import app, main
 
 __all__ = ["app", "main"]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
 import typer
 
+from farm.errors import ConfigError
 from farm.version import __version__
 
 app = typer.Typer(
@@ -23,6 +25,7 @@ app = typer.Typer(
 
 CONFIG_HELP = "config file (default: $FARM_CONFIG, ./farm.toml, /etc/farm/farm.toml, built-in)"
 ConfigOption = typer.Option(None, "--config", "-c", help=CONFIG_HELP)
+ControlOption = typer.Option(None, "--control", help="control socket (default: from the config)")
 #: Where a client command goes given no --server (farm.discovery).
 SERVER_DEFAULT_HELP = (
     "Default: $FARM_SERVERS, else $GEARMAN_SERVERS, else the farm the config describes"
@@ -53,6 +56,28 @@ def fail(message: str, code: int = 1) -> NoReturn:
     """One line on stderr and an exit code: 1 a failed job or command, 2 bad usage or config."""
     typer.echo(f"farm: {message}", err=True)
     raise typer.Exit(code)
+
+
+def ask_supervisor(
+    config: Path | None, control: str | None, message: dict[str, Any]
+) -> dict[str, Any]:
+    """Send one control request; every failure is one line and an exit code."""
+    from farm.pools.control import ControlUnavailable, request
+
+    if control is None:
+        from farm.config import control_path
+
+        try:
+            control = control_path(config)
+        except ConfigError as e:
+            fail(str(e), 2)
+    try:
+        reply = request(control, message)
+    except ControlUnavailable as e:
+        fail(str(e), 1)
+    if not reply.get("ok"):
+        fail(str(reply.get("error", "the supervisor refused")), 2 if reply.get("usage") else 1)
+    return reply
 
 
 def main() -> None:

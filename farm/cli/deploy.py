@@ -16,8 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from farm.cli.app import ConfigOption, app, fail
-from farm.cli.supervise import ControlOption, _ask
+from farm.cli.app import ConfigOption, ControlOption, app, ask_supervisor, fail
 
 __all__ = ["restart", "follow_restart"]
 
@@ -35,8 +34,8 @@ def restart(
 ) -> None:
     """Replace workers with fresh processes (new code) without downtime: each new process
     serves before the old one drains, a few slots of a pool at a time."""
-    reply = _ask(config, control, {"cmd": "restart", "names": names or []})
-    follow_restart(reply, lambda: _ask(config, control, {"cmd": "restart-status"}))
+    reply = ask_supervisor(config, control, {"cmd": "restart", "names": names or []})
+    follow_restart(reply, lambda: ask_supervisor(config, control, {"cmd": "restart-status"}))
 
 
 def follow_restart(reply: dict[str, Any], status: Callable[[], dict[str, Any]]) -> None:

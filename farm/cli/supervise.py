@@ -6,14 +6,13 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from farm.cli.app import ConfigOption, app, fail
+from farm.cli.app import ConfigOption, ControlOption, app, ask_supervisor, fail
 from farm.errors import ConfigError, FarmError
 
-ControlOption = typer.Option(None, "--control", help="control socket (default: from the config)")
 LogFormatOption = typer.Option(
     None,
     "--log-format",
@@ -60,26 +59,6 @@ def up(
     raise typer.Exit(code)
 
 
-def _ask(config: Path | None, control: str | None, message: dict[str, Any]) -> dict[str, Any]:
-    """Send one control request; every failure is one line and an exit code."""
-    from farm.pools.control import ControlUnavailable, request
-
-    if control is None:
-        from farm.config import control_path
-
-        try:
-            control = control_path(config)
-        except ConfigError as e:
-            fail(str(e), 2)
-    try:
-        reply = request(control, message)
-    except ControlUnavailable as e:
-        fail(str(e), 1)
-    if not reply.get("ok"):
-        fail(str(reply.get("error", "the supervisor refused")), 2 if reply.get("usage") else 1)
-    return reply
-
-
 @app.command()
 def ps(
     config: Path | None = ConfigOption,
@@ -95,7 +74,7 @@ def ps(
 
     if watch and as_json:
         fail("--watch draws the table; use --json without it", 2)
-    reply = _ask(config, control, {"cmd": "ps"})
+    reply = ask_supervisor(config, control, {"cmd": "ps"})
     rows = reply["processes"]
     if as_json:
         for row in rows:  # where /metrics listens (the real port when configured as 0)
@@ -107,7 +86,7 @@ def ps(
         from farm.cli.top import live_view
         from farm.config import control_path
 
-        path = control or control_path(config)  # _ask has checked the config already
+        path = control or control_path(config)  # ask_supervisor has checked the config already
         raise typer.Exit(live_view(path, interval=interval, iterations=count, processes_only=True))
     for line in ps_lines(rows):
         typer.echo(line)
@@ -127,7 +106,7 @@ def scale(
             parse_scale(change)
         except ValueError as e:
             fail(str(e), 2)
-    reply = _ask(config, control, {"cmd": "scale", "changes": changes})
+    reply = ask_supervisor(config, control, {"cmd": "scale", "changes": changes})
     typer.echo(" ".join(f"{name}={count}" for name, count in reply["targets"].items()))
 
 
@@ -140,14 +119,14 @@ def reload(
     ),
 ) -> None:
     """Re-read the config: apply changed counts, restart pools whose target or options changed."""
-    reply = _ask(config, control, {"cmd": "reload", "restart": restart})
+    reply = ask_supervisor(config, control, {"cmd": "reload", "restart": restart})
     typer.echo("reloaded")
     for note in reply.get("not_applied", ()):  # the pools changed; these wait for a restart
         typer.echo(f"not applied: {note}", err=True)
     if restart:
-        from farm.cli.deploy import follow_restart
+        from farm.cli.deploy import follow_restart  # registers nothing new: cli imports it
 
-        follow_restart(reply, lambda: _ask(config, control, {"cmd": "restart-status"}))
+        follow_restart(reply, lambda: ask_supervisor(config, control, {"cmd": "restart-status"}))
 
 
 @app.command()
@@ -162,7 +141,7 @@ def stop(
     if not 0 <= wait <= 86400:  # also refuses nan and inf
         fail(f"--wait must be a number of seconds from 0 to 86400, not {wait}", 2)
     if not wait:
-        reply = _ask(config, control, {"cmd": "stop"})
+        reply = ask_supervisor(config, control, {"cmd": "stop"})
         typer.echo(f"stopping (supervisor {reply.get('pid')})")
         return
     path = control

@@ -10,6 +10,7 @@ import statement, not just those a test happens to execute.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -145,10 +146,11 @@ def test_the_layering_checks_see_imports() -> None:
 # -- (d) no cycles -----------------------------------------------------------------
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Module -> the farm modules it imports when imported (function bodies excluded)."""
+def import_graph(in_functions: bool = False) -> dict[str, set[str]]:
+    """Module -> the farm modules it imports when imported (with ``in_functions``: also
+    those its functions import when they run)."""
     return {
-        name: farm_modules(imported_by(name, in_functions=False)) & MODULES.keys()
+        name: farm_modules(imported_by(name, in_functions=in_functions)) & MODULES.keys()
         for name in MODULES
     }
 
@@ -209,9 +211,67 @@ def test_cycle_finder_finds_cycles() -> None:
     assert cycles(graph) == [["a", "b", "c", "a"]]  # a self-import is not a cycle between two
 
 
-def test_no_import_cycles_in_farm() -> None:
-    found = [" -> ".join(loop) for loop in cycles(import_graph())]
+@pytest.mark.parametrize("in_functions", [False, True])
+def test_no_import_cycles_in_farm(in_functions: bool) -> None:
+    """Not even through an import inside a function, which only hides a cycle: the two
+    modules still cannot be read, moved or tested one without the other."""
+    found = [" -> ".join(loop) for loop in cycles(import_graph(in_functions))]
     assert not found, "import cycles:\n" + "\n".join(found)
+
+
+# -- (e) docs/architecture.md's table says what each module imports ----------------------
+
+
+def doc_rows() -> list[tuple[list[str], bool, str]]:
+    """(the modules a row of the table names, whether it is a package's row (in bold: what
+    the package imports from outside it), its "what it imports from farm" column)."""
+    rows = []
+    for line in (ROOT / "docs" / "architecture.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("| ") or len(cells) != 3 or "anything below" in cells[2]:
+            continue
+        modules = []
+        for path in re.findall(r"`([a-z_/.]+)`", cells[0]):
+            name = ("farm/" + path.removeprefix("farm/")).removesuffix(".py").strip("/")
+            name = name.replace("/", ".").removesuffix(".__init__")
+            if name in MODULES:
+                modules.append(name)
+        if modules:
+            rows.append((modules, cells[0].startswith("**"), cells[2]))
+    return rows
+
+
+def doc_names(row: list[str], column: str) -> set[str]:
+    """The modules the column names: within the row's package by their short name."""
+    package = row[0] if MODULES[row[0]].name == "__init__.py" else row[0].rpartition(".")[0]
+    found = set()
+    for word in re.findall(r"[a-z_]+(?:\.[a-z_]+)*", column.replace("`", "")):
+        word = word.removeprefix("farm.")
+        for candidate in (f"{package}.{word}", f"farm.{word}"):
+            if candidate in MODULES:
+                found.add(candidate)
+                break
+    return found
+
+
+def test_the_architecture_table_names_what_each_module_imports() -> None:
+    """Every farm module a row's modules import (a package row: from outside the package)
+    is named in its column, by itself or by its package, and every name there is used."""
+    wrong = []
+    rows = doc_rows()
+    for row, whole, column in rows:
+        mine = [m for m in MODULES if within(m, row[0])] if whole else row
+        used = set()
+        for module in mine:
+            used |= farm_modules(imported_by(module)) & MODULES.keys()
+        used = {u for u in used if not any(within(u, m) for m in row)} if whole else used - {*row}
+        named = doc_names(row, column)
+        missing = sorted(u for u in used if not any(within(u, n) for n in named))
+        unused = sorted(n for n in named if not any(within(u, n) for u in used))
+        if missing or unused:
+            wrong.append(f"{', '.join(row)}: not named {missing}, not imported {unused}")
+    assert len(rows) > 50, "the table was not found"
+    assert not wrong, "docs/architecture.md's import column:\n" + "\n".join(wrong)
 
 
 # -- the tests' own seams ------------------------------------------------------------
