@@ -339,6 +339,8 @@ def _describe(exc: BaseException) -> str:
 
 def _dump_batch(first: int, outcomes: list[Any]) -> bytes:
     """A batch's outcomes from ``first`` on; one that cannot be pickled becomes its error."""
+    # BaseException throughout: an outcome whose pickling raises SystemExit is that call's
+    # error, as a call that raises it is (ProcessPoolExecutor's rule); workers ignore SIGINT.
     try:
         return pickle.dumps((first, outcomes), protocol=_PROTOCOL)
     except BaseException:

@@ -113,7 +113,10 @@ def test_restart_under_load_runs_every_job_once_and_never_drops_below_target_min
             sampler.join()
         assert done.returncode == 0, done.stderr
         assert f"counted: {TARGET}/{TARGET} replaced" in done.stdout
-        time.sleep(0.3)  # a few jobs on the new processes
+        wait_for(  # the streams go on: a few of their jobs run on the new processes
+            "jobs done by the new processes",
+            lambda: sum(r["jobs"] for r in up.workers("counted") if r["pid"] not in before) >= 3,
+        )
         answered: list[str] = []
         for proc in streams:
             out, _ = proc.communicate("", timeout=40)
