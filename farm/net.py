@@ -143,14 +143,12 @@ def connectable(addr: Address | str) -> Address:
     return parsed
 
 
-def parse_servers(servers: str | Iterable[str] | None) -> list[str]:
+def parse_servers(servers: str | Iterable[str]) -> list[str]:
     """Normalise a server list (each as :func:`parse_address` reads it), duplicates dropped.
 
-    A string is comma-separated. None means $GEARMAN_SERVERS (libgearman's
-    convention), else :data:`DEFAULT_SERVER`.
+    A string is comma-separated. Where to go given no list is farm.discovery's to say
+    (``client_servers``: $FARM_SERVERS, $GEARMAN_SERVERS, the config), not this.
     """
-    if servers is None:
-        servers = os.environ.get("GEARMAN_SERVERS") or DEFAULT_SERVER
     if isinstance(servers, str):
         items: list[object] = [s for s in servers.split(",") if s.strip()]
     elif isinstance(servers, Iterable):

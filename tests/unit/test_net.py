@@ -6,7 +6,6 @@ import pytest
 
 from farm.net import (
     DEFAULT_PORT,
-    DEFAULT_SERVER,
     Address,
     AddressError,
     connectable,
@@ -134,15 +133,6 @@ def test_parse_servers_normalises_and_drops_duplicates() -> None:
         "unix:/s",
     ]
     assert parse_servers(["b:1", "b:1"]) == ["b:1"]
-
-
-def test_parse_servers_reads_gearman_servers_then_the_default(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("GEARMAN_SERVERS", "[::1]:5000,10.0.0.5")
-    assert parse_servers(None) == ["[::1]:5000", f"10.0.0.5:{DEFAULT_PORT}"]
-    monkeypatch.delenv("GEARMAN_SERVERS")
-    assert parse_servers(None) == [f"127.0.0.1:{DEFAULT_PORT}"] == [DEFAULT_SERVER]
 
 
 @pytest.mark.parametrize(
