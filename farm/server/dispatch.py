@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 
 from farm.server.deadlines import Deadlines
+from farm.server.options import ServerOptions
 from farm.server.queues import HIGH, LOW, NORMAL, FunctionQueue, Job, Outcome, Peer, Timer
 
 __all__ = ["Dispatch", "MAX_EXPIRED", "WAKE_DEADLINE"]
@@ -25,8 +26,8 @@ MAX_EXPIRED = 64
 #: CAN_DO_TIMEOUT lengths kept before those with no running job are dropped.
 MAX_TIMEOUT_LENGTHS = 64
 #: How long a woken worker has to come and grab before another sleeper is woken instead
-#: (the default of the server's --wake-deadline).
-WAKE_DEADLINE = 0.5
+#: (the default of the server's --wake-deadline, where it is written).
+WAKE_DEADLINE = ServerOptions.wake_deadline
 
 
 class Dispatch:

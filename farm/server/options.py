@@ -48,12 +48,16 @@ class ServerOptions:
     max_abilities: int = 4096  # functions one connection may register
     max_partial_bytes: int = 256 << 20  # bytes of unfinished packets all connections may hold
     # Seconds a woken worker has to grab, or a pushed job to be accepted, before another
-    # worker gets the job (farm.server.dispatch.WAKE_DEADLINE by default).
+    # worker gets the job (also the job model's own default, dispatch.WAKE_DEADLINE).
     wake_deadline: float = 0.5
     metrics: str | None = None  # HOST:PORT of the Prometheus endpoint (docs/monitoring.md)
     # Who the hints of a start-up error speak to: "flags" (farm server) or "config" (the
     # local server of `farm up`, whose user has [server] keys, not flags).
     hints: str = "flags"
+
+
+#: The defaults of `farm server`'s flags are the fields' defaults above, written once.
+DEFAULTS = ServerOptions()
 
 
 def default_store_path(listen: Sequence[str] = (), unix: Sequence[str] = ()) -> str:
@@ -116,9 +120,9 @@ def build_parser(
     ap.add_argument(
         "--unix-mode",
         type=_octal_mode,
-        default=0o660,
+        default=DEFAULTS.unix_mode,
         metavar="MODE",
-        help="Unix socket permissions (octal, default 660)",
+        help=f"Unix socket permissions (octal, default {DEFAULTS.unix_mode:o})",
     )
     ap.add_argument(
         "--store",
@@ -129,21 +133,21 @@ def build_parser(
     ap.add_argument(
         "--store-sync",
         choices=("normal", "full"),
-        default="normal",
+        default=DEFAULTS.store_sync,
         help="normal survives a killed server; full also survives power loss (fsync per commit)",
     )
     ap.add_argument(
         "-j",
         "--job-retries",
         type=int,
-        default=0,
+        default=DEFAULTS.job_retries,
         metavar="N",
         help="fail a job after N worker deaths (0: never)",
     )
     ap.add_argument(
         "--max-packet",
         type=int,
-        default=p.DEFAULT_MAX_PACKET,
+        default=DEFAULTS.max_packet,
         metavar="BYTES",
         help="largest packet body accepted",
     )
@@ -155,21 +159,21 @@ def build_parser(
     ap.add_argument(
         "--max-connections",
         type=int,
-        default=10000,
+        default=DEFAULTS.max_connections,
         metavar="N",
         help="connections beyond this are closed at once (default %(default)s)",
     )
     ap.add_argument(
         "--max-queue",
         type=int,
-        default=0,
+        default=DEFAULTS.max_queue,
         metavar="N",
         help="queued jobs per function before QUEUE_ERROR; the admin maxqueue overrides (0: none)",
     )
     ap.add_argument(
         "--max-queued-bytes",
         type=int,
-        default=1 << 30,
+        default=DEFAULTS.max_queued_bytes,
         metavar="BYTES",
         help="payload bytes all live jobs may hold; more gets QUEUE_ERROR (0: no limit)",
     )
@@ -190,29 +194,30 @@ def build_parser(
     ap.add_argument(
         "--tcp-admin",
         choices=("full", "read-only"),
-        default="full",
+        default=DEFAULTS.tcp_admin,
         help="read-only: admin commands that change state (cancel job, maxqueue F [N],"
         " create/drop function) only on the Unix socket (default: %(default)s, as gearmand)",
     )
     ap.add_argument(
         "--max-abilities",
         type=int,
-        default=4096,
+        default=DEFAULTS.max_abilities,
         metavar="N",
         help="functions one connection may register; past it: ERROR, close (default %(default)s)",
     )
     ap.add_argument(
         "--max-partial-bytes",
         type=int,
-        default=256 << 20,
+        default=DEFAULTS.max_partial_bytes,
         metavar="BYTES",
         help="bytes of packets not yet whole that all connections together may hold; the"
-        " connection that goes past it gets ERROR and is closed (default 256 MiB)",
+        " connection that goes past it gets ERROR and is closed"
+        f" (default {DEFAULTS.max_partial_bytes >> 20} MiB)",
     )
     ap.add_argument(
         "--wake-deadline",
         type=float,
-        default=0.5,
+        default=DEFAULTS.wake_deadline,
         metavar="SECONDS",
         help="how long a woken worker has to come for its job, or a pushed job to be"
         " accepted, before another worker gets it (default %(default)s)",
@@ -224,11 +229,20 @@ def build_parser(
         " the supervisor serves them; the admin command `metrics` answers anyway)",
     )
     ap.add_argument(
-        "-b", "--backlog", type=int, default=1024, metavar="N", help="listen backlog (default 1024)"
+        "-b",
+        "--backlog",
+        type=int,
+        default=DEFAULTS.backlog,
+        metavar="N",
+        help="listen backlog (default %(default)s)",
     )
     ap.add_argument("-v", "--verbose", action="count", default=0, help="more logging, repeatable")
     ap.add_argument(
-        "-l", "--log-file", default="stderr", metavar="FILE", help="log file, 'stderr' or 'none'"
+        "-l",
+        "--log-file",
+        default=DEFAULTS.log_file,
+        metavar="FILE",
+        help="log file, 'stderr' or 'none'",
     )
     ap.add_argument("-P", "--pid-file", metavar="FILE", help="write the process id here")
     ap.add_argument(
