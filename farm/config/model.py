@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from farm.commandspec import CommandSpec
+from farm.executor.spill import DEFAULT_MAX_AGE, DEFAULT_MAX_SPILL_MB, DEFAULT_ORPHAN_AGE
 from farm.net import DEFAULT_SERVER, Address, connectable, parse_address
 
 __all__ = ["Config", "ServerConfig", "SupervisorConfig", "FunctionConfig", "RESERVED_PREFIX"]
@@ -66,9 +67,9 @@ class ExecutorConfig:
     """``[executor]``: where farm.Executor's large arguments and results go (executor.spill)."""
 
     spill_dir: str | None = None  # None: ``spill`` beside the executor's key file
-    max_spill_mb: int = 4096  # the largest argument or result, pickled
-    spill_max_age_s: int = 24 * 3600  # the sweep removes any spill file older than this
-    spill_orphan_age_s: int = 3600  # ... and older result files, and those of a dead caller
+    max_spill_mb: int = DEFAULT_MAX_SPILL_MB  # the largest argument or result, pickled
+    spill_max_age_s: int = DEFAULT_MAX_AGE  # the sweep removes any spill file older than this
+    spill_orphan_age_s: int = DEFAULT_ORPHAN_AGE  # ... and older result files, and a dead caller's
 
 
 @dataclass(frozen=True, kw_only=True)
