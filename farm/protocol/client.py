@@ -18,16 +18,34 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+from typing import Any
 
 from farm.errors import JobException, JobFailed, ServerError, ServerUnavailable
 from farm.protocol.codec import Decoder, Packet, PacketType, ProtocolError, encode_req
 from farm.protocol.events import ServerErrorNotice
 from farm.protocol.kinds import SUBMIT_KINDS
+from farm.protocol.tasks import (
+    JobCreated,
+    JobData,
+    JobEnded,
+    JobProgress,
+    JobStatus,
+    JobWarning,
+    Owner,
+    Query,
+    Reply,
+    StatusResult,
+    Task,
+    TaskEvent,
+    TaskListener,
+    lost_error,
+    may_resubmit,
+)
 
 __all__ = [
     "may_resubmit",
+    "Owner",
+    "Reply",
     "lost_error",
     "Task",
     "Query",
@@ -46,159 +64,10 @@ __all__ = [
 
 PT = PacketType
 
-#: What a face keeps with each task: its future, its waiter, its listener.
-Owner = TypeVar("Owner")
-
 #: (priority name, background) → the submit packet, derived from the one table in kinds.
 _SUBMIT: dict[tuple[str, bool], PacketType] = {
     (kind.priority.label, kind.background): ptype for ptype, kind in SUBMIT_KINDS.items()
 }
-
-
-class Task(Generic[Owner]):
-    """One submitted job as the client sees it: filled in by the session as replies arrive.
-
-    ``handle`` is set by JOB_CREATED; a background task is ``done`` then, a
-    foreground one when WORK_COMPLETE (``result``), WORK_FAIL or
-    WORK_EXCEPTION (``error``) arrives. ``server`` names the server holding it.
-    """
-
-    __slots__ = (
-        "function",
-        "data",
-        "unique",
-        "priority",
-        "background",
-        "when",
-        "handle",
-        "server",
-        "done",
-        "result",
-        "error",
-        "abandoned",
-        "attempts",
-        "owner",
-    )
-
-    def __init__(
-        self,
-        function: str,
-        data: bytes,
-        *,
-        unique: str = "",
-        priority: str = "normal",
-        background: bool = False,
-        when: int | None = None,
-    ) -> None:
-        self.function = function
-        self.data = data
-        self.unique = unique
-        self.priority = priority
-        self.background = background
-        self.when = when
-        self.handle: str | None = None
-        self.server: str | None = None
-        self.done = False
-        self.result: bytes | None = None
-        self.error: Exception | None = None
-        self.abandoned = False  # the caller gave up (timeout): drop its WORK_* packets
-        self.attempts = 0
-        self.owner: Owner | None = None  # the face's record of this task
-
-    def __repr__(self) -> str:
-        state = "done" if self.done else ("created" if self.handle else "pending")
-        return f"<Task {self.function} {self.handle or '-'} {state}>"
-
-
-#: What a query's reply is: StatusResult, bytes (echo), str (option).
-Reply = TypeVar("Reply")
-
-
-class Query(Generic[Reply]):
-    """A request that is not a job (GET_STATUS, ECHO_REQ, OPTION_REQ): its reply lands here."""
-
-    __slots__ = ("expect", "done", "result", "error")
-
-    def __init__(self, expect: int) -> None:
-        self.expect = expect
-        self.done = False
-        self.result: Reply | None = None
-        self.error: Exception | None = None
-
-
-class JobStatus(NamedTuple):
-    """What the server knows of a job (STATUS_RES / STATUS_RES_UNIQUE)."""
-
-    known: bool
-    running: bool
-    numerator: int
-    denominator: int
-
-
-class StatusResult(NamedTuple):
-    handle_or_unique: str
-    status: JobStatus
-
-
-# -- client events: small frozen records for the face's callbacks and futures --
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobCreated:
-    task: Task[Any]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobProgress:
-    task: Task[Any]
-    numerator: int
-    denominator: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobData:
-    task: Task[Any]
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobWarning:
-    task: Task[Any]
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobEnded:
-    """The task is done: ``task.result`` or ``task.error`` says how."""
-
-    task: Task[Any]
-
-
-#: Everything a session reports about a task.
-TaskEvent = JobCreated | JobProgress | JobData | JobWarning | JobEnded
-
-
-class TaskListener(Protocol):
-    """An owner that wants a task's events as they arrive (the blocking client's callbacks
-    and task sets)."""
-
-    def task_event(self, event: TaskEvent) -> None: ...
-
-
-def may_resubmit(task: Task[Any]) -> bool:
-    """A foreground job lost with its server goes to another server once, and only with a
-    unique key: the key lets a server that still has the job coalesce the resubmission
-    instead of running it a second time. Every face follows this one rule."""
-    return bool(task.unique) and not task.background and task.attempts < 2
-
-
-def lost_error(server: str, task: Task[Any], why: str = "went away") -> ServerUnavailable:
-    """The error of a job that is not resubmitted when its server went away (``why``: how,
-    e.g. that it refused our TLS certificate)."""
-    return ServerUnavailable(
-        f"job server {server} {why} while holding job {task.function}"
-        f" {task.handle or '(not yet created)'}"
-    )
 
 
 def _int(raw: bytes) -> int:
@@ -217,6 +86,9 @@ class ClientSession:
         self._out = bytearray()
         self._awaiting: deque[Task[Any] | Query[Any]] = deque()  # requests in the order sent
         self._running: dict[str, list[Task[Any]]] = {}  # handle → foreground tasks on it
+        # Of a job this connection joined more than once: how many WORK_DATA/STATUS/WARNING
+        # each of its tasks heard (see _hearers).
+        self._heard: dict[str, dict[int, int]] = {}
         self.closed = False
         # Keyed by plain ints, as the decoder gives them (an IntEnum key costs an == each).
         handlers: dict[PT, Callable[[Packet, list[object]], None]] = {
@@ -291,6 +163,7 @@ class ClientSession:
                 waiting.remove(task)
                 if not waiting:
                     del self._running[task.handle]
+                    self._heard.pop(task.handle, None)
 
     def _check_open(self) -> None:
         if self.closed:
@@ -331,37 +204,56 @@ class ClientSession:
             self._running.setdefault(handle, []).append(task)
         events.append(JobCreated(task=task))
 
+    def _ended(self, handle: str) -> list[Task[Any]]:
+        """The tasks a job's end is for: all of them at once. (A server sends it once per
+        submit; the later copies find none.)"""
+        self._heard.pop(handle, None)
+        return self._running.pop(handle, [])
+
+    def _hearers(self, handle: str) -> list[Task[Any]]:
+        """The tasks a job's WORK_DATA, STATUS or WARNING is for: every one of the handle,
+        which is one but for a job this connection joined twice (one unique). Then the
+        server (farm, gearmand) sends each packet once per submit, and each copy goes to
+        the task that has heard least, so that each hears it once."""
+        tasks = self._running.get(handle, [])
+        if len(tasks) < 2:
+            return tasks
+        heard = self._heard.setdefault(handle, {})
+        task = min(tasks, key=lambda t: heard.get(id(t), 0))
+        heard[id(task)] = heard.get(id(task), 0) + 1
+        return [task]
+
     def _on_complete(self, packet: Packet, events: list[object]) -> None:
-        for task in self._running.pop(packet.args[0].decode(), ()):
+        for task in self._ended(packet.args[0].decode()):
             task.result = packet.args[1]
             task.done = True
             events.append(JobEnded(task=task))
 
     def _on_fail(self, packet: Packet, events: list[object]) -> None:
         handle = packet.args[0].decode()
-        for task in self._running.pop(handle, ()):
+        for task in self._ended(handle):
             task.error = JobFailed(f"job {handle} ({task.function}) failed")
             task.done = True
             events.append(JobEnded(task=task))
 
     def _on_exception(self, packet: Packet, events: list[object]) -> None:
         text = packet.args[1].decode("utf-8", "replace")
-        for task in self._running.pop(packet.args[0].decode(), ()):
+        for task in self._ended(packet.args[0].decode()):
             task.error = JobException(text)
             task.done = True
             events.append(JobEnded(task=task))
 
     def _on_status(self, packet: Packet, events: list[object]) -> None:
         num, den = _int(packet.args[1]), _int(packet.args[2])
-        for task in self._running.get(packet.args[0].decode(), ()):
+        for task in self._hearers(packet.args[0].decode()):
             events.append(JobProgress(task=task, numerator=num, denominator=den))
 
     def _on_data(self, packet: Packet, events: list[object]) -> None:
-        for task in self._running.get(packet.args[0].decode(), ()):
+        for task in self._hearers(packet.args[0].decode()):
             events.append(JobData(task=task, data=packet.args[1]))
 
     def _on_warning(self, packet: Packet, events: list[object]) -> None:
-        for task in self._running.get(packet.args[0].decode(), ()):
+        for task in self._hearers(packet.args[0].decode()):
             events.append(JobWarning(task=task, data=packet.args[1]))
 
     def _on_query_reply(self, packet: Packet, events: list[object]) -> None:
@@ -408,4 +300,5 @@ class ClientSession:
             lost.extend(t for t in tasks if t not in lost)
         self._awaiting.clear()
         self._running.clear()
+        self._heard.clear()
         return lost

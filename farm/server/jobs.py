@@ -278,17 +278,19 @@ class JobServer(Dispatch):
             heapq.heapify(self.epoch_heap)
 
     def _attach(self, job: Job, client: Peer) -> None:
-        if client not in job.clients:
-            job.clients.append(client)
-            client.attached.add(job)
+        # Once per submit, as gearmand: a client that submits one unique twice on one
+        # connection has two tasks with this handle, and each must get every packet
+        # (libgearman and Perl's task sets match one reply to one task).
+        job.clients.append(client)
+        client.attached.add(job)
 
     def detach_client(self, client: Peer) -> None:
         """A client connection is gone: drop the foreground jobs nobody waits on any more."""
         for job in client.attached:
-            try:
-                job.clients.remove(client)
-            except ValueError:
+            others = [c for c in job.clients if c is not client]
+            if len(others) == len(job.clients):
                 continue
+            job.clients = others
             if not job.clients and not job.background and job.queued:
                 self.function(job.function).discard(job)
                 self._forget(job)

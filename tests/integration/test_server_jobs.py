@@ -231,8 +231,33 @@ def test_coalesce_queued_job_first_payload_wins(any_server, peer_factory):
     assert grab(w).type == T.NO_JOB
     w.send(T.WORK_COMPLETE, h, b"R")
     assert c1.expect(T.WORK_COMPLETE).args == (h, b"R")
-    # c2 joined twice in the foreground; it hears the result (at least once)
+    # c2 joined twice in the foreground: it hears the result once for each (as gearmand)
     assert c2.expect(T.WORK_COMPLETE).args == (h, b"R")
+    assert c2.expect(T.WORK_COMPLETE).args == (h, b"R")
+
+
+def test_one_connection_joining_twice_hears_every_packet_twice(any_server, peer_factory):
+    """A client's two tasks with one unique share a handle; libgearman and Perl's task
+    sets match one packet to one task, so each packet comes once per submit."""
+    c, q = peer_factory(any_server.addr), peer_factory(any_server.addr)
+    h = submit(c, "f", b"x", b"twice")
+    assert submit(c, "f", b"x", b"twice") == h
+    q.send(T.GET_STATUS_UNIQUE, "twice")
+    assert q.expect(T.STATUS_RES_UNIQUE).args[-1] == b"2"  # client_count
+    w = worker(peer_factory, any_server, "f")
+    assert grab(w).args[0] == h
+    w.send(T.WORK_DATA, h, b"d")
+    w.send(T.WORK_STATUS, h, b"1", b"2")
+    w.send(T.WORK_COMPLETE, h, b"R")
+    got = [c.recv() for _ in range(6)]
+    assert [(p.type, p.args) for p in got] == [
+        (T.WORK_DATA, (h, b"d")),
+        (T.WORK_DATA, (h, b"d")),
+        (T.WORK_STATUS, (h, b"1", b"2")),
+        (T.WORK_STATUS, (h, b"1", b"2")),
+        (T.WORK_COMPLETE, (h, b"R")),
+        (T.WORK_COMPLETE, (h, b"R")),
+    ]
 
 
 def test_coalesce_running_job(any_server, peer_factory):

@@ -111,6 +111,24 @@ def test_php_do_high_and_do_background(farm_server, spawn):
     wait_for("the queue drained", lambda: admin(farm_server, "status") == "reverse\t0\t0\t1\n.\n")
 
 
+def test_php_tasks_with_one_unique_each_complete(farm_server, spawn):
+    """Two tasks of one run with the same unique join one job; each hears its own
+    WORK_COMPLETE (libgearman matches one reply to one task: one reply hung runTasks)."""
+    php = php_gearman()
+    spawn(php, "-r", PHP_WORKER.format(port=farm_server.port))
+    wait_for_worker(farm_server, "reverse")
+    client = (
+        '$c = new GearmanClient(); $c->addServer("127.0.0.1", %d); $c->setTimeout(10000);'
+        ' $c->setCompleteCallback(function ($t) { echo $t->data(), ";"; });'
+        ' $c->addTask("reverse", "abc", null, "samekey");'
+        ' $c->addTask("reverse", "abc", null, "samekey");'
+        ' $c->runTasks(); echo "|", $c->returnCode();'
+    ).replace("%d", str(farm_server.port))
+    r = run(php, "-r", client)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"cba;cba;|0"
+
+
 def test_php_client_sees_work_fail(farm_server, spawn):
     php = php_gearman()
     w = Peer(farm_server.addr)

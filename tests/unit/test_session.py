@@ -155,3 +155,27 @@ def test_bytes_split_anywhere_decode_the_same() -> None:
         s.receive(wire[:cut])
         s.receive(wire[cut:])
         assert t.result == b"res\0ult"
+
+
+def test_a_job_joined_twice_gives_each_task_each_packet_once() -> None:
+    """Two submits of one unique on one connection share a handle; the server (farm and
+    gearmand alike) sends every packet once per submit, and each task hears one copy."""
+    s = ClientSession()
+    a, b = Task("f", b"x", unique="k"), Task("f", b"x", unique="k")
+    s.submit(a)
+    s.receive(encode_res(PT.JOB_CREATED, b"H:1"))
+    first = s.receive(encode_res(PT.WORK_DATA, b"H:1", b"d1"))  # before b joined: a's alone
+    assert [(type(e).__name__, e.task) for e in first] == [("JobData", a)]
+    s.submit(b)
+    s.receive(encode_res(PT.JOB_CREATED, b"H:1"))
+    twice = (
+        encode_res(PT.WORK_DATA, b"H:1", b"d2") * 2
+        + encode_res(PT.WORK_STATUS, b"H:1", b"1", b"2") * 2
+    )
+    events = s.receive(twice)
+    assert sorted((type(e).__name__, id(e.task)) for e in events) == sorted(
+        [("JobData", id(a)), ("JobData", id(b)), ("JobProgress", id(a)), ("JobProgress", id(b))]
+    )
+    ended = s.receive(encode_res(PT.WORK_COMPLETE, b"H:1", b"R") * 2)
+    assert {id(e.task) for e in ended} == {id(a), id(b)} and len(ended) == 2
+    assert a.result == b.result == b"R" and not s.busy

@@ -1,0 +1,181 @@
+"""What a client's face and its session share about each request: ``Task`` (a submitted
+job), ``Query`` (a request that is not a job), the events a session reports, and the rules
+every face follows when a server goes away (``may_resubmit``, ``lost_error``).
+
+``farm.protocol.client`` re-exports all of it, beside the ``ClientSession`` that fills
+these in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+
+from farm.errors import ServerUnavailable
+
+__all__ = [
+    "may_resubmit",
+    "lost_error",
+    "Owner",
+    "Reply",
+    "Task",
+    "Query",
+    "JobStatus",
+    "StatusResult",
+    "JobCreated",
+    "JobProgress",
+    "JobData",
+    "JobWarning",
+    "JobEnded",
+    "TaskEvent",
+    "TaskListener",
+]
+
+#: What a face keeps with each task: its future, its waiter, its listener.
+Owner = TypeVar("Owner")
+
+
+class Task(Generic[Owner]):
+    """One submitted job as the client sees it: filled in by the session as replies arrive.
+
+    ``handle`` is set by JOB_CREATED; a background task is ``done`` then, a
+    foreground one when WORK_COMPLETE (``result``), WORK_FAIL or
+    WORK_EXCEPTION (``error``) arrives. ``server`` names the server holding it.
+    """
+
+    __slots__ = (
+        "function",
+        "data",
+        "unique",
+        "priority",
+        "background",
+        "when",
+        "handle",
+        "server",
+        "done",
+        "result",
+        "error",
+        "abandoned",
+        "attempts",
+        "owner",
+    )
+
+    def __init__(
+        self,
+        function: str,
+        data: bytes,
+        *,
+        unique: str = "",
+        priority: str = "normal",
+        background: bool = False,
+        when: int | None = None,
+    ) -> None:
+        self.function = function
+        self.data = data
+        self.unique = unique
+        self.priority = priority
+        self.background = background
+        self.when = when
+        self.handle: str | None = None
+        self.server: str | None = None
+        self.done = False
+        self.result: bytes | None = None
+        self.error: Exception | None = None
+        self.abandoned = False  # the caller gave up (timeout): drop its WORK_* packets
+        self.attempts = 0
+        self.owner: Owner | None = None  # the face's record of this task
+
+    def __repr__(self) -> str:
+        state = "done" if self.done else ("created" if self.handle else "pending")
+        return f"<Task {self.function} {self.handle or '-'} {state}>"
+
+
+#: What a query's reply is: StatusResult, bytes (echo), str (option).
+Reply = TypeVar("Reply")
+
+
+class Query(Generic[Reply]):
+    """A request that is not a job (GET_STATUS, ECHO_REQ, OPTION_REQ): its reply lands here."""
+
+    __slots__ = ("expect", "done", "result", "error")
+
+    def __init__(self, expect: int) -> None:
+        self.expect = expect
+        self.done = False
+        self.result: Reply | None = None
+        self.error: Exception | None = None
+
+
+class JobStatus(NamedTuple):
+    """What the server knows of a job (STATUS_RES / STATUS_RES_UNIQUE)."""
+
+    known: bool
+    running: bool
+    numerator: int
+    denominator: int
+
+
+class StatusResult(NamedTuple):
+    handle_or_unique: str
+    status: JobStatus
+
+
+# -- client events: small frozen records for the face's callbacks and futures --
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobCreated:
+    task: Task[Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobProgress:
+    task: Task[Any]
+    numerator: int
+    denominator: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobData:
+    task: Task[Any]
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobWarning:
+    task: Task[Any]
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobEnded:
+    """The task is done: ``task.result`` or ``task.error`` says how."""
+
+    task: Task[Any]
+
+
+#: Everything a session reports about a task.
+TaskEvent = JobCreated | JobProgress | JobData | JobWarning | JobEnded
+
+
+class TaskListener(Protocol):
+    """An owner that wants a task's events as they arrive (the blocking client's callbacks
+    and task sets)."""
+
+    def task_event(self, event: TaskEvent) -> None: ...
+
+
+def may_resubmit(task: Task[Any]) -> bool:
+    """A foreground job lost with its server goes to another server once, and only with a
+    unique key: the key lets a server that still has the job coalesce the resubmission
+    instead of running it a second time. Every face follows this one rule."""
+    return bool(task.unique) and not task.background and task.attempts < 2
+
+
+def lost_error(server: str, task: Task[Any], why: str = "went away") -> ServerUnavailable:
+    """The error of a job that is not resubmitted when its server went away (``why``: how,
+    e.g. that it refused our TLS certificate)."""
+    return ServerUnavailable(
+        f"job server {server} {why} while holding job {task.function}"
+        f" {task.handle or '(not yet created)'}"
+    )
