@@ -62,6 +62,7 @@ class Server:
         self.listeners: list[asyncio.AbstractServer] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopped: asyncio.Event | None = None
+        self.listening: Callable[[], None] | None = None  # called once every listener is up
 
     async def start(self) -> None:
         self.loop = self.hub.loop = asyncio.get_running_loop()
@@ -160,6 +161,8 @@ class Server:
 
     async def serve(self) -> None:
         await self.start()
+        if self.listening is not None:
+            self.listening()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
@@ -206,11 +209,16 @@ def _setup_logging(options: ServerOptions) -> None:
 
 def run(options: ServerOptions) -> int:
     """Run the server until a signal stops it; the process exit code."""
+    ready = _detach() if options.daemon else None
     try:
         _setup_logging(options)
     except OSError as exc:
         print(f"farm server: cannot open the log file: {exc} (-l/--log-file)", file=sys.stderr)
         return 2
+    for flag, why in options.ignored:
+        # gearmand -u would have dropped root: say who this server runs as
+        logged = log.warning if flag in ("-u", "--user") else log.info
+        logged("gearmand's %s is ignored: %s (this server runs as uid %d)", flag, why, os.getuid())
     try:
         from setproctitle import setproctitle
 
@@ -228,13 +236,45 @@ def run(options: ServerOptions) -> int:
             print(f"farm server: cannot write the pid file: {exc} (-P/--pid-file)", file=sys.stderr)
             return 2
     try:
-        return _serve(options)
+        return _serve(options, ready)
     finally:
         if options.pid_file:  # also when the store or the address was refused
             Path(options.pid_file).unlink(missing_ok=True)
 
 
-def _serve(options: ServerOptions) -> int:
+def _detach() -> int:
+    """gearmand's -d. The starting process waits until the server listens (then exits 0)
+    or ends (then exits with its code), so an init script sees a server that could not
+    start; the server goes on in a session of its own. Returns the pipe it says so on."""
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(writer)
+        with os.fdopen(reader, "rb") as word:
+            if word.read() == b"ok":
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        os._exit(os.waitstatus_to_exitcode(status) or 1)
+    os.close(reader)
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.close(null)
+    return writer
+
+
+def _detached(ready: int) -> None:
+    """Listening: the starting process may exit, and stdout and stderr (its terminal, which
+    showed any start-up error) go to /dev/null (logs go to --log-file)."""
+    os.write(ready, b"ok")
+    os.close(ready)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    os.close(null)
+
+
+def _serve(options: ServerOptions, ready: int | None = None) -> int:
     try:
         import uvloop
 
@@ -252,6 +292,8 @@ def _serve(options: ServerOptions) -> int:
     except StoreError as exc:
         print(f"farm server: {exc} ({_hint(options, 'store')})", file=sys.stderr)
         return 2
+    if ready is not None:
+        server.listening = lambda: _detached(ready)
     try:
         runner(server.serve())
     except (StoreError, TLSFileError) as exc:  # a damaged store, an unusable TLS file

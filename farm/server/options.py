@@ -12,6 +12,7 @@ from farm import protocol as p
 from farm.logs import LOG_FORMATS
 from farm.net import DEFAULT_PORT, AddressError, parse_address, parse_port
 from farm.paths import default_store
+from farm.server.gearmandflags import add_gearmand_flags
 
 
 @dataclass
@@ -54,6 +55,8 @@ class ServerOptions:
     # Who the hints of a start-up error speak to: "flags" (farm server) or "config" (the
     # local server of `farm up`, whose user has [server] keys, not flags).
     hints: str = "flags"
+    daemon: bool = False  # -d: detach once listening (gearmand's --daemon)
+    ignored: tuple[tuple[str, str], ...] = ()  # gearmand flags given, farm has no use for: why
 
 
 #: The defaults of `farm server`'s flags are the fields' defaults above, written once.
@@ -236,7 +239,6 @@ def build_parser(
         metavar="N",
         help="listen backlog (default %(default)s)",
     )
-    ap.add_argument("-v", "--verbose", action="count", default=0, help="more logging, repeatable")
     ap.add_argument(
         "-l",
         "--log-file",
@@ -255,18 +257,7 @@ def build_parser(
         help="text (readable, the default) or json (one object a line; docs/monitoring.md)",
     )
     ap.add_argument("--hints", choices=("flags", "config"), default="flags", help=argparse.SUPPRESS)
-    # gearmand flags that farm accepts and ignores, so its command lines work unchanged.
-    for flag in (
-        "-t",
-        "--threads",
-        "-q",
-        "--queue-type",
-        "-f",
-        "--file-descriptors",
-        "-u",
-        "--user",
-    ):
-        ap.add_argument(flag, help=argparse.SUPPRESS)
+    add_gearmand_flags(ap)  # -v/--verbose, -V, and those accepted and ignored
     return ap
 
 
@@ -324,7 +315,7 @@ def parse_args(
         listen=listen,
         unix=unix + ns.unix,
         unix_mode=ns.unix_mode,
-        store=ns.store if ns.store is not None else default_store_path(listen, unix + ns.unix),
+        store=ns.store or ns.libsqlite3_db or default_store_path(listen, unix + ns.unix),
         store_sync=ns.store_sync,
         job_retries=ns.job_retries,
         max_packet=ns.max_packet,
@@ -348,6 +339,8 @@ def parse_args(
         wake_deadline=ns.wake_deadline,
         metrics=metrics_address(ap, ns.metrics),
         hints=ns.hints,
+        daemon=ns.daemon,
+        ignored=tuple(ns.ignored),
     )
 
 

@@ -83,7 +83,9 @@ def test_server_help_keeps_gearmands_flags() -> None:
     for flag in ("-p, --port <PORT>", "-L, --listen <ADDR>", "-j, --job-retries <N>"):
         assert flag in out.stdout
     assert re.search(r"^  --exceptions\s+forward", out.stdout, re.M)  # a flag: no metavar
-    assert re.search(r"^  -v, --verbose\s+more", out.stdout, re.M)
+    assert re.search(r"^  -v\s+more", out.stdout, re.M)
+    assert re.search(r"^  --verbose \[?<?LEVEL>?\]?\s+-v, or gearmand's level", out.stdout, re.M)
+    assert re.search(r"^  -d, --daemon\s+detach", out.stdout, re.M)
     assert "--hints" not in out.stdout  # farm up's own, hidden
 
 

@@ -135,6 +135,63 @@ def test_gearmand_style_command_line_is_accepted() -> None:
         srv.stop()
 
 
+def test_debians_gearmand_params_start_a_detached_server(tmp_path: Path) -> None:
+    """/etc/default/gearman-job-server's PARAMS (--listen=localhost --daemon --log-file=)
+    and other gearmand flags: the command returns once the server listens, and the
+    server goes on in a session of its own."""
+    port, pid_file, log_file = free_port(), tmp_path / "g.pid", tmp_path / "g.log"
+    common = [sys.executable, "-m", "farm.server", "-p", str(port), "--store", "none"]
+    gearmand_flags = ["--listen=localhost", "--daemon", f"--log-file={log_file}", "-P"]
+    more = [str(pid_file), "--verbose=INFO", "-t", "4", "-R", "-w", "1", "--keepalive"]
+    out = subprocess.run(
+        [*common, *gearmand_flags, *more], cwd=ROOT, capture_output=True, text=True, timeout=20
+    )
+    assert out.returncode == 0, out.stderr
+    pid = int(pid_file.read_text())
+    try:
+        assert os.getsid(pid) == pid  # a session of its own: the terminal may go
+        assert Peer(f"127.0.0.1:{port}").admin("version").startswith("OK ")
+        log = log_file.read_text()
+        assert f"listening on localhost:{port}" in log  # --verbose=INFO
+        assert "gearmand's -R is ignored" in log
+        # A second one cannot listen: the starting command says so and fails, as gearmand.
+        again = subprocess.run(
+            [*common, "--daemon"], cwd=ROOT, capture_output=True, text=True, timeout=20
+        )
+        assert again.returncode == 1 and "cannot listen" in again.stderr
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_for("the pid file removed", lambda: not pid_file.exists())
+
+
+def test_libsqlite3_db_is_the_store_and_version_answers(tmp_path: Path) -> None:
+    """gearmand's `-q libsqlite3 --libsqlite3-db FILE` keeps background jobs in FILE."""
+    out = farm_cli("server", "-V")
+    assert out.returncode == 0 and out.stdout.startswith("farm server ")
+    db = tmp_path / "queue.db"
+
+    def serve(*flags: str) -> Server:
+        port = free_port()
+        cmd = [sys.executable, "-m", "farm.server", "-p", str(port), *flags, "-l", "none"]
+        srv = Server("farm", f"127.0.0.1:{port}", subprocess.Popen(cmd, cwd=ROOT), port)
+        wait_connectable(srv.addr, srv.proc)
+        return srv
+
+    srv = serve("-q", "libsqlite3", f"--libsqlite3-db={db}")
+    try:
+        c = Peer(srv.addr)
+        c.send(T.SUBMIT_JOB_BG, "f", "", b"kept")
+        c.expect(T.JOB_CREATED)
+        c.close()
+    finally:
+        srv.stop()
+    again = serve("--libsqlite3-db", str(db))
+    try:
+        assert Peer(again.addr).admin("status") == "f\t1\t0\t0\n.\n"
+    finally:
+        again.stop()
+
+
 def test_bad_flags_are_a_usage_line_and_exit_2() -> None:
     bad = (["--port", "notaport"], ["--port", "70000"], ["--bogus"], ["-j", "-1"])
     for args in (*bad, ["--wake-deadline", "0"], ["--unix-mode", "999"], ["--unix-mode", "x"]):
