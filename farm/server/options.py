@@ -171,7 +171,8 @@ def build_parser(
         type=int,
         default=DEFAULTS.max_queue,
         metavar="N",
-        help="queued jobs per function before QUEUE_ERROR; the admin maxqueue overrides (0: none)",
+        help="jobs per function, queued or running, before QUEUE_ERROR; the admin maxqueue"
+        " overrides (0: none)",
     )
     ap.add_argument(
         "--max-queued-bytes",

@@ -183,7 +183,9 @@ class FunctionQueue:
         self.sleepers: dict[Peer, None] = {}
         # Jobs held for their epoch time: counted in status, not yet runnable.
         self.scheduled = [0, 0, 0]
-        # `maxqueue F N` bounds all queued jobs; `maxqueue F H N L` each priority (0 = no limit).
+        # `maxqueue F N` bounds the function's jobs, `maxqueue F H N L` each priority's submits
+        # (0 = no limit). As in gearmand, every limit counts all of the function's jobs:
+        # queued, held for their epoch and running (`maxqueue F 1` lets one job in at a time).
         self.max_total = 0
         self.max_by_priority: tuple[int, int, int] = (0, 0, 0)
         self.stats = FunctionStats()
@@ -193,10 +195,11 @@ class FunctionQueue:
         self.served = False
 
     def full(self, priority: int) -> bool:
-        if self.max_total and self.queued >= self.max_total:
+        total = self.queued + self.running
+        if self.max_total and total >= self.max_total:
             return True
         limit = self.max_by_priority[priority]
-        return bool(limit) and self.counts[priority] + self.scheduled[priority] >= limit
+        return bool(limit) and total >= limit
 
     @property
     def queued(self) -> int:

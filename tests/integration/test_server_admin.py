@@ -299,8 +299,26 @@ def test_maxqueue_per_priority(any_server, admin_factory, peer_factory):
     submit(c, "n", ptype=T.SUBMIT_JOB_LOW)
     for _ in range(3):
         submit(c, "n")  # NORMAL: 0 = unlimited
-    # (gearmand compares each priority's limit with the function's total, so a
-    # second LOW would be refused there; farm may count per priority)
+    # Each priority's limit is compared with the function's total (5 jobs): a LOW is refused.
+    c.send(T.SUBMIT_JOB_LOW, "n", "", "l2")
+    assert c.expect(T.ERROR).args[0] == b"QUEUE_ERROR"
+
+
+def test_maxqueue_counts_running_jobs_too(any_server, admin_factory, peer_factory):
+    """As gearmand: `maxqueue F 1` with one job running refuses the next (a cap some use
+    to run one job of F at a time)."""
+    w = worker(peer_factory, any_server, "run1")
+    a = admin_factory(any_server)
+    assert a.line(b"maxqueue run1 1\n") == b"OK\r\n"
+    c = peer_factory(any_server.addr)
+    h = submit(c, "run1", b"a")
+    w.send(T.GRAB_JOB)
+    assert w.expect(T.JOB_ASSIGN).args[0] == h  # running, nothing queued
+    c.send(T.SUBMIT_JOB, "run1", "", "b")
+    assert c.expect(T.ERROR).args == (b"QUEUE_ERROR", b"Job queue is full")
+    w.send(T.WORK_COMPLETE, h, b"")
+    assert c.expect(T.WORK_COMPLETE).args[0] == h
+    submit(c, "run1", b"c")  # the job ended: room again
 
 
 def test_queue_error_text(any_server, admin_factory, peer_factory):
