@@ -1,4 +1,5 @@
-"""Who runs what: workers' abilities, sleeping and waking, grabs, timeouts and requeues.
+"""Who runs what: workers' abilities, sleeping and waking, grabs, timeouts and requeues,
+and background jobs held for their epoch time until it comes.
 
 A mixin of :class:`farm.server.jobs.JobServer` (split off along the worker's
 side of the model; submitting, ends and admin stay there). One sleeper is
@@ -8,6 +9,7 @@ WAKE_DEADLINE is passed over for another.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections import deque
@@ -49,6 +51,9 @@ class Dispatch:
     _end: Callable[..., None]
     _forget: Callable[[Job], None]
     finish: Callable[..., None]
+    jobs: dict[bytes, Job]
+    epoch_heap: list[tuple[float, int, Job]]  # background jobs held for their epoch time
+    _epoch_timer: Timer | None
 
     def can_do(self, worker: Peer, function: bytes, timeout: float = 0.0) -> None:
         worker.abilities[function] = timeout
@@ -294,3 +299,27 @@ class Dispatch:
         if job.expiry is not None:
             job.expiry.discard(job)
             job.expiry = None
+
+    # -- the epoch timer ----------------------------------------------------
+
+    def _arm_epoch_timer(self) -> None:
+        if self.call_later is None or not self.epoch_heap:
+            return
+        if self._epoch_timer is not None:
+            self._epoch_timer.cancel()
+        delay = max(0.0, self.epoch_heap[0][0] - time.time())
+        self._epoch_timer = self.call_later(delay, self.release_due_epoch_jobs)
+
+    def release_due_epoch_jobs(self) -> None:
+        """Move epoch jobs whose time has come into their queues and wake workers."""
+        self._epoch_timer = None
+        now = time.time()
+        while self.epoch_heap and self.epoch_heap[0][0] <= now:
+            _, _, job = heapq.heappop(self.epoch_heap)
+            if job.handle not in self.jobs:
+                continue  # cancelled while held
+            fq = self.function(job.function)
+            fq.scheduled[job.priority] -= 1
+            fq.push(job)
+            self._wake(fq)
+        self._arm_epoch_timer()

@@ -296,30 +296,6 @@ class JobServer(Dispatch):
                 self._forget(job)
         client.attached.clear()
 
-    # -- the epoch timer ----------------------------------------------------
-
-    def _arm_epoch_timer(self) -> None:
-        if self.call_later is None or not self.epoch_heap:
-            return
-        if self._epoch_timer is not None:
-            self._epoch_timer.cancel()
-        delay = max(0.0, self.epoch_heap[0][0] - time.time())
-        self._epoch_timer = self.call_later(delay, self.release_due_epoch_jobs)
-
-    def release_due_epoch_jobs(self) -> None:
-        """Move epoch jobs whose time has come into their queues and wake workers."""
-        self._epoch_timer = None
-        now = time.time()
-        while self.epoch_heap and self.epoch_heap[0][0] <= now:
-            _, _, job = heapq.heappop(self.epoch_heap)
-            if job.handle not in self.jobs:
-                continue  # cancelled while held
-            fq = self.function(job.function)
-            fq.scheduled[job.priority] -= 1
-            fq.push(job)
-            self._wake(fq)
-        self._arm_epoch_timer()
-
     # -- work updates ----------------------------------------------------------
 
     def held(self, worker: Peer, handle: bytes) -> Job | None:
@@ -381,12 +357,22 @@ class JobServer(Dispatch):
     # -- admin -----------------------------------------------------------------
 
     def cancel(self, handle: bytes) -> bool:
-        """Remove a queued (not running) job; True when there was one."""
+        """Remove a queued job; a running one runs on, but (as gearmand) its clients get
+        WORK_FAIL now, and it is neither stored nor run again. True when there was one."""
         job = self.jobs.get(handle)
-        if job is None or job.worker is not None:
+        if job is None:
             return False
-        self._unqueue(job)
-        self._end(job, Outcome.FAIL)
+        if job.worker is None:
+            self._unqueue(job)
+            self._end(job, Outcome.FAIL)
+            return True
+        for client in job.clients:
+            client.job_ended(job, Outcome.FAIL, b"")
+            client.attached.discard(job)
+        job.clients, job.background = [], False  # if its worker dies, _requeue drops it
+        if job.store_id and self.store is not None:
+            self.store.remove(job.store_id)
+            job.store_id = 0
         return True
 
     def drop_function(self, name: bytes) -> bool:

@@ -255,6 +255,37 @@ def test_cancel_queued_background_job(any_server, admin_factory, peer_factory):
     w.expect(T.NO_JOB)
 
 
+def test_cancel_running_job_fails_its_client_now(any_server, admin_factory, peer_factory):
+    """gearadmin --cancel-job on a running job: OK, and its client hears WORK_FAIL at once
+    (the worker runs on; gearmand still forwards its answer later, farm drops it)."""
+    c = peer_factory(any_server.addr)
+    h = submit(c, "f")
+    w = worker(peer_factory, any_server, "f")
+    w.send(T.GRAB_JOB)
+    assert w.expect(T.JOB_ASSIGN).args[0] == h
+    a = admin_factory(any_server)
+    assert a.line(b"cancel job " + h + b"\n") == b"OK\r\n"
+    assert c.expect(T.WORK_FAIL).args[0].rstrip(b"\0") == h
+    w.send(T.WORK_COMPLETE, h, b"late")
+    w.send(T.GRAB_JOB)
+    w.expect(T.NO_JOB)  # it ran once and is not run again
+
+
+def test_a_cancelled_running_job_is_not_run_again(farm_server, admin_factory, peer_factory):
+    c = peer_factory(farm_server.addr)
+    h = submit(c, "f", ptype=T.SUBMIT_JOB_BG)
+    w = worker(peer_factory, farm_server, "f")
+    w.send(T.GRAB_JOB)
+    assert w.expect(T.JOB_ASSIGN).args[0] == h
+    a = admin_factory(farm_server)
+    assert a.line(b"cancel job " + h + b"\n") == b"OK\r\n"
+    w.close()  # its worker dies: a cancelled job is forgotten, not requeued
+    wait_for("the job gone", lambda: a.listing(b"show jobs\n") == b".\n")
+    other = worker(peer_factory, farm_server, "f")
+    other.send(T.GRAB_JOB)
+    other.expect(T.NO_JOB)
+
+
 def test_cancel_removes_job_from_status(farm_server, admin_factory, peer_factory):
     # farm removes it at once; gearmand keeps counting it (IGNORED) until a grab.
     c = peer_factory(farm_server.addr)

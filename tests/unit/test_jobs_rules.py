@@ -13,10 +13,10 @@ from tests.helpers.fakes import FakeClock, FakePeer
 
 def test_replay_ignores_queue_limits_so_a_restart_cannot_fail(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "q.db")
-    jobs = JobServer(store=store, hostname="t", max_queue=2)
+    jobs = JobServer(store=store, hostname="t")  # stored before the limit was lowered to 2
     worker = FakePeer()
     jobs.can_do(worker, b"f")
-    for i in range(3):  # two queued, one of them grabbed, then a third
+    for i in range(3):  # one grabbed (running), two queued
         jobs.submit(None, b"f", b"u%d" % i, b"x", background=True)
         if i == 0:
             jobs.grab(worker)
