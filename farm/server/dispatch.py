@@ -274,6 +274,7 @@ class Dispatch:
             self._forget(job)  # nobody waits for it any more: nothing to retry or fail
             return
         job.retries += 1
+        job.numerator = job.denominator = b"0"  # its progress was the dead worker's (gearmand)
         self.function(job.function).stats.retried[job.priority] += 1
         if self.job_retries and job.retries >= self.job_retries:
             log.error(

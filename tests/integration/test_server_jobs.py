@@ -644,6 +644,25 @@ def test_job_requeued_when_worker_lets_go(any_server, peer_factory, how):
     assert c.nothing_within(0.1)
 
 
+def test_a_requeued_job_forgets_the_dead_workers_progress(any_server, peer_factory):
+    c = peer_factory(any_server.addr)
+    h = submit(c, "r", b"rd")
+    w1 = worker(peer_factory, any_server, "r")
+    assert grab(w1).args[0] == h
+    w1.send(T.WORK_STATUS, h, b"1", b"4")
+    c.expect(T.WORK_STATUS)
+    w1.close()  # dies: the job is queued again, and its 1/4 was that worker's
+    q = peer_factory(any_server.addr)
+
+    def requeued() -> bool:
+        q.send(T.GET_STATUS, h)
+        return q.expect(T.STATUS_RES).args[2] == b"0"  # not running
+
+    wait_for("the job requeued", requeued)
+    q.send(T.GET_STATUS, h)
+    assert q.expect(T.STATUS_RES).args == (h, b"1", b"0", b"0", b"0")
+
+
 def test_job_retries_exhausted_fails_the_job(retry2_server, peer_factory):
     # -j 2: the job is handed out at most twice; losing it the second time fails it.
     srv = retry2_server
