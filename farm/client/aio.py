@@ -18,157 +18,28 @@ import asyncio
 import datetime as _dt
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
+from farm.client.aioconn import ServerConnection, StreamEvent, Waiter
 from farm.client.serverpick import ServerPicker
 from farm.discovery import client_servers
 from farm.errors import ServerUnavailable, Timeout
 from farm.net import parse_address, parse_servers
-from farm.protocol import ProtocolError
 from farm.protocol.checks import as_bytes, check_name, check_priority, check_schedule, check_unique
 from farm.protocol.client import (
-    ClientSession,
-    JobCreated,
     JobData,
     JobEnded,
     JobProgress,
     JobStatus,
     JobWarning,
-    Query,
-    Reply,
     Task,
     lost_error,
-    may_resubmit,
 )
 
 log = logging.getLogger("farm.client.aio")
 
 __all__ = ["AsyncClient", "Task", "JobStatus", "JobProgress", "JobData", "JobWarning", "JobEnded"]
-
-
-StreamEvent = JobProgress | JobData | JobWarning | JobEnded
-
-
-class _Waiter:
-    """What coroutines wait on for one task: its creation, its end, its stream."""
-
-    __slots__ = ("created", "ended", "events", "on_status", "on_data", "on_warning")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, stream: bool = False) -> None:
-        self.created: asyncio.Future[Task[_Waiter]] = loop.create_future()
-        self.ended: asyncio.Future[Task[_Waiter]] = loop.create_future()
-        self.events: asyncio.Queue[StreamEvent] | None = asyncio.Queue() if stream else None
-        self.on_status: Callable[[int, int], Any] | None = None
-        self.on_data: Callable[[bytes], Any] | None = None
-        self.on_warning: Callable[[bytes], Any] | None = None
-
-
-class _Connection(asyncio.Protocol):
-    """One server connection: bytes ⇄ the session, events → waiters."""
-
-    def __init__(self, addr: str, loop: asyncio.AbstractEventLoop) -> None:
-        self.addr = addr
-        self.loop = loop
-        self.session = ClientSession(addr)
-        self.transport: asyncio.Transport | None = None
-        self.queries: deque[tuple[Query[Any], asyncio.Future[Any]]] = deque()
-        self._flush_due = False
-        # Set by the AsyncClient: move a lost unique-keyed job to another server.
-        self.resubmit: Callable[[Task[_Waiter], _Connection], None] | None = None
-
-    # -- requests --
-
-    def send_soon(self) -> None:
-        """Write what the session queued, once, at the end of this loop turn."""
-        if not self._flush_due:
-            self._flush_due = True
-            self.loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_due = False
-        data = self.session.data_to_send()
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    def ask(self, query: Query[Reply]) -> asyncio.Future[Reply]:
-        future: asyncio.Future[Reply] = self.loop.create_future()
-        self.queries.append((query, future))
-        self.send_soon()
-        return future
-
-    # -- asyncio.Protocol --
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            events = self.session.receive(data)
-        except ProtocolError:
-            self.transport.close()  # type: ignore[union-attr]  # connection_lost fails the rest
-            return
-        for event in events:
-            try:
-                self._dispatch(event)
-            except Exception:
-                # A user callback that raises must not cost the other jobs on this connection.
-                log.exception("farm.AsyncClient: callback for %r raised", event)
-        self._answer_queries()
-
-    def _dispatch(self, event: object) -> None:
-        task = getattr(event, "task", None)
-        if task is None:  # e.g. an ERROR the server sent unasked: nothing waits on it
-            log.warning("farm.AsyncClient: %r", event)
-            return
-        waiter = task.owner
-        if not isinstance(waiter, _Waiter):
-            return
-        kind = type(event)
-        if kind is JobCreated:
-            if not waiter.created.done():
-                waiter.created.set_result(task)
-            return
-        if kind is JobEnded:
-            if not waiter.created.done():  # an ERROR came instead of JOB_CREATED
-                waiter.created.set_result(task)
-            if not waiter.ended.done():
-                waiter.ended.set_result(task)
-        elif isinstance(event, JobProgress):
-            if waiter.on_status is not None:
-                waiter.on_status(event.numerator, event.denominator)
-        elif isinstance(event, JobData):
-            if waiter.on_data is not None:
-                waiter.on_data(event.data)
-        elif isinstance(event, JobWarning) and waiter.on_warning is not None:
-            waiter.on_warning(event.data)
-        if waiter.events is not None and isinstance(event, StreamEvent):
-            waiter.events.put_nowait(event)
-
-    def _answer_queries(self) -> None:
-        while self.queries and self.queries[0][0].done:  # answered in the order asked
-            query, future = self.queries.popleft()
-            if future.done():
-                continue
-            if query.error is not None:
-                future.set_exception(query.error)
-            else:
-                future.set_result(query.result)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        for task in self.session.connection_lost():
-            if may_resubmit(task) and self.resubmit is not None:
-                self.resubmit(task, self)  # carries on on another server
-                continue
-            self.end_lost(task, lost_error(self.addr, task))
-        self._answer_queries()  # the session failed them with ServerUnavailable
-
-    def end_lost(self, task: Task[_Waiter], error: Exception) -> None:
-        task.error = error
-        task.done = True
-        self._dispatch(JobEnded(task=task))
 
 
 class AsyncClient:
@@ -185,8 +56,8 @@ class AsyncClient:
     ) -> None:
         self.servers = parse_servers(client_servers() if servers is None else servers)
         self.connect_timeout = connect_timeout
-        self._conns: dict[str, _Connection] = {}
-        self._connecting: dict[str, asyncio.Future[_Connection]] = {}
+        self._conns: dict[str, ServerConnection] = {}
+        self._connecting: dict[str, asyncio.Future[ServerConnection]] = {}
         self._picker = ServerPicker(self.servers)
 
     # -- the API --
@@ -221,7 +92,7 @@ class AsyncClient:
         priority: str = "normal",
         unique: str | None = None,
         when: _dt.datetime | float | None = None,
-    ) -> Task[_Waiter]:
+    ) -> Task[Waiter]:
         """Submit a job; return once the server created it (``task.handle``).
 
         ``when`` schedules a background job (SUBMIT_JOB_EPOCH). A foreground
@@ -236,13 +107,13 @@ class AsyncClient:
             raise task.error  # the server answered ERROR (e.g. QUEUE_ERROR)
         return task
 
-    async def wait(self, task: Task[_Waiter], timeout: float | None = None) -> bytes:
+    async def wait(self, task: Task[Waiter], timeout: float | None = None) -> bytes:
         """The result of a foreground task from ``submit`` (or raise its error). A Timeout
         leaves the task as it was, as ``Future.result(timeout)`` does: wait for it again."""
         if task.background:
             raise ValueError("a background job sends no result to wait for")
         waiter = task.owner
-        if not isinstance(waiter, _Waiter):
+        if not isinstance(waiter, Waiter):
             raise ValueError("the task was not submitted by this client")
         try:
             await asyncio.wait_for(asyncio.shield(waiter.ended), timeout)
@@ -337,8 +208,8 @@ class AsyncClient:
         background: bool = False,
         when: int | None = None,
         stream: bool = False,
-    ) -> tuple[Task[_Waiter], _Waiter]:
-        task: Task[_Waiter] = Task(
+    ) -> tuple[Task[Waiter], Waiter]:
+        task: Task[Waiter] = Task(
             check_name(function),
             as_bytes(data),
             unique=check_unique(unique),
@@ -347,13 +218,13 @@ class AsyncClient:
             when=when,
         )
         conn = await self._any_connection(task.unique)
-        waiter = _Waiter(asyncio.get_running_loop(), stream)
+        waiter = Waiter(asyncio.get_running_loop(), stream)
         task.owner = waiter
         conn.session.submit(task)
         conn.send_soon()
         return task, waiter
 
-    def _resubmit(self, task: Task[_Waiter], lost_conn: _Connection) -> None:
+    def _resubmit(self, task: Task[Waiter], lost_conn: ServerConnection) -> None:
         """The rule of farm.protocol.client.may_resubmit, asynchronously: another server, once."""
         lost = lost_conn.addr
         self._picker.mark_down(lost)
@@ -371,7 +242,7 @@ class AsyncClient:
 
         asyncio.ensure_future(again())
 
-    def abandon(self, task: Task[_Waiter]) -> None:
+    def abandon(self, task: Task[Waiter]) -> None:
         """Stop waiting for ``task``: what the server sends of it is dropped, and the client
         keeps nothing of it (the job itself runs on)."""
         conn = self._conns.get(task.server or "")
@@ -380,7 +251,7 @@ class AsyncClient:
 
     # -- connections --
 
-    async def _any_connection(self, unique: str) -> _Connection:
+    async def _any_connection(self, unique: str) -> ServerConnection:
         errors: list[str] = []
         for addr in self._picker.order(unique):
             try:
@@ -389,7 +260,7 @@ class AsyncClient:
                 errors.append(str(exc))
         raise ServerUnavailable("no job server is reachable; tried " + ", ".join(errors))
 
-    async def _connect(self, addr: str) -> _Connection:
+    async def _connect(self, addr: str) -> ServerConnection:
         conn = self._conns.get(addr)
         if conn is not None and conn.transport is not None:
             return conn
@@ -400,15 +271,17 @@ class AsyncClient:
             pending.add_done_callback(lambda _: self._connecting.pop(addr, None))
         return await asyncio.shield(pending)
 
-    async def _open(self, addr: str) -> _Connection:
+    async def _open(self, addr: str) -> ServerConnection:
         loop = asyncio.get_running_loop()
         target = parse_address(addr)
         try:
             if target.kind == "unix":
-                opening = loop.create_unix_connection(lambda: _Connection(addr, loop), target.path)
+                opening = loop.create_unix_connection(
+                    lambda: ServerConnection(addr, loop), target.path
+                )
             else:
                 opening = loop.create_connection(
-                    lambda: _Connection(addr, loop), target.host, target.port
+                    lambda: ServerConnection(addr, loop), target.host, target.port
                 )
             _, conn = await asyncio.wait_for(opening, self.connect_timeout)
         except (OSError, TimeoutError) as exc:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import select
 import selectors
-import socket
 import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from farm.client.blockingconn import Callbacks, Conn
 from farm.client.serverpick import ServerPicker
 from farm.client.taskset import task_set
 from farm.discovery import client_servers
@@ -27,15 +26,11 @@ from farm.protocol import ProtocolError
 from farm.protocol.checks import as_bytes, check_name, check_priority, check_schedule, check_unique
 from farm.protocol.client import (
     ClientSession,
-    JobData,
     JobEnded,
-    JobProgress,
     JobStatus,
-    JobWarning,
     Query,
     Reply,
     Task,
-    TaskEvent,
     TaskListener,
     lost_error,
     may_resubmit,
@@ -45,51 +40,6 @@ __all__ = ["Client", "Task", "JobStatus"]
 
 
 log = logging.getLogger("farm.client")
-
-
-class _Callbacks:
-    """The listener of a ``call`` with progress callbacks: each event to its callback."""
-
-    __slots__ = ("on_status", "on_data", "on_warning")
-
-    def __init__(
-        self,
-        on_status: Callable[[int, int], Any] | None,
-        on_data: Callable[[bytes], Any] | None,
-        on_warning: Callable[[bytes], Any] | None,
-    ) -> None:
-        self.on_status = on_status
-        self.on_data = on_data
-        self.on_warning = on_warning
-
-    def task_event(self, event: TaskEvent) -> None:
-        if type(event) is JobProgress:
-            if self.on_status:
-                self.on_status(event.numerator, event.denominator)
-        elif type(event) is JobData:
-            if self.on_data:
-                self.on_data(event.data)
-        elif type(event) is JobWarning and self.on_warning:
-            self.on_warning(event.data)
-
-
-class _Conn:
-    __slots__ = ("addr", "sock", "session", "answered")
-
-    def __init__(self, addr: str, sock: socket.socket) -> None:
-        self.addr = addr
-        self.sock = sock
-        self.session = ClientSession(addr)
-        self.answered = False  # the server has said something on this connection
-
-    def why_closed(self) -> str:
-        """How to word a close: a TLS server that refuses our certificate closes at once."""
-        if isinstance(self.sock, ssl.SSLSocket) and not self.answered:
-            return (
-                "closed the TLS connection before answering (a server that requires client"
-                " certificates does so when ours is missing or not trusted: FARM_TLS_CERT)"
-            )
-        return "went away"
 
 
 class Client:
@@ -112,7 +62,7 @@ class Client:
         self.servers = parse_servers(client_servers() if servers is None else servers)
         self.connect_timeout = connect_timeout
         self.tls = tls  # see farm.net.tls_context
-        self._conns: dict[str, _Conn] = {}
+        self._conns: dict[str, Conn] = {}
         self._picker = ServerPicker(self.servers)
         self._selector = selectors.DefaultSelector()
 
@@ -137,7 +87,7 @@ class Client:
         """
         task = self._new_task(function, data, priority, unique)
         if on_status or on_data or on_warning:
-            task.owner = _Callbacks(on_status, on_data, on_warning)
+            task.owner = Callbacks(on_status, on_data, on_warning)
         self._submit_task(task)
         try:
             return self.wait(task, timeout)
@@ -291,32 +241,19 @@ class Client:
             when=when,
         )
 
-    def _connection(self, addr: str) -> _Conn:
+    def _connection(self, addr: str) -> Conn:
         conn = self._conns.get(addr)
         if conn is not None:
-            if conn.session.busy or not self._went_away(conn):
+            if conn.session.busy or not conn.went_away():
                 return conn
             self._drop(conn)
         sock = connect(addr, self.connect_timeout, self.tls)
-        conn = _Conn(addr, sock)
+        conn = Conn(addr, sock)
         conn.session.option("exceptions")  # so WORK_EXCEPTION reaches us, not just WORK_FAIL
         self._conns[addr] = conn
         self._selector.register(sock, selectors.EVENT_READ, conn)
         self._picker.mark_up(addr)
         return conn
-
-    @staticmethod
-    def _went_away(conn: _Conn) -> bool:
-        """An idle connection the server closed (e.g. it restarted since our last job)."""
-        if isinstance(conn.sock, ssl.SSLSocket):
-            # No MSG_PEEK through TLS; an idle server has nothing to say unless it is leaving.
-            return bool(select.select([conn.sock], [], [], 0)[0])
-        try:
-            return conn.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
 
     def _submit_task(self, task: Task[TaskListener], exclude: str | None = None) -> None:
         tried: list[str] = []
@@ -372,7 +309,7 @@ class Client:
             for key, _ in select(timeout):
                 self._read(key.data)
 
-    def _read(self, conn: _Conn) -> None:
+    def _read(self, conn: Conn) -> None:
         try:
             data = recv(conn.sock, 262144)
         except ssl.SSLError as exc:  # e.g. the server refused our certificate after the handshake
@@ -403,7 +340,7 @@ class Client:
                 # The rest of this read's events (other jobs' endings) must still be filed.
                 log.exception("farm.Client: a progress callback raised")
 
-    def _close(self, conn: _Conn) -> None:
+    def _close(self, conn: Conn) -> None:
         if self._conns.get(conn.addr) is conn:
             del self._conns[conn.addr]
             try:
@@ -412,7 +349,7 @@ class Client:
                 pass
         conn.sock.close()
 
-    def _drop(self, conn: _Conn, why: str = "went away") -> None:
+    def _drop(self, conn: Conn, why: str = "went away") -> None:
         """The server went away: resubmit what may be (unique key, once), fail the rest."""
         self._close(conn)
         self._picker.mark_down(conn.addr)
