@@ -48,6 +48,10 @@ HEALTHY_AFTER = 60.0
 BACKOFF_CAP = 30.0
 #: Consecutive crashes after which a slot is reported as failing.
 FAILING_AFTER = 3
+#: Deaths in a job (not the worker's fault: the server bounds a job's tries with
+#: job_retries) restarted at once and not counted as failures, per healthy run; past
+#: them (job_retries = 0 and a job that kills every worker) they count and back off.
+FREE_JOB_CRASHES = 20
 
 
 def crash_delay(failures: int) -> float:
@@ -216,11 +220,12 @@ class RestartHistory:
     next_start: float = 0.0  # monotonic time before which no new process starts
     failing: bool = False
     last_exit: str = ""
+    job_crashes: int = 0  # deaths in a job since the last healthy run (FREE_JOB_CRASHES)
 
     def lived(self, seconds: float) -> None:
         """A process of this place ran ``seconds``: long enough clears the history."""
         if seconds >= HEALTHY_AFTER:
-            self.failures, self.failing = 0, False
+            self.failures, self.failing, self.job_crashes = 0, False, 0
 
     def failed(self, now: float, *, boot: bool = False) -> float:
         """An unplanned exit (or a start that failed): the delay before the next start."""
@@ -269,6 +274,12 @@ class Slot(RestartHistory):
             how, delay = f"killed: RSS over kill_rss_mb{job}", self.planned(now)
         elif code == EXIT_BOOT_ERROR:
             how, delay = f"failed to boot ({how})", self.failed(now, boot=True)
+        elif proc.busy_since is not None and self.job_crashes < FREE_JOB_CRASHES:
+            # It served, then died in a job (os._exit, a segfault in an extension): the
+            # job's doing, and a worker that booted once boots again. Backing off here let
+            # a few bad calls take a pool offline for minutes.
+            self.job_crashes += 1
+            how, delay = f"crashed in job {proc.handle}: {how}", self.planned(now)
         else:
             how = f"stopped unasked ({how})" if code == EXIT_DRAINED else f"crashed: {how}"
             delay = self.failed(now)

@@ -6,6 +6,8 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
+
 import farm
 from tests.helpers.farmproc import FarmUp
 
@@ -27,5 +29,27 @@ def test_executor_runs_on_the_supervised_pinned_pool(tmp_path: Path) -> None:
             pids = set(pool.map(lambda _: os.getpid(), range(40)))
             assert sum(pool.map(lambda x: x * x, range(100), chunksize=10)) == 328350
         assert pids <= {row["pid"] for row in rows}
+    finally:
+        assert up.stop() == 0
+
+
+def test_calls_that_kill_their_worker_leave_the_pool_serving(tmp_path: Path) -> None:
+    """A call that kills its worker (os._exit) is run job_retries times, each in a fresh
+    worker; each death is the job's, so the slot restarts at once. Counted as crashes, a
+    few such calls marked both slots failing and stalled every caller for minutes."""
+    key = tmp_path / "state" / "executor.key"
+    up = FarmUp(tmp_path, FUNCTIONS, extra_env={"FARM_KEY_FILE": str(key)})
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"farm.python": 2})
+        with farm.Executor(servers=f"unix:{up.unix}", key_file=str(key)) as pool:
+            for _ in range(4):  # one after another: each is its own job, run 3 times
+                with pytest.raises(farm.WorkerLost):
+                    pool.submit(os._exit, 1).result(timeout=60)
+            assert not up.workers("farm.python", "failing")
+            assert pool.submit(abs, -3).result(timeout=30) == 3
+        log = up.read_log()
+        assert "crashed in job" in log and "restarting now" in log
+        assert "slot failing" not in log
     finally:
         assert up.stop() == 0

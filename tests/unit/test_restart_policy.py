@@ -9,6 +9,7 @@ from farm.pools.slots import (
     EXIT_BOOT_ERROR,
     EXIT_RECYCLE,
     EXIT_RSS_KILLED,
+    FREE_JOB_CRASHES,
     Slot,
     WorkerProcess,
     boot_delay,
@@ -63,3 +64,21 @@ def test_exits_are_told_apart() -> None:
     assert slot.failing and slot.failures == 3  # FAILING_AFTER consecutive crashes
     slot.note_exit(proc(started=0.0), status(1), now=100)  # lived 100 s: history starts over
     assert slot.failures == 1 and not slot.failing
+
+
+def test_a_death_in_a_job_restarts_at_once_without_counting_as_a_failure() -> None:
+    """A call that kills its worker (os._exit) is retried by the server up to job_retries
+    times: each death is the job's, and a slot backing off for it took the pool offline."""
+    slot = Slot("f", 0, 0)
+    for n in range(FREE_JOB_CRASHES):
+        busy = proc()
+        busy.handle, busy.busy_since = f"H:{n}", 100.0
+        how, delay = slot.note_exit(busy, status(1), now=101)
+        assert delay == 0 and how == f"crashed in job H:{n}: exited with code 1", how
+    assert slot.failures == 0 and not slot.failing
+    busy = proc()
+    busy.handle, busy.busy_since = "H:x", 100.0
+    how, delay = slot.note_exit(busy, status(1), now=101)  # past them: a crash loop backs off
+    assert how.startswith("crashed: ") and slot.failures == 1
+    slot.note_exit(proc(started=0.0), status(1), now=100)  # a healthy run: free ones again
+    assert slot.job_crashes == 0
