@@ -61,11 +61,11 @@ class Poller:
         else:  # pragma: no cover
             self._selector.unregister(fd)
 
-    def select(self) -> list[tuple[Any, int]]:
+    def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
         if not _EPOLL:  # pragma: no cover
-            return [(key.data, mask) for key, mask in self._selector.select()]
+            return [(key.data, mask) for key, mask in self._selector.select(timeout)]
         try:
-            ready = self._epoll.poll()
+            ready = self._epoll.poll(-1 if timeout is None else timeout)
         except InterruptedError:
             return []
         out = []

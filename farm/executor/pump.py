@@ -19,8 +19,8 @@ module is the thread, its lock, the connections, and the reading and writing.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
+import time
 from collections import deque
 
 from farm.client.serverpick import ServerPicker
@@ -40,13 +40,14 @@ from farm.executor.flight import (
     partial,
     take,
 )
+from farm.executor.links import Conn, Links
 from farm.executor.payload import NO_SETUP, RemoteTraceback
 from farm.executor.poller import READ, WRITE, Poller
 from farm.executor.signing import Signer
 from farm.executor.waithere import WaitHere
-from farm.net import Waker, connect
-from farm.protocol import OPTION_LAZY_CREATED, ProtocolError
-from farm.protocol.client import ClientSession, JobData, JobEnded, Task, lost_error
+from farm.net import Waker
+from farm.protocol import ProtocolError
+from farm.protocol.client import JobData, JobEnded, Task, lost_error
 
 # Call, WorkItem, BrokenFarmExecutor, fail_broken and MAX_BATCH live in farm.executor.flight;
 # they are named here too, where the executor and older code import them.
@@ -57,18 +58,7 @@ log = logging.getLogger("farm.executor")
 READ_WRITE = READ | WRITE
 
 
-class _Conn:
-    __slots__ = ("addr", "sock", "session", "out", "events")
-
-    def __init__(self, addr: str, sock: socket.socket) -> None:
-        self.addr = addr
-        self.sock = sock
-        self.session = ClientSession(addr)
-        self.out = bytearray()  # bytes the kernel did not take yet (we never block on send)
-        self.events = READ
-
-
-class Pump(WaitHere):
+class Pump(Links, WaitHere):
     """Moves work items to job servers and outcomes to futures (see the module docstring)."""
 
     def __init__(
@@ -112,7 +102,7 @@ class Pump(WaitHere):
         # that finds it free sends its call itself (see put). Guards all below.
         self._lock = threading.Lock()
         # Pump-thread state only.
-        self._conns: dict[str, _Conn] = {}
+        self._conns: dict[str, Conn] = {}
         self._picker = ServerPicker(servers)
         self._in_flight = 0
         # Every flight from the moment its first call leaves the deque until its job
@@ -124,6 +114,8 @@ class Pump(WaitHere):
         # What went wrong while another thread read replies in wait_here: raised by the
         # pump thread, which breaks the executor as for its own failures.
         self._deferred: BaseException | None = None
+        # No server took a connection since then (0: they do), and when to try again.
+        self._down_since = self._retry_at = 0.0
 
     # -- called from other threads --
 
@@ -204,12 +196,13 @@ class Pump(WaitHere):
                 if self._idle_and_stopping():
                     break
                 self._sleeping = True
-                if self._pending and self._in_flight < self._refill_below:
+                retry = self._retry_at and max(0.0, self._retry_at - time.monotonic())
+                if self._pending and self._in_flight < self._refill_below and not retry:
                     self._sleeping = False  # something arrived since we looked: no sleep
                     continue
                 lock.release()
                 try:
-                    ready = self._selector.select()
+                    ready = self._selector.select(retry if self._pending and retry else None)
                 finally:
                     lock.acquire()
                 self._sleeping = False
@@ -250,18 +243,26 @@ class Pump(WaitHere):
             return
         flights = self._flights
         while pending and self._in_flight < self.max_in_flight:
+            if self._retry_at > time.monotonic():
+                return  # waiting for a server to come back
+            try:
+                conn = self._connection()
+            except ServerUnavailable as exc:
+                if self._may_come_back():
+                    return
+                conn, down = None, ServerUnavailable(f"{exc}, for {self.connect_timeout:g}s")
             flight = Flight([])
             flights.add(flight)  # before a call leaves the deque: _break finds it anywhere
             items = take(pending, flight.items, self.max_batch, self.workers)
             if not items:
                 flights.discard(flight)
                 continue  # all cancelled while they waited here
-            try:
-                conn = self._connection()
-            except ServerUnavailable as exc:
+            if conn is None:
                 for item in items:
-                    item.future.set_exception(exc)
+                    item.future.set_exception(down)
                 flights.discard(flight)
+                if not pending:
+                    self._down_since = self._retry_at = 0.0  # the next calls wait again
                 continue
             payload = flight.payload(self.signer, self.call_ttl, self.setup)
             task: Task[Flight] = Task(self.function, payload, priority=self.priority)
@@ -269,36 +270,13 @@ class Pump(WaitHere):
             conn.session.submit(task)
             self._in_flight += 1
 
-    def _connection(self) -> _Conn:
-        """A connection for the next job: rotate over servers, skipping refusing ones."""
-        tried = []
-        for addr in self._picker.order():
-            conn = self._conns.get(addr)
-            if conn is not None:
-                return conn
-            try:
-                sock = connect(addr, self.connect_timeout)
-            except OSError as exc:
-                tried.append(f"{addr} ({exc.strerror or exc})")
-                self._picker.mark_down(addr)
-                continue
-            sock.setblocking(False)
-            conn = self._conns[addr] = _Conn(addr, sock)
-            conn.session.option("exceptions")  # WORK_EXCEPTION, not WORK_FAIL, for refusals
-            # No wake-up for a JOB_CREATED alone: it may ride with the job's result (farm's
-            # extension, docs/held-grab.md; gearmand refuses it and nothing changes).
-            conn.session.option(OPTION_LAZY_CREATED.decode())
-            self._selector.register(sock.fileno(), READ, conn)
-            return conn
-        raise ServerUnavailable("no job server is reachable; tried " + ", ".join(tried))
-
     def _flush(self) -> None:
         for conn in list(self._conns.values()):
             conn.out += conn.session.data_to_send()
             if conn.out:
                 self._write(conn)
 
-    def _write(self, conn: _Conn) -> None:
+    def _write(self, conn: Conn) -> None:
         try:
             sent = conn.sock.send(conn.out)
         except BlockingIOError:
@@ -314,7 +292,7 @@ class Pump(WaitHere):
 
     # -- receiving --
 
-    def _read(self, conn: _Conn) -> None:
+    def _read(self, conn: Conn) -> None:
         if self._conns.get(conn.addr) is not conn:
             return  # dropped by a write error in this same turn
         try:
@@ -341,13 +319,13 @@ class Pump(WaitHere):
 
     # -- losing connections --
 
-    def _close(self, conn: _Conn) -> None:
+    def _close(self, conn: Conn) -> None:
         if self._conns.get(conn.addr) is conn:
             del self._conns[conn.addr]
             self._selector.unregister(conn.sock.fileno())
         conn.sock.close()
 
-    def _drop(self, conn: _Conn, why: str) -> None:
+    def _drop(self, conn: Conn, why: str) -> None:
         """The server went away: every call it held fails (it may or may not have run)."""
         log.warning("job server %s %s", conn.addr, why)
         self._close(conn)

@@ -26,7 +26,7 @@ __all__ = ["WaitHere"]
 
 
 class Link(Protocol):
-    """What this reads of the pump's connection (farm.executor.pump._Conn)."""
+    """What this reads of the pump's connection (farm.executor.links.Conn)."""
 
     addr: str
     sock: socket.socket

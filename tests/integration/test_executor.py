@@ -646,3 +646,27 @@ def test_a_captured_call_does_not_run_again_on_a_restarted_server(tmp_path: Path
                         client.call("farm.python", call, timeout=30)
         finally:
             fresh.stop()
+
+
+def test_calls_that_never_left_wait_for_a_server_that_comes_back(tmp_path: Path) -> None:
+    """A supervised server is back within a second of a crash: calls still waiting in the
+    executor wait for it (up to connect_timeout) instead of failing at once with "no job
+    server is reachable" (only calls the dead server held have an unknown outcome)."""
+    f = ExecutorFarm(tmp_path)
+    try:
+        with f.executor(connect_timeout=30) as ex:
+            assert ex.submit(add, 1, b=1).result(timeout=30) == 2
+            port = f.server.port
+            f.server.stop()
+            wait_for("the executor saw its server go", lambda: not ex._pump._conns)
+            futures = [ex.submit(add, i, b=0) for i in range(5)]
+            assert not any(fu.done() for fu in futures)  # waiting, not failed
+            f.server = start_farm_server("--job-retries", "1", port=port, unix=f.unix)
+            assert [fu.result(timeout=30) for fu in futures] == list(range(5))
+        with f.executor(connect_timeout=0.5) as ex:
+            f.server.stop()
+            late = ex.submit(add, 1, b=2)
+            with pytest.raises(farm.ServerUnavailable, match=r"no job server is reachable"):
+                late.result(timeout=30)  # after connect_timeout: it fails, and says so
+    finally:
+        f.stop()
