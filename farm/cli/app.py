@@ -58,21 +58,27 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def control_socket(config: Path | None, control: str | None) -> str:
+    """``--control``, else the config's control socket (one line and exit 2 if unreadable)."""
+    if control is not None:
+        return control
+    from farm.config import control_path
+
+    try:
+        return control_path(config)
+    except ConfigError as e:
+        # A config broken while the farm runs must not lock its operator out of it.
+        fail(f"{e} (to reach the running farm anyway: --control PATH)", 2)
+
+
 def ask_supervisor(
     config: Path | None, control: str | None, message: dict[str, Any]
 ) -> dict[str, Any]:
     """Send one control request; every failure is one line and an exit code."""
     from farm.pools.control import ControlUnavailable, request
 
-    if control is None:
-        from farm.config import control_path
-
-        try:
-            control = control_path(config)
-        except ConfigError as e:
-            fail(str(e), 2)
     try:
-        reply = request(control, message)
+        reply = request(control_socket(config, control), message)
     except ControlUnavailable as e:
         fail(str(e), 1)
     if not reply.get("ok"):

@@ -10,7 +10,14 @@ from typing import Annotated
 
 import typer
 
-from farm.cli.app import ConfigOption, ControlOption, app, ask_supervisor, fail
+from farm.cli.app import (
+    ConfigOption,
+    ControlOption,
+    app,
+    ask_supervisor,
+    control_socket,
+    fail,
+)
 from farm.errors import ConfigError, FarmError
 
 LogFormatOption = typer.Option(
@@ -84,10 +91,15 @@ def ps(
         return
     if watch:  # farm top's live view (farm/cli/top.py), its process table only
         from farm.cli.top import live_view
-        from farm.config import control_path
 
-        path = control or control_path(config)  # ask_supervisor has checked the config already
-        raise typer.Exit(live_view(path, interval=interval, iterations=count, processes_only=True))
+        raise typer.Exit(
+            live_view(
+                control_socket(config, control),
+                interval=interval,
+                iterations=count,
+                processes_only=True,
+            )
+        )
     for line in ps_lines(rows):
         typer.echo(line)
 
@@ -144,12 +156,4 @@ def stop(
         reply = ask_supervisor(config, control, {"cmd": "stop"})
         typer.echo(f"stopping (supervisor {reply.get('pid')})")
         return
-    path = control
-    if path is None:
-        from farm.config import control_path
-
-        try:
-            path = control_path(config)
-        except ConfigError as e:
-            fail(str(e), 2)
-    follow_stop(path, wait)
+    follow_stop(control_socket(config, control), wait)

@@ -28,9 +28,8 @@ from typing import Annotated, Any
 
 import typer
 
-from farm.cli.app import app, fail
+from farm.cli.app import app, control_socket, fail
 from farm.cli.liveview import SORT_KEYS, SORT_LETTERS, FunctionRow, frame, quantile
-from farm.errors import ConfigError
 
 __all__ = ["Sampler", "Sample", "live_view"]
 
@@ -324,13 +323,7 @@ def top(
     """A live view: each function's queue, rate, run times and failures, and each process."""
     if sort not in SORT_KEYS:
         fail(f"--sort {sort}: one of {', '.join(SORT_KEYS)}", 2)
-    if control is None:
-        from farm.config import control_path
-
-        try:
-            control = control_path(config)
-        except ConfigError as e:
-            fail(str(e), 2)
+    control = control_socket(config, control)
     url = metrics
     if url is not None and "://" not in url:
         url = f"http://{url}/metrics"

@@ -95,6 +95,18 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     assert "farm.service" not in out.stderr, out.stderr  # no warnings about our unit
 
 
+@pytest.mark.parametrize("command", [["ps"], ["stop"], ["scale", "a=1"], ["reload"], ["top"]])
+def test_a_broken_config_names_the_way_to_the_running_farm(tmp_path: Path, command) -> None:
+    """An edit left farm.toml unreadable while the farm runs: the commands that only need
+    its control socket say how to reach it anyway."""
+    path = tmp_path / "farm.toml"
+    path.write_text('[functions.f]\nworkers = "bogus\n')
+    result = runner.invoke(app, [*command, "--config", str(path)])
+    assert result.exit_code == 2
+    line = one_line_error(result)
+    assert str(path) in line and "--control PATH" in line
+
+
 @pytest.mark.parametrize("command", [["ps"], ["stop"], ["scale", "a=2"], ["reload"]])
 def test_steering_commands_need_only_the_control_path(tmp_path: Path, command: list[str]) -> None:
     # The workers' modules are not importable here (no PYTHONPATH for them): commands that
