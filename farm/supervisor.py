@@ -62,6 +62,7 @@ class Supervisor(Lifecycle, CommandJobs, Restarting, Steering):
         self.retiring: list[WorkerProcess] = []  # draining or killed, no longer in a slot
         self.rollout: Rollout | None = None  # the latest `farm restart`
         self.rollouts = 0
+        self.kept_back: set[str] = set()
         self.polling = False  # a command worker starts or a restart runs: look again soon
         self.by_pid: dict[int, WorkerProcess] = {}
         self.child_env = sdnotify.child_environ()
@@ -166,19 +167,26 @@ class Supervisor(Lifecycle, CommandJobs, Restarting, Steering):
             ):
                 error: str | None
                 kept: list[str] = []
+                changed: list[str] = []
                 usage = False
                 if self.stopping:  # nothing new starts while it drains: nothing to apply
                     log.info("reload asked while stopping: ignored")
                     error = "the farm is stopping; nothing was reloaded"
                 else:
-                    error, kept = self.reload()
+                    error, kept, changed = self.reload()
                     usage = True  # a bad config: exit 2, as for `farm up`
                 reply: dict[str, Any] = {"ok": error is None, "not_applied": kept}
                 if error:
                     reply["error"] = error
                     reply["usage"] = usage
-                elif item.arg == "restart":  # `farm reload --restart`
-                    reply = {**self.start_restart(self.restart_picks([])), "not_applied": kept}
+                elif item.arg == "restart" or (changed and not self.rolling_any()):
+                    # `farm reload --restart` replaces every worker; a plain reload those of
+                    # the pools it changed, as `farm restart` does: each new process beside
+                    # the old one, which keeps its slot if the new one does not boot.
+                    picks = (
+                        self.restart_picks([]) if item.arg == "restart" else dict.fromkeys(changed)
+                    )
+                    reply = {**self.start_restart(picks), "not_applied": kept}
                 if item.conn is not None:
                     item.conn.reply(reply)
             elif item.action is Duty.STOP or item.arg in (signal.SIGTERM, signal.SIGINT):
@@ -245,7 +253,8 @@ class Supervisor(Lifecycle, CommandJobs, Restarting, Steering):
                     proc is not None
                     and pool is not None
                     and proc.options != pool.options()
-                    and not self.rolling(name)  # `farm reload --restart` replaces it
+                    and not self.rolling(name)  # a reload's rollout replaces it
+                    and name not in self.kept_back  # its new options did not boot
                 ):
                     log.info("worker %s: target or options changed; replacing it", proc.name)
                     self.retire(proc, pool)

@@ -130,12 +130,13 @@ def reload(
         False, "--restart", help="then replace every worker, as `farm restart` does"
     ),
 ) -> None:
-    """Re-read the config: apply changed counts, restart pools whose target or options changed."""
+    """Re-read the config: apply changed counts, restart pools whose target or options changed
+    (each new process beside the old one, which stays if the new one does not boot: exit 1)."""
     reply = ask_supervisor(config, control, {"cmd": "reload", "restart": restart})
     typer.echo("reloaded")
     for note in reply.get("not_applied", ()):  # the pools changed; these wait for a restart
         typer.echo(f"not applied: {note}", err=True)
-    if restart:
+    if "restart" in reply:  # --restart, or pools whose target or options changed
         from farm.cli.deploy import follow_restart  # registers nothing new: cli imports it
 
         follow_restart(reply, lambda: ask_supervisor(config, control, {"cmd": "restart-status"}))

@@ -80,6 +80,7 @@ class Restarting:
     server: LocalServer
     rollout: Rollout | None
     rollouts: int
+    kept_back: set[str]  # pools whose new options did not boot: they keep their old workers
 
     # Provided by Lifecycle (farm.pools.lifecycle); declared for the type checker.
     start_process: Callable[[Slot, FunctionConfig], WorkerProcess | None]
@@ -94,6 +95,7 @@ class Restarting:
                 "error": f"a restart is under way ({self.progress(self.rollout)}); wait for it",
             }
         queue = {}
+        self.kept_back -= picks.keys()  # their new processes get another try
         for name, indices in picks.items():
             have = len(self.slots.get(name, ()))
             queue[name] = list(range(have)) if indices is None else [i for i in indices if i < have]
@@ -112,6 +114,9 @@ class Restarting:
     @staticmethod
     def progress(rollout: Rollout) -> str:
         return ", ".join(f"{n}: {rollout.replaced[n]}/{t}" for n, t in rollout.total.items())
+
+    def rolling_any(self) -> bool:
+        return self.rollout is not None and not self.rollout.done
 
     def rolling(self, name: str) -> bool:
         """Whether a rollout is replacing this pool's processes (reload leaves them to it)."""
@@ -194,6 +199,8 @@ class Restarting:
             self.fail_pool(ro, slot.function, message)
 
     def fail_pool(self, ro: Rollout, name: str, message: str) -> None:
-        """Stop replacing ``name``'s slots: a deploy that does not boot is not pushed on."""
+        """Stop replacing ``name``'s slots: a deploy that does not boot is not pushed on, and
+        the old processes keep serving (until the next reload or restart of the pool)."""
         ro.failed.append(message)
         ro.queue[name] = []
+        self.kept_back.add(name)

@@ -65,6 +65,9 @@ class Steering:
     selector: selectors.BaseSelector
     started: float
     exits: Exits  # (pool, cause) -> workers replaced, for the metrics
+    # Pools whose new target or options did not boot in a reload's rollout: their running
+    # workers keep the old ones until the next reload (farm.pools.rollout.fail_pool).
+    kept_back: set[str]
     metrics_server: Any  # the /metrics HTTP server (farm.pools.metrics), None when off
     by_pid: dict[int, WorkerProcess]
     # `farm stop` clients that follow the drain, the workers it killed, when they last heard.
@@ -322,9 +325,10 @@ class Steering:
                 conn.sock.close()
             self.drain_followers = ()
 
-    def reload(self) -> tuple[str | None, list[str]]:
-        """Re-read the config: apply changed counts, restart pools whose target/options changed.
-        Returns why it refused the file (None: applied), and what it did not apply."""
+    def reload(self) -> tuple[str | None, list[str], list[str]]:
+        """Re-read the config: apply changed counts; pools whose target or options changed
+        are to be replaced. Returns why it refused the file (None: applied), what it did
+        not apply, and the pools whose workers are to be replaced."""
         sdnotify.notify(
             "RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
         )
@@ -336,7 +340,7 @@ class Steering:
                 log.exception("reading the config failed")
             log.error("reload failed, keeping the running config: %s", why)
             sdnotify.notify("READY=1")
-            return why, []
+            return why, [], []
         old = self.config
         kept = []
         for section in ("server", "supervisor", "executor"):
@@ -346,6 +350,8 @@ class Steering:
         # Only the pools change while the farm runs.
         new = replace(new, server=old.server, supervisor=old.supervisor, executor=old.executor)
         self.config = new
+        self.kept_back.clear()  # a new config: pools kept on their old options try again
+        changed = []
         for name, pool in new.functions.items():
             before = old.functions.get(name)
             if before is None or before.workers != pool.workers:
@@ -354,6 +360,7 @@ class Steering:
                 log.info(
                     "reload: %s changed (target or options); its workers will be replaced", name
                 )
+                changed.append(name)
                 for slot in self.slots.get(name, ()):  # a fixed target need not wait out a backoff
                     slot.failures, slot.failing, slot.next_start = 0, False, 0.0
         for name in old.functions.keys() - new.functions.keys():
@@ -361,4 +368,4 @@ class Steering:
             self.targets.pop(name, None)
         log.info("reloaded %s", new.source)
         sdnotify.notify("READY=1")
-        return None, kept
+        return None, kept, changed

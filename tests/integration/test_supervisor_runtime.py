@@ -276,3 +276,32 @@ def test_reload_with_a_fixed_target_revives_a_failing_slot_at_once(tmp_path: Pat
             client.close()
     finally:
         assert up.stop() == 0
+
+
+def test_reload_to_a_target_that_does_not_boot_keeps_the_old_workers(tmp_path: Path) -> None:
+    """A reload replaces a changed pool's workers as `farm restart` does: the new process
+    starts beside the old one, and when it does not boot the old one keeps serving and
+    `farm reload` exits 1 saying so (it had drained the healthy worker and said "reloaded")."""
+    (tmp_path / "good.py").write_text("def job(j):\n    return b'old'\n")
+    (tmp_path / "broken.py").write_text("raise ImportError('missing')\ndef job(j): ...\n")
+    up = FarmUp(tmp_path, '[functions.f]\ntarget = "good:job"\nworkers = 1\n')
+    try:
+        up.expect_notify("READY=1")
+        (before,) = up.wait_idle({"f": 1})
+        up.write_config('[functions.f]\ntarget = "broken:job"\nworkers = 1\n')
+        out = farm_cli("reload", "--control", up.control)
+        assert out.returncode == 1, (out.stdout, out.stderr)
+        assert "the old one" in out.stderr and "stays" in out.stderr, out.stderr
+        (row,) = up.workers("f")
+        assert row["pid"] == before["pid"] and row["state"] == "idle"
+        client = Client(up.addr)
+        try:
+            assert client.call("f", "", timeout=10) == b"old"
+        finally:
+            client.close()
+        # Fixed: the next reload replaces it.
+        up.write_config('[functions.f]\ntarget = "good:job"\nworkers = 2\n')
+        assert farm_cli("reload", "--control", up.control).returncode == 0
+        up.wait_idle({"f": 2})
+    finally:
+        assert up.stop() == 0
