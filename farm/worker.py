@@ -1,6 +1,6 @@
 """The blocking worker: register functions, then grab, run and answer jobs.
 
-The grab/sleep/wake cycle of each server connection is ``farm.protocol.client.WorkerSession``;
+The grab/sleep/wake cycle of each server connection is ``farm.protocol.worker.WorkerSession``;
 this module drives it with one selector over every server socket plus a
 wake-up socketpair, so ``stop()`` works from a signal handler or another
 thread. In the main thread the socketpair is also the signal wake-up fd: a signal that
@@ -23,8 +23,8 @@ from typing import Any
 
 from farm.discovery import client_servers
 from farm.net import Waker, connect, parse_servers, recv
-from farm.protocol import MAX_TIMEOUT, ProtocolError
-from farm.protocol.checks import as_bytes
+from farm.protocol import ProtocolError
+from farm.protocol.checks import as_bytes, check_timeout
 from farm.protocol.events import ServerErrorNotice
 from farm.protocol.worker import JobAssigned, WorkerSession, WorkerState
 
@@ -58,18 +58,20 @@ class _Server:
 class Job:
     """A job in a worker function's hands.
 
-    ``data`` (bytes), ``text`` (data as UTF-8), ``handle``, ``function`` and
-    ``unique``; ``send_status``, ``send_data`` and ``send_warning`` reach the
-    waiting clients at once, while the function still runs.
+    ``data`` (bytes), ``text`` (data as UTF-8), ``handle``, ``function``,
+    ``unique`` and ``timeout`` (the seconds registered for the function, or None);
+    ``send_status``, ``send_data`` and ``send_warning`` reach the waiting clients
+    at once, while the function still runs.
     """
 
-    __slots__ = ("data", "handle", "function", "unique", "_worker", "_server")
+    __slots__ = ("data", "handle", "function", "unique", "timeout", "_worker", "_server")
 
     def __init__(self, event: JobAssigned, worker: Worker, server: _Server) -> None:
         self.data = event.data
         self.handle = event.handle
         self.function = event.function
         self.unique = event.unique
+        self.timeout = worker._timeouts.get(event.function)  # past it the server fails it
         self._worker = worker
         self._server = server
 
@@ -155,16 +157,7 @@ class Worker:
             raise ValueError(f"function name must be a non-empty str without NUL, not {name!r}")
         if not callable(fn):
             raise TypeError(f"{name}: the worker function must be callable, not {fn!r}")
-        if timeout is not None and (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not 0 < timeout <= MAX_TIMEOUT  # also refuses nan and inf
-        ):
-            # A server refuses a longer CAN_DO_TIMEOUT and closes the connection: said here,
-            # not found out by reconnecting for ever.
-            raise ValueError(
-                f"{name}: timeout must be a number of seconds > 0 and at most {MAX_TIMEOUT}"
-            )
+        check_timeout(name, timeout)
         self._functions[name] = fn
         self._timeouts[name] = timeout
         for server in self._servers:

@@ -157,7 +157,7 @@ def take(
     except IndexError:  # emptied since the caller looked (shutdown's cancel_futures)
         return items
     items.append(first)
-    if not first.future.set_running_or_notify_cancel():
+    if not _start(first):
         items.pop()
         return items
     kind = first.call.kind
@@ -186,9 +186,15 @@ def take(
             break
         budget -= len(got.call.body)
         items.append(got)
-        if not got.future.set_running_or_notify_cancel():
+        if not _start(got):
             items.pop()
     return items
+
+
+def _start(item: WorkItem) -> bool:
+    """Mark the call running (False: it was cancelled while it waited). A call a batch left
+    unrun comes back running, and stays so."""
+    return item.future.running() or item.future.set_running_or_notify_cancel()
 
 
 def partial(task: Task[Flight], signer: Signer, data: bytes) -> None:
@@ -198,8 +204,9 @@ def partial(task: Task[Flight], signer: Signer, data: bytes) -> None:
         _resolve_batch(task, flight, signer, data)
 
 
-def complete(task: Task[Flight], signer: Signer) -> None:
-    """The job ended: settle every call it carried (InitializerFailed breaks the pump)."""
+def complete(task: Task[Flight], signer: Signer) -> list[WorkItem]:
+    """The job ended: settle every call it carried (InitializerFailed breaks the pump).
+    Returns the calls of a batch its worker left unrun, to send again."""
     flight = flight_of(task)
     error = task.error
     if error is not None:
@@ -209,19 +216,28 @@ def complete(task: Task[Flight], signer: Signer) -> None:
                 " the call's outcome is unknown"
             )
         flight.fail(error)
-        return
+        return []
     if flight.batched:
         _resolve_batch(task, flight, signer, task.result or b"")
-        for item in flight.items:  # a well-formed batch leaves none; a broken one says so
-            if not item.future.done():
+        unrun = [item for item in flight.items if not item.future.done()]
+        # A worker under a pool timeout runs a batch's first calls only (call._run_batch):
+        # the rest go again. A batch that settled none of its calls is broken, and says so.
+        if len(unrun) == len(flight.items):
+            for item in unrun:
                 item.future.set_exception(JobError(f"job {task.handle} lost this call"))
-        return
+            return []
+        return unrun
+    return _complete_one(task, flight, signer)
+
+
+def _complete_one(task: Task[Flight], flight: Flight, signer: Signer) -> list[WorkItem]:
     try:
         outcome = _open(task, flight, signer, task.result or b"")
     except Exception as exc:
         flight.items[0].future.set_exception(exc)
-        return
+        return []
     _settle(flight.items[0].future, outcome)
+    return []
 
 
 def _resolve_batch(task: Task[Flight], flight: Flight, signer: Signer, data: bytes) -> None:

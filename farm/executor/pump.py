@@ -312,7 +312,9 @@ class Pump(Links, WaitHere):
         for event in events:
             if isinstance(event, JobEnded):
                 self._in_flight -= 1
-                complete(event.task, self.signer)
+                unrun = complete(event.task, self.signer)
+                if unrun:  # a batch cut short by its pool's timeout: these go again, first
+                    self._pending.extendleft(reversed(unrun))
                 self._flights.discard(flight_of(event.task))  # not before: _break still finds it
             elif isinstance(event, JobData):
                 partial(event.task, self.signer, event.data)

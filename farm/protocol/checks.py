@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 
-from farm.protocol.codec import MAX_UNIQUE
+from farm.protocol.codec import MAX_TIMEOUT, MAX_UNIQUE
 from farm.protocol.kinds import PRIORITY_NAMES
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "check_unique",
     "check_priority",
     "check_schedule",
+    "check_timeout",
 ]
 
 
@@ -70,3 +71,18 @@ def check_schedule(when: object, priority: str, background: bool) -> tuple[int |
     if priority != "normal":
         raise ValueError("a scheduled (when=) job has no priority; leave it 'normal'")
     return as_epoch(when), True
+
+
+def check_timeout(name: str, timeout: object) -> float | None:
+    """A worker's CAN_DO_TIMEOUT for ``name``: seconds > 0, at most MAX_TIMEOUT, or None.
+    A server refuses a longer one and closes the connection: said here, not found out by
+    reconnecting for ever."""
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout <= MAX_TIMEOUT  # also refuses nan and inf
+    ):
+        raise ValueError(
+            f"{name}: timeout must be a number of seconds > 0 and at most {MAX_TIMEOUT}"
+        )
+    return timeout

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
 
 import farm
+from farm.executor.signing import KEY_ENV
 from tests.helpers.farmproc import FarmUp
 
 FUNCTIONS = """
@@ -51,5 +53,25 @@ def test_calls_that_kill_their_worker_leave_the_pool_serving(tmp_path: Path) -> 
         log = up.read_log()
         assert "crashed in job" in log and "restarting now" in log
         assert "slot failing" not in log
+    finally:
+        assert up.stop() == 0
+
+
+def test_short_calls_batched_under_a_pool_timeout_all_run(tmp_path: Path) -> None:
+    """Calls piled up travel in batches; under a pool's `timeout` a worker runs a batch's
+    calls only while 3/4 of it lasts, and the caller sends the rest again. A batch of
+    short calls used to outlive the timeout: its calls failed with WorkerLost."""
+    key = tmp_path / "state" / "executor.key"
+    timed = '[functions."farm.timed"]\ntarget = "farm.executor.call:run_call"\n'
+    up = FarmUp(tmp_path, timed + "workers = 2\ntimeout = 2\n", extra_env={KEY_ENV: str(key)})
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"farm.timed": 2})
+        with farm.Executor(
+            servers=f"unix:{up.unix}", key_file=str(key), function="farm.timed"
+        ) as ex:
+            futures = [ex.submit(time.sleep, 0.3) for _ in range(40)]
+            assert [f.result(timeout=120) for f in futures] == [None] * 40
+        assert "ran past its 2s timeout" not in up.read_log()
     finally:
         assert up.stop() == 0
