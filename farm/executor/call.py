@@ -280,14 +280,16 @@ def _run_batch(
         if failure is not None or fn is None:
             outcomes.append(failure)
             continue
-        began = time.monotonic()
-        if index and budget is not None and began - started + longest > budget:
-            break  # fewer outcomes than calls: the rest did not run (flight.complete)
+        if budget is not None:
+            began = time.monotonic()
+            if index and began - started + longest > budget:
+                break  # fewer outcomes than calls: the rest did not run (flight.complete)
         try:
             outcome: tuple[Any, ...] = (OK, _apply(fn, kind, pickle.loads(call)))
         except BaseException as exc:
             outcome = (ERROR, exc, _remote_traceback(exc))
-        longest = max(longest, time.monotonic() - began)
+        if budget is not None:
+            longest = max(longest, time.monotonic() - began)
         outcomes.append(outcome)
         if index + 1 < len(calls) and time.monotonic() >= flush_at:
             pickled = _dump_batch(first, outcomes)

@@ -195,11 +195,11 @@ class FunctionQueue:
         self.served = False
 
     def full(self, priority: int) -> bool:
+        limit = self.max_by_priority[priority] or self.max_total
+        if not limit:
+            return False  # no limit: nothing to count (every submit asks)
         total = self.queued + self.running
-        if self.max_total and total >= self.max_total:
-            return True
-        limit = self.max_by_priority[priority]
-        return bool(limit) and total >= limit
+        return total >= limit or bool(self.max_total) and total >= self.max_total
 
     @property
     def queued(self) -> int:
