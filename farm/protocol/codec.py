@@ -335,7 +335,8 @@ class Decoder:
                         break
                     line = bytes(src[pos:nl]).rstrip(b"\r")
                     pos = nl + 1
-                    events.append(AdminLine(line.decode("utf-8", "replace")))
+                    # Bytes that are not UTF-8 survive the round trip (function names).
+                    events.append(AdminLine(line.decode("utf-8", "surrogateescape")))
                     continue
                 if end - pos < HEADER_SIZE:
                     break

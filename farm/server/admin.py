@@ -34,7 +34,14 @@ def _unknown(command: str) -> str:
 
 
 def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "replace")
+    # Names are bytes on the wire: a name that is not UTF-8 goes back out as it came (the
+    # connection encodes replies with surrogateescape), as gearmand prints it.
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _raw(word: str) -> bytes:
+    """An admin line's word as the bytes it was (farm.protocol.codec: surrogateescape)."""
+    return word.encode("utf-8", "surrogateescape")
 
 
 def status(server: Hub, args: list[str]) -> str:
@@ -177,7 +184,7 @@ def drain(server: Hub, args: list[str]) -> str:
 def cancel(server: Hub, args: list[str]) -> str:
     if len(args) < 2 or args[0].lower() != "job":
         return _unknown("cancel")
-    return OK if server.jobs.cancel(args[1].encode()) else "ERR UNKNOWN_JOB\r\n"
+    return OK if server.jobs.cancel(_raw(args[1])) else "ERR UNKNOWN_JOB\r\n"
 
 
 def max_queue(server: Hub, args: list[str]) -> str:
@@ -187,7 +194,7 @@ def max_queue(server: Hub, args: list[str]) -> str:
         sizes = [int(a) for a in args[1:4]]
     except ValueError:
         return _incomplete("maxqueue")
-    name = args[0].encode()
+    name = _raw(args[0])
     if len(name) > MAX_FUNCTION:
         return _too_long()
     fq = server.jobs.function(name)
@@ -201,7 +208,7 @@ def max_queue(server: Hub, args: list[str]) -> str:
 def create_function(server: Hub, args: list[str]) -> str:
     if len(args) < 2 or args[0].lower() != "function":
         return _incomplete("create")
-    name = args[1].encode()
+    name = _raw(args[1])
     if len(name) > MAX_FUNCTION:
         return _too_long()
     server.jobs.function(name)
@@ -211,7 +218,7 @@ def create_function(server: Hub, args: list[str]) -> str:
 def drop_function(server: Hub, args: list[str]) -> str:
     if len(args) < 2 or args[0].lower() != "function":
         return _incomplete("drop")
-    name = args[1].encode()
+    name = _raw(args[1])
     if name not in server.jobs.functions:
         return "ERR function not found\r\n"
     if not server.jobs.drop_function(name):

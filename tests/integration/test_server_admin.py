@@ -499,3 +499,20 @@ def test_admin_on_unix_socket(tmp_path):
         s.close()
     finally:
         srv.stop()
+
+
+def test_a_function_name_that_is_not_utf8_is_shown_and_named_as_its_bytes(
+    any_server, admin_factory, peer_factory
+):
+    """gearmand prints names as the bytes they are; farm printed U+FFFD for each byte that
+    was not UTF-8, and `maxqueue` could not name such a function."""
+    w = worker(peer_factory, any_server, "x")
+    w.send(T.CAN_DO, b"\xff\xfe")
+    sync(w)
+    a = admin_factory(any_server)
+    assert b"\xff\xfe\t0\t0\t1\n" in a.listing(b"status\n")
+    assert a.line(b"maxqueue \xff\xfe 1\n") == b"OK\r\n"
+    c = peer_factory(any_server.addr)
+    submit(c, b"\xff\xfe")  # type: ignore[arg-type]  # the wire takes bytes
+    c.send(T.SUBMIT_JOB, b"\xff\xfe", b"", b"second")
+    assert c.expect(T.ERROR).args[0] == b"QUEUE_ERROR"
