@@ -179,14 +179,16 @@ class Supervisor(Lifecycle, CommandJobs, Restarting, Steering):
                 if error:
                     reply["error"] = error
                     reply["usage"] = usage
-                elif item.arg == "restart" or (changed and not self.rolling_any()):
-                    # `farm reload --restart` replaces every worker; a plain reload those of
-                    # the pools it changed, as `farm restart` does: each new process beside
-                    # the old one, which keeps its slot if the new one does not boot.
-                    picks = (
-                        self.restart_picks([]) if item.arg == "restart" else dict.fromkeys(changed)
-                    )
-                    reply = {**self.start_restart(picks), "not_applied": kept}
+                elif item.arg == "restart":  # `farm reload --restart`: every worker
+                    reply = {**self.start_restart(self.restart_picks([])), "not_applied": kept}
+                elif changed:
+                    # The pools it changed are replaced as `farm restart` does: each new
+                    # process beside the old one, which keeps its slot if it does not boot.
+                    if self.rolling_any():
+                        rollout = self.add_to_restart(changed)
+                    else:
+                        rollout = self.start_restart(dict.fromkeys(changed))
+                    reply = {**rollout, "not_applied": kept}
                 if item.conn is not None:
                     item.conn.reply(reply)
             elif item.action is Duty.STOP or item.arg in (signal.SIGTERM, signal.SIGINT):

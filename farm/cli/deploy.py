@@ -22,6 +22,10 @@ __all__ = ["restart", "follow_restart"]
 
 #: How often the progress is asked for.
 POLL = 0.2
+#: Seconds without progress after which the command stops following (the supervisor goes
+#: on): past the supervisor's own 60 s limit for a new process to serve, something else
+#: holds the restart, e.g. a job server that is down.
+STALL = 150.0
 
 
 @app.command()
@@ -44,6 +48,7 @@ def follow_restart(reply: dict[str, Any], status: Callable[[], dict[str, Any]]) 
     number = reply.get("restart")
     tty = sys.stdout.isatty()
     shown = ""
+    moved = time.monotonic()
     while True:
         line = ", ".join(
             f"{name}: {reply['replaced'].get(name, 0)}/{total} replaced"
@@ -51,9 +56,13 @@ def follow_restart(reply: dict[str, Any], status: Callable[[], dict[str, Any]]) 
         )
         if line != shown:
             typer.echo(("\r\x1b[K" if tty else "") + line, nl=not tty)
-            shown = line
+            shown, moved = line, time.monotonic()
         if reply.get("done") or reply.get("restart") != number:
             break
+        if time.monotonic() - moved > STALL:
+            if tty:
+                typer.echo()
+            fail(f"no progress in {STALL:g}s (is the job server up? farm ps); it goes on", 1)
         time.sleep(POLL)  # polling the supervisor's progress
         reply = status()
     if tty:

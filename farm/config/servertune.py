@@ -40,7 +40,7 @@ _WHAT = {
     "int": "a whole number",
     "number": "a number of seconds",
     "bool": "true or false",
-    "mode": 'an octal mode, such as 0o660 or "660"',
+    "mode": 'an octal mode as chmod writes it, in quotes, such as "660"',
 }
 
 Fail = Callable[[str, str], ConfigError]
@@ -85,9 +85,7 @@ def _text(value: Any, kind: str | tuple[str, ...]) -> str | None:
         return str(value) if isinstance(value, int) else None
     if kind == "number":
         return repr(float(value)) if isinstance(value, int | float) else None
-    if kind == "mode":  # TOML's 0o660 is an int; "660" and "0660" are chmod's spelling
-        if isinstance(value, int):
-            return format(value, "o") if value >= 0 else None
+    if kind == "mode":  # a string: TOML's 660 is decimal, and 0o660 reads as the same int
         return value if isinstance(value, str) and value.isdigit() else None
     return value if value in kind else None
 

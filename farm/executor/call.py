@@ -263,6 +263,7 @@ def _run_batch(
 ) -> bytes:
     """Run a batch's calls (or chunks of calls: ``kind`` CHUNK or ARG_CHUNK, else SINGLE)
     in order; send outcomes as they pile up, the rest at the end."""
+    started = time.monotonic()  # the server's timeout runs from JOB_ASSIGN: unpickling counts
     try:
         fn: Callable[..., Any] | None = _function(fn_bytes, initialized)
         calls: list[bytes] = pickle.loads(body)
@@ -270,8 +271,7 @@ def _run_batch(
     except BaseException as exc:  # the function itself cannot be rebuilt: every call says so
         fn, calls, failure = None, pickle.loads(body), (ERROR, exc, _remote_traceback(exc))
     first, outcomes = 0, []
-    started = time.monotonic()
-    flush_at = started + BATCH_FLUSH_EVERY
+    flush_at = time.monotonic() + BATCH_FLUSH_EVERY
     # Under a pool's timeout the job must end in time, though its calls are short: the
     # calls that would run past 3/4 of it are left unrun, and the caller sends them again.
     budget = 0.75 * job.timeout if getattr(job, "timeout", None) else None

@@ -308,8 +308,8 @@ class Executor(_BaseExecutor):
         with self._shutdown_lock:
             self._shutdown = True
             if cancel_futures:
-                for item in self._pump.take_pending():
-                    item.future.cancel()
+                # RUNNING ones (a batch left them unrun) finish, as ProcessPoolExecutor's do.
+                self._pump.put_back([i for i in self._pump.take_pending() if not i.future.cancel()])
             self._pump.stop()
         if wait and self._thread is not None:
             if self._pump.reading_here():

@@ -168,6 +168,12 @@ class Pump(Links, WaitHere):
             except IndexError:
                 return taken
 
+    def put_back(self, items: list[WorkItem]) -> None:
+        """Queue calls again, first (a batch left them unrun; shutdown kept them)."""
+        if items:
+            self._pending.extendleft(reversed(items))
+            self._wake()
+
     def stop(self) -> None:
         """Finish what is pending and in flight, then end the thread (or, for a pump whose
         thread never started, which holds no calls: release its sockets now)."""
@@ -261,14 +267,14 @@ class Pump(Links, WaitHere):
                 for item in items:
                     item.future.set_exception(down)
                 flights.discard(flight)
-                if not pending:
-                    self._down_since = self._retry_at = 0.0  # the next calls wait again
                 continue
             payload = flight.payload(self.signer, self.call_ttl, self.setup)
             task: Task[Flight] = Task(self.function, payload, priority=self.priority)
             task.owner = flight
             conn.session.submit(task)
             self._in_flight += 1
+        if not pending and self._down_since and self._retry_at <= time.monotonic():
+            self._down_since = self._retry_at = 0.0  # all failed: the next calls wait anew
 
     def _flush(self) -> None:
         for conn in list(self._conns.values()):
@@ -312,9 +318,8 @@ class Pump(Links, WaitHere):
         for event in events:
             if isinstance(event, JobEnded):
                 self._in_flight -= 1
-                unrun = complete(event.task, self.signer)
-                if unrun:  # a batch cut short by its pool's timeout: these go again, first
-                    self._pending.extendleft(reversed(unrun))
+                # A batch cut short by its pool's timeout: the calls it left go again, first.
+                self.put_back(complete(event.task, self.signer))
                 self._flights.discard(flight_of(event.task))  # not before: _break still finds it
             elif isinstance(event, JobData):
                 partial(event.task, self.signer, event.data)

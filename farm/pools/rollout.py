@@ -106,6 +106,19 @@ class Restarting:
         log.info("restart %d: replacing %s", self.rollouts, self.progress(self.rollout))
         return self.rollout.report()
 
+    def add_to_restart(self, names: list[str]) -> dict[str, Any]:
+        """Put these pools' slots in the rollout under way (a reload changed them while
+        it ran): each is replaced again, by a process with the new options."""
+        ro = self.rollout
+        assert ro is not None and not ro.done, "only while a rollout is under way"
+        for name in names:
+            flying = ro.in_flight.get(name, set())
+            ro.queue[name] = [i for i in range(len(self.slots.get(name, ()))) if i not in flying]
+            ro.total[name] = ro.replaced[name] + len(flying) + len(ro.queue[name])
+        self.kept_back -= set(names)
+        log.info("restart %d: also replacing %s", ro.number, ", ".join(names))
+        return ro.report()
+
     def restart_status(self) -> dict[str, Any]:
         if self.rollout is None:
             return {"ok": False, "error": "no restart has run"}

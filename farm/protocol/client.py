@@ -89,6 +89,9 @@ class ClientSession:
         # Of a job this connection joined more than once: how many WORK_DATA/STATUS/WARNING
         # each of its tasks heard (see _hearers).
         self._heard: dict[str, dict[int, int]] = {}
+        # Abandoned tasks of jobs still running: the server goes on sending their copies of
+        # the job's packets (one per submit), which must not reach the other tasks.
+        self._silent: dict[str, list[Task[Any]]] = {}
         self.closed = False
         # Keyed by plain ints, as the decoder gives them (an IntEnum key costs an == each).
         handlers: dict[PT, Callable[[Packet, list[object]], None]] = {
@@ -163,7 +166,7 @@ class ClientSession:
                 waiting.remove(task)
                 if not waiting:
                     del self._running[task.handle]
-                    self._heard.pop(task.handle, None)
+                self._silent.setdefault(task.handle, []).append(task)  # until the job ends
 
     def _check_open(self) -> None:
         if self.closed:
@@ -202,12 +205,15 @@ class ClientSession:
             task.done = True
         elif not task.abandoned:
             self._running.setdefault(handle, []).append(task)
+        else:  # given up before it was created: its copies come all the same
+            self._silent.setdefault(handle, []).append(task)
         events.append(JobCreated(task=task))
 
     def _ended(self, handle: str) -> list[Task[Any]]:
         """The tasks a job's end is for: all of them at once. (A server sends it once per
         submit; the later copies find none.)"""
         self._heard.pop(handle, None)
+        self._silent.pop(handle, None)
         return self._running.pop(handle, [])
 
     def _hearers(self, handle: str) -> list[Task[Any]]:
@@ -216,12 +222,13 @@ class ClientSession:
         server (farm, gearmand) sends each packet once per submit, and each copy goes to
         the task that has heard least, so that each hears it once."""
         tasks = self._running.get(handle, [])
-        if len(tasks) < 2:
+        silent = self._silent.get(handle)
+        if len(tasks) < 2 and not silent:
             return tasks
         heard = self._heard.setdefault(handle, {})
-        task = min(tasks, key=lambda t: heard.get(id(t), 0))
+        task = min([*tasks, *(silent or ())], key=lambda t: heard.get(id(t), 0))
         heard[id(task)] = heard.get(id(task), 0) + 1
-        return [task]
+        return [] if task.abandoned else [task]  # an abandoned task's copy is dropped
 
     def _on_complete(self, packet: Packet, events: list[object]) -> None:
         for task in self._ended(packet.args[0].decode()):
@@ -301,4 +308,5 @@ class ClientSession:
         self._awaiting.clear()
         self._running.clear()
         self._heard.clear()
+        self._silent.clear()
         return lost

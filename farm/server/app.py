@@ -161,12 +161,12 @@ class Server:
 
     async def serve(self) -> None:
         await self.start()
-        if self.listening is not None:
-            self.listening()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
         loop.add_signal_handler(signal.SIGUSR1, self.stop_gracefully)
+        if self.listening is not None:  # after the handlers: a stop right away is graceful
+            self.listening()
         assert self.stopped is not None
         await self.stopped.wait()
         self.hub.flush()
@@ -254,7 +254,8 @@ def _detach() -> int:
             if word.read() == b"ok":
                 os._exit(0)
         _, status = os.waitpid(pid, 0)
-        os._exit(os.waitstatus_to_exitcode(status) or 1)
+        code = os.waitstatus_to_exitcode(status)
+        os._exit(128 - code if code < 0 else code or 1)  # killed by signal N: 128 + N
     os.close(reader)
     os.setsid()
     null = os.open(os.devnull, os.O_RDWR)

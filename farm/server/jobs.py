@@ -370,6 +370,8 @@ class JobServer(Dispatch):
             client.job_ended(job, Outcome.FAIL, b"")
             client.attached.discard(job)
         job.clients, job.background = [], False  # if its worker dies, _requeue drops it
+        if self.uniques.get((job.function, job.key)) is job:
+            del self.uniques[job.function, job.key]  # a new submit must not join (and revive) it
         if job.store_id and self.store is not None:
             self.store.remove(job.store_id)
             job.store_id = 0

@@ -311,12 +311,16 @@ def parse_args(
         ap.error("--worker-uid must be a user id (>= 0)")
     if ns.parent_pid is not None and ns.parent_pid < 1:
         ap.error("--parent-pid must be a process id (>= 1)")
+    if ns.parent_pid is not None and ns.daemon:
+        ap.error("--parent-pid and -d/--daemon: a detached server has no parent to follow")
     return ServerOptions(
         port=port,
         listen=listen,
         unix=unix + ns.unix,
         unix_mode=ns.unix_mode,
-        store=ns.store or ns.libsqlite3_db or default_store_path(listen, unix + ns.unix),
+        store=ns.store
+        if ns.store is not None  # "" is memory only, as "none"
+        else ns.libsqlite3_db or default_store_path(listen, unix + ns.unix),
         store_sync=ns.store_sync,
         job_retries=ns.job_retries,
         max_packet=ns.max_packet,

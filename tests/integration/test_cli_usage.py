@@ -118,6 +118,7 @@ def test_usage_mistakes_are_one_line_and_exit_2(tmp_path: Path) -> None:
         ["server", "--backlog", "0"],
         ["server", "--worker-uid", "-1"],
         ["server", "--parent-pid", "-1"],
+        ["server", "--parent-pid", "1", "--daemon"],
         ["server", "--store", "none", "-P", "/no/such/dir/farm.pid"],
         ["server", "--store", "none", "-l", "/no/such/dir/farm.log"],
     ],

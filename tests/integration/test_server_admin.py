@@ -273,15 +273,19 @@ def test_cancel_running_job_fails_its_client_now(any_server, admin_factory, peer
 
 def test_a_cancelled_running_job_is_not_run_again(farm_server, admin_factory, peer_factory):
     c = peer_factory(farm_server.addr)
-    h = submit(c, "f", ptype=T.SUBMIT_JOB_BG)
+    h = submit(c, "f", b"x", b"u1", T.SUBMIT_JOB_BG)
     w = worker(peer_factory, farm_server, "f")
     w.send(T.GRAB_JOB)
     assert w.expect(T.JOB_ASSIGN).args[0] == h
     a = admin_factory(farm_server)
     assert a.line(b"cancel job " + h + b"\n") == b"OK\r\n"
+    again = submit(c, "f", b"x", b"u1", T.SUBMIT_JOB_BG)  # a new job, not the cancelled one
+    assert again != h
     w.close()  # its worker dies: a cancelled job is forgotten, not requeued
-    wait_for("the job gone", lambda: a.listing(b"show jobs\n") == b".\n")
+    wait_for("the job gone", lambda: h not in a.listing(b"show jobs\n"))
     other = worker(peer_factory, farm_server, "f")
+    other.send(T.GRAB_JOB)
+    assert other.expect(T.JOB_ASSIGN).args[0] == again
     other.send(T.GRAB_JOB)
     other.expect(T.NO_JOB)
 

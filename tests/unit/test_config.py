@@ -328,7 +328,7 @@ def test_server_tuning_keys_become_the_servers_flags(tmp_path: Path) -> None:
     tuned = GOOD.replace(
         "job_retries = 5",
         'job_retries = 5\nmax_queue = 100\nstore_sync = "full"\nexceptions = true\n'
-        "wake_deadline = 2\nunix_mode = 0o600\nmax_packet = 1048576",
+        'wake_deadline = 2\nunix_mode = "600"\nmax_packet = 1048576',
     )
     cfg = config.load(write(tmp_path, tuned))
     assert cfg.server.flags == (
@@ -358,7 +358,8 @@ def test_server_tuning_keys_become_the_servers_flags(tmp_path: Path) -> None:
         ('wake_deadline = "1"', "server.wake_deadline", "a number of seconds"),
         ("exceptions = 1", "server.exceptions", "true or false"),
         ('unix_mode = "999"', "server.unix_mode", "not an octal mode"),
-        ("unix_mode = 0o1777", "server.unix_mode", "from 000 to 777"),
+        ('unix_mode = "1777"', "server.unix_mode", "from 000 to 777"),
+        ("unix_mode = 660", "server.unix_mode", 'in quotes, such as "660"'),
         ("max_packet = 100", "server.max_packet", "at least 1024"),
         ("max_packet = 1073741824", "server.max_packet", "at most 67108864"),
         (

@@ -179,3 +179,28 @@ def test_a_job_joined_twice_gives_each_task_each_packet_once() -> None:
     ended = s.receive(encode_res(PT.WORK_COMPLETE, b"H:1", b"R") * 2)
     assert {id(e.task) for e in ended} == {id(a), id(b)} and len(ended) == 2
     assert a.result == b.result == b"R" and not s.busy
+
+
+def test_a_task_given_up_keeps_its_copies_of_the_jobs_packets_from_the_others() -> None:
+    """call(unique=k, timeout=...) gave up; a second call with k joins the same job on the
+    same connection. The server sends each packet once per submit, abandoned or not: the
+    second task must hear each packet once, not twice (review of the change)."""
+    s = ClientSession()
+    a, b = Task("f", b"x", unique="k"), Task("f", b"x", unique="k")
+    s.submit(a)
+    s.receive(encode_res(PT.JOB_CREATED, b"H:1"))
+    s.abandon(a)
+    s.submit(b)
+    s.receive(encode_res(PT.JOB_CREATED, b"H:1"))
+    events = s.receive(encode_res(PT.WORK_DATA, b"H:1", b"d") * 2)
+    assert [(type(e).__name__, e.task) for e in events] == [("JobData", b)]
+    ended = s.receive(encode_res(PT.WORK_COMPLETE, b"H:1", b"R") * 2)
+    assert [e.task for e in ended] == [b] and b.result == b"R" and not a.done
+    # Given up before its JOB_CREATED: the same.
+    c, d = Task("f", b"x", unique="j"), Task("f", b"x", unique="j")
+    s.submit(c)
+    s.abandon(c)
+    s.submit(d)
+    s.receive(encode_res(PT.JOB_CREATED, b"H:2") * 2)
+    events = s.receive(encode_res(PT.WORK_STATUS, b"H:2", b"1", b"2") * 2)
+    assert [e.task for e in events] == [d]
