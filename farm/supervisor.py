@@ -172,6 +172,10 @@ class Supervisor(Lifecycle, CommandJobs, Restarting, Steering):
                 if self.stopping:  # nothing new starts while it drains: nothing to apply
                     log.info("reload asked while stopping: ignored")
                     error = "the farm is stopping; nothing was reloaded"
+                elif item.arg == "restart" and self.rolling_any():
+                    # Refused before the file is applied: replacing every worker is refused
+                    # while a restart runs, and a half-done reload would drain changed pools.
+                    error = "a restart is under way; nothing was reloaded (wait for it)"
                 else:
                     error, kept, changed = self.reload()
                     usage = True  # a bad config: exit 2, as for `farm up`

@@ -135,6 +135,7 @@ def _function(fn_bytes: bytes, initialized: bool) -> Callable[..., Any]:
 
 def run_call(job: Any) -> bytes:
     """Worker target: check the signature, unpickle, run, and return the signed outcome."""
+    started = time.monotonic()  # the server's timeout runs from JOB_ASSIGN (the batch budget)
     signer = _worker_signer()
     signed = signer.open(CALL, job.data)  # SignatureError: nothing below runs
     call_id = bytes(signed[:CALL_ID_SIZE])
@@ -168,7 +169,7 @@ def run_call(job: Any) -> bytes:
     if kind in _BATCHED:
         fn_bytes = bytes(body[4 : 4 + fn_size])
         return _run_batch(
-            job, signer, call_id, fn_bytes, calls_data, _BATCHED[kind], bool(initialized)
+            job, signer, call_id, fn_bytes, calls_data, _BATCHED[kind], bool(initialized), started
         )
     try:
         fn = _function(bytes(body[4 : 4 + fn_size]), bool(initialized))
@@ -260,10 +261,11 @@ def _run_batch(
     body: memoryview,
     kind: int,
     initialized: bool,
+    started: float,
 ) -> bytes:
     """Run a batch's calls (or chunks of calls: ``kind`` CHUNK or ARG_CHUNK, else SINGLE)
-    in order; send outcomes as they pile up, the rest at the end."""
-    started = time.monotonic()  # the server's timeout runs from JOB_ASSIGN: unpickling counts
+    in order; send outcomes as they pile up, the rest at the end. ``started``: when the job
+    came (an initializer's first run, a spilled body's read count against its timeout)."""
     try:
         fn: Callable[..., Any] | None = _function(fn_bytes, initialized)
         calls: list[bytes] = pickle.loads(body)

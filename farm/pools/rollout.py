@@ -53,7 +53,7 @@ class Rollout:
     total: dict[str, int]
     replaced: Counter[str] = field(default_factory=Counter)
     in_flight: dict[str, set[int]] = field(default_factory=dict)
-    failed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # pool -> why its rollout stopped
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
 
@@ -69,7 +69,7 @@ class Rollout:
             "done": self.done,
             "total": self.total,
             "replaced": {name: self.replaced[name] for name in self.total},
-            "failed": self.failed,
+            "failed": list(self.failed.values()),
             "seconds": round(end - self.started, 2),
         }
 
@@ -112,9 +112,12 @@ class Restarting:
         ro = self.rollout
         assert ro is not None and not ro.done, "only while a rollout is under way"
         for name in names:
+            # Every slot, those whose successor still starts (with the older options) too:
+            # each is replaced once more when its turn comes (advance_pool defers it).
             flying = ro.in_flight.get(name, set())
-            ro.queue[name] = [i for i in range(len(self.slots.get(name, ()))) if i not in flying]
+            ro.queue[name] = list(range(len(self.slots.get(name, ()))))
             ro.total[name] = ro.replaced[name] + len(flying) + len(ro.queue[name])
+            ro.failed.pop(name, None)  # an earlier failure of the pool is not this try's
         self.kept_back -= set(names)
         log.info("restart %d: also replacing %s", ro.number, ", ".join(names))
         return ro.report()
@@ -149,7 +152,7 @@ class Restarting:
             self.advance_pool(ro, name, now)
         if ro.done:
             ro.finished = now
-            how = "failed: " + "; ".join(ro.failed) if ro.failed else "done"
+            how = "failed: " + "; ".join(ro.failed.values()) if ro.failed else "done"
             log.info("restart %d %s (%s)", ro.number, how, self.progress(ro))
             return False
         return True
@@ -180,8 +183,12 @@ class Restarting:
             queue.clear()
             return
         surge = max(1, min(MAX_SURGE, math.ceil(len(slots) / 4)))
+        deferred = []  # slots whose successor still starts: one at a time per slot
         while queue and len(flying) < surge:
             index = queue.pop(0)
+            if index in flying:
+                deferred.append(index)
+                continue
             if index >= len(slots):
                 continue  # scaled down meanwhile
             slot = slots[index]
@@ -196,6 +203,7 @@ class Restarting:
                 return
             slot.successor = heir
             flying.add(index)
+        queue[:0] = deferred  # their turn comes once their successor has taken over
 
     def successor_exited(self, slot: Slot, proc: WorkerProcess, status: int) -> None:
         """A successor died before it took over: the old process keeps the slot."""
@@ -214,6 +222,6 @@ class Restarting:
     def fail_pool(self, ro: Rollout, name: str, message: str) -> None:
         """Stop replacing ``name``'s slots: a deploy that does not boot is not pushed on, and
         the old processes keep serving (until the next reload or restart of the pool)."""
-        ro.failed.append(message)
+        ro.failed[name] = message
         ro.queue[name] = []
         self.kept_back.add(name)

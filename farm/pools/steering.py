@@ -350,7 +350,9 @@ class Steering:
         # Only the pools change while the farm runs.
         new = replace(new, server=old.server, supervisor=old.supervisor, executor=old.executor)
         self.config = new
-        self.kept_back.clear()  # a new config: pools kept on their old options try again
+        # Pools kept on their old options stay so until a rollout tries them again (one
+        # that changed now gets one below); a removed pool is gone.
+        self.kept_back &= new.functions.keys()
         changed = []
         for name, pool in new.functions.items():
             before = old.functions.get(name)

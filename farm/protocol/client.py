@@ -167,6 +167,7 @@ class ClientSession:
                 if not waiting:
                     del self._running[task.handle]
                 self._silent.setdefault(task.handle, []).append(task)  # until the job ends
+                task.data, task.owner = b"", None  # its identity is all the count needs
 
     def _check_open(self) -> None:
         if self.closed:
@@ -203,10 +204,14 @@ class ClientSession:
         task.handle = handle = packet.args[0].decode()
         if task.background:
             task.done = True
-        elif not task.abandoned:
-            self._running.setdefault(handle, []).append(task)
-        else:  # given up before it was created: its copies come all the same
-            self._silent.setdefault(handle, []).append(task)
+        else:
+            heard = self._heard.get(handle)
+            if heard:  # it joins between rounds of copies: at the count the others are at
+                heard[id(task)] = max(heard.values())
+            if not task.abandoned:
+                self._running.setdefault(handle, []).append(task)
+            else:  # given up before it was created: its copies come all the same
+                self._silent.setdefault(handle, []).append(task)
         events.append(JobCreated(task=task))
 
     def _ended(self, handle: str) -> list[Task[Any]]:

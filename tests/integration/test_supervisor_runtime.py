@@ -299,9 +299,71 @@ def test_reload_to_a_target_that_does_not_boot_keeps_the_old_workers(tmp_path: P
             assert client.call("f", "", timeout=10) == b"old"
         finally:
             client.close()
+        # A reload that changes nothing of f leaves it kept on its old options.
+        assert farm_cli("reload", "--control", up.control).returncode == 0
+        client = Client(up.addr)
+        try:
+            assert client.call("f", "", timeout=10) == b"old"  # a drained f could not answer
+        finally:
+            client.close()
+        (row,) = up.workers("f")
+        assert row["pid"] == before["pid"] and row["state"] == "idle"
         # Fixed: the next reload replaces it.
         up.write_config('[functions.f]\ntarget = "good:job"\nworkers = 2\n')
         assert farm_cli("reload", "--control", up.control).returncode == 0
         up.wait_idle({"f": 2})
+    finally:
+        assert up.stop() == 0
+
+
+def test_reloads_during_a_rollout_never_drain_a_pool_for_an_untried_target(
+    tmp_path: Path,
+) -> None:
+    """A reload while a replacement still boots adds its pools to that rollout: the slot
+    whose new process was starting is tried again with the newest target once it took
+    over, and a target that does not boot leaves the last one serving. `reload --restart`
+    during a rollout applies nothing (it drained pools the rollout did not cover)."""
+    (tmp_path / "v1.py").write_text("def job(j):\n    return b'v1'\n")
+    (tmp_path / "v2.py").write_text("import time\ntime.sleep(3)\ndef job(j):\n    return b'v2'\n")
+    (tmp_path / "v3.py").write_text("raise ImportError('missing')\ndef job(j): ...\n")
+    (tmp_path / "g.py").write_text("def job(j):\n    return b'g'\n")
+    pools = (
+        '[functions.f]\ntarget = "{f}:job"\nworkers = 1\n'
+        '[functions.g]\ntarget = "{g}:job"\nworkers = 1\n'
+    )
+    up = FarmUp(tmp_path, pools.format(f="v1", g="g"))
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"f": 1, "g": 1})
+        up.write_config(pools.format(f="v2", g="g"))
+        first = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from farm.cli import main; main()",
+                "reload",
+                "--control",
+                up.control,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_for(
+            "v2 booting beside v1", lambda: len([r for r in up.ps() if r["function"] == "f"]) == 2
+        )
+        up.write_config(pools.format(f="v2", g="v3"))
+        refused = farm_cli("reload", "--restart", "--control", up.control)
+        assert refused.returncode == 1 and "a restart is under way" in refused.stderr
+        up.write_config(pools.format(f="v3", g="g"))
+        second = farm_cli("reload", "--control", up.control)
+        assert second.returncode == 1 and "stays" in second.stderr, (second.stdout, second.stderr)
+        first.communicate(timeout=60)
+        client = Client(up.addr)
+        try:
+            assert client.call("f", "", timeout=10) == b"v2"  # the last target that booted
+            assert client.call("g", "", timeout=10) == b"g"  # never drained
+        finally:
+            client.close()
     finally:
         assert up.stop() == 0

@@ -204,3 +204,31 @@ def test_a_task_given_up_keeps_its_copies_of_the_jobs_packets_from_the_others() 
     s.receive(encode_res(PT.JOB_CREATED, b"H:2") * 2)
     events = s.receive(encode_res(PT.WORK_STATUS, b"H:2", b"1", b"2") * 2)
     assert [e.task for e in events] == [d]
+
+
+def test_a_task_that_joins_late_hears_each_later_packet_once() -> None:
+    """Counts differ by when a task joined: a retry after a timeout (packets came meanwhile
+    for the abandoned one), a third task joining after three rounds. Each later packet
+    reaches each live task once (review of the change)."""
+    s = ClientSession()
+    a = Task("f", b"x", unique="k")
+    s.submit(a)
+    s.receive(encode_res(PT.JOB_CREATED, b"H:1"))
+    s.abandon(a)
+    s.receive(encode_res(PT.WORK_DATA, b"H:1", b"d0") * 3)  # three rounds of one copy
+    b = Task("f", b"x", unique="k")
+    s.submit(b)
+    s.receive(encode_res(PT.JOB_CREATED, b"H:1"))
+    events = s.receive(
+        encode_res(PT.WORK_DATA, b"H:1", b"d1") * 2 + encode_res(PT.WORK_DATA, b"H:1", b"d2") * 2
+    )
+    assert [(e.task, e.data) for e in events] == [(b, b"d1"), (b, b"d2")]
+    c, d, e = (Task("g", b"x", unique="j") for _ in range(3))
+    for task in (c, d):
+        s.submit(task)
+        s.receive(encode_res(PT.JOB_CREATED, b"H:2"))
+    s.receive(encode_res(PT.WORK_DATA, b"H:2", b"r") * 6)  # three rounds of two copies
+    s.submit(e)
+    s.receive(encode_res(PT.JOB_CREATED, b"H:2"))
+    got = s.receive(encode_res(PT.WORK_DATA, b"H:2", b"late") * 3)
+    assert sorted(id(ev.task) for ev in got) == sorted(map(id, (c, d, e)))
