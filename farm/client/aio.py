@@ -244,7 +244,7 @@ class AsyncClient:
 
     def abandon(self, task: Task[Waiter]) -> None:
         """Stop waiting for ``task``: what the server sends of it is dropped, and the client
-        keeps nothing of it (the job itself runs on)."""
+        keeps nothing of it once the job ends (the job itself runs on)."""
         conn = self._conns.get(task.server or "")
         if conn is not None:
             conn.session.abandon(task)

@@ -134,7 +134,8 @@ class Client:
 
     def abandon(self, task: Task[TaskListener]) -> None:
         """Stop waiting for ``task``: what the server sends of it is dropped, and the client
-        keeps nothing of it (the job itself runs on; a background job has nothing to drop)."""
+        keeps nothing of it once the job ends (the job itself runs on; a background job has
+        nothing to drop)."""
         conn = self._conns.get(task.server or "")
         if conn is not None:
             conn.session.abandon(task)

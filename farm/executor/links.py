@@ -67,7 +67,8 @@ class Links:
         for addr in self._picker.order():
             conn = self._conns.get(addr)
             if conn is not None:
-                self._down_since = self._retry_at = 0.0
+                if self._down_since:  # a server took a connection: calls go out again
+                    self._down_since = self._retry_at = 0.0
                 return conn
             try:
                 sock = connect(addr, self.connect_timeout)

@@ -249,7 +249,7 @@ class Pump(Links, WaitHere):
             return
         flights = self._flights
         while pending and self._in_flight < self.max_in_flight:
-            if self._retry_at > time.monotonic():
+            if self._retry_at and self._retry_at > time.monotonic():
                 return  # waiting for a server to come back
             try:
                 conn = self._connection()
@@ -273,7 +273,7 @@ class Pump(Links, WaitHere):
             task.owner = flight
             conn.session.submit(task)
             self._in_flight += 1
-        if not pending and self._down_since and self._retry_at <= time.monotonic():
+        if self._down_since and not pending and self._retry_at <= time.monotonic():
             self._down_since = self._retry_at = 0.0  # all failed: the next calls wait anew
 
     def _flush(self) -> None:

@@ -221,7 +221,7 @@ class Restarting:
 
     def fail_pool(self, ro: Rollout, name: str, message: str) -> None:
         """Stop replacing ``name``'s slots: a deploy that does not boot is not pushed on, and
-        the old processes keep serving (until the next reload or restart of the pool)."""
+        the old processes keep serving (until a reload or restart tries the pool again)."""
         ro.failed[name] = message
         ro.queue[name] = []
         self.kept_back.add(name)

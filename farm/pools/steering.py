@@ -66,7 +66,7 @@ class Steering:
     started: float
     exits: Exits  # (pool, cause) -> workers replaced, for the metrics
     # Pools whose new target or options did not boot in a reload's rollout: their running
-    # workers keep the old ones until the next reload (farm.pools.rollout.fail_pool).
+    # workers keep the old ones until a rollout tries the pool again (rollout.fail_pool).
     kept_back: set[str]
     metrics_server: Any  # the /metrics HTTP server (farm.pools.metrics), None when off
     by_pid: dict[int, WorkerProcess]
