@@ -4,6 +4,7 @@ Nothing in this package opens a socket, starts a thread or touches an event
 loop; the server, the client faces and the worker move bytes in and out of it.
 
     codec     the packet table (numbers, names, field names) and the framing
+    decoder   Decoder: a stream of bytes in, whole packets and admin lines out
     kinds     submit kinds and priorities: one table for client and server
     admin     the admin text protocol's replies, parsed
     events    what sessions report to their faces
@@ -30,7 +31,6 @@ from farm.protocol.codec import (
     REQ,
     RES,
     AdminLine,
-    Decoder,
     LocalProtocolError,
     Packet,
     PacketSpec,
@@ -41,6 +41,7 @@ from farm.protocol.codec import (
     encode_res,
     frame_res,
 )
+from farm.protocol.decoder import Decoder
 
 __all__ = [
     "DEFAULT_MAX_PACKET",

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 from farm.errors import JobException, JobFailed, ServerError, ServerUnavailable
-from farm.protocol.codec import Decoder, Packet, PacketType, ProtocolError, encode_req
+from farm.protocol.codec import Packet, PacketType, ProtocolError, encode_req
+from farm.protocol.decoder import Decoder
 from farm.protocol.events import ServerErrorNotice
 from farm.protocol.kinds import SUBMIT_KINDS
 from farm.protocol.tasks import (

@@ -35,7 +35,6 @@ __all__ = [
     "PACKETS",
     "Packet",
     "AdminLine",
-    "Decoder",
     "ProtocolError",
     "LocalProtocolError",
     "encode",
@@ -199,9 +198,6 @@ PACKETS: dict[int, PacketSpec] = {
 
 
 _NARGS = {t: s.nargs for t, s in PACKETS.items()}
-_ARGS = {t: s.args for t, s in PACKETS.items()}
-_NO_ARGS: tuple[bytes, ...] = ()
-_tuple_new = tuple.__new__
 
 
 class ProtocolError(Exception):
@@ -216,6 +212,10 @@ class ProtocolError(Exception):
         super().__init__(message)
         self.code = code
         self.fatal = fatal
+        #: Of a packet over the size limit whose first argument is a job handle (a worker's
+        #: news of its job): the type and that handle, so the server can fail the job.
+        self.ptype: int | None = None
+        self.handle: bytes | None = None
 
 
 class LocalProtocolError(ValueError):
@@ -275,116 +275,3 @@ def encode_req(ptype: int, *args: bytes) -> bytes:
 def encode_res(ptype: int, *args: bytes) -> bytes:
     """A packet from the server."""
     return encode(RES, ptype, *args)
-
-
-class Decoder:
-    """Incremental decoder: ``feed`` bytes, get whole packets and admin lines.
-
-    ``max_packet`` bounds the body size: a bigger header raises ProtocolError
-    at once, before any of the body is buffered. ``allow_admin`` is False on
-    the client side, where every byte must be binary.
-    """
-
-    __slots__ = ("_buf", "error", "max_packet", "allow_admin")
-
-    def __init__(self, *, max_packet: int = DEFAULT_MAX_PACKET, allow_admin: bool = True) -> None:
-        self._buf = bytearray()
-        #: The protocol error held back by the last ``feed`` (raised by ``check``), if any.
-        self.error: ProtocolError | None = None
-        self.max_packet = max_packet
-        self.allow_admin = allow_admin
-
-    @property
-    def buffered(self) -> int:
-        """Bytes received but not yet part of a whole packet."""
-        return len(self._buf)
-
-    def feed(self, data: bytes) -> list[Packet | AdminLine]:
-        """Add ``data`` and return every event it completes, in order.
-
-        A protocol error is raised at once when nothing before it was decoded;
-        otherwise the events before it are returned and the error is kept for
-        ``check()`` (or the next ``feed``), so no good packet is lost to a bad one.
-        """
-        if self.error is not None:
-            self.check()
-        buf = self._buf
-        # Most reads hold whole packets and nothing waits before them: those are decoded
-        # from ``data`` itself, whose slices are already the bytes the arguments must be.
-        # Otherwise the bytes go to the buffer first, as a large body arriving in pieces
-        # must (appending is linear; re-joining each piece would be quadratic).
-        if buf:
-            buf += data
-            src: bytes | bytearray = buf
-        else:
-            src = data if data.__class__ is bytes else bytes(data)
-        events: list[Packet | AdminLine] = []
-        pos = 0
-        end = len(src)
-        unpack = HEADER.unpack_from
-        max_packet = self.max_packet
-        try:
-            while pos < end:
-                if src[pos] != 0:
-                    if not self.allow_admin:
-                        raise ProtocolError("expected a binary packet", code="INVALID_MAGIC")
-                    nl = src.find(b"\n", pos)
-                    if nl < 0:
-                        if end - pos > MAX_ADMIN_LINE:
-                            raise ProtocolError("admin line too long")
-                        break
-                    line = bytes(src[pos:nl]).rstrip(b"\r")
-                    pos = nl + 1
-                    # Bytes that are not UTF-8 survive the round trip (function names).
-                    events.append(AdminLine(line.decode("utf-8", "surrogateescape")))
-                    continue
-                if end - pos < HEADER_SIZE:
-                    break
-                magic, ptype, size = unpack(src, pos)
-                if magic != REQ and magic != RES:
-                    raise ProtocolError(f"bad magic {magic!r}", code="INVALID_MAGIC")
-                nargs = _NARGS.get(ptype)
-                if nargs is None:
-                    raise ProtocolError(f"unknown packet type {ptype}")
-                if size > max_packet:
-                    raise ProtocolError(
-                        f"packet body of {size} bytes exceeds the limit of {max_packet}",
-                        code="ARGUMENT_TOO_LARGE",
-                    )
-                stop = pos + HEADER_SIZE + size
-                if stop > end:
-                    break
-                if nargs == 0:
-                    events.append(_tuple_new(Packet, (magic, ptype, _NO_ARGS)))
-                    pos = stop
-                    continue
-                body = src[pos + HEADER_SIZE : stop]
-                parts = (body if src is data else bytes(body)).split(b"\0", nargs - 1)
-                pos = stop
-                if len(parts) != nargs:
-                    raise ProtocolError(
-                        f"{PACKETS[ptype].name} needs {nargs} arguments, got {len(parts)}",
-                        fatal=False,
-                    )
-                # tuple.__new__ rather than the named tuples' own __new__ (a Python function):
-                # the same objects, one call layer less per packet.
-                args = _tuple_new(_ARGS[ptype], parts)
-                events.append(_tuple_new(Packet, (magic, ptype, args)))
-        except ProtocolError as exc:
-            if not events:
-                raise
-            self.error = exc
-        finally:
-            # Keep what was decoded even when a later packet in the same read is bad.
-            if src is buf:
-                if pos:
-                    del buf[:pos]
-            elif pos < end:
-                buf += memoryview(src)[pos:]
-        return events
-
-    def check(self) -> None:
-        """Raise the protocol error held back by the last ``feed``, if any."""
-        exc, self.error = self.error, None
-        if exc is not None:
-            raise exc

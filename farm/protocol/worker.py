@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from farm.protocol.codec import (
     OPTION_HELD_GRAB,
     OPTION_READ_ACCEPT,
-    Decoder,
     Packet,
     PacketType,
     ProtocolError,
     encode_req,
 )
+from farm.protocol.decoder import Decoder
 from farm.protocol.events import ServerErrorNotice
 
 __all__ = ["JobAssigned", "WorkerState", "WorkerSession"]

@@ -178,26 +178,32 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
             self.heard_since_push = True  # read-accept: a worker that talks is not stopped
         decoder = self.decoder
         try:
-            for event in decoder.feed(data):
-                if event.__class__ is p.Packet:
-                    magic, ptype, args = event
-                    handler = HANDLERS.get(ptype)
-                    if magic != p.REQ:
-                        self.send(error("INVALID_MAGIC", "Request magic expected"))
-                    elif handler is None:
-                        self.send(error("INVALID_COMMAND", "Command not expected"))
-                    else:
-                        handler(self, args, ptype)
-                else:
-                    self.handle_admin(event.line)  # type: ignore[union-attr]  # an AdminLine
-                if self.closed:
+            while True:
+                try:
+                    for event in decoder.feed(data):
+                        if event.__class__ is p.Packet:
+                            magic, ptype, args = event
+                            handler = HANDLERS.get(ptype)
+                            if magic != p.REQ:
+                                self.send(error("INVALID_MAGIC", "Request magic expected"))
+                            elif handler is None:
+                                self.send(error("INVALID_COMMAND", "Command not expected"))
+                            else:
+                                handler(self, args, ptype)
+                        else:
+                            self.handle_admin(event.line)  # type: ignore[union-attr]  # AdminLine
+                        if self.closed:
+                            break
+                    if decoder.error is not None:
+                        decoder.check()
                     break
-            if decoder.error is not None:
-                decoder.check()
-            if decoder.buffered != self.partial:
+                except p.ProtocolError as exc:
+                    self.protocol_error(exc)
+                    if exc.fatal or self.closed or not decoder.buffered:
+                        break
+                    data = b""  # what this read held behind the bad packet is decoded now
+            if decoder.buffered != self.partial and not self.closed:
                 self.count_partial()
-        except p.ProtocolError as exc:
-            self.protocol_error(exc)
         except Exception:
             # A bug must cost one connection, never the server and its queues.
             log.exception("fd %d (%s): internal error; closing the connection", self.fd, self.ip)
@@ -273,6 +279,8 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
 
     def protocol_error(self, exc: p.ProtocolError) -> None:
         log.info("fd %d (%s): protocol error: %s", self.fd, self.ip, exc)
+        if exc.handle is not None:
+            self.news_too_large(exc.handle, exc)
         if exc.code in ("INVALID_MAGIC", "ARGUMENT_TOO_LARGE") or not exc.fatal:
             self.send(error(exc.code, str(exc)))
         if exc.fatal:

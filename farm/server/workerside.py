@@ -271,3 +271,20 @@ class WorkerSide:
             data = args[1] if ptype != _WORK_FAIL else b""
             self.jobs.finish(self, job, OUTCOME[ptype], data)  # type: ignore[arg-type]  # as above
             self.jobs_done += 1
+
+    def news_too_large(self, handle: bytes, exc: p.ProtocolError) -> None:
+        """A packet about a job held here is over --max-packet (a result too large, say):
+        the job fails, as it would come out the same each time it ran again."""
+        job = self.jobs.held(self, handle)  # type: ignore[arg-type]  # a Connection: a Peer
+        if job is None:
+            return
+        log.warning(
+            "fd %d: job %r of %r failed: the worker's %s was refused (%s)",
+            self.fd,
+            handle,
+            job.function,
+            p.PACKETS[exc.ptype].name if exc.ptype is not None else "packet",
+            exc,
+        )
+        text = f"the worker's answer was too large for the job server: {exc}"
+        self.jobs.finish(self, job, Outcome.EXCEPTION, text.encode())  # type: ignore[arg-type]

@@ -286,6 +286,43 @@ def test_wrong_argument_count_is_an_error_farm(keeper_farm, peer_factory, ptype,
         status.close()
 
 
+def test_packet_behind_a_wrong_argument_count_is_answered_farm(keeper_farm, peer_factory):
+    # Pipelined in one write: what follows the bad packet is decoded in the same turn,
+    # not left waiting for the peer's next bytes (which a waiting client never sends).
+    srv, h = keeper_farm
+    p = peer_factory(srv.addr)
+    p.send_raw(packet(T.SUBMIT_JOB, b"f") + packet(T.ECHO_REQ, b"behind"))
+    assert p.expect(T.ERROR, timeout=5).args[0] == b"INVALID_COMMAND"
+    assert p.expect(T.ECHO_RES, timeout=5).args == (b"behind",)
+    assert_healthy(srv, h)
+
+
+def test_worker_answer_over_the_limit_fails_the_job_once(small_farm, peer_factory):
+    # farm: a result the server refuses would be refused again on every rerun; the job
+    # fails (WORK_EXCEPTION for a client that asked, WORK_FAIL for the rest) instead.
+    srv, h = small_farm
+    worker = peer_factory(srv.addr)
+    worker.send(T.CAN_DO, "big")
+    client = peer_factory(srv.addr)
+    client.send(T.OPTION_REQ, "exceptions")
+    client.expect(T.OPTION_RES)
+    plain = peer_factory(srv.addr)
+    client.send(T.SUBMIT_JOB, "big", "one", "x")
+    plain.send(T.SUBMIT_JOB, "big", "one", "x")
+    handle = client.expect(T.JOB_CREATED).args[0]
+    assert plain.expect(T.JOB_CREATED).args[0] == handle
+    worker.send(T.GRAB_JOB)
+    assert worker.expect(T.JOB_ASSIGN).args[0] == handle
+    worker.send_raw(packet(T.WORK_COMPLETE, handle + b"\0" + b"r" * 2000))
+    assert worker.expect(T.ERROR, timeout=5).args[0] == b"ARGUMENT_TOO_LARGE"
+    exc = client.expect(T.WORK_EXCEPTION, timeout=5).args
+    assert exc[0] == handle
+    assert b"too large" in exc[1] and b"exceeds the limit of 1024" in exc[1], exc
+    assert plain.expect(T.WORK_FAIL, timeout=5).args[0] == handle
+    assert "big\t0\t0\t" in plain.admin("status"), "the job was not put back to run again"
+    assert_healthy(srv, h)
+
+
 # -- garbage -------------------------------------------------------------------
 
 

@@ -74,6 +74,24 @@ def test_oversized_body_is_refused_from_the_header_alone() -> None:
     assert info.value.code == "ARGUMENT_TOO_LARGE"
 
 
+def test_oversized_work_packet_names_its_job_once_the_handle_is_here() -> None:
+    decoder = p.Decoder(max_packet=1024)
+    header = b"\0REQ" + int(T.WORK_COMPLETE).to_bytes(4, "big") + (5000).to_bytes(4, "big")
+    assert decoder.feed(header + b"H:ho") == []  # no error before the handle can be read
+    with pytest.raises(p.ProtocolError) as info:
+        decoder.feed(b"st:7\0" + b"r" * 100)
+    assert info.value.code == "ARGUMENT_TOO_LARGE"
+    assert (info.value.ptype, info.value.handle) == (T.WORK_COMPLETE, b"H:host:7")
+
+
+def test_oversized_work_packet_without_a_handle_in_reach_names_none() -> None:
+    decoder = p.Decoder(max_packet=1024)
+    header = b"\0REQ" + int(T.WORK_DATA).to_bytes(4, "big") + (5000).to_bytes(4, "big")
+    with pytest.raises(p.ProtocolError) as info:
+        decoder.feed(header + b"x" * 200)
+    assert info.value.handle is None
+
+
 def test_wrong_argument_count_is_not_fatal_and_is_consumed() -> None:
     decoder = p.Decoder()
     bad = b"\0REQ" + (7).to_bytes(4, "big") + (3).to_bytes(4, "big") + b"abc"
