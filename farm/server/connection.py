@@ -7,10 +7,10 @@ into packets -- including WORK_FAIL for a client that did not ask for
 exceptions. Replies are collected in a per-connection buffer and written once
 per loop turn (``Hub.flush``), so a pipelining peer costs one write per read.
 
-The connection keeps the bytes (decoding, buffers, back-pressure, the store's
-held replies) and the packet table; what a client asks is in
-``farm.server.clientside`` and what a worker says in ``farm.server.workerside``,
-mixins of the one ``Connection`` class (a socket may be both).
+The connection keeps the bytes (decoding, buffers, the store's held replies) and the
+packet table; what a client asks is in ``farm.server.clientside``, what a worker says in
+``farm.server.workerside`` and who waits for whose reader in ``farm.server.backpressure``,
+mixins of the one ``Connection`` class (a socket may be all of them).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from farm.protocol import PacketType as T
 from farm.protocol import encode_res, frame_res
 from farm.protocol.kinds import SUBMIT_KINDS
 from farm.server.admin import run_admin
+from farm.server.backpressure import BackPressure
 from farm.server.clientside import ClientSide
 from farm.server.hub import Hub
 from farm.server.jobs import Job
@@ -37,7 +38,7 @@ MAX_UNREAD_ADMIN = 1 << 20
 BUSY = b"ERR BUSY too+many+replies+unread;+read+them+first\r\n"
 
 
-class Connection(ClientSide, WorkerSide, asyncio.Protocol):
+class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
     """A client, a worker, an admin tool -- or all three on one socket."""
 
     def __init__(self, hub: Hub) -> None:
@@ -75,8 +76,8 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
         # such a client is not read until that client's buffer drains.
         self.write_paused = False
         self.reading = True
-        self.waiting_on: set[Connection] = set()  # clients this worker waits for
-        self.held_back: set[Connection] = set()  # workers waiting for this client
+        self.waiting_on: set[BackPressure] = set()  # clients this worker waits for
+        self.held_back: set[BackPressure] = set()  # workers waiting for this client
         # Held grab (docs/held-grab.md): negotiated; the grab packet held (0: none); a job
         # pushed to this worker and not yet accepted, with its deadline.
         self.used_admin = False
@@ -134,43 +135,6 @@ class Connection(ClientSide, WorkerSide, asyncio.Protocol):
         self.hub.flush_soon()
         if self.hub.all_closed is not None and not self.hub.connections:
             self.hub.all_closed.set()
-
-    def pause_writing(self) -> None:
-        # The peer is not reading its replies: stop reading its requests until it does.
-        self.write_paused = True
-        self.update_reading()
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        self.update_reading()
-        self.release_held_back()
-
-    def update_reading(self) -> None:
-        want = not (self.write_paused or self.waiting_on)
-        if want == self.reading or self.closed or self.transport is None:
-            return
-        self.reading = want
-        if want:
-            self.transport.resume_reading()
-        else:
-            self.transport.pause_reading()
-
-    def wait_for_readers(self, job: Job) -> None:
-        """Stop reading this worker until the clients of ``job`` that stopped reading
-        (their transport past the high-water mark) have drained what they were sent."""
-        for client in job.clients:
-            if not isinstance(client, Connection) or client is self or client.closed:
-                continue
-            if client.write_paused:
-                client.held_back.add(self)
-                self.waiting_on.add(client)
-        self.update_reading()
-
-    def release_held_back(self) -> None:
-        held, self.held_back = self.held_back, set()
-        for worker in held:
-            worker.waiting_on.discard(self)
-            worker.update_reading()
 
     def data_received(self, data: bytes) -> None:
         self.hub.stats.bytes_in += len(data)
