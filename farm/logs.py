@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import IO, Any
+
+from farm.paths import open_own_file
 
 __all__ = ["LOG_FORMATS", "JsonFormatter", "setup_logging"]
 
@@ -81,9 +84,12 @@ def setup_logging(
     """
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format {log_format!r}: one of {', '.join(LOG_FORMATS)}")
-    handler: logging.Handler = (
-        logging.FileHandler(filename) if filename else logging.StreamHandler(stream or sys.stderr)
-    )
+    if filename:
+        # Not logging.FileHandler: it would follow a link planted at the path (see
+        # paths.open_own_file). Appending, so logrotate's copytruncate works.
+        fd = open_own_file(filename, append=True)
+        stream = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+    handler: logging.Handler = logging.StreamHandler(stream or sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter(role, slot=slot, function=function))
     else:

@@ -18,6 +18,7 @@ __all__ = [
     "fallback_runtime_dir",
     "UnsafeDirectory",
     "private_dir",
+    "open_own_file",
     "check_private",
     "check_runtime_path",
 ]
@@ -123,3 +124,13 @@ def check_runtime_path(path: str | os.PathLike[str]) -> None:
     fallback = fallback_runtime_dir()
     if Path(path).parent == fallback:
         private_dir(fallback)
+
+
+def open_own_file(path: str | os.PathLike[str], *, append: bool, mode: int = 0o644) -> int:
+    """Open a file we write (a pid file, a log) without following a link at ``path``: in a
+    directory other users can write, such as /tmp, a link planted there would otherwise
+    have us, perhaps as root, truncate or write the file it points at. The fd, or OSError
+    (ELOOP for a link)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags |= os.O_APPEND if append else os.O_TRUNC
+    return os.open(path, flags, mode)

@@ -22,7 +22,7 @@ from farm.errors import FarmError, TLSFileError
 from farm.lifetime import die_with_parent
 from farm.logs import setup_logging
 from farm.net import load_tls_file, parse_address
-from farm.paths import adopt_legacy_store
+from farm.paths import adopt_legacy_store, open_own_file
 from farm.server.connection import Connection
 from farm.server.exposition import serve_http
 from farm.server.hub import Hub
@@ -231,7 +231,9 @@ def run(options: ServerOptions) -> int:
     _raise_fd_limit(options.max_connections + 64)
     if options.pid_file:
         try:
-            Path(options.pid_file).write_text(f"{os.getpid()}\n")
+            fd = open_own_file(options.pid_file, append=False)
+            with os.fdopen(fd, "w") as pid_file:
+                pid_file.write(f"{os.getpid()}\n")
         except OSError as exc:
             print(f"farm server: cannot write the pid file: {exc} (-P/--pid-file)", file=sys.stderr)
             return 2

@@ -15,7 +15,9 @@ new handles but the same uniques and epoch times.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,6 +57,27 @@ class StoredJob:
     when: float
 
 
+def _owner_only(path: str) -> None:
+    """Create the store closed to other users, or close one left open: its rows are the
+    jobs' payloads. SQLite gives its WAL the database file's mode; one already there is
+    closed too. A link at the path is refused (ELOOP), as a planted one would be followed."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & 0o007:
+            log.warning("the job store %s was readable by other users; closing it to them", path)
+            os.fchmod(fd, mode & ~0o007)
+    finally:
+        os.close(fd)
+    for side in (path + "-wal", path + "-shm"):
+        try:
+            info = os.lstat(side)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(info.st_mode) and info.st_mode & 0o007:
+            os.chmod(side, stat.S_IMODE(info.st_mode) & ~0o007)
+
+
 class SQLiteStore:
     """Background jobs on disk, written in batches."""
 
@@ -69,7 +92,8 @@ class SQLiteStore:
         self._deletes: list[tuple[int]] = []
         self.staged_handles: list[bytes] = []
         try:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _owner_only(self.path)
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             # One server per store: a second one would replay and run the same jobs.
             self.db.execute("PRAGMA locking_mode=EXCLUSIVE")
