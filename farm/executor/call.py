@@ -19,6 +19,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from farm.errors import JobError
 from farm.executor import initstate, spill
 from farm.executor.payload import (
     ARG_CHUNK,
@@ -118,13 +119,26 @@ def _worker_signer() -> Signer:
     return _signer
 
 
+#: Said with an ImportError of a call's function: the usual cause is a module beside the script.
+UNIMPORTABLE = (
+    "farm: the farm's workers import a function's module by name, from their own sys.path,"
+    " working directory and environment, not the caller's. Install the module where the"
+    " workers run, or put it on their PYTHONPATH; functions defined in the script itself"
+    " travel with the call (docs/executor.md, 'What remains different')"
+)
+
+
 def _function(fn_bytes: bytes, initialized: bool) -> Callable[..., Any]:
     """The call's function; after this executor's initializer, given what it left
     (farm.executor.initstate)."""
     key = (fn_bytes, _initialized if initialized else None)
     fn = _functions.get(key)
     if fn is None:
-        fn = pickle.loads(fn_bytes)
+        try:
+            fn = pickle.loads(fn_bytes)
+        except ImportError as exc:  # ModuleNotFoundError: a module beside the caller's script
+            exc.add_note(UNIMPORTABLE)
+            raise
         if len(_functions) >= _MAX_FUNCTIONS:
             _functions.clear()
         _functions[key] = fn
@@ -177,7 +191,7 @@ def run_call(job: Any) -> bytes:
         del calls_data  # a large argument's bytes: not kept while the call runs
         outcome: tuple[Any, ...] = (OK, _apply(fn, kind, calls))
     except BaseException as exc:  # as ProcessPoolExecutor: even SystemExit is the call's outcome
-        outcome = (ERROR, exc, _remote_traceback(exc))
+        outcome = _raised(exc)
     return _seal_result(signer, call_id, _dump_outcome(outcome))
 
 
@@ -289,7 +303,7 @@ def _run_batch(
         try:
             outcome: tuple[Any, ...] = (OK, _apply(fn, kind, pickle.loads(call)))
         except BaseException as exc:
-            outcome = (ERROR, exc, _remote_traceback(exc))
+            outcome = _raised(exc)
         if budget is not None:
             longest = max(longest, time.monotonic() - began)
         outcomes.append(outcome)
@@ -299,6 +313,26 @@ def _run_batch(
             first, outcomes = index + 1, []
             flush_at = time.monotonic() + BATCH_FLUSH_EVERY
     return _seal_result(signer, call_id, _dump_batch(first, outcomes), len(outcomes), first)
+
+
+def _raised(exc: BaseException) -> tuple[Any, ...]:
+    """The outcome of a call that raised ``exc``. An exception that pickles but does not
+    unpickle (one whose ``__init__`` wants other arguments than its ``args``: a common
+    slip) is replaced here by a JobError that says so, since in a batch one outcome the
+    caller cannot load would cost it the batch's others. Only calls that raised pay."""
+    text = _remote_traceback(exc)
+    try:
+        pickled = dump(exc)
+    except BaseException:
+        return (ERROR, exc, text)  # it does not pickle: _dump_outcome says so, as it says why
+    try:
+        pickle.loads(pickled)
+    except BaseException as again:  # what unpickling raises: even SystemExit
+        error = JobError(
+            f"the call raised {_describe(exc)}, which cannot be unpickled: {_describe(again)}"
+        )
+        return (ERROR, error, text)
+    return (ERROR, exc, text)
 
 
 def _remote_traceback(exc: BaseException) -> str:

@@ -46,9 +46,9 @@ from farm.executor.arguments import (
     check_max_tasks_per_child,
     check_max_workers,
     is_servers,
-    spill_settings,
 )
 from farm.executor.call import DEFAULT_FUNCTION
+from farm.executor.callerfiles import CallerFiles
 from farm.executor.flight import MAX_BATCH, BrokenFarmExecutor, Call, WorkItem, fail_broken
 from farm.executor.futures import CallFuture, results
 from farm.executor.payload import (
@@ -161,19 +161,20 @@ class Executor(_BaseExecutor):
             raise TypeError("initializer must be a callable")
         check_max_tasks_per_child(max_tasks_per_child)
         del mp_context  # the farm starts its workers
+        self._signer = Signer(load_key(key_file))
+        self._files = CallerFiles(key_file, spill_dir, max_spill_mb)
         setup = NO_SETUP
         if initializer is not None or max_tasks_per_child is not None:
+            init = None
+            if initializer is not None:
+                init = dump_initializer(initializer, tuple(initargs))
+                if len(init) > spill.SPILL_THRESHOLD:  # a dataset for each worker, say
+                    init = self._files.stand_in(init)
             setup = encode_setup(
-                None if initializer is None else dump_initializer(initializer, tuple(initargs)),
+                init,
                 secrets.token_bytes(CALL_ID_SIZE),  # this executor, for max_tasks_per_child
                 max_tasks_per_child,
             )
-        self._signer = Signer(load_key(key_file))
-        self._spill_options = (key_file, spill_dir, max_spill_mb)
-        if max_spill_mb is not None:
-            spill.mb_to_bytes(max_spill_mb)  # a bad limit fails here, not at the first large call
-        self._spill: spill.SpillSettings | None = None  # resolved at the first large call
-        self._spill_files: set[bytes] = set()  # references of argument files not removed yet
         addresses = parse_servers(executor_servers() if servers is None else servers)
         function = check_name(function)
         window = checked or 0
@@ -224,9 +225,23 @@ class Executor(_BaseExecutor):
             body = dump_call((args, kwargs))
         except Exception as exc:  # unpicklable: the future says so, as ProcessPoolExecutor's
             return self._enqueue(None, exc)
-        if len(body) > spill.SPILL_THRESHOLD:
-            return self._enqueue_spilled(fn_bytes, SINGLE, body)
-        return self._enqueue(Call(fn_bytes, SINGLE, body), None)
+        if len(fn_bytes) <= spill.SPILL_THRESHOLD:
+            if len(body) > spill.SPILL_THRESHOLD:
+                return self._enqueue_spilled(fn_bytes, SINGLE, body)
+            return self._enqueue(Call(fn_bytes, SINGLE, body), None)
+        try:
+            fn_bytes, key = self._files.shared(fn_bytes)
+        except (FarmError, OSError) as exc:  # too large, no spill directory, a bad config
+            return self._enqueue(None, exc)
+        future = None
+        try:
+            if len(body) > spill.SPILL_THRESHOLD:
+                future = self._enqueue_spilled(fn_bytes, SINGLE, body)
+            else:
+                future = self._enqueue(Call(fn_bytes, SINGLE, body), None)
+        finally:
+            self._files.use(key, [] if future is None else [future])
+        return future
 
     def map(
         self,
@@ -247,10 +262,14 @@ class Executor(_BaseExecutor):
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
+        shared: bytes | None = None  # the key of a function large enough for a file
         try:
-            fn_bytes: bytes | None = dump_fn(fn)  # once for the whole map
+            pickled = dump_fn(fn)  # once for the whole map
+            if len(pickled) > spill.SPILL_THRESHOLD:
+                pickled, shared = self._files.shared(pickled)
+            fn_bytes: bytes | None = pickled
             fn_error: Exception | None = None
-        except Exception as exc:
+        except Exception as exc:  # unpicklable, or its file cannot be written
             fn_bytes, fn_error = None, exc
         if chunksize > 1 and len(iterables) == 1:
             # One iterable: each chunk is a list of the arguments themselves (ARG_CHUNK),
@@ -295,6 +314,8 @@ class Executor(_BaseExecutor):
         finally:
             if self._thread is not None:
                 self._pump.nudge()
+            if shared is not None:
+                self._files.use(shared, futures)
         if not progress:
             return results(futures, end_time, chunked=chunksize > 1)
         from farm.executor.progress import with_progress
@@ -319,8 +340,7 @@ class Executor(_BaseExecutor):
                 raise RuntimeError("cannot wait for the executor from one of its done-callbacks")
             self._thread.join()
         if wait or self._thread is None:
-            for reference in list(self._spill_files):  # what no future removed
-                self._unspill(reference)
+            self._files.remove_all()
 
     # -- internals --
 
@@ -352,24 +372,17 @@ class Executor(_BaseExecutor):
         """A call whose pickle is over SPILL_THRESHOLD: written to a spill file, its reference
         sent; the file is removed when the future is done, whatever the outcome."""
         try:
-            if self._spill is None:
-                self._spill = spill_settings(*self._spill_options)
-            reference = spill.write(self._spill, body, "a")
+            reference = self._files.write(body)
         except (FarmError, OSError) as exc:  # too large, no spill directory, a bad config
             return self._enqueue(None, exc)
         del body
-        self._spill_files.add(reference)
         try:
             future = self._enqueue(Call(fn_bytes, kind | SPILLED, reference), None)
         except BaseException:
-            self._unspill(reference)
+            self._files.remove(reference)
             raise
-        future.add_done_callback(lambda _: self._unspill(reference))
+        self._files.remove_when_done(future, reference)
         return future
-
-    def _unspill(self, reference: bytes) -> None:
-        self._spill_files.discard(reference)
-        spill.remove(reference)
 
     def _start_pump(self) -> None:
         # Started on first use, not in __init__, so creating an executor before

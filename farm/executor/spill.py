@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import secrets
 import stat
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from farm.errors import FarmError
 from farm.executor.signing import SignatureError, key_path
@@ -57,6 +58,8 @@ __all__ = [
     "write",
     "read",
     "remove",
+    "ByFile",
+    "load_pickled",
     "reference_path",
     "sweep",
     "sweep_every",
@@ -297,3 +300,23 @@ def _alive(pid_text: str) -> bool:
     except PermissionError:
         return True  # another user's live process
     return True
+
+
+class ByFile:
+    """Stands in, in a call's pickle, for a large function (a closure over big data) or
+    initializer: its own pickle is in a spill file, and unpickling this in the worker
+    gives the object itself (``load_pickled``), so each job carries only the reference.
+    The reference is inside the signed payload, as for spilled arguments."""
+
+    __slots__ = ("reference",)
+
+    def __init__(self, reference: bytes) -> None:
+        self.reference = reference
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return load_pickled, (self.reference,)
+
+
+def load_pickled(reference: bytes) -> Any:
+    """The object a ByFile stands for: the spill file's bytes, checked, then unpickled."""
+    return pickle.loads(read(reference))

@@ -79,6 +79,20 @@ def unpicklable_result(i: int = 0) -> object:
     return threading.Lock()
 
 
+class TwoArgError(Exception):
+    """Pickles, but does not unpickle: ``args`` holds one of the two that ``__init__`` wants."""
+
+    def __init__(self, a: str, b: str) -> None:
+        super().__init__(a)
+
+
+def two_arg_error_at(i: int, at: int) -> int:
+    """Returns ``i``, except at ``at``, where it raises an exception that will not unpickle."""
+    if i == at:
+        raise TwoArgError("x", "y")
+    return i
+
+
 def box(value: int) -> Box:
     return Box(value)
 

@@ -47,6 +47,7 @@ from tests.helpers.calls import (
     nap,
     pid_then_block,
     tell,
+    two_arg_error_at,
     unpicklable_result,
 )
 from tests.helpers.servers import Server, start_farm_server
@@ -459,6 +460,35 @@ def test_a_result_that_cannot_be_unpickled_fails_only_its_call(ex: farm.Executor
         future.result(timeout=30)
     assert isinstance(err.value.__cause__, SystemExit)
     assert ex.submit(add, 1, 1).result(timeout=30) == 2
+
+
+def test_an_exception_that_cannot_be_unpickled_fails_only_its_call_in_a_batch(
+    ex: farm.Executor,
+) -> None:
+    # Calls waiting together travel as one job; the one exception that would not load in
+    # the caller must not cost the batch's other calls their results.
+    futures = [ex.submit(two_arg_error_at, i, 100) for i in range(300)]
+    with pytest.raises(farm.JobError, match="TwoArgError: x, which cannot be unpickled"):
+        futures[100].result(timeout=60)
+    assert "two_arg_error_at" in str(futures[100].exception().__cause__)  # its traceback
+    assert [f.result(timeout=60) for i, f in enumerate(futures) if i != 100] == [
+        i for i in range(300) if i != 100
+    ]
+
+
+def test_a_function_the_workers_cannot_import_says_why(
+    ex: farm.Executor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A helper module beside the caller's script: the caller imports it, the farm's
+    # workers (their own sys.path) cannot. The error says what to do about it.
+    (tmp_path / "farm_test_beside_script.py").write_text("def double(x):\n    return 2 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import farm_test_beside_script  # type: ignore[import-not-found]
+
+    exc = ex.submit(farm_test_beside_script.double, 2).exception(timeout=30)
+    assert isinstance(exc, ModuleNotFoundError), exc
+    assert any("not the caller's" in note for note in exc.__notes__), exc.__notes__
+    sys.modules.pop("farm_test_beside_script", None)
 
 
 def pickling_program(ex: Executor) -> dict[str, Any]:

@@ -17,7 +17,9 @@ import farm
 from farm.executor.spill import SpillRefused, SpillTooLarge
 from tests.helpers.calls import (
     add,
+    get_init_state,
     identity,
+    init_state,
     large_result,
     nbytes_after_gate,
     spill_and_die,
@@ -90,6 +92,36 @@ def test_a_200_mb_array_and_a_bytearray_round_trip_and_leave_no_file(shared: Far
     assert shared.files() == []
     mode = os.stat(shared.spill).st_mode
     assert mode & 0o777 == 0o770
+
+
+@pytest.mark.timeout(120)
+def test_a_large_closure_and_large_initargs_travel_as_files_once(shared: Farm) -> None:
+    # A function over the threshold (a closure over 3 MiB here) travels by file, one file
+    # for all the calls that carry it; the initializer's dataset too. Inline, every job
+    # carried them, and over the server's packet limit the connection went down with
+    # every call on it.
+    data = os.urandom(3 << 20)
+
+    def byte_at(i: int) -> int:
+        return data[i]
+
+    gate = Gate(shared.tmp / "closure.gate")
+    with gate, shared.executor(4, initializer=init_state, initargs=(data.hex(),)) as ex:
+        assert ex.submit(byte_at, 5).result(timeout=60) == data[5]
+        assert ex.submit(get_init_state).result(timeout=60) == data.hex()
+        blockers = [ex.submit(wait_gate, gate.path) for _ in range(2)]
+        wait_for("busy workers", lambda: len(shared.up.workers("farm.python", "busy")) == 2, 15)
+        futures = [ex.submit(byte_at, i) for i in range(3)]
+        mapped = ex.map(byte_at, range(10, 20))
+        # The initializer's file, and one file for byte_at shared by all its waiting calls.
+        assert len(shared.files()) == 2, shared.files()
+        gate.open()
+        assert [f.result(timeout=60) for f in futures] == list(data[:3])
+        assert list(mapped) == list(data[10:20])
+        for blocker in blockers:
+            blocker.result(timeout=30)
+        assert len(shared.files()) == 1, "the function's file goes with its last call"
+    assert shared.files() == []
 
 
 @pytest.mark.timeout(60)

@@ -1,0 +1,107 @@
+"""The caller's spill files: large arguments, and large functions and initializers.
+
+An argument pickle over ``spill.SPILL_THRESHOLD`` goes to a file of its own, removed
+when its call is done. A function (a closure over big data, a script's function whose
+globals it carries) or an initializer over the threshold goes to a file too, and the
+job carries a ``spill.ByFile`` in its place: one file for equal bytes while any call
+uses them, so the calls of one ``map`` (or many ``submit``s of one function) share it,
+and a worker, which keeps functions by their pickle, loads it once. Without this each
+job would carry the whole pickle, and one over the server's packet limit (64 MiB) would
+cost the connection and every call on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import threading
+from collections.abc import Iterable
+from concurrent.futures import Future
+from typing import Any
+
+from farm.executor import spill
+from farm.executor.arguments import spill_settings
+
+__all__ = ["CallerFiles"]
+
+
+class CallerFiles:
+    """One executor's spill files (see the module docstring)."""
+
+    def __init__(
+        self, key_file: str | None, spill_dir: str | os.PathLike[str] | None, mb: int | None
+    ) -> None:
+        self._options = (key_file, spill_dir, mb)
+        if mb is not None:
+            spill.mb_to_bytes(mb)  # a bad limit fails in the constructor, not at a large call
+        self._settings: spill.SpillSettings | None = None  # resolved at the first large call
+        self._lock = threading.Lock()  # done-callbacks run in other threads
+        self._files: set[bytes] = set()  # references not removed yet
+        # sha256 of a shared pickle -> [its ByFile pickle, its reference, calls using it]
+        self._shared: dict[bytes, list[Any]] = {}
+
+    def write(self, data: bytes) -> bytes:
+        """A file of ``data``, its reference; FarmError or OSError when it cannot be."""
+        if self._settings is None:
+            self._settings = spill_settings(*self._options)
+        reference = spill.write(self._settings, data, "a")
+        with self._lock:
+            self._files.add(reference)
+        return reference
+
+    def stand_in(self, data: bytes) -> bytes:
+        """The pickle of a ByFile for ``data``, in a file kept until ``remove_all`` (an
+        executor's initializer, which every call carries). FarmError or OSError."""
+        return pickle.dumps(spill.ByFile(self.write(data)), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def remove(self, reference: bytes) -> None:
+        with self._lock:
+            self._files.discard(reference)
+        spill.remove(reference)
+
+    def remove_when_done(self, future: Future[Any], reference: bytes) -> None:
+        future.add_done_callback(lambda _: self.remove(reference))
+
+    def shared(self, data: bytes) -> tuple[bytes, bytes]:
+        """The pickle of a ByFile standing for ``data`` (the same for equal data while
+        calls use it), and the key that ``use`` takes. FarmError or OSError."""
+        key = hashlib.sha256(data).digest()
+        with self._lock:
+            entry = self._shared.get(key)
+            if entry is not None:
+                entry[2] += 1  # held until use() hands it to the calls
+                return entry[0], key
+        reference = self.write(data)
+        stand_in = pickle.dumps(spill.ByFile(reference), protocol=pickle.HIGHEST_PROTOCOL)
+        with self._lock:
+            entry = self._shared.setdefault(key, [stand_in, reference, 0])
+            entry[2] += 1
+        if entry[1] != reference:  # another thread wrote the same bytes first
+            self.remove(reference)
+        return entry[0], key
+
+    def use(self, key: bytes, futures: Iterable[Future[Any]]) -> None:
+        """The calls that carry a ``shared`` stand-in; its file goes when they are done."""
+        for future in futures:
+            with self._lock:
+                self._shared[key][2] += 1
+            future.add_done_callback(lambda _: self.release(key))
+        self.release(key)  # shared()'s own hold
+
+    def release(self, key: bytes) -> None:
+        with self._lock:
+            entry = self._shared[key]
+            entry[2] -= 1
+            if entry[2]:
+                return
+            del self._shared[key]
+        self.remove(entry[1])
+
+    def remove_all(self) -> None:
+        """Shutdown: what no call removed (an initializer's file, calls never sent)."""
+        with self._lock:
+            left = list(self._files)
+            self._shared.clear()
+        for reference in left:
+            self.remove(reference)
