@@ -5,13 +5,21 @@ from its keywords, the environment and the config."""
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeGuard
 
 from farm.discovery import executor_spill
 from farm.executor import spill
 
-__all__ = ["check_max_tasks_per_child", "check_max_workers", "is_servers", "spill_settings"]
+__all__ = [
+    "check_max_tasks_per_child",
+    "check_max_workers",
+    "is_servers",
+    "old_forms",
+    "spill_settings",
+]
 
 
 def spill_settings(
@@ -52,3 +60,25 @@ def check_max_tasks_per_child(max_tasks_per_child: object) -> None:
         raise TypeError("max_tasks_per_child must be an integer")
     if max_tasks_per_child <= 0:
         raise ValueError("max_tasks_per_child must be >= 1")
+
+
+def old_forms(
+    max_workers: object, servers: str | Iterable[str] | None, max_in_flight: int | None
+) -> tuple[str | Iterable[str] | None, object]:
+    """``(servers, max_workers)`` from the older ways of saying them: servers in
+    max_workers' place (DeprecationWarning), and ``max_in_flight`` for ``max_workers``."""
+    if is_servers(max_workers):  # farm.Executor("unix:/run/farm/gearman.sock"), the old way
+        if servers is not None:
+            raise TypeError("Executor() got servers twice: as max_workers and as servers=")
+        warnings.warn(
+            "farm.Executor(servers) is deprecated: the first argument is max_workers, as"
+            " for ProcessPoolExecutor; pass servers=... instead",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        servers, max_workers = max_workers, None
+    if max_in_flight is not None:
+        if max_workers is not None:
+            raise TypeError("give max_workers or its older name max_in_flight, not both")
+        max_workers = max_in_flight
+    return servers, max_workers

@@ -24,13 +24,11 @@ exactly that future with ``farm.WorkerLost``; the executor keeps working.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import secrets
 import threading
 import time
-import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor as _BaseExecutor
@@ -41,11 +39,11 @@ from typing import Any, TypeVar
 from farm.client.admin import function_workers
 from farm.discovery import executor_servers
 from farm.errors import FarmError
-from farm.executor import spill
+from farm.executor import lifespan, spill
 from farm.executor.arguments import (
     check_max_tasks_per_child,
     check_max_workers,
-    is_servers,
+    old_forms,
 )
 from farm.executor.call import DEFAULT_FUNCTION
 from farm.executor.callerfiles import CallerFiles
@@ -71,9 +69,6 @@ from farm.protocol.checks import check_name, check_priority
 
 log = logging.getLogger("farm.executor")
 
-#: At exit, how long the drain waits before it says what it waits for (seconds).
-EXIT_QUIET = 10.0
-
 __all__ = ["Executor", "RemoteTraceback", "BrokenFarmExecutor", "DEFAULT_FUNCTION"]
 
 T = TypeVar("T")
@@ -84,10 +79,6 @@ NUDGE_EVERY = 0.002
 _IN_MEMORY = (list, tuple, range)
 #: Jobs in flight per worker of the pool for an executor without max_workers (see __init__).
 QUEUED_PER_WORKER = 2
-
-_live_pumps: weakref.WeakSet[Pump] = weakref.WeakSet()
-#: Set by the atexit hook: no executor takes new calls once the interpreter is exiting.
-_exiting = False
 
 
 class Executor(_BaseExecutor):
@@ -142,21 +133,8 @@ class Executor(_BaseExecutor):
         spill_dir: str | os.PathLike[str] | None = None,
         max_spill_mb: int | None = None,
     ) -> None:
-        if is_servers(max_workers):  # farm.Executor("unix:/run/farm/gearman.sock"), the old way
-            if servers is not None:
-                raise TypeError("Executor() got servers twice: as max_workers and as servers=")
-            warnings.warn(
-                "farm.Executor(servers) is deprecated: the first argument is max_workers, as"
-                " for ProcessPoolExecutor; pass servers=... instead",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            servers, max_workers = max_workers, None
-        if max_in_flight is not None:
-            if max_workers is not None:
-                raise TypeError("give max_workers or its older name max_in_flight, not both")
-            max_workers = max_in_flight
-        checked = check_max_workers(max_workers)
+        servers, workers = old_forms(max_workers, servers, max_in_flight)
+        checked = check_max_workers(workers)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         check_max_tasks_per_child(max_tasks_per_child)
@@ -196,7 +174,7 @@ class Executor(_BaseExecutor):
             # shares, and would queue more of this executor's work ahead of other callers'.)
             window = QUEUED_PER_WORKER * checked
         self._max_workers = checked
-        self._pump = Pump(
+        self._pump_args = (
             addresses,
             self._signer,
             function,
@@ -207,19 +185,40 @@ class Executor(_BaseExecutor):
             MAX_BATCH if max_tasks_per_child is None else 1,  # a worker counts jobs
             checked,
         )
+        self._shutdown = False
+        self._spill_args = (key_file, spill_dir, max_spill_mb)
+        self._start_state()
+
+    def _start_state(self) -> None:
+        """The pump and what its threads share: made here, and again in a forked child."""
+        self._generation = lifespan.state.generation
+        self._pump = Pump(*self._pump_args)
         # Shared by this executor's futures (see CallFuture): one Condition per call cost
         # a fifth of the caller's CPU for tiny calls.
         self._condition = threading.Condition()
         self._thread: threading.Thread | None = None
-        self._shutdown = False
         self._shutdown_lock = threading.Lock()
         # An executor dropped without shutdown() still lets its pump finish and exit.
-        weakref.finalize(self, self._pump.stop)
+        self._finalizer = weakref.finalize(self, self._pump.stop)
+
+    def _renew(self) -> None:
+        """First use in a child forked from the process that made this executor: a pump of
+        the child's own (lifespan). The parent's calls stay the parent's; its spill files
+        too (the initializer's is the parent's to remove, and stays readable here)."""
+        with lifespan.renewing():
+            if self._generation == lifespan.state.generation:
+                return  # another thread of the child renewed it
+            self._finalizer.detach()  # the parent's pump is not to be woken from here
+            self._pump.forget()
+            self._files = CallerFiles(*self._spill_args)
+            self._start_state()
 
     # -- the concurrent.futures API --
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)`` on a worker; its Future holds the outcome."""
+        if self._generation != lifespan.state.generation:
+            self._renew()
         try:
             fn_bytes = dump_fn(fn)
             body = dump_call((args, kwargs))
@@ -261,6 +260,8 @@ class Executor(_BaseExecutor):
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
+        if self._generation != lifespan.state.generation:
+            self._renew()
         end_time = None if timeout is None else timeout + time.monotonic()
         shared: bytes | None = None  # the key of a function large enough for a file
         try:
@@ -326,6 +327,8 @@ class Executor(_BaseExecutor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new calls; ``cancel_futures`` cancels those not yet sent; ``wait`` for the rest."""
+        if self._generation != lifespan.state.generation:
+            self._renew()
         with self._shutdown_lock:
             self._shutdown = True
             if cancel_futures:
@@ -352,7 +355,7 @@ class Executor(_BaseExecutor):
                 raise BrokenFarmExecutor(self._pump.broken) from self._pump.broken_by
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            if _exiting:
+            if lifespan.state.exiting:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             future: Future[Any] = CallFuture(self._pump, self._condition)
             if error is not None:
@@ -396,22 +399,4 @@ class Executor(_BaseExecutor):
             self._pump.started = False
             raise
         self._thread = thread
-        _live_pumps.add(self._pump)
-
-
-@atexit.register
-def _drain_at_exit() -> None:
-    """At interpreter exit, every executor finishes what was submitted (as ProcessPoolExecutor)."""
-    global _exiting
-    _exiting = True
-    for pump in list(_live_pumps):
-        pump.stop()
-    for pump in list(_live_pumps):
-        if not pump.finished.wait(EXIT_QUIET):
-            # Silence here looks like a hang: say what the exit waits for (calls queued on a
-            # server with no worker for them wait until one comes, as a pool's would).
-            log.warning(
-                "exiting: waiting for the calls of %r still on the farm (Ctrl-C abandons them)",
-                pump.function,
-            )
-            pump.finished.wait()
+        lifespan.started(self._pump)

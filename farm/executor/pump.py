@@ -185,6 +185,20 @@ class Pump(Links, WaitHere):
             self._selector.close()
             self._waker.close()
 
+    def forget(self) -> None:
+        """In a child forked from this pump's process: let go of the parent's connections
+        and wake-up pipe without a word on them (closing the child's copies of the
+        descriptors leaves the parent's open), and never wake the parent's thread. Only new
+        objects are touched: a lock of the parent's may have been held across the fork."""
+        self.started = False
+        self.finished = threading.Event()
+        self.finished.set()
+        for conn in self._conns.values():
+            conn.sock.close()
+        self._conns = {}
+        self._selector.close()
+        self._waker.close()
+
     def _wake(self) -> None:
         self._waker.wake()
 

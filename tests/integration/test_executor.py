@@ -491,6 +491,44 @@ def test_a_function_the_workers_cannot_import_says_why(
     sys.modules.pop("farm_test_beside_script", None)
 
 
+FORK_PROGRAM = """
+import os, sys, time
+import farm
+from tests.helpers.calls import add, nap
+
+ex = farm.Executor(servers=sys.argv[1], key_file=sys.argv[2])
+assert ex.submit(add, 1, 1).result(timeout=30) == 2
+across = ex.submit(nap, 0.5)  # in flight while the child starts
+pid = os.fork()
+if pid == 0:
+    # The child's calls go out on connections of its own, and its exit waits for them only.
+    print("child", ex.submit(add, 20, 22).result(timeout=30), flush=True)
+    sys.exit(0)
+print("parent", across.result(timeout=30), ex.submit(add, 2, 3).result(timeout=30), flush=True)
+_, status = os.waitpid(pid, 0)
+print("child exit", os.waitstatus_to_exitcode(status), flush=True)
+ex.shutdown()
+"""
+
+
+def test_a_forked_child_uses_the_executor_on_its_own_and_exits(
+    shared_farm: ExecutorFarm,
+) -> None:
+    # Without its own pump the child wrote on the parent's connections (the parent's
+    # calls failed: "JOB_CREATED answers no request") and its exit waited for ever on a
+    # pump thread that does not exist in a child.
+    run = subprocess.run(
+        [sys.executable, "-c", FORK_PROGRAM, shared_farm.addr, str(shared_farm.key)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    lines = sorted(run.stdout.splitlines())
+    assert lines == ["child 42", "child exit 0", "parent 0.5 5"], (lines, run.stderr)
+
+
 def pickling_program(ex: Executor) -> dict[str, Any]:
     """Results the worker cannot pickle: each is its call's exception, as in the pool."""
     seen: dict[str, Any] = {}

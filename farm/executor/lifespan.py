@@ -1,0 +1,75 @@
+"""What every executor of a process shares: the drain at interpreter exit, and fork().
+
+At exit, every executor finishes what was submitted, as ProcessPoolExecutor does. A child
+forked after an executor sent calls inherits its pump: the parent's connections, its
+wake-up pipe and a thread that does not exist in the child. Writing on those would
+break the parent's calls, and waiting for that thread would never end. So a fork starts
+a new generation: an executor first used in the child gets a pump of its own there
+(``Executor._renew``), and the child's exit waits only for the child's pumps.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import weakref
+
+from farm.executor.pump import Pump
+
+__all__ = ["EXIT_QUIET", "state", "started", "renewing"]
+
+log = logging.getLogger("farm.executor")
+
+#: At exit, how long the drain waits before it says what it waits for (seconds).
+EXIT_QUIET = 10.0
+
+
+class _State:
+    """Read on every submit: a plain object, no lock."""
+
+    exiting = False  # set by the atexit hook: no executor takes new calls after it
+    generation = 0  # one more in each forked child
+
+
+state = _State()
+_live_pumps: weakref.WeakSet[Pump] = weakref.WeakSet()
+_renew_lock = threading.Lock()
+
+
+def started(pump: Pump) -> None:
+    """A pump whose thread runs: the exit drains it."""
+    _live_pumps.add(pump)
+
+
+def renewing() -> threading.Lock:
+    """Held while an executor replaces the pump it inherited through fork()."""
+    return _renew_lock
+
+
+def _after_fork_in_child() -> None:
+    global _live_pumps, _renew_lock
+    state.generation += 1
+    _live_pumps = weakref.WeakSet()  # the parent's pumps have no thread here
+    _renew_lock = threading.Lock()  # another thread of the parent may have held it
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@atexit.register
+def _drain_at_exit() -> None:
+    """At interpreter exit, every executor finishes what was submitted (as ProcessPoolExecutor)."""
+    state.exiting = True
+    for pump in list(_live_pumps):
+        pump.stop()
+    for pump in list(_live_pumps):
+        if not pump.finished.wait(EXIT_QUIET):
+            # Silence here looks like a hang: say what the exit waits for (calls queued on a
+            # server with no worker for them wait until one comes, as a pool's would).
+            log.warning(
+                "exiting: waiting for the calls of %r still on the farm (Ctrl-C abandons them)",
+                pump.function,
+            )
+            pump.finished.wait()
