@@ -25,6 +25,9 @@ __all__ = ["Decoder"]
 _NARGS = {t: s.nargs for t, s in PACKETS.items()}
 _ARGS = {t: s.args for t, s in PACKETS.items()}
 _NO_ARGS: tuple[bytes, ...] = ()
+#: How many NULs split a body: all but the last argument's when it is data (which may hold
+#: NULs), one more otherwise, so that a NUL inside that last argument shows (see feed).
+_SPLITS = {t: s.nargs - 1 if s.has_data else s.nargs for t, s in PACKETS.items()}
 #: A worker's news of a job: packets whose first argument is the job's handle.
 _WORK_NEWS = frozenset(
     t for t, s in PACKETS.items() if s.name.startswith("WORK_") and s.fields[0] == "handle"
@@ -141,9 +144,17 @@ class Decoder:
                     pos = stop
                     continue
                 body = src[pos + HEADER_SIZE : stop]
-                parts = (body if src is data else bytes(body)).split(b"\0", nargs - 1)
+                parts = (body if src is data else bytes(body)).split(b"\0", _SPLITS[ptype])
                 pos = stop
                 if len(parts) != nargs:
+                    if len(parts) > nargs:
+                        # A NUL inside a last argument that is not data: it ends there, as
+                        # gearmand reads such arguments as C strings. (Kept, it would go out
+                        # again in a reply field that cannot hold one: STATUS_RES's handle.)
+                        parts = parts[:nargs]
+                        args = _tuple_new(_ARGS[ptype], parts)
+                        events.append(_tuple_new(Packet, (magic, ptype, args)))
+                        continue
                     raise ProtocolError(
                         f"{PACKETS[ptype].name} needs {nargs} arguments, got {len(parts)}",
                         fatal=False,

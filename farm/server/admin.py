@@ -191,7 +191,7 @@ def max_queue(server: Hub, args: list[str]) -> str:
     if not args:
         return _incomplete("maxqueue")
     try:
-        sizes = [int(a) for a in args[1:4]]
+        sizes = [max(0, int(a)) for a in args[1:4]]  # below 0: no limit, as 0 (gearmand)
     except ValueError:
         return _incomplete("maxqueue")
     name = _raw(args[0])

@@ -323,6 +323,47 @@ def test_worker_answer_over_the_limit_fails_the_job_once(small_farm, peer_factor
     assert_healthy(srv, h)
 
 
+def test_a_nul_inside_a_last_argument_that_is_not_data_ends_it(keeper_any, peer_factory):
+    # gearmand reads such arguments as C strings. farm kept the NUL, and a STATUS_RES
+    # naming the handle could not be framed: the asking client's connection was closed.
+    srv, h = keeper_any
+    p = peer_factory(srv.addr)
+    p.send_raw(packet(T.GET_STATUS, b"H:nope\0tail") + packet(T.ECHO_REQ, b"after"))
+    assert p.expect(T.STATUS_RES, timeout=5).args[:3] == (b"H:nope", b"0", b"0")
+    assert p.expect(T.ECHO_RES, timeout=5).args == (b"after",)
+    assert_healthy(srv, h)
+
+
+def test_a_nul_in_a_workers_status_does_not_cost_other_clients(keeper_any, peer_factory):
+    srv, h = keeper_any
+    worker = peer_factory(srv.addr)
+    worker.send(T.CAN_DO, "nul")
+    client = peer_factory(srv.addr)
+    client.send(T.SUBMIT_JOB_BG, "nul", "nul-unique", "x")
+    handle = client.expect(T.JOB_CREATED).args[0]
+    worker.send(T.GRAB_JOB)
+    assert worker.expect(T.JOB_ASSIGN).args[0] == handle
+    worker.send_raw(packet(T.WORK_STATUS, handle + b"\0" + b"1\0" + b"2\0x"))
+    sync(worker)
+    asker = peer_factory(srv.addr)
+    asker.send(T.GET_STATUS_UNIQUE, "nul-unique")
+    status = asker.expect(T.STATUS_RES_UNIQUE, timeout=5).args
+    assert status[3:5] == (b"1", b"2"), status
+    sync(asker)
+    assert_healthy(srv, h)
+
+
+def test_a_negative_maxqueue_is_no_limit(keeper_any, peer_factory):
+    srv, h = keeper_any
+    admin = peer_factory(srv.addr)
+    assert admin.admin("maxqueue negq -1").startswith("OK")
+    client = peer_factory(srv.addr)
+    for _ in range(3):
+        client.send(T.SUBMIT_JOB_BG, "negq", "", "x")
+        assert client.expect(T.JOB_CREATED, timeout=5)
+    assert_healthy(srv, h)
+
+
 # -- garbage -------------------------------------------------------------------
 
 
