@@ -54,8 +54,8 @@ DEFAULT_MAX_PACKET = 64 * 1024 * 1024
 #: Longest admin line accepted before the peer is treated as hostile.
 MAX_ADMIN_LINE = 8192
 MAX_UNIQUE = 63
-#: Longest function name (and reducer name) accepted, as gearmand: names live as long as
-#: their function's entry, so they must not be a way to pin memory.
+#: Longest function name (and reducer name) accepted. gearmand takes longer ones; here names
+#: live as long as their function's entry, so they must not be a way to pin memory.
 MAX_FUNCTION = 512
 #: Longest CAN_DO_TIMEOUT (seconds) and latest SUBMIT_JOB_EPOCH (epoch seconds) accepted.
 MAX_TIMEOUT = 366 * 86400
