@@ -179,7 +179,7 @@ def build_parser(
         type=int,
         default=DEFAULTS.max_queued_bytes,
         metavar="BYTES",
-        help="payload bytes all live jobs may hold; more gets QUEUE_ERROR (0: no limit)",
+        help="bytes all live jobs may hold (arguments, 512 a job); more: QUEUE_ERROR (0: no limit)",
     )
     ap.add_argument(
         "--exceptions",

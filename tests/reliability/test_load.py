@@ -14,6 +14,7 @@ import pytest
 
 from farm import protocol as p
 from farm.protocol import PacketType as T
+from farm.server.jobs import JOB_OVERHEAD
 from tests.helpers.peers import Peer
 from tests.helpers.servers import Server, connect, start_farm_server
 
@@ -117,7 +118,7 @@ def test_connections_past_the_limit_are_closed_cleanly() -> None:
 
 
 def test_total_queued_bytes_limit_gives_queue_error() -> None:
-    srv = start_farm_server("--max-queued-bytes", "1000")
+    srv = start_farm_server("--max-queued-bytes", str(1000 + 2 * JOB_OVERHEAD))
     try:
         peer = Peer(srv.addr)
         peer.send(T.SUBMIT_JOB_BG, "f", "", b"a" * 600)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.server.jobs import JobServer, QueueFull
+from farm.server.jobs import JOB_OVERHEAD, JobServer, QueueFull
 from farm.server.store import SQLiteStore
 from tests.helpers.fakes import FakeClock, FakePeer
 
@@ -129,14 +129,24 @@ def test_status_unique_survives_a_twin_in_another_function() -> None:
 
 
 def test_queued_bytes_count_every_argument_not_only_the_payload() -> None:
-    jobs = JobServer(hostname="t", max_queued_bytes=1000)
+    jobs = JobServer(hostname="t", max_queued_bytes=1000 + 2 * JOB_OVERHEAD)
     long_name = b"f" * 450
     first = jobs.submit(None, long_name, b"u" * 40, b"x" * 10, background=True)
-    assert jobs.queued_bytes == 500
+    assert jobs.queued_bytes == 500 + JOB_OVERHEAD
     with pytest.raises(QueueFull):
         jobs.submit(None, long_name + b"2", b"", b"y" * 60, background=True)  # 511 more
     jobs.cancel(first.handle)
     assert jobs.queued_bytes == 0
+
+
+def test_empty_jobs_meet_the_bytes_limit_too() -> None:
+    # A flood of empty background jobs held the server's memory (about 460 bytes each)
+    # while counting as nothing against --max-queued-bytes.
+    jobs = JobServer(hostname="t", max_queued_bytes=100 * JOB_OVERHEAD)
+    with pytest.raises(QueueFull):
+        for _ in range(101):
+            jobs.submit(None, b"z", b"", b"", background=True)
+    assert len(jobs.jobs) == 99
 
 
 def test_can_do_timeouts_share_a_timer_per_length_and_fail_only_the_overdue_job(
