@@ -95,3 +95,26 @@ def setup_logging(
     else:
         handler.setFormatter(logging.Formatter(text_format))
     logging.basicConfig(level=level, handlers=[handler])
+
+
+class Brief:
+    """Log lines for refusals expected under attack (an unsigned call, say): no
+    traceback, and at most one line each ``every`` seconds, naming how many were held
+    back. A flood of them must not flood the journal, whose rate limit would then drop
+    the lines that matter."""
+
+    def __init__(self, logger: logging.Logger, every: float = 10.0) -> None:
+        self.logger = logger
+        self.every = every
+        self._next = 0.0
+        self._held = 0
+
+    def __call__(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._held += 1
+            return
+        if self._held:
+            msg += f" (and {self._held} more such since the last line)"
+        self.logger.warning(msg, *args)
+        self._next, self._held = now + self.every, 0

@@ -19,9 +19,11 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from farm.discovery import client_servers
+from farm.logs import Brief
 from farm.net import Waker, connect, parse_servers, recv
 from farm.protocol import ProtocolError
 from farm.protocol.checks import as_bytes, check_timeout
@@ -43,16 +45,14 @@ BACKOFF_CAP = 5.0
 WorkerFunction = Callable[["Job"], "bytes | str | None"]
 
 
+@dataclass(slots=True)
 class _Server:
-    __slots__ = ("addr", "session", "sock", "retry_at", "backoff", "warned")
-
-    def __init__(self, addr: str, session: WorkerSession) -> None:
-        self.addr = addr
-        self.session = session
-        self.sock: socket.socket | None = None
-        self.retry_at = 0.0
-        self.backoff = BACKOFF_FIRST
-        self.warned = False
+    addr: str
+    session: WorkerSession
+    sock: socket.socket | None = None
+    retry_at: float = 0.0
+    backoff: float = BACKOFF_FIRST
+    warned: bool = False
 
 
 class Job:
@@ -148,6 +148,7 @@ class Worker:
         # Taken by every write to the servers, so abandon() may fail a job from another
         # thread; uncontended (one thread runs jobs) it costs well under a microsecond.
         self._send_lock = threading.Lock()
+        self._brief = Brief(log)
 
     # -- registration --
 
@@ -346,13 +347,11 @@ class Worker:
             result = fn(job)
             payload = b"" if result is None else as_bytes(result, "a worker function's result")
         except Exception as exc:
-            log.warning(
-                "job %s %s raised",
-                event.function,
-                event.handle,
-                exc_info=True,
-                extra={"function": event.function, "job": event.handle},  # farm.logs' fields
-            )
+            if getattr(exc, "log_brief", False):  # a refusal, e.g. an unsigned call: one line
+                self._brief("job %s %s refused: %s", event.function, event.handle, exc)
+            else:
+                fields = {"function": event.function, "job": event.handle}  # farm.logs' fields
+                log.warning("job %s %s raised", *fields.values(), exc_info=True, extra=fields)
             with self._send_lock:  # abandon() may answer it from another thread
                 if self._holds(server, job):
                     server.session.exception(f"{type(exc).__name__}: {exc}")

@@ -57,6 +57,10 @@ RESULT = b"result"
 class SignatureError(FarmError):
     """A payload without a valid HMAC of this farm's key: refused, never unpickled."""
 
+    #: farm.worker logs it as one line, throttled (farm.logs.Brief): anyone who reaches the
+    #: server may send them by the thousand.
+    log_brief = True
+
 
 class KeyFileError(FarmError):
     """The key file cannot be created or read, or is readable by others."""

@@ -226,3 +226,23 @@ def test_a_stop_before_work_makes_work_return_at_once(any_server) -> None:
     with farm.Client(any_server.addr) as c:
         assert c.call("again", b"") == b"ok"
     w.stop()
+
+
+def test_refusals_are_logged_in_one_line_a_while_not_a_traceback_each(
+    farm_server, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Anyone who reaches the server may send a farm.python worker unsigned calls by the
+    # thousand: each refusal logged with its traceback flooded the journal.
+    from farm.executor.signing import SignatureError
+
+    def refuse(job: Any) -> bytes:
+        raise SignatureError("a payload without a valid signature: refused")
+
+    caplog.set_level("WARNING", logger="farm.worker")
+    with serving(farm_server.addr, {"refuses": refuse}), farm.Client(farm_server.addr) as c:
+        for _ in range(20):
+            with pytest.raises(farm.JobException, match="SignatureError"):
+                c.call("refuses", b"junk", timeout=10)
+    lines = [r for r in caplog.records if r.name == "farm.worker"]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    assert "refused" in lines[0].getMessage() and lines[0].exc_info is None
