@@ -182,17 +182,32 @@ def _usable(unix: str) -> bool:
 
 
 def _unsafe(unix: str) -> str | None:
-    """Why a socket in the shared-/tmp fallback directory must not be used (None: it may).
-    Another user may have made that directory first, with a socket of theirs in it, to
+    """Why the farm's socket must not be used (None: it may). Another user may have made
+    the shared-/tmp fallback directory first, with a socket of theirs in it, or put a
+    socket of theirs at a configured path in a directory others may write (/tmp), to
     receive our calls."""
-    parent = Path(unix[len("unix:") :]).parent
-    if parent != fallback_runtime_dir() or not os.path.lexists(parent):
-        return None
+    path = Path(unix[len("unix:") :])
+    parent = path.parent
+    if parent == fallback_runtime_dir() and os.path.lexists(parent):
+        try:
+            check_private(parent)
+        except UnsafeDirectory as exc:
+            return str(exc)
     try:
-        check_private(parent)
-    except UnsafeDirectory as exc:
-        return str(exc)
-    return None
+        sock, folder = path.lstat(), parent.stat()
+    except OSError:
+        return None  # nothing there (yet): nothing to connect to either
+    if sock.st_uid in (os.getuid(), 0):
+        return None  # ours, or root's: nobody else made it
+    # Another user's (the farm's, under the shipped unit): trusted only if that user owns
+    # the directory and nobody else may write in it, so that nobody else could put it there.
+    if sock.st_uid == folder.st_uid and not folder.st_mode & 0o022:
+        return None
+    return (
+        f"{path} belongs to uid {sock.st_uid}, in {parent}, which others may write to (or"
+        f" which uid {folder.st_uid} owns): another user may have put it there to receive"
+        " your calls; configure the farm's socket in a directory of the farm's user"
+    )
 
 
 def client_servers(config: str | os.PathLike[str] | None = None) -> str | list[str]:

@@ -110,14 +110,17 @@ class LocalServer(RestartHistory):
         return str(connectable(self.config.listen[0]))
 
     def accepts(self) -> bool:
-        """Whether our server answers on its first listen address.
+        """Whether our server answers on its Unix socket (else its first listen address).
 
         Asked with the admin ``getpid``: a connection alone could be accepted
         by another process holding the port, and the workers must not be
-        started against that.
+        started against that. The Unix socket first: every local user may hold the
+        TCP port's connections, but not the socket's.
         """
+        listen = self.config.listen
+        where = next((a for a in listen if a.startswith("unix:")), listen[0])
         try:
-            reply = admin_query(str(connectable(self.config.listen[0])), "getpid", timeout=0.2)
+            reply = admin_query(str(connectable(where)), "getpid", timeout=0.2)
         except (OSError, ValueError):
             return False
         return reply.strip() == f"OK {self.pid}"

@@ -89,6 +89,13 @@ class Server:
                 raise ListenError(str(tcp), exc) from exc
             self.listeners.append(srv)
             log.info("listening on %s%s", tcp, " (TLS)" if tls else "")
+            if opts.tcp_admin == "full":  # gearmand's way; every local user reaches TCP
+                log.info(
+                    "admin commands that change the queues (cancel job, maxqueue, drop"
+                    " function) are open to everyone who reaches %s; --tcp-admin read-only"
+                    " keeps them to the Unix socket",
+                    tcp,
+                )
         for path in opts.unix:
             await self._listen_unix(path, factory)
         if opts.metrics:

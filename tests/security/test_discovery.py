@@ -16,6 +16,7 @@ import pytest
 
 import farm
 from farm import discovery
+from farm.paths import UnsafeDirectory
 from tests.helpers.farmproc import FarmUp
 
 
@@ -78,3 +79,24 @@ def test_an_executor_with_no_servers_finds_a_running_farm(
             assert client.echo(b"hi") == b"hi"
     finally:
         assert up.stop() == 0
+
+
+def test_another_users_socket_in_a_directory_others_write_is_refused(clean_env: Path) -> None:
+    # Any local user may bind a socket at a configured path in /tmp before the farm does:
+    # the Executor would have sent its calls (in clear) to them.
+    shared = clean_env / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)  # as /tmp
+    sock = shared / "gearman.sock"
+    write_config(clean_env, sock)
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(sock))
+        os.chmod(sock, 0o666)
+        assert discovery.executor_servers() == [f"unix:{sock}"], "ours: used"
+        os.chown(sock, 65534, 65534)  # nobody's, as if they bound it first
+        with pytest.raises(UnsafeDirectory, match="another user may have put it there"):
+            farm.Executor()
+        assert discovery.client_servers() == ["127.0.0.1:4999"], "a client uses TCP instead"
+        os.chown(shared, 65534, 65534)
+        os.chmod(shared, 0o755)  # the farm user's own directory: nobody else could put it there
+        assert discovery.executor_servers() == [f"unix:{sock}"]
