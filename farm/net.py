@@ -7,10 +7,12 @@ goes through :func:`parse_address`: ``HOST:PORT``, ``[v6]:PORT``, a bare host
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
 import ssl
+import stat
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -298,3 +300,26 @@ class Waker:
     def close(self) -> None:
         self.reader.close()
         self._writer.close()
+
+
+def clear_socket_path(path: str) -> None:
+    """Make way for a listener at a Unix socket path: remove the socket a dead process left
+    there, and nothing else. OSError EADDRINUSE when a process still answers on it (a
+    running farm's socket must not be taken over), EEXIST when the path is not a socket
+    (a file a typo in the config names must never be deleted)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise OSError(errno.EEXIST, f"{path} exists and is not a socket: not replacing it")
+    probe = socket.socket(socket.AF_UNIX)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)  # nobody listens: left by a process that died
+        return
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, f"a running process answers on {path}")

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import socket
+import stat
 from collections.abc import Generator
 from typing import Any
 
@@ -104,7 +105,12 @@ class ControlServer:
         check_runtime_path(path)  # UnsafeDirectory (a FarmError): `farm up` stops, one line
         directory = os.path.dirname(path) or "."
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        if os.path.exists(path):
+        if os.path.lexists(path):
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):  # a typo must not delete a file
+                raise FarmError(
+                    f"{path} exists and is not a socket: not replacing it (set"
+                    " [supervisor] control, or --control, to a path for the control socket)"
+                )
             try:
                 request(path, {"cmd": "ping"}, timeout=1.0)
             except ControlUnavailable:

@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 import ssl
-import stat
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 from farm.errors import FarmError, TLSFileError
 from farm.lifetime import die_with_parent
 from farm.logs import setup_logging
-from farm.net import load_tls_file, parse_address
+from farm.net import clear_socket_path, load_tls_file, parse_address
 from farm.paths import adopt_legacy_store, open_own_file
 from farm.server.connection import Connection
 from farm.server.exposition import serve_http
@@ -38,6 +37,7 @@ DRAIN_SECONDS = 2.0
 BIND_REASONS = {
     errno.ENOENT: "no such directory",
     errno.EADDRINUSE: "address already in use",
+    errno.EEXIST: "the path exists and is not a socket; not replacing it",
     errno.EACCES: "permission denied",
     errno.EADDRNOTAVAIL: "no such address on this host",
 }
@@ -60,6 +60,7 @@ class Server:
         self.hub = Hub(options)  # raises StoreError when the store cannot be opened
         self.jobs = self.hub.jobs
         self.listeners: list[asyncio.AbstractServer] = []
+        self.bound: dict[str, int] = {}  # Unix socket path -> its inode, removed at the end
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopped: asyncio.Event | None = None
         self.listening: Callable[[], None] | None = None  # called once every listener is up
@@ -117,17 +118,16 @@ class Server:
 
     async def _listen_unix(self, path: str, factory: Callable[[], Connection]) -> None:
         assert self.loop is not None
-        sock_path = Path(path)
-        if sock_path.exists() and stat.S_ISSOCK(sock_path.stat().st_mode):
-            sock_path.unlink()  # a stale socket from a previous run
         old_umask = os.umask(0o777 & ~self.options.unix_mode)
         try:
+            clear_socket_path(path)  # a stale socket from a previous run; never a live one
             srv = await self.loop.create_unix_server(factory, path, backlog=self.options.backlog)
         except OSError as exc:
             raise ListenError(f"unix:{path}", exc) from exc
         finally:
             os.umask(old_umask)
         os.chmod(path, self.options.unix_mode)
+        self.bound[path] = os.stat(path).st_ino
         self.listeners.append(srv)
         log.info("listening on unix:%s", path)
 
@@ -179,9 +179,10 @@ class Server:
         self.hub.flush()
         await self._drain_connections(DRAIN_SECONDS)
         self.hub.close_store()
-        for path in self.options.unix:
+        for path, inode in self.bound.items():
             try:
-                os.unlink(path)
+                if os.stat(path).st_ino == inode:  # ours still: not another's that replaced it
+                    os.unlink(path)
             except FileNotFoundError:
                 pass
 

@@ -207,6 +207,31 @@ def test_busy_port_is_one_line_and_exit_1(farm_server: Server) -> None:
     assert "cannot listen" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_a_live_unix_socket_is_not_taken_over_nor_a_file_replaced(tmp_path: Path) -> None:
+    # A second server given a running one's socket path unlinked it and bound its own: the
+    # first one's new workers found nobody there once the second stopped.
+    path = str(tmp_path / "g.sock")
+    first = start_farm_server(unix=path)
+    try:
+        wait_for("the socket", lambda: os.path.exists(path))
+        out = farm_cli("server", "--port", str(free_port()), "--store", "none", "--unix", path)
+        assert out.returncode == 1, out.stderr
+        assert f"cannot listen on unix:{path}: address already in use" in out.stderr
+        peer = Peer(f"unix:{path}")
+        try:
+            assert peer.admin("getpid").strip() == f"OK {first.proc.pid}"
+        finally:
+            peer.close()
+    finally:
+        first.stop()
+    assert not os.path.exists(path), "the first server removes its own socket"
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    out = farm_cli("server", "--port", str(free_port()), "--store", "none", "--unix", str(precious))
+    assert out.returncode == 1 and "not a socket" in out.stderr, out.stderr
+    assert precious.read_text() == "keep me"
+
+
 def test_farm_status_prints_the_queues_as_a_table_and_json(farm_server: Server) -> None:
     worker = Peer(farm_server.addr)
     worker.send(T.CAN_DO, "reverse")

@@ -120,3 +120,15 @@ def test_steering_commands_need_only_the_control_path(tmp_path: Path, command: l
     text = one_line_error(result)
     assert result.exit_code == 1, text
     assert f"no supervisor answers at {control}" in text, text
+
+
+def test_a_control_path_naming_a_file_refuses_and_keeps_the_file(tmp_path: Path) -> None:
+    # A typo (control = "/etc/farm/farm.toml") deleted the file it named.
+    from farm.errors import FarmError
+    from farm.pools.control import ControlServer
+
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    with pytest.raises(FarmError, match="not a socket"):
+        ControlServer(str(precious))
+    assert precious.read_text() == "keep me"
