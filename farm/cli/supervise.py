@@ -132,7 +132,10 @@ def reload(
 ) -> None:
     """Re-read the config: apply changed counts, restart pools whose target or options changed
     (each new process beside the old one, which stays if the new one does not boot: exit 1)."""
-    reply = ask_supervisor(config, control, {"cmd": "reload", "restart": restart})
+    message: dict[str, object] = {"cmd": "reload", "restart": restart}
+    if config is not None:  # the farm re-reads its own file: it refuses when that is not this one
+        message["config"] = str(config.resolve())
+    reply = ask_supervisor(config, control, message)
     typer.echo("reloaded")
     for note in reply.get("not_applied", ()):  # the pools changed; these wait for a restart
         typer.echo(f"not applied: {note}", err=True)

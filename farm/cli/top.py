@@ -13,6 +13,7 @@ under the view it says so and exits 0.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import select
 import signal
@@ -72,8 +73,9 @@ class Sampler:
         if url is not None:
             try:
                 metrics, note = scrape(url), ""
-            except (OSError, ValueError) as exc:
-                note = f"metrics: {url} did not answer ({exc})"
+            except (OSError, ValueError, http.client.HTTPException) as exc:
+                # HTTPException: not an HTTP server there, or a reply cut off by a restart.
+                note = f"metrics: {url} did not answer ({exc!r})"
         now = Sample(time.monotonic(), list(reply.get("processes", [])), metrics, url, note)
         if metrics is not None:
             self.history.append(now)

@@ -113,6 +113,17 @@ class Steering:
                 return
             conn.reply(self.scale(message.get("changes")))
         elif cmd == "reload":
+            asked, runs = message.get("config"), self.config.source
+            if asked and os.path.realpath(str(asked)) != os.path.realpath(runs):
+                # The farm re-reads its own file; "reloaded" would claim the other was applied.
+                conn.reply(
+                    {
+                        "ok": False,
+                        "error": f"this farm runs {runs}, not {asked}: farm reload"
+                        " re-reads that file (edit it, or stop the farm and start it with yours)",
+                    }
+                )
+                return
             restart = "restart" if message.get("restart") else None
             self.pending.append(Pending(Duty.RELOAD, restart, conn=conn))
         elif cmd == "restart":

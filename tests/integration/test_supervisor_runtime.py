@@ -367,3 +367,22 @@ def test_reloads_during_a_rollout_never_drain_a_pool_for_an_untried_target(
             client.close()
     finally:
         assert up.stop() == 0
+
+
+def test_reload_naming_another_file_is_refused_and_the_farm_keeps_its_own(
+    tmp_path: Path,
+) -> None:
+    # `farm reload -c other.toml` said "reloaded" and re-read the farm's own file.
+    up = FarmUp(tmp_path, '[functions.reverse]\ntarget = "workers.text:reverse"\nworkers = 1\n')
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 1})
+        other = tmp_path / "other.toml"
+        other.write_text(up.config.read_text().replace("workers = 1", "workers = 2"))
+        out = farm_cli("reload", "-c", str(other), "--control", up.control)
+        assert out.returncode == 1, out.stdout
+        assert f"this farm runs {up.config}" in out.stderr and "reloaded" not in out.stdout
+        out = farm_cli("reload", "-c", str(up.config), "--control", up.control)
+        assert out.returncode == 0 and "reloaded" in out.stdout, out.stderr
+    finally:
+        assert up.stop() == 0
