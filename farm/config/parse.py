@@ -23,7 +23,7 @@ from farm.config.model import (
     SupervisorConfig,
 )
 from farm.config.reader import TableReader
-from farm.config.servertune import TUNING, server_flags
+from farm.config.servertune import TUNING, server_flags, store_problem
 from farm.logs import LOG_FORMATS
 from farm.net import DEFAULT_PORT, DEFAULT_SERVER
 from farm.protocol.codec import MAX_TIMEOUT
@@ -179,6 +179,9 @@ class Validator(TableReader):
             raise self.fail("server.store", 'must be a file path or "none"')
         elif store != "none":
             store = self.path(store, "server.store")
+            problem = store_problem(store)
+            if problem:
+                raise self.fail("server.store", problem)
         tcp_admin = raw["tcp_admin"]
         if tcp_admin not in ("read-only", "full"):
             raise self.fail(

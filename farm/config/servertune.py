@@ -10,6 +10,7 @@ config error.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -102,3 +103,19 @@ def _in_keys(message: str) -> tuple[str, str]:
 
 
 _FLAG = re.compile(r"--[a-z][a-z-]*")
+
+
+def store_problem(path: str) -> str | None:
+    """What is wrong with a store path, found before the server starts (None: nothing seen).
+    A directory, or a file that is not a SQLite database, would stop the server at every
+    start; better one line naming the key, and no restarts (exit 2)."""
+    if os.path.isdir(path):
+        return f"{path} is a directory: name a file in it, e.g. {os.path.join(path, 'queue.db')}"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None  # not there yet (the server creates it), or not ours to read: the server says
+    if head and head != b"SQLite format 3\0":
+        return f'{path} is not a SQLite database: name another file (or "none")'
+    return None

@@ -109,6 +109,8 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
         ("max_rss_mb = 256", "kill_rss_mb = 0", "functions.hash.kill_rss_mb", "> 0"),
         ("job_retries = 5", 'job_retries = "5"', "server.job_retries", "whole number"),
         ('store = "none"', "store = 3", "server.store", '"none"'),
+        ('store = "none"', 'store = "/tmp"', "server.store", "is a directory: name a file in it"),
+        ('store = "none"', 'store = "/etc/passwd"', "server.store", "not a SQLite database"),
         ('cpus = "all"', "cpus = [999]", "supervisor.cpus", "core 999"),
         ('cpus = "all"', 'cpus = "some"', "supervisor.cpus", '"all" or a list'),
         ("servers = []", 'servers = ["nohost"]', "supervisor.servers", "HOST:PORT"),
