@@ -90,11 +90,40 @@ def setup_logging(
         fd = open_own_file(filename, append=True)
         stream = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
     handler: logging.Handler = logging.StreamHandler(stream or sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter(role, slot=slot, function=function))
-    else:
-        handler.setFormatter(logging.Formatter(text_format))
+    formatter: logging.Formatter = (
+        JsonFormatter(role, slot=slot, function=function)
+        if log_format == "json"
+        else logging.Formatter(text_format)
+    )
+    if not filename and _to_journal(stream or sys.stderr):
+        formatter = _JournalPriority(formatter)
+    handler.setFormatter(formatter)
     logging.basicConfig(level=level, handlers=[handler])
+
+
+def _to_journal(stream: IO[str]) -> bool:
+    """Whether ``stream`` is systemd's journal stream ($JOURNAL_STREAM names its device and
+    inode), where a line's ``<N>`` prefix sets its priority."""
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, AttributeError, ValueError):
+        return False
+    return os.environ.get("JOURNAL_STREAM") == f"{info.st_dev}:{info.st_ino}"
+
+
+class _JournalPriority(logging.Formatter):
+    """Each line with its syslog priority as ``<N>``, which journald reads and strips, so
+    that ``journalctl -p warning`` finds warnings and errors (every line was "info")."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = record.levelno
+        priority = 7 if level < 20 else 6 if level < 30 else 4 if level < 40 else 3
+        prefix = f"<{2 if level >= 50 else priority}>"
+        return prefix + self.inner.format(record).replace("\n", "\n" + prefix)
 
 
 class Brief:

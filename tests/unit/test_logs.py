@@ -1,0 +1,51 @@
+"""farm.logs: lines to systemd's journal carry their priority; refusals are throttled."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from farm.logs import Brief, _JournalPriority, _to_journal
+
+
+def record(level: int, msg: str) -> logging.LogRecord:
+    return logging.LogRecord("farm", level, __file__, 1, msg, None, None)
+
+
+def test_the_journal_stream_is_known_by_its_device_and_inode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with open(tmp_path / "stream", "w") as stream:
+        info = os.fstat(stream.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{info.st_dev}:{info.st_ino}")
+        assert _to_journal(stream)
+        monkeypatch.setenv("JOURNAL_STREAM", f"{info.st_dev}:{info.st_ino + 1}")
+        assert not _to_journal(stream)  # inherited by a process whose stderr is elsewhere
+
+
+def test_each_line_carries_its_priority_so_journalctl_p_finds_it() -> None:
+    formatter = _JournalPriority(logging.Formatter("%(levelname)s %(message)s"))
+    assert formatter.format(record(logging.WARNING, "slow")) == "<4>WARNING slow"
+    assert formatter.format(record(logging.ERROR, "a\nb")) == "<3>ERROR a\n<3>b"
+    assert formatter.format(record(logging.INFO, "up")).startswith("<6>")
+    assert formatter.format(record(logging.DEBUG, "x")).startswith("<7>")
+    assert formatter.format(record(logging.CRITICAL, "x")).startswith("<2>")
+
+
+def test_brief_logs_one_line_a_while_and_counts_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    logger = logging.getLogger("farm.test.brief")
+    brief = Brief(logger, every=3600.0)
+    with caplog.at_level(logging.WARNING, logger="farm.test.brief"):
+        for i in range(5):
+            brief("refused %d", i)
+        brief._next = 0.0  # as if the hour had passed
+        brief("refused %d", 5)
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused 0",
+        "refused 5 (and 4 more such since the last line)",
+    ]
