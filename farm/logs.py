@@ -10,6 +10,7 @@ slot and function, and a call may name them with ``extra={"function": ..., "job"
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -147,3 +148,55 @@ class Brief:
             msg += f" (and {self._held} more such since the last line)"
         self.logger.warning(msg, *args)
         self._next, self._held = now + self.every, 0
+
+
+class LogLines(io.TextIOBase):
+    """A text stream whose lines become log records: a Python worker's ``sys.stdout`` and
+    ``sys.stderr``, so what its jobs print is tagged with its pool and slot, and is JSON
+    with ``--log-format json`` (raw lines broke ``journalctl -o cat | jq``). ``fileno()``
+    is the real stream's, for code that writes to the descriptor itself."""
+
+    def __init__(self, logger: logging.Logger, level: int, real: IO[str]) -> None:
+        super().__init__()
+        self.logger = logger
+        self.level = level
+        self.real = real
+        self._part = ""
+        self._inside = False  # logging's own error report goes to stderr: not through us
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]  # TextIOBase declares it read-only
+        return "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+    def write(self, text: str) -> int:
+        if self._inside:
+            return self.real.write(text)
+        lines = (self._part + text).split("\n")
+        self._part = lines.pop()
+        for line in lines:
+            self._emit(line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._part and not self._inside:  # print(..., end="", flush=True): say it now
+            line, self._part = self._part, ""
+            self._emit(line)
+
+    def _emit(self, line: str) -> None:
+        self._inside = True
+        try:
+            self.logger.log(self.level, "%s", line)
+        finally:
+            self._inside = False
+
+
+def capture_prints(logger: logging.Logger) -> None:
+    """Route this process's ``print()`` (INFO) and stderr (WARNING) through ``logger``."""
+    sys.stdout = LogLines(logger, logging.INFO, sys.stdout)
+    sys.stderr = LogLines(logger, logging.WARNING, sys.stderr)

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from farm.logs import LOG_FORMATS, setup_logging
+from farm.logs import LOG_FORMATS, capture_prints, setup_logging
 from farm.pools.record import RecordWriter
 from farm.pools.slots import EXIT_BOOT_ERROR, EXIT_DRAINED, EXIT_RECYCLE, EXIT_RSS_KILLED
 
@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         slot=ns.slot,
         function=ns.function,
     )
+    capture_prints(logging.getLogger("farm.job"))  # after the handler took the real stderr
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     # The supervisor's spawn set our death signal (SIGKILL) and pinned us before exec.
     from setproctitle import setproctitle

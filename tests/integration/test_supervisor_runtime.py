@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -384,5 +385,48 @@ def test_reload_naming_another_file_is_refused_and_the_farm_keeps_its_own(
         assert f"this farm runs {up.config}" in out.stderr and "reloaded" not in out.stdout
         out = farm_cli("reload", "-c", str(up.config), "--control", up.control)
         assert out.returncode == 0 and "reloaded" in out.stdout, out.stderr
+    finally:
+        assert up.stop() == 0
+
+
+def test_what_a_python_worker_prints_is_logged_as_its_own(tmp_path: Path) -> None:
+    # print() and stderr of a job went to the log raw: untagged in text, and not JSON
+    # among JSON lines (journalctl -o cat | jq stopped at them).
+    (tmp_path / "chatty.py").write_text(
+        "import sys\n"
+        "def job(j):\n"
+        "    print('said by print')\n"
+        "    sys.stderr.write('said on stderr\\n')\n"
+        "    return b'ok'\n"
+    )
+    up = FarmUp(tmp_path, '[functions.chatty]\ntarget = "chatty:job"\nworkers = 1\n', start=False)
+    text = up.config.read_text()
+    up.config.write_text(text.replace("[supervisor]\n", '[supervisor]\nlog_format = "json"\n'))
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"chatty": 1})
+        client = Client(up.addr)
+        try:
+            assert client.call("chatty", "", timeout=10) == b"ok"
+        finally:
+            client.close()
+        said = wait_for(
+            "both lines",
+            lambda: (
+                [
+                    line
+                    for line in up.read_log().splitlines()
+                    if "said by print" in line or "said on stderr" in line
+                ]
+                or None
+            ),
+            10,
+        )
+        records = [json.loads(line) for line in said]
+        assert {(r["level"], r["function"], r["slot"]) for r in records} == {
+            ("INFO", "chatty", 0),
+            ("WARNING", "chatty", 0),
+        }, records
     finally:
         assert up.stop() == 0
