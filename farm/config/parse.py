@@ -23,7 +23,7 @@ from farm.config.model import (
     SupervisorConfig,
 )
 from farm.config.reader import TableReader
-from farm.config.servertune import TUNING, server_flags, store_problem
+from farm.config.servertune import TUNING, server_flags, spill_dir_problem, store_problem
 from farm.logs import LOG_FORMATS
 from farm.net import DEFAULT_PORT, DEFAULT_SERVER
 from farm.protocol.codec import MAX_TIMEOUT
@@ -116,6 +116,9 @@ class Validator(TableReader):
             if not isinstance(spill_dir, str):
                 raise self.fail("executor.spill_dir", "must be the path of a directory")
             spill_dir = self.path(spill_dir, "executor.spill_dir")
+            problem = spill_dir_problem(spill_dir)
+            if problem:
+                raise self.fail("executor.spill_dir", problem)
         numbers = {}
         for key in ("max_spill_mb", "spill_max_age_s", "spill_orphan_age_s"):
             if key in table:

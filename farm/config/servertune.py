@@ -5,7 +5,8 @@ to give it limits on: these keys are that command line. A key left out passes no
 and the server keeps its own default (``farm server --help`` lists them). The values are
 checked by the server's own parser (``farm.server.options.refusal``), so each limit is
 written once, there; a refusal is one line naming the file and the key, as every
-config error.
+config error. Also here: the paths the farm's processes will open (the store, the
+executor's spill directory), looked at before the farm starts.
 """
 
 from __future__ import annotations
@@ -118,4 +119,17 @@ def store_problem(path: str) -> str | None:
         return None  # not there yet (the server creates it), or not ours to read: the server says
     if head and head != b"SQLite format 3\0":
         return f'{path} is not a SQLite database: name another file (or "none")'
+    return None
+
+
+def spill_dir_problem(path: str) -> str | None:
+    """What is wrong with ``[executor] spill_dir``, found before the farm starts rather
+    than at the first large call (None: nothing seen; farm creates it when missing)."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        return f"{path} is not a directory"
+    if os.path.isdir(path) and os.stat(path).st_mode & 0o002:
+        return (
+            f"{path} is writable by every user, who could swap the files: name a directory"
+            " of the farm's own (farm creates it, mode 2770)"
+        )
     return None

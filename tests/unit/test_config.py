@@ -111,6 +111,18 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
         ('store = "none"', "store = 3", "server.store", '"none"'),
         ('store = "none"', 'store = "/tmp"', "server.store", "is a directory: name a file in it"),
         ('store = "none"', 'store = "/etc/passwd"', "server.store", "not a SQLite database"),
+        (
+            "[supervisor]",
+            '[executor]\nspill_dir = "/tmp"\n[supervisor]',
+            "executor.spill_dir",
+            "every user",
+        ),
+        (
+            "[supervisor]",
+            '[executor]\nspill_dir = "/etc/passwd"\n[supervisor]',
+            "executor.spill_dir",
+            "not a directory",
+        ),
         ('cpus = "all"', "cpus = [999]", "supervisor.cpus", "core 999"),
         ('cpus = "all"', 'cpus = "some"', "supervisor.cpus", '"all" or a list'),
         ("servers = []", 'servers = ["nohost"]', "supervisor.servers", "HOST:PORT"),
