@@ -64,8 +64,11 @@ result.
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import io
 import pickle
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -111,6 +114,7 @@ OK, ERROR, BROKEN = 0, 1, 2
 NO_SETUP: tuple[int, bytes] = (0, b"")
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
+_pickler: Any = None  # the cloudpickle Pickler that keeps file names (_by_value), when made
 
 
 class RemoteTraceback(Exception):
@@ -132,10 +136,7 @@ def dump(obj: Any) -> bytes:
         return pickle.dumps(obj, protocol=_PROTOCOL)
     except Exception:
         pass  # a BaseException is no "try cloudpickle": it goes to the caller at once
-    import cloudpickle
-
-    data: bytes = cloudpickle.dumps(obj, protocol=_PROTOCOL)
-    return data
+    return _by_value(obj)
 
 
 def dump_call(obj: Any) -> bytes:
@@ -151,10 +152,38 @@ def dump_call(obj: Any) -> bytes:
     else:
         if b"__main__" not in data:  # a false alarm (data that spells it) costs only speed
             return data
-    import cloudpickle
+    return _by_value(obj)
 
-    by_value: bytes = cloudpickle.dumps(obj, protocol=_PROTOCOL)
-    return by_value
+
+def _by_value(obj: Any) -> bytes:
+    """cloudpickle's pickle of ``obj``, but code keeps its file name: cloudpickle names it
+    "<dynamic-code>", and a remote traceback then said neither where nor what (the worker,
+    on the same host, shows the source line of a file it can read)."""
+    global _pickler
+    if _pickler is None:
+        import cloudpickle
+
+        reduce_code = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+        def named(code: types.CodeType) -> tuple[Any, ...]:
+            rebuild, args = reduce_code(code)
+            return _named_code, (rebuild, args, code.co_filename)
+
+        class Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle is untyped
+            dispatch_table = collections.ChainMap(
+                {types.CodeType: named}, cloudpickle.Pickler.dispatch_table
+            )
+
+        _pickler = Pickler
+    out = io.BytesIO()
+    _pickler(out, protocol=_PROTOCOL).dump(obj)
+    return out.getvalue()
+
+
+def _named_code(rebuild: Any, args: tuple[Any, ...], filename: str) -> types.CodeType:
+    """Unpickling, in the worker: the code cloudpickle rebuilds, under its own file name."""
+    code: types.CodeType = rebuild(*args)
+    return code.replace(co_filename=filename)
 
 
 def dump_fn(fn: Any) -> bytes:

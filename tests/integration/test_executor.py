@@ -529,6 +529,34 @@ def test_a_forked_child_uses_the_executor_on_its_own_and_exits(
     assert lines == ["child 42", "child exit 0", "parent 0.5 5"], (lines, run.stderr)
 
 
+def test_a_script_functions_remote_traceback_names_its_file_and_line(
+    shared_farm: ExecutorFarm, tmp_path: Path
+) -> None:
+    # cloudpickle names code it sends by value "<dynamic-code>": the traceback said
+    # neither where nor what. The workers share the host, so they read the source line.
+    script = tmp_path / "script_with_a_bug.py"
+    script.write_text(
+        "import sys\n"
+        "import farm\n"
+        "def divide(x):\n"
+        "    return x / 0  # the line that fails\n"
+        "ex = farm.Executor(servers=sys.argv[1], key_file=sys.argv[2])\n"
+        "print(ex.submit(divide, 1).exception(timeout=30).__cause__)\n"
+        "ex.shutdown()\n"
+    )
+    run = subprocess.run(
+        [sys.executable, str(script), shared_farm.addr, str(shared_farm.key)],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert f'File "{script}", line 4, in divide' in run.stdout, run.stdout
+    assert "return x / 0  # the line that fails" in run.stdout, run.stdout
+
+
 def pickling_program(ex: Executor) -> dict[str, Any]:
     """Results the worker cannot pickle: each is its call's exception, as in the pool."""
     seen: dict[str, Any] = {}
