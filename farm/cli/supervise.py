@@ -113,11 +113,15 @@ def scale(
     """Change worker counts at runtime, e.g. `farm scale resize=32 reverse=+2 thumb=-1`."""
     from farm.pools.control import parse_scale
 
+    named: set[str] = set()
     for change in changes:
         try:
-            parse_scale(change)
+            name = parse_scale(change)[0]
         except ValueError as e:
             fail(str(e), 2)
+        if name in named:  # the supervisor would apply the last one, silently
+            fail(f"{name} is named twice; give one change per pool", 2)
+        named.add(name)
     reply = ask_supervisor(config, control, {"cmd": "scale", "changes": changes})
     typer.echo(" ".join(f"{name}={count}" for name, count in reply["targets"].items()))
 

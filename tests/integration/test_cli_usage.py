@@ -113,6 +113,7 @@ def test_usage_mistakes_are_one_line_and_exit_2(tmp_path: Path) -> None:
         ["worker", "workers.text:reverse", "--timeout", "1e12"],
         ["status", "--config", "/no/such/farm.toml"],
         ["jobs", "--config", "/no/such/farm.toml"],
+        ["scale", "reverse=1", "reverse=3"],
         ["stop", "--wait", "nan"],
         ["stop", "--wait", "-1"],
         ["server", "--backlog", "0"],
