@@ -301,23 +301,32 @@ def _serve(options: ServerOptions, ready: int | None = None) -> int:
     try:
         server = Server(options)
     except StoreError as exc:
-        print(f"farm server: {exc} ({_hint(options, 'store')})", file=sys.stderr)
+        _fatal(options, f"{exc} ({_hint(options, 'store')})")
         return 2
     if ready is not None:
         server.listening = lambda: _detached(ready)
     try:
         runner(server.serve())
     except (StoreError, TLSFileError) as exc:  # a damaged store, an unusable TLS file
-        print(f"farm server: {exc}", file=sys.stderr)
+        _fatal(options, str(exc))
         return 2
     except ListenError as exc:
         hint = _hint(options, "port" if exc.errno == errno.EADDRINUSE else "listen")
-        print(f"farm server: {exc} ({hint})", file=sys.stderr)
+        _fatal(options, f"{exc} ({hint})")
         return 1
     except OSError as exc:
-        print(f"farm server: cannot listen: {exc}", file=sys.stderr)
+        _fatal(options, f"cannot listen: {exc}")
         return 1
     return 0
+
+
+def _fatal(options: ServerOptions, message: str) -> None:
+    """Why the server cannot start: one line on stderr, or a JSON record among the others
+    with --log-format json (a raw line broke `journalctl -o cat | jq`)."""
+    if options.log_format == "json":
+        log.error("farm server: %s", message)
+    else:
+        print(f"farm server: {message}", file=sys.stderr)
 
 
 #: How to fix a start-up error, for whoever started the server: `farm server`'s flags, or
