@@ -194,20 +194,24 @@ def _unsafe(unix: str) -> str | None:
         except UnsafeDirectory as exc:
             return str(exc)
     try:
-        sock, folder = path.lstat(), parent.stat()
+        sock = path.lstat()
     except OSError:
         return None  # nothing there (yet): nothing to connect to either
     if sock.st_uid in (os.getuid(), 0):
         return None  # ours, or root's: nobody else made it
-    # Another user's (the farm's, under the shipped unit): trusted only if that user owns
-    # the directory and nobody else may write in it, so that nobody else could put it there.
-    if sock.st_uid == folder.st_uid and not folder.st_mode & 0o022:
-        return None
-    return (
-        f"{path} belongs to uid {sock.st_uid}, in {parent}, which others may write to (or"
-        f" which uid {folder.st_uid} owns): another user may have put it there to receive"
-        " your calls; configure the farm's socket in a directory of the farm's user"
-    )
+    # Another user's (the farm's, under the shipped unit): trusted only if nobody but that
+    # user and root could have put it there -- every directory up to / theirs or root's and
+    # closed to others' writes, as OpenSSH checks a path (/tmp/x, made by anyone, is not).
+    for above in (parent, *parent.parents):
+        info = above.stat()
+        if info.st_uid not in (sock.st_uid, 0) or info.st_mode & 0o022:
+            return (
+                f"{path} belongs to uid {sock.st_uid}, and {above} could have let another"
+                " user put it there (it is writable by others, or owned by uid"
+                f" {info.st_uid}) to receive your calls; configure the farm's socket in a"
+                " directory of the farm's user"
+            )
+    return None
 
 
 def client_servers(config: str | os.PathLike[str] | None = None) -> str | list[str]:

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from typing import IO, Any
 
@@ -153,16 +154,20 @@ class Brief:
 class LogLines(io.TextIOBase):
     """A text stream whose lines become log records: a Python worker's ``sys.stdout`` and
     ``sys.stderr``, so what its jobs print is tagged with its pool and slot, and is JSON
-    with ``--log-format json`` (raw lines broke ``journalctl -o cat | jq``). ``fileno()``
-    is the real stream's, for code that writes to the descriptor itself."""
+    with ``--log-format json`` (raw lines broke ``journalctl -o cat | jq``). ``buffer``
+    takes bytes (decoded as UTF-8); ``fileno()`` and anything else a stream has are the
+    real stream's, for code that writes to the descriptor itself."""
 
     def __init__(self, logger: logging.Logger, level: int, real: IO[str]) -> None:
         super().__init__()
         self.logger = logger
         self.level = level
         self.real = real
+        self.buffer = _BytesLines(self)
         self._part = ""
-        self._inside = False  # logging's own error report goes to stderr: not through us
+        self._lock = threading.Lock()  # threads print at once: each line whole, in order
+        # logging reports its own errors on stderr: those go to the real stream, not here.
+        self._local = threading.local()
 
     @property
     def encoding(self) -> str:  # type: ignore[override]  # TextIOBase declares it read-only
@@ -174,26 +179,49 @@ class LogLines(io.TextIOBase):
     def fileno(self) -> int:
         return self.real.fileno()
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
     def write(self, text: str) -> int:
-        if self._inside:
+        if getattr(self._local, "inside", False):
             return self.real.write(text)
-        lines = (self._part + text).split("\n")
-        self._part = lines.pop()
-        for line in lines:
-            self._emit(line)
+        with self._lock:
+            lines = (self._part + text).split("\n")
+            self._part = lines.pop()
+        self._emit(lines)
         return len(text)
 
     def flush(self) -> None:
-        if self._part and not self._inside:  # print(..., end="", flush=True): say it now
+        with self._lock:  # print(..., end="", flush=True): say it now
             line, self._part = self._part, ""
-            self._emit(line)
+        if line and not getattr(self._local, "inside", False):
+            self._emit([line])
 
-    def _emit(self, line: str) -> None:
-        self._inside = True
+    def _emit(self, lines: list[str]) -> None:
+        self._local.inside = True
         try:
-            self.logger.log(self.level, "%s", line)
+            for line in lines:
+                self.logger.log(self.level, "%s", line)
         finally:
-            self._inside = False
+            self._local.inside = False
+
+
+class _BytesLines(io.RawIOBase):
+    """``LogLines.buffer``: bytes written to it are its lines too."""
+
+    def __init__(self, text: LogLines) -> None:
+        super().__init__()
+        self.text = text
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.text.write(bytes(data).decode("utf-8", "replace"))
+        return len(data)
+
+    def flush(self) -> None:
+        self.text.flush()
 
 
 def capture_prints(logger: logging.Logger) -> None:

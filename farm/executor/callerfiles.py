@@ -22,6 +22,7 @@ from typing import Any
 
 from farm.executor import spill
 from farm.executor.arguments import spill_settings
+from farm.executor.payload import NO_SETUP, encode_setup
 
 __all__ = ["CallerFiles"]
 
@@ -41,11 +42,12 @@ class CallerFiles:
         # sha256 of a shared pickle -> [its ByFile pickle, its reference, calls using it]
         self._shared: dict[bytes, list[Any]] = {}
 
-    def write(self, data: bytes) -> bytes:
-        """A file of ``data``, its reference; FarmError or OSError when it cannot be."""
+    def write(self, data: bytes, kind: str = "a") -> bytes:
+        """A file of ``data``, its reference; FarmError or OSError when it cannot be.
+        ``kind`` "k": kept while this process lives (the sweep leaves it, whatever its age)."""
         if self._settings is None:
             self._settings = spill_settings(*self._options)
-        reference = spill.write(self._settings, data, "a")
+        reference = spill.write(self._settings, data, kind)
         with self._lock:
             self._files.add(reference)
         return reference
@@ -53,7 +55,19 @@ class CallerFiles:
     def stand_in(self, data: bytes) -> bytes:
         """The pickle of a ByFile for ``data``, in a file kept until ``remove_all`` (an
         executor's initializer, which every call carries). FarmError or OSError."""
-        return pickle.dumps(spill.ByFile(self.write(data)), protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(spill.ByFile(self.write(data, "k")), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def setup(
+        self, init: bytes | None, executor_id: bytes, max_tasks: int | None
+    ) -> tuple[int, bytes]:
+        """The setup sections of every call of an executor (payload.encode_setup): its
+        initializer's pickle (over the threshold, a kept file of this process's: a dataset
+        for each worker, say) and max_tasks_per_child's. FarmError or OSError."""
+        if init is None and max_tasks is None:
+            return NO_SETUP
+        if init is not None and len(init) > spill.SPILL_THRESHOLD:
+            init = self.stand_in(init)
+        return encode_setup(init, executor_id, max_tasks)
 
     def remove(self, reference: bytes) -> None:
         with self._lock:
@@ -72,7 +86,7 @@ class CallerFiles:
             if entry is not None:
                 entry[2] += 1  # held until use() hands it to the calls
                 return entry[0], key
-        reference = self.write(data)
+        reference = self.write(data, "k")
         stand_in = pickle.dumps(spill.ByFile(reference), protocol=pickle.HIGHEST_PROTOCOL)
         with self._lock:
             entry = self._shared.setdefault(key, [stand_in, reference, 0])
@@ -85,13 +99,18 @@ class CallerFiles:
         """The calls that carry a ``shared`` stand-in; its file goes when they are done."""
         for future in futures:
             with self._lock:
-                self._shared[key][2] += 1
+                entry = self._shared.get(key)
+                if entry is None:  # remove_all() came between (shutdown): the file is gone
+                    return
+                entry[2] += 1
             future.add_done_callback(lambda _: self.release(key))
         self.release(key)  # shared()'s own hold
 
     def release(self, key: bytes) -> None:
         with self._lock:
-            entry = self._shared[key]
+            entry = self._shared.get(key)
+            if entry is None:  # removed by remove_all() already
+                return
             entry[2] -= 1
             if entry[2]:
                 return

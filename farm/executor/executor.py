@@ -53,14 +53,12 @@ from farm.executor.payload import (
     ARG_CHUNK,
     CALL_ID_SIZE,
     CHUNK,
-    NO_SETUP,
     SINGLE,
     SPILLED,
     RemoteTraceback,
     dump_call,
     dump_fn,
     dump_initializer,
-    encode_setup,
 )
 from farm.executor.pump import Pump
 from farm.executor.signing import Signer, load_key
@@ -141,18 +139,7 @@ class Executor(_BaseExecutor):
         del mp_context  # the farm starts its workers
         self._signer = Signer(load_key(key_file))
         self._files = CallerFiles(key_file, spill_dir, max_spill_mb)
-        setup = NO_SETUP
-        if initializer is not None or max_tasks_per_child is not None:
-            init = None
-            if initializer is not None:
-                init = dump_initializer(initializer, tuple(initargs))
-                if len(init) > spill.SPILL_THRESHOLD:  # a dataset for each worker, say
-                    init = self._files.stand_in(init)
-            setup = encode_setup(
-                init,
-                secrets.token_bytes(CALL_ID_SIZE),  # this executor, for max_tasks_per_child
-                max_tasks_per_child,
-            )
+        init = None if initializer is None else dump_initializer(initializer, tuple(initargs))
         addresses = parse_servers(executor_servers() if servers is None else servers)
         function = check_name(function)
         window = checked or 0
@@ -174,11 +161,15 @@ class Executor(_BaseExecutor):
             # shares, and would queue more of this executor's work ahead of other callers'.)
             window = QUEUED_PER_WORKER * checked
         self._max_workers = checked
+        priority = check_priority(priority)
+        # The initializer's sections, once every argument is checked: a large one is a file.
+        self._setup_of = (init, secrets.token_bytes(CALL_ID_SIZE), max_tasks_per_child)
+        setup = self._files.setup(*self._setup_of)
         self._pump_args = (
             addresses,
             self._signer,
             function,
-            check_priority(priority),
+            priority,
             window,
             connect_timeout,
             setup,
@@ -191,8 +182,9 @@ class Executor(_BaseExecutor):
 
     def _start_state(self) -> None:
         """The pump and what its threads share: made here, and again in a forked child."""
-        self._generation = lifespan.state.generation
         self._pump = Pump(*self._pump_args)
+        # Its files go once its calls are done: after shutdown(wait=False) too, or at exit.
+        self._pump.on_finished = self._files.remove_all
         # Shared by this executor's futures (see CallFuture): one Condition per call cost
         # a fifth of the caller's CPU for tiny calls.
         self._condition = threading.Condition()
@@ -200,17 +192,23 @@ class Executor(_BaseExecutor):
         self._shutdown_lock = threading.Lock()
         # An executor dropped without shutdown() still lets its pump finish and exit.
         self._finalizer = weakref.finalize(self, self._pump.stop)
+        # Last: another thread's check in submit() must not see the new generation while
+        # the state it guards is still the parent's.
+        self._generation = lifespan.state.generation
 
     def _renew(self) -> None:
         """First use in a child forked from the process that made this executor: a pump of
-        the child's own (lifespan). The parent's calls stay the parent's; its spill files
-        too (the initializer's is the parent's to remove, and stays readable here)."""
+        the child's own (lifespan). The parent's calls stay the parent's, and its spill
+        files: the child writes its own copy of a large initializer, which the parent may
+        remove while the child still runs."""
         with lifespan.renewing():
             if self._generation == lifespan.state.generation:
                 return  # another thread of the child renewed it
             self._finalizer.detach()  # the parent's pump is not to be woken from here
             self._pump.forget()
             self._files = CallerFiles(*self._spill_args)
+            setup = self._files.setup(*self._setup_of)
+            self._pump_args = (*self._pump_args[:6], setup, *self._pump_args[7:])
             self._start_state()
 
     # -- the concurrent.futures API --

@@ -51,6 +51,10 @@ def renewing() -> threading.Lock:
 def _after_fork_in_child() -> None:
     global _live_pumps, _renew_lock
     state.generation += 1
+    for pump in list(_live_pumps):
+        # Inert at once, not at the executor's next use: a result() on a future of the
+        # parent's would read the parent's replies off the parent's sockets.
+        pump.forget()
     _live_pumps = weakref.WeakSet()  # the parent's pumps have no thread here
     _renew_lock = threading.Lock()  # another thread of the parent may have held it
 

@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 from farm.client.serverpick import ServerPicker
 from farm.errors import ServerUnavailable
@@ -92,6 +93,7 @@ class Pump(Links, WaitHere):
         self.broken_by: BaseException | None = None
         self.finished = threading.Event()
         self.started = False  # set by the executor before it starts the thread on run()
+        self.on_finished: Callable[[], None] | None = None  # called once all is done
         # Shared with submitting threads: the deque (append/popleft are atomic),
         # and two flags whose order of writes and reads makes wake-ups safe.
         self._pending: deque[WorkItem] = deque()
@@ -184,6 +186,15 @@ class Pump(Links, WaitHere):
             self.finished.set()
             self._selector.close()
             self._waker.close()
+            self._finished()
+
+    def _finished(self) -> None:
+        hook, self.on_finished = self.on_finished, None
+        if hook is not None:
+            try:
+                hook()
+            except Exception:  # removing files: nothing a caller waits on
+                log.exception("farm executor: cleaning up after the pump failed")
 
     def forget(self) -> None:
         """In a child forked from this pump's process: let go of the parent's connections
@@ -191,6 +202,9 @@ class Pump(Links, WaitHere):
         descriptors leaves the parent's open), and never wake the parent's thread. Only new
         objects are touched: a lock of the parent's may have been held across the fork."""
         self.started = False
+        self.on_finished = None  # the parent's files are the parent's to remove
+        self._sleeping = False  # wait_here and nudge leave it alone from now on
+        self._stopping = True
         self.finished = threading.Event()
         self.finished.set()
         for conn in self._conns.values():
@@ -251,6 +265,7 @@ class Pump(Links, WaitHere):
                 self._sleeping = False  # no submitter may send through closed sockets
                 lock.release()
                 self.finished.set()
+                self._finished()
 
     def _idle_and_stopping(self) -> bool:
         return self._stopping and not self._pending and not self._in_flight

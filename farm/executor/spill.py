@@ -15,7 +15,8 @@ cannot be forged, since it travels inside the HMAC.
 Files are created with O_EXCL, mode 0640 (the farm's group may read them), named
 ``farm-spill-KIND-PID-RANDOM``: KIND ``a`` for arguments (written and deleted by
 the caller), ``r`` for results (written by the worker, deleted by the caller
-once read); PID is the writer's. The directory is created 2770 (setgid, so its
+once read), ``k`` for what an executor keeps while it lives (its initializer, a
+large function its calls share); PID is the writer's. The directory is created 2770 (setgid, so its
 files take its group) and refused when others may write to it. Each file is
 also given the directory's group explicitly, since a setgid bit may be missing:
 systemd's ``RestrictSUIDSGID=`` (set by the shipped unit) refuses to set it, and
@@ -168,11 +169,12 @@ def spill_dir(path: Path) -> Path:
 
 
 def write(settings: SpillSettings, data: bytes | bytearray | memoryview, kind: str) -> bytes:
-    """Write ``data`` to a fresh file (``kind``: "a" argument, "r" result); its reference.
+    """Write ``data`` to a fresh file (``kind``: "a" argument, "r" result, "k" kept for an
+    executor's life); its reference.
     SpillTooLarge past the limit (nothing written), SpillDirError, OSError."""
     size = len(data)
     if size > settings.max_bytes:
-        what = "argument" if kind == "a" else "result"
+        what = {"a": "argument", "r": "result"}.get(kind, "function or initializer")
         raise SpillTooLarge(
             f"the call's {what} is {size / 2**20:.1f} MiB pickled, over the farm's limit of"
             f" {settings.max_bytes >> 20} MiB ([executor] max_spill_mb)"
@@ -257,7 +259,10 @@ def sweep(directory: Path, max_age: float, orphan_age: float, now: float | None 
 
     Any file older than ``max_age``; a result file older than ``orphan_age`` (its
     caller reads it the moment the job ends); an argument file older than
-    ``orphan_age`` whose writer's pid is gone (a caller killed with SIGKILL).
+    ``orphan_age`` whose writer's pid is gone (a caller killed with SIGKILL). A kept
+    file (``k``: an executor's initializer, a function its calls share) only once its
+    writer is gone and it is older than ``orphan_age``, whatever its age: an executor
+    may live for weeks.
     """
     now = time.time() if now is None else now
     removed = 0
@@ -276,8 +281,11 @@ def sweep(directory: Path, max_age: float, orphan_age: float, now: float | None 
         parts = name[len(PREFIX) :].split("-")
         if age <= orphan_age and age <= max_age:
             continue
-        if age <= max_age and parts[0] == "a" and _alive(parts[1] if len(parts) > 2 else ""):
+        writer_alive = _alive(parts[1] if len(parts) > 2 else "")
+        if age <= max_age and parts[0] == "a" and writer_alive:
             continue
+        if parts[0] == "k" and (writer_alive or age <= orphan_age):
+            continue  # kept for an executor's life (its initializer): never by age alone
         try:
             os.unlink(entry.path)
             removed += 1

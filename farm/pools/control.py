@@ -19,6 +19,7 @@ from collections.abc import Generator
 from typing import Any
 
 from farm.errors import FarmError
+from farm.net import clear_socket_path
 from farm.paths import UnsafeDirectory, check_runtime_path
 
 __all__ = [
@@ -114,7 +115,12 @@ class ControlServer:
             try:
                 request(path, {"cmd": "ping"}, timeout=1.0)
             except ControlUnavailable:
-                os.unlink(path)  # left by a supervisor that died
+                try:
+                    clear_socket_path(path)  # left by a supervisor that died; else it stays
+                except OSError as exc:
+                    raise FarmError(
+                        f"another process answers at {path} (a busy supervisor?): {exc}"
+                    ) from None
             else:
                 raise FarmError(f"another supervisor is running (it answers at {path})")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from farm.config import Config, capacity_problem, load_config
+from farm.config.defaults import DEFAULTS_SOURCE
+from farm.discovery import find_config
 from farm.errors import ConfigError
 from farm.pools import sdnotify
 from farm.pools.control import ControlConnection, parse_scale
@@ -113,16 +115,11 @@ class Steering:
                 return
             conn.reply(self.scale(message.get("changes")))
         elif cmd == "reload":
-            asked, runs = message.get("config"), self.config.source
-            if asked and os.path.realpath(str(asked)) != os.path.realpath(runs):
-                # The farm re-reads its own file; "reloaded" would claim the other was applied.
-                conn.reply(
-                    {
-                        "ok": False,
-                        "error": f"this farm runs {runs}, not {asked}: farm reload"
-                        " re-reads that file (edit it, or stop the farm and start it with yours)",
-                    }
-                )
+            asked, rereads = message.get("config"), self.rereads()
+            if asked and os.path.realpath(str(asked)) != os.path.realpath(rereads):
+                # "reloaded" would claim the named file was applied; the farm reads its own.
+                why = f"this farm re-reads {rereads}, not {asked} (edit that file, or stop"
+                conn.reply({"ok": False, "error": why + " the farm and start it with yours)"})
                 return
             restart = "restart" if message.get("restart") else None
             self.pending.append(Pending(Duty.RELOAD, restart, conn=conn))
@@ -335,6 +332,14 @@ class Steering:
             for conn in self.drain_followers:
                 conn.sock.close()
             self.drain_followers = ()
+
+    def rereads(self) -> str:
+        """The file a reload reads: the one named at start, else the search order's now."""
+        try:
+            found = find_config(self.config_path)
+        except Exception:  # gone or refused: the reload itself says so
+            return self.config.source
+        return str(found) if found is not None else DEFAULTS_SOURCE
 
     def reload(self) -> tuple[str | None, list[str], list[str]]:
         """Re-read the config: apply changed counts; pools whose target or options changed

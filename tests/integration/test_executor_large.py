@@ -125,6 +125,20 @@ def test_a_large_closure_and_large_initargs_travel_as_files_once(shared: Farm) -
 
 
 @pytest.mark.timeout(60)
+def test_an_initializers_file_goes_with_its_executor_however_it_ends(shared: Farm) -> None:
+    big = "x" * (2 << 20)
+    with pytest.raises(ValueError):  # refused after the initializer was pickled
+        shared.executor(2, initializer=init_state, initargs=(big,), priority="urgent")
+    assert shared.files() == [], "a constructor that failed leaves no file"
+    ex = shared.executor(2, initializer=init_state, initargs=(big,))
+    assert ex.submit(get_init_state).result(timeout=60) == big
+    (name,) = shared.files()
+    assert name.startswith(f"farm-spill-k-{os.getpid()}-"), "kept: the sweep leaves it"
+    ex.shutdown(wait=False)
+    wait_for("the file removed once the pump finished", lambda: shared.files() == [], 30)
+
+
+@pytest.mark.timeout(60)
 def test_a_tampered_argument_file_is_refused_without_unpickling(shared: Farm) -> None:
     gate = Gate(shared.tmp / "tamper.gate")
     with gate, shared.executor(4) as ex:

@@ -8,7 +8,9 @@ without the workers' modules still finds the farm.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,22 +83,35 @@ def test_an_executor_with_no_servers_finds_a_running_farm(
         assert up.stop() == 0
 
 
-def test_another_users_socket_in_a_directory_others_write_is_refused(clean_env: Path) -> None:
-    # Any local user may bind a socket at a configured path in /tmp before the farm does:
-    # the Executor would have sent its calls (in clear) to them.
-    shared = clean_env / "shared"
-    shared.mkdir()
-    os.chmod(shared, 0o1777)  # as /tmp
-    sock = shared / "gearman.sock"
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give files to another user")
+def test_another_users_socket_where_others_could_have_put_it_is_refused(clean_env: Path) -> None:
+    # Any local user may make a directory in /tmp and bind a socket at a configured path
+    # before the farm does: the Executor would have sent its calls (in clear) to them.
+    made = clean_env / "made-by-another"  # under /tmp, which everyone may write
+    made.mkdir()
+    sock = made / "gearman.sock"
     write_config(clean_env, sock)
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(str(sock))
         os.chmod(sock, 0o666)
         assert discovery.executor_servers() == [f"unix:{sock}"], "ours: used"
         os.chown(sock, 65534, 65534)  # nobody's, as if they bound it first
-        with pytest.raises(UnsafeDirectory, match="another user may have put it there"):
+        os.chown(made, 65534, 65534)  # in a directory of theirs
+        with pytest.raises(UnsafeDirectory, match="could have let another user put it there"):
             farm.Executor()
         assert discovery.client_servers() == ["127.0.0.1:4999"], "a client uses TCP instead"
-        os.chown(shared, 65534, 65534)
-        os.chmod(shared, 0o755)  # the farm user's own directory: nobody else could put it there
-        assert discovery.executor_servers() == [f"unix:{sock}"]
+    # The farm user's own directory, under directories only root may write: trusted.
+    home = Path(tempfile.mkdtemp(dir="/var/lib", prefix="farm-test-"))
+    try:
+        os.chmod(home, 0o755)
+        run = home / "run"
+        run.mkdir(mode=0o755)
+        sock = run / "gearman.sock"
+        write_config(clean_env, sock)
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(str(sock))
+            os.chown(sock, 65534, 65534)
+            os.chown(run, 65534, 65534)
+            assert discovery.executor_servers() == [f"unix:{sock}"]
+    finally:
+        shutil.rmtree(home)

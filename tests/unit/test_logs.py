@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
-from farm.logs import Brief, _JournalPriority, _to_journal
+from farm.logs import Brief, LogLines, _JournalPriority, _to_journal
 
 
 def record(level: int, msg: str) -> logging.LogRecord:
@@ -49,3 +51,29 @@ def test_brief_logs_one_line_a_while_and_counts_the_rest(
         "refused 0",
         "refused 5 (and 4 more such since the last line)",
     ]
+
+
+def test_print_bytes_and_threads_become_whole_lines(caplog: pytest.LogCaptureFixture) -> None:
+    # A job's print() from several threads, and bytes on sys.stdout.buffer, which the
+    # first LogLines lacked (AttributeError in job code that wrote bytes).
+    real = io.StringIO()
+    lines = LogLines(logging.getLogger("farm.test.lines"), logging.INFO, real)
+    with caplog.at_level(logging.INFO, logger="farm.test.lines"):
+        lines.buffer.write(b"as bytes\n")
+        lines.write("in ")
+        lines.write("two parts\nand a partial")
+        lines.flush()
+
+        def chatter(i: int) -> None:
+            for k in range(50):
+                lines.write(f"thread {i} line {k}\n")
+
+        threads = [threading.Thread(target=chatter, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    said = [r.getMessage() for r in caplog.records]
+    assert said[:3] == ["as bytes", "in two parts", "and a partial"]
+    assert sorted(said[3:]) == sorted(f"thread {i} line {k}" for i in range(4) for k in range(50))
+    assert real.getvalue() == ""

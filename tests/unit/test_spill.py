@@ -86,5 +86,43 @@ def test_the_sweep_removes_only_what_is_stale(tmp_path: Path) -> None:
     assert sorted(os.listdir(s.directory)) == ["not-ours"]
 
 
+def test_a_kept_file_stays_while_its_writer_lives_whatever_its_age(tmp_path: Path) -> None:
+    # An executor's initializer may serve it for weeks: past max age it was swept, and the
+    # next worker to need it broke the executor.
+    s = settings(tmp_path)
+    kept = spill.reference_path(spill.write(s, b"x", "k"))
+    dead = kept.with_name("farm-spill-k-999999999-00")
+    dead.write_bytes(b"x")
+    assert spill.sweep(s.directory, 100, 10, now=time.time() + 5) == 0  # all fresh
+    assert spill.sweep(s.directory, 100, 10, now=time.time() + 10_000) == 1  # the dead one's
+    assert kept.exists() and not dead.exists()
+
+
 def test_the_default_max_age_outlives_the_call_ttl() -> None:
     assert spill.DEFAULT_MAX_AGE >= CALL_TTL
+
+
+def test_shared_files_count_their_calls_and_survive_a_shutdown_between(tmp_path: Path) -> None:
+    from concurrent.futures import Future
+
+    from farm.executor.callerfiles import CallerFiles
+
+    files = CallerFiles(None, tmp_path / "spill", None)
+    data = os.urandom(3 << 20)
+    stand_in, key = files.shared(data)
+    again, same = files.shared(data)  # equal bytes: the same file
+    assert (again, same) == (stand_in, key) and len(os.listdir(tmp_path / "spill")) == 1
+    first, second = Future(), Future()  # type: ignore[var-annotated]
+    files.use(key, [first])
+    files.use(same, [second])
+    first.set_result(1)
+    assert len(os.listdir(tmp_path / "spill")) == 1, "a call still carries it"
+    second.set_result(2)
+    assert os.listdir(tmp_path / "spill") == [], "gone with the last call"
+    # shutdown() between a map's shared() and its use(): no KeyError, nothing left.
+    _, key = files.shared(data)
+    files.remove_all()
+    late = Future()  # type: ignore[var-annotated]
+    files.use(key, [late])
+    late.set_result(3)
+    assert os.listdir(tmp_path / "spill") == []
