@@ -1,17 +1,17 @@
 """The blocking worker: register functions, then grab, run and answer jobs.
 
 The grab/sleep/wake cycle of each server connection is ``farm.protocol.worker.WorkerSession``;
-this module drives it with one selector over every server socket plus a
-wake-up socketpair, so ``stop()`` works from a signal handler or another
-thread. In the main thread the socketpair is also the signal wake-up fd: a signal that
-lands just before the select sleeps would otherwise run its handler only after the
-select's next event, which may never come. Jobs run one at a time in the calling
-thread; at most one grab is in flight across servers, so the worker never holds a
-job it cannot start.
+this module drives it with one selector over every server socket plus a wake-up socketpair,
+so ``stop()`` works from a signal handler or another thread. In the main thread the
+socketpair is also the signal wake-up fd: a signal that lands just before the select sleeps
+would otherwise run its handler only after the select's next event, which may never come.
+Jobs run one at a time in the calling thread; at most one grab is in flight across servers,
+so the worker never holds a job it cannot start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import selectors
 import socket
@@ -25,10 +25,12 @@ from typing import Any
 from farm.discovery import client_servers
 from farm.logs import Brief
 from farm.net import Waker, connect, parse_servers, recv
-from farm.protocol import ProtocolError
+from farm.protocol import PacketType as T
+from farm.protocol import ProtocolError, encode_req
 from farm.protocol.checks import as_bytes, check_timeout
 from farm.protocol.events import ServerErrorNotice
 from farm.protocol.worker import JobAssigned, WorkerSession, WorkerState
+from farm.workerjob import Job
 
 __all__ = ["Worker", "Job"]
 
@@ -37,6 +39,7 @@ log = logging.getLogger("farm.worker")
 # Module names for the per-job path: an enum member read off its class costs about 100 ns
 # on Python 3.11 (farm/protocol/worker.py).
 _READY, _GRABBING, _WORKING = WorkerState.READY, WorkerState.GRABBING, WorkerState.WORKING
+_ASSIGNS = frozenset((T.JOB_ASSIGN, T.JOB_ASSIGN_UNIQ, T.JOB_ASSIGN_ALL))
 
 #: Reconnect delays after a server is lost or refuses: first, then doubling up to the cap.
 BACKOFF_FIRST = 0.05
@@ -55,67 +58,16 @@ class _Server:
     warned: bool = False
 
 
-class Job:
-    """A job in a worker function's hands.
-
-    ``data`` (bytes), ``text`` (data as UTF-8), ``handle``, ``function``,
-    ``unique`` and ``timeout`` (the seconds registered for the function, or None);
-    ``send_status``, ``send_data`` and ``send_warning`` reach the waiting clients
-    at once, while the function still runs.
-    """
-
-    __slots__ = ("data", "handle", "function", "unique", "timeout", "_worker", "_server")
-
-    def __init__(self, event: JobAssigned, worker: Worker, server: _Server) -> None:
-        self.data = event.data
-        self.handle = event.handle
-        self.function = event.function
-        self.unique = event.unique
-        self.timeout = worker._timeouts.get(event.function)  # past it the server fails it
-        self._worker = worker
-        self._server = server
-
-    @property
-    def text(self) -> str:
-        return self.data.decode("utf-8", "replace")
-
-    def send_status(self, numerator: int, denominator: int) -> None:
-        """Progress (WORK_STATUS): the client's on_status and GET_STATUS see it."""
-        self._send(lambda s: s.send_status(int(numerator), int(denominator)))
-
-    def send_data(self, data: bytes | str) -> None:
-        """A chunk of partial result (WORK_DATA) streamed to the client's on_data."""
-        payload = as_bytes(data)
-        self._send(lambda s: s.send_data(payload))
-
-    def send_warning(self, data: bytes | str) -> None:
-        """A warning (WORK_WARNING) for the client's on_warning."""
-        payload = as_bytes(data)
-        self._send(lambda s: s.send_warning(payload))
-
-    def _send(self, queue: Callable[[WorkerSession], None]) -> None:
-        server, worker = self._server, self._worker
-        with worker._send_lock:  # Worker.abandon may fail this job from another thread
-            if not worker._holds(server, self):
-                return  # the job ended, or its server went away mid-job: nobody listens
-            queue(server.session)
-            worker._flush_locked(server)
-
-    def __repr__(self) -> str:
-        return f"<Job {self.function} {self.handle}>"
-
-
 class Worker:
     """A worker process's connection to its job servers.
 
-    Functions receive a ``Job`` and return bytes, str or None (empty result).
-    An exception becomes WORK_EXCEPTION "Type: message" and the worker goes on.
+    Functions receive a ``Job`` and return bytes, str or None (empty result). An exception
+    becomes WORK_EXCEPTION "Type: message" and the worker goes on.
 
-    Hooks for a supervisor: ``jobs_done`` counts finished jobs; ``after_job``
-    (if set) is called with each Job after its answer is sent and may call
-    ``stop()``; ``stop()`` finishes the job in hand, sends RESET_ABILITIES so
-    the servers hand this worker nothing more, and makes ``work()`` return;
-    ``unregister_all()`` only stops taking jobs (the loop stays up).
+    Hooks for a supervisor: ``jobs_done`` counts finished jobs; ``after_job`` (if set) is
+    called with each Job after its answer is sent and may call ``stop()``; ``stop()``
+    finishes the job in hand, sends RESET_ABILITIES so the servers hand this worker nothing
+    more, and makes ``work()`` return; ``unregister_all()`` only stops taking jobs.
     """
 
     def __init__(
@@ -161,8 +113,10 @@ class Worker:
         check_timeout(name, timeout)
         self._functions[name] = fn
         self._timeouts[name] = timeout
-        for server in self._servers:
-            server.session.add_ability(name, timeout)
+        with self._send_lock:  # from another thread while work() runs: the loop writes too
+            for server in self._servers:
+                server.session.add_ability(name, timeout)
+        self._wake()  # a loop asleep in select sends the CAN_DO now, not at its next event
 
     def function(
         self, name: str | None = None, timeout: float | None = None
@@ -304,7 +258,7 @@ class Worker:
                 continue
             if server.warned:
                 log.info("job server %s is back", server.addr)
-            server.sock, server.warned, server.backoff = sock, False, BACKOFF_FIRST
+            server.sock, server.warned = sock, False  # backoff resets once it talks sense
             server.session.connected()
             selector.register(sock, selectors.EVENT_READ, server)
 
@@ -322,8 +276,12 @@ class Worker:
         try:
             events = server.session.receive(data)
         except ProtocolError as exc:
+            if exc.handle is not None and exc.ptype in _ASSIGNS:  # a job too large to take
+                log.warning("job %r failed: it is too large for this worker (%s)", exc.handle, exc)
+                _fail_and_part(sock, exc.handle)
             self._lost(server, f"broke the protocol: {exc}")
             return
+        server.backoff = BACKOFF_FIRST  # it talks sense: a later loss retries at once
         if self._grabbing is server and server.session.state is not _GRABBING:
             self._grabbing = None
         self._flush(server)  # a JOB_ACCEPT leaves before its job runs
@@ -339,7 +297,7 @@ class Worker:
                 log.warning("job server %s: %s %s", server.addr, event.code, event.text)
 
     def _run(self, server: _Server, event: JobAssigned) -> None:
-        job = Job(event, self, server)
+        job = Job(event, self._timeouts.get(event.function), server, self._send_news)
         fn = self._functions.get(event.function)
         try:
             if fn is None:
@@ -363,6 +321,15 @@ class Worker:
         if self.after_job is not None:
             self.after_job(job)
         # The answer leaves with the next grab, in the loop's one write per turn.
+
+    def _send_news(self, job: Job, queue: Callable[[WorkerSession], None]) -> None:
+        """A job's news (status, data, warning) from its function, while it runs."""
+        server = job._server
+        with self._send_lock:  # abandon() may fail this job from another thread
+            if not self._holds(server, job):
+                return  # the job ended, or its server went away mid-job: nobody listens
+            queue(server.session)
+            self._flush_locked(server)
 
     @staticmethod
     def _holds(server: _Server, job: Job) -> bool:
@@ -397,3 +364,16 @@ class Worker:
             self._grabbing = None
         server.retry_at = time.monotonic() + server.backoff
         server.backoff = min(server.backoff * 2, BACKOFF_CAP)
+
+
+def _fail_and_part(sock: socket.socket, handle: bytes) -> None:
+    """WORK_FAIL for a job assigned to us that we cannot take, then a clean goodbye: our
+    side shut, the rest of its packet read and dropped (bounded), so the server reads the
+    WORK_FAIL before the end -- a close with bytes unread would reset the connection and
+    lose it, and the job would come back to be refused again."""
+    with contextlib.suppress(OSError):
+        sock.sendall(encode_req(T.WORK_FAIL, handle))
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(5.0)
+        while sock.recv(1 << 20):
+            pass

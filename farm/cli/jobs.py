@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -160,16 +161,18 @@ def submit(
     out.flush()
 
 
-def _servers(server: list[str] | None, config: Path | None) -> list[str] | None:
-    """``--server`` in normal form (a bad one: exit 2), else the config's farm, else None
-    (the library's own default, farm.discovery)."""
+def _servers(server: list[str] | None, config: Path | None) -> list[str]:
+    """``--server`` in normal form (a bad one: exit 2), else the config's farm, else the
+    library's own default (farm.discovery): a bad $FARM_SERVERS is named."""
     try:
         if server:
             return parse_servers(server)
-        if config is not None:
-            return parse_servers(client_servers(config))
+        return parse_servers(client_servers(config))
     except ConfigError as exc:
         fail(str(exc), 2)
     except ValueError as exc:
-        fail(f"--server: {exc}", 2)
-    return None
+        named = ("FARM_SERVERS", "GEARMAN_SERVERS") if not server and config is None else ()
+        source = next((f"${v}" for v in named if os.environ.get(v)), "--server")
+        fail(f"{source}: {exc}", 2)
+    except FarmError as exc:  # e.g. the farm's socket where another user could have put it
+        fail(str(exc), 1)

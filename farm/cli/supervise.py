@@ -81,6 +81,8 @@ def ps(
 
     if watch and as_json:
         fail("--watch draws the table; use --json without it", 2)
+    if count is not None and not watch:
+        fail("--count says how many times --watch redraws; give --watch too", 2)
     reply = ask_supervisor(config, control, {"cmd": "ps"})
     rows = reply["processes"]
     if as_json:

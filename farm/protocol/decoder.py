@@ -28,9 +28,12 @@ _NO_ARGS: tuple[bytes, ...] = ()
 #: How many NULs split a body: all but the last argument's when it is data (which may hold
 #: NULs), one more otherwise, so that a NUL inside that last argument shows (see feed).
 _SPLITS = {t: s.nargs - 1 if s.has_data else s.nargs for t, s in PACKETS.items()}
-#: A worker's news of a job: packets whose first argument is the job's handle.
+#: A worker's news of a job, and a job assigned to a worker: packets whose first argument is
+#: the job's handle, so that one too large to take can still fail that job.
 _WORK_NEWS = frozenset(
-    t for t, s in PACKETS.items() if s.name.startswith("WORK_") and s.fields[0] == "handle"
+    t
+    for t, s in PACKETS.items()
+    if s.name.startswith(("WORK_", "JOB_ASSIGN")) and s.fields[0] == "handle"
 )
 _tuple_new = tuple.__new__
 
@@ -44,9 +47,10 @@ def _too_large(
 ) -> ProtocolError | None:
     """The error for a packet whose body is over ``limit``; None to wait for more bytes.
 
-    A worker's news of its job (a result too large, say) names the job's handle first:
-    the error carries it, so the server can fail that job rather than give it back to
-    be run, and refused, again and again. It waits for the handle's bytes, never more.
+    A worker's news of its job (a result too large, say) names the job's handle first, as
+    does a job assigned to a worker: the error carries it, so the server (or the worker)
+    can fail that job rather than have it run, and refused, again and again. It waits
+    for the handle's bytes, never more.
     """
     exc = ProtocolError(
         f"packet body of {size} bytes exceeds the limit of {limit}", code="ARGUMENT_TOO_LARGE"

@@ -145,6 +145,10 @@ class WorkerSession:
         self.abilities[name] = timeout
         if self.state is not WorkerState.DISCONNECTED:
             self._out += self._can_do(name, timeout)
+        if self.state is WorkerState.SLEEPING:
+            # Its jobs may wait already, and a server (gearmand) wakes a sleeper only for a
+            # job submitted later: look, as if woken.
+            self.state = _READY
 
     def reset_abilities(self) -> None:
         """Unregister everything (RESET_ABILITIES) so the server hands us no more jobs."""

@@ -62,6 +62,8 @@ class Dispatch:
         fq.served = True
         if worker.sleeping:
             fq.sleepers[worker] = None
+            if function in self.ready:  # its jobs already wait: wake it, as their submit would
+                self._wake(fq)
 
     def cant_do(self, worker: Peer, function: bytes) -> None:
         if worker.abilities.pop(function, None) is None:

@@ -92,6 +92,10 @@ def test_server_help_keeps_gearmands_flags() -> None:
 def test_usage_mistakes_are_one_line_and_exit_2(tmp_path: Path) -> None:
     bad = cli("ps", "--watch", "--json", "--control", str(tmp_path / "c.sock"))
     assert bad.returncode == 2 and "--watch" in one_line_error(bad.stderr)
+    bad = cli("ps", "--count", "2", "--control", str(tmp_path / "c.sock"))
+    assert bad.returncode == 2 and "--watch" in one_line_error(bad.stderr)
+    bad = cli("submit", "f", "x", env=dict(os.environ, FARM_SERVERS="bad:port"))
+    assert bad.returncode == 2 and "$FARM_SERVERS" in one_line_error(bad.stderr)
     port = cli("jobs", "--server", "h:99999")
     assert port.returncode == 2 and "port" in one_line_error(port.stderr)
     nothing = cli("jobs", "--server", f"127.0.0.1:{free_port()}")

@@ -246,3 +246,30 @@ def test_refusals_are_logged_in_one_line_a_while_not_a_traceback_each(
     lines = [r for r in caplog.records if r.name == "farm.worker"]
     assert len(lines) == 1, [r.getMessage() for r in lines]
     assert "refused" in lines[0].getMessage() and lines[0].exc_info is None
+
+
+@pytest.mark.timeout(120)
+def test_a_job_too_large_for_the_worker_fails_once_not_forever(
+    gearmand, caplog: pytest.LogCaptureFixture
+) -> None:
+    # gearmand takes a job over farm's 64 MiB packet limit; the worker refused its
+    # JOB_ASSIGN, reconnected and was handed the same job again, some 13 times a second.
+    caplog.set_level("WARNING", logger="farm.worker")
+    with (
+        serving(gearmand.addr, {"size": lambda j: str(len(j.data))}),
+        farm.Client(gearmand.addr) as c,
+    ):
+        with pytest.raises(farm.JobFailed):
+            c.call("size", b"a" * (65 << 20), timeout=60)
+        assert c.call("size", b"ok", timeout=10) == b"2", "the worker serves on"
+    refused = [r for r in caplog.records if "too large for this worker" in r.getMessage()]
+    assert len(refused) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_a_function_registered_while_the_worker_waits_is_served(any_server) -> None:
+    # register() from another thread queued the CAN_DO for the loop's next event, which
+    # an idle worker never had: the call timed out.
+    with serving(any_server.addr, {"reverse": reverse}) as w, farm.Client(any_server.addr) as c:
+        assert c.call("reverse", b"ab", timeout=10) == b"ba"
+        w.register("late", lambda j: b"late " + j.data)
+        assert c.call("late", b"one", timeout=10) == b"late one"

@@ -1,0 +1,60 @@
+"""The job a worker function is handed (``farm.Worker``): its data, and news for its clients.
+
+A function gets a ``Job`` and may send its waiting clients progress, partial data and
+warnings while it runs; the worker that made it writes them (``send``), under the lock
+that lets ``Worker.abandon`` fail the job from another thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from farm.protocol.checks import as_bytes
+from farm.protocol.worker import JobAssigned, WorkerSession
+
+__all__ = ["Job"]
+
+#: How a Job's news leaves: the worker's, given the job and what to queue on its session.
+Send = Callable[["Job", Callable[[WorkerSession], None]], None]
+
+
+class Job:
+    """A job in a worker function's hands.
+
+    ``data`` (bytes), ``text`` (data as UTF-8), ``handle``, ``function``, ``unique`` and
+    ``timeout`` (the seconds registered for the function, or None); ``send_status``,
+    ``send_data`` and ``send_warning`` reach the waiting clients at once, while it runs.
+    """
+
+    __slots__ = ("data", "handle", "function", "unique", "timeout", "_server", "_send_to")
+
+    def __init__(self, event: JobAssigned, timeout: float | None, server: Any, send: Send) -> None:
+        self.data = event.data
+        self.handle = event.handle
+        self.function = event.function
+        self.unique = event.unique
+        self.timeout = timeout  # past it the server fails it
+        self._server = server  # the worker's link to the server that assigned it
+        self._send_to = send
+
+    @property
+    def text(self) -> str:
+        return self.data.decode("utf-8", "replace")
+
+    def send_status(self, numerator: int, denominator: int) -> None:
+        """Progress (WORK_STATUS): the client's on_status and GET_STATUS see it."""
+        self._send_to(self, lambda s: s.send_status(int(numerator), int(denominator)))
+
+    def send_data(self, data: bytes | str) -> None:
+        """A chunk of partial result (WORK_DATA) streamed to the client's on_data."""
+        payload = as_bytes(data)
+        self._send_to(self, lambda s: s.send_data(payload))
+
+    def send_warning(self, data: bytes | str) -> None:
+        """A warning (WORK_WARNING) for the client's on_warning."""
+        payload = as_bytes(data)
+        self._send_to(self, lambda s: s.send_warning(payload))
+
+    def __repr__(self) -> str:
+        return f"<Job {self.function} {self.handle}>"
