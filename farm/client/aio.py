@@ -59,6 +59,7 @@ class AsyncClient:
         self._conns: dict[str, ServerConnection] = {}
         self._connecting: dict[str, asyncio.Future[ServerConnection]] = {}
         self._picker = ServerPicker(self.servers)
+        self._closed = False
 
     # -- the API --
 
@@ -79,8 +80,8 @@ class AsyncClient:
         waiter.on_status, waiter.on_data, waiter.on_warning = on_status, on_data, on_warning
         try:
             return await self.wait(task, timeout)
-        except Timeout:
-            self.abandon(task)  # the caller gave up: its result is dropped
+        except (Timeout, asyncio.CancelledError):  # wait_for() around us cancels, too
+            self.abandon(task)  # the caller gave up: its result and news are dropped
             raise
 
     async def submit(
@@ -166,15 +167,18 @@ class AsyncClient:
                 raise ValueError("the task has no handle yet")
             conn = await self._connect(job.server)
             return (await conn.ask(conn.session.get_status(job.handle))).status
-        status = JobStatus(False, False, 0, 0)
+        status, errors = None, []
         for addr in self._picker.order(""):
             try:
                 conn = await self._connect(addr)
                 status = (await conn.ask(conn.session.get_status(job))).status
-            except ServerUnavailable:
+            except ServerUnavailable as exc:
+                errors.append(str(exc))
                 continue
             if status.known:
                 break
+        if status is None:  # "unknown" from nobody would read as "finished"
+            raise ServerUnavailable("no job server answered; tried " + "; ".join(errors))
         return status
 
     async def echo(self, data: bytes | str = b"ping") -> bytes:
@@ -184,7 +188,10 @@ class AsyncClient:
         return await conn.ask(conn.session.echo(payload))
 
     async def close(self) -> None:
-        """Close every connection; foreground jobs still queued are dropped by the server."""
+        """Close every connection; foreground jobs still queued are dropped by the server,
+        and their calls fail here (none is sent again). Using the client again raises
+        RuntimeError."""
+        self._closed = True
         for conn in list(self._conns.values()):
             if conn.transport is not None:
                 conn.transport.close()
@@ -227,6 +234,9 @@ class AsyncClient:
     def _resubmit(self, task: Task[Waiter], lost_conn: ServerConnection) -> None:
         """The rule of farm.protocol.client.may_resubmit, asynchronously: another server, once."""
         lost = lost_conn.addr
+        if self._closed:  # our close() ended the connection: the job is not to run again
+            lost_conn.end_lost(task, ServerUnavailable("the farm.AsyncClient was closed"))
+            return
         self._picker.mark_down(lost)
 
         async def again() -> None:
@@ -261,6 +271,8 @@ class AsyncClient:
         raise ServerUnavailable("no job server is reachable; tried " + ", ".join(errors))
 
     async def _connect(self, addr: str) -> ServerConnection:
+        if self._closed:
+            raise RuntimeError("this farm.AsyncClient is closed")
         conn = self._conns.get(addr)
         if conn is not None and conn.transport is not None:
             return conn

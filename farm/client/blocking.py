@@ -65,6 +65,7 @@ class Client:
         self._conns: dict[str, Conn] = {}
         self._picker = ServerPicker(self.servers)
         self._selector = selectors.DefaultSelector()
+        self._closed = False
 
     # -- the API --
 
@@ -124,6 +125,8 @@ class Client:
         leaves the task as it was, as ``Future.result(timeout)`` does: wait for it again."""
         if task.background:
             raise ValueError("a background job sends no result to wait for")
+        if self._closed and not task.done:
+            raise RuntimeError("this farm.Client is closed")
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._pump(lambda: task.done, deadline):
             raise Timeout(f"job {task.function} {task.handle or ''} not done within {timeout}s")
@@ -149,14 +152,17 @@ class Client:
             return self._ask(job.server, lambda s: s.get_status(handle)).status
         if not isinstance(job, str):
             raise TypeError(f"status() takes a Task or a handle string, not {type(job).__name__}")
-        status = JobStatus(False, False, 0, 0)
+        status, errors = None, []
         for addr in self._picker.order(""):  # a bare handle names no server: ask each
             try:
                 status = self._ask(addr, lambda s: s.get_status(job)).status
-            except ServerUnavailable:
+            except ServerUnavailable as exc:
+                errors.append(str(exc))
                 continue
             if status.known:
                 break
+        if status is None:  # "unknown" from nobody would read as "finished"
+            raise ServerUnavailable("no job server answered; tried " + "; ".join(errors))
         return status
 
     def status_unique(self, unique: str) -> JobStatus:
@@ -210,7 +216,9 @@ class Client:
         )
 
     def close(self) -> None:
-        """Close every connection; foreground jobs still queued are dropped by the server."""
+        """Close every connection; foreground jobs still queued are dropped by the server.
+        The client is done: using it again raises RuntimeError."""
+        self._closed = True
         for conn in list(self._conns.values()):
             self._close(conn)
         self._selector.close()
@@ -243,6 +251,8 @@ class Client:
         )
 
     def _connection(self, addr: str) -> Conn:
+        if self._closed:
+            raise RuntimeError("this farm.Client is closed")
         conn = self._conns.get(addr)
         if conn is not None:
             if conn.session.busy or not conn.went_away():

@@ -168,3 +168,49 @@ async def test_no_server_reachable() -> None:
     client = AsyncClient("127.0.0.1:1", connect_timeout=2)
     with pytest.raises(farm.ServerUnavailable, match="127.0.0.1:1"):
         await client.call("reverse", "x")
+
+
+@run_async
+async def test_close_fails_calls_in_flight_and_sends_none_again(served: Server) -> None:
+    # close() ended the connection, and a call with a unique key was resubmitted (to the
+    # same server, through a fresh connection): it ran twice, after close.
+    client = AsyncClient(served.addr)
+    call = asyncio.ensure_future(client.call("gated", "x", unique="closing-1", timeout=30))
+    while not client._conns or not next(iter(client._conns.values())).session.busy:
+        await asyncio.sleep(0.01)  # until the job is sent
+    await client.close()
+    with pytest.raises(farm.ServerUnavailable, match="closed"):
+        await call
+    assert not client._conns, "no connection opened after close"
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.call("reverse", "again")
+
+
+@run_async
+async def test_a_cancelled_call_is_abandoned(served: Server) -> None:
+    # Cancelling (as wait_for does) left the task in the session, its news still delivered.
+    async with AsyncClient(served.addr) as client:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(client.call("gated", "x"), 0.5)
+        (conn,) = client._conns.values()
+        assert not conn.session.busy, "the session still held the cancelled call"
+        gate.set()
+        assert await client.call("reverse", "ab", timeout=30) == b"ba"
+
+
+@run_async
+async def test_status_of_a_handle_with_no_server_answering_raises(any_server: Server) -> None:
+    # "not known" from nobody read as "finished".
+    from tests.helpers.servers import free_port
+
+    async with AsyncClient(f"127.0.0.1:{free_port()}", connect_timeout=2) as client:
+        with pytest.raises(farm.ServerUnavailable, match="no job server answered"):
+            await client.status("H:host:1")
+    blocking = farm.Client(f"127.0.0.1:{free_port()}")
+    with pytest.raises(farm.ServerUnavailable, match="no job server answered"):
+        blocking.status("H:host:1")
+    blocking.close()
+    blocking = farm.Client(any_server.addr)
+    blocking.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        blocking.call("reverse", "x", timeout=5)
