@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
@@ -52,10 +53,15 @@ class AsyncClient:
     """
 
     def __init__(
-        self, servers: str | Iterable[str] | None = None, *, connect_timeout: float = 5.0
+        self,
+        servers: str | Iterable[str] | None = None,
+        *,
+        connect_timeout: float = 5.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.servers = parse_servers(client_servers() if servers is None else servers)
         self.connect_timeout = connect_timeout
+        self.tls = tls  # TCP servers only, as farm.Client (farm.net.tls_context)
         self._conns: dict[str, ServerConnection] = {}
         self._connecting: dict[str, asyncio.Future[ServerConnection]] = {}
         self._picker = ServerPicker(self.servers)
@@ -293,10 +299,14 @@ class AsyncClient:
                 )
             else:
                 opening = loop.create_connection(
-                    lambda: ServerConnection(addr, loop), target.host, target.port
+                    lambda: ServerConnection(addr, loop),
+                    target.host,
+                    target.port,
+                    ssl=self.tls,
+                    server_hostname=target.host if self.tls is not None else None,
                 )
             _, conn = await asyncio.wait_for(opening, self.connect_timeout)
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError too: a refused certificate
             self._picker.mark_down(addr)
             why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise ServerUnavailable(f"{addr} ({why})") from None

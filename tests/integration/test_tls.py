@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import subprocess
 import sys
@@ -69,6 +70,24 @@ def test_client_and_worker_over_tls(tls_server: Server, pki: Path) -> None:
             assert list(client.map("reverse", [b"ab%d" % i for i in range(300)])) == [
                 (b"ab%d" % i)[::-1] for i in range(300)
             ]
+    finally:
+        worker.stop()
+        thread.join(10)
+
+
+def test_async_client_over_tls(tls_server: Server, pki: Path) -> None:
+    # AsyncClient had no tls=: a TLS-only server was out of its reach.
+    ctx = tls_context(ca=str(pki / "ca.pem"))
+    worker, thread = serve_reverse(tls_server.addr, ctx)
+
+    async def calls() -> list[bytes]:
+        async with farm.AsyncClient(tls_server.addr, tls=ctx) as client:
+            return list(
+                await asyncio.gather(*(client.call("reverse", f"ab{i}") for i in range(50)))
+            )
+
+    try:
+        assert asyncio.run(calls()) == [f"ab{i}"[::-1].encode() for i in range(50)]
     finally:
         worker.stop()
         thread.join(10)
