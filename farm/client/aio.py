@@ -126,7 +126,8 @@ class AsyncClient:
             await asyncio.wait_for(asyncio.shield(waiter.ended), timeout)
         except TimeoutError:
             raise Timeout(
-                f"job {task.function} {task.handle or ''} not done within {timeout}s"
+                f"job {task.function} {task.handle or '(not yet created)'} on"
+                f" {task.server or 'no server yet'} not done within {timeout}s"
             ) from None
         if task.error is not None:
             raise task.error

@@ -129,7 +129,10 @@ class Client:
             raise RuntimeError("this farm.Client is closed")
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._pump(lambda: task.done, deadline):
-            raise Timeout(f"job {task.function} {task.handle or ''} not done within {timeout}s")
+            raise Timeout(
+                f"job {task.function} {task.handle or '(not yet created)'} on"
+                f" {task.server or 'no server yet'} not done within {timeout}s"
+            )
         if task.error is not None:
             raise task.error
         assert task.result is not None, "a task done without an error has its result"

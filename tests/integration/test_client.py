@@ -147,8 +147,10 @@ def test_work_fail_raises_job_failed(any_server) -> None:
 def test_call_timeout_raises_timeout_and_the_client_stays_usable(any_server) -> None:
     with farm.Client(any_server.addr) as c:
         t0 = time.monotonic()
-        with pytest.raises(farm.Timeout):
+        with pytest.raises(farm.Timeout) as late:
             c.call("nobody-serves-this", b"x", timeout=0.2)
+        assert "job nobody-serves-this H:" in str(late.value), "it names the job"
+        assert f" on {any_server.addr} " in str(late.value), "and its server"
         assert time.monotonic() - t0 < 10, "the timeout was not honoured"  # 50x: load-proof
         with serving(any_server.addr, {"reverse": reverse}):
             assert c.call("reverse", b"xy", timeout=5) == b"yx"
