@@ -36,6 +36,7 @@ from farm.protocol.client import (
     JobWarning,
     Task,
     lost_error,
+    timeout_error,
 )
 
 log = logging.getLogger("farm.client.aio")
@@ -125,10 +126,7 @@ class AsyncClient:
         try:
             await asyncio.wait_for(asyncio.shield(waiter.ended), timeout)
         except TimeoutError:
-            raise Timeout(
-                f"job {task.function} {task.handle or '(not yet created)'} on"
-                f" {task.server or 'no server yet'} not done within {timeout}s"
-            ) from None
+            raise timeout_error(task, timeout) from None
         if task.error is not None:
             raise task.error
         assert task.result is not None, "a task done without an error has its result"

@@ -34,6 +34,7 @@ from farm.protocol.client import (
     TaskListener,
     lost_error,
     may_resubmit,
+    timeout_error,
 )
 
 __all__ = ["Client", "Task", "JobStatus"]
@@ -129,10 +130,7 @@ class Client:
             raise RuntimeError("this farm.Client is closed")
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._pump(lambda: task.done, deadline):
-            raise Timeout(
-                f"job {task.function} {task.handle or '(not yet created)'} on"
-                f" {task.server or 'no server yet'} not done within {timeout}s"
-            )
+            raise timeout_error(task, timeout)
         if task.error is not None:
             raise task.error
         assert task.result is not None, "a task done without an error has its result"

@@ -42,6 +42,10 @@ class CallerFiles:
         # sha256 of a shared pickle -> [its ByFile pickle, its reference, calls using it]
         self._shared: dict[bytes, list[Any]] = {}
 
+    def fresh(self) -> CallerFiles:
+        """Files of their own, with the same settings (a forked child's executor)."""
+        return CallerFiles(*self._options)
+
     def write(self, data: bytes, kind: str = "a") -> bytes:
         """A file of ``data``, its reference; FarmError or OSError when it cannot be.
         ``kind`` "k": kept while this process lives (the sweep leaves it, whatever its age)."""

@@ -165,24 +165,23 @@ class Executor(_BaseExecutor):
         # The initializer's sections, once every argument is checked: a large one is a file.
         self._setup_of = (init, secrets.token_bytes(CALL_ID_SIZE), max_tasks_per_child)
         setup = self._files.setup(*self._setup_of)
-        self._pump_args = (
-            addresses,
-            self._signer,
-            function,
-            priority,
-            window,
-            connect_timeout,
-            setup,
-            MAX_BATCH if max_tasks_per_child is None else 1,  # a worker counts jobs
-            checked,
+        self._pump_args: dict[str, Any] = dict(
+            servers=addresses,
+            signer=self._signer,
+            function=function,
+            priority=priority,
+            max_in_flight=window,
+            connect_timeout=connect_timeout,
+            setup=setup,
+            max_batch=MAX_BATCH if max_tasks_per_child is None else 1,  # a worker counts jobs
+            workers=checked,
         )
         self._shutdown = False
-        self._spill_args = (key_file, spill_dir, max_spill_mb)
         self._start_state()
 
     def _start_state(self) -> None:
         """The pump and what its threads share: made here, and again in a forked child."""
-        self._pump = Pump(*self._pump_args)
+        self._pump = Pump(**self._pump_args)
         # Its files go once its calls are done: after shutdown(wait=False) too, or at exit.
         self._pump.on_finished = self._files.remove_all
         # Shared by this executor's futures (see CallFuture): one Condition per call cost
@@ -206,9 +205,8 @@ class Executor(_BaseExecutor):
                 return  # another thread of the child renewed it
             self._finalizer.detach()  # the parent's pump is not to be woken from here
             self._pump.forget()
-            self._files = CallerFiles(*self._spill_args)
-            setup = self._files.setup(*self._setup_of)
-            self._pump_args = (*self._pump_args[:6], setup, *self._pump_args[7:])
+            self._files = self._files.fresh()
+            self._pump_args["setup"] = self._files.setup(*self._setup_of)
             self._start_state()
 
     # -- the concurrent.futures API --
@@ -222,14 +220,12 @@ class Executor(_BaseExecutor):
             body = dump_call((args, kwargs))
         except Exception as exc:  # unpicklable: the future says so, as ProcessPoolExecutor's
             return self._enqueue(None, exc)
-        if len(fn_bytes) <= spill.SPILL_THRESHOLD:
-            if len(body) > spill.SPILL_THRESHOLD:
-                return self._enqueue_spilled(fn_bytes, SINGLE, body)
-            return self._enqueue(Call(fn_bytes, SINGLE, body), None)
-        try:
-            fn_bytes, key = self._files.shared(fn_bytes)
-        except (FarmError, OSError) as exc:  # too large, no spill directory, a bad config
-            return self._enqueue(None, exc)
+        key = None  # of a function large enough for a file (CallerFiles.shared)
+        if len(fn_bytes) > spill.SPILL_THRESHOLD:
+            try:
+                fn_bytes, key = self._files.shared(fn_bytes)
+            except (FarmError, OSError) as exc:  # too large, no spill directory, a bad config
+                return self._enqueue(None, exc)
         future = None
         try:
             if len(body) > spill.SPILL_THRESHOLD:
@@ -237,7 +233,8 @@ class Executor(_BaseExecutor):
             else:
                 future = self._enqueue(Call(fn_bytes, SINGLE, body), None)
         finally:
-            self._files.use(key, [] if future is None else [future])
+            if key is not None:
+                self._files.use(key, [] if future is None else [future])
         return future
 
     def map(

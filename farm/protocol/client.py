@@ -41,6 +41,7 @@ from farm.protocol.tasks import (
     TaskListener,
     lost_error,
     may_resubmit,
+    timeout_error,
 )
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "Owner",
     "Reply",
     "lost_error",
+    "timeout_error",
     "Task",
     "Query",
     "JobStatus",

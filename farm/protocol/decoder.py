@@ -30,7 +30,7 @@ _NO_ARGS: tuple[bytes, ...] = ()
 _SPLITS = {t: s.nargs - 1 if s.has_data else s.nargs for t, s in PACKETS.items()}
 #: A worker's news of a job, and a job assigned to a worker: packets whose first argument is
 #: the job's handle, so that one too large to take can still fail that job.
-_WORK_NEWS = frozenset(
+_HANDLE_FIRST = frozenset(
     t
     for t, s in PACKETS.items()
     if s.name.startswith(("WORK_", "JOB_ASSIGN")) and s.fields[0] == "handle"
@@ -55,7 +55,7 @@ def _too_large(
     exc = ProtocolError(
         f"packet body of {size} bytes exceeds the limit of {limit}", code="ARGUMENT_TOO_LARGE"
     )
-    if ptype in _WORK_NEWS:
+    if ptype in _HANDLE_FIRST:
         start = pos + HEADER_SIZE
         head = bytes(src[start : min(end, start + _HANDLE_PEEK)])
         nul = head.find(b"\0")
@@ -156,13 +156,11 @@ class Decoder:
                         # gearmand reads such arguments as C strings. (Kept, it would go out
                         # again in a reply field that cannot hold one: STATUS_RES's handle.)
                         parts = parts[:nargs]
-                        args = _tuple_new(_ARGS[ptype], parts)
-                        events.append(_tuple_new(Packet, (magic, ptype, args)))
-                        continue
-                    raise ProtocolError(
-                        f"{PACKETS[ptype].name} needs {nargs} arguments, got {len(parts)}",
-                        fatal=False,
-                    )
+                    else:
+                        raise ProtocolError(
+                            f"{PACKETS[ptype].name} needs {nargs} arguments, got {len(parts)}",
+                            fatal=False,
+                        )
                 # tuple.__new__ rather than the named tuples' own __new__ (a Python function):
                 # the same objects, one call layer less per packet.
                 args = _tuple_new(_ARGS[ptype], parts)

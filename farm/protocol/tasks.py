@@ -11,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
-from farm.errors import ServerUnavailable
+from farm.errors import ServerUnavailable, Timeout
 
 __all__ = [
     "may_resubmit",
     "lost_error",
+    "timeout_error",
     "Owner",
     "Reply",
     "Task",
@@ -170,6 +171,15 @@ def may_resubmit(task: Task[Any]) -> bool:
     unique key: the key lets a server that still has the job coalesce the resubmission
     instead of running it a second time. Every face follows this one rule."""
     return bool(task.unique) and not task.background and task.attempts < 2
+
+
+def timeout_error(task: Task[Any], timeout: float | None) -> Timeout:
+    """A task not done within ``timeout``: named with its server, and said when the job was
+    not created yet (the blocking and async faces word it alike)."""
+    return Timeout(
+        f"job {task.function} {task.handle or '(not yet created)'} on"
+        f" {task.server or 'no server yet'} not done within {timeout}s"
+    )
 
 
 def lost_error(server: str, task: Task[Any], why: str = "went away") -> ServerUnavailable:
