@@ -65,6 +65,18 @@ def test_version_and_completion(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "--install-completion" in runner.invoke(app, ["--help"]).stdout
 
 
+def test_python_dash_m_farm_is_the_farm_command() -> None:
+    # For a venv whose bin/ is not on PATH; the usage line names what was typed.
+    done = subprocess.run(
+        [sys.executable, "-m", "farm", "--version"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, f"farm {__version__}")
+    bad = subprocess.run(
+        [sys.executable, "-m", "farm", "bogus"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "Usage: python -m farm" in bad.stderr, bad.stderr
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_is_one_style_and_flags_take_no_metavar(command: str) -> None:
     out = runner.invoke(app, [command, "--help"], prog_name="farm")
