@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
+from typer._click.core import Context  # typer >= 0.26 vendors click, and names no public
+from typer._click.exceptions import UsageError  # base of its usage errors
+from typer.core import TyperCommand
 
 from farm.errors import ConfigError
 from farm.version import __version__
@@ -21,6 +24,22 @@ app = typer.Typer(
     # (rendered from gearmand-compatible argparse flags) can look the same.
     rich_markup_mode=None,
 )
+
+
+class FarmCommand(TyperCommand):
+    """Every farm command's class: ``@app.command(cls=FarmCommand)``.
+
+    click's parser raises "Option '--x' requires an argument." without the command's
+    context, so that one mistake printed no usage line; the context is filled in here.
+    """
+
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except UsageError as e:
+            if e.ctx is None:
+                e.ctx, e.cmd = ctx, self
+            raise
 
 
 CONFIG_HELP = "config file (default: $FARM_CONFIG, ./farm.toml, /etc/farm/farm.toml, built-in)"

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from farm.cli.app import ConfigOption, ControlOption, app, ask_supervisor, fail
+from farm.cli.app import ConfigOption, ControlOption, FarmCommand, app, ask_supervisor, fail
 
 __all__ = ["restart", "follow_restart"]
 
@@ -28,7 +28,7 @@ POLL = 0.2
 STALL = 150.0
 
 
-@app.command()
+@app.command(cls=FarmCommand)
 def restart(
     names: Annotated[
         list[str] | None, typer.Argument(help="POOL or POOL#SLOT (default: every pool)")

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from farm.cli.app import SERVER_DEFAULT_HELP, ConfigOption, app, fail
+from farm.cli.app import SERVER_DEFAULT_HELP, ConfigOption, FarmCommand, app, fail
 from farm.discovery import client_servers
 from farm.errors import ConfigError, FarmError, JobError
 from farm.net import parse_servers, tls_from_env
@@ -36,7 +36,7 @@ def _seconds(value: float | None, flag: str, at_most: float = float(MAX_TIMEOUT)
         fail(f"{flag} must be a number of seconds > 0 and at most {at_most:.0f}, not {value}", 2)
 
 
-@app.command()
+@app.command(cls=FarmCommand)
 def worker(
     target: Annotated[str, typer.Argument(help="The function to serve, as MODULE:FUNCTION.")],
     name: Annotated[
@@ -81,7 +81,7 @@ def worker(
     w.work()
 
 
-@app.command()
+@app.command(cls=FarmCommand)
 def submit(
     function: Annotated[str, typer.Argument(help="The function to run.")],
     data: Annotated[

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from farm import protocol
-from farm.cli.app import SERVER_DEFAULT_HELP, ConfigOption, app, fail
+from farm.cli.app import SERVER_DEFAULT_HELP, ConfigOption, FarmCommand, app, fail
 from farm.client.admin import admin_query
 from farm.discovery import client_servers
 from farm.errors import ConfigError, FarmError
@@ -18,6 +18,7 @@ from farm.protocol.admin import parse_jobs, parse_poison, parse_status
 
 
 @app.command(
+    cls=FarmCommand,
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     add_help_option=False,
 )
@@ -103,7 +104,7 @@ ServerOption = typer.Option(
 )
 
 
-@app.command()
+@app.command(cls=FarmCommand)
 def status(
     server: str = ServerOption,
     config: Path | None = ConfigOption,
@@ -140,7 +141,7 @@ def status(
             typer.echo(f"  {job['handle']}  {job['function']}  unique={job['unique']!r}")
 
 
-@app.command()
+@app.command(cls=FarmCommand)
 def jobs(
     server: str = ServerOption,
     config: Path | None = ConfigOption,

@@ -13,6 +13,7 @@ import typer
 from farm.cli.app import (
     ConfigOption,
     ControlOption,
+    FarmCommand,
     app,
     ask_supervisor,
     control_socket,
@@ -28,7 +29,7 @@ LogFormatOption = typer.Option(
 )
 
 
-@app.command()
+@app.command(cls=FarmCommand)
 def up(
     config: Path | None = ConfigOption,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log every worker event"),
@@ -66,7 +67,7 @@ def up(
     raise typer.Exit(code)
 
 
-@app.command()
+@app.command(cls=FarmCommand)
 def ps(
     config: Path | None = ConfigOption,
     control: str | None = ControlOption,
@@ -106,7 +107,7 @@ def ps(
         typer.echo(line)
 
 
-@app.command()
+@app.command(cls=FarmCommand)
 def scale(
     changes: Annotated[list[str], typer.Argument(help="NAME=COUNT, NAME=+N or NAME=-N")],
     config: Path | None = ConfigOption,
@@ -128,7 +129,7 @@ def scale(
     typer.echo(" ".join(f"{name}={count}" for name, count in reply["targets"].items()))
 
 
-@app.command()
+@app.command(cls=FarmCommand)
 def reload(
     config: Path | None = ConfigOption,
     control: str | None = ControlOption,
@@ -151,7 +152,7 @@ def reload(
         follow_restart(reply, lambda: ask_supervisor(config, control, {"cmd": "restart-status"}))
 
 
-@app.command()
+@app.command(cls=FarmCommand)
 def stop(
     config: Path | None = ConfigOption,
     control: str | None = ControlOption,

@@ -29,7 +29,7 @@ from typing import Annotated, Any
 
 import typer
 
-from farm.cli.app import app, control_socket, fail
+from farm.cli.app import FarmCommand, app, control_socket, fail
 from farm.cli.liveview import SORT_KEYS, SORT_LETTERS, FunctionRow, frame, quantile
 
 __all__ = ["Sampler", "Sample", "live_view"]
@@ -298,7 +298,7 @@ def _sleep(seconds: float) -> str:
     return ""
 
 
-@app.command()
+@app.command(cls=FarmCommand)
 def top(
     config: Annotated[
         Path | None,

@@ -77,6 +77,19 @@ def test_python_dash_m_farm_is_the_farm_command() -> None:
     assert bad.returncode == 2 and "Usage: python -m farm" in bad.stderr, bad.stderr
 
 
+@pytest.mark.parametrize("command", sorted(set(COMMANDS) - {"server"}))  # server: argparse's
+def test_an_option_missing_its_value_gets_the_usage_line(command: str) -> None:
+    import typer.main
+
+    params = typer.main.get_command(app).commands[command].params  # type: ignore[attr-defined]
+    takes_value = [p.opts[0] for p in params if p.opts[0].startswith("-") and not p.is_flag]
+    assert takes_value, command
+    out = runner.invoke(app, [command, takes_value[0]], prog_name="farm")
+    assert out.exit_code == 2, out.output
+    assert f"Usage: farm {command} [OPTIONS]" in out.output, out.output
+    assert "requires an argument" in out.output and "Traceback" not in out.output
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_is_one_style_and_flags_take_no_metavar(command: str) -> None:
     out = runner.invoke(app, [command, "--help"], prog_name="farm")
