@@ -40,6 +40,16 @@ from farm.protocol.client import (
 __all__ = ["Client", "Task", "JobStatus"]
 
 
+def _client_timeout(timeout: object) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+    if not 0 < timeout < float("inf"):  # also refuses nan
+        raise ValueError(f"timeout must be a number of seconds > 0 or None, not {timeout!r}")
+    return timeout
+
+
 log = logging.getLogger("farm.client")
 
 
@@ -51,6 +61,11 @@ class Client:
     (farm.discovery: $FARM_SERVERS, $GEARMAN_SERVERS, the config's Unix socket
     if this user may use it, else its TCP address). Not thread-safe: use one
     Client per thread.
+
+    ``timeout``: the longest this client waits on a server for anything (PHP's
+    ``GearmanClient::setTimeout``): a ``call`` or ``wait`` given no timeout of its own,
+    ``submit``'s JOB_CREATED, ``status``, ``echo`` and each result of ``map``. None, the
+    default as in libgearman, waits as long as it takes.
     """
 
     def __init__(
@@ -59,7 +74,9 @@ class Client:
         *,
         connect_timeout: float = 5.0,
         tls: ssl.SSLContext | None = None,
+        timeout: float | None = None,
     ) -> None:
+        self.timeout = _client_timeout(timeout)
         self.servers = parse_servers(client_servers() if servers is None else servers)
         self.connect_timeout = connect_timeout
         self.tls = tls  # see farm.net.tls_context
@@ -116,7 +133,9 @@ class Client:
         epoch, background = check_schedule(when, priority, background)
         task = self._new_task(function, data, priority, unique, background=background, when=epoch)
         self._submit_task(task)
-        self._pump(lambda: task.handle is not None or task.done, None)
+        if not self._pump(lambda: task.handle is not None or task.done, self._deadline()):
+            self.abandon(task)  # a JOB_CREATED that comes later is dropped
+            raise timeout_error(task, self.timeout)
         if task.error is not None:
             raise task.error
         return task
@@ -128,8 +147,9 @@ class Client:
             raise ValueError("a background job sends no result to wait for")
         if self._closed and not task.done:
             raise RuntimeError("this farm.Client is closed")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._pump(lambda: task.done, deadline):
+        if timeout is None:
+            timeout = self.timeout
+        if not self._pump(lambda: task.done, self._deadline(timeout)):
             raise timeout_error(task, timeout)
         if task.error is not None:
             raise task.error
@@ -210,7 +230,9 @@ class Client:
             function,
             iter(payloads),
             submit=self._submit_task,
-            pump=lambda until: self._pump(until, None),
+            pump=lambda until: self._pump(until, self._deadline()),
+            abandon=self.abandon,
+            timeout=self.timeout,
             limit=max_in_flight,
             ordered=ordered,
             priority=priority,
@@ -288,13 +310,21 @@ class Client:
         except OSError as exc:
             raise ServerUnavailable(f"{addr}: {exc.strerror or exc}") from exc
         query = make(conn.session)
-        self._pump(lambda: query.done, None)
+        if not self._pump(lambda: query.done, self._deadline()):
+            # Its answer, should it come, is matched and dropped; the connection stays.
+            raise ServerUnavailable(f"{addr} did not answer within {self.timeout}s")
         if query.error is not None:
             raise query.error
         assert query.result is not None, "a query done without an error has its reply"
         return query.result
 
     # -- moving bytes --
+
+    def _deadline(self, timeout: float | None = -1.0) -> float | None:
+        """When a wait of ``timeout`` seconds (default: the client's) ends; None: never."""
+        if timeout is not None and timeout < 0:
+            timeout = self.timeout
+        return None if timeout is None else time.monotonic() + timeout
 
     def _pump(self, until: Callable[[], bool], deadline: float | None) -> bool:
         """Send what is queued and read replies until ``until()`` or the deadline (False)."""

@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from farm.errors import Timeout
 from farm.protocol.checks import as_bytes
 from farm.protocol.client import JobEnded, Task, TaskEvent, TaskListener
 
@@ -35,12 +36,16 @@ def task_set(
     payloads: Iterator[Any],
     *,
     submit: Callable[[Task[TaskListener]], None],
-    pump: Callable[[Callable[[], bool]], object],
+    pump: Callable[[Callable[[], bool]], bool],
+    abandon: Callable[[Task[TaskListener]], None],
+    timeout: float | None,
     limit: int,
     ordered: bool,
     priority: str,
 ) -> Iterator[bytes]:
-    """Submit through ``submit``, read through ``pump(until)``; yield each result."""
+    """Submit through ``submit``, read through ``pump(until)`` (False: ``timeout`` ran out,
+    the tasks in flight are given up through ``abandon`` and Timeout raised); yield each
+    result."""
     ended = _Ended()
     index_of: dict[Task[TaskListener], int] = {}
     in_flight = 0
@@ -63,7 +68,10 @@ def task_set(
             submit(task)
         if not in_flight:
             return
-        pump(lambda: bool(ended.tasks))
+        if not pump(lambda: bool(ended.tasks)):
+            for task in index_of:
+                abandon(task)
+            raise Timeout(f"map of {function}: no job ended within {timeout}s")
         while ended.tasks:
             task = ended.tasks.popleft()
             in_flight -= 1

@@ -3,6 +3,8 @@ status and progress, WORK_DATA, exceptions, failures and timeouts."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from typing import Any
@@ -154,6 +156,40 @@ def test_call_timeout_raises_timeout_and_the_client_stays_usable(any_server) -> 
         assert time.monotonic() - t0 < 10, "the timeout was not honoured"  # 50x: load-proof
         with serving(any_server.addr, {"reverse": reverse}):
             assert c.call("reverse", b"xy", timeout=5) == b"yx"
+
+
+def test_the_clients_timeout_bounds_every_wait_on_a_server_that_stopped(any_server) -> None:
+    # A hung server (SIGSTOP: its kernel still accepts, nothing answers) must not hold a
+    # client for ever once it set a timeout, as PHP's GearmanClient::setTimeout does.
+    c = farm.Client(any_server.addr, timeout=0.3)
+    with serving(any_server.addr, {"reverse": reverse}):
+        assert c.call("reverse", b"ab") == b"ba"  # connected before the server stops
+    os.kill(any_server.proc.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(farm.Timeout, match="job reverse \\(not yet created\\) on"):
+            c.call("reverse", b"x")
+        with pytest.raises(farm.Timeout, match="not yet created"):
+            c.submit("reverse", b"x", background=True)
+        with pytest.raises(farm.ServerUnavailable, match="did not answer within 0.3s"):
+            c.status("H:nowhere:1")
+        with pytest.raises(farm.ServerUnavailable, match="did not answer within 0.3s"):
+            c.echo(b"ping")
+        with pytest.raises(farm.Timeout, match="map of reverse: no job ended within 0.3s"):
+            list(c.map("reverse", [b"a", b"b"]))
+        with pytest.raises(farm.Timeout):  # a call's own timeout still comes first
+            c.call("reverse", b"x", timeout=0.1)
+    finally:
+        os.kill(any_server.proc.pid, signal.SIGCONT)
+    # The answers that come late are matched to what was given up and dropped.
+    with serving(any_server.addr, {"reverse": reverse}):
+        assert c.call("reverse", b"cd", timeout=30) == b"dc"
+        assert c.echo(b"pong") == b"pong"
+    c.close()
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="timeout must be"):
+            farm.Client("127.0.0.1:1", timeout=bad)
+    with pytest.raises(TypeError, match="timeout must be"):
+        farm.Client("127.0.0.1:1", timeout="5")  # type: ignore[arg-type]
 
 
 def test_a_wait_that_times_out_can_be_waited_again(any_server) -> None:
