@@ -110,7 +110,7 @@ def submit(
     servers = _servers(server, config)
     payload = sys.stdin.buffer.read() if data == "-" else (data or "").encode()
     try:
-        client = Client(servers, tls=tls_from_env())
+        client = Client(servers, tls=tls_from_env(), timeout=timeout)
     except (TypeError, ValueError, ConfigError) as exc:
         fail(str(exc), 2)
     except FarmError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
 from typer.testing import CliRunner
@@ -30,6 +32,12 @@ def test_submit_prints_result_handle_and_exit_codes(any_server) -> None:
         assert bg.exit_code == 0 and bg.stdout.startswith("H:")
     late = runner.invoke(app, ["submit", "nobody", "x", "--timeout", "0.2", *s])
     assert late.exit_code == 1 and "not done within" in late.stderr
+    os.kill(any_server.proc.pid, signal.SIGSTOP)  # a hung server: --timeout holds for -b too
+    try:
+        hung = runner.invoke(app, ["submit", "reverse", "x", "-b", "--timeout", "0.3", *s])
+    finally:
+        os.kill(any_server.proc.pid, signal.SIGCONT)
+    assert hung.exit_code == 1 and "(not yet created)" in hung.stderr, hung.stderr
 
 
 def test_submit_usage_errors_exit_2_in_one_line() -> None:
