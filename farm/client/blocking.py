@@ -338,7 +338,7 @@ class Client:
                     except ssl.SSLError as exc:
                         self._drop(conn, f"ended the TLS session ({exc.reason or exc})")
                     except OSError:
-                        self._drop(conn)
+                        self._last_words(conn)
             if until():
                 return True
             if not self._conns:
@@ -381,6 +381,17 @@ class Client:
             except Exception:
                 # The rest of this read's events (other jobs' endings) must still be filed.
                 log.exception("farm.Client: a progress callback raised")
+
+    def _last_words(self, conn: Conn) -> None:
+        """A send failed: the server may have said why before it closed (an ERROR such as
+        ARGUMENT_TOO_LARGE for a job over its --max-packet), and that is the error of the
+        request it refused; read what it sent, then drop the connection."""
+        if isinstance(conn.sock, ssl.SSLSocket):  # no reading past a broken TLS session
+            self._drop(conn)
+            return
+        conn.sock.setblocking(False)
+        while self._conns.get(conn.addr) is conn:
+            self._read(conn)  # drops the connection at the end of what is readable
 
     def _close(self, conn: Conn) -> None:
         if self._conns.get(conn.addr) is conn:

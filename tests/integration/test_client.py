@@ -14,6 +14,7 @@ import pytest
 import farm
 from farm.protocol import PacketType as PT
 from tests.helpers.peers import Peer
+from tests.helpers.servers import start_farm_server
 from tests.helpers.serving import reverse, serving
 from tests.helpers.waiting import wait_for
 
@@ -190,6 +191,19 @@ def test_the_clients_timeout_bounds_every_wait_on_a_server_that_stopped(any_serv
             farm.Client("127.0.0.1:1", timeout=bad)
     with pytest.raises(TypeError, match="timeout must be"):
         farm.Client("127.0.0.1:1", timeout="5")  # type: ignore[arg-type]
+
+
+def test_a_job_over_the_servers_max_packet_says_so_and_the_client_goes_on() -> None:
+    # 16 MB is past the socket buffers: the server's close breaks the send, and the ERROR it
+    # sent before closing is read after all (it read "went away while holding job f").
+    srv = start_farm_server("--max-packet", "1048576")
+    try:
+        with farm.Client(srv.addr) as c:
+            with pytest.raises(farm.ServerError, match="ARGUMENT_TOO_LARGE: .* limit of 1048576"):
+                c.call("reverse", b"x" * (16 << 20), timeout=30)
+            assert c.echo(b"still here") == b"still here"
+    finally:
+        srv.stop()
 
 
 def test_a_wait_that_times_out_can_be_waited_again(any_server) -> None:
