@@ -1,39 +1,32 @@
 """The blocking client: call, submit, status, map (a task set) and failover over servers.
 
-This face only moves bytes: what a reply means lives in ``farm.protocol.client``.
-One socket and one ``ClientSession`` per server, all in one selector; a
-call sends its submit and reads every connection until its task is done, so
-results of other in-flight tasks (a ``map``) are filed on the way.
+Its connections, and the moving of bytes, are ``farm.client.blockingconn``'s; what a
+reply means is ``farm.protocol.client``'s.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import logging
-import selectors
 import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from farm.client.blockingconn import Callbacks, Conn
+from farm.client.blockingconn import Callbacks, Connections
 from farm.client.serverpick import ServerPicker
 from farm.client.taskset import task_set
 from farm.discovery import client_servers
 from farm.errors import ServerUnavailable, Timeout
-from farm.net import connect, parse_servers, recv
-from farm.protocol import ProtocolError
+from farm.net import parse_servers
 from farm.protocol.checks import as_bytes, check_name, check_priority, check_schedule, check_unique
 from farm.protocol.client import (
     ClientSession,
-    JobEnded,
     JobStatus,
     Query,
     Reply,
     Task,
     TaskListener,
-    lost_error,
-    may_resubmit,
     timeout_error,
 )
 
@@ -80,10 +73,7 @@ class Client:
         self.servers = parse_servers(client_servers() if servers is None else servers)
         self.connect_timeout = connect_timeout
         self.tls = tls  # see farm.net.tls_context
-        self._conns: dict[str, Conn] = {}
-        self._picker = ServerPicker(self.servers)
-        self._selector = selectors.DefaultSelector()
-        self._closed = False
+        self._wire = Connections(ServerPicker(self.servers), connect_timeout, tls)
 
     # -- the API --
 
@@ -107,7 +97,7 @@ class Client:
         task = self._new_task(function, data, priority, unique)
         if on_status or on_data or on_warning:
             task.owner = Callbacks(on_status, on_data, on_warning)
-        self._submit_task(task)
+        self._wire.submit(task)
         try:
             return self.wait(task, timeout)
         except Timeout:
@@ -132,8 +122,8 @@ class Client:
         """
         epoch, background = check_schedule(when, priority, background)
         task = self._new_task(function, data, priority, unique, background=background, when=epoch)
-        self._submit_task(task)
-        if not self._pump(lambda: task.handle is not None or task.done, self._deadline()):
+        self._wire.submit(task)
+        if not self._wire.pump(lambda: task.handle is not None or task.done, self._deadline()):
             self.abandon(task)  # a JOB_CREATED that comes later is dropped
             raise timeout_error(task, self.timeout)
         if task.error is not None:
@@ -145,11 +135,11 @@ class Client:
         leaves the task as it was, as ``Future.result(timeout)`` does: wait for it again."""
         if task.background:
             raise ValueError("a background job sends no result to wait for")
-        if self._closed and not task.done:
+        if self._wire.closed and not task.done:
             raise RuntimeError("this farm.Client is closed")
         if timeout is None:
             timeout = self.timeout
-        if not self._pump(lambda: task.done, self._deadline(timeout)):
+        if not self._wire.pump(lambda: task.done, self._deadline(timeout)):
             raise timeout_error(task, timeout)
         if task.error is not None:
             raise task.error
@@ -160,7 +150,7 @@ class Client:
         """Stop waiting for ``task``: what the server sends of it is dropped, and the client
         keeps nothing of it once the job ends (the job itself runs on; a background job has
         nothing to drop)."""
-        conn = self._conns.get(task.server or "")
+        conn = self._wire.conns.get(task.server or "")
         if conn is not None:
             conn.session.abandon(task)
 
@@ -174,7 +164,7 @@ class Client:
         if not isinstance(job, str):
             raise TypeError(f"status() takes a Task or a handle string, not {type(job).__name__}")
         status, errors = None, []
-        for addr in self._picker.order(""):  # a bare handle names no server: ask each
+        for addr in self._wire.picker.order(""):  # a bare handle names no server: ask each
             try:
                 status = self._ask(addr, lambda s: s.get_status(job)).status
             except ServerUnavailable as exc:
@@ -190,7 +180,7 @@ class Client:
         """Status of the job with this unique key (GET_STATUS_UNIQUE), on its server."""
         check_unique(unique)
         errors: list[str] = []
-        for addr in self._picker.order(unique):
+        for addr in self._wire.picker.order(unique):
             try:
                 return self._ask(addr, lambda s: s.get_status_unique(unique)).status
             except ServerUnavailable as exc:
@@ -201,7 +191,7 @@ class Client:
         """Round-trip ``data`` through a server (ECHO_REQ)."""
         payload = as_bytes(data)
         errors: list[str] = []
-        for addr in self._picker.order(""):
+        for addr in self._wire.picker.order(""):
             try:
                 return self._ask(addr, lambda s: s.echo(payload))
             except ServerUnavailable as exc:
@@ -229,8 +219,8 @@ class Client:
         return task_set(
             function,
             iter(payloads),
-            submit=self._submit_task,
-            pump=lambda until: self._pump(until, self._deadline()),
+            submit=self._wire.submit,
+            pump=lambda until: self._wire.pump(until, self._deadline()),
             abandon=self.abandon,
             timeout=self.timeout,
             limit=max_in_flight,
@@ -241,10 +231,7 @@ class Client:
     def close(self) -> None:
         """Close every connection; foreground jobs still queued are dropped by the server.
         The client is done: using it again raises RuntimeError."""
-        self._closed = True
-        for conn in list(self._conns.values()):
-            self._close(conn)
-        self._selector.close()
+        self._wire.close()
 
     def __enter__(self) -> Client:
         return self
@@ -273,44 +260,13 @@ class Client:
             when=when,
         )
 
-    def _connection(self, addr: str) -> Conn:
-        if self._closed:
-            raise RuntimeError("this farm.Client is closed")
-        conn = self._conns.get(addr)
-        if conn is not None:
-            if conn.session.busy or not conn.went_away():
-                return conn
-            self._drop(conn)
-        sock = connect(addr, self.connect_timeout, self.tls)
-        conn = Conn(addr, sock)
-        conn.session.option("exceptions")  # so WORK_EXCEPTION reaches us, not just WORK_FAIL
-        self._conns[addr] = conn
-        self._selector.register(sock, selectors.EVENT_READ, conn)
-        self._picker.mark_up(addr)
-        return conn
-
-    def _submit_task(self, task: Task[TaskListener], exclude: str | None = None) -> None:
-        tried: list[str] = []
-        for addr in self._picker.order(task.unique, exclude):
-            try:
-                conn = self._connection(addr)
-            except OSError as exc:
-                tried.append(f"{addr} ({exc.strerror or exc})")
-                self._picker.mark_down(addr)
-                continue
-            conn.session.submit(task)
-            return
-        if exclude is not None:
-            tried.append(f"{exclude} (died)")
-        raise ServerUnavailable("no job server is reachable; tried " + ", ".join(tried))
-
     def _ask(self, addr: str, make: Callable[[ClientSession], Query[Reply]]) -> Reply:
         try:
-            conn = self._connection(addr)
+            conn = self._wire.connection(addr)
         except OSError as exc:
             raise ServerUnavailable(f"{addr}: {exc.strerror or exc}") from exc
         query = make(conn.session)
-        if not self._pump(lambda: query.done, self._deadline()):
+        if not self._wire.pump(lambda: query.done, self._deadline()):
             # Its answer, should it come, is matched and dropped; the connection stays.
             raise ServerUnavailable(f"{addr} did not answer within {self.timeout}s")
         if query.error is not None:
@@ -318,103 +274,10 @@ class Client:
         assert query.result is not None, "a query done without an error has its reply"
         return query.result
 
-    # -- moving bytes --
+    # -- waiting --
 
     def _deadline(self, timeout: float | None = -1.0) -> float | None:
         """When a wait of ``timeout`` seconds (default: the client's) ends; None: never."""
         if timeout is not None and timeout < 0:
             timeout = self.timeout
         return None if timeout is None else time.monotonic() + timeout
-
-    def _pump(self, until: Callable[[], bool], deadline: float | None) -> bool:
-        """Send what is queued and read replies until ``until()`` or the deadline (False)."""
-        select = self._selector.select
-        while True:
-            for conn in list(self._conns.values()):
-                out = conn.session.data_to_send()
-                if out:
-                    try:
-                        conn.sock.sendall(out)
-                    except ssl.SSLError as exc:
-                        self._drop(conn, f"ended the TLS session ({exc.reason or exc})")
-                    except OSError:
-                        self._last_words(conn)
-            if until():
-                return True
-            if not self._conns:
-                return until()
-            timeout = None
-            if deadline is not None:
-                timeout = deadline - time.monotonic()
-                if timeout <= 0:
-                    return False
-            for key, _ in select(timeout):
-                self._read(key.data)
-
-    def _read(self, conn: Conn) -> None:
-        try:
-            data = recv(conn.sock, 262144)
-        except ssl.SSLError as exc:  # e.g. the server refused our certificate after the handshake
-            self._drop(conn, f"ended the TLS session ({exc.reason or exc})")
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._drop(conn, conn.why_closed())
-            return
-        conn.answered = True
-        try:
-            events = conn.session.receive(data)
-        except ProtocolError:
-            self._drop(conn)
-            return
-        for event in events:
-            task = getattr(event, "task", None)
-            if task is None:  # e.g. an ERROR the server sent unasked: nothing waits on it
-                log.warning("farm.Client: %r from %s", event, conn.addr)
-                continue
-            listener = task.owner
-            if listener is None:
-                continue
-            try:
-                listener.task_event(event)
-            except Exception:
-                # The rest of this read's events (other jobs' endings) must still be filed.
-                log.exception("farm.Client: a progress callback raised")
-
-    def _last_words(self, conn: Conn) -> None:
-        """A send failed: the server may have said why before it closed (an ERROR such as
-        ARGUMENT_TOO_LARGE for a job over its --max-packet), and that is the error of the
-        request it refused; read what it sent, then drop the connection."""
-        if isinstance(conn.sock, ssl.SSLSocket):  # no reading past a broken TLS session
-            self._drop(conn)
-            return
-        conn.sock.setblocking(False)
-        while self._conns.get(conn.addr) is conn:
-            self._read(conn)  # drops the connection at the end of what is readable
-
-    def _close(self, conn: Conn) -> None:
-        if self._conns.get(conn.addr) is conn:
-            del self._conns[conn.addr]
-            try:
-                self._selector.unregister(conn.sock)
-            except (KeyError, ValueError):
-                pass
-        conn.sock.close()
-
-    def _drop(self, conn: Conn, why: str = "went away") -> None:
-        """The server went away: resubmit what may be (unique key, once), fail the rest."""
-        self._close(conn)
-        self._picker.mark_down(conn.addr)
-        for task in conn.session.connection_lost():
-            if may_resubmit(task):
-                try:
-                    self._submit_task(task, exclude=conn.addr)
-                    continue
-                except ServerUnavailable as exc:
-                    task.error = exc
-            else:
-                task.error = lost_error(conn.addr, task, why)
-            task.done = True
-            if task.owner is not None:
-                task.owner.task_event(JobEnded(task=task))

@@ -1,17 +1,43 @@
-"""The blocking Client's parts of one connection: the socket with its ``ClientSession``
-(``Conn``), and the listener that hands a call's progress to its callbacks."""
+"""The blocking Client's connections: each socket with its ``ClientSession`` (``Conn``),
+all of them in one selector with failover over the servers (``Connections``), and the
+listener that hands a call's progress to its callbacks.
+
+This only moves bytes: what a reply means lives in ``farm.protocol.client``. A call
+sends its submit and reads every connection until its task is done, so results of other
+in-flight tasks (a ``map``) are filed on the way.
+"""
 
 from __future__ import annotations
 
+import logging
 import select
+import selectors
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
-from farm.protocol.client import ClientSession, JobData, JobProgress, JobWarning, TaskEvent
+from farm.client.serverpick import ServerPicker
+from farm.errors import ServerUnavailable
+from farm.net import connect, recv
+from farm.protocol import ProtocolError
+from farm.protocol.client import (
+    ClientSession,
+    JobData,
+    JobEnded,
+    JobProgress,
+    JobWarning,
+    Task,
+    TaskEvent,
+    TaskListener,
+    lost_error,
+    may_resubmit,
+)
 
-__all__ = ["Callbacks", "Conn"]
+__all__ = ["Callbacks", "Conn", "Connections"]
+
+log = logging.getLogger("farm.client")
 
 
 class Callbacks:
@@ -69,3 +95,150 @@ class Conn:
             return False
         except OSError:
             return True
+
+
+class Connections:
+    """Every connection of one blocking client, in one selector: connecting (with failover
+    over ``picker``'s servers), sending, reading, and what a lost server means for its tasks."""
+
+    def __init__(
+        self, picker: ServerPicker, connect_timeout: float, tls: ssl.SSLContext | None
+    ) -> None:
+        self.picker = picker
+        self.connect_timeout = connect_timeout
+        self.tls = tls
+        self.conns: dict[str, Conn] = {}
+        self.selector = selectors.DefaultSelector()
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        for conn in list(self.conns.values()):
+            self.close_one(conn)
+        self.selector.close()
+
+    def connection(self, addr: str) -> Conn:
+        """The open connection to ``addr``, opened now if need be (OSError if it cannot)."""
+        if self.closed:
+            raise RuntimeError("this farm.Client is closed")
+        conn = self.conns.get(addr)
+        if conn is not None:
+            if conn.session.busy or not conn.went_away():
+                return conn
+            self.drop(conn)
+        sock = connect(addr, self.connect_timeout, self.tls)
+        conn = Conn(addr, sock)
+        conn.session.option("exceptions")  # so WORK_EXCEPTION reaches us, not just WORK_FAIL
+        self.conns[addr] = conn
+        self.selector.register(sock, selectors.EVENT_READ, conn)
+        self.picker.mark_up(addr)
+        return conn
+
+    def submit(self, task: Task[TaskListener], exclude: str | None = None) -> None:
+        """Queue ``task``'s submit on the first server that takes a connection."""
+        tried: list[str] = []
+        for addr in self.picker.order(task.unique, exclude):
+            try:
+                conn = self.connection(addr)
+            except OSError as exc:
+                tried.append(f"{addr} ({exc.strerror or exc})")
+                self.picker.mark_down(addr)
+                continue
+            conn.session.submit(task)
+            return
+        if exclude is not None:
+            tried.append(f"{exclude} (died)")
+        raise ServerUnavailable("no job server is reachable; tried " + ", ".join(tried))
+
+    def pump(self, until: Callable[[], bool], deadline: float | None) -> bool:
+        """Send what is queued and read replies until ``until()`` or the deadline (False)."""
+        select = self.selector.select
+        while True:
+            for conn in list(self.conns.values()):
+                out = conn.session.data_to_send()
+                if out:
+                    try:
+                        conn.sock.sendall(out)
+                    except ssl.SSLError as exc:
+                        self.drop(conn, f"ended the TLS session ({exc.reason or exc})")
+                    except OSError:
+                        self.last_words(conn)
+            if until():
+                return True
+            if not self.conns:
+                return until()
+            timeout = None
+            if deadline is not None:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    return False
+            for key, _ in select(timeout):
+                self.read(key.data)
+
+    def read(self, conn: Conn) -> None:
+        try:
+            data = recv(conn.sock, 262144)
+        except ssl.SSLError as exc:  # e.g. the server refused our certificate after the handshake
+            self.drop(conn, f"ended the TLS session ({exc.reason or exc})")
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.drop(conn, conn.why_closed())
+            return
+        conn.answered = True
+        try:
+            events = conn.session.receive(data)
+        except ProtocolError:
+            self.drop(conn)
+            return
+        for event in events:
+            task = getattr(event, "task", None)
+            if task is None:  # e.g. an ERROR the server sent unasked: nothing waits on it
+                log.warning("farm.Client: %r from %s", event, conn.addr)
+                continue
+            listener = task.owner
+            if listener is None:
+                continue
+            try:
+                listener.task_event(event)
+            except Exception:
+                # The rest of this read's events (other jobs' endings) must still be filed.
+                log.exception("farm.Client: a progress callback raised")
+
+    def last_words(self, conn: Conn) -> None:
+        """A send failed: the server may have said why before it closed (an ERROR such as
+        ARGUMENT_TOO_LARGE for a job over its --max-packet), and that is the error of the
+        request it refused; read what it sent, then drop the connection."""
+        if isinstance(conn.sock, ssl.SSLSocket):  # no reading past a broken TLS session
+            self.drop(conn)
+            return
+        conn.sock.setblocking(False)
+        while self.conns.get(conn.addr) is conn:
+            self.read(conn)  # drops the connection at the end of what is readable
+
+    def close_one(self, conn: Conn) -> None:
+        if self.conns.get(conn.addr) is conn:
+            del self.conns[conn.addr]
+            try:
+                self.selector.unregister(conn.sock)
+            except (KeyError, ValueError):
+                pass
+        conn.sock.close()
+
+    def drop(self, conn: Conn, why: str = "went away") -> None:
+        """The server went away: resubmit what may be (unique key, once), fail the rest."""
+        self.close_one(conn)
+        self.picker.mark_down(conn.addr)
+        for task in conn.session.connection_lost():
+            if may_resubmit(task):
+                try:
+                    self.submit(task, exclude=conn.addr)
+                    continue
+                except ServerUnavailable as exc:
+                    task.error = exc
+            else:
+                task.error = lost_error(conn.addr, task, why)
+            task.done = True
+            if task.owner is not None:
+                task.owner.task_event(JobEnded(task=task))

@@ -26,7 +26,7 @@ def test_a_killed_server_is_skipped_and_all_down_names_each(two_servers) -> None
     addrs = [a.addr, b.addr]
     with farm.Client(addrs) as c, serving(addrs, {"reverse": reverse}):
         assert {c.call("reverse", b"%d" % i) for i in range(4)} == {b"0", b"1", b"2", b"3"}
-        assert len(c._conns) == 2  # jobs were spread over both
+        assert len(c._wire.conns) == 2  # jobs were spread over both
         a.stop()
         for i in range(6):
             assert c.call("reverse", b"ab%d" % i, timeout=5) == b"%dba" % i
@@ -81,7 +81,7 @@ def _mid_job_death(two_servers, unique: str | None) -> tuple[Any, list[bytes]]:
 
     with farm.Client(addrs) as c, serving(addrs, {"slow": slow}):
         if unique is None:  # no key: make the first job land on the server we kill
-            c._picker._rotation = addrs.index(holder.addr)
+            c._wire.picker._rotation = addrs.index(holder.addr)
         caller = threading.Thread(target=call)
         caller.start()
         assert started.wait(5)
