@@ -165,6 +165,15 @@ class CommandJobs:
         )
         return True
 
+    def excuse(self, proc: WorkerProcess) -> None:
+        """Before a worker past its drain's grace is killed (farm stop, a deploy, a
+        scale-down): have the server drain its connections, so that the job it holds runs
+        again without counting as an attempt; a planned kill is no job's fault, and with
+        ``job_retries = 1`` it would fail the job for good."""
+        self.read_sockets(proc, time.monotonic())
+        if proc.peers:
+            self.ask_server("drain " + " ".join(sorted(proc.peers)))
+
     def send_stop(self, proc: WorkerProcess, now: float, why: str) -> None:
         proc.signal_at = None
         proc.stop_deadline = now + proc.grace

@@ -65,6 +65,7 @@ class Lifecycle:
     # Provided by farm.pools.commandjobs: a command worker's jobs and drain, from the server.
     drain_command: Callable[[WorkerProcess, float], bool]
     track_commands: Callable[..., None]
+    excuse: Callable[[WorkerProcess], None]
 
     # -- the loop's steps --
 
@@ -81,6 +82,7 @@ class Lifecycle:
             if timeout and proc.busy_since and now - proc.busy_since > timeout + TIMEOUT_GRACE:
                 self.kill(proc, f"job {proc.handle} ran past its {timeout}s timeout")
             elif proc.stop_deadline is not None and now >= proc.stop_deadline:
+                self.excuse(proc)
                 self.kill(proc, "did not drain in time")
 
     def watch_commands(self) -> bool:

@@ -59,6 +59,7 @@ class Server:
         self.options = options
         self.hub = Hub(options)  # raises StoreError when the store cannot be opened
         self.jobs = self.hub.jobs
+        self.jobs.parent_pid = options.parent_pid
         self.listeners: list[asyncio.AbstractServer] = []
         self.bound: dict[str, int] = {}  # Unix socket path -> its inode, removed at the end
         self.loop: asyncio.AbstractEventLoop | None = None

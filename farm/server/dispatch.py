@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -54,6 +55,7 @@ class Dispatch:
     jobs: dict[bytes, Job]
     epoch_heap: list[tuple[float, int, Job]]  # background jobs held for their epoch time
     _epoch_timer: Timer | None
+    parent_pid: int | None  # the supervisor's (--parent-pid)
 
     def can_do(self, worker: Peer, function: bytes, timeout: float = 0.0) -> None:
         worker.abilities[function] = timeout
@@ -270,14 +272,19 @@ class Dispatch:
     def _requeue(self, worker: Peer, job: Job) -> None:
         """The worker let go of a running job without ending it: run it again, or fail it."""
         self._stop_running(worker, job)
-        if self.stopping:
-            return  # a planned stop is no worker's fault; the store keeps background jobs
+        if self.stopping or self.orphaned():
+            # A planned stop, or the supervisor gone (its workers die with it): no job's
+            # fault, and nothing runs it here again; the store keeps background jobs.
+            return
         if not job.clients and not job.background:
             self._forget(job)  # nobody waits for it any more: nothing to retry or fail
             return
-        job.retries += 1
         job.numerator = job.denominator = b"0"  # its progress was the dead worker's (gearmand)
         self.function(job.function).stats.retried[job.priority] += 1
+        # A worker told to drain (farm stop, a deploy, a scale-down) and killed past its grace
+        # did not die of its job: it runs again without that counting as an attempt.
+        if not worker.draining:
+            job.retries += 1
         if self.job_retries and job.retries >= self.job_retries:
             log.error(
                 "poison job %s: function %s unique %r failed after %d attempts",
@@ -294,6 +301,11 @@ class Dispatch:
         self._wake(fq)
         if self.on_idle is not None and not self.running_count():
             self.on_idle()  # a graceful stop waits for running jobs, and none runs now
+
+    def orphaned(self) -> bool:
+        """Whether the supervisor that started this server is gone (a SIGTERM is on its
+        way here, and its workers are dying with it)."""
+        return self.parent_pid is not None and os.getppid() != self.parent_pid
 
     def _stop_running(self, worker: Peer, job: Job) -> None:
         worker.running.pop(job.handle, None)

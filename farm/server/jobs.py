@@ -114,6 +114,7 @@ class JobServer(Dispatch):
         self._epoch_timer: Timer | None = None
         self.on_idle: Callable[[], None] | None = None
         self.stopping = False  # set by a server shutting down
+        self.parent_pid: int | None = None  # the supervisor's (--parent-pid)
 
     # -- functions ---------------------------------------------------------
 
