@@ -167,9 +167,8 @@ class CommandJobs:
 
     def excuse(self, proc: WorkerProcess) -> None:
         """Before a worker past its drain's grace is killed (farm stop, a deploy, a
-        scale-down): have the server drain its connections, so that the job it holds runs
-        again without counting as an attempt; a planned kill is no job's fault, and with
-        ``job_retries = 1`` it would fail the job for good."""
+        scale-down): have the server drain its connections, so that a job this ends for good
+        (``job_retries``) is logged as stopped, not as a poison job that killed its worker."""
         self.read_sockets(proc, time.monotonic())
         if proc.peers:
             self.ask_server("drain " + " ".join(sorted(proc.peers)))

@@ -281,26 +281,38 @@ class Dispatch:
             return
         job.numerator = job.denominator = b"0"  # its progress was the dead worker's (gearmand)
         self.function(job.function).stats.retried[job.priority] += 1
-        # A worker told to drain (farm stop, a deploy, a scale-down) and killed past its grace
-        # did not die of its job: it runs again without that counting as an attempt.
-        if not worker.draining:
-            job.retries += 1
+        job.retries += 1  # a planned kill counts too: job_retries = 1 promises at most once
         if self.job_retries and job.retries >= self.job_retries:
-            log.error(
-                "poison job %s: function %s unique %r failed after %d attempts",
-                job.handle.decode(),
-                job.function.decode(),
-                job.unique.decode("utf-8", "replace"),
-                job.retries,
-            )
-            self.poison.append((job.handle, job.function, job.unique))
-            self._end(job, Outcome.FAIL)
+            self._out_of_retries(worker, job)
             return
         fq = self.function(job.function)
         fq.push(job, front=True)
         self._wake(fq)
         if self.on_idle is not None and not self.running_count():
             self.on_idle()  # a graceful stop waits for running jobs, and none runs now
+
+    def _out_of_retries(self, worker: Peer, job: Job) -> None:
+        function, handle = job.function.decode(), job.handle.decode()
+        if worker.draining:
+            # Told to drain (farm stop, a deploy, a scale-down) and killed past its grace:
+            # no poison job, but one that may run only so many times.
+            log.warning(
+                "job %s: function %s: its worker was stopped past its grace; failed, as"
+                " job_retries = %d allows no other run",
+                handle,
+                function,
+                self.job_retries,
+            )
+        else:
+            log.error(
+                "poison job %s: function %s unique %r failed after %d attempts",
+                handle,
+                function,
+                job.unique.decode("utf-8", "replace"),
+                job.retries,
+            )
+            self.poison.append((job.handle, job.function, job.unique))
+        self._end(job, Outcome.FAIL)
 
     def orphaned(self) -> bool:
         """Whether the supervisor that started this server is gone (a SIGTERM is on its
