@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS jobs (
 
 #: Seconds a failing store refuses background jobs before the next write tries again.
 RETRY_AFTER = 1.0
+#: Disk kept beside the store (``STORE-reserve``) and given back when the disk is full: a
+#: finished job's delete needs room in the WAL too, and without it the finished jobs would
+#: all run again after a restart.
+RESERVE_BYTES = 8 << 20
 
 
 class StoreError(Exception):
@@ -110,6 +114,8 @@ class SQLiteStore:
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the job store {self.path}: {exc}") from exc
         self._next_id: int = row[0] + 1
+        self.reserve = self.path + "-reserve"
+        self._make_reserve()
 
     @property
     def pending(self) -> bool:
@@ -158,18 +164,64 @@ class SQLiteStore:
             self.broken = f"the job store {self.path} cannot be written: {exc}"
             self._retry_at = time.monotonic() + self.retry_after
             # The adds are refused, but a finished job's delete must not be lost, or the job
-            # runs again after a restart: alone it may fit (a full disk frees pages), else it
-            # waits for the next commit.
-            try:
-                if deletes:
-                    self._write([], deletes)
-            except sqlite3.Error:
+            # runs again after a restart: alone it may fit, else it waits for the next commit.
+            if deletes and not self._delete_anyway(deletes):
                 self._deletes = deletes + self._deletes
             return handles
         if self.broken:
             log.warning("the job store %s can be written again", self.path)
             self.broken = None
+            self._make_reserve()
         return []
+
+    def _delete_anyway(self, deletes: list[tuple[int]]) -> bool:
+        """Write deletes alone while adds fail; on a full disk, with the reserve's room."""
+        for attempt in range(2):
+            try:
+                self._write([], deletes)
+            except sqlite3.Error:
+                if attempt or not self._release_reserve():
+                    return False
+                continue
+            try:  # copy the WAL into the database and cut it: the next deletes need room too
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
+            return True
+        return False
+
+    def _make_reserve(self) -> None:
+        """Hold RESERVE_BYTES of disk (best effort: on a disk too full for it, none)."""
+        try:
+            fd = os.open(
+                self.reserve, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
+        except OSError as exc:
+            log.debug("no disk reserve beside the job store: %s", exc)
+            return
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_BYTES)
+        except OSError as exc:
+            log.warning("no room to keep %s in reserve: %s", self.reserve, exc)
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)
+
+    def _release_reserve(self) -> bool:
+        """Give the reserve's room back to the disk; whether there was any."""
+        try:
+            if os.lstat(self.reserve).st_size == 0:
+                return False
+            os.truncate(self.reserve, 0)
+        except OSError:
+            return False
+        log.warning(
+            "the disk of the job store %s is full: its reserve (%s) is given back so that"
+            " finished jobs can still be deleted",
+            self.path,
+            self.reserve,
+        )
+        return True
 
     def _write(
         self,
@@ -216,6 +268,7 @@ class SQLiteStore:
 
     def close(self) -> None:
         if self.pending:
+            self._retry_at = 0.0  # the last chance for the deletes held back: try now
             self.commit()
         self.db.close()
 

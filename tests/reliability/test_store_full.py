@@ -9,14 +9,16 @@ max_page_count), which needs no special mount.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from farm.server.jobs import JobServer, Outcome
-from farm.server.store import SQLiteStore, StoreError
+from farm.server.store import RESERVE_BYTES, SQLiteStore, StoreError
 from tests.helpers import ROOT
 from tests.helpers.fakes import FakePeer
 from tests.helpers.servers import free_port
@@ -99,3 +101,54 @@ def test_a_damaged_store_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"farm server: the job store {path} cannot be read"), line
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 32 MB tmpfs: a full disk fills the WAL too, which max_page_count does not."""
+    disk = tmp_path / "small"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs (CI runs as root)")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill_disk(disk: Path, leave: int) -> None:
+    info = os.statvfs(disk)
+    (disk / "filler").write_bytes(b"\0" * (info.f_bavail * info.f_frsize - leave))
+
+
+@pytest.mark.parametrize("retry_after", [0.0, 3600.0])
+def test_on_a_full_disk_the_deletes_of_finished_jobs_reach_it(
+    small_disk: Path, retry_after: float
+) -> None:
+    # The store's WAL took the last of the disk: a delete needs WAL room too, so every job
+    # that finished then ran again after a restart (all 72 in a review). The reserve kept
+    # beside the store is given back for them. With a long retry_after the deletes wait
+    # in memory, and close() must still write them.
+    path = small_disk / "q.db"
+    store = SQLiteStore(path, retry_after=retry_after)
+    assert (small_disk / "q.db-reserve").stat().st_size == RESERVE_BYTES
+    _fill_disk(small_disk, leave=2 << 20)
+    ids = []
+    while not store.commit():
+        ids.append(store.add(b"H:%d" % len(ids), b"f", b"", BIG, 1, None, 0.0))
+    assert store.broken and len(ids) > 10
+    ids.pop()  # the add that failed
+    for row_id in ids:
+        store.remove(row_id)
+    store.commit()
+    store.close()
+    again = SQLiteStore(path)
+    try:
+        assert again.count() == 0, "finished jobs would run again"
+    finally:
+        again.close()
