@@ -173,11 +173,16 @@ def may_resubmit(task: Task[Any]) -> bool:
     return bool(task.unique) and not task.background and task.attempts < 2
 
 
+#: A job whose JOB_CREATED has not come: the server may have created it (and may run it),
+#: so a caller must not read it as "not created" and submit it again without thought.
+UNCONFIRMED = "(not confirmed: it may have been created)"
+
+
 def timeout_error(task: Task[Any], timeout: float | None) -> Timeout:
-    """A task not done within ``timeout``: named with its server, and said when the job was
-    not created yet (the blocking and async faces word it alike)."""
+    """A task not done within ``timeout``: named with its server, and said when the server
+    had not confirmed the job (the blocking and async faces word it alike)."""
     return Timeout(
-        f"job {task.function} {task.handle or '(not yet created)'} on"
+        f"job {task.function} {task.handle or UNCONFIRMED} on"
         f" {task.server or 'no server yet'} not done within {timeout}s"
     )
 
@@ -186,6 +191,5 @@ def lost_error(server: str, task: Task[Any], why: str = "went away") -> ServerUn
     """The error of a job that is not resubmitted when its server went away (``why``: how,
     e.g. that it refused our TLS certificate)."""
     return ServerUnavailable(
-        f"job server {server} {why} while holding job {task.function}"
-        f" {task.handle or '(not yet created)'}"
+        f"job server {server} {why} while holding job {task.function} {task.handle or UNCONFIRMED}"
     )

@@ -167,9 +167,11 @@ def test_the_clients_timeout_bounds_every_wait_on_a_server_that_stopped(any_serv
         assert c.call("reverse", b"ab") == b"ba"  # connected before the server stops
     os.kill(any_server.proc.pid, signal.SIGSTOP)
     try:
-        with pytest.raises(farm.Timeout, match="job reverse \\(not yet created\\) on"):
+        with pytest.raises(
+            farm.Timeout, match="job reverse \\(not confirmed: it may have been created\\) on"
+        ):
             c.call("reverse", b"x")
-        with pytest.raises(farm.Timeout, match="not yet created"):
+        with pytest.raises(farm.Timeout, match="not confirmed: it may have been created"):
             c.submit("reverse", b"x", background=True)
         with pytest.raises(farm.ServerUnavailable, match="did not answer within 0.3s"):
             c.status("H:nowhere:1")

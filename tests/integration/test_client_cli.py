@@ -37,7 +37,9 @@ def test_submit_prints_result_handle_and_exit_codes(any_server) -> None:
         hung = runner.invoke(app, ["submit", "reverse", "x", "-b", "--timeout", "0.3", *s])
     finally:
         os.kill(any_server.proc.pid, signal.SIGCONT)
-    assert hung.exit_code == 1 and "(not yet created)" in hung.stderr, hung.stderr
+    assert hung.exit_code == 1 and "(not confirmed: it may have been created)" in hung.stderr, (
+        hung.stderr
+    )
 
 
 def test_submit_usage_errors_exit_2_in_one_line() -> None:
