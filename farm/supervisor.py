@@ -32,7 +32,7 @@ from farm.net import Waker
 from farm.pools import sdnotify
 from farm.pools.commandjobs import CommandJobs
 from farm.pools.control import ControlConnection, ControlServer
-from farm.pools.lifecycle import TIMEOUT_GRACE, Lifecycle
+from farm.pools.lifecycle import POLL, TIMEOUT_GRACE, Lifecycle
 from farm.pools.localserver import LocalServer
 from farm.pools.metrics import Exits, serve_metrics
 from farm.pools.rollout import Restarting, Rollout
@@ -291,9 +291,9 @@ class Supervisor(Lifecycle, CommandJobs, Restarting, Steering):
         """Sleep until the next timed duty: a restart, a timeout, a drain deadline, a ping."""
         now = time.monotonic()
         if self.config.local_server and self.server.pid and not self.server.ready:
-            return 0.02  # polling the new server for readiness
+            return POLL  # polling the new server for readiness
         if self.polling:
-            return 0.02  # a command worker's connection, a successor's readiness
+            return POLL  # a command worker's connection, a successor's readiness
         times = [s.next_start for pool in self.slots.values() for s in pool if s.proc is None]
         for proc in self.by_pid.values():
             pool = self.config.functions.get(proc.function)

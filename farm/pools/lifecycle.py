@@ -45,8 +45,9 @@ output_log = logging.getLogger("farm.worker.output")
 TIMEOUT_GRACE = 1.0
 #: A command worker whose connections psutil may not read counts as running after this long.
 UNSEEN_READY_AFTER = 1.0
-#: While a command worker starts, the loop looks at its connections this often.
-CONNECT_POLL = 0.02
+#: While something starts (the server, a command worker's connection, a successor), the
+#: supervisor's loop looks at it this often.
+POLL = 0.02
 
 
 class Lifecycle:

@@ -36,12 +36,10 @@ from farm.pools.slots import Exits
 if TYPE_CHECKING:
     from farm.pools.steering import Steering
 
-__all__ = ["Exits", "serve_metrics", "SupervisorCollector", "DEFAULT_METRICS"]
+__all__ = ["Exits", "serve_metrics", "SupervisorCollector"]
 
 log = logging.getLogger("farm.supervisor")
 
-#: Where `farm up` serves metrics unless `[supervisor] metrics` says otherwise ("off": nowhere).
-DEFAULT_METRICS = "127.0.0.1:9730"
 #: How long a scrape waits for the job server's part.
 SERVER_TIMEOUT = 2.0
 

@@ -231,7 +231,7 @@ def run(options: ServerOptions) -> int:
     try:
         from setproctitle import setproctitle
 
-        setproctitle(f"farm: server :{options.port}")
+        setproctitle(f"farm: server {_title_address(options)}")
     except ImportError:  # pragma: no cover - optional nicety
         pass
     if options.parent_pid and not die_with_parent(options.parent_pid):
@@ -344,6 +344,13 @@ HINTS = {
 
 def _hint(options: ServerOptions, what: str) -> str:
     return HINTS[what, options.hints]
+
+
+def _title_address(options: ServerOptions) -> str:
+    """``:PORT`` of the first TCP listener (-L may move it off -p's), else the Unix socket."""
+    if options.listen:
+        return f":{parse_address(options.listen[0]).port}"
+    return options.unix[0] if options.unix else f":{options.port}"
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "farm server") -> int:

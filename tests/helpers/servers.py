@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -27,10 +27,14 @@ def need(tool: str) -> str:
     path = shutil.which(tool) or (tool if os.path.exists(tool) else None)
     if path:
         return path
-    msg = f"{tool} is not installed (make deps-test installs it)"
+    skip_or_fail(f"{tool} is not installed (make deps-test installs it)")
+
+
+def skip_or_fail(why: str) -> NoReturn:
+    """Skip with ``why``; where CI requires every interop test (FARM_REQUIRE_INTEROP), fail."""
     if REQUIRE_INTEROP:
-        pytest.fail(msg)
-    pytest.skip(msg)
+        pytest.fail(why)
+    pytest.skip(why)
 
 
 def free_port() -> int:

@@ -21,7 +21,7 @@ import pytest
 from farm.client import Client
 from tests.helpers import ROOT
 from tests.helpers.farmproc import FarmUp
-from tests.helpers.servers import need
+from tests.helpers.servers import need, skip_or_fail
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -62,7 +62,7 @@ def port_4730_free() -> bool:
 def farm_on_4730(tmp_path: Path, functions: str) -> FarmUp:
     """The seed's worker connects to 127.0.0.1:4730 and reads no settings: so does the farm."""
     if not port_4730_free():
-        pytest.skip("the seed's PHP worker needs 127.0.0.1:4730, which is taken here")
+        skip_or_fail("the seed's PHP worker needs 127.0.0.1:4730, which is taken here")
     up = FarmUp(tmp_path, functions, start=False)
     up.port = 4730
     up.write_config(functions)

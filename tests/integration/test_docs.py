@@ -26,7 +26,7 @@ import pytest
 from farm import config
 from farm.pools.control import ControlUnavailable, request
 from tests.helpers import ROOT
-from tests.helpers.servers import need
+from tests.helpers.servers import need, skip_or_fail
 from tests.helpers.waiting import wait_for
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -161,7 +161,7 @@ def port_free(port: int) -> bool:
 @pytest.fixture(scope="module")
 def default_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DefaultFarm]:
     if not port_free(4730):
-        pytest.skip("port 4730 is taken: the docs' examples run against make run's defaults")
+        skip_or_fail("port 4730 is taken: the docs' examples run against make run's defaults")
     farm = DefaultFarm(tmp_path_factory.mktemp("docs"))
     try:
         yield farm

@@ -806,3 +806,24 @@ def test_background_job_not_cancelled_by_joined_foreground_client(
     pkt = grab(w)
     assert pkt.type == T.JOB_ASSIGN, "the background job was dropped"
     assert pkt.args[0] == h
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_exceptions_flag_sends_work_exception_to_every_client(flag: bool, peer_factory) -> None:
+    # gearmand's --exceptions / [server] exceptions: WORK_EXCEPTION reaches clients that did
+    # not ask with OPTION_REQ; without it they get WORK_FAIL, as gearmand sends them.
+    srv = start_farm_server(*(["--exceptions"] if flag else []))
+    try:
+        worker, client = peer_factory(srv.addr), peer_factory(srv.addr)
+        worker.send(T.CAN_DO, "f")
+        client.send(T.SUBMIT_JOB, "f", "", "x")
+        handle = client.expect(T.JOB_CREATED).args[0]
+        worker.send(T.GRAB_JOB)
+        worker.expect(T.JOB_ASSIGN)
+        worker.send(T.WORK_EXCEPTION, handle, "ValueError: no")
+        if flag:
+            assert client.expect(T.WORK_EXCEPTION).args == (handle, b"ValueError: no")
+        else:
+            assert client.expect(T.WORK_FAIL).args == (handle,)
+    finally:
+        srv.stop()

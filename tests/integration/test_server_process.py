@@ -280,3 +280,18 @@ def test_sigterm_still_delivers_a_result_being_written() -> None:
     pkt = client.expect(T.WORK_COMPLETE, timeout=20)
     assert pkt.args == (handle, result)
     assert srv.proc.wait(10) == 0
+
+
+def test_the_process_title_names_the_port_it_listens_on() -> None:
+    # -L with its own port: the title named -p's default (:4730), so `pgrep -f "server :P"`
+    # found the wrong process.
+    port = free_port()
+    argv = [sys.executable, "-m", "farm.server", "-L", f"127.0.0.1:{port}", "--store", "none"]
+    proc = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.DEVNULL)
+    try:
+        wait_connectable(f"127.0.0.1:{port}", proc)
+        title = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        assert title == f"farm: server :{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)

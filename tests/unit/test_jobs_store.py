@@ -69,3 +69,13 @@ def test_a_failed_commit_reports_its_jobs_and_refuses_new_ones(tmp_path: Path) -
         jobs.submit(None, b"f", b"", b"y", background=True)
     # Foreground work goes on without the store.
     assert jobs.submit(FakePeer(), b"f", b"", b"z").handle in jobs.jobs
+
+
+@pytest.mark.parametrize(("sync", "level"), [("normal", 1), ("full", 2)])
+def test_store_sync_sets_sqlites_synchronous(tmp_path, sync: str, level: int) -> None:
+    # --store-sync full / [server] store_sync = "full": an fsync per commit (power loss)
+    store = SQLiteStore(tmp_path / "q.db", sync=sync)
+    try:
+        assert store.db.execute("PRAGMA synchronous").fetchone()[0] == level
+    finally:
+        store.close()

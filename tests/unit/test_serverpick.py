@@ -1,0 +1,39 @@
+"""ServerPicker: a unique key always starts at one server, others rotate, and a server
+that refused is tried last for DOWN_FOR seconds (then first again in its turn)."""
+
+from __future__ import annotations
+
+import pytest
+
+from farm.client import serverpick
+from farm.client.serverpick import DOWN_FOR, ServerPicker
+
+SERVERS = ["a:1", "b:1", "c:1"]
+
+
+def test_a_unique_key_starts_at_one_server_and_other_jobs_rotate() -> None:
+    picker = ServerPicker(SERVERS)
+    firsts = {picker.order("key-7")[0] for _ in range(5)}
+    assert len(firsts) == 1
+    assert [picker.order()[0] for _ in range(4)] == ["a:1", "b:1", "c:1", "a:1"]
+    assert "b:1" not in picker.order(exclude="b:1")
+
+
+def test_a_server_marked_down_goes_last_for_down_for_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(serverpick.time, "monotonic", lambda: now[0])
+    picker = ServerPicker(SERVERS)
+    picker.mark_down("a:1")
+    assert picker.order()[-1] == "a:1"
+    now[0] += DOWN_FOR - 0.1
+    assert picker.order()[-1] == "a:1", "still down"
+    now[0] += 0.2
+    picker._rotation = 0
+    assert picker.order()[0] == "a:1", "its time is up: back in its turn"
+    picker.mark_down("b:1")
+    picker.mark_up("b:1")
+    picker._rotation = 1
+    assert picker.order()[0] == "b:1", "a connection that worked clears it"
+    assert DOWN_FOR == 2.0  # as docs/client.md says
