@@ -4,6 +4,7 @@ drain hooks, signals, and an idle worker that does not spin."""
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -273,3 +274,34 @@ def test_a_function_registered_while_the_worker_waits_is_served(any_server) -> N
         assert c.call("reverse", b"ab", timeout=10) == b"ba"
         w.register("late", lambda j: b"late " + j.data)
         assert c.call("late", b"one", timeout=10) == b"late one"
+
+
+def test_a_server_that_hangs_up_at_once_is_retried_with_backoff_not_in_a_spin() -> None:
+    # docs/client.md: 50 ms doubling to 5 s. Without it a worker whose server closes each
+    # connection (full, or dying as it starts) reconnects in a tight loop, a core's worth.
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[float] = []
+
+    def hang_up() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(time.monotonic())
+            conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    worker = farm.Worker(f"127.0.0.1:{listener.getsockname()[1]}")
+    worker.register("f", lambda job: b"")
+    serving_thread = threading.Thread(target=worker.work, daemon=True)
+    serving_thread.start()
+    try:
+        wait_for("five connections", lambda: len(accepted) >= 5, timeout=20)
+    finally:
+        worker.stop()
+        serving_thread.join(10)
+        listener.close()
+    gaps = [b - a for a, b in zip(accepted, accepted[1:], strict=False)][:4]
+    # 50, 100, 200, 400 ms: each at least the one before (scheduling only adds to them)
+    assert gaps[3] >= 0.35 and sum(gaps) >= 0.7, gaps
