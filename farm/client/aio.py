@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import itertools
 import logging
 import ssl
 import time
@@ -185,6 +186,63 @@ class AsyncClient:
         if status is None:  # "unknown" from nobody would read as "finished"
             raise ServerUnavailable("no job server answered; tried " + "; ".join(errors))
         return status
+
+    async def status_unique(self, unique: str) -> JobStatus:
+        """Status of the job with this unique key (GET_STATUS_UNIQUE), on its server."""
+        check_unique(unique)
+        errors: list[str] = []
+        for addr in self._picker.order(unique):
+            try:
+                conn = await self._connect(addr)
+                return (await conn.ask(conn.session.get_status_unique(unique))).status
+            except ServerUnavailable as exc:
+                errors.append(str(exc))
+        raise ServerUnavailable("; ".join(errors))
+
+    async def map(
+        self,
+        function: str,
+        payloads: Iterable[bytes | str],
+        *,
+        max_in_flight: int = 64,
+        ordered: bool = True,
+        priority: str = "normal",
+    ) -> AsyncIterator[bytes]:
+        """Run one job per payload, at most ``max_in_flight`` at once, as ``farm.Client.map``
+        does: results in payload order (``ordered``) or as they finish. A failed job raises
+        its error where its result would come; the jobs still in flight are then given up,
+        as they are when the caller stops iterating."""
+        check_name(function)
+        check_priority(priority)
+        if not isinstance(max_in_flight, int) or max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be a positive int, not {max_in_flight!r}")
+        todo = iter(payloads)
+        running: dict[asyncio.Future[bytes], int] = {}
+        held: dict[int, asyncio.Future[bytes]] = {}
+        given = taken = 0
+        try:
+            while True:
+                for data in itertools.islice(todo, max_in_flight - len(running)):
+                    call = self.call(function, data, priority=priority)
+                    running[asyncio.ensure_future(call)] = given
+                    given += 1
+                if not running:
+                    return
+                ended, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for future in sorted(ended, key=running.__getitem__):
+                    index = running.pop(future)
+                    if not ordered:
+                        yield future.result()
+                    else:
+                        held[index] = future
+                while taken in held:
+                    yield held.pop(taken).result()
+                    taken += 1
+        finally:
+            for future in running:
+                future.cancel()  # a cancelled call gives its job up
+            for future in held.values():
+                future.exception()  # not to be logged as "never retrieved" at exit
 
     async def echo(self, data: bytes | str = b"ping") -> bytes:
         """Round-trip ``data`` through a server (ECHO_REQ)."""

@@ -214,3 +214,51 @@ async def test_status_of_a_handle_with_no_server_answering_raises(any_server: Se
     blocking.close()
     with pytest.raises(RuntimeError, match="closed"):
         blocking.call("reverse", "x", timeout=5)
+
+
+@run_async
+async def test_map_ordered_unordered_and_a_failure_where_its_result_would_be(
+    served: Server,
+) -> None:
+    payloads = [b"job%03d" % i for i in range(200)]
+    async with AsyncClient(served.addr) as client:
+        got = [r async for r in client.map("reverse", payloads, max_in_flight=16)]
+        assert got == [p[::-1] for p in payloads]
+        loose = [r async for r in client.map("reverse", iter(payloads), ordered=False)]
+        assert sorted(loose) == sorted(p[::-1] for p in payloads)
+        results = client.map("explode", ["a"])
+        with pytest.raises(farm.JobException, match="cannot handle a"):
+            await anext(results)
+        with pytest.raises(ValueError, match="max_in_flight"):
+            await anext(client.map("reverse", [b"x"], max_in_flight=0))
+
+
+@run_async
+async def test_map_stopped_early_gives_up_the_jobs_in_flight(served: Server) -> None:
+    gate.clear()
+    async with AsyncClient(served.addr) as client:
+        results = client.map("gated", [b"a", b"b", b"c"], max_in_flight=3)
+        first = asyncio.ensure_future(anext(results))
+        await asyncio.sleep(0)  # its three calls are submitted
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await results.aclose()
+        assert await client.echo(b"sync") == b"sync"  # every JOB_CREATED has come
+        (conn,) = client._conns.values()
+        assert not conn.session._running, "nothing waits on the gated jobs: given up"
+        gate.set()
+        assert await client.call("reverse", "ok", timeout=30) == b"ko"  # the client goes on
+
+
+@run_async
+async def test_status_unique(served: Server) -> None:
+    gate.clear()
+    async with AsyncClient(served.addr) as client:
+        task = await client.submit("gated", b"u", unique="status-me")
+        status = await client.status_unique("status-me")
+        assert status.known
+        gate.set()
+        assert await client.wait(task, 30) == b"opened:u"
+        with pytest.raises(ValueError, match="unique key"):
+            await client.status_unique("u" * 64)
