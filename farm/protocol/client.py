@@ -247,7 +247,12 @@ class ClientSession:
     def _on_fail(self, packet: Packet, events: list[object]) -> None:
         handle = packet.args[0].decode()
         for task in self._ended(handle):
-            task.error = JobFailed(f"job {handle} ({task.function}) failed")
+            # WORK_FAIL carries no reason: say where it can come from.
+            task.error = JobFailed(
+                f"job {handle} ({task.function}) failed: its worker sent WORK_FAIL, or the"
+                " server failed it (past its timeout, or its workers died job_retries times;"
+                " the server's log says which)"
+            )
             task.done = True
             events.append(JobEnded(task=task))
 

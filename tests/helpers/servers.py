@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+import psutil
 import pytest
 
 from farm.client.admin import admin_query
@@ -35,6 +37,13 @@ def skip_or_fail(why: str) -> NoReturn:
     if REQUIRE_INTEROP:
         pytest.fail(why)
     pytest.skip(why)
+
+
+def stop_process(pid: int) -> None:
+    """SIGSTOP (a hung server: its kernel still accepts, nothing answers), and wait until it
+    has taken: the signal lands a little after kill() returns."""
+    os.kill(pid, signal.SIGSTOP)
+    wait_for("the server to stop", lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED)
 
 
 def free_port() -> int:

@@ -14,7 +14,7 @@ import pytest
 import farm
 from farm.protocol import PacketType as PT
 from tests.helpers.peers import Peer
-from tests.helpers.servers import start_farm_server
+from tests.helpers.servers import start_farm_server, stop_process
 from tests.helpers.serving import reverse, serving
 from tests.helpers.waiting import wait_for
 
@@ -165,7 +165,7 @@ def test_the_clients_timeout_bounds_every_wait_on_a_server_that_stopped(any_serv
     c = farm.Client(any_server.addr, timeout=0.3)
     with serving(any_server.addr, {"reverse": reverse}):
         assert c.call("reverse", b"ab") == b"ba"  # connected before the server stops
-    os.kill(any_server.proc.pid, signal.SIGSTOP)
+    stop_process(any_server.proc.pid)
     try:
         with pytest.raises(
             farm.Timeout, match="job reverse \\(not confirmed: it may have been created\\) on"

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from farm.cli import app
 from tests.helpers.servers import free_port
 from tests.helpers.serving import reverse, serving
+from tests.integration.test_client import stop_process
 
 runner = CliRunner()
 
@@ -32,7 +33,7 @@ def test_submit_prints_result_handle_and_exit_codes(any_server) -> None:
         assert bg.exit_code == 0 and bg.stdout.startswith("H:")
     late = runner.invoke(app, ["submit", "nobody", "x", "--timeout", "0.2", *s])
     assert late.exit_code == 1 and "not done within" in late.stderr
-    os.kill(any_server.proc.pid, signal.SIGSTOP)  # a hung server: --timeout holds for -b too
+    stop_process(any_server.proc.pid)  # a hung server: --timeout holds for -b too
     try:
         hung = runner.invoke(app, ["submit", "reverse", "x", "-b", "--timeout", "0.3", *s])
     finally:
