@@ -238,6 +238,10 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
         self.hub.flush()  # commits staged background jobs before their JOB_CREATED leaves
         self.flush()
         self.closed = True
+        # Its unfinished packets will never finish: their bytes leave the server-wide count
+        # now, not when the close lands, or peers read later this turn are refused as well.
+        self.hub.count_partial(-self.partial, self.tcp)
+        self.partial = 0
         if self.transport is not None:
             self.transport.close()
 

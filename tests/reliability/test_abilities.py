@@ -8,6 +8,8 @@ may register at most --max-abilities functions.
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,7 +18,7 @@ from farm.protocol import PacketType as T
 from farm.server.jobs import MAX_IDLE_FUNCTIONS, JobServer
 from tests.helpers.fakes import FakePeer
 from tests.helpers.peers import Peer
-from tests.helpers.servers import start_farm_server
+from tests.helpers.servers import start_farm_server, stop_process
 from tests.helpers.waiting import wait_for
 
 
@@ -126,5 +128,32 @@ def test_unused_function_entries_are_freed_past_a_bound(
         assert functions["registered"] == ["0", "0", "1"]
         assert "gone0" not in functions, "the oldest unused entries go first"
         assert f"gone{len(names) - 1}" in functions, "the newest unused ones are kept"
+    finally:
+        srv.stop()
+
+
+def test_a_refused_connection_frees_its_share_at_once(peer_factory: Callable[[str], Peer]) -> None:
+    # The bytes of a connection refused for passing the limit were counted until its close
+    # landed, so connections read later in the same loop turn were refused too: 5 of 6
+    # PHP clients sending 55 MB each were cut off where one had to be.
+    srv = start_farm_server("--max-packet", "1000000", "--max-partial-bytes", "3000000")
+    try:
+        header = p.HEADER.pack(p.REQ, T.SUBMIT_JOB_BG, 900_000) + b"f\0\0"
+        peers = [peer_factory(srv.addr) for _ in range(4)]
+        for peer in peers:
+            peer.send_raw(header + b"x" * 450_000)  # 1.8 MB of TCP's 2 MB share
+        witness = peer_factory(srv.addr)
+        witness.send(T.ECHO_REQ, "read")
+        witness.expect(T.ECHO_RES)
+        stop_process(srv.proc.pid)  # the next bytes of all four are read in one turn
+        try:
+            for peer in peers:
+                peer.send_raw(b"y" * 100_000)
+        finally:
+            os.kill(srv.proc.pid, signal.SIGCONT)
+        witness.send(T.ECHO_REQ, "after")
+        witness.expect(T.ECHO_RES)
+        refused = [q for q in peers if not q.nothing_within(0.2)]
+        assert len(refused) == 1, f"{len(refused)} refused where one takes it past the limit"
     finally:
         srv.stop()
