@@ -58,8 +58,9 @@ def parse_status(text: str) -> list[StatusRow]:
     """Parse the reply to the admin ``status`` command."""
     rows = []
     for line in _list_lines(text):
-        parts = line.split("\t")
-        if len(parts) != 4:
+        # From the right: gearmand takes a tab in a function name, and the name comes first.
+        parts = line.rsplit("\t", 3)
+        if len(parts) != 4 or not all(n.isdigit() for n in parts[1:]):
             raise ProtocolError(f"bad status line {line!r}", fatal=False)
         rows.append(StatusRow(parts[0], int(parts[1]), int(parts[2]), int(parts[3])))
     return rows

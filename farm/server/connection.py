@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 from collections.abc import Callable
 
@@ -35,6 +36,7 @@ log = logging.getLogger("farm.server")
 
 #: Bytes of replies a connection may leave unread and still be answered another admin command.
 MAX_UNREAD_ADMIN = 1 << 20
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 BUSY = b"ERR BUSY too+many+replies+unread;+read+them+first\r\n"
 
 
@@ -259,11 +261,18 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
     # -- packets -------------------------------------------------------------
 
     def function_ok(self, name: bytes, what: str = "function name") -> bool:
+        if name in self.jobs.functions:
+            return True  # a name the server holds was checked when it came
         if not name:
             self.send(error("INVALID_COMMAND", f"{what} is empty"))
             return False
         if len(name) > p.MAX_FUNCTION:
             self.send(error("ARGUMENT_TOO_LARGE", f"{what} is longer than {p.MAX_FUNCTION} bytes"))
+            return False
+        if _CONTROL.search(name):
+            # A tab or a newline would break the admin protocol's lines (status, workers),
+            # and `farm status` with them, until the server restarted: farm refuses it.
+            self.send(error("INVALID_COMMAND", f"{what} holds a control character"))
             return False
         return True
 

@@ -419,3 +419,20 @@ def test_epoch_that_is_not_a_whole_number_is_refused_and_durability_survives(
         peer.expect(T.JOB_CREATED)
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("name", [b"tab\tname", b"new\nline", b"bell\x07"])
+def test_a_function_name_with_a_control_character_is_refused_farm(keeper_farm, peer_factory, name):
+    # It broke the admin protocol's lines, so `farm status` failed until a restart (gearmand
+    # takes it; its status lines break the same way).
+    srv, _ = keeper_farm
+    client, worker = peer_factory(srv.addr), peer_factory(srv.addr)
+    client.send(T.SUBMIT_JOB_BG, name, b"", b"x")
+    err = client.expect(T.ERROR)
+    assert err.args == (b"INVALID_COMMAND", b"function name holds a control character")
+    worker.send(T.CAN_DO, name)
+    assert worker.expect(T.ERROR).args[1] == b"function name holds a control character"
+    admin = peer_factory(srv.addr)
+    assert name.decode() not in admin.admin("status")
+    client.send(T.SUBMIT_JOB_BG, b"fine", b"", b"x")  # the connection goes on
+    client.expect(T.JOB_CREATED)

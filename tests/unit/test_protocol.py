@@ -128,6 +128,10 @@ def test_admin_replies_parse() -> None:
         pa.StatusRow("rev", 3, 1, 2),
         pa.StatusRow("x", 0, 0, 0),
     ]
+    # gearmand takes a tab in a function name: read from the right (farm status broke on it)
+    assert pa.parse_status("a\tb\t1\t0\t0\n.\n") == [pa.StatusRow("a\tb", 1, 0, 0)]
+    with pytest.raises(p.ProtocolError, match="bad status line"):
+        pa.parse_status("rev\tthree\t1\t2\n.\n")
     rows = pa.parse_workers("15 127.0.0.1 myid : rev up\n16 127.0.0.1 - :\n.\n")
     assert rows[0] == pa.WorkerRow("15", "127.0.0.1", "myid", ("rev", "up"))
     assert rows[1].functions == ()
