@@ -129,19 +129,25 @@ class Lifecycle:
             )
             return
         slot.proc = None
+        if proc.command:
+            self.close_report(proc)  # its last output first: the end's log line quotes it
         slot.restarts += 1  # an end nobody asked for (a crash, a kill, a recycle): counted
         self.exits[proc.function, exit_cause(proc.kill_reason, status)] += 1
         how, delay = slot.note_exit(proc, status, now)
         when = "now" if delay == 0 else f"in {delay:g}s"
         level = logging.INFO if "recycled" in how else logging.WARNING
+        # Its output is logged at INFO (stdout and stderr share a pipe): the warning quotes
+        # its last line, so `journalctl -p warning` shows why a PHP worker crash-loops.
+        said = f"; its last output: {proc.last_words!r}" if proc.last_words else ""
         log.log(
             level,
-            "worker %s (pid %d, up %.1fs, %d jobs) %s; restarting %s%s",
+            "worker %s (pid %d, up %.1fs, %d jobs) %s%s; restarting %s%s",
             proc.name,
             proc.pid,
             now - proc.started,
             proc.jobs_done,
             how,
+            said,
             when,
             " (slot failing)" if slot.failing else "",
         )
@@ -318,6 +324,8 @@ class Lifecycle:
     def log_output(self, proc: WorkerProcess, lines: list[str]) -> None:
         """A command worker's stdout/stderr, a log line each, with its pool and slot."""
         for line in lines:
+            if line.strip():
+                proc.last_words = line
             output_log.info(
                 "worker %s (pid %d): %s",
                 proc.name,

@@ -142,6 +142,7 @@ class WorkerProcess:
     # connections in the server's `peers`, when they were read, jobs done per connection;
     # while it drains, when its stop_signal is due at the latest, and the grace after it.
     peers: frozenset[str] = frozenset()
+    last_words: str = ""  # a command worker's last line of output, for the log of its end
     peers_read: float = 0.0
     peer_jobs: dict[str, int] = field(default_factory=dict)
     signal_at: float | None = None

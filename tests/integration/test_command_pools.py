@@ -208,6 +208,31 @@ def test_a_command_worker_learns_its_place_and_its_output_is_logged(tmp_path: Pa
         assert up.stop() == 0
 
 
+def test_a_crashing_command_workers_warning_quotes_its_last_output(tmp_path: Path) -> None:
+    # Its output is logged at INFO, so `journalctl -p warning` showed "crashed: exited with
+    # code 255" and never why (a PHP fatal error, a missing script).
+    script = tmp_path / "fatal.sh"
+    script.write_text("echo starting\necho 'PHP Fatal error: no such class' >&2\nexit 255\n")
+    up = FarmUp(
+        tmp_path,
+        f"""
+        [functions.fatal]
+        command = ["sh", "{script}"]
+        workers = 1
+        """,
+    )
+    try:
+        line = wait_for(
+            "the crash's warning",
+            lambda: next(
+                (row for row in up.read_log().splitlines() if "crashed: exited with" in row), None
+            ),
+        )
+        assert "WARNING" in line and "its last output: 'PHP Fatal error: no such class'" in line
+    finally:
+        up.stop()
+
+
 def test_names_a_function_served_by_two_pools_is_ambiguous(tmp_path: Path) -> None:
     up = FarmUp(
         tmp_path,
