@@ -225,9 +225,12 @@ def run(options: ServerOptions) -> int:
         print(f"farm server: cannot open the log file: {exc} (-l/--log-file)", file=sys.stderr)
         return 2
     for flag, why in options.ignored:
-        # gearmand -u would have dropped root: say who this server runs as
-        logged = log.warning if flag in ("-u", "--user") else log.info
-        logged("gearmand's %s is ignored: %s (this server runs as uid %d)", flag, why, os.getuid())
+        if flag in ("-u", "--user"):  # gearmand would have dropped root: say who runs this
+            log.warning(
+                "gearmand's %s is ignored: %s (this server runs as uid %d)", flag, why, os.getuid()
+            )
+        else:
+            log.info("gearmand's %s is ignored: %s", flag, why)
     try:
         from setproctitle import setproctitle
 

@@ -154,6 +154,7 @@ def test_debians_gearmand_params_start_a_detached_server(tmp_path: Path) -> None
         log = log_file.read_text()
         assert f"listening on localhost:{port}" in log  # --verbose=INFO
         assert "gearmand's -R is ignored" in log
+        assert "runs as uid" not in log  # said of -u alone, which would have dropped root
         # A second one cannot listen: the starting command says so and fails, as gearmand.
         again = subprocess.run(
             [*common, "--daemon"], cwd=ROOT, capture_output=True, text=True, timeout=20
