@@ -8,9 +8,11 @@ are checked against the wire's limits here; the job model decides the rest.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from farm import protocol as p
+from farm.logs import Brief
 from farm.protocol import PacketType as T
 from farm.protocol import encode_res, frame_res
 from farm.protocol.kinds import SUBMIT_KINDS, Priority, SubmitKind
@@ -19,6 +21,9 @@ from farm.server.jobs import Job, JobServer, Outcome, Progress, QueueFull
 from farm.server.queues import Peer
 from farm.server.store import StoreError
 from farm.server.workerside import error
+
+#: QUEUE_ERRORs of full queues: one log line each 10 s at most, as a flood would send them.
+refusals = Brief(logging.getLogger("farm.server"))
 
 __all__ = ["ClientSide", "EPOCH", "REDUCE", "REDUCE_BG", "LAZY_CREATED_MAX"]
 
@@ -61,6 +66,8 @@ class ClientSide:
     lazy_created: bool
     lazy_waiting: bool  # has a deadline in hub.lazy
     exceptions: bool  # OPTION_REQ exceptions: WORK_EXCEPTION, not WORK_FAIL
+    fd: int
+    ip: str
 
     def client(self) -> Peer:
         return self  # type: ignore[return-value]  # a Connection, which is one
@@ -94,7 +101,10 @@ class ClientSide:
                 reducer=reducer,
                 when=when,
             )
-        except QueueFull:
+        except QueueFull as full:
+            # gearmand's words to the client; why, in the log (a full byte budget looked
+            # like a maxqueue nobody set)
+            refusals("QUEUE_ERROR to fd %d (%s): %s", self.fd, self.ip, full)
             self.send(error("QUEUE_ERROR", "Job queue is full"))
             return
         except StoreError as exc:

@@ -192,11 +192,15 @@ class JobServer(Dispatch):
         fq = self.function(function)
         size = _held(function, unique, data, reducer)
         # A replayed job was accepted once already; limits only guard new work.
-        if not store_id and (
-            fq.full(priority)
-            or (self.max_queued_bytes and self.queued_bytes + size > self.max_queued_bytes)
-        ):
-            raise QueueFull(function.decode("utf-8", "replace"))
+        if not store_id:
+            name = function.decode("utf-8", "replace")
+            if fq.full(priority):
+                raise QueueFull(f"function {name} is at its maxqueue")
+            if self.max_queued_bytes and self.queued_bytes + size > self.max_queued_bytes:
+                raise QueueFull(
+                    f"function {name}: the live jobs' bytes would pass --max-queued-bytes"
+                    f" ({self.max_queued_bytes}; [server] max_queued_bytes under farm up)"
+                )
         handle = self.prefix + str(next(self._counter)).encode()
         job = Job(
             handle, function, unique, data, priority, background, reducer, when, next(self._seq)

@@ -17,6 +17,7 @@ from farm.protocol import PacketType as T
 from farm.server.jobs import JOB_OVERHEAD
 from tests.helpers.peers import Peer
 from tests.helpers.servers import Server, connect, start_farm_server
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -117,16 +118,22 @@ def test_connections_past_the_limit_are_closed_cleanly() -> None:
         srv.stop()
 
 
-def test_total_queued_bytes_limit_gives_queue_error() -> None:
-    srv = start_farm_server("--max-queued-bytes", str(1000 + 2 * JOB_OVERHEAD))
+def test_total_queued_bytes_limit_gives_queue_error(tmp_path) -> None:
+    log = tmp_path / "server.log"
+    srv = start_farm_server("--max-queued-bytes", str(1000 + 2 * JOB_OVERHEAD), "-l", str(log))
     try:
         peer = Peer(srv.addr)
         peer.send(T.SUBMIT_JOB_BG, "f", "", b"a" * 600)
         peer.expect(T.JOB_CREATED)
         peer.send(T.SUBMIT_JOB_BG, "f", "", b"b" * 600)
-        assert peer.expect(T.ERROR).args[0] == b"QUEUE_ERROR"
+        assert peer.expect(T.ERROR).args == (b"QUEUE_ERROR", b"Job queue is full")  # gearmand's
         peer.send(T.SUBMIT_JOB_BG, "f", "", b"c" * 300)  # still room for this one
         peer.expect(T.JOB_CREATED)
+        # The log says which limit it was: no maxqueue was set, and nothing said so.
+        said = wait_for("the refusal logged", lambda: "QUEUE_ERROR to fd" in log.read_text())
+        assert said and "function f: the live jobs' bytes would pass --max-queued-bytes" in (
+            log.read_text()
+        )
     finally:
         srv.stop()
 
