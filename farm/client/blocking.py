@@ -123,7 +123,9 @@ class Client:
         epoch, background = check_schedule(when, priority, background)
         task = self._new_task(function, data, priority, unique, background=background, when=epoch)
         self._wire.submit(task)
-        if not self._wire.pump(lambda: task.handle is not None or task.done, self._deadline()):
+        if not self._wire.pump(
+            lambda: task.handle is not None or task.done, self._deadline(self.timeout)
+        ):
             self.abandon(task)  # a JOB_CREATED that comes later is dropped
             raise timeout_error(task, self.timeout)
         if task.error is not None:
@@ -220,7 +222,7 @@ class Client:
             function,
             iter(payloads),
             submit=self._wire.submit,
-            pump=lambda until: self._wire.pump(until, self._deadline()),
+            pump=lambda until: self._wire.pump(until, self._deadline(self.timeout)),
             abandon=self.abandon,
             timeout=self.timeout,
             limit=max_in_flight,
@@ -266,7 +268,7 @@ class Client:
         except OSError as exc:
             raise ServerUnavailable(f"{addr}: {exc.strerror or exc}") from exc
         query = make(conn.session)
-        if not self._wire.pump(lambda: query.done, self._deadline()):
+        if not self._wire.pump(lambda: query.done, self._deadline(self.timeout)):
             # Its answer, should it come, is matched and dropped; the connection stays.
             raise ServerUnavailable(f"{addr} did not answer within {self.timeout}s")
         if query.error is not None:
@@ -276,8 +278,6 @@ class Client:
 
     # -- waiting --
 
-    def _deadline(self, timeout: float | None = -1.0) -> float | None:
-        """When a wait of ``timeout`` seconds (default: the client's) ends; None: never."""
-        if timeout is not None and timeout < 0:
-            timeout = self.timeout
+    def _deadline(self, timeout: float | None) -> float | None:
+        """When a wait of ``timeout`` seconds ends (at once for 0 or less); None: never."""
         return None if timeout is None else time.monotonic() + timeout

@@ -39,6 +39,9 @@ __all__ = ["Callbacks", "Conn", "Connections"]
 
 log = logging.getLogger("farm.client")
 
+#: The longest one select() waits; a longer timeout is waited in such steps.
+MAX_SELECT = 3600.0
+
 
 class Callbacks:
     """The listener of a ``call`` with progress callbacks: each event to its callback."""
@@ -172,6 +175,7 @@ class Connections:
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
                     return False
+                timeout = min(timeout, MAX_SELECT)  # epoll takes no more than 2**31 ms
             for key, _ in select(timeout):
                 self.read(key.data)
 

@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 RETRY_AFTER = 1.0
 #: Disk kept beside the store (``STORE-reserve``) and given back when the disk is full: a
 #: finished job's delete needs room in the WAL too, and without it the finished jobs would
-#: all run again after a restart.
+#: all run again after a restart. At most 1% of the filesystem (a small volume, a tmpfs).
 RESERVE_BYTES = 8 << 20
 
 
@@ -102,6 +102,10 @@ class SQLiteStore:
             # One server per store: a second one would replay and run the same jobs.
             self.db.execute("PRAGMA locking_mode=EXCLUSIVE")
             self.db.execute("PRAGMA journal_mode=WAL")
+            # Debian's SQLite zeroes every freed page (secure_delete), so deleting a job wrote
+            # its whole payload to the WAL again, and on a full disk no delete fit; FAST still
+            # zeroes what it can without more writes.
+            self.db.execute("PRAGMA secure_delete=FAST")
             self.db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
             self.db.execute(SCHEMA)
             self.db.execute("BEGIN IMMEDIATE")
@@ -115,6 +119,7 @@ class SQLiteStore:
             raise StoreError(f"cannot open the job store {self.path}: {exc}") from exc
         self._next_id: int = row[0] + 1
         self.reserve = self.path + "-reserve"
+        self._reserve_fd = -1  # held open: released through it, never by a path that may move
         self._make_reserve()
 
     @property
@@ -191,28 +196,34 @@ class SQLiteStore:
         return False
 
     def _make_reserve(self) -> None:
-        """Hold RESERVE_BYTES of disk (best effort: on a disk too full for it, none)."""
+        """Hold up to RESERVE_BYTES of disk, best effort: none on a disk with too little free
+        (taking it back must not fill the disk again at once) or a system without fallocate."""
         try:
-            fd = os.open(
-                self.reserve, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-            )
-        except OSError as exc:
+            disk = os.statvfs(Path(self.path).parent)
+            size = min(RESERVE_BYTES, disk.f_blocks * disk.f_frsize // 100)
+            if size <= 0 or disk.f_bavail * disk.f_frsize < 4 * size:
+                return
+            if self._reserve_fd < 0:
+                fd = os.open(
+                    self.reserve, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+                )
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+                    os.close(fd)
+                    log.warning("%s is not a file of this user's; no disk reserve", self.reserve)
+                    return
+                self._reserve_fd = fd
+            os.posix_fallocate(self._reserve_fd, 0, size)
+        except (OSError, AttributeError) as exc:  # AttributeError: no posix_fallocate here
             log.debug("no disk reserve beside the job store: %s", exc)
-            return
-        try:
-            os.posix_fallocate(fd, 0, RESERVE_BYTES)
-        except OSError as exc:
-            log.warning("no room to keep %s in reserve: %s", self.reserve, exc)
-            os.ftruncate(fd, 0)
-        finally:
-            os.close(fd)
 
     def _release_reserve(self) -> bool:
         """Give the reserve's room back to the disk; whether there was any."""
+        fd = self._reserve_fd
         try:
-            if os.lstat(self.reserve).st_size == 0:
+            if fd < 0 or os.fstat(fd).st_size == 0:
                 return False
-            os.truncate(self.reserve, 0)
+            os.ftruncate(fd, 0)
         except OSError:
             return False
         log.warning(
@@ -270,6 +281,16 @@ class SQLiteStore:
         if self.pending:
             self._retry_at = 0.0  # the last chance for the deletes held back: try now
             self.commit()
+            if self._deletes:
+                log.error(
+                    "%d finished jobs could not be deleted from the job store %s: they will"
+                    " run again at the next start",
+                    len(self._deletes),
+                    self.path,
+                )
+        if self._reserve_fd >= 0:
+            os.close(self._reserve_fd)
+            self._reserve_fd = -1
         self.db.close()
 
 

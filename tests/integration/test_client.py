@@ -195,6 +195,15 @@ def test_the_clients_timeout_bounds_every_wait_on_a_server_that_stopped(any_serv
         farm.Client("127.0.0.1:1", timeout="5")  # type: ignore[arg-type]
 
 
+def test_timeouts_of_a_month_and_below_zero(farm_server) -> None:
+    # Past 2**31 ms epoll overflowed (OverflowError from every call, a traceback from
+    # `farm submit -b --timeout 3000000`); a timeout at or below 0 ends the wait at once.
+    with farm.Client(farm_server.addr, timeout=30 * 86400) as c:
+        assert c.echo(b"month") == b"month"
+        with pytest.raises(farm.Timeout):
+            c.call("nobody-serves-this", b"x", timeout=-1)
+
+
 def test_a_job_over_the_servers_max_packet_says_so_and_the_client_goes_on() -> None:
     # 16 MB is past the socket buffers: the server's close breaks the send, and the ERROR it
     # sent before closing is read after all (it read "went away while holding job f").

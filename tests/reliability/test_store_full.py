@@ -136,7 +136,9 @@ def test_on_a_full_disk_the_deletes_of_finished_jobs_reach_it(
     # in memory, and close() must still write them.
     path = small_disk / "q.db"
     store = SQLiteStore(path, retry_after=retry_after)
-    assert (small_disk / "q.db-reserve").stat().st_size == RESERVE_BYTES
+    disk = os.statvfs(small_disk)
+    expected = min(RESERVE_BYTES, disk.f_blocks * disk.f_frsize // 100)  # 1% of a small disk
+    assert (small_disk / "q.db-reserve").stat().st_size == expected
     _fill_disk(small_disk, leave=2 << 20)
     ids = []
     while not store.commit():
@@ -152,3 +154,17 @@ def test_on_a_full_disk_the_deletes_of_finished_jobs_reach_it(
         assert again.count() == 0, "finished jobs would run again"
     finally:
         again.close()
+
+
+def test_a_link_at_the_reserve_is_never_followed(tmp_path: Path) -> None:
+    # Anyone who may write in the store's directory could point STORE-reserve at a file of
+    # the server's user, which a full disk would then have truncated.
+    victim = tmp_path / "precious.txt"
+    victim.write_text("precious\n" * 1000)
+    (tmp_path / "q.db-reserve").symlink_to(victim)
+    store = SQLiteStore(tmp_path / "q.db")
+    try:
+        assert not store._release_reserve(), "no reserve is held through a link"
+    finally:
+        store.close()
+    assert victim.read_text() == "precious\n" * 1000
