@@ -9,9 +9,8 @@ from typing import Any
 from typer.testing import CliRunner
 
 from farm.cli import app
-from tests.helpers.servers import free_port
+from tests.helpers.servers import free_port, stop_process
 from tests.helpers.serving import reverse, serving
-from tests.integration.test_client import stop_process
 
 runner = CliRunner()
 
