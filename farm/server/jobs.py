@@ -24,6 +24,7 @@ from farm.protocol.kinds import Priority
 from farm.server.deadlines import Deadlines
 from farm.server.dispatch import MAX_EXPIRED, WAKE_DEADLINE, Dispatch
 from farm.server.queues import (
+    JOB_OVERHEAD,
     NORMAL,
     FunctionQueue,
     Job,
@@ -32,6 +33,7 @@ from farm.server.queues import (
     Progress,
     QueueFull,
     Timer,
+    held_bytes,
 )
 from farm.server.store import SQLiteStore
 
@@ -41,6 +43,7 @@ MAX_HANDLE_HOST = 64 - 1 - 20 - 3
 __all__ = [
     "MAX_EXPIRED",
     "WAKE_DEADLINE",
+    "JOB_OVERHEAD",
     "FunctionQueue",
     "Job",
     "JobServer",
@@ -190,7 +193,7 @@ class JobServer(Dispatch):
                     self._attach(job, client)
                 return job
         fq = self.function(function)
-        size = _held(function, unique, data, reducer)
+        size = held_bytes(function, unique, data, reducer)
         # A replayed job was accepted once already; limits only guard new work.
         if not store_id:
             name = function.decode("utf-8", "replace")
@@ -394,15 +397,3 @@ class JobServer(Dispatch):
             self._end(job, Outcome.FAIL)
         del self.functions[name]
         return True
-
-
-#: What the server's own record of a live job costs (its Job, the handle, its place in the
-#: queue and the indexes): counted too, so that a flood of empty jobs meets the limit.
-JOB_OVERHEAD = 512
-
-
-def _held(function: bytes, unique: bytes, data: bytes, reducer: bytes | None) -> int:
-    """The bytes a live job holds, as --max-queued-bytes counts them: every argument, not
-    only the payload (a flood of long names must hit the limit too), and JOB_OVERHEAD."""
-    n = len(function) + len(unique) + len(data) + JOB_OVERHEAD
-    return n + len(reducer) if reducer else n

@@ -254,3 +254,15 @@ class FunctionQueue:
             kept = [j for j in q if j.queued]
             q.clear()
             q.extend(kept)
+
+
+#: What the server's own record of a live job costs (its Job, the handle, its place in the
+#: queue and the indexes): counted too, so that a flood of empty jobs meets the limit.
+JOB_OVERHEAD = 512
+
+
+def held_bytes(function: bytes, unique: bytes, data: bytes, reducer: bytes | None) -> int:
+    """The bytes a live job holds, as --max-queued-bytes counts them: every argument, not
+    only the payload (a flood of long names must hit the limit too), and JOB_OVERHEAD."""
+    n = len(function) + len(unique) + len(data) + JOB_OVERHEAD
+    return n + len(reducer) if reducer else n
