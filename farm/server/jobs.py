@@ -196,13 +196,13 @@ class JobServer(Dispatch):
         size = held_bytes(function, unique, data, reducer)
         # A replayed job was accepted once already; limits only guard new work.
         if not store_id:
-            name = function.decode("utf-8", "replace")
             if fq.full(priority):
-                raise QueueFull(f"function {name} is at its maxqueue")
+                raise QueueFull(f"function {function.decode(errors='replace')} is at its maxqueue")
             if self.max_queued_bytes and self.queued_bytes + size > self.max_queued_bytes:
                 raise QueueFull(
-                    f"function {name}: the live jobs' bytes would pass --max-queued-bytes"
-                    f" ({self.max_queued_bytes}; [server] max_queued_bytes under farm up)"
+                    f"function {function.decode(errors='replace')}: the live jobs' bytes would"
+                    f" pass --max-queued-bytes ({self.max_queued_bytes}; [server]"
+                    " max_queued_bytes under farm up)"
                 )
         handle = self.prefix + str(next(self._counter)).encode()
         job = Job(
