@@ -28,7 +28,14 @@ from farm.client.serverpick import ServerPicker
 from farm.discovery import client_servers
 from farm.errors import ServerUnavailable, Timeout
 from farm.net import parse_address, parse_servers
-from farm.protocol.checks import as_bytes, check_name, check_priority, check_schedule, check_unique
+from farm.protocol.checks import (
+    as_bytes,
+    check_map,
+    check_name,
+    check_priority,
+    check_schedule,
+    check_unique,
+)
 from farm.protocol.client import (
     JobData,
     JobEnded,
@@ -212,10 +219,7 @@ class AsyncClient:
         does: results in payload order (``ordered``) or as they finish. A failed job raises
         its error where its result would come; the jobs still in flight are then given up,
         as they are when the caller stops iterating."""
-        check_name(function)
-        check_priority(priority)
-        if not isinstance(max_in_flight, int) or max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be a positive int, not {max_in_flight!r}")
+        check_map(function, priority, max_in_flight)
         todo = iter(payloads)
         running: dict[asyncio.Future[bytes], int] = {}
         held: dict[int, asyncio.Future[bytes]] = {}

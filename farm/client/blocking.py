@@ -19,7 +19,14 @@ from farm.client.taskset import task_set
 from farm.discovery import client_servers
 from farm.errors import ServerUnavailable, Timeout
 from farm.net import parse_servers
-from farm.protocol.checks import as_bytes, check_name, check_priority, check_schedule, check_unique
+from farm.protocol.checks import (
+    as_bytes,
+    check_map,
+    check_name,
+    check_priority,
+    check_schedule,
+    check_unique,
+)
 from farm.protocol.client import (
     ClientSession,
     JobStatus,
@@ -214,10 +221,7 @@ class Client:
         Yields results in payload order (``ordered``) or as they finish. A
         failed job raises its error when its result would be yielded.
         """
-        check_name(function)
-        check_priority(priority)
-        if not isinstance(max_in_flight, int) or max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be a positive int, not {max_in_flight!r}")
+        check_map(function, priority, max_in_flight)
         return task_set(
             function,
             iter(payloads),

@@ -10,6 +10,7 @@ from farm.protocol.kinds import PRIORITY_NAMES
 __all__ = [
     "as_bytes",
     "as_epoch",
+    "check_map",
     "check_name",
     "check_unique",
     "check_priority",
@@ -35,6 +36,14 @@ def check_name(function: object) -> str:
     if not function or "\0" in function:
         raise ValueError(f"function name {function!r} must be non-empty and contain no NUL")
     return function
+
+
+def check_map(function: object, priority: object, max_in_flight: object) -> None:
+    """A ``map``'s arguments, as the blocking and async clients take them."""
+    check_name(function)
+    check_priority(priority)
+    if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
+        raise ValueError(f"max_in_flight must be a positive int, not {max_in_flight!r}")
 
 
 def check_unique(unique: object) -> str:
