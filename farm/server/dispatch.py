@@ -292,7 +292,8 @@ class Dispatch:
             self.on_idle()  # a graceful stop waits for running jobs, and none runs now
 
     def _out_of_retries(self, worker: Peer, job: Job) -> None:
-        function, handle = job.function.decode(), job.handle.decode()
+        function = job.function.decode("utf-8", "replace")
+        handle = job.handle.decode("utf-8", "replace")
         if worker.draining:
             # Told to drain (farm stop, a deploy, a scale-down) and killed past its grace:
             # no poison job, but one that may run only so many times.
