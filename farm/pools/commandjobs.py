@@ -167,11 +167,11 @@ class CommandJobs:
 
     def excuse(self, proc: WorkerProcess) -> None:
         """Before a worker past its drain's grace is killed (farm stop, a deploy, a
-        scale-down): have the server drain its connections, so that a job this ends for good
+        scale-down): tell the server (admin ``killing``), so that a job this ends for good
         (``job_retries``) is logged as stopped, not as a poison job that killed its worker."""
         self.read_sockets(proc, time.monotonic())
         if proc.peers:
-            self.ask_server("drain " + " ".join(sorted(proc.peers)))
+            self.ask_server("killing " + " ".join(sorted(proc.peers)))
 
     def send_stop(self, proc: WorkerProcess, now: float, why: str) -> None:
         proc.signal_at = None

@@ -152,14 +152,11 @@ def peers(server: Hub, args: list[str]) -> str:
     return "".join(lines) + ".\n"
 
 
-def drain(server: Hub, args: list[str]) -> str:
-    """farm's own (Unix socket only): ``drain PEER...`` -- hand these worker connections
-    no more jobs (grabs get NO_JOB, a PRE_SLEEP is never answered); their jobs in hand run
-    to their end. PEER is ``pid:N``, ``tcp:IP:PORT``, ``tcp:PORT`` (any IP) or ``fd:N``, as
-    ``peers`` lists them. ``OK N``: the worker connections now draining among those named
-    (0 when none is connected: nothing to do)."""
+def _named_workers(server: Hub, args: list[str], command: str) -> list[Writer] | str:
+    """The worker connections PEER... names (``pid:N``, ``tcp:IP:PORT``, ``tcp:PORT`` for
+    any IP, ``fd:N``, as ``peers`` lists them), or the error reply."""
     if not args:
-        return _incomplete("drain")
+        return _incomplete(command)
     wanted = set()
     ports = set()
     for arg in args:
@@ -171,14 +168,40 @@ def drain(server: Hub, args: list[str]) -> str:
         elif kind == "tcp" and value.rpartition(":")[2].isdigit():
             wanted.add(arg.lower())
         else:
-            return "ERR INVALID_ARGUMENTS drain+takes+pid:N,+tcp:IP:PORT,+tcp:PORT+or+fd:N\r\n"
-    count = 0
-    for conn in _worker_connections(server):
-        if conn.peer_port in ports or peer_name(conn).lower() in wanted:
-            if not conn.draining:
-                conn.drain()
-            count += 1
-    return f"OK {count}\r\n"
+            return f"ERR INVALID_ARGUMENTS {command}+takes+pid:N,+tcp:IP:PORT,+tcp:PORT+or+fd:N\r\n"
+    return [
+        conn
+        for conn in _worker_connections(server)
+        if conn.peer_port in ports or peer_name(conn).lower() in wanted
+    ]
+
+
+def drain(server: Hub, args: list[str]) -> str:
+    """farm's own (Unix socket only): ``drain PEER...`` -- hand these worker connections
+    no more jobs (grabs get NO_JOB, a PRE_SLEEP is never answered); their jobs in hand run
+    to their end. ``OK N``: the worker connections now draining among those named (0 when
+    none is connected: nothing to do)."""
+    named = _named_workers(server, args, "drain")
+    if isinstance(named, str):
+        return named
+    for conn in named:
+        if not conn.draining:
+            conn.drain()
+    return f"OK {len(named)}\r\n"
+
+
+def killing(server: Hub, args: list[str]) -> str:
+    """farm's own (Unix socket only): ``killing PEER...`` -- their supervisor kills these
+    workers now (past a drain's grace): drained, and a job one holds when it dies is failed
+    as stopped, not listed as a poison job, once ``job_retries`` allows it no other run."""
+    named = _named_workers(server, args, "killing")
+    if isinstance(named, str):
+        return named
+    for conn in named:
+        conn.killed = True
+        if not conn.draining:
+            conn.drain()
+    return f"OK {len(named)}\r\n"
 
 
 def cancel(server: Hub, args: list[str]) -> str:
@@ -262,6 +285,7 @@ COMMANDS: dict[str, Callable[[Hub, list[str]], str]] = {
     "metrics": metrics,
     "peers": peers,
     "drain": drain,
+    "killing": killing,
 }
 
 
@@ -276,7 +300,7 @@ CHANGES_STATE: dict[str, Callable[[list[str]], bool]] = {
 DENIED = "ERR PERMISSION_DENIED this+command+is+accepted+only+on+the+Unix+socket\r\n"
 #: farm's own commands about worker processes: refused on TCP whatever --tcp-admin says
 #: (they name local processes and can starve a function of workers).
-UNIX_ONLY = frozenset({"peers", "drain"})
+UNIX_ONLY = frozenset({"peers", "drain", "killing"})
 
 
 def run_admin(server: Hub, line: str, *, over_tcp: bool = False) -> str | None:

@@ -59,12 +59,13 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
         self.tcp = False  # counted in the hub's TCP shares (see connection_made)
         self.client_id = b"-"
         self.peer_uid: int | None = None  # Unix-socket peers only (SO_PEERCRED)
-        # Who is at the other end, for farm's admin `peers` and `drain`: the process on a
+        # Who is at the other end, for farm's admin `peers`, `drain` and `killing`: the process on a
         # Unix socket (SO_PEERCRED), the remote port on TCP (0: not known).
         self.peer_pid = 0
         self.peer_port = 0
         self.jobs_done = 0  # jobs this connection ended (WORK_COMPLETE / FAIL / EXCEPTION)
         self.draining = False  # admin `drain`: no more jobs for it (Dispatch.drain)
+        self.killed = False  # admin `killing`: its death is its supervisor's, not its job's
         # What the job model reads and writes (see jobs.Peer).
         self.abilities: dict[bytes, float] = {}
         self.running: dict[bytes, Job] = {}

@@ -294,9 +294,9 @@ class Dispatch:
     def _out_of_retries(self, worker: Peer, job: Job) -> None:
         function = job.function.decode("utf-8", "replace")
         handle = job.handle.decode("utf-8", "replace")
-        if worker.draining:
-            # Told to drain (farm stop, a deploy, a scale-down) and killed past its grace:
-            # no poison job, but one that may run only so many times.
+        if worker.killed:
+            # Its supervisor said it kills it (a drain past its grace: farm stop, a deploy,
+            # a scale-down): no poison job, but one that may run only so many times.
             log.warning(
                 "job %s: function %s: its worker was stopped past its grace; failed, as"
                 " job_retries = %d allows no other run",

@@ -44,11 +44,12 @@ class Writer(Protocol):
     ip: str
     client_id: bytes
     abilities: dict[bytes, float]
-    # farm's admin `peers` and `drain` (docs/server.md): who is at the other end, what it did.
+    # farm's admin `peers`, `drain`, `killing` (docs/server.md): who is at the other end, what it did.
     peer_pid: int  # Unix-socket peers (SO_PEERCRED); 0 on TCP
     peer_port: int  # TCP peers' remote port; 0 on a Unix socket
     jobs_done: int
     draining: bool
+    killed: bool  # admin `killing`: its supervisor kills it now
     running: dict[bytes, Job]
 
     def drain(self) -> None:

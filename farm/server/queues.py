@@ -47,6 +47,7 @@ class Peer(Protocol):
     sleeping: bool
     woken: bool  # woken (NOOP) and not come to grab yet; see JobServer._wake
     draining: bool  # farm's admin `drain`: no job is handed to it any more (Dispatch.drain)
+    killed: bool  # farm's admin `killing`: its supervisor kills it now, so its job was stopped
 
     def wake(self) -> None:
         """A sleeping worker has a job it can grab (NOOP)."""

@@ -22,6 +22,7 @@ class FakePeer:
         self.sleeping = False
         self.woken = False
         self.draining = False
+        self.killed = False
         self.told: list[tuple[Any, ...]] = []
 
     def wake(self) -> None:

@@ -153,30 +153,34 @@ def test_peers_and_drain_are_refused_over_tcp(srv, peers) -> None:
     assert admin.admin("DRAIN tcp:1") == denied
 
 
-def test_a_drained_worker_killed_with_its_job_is_no_poison(tmp_path, peers) -> None:
-    # The supervisor drains a worker before it kills it past its grace (farm stop, a
-    # scale-down). The death still counts (--job-retries 1 is at most once), but the job is
-    # not listed as a poison job, as one whose worker died unasked is.
+def test_a_worker_its_supervisor_kills_leaves_no_poison_job(tmp_path, peers) -> None:
+    # The supervisor says `killing` before it kills a worker past its drain's grace (farm
+    # stop, a scale-down). The death still counts (--job-retries 1 is at most once), but
+    # the job is not listed as a poison job, as one whose worker died unasked is; a worker
+    # that was only drained and then died is no different from any other.
     srv = start_farm_server("--job-retries", "1", unix=str(tmp_path / "farm.sock"))
     try:
         admin = connect(srv, peers, unix=True)
         client = connect(srv, peers)
         poisoned = []
-        for drained in (True, False):
+        for how in ("killing", "drain", None):
             worker = connect(srv, peers)
             worker.send(T.CAN_DO, "f")
             client.send(T.SUBMIT_JOB, "f", "", "x")
             handle = client.expect(T.JOB_CREATED).args[0]
             worker.send(T.GRAB_JOB)
             assert worker.expect(T.JOB_ASSIGN).args[0] == handle
-            if drained:
+            if how is not None:
                 port = worker.sock.getsockname()[1]
-                assert admin.admin(f"drain tcp:{port}") == "OK 1\r\n"
-            else:
+                assert admin.admin(f"{how} tcp:{port}") == "OK 1\r\n"
+            if how != "killing":
                 poisoned.append(handle.decode())
             worker.close()  # as a SIGKILL closes it
             assert client.expect(T.WORK_FAIL).args == (handle,), "run at most once"
         listed = admin.admin("show poison jobs")[:-2].splitlines()
-        assert [line.split("\t")[0] for line in listed] == poisoned, listed
+        assert sorted(line.split("\t")[0] for line in listed) == sorted(poisoned), listed
+        assert admin.admin("killing").startswith("ERR INVALID_ARGUMENTS")
+        tcp_admin = connect(srv, peers)
+        assert tcp_admin.admin("killing pid:1").startswith("ERR PERMISSION_DENIED")
     finally:
         srv.stop()
