@@ -59,8 +59,8 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
         self.tcp = False  # counted in the hub's TCP shares (see connection_made)
         self.client_id = b"-"
         self.peer_uid: int | None = None  # Unix-socket peers only (SO_PEERCRED)
-        # Who is at the other end, for farm's admin `peers`, `drain` and `killing`: the process on a
-        # Unix socket (SO_PEERCRED), the remote port on TCP (0: not known).
+        # Who is at the other end, for farm's admin `peers`, `drain` and `killing`: the
+        # process on a Unix socket (SO_PEERCRED), the remote port on TCP (0: not known).
         self.peer_pid = 0
         self.peer_port = 0
         self.jobs_done = 0  # jobs this connection ended (WORK_COMPLETE / FAIL / EXCEPTION)

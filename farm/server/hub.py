@@ -44,7 +44,8 @@ class Writer(Protocol):
     ip: str
     client_id: bytes
     abilities: dict[bytes, float]
-    # farm's admin `peers`, `drain`, `killing` (docs/server.md): who is at the other end, what it did.
+    # farm's admin `peers`, `drain`, `killing` (docs/server.md): who is at the other end,
+    # what it did.
     peer_pid: int  # Unix-socket peers (SO_PEERCRED); 0 on TCP
     peer_port: int  # TCP peers' remote port; 0 on a Unix socket
     jobs_done: int
