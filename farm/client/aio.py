@@ -34,6 +34,7 @@ from farm.protocol.checks import (
     check_name,
     check_priority,
     check_schedule,
+    check_status_key,
     check_unique,
 )
 from farm.protocol.client import (
@@ -195,16 +196,22 @@ class AsyncClient:
         return status
 
     async def status_unique(self, unique: str) -> JobStatus:
-        """Status of the job with this unique key (GET_STATUS_UNIQUE), on its server."""
-        check_unique(unique)
-        errors: list[str] = []
-        for addr in self._picker.order(unique):
+        """Status of the job with this unique key (GET_STATUS_UNIQUE): its key's server
+        first, then the others (it went elsewhere when that one was down)."""
+        key = check_status_key(unique)
+        status, errors = None, []
+        for addr in self._picker.order(key):
             try:
                 conn = await self._connect(addr)
-                return (await conn.ask(conn.session.get_status_unique(unique))).status
+                status = (await conn.ask(conn.session.get_status_unique(key))).status
             except ServerUnavailable as exc:
                 errors.append(str(exc))
-        raise ServerUnavailable("; ".join(errors))
+                continue
+            if status.known:
+                break
+        if status is None:
+            raise ServerUnavailable("; ".join(errors))
+        return status
 
     async def map(
         self,
@@ -366,11 +373,14 @@ class AsyncClient:
                     ssl=self.tls,
                     server_hostname=target.host if self.tls is not None else None,
                 )
-            _, conn = await asyncio.wait_for(opening, self.connect_timeout)
+            transport, conn = await asyncio.wait_for(opening, self.connect_timeout)
         except (OSError, TimeoutError) as exc:  # ssl.SSLError too: a refused certificate
             self._picker.mark_down(addr)
             why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise ServerUnavailable(f"{addr} ({why})") from None
+        if self._closed:  # close() came while this connected: nothing may go out on it
+            transport.close()
+            raise RuntimeError("this farm.AsyncClient is closed")
         conn.session.option("exceptions")  # so WORK_EXCEPTION reaches us, not just WORK_FAIL
         conn.resubmit = self._resubmit
         conn.send_soon()

@@ -25,6 +25,7 @@ from farm.protocol.checks import (
     check_name,
     check_priority,
     check_schedule,
+    check_status_key,
     check_unique,
 )
 from farm.protocol.client import (
@@ -36,6 +37,7 @@ from farm.protocol.client import (
     TaskListener,
     timeout_error,
 )
+from farm.protocol.codec import MAX_TIMEOUT
 
 __all__ = ["Client", "Task", "JobStatus"]
 
@@ -45,8 +47,11 @@ def _client_timeout(timeout: object) -> float | None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
-    if not 0 < timeout < float("inf"):  # also refuses nan
-        raise ValueError(f"timeout must be a number of seconds > 0 or None, not {timeout!r}")
+    if not 0 < timeout <= MAX_TIMEOUT:  # also refuses nan and inf
+        raise ValueError(
+            f"timeout must be a number of seconds > 0 and at most {MAX_TIMEOUT}, or None,"
+            f" not {timeout!r}"
+        )
     return timeout
 
 
@@ -108,6 +113,8 @@ class Client:
         try:
             return self.wait(task, timeout)
         except Timeout:
+            if task.handle is None:  # not even JOB_CREATED: a silent server, tried last a while
+                self._wire.picker.mark_down(task.server or "")
             self.abandon(task)  # the caller gave up
             raise
 
@@ -133,6 +140,7 @@ class Client:
         if not self._wire.pump(
             lambda: task.handle is not None or task.done, self._deadline(self.timeout)
         ):
+            self._wire.picker.mark_down(task.server or "")  # silent: tried last for a while
             self.abandon(task)  # a JOB_CREATED that comes later is dropped
             raise timeout_error(task, self.timeout)
         if task.error is not None:
@@ -186,15 +194,21 @@ class Client:
         return status
 
     def status_unique(self, unique: str) -> JobStatus:
-        """Status of the job with this unique key (GET_STATUS_UNIQUE), on its server."""
-        check_unique(unique)
-        errors: list[str] = []
-        for addr in self._wire.picker.order(unique):
+        """Status of the job with this unique key (GET_STATUS_UNIQUE): its key's server
+        first, then the others (it went elsewhere when that one was down)."""
+        key = check_status_key(unique)
+        status, errors = None, []
+        for addr in self._wire.picker.order(key):
             try:
-                return self._ask(addr, lambda s: s.get_status_unique(unique)).status
+                status = self._ask(addr, lambda s: s.get_status_unique(key)).status
             except ServerUnavailable as exc:
                 errors.append(str(exc))
-        raise ServerUnavailable("; ".join(errors))
+                continue
+            if status.known:
+                break
+        if status is None:
+            raise ServerUnavailable("; ".join(errors))
+        return status
 
     def echo(self, data: bytes | str = b"ping") -> bytes:
         """Round-trip ``data`` through a server (ECHO_REQ)."""
@@ -273,7 +287,9 @@ class Client:
             raise ServerUnavailable(f"{addr}: {exc.strerror or exc}") from exc
         query = make(conn.session)
         if not self._wire.pump(lambda: query.done, self._deadline(self.timeout)):
-            # Its answer, should it come, is matched and dropped; the connection stays.
+            # Its answer, should it come, is matched and dropped; the connection stays, and
+            # the server is tried last for a while.
+            self._wire.picker.mark_down(addr)
             raise ServerUnavailable(f"{addr} did not answer within {self.timeout}s")
         if query.error is not None:
             raise query.error

@@ -126,9 +126,16 @@ class Connections:
             raise RuntimeError("this farm.Client is closed")
         conn = self.conns.get(addr)
         if conn is not None:
-            if conn.session.busy or not conn.went_away():
+            if conn.session.busy:
                 return conn
-            self.drop(conn)
+            if conn.went_away():
+                self.drop(conn)
+            elif conn.session.refused:
+                # It answered ERROR and may close next (farm does after a packet over its
+                # --max-packet): a fresh connection, not a submit lost with this one.
+                self.close_one(conn)
+            else:
+                return conn
         sock = connect(addr, self.connect_timeout, self.tls)
         conn = Conn(addr, sock)
         conn.session.option("exceptions")  # so WORK_EXCEPTION reaches us, not just WORK_FAIL

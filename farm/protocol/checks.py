@@ -15,6 +15,7 @@ __all__ = [
     "check_unique",
     "check_priority",
     "check_schedule",
+    "check_status_key",
     "check_timeout",
 ]
 
@@ -36,6 +37,16 @@ def check_name(function: object) -> str:
     if not function or "\0" in function:
         raise ValueError(f"function name {function!r} must be non-empty and contain no NUL")
     return function
+
+
+def check_status_key(unique: object) -> str:
+    """The unique key a status question names: as ``check_unique``, and not empty."""
+    if unique is None:
+        raise TypeError("status_unique needs a unique key (a str), not None")
+    key = check_unique(unique)
+    if not key:
+        raise ValueError("status_unique needs a unique key, not an empty one")
+    return key
 
 
 def check_map(function: object, priority: object, max_in_flight: object) -> None:

@@ -96,6 +96,9 @@ class ClientSession:
         # the job's packets (one per submit), which must not reach the other tasks.
         self._silent: dict[str, list[Task[Any]]] = {}
         self.closed = False
+        # The server answered a request with ERROR: it may close the connection next (farm
+        # does after a packet over its --max-packet), so an idle one is not used again.
+        self.refused = False
         # Keyed by plain ints, as the decoder gives them (an IntEnum key costs an == each).
         handlers: dict[PT, Callable[[Packet, list[object]], None]] = {
             PT.JOB_CREATED: self._on_created,
@@ -293,6 +296,7 @@ class ClientSession:
     def _on_error(self, packet: Packet, events: list[object]) -> None:
         code = packet.args[0].decode("utf-8", "replace")
         text = packet.args[1].decode("utf-8", "replace")
+        self.refused = True
         if not self._awaiting:
             events.append(ServerErrorNotice(code=code, text=text))
             return

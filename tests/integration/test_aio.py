@@ -262,3 +262,16 @@ async def test_status_unique(served: Server) -> None:
         assert await client.wait(task, 30) == b"opened:u"
         with pytest.raises(ValueError, match="unique key"):
             await client.status_unique("u" * 64)
+
+
+@run_async
+async def test_close_while_connecting_sends_nothing(served: Server) -> None:
+    # close() came while a call's connection was being made: the call went out on it
+    # afterwards, ran, and the connection stayed open.
+    client = AsyncClient(served.addr)
+    call = asyncio.ensure_future(client.call("reverse", "late"))
+    await asyncio.sleep(0)  # the call is connecting
+    await client.close()
+    with pytest.raises((RuntimeError, farm.ServerUnavailable)):
+        await call
+    assert not [c for c in client._conns.values() if c.transport is not None]

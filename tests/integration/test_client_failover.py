@@ -3,6 +3,8 @@ server died mid-job is resubmitted once when it has a unique key."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import zlib
 from typing import Any
@@ -10,8 +12,9 @@ from typing import Any
 import pytest
 
 import farm
-from tests.helpers.servers import free_port, start_like
+from tests.helpers.servers import free_port, start_like, stop_process
 from tests.helpers.serving import reverse, serving
+from tests.helpers.waiting import wait_for
 
 
 @pytest.fixture
@@ -127,3 +130,50 @@ def test_async_client_follows_the_same_rule(two_servers) -> None:
     with serving(addrs, {"slow": slow}):
         assert asyncio.run(main()) == b"ok"
     assert runs == [b"p", b"p"]
+
+
+def test_a_server_that_stopped_answering_is_tried_last_after_one_timeout(two_servers) -> None:
+    # Rotation sent every other job to a hung (SIGSTOPped) server, each waiting out the
+    # client's timeout; as a refused server, it is now tried last for a while.
+    a, b = two_servers
+    addrs = [a.addr, b.addr]
+    with farm.Client(addrs, timeout=0.5) as c, serving(addrs, {"reverse": reverse}):
+        assert {c.call("reverse", b"%d" % i) for i in range(2)} == {b"0", b"1"}  # both up
+        stop_process(b.proc.pid)
+        try:
+            late = 0
+            for i in range(6):
+                try:
+                    assert c.call("reverse", b"x%d" % i) == b"%dx" % i
+                except farm.Timeout:
+                    late += 1
+            assert late <= 1, f"{late} of 6 calls went to the stopped server"
+        finally:
+            os.kill(b.proc.pid, signal.SIGCONT)
+
+
+def test_status_unique_asks_on_when_its_keys_server_does_not_know_it(two_servers) -> None:
+    # A job goes to another server when its key's own is down; once that one is back,
+    # status_unique took its "unknown" for an answer.
+    a, b = two_servers
+    addrs = [a.addr, b.addr]
+    key = next(k for k in (f"k{i}" for i in range(100)) if zlib.crc32(k.encode()) % 2 == 0)
+    gate = threading.Event()
+    fns = {"hold": lambda job: gate.wait(30) and b"done"}
+    with farm.Client(addrs, timeout=10) as c, serving([b.addr], fns):
+        stop_process(a.proc.pid)
+        try:
+            c._wire.picker.mark_down(a.addr)  # as a refused or silent server is
+            task = c.submit("hold", b"", unique=key, background=True)
+            assert task.server == b.addr
+        finally:
+            os.kill(a.proc.pid, signal.SIGCONT)
+        c._wire.picker.mark_up(a.addr)  # its key's server first again
+        wait_for("the job to run", lambda: c.status(task).running)
+        assert c.status_unique(key).known
+        gate.set()
+    with farm.Client(addrs) as c:
+        with pytest.raises(TypeError, match="unique key"):
+            c.status_unique(None)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="empty"):
+            c.status_unique("")
