@@ -69,7 +69,7 @@ class Client:
 
     ``timeout``: the longest this client waits on a server for anything (PHP's
     ``GearmanClient::setTimeout``): a ``call`` or ``wait`` given no timeout of its own,
-    ``submit``'s JOB_CREATED, ``status``, ``echo`` and each result of ``map``. None, the
+    ``submit``'s JOB_CREATED, ``status``, ``echo``, and each wait of ``map`` for a job to end. None, the
     default as in libgearman, waits as long as it takes.
     """
 
