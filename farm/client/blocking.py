@@ -69,8 +69,8 @@ class Client:
 
     ``timeout``: the longest this client waits on a server for anything (PHP's
     ``GearmanClient::setTimeout``): a ``call`` or ``wait`` given no timeout of its own,
-    ``submit``'s JOB_CREATED, ``status``, ``echo``, and each wait of ``map`` for a job to end. None, the
-    default as in libgearman, waits as long as it takes.
+    ``submit``'s JOB_CREATED, ``status``, ``echo``, and each wait of ``map`` for one of
+    its jobs to end. None, the default as in libgearman, waits as long as it takes.
     """
 
     def __init__(
