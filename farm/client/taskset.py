@@ -44,8 +44,8 @@ def task_set(
     priority: str,
 ) -> Iterator[bytes]:
     """Submit through ``submit``, read through ``pump(until)`` (False: ``timeout`` ran out,
-    the tasks in flight are given up through ``abandon`` and Timeout raised); yield each
-    result."""
+    and Timeout is raised); yield each result. Tasks still in flight when it ends early are
+    given up through ``abandon``."""
     ended = _Ended()
     index_of: dict[Task[TaskListener], int] = {}
     in_flight = 0
@@ -53,37 +53,42 @@ def task_set(
     next_out = 0
     held: dict[int, Task[TaskListener]] = {}
     exhausted = False
-    while True:
-        while not exhausted and in_flight < limit:
-            try:
-                data = next(payloads)
-            except StopIteration:
-                exhausted = True
-                break
-            task: Task[TaskListener] = Task(function, as_bytes(data), priority=priority)
-            task.owner = ended
-            index_of[task] = next_index
-            next_index += 1
-            in_flight += 1
-            submit(task)
-        if not in_flight:
-            return
-        if not pump(lambda: bool(ended.tasks)):
-            for task in index_of:
+    try:
+        while True:
+            while not exhausted and in_flight < limit:
+                try:
+                    data = next(payloads)
+                except StopIteration:
+                    exhausted = True
+                    break
+                task: Task[TaskListener] = Task(function, as_bytes(data), priority=priority)
+                task.owner = ended
+                index_of[task] = next_index
+                next_index += 1
+                in_flight += 1
+                submit(task)
+            if not in_flight:
+                return
+            if not pump(lambda: bool(ended.tasks)):
+                raise Timeout(f"map of {function}: no job ended within {timeout}s")
+            while ended.tasks:
+                task = ended.tasks.popleft()
+                in_flight -= 1
+                if not ordered:
+                    index_of.pop(task, None)
+                    yield _outcome(task)
+                    continue
+                held[index_of.pop(task)] = task
+                while next_out in held:
+                    done = held.pop(next_out)
+                    next_out += 1
+                    yield _outcome(done)
+    finally:
+        # Left early (a break, a job's error raised, a timeout): the jobs still in flight
+        # are given up, so the client keeps nothing of them once they end.
+        for task in index_of:
+            if not task.done:
                 abandon(task)
-            raise Timeout(f"map of {function}: no job ended within {timeout}s")
-        while ended.tasks:
-            task = ended.tasks.popleft()
-            in_flight -= 1
-            if not ordered:
-                index_of.pop(task, None)
-                yield _outcome(task)
-                continue
-            held[index_of.pop(task)] = task
-            while next_out in held:
-                done = held.pop(next_out)
-                next_out += 1
-                yield _outcome(done)
 
 
 def _outcome(task: Task[Any]) -> bytes:

@@ -245,6 +245,22 @@ def test_an_abandoned_task_is_dropped(any_server) -> None:
         assert not task.done and task.result is None  # its result, if it came, was dropped
 
 
+def test_a_map_left_early_gives_up_its_jobs_in_flight(farm_server) -> None:
+    # As AsyncClient.map does: a blocking map left with break kept its tasks (and their
+    # results, when they came) until the client closed.
+    gate = threading.Event()
+    fns = {"hold": lambda job: job.data if job.data == b"a" else gate.wait(30) and job.data}
+    with farm.Client(farm_server.addr) as c, serving(farm_server.addr, fns):
+        results = c.map("hold", [b"a", b"b", b"c"], max_in_flight=3, ordered=False)
+        assert next(results) == b"a"
+        results.close()  # what a break out of a for loop does
+        assert c.echo(b"sync") == b"sync"
+        (conn,) = c._wire.conns.values()
+        assert not conn.session._running, "nothing waits on the jobs in flight: given up"
+        gate.set()
+        assert c.call("hold", b"z", timeout=30) == b"z"
+
+
 def test_map_ordered_and_unordered_over_two_workers(any_server) -> None:
     payloads = [b"job%03d" % i for i in range(300)]
     fns = {"reverse": reverse}
