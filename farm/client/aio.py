@@ -38,11 +38,14 @@ from farm.protocol.checks import (
     check_unique,
 )
 from farm.protocol.client import (
+    ClientSession,
     JobData,
     JobEnded,
     JobProgress,
     JobStatus,
     JobWarning,
+    Query,
+    StatusResult,
     Task,
     lost_error,
     timeout_error,
@@ -181,36 +184,32 @@ class AsyncClient:
                 raise ValueError("the task has no handle yet")
             conn = await self._connect(job.server)
             return (await conn.ask(conn.session.get_status(job.handle))).status
-        status, errors = None, []
-        for addr in self._picker.order(""):
-            try:
-                conn = await self._connect(addr)
-                status = (await conn.ask(conn.session.get_status(job))).status
-            except ServerUnavailable as exc:
-                errors.append(str(exc))
-                continue
-            if status.known:
-                break
-        if status is None:  # "unknown" from nobody would read as "finished"
-            raise ServerUnavailable("no job server answered; tried " + "; ".join(errors))
-        return status
+        return await self._first_known(self._picker.order(""), lambda s: s.get_status(job))
 
     async def status_unique(self, unique: str) -> JobStatus:
         """Status of the job with this unique key (GET_STATUS_UNIQUE): its key's server
         first, then the others (it went elsewhere when that one was down)."""
         key = check_status_key(unique)
+        return await self._first_known(self._picker.order(key), lambda s: s.get_status_unique(key))
+
+    async def _first_known(
+        self, addrs: list[str], make: Callable[[ClientSession], Query[StatusResult]]
+    ) -> JobStatus:
+        """Ask each server in turn until one knows the job; its status, else the last
+        "unknown". ServerUnavailable when none answered: "unknown" from nobody would read
+        as "finished"."""
         status, errors = None, []
-        for addr in self._picker.order(key):
+        for addr in addrs:
             try:
                 conn = await self._connect(addr)
-                status = (await conn.ask(conn.session.get_status_unique(key))).status
+                status = (await conn.ask(make(conn.session))).status
             except ServerUnavailable as exc:
                 errors.append(str(exc))
                 continue
             if status.known:
                 break
         if status is None:
-            raise ServerUnavailable("; ".join(errors))
+            raise ServerUnavailable("no job server answered; tried " + "; ".join(errors))
         return status
 
     async def map(

@@ -33,6 +33,7 @@ from farm.protocol.client import (
     JobStatus,
     Query,
     Reply,
+    StatusResult,
     Task,
     TaskListener,
     timeout_error,
@@ -180,35 +181,14 @@ class Client:
             return self._ask(job.server, lambda s: s.get_status(handle)).status
         if not isinstance(job, str):
             raise TypeError(f"status() takes a Task or a handle string, not {type(job).__name__}")
-        status, errors = None, []
-        for addr in self._wire.picker.order(""):  # a bare handle names no server: ask each
-            try:
-                status = self._ask(addr, lambda s: s.get_status(job)).status
-            except ServerUnavailable as exc:
-                errors.append(str(exc))
-                continue
-            if status.known:
-                break
-        if status is None:  # "unknown" from nobody would read as "finished"
-            raise ServerUnavailable("no job server answered; tried " + "; ".join(errors))
-        return status
+        # A bare handle names no server: ask each.
+        return self._first_known(self._wire.picker.order(""), lambda s: s.get_status(job))
 
     def status_unique(self, unique: str) -> JobStatus:
         """Status of the job with this unique key (GET_STATUS_UNIQUE): its key's server
         first, then the others (it went elsewhere when that one was down)."""
         key = check_status_key(unique)
-        status, errors = None, []
-        for addr in self._wire.picker.order(key):
-            try:
-                status = self._ask(addr, lambda s: s.get_status_unique(key)).status
-            except ServerUnavailable as exc:
-                errors.append(str(exc))
-                continue
-            if status.known:
-                break
-        if status is None:
-            raise ServerUnavailable("; ".join(errors))
-        return status
+        return self._first_known(self._wire.picker.order(key), lambda s: s.get_status_unique(key))
 
     def echo(self, data: bytes | str = b"ping") -> bytes:
         """Round-trip ``data`` through a server (ECHO_REQ)."""
@@ -279,6 +259,25 @@ class Client:
             background=background,
             when=when,
         )
+
+    def _first_known(
+        self, addrs: list[str], make: Callable[[ClientSession], Query[StatusResult]]
+    ) -> JobStatus:
+        """Ask each server in turn until one knows the job; its status, else the last
+        "unknown". ServerUnavailable when none answered: "unknown" from nobody would read
+        as "finished"."""
+        status, errors = None, []
+        for addr in addrs:
+            try:
+                status = self._ask(addr, make).status
+            except ServerUnavailable as exc:
+                errors.append(str(exc))
+                continue
+            if status.known:
+                break
+        if status is None:
+            raise ServerUnavailable("no job server answered; tried " + "; ".join(errors))
+        return status
 
     def _ask(self, addr: str, make: Callable[[ClientSession], Query[Reply]]) -> Reply:
         try:

@@ -181,19 +181,20 @@ class SQLiteStore:
 
     def _delete_anyway(self, deletes: list[tuple[int]]) -> bool:
         """Write deletes alone while adds fail; on a full disk, with the reserve's room."""
-        for attempt in range(2):
+        try:
+            self._write([], deletes)
+        except sqlite3.Error:
+            if not self._release_reserve():
+                return False
             try:
                 self._write([], deletes)
             except sqlite3.Error:
-                if attempt or not self._release_reserve():
-                    return False
-                continue
-            try:  # copy the WAL into the database and cut it: the next deletes need room too
-                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error:
-                pass
-            return True
-        return False
+                return False
+        try:  # copy the WAL into the database and cut it: the next deletes need room too
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+        return True
 
     def _make_reserve(self) -> None:
         """Hold up to RESERVE_BYTES of disk, best effort: none on a disk with too little free
