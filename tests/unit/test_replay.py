@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,6 +51,41 @@ def test_a_claim_costs_twelve_bytes_and_workers_see_each_others(tmp_path: Path) 
         with pytest.raises(SignatureError, match="already ran"):
             workers[(n + 1) % 3].claim(n.to_bytes(16, "big"), expires, f"H:x:{n + 1000}")
         workers[(n + 2) % 3].claim(n.to_bytes(16, "big"), expires, f"H:x:{n}")  # a retry
+
+
+def _claim_all(directory: str, worker: int, ids: int, expires: int, start: Any, out: Any) -> None:
+    guard = ReplayGuard(Path(directory))
+    ran = []
+    start.wait()
+    for n in range(ids):
+        try:
+            guard.claim(n.to_bytes(16, "big"), expires, f"H:x:{worker}-{n}")
+        except SignatureError:
+            continue
+        ran.append(n)
+    out.put(ran)
+
+
+@pytest.mark.timeout(60)
+def test_workers_claiming_the_same_calls_at_once_run_each_exactly_once(tmp_path: Path) -> None:
+    # A replayed payload may reach two workers at the same moment: with no lock on the
+    # claims file, the first record of an id decides, and both workers read it.
+    ctx = mp.get_context("fork")
+    start, out = ctx.Barrier(4), ctx.Queue()
+    expires, ids = int(time.time()) + 600, 3000
+    procs = [
+        ctx.Process(target=_claim_all, args=(str(tmp_path / "calls"), w, ids, expires, start, out))
+        for w in range(4)
+    ]
+    for proc in procs:
+        proc.start()
+    ran = [out.get(timeout=50) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=10)
+        assert proc.exitcode == 0
+    counts = Counter(n for each in ran for n in each)
+    assert sorted(counts) == list(range(ids)), "a call no worker ran"
+    assert [n for n, c in counts.items() if c > 1] == [], "calls run twice"
 
 
 def test_a_worker_reads_again_a_minute_it_let_go_of(tmp_path: Path) -> None:
