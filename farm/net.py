@@ -200,7 +200,13 @@ def tls_from_env() -> ssl.SSLContext | None:
     return tls_context(ca, cert, os.environ.get("FARM_TLS_KEY"))
 
 
-def recv(sock: socket.socket, size: int) -> bytes:
+#: How much one read of a connection asks for. Not more: CPython allocates the whole size
+#: for every read and shrinks it to what came, and glibc maps an allocation over 128 KiB
+#: with mmap, so a 256 KiB read cost an mmap, an mremap and a munmap per packet read.
+READ_SIZE = 65536
+
+
+def recv(sock: socket.socket, size: int = READ_SIZE) -> bytes:
     """``sock.recv`` that also drains what TLS already decrypted: a selector cannot see
     bytes buffered inside the SSL object, so leaving them there would stall the reader."""
     data = sock.recv(size)

@@ -267,7 +267,7 @@ class Worker:
         if sock is None:  # lost earlier in this same turn of the loop
             return
         try:
-            data = recv(sock, 262144)
+            data = recv(sock)
         except OSError:
             data = b""
         if not data:

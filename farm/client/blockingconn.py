@@ -188,7 +188,7 @@ class Connections:
 
     def read(self, conn: Conn) -> None:
         try:
-            data = recv(conn.sock, 262144)
+            data = recv(conn.sock)
         except ssl.SSLError as exc:  # e.g. the server refused our certificate after the handshake
             self.drop(conn, f"ended the TLS session ({exc.reason or exc})")
             return

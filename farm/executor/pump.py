@@ -46,7 +46,7 @@ from farm.executor.payload import NO_SETUP, RemoteTraceback
 from farm.executor.poller import READ, WRITE, Poller
 from farm.executor.signing import Signer
 from farm.executor.waithere import WaitHere
-from farm.net import Waker
+from farm.net import READ_SIZE, Waker
 from farm.protocol import ProtocolError
 from farm.protocol.client import JobData, JobEnded, Task, lost_error
 
@@ -331,7 +331,7 @@ class Pump(Links, WaitHere):
         if self._conns.get(conn.addr) is not conn:
             return  # dropped by a write error in this same turn
         try:
-            data = conn.sock.recv(262144)
+            data = conn.sock.recv(READ_SIZE)
         except BlockingIOError:
             return
         except OSError:
