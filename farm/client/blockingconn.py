@@ -4,7 +4,11 @@ listener that hands a call's progress to its callbacks.
 
 This only moves bytes: what a reply means lives in ``farm.protocol.client``. A call
 sends its submit and reads every connection until its task is done, so results of other
-in-flight tasks (a ``map``) are filed on the way.
+in-flight tasks (a ``map``) are filed on the way. Sends never block: what a socket does
+not take at once waits for it to drain while replies are read, since a server stops
+reading a client that does not read its replies (farm's back-pressure), and a client
+blocked in a send of many large jobs would then wait on the server for ever as the
+server waits on it.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ log = logging.getLogger("farm.client")
 
 #: The longest one select() waits; a longer timeout is waited in such steps.
 MAX_SELECT = 3600.0
+#: What one TLS send takes at most (a record): a send OpenSSL could not finish must be
+#: retried with at least the same bytes, and the front of what waits stays put until then.
+TLS_SEND = 16384
 
 
 class Callbacks:
@@ -70,13 +77,15 @@ class Callbacks:
 
 
 class Conn:
-    __slots__ = ("addr", "sock", "session", "answered")
+    __slots__ = ("addr", "sock", "session", "answered", "unsent", "events")
 
     def __init__(self, addr: str, sock: socket.socket) -> None:
         self.addr = addr
         self.sock = sock
         self.session = ClientSession(addr)
         self.answered = False  # the server has said something on this connection
+        self.unsent = bytearray()  # what the socket did not take yet, in order
+        self.events = selectors.EVENT_READ  # what the selector waits for on it
 
     def why_closed(self) -> str:
         """How to word a close: a TLS server that refuses our certificate closes at once."""
@@ -166,13 +175,8 @@ class Connections:
         while True:
             for conn in list(self.conns.values()):
                 out = conn.session.data_to_send()
-                if out:
-                    try:
-                        conn.sock.sendall(out)
-                    except ssl.SSLError as exc:
-                        self.drop(conn, f"ended the TLS session ({exc.reason or exc})")
-                    except OSError:
-                        self.last_words(conn)
+                if out or conn.unsent:
+                    self.send(conn, out)
             if until():
                 return True
             if not self.conns:
@@ -183,8 +187,35 @@ class Connections:
                 if timeout <= 0:
                     return False
                 timeout = min(timeout, MAX_SELECT)  # epoll takes no more than 2**31 ms
-            for key, _ in select(timeout):
-                self.read(key.data)
+            for key, events in select(timeout):
+                conn = key.data
+                if events & selectors.EVENT_WRITE:
+                    self.send(conn, b"")
+                if events & selectors.EVENT_READ and self.conns.get(conn.addr) is conn:
+                    self.read(conn)
+
+    def send(self, conn: Conn, out: bytes) -> None:
+        """Send ``out`` after what waits, as much as the socket takes now; the selector
+        waits for it to take the rest (see the module docstring)."""
+        if conn.unsent:
+            conn.unsent += out
+        data = conn.unsent or out
+        try:
+            sent = _send_now(conn.sock, data)
+        except ssl.SSLError as exc:
+            self.drop(conn, f"ended the TLS session ({exc.reason or exc})")
+            return
+        except OSError:
+            self.last_words(conn)
+            return
+        if data is conn.unsent:
+            del conn.unsent[:sent]  # from the front: CPython moves no bytes for it
+        elif sent < len(data):
+            conn.unsent += memoryview(data)[sent:]
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.unsent else 0)
+        if events != conn.events:
+            conn.events = events
+            self.selector.modify(conn.sock, events, conn)
 
     def read(self, conn: Conn) -> None:
         try:
@@ -253,3 +284,23 @@ class Connections:
             task.done = True
             if task.owner is not None:
                 task.owner.task_event(JobEnded(task=task))
+
+
+def _send_now(sock: socket.socket, data: bytes | bytearray) -> int:
+    """Send what ``sock`` takes without waiting; how many bytes it took."""
+    if not isinstance(sock, ssl.SSLSocket):
+        try:
+            return sock.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return 0
+    sent = 0
+    sock.setblocking(False)  # ssl sockets take no flags
+    try:
+        with memoryview(data) as view:  # released before the caller resizes ``data``
+            while sent < len(view):
+                sent += sock.send(view[sent : sent + TLS_SEND])
+    except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+        pass
+    finally:
+        sock.setblocking(True)
+    return sent

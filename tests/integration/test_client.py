@@ -261,6 +261,44 @@ def test_a_map_left_early_gives_up_its_jobs_in_flight(farm_server) -> None:
         assert c.call("hold", b"z", timeout=30) == b"z"
 
 
+def test_a_map_of_large_jobs_reads_replies_while_it_sends(farm_server) -> None:
+    # farm's server stops reading a client that does not read its replies; a client
+    # blocked sending the rest of a map's jobs waited on the server for ever as the server
+    # waited on it. 128 jobs of 1 MiB: far more than the sockets between them buffer.
+    big = [bytes([i]) * (1 << 20) for i in range(128)]
+    got: list[bytes] = []
+    with (
+        farm.Client(farm_server.addr, timeout=60) as c,
+        serving(farm_server.addr, {"echo": lambda job: job.data}),
+    ):
+        mapping = threading.Thread(
+            target=lambda: got.extend(c.map("echo", big, max_in_flight=128)), daemon=True
+        )
+        mapping.start()
+        mapping.join(60)
+        assert not mapping.is_alive(), "the map is stuck"
+    assert got == big
+
+
+def test_the_clients_timeout_bounds_a_send_the_server_does_not_take(farm_server) -> None:
+    # A job larger than the sockets buffer, to a server that stopped: the send waited for
+    # ever, whatever the client's timeout. What was not sent waits for the server.
+    c = farm.Client(farm_server.addr, timeout=0.5)
+    with serving(farm_server.addr, {"reverse": reverse}):
+        assert c.call("reverse", b"ab") == b"ba"  # connected before the server stops
+    stop_process(farm_server.proc.pid)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(farm.Timeout, match="not confirmed"):
+            c.submit("reverse", b"x" * (24 << 20), background=True)
+        assert time.monotonic() - t0 < 20, "the timeout was not honoured"
+    finally:
+        os.kill(farm_server.proc.pid, signal.SIGCONT)
+    with serving(farm_server.addr, {"reverse": reverse}):
+        assert c.call("reverse", b"cd", timeout=60) == b"dc"  # after the rest of the big one
+    c.close()
+
+
 def test_map_ordered_and_unordered_over_two_workers(any_server) -> None:
     payloads = [b"job%03d" % i for i in range(300)]
     fns = {"reverse": reverse}

@@ -70,6 +70,10 @@ def test_client_and_worker_over_tls(tls_server: Server, pki: Path) -> None:
             assert list(client.map("reverse", [b"ab%d" % i for i in range(300)])) == [
                 (b"ab%d" % i)[::-1] for i in range(300)
             ]
+            # More than the sockets buffer: sends that TLS cannot finish at once are
+            # taken up again, record by record, while replies are read.
+            big = [bytes([i]) * (1 << 20) + b"." for i in range(48)]
+            assert list(client.map("reverse", big, max_in_flight=48)) == [b[::-1] for b in big]
     finally:
         worker.stop()
         thread.join(10)
