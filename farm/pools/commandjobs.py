@@ -64,7 +64,7 @@ def parse_peers(reply: str) -> list[PeerRow]:
     if not reply.endswith(".\n") or reply.startswith("ERR"):
         raise ValueError(f"not a peers listing: {reply[:80]!r}")
     rows = []
-    for line in reply[:-2].splitlines():
+    for line in reply[:-2].split("\n")[:-1]:  # not splitlines(): see protocol/admin.py
         peer, _fd, jobs, draining, handle, function, seconds, client_id = line.split("\t", 7)
         idle = handle == "-"
         rows.append(

@@ -46,7 +46,9 @@ class WorkerRow(NamedTuple):
 
 def _list_lines(text: str) -> list[str]:
     lines = []
-    for line in text.splitlines():
+    # "\n" only: splitlines() also splits at characters a name may hold (\x1c, U+2028).
+    for line in text.split("\n"):
+        line = line.removesuffix("\r")
         if line == ".":
             break
         if line:

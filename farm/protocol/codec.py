@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import re
 import struct
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -61,6 +62,11 @@ MAX_FUNCTION = 512
 MAX_TIMEOUT = 366 * 86400
 MAX_EPOCH = 1 << 40
 MAX_CLIENT_ID = 127
+#: What a function name or client id may not hold: the admin protocol's listings are lines
+#: (status, workers) and a name that breaks one breaks `farm status` and the supervisor's
+#: reading of them. ASCII controls; C1 controls (NEL among them) and the Unicode line and
+#: paragraph separators, as UTF-8, which Python's str.splitlines() also splits at.
+UNPRINTABLE = re.compile(rb"[\x00-\x1f\x7f]|\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]")
 #: OPTION_REQ of a worker asking the server to hold its grabs (docs/held-grab.md).
 OPTION_HELD_GRAB = b"held-grab"
 #: OPTION_REQ of a held-grab worker on a Unix socket: reading a pushed job accepts it.

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from time import monotonic
 
-from farm.protocol.codec import MAX_FUNCTION
+from farm.protocol.codec import MAX_FUNCTION, UNPRINTABLE
 from farm.protocol.kinds import Priority
 from farm.server.hub import Hub, Writer
 from farm.version import __version__
@@ -27,6 +27,16 @@ def _incomplete(command: str) -> str:
 
 def _too_long() -> str:
     return f"ERR ARGUMENT_TOO_LARGE function+names+are+at+most+{MAX_FUNCTION}+bytes\r\n"
+
+
+def _bad_name(name: bytes) -> str | None:
+    """Why an admin command may not make a function of ``name`` (the binary protocol's
+    rules: Connection.function_ok), or None."""
+    if len(name) > MAX_FUNCTION:
+        return _too_long()
+    if UNPRINTABLE.search(name):
+        return "ERR INVALID_ARGUMENTS function+names+hold+no+control+characters\r\n"
+    return None
 
 
 def _unknown(command: str) -> str:
@@ -218,8 +228,8 @@ def max_queue(server: Hub, args: list[str]) -> str:
     except ValueError:
         return _incomplete("maxqueue")
     name = _raw(args[0])
-    if len(name) > MAX_FUNCTION:
-        return _too_long()
+    if (bad := _bad_name(name)) and name not in server.jobs.functions:
+        return bad
     fq = server.jobs.function(name)
     if len(sizes) >= 3:
         fq.max_total, fq.max_by_priority = 0, (sizes[0], sizes[1], sizes[2])
@@ -232,8 +242,8 @@ def create_function(server: Hub, args: list[str]) -> str:
     if len(args) < 2 or args[0].lower() != "function":
         return _incomplete("create")
     name = _raw(args[1])
-    if len(name) > MAX_FUNCTION:
-        return _too_long()
+    if (bad := _bad_name(name)) and name not in server.jobs.functions:
+        return bad
     server.jobs.function(name)
     return OK
 

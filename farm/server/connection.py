@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import socket
 from collections.abc import Callable
 
@@ -36,7 +35,6 @@ log = logging.getLogger("farm.server")
 
 #: Bytes of replies a connection may leave unread and still be answered another admin command.
 MAX_UNREAD_ADMIN = 1 << 20
-_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 BUSY = b"ERR BUSY too+many+replies+unread;+read+them+first\r\n"
 
 
@@ -270,7 +268,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
         if len(name) > p.MAX_FUNCTION:
             self.send(error("ARGUMENT_TOO_LARGE", f"{what} is longer than {p.MAX_FUNCTION} bytes"))
             return False
-        if _CONTROL.search(name):
+        if p.UNPRINTABLE.search(name):
             # A tab or a newline would break the admin protocol's lines (status, workers),
             # and `farm status` with them, until the server restarted: farm refuses it.
             self.send(error("INVALID_COMMAND", f"{what} holds a control character"))
@@ -307,6 +305,10 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
             self.send(
                 error("ARGUMENT_TOO_LARGE", f"client id is longer than {p.MAX_CLIENT_ID} bytes")
             )
+            return
+        if p.UNPRINTABLE.search(client_id):
+            # It is a word of the `workers` listing: a newline in it planted lines there.
+            self.send(error("INVALID_COMMAND", "client id holds a control character"))
             return
         self.client_id = client_id or b"-"
 

@@ -421,7 +421,10 @@ def test_epoch_that_is_not_a_whole_number_is_refused_and_durability_survives(
         srv.stop()
 
 
-@pytest.mark.parametrize("name", [b"tab\tname", b"new\nline", b"bell\x07"])
+@pytest.mark.parametrize(
+    "name",
+    [b"tab\tname", b"new\nline", b"bell\x07", "line\u2028sep".encode(), b"nel\xc2\x85", b"fs\x1c"],
+)
 def test_a_function_name_with_a_control_character_is_refused_farm(keeper_farm, peer_factory, name):
     # It broke the admin protocol's lines, so `farm status` failed until a restart (gearmand
     # takes it; its status lines break the same way).
@@ -436,3 +439,23 @@ def test_a_function_name_with_a_control_character_is_refused_farm(keeper_farm, p
     assert name.decode() not in admin.admin("status")
     client.send(T.SUBMIT_JOB_BG, b"fine", b"", b"x")  # the connection goes on
     client.expect(T.JOB_CREATED)
+    # The same rules for a client id (a word of `workers`: a newline planted lines there).
+    worker.send(T.SET_CLIENT_ID, b"x :\n.\n99 " + name)
+    assert worker.expect(T.ERROR).args == (
+        b"INVALID_COMMAND",
+        b"client id holds a control character",
+    )
+    assert admin.admin("workers").count("\n.\n") == 1
+
+
+def test_admin_commands_make_no_function_the_binary_protocol_refuses(keeper_farm, peer_factory):
+    # `create function` and `maxqueue` made names with ESC and BS, which then passed the
+    # binary protocol's check ("a name the server holds was checked when it came").
+    srv, _ = keeper_farm
+    admin = peer_factory(srv.addr)
+    for name in ("\x1b[2JALL-DEAD\x08\x08", "csi\x9b31m"):
+        assert admin.admin(f"create function {name}").startswith("ERR INVALID_ARGUMENTS")
+        assert admin.admin(f"maxqueue {name} 5").startswith("ERR INVALID_ARGUMENTS")
+        assert name not in admin.admin("status")
+    assert admin.admin("create function fine-name") == "OK\r\n"
+    assert admin.admin("maxqueue fine-name 5") == "OK\r\n"

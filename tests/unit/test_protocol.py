@@ -130,6 +130,11 @@ def test_admin_replies_parse() -> None:
     ]
     # gearmand takes a tab in a function name: read from the right (farm status broke on it)
     assert pa.parse_status("a\tb\t1\t0\t0\n.\n") == [pa.StatusRow("a\tb", 1, 0, 0)]
+    # Lines end at "\n" alone: str.splitlines() also split at U+2028 and \x1c, which
+    # gearmand's names may hold (farm status failed on one).
+    assert pa.parse_status("a\u2028b\x1cc\t1\t0\t0\r\n.\n") == [
+        pa.StatusRow("a\u2028b\x1cc", 1, 0, 0)
+    ]
     with pytest.raises(p.ProtocolError, match="bad status line"):
         pa.parse_status("rev\tthree\t1\t2\n.\n")
     rows = pa.parse_workers("15 127.0.0.1 myid : rev up\n16 127.0.0.1 - :\n.\n")
@@ -171,3 +176,15 @@ def test_decoder_raises_only_its_own_error_on_garbage(data: bytes) -> None:
         decoder.check()
     except p.ProtocolError:
         pass
+
+
+def test_the_supervisors_reading_of_peers_splits_lines_at_newlines_only() -> None:
+    # A name with U+2028 split a `peers` line in two (str.splitlines), so the supervisor saw
+    # no listing and signalled every draining command worker at once.
+    from farm.pools.commandjobs import PeerRow, parse_peers
+
+    reply = "pid:7\t5\t3\t0\tH:x:1\tf\u2028g\t0.500\tid\nfd:9\t6\t0\t1\t-\t-\t-\t-\n.\n"
+    assert parse_peers(reply) == [
+        PeerRow("pid:7", 3, False, "H:x:1", "f\u2028g", 0.5, "id"),
+        PeerRow("fd:9", 0, True, "", "", None, "-"),
+    ]
