@@ -18,6 +18,7 @@ the control socket may change in ``steering``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import selectors
@@ -319,7 +320,15 @@ class Supervisor(Lifecycle, CommandJobs, Restarting, Steering):
                 if conn is not None:
                     self.selector.register(conn, selectors.EVENT_READ, conn)
             elif isinstance(key.data, ControlConnection):
-                self.read_request(key.data)
+                try:
+                    self.read_request(key.data)
+                except Exception:
+                    # A bug in one command must cost that command, never the farm and the
+                    # jobs its workers hold (a scale during the drain once did).
+                    log.exception("control request failed; the farm goes on")
+                    with contextlib.suppress(KeyError, ValueError):  # if still registered
+                        self.selector.unregister(key.fileobj)
+                    key.data.sock.close()
             elif isinstance(key.data, WorkerProcess):
                 self.read_report(key.data)
 

@@ -72,6 +72,7 @@ class Steering:
     kept_back: set[str]
     metrics_server: Any  # the /metrics HTTP server (farm.pools.metrics), None when off
     by_pid: dict[int, WorkerProcess]
+    stopping: bool  # draining to stop: nothing new starts, nothing may be scaled or replaced
     # `farm stop` clients that follow the drain, the workers it killed, when they last heard.
     drain_followers: tuple[ControlConnection, ...] = ()
     drain_killed: tuple[dict[str, Any], ...] = ()
@@ -113,6 +114,9 @@ class Steering:
                 log.warning("a scale request whose client has gone is not applied")
                 conn.sock.close()
                 return
+            if self.stopping:  # its pools' targets are gone: nothing would start anyway
+                conn.reply({"ok": False, "error": "the farm is stopping; nothing was scaled"})
+                return
             conn.reply(self.scale(message.get("changes")))
         elif cmd == "reload":
             asked, rereads = message.get("config"), self.rereads()
@@ -124,6 +128,9 @@ class Steering:
             restart = "restart" if message.get("restart") else None
             self.pending.append(Pending(Duty.RELOAD, restart, conn=conn))
         elif cmd == "restart":
+            if self.stopping:
+                conn.reply({"ok": False, "error": "the farm is stopping; nothing was restarted"})
+                return
             try:
                 picks = self.restart_picks(message.get("names") or [])
             except ValueError as e:

@@ -1,0 +1,71 @@
+"""A farm that is stopping: its running jobs finish, and nothing asked of it meanwhile
+(scale, restart, reload) changes that or takes the supervisor down."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from farm.client import Client
+from tests.helpers.farmproc import FarmUp
+from tests.helpers.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def farm_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from farm.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+
+
+def test_scale_restart_and_reload_while_stopping_are_refused_and_the_job_finishes(
+    tmp_path: Path,
+) -> None:
+    # `farm scale` during the drain raised KeyError in the supervisor (the pools' targets
+    # were cleared), which then died with the job still running: the caller lost it.
+    (tmp_path / "sleepy.py").write_text(
+        "import time\n\ndef nap(job):\n    time.sleep(float(job.data))\n    return b'awake'\n"
+    )
+    up = FarmUp(tmp_path, '[functions.nap]\ntarget = "sleepy:nap"\nworkers = 2\n')
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"nap": 2})
+        got: list[bytes | BaseException] = []
+
+        def call() -> None:
+            with Client(up.addr) as c:
+                try:
+                    got.append(c.call("nap", "3", timeout=30))
+                except BaseException as exc:  # what the test reports
+                    got.append(exc)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        wait_for("the job to start", lambda: up.workers("nap", "busy"))
+        up.signal(signal.SIGTERM)
+        up.expect_notify("STOPPING=1")
+        for args, word in (
+            (("scale", "nap=5"), "scaled"),
+            (("scale", "nap=+1"), "scaled"),
+            (("restart", "nap"), "restarted"),
+            (("reload",), "reloaded"),
+        ):
+            out = farm_cli(*args, "--control", up.control)
+            assert out.returncode == 1, (args, out.stdout, out.stderr)
+            assert f"the farm is stopping; nothing was {word}" in out.stderr, out.stderr
+        caller.join(30)
+        assert got == [b"awake"]
+        up.proc.wait(30)
+        assert up.proc.returncode == 0, up.read_log()[-2000:]
+        assert "Traceback" not in up.read_log()
+    finally:
+        up.stop()
