@@ -31,6 +31,7 @@ TUNING: dict[str, tuple[str, str | tuple[str, ...]]] = {
     "max_queued_bytes": ("--max-queued-bytes", "int"),
     "max_packet": ("--max-packet", "int"),
     "max_partial_bytes": ("--max-partial-bytes", "int"),
+    "max_unread_bytes": ("--max-unread-bytes", "int"),
     "max_abilities": ("--max-abilities", "int"),
     "wake_deadline": ("--wake-deadline", "number"),
     "backlog": ("--backlog", "int"),

@@ -3,14 +3,23 @@
 A connection whose peer does not read its replies (the transport passed its high-water
 mark) is not read either, so one slow reader cannot make the server buffer without
 bound; a worker streaming WORK_DATA or WARNING to such a client is not read until that
-client has drained. The state lives on the connection (``Connection.__init__``).
+client has drained. Replies it is sent still pile up (each job's result, echoes): what
+TCP peers leave unread counts against --max-unread-bytes, and past it the one leaving
+the most is disconnected, so local users cannot make the server buffer results until it
+runs out of memory. Unix-socket peers are the farm's own callers and are not counted.
+The state lives on the connection (``Connection.__init__``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
 
 from farm.server.jobs import Job
+
+log = logging.getLogger("farm.server")
 
 
 class BackPressure:
@@ -19,6 +28,12 @@ class BackPressure:
     # The connection's, read and written here (declared for the type checker).
     transport: asyncio.Transport | None
     closed: bool
+    tcp: bool
+    fd: int
+    ip: str
+    hub: Any  # farm.server.hub.Hub
+    partial: int
+    detach: Callable[[], None]
     write_paused: bool
     reading: bool
     waiting_on: set[BackPressure]
@@ -27,12 +42,47 @@ class BackPressure:
     def pause_writing(self) -> None:
         # The peer is not reading its replies: stop reading its requests until it does.
         self.write_paused = True
+        if self.tcp:
+            self.hub.slow_readers.add(self)
         self.update_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.hub.slow_readers.discard(self)
         self.update_reading()
         self.release_held_back()
+
+    def check_unread(self) -> None:
+        """After a write to a TCP peer that does not read: disconnect the peers leaving
+        the most unread until all of them together are within --max-unread-bytes."""
+        hub = self.hub
+        sizes = {
+            conn: conn.transport.get_write_buffer_size()
+            for conn in hub.slow_readers
+            if conn.transport is not None and not conn.closed
+        }
+        total, limit = sum(sizes.values()), hub.options.max_unread_bytes
+        for conn in sorted(sizes, key=sizes.__getitem__, reverse=True):
+            if total <= limit:
+                return
+            total -= sizes[conn]
+            log.warning(
+                "fd %d (%s): %d MiB of replies unread, and TCP peers together past"
+                " --max-unread-bytes; disconnecting it",
+                conn.fd,
+                conn.ip,
+                sizes[conn] >> 20,
+            )
+            conn.abort()
+
+    def abort(self) -> None:
+        """Close now, dropping what the peer left unread (a close would wait to send it)."""
+        self.closed = True
+        self.hub.count_partial(-self.partial, self.tcp)
+        self.partial = 0
+        if self.transport is not None:
+            self.transport.abort()
+        self.detach()  # what it held goes back to the queues now
 
     def update_reading(self) -> None:
         want = not (self.write_paused or self.waiting_on)

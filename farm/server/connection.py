@@ -122,6 +122,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.hub.slow_readers.discard(self)
         self.release_held_back()
         for client in self.waiting_on:
             client.held_back.discard(self)
@@ -230,6 +231,8 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
         if self.out and not self.closed and self.transport is not None:
             self.hub.stats.bytes_out += len(self.out)
             self.transport.write(bytes(self.out))
+            if self.write_paused and self.tcp:
+                self.check_unread()
         self.out.clear()
 
     def close(self) -> None:

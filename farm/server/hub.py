@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from farm.server.deadlines import Deadlines
 from farm.server.jobs import Job, JobServer
@@ -98,6 +98,9 @@ class Hub:
         self.partial_bytes = 0  # bytes of not yet whole packets, over all connections
         self.tcp_partial_bytes = 0  # of those, held by TCP connections
         self.tcp_connections = 0
+        # TCP connections whose peer stopped reading (past the transport's high-water mark):
+        # what they leave unread counts against --max-unread-bytes (BackPressure).
+        self.slow_readers: set[Any] = set()
         self.stats = ServerStats()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._flush_due = False

@@ -48,6 +48,7 @@ class ServerOptions:
     tcp_admin: str = "full"
     max_abilities: int = 4096  # functions one connection may register
     max_partial_bytes: int = 256 << 20  # bytes of unfinished packets all connections may hold
+    max_unread_bytes: int = 256 << 20  # bytes of replies TCP peers together may leave unread
     # Seconds a woken worker has to grab, or a pushed job to be accepted, before another
     # worker gets the job (also the job model's own default, dispatch.WAKE_DEADLINE).
     wake_deadline: float = 0.5
@@ -219,6 +220,15 @@ def build_parser(
         f" (default {DEFAULTS.max_partial_bytes >> 20} MiB)",
     )
     ap.add_argument(
+        "--max-unread-bytes",
+        type=int,
+        default=DEFAULTS.max_unread_bytes,
+        metavar="BYTES",
+        help="bytes of replies that TCP peers not reading them may leave buffered, all"
+        " together; past it the one leaving the most is disconnected"
+        f" (default {DEFAULTS.max_unread_bytes >> 20} MiB)",
+    )
+    ap.add_argument(
         "--wake-deadline",
         type=float,
         default=DEFAULTS.wake_deadline,
@@ -299,6 +309,8 @@ def parse_args(
         ap.error("--max-connections must be at least 1")
     if ns.max_partial_bytes < ns.max_packet:
         ap.error("--max-partial-bytes must be at least --max-packet (one whole packet)")
+    if ns.max_unread_bytes < ns.max_packet:
+        ap.error("--max-unread-bytes must be at least --max-packet (one whole reply)")
     if not 0.01 <= ns.wake_deadline <= 60:
         ap.error("--wake-deadline must be between 0.01 and 60 seconds")
     if ns.max_abilities < 1:
@@ -341,6 +353,7 @@ def parse_args(
         tcp_admin=ns.tcp_admin,
         max_abilities=ns.max_abilities,
         max_partial_bytes=ns.max_partial_bytes,
+        max_unread_bytes=ns.max_unread_bytes,
         wake_deadline=ns.wake_deadline,
         metrics=metrics_address(ap, ns.metrics),
         hints=ns.hints,
