@@ -68,6 +68,7 @@ class ClientSide:
     exceptions: bool  # OPTION_REQ exceptions: WORK_EXCEPTION, not WORK_FAIL
     fd: int
     ip: str
+    tcp: bool  # a TCP peer: its jobs count in the TCP share of --max-queued-bytes
 
     def client(self) -> Peer:
         return self  # type: ignore[return-value]  # a Connection, which is one
@@ -100,6 +101,7 @@ class ClientSide:
                 background=background,
                 reducer=reducer,
                 when=when,
+                tcp=self.tcp,
             )
         except QueueFull as full:
             # gearmand's words to the client; why, in the log (a full byte budget looked

@@ -31,6 +31,7 @@ from farm.server.queues import (
     Outcome,
     Peer,
     Progress,
+    QueuedBytes,
     QueueFull,
     Timer,
     held_bytes,
@@ -81,9 +82,8 @@ class JobServer(Dispatch):
     ) -> None:
         self.max_queue = max_queue  # default `maxqueue` of every new function
         self.job_retries = job_retries
-        # Payload bytes held by live jobs; bounded so a flood cannot exhaust memory.
-        self.queued_bytes = 0
-        self.max_queued_bytes = max_queued_bytes
+        # Bytes held by live jobs; bounded so a flood cannot exhaust memory.
+        self.queued = QueuedBytes(max_queued_bytes)
         # Clients keep a handle in 64 bytes (libgearman's GEARMAN_JOB_HANDLE_SIZE, with its
         # NUL): the host is cut so that "H:host:" and 20 digits always fit, as gearmand does.
         host = (hostname or socket.gethostname()).encode()[:MAX_HANDLE_HOST]
@@ -170,13 +170,15 @@ class JobServer(Dispatch):
         reducer: bytes | None = None,
         when: float = 0.0,
         store_id: int = 0,
+        tcp: bool = False,
     ) -> Job:
         """Queue a job (or join the live job with the same function and unique).
 
         ``client`` is the foreground submitter to attach; None for background.
         Raises QueueFull when the function's queue is at its maximum, and
         StoreError when a background job cannot be made durable. ``store_id``
-        is given when replaying a job that is already stored.
+        is given when replaying a job that is already stored; ``tcp`` when a TCP peer
+        submits it (QueuedBytes).
         """
         # `-` means "the payload is the unique": such jobs coalesce with each other
         # on their payload (never with a literal unique, never when empty), and
@@ -198,23 +200,22 @@ class JobServer(Dispatch):
         if not store_id:
             if fq.full(priority):
                 raise QueueFull(f"function {function.decode(errors='replace')} is at its maxqueue")
-            if self.max_queued_bytes and self.queued_bytes + size > self.max_queued_bytes:
+            refusal = self.queued.refusal(size, tcp)
+            if refusal is not None:
                 raise QueueFull(
-                    f"function {function.decode(errors='replace')}: the live jobs' bytes would"
-                    f" pass --max-queued-bytes ({self.max_queued_bytes}; [server]"
-                    " max_queued_bytes under farm up)"
+                    f"function {function.decode(errors='replace')}: {refusal};"
+                    " [server] max_queued_bytes under farm up)"
                 )
         handle = self.prefix + str(next(self._counter)).encode()
         job = Job(
             handle, function, unique, data, priority, background, reducer, when, next(self._seq)
         )
         job.key = key
-        job.size = size
         if store_id:
             job.store_id = store_id
         elif background and self.store is not None:
             job.store_id = self._store_add(job)  # may raise StoreError: nothing registered yet
-        self.queued_bytes += size
+        self.queued.take(job, size, tcp or bool(store_id))
         self.jobs[handle] = job
         if key:
             self.uniques[(function, key)] = job
@@ -342,7 +343,7 @@ class JobServer(Dispatch):
 
     def _forget(self, job: Job) -> None:
         if self.jobs.pop(job.handle, None) is not None:
-            self.queued_bytes -= job.size
+            self.queued.give_back(job)
         if job.store_id and self.store is not None:
             self.store.remove(job.store_id)
             job.store_id = 0

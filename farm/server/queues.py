@@ -110,6 +110,7 @@ class Job:
         "expiry",
         "since",
         "size",
+        "tcp",
     )
 
     def __init__(
@@ -143,7 +144,8 @@ class Job:
         self.store_id = 0  # row in the durable store; 0 when not stored
         self.expiry: Expiry | None = None  # its CAN_DO_TIMEOUT deadline, while it runs
         self.since = 0.0  # monotonic: when it was queued, then when a worker took it
-        self.size = 0  # the bytes it holds, as --max-queued-bytes counts them (jobs._held)
+        self.size = 0  # the bytes it holds, as --max-queued-bytes counts them (held_bytes)
+        self.tcp = False  # counted in the TCP peers' share of them (QueuedBytes)
 
     def __repr__(self) -> str:
         return f"<Job {self.handle.decode()} {self.function.decode()!r}>"
@@ -267,3 +269,40 @@ def held_bytes(function: bytes, unique: bytes, data: bytes, reducer: bytes | Non
     only the payload (a flood of long names must hit the limit too), and JOB_OVERHEAD."""
     n = len(function) + len(unique) + len(data) + JOB_OVERHEAD
     return n + len(reducer) if reducer else n
+
+
+class QueuedBytes:
+    """What live jobs hold against --max-queued-bytes (0: no limit). Jobs submitted over
+    TCP may hold three quarters of it together: the rest is kept for the farm's own
+    callers on the Unix socket, so that a local user who fills the queues with jobs no
+    worker serves does not shut them out. Jobs replayed from the store count as TCP's
+    (where a job came from is not stored): that can only leave TCP peers less."""
+
+    __slots__ = ("limit", "held", "tcp_held")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.tcp_held = 0
+
+    def refusal(self, size: int, tcp: bool) -> str | None:
+        """Why a new job of ``size`` bytes may not be queued, or None."""
+        limit = self.limit
+        if not limit:
+            return None
+        if self.held + size > limit:
+            return f"the live jobs' bytes would pass --max-queued-bytes ({limit}"
+        if tcp and self.tcp_held + size > limit - limit // 4:
+            return f"TCP peers' jobs would pass their share, 3/4 of --max-queued-bytes ({limit}"
+        return None
+
+    def take(self, job: Job, size: int, tcp: bool) -> None:
+        job.size, job.tcp = size, tcp
+        self.held += size
+        if tcp:
+            self.tcp_held += size
+
+    def give_back(self, job: Job) -> None:
+        self.held -= job.size
+        if job.tcp:
+            self.tcp_held -= job.size

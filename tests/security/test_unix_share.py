@@ -1,6 +1,7 @@
 """What one TCP peer -- any local user -- can take of the server's limits, the Unix socket
-keeps a share of: connections (--max-connections) and unfinished packets' bytes
-(--max-partial-bytes), so the farm's own workers and Executor calls are not locked out."""
+keeps a share of: connections (--max-connections), unfinished packets' bytes
+(--max-partial-bytes) and queued jobs' bytes (--max-queued-bytes), so the farm's own
+workers and Executor calls are not locked out."""
 
 from __future__ import annotations
 
@@ -63,6 +64,29 @@ def test_tcp_peers_cannot_take_the_unix_sockets_share_of_unfinished_packets(
         assert err.args[0] == b"ARGUMENT_TOO_LARGE" and b"partly received" in err.args[1]
         local = Peer(f"unix:{unix}")
         local.send_raw(header + b"f\0\0" + b"z" * 949_997)
+        assert local.expect(T.JOB_CREATED).type == T.JOB_CREATED
+    finally:
+        srv.stop()
+
+
+def test_tcp_peers_cannot_take_the_unix_sockets_share_of_queued_bytes(
+    peer_factory: Callable[[str], Peer],
+) -> None:
+    # A local user queued background jobs for a function no worker serves until the queue
+    # was full: the farm's own Executor then got QUEUE_ERROR on the Unix socket, and the
+    # jobs outlived the user's connection (and, stored, a restart).
+    unix = unix_path()
+    srv = start_farm_server("--max-queued-bytes", "4000000", unix=unix)  # TCP's: 3 MB
+    try:
+        wait_for("the Unix socket", lambda: os.path.exists(unix))
+        hog = peer_factory(srv.addr)
+        for _ in range(3):
+            hog.send(T.SUBMIT_JOB_LOW_BG, "junk", "", b"x" * 900_000)
+            hog.expect(T.JOB_CREATED)
+        hog.send(T.SUBMIT_JOB_LOW_BG, "junk", "", b"x" * 900_000)
+        assert hog.expect(T.ERROR).args == (b"QUEUE_ERROR", b"Job queue is full")
+        local = Peer(f"unix:{unix}")
+        local.send(T.SUBMIT_JOB_BG, "mine", "", b"y" * 900_000)  # the quarter kept for it
         assert local.expect(T.JOB_CREATED).type == T.JOB_CREATED
     finally:
         srv.stop()

@@ -47,7 +47,7 @@ def test_discarded_jobs_do_not_pile_up_in_the_deque() -> None:
         jobs.submit(client, b"f", b"", b"x" * 1024)
     jobs.detach_client(client)
     fq = jobs.functions[b"f"]
-    assert fq.counts == [0, 0, 0] and not jobs.jobs and jobs.queued_bytes == 0
+    assert fq.counts == [0, 0, 0] and not jobs.jobs and jobs.queued.held == 0
     assert sum(len(q) for q in fq.queues) == 0
 
 
@@ -132,11 +132,11 @@ def test_queued_bytes_count_every_argument_not_only_the_payload() -> None:
     jobs = JobServer(hostname="t", max_queued_bytes=1000 + 2 * JOB_OVERHEAD)
     long_name = b"f" * 450
     first = jobs.submit(None, long_name, b"u" * 40, b"x" * 10, background=True)
-    assert jobs.queued_bytes == 500 + JOB_OVERHEAD
+    assert jobs.queued.held == 500 + JOB_OVERHEAD
     with pytest.raises(QueueFull):
         jobs.submit(None, long_name + b"2", b"", b"y" * 60, background=True)  # 511 more
     jobs.cancel(first.handle)
-    assert jobs.queued_bytes == 0
+    assert jobs.queued.held == 0
 
 
 def test_empty_jobs_meet_the_bytes_limit_too() -> None:
@@ -180,3 +180,24 @@ def test_can_do_timeouts_share_a_timer_per_length_and_fail_only_the_overdue_job(
     assert len(jobs.timeouts) <= MAX_TIMEOUT_LENGTHS + 1
     live = [t for t in clock.timers if not t.cancelled]
     assert len(live) <= MAX_TIMEOUT_LENGTHS + 1, "a dropped length's timer is cancelled"
+
+
+def test_jobs_over_tcp_may_hold_three_quarters_of_the_queued_bytes() -> None:
+    # The rest is the Unix socket's: the farm's own callers are not shut out by a local
+    # user filling the queue. Replayed jobs (their origin is not stored) count as TCP's.
+    size = JOB_OVERHEAD + 1  # an empty job of "f"
+    jobs = JobServer(hostname="t", max_queued_bytes=8 * size)
+    for _ in range(6):
+        jobs.submit(None, b"f", b"", b"", background=True, tcp=True)
+    with pytest.raises(QueueFull, match="TCP peers' jobs would pass their share"):
+        jobs.submit(None, b"f", b"", b"", background=True, tcp=True)
+    jobs.submit(None, b"f", b"", b"", background=True)
+    jobs.submit(None, b"f", b"", b"", background=True)
+    with pytest.raises(QueueFull, match="would pass --max-queued-bytes"):
+        jobs.submit(None, b"f", b"", b"", background=True)
+    assert jobs.queued.held == 8 * size and jobs.queued.tcp_held == 6 * size
+    for job in list(jobs.jobs.values()):
+        jobs._forget(job)
+    assert (jobs.queued.held, jobs.queued.tcp_held) == (0, 0)
+    jobs.submit(None, b"f", b"", b"", background=True, store_id=7)  # replayed
+    assert jobs.queued.tcp_held == size
