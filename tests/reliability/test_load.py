@@ -14,7 +14,6 @@ import pytest
 
 from farm import protocol as p
 from farm.protocol import PacketType as T
-from farm.server.jobs import JOB_OVERHEAD
 from tests.helpers.peers import Peer
 from tests.helpers.servers import Server, connect, start_farm_server
 from tests.helpers.waiting import wait_for
@@ -124,7 +123,7 @@ def test_total_queued_bytes_limit_gives_queue_error(tmp_path) -> None:
     srv = start_farm_server("--max-queued-bytes", "3000", "-l", str(log))
     try:
         peer = Peer(srv.addr)
-        peer.send(T.SUBMIT_JOB_BG, "f", "", b"a" * 600)  # 600 + 1 + JOB_OVERHEAD
+        peer.send(T.SUBMIT_JOB_BG, "f", "", b"a" * 600)  # 600 + 1 + 512 (JOB_OVERHEAD)
         peer.expect(T.JOB_CREATED)
         peer.send(T.SUBMIT_JOB_BG, "f", "", b"b" * 700)
         assert peer.expect(T.ERROR).args == (b"QUEUE_ERROR", b"Job queue is full")  # gearmand's
