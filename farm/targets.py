@@ -14,6 +14,7 @@ import importlib.util
 import os
 import sys
 from collections.abc import Callable
+from importlib.machinery import ModuleSpec, PathFinder
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,8 @@ def target_problem(target: str) -> str | None:
     if added:
         sys.path.insert(0, os.getcwd())
     try:
-        spec = importlib.util.find_spec(module)
-    except Exception as e:  # a parent package that fails to import, a bad name
+        spec = _find_unrun(module)
+    except Exception as e:  # a bad name
         why = f"{type(e).__name__}: {e}"
         return f"cannot import {module!r} ({why}); check the module path and PYTHONPATH"
     finally:
@@ -52,6 +53,25 @@ def target_problem(target: str) -> str | None:
     if spec.origin and spec.origin.endswith(".py") and not _defines(spec.origin, attr):
         return f"module {module!r} ({spec.origin}) defines no {attr!r}; check the function name"
     return None
+
+
+def _find_unrun(module: str) -> ModuleSpec | None:
+    """``module``'s spec, found without running any of it: importlib.util.find_spec
+    imports a dotted name's parent packages (their __init__ ran in the supervisor, and
+    one that sleeps or raises held or failed the whole farm). Each package's directories
+    are searched instead; a parent already imported is used as it is."""
+    parts = module.split(".")
+    spec = importlib.util.find_spec(parts[0])  # a top-level name: nothing is imported
+    for depth in range(2, len(parts) + 1):
+        name = ".".join(parts[:depth])
+        loaded = sys.modules.get(name)
+        if loaded is not None and loaded.__spec__ is not None:
+            spec = loaded.__spec__
+            continue
+        if spec is None or spec.submodule_search_locations is None:
+            return None  # its parent is not a package
+        spec = PathFinder.find_spec(name, list(spec.submodule_search_locations))
+    return spec
 
 
 def _defines(source_path: str, name: str) -> bool:

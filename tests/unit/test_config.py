@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import textwrap
 from pathlib import Path
 
@@ -188,6 +189,19 @@ def test_a_target_that_raises_on_import_is_left_to_the_worker(
     monkeypatch.chdir(tmp_path)
     cfg = config.load(write(tmp_path, GOOD.replace("workers.hashing:compress", "boom:job")))
     assert cfg.functions["rev"].target == "boom:job"
+    # Nor its parent package's __init__ (find_spec imported it: one that slept held the
+    # supervisor, one that raised was a config error, exit 2, and systemd gave up).
+    pkg = tmp_path / "boompkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("raise RuntimeError('no DB')\n")
+    (pkg / "jobs.py").write_text("def job(j):\n    return b''\n")
+    cfg = config.load(write(tmp_path, GOOD.replace("workers.hashing:compress", "boompkg.jobs:job")))
+    assert cfg.functions["rev"].target == "boompkg.jobs:job"
+    assert "boompkg" not in sys.modules
+    message = error_of(tmp_path, GOOD.replace("workers.hashing:compress", "boompkg.jobs:nope"))
+    assert "defines no 'nope'" in message  # still found, and read
+    message = error_of(tmp_path, GOOD.replace("workers.hashing:compress", "boompkg.nojobs:job"))
+    assert "no module named 'boompkg.nojobs'" in message
 
 
 def test_bad_toml_and_missing_functions(tmp_path: Path) -> None:
