@@ -103,9 +103,10 @@ class Executor(_BaseExecutor):
     socket only (farm.discovery; never TCP, which every local user can reach).
     A str, list or tuple of str in ``max_workers``' place still means servers
     (DeprecationWarning). ``function``: the pool serving
-    ``farm.executor.call:run_call``. ``priority``: "high", "normal" or "low"
-    for every job. ``key_file``: the farm's secret key (default
-    $FARM_KEY_FILE, else ~/.local/state/farm/executor.key).
+    ``farm.executor.call:run_call``, a reserved ``farm.*`` name (ValueError
+    otherwise). ``priority``: "high", "normal" or "low" for every job.
+    ``key_file``: the farm's secret key (default $FARM_KEY_FILE, else
+    ~/.local/state/farm/executor.key).
 
     Arguments and results whose pickle is over 1 MiB travel as files in
     ``spill_dir`` (default: ``$FARM_SPILL_DIR``, else ``[executor] spill_dir`` of
@@ -142,6 +143,14 @@ class Executor(_BaseExecutor):
         init = None if initializer is None else dump_initializer(initializer, tuple(initargs))
         addresses = parse_servers(executor_servers() if servers is None else servers)
         function = check_name(function)
+        if not function.startswith("farm."):
+            # A farm server hands farm.* functions only to the farm's own workers; any other
+            # name, any local user may register for over TCP, and read the calls it takes.
+            raise ValueError(
+                f"function {function!r} is not a farm.* name: name the Executor's pool"
+                " farm.SOMETHING (farm.python is the default), which other users' workers"
+                " cannot take"
+            )
         window = checked or 0
         if checked is None:  # the pool's own size, as ProcessPoolExecutor's default is the cores
             asked = function_workers(addresses, function, timeout=min(connect_timeout, 1.0))

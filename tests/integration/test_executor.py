@@ -665,28 +665,23 @@ def test_worker_refuses_unsigned_payloads_without_unpickling(
 def test_worker_with_another_key_refuses_the_executor(tmp_path: Path) -> None:
     small = ExecutorFarm(tmp_path, count=0)
     try:
-        small.add_worker(ensure_key(tmp_path / "other.key"), name="other.pool")
+        small.add_worker(ensure_key(tmp_path / "other.key"), name="farm.other")
         refused = pytest.raises(farm.JobException, match="SignatureError.*this farm's key")
-        with small.executor(function="other.pool") as ex, refused:
+        with small.executor(function="farm.other") as ex, refused:
             ex.submit(add, 1, 2).result(timeout=30)
     finally:
         small.stop()
 
 
-def test_client_refuses_unsigned_results_without_unpickling(
-    farm_server: Server, tmp_path: Path
-) -> None:
+def test_client_refuses_unsigned_results_without_unpickling(tmp_path: Path) -> None:
     marker = tmp_path / "unpickled"
-    worker = farm.Worker(farm_server.addr)
-    worker.register("fake.python", lambda job: MAGIC + b"\0" * 32 + pickle.dumps(Marker(marker)))
+    small = ExecutorFarm(tmp_path, count=0)
+    worker = farm.Worker(f"unix:{small.unix}")  # a worker the server trusts, gone bad
+    worker.register("farm.fake", lambda job: MAGIC + b"\0" * 32 + pickle.dumps(Marker(marker)))
     thread = threading.Thread(target=worker.work, daemon=True)
     thread.start()
     try:
-        with farm.Executor(
-            servers=farm_server.addr,
-            function="fake.python",
-            key_file=str(ensure_key(tmp_path / "k")),
-        ) as ex:
+        with small.executor(function="farm.fake") as ex:
             future: Future[Any] = ex.submit(add, 1, 2)
             with pytest.raises(SignatureError):
                 future.result(timeout=30)
@@ -694,25 +689,36 @@ def test_client_refuses_unsigned_results_without_unpickling(
     finally:
         worker.stop()
         thread.join(10)
+        small.stop()
 
 
-def test_a_result_signed_for_another_call_is_refused(farm_server: Server, tmp_path: Path) -> None:
+def test_an_executor_pool_must_have_a_reserved_name(tmp_path: Path) -> None:
+    # Any other name, any local user may register a worker for over TCP and read the
+    # calls (and hold them: the caller waited until its timeout).
+    with pytest.raises(ValueError, match="'python' is not a farm.\\* name"):
+        farm.Executor(servers="unix:/nowhere", function="python", key_file=str(tmp_path / "k"))
+
+
+def test_a_result_signed_for_another_call_is_refused(tmp_path: Path) -> None:
     # Whoever answers a call -- a worker that took it, or a result captured from another
     # call -- may hold a validly signed result; it must still be this call's.
-    key = ensure_key(tmp_path / "k")
-    signer = Signer(load_key(key))
+    small = ExecutorFarm(tmp_path, count=0)
+    signer = Signer(load_key(small.key))
     elsewhere = signer.seal(RESULT, os.urandom(CALL_ID_SIZE) + pickle.dumps((OK, 42)))
-    worker = farm.Worker(farm_server.addr)
-    worker.register("stolen.python", lambda job: elsewhere)
+    worker = farm.Worker(f"unix:{small.unix}")
+    worker.register("farm.stolen", lambda job: elsewhere)
     thread = threading.Thread(target=worker.work, daemon=True)
     thread.start()
     try:
-        ex = farm.Executor(servers=farm_server.addr, function="stolen.python", key_file=str(key))
-        with ex, pytest.raises(SignatureError, match="for another call"):
+        with (
+            small.executor(function="farm.stolen") as ex,
+            pytest.raises(SignatureError, match="for another call"),
+        ):
             ex.submit(add, 1, 2).result(timeout=30)
     finally:
         worker.stop()
         thread.join(10)
+        small.stop()
 
 
 def test_a_captured_call_runs_once_and_an_expired_one_never(
