@@ -276,6 +276,11 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
             # and `farm status` with them, until the server restarted: farm refuses it.
             self.send(error("INVALID_COMMAND", f"{what} holds a control character"))
             return False
+        if self.tcp and len(self.jobs.functions) >= self.hub.options.max_functions:
+            # Each costs memory, a line of `status` and a series of the metrics: local users
+            # must not make them without bound (the farm's own peers on the Unix socket may).
+            self.send(error("QUEUE_ERROR", "the server holds --max-functions functions"))
+            return False
         return True
 
     def refuse(self, text: str, code: str = "INVALID_COMMAND") -> None:

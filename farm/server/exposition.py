@@ -7,9 +7,11 @@ the server's loop, so a server nobody scrapes pays nothing for it.
 
 Label sets stay bounded: a function is labelled by its name once a worker has
 registered it (``FunctionQueue.served``, kept while its entry lives, so a pool
-that is recycling keeps its series); every function nobody has served is
-summed under ``function="other"``, so a client inventing names cannot grow the
-scrape without limit.
+that is recycling keeps its series), the first MAX_LABELLED such functions only;
+every other function is summed under ``function="other"``, so neither a client
+inventing names nor a worker registering thousands can grow the scrape without
+limit (4,096 names from one TCP worker made a 145 MB scrape that held the server
+for 4 s).
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ __all__ = ["exposition", "serve_http", "CONTENT_TYPE"]
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: The label of every function no worker serves, summed (bounded label sets).
 OTHER = "other"
+#: Functions labelled by name at most (the oldest served first: the farm's own pools).
+MAX_LABELLED = 256
+#: HTTP connections to --metrics at once; more are closed at once.
+MAX_SCRAPERS = 32
 
 _COUNTERS = (
     ("submitted", "Jobs submitted (a submit joining a live job of the same unique is not one)."),
@@ -157,7 +163,7 @@ def _by_label(functions: Iterable[FunctionQueue]) -> list[tuple[str, list[Functi
     other: list[FunctionQueue] = []
     for fq in functions:
         name = fq.name.decode("utf-8", "replace")
-        if fq.served and name != OTHER:  # a function named "other" joins the sum
+        if fq.served and name != OTHER and len(named) < MAX_LABELLED:  # "other" joins the sum
             named.append((name, [fq]))
         else:
             other.append(fq)
@@ -177,9 +183,16 @@ def exposition(hub: Hub) -> bytes:
 
 async def serve_http(hub: Hub, host: str, port: int) -> asyncio.AbstractServer:
     """``GET /metrics`` on HOST:PORT, answered in the server's own loop (the numbers are read
-    where they change, so no lock is needed), one request per connection."""
+    where they change, so no lock is needed), one request per connection, at most
+    MAX_SCRAPERS connections at once: any local user can reach the port, and connections
+    held open there took the descriptors kept for the Unix socket's callers."""
+    open_now = [0]
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if open_now[0] >= MAX_SCRAPERS:
+            writer.transport.abort()
+            return
+        open_now[0] += 1
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             method, _, rest = head.partition(b" ")
@@ -202,6 +215,7 @@ async def serve_http(hub: Hub, host: str, port: int) -> asyncio.AbstractServer:
         except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         finally:
+            open_now[0] -= 1
             writer.close()
 
     return await asyncio.start_server(answer, host, port, reuse_address=True)

@@ -47,6 +47,7 @@ class ServerOptions:
     # "read-only": cancel job, maxqueue N, create/drop function only on the Unix socket.
     tcp_admin: str = "full"
     max_abilities: int = 4096  # functions one connection may register
+    max_functions: int = 65536  # functions the server holds before TCP peers may add none
     max_partial_bytes: int = 256 << 20  # bytes of unfinished packets all connections may hold
     max_unread_bytes: int = 256 << 20  # bytes of replies TCP peers together may leave unread
     # Seconds a woken worker has to grab, or a pushed job to be accepted, before another
@@ -211,6 +212,14 @@ def build_parser(
         help="functions one connection may register; past it: ERROR, close (default %(default)s)",
     )
     ap.add_argument(
+        "--max-functions",
+        type=int,
+        default=DEFAULTS.max_functions,
+        metavar="N",
+        help="functions the server holds (registered, queued or running) past which a TCP peer"
+        " naming a new one gets ERROR; Unix-socket peers may still (default %(default)s)",
+    )
+    ap.add_argument(
         "--max-partial-bytes",
         type=int,
         default=DEFAULTS.max_partial_bytes,
@@ -313,6 +322,8 @@ def parse_args(
         ap.error("--max-unread-bytes must be at least --max-packet (one whole reply)")
     if not 0.01 <= ns.wake_deadline <= 60:
         ap.error("--wake-deadline must be between 0.01 and 60 seconds")
+    if ns.max_functions < 1:
+        ap.error("--max-functions must be at least 1")
     if ns.max_abilities < 1:
         ap.error("--max-abilities must be at least 1")
     if ns.max_packet < 1024:
@@ -352,6 +363,7 @@ def parse_args(
         worker_uids=frozenset(ns.worker_uid or [os.getuid()]),
         tcp_admin=ns.tcp_admin,
         max_abilities=ns.max_abilities,
+        max_functions=ns.max_functions,
         max_partial_bytes=ns.max_partial_bytes,
         max_unread_bytes=ns.max_unread_bytes,
         wake_deadline=ns.wake_deadline,

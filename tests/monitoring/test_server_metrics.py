@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -206,4 +207,40 @@ def test_functions_nobody_serves_are_summed_under_other(
         assert value(text, "farm_jobs_queued", function="served", priority="low") == 1
         assert value(text, "farm_workers", function="served") == 0
     finally:
+        srv.stop()
+
+
+def test_connections_to_the_endpoint_are_bounded() -> None:
+    # Any local user can reach it: connections held open there (a request never finished)
+    # took the descriptors kept for the Unix socket's callers. 32 at once; more are closed.
+    port = free_port()
+    srv = start_farm_server("--metrics", f"127.0.0.1:{port}")
+    held: list[socket.socket] = []
+    try:
+        for _ in range(32):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET /met")
+            held.append(s)
+        extra = socket.create_connection(("127.0.0.1", port))
+        extra.settimeout(10)
+        try:
+            assert extra.recv(100) == b"", "the 33rd is closed at once"
+        except ConnectionResetError:
+            pass
+        extra.close()
+        for s in held:
+            s.close()
+        url = f"http://127.0.0.1:{port}/metrics"
+
+        def scraped() -> bool:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as reply:
+                    return b"farm_jobs_submitted_total" in reply.read()
+            except (urllib.error.URLError, ConnectionError):
+                return False
+
+        wait_for("a scrape once the held ones are gone", scraped)
+    finally:
+        for s in held:
+            s.close()
         srv.stop()

@@ -90,3 +90,37 @@ def test_tcp_peers_cannot_take_the_unix_sockets_share_of_queued_bytes(
         assert local.expect(T.JOB_CREATED).type == T.JOB_CREATED
     finally:
         srv.stop()
+
+
+def test_tcp_peers_cannot_make_functions_past_max_functions(
+    peer_factory: Callable[[str], Peer],
+) -> None:
+    # 25 TCP connections of 4,096 names each made the server hold 13 GB, and a scrape of
+    # its metrics took minutes; only 256 of the names are ever labelled in the metrics.
+    unix = unix_path()
+    srv = start_farm_server("--max-functions", "300", unix=unix)
+    try:
+        wait_for("the Unix socket", lambda: os.path.exists(unix))
+        hog = peer_factory(srv.addr)
+        hog.send_raw(b"".join(p.encode_req(T.CAN_DO, b"f%d" % i) for i in range(300)))
+        hog.send(T.CAN_DO, "one-more")
+        assert hog.expect(T.ERROR).args == (
+            b"QUEUE_ERROR",
+            b"the server holds --max-functions functions",
+        )
+        hog.send(T.SUBMIT_JOB_BG, "another", "", "x")
+        assert hog.expect(T.ERROR).args[0] == b"QUEUE_ERROR"
+        hog.send(T.SUBMIT_JOB_BG, "f7", "", "x")  # a function it holds takes jobs
+        hog.expect(T.JOB_CREATED)
+        local = Peer(f"unix:{unix}")
+        local.send(T.SUBMIT_JOB_BG, "mine", "", "x")
+        local.expect(T.JOB_CREATED)
+        metrics = local.admin("metrics")
+        labelled = {
+            line.split('function="')[1].split('"')[0]
+            for line in metrics.splitlines()
+            if line.startswith("farm_workers{")
+        }
+        assert len(labelled) == 257 and "other" in labelled  # 256 names, and the sum
+    finally:
+        srv.stop()
