@@ -51,16 +51,33 @@ NAME, LEGACY_NAME, LEGACY_TTL = "claims", "calls", 24 * 3600
 def default_directory() -> Path:
     """Where the pool keeps its claims: in shared memory (a claim on a disk's file system
     cost ~0.8 ms here, in tmpfs ~7 µs), in a directory private to this user and named for
-    the farm's key; beside the key file when shared memory is missing or not safe."""
+    the farm's key; beside the key file when shared memory is missing or not safe.
+
+    Every worker of the pool must choose the same: another user who made the directory
+    in /dev/shm first (its name can be worked out) and removed it later would otherwise
+    have the workers started before and after keep claims in two places, and a captured
+    call run once in each. So once one worker has fallen back to the key's directory,
+    every later one uses it too (its existence is the choice)."""
     key = key_path()
+    beside_key = key.with_name(NAME)  # not "calls-run": the first farms made that by default
+    if beside_key.is_dir():
+        return beside_key
     digest = hashlib.sha256(str(key.resolve()).encode()).hexdigest()[:12]
     shm = Path("/dev/shm")
     if shm.is_dir():
         try:
             return private_dir(shm / f"farm-{os.getuid()}-{NAME}-{digest}")
         except (UnsafeDirectory, OSError) as exc:
-            log.warning("replay record not in %s (%s); using the key's directory", shm, exc)
-    return key.with_name("calls-run")
+            log.warning(
+                "the replay record's directory in %s is not safe to use (%s); this pool keeps"
+                " its claims in %s from now on (slower; remove that directory to go back"
+                " to %s once no worker runs)",
+                shm,
+                exc,
+                beside_key,
+                shm,
+            )
+    return beside_key
 
 
 #: Claims are filed by their call's expiry, this many seconds to a file.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -117,3 +119,25 @@ def test_an_older_farms_directory_of_links_goes_once_its_day_is_over(tmp_path: P
     wait_for(
         "the links removed", lambda: [p.name for p in tmp_path.iterdir()] == [guard.directory.name]
     )
+
+
+def test_every_worker_keeps_its_claims_where_the_first_fallback_put_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another user who made the pool's /dev/shm directory first (its name can be worked
+    # out) and removed it later split the record: workers started before kept their claims
+    # beside the key, those after in /dev/shm, and a captured call ran once in each.
+    from farm.executor import replay
+    from farm.executor.signing import KEY_ENV
+
+    monkeypatch.setenv(KEY_ENV, str(tmp_path / "executor.key"))
+    shm = Path(tempfile.mkdtemp(prefix="shm-"))
+    monkeypatch.setattr(replay, "Path", lambda p: shm if p == "/dev/shm" else Path(p))
+    squatted = replay.default_directory()  # made private, as a worker would
+    assert squatted.parent == shm
+    os.chmod(squatted, 0o777)  # as if another user had made it: not private, refused
+    first = replay.default_directory()
+    assert first == tmp_path / "claims"
+    ReplayGuard(first)  # the first worker's guard makes it
+    os.rmdir(squatted)  # the squatter leaves
+    assert replay.default_directory() == first, "a later worker must use the same record"
