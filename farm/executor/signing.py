@@ -108,6 +108,7 @@ def load_key(path: str | os.PathLike[str] | None = None, *, create: bool = True)
         with open(target, "rb") as f:
             info = os.fstat(f.fileno())
             mode = info.st_mode
+            acl = _has_acl(f.fileno())
             text = f.read().strip()
     except OSError as exc:
         raise KeyFileError(
@@ -119,6 +120,12 @@ def load_key(path: str | os.PathLike[str] | None = None, *, create: bool = True)
             f"key file {target} is accessible to others or writable by its group"
             f" (mode {mode & 0o777:o}); run: chmod 600 {target} (or 640 to share it with"
             " the farm's group)"
+        )
+    if acl:
+        # Its mode bits then show the ACL's mask, not who may read it (a named user).
+        raise KeyFileError(
+            f"key file {target} has an access ACL, which may let other users read it;"
+            f" run: setfacl -b {target} (share it through the farm's group instead)"
         )
     if os.getuid() == 0 and info.st_uid != 0:
         # root reads any file: one another user made (in a shared directory, before the farm
@@ -134,6 +141,14 @@ def load_key(path: str | os.PathLike[str] | None = None, *, create: bool = True)
     if len(key) < 16:
         raise KeyFileError(f"key file {target} must hold at least 32 hex digits")
     return key
+
+
+def _has_acl(fd: int) -> bool:
+    """Whether the file has a POSIX access ACL beyond its mode bits (kept as an xattr)."""
+    try:
+        return "system.posix_acl_access" in os.listxattr(fd)
+    except OSError:  # a file system without extended attributes has no ACLs
+        return False
 
 
 class Signer:

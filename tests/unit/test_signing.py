@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,21 @@ def test_key_open_to_others_or_writable_by_its_group_is_refused(tmp_path: Path, 
     path = ensure_key(tmp_path / "k")
     os.chmod(path, mode)
     with pytest.raises(KeyFileError, match="chmod 600"):
+        load_key(path)
+
+
+def test_key_with_an_access_acl_is_refused(tmp_path: Path) -> None:
+    # Mode 640 then shows the ACL's mask: `user:mallory:r` passed the mode check.
+    path = ensure_key(tmp_path / "k")
+    entries = [(0x01, 6, ~0), (0x02, 4, 65534), (0x04, 0, ~0), (0x10, 4, ~0), (0x20, 0, ~0)]
+    blob = struct.pack("<I", 2) + b"".join(
+        struct.pack("<HHI", tag, perm, ident & 0xFFFFFFFF) for tag, perm, ident in entries
+    )
+    try:
+        os.setxattr(path, "system.posix_acl_access", blob)
+    except OSError as exc:
+        pytest.skip(f"this file system takes no POSIX ACL ({exc.strerror})")
+    with pytest.raises(KeyFileError, match="has an access ACL.*setfacl -b"):
         load_key(path)
 
 
