@@ -70,8 +70,12 @@ def adopt_legacy_store(store: str | os.PathLike[str]) -> bool:
 
 
 def runtime_dir() -> Path:
-    """Where sockets go when no config names them (never needs root): ``$XDG_RUNTIME_DIR/farm``,
-    else ``fallback_runtime_dir()``."""
+    """Where sockets go when no config names them (never needs root): systemd's
+    ``$RUNTIME_DIRECTORY`` (RuntimeDirectory=farm; the fallback in /tmp is the service's
+    own under PrivateTmp=), else ``$XDG_RUNTIME_DIR/farm``, else ``fallback_runtime_dir()``."""
+    systemd = os.environ.get("RUNTIME_DIRECTORY")
+    if systemd:
+        return Path(systemd.split(":")[0])
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and os.path.isdir(xdg):
         return Path(xdg) / "farm"

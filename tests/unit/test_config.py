@@ -236,6 +236,7 @@ def test_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_defaults_need_no_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     cfg = config.load(None)
@@ -245,6 +246,11 @@ def test_defaults_need_no_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert set(cfg.functions) >= {"reverse", "resize", "thumbnail", "pbkdf2"}
     monkeypatch.delenv("XDG_RUNTIME_DIR")
     assert runtime_dir() == Path(f"/tmp/farm-{os.getuid()}")
+    # Under systemd (RuntimeDirectory=farm): its directory, not the fallback in /tmp, which
+    # PrivateTmp= makes the service's own.
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "run"))
+    assert runtime_dir() == tmp_path / "run"
+    assert config.load(None).supervisor.control == f"{tmp_path}/run/control.sock"
 
 
 def test_binary_garbage_is_one_line_not_a_traceback(tmp_path: Path) -> None:
