@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from farm.config import Config, ExecutorConfig
+from farm.config import Config, ExecutorConfig, FunctionConfig
 from farm.net import Waker
 from farm.pools import sdnotify
 from farm.pools.commandjobs import CommandJobs
@@ -64,6 +64,7 @@ class Supervisor(Lifecycle, CommandJobs, Restarting, Steering):
         self.rollout: Rollout | None = None  # the latest `farm restart`
         self.rollouts = 0
         self.kept_back: set[str] = set()
+        self.reloaded_from: dict[str, FunctionConfig] = {}
         self.polling = False  # a command worker starts or a restart runs: look again soon
         self.by_pid: dict[int, WorkerProcess] = {}
         self.child_env = sdnotify.child_environ()

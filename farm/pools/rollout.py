@@ -25,7 +25,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from farm.config import Config, FunctionConfig
@@ -54,6 +54,8 @@ class Rollout:
     replaced: Counter[str] = field(default_factory=Counter)
     in_flight: dict[str, set[int]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # pool -> why its rollout stopped
+    # A reload's pools: what their running workers ran, to go back to if the new fails.
+    before: dict[str, FunctionConfig] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
 
@@ -81,6 +83,8 @@ class Restarting:
     rollout: Rollout | None
     rollouts: int
     kept_back: set[str]  # pools whose new options did not boot: they keep their old workers
+    # A reload's pools with new options: what they ran before (Steering.reload), to go back to.
+    reloaded_from: dict[str, FunctionConfig]
 
     # Provided by Lifecycle (farm.pools.lifecycle); declared for the type checker.
     start_process: Callable[[Slot, FunctionConfig], WorkerProcess | None]
@@ -103,6 +107,7 @@ class Restarting:
         self.rollout = Rollout(
             self.rollouts, queue, {n: len(q) for n, q in queue.items()}, in_flight={}
         )
+        self.take_reloaded(self.rollout, list(picks))
         log.info("restart %d: replacing %s", self.rollouts, self.progress(self.rollout))
         return self.rollout.report()
 
@@ -118,9 +123,16 @@ class Restarting:
             ro.queue[name] = list(range(len(self.slots.get(name, ()))))
             ro.total[name] = ro.replaced[name] + len(flying) + len(ro.queue[name])
             ro.failed.pop(name, None)  # an earlier failure of the pool is not this try's
+        self.take_reloaded(ro, names)
         self.kept_back -= set(names)
         log.info("restart %d: also replacing %s", ro.number, ", ".join(names))
         return ro.report()
+
+    def take_reloaded(self, ro: Rollout, names: list[str]) -> None:
+        """What a reload's pools ran before now belongs to this rollout (fail_pool)."""
+        for name in names:
+            if name in self.reloaded_from:
+                ro.before.setdefault(name, self.reloaded_from.pop(name))
 
     def restart_status(self) -> dict[str, Any]:
         if self.rollout is None:
@@ -225,3 +237,11 @@ class Restarting:
         ro.failed[name] = message
         ro.queue[name] = []
         self.kept_back.add(name)
+        before = ro.before.pop(name, None)
+        now = self.config.functions.get(name)
+        if before is not None and now is not None:
+            # New processes of the pool (a crash's, a scale's, a recycle's) start as the
+            # running ones did, not with what did not boot, until the next reload tries it.
+            functions = {**self.config.functions, name: replace(before, workers=now.workers)}
+            self.config = replace(self.config, functions=functions)
+            log.warning("restart: %s goes on with its running target and options", name)

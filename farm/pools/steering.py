@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from farm.config import Config, capacity_problem, load_config
+from farm.config import Config, FunctionConfig, capacity_problem, load_config
 from farm.config.defaults import DEFAULTS_SOURCE
 from farm.discovery import find_config
 from farm.errors import ConfigError
@@ -70,6 +70,7 @@ class Steering:
     # Pools whose new target or options did not boot in a reload's rollout: their running
     # workers keep the old ones until a rollout tries the pool again (rollout.fail_pool).
     kept_back: set[str]
+    reloaded_from: dict[str, FunctionConfig]  # what a reload's changed pools ran before
     metrics_server: Any  # the /metrics HTTP server (farm.pools.metrics), None when off
     by_pid: dict[int, WorkerProcess]
     stopping: bool  # draining to stop: nothing new starts, nothing may be scaled or replaced
@@ -386,9 +387,11 @@ class Steering:
                     "reload: %s changed (target or options); its workers will be replaced", name
                 )
                 changed.append(name)
+                self.reloaded_from[name] = before  # what its running workers run
                 for slot in self.slots.get(name, ()):  # a fixed target need not wait out a backoff
                     slot.failures, slot.failing, slot.next_start = 0, False, 0.0
         for name in old.functions.keys() - new.functions.keys():
+            self.reloaded_from.pop(name, None)
             log.info("reload: %s removed; draining its workers", name)
             self.targets.pop(name, None)
         log.info("reloaded %s", new.source)

@@ -300,15 +300,27 @@ def test_reload_to_a_target_that_does_not_boot_keeps_the_old_workers(tmp_path: P
             assert client.call("f", "", timeout=10) == b"old"
         finally:
             client.close()
-        # A reload that changes nothing of f leaves it kept on its old options.
-        assert farm_cli("reload", "--control", up.control).returncode == 0
+        # The farm goes on with what runs: a worker started later (a crash's successor) runs
+        # the old target too. It started the one that did not boot, for good.
+        os.kill(before["pid"], signal.SIGKILL)
+        (after,) = wait_for(
+            "a successor", lambda: [r for r in up.workers("f", "idle") if r["pid"] != before["pid"]]
+        )
+        client = Client(up.addr)
+        try:
+            assert client.call("f", "", timeout=10) == b"old"
+        finally:
+            client.close()
+        # The same file read again is tried again, and fails again: nothing is drained.
+        out = farm_cli("reload", "--control", up.control)
+        assert out.returncode == 1 and "stays" in out.stderr, (out.stdout, out.stderr)
         client = Client(up.addr)
         try:
             assert client.call("f", "", timeout=10) == b"old"  # a drained f could not answer
         finally:
             client.close()
         (row,) = up.workers("f")
-        assert row["pid"] == before["pid"] and row["state"] == "idle"
+        assert row["pid"] == after["pid"] and row["state"] == "idle"
         # Fixed: the next reload replaces it.
         up.write_config('[functions.f]\ntarget = "good:job"\nworkers = 2\n')
         assert farm_cli("reload", "--control", up.control).returncode == 0
