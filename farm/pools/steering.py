@@ -215,18 +215,20 @@ class Steering:
         """Every process the supervisor runs, for `farm ps`."""
         now = time.monotonic()
         rows = [self.row(os.getpid(), "supervisor", None, None, "running", self.started, now)]
-        if self.server.pid:
-            state = "ready" if self.server.ready else "starting"
+        if self.config.local_server:  # a server waiting out its backoff has a row too
+            srv = self.server
+            state = ("ready" if srv.ready else "starting") if srv.pid else "backoff"
             rows.append(
                 self.row(
-                    self.server.pid,
+                    srv.pid,
                     "server",
                     None,
                     None,
                     state,
-                    self.server.started,
+                    srv.started if srv.pid else None,
                     now,
-                    restarts=self.server.restarts,
+                    restarts=srv.restarts,
+                    last_exit=srv.last_exit,
                 )
             )
         for slots in self.slots.values():

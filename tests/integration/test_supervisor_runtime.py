@@ -251,6 +251,16 @@ def test_a_dead_job_server_is_restarted_and_workers_come_back(tmp_path: Path) ->
         finally:
             client.close()
         assert "job server (pid" in up.read_log() and "was killed by SIGKILL" in up.read_log()
+        # Killed again soon after, it waits out a backoff (0.5 s): `farm ps` shows it so (its
+        # row was missing, and workers idle beside no server looked like a healthy farm).
+        (server,) = new_server()
+        os.kill(server["pid"], signal.SIGKILL)
+
+        def waiting() -> list[dict]:
+            return [r for r in up.ps() if r["function"] == "server" and r["state"] == "backoff"]
+
+        (row,) = wait_for("the server's row in its backoff", waiting)
+        assert row["pid"] is None and "SIGKILL" in row["last_exit"] and row["restarts"] == 2
     finally:
         assert up.stop() == 0
 
