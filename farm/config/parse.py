@@ -91,6 +91,7 @@ class Validator(TableReader):
             executor=self.executor(raw.get("executor", {})),
         )
         self.reserved_pools(config)
+        self.metrics_port_free(config)
         command = next((p.name for p in pools.values() if p.command), None)
         if command is not None and not config.command_servers:
             raise self.fail(
@@ -107,6 +108,25 @@ class Validator(TableReader):
                 " function with a timeout in the worker (CAN_DO_TIMEOUT)",
             )
         return config
+
+    def metrics_port_free(self, config: Config) -> None:
+        """The supervisor's metrics endpoint must not take the local server's port: the
+        server then failed to bind at every start (exit 1, which systemd restarts)."""
+        metrics = config.supervisor.metrics
+        if metrics is None or not config.local_server:
+            return
+        host, _, port = metrics.rpartition(":")
+        for address in config.server.listen:
+            other_host, _, other_port = address.rpartition(":")
+            wild = ("0.0.0.0", "::", "[::]", "")
+            if address.startswith("unix:") or port == "0" or other_port != port:
+                continue
+            if host == other_host or host in wild or other_host in wild:
+                raise self.fail(
+                    "supervisor.metrics",
+                    f"{metrics} is the job server's listen address {address} too;"
+                    " give the metrics another port",
+                )
 
     def executor(self, raw: Any) -> ExecutorConfig:
         """``[executor]``: farm.Executor's spill directory and limits (all optional)."""

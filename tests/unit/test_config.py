@@ -136,6 +136,12 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
         ("[functions.rev]", "[functions.rev]\nzzz = 1", "functions.rev.zzz", "allowed:"),
         ("[functions.rev]", "[functions.rev]\nuser = 1", "functions.rev.user", "command pools"),
         ("[supervisor]", "[supervisor]\ncontrl = 'x'", "supervisor.contrl", "did you mean"),
+        (
+            "[supervisor]",
+            '[supervisor]\nmetrics = "0.0.0.0:4999"',
+            "supervisor.metrics",
+            "is the job server's listen address 127.0.0.1:4999 too; give the metrics another",
+        ),
         ("[functions.rev]", "[bogus]\n[functions.rev]", "bogus", "unknown key"),
     ],
 )
