@@ -268,3 +268,16 @@ def test_names_a_function_served_by_two_pools_is_ambiguous(tmp_path: Path) -> No
         assert "up=2" in good.stdout
     finally:
         assert up.stop() == 0
+
+
+def test_a_command_worker_that_never_connects_does_not_hold_back_ready(tmp_path: Path) -> None:
+    # A command worker serves once it connects; one that never does (its server down, a
+    # wrapper whose child holds the connection) kept READY=1 from systemd for ever, and
+    # TimeoutStartSec= then killed the farm every minute.
+    up = FarmUp(tmp_path, '[functions.quiet]\ncommand = ["sleep", "300"]\nworkers = 1\n')
+    try:
+        up.expect_notify("READY=1", timeout=40)
+        up.expect_notify("STATUS=0/1 workers up, 1 not connected")
+        assert "1 command workers have not connected to the job server" in up.read_log()
+    finally:
+        assert up.stop() == 0
