@@ -178,7 +178,7 @@ class CommandJobs:
         proc.stop_deadline = now + proc.grace
         log.debug("worker %s (pid %d): stop signal (%s)", proc.name, proc.pid, why)
         try:
-            os.kill(proc.pid, proc.stop_signal)
+            os.killpg(proc.pid, proc.stop_signal)  # a wrapper's children too (lifecycle.signal)
         except ProcessLookupError:
             pass
 

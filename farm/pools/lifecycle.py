@@ -12,6 +12,7 @@ its servers (psutil), then ``running``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import selectors
@@ -113,6 +114,10 @@ class Lifecycle:
         return waiting
 
     def worker_exited(self, proc: WorkerProcess, status: int) -> None:
+        # What it started and left behind goes with it (a wrapper's PHP worker would serve on,
+        # orphaned, beside the slot's next process): its group, which nothing else joins.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
         self.close_report(proc)
         proc.close()
         now = time.monotonic()
@@ -288,7 +293,7 @@ class Lifecycle:
             proc.stop_deadline = None  # set when its stop_signal goes
             return
         proc.stop_deadline = None if grace is None else time.monotonic() + grace
-        self.signal(proc.pid, proc.stop_signal)
+        self.signal(proc.pid, proc.stop_signal, group=proc.command)
 
     def grace_for(self, pool: FunctionConfig | None) -> float | None:
         """How long a retiring worker may take: a command pool's graceful_timeout (else the
@@ -305,7 +310,7 @@ class Lifecycle:
     def kill(self, proc: WorkerProcess, reason: str) -> None:
         log.warning("killing worker %s (pid %d): %s", proc.name, proc.pid, reason)
         proc.state, proc.kill_reason = ProcState.KILLING, reason
-        self.signal(proc.pid, signal.SIGKILL)
+        self.signal(proc.pid, signal.SIGKILL, group=proc.command)
 
     def read_report(self, proc: WorkerProcess) -> None:
         try:
@@ -349,8 +354,14 @@ class Lifecycle:
             os.close(proc.report_fd)
             proc.report_fd = -1
 
-    def signal(self, pid: int, sig: int) -> None:
+    def signal(self, pid: int, sig: int, *, group: bool = False) -> None:
+        """Signal a worker; with ``group``, every process of its process group (a command
+        worker run through a wrapper, `sh -c "php worker.php"`: the shell passes nothing
+        on, and the PHP worker it started is the one that serves)."""
         try:
-            os.kill(pid, sig)
+            if group:
+                os.killpg(pid, sig)  # each worker leads a group of its own (farm.pools.spawn)
+            else:
+                os.kill(pid, sig)
         except ProcessLookupError:
             pass  # already dead; reaping will report it

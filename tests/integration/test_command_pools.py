@@ -281,3 +281,26 @@ def test_a_command_worker_that_never_connects_does_not_hold_back_ready(tmp_path:
         assert "1 command workers have not connected to the job server" in up.read_log()
     finally:
         assert up.stop() == 0
+
+
+def test_what_a_wrapper_started_goes_with_it(tmp_path: Path) -> None:
+    # `sh -c "php worker.php; ..."`: the shell forks the worker and passes no signal on.
+    # Killed, it left the worker serving on, orphaned, beside the slot's next process; a
+    # stop signal reached only the shell.
+    wrapper = '["sh", "-c", "sleep 300; echo done"]'
+    up = FarmUp(tmp_path, f"[functions.wrapped]\ncommand = {wrapper}\nworkers = 1\n")
+    try:
+        up.expect_notify("STATUS=0/1 workers up", timeout=20)
+        (row,) = wait_for("the wrapper", lambda: up.workers("wrapped"))
+        shell = psutil.Process(row["pid"])
+        (inner,) = wait_for("the wrapped process", shell.children)
+        os.kill(shell.pid, signal.SIGKILL)
+        wait_for("the wrapped process gone with its shell", lambda: not inner.is_running())
+        (row,) = wait_for(
+            "the slot's next wrapper",
+            lambda: [r for r in up.workers("wrapped") if r["pid"] not in (None, shell.pid)],
+        )
+        (inner,) = wait_for("its wrapped process", psutil.Process(row["pid"]).children)
+    finally:
+        assert up.stop() == 0
+    wait_for("the wrapped process stopped with the farm", lambda: not inner.is_running())
