@@ -28,6 +28,9 @@ log = logging.getLogger("farm.server")
 MAX_EXPIRED = 64
 #: CAN_DO_TIMEOUT lengths kept before those with no running job are dropped.
 MAX_TIMEOUT_LENGTHS = 64
+#: Seconds a supervised server waits before it calls a job whose worker died poison: its
+#: supervisor's death (which kills the workers too) may not have reached it yet.
+ORPHAN_GRACE = 0.2
 #: How long a woken worker has to come and grab before another sleeper is woken instead
 #: (the default of the server's --wake-deadline, where it is written).
 WAKE_DEADLINE = ServerOptions.wake_deadline
@@ -283,6 +286,12 @@ class Dispatch:
         self.function(job.function).stats.retried[job.priority] += 1
         job.retries += 1  # a planned kill counts too: job_retries = 1 promises at most once
         if self.job_retries and job.retries >= self.job_retries:
+            if self.parent_pid is not None and not worker.killed and self.call_later is not None:
+                # The supervisor's death kills its workers and stops this server at once, and
+                # a worker's end can be read here before this server is told (its parent
+                # changes a moment later): a poison verdict waits that moment out.
+                self.call_later(ORPHAN_GRACE, lambda: self._verdict(worker, job))
+                return
             self._out_of_retries(worker, job)
             return
         fq = self.function(job.function)
@@ -290,6 +299,15 @@ class Dispatch:
         self._wake(fq)
         if self.on_idle is not None and not self.running_count():
             self.on_idle()  # a graceful stop waits for running jobs, and none runs now
+
+    def _verdict(self, worker: Peer, job: Job) -> None:
+        """A job out of retries, ORPHAN_GRACE after its last worker died: failed, unless
+        this server is stopping or orphaned by now (then kept, as _requeue keeps it)."""
+        if self.jobs.get(job.handle) is not job or job.worker is not None or job.queued:
+            return  # ended, forgotten or taken up again meanwhile
+        if self.stopping or self.orphaned():
+            return
+        self._out_of_retries(worker, job)
 
     def _out_of_retries(self, worker: Peer, job: Job) -> None:
         function = job.function.decode("utf-8", "replace")

@@ -115,3 +115,66 @@ def test_farm_stop_with_job_retries_1_fails_the_running_job_as_stopped_not_poiso
     assert "its worker was stopped past its grace; failed, as job_retries = 1" in log, log
     assert "poison job" not in log
     assert _stored(store) == 0, "at most once: it does not run again"
+
+
+def test_a_worker_death_read_just_before_the_supervisors_is_not_a_poison_job(
+    tmp_path: Path,
+) -> None:
+    # The supervisor's death kills its workers (SIGKILL) and stops its server (SIGTERM) at
+    # once, and the server may read a worker's end a moment before it learns its parent is
+    # gone: with job_retries = 1 it deleted the running job as poison (seen in CI). Here the
+    # worker's connection ends first, and the server's parent dies right after.
+    import socket
+    import subprocess
+    import sys
+
+    from farm.protocol import PacketType as T
+    from tests.helpers import ROOT
+    from tests.helpers.peers import Peer
+    from tests.helpers.servers import free_port
+
+    store, log = tmp_path / "queue.db", tmp_path / "server.log"
+    port = free_port()
+    server = [sys.executable, "-m", "farm.server", "--port", str(port), "--store", str(store)]
+    server += ["--job-retries", "1", "-l", str(log)]
+    parent = subprocess.Popen(  # the supervisor's stand-in: the server's parent
+        [
+            sys.executable,
+            "-c",
+            "import os, subprocess, sys; argv = sys.argv[1:] + ['--parent-pid', str(os.getpid())]"
+            "; subprocess.Popen(argv); sys.stdin.read()",
+            *server,
+        ],
+        stdin=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    try:
+        addr = f"127.0.0.1:{port}"
+        wait_for("the server", lambda: _connectable(addr), timeout=20)
+        worker = Peer(addr)
+        worker.send(T.CAN_DO, "h")
+        client = Peer(addr)
+        client.send(T.SUBMIT_JOB_BG, "h", "", "x")
+        client.expect(T.JOB_CREATED)
+        worker.send(T.GRAB_JOB)
+        worker.expect(T.JOB_ASSIGN)
+        worker.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        worker.sock.close()  # its end first (a reset, as a killed process's)...
+        parent.kill()  # ...then its supervisor's
+        parent.wait(10)
+        wait_for("the server to stop with its parent", lambda: not _connectable(addr))
+    finally:
+        parent.kill()
+    assert "poison job" not in log.read_text(), log.read_text()
+    assert _stored(store) == 1, "the job was deleted from the store"
+
+
+def _connectable(addr: str) -> bool:
+    import socket
+
+    host, _, port = addr.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except OSError:
+        return False
+    return True
