@@ -41,6 +41,7 @@ from farm.executor.flight import (
     partial,
     take,
 )
+from farm.executor.interrupts import HeldInterrupt, whole
 from farm.executor.links import Conn, Links
 from farm.executor.payload import NO_SETUP, RemoteTraceback
 from farm.executor.poller import READ, WRITE, Poller
@@ -141,11 +142,14 @@ class Pump(Links, WaitHere):
         if self._lock.acquire(blocking=False):
             try:
                 if self._sleeping and self.broken is None:
-                    self._send_pending()
-                    self._flush()
+                    with whole():  # a Ctrl-C waits until the calls are sent and filed
+                        self._send_pending()
+                        self._flush()
                     return
+            except HeldInterrupt:
+                raise  # held until the calls were sent (whole): nothing is half done
             except BaseException as exc:
-                # Calls half sent (a Ctrl-C here) would stay RUNNING for ever: break instead.
+                # Calls half sent would stay RUNNING for ever: break instead.
                 self._defer(exc)
                 return
             finally:

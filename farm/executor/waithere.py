@@ -19,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Protocol
 
+from farm.executor.interrupts import HeldInterrupt, whole
 from farm.executor.poller import READ, Poller
 from farm.net import Waker
 
@@ -91,15 +92,17 @@ class WaitHere:
                 if any(fd == waker for fd, _ in ready):
                     return  # new work: the pump thread, already woken, takes over
                 try:
-                    for fd, _ in ready:
-                        self._read(conns[fd])
-                    # What a pump turn does after reading: refill the window.
-                    self._send_pending()
-                    self._flush()
+                    with whole():  # a Ctrl-C waits until this turn's bookkeeping is done
+                        for fd, _ in ready:
+                            self._read(conns[fd])
+                        # What a pump turn does after reading: refill the window.
+                        self._send_pending()
+                        self._flush()
+                except HeldInterrupt:
+                    raise  # held until the turn was whole: no harm done
                 except BaseException as exc:
                     # Half-done bookkeeping (or a done-callback raising SystemExit, which
-                    # breaks the executor as when the pump thread runs it). A Ctrl-C that
-                    # lands in poll() above leaves the executor whole.
+                    # breaks the executor as when the pump thread runs it).
                     self._defer(exc)
                     return
                 if (
