@@ -13,7 +13,7 @@ after it; anywhere else (another thread, a handler of the program's own) nothing
 
 from __future__ import annotations
 
-import _signal  # signal.signal's enum wrapping cost 6 µs a call, on every call's path
+import _signal  # type: ignore[import-not-found]  # signal.signal wraps it in enums: 6 µs a call
 import signal
 import threading
 from types import FrameType, TracebackType
