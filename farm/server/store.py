@@ -68,9 +68,9 @@ def _owner_only(path: str) -> None:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         mode = stat.S_IMODE(os.fstat(fd).st_mode)
-        if mode & 0o007:
-            log.warning("the job store %s was readable by other users; closing it to them", path)
-            os.fchmod(fd, mode & ~0o007)
+        if mode & 0o077:  # the farm's group may hold accounts that must not read the jobs
+            log.warning("the job store %s was open to others; closing it (mode 600)", path)
+            os.fchmod(fd, mode & ~0o077)
     finally:
         os.close(fd)
     for side in (path + "-wal", path + "-shm"):
@@ -78,8 +78,8 @@ def _owner_only(path: str) -> None:
             info = os.lstat(side)
         except FileNotFoundError:
             continue
-        if stat.S_ISREG(info.st_mode) and info.st_mode & 0o007:
-            os.chmod(side, stat.S_IMODE(info.st_mode) & ~0o007)
+        if stat.S_ISREG(info.st_mode) and info.st_mode & 0o077:
+            os.chmod(side, stat.S_IMODE(info.st_mode) & ~0o077)
 
 
 class SQLiteStore:
