@@ -205,7 +205,12 @@ class Restarting:
                 continue  # scaled down meanwhile
             slot = slots[index]
             if slot.proc is None or not slot.proc.state.serving:
-                # empty (backoff) or still starting: the next process it gets is new anyway
+                # Empty (backoff), or a process not serving (yet, or ever: a command worker
+                # that never connected): a fresh one starts in its place now. Left alone, a
+                # process still starting was counted as replaced and went on as it was.
+                if slot.proc is not None:
+                    self.retire(slot.proc, pool)
+                    slot.proc = None
                 slot.next_start = min(slot.next_start, now)
                 ro.replaced[name] += 1
                 continue

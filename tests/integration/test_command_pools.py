@@ -304,3 +304,20 @@ def test_what_a_wrapper_started_goes_with_it(tmp_path: Path) -> None:
     finally:
         assert up.stop() == 0
     wait_for("the wrapped process stopped with the farm", lambda: not inner.is_running())
+
+
+def test_restart_replaces_a_command_worker_that_has_not_connected(tmp_path: Path) -> None:
+    # It was counted as replaced ("1/1 replaced") and went on as it was, same pid.
+    up = FarmUp(tmp_path, '[functions.quiet]\ncommand = ["sleep", "300"]\nworkers = 1\n')
+    try:
+        up.expect_notify("STATUS=0/1 workers up", timeout=20)
+        (before,) = wait_for("the worker", lambda: [r for r in up.workers("quiet") if r["pid"]])
+        out = farm_cli("restart", "quiet", "--control", up.control)
+        assert out.returncode == 0 and "1/1 replaced" in out.stdout, (out.stdout, out.stderr)
+        wait_for("the old process gone", lambda: not psutil.pid_exists(before["pid"]))
+        wait_for(
+            "a new one in its slot",
+            lambda: [r for r in up.workers("quiet") if r["pid"] not in (None, before["pid"])],
+        )
+    finally:
+        assert up.stop() == 0
