@@ -37,7 +37,7 @@ from farm.pools.lifecycle import POLL, TIMEOUT_GRACE, Lifecycle
 from farm.pools.localserver import LocalServer
 from farm.pools.metrics import Exits, serve_metrics
 from farm.pools.rollout import Restarting, Rollout
-from farm.pools.slots import Slot, WorkerProcess, core_for
+from farm.pools.slots import COMMAND_READY_WAIT, Slot, WorkerProcess, core_for
 from farm.pools.steering import Duty, Pending, Steering
 
 __all__ = ["Supervisor"]
@@ -49,9 +49,6 @@ SERVER_STOP_TIMEOUT = 5.0
 #: Workers started per turn of the loop at most: a pool scaled to hundreds starts over many
 #: turns, and the control socket, signals and the watchdog are served between them.
 SPAWNS_PER_TURN = 8
-#: Seconds after which a command worker that has not connected to the job server counts
-#: as started for READY=1 (systemd's TimeoutStartSec= in the shipped unit is 60).
-COMMAND_READY_WAIT = 10.0
 
 
 class Supervisor(Lifecycle, CommandJobs, Restarting, Steering):

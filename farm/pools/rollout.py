@@ -29,7 +29,13 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from farm.config import Config, FunctionConfig
-from farm.pools.slots import ProcState, Slot, WorkerProcess, describe_exit
+from farm.pools.slots import (
+    COMMAND_READY_WAIT,
+    ProcState,
+    Slot,
+    WorkerProcess,
+    describe_exit,
+)
 
 if TYPE_CHECKING:
     from farm.pools.localserver import LocalServer
@@ -205,11 +211,15 @@ class Restarting:
                 continue  # scaled down meanwhile
             slot = slots[index]
             if slot.proc is None or not slot.proc.state.serving:
-                # Empty (backoff), or a process not serving (yet, or ever: a command worker
-                # that never connected): a fresh one starts in its place now. Left alone, a
-                # process still starting was counted as replaced and went on as it was.
-                if slot.proc is not None:
-                    self.retire(slot.proc, pool)
+                # Empty (backoff), or a process not serving yet: the next process it gets is
+                # new anyway, and one just started with these options is new. One that is
+                # not (older options, or a command worker that never connected) is replaced
+                # now: left alone, it was counted as replaced and went on as it was.
+                proc = slot.proc
+                if proc is not None and (
+                    proc.options != pool.options() or now - proc.started >= COMMAND_READY_WAIT
+                ):
+                    self.retire(proc, pool)
                     slot.proc = None
                 slot.next_start = min(slot.next_start, now)
                 ro.replaced[name] += 1

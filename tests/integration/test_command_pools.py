@@ -310,7 +310,7 @@ def test_restart_replaces_a_command_worker_that_has_not_connected(tmp_path: Path
     # It was counted as replaced ("1/1 replaced") and went on as it was, same pid.
     up = FarmUp(tmp_path, '[functions.quiet]\ncommand = ["sleep", "300"]\nworkers = 1\n')
     try:
-        up.expect_notify("STATUS=0/1 workers up", timeout=20)
+        up.expect_notify("STATUS=0/1 workers up, 1 not connected", timeout=40)  # 10 s on
         (before,) = wait_for("the worker", lambda: [r for r in up.workers("quiet") if r["pid"]])
         out = farm_cli("restart", "quiet", "--control", up.control)
         assert out.returncode == 0 and "1/1 replaced" in out.stdout, (out.stdout, out.stderr)
