@@ -16,6 +16,7 @@ from farm.commandspec import parse_command, parse_stop_signal
 from farm.config.capacity import available_cpus, capacity_problem, default_memory_budget_mb
 from farm.config.defaults import builtin, server_store
 from farm.config.model import (
+    RESERVED_PREFIX,
     Config,
     ExecutorConfig,
     FunctionConfig,
@@ -28,6 +29,9 @@ from farm.logs import LOG_FORMATS
 from farm.net import DEFAULT_PORT, DEFAULT_SERVER
 from farm.protocol.codec import MAX_TIMEOUT
 from farm.targets import target_problem
+
+#: The Executor's worker target, and the shim kept for configs that copied the old one.
+EXECUTOR_TARGETS = ("farm.executor.call:run_call", "farm.executor_worker:run_call")
 
 __all__ = ["Validator", "COMMAND_KEYS", "POOL_KEYS", "KILL_RSS_FACTOR", "MAX_GRACE"]
 
@@ -152,6 +156,16 @@ class Validator(TableReader):
         """A pool serving a reserved ``farm.*`` function (the Executor's calls, code to run)
         needs a Unix socket on this host to register on: a farm server refuses it over TCP."""
         for pool in config.functions.values():
+            if pool.target in EXECUTOR_TARGETS and not all(
+                f.startswith(RESERVED_PREFIX) for f in pool.functions
+            ):
+                # Its calls are code to run: under any other name, any local user could
+                # register for them over TCP (and farm.Executor refuses such a name).
+                raise self.fail(
+                    f"functions.{pool.name}",
+                    f"{pool.target} serves only reserved farm.* functions; name the pool"
+                    f' "farm.{pool.name}" (or set function = "farm.SOMETHING")',
+                )
             if not pool.reserved:
                 continue
             if pool.command is not None:

@@ -143,6 +143,12 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
             "is the job server's listen address 127.0.0.1:4999 too; give the metrics another",
         ),
         ("[functions.rev]", "[bogus]\n[functions.rev]", "bogus", "unknown key"),
+        (  # the Executor's calls are code to run: only under names other users cannot serve
+            "[functions.rev]",
+            '[functions.py]\ntarget = "farm.executor.call:run_call"\n[functions.rev]',
+            "functions.py",
+            'serves only reserved farm.* functions; name the pool "farm.py"',
+        ),
     ],
 )
 def test_each_mistake_is_one_line_naming_the_key_and_the_fix(
