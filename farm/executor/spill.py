@@ -164,6 +164,14 @@ def spill_dir(path: Path) -> Path:
             f"spill directory {path} is writable by others (mode {stat.S_IMODE(info.st_mode):o});"
             f" run: chmod o-rwx {path}"
         )
+    if info.st_uid not in (os.geteuid(), 0) and info.st_gid not in {os.getegid(), *os.getgroups()}:
+        # Another user made it first: as its owner they could read (or, with a default ACL,
+        # be given) every argument and result spilled there.
+        raise SpillDirError(
+            f"spill directory {path} belongs to uid {info.st_uid}, gid {info.st_gid}: neither"
+            " you nor a group of yours; remove it, or set [executor] spill_dir (or"
+            " $FARM_SPILL_DIR) to a directory of the farm's user and group"
+        )
     _checked[path] = info.st_gid
     return path
 

@@ -70,6 +70,22 @@ def test_a_directory_others_may_write_is_refused(tmp_path: Path) -> None:
         spill.write(spill.SpillSettings(where, 1 << 20), b"x", "a")
 
 
+def test_a_directory_another_user_made_is_refused(tmp_path: Path) -> None:
+    # Made first by another user (its owner reads whatever is spilled there): its mode,
+    # 0775, passed the check.
+    where = tmp_path / "theirs"
+    where.mkdir(mode=0o775)
+    stranger = 65534  # nobody / nogroup
+    if os.geteuid() == stranger or stranger in {os.getegid(), *os.getgroups()}:
+        pytest.skip("this test runs as nobody")
+    try:
+        os.chown(where, stranger, stranger)
+    except PermissionError:
+        pytest.skip("giving a directory away takes root (CI runs as root)")
+    with pytest.raises(spill.SpillDirError, match="neither you nor a group of yours"):
+        spill.write(spill.SpillSettings(where, 1 << 20), b"x", "a")
+
+
 def test_the_sweep_removes_only_what_is_stale(tmp_path: Path) -> None:
     s = settings(tmp_path)
     live_arg = spill.reference_path(spill.write(s, b"x", "a"))
