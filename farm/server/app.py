@@ -188,8 +188,16 @@ class Server:
                 pass
 
 
-def _raise_fd_limit(wanted: int) -> None:
-    """Lift the soft descriptor limit toward ``wanted`` (as gearmand's -f does), never past hard."""
+#: Descriptors kept beyond the connections: listeners, the store, logs, the metrics.
+FD_HEADROOM = 64
+
+
+def _fit_fd_limit(options: ServerOptions) -> None:
+    """Lift the soft descriptor limit toward --max-connections and the headroom (as
+    gearmand's -f does), never past hard; where the hard limit is lower, lower
+    --max-connections to fit: otherwise TCP peers could take every descriptor, the
+    share kept for the Unix socket's peers with them."""
+    wanted = options.max_connections + FD_HEADROOM
     try:
         import resource
 
@@ -197,8 +205,19 @@ def _raise_fd_limit(wanted: int) -> None:
         target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         if soft != resource.RLIM_INFINITY and soft < target:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     except (ImportError, ValueError, OSError):  # pragma: no cover - best effort
-        pass
+        return
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        fits = max(1, soft - FD_HEADROOM)
+        log.warning(
+            "the descriptor limit is %d: --max-connections lowered from %d to %d (raise"
+            " LimitNOFILE= or ulimit -n)",
+            soft,
+            options.max_connections,
+            fits,
+        )
+        options.max_connections = fits
 
 
 def _setup_logging(options: ServerOptions) -> None:
@@ -240,7 +259,7 @@ def run(options: ServerOptions) -> int:
     if options.parent_pid and not die_with_parent(options.parent_pid):
         print("farm server: the parent process is already gone; not starting", file=sys.stderr)
         return 1
-    _raise_fd_limit(options.max_connections + 64)
+    _fit_fd_limit(options)
     if options.pid_file:
         try:
             fd = open_own_file(options.pid_file, append=False)

@@ -296,3 +296,27 @@ def test_the_process_title_names_the_port_it_listens_on() -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_max_connections_is_lowered_to_fit_a_low_descriptor_limit(tmp_path: Path) -> None:
+    # With a hard limit below --max-connections, TCP peers could take every descriptor,
+    # and the share kept for the Unix socket's peers with it.
+    port, log = free_port(), tmp_path / "server.log"
+    argv = [sys.executable, "-m", "farm.server", "--port", str(port), "--store", "none"]
+    argv += ["-l", str(log), "--max-connections", "10000"]
+    proc = subprocess.Popen(["sh", "-c", 'ulimit -n 200 && exec "$@"', "sh", *argv], cwd=ROOT)
+    try:
+        wait_connectable(f"127.0.0.1:{port}", proc, timeout=30)
+        text = log.read_text()
+        assert "the descriptor limit is 200: --max-connections lowered from 10000 to 136" in text
+        held = []
+        for _ in range(150):  # more than fit: the last are closed at once, not left hanging
+            s = socket.create_connection(("127.0.0.1", port))
+            held.append(s)
+        held[-1].settimeout(10)
+        assert held[-1].recv(10) == b"", "a connection past the limit is closed"
+        for s in held:
+            s.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
