@@ -280,32 +280,35 @@ class Supervisor(Lifecycle, CommandJobs, Restarting, Steering):
         failing = sum(1 for s in slots if s.failing)
         server_up = self.server.ready or not self.config.local_server
         now = time.monotonic()
+
         # A command worker serves once it holds a connection to the job server. One that
         # never does (its server is down, a wrapper's child holds the connection) must not
         # hold READY=1 back until systemd's start timeout kills the farm: after
         # COMMAND_READY_WAIT alive it counts as started.
-        unseen = sum(
-            1
-            for s in slots
-            if s.proc
-            and s.proc.command
-            and not s.proc.state.serving
-            and now - s.proc.started >= COMMAND_READY_WAIT
-        )
-        all_up = all(s.failing or (s.proc and s.proc.state.serving) for s in slots)
-        if not self.ready_sent and server_up and (all_up or up + failing + unseen == len(slots)):
+        def unseen(s: Slot) -> bool:
+            proc = s.proc
+            return bool(
+                proc
+                and proc.command
+                and not proc.state.serving
+                and now - proc.started >= COMMAND_READY_WAIT
+            )
+
+        waited = sum(1 for s in slots if unseen(s))
+        all_up = all(s.failing or (s.proc and s.proc.state.serving) or unseen(s) for s in slots)
+        if not self.ready_sent and server_up and all_up:
             self.ready_sent = True
             sdnotify.notify("READY=1")
             log.info("ready: %d workers up, %d failing", up, failing)
-            if unseen:
+            if waited:
                 log.warning(
                     "%d command workers have not connected to the job server after %gs",
-                    unseen,
+                    waited,
                     COMMAND_READY_WAIT,
                 )
         status = f"{up}/{len(slots)} workers up" + (f", {failing} failing" if failing else "")
-        if unseen:
-            status += f", {unseen} not connected"
+        if waited:
+            status += f", {waited} not connected"
         if status != self.last_status:
             self.last_status = status
             sdnotify.notify(f"STATUS={status}", wait=0)

@@ -70,7 +70,11 @@ def _find_unrun(module: str) -> ModuleSpec | None:
             continue
         if spec is None or spec.submodule_search_locations is None:
             return None  # its parent is not a package
-        spec = PathFinder.find_spec(name, list(spec.submodule_search_locations))
+        # Its own directories, then the same directory on every sys.path entry: a package
+        # whose __init__ extends its __path__ (pkgutil.extend_path) finds its modules there.
+        where = list(spec.submodule_search_locations)
+        where += [os.path.join(entry or ".", *parts[: depth - 1]) for entry in sys.path]
+        spec = PathFinder.find_spec(name, [d for d in dict.fromkeys(where) if os.path.isdir(d)])
     return spec
 
 

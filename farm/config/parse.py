@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import socket
 from dataclasses import fields
 from types import MappingProxyType
 from typing import Any
@@ -29,6 +30,20 @@ from farm.logs import LOG_FORMATS
 from farm.net import DEFAULT_PORT, DEFAULT_SERVER
 from farm.protocol.codec import MAX_TIMEOUT
 from farm.targets import target_problem
+
+#: Hosts that bind every address.
+WILD = frozenset({"0.0.0.0", "::", ""})
+
+
+def _ips(host: str) -> frozenset[str]:
+    """The addresses ``host`` names ("localhost" is 127.0.0.1 too), or itself."""
+    host = host.strip("[]")
+    try:
+        found = {str(info[4][0]) for info in socket.getaddrinfo(host or None, None)}
+    except (OSError, UnicodeError):
+        found = set()
+    return frozenset(found | {host})
+
 
 #: The Executor's worker target, and the shim kept for configs that copied the old one.
 EXECUTOR_TARGETS = ("farm.executor.call:run_call", "farm.executor_worker:run_call")
@@ -122,10 +137,10 @@ class Validator(TableReader):
         host, _, port = metrics.rpartition(":")
         for address in config.server.listen:
             other_host, _, other_port = address.rpartition(":")
-            wild = ("0.0.0.0", "::", "[::]", "")
             if address.startswith("unix:") or port == "0" or other_port != port:
                 continue
-            if host == other_host or host in wild or other_host in wild:
+            mine, theirs = _ips(host), _ips(other_host)
+            if mine & theirs or WILD & (mine | theirs):
                 raise self.fail(
                     "supervisor.metrics",
                     f"{metrics} is the job server's listen address {address} too;"

@@ -121,8 +121,10 @@ def load_key(path: str | os.PathLike[str] | None = None, *, create: bool = True)
             f" (mode {mode & 0o777:o}); run: chmod 600 {target} (or 640 to share it with"
             " the farm's group)"
         )
-    if acl:
-        # Its mode bits then show the ACL's mask, not who may read it (a named user).
+    if acl and mode & stat.S_IRGRP:
+        # Its group bits then show the ACL's mask: a named user or group may read it (a
+        # mask without read, as a key made in a directory with a default ACL gets, lets
+        # nobody beyond the owner).
         raise KeyFileError(
             f"key file {target} has an access ACL, which may let other users read it;"
             f" run: setfacl -b {target} (share it through the farm's group instead)"

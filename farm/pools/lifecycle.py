@@ -114,10 +114,13 @@ class Lifecycle:
         return waiting
 
     def worker_exited(self, proc: WorkerProcess, status: int) -> None:
-        # What it started and left behind goes with it (a wrapper's PHP worker would serve on,
-        # orphaned, beside the slot's next process): its group, which nothing else joins.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.state is not ProcState.DRAINING:
+            # An end nobody asked for (or a kill): what it started goes with it, or a
+            # wrapper's PHP worker would serve on, orphaned, beside the slot's next process.
+            # A draining one's group got the stop signal and drains on: a wrapper's shell
+            # dies of it at once while the worker it started finishes its job.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
         self.close_report(proc)
         proc.close()
         now = time.monotonic()

@@ -137,8 +137,8 @@ class Restarting:
     def take_reloaded(self, ro: Rollout, names: list[str]) -> None:
         """What a reload's pools ran before now belongs to this rollout (fail_pool)."""
         for name in names:
-            if name in self.reloaded_from:
-                ro.before.setdefault(name, self.reloaded_from.pop(name))
+            if name in self.reloaded_from:  # what runs now: the latest that did boot
+                ro.before[name] = self.reloaded_from.pop(name)
 
     def restart_status(self) -> dict[str, Any]:
         if self.rollout is None:
@@ -217,7 +217,8 @@ class Restarting:
                 # now: left alone, it was counted as replaced and went on as it was.
                 proc = slot.proc
                 if proc is not None and (
-                    proc.options != pool.options() or now - proc.started >= COMMAND_READY_WAIT
+                    proc.options != pool.options()
+                    or (proc.command and now - proc.started >= COMMAND_READY_WAIT)
                 ):
                     self.retire(proc, pool)
                     slot.proc = None

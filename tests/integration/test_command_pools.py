@@ -321,3 +321,29 @@ def test_restart_replaces_a_command_worker_that_has_not_connected(tmp_path: Path
         )
     finally:
         assert up.stop() == 0
+
+
+def test_a_wrapped_worker_drains_on_its_stop_signal(tmp_path: Path) -> None:
+    # The stop signal goes to the group; the shell dies of it at once, and the worker it
+    # started must still have its graceful_timeout (the group was killed with the shell).
+    (tmp_path / "inner.py").write_text(
+        "import signal, sys, time\n"
+        "from pathlib import Path\n"
+        "asked = []\n"
+        "signal.signal(signal.SIGTERM, lambda *_: asked.append(1))\n"
+        "Path(sys.argv[1], 'up').touch()\n"
+        "while not asked:\n"
+        "    time.sleep(0.05)\n"
+        "time.sleep(1)  # finishing its job\n"
+        "Path(sys.argv[1], 'drained').touch()\n"
+    )
+    wrapper = f'["sh", "-c", "{sys.executable} inner.py {tmp_path}; echo done"]'
+    up = FarmUp(tmp_path, f"[functions.wrapped]\ncommand = {wrapper}\nworkers = 1\n")
+    try:
+        up.expect_notify("STATUS=0/1 workers up", timeout=20)
+        wait_for("the wrapped worker", (tmp_path / "up").exists, timeout=20)
+        up.signal(signal.SIGTERM)  # farm stop (FarmUp.stop would kill what is left at once)
+        assert up.proc.wait(30) == 0
+        wait_for("the wrapped worker to finish its job", (tmp_path / "drained").exists)
+    finally:
+        up.stop()

@@ -142,6 +142,12 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
             "supervisor.metrics",
             "is the job server's listen address 127.0.0.1:4999 too; give the metrics another",
         ),
+        (
+            "[supervisor]",
+            '[supervisor]\nmetrics = "localhost:4999"',
+            "supervisor.metrics",
+            "is the job server's listen address 127.0.0.1:4999 too",
+        ),
         ("[functions.rev]", "[bogus]\n[functions.rev]", "bogus", "unknown key"),
         (  # the Executor's calls are code to run: only under names other users cannot serve
             "[functions.rev]",
@@ -214,6 +220,17 @@ def test_a_target_that_raises_on_import_is_left_to_the_worker(
     assert "defines no 'nope'" in message  # still found, and read
     message = error_of(tmp_path, GOOD.replace("workers.hashing:compress", "boompkg.nojobs:job"))
     assert "no module named 'boompkg.nojobs'" in message
+    # A package split over two sys.path entries (pkgutil.extend_path in its __init__).
+    for half in ("one", "two"):
+        (tmp_path / half / "splitpkg").mkdir(parents=True)
+        (tmp_path / half / "splitpkg" / "__init__.py").write_text(
+            "import pkgutil\n__path__ = pkgutil.extend_path(__path__, __name__)\n"
+        )
+    (tmp_path / "two" / "splitpkg" / "jobs.py").write_text("def job(j):\n    return b''\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "two"))
+    monkeypatch.syspath_prepend(str(tmp_path / "one"))
+    split = GOOD.replace("workers.hashing:compress", "splitpkg.jobs:job")
+    assert config.load(write(tmp_path, split)).functions["rev"].target == "splitpkg.jobs:job"
 
 
 def test_bad_toml_and_missing_functions(tmp_path: Path) -> None:

@@ -65,6 +65,17 @@ def test_key_with_an_access_acl_is_refused(tmp_path: Path) -> None:
         pytest.skip(f"this file system takes no POSIX ACL ({exc.strerror})")
     with pytest.raises(KeyFileError, match="has an access ACL.*setfacl -b"):
         load_key(path)
+    # A mask without read (what a key made in a directory with a default ACL gets, mode 600)
+    # lets nobody beyond the owner read it: farm must not refuse the key it just made.
+    masked = [(tag, 0 if tag == 0x10 else perm, ident) for tag, perm, ident in entries]
+    os.setxattr(
+        path,
+        "system.posix_acl_access",
+        struct.pack("<I", 2)
+        + b"".join(struct.pack("<HHI", t, p, i & 0xFFFFFFFF) for t, p, i in masked),
+    )
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert len(load_key(path)) >= 16
 
 
 def test_key_shared_with_its_group_for_reading_is_accepted(tmp_path: Path) -> None:
