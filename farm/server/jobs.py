@@ -200,10 +200,10 @@ class JobServer(Dispatch):
         if not store_id:
             if fq.full(priority):
                 raise QueueFull(f"function {function.decode(errors='replace')} is at its maxqueue")
-            refusal = self.queued.refusal(size, tcp)
-            if refusal is not None:
+            q = self.queued  # its checks inline: this runs for every job
+            if q.limit and (q.held + size > q.limit or (tcp and q.tcp_held + size > q.tcp_limit)):
                 raise QueueFull(
-                    f"function {function.decode(errors='replace')}: {refusal};"
+                    f"function {function.decode(errors='replace')}: {q.refusal(size, tcp)};"
                     " [server] max_queued_bytes under farm up)"
                 )
         handle = self.prefix + str(next(self._counter)).encode()
@@ -215,7 +215,12 @@ class JobServer(Dispatch):
             job.store_id = store_id
         elif background and self.store is not None:
             job.store_id = self._store_add(job)  # may raise StoreError: nothing registered yet
-        self.queued.take(job, size, tcp or bool(store_id))
+        job.size = size
+        q = self.queued
+        q.held += size
+        if tcp or store_id:
+            job.tcp = True
+            q.tcp_held += size
         self.jobs[handle] = job
         if key:
             self.uniques[(function, key)] = job
@@ -343,7 +348,10 @@ class JobServer(Dispatch):
 
     def _forget(self, job: Job) -> None:
         if self.jobs.pop(job.handle, None) is not None:
-            self.queued.give_back(job)
+            q = self.queued
+            q.held -= job.size
+            if job.tcp:
+                q.tcp_held -= job.size
         if job.store_id and self.store is not None:
             self.store.remove(job.store_id)
             job.store_id = 0

@@ -278,11 +278,12 @@ class QueuedBytes:
     worker serves does not shut them out. Jobs replayed from the store count as TCP's
     (where a job came from is not stored): that can only leave TCP peers less."""
 
-    __slots__ = ("limit", "held", "tcp_held")
+    __slots__ = ("limit", "tcp_limit", "held", "tcp_held")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.held = 0
+        self.tcp_limit = limit - limit // 4
+        self.held = 0  # JobServer.submit and _forget count, inline (every job)
         self.tcp_held = 0
 
     def refusal(self, size: int, tcp: bool) -> str | None:
@@ -292,17 +293,6 @@ class QueuedBytes:
             return None
         if self.held + size > limit:
             return f"the live jobs' bytes would pass --max-queued-bytes ({limit}"
-        if tcp and self.tcp_held + size > limit - limit // 4:
+        if tcp and self.tcp_held + size > self.tcp_limit:
             return f"TCP peers' jobs would pass their share, 3/4 of --max-queued-bytes ({limit}"
         return None
-
-    def take(self, job: Job, size: int, tcp: bool) -> None:
-        job.size, job.tcp = size, tcp
-        self.held += size
-        if tcp:
-            self.tcp_held += size
-
-    def give_back(self, job: Job) -> None:
-        self.held -= job.size
-        if job.tcp:
-            self.tcp_held -= job.size
