@@ -71,11 +71,14 @@ def adopt_legacy_store(store: str | os.PathLike[str]) -> bool:
 
 def runtime_dir() -> Path:
     """Where sockets go when no config names them (never needs root): systemd's
-    ``$RUNTIME_DIRECTORY`` (RuntimeDirectory=farm; the fallback in /tmp is the service's
-    own under PrivateTmp=), else ``$XDG_RUNTIME_DIR/farm``, else ``fallback_runtime_dir()``."""
+    ``$RUNTIME_DIRECTORY`` when it is farm's (RuntimeDirectory=farm; the fallback in /tmp
+    is the service's own under PrivateTmp=), else ``$XDG_RUNTIME_DIR/farm``, else
+    ``fallback_runtime_dir()``."""
     systemd = os.environ.get("RUNTIME_DIRECTORY")
     if systemd:
-        return Path(systemd.split(":")[0])
+        own = Path(systemd.split(":")[0])
+        if own.name == "farm":  # farm's own unit; a caller in another unit has its own
+            return own
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and os.path.isdir(xdg):
         return Path(xdg) / "farm"

@@ -118,7 +118,12 @@ class ReplayGuard:
             if os.write(fd, key + mark.to_bytes(4, "little")) != _RECORD:  # O_APPEND
                 raise OSError("short write to the replay record (is its disk full?)")
             self._catch_up(fd, read, seen)
-            prior = seen[key]
+            prior = seen.get(key)
+            if prior is None:  # our record is not where records are: a short write broke it
+                raise SignatureError(
+                    f"the pool's replay record {self.directory} is damaged (a write cut short:"
+                    " was its file system full?); refused unrun"
+                )
             if time.time() > expires:  # its minute's file may be swept from now on
                 raise SignatureError("the call expired; refused unrun")
         if prior != mark:

@@ -277,9 +277,12 @@ def test_defaults_need_no_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert runtime_dir() == Path(f"/tmp/farm-{os.getuid()}")
     # Under systemd (RuntimeDirectory=farm): its directory, not the fallback in /tmp, which
     # PrivateTmp= makes the service's own.
-    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "run"))
-    assert runtime_dir() == tmp_path / "run"
-    assert config.load(None).supervisor.control == f"{tmp_path}/run/control.sock"
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "farm"))
+    assert runtime_dir() == tmp_path / "farm"
+    assert config.load(None).supervisor.control == f"{tmp_path}/farm/control.sock"
+    # Another unit's (a caller's own service): not where farm's sockets are.
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "myapp"))
+    assert runtime_dir() == Path(f"/tmp/farm-{os.getuid()}")
 
 
 def test_binary_garbage_is_one_line_not_a_traceback(tmp_path: Path) -> None:

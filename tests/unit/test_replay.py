@@ -141,3 +141,17 @@ def test_every_worker_keeps_its_claims_where_the_first_fallback_put_them(
     ReplayGuard(first)  # the first worker's guard makes it
     os.rmdir(squatted)  # the squatter leaves
     assert replay.default_directory() == first, "a later worker must use the same record"
+
+
+def test_a_record_a_short_write_broke_refuses_calls_instead_of_crashing(tmp_path: Path) -> None:
+    # A write cut short (a full file system) leaves the records after it out of step:
+    # a worker's own claim could then not be found (KeyError, a crash of the call).
+    guard = ReplayGuard(tmp_path / "calls")
+    expires = int(time.time()) + 600
+    guard.claim(b"\1" * 16, expires, "H:x:1")
+    claims = tmp_path / "calls" / f"claims-{expires // 60}"
+    with open(claims, "ab") as f:
+        f.write(b"\0" * 5)  # part of a record
+    other = ReplayGuard(tmp_path / "calls")
+    with pytest.raises(SignatureError, match="replay record .* is damaged"):
+        other.claim(b"\2" * 16, expires, "H:x:2")
