@@ -18,7 +18,18 @@ from collections.abc import Callable
 
 from farm.server.deadlines import Deadlines
 from farm.server.options import ServerOptions
-from farm.server.queues import HIGH, LOW, NORMAL, FunctionQueue, Job, Outcome, Peer, Timer
+from farm.server.queues import (
+    HIGH,
+    LOW,
+    NORMAL,
+    SERVED_LOCALLY,
+    SERVED_OVER_TCP,
+    FunctionQueue,
+    Job,
+    Outcome,
+    Peer,
+    Timer,
+)
 
 __all__ = ["Dispatch", "MAX_EXPIRED", "WAKE_DEADLINE"]
 
@@ -64,7 +75,7 @@ class Dispatch:
         worker.abilities[function] = timeout
         fq = self.function(function)
         fq.workers.add(worker)
-        fq.served = True
+        fq.served = max(fq.served, SERVED_OVER_TCP if worker.tcp else SERVED_LOCALLY)
         if worker.sleeping:
             fq.sleepers[worker] = None
             if function in self.ready:  # its jobs already wait: wake it, as their submit would

@@ -7,7 +7,8 @@ the server's loop, so a server nobody scrapes pays nothing for it.
 
 Label sets stay bounded: a function is labelled by its name once a worker has
 registered it (``FunctionQueue.served``, kept while its entry lives, so a pool
-that is recycling keeps its series), the first MAX_LABELLED such functions only;
+that is recycling keeps its series), MAX_LABELLED such functions at most, those served
+on the Unix socket first;
 every other function is summed under ``function="other"``, so neither a client
 inventing names nor a worker registering thousands can grow the scrape without
 limit (4,096 names from one TCP worker made a 145 MB scrape that held the server
@@ -25,7 +26,7 @@ from typing import Any
 from farm.protocol.kinds import PRIORITY_NAMES
 from farm.server.hub import Hub
 from farm.server.metrics import Histogram
-from farm.server.queues import FunctionQueue
+from farm.server.queues import SERVED_LOCALLY, FunctionQueue
 
 __all__ = ["exposition", "serve_http", "CONTENT_TYPE"]
 
@@ -158,15 +159,22 @@ class _Collector:
 
 
 def _by_label(functions: Iterable[FunctionQueue]) -> list[tuple[str, list[FunctionQueue]]]:
-    """(label, functions) pairs: one per function a worker has served, then "other"."""
+    """(label, functions) pairs: one per function a worker has served (those served on the
+    Unix socket first: a TCP peer's names must not crowd the farm's pools out), then
+    "other"."""
+    functions = list(functions)
     named: list[tuple[str, list[FunctionQueue]]] = []
     other: list[FunctionQueue] = []
-    for fq in functions:
-        name = fq.name.decode("utf-8", "replace")
-        if fq.served and name != OTHER and len(named) < MAX_LABELLED:  # "other" joins the sum
-            named.append((name, [fq]))
+    served = sorted(  # stable: the oldest first within each kind
+        (fq for fq in functions if fq.served and fq.name != OTHER.encode()),
+        key=lambda fq: fq.served != SERVED_LOCALLY,
+    )
+    for fq in served:
+        if len(named) < MAX_LABELLED:
+            named.append((fq.name.decode("utf-8", "replace"), [fq]))
         else:
             other.append(fq)
+    other += [fq for fq in functions if not fq.served or fq.name == OTHER.encode()]
     if other:
         named.append((OTHER, other))
     return named

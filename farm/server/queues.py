@@ -48,6 +48,7 @@ class Peer(Protocol):
     woken: bool  # woken (NOOP) and not come to grab yet; see JobServer._wake
     draining: bool  # farm's admin `drain`: no job is handed to it any more (Dispatch.drain)
     killed: bool  # farm's admin `killing`: its supervisor kills it now, so its job was stopped
+    tcp: bool  # a TCP peer (any local user), not one on the Unix socket
 
     def wake(self) -> None:
         """A sleeping worker has a job it can grab (NOOP)."""
@@ -151,6 +152,10 @@ class Job:
         return f"<Job {self.handle.decode()} {self.function.decode()!r}>"
 
 
+#: FunctionQueue.served: by a TCP peer, by a peer on the Unix socket.
+SERVED_OVER_TCP, SERVED_LOCALLY = 1, 2
+
+
 class FunctionQueue:
     """The jobs of one function: three FIFO queues (high, normal, low) and who can run them.
 
@@ -194,8 +199,9 @@ class FunctionQueue:
         self.stats = FunctionStats()
         # A worker has registered it: the metrics label it by name from then on (while it
         # is in the table), not only while a worker is there, so a pool that is recycling
-        # keeps its series; names nobody ever served are summed as "other".
-        self.served = False
+        # keeps its series; names nobody ever served are summed as "other". SERVED_LOCALLY
+        # once a worker on the Unix socket did (the farm's own: labelled first).
+        self.served = 0
 
     def full(self, priority: int) -> bool:
         limit = self.max_by_priority[priority] or self.max_total

@@ -23,6 +23,7 @@ class FakePeer:
         self.woken = False
         self.draining = False
         self.killed = False
+        self.tcp = False
         self.told: list[tuple[Any, ...]] = []
 
     def wake(self) -> None:

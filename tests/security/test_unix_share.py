@@ -115,6 +115,9 @@ def test_tcp_peers_cannot_make_functions_past_max_functions(
         local = Peer(f"unix:{unix}")
         local.send(T.SUBMIT_JOB_BG, "mine", "", "x")
         local.expect(T.JOB_CREATED)
+        local.send(T.CAN_DO, "local-pool")  # after the TCP names, yet labelled before them
+        local.send(T.ECHO_REQ, "sync")
+        local.expect(T.ECHO_RES)
         metrics = local.admin("metrics")
         labelled = {
             line.split('function="')[1].split('"')[0]
@@ -122,5 +125,6 @@ def test_tcp_peers_cannot_make_functions_past_max_functions(
             if line.startswith("farm_workers{")
         }
         assert len(labelled) == 257 and "other" in labelled  # 256 names, and the sum
+        assert "local-pool" in labelled, "a TCP peer's names crowded the farm's pool out"
     finally:
         srv.stop()
