@@ -1,0 +1,98 @@
+"""farm.pools.rollout's rules, on the real Restarting mixin with a pool's slots in memory (no
+processes: what it starts and retires is recorded). The farm as users run it is in
+tests/integration/test_restart.py and test_supervisor_runtime.py."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from farm.config.model import FunctionConfig
+from farm.pools.rollout import Restarting
+from farm.pools.slots import ProcState, Slot, WorkerProcess
+
+_pids = itertools.count(100)
+
+
+def pool(name: str, target: str, workers: int = 1) -> FunctionConfig:
+    return FunctionConfig(
+        name=name,
+        target=target,
+        workers=workers,
+        auto=False,
+        timeout=None,
+        max_jobs=None,
+        max_rss_mb=None,
+    )
+
+
+@dataclass(frozen=True)
+class Cfg:  # what Restarting reads of Config
+    functions: dict[str, FunctionConfig]
+    local_server: bool = False
+
+
+class Farm(Restarting):
+    def __init__(self, **pools: FunctionConfig) -> None:
+        self.config = Cfg(dict(pools))  # type: ignore[assignment]
+        self.slots = {n: [Slot(n, i, 0) for i in range(p.workers)] for n, p in pools.items()}
+        for name, slots in self.slots.items():
+            for slot in slots:
+                slot.proc = self.process(slot, pools[name], ProcState.IDLE)
+        self.rollout, self.rollouts, self.kept_back, self.reloaded_from = None, 0, set(), {}
+        self.retired: list[int] = []
+
+    @staticmethod
+    def process(slot: Slot, p: FunctionConfig, state: ProcState, **kw: Any) -> WorkerProcess:
+        return WorkerProcess(
+            next(_pids), slot.function, slot.index, 0, -1, p.options(), state=state, **kw
+        )
+
+    def start_process(self, slot: Slot, p: FunctionConfig) -> WorkerProcess:
+        return self.process(slot, p, ProcState.STARTING)
+
+    def retire(self, proc: WorkerProcess, p: FunctionConfig | None = None) -> None:
+        self.retired.append(proc.pid)
+
+    def kill(self, proc: WorkerProcess, why: str) -> None:
+        pass
+
+    def reload_to(self, **targets: str) -> list[str]:
+        """What Steering.reload does to the config and reloaded_from."""
+        old = self.config.functions
+        new = {n: replace(p, target=targets.get(n, p.target)) for n, p in old.items()}
+        changed = [n for n in new if new[n].options() != old[n].options()]
+        for name in changed:
+            self.reloaded_from[name] = old[name]
+        self.config = Cfg(new)  # type: ignore[assignment]
+        return changed
+
+
+def test_a_failed_reload_goes_back_to_what_runs_not_to_an_older_target() -> None:
+    # X: A -> B (done) while Y's rollout goes on, then X: B -> C, which does not boot.
+    farm = Farm(X=pool("X", "m:A"), Y=pool("Y", "m:P", 2))
+    farm.start_restart(dict.fromkeys(farm.reload_to(X="m:B", Y="m:Q")))
+    farm.advance_restarts()
+    farm.slots["X"][0].successor.state = ProcState.IDLE  # type: ignore[union-attr]
+    farm.slots["Y"][0].successor.state = ProcState.IDLE  # type: ignore[union-attr]
+    farm.advance_restarts()
+    farm.add_to_restart(farm.reload_to(X="m:C"))
+    farm.advance_restarts()
+    slot = farm.slots["X"][0]
+    assert slot.successor is not None
+    farm.successor_exited(slot, slot.successor, 256)  # C did not boot
+    assert slot.proc is not None and slot.proc.options[0] == "m:B"
+    assert farm.config.functions["X"].target == "m:B", "later starts must run what runs now"
+
+
+def test_restart_waits_for_a_slow_booting_python_worker() -> None:
+    # Killing it would start its boot (a model's load, say) over on every deploy.
+    p = pool("ml", "m:predict")
+    farm = Farm(ml=p)
+    slot = farm.slots["ml"][0]
+    slot.proc = farm.process(slot, p, ProcState.STARTING, started=time.monotonic() - 11)
+    farm.start_restart({"ml": None})
+    farm.advance_restarts()
+    assert farm.retired == [] and slot.proc is not None
