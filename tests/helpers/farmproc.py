@@ -20,6 +20,16 @@ from tests.helpers.servers import free_port
 from tests.helpers.waiting import wait_for
 
 
+def farm_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the `farm` CLI as a user would (its own process), capturing what it prints."""
+    return subprocess.run(
+        [sys.executable, "-c", "from farm.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 class FarmUp:
     """`farm up -c <tmp>/farm.toml` with $NOTIFY_SOCKET bound by the test."""
 

@@ -7,8 +7,6 @@ The gearman CLI is skipped when absent, and fails instead under FARM_REQUIRE_INT
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,20 +15,11 @@ import psutil
 import pytest
 
 from farm.client import Client
-from tests.helpers.farmproc import FarmUp
+from tests.helpers.farmproc import FarmUp, farm_cli
 from tests.helpers.servers import need
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def farm_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from farm.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 def gearman_pool(up: FarmUp, runs: Path, seconds: float, extra: str = "", gate: str = "") -> str:

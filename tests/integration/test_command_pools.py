@@ -20,7 +20,7 @@ import pytest
 
 from farm.client import Client
 from tests.helpers import ROOT
-from tests.helpers.farmproc import FarmUp
+from tests.helpers.farmproc import FarmUp, farm_cli
 from tests.helpers.servers import need, skip_or_fail
 from tests.helpers.waiting import wait_for
 
@@ -31,15 +31,6 @@ PERL_WORKER = ROOT / "workers" / "perl" / "reverse.pl"
 PHP_CLIENT = (
     '$c = new GearmanClient(); $c->addServer(); echo $c->doNormal("reverse", "Hello World!");'
 )
-
-
-def farm_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from farm.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 def php() -> str:

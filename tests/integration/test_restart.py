@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.farmproc import FarmUp
+from tests.helpers.farmproc import FarmUp, farm_cli
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -53,15 +53,6 @@ with Client(addr) as client:
         sys.stdout.flush()
         i += 1
 """
-
-
-def farm_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from farm.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def counted_farm(tmp_path: Path, version: str = "v1") -> FarmUp:

@@ -15,7 +15,7 @@ import pytest
 
 from farm.client import Client
 from farm.errors import FarmError, JobFailed
-from tests.helpers.farmproc import FarmUp
+from tests.helpers.farmproc import FarmUp, farm_cli
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(40)
@@ -29,15 +29,6 @@ workers = 1
 target = "workers.hashing:pbkdf2"
 workers = 1
 """
-
-
-def farm_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from farm.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=20,
-    )
 
 
 class JobStream:

@@ -4,27 +4,16 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from farm.client import Client
-from tests.helpers.farmproc import FarmUp
+from tests.helpers.farmproc import FarmUp, farm_cli
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def farm_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from farm.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=20,
-    )
 
 
 def test_scale_restart_and_reload_while_stopping_are_refused_and_the_job_finishes(
