@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import math
 import re
-import socket
 from dataclasses import fields
 from types import MappingProxyType
 from typing import Any
 
 from farm.commandspec import parse_command, parse_stop_signal
+from farm.config import rules
 from farm.config.capacity import available_cpus, capacity_problem, default_memory_budget_mb
 from farm.config.defaults import builtin, server_store
 from farm.config.model import (
-    RESERVED_PREFIX,
     Config,
     ExecutorConfig,
     FunctionConfig,
@@ -30,23 +29,6 @@ from farm.logs import LOG_FORMATS
 from farm.net import DEFAULT_PORT, DEFAULT_SERVER
 from farm.protocol.codec import MAX_TIMEOUT
 from farm.targets import target_problem
-
-#: Hosts that bind every address.
-WILD = frozenset({"0.0.0.0", "::", ""})
-
-
-def _ips(host: str) -> frozenset[str]:
-    """The addresses ``host`` names ("localhost" is 127.0.0.1 too), or itself."""
-    host = host.strip("[]")
-    try:
-        found = {str(info[4][0]) for info in socket.getaddrinfo(host or None, None)}
-    except (OSError, UnicodeError):
-        found = set()
-    return frozenset(found | {host})
-
-
-#: The Executor's worker target, and the shim kept for configs that copied the old one.
-EXECUTOR_TARGETS = ("farm.executor.call:run_call", "farm.executor_worker:run_call")
 
 __all__ = ["Validator", "COMMAND_KEYS", "POOL_KEYS", "KILL_RSS_FACTOR", "MAX_GRACE"]
 
@@ -109,43 +91,10 @@ class Validator(TableReader):
             functions=MappingProxyType(pools),
             executor=self.executor(raw.get("executor", {})),
         )
-        self.reserved_pools(config)
-        self.metrics_port_free(config)
-        command = next((p.name for p in pools.values() if p.command), None)
-        if command is not None and not config.command_servers:
-            raise self.fail(
-                f"functions.{command}.command",
-                f'command workers connect over TCP; add "{DEFAULT_SERVER}" to server.listen'
-                " (or a HOST:PORT to supervisor.servers)",
-            )
-        timed = next((p.name for p in pools.values() if p.command and p.timeout), None)
-        if timed is not None and not (config.local_server and server.unix):
-            raise self.fail(
-                f"functions.{timed}.timeout",
-                "the supervisor sees a command worker's job through the local server's Unix"
-                ' socket; add "unix:PATH" to server.listen, or remove it and register the'
-                " function with a timeout in the worker (CAN_DO_TIMEOUT)",
-            )
+        broken = rules.problem(config)  # the rules across the tables
+        if broken is not None:
+            raise self.fail(*broken)
         return config
-
-    def metrics_port_free(self, config: Config) -> None:
-        """The supervisor's metrics endpoint must not take the local server's port: the
-        server then failed to bind at every start (exit 1, which systemd restarts)."""
-        metrics = config.supervisor.metrics
-        if metrics is None or not config.local_server:
-            return
-        host, _, port = metrics.rpartition(":")
-        for address in config.server.listen:
-            other_host, _, other_port = address.rpartition(":")
-            if address.startswith("unix:") or port == "0" or other_port != port:
-                continue
-            mine, theirs = _ips(host), _ips(other_host)
-            if mine & theirs or WILD & (mine | theirs):
-                raise self.fail(
-                    "supervisor.metrics",
-                    f"{metrics} is the job server's listen address {address} too;"
-                    " give the metrics another port",
-                )
 
     def executor(self, raw: Any) -> ExecutorConfig:
         """``[executor]``: farm.Executor's spill directory and limits (all optional)."""
@@ -166,43 +115,6 @@ class Validator(TableReader):
                     raise self.fail(f"executor.{key}", f"must be a whole number > 0, got {value!r}")
                 numbers[key] = value
         return ExecutorConfig(spill_dir=spill_dir, **numbers)
-
-    def reserved_pools(self, config: Config) -> None:
-        """A pool serving a reserved ``farm.*`` function (the Executor's calls, code to run)
-        needs a Unix socket on this host to register on: a farm server refuses it over TCP."""
-        for pool in config.functions.values():
-            if pool.target in EXECUTOR_TARGETS and not all(
-                f.startswith(RESERVED_PREFIX) for f in pool.functions
-            ):
-                # Its calls are code to run: under any other name, any local user could
-                # register for them over TCP (and farm.Executor refuses such a name).
-                raise self.fail(
-                    f"functions.{pool.name}",
-                    f"{pool.target} serves only reserved farm.* functions; name the pool"
-                    f' "farm.{pool.name}" (or set function = "farm.SOMETHING")',
-                )
-            if not pool.reserved:
-                continue
-            if pool.command is not None:
-                raise self.fail(
-                    f"functions.{pool.name}",
-                    "command workers connect over TCP, where a farm server refuses the"
-                    " reserved farm.* functions; serve them from a Python target",
-                )
-            if config.servers_for(pool):
-                continue
-            if config.local_server:
-                raise self.fail(
-                    "server.listen",
-                    f"the {pool.name} pool is served only over a Unix socket (its calls are"
-                    ' code to run); add "unix:/run/farm/gearman.sock" or another path',
-                )
-            raise self.fail(
-                "supervisor.servers",
-                f"the {pool.name} pool is served only over a Unix socket (its calls are code"
-                ' to run); add the "unix:/path" of a farm server on this host, or set'
-                " local_server = true",
-            )
 
     def server(self, raw: dict[str, Any]) -> ServerConfig:
         listen = raw["listen"]

@@ -1,0 +1,117 @@
+"""The rules across a config's tables, checked once every table has been read: what the
+pools need of the server and the supervisor, and what must not collide.
+
+``problem`` returns the first rule broken as (key, message), which
+:meth:`farm.config.parse.Validator.fail` turns into the one-line error naming the file.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from farm.config.model import RESERVED_PREFIX, Config
+from farm.net import DEFAULT_SERVER
+
+__all__ = ["EXECUTOR_TARGETS", "problem"]
+
+#: The Executor's worker target, and the shim kept for configs that copied the old one.
+EXECUTOR_TARGETS = ("farm.executor.call:run_call", "farm.executor_worker:run_call")
+#: Hosts that bind every address.
+WILD = frozenset({"0.0.0.0", "::", ""})
+
+
+def problem(config: Config) -> tuple[str, str] | None:
+    """The first rule across tables that ``config`` breaks, as (key, message); or None."""
+    return reserved_pools(config) or metrics_port_free(config) or command_pools(config)
+
+
+def reserved_pools(config: Config) -> tuple[str, str] | None:
+    """A pool serving a reserved ``farm.*`` function (the Executor's calls, code to run)
+    needs a Unix socket on this host to register on: a farm server refuses it over TCP."""
+    for pool in config.functions.values():
+        if pool.target in EXECUTOR_TARGETS and not all(
+            f.startswith(RESERVED_PREFIX) for f in pool.functions
+        ):
+            # Its calls are code to run: under any other name, any local user could
+            # register for them over TCP (and farm.Executor refuses such a name).
+            return (
+                f"functions.{pool.name}",
+                f"{pool.target} serves only reserved farm.* functions; name the pool"
+                f' "farm.{pool.name}" (or set function = "farm.SOMETHING")',
+            )
+        if not pool.reserved:
+            continue
+        if pool.command is not None:
+            return (
+                f"functions.{pool.name}",
+                "command workers connect over TCP, where a farm server refuses the"
+                " reserved farm.* functions; serve them from a Python target",
+            )
+        if config.servers_for(pool):
+            continue
+        if config.local_server:
+            return (
+                "server.listen",
+                f"the {pool.name} pool is served only over a Unix socket (its calls are"
+                ' code to run); add "unix:/run/farm/gearman.sock" or another path',
+            )
+        return (
+            "supervisor.servers",
+            f"the {pool.name} pool is served only over a Unix socket (its calls are code"
+            ' to run); add the "unix:/path" of a farm server on this host, or set'
+            " local_server = true",
+        )
+    return None
+
+
+def metrics_port_free(config: Config) -> tuple[str, str] | None:
+    """The supervisor's metrics endpoint must not take the local server's port: the
+    server then failed to bind at every start (exit 1, which systemd restarts)."""
+    metrics = config.supervisor.metrics
+    if metrics is None or not config.local_server:
+        return None
+    host, _, port = metrics.rpartition(":")
+    for address in config.server.listen:
+        other_host, _, other_port = address.rpartition(":")
+        if address.startswith("unix:") or port == "0" or other_port != port:
+            continue
+        mine, theirs = _ips(host), _ips(other_host)
+        if mine & theirs or WILD & (mine | theirs):
+            return (
+                "supervisor.metrics",
+                f"{metrics} is the job server's listen address {address} too;"
+                " give the metrics another port",
+            )
+    return None
+
+
+def command_pools(config: Config) -> tuple[str, str] | None:
+    """Command workers connect over TCP; one with a timeout is watched through the local
+    server's Unix socket."""
+    pools = config.functions.values()
+    command = next((p.name for p in pools if p.command), None)
+    if command is not None and not config.command_servers:
+        return (
+            f"functions.{command}.command",
+            f'command workers connect over TCP; add "{DEFAULT_SERVER}" to server.listen'
+            " (or a HOST:PORT to supervisor.servers)",
+        )
+    timed = next((p.name for p in pools if p.command and p.timeout), None)
+    if timed is not None and not (config.local_server and config.server.unix):
+        return (
+            f"functions.{timed}.timeout",
+            "the supervisor sees a command worker's job through the local server's Unix"
+            ' socket; add "unix:PATH" to server.listen, or remove it and register the'
+            " function with a timeout in the worker (CAN_DO_TIMEOUT)",
+        )
+    return None
+
+
+def _ips(host: str) -> frozenset[str]:
+    """The addresses ``host`` names ("localhost" is 127.0.0.1 too), or itself."""
+    host = host.strip("[]")
+    try:
+        found = {str(info[4][0]) for info in socket.getaddrinfo(host or None, None)}
+    except (OSError, UnicodeError):
+        found = set()
+    return frozenset(found | {host})
