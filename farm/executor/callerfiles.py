@@ -99,8 +99,10 @@ class CallerFiles:
             self.remove(reference)
         return entry[0], key
 
-    def use(self, key: bytes, futures: Iterable[Future[Any]]) -> None:
-        """The calls that carry a ``shared`` stand-in; its file goes when they are done."""
+    def use(self, key: bytes, futures: Iterable[Future[Any]], *, keep: bool = False) -> None:
+        """The calls that carry a ``shared`` stand-in; its file goes when they are done.
+        ``keep``: ``shared``'s hold stays (a map with buffersize makes more calls later, and
+        ``release``s it when it ends)."""
         for future in futures:
             with self._lock:
                 entry = self._shared.get(key)
@@ -108,7 +110,8 @@ class CallerFiles:
                     return
                 entry[2] += 1
             future.add_done_callback(lambda _: self.release(key))
-        self.release(key)  # shared()'s own hold
+        if not keep:
+            self.release(key)  # shared()'s own hold
 
     def release(self, key: bytes) -> None:
         with self._lock:

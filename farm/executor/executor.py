@@ -33,7 +33,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor as _BaseExecutor
 from concurrent.futures import Future
-from itertools import islice
+from functools import partial
 from typing import Any, TypeVar
 
 from farm.client.admin import function_workers
@@ -49,10 +49,9 @@ from farm.executor.call import DEFAULT_FUNCTION
 from farm.executor.callerfiles import CallerFiles
 from farm.executor.flight import MAX_BATCH, BrokenFarmExecutor, Call, WorkItem, fail_broken
 from farm.executor.futures import CallFuture, results
+from farm.executor.mapping import Hand, MapCalls, check_buffersize, more_of, weak_hand
 from farm.executor.payload import (
-    ARG_CHUNK,
     CALL_ID_SIZE,
-    CHUNK,
     SINGLE,
     SPILLED,
     RemoteTraceback,
@@ -71,10 +70,6 @@ __all__ = ["Executor", "RemoteTraceback", "BrokenFarmExecutor", "DEFAULT_FUNCTIO
 
 T = TypeVar("T")
 
-#: How long map() may queue calls before it hands them to the pump (see map).
-NUDGE_EVERY = 0.002
-#: Iterables whose reading cannot block: map may queue their calls (see map).
-_IN_MEMORY = (list, tuple, range)
 #: Jobs in flight per worker of the pool for an executor without max_workers (see __init__).
 QUEUED_PER_WORKER = 2
 
@@ -252,18 +247,21 @@ class Executor(_BaseExecutor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        buffersize: int | None = None,
         progress: bool = False,
     ) -> Iterator[T]:
         """Like ``builtins.map`` run on the farm; ``chunksize`` calls travel as one job.
 
-        The iterables are read at once; results are yielded in order. A call
-        that raised raises when its result is due (with chunks: the whole
-        chunk's). ``timeout`` counts from this call, as in concurrent.futures.
+        The iterables are read at once, or with ``buffersize`` (as in Python 3.14)
+        that many chunks ahead of the results asked for; results are yielded in
+        order. A call that raised raises when its result is due (with chunks: the
+        whole chunk's). ``timeout`` counts from this call, as in concurrent.futures.
         ``progress``: draw a progress bar of the calls done on standard error
         while the results are read, when it is a terminal (farm.executor.progress).
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
+        check_buffersize(buffersize)
         if self._generation != lifespan.state.generation:
             self._renew()
         end_time = None if timeout is None else timeout + time.monotonic()
@@ -276,58 +274,34 @@ class Executor(_BaseExecutor):
             fn_error: Exception | None = None
         except Exception as exc:  # unpicklable, or its file cannot be written
             fn_bytes, fn_error = None, exc
-        if chunksize > 1 and len(iterables) == 1:
-            # One iterable: each chunk is a list of the arguments themselves (ARG_CHUNK),
-            # not of 1-tuples, which cost more to build, pickle and unpickle.
-            calls: Iterator[Any] = iter(iterables[0])
-            kind = ARG_CHUNK
-        else:
-            calls = zip(*iterables, strict=False)  # the shortest iterable ends it
-            kind = SINGLE if chunksize == 1 else CHUNK
+        calls = MapCalls(fn_bytes, fn_error, iterables, chunksize)
         futures: list[Future[Any]] = []
-        sizes: list[int] = []  # calls per future, for the progress bar
-        # Over lists, tuples and ranges (which cannot block), the first call goes out at
-        # once, so a worker starts; the next ones are queued and handed over every
-        # NUDGE_EVERY seconds and at the end, and go out in batches. A send per call from
-        # this thread would cost more than the call itself (tiny calls); and the pump
-        # thread, which would batch them, waits for the GIL that this loop holds while it
-        # pickles. Calls read from anything else (a generator may wait for input, or for
-        # the calls already read to run) are handed over as they are read.
-        may_hold = all(type(it) in _IN_MEMORY for it in iterables)
-        hold_until = 0.0
         try:
-            while chunk := list(islice(calls, chunksize)):
-                sizes.append(len(chunk))
-                if fn_bytes is None:
-                    futures.append(self._enqueue(None, fn_error))
-                    continue
-                try:
-                    body = dump_call((chunk[0], {})) if kind == SINGLE else dump_call(chunk)
-                except Exception as exc:
-                    futures.append(self._enqueue(None, exc))
-                    continue
-                if len(body) > spill.SPILL_THRESHOLD:
-                    futures.append(self._enqueue_spilled(fn_bytes, kind, body))
-                    continue
-                hold = False
-                if may_hold:
-                    now = time.monotonic()
-                    hold = now < hold_until
-                    if not hold:
-                        hold_until = now + NUDGE_EVERY
-                futures.append(self._enqueue(Call(fn_bytes, kind, body), None, hold=hold))
+            calls.read(self._hand(), futures, buffersize)
         finally:
-            if self._thread is not None:
-                self._pump.nudge()
-            if shared is not None:
-                self._files.use(shared, futures)
-        if not progress:
-            return results(futures, end_time, chunked=chunksize > 1)
-        from farm.executor.progress import with_progress
+            if shared is not None:  # with buffersize the map holds the file until it ends
+                self._files.use(shared, futures, keep=buffersize is not None)
+        bar = None
+        if progress:
+            from farm.executor.progress import Bar
 
-        name = getattr(fn, "__name__", None) or "calls"
-        shown = list(futures)  # results() empties its list as it goes
-        return with_progress(results(futures, end_time, chunked=chunksize > 1), shown, sizes, name)
+            name = getattr(fn, "__name__", None) or "calls"
+            bar = Bar(name, sum(calls.sizes) if buffersize is None else None)
+            for future, size in zip(futures, calls.sizes, strict=True):
+                bar.track(future, size)
+        more = ended = None
+        if buffersize is not None:
+            files, key = self._files, shared  # not self: the iterator holds it weakly
+
+            def used(got: list[Future[Any]]) -> None:
+                if key is not None:
+                    files.use(key, got, keep=True)
+
+            more = more_of(weak_hand(self._hand), calls, used, bar)
+            if key is not None:
+                ended = partial(files.release, key)
+        due = results(futures, end_time, chunked=chunksize > 1, more=more, ended=ended)
+        return due if bar is None else bar.shown(due)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new calls; ``cancel_futures`` cancels those not yet sent; ``wait`` for the rest."""
@@ -351,8 +325,16 @@ class Executor(_BaseExecutor):
 
     # -- internals --
 
+    def _hand(self) -> Hand:
+        """How map hands its calls over (farm.executor.mapping)."""
+        return Hand(self._enqueue, self._enqueue_spilled, self._nudge)
+
+    def _nudge(self) -> None:
+        if self._thread is not None:
+            self._pump.nudge()
+
     def _enqueue(
-        self, call: Call | None, error: Exception | None, *, hold: bool = False
+        self, call: Call | None, error: Exception | None, hold: bool = False
     ) -> Future[Any]:
         with self._shutdown_lock:
             if self._pump.broken is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future
 from concurrent.futures._base import PENDING, RUNNING
@@ -21,9 +22,19 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def results(futures: list[Future[Any]], end_time: float | None, *, chunked: bool) -> Iterator[Any]:
+def results(
+    futures: list[Future[Any]],
+    end_time: float | None,
+    *,
+    chunked: bool,
+    more: Callable[[], Future[Any] | None] | None = None,
+    ended: Callable[[], None] | None = None,
+) -> Iterator[Any]:
     """The futures' results in order (with ``chunked``: the values of each chunk's list);
     what is left is cancelled if the caller stops early (the iterator is closed or dropped).
+    ``more`` (a map with ``buffersize``): called before each future is waited for, its
+    future (None: no more) joins the end, as in CPython's map. ``ended``: called once
+    when the iterator ends, is closed or is dropped.
 
     While the caller holds a yielded result, nothing here refers to it or to its
     future (bpo-14406): no local names either, as in CPython's ``_result_or_cancel``.
@@ -32,7 +43,7 @@ def results(futures: list[Future[Any]], end_time: float | None, *, chunked: bool
     more than a tiny call's whole round trip (20,000 values: 1.8 ms, against 0.7).
     """
     futures.reverse()  # pop() from the end is O(1) and drops each reference when done
-    due = _each(futures, end_time)
+    due = _each(deque(futures) if more else futures, end_time, more, ended)
     return _ChunkValues.of(due) if chunked else due
 
 
@@ -50,14 +61,27 @@ class _ChunkValues(chain[Any]):
         return values
 
 
-def _each(futures: list[Future[Any]], end_time: float | None) -> Generator[Any, None, None]:
+def _each(
+    futures: list[Future[Any]] | deque[Future[Any]],
+    end_time: float | None,
+    more: Callable[[], Future[Any] | None] | None,
+    ended: Callable[[], None] | None,
+) -> Generator[Any, None, None]:
     try:
         while futures:
+            if more is not None:
+                added = more()
+                if added is None:
+                    more = None  # the iterables are spent (or the executor is gone)
+                else:
+                    futures.appendleft(added)  # type: ignore[union-attr]  # a deque with more
             left = None if end_time is None else end_time - time.monotonic()
             yield _result_or_cancel(futures.pop(), left)
     finally:
         for future in futures:
             future.cancel()
+        if ended is not None:
+            ended()
 
 
 def _popping(chunk: list[Any]) -> Iterator[Any]:

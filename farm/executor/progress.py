@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-__all__ = ["on_terminal", "with_progress"]
+__all__ = ["on_terminal", "Bar"]
 
 T = TypeVar("T")
 
@@ -29,37 +29,47 @@ def on_terminal() -> bool:
         return False
 
 
-def with_progress(
-    results: Iterator[T], futures: list[Future[Any]], sizes: list[int], description: str
-) -> Iterator[T]:
-    """``results``, with a bar that advances by ``sizes[i]`` calls when ``futures[i]`` is done;
-    ``results`` itself when standard error is no terminal."""
-    if not on_terminal():
-        return results
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+class Bar:
+    """The bar of one map: it advances by a future's calls when that future is done. On no
+    terminal it draws nothing and costs nothing (rich is not imported)."""
 
-    progress = Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(file=sys.stderr),
-    )
-    task = progress.add_task(description, total=sum(sizes))
-    for future, size in zip(futures, sizes, strict=True):
-        future.add_done_callback(lambda _, n=size: progress.advance(task, n))  # type: ignore[misc]
-    return _shown(results, progress)
+    def __init__(self, description: str, total: int | None) -> None:
+        """``total``: the map's calls; None when they are not known yet (``buffersize``)."""
+        self._progress: Any = None
+        if not on_terminal():
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(file=sys.stderr),
+        )
+        self._task = self._progress.add_task(description, total=total)
+
+    def track(self, future: Future[Any], size: int) -> None:
+        """Count ``size`` calls done when ``future`` is (in the thread that settles it)."""
+        if self._progress is not None:
+            progress, task = self._progress, self._task
+            future.add_done_callback(lambda _: progress.advance(task, size))
+
+    def shown(self, results: Iterator[T]) -> Iterator[T]:
+        """``results``, with the bar drawn from the first ``next()`` until the last result
+        (or until the caller stops)."""
+        return results if self._progress is None else _shown(results, self._progress)
 
 
 def _shown(results: Iterator[T], progress: Any) -> Iterator[T]:
-    with progress:  # drawn from the first next() until the last result, or the caller stops
+    with progress:
         yield from results

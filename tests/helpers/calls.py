@@ -172,3 +172,9 @@ def tell(path: str) -> str:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         s.sendto(b"ran", path)
     return path
+
+
+def size_plus(data: bytes, x: int) -> int:
+    """With ``data`` of over 1 MiB bound by functools.partial: a function the executor sends
+    as a spill file shared by its calls."""
+    return len(data) + x

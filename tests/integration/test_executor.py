@@ -343,9 +343,9 @@ def test_map_sends_the_calls_of_a_generator_as_it_reads_them(
     one that waits for a call it gave to run must not wait forever."""
     import socket
 
-    import farm.executor.executor as executor_module
+    import farm.executor.mapping as mapping_module
 
-    monkeypatch.setattr(executor_module, "NUDGE_EVERY", 3600.0)  # queued calls would stay
+    monkeypatch.setattr(mapping_module, "NUDGE_EVERY", 3600.0)  # queued calls would stay
     path = str(tmp_path / "ran.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as inbox:
         inbox.bind(path)

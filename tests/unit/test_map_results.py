@@ -65,3 +65,45 @@ def test_close_cancels_the_calls_not_yet_due_as_a_generator_does(chunked: bool) 
     assert all(f.cancelled() for f in later)
     with pytest.raises(StopIteration):
         next(results)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_more_adds_a_future_before_each_wait_and_ended_runs_once(chunked: bool) -> None:
+    """A map with buffersize: ``more`` tops the futures up before each result is waited for
+    (CPython 3.14's order), until it says None; ``ended`` runs once, however the map ends."""
+    made = iter(range(2, 5))
+    calls: list[str] = []
+
+    def more() -> Future[Any] | None:
+        calls.append("more")
+        value = next(made, None)
+        return None if value is None else done([value] if chunked else value)
+
+    def ended() -> None:
+        calls.append("ended")
+
+    first = [done([0] if chunked else 0), done([1] if chunked else 1)]
+    results = map_results(first, None, chunked=chunked, more=more, ended=ended)
+    assert calls == [], "nothing is read before the first result is asked for"
+    assert next(results) == 0
+    assert calls == ["more"]
+    assert list(results) == [1, 2, 3, 4]
+    assert calls == ["more"] * 4 + ["ended"], "once None, more is asked no more"
+
+
+def test_closing_a_map_with_more_cancels_what_it_added_and_ends_it() -> None:
+    added: list[Future[Any]] = []
+    ended: list[bool] = []
+
+    def more() -> Future[Any] | None:
+        added.append(Future())
+        return added[-1]
+
+    results = map_results(
+        [done(0)], None, chunked=False, more=more, ended=lambda: ended.append(True)
+    )
+    assert next(results) == 0
+    assert len(added) == 1 and not added[0].done()
+    results.close()  # type: ignore[attr-defined]
+    assert added[0].cancelled()
+    assert ended == [True]

@@ -1,0 +1,153 @@
+"""``Executor.map``'s calls: its iterables read into chunks, each pickled on the caller's
+thread and handed to the executor (``Hand``), all at once or ``buffersize`` ahead.
+
+Over lists, tuples and ranges (which cannot block), the first chunk of a read goes out at
+once, so a worker starts; the next ones are queued and handed over every ``NUDGE_EVERY``
+seconds and at the end of the read, and go out in batches (farm.executor.flight). A send
+per call from this thread would cost more than the call itself (tiny calls); and the pump
+thread, which would batch them, waits for the GIL that this loop holds while it pickles.
+(Handing them over in shares as they were pickled, so that the other workers started
+sooner, ran no faster on 2 cores -- maps of 20,000 tiny calls in chunks of 500 took
+3.9-4.5 ms against 3.4-4.4 in one run -- as those workers took the CPU the loop pickled on.)
+Calls read from anything else (a generator may wait for input, or for the calls already
+read to run) are handed over as they are read.
+
+With ``buffersize`` (Python 3.14's ``Executor.map``): only that many chunks are read
+before results are asked for, and each result asked for reads one more (``more``), so an
+endless generator can be mapped, and a ``map`` left early leaves the rest unread.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from itertools import islice
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from farm.executor import spill
+from farm.executor.flight import Call
+from farm.executor.payload import ARG_CHUNK, CHUNK, SINGLE, dump_call
+
+if TYPE_CHECKING:
+    from farm.executor.progress import Bar
+
+__all__ = ["Hand", "MapCalls", "NUDGE_EVERY", "check_buffersize"]
+
+#: How long map() may queue calls before it hands them to the pump (see the docstring).
+NUDGE_EVERY = 0.002
+#: Iterables whose reading cannot block: map may queue their calls (see the docstring).
+_IN_MEMORY = (list, tuple, range)
+
+
+class Hand(NamedTuple):
+    """How a map hands its calls to its executor."""
+
+    #: (call, or None with the error its future fails with; hold: queue it only)
+    enqueue: Callable[[Call | None, Exception | None, bool], Future[Any]]
+    #: (pickled function, kind, pickled calls over the spill threshold)
+    spilled: Callable[[bytes, int, bytes], Future[Any]]
+    #: send what was queued (held)
+    nudge: Callable[[], None]
+
+
+def check_buffersize(buffersize: object) -> None:
+    """Python 3.14's checks, with its messages."""
+    if buffersize is not None and not isinstance(buffersize, int):
+        raise TypeError("buffersize must be an integer or None")
+    if buffersize is not None and buffersize < 1:
+        raise ValueError("buffersize must be None or > 0")
+
+
+class MapCalls:
+    """One map's calls: ``read`` pickles chunks of them and hands them over."""
+
+    def __init__(
+        self,
+        fn_bytes: bytes | None,
+        fn_error: Exception | None,
+        iterables: tuple[Iterable[Any], ...],
+        chunksize: int,
+    ) -> None:
+        self.fn_bytes = fn_bytes  # None: the function did not pickle (fn_error says why)
+        self.fn_error = fn_error
+        if chunksize > 1 and len(iterables) == 1:
+            # One iterable: each chunk is a list of the arguments themselves (ARG_CHUNK),
+            # not of 1-tuples, which cost more to build, pickle and unpickle.
+            calls: Iterator[Any] = iter(iterables[0])
+            self.kind = ARG_CHUNK
+        else:
+            calls = zip(*iterables, strict=False)  # the shortest iterable ends it
+            self.kind = SINGLE if chunksize == 1 else CHUNK
+        self._chunks: Iterator[list[Any]] = iter(lambda: list(islice(calls, chunksize)), [])
+        self.may_hold = all(type(it) in _IN_MEMORY for it in iterables)
+        self.sizes: list[int] = []  # calls per future, for the progress bar
+
+    def read(self, hand: Hand, futures: list[Future[Any]], limit: int | None = None) -> None:
+        """Read up to ``limit`` chunks (None: all), appending each one's future to ``futures``
+        as it is handed over; what is held goes out before this returns, or raises."""
+        hold_until = 0.0
+        kind = self.kind
+        try:
+            for chunk in self._chunks if limit is None else islice(self._chunks, limit):
+                self.sizes.append(len(chunk))
+                if self.fn_bytes is None:
+                    futures.append(hand.enqueue(None, self.fn_error, False))
+                    continue
+                try:
+                    body = dump_call((chunk[0], {})) if kind == SINGLE else dump_call(chunk)
+                except Exception as exc:  # unpicklable: that chunk's future says so
+                    futures.append(hand.enqueue(None, exc, False))
+                    continue
+                if len(body) > spill.SPILL_THRESHOLD:
+                    futures.append(hand.spilled(self.fn_bytes, kind, body))
+                    continue
+                hold = False
+                if self.may_hold:
+                    now = time.monotonic()
+                    hold = now < hold_until
+                    if not hold:
+                        hold_until = now + NUDGE_EVERY
+                futures.append(hand.enqueue(Call(self.fn_bytes, kind, body), None, hold))
+        finally:
+            hand.nudge()
+
+
+def more_of(
+    owner: Callable[[], Hand | None],
+    calls: MapCalls,
+    used: Callable[[list[Future[Any]]], None],
+    bar: Bar | None,
+) -> Callable[[], Future[Any] | None]:
+    """The ``more`` of a map with ``buffersize``: one more chunk's future, None once the
+    iterables are spent or the executor is gone (``owner``: its Hand, or None then, as
+    CPython's map holds its executor by a weak reference). ``used`` learns each future."""
+
+    def more() -> Future[Any] | None:
+        hand = owner()
+        if hand is None:
+            return None
+        got: list[Future[Any]] = []
+        try:
+            calls.read(hand, got, 1)
+        finally:
+            used(got)
+        if not got:
+            return None
+        if bar is not None:
+            bar.track(got[0], calls.sizes[-1])
+        return got[0]
+
+    return more
+
+
+def weak_hand(make: Callable[[], Hand]) -> Callable[[], Hand | None]:
+    """``make`` (a bound method) held weakly: None once its object is gone."""
+    method = weakref.WeakMethod(make)
+
+    def owner() -> Hand | None:
+        bound = method()
+        return None if bound is None else bound()
+
+    return owner

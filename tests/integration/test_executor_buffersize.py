@@ -1,0 +1,156 @@
+"""``Executor.map(..., buffersize=N)`` (Python 3.14's): the iterables are read lazily, N
+chunks ahead of the results asked for, against a real `farm up`.
+
+The first tests adapt (our code, same checks) CPython's ExecutorTest.test_map_buffersize*
+(Lib/test/test_concurrent_futures/executor.py); the rest are farm's: chunks, a map left
+early, and a function large enough to travel as a spill file that the map keeps until it
+ends.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import farm
+from tests.helpers.calls import add, size_plus
+from tests.helpers.farmproc import FarmUp
+from tests.helpers.waiting import wait_for
+
+POOLS = """
+[functions."farm.python"]
+target = "farm.executor.call:run_call"
+workers = 2
+"""
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture(scope="module")
+def farm_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FarmUp, Path]]:
+    tmp = tmp_path_factory.mktemp("buffersize")
+    key = tmp / "state" / "executor.key"
+    up = FarmUp(tmp, POOLS, extra_env={"FARM_KEY_FILE": str(key)})
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"farm.python": 2})
+        yield up, key
+    finally:
+        up.stop()
+
+
+@pytest.fixture
+def ex(farm_up: tuple[FarmUp, Path]) -> Iterator[farm.Executor]:
+    up, key = farm_up
+    executor = farm.Executor(2, servers=[f"unix:{up.unix}"], key_file=str(key))
+    yield executor
+    executor.shutdown(wait=True)
+
+
+class Counted:
+    """An iterator that counts what was read from it."""
+
+    def __init__(self, values: Iterator[int]) -> None:
+        self.values = values
+        self.read = 0
+
+    def __iter__(self) -> Counted:
+        return self
+
+    def __next__(self) -> int:
+        value = next(self.values)
+        self.read += 1
+        return value
+
+
+# -- CPython's ExecutorTest.test_map_buffersize* --
+
+
+@pytest.mark.parametrize("buffersize", ["foo", 2.0])
+def test_map_buffersize_type_validation(ex: farm.Executor, buffersize: object) -> None:
+    with pytest.raises(TypeError, match="buffersize must be an integer or None"):
+        ex.map(str, range(4), buffersize=buffersize)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("buffersize", [0, -1])
+def test_map_buffersize_value_validation(ex: farm.Executor, buffersize: int) -> None:
+    with pytest.raises(ValueError, match="buffersize must be None or > 0"):
+        ex.map(str, range(4), buffersize=buffersize)
+
+
+@pytest.mark.parametrize("buffersize", [1, 2, 4, 8])
+def test_map_buffersize(ex: farm.Executor, buffersize: int) -> None:
+    assert list(ex.map(str, range(4), buffersize=buffersize)) == ["0", "1", "2", "3"]
+
+
+@pytest.mark.parametrize("buffersize", [1, 2, 4, 8])
+def test_map_buffersize_on_multiple_iterables(ex: farm.Executor, buffersize: int) -> None:
+    ints = range(4)
+    assert list(ex.map(add, ints, ints, buffersize=buffersize)) == [0, 2, 4, 6]
+
+
+def test_map_buffersize_on_infinite_iterable(ex: farm.Executor) -> None:
+    results = ex.map(str, itertools.count(), buffersize=2)
+    assert [next(results, None) for _ in range(3)] == ["0", "1", "2"]
+
+
+def test_map_buffersize_on_multiple_infinite_iterables(ex: farm.Executor) -> None:
+    results = ex.map(add, itertools.count(), itertools.count(), buffersize=2)
+    assert [next(results, None) for _ in range(3)] == [0, 2, 4]
+
+
+def test_map_buffersize_on_empty_iterable(ex: farm.Executor) -> None:
+    assert next(ex.map(str, [], buffersize=2), None) is None
+
+
+def test_map_buffersize_without_iterable(ex: farm.Executor) -> None:
+    assert next(ex.map(str, buffersize=2), None) is None
+
+
+def test_map_buffersize_when_buffer_is_full(ex: farm.Executor) -> None:
+    ints = iter(range(4))
+    ex.map(str, ints, buffersize=2)
+    ex.shutdown(wait=True)  # the calls handed over are done
+    assert next(ints) == 2, "only buffersize values were read from the iterable"
+
+
+# -- farm's own --
+
+
+def test_buffersize_counts_chunks_and_reads_one_more_per_result(ex: farm.Executor) -> None:
+    """As ProcessPoolExecutor's in 3.14, buffersize counts chunks (its tasks), not calls."""
+    values = Counted(iter(range(100)))
+    results = ex.map(str, values, chunksize=10, buffersize=2)
+    assert values.read == 20
+    assert next(results) == "0"
+    assert values.read == 30, "the first result asked for read one chunk more"
+    assert list(results) == [str(i) for i in range(1, 100)]
+    assert values.read == 100
+
+
+def test_a_map_left_early_reads_no_further(ex: farm.Executor) -> None:
+    """What buffersize is for: leaving a map early leaves the rest of an endless input
+    unread, so unrun (without it, the map would read the input for ever)."""
+    values = Counted(itertools.count())
+    for result in ex.map(add, values, buffersize=3):
+        if result == 5:
+            break
+    assert values.read == 3 + 6, "three ahead, and one more per result asked for"
+
+
+def test_a_large_function_stays_in_its_file_until_the_map_ends(ex: farm.Executor) -> None:
+    """A function over 1 MiB travels as a spill file that calls share and that goes when
+    the last call using it is done. A map with buffersize makes calls later: the file must
+    last until the map ends, and go then."""
+    fn = functools.partial(size_plus, b"x" * (2 << 20))
+    results = ex.map(fn, range(6), buffersize=1)
+    wait_for("the first call's job to end", lambda: ex._pump._in_flight == 0)
+    # The only call handed over is done: the next one, read now, still needs the file.
+    assert next(results) == (2 << 20)
+    assert list(results) == [(2 << 20) + i for i in range(1, 6)]
+    assert ex._files._shared == {}, "the map ended: its function's file is released"
+    assert ex._files._files == set(), "... and removed"
