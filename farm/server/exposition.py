@@ -35,8 +35,13 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OTHER = "other"
 #: Functions labelled by name at most (the oldest served first: the farm's own pools).
 MAX_LABELLED = 256
-#: HTTP connections to --metrics at once; more are closed at once.
+#: HTTP connections to --metrics at once. Past them a new connection takes the place of
+#: the oldest one open for more than EVICT_AFTER seconds (a scrape takes milliseconds), or
+#: is closed: as the supervisor's endpoint (farm.pools.metrics).
 MAX_SCRAPERS = 32
+EVICT_AFTER = 1.0
+#: Seconds a connection may take to send its request, and to take the reply.
+SCRAPE_TIMEOUT = 5.0
 
 _COUNTERS = (
     ("submitted", "Jobs submitted (a submit joining a live job of the same unique is not one)."),
@@ -193,16 +198,23 @@ async def serve_http(hub: Hub, host: str, port: int) -> asyncio.AbstractServer:
     """``GET /metrics`` on HOST:PORT, answered in the server's own loop (the numbers are read
     where they change, so no lock is needed), one request per connection, at most
     MAX_SCRAPERS connections at once: any local user can reach the port, and connections
-    held open there took the descriptors kept for the Unix socket's callers."""
-    open_now = [0]
+    held open there took the descriptors kept for the Unix socket's callers. A user who
+    keeps them all open must not keep Prometheus out either: see EVICT_AFTER."""
+    # Open connections and when each came, oldest first (dicts keep their order).
+    open_now: dict[asyncio.BaseTransport, float] = {}
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if open_now[0] >= MAX_SCRAPERS:
-            writer.transport.abort()
-            return
-        open_now[0] += 1
+        now = time.monotonic()
+        if len(open_now) >= MAX_SCRAPERS:
+            oldest, since = next(iter(open_now.items()))
+            if now - since <= EVICT_AFTER:
+                writer.transport.abort()
+                return
+            del open_now[oldest]  # its task ends on the abort and finds itself gone
+            oldest.abort()
+        open_now[writer.transport] = now
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), SCRAPE_TIMEOUT)
             method, _, rest = head.partition(b" ")
             path = rest.partition(b" ")[0].partition(b"?")[0]
             if method not in (b"GET", b"HEAD"):
@@ -219,11 +231,11 @@ async def serve_http(hub: Hub, host: str, port: int) -> asyncio.AbstractServer:
                 + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
                 + (body if method != b"HEAD" else b"")
             )
-            await writer.drain()
+            await asyncio.wait_for(writer.drain(), SCRAPE_TIMEOUT)  # a client that reads nothing
         except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         finally:
-            open_now[0] -= 1
+            open_now.pop(writer.transport, None)
             writer.close()
 
     return await asyncio.start_server(answer, host, port, reuse_address=True)

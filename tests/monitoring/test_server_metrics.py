@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -240,6 +241,38 @@ def test_connections_to_the_endpoint_are_bounded() -> None:
                 return False
 
         wait_for("a scrape once the held ones are gone", scraped)
+    finally:
+        for s in held:
+            s.close()
+        srv.stop()
+
+
+def test_connections_held_open_do_not_keep_prometheus_out() -> None:
+    """A local user holding all 32 connections (each reopened as the server drops it) must not
+    keep the scraper out: a new connection takes the place of the oldest one open for more
+    than a second (a scrape takes milliseconds)."""
+    port = free_port()
+    srv = start_farm_server("--metrics", f"127.0.0.1:{port}")
+    held: list[socket.socket] = []
+    try:
+        for _ in range(32):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET /met")
+            held.append(s)
+        opened = time.monotonic()
+        wait_for("the held ones to be over a second old", lambda: time.monotonic() - opened > 1.2)
+        url = f"http://127.0.0.1:{port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            assert b"farm_jobs_submitted_total" in reply.read()
+        held[0].settimeout(10)
+        try:
+            assert held[0].recv(100) == b"", "the oldest held connection made room"
+        except ConnectionResetError:
+            pass
+        for s in held[1:]:
+            s.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                s.recv(100)  # the others are still open, waiting
     finally:
         for s in held:
             s.close()
