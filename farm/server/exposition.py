@@ -201,7 +201,7 @@ async def serve_http(hub: Hub, host: str, port: int) -> asyncio.AbstractServer:
     held open there took the descriptors kept for the Unix socket's callers. A user who
     keeps them all open must not keep Prometheus out either: see EVICT_AFTER."""
     # Open connections and when each came, oldest first (dicts keep their order).
-    open_now: dict[asyncio.BaseTransport, float] = {}
+    open_now: dict[asyncio.WriteTransport, float] = {}
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         now = time.monotonic()
