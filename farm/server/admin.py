@@ -308,6 +308,12 @@ CHANGES_STATE: dict[str, Callable[[list[str]], bool]] = {
     "maxqueue": lambda args: len(args) > 0,
 }
 DENIED = "ERR PERMISSION_DENIED this+command+is+accepted+only+on+the+Unix+socket\r\n"
+#: Commands that make the function they name when it is not there: the name, or None.
+MAKES_FUNCTION: dict[str, Callable[[list[str]], str | None]] = {
+    "create": lambda args: args[1] if len(args) > 1 and args[0].lower() == "function" else None,
+    "maxqueue": lambda args: args[0] if args else None,
+}
+TOO_MANY = "ERR QUEUE_ERROR the+server+holds+--max-functions+functions\r\n"
 #: farm's own commands about worker processes: refused on TCP whatever --tcp-admin says
 #: (they name local processes and can starve a function of workers).
 UNIX_ONLY = frozenset({"peers", "drain", "killing"})
@@ -333,4 +339,11 @@ def run_admin(server: Hub, line: str, *, over_tcp: bool = False) -> str | None:
     read_only = over_tcp and server.options.tcp_admin == "read-only"
     if read_only and changes is not None and changes(words[1:]):
         return DENIED
+    makes = MAKES_FUNCTION.get(name)
+    if over_tcp and makes is not None and (made := makes(words[1:])) is not None:
+        # As for the binary protocol's TCP peers (Connection.function_ok): with --tcp-admin
+        # full, any local user could otherwise make functions without bound.
+        functions = server.jobs.functions
+        if _raw(made) not in functions and len(functions) >= server.options.max_functions:
+            return TOO_MANY
     return command(server, words[1:])

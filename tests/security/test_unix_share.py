@@ -134,3 +134,26 @@ def test_tcp_peers_cannot_make_functions_past_max_functions(
         assert "local-pool" in labelled, "a TCP peer's names crowded the farm's pool out"
     finally:
         srv.stop()
+
+
+def test_tcp_admin_cannot_make_functions_past_max_functions() -> None:
+    """`create function` and `maxqueue` make the function they name: with --tcp-admin full
+    (a bare `farm server`, as gearmand) they are bound over TCP as CAN_DO and SUBMIT are."""
+    unix = unix_path()
+    srv = start_farm_server("--max-functions", "3", "--tcp-admin", "full", unix=unix)
+    try:
+        wait_for("the Unix socket", lambda: os.path.exists(unix))
+        tcp = Peer(srv.addr)
+        for name in ("f1", "f2", "f3"):
+            assert tcp.admin(f"create function {name}") == "OK\r\n"
+        too_many = "ERR QUEUE_ERROR the+server+holds+--max-functions+functions\r\n"
+        assert tcp.admin("create function f4") == too_many
+        assert tcp.admin("maxqueue f5 10") == too_many
+        assert tcp.admin("maxqueue f1 10") == "OK\r\n", "a function it holds is no new one"
+        assert tcp.admin("create function f2") == "OK\r\n"
+        local = Peer(f"unix:{unix}")
+        assert local.admin("create function mine") == "OK\r\n", "the farm's own socket may"
+        status = local.admin("status")
+        assert "f4\t" not in status and "f5\t" not in status and "mine\t" in status
+    finally:
+        srv.stop()
