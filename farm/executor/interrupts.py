@@ -33,13 +33,14 @@ class HeldInterrupt(KeyboardInterrupt):
 class whole:  # lower case: it reads as a function, `with whole():`
     """Run the block with a Ctrl-C held back until it ends (see the module docstring)."""
 
-    __slots__ = ("held", "active")
+    __slots__ = ("held", "active", "holder")
 
     def __enter__(self) -> None:
         self.held = False
         self.active = threading.current_thread() is _MAIN and _signal.getsignal(_SIGINT) is _PYTHONS
         if self.active:
-            _signal.signal(_SIGINT, self._hold)
+            self.holder = self._hold  # one bound method: what __exit__ looks for
+            _signal.signal(_SIGINT, self.holder)
 
     def _hold(self, signum: int, frame: FrameType | None) -> None:
         self.held = True
@@ -52,6 +53,7 @@ class whole:  # lower case: it reads as a function, `with whole():`
     ) -> None:
         if not self.active:
             return
-        _signal.signal(_SIGINT, _PYTHONS)
+        if _signal.getsignal(_SIGINT) is self.holder:
+            _signal.signal(_SIGINT, _PYTHONS)  # else the block (a done-callback) set its own
         if self.held and kind is None:
             raise HeldInterrupt
