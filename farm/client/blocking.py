@@ -283,6 +283,7 @@ class Client:
         try:
             conn = self._wire.connection(addr)
         except OSError as exc:
+            self._wire.picker.mark_down(addr)  # tried last for a while, as for jobs
             raise ServerUnavailable(f"{addr}: {exc.strerror or exc}") from exc
         query = make(conn.session)
         if not self._wire.pump(lambda: query.done, self._deadline(self.timeout)):

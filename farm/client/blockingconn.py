@@ -96,8 +96,13 @@ class Conn:
             )
         return "went away"
 
+    @property
+    def tls(self) -> bool:
+        return isinstance(self.sock, ssl.SSLSocket)
+
     def went_away(self) -> bool:
-        """An idle connection the server closed (e.g. it restarted since our last job)."""
+        """A connection the server closed with nothing unread (e.g. it restarted since our
+        last job); through TLS, an idle one with anything to read."""
         if isinstance(self.sock, ssl.SSLSocket):
             # No MSG_PEEK through TLS; an idle server has nothing to say unless it is leaving.
             return bool(select.select([self.sock], [], [], 0)[0])
@@ -135,10 +140,12 @@ class Connections:
             raise RuntimeError("this farm.Client is closed")
         conn = self.conns.get(addr)
         if conn is not None:
-            if conn.session.busy:
+            if conn.session.busy and (conn.tls or not conn.went_away()):
+                # Through TLS a readable socket may hold replies: the read that finds the
+                # server gone drops it then (after a job queued here is lost with it).
                 return conn
             if conn.went_away():
-                self.drop(conn)
+                self.drop(conn)  # its jobs in flight are lost (or sent again: unique keys)
             elif conn.session.refused:
                 # It answered ERROR and may close next (farm does after a packet over its
                 # --max-packet): a fresh connection, not a submit lost with this one.

@@ -179,3 +179,33 @@ def test_status_unique_asks_on_when_its_keys_server_does_not_know_it(two_servers
             c.status_unique(None)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="empty"):
             c.status_unique("")
+
+
+def test_a_new_call_reconnects_though_a_job_was_pending_when_the_server_restarted(
+    any_server,
+) -> None:
+    # The connection held a job in flight (no worker for it), so it was reused as "busy"
+    # without a look: the new job went onto the dead socket and failed with the old one.
+    port = int(any_server.addr.rpartition(":")[2])
+    with farm.Client([any_server.addr], timeout=10) as c:
+        pending = c.submit("nobody-serves-this", b"x")
+        assert c.echo(b"sync") == b"sync"  # the submit is on the wire
+        any_server.stop()
+        again = start_like(any_server, port=port)
+        try:
+            with serving([again.addr], {"reverse": reverse}):
+                assert c.call("reverse", b"abc") == b"cba"
+            with pytest.raises(farm.ServerUnavailable, match="went away"):
+                c.wait(pending, timeout=5)  # the job in flight was lost with its server
+        finally:
+            again.stop()
+
+
+def test_echo_tries_a_server_that_refused_it_last_for_a_while(any_server) -> None:
+    # Jobs did (a refused server is tried last for DOWN_FOR), echo and status did not: each
+    # other one went to the refused server first (with a connect that hangs, a second each).
+    dead = f"127.0.0.1:{free_port()}"
+    with farm.Client([dead, any_server.addr], connect_timeout=1) as c:
+        assert c.echo(b"a") == b"a"
+        firsts = {c._wire.picker.order("")[0] for _ in range(4)}
+        assert firsts == {any_server.addr}
