@@ -73,6 +73,10 @@ OPTION_HELD_GRAB = b"held-grab"
 OPTION_READ_ACCEPT = b"read-accept"
 #: OPTION_REQ of a client that needs no JOB_CREATED before the job's next news.
 OPTION_LAZY_CREATED = b"lazy-created"
+#: OPTION_REQ of a worker asking whether WORK_EXCEPTION is safe to send: the server hands
+#: it on to clients that asked for exceptions and a plain WORK_FAIL to the others (farm
+#: does; gearmand sends those others a WORK_FAIL with a stray NUL that hangs or kills them).
+OPTION_WORK_EXCEPTION = b"work-exception"
 
 
 class PacketType(enum.IntEnum):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from farm.protocol.codec import (
     OPTION_HELD_GRAB,
     OPTION_READ_ACCEPT,
+    OPTION_WORK_EXCEPTION,
     Packet,
     PacketType,
     ProtocolError,
@@ -107,6 +108,9 @@ class WorkerSession:
         # And read-accept (on a Unix socket; refused over TCP): a pushed job needs no
         # JOB_ACCEPT, the server sees that it was read. Options asked, answers to come:
         self.read_accept = False
+        # Whether an exception may end a job as WORK_EXCEPTION (the server said so); else
+        # it ends as WORK_FAIL, as python-gearman's worker ends it.
+        self.exception_ok = False
         self._asking: list[bytes] = []
         self._pushed = False  # a NOOP announced that the next assignment was pushed
         self._decoder = Decoder(allow_admin=False)
@@ -122,8 +126,10 @@ class WorkerSession:
         self._decoder = Decoder(allow_admin=False)
         self._out.clear()
         self.handle = self._handle = None
-        self.held = self._pushed = self.read_accept = False
-        self._asking = [OPTION_HELD_GRAB, OPTION_READ_ACCEPT] if self.want_held else []
+        self.held = self._pushed = self.read_accept = self.exception_ok = False
+        self._asking = [OPTION_WORK_EXCEPTION]
+        if self.want_held:
+            self._asking += [OPTION_HELD_GRAB, OPTION_READ_ACCEPT]
         for option in self._asking:
             self._out += encode_req(PT.OPTION_REQ, option)
         if self.client_id:
@@ -173,7 +179,9 @@ class WorkerSession:
                 or (ptype == _ERROR and args[0] == b"UNKNOWN_OPTION")
             ):
                 option = self._asking.pop(0)
-                if option == OPTION_HELD_GRAB:
+                if option == OPTION_WORK_EXCEPTION:
+                    self.exception_ok = ptype == _OPTION_RES
+                elif option == OPTION_HELD_GRAB:
                     self.held = ptype == _OPTION_RES
                 else:
                     self.read_accept = self.held and ptype == _OPTION_RES
@@ -241,7 +249,13 @@ class WorkerSession:
         self._job_ended()
 
     def exception(self, text: str) -> None:
-        """WORK_EXCEPTION ends the job (gearmand and farm alike); no WORK_FAIL follows."""
+        """End the job with WORK_EXCEPTION ``text`` (it ends the job on gearmand and farm
+        alike; no WORK_FAIL follows) where the server said it hands it on safely
+        (``exception_ok``), else with WORK_FAIL: through gearmand, clients that did not ask
+        for exceptions got a malformed WORK_FAIL (the gearman CLI hung, Perl's client died)."""
+        if not self.exception_ok:
+            self.fail()
+            return
         self._out += encode_req(PT.WORK_EXCEPTION, self._in_hand("raise"), text.encode())
         self._job_ended()
 

@@ -301,6 +301,8 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
         elif name == p.OPTION_READ_ACCEPT and self.ip == "unix":  # outq is told on Unix only
             self.read_accept = True
             self.send(encode_res(T.OPTION_RES, name))
+        elif name == p.OPTION_WORK_EXCEPTION:  # what farm does anyway: see the constant
+            self.send(encode_res(T.OPTION_RES, name))
         elif name == p.OPTION_LAZY_CREATED:
             self.lazy_created = self.hub.loop is not None  # its timer needs a running loop
             self.send(encode_res(T.OPTION_RES, name))

@@ -74,6 +74,33 @@ def test_farm_worker_serves_gearman_cli(any_server) -> None:
     assert out.returncode == 0 and out.stdout.strip() == b"cba"
 
 
+def farm_boom(job):
+    raise ValueError("bad input")
+
+
+def test_a_farm_worker_s_exception_ends_php_and_gearman_cli_calls(any_server) -> None:
+    # Through gearmand a WORK_EXCEPTION reached clients without the exceptions option as a
+    # malformed WORK_FAIL: the gearman CLI hung on it. farm.Worker asks the server first
+    # (OPTION_REQ work-exception) and sends gearmand a plain WORK_FAIL.
+    gearman, php = need("gearman"), need("php")
+    with serving(any_server.addr, {"boom": farm_boom, "reverse": farm_reverse}) as worker:
+        out = subprocess.run(
+            [gearman, "-h", "127.0.0.1", "-p", str(any_server.port), "-f", "boom", "--", "x"],
+            capture_output=True,
+            timeout=20,
+        )
+        assert out.returncode != 0 and b"fail" in (out.stdout + out.stderr).lower(), out
+        script = PHP_CLIENT.format(port=any_server.port, function="boom", data="x")
+        php_out = subprocess.run([php, "-r", script], capture_output=True, text=True, timeout=20)
+        # PHP asks for exceptions: farm hands it the WORK_EXCEPTION, gearmand a WORK_FAIL.
+        expected = "GEARMAN_WORK_EXCEPTION" if any_server.kind == "farm" else "GEARMAN_WORK_FAIL"
+        code = subprocess.run([php, "-r", f"echo {expected};"], capture_output=True, text=True)
+        assert php_out.stdout == f"|{code.stdout}", php_out
+        with farm.Client(any_server.addr) as c:
+            assert c.call("reverse", b"ab") == b"ba"  # and the worker went on
+        assert worker.jobs_done == 3
+
+
 def test_farm_client_calls_php_worker(any_server) -> None:
     php = need("php")
     script = PHP_WORKER.format(port=any_server.port)

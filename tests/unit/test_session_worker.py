@@ -18,6 +18,7 @@ def test_registration_sends_client_id_and_abilities_with_timeouts() -> None:
     w = WorkerSession({"rev": None, "slow": 30}, client_id="w1")
     w.connected()
     assert sent(w) == [
+        (PT.OPTION_REQ, (b"work-exception",)),
         (PT.SET_CLIENT_ID, (b"w1",)),
         (PT.CAN_DO, (b"rev",)),
         (PT.CAN_DO_TIMEOUT, (b"slow", b"30000")),
@@ -56,14 +57,30 @@ def test_assignment_progress_and_completion() -> None:
     assert w.state is WorkerState.READY and w.handle is None
 
 
-def test_exception_ends_the_job_without_a_work_fail() -> None:
+def test_exception_ends_the_job_without_a_work_fail_where_the_server_agreed() -> None:
     w = WorkerSession({"f": None})
     w.connected()
     w.grab()
+    w.receive(encode_res(PT.OPTION_RES, b"work-exception"))  # farm
     w.receive(encode_res(PT.JOB_ASSIGN, b"H:2", b"f", b"x"))
     w.data_to_send()
     w.exception("ValueError: bad input")
     assert sent(w) == [(PT.WORK_EXCEPTION, (b"H:2", b"ValueError: bad input"))]
+    assert w.state is WorkerState.READY
+
+
+def test_exception_ends_the_job_as_work_fail_where_the_server_does_not_know_the_option() -> None:
+    # gearmand hands clients without the exceptions option a WORK_FAIL with a stray NUL:
+    # the gearman CLI hung on it, Perl's Gearman::Client died ("unknown handle").
+    w = WorkerSession({"f": None})
+    w.connected()
+    w.grab()
+    gearmand = encode_res(PT.ERROR, b"UNKNOWN_OPTION", b"Server does not recognize given option")
+    assert w.receive(gearmand) == [], "the answer to its own option is no error event"
+    w.receive(encode_res(PT.JOB_ASSIGN, b"H:2", b"f", b"x"))
+    w.data_to_send()
+    w.exception("ValueError: bad input")
+    assert sent(w) == [(PT.WORK_FAIL, (b"H:2",))]
     assert w.state is WorkerState.READY
 
 
