@@ -34,6 +34,7 @@ from farm.protocol.checks import (
     check_name,
     check_priority,
     check_schedule,
+    check_seconds,
     check_status_key,
     check_unique,
 )
@@ -73,6 +74,7 @@ class AsyncClient:
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self.servers = parse_servers(client_servers() if servers is None else servers)
+        check_seconds(connect_timeout, "connect_timeout")  # a bad one fails here, not at a call
         self.connect_timeout = connect_timeout
         self.tls = tls  # TCP servers only, as farm.Client (farm.net.tls_context)
         self._conns: dict[str, ServerConnection] = {}
@@ -95,6 +97,7 @@ class AsyncClient:
         on_warning: Callable[[bytes], Any] | None = None,
     ) -> bytes:
         """Run a foreground job and return its result."""
+        check_seconds(timeout)
         task, waiter = await self._start(function, data, priority, unique)
         waiter.on_status, waiter.on_data, waiter.on_warning = on_status, on_data, on_warning
         try:
@@ -132,6 +135,7 @@ class AsyncClient:
         leaves the task as it was, as ``Future.result(timeout)`` does: wait for it again."""
         if task.background:
             raise ValueError("a background job sends no result to wait for")
+        check_seconds(timeout, look=True)
         waiter = task.owner
         if not isinstance(waiter, Waiter):
             raise ValueError("the task was not submitted by this client")
@@ -156,6 +160,7 @@ class AsyncClient:
         """Run a foreground job, yielding its JobProgress, JobData and JobWarning events
         as they arrive, then JobEnded (``event.task.result``); a failed job raises instead.
         """
+        check_seconds(timeout)
         task, waiter = await self._start(function, data, priority, unique, stream=True)
         deadline = None if timeout is None else time.monotonic() + timeout
         queue = waiter.events

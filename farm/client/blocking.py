@@ -25,6 +25,7 @@ from farm.protocol.checks import (
     check_name,
     check_priority,
     check_schedule,
+    check_seconds,
     check_status_key,
     check_unique,
 )
@@ -38,22 +39,8 @@ from farm.protocol.client import (
     TaskListener,
     timeout_error,
 )
-from farm.protocol.codec import MAX_TIMEOUT
 
 __all__ = ["Client", "Task", "JobStatus"]
-
-
-def _client_timeout(timeout: object) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
-    if not 0 < timeout <= MAX_TIMEOUT:  # also refuses nan and inf
-        raise ValueError(
-            f"timeout must be a number of seconds > 0 and at most {MAX_TIMEOUT}, or None,"
-            f" not {timeout!r}"
-        )
-    return timeout
 
 
 log = logging.getLogger("farm.client")
@@ -82,8 +69,9 @@ class Client:
         tls: ssl.SSLContext | None = None,
         timeout: float | None = None,
     ) -> None:
-        self.timeout = _client_timeout(timeout)
+        self.timeout = check_seconds(timeout)
         self.servers = parse_servers(client_servers() if servers is None else servers)
+        check_seconds(connect_timeout, "connect_timeout")  # a bad one fails here, not at a call
         self.connect_timeout = connect_timeout
         self.tls = tls  # see farm.net.tls_context
         self._wire = Connections(ServerPicker(self.servers), connect_timeout, tls)
@@ -107,6 +95,7 @@ class Client:
         Raises JobException (the worker raised; its text), JobFailed
         (WORK_FAIL), Timeout, ServerError or ServerUnavailable.
         """
+        check_seconds(timeout)
         task = self._new_task(function, data, priority, unique)
         if on_status or on_data or on_warning:
             task.owner = Callbacks(on_status, on_data, on_warning)
@@ -153,6 +142,7 @@ class Client:
         leaves the task as it was, as ``Future.result(timeout)`` does: wait for it again."""
         if task.background:
             raise ValueError("a background job sends no result to wait for")
+        check_seconds(timeout, look=True)
         if self._wire.closed and not task.done:
             raise RuntimeError("this farm.Client is closed")
         if timeout is None:

@@ -17,6 +17,7 @@ __all__ = [
     "check_schedule",
     "check_status_key",
     "check_timeout",
+    "check_seconds",
 ]
 
 
@@ -106,3 +107,20 @@ def check_timeout(name: str, timeout: object) -> float | None:
             f"{name}: timeout must be a number of seconds > 0 and at most {MAX_TIMEOUT}"
         )
     return timeout
+
+
+def check_seconds(value: object, what: str = "timeout", *, look: bool = False) -> float | None:
+    """A client's wait: None (no limit), or a number of seconds > 0 and at most MAX_TIMEOUT;
+    with ``look`` (waiting for a job already sent), 0 or less too: a look that does not
+    wait, as ``Future.result(0)``. Checked before anything is sent: a call given a bad
+    timeout submitted its job, then failed, and the job ran on unwatched."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{what} must be a number of seconds or None, not {value!r}")
+    if not (look or value > 0) or not value <= MAX_TIMEOUT:  # refuses nan and inf too
+        raise ValueError(
+            f"{what} must be a number of seconds > 0 and at most {MAX_TIMEOUT}, or None,"
+            f" not {value!r}"
+        )
+    return value

@@ -13,6 +13,7 @@ import pytest
 import farm
 from farm.client.aio import AsyncClient, JobData, JobEnded, JobProgress, JobWarning
 from farm.worker import Job, Worker
+from tests.helpers.peers import Peer
 from tests.helpers.servers import Server
 
 
@@ -285,3 +286,22 @@ async def test_close_while_connecting_sends_nothing(served: Server) -> None:
     with pytest.raises((RuntimeError, farm.ServerUnavailable)):
         await call
     assert not [c for c in client._conns.values() if c.transport is not None]
+
+
+@run_async
+async def test_a_bad_timeout_is_refused_before_the_job_is_sent(served: Server) -> None:
+    # call(timeout="3") raised asyncio's own TypeError after the job had gone out, and the
+    # job was never given up.
+    async with AsyncClient(served.addr) as client:
+        with pytest.raises(TypeError, match="timeout must be"):
+            await client.call("nobody-serves-this", b"x", timeout="3")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="timeout must be"):
+            await client.call("nobody-serves-this", b"x", timeout=0)
+        with pytest.raises(ValueError, match="timeout must be"):
+            async for _ in client.stream("nobody-serves-this", b"x", timeout=-1):
+                pass
+        assert "nobody-serves-this" not in await asyncio.to_thread(
+            lambda: Peer(served.addr).admin("status")
+        ), "no job reached the server"
+    with pytest.raises(TypeError, match="connect_timeout must be"):
+        AsyncClient(served.addr, connect_timeout="1")  # type: ignore[arg-type]

@@ -201,11 +201,24 @@ def test_the_clients_timeout_bounds_every_wait_on_a_server_that_stopped(any_serv
 
 def test_timeouts_of_a_month_and_below_zero(farm_server) -> None:
     # Past 2**31 ms epoll overflowed (OverflowError from every call, a traceback from
-    # `farm submit -b --timeout 3000000`); a timeout at or below 0 ends the wait at once.
+    # `farm submit -b --timeout 3000000`); a wait at or below 0 ends at once, as
+    # Future.result(0) does; a call that may not wait at all is a mistake, refused before its
+    # job is sent (it was sent, then abandoned, and its server marked down for it).
     with farm.Client(farm_server.addr, timeout=30 * 86400) as c:
         assert c.echo(b"month") == b"month"
-        with pytest.raises(farm.Timeout):
-            c.call("nobody-serves-this", b"x", timeout=-1)
+        task = c.submit("nobody-serves-this", b"x")
+        for look in (0, -1):
+            with pytest.raises(farm.Timeout):
+                c.wait(task, timeout=look)
+        for bad in (0, -1, float("nan")):
+            with pytest.raises(ValueError, match="timeout must be"):
+                c.call("nobody-serves-this", b"x", timeout=bad)
+        with pytest.raises(TypeError, match="timeout must be"):
+            c.call("nobody-serves-this", b"x", timeout="3")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="connect_timeout must be"):
+            farm.Client(farm_server.addr, connect_timeout="1")  # type: ignore[arg-type]
+        status = Peer(farm_server.addr).admin("status")
+        assert "nobody-serves-this\t1\t" in status, "only the submit() job reached the server"
 
 
 def test_a_job_over_the_servers_max_packet_says_so_and_the_client_goes_on() -> None:
