@@ -26,6 +26,7 @@ __all__ = [
     "Client",
     "AsyncClient",
     "Worker",
+    "Job",
     "Executor",
     "ConfigError",
     "FarmError",
@@ -43,20 +44,26 @@ _LAZY = {
     "Client": "farm.client",
     "AsyncClient": "farm.client.aio",
     "Worker": "farm.worker",
+    "Job": "farm.worker",
     "Executor": "farm.executor",
 }
+#: Submodules reachable as attributes before anything imported them (``farm.worker.Job``
+#: in an annotation that is evaluated).
+_SUBMODULES = frozenset({"client", "worker", "executor", "errors"})
 
 if TYPE_CHECKING:  # pragma: no cover
     from farm.client import Client
     from farm.client.aio import AsyncClient
     from farm.executor import Executor
-    from farm.worker import Worker
+    from farm.worker import Job, Worker
 
 
 def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _SUBMODULES:
+        return importlib.import_module(f"farm.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'farm' has no attribute {name!r}")
-    import importlib
-
     return getattr(importlib.import_module(module), name)

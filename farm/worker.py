@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from farm.discovery import client_servers
 from farm.logs import Brief
@@ -46,6 +46,8 @@ BACKOFF_FIRST = 0.05
 BACKOFF_CAP = 5.0
 
 WorkerFunction = Callable[["Job"], "bytes | str | None"]
+#: A decorated worker function keeps its own type (``Worker.function``).
+F = TypeVar("F", bound=WorkerFunction)
 
 
 @dataclass(slots=True)
@@ -62,7 +64,8 @@ class Worker:
     """A worker process's connection to its job servers.
 
     Functions receive a ``Job`` and return bytes, str or None (empty result). An exception
-    becomes WORK_EXCEPTION "Type: message" and the worker goes on.
+    becomes WORK_EXCEPTION "Type: message" on farm's server, WORK_FAIL on others (see
+    WorkerSession.exception), and the worker goes on.
 
     Hooks for a supervisor: ``jobs_done`` counts finished jobs; ``after_job`` (if set) is
     called with each Job after its answer is sent and may call ``stop()``; ``stop()``
@@ -114,16 +117,17 @@ class Worker:
         self._functions[name] = fn
         self._timeouts[name] = timeout
         with self._send_lock:  # from another thread while work() runs: the loop writes too
+            if self._drain_asked:  # an unregister_all() the loop has not acted on: it first
+                self._reset_abilities()
+            self._drained = False  # a function registered is served: take jobs again
             for server in self._servers:
                 server.session.add_ability(name, timeout)
         self._wake()  # a loop asleep in select sends the CAN_DO now, not at its next event
 
-    def function(
-        self, name: str | None = None, timeout: float | None = None
-    ) -> Callable[[WorkerFunction], WorkerFunction]:
+    def function(self, name: str | None = None, timeout: float | None = None) -> Callable[[F], F]:
         """Decorator form of ``register``; the name defaults to the function's."""
 
-        def decorate(fn: WorkerFunction) -> WorkerFunction:
+        def decorate(fn: F) -> F:
             self.register(name or fn.__name__, fn, timeout)
             return fn
 
@@ -137,7 +141,8 @@ class Worker:
         self._wake()
 
     def unregister_all(self) -> None:
-        """Stop taking jobs: RESET_ABILITIES to every server; ``work()`` keeps running."""
+        """Stop taking jobs: RESET_ABILITIES to every server; ``work()`` keeps running, and
+        a ``register`` after this serves that function (only it)."""
         self._drain_asked = True
         self._wake()
 

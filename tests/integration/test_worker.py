@@ -95,6 +95,24 @@ def test_unregister_all_stops_taking_jobs_but_keeps_the_loop(any_server) -> None
     assert w.jobs_done == 0
 
 
+def test_a_function_registered_after_unregister_all_is_served(any_server) -> None:
+    # It was advertised (CAN_DO) while the worker, drained, never grabbed again: its jobs
+    # queued for ever behind a worker the server listed as able.
+    with serving(any_server.addr, {"old-fn": reverse}) as w:
+        wait_for("the worker registered", lambda: _workers_of(any_server.addr, "old-fn") == 1)
+        w.unregister_all()
+        wait_for("the abilities reset", lambda: _workers_of(any_server.addr, "old-fn") == 0)
+        w.register("new-fn", reverse)
+        with farm.Client(any_server.addr) as c:
+            assert c.call("new-fn", b"abc", timeout=30) == b"cba"
+        assert _workers_of(any_server.addr, "old-fn") == 0, "only the new one is served"
+        w.unregister_all()
+        w.register("newer-fn", reverse)  # before the loop acted on unregister_all: after it
+        with farm.Client(any_server.addr) as c:
+            assert c.call("newer-fn", b"xy", timeout=30) == b"yx"
+        assert _workers_of(any_server.addr, "new-fn") == 0
+
+
 def test_registration_errors_are_clear() -> None:
     w = farm.Worker("127.0.0.1:1")
     with pytest.raises(ValueError, match="function name"):
@@ -305,3 +323,19 @@ def test_a_server_that_hangs_up_at_once_is_retried_with_backoff_not_in_a_spin() 
     gaps = [b - a for a, b in zip(accepted, accepted[1:], strict=False)][:4]
     # 50, 100, 200, 400 ms: each at least the one before (scheduling only adds to them)
     assert gaps[3] >= 0.35 and sum(gaps) >= 0.7, gaps
+
+
+def test_farm_worker_job_resolves_in_a_fresh_interpreter() -> None:
+    # docs/client.md annotates functions with farm.worker.Job: in a script whose annotations
+    # are evaluated (typing.get_type_hints, pydantic, a dataclass), `farm.worker` did not
+    # exist until something had touched farm.Worker.
+    code = (
+        "import typing, farm\n"
+        "def f(job: farm.worker.Job) -> bytes: ...\n"
+        "assert typing.get_type_hints(f)['job'] is farm.Job\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert out.stdout == "ok\n", out.stderr
