@@ -271,8 +271,8 @@ class AsyncClient:
         RuntimeError."""
         self._closed = True
         for conn in list(self._conns.values()):
-            if conn.transport is not None:
-                conn.transport.close()
+            if conn.transport is not None and not conn.loop.is_closed():
+                conn.transport.close()  # (a closed loop's own went with it)
         self._conns.clear()
 
     async def __aenter__(self) -> AsyncClient:
@@ -352,6 +352,16 @@ class AsyncClient:
         if self._closed:
             raise RuntimeError("this farm.AsyncClient is closed")
         conn = self._conns.get(addr)
+        if conn is not None and conn.loop is not asyncio.get_running_loop():
+            if not conn.loop.is_closed():
+                raise RuntimeError(
+                    "this farm.AsyncClient is in use on another event loop: make one per loop"
+                )
+            # Used again after its loop ended (an asyncio.run() per step, a loop per test):
+            # that loop's connections and jobs are gone with it; this one connects anew.
+            self._conns.clear()
+            self._connecting.clear()
+            conn = None
         if conn is not None and conn.transport is not None:
             return conn
         pending = self._connecting.get(addr)

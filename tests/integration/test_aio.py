@@ -305,3 +305,38 @@ async def test_a_bad_timeout_is_refused_before_the_job_is_sent(served: Server) -
         ), "no job reached the server"
     with pytest.raises(TypeError, match="connect_timeout must be"):
         AsyncClient(served.addr, connect_timeout="1")  # type: ignore[arg-type]
+
+
+def test_one_client_across_event_loops(served: Server) -> None:
+    # A second asyncio.run() with the same client raised asyncio's "Event loop is closed"
+    # from deep inside; now it connects anew on the new loop, and use from two live loops
+    # at once is refused with a message that says so.
+    client = AsyncClient(served.addr)
+
+    async def call(data: bytes) -> bytes:
+        return await client.call("reverse", data, timeout=30)
+
+    assert asyncio.run(call(b"ab")) == b"ba"
+    assert asyncio.run(call(b"cd")) == b"dc"
+
+    other = asyncio.new_event_loop()
+    try:
+        started = threading.Event()
+        stop = other.create_future()
+
+        async def hold() -> None:
+            await client.call("reverse", b"x", timeout=30)  # connects on this loop
+            started.set()
+            await stop
+
+        runner = threading.Thread(target=other.run_until_complete, args=(hold(),))
+        runner.start()
+        assert started.wait(30)
+        with pytest.raises(RuntimeError, match="another event loop"):
+            asyncio.run(call(b"ef"))
+        other.call_soon_threadsafe(stop.set_result, None)
+        runner.join(30)
+    finally:
+        other.close()
+    assert asyncio.run(call(b"gh")) == b"hg"
+    asyncio.run(client.close())
