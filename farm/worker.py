@@ -25,8 +25,8 @@ from typing import Any, TypeVar
 from farm.discovery import client_servers
 from farm.logs import Brief
 from farm.net import Waker, connect, parse_servers, recv
+from farm.protocol import MAX_CLIENT_ID, UNPRINTABLE, ProtocolError, encode_req
 from farm.protocol import PacketType as T
-from farm.protocol import ProtocolError, encode_req
 from farm.protocol.checks import as_bytes, check_timeout
 from farm.protocol.events import ServerErrorNotice
 from farm.protocol.worker import JobAssigned, WorkerSession, WorkerState
@@ -84,8 +84,15 @@ class Worker:
     ) -> None:
         self.servers = parse_servers(client_servers() if servers is None else servers)
         self.tls = tls  # see farm.net.tls_context
-        if client_id is not None and (not isinstance(client_id, str) or len(client_id) > 127):
-            raise ValueError("client_id must be a str of at most 127 bytes")
+        if client_id is not None and (
+            not isinstance(client_id, str)
+            or len(client_id.encode()) > MAX_CLIENT_ID
+            or UNPRINTABLE.search(client_id.encode())
+        ):  # what the server would refuse (with a line in its log, the worker unnamed)
+            raise ValueError(
+                f"client_id must be a str of at most {MAX_CLIENT_ID} bytes (UTF-8) without"
+                f" control characters, not {client_id!r}"
+            )
         self.client_id = client_id
         self.after_job = after_job
         self.connect_timeout = connect_timeout

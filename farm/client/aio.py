@@ -189,6 +189,8 @@ class AsyncClient:
                 raise ValueError("the task has no handle yet")
             conn = await self._connect(job.server)
             return (await conn.ask(conn.session.get_status(job.handle))).status
+        if not isinstance(job, str):  # as farm.Client says it
+            raise TypeError(f"status() takes a Task or a handle string, not {type(job).__name__}")
         return await self._first_known(self._picker.order(""), lambda s: s.get_status(job))
 
     async def status_unique(self, unique: str) -> JobStatus:

@@ -340,3 +340,12 @@ def test_one_client_across_event_loops(served: Server) -> None:
         other.close()
     assert asyncio.run(call(b"gh")) == b"hg"
     asyncio.run(client.close())
+
+
+@run_async
+async def test_status_of_something_else_than_a_task_or_handle_is_a_type_error(
+    served: Server,
+) -> None:
+    async with AsyncClient(served.addr) as client:
+        with pytest.raises(TypeError, match="a Task or a handle string, not int"):
+            await client.status(123)  # type: ignore[arg-type]

@@ -124,6 +124,11 @@ def test_registration_errors_are_clear() -> None:
             w.register("x", reverse, timeout=bad)
     with pytest.raises(ValueError, match="no functions"):
         w.work()
+    # The server refuses these (a line in its log), and the worker went unnamed.
+    for bad_id in ("é" * 100, "a\nb", 5):
+        with pytest.raises(ValueError, match="client_id must be"):
+            farm.Worker("127.0.0.1:1", client_id=bad_id)  # type: ignore[arg-type]
+    farm.Worker("127.0.0.1:1", client_id="é" * 63)  # 126 bytes
 
 
 def _farm_worker(addr: str, target: str, *extra: str) -> subprocess.Popen:
