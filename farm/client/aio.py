@@ -274,6 +274,7 @@ class AsyncClient:
         self._closed = True
         for conn in list(self._conns.values()):
             if conn.transport is not None and not conn.loop.is_closed():
+                conn.closed_by_client = True
                 conn.transport.close()  # (a closed loop's own went with it)
         self._conns.clear()
 
@@ -314,9 +315,6 @@ class AsyncClient:
     def _resubmit(self, task: Task[Waiter], lost_conn: ServerConnection) -> None:
         """The rule of farm.protocol.client.may_resubmit, asynchronously: another server, once."""
         lost = lost_conn.addr
-        if self._closed:  # our close() ended the connection: the job is not to run again
-            lost_conn.end_lost(task, ServerUnavailable("the farm.AsyncClient was closed"))
-            return
         self._picker.mark_down(lost)
 
         async def again() -> None:

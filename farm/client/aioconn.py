@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from farm.errors import ServerUnavailable
 from farm.protocol import ProtocolError
 from farm.protocol.client import (
     ClientSession,
@@ -60,6 +61,7 @@ class ServerConnection(asyncio.Protocol):
         self.session = ClientSession(addr)
         self.transport: asyncio.Transport | None = None
         self.queries: deque[tuple[Query[Any], asyncio.Future[Any]]] = deque()
+        self.closed_by_client = False  # AsyncClient.close() ended it
         self._flush_due = False
         # Set by the AsyncClient: move a lost unique-keyed job to another server.
         self.resubmit: Callable[[Task[Waiter], ServerConnection], None] | None = None
@@ -145,10 +147,12 @@ class ServerConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         for task in self.session.connection_lost():
-            if may_resubmit(task) and self.resubmit is not None:
+            if self.closed_by_client:  # our close(): not the server's doing, and no retry
+                self.end_lost(task, ServerUnavailable("the farm.AsyncClient was closed"))
+            elif may_resubmit(task) and self.resubmit is not None:
                 self.resubmit(task, self)  # carries on on another server
-                continue
-            self.end_lost(task, lost_error(self.addr, task))
+            else:
+                self.end_lost(task, lost_error(self.addr, task))
         self._answer_queries()  # the session failed them with ServerUnavailable
 
     def end_lost(self, task: Task[Waiter], error: Exception) -> None:

@@ -349,3 +349,17 @@ async def test_status_of_something_else_than_a_task_or_handle_is_a_type_error(
     async with AsyncClient(served.addr) as client:
         with pytest.raises(TypeError, match="a Task or a handle string, not int"):
             await client.status(123)  # type: ignore[arg-type]
+
+
+@run_async
+async def test_close_fails_pending_calls_as_closed_not_as_a_server_gone(served: Server) -> None:
+    # A call without a unique key said "job server ... went away while holding job", which
+    # sends an operator to the server's logs for a client's own close().
+    client = AsyncClient(served.addr)
+    plain = asyncio.ensure_future(client.call("nobody-serves-this", b"x", timeout=30))
+    keyed = asyncio.ensure_future(client.call("nobody-serves-this", b"y", unique="k1", timeout=30))
+    await client.echo(b"sync")  # both submits are out
+    await client.close()
+    for call in (plain, keyed):
+        with pytest.raises(farm.ServerUnavailable, match="the farm.AsyncClient was closed"):
+            await call
