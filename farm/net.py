@@ -30,6 +30,7 @@ __all__ = [
     "connectable",
     "parse_servers",
     "connect",
+    "Dial",
     "recv",
     "tls_context",
     "tls_from_env",
@@ -204,6 +205,45 @@ def tls_from_env() -> ssl.SSLContext | None:
 #: for every read and shrinks it to what came, and glibc maps an allocation over 128 KiB
 #: with mmap, so a 256 KiB read cost an mmap, an mremap and a munmap per packet read.
 READ_SIZE = 65536
+
+
+class Dial:
+    """One ``connect`` (and TLS handshake) in a thread of its own, so that a loop serving
+    other connections goes on while a server that does not answer takes ``timeout``:
+    ``outcome`` stays None until it ends, then holds the socket or the OSError, and
+    ``wake`` is called. ``cancel`` closes a socket nobody will take."""
+
+    def __init__(
+        self, addr: str, timeout: float, tls: ssl.SSLContext | None, wake: Callable[[], None]
+    ) -> None:
+        self.outcome: socket.socket | OSError | None = None
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._wake = wake
+        name = f"farm-connect {addr}"
+        threading.Thread(
+            target=self._run, args=(addr, timeout, tls), name=name, daemon=True
+        ).start()
+
+    def _run(self, addr: str, timeout: float, tls: ssl.SSLContext | None) -> None:
+        outcome: socket.socket | OSError
+        try:
+            outcome = connect(addr, timeout, tls)
+        except OSError as exc:
+            outcome = exc
+        with self._lock:
+            if self._cancelled:
+                if isinstance(outcome, socket.socket):
+                    outcome.close()
+                return
+            self.outcome = outcome
+        self._wake()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            if isinstance(self.outcome, socket.socket):
+                self.outcome.close()
 
 
 def recv(sock: socket.socket, size: int = READ_SIZE) -> bytes:

@@ -19,18 +19,18 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from farm.discovery import client_servers
 from farm.logs import Brief
-from farm.net import Waker, connect, parse_servers, recv
+from farm.net import Waker, parse_servers, recv
 from farm.protocol import MAX_CLIENT_ID, UNPRINTABLE, ProtocolError, encode_req
 from farm.protocol import PacketType as T
 from farm.protocol.checks import as_bytes, check_timeout
 from farm.protocol.events import ServerErrorNotice
 from farm.protocol.worker import JobAssigned, WorkerSession, WorkerState
 from farm.workerjob import Job
+from farm.workerlinks import BACKOFF_FIRST, ServerLink, WorkerLinks
 
 __all__ = ["Worker", "Job"]
 
@@ -41,26 +41,12 @@ log = logging.getLogger("farm.worker")
 _READY, _GRABBING, _WORKING = WorkerState.READY, WorkerState.GRABBING, WorkerState.WORKING
 _ASSIGNS = frozenset((T.JOB_ASSIGN, T.JOB_ASSIGN_UNIQ, T.JOB_ASSIGN_ALL))
 
-#: Reconnect delays after a server is lost or refuses: first, then doubling up to the cap.
-BACKOFF_FIRST = 0.05
-BACKOFF_CAP = 5.0
-
 WorkerFunction = Callable[["Job"], "bytes | str | None"]
 #: A decorated worker function keeps its own type (``Worker.function``).
 F = TypeVar("F", bound=WorkerFunction)
 
 
-@dataclass(slots=True)
-class _Server:
-    addr: str
-    session: WorkerSession
-    sock: socket.socket | None = None
-    retry_at: float = 0.0
-    backoff: float = BACKOFF_FIRST
-    warned: bool = False
-
-
-class Worker:
+class Worker(WorkerLinks):
     """A worker process's connection to its job servers.
 
     Functions receive a ``Job`` and return bytes, str or None (empty result). An exception
@@ -99,9 +85,9 @@ class Worker:
         self.jobs_done = 0
         self._functions: dict[str, WorkerFunction] = {}
         self._timeouts: dict[str, float | None] = {}
-        self._servers: list[_Server] = []
+        self._servers: list[ServerLink] = []
         self._selector: selectors.BaseSelector | None = None
-        self._grabbing: _Server | None = None
+        self._grabbing: ServerLink | None = None
         self._next = 0  # rotation, so no server's queue starves another's
         self._stopping = False
         self._drain_asked = False  # unregister_all() was called; the loop acts on it
@@ -192,7 +178,7 @@ class Worker:
         # Held grab only with one server: two servers must not push to one worker at once.
         held = len(self.servers) == 1
         self._servers = [
-            _Server(a, WorkerSession(dict(self._timeouts), self.client_id, held_grab=held))
+            ServerLink(a, WorkerSession(dict(self._timeouts), self.client_id, held_grab=held))
             for a in self.servers
         ]
         signals_wake = False
@@ -222,6 +208,9 @@ class Worker:
                 self._reset_abilities()
         finally:
             for server in self._servers:
+                if server.dial is not None:
+                    server.dial.cancel()
+                    server.dial = None
                 if server.sock is not None:
                     self._flush(server)
                     self._close(server)
@@ -231,10 +220,6 @@ class Worker:
             self._stopping = False
             if signals_wake:
                 self._waker.release_signals()
-
-    def _sleep_for(self, now: float) -> float | None:
-        waits = [s.retry_at - now for s in self._servers if s.sock is None]
-        return max(0.0, min(waits)) if waits else None
 
     def _reset_abilities(self) -> None:
         for server in self._servers:
@@ -253,28 +238,7 @@ class Worker:
                 self._next = (self._next + i + 1) % len(servers)
                 return
 
-    def _reconnect_due(self, now: float) -> None:
-        selector = self._selector
-        assert selector is not None, "only work() reconnects, and it owns the selector"
-        for server in self._servers:
-            if server.sock is not None or server.retry_at > now or self._stopping:
-                continue
-            try:
-                sock = connect(server.addr, self.connect_timeout, self.tls)
-            except OSError as exc:
-                if not server.warned:
-                    log.warning("job server %s unreachable (%s); retrying", server.addr, exc)
-                    server.warned = True
-                server.retry_at = time.monotonic() + server.backoff
-                server.backoff = min(server.backoff * 2, BACKOFF_CAP)
-                continue
-            if server.warned:
-                log.info("job server %s is back", server.addr)
-            server.sock, server.warned = sock, False  # backoff resets once it talks sense
-            server.session.connected()
-            selector.register(sock, selectors.EVENT_READ, server)
-
-    def _read(self, server: _Server) -> None:
+    def _read(self, server: ServerLink) -> None:
         sock = server.sock
         if sock is None:  # lost earlier in this same turn of the loop
             return
@@ -308,7 +272,7 @@ class Worker:
             elif type(event) is ServerErrorNotice:
                 log.warning("job server %s: %s %s", server.addr, event.code, event.text)
 
-    def _run(self, server: _Server, event: JobAssigned) -> None:
+    def _run(self, server: ServerLink, event: JobAssigned) -> None:
         job = Job(event, self._timeouts.get(event.function), server, self._send_news)
         fn = self._functions.get(event.function)
         try:
@@ -344,38 +308,9 @@ class Worker:
             self._flush_locked(server)
 
     @staticmethod
-    def _holds(server: _Server, job: Job) -> bool:
+    def _holds(server: ServerLink, job: Job) -> bool:
         session = server.session
         return session.state is _WORKING and session.handle == job.handle
-
-    def _flush(self, server: _Server) -> None:
-        with self._send_lock:
-            self._flush_locked(server)
-
-    def _flush_locked(self, server: _Server) -> None:
-        out = server.session.data_to_send()
-        if out and server.sock is not None:
-            try:
-                server.sock.sendall(out)
-            except OSError as exc:
-                self._lost(server, f"write failed: {exc}")
-
-    def _close(self, server: _Server) -> None:
-        if server.sock is None:
-            return
-        if self._selector is not None:
-            self._selector.unregister(server.sock)
-        server.sock.close()
-        server.sock = None
-
-    def _lost(self, server: _Server, why: str) -> None:
-        log.warning("job server %s %s; reconnecting", server.addr, why)
-        self._close(server)
-        server.session.connection_lost()
-        if self._grabbing is server:
-            self._grabbing = None
-        server.retry_at = time.monotonic() + server.backoff
-        server.backoff = min(server.backoff * 2, BACKOFF_CAP)
 
 
 def _fail_and_part(sock: socket.socket, handle: bytes) -> None:

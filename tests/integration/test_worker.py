@@ -344,3 +344,27 @@ def test_farm_worker_job_resolves_in_a_fresh_interpreter() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
     )
     assert out.stdout == "ok\n", out.stderr
+
+
+def test_a_server_that_does_not_answer_holds_no_jobs_of_the_others(any_server) -> None:
+    # A worker of two servers, one of them accepting no connection (its backlog full): each
+    # connect to it blocked the whole loop for connect_timeout, and the other's jobs waited.
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(0)
+    port = hung.getsockname()[1]
+    fillers = []
+    for _ in range(3):  # one fills the queue of a listen(0); the others wait for a SYN-ACK
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    servers = [f"127.0.0.1:{port}", any_server.addr]
+    try:
+        with serving(servers, {"reverse": reverse}, connect_timeout=120):
+            with farm.Client(any_server.addr) as c:
+                for data in (b"ab", b"cd", b"ef"):
+                    assert c.call("reverse", data, timeout=30) == data[::-1]
+    finally:
+        for sock in (hung, *fillers):
+            sock.close()

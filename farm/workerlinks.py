@@ -1,0 +1,124 @@
+"""The blocking worker's links to its job servers: connecting (a worker of several servers
+connects in a thread per attempt, so that a server that does not answer holds no jobs of
+the others), writing, and what a lost server means. A mixin of ``farm.worker.Worker``,
+which owns the selector, the job in hand and the loop."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import selectors
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from farm.net import Dial, connect
+from farm.protocol.worker import WorkerSession
+
+__all__ = ["BACKOFF_CAP", "BACKOFF_FIRST", "ServerLink", "WorkerLinks"]
+
+log = logging.getLogger("farm.worker")
+
+#: Reconnect delays after a server is lost or refuses: first, then doubling up to the cap.
+BACKOFF_FIRST = 0.05
+BACKOFF_CAP = 5.0
+
+
+@dataclass(slots=True)
+class ServerLink:
+    """One job server of a worker: its session, socket and reconnect state."""
+
+    addr: str
+    session: WorkerSession
+    sock: socket.socket | None = None
+    retry_at: float = 0.0
+    backoff: float = BACKOFF_FIRST
+    warned: bool = False
+    dial: Dial | None = None  # a connect in its own thread (a worker of several servers)
+
+
+class WorkerLinks:
+    """The connection half of ``Worker`` (see the module docstring)."""
+
+    _servers: list[ServerLink]
+    _selector: selectors.BaseSelector | None
+    _grabbing: ServerLink | None
+    _stopping: bool
+    _send_lock: threading.Lock
+    connect_timeout: float
+    tls: ssl.SSLContext | None
+    _wake: Callable[[], None]
+
+    def _sleep_for(self, now: float) -> float | None:
+        waits = [s.retry_at - now for s in self._servers if s.sock is None and s.dial is None]
+        return max(0.0, min(waits)) if waits else None
+
+    def _reconnect_due(self, now: float) -> None:
+        selector = self._selector
+        assert selector is not None, "only work() reconnects, and it owns the selector"
+        for server in self._servers:
+            if server.sock is not None or self._stopping:
+                continue
+            outcome: socket.socket | OSError
+            if server.dial is not None:  # connecting in its own thread
+                if server.dial.outcome is None:
+                    continue
+                outcome, server.dial = server.dial.outcome, None
+            elif server.retry_at > now:
+                continue
+            elif len(self._servers) > 1:
+                # A server that does not answer must not hold the jobs of the others for
+                # connect_timeout at each retry: its connect runs in a thread of its own.
+                server.dial = Dial(server.addr, self.connect_timeout, self.tls, self._wake)
+                continue
+            else:
+                try:
+                    outcome = connect(server.addr, self.connect_timeout, self.tls)
+                except OSError as exc:
+                    outcome = exc
+            if isinstance(outcome, OSError):
+                if not server.warned:
+                    log.warning("job server %s unreachable (%s); retrying", server.addr, outcome)
+                    server.warned = True
+                server.retry_at = time.monotonic() + server.backoff
+                server.backoff = min(server.backoff * 2, BACKOFF_CAP)
+                continue
+            sock = outcome
+            if server.warned:
+                log.info("job server %s is back", server.addr)
+            server.sock, server.warned = sock, False  # backoff resets once it talks sense
+            selector.register(sock, selectors.EVENT_READ, server)  # before anything may raise
+            server.session.connected()
+
+    def _flush(self, server: ServerLink) -> None:
+        with self._send_lock:
+            self._flush_locked(server)
+
+    def _flush_locked(self, server: ServerLink) -> None:
+        out = server.session.data_to_send()
+        if out and server.sock is not None:
+            try:
+                server.sock.sendall(out)
+            except OSError as exc:
+                self._lost(server, f"write failed: {exc}")
+
+    def _close(self, server: ServerLink) -> None:
+        if server.sock is None:
+            return
+        if self._selector is not None:
+            with contextlib.suppress(KeyError, ValueError):  # never registered: it raised first
+                self._selector.unregister(server.sock)
+        server.sock.close()
+        server.sock = None
+
+    def _lost(self, server: ServerLink, why: str) -> None:
+        log.warning("job server %s %s; reconnecting", server.addr, why)
+        self._close(server)
+        server.session.connection_lost()
+        if self._grabbing is server:
+            self._grabbing = None
+        server.retry_at = time.monotonic() + server.backoff
+        server.backoff = min(server.backoff * 2, BACKOFF_CAP)
