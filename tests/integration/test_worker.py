@@ -361,10 +361,10 @@ def test_a_server_that_does_not_answer_holds_no_jobs_of_the_others(any_server) -
         fillers.append(filler)
     servers = [f"127.0.0.1:{port}", any_server.addr]
     try:
-        with serving(servers, {"reverse": reverse}, connect_timeout=120):
-            with farm.Client(any_server.addr) as c:
-                for data in (b"ab", b"cd", b"ef"):
-                    assert c.call("reverse", data, timeout=30) == data[::-1]
+        fns = {"reverse": reverse}
+        with serving(servers, fns, connect_timeout=120), farm.Client(any_server.addr) as c:
+            for data in (b"ab", b"cd", b"ef"):
+                assert c.call("reverse", data, timeout=30) == data[::-1]
     finally:
         for sock in (hung, *fillers):
             sock.close()
