@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from farm.paths import open_own_file
 
-__all__ = ["LOG_FORMATS", "JsonFormatter", "setup_logging"]
+__all__ = ["LOG_FORMATS", "JsonFormatter", "setup_logging", "reopen_log_file"]
 
 #: The values of --log-format and ``[supervisor] log_format``.
 LOG_FORMATS = ("text", "json")
@@ -89,9 +89,10 @@ def setup_logging(
     if filename:
         # Not logging.FileHandler: it would follow a link planted at the path (see
         # paths.open_own_file). Appending, so logrotate's copytruncate works.
-        fd = open_own_file(filename, append=True)
-        stream = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
-    handler: logging.Handler = logging.StreamHandler(stream or sys.stderr)
+        stream = _open_log(filename)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    global _log_file
+    _log_file = (filename, handler) if filename else None
     formatter: logging.Formatter = (
         JsonFormatter(role, slot=slot, function=function)
         if log_format == "json"
@@ -101,6 +102,27 @@ def setup_logging(
         formatter = _JournalPriority(formatter)
     handler.setFormatter(formatter)
     logging.basicConfig(level=level, handlers=[handler])
+
+
+#: The file this process logs to, and its handler (reopen_log_file).
+_log_file: tuple[str, logging.StreamHandler[IO[str]]] | None = None
+
+
+def _open_log(filename: str) -> IO[str]:
+    return os.fdopen(open_own_file(filename, append=True), "a", encoding="utf-8", buffering=1)
+
+
+def reopen_log_file() -> str | None:
+    """Open the log file again at its path (logrotate moved it away and sent SIGHUP, as
+    for gearmand); the path, or None when this process logs to no file. OSError when it
+    cannot be opened: the old file is kept then."""
+    if _log_file is None:
+        return None
+    filename, handler = _log_file
+    old = handler.setStream(_open_log(filename))
+    if old is not None:
+        old.close()
+    return filename
 
 
 def _to_journal(stream: IO[str]) -> bool:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from farm.errors import FarmError, TLSFileError
 from farm.lifetime import die_with_parent
-from farm.logs import setup_logging
+from farm.logs import reopen_log_file, setup_logging
 from farm.net import clear_socket_path, load_tls_file, parse_address
 from farm.paths import adopt_legacy_store, open_own_file
 from farm.server.connection import Connection
@@ -173,6 +173,9 @@ class Server:
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
         loop.add_signal_handler(signal.SIGUSR1, self.stop_gracefully)
+        # SIGHUP ended the server (Python's default): logrotate's postrotate for gearmand
+        # (Debian's gearman-job-server) sends it every night, to reopen the log.
+        loop.add_signal_handler(signal.SIGHUP, _reopen_log)
         if self.listening is not None:  # after the handlers: a stop right away is graceful
             self.listening()
         assert self.stopped is not None
@@ -218,6 +221,19 @@ def _fit_fd_limit(options: ServerOptions) -> None:
             fits,
         )
         options.max_connections = fits
+
+
+def _reopen_log() -> None:
+    """SIGHUP: open the log file again (logrotate moved it), as gearmand does."""
+    try:
+        reopened = reopen_log_file()
+    except OSError as exc:
+        log.error("SIGHUP: cannot open the log file again: %s; logging on to the old one", exc)
+        return
+    if reopened is None:
+        log.info("SIGHUP: no log file to open again (logging to standard error); running on")
+    else:
+        log.info("SIGHUP: log file %s opened again", reopened)
 
 
 def _setup_logging(options: ServerOptions) -> None:

@@ -320,3 +320,26 @@ def test_max_connections_is_lowered_to_fit_a_low_descriptor_limit(tmp_path: Path
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_sighup_reopens_the_log_file_as_gearmand_does(tmp_path: Path) -> None:
+    # Debian's logrotate for gearman-job-server moves the log and sends SIGHUP every night;
+    # it ended farm's server (Python's default action), with its clients' jobs.
+    log, rotated = tmp_path / "server.log", tmp_path / "server.log.1"
+    srv = start_farm_server("-l", str(log), "--verbose", "INFO")
+    try:
+        wait_for("the first log line", lambda: log.exists() and log.stat().st_size > 0)
+        log.rename(rotated)
+        srv.proc.send_signal(signal.SIGHUP)
+        wait_for("the log opened again", lambda: log.exists() and b"opened again" in log.read_bytes())
+        assert Peer(srv.addr).admin("getpid").startswith(f"OK {srv.proc.pid}")
+        assert srv.proc.poll() is None
+    finally:
+        srv.stop()
+    quiet = start_farm_server()  # logging to standard error: nothing to reopen, runs on
+    try:
+        quiet.proc.send_signal(signal.SIGHUP)
+        quiet.proc.send_signal(signal.SIGTERM)  # delivered after SIGHUP (lower numbers first)
+        assert quiet.proc.wait(10) == 0, "SIGTERM's clean exit, not death by SIGHUP (-1)"
+    finally:
+        quiet.stop()
