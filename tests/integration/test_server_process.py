@@ -331,7 +331,9 @@ def test_sighup_reopens_the_log_file_as_gearmand_does(tmp_path: Path) -> None:
         wait_for("the first log line", lambda: log.exists() and log.stat().st_size > 0)
         log.rename(rotated)
         srv.proc.send_signal(signal.SIGHUP)
-        wait_for("the log opened again", lambda: log.exists() and b"opened again" in log.read_bytes())
+        wait_for(
+            "the log opened again", lambda: log.exists() and b"opened again" in log.read_bytes()
+        )
         assert Peer(srv.addr).admin("getpid").startswith(f"OK {srv.proc.pid}")
         assert srv.proc.poll() is None
     finally:
