@@ -68,13 +68,11 @@ class Validator(TableReader):
         supervisor = self.supervisor(
             {**sup, **self.table(raw.get("supervisor", {}), "supervisor", tuple(sup))}
         )
-        if "functions" not in raw:
-            raise self.fail(
-                "functions",
-                'no functions; add a [functions.NAME] table with target = "module:function"',
-            )
-        names = tuple(raw["functions"]) if isinstance(raw["functions"], dict) else ()
-        functions = self.table(raw["functions"], "functions", names)
+        # A file that only moves the farm (addresses, sockets, store) runs the built-in
+        # pools, as no file does; one that names any pool runs the pools it names.
+        raw_functions = raw.get("functions", defaults["functions"])
+        names = tuple(raw_functions) if isinstance(raw_functions, dict) else ()
+        functions = self.table(raw_functions, "functions", names)
         pools = {
             name: self.function(name, spec, len(supervisor.cpus))
             for name, spec in functions.items()

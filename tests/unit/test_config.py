@@ -235,9 +235,19 @@ def test_a_target_that_raises_on_import_is_left_to_the_worker(
 
 def test_bad_toml_and_missing_functions(tmp_path: Path) -> None:
     assert "not valid TOML" in error_of(tmp_path, "[server\nlisten = 1")
-    assert "[functions.NAME]" in error_of(tmp_path, "[server]\njob_retries = 1\n")
     assert "missing" in error_of(tmp_path, "[functions.a]\nworkers = 1\n")
     assert "function names" in error_of(tmp_path, '[functions."a b"]\ntarget = "x:y"\n')
+
+
+def test_a_file_that_only_moves_the_farm_runs_the_built_in_pools(tmp_path: Path) -> None:
+    # It was refused ("no functions"): moving farm off port 4730 meant copying every pool.
+    listen = f'listen = ["127.0.0.1:47999", "unix:{tmp_path}/g.sock"]'
+    moved = write(tmp_path, f"[server]\n{listen}\njob_retries = 1\n")
+    cfg = config.load(moved)
+    assert set(cfg.functions) == set(config.load(None).functions)
+    assert "reverse" in cfg.functions and cfg.server.job_retries == 1
+    named = write(tmp_path, '[functions.reverse]\ntarget = "workers.text:reverse"\n', "one.toml")
+    assert set(config.load(named).functions) == {"reverse"}, "naming any pool names them all"
 
 
 def test_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
