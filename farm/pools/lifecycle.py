@@ -35,7 +35,7 @@ from farm.pools.slots import (
     describe_exit,
     exit_cause,
 )
-from farm.pools.spawn import spawn
+from farm.pools.spawn import EXEC_FAILED_PREFIX, EXIT_EXEC_FAILED, spawn
 
 __all__ = ["Lifecycle", "TIMEOUT_GRACE"]
 
@@ -123,6 +123,14 @@ class Lifecycle:
                 os.killpg(proc.pid, signal.SIGKILL)
         self.close_report(proc)
         proc.close()
+        if (
+            proc.command
+            and os.waitstatus_to_exitcode(status) == EXIT_EXEC_FAILED
+            and proc.last_words.startswith(EXEC_FAILED_PREFIX)
+        ):
+            # farm.pools.spawn's child could not exec it (no shebang, no interpreter): it
+            # will not exec next time either, so a boot failure's backoff, with its reason.
+            proc.boot_error = proc.last_words
         now = time.monotonic()
         pool_slots = self.slots.get(proc.function, ())
         heir = next((s for s in pool_slots if s.successor is proc), None)
@@ -140,13 +148,16 @@ class Lifecycle:
         if proc.command:
             self.close_report(proc)  # its last output first: the end's log line quotes it
         slot.restarts += 1  # an end nobody asked for (a crash, a kill, a recycle): counted
-        self.exits[proc.function, exit_cause(proc.kill_reason, status)] += 1
+        self.exits[
+            proc.function, exit_cause(proc.kill_reason, status, boot_error=proc.boot_error)
+        ] += 1
         how, delay = slot.note_exit(proc, status, now)
         when = "now" if delay == 0 else f"in {delay:g}s"
         level = logging.INFO if "recycled" in how else logging.WARNING
         # Its output is logged at INFO (stdout and stderr share a pipe): the warning quotes
         # its last line, so `journalctl -p warning` shows why a PHP worker crash-loops.
-        said = f"; its last output: {proc.last_words!r}" if proc.last_words else ""
+        quote = proc.last_words and proc.last_words != proc.boot_error  # not said twice
+        said = f"; its last output: {proc.last_words!r}" if quote else ""
         log.log(
             level,
             "worker %s (pid %d, up %.1fs, %d jobs) %s%s; restarting %s%s",

@@ -238,6 +238,8 @@ class Restarting:
         slot.successor = None
         ro = self.rollout
         reason = proc.kill_reason or describe_exit(status)
+        if proc.boot_error:
+            reason = f"failed to boot ({proc.boot_error})"
         old = f"pid {slot.proc.pid}" if slot.proc is not None else "none"
         message = (
             f"{proc.name}: the new process (pid {proc.pid}) {reason}; the old one ({old}) stays"

@@ -80,8 +80,10 @@ def core_for(cpus: Sequence[int], offset: int, index: int) -> int:
 Exits = Counter[tuple[str, str]]
 
 
-def exit_cause(kill_reason: str, status: int) -> str:
+def exit_cause(kill_reason: str, status: int, *, boot_error: str = "") -> str:
     """Why a worker in a slot ended, as the label of farm_pool_restarts_total."""
+    if boot_error:
+        return "boot_failure"
     if kill_reason:
         return "timeout" if "timeout" in kill_reason else "killed"
     code = os.waitstatus_to_exitcode(status)
@@ -140,6 +142,7 @@ class WorkerProcess:
     busy_since: float | None = None
     stop_deadline: float | None = None  # SIGKILL if still alive then (draining)
     kill_reason: str = ""  # why the supervisor killed it, so its death is not a crash
+    boot_error: str = ""  # why it never served (could not exec, no ready in time): a boot failure
     recycle_reason: str = ""
     command: bool = False  # a command pool's process: report_fd carries its stdout/stderr
     stop_signal: int = signal.SIGTERM  # what asks it to stop (SIGTERM drains a Python worker)
@@ -269,7 +272,9 @@ class Slot(RestartHistory):
         code = os.waitstatus_to_exitcode(status)
         how = describe_exit(status)
         self.lived(now - proc.started)
-        if proc.kill_reason:
+        if proc.boot_error:
+            how, delay = f"failed to boot ({proc.boot_error})", self.failed(now, boot=True)
+        elif proc.kill_reason:
             how, delay = f"{how} ({proc.kill_reason})", self.planned(now)
         elif code == EXIT_RECYCLE:
             how = f"was recycled ({proc.recycle_reason or 'limit reached'})"

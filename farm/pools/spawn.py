@@ -23,7 +23,12 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 
 from farm.commandspec import RunAs
 
-__all__ = ["spawn", "set_death_signal"]
+__all__ = ["EXIT_EXEC_FAILED", "EXEC_FAILED_PREFIX", "spawn", "set_death_signal"]
+
+#: The exit code of a child that could not take its user or directory or exec its program
+#: (as a shell's "cannot execute"); its one line of why on fd 2 starts with EXEC_FAILED_PREFIX.
+EXIT_EXEC_FAILED = 127
+EXEC_FAILED_PREFIX = "farm: cannot "
 
 PR_SET_PDEATHSIG = 1
 _MAX_FD = max(256, os.sysconf("SC_OPEN_MAX"))
@@ -57,13 +62,15 @@ def spawn(
     The child keeps 0-2 (or gets ``stdio`` as its stdin, stdout, stderr) and the
     descriptors in ``keep``; all others are closed. ``user`` and ``cwd`` are taken
     before the death signal is set. Raises OSError when the fork fails; a child
-    that cannot take its user, directory or exec ends with exit code 127.
+    that cannot take its user, directory or exec writes why on its fd 2 and ends
+    with ``EXIT_EXEC_FAILED`` (127).
     """
     parent = os.getpid()
     kept = sorted(set(keep))
     pid = os.fork()
     if pid:
         return pid
+    step = "start"  # what the child was doing, for its one line if that fails
     try:  # the child: nothing here may raise into the supervisor's code
         os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor, which decides
         signal.set_wakeup_fd(-1)  # a signal before exec must not wake the supervisor's loop
@@ -72,10 +79,12 @@ def spawn(
                 os.dup2(fd, target)  # dup2 leaves the copy inheritable
         _close_others(kept)
         if user is not None:  # groups first: they need the privileges setuid drops
+            step = f"run as {user.name}"
             os.setgroups(list(user.groups))
             os.setgid(user.gid)
             os.setuid(user.uid)
         if cwd is not None:
+            step = f"change to directory {cwd}"
             os.chdir(cwd)
         set_death_signal(death_signal)  # after setuid, which would clear it
         if os.getppid() != parent:  # it died before the request took hold
@@ -85,10 +94,19 @@ def spawn(
                 os.sched_setaffinity(0, {core})
             except OSError:
                 pass  # a core taken away since the config was read: run unpinned, not never
+        step = f"exec {argv[0]}"
         os.execve(argv[0], list(argv), dict(env))
-    except BaseException:
-        pass
-    os._exit(127)
+    except BaseException as e:
+        # The only word of why (no shebang, a missing interpreter, a denied directory): to
+        # fd 2, which is the worker's output the supervisor quotes. os.write alone, no
+        # logging after fork; a failing write changes nothing.
+        try:
+            why = f"[Errno {e.errno}] {e.strerror}" if isinstance(e, OSError) else repr(e)
+            line = f"{EXEC_FAILED_PREFIX}{step}: {why}\n"  # the path once, in step
+            os.write(2, line.encode(errors="backslashreplace"))
+        except BaseException:
+            pass
+    os._exit(EXIT_EXEC_FAILED)
 
 
 def _close_others(keep: Sequence[int]) -> None:

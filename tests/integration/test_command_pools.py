@@ -224,6 +224,28 @@ def test_a_crashing_command_workers_warning_quotes_its_last_output(tmp_path: Pat
         up.stop()
 
 
+def test_a_command_that_cannot_exec_is_a_boot_failure_that_says_why(tmp_path: Path) -> None:
+    # The forked child threw the exec error away: "crashed: exited with code 127;
+    # restarting now", again and again, and never why.
+    script = tmp_path / "noshebang"
+    script.write_text("echo hi\n")
+    script.chmod(0o755)
+    up = FarmUp(tmp_path, f'[functions.bad]\ncommand = ["{script}"]\nworkers = 1\n')
+    try:
+        line = wait_for(
+            "the boot failure's warning",
+            lambda: next((r for r in up.read_log().splitlines() if "failed to boot" in r), None),
+        )
+        assert (
+            f"failed to boot (farm: cannot exec {script}: [Errno 8] Exec format error);"
+            " restarting in 2s (slot failing)"
+        ) in line, line
+        assert "crashed" not in up.read_log()
+        up.expect_notify("READY=1")  # a failing slot does not hold readiness back
+    finally:
+        assert up.stop() == 0
+
+
 def test_names_a_function_served_by_two_pools_is_ambiguous(tmp_path: Path) -> None:
     up = FarmUp(
         tmp_path,
