@@ -37,7 +37,7 @@ from farm.pools.lifecycle import POLL, TIMEOUT_GRACE, Lifecycle
 from farm.pools.localserver import LocalServer
 from farm.pools.metrics import Exits, serve_metrics
 from farm.pools.rollout import Restarting, Rollout
-from farm.pools.slots import COMMAND_READY_WAIT, Slot, WorkerProcess, core_for
+from farm.pools.slots import READY_WAIT, Slot, WorkerProcess, core_for
 from farm.pools.steering import Duty, Pending, Steering
 
 __all__ = ["Supervisor"]
@@ -280,35 +280,35 @@ class Supervisor(Lifecycle, CommandJobs, Restarting, Steering):
         failing = sum(1 for s in slots if s.failing)
         server_up = self.server.ready or not self.config.local_server
         now = time.monotonic()
-
-        # A command worker serves once it holds a connection to the job server. One that
-        # never does (its server is down, a wrapper's child holds the connection) must not
-        # hold READY=1 back until systemd's start timeout kills the farm: after
-        # COMMAND_READY_WAIT alive it counts as started.
-        def unseen(s: Slot) -> bool:
-            proc = s.proc
-            return bool(
-                proc
-                and proc.command
-                and not proc.state.serving
-                and now - proc.started >= COMMAND_READY_WAIT
-            )
-
-        waited = sum(1 for s in slots if unseen(s))
-        all_up = all(s.failing or (s.proc and s.proc.state.serving) or unseen(s) for s in slots)
+        # A worker that does not serve READY_WAIT after its start (a command worker whose
+        # server is down or whose wrapper's child holds the connection, a module that hangs
+        # at import) counts as started: else it held READY=1 back until systemd's start
+        # timeout killed the farm, in a restart loop with nothing said.
+        unseen = [
+            s.proc
+            for s in slots
+            if s.proc and not s.proc.state.serving and now - s.proc.started >= READY_WAIT
+        ]
+        all_up = all(
+            s.failing or (s.proc and s.proc.state.serving) for s in slots if s.proc not in unseen
+        )
         if not self.ready_sent and server_up and all_up:
             self.ready_sent = True
             sdnotify.notify("READY=1")
             log.info("ready: %d workers up, %d failing", up, failing)
-            if waited:
+            for proc in unseen:
                 log.warning(
-                    "%d command workers have not connected to the job server after %gs",
-                    waited,
-                    COMMAND_READY_WAIT,
+                    "worker %s (pid %d) %s after %gs; READY=1 sent without it",
+                    proc.name,
+                    proc.pid,
+                    "has not connected to the job server"
+                    if proc.command
+                    else "has not loaded its target (hanging at import?)",
+                    READY_WAIT,
                 )
         status = f"{up}/{len(slots)} workers up" + (f", {failing} failing" if failing else "")
-        if waited:
-            status += f", {waited} not connected"
+        if unseen:
+            status += f", {len(unseen)} not connected"
         if status != self.last_status:
             self.last_status = status
             sdnotify.notify(f"STATUS={status}", wait=0)

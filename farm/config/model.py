@@ -54,6 +54,9 @@ class SupervisorConfig:
     cpus: tuple[int, ...]  # resolved: the cores slots are pinned to
     servers: tuple[str, ...]  # remote job servers; empty = run the local one
     graceful_timeout: float  # seconds a stopping worker may take to finish its job
+    # Seconds a new Python worker may take to load its target (a restart's successor, or
+    # any command worker's, to serve) before it is killed as a failed boot.
+    boot_timeout: float = 60.0
     memory_budget_mb: int = 0  # what all pools together may use; see capacity_problem
     metrics: str | None = None  # HOST:PORT of the Prometheus endpoint; None: off
     log_format: str = "text"  # "json": supervisor, server and workers log JSON lines (farm.logs)

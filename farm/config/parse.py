@@ -64,7 +64,7 @@ class Validator(TableReader):
                 **self.table(raw.get("server", {}), "server", (*defaults["server"], *TUNING)),
             }
         )
-        sup = {**defaults["supervisor"], "graceful_timeout": 30}
+        sup = {**defaults["supervisor"], "graceful_timeout": 30, "boot_timeout": 60}
         supervisor = self.supervisor(
             {**sup, **self.table(raw.get("supervisor", {}), "supervisor", tuple(sup))}
         )
@@ -183,6 +183,12 @@ class Validator(TableReader):
                 "supervisor.graceful_timeout",
                 f"must be a number of seconds from 0 to {MAX_GRACE}, got {grace!r}",
             )
+        boot = raw["boot_timeout"]
+        if isinstance(boot, bool) or not isinstance(boot, int | float) or not 0 < boot <= MAX_GRACE:
+            raise self.fail(
+                "supervisor.boot_timeout",
+                f"must be a number of seconds > 0 and at most {MAX_GRACE}, got {boot!r}",
+            )
         budget = raw["memory_budget_mb"]
         if budget == "auto":
             budget = default_memory_budget_mb()
@@ -217,6 +223,7 @@ class Validator(TableReader):
             servers=tuple(servers),
             local_server=self.local_server(raw["local_server"], servers),
             graceful_timeout=float(grace),
+            boot_timeout=float(boot),
             memory_budget_mb=budget,
         )
 

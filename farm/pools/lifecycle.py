@@ -81,11 +81,27 @@ class Lifecycle:
             timeout = pool.timeout if pool else None
             if proc.state is ProcState.KILLING:
                 continue
+            if self.boot_overran(proc, now):
+                continue
             if timeout and proc.busy_since and now - proc.busy_since > timeout + TIMEOUT_GRACE:
                 self.kill(proc, f"job {proc.handle} ran past its {timeout}s timeout")
             elif proc.stop_deadline is not None and now >= proc.stop_deadline:
                 self.excuse(proc)
                 self.kill(proc, "did not drain in time")
+
+    def boot_overran(self, proc: WorkerProcess, now: float) -> bool:
+        """Kill a Python worker that has not loaded its target within boot_timeout (a module
+        that hangs at import): a failed boot, backed off, logged once when it is reaped. A
+        command worker is left alone: a wrapper's child may hold its connection unseen."""
+        boot_timeout = self.config.supervisor.boot_timeout
+        if proc.command or proc.state is not ProcState.STARTING:
+            return False
+        if now - proc.started <= boot_timeout:
+            return False
+        proc.boot_error = f"did not load its target within {boot_timeout:g}s; hanging at import?"
+        proc.state, proc.kill_reason = ProcState.KILLING, proc.boot_error
+        self.signal(proc.pid, signal.SIGKILL)
+        return True
 
     def watch_commands(self) -> bool:
         """Mark command workers that connected to a server ``running``; whether any still

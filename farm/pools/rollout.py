@@ -13,7 +13,7 @@ drained by the server first, and gets its ``stop_signal`` once it holds no job o
 its grace; a job it dies holding is requeued by the server).
 
 A successor that exits before it serves, or does not serve within
-``BOOT_TIMEOUT``, fails the rollout of its pool: the old process keeps its
+``[supervisor] boot_timeout``, fails the rollout of its pool: the old process keeps its
 slot, the pool's remaining slots are left alone, and `farm restart` exits 1.
 Progress is read with the control command ``restart-status``.
 """
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from farm.config import Config, FunctionConfig
 from farm.pools.slots import (
-    COMMAND_READY_WAIT,
+    READY_WAIT,
     ProcState,
     Slot,
     WorkerProcess,
@@ -40,14 +40,12 @@ from farm.pools.slots import (
 if TYPE_CHECKING:
     from farm.pools.localserver import LocalServer
 
-__all__ = ["Restarting", "Rollout", "MAX_SURGE", "BOOT_TIMEOUT"]
+__all__ = ["Restarting", "Rollout", "MAX_SURGE"]
 
 log = logging.getLogger("farm.supervisor")
 
 #: Slots of one pool replaced at the same time at most (and a quarter of the pool at most).
 MAX_SURGE = 4
-#: A successor that does not serve within this many seconds fails the rollout.
-BOOT_TIMEOUT = 60.0
 
 
 @dataclass
@@ -179,6 +177,7 @@ class Restarting:
         pool = self.config.functions.get(name)
         slots = self.slots.get(name, [])
         flying = ro.in_flight.setdefault(name, set())
+        boot_timeout = self.config.supervisor.boot_timeout
         for index in sorted(flying):
             slot = slots[index] if index < len(slots) else None
             heir = slot.successor if slot is not None else None
@@ -194,8 +193,8 @@ class Restarting:
                 log.info(
                     "restart: %s (pid %d) replaces pid %s", heir.name, heir.pid, old and old.pid
                 )
-            elif now - heir.started > BOOT_TIMEOUT and heir.state is ProcState.STARTING:
-                self.kill(heir, f"did not serve within {BOOT_TIMEOUT:g}s of its start")
+            elif now - heir.started > boot_timeout and heir.state is ProcState.STARTING:
+                self.kill(heir, f"did not serve within {boot_timeout:g}s of its start")
         queue = ro.queue.get(name, [])
         if pool is None:
             queue.clear()
@@ -218,7 +217,7 @@ class Restarting:
                 proc = slot.proc
                 if proc is not None and (
                     proc.options != pool.options()
-                    or (proc.command and now - proc.started >= COMMAND_READY_WAIT)
+                    or (proc.command and now - proc.started >= READY_WAIT)
                 ):
                     self.retire(proc, pool)
                     slot.proc = None

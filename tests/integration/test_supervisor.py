@@ -132,6 +132,50 @@ def test_boot_failure_backs_off_while_other_functions_serve(tmp_path: Path) -> N
         assert up.stop() == 0
 
 
+@pytest.mark.timeout(60)
+def test_a_module_that_hangs_at_import_holds_neither_ready_nor_the_farm(tmp_path: Path) -> None:
+    # READY=1 waited for every Python worker to load its target, and the first boot had no
+    # timeout: one module that hung at import kept the farm from starting (systemd killed it
+    # at TimeoutStartSec, and again, in a loop), with nothing logged.
+    (tmp_path / "hangs.py").write_text("import time\ntime.sleep(10000)\n\ndef job(j):\n    pass\n")
+    up = FarmUp(
+        tmp_path,
+        FUNCTIONS + '\n[functions.hangs]\ntarget = "hangs:job"\nworkers = 1\n',
+        start=False,
+    )
+    up.config.write_text(
+        up.config.read_text().replace(
+            "graceful_timeout = 10", "graceful_timeout = 10\nboot_timeout = 13"
+        )
+    )
+    up.start()
+    try:
+        up.expect_notify("READY=1", timeout=20)  # after READY_WAIT (10 s) without it
+        (pid,) = [r["pid"] for r in up.workers("hangs")]
+        assert re.search(
+            rf"WARNING worker hangs#0 cpu\d+ \(pid {pid}\) has not loaded its target"
+            r" \(hanging at import\?\) after 10s; READY=1 sent without it",
+            up.read_log(),
+        ), up.read_log()
+        with Client(up.addr) as client:  # the other pools serve meanwhile
+            assert client.call("reverse", "abc", timeout=10) == b"cba"
+        line = wait_for(
+            "the hung worker's boot failure",
+            lambda: next((r for r in up.read_log().splitlines() if "failed to boot" in r), None),
+            timeout=15,
+        )
+        assert (
+            f"(pid {pid}, up 13." in line
+            and "failed to boot (did not load its target within 13s; hanging at import?);"
+            " restarting in 2s (slot failing)"
+            in line
+        ), line
+        assert "killing worker" not in up.read_log()  # one line says it all
+        wait_for("the slot failing", lambda: up.workers("hangs", "failing"))
+    finally:
+        assert up.stop() == 0
+
+
 def test_sigterm_drains_running_jobs_and_exits_zero(tmp_path: Path) -> None:
     farm = FarmUp(tmp_path, FUNCTIONS + SLOW, extra_env={"WATCHDOG_USEC": "400000"})
     farm.expect_notify("READY=1")

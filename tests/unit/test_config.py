@@ -315,6 +315,12 @@ def test_graceful_timeout_must_be_a_real_bounded_number(tmp_path: Path, grace: s
     assert "supervisor.graceful_timeout" in error_of(tmp_path, text)
 
 
+@pytest.mark.parametrize("boot", ["0", "nan", "-1", "1e9", '"60"', "true"])
+def test_boot_timeout_must_be_a_positive_bounded_number(tmp_path: Path, boot: str) -> None:
+    text = f'[supervisor]\nboot_timeout = {boot}\n[functions.a]\ntarget = "x:y"\n'
+    assert "supervisor.boot_timeout: must be a number of seconds > 0" in error_of(tmp_path, text)
+
+
 def test_pool_sizes_are_bounded_by_count_and_memory(tmp_path: Path) -> None:
     huge = '[functions.a]\ntarget = "workers.text:reverse"\nworkers = 100000\n'
     assert "a would have 100000 workers (0..1024)" in error_of(tmp_path, huge)

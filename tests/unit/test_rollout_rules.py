@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
 from typing import Any
 
 from farm.config.model import FunctionConfig
@@ -32,6 +33,7 @@ def pool(name: str, target: str, workers: int = 1) -> FunctionConfig:
 class Cfg:  # what Restarting reads of Config
     functions: dict[str, FunctionConfig]
     local_server: bool = False
+    supervisor: Any = field(default_factory=lambda: SimpleNamespace(boot_timeout=60.0))
 
 
 class Farm(Restarting):
