@@ -368,3 +368,16 @@ def test_a_server_that_does_not_answer_holds_no_jobs_of_the_others(any_server) -
     finally:
         for sock in (hung, *fillers):
             sock.close()
+
+
+@pytest.mark.timeout(20)
+def test_a_name_that_cannot_be_sent_raises_its_own_error_not_the_cleanups() -> None:
+    # The connection was closed in work()'s cleanup before the selector knew it: a KeyError
+    # ("<socket ...> is not registered") hid why the worker could not start.
+    with socket.socket() as listener:  # connect() completes in its backlog: enough here
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        worker = farm.Worker(f"127.0.0.1:{listener.getsockname()[1]}")
+        with pytest.raises(ValueError):  # UnicodeEncodeError, or a refusal at register
+            worker.register("\udcff", reverse)  # the surrogate Python makes of a \xff byte
+            worker.work(stop_after=1)
