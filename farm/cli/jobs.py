@@ -15,7 +15,7 @@ from farm.cli.app import SERVER_DEFAULT_HELP, ConfigOption, FarmCommand, app, fa
 from farm.discovery import client_servers
 from farm.errors import ConfigError, FarmError, JobError
 from farm.net import parse_servers, tls_from_env
-from farm.protocol.codec import MAX_TIMEOUT
+from farm.protocol.codec import MAX_CLIENT_ID, MAX_FUNCTION, MAX_TIMEOUT, UNPRINTABLE
 from farm.protocol.kinds import PRIORITY_NAMES
 
 ServerOpt = Annotated[
@@ -34,6 +34,29 @@ def _seconds(value: float | None, flag: str, at_most: float = float(MAX_TIMEOUT)
     """A number of seconds from a flag: finite, > 0 and at most ``at_most``, else exit 2."""
     if value is not None and not (0 < value <= at_most):  # also refuses nan and inf
         fail(f"{flag} must be a number of seconds > 0 and at most {at_most:.0f}, not {value}", 2)
+
+
+def _utf8(value: str, what: str) -> bytes:
+    """``value`` as the UTF-8 the wire carries; an argument the locale could not decode
+    (Python keeps its bytes as surrogates) is a usage error naming ``what``."""
+    try:
+        return value.encode()
+    except UnicodeEncodeError:
+        shown = repr(os.fsencode(value))[1:]
+        fail(f"{what} {shown} is not UTF-8 text; give it in UTF-8 (or check the locale)", 2)
+
+
+def _function_name(name: str, what: str) -> str:
+    """A function name the job server takes (as farm.server.connection checks it): else a
+    usage error now, not a refusal the server logs while the worker serves nothing."""
+    raw = _utf8(name, what)
+    if not raw:
+        fail(f"{what} must not be empty", 2)
+    if len(raw) > MAX_FUNCTION:
+        fail(f"{what} is {len(raw)} bytes long; job servers take at most {MAX_FUNCTION}", 2)
+    if UNPRINTABLE.search(raw):
+        fail(f"{what} {name!r} holds a control character (a newline, a tab); remove it", 2)
+    return name
 
 
 @app.command(cls=FarmCommand)
@@ -62,6 +85,11 @@ def worker(
     module, sep, attr = target.partition(":")
     if not sep or not module or not attr:
         fail(f"target {target!r} must look like MODULE:FUNCTION, e.g. workers.text:reverse", 2)
+    name = _function_name(name if name is not None else attr, "--name")
+    if client_id is not None:
+        id_bytes = _utf8(client_id, "--client-id")
+        if len(id_bytes) > MAX_CLIENT_ID or UNPRINTABLE.search(id_bytes):
+            fail(f"--client-id must be at most {MAX_CLIENT_ID} bytes of printable text", 2)
     if "" not in sys.path:
         sys.path.insert(0, "")  # like `python -m`: the working directory's modules are found
     try:
@@ -70,7 +98,7 @@ def worker(
         fail(f"cannot load {target}: {type(exc).__name__}: {exc}", 2)
     try:
         w = Worker(_servers(server, config), client_id=client_id, tls=tls_from_env())
-        w.register(name or attr, fn, timeout)
+        w.register(name, fn, timeout)
     except (TypeError, ValueError, ConfigError) as exc:
         fail(str(exc), 2)
     except FarmError as exc:
@@ -107,8 +135,12 @@ def submit(
     if priority not in PRIORITY_NAMES:
         fail(f"--priority must be one of {', '.join(PRIORITY_NAMES)}, not {priority!r}", 2)
     _seconds(timeout, "--timeout", at_most=float("1e9"))
+    _function_name(function, "FUNCTION")
+    if unique is not None:
+        _utf8(unique, "--unique")
     servers = _servers(server, config)
-    payload = sys.stdin.buffer.read() if data == "-" else (data or "").encode()
+    # The bytes as typed: the shell's argument, not the locale's reading of it.
+    payload = sys.stdin.buffer.read() if data == "-" else os.fsencode(data or "")
     try:
         client = Client(servers, tls=tls_from_env(), timeout=timeout)
     except (TypeError, ValueError, ConfigError) as exc:

@@ -160,6 +160,31 @@ def test_bad_numbers_addresses_and_configs_are_usage_errors(args: list[str]) -> 
     assert one_line_error(out.stderr).startswith(("farm: ", "farm server: "))
 
 
+WORKER = ["worker", "workers.text:reverse"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        # \udcff is what Python makes of a \xff byte the locale cannot decode
+        ([*WORKER, "--name", "\udcff"], "--name '\\xff' is not UTF-8 text"),
+        ([*WORKER, "--name", "a\nb"], "--name 'a\\nb' holds a control character"),
+        ([*WORKER, "--name", "x" * 600], "--name is 600 bytes long; job servers take at most 512"),
+        ([*WORKER, "--client-id", "\udcff"], "--client-id '\\xff' is not UTF-8 text"),
+        (["submit", "\udcff", "x"], "FUNCTION '\\xff' is not UTF-8 text"),
+        (["submit", "a\tb", "x"], "FUNCTION 'a\\tb' holds a control character"),
+        (["submit", "f", "x", "--unique", "\udcff"], "--unique '\\xff' is not UTF-8 text"),
+    ],
+)
+def test_names_the_server_would_refuse_are_usage_errors(args: list[str], said: str) -> None:
+    # A worker with such a name logged the server's refusal once and then served nothing
+    # for ever; a byte that is not UTF-8 ended in a traceback or a bare codec message.
+    out = cli(*args, timeout=20, env=dict(os.environ, FARM_SERVERS="127.0.0.1:1"))
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    assert said in one_line_error(out.stderr)
+
+
 def test_a_refused_store_leaves_no_pid_file(tmp_path: Path) -> None:
     pid = tmp_path / "farm.pid"
     out = cli("server", "-p", str(free_port()), "--store", str(tmp_path), "-P", str(pid))

@@ -31,6 +31,10 @@ def test_submit_prints_result_handle_and_exit_codes(any_server) -> None:
         # (docs/held-grab.md, work-exception).
         said = "RuntimeError: no way" if any_server.kind == "farm" else "sent WORK_FAIL"
         assert failed.exit_code == 1 and said in failed.stderr
+        # The bytes typed, not the locale's reading of them (\udcff: a \xff byte): once a
+        # UnicodeEncodeError
+        raw = runner.invoke(app, ["submit", "reverse", "a\udcff", *s])
+        assert (raw.exit_code, raw.stdout_bytes) == (0, b"\xffa"), raw.output
         bg = runner.invoke(app, ["submit", "reverse", "x", "--background", "--priority", "low", *s])
         assert bg.exit_code == 0 and bg.stdout.startswith("H:")
     late = runner.invoke(app, ["submit", "nobody", "x", "--timeout", "0.2", *s])
