@@ -32,7 +32,7 @@ from farm.config import Config, ExecutorConfig, FunctionConfig
 from farm.net import Waker
 from farm.pools import sdnotify
 from farm.pools.commandjobs import CommandJobs
-from farm.pools.control import ControlConnection, ControlServer
+from farm.pools.control import ControlConnection, ControlServer, open_control
 from farm.pools.lifecycle import POLL, TIMEOUT_GRACE, Lifecycle
 from farm.pools.localserver import LocalServer
 from farm.pools.metrics import Exits, serve_metrics
@@ -121,7 +121,7 @@ class Supervisor(Lifecycle, CommandJobs, Restarting, Steering):
         from setproctitle import setproctitle
 
         setproctitle("farm: supervisor")
-        self.control = ControlServer(self.config.supervisor.control)
+        self.control = open_control(self.config.supervisor.control, self.config.source)
         self.selector.register(self.control, selectors.EVENT_READ, "accept")
         self.install_signals()
         log.info("supervisor %d starting (config: %s)", os.getpid(), self.config.source)

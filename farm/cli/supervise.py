@@ -60,6 +60,8 @@ def up(
     )
     try:
         code = Supervisor(cfg, str(path) if path else None).run()
+    except ConfigError as e:  # a control socket its path cannot hold
+        fail(str(e), 2)
     except FarmError as e:
         fail(str(e), 1)
     except OSError as e:

@@ -24,7 +24,13 @@ from farm.config.model import (
     SupervisorConfig,
 )
 from farm.config.reader import TableReader
-from farm.config.servertune import TUNING, server_flags, spill_dir_problem, store_problem
+from farm.config.servertune import (
+    TUNING,
+    control_problem,
+    server_flags,
+    spill_dir_problem,
+    store_problem,
+)
 from farm.logs import LOG_FORMATS
 from farm.net import DEFAULT_PORT, DEFAULT_SERVER
 from farm.protocol.codec import MAX_TIMEOUT
@@ -166,6 +172,16 @@ class Validator(TableReader):
                 "supervisor.control",
                 "must be the path of a Unix socket, e.g. /run/farm/control.sock",
             )
+        if "/" not in control and re.fullmatch(r".*:\d+", control):  # not a file named so
+            raise self.fail(
+                "supervisor.control",
+                f"{control!r} is a TCP address; the control socket is a Unix socket: give"
+                " its path, e.g. /run/farm/control.sock",
+            )
+        control = self.path(control, "supervisor.control")
+        problem = control_problem(control)
+        if problem:
+            raise self.fail("supervisor.control", problem)
         servers = raw["servers"]
         if not isinstance(servers, list) or not all(isinstance(s, str) for s in servers):
             raise self.fail(
@@ -218,7 +234,7 @@ class Validator(TableReader):
         return SupervisorConfig(
             metrics=None if metrics == "off" else metrics,
             log_format=log_format,
-            control=self.path(control, "supervisor.control"),
+            control=control,
             cpus=self.cpus(raw["cpus"]),
             servers=tuple(servers),
             local_server=self.local_server(raw["local_server"], servers),

@@ -7,6 +7,7 @@ pools need of the server and the supervisor, and what must not collide.
 
 from __future__ import annotations
 
+import os
 import socket
 
 from farm.config.model import RESERVED_PREFIX, Config
@@ -22,7 +23,12 @@ WILD = frozenset({"0.0.0.0", "::", ""})
 
 def problem(config: Config) -> tuple[str, str] | None:
     """The first rule across tables that ``config`` breaks, as (key, message); or None."""
-    return reserved_pools(config) or metrics_port_free(config) or command_pools(config)
+    return (
+        reserved_pools(config)
+        or metrics_port_free(config)
+        or control_apart(config)
+        or command_pools(config)
+    )
 
 
 def reserved_pools(config: Config) -> tuple[str, str] | None:
@@ -82,6 +88,19 @@ def metrics_port_free(config: Config) -> tuple[str, str] | None:
                 f"{metrics} is the job server's listen address {address} too;"
                 " give the metrics another port",
             )
+    return None
+
+
+def control_apart(config: Config) -> tuple[str, str] | None:
+    """The control socket must not be the local server's Unix socket: the server then
+    failed to bind at every start (exit 1, which systemd restarts)."""
+    control, unix = config.supervisor.control, config.server.unix
+    if config.local_server and unix and os.path.normpath(unix) == os.path.normpath(control):
+        return (
+            "supervisor.control",
+            f"{control} is the job server's Unix socket in server.listen too;"
+            " give the control socket another path",
+        )
     return None
 
 

@@ -124,6 +124,27 @@ def store_problem(path: str) -> str | None:
     return None
 
 
+#: The longest Unix socket path Linux binds (sun_path holds 108 bytes with its NUL).
+MAX_SOCKET_PATH = 107
+
+
+def control_problem(path: str) -> str | None:
+    """What is wrong with ``[supervisor] control``, found before the farm starts (None:
+    nothing seen); it failed later as a bare OSError, exit 1, which systemd restarts."""
+    size = len(os.fsencode(path))
+    if size > MAX_SOCKET_PATH:
+        return (
+            f"{path} is {size} bytes, longer than a Unix socket path may be"
+            f" ({MAX_SOCKET_PATH}); choose a shorter path, e.g. /run/farm/control.sock"
+        )
+    parent = os.path.dirname(path)
+    while parent and not os.path.lexists(parent):  # missing directories are created
+        parent = os.path.dirname(parent) if parent != os.path.dirname(parent) else ""
+    if parent and not os.path.isdir(parent):
+        return f"{parent} is not a directory; put the socket in one, e.g. /run/farm/control.sock"
+    return None
+
+
 def spill_dir_problem(path: str) -> str | None:
     """What is wrong with ``[executor] spill_dir``, found before the farm starts rather
     than at the first large call (None: nothing seen; farm creates it when missing)."""

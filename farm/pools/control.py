@@ -18,12 +18,13 @@ import stat
 from collections.abc import Generator
 from typing import Any
 
-from farm.errors import FarmError
+from farm.errors import ConfigError, FarmError
 from farm.net import clear_socket_path
 from farm.paths import UnsafeDirectory, check_runtime_path
 
 __all__ = [
     "ControlServer",
+    "open_control",
     "ControlConnection",
     "ControlUnavailable",
     "request",
@@ -96,6 +97,20 @@ def _exchange(
         raise ControlUnavailable(f"control socket {path}: {e.strerror or e}") from None
     except ValueError:
         raise ControlUnavailable(f"control socket {path}: a reply that is not JSON") from None
+
+
+def open_control(path: str, source: str) -> ControlServer:
+    """The control socket at ``[supervisor] control`` of the config read from ``source``; a
+    path it cannot be made at (a directory it may not write, /proc) is the config's mistake:
+    a ConfigError naming the file and the key (exit 2, which systemd does not restart)."""
+    try:
+        return ControlServer(path)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise ConfigError(
+            f"{source}: supervisor.control: cannot make the socket {path}: {why}; set it to"
+            " a path in a directory the farm may write, e.g. /run/farm/control.sock"
+        ) from None
 
 
 class ControlServer:

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from farm import config
 from farm.cli import app
 from tests.helpers import ROOT
+from tests.helpers.farmproc import farm_cli
 
 runner = CliRunner()
 
@@ -45,6 +46,24 @@ def test_bad_config_is_one_line_and_exit_2_before_anything_starts(
     line = one_line_error(result)
     assert str(path) in line and expected in line
     assert not (tmp_path / "control.sock").exists()
+
+
+def test_a_control_socket_the_system_refuses_is_a_config_error(tmp_path: Path) -> None:
+    # /proc passes every look before start, and bind() fails: that was "farm: cannot
+    # start: [Errno 2] ...", exit 1, which systemd restarts in a loop.
+    path = tmp_path / "farm.toml"
+    path.write_text(
+        f'[server]\nlisten = ["unix:{tmp_path}/g.sock"]\nstore = "none"\n'
+        '[supervisor]\ncontrol = "/proc/ctl.sock"\nmetrics = "off"\n'
+        '[functions.a]\ntarget = "workers.text:reverse"\n'
+    )
+    result = farm_cli("up", "--config", str(path))
+    assert result.returncode == 2
+    assert one_line_error(result) == (
+        f"farm: {path}: supervisor.control: cannot make the socket /proc/ctl.sock: No such"
+        " file or directory; set it to a path in a directory the farm may write, e.g."
+        " /run/farm/control.sock"
+    )
 
 
 def test_missing_config_file_is_exit_2(tmp_path: Path) -> None:

@@ -321,6 +321,33 @@ def test_boot_timeout_must_be_a_positive_bounded_number(tmp_path: Path, boot: st
     assert "supervisor.boot_timeout: must be a number of seconds > 0" in error_of(tmp_path, text)
 
 
+@pytest.mark.parametrize(
+    ("control", "said"),
+    [
+        ("/etc/hostname/ctl.sock", "/etc/hostname is not a directory; put the socket in one"),
+        ("/etc/hostname/a/b/ctl.sock", "/etc/hostname is not a directory"),
+        (
+            "/tmp/" + "c" * 120 + ".sock",
+            "is 130 bytes, longer than a Unix socket path may be (107)",
+        ),
+        ("127.0.0.1:47205", "'127.0.0.1:47205' is a TCP address; the control socket is a Unix"),
+        ("{tmp}/gearman.sock", "is the job server's Unix socket in server.listen too"),
+    ],
+)
+def test_a_control_socket_that_cannot_be_made_is_named_before_start(
+    tmp_path: Path, control: str, said: str
+) -> None:
+    # Each failed at start as a bare OSError (exit 1, which systemd restarts), or (a TCP
+    # address) became a relative path, or (the server's socket) stopped the server.
+    text = (
+        f'[server]\nlisten = ["127.0.0.1:47301", "unix:{tmp_path}/gearman.sock"]\n'
+        f'[supervisor]\ncontrol = "{control.format(tmp=tmp_path)}"\n'
+        '[functions.a]\ntarget = "workers.text:reverse"\n'
+    )
+    message = error_of(tmp_path, text)
+    assert "supervisor.control: " in message and said in message, message
+
+
 def test_pool_sizes_are_bounded_by_count_and_memory(tmp_path: Path) -> None:
     huge = '[functions.a]\ntarget = "workers.text:reverse"\nworkers = 100000\n'
     assert "a would have 100000 workers (0..1024)" in error_of(tmp_path, huge)
