@@ -114,6 +114,9 @@ def store_problem(path: str) -> str | None:
     start; better one line naming the key, and no restarts (exit 2)."""
     if os.path.isdir(path):
         return f"{path} is a directory: name a file in it, e.g. {os.path.join(path, 'queue.db')}"
+    where = _no_place(path)
+    if where and not os.path.lexists(path):
+        return f'{where}; name a file elsewhere, e.g. /var/lib/farm/queue.db (or "none")'
     try:
         with open(path, "rb") as f:
             head = f.read(16)
@@ -137,11 +140,26 @@ def control_problem(path: str) -> str | None:
             f"{path} is {size} bytes, longer than a Unix socket path may be"
             f" ({MAX_SOCKET_PATH}); choose a shorter path, e.g. /run/farm/control.sock"
         )
+    where = _no_place(path)
+    return f"{where}; put the socket elsewhere, e.g. /run/farm/control.sock" if where else None
+
+
+#: Kernel filesystems: a file cannot be made in them, whatever the modes say (to root).
+_KERNEL_FS = ("/proc", "/sys")
+
+
+def _no_place(path: str) -> str | None:
+    """Why no file can be made at ``path`` (its missing directories are made), or None."""
     parent = os.path.dirname(path)
-    while parent and not os.path.lexists(parent):  # missing directories are created
+    while parent and not os.path.lexists(parent):
         parent = os.path.dirname(parent) if parent != os.path.dirname(parent) else ""
-    if parent and not os.path.isdir(parent):
-        return f"{parent} is not a directory; put the socket in one, e.g. /run/farm/control.sock"
+    if not parent:
+        return None
+    if not os.path.isdir(parent):
+        return f"{parent} is not a directory"
+    real = os.path.realpath(parent)
+    if any(real == fs or real.startswith(fs + "/") for fs in _KERNEL_FS):
+        return f"{parent} is a kernel filesystem, where no file can be made"
     return None
 
 

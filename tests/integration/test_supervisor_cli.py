@@ -49,7 +49,7 @@ def test_bad_config_is_one_line_and_exit_2_before_anything_starts(
 
 
 def test_a_control_socket_the_system_refuses_is_a_config_error(tmp_path: Path) -> None:
-    # /proc passes every look before start, and bind() fails: that was "farm: cannot
+    # /proc passed every look before start, and bind() failed: that was "farm: cannot
     # start: [Errno 2] ...", exit 1, which systemd restarts in a loop.
     path = tmp_path / "farm.toml"
     path.write_text(
@@ -60,8 +60,19 @@ def test_a_control_socket_the_system_refuses_is_a_config_error(tmp_path: Path) -
     result = farm_cli("up", "--config", str(path))
     assert result.returncode == 2
     assert one_line_error(result) == (
-        f"farm: {path}: supervisor.control: cannot make the socket /proc/ctl.sock: No such"
-        " file or directory; set it to a path in a directory the farm may write, e.g."
+        f"farm: {path}: supervisor.control: /proc is a kernel filesystem, where no file can"
+        " be made; put the socket elsewhere, e.g. /run/farm/control.sock"
+    )
+    # What no look before start can see (a directory this user may not write) is found
+    # making the socket: the same kind of line, for `farm up` to exit 2 with.
+    from farm.errors import ConfigError
+    from farm.pools.control import open_control
+
+    with pytest.raises(ConfigError) as info:
+        open_control("/proc/ctl.sock", str(path))
+    assert str(info.value) == (
+        f"{path}: supervisor.control: cannot make the socket /proc/ctl.sock: No such file or"
+        " directory; set it to a path in a directory the farm may write, e.g."
         " /run/farm/control.sock"
     )
 

@@ -112,6 +112,8 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
         ('store = "none"', "store = 3", "server.store", '"none"'),
         ('store = "none"', 'store = "/tmp"', "server.store", "is a directory: name a file in it"),
         ('store = "none"', 'store = "/etc/passwd"', "server.store", "not a SQLite database"),
+        ('store = "none"', 'store = "/proc/q.db"', "server.store", "/proc is a kernel filesystem"),
+        ('store = "none"', 'store = "/etc/hostname/q.db"', "server.store", "is not a directory;"),
         (
             "[supervisor]",
             '[executor]\nspill_dir = "/tmp"\n[supervisor]',
@@ -324,7 +326,8 @@ def test_boot_timeout_must_be_a_positive_bounded_number(tmp_path: Path, boot: st
 @pytest.mark.parametrize(
     ("control", "said"),
     [
-        ("/etc/hostname/ctl.sock", "/etc/hostname is not a directory; put the socket in one"),
+        ("/etc/hostname/ctl.sock", "/etc/hostname is not a directory; put the socket elsewhere"),
+        ("/proc/ctl.sock", "/proc is a kernel filesystem, where no file can be made"),
         ("/etc/hostname/a/b/ctl.sock", "/etc/hostname is not a directory"),
         (
             "/tmp/" + "c" * 120 + ".sock",
