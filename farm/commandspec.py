@@ -91,7 +91,9 @@ def _executable(program: str, key: str, cwd: str, path: str | None, fail: Fail) 
     """``program`` as an absolute path: looked up on PATH, or relative to the pool's cwd."""
     if "/" in program:
         found = os.path.normpath(os.path.join(cwd, os.path.expanduser(program)))
-        if not (os.path.isfile(found) and os.access(found, os.X_OK)):
+        if os.path.isfile(found) and not os.access(found, os.X_OK):
+            raise fail(f"{key}.command", f"{found} is not executable; chmod +x it")
+        if not os.path.isfile(found):
             raise fail(f"{key}.command", f"{found} is not an executable file; fix the path")
         return found
     where = shutil.which(program, path=path or os.environ.get("PATH", os.defpath))

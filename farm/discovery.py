@@ -66,6 +66,8 @@ def _named(path: Path, where: str) -> Path:
     if path.is_dir():
         raise ConfigError(f"{path}: is a directory, not a config file {where}")
     if not path.is_file():
+        if path.exists():  # /dev/null, a FIFO: there, and still no file to read
+            raise ConfigError(f"{path}: is not a regular file, not a config file {where}")
         raise ConfigError(f"{path}: no such config file {where}")
     return path
 

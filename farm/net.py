@@ -100,6 +100,10 @@ def parse_address(text: str, default_port: int | None = DEFAULT_PORT) -> Address
         if not addr[5:]:
             raise AddressError(text, "names no socket path (unix:/path)")
         return Address("unix", path=addr[5:])
+    if any(c.isspace() for c in addr):  # "a:1 b:2": two servers, one space for the comma
+        raise AddressError(
+            text, "holds a space; separate servers with commas (127.0.0.1:4730,127.0.0.1:4731)"
+        )
     if addr.startswith("["):
         host, bracket, rest = addr[1:].partition("]")
         if not bracket:

@@ -80,6 +80,8 @@ def fail(message: str, code: int = 1) -> NoReturn:
 def control_socket(config: Path | None, control: str | None) -> str:
     """``--control``, else the config's control socket (one line and exit 2 if unreadable)."""
     if control is not None:
+        if not control.strip():  # else the socket's "Invalid argument", exit 1
+            fail("--control must be the path of the control socket, not empty", 2)
         return control
     from farm.config import control_path
 

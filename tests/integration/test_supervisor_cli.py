@@ -83,6 +83,17 @@ def test_missing_config_file_is_exit_2(tmp_path: Path) -> None:
     assert "no such config file" in one_line_error(result)
 
 
+def test_a_config_that_is_no_regular_file_and_an_empty_control_are_usage_errors() -> None:
+    # /dev/null was "no such config file" (it is there); --control '' was the socket's
+    # "Invalid argument", exit 1.
+    result = runner.invoke(app, ["ps", "-c", "/dev/null"])
+    assert result.exit_code == 2
+    assert "/dev/null: is not a regular file, not a config file" in one_line_error(result)
+    result = runner.invoke(app, ["ps", "--control", ""])
+    assert result.exit_code == 2
+    assert "--control must be the path of the control socket" in one_line_error(result)
+
+
 @pytest.mark.parametrize("arg", ["reverse", "reverse=", "reverse=two", "=3", "a b=1", "x=+-1"])
 def test_bad_scale_arguments_are_exit_2(tmp_path: Path, arg: str) -> None:
     result = runner.invoke(app, ["scale", arg, "--control", str(tmp_path / "c.sock")])

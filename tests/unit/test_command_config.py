@@ -114,6 +114,15 @@ def test_each_command_pool_mistake_is_one_line(
     assert f": {key}:" in message and hint in message, message
 
 
+def test_a_command_without_its_x_bit_is_told_to_chmod(tmp_path: Path) -> None:
+    # It said "is not an executable file; fix the path" of a file that is there.
+    script = tmp_path / "worker.sh"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o644)
+    message = error_of(tmp_path, f'[functions.p]\ncommand = "{script}"\n')
+    assert message.endswith(f": functions.p.command: {script} is not executable; chmod +x it")
+
+
 def test_user_needs_a_root_supervisor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("os.geteuid", lambda: 1000)
     message = error_of(tmp_path, '[functions.p]\ncommand = "sh"\nuser = "root"\n')

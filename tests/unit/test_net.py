@@ -69,7 +69,9 @@ def test_each_form_parses_and_prints_its_normal_form(
         ("[localhost]:4730", "'localhost' in brackets is not an IPv6 address"),
         ("[]:4730", "'' in brackets is not an IPv6 address"),
         ("::1:xyz", "an IPv6 address with a port takes brackets"),
-        ("a b:4730", "'a b' is not a host name or address"),
+        ("a b:4730", "holds a space; separate servers with commas"),
+        # two servers, a space for the comma: once "an IPv6 address ... takes brackets"
+        ("127.0.0.1:47202 127.0.0.1:47201", "holds a space; separate servers with commas"),
         ("host/path:4730", "is not a host name or address"),
         ("unix:", "names no socket path"),
     ],
