@@ -18,15 +18,20 @@ from importlib.machinery import ModuleSpec, PathFinder
 from pathlib import Path
 from typing import Any
 
-__all__ = ["target_problem", "load_target"]
+__all__ = ["NotCallable", "target_problem", "load_target"]
+
+
+class NotCallable(TypeError):
+    """The target loaded and is no function: one line says it all, no traceback."""
 
 
 def load_target(target: str) -> Callable[..., Any]:
-    """Import ``module:function`` and return the function (raises what the import raises)."""
+    """Import ``module:function`` and return the function (raises what the import raises,
+    and :class:`NotCallable`)."""
     module, _, attr = target.partition(":")
     fn = getattr(importlib.import_module(module), attr)
     if not callable(fn):
-        raise TypeError(f"{target} is a {type(fn).__name__}, not a function")
+        raise NotCallable(f"{target} is a {type(fn).__name__}, not a function")
     return fn  # type: ignore[no-any-return]  # checked callable just above
 
 

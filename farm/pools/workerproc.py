@@ -121,11 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     reporter = Reporter(ns.report_fd)
     record = RecordWriter(ns.record_fd) if ns.record_fd is not None else None
 
-    from farm.targets import load_target
+    from farm.targets import NotCallable, load_target
 
     try:
         fn = load_target(ns.target)
         from farm.worker import Worker
+    except NotCallable as e:  # its traceback would only point into load_target
+        log.error("cannot serve %s: %s; point target at one", ns.function, e)
+        return EXIT_BOOT_ERROR
     except Exception as e:  # whatever the target's import raises is a boot failure
         log.error(
             "cannot load %s for %s: %s: %s",

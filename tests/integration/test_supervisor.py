@@ -176,6 +176,22 @@ def test_a_module_that_hangs_at_import_holds_neither_ready_nor_the_farm(tmp_path
         assert up.stop() == 0
 
 
+def test_a_target_that_is_no_function_fails_its_boot_in_one_line(tmp_path: Path) -> None:
+    # Each boot retry logged a 6-line traceback into load_target for "is a str".
+    up = FarmUp(tmp_path, '[functions.ver]\ntarget = "farm.version:__version__"\nworkers = 1\n')
+    try:
+        wait_for("the boot failure", lambda: "failed to boot" in up.read_log())
+        log = up.read_log()
+        assert re.search(
+            r"ERROR cannot serve ver: farm.version:__version__ is a str, not a function;"
+            r" point target at one\n",
+            log,
+        ), log
+        assert "Traceback" not in log, log
+    finally:
+        assert up.stop() == 0
+
+
 def test_sigterm_drains_running_jobs_and_exits_zero(tmp_path: Path) -> None:
     farm = FarmUp(tmp_path, FUNCTIONS + SLOW, extra_env={"WATCHDOG_USEC": "400000"})
     farm.expect_notify("READY=1")
