@@ -264,6 +264,9 @@ class Validator(TableReader):
             raise self.fail(
                 "supervisor.cpus", f'must be "all" or a list of core numbers like {list(allowed)}'
             )
+        twice = sorted({c for c in raw if raw.count(c) > 1})
+        if twice:  # likely a typo for another core; read as one fewer, it went unnoticed
+            raise self.fail("supervisor.cpus", f"core {twice[0]} is listed twice; list each once")
         outside = sorted(set(raw) - set(allowed))
         if outside:
             raise self.fail(

@@ -351,6 +351,12 @@ def test_a_control_socket_that_cannot_be_made_is_named_before_start(
     assert "supervisor.control: " in message and said in message, message
 
 
+def test_a_core_listed_twice_is_refused(tmp_path: Path) -> None:
+    # [0, 0, 1] was read as [0, 1] without a word: a typo for another core went unnoticed.
+    text = '[supervisor]\ncpus = [0, 0, 1]\n[functions.a]\ntarget = "x:y"\n'
+    assert "supervisor.cpus: core 0 is listed twice; list each once" in error_of(tmp_path, text)
+
+
 def test_pool_sizes_are_bounded_by_count_and_memory(tmp_path: Path) -> None:
     huge = '[functions.a]\ntarget = "workers.text:reverse"\nworkers = 100000\n'
     assert "a would have 100000 workers (0..1024)" in error_of(tmp_path, huge)
