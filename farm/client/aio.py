@@ -323,10 +323,15 @@ class AsyncClient:
                     conn = await self._connect(addr)
                 except ServerUnavailable:
                     continue
+                except RuntimeError:  # close() came meanwhile (or another loop took it)
+                    break
                 conn.session.submit(task)
                 conn.send_soon()
                 return
-            lost_conn.end_lost(task, lost_error(lost, task))
+            if self._closed:
+                lost_conn.end_lost(task, ServerUnavailable("the farm.AsyncClient was closed"))
+            else:
+                lost_conn.end_lost(task, lost_error(lost, task))
 
         asyncio.ensure_future(again())
 

@@ -179,6 +179,7 @@ class Connections:
     def pump(self, until: Callable[[], bool], deadline: float | None) -> bool:
         """Send what is queued and read replies until ``until()`` or the deadline (False)."""
         select = self.selector.select
+        looked = False  # past the deadline, one look at what has come (a wait of 0 reads)
         while True:
             for conn in list(self.conns.values()):
                 out = conn.session.data_to_send()
@@ -192,7 +193,9 @@ class Connections:
             if deadline is not None:
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
-                    return False
+                    if looked:
+                        return False
+                    looked, timeout = True, 0
                 timeout = min(timeout, MAX_SELECT)  # epoll takes no more than 2**31 ms
             for key, events in select(timeout):
                 conn = key.data

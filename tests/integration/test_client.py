@@ -210,6 +210,14 @@ def test_timeouts_of_a_month_and_below_zero(farm_server) -> None:
         for look in (0, -1):
             with pytest.raises(farm.Timeout):
                 c.wait(task, timeout=look)
+        with serving(farm_server.addr, {"reverse": reverse}):
+            done = c.submit("reverse", b"abc")
+            # Its result in the socket, unread: a look reads it (it returned Timeout unread).
+            wait_for(
+                "the result to be sent",
+                lambda: Peer(farm_server.addr).admin("status").find("reverse\t0\t0\t") >= 0,
+            )
+            assert c.wait(done, timeout=0) == b"cba"
         for bad in (0, -1, float("nan")):
             with pytest.raises(ValueError, match="timeout must be"):
                 c.call("nobody-serves-this", b"x", timeout=bad)

@@ -209,3 +209,30 @@ def test_echo_tries_a_server_that_refused_it_last_for_a_while(any_server) -> Non
         assert c.echo(b"a") == b"a"
         firsts = {c._wire.picker.order("")[0] for _ in range(4)}
         assert firsts == {any_server.addr}
+
+
+def test_async_close_during_a_resubmit_ends_the_call(two_servers) -> None:
+    # close() came while a unique-keyed job lost with its server was connecting to the
+    # other: the connect raised RuntimeError("closed") in the resubmitting task, which died,
+    # and the call waited for ever.
+    import asyncio
+
+    holder = _holder(two_servers, "close-key")
+
+    async def main() -> None:
+        client = farm.AsyncClient([s.addr for s in two_servers])
+        resubmit = client._resubmit
+
+        def then_close(task: Any, conn: Any) -> None:
+            resubmit(task, conn)
+            asyncio.get_running_loop().create_task(client.close())  # before it connects
+
+        client._resubmit = then_close  # type: ignore[method-assign]
+        task = await client.submit("nobody-serves-this", b"p", unique="close-key")
+        assert len(client._conns) == 1, "only its server is connected: the other connects later"
+        call = asyncio.ensure_future(client.wait(task, timeout=30))
+        await asyncio.to_thread(holder.stop)
+        with pytest.raises(farm.ServerUnavailable, match="the farm.AsyncClient was closed"):
+            await asyncio.wait_for(call, 30)
+
+    asyncio.run(main())
