@@ -49,7 +49,7 @@ from farm.executor.call import DEFAULT_FUNCTION
 from farm.executor.callerfiles import CallerFiles
 from farm.executor.flight import MAX_BATCH, BrokenFarmExecutor, Call, WorkItem, fail_broken
 from farm.executor.futures import CallFuture, results
-from farm.executor.mapping import Hand, MapCalls, check_buffersize, more_of, weak_hand
+from farm.executor.mapping import Hand, MapCalls, check_buffersize, more_of, once, weak_hand
 from farm.executor.payload import (
     CALL_ID_SIZE,
     SINGLE,
@@ -274,13 +274,17 @@ class Executor(_BaseExecutor):
             fn_error: Exception | None = None
         except Exception as exc:  # unpicklable, or its file cannot be written
             fn_bytes, fn_error = None, exc
-        calls = MapCalls(fn_bytes, fn_error, iterables, chunksize)
+        calls = MapCalls(fn_bytes, fn_error, iterables, chunksize, lazy=buffersize is not None)
         futures: list[Future[Any]] = []
+        keep = buffersize is not None  # the map holds a large function's file until it ends
         try:
             calls.read(self._hand(), futures, buffersize)
+        except BaseException:
+            keep = False  # no iterator will end: the map's hold goes now
+            raise
         finally:
-            if shared is not None:  # with buffersize the map holds the file until it ends
-                self._files.use(shared, futures, keep=buffersize is not None)
+            if shared is not None:
+                self._files.use(shared, futures, keep=keep)
         bar = None
         if progress:
             from farm.executor.progress import Bar
@@ -299,9 +303,12 @@ class Executor(_BaseExecutor):
 
             more = more_of(weak_hand(self._hand), calls, used, bar)
             if key is not None:
-                ended = partial(files.release, key)
+                ended = once(partial(files.release, key))
         due = results(futures, end_time, chunked=chunksize > 1, more=more, ended=ended)
-        return due if bar is None else bar.shown(due)
+        out = due if bar is None else bar.shown(due)
+        if ended is not None:  # an iterator dropped before its first next() runs no finally
+            weakref.finalize(out, ended)
+        return out
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new calls; ``cancel_futures`` cancels those not yet sent; ``wait`` for the rest."""

@@ -35,7 +35,7 @@ from farm.executor.payload import ARG_CHUNK, CHUNK, SINGLE, dump_call
 if TYPE_CHECKING:
     from farm.executor.progress import Bar
 
-__all__ = ["Hand", "MapCalls", "NUDGE_EVERY", "check_buffersize"]
+__all__ = ["Hand", "MapCalls", "NUDGE_EVERY", "check_buffersize", "more_of", "once", "weak_hand"]
 
 #: How long map() may queue calls before it hands them to the pump (see the docstring).
 NUDGE_EVERY = 0.002
@@ -71,7 +71,10 @@ class MapCalls:
         fn_error: Exception | None,
         iterables: tuple[Iterable[Any], ...],
         chunksize: int,
+        *,
+        lazy: bool = False,
     ) -> None:
+        """``lazy``: read as results are asked for (buffersize), not all at once."""
         self.fn_bytes = fn_bytes  # None: the function did not pickle (fn_error says why)
         self.fn_error = fn_error
         if chunksize > 1 and len(iterables) == 1:
@@ -83,8 +86,10 @@ class MapCalls:
             calls = zip(*iterables, strict=False)  # the shortest iterable ends it
             self.kind = SINGLE if chunksize == 1 else CHUNK
         self._chunks: Iterator[list[Any]] = iter(lambda: list(islice(calls, chunksize)), [])
-        if self.kind == ARG_CHUNK and type(iterables[0]) is list:
-            self._chunks = _slices(iterables[0], chunksize)  # a slice is 3x faster to make
+        if self.kind == ARG_CHUNK and type(iterables[0]) is list and not lazy:
+            # A slice is 3x faster to make; read at once, the list cannot change meanwhile
+            # (read lazily it may, and a list iterator sees what was added: as builtins.map).
+            self._chunks = _slices(iterables[0], chunksize)
         self.may_hold = all(type(it) in _IN_MEMORY for it in iterables)
         self.sizes: list[int] = []  # calls per future, for the progress bar
 
@@ -149,6 +154,17 @@ def more_of(
         return got[0]
 
     return more
+
+
+def once(fn: Callable[[], None]) -> Callable[[], None]:
+    """``fn``, run by the first call only (a map's end, or its iterator's collection)."""
+    left = [fn]
+
+    def run() -> None:
+        if left:
+            left.pop()()
+
+    return run
 
 
 def weak_hand(make: Callable[[], Hand]) -> Callable[[], Hand | None]:

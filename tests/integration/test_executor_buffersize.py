@@ -10,6 +10,7 @@ ends.
 from __future__ import annotations
 
 import functools
+import gc
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,3 +155,42 @@ def test_a_large_function_stays_in_its_file_until_the_map_ends(ex: farm.Executor
     assert list(results) == [(2 << 20) + i for i in range(1, 6)]
     assert ex._files._shared == {}, "the map ended: its function's file is released"
     assert ex._files._files == set(), "... and removed"
+
+
+def test_a_large_function_s_file_goes_when_the_map_fails_or_is_dropped_unstarted(
+    ex: farm.Executor,
+) -> None:
+    # The map's hold on the file was released only by its iterator's end: never when the
+    # input raised in the first read (no iterator), nor for an iterator never started.
+    fn = functools.partial(size_plus, b"x" * (2 << 20))
+
+    def bad() -> Iterator[int]:
+        yield 1
+        raise KeyError("input broke")
+
+    with pytest.raises(KeyError, match="input broke"):
+        ex.map(fn, bad(), buffersize=4)
+    wait_for("the call sent to end", lambda: ex._pump._in_flight == 0 and not ex._pump._pending)
+    assert ex._files._shared == {}, "the failed map's hold went with it"
+
+
+def test_a_large_function_s_file_goes_with_a_map_dropped_before_its_first_result(
+    ex: farm.Executor,
+) -> None:
+    fn = functools.partial(size_plus, b"x" * (2 << 20))
+    unstarted = ex.map(fn, range(3), buffersize=1)
+    wait_for("its first call to end", lambda: ex._pump._in_flight == 0)
+    del unstarted
+    gc.collect()
+    assert ex._files._shared == {}
+
+
+def test_a_list_grown_while_a_lazy_map_reads_it_is_read_to_its_new_end(
+    ex: farm.Executor,
+) -> None:
+    """As builtins.map (and CPython's Executor.map with buffersize) over a list iterator."""
+    values = [1, 2, 3, 4]
+    results = ex.map(str, values, chunksize=2, buffersize=1)
+    assert next(results) == "1"
+    values.extend([5, 6, 7, 8])
+    assert list(results) == [str(v) for v in range(2, 9)]
