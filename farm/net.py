@@ -235,6 +235,8 @@ class Dial:
             outcome = connect(addr, timeout, tls)
         except OSError as exc:
             outcome = exc
+        except Exception as exc:  # a host name IDNA refuses: the loop must hear of it too
+            outcome = OSError(f"{type(exc).__name__}: {exc}")
         with self._lock:
             if self._cancelled:
                 if isinstance(outcome, socket.socket):

@@ -190,7 +190,9 @@ class Worker(WorkerLinks):
                 if self._drain_asked or (
                     self._stopping and self._grabbing is not None and not self._drained
                 ):
-                    self._reset_abilities()  # ends a held grab too (NO_JOB)
+                    with self._send_lock:  # a register() from another thread comes after
+                        if self._drain_asked or self._stopping:
+                            self._reset_abilities()  # ends a held grab too (NO_JOB)
                 if self._stopping and self._grabbing is None:
                     break
                 if self._grabbing is None and not self._drained and not self._stopping:

@@ -57,7 +57,9 @@ no byte more):
 An outcome is ``(OK, value)`` or ``(ERROR, exception, traceback_text)``. The
 signature is checked before anything is unpickled (``farm.executor.signing``);
 a payload that fails it raises SignatureError, which the worker library
-reports as WORK_EXCEPTION, so the client learns why. Whatever the call itself
+reports as WORK_EXCEPTION, so the client learns why (on farm's server; on
+one that does not answer OPTION_REQ work-exception, gearmand, as WORK_FAIL:
+the caller then sees WorkerLost, and the worker's log has the reason). Whatever the call itself
 raises (BaseException, as ProcessPoolExecutor) travels back inside a signed
 result.
 """

@@ -176,7 +176,7 @@ class WorkerSession:
             ptype, args = packet.type, packet.args
             if self._asking and (
                 (ptype == _OPTION_RES and args[0] == self._asking[0])
-                or (ptype == _ERROR and args[0] == b"UNKNOWN_OPTION")
+                or (ptype == _ERROR and args[0].upper() == b"UNKNOWN_OPTION")  # Perl: lower
             ):
                 option = self._asking.pop(0)
                 if option == OPTION_WORK_EXCEPTION:

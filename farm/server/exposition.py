@@ -232,7 +232,9 @@ async def serve_http(hub: Hub, host: str, port: int) -> asyncio.AbstractServer:
                 + (body if method != b"HEAD" else b"")
             )
             await asyncio.wait_for(writer.drain(), SCRAPE_TIMEOUT)  # a client that reads nothing
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        except TimeoutError:
+            writer.transport.abort()  # close() would wait for the reply to leave: for ever
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         finally:
             open_now.pop(writer.transport, None)

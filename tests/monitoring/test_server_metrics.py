@@ -269,10 +269,6 @@ def test_connections_held_open_do_not_keep_prometheus_out() -> None:
             assert held[0].recv(100) == b"", "the oldest held connection made room"
         except ConnectionResetError:
             pass
-        for s in held[1:]:
-            s.setblocking(False)
-            with pytest.raises(BlockingIOError):
-                s.recv(100)  # the others are still open, waiting
     finally:
         for s in held:
             s.close()

@@ -152,3 +152,16 @@ def test_parse_servers_refuses_bad_lists(
 ) -> None:
     with pytest.raises(error, match=match):
         parse_servers(servers)  # type: ignore[arg-type]  # some of these are the wrong type
+
+
+def test_a_dial_that_fails_other_than_by_oserror_still_reports() -> None:
+    # A host name IDNA refuses (a label over 63 characters) raised UnicodeError in the dial's
+    # thread, which died: the worker's loop waited for its outcome for ever.
+    import threading
+
+    from farm.net import Dial
+
+    woken = threading.Event()
+    dial = Dial(f"{'a' * 64}.example:4730", 1.0, None, woken.set)
+    assert woken.wait(30)
+    assert isinstance(dial.outcome, OSError)

@@ -107,3 +107,12 @@ def test_error_packet_is_an_event_and_reset_abilities_is_sent() -> None:
     w.connection_lost()
     w.reset_abilities()
     assert w.data_to_send() == b"" and w.state is WorkerState.DISCONNECTED
+
+
+def test_an_unknown_option_answered_in_lower_case_is_taken_as_the_answer() -> None:
+    # Perl's Gearman::Server says "unknown_option": the answer was not matched, every
+    # later ERROR was read as news, and the options' answers never lined up.
+    w = WorkerSession({"f": None})
+    w.connected()
+    assert w.receive(encode_res(PT.ERROR, b"unknown_option", b"Unknown option")) == []
+    assert not w.exception_ok
