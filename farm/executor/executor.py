@@ -334,6 +334,8 @@ class Executor(_BaseExecutor):
 
     def _hand(self) -> Hand:
         """How map hands its calls over (farm.executor.mapping)."""
+        if self._generation != lifespan.state.generation:
+            self._renew()  # a lazy map read on in a forked child: the child's own pump
         return Hand(self._enqueue, self._enqueue_spilled, self._nudge)
 
     def _nudge(self) -> None:
