@@ -46,8 +46,9 @@ BIND_REASONS = {
 class ListenError(FarmError):
     """A listener could not be opened; the message names the address or path."""
 
-    def __init__(self, where: str, exc: OSError) -> None:
+    def __init__(self, where: str, exc: OSError, hint: str | None = None) -> None:
         self.errno = exc.errno
+        self.hint = hint  # what to change, where the usual hints (-p, -L) do not apply
         reason = BIND_REASONS.get(exc.errno or 0) or exc.strerror or str(exc)
         super().__init__(f"cannot listen on {where}: {reason}")
 
@@ -102,7 +103,11 @@ class Server:
             await self._listen_unix(path, factory)
         if opts.metrics:
             where = parse_address(opts.metrics)
-            self.listeners.append(await serve_http(self.hub, where.host, where.port))
+            try:
+                self.listeners.append(await serve_http(self.hub, where.host, where.port))
+            except OSError as exc:
+                hint = "give --metrics another HOST:PORT, or leave it off"
+                raise ListenError(f"--metrics {opts.metrics}", exc, hint) from exc
             log.info("metrics on http://%s/metrics", opts.metrics)
 
     def _tls_context(self) -> ssl.SSLContext | None:
@@ -269,7 +274,9 @@ def run(options: ServerOptions) -> int:
     try:
         from setproctitle import setproctitle
 
-        setproctitle(f"farm: server {_title_address(options)}")
+        title = f"farm: server {_title_address(options)}"
+        # A path of bytes that are not UTF-8 (surrogates here) has no title of its own.
+        setproctitle(title.encode(errors="surrogateescape").decode(errors="backslashreplace"))
     except ImportError:  # pragma: no cover - optional nicety
         pass
     if options.parent_pid and not die_with_parent(options.parent_pid):
@@ -350,7 +357,7 @@ def _serve(options: ServerOptions, ready: int | None = None) -> int:
         _fatal(options, str(exc))
         return 2
     except ListenError as exc:
-        hint = _hint(options, "port" if exc.errno == errno.EADDRINUSE else "listen")
+        hint = exc.hint or _hint(options, "port" if exc.errno == errno.EADDRINUSE else "listen")
         _fatal(options, f"{exc} ({hint})")
         return 1
     except OSError as exc:

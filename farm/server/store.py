@@ -61,12 +61,19 @@ class StoredJob:
     when: float
 
 
+#: The first bytes of every SQLite 3 database file.
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
 def _owner_only(path: str) -> None:
     """Create the store closed to other users, or close one left open: its rows are the
     jobs' payloads. SQLite gives its WAL the database file's mode; one already there is
     closed too. A link at the path is refused (ELOOP), as a planted one would be followed."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
+        head = os.pread(fd, len(_SQLITE_HEADER), 0)
+        if head and head != _SQLITE_HEADER[: len(head)]:  # leave another file as it was
+            raise StoreError(f"cannot open the job store {path}: file is not a database")
         mode = stat.S_IMODE(os.fstat(fd).st_mode)
         if mode & 0o077:  # the farm's group may hold accounts that must not read the jobs
             log.warning("the job store %s was open to others; closing it (mode 600)", path)

@@ -345,3 +345,37 @@ def test_sighup_reopens_the_log_file_as_gearmand_does(tmp_path: Path) -> None:
         assert quiet.proc.wait(10) == 0, "SIGTERM's clean exit, not death by SIGHUP (-1)"
     finally:
         quiet.stop()
+
+
+def test_a_busy_metrics_port_names_metrics(farm_server: Server) -> None:
+    port = free_port()
+    out = farm_cli("server", "--port", str(port), "--store", "none", "--metrics", farm_server.addr)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"cannot listen on --metrics {farm_server.addr}" in out.stderr, out.stderr
+    assert "give --metrics another" in out.stderr
+
+
+def test_a_store_that_is_no_database_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    # Its mode was changed (600, "was open to others; closing it") before SQLite said it was
+    # no database: an operator's file given by mistake, changed.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    notes.chmod(0o644)
+    out = farm_cli("server", "--port", str(free_port()), "--store", str(notes))
+    assert out.returncode == 2 and "file is not a database" in out.stderr, out.stderr
+    assert stat.S_IMODE(notes.stat().st_mode) == 0o644
+    assert "closing it" not in out.stderr
+
+
+def test_a_unix_path_that_is_not_utf8_starts_without_a_traceback(tmp_path: Path) -> None:
+    # setproctitle raised UnicodeEncodeError on the title naming it.
+    path = os.fsdecode(bytes(tmp_path) + b"/g\xff.sock")
+    argv = [sys.executable, "-m", "farm.server", "--store", "none", "-L", f"unix:{path}"]
+    proc = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for("the socket, or the end", lambda: os.path.exists(path) or proc.poll() is not None)
+        assert proc.poll() is None, proc.communicate()[1]
+        assert Peer(f"unix:{path}").admin("getpid").startswith(f"OK {proc.pid}")
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
