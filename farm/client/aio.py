@@ -24,10 +24,11 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from farm.client.aioconn import ServerConnection, StreamEvent, Waiter
+from farm.client.aiolinks import AsyncLinks
 from farm.client.serverpick import ServerPicker
 from farm.discovery import client_servers
 from farm.errors import ServerUnavailable, Timeout
-from farm.net import parse_address, parse_servers
+from farm.net import parse_servers
 from farm.protocol.checks import (
     as_bytes,
     check_map,
@@ -48,7 +49,6 @@ from farm.protocol.client import (
     Query,
     StatusResult,
     Task,
-    lost_error,
     timeout_error,
 )
 
@@ -57,7 +57,7 @@ log = logging.getLogger("farm.client.aio")
 __all__ = ["AsyncClient", "Task", "JobStatus", "JobProgress", "JobData", "JobWarning", "JobEnded"]
 
 
-class AsyncClient:
+class AsyncClient(AsyncLinks):
     """An asyncio Gearman client over one or more job servers (farm's or gearmand).
 
     ``servers`` as for ``farm.Client``. Any number of coroutines may call,
@@ -312,97 +312,9 @@ class AsyncClient:
         conn.send_soon()
         return task, waiter
 
-    def _resubmit(self, task: Task[Waiter], lost_conn: ServerConnection) -> None:
-        """The rule of farm.protocol.client.may_resubmit, asynchronously: another server, once."""
-        lost = lost_conn.addr
-        self._picker.mark_down(lost)
-
-        async def again() -> None:
-            for addr in self._picker.order(task.unique, exclude=lost):
-                try:
-                    conn = await self._connect(addr)
-                except ServerUnavailable:
-                    continue
-                except RuntimeError:  # close() came meanwhile (or another loop took it)
-                    break
-                conn.session.submit(task)
-                conn.send_soon()
-                return
-            if self._closed:
-                lost_conn.end_lost(task, ServerUnavailable("the farm.AsyncClient was closed"))
-            else:
-                lost_conn.end_lost(task, lost_error(lost, task))
-
-        asyncio.ensure_future(again())
-
     def abandon(self, task: Task[Waiter]) -> None:
         """Stop waiting for ``task``: what the server sends of it is dropped, and the client
         keeps nothing of it once the job ends (the job itself runs on)."""
         conn = self._conns.get(task.server or "")
         if conn is not None:
             conn.session.abandon(task)
-
-    # -- connections --
-
-    async def _any_connection(self, unique: str) -> ServerConnection:
-        errors: list[str] = []
-        for addr in self._picker.order(unique):
-            try:
-                return await self._connect(addr)
-            except ServerUnavailable as exc:
-                errors.append(str(exc))
-        raise ServerUnavailable("no job server is reachable; tried " + ", ".join(errors))
-
-    async def _connect(self, addr: str) -> ServerConnection:
-        if self._closed:
-            raise RuntimeError("this farm.AsyncClient is closed")
-        conn = self._conns.get(addr)
-        if conn is not None and conn.loop is not asyncio.get_running_loop():
-            if not conn.loop.is_closed():
-                raise RuntimeError(
-                    "this farm.AsyncClient is in use on another event loop: make one per loop"
-                )
-            # Used again after its loop ended (an asyncio.run() per step, a loop per test):
-            # that loop's connections and jobs are gone with it; this one connects anew.
-            self._conns.clear()
-            self._connecting.clear()
-            conn = None
-        if conn is not None and conn.transport is not None:
-            return conn
-        pending = self._connecting.get(addr)
-        if pending is None:  # one connect per server, however many coroutines ask
-            pending = asyncio.ensure_future(self._open(addr))
-            self._connecting[addr] = pending
-            pending.add_done_callback(lambda _: self._connecting.pop(addr, None))
-        return await asyncio.shield(pending)
-
-    async def _open(self, addr: str) -> ServerConnection:
-        loop = asyncio.get_running_loop()
-        target = parse_address(addr)
-        try:
-            if target.kind == "unix":
-                opening = loop.create_unix_connection(
-                    lambda: ServerConnection(addr, loop), target.path
-                )
-            else:
-                opening = loop.create_connection(
-                    lambda: ServerConnection(addr, loop),
-                    target.host,
-                    target.port,
-                    ssl=self.tls,
-                    server_hostname=target.host if self.tls is not None else None,
-                )
-            transport, conn = await asyncio.wait_for(opening, self.connect_timeout)
-        except (OSError, TimeoutError) as exc:  # ssl.SSLError too: a refused certificate
-            self._picker.mark_down(addr)
-            why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            raise ServerUnavailable(f"{addr} ({why})") from None
-        if self._closed:  # close() came while this connected: nothing may go out on it
-            transport.close()
-            raise RuntimeError("this farm.AsyncClient is closed")
-        conn.session.option("exceptions")  # so WORK_EXCEPTION reaches us, not just WORK_FAIL
-        conn.resubmit = self._resubmit
-        conn.send_soon()
-        self._conns[addr] = conn
-        self._picker.mark_up(addr)
-        return conn

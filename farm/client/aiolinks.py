@@ -1,0 +1,113 @@
+"""``AsyncLinks``, a mixin of ``farm.AsyncClient``: its connections to the job servers --
+one connect per server however many coroutines ask, a client used again on a new event
+loop, and a unique-keyed job lost with its server sent once to another."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+from farm.client.aioconn import ServerConnection, Waiter
+from farm.client.serverpick import ServerPicker
+from farm.errors import ServerUnavailable
+from farm.net import parse_address
+from farm.protocol.client import Task, lost_error
+
+__all__ = ["AsyncLinks"]
+
+
+class AsyncLinks:
+    """The connection half of ``AsyncClient`` (see the module docstring)."""
+
+    _conns: dict[str, ServerConnection]
+    _connecting: dict[str, asyncio.Future[ServerConnection]]
+    _picker: ServerPicker
+    _closed: bool
+    connect_timeout: float
+    tls: ssl.SSLContext | None
+
+    def _resubmit(self, task: Task[Waiter], lost_conn: ServerConnection) -> None:
+        """The rule of farm.protocol.client.may_resubmit, asynchronously: another server, once."""
+        lost = lost_conn.addr
+        self._picker.mark_down(lost)
+
+        async def again() -> None:
+            for addr in self._picker.order(task.unique, exclude=lost):
+                try:
+                    conn = await self._connect(addr)
+                except ServerUnavailable:
+                    continue
+                except RuntimeError:  # close() came meanwhile (or another loop took it)
+                    break
+                conn.session.submit(task)
+                conn.send_soon()
+                return
+            if self._closed:
+                lost_conn.end_lost(task, ServerUnavailable("the farm.AsyncClient was closed"))
+            else:
+                lost_conn.end_lost(task, lost_error(lost, task))
+
+        asyncio.ensure_future(again())
+
+    async def _any_connection(self, unique: str) -> ServerConnection:
+        errors: list[str] = []
+        for addr in self._picker.order(unique):
+            try:
+                return await self._connect(addr)
+            except ServerUnavailable as exc:
+                errors.append(str(exc))
+        raise ServerUnavailable("no job server is reachable; tried " + ", ".join(errors))
+
+    async def _connect(self, addr: str) -> ServerConnection:
+        if self._closed:
+            raise RuntimeError("this farm.AsyncClient is closed")
+        conn = self._conns.get(addr)
+        if conn is not None and conn.loop is not asyncio.get_running_loop():
+            if not conn.loop.is_closed():
+                raise RuntimeError(
+                    "this farm.AsyncClient is in use on another event loop: make one per loop"
+                )
+            # Used again after its loop ended (an asyncio.run() per step, a loop per test):
+            # that loop's connections and jobs are gone with it; this one connects anew.
+            self._conns.clear()
+            self._connecting.clear()
+            conn = None
+        if conn is not None and conn.transport is not None:
+            return conn
+        pending = self._connecting.get(addr)
+        if pending is None:  # one connect per server, however many coroutines ask
+            pending = asyncio.ensure_future(self._open(addr))
+            self._connecting[addr] = pending
+            pending.add_done_callback(lambda _: self._connecting.pop(addr, None))
+        return await asyncio.shield(pending)
+
+    async def _open(self, addr: str) -> ServerConnection:
+        loop = asyncio.get_running_loop()
+        target = parse_address(addr)
+        try:
+            if target.kind == "unix":
+                opening = loop.create_unix_connection(
+                    lambda: ServerConnection(addr, loop), target.path
+                )
+            else:
+                opening = loop.create_connection(
+                    lambda: ServerConnection(addr, loop),
+                    target.host,
+                    target.port,
+                    ssl=self.tls,
+                    server_hostname=target.host if self.tls is not None else None,
+                )
+            transport, conn = await asyncio.wait_for(opening, self.connect_timeout)
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError too: a refused certificate
+            self._picker.mark_down(addr)
+            why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise ServerUnavailable(f"{addr} ({why})") from None
+        if self._closed:  # close() came while this connected: nothing may go out on it
+            transport.close()
+            raise RuntimeError("this farm.AsyncClient is closed")
+        conn.session.option("exceptions")  # so WORK_EXCEPTION reaches us, not just WORK_FAIL
+        conn.resubmit = self._resubmit
+        conn.send_soon()
+        self._conns[addr] = conn
+        self._picker.mark_up(addr)
+        return conn
