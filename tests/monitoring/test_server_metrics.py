@@ -211,6 +211,14 @@ def test_functions_nobody_serves_are_summed_under_other(
         srv.stop()
 
 
+def hold_open(port: int, count: int, held: list[socket.socket]) -> None:
+    """``count`` connections to the endpoint, each with a request it never finishes."""
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"GET /met")
+        held.append(s)
+
+
 def test_connections_to_the_endpoint_are_bounded() -> None:
     # Any local user can reach it: connections held open there (a request never finished)
     # took the descriptors kept for the Unix socket's callers. 32 at once; more are closed.
@@ -218,10 +226,7 @@ def test_connections_to_the_endpoint_are_bounded() -> None:
     srv = start_farm_server("--metrics", f"127.0.0.1:{port}")
     held: list[socket.socket] = []
     try:
-        for _ in range(32):
-            s = socket.create_connection(("127.0.0.1", port))
-            s.sendall(b"GET /met")
-            held.append(s)
+        hold_open(port, 32, held)
         extra = socket.create_connection(("127.0.0.1", port))
         extra.settimeout(10)
         try:
@@ -255,10 +260,7 @@ def test_connections_held_open_do_not_keep_prometheus_out() -> None:
     srv = start_farm_server("--metrics", f"127.0.0.1:{port}")
     held: list[socket.socket] = []
     try:
-        for _ in range(32):
-            s = socket.create_connection(("127.0.0.1", port))
-            s.sendall(b"GET /met")
-            held.append(s)
+        hold_open(port, 32, held)
         opened = time.monotonic()
         wait_for("the held ones to be over a second old", lambda: time.monotonic() - opened > 1.2)
         url = f"http://127.0.0.1:{port}/metrics"
