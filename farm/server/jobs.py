@@ -264,6 +264,9 @@ class JobServer(Dispatch):
             )
             if job.store_id != row.id:
                 self.store.remove(row.id)  # coalesced with an earlier row
+            elif row.created and not job.worker:
+                # Queued since its submit, not since this start (`farm jobs`' age).
+                job.since -= max(0.0, time.time() - row.created)
             count += 1
         return count
 

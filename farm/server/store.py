@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     data      BLOB NOT NULL,
     priority  INTEGER NOT NULL,
     reducer   BLOB,
-    run_at    REAL NOT NULL DEFAULT 0
+    run_at    REAL NOT NULL DEFAULT 0,
+    created   REAL NOT NULL DEFAULT 0
 )
 """
 
@@ -59,6 +60,7 @@ class StoredJob:
     priority: int
     reducer: bytes | None
     when: float
+    created: float = 0.0  # wall-clock time of the submit (0: a row of an older farm)
 
 
 #: The first bytes of every SQLite 3 database file.
@@ -99,7 +101,7 @@ class SQLiteStore:
         self.broken: str | None = None  # why the last write failed; None while writes work
         self.retry_after = retry_after
         self._retry_at = 0.0
-        self._adds: list[tuple[int, bytes, bytes, bytes, int, bytes | None, float]] = []
+        self._adds: list[tuple[int, bytes, bytes, bytes, int, bytes | None, float, float]] = []
         self._deletes: list[tuple[int]] = []
         self.staged_handles: list[bytes] = []
         try:
@@ -115,6 +117,9 @@ class SQLiteStore:
             self.db.execute("PRAGMA secure_delete=FAST")
             self.db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
             self.db.execute(SCHEMA)
+            columns = {r[1] for r in self.db.execute("PRAGMA table_info(jobs)")}
+            if "created" not in columns:  # a store of an older farm: its rows read as 0
+                self.db.execute("ALTER TABLE jobs ADD COLUMN created REAL NOT NULL DEFAULT 0")
             self.db.execute("BEGIN IMMEDIATE")
             row = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()
             self.db.execute("COMMIT")
@@ -149,7 +154,7 @@ class SQLiteStore:
             raise StoreError(self.broken)
         row_id = self._next_id
         self._next_id += 1
-        self._adds.append((row_id, function, unique, data, priority, reducer, when))
+        self._adds.append((row_id, function, unique, data, priority, reducer, when, time.time()))
         self.staged_handles.append(handle)
         return row_id
 
@@ -244,7 +249,7 @@ class SQLiteStore:
 
     def _write(
         self,
-        adds: list[tuple[int, bytes, bytes, bytes, int, bytes | None, float]],
+        adds: list[tuple[int, bytes, bytes, bytes, int, bytes | None, float, float]],
         deletes: list[tuple[int]],
     ) -> None:
         """One transaction; rolled back and raised again when it fails."""
@@ -252,8 +257,8 @@ class SQLiteStore:
             self.db.execute("BEGIN")
             if adds:
                 self.db.executemany(
-                    "INSERT INTO jobs (id, function, uniq, data, priority, reducer, run_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO jobs (id, function, uniq, data, priority, reducer, run_at,"
+                    " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     adds,
                 )
             if deletes:
@@ -270,7 +275,7 @@ class SQLiteStore:
         """Every stored job, in the order it must run: priority, then arrival."""
         try:
             rows = self.db.execute(
-                "SELECT id, function, uniq, data, priority, reducer, run_at FROM jobs"
+                "SELECT id, function, uniq, data, priority, reducer, run_at, created FROM jobs"
                 " ORDER BY priority, id"
             ).fetchall()
         except sqlite3.Error as exc:

@@ -128,3 +128,47 @@ def test_an_unopenable_store_is_one_clear_line(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1
     assert "cannot open the job store" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_replayed_job_keeps_its_age(tmp_path: Path) -> None:
+    # `farm jobs` (admin `jobs`) showed a job queued for an hour as a few seconds old after
+    # a restart: the store kept no submit time.
+    import sqlite3
+
+    db = tmp_path / "q.db"
+    srv = start_with_store(db)
+    peer = Peer(srv.addr)
+    peer.send(T.SUBMIT_JOB_BG, "nobody-serves-this", "", "x")
+    peer.expect(T.JOB_CREATED)
+    srv.stop()
+    conn = sqlite3.connect(db)
+    with conn:  # as if it had been submitted an hour ago
+        conn.execute("UPDATE jobs SET created = created - 3600")
+    conn.close()
+    again = start_with_store(db)
+    try:
+        line = next(row for row in Peer(again.addr).admin("jobs").splitlines() if "nobody" in row)
+        age = float(line.split("\t")[-1])
+        assert 3600 <= age < 3700, line
+    finally:
+        again.stop()
+
+
+def test_a_store_of_an_older_farm_gains_the_column_and_keeps_its_jobs(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db)
+    with conn:  # the table as farm made it before December 2026
+        conn.execute(
+            "CREATE TABLE jobs (id INTEGER PRIMARY KEY, function BLOB NOT NULL, uniq BLOB NOT"
+            " NULL, data BLOB NOT NULL, priority INTEGER NOT NULL, reducer BLOB,"
+            " run_at REAL NOT NULL DEFAULT 0)"
+        )
+        conn.execute("INSERT INTO jobs VALUES (1, x'6f6c64', x'', x'78', 1, NULL, 0)")
+    conn.close()
+    srv = start_with_store(db)
+    try:
+        assert "old\t1\t0\t0" in Peer(srv.addr).admin("status")
+    finally:
+        srv.stop()
