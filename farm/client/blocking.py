@@ -105,6 +105,9 @@ class Client:
         except Timeout:
             if task.handle is None:  # not even JOB_CREATED: a silent server, tried last a while
                 self._wire.picker.mark_down(task.server or "")
+                conn = self._wire.conns.get(task.server or "")
+                if conn is not None and conn.session.withdraw(task, conn.unsent):
+                    raise  # it never left: nothing to give up on the server
             self.abandon(task)  # the caller gave up
             raise
 

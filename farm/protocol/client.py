@@ -80,6 +80,14 @@ def _int(raw: bytes) -> int:
         return 0
 
 
+def _submit_packet(task: Task[Any]) -> bytes:
+    func = task.function.encode()
+    unique = task.unique.encode()
+    if task.when is not None:
+        return encode_req(PT.SUBMIT_JOB_EPOCH, func, unique, b"%d" % task.when, task.data)
+    return encode_req(_SUBMIT[task.priority, task.background], func, unique, task.data)
+
+
 class ClientSession:
     """The client half of one connection: requests out, replies matched, tasks updated."""
 
@@ -151,17 +159,26 @@ class ClientSession:
     def submit(self, task: Task[Any]) -> None:
         """Queue a submit for ``task``; the next JOB_CREATED (or ERROR) is its answer."""
         self._check_open()
-        func = task.function.encode()
-        unique = task.unique.encode()
-        if task.when is not None:
-            self._out += encode_req(PT.SUBMIT_JOB_EPOCH, func, unique, b"%d" % task.when, task.data)
-        else:
-            ptype = _SUBMIT[task.priority, task.background]
-            self._out += encode_req(ptype, func, unique, task.data)
+        self._out += _submit_packet(task)
         task.server = self.server
         task.handle = None  # a resubmitted task gets the new server's handle
         task.attempts += 1
         self._awaiting.append(task)
+
+    def withdraw(self, task: Task[Any], unsent: bytearray) -> bool:
+        """Take back the submit of ``task`` if no byte of it has left: it is the last request
+        sent, and ``unsent`` (what the caller's socket has not taken) ends with its packet,
+        which is cut from it. Then no answer is owed for it, and the server never sees it
+        (a call that timed out against a server that stopped reading: its job would run
+        when the server woke, and each retry's payload piled up in memory)."""
+        if not self._awaiting or self._awaiting[-1] is not task or self._out:
+            return False
+        packet = _submit_packet(task)
+        if not unsent.endswith(packet):
+            return False
+        del unsent[-len(packet) :]
+        self._awaiting.pop()
+        return True
 
     def abandon(self, task: Task[Any]) -> None:
         """The caller stopped waiting: later packets for ``task`` are dropped."""

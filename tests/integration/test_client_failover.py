@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import zlib
 from typing import Any
@@ -236,3 +237,25 @@ def test_async_close_during_a_resubmit_ends_the_call(two_servers) -> None:
             await asyncio.wait_for(call, 30)
 
     asyncio.run(main())
+
+
+def test_a_call_that_timed_out_before_its_submit_left_takes_it_back() -> None:
+    # Against a server that accepts and never reads, each retry's submit stayed queued: the
+    # memory grew by its payload per retry, and every job ran had the server woken up.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()  # the kernel completes the connection; nothing ever reads it
+    addr = f"127.0.0.1:{listener.getsockname()[1]}"
+    payload = b"x" * (32 << 20)  # past what the socket buffers take
+    try:
+        with farm.Client(addr, timeout=0.3) as c:
+            with pytest.raises(farm.Timeout):
+                c.call("big", payload)
+            first = len(c._wire.conns[addr].unsent)
+            assert first > 0, "the first submit is still partly unsent"
+            for _ in range(3):
+                with pytest.raises(farm.Timeout):
+                    c.call("big", payload)
+                assert len(c._wire.conns[addr].unsent) == first, "a retry's submit piled up"
+    finally:
+        listener.close()

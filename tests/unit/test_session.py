@@ -52,6 +52,21 @@ def test_job_created_goes_to_submits_in_order_and_results_by_handle() -> None:
     assert t1.result == b"one" and not s.busy
 
 
+def test_a_submit_no_byte_of_which_left_is_withdrawn_and_owes_no_answer() -> None:
+    s = ClientSession("a:1")
+    t1, t2 = Task("f", b"1"), Task("f", b"2")
+    s.submit(t1)
+    s.submit(t2)
+    unsent = bytearray(s.data_to_send()[5:])  # the socket took 5 bytes of t1's packet
+    assert not s.withdraw(t1, unsent), "t1 is not the last request"
+    whole = len(unsent)
+    assert s.withdraw(t2, unsent)
+    assert len(unsent) < whole and not s.withdraw(t2, unsent)
+    assert not s.withdraw(t1, unsent[:3]), "part of t1 left: it stays"
+    events = s.receive(encode_res(PT.JOB_CREATED, b"H:1"))
+    assert [e.task for e in events] == [t1], "the next answer is t1's, not the withdrawn one's"
+
+
 def test_background_task_is_done_at_job_created() -> None:
     s = ClientSession()
     t = Task("f", b"", background=True)
