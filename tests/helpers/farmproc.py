@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -179,3 +181,17 @@ class FarmUp:
         except ControlUnavailable:
             return False
         return True
+
+
+@contextlib.contextmanager
+def executor_farm(tmp: Path, pools: str, idle: dict[str, int]) -> Iterator[tuple[FarmUp, Path]]:
+    """`farm up` with ``pools`` and the Executor's key at ``tmp/state/executor.key``, ready
+    and with ``idle`` workers (by pool) waiting; yields it and the key's path, stops it."""
+    key = tmp / "state" / "executor.key"
+    up = FarmUp(tmp, pools, extra_env={"FARM_KEY_FILE": str(key)})
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle(idle)
+        yield up, key
+    finally:
+        up.stop()

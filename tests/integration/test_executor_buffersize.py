@@ -19,7 +19,7 @@ import pytest
 
 import farm
 from tests.helpers.calls import add, size_plus
-from tests.helpers.farmproc import FarmUp
+from tests.helpers.farmproc import FarmUp, executor_farm
 from tests.helpers.waiting import wait_for
 
 POOLS = """
@@ -33,15 +33,8 @@ pytestmark = pytest.mark.timeout(90)
 
 @pytest.fixture(scope="module")
 def farm_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FarmUp, Path]]:
-    tmp = tmp_path_factory.mktemp("buffersize")
-    key = tmp / "state" / "executor.key"
-    up = FarmUp(tmp, POOLS, extra_env={"FARM_KEY_FILE": str(key)})
-    try:
-        up.expect_notify("READY=1")
-        up.wait_idle({"farm.python": 2})
-        yield up, key
-    finally:
-        up.stop()
+    with executor_farm(tmp_path_factory.mktemp("buffersize"), POOLS, {"farm.python": 2}) as up:
+        yield up
 
 
 @pytest.fixture

@@ -43,7 +43,7 @@ from tests.helpers.calls import (
     wait_gate,
     wait_gate_and_raise,
 )
-from tests.helpers.farmproc import FarmUp
+from tests.helpers.farmproc import FarmUp, executor_farm
 from tests.helpers.gate import Gate
 
 POOLS = """
@@ -82,14 +82,8 @@ class Farm:
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
     tmp = tmp_path_factory.mktemp("cpython")
-    key = tmp / "state" / "executor.key"
-    up = FarmUp(tmp, POOLS, extra_env={"FARM_KEY_FILE": str(key)})
-    try:
-        up.expect_notify("READY=1")
-        up.wait_idle({"farm.python": WORKERS, "farm.solo": 1})
+    with executor_farm(tmp, POOLS, {"farm.python": WORKERS, "farm.solo": 1}) as (up, key):
         yield Farm(up, key, tmp)
-    finally:
-        up.stop()
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from tests.helpers.calls import (
     spill_and_die,
     wait_gate,
 )
-from tests.helpers.farmproc import FarmUp
+from tests.helpers.farmproc import FarmUp, executor_farm
 from tests.helpers.gate import Gate
 from tests.helpers.waiting import wait_for
 
@@ -60,14 +60,8 @@ class Farm:
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
     tmp = tmp_path_factory.mktemp("large")
-    key = tmp / "state" / "executor.key"
-    up = FarmUp(tmp, POOL, extra_env={"FARM_KEY_FILE": str(key)})
-    try:
-        up.expect_notify("READY=1")
-        up.wait_idle({"farm.python": 2})
+    with executor_farm(tmp, POOL, {"farm.python": 2}) as (up, key):
         yield Farm(up, key, tmp)
-    finally:
-        up.stop()
 
 
 @pytest.mark.timeout(120)

@@ -23,7 +23,7 @@ import pytest
 import farm
 from tests.helpers import ROOT
 from tests.helpers.calls import add, get_init_state, getpid, init_fails, init_state
-from tests.helpers.farmproc import FarmUp
+from tests.helpers.farmproc import FarmUp, executor_farm
 
 POOL = """
 [functions."farm.python"]
@@ -65,15 +65,8 @@ class Farm:
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
-    tmp = tmp_path_factory.mktemp("setup")
-    key = tmp / "state" / "executor.key"
-    up = FarmUp(tmp, POOL, extra_env={"FARM_KEY_FILE": str(key)})
-    try:
-        up.expect_notify("READY=1")
-        up.wait_idle({"farm.python": 2})
+    with executor_farm(tmp_path_factory.mktemp("setup"), POOL, {"farm.python": 2}) as (up, key):
         yield Farm(up, key)
-    finally:
-        up.stop()
 
 
 @pytest.mark.timeout(60)

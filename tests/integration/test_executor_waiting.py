@@ -22,7 +22,7 @@ from farm.executor.call import TARGET
 from farm.executor.signing import KEY_ENV, ensure_key
 from tests.helpers import ROOT
 from tests.helpers.calls import add, nap, wait_gate
-from tests.helpers.farmproc import FarmUp
+from tests.helpers.farmproc import executor_farm
 from tests.helpers.gate import Gate
 from tests.helpers.servers import start_farm_server
 from tests.helpers.waiting import wait_for
@@ -41,16 +41,12 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.fixture(scope="module")
 def executor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[farm.Executor, Path]]:
     tmp = tmp_path_factory.mktemp("waiting")
-    key = tmp / "state" / "executor.key"
-    up = FarmUp(tmp, POOL, extra_env={"FARM_KEY_FILE": str(key)})
-    try:
-        up.expect_notify("READY=1")
-        up.wait_idle({"farm.python": 2})
-        with farm.Executor(servers=[f"unix:{up.unix}"], key_file=str(key)) as ex:
-            assert [ex.submit(add, i, 1).result() for i in range(5)] == [1, 2, 3, 4, 5]
-            yield ex, tmp
-    finally:
-        up.stop()
+    with (
+        executor_farm(tmp, POOL, {"farm.python": 2}) as (up, key),
+        farm.Executor(servers=[f"unix:{up.unix}"], key_file=str(key)) as ex,
+    ):
+        assert [ex.submit(add, i, 1).result() for i in range(5)] == [1, 2, 3, 4, 5]
+        yield ex, tmp
 
 
 def test_result_is_read_by_the_thread_that_waits_for_it(

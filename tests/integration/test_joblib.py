@@ -10,7 +10,7 @@ from joblib import Parallel, delayed, parallel_config
 
 import farm.joblib
 from tests.helpers.calls import add, fails
-from tests.helpers.farmproc import FarmUp
+from tests.helpers.farmproc import executor_farm
 
 POOL = """
 [functions."farm.python"]
@@ -21,15 +21,8 @@ workers = 2
 
 @pytest.fixture(scope="module")
 def farm_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
-    tmp = tmp_path_factory.mktemp("joblib")
-    key = tmp / "state" / "executor.key"
-    up = FarmUp(tmp, POOL, extra_env={"FARM_KEY_FILE": str(key)})
-    try:
-        up.expect_notify("READY=1")
-        up.wait_idle({"farm.python": 2})
+    with executor_farm(tmp_path_factory.mktemp("joblib"), POOL, {"farm.python": 2}) as (up, key):
         yield {"backend": "farm", "servers": [f"unix:{up.unix}"], "key_file": str(key)}
-    finally:
-        up.stop()
 
 
 def on_farm(config: dict[str, object], n_jobs: int, work: Iterator, **kw: object) -> list:
