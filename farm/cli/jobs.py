@@ -15,7 +15,7 @@ from farm.cli.app import SERVER_DEFAULT_HELP, ConfigOption, FarmCommand, app, fa
 from farm.discovery import client_servers
 from farm.errors import ConfigError, FarmError, JobError
 from farm.net import parse_servers, tls_from_env
-from farm.protocol.codec import MAX_CLIENT_ID, MAX_FUNCTION, MAX_TIMEOUT, UNPRINTABLE
+from farm.protocol.codec import MAX_FUNCTION, MAX_TIMEOUT, UNPRINTABLE
 from farm.protocol.kinds import PRIORITY_NAMES
 
 ServerOpt = Annotated[
@@ -87,9 +87,7 @@ def worker(
         fail(f"target {target!r} must look like MODULE:FUNCTION, e.g. workers.text:reverse", 2)
     name = _function_name(name if name is not None else attr, "--name")
     if client_id is not None:
-        id_bytes = _utf8(client_id, "--client-id")
-        if len(id_bytes) > MAX_CLIENT_ID or UNPRINTABLE.search(id_bytes):
-            fail(f"--client-id must be at most {MAX_CLIENT_ID} bytes of printable text", 2)
+        _utf8(client_id, "--client-id")  # its bounds: Worker() checks them, as the server does
     if "" not in sys.path:
         sys.path.insert(0, "")  # like `python -m`: the working directory's modules are found
     try:

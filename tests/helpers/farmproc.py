@@ -183,10 +183,22 @@ class FarmUp:
         return True
 
 
+#: The Executor's pool as most executor tests run it: two workers.
+EXECUTOR_POOL = """
+[functions."farm.python"]
+target = "farm.executor.call:run_call"
+workers = 2
+"""
+
+
 @contextlib.contextmanager
-def executor_farm(tmp: Path, pools: str, idle: dict[str, int]) -> Iterator[tuple[FarmUp, Path]]:
+def executor_farm(
+    tmp: Path, pools: str = EXECUTOR_POOL, idle: dict[str, int] | None = None
+) -> Iterator[tuple[FarmUp, Path]]:
     """`farm up` with ``pools`` and the Executor's key at ``tmp/state/executor.key``, ready
-    and with ``idle`` workers (by pool) waiting; yields it and the key's path, stops it."""
+    and with ``idle`` workers (by pool; default: the two of EXECUTOR_POOL) waiting; yields
+    it and the key's path, stops it."""
+    idle = {"farm.python": 2} if idle is None else idle
     key = tmp / "state" / "executor.key"
     up = FarmUp(tmp, pools, extra_env={"FARM_KEY_FILE": str(key)})
     try:

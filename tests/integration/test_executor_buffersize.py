@@ -22,18 +22,12 @@ from tests.helpers.calls import add, size_plus
 from tests.helpers.farmproc import FarmUp, executor_farm
 from tests.helpers.waiting import wait_for
 
-POOLS = """
-[functions."farm.python"]
-target = "farm.executor.call:run_call"
-workers = 2
-"""
-
 pytestmark = pytest.mark.timeout(90)
 
 
 @pytest.fixture(scope="module")
 def farm_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FarmUp, Path]]:
-    with executor_farm(tmp_path_factory.mktemp("buffersize"), POOLS, {"farm.python": 2}) as up:
+    with executor_farm(tmp_path_factory.mktemp("buffersize")) as up:
         yield up
 
 

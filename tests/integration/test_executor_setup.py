@@ -25,12 +25,6 @@ from tests.helpers import ROOT
 from tests.helpers.calls import add, get_init_state, getpid, init_fails, init_state
 from tests.helpers.farmproc import FarmUp, executor_farm
 
-POOL = """
-[functions."farm.python"]
-target = "farm.executor.call:run_call"
-workers = 2
-"""
-
 
 class Farm:
     def __init__(self, up: FarmUp, key: Path) -> None:
@@ -65,7 +59,7 @@ class Farm:
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
-    with executor_farm(tmp_path_factory.mktemp("setup"), POOL, {"farm.python": 2}) as (up, key):
+    with executor_farm(tmp_path_factory.mktemp("setup")) as (up, key):
         yield Farm(up, key)
 
 

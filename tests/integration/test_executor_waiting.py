@@ -29,12 +29,6 @@ from tests.helpers.waiting import wait_for
 
 WORKER = [sys.executable, "-c", "from farm.cli import main; main()", "worker"]
 
-POOL = """
-[functions."farm.python"]
-target = "farm.executor.call:run_call"
-workers = 2
-"""
-
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -42,7 +36,7 @@ pytestmark = pytest.mark.timeout(60)
 def executor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[farm.Executor, Path]]:
     tmp = tmp_path_factory.mktemp("waiting")
     with (
-        executor_farm(tmp, POOL, {"farm.python": 2}) as (up, key),
+        executor_farm(tmp) as (up, key),
         farm.Executor(servers=[f"unix:{up.unix}"], key_file=str(key)) as ex,
     ):
         assert [ex.submit(add, i, 1).result() for i in range(5)] == [1, 2, 3, 4, 5]

@@ -12,16 +12,10 @@ import farm.joblib
 from tests.helpers.calls import add, fails
 from tests.helpers.farmproc import executor_farm
 
-POOL = """
-[functions."farm.python"]
-target = "farm.executor.call:run_call"
-workers = 2
-"""
-
 
 @pytest.fixture(scope="module")
 def farm_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
-    with executor_farm(tmp_path_factory.mktemp("joblib"), POOL, {"farm.python": 2}) as (up, key):
+    with executor_farm(tmp_path_factory.mktemp("joblib")) as (up, key):
         yield {"backend": "farm", "servers": [f"unix:{up.unix}"], "key_file": str(key)}
 
 
