@@ -15,7 +15,7 @@ from farm.cli.app import SERVER_DEFAULT_HELP, ConfigOption, FarmCommand, app, fa
 from farm.discovery import client_servers
 from farm.errors import ConfigError, FarmError, JobError
 from farm.net import parse_servers, tls_from_env
-from farm.protocol.codec import MAX_FUNCTION, MAX_TIMEOUT, UNPRINTABLE
+from farm.protocol.codec import MAX_FUNCTION, MAX_TIMEOUT, name_problem
 from farm.protocol.kinds import PRIORITY_NAMES
 
 ServerOpt = Annotated[
@@ -50,13 +50,14 @@ def _function_name(name: str, what: str) -> str:
     """A function name the job server takes (as farm.server.connection checks it): else a
     usage error now, not a refusal the server logs while the worker serves nothing."""
     raw = _utf8(name, what)
-    if not raw:
-        fail(f"{what} must not be empty", 2)
-    if len(raw) > MAX_FUNCTION:
+    if (problem := name_problem(raw)) is None:
+        return name
+    code, why = problem
+    if code == "ARGUMENT_TOO_LARGE":
         fail(f"{what} is {len(raw)} bytes long; job servers take at most {MAX_FUNCTION}", 2)
-    if UNPRINTABLE.search(raw):
-        fail(f"{what} {name!r} holds a control character (a newline, a tab); remove it", 2)
-    return name
+    if raw:
+        fail(f"{what} {name!r} {why} (a newline, a tab); remove it", 2)
+    fail(f"{what} must not be empty", 2)
 
 
 @app.command(cls=FarmCommand)

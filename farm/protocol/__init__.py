@@ -42,6 +42,7 @@ from farm.protocol.codec import (
     encode_req,
     encode_res,
     frame_res,
+    name_problem,
 )
 from farm.protocol.decoder import Decoder
 
@@ -70,6 +71,7 @@ __all__ = [
     "PacketType",
     "ProtocolError",
     "encode",
+    "name_problem",
     "encode_req",
     "encode_res",
     "frame_res",

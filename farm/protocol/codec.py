@@ -30,6 +30,7 @@ __all__ = [
     "MAX_TIMEOUT",
     "MAX_EPOCH",
     "MAX_CLIENT_ID",
+    "name_problem",
     "OPTION_HELD_GRAB",
     "PacketType",
     "PacketSpec",
@@ -251,6 +252,20 @@ class AdminLine:
     """One line of the admin text protocol, without its line ending."""
 
     line: str
+
+
+def name_problem(name: bytes) -> tuple[str, str] | None:
+    """Why farm's job server refuses ``name`` as a function (or reducer) name: the Gearman
+    error code and what is wrong, worded to follow the name ("function name is empty");
+    None if it takes it. The one statement of the rule: the binary protocol, the admin
+    commands that make functions and the CLI's checks all read it."""
+    if not name:
+        return "INVALID_COMMAND", "is empty"
+    if len(name) > MAX_FUNCTION:
+        return "ARGUMENT_TOO_LARGE", f"is longer than {MAX_FUNCTION} bytes"
+    if UNPRINTABLE.search(name):
+        return "INVALID_COMMAND", "holds a control character"
+    return None
 
 
 def encode(magic: bytes, ptype: int, *args: bytes) -> bytes:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from time import monotonic
 
-from farm.protocol.codec import MAX_FUNCTION, UNPRINTABLE
+from farm.protocol.codec import name_problem
 from farm.protocol.kinds import Priority
 from farm.server.hub import Hub, Writer
 from farm.version import __version__
@@ -25,18 +25,14 @@ def _incomplete(command: str) -> str:
     return f"ERR INVALID_ARGUMENTS {text}{command}\r\n"
 
 
-def _too_long() -> str:
-    return f"ERR ARGUMENT_TOO_LARGE function+names+are+at+most+{MAX_FUNCTION}+bytes\r\n"
-
-
 def _bad_name(name: bytes) -> str | None:
     """Why an admin command may not make a function of ``name`` (the binary protocol's
-    rules: Connection.function_ok), or None."""
-    if len(name) > MAX_FUNCTION:
-        return _too_long()
-    if UNPRINTABLE.search(name):
-        return "ERR INVALID_ARGUMENTS function+names+hold+no+control+characters\r\n"
-    return None
+    rule, farm.protocol.codec.name_problem, in the admin protocol's words), or None."""
+    if (problem := name_problem(name)) is None:
+        return None
+    code, why = problem
+    code = code if code == "ARGUMENT_TOO_LARGE" else "INVALID_ARGUMENTS"  # gearmand's admin code
+    return f"ERR {code} function+name+{why.replace(' ', '+')}\r\n"
 
 
 def _unknown(command: str) -> str:

@@ -265,16 +265,11 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
     def function_ok(self, name: bytes, what: str = "function name") -> bool:
         if name in self.jobs.functions:
             return True  # a name the server holds was checked when it came
-        if not name:
-            self.send(error("INVALID_COMMAND", f"{what} is empty"))
-            return False
-        if len(name) > p.MAX_FUNCTION:
-            self.send(error("ARGUMENT_TOO_LARGE", f"{what} is longer than {p.MAX_FUNCTION} bytes"))
-            return False
-        if p.UNPRINTABLE.search(name):
+        if (problem := p.name_problem(name)) is not None:
             # A tab or a newline would break the admin protocol's lines (status, workers),
             # and `farm status` with them, until the server restarted: farm refuses it.
-            self.send(error("INVALID_COMMAND", f"{what} holds a control character"))
+            code, why = problem
+            self.send(error(code, f"{what} {why}"))
             return False
         if self.tcp and len(self.jobs.functions) >= self.hub.options.max_functions:
             # Each costs memory, a line of `status` and a series of the metrics: local users

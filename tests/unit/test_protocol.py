@@ -188,3 +188,22 @@ def test_the_supervisors_reading_of_peers_splits_lines_at_newlines_only() -> Non
         PeerRow("pid:7", 3, False, "H:x:1", "f\u2028g", 0.5, "id"),
         PeerRow("fd:9", 0, True, "", "", None, "-"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        (b"reverse", None),
+        ("naïve".encode(), None),
+        (b"x" * p.MAX_FUNCTION, None),
+        (b"", ("INVALID_COMMAND", "is empty")),
+        (b"x" * (p.MAX_FUNCTION + 1), ("ARGUMENT_TOO_LARGE", "is longer than 512 bytes")),
+        (b"a\tb", ("INVALID_COMMAND", "holds a control character")),
+        ("a\u2028b".encode(), ("INVALID_COMMAND", "holds a control character")),
+    ],
+)
+def test_one_rule_says_which_function_names_a_farm_server_takes(
+    name: bytes, problem: tuple[str, str] | None
+) -> None:
+    # The server's binary and admin protocols and the CLI all ask this one function.
+    assert p.name_problem(name) == problem
