@@ -16,6 +16,7 @@ JOB_CREATED belongs to. WORK_* packets arrive later, keyed by handle.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -96,6 +97,10 @@ class ClientSession:
         self._decoder = Decoder(allow_admin=False)
         self._out = bytearray()
         self._awaiting: deque[Task[Any] | Query[Any]] = deque()  # requests in the order sent
+        # The size of each request still in _out, oldest first: they are the tail of
+        # _awaiting, so a face that holds them (AsyncClient while the transport is paused)
+        # can hand them out whole and take one back (withdraw_queued).
+        self._queued: deque[int] = deque()
         self._running: dict[str, list[Task[Any]]] = {}  # handle → foreground tasks on it
         # Of a job this connection joined more than once: how many WORK_DATA/STATUS/WARNING
         # each of its tasks heard (see _hearers).
@@ -126,11 +131,26 @@ class ClientSession:
 
     # -- requests --
 
-    def data_to_send(self) -> bytes:
-        """Everything queued for the wire since the last call (one sendall per batch)."""
-        out = bytes(self._out)
-        self._out.clear()
+    def data_to_send(self, limit: int | None = None) -> bytes:
+        """What is queued for the wire since the last call (one sendall per batch): all of
+        it, or with ``limit`` the oldest whole requests up to ``limit`` bytes (at least one,
+        however large), the rest kept for a later call."""
+        if limit is None or len(self._out) <= limit:
+            out = bytes(self._out)
+            self._out.clear()
+            self._queued.clear()
+            return out
+        size = 0
+        while self._queued and (size == 0 or size + self._queued[0] <= limit):
+            size += self._queued.popleft()
+        out = bytes(self._out[:size])
+        del self._out[:size]  # from the front: CPython moves no bytes for it
         return out
+
+    @property
+    def queued(self) -> int:
+        """How many bytes are queued for the wire (not yet taken by ``data_to_send``)."""
+        return len(self._out)
 
     @property
     def busy(self) -> bool:
@@ -152,18 +172,16 @@ class ClientSession:
     def _query(self, expect: int, ptype: int, *args: bytes) -> Query[Any]:
         self._check_open()
         query: Query[Any] = Query(expect)
-        self._out += encode_req(ptype, *args)
-        self._awaiting.append(query)
+        self._enqueue(query, encode_req(ptype, *args))
         return query
 
     def submit(self, task: Task[Any]) -> None:
         """Queue a submit for ``task``; the next JOB_CREATED (or ERROR) is its answer."""
         self._check_open()
-        self._out += _submit_packet(task)
+        self._enqueue(task, _submit_packet(task))
         task.server = self.server
         task.handle = None  # a resubmitted task gets the new server's handle
         task.attempts += 1
-        self._awaiting.append(task)
 
     def withdraw(self, task: Task[Any], unsent: bytearray) -> bool:
         """Take back the submit of ``task`` if no byte of it has left: it is the last request
@@ -179,6 +197,29 @@ class ClientSession:
         del unsent[-len(packet) :]
         self._awaiting.pop()
         return True
+
+    def _enqueue(self, request: Task[Any] | Query[Any], packet: bytes) -> None:
+        self._out += packet
+        self._queued.append(len(packet))
+        self._awaiting.append(request)
+
+    def withdraw_queued(self, request: Task[Any] | Query[Any]) -> bool:
+        """Take back ``request`` if it is still queued here (``data_to_send`` has not handed
+        it out): its packet is cut from what is queued, and no answer is owed for it. For a
+        face that holds requests while the server does not read (AsyncClient): one whose
+        caller gave up is never sent."""
+        # _queued's tail lines up with _awaiting's; from the oldest, as timeouts expire in
+        # the order their calls were made.
+        first_q = len(self._queued) - min(len(self._queued), len(self._awaiting))
+        first_a = len(self._awaiting) - (len(self._queued) - first_q)
+        for at in range(first_q, len(self._queued)):
+            if self._awaiting[first_a + at - first_q] is request:
+                start = sum(itertools.islice(self._queued, at))
+                del self._out[start : start + self._queued[at]]
+                del self._queued[at]
+                del self._awaiting[first_a + at - first_q]
+                return True
+        return False
 
     def abandon(self, task: Task[Any]) -> None:
         """The caller stopped waiting: later packets for ``task`` are dropped."""
@@ -340,6 +381,8 @@ class ClientSession:
         for tasks in self._running.values():
             lost.extend(t for t in tasks if t not in lost)
         self._awaiting.clear()
+        self._out.clear()  # what had not left owes no answer now: it goes nowhere
+        self._queued.clear()
         self._running.clear()
         self._heard.clear()
         self._silent.clear()

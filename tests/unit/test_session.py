@@ -67,6 +67,48 @@ def test_a_submit_no_byte_of_which_left_is_withdrawn_and_owes_no_answer() -> Non
     assert [e.task for e in events] == [t1], "the next answer is t1's, not the withdrawn one's"
 
 
+def test_data_to_send_with_a_limit_hands_out_whole_requests_oldest_first() -> None:
+    s = ClientSession("a:1")
+    tasks = [Task("f", bytes([65 + i]) * 100) for i in range(3)]
+    for t in tasks:
+        s.submit(t)
+    size = s.queued // 3
+    first = s.data_to_send(size + 10)
+    assert len(first) == size and s.queued == 2 * size, "one whole request, not a part"
+    assert len(s.data_to_send(1)) == size, "at least one request, however small the limit"
+    assert [p.args[2] for p in Decoder().feed(s.data_to_send(10_000))] == [b"C" * 100]  # type: ignore[union-attr]
+    assert s.queued == 0
+
+
+def test_a_queued_request_is_withdrawn_from_the_middle_and_owes_no_answer() -> None:
+    s = ClientSession("a:1")
+    t1, t2, t3 = Task("f", b"1"), Task("f", b"2"), Task("f", b"3")
+    s.submit(t1)
+    s.data_to_send()  # t1 left
+    echo = s.echo(b"ping")
+    s.submit(t2)
+    s.submit(t3)
+    assert not s.withdraw_queued(t1), "t1 left already"
+    assert s.withdraw_queued(t2)
+    assert not s.withdraw_queued(t2)
+    assert sent(s) == [(PT.ECHO_REQ, (b"ping",)), (PT.SUBMIT_JOB, (b"f", b"", b"3"))]
+    events = s.receive(
+        encode_res(PT.JOB_CREATED, b"H:1")
+        + encode_res(PT.ECHO_RES, b"ping")
+        + encode_res(PT.JOB_CREATED, b"H:3")
+    )
+    assert [e.task for e in events] == [t1, t3] and echo.result == b"ping"
+    assert t2.handle is None
+
+
+def test_what_was_queued_goes_nowhere_once_the_connection_is_lost() -> None:
+    s = ClientSession("a:1")
+    t = Task("f", b"1")
+    s.submit(t)
+    assert s.connection_lost() == [t]
+    assert s.queued == 0 and s.data_to_send() == b""
+
+
 def test_background_task_is_done_at_job_created() -> None:
     s = ClientSession()
     t = Task("f", b"", background=True)
