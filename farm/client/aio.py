@@ -125,7 +125,15 @@ class AsyncClient(AsyncLinks):
         task, waiter = await self._start(
             function, data, priority, unique, background=background, when=epoch
         )
-        await waiter.created
+        try:
+            await waiter.created
+        except asyncio.CancelledError:
+            # Still held (the server stopped reading): it is never sent. Once it left, the
+            # server may create it, and a cancel does not undo that.
+            conn = self._conns.get(task.server or "")
+            if conn is not None:
+                conn.withdraw(task)
+            raise
         if task.handle is None and task.error is not None:
             raise task.error  # the server answered ERROR (e.g. QUEUE_ERROR)
         return task
@@ -273,9 +281,16 @@ class AsyncClient(AsyncLinks):
         RuntimeError."""
         self._closed = True
         for conn in list(self._conns.values()):
-            if conn.transport is not None and not conn.loop.is_closed():
+            transport = conn.transport
+            if transport is not None and not conn.loop.is_closed():
                 conn.closed_by_client = True
-                conn.transport.close()  # (a closed loop's own went with it)
+                if transport.get_write_buffer_size():
+                    # Bytes the server has not taken (it stopped reading): close() would
+                    # wait for them to leave before connection_lost, and our callers with
+                    # it. They are told of the close now, and none of it is sent.
+                    transport.abort()
+                else:
+                    transport.close()  # (a closed loop's own went with it)
         self._conns.clear()
 
     async def __aenter__(self) -> AsyncClient:
@@ -314,7 +329,9 @@ class AsyncClient(AsyncLinks):
 
     def abandon(self, task: Task[Waiter]) -> None:
         """Stop waiting for ``task``: what the server sends of it is dropped, and the client
-        keeps nothing of it once the job ends (the job itself runs on)."""
+        keeps nothing of it once the job ends (the job itself runs on). A submit still held
+        (its server stopped reading) is taken back instead: the server never sees it."""
         conn = self._conns.get(task.server or "")
         if conn is not None:
-            conn.session.abandon(task)
+            conn.give_up(task)
+        task.abandoned = True  # no connection (a resubmit under way): it is not sent on

@@ -4,6 +4,12 @@
 The protocol feeds received bytes to the session, settles each task's waiter from the
 session's events, answers queries, and writes once per loop turn; farm.client.aio
 decides which server a task goes to and what happens when one goes away.
+
+Flow control: while the transport says its buffer is past its high-water mark
+(``pause_writing``, a server that does not read), requests stay queued in the session,
+whole and in order, where one whose caller gives up can still be taken back; they go out
+when the transport resumes. A write hands over at most ``WRITE_CHUNK`` bytes of whole
+requests, so one loop turn's burst stops at the mark too.
 """
 
 from __future__ import annotations
@@ -32,7 +38,11 @@ from farm.protocol.client import (
 
 log = logging.getLogger("farm.client.aio")
 
-__all__ = ["ServerConnection", "StreamEvent", "Waiter"]
+__all__ = ["ServerConnection", "StreamEvent", "Waiter", "WRITE_CHUNK"]
+
+#: The most one ``transport.write`` is handed (whole requests; one larger request goes
+#: alone). Past the transport's high-water mark it pauses us, and what is left is held.
+WRITE_CHUNK = 64 * 1024
 
 
 StreamEvent = JobProgress | JobData | JobWarning | JobEnded
@@ -62,6 +72,7 @@ class ServerConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.queries: deque[tuple[Query[Any], asyncio.Future[Any]]] = deque()
         self.closed_by_client = False  # AsyncClient.close() ended it
+        self.writing_paused = False  # the transport's buffer is past its high-water mark
         self._flush_due = False
         # Set by the AsyncClient: move a lost unique-keyed job to another server.
         self.resubmit: Callable[[Task[Waiter], ServerConnection], None] | None = None
@@ -76,20 +87,54 @@ class ServerConnection(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_due = False
-        data = self.session.data_to_send()
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        while not self.writing_paused:  # paused: the rest stays held in the session
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                return  # connection_lost fails what is queued
+            data = self.session.data_to_send(WRITE_CHUNK)
+            if not data:
+                return
+            transport.write(data)  # calls pause_writing() itself when past the mark
+
+    def withdraw(self, request: Task[Waiter] | Query[Any]) -> bool:
+        """Take back a request still held here (the transport paused): it is never sent."""
+        return self.session.withdraw_queued(request)
+
+    def give_up(self, task: Task[Waiter]) -> None:
+        """Its caller stopped waiting for ``task``: a submit still held is taken back, else
+        what the server sends of it is dropped (the job runs on)."""
+        if self.withdraw(task):
+            task.abandoned = True  # and a resubmit under way does not send it either
+        else:
+            self.session.abandon(task)
 
     def ask(self, query: Query[Reply]) -> asyncio.Future[Reply]:
         future: asyncio.Future[Reply] = self.loop.create_future()
         self.queries.append((query, future))
+        future.add_done_callback(lambda _: self._forget_if_held(query, future))
         self.send_soon()
         return future
+
+    def _forget_if_held(self, query: Query[Any], future: asyncio.Future[Any]) -> None:
+        """A query whose caller was cancelled while it was held is not sent, and no answer
+        is waited for (one that left is answered and dropped, in its turn)."""
+        if future.cancelled() and self.withdraw(query):
+            for at, (asked, _) in enumerate(self.queries):
+                if asked is query:
+                    del self.queries[at]
+                    break
 
     # -- asyncio.Protocol --
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True  # the server is not taking our bytes: hold the rest
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self.send_soon()  # what was held goes out in order, next turn (not inside write-ready)
 
     def data_received(self, data: bytes) -> None:
         try:

@@ -39,8 +39,9 @@ class AsyncLinks:
                     continue
                 except RuntimeError:  # close() came meanwhile (or another loop took it)
                     break
-                conn.session.submit(task)
-                conn.send_soon()
+                if not task.abandoned:  # its caller gave up meanwhile: nothing to send
+                    conn.session.submit(task)
+                    conn.send_soon()
                 return
             if self._closed:
                 lost_conn.end_lost(task, ServerUnavailable("the farm.AsyncClient was closed"))

@@ -1,0 +1,66 @@
+"""A job server stand-in that accepts a connection and reads nothing until told to."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+
+class StalledPeer:
+    """Accepts one connection and never reads it (a hung or SIGSTOPped server) until
+    ``read()``: then it takes everything sent, into ``received``. It never answers."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        # Inherited by the accepted socket: a small window, so the client's own buffer
+        # fills after little of what it sends.
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.addr = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.received = bytearray()
+        self._lock = threading.Lock()
+        self._reading = threading.Event()
+        self._closing = False
+        self.ended = threading.Event()  # the client closed the connection: all it sent is read
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:  # closed before anyone connected
+            return
+        with conn:
+            self._reading.wait()
+            conn.settimeout(0.2)  # to notice close()
+            while not self._closing:
+                try:
+                    data = conn.recv(1 << 16)
+                except TimeoutError:
+                    continue
+                except OSError:  # reset: the client went away with bytes unsent
+                    data = b""
+                if not data:
+                    self.ended.set()
+                    return
+                with self._lock:
+                    self.received += data
+
+    def read(self) -> None:
+        """Start reading what the client sent, and all it sends from now on."""
+        self._reading.set()
+
+    def seen(self, marker: bytes) -> bool:
+        with self._lock:
+            return marker in self.received
+
+    def close(self) -> None:
+        self._closing = True
+        self._reading.set()
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes an accept() that still waits
+        except OSError:
+            pass
+        self.listener.close()
+        self._thread.join(10)
