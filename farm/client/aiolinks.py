@@ -52,7 +52,8 @@ class AsyncLinks:
 
     async def _any_connection(self, unique: str) -> ServerConnection:
         errors: list[str] = []
-        for addr in self._picker.order(unique):
+        paused = [addr for addr, conn in self._conns.items() if conn.writing_paused]
+        for addr in self._picker.order(unique, busy=paused):
             try:
                 return await self._connect(addr)
             except ServerUnavailable as exc:

@@ -1,14 +1,16 @@
 """Which job server to try, in what order: one rule for every client face.
 
 A job with a unique key always starts at the same server (so retries and
-joiners meet the same queue); others rotate. A server that refused or dropped
-a connection is tried last for ``DOWN_FOR`` seconds.
+joiners meet the same queue); others rotate, past a server that is not taking
+our bytes (``busy``). A server that refused or dropped a connection is tried
+last for ``DOWN_FOR`` seconds.
 """
 
 from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Collection
 
 __all__ = ["DOWN_FOR", "ServerPicker"]
 
@@ -24,17 +26,28 @@ class ServerPicker:
         self._down_until: dict[str, float] = {}
         self._rotation = 0
 
-    def order(self, unique: str = "", exclude: str | None = None) -> list[str]:
-        """Servers in the order to try: a stable start per unique key, live ones first."""
+    def order(
+        self, unique: str = "", exclude: str | None = None, busy: Collection[str] = ()
+    ) -> list[str]:
+        """Servers in the order to try: a stable start per unique key, live ones first.
+
+        ``busy`` servers (not taking our bytes now: AsyncClient's paused connections) go
+        after the other live ones for a job without a key; a keyed job keeps its server,
+        where a submit of the same key meets it."""
         servers = self.servers
         if unique:
             start = zlib.crc32(unique.encode()) % len(servers)
+            busy = ()
         else:
             start = self._rotation % len(servers)
             self._rotation += 1
         order = [a for a in servers[start:] + servers[:start] if a != exclude]
         now = time.monotonic()
-        return sorted(order, key=lambda a: self._down_until.get(a, 0) > now)  # stable sort
+
+        def rank(addr: str) -> int:  # live, then busy, then down (a connect failed lately)
+            return 2 if self._down_until.get(addr, 0) > now else int(addr in busy)
+
+        return sorted(order, key=rank)  # stable: the rotation holds within each rank
 
     def mark_down(self, addr: str) -> None:
         self._down_until[addr] = time.monotonic() + DOWN_FOR

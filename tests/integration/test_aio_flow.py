@@ -206,3 +206,26 @@ def queued(addr: str, function: str) -> int:
         if fields[0] == function:
             return int(fields[1])
     return 0
+
+
+def test_jobs_without_a_key_go_past_a_paused_server(stalled: StalledPeer) -> None:
+    srv = start_farm_server()
+    servers = [stalled.addr, srv.addr]
+
+    async def main() -> None:
+        async with AsyncClient(servers) as client:
+            await client._connect(stalled.addr)
+            key = key_for(stalled.addr, servers)
+            filling = await fill(client, stalled.addr, 16384, unique=key, timeout=30)
+            # Rotation would send every other one to the stalled server, to wait there.
+            calls = [client.call("reverse", f"job-{i}", timeout=10) for i in range(20)]
+            results = await asyncio.gather(*calls)
+            assert results == [f"job-{i}".encode()[::-1] for i in range(20)]
+            for call in filling:
+                call.cancel()
+
+    try:
+        with serving(srv.addr, {"reverse": reverse}):
+            asyncio.run(main())
+    finally:
+        srv.stop()

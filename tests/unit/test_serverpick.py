@@ -37,3 +37,11 @@ def test_a_server_marked_down_goes_last_for_down_for_seconds(
     picker._rotation = 1
     assert picker.order()[0] == "b:1", "a connection that worked clears it"
     assert DOWN_FOR == 2.0  # as docs/client.md says
+
+
+def test_a_busy_server_goes_after_the_live_ones_for_jobs_without_a_key() -> None:
+    picker = ServerPicker(SERVERS)
+    picker.mark_down("c:1")
+    assert picker.order(busy=["a:1"]) == ["b:1", "a:1", "c:1"], "live, busy, then down"
+    key = next(k for k in (f"k{i}" for i in range(100)) if picker.order(k)[0] == "a:1")
+    assert picker.order(key, busy=["a:1"])[0] == "a:1", "a keyed job keeps its server"
