@@ -110,6 +110,9 @@ class FunctionConfig:
             self.kill_rss_mb,
             self.command,
             self.serves,
+            # A command worker keeps the signal it was started with (it is what that
+            # program stops on): a new one takes new processes, as a new command does.
+            self.stop_signal,
         )
 
 

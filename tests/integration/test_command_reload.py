@@ -1,0 +1,60 @@
+"""A command pool's settings changed by `farm reload`, and what its stop tells the
+operator (docs/operations.md, "Command pools" and "Steering a running farm").
+
+The workers here are shell scripts and a Python `farm.Worker` run as a command, so no
+PHP or gearman CLI is needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.helpers.farmproc import FarmUp, farm_cli
+from tests.helpers.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+# Ignores SIGTERM (as a PHP worker with pcntl_signal(SIGTERM, SIG_IGN) does) and stops
+# cleanly on SIGINT, noting that it did.
+STOPS_ON_SIGINT = """\
+trap '' TERM
+trap 'touch "$1/stopped-by-int"; exit 0' INT
+echo "worker up"
+while :; do sleep 0.1; done
+"""
+
+
+def test_a_reloaded_stop_signal_reaches_the_pools_workers(tmp_path: Path) -> None:
+    # A changed stop_signal was neither applied to the running workers nor did it replace
+    # them: `farm reload` said "reloaded", and the next stop sent the old SIGTERM, which the
+    # worker ignored, and SIGKILL followed after the grace, mid-job.
+    script = tmp_path / "worker.sh"
+    script.write_text(STOPS_ON_SIGINT)
+    pool = f"""
+        [functions.stubborn]
+        command = ["sh", "{script}", "{tmp_path}"]
+        workers = 1
+        graceful_timeout = 5
+        """
+    up = FarmUp(tmp_path, pool)
+    try:
+        wait_for("the control socket", up.alive)
+        (first,) = wait_for("the worker", lambda: [r for r in up.workers("stubborn") if r["pid"]])
+        up.write_config(pool + 'stop_signal = "SIGINT"\n')
+        out = farm_cli("reload", "--control", up.control)
+        assert out.returncode == 0, out.stdout + out.stderr
+        (new,) = wait_for(
+            "a worker started with the new stop_signal",
+            lambda: [r for r in up.workers("stubborn") if r["pid"] not in (None, first["pid"])],
+        )
+        assert farm_cli("scale", "stubborn=0", "--control", up.control).returncode == 0
+        wait_for("the worker stopped by SIGINT", (tmp_path / "stopped-by-int").exists)
+        wait_for("it gone", lambda: not psutil.pid_exists(new["pid"]))
+        assert f"killing worker stubborn#0 cpu{new['cpu']} (pid {new['pid']})" not in (
+            up.read_log()
+        )
+    finally:
+        assert up.stop() == 0
