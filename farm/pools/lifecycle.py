@@ -359,8 +359,7 @@ class Lifecycle:
     def log_output(self, proc: WorkerProcess, lines: list[str]) -> None:
         """A command worker's stdout/stderr, a log line each, with its pool and slot."""
         for line in lines:
-            if line.strip():
-                proc.last_words = line
+            proc.note_output(line)
             output_log.info(
                 "worker %s (pid %d): %s",
                 proc.name,

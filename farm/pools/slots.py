@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+import re
 import signal
 import time
 from collections import Counter
@@ -125,6 +126,11 @@ class ProcState(enum.StrEnum):
         return self in (ProcState.IDLE, ProcState.BUSY, ProcState.RUNNING)
 
 
+#: A line that continues the message before it: indented (a trace's frames, PHP's
+#: "  thrown in"), or PHP's "Stack trace:" and "#0 FILE(3): ..." frames.
+_TRACE_TAIL = re.compile(r"\s|(PHP )?Stack trace:|#\d+ |PHP +\d+\. ")
+
+
 @dataclass(eq=False)
 class WorkerProcess:
     """One running worker process and what it last told the supervisor."""
@@ -176,6 +182,13 @@ class WorkerProcess:
             lines.append(self._buffer)
             self._buffer = b""
         return [line.decode(errors="replace").rstrip("\r") for line in lines]
+
+    def note_output(self, line: str) -> None:
+        """Keep the line the log of its end will quote: the last one that is not the tail of
+        a stack trace (PHP's uncaught exception ends with "  thrown in FILE on line N",
+        Java's with "\tat ..."; the line that began it says what was thrown)."""
+        if line.strip() and not (self.last_words and _TRACE_TAIL.match(line)):
+            self.last_words = line
 
     def feed(self, data: bytes) -> None:
         """Apply report lines from the worker (JSON, one a line; see farm.pools.workerproc)."""

@@ -224,6 +224,26 @@ def test_a_crashing_command_workers_warning_quotes_its_last_output(tmp_path: Pat
         up.stop()
 
 
+def test_a_php_workers_uncaught_exception_is_quoted_by_its_first_line(tmp_path: Path) -> None:
+    # PHP ends an uncaught exception's report with "  thrown in FILE on line N": the
+    # warning quoted that, and `journalctl -p warning` never said which exception.
+    script = tmp_path / "fatal.sh"
+    script.write_text(
+        "echo 'PHP Fatal error:  Uncaught Exception: no database in /srv/w.php:3' >&2\n"
+        "echo 'Stack trace:' >&2\necho '#0 {main}' >&2\n"
+        "echo '  thrown in /srv/w.php on line 3' >&2\nexit 255\n"
+    )
+    up = FarmUp(tmp_path, f'[functions.fatal]\ncommand = ["sh", "{script}"]\nworkers = 1\n')
+    try:
+        line = wait_for(
+            "the crash's warning",
+            lambda: next((r for r in up.read_log().splitlines() if "crashed: exited" in r), None),
+        )
+        assert "its last output: 'PHP Fatal error:  Uncaught Exception: no database" in line
+    finally:
+        up.stop()
+
+
 def test_a_command_that_cannot_exec_is_a_boot_failure_that_says_why(tmp_path: Path) -> None:
     # The forked child threw the exec error away: "crashed: exited with code 127;
     # restarting now", again and again, and never why.

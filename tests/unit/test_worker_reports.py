@@ -70,3 +70,34 @@ def test_handles_longer_than_the_record_are_cut_not_spilled() -> None:
         assert reader.read().handle == "H:" + "x" * 60
     finally:
         os.close(fd)
+
+
+# PHP's uncaught exception as a PHP worker prints it: its last line says only where.
+PHP_FATAL = (
+    b"worker up\n"
+    b"PHP Fatal error:  Uncaught GearmanException: Failed to set exception option"
+    b" in /srv/worker.php:3\n"
+    b"Stack trace:\n"
+    b"#0 /srv/worker.php(3): GearmanWorker->addServers()\n"
+    b"#1 {main}\n"
+    b"  thrown in /srv/worker.php on line 3\n"
+)
+
+
+def test_a_command_workers_last_words_are_the_head_of_the_trace_it_ended_with() -> None:
+    # The warning of its end quoted "  thrown in /srv/worker.php on line 3": never why.
+    p = WorkerProcess(1, "f", 0, 0, -1, (), command=True)
+    for line in p.output(PHP_FATAL):
+        p.note_output(line)
+    assert p.last_words.startswith("PHP Fatal error:  Uncaught GearmanException: Failed")
+    python = b'Traceback (most recent call last):\n  File "w.py", line 1\nValueError: bad\n'
+    for line in p.output(python):
+        p.note_output(line)
+    assert p.last_words == "ValueError: bad"
+    for line in p.output(b"  indented first words\n\n"):
+        p.note_output(line)
+    assert p.last_words == "ValueError: bad"
+    q = WorkerProcess(2, "f", 0, 0, -1, (), command=True)
+    for line in q.output(b"  only indented output\n"):
+        q.note_output(line)
+    assert q.last_words == "  only indented output"  # nothing better to quote
