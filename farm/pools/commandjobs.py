@@ -236,7 +236,17 @@ class CommandJobs:
             if oldest is None:
                 self.send_stop(proc, now, "it holds no job")
             elif now >= proc.signal_at:
-                self.send_stop(proc, now, f"job {oldest.handle} still runs after the grace")
+                # The drain did not save this job: the operator hears of it (a job the
+                # worker dies holding goes back to the server's queue, job_retries allowing).
+                log.warning(
+                    "worker %s (pid %d): job %s still runs after the %gs grace; %s",
+                    proc.name,
+                    proc.pid,
+                    oldest.handle,
+                    proc.grace,
+                    signal.Signals(proc.stop_signal).name,
+                )
+                self.send_stop(proc, now, "its grace is over")
 
     def has_timeout(self, proc: WorkerProcess) -> bool:
         pool = self.config.functions.get(proc.function)

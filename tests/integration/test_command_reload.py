@@ -7,11 +7,13 @@ PHP or gearman CLI is needed.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import psutil
 import pytest
 
+from farm.client import Client
 from tests.helpers.farmproc import FarmUp, farm_cli
 from tests.helpers.waiting import wait_for
 
@@ -56,5 +58,59 @@ def test_a_reloaded_stop_signal_reaches_the_pools_workers(tmp_path: Path) -> Non
         assert f"killing worker stubborn#0 cpu{new['cpu']} (pid {new['pid']})" not in (
             up.read_log()
         )
+    finally:
+        assert up.stop() == 0
+
+
+# A command worker (any language; Python here) whose job runs until the test lets it go.
+SLOW_WORKER = """\
+import os, sys, time
+from pathlib import Path
+import farm
+
+worker = farm.Worker(os.environ["FARM_SERVERS"])
+
+@worker.function("slow")
+def slow(job):
+    Path(sys.argv[1], "started").touch()
+    time.sleep(30)
+    return b"done"
+
+worker.work()
+"""
+
+
+def test_a_command_worker_stopped_mid_job_is_a_warning_naming_its_job(tmp_path: Path) -> None:
+    # Past its grace, a draining command worker that still held a job got its stop signal
+    # with a DEBUG line only, and its end read "was killed by SIGTERM after draining" at
+    # INFO: `journalctl -p warning` never showed that a stop (a deploy, a scale-down)
+    # broke off a job.
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_WORKER)
+    up = FarmUp(
+        tmp_path,
+        f"""
+        [functions.slow]
+        command = ["{sys.executable}", "{script}", "{tmp_path}"]
+        workers = 1
+        graceful_timeout = 1
+        """,
+    )
+    try:
+        up.expect_notify("READY=1")
+        (row,) = wait_for("a connected worker", lambda: up.workers("slow", "running"))
+        with Client(up.addr) as client:
+            task = client.submit("slow", "x", background=True)
+            wait_for("the job started", (tmp_path / "started").exists)
+            assert farm_cli("scale", "slow=0", "--control", up.control).returncode == 0
+            wait_for("the worker gone", lambda: not psutil.pid_exists(row["pid"]))
+        line = wait_for(
+            "the warning",
+            lambda: next((r for r in up.read_log().splitlines() if "still runs after" in r), None),
+        )
+        assert (
+            f"WARNING worker slow#0 cpu{row['cpu']} (pid {row['pid']}): job {task.handle}"
+            " still runs after the 1s grace; SIGTERM" in line
+        ), line
     finally:
         assert up.stop() == 0
