@@ -114,3 +114,32 @@ def test_a_command_worker_stopped_mid_job_is_a_warning_naming_its_job(tmp_path: 
         ), line
     finally:
         assert up.stop() == 0
+
+
+def test_a_deploy_whose_command_does_not_boot_says_why(tmp_path: Path) -> None:
+    # `farm reload` (and the warning) said "the new process (pid N) exited with code 255;
+    # the old one stays", and never why: the PHP fatal error was in the INFO lines only.
+    serving = tmp_path / "serving.py"
+    serving.write_text(SLOW_WORKER)
+    broken = tmp_path / "broken.sh"
+    broken.write_text(
+        "echo 'PHP Fatal error:  Uncaught Error: Class \"Foo\" not found' >&2\nexit 255\n"
+    )
+    pool = """
+        [functions.slow]
+        command = {command}
+        workers = 1
+        """
+    up = FarmUp(tmp_path, pool.format(command=f'["{sys.executable}", "{serving}", "{tmp_path}"]'))
+    try:
+        up.expect_notify("READY=1")
+        (row,) = wait_for("a connected worker", lambda: up.workers("slow", "running"))
+        up.write_config(pool.format(command=f'["sh", "{broken}"]'))
+        out = farm_cli("reload", "--control", up.control)
+        assert out.returncode == 1, out.stdout + out.stderr
+        why = "its last output: 'PHP Fatal error:  Uncaught Error: Class \"Foo\" not found'"
+        assert f"exited with code 255 ({why}); the old one (pid {row['pid']}) stays" in out.stderr
+        assert why in next(r for r in up.read_log().splitlines() if "WARNING restart:" in r)
+        assert [r["pid"] for r in up.workers("slow")] == [row["pid"]]
+    finally:
+        assert up.stop() == 0
