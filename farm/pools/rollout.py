@@ -183,6 +183,8 @@ class Restarting:
             heir = slot.successor if slot is not None else None
             if slot is None or heir is None:  # scaled away, or its successor died (counted)
                 flying.discard(index)
+                if slot is None:  # nothing left to replace: not "2/3 replaced" at the end
+                    ro.total[name] -= 1
             elif heir.state.serving:
                 old = slot.proc
                 if old is not None:
@@ -207,7 +209,8 @@ class Restarting:
                 deferred.append(index)
                 continue
             if index >= len(slots):
-                continue  # scaled down meanwhile
+                ro.total[name] -= 1  # scaled down meanwhile: not a slot left on old code
+                continue
             slot = slots[index]
             if slot.proc is None or not slot.proc.state.serving:
                 # Empty (backoff), or a process not serving yet: the next process it gets is

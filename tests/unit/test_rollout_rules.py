@@ -98,3 +98,20 @@ def test_restart_waits_for_a_slow_booting_python_worker() -> None:
     farm.start_restart({"ml": None})
     farm.advance_restarts()
     assert farm.retired == [] and slot.proc is not None
+
+
+def test_a_slot_scaled_away_during_a_restart_is_not_counted_as_left_out() -> None:
+    # A reload that lowered a pool's count and changed its options ended its rollout with
+    # "rev: 2/3 replaced" and exit 0: the third slot was gone, not left on old code.
+    p = pool("rev", "m:A", 3)
+    farm = Farm(rev=p)
+    farm.start_restart({"rev": None})
+    farm.slots["rev"].pop()  # manage_workers applying the new count, before its turn
+    for _ in range(10):
+        farm.advance_restarts()
+        for slot in farm.slots["rev"]:
+            if slot.successor is not None:
+                slot.successor.state = ProcState.IDLE
+    assert farm.rollout is not None
+    report = farm.rollout.report()
+    assert report["done"] and report["total"] == {"rev": 2} and report["replaced"] == {"rev": 2}
