@@ -256,8 +256,12 @@ class Dispatch:
         """CAN_DO_TIMEOUT ran out: the job fails (gearmand 1.1 would requeue it forever)."""
         job.expiry = None
         if job.worker is worker and worker.running.get(job.handle) is job:
+            # Names are bytes on the wire, not always UTF-8 (a Latin-1 PHP worker): a strict
+            # decode raised here, in the timer, and the job was never failed.
             log.warning(
-                "job %s (%s) timed out on its worker", job.handle.decode(), job.function.decode()
+                "job %s (%s) timed out on its worker",
+                job.handle.decode("utf-8", "backslashreplace"),
+                job.function.decode("utf-8", "backslashreplace"),
             )
             self._drop_answers(worker, job)
             self.functions[job.function].stats.timed_out[job.priority] += 1

@@ -149,7 +149,7 @@ class Job:
         self.tcp = False  # counted in the TCP peers' share of them (QueuedBytes)
 
     def __repr__(self) -> str:
-        return f"<Job {self.handle.decode()} {self.function.decode()!r}>"
+        return f"<Job {self.handle.decode()} {self.function!r}>"  # a name may not be UTF-8
 
 
 #: FunctionQueue.served: by a TCP peer, by a peer on the Unix socket.

@@ -1,0 +1,53 @@
+"""Function names that are not UTF-8, or hold quotes and backslashes, through the metrics.
+
+Names are bytes on the wire, and a PHP or C worker may register a Latin-1 one. Each such
+function must be a series of its own, labelled the same way in every scrape (a label is
+UTF-8), and the server must treat its jobs as any other's: a timeout fails them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from farm.client.admin import server_metrics
+from farm.protocol import PacketType as T
+from tests.helpers.peers import Peer
+from tests.helpers.servers import start_farm_server
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    """One sample's value (KeyError when the series is absent)."""
+    return dict(sample_values(text))[(name, tuple(sorted(labels.items())))]
+
+
+def sample_values(text: str) -> list[tuple[tuple[str, tuple[tuple[str, str], ...]], float]]:
+    return [
+        ((s.name, tuple(sorted(s.labels.items()))), s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    ]
+
+
+@pytest.mark.timeout(60)
+def test_a_job_of_a_name_that_is_not_utf8_times_out(peer_factory: Callable[[str], Peer]) -> None:
+    """The timeout's log line decoded the name strictly: it raised in the timer, and the job
+    was never failed (its client waited for ever) nor counted."""
+    srv = start_farm_server()
+    try:
+        worker = peer_factory(srv.addr)
+        worker.send(T.CAN_DO_TIMEOUT, b"caf\xe9", "1")
+        client = peer_factory(srv.addr)
+        client.send(T.SUBMIT_JOB, b"caf\xe9", "", "x")
+        handle = client.expect(T.JOB_CREATED).args[0]
+        worker.send(T.GRAB_JOB)
+        assert worker.expect(T.JOB_ASSIGN).args[0] == handle
+        assert client.expect(T.WORK_FAIL, timeout=10).args[0] == handle
+        text = server_metrics(srv.addr, timeout=10)
+        labels = {"function": "caf\\xe9", "priority": "normal"}
+        assert value(text, "farm_jobs_timed_out_total", **labels) == 1
+        assert value(text, "farm_jobs_failed_total", **labels) == 1
+    finally:
+        srv.stop()
