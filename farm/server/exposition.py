@@ -168,21 +168,27 @@ def _by_label(functions: Iterable[FunctionQueue]) -> list[tuple[str, list[Functi
     Unix socket first: a TCP peer's names must not crowd the farm's pools out), then
     "other"."""
     functions = list(functions)
-    named: list[tuple[str, list[FunctionQueue]]] = []
+    named: dict[str, list[FunctionQueue]] = {}
     other: list[FunctionQueue] = []
     served = sorted(  # stable: the oldest first within each kind
         (fq for fq in functions if fq.served and fq.name != OTHER.encode()),
         key=lambda fq: fq.served != SERVED_LOCALLY,
     )
     for fq in served:
-        if len(named) < MAX_LABELLED:
-            named.append((fq.name.decode("utf-8", "replace"), [fq]))
+        # A label is UTF-8 and a name is bytes: b"caf\xe9" is labelled caf\xe9 (as the log
+        # writes it). "replace" made it and b"caf\xef" one label, two series of it in one
+        # scrape, of which Prometheus keeps one. Names that still meet are summed.
+        label = fq.name.decode("utf-8", "backslashreplace")
+        if label in named:
+            named[label].append(fq)
+        elif len(named) < MAX_LABELLED:
+            named[label] = [fq]
         else:
             other.append(fq)
     other += [fq for fq in functions if not fq.served or fq.name == OTHER.encode()]
     if other:
-        named.append((OTHER, other))
-    return named
+        named[OTHER] = other
+    return list(named.items())
 
 
 def exposition(hub: Hub) -> bytes:

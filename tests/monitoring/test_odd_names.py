@@ -7,6 +7,7 @@ UTF-8), and the server must treat its jobs as any other's: a timeout fails them.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 import pytest
@@ -29,6 +30,32 @@ def sample_values(text: str) -> list[tuple[tuple[str, tuple[tuple[str, str], ...
         for family in text_string_to_metric_families(text)
         for s in family.samples
     ]
+
+
+@pytest.mark.timeout(60)
+def test_names_that_are_not_utf8_are_distinct_series(peer_factory: Callable[[str], Peer]) -> None:
+    srv = start_farm_server()
+    try:
+        worker = peer_factory(srv.addr)
+        # Two Latin-1 names that "replace" decoding made one label, and one with the
+        # characters a label value must escape.
+        for name in (b"caf\xe9", b"caf\xef", b'q"uo\\te'):
+            worker.send(T.CAN_DO, name)
+        worker.send(T.ECHO_REQ, "registered")  # answered once the CAN_DOs before it are read
+        worker.expect(T.ECHO_RES)
+        client = peer_factory(srv.addr)
+        client.send(T.SUBMIT_JOB_BG, b"caf\xe9", "", "x")
+        client.expect(T.JOB_CREATED)
+        text = server_metrics(srv.addr, timeout=10)
+        keys = [key for key, _ in sample_values(text)]  # duplicates kept: a dict hides them
+        twice = [key for key, n in Counter(keys).items() if n > 1]
+        assert not twice, f"series twice in one scrape (Prometheus keeps one): {twice[:3]}"
+        labelled = {dict(labels)["function"] for name, labels in keys if name == "farm_workers"}
+        assert labelled == {"caf\\xe9", "caf\\xef", 'q"uo\\te'}
+        assert value(text, "farm_jobs_queued", function="caf\\xe9", priority="normal") == 1
+        assert value(text, "farm_jobs_queued", function="caf\\xef", priority="normal") == 0
+    finally:
+        srv.stop()
 
 
 @pytest.mark.timeout(60)
