@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from farm.pools.slots import Exits
+from farm.pools.slots import EXIT_CAUSES, Exits
 
 if TYPE_CHECKING:
     from farm.pools.steering import Steering
@@ -106,7 +106,13 @@ class SupervisorCollector:
                     by_state[str(retiring.state)] += 1
             for state, count in sorted(by_state.items()):
                 states.add_metric([pool, state], count)
-        for (pool, cause), count in sorted(list(sup.exits.items())):
+        # Every cause of every pool from 0: a series that first appears at 1 has no sample
+        # before it, so increase() and rate() read that first restart as nothing (the
+        # dashboard's "restarts in the last hour" said 0 after a pool's first crash).
+        pools = list(sup.slots)
+        exits = dict.fromkeys(((pool, cause) for pool in pools for cause in EXIT_CAUSES), 0)
+        exits.update(list(sup.exits.items()))
+        for (pool, cause), count in sorted(exits.items()):
             restarts.add_metric([pool, cause], count)
         server_restarts = CounterMetricFamily(
             "farm_server_restarts",

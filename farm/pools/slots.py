@@ -81,6 +81,8 @@ def core_for(cpus: Sequence[int], offset: int, index: int) -> int:
 
 #: Workers that ended and were replaced, by (pool, cause): farm_pool_restarts_total.
 Exits = Counter[tuple[str, str]]
+#: Every cause ``exit_cause`` names: each pool's series of them exist from its start, at 0.
+EXIT_CAUSES = ("crash", "boot_failure", "timeout", "recycle", "rss", "killed")
 
 
 def exit_cause(kill_reason: str, status: int, *, boot_error: str = "") -> str:

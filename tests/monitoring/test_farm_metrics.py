@@ -44,6 +44,11 @@ def test_one_endpoint_shows_pools_slots_restarts_and_the_servers_jobs(tmp_path: 
             range(os.cpu_count() or 1)
         )
         assert get(first, "farm_worker_rss_bytes", pool="reverse", slot="0") > 1 << 20
+        # Each cause is there at 0 before any restart: a counter's first sample is where
+        # rate() and increase() start, so one born at 1 hides the pool's first crash.
+        for cause in ("crash", "boot_failure", "timeout", "recycle", "rss", "killed"):
+            labels = (("cause", cause), ("pool", "reverse"))
+            assert first.get(("farm_pool_restarts_total", labels)) == 0, cause
 
         with farm.Client(up.addr) as client:
             for text in ("abc", "def", "ghi", "jkl"):
