@@ -92,6 +92,8 @@ class SupervisorCollector:
                     by_state["failing" if slot.failing else "backoff"] += 1
                     continue
                 by_state[str(proc.state)] += 1
+                if slot.successor is not None:  # `farm restart`'s, starting beside it (farm ps)
+                    by_state[str(slot.successor.state)] += 1
                 jobs.add_metric(labels, proc.jobs_done)
                 try:
                     process = psutil.Process(proc.pid)

@@ -138,3 +138,58 @@ def test_idle_connections_to_the_endpoint_neither_pile_up_threads_nor_block_scra
         for sock in idle:
             sock.close()
         up.stop()
+
+
+# A target whose import waits for a file: a deploy's new process stays `starting` until
+# the test lets it load (a model that takes long to load, in production).
+GATED = """
+import os
+import time
+
+while not os.path.exists(os.environ["FARM_TEST_GATE"]):
+    time.sleep(0.05)
+
+def run(job):
+    return job.data
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_deploys_new_process_is_counted_while_it_starts(tmp_path: Path) -> None:
+    # `farm ps` listed the successor `farm restart` starts beside each old process, and
+    # farm_pool_processes left it out: a deploy of a slow-loading pool showed no process
+    # starting, and the endpoint disagreed with `farm ps` on how many processes there are.
+    gate = tmp_path / "gate"
+    gate.touch()
+    (tmp_path / "gated.py").write_text(GATED)
+    pool = '[functions.gated]\ntarget = "gated:run"\nworkers = 1\n'
+    up = FarmUp(tmp_path, pool, extra_env={"FARM_TEST_GATE": str(gate)})
+    restart = None
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"gated": 1})
+        gate.unlink()
+        restart = subprocess.Popen(
+            [sys.executable, "-m", "farm.cli", "restart", "--control", up.control],
+            env=up.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def both() -> list[dict] | None:
+            rows = up.workers("gated")
+            return rows if len(rows) == 2 else None
+
+        rows = wait_for("the new process starting beside the old one", both)
+        assert sorted(r["state"] for r in rows) == ["idle", "starting"]
+        metrics = scrape(up)
+        assert get(metrics, "farm_pool_processes", pool="gated", state="idle") == 1
+        assert get(metrics, "farm_pool_processes", pool="gated", state="starting") == 1
+        gate.touch()
+        assert restart.wait(60) == 0
+    finally:
+        gate.touch()
+        if restart is not None and restart.poll() is None:
+            restart.kill()
+            restart.wait()
+        up.stop()
