@@ -185,6 +185,7 @@ class Lifecycle:
             said,
             when,
             " (slot failing)" if slot.failing else "",
+            extra=proc.log_fields(),
         )
 
     # -- processes --
@@ -338,7 +339,9 @@ class Lifecycle:
         return None
 
     def kill(self, proc: WorkerProcess, reason: str) -> None:
-        log.warning("killing worker %s (pid %d): %s", proc.name, proc.pid, reason)
+        log.warning(
+            "killing worker %s (pid %d): %s", proc.name, proc.pid, reason, extra=proc.log_fields()
+        )
         proc.state, proc.kill_reason = ProcState.KILLING, reason
         self.signal(proc.pid, signal.SIGKILL, group=proc.command)
 
@@ -365,7 +368,7 @@ class Lifecycle:
                 proc.name,
                 proc.pid,
                 line,
-                extra={"pool": proc.function, "slot": proc.slot, "worker_pid": proc.pid},
+                extra={"function": proc.function, "slot": proc.slot, "worker_pid": proc.pid},
             )
 
     def close_report(self, proc: WorkerProcess) -> None:

@@ -171,6 +171,12 @@ class WorkerProcess:
     def name(self) -> str:
         return f"{self.function}#{self.slot} cpu{self.core}"
 
+    def log_fields(self) -> dict[str, object]:
+        """What a log record about it names beyond its message, as farm.logs' JSON fields:
+        its pool (``function``), ``slot`` and the ``job`` in hand, so that one job's lines
+        from the server, the supervisor and the worker select alike."""
+        return {"function": self.function, "slot": self.slot, "job": self.handle or None}
+
     @property
     def ordered(self) -> bool:
         """Whether the supervisor asked it to go (its exit is never a crash)."""

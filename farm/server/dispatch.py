@@ -47,6 +47,15 @@ ORPHAN_GRACE = 0.2
 WAKE_DEADLINE = ServerOptions.wake_deadline
 
 
+def _named(job: Job) -> dict[str, str]:
+    """A log record's ``job`` and ``function`` (farm.logs' JSON fields), in that order. Names
+    are bytes, not always UTF-8 (a Latin-1 PHP worker's): such bytes are written \\xNN."""
+    return {
+        "job": job.handle.decode("utf-8", "backslashreplace"),
+        "function": job.function.decode("utf-8", "backslashreplace"),
+    }
+
+
 class Dispatch:
     """The worker half of the job model (see the module docstring)."""
 
@@ -258,11 +267,8 @@ class Dispatch:
         if job.worker is worker and worker.running.get(job.handle) is job:
             # Names are bytes on the wire, not always UTF-8 (a Latin-1 PHP worker): a strict
             # decode raised here, in the timer, and the job was never failed.
-            log.warning(
-                "job %s (%s) timed out on its worker",
-                job.handle.decode("utf-8", "backslashreplace"),
-                job.function.decode("utf-8", "backslashreplace"),
-            )
+            named = _named(job)
+            log.warning("job %s (%s) timed out on its worker", *named.values(), extra=named)
             self._drop_answers(worker, job)
             self.functions[job.function].stats.timed_out[job.priority] += 1
             self.finish(worker, job, Outcome.FAIL)
@@ -325,8 +331,8 @@ class Dispatch:
         self._out_of_retries(worker, job)
 
     def _out_of_retries(self, worker: Peer, job: Job) -> None:
-        function = job.function.decode("utf-8", "replace")
-        handle = job.handle.decode("utf-8", "replace")
+        named = _named(job)
+        handle, function = named.values()
         if worker.killed:
             # Its supervisor said it kills it (a drain past its grace: farm stop, a deploy,
             # a scale-down): no poison job, but one that may run only so many times.
@@ -336,6 +342,7 @@ class Dispatch:
                 handle,
                 function,
                 self.job_retries,
+                extra=named,
             )
         else:
             log.error(
@@ -344,6 +351,7 @@ class Dispatch:
                 function,
                 job.unique.decode("utf-8", "replace"),
                 job.retries,
+                extra=named,
             )
             self.poison.append((job.handle, job.function, job.unique))
         self._end(job, Outcome.FAIL)

@@ -58,6 +58,12 @@ def test_every_process_of_the_farm_logs_json_lines(tmp_path: Path) -> None:
             return found if {"supervisor", "server", "worker"} <= roles else None
 
         wait_for("a record from each role", logged, timeout=20)
+        # The timed-out job's worker is killed a second after the server failed the job.
+        wait_for(
+            "the supervisor to kill beta's worker",
+            lambda: any("killing worker beta" in r["message"] for r in records(up.read_log())),
+            timeout=20,
+        )
     finally:
         assert up.stop() == 0
     found = records(up.log_path.read_text())
@@ -72,6 +78,13 @@ def test_every_process_of_the_farm_logs_json_lines(tmp_path: Path) -> None:
     assert "Refused: asked to fail" in worker["exc_info"]
     timed_out = [r for r in found if r["role"] == "server" and "timed out" in r["message"]]
     assert len(timed_out) == 1
+    # One job's records select alike whichever process wrote them (`jq 'select(.job == H)'`):
+    # the server's timeout, the supervisor's kill and the end of the worker it killed.
+    handle = timed_out[0].get("job")
+    assert handle and handle.startswith("H:") and timed_out[0]["function"] == "beta"
+    about = [r for r in found if r["role"] == "supervisor" and r.get("job") == handle]
+    assert [r["message"].split(" ")[0] for r in about] == ["killing", "worker"], about
+    assert {(r["function"], r["slot"]) for r in about} == {("beta", 0)}
     assert any(r["role"] == "supervisor" and "stopped" in r["message"] for r in found)
 
 
@@ -116,3 +129,25 @@ def test_a_record_is_one_line_with_the_fields_a_call_adds() -> None:
     out = json.loads(line)
     assert out["slot"] == 3 and out["function"] == "resize" and out["job"] == "H:host:7"
     assert out["message"] == "job x" and "ValueError: two\nlines" in out["exc_info"]
+
+
+@pytest.mark.timeout(60)
+def test_a_command_workers_output_names_its_pool_and_slot(tmp_path: Path) -> None:
+    # Its lines were logged with extra "pool", which the JSON format does not write: a PHP
+    # worker's output had a slot and no function, so `select(.function == "talk")` missed it.
+    script = tmp_path / "talk.sh"
+    script.write_text("echo said-on-stdout\nexec sleep 600\n")
+    pool = f'[functions.talk]\ncommand = ["sh", "{script}"]\nworkers = 1\ngraceful_timeout = 1\n'
+    up = FarmUp(tmp_path, pool, start=False)
+    up.config.write_text(
+        up.config.read_text().replace("[supervisor]\n", '[supervisor]\nlog_format = "json"\n', 1)
+    )
+    up.start()
+    try:  # no READY=1: it never connects to the server
+        said = wait_for(
+            "its output in the log",
+            lambda: [r for r in records(up.read_log()) if "said-on-stdout" in r["message"]],
+        )
+    finally:
+        assert up.stop() == 0
+    assert [(r["role"], r["function"], r["slot"]) for r in said] == [("supervisor", "talk", 0)]
