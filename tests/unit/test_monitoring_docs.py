@@ -42,3 +42,39 @@ def test_the_grafana_dashboard_uses_only_documented_metrics() -> None:
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
     used = {family(name) for expr in exprs for name in re.findall(r"farm_\w+", expr)}
     assert used and used <= documented()
+
+
+def unit_for(expr: str) -> str:
+    """The Grafana unit a dashboard query's values are in, from the metric it reads."""
+    if "histogram_quantile" in expr and "_seconds_bucket" in expr:
+        return "s"
+    if "farm_worker_cpu_seconds_total" in expr:
+        return "percentunit"  # CPU seconds a second: the share of one core
+    if "_bytes_total" in expr:
+        return "Bps"
+    if re.search(r"farm_\w+_bytes\b", expr):
+        return "bytes"
+    if "rate(" in expr:
+        return "ops"
+    return "short"  # counts (increase() included), gauges of things
+
+
+def test_each_grafana_series_is_drawn_in_the_unit_of_its_query() -> None:
+    # One panel drew commits/s, a p99 commit time in seconds and the store's size in bytes
+    # on one "short" axis: the store's megabytes flattened the rest, the p99 read as 0.
+    dashboard = json.loads((ROOT / "docs" / "grafana-farm.json").read_text())
+    wrong = []
+    for panel in dashboard["panels"]:
+        config = panel["fieldConfig"]
+        by_ref = {
+            o["matcher"]["options"]: p["value"]
+            for o in config["overrides"]
+            if o["matcher"]["id"] == "byFrameRefID"
+            for p in o["properties"]
+            if p["id"] == "unit"
+        }
+        for target in panel["targets"]:
+            unit = by_ref.get(target["refId"], config["defaults"]["unit"])
+            if unit != unit_for(target["expr"]):
+                wrong.append((panel["title"], target["refId"], unit, unit_for(target["expr"])))
+    assert not wrong
