@@ -35,6 +35,8 @@ class ServerPicker:
         after the other live ones for a job without a key; a keyed job keeps its server,
         where a submit of the same key meets it."""
         servers = self.servers
+        if len(servers) == 1:  # the usual farm: nothing to rotate or rank (each job asks)
+            return [] if servers[0] == exclude else [servers[0]]
         if unique:
             start = zlib.crc32(unique.encode()) % len(servers)
             busy = ()
