@@ -31,7 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from farm.pools.slots import EXIT_CAUSES, Exits
+from farm.pools.slots import EXIT_CAUSES, Exits, ProcState
+
+#: What farm_pool_processes counts by: a process's state, or an empty slot's.
+POOL_STATES = (*(str(state) for state in ProcState), "backoff", "failing")
 
 if TYPE_CHECKING:
     from farm.pools.steering import Steering
@@ -82,7 +85,10 @@ class SupervisorCollector:
             labels=["pool", "slot"],
         )
         for pool, slots in list(sup.slots.items()):
-            by_state: Counter[str] = Counter()
+            # Every state from 0, as each restart cause: an alert on a state's count (no
+            # idle worker left: `farm_pool_processes{state="idle"} == 0`) needs the series
+            # to be there when the count is 0.
+            by_state: Counter[str] = Counter(dict.fromkeys(POOL_STATES, 0))
             target.add_metric([pool], sup.targets.get(pool, 0))
             for slot in list(slots):
                 labels = [pool, str(slot.index)]

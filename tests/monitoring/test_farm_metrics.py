@@ -49,6 +49,10 @@ def test_one_endpoint_shows_pools_slots_restarts_and_the_servers_jobs(tmp_path: 
         for cause in ("crash", "boot_failure", "timeout", "recycle", "rss", "killed"):
             labels = (("cause", cause), ("pool", "reverse"))
             assert first.get(("farm_pool_restarts_total", labels)) == 0, cause
+        # So is each state: an alert on "no idle worker left" needs the series at 0.
+        for state in ("starting", "busy", "draining", "killing", "running", "backoff", "failing"):
+            labels = (("pool", "reverse"), ("state", state))
+            assert first.get(("farm_pool_processes", labels)) == 0, state
 
         with farm.Client(up.addr) as client:
             for text in ("abc", "def", "ghi", "jkl"):
