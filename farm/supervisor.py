@@ -309,6 +309,8 @@ class Supervisor(Lifecycle, CommandJobs, Restarting, Steering):
         status = f"{up}/{len(slots)} workers up" + (f", {failing} failing" if failing else "")
         if unseen:
             status += f", {len(unseen)} not connected"
+        if not server_up:  # workers look up beside a dead server: no job reaches them
+            status = f"job server not ready; {status}"
         if status != self.last_status:
             self.last_status = status
             sdnotify.notify(f"STATUS={status}", wait=0)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +103,22 @@ class FarmUp:
 
     def expect_notify(self, field: str, timeout: float = 15.0) -> list[str]:
         """Read notify datagrams until one carries ``field`` (e.g. "READY=1")."""
+        return self.expect_notified(field, lambda: field in self.messages, timeout)
+
+    def expect_status(self, start: str, timeout: float = 15.0) -> str:
+        """Read notify datagrams until a STATUS= begins with ``start``; that status."""
+
+        def found() -> str | None:
+            return next((m for m in self.messages if m.startswith(f"STATUS={start}")), None)
+
+        self.expect_notified(f"STATUS={start}...", lambda: found() is not None, timeout)
+        return str(found())[len("STATUS=") :]
+
+    def expect_notified(
+        self, field: str, seen: Callable[[], bool], timeout: float = 15.0
+    ) -> list[str]:
         deadline = time.monotonic() + timeout
-        while field not in self.messages:
+        while not seen():
             left = deadline - time.monotonic()
             exited = self.proc.poll() is not None  # datagrams it sent before exiting still queue
             self.notify.settimeout(0 if exited else max(0.0, min(left, 0.5)))
