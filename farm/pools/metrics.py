@@ -94,12 +94,12 @@ class SupervisorCollector:
                 labels = [pool, str(slot.index)]
                 core.add_metric(labels, slot.core)
                 proc = slot.proc
+                if slot.successor is not None:  # `farm restart`'s, starting beside (farm ps)
+                    by_state[str(slot.successor.state)] += 1
                 if proc is None:
                     by_state["failing" if slot.failing else "backoff"] += 1
                     continue
                 by_state[str(proc.state)] += 1
-                if slot.successor is not None:  # `farm restart`'s, starting beside it (farm ps)
-                    by_state[str(slot.successor.state)] += 1
                 jobs.add_metric(labels, proc.jobs_done)
                 try:
                     process = psutil.Process(proc.pid)

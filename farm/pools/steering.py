@@ -249,11 +249,11 @@ class Steering:
                             last_exit=slot.last_exit,
                         )
                     )
-                    continue
-                rows.append(
-                    self.process_row(proc, now, restarts=slot.restarts, last_exit=slot.last_exit)
-                )
-                if slot.successor is not None:  # `farm restart`: its replacement, starting
+                else:
+                    extra = {"restarts": slot.restarts, "last_exit": slot.last_exit}
+                    rows.append(self.process_row(proc, now, **extra))
+                # `farm restart`: its replacement, starting (also when the old one died)
+                if slot.successor is not None:
                     rows.append(self.process_row(slot.successor, now))
         rows += [self.process_row(proc, now) for proc in self.retiring]
         return rows

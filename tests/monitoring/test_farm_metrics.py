@@ -189,6 +189,24 @@ def test_a_deploys_new_process_is_counted_while_it_starts(tmp_path: Path) -> Non
         metrics = scrape(up)
         assert get(metrics, "farm_pool_processes", pool="gated", state="idle") == 1
         assert get(metrics, "farm_pool_processes", pool="gated", state="starting") == 1
+        # The slot's process dies twice meanwhile (the second time the slot waits out a
+        # backoff, empty): the new one still starts beside it, in both views (its row and
+        # its count went with the slot's process).
+        (new,) = [r["pid"] for r in rows if r["state"] == "starting"]
+        for _ in range(2):
+            (old,) = [r["pid"] for r in up.workers("gated") if r["pid"] not in (0, new)]
+            os.kill(old, signal.SIGKILL)
+            wait_for("it reaped", lambda pid=old: pid not in [r["pid"] for r in up.workers()])
+
+        def in_backoff() -> list[dict] | None:
+            rows = up.workers("gated")
+            return rows if any(r["state"] == "backoff" for r in rows) else None
+
+        rows = wait_for("the slot in backoff", in_backoff)
+        assert [r["state"] for r in rows if r["pid"] == new] == ["starting"], rows
+        metrics = scrape(up)
+        assert get(metrics, "farm_pool_processes", pool="gated", state="backoff") == 1
+        assert get(metrics, "farm_pool_processes", pool="gated", state="starting") == 1
         gate.touch()
         assert restart.wait(60) == 0
     finally:
