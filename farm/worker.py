@@ -255,7 +255,8 @@ class Worker(WorkerLinks):
             events = server.session.receive(data)
         except ProtocolError as exc:
             if exc.handle is not None and exc.ptype in _ASSIGNS:  # a job too large to take
-                log.warning("job %r failed: it is too large for this worker (%s)", exc.handle, exc)
+                shown = exc.handle.decode("utf-8", "backslashreplace")  # as every log names jobs
+                log.warning("job %s failed: it is too large for this worker (%s)", shown, exc)
                 _fail_and_part(sock, exc.handle)
             self._lost(server, f"broke the protocol: {exc}")
             return

@@ -288,6 +288,7 @@ def test_a_job_too_large_for_the_worker_fails_once_not_forever(
         assert c.call("size", b"ok", timeout=10) == b"2", "the worker serves on"
     refused = [r for r in caplog.records if "too large for this worker" in r.getMessage()]
     assert len(refused) == 1, [r.getMessage() for r in caplog.records]
+    assert refused[0].getMessage().startswith("job H:"), "named as every log line names a job"
 
 
 def test_a_function_registered_while_the_worker_waits_is_served(any_server) -> None:
