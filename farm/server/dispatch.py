@@ -349,7 +349,7 @@ class Dispatch:
                 "poison job %s: function %s unique %r failed after %d attempts",
                 handle,
                 function,
-                job.unique.decode("utf-8", "replace"),
+                job.unique.decode("utf-8", "backslashreplace"),
                 job.retries,
                 extra=named,
             )
