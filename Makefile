@@ -35,7 +35,7 @@ lint:
 	ruff format --check farm workers tests bench
 	$(PYTHON) -m mypy
 
-BENCHES := server_load server_cost durable_enqueue bench_client bench_executor bench_supervisor
+BENCHES := server_load server_cost durable_enqueue bench_client bench_executor hop_floor bench_supervisor
 
 # Each benchmark measures farm beside its peer (gearmand, PHP, ProcessPoolExecutor) in one run.
 bench: deps-test
