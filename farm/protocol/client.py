@@ -208,16 +208,15 @@ class ClientSession:
         it out): its packet is cut from what is queued, and no answer is owed for it. For a
         face that holds requests while the server does not read (AsyncClient): one whose
         caller gave up is never sent."""
-        # _queued's tail lines up with _awaiting's; from the oldest, as timeouts expire in
-        # the order their calls were made.
-        first_q = len(self._queued) - min(len(self._queued), len(self._awaiting))
-        first_a = len(self._awaiting) - (len(self._queued) - first_q)
-        for at in range(first_q, len(self._queued)):
-            if self._awaiting[first_a + at - first_q] is request:
+        # The queued requests are the last len(_queued) of _awaiting, in order; looked at
+        # from the oldest, as timeouts expire in the order their calls were made.
+        offset = len(self._awaiting) - len(self._queued)
+        for at in range(len(self._queued)):
+            if self._awaiting[offset + at] is request:
                 start = sum(itertools.islice(self._queued, at))
                 del self._out[start : start + self._queued[at]]
                 del self._queued[at]
-                del self._awaiting[first_a + at - first_q]
+                del self._awaiting[offset + at]
                 return True
         return False
 
