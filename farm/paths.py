@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -19,6 +20,7 @@ __all__ = [
     "UnsafeDirectory",
     "private_dir",
     "open_own_file",
+    "check_own_file",
     "check_private",
     "check_runtime_path",
 ]
@@ -136,8 +138,41 @@ def check_runtime_path(path: str | os.PathLike[str]) -> None:
 def open_own_file(path: str | os.PathLike[str], *, append: bool, mode: int = 0o644) -> int:
     """Open a file we write (a pid file, a log) without following a link at ``path``: in a
     directory other users can write, such as /tmp, a link planted there would otherwise
-    have us, perhaps as root, truncate or write the file it points at. The fd, or OSError
-    (ELOOP for a link)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    flags |= os.O_APPEND if append else os.O_TRUNC
-    return os.open(path, flags, mode)
+    have us, perhaps as root, truncate or write the file it points at. A file another user
+    could have planted is refused too (``check_own_file``). The fd, or OSError (ELOOP for a
+    link, EPERM for a file that is not ours to write)."""
+    # O_NONBLOCK: a FIFO planted at the path must not hang the open (it is refused below);
+    # no O_TRUNC: a file is truncated only once it is known to be ours.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    fd = os.open(path, flags | (os.O_APPEND if append else 0), mode)
+    try:
+        check_own_file(path, os.fstat(fd))
+        os.set_blocking(fd, True)
+        if not append:
+            os.ftruncate(fd, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_own_file(path: str | os.PathLike[str], info: os.stat_result) -> None:
+    """PermissionError unless the file opened at ``path`` is one we may write as ours (a
+    regular one with no other link): of this user or root, or of the owner of a directory
+    nobody else may write. Another user who made it first (in /tmp, say) would read what
+    we write there and could change it later: a pid file they rewrite has root's logrotate
+    signal their choice of process; a hard link would have us append to another file.
+    (/dev/null, root's, stays a valid log file.)"""
+    where = os.fspath(path)
+    if stat.S_ISREG(info.st_mode) and info.st_nlink != 1:
+        raise PermissionError(errno.EPERM, f"{where} has other links ({info.st_nlink})")
+    if info.st_uid in (os.geteuid(), 0):
+        return
+    parent = os.lstat(os.path.dirname(os.path.abspath(where)))
+    if parent.st_uid == info.st_uid and not parent.st_mode & 0o022:
+        return  # the directory is theirs alone: a file the operator put there for them
+    raise PermissionError(
+        errno.EPERM,
+        f"{where} belongs to uid {info.st_uid}, who may have made it to read or change what"
+        " farm writes there; remove it, or choose a path in a directory of this user",
+    )

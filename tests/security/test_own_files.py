@@ -1,9 +1,11 @@
 """Files the server writes, as other local users would find them: the job store (the
-jobs' payloads) closed to them, and no link planted at a pid or log path followed."""
+jobs' payloads) closed to them, and no link, nor a file of theirs, planted at a pid or log
+path written to."""
 
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -14,6 +16,8 @@ import pytest
 from farm.logs import setup_logging
 from farm.server.store import SQLiteStore, StoreError
 from tests.helpers.servers import free_port
+
+NOBODY = 65534
 
 
 def mode(path: Path) -> int:
@@ -83,3 +87,48 @@ def test_a_log_file_is_not_opened_through_a_link(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         setup_logging(role="test", text_format="%(message)s", filename=str(link))
     assert victim.read_text() == "keep me\n"
+
+
+def _server_with(*flags: str) -> subprocess.CompletedProcess[str]:
+    """`farm server` with ``flags``, expected to refuse them before it serves: its port is
+    held here, so a server that took them writes to the files and exits (no wait)."""
+    with socket.create_server(("127.0.0.1", 0)) as held:
+        port = str(held.getsockname()[1])
+        return subprocess.run(
+            [sys.executable, "-m", "farm.server", "--port", port, "--store", "none", *flags],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+
+def test_a_pid_or_log_file_another_user_made_first_is_refused(tmp_path: Path) -> None:
+    # In a directory everyone may write (/tmp), another user made the files first, open to
+    # all: the server (as root) wrote its pid and its log into them, so that user read the
+    # log, and rewrote the pid for root's logrotate (`kill -HUP $(cat pidfile)`) to signal.
+    if os.getuid() != 0:
+        pytest.skip("needs root to make a file of a second local user (CI runs as root)")
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    for name, flag in (("farm.pid", "-P"), ("farm.log", "--log-file")):
+        planted = shared / name
+        planted.write_text("theirs\n")
+        os.chmod(planted, 0o666)
+        os.chown(planted, NOBODY, NOBODY)
+        run = _server_with(flag, str(planted))
+        assert run.returncode == 2, run.stderr
+        assert f"belongs to uid {NOBODY}" in run.stderr, run.stderr
+        assert planted.read_text() == "theirs\n"
+
+
+def test_a_hard_link_at_the_pid_or_log_path_is_refused(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    for name, flag in (("farm.pid", "-P"), ("farm.log", "--log-file")):
+        link = tmp_path / name
+        os.link(victim, link)
+        run = _server_with(flag, str(link))
+        assert run.returncode == 2, run.stderr
+        assert "other links" in run.stderr, run.stderr
+        assert victim.read_text() == "keep me\n"
