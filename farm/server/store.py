@@ -14,6 +14,7 @@ new handles but the same uniques and epoch times.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
@@ -22,6 +23,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from farm.paths import check_own_file
 
 log = logging.getLogger("farm.server")
 
@@ -70,9 +73,12 @@ _SQLITE_HEADER = b"SQLite format 3\x00"
 def _owner_only(path: str) -> None:
     """Create the store closed to other users, or close one left open: its rows are the
     jobs' payloads. SQLite gives its WAL the database file's mode; one already there is
-    closed too. A link at the path is refused (ELOOP), as a planted one would be followed."""
+    closed too. A link at the path is refused (ELOOP), as a planted one would be followed,
+    and so is a file (the store, its WAL or shared memory) of another user: one who made it
+    first, in /tmp say, would keep the jobs written into it (paths.check_own_file)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
+        check_own_file(path, os.fstat(fd))
         head = os.pread(fd, len(_SQLITE_HEADER), 0)
         if head and head != _SQLITE_HEADER[: len(head)]:  # leave another file as it was
             raise StoreError(f"cannot open the job store {path}: file is not a database")
@@ -87,7 +93,10 @@ def _owner_only(path: str) -> None:
             info = os.lstat(side)
         except FileNotFoundError:
             continue
-        if stat.S_ISREG(info.st_mode) and info.st_mode & 0o077:
+        if not stat.S_ISREG(info.st_mode):  # SQLite would open it through a link
+            raise PermissionError(errno.EPERM, f"{side} is not a regular file")
+        check_own_file(side, info)
+        if info.st_mode & 0o077:
             os.chmod(side, stat.S_IMODE(info.st_mode) & ~0o077)
 
 

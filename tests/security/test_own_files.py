@@ -53,6 +53,24 @@ def test_a_link_at_the_store_path_is_refused(tmp_path: Path) -> None:
     assert target.read_text() == "not a store"
 
 
+def test_a_store_or_wal_another_user_made_first_is_refused(tmp_path: Path) -> None:
+    # A store path in /tmp: another user made the file (or its WAL) first, open to all. The
+    # server (as root) closed it to mode 600 and wrote the jobs into it, but it stayed that
+    # user's: a chmod back and they read every payload.
+    if os.getuid() != 0:
+        pytest.skip("needs root to make a file of a second local user (CI runs as root)")
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    for planted in (shared / "a.db", shared / "b.db-wal"):
+        planted.touch()
+        os.chmod(planted, 0o666)
+        os.chown(planted, NOBODY, NOBODY)
+        with pytest.raises(StoreError, match=f"belongs to uid {NOBODY}"):
+            SQLiteStore(shared / planted.name.removesuffix("-wal"))
+        assert planted.read_bytes() == b""
+
+
 def test_the_server_refuses_a_link_at_its_pid_file(tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_text("keep me\n")
