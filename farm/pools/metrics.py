@@ -154,7 +154,8 @@ class SupervisorCollector:
 
 #: Scrapes served at once. Each is a thread, and a local user opening idle connections
 #: must not grow the supervisor without bound: past them, a new connection takes the place
-#: of the oldest one that has taken more than EVICT_AFTER, or is closed.
+#: of the oldest one that has not sent its whole request yet, else of the oldest one that
+#: has taken more than EVICT_AFTER, or is closed.
 MAX_SCRAPES = 32
 EVICT_AFTER = 1.0
 #: Seconds a connection may stay silent before it is dropped.
@@ -178,6 +179,12 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
 
     class Handler(WSGIRequestHandler):
         timeout = SCRAPE_TIMEOUT  # the socket's timeout, for the request and the reply
+        server: Server
+
+        def parse_request(self) -> bool:
+            whole = super().parse_request()
+            self.server.request_read(self.request)  # no longer the first to be evicted
+            return whole
 
         def log_message(self, format: str, *args: Any) -> None:
             pass  # a scrape a second is no news
@@ -188,6 +195,7 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
         slots = threading.BoundedSemaphore(MAX_SCRAPES)
         lock = threading.Lock()
         started: dict[Any, float] = {}  # connection -> when it was taken in
+        reading: dict[Any, float] = {}  # those whose request has not all come yet
 
         def process_request(self, request: Any, client_address: Any) -> None:
             if not self.slots.acquire(blocking=False):
@@ -198,19 +206,31 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
                     self.shutdown_request(request)
                     return
             with self.lock:
-                self.started[request] = time.monotonic()
+                self.started[request] = self.reading[request] = time.monotonic()
             try:
                 super().process_request(request, client_address)
             except BaseException:
                 self.forget(request)
                 raise
 
-        def evict_oldest(self) -> None:
+        def request_read(self, request: Any) -> None:
             with self.lock:
-                oldest = min(self.started.items(), key=lambda item: item[1], default=None)
-            if oldest is not None and time.monotonic() - oldest[1] > EVICT_AFTER:
-                with self.lock:  # not picked again while its thread winds down
+                self.reading.pop(request, None)
+
+        def evict_oldest(self) -> None:
+            # One still sending its request goes first, however young: Prometheus sends
+            # its request as it connects, a user holding places never finishes one (and one
+            # reopening them faster than once a second kept every scrape out by age alone).
+            with self.lock:
+                oldest = next(iter(self.reading.items()), None)  # dicts keep arrival order
+                if oldest is None:
+                    oldest = min(self.started.items(), key=lambda item: item[1], default=None)
+                    if oldest is not None and time.monotonic() - oldest[1] <= EVICT_AFTER:
+                        oldest = None
+                if oldest is not None:  # not picked again while its thread winds down
                     self.started.pop(oldest[0], None)
+                    self.reading.pop(oldest[0], None)
+            if oldest is not None:
                 try:
                     oldest[0].shutdown(socket.SHUT_RDWR)  # its thread ends, its slot frees
                 except OSError:
@@ -223,6 +243,7 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
         def forget(self, request: Any) -> None:
             with self.lock:
                 self.started.pop(request, None)
+                self.reading.pop(request, None)
             self.slots.release()
 
         def process_request_thread(self, request: Any, client_address: Any) -> None:

@@ -36,8 +36,9 @@ OTHER = "other"
 #: Functions labelled by name at most (the oldest served first: the farm's own pools).
 MAX_LABELLED = 256
 #: HTTP connections to --metrics at once. Past them a new connection takes the place of
-#: the oldest one open for more than EVICT_AFTER seconds (a scrape takes milliseconds), or
-#: is closed: as the supervisor's endpoint (farm.pools.metrics).
+#: the oldest one that has not sent its whole request, else of the oldest one open for
+#: more than EVICT_AFTER seconds (a scrape takes milliseconds), or is closed: as the
+#: supervisor's endpoint (farm.pools.metrics).
 MAX_SCRAPERS = 32
 EVICT_AFTER = 1.0
 #: Seconds a connection may take to send its request, and to take the reply.
@@ -206,21 +207,28 @@ async def serve_http(hub: Hub, host: str, port: int) -> asyncio.AbstractServer:
     MAX_SCRAPERS connections at once: any local user can reach the port, and connections
     held open there took the descriptors kept for the Unix socket's callers. A user who
     keeps them all open must not keep Prometheus out either: see EVICT_AFTER."""
-    # Open connections and when each came, oldest first (dicts keep their order).
+    # Open connections and when each came, oldest first (dicts keep their order), and
+    # those of them whose request has not all come yet.
     open_now: dict[asyncio.WriteTransport, float] = {}
+    reading: dict[asyncio.WriteTransport, float] = {}
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         now = time.monotonic()
         if len(open_now) >= MAX_SCRAPERS:
-            oldest, since = next(iter(open_now.items()))
-            if now - since <= EVICT_AFTER:
+            # One still sending its request goes first, however young: Prometheus sends its
+            # request as it connects, a user holding places never finishes one (and one
+            # reopening them faster than once a second kept every scrape out by age alone).
+            oldest, since = next(iter(reading.items()), None) or next(iter(open_now.items()))
+            if oldest not in reading and now - since <= EVICT_AFTER:
                 writer.transport.abort()
                 return
             del open_now[oldest]  # its task ends on the abort and finds itself gone
+            reading.pop(oldest, None)
             oldest.abort()
-        open_now[writer.transport] = now
+        open_now[writer.transport] = reading[writer.transport] = now
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), SCRAPE_TIMEOUT)
+            reading.pop(writer.transport, None)
             method, _, rest = head.partition(b" ")
             path = rest.partition(b" ")[0].partition(b"?")[0]
             if method not in (b"GET", b"HEAD"):
@@ -244,6 +252,7 @@ async def serve_http(hub: Hub, host: str, port: int) -> asyncio.AbstractServer:
             pass
         finally:
             open_now.pop(writer.transport, None)
+            reading.pop(writer.transport, None)
             writer.close()
 
     return await asyncio.start_server(answer, host, port, reuse_address=True)

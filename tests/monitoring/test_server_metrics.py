@@ -221,19 +221,19 @@ def hold_open(port: int, count: int, held: list[socket.socket]) -> None:
 
 def test_connections_to_the_endpoint_are_bounded() -> None:
     # Any local user can reach it: connections held open there (a request never finished)
-    # took the descriptors kept for the Unix socket's callers. 32 at once; more are closed.
+    # took the descriptors kept for the Unix socket's callers. 32 at once; a 33rd takes the
+    # place of the oldest one whose request is unfinished, which is closed.
     port = free_port()
     srv = start_farm_server("--metrics", f"127.0.0.1:{port}")
     held: list[socket.socket] = []
     try:
         hold_open(port, 32, held)
-        extra = socket.create_connection(("127.0.0.1", port))
-        extra.settimeout(10)
+        hold_open(port, 1, held)
+        held[0].settimeout(10)
         try:
-            assert extra.recv(100) == b"", "the 33rd is closed at once"
+            assert held[0].recv(100) == b"", "the oldest is closed at once"
         except ConnectionResetError:
             pass
-        extra.close()
         for s in held:
             s.close()
         url = f"http://127.0.0.1:{port}/metrics"
@@ -246,6 +246,26 @@ def test_connections_to_the_endpoint_are_bounded() -> None:
                 return False
 
         wait_for("a scrape once the held ones are gone", scraped)
+    finally:
+        for s in held:
+            s.close()
+        srv.stop()
+
+
+def test_connections_reopened_at_once_do_not_keep_prometheus_out() -> None:
+    """A local user holding all 32 places with requests never finished, and taking each
+    back as it is dropped: a scrape gets in at once, not only past a second (one reopening
+    them faster than once a second kept every scrape out)."""
+    port = free_port()
+    srv = start_farm_server("--metrics", f"127.0.0.1:{port}")
+    held: list[socket.socket] = []
+    try:
+        hold_open(port, 32, held)
+        url = f"http://127.0.0.1:{port}/metrics"
+        for _ in range(3):
+            with urllib.request.urlopen(url, timeout=10) as reply:
+                assert b"farm_jobs_submitted_total" in reply.read()
+            hold_open(port, 1, held)  # the place it took, taken back at once
     finally:
         for s in held:
             s.close()
