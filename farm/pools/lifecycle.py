@@ -164,9 +164,9 @@ class Lifecycle:
         if proc.command:
             self.close_report(proc)  # its last output first: the end's log line quotes it
         slot.restarts += 1  # an end nobody asked for (a crash, a kill, a recycle): counted
-        self.exits[
-            proc.function, exit_cause(proc.kill_reason, status, boot_error=proc.boot_error)
-        ] += 1
+        in_job = proc.busy_since is not None
+        cause = exit_cause(proc.kill_reason, status, boot_error=proc.boot_error, in_job=in_job)
+        self.exits[proc.function, cause] += 1
         how, delay = slot.note_exit(proc, status, now)
         when = "now" if delay == 0 else f"in {delay:g}s"
         level = logging.INFO if "recycled" in how else logging.WARNING

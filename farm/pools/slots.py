@@ -85,13 +85,17 @@ Exits = Counter[tuple[str, str]]
 EXIT_CAUSES = ("crash", "boot_failure", "timeout", "recycle", "rss", "killed")
 
 
-def exit_cause(kill_reason: str, status: int, *, boot_error: str = "") -> str:
-    """Why a worker in a slot ended, as the label of farm_pool_restarts_total."""
+def exit_cause(kill_reason: str, status: int, *, boot_error: str = "", in_job: bool = False) -> str:
+    """Why a worker in a slot ended, as the label of farm_pool_restarts_total. ``in_job``:
+    it died with a job in hand, so a code other than RSS's was the job's (a call's
+    ``os._exit(3)``), a crash, not a boot failure or a recycle."""
     if boot_error:
         return "boot_failure"
     if kill_reason:
         return "timeout" if "timeout" in kill_reason else "killed"
     code = os.waitstatus_to_exitcode(status)
+    if in_job and code != EXIT_RSS_KILLED:
+        return "crash"
     causes = {EXIT_RECYCLE: "recycle", EXIT_RSS_KILLED: "rss", EXIT_BOOT_ERROR: "boot_failure"}
     return causes.get(code, "crash")
 
@@ -299,21 +303,25 @@ class Slot(RestartHistory):
             how, delay = f"failed to boot ({proc.boot_error})", self.failed(now, boot=True)
         elif proc.kill_reason:
             how, delay = f"{how} ({proc.kill_reason})", self.planned(now)
-        elif code == EXIT_RECYCLE:
-            how = f"was recycled ({proc.recycle_reason or 'limit reached'})"
-            delay = self.planned(now)
         elif code == EXIT_RSS_KILLED:
             # Not a crash: the worker failed its job (WORK_FAIL, no retry) and left on purpose.
             job = f"; job {proc.handle} failed" if proc.handle else ""
             how, delay = f"killed: RSS over kill_rss_mb{job}", self.planned(now)
-        elif code == EXIT_BOOT_ERROR:
-            how, delay = f"failed to boot ({how})", self.failed(now, boot=True)
         elif proc.busy_since is not None and self.job_crashes < FREE_JOB_CRASHES:
             # It served, then died in a job (os._exit, a segfault in an extension): the
             # job's doing, and a worker that booted once boots again. Backing off here let
-            # a few bad calls take a pool offline for minutes.
+            # a few bad calls take a pool offline for minutes. Checked before the codes
+            # below: the job's code chose this exit code (a call's os._exit(3) is no boot
+            # failure, os._exit(4) no recycle), the worker only exits 3 or 4 between jobs.
             self.job_crashes += 1
             how, delay = f"crashed in job {proc.handle}: {how}", self.planned(now)
+        elif proc.busy_since is not None:  # past them: a crash loop, backed off as one
+            how, delay = f"crashed: {how}", self.failed(now)
+        elif code == EXIT_RECYCLE:
+            how = f"was recycled ({proc.recycle_reason or 'limit reached'})"
+            delay = self.planned(now)
+        elif code == EXIT_BOOT_ERROR:
+            how, delay = f"failed to boot ({how})", self.failed(now, boot=True)
         else:
             how = f"stopped unasked ({how})" if code == EXIT_DRAINED else f"crashed: {how}"
             delay = self.failed(now)

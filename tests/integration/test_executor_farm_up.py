@@ -35,10 +35,12 @@ def test_executor_runs_on_the_supervised_pinned_pool(tmp_path: Path) -> None:
         assert up.stop() == 0
 
 
-def test_calls_that_kill_their_worker_leave_the_pool_serving(tmp_path: Path) -> None:
+@pytest.mark.parametrize("code", [1, 3])
+def test_calls_that_kill_their_worker_leave_the_pool_serving(tmp_path: Path, code: int) -> None:
     """A call that kills its worker (os._exit) is run job_retries times, each in a fresh
     worker; each death is the job's, so the slot restarts at once. Counted as crashes, a
-    few such calls marked both slots failing and stalled every caller for minutes."""
+    few such calls marked both slots failing and stalled every caller for minutes; exit
+    code 3 (the worker's own boot-failure code) was read as a boot failure and backed off."""
     key = tmp_path / "state" / "executor.key"
     up = FarmUp(tmp_path, FUNCTIONS, extra_env={"FARM_KEY_FILE": str(key)})
     try:
@@ -47,12 +49,12 @@ def test_calls_that_kill_their_worker_leave_the_pool_serving(tmp_path: Path) -> 
         with farm.Executor(servers=f"unix:{up.unix}", key_file=str(key)) as pool:
             for _ in range(4):  # one after another: each is its own job, run 3 times
                 with pytest.raises(farm.WorkerLost):
-                    pool.submit(os._exit, 1).result(timeout=60)
+                    pool.submit(os._exit, code).result(timeout=60)
             assert not up.workers("farm.python", "failing")
             assert pool.submit(abs, -3).result(timeout=30) == 3
         log = up.read_log()
         assert "crashed in job" in log and "restarting now" in log
-        assert "slot failing" not in log
+        assert "slot failing" not in log and "failed to boot" not in log
     finally:
         assert up.stop() == 0
 

@@ -14,6 +14,7 @@ from farm.pools.slots import (
     WorkerProcess,
     boot_delay,
     crash_delay,
+    exit_cause,
 )
 
 
@@ -82,3 +83,19 @@ def test_a_death_in_a_job_restarts_at_once_without_counting_as_a_failure() -> No
     assert how.startswith("crashed: ") and slot.failures == 1
     slot.note_exit(proc(started=0.0), status(1), now=100)  # a healthy run: free ones again
     assert slot.job_crashes == 0
+
+
+def test_a_job_that_exits_with_the_workers_own_codes_is_still_a_death_in_a_job() -> None:
+    """A call's os._exit(3) (or 4) ended a worker in a job: the exit code is the job's. Read as
+    the worker's boot failure it marked the slot failing and backed it off 2, 4, 8 ... s
+    per such call (both slots of a pool offline after a couple of them)."""
+    slot = Slot("f", 0, 0)
+    for code in (EXIT_BOOT_ERROR, EXIT_RECYCLE):
+        busy = proc()
+        busy.handle, busy.busy_since = "H:1", 100.0
+        how, delay = slot.note_exit(busy, status(code), now=101)
+        assert (how, delay) == (f"crashed in job H:1: exited with code {code}", 0), how
+        assert exit_cause("", status(code), in_job=True) == "crash"
+    assert slot.failures == 0 and not slot.failing
+    assert exit_cause("", status(EXIT_RSS_KILLED), in_job=True) == "rss"  # its own, mid-job
+    assert exit_cause("", status(EXIT_BOOT_ERROR)) == "boot_failure"  # between jobs: its own
