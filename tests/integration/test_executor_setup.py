@@ -271,6 +271,32 @@ def test_a_scripts_initializer_sets_the_globals_its_calls_read(shared: Farm) -> 
     ], done.stdout
 
 
+@pytest.mark.timeout(90)
+def test_a_scripts_globals_kept_by_a_call_outlive_its_executor_and_program(
+    tmp_path: Path,
+) -> None:
+    """docs/executor.md said a call's globals stay for the next calls "of the same function and
+    executor"; the worker keeps them by the function's bytes, so the next executor, even of the
+    next run of the script, counts on (a new ProcessPoolExecutor starts at 0)."""
+    one = '[functions."farm.python"]\ntarget = "farm.executor.call:run_call"\nworkers = 1\n'
+    script = """
+        SEEN = 0
+        def work():
+            global SEEN
+            SEEN += 1
+            return SEEN
+        for _ in range(2):
+            with ex(1) as pool:
+                print([pool.submit(work).result(timeout=30) for _ in range(2)])
+    """
+    with executor_farm(tmp_path, one, idle={"farm.python": 1}) as (up, key):
+        first = Farm(up, key).run_script(script)
+        second = Farm(up, key).run_script(script)
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert first.stdout.splitlines() == ["[1, 2]", "[3, 4]"], first.stdout
+    assert second.stdout.splitlines() == ["[5, 6]", "[7, 8]"], second.stdout
+
+
 @pytest.mark.timeout(60)
 def test_an_executor_for_a_function_no_worker_serves_says_so(
     shared: Farm, caplog: pytest.LogCaptureFixture
