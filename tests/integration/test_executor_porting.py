@@ -1,0 +1,56 @@
+"""What code ported from ProcessPoolExecutor meets: what the pool refuses to pickle and the
+farm takes (docs/executor.md, "What the pool refuses and the farm takes"), against `farm up`."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import farm
+from tests.helpers.calls import identity
+from tests.helpers.farmproc import executor_farm
+
+
+@pytest.fixture(scope="module")
+def ex(tmp_path_factory: pytest.TempPathFactory) -> Iterator[farm.Executor]:
+    with executor_farm(tmp_path_factory.mktemp("porting")) as (up, key):
+        pool = farm.Executor(servers=[f"unix:{up.unix}"], key_file=str(key))
+        yield pool
+        pool.shutdown()
+
+
+def local_things() -> tuple[Any, Any]:
+    class Local:
+        def __init__(self, v: int) -> None:
+            self.v = v
+
+    return (lambda: 7), Local(3)
+
+
+@pytest.mark.timeout(60)
+def test_local_functions_and_classes_travel_both_ways(ex: farm.Executor) -> None:
+    fn, obj = ex.submit(local_things).result(timeout=30)  # the pool: Can't pickle local object
+    assert fn() == 7 and obj.v == 3
+    assert ex.submit(identity, obj).result(timeout=30).v == 3
+
+
+@pytest.mark.timeout(60)
+def test_a_text_file_read_arrives_as_its_text_and_what_cloudpickle_refuses_fails(
+    ex: farm.Executor, tmp_path: Path
+) -> None:
+    text = tmp_path / "lines.txt"
+    text.write_text("one\ntwo\n")
+    with open(text) as f:
+        f.readline()
+        copy = ex.submit(identity, f).result(timeout=30)
+    assert isinstance(copy, io.StringIO) and copy.readline() == "two\n"
+    with open(text, "rb") as raw, socket.socket() as sock:
+        for refused in (raw, sock, threading.Lock(), (i for i in range(2))):
+            with pytest.raises(TypeError, match="cannot pickle"):
+                ex.submit(identity, refused).result(timeout=30)
