@@ -137,6 +137,12 @@ def wait_gate_and_raise(path: str) -> None:
     raise Exception("this is an exception")
 
 
+def wait_gate_then_tell(gate: str, path: str) -> str:
+    """Block at the gate, then say so (``tell``): a call that runs on after its caller left."""
+    wait_gate(gate)
+    return tell(path)
+
+
 def raise_runtime_error_123() -> None:
     raise RuntimeError(123)  # some comment
 

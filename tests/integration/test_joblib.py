@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from joblib import Parallel, delayed, parallel_config
 
 import farm.joblib
-from tests.helpers.calls import add, fails
+from tests.helpers.calls import add, fails, wait_gate_then_tell
 from tests.helpers.farmproc import executor_farm
+from tests.helpers.gate import Gate
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +53,22 @@ def test_a_tasks_exception_is_raised_as_joblib_does(farm_backend: dict[str, obje
     assert str(on_farm_err.value) == str(on_loky_err.value)
     # The backend is usable again after the abort.
     assert on_farm(farm_backend, 2, (delayed(add)(i) for i in range(5))) == list(range(5))
+
+
+@pytest.mark.timeout(60)
+def test_a_tasks_exception_leaves_the_tasks_already_sent_running(
+    farm_backend: dict[str, object], tmp_path: Path
+) -> None:
+    """docs/executor.md: where loky kills its workers on a task's exception, the farm's are
+    shared, so a task already sent runs to its end after Parallel has raised."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as told, Gate(tmp_path / "g") as gate:
+        told.bind(str(tmp_path / "told"))
+        told.settimeout(30)
+        work = [delayed(wait_gate_then_tell)(gate.path, str(tmp_path / "told")), delayed(fails)(3)]
+        with pytest.raises(ValueError, match="3"):
+            on_farm(farm_backend, 2, iter(work))
+        gate.open()  # only now may the first task end: Parallel raised while it ran
+        assert told.recv(16) == b"ran"
 
 
 @pytest.mark.timeout(60)
