@@ -57,6 +57,9 @@ class Worker(WorkerLinks):
     called with each Job after its answer is sent and may call ``stop()``; ``stop()``
     finishes the job in hand, sends RESET_ABILITIES so the servers hand this worker nothing
     more, and makes ``work()`` return; ``unregister_all()`` only stops taking jobs.
+
+    ``connect_timeout``: the longest a server may take to take a connection, and to answer
+    a grab (one that does not is hung: dropped, and connected again asleep).
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class Worker(WorkerLinks):
         self._servers: list[ServerLink] = []
         self._selector: selectors.BaseSelector | None = None
         self._grabbing: ServerLink | None = None
+        self._grab_deadline: float | None = None  # see WorkerLinks._mind_the_grab
         self._next = 0  # rotation, so no server's queue starves another's
         self._stopping = False
         self._drain_asked = False  # unregister_all() was called; the loop acts on it
@@ -197,6 +201,7 @@ class Worker(WorkerLinks):
                     break
                 if self._grabbing is None and not self._drained and not self._stopping:
                     self._grab()
+                self._mind_the_grab(now)  # before the select: it bounds its wait
                 for server in self._servers:
                     self._flush(server)
                 for key, _ in selector.select(self._sleep_for(now)):
@@ -218,7 +223,7 @@ class Worker(WorkerLinks):
                     self._close(server)
             selector.close()
             self._selector = None
-            self._grabbing = None
+            self._grabbing = self._grab_deadline = None
             self._stopping = False
             if signals_wake:
                 self._waker.release_signals()
@@ -261,8 +266,9 @@ class Worker(WorkerLinks):
             self._lost(server, f"broke the protocol: {exc}")
             return
         server.backoff = BACKOFF_FIRST  # it talks sense: a later loss retries at once
+        server.silent = False
         if self._grabbing is server and server.session.state is not _GRABBING:
-            self._grabbing = None
+            self._grabbing = self._grab_deadline = None
         self._flush(server)  # a JOB_ACCEPT leaves before its job runs
         for event in events:
             if type(event) is JobAssigned:

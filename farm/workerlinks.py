@@ -38,6 +38,7 @@ class ServerLink:
     backoff: float = BACKOFF_FIRST
     warned: bool = False
     dial: Dial | None = None  # a connect in its own thread (a worker of several servers)
+    silent: bool = False  # dropped for leaving a grab unanswered; not heard from since
 
 
 class WorkerLinks:
@@ -46,6 +47,7 @@ class WorkerLinks:
     _servers: list[ServerLink]
     _selector: selectors.BaseSelector | None
     _grabbing: ServerLink | None
+    _grab_deadline: float | None
     _stopping: bool
     _send_lock: threading.Lock
     connect_timeout: float
@@ -54,7 +56,31 @@ class WorkerLinks:
 
     def _sleep_for(self, now: float) -> float | None:
         waits = [s.retry_at - now for s in self._servers if s.sock is None and s.dial is None]
+        if self._grab_deadline is not None:
+            waits.append(self._grab_deadline - now)
         return max(0.0, min(waits)) if waits else None
+
+    def _mind_the_grab(self, now: float) -> None:
+        """Give up on a grab its server left unanswered past its deadline (the worker's
+        ``connect_timeout``): a hung or SIGSTOPped server, whose kernel still takes our
+        bytes, would hold the worker's one grab -- the other servers' jobs, and a
+        ``stop()`` -- for as long as it hangs. Its connection is dropped (a job it assigns
+        on waking goes back to its queue, as for any worker gone) and made again asleep.
+
+        The deadline runs while a worker of several servers grabs (a live server answers
+        a grab at once: NO_JOB or a job; no grab is held there), and from ``stop()`` on
+        (the answer to RESET_ABILITIES that ends a held grab)."""
+        server = self._grabbing
+        if server is None:
+            self._grab_deadline = None
+            return
+        if self._grab_deadline is None:
+            if not (self._stopping or len(self._servers) > 1):
+                return
+            self._grab_deadline = now + self.connect_timeout
+        if now >= self._grab_deadline:
+            server.silent = True
+            self._lost(server, f"did not answer a grab within {self.connect_timeout:g}s")
 
     def _reconnect_due(self, now: float) -> None:
         selector = self._selector
@@ -91,7 +117,7 @@ class WorkerLinks:
                 log.info("job server %s is back", server.addr)
             server.sock, server.warned = sock, False  # backoff resets once it talks sense
             selector.register(sock, selectors.EVENT_READ, server)  # before anything may raise
-            server.session.connected()
+            server.session.connected(asleep=server.silent)
 
     def _flush(self, server: ServerLink) -> None:
         with self._send_lock:
@@ -119,6 +145,6 @@ class WorkerLinks:
         self._close(server)
         server.session.connection_lost()
         if self._grabbing is server:
-            self._grabbing = None
+            self._grabbing = self._grab_deadline = None
         server.retry_at = time.monotonic() + server.backoff
         server.backoff = min(server.backoff * 2, BACKOFF_CAP)

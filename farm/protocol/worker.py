@@ -121,8 +121,12 @@ class WorkerSession:
         self._out.clear()
         return out
 
-    def connected(self) -> None:
-        """A fresh connection: identify, register every function, be ready to grab."""
+    def connected(self, *, asleep: bool = False) -> None:
+        """A fresh connection: identify, register every function, be ready to grab.
+
+        ``asleep``: go to sleep (PRE_SLEEP) instead, to grab once the server wakes us -- it
+        does at once when a job waits -- for a server that left our last grab unanswered
+        (hung): a grab sent into it would hold the worker again."""
         self._decoder = Decoder(allow_admin=False)
         self._out.clear()
         self.handle = self._handle = None
@@ -137,6 +141,9 @@ class WorkerSession:
         for name, timeout in self.abilities.items():
             self._out += self._can_do(name, timeout)
         self.state = WorkerState.READY
+        if asleep:
+            self._out += _PRE_SLEEP
+            self.state = WorkerState.SLEEPING
 
     @staticmethod
     def _can_do(name: str, timeout: float | None) -> bytes:

@@ -38,6 +38,20 @@ def test_grab_no_job_sleeps_and_noop_wakes() -> None:
     assert w.state is WorkerState.READY and w.data_to_send() == b""
 
 
+def test_a_connection_made_asleep_registers_then_waits_for_a_noop() -> None:
+    # Made again to a server that left a grab unanswered (hung): no grab goes into it.
+    w = WorkerSession({"f": None})
+    w.connected(asleep=True)
+    assert sent(w) == [
+        (PT.OPTION_REQ, (b"work-exception",)),
+        (PT.CAN_DO, (b"f",)),
+        (PT.PRE_SLEEP, ()),
+    ]
+    assert w.state is WorkerState.SLEEPING
+    w.receive(encode_res(PT.NOOP))
+    assert w.state is WorkerState.READY
+
+
 def test_assignment_progress_and_completion() -> None:
     w = WorkerSession({"f": None})
     w.connected()
