@@ -24,7 +24,8 @@ ServerOpt = Annotated[
         "--server",
         "-s",
         metavar="ADDRESS",
-        help=f"Job server HOST[:PORT], [IPv6]:PORT or unix:PATH; repeat for several. "
+        help=f"Job server HOST[:PORT], [IPv6]:PORT or unix:PATH; repeat, or separate with"
+        f" commas, for several. "
         f"{SERVER_DEFAULT_HELP}",
     ),
 ]
@@ -194,10 +195,11 @@ def submit(
 
 def _servers(server: list[str] | None, config: Path | None) -> list[str]:
     """``--server`` in normal form (a bad one: exit 2), else the config's farm, else the
-    library's own default (farm.discovery): a bad $FARM_SERVERS is named."""
+    library's own default (farm.discovery): a bad $FARM_SERVERS is named. Each ``--server``
+    may list several, comma-separated, as farm.Client's string and $FARM_SERVERS do."""
     try:
         if server:
-            return parse_servers(server)
+            return parse_servers(",".join(server))
         return parse_servers(client_servers(config))
     except ConfigError as exc:
         fail(str(exc), 2)
