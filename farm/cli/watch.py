@@ -123,22 +123,30 @@ def follow_stop(path: str, wait: float) -> None:
     fail(f"supervisor {pid} is still draining after {wait:g}s", 1)
 
 
-def warn_if_unserved(address: str, function: str) -> threading.Timer:
+def warn_if_unserved(addresses: Sequence[str], function: str) -> threading.Timer:
     """After NO_WORKER_AFTER seconds, say on stderr when no worker has registered
-    ``function`` (the job would wait silently); the caller cancels it when the job ends."""
+    ``function`` at any of ``addresses`` that answers (the job would wait silently); the
+    caller cancels it when the job ends. Which of several servers took the job is the
+    client's choice (a key's server, rotation, failover): where one has a worker the job
+    may well run there, and a hint naming another would be false."""
 
     def check() -> None:
         from farm.client.admin import admin_query
         from farm.protocol.admin import parse_status
 
-        try:
-            rows = parse_status(admin_query(address, "status"))
-        except Exception:  # only a hint: a server that cannot say leaves the job waiting
-            return
-        if not any(r.function == function and r.workers for r in rows):
+        unserved = []
+        for address in addresses:
+            try:
+                rows = parse_status(admin_query(address, "status"))
+            except Exception:  # only a hint: a server that cannot say is left out of it
+                continue
+            if any(r.function == function and r.workers for r in rows):
+                return
+            unserved.append(address)
+        if unserved:
             typer.echo(
-                f"farm: no worker has registered {function!r} at {address}; the job waits"
-                " until one does (Ctrl-C or --timeout to give up)",
+                f"farm: no worker has registered {function!r} at {' or '.join(unserved)};"
+                " the job waits until one does (Ctrl-C or --timeout to give up)",
                 err=True,
             )
 
