@@ -215,6 +215,7 @@ class Client:
             submit=self._wire.submit,
             pump=lambda until: self._wire.pump(until, self._deadline(self.timeout)),
             abandon=self.abandon,
+            silent=lambda task: self._wire.picker.mark_down(task.server or ""),
             timeout=self.timeout,
             limit=max_in_flight,
             ordered=ordered,

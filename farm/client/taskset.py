@@ -38,6 +38,7 @@ def task_set(
     submit: Callable[[Task[TaskListener]], None],
     pump: Callable[[Callable[[], bool]], bool],
     abandon: Callable[[Task[TaskListener]], None],
+    silent: Callable[[Task[TaskListener]], None],
     timeout: float | None,
     limit: int,
     ordered: bool,
@@ -45,7 +46,8 @@ def task_set(
 ) -> Iterator[bytes]:
     """Submit through ``submit``, read through ``pump(until)`` (False: ``timeout`` ran out,
     and Timeout is raised); yield each result. Tasks still in flight when it ends early are
-    given up through ``abandon``."""
+    given up through ``abandon``; at a Timeout, those not even created are first handed to
+    ``silent`` (their server did not answer: the client tries it last for a while)."""
     ended = _Ended()
     index_of: dict[Task[TaskListener], int] = {}
     in_flight = 0
@@ -70,7 +72,12 @@ def task_set(
             if not in_flight:
                 return
             if not pump(lambda: bool(ended.tasks)):
-                raise Timeout(f"map of {function}: no job ended within {timeout}s")
+                unmade = [t for t in index_of if t.handle is None]
+                for task in unmade:
+                    silent(task)
+                quiet = sorted({t.server for t in unmade if t.server})
+                said = f" ({', '.join(quiet)} did not even create its jobs)" if quiet else ""
+                raise Timeout(f"map of {function}: no job ended within {timeout}s{said}")
             while ended.tasks:
                 task = ended.tasks.popleft()
                 in_flight -= 1

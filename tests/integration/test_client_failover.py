@@ -155,6 +155,20 @@ def test_a_server_that_stopped_answering_is_tried_last_after_one_timeout(two_ser
             os.kill(b.proc.pid, signal.SIGCONT)
 
 
+def test_a_map_timed_out_on_a_hung_server_tries_it_last_for_a_while(two_servers) -> None:
+    # A call timed out on a hung server tried it last for a while, a map did not: every
+    # map sent half its jobs there again, and timed out again, naming no server.
+    a, b = two_servers
+    with farm.Client([a.addr, b.addr], timeout=1) as c, serving([b.addr], {"reverse": reverse}):
+        stop_process(a.proc.pid)
+        try:
+            with pytest.raises(farm.Timeout, match=f"{a.addr} did not even create its jobs"):
+                list(c.map("reverse", [b"ab", b"cd"]))
+            assert list(c.map("reverse", [b"ef", b"gh"])) == [b"fe", b"hg"]
+        finally:
+            os.kill(a.proc.pid, signal.SIGCONT)
+
+
 def test_status_unique_asks_on_when_its_keys_server_does_not_know_it(two_servers) -> None:
     # A job goes to another server when its key's own is down; once that one is back,
     # status_unique took its "unknown" for an answer.
