@@ -102,8 +102,13 @@ class AsyncClient(AsyncLinks):
         waiter.on_status, waiter.on_data, waiter.on_warning = on_status, on_data, on_warning
         try:
             return await self.wait(task, timeout)
-        except (Timeout, asyncio.CancelledError):  # wait_for() around us cancels, too
+        except Timeout:
+            if task.handle is None:  # not even JOB_CREATED: a silent server, tried last a while
+                self._picker.mark_down(task.server or "")
             self.abandon(task)  # the caller gave up: its result and news are dropped
+            raise
+        except asyncio.CancelledError:  # wait_for() around us: the caller's choice, not ours
+            self.abandon(task)
             raise
 
     async def submit(

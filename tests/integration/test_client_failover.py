@@ -169,6 +169,27 @@ def test_a_map_timed_out_on_a_hung_server_tries_it_last_for_a_while(two_servers)
             os.kill(a.proc.pid, signal.SIGCONT)
 
 
+def test_async_calls_timed_out_on_a_hung_server_try_it_last_for_a_while(two_servers) -> None:
+    # farm.Client's rule (above); AsyncClient sent every other job to the hung server.
+    import asyncio
+
+    a, b = two_servers
+
+    async def main() -> list[bytes]:
+        async with farm.AsyncClient([a.addr, b.addr]) as client:
+            calls = [client.call("reverse", b"%d" % i, timeout=1) for i in range(2)]
+            first = await asyncio.gather(*calls, return_exceptions=True)
+            assert sum(isinstance(r, farm.Timeout) for r in first) == 1, first
+            return [await client.call("reverse", b"x%d" % i, timeout=1) for i in range(4)]
+
+    with serving([b.addr], {"reverse": reverse}):
+        stop_process(a.proc.pid)
+        try:
+            assert asyncio.run(main()) == [b"0x", b"1x", b"2x", b"3x"]
+        finally:
+            os.kill(a.proc.pid, signal.SIGCONT)
+
+
 def test_status_unique_asks_on_when_its_keys_server_does_not_know_it(two_servers) -> None:
     # A job goes to another server when its key's own is down; once that one is back,
     # status_unique took its "unknown" for an answer.
