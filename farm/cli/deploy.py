@@ -69,6 +69,14 @@ def follow_restart(reply: dict[str, Any], status: Callable[[], dict[str, Any]]) 
         typer.echo()
     for problem in reply.get("failed", []):
         typer.echo(f"farm: {problem}", err=True)
+    for name, count in reply.get("unseen", {}).items():
+        # An empty slot (backing off after crashes) counts as replaced: its next process
+        # runs the new code. Whether that one serves is not known yet: say so.
+        typer.echo(
+            f"farm: {name}: {count} slot(s) had no serving process (empty after crashes, or"
+            " starting): not seen serving the new code (farm ps shows whether they do)",
+            err=True,
+        )
     if reply.get("failed"):
         fail(f"restart incomplete after {reply.get('seconds', 0):g}s", 1)
     typer.echo(f"restarted in {reply.get('seconds', 0):g}s")

@@ -56,6 +56,9 @@ class Rollout:
     queue: dict[str, list[int]]  # pool -> slot indices not started yet, in order
     total: dict[str, int]
     replaced: Counter[str] = field(default_factory=Counter)
+    # Of them, slots that had no serving process (a crash loop's backoff): their next start
+    # runs the new code, but nobody saw it serve (`farm restart` says so).
+    unseen: Counter[str] = field(default_factory=Counter)
     in_flight: dict[str, set[int]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # pool -> why its rollout stopped
     # A reload's pools: what their running workers ran, to go back to if the new fails.
@@ -75,6 +78,7 @@ class Rollout:
             "done": self.done,
             "total": self.total,
             "replaced": {name: self.replaced[name] for name in self.total},
+            "unseen": {name: self.unseen[name] for name in self.total if self.unseen[name]},
             "failed": list(self.failed.values()),
             "seconds": round(end - self.started, 2),
         }
@@ -226,6 +230,7 @@ class Restarting:
                     slot.proc = None
                 slot.next_start = min(slot.next_start, now)
                 ro.replaced[name] += 1
+                ro.unseen[name] += 1
                 continue
             heir = self.start_process(slot, pool)
             if heir is None:

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
+from farm.cli.deploy import follow_restart
 from farm.config.model import FunctionConfig
 from farm.pools.rollout import Restarting
 from farm.pools.slots import ProcState, Slot, WorkerProcess
@@ -115,3 +118,26 @@ def test_a_slot_scaled_away_during_a_restart_is_not_counted_as_left_out() -> Non
     assert farm.rollout is not None
     report = farm.rollout.report()
     assert report["done"] and report["total"] == {"rev": 2} and report["replaced"] == {"rev": 2}
+
+
+def test_an_empty_slot_counts_as_replaced_and_the_restart_says_it_was_not_seen(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A crash-looping pool's slot backs off with no process: `farm restart` said "1/1
+    # replaced", exit 0, as if the new code were seen serving; its next start runs it, and
+    # nobody knows yet whether that one serves.
+    p = pool("rev", "m:A", 2)
+    farm = Farm(rev=p)
+    farm.slots["rev"][1].proc = None  # backing off after crashes
+    farm.start_restart({"rev": None})
+    for _ in range(10):
+        farm.advance_restarts()
+        for slot in farm.slots["rev"]:
+            if slot.successor is not None:
+                slot.successor.state = ProcState.IDLE
+    assert farm.rollout is not None
+    report = farm.rollout.report()
+    assert report["done"] and report["replaced"] == {"rev": 2} and report["unseen"] == {"rev": 1}
+    follow_restart(report, lambda: report)
+    err = capsys.readouterr().err
+    assert "rev: 1 slot(s) had no serving process" in err and "farm ps" in err
