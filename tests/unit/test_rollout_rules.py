@@ -75,6 +75,17 @@ class Farm(Restarting):
         return changed
 
 
+def rolled_out(farm: Farm, name: str) -> dict[str, Any]:
+    """Advance the restart, each successor serving as soon as it starts; its report."""
+    for _ in range(10):
+        farm.advance_restarts()
+        for slot in farm.slots[name]:
+            if slot.successor is not None:
+                slot.successor.state = ProcState.IDLE
+    assert farm.rollout is not None
+    return farm.rollout.report()
+
+
 def test_a_failed_reload_goes_back_to_what_runs_not_to_an_older_target() -> None:
     # X: A -> B (done) while Y's rollout goes on, then X: B -> C, which does not boot.
     farm = Farm(X=pool("X", "m:A"), Y=pool("Y", "m:P", 2))
@@ -110,13 +121,7 @@ def test_a_slot_scaled_away_during_a_restart_is_not_counted_as_left_out() -> Non
     farm = Farm(rev=p)
     farm.start_restart({"rev": None})
     farm.slots["rev"].pop()  # manage_workers applying the new count, before its turn
-    for _ in range(10):
-        farm.advance_restarts()
-        for slot in farm.slots["rev"]:
-            if slot.successor is not None:
-                slot.successor.state = ProcState.IDLE
-    assert farm.rollout is not None
-    report = farm.rollout.report()
+    report = rolled_out(farm, "rev")
     assert report["done"] and report["total"] == {"rev": 2} and report["replaced"] == {"rev": 2}
 
 
@@ -130,13 +135,7 @@ def test_an_empty_slot_counts_as_replaced_and_the_restart_says_it_was_not_seen(
     farm = Farm(rev=p)
     farm.slots["rev"][1].proc = None  # backing off after crashes
     farm.start_restart({"rev": None})
-    for _ in range(10):
-        farm.advance_restarts()
-        for slot in farm.slots["rev"]:
-            if slot.successor is not None:
-                slot.successor.state = ProcState.IDLE
-    assert farm.rollout is not None
-    report = farm.rollout.report()
+    report = rolled_out(farm, "rev")
     assert report["done"] and report["replaced"] == {"rev": 2} and report["unseen"] == {"rev": 1}
     follow_restart(report, lambda: report)
     err = capsys.readouterr().err
