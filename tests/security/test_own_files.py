@@ -20,6 +20,21 @@ from tests.helpers.servers import free_port
 NOBODY = 65534
 
 
+def planted(tmp_path: Path, name: str, text: str = "") -> Path:
+    """A file open to all that another user (nobody) made first in a directory everyone
+    may write (a sticky one, as /tmp). Needs root, as CI runs."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to make a file of a second local user (CI runs as root)")
+    shared = tmp_path / "tmp"
+    shared.mkdir(exist_ok=True)
+    os.chmod(shared, 0o1777)
+    path = shared / name
+    path.write_text(text)
+    os.chmod(path, 0o666)
+    os.chown(path, NOBODY, NOBODY)
+    return path
+
+
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -57,18 +72,11 @@ def test_a_store_or_wal_another_user_made_first_is_refused(tmp_path: Path) -> No
     # A store path in /tmp: another user made the file (or its WAL) first, open to all. The
     # server (as root) closed it to mode 600 and wrote the jobs into it, but it stayed that
     # user's: a chmod back and they read every payload.
-    if os.getuid() != 0:
-        pytest.skip("needs root to make a file of a second local user (CI runs as root)")
-    shared = tmp_path / "tmp"
-    shared.mkdir()
-    os.chmod(shared, 0o1777)
-    for planted in (shared / "a.db", shared / "b.db-wal"):
-        planted.touch()
-        os.chmod(planted, 0o666)
-        os.chown(planted, NOBODY, NOBODY)
+    for name in ("a.db", "b.db-wal"):
+        theirs = planted(tmp_path, name)
         with pytest.raises(StoreError, match=f"belongs to uid {NOBODY}"):
-            SQLiteStore(shared / planted.name.removesuffix("-wal"))
-        assert planted.read_bytes() == b""
+            SQLiteStore(theirs.with_name(name.removesuffix("-wal")))
+        assert theirs.read_bytes() == b""
 
 
 def test_the_server_refuses_a_link_at_its_pid_file(tmp_path: Path) -> None:
@@ -124,20 +132,12 @@ def test_a_pid_or_log_file_another_user_made_first_is_refused(tmp_path: Path) ->
     # In a directory everyone may write (/tmp), another user made the files first, open to
     # all: the server (as root) wrote its pid and its log into them, so that user read the
     # log, and rewrote the pid for root's logrotate (`kill -HUP $(cat pidfile)`) to signal.
-    if os.getuid() != 0:
-        pytest.skip("needs root to make a file of a second local user (CI runs as root)")
-    shared = tmp_path / "tmp"
-    shared.mkdir()
-    os.chmod(shared, 0o1777)
     for name, flag in (("farm.pid", "-P"), ("farm.log", "--log-file")):
-        planted = shared / name
-        planted.write_text("theirs\n")
-        os.chmod(planted, 0o666)
-        os.chown(planted, NOBODY, NOBODY)
-        run = _server_with(flag, str(planted))
+        theirs = planted(tmp_path, name, "theirs\n")
+        run = _server_with(flag, str(theirs))
         assert run.returncode == 2, run.stderr
         assert f"belongs to uid {NOBODY}" in run.stderr, run.stderr
-        assert planted.read_text() == "theirs\n"
+        assert theirs.read_text() == "theirs\n"
 
 
 def test_a_hard_link_at_the_pid_or_log_path_is_refused(tmp_path: Path) -> None:
