@@ -19,7 +19,6 @@ __all__ = [
     "SubmitKind",
     "SUBMIT_KINDS",
     "submit_packet",
-    "priority_named",
 ]
 
 
@@ -60,15 +59,6 @@ SUBMIT_KINDS: dict[PacketType, SubmitKind] = {
 }
 
 _PACKET_FOR: dict[SubmitKind, PacketType] = {kind: ptype for ptype, kind in SUBMIT_KINDS.items()}
-
-
-def priority_named(name: str) -> Priority:
-    """``"high"`` → Priority.HIGH; ValueError naming the choices for anything else."""
-    try:
-        return Priority[name.upper()]
-    except (KeyError, AttributeError):
-        choices = ", ".join(PRIORITY_NAMES)
-        raise ValueError(f"priority must be one of {choices}, not {name!r}") from None
 
 
 def submit_packet(priority: Priority, *, background: bool) -> PacketType:
