@@ -2,8 +2,9 @@
 
 A job with a unique key always starts at the same server (so retries and
 joiners meet the same queue); others rotate, past a server that is not taking
-our bytes (``busy``). A server that refused or dropped a connection is tried
-last for ``DOWN_FOR`` seconds.
+our bytes (``busy``). A server that refused or dropped a connection, or left a
+request unanswered for its caller's timeout (``mark_down``), is tried last for
+``DOWN_FOR`` seconds.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Collection
 
 __all__ = ["DOWN_FOR", "ServerPicker"]
 
-#: A server that refused a connection is tried last for this long (seconds).
+#: A server marked down (refused, dropped, or did not answer) is tried last for this long (s).
 DOWN_FOR = 2.0
 
 
@@ -46,7 +47,7 @@ class ServerPicker:
         order = [a for a in servers[start:] + servers[:start] if a != exclude]
         now = time.monotonic()
 
-        def rank(addr: str) -> int:  # live, then busy, then down (a connect failed lately)
+        def rank(addr: str) -> int:  # live, then busy, then down (marked lately)
             return 2 if self._down_until.get(addr, 0) > now else int(addr in busy)
 
         return sorted(order, key=rank)  # stable: the rotation holds within each rank
