@@ -1,6 +1,7 @@
 """The blocking worker's links to its job servers: connecting (a worker of several servers
 connects in a thread per attempt, so that a server that does not answer holds no jobs of
-the others), writing, and what a lost server means. A mixin of ``farm.worker.Worker``,
+the others), writing, a grab left unanswered (``_mind_the_grab``), and what a lost server
+means. A mixin of ``farm.worker.Worker``,
 which owns the selector, the job in hand and the loop."""
 
 from __future__ import annotations

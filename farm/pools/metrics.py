@@ -168,7 +168,8 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
     prometheus_client's own server gives every connection a thread with no timeout, so
     idle connections (from any local user) would pile up threads in the supervisor; this
     one serves at most MAX_SCRAPES at once, drops a client silent for SCRAPE_TIMEOUT, and
-    lets a new connection take the place of the oldest slow one when it is full."""
+    when it is full lets a new connection take the place of the oldest one still sending
+    its request, else of the oldest one older than EVICT_AFTER (see MAX_SCRAPES)."""
     import socket
     import threading
     import time

@@ -206,7 +206,7 @@ async def serve_http(hub: Hub, host: str, port: int) -> asyncio.AbstractServer:
     where they change, so no lock is needed), one request per connection, at most
     MAX_SCRAPERS connections at once: any local user can reach the port, and connections
     held open there took the descriptors kept for the Unix socket's callers. A user who
-    keeps them all open must not keep Prometheus out either: see EVICT_AFTER."""
+    keeps them all open must not keep Prometheus out either: see MAX_SCRAPERS."""
     # Open connections and when each came, oldest first (dicts keep their order), and
     # those of them whose request has not all come yet.
     open_now: dict[asyncio.WriteTransport, float] = {}
