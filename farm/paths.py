@@ -1,4 +1,6 @@
-"""Where farm keeps state when nothing else is said: one rule for the store, the key, …"""
+"""Where farm keeps state when nothing else is said: one rule for the store, the key, …,
+and the checks that a directory or file farm writes there is its own (``private_dir``,
+``open_own_file``, ``check_own_file``)."""
 
 from __future__ import annotations
 
