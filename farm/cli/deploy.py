@@ -43,8 +43,8 @@ def restart(
 
 
 def follow_restart(reply: dict[str, Any], status: Callable[[], dict[str, Any]]) -> None:
-    """Print "reverse: 7/16 replaced" as it changes until the restart ends; exit 1 if a
-    replacement failed."""
+    """Print "reverse: 7/16 replaced" as it changes until the restart ends, then the slots
+    counted as replaced that no one saw serve the new code; exit 1 if a replacement failed."""
     number = reply.get("restart")
     tty = sys.stdout.isatty()
     shown = ""

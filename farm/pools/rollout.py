@@ -56,8 +56,9 @@ class Rollout:
     queue: dict[str, list[int]]  # pool -> slot indices not started yet, in order
     total: dict[str, int]
     replaced: Counter[str] = field(default_factory=Counter)
-    # Of them, slots that had no serving process (a crash loop's backoff): their next start
-    # runs the new code, but nobody saw it serve (`farm restart` says so).
+    # Of them, slots that had no serving process (empty in a crash loop's backoff, or one
+    # still starting): their next or new process runs the new code, but nobody saw it serve
+    # (`farm restart` says so).
     unseen: Counter[str] = field(default_factory=Counter)
     in_flight: dict[str, set[int]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # pool -> why its rollout stopped
