@@ -4,12 +4,13 @@ Each server connection is an ``asyncio.Protocol`` that feeds received bytes to
 a ``farm.protocol.client.ClientSession`` (the same bookkeeping as the blocking
 ``farm.Client``) and turns its events into futures and stream queues::
 
-    call()/submit()/stream() ── session.submit(task) ──► one write per loop turn
+    call()/submit()/stream() ── session.submit(task) ──► written at the loop turn's end
     data_received ── session.receive(bytes) ──► JobCreated / JobProgress / JobData /
                                                 JobWarning / JobEnded → the task's waiter
 
 Requests of every coroutine share the connection; what they send in one loop
-turn leaves in one ``transport.write``.
+turn leaves together at its end, in writes of up to ``WRITE_CHUNK`` whole requests
+while the transport takes them (farm.client.aioconn: flow control).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 ``ClientSession``, and the ``Waiter`` coroutines wait on for each task.
 
 The protocol feeds received bytes to the session, settles each task's waiter from the
-session's events, answers queries, and writes once per loop turn; farm.client.aio
+session's events, answers queries, and flushes once per loop turn; farm.client.aio
 decides which server a task goes to and what happens when one goes away.
 
 Flow control: while the transport says its buffer is past its high-water mark
