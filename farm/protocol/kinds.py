@@ -1,9 +1,10 @@
 """Submit kinds and priorities: one table that the client and the server both read.
 
 Gearman spells a job's priority and whether anyone waits for it in the packet
-type (SUBMIT_JOB_HIGH_BG and so on). The client turns (priority, background)
-into a packet type here, and the server turns the packet type back here, so
-the two can never disagree.
+type (SUBMIT_JOB_HIGH_BG and so on). The client session turns (priority,
+background) into a packet type by this table (its ``_SUBMIT`` is derived from
+it), and the server turns the packet type back here, so the two can never
+disagree.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ __all__ = [
     "PRIORITY_NAMES",
     "SubmitKind",
     "SUBMIT_KINDS",
-    "submit_packet",
 ]
 
 
@@ -57,10 +57,3 @@ SUBMIT_KINDS: dict[PacketType, SubmitKind] = {
     PacketType.SUBMIT_JOB_BG: SubmitKind(Priority.NORMAL, background=True),
     PacketType.SUBMIT_JOB_LOW_BG: SubmitKind(Priority.LOW, background=True),
 }
-
-_PACKET_FOR: dict[SubmitKind, PacketType] = {kind: ptype for ptype, kind in SUBMIT_KINDS.items()}
-
-
-def submit_packet(priority: Priority, *, background: bool) -> PacketType:
-    """The packet that submits a job of this priority, in the background or not."""
-    return _PACKET_FOR[SubmitKind(priority, background)]
