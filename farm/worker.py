@@ -59,7 +59,8 @@ class Worker(WorkerLinks):
     more, and makes ``work()`` return; ``unregister_all()`` only stops taking jobs.
 
     ``connect_timeout``: the longest a server may take to take a connection, and to answer
-    a grab (one that does not is hung: dropped, and connected again asleep).
+    a grab for a worker of several servers or one stopping (one that does not is hung:
+    dropped, and connected again asleep; a lone server's held grab waits by design).
     """
 
     def __init__(
