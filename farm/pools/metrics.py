@@ -200,8 +200,9 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
 
         def process_request(self, request: Any, client_address: Any) -> None:
             if not self.slots.acquire(blocking=False):
-                # Full: a scrape takes a second at most, so the oldest slow one is a client
-                # holding its place (one byte every few seconds beats any read timeout).
+                # Full: make room (evict_oldest: one still sending its request, else one
+                # over EVICT_AFTER, as a scrape takes a second at most; one byte every few
+                # seconds beats any read timeout).
                 self.evict_oldest()
                 if not self.slots.acquire(timeout=0.25):  # the evicted one ends in ms
                     self.shutdown_request(request)
