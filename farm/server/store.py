@@ -219,11 +219,16 @@ class SQLiteStore:
 
     def _make_reserve(self) -> None:
         """Hold up to RESERVE_BYTES of disk, best effort: none on a disk with too little free
-        (taking it back must not fill the disk again at once) or a system without fallocate."""
+        (taking it back must not fill the disk again at once; one already there is still held)
+        or a system without fallocate."""
         try:
             disk = os.statvfs(Path(self.path).parent)
             size = min(RESERVE_BYTES, disk.f_blocks * disk.f_frsize // 100)
-            if size <= 0 or disk.f_bavail * disk.f_frsize < 4 * size:
+            # A reserve left by the last run is held even when the disk is too full to grow
+            # it: a server started on a full disk needs its room most.
+            if size <= 0 or (
+                disk.f_bavail * disk.f_frsize < 4 * size and not os.path.exists(self.reserve)
+            ):
                 return
             if self._reserve_fd < 0:
                 fd = os.open(
@@ -235,6 +240,8 @@ class SQLiteStore:
                     log.warning("%s is not a file of this user's; no disk reserve", self.reserve)
                     return
                 self._reserve_fd = fd
+            if disk.f_bavail * disk.f_frsize < 4 * size:
+                return  # taking more back must not fill the disk again at once
             os.posix_fallocate(self._reserve_fd, 0, size)
         except (OSError, AttributeError) as exc:  # AttributeError: no posix_fallocate here
             log.debug("no disk reserve beside the job store: %s", exc)

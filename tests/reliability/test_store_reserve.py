@@ -1,0 +1,80 @@
+"""The disk reserve kept from an earlier run is used when the disk is already full at start.
+
+Found in a review: the server stopped with its STORE-reserve held, the disk then filled,
+and the server started again. It did not open the reserve (too little free to make one),
+so when the deletes of the jobs it replayed and ran failed it had nothing to give back:
+every one of them ran again at the next start.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from farm.protocol import PacketType as T
+from tests.helpers.peers import Peer
+from tests.helpers.servers import free_port, start_with_store
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 32 MB tmpfs (its reserve: 1%, about 330 kB) that the test fills."""
+    disk = tmp_path / "small"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs (CI runs as root)")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def run_all(addr: str) -> list[bytes]:
+    """Grab and complete every job of function f; the uniques, once the deletes are in."""
+    worker = Peer(addr)
+    worker.send(T.CAN_DO, "f")
+    ran = []
+    while True:
+        worker.send(T.GRAB_JOB_UNIQ)
+        pkt = worker.recv()
+        if pkt.type == T.NO_JOB:
+            break
+        ran.append(pkt.args[2])
+        worker.send(T.WORK_COMPLETE, pkt.args[0], b"")
+    worker.send(T.ECHO_REQ, b"x")  # answered after the turn's commit of the deletes
+    worker.expect(T.ECHO_RES)
+    return ran
+
+
+def test_a_reserve_left_by_the_last_run_frees_room_for_deletes(small_disk: Path) -> None:
+    db, port = small_disk / "q.db", free_port()
+    srv = start_with_store(db, port)
+    client = Peer(srv.addr)
+    for i in range(5):
+        client.send(T.SUBMIT_JOB_BG, "f", f"job-{i}", b"x" * 3000)
+        assert client.recv().type == T.JOB_CREATED
+    srv.stop()
+    assert (small_disk / "q.db-reserve").stat().st_size > 0
+    room = os.statvfs(small_disk)
+    (small_disk / "filler").write_bytes(b"\0" * (room.f_bavail * room.f_frsize))
+    srv = start_with_store(db, port)
+    try:
+        assert len(run_all(srv.addr)) == 5
+    finally:
+        srv.stop()
+    srv = start_with_store(db, port)
+    try:
+        assert run_all(srv.addr) == [], "finished jobs ran again"
+    finally:
+        srv.stop()
