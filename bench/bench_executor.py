@@ -1,7 +1,7 @@
 """farm.Executor on a real `farm up`, against the process pools, the same workloads in one run.
 
-    python -m bench.bench_executor [--quick] [--workers N] [--hogs 2 | --skip-hogs]
-                                   [--only farm] [--tcp]
+    python -m bench.bench_executor [--quick | --scale K] [--workers N] [--hogs 2 | --skip-hogs]
+                                   [--only farm] [--tcp] [--rounds 5]
 
 The farm is the deployment users run: ``farm up -c tmp/farm.toml``, started by
 ``tests.helpers.farmproc.FarmUp`` as in bench_supervisor. Its config sets only
@@ -21,10 +21,10 @@ not installed) and ``multiprocessing.Pool(N)`` (``pool.map(fn, args, chunksize)`
 single calls as ``apply_async(fn, (x,)).get()``). Each is warmed up with 200
 tiny calls before its workloads.
 
-Workloads (``--quick`` divides the counts by 4): 20,000 tiny calls with
-chunksize 1, ten maps of 20,000 tiny calls with chunksize 500 in a row (one
-takes about 8 ms, a scheduler tick or two), 2,000 calls of 1 ms CPU and 200 of
-20 ms CPU (chunksize 1), all through ``map``; then 1,000 single
+Workloads (``--quick`` divides the counts by 4, ``--scale K`` multiplies those of
+the maps): 20,000 tiny calls with chunksize 1, ten maps of 20,000 tiny calls with
+chunksize 500 in a row (one takes about 8 ms, a scheduler tick or two), 2,000 calls
+of 1 ms CPU and 200 of 20 ms CPU (chunksize 1), all through ``map``; then 1,000 single
 ``submit(tiny).result()`` calls after 100 warm-up calls, for p50/p99 latency.
 The functions are this module's, imported as ``bench.bench_executor``, so they
 travel by name as in real programs. "Ideal" is N workers doing nothing but the
@@ -146,9 +146,10 @@ class Workload:
         return None if self.ideal_per_worker is None else workers * self.ideal_per_worker
 
 
-def workloads(scale: int) -> list[Workload]:
+def workloads(factor: float) -> list[Workload]:
+    """The four rows, with every count times ``factor`` (--quick, --scale)."""
     t = _tasks()
-    n_tiny, n_1ms, n_20ms = N_TINY // scale, N_1MS // scale, N_20MS // scale
+    n_tiny, n_1ms, n_20ms = (max(1, round(n * factor)) for n in (N_TINY, N_1MS, N_20MS))
     return [
         Workload(f"{n_tiny:,} tiny calls, chunksize 1", t.tiny, list(range(n_tiny)), 1, None),
         Workload(
@@ -318,6 +319,14 @@ def hogs(count: int) -> Iterator[None]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a quarter of the calls")
+    ap.add_argument(
+        "--scale",
+        type=int,
+        default=1,
+        metavar="K",
+        help="K times the calls of every row (for many workers: 16 run 2,000 calls of 1 ms"
+        " in 1/8 s, where one late start weighs on the figure)",
+    )
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="N")
     ap.add_argument("--hogs", type=int, default=2, help="busy loops in the second pass")
     ap.add_argument("--skip-hogs", action="store_true", help="no second pass")
@@ -339,6 +348,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--workers must be >= 1")
     if args.rounds < 1:
         ap.error("--rounds must be >= 1")
+    if args.scale < 1:
+        ap.error("--scale must be >= 1")
     only = [ALIASES.get(name.lower()) for name in args.only or [FARM, *POOLS]]
     if None in only:
         ap.error(f"--only takes {', '.join(sorted(ALIASES))}")
@@ -365,9 +376,9 @@ def main(argv: list[str] | None = None) -> None:
         filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
     )
     n = args.workers
-    scale = 4 if args.quick else 1
-    loads = workloads(scale)
-    n_latency = N_LATENCY // scale
+    factor = args.scale / (4 if args.quick else 1)
+    loads = workloads(factor)
+    n_latency = N_LATENCY // 4 if args.quick else N_LATENCY
     names = [name for name in (FARM, *POOLS) if name in args.only]
     cmd = shlex.join(
         [os.path.basename(sys.executable), "-m", "bench.bench_executor", *sys.argv[1:]]
