@@ -1,7 +1,7 @@
 #!/bin/sh
 # The many-core run of issue 12, as one prepared script: bench_executor with one worker per
-# core against ProcessPoolExecutor(N), loky and multiprocessing.Pool(N), then the server's
-# own figures (farm only: the machine may have no gearmand) and the hop floor.
+# core against ProcessPoolExecutor(N), loky and multiprocessing.Pool(N), then server_load
+# (against gearmand when one is on the PATH, else farm alone) and the hop floor.
 #
 #     sh bench/many_cores.sh            # from the repository root; results in $OUT or ./out
 #
@@ -12,6 +12,9 @@
 #         --implementation cp --platform manylinux_2_28_x86_64 -d .whl \
 #         setproctitle==1.3.8 loky==3.7.0 typer==0.29.2 pydantic==2.13.4 \
 #         pydantic_core==2.46.4 annotated-types typing-inspection typing_extensions
+# No gearmand there either: this machine's binary with the libraries `ldd` names (all
+# but libc's own) can travel in .whl/gm/lib, behind a .whl/gm/bin/gearmand that sets
+# LD_LIBRARY_PATH and execs it; the script puts .whl/gm/bin first on the PATH.
 # Every step has its own time limit, so one that hangs leaves the others their figures.
 # Knobs (environment): WORKERS (default: the cores), SCALE (calls times K, default 4:
 # 16 workers run the 1 ms row's 2,000 calls in 1/8 s), ROUNDS (5), HOGS (2), LIMIT
@@ -26,6 +29,7 @@ ROUNDS=${ROUNDS:-5}
 HOGS=${HOGS:-2}
 LIMIT=${LIMIT:-420}
 export PYTHONUNBUFFERED=1
+PATH="$PWD/.whl/gm/bin:$PATH"
 
 {
     echo "## the machine"
@@ -43,6 +47,7 @@ fi
 
 timeout -k 10 "$LIMIT" "$PY" -m bench.bench_executor --workers "$WORKERS" --scale "$SCALE" \
     --rounds "$ROUNDS" --hogs "$HOGS" 2>&1 | tee "$OUT/bench_executor.md"
-timeout -k 10 90 "$PY" -m bench.server_load --gearmand-threads '' --rounds 3 2>&1 \
+if gearmand --version >/dev/null 2>&1; then THREADS=0,1,4; else THREADS=''; fi
+timeout -k 10 240 "$PY" -m bench.server_load --gearmand-threads "$THREADS" --rounds 5 2>&1 \
     | tee "$OUT/server_load.md"
 timeout -k 10 40 "$PY" -m bench.hop_floor --rounds 3 2>&1 | tee "$OUT/hop_floor.md"
