@@ -170,7 +170,9 @@ class Dispatch:
         sleep: then another sleeper is woken for it.
         """
         if fq.sleepers:
-            worker = next(iter(fq.sleepers))
+            # The one that went to sleep last: its process is the warmest (caches, a core
+            # not yet deep asleep), as web servers hand a request to the newest idle process.
+            worker = next(reversed(fq.sleepers))
             self._unsleep(worker)
             worker.wake()
             worker.woken = True
