@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from farm.protocol import PacketType as T
-from tests.helpers.peers import Peer
+from tests.helpers.peers import Peer, sleeping_worker
 from tests.helpers.servers import Server, start_farm_server, start_gearmand
 from tests.helpers.waiting import wait_for
 
@@ -530,12 +530,12 @@ def test_only_as_many_sleepers_woken_as_jobs(peer_factory):
 
 
 def only_one_woken(srv, peer_factory):
-    sleepers = [sleeper(peer_factory, srv, "f") for _ in range(3)]
-    first, *rest = sleepers  # woken in the order they went to sleep
+    sleepers = [sleeping_worker(peer_factory, srv, "f") for _ in range(3)]
+    *rest, last = sleepers  # the one that went to sleep last is woken first (the warmest)
     c = peer_factory(srv.addr)
     submit(c, "f", b"one")
-    first.expect(T.NOOP)
-    assert grab(first).args[2] == b"one"
+    last.expect(T.NOOP)
+    assert grab(last).args[2] == b"one"
     for s in rest:
         assert s.nothing_within(0.3), "one job wakes one sleeper"
     submit(c, "f", b"two")

@@ -38,13 +38,13 @@ def test_another_sleeper_is_woken_when_the_first_does_not_come(
     slow_deadline_server: Server, peer_factory: Callable[[str], Peer]
 ) -> None:
     srv = slow_deadline_server
-    stalled = sleeping_worker(peer_factory, srv, "f")
     healthy = sleeping_worker(peer_factory, srv, "f")
+    stalled = sleeping_worker(peer_factory, srv, "f")  # asleep last: woken first
     client = peer_factory(srv.addr)
     began = time.monotonic()  # before the submit: the deadline may start before we look
     client.send(T.SUBMIT_JOB, "f", "", "x")
     handle = client.expect(T.JOB_CREATED).args[0]
-    stalled.expect(T.NOOP)  # the first sleeper is woken first ...
+    stalled.expect(T.NOOP)  # the last sleeper is woken first ...
     assert healthy.nothing_within(0.3), "... and only it, at first: no herd"
     healthy.expect(T.NOOP, timeout=10)  # ... then, as it does not come, the other
     assert time.monotonic() - began >= DEADLINE - 0.01, "not before --wake-deadline"
@@ -60,8 +60,8 @@ def test_another_sleeper_is_woken_when_the_first_does_not_come(
 def test_a_woken_worker_that_grabs_in_time_is_not_doubled(
     slow_deadline_server: Server, peer_factory: Callable[[str], Peer]
 ) -> None:
-    first = sleeping_worker(peer_factory, slow_deadline_server, "g")
     second = sleeping_worker(peer_factory, slow_deadline_server, "g")
+    first = sleeping_worker(peer_factory, slow_deadline_server, "g")  # asleep last: woken first
     client = peer_factory(slow_deadline_server.addr)
     client.send(T.SUBMIT_JOB, "g", "", "x")
     handle = client.expect(T.JOB_CREATED).args[0]
@@ -93,12 +93,14 @@ def _state(up: FarmUp, pid: int) -> str:
 def test_a_job_pushed_to_a_held_grab_and_not_accepted_goes_to_another_worker(
     farm_server: Server, peer_factory: Callable[[str], Peer]
 ) -> None:
+    healthy = sleeping_worker(peer_factory, farm_server, "h")
     stalled = peer_factory(farm_server.addr)
     stalled.send(T.OPTION_REQ, "held-grab")
     assert stalled.expect(T.OPTION_RES).args == (b"held-grab",)
     stalled.send(T.CAN_DO, "h")
-    stalled.send(T.GRAB_JOB_UNIQ)  # held: no NO_JOB
-    healthy = sleeping_worker(peer_factory, farm_server, "h")
+    stalled.send(T.GRAB_JOB_UNIQ)  # held: no NO_JOB; asleep last, so it is woken first
+    stalled.send(T.ECHO_REQ, "holding")
+    assert stalled.expect(T.ECHO_RES).args == (b"holding",)
     client = peer_factory(farm_server.addr)
     client.send(T.SUBMIT_JOB, "h", "", "x")
     handle = client.expect(T.JOB_CREATED).args[0]

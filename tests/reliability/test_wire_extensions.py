@@ -57,8 +57,8 @@ def read_accept_worker(make: Callable[[str], Peer], srv: Server, function: str) 
 def test_a_pushed_job_the_worker_has_read_is_not_taken_back_without_job_accept(
     server: Server, peer_factory: Callable[[str], Peer]
 ) -> None:
-    reader = read_accept_worker(peer_factory, server, "r")
     other = sleeping_worker(peer_factory, server, "r")
+    reader = read_accept_worker(peer_factory, server, "r")  # asleep last: woken first
     client = peer_factory(server.addr)
     client.send(T.SUBMIT_JOB, "r", "", "x")
     handle = client.expect(T.JOB_CREATED).args[0]
@@ -72,8 +72,8 @@ def test_a_pushed_job_the_worker_has_read_is_not_taken_back_without_job_accept(
 def test_a_pushed_job_the_worker_has_not_read_goes_to_another_worker(
     server: Server, peer_factory: Callable[[str], Peer]
 ) -> None:
-    stalled = read_accept_worker(peer_factory, server, "s")
     healthy = sleeping_worker(peer_factory, server, "s")
+    stalled = read_accept_worker(peer_factory, server, "s")  # asleep last: woken first
     client = peer_factory(server.addr)
     client.send(T.SUBMIT_JOB, "s", "", "x")
     handle = client.expect(T.JOB_CREATED).args[0]
@@ -127,8 +127,8 @@ def test_a_lazy_created_client_gets_job_created_first_and_alone_when_no_news_com
 def test_bytes_sent_to_the_worker_after_the_push_do_not_undo_its_read(
     server: Server, peer_factory: Callable[[str], Peer]
 ) -> None:
-    reader = read_accept_worker(peer_factory, server, "e")
     other = sleeping_worker(peer_factory, server, "e")
+    reader = read_accept_worker(peer_factory, server, "e")  # asleep last: woken first
     client = peer_factory(server.addr)
     client.send(T.SUBMIT_JOB, "e", "", "x")
     handle = client.expect(T.JOB_CREATED).args[0]
