@@ -20,6 +20,7 @@ import pytest
 from farm.server.jobs import JobServer, Outcome
 from farm.server.store import RESERVE_BYTES, SQLiteStore, StoreError
 from tests.helpers import ROOT
+from tests.helpers.disks import small_tmpfs
 from tests.helpers.fakes import FakePeer
 from tests.helpers.servers import free_port
 
@@ -106,19 +107,8 @@ def test_a_damaged_store_is_one_line_and_exit_2(tmp_path: Path) -> None:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 32 MB tmpfs: a full disk fills the WAL too, which max_page_count does not."""
-    disk = tmp_path / "small"
-    disk.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs (CI runs as root)")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(disk)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small", "32m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def _fill_disk(disk: Path, leave: int) -> None:

@@ -8,7 +8,6 @@ client was told QUEUE_ERROR while the worker got the job's JOB_ASSIGN.
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 from farm import protocol as p
 from farm.protocol import PacketType as T
+from tests.helpers.disks import small_tmpfs
 from tests.helpers.peers import Peer
 from tests.helpers.servers import free_port, start_with_store
 
@@ -25,19 +25,8 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MB tmpfs the test fills, so the store's next write fails for want of room."""
-    disk = tmp_path / "tiny"
-    disk.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs (CI runs as root)")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "tiny", "1m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_a_job_refused_by_a_full_store_is_not_handed_to_a_worker(tiny_disk: Path) -> None:

@@ -9,13 +9,13 @@ every one of them ran again at the next start.
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from farm.protocol import PacketType as T
+from tests.helpers.disks import small_tmpfs
 from tests.helpers.peers import Peer
 from tests.helpers.servers import free_port, start_with_store
 
@@ -25,19 +25,8 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 32 MB tmpfs (its reserve: 1%, about 330 kB) that the test fills."""
-    disk = tmp_path / "small"
-    disk.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs (CI runs as root)")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(disk)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small", "32m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def run_all(addr: str) -> list[bytes]:
