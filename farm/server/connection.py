@@ -72,6 +72,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
         self.exceptions = hub.options.exceptions
         self.sleeping = False
         self.woken = False
+        self.late = False  # past a wake-up's deadline (Dispatch._add_sleeper)
         # Back-pressure. A connection whose peer does not read (its transport passed the
         # high-water mark) is not read either; a worker streaming WORK_DATA or WARNING to
         # such a client is not read until that client's buffer drains.

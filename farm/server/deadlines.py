@@ -65,6 +65,11 @@ class Deadlines(Generic[K, V]):
         """``key`` met its deadline (or no longer has one)."""
         self.entries.pop(key, None)
 
+    def pop(self, key: K) -> V | None:
+        """Drop ``key``'s deadline, if any, and return its value."""
+        entry = self.entries.pop(key, None)
+        return None if entry is None else entry[1]
+
     def _fire(self) -> None:
         # While the callbacks run, ``add`` must not arm a timer of the full length: the
         # deadlines already waiting are due sooner. The timer is armed after them.

@@ -86,7 +86,7 @@ class Dispatch:
         fq.workers.add(worker)
         fq.served = max(fq.served, SERVED_OVER_TCP if worker.tcp else SERVED_LOCALLY)
         if worker.sleeping:
-            fq.sleepers[worker] = None
+            self._add_sleeper(fq, worker)
             if function in self.ready:  # its jobs already wait: wake it, as their submit would
                 self._wake(fq)
 
@@ -115,8 +115,8 @@ class Dispatch:
                 fq.sleepers.pop(worker, None)
         gone = list(worker.abilities)
         worker.abilities.clear()
-        worker.sleeping = worker.woken = False
-        self.wakes.discard(worker)
+        worker.sleeping = False
+        self._pass_on_wake(worker)  # it will not come: the job it was woken for needs another
         for job in list(worker.running.values()):
             self._requeue(worker, job)
         for function in gone:
@@ -138,8 +138,19 @@ class Dispatch:
         if worker.draining:
             return  # as in pre_sleep: it is never woken
         worker.sleeping = True
+        functions = self.functions
         for function in worker.abilities:
-            self.functions[function].sleepers[worker] = None
+            self._add_sleeper(functions[function], worker)
+
+    @staticmethod
+    def _add_sleeper(fq: FunctionQueue, worker: Peer) -> None:
+        """The newest sleeper is woken first (_wake), unless it let a wake-up or a push pass
+        its deadline: then it sleeps at the cold end, or as the newest again after each such
+        late answer it would be picked for every job and each would wait the deadline out."""
+        sleepers = fq.sleepers
+        sleepers[worker] = None
+        if worker.late:
+            sleepers.move_to_end(worker, last=False)
 
     def _unsleep(self, worker: Peer) -> None:
         worker.sleeping = False
@@ -182,11 +193,21 @@ class Dispatch:
         if not worker.woken:
             return  # it came (or left): nothing waits on it
         worker.woken = False
+        worker.late = True  # woken last from now on, until it comes in time (_add_sleeper)
         if fq.queued and self.functions.get(fq.name) is fq:
             log.info(
                 "a woken worker did not come for its job within %gs; waking another",
                 self.wakes.length,
             )
+            self._wake(fq)
+
+    def _pass_on_wake(self, worker: Peer) -> None:
+        """A woken worker that will never come (its connection is gone): wake another sleeper
+        now for the job it was woken for. Its deadline is dropped with it, and nothing else
+        would: the job waited, with workers asleep, until some other job woke one."""
+        fq = self.wakes.pop(worker)
+        worker.woken = False
+        if fq is not None and fq.queued and self.functions.get(fq.name) is fq:
             self._wake(fq)
 
     def _best_job(self, worker: Peer) -> Job | None:
@@ -224,6 +245,7 @@ class Dispatch:
         """GRAB_JOB*: hand the worker its next job, or None for NO_JOB."""
         if worker.woken:
             worker.woken = False
+            worker.late = False  # it came in time
             self.wakes.discard(worker)
         if worker.sleeping:
             self._unsleep(worker)
@@ -283,6 +305,7 @@ class Dispatch:
             return
         self._drop_answers(worker, job)
         self._stop_running(worker, job)
+        worker.late = True  # as a woken worker past its deadline (_add_sleeper)
         fq = self.function(job.function)
         fq.push(job, front=True)
         self._wake(fq)

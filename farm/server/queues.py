@@ -7,7 +7,7 @@ rules; these classes only keep their own bookkeeping exact.
 from __future__ import annotations
 
 import enum
-from collections import deque
+from collections import OrderedDict, deque
 from time import monotonic
 from typing import Protocol
 
@@ -46,6 +46,7 @@ class Peer(Protocol):
     attached: set[Job]  # foreground jobs this client waits on
     sleeping: bool
     woken: bool  # woken (NOOP) and not come to grab yet; see JobServer._wake
+    late: bool  # let its last wake-up (or push) pass the deadline; see Dispatch._add_sleeper
     draining: bool  # farm's admin `drain`: no job is handed to it any more (Dispatch.drain)
     killed: bool  # farm's admin `killing`: its supervisor kills it now, so its job was stopped
     tcp: bool  # a TCP peer (any local user), not one on the Unix socket
@@ -187,8 +188,9 @@ class FunctionQueue:
         self.counts = [0, 0, 0]
         self.running = 0
         self.workers: set[Peer] = set()
-        # Workers asleep (PRE_SLEEP) that can take this function; a dict keeps wake order.
-        self.sleepers: dict[Peer, None] = {}
+        # Workers asleep (PRE_SLEEP) that can take this function, in the order they went to
+        # sleep: the last is woken first; one that was late goes to the front (move_to_end).
+        self.sleepers: OrderedDict[Peer, None] = OrderedDict()
         # Jobs held for their epoch time: counted in status, not yet runnable.
         self.scheduled = [0, 0, 0]
         # `maxqueue F N` bounds the function's jobs, `maxqueue F H N L` each priority's submits

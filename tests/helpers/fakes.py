@@ -21,6 +21,7 @@ class FakePeer:
         self.attached: set[Job] = set()
         self.sleeping = False
         self.woken = False
+        self.late = False
         self.draining = False
         self.killed = False
         self.tcp = False

@@ -86,6 +86,54 @@ def test_farm_ps_shows_a_stopped_worker_as_stopped(tmp_path: Path) -> None:
         assert up.stop() == 0
 
 
+def test_a_sleeper_late_for_its_wake_up_is_not_woken_first_again(
+    slow_deadline_server: Server, peer_factory: Callable[[str], Peer]
+) -> None:
+    # The newest sleeper is woken first; one that comes only past the deadline, finds
+    # nothing and sleeps again is the newest, and was woken first for every job.
+    srv = slow_deadline_server
+    healthy = sleeping_worker(peer_factory, srv, "l")
+    late = sleeping_worker(peer_factory, srv, "l")  # asleep last: woken first
+    client = peer_factory(srv.addr)
+    client.send(T.SUBMIT_JOB, "l", "", "1")
+    client.expect(T.JOB_CREATED)
+    late.expect(T.NOOP)
+    healthy.expect(T.NOOP, timeout=10)  # past the deadline
+    healthy.send(T.GRAB_JOB)
+    handle = healthy.expect(T.JOB_ASSIGN).args[0]
+    healthy.send(T.WORK_COMPLETE, handle, "done")
+    client.expect(T.WORK_COMPLETE)
+    healthy.send(T.PRE_SLEEP)
+    late.send(T.GRAB_JOB)  # it comes at last: nothing left, and it sleeps again
+    late.expect(T.NO_JOB)
+    late.send(T.PRE_SLEEP)
+    for peer in (healthy, late):
+        peer.send(T.ECHO_REQ, "asleep")
+        peer.expect(T.ECHO_RES)
+    began = time.monotonic()
+    client.send(T.SUBMIT_JOB, "l", "", "2")
+    client.expect(T.JOB_CREATED)
+    healthy.expect(T.NOOP, timeout=10)
+    assert time.monotonic() - began < DEADLINE - 0.3, "the job waited for the late worker"
+    assert late.nothing_within(0.3), "the late worker is woken last"
+
+
+def test_a_woken_worker_that_disconnects_passes_its_wake_up_on(
+    slow_deadline_server: Server, peer_factory: Callable[[str], Peer]
+) -> None:
+    srv = slow_deadline_server
+    other = sleeping_worker(peer_factory, srv, "d")
+    gone = sleeping_worker(peer_factory, srv, "d")  # asleep last: woken first
+    client = peer_factory(srv.addr)
+    client.send(T.SUBMIT_JOB, "d", "", "x")
+    handle = client.expect(T.JOB_CREATED).args[0]
+    gone.expect(T.NOOP)
+    gone.close()  # before it grabs: its deadline went with it, and no sleeper was woken
+    other.expect(T.NOOP, timeout=10)
+    other.send(T.GRAB_JOB)
+    assert other.expect(T.JOB_ASSIGN).args[0] == handle
+
+
 def _state(up: FarmUp, pid: int) -> str:
     return next(r["state"] for r in up.ps() if r["pid"] == pid)
 

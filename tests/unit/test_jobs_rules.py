@@ -219,3 +219,55 @@ def test_a_job_wakes_the_sleeper_that_went_to_sleep_last() -> None:
         jobs.finish(last, job, Outcome.COMPLETE)
         jobs.pre_sleep(last)
         last.told.clear()
+
+
+def test_a_sleeper_late_for_its_wake_up_is_woken_last_until_it_comes_in_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The newest sleeper is woken first. One that answered a wake-up only past the deadline
+    # and slept again was the newest, so every job woke it first and waited the deadline out.
+    clock = FakeClock.installed(monkeypatch)
+    jobs = JobServer(hostname="t", call_later=clock.call_later, wake_deadline=0.5)
+    healthy, slow = FakePeer(), FakePeer()
+    for worker in (healthy, slow):
+        jobs.can_do(worker, b"f")
+        jobs.pre_sleep(worker)
+    jobs.submit(None, b"f", b"", b"1", background=True)
+    assert slow.told == [("wake",)] and healthy.told == []
+    clock.advance(0.6)  # it does not come: the other one is woken
+    assert healthy.told == [("wake",)]
+    job = jobs.grab(healthy)
+    assert job is not None
+    jobs.finish(healthy, job, Outcome.COMPLETE)
+    jobs.pre_sleep(healthy)
+    assert jobs.grab(slow) is None  # it comes at last, finds nothing, sleeps again
+    jobs.pre_sleep(slow)
+    slow.told.clear()
+    healthy.told.clear()
+    jobs.submit(None, b"f", b"", b"2", background=True)
+    assert (healthy.told, slow.told) == ([("wake",)], []), "the late one is woken last"
+    # Woken while the other runs that job, it comes in time: the newest is first again.
+    jobs.submit(None, b"f", b"", b"3", background=True)
+    assert slow.told == [("wake",)]
+    for worker in (healthy, slow):
+        job = jobs.grab(worker)
+        assert job is not None
+        jobs.finish(worker, job, Outcome.COMPLETE)
+    jobs.pre_sleep(healthy)
+    jobs.pre_sleep(slow)
+    slow.told.clear()
+    healthy.told.clear()
+    jobs.submit(None, b"f", b"", b"4", background=True)
+    assert (healthy.told, slow.told) == ([], [("wake",)])
+
+
+def test_a_woken_worker_that_disconnects_passes_its_wake_up_on() -> None:
+    jobs = JobServer(hostname="t")  # no timers: nothing but the detach may wake the other
+    old, new = FakePeer(), FakePeer()
+    for worker in (old, new):
+        jobs.can_do(worker, b"f")
+        jobs.pre_sleep(worker)
+    jobs.submit(None, b"f", b"", b"x", background=True)
+    assert new.told == [("wake",)] and old.told == []
+    jobs.detach_worker(new)
+    assert old.told == [("wake",)]
