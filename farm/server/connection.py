@@ -62,7 +62,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
         self.peer_pid = 0
         self.peer_port = 0
         self.jobs_done = 0  # jobs this connection ended (WORK_COMPLETE / FAIL / EXCEPTION)
-        self.draining = False  # admin `drain`: no more jobs for it (Dispatch.drain)
+        self.draining = False  # admin `drain`: no more jobs for it (Sleepers.drain)
         self.killed = False  # admin `killing`: its death is its supervisor's, not its job's
         # What the job model reads and writes (see jobs.Peer).
         self.abilities: dict[bytes, float] = {}
@@ -72,7 +72,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
         self.exceptions = hub.options.exceptions
         self.sleeping = False
         self.woken = False
-        self.late = False  # past a wake-up's deadline (Dispatch._add_sleeper)
+        self.late = False  # past a wake-up's deadline (Sleepers._add_sleeper)
         # Back-pressure. A connection whose peer does not read (its transport passed the
         # high-water mark) is not read either; a worker streaming WORK_DATA or WARNING to
         # such a client is not read until that client's buffer drains.

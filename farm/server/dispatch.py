@@ -2,9 +2,8 @@
 and background jobs held for their epoch time until it comes.
 
 A mixin of :class:`farm.server.jobs.JobServer` (split off along the worker's
-side of the model; submitting, ends and admin stay there). One sleeper is
-woken per runnable job, never a herd; a woken one that does not come within
-WAKE_DEADLINE is passed over for another.
+side of the model; submitting, ends and admin stay there). Which sleeper a job
+wakes is farm/server/sleepers.py.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ from farm.server.queues import (
     Peer,
     Timer,
 )
+from farm.server.sleepers import Sleepers
 
 __all__ = ["Dispatch", "MAX_EXPIRED", "WAKE_DEADLINE"]
 
@@ -56,7 +56,7 @@ def _named(job: Job) -> dict[str, str]:
     }
 
 
-class Dispatch:
+class Dispatch(Sleepers):
     """The worker half of the job model (see the module docstring)."""
 
     # JobServer's, read and written here (declared for the type checker).
@@ -121,94 +121,6 @@ class Dispatch:
             self._requeue(worker, job)
         for function in gone:
             self.note_unused(function)
-
-    def pre_sleep(self, worker: Peer) -> None:
-        """PRE_SLEEP: answer at once with NOOP if there is work, else wait for some.
-        A draining worker is never woken: it sleeps until it is stopped."""
-        if worker.draining:
-            return
-        if self._best_job(worker) is not None:
-            worker.wake()
-            return
-        self.sleep(worker)
-
-    def sleep(self, worker: Peer) -> None:
-        """Put a worker to sleep that was found to have nothing to do in this same call
-        (its grab came back empty): PRE_SLEEP's look for work would only repeat that one."""
-        if worker.draining:
-            return  # as in pre_sleep: it is never woken
-        worker.sleeping = True
-        functions = self.functions
-        for function in worker.abilities:
-            self._add_sleeper(functions[function], worker)
-
-    @staticmethod
-    def _add_sleeper(fq: FunctionQueue, worker: Peer) -> None:
-        """The newest sleeper is woken first (_wake), unless it let a wake-up or a push pass
-        its deadline: then it sleeps at the cold end, or as the newest again after each such
-        late answer it would be picked for every job and each would wait the deadline out."""
-        sleepers = fq.sleepers
-        sleepers[worker] = None
-        if worker.late:
-            sleepers.move_to_end(worker, last=False)
-
-    def _unsleep(self, worker: Peer) -> None:
-        worker.sleeping = False
-        for function in worker.abilities:
-            fq = self.functions.get(function)
-            if fq is not None:
-                fq.sleepers.pop(worker, None)
-
-    def drain(self, worker: Peer) -> None:
-        """farm's admin ``drain``: hand this worker no more jobs (its grabs get NO_JOB, a
-        PRE_SLEEP is never answered); the jobs it holds run to their end. A wake-up it was
-        sent and has not answered yet goes to another sleeper."""
-        worker.draining = True
-        self._unsleep(worker)
-        if worker.woken:
-            worker.woken = False
-            self.wakes.discard(worker)
-            for function in worker.abilities:
-                fq = self.functions.get(function)
-                if fq is not None and function in self.ready:
-                    self._wake(fq)
-
-    def _wake(self, fq: FunctionQueue) -> None:
-        """One more job is runnable: wake one sleeping worker for it, no herd.
-
-        A woken worker that has not come to grab within WAKE_DEADLINE (stopped,
-        hung, swapping) holds nothing, but the job would wait on it while others
-        sleep: then another sleeper is woken for it.
-        """
-        if fq.sleepers:
-            # The one that went to sleep last: its process is the warmest (caches, a core
-            # not yet deep asleep), as web servers hand a request to the newest idle process.
-            worker = next(reversed(fq.sleepers))
-            self._unsleep(worker)
-            worker.wake()
-            worker.woken = True
-            self.wakes.add(worker, fq)
-
-    def _wake_deadline(self, worker: Peer, fq: FunctionQueue) -> None:
-        if not worker.woken:
-            return  # it came (or left): nothing waits on it
-        worker.woken = False
-        worker.late = True  # woken last from now on, until it comes in time (_add_sleeper)
-        if fq.queued and self.functions.get(fq.name) is fq:
-            log.info(
-                "a woken worker did not come for its job within %gs; waking another",
-                self.wakes.length,
-            )
-            self._wake(fq)
-
-    def _pass_on_wake(self, worker: Peer) -> None:
-        """A woken worker that will never come (its connection is gone): wake another sleeper
-        now for the job it was woken for. Its deadline is dropped with it, and nothing else
-        would: the job waited, with workers asleep, until some other job woke one."""
-        fq = self.wakes.pop(worker)
-        worker.woken = False
-        if fq is not None and fq.queued and self.functions.get(fq.name) is fq:
-            self._wake(fq)
 
     def _best_job(self, worker: Peer) -> Job | None:
         """Highest priority first, then oldest, across all the worker's functions."""
@@ -305,7 +217,7 @@ class Dispatch:
             return
         self._drop_answers(worker, job)
         self._stop_running(worker, job)
-        worker.late = True  # as a woken worker past its deadline (_add_sleeper)
+        worker.late = True  # as a woken worker past its deadline (Sleepers._add_sleeper)
         fq = self.function(job.function)
         fq.push(job, front=True)
         self._wake(fq)

@@ -45,9 +45,9 @@ class Peer(Protocol):
     expired: dict[bytes, None]  # jobs it held that timed out: a late answer is dropped
     attached: set[Job]  # foreground jobs this client waits on
     sleeping: bool
-    woken: bool  # woken (NOOP) and not come to grab yet; see JobServer._wake
-    late: bool  # let its last wake-up (or push) pass the deadline; see Dispatch._add_sleeper
-    draining: bool  # farm's admin `drain`: no job is handed to it any more (Dispatch.drain)
+    woken: bool  # woken (NOOP) and not come to grab yet; see Sleepers._wake
+    late: bool  # let its last wake-up (or push) pass the deadline; see Sleepers._add_sleeper
+    draining: bool  # farm's admin `drain`: no job is handed to it any more (Sleepers.drain)
     killed: bool  # farm's admin `killing`: its supervisor kills it now, so its job was stopped
     tcp: bool  # a TCP peer (any local user), not one on the Unix socket
 

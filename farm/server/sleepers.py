@@ -1,0 +1,118 @@
+"""Sleeping workers and waking them: one sleeper per runnable job, never a herd.
+
+A mixin of :class:`farm.server.dispatch.Dispatch` (split off along this seam). A job
+wakes the sleeper that went to sleep last, the warmest process; one that let a wake-up
+or a pushed job pass its deadline sleeps at the cold end until it comes in time. A woken
+worker that does not come within WAKE_DEADLINE (farm.server.dispatch) is passed over for
+another, and one that disconnects passes its wake-up on at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from farm.server.deadlines import Deadlines
+from farm.server.queues import FunctionQueue, Job, Peer
+
+__all__ = ["Sleepers"]
+
+log = logging.getLogger("farm.server")
+
+
+class Sleepers:
+    """The sleeping and waking of workers (see the module docstring)."""
+
+    # JobServer's, read and written here (declared for the type checker).
+    functions: dict[bytes, FunctionQueue]
+    ready: set[bytes]
+    wakes: Deadlines[Peer, FunctionQueue]  # woken workers that have not come to grab yet
+    _best_job: Callable[[Peer], Job | None]
+
+    def pre_sleep(self, worker: Peer) -> None:
+        """PRE_SLEEP: answer at once with NOOP if there is work, else wait for some.
+        A draining worker is never woken: it sleeps until it is stopped."""
+        if worker.draining:
+            return
+        if self._best_job(worker) is not None:
+            worker.wake()
+            return
+        self.sleep(worker)
+
+    def sleep(self, worker: Peer) -> None:
+        """Put a worker to sleep that was found to have nothing to do in this same call
+        (its grab came back empty): PRE_SLEEP's look for work would only repeat that one."""
+        if worker.draining:
+            return  # as in pre_sleep: it is never woken
+        worker.sleeping = True
+        functions = self.functions
+        for function in worker.abilities:
+            self._add_sleeper(functions[function], worker)
+
+    @staticmethod
+    def _add_sleeper(fq: FunctionQueue, worker: Peer) -> None:
+        """The newest sleeper is woken first (_wake), unless it let a wake-up or a push pass
+        its deadline: then it sleeps at the cold end, or as the newest again after each such
+        late answer it would be picked for every job and each would wait the deadline out."""
+        sleepers = fq.sleepers
+        sleepers[worker] = None
+        if worker.late:
+            sleepers.move_to_end(worker, last=False)
+
+    def _unsleep(self, worker: Peer) -> None:
+        worker.sleeping = False
+        for function in worker.abilities:
+            fq = self.functions.get(function)
+            if fq is not None:
+                fq.sleepers.pop(worker, None)
+
+    def drain(self, worker: Peer) -> None:
+        """farm's admin ``drain``: hand this worker no more jobs (its grabs get NO_JOB, a
+        PRE_SLEEP is never answered); the jobs it holds run to their end. A wake-up it was
+        sent and has not answered yet goes to another sleeper."""
+        worker.draining = True
+        self._unsleep(worker)
+        if worker.woken:
+            worker.woken = False
+            self.wakes.discard(worker)
+            for function in worker.abilities:
+                fq = self.functions.get(function)
+                if fq is not None and function in self.ready:
+                    self._wake(fq)
+
+    def _wake(self, fq: FunctionQueue) -> None:
+        """One more job is runnable: wake one sleeping worker for it, no herd.
+
+        A woken worker that has not come to grab within WAKE_DEADLINE (stopped,
+        hung, swapping) holds nothing, but the job would wait on it while others
+        sleep: then another sleeper is woken for it.
+        """
+        if fq.sleepers:
+            # The one that went to sleep last: its process is the warmest (caches, a core
+            # not yet deep asleep), as web servers hand a request to the newest idle process.
+            worker = next(reversed(fq.sleepers))
+            self._unsleep(worker)
+            worker.wake()
+            worker.woken = True
+            self.wakes.add(worker, fq)
+
+    def _wake_deadline(self, worker: Peer, fq: FunctionQueue) -> None:
+        if not worker.woken:
+            return  # it came (or left): nothing waits on it
+        worker.woken = False
+        worker.late = True  # woken last from now on, until it comes in time (_add_sleeper)
+        if fq.queued and self.functions.get(fq.name) is fq:
+            log.info(
+                "a woken worker did not come for its job within %gs; waking another",
+                self.wakes.length,
+            )
+            self._wake(fq)
+
+    def _pass_on_wake(self, worker: Peer) -> None:
+        """A woken worker that will never come (its connection is gone): wake another sleeper
+        now for the job it was woken for. Its deadline is dropped with it, and nothing else
+        would: the job waited, with workers asleep, until some other job woke one."""
+        fq = self.wakes.pop(worker)
+        worker.woken = False
+        if fq is not None and fq.queued and self.functions.get(fq.name) is fq:
+            self._wake(fq)
