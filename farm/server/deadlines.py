@@ -65,6 +65,11 @@ class Deadlines(Generic[K, V]):
         """``key`` met its deadline (or no longer has one)."""
         self.entries.pop(key, None)
 
+    def value(self, key: K) -> V | None:
+        """The value of ``key``'s deadline, if it has one."""
+        entry = self.entries.get(key)
+        return None if entry is None else entry[1]
+
     def pop(self, key: K) -> V | None:
         """Drop ``key``'s deadline, if any, and return its value."""
         entry = self.entries.pop(key, None)

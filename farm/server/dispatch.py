@@ -96,6 +96,8 @@ class Dispatch(Sleepers):
         fq = self.function(function)
         fq.workers.discard(worker)
         fq.sleepers.pop(worker, None)
+        if worker.woken and self.wakes.value(worker) is fq:
+            self._pass_on_wake(worker)  # woken for this function's job, it will not come
         for job in [j for j in worker.running.values() if j.function == function]:
             self._requeue(worker, job)
         if not fq.workers:

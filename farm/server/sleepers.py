@@ -56,8 +56,8 @@ class Sleepers:
         late answer it would be picked for every job and each would wait the deadline out."""
         sleepers = fq.sleepers
         sleepers[worker] = None
-        if worker.late:
-            sleepers.move_to_end(worker, last=False)
+        # A repeated PRE_SLEEP moves it too: it went to sleep last.
+        sleepers.move_to_end(worker, last=not worker.late)
 
     def _unsleep(self, worker: Peer) -> None:
         worker.sleeping = False

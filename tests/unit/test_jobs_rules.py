@@ -271,3 +271,27 @@ def test_a_woken_worker_that_disconnects_passes_its_wake_up_on() -> None:
     assert new.told == [("wake",)] and old.told == []
     jobs.detach_worker(new)
     assert old.told == [("wake",)]
+
+
+def test_a_woken_worker_that_gives_up_the_function_passes_its_wake_up_on() -> None:
+    # CANT_DO (or RESET_ABILITIES) before it grabs: the job waited out the wake deadline.
+    jobs = JobServer(hostname="t")  # no timers: nothing but the CANT_DO may wake the other
+    old, new = FakePeer(), FakePeer()
+    for worker in (old, new):
+        jobs.can_do(worker, b"f")
+        jobs.pre_sleep(worker)
+    jobs.submit(None, b"f", b"", b"x", background=True)
+    assert new.told == [("wake",)] and old.told == []
+    jobs.cant_do(new, b"f")
+    assert old.told == [("wake",)]
+
+
+def test_a_repeated_pre_sleep_makes_the_worker_the_newest_sleeper() -> None:
+    jobs = JobServer(hostname="t")
+    first, second = FakePeer(), FakePeer()
+    for worker in (first, second):
+        jobs.can_do(worker, b"f")
+        jobs.pre_sleep(worker)
+    jobs.pre_sleep(first)  # it went to sleep last
+    jobs.submit(None, b"f", b"", b"x", background=True)
+    assert (first.told, second.told) == ([("wake",)], [])
