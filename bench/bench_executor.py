@@ -1,6 +1,6 @@
 """farm.Executor on a real `farm up`, against the process pools, the same workloads in one run.
 
-    python -m bench.bench_executor [--quick | --scale K] [--workers N] [--hogs 2 | --skip-hogs]
+    python -m bench.bench_executor [--quick] [--scale K] [--workers N] [--hogs 2 | --skip-hogs]
                                    [--only farm] [--tcp] [--rounds 5]
 
 The farm is the deployment users run: ``farm up -c tmp/farm.toml``, started by
