@@ -93,3 +93,25 @@ def sleeping_worker(make: Callable[[str], Peer], srv: Server, function: str) -> 
     w.send(T.ECHO_REQ, "asleep")
     w.expect(T.ECHO_RES)
     return w
+
+
+def grab_all(addr: str, function: str = "f") -> list[tuple[bytes, bytes]]:
+    """(unique, data) of every job a raw worker of ``function`` gets, in order, completing
+    each; returns once the server answered an echo after the last (the turn's commit of
+    the store's deletes is in by then)."""
+    worker = Peer(addr)
+    worker.send(T.CAN_DO, function)
+    got = []
+    while True:
+        worker.send(T.GRAB_JOB_UNIQ)
+        pkt = worker.recv()
+        if pkt.type == T.NO_JOB:
+            break
+        assert pkt.type == T.JOB_ASSIGN_UNIQ, pkt
+        handle, _, unique, data = pkt.args
+        got.append((unique, data))
+        worker.send(T.WORK_COMPLETE, handle, b"")
+    worker.send(T.ECHO_REQ, b"x")
+    worker.expect(T.ECHO_RES)
+    worker.close()
+    return got

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from farm.protocol import PacketType as T
 from tests.helpers import ROOT
-from tests.helpers.peers import Peer
+from tests.helpers.peers import Peer, grab_all
 from tests.helpers.servers import free_port, start_with_store
 
 
@@ -18,24 +18,6 @@ def submit_bg(peer: Peer, n: int, ptype: int = T.SUBMIT_JOB_BG, prefix: str = "u
     for i in range(n):
         peer.send(ptype, "f", f"{prefix}{i}", f"data{i}")
     return [peer.expect(T.JOB_CREATED).args[0] for _ in range(n)]
-
-
-def grab_all(addr: str, function: str = "f") -> list[tuple[bytes, bytes]]:
-    """(unique, data) of every job a worker gets, in order, completing each."""
-    worker = Peer(addr)
-    worker.send(T.CAN_DO, function)
-    got = []
-    while True:
-        worker.send(T.GRAB_JOB_UNIQ)
-        pkt = worker.recv()
-        if pkt.type == T.NO_JOB:
-            break
-        assert pkt.type == T.JOB_ASSIGN_UNIQ
-        handle, _, unique, data = pkt.args
-        got.append((unique, data))
-        worker.send(T.WORK_COMPLETE, handle, b"")
-    worker.close()
-    return got
 
 
 def test_every_created_job_survives_kill_9_and_replays_in_priority_order(tmp_path: Path) -> None:

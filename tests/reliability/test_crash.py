@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 
 import farm
-from farm.protocol import PacketType as T
 from tests.helpers import ROOT
 from tests.helpers.crashes import submit_until_killed
-from tests.helpers.peers import Peer
+from tests.helpers.peers import Peer, grab_all
 from tests.helpers.servers import Server, free_port, start_farm_server, start_with_store
 from tests.helpers.waiting import wait_for
 
@@ -25,19 +24,6 @@ pytestmark = pytest.mark.slow
 
 JOBS = 10_000
 WINDOW = 256  # submits in flight (submit_until_killed's default)
-
-
-def drain(addr: str) -> list[bytes]:
-    worker = Peer(addr)
-    worker.send(T.CAN_DO, "r")
-    done = []
-    while True:
-        worker.send(T.GRAB_JOB_UNIQ)
-        pkt = worker.recv()
-        if pkt.type == T.NO_JOB:
-            return done
-        done.append(pkt.args[2])
-        worker.send(T.WORK_COMPLETE, pkt.args[0], b"")
 
 
 def test_kill_9_of_the_server_at_random_points_loses_no_created_job(tmp_path: Path) -> None:
@@ -65,7 +51,7 @@ def test_kill_9_of_the_server_at_random_points_loses_no_created_job(tmp_path: Pa
     assert kills >= 4
     srv = start_with_store(db, port)
     try:
-        done = {u.decode() for u in drain(srv.addr)}
+        done = {u.decode() for u, _ in grab_all(srv.addr, "r")}
     finally:
         srv.stop()
     assert len(created) == JOBS

@@ -16,7 +16,7 @@ import pytest
 
 from farm.protocol import PacketType as T
 from tests.helpers.disks import small_tmpfs
-from tests.helpers.peers import Peer
+from tests.helpers.peers import Peer, grab_all
 from tests.helpers.servers import free_port, start_with_store
 
 pytestmark = pytest.mark.timeout(60)
@@ -27,23 +27,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 32 MB tmpfs (its reserve: 1%, about 330 kB) that the test fills."""
     with small_tmpfs(tmp_path / "small", "32m") as disk:
         yield disk
-
-
-def run_all(addr: str) -> list[bytes]:
-    """Grab and complete every job of function f; the uniques, once the deletes are in."""
-    worker = Peer(addr)
-    worker.send(T.CAN_DO, "f")
-    ran = []
-    while True:
-        worker.send(T.GRAB_JOB_UNIQ)
-        pkt = worker.recv()
-        if pkt.type == T.NO_JOB:
-            break
-        ran.append(pkt.args[2])
-        worker.send(T.WORK_COMPLETE, pkt.args[0], b"")
-    worker.send(T.ECHO_REQ, b"x")  # answered after the turn's commit of the deletes
-    worker.expect(T.ECHO_RES)
-    return ran
 
 
 def test_a_reserve_left_by_the_last_run_frees_room_for_deletes(small_disk: Path) -> None:
@@ -59,11 +42,11 @@ def test_a_reserve_left_by_the_last_run_frees_room_for_deletes(small_disk: Path)
     (small_disk / "filler").write_bytes(b"\0" * (room.f_bavail * room.f_frsize))
     srv = start_with_store(db, port)
     try:
-        assert len(run_all(srv.addr)) == 5
+        assert len(grab_all(srv.addr)) == 5
     finally:
         srv.stop()
     srv = start_with_store(db, port)
     try:
-        assert run_all(srv.addr) == [], "finished jobs ran again"
+        assert grab_all(srv.addr) == [], "finished jobs ran again"
     finally:
         srv.stop()
