@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -261,28 +262,26 @@ def test_a_sleeper_late_for_its_wake_up_is_woken_last_until_it_comes_in_time(
     assert (healthy.told, slow.told) == ([], [("wake",)])
 
 
-def test_a_woken_worker_that_disconnects_passes_its_wake_up_on() -> None:
-    jobs = JobServer(hostname="t")  # no timers: nothing but the detach may wake the other
+@pytest.mark.parametrize(
+    "leave",
+    [
+        lambda jobs, worker: jobs.detach_worker(worker),  # its connection is gone
+        # CANT_DO (or RESET_ABILITIES) before it grabs: the job waited out the wake deadline
+        lambda jobs, worker: jobs.cant_do(worker, b"f"),
+    ],
+    ids=["disconnects", "gives-up-the-function"],
+)
+def test_a_woken_worker_that_will_not_come_passes_its_wake_up_on(
+    leave: Callable[[JobServer, FakePeer], None],
+) -> None:
+    jobs = JobServer(hostname="t")  # no timers: nothing but ``leave`` may wake the other
     old, new = FakePeer(), FakePeer()
     for worker in (old, new):
         jobs.can_do(worker, b"f")
         jobs.pre_sleep(worker)
     jobs.submit(None, b"f", b"", b"x", background=True)
     assert new.told == [("wake",)] and old.told == []
-    jobs.detach_worker(new)
-    assert old.told == [("wake",)]
-
-
-def test_a_woken_worker_that_gives_up_the_function_passes_its_wake_up_on() -> None:
-    # CANT_DO (or RESET_ABILITIES) before it grabs: the job waited out the wake deadline.
-    jobs = JobServer(hostname="t")  # no timers: nothing but the CANT_DO may wake the other
-    old, new = FakePeer(), FakePeer()
-    for worker in (old, new):
-        jobs.can_do(worker, b"f")
-        jobs.pre_sleep(worker)
-    jobs.submit(None, b"f", b"", b"x", background=True)
-    assert new.told == [("wake",)] and old.told == []
-    jobs.cant_do(new, b"f")
+    leave(jobs, new)
     assert old.told == [("wake",)]
 
 
