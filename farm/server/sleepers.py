@@ -4,7 +4,7 @@ A mixin of :class:`farm.server.dispatch.Dispatch` (split off along this seam). A
 wakes the sleeper that went to sleep last, the warmest process; one that let a wake-up
 or a pushed job pass its deadline sleeps at the cold end until it comes in time. A woken
 worker that does not come within WAKE_DEADLINE (farm.server.dispatch) is passed over for
-another, and one that disconnects passes its wake-up on at once.
+another, and one that will not come (gone, draining) passes its wake-up on at once.
 """
 
 from __future__ import annotations
@@ -72,13 +72,7 @@ class Sleepers:
         sent and has not answered yet goes to another sleeper."""
         worker.draining = True
         self._unsleep(worker)
-        if worker.woken:
-            worker.woken = False
-            self.wakes.discard(worker)
-            for function in worker.abilities:
-                fq = self.functions.get(function)
-                if fq is not None and function in self.ready:
-                    self._wake(fq)
+        self._pass_on_wake(worker)
 
     def _wake(self, fq: FunctionQueue) -> None:
         """One more job is runnable: wake one sleeping worker for it, no herd.
@@ -109,9 +103,10 @@ class Sleepers:
             self._wake(fq)
 
     def _pass_on_wake(self, worker: Peer) -> None:
-        """A woken worker that will never come (its connection is gone): wake another sleeper
-        now for the job it was woken for. Its deadline is dropped with it, and nothing else
-        would: the job waited, with workers asleep, until some other job woke one."""
+        """A woken worker that will not come (its connection is gone, it drains, it gave up
+        the function): wake another sleeper now for the job it was woken for, if it was
+        woken. Its deadline is dropped with it; a wake-up dropped without this left the job
+        waiting, with workers asleep, until some other job woke one."""
         fq = self.wakes.pop(worker)
         worker.woken = False
         if fq is not None and fq.queued and self.functions.get(fq.name) is fq:
