@@ -5,12 +5,36 @@ What they are built from lives in tests/helpers/; test modules import it from th
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.helpers.peers import Peer
 from tests.helpers.servers import Server, start_farm_server, start_gearmand
+
+
+def _claims_dirs() -> set[Path]:
+    """The Executor's replay records of this user in shared memory (farm.executor.replay)."""
+    shm = Path("/dev/shm")
+    return set(shm.glob(f"farm-{os.getuid()}-claims-*")) if shm.is_dir() else set()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_claims_left() -> Iterator[None]:
+    """Remove the replay records this session's farms left in /dev/shm.
+
+    Each test's farm has a key of its own, so a record of its own (some 15 KB of memory
+    each, hundreds a run), which outlives the farm as it must for users (a restarted farm
+    still refuses a replayed call); a test's key is gone with its temporary directory, so
+    nothing would ever sweep its record. Those that were there before the session are kept.
+    """
+    before = _claims_dirs()
+    yield
+    for left in _claims_dirs() - before:
+        shutil.rmtree(left, ignore_errors=True)
 
 
 @pytest.fixture
