@@ -1,0 +1,71 @@
+"""``function="other"`` in the server's metrics only grows (farm.server.exposition).
+
+Functions pass through ``other``: a name nobody serves is summed there until a worker
+registers it (then it has its own series), and an idle entry may be freed. Its counters
+and histograms must not drop when one leaves: Prometheus reads a drop as a reset and
+counts the rest again. The real server's path is in tests/monitoring/test_server_metrics.py.
+"""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from farm.server.exposition import exposition
+from farm.server.hub import Hub
+from farm.server.options import parse_args
+from farm.server.queues import SERVED_OVER_TCP
+
+
+def scrape(hub: Hub) -> dict[tuple[str, str, str], float]:
+    """(sample name, function, priority or "") -> value."""
+    out = {}
+    for family in text_string_to_metric_families(exposition(hub).decode()):
+        for s in family.samples:
+            if "function" in s.labels and "le" not in s.labels:
+                out[(s.name, s.labels["function"], s.labels.get("priority", ""))] = s.value
+    return out
+
+
+def test_other_keeps_what_a_function_counted_there_after_it_leaves() -> None:
+    hub = Hub(parse_args(["--store", "none"]))
+    a, b = hub.jobs.function(b"a"), hub.jobs.function(b"b")
+    a.stats.submitted[1] = 5
+    a.stats.wait.observe(0.002)
+    b.stats.submitted[1] = 2
+    assert scrape(hub)[("farm_jobs_submitted_total", "other", "normal")] == 7
+
+    # a is labelled by name from now on: what it counted in other stays there.
+    a.served = SERVED_OVER_TCP
+    a.stats.submitted[1] = 6
+    after = scrape(hub)
+    assert after[("farm_jobs_submitted_total", "a", "normal")] == 6
+    assert after[("farm_jobs_submitted_total", "other", "normal")] == 7
+    assert after[("farm_job_queue_wait_seconds_count", "other", "")] == 1
+    assert after[("farm_job_queue_wait_seconds_sum", "other", "")] == 0.002
+
+    # b counts on in other; then its entry is freed, and c comes with counts of its own.
+    b.stats.submitted[1] = 3
+    assert scrape(hub)[("farm_jobs_submitted_total", "other", "normal")] == 8
+    del hub.jobs.functions[b"b"]
+    hub.jobs.function(b"c").stats.submitted[2] = 4
+    last = scrape(hub)
+    assert last[("farm_jobs_submitted_total", "other", "normal")] == 8
+    assert last[("farm_jobs_submitted_total", "other", "low")] == 4
+
+
+def test_other_stays_once_it_was_there() -> None:
+    """A series that vanished and came back lower would be a reset too."""
+    hub = Hub(parse_args(["--store", "none"]))
+    fq = hub.jobs.function(b"a")
+    fq.stats.completed[0] = 3
+    assert scrape(hub)[("farm_jobs_completed_total", "other", "high")] == 3
+    fq.served = SERVED_OVER_TCP  # the only function: nothing is summed in other now
+    after = scrape(hub)
+    assert after[("farm_jobs_completed_total", "other", "high")] == 3
+    assert after[("farm_jobs_queued", "other", "high")] == 0
+
+
+def test_no_other_until_a_function_is_summed_there() -> None:
+    hub = Hub(parse_args(["--store", "none"]))
+    hub.jobs.function(b"a").served = SERVED_OVER_TCP
+    assert not [key for key in scrape(hub) if key[1] == "other"]
