@@ -9,6 +9,7 @@ function or connection first, as gearmand's lists do.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from time import monotonic
 
@@ -43,6 +44,21 @@ def _text(raw: bytes) -> str:
     # Names are bytes on the wire: a name that is not UTF-8 goes back out as it came (the
     # connection encodes replies with surrogateescape), as gearmand prints it.
     return raw.decode("utf-8", "surrogateescape")
+
+
+#: Bytes a unique key may hold that would break a listing's lines (and a tab its fields).
+_BREAKS_LINES = re.compile("[\x00-\x1f\x7f]")
+
+
+def _line(raw: bytes) -> str:
+    """A unique key as one line of a listing: gearmand prints it as it came, so a key
+    holding a newline, or a key that is ``.``, ended the listing early and the rest was
+    read as the reply to the next command. Control characters are written ``\\xNN`` (and
+    ``.`` as ``\\x2e``); every other key is printed as gearmand prints it."""
+    text = _text(raw)
+    if text == ".":
+        return "\\x2e"
+    return _BREAKS_LINES.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
 
 
 def _raw(word: str) -> bytes:
@@ -84,11 +100,11 @@ def show(server: Hub, args: list[str]) -> str:
         ]
         return "".join(lines) + ".\n"
     if what == "unique jobs":
-        return "".join(f"{_text(job.unique)}\n" for job in server.jobs.jobs.values()) + ".\n"
+        return "".join(f"{_line(job.unique)}\n" for job in server.jobs.jobs.values()) + ".\n"
     if what == "poison jobs":  # farm's own
         # farm's own: jobs failed after job_retries worker deaths (handle, function, unique).
         lines = [
-            f"{_text(h)}\t{_text(f)}\t{_text(u)}\n" for h, f, u in reversed(server.jobs.poison)
+            f"{_text(h)}\t{_text(f)}\t{_line(u)}\n" for h, f, u in reversed(server.jobs.poison)
         ]
         return "".join(lines) + ".\n"
     if not what:

@@ -220,6 +220,18 @@ def test_show_unique_jobs(any_server, admin_factory, peer_factory):
     assert sorted(lines(a.listing(b"show unique jobs\n"))) == [b"u1", b"u2"]
 
 
+def test_show_unique_jobs_keeps_each_key_on_its_line(farm_server, admin_factory, peer_factory):
+    """farm's own: a key with a newline, or a key that is ".", printed as it came (as
+    gearmand does), ended the listing early, and its rest was read as the next reply."""
+    a = admin_factory(farm_server)
+    c = peer_factory(farm_server.addr)
+    for unique in (b"a\n.\nb", b".", b"t\tu\r", b"plain"):
+        submit(c, "f", unique=unique)
+    listed = lines(a.listing(b"show unique jobs\n"))
+    assert sorted(listed) == [b"\\x2e", b"a\\x0a.\\x0ab", b"plain", b"t\\x09u\\x0d"]
+    assert a.listing(b"status\n") == b"f\t4\t0\t0\n.\n", "the next reply is its own"
+
+
 def test_show_unknown(any_server, admin_factory):
     a = admin_factory(any_server)
     assert a.line(b"show foo\n") == b"ERR UNKNOWN_SHOW_ARGUMENTS\r\n"
