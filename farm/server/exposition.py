@@ -12,9 +12,10 @@ on the Unix socket first;
 every other function is summed under ``function="other"``, so neither a client
 inventing names nor a worker registering thousands can grow the scrape without
 limit (4,096 names from one TCP worker made a 145 MB scrape that held the server
-for 4 s). The counters and histograms of ``other`` only grow (``_OtherSeries``): a
-function that leaves it (its entry freed, or labelled by name from now on) takes
-nothing back, which Prometheus would read as a counter reset and count twice.
+for 4 s). The counters and histograms of ``other`` only grow: a function that leaves
+it (labelled by name from now on, or its entry freed) leaves what it counted there
+behind, in ``Jobs.other_retired`` (``_sort_into_other``); a drop would read to
+Prometheus as a counter reset, and what remained would be counted again.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -57,59 +57,6 @@ _COUNTERS = (
 )
 
 
-def _flat(stats: FunctionStats) -> list[float]:
-    """A function's counters and histograms as one vector (the layout ``_OtherSeries`` keeps)."""
-    out: list[float] = [n for field, _ in _COUNTERS for n in getattr(stats, field)]
-    for hist in (stats.wait, stats.run):
-        out += hist.counts
-        out.append(hist.total)
-    return out
-
-
-class _OtherSeries:
-    """``function="other"``'s counters and histograms, which only grow.
-
-    At each scrape every function summed under ``other`` adds what it counted since the
-    last scrape that found it there (all of it, the first time); one that has left ``other``
-    since takes nothing back. So ``other`` counts what happened to functions while they
-    were in it, and a function that gets a label of its own (or whose entry is freed)
-    leaves no drop behind, which Prometheus would read as a reset and count again.
-    """
-
-    def __init__(self) -> None:
-        self.seen: dict[FunctionQueue, list[float]] = {}
-        self.total = _flat(FunctionStats())
-
-    def add(self, members: list[FunctionQueue]) -> None:
-        seen: dict[FunctionQueue, list[float]] = {}
-        total = self.total
-        for fq in members:
-            now = seen[fq] = _flat(fq.stats)
-            before = self.seen.get(fq)
-            for i, value in enumerate(now):
-                total[i] += value if before is None else value - before[i]
-        self.seen = seen  # functions that left are let go
-
-    def counts(self, field: int) -> list[float]:
-        return self.total[field * 3 : field * 3 + 3]
-
-    def histograms(self) -> tuple[Histogram, Histogram]:
-        at = len(_COUNTERS) * 3
-        out = []
-        for _ in range(2):
-            hist = Histogram()
-            width = len(hist.counts)
-            hist.counts = [int(n) for n in self.total[at : at + width]]
-            hist.total = self.total[at + width]
-            out.append(hist)
-            at += width + 1
-        return out[0], out[1]
-
-
-#: Each server's ``other`` series (one Hub a process; tests start several).
-_OTHER: weakref.WeakKeyDictionary[Hub, _OtherSeries] = weakref.WeakKeyDictionary()
-
-
 class _Collector:
     """Reads a Hub at scrape time (in the server's loop thread) into metric families."""
 
@@ -123,23 +70,15 @@ class _Collector:
             HistogramMetricFamily,
         )
 
-        groups = _by_label(self.hub.jobs.functions.values())
-        other = _OTHER.get(self.hub)
-        members = dict(groups).get(OTHER)
-        if members is not None or other is not None:
-            if other is None:
-                other = _OTHER[self.hub] = _OtherSeries()
-            other.add(members or [])
-            if members is None:
-                groups.append((OTHER, []))  # once there, its counters stay (at no less)
+        jobs = self.hub.jobs
+        groups = _by_label(jobs.functions.values())
+        retired = _sort_into_other(groups, jobs.other_retired)
         labels = ["function", "priority"]
-        for index, (field, text) in enumerate(_COUNTERS):
+        for field, text in _COUNTERS:
             family = CounterMetricFamily(f"farm_jobs_{field}", text, labels=labels)
             for name, fqs in groups:
-                if name == OTHER and other is not None:
-                    counts = other.counts(index)
-                else:
-                    counts = [sum(getattr(fq.stats, field)[i] for fq in fqs) for i in range(3)]
+                stats = [fq.stats for fq in fqs] + ([retired] if name == OTHER else [])
+                counts = [sum(getattr(st, field)[i] for st in stats) for i in range(3)]
                 for priority, count in zip(PRIORITY_NAMES, counts, strict=True):
                     family.add_metric([name, priority], count)
             yield family
@@ -168,12 +107,12 @@ class _Collector:
                 queued.add_metric([name, label], count)
             running.add_metric([name], sum(fq.running for fq in fqs))
             workers.add_metric([name], sum(len(fq.workers) for fq in fqs))
-            if name == OTHER and other is not None:
-                merged_wait, merged_run = other.histograms()
-            else:
-                merged_wait = Histogram.merged([fq.stats.wait for fq in fqs])
-                merged_run = Histogram.merged([fq.stats.run for fq in fqs])
-            for histogram, merged in ((wait, merged_wait), (run, merged_run)):
+            stats = [fq.stats for fq in fqs] + ([retired] if name == OTHER else [])
+            for histogram, hists in (
+                (wait, [st.wait for st in stats]),
+                (run, [st.run for st in stats]),
+            ):
+                merged = Histogram.merged(hists)
                 histogram.add_metric([name], merged.cumulative(), merged.total)
         yield from (queued, running, workers, wait, run)
         yield from self._server()
@@ -258,6 +197,24 @@ def _by_label(functions: Iterable[FunctionQueue]) -> list[tuple[str, list[Functi
     if other:
         named[OTHER] = other
     return list(named.items())
+
+
+def _sort_into_other(
+    groups: list[tuple[str, list[FunctionQueue]]], retired: FunctionStats
+) -> FunctionStats:
+    """Mark which functions this scrape sums under ``other`` (``FunctionQueue.in_other``);
+    one that was there and is labelled by name now leaves its counts to ``retired`` (as
+    ``Jobs.note_unused`` does for one whose entry it frees), so that ``other`` never drops.
+    ``other`` is added to ``groups`` once ``retired`` holds anything: its series stays."""
+    for name, fqs in groups:
+        inside = name == OTHER
+        for fq in fqs:
+            if fq.in_other and not inside:
+                retired.absorb(fq.stats)
+            fq.in_other = inside
+    if retired.counted() and OTHER not in dict(groups):
+        groups.append((OTHER, []))
+    return retired
 
 
 def exposition(hub: Hub) -> bytes:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from farm.protocol.kinds import Priority
 from farm.server.deadlines import Deadlines
 from farm.server.dispatch import MAX_EXPIRED, WAKE_DEADLINE, Dispatch
+from farm.server.metrics import FunctionStats
 from farm.server.queues import (
     JOB_OVERHEAD,
     NORMAL,
@@ -97,6 +98,8 @@ class JobServer(Dispatch):
         self._counter = itertools.count(self.first_number)
         self._seq = itertools.count()
         self.functions: dict[bytes, FunctionQueue] = {}
+        # What functions counted under the metrics' "other" before they left it.
+        self.other_retired = FunctionStats()
         # Unused functions, oldest first (see MAX_IDLE_FUNCTIONS).
         self.idle: dict[bytes, None] = {}
         # Functions with runnable jobs: a grab looks at these, not at all of a worker's
@@ -143,6 +146,8 @@ class JobServer(Dispatch):
             fq = self.functions.get(oldest)
             if fq is not None and self._unused(fq):
                 del self.functions[oldest]
+                if fq.in_other:  # the metrics' other must not drop (farm.server.exposition)
+                    self.other_retired.absorb(fq.stats)
 
     def _unused(self, fq: FunctionQueue) -> bool:
         return not (

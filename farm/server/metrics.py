@@ -76,6 +76,11 @@ class Histogram:
             out.total += hist.total
         return out
 
+    def absorb(self, other: Histogram) -> None:
+        """Add ``other``'s observations to these (same bounds)."""
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.total += other.total
+
     def cumulative(self) -> list[tuple[str, float]]:
         out, running = [], 0
         for bound, count in zip(self.bounds, self.counts, strict=False):
@@ -87,6 +92,9 @@ class Histogram:
 
 def _bound(value: float) -> str:
     return repr(value)
+
+
+_COUNT_FIELDS = ("submitted", "completed", "failed", "exceptions", "retried", "timed_out")
 
 
 class FunctionStats:
@@ -112,6 +120,22 @@ class FunctionStats:
         self.timed_out = [0, 0, 0]
         self.wait = Histogram()  # submit (or requeue) -> assigned to a worker
         self.run = Histogram()  # assigned -> the worker's answer
+
+    def absorb(self, other: FunctionStats) -> None:
+        """Add ``other``'s counts to these (the metrics' ``other`` keeps what functions
+        that left it counted there: farm.server.exposition)."""
+        for field in _COUNT_FIELDS:
+            mine, theirs = getattr(self, field), getattr(other, field)
+            for i in range(3):
+                mine[i] += theirs[i]
+        self.wait.absorb(other.wait)
+        self.run.absorb(other.run)
+
+    def counted(self) -> bool:
+        """Whether anything was counted here."""
+        return any(any(getattr(self, f)) for f in _COUNT_FIELDS) or any(
+            self.wait.counts + self.run.counts
+        )
 
 
 class ServerStats:

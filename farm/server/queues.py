@@ -178,6 +178,7 @@ class FunctionQueue:
         "ready",
         "stats",
         "served",
+        "in_other",
     )
 
     def __init__(self, name: bytes, ready: set[bytes] | None = None) -> None:
@@ -204,6 +205,9 @@ class FunctionQueue:
         # keeps its series; names nobody ever served are summed as "other". SERVED_LOCALLY
         # once a worker on the Unix socket did (the farm's own: labelled first).
         self.served = 0
+        # The last scrape summed it under function="other": what it counted stays there
+        # when it leaves (Jobs.other_retired; farm.server.exposition).
+        self.in_other = False
 
     def full(self, priority: int) -> bool:
         limit = self.max_by_priority[priority] or self.max_total

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from farm.server.exposition import exposition
 from farm.server.hub import Hub
+from farm.server.jobs import MAX_IDLE_FUNCTIONS
 from farm.server.options import parse_args
 from farm.server.queues import SERVED_OVER_TCP
 
@@ -34,22 +35,29 @@ def test_other_keeps_what_a_function_counted_there_after_it_leaves() -> None:
     b.stats.submitted[1] = 2
     assert scrape(hub)[("farm_jobs_submitted_total", "other", "normal")] == 7
 
-    # a is labelled by name from now on: what it counted in other stays there.
+    # a is labelled by name from now on: what it counted up to the scrape that shows its
+    # name stays in other (the scrape is when its label changes).
     a.served = SERVED_OVER_TCP
     a.stats.submitted[1] = 6
     after = scrape(hub)
     assert after[("farm_jobs_submitted_total", "a", "normal")] == 6
-    assert after[("farm_jobs_submitted_total", "other", "normal")] == 7
+    assert after[("farm_jobs_submitted_total", "other", "normal")] == 8
     assert after[("farm_job_queue_wait_seconds_count", "other", "")] == 1
     assert after[("farm_job_queue_wait_seconds_sum", "other", "")] == 0.002
 
-    # b counts on in other; then its entry is freed, and c comes with counts of its own.
+    # b counts on in other, then its idle entry is freed (the oldest idle one, once more
+    # than MAX_IDLE_FUNCTIONS are idle): what it counted stays, up to its last count.
     b.stats.submitted[1] = 3
-    assert scrape(hub)[("farm_jobs_submitted_total", "other", "normal")] == 8
-    del hub.jobs.functions[b"b"]
+    assert scrape(hub)[("farm_jobs_submitted_total", "other", "normal")] == 9
+    b.stats.submitted[1] = 4
+    hub.jobs.note_unused(b"b")
+    for n in range(MAX_IDLE_FUNCTIONS):
+        hub.jobs.function(b"idle-%d" % n)
+        hub.jobs.note_unused(b"idle-%d" % n)
+    assert b"b" not in hub.jobs.functions
     hub.jobs.function(b"c").stats.submitted[2] = 4
     last = scrape(hub)
-    assert last[("farm_jobs_submitted_total", "other", "normal")] == 8
+    assert last[("farm_jobs_submitted_total", "other", "normal")] == 10
     assert last[("farm_jobs_submitted_total", "other", "low")] == 4
 
 
