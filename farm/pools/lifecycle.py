@@ -373,15 +373,19 @@ class Lifecycle:
 
     def close_report(self, proc: WorkerProcess) -> None:
         if proc.report_fd >= 0:
-            if proc.command:  # what it wrote before exiting is still in the pipe
-                while True:
-                    try:
-                        data = os.read(proc.report_fd, 65536)
-                    except OSError:
-                        data = b""
+            # What it wrote before exiting is still in the pipe: a command's last output, a
+            # Python worker's last report (why it could not boot, read before its exit's log).
+            while True:
+                try:
+                    data = os.read(proc.report_fd, 65536)
+                except OSError:
+                    data = b""
+                if proc.command:
                     self.log_output(proc, proc.output(data, final=not data))
-                    if not data:
-                        break
+                elif data:
+                    proc.feed(data)
+                if not data:
+                    break
             self.selector.unregister(proc.report_fd)
             os.close(proc.report_fd)
             proc.report_fd = -1

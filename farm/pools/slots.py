@@ -214,11 +214,14 @@ class WorkerProcess:
             self.apply(event)
 
     def apply(self, event: dict[str, object]) -> None:
-        """A report line: ``ready`` (it serves now) or ``recycle`` (it exits after this job).
+        """A report line: ``ready`` (it serves now), ``recycle`` (it exits after this job) or
+        ``boot_error`` (it cannot serve its target, and exits 3: why, for the log of its end).
         What it does job by job is in its shared-memory record, read by ``refresh``."""
         kind = event.get("ev")
         if kind == "recycle":
             self.recycle_reason = str(event.get("why", ""))
+        elif kind == "boot_error" and self.state is ProcState.STARTING:
+            self.boot_error = str(event.get("why", "")) or "exited with code 3"
         elif kind == "ready" and self.state is ProcState.STARTING:
             self.state = ProcState.IDLE
             self.refresh()

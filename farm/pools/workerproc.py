@@ -7,6 +7,8 @@ pins nothing itself). It loads the target, serves it through
 
     {"ev": "ready"}                       target loaded, about to connect
     {"ev": "recycle", "why": "..."}       it will exit after this job (max_jobs / max_rss_mb)
+    {"ev": "boot_error", "why": "..."}    it cannot serve its target, and exits 3 (the why goes
+                                          into the supervisor's log, `farm ps` and `farm restart`)
 
 What it does job by job (the job in hand since when, jobs done, RSS) it writes
 into its slot's shared-memory record (``--record-fd``, farm.pools.record), which
@@ -52,6 +54,8 @@ RSS_EVERY = 0.05
 #: outgrow the ceiling by what it allocates in this time (or in one C call that holds
 #: the GIL, which delays the check until it returns): a hard ceiling, not an exact one.
 RSS_WATCH_EVERY = 0.1
+#: The longest why a boot_error report carries (its JSON line stays under PIPE_BUF).
+BOOT_ERROR_CHARS = 500
 
 
 def current_rss() -> int:
@@ -128,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         from farm.worker import Worker
     except NotCallable as e:  # its traceback would only point into load_target
         log.error("cannot serve %s: %s; point target at one", ns.function, e)
-        return EXIT_BOOT_ERROR
+        return boot_failed(reporter, str(e))
     except Exception as e:  # whatever the target's import raises is a boot failure
         log.error(
             "cannot load %s for %s: %s: %s",
@@ -138,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             e,
             exc_info=True,  # a traceback to the import error; one record (farm.logs)
         )
-        return EXIT_BOOT_ERROR
+        return boot_failed(reporter, f"{type(e).__name__}: {e}")
 
     recycle: list[str] = []
     rss_read = [0.0, 0]  # when RSS was last read, and what it was
@@ -177,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             worker.register(served, _recording(fn, record, watched), timeout=ns.timeout)
     except (ValueError, TypeError) as e:
         log.error("cannot serve %s: %s", ns.function, e)
-        return EXIT_BOOT_ERROR
+        return boot_failed(reporter, str(e))
     signal.signal(signal.SIGTERM, lambda signum, frame: worker.stop())
     if ns.kill_rss_mb is not None:
         rss = current_rss()
@@ -194,6 +198,17 @@ def main(argv: list[str] | None = None) -> int:
     reporter.send(ev="ready")
     worker.work()
     return EXIT_RECYCLE if recycle else EXIT_DRAINED
+
+
+def boot_failed(reporter: Reporter, why: str) -> int:
+    """Tell the supervisor why the target cannot be served, for the log line of this exit,
+    `farm ps --json` and `farm restart`/`farm reload` (the traceback is in our own log
+    alone); return the boot failure's exit code."""
+    why = " ".join(why.split())  # one line
+    if len(why) > BOOT_ERROR_CHARS:
+        why = why[: BOOT_ERROR_CHARS - 3] + "..."
+    reporter.send(ev="boot_error", why=why)
+    return EXIT_BOOT_ERROR
 
 
 def watch_rss(worker: Worker, in_hand: list[Job | None], kill_rss_mb: int) -> None:
