@@ -12,6 +12,7 @@ import socket
 
 from farm.config.model import RESERVED_PREFIX, Config
 from farm.net import DEFAULT_SERVER
+from farm.paths import runtime_dir
 
 __all__ = ["EXECUTOR_TARGETS", "problem"]
 
@@ -56,10 +57,13 @@ def reserved_pools(config: Config) -> tuple[str, str] | None:
         if config.servers_for(pool):
             continue
         if config.local_server:
+            # The path farm's own default would take: one this user may create (a fixed
+            # /run/farm/... is root's, and the next start failed on it).
             return (
                 "server.listen",
                 f"the {pool.name} pool is served only over a Unix socket (its calls are"
-                ' code to run); add "unix:/run/farm/gearman.sock" or another path',
+                f' code to run); add "unix:{runtime_dir()}/gearman.sock" (the default) or'
+                " another path",
             )
         return (
             "supervisor.servers",
