@@ -113,7 +113,11 @@ def worker(
 def submit(
     function: Annotated[str, typer.Argument(help="The function to run.")],
     data: Annotated[
-        str | None, typer.Argument(help="The payload; '-' reads standard input.")
+        str | None,
+        typer.Argument(
+            help="The payload; '-' reads standard input, and so does none when standard"
+            " input is not a terminal (as the gearman tool does)."
+        ),
     ] = None,
     background: Annotated[
         bool, typer.Option("--background", "-b", help="Print the handle; do not wait.")
@@ -139,8 +143,10 @@ def submit(
     if unique is not None:
         _utf8(unique, "--unique")
     servers = _servers(server, config)
-    # The bytes as typed: the shell's argument, not the locale's reading of it.
-    payload = sys.stdin.buffer.read() if data == "-" else os.fsencode(data or "")
+    # The bytes as typed: the shell's argument, not the locale's reading of it. No DATA
+    # reads a pipe or file, as `gearman -f F` does: `echo hi | farm submit F` sent nothing.
+    piped = data is None and sys.stdin is not None and not sys.stdin.isatty()
+    payload = sys.stdin.buffer.read() if data == "-" or piped else os.fsencode(data or "")
     try:
         client = Client(servers, tls=tls_from_env(), timeout=timeout)
     except (TypeError, ValueError, ConfigError) as exc:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from typing import Any
 
 from typer.testing import CliRunner
@@ -63,3 +65,19 @@ def test_worker_bad_target_exits_2() -> None:
         result = runner.invoke(app, ["worker", target, "--server", "127.0.0.1:1"])
         assert result.exit_code == 2, target
         assert "Traceback" not in result.stderr and result.stderr.startswith("farm: ")
+
+
+def test_submit_without_data_reads_a_pipe_as_the_gearman_tool_does(farm_server) -> None:
+    # `echo hello | farm submit reverse` sent an empty payload (and printed nothing), where
+    # `gearman -f reverse` reads its standard input when given no data.
+    def submit(*args: str, **kw: Any) -> subprocess.CompletedProcess[bytes]:
+        argv = [sys.executable, "-m", "farm", "submit", *args, "--server", farm_server.addr]
+        return subprocess.run(argv, capture_output=True, timeout=30, **kw)
+
+    with serving(farm_server.addr, {"reverse": reverse}):
+        piped = submit("reverse", input=b"hello\n")
+        assert (piped.returncode, piped.stdout) == (0, b"\nolleh"), piped.stderr
+        given = submit("reverse", "typed", input=b"ignored")  # DATA given: stdin unread
+        assert (given.returncode, given.stdout) == (0, b"depyt"), given.stderr
+        empty = submit("reverse", stdin=subprocess.DEVNULL)
+        assert (empty.returncode, empty.stdout) == (0, b""), empty.stderr
