@@ -23,6 +23,8 @@ app = typer.Typer(
     # Plain help, as click writes it: flags show no value metavar, and `farm server --help`
     # (rendered from gearmand-compatible argparse flags) can look the same.
     rich_markup_mode=None,
+    # -h as well, as gearmand, gearman and gearadmin take it (every command inherits it).
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
