@@ -111,7 +111,9 @@ def ps(
 
 @app.command(cls=FarmCommand)
 def scale(
-    changes: Annotated[list[str], typer.Argument(help="NAME=COUNT, NAME=+N or NAME=-N")],
+    changes: Annotated[
+        list[str], typer.Argument(help="NAME=COUNT, NAME=+N, NAME=-N or NAME=auto (one per core)")
+    ],
     config: Path | None = ConfigOption,
     control: str | None = ControlOption,
 ) -> None:

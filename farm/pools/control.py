@@ -34,20 +34,23 @@ __all__ = [
 ]
 
 MAX_REQUEST = 64 * 1024
-_SCALE = re.compile(r"^([A-Za-z0-9_.-]{1,64})=([+-]?)(\d{1,6})$")
+_SCALE = re.compile(r"^([A-Za-z0-9_.-]{1,64})=(?:([+-]?)(\d{1,6})|auto)$")
 
 
 class ControlUnavailable(FarmError):
     """No supervisor answers on the control socket."""
 
 
-def parse_scale(arg: str) -> tuple[str, str, int]:
-    """``"resize=32"`` -> ("resize", "=", 32); ``"reverse=+2"`` -> ("reverse", "+", 2)."""
+def parse_scale(arg: str) -> tuple[str, str, int | None]:
+    """``"resize=32"`` -> ("resize", "=", 32); ``"reverse=+2"`` -> ("reverse", "+", 2);
+    ``"resize=auto"`` -> ("resize", "=", None): one worker per core, as ``workers = "auto"``."""
     match = _SCALE.match(arg.strip())
     if not match:
-        raise ValueError(f"{arg!r} is not NAME=COUNT, NAME=+N or NAME=-N (e.g. resize=32)")
+        raise ValueError(
+            f"{arg!r} is not NAME=COUNT, NAME=+N, NAME=-N or NAME=auto (e.g. resize=32)"
+        )
     name, sign, count = match.groups()
-    return name, sign or "=", int(count)
+    return name, sign or "=", None if count is None else int(count)
 
 
 def request(path: str, message: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:

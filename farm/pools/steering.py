@@ -152,7 +152,7 @@ class Steering:
     def scale(self, changes: Any) -> dict[str, Any]:
         """Apply ["resize=32", "reverse=+2", ...] to the targets, all or nothing."""
         if not isinstance(changes, list) or not changes:
-            return {"ok": False, "usage": True, "error": "give NAME=COUNT, NAME=+N or NAME=-N"}
+            return {"ok": False, "usage": True, "error": "give NAME=COUNT, NAME=+N, -N or auto"}
         targets = dict(self.targets)
         for change in changes:
             try:
@@ -163,6 +163,8 @@ class Steering:
                 name = self.pool_named(name)
             except ValueError as e:
                 return {"ok": False, "usage": True, "error": str(e)}
+            if count is None:  # auto: one per core the farm pins to, as workers = "auto"
+                count = len(self.config.supervisor.cpus)
             targets[name] = {"=": count, "+": targets[name] + count, "-": targets[name] - count}[op]
         problem = capacity_problem(
             self.config.functions, targets, self.config.supervisor.memory_budget_mb

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from farm.client import Client
+from farm.config.capacity import available_cpus
 from farm.errors import FarmError, JobFailed
 from tests.helpers.farmproc import FarmUp, farm_cli
 from tests.helpers.waiting import wait_for
@@ -92,6 +93,23 @@ def test_scale_up_and_down_under_load_loses_no_job(tmp_path: Path) -> None:
         assert stream.stop() > 50
         assert "scaling hash from 1 to 3" in up.read_log()
         assert "crashed" not in up.read_log()
+    finally:
+        assert up.stop() == 0
+
+
+def test_scale_to_auto_is_one_worker_per_core(tmp_path: Path) -> None:
+    """`farm scale NAME=auto`, as `workers = "auto"` in the config: one per core."""
+    up = FarmUp(tmp_path, FUNCTIONS)
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 1, "hash": 1})
+        cores = len(available_cpus())
+        out = farm_cli("scale", "reverse=auto", "--control", up.control)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == [f"reverse={cores}", "hash=1"]
+        up.wait_idle({"reverse": cores, "hash": 1})
+        out = farm_cli("scale", "reverse=+auto", "--control", up.control)
+        assert out.returncode == 2 and "NAME=auto" in out.stderr, out
     finally:
         assert up.stop() == 0
 

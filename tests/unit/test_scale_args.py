@@ -9,7 +9,18 @@ from farm.pools.control import parse_scale
 
 @pytest.mark.parametrize(
     ("arg", "parsed"),
-    [("resize=32", ("resize", "=", 32)), ("a.b=+2", ("a.b", "+", 2)), ("t=-1", ("t", "-", 1))],
+    [
+        ("resize=32", ("resize", "=", 32)),
+        ("a.b=+2", ("a.b", "+", 2)),
+        ("t=-1", ("t", "-", 1)),
+        ("resize=auto", ("resize", "=", None)),  # one per core, as workers = "auto"
+    ],
 )
-def test_parse_scale(arg: str, parsed: tuple[str, str, int]) -> None:
+def test_parse_scale(arg: str, parsed: tuple[str, str, int | None]) -> None:
     assert parse_scale(arg) == parsed
+
+
+@pytest.mark.parametrize("arg", ["resize=+auto", "resize=Auto", "resize=", "=3", "resize=1.5"])
+def test_parse_scale_refuses(arg: str) -> None:
+    with pytest.raises(ValueError, match="NAME=auto"):
+        parse_scale(arg)
