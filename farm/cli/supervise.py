@@ -59,7 +59,8 @@ def up(
         stream=sys.stderr,
     )
     try:
-        code = Supervisor(cfg, str(path) if path else None).run()
+        # Absolute, so that what a reload says names the file wherever `farm reload` runs.
+        code = Supervisor(cfg, str(path.absolute()) if path else None).run()
     except ConfigError as e:  # a control socket its path cannot hold
         fail(str(e), 2)
     except FarmError as e:

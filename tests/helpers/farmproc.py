@@ -58,6 +58,7 @@ class FarmUp:
         self.env = dict(os.environ, NOTIFY_SOCKET=self.notify_path, PYTHONPATH=f"{tmp}:{ROOT}")
         self.env.update(extra_env or {})
         self.log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
+        self.config_arg = str(self.config)  # as `farm up -c` is given it (cwd: tmp)
         if start:
             self.start()
 
@@ -69,7 +70,7 @@ class FarmUp:
                 "from farm.cli import main; main()",
                 "up",
                 "-c",
-                str(self.config),
+                self.config_arg,
             ],
             cwd=self.tmp,
             env=self.env,

@@ -423,6 +423,22 @@ def test_reload_naming_another_file_is_refused_and_the_farm_keeps_its_own(
         assert up.stop() == 0
 
 
+def test_a_reload_names_a_config_given_relative_by_its_whole_path(tmp_path: Path) -> None:
+    # `farm up -c farm.toml`: a failed reload said "farm.toml: ...", which names no file
+    # for an operator in another directory.
+    up = FarmUp(tmp_path, '[functions.reverse]\ntarget = "workers.text:reverse"\n', start=False)
+    up.config_arg = "farm.toml"
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        up.config.write_text(up.config.read_text().replace("[supervisor]", "[supervisr]"))
+        out = farm_cli("reload", "--control", up.control)
+        assert out.returncode == 2, out.stdout  # a config error, as at start
+        assert f"{up.config}: supervisr: unknown key" in out.stderr, out.stderr
+    finally:
+        assert up.stop() == 0
+
+
 def test_what_a_python_worker_prints_is_logged_as_its_own(tmp_path: Path) -> None:
     # print() and stderr of a job went to the log raw: untagged in text, and not JSON
     # among JSON lines (journalctl -o cat | jq stopped at them).
