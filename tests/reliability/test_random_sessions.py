@@ -1,9 +1,10 @@
 """Random sessions of well-formed clients and workers against a live server.
 
 Seeded sequences of submits (foreground and background, every priority, some sharing a
-unique key), grabs, answers of every kind, ability changes, sleeps, and peers that leave
-mid-job, with workers that use farm's held grab (docs/held-grab.md) and clients that ask
-for lazy-created beside ones that do not. Whatever the order, each foreground submit's
+unique key, some refused by a queue limit), grabs of every kind, answers of every kind,
+ability changes and resets, sleeps, admin cancels, and peers that leave mid-job (past
+--job-retries a job fails), with workers that use farm's held grab (docs/held-grab.md)
+and clients that ask for lazy-created beside ones that do not. Whatever the order, each foreground submit's
 client must get exactly one end of its job (WORK_COMPLETE, WORK_FAIL or WORK_EXCEPTION)
 for every JOB_CREATED it got, and none for a job it did not submit; once a last worker
 has run what is left, nothing is queued or running. The job rules (farm.server.jobs,
@@ -37,6 +38,8 @@ from tests.helpers.waiting import wait_for
 pytestmark = pytest.mark.timeout(120)
 
 ENDS = (T.WORK_COMPLETE, T.WORK_FAIL, T.WORK_EXCEPTION)
+ASSIGNS = (T.JOB_ASSIGN, T.JOB_ASSIGN_UNIQ, T.JOB_ASSIGN_ALL)
+GRABS = (T.GRAB_JOB, T.GRAB_JOB, T.GRAB_JOB_UNIQ, T.GRAB_JOB_ALL)
 SUBMITS = {
     T.SUBMIT_JOB: False,
     T.SUBMIT_JOB_HIGH: False,
@@ -55,7 +58,7 @@ def server() -> Iterator[Server]:
     worker answered are passed on. Not gearmand: it loses a job that a submit joins by its
     unique key after the job's client left (docs/gearmand-probes.md, "Clients leaving"),
     which these sessions find within a few seeds."""
-    srv = start_farm_server("--wake-deadline", str(WAKE_DEADLINE))
+    srv = start_farm_server("--wake-deadline", str(WAKE_DEADLINE), "--job-retries", "3")
     yield srv
     assert srv.proc.poll() is None, "the server died"
     srv.stop()
@@ -89,7 +92,14 @@ class Session:
         self.clients: dict[int, Peer] = {}
         self.submitted: set[int] = set()  # clients whose next JOB_CREATED is a foreground's
         self.workers: dict[int, Worker] = {}
+        self.handles: set[bytes] = set()  # every handle seen, for admin cancels
+        self.cancelled: set[bytes] = set()
         self.next_id = 0
+        admin = Peer(srv.addr)
+        try:  # the second function takes 4 jobs at a time: more submits get QUEUE_ERROR
+            assert admin.admin(f"maxqueue {self.funcs[1]} 4") == "OK\r\n"
+        finally:
+            admin.close()
         for _ in range(3):
             self.new_client()
         for _ in range(3):
@@ -134,6 +144,7 @@ class Session:
         for pkt in self.sync(self.clients[cid]):
             if pkt.type == T.JOB_CREATED:
                 self.log.append(f"  client {cid} JOB_CREATED {pkt.args[0]!r}")
+                self.handles.add(pkt.args[0])
                 if cid in self.submitted:
                     self.submitted.discard(cid)
                     self.created[(cid, pkt.args[0])] += 1
@@ -143,6 +154,9 @@ class Session:
                 self.ended[key] += 1
                 if key not in self.created:
                     self.strays.append(f"client {cid}: {pkt.name} for {pkt.args[0]!r}")
+            elif pkt.type == T.ERROR and pkt.args[0] == b"QUEUE_ERROR":
+                self.log.append(f"  client {cid} QUEUE_ERROR")
+                self.submitted.discard(cid)  # refused: no job, no end
             elif pkt.type == T.ERROR:
                 self.strays.append(f"client {cid}: ERROR {pkt.args}")
 
@@ -161,8 +175,9 @@ class Session:
         elif pkt.type == T.NOOP:
             worker.asleep = False
             worker.pushed = worker.grab_held
-        elif pkt.type == T.JOB_ASSIGN:
-            worker.jobs.append((pkt.args[0], pkt.args[1].decode()))
+        elif pkt.type in ASSIGNS:
+            if pkt.args[0] not in self.cancelled:  # pushed before the cancel, read after it
+                worker.jobs.append((pkt.args[0], pkt.args[1].decode()))
             self.log.append(f"  worker {wid} gets {pkt.args[0]!r} ({pkt.args[1].decode()})")
             if worker.pushed:  # a push for the held grab: the worker accepts it at once
                 worker.peer.send(T.JOB_ACCEPT, pkt.args[0])
@@ -204,9 +219,10 @@ class Session:
         wid, worker = self.rng.choice(list(self.workers.items()))
         if worker.grab_held:
             return
-        worker.peer.send(T.GRAB_JOB)
+        ptype = self.rng.choice(GRABS)
+        worker.peer.send(ptype)
         worker.grabbing = True
-        self.step_worker(wid, f"worker {wid} GRAB_JOB")
+        self.step_worker(wid, f"worker {wid} {T(ptype).name}")
 
     def answer(self) -> None:
         busy = [(wid, w) for wid, w in self.workers.items() if w.jobs]
@@ -234,6 +250,30 @@ class Session:
             # server read the CANT_DO among them; its answers for them would get ERROR
             # JOB_NOT_FOUND (as gearmand does).
             worker.jobs = [job for job in worker.jobs if job[1] != func]
+
+    def reset(self) -> None:
+        """RESET_ABILITIES: its jobs go back to the queue (as for CANT_DO of each function),
+        and a held grab of it ends with NO_JOB."""
+        wid, worker = self.rng.choice(list(self.workers.items()))
+        worker.peer.send(T.RESET_ABILITIES)
+        self.step_worker(wid, f"worker {wid} RESET_ABILITIES")
+        worker.jobs = []
+
+    def cancel(self) -> None:
+        """Admin `cancel job H` of a job seen, queued or running: its clients get WORK_FAIL;
+        its worker's answers would get ERROR JOB_NOT_FOUND, so it gives none."""
+        if not self.handles:
+            return
+        handle = self.rng.choice(sorted(self.handles))
+        admin = Peer(self.srv.addr)
+        try:
+            said = admin.admin(f"cancel job {handle.decode()}").strip()
+        finally:
+            admin.close()
+        self.log.append(f"cancel job {handle!r}: {said}")
+        self.cancelled.add(handle)
+        for worker in self.workers.values():
+            worker.jobs = [job for job in worker.jobs if job[0] != handle]
 
     def sleep(self) -> None:
         idle = [(i, w) for i, w in self.workers.items() if not w.held_on and not w.asleep]
@@ -272,6 +312,8 @@ class Session:
             (self.grab, 22),
             (self.answer, 22),
             (self.abilities, 10),
+            (self.reset, 2),
+            (self.cancel, 3),
             (self.sleep, 6),
             (self.leave_worker, 5),
             (self.leave_client, 3),
