@@ -4,11 +4,12 @@ Seeded sequences of submits (foreground and background, every priority, some sha
 unique key, some refused by a queue limit), grabs of every kind, answers of every kind,
 ability changes and resets, sleeps, admin cancels, and peers that leave mid-job (past
 --job-retries a job fails), with workers that use farm's held grab (docs/held-grab.md)
-and clients that ask for lazy-created beside ones that do not. Whatever the order, each foreground submit's
-client must get exactly one end of its job (WORK_COMPLETE, WORK_FAIL or WORK_EXCEPTION)
-for every JOB_CREATED it got, and none for a job it did not submit; once a last worker
-has run what is left, nothing is queued or running. The job rules (farm.server.jobs,
-dispatch, sleepers) hold many paths that tests of one scenario each walk one at a time.
+and clients that ask for lazy-created beside ones that do not. Whatever the order, each
+foreground submit's client must get exactly one end of its job (WORK_COMPLETE, WORK_FAIL
+or WORK_EXCEPTION) for every JOB_CREATED it got, and none for a job it did not submit;
+once a last worker has run what is left, nothing is queued or running. The job rules
+(farm.server.jobs, dispatch, sleepers) hold many paths that tests of one scenario each
+walk one at a time.
 
 Every step on a connection ends with an ECHO round trip, so each peer's view is in step
 with the server's order of its packets; what the server sends the other peers meanwhile
