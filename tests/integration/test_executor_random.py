@@ -5,8 +5,9 @@ past the spill threshold, farm.executor.spill), ``map`` (chunk sizes from 1 to 6
 and without ``buffersize``, iterables that raise part-way), ``cancel``, ``wait`` and
 ``as_completed`` on random subsets, and now and then ``shutdown(cancel_futures=True)``,
 all on one executor, so that the paths of batching, chunks, spills, the pump and the
-waiting thread meet in orders no single-scenario test walks. Each call's outcome is known in advance; every future must end with it, or be
-cancelled (then ``result()`` raises CancelledError) where ``cancel()`` said so.
+waiting thread meet in orders no single-scenario test walks. Each call's outcome is
+known in advance; every future must end with it, or be cancelled (then ``result()``
+raises CancelledError) where ``cancel()`` said so.
 ``FARM_EXECUTOR_SESSIONS=N`` runs N seeds (8 by default).
 """
 
