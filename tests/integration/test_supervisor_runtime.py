@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from farm.client import Client
 from farm.config.capacity import available_cpus
 from farm.errors import FarmError, JobFailed
 from tests.helpers.farmproc import FarmUp, farm_cli
+from tests.helpers.streams import JobStream, running
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(40)
@@ -30,41 +30,6 @@ workers = 1
 target = "workers.hashing:pbkdf2"
 workers = 1
 """
-
-
-class JobStream:
-    """Clients submitting jobs back to back until stopped; every answer is checked."""
-
-    def __init__(self, addr: str, clients: int = 3) -> None:
-        self.addr = addr
-        self.done = 0
-        self.errors: list[BaseException] = []
-        self.halt = threading.Event()
-        self.threads = [threading.Thread(target=self.run, args=(i,)) for i in range(clients)]
-        for t in self.threads:
-            t.start()
-
-    def run(self, n: int) -> None:
-        client = Client(self.addr)
-        try:
-            i = 0
-            while not self.halt.is_set():
-                payload = f"{n}:{i}:" + "x" * (i % 50)
-                assert client.call("hash", f"2000 00\n{payload}", timeout=15)
-                assert client.call("reverse", payload, timeout=15) == payload[::-1].encode()
-                self.done += 2
-                i += 1
-        except BaseException as e:  # reported by stop()
-            self.errors.append(e)
-        finally:
-            client.close()
-
-    def stop(self) -> int:
-        self.halt.set()
-        for t in self.threads:
-            t.join(20)
-        assert not self.errors, self.errors
-        return self.done
 
 
 def test_scale_up_and_down_under_load_loses_no_job(tmp_path: Path) -> None:
@@ -81,12 +46,12 @@ def test_scale_up_and_down_under_load_loses_no_job(tmp_path: Path) -> None:
         out = farm_cli("scale", "hash=3", "reverse=+1", "--control", up.control)
         assert out.returncode == 0, out.stderr
         assert out.stdout.split() == ["reverse=2", "hash=3"]
-        wait_for("3 hash and 2 reverse workers", lambda: _running(up) == {"hash": 3, "reverse": 2})
+        wait_for("3 hash and 2 reverse workers", lambda: running(up) == {"hash": 3, "reverse": 2})
         before = stream.done
         wait_for("jobs on the grown pools", lambda: stream.done >= before + 30 or stream.errors)
         out = farm_cli("scale", "hash=-2", "reverse=1", "--control", up.control)
         assert out.returncode == 0, out.stderr
-        wait_for("scaled back down", lambda: _running(up) == {"hash": 1, "reverse": 1})
+        wait_for("scaled back down", lambda: running(up) == {"hash": 1, "reverse": 1})
         wait_for("drained workers gone", lambda: not up.workers(state="draining"), 20)
         before = stream.done
         wait_for("jobs after scale-down", lambda: stream.done >= before + 20 or stream.errors)
@@ -112,16 +77,6 @@ def test_scale_to_auto_is_one_worker_per_core(tmp_path: Path) -> None:
         assert out.returncode == 2 and "NAME=auto" in out.stderr, out
     finally:
         assert up.stop() == 0
-
-
-def _running(up: FarmUp) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for row in up.workers():
-        if row["state"] in ("idle", "busy"):
-            counts[row["function"]] = counts.get(row["function"], 0) + 1
-        elif row["state"] != "draining":
-            return {}  # still starting
-    return counts
 
 
 def test_sighup_applies_a_changed_config(tmp_path: Path) -> None:
