@@ -23,7 +23,8 @@ app = typer.Typer(
     # Plain help, as click writes it: flags show no value metavar, and `farm server --help`
     # (rendered from gearmand-compatible argparse flags) can look the same.
     rich_markup_mode=None,
-    # -h as well, as gearmand, gearman and gearadmin take it (every command inherits it).
+    # -h as well, as gearmand and most tools take it (the gearman and gearadmin tools use it
+    # for the host; no farm command has a -h of its own). Every command inherits it.
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

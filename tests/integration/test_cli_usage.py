@@ -103,7 +103,7 @@ def test_help_is_one_style_and_flags_take_no_metavar(command: str) -> None:
 
 
 @pytest.mark.parametrize("command", ["", *COMMANDS])
-def test_dash_h_is_help_as_with_gearmands_tools(command: str) -> None:
+def test_dash_h_is_help_as_with_gearmand(command: str) -> None:
     out = runner.invoke(app, [command, "-h"] if command else ["-h"], prog_name="farm")
     assert out.exit_code == 0, out.output
     assert out.stdout.startswith(f"Usage: farm {command} [OPTIONS]".replace("  ", " "))
