@@ -53,7 +53,9 @@ def test_a_scraper_that_never_reads_its_reply_is_dropped(
         slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         slow.connect(("127.0.0.1", port))
         slow.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert connections_to(srv.proc.pid, port) == 1
+        # Counted once the server has accepted it (until then it waits in the listen queue,
+        # which is no socket of the server's: on a loaded machine, an assert here failed).
+        wait_for("the server to take the scraper", lambda: connections_to(srv.proc.pid, port) == 1)
         wait_for(
             "the server to drop a scraper that reads nothing",
             lambda: connections_to(srv.proc.pid, port) == 0,
