@@ -175,7 +175,10 @@ class Session:
             worker.held_on = True
         elif pkt.type == T.NOOP:
             worker.asleep = False
-            worker.pushed = worker.grab_held
+            # A held grab's push can come in the very step of its grab: a timer (a job
+            # taken back from another worker, a wake-up passed on) made a job runnable
+            # after the server held the grab and before it read the ECHO.
+            worker.pushed = worker.held_on and (worker.grab_held or worker.grabbing)
         elif pkt.type in ASSIGNS:
             if pkt.args[0] not in self.cancelled:  # pushed before the cancel, read after it
                 worker.jobs.append((pkt.args[0], pkt.args[1].decode()))
