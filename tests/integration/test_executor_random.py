@@ -132,7 +132,8 @@ def session(pool: farm.Executor, seed: int) -> None:
             some = {f for f, _, _ in rng.sample(futures, min(len(futures), 5))}
             seen = [f for f in as_completed(some, timeout=60) if not f.cancelled()]
             assert len(seen) == len(set(seen)) and set(seen) <= some, label
-    if rng.random() < 0.25:
+    shut = rng.random() < 0.25
+    if shut:
         # Calls not sent yet are cancelled, the rest run. (A future cancelled so is not
         # "done" for wait(), as with ProcessPoolExecutor: it is left out below.)
         pool.shutdown(wait=True, cancel_futures=True)
@@ -140,6 +141,9 @@ def session(pool: farm.Executor, seed: int) -> None:
     done, not_done = wait(ending, timeout=120)
     assert not not_done, f"seed {seed}: {len(not_done)} futures never ended"
     for future, expected, label in futures:
+        # Only cancel() (where it said yes) or shutdown(cancel_futures=True) cancels a call.
+        if future.cancelled():
+            assert shut or future in cancelled, f"{label}: cancelled, and nobody cancelled it"
         expected.check(future, label)
     assert all(f.cancelled() for f in cancelled)
 
