@@ -87,7 +87,13 @@ class Operator:
         out = farm_cli("restart", pool, "--control", self.up.control)
         assert out.returncode == 0, out.stderr
         self.settle(f"restart {pool}")
-        assert not before & {r["pid"] for r in self.up.workers(function=pool)}, "all replaced"
+        # The restart ends when the last successor serves and its old process is retired:
+        # that one may still be finishing its job in hand (draining), so it is waited out.
+        wait_for(
+            f"restart {pool}: every old process gone",
+            lambda: not before & {r["pid"] for r in self.up.workers(function=pool)},
+            30,
+        )
 
     def reload(self) -> None:
         counts = {name: self.rng.randint(1, 3) for name in POOLS}
