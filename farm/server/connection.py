@@ -67,7 +67,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
         # What the job model reads and writes (see jobs.Peer).
         self.abilities: dict[bytes, float] = {}
         self.running: dict[bytes, Job] = {}
-        self.expired: dict[bytes, None] = {}
+        self.expired: dict[bytes, int] = {}
         self.attached: set[Job] = set()
         self.exceptions = hub.options.exceptions
         self.sleeping = False

@@ -226,9 +226,11 @@ class Dispatch(Sleepers):
 
     @staticmethod
     def _drop_answers(worker: Peer, job: Job) -> None:
-        """Remember that ``worker`` no longer holds ``job``: what it sends for it is dropped."""
+        """Remember that ``worker`` no longer holds ``job``: what it sends for it is dropped.
+        Counted: a job taken back from one worker twice (pushed to it again, late again) may
+        be run and answered by it twice."""
         expired = worker.expired
-        expired[job.handle] = None
+        expired[job.handle] = expired.get(job.handle, 0) + 1
         if len(expired) > MAX_EXPIRED:
             del expired[next(iter(expired))]
 

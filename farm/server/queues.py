@@ -42,7 +42,7 @@ class Peer(Protocol):
 
     abilities: dict[bytes, float]  # function -> timeout in seconds (0 = none)
     running: dict[bytes, Job]  # handle -> job this worker holds
-    expired: dict[bytes, None]  # jobs it held that timed out: a late answer is dropped
+    expired: dict[bytes, int]  # jobs it held that timed out (times): a late answer is dropped
     attached: set[Job]  # foreground jobs this client waits on
     sleeping: bool
     woken: bool  # woken (NOOP) and not come to grab yet; see Sleepers._wake

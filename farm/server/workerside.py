@@ -81,7 +81,7 @@ class WorkerSide:
     pushed: Job | None  # pushed to a held grab, not accepted yet
     read_accept: bool  # negotiated: having read a pushed job accepts it
     heard_since_push: bool  # a packet came from the worker after the push
-    expired: dict[bytes, None]  # handles of jobs that timed out in this worker's hands
+    expired: dict[bytes, int]  # handle -> times the job timed out or was taken back here
     jobs_done: int
     transport: asyncio.Transport | None
     send: Callable[[bytes], None]
@@ -262,8 +262,11 @@ class WorkerSide:
                 # farm: the job timed out in this worker's hands and has failed already. Its
                 # late answer is dropped, not answered with an ERROR that some workers (Perl's
                 # Gearman::Worker) die on.
-                if ptype in OUTCOME:
-                    del self.expired[handle]
+                if ptype in OUTCOME:  # one late run's answers end
+                    if self.expired[handle] > 1:
+                        self.expired[handle] -= 1
+                    else:
+                        del self.expired[handle]
                 log.debug("fd %d: late %s for timed-out job %r dropped", self.fd, ptype, handle)
                 return
             self.send(error("JOB_NOT_FOUND", NOT_FOUND_TEXT.get(ptype, NOT_FOUND_DEFAULT)))

@@ -17,7 +17,7 @@ class FakePeer:
     def __init__(self) -> None:
         self.abilities: dict[bytes, float] = {}
         self.running: dict[bytes, Job] = {}
-        self.expired: dict[bytes, None] = {}
+        self.expired: dict[bytes, int] = {}
         self.attached: set[Job] = set()
         self.sleeping = False
         self.woken = False

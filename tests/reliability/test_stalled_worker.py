@@ -166,3 +166,51 @@ def test_a_job_pushed_to_a_held_grab_and_not_accepted_goes_to_another_worker(
     stalled.send(T.ECHO_REQ, "alive")
     assert stalled.expect(T.ECHO_RES).args == (b"alive",)
     assert client.nothing_within(0.2)
+
+
+def test_a_worker_late_twice_for_one_job_has_both_late_answers_dropped(
+    farm_server: Server, peer_factory: Callable[[str], Peer]
+) -> None:
+    """Pushed to the same held grab twice and taken back twice (it went to another worker,
+    which died holding it), the job was read twice and run twice by the late worker: each
+    answer is dropped without an ERROR (docs/held-grab.md). The second one got ERROR
+    JOB_NOT_FOUND while a take-back was remembered once per handle."""
+
+    def running(admin: Peer) -> str:
+        rows = [line.split("\t") for line in admin.admin("status").splitlines()]
+        return next((row[2] for row in rows if row[0] == "twice"), "")
+
+    late = peer_factory(farm_server.addr)
+    late.send(T.OPTION_REQ, "held-grab")
+    assert late.expect(T.OPTION_RES).args == (b"held-grab",)
+    late.send(T.CAN_DO, "twice")
+    late.send(T.GRAB_JOB)
+    late.send(T.ECHO_REQ, "holding")
+    assert late.expect(T.ECHO_RES).args == (b"holding",)
+    client = peer_factory(farm_server.addr)
+    client.send(T.SUBMIT_JOB, "twice", "", "x")
+    handle = client.expect(T.JOB_CREATED).args[0]
+    admin = peer_factory(farm_server.addr)
+    # Not read: taken back at the deadline, queued with no one to run it.
+    wait_for("the first take-back", lambda: running(admin) == "0")
+    other = peer_factory(farm_server.addr)
+    other.send(T.CAN_DO, "twice")
+    other.send(T.GRAB_JOB)
+    assert other.expect(T.JOB_ASSIGN).args[0] == handle
+    late.expect(T.NOOP)  # read late: it runs the job, and grabs again (held)
+    assert late.expect(T.JOB_ASSIGN).args[0] == handle
+    late.send(T.JOB_ACCEPT, handle)
+    late.send(T.GRAB_JOB)
+    late.send(T.ECHO_REQ, "holding again")
+    assert late.expect(T.ECHO_RES).args == (b"holding again",)
+    other.close()  # dies holding it: the job is pushed to the held grab again, and not read
+    wait_for("the second take-back", lambda: running(admin) == "0")
+    late.expect(T.NOOP)
+    assert late.expect(T.JOB_ASSIGN).args[0] == handle
+    late.send(T.JOB_ACCEPT, handle)
+    for run in ("first", "second"):
+        late.send(T.WORK_COMPLETE, handle, "late")
+        late.send(T.ECHO_REQ, run)
+        pkt = late.recv()
+        assert (pkt.type, pkt.args) == (T.ECHO_RES, (run.encode(),)), f"{run} late answer"
+    assert client.nothing_within(0.2), "no late answer reaches the client"
