@@ -203,14 +203,19 @@ def test_jobs_over_tcp_may_hold_three_quarters_of_the_queued_bytes() -> None:
     assert jobs.queued.tcp_held == size
 
 
+def asleep(jobs: JobServer, *workers: FakePeer) -> None:
+    """Each worker registers ``f`` and goes to sleep, in this order (the last is newest)."""
+    for worker in workers:
+        jobs.can_do(worker, b"f")
+        jobs.pre_sleep(worker)
+
+
 def test_a_job_wakes_the_sleeper_that_went_to_sleep_last() -> None:
     # The warmest process: with the longest-idle one woken instead, every call of a
     # sequential caller went to a cold worker (on 16 cores, single calls took 1.5x as long).
     jobs = JobServer(hostname="t")
     workers = [FakePeer() for _ in range(3)]
-    for worker in workers:
-        jobs.can_do(worker, b"f")
-        jobs.pre_sleep(worker)
+    asleep(jobs, *workers)
     last = workers[-1]
     for _ in range(3):  # it comes back, runs the job, sleeps again: woken every time
         jobs.submit(None, b"f", b"", b"x", background=True)
@@ -230,9 +235,7 @@ def test_a_sleeper_late_for_its_wake_up_is_woken_last_until_it_comes_in_time(
     clock = FakeClock.installed(monkeypatch)
     jobs = JobServer(hostname="t", call_later=clock.call_later, wake_deadline=0.5)
     healthy, slow = FakePeer(), FakePeer()
-    for worker in (healthy, slow):
-        jobs.can_do(worker, b"f")
-        jobs.pre_sleep(worker)
+    asleep(jobs, healthy, slow)
     jobs.submit(None, b"f", b"", b"1", background=True)
     assert slow.told == [("wake",)] and healthy.told == []
     clock.advance(0.6)  # it does not come: the other one is woken
@@ -276,9 +279,7 @@ def test_a_woken_worker_that_will_not_come_passes_its_wake_up_on(
 ) -> None:
     jobs = JobServer(hostname="t")  # no timers: nothing but ``leave`` may wake the other
     old, new = FakePeer(), FakePeer()
-    for worker in (old, new):
-        jobs.can_do(worker, b"f")
-        jobs.pre_sleep(worker)
+    asleep(jobs, old, new)
     jobs.submit(None, b"f", b"", b"x", background=True)
     assert new.told == [("wake",)] and old.told == []
     leave(jobs, new)
@@ -288,9 +289,7 @@ def test_a_woken_worker_that_will_not_come_passes_its_wake_up_on(
 def test_a_repeated_pre_sleep_makes_the_worker_the_newest_sleeper() -> None:
     jobs = JobServer(hostname="t")
     first, second = FakePeer(), FakePeer()
-    for worker in (first, second):
-        jobs.can_do(worker, b"f")
-        jobs.pre_sleep(worker)
+    asleep(jobs, first, second)
     jobs.pre_sleep(first)  # it went to sleep last
     jobs.submit(None, b"f", b"", b"x", background=True)
     assert (first.told, second.told) == ([("wake",)], [])
