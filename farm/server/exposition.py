@@ -72,7 +72,8 @@ class _Collector:
 
         jobs = self.hub.jobs
         groups = _by_label(jobs.functions.values())
-        retired = _sort_into_other(groups, jobs.other_retired)
+        retired = jobs.other_retired
+        _sort_into_other(groups, retired)
         labels = ["function", "priority"]
         for field, text in _COUNTERS:
             family = CounterMetricFamily(f"farm_jobs_{field}", text, labels=labels)
@@ -199,9 +200,7 @@ def _by_label(functions: Iterable[FunctionQueue]) -> list[tuple[str, list[Functi
     return list(named.items())
 
 
-def _sort_into_other(
-    groups: list[tuple[str, list[FunctionQueue]]], retired: FunctionStats
-) -> FunctionStats:
+def _sort_into_other(groups: list[tuple[str, list[FunctionQueue]]], retired: FunctionStats) -> None:
     """Mark which functions this scrape sums under ``other`` (``FunctionQueue.in_other``);
     one that was there and is labelled by name now leaves its counts to ``retired`` (as
     ``Jobs.note_unused`` does for one whose entry it frees), so that ``other`` never drops.
@@ -214,7 +213,6 @@ def _sort_into_other(
             fq.in_other = inside
     if retired.counted() and OTHER not in dict(groups):
         groups.append((OTHER, []))
-    return retired
 
 
 def exposition(hub: Hub) -> bytes:
