@@ -28,7 +28,7 @@ from typing import Any
 
 from farm.protocol.kinds import PRIORITY_NAMES
 from farm.server.hub import Hub
-from farm.server.metrics import FunctionStats, Histogram
+from farm.server.metrics import COUNTER_FIELDS, FunctionStats, Histogram
 from farm.server.queues import SERVED_LOCALLY, FunctionQueue
 
 __all__ = ["exposition", "serve_http", "CONTENT_TYPE"]
@@ -47,14 +47,15 @@ EVICT_AFTER = 1.0
 #: Seconds a connection may take to send its request, and to take the reply.
 SCRAPE_TIMEOUT = 5.0
 
-_COUNTERS = (
-    ("submitted", "Jobs submitted (a submit joining a live job of the same unique is not one)."),
-    ("completed", "Jobs that ended with WORK_COMPLETE."),
-    ("failed", "Jobs that failed: WORK_FAIL, a timeout, a cancel, or out of retries."),
-    ("exceptions", "Jobs that ended with WORK_EXCEPTION."),
-    ("retried", "Times a job was queued again because its worker died or let it go."),
-    ("timed_out", "Jobs failed because they outran their CAN_DO_TIMEOUT."),
-)
+#: The help text of each of FunctionStats' counters (metrics.COUNTER_FIELDS).
+_HELP = {
+    "submitted": "Jobs submitted (a submit joining a live job of the same unique is not one).",
+    "completed": "Jobs that ended with WORK_COMPLETE.",
+    "failed": "Jobs that failed: WORK_FAIL, a timeout, a cancel, or out of retries.",
+    "exceptions": "Jobs that ended with WORK_EXCEPTION.",
+    "retried": "Times a job was queued again because its worker died or let it go.",
+    "timed_out": "Jobs failed because they outran their CAN_DO_TIMEOUT.",
+}
 
 
 class _Collector:
@@ -75,8 +76,8 @@ class _Collector:
         retired = jobs.other_retired
         _sort_into_other(groups, retired)
         labels = ["function", "priority"]
-        for field, text in _COUNTERS:
-            family = CounterMetricFamily(f"farm_jobs_{field}", text, labels=labels)
+        for field in COUNTER_FIELDS:
+            family = CounterMetricFamily(f"farm_jobs_{field}", _HELP[field], labels=labels)
             for name, fqs in groups:
                 stats = [fq.stats for fq in fqs] + ([retired] if name == OTHER else [])
                 counts = [sum(getattr(st, field)[i] for st in stats) for i in range(3)]

@@ -13,7 +13,14 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 
-__all__ = ["Histogram", "FunctionStats", "ServerStats", "BUCKETS", "COMMIT_BUCKETS"]
+__all__ = [
+    "Histogram",
+    "FunctionStats",
+    "ServerStats",
+    "BUCKETS",
+    "COMMIT_BUCKETS",
+    "COUNTER_FIELDS",
+]
 
 #: Upper bounds (seconds) of the queue-wait and run-time buckets: 0.5 ms to 5 minutes.
 BUCKETS: tuple[float, ...] = (
@@ -94,7 +101,8 @@ def _bound(value: float) -> str:
     return repr(value)
 
 
-_COUNT_FIELDS = ("submitted", "completed", "failed", "exceptions", "retried", "timed_out")
+#: FunctionStats' counters (each a list by priority), in the order the metrics list them.
+COUNTER_FIELDS = ("submitted", "completed", "failed", "exceptions", "retried", "timed_out")
 
 
 class FunctionStats:
@@ -124,7 +132,7 @@ class FunctionStats:
     def absorb(self, other: FunctionStats) -> None:
         """Add ``other``'s counts to these (the metrics' ``other`` keeps what functions
         that left it counted there: farm.server.exposition)."""
-        for field in _COUNT_FIELDS:
+        for field in COUNTER_FIELDS:
             mine, theirs = getattr(self, field), getattr(other, field)
             for i in range(3):
                 mine[i] += theirs[i]
@@ -133,7 +141,7 @@ class FunctionStats:
 
     def counted(self) -> bool:
         """Whether anything was counted here."""
-        return any(any(getattr(self, f)) for f in _COUNT_FIELDS) or any(
+        return any(any(getattr(self, f)) for f in COUNTER_FIELDS) or any(
             self.wait.counts + self.run.counts
         )
 
