@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Protocol
 import psutil
 
 from farm.executor.call import DEFAULT_FUNCTION, TARGET
+from farm.executor.replay import shm_directory
 from farm.executor.signing import KEY_ENV
 from tests.helpers.farmproc import FarmUp
 
@@ -77,6 +79,9 @@ def farm_up(tmp: Path, workers: int) -> Iterator[FarmUp]:
         yield up
     finally:
         up.stop()
+        # Its replay record outlives the farm, as it must for users; this farm's key goes
+        # with its temporary directory, so nothing would ever sweep it (15 KB a run).
+        shutil.rmtree(shm_directory(tmp / "executor.key"), ignore_errors=True)
 
 
 class FarmProbe:

@@ -62,22 +62,29 @@ def default_directory() -> Path:
     beside_key = key.with_name(NAME)  # not "calls-run": the first farms made that by default
     if beside_key.is_dir():
         return beside_key
-    digest = hashlib.sha256(str(key.resolve()).encode()).hexdigest()[:12]
-    shm = Path("/dev/shm")
-    if shm.is_dir():
+    shm = shm_directory(key)
+    if shm.parent.is_dir():
         try:
-            return private_dir(shm / f"farm-{os.getuid()}-{NAME}-{digest}")
+            return private_dir(shm)
         except (UnsafeDirectory, OSError) as exc:
             log.warning(
                 "the replay record's directory in %s is not safe to use (%s); this pool keeps"
                 " its claims in %s from now on (slower; remove that directory to go back"
                 " to %s once no worker runs)",
-                shm,
+                shm.parent,
                 exc,
                 beside_key,
-                shm,
+                shm.parent,
             )
     return beside_key
+
+
+def shm_directory(key: Path) -> Path:
+    """The claims directory in /dev/shm of the pool whose key file is ``key`` (made or not):
+    named for the key, so the pools of two farms never share one, and a farm that is gone
+    can have its own removed (a benchmark's, whose key went with its directory)."""
+    digest = hashlib.sha256(str(key.resolve()).encode()).hexdigest()[:12]
+    return Path("/dev/shm") / f"farm-{os.getuid()}-{NAME}-{digest}"
 
 
 #: Claims are filed by their call's expiry, this many seconds to a file.
