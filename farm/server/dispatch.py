@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from farm.server.deadlines import Deadlines
 from farm.server.options import ServerOptions
@@ -79,6 +79,7 @@ class Dispatch(Sleepers):
     epoch_heap: list[tuple[float, int, Job]]  # background jobs held for their epoch time
     _epoch_timer: Timer | None
     parent_pid: int | None  # the supervisor's (--parent-pid)
+    _seq: Iterator[int]  # arrival order, which _best_job compares across functions
 
     def can_do(self, worker: Peer, function: bytes, timeout: float = 0.0) -> None:
         worker.abilities[function] = timeout
@@ -235,7 +236,8 @@ class Dispatch(Sleepers):
             del expired[next(iter(expired))]
 
     def _requeue(self, worker: Peer, job: Job) -> None:
-        """The worker let go of a running job without ending it: run it again, or fail it."""
+        """The worker let go of a running job without ending it: queue it again (last of its
+        priority), or fail it."""
         self._stop_running(worker, job)
         if self.stopping or self.orphaned():
             # A planned stop, or the supervisor gone (its workers die with it): no job's
@@ -256,8 +258,14 @@ class Dispatch(Sleepers):
                 return
             self._out_of_retries(worker, job)
             return
+        # Behind the jobs of its priority that came meanwhile, as gearmand queues it again: at
+        # the head, a job that kills each worker that runs it (a crash, a PHP worker's return
+        # of GEARMAN_LOST_CONNECTION) was run again at once, every time, and starved the rest
+        # of its function for as long as its client waited (with -j 0, a background one for
+        # ever), where gearmand runs them between its tries.
+        job.seq = next(self._seq)
         fq = self.function(job.function)
-        fq.push(job, front=True)
+        fq.push(job)
         self._wake(fq)
         if self.on_idle is not None and not self.running_count():
             self.on_idle()  # a graceful stop waits for running jobs, and none runs now
