@@ -106,6 +106,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # First, before a slow import: `systemctl kill -s HUP farm` (every process of the unit)
+    # or `pkill -HUP -f farm` meant to reload the supervisor killed every worker mid-job.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     ns = parse_args(argv)
     setup_logging(
         role="worker",

@@ -267,3 +267,18 @@ def test_server_keys_of_the_config_reach_the_local_server(tmp_path: Path) -> Non
         assert peer.expect(T.ERROR).args == (b"QUEUE_ERROR", b"Job queue is full")
     finally:
         assert up.stop() == 0
+
+
+def test_sighup_to_a_worker_neither_kills_it_nor_its_job(farm: FarmUp) -> None:
+    # `systemctl kill -s HUP farm` signals every process of the unit, and `pkill -HUP -f
+    # farm` every farm process: the supervisor reloads, and each Python worker died (SIGHUP's
+    # default action), its job in hand retried as for a crash.
+    farm.expect_notify("READY=1")
+    farm.wait_idle({"reverse": 2, "hash": 1})
+    (victim,) = farm.workers("hash")
+    os.kill(victim["pid"], signal.SIGHUP)
+    with Client(farm.addr) as client:  # the one hash worker serves it after the signal
+        assert client.call("hash", b"x" * 1000, timeout=10) != b""
+    (after,) = farm.workers("hash")
+    assert (after["pid"], after["restarts"], after["jobs"]) == (victim["pid"], 0, 1)
+    assert "SIGHUP" not in farm.read_log()
