@@ -31,6 +31,7 @@ from farm.config.servertune import (
     spill_dir_problem,
     store_problem,
 )
+from farm.errors import ConfigError
 from farm.logs import LOG_FORMATS
 from farm.net import DEFAULT_PORT, DEFAULT_SERVER
 from farm.protocol.codec import MAX_TIMEOUT
@@ -62,6 +63,15 @@ class Validator(TableReader):
     """Checks one parsed document; each method owns one table."""
 
     def config(self, raw: dict[str, Any]) -> Config:
+        if not raw:
+            # A file truncated by a failed write or an editor ran the built-in farm: on
+            # port 4730 with demo pools, one Executor worker per core; on `farm reload`,
+            # those replaced every pool of the running farm.
+            raise ConfigError(
+                f"{self.source}: has no settings (empty, or only comments); write the"
+                " farm's tables in it (systemd/farm.toml shows them), or name no file"
+                " to run the built-in defaults"
+            )
         self.table(raw, "", ("server", "supervisor", "functions", "executor"))
         defaults = builtin()
         server = self.server(

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from farm import config
 from farm.cli import app
 from tests.helpers import ROOT
-from tests.helpers.farmproc import farm_cli
+from tests.helpers.farmproc import FarmUp, farm_cli
 
 runner = CliRunner()
 
@@ -34,6 +34,9 @@ def one_line_error(result: object) -> str:
         ("[functions.a]\ntarget = 'workers.text:reverse'\nwrkers = 1\n", "did you mean 'workers'"),
         ("[server]\nlisten = 4730\n[functions.a]\ntarget = 'workers.text:reverse'\n", "listen"),
         ("[functions.a\n", "not valid TOML"),
+        # It ran the built-in farm (port 4730, a farm.python worker per core).
+        ("", "has no settings"),
+        ("# [functions.a]\n# target = 'workers.text:reverse'\n", "has no settings"),
     ],
 )
 def test_bad_config_is_one_line_and_exit_2_before_anything_starts(
@@ -173,3 +176,20 @@ def test_a_control_path_naming_a_file_refuses_and_keeps_the_file(tmp_path: Path)
     with pytest.raises(FarmError, match="not a socket"):
         ControlServer(str(precious))
     assert precious.read_text() == "keep me"
+
+
+def test_a_reload_of_an_emptied_config_keeps_the_farm_as_it_was(tmp_path: Path) -> None:
+    # A file truncated by a failed write, then `systemctl reload farm`: the farm took it for
+    # "no file", drained every pool and started the built-in ones in their place.
+    up = FarmUp(tmp_path, '[functions.rev]\ntarget = "workers.text:reverse"\nworkers = 1\n')
+    try:
+        up.expect_notify("READY=1")
+        (before,) = up.wait_idle({"rev": 1})
+        up.config.write_text("")
+        out = farm_cli("reload", "--control", up.control)
+        assert out.returncode == 2, out.stdout
+        assert str(up.config) in one_line_error(out) and "has no settings" in out.stderr
+        after = [(r["function"], r["pid"], r["state"]) for r in up.workers()]
+        assert after == [("rev", before["pid"], "idle")]  # no pool added, drained or replaced
+    finally:
+        assert up.stop() == 0
