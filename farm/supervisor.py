@@ -198,7 +198,10 @@ class Supervisor(Lifecycle, CommandJobs, Restarting, Steering):
                 if item.conn is not None:
                     item.conn.reply(reply)
             elif item.action is Duty.STOP or item.arg in (signal.SIGTERM, signal.SIGINT):
-                log.info("stopping: draining workers (grace %gs)", self.grace)
+                if self.stopping:  # the line again read as a fresh grace from now
+                    log.info("asked to stop again: still draining (SIGQUIT stops at once)")
+                else:
+                    log.info("stopping: draining workers (grace %gs)", self.grace)
                 self.stopping = True
             elif item.arg == signal.SIGQUIT:
                 log.info("SIGQUIT: stopping at once")

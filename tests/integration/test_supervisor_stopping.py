@@ -58,3 +58,28 @@ def test_scale_restart_and_reload_while_stopping_are_refused_and_the_job_finishe
         assert "Traceback" not in up.read_log()
     finally:
         up.stop()
+
+
+def test_a_second_sigterm_does_not_announce_a_new_drain(tmp_path: Path) -> None:
+    # Each SIGTERM logged "stopping: draining workers (grace 10s)" again, which read as a
+    # grace counted afresh from the second signal; the drain goes on as it was.
+    (tmp_path / "sleepy.py").write_text(
+        "import time\n\ndef nap(job):\n    time.sleep(float(job.data))\n    return b'awake'\n"
+    )
+    up = FarmUp(tmp_path, '[functions.nap]\ntarget = "sleepy:nap"\nworkers = 1\n')
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"nap": 1})
+        with Client(up.addr) as client:
+            client.submit("nap", "2", background=True)
+            wait_for("the job to start", lambda: up.workers("nap", "busy"))
+            up.signal(signal.SIGTERM)
+            up.expect_notify("STOPPING=1")
+            up.signal(signal.SIGTERM)
+            up.proc.wait(30)
+        log = up.read_log()
+        assert up.proc.returncode == 0, log[-2000:]
+        assert log.count("stopping: draining workers") == 1, log
+        assert "asked to stop again: still draining (SIGQUIT stops at once)" in log, log
+    finally:
+        up.stop()
