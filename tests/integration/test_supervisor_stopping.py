@@ -11,6 +11,7 @@ import pytest
 
 from farm.client import Client
 from tests.helpers.farmproc import FarmUp, farm_cli
+from tests.helpers.gate import Gate
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -21,9 +22,19 @@ def test_scale_restart_and_reload_while_stopping_are_refused_and_the_job_finishe
 ) -> None:
     # `farm scale` during the drain raised KeyError in the supervisor (the pools' targets
     # were cleared), which then died with the job still running: the caller lost it.
+    # The job runs until the test opens its gate: a job of fixed length (it slept 3 s) could
+    # end before the four commands under a loaded machine, and the test then failed.
     (tmp_path / "sleepy.py").write_text(
-        "import time\n\ndef nap(job):\n    time.sleep(float(job.data))\n    return b'awake'\n"
+        "import socket\n\ndef nap(job):\n"
+        "    with socket.socket(socket.AF_UNIX) as s:\n"
+        "        s.connect(job.text)\n"
+        "        try:\n"
+        "            s.recv(1)  # until the test closes the gate: a reset, or b''\n"
+        "        except ConnectionResetError:\n"
+        "            pass\n"
+        "    return b'awake'\n"
     )
+    gate = Gate(tmp_path / "gate")
     up = FarmUp(tmp_path, '[functions.nap]\ntarget = "sleepy:nap"\nworkers = 2\n')
     try:
         up.expect_notify("READY=1")
@@ -33,7 +44,7 @@ def test_scale_restart_and_reload_while_stopping_are_refused_and_the_job_finishe
         def call() -> None:
             with Client(up.addr) as c:
                 try:
-                    got.append(c.call("nap", "3", timeout=30))
+                    got.append(c.call("nap", gate.path, timeout=30))
                 except BaseException as exc:  # what the test reports
                     got.append(exc)
 
@@ -51,12 +62,15 @@ def test_scale_restart_and_reload_while_stopping_are_refused_and_the_job_finishe
             out = farm_cli(*args, "--control", up.control)
             assert out.returncode == 1, (args, out.stdout, out.stderr)
             assert f"the farm is stopping; nothing was {word}" in out.stderr, out.stderr
+        assert not got, "the job ended before the commands were refused"
+        gate.open()
         caller.join(30)
         assert got == [b"awake"]
         up.proc.wait(30)
         assert up.proc.returncode == 0, up.read_log()[-2000:]
         assert "Traceback" not in up.read_log()
     finally:
+        gate.open()
         up.stop()
 
 
