@@ -8,7 +8,8 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -30,6 +31,18 @@ def need(tool: str) -> str:
     if path:
         return path
     skip_or_fail(f"{tool} is not installed (make deps-test installs it)")
+
+
+@contextmanager
+def quiet_process(*cmd: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A peer program (a PHP or gearman worker or client) run for the block, its output
+    dropped; killed when the block ends, however it ends."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def skip_or_fail(why: str) -> NoReturn:

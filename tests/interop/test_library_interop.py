@@ -5,13 +5,11 @@ GearmanWorker and `gearman -w`."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
 import farm
-from tests.helpers.servers import need
+from tests.helpers.servers import need, quiet_process
 from tests.helpers.serving import serving
 from tests.helpers.waiting import wait_for
 
@@ -39,16 +37,6 @@ def farm_reverse(job):
 def farm_upper_stream(job):
     job.send_data(b"partial")
     return job.text.upper()
-
-
-@contextmanager
-def process(*cmd: str) -> Iterator[subprocess.Popen]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_farm_worker_serves_php_client(any_server) -> None:
@@ -104,7 +92,7 @@ def test_a_farm_worker_s_exception_ends_php_and_gearman_cli_calls(any_server) ->
 def test_farm_client_calls_php_worker(any_server) -> None:
     php = need("php")
     script = PHP_WORKER.format(port=any_server.port)
-    with process(php, "-r", script), farm.Client(any_server.addr) as c:
+    with quiet_process(php, "-r", script), farm.Client(any_server.addr) as c:
         assert c.call("reverse", b"from farm", timeout=20) == b"mraf morf"
         assert list(c.map("reverse", [b"ab", b"cd", b"ef"])) == [b"ba", b"dc", b"fe"]
         with pytest.raises(farm.JobFailed):
@@ -115,6 +103,6 @@ def test_farm_client_calls_gearman_cli_worker(any_server) -> None:
     gearman = need("gearman")
     rev = need("rev")
     cmd = [gearman, "-h", "127.0.0.1", "-p", str(any_server.port), "-w", "-f", "reverse"]
-    with process(*cmd, "--", rev), farm.Client(any_server.addr) as c:
+    with quiet_process(*cmd, "--", rev), farm.Client(any_server.addr) as c:
         wait_for("`gearman -w` to answer", lambda: c.call("reverse", b"hello\n", timeout=20), 20)
         assert c.call("reverse", b"gearman\n", timeout=20).strip() == b"namraeg"

@@ -5,14 +5,12 @@ does not hold up the rest of its function. Run against farm's server and gearman
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
 from farm.protocol import PacketType as T
 from tests.helpers.peers import Peer
-from tests.helpers.servers import Server, need
+from tests.helpers.servers import Server, need, quiet_process
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.interop
@@ -44,16 +42,6 @@ def php_client(srv: Server, data: str, timeout_ms: int) -> list[str]:
     return [need("php"), "-r", script]
 
 
-@contextmanager
-def running(cmd: list[str]) -> Iterator[subprocess.Popen]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 def queued(srv: Server, function: str) -> tuple[int, int]:
     """TOTAL and RUNNING of ``function`` in `status` ((0, 0) when it is not listed)."""
     peer = Peer(srv.addr)
@@ -70,7 +58,10 @@ def test_a_php_job_that_crashes_its_worker_lets_other_jobs_through(any_server):
     # runs the second client's job between two tries of the crashing one.
     php = need("php")
     worker = [php, "-r", PHP_WORKER.format(port=any_server.port)]
-    with running(worker), running(php_client(any_server, "crash", 60_000)) as crashing:
+    with (
+        quiet_process(*worker),
+        quiet_process(*php_client(any_server, "crash", 60_000)) as crashing,
+    ):
         wait_for("the crashing job", lambda: queued(any_server, "job")[0] == 1)
         cmd = php_client(any_server, "abc", 15_000)
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
