@@ -243,13 +243,15 @@ class Lifecycle:
             if value is not None:
                 argv += [flag, str(value)]
         try:
-            # Pinned, and killed with the supervisor, before any of its own code runs.
+            # Pinned, killed with the supervisor and deaf to SIGHUP (`systemctl kill -s HUP`
+            # reaches every process of the unit) before any of its own code runs.
             pid = spawn(
                 argv,
                 self.child_env,
                 death_signal=signal.SIGKILL,
                 core=slot.core,
                 keep=(write_fd, record_fd),
+                ignore=(signal.SIGHUP,),
             )
         except OSError:
             os.close(read_fd)

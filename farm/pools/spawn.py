@@ -56,14 +56,16 @@ def spawn(
     stdio: tuple[int, int, int] | None = None,
     user: RunAs | None = None,
     cwd: str | None = None,
+    ignore: Collection[int] = (),
 ) -> int:
     """Start ``argv`` (``argv[0]`` an absolute path) as a watched child; its pid.
 
     The child keeps 0-2 (or gets ``stdio`` as its stdin, stdout, stderr) and the
     descriptors in ``keep``; all others are closed. ``user`` and ``cwd`` are taken
-    before the death signal is set. Raises OSError when the fork fails; a child
-    that cannot take its user, directory or exec writes why on its fd 2 and ends
-    with ``EXIT_EXEC_FAILED`` (127).
+    before the death signal is set. The signals in ``ignore`` are ignored from before exec
+    (an ignored signal stays ignored across it), so from the program's first instruction.
+    Raises OSError when the fork fails; a child that cannot take its user, directory or
+    exec writes why on its fd 2 and ends with ``EXIT_EXEC_FAILED`` (127).
     """
     parent = os.getpid()
     kept = sorted(set(keep))
@@ -74,6 +76,8 @@ def spawn(
     try:  # the child: nothing here may raise into the supervisor's code
         os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor, which decides
         signal.set_wakeup_fd(-1)  # a signal before exec must not wake the supervisor's loop
+        for sig in ignore:
+            signal.signal(sig, signal.SIG_IGN)
         if stdio is not None:
             for target, fd in enumerate(stdio):
                 os.dup2(fd, target)  # dup2 leaves the copy inheritable

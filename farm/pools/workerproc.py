@@ -108,6 +108,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     # First, before a slow import: `systemctl kill -s HUP farm` (every process of the unit)
     # or `pkill -HUP -f farm` meant to reload the supervisor killed every worker mid-job.
+    # The supervisor starts its workers with SIGHUP ignored already (spawn's ``ignore``);
+    # this is for a worker started by hand or by another process manager.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     ns = parse_args(argv)
     setup_logging(

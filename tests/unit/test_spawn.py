@@ -1,0 +1,47 @@
+"""farm.pools.spawn: what a child is given before exec, read from /proc once it runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psutil
+import pytest
+
+from farm.pools.spawn import spawn
+from tests.helpers.waiting import wait_for
+
+SLEEP = shutil.which("sleep") or "/bin/sleep"
+
+
+@contextmanager
+def child(**options: object) -> Iterator[psutil.Process]:
+    """``sleep 60`` started by spawn(), once it has exec'd; killed and reaped on leaving."""
+    pid = spawn([SLEEP, "60"], dict(os.environ), **options)  # type: ignore[arg-type]
+    proc = psutil.Process(pid)
+    try:
+        wait_for("the child to exec sleep", lambda: proc.cmdline()[:1] == [SLEEP], timeout=10)
+        yield proc
+    finally:
+        proc.kill()
+        os.waitpid(pid, 0)
+
+
+def ignored(proc: psutil.Process) -> set[int]:
+    """The signals the process ignores (SigIgn in /proc/PID/status, a bit mask)."""
+    with open(f"/proc/{proc.pid}/status") as status:
+        mask = next(int(line.split()[1], 16) for line in status if line.startswith("SigIgn:"))
+    return {n for n in range(1, 65) if mask >> (n - 1) & 1}
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")
+def test_signals_named_in_ignore_are_ignored_from_the_programs_first_instruction() -> None:
+    # Python workers are spawned so (farm.pools.lifecycle): a SIGHUP sent to every process
+    # of the unit while one is still starting, before its main() ignores it, killed it.
+    with child(ignore=(signal.SIGHUP,)) as proc:
+        assert signal.SIGHUP in ignored(proc)
+    with child() as proc:
+        assert signal.SIGHUP not in ignored(proc)  # command workers keep the default
