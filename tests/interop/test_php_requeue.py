@@ -8,8 +8,9 @@ import subprocess
 
 import pytest
 
+from farm.client.admin import admin_query
 from farm.protocol import PacketType as T
-from tests.helpers.peers import Peer
+from farm.protocol.admin import parse_status
 from tests.helpers.servers import Server, need, quiet_process
 from tests.helpers.waiting import wait_for
 
@@ -44,12 +45,8 @@ def php_client(srv: Server, data: str, timeout_ms: int) -> list[str]:
 
 def queued(srv: Server, function: str) -> tuple[int, int]:
     """TOTAL and RUNNING of ``function`` in `status` ((0, 0) when it is not listed)."""
-    peer = Peer(srv.addr)
-    try:
-        rows = [line.split("\t") for line in peer.admin("status").splitlines()]
-    finally:
-        peer.close()
-    return next(((int(r[1]), int(r[2])) for r in rows if r[0] == function), (0, 0))
+    rows = parse_status(admin_query(srv.addr, "status", timeout=10))
+    return next(((r.total, r.running) for r in rows if r.function == function), (0, 0))
 
 
 def test_a_php_job_that_crashes_its_worker_lets_other_jobs_through(any_server):
