@@ -80,7 +80,6 @@ class FunctionConfig:
     name: str  # the pool's name: its table, [functions.NAME]
     target: str  # "module:function"; "" for a command pool
     workers: int  # resolved; "auto" becomes one per core of ``cpus``
-    auto: bool
     timeout: int | None  # seconds; the job fails and the worker is replaced
     max_jobs: int | None
     max_rss_mb: int | None  # recycle after a job past this

@@ -328,7 +328,6 @@ class Validator(TableReader):
             name=name,
             target=target,
             workers=ncpus if auto else workers,
-            auto=auto,
             timeout=self.optional_positive(raw.get("timeout"), f"{key}.timeout", MAX_TIMEOUT),
             max_jobs=self.optional_positive(raw.get("max_jobs"), f"{key}.max_jobs"),
             max_rss_mb=max_rss_mb,
@@ -366,7 +365,6 @@ class Validator(TableReader):
             name=name,
             target="",
             workers=ncpus if auto else workers,
-            auto=auto,
             # Seen through the local server's `peers` (farm.pools.commandjobs); see below.
             timeout=self.optional_positive(raw.get("timeout"), f"{key}.timeout", MAX_TIMEOUT),
             max_jobs=None,

@@ -62,8 +62,8 @@ def test_good_config_loads_into_frozen_dataclasses(tmp_path: Path) -> None:
     assert cfg.local_server and cfg.worker_servers == (f"unix:{tmp_path}/run/gearman.sock",)
     assert list(cfg.functions) == ["rev", "hash"]
     rev, hsh = cfg.functions["rev"], cfg.functions["hash"]
-    assert (rev.workers, rev.auto, rev.timeout, rev.max_jobs) == (2, False, None, None)
-    assert hsh.workers == len(os.sched_getaffinity(0)) and hsh.auto
+    assert (rev.workers, rev.timeout, rev.max_jobs) == (2, None, None)
+    assert hsh.workers == len(os.sched_getaffinity(0))
     assert (hsh.timeout, hsh.max_jobs, hsh.max_rss_mb) == (30, 100, 256)
     with pytest.raises(AttributeError):
         rev.workers = 3  # type: ignore[misc]

@@ -25,7 +25,6 @@ def pool(name: str, target: str, workers: int = 1) -> FunctionConfig:
         name=name,
         target=target,
         workers=workers,
-        auto=False,
         timeout=None,
         max_jobs=None,
         max_rss_mb=None,
