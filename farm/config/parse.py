@@ -308,12 +308,7 @@ class Validator(TableReader):
         problem = target_problem(target)
         if problem:
             raise self.fail(f"{key}.target", problem)
-        workers = raw.get("workers", "auto")
-        auto = workers == "auto"
-        if not auto and (type(workers) is not int or workers < 0):
-            raise self.fail(
-                f"{key}.workers", f'must be a whole number >= 0 or "auto", got {workers!r}'
-            )
+        workers = self.workers(raw, key, ncpus)
         max_rss_mb = self.optional_positive(raw.get("max_rss_mb"), f"{key}.max_rss_mb")
         kill_rss_mb = self.optional_positive(raw.get("kill_rss_mb"), f"{key}.kill_rss_mb")
         if kill_rss_mb is None and max_rss_mb is not None:
@@ -327,7 +322,7 @@ class Validator(TableReader):
         return FunctionConfig(
             name=name,
             target=target,
-            workers=ncpus if auto else workers,
+            workers=workers,
             timeout=self.optional_positive(raw.get("timeout"), f"{key}.timeout", MAX_TIMEOUT),
             max_jobs=self.optional_positive(raw.get("max_jobs"), f"{key}.max_jobs"),
             max_rss_mb=max_rss_mb,
@@ -345,12 +340,7 @@ class Validator(TableReader):
                     other, "applies to Python workers only"
                 )
                 raise self.fail(f"{key}.{other}", f"{why}; remove it")
-        workers = raw.get("workers", "auto")
-        auto = workers == "auto"
-        if not auto and (type(workers) is not int or workers < 0):
-            raise self.fail(
-                f"{key}.workers", f'must be a whole number >= 0 or "auto", got {workers!r}'
-            )
+        workers = self.workers(raw, key, ncpus)
         grace = raw.get("graceful_timeout")
         if grace is not None and (
             isinstance(grace, bool)
@@ -364,7 +354,7 @@ class Validator(TableReader):
         return FunctionConfig(
             name=name,
             target="",
-            workers=ncpus if auto else workers,
+            workers=workers,
             # Seen through the local server's `peers` (farm.pools.commandjobs); see below.
             timeout=self.optional_positive(raw.get("timeout"), f"{key}.timeout", MAX_TIMEOUT),
             max_jobs=None,
@@ -374,6 +364,17 @@ class Validator(TableReader):
             stop_signal=parse_stop_signal(raw.get("stop_signal"), f"{key}.stop_signal", self.fail),
             graceful_timeout=None if grace is None else float(grace),
         )
+
+    def workers(self, raw: dict[str, Any], key: str, ncpus: int) -> int:
+        """A pool's ``workers``: a count, or "auto" (the default), one per core of ``cpus``."""
+        workers = raw.get("workers", "auto")
+        if workers == "auto":
+            return ncpus
+        if type(workers) is not int or workers < 0:
+            raise self.fail(
+                f"{key}.workers", f'must be a whole number >= 0 or "auto", got {workers!r}'
+            )
+        return workers
 
     def served(self, raw: dict[str, Any], key: str) -> tuple[str, ...]:
         """``function = "NAME"`` or ``functions = ["A", "B"]``: what the pool registers."""
