@@ -355,7 +355,8 @@ class Validator(TableReader):
             name=name,
             target="",
             workers=workers,
-            # Seen through the local server's `peers` (farm.pools.commandjobs); see below.
+            # Seen through the local server's `peers` (farm.pools.commandjobs), which needs
+            # its Unix socket: config.rules.command_pools refuses a timeout without one.
             timeout=self.optional_positive(raw.get("timeout"), f"{key}.timeout", MAX_TIMEOUT),
             max_jobs=None,
             max_rss_mb=None,
