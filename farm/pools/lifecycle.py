@@ -354,12 +354,16 @@ class Lifecycle:
             return
         except OSError:
             data = b""
+        self.take_report(proc, data)
+        if not data:
+            self.close_report(proc)  # it is exiting; reap_workers will hear of it
+
+    def take_report(self, proc: WorkerProcess, data: bytes) -> None:
+        """A worker's pipe's bytes (b"": its end): a command's output logged, else reports."""
         if proc.command:
             self.log_output(proc, proc.output(data, final=not data))
         elif data:
             proc.feed(data)
-        if not data:
-            self.close_report(proc)  # it is exiting; reap_workers will hear of it
 
     def log_output(self, proc: WorkerProcess, lines: list[str]) -> None:
         """A command worker's stdout/stderr, a log line each, with its pool and slot."""
@@ -382,10 +386,7 @@ class Lifecycle:
                     data = os.read(proc.report_fd, 65536)
                 except OSError:
                     data = b""
-                if proc.command:
-                    self.log_output(proc, proc.output(data, final=not data))
-                elif data:
-                    proc.feed(data)
+                self.take_report(proc, data)
                 if not data:
                     break
             self.selector.unregister(proc.report_fd)
