@@ -137,6 +137,7 @@ class Lifecycle:
             # dies of it at once while the worker it started finishes its job.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
+        # Its last output first: the exec check below and the end's log line quote it.
         self.close_report(proc)
         proc.close()
         if (
@@ -161,8 +162,6 @@ class Lifecycle:
             )
             return
         slot.proc = None
-        if proc.command:
-            self.close_report(proc)  # its last output first: the end's log line quotes it
         slot.restarts += 1  # an end nobody asked for (a crash, a kill, a recycle): counted
         in_job = proc.busy_since is not None
         cause = exit_cause(proc.kill_reason, status, boot_error=proc.boot_error, in_job=in_job)
