@@ -5,15 +5,16 @@ one short loop does the work and reads like the policy::
 
     handle_signals -> reap_workers -> kill_overrunning -> manage_server
                    -> manage_workers -> watch_commands, advance_restarts
-                   -> notify_systemd -> wait for events
+                   -> notify_systemd -> sweep_spill -> wait for events
 
-Scaling changes a target number and ``manage_workers`` reconciles. There are
-no threads (children are forked and exec'd by farm.pools.spawn); the loop
-waits in one selector on the signal wake-up pipe, the control socket and each
-worker's report (or output) pipe. Its parts live beside it in farm/pools:
-bookkeeping and the restart policy in ``slots``, a process's life (spawn,
-retire, kill, reap) in ``lifecycle``, `farm restart` in ``rollout``, and what
-the control socket may change in ``steering``.
+Scaling changes a target number and ``manage_workers`` reconciles. The loop
+is the only thread that changes anything (the metrics endpoint's HTTP server,
+farm.pools.metrics, reads in threads of its own; children are forked and
+exec'd by farm.pools.spawn); it waits in one selector on the signal wake-up
+pipe, the control socket and each worker's report (or output) pipe. Its parts
+live beside it in farm/pools: bookkeeping and the restart policy in ``slots``,
+a process's life (spawn, retire, kill, reap) in ``lifecycle``, `farm restart`
+in ``rollout``, and what the control socket may change in ``steering``.
 """
 
 from __future__ import annotations
