@@ -4,8 +4,8 @@ An init script or unit written for gearmand -- Debian's
 ``/etc/default/gearman-job-server`` passes ``--listen=localhost --daemon
 --log-file=...`` -- must start farm's server unchanged. So each flag of gearmand
 1.1 is either farm's own (``-p``, ``-L``, ``-j``, ``-b``, ``-l``, ``-P``,
-``--exceptions``), read here (``--verbose LEVEL``, ``-V``, ``--libsqlite3-db``),
-or accepted and ignored, which the server logs once at start-up.
+``--exceptions``), read here (``-v``/``--verbose LEVEL``, ``-V``, ``-d``,
+``--libsqlite3-db``), or accepted and ignored, which the server logs once at start-up.
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ class _Verbose(argparse.Action):
 
 
 def add_gearmand_flags(ap: argparse.ArgumentParser) -> None:
-    """Give ``ap`` gearmand's flags that are not farm's own (hidden from --help)."""
+    """Give ``ap`` gearmand's flags that are not farm's own (those it ignores, and
+    ``--libsqlite3-db``, hidden from --help)."""
     ap.add_argument(
         "-v", action="count", dest="verbose", default=0, help="more logging, repeatable"
     )
