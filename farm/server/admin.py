@@ -331,8 +331,8 @@ TOO_MANY = "ERR QUEUE_ERROR the+server+holds+--max-functions+functions\r\n"
 UNIX_ONLY = frozenset({"peers", "drain", "killing"})
 
 
-def run_admin(server: Hub, line: str, *, over_tcp: bool = False) -> str | None:
-    """The reply to one admin line (None for a blank line, which gearmand also answers).
+def run_admin(server: Hub, line: str, *, over_tcp: bool = False) -> str:
+    """The reply to one admin line (a blank line too: gearmand's unknown-command error).
 
     With ``--tcp-admin read-only``, a command that changes state is refused on TCP, where
     every local user can reach the server; read-only ones (status, workers, show jobs)

@@ -347,8 +347,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
             self.detach()
             return
         reply = run_admin(self.hub, line, over_tcp=self.ip != "unix")
-        if reply is not None:
-            self.send(reply.encode("utf-8", "surrogateescape"))  # names' bytes as they came
+        self.send(reply.encode("utf-8", "surrogateescape"))  # names' bytes as they came
 
 
 _echo = T.ECHO_RES
