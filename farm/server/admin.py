@@ -101,7 +101,7 @@ def show(server: Hub, args: list[str]) -> str:
         return "".join(lines) + ".\n"
     if what == "unique jobs":
         return "".join(f"{_line(job.unique)}\n" for job in server.jobs.jobs.values()) + ".\n"
-    if what == "poison jobs":  # farm's own
+    if what == "poison jobs":
         # farm's own: jobs failed after job_retries worker deaths (handle, function, unique).
         lines = [
             f"{_text(h)}\t{_text(f)}\t{_line(u)}\n" for h, f, u in reversed(server.jobs.poison)
