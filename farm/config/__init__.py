@@ -19,24 +19,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from farm.config.capacity import (
-    DEFAULT_WORKER_MB,
-    MAX_WORKERS,
-    available_cpus,
-    capacity_problem,
-    default_memory_budget_mb,
-)
+from farm.config.capacity import capacity_problem
 from farm.config.defaults import DEFAULTS_SOURCE, builtin
 from farm.config.model import (
-    RESERVED_PREFIX,
     Config,
     ExecutorConfig,
     FunctionConfig,
     ServerConfig,
     SupervisorConfig,
 )
-from farm.config.parse import COMMAND_KEYS, KILL_RSS_FACTOR, MAX_GRACE, POOL_KEYS, Validator
-from farm.discovery import SYSTEM_CONFIG, control_path, find_config, read_config_file
+from farm.config.parse import Validator
+from farm.discovery import control_path, find_config, read_config_file
 
 __all__ = [
     "Config",
@@ -44,22 +37,12 @@ __all__ = [
     "ExecutorConfig",
     "SupervisorConfig",
     "FunctionConfig",
-    "SYSTEM_CONFIG",
     "find_config",
     "load",
     "load_config",
     "control_path",
-    "available_cpus",
     "capacity_problem",
-    "default_memory_budget_mb",
     "DEFAULTS_SOURCE",
-    "MAX_WORKERS",
-    "DEFAULT_WORKER_MB",
-    "KILL_RSS_FACTOR",
-    "MAX_GRACE",
-    "COMMAND_KEYS",
-    "POOL_KEYS",
-    "RESERVED_PREFIX",
 ]
 
 
