@@ -1,9 +1,15 @@
 """What the supervisor (``farm/supervisor.py``) is made of, one seam a module.
 
 slots        slots, the processes in them, and the one restart policy
-steering     what changes while it runs: scale, ps, reload (pool bookkeeping)
+record       each slot's shared-memory record, written by its worker
+spawn        the one way to start a child: fork, settle it, exec
+lifecycle    a worker process's life: spawn, watch, retire, kill, reap
+commandjobs  a command worker as the local server sees it (`peers`, `drain`)
+rollout      `farm restart`: successors beside the old processes
+steering     what changes while it runs: scale, ps, reload, restart requests
 workerproc   the entry point of one supervised worker process
 localserver  the local job server child
 control      the control socket the CLI speaks to
 sdnotify     systemd's notify protocol and watchdog
+metrics      the farm's /metrics endpoint
 """
