@@ -1,4 +1,4 @@
-"""Commands: `farm server` (the job server alone) and `farm status` (its queues)."""
+"""Commands: `farm server` (the job server alone), `farm status` (its queues), `farm jobs`."""
 
 from __future__ import annotations
 
