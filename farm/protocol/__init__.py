@@ -9,6 +9,7 @@ loop; the server, the client faces and the worker move bytes in and out of it.
     admin     the admin text protocol's replies, parsed
     events    what sessions report to their faces
     client    ClientSession: which reply answers which request, tasks by handle
+    tasks     what a client face and its session share: Task, Query, the job events
     worker    WorkerSession: the grab/sleep/wake cycle as a table
     checks    what callers hand the client and worker APIs, checked
 
