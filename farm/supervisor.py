@@ -55,9 +55,12 @@ SPAWNS_PER_TURN = 8
 class Supervisor(Lifecycle, CommandJobs, Restarting, Steering):
     """Runs the farm described by a :class:`~farm.config.Config` until told to stop."""
 
-    def __init__(self, config: Config, config_path: str | None = None) -> None:
+    def __init__(
+        self, config: Config, config_path: str | None = None, log_format_flag: str | None = None
+    ) -> None:
         self.config = config
         self.config_path = config_path  # re-read on reload (None: the search order again)
+        self.log_format_flag = log_format_flag  # `farm up --log-format`, laid over each reload
         self.slots: dict[str, list[Slot]] = {}
         self.targets: dict[str, int] = {}
         self.offsets: dict[str, int] = {}

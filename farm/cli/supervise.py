@@ -60,7 +60,7 @@ def up(
     )
     try:
         # Absolute, so that what a reload says names the file wherever `farm reload` runs.
-        code = Supervisor(cfg, str(path.absolute()) if path else None).run()
+        code = Supervisor(cfg, str(path.absolute()) if path else None, log_format).run()
     except ConfigError as e:  # a control socket its path cannot hold
         fail(str(e), 2)
     except FarmError as e:

@@ -59,6 +59,7 @@ class Pending:
 class Steering:
     config: Config
     config_path: str | None
+    log_format_flag: str | None  # `farm up --log-format`: outranks the file's log_format
     slots: dict[str, list[Slot]]
     targets: dict[str, int]
     retiring: list[WorkerProcess]
@@ -370,6 +371,8 @@ class Steering:
             sdnotify.notify("READY=1")
             return why, [], []
         old = self.config
+        if self.log_format_flag is not None:  # not a change of the file: the flag still rules
+            new = replace(new, supervisor=replace(new.supervisor, log_format=self.log_format_flag))
         kept = []
         for section in ("server", "supervisor", "executor"):
             if getattr(new, section) != getattr(old, section):

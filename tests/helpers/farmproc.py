@@ -59,6 +59,7 @@ class FarmUp:
         self.env.update(extra_env or {})
         self.log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
         self.config_arg = str(self.config)  # as `farm up -c` is given it (cwd: tmp)
+        self.up_args: list[str] = []  # more of `farm up`'s flags, e.g. --log-format json
         if start:
             self.start()
 
@@ -71,6 +72,7 @@ class FarmUp:
                 "up",
                 "-c",
                 self.config_arg,
+                *self.up_args,
             ],
             cwd=self.tmp,
             env=self.env,

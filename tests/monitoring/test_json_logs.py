@@ -16,7 +16,7 @@ from farm.config import load
 from farm.errors import ConfigError, JobException, JobFailed
 from farm.logs import JsonFormatter
 from tests.helpers import ROOT
-from tests.helpers.farmproc import FarmUp
+from tests.helpers.farmproc import FarmUp, farm_cli
 from tests.helpers.servers import free_port, wait_connectable
 from tests.helpers.waiting import wait_for
 
@@ -103,6 +103,26 @@ def test_the_server_alone_takes_log_format_json() -> None:
     assert found and all(r["role"] == "server" for r in found)
     bad = subprocess.run([*argv, "--log-format", "xml"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "--log-format" in bad.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_reload_under_log_format_json_from_the_command_line_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    # `farm up --log-format json` with a file that leaves log_format at "text": every
+    # reload (systemctl reload, a cron's) said "not applied: [supervisor] changed; that
+    # takes a restart", and a restart changed nothing: the flag is not the file's to undo.
+    up = FarmUp(tmp_path, POOLS, start=False)
+    up.up_args = ["--log-format", "json"]
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        out = farm_cli("reload", "--control", up.control)
+        assert out.returncode == 0, out.stderr
+        assert "not applied" not in out.stdout + out.stderr, out.stdout + out.stderr
+        assert not [r for r in records(up.read_log()) if "takes a restart" in r["message"]]
+    finally:
+        assert up.stop() == 0
 
 
 def test_log_format_in_the_config_is_text_or_json(tmp_path: Path) -> None:
