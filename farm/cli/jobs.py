@@ -73,7 +73,9 @@ def worker(
         float | None, typer.Option(help="Seconds a job may run (sent as CAN_DO_TIMEOUT).")
     ] = None,
     client_id: Annotated[str | None, typer.Option(help="Id shown by the admin 'workers'.")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log at INFO (default: warnings only).")
+    ] = False,
 ) -> None:
     """Run one worker process serving MODULE:FUNCTION until SIGTERM or SIGINT."""
     from farm.targets import load_target

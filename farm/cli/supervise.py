@@ -118,7 +118,10 @@ def scale(
     config: Path | None = ConfigOption,
     control: str | None = ControlOption,
 ) -> None:
-    """Change worker counts at runtime, e.g. `farm scale resize=32 reverse=+2 thumb=-1`."""
+    """Change worker counts at runtime (draining on the way down).
+
+    For example: `farm scale resize=32 reverse=+2 thumbnail=-1`.
+    """
     from farm.pools.control import parse_scale
 
     named: set[str] = set()
