@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from pathlib import Path
 
 import typer
@@ -13,7 +14,7 @@ from farm.cli.app import SERVER_DEFAULT_HELP, ConfigOption, FarmCommand, app, fa
 from farm.client.admin import admin_query
 from farm.discovery import client_servers
 from farm.errors import ConfigError, FarmError
-from farm.net import AddressError, parse_address, parse_servers
+from farm.net import AddressError, parse_address, parse_servers, tls_from_env
 from farm.protocol.admin import parse_jobs, parse_poison, parse_status
 
 
@@ -112,11 +113,12 @@ def status(
 ) -> None:
     """Functions with their queued, running and worker counts (like gearadmin --status)."""
     address = server_address(server, config)
+    tls = admin_tls()
     try:
-        rows = parse_status(admin_query(address, "status"))
+        rows = parse_status(admin_query(address, "status", tls=tls))
     except (OSError, ValueError, protocol.ProtocolError) as exc:
         fail(f"cannot read status from {address}: {exc}")
-    poison = poison_jobs(address)
+    poison = poison_jobs(address, tls)
     if as_json:  # the table's names: queued (not total), running, workers
         functions = [
             {
@@ -151,7 +153,7 @@ def jobs(
     """The jobs running and queued, per function, oldest first, with age and priority."""
     address = server_address(server, config)
     try:
-        reply = admin_query(address, "jobs")
+        reply = admin_query(address, "jobs", tls=admin_tls())
         if reply.startswith("ERR"):
             fail(
                 f"the server at {address} does not support `farm jobs` (gearmand has no such"
@@ -173,10 +175,19 @@ def jobs(
         typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
-def poison_jobs(address: str) -> list[dict[str, str]]:
+def admin_tls() -> ssl.SSLContext | None:
+    """$FARM_TLS_CA, $FARM_TLS_CERT, $FARM_TLS_KEY, as `farm submit` and `farm worker` take
+    them (a file that cannot be used: one line, exit 2)."""
+    try:
+        return tls_from_env()
+    except FarmError as exc:
+        fail(str(exc), 2)
+
+
+def poison_jobs(address: str, tls: ssl.SSLContext | None = None) -> list[dict[str, str]]:
     """farm's `show poison jobs`; empty from servers that do not have it (gearmand)."""
     try:
-        reply = admin_query(address, "show poison jobs")
+        reply = admin_query(address, "show poison jobs", tls=tls)
     except OSError:
         return []
     if reply.startswith("ERR"):

@@ -4,6 +4,7 @@ the process table of `farm ps`, and `farm stop` following the drain. (`farm ps -
 
 from __future__ import annotations
 
+import ssl
 import sys
 import threading
 import time
@@ -123,7 +124,9 @@ def follow_stop(path: str, wait: float) -> None:
     fail(f"supervisor {pid} is still draining after {wait:g}s", 1)
 
 
-def warn_if_unserved(addresses: Sequence[str], function: str) -> threading.Timer:
+def warn_if_unserved(
+    addresses: Sequence[str], function: str, tls: ssl.SSLContext | None = None
+) -> threading.Timer:
     """After NO_WORKER_AFTER seconds, say on stderr when no worker has registered
     ``function`` at any of ``addresses`` that answers (the job would wait silently); the
     caller cancels it when the job ends. Which of several servers took the job is the
@@ -137,7 +140,7 @@ def warn_if_unserved(addresses: Sequence[str], function: str) -> threading.Timer
         unserved = []
         for address in addresses:
             try:
-                rows = parse_status(admin_query(address, "status"))
+                rows = parse_status(admin_query(address, "status", tls=tls))
             except Exception:  # only a hint: a server that cannot say is left out of it
                 continue
             if any(r.function == function and r.workers for r in rows):

@@ -21,7 +21,9 @@ def admin_query(
 ) -> str:
     """Send one admin command to the job server at ``address``; its whole reply as text.
 
-    Raises OSError (or ValueError for an address that does not parse).
+    Raises OSError (or ValueError for an address that does not parse); ConnectionError when
+    the server closes the connection before its reply is whole, which an empty listing
+    would otherwise pass for (a TLS listener spoken to in plain text closes it unanswered).
     """
     with connect(address, timeout, tls) as sock:
         sock.settimeout(timeout)
@@ -30,7 +32,11 @@ def admin_query(
         while not reply_complete(buf):
             data = recv(sock, 65536)
             if not data:
-                break
+                hint = "" if buf or tls else " (a TLS server? set $FARM_TLS_CA)"
+                what = command.split()[0] if command.strip() else command
+                raise ConnectionError(
+                    f"the job server closed the connection before answering {what!r}{hint}"
+                )
             buf += data
     return buf.decode("utf-8", "replace")
 

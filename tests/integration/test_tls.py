@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 import subprocess
 import sys
@@ -153,3 +154,41 @@ def test_a_missing_tls_file_is_named(tmp_path: Path) -> None:
         cwd=ROOT,
     )
     assert result.returncode == 2 and missing in result.stderr, result.stderr
+
+
+def test_farm_status_and_jobs_speak_tls_from_the_environment(tls_server: Server, pki: Path) -> None:
+    # They ignored $FARM_TLS_CA, which `farm submit` and `farm worker` take: the server
+    # closed the plain-text admin connection, and `farm status` printed an empty table,
+    # exit 0, for a server with a worker registered.
+    worker, thread = serve_reverse(tls_server.addr, tls_context(ca=str(pki / "ca.pem")))
+    cli = [sys.executable, "-m", "farm.cli"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FARM_", "GEARMAN_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    try:
+        for command in ("status", "jobs"):
+            plain = subprocess.run(
+                [*cli, command, "--server", tls_server.addr],
+                capture_output=True, text=True, timeout=30, env=env,
+            )  # fmt: skip
+            assert plain.returncode == 1, plain.stdout
+            assert "closed the connection" in plain.stderr and "FARM_TLS_CA" in plain.stderr
+        env["FARM_TLS_CA"] = str(pki / "ca.pem")
+        status = subprocess.run(
+            [*cli, "status", "--server", tls_server.addr],
+            capture_output=True, text=True, timeout=30, env=env,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stderr
+        assert [line.split() for line in status.stdout.splitlines()][1] == [
+            "reverse",
+            "0",
+            "0",
+            "1",
+        ]
+        jobs = subprocess.run(
+            [*cli, "jobs", "--server", tls_server.addr],
+            capture_output=True, text=True, timeout=30, env=env,
+        )  # fmt: skip
+        assert jobs.returncode == 0 and jobs.stdout.startswith("FUNCTION"), jobs.stderr
+    finally:
+        worker.stop()
+        thread.join(10)
