@@ -1,18 +1,42 @@
 # The README names these targets. `make test` installs everything the tests need.
-PYTHON ?= python3
+#
+# Debian's and Ubuntu's own python3 refuse `pip install` outside a virtualenv (PEP 668:
+# "externally-managed-environment"). With such a python3, and no virtualenv active,
+# the targets make ./.venv once and install into it, so the README's two commands still
+# work as written on a fresh machine; the other terminals then `. .venv/bin/activate`.
+SYSTEM_PYTHON ?= python3
+MANAGED := $(shell $(SYSTEM_PYTHON) -c 'import os, sys, sysconfig; \
+  print(int(sys.prefix == sys.base_prefix and os.path.exists(os.path.join( \
+  sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED"))))' 2>/dev/null)
+ifeq ($(MANAGED),1)
+PYTHON ?= .venv/bin/python
+VENV := .venv/bin/python
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+else
+PYTHON ?= $(SYSTEM_PYTHON)
+VENV :=
+endif
 PIP ?= $(PYTHON) -m pip
 DEBS := gearman-job-server gearman-tools php-cli php-gearman libgearman-client-perl prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install run deps-test test unit lint bench
 
-install:
+install: $(VENV)
 	$(PIP) install -q -e .
 
 run: install
 	farm up
 
-deps-test:
+# Only made where the system's python3 is externally managed (above). Debian ships the
+# venv module's pip apart, in python3-venv.
+.venv/bin/python:
+	$(SYSTEM_PYTHON) -m venv .venv || { \
+	  echo "installing python3-venv"; rm -rf .venv; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q python3-venv \
+	  && $(SYSTEM_PYTHON) -m venv .venv; }
+
+deps-test: $(VENV)
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
