@@ -33,6 +33,7 @@ TUNING: dict[str, tuple[str, str | tuple[str, ...]]] = {
     "max_partial_bytes": ("--max-partial-bytes", "int"),
     "max_unread_bytes": ("--max-unread-bytes", "int"),
     "max_abilities": ("--max-abilities", "int"),
+    "max_tcp_abilities": ("--max-tcp-abilities", "int"),
     "max_functions": ("--max-functions", "int"),
     "wake_deadline": ("--wake-deadline", "number"),
     "backlog": ("--backlog", "int"),

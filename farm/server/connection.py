@@ -133,8 +133,8 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
         self.hub.unaccepted.discard(self)
         self.hub.lazy.discard(self)
         self.hub.leave(self, self.tcp)
+        self.detach()  # while still marked TCP: its registrations leave the TCP count
         self.tcp = False
-        self.detach()
         self.hub.flush_soon()
         if self.hub.all_closed is not None and not self.hub.connections:
             self.hub.all_closed.set()

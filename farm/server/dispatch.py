@@ -80,10 +80,15 @@ class Dispatch(Sleepers):
     _epoch_timer: Timer | None
     parent_pid: int | None  # the supervisor's (--parent-pid)
     _seq: Iterator[int]  # arrival order, which _best_job compares across functions
+    tcp_abilities: int  # functions registered by TCP connections, all together
 
     def can_do(self, worker: Peer, function: bytes, timeout: float = 0.0) -> None:
-        worker.abilities[function] = timeout
         fq = self.function(function)
+        if worker.tcp and fq.name not in worker.abilities:
+            self.tcp_abilities += 1
+        # The function's own name as the key: a packet's copy of a 512-byte name, kept
+        # per connection, cost every registration over 500 bytes more.
+        worker.abilities[fq.name] = timeout
         fq.workers.add(worker)
         fq.served = max(fq.served, SERVED_OVER_TCP if worker.tcp else SERVED_LOCALLY)
         if worker.sleeping:
@@ -94,6 +99,8 @@ class Dispatch(Sleepers):
     def cant_do(self, worker: Peer, function: bytes) -> None:
         if worker.abilities.pop(function, None) is None:
             return
+        if worker.tcp:
+            self.tcp_abilities -= 1
         fq = self.function(function)
         fq.workers.discard(worker)
         fq.sleepers.pop(worker, None)
@@ -118,6 +125,8 @@ class Dispatch(Sleepers):
                 fq.sleepers.pop(worker, None)
         gone = list(worker.abilities)
         worker.abilities.clear()
+        if worker.tcp:
+            self.tcp_abilities -= len(gone)
         worker.sleeping = False
         self._pass_on_wake(worker)  # it will not come: the job it was woken for needs another
         for job in list(worker.running.values()):

@@ -105,6 +105,7 @@ class JobServer(Dispatch):
         # Functions with runnable jobs: a grab looks at these, not at all of a worker's
         # abilities, so 100,000 CAN_DOs cannot make every grab slow.
         self.ready: set[bytes] = set()
+        self.tcp_abilities = 0  # bounded by --max-tcp-abilities (WorkerSide.room_for)
         self.jobs: dict[bytes, Job] = {}
         self.uniques: dict[tuple[bytes, bytes], Job] = {}
         # unique -> live jobs with it, in any function (GET_STATUS_UNIQUE answers the newest).

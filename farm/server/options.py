@@ -47,6 +47,7 @@ class ServerOptions:
     # "read-only": cancel job, maxqueue N, create/drop function only on the Unix socket.
     tcp_admin: str = "full"
     max_abilities: int = 4096  # functions one connection may register
+    max_tcp_abilities: int = 262144  # registrations all TCP connections together may hold
     max_functions: int = 65536  # functions the server holds before TCP peers may add none
     max_partial_bytes: int = 256 << 20  # bytes of unfinished packets all connections may hold
     max_unread_bytes: int = 256 << 20  # bytes of replies TCP peers together may leave unread
@@ -212,6 +213,14 @@ def build_parser(
         help="functions one connection may register; past it: ERROR, close (default %(default)s)",
     )
     ap.add_argument(
+        "--max-tcp-abilities",
+        type=int,
+        default=DEFAULTS.max_tcp_abilities,
+        metavar="N",
+        help="registrations (a function on a connection) all TCP connections together may hold;"
+        " past it a CAN_DO over TCP gets ERROR QUEUE_ERROR (default %(default)s)",
+    )
+    ap.add_argument(
         "--max-functions",
         type=int,
         default=DEFAULTS.max_functions,
@@ -324,8 +333,8 @@ def parse_args(
         ap.error("--wake-deadline must be between 0.01 and 60 seconds")
     if ns.max_functions < 1:
         ap.error("--max-functions must be at least 1")
-    if ns.max_abilities < 1:
-        ap.error("--max-abilities must be at least 1")
+    if ns.max_abilities < 1 or ns.max_tcp_abilities < 1:
+        ap.error("--max-abilities and --max-tcp-abilities must be at least 1")
     if ns.max_packet < 1024:
         ap.error("--max-packet must be at least 1024 bytes")
     if ns.backlog < 1:
@@ -363,6 +372,7 @@ def parse_args(
         worker_uids=frozenset(ns.worker_uid or [os.getuid()]),
         tcp_admin=ns.tcp_admin,
         max_abilities=ns.max_abilities,
+        max_tcp_abilities=ns.max_tcp_abilities,
         max_functions=ns.max_functions,
         max_partial_bytes=ns.max_partial_bytes,
         max_unread_bytes=ns.max_unread_bytes,

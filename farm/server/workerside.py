@@ -74,6 +74,7 @@ class WorkerSide:
     closed: bool
     fd: int
     peer_uid: int | None
+    tcp: bool
     draining: bool
     sleeping: bool
     may_hold_grab: bool
@@ -209,12 +210,25 @@ class WorkerSide:
 
     def room_for(self, function: bytes) -> bool:
         """A connection registers at most --max-abilities functions; past that it is closed
-        (ERROR first): one peer must not make every grab and sleep walk a huge table."""
-        limit = self.hub.options.max_abilities
-        if len(self.abilities) < limit or function in self.abilities:
+        (ERROR first): one peer must not make every grab and sleep walk a huge table. TCP
+        connections together hold at most --max-tcp-abilities: past it, ERROR QUEUE_ERROR
+        and the function is not registered (each costs memory, and 10,000 connections of
+        4,096 each were gigabytes any local user could make the server hold)."""
+        options = self.hub.options
+        if function in self.abilities:
             return True
-        self.refuse(f"more than {limit} functions on one connection", "ARGUMENT_TOO_LARGE")
-        return False
+        if len(self.abilities) >= options.max_abilities:
+            self.refuse(
+                f"more than {options.max_abilities} functions on one connection",
+                "ARGUMENT_TOO_LARGE",
+            )
+            return False
+        if self.tcp and self.jobs.tcp_abilities >= options.max_tcp_abilities:
+            self.send(
+                error("QUEUE_ERROR", "the server holds --max-tcp-abilities TCP workers' functions")
+            )
+            return False
+        return True
 
     def may_serve(self, function: bytes) -> bool:
         """Reserved ``farm.*`` functions (the Executor's calls) go only to trusted workers:

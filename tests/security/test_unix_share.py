@@ -157,3 +157,43 @@ def test_tcp_admin_cannot_make_functions_past_max_functions() -> None:
         assert "f4\t" not in status and "f5\t" not in status and "mine\t" in status
     finally:
         srv.stop()
+
+
+def test_tcp_peers_together_register_at_most_max_tcp_abilities(
+    peer_factory: Callable[[str], Peer],
+) -> None:
+    # Each connection may register --max-abilities (4,096) functions, of names up to 512
+    # bytes: 200 TCP connections of 4,096 made the server hold 460 MB more, so the 10,000
+    # connections any local user may open were 24 GB. TCP peers share one budget now.
+    unix = unix_path()
+    srv = start_farm_server("--max-tcp-abilities", "100", unix=unix)
+    try:
+        wait_for("the Unix socket", lambda: os.path.exists(unix))
+        first, second = peer_factory(srv.addr), peer_factory(srv.addr)
+        first.send_raw(b"".join(p.encode_req(T.CAN_DO, b"f%d" % i) for i in range(60)))
+        first.send(T.ECHO_REQ, "sync")
+        first.expect(T.ECHO_RES)
+        second.send_raw(b"".join(p.encode_req(T.CAN_DO, b"g%d" % i) for i in range(40)))
+        second.send(T.CAN_DO, "g40")
+        assert second.expect(T.ERROR).args == (
+            b"QUEUE_ERROR",
+            b"the server holds --max-tcp-abilities TCP workers' functions",
+        )
+        second.send(T.CAN_DO, "g0")  # one it holds is no new registration
+        second.send(T.ECHO_REQ, "sync")
+        assert second.expect(T.ECHO_RES).args == (b"sync",), "not closed, nothing else refused"
+        local = Peer(f"unix:{unix}")
+        local.send(T.CAN_DO, "g40")  # the farm's own workers are not counted
+        local.send(T.ECHO_REQ, "sync")
+        local.expect(T.ECHO_RES)
+        status = dict(line.split("\t", 1) for line in local.admin("status").splitlines()[:-1])
+        assert status["g40"].endswith("\t1") and status["g39"].endswith("\t1"), status
+        first.close()  # its 60 go back to the budget
+        wait_for("the first peer to be gone", lambda: "f59\t0\t0\t0\n" in local.admin("status"))
+        second.send(T.CAN_DO, "g40")
+        second.send(T.ECHO_REQ, "sync")
+        assert second.expect(T.ECHO_RES).type == T.ECHO_RES
+        status = dict(line.split("\t", 1) for line in local.admin("status").splitlines()[:-1])
+        assert status["g40"].endswith("\t2"), status
+    finally:
+        srv.stop()
