@@ -17,9 +17,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from farm.logs import Brief
 from farm.server.jobs import Job
 
 log = logging.getLogger("farm.server")
+#: One line each 10 s at most: any local user could make many (farm.server.connection).
+over_unread = Brief(log)
 
 
 class BackPressure:
@@ -66,7 +69,7 @@ class BackPressure:
             if total <= limit:
                 return
             total -= sizes[conn]
-            log.warning(
+            over_unread(
                 "fd %d (%s): %d MiB of replies unread, and TCP peers together past"
                 " --max-unread-bytes; disconnecting it",
                 conn.fd,

@@ -21,6 +21,7 @@ import socket
 from collections.abc import Callable
 
 from farm import protocol as p
+from farm.logs import Brief
 from farm.protocol import PacketType as T
 from farm.protocol import encode_res, frame_res
 from farm.protocol.kinds import SUBMIT_KINDS
@@ -32,6 +33,9 @@ from farm.server.jobs import Job
 from farm.server.workerside import UCRED, WorkerSide, error
 
 log = logging.getLogger("farm.server")
+#: Peers cut off at a limit: one line each 10 s at most per kind, as any local user could
+#: send them by the thousand a second (the journal's rate limit then drops other lines).
+over_connections, over_partial, over_unread = Brief(log), Brief(log), Brief(log)
 
 #: Bytes of replies a connection may leave unread and still be answered another admin command.
 MAX_UNREAD_ADMIN = 1 << 20
@@ -110,7 +114,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
                 creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size)
                 self.peer_pid, self.peer_uid, _ = UCRED.unpack(creds)
         if not self.hub.admit(self, self.tcp):
-            log.warning("connection limit reached; closing fd %d (%s)", self.fd, self.ip)
+            over_connections("connection limit reached; closing fd %d (%s)", self.fd, self.ip)
             self.closed = True
             self.tcp = False  # not counted
             transport.close()
@@ -187,7 +191,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
         grew = now - self.partial  # not 0: data_received calls this only on a change
         self.partial = now
         if self.hub.count_partial(grew, self.tcp) and grew > 0:
-            log.warning(
+            over_partial(
                 "fd %d (%s): partial packets over the server's limit; closing", self.fd, self.ip
             )
             self.refuse("too many partly received bytes on the server", "ARGUMENT_TOO_LARGE")
@@ -339,7 +343,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
             if unread <= 2 * MAX_UNREAD_ADMIN:
                 self.send(BUSY)
                 return
-            log.warning("fd %d (%s): %d bytes of replies unread; closing", self.fd, self.ip, unread)
+            over_unread("fd %d (%s): %d bytes of replies unread; closing", self.fd, self.ip, unread)
             self.out.clear()
             self.closed = True
             if self.transport is not None:

@@ -1,0 +1,44 @@
+"""What any local user can make the server log. A peer cut off at a limit is logged, but
+at most one line each 10 s per kind (farm.logs.Brief, as for refused submits): a loop
+of connections past --max-connections wrote a warning each, thousands a second, and
+the journal's rate limit (journald: 10,000 lines in 30 s a unit) then drops the farm's
+other lines, a worker's crash among them."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from farm import protocol as p
+from farm.protocol import PacketType as T
+from tests.helpers.servers import connect, start_farm_server
+from tests.helpers.waiting import wait_for
+
+
+def test_connections_past_the_limit_are_logged_briefly(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    srv = start_farm_server("--max-connections", "20", "--log-file", str(log))
+    held: list[socket.socket] = []
+    try:
+        held = [connect(srv.addr) for _ in range(18)]  # the last 2 are the Unix socket's
+        for s in held:
+            s.sendall(p.encode_req(T.ECHO_REQ, b"x"))
+            assert s.recv(100).endswith(b"x")
+        for _ in range(300):
+            extra = connect(srv.addr)
+            extra.settimeout(5)
+            try:
+                assert extra.recv(100) == b"", "a peer past the limit is closed at once"
+            except ConnectionResetError:
+                pass
+            extra.close()
+        with connect(srv.addr) as last:  # the server has logged whatever it will by now
+            last.settimeout(5)
+            assert last.recv(100) == b""
+        wait_for("the first refusal in the log", lambda: "limit reached" in log.read_text())
+        lines = [line for line in log.read_text().splitlines() if "limit reached" in line]
+        assert len(lines) == 1, f"{len(lines)} lines for 301 refused connections"
+    finally:
+        for s in held:
+            s.close()
+        srv.stop()
