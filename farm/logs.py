@@ -156,20 +156,24 @@ class Brief:
     back. A flood of them must not flood the journal, whose rate limit would then drop
     the lines that matter."""
 
-    def __init__(self, logger: logging.Logger, every: float = 10.0) -> None:
+    def __init__(
+        self, logger: logging.Logger, every: float = 10.0, level: int = logging.WARNING
+    ) -> None:
         self.logger = logger
         self.every = every
+        self.level = level
         self._next = 0.0
         self._held = 0
 
-    def __call__(self, msg: str, *args: object) -> None:
+    def __call__(self, msg: str, *args: object, **kwargs: Any) -> None:
+        """Log it (``kwargs`` as ``Logger.log`` takes them, ``extra=``), or count it."""
         now = time.monotonic()
         if now < self._next:
             self._held += 1
             return
         if self._held:
             msg += f" (and {self._held} more such since the last line)"
-        self.logger.warning(msg, *args)
+        self.logger.log(self.level, msg, *args, **kwargs)
         self._next, self._held = now + self.every, 0
 
 

@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 
+from farm.logs import Brief
 from farm.server.deadlines import Deadlines
 from farm.server.options import ServerOptions
 from farm.server.queues import (
@@ -34,6 +35,10 @@ from farm.server.sleepers import Sleepers
 __all__ = ["Dispatch", "MAX_EXPIRED", "WAKE_DEADLINE"]
 
 log = logging.getLogger("farm.server")
+#: Timeouts and poison jobs on TCP workers: once each 10 s at most, as any local user may
+#: register a worker over TCP and make thousands a second (the farm's own, on the Unix
+#: socket, are each logged). The metrics and `show poison jobs` count every one.
+tcp_timeouts, tcp_poison = Brief(log), Brief(log, level=logging.ERROR)
 
 #: Timed-out handles remembered per worker connection, to drop their late answers.
 MAX_EXPIRED = 64
@@ -216,7 +221,8 @@ class Dispatch(Sleepers):
             # Names are bytes on the wire, not always UTF-8 (a Latin-1 PHP worker): a strict
             # decode raised here, in the timer, and the job was never failed.
             named = _named(job)
-            log.warning("job %s (%s) timed out on its worker", *named.values(), extra=named)
+            say = tcp_timeouts if worker.tcp else log.warning
+            say("job %s (%s) timed out on its worker", *named.values(), extra=named)
             self._drop_answers(worker, job)
             self.functions[job.function].stats.timed_out[job.priority] += 1
             self.finish(worker, job, Outcome.FAIL)
@@ -263,9 +269,10 @@ class Dispatch(Sleepers):
                 # The supervisor's death kills its workers and stops this server at once, and
                 # a worker's end can be read here before this server is told (its parent
                 # changes a moment later): a poison verdict waits that moment out.
-                self.call_later(ORPHAN_GRACE, lambda: self._verdict(worker, job))
+                tcp = worker.tcp  # a connection gone is not marked TCP by then
+                self.call_later(ORPHAN_GRACE, lambda: self._verdict(worker, job, tcp=tcp))
                 return
-            self._out_of_retries(worker, job)
+            self._out_of_retries(worker, job, tcp=worker.tcp)
             return
         # Behind the jobs of its priority that came meanwhile, as gearmand queues it again: at
         # the head, a job that kills each worker that runs it (a crash, a PHP worker's return
@@ -279,16 +286,17 @@ class Dispatch(Sleepers):
         if self.on_idle is not None and not self.running_count():
             self.on_idle()  # a graceful stop waits for running jobs, and none runs now
 
-    def _verdict(self, worker: Peer, job: Job) -> None:
+    def _verdict(self, worker: Peer, job: Job, *, tcp: bool) -> None:
         """A job out of retries, ORPHAN_GRACE after its last worker died: failed, unless
         this server is stopping or orphaned by now (then kept, as _requeue keeps it)."""
         if self.jobs.get(job.handle) is not job or job.worker is not None or job.queued:
             return  # ended, forgotten or taken up again meanwhile
         if self.stopping or self.orphaned():
             return
-        self._out_of_retries(worker, job)
+        self._out_of_retries(worker, job, tcp=tcp)
 
-    def _out_of_retries(self, worker: Peer, job: Job) -> None:
+    def _out_of_retries(self, worker: Peer, job: Job, *, tcp: bool) -> None:
+        """Fail a job whose last worker died (``tcp``: that worker was a TCP peer)."""
         named = _named(job)
         handle, function = named.values()
         if worker.killed:
@@ -303,7 +311,7 @@ class Dispatch(Sleepers):
                 extra=named,
             )
         else:
-            log.error(
+            (tcp_poison if tcp else log.error)(
                 "poison job %s: function %s unique %r failed after %d attempts",
                 handle,
                 function,
