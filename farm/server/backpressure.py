@@ -36,6 +36,9 @@ class BackPressure:
     ip: str
     hub: Any  # farm.server.hub.Hub
     partial: int
+    unsent: int
+    out: bytearray
+    held: list[tuple[bytes, bytearray]] | None
     detach: Callable[[], None]
     write_paused: bool
     reading: bool
@@ -55,14 +58,32 @@ class BackPressure:
         self.update_reading()
         self.release_held_back()
 
+    def count_unsent(self, size: int) -> None:
+        """``size`` bytes more for this TCP peer, made this turn and not written yet. One
+        job's result goes to every submit attached to it, each a copy: 2,000 submits of one
+        unique made a 1 MB result 2 GB before any write could tell who does not read. So
+        what TCP peers are owed counts against --max-unread-bytes as it is made."""
+        self.unsent += size
+        hub = self.hub
+        hub.tcp_unsent += size
+        if hub.tcp_unsent > hub.options.max_unread_bytes:
+            self.check_unread()
+
+    def unsent_gone(self) -> None:
+        """What count_unsent counted was written, or dropped."""
+        self.hub.tcp_unsent -= self.unsent
+        self.unsent = 0
+
     def check_unread(self) -> None:
-        """After a write to a TCP peer that does not read: disconnect the peers leaving
-        the most unread until all of them together are within --max-unread-bytes."""
+        """After a write to a TCP peer that does not read, or when what this turn made for
+        TCP peers is past the limit: disconnect the peers owed the most (what their transport
+        holds, and what is not written yet) until all of them together are within
+        --max-unread-bytes."""
         hub = self.hub
         sizes = {
-            conn: conn.transport.get_write_buffer_size()
-            for conn in hub.slow_readers
-            if conn.transport is not None and not conn.closed
+            conn: conn.unsent + conn.transport.get_write_buffer_size()
+            for conn in (*hub.slow_readers, *hub.dirty)
+            if conn.tcp and conn.transport is not None and not conn.closed
         }
         total, limit = sum(sizes.values()), hub.options.max_unread_bytes
         for conn in sorted(sizes, key=sizes.__getitem__, reverse=True):
@@ -83,6 +104,9 @@ class BackPressure:
         self.closed = True
         self.hub.count_partial(-self.partial, self.tcp)
         self.partial = 0
+        self.out.clear()  # what it is owed goes now, not at the turn's end
+        self.held = None
+        self.unsent_gone()
         if self.transport is not None:
             self.transport.abort()
         self.detach()  # what it held goes back to the queues now

@@ -54,6 +54,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
         # JOB_CREATEDs waiting for the store's commit, each with what was sent after it.
         self.held: list[tuple[bytes, bytearray]] | None = None
         self.partial = 0  # bytes of unfinished packets this connection holds (see count_partial)
+        self.unsent = 0  # bytes sent to a TCP peer this turn, not written yet (count_unsent)
         self.dirty = False
         self.closed = False
         self.fd = -1
@@ -208,6 +209,8 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
         if not self.dirty:
             self.dirty = True
             self.hub.dirty.append(self)
+        if self.tcp:
+            self.count_unsent(len(data))
 
     def hold_created(self, handle: bytes) -> None:
         """JOB_CREATED of a job whose row is staged: sent by ``release_held`` after the commit."""
@@ -239,6 +242,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
             if self.write_paused and self.tcp:
                 self.check_unread()
         self.out.clear()
+        self.unsent_gone()
 
     def close(self) -> None:
         """Flush what is owed, then close."""

@@ -101,6 +101,7 @@ class Hub:
         # TCP connections whose peer stopped reading (past the transport's high-water mark):
         # what they leave unread counts against --max-unread-bytes (BackPressure).
         self.slow_readers: set[Any] = set()
+        self.tcp_unsent = 0  # bytes made for TCP peers this turn, not written yet (BackPressure)
         self.stats = ServerStats()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._flush_due = False

@@ -11,6 +11,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
+
 from farm import protocol as p
 from farm.protocol import PacketType as T
 from tests.helpers.peers import Peer
@@ -195,5 +197,36 @@ def test_tcp_peers_together_register_at_most_max_tcp_abilities(
         assert second.expect(T.ECHO_RES).type == T.ECHO_RES
         status = dict(line.split("\t", 1) for line in local.admin("status").splitlines()[:-1])
         assert status["g40"].endswith("\t2"), status
+    finally:
+        srv.stop()
+
+
+def test_one_result_to_many_attached_submits_counts_against_max_unread_bytes(
+    peer_factory: Callable[[str], Peer],
+) -> None:
+    # A submit of a unique that a job already has attaches to it, once per submit, and
+    # each attachment is sent the result: 300 small submits and one 1 MB WORK_COMPLETE had
+    # the server make 300 MB of replies in one turn, before any write could show that the
+    # peer does not read (2,000 of them: over 3 GB, and growing).
+    srv = start_farm_server("--max-packet", str(2 << 20), "--max-unread-bytes", str(4 << 20))
+    try:
+        server = psutil.Process(srv.proc.pid)
+        client, worker = peer_factory(srv.addr), peer_factory(srv.addr)
+        client.send_raw(p.encode_req(T.SUBMIT_JOB, b"mirror", b"u", b"x") * 300)
+        handles = {client.expect(T.JOB_CREATED).args[0] for _ in range(300)}
+        assert len(handles) == 1, "one job, 300 attachments"
+        worker.send(T.CAN_DO, "mirror")
+        worker.send(T.GRAB_JOB)
+        worker.expect(T.JOB_ASSIGN)
+        before = server.memory_info().rss
+        worker.send(T.WORK_COMPLETE, handles.pop(), b"r" * (1 << 20))
+        worker.send(T.ECHO_REQ, "after")  # answered once the server has handled the result
+        worker.expect(T.ECHO_RES)
+        grew = server.memory_info().rss - before
+        assert grew < 64 << 20, f"the server grew {grew >> 20} MiB"
+        assert client.closed_within(5), "the peer owed the most is cut off"
+        other = peer_factory(srv.addr)
+        other.send(T.ECHO_REQ, "still")
+        assert other.expect(T.ECHO_RES).args == (b"still",)
     finally:
         srv.stop()
