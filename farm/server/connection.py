@@ -242,7 +242,8 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
             if self.write_paused and self.tcp:
                 self.check_unread()
         self.out.clear()
-        self.unsent_gone()
+        if self.unsent:
+            self.unsent_gone()
 
     def close(self) -> None:
         """Flush what is owed, then close."""
