@@ -5,10 +5,11 @@
     flight    calls and jobs in flight: batching, payloads, outcomes into futures
     payload   the format of a call and its result, and the caller's end of it
     call      the worker's end: ``run_call``
+    functions the worker's kept functions; each call's own copy of a callable's state
     replay    the worker's guard against expired and replayed calls
     signing   the farm's key and the HMAC on every call and result
 
-Worker processes import only ``call``, ``payload``, ``replay`` and ``signing``; the
+Worker processes import only ``call``, ``functions``, ``payload``, ``replay`` and ``signing``; the
 names below load on first use so that they do not pay for the caller's side.
 """
 

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 from farm.errors import JobError
-from farm.executor import initstate, spill
+from farm.executor import functions, initstate, spill
+from farm.executor.functions import UNIMPORTABLE
 from farm.executor.payload import (
     ARG_CHUNK,
     ARG_CHUNK_BATCH,
@@ -69,6 +70,7 @@ __all__ = [
     "dump_initializer",
     "RemoteTraceback",
     "recycle_requested",
+    "UNIMPORTABLE",
 ]
 
 log = logging.getLogger("farm.executor")
@@ -96,11 +98,6 @@ _tasks_done: dict[bytes, int] = {}
 #: Why this worker should be replaced after the job in hand (max_tasks_per_child reached),
 #: or None. Read by farm/pools/workerproc.py after each job; unsupervised workers ignore it.
 recycle_requested: str | None = None
-#: Unpickled functions by their pickled bytes and the initializer they run after (None:
-#: none): a lambda sent 10,000 times is rebuilt once, and executors with different
-#: initializers never share a function of the script, whose globals hold what theirs left.
-_functions: dict[tuple[bytes, bytes | None], Any] = {}
-_MAX_FUNCTIONS = 256
 #: Where this worker writes large results, and its limit (farm.executor.spill).
 _spill: spill.SpillSettings | None = None
 
@@ -119,32 +116,13 @@ def _worker_signer() -> Signer:
     return _signer
 
 
-#: Said with an ImportError of a call's function: the usual cause is a module beside the script.
-UNIMPORTABLE = (
-    "farm: the farm's workers import a function's module by name, from their own sys.path,"
-    " working directory and environment, not the caller's. Install the module where the"
-    " workers run, or put it on their PYTHONPATH; functions defined in the script itself"
-    " travel with the call (docs/executor.md, 'What remains different')"
-)
-
-
 def _function(fn_bytes: bytes, initialized: bool) -> Callable[..., Any]:
-    """The call's function; after this executor's initializer, given what it left
-    (farm.executor.initstate)."""
-    key = (fn_bytes, _initialized if initialized else None)
-    fn = _functions.get(key)
-    if fn is None:
-        try:
-            fn = pickle.loads(fn_bytes)
-        except ImportError as exc:  # ModuleNotFoundError: a module beside the caller's script
-            exc.add_note(UNIMPORTABLE)
-            raise
-        if len(_functions) >= _MAX_FUNCTIONS:
-            _functions.clear()
-        _functions[key] = fn
+    """The call's function, kept (farm.executor.functions); after this executor's
+    initializer, given what it left (farm.executor.initstate)."""
+    fn = functions.load(fn_bytes, _initialized if initialized else None)
     if initialized:
         initstate.give(fn)
-    return fn  # type: ignore[no-any-return]  # whatever the caller pickled: called below
+    return fn
 
 
 def run_call(job: Any) -> bytes:
@@ -186,7 +164,8 @@ def run_call(job: Any) -> bytes:
             job, signer, call_id, fn_bytes, calls_data, _BATCHED[kind], bool(initialized), started
         )
     try:
-        fn = _function(bytes(body[4 : 4 + fn_size]), bool(initialized))
+        fn_bytes = bytes(body[4 : 4 + fn_size])
+        fn = functions.for_call(_function(fn_bytes, bool(initialized)), fn_bytes)
         calls = pickle.loads(calls_data)
         del calls_data  # a large argument's bytes: not kept while the call runs
         outcome: tuple[Any, ...] = (OK, _apply(fn, kind, calls))
@@ -301,7 +280,8 @@ def _run_batch(
             if index and began - started + longest > budget:
                 break  # fewer outcomes than calls: the rest did not run (flight.complete)
         try:
-            outcome: tuple[Any, ...] = (OK, _apply(fn, kind, pickle.loads(call)))
+            args = pickle.loads(call)
+            outcome: tuple[Any, ...] = (OK, _apply(functions.for_call(fn, fn_bytes), kind, args))
         except BaseException as exc:
             outcome = _raised(exc)
         if budget is not None:

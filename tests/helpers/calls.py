@@ -184,3 +184,23 @@ def size_plus(data: bytes, x: int) -> int:
     """With ``data`` of over 1 MiB bound by functools.partial: a function the executor sends
     as a spill file shared by its calls."""
     return len(data) + x
+
+
+class Tally:
+    """A callable with state: what its calls saw so far (each call gets a fresh copy, as
+    ProcessPoolExecutor pickles the callable with each call)."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def add(self, x: int) -> list[int]:
+        self.seen.append(x)
+        return list(self.seen)
+
+    def __call__(self, x: int) -> list[int]:
+        return self.add(x)
+
+
+def append_to(seen: list[int], x: int) -> list[int]:
+    seen.append(x)
+    return list(seen)

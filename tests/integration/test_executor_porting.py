@@ -3,6 +3,7 @@ farm takes (docs/executor.md, "What the pool refuses and the farm takes"), again
 
 from __future__ import annotations
 
+import functools
 import io
 import socket
 import threading
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 import farm
-from tests.helpers.calls import identity
+from tests.helpers.calls import Tally, append_to, identity
 from tests.helpers.farmproc import executor_farm
 
 
@@ -54,3 +55,19 @@ def test_a_text_file_read_arrives_as_its_text_and_what_cloudpickle_refuses_fails
         for refused in (raw, sock, threading.Lock(), (i for i in range(2))):
             with pytest.raises(TypeError, match="cannot pickle"):
                 ex.submit(identity, refused).result(timeout=30)
+
+
+@pytest.mark.timeout(90)
+def test_each_call_gets_a_fresh_copy_of_a_callable_with_state(ex: farm.Executor) -> None:
+    """ProcessPoolExecutor pickles the callable with every call, so what one call leaves in
+    a bound method's instance, a partial's arguments or a callable object, the next call
+    does not see; a chunk's calls share one copy. The workers keep an unpickled function
+    (its globals live on, as in a pool's process) but not the state a callable carries."""
+    tally = Tally()
+    for fn in (tally.add, tally, functools.partial(append_to, [])):
+        assert [ex.submit(fn, i).result(timeout=30) for i in range(3)] == [[0], [1], [2]]
+        # Many calls waiting travel in batches: still one copy per call.
+        assert list(ex.map(fn, range(40))) == [[i] for i in range(40)]
+        chunks = list(ex.map(fn, range(6), chunksize=3))
+        assert chunks == [[0], [0, 1], [0, 1, 2], [3], [3, 4], [3, 4, 5]]
+    assert tally.seen == []

@@ -1,0 +1,83 @@
+"""The worker's calls' functions: each unpickled once and kept, each call given its own copy
+of what a callable carries.
+
+A worker keeps the functions it unpickled, by their pickled bytes (and the initializer they
+run after): a lambda sent 10,000 times is rebuilt once, a large function's spill file is
+read once, and what a function of the script keeps in its globals stays, as in a pool's
+process. What a *callable* carries with it -- a bound method's instance, a
+``functools.partial``'s arguments, a callable object's attributes -- ProcessPoolExecutor
+pickles with every call, so no call sees what another left there (a list it appended to,
+a random generator it advanced); the calls of one chunk share one copy. :func:`for_call`
+gives each call (each chunk) such a copy of the kept callable: a deep copy, which copies
+the state and keeps functions and classes themselves (and with them their globals).
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import types
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["UNIMPORTABLE", "MAX_FUNCTIONS", "load", "for_call"]
+
+#: Said with an ImportError of a call's function: the usual cause is a module beside the script.
+UNIMPORTABLE = (
+    "farm: the farm's workers import a function's module by name, from their own sys.path,"
+    " working directory and environment, not the caller's. Install the module where the"
+    " workers run, or put it on their PYTHONPATH; functions defined in the script itself"
+    " travel with the call (docs/executor.md, 'What remains different')"
+)
+
+#: At most this many functions are kept; past it the worker starts afresh.
+MAX_FUNCTIONS = 256
+#: Unpickled functions by their pickled bytes and the digest of the initializer they run
+#: after (None: none): executors with different initializers never share a function of the
+#: script, whose globals hold what theirs left (farm.executor.initstate).
+_kept: dict[tuple[bytes, bytes | None], tuple[Any, bytes]] = {}
+
+#: Callables that carry no state of their own beyond their globals: one object serves
+#: every call. (A builtin bound to an object, ``items.append``, is handled apart.)
+_STATELESS = (
+    types.FunctionType,
+    types.MethodDescriptorType,  # str.upper
+    types.WrapperDescriptorType,  # int.__add__
+    types.ClassMethodDescriptorType,  # dict.fromkeys
+    type,  # a class called to make an object
+)
+
+
+def load(fn_bytes: bytes, initializer: bytes | None) -> Callable[..., Any]:
+    """The function ``fn_bytes`` pickles, unpickled on first use and kept."""
+    key = (fn_bytes, initializer)
+    kept = _kept.get(key)
+    if kept is None:
+        try:
+            fn = pickle.loads(fn_bytes)
+        except ImportError as exc:  # ModuleNotFoundError: a module beside the caller's script
+            exc.add_note(UNIMPORTABLE)
+            raise
+        if len(_kept) >= MAX_FUNCTIONS:
+            _kept.clear()
+        kept = _kept[key] = (fn, fn_bytes)
+    return kept[0]  # type: ignore[no-any-return]  # whatever the caller pickled
+
+
+def for_call(fn: Any, fn_bytes: bytes) -> Any:
+    """What one call (or one chunk) runs: ``fn`` itself when it carries no state of its
+    own, else a copy of it, as if it had been unpickled from ``fn_bytes`` for this call."""
+    if isinstance(fn, _STATELESS):
+        return fn
+    if isinstance(fn, types.BuiltinFunctionType):
+        bound = fn.__self__
+        if bound is None or isinstance(bound, types.ModuleType):
+            return fn  # len, math.sqrt
+        try:
+            return getattr(copy.deepcopy(bound), fn.__name__)
+        except Exception:
+            return pickle.loads(fn_bytes)
+    try:
+        return copy.deepcopy(fn)  # keeps functions and classes, copies what they hold
+    except Exception:  # something that pickles but will not deep-copy
+        return pickle.loads(fn_bytes)
