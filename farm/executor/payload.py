@@ -67,6 +67,7 @@ result.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import io
 import pickle
@@ -190,8 +191,47 @@ def _named_code(rebuild: Any, args: tuple[Any, ...], filename: str) -> types.Cod
 
 def dump_fn(fn: Any) -> bytes:
     """The function's pickle: by value for one of ``__main__`` (``dump_call``), by name for
-    one of a module."""
-    return dump_call(fn)
+    one of a module. A function of the script that will not pickle because of a global it
+    uses (a lock, a connection) says which, in a note: the pool's processes have the
+    script's globals of their own, so the same code ran there."""
+    try:
+        return dump_call(fn)
+    except Exception as exc:
+        found = _unpicklable_global(fn)
+        if found is not None:
+            exc.add_note(
+                f"farm: {found[0]} is a function of the script: it travels by value with"
+                f" the globals it uses, and its global {found[1]!r} cannot"
+                " be pickled (ProcessPoolExecutor's processes have the script's globals of"
+                " their own; the farm's workers do not). Make it inside the function or in"
+                " an initializer, or pass what the call needs as arguments"
+                " (docs/executor.md, 'What remains different')"
+            )
+        raise
+
+
+def _unpicklable_global(fn: Any) -> tuple[str, str] | None:
+    """The name of a script's function (through partials and bound methods) and of the
+    first of its globals that cloudpickle refuses, or None."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    fn = getattr(fn, "__func__", fn)
+    if not isinstance(fn, types.FunctionType) or fn.__module__ != "__main__":
+        return None
+    names: list[str] = []
+    codes = [fn.__code__]
+    while codes:  # the function's code and the code of functions nested in it
+        code = codes.pop()
+        names.extend(code.co_names)
+        codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    for name in dict.fromkeys(names):
+        if name not in fn.__globals__:
+            continue  # an attribute's name, or a builtin
+        try:
+            _by_value(fn.__globals__[name])
+        except Exception:
+            return fn.__qualname__, name
+    return None
 
 
 def dump_initializer(initializer: Callable[..., object], initargs: tuple[Any, ...]) -> bytes:

@@ -298,6 +298,43 @@ def test_a_scripts_globals_kept_by_a_call_outlive_its_executor_and_program(
 
 
 @pytest.mark.timeout(60)
+def test_a_scripts_function_whose_global_will_not_pickle_names_that_global(
+    shared: Farm,
+) -> None:
+    """The pool's processes have the script's globals, so a function using a global lock
+    runs there; here the function travels by value with its globals, and the error says
+    which one would not pickle, not only that some lock would not."""
+    out = shared.run_script("""
+        import functools
+        import threading
+
+        LOCK = threading.Lock()
+
+        def locked(x):
+            with LOCK:
+                return x
+
+        with ex() as pool:
+            error = pool.submit(locked, 1).exception(timeout=30)
+            print(type(error).__name__, error)
+            print(*error.__notes__)
+            print(*pool.submit(functools.partial(locked), 1).exception(timeout=30).__notes__)
+            try:
+                list(pool.map(locked, [1]))
+            except TypeError as again:
+                print(*again.__notes__)
+            print(pool.submit(abs, -1).result(timeout=30))
+    """)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "TypeError cannot pickle '_thread.lock' object", out.stdout
+    assert lines[1].startswith("farm: locked is a function of the script"), lines[1]
+    assert "its global 'LOCK' cannot be pickled" in lines[1]
+    assert lines[2] == lines[3] == lines[1]
+    assert lines[4] == "1"
+
+
+@pytest.mark.timeout(60)
 def test_an_executor_for_a_function_no_worker_serves_says_so(
     shared: Farm, caplog: pytest.LogCaptureFixture
 ) -> None:
