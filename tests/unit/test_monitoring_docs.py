@@ -78,3 +78,15 @@ def test_each_grafana_series_is_drawn_in_the_unit_of_its_query() -> None:
             if unit != unit_for(target["expr"]):
                 wrong.append((panel["title"], target["refId"], unit, unit_for(target["expr"])))
     assert not wrong
+
+
+def test_the_data_source_picked_at_import_is_the_one_the_panels_use() -> None:
+    """Grafana's import asks for each of ``__inputs`` and writes the choice wherever
+    ``${NAME}`` stands: an input nothing names is a question whose answer is dropped."""
+    text = (ROOT / "docs" / "grafana-farm.json").read_text()
+    dashboard = json.loads(text)
+    assert dashboard["__inputs"], "the dashboard asks for its data source at import"
+    for wanted in dashboard["__inputs"]:
+        assert "${" + wanted["name"] + "}" in text, wanted["name"]
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
+    assert variable["current"]["value"] == "${DS_PROMETHEUS}"
