@@ -14,7 +14,8 @@ exec'd by farm.pools.spawn); it waits in one selector on the signal wake-up
 pipe, the control socket and each worker's report (or output) pipe. Its parts
 live beside it in farm/pools: bookkeeping and the restart policy in ``slots``,
 a process's life (spawn, retire, kill, reap) in ``lifecycle``, `farm restart`
-in ``rollout``, and what the control socket may change in ``steering``.
+in ``rollout``, what the control socket may change in ``steering``, and its duties for
+farm.Executor (key, spill files) in ``executorduties``.
 """
 
 from __future__ import annotations
@@ -26,14 +27,14 @@ import selectors
 import signal
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
-from farm.config import Config, ExecutorConfig, FunctionConfig
+from farm.config import Config, FunctionConfig
 from farm.net import Waker
 from farm.pools import sdnotify
 from farm.pools.commandjobs import CommandJobs
 from farm.pools.control import ControlConnection, ControlServer, open_control
+from farm.pools.executorduties import ExecutorDuties, spill_environ
 from farm.pools.lifecycle import POLL, TIMEOUT_GRACE, Lifecycle
 from farm.pools.localserver import LocalServer
 from farm.pools.metrics import Exits, serve_metrics
@@ -52,7 +53,7 @@ SERVER_STOP_TIMEOUT = 5.0
 SPAWNS_PER_TURN = 8
 
 
-class Supervisor(Lifecycle, CommandJobs, Restarting, Steering):
+class Supervisor(Lifecycle, CommandJobs, Restarting, Steering, ExecutorDuties):
     """Runs the farm described by a :class:`~farm.config.Config` until told to stop."""
 
     def __init__(
@@ -94,31 +95,6 @@ class Supervisor(Lifecycle, CommandJobs, Restarting, Steering):
             self.place(pool)
 
     # -- the loop --
-
-    def ensure_executor_key(self) -> None:
-        """farm.Executor's calls are signed with a key only the farm's user can read;
-        make it before any worker needs it (workers would race to create it)."""
-        from farm.executor.signing import KeyFileError, ensure_key
-
-        try:
-            log.info("executor key: %s", ensure_key())
-        except KeyFileError as exc:
-            log.error("%s; farm.Executor calls will be refused", exc)
-
-    def sweep_spill(self) -> None:
-        """Now and then, remove the Executor's spill files that a killed caller or worker
-        left behind (farm.executor.spill.sweep); a cheap time check otherwise."""
-        now = time.monotonic()
-        if now < self.next_spill_sweep:
-            return
-        from farm.executor import spill
-
-        settings = self.config.executor
-        self.next_spill_sweep = now + spill.sweep_every(settings.spill_orphan_age_s)
-        where = settings.spill_dir or str(spill.default_spill_dir())
-        removed = spill.sweep(Path(where), settings.spill_max_age_s, settings.spill_orphan_age_s)
-        if removed:
-            log.info("removed %d stale spill file(s) from %s", removed, where)
 
     def run(self) -> int:
         """Start, serve until SIGTERM / `farm stop`, drain, and return the exit code."""
@@ -404,13 +380,3 @@ class Supervisor(Lifecycle, CommandJobs, Restarting, Steering):
             self.metrics_server.server_close()
         log.info("supervisor stopped")
         return self.exit_code
-
-
-def spill_environ(executor: ExecutorConfig) -> dict[str, str]:
-    """What the Executor's workers read their spill directory and limit from."""
-    from farm.executor.spill import MAX_SPILL_ENV, SPILL_ENV
-
-    env = {MAX_SPILL_ENV: str(executor.max_spill_mb)}
-    if executor.spill_dir:
-        env[SPILL_ENV] = executor.spill_dir
-    return env

@@ -7,6 +7,7 @@ lifecycle    a worker process's life: spawn, watch, retire, kill, reap
 commandjobs  a command worker as the local server sees it (`peers`, `drain`)
 rollout      `farm restart`: successors beside the old processes
 steering     what changes while it runs: scale, ps, reload, restart requests
+executorduties  farm.Executor's key and spill files, kept by the supervisor
 workerproc   the entry point of one supervised worker process
 localserver  the local job server child
 control      the control socket the CLI speaks to

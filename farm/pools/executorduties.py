@@ -1,0 +1,57 @@
+"""What the supervisor does for farm.Executor's calls: the signing key made before any
+worker needs it, the spill directory and limit its workers are started with, and, now and
+then, the spill files a killed caller or worker left behind removed."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from farm.config import Config, ExecutorConfig
+
+__all__ = ["ExecutorDuties", "spill_environ"]
+
+log = logging.getLogger("farm.supervisor")
+
+
+class ExecutorDuties:
+    """A mixin of the Supervisor: its steps for the Executor."""
+
+    config: Config
+    next_spill_sweep: float  # monotonic; 0.0 at start: the first turn sweeps
+
+    def ensure_executor_key(self) -> None:
+        """farm.Executor's calls are signed with a key only the farm's user can read;
+        make it before any worker needs it (workers would race to create it)."""
+        from farm.executor.signing import KeyFileError, ensure_key
+
+        try:
+            log.info("executor key: %s", ensure_key())
+        except KeyFileError as exc:
+            log.error("%s; farm.Executor calls will be refused", exc)
+
+    def sweep_spill(self) -> None:
+        """Now and then, remove the Executor's spill files that a killed caller or worker
+        left behind (farm.executor.spill.sweep); a cheap time check otherwise."""
+        now = time.monotonic()
+        if now < self.next_spill_sweep:
+            return
+        from farm.executor import spill
+
+        settings = self.config.executor
+        self.next_spill_sweep = now + spill.sweep_every(settings.spill_orphan_age_s)
+        where = settings.spill_dir or str(spill.default_spill_dir())
+        removed = spill.sweep(Path(where), settings.spill_max_age_s, settings.spill_orphan_age_s)
+        if removed:
+            log.info("removed %d stale spill file(s) from %s", removed, where)
+
+
+def spill_environ(executor: ExecutorConfig) -> dict[str, str]:
+    """What the Executor's workers read their spill directory and limit from."""
+    from farm.executor.spill import MAX_SPILL_ENV, SPILL_ENV
+
+    env = {MAX_SPILL_ENV: str(executor.max_spill_mb)}
+    if executor.spill_dir:
+        env[SPILL_ENV] = executor.spill_dir
+    return env
