@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 
 from farm.logs import Brief
 from farm.server.deadlines import Deadlines
-from farm.server.options import ServerOptions
 from farm.server.queues import (
     HIGH,
     LOW,
@@ -30,6 +29,7 @@ from farm.server.queues import (
     Peer,
     Timer,
 )
+from farm.server.settings import ServerOptions
 from farm.server.sleepers import Sleepers
 
 __all__ = ["Dispatch", "MAX_EXPIRED", "WAKE_DEADLINE"]

@@ -25,8 +25,8 @@ from typing import Any, Protocol
 from farm.server.deadlines import Deadlines
 from farm.server.jobs import Job, JobServer
 from farm.server.metrics import ServerStats
-from farm.server.options import ServerOptions
 from farm.server.queues import INERT_TIMER, Timer
+from farm.server.settings import ServerOptions
 from farm.server.store import SQLiteStore, open_store
 
 __all__ = ["Hub", "Writer", "VERBOSE_NAMES", "LAZY_CREATED_MAX"]

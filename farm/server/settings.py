@@ -1,0 +1,63 @@
+"""What the server process is started with: ``ServerOptions``, one field a setting, each
+default written once (``farm server``'s flags, farm.server.options, take theirs from it)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from farm import protocol as p
+from farm.net import DEFAULT_PORT
+
+__all__ = ["DEFAULTS", "ServerOptions"]
+
+
+@dataclass
+class ServerOptions:
+    """Everything the server process is started with."""
+
+    port: int = DEFAULT_PORT
+    # TCP addresses in farm.net's normal form, each with its port; ``-L unix:PATH`` lands in unix.
+    listen: list[str] = field(default_factory=lambda: [f"127.0.0.1:{DEFAULT_PORT}"])
+    unix: list[str] = field(default_factory=list)
+    unix_mode: int = 0o660
+    store: str = "none"
+    store_sync: str = "normal"
+    job_retries: int = 0
+    max_packet: int = p.DEFAULT_MAX_PACKET
+    exceptions: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    max_connections: int = 10000
+    max_queue: int = 0
+    max_queued_bytes: int = 1 << 30
+    backlog: int = 1024
+    verbose: int = 0
+    log_file: str = "stderr"
+    log_format: str = "text"  # or "json": one object a line (farm.logs)
+    pid_file: str | None = None
+    parent_pid: int | None = None
+    # Who may serve the reserved ``farm.*`` functions (the Executor's signed calls): workers
+    # on the Unix socket whose peer uid is one of these. Nobody over TCP.
+    worker_uids: frozenset[int] = field(default_factory=lambda: frozenset({os.getuid()}))
+    # "read-only": cancel job, maxqueue N, create/drop function only on the Unix socket.
+    tcp_admin: str = "full"
+    max_abilities: int = 4096  # functions one connection may register
+    max_tcp_abilities: int = 262144  # registrations all TCP connections together may hold
+    max_functions: int = 65536  # functions the server holds before TCP peers may add none
+    max_partial_bytes: int = 256 << 20  # bytes of unfinished packets all connections may hold
+    max_unread_bytes: int = 256 << 20  # bytes of replies TCP peers together may leave unread
+    # Seconds a woken worker has to grab, or a pushed job to be accepted, before another
+    # worker gets the job (also the job model's own default, dispatch.WAKE_DEADLINE).
+    wake_deadline: float = 0.5
+    metrics: str | None = None  # HOST:PORT of the Prometheus endpoint (docs/monitoring.md)
+    # Who the hints of a start-up error speak to: "flags" (farm server) or "config" (the
+    # local server of `farm up`, whose user has [server] keys, not flags).
+    hints: str = "flags"
+    daemon: bool = False  # -d: detach once listening (gearmand's --daemon)
+    ignored: tuple[tuple[str, str], ...] = ()  # gearmand flags given, farm has no use for: why
+
+
+#: The defaults of `farm server`'s flags are the fields' defaults above, written once.
+DEFAULTS = ServerOptions()
