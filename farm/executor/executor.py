@@ -50,6 +50,7 @@ from farm.executor.callerfiles import CallerFiles
 from farm.executor.flight import MAX_BATCH, BrokenFarmExecutor, Call, WorkItem, fail_broken
 from farm.executor.futures import CallFuture, results
 from farm.executor.mapping import Hand, MapCalls, check_buffersize, more_of, once, weak_hand
+from farm.executor.nesting import warn_if_nested
 from farm.executor.payload import (
     CALL_ID_SIZE,
     SINGLE,
@@ -138,6 +139,7 @@ class Executor(_BaseExecutor):
         init = None if initializer is None else dump_initializer(initializer, tuple(initargs))
         addresses = parse_servers(executor_servers() if servers is None else servers)
         function = check_name(function)
+        warn_if_nested(function)
         if not function.startswith("farm."):
             # A farm server hands farm.* functions only to the farm's own workers; any other
             # name, any local user may register for over TCP, and read the calls it takes.

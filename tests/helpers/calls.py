@@ -204,3 +204,18 @@ class Tally:
 def append_to(seen: list[int], x: int) -> list[int]:
     seen.append(x)
     return list(seen)
+
+
+def nested_warnings(servers: str, key_file: str, function: str, run: bool) -> list[str]:
+    """Run inside a farm call: make an Executor for ``function`` (and with ``run``, let it
+    run one call); the warnings that raised."""
+    import warnings
+
+    import farm
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with farm.Executor(1, servers=servers, key_file=key_file, function=function) as inner:
+            if run:
+                assert inner.submit(abs, -2).result(timeout=30) == 2
+    return [str(w.message) for w in caught]

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import stat
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 
 import farm
 from farm.executor.signing import KEY_ENV
+from tests.helpers.calls import nested_warnings
 from tests.helpers.farmproc import FarmUp
 
 FUNCTIONS = """
@@ -75,5 +77,29 @@ def test_short_calls_batched_under_a_pool_timeout_all_run(tmp_path: Path) -> Non
             futures = [ex.submit(time.sleep, 0.3) for _ in range(40)]
             assert [f.result(timeout=120) for f in futures] == [None] * 40
         assert "ran past its 2s timeout" not in up.read_log()
+    finally:
+        assert up.stop() == 0
+
+
+def test_an_executor_made_inside_a_call_of_its_own_pool_warns(tmp_path: Path) -> None:
+    """A call that makes a farm.Executor for its own pool queues calls for the workers such
+    calls occupy (stuck for good once each runs one): the worker warns, in the farm's log.
+    With a worker free it still runs; an Executor for another pool is no warning."""
+    key = tmp_path / "state" / "executor.key"
+    up = FarmUp(tmp_path, FUNCTIONS, extra_env={"FARM_KEY_FILE": str(key)})
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"farm.python": 2})
+        where = f"unix:{up.unix}"
+        with farm.Executor(servers=where, key_file=str(key)) as pool:
+            same = pool.submit(nested_warnings, where, str(key), "farm.python", True)
+            other = pool.submit(nested_warnings, where, str(key), "farm.other", False)
+            (warned,) = same.result(timeout=60)
+            assert "sends its calls to the same pool" in warned and "farm.inner" in warned
+            assert other.result(timeout=60) == []
+        # Outside the farm's calls (this process): no warning either.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            farm.Executor(1, servers=where, key_file=str(key)).shutdown()
     finally:
         assert up.stop() == 0
