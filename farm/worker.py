@@ -18,11 +18,12 @@ import socket
 import ssl
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from farm.discovery import client_servers
-from farm.logs import Brief
+from farm.logs import Brief, Repeats
 from farm.net import Waker, parse_servers, recv
 from farm.protocol import MAX_CLIENT_ID, UNPRINTABLE, ProtocolError, encode_req
 from farm.protocol import PacketType as T
@@ -102,6 +103,8 @@ class Worker(WorkerLinks):
         # thread; uncontended (one thread runs jobs) it costs well under a microsecond.
         self._send_lock = threading.Lock()
         self._brief = Brief(log)
+        # A function raising at one place for every bad input: a traceback a while, not each.
+        self._raised = Repeats(log)
 
     # -- registration --
 
@@ -295,7 +298,15 @@ class Worker(WorkerLinks):
                 self._brief("job %s %s refused: %s", event.function, event.handle, exc)
             else:
                 fields = {"function": event.function, "job": event.handle}  # farm.logs' fields
-                log.warning("job %s %s raised", *fields.values(), exc_info=True, extra=fields)
+                where = traceback.extract_tb(exc.__traceback__)[-1]
+                self._raised(
+                    (event.function, type(exc), where.filename, where.lineno),
+                    logging.WARNING,
+                    "job %s %s raised",
+                    *fields.values(),
+                    exc_info=True,
+                    extra=fields,
+                )
             with self._send_lock:  # abandon() may answer it from another thread
                 if self._holds(server, job):
                     server.session.exception(f"{type(exc).__name__}: {exc}")

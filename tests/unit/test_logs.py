@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.logs import Brief, LogLines, _JournalPriority, _to_journal
+from farm.logs import Brief, LogLines, Repeats, _JournalPriority, _to_journal
 
 
 def record(level: int, msg: str) -> logging.LogRecord:
@@ -51,6 +51,29 @@ def test_brief_logs_one_line_a_while_and_counts_the_rest(
         "refused 0",
         "refused 5 (and 4 more such since the last line)",
     ]
+
+
+def test_repeats_logs_each_kind_a_while_and_remembers_a_bounded_number(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    logger = logging.getLogger("farm.test.repeats")
+    repeats = Repeats(logger, every=3600.0, kinds=2)
+    with caplog.at_level(logging.WARNING, logger="farm.test.repeats"):
+        for i in range(3):
+            repeats("a", logging.WARNING, "a %d", i)
+            repeats("b", logging.ERROR, "b %d", i)
+        repeats._due["a"][0] = 0.0  # as if the hour had passed for kind a
+        repeats("a", logging.WARNING, "a %d", 3)
+        repeats("c", logging.WARNING, "c")  # a third kind: the oldest (a) is forgotten
+        repeats("a", logging.WARNING, "a again")
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.WARNING, "a 0"),
+        (logging.ERROR, "b 0"),
+        (logging.WARNING, "a 3 (and 2 more such since the last line)"),
+        (logging.WARNING, "c"),
+        (logging.WARNING, "a again"),
+    ]
+    assert len(repeats._due) == 2
 
 
 def test_print_bytes_and_threads_become_whole_lines(caplog: pytest.LogCaptureFixture) -> None:

@@ -1,0 +1,40 @@
+"""What a farm.Worker logs when its functions raise: enough to act on, never a flood."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+import farm
+from tests.helpers.serving import serving
+
+
+def _check_size(job: Any) -> bytes:
+    if len(job.data) > 3:
+        raise ValueError("payload too large")  # the same line for every bad input
+    if job.data == b"key":
+        raise KeyError(job.data)  # another kind
+    return job.data
+
+
+def test_a_function_raising_the_same_way_job_after_job_logs_a_traceback_a_while(
+    farm_server, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Any local user can send the farm's functions bad input by the thousand: a traceback
+    # each flooded the journal, whose rate limit then drops the lines that matter.
+    caplog.set_level(logging.WARNING, logger="farm.worker")
+    with serving(farm_server.addr, {"check": _check_size}), farm.Client(farm_server.addr) as c:
+        for _ in range(30):
+            with pytest.raises(farm.JobException, match="ValueError"):
+                c.call("check", b"too large", timeout=10)
+        with pytest.raises(farm.JobException, match="KeyError"):
+            c.call("check", b"key", timeout=10)
+        assert c.call("check", b"ok", timeout=10) == b"ok"
+    lines = [r for r in caplog.records if r.name == "farm.worker"]
+    assert [r.exc_info[0] for r in lines if r.exc_info] == [ValueError, KeyError], [
+        r.getMessage() for r in lines
+    ]
+    assert all(r.getMessage().startswith("job check H:") for r in lines)
+    assert {r.__dict__.get("function") for r in lines} == {"check"}  # farm.logs' fields
