@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import math
 
 from farm.protocol.codec import MAX_TIMEOUT, MAX_UNIQUE
 from farm.protocol.kinds import PRIORITY_NAMES
@@ -76,12 +77,18 @@ def check_priority(priority: object) -> str:
 
 
 def as_epoch(when: object) -> int:
-    """Epoch seconds from a datetime or a number (SUBMIT_JOB_EPOCH)."""
+    """Epoch seconds from a datetime or a number (SUBMIT_JOB_EPOCH), rounded up: the wire
+    carries whole seconds, and a job held "until then" must not run before then (rounded
+    down, ``when=time.time() + 1`` ran up to a second early, at once for a fraction)."""
     if isinstance(when, _dt.datetime):
-        return int(when.timestamp())
-    if isinstance(when, int | float) and not isinstance(when, bool):
-        return int(when)
-    raise TypeError(f"when must be a datetime or epoch seconds, not {type(when).__name__}")
+        seconds = when.timestamp()
+    elif isinstance(when, int | float) and not isinstance(when, bool):
+        seconds = when
+    else:
+        raise TypeError(f"when must be a datetime or epoch seconds, not {type(when).__name__}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"when must be a finite number of epoch seconds, not {when!r}")
+    return math.ceil(seconds)
 
 
 def check_schedule(when: object, priority: str, background: bool) -> tuple[int | None, bool]:

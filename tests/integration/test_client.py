@@ -3,6 +3,7 @@ status and progress, WORK_DATA, exceptions, failures and timeouts."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import threading
@@ -345,6 +346,22 @@ def test_scheduled_job_uses_submit_job_epoch(farm_server) -> None:
         task = c.submit("later", b"", when=time.time() + 0.3)
         assert task.background and task.handle
         assert done.wait(5)
+
+
+def test_a_scheduled_job_does_not_run_before_its_time(farm_server) -> None:
+    """The wire carries whole seconds: a ``when`` with a fraction is rounded up, not down
+    (down, it ran up to a second early; a fraction in the past of this second, at once)."""
+    ran: list[float] = []
+    fns = {"later": lambda job: ran.append(time.time())}
+    with farm.Client(farm_server.addr) as c, serving(farm_server.addr, fns):
+        when = int(time.time()) + 1.9  # 0.9 s past a whole second: rounding down loses it
+        c.submit("later", b"", when=when)
+        soon = datetime.datetime.fromtimestamp(int(time.time()) + 1.9)
+        c.submit("later", b"", when=soon)
+        wait_for("both scheduled jobs to run", lambda: len(ran) == 2, timeout=10)
+    assert min(ran) >= when - 0.05, f"ran {when - min(ran):.2f}s before its time"
+    with pytest.raises(ValueError, match="finite"):
+        farm.Client(farm_server.addr).submit("later", b"", when=float("nan"))
 
 
 def test_can_do_timeout_fails_the_job_on_farm(farm_server) -> None:
