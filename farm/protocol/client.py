@@ -23,7 +23,7 @@ from typing import Any
 
 from farm.errors import JobException, JobFailed, ServerError, ServerUnavailable
 from farm.protocol.codec import Packet, PacketType, ProtocolError, encode_req
-from farm.protocol.decoder import Decoder
+from farm.protocol.decoder import Decoder, Oversized
 from farm.protocol.events import ServerErrorNotice
 from farm.protocol.kinds import SUBMIT_KINDS
 from farm.protocol.tasks import (
@@ -94,7 +94,7 @@ class ClientSession:
 
     def __init__(self, server: str = "") -> None:
         self.server = server
-        self._decoder = Decoder(allow_admin=False)
+        self._decoder = Decoder(allow_admin=False, skip_too_large=True)
         self._out = bytearray()
         self._awaiting: deque[Task[Any] | Query[Any]] = deque()  # requests in the order sent
         # The size of each request still in _out, oldest first: they are the tail of
@@ -248,7 +248,10 @@ class ClientSession:
         handlers = self._handlers
         for packet in self._decoder.feed(data):
             if not isinstance(packet, Packet):  # admin text is off for a client's decoder
-                raise ProtocolError("a client does not expect admin text")
+                if type(packet) is not Oversized:
+                    raise ProtocolError("a client does not expect admin text")
+                self._on_oversized(packet, events)
+                continue
             handler = handlers.get(packet.type)
             if handler is None:
                 raise ProtocolError(f"a client does not expect {packet.name}")
@@ -320,6 +323,17 @@ class ClientSession:
         text = packet.args[1].decode("utf-8", "replace")
         for task in self._ended(packet.args[0].decode()):
             task.error = JobException(text)
+            task.done = True
+            events.append(JobEnded(task=task))
+
+    def _on_oversized(self, packet: Oversized, events: list[object]) -> None:
+        """A job's packet over what we read (gearmand's): the job fails; the rest go on."""
+        handle = packet.handle.decode()
+        for task in self._ended(handle):
+            task.error = JobException(  # as farm's server fails a worker's answer too large
+                f"job {handle} ({task.function}): its {PT(packet.ptype).name} of"
+                f" {packet.size} bytes is over the {packet.limit} bytes farm's clients read"
+            )
             task.done = True
             events.append(JobEnded(task=task))
 

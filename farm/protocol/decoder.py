@@ -7,6 +7,8 @@ connection's bytes through it), so it trades a little generality for calls saved
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from farm.protocol.codec import (
     DEFAULT_MAX_PACKET,
     HEADER,
@@ -20,7 +22,7 @@ from farm.protocol.codec import (
     ProtocolError,
 )
 
-__all__ = ["Decoder"]
+__all__ = ["Decoder", "Oversized"]
 
 _NARGS = {t: s.nargs for t, s in PACKETS.items()}
 _ARGS = {t: s.args for t, s in PACKETS.items()}
@@ -66,29 +68,51 @@ def _too_large(
     return exc
 
 
+@dataclass(frozen=True, slots=True)
+class Oversized:
+    """A packet over the size limit that names its job first (``skip_too_large``): its
+    type, that handle and its body's size; the body itself was read past and dropped."""
+
+    ptype: int
+    handle: bytes
+    size: int
+    limit: int
+
+
 class Decoder:
     """Incremental decoder: ``feed`` bytes, get whole packets and admin lines.
 
     ``max_packet`` bounds the body size: a bigger header raises ProtocolError
     at once, before any of the body is buffered. ``allow_admin`` is False on
-    the client side, where every byte must be binary.
+    the client side, where every byte must be binary. With ``skip_too_large`` (a client's,
+    whose peer may be a gearmand, which has no limit) such a packet that names its job
+    first is an ``Oversized`` event instead, and its body is read past, never buffered: the
+    stream stays whole, and the other jobs on it go on.
     """
 
-    __slots__ = ("_buf", "error", "max_packet", "allow_admin")
+    __slots__ = ("_buf", "_skip", "error", "max_packet", "allow_admin", "skip_too_large")
 
-    def __init__(self, *, max_packet: int = DEFAULT_MAX_PACKET, allow_admin: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        max_packet: int = DEFAULT_MAX_PACKET,
+        allow_admin: bool = True,
+        skip_too_large: bool = False,
+    ) -> None:
         self._buf = bytearray()
+        self._skip = 0  # bytes of an Oversized packet's body still to read past
         #: The protocol error held back by the last ``feed`` (raised by ``check``), if any.
         self.error: ProtocolError | None = None
         self.max_packet = max_packet
         self.allow_admin = allow_admin
+        self.skip_too_large = skip_too_large
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet part of a whole packet."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[Packet | AdminLine]:
+    def feed(self, data: bytes) -> list[Packet | AdminLine | Oversized]:
         """Add ``data`` and return every event it completes, in order.
 
         A protocol error is raised at once when nothing before it was decoded;
@@ -97,6 +121,11 @@ class Decoder:
         """
         if self.error is not None:
             self.check()
+        if self._skip:  # the rest of an Oversized body (nothing is buffered meanwhile)
+            if len(data) <= self._skip:
+                self._skip -= len(data)
+                return []
+            data, self._skip = data[self._skip :], 0
         buf = self._buf
         # Most reads hold whole packets and nothing waits before them: those are decoded
         # from ``data`` itself, whose slices are already the bytes the arguments must be.
@@ -107,7 +136,7 @@ class Decoder:
             src: bytes | bytearray = buf
         else:
             src = data if data.__class__ is bytes else bytes(data)
-        events: list[Packet | AdminLine] = []
+        events: list[Packet | AdminLine | Oversized] = []
         pos = 0
         end = len(src)
         unpack = HEADER.unpack_from
@@ -139,7 +168,13 @@ class Decoder:
                     too_large = _too_large(src, pos, end, ptype, size, max_packet)
                     if too_large is None:
                         break  # the handle is not here yet
-                    raise too_large
+                    if not self.skip_too_large or too_large.handle is None:
+                        raise too_large
+                    events.append(Oversized(ptype, too_large.handle, size, max_packet))
+                    stop = pos + HEADER_SIZE + size
+                    self._skip = max(0, stop - end)
+                    pos = min(stop, end)
+                    continue
                 stop = pos + HEADER_SIZE + size
                 if stop > end:
                     break

@@ -3,6 +3,7 @@ status and progress, WORK_DATA, exceptions, failures and timeouts."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import os
 import signal
@@ -248,6 +249,38 @@ def test_a_job_over_the_servers_max_packet_says_so_and_the_client_goes_on() -> N
                 assert c.call("reverse", "abc", timeout=30) == b"cba"
     finally:
         srv.stop()
+
+
+def test_a_result_over_64_mib_from_gearmand_fails_that_job_not_the_connection(gearmand) -> None:
+    # gearmand passes on a result of any size; farm's clients read 64 MiB at most. The
+    # client dropped the connection: this call read "job server ... went away" (the server
+    # had not), a unique-keyed one was sent again to run again, and the others failed too.
+    runs: list[bytes] = []
+    release = threading.Event()
+
+    def huge(job: Any) -> bytes:
+        runs.append(job.data)
+        return b"x" * ((64 << 20) + 1)
+
+    fns = {"huge": huge, "held": lambda job: release.wait(30) and b"held " + job.data}
+    with farm.Client(gearmand.addr) as c, serving(gearmand.addr, fns), serving(gearmand.addr, fns):
+        held = c.submit("held", b"a")
+        with pytest.raises(
+            farm.JobException, match=r"WORK_COMPLETE of \d+ bytes is over the 67108864"
+        ):
+            c.call("huge", b"once", unique="one-run", timeout=60)
+        release.set()
+        assert c.wait(held, 30) == b"held a", "a job on the same connection goes on"
+    assert runs == [b"once"]
+
+    async def async_call() -> None:
+        async with farm.AsyncClient(gearmand.addr) as ac:
+            with pytest.raises(farm.JobException, match="is over the 67108864"):
+                await ac.call("huge", b"again", timeout=60)
+            assert await ac.echo(b"same connection") == b"same connection"
+
+    with serving(gearmand.addr, fns):
+        asyncio.run(async_call())
 
 
 def test_a_wait_that_times_out_can_be_waited_again(any_server) -> None:

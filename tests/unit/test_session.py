@@ -289,3 +289,30 @@ def test_a_task_that_joins_late_hears_each_later_packet_once() -> None:
     s.receive(encode_res(PT.JOB_CREATED, b"H:2"))
     got = s.receive(encode_res(PT.WORK_DATA, b"H:2", b"late") * 3)
     assert sorted(id(ev.task) for ev in got) == sorted(map(id, (c, d, e)))
+
+
+def test_a_reply_over_the_limit_fails_its_job_and_the_stream_goes_on() -> None:
+    # gearmand passes on a worker's result of any size; past what a client reads (64 MiB;
+    # 1 KiB here) the client dropped the connection and failed every job on it as "went
+    # away" (a unique-keyed one was sent again, to run again). Now that job fails, its
+    # body is read past in pieces and never buffered, and the next packets decode.
+    s = ClientSession("a:1")
+    s._decoder.max_packet = 1024
+    big, small = Task("big", b""), Task("small", b"")
+    s.submit(big)
+    s.submit(small)
+    s.receive(encode_res(PT.JOB_CREATED, b"H:1") + encode_res(PT.JOB_CREATED, b"H:2"))
+    wire = encode_res(PT.WORK_COMPLETE, b"H:1", b"x" * 5000)
+    wire += encode_res(PT.WORK_DATA, b"H:1", b"late")  # a later packet of the failed job
+    wire += encode_res(PT.WORK_COMPLETE, b"H:2", b"fine")
+    events: list[object] = []
+    for at in range(0, len(wire), 700):
+        events += s.receive(wire[at : at + 700])
+        assert s._decoder.buffered < 1024, "the oversized body is not buffered"
+    assert [(type(e), e.task) for e in events] == [(JobEnded, big), (JobEnded, small)]  # type: ignore[attr-defined]
+    assert isinstance(big.error, JobException) and "WORK_COMPLETE of 5004 bytes" in str(big.error)
+    assert small.result == b"fine" and not s.busy
+    # One that names no job (an ECHO_RES) still breaks the connection, as before.
+    s.echo(b"")
+    with pytest.raises(ProtocolError, match="exceeds the limit"):
+        s.receive(encode_res(PT.ECHO_RES, b"y" * 2000))
