@@ -20,7 +20,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from farm.discovery import client_servers
 from farm.logs import Brief, Repeats
@@ -125,8 +125,22 @@ class Worker(WorkerLinks):
                 server.session.add_ability(name, timeout)
         self._wake()  # a loop asleep in select sends the CAN_DO now, not at its next event
 
-    def function(self, name: str | None = None, timeout: float | None = None) -> Callable[[F], F]:
-        """Decorator form of ``register``; the name defaults to the function's."""
+    @overload
+    def function(self, name: F, timeout: float | None = None) -> F: ...
+
+    @overload
+    def function(
+        self, name: str | None = None, timeout: float | None = None
+    ) -> Callable[[F], F]: ...
+
+    def function(
+        self, name: str | F | None = None, timeout: float | None = None
+    ) -> Callable[[F], F] | F:
+        """Decorator form of ``register``; the name defaults to the function's.
+        ``@worker.function``, without parentheses, registers the function too."""
+        if callable(name):  # @worker.function: it was handed the function itself
+            self.register(name.__name__, name, timeout)
+            return name
 
         def decorate(fn: F) -> F:
             self.register(name or fn.__name__, fn, timeout)

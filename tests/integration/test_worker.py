@@ -300,6 +300,31 @@ def test_a_function_registered_while_the_worker_waits_is_served(any_server) -> N
         assert c.call("late", b"one", timeout=10) == b"late one"
 
 
+def test_the_function_decorator_without_parentheses_registers_too(any_server) -> None:
+    # @worker.function took the function for its name: nothing was registered, and the
+    # name was bound to the inner decorator (the call timed out, unserved).
+    worker = farm.Worker(any_server.addr)
+
+    @worker.function
+    def shout(job: farm.worker.Job) -> bytes:
+        return job.data.upper()
+
+    @worker.function("quiet", timeout=30)
+    def whisper(job: farm.worker.Job) -> bytes:
+        return job.data.lower()
+
+    assert shout.__name__ == "shout" and whisper.__name__ == "whisper"
+    thread = threading.Thread(target=worker.work, daemon=True)
+    thread.start()
+    try:
+        with farm.Client(any_server.addr) as c:
+            assert c.call("shout", b"hi", timeout=10) == b"HI"
+            assert c.call("quiet", b"HI", timeout=10) == b"hi"
+    finally:
+        worker.stop()
+        thread.join(10)
+
+
 def test_a_server_that_hangs_up_at_once_is_retried_with_backoff_not_in_a_spin() -> None:
     # docs/client.md: 50 ms doubling to 5 s. Without it a worker whose server closes each
     # connection (full, or dying as it starts) reconnects in a tight loop, a core's worth.
