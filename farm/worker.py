@@ -191,6 +191,15 @@ class Worker(WorkerLinks):
         """Serve jobs until ``stop()`` (or ``stop_after`` more jobs); then return."""
         if not self._functions:
             raise ValueError("no functions registered: call register() first")
+        if stop_after is not None and (
+            isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 0
+        ):
+            raise ValueError(
+                f"stop_after must be a number of jobs >= 0, or None, not {stop_after!r}"
+            )
+        if stop_after == 0:  # nothing to serve (the goal was checked only after a job ran)
+            self._stopping = False  # as when work() returns
+            return
         # Not _stopping: a stop() that came before work() (a SIGTERM while the process was
         # still setting up) makes it return at once; it is cleared when work() returns.
         self._drained = False

@@ -74,6 +74,22 @@ def test_stop_after_and_after_job_hook(any_server) -> None:
         assert c.wait(tasks[2], 5) == b"ABC2" and worker.jobs_done == 3
 
 
+def test_stop_after_zero_runs_no_job_and_a_negative_one_is_refused(farm_server) -> None:
+    # The goal was checked only after a job ran: stop_after=0 (and -1) ran one.
+    with farm.Client(farm_server.addr) as c:
+        c.submit("record", b"queued", background=True)
+    ran: list[bytes] = []
+    worker = farm.Worker(farm_server.addr)
+    worker.register("record", lambda job: ran.append(job.data))
+    worker.work(stop_after=0)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="stop_after must be"):
+            worker.work(stop_after=bad)  # type: ignore[arg-type]
+    assert ran == []
+    worker.work(stop_after=1)
+    assert ran == [b"queued"]
+
+
 def test_after_job_may_stop_the_worker(any_server) -> None:
     worker = farm.Worker(any_server.addr)
     worker.register("reverse", reverse)
