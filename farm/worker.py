@@ -27,7 +27,7 @@ from farm.logs import Brief, Repeats
 from farm.net import Waker, parse_servers, recv
 from farm.protocol import MAX_CLIENT_ID, UNPRINTABLE, ProtocolError, encode_req
 from farm.protocol import PacketType as T
-from farm.protocol.checks import as_bytes, check_timeout
+from farm.protocol.checks import as_bytes, check_seconds, check_timeout
 from farm.protocol.events import ServerErrorNotice
 from farm.protocol.worker import JobAssigned, WorkerSession, WorkerState
 from farm.workerjob import Job
@@ -86,6 +86,9 @@ class Worker(WorkerLinks):
             )
         self.client_id = client_id
         self.after_job = after_job
+        # A bad one fails here, as the clients' does, not later in work()'s thread.
+        if check_seconds(connect_timeout, "connect_timeout") is None:
+            raise TypeError("connect_timeout must be a number of seconds, not None")
         self.connect_timeout = connect_timeout
         self.jobs_done = 0
         self._functions: dict[str, WorkerFunction] = {}

@@ -145,6 +145,14 @@ def test_registration_errors_are_clear() -> None:
         with pytest.raises(ValueError, match="client_id must be"):
             farm.Worker("127.0.0.1:1", client_id=bad_id)  # type: ignore[arg-type]
     farm.Worker("127.0.0.1:1", client_id="é" * 63)  # 126 bytes
+    # As the clients' are: checked here, not found out by work()'s thread dying (a str, -1)
+    # or retrying a connect that can never finish (0).
+    for bad_timeout in ("2", None):
+        with pytest.raises(TypeError, match="connect_timeout must be"):
+            farm.Worker("127.0.0.1:1", connect_timeout=bad_timeout)  # type: ignore[arg-type]
+    for bad_timeout in (-1, 0, float("nan")):
+        with pytest.raises(ValueError, match="connect_timeout must be"):
+            farm.Worker("127.0.0.1:1", connect_timeout=bad_timeout)
 
 
 def _farm_worker(addr: str, target: str, *extra: str) -> subprocess.Popen:
