@@ -128,7 +128,7 @@ def _function(fn_bytes: bytes, initialized: bool) -> Callable[..., Any]:
 def run_call(job: Any) -> bytes:
     """Worker target: check the signature, unpickle, run, and return the signed outcome."""
     started = time.monotonic()  # the server's timeout runs from JOB_ASSIGN (the batch budget)
-    nesting.serving = job.function  # an Executor made in this call warns (nesting)
+    nesting.serving = getattr(job, "function", None)  # an Executor made here warns (nesting)
     signer = _worker_signer()
     signed = signer.open(CALL, job.data)  # SignatureError: nothing below runs
     call_id = bytes(signed[:CALL_ID_SIZE])
