@@ -238,6 +238,7 @@ class Lifecycle:
             ("--max-jobs", pool.max_jobs),
             ("--max-rss-mb", pool.max_rss_mb),
             ("--kill-rss-mb", pool.kill_rss_mb),
+            ("--last-boot-error", slot.boot_error or None),  # its traceback: once, not per try
         ):
             if value is not None:
                 argv += [flag, str(value)]

@@ -259,6 +259,7 @@ class RestartHistory:
     next_start: float = 0.0  # monotonic time before which no new process starts
     failing: bool = False
     last_exit: str = ""
+    boot_error: str = ""  # why the last process failed to boot, as it said; "" if it did not
     job_crashes: int = 0  # deaths in a job since the last healthy run (FREE_JOB_CRASHES)
 
     def lived(self, seconds: float) -> None:
@@ -329,6 +330,7 @@ class Slot(RestartHistory):
             how = f"stopped unasked ({how})" if code == EXIT_DRAINED else f"crashed: {how}"
             delay = self.failed(now)
         self.last_exit = how
+        self.boot_error = proc.boot_error
         return how, delay
 
     def note_healthy(self, now: float) -> None:

@@ -102,6 +102,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--report-fd", type=int, default=None)
     ap.add_argument("--record-fd", type=int, default=None)
     ap.add_argument("--log-format", choices=LOG_FORMATS, default="text")
+    ap.add_argument(
+        "--last-boot-error",
+        default="",
+        help="why this slot's last process failed to boot: the same error is logged in one line",
+    )
     return ap.parse_args(argv)
 
 
@@ -139,15 +144,27 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot serve %s: %s; point target at one", ns.function, e)
         return boot_failed(reporter, str(e))
     except Exception as e:  # whatever the target's import raises is a boot failure
-        log.error(
-            "cannot load %s for %s: %s: %s",
-            ns.target,
-            ns.function,
-            type(e).__name__,
-            e,
-            exc_info=True,  # a traceback to the import error; one record (farm.logs)
-        )
-        return boot_failed(reporter, f"{type(e).__name__}: {e}")
+        why = boot_why(f"{type(e).__name__}: {e}")
+        if why == ns.last_boot_error:
+            # The slot's last try failed the same way, and its traceback is in the log: a
+            # failing slot retries until fixed, and a traceback each time (a pool of 64, twice
+            # a minute) buried the journal in copies of it.
+            log.error(
+                "cannot load %s for %s: %s (as on the last try; its traceback is logged there)",
+                ns.target,
+                ns.function,
+                why,
+            )
+        else:
+            log.error(
+                "cannot load %s for %s: %s: %s",
+                ns.target,
+                ns.function,
+                type(e).__name__,
+                e,
+                exc_info=True,  # a traceback to the import error; one record (farm.logs)
+            )
+        return boot_failed(reporter, why)
 
     recycle: list[str] = []
     rss_read = [0.0, 0]  # when RSS was last read, and what it was
@@ -209,11 +226,16 @@ def boot_failed(reporter: Reporter, why: str) -> int:
     """Tell the supervisor why the target cannot be served, for the log line of this exit,
     `farm ps --json` and `farm restart`/`farm reload` (the traceback is in our own log
     alone); return the boot failure's exit code."""
-    why = " ".join(why.split())  # one line
+    reporter.send(ev="boot_error", why=boot_why(why))
+    return EXIT_BOOT_ERROR
+
+
+def boot_why(why: str) -> str:
+    """A boot failure's why as reported: one line, at most ``BOOT_ERROR_CHARS``."""
+    why = " ".join(why.split())
     if len(why) > BOOT_ERROR_CHARS:
         why = why[: BOOT_ERROR_CHARS - 3] + "..."
-    reporter.send(ev="boot_error", why=why)
-    return EXIT_BOOT_ERROR
+    return why
 
 
 def watch_rss(worker: Worker, in_hand: list[Job | None], kill_rss_mb: int) -> None:

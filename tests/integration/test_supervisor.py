@@ -135,6 +135,45 @@ def test_boot_failure_backs_off_while_other_functions_serve(tmp_path: Path) -> N
 
 
 @pytest.mark.timeout(60)
+def test_a_failing_slot_logs_its_traceback_once_not_at_every_retry(tmp_path: Path) -> None:
+    # Each retry of a slot whose module raised at import logged the whole traceback again:
+    # a slot retries until fixed (2, 4 ... 30 s apart), so a broken pool of 64 wrote some
+    # 3,000 traceback lines a minute to the journal, all copies of the first.
+    (tmp_path / "broken.py").write_text(
+        "def helper():\n    raise RuntimeError('no model file here')\n\n"
+        "helper()\n\ndef job(j):\n    return b''\n"
+    )
+    up = FarmUp(tmp_path, '[functions.broken]\ntarget = "broken:job"\nworkers = 1\n')
+    try:
+        up.expect_notify("READY=1")
+        wait_for("three boot failures", lambda: up.read_log().count("failed to boot") >= 3, 30)
+        log = up.read_log()
+        assert log.count("Traceback (most recent call last)") == 1, log
+        assert log.count("in helper") == 1, log  # the traceback's frames, once
+        # Each retry still says what failed and why, in one line of its own.
+        again = "cannot load broken:job for broken: RuntimeError: no model file here (as on the"
+        assert log.count(again) >= 2, log
+        (broken,) = up.workers("broken")
+        assert broken["last_exit"] == "failed to boot (RuntimeError: no model file here)"
+    finally:
+        assert up.stop() == 0
+
+    # A different error is news: its traceback is logged, once.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "broken.py").write_text("raise ImportError('missing dependency')\ndef job(j): ...\n")
+    up = FarmUp(other, '[functions.broken]\ntarget = "broken:job"\nworkers = 1\n')
+    try:
+        up.expect_notify("READY=1")
+        wait_for("the first boot failure", lambda: "failed to boot" in up.read_log(), 15)
+        (other / "broken.py").write_text("raise ValueError('another')\ndef job(j): ...\n")
+        wait_for("the second", lambda: up.read_log().count("failed to boot") >= 2, 15)
+        assert up.read_log().count("Traceback (most recent call last)") == 2, up.read_log()
+    finally:
+        assert up.stop() == 0
+
+
+@pytest.mark.timeout(60)
 def test_a_module_that_hangs_at_import_holds_neither_ready_nor_the_farm(tmp_path: Path) -> None:
     # READY=1 waited for every Python worker to load its target, and the first boot had no
     # timeout: one module that hung at import kept the farm from starting (systemd killed it
