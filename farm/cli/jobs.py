@@ -107,6 +107,7 @@ def worker(
         fail(str(exc), 1)
     # The handlers only ask the loop to stop; it finishes the job in hand first.
     signal.signal(signal.SIGTERM, lambda *_: w.stop())
+    signal.siginterrupt(signal.SIGTERM, False)  # a drain breaks no C call's read (workerproc)
     signal.signal(signal.SIGINT, lambda *_: w.stop())
     w.work()
 

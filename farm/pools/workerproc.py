@@ -205,6 +205,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot serve %s: %s", ns.function, e)
         return boot_failed(reporter, str(e))
     signal.signal(signal.SIGTERM, lambda signum, frame: worker.stop())
+    # SA_RESTART: the drain's SIGTERM (scale-down, deploy, reload, stop) must not break the
+    # job in hand. Without it a C library's blocking read, write or wait in the job failed
+    # with EINTR (Python's own calls retry; many C ones do not), so a deploy failed jobs.
+    # The loop still wakes at once: its selector watches the signal wake-up fd.
+    signal.siginterrupt(signal.SIGTERM, False)
     if ns.kill_rss_mb is not None:
         rss = current_rss()
         if rss > ns.kill_rss_mb * 1024 * 1024:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -189,4 +191,68 @@ def test_reload_restart_rereads_the_config_then_replaces_every_worker(tmp_path: 
         after = {r["pid"] for r in up.wait_idle({"counted": 4})}
         assert not before & after
     finally:
+        assert up.stop() == 0
+
+
+# A job blocked in a C library's read, which (as many C libraries do) gives up on EINTR:
+# it reads a FIFO the test writes to once the worker has had its drain's SIGTERM.
+C_READ = """
+import ctypes, os
+
+def run(job):
+    fd = os.open(job.data.decode(), os.O_RDONLY)
+    open(job.data.decode() + ".reading", "w").close()
+    buf = ctypes.create_string_buffer(16)
+    libc = ctypes.CDLL(None, use_errno=True)
+    got = libc.read(fd, buf, 16)
+    if got < 0:
+        raise OSError(ctypes.get_errno(), "the C read failed")
+    return buf.raw[:got]
+"""
+
+
+def test_a_deploy_breaks_no_blocking_c_call_in_the_job_in_hand(tmp_path: Path) -> None:
+    # The drain's SIGTERM interrupted the job's system call: a C read returned EINTR and the
+    # job failed (InterruptedError) the moment `farm restart` (or scale-down, reload, stop)
+    # retired its worker, though the worker was meant to finish it.
+    (tmp_path / "cread.py").write_text(C_READ)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = os.open(fifo, os.O_RDWR)  # held open: the job's read blocks, not sees EOF
+    up = FarmUp(tmp_path, '[functions.cread]\ntarget = "cread:run"\nworkers = 1\n')
+    got: list[object] = []
+    try:
+        up.expect_notify("READY=1")
+        (old,) = up.wait_idle({"cread": 1})
+
+        def call() -> None:
+            from farm.client import Client
+
+            with Client(up.addr) as client:
+                try:
+                    got.append(client.call("cread", str(fifo), timeout=60))
+                except Exception as e:
+                    got.append(e)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        wait_for("the job in its C read", (tmp_path / "fifo.reading").exists)
+        done = farm_cli("restart", "--control", up.control)
+        assert done.returncode == 0, done.stderr
+
+        def delivered() -> bool:  # the SIGTERM is no longer pending: the read has had it
+            try:
+                status = Path(f"/proc/{old['pid']}/status").read_text()
+            except FileNotFoundError:
+                return True  # gone: its job broke off
+            pending = re.findall(r"^(?:Sig|Shd)Pnd:\s*(\w+)", status, re.M)
+            return all(int(mask, 16) == 0 for mask in pending)
+
+        wait_for("the drain's SIGTERM delivered", delivered)
+        os.write(writer, b"payload")
+        caller.join(30)
+        assert got == [b"payload"], up.read_log()
+        assert "raised" not in up.read_log()
+    finally:
+        os.close(writer)
         assert up.stop() == 0
