@@ -136,6 +136,13 @@ def _to_journal(stream: IO[str]) -> bool:
     return os.environ.get("JOURNAL_STREAM") == f"{info.st_dev}:{info.st_ino}"
 
 
+def error_line(line: str, stream: IO[str] | None = None) -> str:
+    """A line for stderr that says why a process gives up: marked an error (``<3>``, which
+    journald reads as its priority and strips) when stderr is the journal, so that
+    `journalctl -p warning` shows why `farm up` or its job server exited; else as it is."""
+    return f"<3>{line}" if _to_journal(stream or sys.stderr) else line
+
+
 class _JournalPriority(logging.Formatter):
     """Each line with its syslog priority as ``<N>``, which journald reads and strips, so
     that ``journalctl -p warning`` finds warnings and errors (every line was "info")."""

@@ -76,7 +76,9 @@ def _main(
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """One line on stderr and an exit code: 1 a failed job or command, 2 bad usage or config."""
-    typer.echo(f"farm: {message}", err=True)
+    from farm.logs import error_line
+
+    typer.echo(error_line(f"farm: {message}"), err=True)
     raise typer.Exit(code)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from farm.errors import FarmError, TLSFileError
 from farm.lifetime import die_with_parent
-from farm.logs import reopen_log_file, setup_logging
+from farm.logs import error_line, reopen_log_file, setup_logging
 from farm.net import clear_socket_path, load_tls_file, parse_address
 from farm.paths import adopt_legacy_store, open_own_file
 from farm.server.connection import Connection
@@ -372,7 +372,7 @@ def _fatal(options: ServerOptions, message: str) -> None:
     if options.log_format == "json":
         log.error("farm server: %s", message)
     else:
-        print(f"farm server: {message}", file=sys.stderr)
+        print(error_line(f"farm server: {message}"), file=sys.stderr)
 
 
 #: How to fix a start-up error, for whoever started the server: `farm server`'s flags, or

@@ -232,6 +232,47 @@ def test_a_dead_job_server_is_restarted_and_workers_come_back(tmp_path: Path) ->
         assert up.stop() == 0
 
 
+def test_why_the_job_server_cannot_start_again_reaches_journalctl_p_warning(
+    tmp_path: Path,
+) -> None:
+    # Under systemd stderr is the journal ($JOURNAL_STREAM), where a line without a <N>
+    # prefix is "info". The server's one line of why it cannot start (its store broken after
+    # it died) had none: `journalctl -p warning` showed "exited with code 2; restarting in
+    # 16s" each time, never why. So did `farm up`'s own refusal of a broken config.
+    up = FarmUp(tmp_path, FUNCTIONS, start=False)
+    info = os.fstat(up.log.fileno())
+    up.env["JOURNAL_STREAM"] = f"{info.st_dev}:{info.st_ino}"
+    store = tmp_path / "state" / "queue.db"
+    up.config.write_text(up.config.read_text().replace('"none"', f'"{store}"', 1))
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        (server,) = [r for r in up.ps() if r["function"] == "server"]
+        for leftover in store.parent.iterdir():
+            leftover.unlink()
+        store.mkdir()  # no store can be opened there now
+        os.kill(server["pid"], signal.SIGKILL)
+
+        def why() -> str | None:
+            lines = up.read_log().splitlines()
+            return next((line for line in lines if "cannot open the job store" in line), None)
+
+        line = wait_for("the server's reason", why)
+        assert line.startswith("<3>farm server: cannot open the job store"), line
+        assert re.search(r"^<4>.*job server \(pid \d+\) exited with code 2", up.read_log(), re.M)
+    finally:
+        store.rmdir()
+        assert up.stop() == 0
+    (tmp_path / "bad.toml").write_text("[functions.f]\nworkers = -1\n")
+    with open(tmp_path / "stderr", "w") as err:
+        info = os.fstat(err.fileno())
+        env = dict(up.env, JOURNAL_STREAM=f"{info.st_dev}:{info.st_ino}")
+        cmd = [sys.executable, "-c", "from farm.cli import main; main()", "up", "-c", "bad.toml"]
+        done = subprocess.run(cmd, cwd=tmp_path, env=env, stderr=err, timeout=60)
+    assert done.returncode == 2
+    assert (tmp_path / "stderr").read_text().startswith("<3>farm: "), tmp_path / "stderr"
+
+
 def test_reload_with_a_fixed_target_revives_a_failing_slot_at_once(tmp_path: Path) -> None:
     (tmp_path / "broken.py").write_text(
         "raise ImportError('missing dependency')\ndef job(j): ...\n"
