@@ -18,9 +18,11 @@ import psutil
 import pytest
 
 from farm.client import Client
+from farm.errors import JobException
 from farm.protocol import PacketType as T
 from tests.helpers.farmproc import FarmUp
 from tests.helpers.peers import Peer
+from tests.helpers.scraping import get, scrape
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(30)
@@ -169,6 +171,45 @@ def test_a_failing_slot_logs_its_traceback_once_not_at_every_retry(tmp_path: Pat
         (other / "broken.py").write_text("raise ValueError('another')\ndef job(j): ...\n")
         wait_for("the second", lambda: up.read_log().count("failed to boot") >= 2, 15)
         assert up.read_log().count("Traceback (most recent call last)") == 2, up.read_log()
+    finally:
+        assert up.stop() == 0
+
+
+BUGGY = """
+def job(j):
+    if j.data == b"other":
+        raise ValueError("elsewhere")
+    return {}[j.data.decode()]
+"""
+
+
+def test_a_function_that_raises_at_every_job_does_not_flood_the_log(tmp_path: Path) -> None:
+    # Each raise logged its whole traceback (a dozen lines): a function broken by a deploy,
+    # at a few thousand jobs a second, wrote tens of thousands of lines a second, and
+    # journald's rate limit then dropped every other line of the unit with them.
+    (tmp_path / "buggy.py").write_text(BUGGY)
+    up = FarmUp(tmp_path, '[functions.buggy]\ntarget = "buggy:job"\nworkers = 2\n')
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"buggy": 2})
+        with Client(up.addr) as client:
+            for i in range(300):
+                client.submit("buggy", f"key{i}", background=True)
+            with pytest.raises(JobException, match="ValueError: elsewhere"):
+                client.call("buggy", "other", priority="low", timeout=30)  # after the others
+
+        def raised() -> float:
+            now = scrape(up.metrics_url)
+            name = "farm_jobs_exceptions_total"
+            return sum(get(now, name, function="buggy", priority=p) for p in ("normal", "low"))
+
+        wait_for("every job's exception", lambda: raised() == 301)
+        log = up.read_log()
+        # One traceback of each kind (function, exception, the line raising it) per worker
+        # in 10 s, not one per job; another kind still gets its own.
+        assert 1 <= log.count("KeyError: 'key") <= 2, log
+        assert log.count("ValueError: elsewhere") == 1, log
+        assert log.count("raised") <= 3, log
     finally:
         assert up.stop() == 0
 
