@@ -156,13 +156,14 @@ def parse_servers(servers: str | Iterable[str]) -> list[str]:
     A string is comma-separated. Where to go given no list is farm.discovery's to say
     (``client_servers``: $FARM_SERVERS, $GEARMAN_SERVERS, the config), not this.
     """
-    if isinstance(servers, str):
-        items: list[object] = [s for s in servers.split(",") if s.strip()]
-    elif isinstance(servers, Iterable):
-        items = list(servers)
+    given: object = servers  # callers without types pass anything
+    if isinstance(given, str):
+        items: list[object] = [s for s in given.split(",") if s.strip()]
+    elif isinstance(given, Iterable) and not isinstance(given, bytes | bytearray):
+        items = list(given)  # bytes are iterable too, as ints: 'not int' said nothing
     else:
         raise TypeError(
-            f"servers must be a string or a list of strings, not {type(servers).__name__}"
+            f"servers must be a string or a list of strings, not {type(given).__name__}"
         )
     result: list[str] = []
     for item in items:

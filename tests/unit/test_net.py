@@ -144,6 +144,7 @@ def test_parse_servers_normalises_and_drops_duplicates() -> None:
         ([], ValueError, "the server list is empty"),
         ("ok:1,bad:port", AddressError, "'bad:port': port must be"),
         ([b"host:1"], TypeError, "must be a string, not bytes"),
+        (b"host:1", TypeError, "a string or a list of strings, not bytes"),
         (4730, TypeError, "a string or a list of strings, not int"),
     ],
 )
