@@ -158,33 +158,6 @@ class _JournalPriority(logging.Formatter):
         return prefix + self.inner.format(record).replace("\n", "\n" + prefix)
 
 
-class Brief:
-    """Log lines for refusals expected under attack (an unsigned call, say): no
-    traceback, and at most one line each ``every`` seconds, naming how many were held
-    back. A flood of them must not flood the journal, whose rate limit would then drop
-    the lines that matter."""
-
-    def __init__(
-        self, logger: logging.Logger, every: float = 10.0, level: int = logging.WARNING
-    ) -> None:
-        self.logger = logger
-        self.every = every
-        self.level = level
-        self._next = 0.0
-        self._held = 0
-
-    def __call__(self, msg: str, *args: object, **kwargs: Any) -> None:
-        """Log it (``kwargs`` as ``Logger.log`` takes them, ``extra=``), or count it."""
-        now = time.monotonic()
-        if now < self._next:
-            self._held += 1
-            return
-        if self._held:
-            msg += f" (and {self._held} more such since the last line)"
-        self.logger.log(self.level, msg, *args, **kwargs)
-        self._next, self._held = now + self.every, 0
-
-
 class Repeats:
     """Log lines for failures that may come job after job (a function raising the same
     exception at the same line for every bad input a caller sends): the first of each kind
@@ -214,6 +187,23 @@ class Repeats:
         if held:
             msg += f" (and {held} more such since the last line)"
         self.logger.log(level, msg, *args, **kwargs)
+
+
+class Brief:
+    """Log lines for refusals expected under attack (an unsigned call, say): no
+    traceback, and at most one line each ``every`` seconds, naming how many were held
+    back. A flood of them must not flood the journal, whose rate limit would then drop
+    the lines that matter. (``Repeats`` with one kind, at one level.)"""
+
+    def __init__(
+        self, logger: logging.Logger, every: float = 10.0, level: int = logging.WARNING
+    ) -> None:
+        self.level = level
+        self._one = Repeats(logger, every, kinds=1)
+
+    def __call__(self, msg: str, *args: object, **kwargs: Any) -> None:
+        """Log it (``kwargs`` as ``Logger.log`` takes them, ``extra=``), or count it."""
+        self._one(None, self.level, msg, *args, **kwargs)
 
 
 class LogLines(io.TextIOBase):

@@ -35,7 +35,7 @@ from farm.server.workerside import UCRED, WorkerSide, error
 log = logging.getLogger("farm.server")
 #: Peers cut off at a limit: one line each 10 s at most per kind, as any local user could
 #: send them by the thousand a second (the journal's rate limit then drops other lines).
-over_connections, over_partial, over_unread = Brief(log), Brief(log), Brief(log)
+over_connections, over_partial, admin_unread = Brief(log), Brief(log), Brief(log)
 
 #: Bytes of replies a connection may leave unread and still be answered another admin command.
 MAX_UNREAD_ADMIN = 1 << 20
@@ -348,7 +348,9 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
             if unread <= 2 * MAX_UNREAD_ADMIN:
                 self.send(BUSY)
                 return
-            over_unread("fd %d (%s): %d bytes of replies unread; closing", self.fd, self.ip, unread)
+            admin_unread(
+                "fd %d (%s): %d bytes of replies unread; closing", self.fd, self.ip, unread
+            )
             self.out.clear()
             self.closed = True
             if self.transport is not None:

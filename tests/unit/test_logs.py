@@ -45,7 +45,7 @@ def test_brief_logs_one_line_a_while_and_counts_the_rest(
     with caplog.at_level(logging.WARNING, logger="farm.test.brief"):
         for i in range(5):
             brief("refused %d", i)
-        brief._next = 0.0  # as if the hour had passed
+        brief._one._due[None][0] = 0.0  # as if the hour had passed
         brief("refused %d", 5)
     assert [r.getMessage() for r in caplog.records] == [
         "refused 0",
