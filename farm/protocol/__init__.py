@@ -45,7 +45,7 @@ from farm.protocol.codec import (
     frame_res,
     name_problem,
 )
-from farm.protocol.decoder import Decoder
+from farm.protocol.decoder import Decoder, Oversized
 
 __all__ = [
     "DEFAULT_MAX_PACKET",
@@ -66,6 +66,7 @@ __all__ = [
     "UNPRINTABLE",
     "AdminLine",
     "Decoder",
+    "Oversized",
     "LocalProtocolError",
     "Packet",
     "PacketSpec",

@@ -328,6 +328,8 @@ class ClientSession:
 
     def _on_oversized(self, packet: Oversized, events: list[object]) -> None:
         """A job's packet over what we read (gearmand's): the job fails; the rest go on."""
+        if packet.handle is None:  # skip_too_large reads past only packets naming a job
+            raise packet.error()
         handle = packet.handle.decode()
         for task in self._ended(handle):
             task.error = JobException(  # as farm's server fails a worker's answer too large

@@ -70,13 +70,26 @@ def _too_large(
 
 @dataclass(frozen=True, slots=True)
 class Oversized:
-    """A packet over the size limit that names its job first (``skip_too_large``): its
-    type, that handle and its body's size; the body itself was read past and dropped."""
+    """A packet over the size limit, read past (``skip_too_large``, ``read_past_too_large``):
+    its type, the job handle it names first (None: it names none) and its body's size; the
+    body itself was dropped unbuffered."""
 
     ptype: int
-    handle: bytes
+    handle: bytes | None
     size: int
     limit: int
+
+    def error(self) -> ProtocolError:
+        """The error to answer it with; not fatal, as the stream goes on behind it."""
+        exc = ProtocolError(
+            f"packet body of {self.size} bytes exceeds the limit of {self.limit}",
+            code="ARGUMENT_TOO_LARGE",
+            fatal=False,
+        )
+        exc.ptype, exc.handle = (
+            (self.ptype, self.handle) if self.handle is not None else (None, None)
+        )
+        return exc
 
 
 class Decoder:
@@ -87,10 +100,20 @@ class Decoder:
     the client side, where every byte must be binary. With ``skip_too_large`` (a client's,
     whose peer may be a gearmand, which has no limit) such a packet that names its job
     first is an ``Oversized`` event instead, and its body is read past, never buffered: the
-    stream stays whole, and the other jobs on it go on.
+    stream stays whole, and the other jobs on it go on. ``read_past_too_large`` (the
+    server's) does so for every packet: a client that sent one too large gets its ERROR
+    and keeps its connection, as its next request would otherwise meet the close.
     """
 
-    __slots__ = ("_buf", "_skip", "error", "max_packet", "allow_admin", "skip_too_large")
+    __slots__ = (
+        "_buf",
+        "_skip",
+        "error",
+        "max_packet",
+        "allow_admin",
+        "skip_too_large",
+        "read_past_too_large",
+    )
 
     def __init__(
         self,
@@ -98,6 +121,7 @@ class Decoder:
         max_packet: int = DEFAULT_MAX_PACKET,
         allow_admin: bool = True,
         skip_too_large: bool = False,
+        read_past_too_large: bool = False,
     ) -> None:
         self._buf = bytearray()
         self._skip = 0  # bytes of an Oversized packet's body still to read past
@@ -106,6 +130,7 @@ class Decoder:
         self.max_packet = max_packet
         self.allow_admin = allow_admin
         self.skip_too_large = skip_too_large
+        self.read_past_too_large = read_past_too_large
 
     @property
     def buffered(self) -> int:
@@ -168,7 +193,9 @@ class Decoder:
                     too_large = _too_large(src, pos, end, ptype, size, max_packet)
                     if too_large is None:
                         break  # the handle is not here yet
-                    if not self.skip_too_large or too_large.handle is None:
+                    if not self.read_past_too_large and (
+                        not self.skip_too_large or too_large.handle is None
+                    ):
                         raise too_large
                     events.append(Oversized(ptype, too_large.handle, size, max_packet))
                     stop = pos + HEADER_SIZE + size

@@ -48,7 +48,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.jobs = hub.jobs
-        self.decoder = p.Decoder(max_packet=hub.options.max_packet)
+        self.decoder = p.Decoder(max_packet=hub.options.max_packet, read_past_too_large=True)
         self.transport: asyncio.Transport | None = None
         self.out = bytearray()
         # JOB_CREATEDs waiting for the store's commit, each with what was sent after it.
@@ -162,6 +162,8 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
                                 self.send(error("INVALID_COMMAND", "Command not expected"))
                             else:
                                 handler(self, args, ptype)
+                        elif event.__class__ is p.Oversized:  # read past: ERROR, and go on
+                            self.protocol_error(event.error())
                         else:
                             self.handle_admin(event.line)  # type: ignore[union-attr]  # AdminLine
                         if self.closed:

@@ -92,6 +92,23 @@ def test_oversized_work_packet_without_a_handle_in_reach_names_none() -> None:
     assert info.value.handle is None
 
 
+def test_the_servers_decoder_reads_an_oversized_body_past_in_pieces() -> None:
+    # The server's: every packet over the limit is an event, its body dropped unbuffered,
+    # and what follows it decodes (a client keeps its connection after the ERROR).
+    decoder = p.Decoder(max_packet=1024, read_past_too_large=True)
+    header = b"\0REQ" + int(T.SUBMIT_JOB).to_bytes(4, "big") + (5000).to_bytes(4, "big")
+    (event,) = decoder.feed(header + b"f\0\0" + b"x" * 997)
+    assert isinstance(event, p.Oversized) and event.handle is None
+    error = event.error()
+    assert (error.code, error.fatal, error.handle) == ("ARGUMENT_TOO_LARGE", False, None)
+    assert decoder.feed(b"x" * 3000) == [] and decoder.buffered == 0
+    echo = p.encode_req(T.ECHO_REQ, b"next")
+    assert decoder.feed(b"x" * 1000 + echo) == [p.Packet(p.REQ, T.ECHO_REQ, (b"next",))]
+    work = b"\0REQ" + int(T.WORK_COMPLETE).to_bytes(4, "big") + (5000).to_bytes(4, "big")
+    (event,) = decoder.feed(work + b"H:host:7\0" + b"r" * 100)
+    assert event.error().handle == b"H:host:7"
+
+
 def test_wrong_argument_count_is_not_fatal_and_is_consumed() -> None:
     decoder = p.Decoder()
     bad = b"\0REQ" + (7).to_bytes(4, "big") + (3).to_bytes(4, "big") + b"abc"
