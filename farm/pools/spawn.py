@@ -33,6 +33,13 @@ EXIT_EXEC_FAILED = 127
 EXEC_FAILED_PREFIX = "farm: cannot "
 
 PR_SET_PDEATHSIG = 1
+# What Python ignores in itself at startup (EPIPE rather than death on a closed pipe, EFBIG
+# rather than death past RLIMIT_FSIZE): an ignored signal stays ignored across exec, and a
+# shell cannot even trap one it was started ignoring, so a command worker's `yes | head`
+# would print "Broken pipe" errors instead of ending quietly. subprocess's restore_signals.
+_PYTHON_IGNORES = tuple(
+    getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name)
+)
 _MAX_FD = max(256, os.sysconf("SC_OPEN_MAX"))
 
 _prctl: Callable[..., int] | None
@@ -65,7 +72,8 @@ def spawn(
     The child keeps 0-2 (or gets ``stdio`` as its stdin, stdout, stderr) and the
     descriptors in ``keep``; all others are closed. ``user`` and ``cwd`` are taken
     before the death signal is set. The signals in ``ignore`` are ignored from before exec
-    (an ignored signal stays ignored across it), so from the program's first instruction.
+    (an ignored signal stays ignored across it), so from the program's first instruction;
+    SIGPIPE and SIGXFSZ, which Python ignores, get their default action back.
     Raises OSError when the fork fails; a child that cannot take its user, directory or
     exec writes why on its fd 2 and ends with ``EXIT_EXEC_FAILED`` (127).
     """
@@ -78,6 +86,8 @@ def spawn(
     try:  # the child: nothing here may raise into the supervisor's code
         os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor, which decides
         signal.set_wakeup_fd(-1)  # a signal before exec must not wake the supervisor's loop
+        for sig in _PYTHON_IGNORES:
+            signal.signal(sig, signal.SIG_DFL)
         for sig in ignore:
             signal.signal(sig, signal.SIG_IGN)
         if stdio is not None:

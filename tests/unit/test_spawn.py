@@ -45,3 +45,15 @@ def test_signals_named_in_ignore_are_ignored_from_the_programs_first_instruction
         assert signal.SIGHUP in ignored(proc)
     with child() as proc:
         assert signal.SIGHUP not in ignored(proc)  # command workers keep the default
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")
+def test_a_command_gets_back_the_signals_python_ignores() -> None:
+    # Python ignores SIGPIPE and SIGXFSZ in the supervisor; a command worker inherited them
+    # ignored, so `yes | head -n1` in a shell worker printed "yes: ... Broken pipe" (a shell
+    # cannot trap a signal ignored on entry), as subprocess's restore_signals avoids.
+    assert signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN  # the premise, in pytest too
+    with child() as proc:
+        assert not {signal.SIGPIPE, signal.SIGXFSZ} & ignored(proc)
+    with child(ignore=(signal.SIGPIPE,)) as proc:  # asked for, it is still ignored
+        assert signal.SIGPIPE in ignored(proc)
