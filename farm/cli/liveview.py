@@ -41,8 +41,8 @@ class FunctionRow:
     queued: int
     running: int
     workers: int  # connections that registered it with the server
-    idle: int  # the supervisor's worker processes of the pool, by state
-    busy: int
+    idle: int  # the supervisor's worker processes of the pools serving it: without a job
+    busy: int  # ... and with one (a command worker's, as the job server says)
     rate: float | None  # jobs answered per second over the last few seconds
     p50: float | None  # run time (seconds) from the histogram's buckets
     p99: float | None

@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -51,6 +51,7 @@ class Sample:
     metrics: Samples | None
     metrics_url: str | None
     note: str = ""
+    serves: dict[str, list[str]] = field(default_factory=dict)  # pool -> its functions
 
 
 class Sampler:
@@ -76,7 +77,8 @@ class Sampler:
             except (OSError, ValueError, http.client.HTTPException) as exc:
                 # HTTPException: not an HTTP server there, or a reply cut off by a restart.
                 note = f"metrics: {url} did not answer ({exc!r})"
-        now = Sample(time.monotonic(), list(reply.get("processes", [])), metrics, url, note)
+        processes, serves = list(reply.get("processes", [])), dict(reply.get("serves", {}))
+        now = Sample(time.monotonic(), processes, metrics, url, note, serves)
         if metrics is not None:
             self.history.append(now)
             while len(self.history) > 2 and now.when - self.history[1].when >= WINDOW:
@@ -91,8 +93,15 @@ class Sampler:
     def functions(self, now: Sample) -> list[FunctionRow]:
         """One row per function the server counts or the supervisor runs a pool for."""
         m = now.metrics or {}
-        pools = {r["function"] for r in now.processes if r.get("slot") is not None}
-        names = pools | {
+        # A pool is named by its table, and may serve other functions (a PHP pool `php_rev`
+        # with function = "reverse") or several: its processes count under each of them.
+        # (A supervisor that does not say what its pools serve: each serves its own name.)
+        processes: dict[str, list[dict[str, Any]]] = {}
+        for r in now.processes:
+            if r.get("slot") is not None:
+                for fn in now.serves.get(r["function"]) or [r["function"]]:
+                    processes.setdefault(fn, []).append(r)
+        names = set(processes) | {
             dict(labels)["function"]
             for name, labels in m
             if name == "farm_jobs_submitted_total" and "function" in dict(labels)
@@ -101,8 +110,11 @@ class Sampler:
         seconds = now.when - then.when if then is not None else 0.0
         rows = []
         for fn in sorted(names):
-            states = [
-                r["state"] for r in now.processes if r["function"] == fn and r["slot"] is not None
+            # A command worker is "running" (connected), with the job the server says it
+            # holds, if any: busy with one, idle without.
+            held = [
+                r["state"] if r["state"] != "running" else "busy" if r.get("job") else "idle"
+                for r in processes.get(fn, ())
             ]
             rate = None
             if then is not None and then.metrics is not None and seconds > 0:
@@ -119,8 +131,8 @@ class Sampler:
                     queued=int(total(m, "farm_jobs_queued", fn)),
                     running=int(total(m, "farm_jobs_running", fn)),
                     workers=int(total(m, "farm_workers", fn)),
-                    idle=states.count("idle"),
-                    busy=states.count("busy"),
+                    idle=held.count("idle"),
+                    busy=held.count("busy"),
                     rate=rate,
                     p50=quantile(run, 0.5),
                     p99=quantile(run, 0.99),

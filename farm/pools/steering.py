@@ -108,6 +108,7 @@ class Steering:
                     "ok": True,
                     "processes": self.process_table(),
                     "targets": self.targets,
+                    "serves": {n: pool.functions for n, pool in self.config.functions.items()},
                     "metrics": self.metrics_address(),
                 }
             )

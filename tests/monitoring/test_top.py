@@ -136,3 +136,51 @@ def test_a_farm_that_is_not_running_is_one_line_and_exit_1(tmp_path: Path) -> No
     run = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=60, input="")
     assert run.returncode == 1
     assert run.stderr.startswith("farm: ") and "Traceback" not in run.stderr
+
+
+# A command worker (any language; Python here) holding its job until the test stops the farm.
+HOLDS_ITS_JOB = """\
+import os, sys, time
+from pathlib import Path
+import farm
+
+worker = farm.Worker(os.environ["FARM_SERVERS"])
+
+@worker.function(os.environ["FARM_FUNCTION"])
+def hold(job):
+    Path(sys.argv[1], "started").touch()
+    time.sleep(60)
+
+worker.work()
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_command_pool_is_counted_under_the_function_it_serves(tmp_path: Path) -> None:
+    # A PHP pool `php_rev` with function = "reverse" had a row of its own, `php_rev`, with no
+    # queue and no workers, while the row of `reverse` counted none of its processes; and a
+    # command worker (state "running") holding a job was neither idle nor busy anywhere.
+    script = tmp_path / "holds.py"
+    script.write_text(HOLDS_ITS_JOB)
+    up = FarmUp(
+        tmp_path,
+        f"""
+        [functions.php_rev]
+        command = ["{sys.executable}", "{script}", "{tmp_path}"]
+        function = "rev"
+        workers = 2
+        graceful_timeout = 1
+        """,
+    )
+    try:
+        up.expect_notify("READY=1")
+        wait_for("two connected workers", lambda: len(up.workers("php_rev", "running")) == 2)
+        with farm.Client(up.addr) as client:
+            client.submit("rev", "x", background=True)
+        wait_for("the job started", (tmp_path / "started").exists)
+        functions = rows_of(farm_top(up, "--once"), "FUNCTION")
+        assert set(functions) == {"rev"}
+        _, queued, running, workers, idle, busy, *_ = functions["rev"]
+        assert (queued, running, workers, idle, busy) == ("0", "1", "2", "1", "1")
+    finally:
+        up.stop()
