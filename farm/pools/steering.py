@@ -389,7 +389,15 @@ class Steering:
         for name, pool in new.functions.items():
             before = old.functions.get(name)
             if before is None or before.workers != pool.workers:
+                # Said as removals are: `systemctl reload` shows what it did in the journal.
+                was = self.targets.get(name, 0)
                 self.place(pool)
+                log.info(
+                    "reload: %s %s %d workers",
+                    name,
+                    f"from {was} to" if before else "added:",
+                    pool.workers,
+                )
             if before is not None and before.options() != pool.options():
                 log.info(
                     "reload: %s changed (target or options); its workers will be replaced", name

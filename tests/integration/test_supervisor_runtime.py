@@ -98,6 +98,10 @@ def test_sighup_applies_a_changed_config(tmp_path: Path) -> None:
         now = {(r["function"], r["slot"]): r["pid"] for r in rows}
         assert now["reverse", 0] == pids["reverse"]  # unchanged pool: not restarted
         assert now["hash", 0] != pids["hash"]  # changed target: replaced
+        log = up.read_log()  # the journal says what the reload did, not only what it removed
+        assert (
+            "reload: reverse from 1 to 2 workers" in log and "reload: upper added: 1 workers" in log
+        )
         client = Client(up.addr)
         try:
             assert client.call("upper", "abc", timeout=10) == b"ABC"
