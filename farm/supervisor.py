@@ -351,9 +351,10 @@ class Supervisor(Lifecycle, CommandJobs, Restarting, Steering, ExecutorDuties):
             for slot in slots:
                 for proc in (slot.proc, slot.successor):
                     if proc is not None:
-                        pool = self.config.functions.get(name)
-                        grace = self.grace if pool is None or pool.command is None else None
-                        self.retire(proc, pool, grace=grace)
+                        # A command worker: its pool's grace; else the farm's (by what the
+                        # process is: a reload may have changed the pool's kind meanwhile).
+                        grace = None if proc.command else self.grace
+                        self.retire(proc, self.config.functions.get(name), grace=grace)
             slots.clear()
         self.targets.clear()
         while self.by_pid:

@@ -317,7 +317,7 @@ class Lifecycle:
         gets its pool's ``stop_signal`` once it holds none or after the grace
         (farm.pools.commandjobs). SIGKILL after the grace that follows the signal."""
         if grace is None:
-            grace = self.grace_for(pool)
+            grace = self.grace_for(pool, proc.command)
         serving = proc.state.serving
         if proc.state is not ProcState.KILLING:
             proc.state = ProcState.DRAINING
@@ -328,10 +328,20 @@ class Lifecycle:
         proc.stop_deadline = None if grace is None else time.monotonic() + grace
         self.signal(proc.pid, proc.stop_signal, group=proc.command)
 
-    def grace_for(self, pool: FunctionConfig | None) -> float | None:
-        """How long a retiring worker may take: a command pool's graceful_timeout (else the
-        supervisor's); for a Python pool with a timeout, that plus the supervisor's; else
-        unbounded (a Python worker drains after its job, whatever it takes)."""
+    def grace_for(self, pool: FunctionConfig | None, command: bool) -> float | None:
+        """How long a retiring worker (a ``command`` one, or a Python one) may take: a command
+        pool's graceful_timeout (else the supervisor's); for a Python pool with a timeout,
+        that plus the supervisor's; else unbounded (a Python worker drains after its job,
+        whatever it takes)."""
+        if pool is not None and (pool.command is not None) != command:
+            # A reload made a PHP pool a Python target, or back, and this is an old process
+            # (being replaced, or kept while the new kind does not boot): it stops as its own
+            # kind does. A command worker given no grace got its signal at once, mid-job.
+            pool = None
+        if command:
+            if pool is not None and pool.graceful_timeout is not None:
+                return pool.graceful_timeout
+            return self.config.supervisor.graceful_timeout
         if pool is not None and pool.command is not None:
             if pool.graceful_timeout is not None:
                 return pool.graceful_timeout

@@ -143,3 +143,95 @@ def test_a_deploy_whose_command_does_not_boot_says_why(tmp_path: Path) -> None:
         assert [r["pid"] for r in up.workers("slow")] == [row["pid"]]
     finally:
         assert up.stop() == 0
+
+
+# A command worker whose job waits until the test removes the file it names, ignoring
+# SIGTERM when asked to (argv[2] == "deaf"), as a PHP worker with pcntl_signal does.
+HELD_WORKER = """\
+import os, signal, sys, time
+from pathlib import Path
+import farm
+
+if sys.argv[2] == "deaf":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+worker = farm.Worker(os.environ["FARM_SERVERS"])
+
+@worker.function(os.environ["FARM_FUNCTION"])
+def held(job):
+    hold = Path(sys.argv[1], "hold")
+    hold.touch()
+    while hold.exists():
+        time.sleep(0.02)
+    return b"done by the command"
+
+worker.work()
+"""
+
+PYTHON_POOL = """
+    [functions.other]
+    target = "workers.text:reverse"
+    workers = 1
+    """
+
+
+def held_pool(tmp_path: Path, deaf: bool, *, name: str = "held") -> str:
+    script = tmp_path / "held.py"
+    script.write_text(HELD_WORKER)
+    mode = "deaf" if deaf else "plain"
+    return f"""
+        [functions.{name}]
+        command = ["{sys.executable}", "{script}", "{tmp_path}", "{mode}"]
+        workers = 1
+        graceful_timeout = 2
+        """
+
+
+def test_a_removed_command_pools_worker_is_drained_and_killed_past_its_grace(
+    tmp_path: Path,
+) -> None:
+    # A reload that removed a command pool retired its workers with no grace: no drain (a
+    # PHP worker got SIGTERM at once, mid-job) and no SIGKILL after it, so a worker that
+    # ignores SIGTERM went on serving the removed function, and `farm stop` (systemctl stop)
+    # waited for it for ever.
+    up = FarmUp(tmp_path, PYTHON_POOL + held_pool(tmp_path, deaf=True))
+    try:
+        up.expect_notify("READY=1")
+        (row,) = wait_for("a connected worker", lambda: up.workers("held", "running"))
+        with Client(up.addr) as client:
+            task = client.submit("held", "x")
+            wait_for("the job started", (tmp_path / "hold").exists)
+            up.write_config(PYTHON_POOL)
+            out = farm_cli("reload", "--control", up.control)
+            assert out.returncode == 0, out.stdout + out.stderr
+            wait_for("its drain", lambda: "the server hands it no more jobs" in up.read_log())
+            assert psutil.pid_exists(row["pid"])
+            (tmp_path / "hold").unlink()
+            assert client.wait(task, timeout=10) == b"done by the command"
+        wait_for("the deaf worker killed", lambda: not psutil.pid_exists(row["pid"]), timeout=15)
+        assert "did not drain in time" in up.read_log()
+    finally:
+        assert up.stop() == 0
+
+
+def test_a_command_pool_made_a_python_target_finishes_its_jobs_first(tmp_path: Path) -> None:
+    # The old command workers were retired with the new Python pool's grace, none: SIGTERM at
+    # once, mid-job, and the job ran again on the new worker (here: the reversed argument).
+    up = FarmUp(tmp_path, PYTHON_POOL + held_pool(tmp_path, deaf=False))
+    try:
+        up.expect_notify("READY=1")
+        (row,) = wait_for("a connected worker", lambda: up.workers("held", "running"))
+        with Client(up.addr) as client:
+            task = client.submit("held", "abc")
+            wait_for("the job started", (tmp_path / "hold").exists)
+            up.write_config(
+                PYTHON_POOL + '\n[functions.held]\ntarget = "workers.text:reverse"\nworkers = 1\n'
+            )
+            out = farm_cli("reload", "--control", up.control)
+            assert out.returncode == 0, out.stdout + out.stderr
+            wait_for("the Python worker", lambda: up.workers("held", "idle"))
+            assert psutil.pid_exists(row["pid"])
+            (tmp_path / "hold").unlink()
+            assert client.wait(task, timeout=10) == b"done by the command"
+        wait_for("the command worker gone", lambda: not psutil.pid_exists(row["pid"]))
+    finally:
+        assert up.stop() == 0

@@ -97,3 +97,41 @@ def test_a_second_sigterm_does_not_announce_a_new_drain(tmp_path: Path) -> None:
         assert "asked to stop again: still draining (SIGQUIT stops at once)" in log, log
     finally:
         up.stop()
+
+
+def test_a_python_worker_replaced_by_a_command_one_is_killed_past_the_grace(
+    tmp_path: Path,
+) -> None:
+    # At the stop, a worker's grace was chosen by its pool's kind, not its own: stopped while
+    # a reload replaced a Python pool by a command (its new process not serving yet), the
+    # old Python worker got a command worker's grace, none of its own, and its job, past
+    # graceful_timeout, held `farm stop` (systemctl stop) for ever.
+    (tmp_path / "sleepy.py").write_text(
+        "import socket\n\ndef nap(job):\n"
+        "    with socket.socket(socket.AF_UNIX) as s:\n"
+        "        s.connect(job.text)\n"
+        "        s.recv(1)\n"
+    )
+    gate = Gate(tmp_path / "gate")
+    up = FarmUp(tmp_path, '[functions.nap]\ntarget = "sleepy:nap"\nworkers = 1\n', start=False)
+    up.config.write_text(
+        up.config.read_text().replace("graceful_timeout = 10", "graceful_timeout = 1")
+    )
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        (row,) = up.wait_idle({"nap": 1})
+        with Client(up.addr) as c:
+            c.submit("nap", gate.path, background=True)
+            wait_for("the job to start", lambda: up.workers("nap", "busy"))
+            # A command that never connects: the rollout waits for it (boot_timeout, 60 s).
+            text = up.config.read_text().replace('target = "sleepy:nap"', 'command = "sleep 60"')
+            up.config.write_text(text)
+            up.signal(signal.SIGHUP)
+            wait_for("its successor", lambda: len(up.workers("nap")) == 2)
+            up.signal(signal.SIGTERM)
+            assert up.proc.wait(20) == 0
+        assert f"killing worker nap#0 cpu{row['cpu']} (pid {row['pid']})" in up.read_log()
+    finally:
+        gate.open()
+        up.stop()
