@@ -33,7 +33,7 @@ from farm.pools.slots import ProcState, WorkerProcess
 if TYPE_CHECKING:
     from farm.pools.localserver import LocalServer
 
-__all__ = ["CommandJobs", "PeerRow", "parse_peers", "process_peers", "PEERS_POLL"]
+__all__ = ["CommandJobs", "PeerRow", "connected_to", "parse_peers", "process_peers", "PEERS_POLL"]
 
 log = logging.getLogger("farm.supervisor")
 
@@ -106,6 +106,24 @@ def process_peers(pid: int, ports: set[int]) -> frozenset[str] | None:
                 ip = conn.laddr.ip.removeprefix("::ffff:")
                 names.add(_tcp_name(ip, conn.laddr.port))
     return frozenset(names)
+
+
+def connected_to(pid: int, ports: set[int]) -> bool:
+    """Whether process ``pid`` or one of its descendants holds an established TCP connection
+    to one of ``ports``. Raises psutil.Error when ``pid`` is gone or may not be read."""
+    root = psutil.Process(pid)
+    for proc in (root, *root.children(recursive=True)):
+        try:
+            conns = proc.net_connections(kind="tcp")
+        except psutil.NoSuchProcess:
+            if proc is root:
+                raise
+            continue  # a descendant that ended meanwhile
+        if any(
+            c.raddr and c.raddr.port in ports and c.status == psutil.CONN_ESTABLISHED for c in conns
+        ):
+            return True
+    return False
 
 
 class CommandJobs:

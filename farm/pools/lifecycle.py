@@ -25,6 +25,7 @@ import psutil
 
 from farm.config import Config, FunctionConfig
 from farm.net import parse_address
+from farm.pools.commandjobs import connected_to
 from farm.pools.record import RecordReader, create_record_fd
 from farm.pools.slots import (
     Exits,
@@ -113,11 +114,11 @@ class Lifecycle:
             if not proc.command or proc.state is not ProcState.STARTING:
                 continue
             try:
-                conns = psutil.Process(proc.pid).net_connections(kind="tcp")
-                connected = any(
-                    c.raddr and c.raddr.port in ports and c.status == psutil.CONN_ESTABLISHED
-                    for c in conns
-                )
+                # The command or what it started: a wrapper's worker (`sh -c "php w.php;
+                # ..."`, a run-worker.sh) serves too, as its jobs and drain are seen. Seen
+                # only as its own, a wrapper stayed "starting": a restart replaced it with
+                # no drain, killing its job.
+                connected = connected_to(proc.pid, ports)
             except psutil.AccessDenied:
                 connected = now - proc.started >= UNSEEN_READY_AFTER
             except psutil.Error:

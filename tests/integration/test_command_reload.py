@@ -7,6 +7,8 @@ PHP or gearman CLI is needed.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -233,5 +235,36 @@ def test_a_command_pool_made_a_python_target_finishes_its_jobs_first(tmp_path: P
             (tmp_path / "hold").unlink()
             assert client.wait(task, timeout=10) == b"done by the command"
         wait_for("the command worker gone", lambda: not psutil.pid_exists(row["pid"]))
+    finally:
+        assert up.stop() == 0
+
+
+def test_a_wrappers_worker_serves_and_a_restart_drains_it(tmp_path: Path) -> None:
+    # Only the command's own connections were looked at: a wrapper (`sh -c "php w.php; ..."`)
+    # stayed "starting" while its worker served, and `farm restart` replaced it with no
+    # drain (SIGTERM to its group at once, mid-job), or, in its first 10 s, not at all.
+    pool = held_pool(tmp_path, deaf=False)
+    command = pool.split("command = ", 1)[1].split("\n", 1)[0]
+    argv = " ".join(json.loads(command))
+    up = FarmUp(tmp_path, pool.replace(command, json.dumps(["sh", "-c", f"{argv}; echo ended"])))
+    try:
+        up.expect_notify("READY=1")
+        (row,) = wait_for("the wrapper running", lambda: up.workers("held", "running"))
+        with Client(up.addr) as client:
+            task = client.submit("held", "x")
+            wait_for("the job started", (tmp_path / "hold").exists)
+            wait_for("its job seen", lambda: up.workers("held")[0]["job"] == task.handle)
+            restart = subprocess.Popen(
+                [sys.executable, "-m", "farm.cli", "restart", "held", "--control", up.control],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            wait_for("its drain", lambda: "the server hands it no more jobs" in up.read_log())
+            (tmp_path / "hold").unlink()
+            assert client.wait(task, timeout=10) == b"done by the command"
+            out, err = restart.communicate(timeout=30)
+            assert restart.returncode == 0, out + err
+        wait_for("the old wrapper gone", lambda: not psutil.pid_exists(row["pid"]))
     finally:
         assert up.stop() == 0
