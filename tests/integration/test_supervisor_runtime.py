@@ -263,7 +263,9 @@ def test_why_the_job_server_cannot_start_again_reaches_journalctl_p_warning(
 
         line = wait_for("the server's reason", why)
         assert line.startswith("<3>farm server: cannot open the job store"), line
-        assert re.search(r"^<4>.*job server \(pid \d+\) exited with code 2", up.read_log(), re.M)
+        # The supervisor's line comes when it reaps the server, after the server's own.
+        exited = r"^<4>.*job server \(pid \d+\) exited with code 2"
+        wait_for("the exit's warning", lambda: re.search(exited, up.read_log(), re.M))
     finally:
         store.rmdir()
         assert up.stop() == 0
