@@ -21,7 +21,7 @@ import itertools
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from typing import Any
 
 from farm.client.aioconn import ServerConnection, StreamEvent, Waiter
@@ -82,6 +82,7 @@ class AsyncClient(AsyncLinks):
         self._connecting: dict[str, asyncio.Future[ServerConnection]] = {}
         self._picker = ServerPicker(self.servers)
         self._closed = False
+        self._loop_end: AsyncGenerator[None, None] | None = None  # (farm.client.aiolinks)
 
     # -- the API --
 
@@ -286,18 +287,8 @@ class AsyncClient(AsyncLinks):
         and their calls fail here (none is sent again). Using the client again raises
         RuntimeError."""
         self._closed = True
-        for conn in list(self._conns.values()):
-            transport = conn.transport
-            if transport is not None and not conn.loop.is_closed():
-                conn.closed_by_client = True
-                if transport.get_write_buffer_size():
-                    # Bytes the server has not taken (it stopped reading): close() would
-                    # wait for them to leave before connection_lost, and our callers with
-                    # it. They are told of the close now, and none of it is sent.
-                    transport.abort()
-                else:
-                    transport.close()  # (a closed loop's own went with it)
-        self._conns.clear()
+        self._close_transports(lambda conn: not conn.loop.is_closed())
+        self._conns.clear()  # (a closed loop's own were closed as it ended)
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import AsyncGenerator, Callable
 
 from farm.client.aioconn import ServerConnection, Waiter
 from farm.client.serverpick import ServerPicker
@@ -23,6 +24,7 @@ class AsyncLinks:
     _connecting: dict[str, asyncio.Future[ServerConnection]]
     _picker: ServerPicker
     _closed: bool
+    _loop_end: AsyncGenerator[None, None] | None
     connect_timeout: float
     tls: ssl.SSLContext | None
 
@@ -70,9 +72,11 @@ class AsyncLinks:
                     "this farm.AsyncClient is in use on another event loop: make one per loop"
                 )
             # Used again after its loop ended (an asyncio.run() per step, a loop per test):
-            # that loop's connections and jobs are gone with it; this one connects anew.
+            # that loop's connections and jobs are gone with it (_on_loop_end closed them),
+            # and this one connects anew.
             self._conns.clear()
             self._connecting.clear()
+            self._loop_end = None
             conn = None
         if conn is not None and conn.transport is not None:
             return conn
@@ -112,4 +116,39 @@ class AsyncLinks:
         conn.send_soon()
         self._conns[addr] = conn
         self._picker.mark_up(addr)
+        if self._loop_end is None:
+            self._loop_end = self._on_loop_end(loop)
+            await self._loop_end.asend(None)
         return conn
+
+    async def _on_loop_end(self, loop: asyncio.AbstractEventLoop) -> AsyncGenerator[None, None]:
+        """Closes this loop's connections as the loop ends. Once a loop is closed nothing
+        can close its transports (their close runs on it), and uvloop warns of them in its
+        close() already; but asyncio.run() and asyncio.Runner (pytest-asyncio, anyio,
+        IsolatedAsyncioTestCase) call loop.shutdown_asyncgens() before that, which acloses
+        every async generator still suspended on the loop, as this one is from the first
+        connection on it. A loop closed without that leaves them to the garbage collector."""
+        try:
+            yield
+        finally:
+            self._loop_end = None  # the next loop's first connection starts its own
+            self._close_transports(lambda conn: conn.loop is loop)
+
+    def _close_transports(self, which: Callable[[ServerConnection], bool]) -> None:
+        """Close the connections ``which`` picks; their calls fail as closed by the client,
+        and none is sent again."""
+        for addr, conn in list(self._conns.items()):
+            if not which(conn):
+                continue
+            del self._conns[addr]
+            transport = conn.transport
+            if transport is None:
+                continue
+            conn.closed_by_client = True
+            if transport.get_write_buffer_size():
+                # Bytes the server has not taken (it stopped reading): close() would wait
+                # for them to leave before connection_lost, and our callers with it. They
+                # are told of the close now, and none of it is sent.
+                transport.abort()
+            else:
+                transport.close()
