@@ -285,7 +285,11 @@ class AsyncClient(AsyncLinks):
     async def close(self) -> None:
         """Close every connection; foreground jobs still queued are dropped by the server,
         and their calls fail here (none is sent again). Using the client again raises
-        RuntimeError."""
+        RuntimeError. Called on the loop the client serves, as every method is: from another
+        live loop it raises RuntimeError and closes nothing (its transports and the calls
+        waiting on them are that loop's; ``asyncio.run_coroutine_threadsafe(client.close(),
+        loop)`` closes it from another thread)."""
+        self._refuse_another_loop()
         self._closed = True
         self._close_transports(lambda conn: not conn.loop.is_closed())
         self._conns.clear()  # (a closed loop's own were closed as it ended)

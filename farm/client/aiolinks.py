@@ -67,10 +67,7 @@ class AsyncLinks:
             raise RuntimeError("this farm.AsyncClient is closed")
         conn = self._conns.get(addr)
         if conn is not None and conn.loop is not asyncio.get_running_loop():
-            if not conn.loop.is_closed():
-                raise RuntimeError(
-                    "this farm.AsyncClient is in use on another event loop: make one per loop"
-                )
+            self._refuse_another_loop()
             # Used again after its loop ended (an asyncio.run() per step, a loop per test):
             # that loop's connections and jobs are gone with it (_on_loop_end closed them),
             # and this one connects anew.
@@ -86,6 +83,18 @@ class AsyncLinks:
             self._connecting[addr] = pending
             pending.add_done_callback(lambda _: self._connecting.pop(addr, None))
         return await asyncio.shield(pending)
+
+    def _refuse_another_loop(self) -> None:
+        """RuntimeError when a live event loop other than the running one holds connections
+        (or connects): asyncio's transports and futures are not thread-safe, so they are
+        used only on the loop they belong to."""
+        running = asyncio.get_running_loop()
+        loops = [conn.loop for conn in self._conns.values()]
+        loops += [pending.get_loop() for pending in self._connecting.values()]
+        if any(loop is not running and not loop.is_closed() for loop in loops):
+            raise RuntimeError(
+                "this farm.AsyncClient is in use on another event loop: make one per loop"
+            )
 
     async def _open(self, addr: str) -> ServerConnection:
         loop = asyncio.get_running_loop()

@@ -363,6 +363,33 @@ def test_one_client_across_event_loops(served: Server, kind: str) -> None:
     assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
 
 
+def test_close_from_another_loop_is_refused_and_closes_nothing(served: Server) -> None:
+    # It set the client closed and closed the owner's transports from the wrong thread,
+    # so the owner's calls were never told; now it refuses as every other method does,
+    # and closing on the owner's loop (run_coroutine_threadsafe) fails them as closed.
+    client = AsyncClient(served.addr)
+    owner = asyncio.new_event_loop()
+    serving = threading.Thread(target=owner.run_forever)
+    serving.start()
+    try:
+        submitted = asyncio.run_coroutine_threadsafe(client.submit("gated", b"a"), owner)
+        task = submitted.result(30)
+        waiting = asyncio.run_coroutine_threadsafe(client.wait(task), owner)
+        with pytest.raises(RuntimeError, match="another event loop"):
+            asyncio.run(client.close())
+        assert asyncio.run_coroutine_threadsafe(client.echo(b"still"), owner).result(30) == (
+            b"still"
+        )
+        asyncio.run_coroutine_threadsafe(client.close(), owner).result(30)
+        with pytest.raises(farm.ServerUnavailable, match="AsyncClient was closed"):
+            waiting.result(30)
+    finally:
+        owner.call_soon_threadsafe(owner.stop)
+        serving.join(30)
+        owner.run_until_complete(owner.shutdown_asyncgens())
+        owner.close()
+
+
 @run_async
 async def test_status_of_something_else_than_a_task_or_handle_is_a_type_error(
     served: Server,
