@@ -38,7 +38,7 @@ from farm.protocol.client import (
 
 log = logging.getLogger("farm.client.aio")
 
-__all__ = ["ServerConnection", "StreamEvent", "Waiter", "WRITE_CHUNK"]
+__all__ = ["ServerConnection", "StreamEvent", "Waiter", "WRITE_CHUNK", "closed_error"]
 
 #: The most one ``transport.write`` is handed (whole requests; one larger request goes
 #: alone). Past the transport's high-water mark it pauses us, and what is left is held.
@@ -46,6 +46,11 @@ WRITE_CHUNK = 64 * 1024
 
 
 StreamEvent = JobProgress | JobData | JobWarning | JobEnded
+
+
+def closed_error() -> ServerUnavailable:
+    """What a call or query ended by ``AsyncClient.close()`` raises."""
+    return ServerUnavailable("the farm.AsyncClient was closed")
 
 
 class Waiter:
@@ -193,11 +198,14 @@ class ServerConnection(asyncio.Protocol):
         self.transport = None
         for task in self.session.connection_lost():
             if self.closed_by_client:  # our close(): not the server's doing, and no retry
-                self.end_lost(task, ServerUnavailable("the farm.AsyncClient was closed"))
+                self.end_lost(task, closed_error())
             elif may_resubmit(task) and self.resubmit is not None:
                 self.resubmit(task, self)  # carries on on another server
             else:
                 self.end_lost(task, lost_error(self.addr, task))
+        if self.closed_by_client:  # the session failed them as lost; it was our close()
+            for query, _ in self.queries:  # (all unanswered: replies come in order)
+                query.error = closed_error()
         self._answer_queries()  # the session failed them with ServerUnavailable
 
     def end_lost(self, task: Task[Waiter], error: Exception) -> None:

@@ -8,7 +8,7 @@ import asyncio
 import ssl
 from collections.abc import AsyncGenerator, Callable
 
-from farm.client.aioconn import ServerConnection, Waiter
+from farm.client.aioconn import ServerConnection, Waiter, closed_error
 from farm.client.serverpick import ServerPicker
 from farm.errors import ServerUnavailable
 from farm.net import parse_address
@@ -46,7 +46,7 @@ class AsyncLinks:
                     conn.send_soon()
                 return
             if self._closed:
-                lost_conn.end_lost(task, ServerUnavailable("the farm.AsyncClient was closed"))
+                lost_conn.end_lost(task, closed_error())
             else:
                 lost_conn.end_lost(task, lost_error(lost, task))
 

@@ -122,6 +122,22 @@ def test_close_while_paused_ends_the_held_calls(stalled: StalledPeer) -> None:
     asyncio.run(main())
 
 
+def test_close_fails_a_waiting_query_as_closed_as_it_fails_calls(stalled: StalledPeer) -> None:
+    # A query closed so read "connection to ... lost", as if the server had gone.
+    async def main() -> None:
+        client = AsyncClient(stalled.addr)
+        await client._connect(stalled.addr)
+        asked = asyncio.ensure_future(client.echo(b"never answered"))
+        called = asyncio.ensure_future(client.call("f", b"x", timeout=30))
+        await turns()
+        await client.close()
+        for waiting in (asked, called):
+            with pytest.raises(farm.ServerUnavailable, match="the farm.AsyncClient was closed"):
+                await asyncio.wait_for(waiting, 10)
+
+    asyncio.run(main())
+
+
 @pytest.fixture
 def stopped_farm_server() -> Iterator[Server]:
     """A farm server with a worker of ``reverse``; the test SIGSTOPs it, SIGCONT comes last."""
