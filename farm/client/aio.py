@@ -21,7 +21,7 @@ import itertools
 import logging
 import ssl
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any
 
 from farm.client.aioconn import ServerConnection, StreamEvent, Waiter
@@ -171,7 +171,7 @@ class AsyncClient(AsyncLinks):
         priority: str = "normal",
         unique: str | None = None,
         timeout: float | None = None,
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncGenerator[StreamEvent, None]:
         """Run a foreground job, yielding its JobProgress, JobData and JobWarning events
         as they arrive, then JobEnded (``event.task.result``); a failed job raises instead.
         """
@@ -242,7 +242,7 @@ class AsyncClient(AsyncLinks):
         max_in_flight: int = 64,
         ordered: bool = True,
         priority: str = "normal",
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Run one job per payload, at most ``max_in_flight`` at once, as ``farm.Client.map``
         does: results in payload order (``ordered``) or as they finish. A failed job raises
         its error where its result would come; the jobs still in flight are then given up,

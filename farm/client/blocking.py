@@ -10,7 +10,7 @@ import datetime as _dt
 import logging
 import ssl
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 from farm.client.blockingconn import Callbacks, Connections
@@ -202,7 +202,7 @@ class Client:
         max_in_flight: int = 64,
         ordered: bool = True,
         priority: str = "normal",
-    ) -> Iterator[bytes]:
+    ) -> Generator[bytes, None, None]:
         """Run one job per payload, pipelined over the servers (libgearman's task set).
 
         Yields results in payload order (``ordered``) or as they finish. A

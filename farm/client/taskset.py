@@ -8,7 +8,7 @@ yielded in payload order or as they finish.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from farm.errors import Timeout
@@ -43,7 +43,7 @@ def task_set(
     limit: int,
     ordered: bool,
     priority: str,
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """Submit through ``submit``, read through ``pump(until)`` (False: ``timeout`` ran out,
     and Timeout is raised); yield each result. Tasks still in flight when it ends early are
     given up through ``abandon``; at a Timeout, those not even created are first handed to
