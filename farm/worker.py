@@ -27,7 +27,7 @@ from farm.logs import Brief, Repeats
 from farm.net import Waker, parse_servers, recv
 from farm.protocol import MAX_CLIENT_ID, UNPRINTABLE, ProtocolError, encode_req
 from farm.protocol import PacketType as T
-from farm.protocol.checks import as_bytes, check_seconds, check_timeout
+from farm.protocol.checks import Data, as_bytes, check_seconds, check_timeout
 from farm.protocol.events import ServerErrorNotice
 from farm.protocol.worker import JobAssigned, WorkerSession, WorkerState
 from farm.workerjob import Job
@@ -42,7 +42,7 @@ log = logging.getLogger("farm.worker")
 _READY, _GRABBING, _WORKING = WorkerState.READY, WorkerState.GRABBING, WorkerState.WORKING
 _ASSIGNS = frozenset((T.JOB_ASSIGN, T.JOB_ASSIGN_UNIQ, T.JOB_ASSIGN_ALL))
 
-WorkerFunction = Callable[["Job"], "bytes | str | None"]
+WorkerFunction = Callable[["Job"], "Data | None"]
 #: A decorated worker function keeps its own type (``Worker.function``).
 F = TypeVar("F", bound=WorkerFunction)
 

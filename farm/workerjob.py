@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from farm.protocol.checks import as_bytes
+from farm.protocol.checks import Data, as_bytes
 from farm.protocol.worker import JobAssigned, WorkerSession
 
 __all__ = ["Job"]
@@ -46,12 +46,12 @@ class Job:
         """Progress (WORK_STATUS): the client's on_status and GET_STATUS see it."""
         self._send_to(self, lambda s: s.send_status(int(numerator), int(denominator)))
 
-    def send_data(self, data: bytes | str) -> None:
+    def send_data(self, data: Data) -> None:
         """A chunk of partial result (WORK_DATA) streamed to the client's on_data."""
         payload = as_bytes(data)
         self._send_to(self, lambda s: s.send_data(payload))
 
-    def send_warning(self, data: bytes | str) -> None:
+    def send_warning(self, data: Data) -> None:
         """A warning (WORK_WARNING) for the client's on_warning."""
         payload = as_bytes(data)
         self._send_to(self, lambda s: s.send_warning(payload))

@@ -31,6 +31,7 @@ from farm.discovery import client_servers
 from farm.errors import ServerUnavailable, Timeout
 from farm.net import parse_servers
 from farm.protocol.checks import (
+    Data,
     as_bytes,
     check_map,
     check_name,
@@ -89,7 +90,7 @@ class AsyncClient(AsyncLinks):
     async def call(
         self,
         function: str,
-        data: bytes | str = b"",
+        data: Data = b"",
         *,
         priority: str = "normal",
         unique: str | None = None,
@@ -116,7 +117,7 @@ class AsyncClient(AsyncLinks):
     async def submit(
         self,
         function: str,
-        data: bytes | str = b"",
+        data: Data = b"",
         *,
         background: bool = False,
         priority: str = "normal",
@@ -166,7 +167,7 @@ class AsyncClient(AsyncLinks):
     async def stream(
         self,
         function: str,
-        data: bytes | str = b"",
+        data: Data = b"",
         *,
         priority: str = "normal",
         unique: str | None = None,
@@ -237,7 +238,7 @@ class AsyncClient(AsyncLinks):
     async def map(
         self,
         function: str,
-        payloads: Iterable[bytes | str],
+        payloads: Iterable[Data],
         *,
         max_in_flight: int = 64,
         ordered: bool = True,
@@ -276,7 +277,7 @@ class AsyncClient(AsyncLinks):
             for future in held.values():
                 future.exception()  # not to be logged as "never retrieved" at exit
 
-    async def echo(self, data: bytes | str = b"ping") -> bytes:
+    async def echo(self, data: Data = b"ping") -> bytes:
         """Round-trip ``data`` through a server (ECHO_REQ)."""
         payload = as_bytes(data)
         conn = await self._any_connection("")
@@ -305,7 +306,7 @@ class AsyncClient(AsyncLinks):
     async def _start(
         self,
         function: str,
-        data: bytes | str,
+        data: Data,
         priority: str,
         unique: str | None,
         *,

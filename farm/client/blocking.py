@@ -20,6 +20,7 @@ from farm.discovery import client_servers
 from farm.errors import ServerUnavailable, Timeout
 from farm.net import parse_servers
 from farm.protocol.checks import (
+    Data,
     as_bytes,
     check_map,
     check_name,
@@ -81,7 +82,7 @@ class Client:
     def call(
         self,
         function: str,
-        data: bytes | str = b"",
+        data: Data = b"",
         *,
         priority: str = "normal",
         unique: str | None = None,
@@ -114,7 +115,7 @@ class Client:
     def submit(
         self,
         function: str,
-        data: bytes | str = b"",
+        data: Data = b"",
         *,
         background: bool = False,
         priority: str = "normal",
@@ -183,7 +184,7 @@ class Client:
         key = check_status_key(unique)
         return self._first_known(self._wire.picker.order(key), lambda s: s.get_status_unique(key))
 
-    def echo(self, data: bytes | str = b"ping") -> bytes:
+    def echo(self, data: Data = b"ping") -> bytes:
         """Round-trip ``data`` through a server (ECHO_REQ)."""
         payload = as_bytes(data)
         errors: list[str] = []
@@ -197,7 +198,7 @@ class Client:
     def map(
         self,
         function: str,
-        payloads: Iterable[bytes | str],
+        payloads: Iterable[Data],
         *,
         max_in_flight: int = 64,
         ordered: bool = True,
@@ -238,7 +239,7 @@ class Client:
     def _new_task(
         self,
         function: str,
-        data: bytes | str,
+        data: Data,
         priority: str,
         unique: str | None,
         *,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+from typing import TypeAlias
 
 from farm.protocol.codec import MAX_TIMEOUT, MAX_UNIQUE
 from farm.protocol.kinds import PRIORITY_NAMES
 
 __all__ = [
+    "Data",
     "as_bytes",
     "as_epoch",
     "check_map",
@@ -20,6 +22,10 @@ __all__ = [
     "check_timeout",
     "check_seconds",
 ]
+
+
+#: What a job's data, a worker's result or news may be: what ``as_bytes`` takes.
+Data: TypeAlias = bytes | bytearray | memoryview | str
 
 
 def as_bytes(data: object, what: str = "data") -> bytes:
