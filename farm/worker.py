@@ -57,7 +57,8 @@ class Worker(WorkerLinks):
     Hooks for a supervisor: ``jobs_done`` counts finished jobs; ``after_job`` (if set) is
     called with each Job after its answer is sent and may call ``stop()``; ``stop()``
     finishes the job in hand, sends RESET_ABILITIES so the servers hand this worker nothing
-    more, and makes ``work()`` return; ``unregister_all()`` only stops taking jobs.
+    more, and makes ``work()`` return; ``unregister_all()`` only stops taking jobs;
+    ``close()`` (or ``with``) stops it for good.
 
     ``connect_timeout``: the longest a server may take to take a connection, and to answer
     a grab for a worker of several servers or one stopping (one that does not is hung:
@@ -101,7 +102,10 @@ class Worker(WorkerLinks):
         self._stopping = False
         self._drain_asked = False  # unregister_all() was called; the loop acts on it
         self._drained = False
-        self._waker = Waker()
+        # Only while work() runs (it closes them as it returns): a worker never worked, or
+        # dropped unclosed after work(), holds no sockets.
+        self._waker: Waker | None = None
+        self._closed = False
         # Taken by every write to the servers, so abandon() may fail a job from another
         # thread; uncontended (one thread runs jobs) it costs well under a microsecond.
         self._send_lock = threading.Lock()
@@ -164,8 +168,22 @@ class Worker(WorkerLinks):
         self._drain_asked = True
         self._wake()
 
+    def close(self) -> None:
+        """End the worker: ``stop()``, and a later ``work()`` raises RuntimeError. Its
+        sockets are open only while ``work()`` runs; that returns having closed them."""
+        self._closed = True
+        self.stop()
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _wake(self) -> None:
-        self._waker.wake()
+        waker = self._waker  # None outside work(): its loop wakes to nothing
+        if waker is not None:
+            waker.wake()  # (one work() just closed: ignored, and its loop has ended)
 
     def abandon(self, job: Job, why: str) -> bool:
         """Fail the job in hand now (WORK_FAIL) from another thread, and send that at once.
@@ -192,6 +210,8 @@ class Worker(WorkerLinks):
 
     def work(self, stop_after: int | None = None) -> None:
         """Serve jobs until ``stop()`` (or ``stop_after`` more jobs); then return."""
+        if self._closed:
+            raise RuntimeError("this farm.Worker is closed")
         if not self._functions:
             raise ValueError("no functions registered: call register() first")
         if stop_after is not None and (
@@ -207,8 +227,9 @@ class Worker(WorkerLinks):
         # still setting up) makes it return at once; it is cleared when work() returns.
         self._drained = False
         goal = None if stop_after is None else self.jobs_done + stop_after
+        waker = self._waker = Waker()  # a stop() from now on wakes this loop's select
         selector = self._selector = selectors.DefaultSelector()
-        selector.register(self._waker.reader, selectors.EVENT_READ, None)
+        selector.register(waker.reader, selectors.EVENT_READ, None)
         # Held grab only with one server: two servers must not push to one worker at once.
         held = len(self.servers) == 1
         self._servers = [
@@ -217,7 +238,7 @@ class Worker(WorkerLinks):
         ]
         signals_wake = False
         try:
-            signals_wake = self._waker.claim_signals()
+            signals_wake = waker.claim_signals()
             while True:
                 now = time.monotonic()
                 self._reconnect_due(now)
@@ -236,7 +257,7 @@ class Worker(WorkerLinks):
                     self._flush(server)
                 for key, _ in selector.select(self._sleep_for(now)):
                     if key.data is None:
-                        self._waker.drain()
+                        waker.drain()
                     else:
                         self._read(key.data)
                         if goal is not None and self.jobs_done >= goal:
@@ -256,7 +277,9 @@ class Worker(WorkerLinks):
             self._grabbing = self._grab_deadline = None
             self._stopping = False
             if signals_wake:
-                self._waker.release_signals()
+                waker.release_signals()  # before the close: its fd must not be signals' then
+            self._waker = None
+            waker.close()
 
     def _reset_abilities(self) -> None:
         for server in self._servers:

@@ -3,12 +3,14 @@ drain hooks, signals, and an idle worker that does not spin."""
 
 from __future__ import annotations
 
+import gc
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import warnings
 from typing import Any
 
 import psutil
@@ -274,6 +276,40 @@ def test_a_stop_before_work_makes_work_return_at_once(any_server) -> None:
     with farm.Client(any_server.addr) as c:
         assert c.call("again", b"") == b"ok"
     w.stop()
+
+
+@pytest.mark.timeout(30)
+def test_a_worker_holds_no_socket_once_work_returned_and_close_ends_it(farm_server) -> None:
+    # Its wake-up socket pair, opened in __init__, was never closed: two ResourceWarnings
+    # for every Worker (the docs' example among them), and no close() to call.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with farm.Worker(farm_server.addr) as worker:
+            worker.register("reverse", reverse)
+            serving = threading.Thread(target=worker.work, kwargs={"stop_after": 1})
+            serving.start()
+            with farm.Client(farm_server.addr) as c:
+                assert c.call("reverse", b"ab", timeout=10) == b"ba"
+            serving.join(10)
+            assert not serving.is_alive()
+        with pytest.raises(RuntimeError, match="closed"):
+            worker.work()
+        del worker
+        gc.collect()
+    assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
+
+
+@pytest.mark.timeout(30)
+def test_close_from_another_thread_ends_work(farm_server) -> None:
+    worker = farm.Worker(farm_server.addr)
+    worker.register("idle-fn", reverse)
+    serving = threading.Thread(target=worker.work)
+    serving.start()
+    wait_for("the worker registered", lambda: _workers_of(farm_server.addr, "idle-fn") == 1)
+    worker.close()
+    serving.join(10)
+    assert not serving.is_alive(), "close() did not end work()"
+    wait_for("the worker unregistered", lambda: _workers_of(farm_server.addr, "idle-fn") == 0)
 
 
 def test_refusals_are_logged_in_one_line_a_while_not_a_traceback_each(
