@@ -20,21 +20,31 @@ What differs from loky: the workers are the farm's, shared with every other
 program that uses it and already running (nothing is started or stopped per
 ``Parallel``), and joblib's memory mapping of large NumPy arrays does not apply:
 arguments travel pickled through the job server.
+
+Inside a call running on the pool the backend sends to (a task of this backend whose
+code runs ``Parallel`` on the farm again), the inner ``Parallel`` runs its tasks in that
+worker, one after another, as joblib's own process backends do when nested: sent to the
+pool, they would wait for the very workers the outer tasks hold, for good once every
+worker runs one.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 from concurrent.futures import Future
 from typing import Any
 
 from joblib import register_parallel_backend  # type: ignore[import-untyped]
 from joblib._parallel_backends import (  # type: ignore[import-untyped]
     AutoBatchingMixin,
+    FallbackToBackend,
     ParallelBackendBase,
+    SequentialBackend,
 )
 
+from farm.executor import nesting
 from farm.executor.call import DEFAULT_FUNCTION
 from farm.executor.executor import Executor
 
@@ -73,9 +83,16 @@ class FarmBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
         self._executor: Executor | None = None
         self.parallel: Any = None
 
+    def _nested_in_own_pool(self) -> bool:
+        """This process is one of the workers of the pool this backend would send to."""
+        pool: str = self.executor_kwargs.get("function", DEFAULT_FUNCTION)
+        return nesting.serving == pool
+
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         if n_jobs == 0:
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
+        if self._nested_in_own_pool():
+            return 1  # (configure runs them here, one after another)
         if n_jobs is None:
             n_jobs = self.default_n_jobs
         if n_jobs > 0:
@@ -97,6 +114,17 @@ class FarmBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
     ) -> int:
         if require == "sharedmem":
             raise ValueError("the farm backend runs calls in other processes: no shared memory")
+        if self._nested_in_own_pool():
+            pool = self.executor_kwargs.get("function", DEFAULT_FUNCTION)
+            warnings.warn(
+                f"Parallel on the farm backend inside a call running on {pool!r}: its tasks"
+                " run in this worker, one after another (sent to the same pool they would"
+                " wait for the workers the outer calls hold). Send them to a pool of their"
+                " own: parallel_config(backend='farm', function='farm.inner')",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
         n = self.effective_n_jobs(n_jobs)
         self.parallel = parallel
         if self._executor is None:

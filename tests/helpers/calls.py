@@ -219,3 +219,16 @@ def nested_warnings(servers: str, key_file: str, function: str, run: bool) -> li
             if run:
                 assert inner.submit(abs, -2).result(timeout=30) == 2
     return [str(w.message) for w in caught]
+
+
+def tell_wait_then_nest(told: str, gate: str, config: dict[str, object], n: int) -> list[int]:
+    """An outer joblib task: say it runs (``tell``), wait at the gate (so each worker of the
+    pool holds one), then run an inner Parallel with ``config`` (the farm backend)."""
+    from joblib import Parallel, delayed, parallel_config
+
+    import farm.joblib  # noqa: F401  (registers the backend in this worker)
+
+    tell(told)
+    wait_gate(gate)
+    with parallel_config(**config):  # type: ignore[arg-type]
+        return list(Parallel(n_jobs=2)(delayed(add)(i, i) for i in range(n)))

@@ -11,7 +11,7 @@ import pytest
 from joblib import Parallel, delayed, parallel_config
 
 import farm.joblib
-from tests.helpers.calls import add, fails, wait_gate_then_tell
+from tests.helpers.calls import add, fails, tell_wait_then_nest, wait_gate_then_tell
 from tests.helpers.farmproc import executor_farm
 from tests.helpers.gate import Gate
 
@@ -99,3 +99,25 @@ def test_a_scikit_learn_fit_gives_the_same_model_as_with_loky(
         return list(model.predict_proba(x[:20])[:, 1])
 
     assert fit(**farm_backend) == fit(backend="loky")
+
+
+@pytest.mark.timeout(120)
+def test_parallel_on_the_farm_inside_a_farm_task_runs_in_that_worker(tmp_path: Path) -> None:
+    # Its own farm: without the fix its two workers wait on each other for good. Each of the
+    # two outer tasks runs on one of the two workers (the gate opens once both run) and
+    # sends an inner Parallel to the same pool: the inner tasks had no worker left, and
+    # everything waited (loky's nested Parallel finishes). They now run in the outer task's
+    # worker, one after another, as joblib's process backends do when nested.
+    (tmp_path / "farm").mkdir()
+    with executor_farm(tmp_path / "farm") as (up, key):
+        config = {"backend": "farm", "servers": [f"unix:{up.unix}"], "key_file": str(key)}
+        told_path = str(tmp_path / "told")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as told, Gate(tmp_path / "g") as gate:
+            told.bind(told_path)
+            told.settimeout(60)
+            outer = [delayed(tell_wait_then_nest)(told_path, gate.path, config, 5)] * 2
+            with parallel_config(**config):  # type: ignore[arg-type]
+                results = Parallel(n_jobs=2, batch_size=1, return_as="generator")(outer)
+                assert [told.recv(16), told.recv(16)] == [b"ran", b"ran"]  # both workers held
+                gate.open()
+                assert list(results) == [[0, 2, 4, 6, 8]] * 2
