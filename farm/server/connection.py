@@ -9,8 +9,9 @@ per loop turn (``Hub.flush``), so a pipelining peer costs one write per read.
 
 The connection keeps the bytes (decoding, buffers, the store's held replies) and the
 packet table; what a client asks is in ``farm.server.clientside``, what a worker says in
-``farm.server.workerside`` and who waits for whose reader in ``farm.server.backpressure``,
-mixins of the one ``Connection`` class (a socket may be all of them).
+``farm.server.workerside``, its admin commands in ``farm.server.adminside`` and who waits
+for whose reader in ``farm.server.backpressure``, mixins of the one ``Connection`` class
+(a socket may be all of them).
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ import socket
 from collections.abc import Callable
 
 from farm import protocol as p
-from farm.logs import Brief
+from farm.logs import Brief, Repeats
 from farm.protocol import PacketType as T
 from farm.protocol import encode_res, frame_res
 from farm.protocol.kinds import SUBMIT_KINDS
-from farm.server.admin import run_admin
+from farm.server.adminside import AdminSide
 from farm.server.backpressure import BackPressure
 from farm.server.clientside import ClientSide
 from farm.server.hub import Hub
@@ -35,14 +36,13 @@ from farm.server.workerside import UCRED, WorkerSide, error
 log = logging.getLogger("farm.server")
 #: Peers cut off at a limit: one line each 10 s at most per kind, as any local user could
 #: send them by the thousand a second (the journal's rate limit then drops other lines).
-over_connections, over_partial, admin_unread = Brief(log), Brief(log), Brief(log)
+over_connections, over_partial = Brief(log), Brief(log)
+#: Refusals a peer's library may not show (PHP reads "unexpected packet:GEARMAN_ERROR"):
+#: each reason once each 10 s at most.
+refusals = Repeats(log, kinds=16)
 
-#: Bytes of replies a connection may leave unread and still be answered another admin command.
-MAX_UNREAD_ADMIN = 1 << 20
-BUSY = b"ERR BUSY too+many+replies+unread;+read+them+first\r\n"
 
-
-class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
+class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protocol):
     """A client, a worker, an admin tool -- or all three on one socket."""
 
     def __init__(self, hub: Hub) -> None:
@@ -293,6 +293,8 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
     def refuse(self, text: str, code: str = "INVALID_COMMAND") -> None:
         """A peer past a limit, or sending what no peer speaking the protocol sends: say
         why (ERROR), then close; what it held goes back to the queues now."""
+        msg = "fd %d (%s): refused, closing: %s %s"
+        refusals(text, logging.WARNING, msg, self.fd, self.ip, code, text)
         self.send(error(code, text))
         self.close()
         self.detach()
@@ -319,9 +321,10 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
     def set_client_id(self, args: tuple[bytes, ...]) -> None:
         client_id = args[0]
         if len(client_id) > p.MAX_CLIENT_ID:
-            self.send(
-                error("ARGUMENT_TOO_LARGE", f"client id is longer than {p.MAX_CLIENT_ID} bytes")
-            )
+            why = f"client id is longer than {p.MAX_CLIENT_ID} bytes"
+            msg = "fd %d (%s): refused: ARGUMENT_TOO_LARGE %s"
+            refusals(why, logging.WARNING, msg, self.fd, self.ip, why)
+            self.send(error("ARGUMENT_TOO_LARGE", why))
             return
         if p.UNPRINTABLE.search(client_id):
             # It is a word of the `workers` listing: a newline in it planted lines there.
@@ -335,32 +338,6 @@ class Connection(ClientSide, WorkerSide, BackPressure, asyncio.Protocol):
     def kind(self) -> str:
         """What the metrics count this connection as."""
         return "worker" if self.abilities else "admin" if self.used_admin else "client"
-
-    def handle_admin(self, line: str) -> None:
-        self.used_admin = True
-        unread = len(self.out)
-        if self.transport is not None:
-            unread += self.transport.get_write_buffer_size()
-        if unread > MAX_UNREAD_ADMIN:
-            # A few bytes of `status` lines, sent and never read, would each make the server
-            # hold a whole reply: past this much unread, a command gets a short refusal
-            # instead, and back-pressure (pause_writing) stops reading the peer after this
-            # turn. Within one read, refusals of blank lines could still pile up: at twice
-            # the limit the connection is cut off.
-            if unread <= 2 * MAX_UNREAD_ADMIN:
-                self.send(BUSY)
-                return
-            admin_unread(
-                "fd %d (%s): %d bytes of replies unread; closing", self.fd, self.ip, unread
-            )
-            self.out.clear()
-            self.closed = True
-            if self.transport is not None:
-                self.transport.abort()
-            self.detach()
-            return
-        reply = run_admin(self.hub, line, over_tcp=self.ip != "unix")
-        self.send(reply.encode("utf-8", "surrogateescape"))  # names' bytes as they came
 
 
 _echo = T.ECHO_RES

@@ -219,7 +219,7 @@ class WorkerSide:
             return True
         if len(self.abilities) >= options.max_abilities:
             self.refuse(
-                f"more than {options.max_abilities} functions on one connection",
+                f"more than {options.max_abilities} functions on one connection (--max-abilities)",
                 "ARGUMENT_TOO_LARGE",
             )
             return False
@@ -260,7 +260,8 @@ class WorkerSide:
         if value > p.MAX_TIMEOUT * 1000:  # checked before any float: 10**400 has none
             self.refuse(f"CAN_DO_TIMEOUT is more than {p.MAX_TIMEOUT} s")
             return
-        # The protocol says seconds; libgearman >= 1.1.19 sends milliseconds. 0 or less: none.
+        # The protocol says seconds; gearmand >= 1.1.19 reads values >= 1000 as ms (libgearman
+        # passes the caller's number on). 0 or less: none.
         seconds = 0.0 if value <= 0 else value / 1000 if value >= 1000 else float(value)
         self.jobs.can_do(self.peer(), function, seconds)
 

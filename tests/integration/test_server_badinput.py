@@ -16,6 +16,7 @@ import pytest
 from farm.protocol import PacketType as T
 from tests.helpers.peers import Peer
 from tests.helpers.servers import Server, start_farm_server, start_with_store
+from tests.helpers.waiting import wait_for
 
 
 def header(ptype: int, size: int, magic: bytes = b"\0REQ") -> bytes:
@@ -468,3 +469,30 @@ def test_admin_commands_make_no_function_the_binary_protocol_refuses(keeper_farm
         assert name not in admin.admin("status")
     assert admin.admin("create function fine-name") == "OK\r\n"
     assert admin.admin("maxqueue fine-name 5") == "OK\r\n"
+
+
+def test_refusals_a_library_does_not_show_are_in_the_servers_log(tmp_path, peer_factory):
+    # PHP shows "unexpected packet:GEARMAN_ERROR", never the ERROR's text: a worker with a
+    # 200-byte setId, or one registering past --max-abilities (closed), got no job, and
+    # the server's log said nothing of why, even at -v -v.
+    log = tmp_path / "server.log"
+    srv = start_farm_server("--max-abilities", "2", "--log-file", str(log))
+    try:
+        p = peer_factory(srv.addr)
+        p.send(T.SET_CLIENT_ID, b"i" * 200)
+        assert p.expect(T.ERROR).args[0] == b"ARGUMENT_TOO_LARGE"
+        w = peer_factory(srv.addr)
+        for name in ("a", "b", "c"):
+            w.send(T.CAN_DO, name)
+        w.expect(T.ERROR)
+        assert w.closed_within(5)
+
+        def logged() -> str | None:
+            text = log.read_text()
+            return text if "refused, closing" in text else None
+
+        text = wait_for("the refusal logged", logged)
+        assert "refused: ARGUMENT_TOO_LARGE client id is longer than 127 bytes" in text
+        assert "refused, closing: ARGUMENT_TOO_LARGE more than 2 functions" in text
+    finally:
+        srv.stop()

@@ -1,0 +1,68 @@
+"""The admin text protocol on a connection: a mixin of :class:`farm.server.connection.Connection`.
+
+Admin lines (``status``, ``workers``, ``metrics``...) may come on any connection, between
+binary packets. Their replies are text the peer must read: one that sends commands and
+never reads them is given a short refusal past ``MAX_UNREAD_ADMIN`` bytes owed, and cut
+off at twice that, so a few bytes of ``status`` each cannot make the server hold a whole
+reply without bound. The state lives on the connection (``Connection.__init__``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from farm.logs import Brief
+from farm.server.admin import run_admin
+from farm.server.hub import Hub
+
+__all__ = ["AdminSide", "MAX_UNREAD_ADMIN", "BUSY"]
+
+log = logging.getLogger("farm.server")
+#: One line each 10 s at most: any local user could make many (farm.server.connection).
+admin_unread = Brief(log)
+
+#: Bytes of replies a connection may leave unread before admin commands are refused.
+MAX_UNREAD_ADMIN = 1 << 20
+BUSY = b"ERR BUSY too+many+replies+unread;+read+them+first\r\n"
+
+
+class AdminSide:
+    """A connection's admin commands (see the module docstring)."""
+
+    # The connection's, read and written here (declared for the type checker).
+    hub: Hub
+    fd: int
+    ip: str
+    out: bytearray
+    closed: bool
+    used_admin: bool
+    transport: asyncio.Transport | None
+    send: Callable[[bytes], None]
+    detach: Callable[[], None]
+
+    def handle_admin(self, line: str) -> None:
+        self.used_admin = True
+        unread = len(self.out)
+        if self.transport is not None:
+            unread += self.transport.get_write_buffer_size()
+        if unread > MAX_UNREAD_ADMIN:
+            # Past the limit a command gets a short refusal instead, and back-pressure
+            # (pause_writing) stops reading the peer after this turn. Within one read,
+            # refusals of blank lines could still pile up: at twice the limit the
+            # connection is cut off.
+            if unread <= 2 * MAX_UNREAD_ADMIN:
+                self.send(BUSY)
+                return
+            admin_unread(
+                "fd %d (%s): %d bytes of replies unread; closing", self.fd, self.ip, unread
+            )
+            self.out.clear()
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+            self.detach()
+            return
+        reply = run_admin(self.hub, line, over_tcp=self.ip != "unix")
+        self.send(reply.encode("utf-8", "surrogateescape"))  # names' bytes as they came
