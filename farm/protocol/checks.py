@@ -36,7 +36,9 @@ def as_bytes(data: object, what: str = "data") -> bytes:
         return data.encode()
     if isinstance(data, bytearray | memoryview):
         return bytes(data)
-    raise TypeError(f"{what} must be bytes or str, not {type(data).__name__}")
+    raise TypeError(
+        f"{what} must be bytes, bytearray, memoryview or str, not {type(data).__name__}"
+    )
 
 
 def check_name(function: object) -> str:

@@ -414,7 +414,7 @@ def test_can_do_timeout_fails_the_job_on_farm(farm_server) -> None:
 
 def test_bad_arguments_get_clear_errors() -> None:
     with farm.Client("127.0.0.1:1") as c:
-        with pytest.raises(TypeError, match="data must be bytes or str"):
+        with pytest.raises(TypeError, match="data must be bytes, bytearray, memoryview or str"):
             c.call("f", 42)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="priority must be one of"):
             c.call("f", b"", priority="urgent")
