@@ -211,11 +211,24 @@ class SQLiteStore:
                 self._write([], deletes)
             except sqlite3.Error:
                 return False
-        try:  # copy the WAL into the database and cut it: the next deletes need room too
-            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error:
+        # Copy the WAL into the database and cut it: the next deletes need room too. Only
+        # when the database file has room to take it: pages that live only in the WAL (a
+        # store below the auto-checkpoint's 4 MB) make it grow, and a checkpoint that fails
+        # half-way keeps the WAL and has spent the reserve's room, so no later delete fits.
+        try:
+            if self._checkpoint_fits():
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except (sqlite3.Error, OSError):
             pass
         return True
+
+    def _checkpoint_fits(self) -> bool:
+        """Whether the disk has room for the database file to grow to its full size."""
+        pages: int = self.db.execute("PRAGMA page_count").fetchone()[0]
+        size: int = self.db.execute("PRAGMA page_size").fetchone()[0]
+        grows = pages * size - os.path.getsize(self.path)
+        disk = os.statvfs(Path(self.path).parent)
+        return grows <= disk.f_bavail * disk.f_frsize
 
     def _make_reserve(self) -> None:
         """Hold up to RESERVE_BYTES of disk, best effort: none on a disk with too little free

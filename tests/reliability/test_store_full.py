@@ -158,3 +158,33 @@ def test_a_link_at_the_reserve_is_never_followed(tmp_path: Path) -> None:
     finally:
         store.close()
     assert victim.read_text() == "precious\n" * 1000
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "count", "size"), [(0.0, 8, 200_000), (3600.0, 80, 20_000)]
+)
+def test_deletes_one_turn_at_a_time_on_a_full_disk_all_reach_it(
+    small_disk: Path, retry_after: float, count: int, size: int
+) -> None:
+    # A review's run: 30 background jobs (1.7 MB, all still in the WAL) and a disk another
+    # file filled; the jobs finished one per loop turn, and 29 of them ran again after a
+    # restart. The first delete was written with the reserve's room, but the checkpoint
+    # after it copied the WAL into the database file, which had to grow by all of it:
+    # that failed half-way and took the reserve's room with it, so no later delete fit.
+    # Each delete written alone takes a few pages of WAL, so the reserve (1% of this disk)
+    # holds a few dozen of them (retry_after 0); held back a while, they go in one write.
+    path = small_disk / "q.db"
+    store = SQLiteStore(path, retry_after=retry_after)
+    ids = [store.add(b"H:%d" % i, b"f", b"", b"x" * size, 1, None, 0.0) for i in range(count)]
+    assert store.commit() == []
+    assert (small_disk / "q.db-wal").stat().st_size > count * size  # in the WAL yet
+    _fill_disk(small_disk, leave=0)
+    for row_id in ids:  # a worker's WORK_COMPLETE per turn
+        store.remove(row_id)
+        store.commit()
+    store.close()
+    again = SQLiteStore(path)
+    try:
+        assert again.count() == 0, "finished jobs would run again"
+    finally:
+        again.close()
