@@ -105,6 +105,7 @@ class Hub:
         self.stats = ServerStats()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._flush_due = False
+        self._store_retry: Timer | None = None  # a flush for the deletes a failing store holds
         self.all_closed: asyncio.Event | None = None  # set once the last connection is gone
         self.store: SQLiteStore | None = open_store(options.store, sync=options.store_sync)
         self.jobs = JobServer(
@@ -198,6 +199,11 @@ class Hub:
             self.stats.commit_time.observe(time.perf_counter() - began)
             for handle in failed:
                 self.jobs.unstore(handle)
+            if store.pending and self._store_retry is None:
+                # Deletes of finished jobs held back while the store fails: write them when
+                # it may be tried again, not at the next packet, which an idle server may
+                # never get before it is killed (they would run again after the restart).
+                self._store_retry = self.call_later(store.retry_after, self._retry_store)
         if self.holding:
             refusal = ((store and store.broken) or "job store error") if failed else ""
             holding, self.holding = self.holding, []
@@ -212,6 +218,9 @@ class Hub:
             self.dirty = []
             for conn in dirty:
                 conn.flush()
+
+    def _retry_store(self) -> None:
+        self._store_retry = None  # call_later's wrapper flushes next
 
     def close_store(self) -> None:
         """Commit what is staged and close the store; later flushes only write."""

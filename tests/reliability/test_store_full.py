@@ -17,12 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from farm.protocol import PacketType as T
 from farm.server.jobs import JobServer, Outcome
 from farm.server.store import RESERVE_BYTES, SQLiteStore, StoreError
 from tests.helpers import ROOT
 from tests.helpers.disks import small_tmpfs
 from tests.helpers.fakes import FakePeer
-from tests.helpers.servers import free_port
+from tests.helpers.peers import Peer
+from tests.helpers.servers import free_port, wait_connectable
+from tests.helpers.waiting import wait_for
 
 BIG = b"x" * 20_000
 
@@ -184,6 +187,48 @@ def test_deletes_one_turn_at_a_time_on_a_full_disk_all_reach_it(
         store.commit()
     store.close()
     again = SQLiteStore(path)
+    try:
+        assert again.count() == 0, "finished jobs would run again"
+    finally:
+        again.close()
+
+
+def test_an_idle_server_writes_the_deletes_it_held_before_it_is_killed(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    # A review's run: jobs finished while the disk was full, their deletes were held for
+    # the store's retry a second later, but that retry came only with the next packet. The
+    # server went idle and was killed: every one of them ran again after the restart.
+    db = small_disk / "q.db"
+    log = tmp_path / "server.log"
+    port = free_port()
+    cmd = [sys.executable, "-m", "farm.server", "-p", str(port), "--store", str(db)]
+    srv = subprocess.Popen(cmd + ["-v", "-l", str(log)], cwd=ROOT)
+    try:
+        addr = f"127.0.0.1:{port}"
+        wait_connectable(addr, srv)
+        client = Peer(addr)
+        for i in range(20):
+            client.send(T.SUBMIT_JOB_BG, "f", f"u{i}", b"x" * 50_000)
+            assert client.recv().type == T.JOB_CREATED
+        _fill_disk(small_disk, leave=0)
+        worker = Peer(addr)
+        worker.send(T.CAN_DO, "f")
+        for _ in range(20):
+            worker.send(T.GRAB_JOB)
+            job = worker.recv()
+            assert job.type == T.JOB_ASSIGN
+            worker.send(T.WORK_COMPLETE, job.args[0], b"")
+        worker.send(T.GRAB_JOB)
+        assert worker.recv().type == T.NO_JOB  # every WORK_COMPLETE was read
+        wait_for("the held deletes to be written", lambda: "written again" in log.read_text())
+        srv.kill()
+        srv.wait()
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()
+    again = SQLiteStore(db)
     try:
         assert again.count() == 0, "finished jobs would run again"
     finally:
