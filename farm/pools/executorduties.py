@@ -24,12 +24,20 @@ class ExecutorDuties:
     def ensure_executor_key(self) -> None:
         """farm.Executor's calls are signed with a key only the farm's user can read;
         make it before any worker needs it (workers would race to create it)."""
-        from farm.executor.signing import KeyFileError, ensure_key
+        from farm.executor.signing import KeyFileError, ensure_key, key_path
 
         try:
             log.info("executor key: %s", ensure_key())
         except KeyFileError as exc:
             log.error("%s; farm.Executor calls will be refused", exc)
+        except OSError as exc:  # a state directory that cannot be made (read-only, a file)
+            log.error(
+                "cannot create farm.Executor's key file %s: %s (set $FARM_KEY_FILE, or"
+                " $STATE_DIRECTORY / $XDG_STATE_HOME, to a writable place); farm.Executor"
+                " calls will be refused",
+                key_path(),
+                exc.strerror or exc,
+            )
 
     def sweep_spill(self) -> None:
         """Now and then, remove the Executor's spill files that a killed caller or worker

@@ -16,6 +16,7 @@ import time
 from farm.client.admin import admin_query
 from farm.config import ServerConfig
 from farm.net import connectable
+from farm.paths import state_dir
 from farm.pools.slots import RestartHistory, describe_exit
 from farm.pools.spawn import spawn
 
@@ -39,6 +40,13 @@ class LocalServer(RestartHistory):
         self.ready = False
         self.ever_ready = False  # a server that never listened will not by retrying
         self.stopping = False
+        if config.store == "none":  # also the default's fallback: said, never silent
+            log.warning(
+                "background jobs are kept in memory only and are lost when the job server"
+                ' stops ([server] store = "none"; the default, a file in %s, needs that'
+                " directory writable)",
+                state_dir(),
+            )
 
     def argv(self) -> list[str]:
         cfg = self.config

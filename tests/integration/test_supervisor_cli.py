@@ -193,3 +193,26 @@ def test_a_reload_of_an_emptied_config_keeps_the_farm_as_it_was(tmp_path: Path) 
         assert after == [("rev", before["pid"], "idle")]  # no pool added, drained or replaced
     finally:
         assert up.stop() == 0
+
+
+def test_a_state_directory_that_cannot_be_made_is_said_and_the_farm_runs(tmp_path: Path) -> None:
+    # $XDG_STATE_HOME under a file (as a read-only one): the Executor's key could not be
+    # made, and `farm up` ended with "farm: cannot start: [Errno 20] Not a directory: ...",
+    # naming neither the key file nor what to set. The store's fallback to memory (the
+    # default's, when the directory is not writable) was not said at all.
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    farm = FarmUp(
+        tmp_path,
+        "[functions.reverse]\ntarget = 'workers.text:reverse'\nworkers = 1\n",
+        extra_env={"XDG_STATE_HOME": str(blocker / "state"), "FARM_KEY_FILE": ""},
+    )
+    try:
+        farm.expect_notify("READY=1")
+        log = farm.read_log()
+        key = blocker / "state" / "farm" / "executor.key"
+        assert f"ERROR cannot create farm.Executor's key file {key}: Not a directory" in log
+        assert "$XDG_STATE_HOME" in log
+        assert "WARNING background jobs are kept in memory only" in log
+    finally:
+        assert farm.stop() == 0
