@@ -26,7 +26,7 @@ from farm.server.connection import Connection
 from farm.server.exposition import serve_http
 from farm.server.hub import Hub
 from farm.server.options import ServerOptions, parse_args
-from farm.server.store import StoreError
+from farm.server.store import DamagedStore, StoreError
 
 log = logging.getLogger("farm.server")
 
@@ -346,6 +346,9 @@ def _serve(options: ServerOptions, ready: int | None = None) -> int:
             log.warning("cannot adopt the older job store as %s: %s", options.store, exc)
     try:
         server = Server(options)
+    except DamagedStore as exc:  # says its own fix: another path would strand its jobs
+        _fatal(options, str(exc))
+        return 2
     except StoreError as exc:
         _fatal(options, f"{exc} ({_hint(options, 'store')})")
         return 2

@@ -54,6 +54,17 @@ class StoreError(Exception):
     """The store cannot be opened or written; background submits are refused."""
 
 
+class DamagedStore(StoreError):
+    """The store is a SQLite file that cannot be read: its message says the fix itself."""
+
+
+def _damaged(path: str, why: object) -> DamagedStore:
+    return DamagedStore(
+        f"the job store {path} cannot be read ({why}); restore it from a backup,"
+        " or move it aside to start empty (its queued jobs are then lost)"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class StoredJob:
     id: int
@@ -136,6 +147,8 @@ class SQLiteStore:
             if "locked" in str(exc):
                 raise StoreError(f"the job store {self.path} is in use by another server") from exc
             raise StoreError(f"cannot open the job store {self.path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:  # corrupt pages: another path would lose the jobs
+            raise _damaged(self.path, exc) from None
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the job store {self.path}: {exc}") from exc
         self._next_id: int = row[0] + 1
@@ -308,10 +321,7 @@ class SQLiteStore:
                 " ORDER BY priority, id"
             ).fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(
-                f"the job store {self.path} cannot be read ({exc}); restore it from a backup,"
-                " or move it aside to start empty (its queued jobs are then lost)"
-            ) from None
+            raise _damaged(self.path, exc) from None
         for row in rows:
             yield StoredJob(*row)
 

@@ -233,3 +233,28 @@ def test_an_idle_server_writes_the_deletes_it_held_before_it_is_killed(
         assert again.count() == 0, "finished jobs would run again"
     finally:
         again.close()
+
+
+def test_a_store_damaged_at_its_first_pages_says_the_same_fix(tmp_path: Path) -> None:
+    # Damage that SQLite finds when the store is opened (its schema page), not when the
+    # jobs are read, was answered "(use --store PATH, or --store none for memory only)": a
+    # fix that strands the queued jobs, where the damage read later says restore or move.
+    path = tmp_path / "q.db"
+    SQLiteStore(path).close()
+    damaged = bytearray(path.read_bytes())
+    damaged[100:3000] = b"\xff" * 2900  # page 1 past the file header: the schema
+    path.write_bytes(bytes(damaged))
+    result = subprocess.run(
+        [sys.executable, "-m", "farm.server", "-p", str(free_port()), "--store", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line == (
+        f"farm server: the job store {path} cannot be read (database disk image is malformed);"
+        " restore it from a backup, or move it aside to start empty (its queued jobs are then"
+        " lost)"
+    )
