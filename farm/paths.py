@@ -17,6 +17,7 @@ __all__ = [
     "state_dir",
     "default_store",
     "adopt_legacy_store",
+    "LegacyStoreBusy",
     "runtime_dir",
     "fallback_runtime_dir",
     "UnsafeDirectory",
@@ -56,21 +57,53 @@ def default_store(port: int | None = None, unix: str | None = None) -> Path:
     return state_dir() / LEGACY_STORE
 
 
+class LegacyStoreBusy(FarmError):
+    """An older farm's server still has the store this one would adopt."""
+
+
 def adopt_legacy_store(store: str | os.PathLike[str]) -> bool:
     """Rename the pre-change ``queue.db`` (and its WAL) to the store of the server on
-    LEGACY_PORT when that one does not exist yet, so no queued job is stranded. True if done."""
+    LEGACY_PORT when that one does not exist yet, so no queued job is stranded. True if done.
+    LegacyStoreBusy while an older farm's server holds it: renamed under that server, its
+    files were taken, and the server starting now made an empty store beside them, which
+    then kept every later start from adopting them."""
     new = Path(store)
     if new != default_store(LEGACY_PORT) or new.exists():
         return False
     old = new.with_name(LEGACY_STORE)
     if not old.exists():
         return False
+    if _locked(old):
+        raise LegacyStoreBusy(
+            f"the job store of an older farm, {old}, is in use by another server (an older"
+            " farm still running?): stop it first, and this server adopts its jobs"
+        )
     for suffix in ("-wal", "-shm"):  # WAL first: committed jobs may still be only there
         side = old.with_name(old.name + suffix)
         if side.exists():
             side.rename(new.with_name(new.name + suffix))
     old.rename(new)
     return True
+
+
+def _locked(path: Path) -> bool:
+    """Whether a server holds the SQLite file (its exclusive lock refuses a write at once)."""
+    import sqlite3
+
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=0)
+    except sqlite3.Error:
+        return False
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        return "locked" in str(exc)
+    except sqlite3.Error:
+        return False  # not a database: the server says so once it is renamed
+    finally:
+        db.close()
+    return False
 
 
 def runtime_dir() -> Path:

@@ -21,7 +21,7 @@ from farm.errors import FarmError, TLSFileError
 from farm.lifetime import die_with_parent
 from farm.logs import error_line, reopen_log_file, setup_logging
 from farm.net import clear_socket_path, load_tls_file, parse_address
-from farm.paths import adopt_legacy_store, open_own_file
+from farm.paths import LegacyStoreBusy, adopt_legacy_store, open_own_file
 from farm.server.connection import Connection
 from farm.server.exposition import serve_http
 from farm.server.hub import Hub
@@ -342,6 +342,9 @@ def _serve(options: ServerOptions, ready: int | None = None) -> int:
         try:
             if adopt_legacy_store(options.store):
                 log.warning("adopted the job store of an older farm as %s", options.store)
+        except LegacyStoreBusy as exc:  # says its own fix: another store would strand its jobs
+            _fatal(options, str(exc))
+            return 2
         except OSError as exc:
             log.warning("cannot adopt the older job store as %s: %s", options.store, exc)
     try:

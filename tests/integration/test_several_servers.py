@@ -156,3 +156,30 @@ def test_local_server_with_servers_registers_workers_with_both(tmp_path: Path) -
     path.write_text('[supervisor]\nlocal_server = "yes"\n' + REVERSE)
     with pytest.raises(ConfigError, match="true or false"):
         config.load(path)
+
+
+def test_the_store_of_an_older_farm_still_running_is_not_taken_from_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A new server on 4730 started while an older farm's server still ran renamed that
+    # server's live queue.db (and WAL) to its own name, made an empty store when it could
+    # not have it, and from then on never adopted the jobs the older farm went on queueing.
+    old = tmp_path / "state" / "farm" / "queue.db"
+    old.parent.mkdir(parents=True)
+    held = sqlite3.connect(old, isolation_level=None)
+    held.execute("PRAGMA locking_mode=EXCLUSIVE")  # as a running server holds its store
+    held.execute("PRAGMA journal_mode=WAL")
+    held.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY)")
+    try:
+        proc = server(state_env(tmp_path), "-p", "4730")
+        line = one_line(proc, timeout=30)
+        assert proc.returncode == 2
+        assert line == (
+            f"farm server: the job store of an older farm, {old}, is in use by another server"
+            " (an older farm still running?): stop it first, and this server adopts its jobs"
+        )
+        assert old.exists() and not (old.parent / "queue-4730.db").exists()
+    finally:
+        held.close()
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    assert adopt_legacy_store(default_store(4730)), "adopted once it is free"
