@@ -23,6 +23,7 @@ from collections.abc import Callable
 from farm.protocol.kinds import Priority
 from farm.server.deadlines import Deadlines
 from farm.server.dispatch import MAX_EXPIRED, WAKE_DEADLINE, Dispatch
+from farm.server.jobcontrol import JobControl
 from farm.server.metrics import FunctionStats
 from farm.server.queues import (
     JOB_OVERHEAD,
@@ -67,7 +68,7 @@ MAX_IDLE_FUNCTIONS = 1024
 _COMPLETE, _EXCEPTION = Outcome.COMPLETE, Outcome.EXCEPTION
 
 
-class JobServer(Dispatch):
+class JobServer(Dispatch, JobControl):
     """All job state of one server, and the rules that change it."""
 
     def __init__(
@@ -251,45 +252,6 @@ class JobServer(Dispatch):
             job.handle, job.function, job.unique, job.data, job.priority, job.reducer, job.when
         )
 
-    def replay(self) -> int:
-        """Queue every job of the durable store again (at start); how many."""
-        if self.store is None:
-            return 0
-        count = 0
-        for row in self.store.load():
-            job = self.submit(
-                None,
-                row.function,
-                row.unique,
-                row.data,
-                priority=Priority(row.priority),
-                background=True,
-                reducer=row.reducer,
-                when=row.when,
-                store_id=row.id,
-            )
-            if job.store_id != row.id:
-                self.store.remove(row.id)  # coalesced with an earlier row
-            elif row.created and not job.worker:
-                # Queued since its submit, not since this start (`farm jobs`' age).
-                job.since -= max(0.0, time.time() - row.created)
-            count += 1
-        return count
-
-    def unstore(self, handle: bytes) -> Job | None:
-        """The store could not keep this job: forget it without telling anyone."""
-        job = self.jobs.get(handle)
-        if job is None:
-            return None
-        job.store_id = 0
-        if job.clients:
-            job.background = False  # foreground clients still wait on it: keep it, not durable
-            return job
-        if job.worker is None:
-            self._unqueue(job)
-            self._forget(job)
-        return job
-
     def _unqueue(self, job: Job) -> None:
         """Take a job that is not running off its queue, or out of the epoch heap."""
         fq = self.function(job.function)
@@ -379,39 +341,3 @@ class JobServer(Dispatch):
             self.note_unused(job.function)
         if self.on_idle is not None and not self.running_count():
             self.on_idle()
-
-    # -- admin -----------------------------------------------------------------
-
-    def cancel(self, handle: bytes) -> bool:
-        """Remove a queued job; a running one runs on, but (as gearmand) its clients get
-        WORK_FAIL now, and it is neither stored nor run again. True when there was one."""
-        job = self.jobs.get(handle)
-        if job is None:
-            return False
-        if job.worker is None:
-            self._unqueue(job)
-            self._end(job, Outcome.FAIL)
-            return True
-        # _end's and _forget's steps, written out: helpers shared with them cost every job
-        # about 1,000 instructions (bench.server_cost --instructions).
-        for client in job.clients:
-            client.job_ended(job, Outcome.FAIL, b"")
-            client.attached.discard(job)
-        job.clients, job.background = [], False  # if its worker dies, _requeue drops it
-        if self.uniques.get((job.function, job.key)) is job:
-            del self.uniques[job.function, job.key]  # a new submit must not join (and revive) it
-        if job.store_id and self.store is not None:
-            self.store.remove(job.store_id)
-            job.store_id = 0
-        return True
-
-    def drop_function(self, name: bytes) -> bool:
-        fq = self.functions.get(name)
-        if fq is None or fq.workers or fq.running:
-            return False
-        # As gearmand: the operator asked, so the function's waiting jobs go with it.
-        for job in [j for j in self.jobs.values() if j.function == name]:
-            self._unqueue(job)
-            self._end(job, Outcome.FAIL)
-        del self.functions[name]
-        return True

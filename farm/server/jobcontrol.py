@@ -1,0 +1,106 @@
+"""What is done to jobs outside their course: the durable store's jobs queued again at start
+(``replay``), a job the store could not keep forgotten (``unstore``), and the operator's
+admin commands (``cancel job``, ``drop function``). A mixin of
+:class:`farm.server.jobs.JobServer`, split off along this seam: none of it is on a job's
+hot path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from farm.protocol.kinds import Priority
+from farm.server.queues import FunctionQueue, Job, Outcome
+from farm.server.store import SQLiteStore
+
+__all__ = ["JobControl"]
+
+
+class JobControl:
+    """Replay, unstore, cancel and drop (see the module docstring)."""
+
+    # JobServer's, read and written here (declared for the type checker).
+    store: SQLiteStore | None
+    jobs: dict[bytes, Job]
+    functions: dict[bytes, FunctionQueue]
+    uniques: dict[tuple[bytes, bytes], Job]
+    submit: Callable[..., Job]
+    _unqueue: Callable[[Job], None]
+    _end: Callable[..., None]
+    _forget: Callable[[Job], None]
+
+    def replay(self) -> int:
+        """Queue every job of the durable store again (at start); how many."""
+        if self.store is None:
+            return 0
+        count = 0
+        for row in self.store.load():
+            job = self.submit(
+                None,
+                row.function,
+                row.unique,
+                row.data,
+                priority=Priority(row.priority),
+                background=True,
+                reducer=row.reducer,
+                when=row.when,
+                store_id=row.id,
+            )
+            if job.store_id != row.id:
+                self.store.remove(row.id)  # coalesced with an earlier row
+            elif row.created and not job.worker:
+                # Queued since its submit, not since this start (`farm jobs`' age).
+                job.since -= max(0.0, time.time() - row.created)
+            count += 1
+        return count
+
+    def unstore(self, handle: bytes) -> Job | None:
+        """The store could not keep this job: forget it without telling anyone."""
+        job = self.jobs.get(handle)
+        if job is None:
+            return None
+        job.store_id = 0
+        if job.clients:
+            job.background = False  # foreground clients still wait on it: keep it, not durable
+            return job
+        if job.worker is None:
+            self._unqueue(job)
+            self._forget(job)
+        return job
+
+    # -- the operator's ------------------------------------------------------
+
+    def cancel(self, handle: bytes) -> bool:
+        """Remove a queued job; a running one runs on, but (as gearmand) its clients get
+        WORK_FAIL now, and it is neither stored nor run again. True when there was one."""
+        job = self.jobs.get(handle)
+        if job is None:
+            return False
+        if job.worker is None:
+            self._unqueue(job)
+            self._end(job, Outcome.FAIL)
+            return True
+        # _end's and _forget's steps, written out: helpers shared with them cost every job
+        # about 1,000 instructions (bench.server_cost --instructions).
+        for client in job.clients:
+            client.job_ended(job, Outcome.FAIL, b"")
+            client.attached.discard(job)
+        job.clients, job.background = [], False  # if its worker dies, _requeue drops it
+        if self.uniques.get((job.function, job.key)) is job:
+            del self.uniques[job.function, job.key]  # a new submit must not join (and revive) it
+        if job.store_id and self.store is not None:
+            self.store.remove(job.store_id)
+            job.store_id = 0
+        return True
+
+    def drop_function(self, name: bytes) -> bool:
+        fq = self.functions.get(name)
+        if fq is None or fq.workers or fq.running:
+            return False
+        # As gearmand: the operator asked, so the function's waiting jobs go with it.
+        for job in [j for j in self.jobs.values() if j.function == name]:
+            self._unqueue(job)
+            self._end(job, Outcome.FAIL)
+        del self.functions[name]
+        return True
