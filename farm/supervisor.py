@@ -38,6 +38,7 @@ from farm.pools.executorduties import ExecutorDuties, spill_environ
 from farm.pools.lifecycle import POLL, TIMEOUT_GRACE, Lifecycle
 from farm.pools.localserver import LocalServer
 from farm.pools.metrics import Exits, serve_metrics
+from farm.pools.reports import Reports
 from farm.pools.rollout import Restarting, Rollout
 from farm.pools.slots import READY_WAIT, Slot, WorkerProcess, core_for
 from farm.pools.steering import Duty, Pending, Steering
@@ -53,7 +54,7 @@ SERVER_STOP_TIMEOUT = 5.0
 SPAWNS_PER_TURN = 8
 
 
-class Supervisor(Lifecycle, CommandJobs, Restarting, Steering, ExecutorDuties):
+class Supervisor(Lifecycle, Reports, CommandJobs, Restarting, Steering, ExecutorDuties):
     """Runs the farm described by a :class:`~farm.config.Config` until told to stop."""
 
     def __init__(

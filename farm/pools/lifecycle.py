@@ -5,9 +5,10 @@ loop's module short. Two kinds of pool start the same way (farm.pools.spawn:
 pinned, death signal, descriptors closed): a Python pool runs ``python -m
 farm.pools.workerproc``, which reports on a pipe and writes a shared-memory
 record; a command pool runs any executable, whose stdout and stderr come back
-on a pipe and are logged line by line with its pool and slot. A command worker
-says nothing, so it is ``starting`` until it holds a TCP connection to one of
-its servers (psutil), then ``running``.
+on a pipe and are logged line by line with its pool and slot (both pipes are
+read by farm.pools.reports). A command worker says nothing, so it is
+``starting`` until it holds a TCP connection to one of its servers (psutil),
+then ``running``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from farm.pools.spawn import EXEC_FAILED_PREFIX, EXIT_EXEC_FAILED, spawn
 __all__ = ["Lifecycle", "TIMEOUT_GRACE"]
 
 log = logging.getLogger("farm.supervisor")
-output_log = logging.getLogger("farm.worker.output")
 
 #: A job is killed this long after its function's timeout (the server fails it at the timeout).
 TIMEOUT_GRACE = 1.0
@@ -69,6 +69,8 @@ class Lifecycle:
     drain_command: Callable[[WorkerProcess, float], bool]
     track_commands: Callable[..., None]
     excuse: Callable[[WorkerProcess], None]
+    # Provided by farm.pools.reports: what is left on a worker's pipe, read and closed.
+    close_report: Callable[[WorkerProcess], None]
 
     # -- the loop's steps --
 
@@ -357,52 +359,6 @@ class Lifecycle:
         )
         proc.state, proc.kill_reason = ProcState.KILLING, reason
         self.signal(proc.pid, signal.SIGKILL, group=proc.command)
-
-    def read_report(self, proc: WorkerProcess) -> None:
-        try:
-            data = os.read(proc.report_fd, 65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        self.take_report(proc, data)
-        if not data:
-            self.close_report(proc)  # it is exiting; reap_workers will hear of it
-
-    def take_report(self, proc: WorkerProcess, data: bytes) -> None:
-        """A worker's pipe's bytes (b"": its end): a command's output logged, else reports."""
-        if proc.command:
-            self.log_output(proc, proc.output(data, final=not data))
-        elif data:
-            proc.feed(data)
-
-    def log_output(self, proc: WorkerProcess, lines: list[str]) -> None:
-        """A command worker's stdout/stderr, a log line each, with its pool and slot."""
-        for line in lines:
-            proc.note_output(line)
-            output_log.info(
-                "worker %s (pid %d): %s",
-                proc.name,
-                proc.pid,
-                line,
-                extra={"function": proc.function, "slot": proc.slot, "worker_pid": proc.pid},
-            )
-
-    def close_report(self, proc: WorkerProcess) -> None:
-        if proc.report_fd >= 0:
-            # What it wrote before exiting is still in the pipe: a command's last output, a
-            # Python worker's last report (why it could not boot, read before its exit's log).
-            while True:
-                try:
-                    data = os.read(proc.report_fd, 65536)
-                except OSError:
-                    data = b""
-                self.take_report(proc, data)
-                if not data:
-                    break
-            self.selector.unregister(proc.report_fd)
-            os.close(proc.report_fd)
-            proc.report_fd = -1
 
     def signal(self, pid: int, sig: int, *, group: bool = False) -> None:
         """Signal a worker; with ``group``, every process of its process group (a command

@@ -1,0 +1,70 @@
+"""What comes back on a worker's pipe: a Python worker's reports, a command's output.
+
+A mixin of :class:`farm.supervisor.Supervisor`, beside farm.pools.lifecycle,
+which spawns the processes and registers their pipes with the supervisor's
+selector. A Python worker writes JSON report lines (farm.pools.workerproc); a
+command worker's stdout and stderr share the pipe, and each line of it is
+logged with its pool and slot.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+
+from farm.pools.slots import WorkerProcess
+
+__all__ = ["Reports"]
+
+output_log = logging.getLogger("farm.worker.output")
+
+
+class Reports:
+    selector: selectors.BaseSelector
+
+    def read_report(self, proc: WorkerProcess) -> None:
+        try:
+            data = os.read(proc.report_fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        self.take_report(proc, data)
+        if not data:
+            self.close_report(proc)  # it is exiting; reap_workers will hear of it
+
+    def take_report(self, proc: WorkerProcess, data: bytes) -> None:
+        """A worker's pipe's bytes (b"": its end): a command's output logged, else reports."""
+        if proc.command:
+            self.log_output(proc, proc.output(data, final=not data))
+        elif data:
+            proc.feed(data)
+
+    def log_output(self, proc: WorkerProcess, lines: list[str]) -> None:
+        """A command worker's stdout/stderr, a log line each, with its pool and slot."""
+        for line in lines:
+            proc.note_output(line)
+            output_log.info(
+                "worker %s (pid %d): %s",
+                proc.name,
+                proc.pid,
+                line,
+                extra={"function": proc.function, "slot": proc.slot, "worker_pid": proc.pid},
+            )
+
+    def close_report(self, proc: WorkerProcess) -> None:
+        if proc.report_fd >= 0:
+            # What it wrote before exiting is still in the pipe: a command's last output, a
+            # Python worker's last report (why it could not boot, read before its exit's log).
+            while True:
+                try:
+                    data = os.read(proc.report_fd, 65536)
+                except OSError:
+                    data = b""
+                self.take_report(proc, data)
+                if not data:
+                    break
+            self.selector.unregister(proc.report_fd)
+            os.close(proc.report_fd)
+            proc.report_fd = -1
