@@ -116,6 +116,7 @@ class Supervisor(Lifecycle, Reports, CommandJobs, Restarting, Steering, Executor
                 return self.shutdown()
             self.reap_workers()
             self.kill_overrunning()
+            self.report_dropped_output()
             self.manage_server()
             self.manage_workers()
             self.polling = self.watch_commands() | self.advance_restarts()

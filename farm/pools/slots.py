@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from farm.pools.outputlimit import OutputLimit
 from farm.pools.record import RecordReader
 
 __all__ = [
@@ -165,6 +166,7 @@ class WorkerProcess:
     # while it drains, when its stop_signal is due at the latest, and the grace after it.
     peers: frozenset[str] = frozenset()
     last_words: str = ""  # a command worker's last line of output, for the log of its end
+    output_limit: OutputLimit = field(default_factory=OutputLimit)  # its lines' budget
     peers_read: float = 0.0
     peer_jobs: dict[str, int] = field(default_factory=dict)
     signal_at: float | None = None

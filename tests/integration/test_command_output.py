@@ -1,0 +1,76 @@
+"""A command worker's output under `farm up`: logged a line each, within a budget per
+process, so one flooding worker cannot flood the journal (docs/operations.md, "Command
+pools")."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from farm.pools.outputlimit import OUTPUT_BURST, OUTPUT_RATE
+from tests.helpers.farmproc import FarmUp
+from tests.helpers.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+FLOOD = 50_000
+
+
+def test_a_flooding_worker_is_cut_to_its_budget_and_says_what_was_dropped(
+    tmp_path: Path,
+) -> None:
+    # `command = ["yes", "spam"]` had the supervisor log ~39,000 lines a second, and
+    # journald's rate limit then dropped the farm's own warnings with them.
+    flood = tmp_path / "flood.sh"
+    flood.write_text(f"yes spam | head -n {FLOOD}\necho 'Fatal error: out of spam' >&2\nexit 1\n")
+    talk = tmp_path / "talk.sh"
+    talk.write_text("seq 1 250 | sed 's/^/line /'\nexec sleep 600\n")
+    up = FarmUp(
+        tmp_path,
+        f"""
+        [functions.flood]
+        command = ["sh", "{flood}"]
+        workers = 1
+
+        [functions.talk]
+        command = ["sh", "{talk}"]
+        workers = 1
+        graceful_timeout = 1
+        """,
+    )
+    try:
+        crash = wait_for(
+            "the flood's first crash",
+            lambda: re.search(
+                r"worker flood#0 cpu\d+ \(pid (\d+), up ([\d.]+)s.*crashed: exited with code 1.*",
+                up.read_log(),
+            ),
+            30,
+        )
+        log = up.read_log()
+        pid, lived = crash.group(1), float(crash.group(2))
+        # Its last words are quoted though the flood before them was dropped.
+        assert "its last output: 'Fatal error: out of spam'" in crash.group(0), crash.group(0)
+        logged = log.count(f"(pid {pid}): spam\n")
+        dropped = sum(
+            int(n)
+            for n in re.findall(
+                rf"WARNING worker flood#0 cpu\d+ \(pid {pid}\): (\d+) lines of output dropped"
+                rf" in [\d.]+s \(more than {OUTPUT_BURST} at once or {OUTPUT_RATE:g} a second\)",
+                log,
+            )
+        )
+        assert OUTPUT_BURST <= logged <= OUTPUT_BURST + OUTPUT_RATE * (lived + 1), logged
+        fatal = log.count(f"(pid {pid}): Fatal error: out of spam\n")
+        assert logged + fatal + dropped == FLOOD + 1  # every line is logged or counted
+        # A worker that says a little is heard in full, and nothing of it is dropped.
+        talked = wait_for(
+            "the talk's lines",
+            lambda: (text := up.read_log()).count("): line ") == 250 and text,
+        )
+        assert all(f"): line {n}\n" in talked for n in range(1, 251))
+        assert not re.search(r"worker talk#0 .* lines of output dropped", talked)
+    finally:
+        up.stop()
