@@ -4,6 +4,7 @@ sizes that both the config and ``farm scale`` apply."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 
 from farm.config.model import FunctionConfig
@@ -12,6 +13,8 @@ __all__ = [
     "MAX_WORKERS",
     "DEFAULT_WORKER_MB",
     "available_cpus",
+    "cpu_list",
+    "CPUS_FORMS",
     "default_memory_budget_mb",
     "capacity_problem",
 ]
@@ -20,11 +23,38 @@ __all__ = [
 MAX_WORKERS = 1024
 #: What a worker is taken to need when its pool sets no max_rss_mb.
 DEFAULT_WORKER_MB = 100
+#: Linux's largest CPU count (NR_CPUS at most 8192): a core list past it is a typo, refused
+#: before a range like "0-99999999" is spelled out.
+MAX_CPUS = 8192
+#: What ``cpus`` may be, for the error that finds something else.
+CPUS_FORMS = (
+    'must be "all", a list of core numbers like [0, 1] or ranges as taskset -c takes them,'
+    ' like "0-3,8-11"'
+)
+_CPU_SPAN = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", re.ASCII)
 
 
 def available_cpus() -> tuple[int, ...]:
     """The cores this process may run on (its affinity set, not the machine's count)."""
     return tuple(sorted(os.sched_getaffinity(0)))
+
+
+def cpu_list(text: str) -> list[int]:
+    """The cores of a list as ``taskset -c`` and cpusets write it: ``"2-15"``,
+    ``"0-3,8-11"``, ``"0,2,4"``, in its order. ValueError says which part is wrong and how."""
+    cores: list[int] = []
+    for part in text.split(","):
+        span = _CPU_SPAN.fullmatch(part)
+        if span is None:
+            raise ValueError(f"{CPUS_FORMS} ({part.strip()!r} is neither)")
+        low = int(span[1])
+        high = low if span[2] is None else int(span[2])
+        if high < low:
+            raise ValueError(f'range "{low}-{high}" runs backwards; write "{high}-{low}"')
+        if high >= MAX_CPUS:
+            raise ValueError(f"core {high} is past any machine's (Linux counts {MAX_CPUS} at most)")
+        cores.extend(range(low, high + 1))
+    return cores
 
 
 def default_memory_budget_mb() -> int:

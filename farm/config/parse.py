@@ -13,8 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from farm.commandspec import parse_command, parse_stop_signal
-from farm.config import rules
-from farm.config.capacity import available_cpus, capacity_problem, default_memory_budget_mb
+from farm.config import capacity, rules
 from farm.config.defaults import builtin, server_store
 from farm.config.model import (
     Config,
@@ -93,7 +92,7 @@ class Validator(TableReader):
             name: self.function(name, spec, len(supervisor.cpus))
             for name, spec in functions.items()
         }
-        problem = capacity_problem(
+        problem = capacity.capacity_problem(
             pools, {n: p.workers for n, p in pools.items()}, supervisor.memory_budget_mb
         )
         if problem:
@@ -217,7 +216,7 @@ class Validator(TableReader):
             )
         budget = raw["memory_budget_mb"]
         if budget == "auto":
-            budget = default_memory_budget_mb()
+            budget = capacity.default_memory_budget_mb()
         elif type(budget) is not int or budget <= 0:
             raise self.fail(
                 "supervisor.memory_budget_mb",
@@ -267,13 +266,16 @@ class Validator(TableReader):
         return raw
 
     def cpus(self, raw: Any) -> tuple[int, ...]:
-        allowed = available_cpus()
+        allowed = capacity.available_cpus()
         if raw == "all":
             return allowed
+        if isinstance(raw, str):  # "2-15", "0-3,8-11": taskset's and cpusets' syntax
+            try:
+                raw = capacity.cpu_list(raw)
+            except ValueError as e:
+                raise self.fail("supervisor.cpus", str(e)) from None
         if not isinstance(raw, list) or not raw or not all(type(c) is int for c in raw):
-            raise self.fail(
-                "supervisor.cpus", f'must be "all" or a list of core numbers like {list(allowed)}'
-            )
+            raise self.fail("supervisor.cpus", capacity.CPUS_FORMS)
         twice = sorted({c for c in raw if raw.count(c) > 1})
         if twice:  # likely a typo for another core; read as one fewer, it went unnoticed
             raise self.fail("supervisor.cpus", f"core {twice[0]} is listed twice; list each once")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from farm import config, discovery
+from farm.config.capacity import cpu_list
 from farm.errors import ConfigError
 from farm.paths import runtime_dir
 
@@ -78,6 +80,53 @@ def test_auto_follows_the_cpu_list_not_the_machine(tmp_path: Path) -> None:
     assert cfg.functions["hash"].workers == 1
 
 
+def test_cpus_takes_ranges_as_taskset_writes_them(tmp_path: Path) -> None:
+    # On a 16-core box operators write "2-15" or "0-3,8-11": it was refused, a list wanted.
+    allowed = sorted(os.sched_getaffinity(0))
+    text = f'"{allowed[0]}-{allowed[-1]}"' if len(allowed) > 1 else f'"{allowed[0]}"'
+    cfg = config.load(write(tmp_path, GOOD.replace('cpus = "all"', f"cpus = {text}")))
+    assert cfg.supervisor.cpus == tuple(range(allowed[0], allowed[-1] + 1))
+    assert cfg.functions["hash"].workers == len(cfg.supervisor.cpus)
+
+
+@pytest.mark.parametrize(
+    ("text", "cores"),
+    [
+        ("2-15", list(range(2, 16))),
+        ("0-3,8-11", [0, 1, 2, 3, 8, 9, 10, 11]),
+        ("5", [5]),
+        (" 0 , 2-3 ", [0, 2, 3]),
+        ("7-7", [7]),
+    ],
+)
+def test_cpu_list_reads_taskset_syntax(text: str, cores: list[int]) -> None:
+    assert cpu_list(text) == cores
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("15-2", 'range "15-2" runs backwards; write "2-15"'),
+        ("", "('' is neither)"),
+        ("0-3,,8", "('' is neither)"),
+        ("0-3;8", "('0-3;8' is neither)"),
+        ("a-b", "('a-b' is neither)"),
+        ("-1", "('-1' is neither)"),
+        ("1-2-3", "('1-2-3' is neither)"),
+        ("٣", "('٣' is neither)"),  # a digit to str.isdigit, not to taskset
+        ("0-8192", "core 8192 is past any machine's"),
+    ],
+)
+def test_cpu_list_refuses_what_taskset_would_in_one_line(text: str, says: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)):
+        cpu_list(text)
+
+
+def test_overlapping_ranges_list_a_core_twice(tmp_path: Path) -> None:
+    text = '[supervisor]\ncpus = "0-3,2-5"\n[functions.a]\ntarget = "x:y"\n'
+    assert "supervisor.cpus: core 2 is listed twice; list each once" in error_of(tmp_path, text)
+
+
 def test_remote_servers_replace_the_local_one(tmp_path: Path) -> None:
     cfg = config.load(write(tmp_path, GOOD.replace("servers = []", 'servers = ["10.0.0.5:4730"]')))
     assert not cfg.local_server and cfg.worker_servers == ("10.0.0.5:4730",)
@@ -127,7 +176,11 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
             "not a directory",
         ),
         ('cpus = "all"', "cpus = [999]", "supervisor.cpus", "core 999"),
-        ('cpus = "all"', 'cpus = "some"', "supervisor.cpus", '"all" or a list'),
+        ('cpus = "all"', 'cpus = "some"', "supervisor.cpus", '"all", a list of core numbers'),
+        ('cpus = "all"', 'cpus = "0-"', "supervisor.cpus", "taskset -c"),
+        ('cpus = "all"', 'cpus = "1-0"', "supervisor.cpus", 'runs backwards; write "0-1"'),
+        ('cpus = "all"', 'cpus = "0-999"', "supervisor.cpus", "outside this process's CPU set"),
+        ('cpus = "all"', 'cpus = "0-99999999"', "supervisor.cpus", "8192 at most"),
         ("servers = []", 'servers = ["nohost"]', "supervisor.servers", "HOST:PORT"),
         (
             '"127.0.0.1:4999", ',
