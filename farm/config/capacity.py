@@ -43,6 +43,7 @@ def cpu_list(text: str) -> list[int]:
     """The cores of a list as ``taskset -c`` and cpusets write it: ``"2-15"``,
     ``"0-3,8-11"``, ``"0,2,4"``, in its order. ValueError says which part is wrong and how."""
     cores: list[int] = []
+    seen: set[int] = set()
     for part in text.split(","):
         span = _CPU_SPAN.fullmatch(part)
         if span is None:
@@ -53,7 +54,13 @@ def cpu_list(text: str) -> list[int]:
             raise ValueError(f'range "{low}-{high}" runs backwards; write "{high}-{low}"')
         if high >= MAX_CPUS:
             raise ValueError(f"core {high} is past any machine's (Linux counts {MAX_CPUS} at most)")
-        cores.extend(range(low, high + 1))
+        for core in range(low, high + 1):
+            # Here, not after: a list of distinct cores ends at MAX_CPUS, but repeated
+            # ranges ("0-8191,0-8191,...") would be spelled out, then counted quadratically.
+            if core in seen:
+                raise ValueError(f"core {core} is listed twice; list each once")
+            seen.add(core)
+            cores.append(core)
     return cores
 
 

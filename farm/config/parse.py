@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from dataclasses import fields
 from types import MappingProxyType
 from typing import Any
@@ -276,7 +277,7 @@ class Validator(TableReader):
                 raise self.fail("supervisor.cpus", str(e)) from None
         if not isinstance(raw, list) or not raw or not all(type(c) is int for c in raw):
             raise self.fail("supervisor.cpus", capacity.CPUS_FORMS)
-        twice = sorted({c for c in raw if raw.count(c) > 1})
+        twice = sorted(c for c, n in Counter(raw).items() if n > 1)  # linear: a long list too
         if twice:  # likely a typo for another core; read as one fewer, it went unnoticed
             raise self.fail("supervisor.cpus", f"core {twice[0]} is listed twice; list each once")
         outside = sorted(set(raw) - set(allowed))

@@ -127,6 +127,15 @@ def test_overlapping_ranges_list_a_core_twice(tmp_path: Path) -> None:
     assert "supervisor.cpus: core 2 is listed twice; list each once" in error_of(tmp_path, text)
 
 
+@pytest.mark.timeout(10)
+def test_repeated_ranges_are_refused_at_once(tmp_path: Path) -> None:
+    # Each range was spelled out, then every core counted against the whole list: eight
+    # copies of "0-8191" took about a minute to read before it said so.
+    cpus = ",".join(["0-8191"] * 8)
+    text = f'[supervisor]\ncpus = "{cpus}"\n[functions.a]\ntarget = "x:y"\n'
+    assert "supervisor.cpus: core 0 is listed twice; list each once" in error_of(tmp_path, text)
+
+
 def test_remote_servers_replace_the_local_one(tmp_path: Path) -> None:
     cfg = config.load(write(tmp_path, GOOD.replace("servers = []", 'servers = ["10.0.0.5:4730"]')))
     assert not cfg.local_server and cfg.worker_servers == ("10.0.0.5:4730",)
