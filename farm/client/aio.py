@@ -84,6 +84,7 @@ class AsyncClient(AsyncLinks):
         self._picker = ServerPicker(self.servers)
         self._closed = False
         self._loop_end: AsyncGenerator[None, None] | None = None  # (farm.client.aiolinks)
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- the API --
 

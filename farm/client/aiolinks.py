@@ -25,6 +25,7 @@ class AsyncLinks:
     _picker: ServerPicker
     _closed: bool
     _loop_end: AsyncGenerator[None, None] | None
+    _loop: asyncio.AbstractEventLoop | None  # the loop of the connections held, if any
     connect_timeout: float
     tls: ssl.SSLContext | None
 
@@ -66,7 +67,10 @@ class AsyncLinks:
         if self._closed:
             raise RuntimeError("this farm.AsyncClient is closed")
         conn = self._conns.get(addr)
-        if conn is not None and conn.loop is not asyncio.get_running_loop():
+        if self._loop is not None and self._loop is not asyncio.get_running_loop():
+            # The loop the connections are on, whichever server this one asks for: a loop
+            # that reaches only server B must not take A's connection of a loop now gone
+            # for its own, nor keep that loop's _loop_end for its own end.
             self._refuse_another_loop()
             # Used again after its loop ended (an asyncio.run() per step, a loop per test):
             # that loop's connections and jobs are gone with it (_on_loop_end closed them),
@@ -74,6 +78,7 @@ class AsyncLinks:
             self._conns.clear()
             self._connecting.clear()
             self._loop_end = None
+            self._loop = None
             conn = None
         if conn is not None and conn.transport is not None:
             return conn
@@ -126,6 +131,7 @@ class AsyncLinks:
         self._conns[addr] = conn
         self._picker.mark_up(addr)
         if self._loop_end is None:
+            self._loop = loop
             self._loop_end = self._on_loop_end(loop)
             await self._loop_end.asend(None)
         return conn
@@ -140,7 +146,7 @@ class AsyncLinks:
         try:
             yield
         finally:
-            self._loop_end = None  # the next loop's first connection starts its own
+            self._loop_end = self._loop = None  # the next loop's first connection starts its own
             self._close_transports(lambda conn: conn.loop is loop)
 
     def _close_transports(self, which: Callable[[ServerConnection], bool]) -> None:

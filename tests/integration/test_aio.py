@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 
 import farm
+from farm.client.admin import admin_query
 from farm.client.aio import AsyncClient, JobData, JobEnded, JobProgress, JobWarning
 from farm.worker import Job, Worker
 from tests.helpers.peers import Peer
-from tests.helpers.servers import Server
+from tests.helpers.servers import Server, start_farm_server
+from tests.helpers.waiting import wait_for
 
 
 def chatty(job: Job) -> bytes:
@@ -361,6 +363,32 @@ def test_one_client_across_event_loops(served: Server, kind: str) -> None:
             last.run(client.close())
         gc.collect()  # the stdlib's transports warn as they are collected
     assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
+
+
+def test_a_new_loop_that_reaches_another_server_closes_its_own_connection() -> None:
+    # A hand-made loop closed without shutdown_asyncgens() left its end hook in the client.
+    # The next loop, whose call went to the other server, then started none of its own
+    # and kept the first loop's connection to the first server as if it were its own: its
+    # connection to the second server stayed open after asyncio.run() ended.
+    first, second = start_farm_server(), start_farm_server()
+    try:
+        client = AsyncClient([first.addr, second.addr])  # calls without a unique rotate
+        loop = asyncio.new_event_loop()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)  # that loop's, documented
+            assert loop.run_until_complete(client.echo(b"one")) == b"one"  # to first
+            loop.close()
+            assert asyncio.run(client.echo(b"two")) == b"two"  # to second, then it ends
+            gc.collect()
+
+        def connections() -> int:  # the admin query's own among them
+            return len(admin_query(second.addr, "workers", timeout=10).splitlines()) - 1
+
+        wait_for("the second server to see the connection closed", lambda: connections() == 1)
+        assert client._conns == {}
+    finally:
+        first.stop()
+        second.stop()
 
 
 def test_close_from_another_loop_is_refused_and_closes_nothing(served: Server) -> None:
