@@ -18,7 +18,7 @@ import psutil
 
 from farm.pools.control import ControlUnavailable, request
 from tests.helpers import ROOT
-from tests.helpers.servers import free_port
+from tests.helpers.servers import free_ports
 from tests.helpers.waiting import wait_for
 
 
@@ -44,8 +44,7 @@ class FarmUp:
         start: bool = True,
     ) -> None:
         self.tmp = tmp
-        self.port = free_port()
-        self.metrics_port = free_port()
+        self.port, self.metrics_port = free_ports(2)
         self.control = str(tmp / "control.sock")
         self.config = tmp / "farm.toml"
         self.unix = tmp / "gearman.sock"  # workers connect here (farm.* pools must)

@@ -65,6 +65,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` different free ports: held together while chosen, as two free_port()
+    calls in a row may both get the one the first let go (a farm's server and metrics
+    port were once the same, and `farm up` refused the config)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def connect(addr: str, timeout: float = 10) -> socket.socket:
     """A connected socket to "host:port" or "unix:/path", with TCP_NODELAY on TCP."""
     if addr.startswith("unix:"):

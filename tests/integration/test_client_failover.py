@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import farm
-from tests.helpers.servers import free_port, start_like, stop_process
+from tests.helpers.servers import free_port, free_ports, start_like, stop_process
 from tests.helpers.serving import reverse, serving
 from tests.helpers.waiting import wait_for
 
@@ -41,7 +41,7 @@ def test_a_killed_server_is_skipped_and_all_down_names_each(two_servers) -> None
 
 
 def test_unreachable_list_raises_server_unavailable() -> None:
-    dead = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    dead = [f"127.0.0.1:{port}" for port in free_ports(2)]
     with farm.Client(dead) as c, pytest.raises(farm.ServerUnavailable) as info:
         c.call("reverse", b"x")
     assert all(addr in str(info.value) for addr in dead)
