@@ -286,7 +286,7 @@ class Supervisor(Lifecycle, Reports, CommandJobs, Restarting, Steering, Executor
                     "worker %s (pid %d) %s after %gs; READY=1 sent without it",
                     proc.name,
                     proc.pid,
-                    "has not connected to the job server"
+                    (proc.misregistered or "has not connected to the job server")
                     if proc.command
                     else "has not loaded its target (hanging at import?)",
                     READY_WAIT,

@@ -5,14 +5,16 @@ job server knows each worker connection's other end: the process on its Unix soc
 (SO_PEERCRED), the remote port on TCP. The supervisor reads which sockets each command
 worker holds (psutil), and matches them against the server's farm-only admin ``peers``
 listing (docs/server.md) for `farm ps` (jobs done, the job in hand since when) and for a
-pool's ``timeout``. To stop a command worker without killing its job mid-way it first asks
-the server to ``drain`` those connections (their grabs get NO_JOB from then on), and sends
-``stop_signal`` once the server shows the worker holds no job, or after
-``graceful_timeout``; SIGKILL follows ``graceful_timeout`` later, as for any stop.
+pool's ``timeout``; with the ``workers`` listing (by fd), a starting one serves once it
+registered one of its pool's functions. To stop a command worker without killing its job
+mid-way it first asks the server to ``drain`` those connections (their grabs get NO_JOB
+from then on), and sends ``stop_signal`` once the server shows the worker holds no job, or
+after ``graceful_timeout``; SIGKILL follows ``graceful_timeout`` later, as for any stop.
 
-A mixin of :class:`farm.supervisor.Supervisor`. Both admin commands are refused on TCP,
-so all this needs the local server's Unix socket; without one (or with no local server) a
-command worker gets its ``stop_signal`` at once, and `farm ps` shows no jobs for it.
+A mixin of :class:`farm.supervisor.Supervisor`. ``peers`` and ``drain`` are refused on
+TCP, so all this needs the local server's Unix socket; without one (or with no local
+server) a command worker serves once it connects, gets its ``stop_signal`` at once, and
+`farm ps` shows no jobs for it.
 """
 
 from __future__ import annotations
@@ -29,11 +31,20 @@ from farm.client.admin import admin_query
 from farm.config import Config
 from farm.net import parse_address
 from farm.pools.slots import ProcState, WorkerProcess
+from farm.protocol.admin import WorkerRow, parse_workers
 
 if TYPE_CHECKING:
     from farm.pools.localserver import LocalServer
 
-__all__ = ["CommandJobs", "PeerRow", "connected_to", "parse_peers", "process_peers", "PEERS_POLL"]
+__all__ = [
+    "CommandJobs",
+    "PeerRow",
+    "connected_to",
+    "parse_peers",
+    "process_peers",
+    "registrations",
+    "PEERS_POLL",
+]
 
 log = logging.getLogger("farm.supervisor")
 
@@ -51,6 +62,7 @@ class PeerRow(NamedTuple):
     """One line of the admin ``peers`` listing."""
 
     peer: str  # pid:N, tcp:IP:PORT or fd:N
+    fd: str  # the server's, as the ``workers`` listing names the connection
     jobs: int
     draining: bool
     handle: str  # "" when idle
@@ -65,11 +77,12 @@ def parse_peers(reply: str) -> list[PeerRow]:
         raise ValueError(f"not a peers listing: {reply[:80]!r}")
     rows = []
     for line in reply[:-2].split("\n")[:-1]:  # not splitlines(): see protocol/admin.py
-        peer, _fd, jobs, draining, handle, function, seconds, client_id = line.split("\t", 7)
+        peer, fd, jobs, draining, handle, function, seconds, client_id = line.split("\t", 7)
         idle = handle == "-"
         rows.append(
             PeerRow(
                 peer,
+                fd,
                 int(jobs),
                 draining == "1",
                 "" if idle else handle,
@@ -79,6 +92,16 @@ def parse_peers(reply: str) -> list[PeerRow]:
             )
         )
     return rows
+
+
+def registrations(peers: list[PeerRow], workers: list[WorkerRow]) -> dict[str, frozenset[str]]:
+    """Each peer name of ``peers`` -> the functions its connections registered, which only
+    the ``workers`` listing gives, by fd."""
+    by_fd = {row.fd: row.functions for row in workers}
+    found: dict[str, set[str]] = {}
+    for row in peers:
+        found.setdefault(row.peer, set()).update(by_fd.get(row.fd, ()))
+    return {peer: frozenset(functions) for peer, functions in found.items()}
 
 
 def _tcp_name(ip: str, port: int) -> str:
@@ -132,6 +155,7 @@ class CommandJobs:
     retiring: list[WorkerProcess]
     by_pid: dict[int, WorkerProcess]
     peers_polled: float = 0.0
+    registered_polled: float = 0.0
 
     def server_ports(self) -> set[int]:
         return {parse_address(s).port for s in self.config.command_servers}
@@ -158,6 +182,48 @@ class CommandJobs:
         if peers is not None:
             proc.peers = peers
         proc.peers_read = now
+
+    # -- starting --
+
+    def serving_commands(self, connected: list[WorkerProcess], now: float) -> list[WorkerProcess]:
+        """Of the command workers that connected, those that serve: one of their connections
+        registered one of their pool's functions. One registering another name connects all
+        the same, and a deploy of it was reported done while the pool's jobs queued for
+        ever. Where the local server cannot tell (none that they reach on TCP, no Unix
+        socket to ask on, as ``peers`` is refused on TCP, no answer), connecting is serving.
+        The server is asked every PEERS_POLL at most, and until then none is serving."""
+        if self.peers_address() is None or self.config.server.tcp is None:
+            return connected
+        if now - self.registered_polled < PEERS_POLL:
+            return []
+        self.registered_polled = now
+        peers, workers = self.ask_server("peers"), self.ask_server("workers")
+        if peers is None or workers is None:
+            return connected
+        try:
+            seen = registrations(parse_peers(peers), parse_workers(workers))
+        except ValueError as e:
+            log.warning("the job server's peers listing: %s", e)
+            return connected
+        serving = []
+        for proc in connected:
+            pool = self.config.functions.get(proc.function)
+            self.read_sockets(proc, now)
+            names = frozenset().union(*(seen.get(peer, ()) for peer in proc.peers))
+            if pool is None or names & set(pool.functions):
+                serving.append(proc)
+                continue
+            wrong = f"registered {', '.join(sorted(names))}, not {' or '.join(pool.functions)}"
+            if names and wrong != proc.misregistered:  # said once, not at every poll
+                proc.misregistered = wrong
+                log.warning(
+                    "worker %s (pid %d) %s: not serving",
+                    proc.name,
+                    proc.pid,
+                    wrong,
+                    extra=proc.log_fields(),
+                )
+        return serving
 
     # -- draining --
 

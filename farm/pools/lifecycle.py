@@ -7,8 +7,8 @@ farm.pools.workerproc``, which reports on a pipe and writes a shared-memory
 record; a command pool runs any executable, whose stdout and stderr come back
 on a pipe and are logged line by line with its pool and slot (both pipes are
 read by farm.pools.reports). A command worker says nothing, so it is
-``starting`` until it holds a TCP connection to one of its servers (psutil),
-then ``running``.
+``starting`` until it holds a TCP connection to one of its servers (psutil) and, where
+the local server can tell, registered one of its pool's functions there, then ``running``.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class Lifecycle:
     # Provided by farm.pools.commandjobs: a command worker's jobs and drain, from the server.
     drain_command: Callable[[WorkerProcess, float], bool]
     track_commands: Callable[..., None]
+    serving_commands: Callable[[list[WorkerProcess], float], list[WorkerProcess]]
     excuse: Callable[[WorkerProcess], None]
     # Provided by farm.pools.reports: what is left on a worker's pipe, read and closed.
     close_report: Callable[[WorkerProcess], None]
@@ -107,11 +108,13 @@ class Lifecycle:
         return True
 
     def watch_commands(self) -> bool:
-        """Mark command workers that connected to a server ``running``; whether any still
-        starts (the loop then polls again soon)."""
+        """Mark command workers that connected to a server and registered their pool's
+        functions there ``running``; whether any still starts (the loop then polls again
+        soon)."""
         ports = {parse_address(s).port for s in self.config.command_servers}
         waiting = False
         now = time.monotonic()
+        connected_ones = []
         for proc in self.by_pid.values():
             if not proc.command or proc.state is not ProcState.STARTING:
                 continue
@@ -126,11 +129,14 @@ class Lifecycle:
             except psutil.Error:
                 continue  # exiting: reaping will tell
             if connected:
-                proc.state = ProcState.RUNNING
-                log.debug("worker %s (pid %d) connected", proc.name, proc.pid)
+                connected_ones.append(proc)
             else:
                 waiting = True
-        return waiting
+        serving = self.serving_commands(connected_ones, now) if connected_ones else []
+        for proc in serving:
+            proc.state = ProcState.RUNNING
+            log.debug("worker %s (pid %d) serves", proc.name, proc.pid)
+        return waiting or len(serving) < len(connected_ones)
 
     def worker_exited(self, proc: WorkerProcess, status: int) -> None:
         if proc.state is not ProcState.DRAINING:

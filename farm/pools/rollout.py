@@ -4,10 +4,11 @@ A mixin of :class:`farm.supervisor.Supervisor`. A restart is a *rollout*: a
 queue of slots per pool. A few slots of a pool at a time (``surge``) get a
 *successor*, a new process on the slot's core started beside the old one;
 only once the successor serves (a Python worker reported ready, a command
-worker connected) is the old process retired -- drained as on scale-down --
-and the successor takes the slot. So a pool never has fewer serving processes
-than its target minus the slots whose old process is already draining while
-the new one is serving, i.e. never fewer than target - 1 for any client, and
+worker connected and registered its pool's functions) is the old process
+retired -- drained as on scale-down -- and the successor takes the slot. So a
+pool never has fewer serving processes than its target minus the slots whose old
+process is already draining while the new one is serving, i.e. never fewer than
+target - 1 for any client, and
 no job is lost: the old worker finishes its job in hand (a command worker is
 drained by the server first, and gets its ``stop_signal`` once it holds no job or after
 its grace; a job it dies holding is requeued by the server).
@@ -201,7 +202,8 @@ class Restarting:
                     "restart: %s (pid %d) replaces pid %s", heir.name, heir.pid, old and old.pid
                 )
             elif now - heir.started > boot_timeout and heir.state is ProcState.STARTING:
-                self.kill(heir, f"did not serve within {boot_timeout:g}s of its start")
+                why = f" ({heir.misregistered})" if heir.misregistered else ""
+                self.kill(heir, f"did not serve within {boot_timeout:g}s of its start{why}")
         queue = ro.queue.get(name, [])
         if pool is None:
             queue.clear()

@@ -165,6 +165,9 @@ class WorkerProcess:
     # connections in the server's `peers`, when they were read, jobs done per connection;
     # while it drains, when its stop_signal is due at the latest, and the grace after it.
     peers: frozenset[str] = frozenset()
+    # Connected, but none of its connections registered its pool's functions: what they did
+    # ("registered wrong, not rev"), for the warnings about a worker that does not serve.
+    misregistered: str = ""
     last_words: str = ""  # a command worker's last line of output, for the log of its end
     output_limit: OutputLimit = field(default_factory=OutputLimit)  # its lines' budget
     peers_read: float = 0.0

@@ -149,6 +149,7 @@ def test_perl_and_gearman_cli_workers_are_pools_too(tmp_path: Path) -> None:
 
         [functions.cli]
         command = "gearman -w -h 127.0.0.1 -p {up.port} -f clirev -- rev"
+        function = "clirev"
         workers = 1
         stop_signal = "SIGINT"
         graceful_timeout = 3

@@ -268,3 +268,53 @@ def test_a_wrappers_worker_serves_and_a_restart_drains_it(tmp_path: Path) -> Non
         wait_for("the old wrapper gone", lambda: not psutil.pid_exists(row["pid"]))
     finally:
         assert up.stop() == 0
+
+
+# A command worker registering the function its argument names, whatever its pool serves.
+NAMED_WORKER = """\
+import os, sys
+import farm
+
+worker = farm.Worker(os.environ["FARM_SERVERS"])
+worker.register(sys.argv[1], lambda job: b"served by " + sys.argv[1].encode())
+worker.work()
+"""
+
+
+def test_a_deploy_whose_command_registers_another_function_keeps_the_old_workers(
+    tmp_path: Path,
+) -> None:
+    # A command worker served once it connected, whatever it registered: a new PHP script
+    # registering "wrong" instead of "rev" was reported "2/2 replaced" (exit 0), the old
+    # workers were retired, and rev's jobs queued for ever with no worker.
+    script = tmp_path / "named.py"
+    script.write_text(NAMED_WORKER)
+    pool = """
+        [functions.rev]
+        command = ["{python}", "{script}", "{name}"]
+        workers = 2
+        """
+
+    def deploy(name: str) -> None:  # a low boot_timeout: the new workers never serve
+        up.write_config(pool.format(python=sys.executable, script=script, name=name))
+        text = up.config.read_text().replace("graceful_timeout = 10", "boot_timeout = 3")
+        up.config.write_text(text)
+
+    up = FarmUp(tmp_path, "", start=False)
+    deploy("rev")
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        wait_for("2 serving workers", lambda: len(up.workers("rev", "running")) == 2)
+        old = sorted(r["pid"] for r in up.workers("rev"))
+        deploy("wrong")
+        out = farm_cli("reload", "--control", up.control)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "did not serve within 3s of its start (registered wrong, not rev)" in out.stderr
+        assert "the old one (pid" in out.stderr
+        assert sorted(r["pid"] for r in up.workers("rev")) == old
+        assert all(r["state"] == "running" for r in up.workers("rev"))
+        with Client(up.addr) as client:
+            assert client.call("rev", "x", timeout=10) == b"served by rev"
+    finally:
+        assert up.stop() == 0

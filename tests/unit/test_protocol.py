@@ -202,9 +202,28 @@ def test_the_supervisors_reading_of_peers_splits_lines_at_newlines_only() -> Non
 
     reply = "pid:7\t5\t3\t0\tH:x:1\tf\u2028g\t0.500\tid\nfd:9\t6\t0\t1\t-\t-\t-\t-\n.\n"
     assert parse_peers(reply) == [
-        PeerRow("pid:7", 3, False, "H:x:1", "f\u2028g", 0.5, "id"),
-        PeerRow("fd:9", 0, True, "", "", None, "-"),
+        PeerRow("pid:7", "5", 3, False, "H:x:1", "f\u2028g", 0.5, "id"),
+        PeerRow("fd:9", "6", 0, True, "", "", None, "-"),
     ]
+
+
+def test_what_a_command_worker_registered_is_found_by_its_fd() -> None:
+    # `peers` names a connection as psutil sees it (pid, TCP port); only `workers` says what
+    # it registered, by fd: the supervisor joins the two to tell a worker that serves.
+    from farm.pools.commandjobs import parse_peers, registrations
+    from farm.protocol.admin import parse_workers
+
+    peers = parse_peers(
+        "tcp:127.0.0.1:4000\t7\t0\t0\t-\t-\t-\t-\n"
+        "pid:9\t8\t0\t0\t-\t-\t-\t-\npid:9\t11\t0\t0\t-\t-\t-\t-\n.\n"
+    )
+    workers = parse_workers(
+        "11 - - : b\n10 127.0.0.1 - : rev\n8 - - : a\n7 127.0.0.1 farm:rev#0:1 : wrong x\n.\n"
+    )
+    assert registrations(peers, workers) == {
+        "tcp:127.0.0.1:4000": frozenset({"wrong", "x"}),
+        "pid:9": frozenset({"a", "b"}),
+    }
 
 
 @pytest.mark.parametrize(
