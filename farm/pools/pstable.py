@@ -1,0 +1,141 @@
+"""The supervisor's process table, `farm ps`: a row for the supervisor, the job server
+(also while it waits out a backoff), every slot (a worker, or why there is none) and the
+processes beside them (a `farm restart` successor, workers retiring). A mixin of
+:class:`farm.pools.steering.Steering`, which answers the control socket's ``ps`` with it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+if TYPE_CHECKING:
+    from farm.config import Config
+    from farm.pools.localserver import LocalServer
+    from farm.pools.slots import Slot, WorkerProcess
+
+__all__ = ["ProcessTable", "STOPPED"]
+
+STOPPED = (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+
+
+class ProcessTable:
+    """Rows of `farm ps` (see the module docstring)."""
+
+    # The supervisor's, read here (declared for the type checker).
+    config: Config
+    server: LocalServer
+    slots: dict[str, list[Slot]]
+    retiring: list[WorkerProcess]
+    started: float
+    metrics_server: Any  # the /metrics HTTP server (farm.pools.metrics), None when off
+
+    def process_table(self) -> list[dict[str, Any]]:
+        """Every process the supervisor runs, for `farm ps`."""
+        now = time.monotonic()
+        rows = [self.row(os.getpid(), "supervisor", None, None, "running", self.started, now)]
+        if self.config.local_server:  # a server waiting out its backoff has a row too
+            srv = self.server
+            state = ("ready" if srv.ready else "starting") if srv.pid else "backoff"
+            rows.append(
+                self.row(
+                    srv.pid,
+                    "server",
+                    None,
+                    None,
+                    state,
+                    srv.started if srv.pid else None,
+                    now,
+                    restarts=srv.restarts,
+                    last_exit=srv.last_exit,
+                )
+            )
+        for slots in self.slots.values():
+            for slot in slots:
+                proc = slot.proc
+                if proc is None:
+                    state = "failing" if slot.failing else "backoff"
+                    rows.append(
+                        self.row(
+                            0,
+                            slot.function,
+                            slot.index,
+                            slot.core,
+                            state,
+                            None,
+                            now,
+                            restarts=slot.restarts,
+                            last_exit=slot.last_exit,
+                        )
+                    )
+                else:
+                    extra = {"restarts": slot.restarts, "last_exit": slot.last_exit}
+                    rows.append(self.process_row(proc, now, **extra))
+                # `farm restart`: its replacement, starting (also when the old one died)
+                if slot.successor is not None:
+                    rows.append(self.process_row(slot.successor, now))
+        rows += [self.process_row(proc, now) for proc in self.retiring]
+        return rows
+
+    def metrics_address(self) -> str | None:
+        """HOST:PORT the /metrics endpoint listens on (the real port when configured as 0)."""
+        if self.metrics_server is None:
+            return None
+        host, port = self.metrics_server.server_address[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def process_row(self, proc: WorkerProcess, now: float, **extra: Any) -> dict[str, Any]:
+        """The `farm ps` row of a live worker process (in a slot, or retiring)."""
+        proc.refresh()
+        return self.row(
+            proc.pid,
+            proc.function,
+            proc.slot,
+            proc.core,
+            proc.state,
+            proc.started,
+            now,
+            jobs=proc.jobs_done,
+            job=proc.handle or None,
+            busy_for=round(now - proc.busy_since, 1) if proc.busy_since is not None else None,
+            **extra,
+        )
+
+    @staticmethod
+    def row(
+        pid: int,
+        function: str,
+        slot: int | None,
+        core: int | None,
+        state: str,
+        started: float | None,
+        now: float,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        rss = 0
+        if pid:
+            try:
+                process = psutil.Process(pid)
+                rss = process.memory_info().rss
+                if process.status() in STOPPED:
+                    state = "stopped"  # SIGSTOP or a debugger: it serves nothing, whatever it said
+            except psutil.Error:
+                pass
+        uptime = round(now - started, 1) if started is not None else None
+        return {
+            "pid": pid or None,
+            "function": function,
+            "slot": slot,
+            "cpu": core,
+            "state": state,
+            "jobs": extra.get("jobs", 0),
+            "rss": rss,
+            "restarts": extra.get("restarts", 0),
+            "uptime": uptime,
+            "last_exit": extra.get("last_exit", ""),
+            "job": extra.get("job"),  # the handle of the job in hand, if any
+            "busy_for": extra.get("busy_for"),  # seconds it has run
+        }
