@@ -14,6 +14,7 @@ server waits on it.
 from __future__ import annotations
 
 import logging
+import os
 import select
 import selectors
 import socket
@@ -38,6 +39,7 @@ from farm.protocol.client import (
     lost_error,
     may_resubmit,
 )
+from farm.protocol.tasks import UNCONFIRMED
 
 __all__ = ["Callbacks", "Conn", "Connections"]
 
@@ -48,6 +50,17 @@ MAX_SELECT = 3600.0
 #: What one TLS send takes at most (a record): a send OpenSSL could not finish must be
 #: retried with at least the same bytes, and the front of what waits stays put until then.
 TLS_SEND = 16384
+
+#: One more in each forked child: a client's connections made before then are its parent's.
+_forks = 0
+
+
+def _after_fork_in_child() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Callbacks:
@@ -127,8 +140,35 @@ class Connections:
         self.conns: dict[str, Conn] = {}
         self.selector = selectors.DefaultSelector()
         self.closed = False
+        self.forks = _forks
+
+    def check_fork(self) -> None:
+        """In a child forked since the last use (gunicorn --preload, multiprocessing's
+        fork): the sockets and the epoll are the parent's too. A request sent on them would
+        have its reply read by whichever process reads first, so both would get the other's
+        replies; and unregistering a socket from the shared epoll would unregister it for
+        the parent. So the child closes its copies of the descriptors only (the parent's
+        stay open, nothing is said on them), takes a selector of its own, and fails the
+        parent's jobs here (their replies go to the parent); it connects anew when used."""
+        if self.forks == _forks:
+            return
+        self.forks = _forks
+        conns, self.conns = self.conns, {}
+        self.selector.close()  # closes the child's epoll fd; unregisters nothing
+        self.selector = selectors.DefaultSelector()
+        for conn in conns.values():
+            conn.sock.close()
+            for task in conn.session.connection_lost():
+                task.error = ServerUnavailable(
+                    f"job {task.function} {task.handle or UNCONFIRMED} was sent on {conn.addr}"
+                    " by the process this one was forked from: its reply goes there"
+                )
+                task.done = True
+                if task.owner is not None:
+                    task.owner.task_event(JobEnded(task=task))
 
     def close(self) -> None:
+        self.check_fork()  # closing the parent's sockets would unregister them from its epoll
         self.closed = True
         for conn in list(self.conns.values()):
             self.close_one(conn)
@@ -138,6 +178,7 @@ class Connections:
         """The open connection to ``addr``, opened now if need be (OSError if it cannot)."""
         if self.closed:
             raise RuntimeError("this farm.Client is closed")
+        self.check_fork()
         conn = self.conns.get(addr)
         if conn is not None:
             if conn.session.busy and (conn.tls or not conn.went_away()):
@@ -178,6 +219,7 @@ class Connections:
 
     def pump(self, until: Callable[[], bool], deadline: float | None) -> bool:
         """Send what is queued and read replies until ``until()`` or the deadline (False)."""
+        self.check_fork()
         select = self.selector.select
         looked = False  # past the deadline, one look at what has come (a wait of 0 reads)
         while True:
