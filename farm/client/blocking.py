@@ -7,11 +7,12 @@ reply means is ``farm.protocol.client``'s.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import logging
 import ssl
 import time
 from collections.abc import Callable, Generator, Iterable
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from farm.client.blockingconn import Callbacks, Connections
 from farm.client.serverpick import ServerPicker
@@ -46,6 +47,31 @@ __all__ = ["Client", "Task", "JobStatus"]
 
 log = logging.getLogger("farm.client")
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _one_thread(method: Callable[Concatenate[Client, P], R]) -> Callable[Concatenate[Client, P], R]:
+    """Refuse a second thread while one is inside the client: its sessions are not
+    thread-safe, and two threads reading one socket handed results to the wrong callers
+    without a word. The same thread may come back in (a progress callback that calls)."""
+
+    def guarded(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        self._wire.check_fork()  # a lock a parent's thread held at fork() is replaced first
+        using = self._wire.using
+        if not using.acquire(blocking=False):
+            raise RuntimeError(
+                "this farm.Client is in use by another thread: a Client is not thread-safe;"
+                " use one per thread (or farm.AsyncClient, or farm.Executor)"
+            )
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            using.release()
+
+    functools.update_wrapper(guarded, method)  # help() and signatures show the method's
+    return guarded
+
 
 class Client:
     """A blocking Gearman client over one or more job servers.
@@ -79,6 +105,7 @@ class Client:
 
     # -- the API --
 
+    @_one_thread
     def call(
         self,
         function: str,
@@ -112,6 +139,7 @@ class Client:
             self.abandon(task)  # the caller gave up
             raise
 
+    @_one_thread
     def submit(
         self,
         function: str,
@@ -141,6 +169,7 @@ class Client:
             raise task.error
         return task
 
+    @_one_thread
     def wait(self, task: Task[TaskListener], timeout: float | None = None) -> bytes:
         """Wait for a foreground task's result (see ``call`` for the errors). A Timeout
         leaves the task as it was, as ``Future.result(timeout)`` does: wait for it again."""
@@ -158,6 +187,7 @@ class Client:
         assert task.result is not None, "a task done without an error has its result"
         return task.result
 
+    @_one_thread
     def abandon(self, task: Task[TaskListener]) -> None:
         """Stop waiting for ``task``: what the server sends of it is dropped, and the client
         keeps nothing of it once the job ends (the job itself runs on; a background job has
@@ -166,6 +196,7 @@ class Client:
         if conn is not None:
             conn.session.abandon(task)
 
+    @_one_thread
     def status(self, job: Task[Any] | str) -> JobStatus:
         """What the server knows of a job: known, running, numerator, denominator."""
         if isinstance(job, Task):
@@ -178,12 +209,14 @@ class Client:
         # A bare handle names no server: ask each.
         return self._first_known(self._wire.picker.order(""), lambda s: s.get_status(job))
 
+    @_one_thread
     def status_unique(self, unique: str) -> JobStatus:
         """Status of the job with this unique key (GET_STATUS_UNIQUE): its key's server
         first, then the others (it went elsewhere when that one was down)."""
         key = check_status_key(unique)
         return self._first_known(self._wire.picker.order(key), lambda s: s.get_status_unique(key))
 
+    @_one_thread
     def echo(self, data: Data = b"ping") -> bytes:
         """Round-trip ``data`` through a server (ECHO_REQ)."""
         payload = as_bytes(data)
@@ -213,8 +246,8 @@ class Client:
         return task_set(
             function,
             iter(payloads),
-            submit=self._wire.submit,
-            pump=lambda until: self._wire.pump(until, self._deadline(self.timeout)),
+            submit=self._map_submit,
+            pump=self._map_pump,
             abandon=self.abandon,
             silent=lambda task: self._wire.picker.mark_down(task.server or ""),
             timeout=self.timeout,
@@ -223,6 +256,7 @@ class Client:
             priority=priority,
         )
 
+    @_one_thread
     def close(self) -> None:
         """Close every connection; foreground jobs still queued are dropped by the server.
         The client is done: using it again raises RuntimeError."""
@@ -233,6 +267,14 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @_one_thread
+    def _map_submit(self, task: Task[TaskListener]) -> None:
+        self._wire.submit(task)
+
+    @_one_thread
+    def _map_pump(self, until: Callable[[], bool]) -> bool:
+        return self._wire.pump(until, self._deadline(self.timeout))
 
     # -- choosing servers and connecting --
 

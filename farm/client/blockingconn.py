@@ -19,6 +19,7 @@ import select
 import selectors
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -141,6 +142,7 @@ class Connections:
         self.selector = selectors.DefaultSelector()
         self.closed = False
         self.forks = _forks
+        self.using = threading.RLock()  # held by the thread inside the Client (_one_thread)
 
     def check_fork(self) -> None:
         """In a child forked since the last use (gunicorn --preload, multiprocessing's
@@ -153,6 +155,7 @@ class Connections:
         if self.forks == _forks:
             return
         self.forks = _forks
+        self.using = threading.RLock()  # another thread of the parent may have held it
         conns, self.conns = self.conns, {}
         self.selector.close()  # closes the child's epoll fd; unregisters nothing
         self.selector = selectors.DefaultSelector()
