@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 from farm.protocol.kinds import Priority
+from farm.server.metrics import FunctionStats
 from farm.server.queues import FunctionQueue, Job, Outcome
 from farm.server.store import SQLiteStore
 
@@ -24,6 +25,7 @@ class JobControl:
     store: SQLiteStore | None
     jobs: dict[bytes, Job]
     functions: dict[bytes, FunctionQueue]
+    other_retired: FunctionStats
     uniques: dict[tuple[bytes, bytes], Job]
     submit: Callable[..., Job]
     _unqueue: Callable[[Job], None]
@@ -103,4 +105,6 @@ class JobControl:
             self._unqueue(job)
             self._end(job, Outcome.FAIL)
         del self.functions[name]
+        if fq.in_other:  # the metrics' other must not drop (farm.server.exposition)
+            self.other_retired.absorb(fq.stats)
         return True

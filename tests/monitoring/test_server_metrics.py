@@ -215,6 +215,27 @@ def test_functions_nobody_serves_are_summed_under_other(
         srv.stop()
 
 
+@pytest.mark.timeout(60)
+def test_other_keeps_what_a_dropped_function_counted(peer_factory: Callable[[str], Peer]) -> None:
+    """`drop function` of a function summed under other: other's counters must not drop (a
+    reset to Prometheus), and the drop's failures are counted there."""
+    srv = start_farm_server()
+    try:
+        client = peer_factory(srv.addr)
+        for _ in range(3):
+            client.send(T.SUBMIT_JOB_BG, "nobody", "", "x")
+            client.expect(T.JOB_CREATED)
+        text = server_metrics(srv.addr, timeout=10)
+        assert value(text, "farm_jobs_submitted_total", function="other", priority="normal") == 3
+        assert admin_query(srv.addr, "drop function nobody", timeout=10) == "OK\r\n"
+        text = server_metrics(srv.addr, timeout=10)
+        assert value(text, "farm_jobs_submitted_total", function="other", priority="normal") == 3
+        assert value(text, "farm_jobs_failed_total", function="other", priority="normal") == 3
+        assert value(text, "farm_jobs_queued", function="other", priority="normal") == 0
+    finally:
+        srv.stop()
+
+
 def hold_open(port: int, count: int, held: list[socket.socket]) -> None:
     """``count`` connections to the endpoint, each with a request it never finishes."""
     for _ in range(count):
