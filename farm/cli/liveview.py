@@ -38,15 +38,17 @@ class FunctionRow:
     """One function as the server and the supervisor see it now."""
 
     name: str
-    queued: int
-    running: int
-    workers: int  # connections that registered it with the server
+    # The server's numbers; None when the server's part of the metrics is missing (metrics
+    # off, or the server did not answer the scrape): a 0 there would read as the truth.
+    queued: int | None
+    running: int | None
+    workers: int | None  # connections that registered it with the server
     idle: int  # the supervisor's worker processes of the pools serving it: without a job
     busy: int  # ... and with one (a command worker's, as the job server says)
     rate: float | None  # jobs answered per second over the last few seconds
     p50: float | None  # run time (seconds) from the histogram's buckets
     p99: float | None
-    failures: int  # failed (timeouts included) + exceptions
+    failures: int | None  # failed (timeouts included) + exceptions
 
 
 def quantile(buckets: Sequence[tuple[float, float]], q: float) -> float | None:
@@ -110,23 +112,27 @@ def function_table(rows: Sequence[FunctionRow], *, sort: str = "name") -> Table:
     for label, key in columns:
         table.add_column(_header(label, key, sort), justify="left" if key == "name" else "right")
     order: dict[str, Any] = {
-        "queued": lambda r: (-r.queued, r.name),
+        "queued": lambda r: (-(r.queued or 0), r.name),
         "rate": lambda r: (-(r.rate or 0.0), r.name),
     }
     for r in sorted(rows, key=order.get(sort, lambda r: r.name)):
         table.add_row(
             Text(r.name),  # Text: a name is never read as markup or :emoji:
-            str(r.queued),
-            str(r.running),
-            str(r.workers),
+            _count(r.queued),
+            _count(r.running),
+            _count(r.workers),
             str(r.idle),
             str(r.busy),
             "-" if r.rate is None else f"{r.rate:.1f}",
             seconds(r.p50),
             seconds(r.p99),
-            Text(str(r.failures), style="red" if r.failures else ""),
+            Text(_count(r.failures), style="red" if r.failures else ""),
         )
     return table
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else str(value)
 
 
 def process_table(

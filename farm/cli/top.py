@@ -52,6 +52,7 @@ class Sample:
     metrics_url: str | None
     note: str = ""
     serves: dict[str, list[str]] = field(default_factory=dict)  # pool -> its functions
+    server: bool = False  # whether ``metrics`` holds the job server's part
 
 
 class Sampler:
@@ -77,8 +78,14 @@ class Sampler:
             except (OSError, ValueError, http.client.HTTPException) as exc:
                 # HTTPException: not an HTTP server there, or a reply cut off by a restart.
                 note = f"metrics: {url} did not answer ({exc!r})"
+        # The supervisor answers without the server's part while its server is down or
+        # restarting: the jobs' numbers are unknown then, not 0 (a bare server's endpoint,
+        # --metrics, has no farm_server_up).
+        server = metrics is not None and metrics.get(("farm_server_up", ())) != 0.0
+        if metrics is not None and not server:
+            note = "metrics: the job server did not answer (farm_server_up 0)"
         processes, serves = list(reply.get("processes", [])), dict(reply.get("serves", {}))
-        now = Sample(time.monotonic(), processes, metrics, url, note, serves)
+        now = Sample(time.monotonic(), processes, metrics, url, note, serves, server)
         if metrics is not None:
             self.history.append(now)
             while len(self.history) > 2 and now.when - self.history[1].when >= WINDOW:
@@ -107,6 +114,8 @@ class Sampler:
             if name == "farm_jobs_submitted_total" and "function" in dict(labels)
         }
         then = self.before(now)
+        if then is not None and not (then.server and now.server):
+            then = None  # a reading without the server's numbers differences to nothing
         seconds = now.when - then.when if then is not None else 0.0
         rows = []
         for fn in sorted(names):
@@ -125,21 +134,33 @@ class Sampler:
                 recent = [(le, count - earlier.get(le, 0.0)) for le, count in run]
                 if recent and recent[-1][1] > 0:
                     run = recent  # what ran in the window; else since the server started
-            rows.append(
-                FunctionRow(
-                    name=fn,
-                    queued=int(total(m, "farm_jobs_queued", fn)),
-                    running=int(total(m, "farm_jobs_running", fn)),
-                    workers=int(total(m, "farm_workers", fn)),
-                    idle=held.count("idle"),
-                    busy=held.count("busy"),
-                    rate=rate,
-                    p50=quantile(run, 0.5),
-                    p99=quantile(run, 0.99),
-                    failures=int(
+            queued, running, workers, failures, p50, p99 = (
+                (
+                    int(total(m, "farm_jobs_queued", fn)),
+                    int(total(m, "farm_jobs_running", fn)),
+                    int(total(m, "farm_workers", fn)),
+                    int(
                         total(m, "farm_jobs_failed_total", fn)
                         + total(m, "farm_jobs_exceptions_total", fn)
                     ),
+                    quantile(run, 0.5),
+                    quantile(run, 0.99),
+                )
+                if now.server
+                else (None,) * 6  # shown as "-": unknown, not 0
+            )
+            rows.append(
+                FunctionRow(
+                    name=fn,
+                    queued=queued,
+                    running=running,
+                    workers=workers,
+                    idle=held.count("idle"),
+                    busy=held.count("busy"),
+                    rate=rate,
+                    p50=p50,
+                    p99=p99,
+                    failures=failures,
                 )
             )
         return rows

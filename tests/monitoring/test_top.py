@@ -131,6 +131,34 @@ def test_the_live_view_survives_a_killed_worker_and_the_farm_stopping(tmp_path: 
             top.wait()
 
 
+@pytest.mark.timeout(90)
+def test_the_servers_numbers_are_unknown_not_0_while_it_does_not_answer(tmp_path: Path) -> None:
+    # The supervisor still answers a scrape when its server does not (farm_server_up 0, e.g.
+    # while it restarts): top drew that as 0 queued, 0 workers, 0 failed, with no word.
+    up = FarmUp(tmp_path, POOLS)
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"alpha": 2, "beta": 1})
+        with farm.Client(up.addr) as client, pytest.raises(JobException):
+            client.call("alpha", "raise")
+        assert rows_of(farm_top(up, "--once"), "FUNCTION")["alpha"][-1] == "1"
+        # The supervisor asks the server on its Unix socket: moved away, it gets no answer
+        # at once (the server and its workers' connections carry on).
+        away = tmp_path / "moved.sock"
+        up.unix.rename(away)
+        wait_for("farm_server_up 0", lambda: get(scrape(up.metrics_url), "farm_server_up") == 0)
+        lines = farm_top(up, "--once")
+        assert "job server did not answer" in lines[0]
+        alpha = rows_of(lines, "FUNCTION")["alpha"]
+        # QUEUED RUNNING WORKERS unknown, IDLE 2 (the supervisor's own), ..., FAILED unknown
+        assert alpha[1:4] == ["-", "-", "-"] and alpha[4] == "2" and alpha[-1] == "-", alpha
+        away.rename(up.unix)
+        wait_for("farm_server_up 1", lambda: get(scrape(up.metrics_url), "farm_server_up") == 1)
+        assert rows_of(farm_top(up, "--once"), "FUNCTION")["alpha"][-1] == "1"
+    finally:
+        up.stop()
+
+
 def test_a_farm_that_is_not_running_is_one_line_and_exit_1(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "farm.cli", "top", "--control", str(tmp_path / "none.sock")]
     run = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=60, input="")
