@@ -36,8 +36,10 @@ __all__ = ["Sampler", "Sample", "live_view"]
 
 #: How far back rates and recent quantiles look.
 WINDOW = 5.0
-#: How long one reading of the endpoint may take.
-SCRAPE_TIMEOUT = 2.0
+#: How long one reading of the endpoint may take: longer than the supervisor waits for its
+#: server (farm.pools.metrics.SERVER_TIMEOUT, 2 s), so a hung server costs the reading only
+#: the server's part (farm_server_up 0), not the supervisor's too.
+SCRAPE_TIMEOUT = 5.0
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -159,6 +159,26 @@ def test_the_servers_numbers_are_unknown_not_0_while_it_does_not_answer(tmp_path
         up.stop()
 
 
+@pytest.mark.timeout(90)
+def test_a_hung_server_costs_top_only_the_servers_numbers(tmp_path: Path) -> None:
+    # The supervisor waits 2 s for its server's part of a scrape; top gave up on the whole
+    # endpoint at 2 s too, so a hung server read as "the metrics endpoint did not answer".
+    up = FarmUp(tmp_path, POOLS)
+    server = None
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"alpha": 2, "beta": 1})
+        server = next(r["pid"] for r in up.ps() if r["function"] == "server")
+        os.kill(server, signal.SIGSTOP)
+        lines = farm_top(up, "--once")
+        assert "job server did not answer" in lines[0], lines[0]
+        assert rows_of(lines, "FUNCTION")["alpha"][1] == "-"
+    finally:
+        if server is not None:
+            os.kill(server, signal.SIGCONT)
+        up.stop()
+
+
 def test_a_farm_that_is_not_running_is_one_line_and_exit_1(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "farm.cli", "top", "--control", str(tmp_path / "none.sock")]
     run = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=60, input="")
