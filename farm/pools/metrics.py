@@ -105,7 +105,10 @@ class SupervisorCollector:
                     process = psutil.Process(proc.pid)
                     with process.oneshot():
                         times = process.cpu_times()
-                        cpu.add_metric(labels, times.user + times.system)
+                        # With the children it waited for: a command worker such as
+                        # `gearman -w -- rev` runs each job in a child, and showed 0.
+                        used = times.user + times.system + times.children_user
+                        cpu.add_metric(labels, used + times.children_system)
                         rss.add_metric(labels, process.memory_info().rss)
                 except psutil.Error:
                     pass  # it just ended; the next scrape sees its successor

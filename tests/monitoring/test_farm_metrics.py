@@ -16,6 +16,7 @@ import farm
 from tests.helpers import scraping
 from tests.helpers.farmproc import FarmUp
 from tests.helpers.scraping import Samples, get
+from tests.helpers.servers import need
 from tests.helpers.waiting import wait_for
 
 POOLS = """
@@ -221,3 +222,33 @@ def test_a_deploys_new_process_is_counted_while_it_starts(tmp_path: Path) -> Non
             restart.kill()
             restart.wait()
         up.stop()
+
+
+@pytest.mark.timeout(90)
+def test_a_command_workers_cpu_counts_the_children_that_ran_its_jobs(tmp_path: Path) -> None:
+    # `gearman -w -- CMD` runs each job in a child it waits for: the pool's CPU read 0.0
+    # under load, as only the gearman process's own CPU was counted.
+    gearman = need("gearman")
+    burn = "import time\nwhile time.process_time() < 0.4: pass\nprint('burnt')"
+    up = FarmUp(tmp_path, "", start=False)
+    up.write_config(
+        f"""
+        [functions.cli]
+        command = ["{gearman}", "-w", "-h", "127.0.0.1", "-p", "{up.port}", "-f", "burn",
+                   "--", "{sys.executable}", "-c", "{burn.encode("unicode_escape").decode()}"]
+        function = "burn"
+        workers = 1
+        stop_signal = "SIGINT"
+        graceful_timeout = 3
+        """
+    )
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        with farm.Client(up.addr) as client:
+            for _ in range(2):
+                assert client.call("burn", b"", timeout=30) == b"burnt\n"
+        used = get(scrape(up), "farm_worker_cpu_seconds_total", pool="cli", slot="0")
+        assert used >= 0.8, used
+    finally:
+        assert up.stop() == 0
