@@ -149,6 +149,11 @@ class SQLiteStore:
             raise StoreError(f"cannot open the job store {self.path}: {exc}") from exc
         except sqlite3.DatabaseError as exc:  # corrupt pages: another path would lose the jobs
             raise _damaged(self.path, exc) from None
+        except (FileExistsError, NotADirectoryError) as exc:  # a file where a directory goes
+            where = exc.filename or Path(self.path).parent
+            raise StoreError(
+                f"cannot open the job store {self.path}: {where} is not a directory"
+            ) from exc
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the job store {self.path}: {exc}") from exc
         self._next_id: int = row[0] + 1

@@ -79,3 +79,13 @@ def test_store_sync_sets_sqlites_synchronous(tmp_path, sync: str, level: int) ->
         assert store.db.execute("PRAGMA synchronous").fetchone()[0] == level
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("under", ["afile", "afile/deeper"])
+def test_a_file_where_the_stores_directory_goes_is_named(tmp_path: Path, under: str) -> None:
+    # It read "[Errno 17] File exists: '.../afile'", which says nothing of what is wrong.
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(StoreError) as info:
+        SQLiteStore(tmp_path / under / "q.db")
+    assert str(info.value).endswith("is not a directory"), info.value
+    assert str(tmp_path / "afile") in str(info.value)
