@@ -33,8 +33,26 @@ def _no_claims_left() -> Iterator[None]:
     """
     before = _claims_dirs()
     yield
-    for left in _claims_dirs() - before:
-        shutil.rmtree(left, ignore_errors=True)
+    left = _claims_dirs() - before
+    # Not those still held open: another session's on this host (a second terminal, a CI
+    # run beside a developer's), made after this one began. Removed under its farms, every
+    # later call there failed with FileNotFoundError on its claims file.
+    for gone in left - _held_open(left):
+        shutil.rmtree(gone, ignore_errors=True)
+
+
+def _held_open(dirs: set[Path]) -> set[Path]:
+    """The directories in which some live process holds a file open (a worker keeps its
+    claims files open while it lives)."""
+    prefixes = {f"{d}/": d for d in dirs}
+    held: set[Path] = set()
+    for fds in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            targets = [os.readlink(fd) for fd in fds.iterdir()]
+        except OSError:  # gone, or not ours to read
+            continue
+        held.update(d for t in targets for p, d in prefixes.items() if t.startswith(p))
+    return held
 
 
 @pytest.fixture
