@@ -145,7 +145,17 @@ class ReplayGuard:
         if entry is None:
             path = self.directory / f"claims-{bucket}"
             flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-            entry = (os.open(path, flags, 0o600), [0], {})
+            try:
+                fd = os.open(path, flags, 0o600)
+            except FileNotFoundError:
+                # The directory went under the pool (logind's RemoveIPC at a logout, a
+                # cleanup of /dev/shm): made again, checked as at the start, or every call
+                # would fail until the workers were replaced. Its claims went with it, as
+                # they would with a reboot.
+                log.warning("the replay record %s was removed; making it again", self.directory)
+                private_dir(self.directory)
+                fd = os.open(path, flags, 0o600)
+            entry = (fd, [0], {})
             while len(self._files) >= KEPT:  # the least recently used: re-read if it comes back
                 os.close(self._files.pop(next(iter(self._files)))[0])
         self._files[bucket] = entry  # last: the most recently used

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -155,3 +156,17 @@ def test_a_record_a_short_write_broke_refuses_calls_instead_of_crashing(tmp_path
     other = ReplayGuard(tmp_path / "calls")
     with pytest.raises(SignatureError, match="replay record .* is damaged"):
         other.claim(b"\2" * 16, expires, "H:x:2")
+
+
+def test_a_record_removed_under_the_pool_is_made_again(tmp_path: Path) -> None:
+    # logind's RemoveIPC (a logout) or a cleanup of /dev/shm removed the directory: every
+    # later call failed with FileNotFoundError on its claims file until the workers went.
+    guard = ReplayGuard(tmp_path / "calls")
+    expires = int(time.time()) + 600
+    guard.claim(b"\1" * 16, expires, "H:x:1")
+    shutil.rmtree(tmp_path / "calls")
+    later = expires + 2 * 60  # another minute's file: the one held open went with the directory
+    guard.claim(b"\2" * 16, later, "H:x:2")
+    assert (tmp_path / "calls").is_dir() and (tmp_path / "calls").stat().st_mode & 0o077 == 0
+    with pytest.raises(SignatureError):
+        guard.claim(b"\2" * 16, later, "H:x:3")  # claims go on being kept
