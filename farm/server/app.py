@@ -19,13 +19,20 @@ from pathlib import Path
 
 from farm.errors import FarmError, TLSFileError
 from farm.lifetime import die_with_parent
-from farm.logs import error_line, reopen_log_file, setup_logging
+from farm.logs import error_line
 from farm.net import clear_socket_path, load_tls_file, parse_address
 from farm.paths import LegacyStoreBusy, adopt_legacy_store, open_own_file
 from farm.server.connection import Connection
 from farm.server.exposition import serve_http
 from farm.server.hub import Hub
 from farm.server.options import ServerOptions, parse_args
+from farm.server.process import (
+    detach,
+    detached,
+    fit_fd_limit,
+    reopen_log,
+    setup_server_logging,
+)
 from farm.server.store import DamagedStore, StoreError
 
 log = logging.getLogger("farm.server")
@@ -180,7 +187,7 @@ class Server:
         loop.add_signal_handler(signal.SIGUSR1, self.stop_gracefully)
         # SIGHUP ended the server (Python's default): logrotate's postrotate for gearmand
         # (Debian's gearman-job-server) sends it every night, to reopen the log.
-        loop.add_signal_handler(signal.SIGHUP, _reopen_log)
+        loop.add_signal_handler(signal.SIGHUP, reopen_log)
         if self.listening is not None:  # after the handlers: a stop right away is graceful
             self.listening()
         assert self.stopped is not None
@@ -196,71 +203,11 @@ class Server:
                 pass
 
 
-#: Descriptors kept beyond the connections: listeners, the store, logs, the metrics.
-FD_HEADROOM = 64
-
-
-def _fit_fd_limit(options: ServerOptions) -> None:
-    """Lift the soft descriptor limit toward --max-connections and the headroom (as
-    gearmand's -f does), never past hard; where the hard limit is lower, lower
-    --max-connections to fit: otherwise TCP peers could take every descriptor, the
-    share kept for the Unix socket's peers with them."""
-    wanted = options.max_connections + FD_HEADROOM
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-        if soft != resource.RLIM_INFINITY and soft < target:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    except (ImportError, ValueError, OSError):  # pragma: no cover - best effort
-        return
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        fits = max(1, soft - FD_HEADROOM)
-        log.warning(
-            "the descriptor limit is %d: --max-connections lowered from %d to %d (raise"
-            " LimitNOFILE= or ulimit -n)",
-            soft,
-            options.max_connections,
-            fits,
-        )
-        options.max_connections = fits
-
-
-def _reopen_log() -> None:
-    """SIGHUP: open the log file again (logrotate moved it), as gearmand does."""
-    try:
-        reopened = reopen_log_file()
-    except OSError as exc:
-        log.error("SIGHUP: cannot open the log file again: %s; logging on to the old one", exc)
-        return
-    if reopened is None:
-        log.info("SIGHUP: no log file to open again (logging to standard error); running on")
-    else:
-        log.info("SIGHUP: log file %s opened again", reopened)
-
-
-def _setup_logging(options: ServerOptions) -> None:
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(options.verbose, 2)]
-    fmt = "%(asctime)s farm-server[%(process)d] %(levelname)s %(message)s"
-    if options.log_file == "none":
-        logging.basicConfig(level=logging.CRITICAL + 1)
-        return
-    setup_logging(
-        role="server",
-        log_format=options.log_format,
-        level=level,
-        text_format=fmt,
-        filename=None if options.log_file == "stderr" else options.log_file,
-    )
-
-
 def run(options: ServerOptions) -> int:
     """Run the server until a signal stops it; the process exit code."""
-    ready = _detach() if options.daemon else None
+    ready = detach() if options.daemon else None
     try:
-        _setup_logging(options)
+        setup_server_logging(options)
     except OSError as exc:
         print(f"farm server: cannot open the log file: {exc} (-l/--log-file)", file=sys.stderr)
         return 2
@@ -282,7 +229,7 @@ def run(options: ServerOptions) -> int:
     if options.parent_pid and not die_with_parent(options.parent_pid):
         print("farm server: the parent process is already gone; not starting", file=sys.stderr)
         return 1
-    _fit_fd_limit(options)
+    fit_fd_limit(options)
     if options.pid_file:
         try:
             fd = open_own_file(options.pid_file, append=False)
@@ -296,39 +243,6 @@ def run(options: ServerOptions) -> int:
     finally:
         if options.pid_file:  # also when the store or the address was refused
             Path(options.pid_file).unlink(missing_ok=True)
-
-
-def _detach() -> int:
-    """gearmand's -d. The starting process waits until the server listens (then exits 0)
-    or ends (then exits with its code), so an init script sees a server that could not
-    start; the server goes on in a session of its own. Returns the pipe it says so on."""
-    reader, writer = os.pipe()
-    pid = os.fork()
-    if pid:
-        os.close(writer)
-        with os.fdopen(reader, "rb") as word:
-            if word.read() == b"ok":
-                os._exit(0)
-        _, status = os.waitpid(pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-        os._exit(128 - code if code < 0 else code or 1)  # killed by signal N: 128 + N
-    os.close(reader)
-    os.setsid()
-    null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 0)
-    os.close(null)
-    return writer
-
-
-def _detached(ready: int) -> None:
-    """Listening: the starting process may exit, and stdout and stderr (its terminal, which
-    showed any start-up error) go to /dev/null (logs go to --log-file)."""
-    os.write(ready, b"ok")
-    os.close(ready)
-    null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 1)
-    os.dup2(null, 2)
-    os.close(null)
 
 
 def _serve(options: ServerOptions, ready: int | None = None) -> int:
@@ -356,7 +270,7 @@ def _serve(options: ServerOptions, ready: int | None = None) -> int:
         _fatal(options, f"{exc} ({_hint(options, 'store')})")
         return 2
     if ready is not None:
-        server.listening = lambda: _detached(ready)
+        server.listening = lambda: detached(ready)
     try:
         runner(server.serve())
     except (StoreError, TLSFileError) as exc:  # a damaged store, an unusable TLS file

@@ -1,0 +1,115 @@
+"""The server process set up as gearmand sets up its own: the descriptor limit fitted to
+--max-connections, the log (and SIGHUP opening it again), and ``-d``'s detaching.
+Split off ``farm.server.app``, which runs them around its listeners.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from farm.logs import reopen_log_file, setup_logging
+from farm.server.options import ServerOptions
+
+__all__ = [
+    "FD_HEADROOM",
+    "detach",
+    "detached",
+    "fit_fd_limit",
+    "reopen_log",
+    "setup_server_logging",
+]
+
+log = logging.getLogger("farm.server")
+
+#: Descriptors kept beyond the connections: listeners, the store, logs, the metrics.
+FD_HEADROOM = 64
+
+
+def fit_fd_limit(options: ServerOptions) -> None:
+    """Lift the soft descriptor limit toward --max-connections and the headroom (as
+    gearmand's -f does), never past hard; where the hard limit is lower, lower
+    --max-connections to fit: otherwise TCP peers could take every descriptor, the
+    share kept for the Unix socket's peers with them."""
+    wanted = options.max_connections + FD_HEADROOM
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, ValueError, OSError):  # pragma: no cover - best effort
+        return
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        fits = max(1, soft - FD_HEADROOM)
+        log.warning(
+            "the descriptor limit is %d: --max-connections lowered from %d to %d (raise"
+            " LimitNOFILE= or ulimit -n)",
+            soft,
+            options.max_connections,
+            fits,
+        )
+        options.max_connections = fits
+
+
+def reopen_log() -> None:
+    """SIGHUP: open the log file again (logrotate moved it), as gearmand does."""
+    try:
+        reopened = reopen_log_file()
+    except OSError as exc:
+        log.error("SIGHUP: cannot open the log file again: %s; logging on to the old one", exc)
+        return
+    if reopened is None:
+        log.info("SIGHUP: no log file to open again (logging to standard error); running on")
+    else:
+        log.info("SIGHUP: log file %s opened again", reopened)
+
+
+def setup_server_logging(options: ServerOptions) -> None:
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(options.verbose, 2)]
+    fmt = "%(asctime)s farm-server[%(process)d] %(levelname)s %(message)s"
+    if options.log_file == "none":
+        logging.basicConfig(level=logging.CRITICAL + 1)
+        return
+    setup_logging(
+        role="server",
+        log_format=options.log_format,
+        level=level,
+        text_format=fmt,
+        filename=None if options.log_file == "stderr" else options.log_file,
+    )
+
+
+def detach() -> int:
+    """gearmand's -d. The starting process waits until the server listens (then exits 0)
+    or ends (then exits with its code), so an init script sees a server that could not
+    start; the server goes on in a session of its own. Returns the pipe it says so on."""
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(writer)
+        with os.fdopen(reader, "rb") as word:
+            if word.read() == b"ok":
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        os._exit(128 - code if code < 0 else code or 1)  # killed by signal N: 128 + N
+    os.close(reader)
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.close(null)
+    return writer
+
+
+def detached(ready: int) -> None:
+    """Listening: the starting process may exit, and stdout and stderr (its terminal, which
+    showed any start-up error) go to /dev/null (logs go to --log-file)."""
+    os.write(ready, b"ok")
+    os.close(ready)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    os.close(null)
