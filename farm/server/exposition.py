@@ -28,7 +28,7 @@ from typing import Any
 
 from farm.protocol.kinds import PRIORITY_NAMES
 from farm.server.hub import Hub
-from farm.server.metrics import COUNTER_FIELDS, FunctionStats, Histogram
+from farm.server.metrics import COUNTER_FIELDS, REFUSAL_REASONS, FunctionStats, Histogram
 from farm.server.queues import SERVED_LOCALLY, FunctionQueue
 
 __all__ = ["exposition", "serve_http", "CONTENT_TYPE"]
@@ -84,6 +84,19 @@ class _Collector:
                 for priority, count in zip(PRIORITY_NAMES, counts, strict=True):
                     family.add_metric([name, priority], count)
             yield family
+        refused = CounterMetricFamily(
+            "farm_jobs_refused",
+            "Submits refused with QUEUE_ERROR (no job made), by reason: the function's"
+            " maxqueue, or the server's --max-queued-bytes.",
+            labels=[*labels, "reason"],
+        )
+        for name, fqs in groups:
+            stats = [fq.stats for fq in fqs] + ([retired] if name == OTHER else [])
+            for r, reason in enumerate(REFUSAL_REASONS):
+                for i, priority in enumerate(PRIORITY_NAMES):
+                    count = sum(st.refused[r][i] for st in stats)
+                    refused.add_metric([name, priority, reason], count)
+        yield refused
         queued = GaugeMetricFamily(
             "farm_jobs_queued", "Jobs waiting (runnable or held for their epoch).", labels=labels
         )

@@ -24,7 +24,7 @@ from farm.protocol.kinds import Priority
 from farm.server.deadlines import Deadlines
 from farm.server.dispatch import MAX_EXPIRED, WAKE_DEADLINE, Dispatch
 from farm.server.jobcontrol import JobControl
-from farm.server.metrics import FunctionStats
+from farm.server.metrics import BYTES, MAXQUEUE, FunctionStats
 from farm.server.queues import (
     JOB_OVERHEAD,
     NORMAL,
@@ -206,9 +206,11 @@ class JobServer(Dispatch, JobControl):
         # A replayed job was accepted once already; limits only guard new work.
         if not store_id:
             if fq.full(priority):
+                fq.stats.refused[MAXQUEUE][priority] += 1
                 raise QueueFull(f"function {function.decode(errors='replace')} is at its maxqueue")
             q = self.queued  # its checks inline: this runs for every job
             if q.limit and (q.held + size > q.limit or (tcp and q.tcp_held + size > q.tcp_limit)):
+                fq.stats.refused[BYTES][priority] += 1
                 raise QueueFull(
                     f"function {function.decode(errors='replace')}: {q.refusal(size, tcp)};"
                     " [server] max_queued_bytes under farm up)"

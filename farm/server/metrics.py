@@ -20,6 +20,9 @@ __all__ = [
     "BUCKETS",
     "COMMIT_BUCKETS",
     "COUNTER_FIELDS",
+    "REFUSAL_REASONS",
+    "MAXQUEUE",
+    "BYTES",
 ]
 
 #: Upper bounds (seconds) of the queue-wait and run-time buckets: 0.5 ms to 5 minutes.
@@ -103,6 +106,11 @@ def _bound(value: float) -> str:
 
 #: FunctionStats' counters (each a list by priority), in the order the metrics list them.
 COUNTER_FIELDS = ("submitted", "completed", "failed", "exceptions", "retried", "timed_out")
+#: Why a submit was refused with QUEUE_ERROR (the ``reason`` label of
+#: farm_jobs_refused_total): the function's ``maxqueue``, or --max-queued-bytes. Indexes
+#: of ``FunctionStats.refused``.
+REFUSAL_REASONS = ("maxqueue", "bytes")
+MAXQUEUE, BYTES = 0, 1
 
 
 class FunctionStats:
@@ -115,6 +123,7 @@ class FunctionStats:
         "exceptions",
         "retried",
         "timed_out",
+        "refused",
         "wait",
         "run",
     )
@@ -126,6 +135,8 @@ class FunctionStats:
         self.exceptions = [0, 0, 0]
         self.retried = [0, 0, 0]
         self.timed_out = [0, 0, 0]
+        # Submits refused, by reason (REFUSAL_REASONS), then priority: no job was made.
+        self.refused = [[0, 0, 0] for _ in REFUSAL_REASONS]
         self.wait = Histogram()  # submit (or requeue) -> assigned to a worker
         self.run = Histogram()  # assigned -> the worker's answer
 
@@ -136,13 +147,18 @@ class FunctionStats:
             mine, theirs = getattr(self, field), getattr(other, field)
             for i in range(3):
                 mine[i] += theirs[i]
+        for mine, theirs in zip(self.refused, other.refused, strict=True):
+            for i in range(3):
+                mine[i] += theirs[i]
         self.wait.absorb(other.wait)
         self.run.absorb(other.run)
 
     def counted(self) -> bool:
         """Whether anything was counted here."""
-        return any(any(getattr(self, f)) for f in COUNTER_FIELDS) or any(
-            self.wait.counts + self.run.counts
+        return (
+            any(any(getattr(self, f)) for f in COUNTER_FIELDS)
+            or any(any(by_priority) for by_priority in self.refused)
+            or any(self.wait.counts + self.run.counts)
         )
 
 

@@ -320,3 +320,58 @@ def test_connections_held_open_do_not_keep_prometheus_out() -> None:
         for s in held:
             s.close()
         srv.stop()
+
+
+def refused_count(client: Peer, ptype: int, function: str, data: str, times: int) -> int:
+    """Submit ``times`` jobs; how many the server refused with QUEUE_ERROR."""
+    refused = 0
+    for _ in range(times):
+        client.send(ptype, function, "", data)
+        reply = client.recv()
+        if reply.type == T.ERROR:
+            assert reply.args[0] == b"QUEUE_ERROR"
+            refused += 1
+        else:
+            assert reply.type == T.JOB_CREATED
+    return refused
+
+
+@pytest.mark.timeout(60)
+def test_submits_refused_for_a_full_queue_are_counted_by_reason(
+    peer_factory: Callable[[str], Peer],
+) -> None:
+    """QUEUE_ERROR for a maxqueue reached, or for --max-queued-bytes, was counted nowhere: an
+    SRE could not alert on clients being turned away."""
+    # TCP peers may hold 3/4 of it, 3,000 bytes: a job of 1,000 bytes of data holds 1,519.
+    srv = start_farm_server("--max-queued-bytes", "4000")
+    try:
+        worker = peer_factory(srv.addr)
+        worker.send(T.CAN_DO, "mq")  # labelled by its name from now on
+        assert admin_query(srv.addr, "maxqueue mq 2", timeout=10) == "OK\r\n"
+        client = peer_factory(srv.addr)
+        assert refused_count(client, T.SUBMIT_JOB_BG, "mq", "x", 5) == 3
+        # Two mq jobs hold 1,030 bytes: one big job fits beside them, a second does not.
+        assert refused_count(client, T.SUBMIT_JOB_LOW_BG, "nobody", "y" * 1000, 3) == 2
+        text = server_metrics(srv.addr, timeout=10)
+        refused = {
+            (s[1][0][1], s[1][1][1], s[1][2][1]): n
+            for s, n in samples(text).items()
+            if s[0] == "farm_jobs_refused_total"
+        }
+        # Every function, priority and reason is shown, at 0 until it counts.
+        assert len(refused) == 2 * 3 * 2
+        assert {k: n for k, n in refused.items() if n} == {
+            ("mq", "normal", "maxqueue"): 3,
+            ("other", "low", "bytes"): 2,
+        }
+        # Refused submits are not jobs.
+        assert value(text, "farm_jobs_submitted_total", function="mq", priority="normal") == 2
+        assert value(text, "farm_jobs_submitted_total", function="other", priority="low") == 1
+        promtool = shutil.which("promtool")
+        if promtool:
+            check = subprocess.run(
+                [promtool, "check", "metrics"], input=text.encode(), capture_output=True
+            )
+            assert check.returncode == 0, check.stdout + check.stderr
+    finally:
+        srv.stop()

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from farm.server.exposition import exposition
 from farm.server.hub import Hub
 from farm.server.jobs import MAX_IDLE_FUNCTIONS
+from farm.server.metrics import BYTES
 from farm.server.options import parse_args
 from farm.server.queues import SERVED_OVER_TCP
 
@@ -77,3 +78,27 @@ def test_no_other_until_a_function_is_summed_there() -> None:
     hub = Hub(parse_args(["--store", "none"]))
     hub.jobs.function(b"a").served = SERVED_OVER_TCP
     assert not [key for key in scrape(hub) if key[1] == "other"]
+
+
+def test_other_keeps_the_refusals_of_a_function_that_leaves_it() -> None:
+    hub = Hub(parse_args(["--store", "none"]))
+    fq = hub.jobs.function(b"a")
+    fq.stats.refused[BYTES][2] = 2
+    refused = [
+        s
+        for family in text_string_to_metric_families(exposition(hub).decode())
+        for s in family.samples
+        if s.name == "farm_jobs_refused_total"
+    ]
+    assert {(s.labels["reason"], s.labels["priority"]): s.value for s in refused if s.value} == {
+        ("bytes", "low"): 2
+    }
+    fq.served = SERVED_OVER_TCP  # a's own series from now on, starting from what it counted
+    for _ in range(2):  # and other keeps what a counted there, scrape after scrape
+        after = {
+            (s.labels["function"], s.labels["reason"], s.labels["priority"]): s.value
+            for family in text_string_to_metric_families(exposition(hub).decode())
+            for s in family.samples
+            if s.name == "farm_jobs_refused_total" and s.value
+        }
+        assert after == {("other", "bytes", "low"): 2, ("a", "bytes", "low"): 2}
