@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from farm.protocol.kinds import Priority
 from farm.server.metrics import FunctionStats
-from farm.server.queues import FunctionQueue, Job, Outcome
+from farm.server.queues import FunctionQueue, Job, Outcome, Peer
 from farm.server.store import SQLiteStore
 
 __all__ = ["JobControl"]
@@ -31,6 +31,8 @@ class JobControl:
     _unqueue: Callable[[Job], None]
     _end: Callable[..., None]
     _forget: Callable[[Job], None]
+    _drop_answers: Callable[[Peer, Job], None]
+    _stop_running: Callable[[Peer, Job], None]
 
     def replay(self) -> int:
         """Queue every job of the durable store again (at start); how many."""
@@ -74,26 +76,22 @@ class JobControl:
     # -- the operator's ------------------------------------------------------
 
     def cancel(self, handle: bytes) -> bool:
-        """Remove a queued job; a running one runs on, but (as gearmand) its clients get
-        WORK_FAIL now, and it is neither stored nor run again. True when there was one."""
+        """Remove a queued job; a running one (as gearmand) fails now: its clients get
+        WORK_FAIL, and it is neither stored nor run again. True when there was one."""
         job = self.jobs.get(handle)
         if job is None:
             return False
-        if job.worker is None:
+        worker = job.worker
+        if worker is None:
             self._unqueue(job)
-            self._end(job, Outcome.FAIL)
-            return True
-        # _end's and _forget's steps, written out: helpers shared with them cost every job
-        # about 1,000 instructions (bench.server_cost --instructions).
-        for client in job.clients:
-            client.job_ended(job, Outcome.FAIL, b"")
-            client.attached.discard(job)
-        job.clients, job.background = [], False  # if its worker dies, _requeue drops it
-        if self.uniques.get((job.function, job.key)) is job:
-            del self.uniques[job.function, job.key]  # a new submit must not join (and revive) it
-        if job.store_id and self.store is not None:
-            self.store.remove(job.store_id)
-            job.store_id = 0
+        else:
+            # Ended here as a timeout ends it: the worker runs on, and what it still sends
+            # for the job is dropped unanswered. Left to that answer, the job was counted
+            # in the metrics as whatever the worker said (mostly completed) while its
+            # clients were told it failed.
+            self._drop_answers(worker, job)
+            self._stop_running(worker, job)
+        self._end(job, Outcome.FAIL)
         return True
 
     def drop_function(self, name: bytes) -> bool:

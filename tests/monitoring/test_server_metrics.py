@@ -375,3 +375,37 @@ def test_submits_refused_for_a_full_queue_are_counted_by_reason(
             assert check.returncode == 0, check.stdout + check.stderr
     finally:
         srv.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_running_job_cancelled_counts_as_failed_not_as_its_late_answer(
+    peer_factory: Callable[[str], Peer],
+) -> None:
+    """`cancel job` fails a running job's clients at once: the metrics counted the worker's
+    later answer instead (completed, mostly), where docs/monitoring.md says failed."""
+    srv = start_farm_server()
+    try:
+        client = peer_factory(srv.addr)
+        worker = peer_factory(srv.addr)
+        worker.send(T.CAN_DO, "f")
+        handle = run_one(client, worker, "f", lambda h: None, 0)
+        assert admin_query(srv.addr, f"cancel job {handle.decode()}", timeout=10) == "OK\r\n"
+        client.expect(T.WORK_FAIL)
+        text = server_metrics(srv.addr, timeout=10)
+        assert value(text, "farm_jobs_failed_total", function="f", priority="high") == 1
+        assert value(text, "farm_jobs_running", function="f") == 0
+        worker.send(T.WORK_COMPLETE, handle, "late")  # dropped: the job has ended
+        worker.send(T.GRAB_JOB)
+        worker.expect(T.NO_JOB)  # no ERROR before it
+        text = server_metrics(srv.addr, timeout=10)
+        assert value(text, "farm_jobs_failed_total", function="f", priority="high") == 1
+        assert value(text, "farm_jobs_completed_total", function="f", priority="high") == 0
+        assert value(text, "farm_job_run_seconds_count", function="f") == 0  # no answer
+        # The worker runs on as before.
+        run_one(client, worker, "f", lambda h: worker.send(T.WORK_COMPLETE, h, "ok"), 0)
+        client.expect(T.WORK_COMPLETE)
+        text = server_metrics(srv.addr, timeout=10)
+        assert value(text, "farm_jobs_completed_total", function="f", priority="high") == 1
+        assert value(text, "farm_jobs_failed_total", function="f", priority="high") == 1
+    finally:
+        srv.stop()
