@@ -259,7 +259,9 @@ class Dispatch(Sleepers):
             # fault, and nothing runs it here again; the store keeps background jobs.
             return
         if not job.clients and not job.background:
-            self._forget(job)  # nobody waits for it any more: nothing to retry or fail
+            # Nobody waits for it any more: nothing to retry or fail, but it ends here.
+            self.functions[job.function].stats.dropped[job.priority] += 1
+            self._forget(job)
             return
         job.numerator = job.denominator = b"0"  # its progress was the dead worker's (gearmand)
         self.function(job.function).stats.retried[job.priority] += 1

@@ -53,6 +53,7 @@ _HELP = {
     "completed": "Jobs that ended with WORK_COMPLETE.",
     "failed": "Jobs that failed: WORK_FAIL, a timeout, a cancel, or out of retries.",
     "exceptions": "Jobs that ended with WORK_EXCEPTION.",
+    "dropped": "Foreground jobs dropped, not run to an end: every client waiting on them left.",
     "retried": "Times a job was queued again because its worker died or let it go.",
     "timed_out": "Jobs failed because they outran their CAN_DO_TIMEOUT.",
 }

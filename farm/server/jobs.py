@@ -279,7 +279,9 @@ class JobServer(Dispatch, JobControl):
                 continue
             job.clients = others
             if not job.clients and not job.background and job.queued:
-                self.function(job.function).discard(job)
+                fq = self.function(job.function)
+                fq.discard(job)
+                fq.stats.dropped[job.priority] += 1  # submitted, so it must end somewhere
                 self._forget(job)
         client.attached.clear()
 

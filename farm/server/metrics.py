@@ -105,7 +105,15 @@ def _bound(value: float) -> str:
 
 
 #: FunctionStats' counters (each a list by priority), in the order the metrics list them.
-COUNTER_FIELDS = ("submitted", "completed", "failed", "exceptions", "retried", "timed_out")
+COUNTER_FIELDS = (
+    "submitted",
+    "completed",
+    "failed",
+    "exceptions",
+    "dropped",
+    "retried",
+    "timed_out",
+)
 #: Why a submit was refused with QUEUE_ERROR (the ``reason`` label of
 #: farm_jobs_refused_total): the function's ``maxqueue``, or --max-queued-bytes. Indexes
 #: of ``FunctionStats.refused``.
@@ -121,6 +129,7 @@ class FunctionStats:
         "completed",
         "failed",
         "exceptions",
+        "dropped",
         "retried",
         "timed_out",
         "refused",
@@ -133,6 +142,7 @@ class FunctionStats:
         self.completed = [0, 0, 0]
         self.failed = [0, 0, 0]
         self.exceptions = [0, 0, 0]
+        self.dropped = [0, 0, 0]
         self.retried = [0, 0, 0]
         self.timed_out = [0, 0, 0]
         # Submits refused, by reason (REFUSAL_REASONS), then priority: no job was made.

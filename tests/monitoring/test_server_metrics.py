@@ -409,3 +409,42 @@ def test_a_running_job_cancelled_counts_as_failed_not_as_its_late_answer(
         assert value(text, "farm_jobs_failed_total", function="f", priority="high") == 1
     finally:
         srv.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_foreground_job_whose_clients_left_is_counted_dropped(
+    peer_factory: Callable[[str], Peer],
+) -> None:
+    """A foreground job nobody waits on any more is dropped (as gearmand does): it was
+    counted submitted and never again, so submitted less the ends drifted from the queue."""
+    srv = start_farm_server()
+    try:
+        queued = peer_factory(srv.addr)
+        queued.send(T.SUBMIT_JOB, "crev", "", "abc")  # no worker for it
+        queued.expect(T.JOB_CREATED)
+        # One already running when its client leaves: its worker dies too, so nobody would
+        # ever see it end (were its worker to answer, it would count that answer).
+        running = peer_factory(srv.addr)
+        worker = peer_factory(srv.addr)
+        worker.send(T.CAN_DO, "r")
+        run_one(running, worker, "r", lambda h: None, 2)
+        queued.close()
+        running.close()
+
+        def dropped(function: str, priority: str) -> float:
+            text = server_metrics(srv.addr, timeout=10)
+            return value(text, "farm_jobs_dropped_total", function=function, priority=priority)
+
+        wait_for("the queued job dropped", lambda: dropped("other", "normal") == 1)
+        assert dropped("r", "low") == 0  # it runs on
+        worker.sock.close()
+        wait_for("the running job dropped", lambda: dropped("r", "low") == 1)
+        text = server_metrics(srv.addr, timeout=10)
+        assert value(text, "farm_jobs_submitted_total", function="other", priority="normal") == 1
+        assert value(text, "farm_jobs_queued", function="other", priority="normal") == 0
+        assert value(text, "farm_jobs_queued", function="r", priority="low") == 0
+        assert value(text, "farm_jobs_running", function="r") == 0
+        for field in ("completed", "failed", "exceptions", "retried"):
+            assert value(text, f"farm_jobs_{field}_total", function="r", priority="low") == 0
+    finally:
+        srv.stop()
