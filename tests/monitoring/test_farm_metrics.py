@@ -248,7 +248,9 @@ def test_a_command_workers_cpu_counts_the_children_that_ran_its_jobs(tmp_path: P
         with farm.Client(up.addr) as client:
             for _ in range(2):
                 assert client.call("burn", b"", timeout=30) == b"burnt\n"
+        # Two children of 0.4 s each, read at the kernel's 10 ms ticks (0.7999... once);
+        # without them the gearman process itself has used a few ticks at most.
         used = get(scrape(up), "farm_worker_cpu_seconds_total", pool="cli", slot="0")
-        assert used >= 0.8, used
+        assert used >= 0.6, used
     finally:
         assert up.stop() == 0
