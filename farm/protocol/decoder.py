@@ -44,6 +44,14 @@ _tuple_new = tuple.__new__
 _HANDLE_PEEK = 128
 
 
+def _over_limit(size: int, limit: int, *, fatal: bool = True) -> ProtocolError:
+    return ProtocolError(
+        f"packet body of {size} bytes exceeds the limit of {limit}",
+        code="ARGUMENT_TOO_LARGE",
+        fatal=fatal,
+    )
+
+
 def _too_large(
     src: bytes | bytearray, pos: int, end: int, ptype: int, size: int, limit: int
 ) -> ProtocolError | None:
@@ -54,9 +62,7 @@ def _too_large(
     can fail that job rather than have it run, and refused, again and again. It waits
     for the handle's bytes, never more.
     """
-    exc = ProtocolError(
-        f"packet body of {size} bytes exceeds the limit of {limit}", code="ARGUMENT_TOO_LARGE"
-    )
+    exc = _over_limit(size, limit)
     if ptype in _HANDLE_FIRST:
         start = pos + HEADER_SIZE
         head = bytes(src[start : min(end, start + _HANDLE_PEEK)])
@@ -81,14 +87,8 @@ class Oversized:
 
     def error(self) -> ProtocolError:
         """The error to answer it with; not fatal, as the stream goes on behind it."""
-        exc = ProtocolError(
-            f"packet body of {self.size} bytes exceeds the limit of {self.limit}",
-            code="ARGUMENT_TOO_LARGE",
-            fatal=False,
-        )
-        exc.ptype, exc.handle = (
-            (self.ptype, self.handle) if self.handle is not None else (None, None)
-        )
+        exc = _over_limit(self.size, self.limit, fatal=False)
+        exc.ptype, exc.handle = self.ptype, self.handle  # read only with a handle
         return exc
 
 

@@ -124,18 +124,7 @@ MAXQUEUE, BYTES = 0, 1
 class FunctionStats:
     """One function's counters, each indexed by priority (high, normal, low)."""
 
-    __slots__ = (
-        "submitted",
-        "completed",
-        "failed",
-        "exceptions",
-        "dropped",
-        "retried",
-        "timed_out",
-        "refused",
-        "wait",
-        "run",
-    )
+    __slots__ = (*COUNTER_FIELDS, "refused", "wait", "run")
 
     def __init__(self) -> None:
         self.submitted = [0, 0, 0]
