@@ -86,8 +86,9 @@ class ClientSide:
         if len(unique) > p.MAX_UNIQUE:
             self.send(error("ARGUMENT_TOO_LARGE", "Unique value too large"))
             return
-        if not self.function_ok(function) or (
-            reducer is not None and not self.function_ok(reducer, "reducer")
+        priority = kind.priority
+        if not self.function_ok(function, priority=priority) or (
+            reducer is not None and not self.function_ok(reducer, "reducer", priority=priority)
         ):
             return
         background = kind.background

@@ -221,10 +221,13 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
             self.hub.holding.append(self)
         self.held.append((handle, bytearray()))
 
-    def release_held(self, failed: frozenset[bytes], refusal_text: str) -> None:
+    def release_held(self, failed: frozenset[bytes], refusal_text: str) -> list[bytes]:
         held, self.held = self.held, None
-        if held is None or self.closed:
-            return
+        if held is None:
+            return []
+        refused = [handle for handle, _ in held if handle in failed]
+        if self.closed:
+            return refused  # refused all the same: no job was made for them
         refusal = error("QUEUE_ERROR", refusal_text) if failed else b""
         for handle, after in held:
             self.out += refusal if handle in failed else frame_res(T.JOB_CREATED, handle)
@@ -232,6 +235,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
         if not self.dirty:
             self.dirty = True
             self.hub.dirty.append(self)
+        return refused
 
     def flush(self) -> None:
         self.dirty = False
@@ -274,7 +278,11 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
 
     # -- packets -------------------------------------------------------------
 
-    def function_ok(self, name: bytes, what: str = "function name") -> bool:
+    def function_ok(
+        self, name: bytes, what: str = "function name", *, priority: int | None = None
+    ) -> bool:
+        """Whether the server takes ``name`` from this peer (else it was told why): for a
+        submit at ``priority``, or (None) a worker's CAN_DO."""
         if name in self.jobs.functions:
             return True  # a name the server holds was checked when it came
         if (problem := p.name_problem(name)) is not None:
@@ -287,6 +295,10 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
             # Each costs memory, a line of `status` and a series of the metrics: local users
             # must not make them without bound (the farm's own peers on the Unix socket may).
             self.send(error("QUEUE_ERROR", "the server holds --max-functions functions"))
+            if priority is None:
+                self.hub.stats.registrations_refused["max_functions"] += 1
+            else:
+                self.jobs.refused_past_max_functions(priority)
             return False
         return True
 

@@ -28,7 +28,13 @@ from typing import Any
 
 from farm.protocol.kinds import PRIORITY_NAMES
 from farm.server.hub import Hub
-from farm.server.metrics import COUNTER_FIELDS, REFUSAL_REASONS, FunctionStats, Histogram
+from farm.server.metrics import (
+    COUNTER_FIELDS,
+    MAX_FUNCTIONS,
+    REFUSAL_REASONS,
+    FunctionStats,
+    Histogram,
+)
 from farm.server.queues import SERVED_LOCALLY, FunctionQueue
 
 __all__ = ["exposition", "serve_http", "CONTENT_TYPE"]
@@ -87,13 +93,16 @@ class _Collector:
             yield family
         refused = CounterMetricFamily(
             "farm_jobs_refused",
-            "Submits refused with QUEUE_ERROR (no job made), by reason: the function's"
-            " maxqueue, or the server's --max-queued-bytes.",
+            "Submits refused with QUEUE_ERROR, by reason: the function's maxqueue, the"
+            " server's --max-queued-bytes, the store failing (a background job), or"
+            " --max-functions (a new function's name; under function other).",
             labels=[*labels, "reason"],
         )
         for name, fqs in groups:
             stats = [fq.stats for fq in fqs] + ([retired] if name == OTHER else [])
             for r, reason in enumerate(REFUSAL_REASONS):
+                if r == MAX_FUNCTIONS and name != OTHER:
+                    continue  # a function the server holds is never refused for it
                 for i, priority in enumerate(PRIORITY_NAMES):
                     count = sum(st.refused[r][i] for st in stats)
                     refused.add_metric([name, priority, reason], count)
@@ -150,6 +159,15 @@ class _Collector:
         for kind, count in kinds.items():
             connections.add_metric([kind], count)
         yield connections
+        registrations = CounterMetricFamily(
+            "farm_worker_registrations_refused",
+            "CAN_DOs refused with QUEUE_ERROR (the worker does not serve the function), by"
+            " reason: --max-functions or --max-tcp-abilities.",
+            labels=["reason"],
+        )
+        for reason, count in stats.registrations_refused.items():
+            registrations.add_metric([reason], count)
+        yield registrations
         yield CounterMetricFamily(
             "farm_server_received_bytes", "Bytes read from connections.", value=stats.bytes_in
         )

@@ -66,8 +66,9 @@ class Writer(Protocol):
     def close(self) -> None:
         """Write what is owed, then close."""
 
-    def release_held(self, failed: frozenset[bytes], refusal_text: str) -> None:
-        """The store committed: send the held JOB_CREATEDs (QUEUE_ERROR for ``failed``)."""
+    def release_held(self, failed: frozenset[bytes], refusal_text: str) -> list[bytes]:
+        """The store committed: send the held JOB_CREATEDs (QUEUE_ERROR for ``failed``);
+        the handles refused, one for each submit."""
 
     def push(self) -> None:
         """Answer this worker's held grab with the job it was woken for, if still there."""
@@ -197,8 +198,6 @@ class Hub:
             failed = store.commit()
             self.stats.commits += 1
             self.stats.commit_time.observe(time.perf_counter() - began)
-            for handle in failed:
-                self.jobs.unstore(handle)
             if store.pending and self._store_retry is None:
                 # Deletes of finished jobs held back while the store fails: write them when
                 # it may be tried again, not at the next packet, which an idle server may
@@ -208,7 +207,12 @@ class Hub:
             refusal = ((store and store.broken) or "job store error") if failed else ""
             holding, self.holding = self.holding, []
             for conn in holding:
-                conn.release_held(frozenset(failed), refusal)
+                # Counted per submit told QUEUE_ERROR (two may hold one job), while the
+                # job is still there to say its function.
+                for handle in conn.release_held(frozenset(failed), refusal):
+                    self.jobs.refused_by_store(handle)
+        for handle in failed:
+            self.jobs.unstore(handle)
         if self.pushes:
             pushes, self.pushes = self.pushes, []
             for conn in pushes:

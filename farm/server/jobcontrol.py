@@ -1,5 +1,6 @@
 """What is done to jobs outside their course: the durable store's jobs queued again at start
-(``replay``), a job the store could not keep forgotten (``unstore``), and the operator's
+(``replay``), a job the store could not keep counted and forgotten (``refused_by_store``,
+``unstore``), and the operator's
 admin commands (``cancel job``, ``drop function``). A mixin of
 :class:`farm.server.jobs.JobServer`, split off along this seam: none of it is on a job's
 hot path.
@@ -11,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from farm.protocol.kinds import Priority
-from farm.server.metrics import FunctionStats
+from farm.server.metrics import MAX_FUNCTIONS, STORE, FunctionStats
 from farm.server.queues import FunctionQueue, Job, Outcome, Peer
 from farm.server.store import SQLiteStore
 
@@ -58,6 +59,19 @@ class JobControl:
                 job.since -= max(0.0, time.time() - row.created)
             count += 1
         return count
+
+    def refused_past_max_functions(self, priority: int) -> None:
+        """A submit naming a function the server does not hold was refused past
+        --max-functions: counted under the metrics' ``other``, as it has no entry."""
+        self.other_retired.refused[MAX_FUNCTIONS][priority] += 1
+
+    def refused_by_store(self, handle: bytes) -> None:
+        """A background submit of this job was refused (QUEUE_ERROR) because its commit to
+        the store failed: counted before ``unstore`` forgets the job (the metrics)."""
+        job = self.jobs.get(handle)
+        fq = None if job is None else self.functions.get(job.function)
+        if job is not None and fq is not None:
+            fq.stats.refused[STORE][job.priority] += 1
 
     def unstore(self, handle: bytes) -> Job | None:
         """The store could not keep this job: forget it without telling anyone."""

@@ -24,7 +24,7 @@ from farm.protocol.kinds import Priority
 from farm.server.deadlines import Deadlines
 from farm.server.dispatch import MAX_EXPIRED, WAKE_DEADLINE, Dispatch
 from farm.server.jobcontrol import JobControl
-from farm.server.metrics import BYTES, MAXQUEUE, FunctionStats
+from farm.server.metrics import BYTES, MAXQUEUE, STORE, FunctionStats
 from farm.server.queues import (
     JOB_OVERHEAD,
     NORMAL,
@@ -38,7 +38,7 @@ from farm.server.queues import (
     Timer,
     held_bytes,
 )
-from farm.server.store import SQLiteStore
+from farm.server.store import SQLiteStore, StoreError
 
 #: The longest host part of a job handle: "H:" + host + ":" + 20 digits + NUL fit 64 bytes.
 MAX_HANDLE_HOST = 64 - 1 - 20 - 3
@@ -196,7 +196,8 @@ class JobServer(Dispatch, JobControl):
             if job is not None:
                 if background:
                     if self.store is not None and not job.store_id:
-                        job.store_id = self._store_add(job)  # may raise: then nothing changed
+                        # may raise: then nothing changed
+                        job.store_id = self._store_add(job, priority)
                     job.background = True
                 elif client is not None:
                     self._attach(job, client)
@@ -223,7 +224,7 @@ class JobServer(Dispatch, JobControl):
         if store_id:
             job.store_id = store_id
         elif background and self.store is not None:
-            job.store_id = self._store_add(job)  # may raise StoreError: nothing registered yet
+            job.store_id = self._store_add(job, priority)  # may raise: nothing registered yet
         job.size = size
         q = self.queued
         q.held += size
@@ -248,11 +249,17 @@ class JobServer(Dispatch, JobControl):
             self._wake(fq)
         return job
 
-    def _store_add(self, job: Job) -> int:
+    def _store_add(self, job: Job, priority: int) -> int:
+        """Stage ``job`` in the store for a background submit at ``priority``; StoreError
+        (counted as that submit refused) while the store fails."""
         assert self.store is not None
-        return self.store.add(
-            job.handle, job.function, job.unique, job.data, job.priority, job.reducer, job.when
-        )
+        try:
+            return self.store.add(
+                job.handle, job.function, job.unique, job.data, job.priority, job.reducer, job.when
+            )
+        except StoreError:
+            self.function(job.function).stats.refused[STORE][priority] += 1
+            raise
 
     def _unqueue(self, job: Job) -> None:
         """Take a job that is not running off its queue, or out of the epoch heap."""

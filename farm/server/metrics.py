@@ -23,6 +23,9 @@ __all__ = [
     "REFUSAL_REASONS",
     "MAXQUEUE",
     "BYTES",
+    "STORE",
+    "MAX_FUNCTIONS",
+    "REGISTRATION_REFUSALS",
 ]
 
 #: Upper bounds (seconds) of the queue-wait and run-time buckets: 0.5 ms to 5 minutes.
@@ -115,10 +118,16 @@ COUNTER_FIELDS = (
     "timed_out",
 )
 #: Why a submit was refused with QUEUE_ERROR (the ``reason`` label of
-#: farm_jobs_refused_total): the function's ``maxqueue``, or --max-queued-bytes. Indexes
-#: of ``FunctionStats.refused``.
-REFUSAL_REASONS = ("maxqueue", "bytes")
-MAXQUEUE, BYTES = 0, 1
+#: farm_jobs_refused_total): the function's ``maxqueue``, --max-queued-bytes, the durable
+#: store failing (a background job it could not save), or --max-functions (a TCP peer
+#: naming a function the server does not hold: counted under the metrics' ``other``, as
+#: the function has no entry). Indexes of ``FunctionStats.refused``.
+REFUSAL_REASONS = ("maxqueue", "bytes", "store", "max_functions")
+MAXQUEUE, BYTES, STORE, MAX_FUNCTIONS = 0, 1, 2, 3
+#: Why a worker's CAN_DO (or CAN_DO_TIMEOUT) was refused with QUEUE_ERROR, so that it does
+#: not serve the function (the ``reason`` label of farm_worker_registrations_refused_total):
+#: --max-functions, or --max-tcp-abilities: the keys of ``ServerStats.registrations_refused``.
+REGISTRATION_REFUSALS = ("max_functions", "max_tcp_abilities")
 
 
 class FunctionStats:
@@ -134,7 +143,8 @@ class FunctionStats:
         self.dropped = [0, 0, 0]
         self.retried = [0, 0, 0]
         self.timed_out = [0, 0, 0]
-        # Submits refused, by reason (REFUSAL_REASONS), then priority: no job was made.
+        # Submits refused, by reason (REFUSAL_REASONS), then priority: no job was made,
+        # or (the store's commit failed) the one made is forgotten.
         self.refused = [[0, 0, 0] for _ in REFUSAL_REASONS]
         self.wait = Histogram()  # submit (or requeue) -> assigned to a worker
         self.run = Histogram()  # assigned -> the worker's answer
@@ -164,10 +174,18 @@ class FunctionStats:
 class ServerStats:
     """What the server counts outside any one function."""
 
-    __slots__ = ("started", "bytes_in", "bytes_out", "commits", "commit_time")
+    __slots__ = (
+        "started",
+        "bytes_in",
+        "bytes_out",
+        "commits",
+        "commit_time",
+        "registrations_refused",
+    )
 
     def __init__(self) -> None:
         self.started = time.time()
+        self.registrations_refused = dict.fromkeys(REGISTRATION_REFUSALS, 0)
         self.bytes_in = 0
         self.bytes_out = 0
         self.commits = 0

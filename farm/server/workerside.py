@@ -227,6 +227,7 @@ class WorkerSide:
             self.send(
                 error("QUEUE_ERROR", "the server holds --max-tcp-abilities TCP workers' functions")
             )
+            self.hub.stats.registrations_refused["max_tcp_abilities"] += 1
             return False
         return True
 

@@ -358,8 +358,9 @@ def test_submits_refused_for_a_full_queue_are_counted_by_reason(
             for s, n in samples(text).items()
             if s[0] == "farm_jobs_refused_total"
         }
-        # Every function, priority and reason is shown, at 0 until it counts.
-        assert len(refused) == 2 * 3 * 2
+        # Every function, priority and reason is shown, at 0 until it counts; max_functions
+        # only under other (test_refusal_reasons).
+        assert len(refused) == 2 * 3 * 3 + 3
         assert {k: n for k, n in refused.items() if n} == {
             ("mq", "normal", "maxqueue"): 3,
             ("other", "low", "bytes"): 2,
