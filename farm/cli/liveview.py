@@ -49,6 +49,10 @@ class FunctionRow:
     p50: float | None  # run time (seconds) from the histogram's buckets
     p99: float | None
     failures: int | None  # failed (timeouts included) + exceptions
+    # Submits refused with QUEUE_ERROR (every reason), and foreground jobs dropped when all
+    # their clients left: neither reaches an answer, so neither is in the rate or failures.
+    refused: int | None
+    dropped: int | None
 
 
 def quantile(buckets: Sequence[tuple[float, float]], q: float) -> float | None:
@@ -95,7 +99,8 @@ def _header(label: str, key: str | None, sort: str) -> str:
 
 
 def function_table(rows: Sequence[FunctionRow], *, sort: str = "name") -> Table:
-    """One row per function: queues, workers, throughput, run-time quantiles, failures."""
+    """One row per function: queues, workers, throughput, run-time quantiles, failures,
+    and submits that got no answer (refused, dropped)."""
     columns = [
         ("FUNCTION", "name"),
         ("QUEUED", "queued"),
@@ -107,6 +112,8 @@ def function_table(rows: Sequence[FunctionRow], *, sort: str = "name") -> Table:
         ("P50", None),
         ("P99", None),
         ("FAILED", None),
+        ("REFUSED", None),
+        ("DROPPED", None),
     ]
     table = Table(box=None, header_style="bold", pad_edge=False, expand=False)
     for label, key in columns:
@@ -127,6 +134,8 @@ def function_table(rows: Sequence[FunctionRow], *, sort: str = "name") -> Table:
             seconds(r.p50),
             seconds(r.p99),
             Text(_count(r.failures), style="red" if r.failures else ""),
+            Text(_count(r.refused), style="red" if r.refused else ""),
+            Text(_count(r.dropped), style="yellow" if r.dropped else ""),
         )
     return table
 

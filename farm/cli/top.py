@@ -136,7 +136,7 @@ class Sampler:
                 recent = [(le, count - earlier.get(le, 0.0)) for le, count in run]
                 if recent and recent[-1][1] > 0:
                     run = recent  # what ran in the window; else since the server started
-            queued, running, workers, failures, p50, p99 = (
+            queued, running, workers, failures, refused, dropped, p50, p99 = (
                 (
                     int(total(m, "farm_jobs_queued", fn)),
                     int(total(m, "farm_jobs_running", fn)),
@@ -145,11 +145,13 @@ class Sampler:
                         total(m, "farm_jobs_failed_total", fn)
                         + total(m, "farm_jobs_exceptions_total", fn)
                     ),
+                    int(total(m, "farm_jobs_refused_total", fn)),  # every reason and priority
+                    int(total(m, "farm_jobs_dropped_total", fn)),
                     quantile(run, 0.5),
                     quantile(run, 0.99),
                 )
                 if now.server
-                else (None,) * 6  # shown as "-": unknown, not 0
+                else (None,) * 8  # shown as "-": unknown, not 0
             )
             rows.append(
                 FunctionRow(
@@ -163,6 +165,8 @@ class Sampler:
                     p50=p50,
                     p99=p99,
                     failures=failures,
+                    refused=refused,
+                    dropped=dropped,
                 )
             )
         return rows

@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 
 import farm
+from farm.client.admin import admin_query
 from farm.errors import JobException
+from farm.protocol import PacketType as T
 from tests.helpers import ROOT
 from tests.helpers.farmproc import FarmUp
+from tests.helpers.peers import Peer
 from tests.helpers.scraping import get, scrape
 from tests.helpers.waiting import wait_for
 
@@ -29,6 +32,8 @@ workers = 1
 """
 
 ENV = dict(os.environ, COLUMNS="160", LINES="60", PYTHONPATH=str(ROOT))
+#: The function table's FAILED cell, before REFUSED and DROPPED.
+FAILED = -3
 
 
 def farm_top(up: FarmUp, *args: str) -> list[str]:
@@ -65,12 +70,31 @@ def test_once_shows_every_function_and_process_with_the_endpoints_numbers(tmp_pa
             with pytest.raises(JobException):
                 client.call("beta", "raise")
             client.submit("nobody", "x", background=True)
+        # A submit refused (the queue is full) and a job dropped (its client left): neither
+        # was on the view, nor counted in FAILED.
+        assert admin_query(f"unix:{up.unix}", "maxqueue nobody 1", timeout=10) == "OK\r\n"
+        refused, dropped = Peer(up.addr), Peer(up.addr)
+        refused.send(T.SUBMIT_JOB_BG, "nobody", "", "y")
+        assert refused.expect(T.ERROR).args[0] == b"QUEUE_ERROR"
+        refused.close()
+        dropped.send(T.SUBMIT_JOB, "left", "", "z")
+        dropped.expect(T.JOB_CREATED)
+        dropped.close()
+        wait_for(
+            "the job whose client left dropped",
+            lambda: get(
+                scrape(up.metrics_url),
+                "farm_jobs_dropped_total",
+                function="other",
+                priority="normal",
+            ),
+        )
         lines = farm_top(up, "--once")
         m = scrape(up.metrics_url, check=False)
         functions = rows_of(lines, "FUNCTION")
         assert set(functions) == {"alpha", "beta", "other"}
         for name, cells in functions.items():
-            _, queued, running, workers, idle, busy, _rate, _p50, _p99, failed = cells
+            _, queued, running, workers, idle, busy, _rate, _p50, _p99, failed, *unanswered = cells
             priorities = ("high", "normal", "low")
             assert int(queued) == sum(
                 get(m, "farm_jobs_queued", function=name, priority=p) for p in priorities
@@ -82,8 +106,17 @@ def test_once_shows_every_function_and_process_with_the_endpoints_numbers(tmp_pa
                 for kind in ("failed", "exceptions")
                 for p in priorities
             )
+            assert [int(n) for n in unanswered] == [
+                sum(
+                    v
+                    for (n, labels), v in m.items()
+                    if n == f"farm_jobs_{kind}_total" and ("function", name) in labels
+                )
+                for kind in ("refused", "dropped")
+            ]
         assert functions["other"][1] == "1"  # the job nobody serves
-        assert functions["beta"][-1] == "1"
+        assert functions["other"][-2:] == ["1", "1"]  # refused, dropped
+        assert functions["beta"][FAILED] == "1"
         assert functions["alpha"][4:6] == ["2", "0"]  # idle, busy
 
         processes = {r["pid"]: r for r in up.ps()}
@@ -141,7 +174,7 @@ def test_the_servers_numbers_are_unknown_not_0_while_it_does_not_answer(tmp_path
         up.wait_idle({"alpha": 2, "beta": 1})
         with farm.Client(up.addr) as client, pytest.raises(JobException):
             client.call("alpha", "raise")
-        assert rows_of(farm_top(up, "--once"), "FUNCTION")["alpha"][-1] == "1"
+        assert rows_of(farm_top(up, "--once"), "FUNCTION")["alpha"][FAILED] == "1"
         # The supervisor asks the server on its Unix socket: moved away, it gets no answer
         # at once (the server and its workers' connections carry on).
         away = tmp_path / "moved.sock"
@@ -150,11 +183,12 @@ def test_the_servers_numbers_are_unknown_not_0_while_it_does_not_answer(tmp_path
         lines = farm_top(up, "--once")
         assert "job server did not answer" in lines[0]
         alpha = rows_of(lines, "FUNCTION")["alpha"]
-        # QUEUED RUNNING WORKERS unknown, IDLE 2 (the supervisor's own), ..., FAILED unknown
-        assert alpha[1:4] == ["-", "-", "-"] and alpha[4] == "2" and alpha[-1] == "-", alpha
+        # QUEUED RUNNING WORKERS unknown, IDLE 2 (the supervisor's own), ..., FAILED REFUSED
+        # DROPPED unknown
+        assert alpha[1:4] == ["-", "-", "-"] and alpha[4] == "2" and alpha[-3:] == ["-"] * 3
         away.rename(up.unix)
         wait_for("farm_server_up 1", lambda: get(scrape(up.metrics_url), "farm_server_up") == 1)
-        assert rows_of(farm_top(up, "--once"), "FUNCTION")["alpha"][-1] == "1"
+        assert rows_of(farm_top(up, "--once"), "FUNCTION")["alpha"][FAILED] == "1"
     finally:
         up.stop()
 

@@ -102,8 +102,13 @@ def test_a_frame_without_the_function_table_is_the_process_view() -> None:
         p50=0.1,
         p99=0.5,
         failures=1,
+        refused=7,
+        dropped=3,
     )
     full = render(frame([fn], ROWS, status="farm"))
     assert "QUEUED" in full and "resize" in full and "q quit" in full
+    header, row = full.splitlines()[1:3]
+    assert header.split()[-3:] == ["FAILED", "REFUSED", "DROPPED"]
+    assert row.split()[-3:] == ["1", "7", "3"]
     only = render(frame(None, ROWS, keys=False))
     assert "QUEUED" not in only and "PID" in only and "q quit" not in only
