@@ -90,3 +90,42 @@ def test_the_data_source_picked_at_import_is_the_one_the_panels_use() -> None:
         assert "${" + wanted["name"] + "}" in text, wanted["name"]
     (variable,) = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
     assert variable["current"]["value"] == "${DS_PROMETHEUS}"
+
+
+def kept_labels(expr: str) -> set[str] | None:
+    """The labels a dashboard query's series keep: its outermost aggregation's ``by``
+    labels, or None (every label of the series read, ``instance`` among them)."""
+    expr = expr.strip()
+    inner = re.fullmatch(r"histogram_quantile\(\s*[\d.]+\s*,(.*)\)", expr, flags=re.DOTALL)
+    if inner:
+        return kept_labels(inner[1])
+    aggregation = re.match(r"(?:sum|min|max|avg|count)\s*(?:by\s*\(([^)]*)\))?\s*\(", expr)
+    if aggregation:
+        return {label.strip() for label in (aggregation[1] or "").split(",") if label.strip()}
+    return None
+
+
+def test_kept_labels_reads_the_outermost_aggregation() -> None:
+    assert kept_labels("rate(farm_server_sent_bytes_total[1m])") is None
+    assert kept_labels("sum by (pool, cause) (increase(x[1h]))") == {"pool", "cause"}
+    assert kept_labels("min(farm_server_up)") == set()
+    assert kept_labels("histogram_quantile(0.99, sum by (instance, le) (rate(b[1m])))") == {
+        "instance",
+        "le",
+    }
+
+
+def test_each_grafana_legend_names_what_tells_its_series_apart() -> None:
+    # With several hosts selected, "in"/"out" and "pool#slot" were drawn once per host under
+    # one name: the hosts' lines could not be told apart.
+    dashboard = json.loads((ROOT / "docs" / "grafana-farm.json").read_text())
+    unnamed = []
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            kept = kept_labels(target["expr"])
+            needed = {"instance"} if kept is None else kept - {"le"}
+            legend = target.get("legendFormat", "")
+            missing = sorted(label for label in needed if "{{" + label + "}}" not in legend)
+            if missing:
+                unnamed.append((panel["title"], target["refId"], missing))
+    assert not unnamed
