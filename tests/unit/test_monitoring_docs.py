@@ -129,3 +129,11 @@ def test_each_grafana_legend_names_what_tells_its_series_apart() -> None:
             if missing:
                 unnamed.append((panel["title"], target["refId"], missing))
     assert not unnamed
+
+
+def test_the_alert_rules_read_only_documented_metrics_and_the_docs_name_them() -> None:
+    text = (ROOT / "docs" / "farm-alerts.yml").read_text()
+    used = {family(name) for name in re.findall(r"farm_\w+", text)}
+    assert used and used <= documented()
+    for doc in ("monitoring.md", "operations.md"):
+        assert "farm-alerts.yml" in (ROOT / "docs" / doc).read_text(), doc
