@@ -48,6 +48,12 @@ RETRY_AFTER = 1.0
 #: finished job's delete needs room in the WAL too, and without it the finished jobs would
 #: all run again after a restart. At most 1% of the filesystem (a small volume, a tmpfs).
 RESERVE_BYTES = 8 << 20
+#: Seconds the server waits for the store's lock at start. Another server holds it for its
+#: whole life (locking_mode=EXCLUSIVE), so waiting SQLite's default 5 s only delayed the
+#: refusal; this is a moment for a process that touches the file in passing.
+OPEN_WAIT = 0.2
+#: SQLite's busy timeout once the store is ours (Python's default), as before OPEN_WAIT.
+BUSY_TIMEOUT_MS = 5000
 
 
 class StoreError(Exception):
@@ -127,7 +133,9 @@ class SQLiteStore:
         try:
             Path(self.path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             _owner_only(self.path)
-            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=OPEN_WAIT
+            )
             # One server per store: a second one would replay and run the same jobs.
             self.db.execute("PRAGMA locking_mode=EXCLUSIVE")
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -143,6 +151,7 @@ class SQLiteStore:
             self.db.execute("BEGIN IMMEDIATE")
             row = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()
             self.db.execute("COMMIT")
+            self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc):
                 raise StoreError(f"the job store {self.path} is in use by another server") from exc

@@ -8,7 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from farm.protocol import PacketType as T
+from farm.server.store import SQLiteStore, StoreError
 from tests.helpers import ROOT
 from tests.helpers.peers import Peer, grab_all
 from tests.helpers.servers import free_port, start_with_store
@@ -86,12 +89,34 @@ def test_a_second_server_cannot_share_a_store(tmp_path: Path) -> None:
     srv = start_with_store(db)
     try:
         cmd = [sys.executable, "-m", "farm.server", "--port", str(free_port()), "--store", str(db)]
+        began = time.monotonic()
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=20)
+        took = time.monotonic() - began
         assert out.returncode == 2
         assert "in use by another server" in out.stderr
         assert "Traceback" not in out.stderr
+        # It waited out SQLite's 5 s busy timeout on a lock held for the other's whole life.
+        assert took < 4.5, f"the refusal took {took:.1f}s"
     finally:
         srv.stop()
+
+
+def test_a_store_held_by_another_server_is_refused_at_once(tmp_path: Path) -> None:
+    db = tmp_path / "queue.db"
+    srv = start_with_store(db)
+    try:
+        began = time.monotonic()
+        with pytest.raises(StoreError, match="in use by another server"):
+            SQLiteStore(db)
+        assert time.monotonic() - began < 2.0  # SQLite's busy timeout is 5 s
+    finally:
+        srv.stop()
+    # The server that holds it keeps SQLite's patience for its own writes.
+    store = SQLiteStore(db)
+    try:
+        assert store.db.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+    finally:
+        store.close()
 
 
 def test_an_unopenable_store_is_one_clear_line(tmp_path: Path) -> None:
