@@ -23,7 +23,8 @@ class Job:
     """A job in a worker function's hands.
 
     ``data`` (bytes), ``text`` (data as UTF-8), ``handle``, ``function``, ``unique`` and
-    ``timeout`` (the seconds registered for the function, or None); ``send_status``,
+    ``timeout`` (the seconds registered for the function, or None), ``server`` (the address
+    of the job server it came from); ``send_status``,
     ``send_data`` and ``send_warning`` reach the waiting clients at once, while it runs.
     """
 
@@ -37,6 +38,11 @@ class Job:
         self.timeout = timeout  # past it the server fails it
         self._server = server  # the worker's link to the server that assigned it
         self._send_to = send
+
+    @property
+    def server(self) -> str:
+        """The address of the job server that handed it out, as the worker names it."""
+        return str(self._server.addr)
 
     @property
     def text(self) -> str:

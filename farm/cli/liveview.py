@@ -199,7 +199,8 @@ def process_table(
             _cell(r.get("slot")),
             _cell(r.get("cpu")),
             Text(state, style=_STATE_STYLE.get(state, "")),
-            Text(_cell(r.get("job"))),
+            # A job whose server has died since: the worker runs it on for nobody.
+            Text(_cell(r.get("job")) + (" (server gone)" if r.get("server_gone") else "")),
             seconds(r.get("busy_for")) if r.get("busy_for") is not None else "-",
             "-" if pct is None else f"{pct:.0f}",
             _mib(r.get("rss")),

@@ -178,4 +178,5 @@ def _job(row: dict[str, Any]) -> str:
     if not handle:
         return "-"
     busy = row.get("busy_for")
-    return f"{handle} ({busy:.1f}s)" if busy is not None else str(handle)
+    gone = ", server gone" if row.get("server_gone") else ""  # its answer goes nowhere
+    return f"{handle} ({busy:.1f}s{gone})" if busy is not None else str(handle)

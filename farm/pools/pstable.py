@@ -101,8 +101,21 @@ class ProcessTable:
             jobs=proc.jobs_done,
             job=proc.handle or None,
             busy_for=round(now - proc.busy_since, 1) if proc.busy_since is not None else None,
+            server_gone=self.server_gone(proc),
             **extra,
         )
+
+    def server_gone(self, proc: WorkerProcess) -> bool:
+        """Whether the job in hand came from the local server and that server has died since
+        (a worker runs it to its end, and only then sees its connection gone): nobody takes
+        its answer, and the server that replaced it runs a stored job again. The local server
+        is first in every Python worker's list (Config.servers_for); a remote one's death is
+        not seen here."""
+        if proc.busy_since is None or proc.job_server != 1 or not self.config.local_server:
+            return False
+        # One clock for all processes (CLOCK_MONOTONIC): a job the server now running handed
+        # out began after that server was started.
+        return not self.server.pid or proc.busy_since < self.server.started
 
     @staticmethod
     def row(
@@ -138,4 +151,5 @@ class ProcessTable:
             "last_exit": extra.get("last_exit", ""),
             "job": extra.get("job"),  # the handle of the job in hand, if any
             "busy_for": extra.get("busy_for"),  # seconds it has run
+            "server_gone": extra.get("server_gone", False),  # its job's server has died since
         }

@@ -10,12 +10,16 @@ state into it as it goes, and the supervisor reads it on its own tick.
 
 Layout (little endian, 96 bytes)::
 
-    seq u64 | jobs_done u64 | rss u64 | busy_since f64 | handle_len u16 | handle 62 bytes
+    seq u64 | jobs_done u64 | rss u64 | busy_since f64 | handle_len u16 | handle 61 | server u8
 
 ``seq`` is a sequence lock: the writer makes it odd before a change and even
 after, and a reader that sees it odd or changed reads again, so a reader never
 takes a torn record. ``busy_since`` is ``time.monotonic()`` (one clock for all
-processes of the host), 0.0 when idle.
+processes of the host), 0.0 when idle. ``server`` is the place of the job's server in
+the worker's ``--server`` list, from 1 (0: not said): a job from the supervisor's own
+server, which is the first, may be from one that has died since (``farm ps``). It took the
+last byte of what was a 62-byte handle, so a supervisor of the older layout (one a worker of
+a newer farm installed meanwhile reports to) still reads the handle, cut by its length.
 """
 
 from __future__ import annotations
@@ -28,10 +32,10 @@ from typing import NamedTuple
 
 __all__ = ["SIZE", "SlotRecord", "RecordWriter", "RecordReader", "create_record_fd"]
 
-_LAYOUT = struct.Struct("<QQQdH62s")
+_LAYOUT = struct.Struct("<QQQdH61sB")
 SIZE = _LAYOUT.size
 _SEQ = struct.Struct("<Q")
-_MAX_HANDLE = 62
+_MAX_HANDLE = 61
 
 
 class SlotRecord(NamedTuple):
@@ -41,6 +45,7 @@ class SlotRecord(NamedTuple):
     rss: int
     busy_since: float | None  # None when idle
     handle: str
+    server: int = 0  # where the job came from: its server's place in the worker's list, from 1
 
 
 def create_record_fd(name: str) -> int:
@@ -61,18 +66,19 @@ class RecordWriter:
         self.jobs_done = 0
         self.rss = 0
 
-    def _write(self, busy_since: float, handle: bytes) -> None:
+    def _write(self, busy_since: float, handle: bytes, server: int = 0) -> None:
         seq = self._seq + 1
         _SEQ.pack_into(self._map, 0, seq)  # odd: a change is under way
         _LAYOUT.pack_into(
-            self._map, 0, seq, self.jobs_done, self.rss, busy_since, len(handle), handle
+            self._map, 0, seq, self.jobs_done, self.rss, busy_since, len(handle), handle, server
         )
         self._seq = seq + 1
         _SEQ.pack_into(self._map, 0, self._seq)
 
-    def started(self, handle: str) -> None:
+    def started(self, handle: str, server: int = 0) -> None:
+        """A job began: its handle, and its server's place in the worker's list (from 1)."""
         raw = handle.encode()[:_MAX_HANDLE]
-        self._write(time.monotonic(), raw)
+        self._write(time.monotonic(), raw, server if 0 <= server <= 255 else 0)
 
     def ended(self, jobs_done: int, rss: int) -> None:
         self.jobs_done, self.rss = jobs_done, rss
@@ -90,10 +96,10 @@ class RecordReader:
 
     def read(self) -> SlotRecord:
         for _ in range(100):
-            seq, jobs, rss, since, length, raw = _LAYOUT.unpack_from(self._map, 0)
+            seq, jobs, rss, since, length, raw, server = _LAYOUT.unpack_from(self._map, 0)
             if seq % 2 == 0 and _SEQ.unpack_from(self._map, 0)[0] == seq:
                 handle = raw[: min(length, _MAX_HANDLE)].decode("utf-8", "replace")
-                self._last = SlotRecord(jobs, rss, since or None, handle)
+                self._last = SlotRecord(jobs, rss, since or None, handle, server if since else 0)
                 return self._last
         # A writer stopped mid-change (SIGSTOP): what it said last, rather than spin.
         return self._last

@@ -155,6 +155,7 @@ class WorkerProcess:
     rss: int = 0
     handle: str = ""
     busy_since: float | None = None
+    job_server: int = 0  # the job's server: its place in the worker's list, from 1 (0: unsaid)
     stop_deadline: float | None = None  # SIGKILL if still alive then (draining)
     kill_reason: str = ""  # why the supervisor killed it, so its death is not a crash
     boot_error: str = ""  # why it never served (could not exec, no ready in time): a boot failure
@@ -237,6 +238,7 @@ class WorkerProcess:
             return
         now = self.record.read()
         self.jobs_done, self.handle, self.busy_since = now.jobs_done, now.handle, now.busy_since
+        self.job_server = now.server
         if now.rss:
             self.rss = now.rss
         if self.state.serving:

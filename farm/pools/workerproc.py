@@ -200,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         worker = Worker(ns.server or None, client_id=client_id, after_job=after_job)
         watched = in_hand if ns.kill_rss_mb is not None else None
         for served in ns.serve or [ns.function]:
-            worker.register(served, _recording(fn, record, watched), timeout=ns.timeout)
+            worker.register(
+                served, _recording(fn, record, watched, worker.servers), timeout=ns.timeout
+            )
     except (ValueError, TypeError) as e:
         log.error("cannot serve %s: %s", ns.function, e)
         return boot_failed(reporter, str(e))
@@ -274,16 +276,21 @@ def watch_rss(worker: Worker, in_hand: list[Job | None], kill_rss_mb: int) -> No
 
 
 def _recording(
-    fn: Callable[[Any], Any], record: RecordWriter | None, in_hand: list[Job | None] | None
+    fn: Callable[[Any], Any],
+    record: RecordWriter | None,
+    in_hand: list[Job | None] | None,
+    servers: list[str],
 ) -> Callable[[Any], Any]:
-    """Wrap the target so the supervisor knows which job runs since when, and
-    ``watch_rss`` which job is in hand (``in_hand[0]``, cleared before its answer)."""
+    """Wrap the target so the supervisor knows which job runs since when and from which of
+    ``servers``, and ``watch_rss`` which job is in hand (``in_hand[0]``, cleared before its
+    answer)."""
     if record is None and in_hand is None:
         return fn
+    place = {addr: i + 1 for i, addr in enumerate(servers)}
 
     def run(job: Job) -> Any:
         if record is not None:
-            record.started(job.handle)
+            record.started(job.handle, place.get(job.server, 0))
         if in_hand is None:
             return fn(job)
         in_hand[0] = job

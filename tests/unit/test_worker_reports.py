@@ -4,6 +4,7 @@ whatever pieces the pipe delivers), and job by job through its shared-memory rec
 from __future__ import annotations
 
 import os
+import struct
 import time
 
 from farm.pools.record import SIZE, RecordReader, RecordWriter, create_record_fd
@@ -67,7 +68,27 @@ def test_handles_longer_than_the_record_are_cut_not_spilled() -> None:
     try:
         writer, reader = RecordWriter(fd), RecordReader(fd)
         writer.started("H:" + "x" * 200)
-        assert reader.read().handle == "H:" + "x" * 60
+        assert reader.read().handle == "H:" + "x" * 59  # 61 bytes: the last says its server
+    finally:
+        os.close(fd)
+
+
+def test_the_record_says_which_of_its_servers_the_job_came_from() -> None:
+    # `farm ps` tells a job of the local server (the first) that has died since from others.
+    fd = create_record_fd("f#3")
+    try:
+        writer, reader = RecordWriter(fd), RecordReader(fd)
+        writer.started("H:x:1", 1)
+        now = reader.read()
+        assert (now.handle, now.server) == ("H:x:1", 1)
+        # The place took the last byte of the older layout's 62-byte handle: read that way,
+        # the handle is still whole (cut by its length).
+        *_, length, raw = struct.unpack_from("<QQQdH62s", writer._map, 0)
+        assert raw[: min(length, 62)] == b"H:x:1"
+        writer.ended(1, 0)
+        assert reader.read().server == 0
+        writer.started("H:x:2")  # a writer that does not say
+        assert reader.read().server == 0
     finally:
         os.close(fd)
 

@@ -1,0 +1,57 @@
+"""`farm ps` while a worker runs a job of a job server that has died since.
+
+Found in a review: the supervisor restarted its killed server, and `farm ps` went on showing
+the worker busy with the dead server's job, as if it were serving, until the job ended. The
+worker reads nothing while its job runs, so it cannot tell; the supervisor can.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from farm.client import Client
+from tests.helpers.farmproc import FarmUp, farm_cli
+from tests.helpers.gate import Gate
+from tests.helpers.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+HELD = "from tests.helpers.calls import wait_gate\n\n\ndef job(j):\n    wait_gate(j.text)\n"
+
+
+def test_a_job_whose_server_died_is_shown_as_such(tmp_path: Path) -> None:
+    (tmp_path / "held.py").write_text(HELD)
+    up = FarmUp(tmp_path, '[functions.held]\ntarget = "held:job"\nworkers = 1\n')
+    with Gate(tmp_path / "gate") as gate:
+        try:
+            up.expect_notify("READY=1")
+            up.wait_idle({"held": 1})
+            client = Client(up.addr)
+            try:
+                client.submit("held", gate.path, background=True)
+            finally:
+                client.close()
+            (busy,) = wait_for("the worker busy", lambda: up.workers("held", "busy"))
+            assert busy["job"] and busy["server_gone"] is False
+            (server,) = [r for r in up.ps() if r["function"] == "server"]
+            os.kill(server["pid"], signal.SIGKILL)
+
+            def new_server() -> list[dict]:
+                rows = up.ps()
+                return [r for r in rows if r["function"] == "server" and r["restarts"] == 1]
+
+            wait_for("the server restarted", new_server)
+            (row,) = up.workers("held")
+            assert (row["state"], row["job"], row["server_gone"]) == ("busy", busy["job"], True)
+            shown = farm_cli("ps", "--control", up.control)
+            assert f"{busy['job']} (" in shown.stdout and "server gone)" in shown.stdout
+            gate.open()
+            # Its job ended for nobody: it reconnects and serves the new server.
+            (idle,) = wait_for("the worker idle", lambda: up.workers("held", "idle"))
+            assert idle["pid"] == busy["pid"] and not idle["server_gone"]
+        finally:
+            assert up.stop() == 0
