@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm.paths import check_own_file
+from farm.server.reserve import DiskReserve
 
 log = logging.getLogger("farm.server")
 
@@ -44,10 +45,6 @@ CREATE TABLE IF NOT EXISTS jobs (
 
 #: Seconds a failing store refuses background jobs before the next write tries again.
 RETRY_AFTER = 1.0
-#: Disk kept beside the store (``STORE-reserve``) and given back when the disk is full: a
-#: finished job's delete needs room in the WAL too, and without it the finished jobs would
-#: all run again after a restart. At most 1% of the filesystem (a small volume, a tmpfs).
-RESERVE_BYTES = 8 << 20
 #: Seconds the server waits for the store's lock at start. Another server holds it for its
 #: whole life (locking_mode=EXCLUSIVE), so waiting SQLite's default 5 s only delayed the
 #: refusal; this is a moment for a process that touches the file in passing.
@@ -166,9 +163,8 @@ class SQLiteStore:
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the job store {self.path}: {exc}") from exc
         self._next_id: int = row[0] + 1
-        self.reserve = self.path + "-reserve"
-        self._reserve_fd = -1  # held open: released through it, never by a path that may move
-        self._make_reserve()
+        self.reserve = DiskReserve(self.path)
+        self.reserve.make()
 
     @property
     def pending(self) -> bool:
@@ -205,6 +201,10 @@ class SQLiteStore:
             self._deletes = deletes + self._deletes  # kept: see below
             return handles
         try:
+            if self.broken and self.reserve.spent and not self.reserve.make():
+                # The reserve's room is the deletes': an add that fit in it would leave the
+                # next deletes none, and the jobs they end would run again after a restart.
+                raise sqlite3.OperationalError("disk full (its reserve is spent on deletes)")
             self._write(adds, deletes)
         except sqlite3.Error as exc:
             if not self.broken:
@@ -224,7 +224,7 @@ class SQLiteStore:
         if self.broken:
             log.warning("the job store %s can be written again", self.path)
             self.broken = None
-            self._make_reserve()
+            self.reserve.make()
         return []
 
     def _delete_anyway(self, deletes: list[tuple[int]]) -> bool:
@@ -232,12 +232,14 @@ class SQLiteStore:
         try:
             self._write([], deletes)
         except sqlite3.Error:
-            if not self._release_reserve():
+            if not self.reserve.release():
                 return False
             try:
                 self._write([], deletes)
             except sqlite3.Error:
                 return False
+        # At most once per retry_after: held between the tries (said for tests and -v).
+        log.info("the job store %s: %d finished jobs deleted", self.path, len(deletes))
         # Copy the WAL into the database and cut it: the next deletes need room too. Only
         # when the database file has room to take it: pages that live only in the WAL (a
         # store below the auto-checkpoint's 4 MB) make it grow, and a checkpoint that fails
@@ -256,52 +258,6 @@ class SQLiteStore:
         grows = pages * size - os.path.getsize(self.path)
         disk = os.statvfs(Path(self.path).parent)
         return grows <= disk.f_bavail * disk.f_frsize
-
-    def _make_reserve(self) -> None:
-        """Hold up to RESERVE_BYTES of disk, best effort: none on a disk with too little free
-        (taking it back must not fill the disk again at once; one already there is still held)
-        or a system without fallocate."""
-        try:
-            disk = os.statvfs(Path(self.path).parent)
-            size = min(RESERVE_BYTES, disk.f_blocks * disk.f_frsize // 100)
-            # A reserve left by the last run is held even when the disk is too full to grow
-            # it: a server started on a full disk needs its room most.
-            if size <= 0 or (
-                disk.f_bavail * disk.f_frsize < 4 * size and not os.path.exists(self.reserve)
-            ):
-                return
-            if self._reserve_fd < 0:
-                fd = os.open(
-                    self.reserve, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-                )
-                info = os.fstat(fd)
-                if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
-                    os.close(fd)
-                    log.warning("%s is not a file of this user's; no disk reserve", self.reserve)
-                    return
-                self._reserve_fd = fd
-            if disk.f_bavail * disk.f_frsize < 4 * size:
-                return  # taking more back must not fill the disk again at once
-            os.posix_fallocate(self._reserve_fd, 0, size)
-        except (OSError, AttributeError) as exc:  # AttributeError: no posix_fallocate here
-            log.debug("no disk reserve beside the job store: %s", exc)
-
-    def _release_reserve(self) -> bool:
-        """Give the reserve's room back to the disk; whether there was any."""
-        fd = self._reserve_fd
-        try:
-            if fd < 0 or os.fstat(fd).st_size == 0:
-                return False
-            os.ftruncate(fd, 0)
-        except OSError:
-            return False
-        log.warning(
-            "the disk of the job store %s is full: its reserve (%s) is given back so that"
-            " finished jobs can still be deleted",
-            self.path,
-            self.reserve,
-        )
-        return True
 
     def _write(
         self,
@@ -354,9 +310,7 @@ class SQLiteStore:
                     len(self._deletes),
                     self.path,
                 )
-        if self._reserve_fd >= 0:
-            os.close(self._reserve_fd)
-            self._reserve_fd = -1
+        self.reserve.close()
         self.db.close()
 
 

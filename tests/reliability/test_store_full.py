@@ -10,6 +10,7 @@ max_page_count), which needs no special mount.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +20,8 @@ import pytest
 
 from farm.protocol import PacketType as T
 from farm.server.jobs import JobServer, Outcome
-from farm.server.store import RESERVE_BYTES, SQLiteStore, StoreError
+from farm.server.reserve import RESERVE_BYTES
+from farm.server.store import SQLiteStore, StoreError
 from tests.helpers import ROOT
 from tests.helpers.disks import small_tmpfs
 from tests.helpers.fakes import FakePeer
@@ -157,7 +159,7 @@ def test_a_link_at_the_reserve_is_never_followed(tmp_path: Path) -> None:
     (tmp_path / "q.db-reserve").symlink_to(victim)
     store = SQLiteStore(tmp_path / "q.db")
     try:
-        assert not store._release_reserve(), "no reserve is held through a link"
+        assert not store.reserve.release(), "no reserve is held through a link"
     finally:
         store.close()
     assert victim.read_text() == "precious\n" * 1000
@@ -221,7 +223,9 @@ def test_an_idle_server_writes_the_deletes_it_held_before_it_is_killed(
             worker.send(T.WORK_COMPLETE, job.args[0], b"")
         worker.send(T.GRAB_JOB)
         assert worker.recv().type == T.NO_JOB  # every WORK_COMPLETE was read
-        wait_for("the held deletes to be written", lambda: "written again" in log.read_text())
+        # Written with the reserve's room; the disk stays full, so the store still takes no
+        # new job ("can be written again" only once the reserve is taken back).
+        wait_for("the held deletes to be written", lambda: _deleted(log.read_text()) == 20)
         srv.kill()
         srv.wait()
     finally:
@@ -233,6 +237,11 @@ def test_an_idle_server_writes_the_deletes_it_held_before_it_is_killed(
         assert again.count() == 0, "finished jobs would run again"
     finally:
         again.close()
+
+
+def _deleted(log: str) -> int:
+    """Finished jobs whose deletes the store wrote while failing, by its log (-v)."""
+    return sum(int(n) for n in re.findall(r"(\d+) finished jobs deleted", log))
 
 
 def test_a_store_damaged_at_its_first_pages_says_the_same_fix(tmp_path: Path) -> None:
@@ -258,3 +267,40 @@ def test_a_store_damaged_at_its_first_pages_says_the_same_fix(tmp_path: Path) ->
         " restore it from a backup, or move it aside to start empty (its queued jobs are then"
         " lost)"
     )
+
+
+def test_no_job_is_added_in_the_room_the_reserve_gave_the_deletes(small_disk: Path) -> None:
+    # A review's run: the reserve was given back for a delete on a full disk, and a second
+    # later the store took background jobs again, written in that room; the disk was full
+    # once more with no reserve left, and the jobs that finished next ran again after a
+    # restart. Adds wait until the reserve is taken back whole.
+    path = small_disk / "q.db"
+    store = SQLiteStore(path, retry_after=0.0)
+    ids = [store.add(b"H:%d" % i, b"f", b"", BIG, 1, None, 0.0) for i in range(10)]
+    assert store.commit() == []
+    _fill_disk(small_disk, leave=0)
+    store.remove(ids.pop())
+    store.commit()
+    reserve = small_disk / "q.db-reserve"
+    assert reserve.stat().st_size == 0, "the delete needed the reserve's room"
+    taken = 0
+    for i in range(40):  # submits keep coming, each a turn of its own
+        store.add(b"N:%d" % i, b"f", b"", BIG, 1, None, 0.0)
+        if not store.commit():
+            taken += 1
+            ids.append(store._next_id - 1)
+    for row_id in ids:  # every job stored finishes, one a turn
+        store.remove(row_id)
+        store.commit()
+    assert taken == 0, f"{taken} jobs were written in the reserve's room"
+    # Room comes back: the reserve is taken again, then background jobs are.
+    (small_disk / "filler").unlink()
+    store.add(b"H:new", b"f", b"", b"small", 1, None, 0.0)
+    assert store.commit() == [] and store.broken is None
+    assert reserve.stat().st_size > 0
+    store.close()
+    again = SQLiteStore(path)
+    try:
+        assert again.count() == 1, "finished jobs would run again"
+    finally:
+        again.close()

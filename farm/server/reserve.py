@@ -1,0 +1,89 @@
+"""Disk held beside the job store (``STORE-reserve``) for its deletes when the disk fills.
+
+A finished job's delete needs room in the WAL too, and without it the jobs that finished
+on a full disk would all run again after a restart. So the store holds up to
+RESERVE_BYTES in a file of its own and gives that room back to the disk when a delete
+cannot be written; it takes it again once the disk has room. While it is given back the
+store takes no new job (``spent``): an add written in that room would leave the next
+deletes none.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+log = logging.getLogger("farm.server")
+
+__all__ = ["RESERVE_BYTES", "DiskReserve"]
+
+#: Disk kept beside the store; at most 1% of the filesystem (a small volume, a tmpfs).
+RESERVE_BYTES = 8 << 20
+
+
+class DiskReserve:
+    """``STORE-reserve``, held open: released through its descriptor, never by a path that
+    may have moved."""
+
+    def __init__(self, store: str) -> None:
+        self.store = store
+        self.path = store + "-reserve"
+        self._fd = -1
+        self.spent = False  # given back to the disk, and not taken again yet
+
+    def make(self) -> bool:
+        """Hold up to RESERVE_BYTES of disk, best effort: none on a disk with too little free
+        (taking it back must not fill the disk again at once; one already there is still
+        held) or a system without fallocate. Whether it is held whole now (not ``spent``)."""
+        try:
+            disk = os.statvfs(Path(self.store).parent)
+            size = min(RESERVE_BYTES, disk.f_blocks * disk.f_frsize // 100)
+            # A reserve left by the last run is held even when the disk is too full to grow
+            # it: a server started on a full disk needs its room most.
+            if size <= 0 or (
+                disk.f_bavail * disk.f_frsize < 4 * size and not os.path.exists(self.path)
+            ):
+                return not self.spent
+            if self._fd < 0:
+                fd = os.open(
+                    self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+                )
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+                    os.close(fd)
+                    log.warning("%s is not a file of this user's; no disk reserve", self.path)
+                    return not self.spent
+                self._fd = fd
+            if disk.f_bavail * disk.f_frsize < 4 * size:
+                return not self.spent  # taking more back must not fill the disk again at once
+            os.posix_fallocate(self._fd, 0, size)
+            self.spent = False
+        except (OSError, AttributeError) as exc:  # AttributeError: no posix_fallocate here
+            log.debug("no disk reserve beside the job store: %s", exc)
+        return not self.spent
+
+    def release(self) -> bool:
+        """Give the reserve's room back to the disk; whether there was any."""
+        fd = self._fd
+        try:
+            if fd < 0 or os.fstat(fd).st_size == 0:
+                return False
+            os.ftruncate(fd, 0)
+        except OSError:
+            return False
+        self.spent = True
+        log.warning(
+            "the disk of the job store %s is full: its reserve (%s) is given back so that"
+            " finished jobs can still be deleted; background jobs are refused until it can"
+            " be taken again",
+            self.store,
+            self.path,
+        )
+        return True
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
