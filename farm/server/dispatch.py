@@ -79,6 +79,7 @@ class Dispatch(Sleepers):
     running_count: Callable[[], int]
     _end: Callable[..., None]
     _forget: Callable[[Job], None]
+    _store_retries: Callable[[Job], None]
     finish: Callable[..., None]
     jobs: dict[bytes, Job]
     epoch_heap: list[tuple[float, int, Job]]  # background jobs held for their epoch time
@@ -285,8 +286,25 @@ class Dispatch(Sleepers):
         fq = self.function(job.function)
         fq.push(job)
         self._wake(fq)
+        if job.store_id:
+            self._keep_retries(job)
         if self.on_idle is not None and not self.running_count():
             self.on_idle()  # a graceful stop waits for running jobs, and none runs now
+
+    def _keep_retries(self, job: Job) -> None:
+        """Write a stored job's count of worker deaths, or a poison job got job_retries more
+        runs after each restart. A supervised server first waits ORPHAN_GRACE, as for a
+        poison verdict: its supervisor's death kills the workers too, no fault of the job,
+        and the count kept would outlive the moment."""
+        if self.parent_pid is None or self.call_later is None:
+            self._store_retries(job)
+            return
+
+        def later() -> None:
+            if not (self.stopping or self.orphaned()):
+                self._store_retries(job)
+
+        self.call_later(ORPHAN_GRACE, later)
 
     def _verdict(self, worker: Peer, job: Job, *, tcp: bool) -> None:
         """A job out of retries, ORPHAN_GRACE after its last worker died: failed, unless

@@ -54,9 +54,11 @@ class JobControl:
             )
             if job.store_id != row.id:
                 self.store.remove(row.id)  # coalesced with an earlier row
-            elif row.created and not job.worker:
-                # Queued since its submit, not since this start (`farm jobs`' age).
-                job.since -= max(0.0, time.time() - row.created)
+            else:
+                job.retries = row.retries  # the deaths of its workers before this start
+                if row.created and not job.worker:
+                    # Queued since its submit, not since this start (`farm jobs`' age).
+                    job.since -= max(0.0, time.time() - row.created)
             count += 1
         return count
 
@@ -72,6 +74,11 @@ class JobControl:
         fq = None if job is None else self.functions.get(job.function)
         if job is not None and fq is not None:
             fq.stats.refused[STORE][job.priority] += 1
+
+    def _store_retries(self, job: Job) -> None:
+        """Stage a stored job's count of worker deaths (Dispatch._keep_retries says when)."""
+        if job.store_id and self.store is not None and self.jobs.get(job.handle) is job:
+            self.store.retried(job.store_id, job.retries)
 
     def unstore(self, handle: bytes) -> Job | None:
         """The store could not keep this job: forget it without telling anyone."""

@@ -9,7 +9,7 @@ bytes); ``--store-sync full`` also survives power loss, at the cost of an
 fsync per commit.
 
 On start the server replays the rows in priority and arrival order, with
-new handles but the same uniques and epoch times.
+new handles but the same uniques, epoch times, submit times and counts of worker deaths.
 """
 
 from __future__ import annotations
@@ -38,9 +38,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     priority  INTEGER NOT NULL,
     reducer   BLOB,
     run_at    REAL NOT NULL DEFAULT 0,
-    created   REAL NOT NULL DEFAULT 0
+    created   REAL NOT NULL DEFAULT 0,
+    retries   INTEGER NOT NULL DEFAULT 0
 )
 """
+#: Columns a store of an older farm lacks, added at open with their defaults (its rows read
+#: as 0: a submit time unknown, no death of a worker counted).
+_ADDED_COLUMNS = {
+    "created": "REAL NOT NULL DEFAULT 0",
+    "retries": "INTEGER NOT NULL DEFAULT 0",
+}
 
 
 #: Seconds a failing store refuses background jobs before the next write tries again.
@@ -78,6 +85,7 @@ class StoredJob:
     reducer: bytes | None
     when: float
     created: float = 0.0  # wall-clock time of the submit (0: a row of an older farm)
+    retries: int = 0  # deaths of its workers so far (job_retries), kept across restarts
 
 
 #: The first bytes of every SQLite 3 database file.
@@ -126,6 +134,7 @@ class SQLiteStore:
         self._retry_at = 0.0
         self._adds: list[tuple[int, bytes, bytes, bytes, int, bytes | None, float, float]] = []
         self._deletes: list[tuple[int]] = []
+        self._retries: dict[int, int] = {}  # row id: its job's count of worker deaths
         self.staged_handles: list[bytes] = []
         try:
             Path(self.path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -143,8 +152,9 @@ class SQLiteStore:
             self.db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
             self.db.execute(SCHEMA)
             columns = {r[1] for r in self.db.execute("PRAGMA table_info(jobs)")}
-            if "created" not in columns:  # a store of an older farm: its rows read as 0
-                self.db.execute("ALTER TABLE jobs ADD COLUMN created REAL NOT NULL DEFAULT 0")
+            for name, kind in _ADDED_COLUMNS.items():
+                if name not in columns:  # a store of an older farm (which reads it still)
+                    self.db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
             self.db.execute("BEGIN IMMEDIATE")
             row = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()
             self.db.execute("COMMIT")
@@ -168,7 +178,7 @@ class SQLiteStore:
 
     @property
     def pending(self) -> bool:
-        return bool(self._adds or self._deletes)
+        return bool(self._adds or self._deletes or self._retries)
 
     def add(
         self,
@@ -193,19 +203,26 @@ class SQLiteStore:
     def remove(self, row_id: int) -> None:
         self._deletes.append((row_id,))
 
+    def retried(self, row_id: int, retries: int) -> None:
+        """Stage a job's count of worker deaths, so a restart does not start it over."""
+        self._retries[row_id] = retries
+
     def commit(self) -> list[bytes]:
         """Write the stage in one transaction; the handles whose add failed (empty on success)."""
         adds, deletes, handles = self._adds, self._deletes, self.staged_handles
         self._adds, self._deletes, self.staged_handles = [], [], []
+        retries = self._retries
+        if retries:  # rare (a worker died): no new dict each turn
+            self._retries = {}
         if self.broken and time.monotonic() < self._retry_at:
-            self._deletes = deletes + self._deletes  # kept: see below
+            self._hold(deletes, retries)  # kept: see below
             return handles
         try:
             if self.broken and self.reserve.spent and not self.reserve.make():
                 # The reserve's room is the deletes': an add that fit in it would leave the
                 # next deletes none, and the jobs they end would run again after a restart.
                 raise sqlite3.OperationalError("disk full (its reserve is spent on deletes)")
-            self._write(adds, deletes)
+            self._write(adds, retries, deletes)
         except sqlite3.Error as exc:
             if not self.broken:
                 log.error(
@@ -218,8 +235,9 @@ class SQLiteStore:
             self._retry_at = time.monotonic() + self.retry_after
             # The adds are refused, but a finished job's delete must not be lost, or the job
             # runs again after a restart: alone it may fit, else it waits for the next commit.
-            if deletes and not self._delete_anyway(deletes):
-                self._deletes = deletes + self._deletes
+            # So do the counts of retries, which take the same few pages.
+            if (deletes or retries) and not self._delete_anyway(deletes, retries):
+                self._hold(deletes, retries)
             return handles
         if self.broken:
             log.warning("the job store %s can be written again", self.path)
@@ -227,15 +245,20 @@ class SQLiteStore:
             self.reserve.make()
         return []
 
-    def _delete_anyway(self, deletes: list[tuple[int]]) -> bool:
+    def _hold(self, deletes: list[tuple[int]], retries: dict[int, int]) -> None:
+        """Keep what could not be written for the next commit (before what came since)."""
+        self._deletes = deletes + self._deletes
+        self._retries = retries | self._retries
+
+    def _delete_anyway(self, deletes: list[tuple[int]], retries: dict[int, int]) -> bool:
         """Write deletes alone while adds fail; on a full disk, with the reserve's room."""
         try:
-            self._write([], deletes)
+            self._write([], retries, deletes)
         except sqlite3.Error:
             if not self.reserve.release():
                 return False
             try:
-                self._write([], deletes)
+                self._write([], retries, deletes)
             except sqlite3.Error:
                 return False
         # At most once per retry_after: held between the tries (said for tests and -v).
@@ -262,6 +285,7 @@ class SQLiteStore:
     def _write(
         self,
         adds: list[tuple[int, bytes, bytes, bytes, int, bytes | None, float, float]],
+        retries: dict[int, int],
         deletes: list[tuple[int]],
     ) -> None:
         """One transaction; rolled back and raised again when it fails."""
@@ -272,6 +296,10 @@ class SQLiteStore:
                     "INSERT INTO jobs (id, function, uniq, data, priority, reducer, run_at,"
                     " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     adds,
+                )
+            if retries:
+                self.db.executemany(
+                    "UPDATE jobs SET retries = ? WHERE id = ?", [(n, i) for i, n in retries.items()]
                 )
             if deletes:
                 self.db.executemany("DELETE FROM jobs WHERE id = ?", deletes)
@@ -287,8 +315,8 @@ class SQLiteStore:
         """Every stored job, in the order it must run: priority, then arrival."""
         try:
             rows = self.db.execute(
-                "SELECT id, function, uniq, data, priority, reducer, run_at, created FROM jobs"
-                " ORDER BY priority, id"
+                "SELECT id, function, uniq, data, priority, reducer, run_at, created, retries"
+                " FROM jobs ORDER BY priority, id"
             ).fetchall()
         except sqlite3.Error as exc:
             raise _damaged(self.path, exc) from None

@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,10 +201,10 @@ def start_like(server: Server, port: int | None = None) -> Server:
     return start_farm_server(port=port) if server.kind == "farm" else start_gearmand(port=port)
 
 
-def start_with_store(db: Path, port: int | None = None) -> Server:
-    """farm's server keeping background jobs in the SQLite file ``db``."""
+def start_with_store(db: Path, port: int | None = None, args: Sequence[str] = ()) -> Server:
+    """farm's server keeping background jobs in the SQLite file ``db`` (``args``: more flags)."""
     port = port or free_port()
-    cmd = [sys.executable, "-m", "farm.server", "--port", str(port), "--store", str(db)]
+    cmd = [sys.executable, "-m", "farm.server", "--port", str(port), "--store", str(db), *args]
     proc = subprocess.Popen(cmd, cwd=ROOT)
     addr = f"127.0.0.1:{port}"
     wait_connectable(addr, proc)

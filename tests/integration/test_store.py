@@ -15,6 +15,7 @@ from farm.server.store import SQLiteStore, StoreError
 from tests.helpers import ROOT
 from tests.helpers.peers import Peer, grab_all
 from tests.helpers.servers import free_port, start_with_store
+from tests.helpers.waiting import wait_for
 
 
 def submit_bg(peer: Peer, n: int, ptype: int = T.SUBMIT_JOB_BG, prefix: str = "u") -> list[bytes]:
@@ -177,5 +178,51 @@ def test_a_store_of_an_older_farm_gains_the_column_and_keeps_its_jobs(tmp_path: 
     srv = start_with_store(db)
     try:
         assert "old\t1\t0\t0" in Peer(srv.addr).admin("status")
+    finally:
+        srv.stop()
+
+
+def _die_holding(addr: str, retries: int) -> None:
+    """A raw worker takes the job of "f" and drops its connection, as a crash would; back
+    once the server counted that death (``retries`` in `show jobs`)."""
+    worker = Peer(addr)
+    worker.send(T.CAN_DO, "f")
+    worker.send(T.GRAB_JOB)
+    worker.expect(T.JOB_ASSIGN)
+    worker.close()
+    admin = Peer(addr)
+    wait_for(
+        f"the death to count ({retries})",
+        lambda: f"\t{retries}\t0\t1\n" in admin.admin("show jobs"),
+    )
+    admin.close()
+
+
+def test_a_poison_job_gets_no_new_tries_from_a_restart(tmp_path: Path) -> None:
+    # The count of worker deaths lived in memory only: after each restart a job that kills
+    # its worker had job_retries more runs (each with its side effects).
+    db = tmp_path / "q.db"
+    srv = start_with_store(db, args=["-j", "3"])
+    client = Peer(srv.addr)
+    client.send(T.SUBMIT_JOB_BG, "f", "poison", "x")
+    client.expect(T.JOB_CREATED)
+    try:
+        _die_holding(srv.addr, 1)
+        _die_holding(srv.addr, 2)  # its reply comes after the turn that wrote the count
+    finally:
+        srv.proc.send_signal(signal.SIGKILL)
+        srv.proc.wait()
+    srv = start_with_store(db, srv.port, args=["-j", "3"])
+    try:
+        admin = Peer(srv.addr)
+        assert "\t2\t0\t1\n" in admin.admin("show jobs"), "the deaths before were forgotten"
+        worker = Peer(srv.addr)
+        worker.send(T.CAN_DO, "f")
+        worker.send(T.GRAB_JOB)
+        worker.expect(T.JOB_ASSIGN)
+        worker.close()  # the third death: -j 3 allows no other run
+        listed = wait_for("a poison job", lambda: admin.admin("show poison jobs") != ".\n")
+        assert listed and "\tf\tpoison\n" in admin.admin("show poison jobs")
+        assert admin.admin("show jobs") == ".\n"
     finally:
         srv.stop()
