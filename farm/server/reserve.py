@@ -32,6 +32,7 @@ class DiskReserve:
         self.path = store + "-reserve"
         self._fd = -1
         self.spent = False  # given back to the disk, and not taken again yet
+        self.size = 0  # what it holds whole (once make() has seen the disk)
 
     def make(self) -> bool:
         """Hold up to RESERVE_BYTES of disk, best effort: none on a disk with too little free
@@ -39,7 +40,7 @@ class DiskReserve:
         held) or a system without fallocate. Whether it is held whole now (not ``spent``)."""
         try:
             disk = os.statvfs(Path(self.store).parent)
-            size = min(RESERVE_BYTES, disk.f_blocks * disk.f_frsize // 100)
+            size = self.size = min(RESERVE_BYTES, disk.f_blocks * disk.f_frsize // 100)
             # A reserve left by the last run is held even when the disk is too full to grow
             # it: a server started on a full disk needs its room most.
             if size <= 0 or (

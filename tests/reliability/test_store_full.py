@@ -180,9 +180,12 @@ def test_deletes_one_turn_at_a_time_on_a_full_disk_all_reach_it(
     # holds a few dozen of them (retry_after 0); held back a while, they go in one write.
     path = small_disk / "q.db"
     store = SQLiteStore(path, retry_after=retry_after)
+    # Pages only in the WAL: the store checkpoints within its reserve, but a checkpoint the
+    # disk had no room for leaves them there all the same.
+    store.db.execute("PRAGMA wal_autocheckpoint = 0")
     ids = [store.add(b"H:%d" % i, b"f", b"", b"x" * size, 1, None, 0.0) for i in range(count)]
     assert store.commit() == []
-    assert (small_disk / "q.db-wal").stat().st_size > count * size  # in the WAL yet
+    assert os.path.getsize(path) < count * size  # in the WAL yet
     _fill_disk(small_disk, leave=0)
     for row_id in ids:  # a worker's WORK_COMPLETE per turn
         store.remove(row_id)
@@ -214,6 +217,10 @@ def test_an_idle_server_writes_the_deletes_it_held_before_it_is_killed(
             client.send(T.SUBMIT_JOB_BG, "f", f"u{i}", b"x" * 50_000)
             assert client.recv().type == T.JOB_CREATED
         _fill_disk(small_disk, leave=0)
+        # A submit the full disk refuses: the store fails, and holds the deletes that come
+        # within the next second for its retry.
+        client.send(T.SUBMIT_JOB_BG, "f", "big", b"x" * 1_000_000)
+        assert client.recv().type != T.JOB_CREATED
         worker = Peer(addr)
         worker.send(T.CAN_DO, "f")
         for _ in range(20):
@@ -223,9 +230,12 @@ def test_an_idle_server_writes_the_deletes_it_held_before_it_is_killed(
             worker.send(T.WORK_COMPLETE, job.args[0], b"")
         worker.send(T.GRAB_JOB)
         assert worker.recv().type == T.NO_JOB  # every WORK_COMPLETE was read
-        # Written with the reserve's room; the disk stays full, so the store still takes no
-        # new job ("can be written again" only once the reserve is taken back).
-        wait_for("the held deletes to be written", lambda: _deleted(log.read_text()) == 20)
+        # Written by the retry as they are, or (too many for the WAL's room) with the
+        # reserve's, in which case the store says how many and still takes no new job.
+        wait_for(
+            "the held deletes to be written",
+            lambda: "written again" in (text := log.read_text()) or _deleted(text) == 20,
+        )
         srv.kill()
         srv.wait()
     finally:
@@ -278,6 +288,9 @@ def test_no_job_is_added_in_the_room_the_reserve_gave_the_deletes(small_disk: Pa
     store = SQLiteStore(path, retry_after=0.0)
     ids = [store.add(b"H:%d" % i, b"f", b"", BIG, 1, None, 0.0) for i in range(10)]
     assert store.commit() == []
+    # The WAL as a delete written on a full disk leaves it (_delete_anyway): cut to nothing,
+    # so the next write must grow it.
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     _fill_disk(small_disk, leave=0)
     store.remove(ids.pop())
     store.commit()
@@ -302,5 +315,26 @@ def test_no_job_is_added_in_the_room_the_reserve_gave_the_deletes(small_disk: Pa
     again = SQLiteStore(path)
     try:
         assert again.count() == 1, "finished jobs would run again"
+    finally:
+        again.close()
+
+
+def test_deletes_on_a_small_full_disk_never_run_out_of_room(small_disk: Path) -> None:
+    # Found studying the reserve: the jobs' pages lived only in the WAL (SQLite checkpoints
+    # at 1000 pages, 4 MB: twelve times this disk's reserve), so on the full disk no
+    # checkpoint fit, every delete grew the WAL, and once the reserve's room was spent the
+    # rest could not be written: 16 of 150 here, and 134 finished jobs would run again.
+    path = small_disk / "q.db"
+    store = SQLiteStore(path, retry_after=0.0)
+    ids = [store.add(b"H:%d" % i, b"f", b"", BIG, 1, None, 0.0) for i in range(150)]
+    assert store.commit() == []
+    _fill_disk(small_disk, leave=0)
+    for row_id in ids:  # a worker's WORK_COMPLETE per turn
+        store.remove(row_id)
+        store.commit()
+    store.close()
+    again = SQLiteStore(path)
+    try:
+        assert again.count() == 0, "finished jobs would run again"
     finally:
         again.close()
