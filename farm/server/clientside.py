@@ -86,9 +86,11 @@ class ClientSide:
         if len(unique) > p.MAX_UNIQUE:
             self.send(error("ARGUMENT_TOO_LARGE", "Unique value too large"))
             return
-        priority = kind.priority
-        if not self.function_ok(function, priority=priority) or (
-            reducer is not None and not self.function_ok(reducer, "reducer", priority=priority)
+        known = self.jobs.functions  # the common case, checked here without a call
+        if (function not in known and not self.function_ok(function, kind.priority)) or (
+            reducer is not None
+            and reducer not in known
+            and not self.function_ok(reducer, kind.priority, "reducer")
         ):
             return
         background = kind.background

@@ -279,7 +279,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
     # -- packets -------------------------------------------------------------
 
     def function_ok(
-        self, name: bytes, what: str = "function name", *, priority: int | None = None
+        self, name: bytes, priority: int | None = None, what: str = "function name"
     ) -> bool:
         """Whether the server takes ``name`` from this peer (else it was told why): for a
         submit at ``priority``, or (None) a worker's CAN_DO."""
