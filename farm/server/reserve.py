@@ -58,7 +58,13 @@ class DiskReserve:
                     return not self.spent
                 self._fd = fd
             if disk.f_bavail * disk.f_frsize < 4 * size:
-                return not self.spent  # taking more back must not fill the disk again at once
+                # Taking more back must not fill the disk again at once. One left given
+                # back by the last run (emptied, then the server stopped or was killed) is
+                # spent still: a restart must not write jobs in the room it gave the deletes.
+                # (Where there is no fallocate it was never made: nothing to keep.)
+                short = os.fstat(self._fd).st_size < size and hasattr(os, "posix_fallocate")
+                self.spent = self.spent or short
+                return not self.spent
             os.posix_fallocate(self._fd, 0, size)
             self.spent = False
         except (OSError, AttributeError) as exc:  # AttributeError: no posix_fallocate here

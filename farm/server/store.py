@@ -233,9 +233,10 @@ class SQLiteStore:
             self._hold(deletes, retries)  # kept: see below
             return handles
         try:
-            if self.broken and self.reserve.spent and not self.reserve.make():
+            if self.reserve.spent and not self.reserve.make():
                 # The reserve's room is the deletes': an add that fit in it would leave the
                 # next deletes none, and the jobs they end would run again after a restart.
+                # Not only while broken: a store reopened with its reserve given back.
                 raise sqlite3.OperationalError("disk full (its reserve is spent on deletes)")
             self._write(adds, retries, deletes)
         except sqlite3.Error as exc:

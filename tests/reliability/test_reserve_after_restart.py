@@ -1,0 +1,64 @@
+"""A store reopened while its disk reserve is still given back takes no job into the room
+the deletes need (farm.server.reserve).
+
+Found in a review of the reserve: ``spent`` lived only in memory, so a server restarted
+after the reserve was given back (by its supervisor after a crash, or by hand) held the
+empty ``STORE-reserve`` as if it were whole, wrote background jobs into the little room
+the disk had left, and then had no room for the deletes of the jobs that finished next:
+they ran again after the following restart.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from farm.server.store import SQLiteStore
+from tests.helpers.disks import small_tmpfs
+
+BIG = b"x" * 20_000
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    with small_tmpfs(tmp_path / "small", "32m") as disk:
+        yield disk
+
+
+def test_a_store_reopened_with_its_reserve_given_back_takes_no_job_in_its_room(
+    small_disk: Path,
+) -> None:
+    path = small_disk / "q.db"
+    store = SQLiteStore(path, retry_after=0.0)
+    ids = [store.add(b"H:%d" % i, b"f", b"", BIG, 1, None, 0.0) for i in range(10)]
+    assert store.commit() == []
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the next write must grow the WAL
+    info = os.statvfs(small_disk)
+    (small_disk / "filler").write_bytes(b"\0" * (info.f_bavail * info.f_frsize))
+    store.remove(ids.pop())
+    store.commit()
+    reserve = small_disk / "q.db-reserve"
+    assert reserve.stat().st_size == 0, "the delete needed the reserve's room"
+    store.close()  # the server stops (or is killed) with its reserve given back
+
+    again = SQLiteStore(path, retry_after=0.0)  # ... and starts again on the full disk
+    try:
+        taken = []
+        for i in range(40):  # submits keep coming, each a turn of its own
+            again.add(b"N:%d" % i, b"f", b"", BIG, 1, None, 0.0)
+            if not again.commit():
+                taken.append(again._next_id - 1)
+        for row_id in ids:  # the jobs stored before finish, one a turn
+            again.remove(row_id)
+            again.commit()
+        assert taken == [], f"{len(taken)} jobs were written in the reserve's room"
+    finally:
+        again.close()
+    last = SQLiteStore(path)
+    try:
+        assert last.count() == 0, "finished jobs would run again"
+    finally:
+        last.close()
