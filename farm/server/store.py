@@ -136,6 +136,7 @@ class SQLiteStore:
         self._deletes: list[tuple[int]] = []
         self._retries: dict[int, int] = {}  # row id: its job's count of worker deaths
         self.staged_handles: list[bytes] = []
+        self.reserve = DiskReserve(self.path)  # made once the store is ours
         try:
             Path(self.path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             _owner_only(self.path)
@@ -151,10 +152,7 @@ class SQLiteStore:
             self.db.execute("PRAGMA secure_delete=FAST")
             self.db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
             self.db.execute(SCHEMA)
-            columns = {r[1] for r in self.db.execute("PRAGMA table_info(jobs)")}
-            for name, kind in _ADDED_COLUMNS.items():
-                if name not in columns:  # a store of an older farm (which reads it still)
-                    self.db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+            self._add_columns()
             self.db.execute("BEGIN IMMEDIATE")
             row = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()
             self.db.execute("COMMIT")
@@ -173,9 +171,30 @@ class SQLiteStore:
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the job store {self.path}: {exc}") from exc
         self._next_id: int = row[0] + 1
-        self.reserve = DiskReserve(self.path)
         self.reserve.make()
         self._checkpoint_within_reserve()
+
+    def _add_columns(self) -> None:
+        """Add the columns a store of an older farm lacks (which reads it still). On a full
+        disk the reserve gives the few pages their room, as it does the deletes', else a
+        farm upgraded there would not start; adds then wait until it is whole again."""
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(jobs)")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name in columns:
+                continue
+            alter = f"ALTER TABLE jobs ADD COLUMN {name} {kind}"
+            try:
+                self.db.execute(alter)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_FULL or not (
+                    self.reserve.make() and self.reserve.release()
+                ):
+                    raise
+                try:
+                    self.db.execute(alter)
+                except sqlite3.Error:
+                    self.reserve.close()  # the server does not start: its descriptor too
+                    raise
 
     def _checkpoint_within_reserve(self) -> None:
         """Checkpoint the WAL before it holds half the reserve. Pages that live only in the
