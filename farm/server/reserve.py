@@ -62,8 +62,8 @@ class DiskReserve:
                 # back by the last run (emptied, then the server stopped or was killed) is
                 # spent still: a restart must not write jobs in the room it gave the deletes.
                 # (Where there is no fallocate it was never made: nothing to keep.)
-                short = os.fstat(self._fd).st_size < size and hasattr(os, "posix_fallocate")
-                self.spent = self.spent or short
+                emptied = os.fstat(self._fd).st_size == 0 and hasattr(os, "posix_fallocate")
+                self.spent = self.spent or emptied
                 return not self.spent
             os.posix_fallocate(self._fd, 0, size)
             self.spent = False

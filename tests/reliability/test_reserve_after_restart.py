@@ -107,3 +107,20 @@ def test_a_store_of_an_older_farm_opens_on_a_full_disk(small_disk: Path) -> None
         assert again.count() == 0, "finished jobs would run again"
     finally:
         again.close()
+
+
+def test_a_reserve_shorter_than_its_size_now_is_not_spent(small_disk: Path) -> None:
+    # One made smaller (a disk grown since, an older RESERVE_BYTES) was not given back: a
+    # nearly full disk must not turn every background job away for it.
+    path = str(small_disk / "q.db")
+    made = DiskReserve(path)
+    assert made.make()
+    made.close()
+    os.truncate(path + "-reserve", made.size // 2)
+    info = os.statvfs(small_disk)
+    (small_disk / "filler").write_bytes(b"\0" * (info.f_bavail * info.f_frsize))
+    again = DiskReserve(path)
+    try:
+        assert again.make() and not again.spent
+    finally:
+        again.close()
