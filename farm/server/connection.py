@@ -225,7 +225,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
         held, self.held = self.held, None
         if held is None:
             return []
-        refused = [handle for handle, _ in held if handle in failed]
+        refused = [handle for handle, _ in held if handle in failed] if failed else []
         if self.closed:
             return refused  # refused all the same: no job was made for them
         refusal = error("QUEUE_ERROR", refusal_text) if failed else b""

@@ -90,14 +90,12 @@ def test_a_second_server_cannot_share_a_store(tmp_path: Path) -> None:
     srv = start_with_store(db)
     try:
         cmd = [sys.executable, "-m", "farm.server", "--port", str(free_port()), "--store", str(db)]
-        began = time.monotonic()
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=20)
-        took = time.monotonic() - began
         assert out.returncode == 2
         assert "in use by another server" in out.stderr
         assert "Traceback" not in out.stderr
-        # It waited out SQLite's 5 s busy timeout on a lock held for the other's whole life.
-        assert took < 4.5, f"the refusal took {took:.1f}s"
+        # That it does not wait SQLite's 5 s busy timeout first is the next test's: a
+        # process start's time on a loaded machine would make a bound here flaky.
     finally:
         srv.stop()
 
@@ -109,7 +107,8 @@ def test_a_store_held_by_another_server_is_refused_at_once(tmp_path: Path) -> No
         began = time.monotonic()
         with pytest.raises(StoreError, match="in use by another server"):
             SQLiteStore(db)
-        assert time.monotonic() - began < 2.0  # SQLite's busy timeout is 5 s
+        # OPEN_WAIT (0.2 s), not SQLite's 5 s busy timeout: a bound far from both.
+        assert time.monotonic() - began < 4.0
     finally:
         srv.stop()
     # The server that holds it keeps SQLite's patience for its own writes.
