@@ -29,9 +29,10 @@ MAX_CPUS = 8192
 #: What ``cpus`` may be, for the error that finds something else.
 CPUS_FORMS = (
     'must be "all", a list of core numbers like [0, 1] or ranges as taskset -c takes them,'
-    ' like "0-3,8-11"'
+    ' like "0-3,8-11" or, every other core, "0-15:2"'
 )
-_CPU_SPAN = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", re.ASCII)
+# A core, or a range with an optional stride: what util-linux's cpulist_parse takes.
+_CPU_SPAN = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?(?::\s*(\d+)\s*)?", re.ASCII)
 
 
 def available_cpus() -> tuple[int, ...]:
@@ -41,7 +42,8 @@ def available_cpus() -> tuple[int, ...]:
 
 def cpu_list(text: str) -> list[int]:
     """The cores of a list as ``taskset -c`` and cpusets write it: ``"2-15"``,
-    ``"0-3,8-11"``, ``"0,2,4"``, in its order. ValueError says which part is wrong and how."""
+    ``"0-3,8-11"``, ``"0,2,4"``, ``"0-15:2"`` (a range's every 2nd core: 0, 2 ... 14), in
+    its order. ValueError says which part is wrong and how."""
     cores: list[int] = []
     seen: set[int] = set()
     for part in text.split(","):
@@ -50,11 +52,21 @@ def cpu_list(text: str) -> list[int]:
             raise ValueError(f"{CPUS_FORMS} ({part.strip()!r} is neither)")
         low = int(span[1])
         high = low if span[2] is None else int(span[2])
+        stride = 1 if span[3] is None else int(span[3])
+        if span[3] is not None and span[2] is None:
+            raise ValueError(
+                f'"{part.strip()}" has a stride but no range; write "{low}-LAST:{stride}"'
+            )
+        if stride == 0:
+            raise ValueError(
+                f'"{part.strip()}" has stride 0; a stride is 1 or more, e.g. "{low}-{high}:2"'
+                " for every other core"
+            )
         if high < low:
             raise ValueError(f'range "{low}-{high}" runs backwards; write "{high}-{low}"')
         if high >= MAX_CPUS:
             raise ValueError(f"core {high} is past any machine's (Linux counts {MAX_CPUS} at most)")
-        for core in range(low, high + 1):
+        for core in range(low, high + 1, stride):
             # Here, not after: a list of distinct cores ends at MAX_CPUS, but repeated
             # ranges ("0-8191,0-8191,...") would be spelled out, then counted quadratically.
             if core in seen:

@@ -89,6 +89,16 @@ def test_cpus_takes_ranges_as_taskset_writes_them(tmp_path: Path) -> None:
     assert cfg.functions["hash"].workers == len(cfg.supervisor.cpus)
 
 
+def test_cpus_takes_a_stride_as_taskset_does(tmp_path: Path) -> None:
+    # `taskset -c 0-15:2` (every other core, one per physical core where hyperthreads pair
+    # 0/1, 2/3 ...) was refused as neither a core nor a range.
+    allowed = sorted(os.sched_getaffinity(0))
+    text = f'"{allowed[0]}-{allowed[-1]}:2"'
+    cfg = config.load(write(tmp_path, GOOD.replace('cpus = "all"', f"cpus = {text}")))
+    assert cfg.supervisor.cpus == tuple(range(allowed[0], allowed[-1] + 1, 2))
+    assert cfg.functions["hash"].workers == len(cfg.supervisor.cpus)
+
+
 @pytest.mark.parametrize(
     ("text", "cores"),
     [
@@ -97,6 +107,10 @@ def test_cpus_takes_ranges_as_taskset_writes_them(tmp_path: Path) -> None:
         ("5", [5]),
         (" 0 , 2-3 ", [0, 2, 3]),
         ("7-7", [7]),
+        ("0-15:2", [0, 2, 4, 6, 8, 10, 12, 14]),
+        ("1-7:3,12", [1, 4, 7, 12]),
+        (" 0 - 9 : 4 ", [0, 4, 8]),
+        ("2-3:8", [2]),  # as taskset: a stride past the range's end leaves its first core
     ],
 )
 def test_cpu_list_reads_taskset_syntax(text: str, cores: list[int]) -> None:
@@ -115,6 +129,10 @@ def test_cpu_list_reads_taskset_syntax(text: str, cores: list[int]) -> None:
         ("1-2-3", "('1-2-3' is neither)"),
         ("٣", "('٣' is neither)"),  # a digit to str.isdigit, not to taskset
         ("0-8192", "core 8192 is past any machine's"),
+        ("0-15:0", '"0-15:0" has stride 0; a stride is 1 or more, e.g. "0-15:2"'),
+        ("3:2", '"3:2" has a stride but no range; write "3-LAST:2"'),
+        ("0-15:", "('0-15:' is neither)"),
+        ("0-15:2:2", "('0-15:2:2' is neither)"),
     ],
 )
 def test_cpu_list_refuses_what_taskset_would_in_one_line(text: str, says: str) -> None:
@@ -188,6 +206,7 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
         ('cpus = "all"', 'cpus = "some"', "supervisor.cpus", '"all", a list of core numbers'),
         ('cpus = "all"', 'cpus = "0-"', "supervisor.cpus", "taskset -c"),
         ('cpus = "all"', 'cpus = "1-0"', "supervisor.cpus", 'runs backwards; write "0-1"'),
+        ('cpus = "all"', 'cpus = "0-1:0"', "supervisor.cpus", "stride 0; a stride is 1 or more"),
         ('cpus = "all"', 'cpus = "0-999"', "supervisor.cpus", "outside this process's CPU set"),
         ('cpus = "all"', 'cpus = "0-99999999"', "supervisor.cpus", "8192 at most"),
         ("servers = []", 'servers = ["nohost"]', "supervisor.servers", "HOST:PORT"),
