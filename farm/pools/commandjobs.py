@@ -5,11 +5,12 @@ job server knows each worker connection's other end: the process on its Unix soc
 (SO_PEERCRED), the remote port on TCP. The supervisor reads which sockets each command
 worker holds (psutil), and matches them against the server's farm-only admin ``peers``
 listing (docs/server.md) for `farm ps` (jobs done, the job in hand since when) and for a
-pool's ``timeout``; with the ``workers`` listing (by fd), a starting one serves once it
-registered one of its pool's functions. To stop a command worker without killing its job
-mid-way it first asks the server to ``drain`` those connections (their grabs get NO_JOB
-from then on), and sends ``stop_signal`` once the server shows the worker holds no job, or
-after ``graceful_timeout``; SIGKILL follows ``graceful_timeout`` later, as for any stop.
+pool's ``timeout``; a starting one serves once one of its connections registered one of
+its pool's functions there (the same listing names them). To stop a command worker
+without killing its job mid-way it first asks the server to ``drain`` those connections
+(their grabs get NO_JOB from then on), and sends ``stop_signal`` once the server shows the
+worker holds no job, or after ``graceful_timeout``; SIGKILL follows ``graceful_timeout``
+later, as for any stop.
 
 A mixin of :class:`farm.supervisor.Supervisor`. ``peers`` and ``drain`` are refused on
 TCP, so all this needs the local server's Unix socket; without one (or with no local
@@ -31,7 +32,6 @@ from farm.client.admin import admin_query
 from farm.config import Config
 from farm.net import parse_address
 from farm.pools.slots import ProcState, WorkerProcess
-from farm.protocol.admin import WorkerRow, parse_workers
 
 if TYPE_CHECKING:
     from farm.pools.localserver import LocalServer
@@ -69,6 +69,7 @@ class PeerRow(NamedTuple):
     function: str
     seconds: float | None  # how long the job in hand has run; None when idle
     client_id: str
+    functions: tuple[str, ...] = ()  # what the connection registered
 
 
 def parse_peers(reply: str) -> list[PeerRow]:
@@ -77,7 +78,9 @@ def parse_peers(reply: str) -> list[PeerRow]:
         raise ValueError(f"not a peers listing: {reply[:80]!r}")
     rows = []
     for line in reply[:-2].split("\n")[:-1]:  # not splitlines(): see protocol/admin.py
-        peer, fd, jobs, draining, handle, function, seconds, client_id = line.split("\t", 7)
+        peer, fd, jobs, draining, handle, function, seconds, client_id, *functions = line.split(
+            "\t"
+        )
         idle = handle == "-"
         rows.append(
             PeerRow(
@@ -89,18 +92,17 @@ def parse_peers(reply: str) -> list[PeerRow]:
                 "" if idle else function,
                 None if idle else float(seconds),
                 client_id,
+                tuple(functions),
             )
         )
     return rows
 
 
-def registrations(peers: list[PeerRow], workers: list[WorkerRow]) -> dict[str, frozenset[str]]:
-    """Each peer name of ``peers`` -> the functions its connections registered, which only
-    the ``workers`` listing gives, by fd."""
-    by_fd = {row.fd: row.functions for row in workers}
+def registrations(peers: list[PeerRow]) -> dict[str, frozenset[str]]:
+    """Each peer name of ``peers`` -> the functions its connections registered."""
     found: dict[str, set[str]] = {}
     for row in peers:
-        found.setdefault(row.peer, set()).update(by_fd.get(row.fd, ()))
+        found.setdefault(row.peer, set()).update(row.functions)
     return {peer: frozenset(functions) for peer, functions in found.items()}
 
 
@@ -197,11 +199,14 @@ class CommandJobs:
         if now - self.registered_polled < PEERS_POLL:
             return []
         self.registered_polled = now
-        peers, workers = self.ask_server("peers"), self.ask_server("workers")
-        if peers is None or workers is None:
+        # One listing names each connection and what it registered. Joined by fd with a
+        # second one (`workers`), a connection closed between the two queries left its fd to
+        # another, whose functions were then credited to the wrong process.
+        peers = self.ask_server("peers")
+        if peers is None:
             return connected
         try:
-            seen = registrations(parse_peers(peers), parse_workers(workers))
+            seen = registrations(parse_peers(peers))
         except ValueError as e:
             log.warning("the job server's peers listing: %s", e)
             return connected

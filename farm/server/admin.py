@@ -156,7 +156,10 @@ def peers(server: Hub, args: list[str]) -> str:
     """farm's own (Unix socket only): each worker connection, one line: peer (see
     ``peer_name``), fd, jobs it ended, draining (0/1), the job in hand (handle, function,
     seconds since it took it; ``-`` for each when idle; the oldest when it holds several),
-    then its client id. The supervisor fills `farm ps` for command workers from this."""
+    its client id, then the functions it registered, a field each (a name holds no tab).
+    The supervisor fills `farm ps` for command workers from this, and tells one that serves
+    by what it registered: from this one reply, as the ``workers`` listing names
+    connections by fd alone, which a connection closed between the two may hand on."""
     now = monotonic()
     lines = []
     for conn in _worker_connections(server):
@@ -167,9 +170,10 @@ def peers(server: Hub, args: list[str]) -> str:
             else "-\t-\t-"
         )
         client_id = " ".join(_text(conn.client_id).split()) or "-"
+        functions = "".join("\t" + _text(f) for f in reversed(conn.abilities))
         lines.append(
             f"{peer_name(conn)}\t{conn.fd}\t{conn.jobs_done}\t{int(conn.draining)}"
-            f"\t{held}\t{client_id}\n"
+            f"\t{held}\t{client_id}{functions}\n"
         )
     return "".join(lines) + ".\n"
 

@@ -56,11 +56,12 @@ def test_peers_names_the_process_and_the_job_in_hand(srv, peers) -> None:
     sync(unix_worker)
     tcp_worker = connect(srv, peers)
     tcp_worker.send(T.CAN_DO, "f")
+    tcp_worker.send(T.CAN_DO, "g h")  # a name may hold a space: the fields are tab-separated
     sync(tcp_worker)
     ip, port = tcp_worker.sock.getsockname()[:2]
     rows = {row[0]: row for row in listing(admin)}
-    assert rows[f"pid:{os.getpid()}"][2:] == ["0", "0", "-", "-", "-", "farm:w#0:0"]
-    assert rows[f"tcp:{ip}:{port}"][2:] == ["0", "0", "-", "-", "-", "-"]
+    assert rows[f"pid:{os.getpid()}"][2:] == ["0", "0", "-", "-", "-", "farm:w#0:0", "f"]
+    assert rows[f"tcp:{ip}:{port}"][2:] == ["0", "0", "-", "-", "-", "-", "g h", "f"]
     assert len(rows) == 2  # the admin connection is not a worker
 
     client = connect(srv, peers)

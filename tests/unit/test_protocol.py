@@ -207,22 +207,20 @@ def test_the_supervisors_reading_of_peers_splits_lines_at_newlines_only() -> Non
     ]
 
 
-def test_what_a_command_worker_registered_is_found_by_its_fd() -> None:
-    # `peers` names a connection as psutil sees it (pid, TCP port); only `workers` says what
-    # it registered, by fd: the supervisor joins the two to tell a worker that serves.
+def test_what_a_command_worker_registered_is_read_from_the_peers_listing() -> None:
+    # `peers` names a connection as psutil sees it (pid, TCP port) and what it registered,
+    # in one reply: joined by fd with `workers`, a reused fd credited another's functions.
     from farm.pools.commandjobs import parse_peers, registrations
-    from farm.protocol.admin import parse_workers
 
     peers = parse_peers(
-        "tcp:127.0.0.1:4000\t7\t0\t0\t-\t-\t-\t-\n"
-        "pid:9\t8\t0\t0\t-\t-\t-\t-\npid:9\t11\t0\t0\t-\t-\t-\t-\n.\n"
+        "tcp:127.0.0.1:4000\t7\t0\t0\t-\t-\t-\tfarm:rev#0:1\twrong\tx\n"
+        "pid:9\t8\t0\t0\t-\t-\t-\t-\ta\npid:9\t11\t0\t0\t-\t-\t-\t-\tb c\n"
+        "pid:10\t12\t0\t0\t-\t-\t-\t-\n.\n"
     )
-    workers = parse_workers(
-        "11 - - : b\n10 127.0.0.1 - : rev\n8 - - : a\n7 127.0.0.1 farm:rev#0:1 : wrong x\n.\n"
-    )
-    assert registrations(peers, workers) == {
+    assert registrations(peers) == {
         "tcp:127.0.0.1:4000": frozenset({"wrong", "x"}),
-        "pid:9": frozenset({"a", "b"}),
+        "pid:9": frozenset({"a", "b c"}),
+        "pid:10": frozenset(),
     }
 
 
