@@ -11,7 +11,7 @@ Scaling changes a target number and ``manage_workers`` reconciles. The loop
 is the only thread that changes anything (the metrics endpoint's HTTP server,
 farm.pools.metrics, reads in threads of its own; children are forked and
 exec'd by farm.pools.spawn); it waits in one selector on the signal wake-up
-pipe, the control socket and each worker's report (or output) pipe. Its parts
+pipe, the control socket and each worker's report and output pipes. Its parts
 live beside it in farm/pools: bookkeeping and the restart policy in ``slots``,
 a process's life (spawn, retire, kill, reap) in ``lifecycle``, `farm restart`
 in ``rollout``, what the control socket may change in ``steering``, and its duties for
@@ -116,7 +116,7 @@ class Supervisor(Lifecycle, Reports, CommandJobs, Restarting, Steering, Executor
                 return self.shutdown()
             self.reap_workers()
             self.kill_overrunning()
-            self.report_dropped_output()
+            self.tend_output()
             self.manage_server()
             self.manage_workers()
             self.polling = self.watch_commands() | self.advance_restarts()
@@ -314,6 +314,8 @@ class Supervisor(Lifecycle, Reports, CommandJobs, Restarting, Steering, Executor
                 times.append(proc.busy_since + pool.timeout + TIMEOUT_GRACE)
             if proc.stop_deadline is not None:
                 times.append(proc.stop_deadline)
+            if proc.output_resume is not None:  # a flood's pipe, read again after a pause
+                times.append(proc.output_resume)
         if not self.server.pid and self.config.local_server:
             times.append(self.server.next_start)
         commands = self.command_wakeup(now)  # a command worker drains, or has a timeout
@@ -342,7 +344,7 @@ class Supervisor(Lifecycle, Reports, CommandJobs, Restarting, Steering, Executor
                         self.selector.unregister(key.fileobj)
                     key.data.sock.close()
             elif isinstance(key.data, WorkerProcess):
-                self.read_report(key.data)
+                self.read_pipe(key.data, key.fd)
 
     # -- stopping --
 
@@ -364,6 +366,7 @@ class Supervisor(Lifecycle, Reports, CommandJobs, Restarting, Steering, Executor
             self.handle_signals()  # a second SIGTERM or SIGQUIT shortens the grace
             self.reap_workers()
             self.kill_overrunning()
+            self.tend_output()  # a flood's paused pipe: its job's writes wait on it
             self.report_drain()  # `farm stop`: workers left, seconds left, what was killed
             if self.by_pid:
                 self.wait(min(0.5, max(0.05, self.next_wakeup())))

@@ -5,8 +5,8 @@ loop's module short. Two kinds of pool start the same way (farm.pools.spawn:
 pinned, death signal, descriptors closed): a Python pool runs ``python -m
 farm.pools.workerproc``, which reports on a pipe and writes a shared-memory
 record; a command pool runs any executable, whose stdout and stderr come back
-on a pipe and are logged line by line with its pool and slot (both pipes are
-read by farm.pools.reports). A command worker says nothing, so it is
+on a pipe and are logged line by line with its pool and slot, within a budget (both
+pipes are read by farm.pools.reports). A command worker says nothing, so it is
 ``starting`` until it holds a TCP connection to one of its servers (psutil) and, where
 the local server can tell, registered one of its pool's functions there, then ``running``.
 """
@@ -70,8 +70,8 @@ class Lifecycle:
     track_commands: Callable[..., None]
     serving_commands: Callable[[list[WorkerProcess], float], list[WorkerProcess]]
     excuse: Callable[[WorkerProcess], None]
-    # Provided by farm.pools.reports: what is left on a worker's pipe, read and closed.
-    close_report: Callable[[WorkerProcess], None]
+    # Provided by farm.pools.reports: what is left on a worker's pipes, read and closed.
+    close_pipes: Callable[[WorkerProcess], None]
 
     # -- the loop's steps --
 
@@ -147,7 +147,7 @@ class Lifecycle:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
         # Its last output first: the exec check below and the end's log line quote it.
-        self.close_report(proc)
+        self.close_pipes(proc)
         proc.close()
         if (
             proc.command
@@ -307,13 +307,15 @@ class Lifecycle:
         finally:
             os.close(write_fd)
             os.close(null)
-        proc = WorkerProcess(pid, pool.name, slot.index, slot.core, read_fd, pool.options())
-        proc.command, proc.stop_signal = True, pool.stop_signal
+        proc = WorkerProcess(pid, pool.name, slot.index, slot.core, -1, pool.options())
+        proc.command, proc.stop_signal, proc.output_fd = True, pool.stop_signal, read_fd
         return self.watch(slot, proc)
 
     def watch(self, slot: Slot, proc: WorkerProcess) -> WorkerProcess:
-        os.set_blocking(proc.report_fd, False)
-        self.selector.register(proc.report_fd, selectors.EVENT_READ, proc)
+        for fd in (proc.report_fd, proc.output_fd):
+            if fd >= 0:
+                os.set_blocking(fd, False)
+                self.selector.register(fd, selectors.EVENT_READ, proc)
         self.by_pid[proc.pid] = proc
         slot.spawned += 1
         return proc

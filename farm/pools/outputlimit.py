@@ -4,14 +4,24 @@
 journald's rate limit (per service, so per farm) then dropped the farm's own
 warnings with them. Each process may log a burst, then a steady rate; what is
 over is dropped and counted, and the count is logged (farm.pools.reports).
+A flood is read in large pieces and its lines only counted (``OutputLines``): the
+supervisor spent a core splitting and decoding `yes`'s lines to drop them.
 Nothing here does I/O, so the policy is testable without processes.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
-__all__ = ["OUTPUT_BURST", "OUTPUT_RATE", "DROPS_EVERY", "OutputLimit"]
+__all__ = [
+    "OUTPUT_BURST",
+    "OUTPUT_RATE",
+    "DROPS_EVERY",
+    "LONGEST_LINE",
+    "OutputLimit",
+    "OutputLines",
+]
 
 #: Lines a process may log at once: a fresh one's whole start-up (a stack trace of a
 #: worker that cannot start runs to tens of lines, a chatty one's banner to a hundred) is
@@ -52,6 +62,25 @@ class OutputLimit:
         self.dropped += 1
         return False
 
+    def admit_many(self, count: int, now: float) -> int:
+        """How many of ``count`` lines output at ``now`` are logged (the first ones); the
+        rest are counted as dropped. ``admit`` for a piece of output at once."""
+        if self.stamp is not None:
+            self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        admitted = min(count, int(self.tokens))
+        self.tokens -= admitted
+        if count > admitted:
+            if not self.dropped:
+                self.since = now
+            self.dropped += count - admitted
+        return admitted
+
+    @property
+    def flooding(self) -> bool:
+        """Whether its last output went past the budget (its next line would be dropped)."""
+        return self.tokens < 1.0
+
     def drops_due(self, now: float, *, final: bool = False) -> tuple[int, float]:
         """(lines dropped, over how many seconds) to report now, and forget; (0, 0.0) when
         none is due: once ``DROPS_EVERY`` seconds after the first of them, or at the
@@ -61,3 +90,75 @@ class OutputLimit:
         dropped, span = self.dropped, now - self.since
         self.dropped = 0
         return dropped, span
+
+
+#: A line this long with no end yet is taken as a line of its own (a binary blob, a
+#: progress bar redrawn with \r): the supervisor holds no more of it.
+LONGEST_LINE = 65536
+#: Lines looked at, from the end of a piece of output, for the one its end's log quotes.
+LAST_WORDS_LOOK = 64
+#: A line that continues the message before it: indented (a trace's frames, PHP's
+#: "  thrown in"), or PHP's "Stack trace:" and "#0 FILE(3): ..." frames.
+_TRACE_TAIL = re.compile(r"\s|(PHP )?Stack trace:|#\d+ |PHP +\d+\. ")
+
+
+@dataclass(eq=False)
+class OutputLines:
+    """A process's stdout and stderr as they come off its pipe: the whole lines its budget
+    admits, the rest counted; and the line its end's log quotes (``last_words``)."""
+
+    limit: OutputLimit = field(default_factory=OutputLimit)
+    last_words: str = ""
+    _part: bytes = b""  # the start of a line whose end has not come yet
+
+    def take(self, data: bytes, now: float, *, final: bool = False) -> list[str]:
+        """The lines of ``data`` to log (``final``: its end, so an unended last line too).
+        Past the budget a line costs no Python: lines are counted, not split or decoded."""
+        if self._part:
+            data = self._part + data
+        end = data.rfind(b"\n") + 1
+        if final or len(data) - end > LONGEST_LINE:
+            whole, self._part = data, b""
+        else:
+            whole, self._part = data[:end], data[end:]
+        if not whole:
+            return []
+        count = whole.count(b"\n") + (not whole.endswith(b"\n"))
+        self.note_last_words(whole)
+        admitted = self.limit.admit_many(count, now)
+        if not admitted:
+            return []
+        if admitted < count:  # only as much as is logged is split: the burst's worth at most
+            cut = 0
+            for _ in range(admitted):
+                cut = whole.index(b"\n", cut) + 1
+            whole = whole[:cut]
+        lines = whole.split(b"\n")
+        if whole.endswith(b"\n"):
+            lines.pop()
+        return [_text(line) for line in lines]
+
+    def note_last_words(self, whole: bytes) -> None:
+        """Keep the line the log of its end will quote: the last one that is not the tail of
+        a stack trace (PHP's uncaught exception ends with "  thrown in FILE on line N",
+        Java's with "\tat ..."; the line that began it says what was thrown). Read back
+        from the end, a few lines at most: a flood's last line is found at once."""
+        stop = len(whole) - whole.endswith(b"\n")
+        first = ""
+        for _ in range(LAST_WORDS_LOOK):
+            start = whole.rfind(b"\n", 0, stop) + 1
+            line = _text(whole[start:stop])
+            if line.strip():
+                if not _TRACE_TAIL.match(line):
+                    self.last_words = line
+                    return
+                first = line
+            if not start:
+                break
+            stop = start - 1
+        if not self.last_words and first:
+            self.last_words = first  # a tail alone: nothing better to quote
+
+
+def _text(line: bytes) -> str:
+    return line.decode(errors="replace").rstrip("\r")

@@ -1,15 +1,17 @@
-"""What comes back on a worker's pipe: a Python worker's reports, a command's output.
+"""What comes back on a worker's pipes: a Python worker's reports, a command's output.
 
 A mixin of :class:`farm.supervisor.Supervisor`, beside farm.pools.lifecycle,
 which spawns the processes and registers their pipes with the supervisor's
 selector. A Python worker writes JSON report lines (farm.pools.workerproc); a
-command worker's stdout and stderr share the pipe, and each line of it is
+command worker's stdout and stderr share a pipe, and each line of it is
 logged with its pool and slot, within a budget per process
 (farm.pools.outputlimit): what is over it is dropped, and counted in a warning.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import selectors
@@ -18,15 +20,36 @@ import time
 from farm.pools.outputlimit import OUTPUT_BURST, OUTPUT_RATE
 from farm.pools.slots import WorkerProcess
 
-__all__ = ["Reports"]
+__all__ = ["Reports", "READ_SIZE", "FLOOD_PAUSE"]
 
 log = logging.getLogger("farm.supervisor")
 output_log = logging.getLogger("farm.worker.output")
+
+#: Bytes of output read at once: a flood is taken in few, large pieces.
+READ_SIZE = 1 << 20
+#: A process past its budget has its pipe read this long after the last read, not as soon
+#: as it is readable: read as fast as `yes` writes, the supervisor spent a core on its
+#: output, all of it dropped. The pipe fills meanwhile, and its writes wait: a flood runs
+#: at READ_SIZE a pause (10 MB/s) at most, which costs the supervisor a few percent of a
+#: core (counting lines takes ~3 ms a MiB); a process within its budget is never held.
+FLOOD_PAUSE = 0.1
+#: What a flooding process's pipe may hold (F_SETPIPE_SZ, as far as the system lets an
+#: unprivileged user): a pause's worth, so each read takes a whole one.
+FLOOD_PIPE_SIZE = READ_SIZE
+#: Reads of a pipe at a process's end at most (a child it left may write on for ever).
+LAST_READS = 16
 
 
 class Reports:
     selector: selectors.BaseSelector
     by_pid: dict[int, WorkerProcess]
+
+    def read_pipe(self, proc: WorkerProcess, fd: int) -> None:
+        """The selector found ``fd`` of ``proc`` readable: its output, or its reports."""
+        if fd == proc.output_fd:
+            self.read_output(proc)
+        else:
+            self.read_report(proc)
 
     def read_report(self, proc: WorkerProcess) -> None:
         try:
@@ -35,42 +58,55 @@ class Reports:
             return
         except OSError:
             data = b""
-        self.take_report(proc, data)
-        if not data:
+        if data:
+            proc.feed(data)
+        else:
             self.close_report(proc)  # it is exiting; reap_workers will hear of it
 
-    def take_report(self, proc: WorkerProcess, data: bytes) -> None:
-        """A worker's pipe's bytes (b"": its end): a command's output logged, else reports."""
-        if proc.command:
-            self.log_output(proc, proc.output(data, final=not data), final=not data)
-        elif data:
-            proc.feed(data)
+    def read_output(self, proc: WorkerProcess) -> None:
+        try:
+            data = os.read(proc.output_fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close_output(proc)
+            return
+        self.log_output(proc, data)
+        if proc.out.limit.flooding and proc.output_resume is None:
+            with contextlib.suppress(OSError):  # past the user's pipe allowance: as it is
+                if fcntl.fcntl(proc.output_fd, fcntl.F_GETPIPE_SZ) < FLOOD_PIPE_SIZE:
+                    fcntl.fcntl(proc.output_fd, fcntl.F_SETPIPE_SZ, FLOOD_PIPE_SIZE)
+            self.selector.unregister(proc.output_fd)
+            proc.output_resume = time.monotonic() + FLOOD_PAUSE
 
-    def log_output(self, proc: WorkerProcess, lines: list[str], *, final: bool = False) -> None:
+    def log_output(self, proc: WorkerProcess, data: bytes, *, final: bool = False) -> None:
         """A command worker's stdout/stderr, a log line each, with its pool and slot, as far
         as its budget goes; ``final``: its end, so what it had dropped is reported now."""
         now = time.monotonic()
-        for line in lines:
-            proc.note_output(line)  # every line, dropped or not: its end's log quotes the last
-            if proc.output_limit.admit(now):
-                output_log.info(
-                    "worker %s (pid %d): %s",
-                    proc.name,
-                    proc.pid,
-                    line,
-                    extra={"function": proc.function, "slot": proc.slot, "worker_pid": proc.pid},
-                )
+        for line in proc.out.take(data, now, final=final):
+            output_log.info(
+                "worker %s (pid %d): %s",
+                proc.name,
+                proc.pid,
+                line,
+                extra={"function": proc.function, "slot": proc.slot, "worker_pid": proc.pid},
+            )
         self.report_drops(proc, now, final=final)
 
-    def report_dropped_output(self) -> None:
-        """The loop's step: say what a worker that flooded, then fell silent, dropped."""
+    def tend_output(self) -> None:
+        """The loop's step: read a flooding worker's pipe again once its pause is over, and
+        say what a worker that flooded, then fell silent, dropped."""
         now = time.monotonic()
         for proc in self.by_pid.values():
-            if proc.command:
-                self.report_drops(proc, now)
+            if proc.output_resume is not None and now >= proc.output_resume:
+                proc.output_resume = None
+                self.selector.register(proc.output_fd, selectors.EVENT_READ, proc)
+            self.report_drops(proc, now)
 
     def report_drops(self, proc: WorkerProcess, now: float, *, final: bool = False) -> None:
-        dropped, span = proc.output_limit.drops_due(now, final=final)
+        dropped, span = proc.out.limit.drops_due(now, final=final)
         if dropped:
             log.warning(
                 "worker %s (pid %d): %d lines of output dropped in %.1fs"
@@ -84,18 +120,42 @@ class Reports:
                 extra=proc.log_fields(),
             )
 
+    def close_pipes(self, proc: WorkerProcess) -> None:
+        """At its end: what it wrote before exiting is still in its pipes (a command's last
+        output, a Python worker's last report: why it could not boot, read before its
+        exit's log), read; then they are closed."""
+        self.close_output(proc)
+        self.close_report(proc)
+
     def close_report(self, proc: WorkerProcess) -> None:
-        if proc.report_fd >= 0:
-            # What it wrote before exiting is still in the pipe: a command's last output, a
-            # Python worker's last report (why it could not boot, read before its exit's log).
-            while True:
-                try:
-                    data = os.read(proc.report_fd, 65536)
-                except OSError:
-                    data = b""
-                self.take_report(proc, data)
-                if not data:
-                    break
-            self.selector.unregister(proc.report_fd)
-            os.close(proc.report_fd)
-            proc.report_fd = -1
+        if proc.report_fd < 0:
+            return
+        while True:
+            try:
+                data = os.read(proc.report_fd, 65536)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            proc.feed(data)
+        self.selector.unregister(proc.report_fd)
+        os.close(proc.report_fd)
+        proc.report_fd = -1
+
+    def close_output(self, proc: WorkerProcess) -> None:
+        if proc.output_fd < 0:
+            return
+        for _ in range(LAST_READS):
+            try:
+                data = os.read(proc.output_fd, READ_SIZE)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            self.log_output(proc, data)
+        self.log_output(proc, b"", final=True)
+        if proc.output_resume is None:
+            self.selector.unregister(proc.output_fd)
+        proc.output_resume = None
+        os.close(proc.output_fd)
+        proc.output_fd = -1

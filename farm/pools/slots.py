@@ -12,14 +12,13 @@ from __future__ import annotations
 import enum
 import json
 import os
-import re
 import signal
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from farm.pools.outputlimit import OutputLimit
+from farm.pools.outputlimit import OutputLines
 from farm.pools.record import RecordReader
 
 __all__ = [
@@ -133,11 +132,6 @@ class ProcState(enum.StrEnum):
         return self in (ProcState.IDLE, ProcState.BUSY, ProcState.RUNNING)
 
 
-#: A line that continues the message before it: indented (a trace's frames, PHP's
-#: "  thrown in"), or PHP's "Stack trace:" and "#0 FILE(3): ..." frames.
-_TRACE_TAIL = re.compile(r"\s|(PHP )?Stack trace:|#\d+ |PHP +\d+\. ")
-
-
 @dataclass(eq=False)
 class WorkerProcess:
     """One running worker process and what it last told the supervisor."""
@@ -146,7 +140,7 @@ class WorkerProcess:
     function: str
     slot: int
     core: int
-    report_fd: int  # read end of the pipe the worker reports on (ready, recycle)
+    report_fd: int  # read end of the pipe a Python worker reports on (ready, recycle); or -1
     options: tuple[object, ...]  # FunctionConfig.options() it was started with
     record: RecordReader | None = None  # what it is doing, in shared memory (farm.pools.record)
     started: float = field(default_factory=time.monotonic)
@@ -160,7 +154,10 @@ class WorkerProcess:
     kill_reason: str = ""  # why the supervisor killed it, so its death is not a crash
     boot_error: str = ""  # why it never served (could not exec, no ready in time): a boot failure
     recycle_reason: str = ""
-    command: bool = False  # a command pool's process: report_fd carries its stdout/stderr
+    command: bool = False  # a command pool's process (it has no report pipe)
+    output_fd: int = -1  # read end of the pipe its stdout and stderr share
+    out: OutputLines = field(default_factory=OutputLines)  # its lines, within their budget
+    output_resume: float | None = None  # flooding: when its pipe is read again (reports)
     stop_signal: int = signal.SIGTERM  # what asks it to stop (SIGTERM drains a Python worker)
     # A command worker, as the job server sees it (farm.pools.commandjobs): the names of its
     # connections in the server's `peers`, when they were read, jobs done per connection;
@@ -169,8 +166,6 @@ class WorkerProcess:
     # Connected, but none of its connections registered its pool's functions: what they did
     # ("registered wrong, not rev"), for the warnings about a worker that does not serve.
     misregistered: str = ""
-    last_words: str = ""  # a command worker's last line of output, for the log of its end
-    output_limit: OutputLimit = field(default_factory=OutputLimit)  # its lines' budget
     peers_read: float = 0.0
     peer_jobs: dict[str, int] = field(default_factory=dict)
     signal_at: float | None = None
@@ -192,21 +187,10 @@ class WorkerProcess:
         """Whether the supervisor asked it to go (its exit is never a crash)."""
         return self.state.ordered
 
-    def output(self, data: bytes, *, final: bool = False) -> list[str]:
-        """A command worker's whole output lines so far (all that is left when ``final``)."""
-        self._buffer += data
-        *lines, self._buffer = self._buffer.split(b"\n")
-        if (final and self._buffer) or len(self._buffer) > 65536:  # the rest, or a huge line
-            lines.append(self._buffer)
-            self._buffer = b""
-        return [line.decode(errors="replace").rstrip("\r") for line in lines]
-
-    def note_output(self, line: str) -> None:
-        """Keep the line the log of its end will quote: the last one that is not the tail of
-        a stack trace (PHP's uncaught exception ends with "  thrown in FILE on line N",
-        Java's with "\tat ..."; the line that began it says what was thrown)."""
-        if line.strip() and not (self.last_words and _TRACE_TAIL.match(line)):
-            self.last_words = line
+    @property
+    def last_words(self) -> str:
+        """Its last line of output (not a stack trace's tail), for the log of its end."""
+        return self.out.last_words
 
     def feed(self, data: bytes) -> None:
         """Apply report lines from the worker (JSON, one a line; see farm.pools.workerproc)."""

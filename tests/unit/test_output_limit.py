@@ -1,9 +1,16 @@
-"""A command worker's output budget without processes: a burst, then a steady rate, and
-what is over counted and reported once an interval (farm.pools.outputlimit)."""
+"""A worker's output budget without processes: a burst, then a steady rate, and what is
+over counted and reported once an interval (farm.pools.outputlimit)."""
 
 from __future__ import annotations
 
-from farm.pools.outputlimit import DROPS_EVERY, OUTPUT_BURST, OUTPUT_RATE, OutputLimit
+from farm.pools.outputlimit import (
+    DROPS_EVERY,
+    LONGEST_LINE,
+    OUTPUT_BURST,
+    OUTPUT_RATE,
+    OutputLimit,
+    OutputLines,
+)
 
 
 def test_a_burst_passes_then_a_steady_rate() -> None:
@@ -36,3 +43,33 @@ def test_nothing_dropped_nothing_to_report() -> None:
     limit = OutputLimit()
     assert limit.admit(0.0)
     assert limit.drops_due(3600.0, final=True) == (0, 0.0)
+
+
+def test_many_lines_at_once_are_admitted_as_one_at_a_time_would_be() -> None:
+    one, many = OutputLimit(burst=5, rate=2.0), OutputLimit(burst=5, rate=2.0)
+    assert many.admit_many(7, 0.0) == sum(one.admit(0.0) for _ in range(7)) == 5
+    assert many.admit_many(10, 1.5) == sum(one.admit(1.5) for _ in range(10)) == 3
+    assert many.dropped == one.dropped == 9 and many.since == one.since == 0.0
+    assert many.flooding and one.flooding
+
+
+def test_output_comes_in_pieces_and_leaves_as_whole_lines() -> None:
+    out = OutputLines()
+    assert out.take(b"one\ntw", 0.0) == ["one"]
+    assert out.take(b"o\r\nthr", 0.0) == ["two"]
+    assert out.take(b"ee", 0.0, final=True) == ["three"]  # its end: the unended line too
+    assert out.take(b"x" * (LONGEST_LINE + 1), 0.0) == ["x" * (LONGEST_LINE + 1)]  # held no more
+    assert out.take(b"\xff\n", 0.0) == ["\ufffd"]
+
+
+def test_a_flood_is_counted_past_its_budget_and_its_last_line_kept() -> None:
+    # `yes` wrote ~40,000 lines a second: each was split off, decoded and looked at, then
+    # dropped, a core's work. Past the budget the lines are counted, not split.
+    out = OutputLines(OutputLimit(burst=3, rate=1.0))
+    flood = b"y\n" * 100_000
+    assert out.take(flood + b"last words\n  at frame\n", 0.0) == ["y", "y", "y"]
+    assert out.limit.dropped == 100_000 - 3 + 2
+    assert out.last_words == "last words"  # not its trace's tail
+    assert out.take(flood, 0.5) == []  # half a line's worth of budget: nothing
+    assert out.limit.dropped == 2 * 100_000 - 3 + 2
+    assert out.last_words == "y"

@@ -108,17 +108,13 @@ PHP_FATAL = (
 def test_a_command_workers_last_words_are_the_head_of_the_trace_it_ended_with() -> None:
     # The warning of its end quoted "  thrown in /srv/worker.php on line 3": never why.
     p = WorkerProcess(1, "f", 0, 0, -1, (), command=True)
-    for line in p.output(PHP_FATAL):
-        p.note_output(line)
+    p.out.take(PHP_FATAL, 0.0)
     assert p.last_words.startswith("PHP Fatal error:  Uncaught GearmanException: Failed")
     python = b'Traceback (most recent call last):\n  File "w.py", line 1\nValueError: bad\n'
-    for line in p.output(python):
-        p.note_output(line)
+    p.out.take(python, 0.0)
     assert p.last_words == "ValueError: bad"
-    for line in p.output(b"  indented first words\n\n"):
-        p.note_output(line)
+    p.out.take(b"  indented first words\n\n", 0.0)
     assert p.last_words == "ValueError: bad"
     q = WorkerProcess(2, "f", 0, 0, -1, (), command=True)
-    for line in q.output(b"  only indented output\n"):
-        q.note_output(line)
+    q.out.take(b"  only indented output\n", 0.0)
     assert q.last_words == "  only indented output"  # nothing better to quote
