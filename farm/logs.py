@@ -10,6 +10,7 @@ slot and function, and a call may name them with ``extra={"function": ..., "job"
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -22,7 +23,16 @@ from typing import IO, Any
 
 from farm.paths import open_own_file
 
-__all__ = ["LOG_FORMATS", "Brief", "JsonFormatter", "Repeats", "setup_logging", "reopen_log_file"]
+__all__ = [
+    "LOG_FORMATS",
+    "Brief",
+    "JsonFormatter",
+    "Repeats",
+    "setup_logging",
+    "reopen_log_file",
+    "journal_priorities",
+    "relay_lines",
+]
 
 #: The values of --log-format and ``[supervisor] log_format``.
 LOG_FORMATS = ("text", "json")
@@ -79,11 +89,13 @@ def setup_logging(
     filename: str | None = None,
     slot: int | None = None,
     function: str | None = None,
+    journal: bool | None = None,
 ) -> None:
     """Configure the root logger of this process (as logging.basicConfig: once).
 
     ``text_format`` is the process's readable format, kept exactly as it was; with
-    ``log_format="json"`` each record is a JsonFormatter line instead.
+    ``log_format="json"`` each record is a JsonFormatter line instead. ``journal``: each
+    line carries its priority for journald (None: when the stream is the journal's).
     """
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format {log_format!r}: one of {', '.join(LOG_FORMATS)}")
@@ -92,14 +104,17 @@ def setup_logging(
         # paths.open_own_file). Appending, so logrotate's copytruncate works.
         stream = _open_log(filename)
     handler = logging.StreamHandler(stream or sys.stderr)
-    global _log_file
+    global _log_file, _handler
     _log_file = (filename, handler) if filename else None
+    _handler = handler
     formatter: logging.Formatter = (
         JsonFormatter(role, slot=slot, function=function)
         if log_format == "json"
         else logging.Formatter(text_format)
     )
-    if not filename and _to_journal(stream or sys.stderr):
+    if journal is None:
+        journal = not filename and _to_journal(stream or sys.stderr)
+    if journal:
         formatter = _JournalPriority(formatter)
     handler.setFormatter(formatter)
     logging.basicConfig(level=level, handlers=[handler])
@@ -107,6 +122,27 @@ def setup_logging(
 
 #: The file this process logs to, and its handler (reopen_log_file).
 _log_file: tuple[str, logging.StreamHandler[IO[str]]] | None = None
+#: The handler setup_logging made (relay_lines writes through it).
+_handler: logging.StreamHandler[IO[str]] | None = None
+
+
+def journal_priorities() -> bool:
+    """Whether this process's log lines carry their priority for journald (setup_logging)."""
+    return _handler is not None and isinstance(_handler.formatter, _JournalPriority)
+
+
+def relay_lines(lines: list[str]) -> None:
+    """Write lines another process made as its log records (a Python worker's, whose stdout
+    and stderr the supervisor reads) as they are, on this process's log stream, under its
+    handler's lock: whole lines, between this process's own records, never inside one."""
+    handler = _handler
+    text = "".join(line + "\n" for line in lines)
+    if handler is None:
+        sys.stderr.write(text)
+        return
+    with handler.lock or contextlib.nullcontext():
+        handler.stream.write(text)
+        handler.flush()
 
 
 def _open_log(filename: str) -> IO[str]:

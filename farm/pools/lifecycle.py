@@ -4,11 +4,11 @@ A mixin of :class:`farm.supervisor.Supervisor`, split off to keep the main
 loop's module short. Two kinds of pool start the same way (farm.pools.spawn:
 pinned, death signal, descriptors closed): a Python pool runs ``python -m
 farm.pools.workerproc``, which reports on a pipe and writes a shared-memory
-record; a command pool runs any executable, whose stdout and stderr come back
-on a pipe and are logged line by line with its pool and slot, within a budget (both
-pipes are read by farm.pools.reports). A command worker says nothing, so it is
-``starting`` until it holds a TCP connection to one of its servers (psutil) and, where
-the local server can tell, registered one of its pool's functions there, then ``running``.
+record; a command pool runs any executable. Either's stdout and stderr come back
+on a pipe, logged within a budget (all pipes are read by farm.pools.reports). A
+command worker says nothing, so it is ``starting`` until it holds a TCP connection
+to one of its servers (psutil) and, where the local server can tell, registered one
+of its pool's functions there, then ``running``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from collections.abc import Callable
 import psutil
 
 from farm.config import Config, FunctionConfig
+from farm.logs import journal_priorities
 from farm.net import parse_address
 from farm.pools.commandjobs import connected_to
 from farm.pools.record import RecordReader, create_record_fd
@@ -179,8 +180,11 @@ class Lifecycle:
         when = "now" if delay == 0 else f"in {delay:g}s"
         level = logging.INFO if "recycled" in how else logging.WARNING
         # Its output is logged at INFO (stdout and stderr share a pipe): the warning quotes
-        # its last line, so `journalctl -p warning` shows why a PHP worker crash-loops.
-        quote = proc.last_words and proc.last_words != proc.boot_error  # not said twice
+        # its last line, so `journalctl -p warning` shows why a PHP worker crash-loops. Not
+        # when it is the boot failure's why; for a Python worker, only when it crashed (its
+        # other ends say why themselves: a boot failure's report, a recycle, RSS).
+        quote = proc.last_words and proc.last_words != proc.boot_error
+        quote = quote and (proc.command or cause == "crash")
         said = f"; its last output: {proc.last_words!r}" if quote else ""
         log.log(
             level,
@@ -224,11 +228,12 @@ class Lifecycle:
 
     def spawn_python(self, slot: Slot, pool: FunctionConfig) -> WorkerProcess:
         read_fd, write_fd = os.pipe()
+        out_read, out_write = os.pipe()  # its stdout and stderr, within a budget (reports)
         try:
             record_fd = create_record_fd(slot.name)
         except OSError:
-            os.close(read_fd)
-            os.close(write_fd)
+            for fd in (read_fd, write_fd, out_read, out_write):
+                os.close(fd)
             raise
         os.set_inheritable(write_fd, True)  # the two descriptors the worker keeps
         os.set_inheritable(record_fd, True)
@@ -240,6 +245,8 @@ class Lifecycle:
             argv += ["--serve", served]
         if self.config.supervisor.log_format != "text":
             argv += ["--log-format", self.config.supervisor.log_format]
+        if journal_priorities():  # its lines reach the journal through us, as they are
+            argv += ["--journal"]
         for server in self.config.servers_for(pool):
             argv += ["--server", server]
         for flag, value in (
@@ -251,6 +258,7 @@ class Lifecycle:
         ):
             if value is not None:
                 argv += [flag, str(value)]
+        null = os.open(os.devnull, os.O_RDONLY)
         try:
             # Pinned, killed with the supervisor and deaf to SIGHUP (`systemctl kill -s HUP`
             # reaches every process of the unit) before any of its own code runs.
@@ -260,18 +268,21 @@ class Lifecycle:
                 death_signal=signal.SIGKILL,
                 core=slot.core,
                 keep=(write_fd, record_fd),
+                stdio=(null, out_write, out_write),
                 ignore=(signal.SIGHUP,),
             )
         except OSError:
             os.close(read_fd)
+            os.close(out_read)
             record.close()
             raise
         finally:
-            os.close(write_fd)
-            os.close(record_fd)  # the mapping stays
+            for fd in (write_fd, out_write, null, record_fd):  # record_fd: the mapping stays
+                os.close(fd)
         proc = WorkerProcess(
             pid, pool.name, slot.index, slot.core, read_fd, pool.options(), record=record
         )
+        proc.output_fd = out_read
         return self.watch(slot, proc)
 
     def spawn_command(self, slot: Slot, pool: FunctionConfig) -> WorkerProcess:

@@ -1,4 +1,4 @@
-"""How much of a command worker's output reaches the log: a token bucket per process.
+"""How much of a worker's output reaches the log: a token bucket per process.
 
 `command = ["yes", "spam"]` made the supervisor log ~39,000 lines a second, and
 journald's rate limit (per service, so per farm) then dropped the farm's own
@@ -100,6 +100,9 @@ LAST_WORDS_LOOK = 64
 #: A line that continues the message before it: indented (a trace's frames, PHP's
 #: "  thrown in"), or PHP's "Stack trace:" and "#0 FILE(3): ..." frames.
 _TRACE_TAIL = re.compile(r"\s|(PHP )?Stack trace:|#\d+ |PHP +\d+\. ")
+#: The syslog priority a Python worker's line starts with when it goes to the journal
+#: (farm.logs): not part of what it said.
+_PRIORITY = re.compile(r"<\d>")
 
 
 @dataclass(eq=False)
@@ -148,6 +151,8 @@ class OutputLines:
         for _ in range(LAST_WORDS_LOOK):
             start = whole.rfind(b"\n", 0, stop) + 1
             line = _text(whole[start:stop])
+            if (said := _PRIORITY.match(line)) is not None:
+                line = line[said.end() :]
             if line.strip():
                 if not _TRACE_TAIL.match(line):
                     self.last_words = line

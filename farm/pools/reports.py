@@ -1,11 +1,14 @@
-"""What comes back on a worker's pipes: a Python worker's reports, a command's output.
+"""What comes back on a worker's pipes: a Python worker's reports, every worker's output.
 
 A mixin of :class:`farm.supervisor.Supervisor`, beside farm.pools.lifecycle,
 which spawns the processes and registers their pipes with the supervisor's
-selector. A Python worker writes JSON report lines (farm.pools.workerproc); a
-command worker's stdout and stderr share a pipe, and each line of it is
-logged with its pool and slot, within a budget per process
-(farm.pools.outputlimit): what is over it is dropped, and counted in a warning.
+selector. A Python worker writes JSON report lines on a pipe of its own
+(farm.pools.workerproc). Every worker's stdout and stderr share another pipe,
+read within a budget per process (farm.pools.outputlimit): what is over it is
+dropped, and counted in a warning. A command worker's lines are logged with its
+pool and slot; a Python worker's are its own log records (its prints among them),
+written on as they are. A Python worker once wrote to the journal itself, out of
+the budget's reach: one printing in a loop had journald drop the farm's warnings.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import selectors
 import time
 
+from farm.logs import relay_lines
 from farm.pools.outputlimit import OUTPUT_BURST, OUTPUT_RATE
 from farm.pools.slots import WorkerProcess
 
@@ -82,10 +86,14 @@ class Reports:
             proc.output_resume = time.monotonic() + FLOOD_PAUSE
 
     def log_output(self, proc: WorkerProcess, data: bytes, *, final: bool = False) -> None:
-        """A command worker's stdout/stderr, a log line each, with its pool and slot, as far
-        as its budget goes; ``final``: its end, so what it had dropped is reported now."""
+        """A worker's stdout/stderr, as far as its budget goes: a command's a log line each,
+        with its pool and slot; a Python worker's (log records it made itself) as they are.
+        ``final``: its end, so what it had dropped is reported now."""
         now = time.monotonic()
-        for line in proc.out.take(data, now, final=final):
+        lines = proc.out.take(data, now, final=final)
+        if lines and not proc.command:
+            relay_lines(lines)
+        for line in lines if proc.command else ():
             output_log.info(
                 "worker %s (pid %d): %s",
                 proc.name,

@@ -10,6 +10,9 @@ pins nothing itself). It loads the target, serves it through
     {"ev": "boot_error", "why": "..."}    it cannot serve its target, and exits 3 (the why goes
                                           into the supervisor's log, `farm ps` and `farm restart`)
 
+Its stdout and stderr (its log, and what its jobs print) are a pipe the supervisor
+reads, within a budget of lines (farm.pools.outputlimit), and writes on as they are.
+
 What it does job by job (the job in hand since when, jobs done, RSS) it writes
 into its slot's shared-memory record (``--record-fd``, farm.pools.record), which
 the supervisor reads on its own tick: no message, no wake-up per job.
@@ -103,6 +106,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--record-fd", type=int, default=None)
     ap.add_argument("--log-format", choices=LOG_FORMATS, default="text")
     ap.add_argument(
+        "--journal",
+        action="store_true",
+        help="stderr reaches the journal (through the supervisor): mark each line's priority",
+    )
+    ap.add_argument(
         "--last-boot-error",
         default="",
         help="why this slot's last process failed to boot: the same error is logged in one line",
@@ -124,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         "%(levelname)s %(message)s",
         slot=ns.slot,
         function=ns.function,
+        journal=True if ns.journal else None,
     )
     capture_prints(logging.getLogger("farm.job"))  # after the handler took the real stderr
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop

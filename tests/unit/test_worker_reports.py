@@ -118,3 +118,6 @@ def test_a_command_workers_last_words_are_the_head_of_the_trace_it_ended_with() 
     q = WorkerProcess(2, "f", 0, 0, -1, (), command=True)
     q.out.take(b"  only indented output\n", 0.0)
     assert q.last_words == "  only indented output"  # nothing better to quote
+    r = WorkerProcess(3, "f", 0, 0, -1, ())
+    r.out.take(b'<6>up\n<3>Traceback (most recent call last):\n<3>  File "w.py"\n', 0.0)
+    assert r.last_words == "Traceback (most recent call last):"  # a journal priority is no word
