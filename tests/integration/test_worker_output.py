@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,12 @@ def talk(job):
     for n in range(250):
         print("line", n)
     return b"said"
+
+def gush(job):
+    chunk = b"gush\\n" * 20_000  # 100 kB at a time, past the budget at once
+    for _ in range(int(job.data)):
+        os.write(1, chunk)
+    return b"done"
 
 def warn(job):
     print("careful", file=sys.stderr)
@@ -115,5 +123,34 @@ def test_a_python_workers_lines_keep_their_priority_for_the_journal(tmp_path: Pa
             lambda: re.search(r"(?m)^.*warn#0\[\d+\] WARNING careful$", up.read_log()),
         )
         assert line.group(0).startswith("<4>"), line.group(0)
+    finally:
+        up.stop()
+
+
+def test_a_job_flooding_as_the_farm_stops_still_finishes(tmp_path: Path) -> None:
+    # A flood's pipe is read once a pause, its writes waiting meanwhile: the drain at stop
+    # must go on reading it, or the job waits on its write until the grace kills it.
+    (tmp_path / "printer.py").write_text(textwrap.dedent(PRINTER))
+    up = FarmUp(tmp_path, '[functions.gush]\ntarget = "printer:gush"\nworkers = 1\n')
+    got: list[bytes | BaseException] = []
+
+    def call() -> None:
+        with farm.Client(up.addr) as client:
+            try:
+                got.append(client.call("gush", b"100", timeout=50))  # 10 MB, ~1 s of flood
+            except BaseException as exc:  # what the test reports
+                got.append(exc)
+
+    caller = threading.Thread(target=call)
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"gush": 1})
+        caller.start()
+        wait_for("the job to start", lambda: up.workers("gush", "busy"))
+        up.signal(signal.SIGTERM)
+        assert up.proc.wait(40) == 0
+        caller.join(10)
+        assert got == [b"done"], up.read_log()[-2000:]
+        assert "was killed" not in up.read_log()
     finally:
         up.stop()
