@@ -30,6 +30,7 @@ from farm.net import parse_address
 from farm.pools.commandjobs import connected_to
 from farm.pools.record import RecordReader, create_record_fd
 from farm.pools.slots import (
+    READY_WAIT,
     Exits,
     ProcState,
     Slot,
@@ -51,6 +52,10 @@ UNSEEN_READY_AFTER = 1.0
 #: While something starts (the server, a command worker's connection, a successor), the
 #: supervisor's loop looks at it this often.
 POLL = 0.02
+#: A command worker not serving READY_WAIT after its start (`yes` as a command, a wrong
+#: server) is looked at this often, not every POLL: psutil's scan of its process tree 50
+#: times a second cost ~15% of a core for as long as it ran.
+LATE_POLL = 1.0
 
 
 class Lifecycle:
@@ -110,8 +115,8 @@ class Lifecycle:
 
     def watch_commands(self) -> bool:
         """Mark command workers that connected to a server and registered their pool's
-        functions there ``running``; whether any still starts (the loop then polls again
-        soon)."""
+        functions there ``running``; whether one started less than READY_WAIT ago still
+        starts (the loop then polls again soon; an older one is looked at every LATE_POLL)."""
         ports = {parse_address(s).port for s in self.config.command_servers}
         waiting = False
         now = time.monotonic()
@@ -119,6 +124,10 @@ class Lifecycle:
         for proc in self.by_pid.values():
             if not proc.command or proc.state is not ProcState.STARTING:
                 continue
+            late = now - proc.started >= READY_WAIT
+            if late and now - proc.connect_checked < LATE_POLL:
+                continue
+            proc.connect_checked = now
             try:
                 # The command or what it started: a wrapper's worker (`sh -c "php w.php;
                 # ..."`, a run-worker.sh) serves too, as its jobs and drain are seen. Seen
@@ -131,13 +140,14 @@ class Lifecycle:
                 continue  # exiting: reaping will tell
             if connected:
                 connected_ones.append(proc)
-            else:
+            elif not late:
                 waiting = True
         serving = self.serving_commands(connected_ones, now) if connected_ones else []
         for proc in serving:
             proc.state = ProcState.RUNNING
             log.debug("worker %s (pid %d) serves", proc.name, proc.pid)
-        return waiting or len(serving) < len(connected_ones)
+        unserved = [p for p in connected_ones if p not in serving]
+        return waiting or any(now - p.started < READY_WAIT for p in unserved)
 
     def worker_exited(self, proc: WorkerProcess, status: int) -> None:
         if proc.state is not ProcState.DRAINING:
@@ -179,10 +189,9 @@ class Lifecycle:
         how, delay = slot.note_exit(proc, status, now)
         when = "now" if delay == 0 else f"in {delay:g}s"
         level = logging.INFO if "recycled" in how else logging.WARNING
-        # Its output is logged at INFO (stdout and stderr share a pipe): the warning quotes
-        # its last line, so `journalctl -p warning` shows why a PHP worker crash-loops. Not
-        # when it is the boot failure's why; for a Python worker, only when it crashed (its
-        # other ends say why themselves: a boot failure's report, a recycle, RSS).
+        # The warning quotes its last output, so `journalctl -p warning` shows why a PHP
+        # worker crash-loops; not a boot failure's why again, and for a Python worker only
+        # when it crashed (its other ends say why themselves: a boot report, a recycle, RSS).
         quote = proc.last_words and proc.last_words != proc.boot_error
         quote = quote and (proc.command or cause == "crash")
         said = f"; its last output: {proc.last_words!r}" if quote else ""

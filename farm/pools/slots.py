@@ -158,6 +158,7 @@ class WorkerProcess:
     output_fd: int = -1  # read end of the pipe its stdout and stderr share
     out: OutputLines = field(default_factory=OutputLines)  # its lines, within their budget
     output_resume: float | None = None  # flooding: when its pipe is read again (reports)
+    connect_checked: float = 0.0  # a starting command worker: when its sockets were looked at
     stop_signal: int = signal.SIGTERM  # what asks it to stop (SIGTERM drains a Python worker)
     # A command worker, as the job server sees it (farm.pools.commandjobs): the names of its
     # connections in the server's `peers`, when they were read, jobs done per connection;

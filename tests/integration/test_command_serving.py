@@ -17,8 +17,9 @@ import pytest
 
 from farm import config
 from farm.pools.commandjobs import CommandJobs
-from farm.pools.slots import WorkerProcess
+from farm.pools.slots import READY_WAIT, WorkerProcess
 from farm.protocol import PacketType as T
+from farm.supervisor import Supervisor
 from tests.helpers import ROOT
 from tests.helpers.peers import Peer
 from tests.helpers.servers import Server, start_farm_server
@@ -69,13 +70,7 @@ def fd_of(admin: Peer, peer: str) -> str | None:
     return next((row[1] for row in rows if row[0] == peer), None)
 
 
-def test_a_connection_closed_between_queries_does_not_credit_its_fds_next_owner(
-    srv: Server, tmp_path: Path
-) -> None:
-    # The supervisor read `peers` (connections by process, and their fds), then `workers`
-    # (what each fd registered), and joined them by fd: a worker's connection closed between
-    # the two left its fd to another process's, whose registration was credited to the
-    # worker, so a deploy counted a worker that served nothing as serving.
+def rev_pool(tmp_path: Path, srv: Server) -> config.Config:
     path = tmp_path / "farm.toml"
     path.write_text(
         textwrap.dedent(f"""
@@ -91,7 +86,17 @@ def test_a_connection_closed_between_queries_does_not_credit_its_fds_next_owner(
         workers = 1
         """)
     )
-    cfg = config.load(path)
+    return config.load(path)
+
+
+def test_a_connection_closed_between_queries_does_not_credit_its_fds_next_owner(
+    srv: Server, tmp_path: Path
+) -> None:
+    # The supervisor read `peers` (connections by process, and their fds), then `workers`
+    # (what each fd registered), and joined them by fd: a worker's connection closed between
+    # the two left its fd to another process's, whose registration was credited to the
+    # worker, so a deploy counted a worker that served nothing as serving.
+    cfg = rev_pool(tmp_path, srv)
     admin = Peer(f"unix:{srv.unix}")  # first: the server's lowest fd is not one in play
     worker = Peer(f"unix:{srv.unix}")  # this process, as the command worker: registers wrong
     worker.send(T.CAN_DO, "wrong")
@@ -122,3 +127,25 @@ def test_a_connection_closed_between_queries_does_not_credit_its_fds_next_owner(
             assert other.stdin is not None
             other.stdin.close()
             other.wait(10)
+
+
+def test_a_command_worker_that_never_connects_is_polled_soon_only_at_first(
+    srv: Server, tmp_path: Path
+) -> None:
+    # `command = ["yes", "spam"]` never connects: the loop looked at its sockets (psutil:
+    # its process tree, each one's connections) every 20 ms for as long as it ran, ~15% of
+    # a core. Past READY_WAIT it is looked at every LATE_POLL (1 s), on the loop's own turns.
+    supervisor = Supervisor(rev_pool(tmp_path, srv))
+    silent = subprocess.Popen(["sleep", "60"])
+    try:
+        proc = WorkerProcess(silent.pid, "rev", 0, 0, -1, (), command=True)
+        supervisor.by_pid[proc.pid] = proc
+        assert supervisor.watch_commands()  # just started: the loop polls for it soon
+        proc.started -= READY_WAIT  # as if it started READY_WAIT ago
+        assert not supervisor.watch_commands()  # looked at now, again in a second
+        assert not supervisor.watch_commands()
+        assert proc.state.value == "starting"
+    finally:
+        silent.kill()
+        silent.wait()
+        supervisor.selector.close()
