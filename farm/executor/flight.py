@@ -27,7 +27,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from concurrent.futures._base import BrokenExecutor
+from concurrent.futures._base import RUNNING, BrokenExecutor
 from typing import Any, NamedTuple
 
 from farm.errors import FarmError, JobError, JobFailed, WorkerLost
@@ -235,7 +235,9 @@ def take(
 def _start(item: WorkItem) -> bool:
     """Mark the call running (False: it was cancelled while it waited). A call a batch left
     unrun comes back running, and stays so."""
-    return item.future.running() or item.future.set_running_or_notify_cancel()
+    # RUNNING is read without the future's lock (running() takes it): only its pump
+    # settles a running call, and cancel() leaves it running.
+    return item.future._state == RUNNING or item.future.set_running_or_notify_cancel()
 
 
 def partial(task: Task[Flight], signer: Signer, data: bytes) -> None:

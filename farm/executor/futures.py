@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future
-from concurrent.futures._base import PENDING, RUNNING
+from concurrent.futures._base import FINISHED, PENDING, RUNNING
 from itertools import chain, repeat
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -131,13 +131,22 @@ class CallFuture(Future[T]):
         return cancelled
 
     def result(self, timeout: float | None = None) -> T:
-        return super().result(self._wait_done(self._wait_here(timeout)))
+        if self._state != FINISHED:
+            timeout = self._wait_done(self._wait_here(timeout))
+        if self._state == FINISHED and self._exception is None:
+            # Final: no lock to read it (set_result writes the result, then the state). A
+            # `with` on the shared condition is two Python frames and two lock calls, and a
+            # single call took six of them on its way; the reply read in wait_here ends here.
+            return self._result  # type: ignore[return-value]  # FINISHED: the call's value
+        return super().result(timeout)  # raises, or times out: the Future's own look
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         return super().exception(self._wait_done(self._wait_here(timeout)))
 
     def _wait_done(self, timeout: float | None) -> float:
         """Wait until done or ``timeout``; 0 for the Future's own (single) look after it."""
+        if self._state != PENDING and self._state != RUNNING:
+            return 0.0  # settled, for good: the Future's own look takes the lock
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._condition:
             while self._state == PENDING or self._state == RUNNING:

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures._base import PENDING, RUNNING
 from typing import Any, Protocol
 
 from farm.executor.interrupts import HeldInterrupt, whole
@@ -84,13 +85,16 @@ class WaitHere:
             for fd in conns:
                 self._selector.mute(fd)  # the pump thread sleeps on through the replies
                 local.register(fd, select.POLLIN)
-            while not future.done():
+            # Its state read without the future's lock (done() takes it, a turn each): a
+            # cancel() from another thread comes with interrupt_reader's wake-up byte.
+            while future._state == PENDING or future._state == RUNNING:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 ready = local.poll(None if left is None else left * 1000)
                 if not ready:
                     return  # timed out: result() raises TimeoutError
-                if any(fd == waker for fd, _ in ready):
-                    return  # new work: the pump thread, already woken, takes over
+                for fd, _ in ready:
+                    if fd == waker:
+                        return  # new work: the pump thread, already woken, takes over
                 try:
                     with whole():  # a Ctrl-C waits until this turn's bookkeeping is done
                         for fd, _ in ready:
