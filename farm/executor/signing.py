@@ -31,6 +31,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
+from typing import Protocol
 
 from farm.errors import FarmError
 from farm.paths import state_dir
@@ -153,6 +154,21 @@ def _has_acl(fd: int) -> bool:
         return False
 
 
+class _Mac(Protocol):
+    def copy(self) -> _Mac: ...
+    def update(self, data: bytes | memoryview, /) -> None: ...
+    def digest(self) -> bytes: ...
+
+
+def _c_level(mac: hmac.HMAC) -> _Mac:
+    """The OpenSSL HMAC object under ``mac`` where it has one, else ``mac`` itself: the
+    same copy, update and digest, without the Python wrapper's frames around each (3 of
+    every message's 4 method calls; about 1.5 µs a message, twice per call in the caller
+    and twice in the worker)."""
+    inner: _Mac | None = getattr(mac, "_hmac", None)
+    return mac if inner is None else inner
+
+
 class Signer:
     """Signs and checks messages with one key; ``open`` never lets an unsigned body through."""
 
@@ -160,7 +176,7 @@ class Signer:
 
     def __init__(self, key: bytes) -> None:
         # One keyed HMAC per purpose, copied per message: cheaper than re-keying.
-        self._macs = {p: hmac.new(key, p, hashlib.sha256) for p in (CALL, RESULT)}
+        self._macs = {p: _c_level(hmac.new(key, p, hashlib.sha256)) for p in (CALL, RESULT)}
 
     def _mac(self, purpose: bytes, body: bytes | memoryview) -> bytes:
         mac = self._macs[purpose].copy()

@@ -126,3 +126,19 @@ def test_a_result_cannot_pass_for_a_call() -> None:
     with pytest.raises(SignatureError):
         signer.open(CALL, signer.seal(RESULT, b"body"))
     assert bytes(signer.open(RESULT, signer.seal(RESULT, b"body"))) == b"body"
+
+
+@pytest.mark.parametrize("openssl", [True, False])
+def test_the_mac_is_hmac_sha256_of_purpose_and_body(
+    monkeypatch: pytest.MonkeyPatch, openssl: bool
+) -> None:
+    """The wire format (module docstring), with OpenSSL's HMAC object or hmac's own."""
+    import hashlib
+    import hmac
+
+    if not openssl:  # as where hmac has no OpenSSL: HMAC's Python code, no _hmac object
+        monkeypatch.setattr(hmac, "_hashopenssl", None)
+    key, body = b"k" * 32, b"x" * 100
+    message = Signer(key).seal(CALL, body)
+    assert message == MAGIC + hmac.new(key, CALL + body, hashlib.sha256).digest() + body
+    assert bytes(Signer(key).open(CALL, message)) == body
