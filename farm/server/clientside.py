@@ -20,7 +20,7 @@ from farm.server.hub import LAZY_CREATED_MAX, Hub
 from farm.server.jobs import Job, JobServer, Outcome, Progress, QueueFull
 from farm.server.queues import Peer
 from farm.server.store import StoreError
-from farm.server.workerside import error
+from farm.server.workerside import RESERVED, error
 
 #: QUEUE_ERRORs of full queues: one log line each 10 s at most, as a flood would send them.
 refusals = Brief(logging.getLogger("farm.server"))
@@ -47,6 +47,7 @@ PROGRESS_PACKET: dict[Progress, int] = {
     Progress.WARNING: int(T.WORK_WARNING),
 }
 _KIND_OF: dict[int, SubmitKind] = {int(ptype): kind for ptype, kind in SUBMIT_KINDS.items()}
+_LOW = Priority.LOW
 
 
 class ClientSide:
@@ -93,14 +94,20 @@ class ClientSide:
             and not self.function_ok(reducer, kind.priority, "reducer")
         ):
             return
-        background = kind.background
+        background, priority = kind.background, kind.priority
+        if self.tcp and function.startswith(RESERVED):
+            # The Executor's functions: any local user may submit to them over TCP, and the
+            # workers refuse such unsigned jobs only once they reach them. Queued high, a
+            # flood of them held the farm's own callers (on the Unix socket) back for
+            # minutes, so TCP's jobs for them queue low, behind every one of those.
+            priority = _LOW
         try:
             job = self.jobs.submit(
                 None if background else self.client(),
                 function,
                 unique,
                 data,
-                priority=kind.priority,
+                priority=priority,
                 background=background,
                 reducer=reducer,
                 when=when,

@@ -230,3 +230,37 @@ def test_one_result_to_many_attached_submits_counts_against_max_unread_bytes(
         assert other.expect(T.ECHO_RES).args == (b"still",)
     finally:
         srv.stop()
+
+
+def test_tcp_peers_cannot_queue_executor_calls_ahead_of_the_unix_sockets(
+    peer_factory: Callable[[str], Peer],
+) -> None:
+    # Any local user may submit to farm.python over TCP. The workers refuse such unsigned
+    # jobs, but only once they reach them: 25 s of high-priority background junk from one
+    # connection queued 200,000 of them, and the farm's own Executor calls on the Unix socket
+    # waited minutes behind them (stored, across a restart too). TCP's jobs for farm.* now
+    # queue low, behind every call from the Unix socket.
+    unix = unix_path()
+    srv = start_farm_server(unix=unix)
+    try:
+        wait_for("the Unix socket", lambda: os.path.exists(unix))
+        junk = peer_factory(srv.addr)
+        for kind in (T.SUBMIT_JOB_HIGH_BG, T.SUBMIT_JOB_HIGH):
+            junk.send(kind, "farm.python", "", b"fx1\0unsigned")
+            junk.expect(T.JOB_CREATED)
+        caller = Peer(f"unix:{unix}")
+        caller.send(T.SUBMIT_JOB, "farm.python", "", b"a signed call")
+        mine = caller.expect(T.JOB_CREATED).args[0]
+        assert "farm.python\t0\t1\t2\t0" in caller.admin("prioritystatus")
+        worker = Peer(f"unix:{unix}")
+        worker.send(T.CAN_DO, "farm.python")
+        worker.send(T.GRAB_JOB)
+        assert worker.expect(T.JOB_ASSIGN).args[0] == mine, "a TCP peer's job went first"
+        # A TCP peer's jobs for other functions keep the priority they asked for.
+        junk.send(T.SUBMIT_JOB_HIGH_BG, "reverse", "", b"x")
+        junk.expect(T.JOB_CREATED)
+        assert "reverse\t1\t0\t0\t0" in caller.admin("prioritystatus")
+        caller.close()
+        worker.close()
+    finally:
+        srv.stop()
