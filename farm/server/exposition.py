@@ -53,6 +53,15 @@ EVICT_AFTER = 1.0
 #: Seconds a connection may take to send its request, and to take the reply.
 SCRAPE_TIMEOUT = 5.0
 
+#: An exposition that took longer than SLOW_EXPOSITION seconds is answered again, as it
+#: was, for REUSE_FACTOR times as long. Any local user may make the server hold tens of
+#: thousands of functions (up to --max-functions), all summed under ``other`` at each scrape:
+#: 65,536 made one take 2-4 s of the loop that serves every job, and scrapes in a loop (the
+#: admin command over TCP, or the supervisor's endpoint) held the Executor's calls for
+#: seconds each. A farm's own exposition takes milliseconds and is never reused.
+SLOW_EXPOSITION = 0.1
+REUSE_FACTOR = 10
+
 #: The help text of each of FunctionStats' counters (metrics.COUNTER_FIELDS).
 _HELP = {
     "submitted": "Jobs submitted (a submit joining a live job of the same unique is not one).",
@@ -249,12 +258,20 @@ def _sort_into_other(groups: list[tuple[str, list[FunctionQueue]]], retired: Fun
 
 
 def exposition(hub: Hub) -> bytes:
-    """The server's metrics in Prometheus' text format (prometheus_client writes it)."""
+    """The server's metrics in Prometheus' text format (prometheus_client writes it); a slow
+    one's text again while it may be reused (see SLOW_EXPOSITION)."""
     from prometheus_client import CollectorRegistry, generate_latest
 
+    started = time.monotonic()
+    if hub.last_exposition is not None and started < hub.last_exposition[0]:
+        return hub.last_exposition[1]
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(hub))
-    return generate_latest(registry)
+    text = generate_latest(registry)
+    took = time.monotonic() - started
+    slow = took > SLOW_EXPOSITION
+    hub.last_exposition = (started + (1 + REUSE_FACTOR) * took, text) if slow else None
+    return text
 
 
 async def serve_http(hub: Hub, host: str, port: int) -> asyncio.AbstractServer:

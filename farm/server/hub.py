@@ -104,6 +104,8 @@ class Hub:
         self.slow_readers: set[Any] = set()
         self.tcp_unsent = 0  # bytes made for TCP peers this turn, not written yet (BackPressure)
         self.stats = ServerStats()
+        # A slow metrics exposition and until when it is answered again (exposition()).
+        self.last_exposition: tuple[float, bytes] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._flush_due = False
         self._store_retry: Timer | None = None  # a flush for the deletes a failing store holds
