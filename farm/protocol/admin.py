@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 
-def reply_complete(buf: bytes) -> bool:
+def reply_complete(buf: bytes | bytearray) -> bool:
     """Whether ``buf`` holds a whole reply: a list ended by ``.``, or one OK/ERR line."""
     if buf.startswith((b"OK", b"ERR")):
         return buf.endswith(b"\n")
