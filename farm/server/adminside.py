@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from farm.logs import Brief
@@ -22,10 +23,24 @@ __all__ = ["AdminSide", "MAX_UNREAD_ADMIN", "BUSY"]
 log = logging.getLogger("farm.server")
 #: One line each 10 s at most: any local user could make many (farm.server.connection).
 admin_unread = Brief(log)
+tcp_admin_refused = Brief(log)
 
 #: Bytes of replies a connection may leave unread before admin commands are refused.
 MAX_UNREAD_ADMIN = 1 << 20
 BUSY = b"ERR BUSY too+many+replies+unread;+read+them+first\r\n"
+#: The share of the server's time that TCP peers' admin commands may take together, and
+#: the seconds they may run ahead of it. A listing costs the server in proportion to what
+#: it lists, and any local user may make it list much (65,536 functions, 4,096 on each of
+#: 64 connections: a 134 MB `workers` took 2-3 s of the loop that serves every job); asked
+#: in a loop, such listings held the Executor's calls for seconds. Past the share, TCP
+#: peers' admin commands get TCP_BUSY until the time they took is paid down; the Unix
+#: socket's (the supervisor's, the farm's own tools') are neither counted nor refused.
+TCP_ADMIN_SHARE = 0.1
+TCP_ADMIN_AHEAD = 1.0
+TCP_BUSY = (
+    b"ERR BUSY admin+commands+over+TCP+have+taken+their+share+of+the+server;"
+    b"+try+again+in+a+few+seconds+or+use+the+Unix+socket\r\n"
+)
 
 
 class AdminSide:
@@ -64,5 +79,19 @@ class AdminSide:
                 self.transport.abort()
             self.detach()
             return
-        reply = run_admin(self.hub, line, over_tcp=self.ip != "unix")
-        self.send(reply.encode("utf-8", "surrogateescape"))  # names' bytes as they came
+        over_tcp = self.ip != "unix"
+        if not over_tcp:
+            reply = run_admin(self.hub, line)
+            self.send(reply.encode("utf-8", "surrogateescape"))  # names' bytes as they came
+            return
+        hub = self.hub
+        started = time.monotonic()
+        paid = (started - hub.tcp_admin_paid) * TCP_ADMIN_SHARE
+        hub.tcp_admin_debt, hub.tcp_admin_paid = max(0.0, hub.tcp_admin_debt - paid), started
+        if hub.tcp_admin_debt > TCP_ADMIN_AHEAD:
+            tcp_admin_refused("admin commands over TCP past their share; refusing fd %d", self.fd)
+            self.send(TCP_BUSY)
+            return
+        reply = run_admin(hub, line, over_tcp=True)
+        self.send(reply.encode("utf-8", "surrogateescape"))
+        hub.tcp_admin_debt += time.monotonic() - started

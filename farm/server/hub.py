@@ -104,6 +104,10 @@ class Hub:
         self.slow_readers: set[Any] = set()
         self.tcp_unsent = 0  # bytes made for TCP peers this turn, not written yet (BackPressure)
         self.stats = ServerStats()
+        # Seconds of the loop TCP peers' admin commands owe, and when it was last paid
+        # down (farm.server.adminside: TCP_ADMIN_SHARE).
+        self.tcp_admin_debt = 0.0
+        self.tcp_admin_paid = 0.0
         # A slow metrics exposition and until when it is answered again (exposition()).
         self.last_exposition: tuple[float, bytes] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None

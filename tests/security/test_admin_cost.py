@@ -15,6 +15,7 @@ from pathlib import Path
 from farm import protocol as p
 from farm.client.admin import admin_query
 from farm.protocol import PacketType as T
+from farm.protocol.admin import reply_complete
 from tests.helpers.peers import Peer
 from tests.helpers.servers import start_farm_server
 from tests.helpers.waiting import wait_for
@@ -25,6 +26,28 @@ NAMES = 8 * 4096  # 4,096 a connection (--max-abilities)
 def received(metrics: str) -> float:
     line = next(x for x in metrics.splitlines() if x.startswith("farm_server_received_bytes"))
     return float(line.split()[-1])
+
+
+def hold_names(addr: str, peer_factory: Callable[[str], Peer]) -> None:
+    """NAMES functions of 512-byte names, registered as a local user's TCP workers may."""
+    for c in range(NAMES // 4096):
+        hog = peer_factory(addr)
+        names = (b"%03d%05d" % (c, i) + b"f" * 504 for i in range(4096))
+        hog.send_raw(b"".join(p.encode_req(T.CAN_DO, name) for name in names))
+        hog.send(T.ECHO_REQ, "sync")
+        hog.expect(T.ECHO_RES, timeout=60)
+
+
+def ask(sock: socket.socket, line: bytes) -> bytes:
+    """One admin command's reply, read as fast as it comes (Peer.admin decodes all it has
+    at each chunk: too slow for tens of MB)."""
+    sock.sendall(line + b"\n")
+    reply = bytearray()
+    while not reply_complete(reply):
+        chunk = sock.recv(1 << 20)
+        assert chunk, "the server closed the connection"
+        reply += chunk
+    return bytes(reply)
 
 
 def test_a_slow_metrics_exposition_is_reused_not_made_again_for_each_ask(
@@ -38,19 +61,42 @@ def test_a_slow_metrics_exposition_is_reused_not_made_again_for_each_ask(
     srv = start_farm_server(unix=unix)
     try:
         wait_for("the Unix socket", lambda: os.path.exists(unix))
-        for c in range(NAMES // 4096):
-            hog = peer_factory(srv.addr)
-            names = (b"%03d%05d" % (c, i) + b"f" * 504 for i in range(4096))
-            hog.send_raw(b"".join(p.encode_req(T.CAN_DO, name) for name in names))
-            hog.send(T.ECHO_REQ, "sync")
-            hog.expect(T.ECHO_RES, timeout=60)
+        hold_names(srv.addr, peer_factory)
         asker = peer_factory(srv.addr)
         first = asker.admin("metrics", timeout=60)
         assert 'function="other"' in first
-        again = asker.admin("metrics", timeout=60)  # the server read more bytes meanwhile
+        # Asked again (on the Unix socket: TCP's admin share is spent), though the server
+        # has read more bytes since.
+        local = Peer(f"unix:{unix}")
+        again = local.admin("metrics", timeout=60)
         assert received(again) == received(first), "the exposition was made again"
-        local = Peer(f"unix:{unix}")  # whoever asks, and however
-        assert received(local.admin("metrics", timeout=60)) == received(first)
+        local.close()
+    finally:
+        srv.stop()
+
+
+def test_tcp_peers_admin_commands_take_at_most_a_share_of_the_server(
+    peer_factory: Callable[[str], Peer],
+) -> None:
+    # `workers` lists every registration: 134 MB for 64 connections of 4,096 long names,
+    # 2-3 s of the server's loop each time a local user asked, in a loop. TCP peers' admin
+    # commands together now get a tenth of the server's time; past it, ERR BUSY.
+    unix = str(Path(tempfile.mkdtemp(prefix="farm-cost-")) / "gearman.sock")
+    srv = start_farm_server(unix=unix)
+    try:
+        wait_for("the Unix socket", lambda: os.path.exists(unix))
+        hold_names(srv.addr, peer_factory)
+        replies: list[bytes] = []
+        deadline = time.monotonic() + 20  # each ask costs the server 0.1-1 s: many seconds' worth
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=60) as asker:
+            while time.monotonic() < deadline:
+                replies.append(ask(asker, b"workers"))
+                if replies[-1].startswith(b"ERR"):
+                    break
+        assert replies[-1].startswith(b"ERR BUSY admin+commands+over+TCP"), len(replies)
+        assert len(replies) > 1, "the first ask is answered"
+        local = Peer(f"unix:{unix}")  # the farm's own tools are not counted
+        assert local.admin("workers", timeout=60).endswith("\n.\n")
         local.close()
     finally:
         srv.stop()
