@@ -155,6 +155,53 @@ class SupervisorCollector:
             yield from text_string_to_metric_families(text)
 
 
+#: A response that took longer than SLOW_SCRAPE seconds to make is served again, as it was,
+#: for REUSE_FACTOR times as long (the job server does the same with its part: see
+#: farm.server.exposition). Any local user may make the server hold functions whose 256
+#: labelled names are 512 bytes long: its part of a scrape was then 10 MB, which took the
+#: supervisor 9 s of CPU to parse, and four threads scraping in a loop kept it parsing. (A
+#: farm's own scrape takes milliseconds, or a few tenths of a second on a loaded host: such
+#: scrapes are made afresh each time, as Prometheus expects.)
+SLOW_SCRAPE = 1.0
+REUSE_FACTOR = 10
+
+
+def reused_when_slow(app: Any) -> Any:
+    """``app`` (a WSGI app) whose slow responses are reused (see SLOW_SCRAPE): one made at a
+    time, and the scrapes that come meanwhile wait for it rather than make their own."""
+    import threading
+    import time
+
+    making = threading.Lock()
+    made: dict[tuple[Any, ...], tuple[float, str, list[tuple[str, str]], bytes]] = {}
+
+    def reusing(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        # What the response depends on: the path, the query (name[] filters) and the
+        # format the scraper accepts (OpenMetrics or Prometheus' text).
+        key = tuple(environ.get(k, "") for k in ("PATH_INFO", "QUERY_STRING", "HTTP_ACCEPT"))
+        with making:
+            kept = made.get(key)
+            started = time.monotonic()
+            if kept is None or started >= kept[0]:
+                answer: list[Any] = []
+
+                def start(status: str, headers: list[tuple[str, str]], *exc: Any) -> Any:
+                    answer[:] = [status, headers]
+                    return lambda data: None  # the app returns its body; it writes nothing
+
+                body = b"".join(app(environ, start))
+                took = time.monotonic() - started
+                kept = (started + (1 + REUSE_FACTOR) * took, answer[0], answer[1], body)
+                if took > SLOW_SCRAPE:
+                    made[key] = kept
+                else:
+                    made.pop(key, None)
+        start_response(kept[1], kept[2])
+        return [kept[3]]
+
+    return reusing
+
+
 #: Scrapes served at once. Each is a thread, and a local user opening idle connections
 #: must not grow the supervisor without bound: past them, a new connection takes the place
 #: of the oldest one that has not sent its whole request yet, else of the oldest one that
@@ -264,7 +311,8 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
     Server.address_family = family
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SupervisorCollector(supervisor))
-    server = make_server(str(sockaddr[0]), int(port), make_wsgi_app(registry), Server, Handler)
+    app = reused_when_slow(make_wsgi_app(registry))
+    server = make_server(str(sockaddr[0]), int(port), app, Server, Handler)
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     bound = server.server_address[1]
     log.info("metrics on http://%s:%d/metrics (pid %d)", host, bound, os.getpid())

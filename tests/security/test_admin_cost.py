@@ -9,13 +9,16 @@ import socket
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import farm
 from farm import protocol as p
 from farm.client.admin import admin_query
 from farm.protocol import PacketType as T
 from farm.protocol.admin import reply_complete
+from tests.helpers.farmproc import FarmUp
 from tests.helpers.peers import Peer
 from tests.helpers.servers import start_farm_server
 from tests.helpers.waiting import wait_for
@@ -129,3 +132,30 @@ def test_a_listing_tens_of_megabytes_long_is_read_in_linear_time(tmp_path: Path)
         server.join(30)
     assert len(reply) == len(listing)
     assert took < 3, f"{len(listing) >> 20} MiB took {took:.1f}s to read"
+
+
+def test_a_slow_scrape_of_the_supervisors_endpoint_is_reused(
+    tmp_path: Path, peer_factory: Callable[[str], Peer]
+) -> None:
+    # The server's part of farm up's scrape, with 256 labelled names of 512 bytes (any local
+    # user's TCP workers can register them), was 10 MB, and parsing it took the supervisor
+    # 9 s of CPU for every GET: four threads scraping in a loop kept it at that. A response
+    # that took over a second to make is now served again, as it was, for ten times as long.
+    up = FarmUp(tmp_path, "[functions.reverse]\ntarget = 'workers.text:reverse'\nworkers = 1\n")
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 1})
+        hold_names(up.addr, peer_factory)
+        first = scrape_body(up.metrics_url)
+        with farm.Client(f"unix:{up.unix}") as client:  # a job: the worker's count goes up
+            assert client.call("reverse", "abc") == b"cba"
+        wait_for("the job counted", lambda: up.workers("reverse")[0]["jobs"] == 1)
+        assert scrape_body(up.metrics_url) == first, "the scrape was made again"
+    finally:
+        assert up.stop() == 0
+
+
+def scrape_body(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=60) as reply:
+        assert reply.status == 200
+        return bytes(reply.read())
