@@ -132,29 +132,33 @@ class UnsafeDirectory(FarmError):
     """A directory farm would put its sockets in is not private to this user."""
 
 
-def private_dir(path: Path) -> Path:
+#: What UnsafeDirectory tells the user to do about a runtime directory (the sockets').
+RUNTIME_FIX = "remove it (or set XDG_RUNTIME_DIR) and start again"
+
+
+def private_dir(path: Path, fix: str = RUNTIME_FIX) -> Path:
     """Create ``path`` with mode 0700, or check that the one there is ours and closed to
     others, as OpenSSH and tmux check theirs: another user who made it first would
-    receive our sockets (and answer ``farm ps`` and ``farm stop`` in the supervisor's place)."""
+    receive our sockets (and answer ``farm ps`` and ``farm stop`` in the supervisor's place).
+    ``fix`` ends UnsafeDirectory's message: what to do about this directory."""
     try:
         path.mkdir(mode=0o700)
     except FileExistsError:
         pass
-    return check_private(path)
+    return check_private(path, fix)
 
 
-def check_private(path: Path) -> Path:
+def check_private(path: Path, fix: str = RUNTIME_FIX) -> Path:
     """``path`` is a directory of this user, closed to others (see ``private_dir``), else
     UnsafeDirectory. It must exist: a caller that only looks has nothing to make."""
     info = path.lstat()
     uid = os.getuid()
-    fix = "remove it (or set XDG_RUNTIME_DIR) and start again"
     if not stat.S_ISDIR(info.st_mode):
         raise UnsafeDirectory(f"{path} is not a directory (a link or a file); {fix}")
     if info.st_uid != uid:
         raise UnsafeDirectory(
             f"{path} belongs to uid {info.st_uid}, not to you (uid {uid}): another user may"
-            f" have made it to receive farm's sockets; {fix}"
+            f" have made it to receive farm's files; {fix}"
         )
     if info.st_mode & 0o022:
         raise UnsafeDirectory(

@@ -65,7 +65,8 @@ def default_directory() -> Path:
     shm = shm_directory(key)
     if shm.parent.is_dir():
         try:
-            return private_dir(shm)
+            # Not XDG_RUNTIME_DIR's fix (the sockets'): the warning below says what to do.
+            return private_dir(shm, fix="left alone")
         except (UnsafeDirectory, OSError) as exc:
             log.warning(
                 "the replay record's directory in %s is not safe to use (%s); this pool keeps"
