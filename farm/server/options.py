@@ -24,6 +24,10 @@ def default_store_path(listen: Sequence[str] = (), unix: Sequence[str] = ()) -> 
     return str(default_store(port, unix[0] if unix else None))
 
 
+#: The largest backlog listen() takes (a C int); the kernel lowers any to net.core.somaxconn.
+MAX_BACKLOG = 2**31 - 1
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse whose mistakes are one line and exit code 2, not a screenful of usage."""
 
@@ -288,8 +292,8 @@ def parse_args(
         ap.error("--max-abilities and --max-tcp-abilities must be at least 1")
     if ns.max_packet < 1024:
         ap.error("--max-packet must be at least 1024 bytes")
-    if ns.backlog < 1:
-        ap.error("--backlog must be at least 1")
+    if not 1 <= ns.backlog <= MAX_BACKLOG:  # past a C int, listen() failed in a traceback
+        ap.error(f"--backlog must be at least 1 and at most {MAX_BACKLOG}")
     if any(uid < 0 for uid in ns.worker_uid):
         ap.error("--worker-uid must be a user id (>= 0)")
     if ns.parent_pid is not None and ns.parent_pid < 1:

@@ -153,6 +153,7 @@ def test_usage_mistakes_are_one_line_and_exit_2(tmp_path: Path) -> None:
         ["stop", "--wait", "nan"],
         ["stop", "--wait", "-1"],
         ["server", "--backlog", "0"],
+        ["server", "--store", "none", "--backlog", "99999999999"],  # past a C int: a traceback
         ["server", "--worker-uid", "-1"],
         ["server", "--parent-pid", "-1"],
         ["server", "--parent-pid", "1", "--daemon"],
