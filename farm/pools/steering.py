@@ -122,8 +122,10 @@ class Steering(ProcessTable):
             asked, rereads = message.get("config"), self.rereads()
             if asked and os.path.realpath(str(asked)) != os.path.realpath(rereads):
                 # "reloaded" would claim the named file was applied; the farm reads its own.
+                # A usage mistake (exit 2): nothing was tried, so nothing failed.
                 why = f"this farm re-reads {rereads}, not {asked} (edit that file, or stop"
-                conn.reply({"ok": False, "error": why + " the farm and start it with yours)"})
+                why += " the farm and start it with yours)"
+                conn.reply({"ok": False, "usage": True, "error": why})
                 return
             restart = "restart" if message.get("restart") else None
             self.pending.append(Pending(Duty.RELOAD, restart, conn=conn))

@@ -417,7 +417,7 @@ def test_reload_naming_another_file_is_refused_and_the_farm_keeps_its_own(
         other = tmp_path / "other.toml"
         other.write_text(up.config.read_text().replace("workers = 1", "workers = 2"))
         out = farm_cli("reload", "-c", str(other), "--control", up.control)
-        assert out.returncode == 1, out.stdout
+        assert out.returncode == 2, out.stdout  # a usage mistake: nothing was tried
         assert f"this farm re-reads {up.config}" in out.stderr and "reloaded" not in out.stdout
         out = farm_cli("reload", "-c", str(up.config), "--control", up.control)
         assert out.returncode == 0 and "reloaded" in out.stdout, out.stderr
