@@ -192,3 +192,32 @@ def test_farm_status_and_jobs_speak_tls_from_the_environment(tls_server: Server,
     finally:
         worker.stop()
         thread.join(10)
+
+
+@pytest.mark.parametrize("command", [["submit", "f", "x"], ["worker", "workers.text:reverse"]])
+@pytest.mark.parametrize(
+    ("variables", "said"),
+    [
+        ({"FARM_TLS_CA": "junk.pem"}, "TLS CA file ($FARM_TLS_CA) "),
+        ({"FARM_TLS_CERT": "junk.pem"}, "not a PEM certificate, or its key"),
+        ({"FARM_TLS_CERT": "missing.pem"}, "($FARM_TLS_CERT, $FARM_TLS_KEY)"),
+        ({"FARM_TLS_KEY": "junk.pem"}, "$FARM_TLS_KEY is set without $FARM_TLS_CERT"),
+    ],
+)
+def test_a_tls_variable_that_cannot_be_used_is_a_usage_error(
+    tmp_path: Path, command: list[str], variables: dict[str, str], said: str
+) -> None:
+    # `farm submit` and `farm worker` exited 1 (as for a failed job) where `farm status`
+    # exited 2 for the same file; OpenSSL's "[SSL] PEM lib" named no fix; and a key alone
+    # was ignored, the calls going out with no client certificate.
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FARM_", "GEARMAN_"))}
+    env.update(PYTHONPATH=str(ROOT), FARM_SERVERS="127.0.0.1:1")  # nothing to reach
+    env.update({name: str(tmp_path / file) for name, file in variables.items()})
+    out = subprocess.run(
+        [sys.executable, "-m", "farm", *command],
+        capture_output=True, text=True, timeout=30, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and said in lines[0], out.stderr
