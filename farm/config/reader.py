@@ -11,6 +11,7 @@ import difflib
 from pathlib import Path
 from typing import Any
 
+from farm.config.servertune import socket_path_problem
 from farm.discovery import resolve
 from farm.errors import ConfigError
 from farm.net import DEFAULT_SERVER, Address, AddressError, parse_address
@@ -66,7 +67,13 @@ class TableReader:
                 f'write HOST:PORT (e.g. "{DEFAULT_SERVER}"), "[::1]:PORT" or "unix:/path"',
             ) from None
         if parsed.kind == "unix":
-            return Address("unix", path=self.path(parsed.path, key))
+            path = self.path(parsed.path, key)
+            # Else the server failed to bind at every start (exit 1, which systemd restarts),
+            # or workers retried a connect that cannot work.
+            too_long = socket_path_problem(path, "/run/farm/gearman.sock")
+            if too_long:
+                raise self.fail(key, too_long)
+            return Address("unix", path=path)
         return parsed
 
     def path(self, value: str, key: str) -> str:

@@ -20,7 +20,7 @@ from farm.errors import ConfigError
 from farm.protocol.codec import DEFAULT_MAX_PACKET
 from farm.server.options import refusal
 
-__all__ = ["TUNING", "server_flags"]
+__all__ = ["TUNING", "server_flags", "socket_path_problem"]
 
 #: key -> (the server's flag, what the value must be: "int", "number", "bool", "mode", or
 #: the choices of a string).
@@ -132,15 +132,24 @@ def store_problem(path: str) -> str | None:
 MAX_SOCKET_PATH = 107
 
 
-def control_problem(path: str) -> str | None:
-    """What is wrong with ``[supervisor] control``, found before the farm starts (None:
-    nothing seen); it failed later as a bare OSError, exit 1, which systemd restarts."""
+def socket_path_problem(path: str, example: str) -> str | None:
+    """Why ``path`` cannot be a Unix socket's (None: it can, as far as its length goes);
+    ``example`` is a path that can, for the fix."""
     size = len(os.fsencode(path))
     if size > MAX_SOCKET_PATH:
         return (
             f"{path} is {size} bytes, longer than a Unix socket path may be"
-            f" ({MAX_SOCKET_PATH}); choose a shorter path, e.g. /run/farm/control.sock"
+            f" ({MAX_SOCKET_PATH}); choose a shorter path, e.g. {example}"
         )
+    return None
+
+
+def control_problem(path: str) -> str | None:
+    """What is wrong with ``[supervisor] control``, found before the farm starts (None:
+    nothing seen); it failed later as a bare OSError, exit 1, which systemd restarts."""
+    too_long = socket_path_problem(path, "/run/farm/control.sock")
+    if too_long:
+        return too_long
     where = _no_place(path)
     return f"{where}; put the socket elsewhere, e.g. /run/farm/control.sock" if where else None
 

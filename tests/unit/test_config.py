@@ -432,6 +432,18 @@ def test_a_control_socket_that_cannot_be_made_is_named_before_start(
     assert "supervisor.control: " in message and said in message, message
 
 
+@pytest.mark.parametrize("key", ["server.listen", "supervisor.servers"])
+def test_a_unix_socket_path_too_long_is_named_before_start(tmp_path: Path, key: str) -> None:
+    # server.listen: the local server failed to bind at every start (exit 1, which systemd
+    # restarts); supervisor.servers: the workers retried a connect that cannot work.
+    table, name = key.split(".")
+    path = "/tmp/" + "s" * 120 + ".sock"
+    text = f'[{table}]\n{name} = ["127.0.0.1:47302", "unix:{path}"]\n'
+    message = error_of(tmp_path, text + '[functions.a]\ntarget = "workers.text:reverse"\n')
+    assert f"{key}: {path} is 130 bytes, longer than a Unix socket path may be" in message
+    assert "choose a shorter path" in message, message
+
+
 def test_a_core_listed_twice_is_refused(tmp_path: Path) -> None:
     # [0, 0, 1] was read as [0, 1] without a word: a typo for another core went unnoticed.
     text = '[supervisor]\ncpus = [0, 0, 1]\n[functions.a]\ntarget = "x:y"\n'
