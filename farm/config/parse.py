@@ -56,6 +56,8 @@ POOL_KEYS = (
     "function",
     "functions",
 ) + COMMAND_KEYS
+#: The fix for a bad metrics address (not the job server's forms: no unix:, not its port).
+_METRICS_FORMS = 'must be "HOST:PORT" (e.g. "127.0.0.1:9730") or "off"'
 _TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -230,11 +232,9 @@ class Validator(TableReader):
             any_port = isinstance(metrics, str) and metrics.endswith(":0")
             if isinstance(metrics, str):
                 checked = metrics[:-2] + ":1" if any_port else metrics
-                where = self.address(checked, "supervisor.metrics")
+                where = self.address(checked, "supervisor.metrics", _METRICS_FORMS)
             if where is None or where.kind != "tcp":
-                raise self.fail(
-                    "supervisor.metrics", 'must be "HOST:PORT" (e.g. "127.0.0.1:9730") or "off"'
-                )
+                raise self.fail("supervisor.metrics", _METRICS_FORMS)
             metrics = str(where).rpartition(":")[0] + ":0" if any_port else str(where)
         log_format = raw["log_format"]
         if log_format not in LOG_FORMATS:

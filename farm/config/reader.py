@@ -16,7 +16,10 @@ from farm.discovery import resolve
 from farm.errors import ConfigError
 from farm.net import DEFAULT_SERVER, Address, AddressError, parse_address
 
-__all__ = ["TableReader"]
+__all__ = ["TableReader", "ADDRESS_FORMS"]
+
+#: What a job server's address may be, for the fix of one that is not.
+ADDRESS_FORMS = f'write HOST:PORT (e.g. "{DEFAULT_SERVER}"), "[::1]:PORT" or "unix:/path"'
 
 
 class TableReader:
@@ -56,16 +59,13 @@ class TableReader:
             raise self.fail(key, f"must be at most {at_most}, got {value!r}")
         return value
 
-    def address(self, addr: str, key: str) -> Address:
-        """``addr`` parsed, its port required (a file says which); Unix paths resolved."""
+    def address(self, addr: str, key: str, forms: str = ADDRESS_FORMS) -> Address:
+        """``addr`` parsed, its port required (a file says which); Unix paths resolved;
+        ``forms`` says what the key takes, for the fix."""
         try:
             parsed = parse_address(addr, default_port=None)
         except AddressError as exc:
-            raise self.fail(
-                key,
-                f"{addr!r}: {exc.reason}; "
-                f'write HOST:PORT (e.g. "{DEFAULT_SERVER}"), "[::1]:PORT" or "unix:/path"',
-            ) from None
+            raise self.fail(key, f"{addr!r}: {exc.reason}; {forms}") from None
         if parsed.kind == "unix":
             path = self.path(parsed.path, key)
             # Else the server failed to bind at every start (exit 1, which systemd restarts),

@@ -231,6 +231,9 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
             "supervisor.metrics",
             "is the job server's listen address 127.0.0.1:4999 too",
         ),
+        # the metrics' own forms, not the job server's (which offered unix: and port 4730)
+        ("[supervisor]", '[supervisor]\nmetrics = "on"', "supervisor.metrics", 'or "off"'),
+        ("[supervisor]", '[supervisor]\nmetrics = "h:70000"', "supervisor.metrics", "9730"),
         ("[functions.rev]", "[bogus]\n[functions.rev]", "bogus", "unknown key"),
         (  # the Executor's calls are code to run: only under names other users cannot serve
             "[functions.rev]",
@@ -247,6 +250,8 @@ def test_each_mistake_is_one_line_naming_the_key_and_the_fix(
     message = error_of(tmp_path, GOOD.replace(old, new, 1))
     assert f": {key}:" in message, message
     assert hint in message, message
+    if key == "supervisor.metrics":
+        assert "unix:" not in message and "4730" not in message, message
 
 
 def test_kill_rss_mb_defaults_to_one_and_a_half_max_rss_mb(tmp_path: Path) -> None:
