@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.errors import ConfigError, ServerUnavailable
-from farm.net import DEFAULT_SERVER, AddressError, connectable, parse_address
+from farm.net import DEFAULT_SERVER, Address, AddressError, connectable, parse_address
 from farm.paths import UnsafeDirectory, check_private, fallback_runtime_dir, runtime_dir
 
 __all__ = [
@@ -162,20 +162,25 @@ def local_farm(explicit: str | os.PathLike[str] | None = None) -> FarmAddresses:
         if isinstance(listen, str):
             listen = [listen]
     where = path or "the built-in defaults"
-    if not isinstance(listen, list) or not isinstance(remote, list):
-        raise ConfigError(f"{where}: server.listen and supervisor.servers must be lists")
     unix = tcp = None
-    try:
-        for text in listen:
-            addr = parse_address(str(text))
-            if addr.kind == "unix" and unix is None:
-                unix = f"unix:{resolve(base, addr.path)}"
-            elif addr.kind == "tcp" and tcp is None:
-                tcp = str(connectable(addr))
-        servers = tuple(str(parse_address(str(s))) for s in remote)
-    except AddressError as e:
-        raise ConfigError(f"{where}: {e}") from None
+    for addr in _addresses(where, "server.listen", listen):
+        if addr.kind == "unix" and unix is None:
+            unix = f"unix:{resolve(base, addr.path)}"
+        elif addr.kind == "tcp" and tcp is None:
+            tcp = str(connectable(addr))
+    servers = tuple(str(a) for a in _addresses(where, "supervisor.servers", remote))
     return FarmAddresses(unix, tcp, servers)
+
+
+def _addresses(where: object, key: str, values: object) -> list[Address]:
+    """The addresses of ``key``, or the one-line error naming the file, the key and the fix
+    (an entry that is no string was read as its text: `listen = [3]` sent calls to 3:4730)."""
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise ConfigError(f'{where}: {key}: must be a list of addresses like ["{DEFAULT_SERVER}"]')
+    try:
+        return [parse_address(v) for v in values]
+    except AddressError as e:
+        raise ConfigError(f"{where}: {key}: {e}; fix it there") from None
 
 
 def _usable(unix: str) -> bool:

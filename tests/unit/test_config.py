@@ -606,3 +606,21 @@ def test_a_tuning_key_the_server_would_refuse_is_one_line(
     assert f": {key}: " in message, message
     assert hint in message, message
     assert "--" not in message, message  # the config's words, not the server's flags
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("[server]\nlisten = [3]", 'server.listen: must be a list of addresses like ["'),
+        ('[server]\nlisten = ["h:0"]', "server.listen: server address 'h:0': port must be"),
+        ("[supervisor]\nservers = [1]", "supervisor.servers: must be a list of addresses"),
+        ('[supervisor]\nservers = "h:1"', "supervisor.servers: must be a list of addresses"),
+    ],
+)
+def test_the_address_only_reading_names_the_key(tmp_path: Path, text: str, said: str) -> None:
+    # What `farm status -c`, `farm submit -c` and farm.Client read: `listen = [3]` sent the
+    # calls to "3:4730", and a bad address was refused without the key that held it.
+    path = write(tmp_path, text + "\n")
+    with pytest.raises(ConfigError) as info:
+        discovery.client_servers(path)
+    assert str(info.value).startswith(f"{path}: {said}"), info.value
