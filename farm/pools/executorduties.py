@@ -24,10 +24,13 @@ class ExecutorDuties:
     def ensure_executor_key(self) -> None:
         """farm.Executor's calls are signed with a key only the farm's user can read;
         make it before any worker needs it (workers would race to create it)."""
-        from farm.executor.signing import KeyFileError, ensure_key, key_path
+        from farm.executor.signing import KeyFileError, ensure_key, key_path, load_key
 
         try:
-            log.info("executor key: %s", ensure_key())
+            # Read back as the workers will: $FARM_KEY_FILE naming a directory, or a file
+            # that is no key or others may read, was taken without a word at start.
+            load_key(ensure_key(), create=False)
+            log.info("executor key: %s", key_path())
         except KeyFileError as exc:
             log.error("%s; farm.Executor calls will be refused", exc)
         except OSError as exc:  # a state directory that cannot be made (read-only, a file)

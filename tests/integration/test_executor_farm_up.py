@@ -103,3 +103,23 @@ def test_an_executor_made_inside_a_call_of_its_own_pool_warns(tmp_path: Path) ->
             farm.Executor(1, servers=where, key_file=str(key)).shutdown()
     finally:
         assert up.stop() == 0
+
+
+@pytest.mark.parametrize("make", ["directory", "not a key"])
+def test_a_key_file_that_cannot_be_used_is_said_at_start(tmp_path: Path, make: str) -> None:
+    # $FARM_KEY_FILE naming a directory, or a file that holds no key, was logged as
+    # "executor key: PATH" and found out only by each farm.Executor call.
+    key = tmp_path / "key"
+    if make == "directory":
+        key.mkdir()
+    else:
+        key.write_text("not hex\n")
+        key.chmod(0o600)
+    up = FarmUp(tmp_path, FUNCTIONS, extra_env={KEY_ENV: str(key)})
+    try:
+        up.expect_notify("READY=1")
+        said = "Is a directory" if make == "directory" else "must hold at least 32 hex digits"
+        line = next(x for x in up.read_log().splitlines() if f"key file {key}" in x)
+        assert said in line and "farm.Executor calls will be refused" in line, line
+    finally:
+        assert up.stop() == 0
