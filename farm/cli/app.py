@@ -45,6 +45,9 @@ class FarmCommand(TyperCommand):
             raise
 
 
+#: The longest ``--interval`` of the live views (farm top, farm ps --watch), in seconds:
+#: "inf" reached time.sleep, whose OverflowError was a traceback.
+MAX_INTERVAL = 3600.0
 CONFIG_HELP = "config file (default: $FARM_CONFIG, ./farm.toml, /etc/farm/farm.toml, built-in)"
 ConfigOption = typer.Option(None, "--config", "-c", help=CONFIG_HELP)
 ControlOption = typer.Option(None, "--control", help="control socket (default: from the config)")

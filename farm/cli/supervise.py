@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from farm.cli.app import (
+    MAX_INTERVAL,
     ConfigOption,
     ControlOption,
     FarmCommand,
@@ -76,7 +77,9 @@ def ps(
     control: str | None = ControlOption,
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     watch: bool = typer.Option(False, "--watch", "-w", help="redraw the table in place"),
-    interval: float = typer.Option(1.0, "--interval", min=0.1, help="seconds between redraws"),
+    interval: float = typer.Option(
+        1.0, "--interval", min=0.1, max=MAX_INTERVAL, help="seconds between redraws"
+    ),
     count: int | None = typer.Option(None, "--count", min=1, help="with --watch: stop after N"),
 ) -> None:
     """Every process of the farm: pid, function, slot, cpu, state, jobs done, RSS, restarts,

@@ -29,7 +29,7 @@ from typing import Annotated, Any
 
 import typer
 
-from farm.cli.app import FarmCommand, app, control_socket, fail
+from farm.cli.app import MAX_INTERVAL, FarmCommand, app, control_socket, fail
 from farm.cli.liveview import SORT_KEYS, SORT_LETTERS, FunctionRow, frame, quantile
 
 __all__ = ["Sampler", "Sample", "live_view"]
@@ -354,7 +354,8 @@ def top(
     ] = None,
     once: Annotated[bool, typer.Option("--once", help="print one frame and exit")] = False,
     interval: Annotated[
-        float, typer.Option("--interval", min=0.1, help="seconds between frames")
+        float,
+        typer.Option("--interval", min=0.1, max=MAX_INTERVAL, help="seconds between frames"),
     ] = 1.0,
     iterations: Annotated[
         int | None, typer.Option("--iterations", min=1, help="stop after this many frames")

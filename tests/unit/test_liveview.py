@@ -112,3 +112,16 @@ def test_a_frame_without_the_function_table_is_the_process_view() -> None:
     assert row.split()[-3:] == ["1", "7", "3"]
     only = render(frame(None, ROWS, keys=False))
     assert "QUEUED" not in only and "PID" in only and "q quit" not in only
+
+
+@pytest.mark.parametrize("command", [["top"], ["ps", "--watch"]])
+def test_an_interval_past_an_hour_is_a_usage_error(command: list[str]) -> None:
+    # "inf" was taken, and the first pause between frames ended in time.sleep's
+    # OverflowError: a traceback, exit 1.
+    from typer.testing import CliRunner
+
+    from farm.cli import app
+
+    out = CliRunner().invoke(app, [*command, "--interval", "inf", "--control", "/nowhere.sock"])
+    assert out.exit_code == 2 and "'--interval'" in out.output, out.output
+    assert "Traceback" not in out.output
