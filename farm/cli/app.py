@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -90,6 +92,9 @@ def control_socket(config: Path | None, control: str | None) -> str:
     if control is not None:
         if not control.strip():  # else the socket's "Invalid argument", exit 1
             fail("--control must be the path of the control socket, not empty", 2)
+        if os.path.exists(control) and not stat.S_ISSOCK(os.stat(control).st_mode):
+            # else "no supervisor answers at PATH", exit 1, as if the farm were down
+            fail(f"--control {control}: not a socket; give the farm's control socket", 2)
         return control
     from farm.config import control_path
 

@@ -152,6 +152,7 @@ def test_usage_mistakes_are_one_line_and_exit_2(tmp_path: Path) -> None:
         ["scale", "reverse=1", "reverse=3"],
         ["stop", "--wait", "nan"],
         ["stop", "--wait", "-1"],
+        ["ps", "--control", "/"],  # was "no supervisor answers at /", exit 1: the farm down?
         ["server", "--backlog", "0"],
         ["server", "--store", "none", "--backlog", "99999999999"],  # past a C int: a traceback
         ["server", "--worker-uid", "-1"],
