@@ -191,7 +191,9 @@ class Steering(ProcessTable):
                 f"function {name!r} is served by pools {', '.join(serving)}; name one of them"
             )
         known = ", ".join(pools) or "none"
-        raise ValueError(f"no pool or function {name!r} in the config (pools: {known})")
+        # Its file: a `-c` naming another config with the same control socket reached this farm.
+        where = self.config_path or self.config.source
+        raise ValueError(f"no pool or function {name!r} in this farm's {where} (pools: {known})")
 
     def restart_picks(self, names: list[Any]) -> dict[str, list[int] | None]:
         """`farm restart` arguments: POOL (all its slots) or POOL#SLOT; none: every pool."""

@@ -151,12 +151,13 @@ def test_pools_are_named_by_table_or_by_a_function_only_one_serves(tmp_path: Pat
         functions = ["upper", "shout"]
         """,
     )
-    sup = SimpleNamespace(config=cfg, targets={"a": 2, "b": 1, "c": 1})
+    sup = SimpleNamespace(config=cfg, targets={"a": 2, "b": 1, "c": 1}, config_path="/f.toml")
     assert Steering.pool_named(sup, "a") == "a"  # type: ignore[arg-type]  # a stand-in
     assert Steering.pool_named(sup, "shout") == "c"  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="served by pools a, b; name one of them"):
         Steering.pool_named(sup, "reverse")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="no pool or function 'x'"):
+    # the farm's own file: `farm scale -c other.toml` may reach a farm started from another
+    with pytest.raises(ValueError, match="no pool or function 'x' in this farm's /f.toml"):
         Steering.pool_named(sup, "x")  # type: ignore[arg-type]
     sup.pool_named = lambda name: Steering.pool_named(sup, name)  # type: ignore[arg-type]
     picks = Steering.restart_picks(sup, ["a#1", "a#0", "shout"])  # type: ignore[arg-type]
