@@ -116,6 +116,12 @@ def load_key(path: str | os.PathLike[str] | None = None, *, create: bool = True)
             f"cannot read the farm's key file {target}: {exc.strerror or exc}; "
             f"set ${KEY_ENV} to a key file this user may read"
         ) from None
+    try:
+        key = bytes.fromhex(text.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        key = b""
+    if len(key) < 16:  # first: $FARM_KEY_FILE=/etc/passwd was told to chmod 600 /etc/passwd
+        raise KeyFileError(f"key file {target} must hold at least 32 hex digits")
     if mode & ((stat.S_IRWXG & ~stat.S_IRGRP) | stat.S_IRWXO):
         raise KeyFileError(
             f"key file {target} is accessible to others or writable by its group"
@@ -137,12 +143,6 @@ def load_key(path: str | os.PathLike[str] | None = None, *, create: bool = True)
             f"key file {target} belongs to uid {info.st_uid}, and this process runs as root;"
             f" run: chown root {target} (if you trust it), or set ${KEY_ENV} to root's key"
         )
-    try:
-        key = bytes.fromhex(text.decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
-        key = b""
-    if len(key) < 16:
-        raise KeyFileError(f"key file {target} must hold at least 32 hex digits")
     return key
 
 

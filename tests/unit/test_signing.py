@@ -105,6 +105,10 @@ def test_missing_key_without_create_and_garbage_key(tmp_path: Path) -> None:
     os.chmod(bad, 0o600)
     with pytest.raises(KeyFileError, match="hex digits"):
         load_key(bad)
+    # A file that is no key at all ($FARM_KEY_FILE=/etc/passwd) is told so, not to chmod 600.
+    os.chmod(bad, 0o644)
+    with pytest.raises(KeyFileError, match="hex digits"):
+        load_key(bad)
 
 
 def test_seal_open_round_trip_and_tampering() -> None:
