@@ -38,7 +38,7 @@ class BackPressure:
     partial: int
     unsent: int
     out: bytearray
-    held: list[tuple[bytes, bytearray]] | None
+    held: list[tuple[bytes, int, bytearray]] | None
     detach: Callable[[], None]
     write_paused: bool
     reading: bool

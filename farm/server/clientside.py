@@ -59,11 +59,11 @@ class ClientSide:
     send: Callable[[bytes], None]
     refuse: Callable[..., None]
     function_ok: Callable[..., bool]
-    hold_created: Callable[[bytes], None]
+    hold_created: Callable[[bytes, int], None]
     out: bytearray
     dirty: bool
     closed: bool
-    held: list[tuple[bytes, bytearray]] | None
+    held: list[tuple[bytes, int, bytearray]] | None
     lazy_created: bool
     lazy_waiting: bool  # has a deadline in hub.lazy
     exceptions: bool  # OPTION_REQ exceptions: WORK_EXCEPTION, not WORK_FAIL
@@ -123,7 +123,7 @@ class ClientSide:
             self.send(error("QUEUE_ERROR", str(exc)))
             return
         if background and job.store_id and self.hub.must_hold():
-            self.hold_created(job.handle)
+            self.hold_created(job.handle, priority)
         elif self.lazy_created and not background:
             self.send_lazily(frame_res(_JOB_CREATED, job.handle))
         else:

@@ -51,8 +51,8 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
         self.decoder = p.Decoder(max_packet=hub.options.max_packet, read_past_too_large=True)
         self.transport: asyncio.Transport | None = None
         self.out = bytearray()
-        # JOB_CREATEDs waiting for the store's commit, each with what was sent after it.
-        self.held: list[tuple[bytes, bytearray]] | None = None
+        # JOB_CREATEDs waiting for the store's commit: handle, submit's priority, what came after.
+        self.held: list[tuple[bytes, int, bytearray]] | None = None
         self.partial = 0  # bytes of unfinished packets this connection holds (see count_partial)
         self.unsent = 0  # bytes sent to a TCP peer this turn, not written yet (count_unsent)
         self.dirty = False
@@ -207,29 +207,29 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
         if self.held is None:
             self.out += data
         else:
-            self.held[-1][1].extend(data)  # keeps its place behind a held JOB_CREATED
+            self.held[-1][2].extend(data)  # keeps its place behind a held JOB_CREATED
         if not self.dirty:
             self.dirty = True
             self.hub.dirty.append(self)
         if self.tcp:
             self.count_unsent(len(data))
 
-    def hold_created(self, handle: bytes) -> None:
-        """JOB_CREATED of a job whose row is staged: sent by ``release_held`` after the commit."""
+    def hold_created(self, handle: bytes, priority: int) -> None:
+        """JOB_CREATED of a staged job (a submit at ``priority``): ``release_held`` sends it."""
         if self.held is None:
             self.held = []
             self.hub.holding.append(self)
-        self.held.append((handle, bytearray()))
+        self.held.append((handle, priority, bytearray()))
 
-    def release_held(self, failed: frozenset[bytes], refusal_text: str) -> list[bytes]:
+    def release_held(self, failed: frozenset[bytes], refusal_text: str) -> list[tuple[bytes, int]]:
         held, self.held = self.held, None
         if held is None:
             return []
-        refused = [handle for handle, _ in held if handle in failed] if failed else []
+        refused = [(handle, pri) for handle, pri, _ in held if handle in failed] if failed else []
         if self.closed:
             return refused  # refused all the same: no job was made for them
         refusal = error("QUEUE_ERROR", refusal_text) if failed else b""
-        for handle, after in held:
+        for handle, _, after in held:
             self.out += refusal if handle in failed else frame_res(T.JOB_CREATED, handle)
             self.out += after
         if not self.dirty:

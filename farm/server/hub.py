@@ -66,9 +66,9 @@ class Writer(Protocol):
     def close(self) -> None:
         """Write what is owed, then close."""
 
-    def release_held(self, failed: frozenset[bytes], refusal_text: str) -> list[bytes]:
+    def release_held(self, failed: frozenset[bytes], refusal_text: str) -> list[tuple[bytes, int]]:
         """The store committed: send the held JOB_CREATEDs (QUEUE_ERROR for ``failed``);
-        the handles refused, one for each submit."""
+        the handles refused, one for each submit, with that submit's priority."""
 
     def push(self) -> None:
         """Answer this worker's held grab with the job it was woken for, if still there."""
@@ -215,8 +215,8 @@ class Hub:
             for conn in holding:
                 # Counted per submit told QUEUE_ERROR (two may hold one job), while the
                 # job is still there to say its function.
-                for handle in conn.release_held(frozenset(failed), refusal):
-                    self.jobs.refused_by_store(handle)
+                for handle, priority in conn.release_held(frozenset(failed), refusal):
+                    self.jobs.refused_by_store(handle, priority)
         for handle in failed:
             self.jobs.unstore(handle)
         if self.pushes:

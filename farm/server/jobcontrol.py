@@ -67,13 +67,15 @@ class JobControl:
         --max-functions: counted under the metrics' ``other``, as it has no entry."""
         self.other_retired.refused[MAX_FUNCTIONS][priority] += 1
 
-    def refused_by_store(self, handle: bytes) -> None:
-        """A background submit of this job was refused (QUEUE_ERROR) because its commit to
-        the store failed: counted before ``unstore`` forgets the job (the metrics)."""
+    def refused_by_store(self, handle: bytes, priority: int) -> None:
+        """A background submit at ``priority`` of this job was refused (QUEUE_ERROR) because
+        its commit to the store failed: counted before ``unstore`` forgets the job (the
+        metrics). Under the submit's priority, not the job's (they differ when it joined a
+        job of another), as a refusal at the submit is (``JobServer._store_add``)."""
         job = self.jobs.get(handle)
         fq = None if job is None else self.functions.get(job.function)
         if job is not None and fq is not None:
-            fq.stats.refused[STORE][job.priority] += 1
+            fq.stats.refused[STORE][priority] += 1
 
     def _store_retries(self, job: Job) -> None:
         """Stage a stored job's count of worker deaths (Dispatch._keep_retries says when)."""

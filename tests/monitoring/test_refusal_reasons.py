@@ -56,6 +56,12 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
         yield disk
 
 
+def fill(disk: Path) -> None:
+    """Take the disk's last free byte: the store's next commit of a large job fails."""
+    room = os.statvfs(disk)
+    (disk / "filler").write_bytes(b"\0" * (room.f_bavail * room.f_frsize))
+
+
 def test_background_submits_the_failing_store_refused_are_counted(
     tiny_disk: Path, peer_factory: Callable[[str], Peer]
 ) -> None:
@@ -68,8 +74,7 @@ def test_background_submits_the_failing_store_refused_are_counted(
         client.expect(T.JOB_CREATED)  # the store works until the disk is full
         before = refused(server_metrics(srv.addr, timeout=10), "store")
         assert before and not any(before.values()), "shown at 0 until one counts"
-        room = os.statvfs(tiny_disk)
-        (tiny_disk / "filler").write_bytes(b"\0" * (room.f_bavail * room.f_frsize))
+        fill(tiny_disk)
         # Refused at the commit (the job was made, and is forgotten) ...
         client.send(T.SUBMIT_JOB_BG, "f", "", b"x" * 200_000)
         at_commit = client.expect(T.ERROR).args
@@ -93,6 +98,40 @@ def test_background_submits_the_failing_store_refused_are_counted(
         # those refused at the submit, or joining a job, were not.
         assert value(text, "farm_jobs_submitted_total", function="f", priority="normal") == 3
         assert value(text, "farm_jobs_submitted_total", function="f", priority="high") == 0
+    finally:
+        srv.stop()
+
+
+def test_a_store_refusal_counts_under_the_refused_submits_priority(
+    tiny_disk: Path, peer_factory: Callable[[str], Peer]
+) -> None:
+    """A background submit joining a job of another priority is counted under its own, as
+    the submit refused: at the commit that fails, as at a submit while the store fails.
+    (Found in review: the commit's refusal was counted under the job's priority.)"""
+    srv = start_with_store(tiny_disk / "q.db", free_port())
+    try:
+        worker = peer_factory(srv.addr)
+        worker.send(T.CAN_DO, "f")  # labelled by its name; it never grabs, so jobs wait
+        client = peer_factory(srv.addr)
+        client.send(T.SUBMIT_JOB_BG, "f", "stored", "small")
+        client.expect(T.JOB_CREATED)  # the store is made, and works until the disk is full
+        fill(tiny_disk)
+        waiter = peer_factory(srv.addr)
+        # A foreground job is not stored: the low background submit joining it stages it,
+        # and the commit finds no room for its data ...
+        waiter.send(T.SUBMIT_JOB_HIGH, "f", "k1", b"x" * 200_000)
+        waiter.expect(T.JOB_CREATED)
+        client.send(T.SUBMIT_JOB_LOW_BG, "f", "k1", "")
+        at_commit = client.expect(T.ERROR).args
+        assert at_commit[0] == b"QUEUE_ERROR" and at_commit[1].startswith(b"the job store ")
+        # ... and the store, failing now, refuses the next one at its submit.
+        waiter.send(T.SUBMIT_JOB_HIGH, "f", "k2", b"y" * 200_000)
+        waiter.expect(T.JOB_CREATED)
+        client.send(T.SUBMIT_JOB_LOW_BG, "f", "k2", "")
+        assert client.expect(T.ERROR).args[0] == b"QUEUE_ERROR"
+        text = server_metrics(srv.addr, timeout=10)
+        assert {k: n for k, n in refused(text, "store").items() if n} == {("f", "low"): 2}
+        assert value(text, "farm_jobs_submitted_total", function="f", priority="high") == 2
     finally:
         srv.stop()
 
