@@ -8,12 +8,12 @@ Search order (:func:`find_config`): ``--config``, ``$FARM_CONFIG``,
 ``./farm.toml``, ``/etc/farm/farm.toml``, then built-in defaults that serve the
 functions in ``workers/``.
 
-The package, top down: ``parse`` reads a document's tables (on ``reader``'s
-checks of single values) into ``model``'s dataclasses, then checks the rules
-across tables (``rules``); ``servertune`` turns the ``[server]`` keys that tune
-the local server into its flags; ``defaults`` is the built-in document;
-``capacity`` holds the host's cores and memory and the rule on pool sizes that
-``farm scale`` applies too.
+The package, top down: ``parse`` reads a document's tables (``pooltables`` its
+``[functions.NAME]`` tables; both on ``reader``'s checks of single values) into
+``model``'s dataclasses, then checks the rules across tables (``rules``);
+``servertune`` turns the ``[server]`` keys that tune the local server into its flags;
+``defaults`` is the built-in document; ``capacity`` holds the host's cores and memory
+and the rule on pool sizes that ``farm scale`` applies too.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ __all__ = [
     "CPUS_FORMS",
     "default_memory_budget_mb",
     "capacity_problem",
+    "count_problem",
 ]
 
 #: Most workers one pool may have (a typo must not fork-bomb the host).
@@ -83,6 +84,14 @@ def default_memory_budget_mb() -> int:
     return int(psutil.virtual_memory().total // 2**20)
 
 
+def count_problem(name: str, count: int) -> str | None:
+    """Why pool ``name`` cannot have ``count`` workers, or None: the per-pool half of
+    ``capacity_problem``, which the config names under the pool's own ``workers`` key."""
+    if not 0 <= count <= MAX_WORKERS:
+        return f"{name} would have {count} workers (0..{MAX_WORKERS})"
+    return None
+
+
 def capacity_problem(
     pools: Mapping[str, FunctionConfig], targets: Mapping[str, int], budget_mb: int
 ) -> str | None:
@@ -90,8 +99,9 @@ def capacity_problem(
     at most MAX_WORKERS a pool, and all workers' memory (``max_rss_mb``, else an estimate
     of DEFAULT_WORKER_MB each) within the budget -- a typo must not fork-bomb the host."""
     for name, count in targets.items():
-        if not 0 <= count <= MAX_WORKERS:
-            return f"{name} would have {count} workers (0..{MAX_WORKERS})"
+        problem = count_problem(name, count)
+        if problem:
+            return problem
     need = sum(
         count * (pools[name].max_rss_mb or DEFAULT_WORKER_MB)
         for name, count in targets.items()

@@ -1,29 +1,27 @@
 """Reading a farm.toml document (the dict a TOML reader gives) into :mod:`farm.config.model`.
 
 Each method owns one table or value and raises :meth:`Validator.fail`: one
-:class:`~farm.errors.ConfigError` whose message names the file, the key and the fix.
+:class:`~farm.errors.ConfigError` whose message names the file, the key and the fix. The
+``[functions.NAME]`` tables are :mod:`farm.config.pooltables`'.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 from dataclasses import fields
 from types import MappingProxyType
 from typing import Any
 
-from farm.commandspec import parse_command, parse_stop_signal
 from farm.config import capacity, rules
 from farm.config.defaults import builtin, server_store
 from farm.config.model import (
     Config,
     ExecutorConfig,
-    FunctionConfig,
     ServerConfig,
     SupervisorConfig,
 )
-from farm.config.reader import TableReader
+from farm.config.pooltables import MAX_GRACE, PoolReader
 from farm.config.servertune import (
     TUNING,
     control_problem,
@@ -34,35 +32,15 @@ from farm.config.servertune import (
 from farm.errors import ConfigError
 from farm.logs import LOG_FORMATS
 from farm.net import DEFAULT_PORT, DEFAULT_SERVER
-from farm.protocol.codec import MAX_TIMEOUT
-from farm.targets import target_problem
 
-__all__ = ["Validator", "COMMAND_KEYS", "POOL_KEYS", "KILL_RSS_FACTOR", "MAX_GRACE"]
+__all__ = ["Validator"]
 
-#: kill_rss_mb when a pool sets only max_rss_mb: this many times it, rounded up.
-KILL_RSS_FACTOR = 1.5
-#: Longest graceful_timeout accepted (a day): a stop must end.
-MAX_GRACE = 86400
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-#: The keys of a [functions.NAME] table; COMMAND_KEYS are for command pools only.
-COMMAND_KEYS = ("command", "cwd", "env", "user", "stop_signal", "graceful_timeout")
-POOL_KEYS = (
-    "target",
-    "workers",
-    "timeout",
-    "max_jobs",
-    "max_rss_mb",
-    "kill_rss_mb",
-    "function",
-    "functions",
-) + COMMAND_KEYS
 #: The fix for a bad metrics address (not the job server's forms: no unix:, not its port).
 _METRICS_FORMS = 'must be "HOST:PORT" (e.g. "127.0.0.1:9730") or "off"'
-_TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
-class Validator(TableReader):
-    """Checks one parsed document; each method owns one table."""
+class Validator(PoolReader):
+    """Checks one parsed document; each method owns one table (the pools': PoolReader)."""
 
     def config(self, raw: dict[str, Any]) -> Config:
         if not raw:
@@ -287,111 +265,3 @@ class Validator(TableReader):
                 f"core {outside[0]} is outside this process's CPU set {list(allowed)}; use those",
             )
         return tuple(sorted(set(raw)))
-
-    def function(self, name: str, raw: Any, ncpus: int) -> FunctionConfig:
-        key = f"functions.{name}"
-        if not _NAME.match(name):
-            raise self.fail(
-                key, "function names use letters, digits, '_', '.' and '-' (at most 64)"
-            )
-        raw = self.table(raw, key, POOL_KEYS)
-        if "command" in raw:
-            return self.command_pool(name, raw, ncpus)
-        if "target" not in raw:
-            raise self.fail(
-                f"{key}.target",
-                'missing; add target = "module:function" (or command = ["php", "worker.php"])',
-            )
-        for other in COMMAND_KEYS:
-            if other in raw:
-                raise self.fail(f"{key}.{other}", "applies to command pools only; remove it")
-        target = raw["target"]
-        if not isinstance(target, str) or not _TARGET.match(target):
-            raise self.fail(f"{key}.target", f'must look like "module:function", got {target!r}')
-        problem = target_problem(target)
-        if problem:
-            raise self.fail(f"{key}.target", problem)
-        workers = self.workers(raw, key, ncpus)
-        max_rss_mb = self.optional_positive(raw.get("max_rss_mb"), f"{key}.max_rss_mb")
-        kill_rss_mb = self.optional_positive(raw.get("kill_rss_mb"), f"{key}.kill_rss_mb")
-        if kill_rss_mb is None and max_rss_mb is not None:
-            kill_rss_mb = math.ceil(max_rss_mb * KILL_RSS_FACTOR)
-        elif kill_rss_mb is not None and max_rss_mb is not None and kill_rss_mb < max_rss_mb:
-            raise self.fail(
-                f"{key}.kill_rss_mb",
-                f"must be >= max_rss_mb ({max_rss_mb}), got {kill_rss_mb}; raise it, or"
-                f" leave it out for {KILL_RSS_FACTOR:g} x max_rss_mb",
-            )
-        return FunctionConfig(
-            name=name,
-            target=target,
-            workers=workers,
-            timeout=self.optional_positive(raw.get("timeout"), f"{key}.timeout", MAX_TIMEOUT),
-            max_jobs=self.optional_positive(raw.get("max_jobs"), f"{key}.max_jobs"),
-            max_rss_mb=max_rss_mb,
-            kill_rss_mb=kill_rss_mb,
-            serves=self.served(raw, key),
-        )
-
-    def command_pool(self, name: str, raw: dict[str, Any], ncpus: int) -> FunctionConfig:
-        """A pool of any executable: ``command`` (+ ``cwd``, ``env``, ``user``) instead of
-        ``target``; the Python worker's own limits do not apply to it."""
-        key = f"functions.{name}"
-        for other in ("target", "max_jobs", "max_rss_mb", "kill_rss_mb"):
-            if other in raw:
-                why = {"target": "give either target or command"}.get(
-                    other, "applies to Python workers only"
-                )
-                raise self.fail(f"{key}.{other}", f"{why}; remove it")
-        workers = self.workers(raw, key, ncpus)
-        grace = raw.get("graceful_timeout")
-        if grace is not None and (
-            isinstance(grace, bool)
-            or not isinstance(grace, int | float)
-            or not 0 <= grace <= MAX_GRACE
-        ):
-            raise self.fail(
-                f"{key}.graceful_timeout",
-                f"must be a number of seconds from 0 to {MAX_GRACE}, got {grace!r}",
-            )
-        return FunctionConfig(
-            name=name,
-            target="",
-            workers=workers,
-            # Seen through the local server's `peers` (farm.pools.commandjobs), which needs
-            # its Unix socket: config.rules.command_pools refuses a timeout without one.
-            timeout=self.optional_positive(raw.get("timeout"), f"{key}.timeout", MAX_TIMEOUT),
-            max_jobs=None,
-            max_rss_mb=None,
-            command=parse_command(raw, key, str(self.base), self.fail),
-            serves=self.served(raw, key),
-            stop_signal=parse_stop_signal(raw.get("stop_signal"), f"{key}.stop_signal", self.fail),
-            graceful_timeout=None if grace is None else float(grace),
-        )
-
-    def workers(self, raw: dict[str, Any], key: str, ncpus: int) -> int:
-        """A pool's ``workers``: a count, or "auto" (the default), one per core of ``cpus``."""
-        workers = raw.get("workers", "auto")
-        if workers == "auto":
-            return ncpus
-        if type(workers) is not int or workers < 0:
-            raise self.fail(
-                f"{key}.workers", f'must be a whole number >= 0 or "auto", got {workers!r}'
-            )
-        return workers
-
-    def served(self, raw: dict[str, Any], key: str) -> tuple[str, ...]:
-        """``function = "NAME"`` or ``functions = ["A", "B"]``: what the pool registers."""
-        if "function" in raw and "functions" in raw:
-            raise self.fail(f"{key}.functions", "give function or functions, not both")
-        names = raw.get("functions", [raw["function"]] if "function" in raw else [])
-        which = f"{key}.functions" if "functions" in raw else f"{key}.function"
-        if not isinstance(names, list) or not all(
-            isinstance(n, str) and _NAME.match(n) for n in names
-        ):
-            raise self.fail(
-                which, 'must name functions like "reverse" (letters, digits, _ . -; at most 64)'
-            )
-        if "functions" in raw and not names:
-            raise self.fail(which, "is empty; name at least one function")
-        return tuple(dict.fromkeys(names))

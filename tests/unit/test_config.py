@@ -12,6 +12,7 @@ import pytest
 
 from farm import config, discovery
 from farm.config.capacity import cpu_list
+from farm.config.pooltables import PoolReader
 from farm.errors import ConfigError
 from farm.paths import runtime_dir
 
@@ -457,7 +458,7 @@ def test_a_core_listed_twice_is_refused(tmp_path: Path) -> None:
 
 def test_pool_sizes_are_bounded_by_count_and_memory(tmp_path: Path) -> None:
     huge = '[functions.a]\ntarget = "workers.text:reverse"\nworkers = 100000\n'
-    assert "a would have 100000 workers (0..1024)" in error_of(tmp_path, huge)
+    assert "functions.a.workers: a would have 100000 workers (0..1024)" in error_of(tmp_path, huge)
     budget = (
         '[supervisor]\nmemory_budget_mb = 1000\n[functions.a]\ntarget = "workers.text:reverse"\n'
         "workers = 8\nmax_rss_mb = 200\n"
@@ -466,6 +467,35 @@ def test_pool_sizes_are_bounded_by_count_and_memory(tmp_path: Path) -> None:
     assert "about 1600 MB" in message and "memory_budget_mb = 1000" in message
     fits = budget.replace("workers = 8", "workers = 5")
     assert config.load(write(tmp_path, fits)).supervisor.memory_budget_mb == 1000
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [
+        '[functions.resize]\ntarget = "workers.text:reverse"\nworkers = 5000\n',
+        '[functions.resize]\ncommand = ["php", "worker.php"]\nworkers = 5000\n',
+    ],
+)
+def test_a_pool_over_1024_workers_is_refused_under_its_own_key(tmp_path: Path, pool: str) -> None:
+    # It was refused under "functions", the one key of no use to the fix.
+    text = '[server]\nlisten = ["127.0.0.1:47301"]\n' + pool
+    message = error_of(tmp_path, text)
+    assert message == (
+        f"{tmp_path / 'farm.toml'}: functions.resize.workers: resize would have 5000 workers"
+        " (0..1024); lower it to at most 1024"
+    )
+
+
+def test_auto_workers_past_1024_cores_is_refused_under_the_pools_key(tmp_path: Path) -> None:
+    # No test host has 1025 cores: "auto" is handed that many as the supervisor's cpus.
+    reader = PoolReader("farm.toml", tmp_path)
+    with pytest.raises(
+        ConfigError,
+        match=r"^farm.toml: functions\.big\.workers: big would have"
+        r' 1025 workers \(0\.\.1024\); give a count instead of "auto"',
+    ):
+        reader.workers({"workers": "auto"}, "functions.big", 1025)
+    assert reader.workers({"workers": "auto"}, "functions.big", 1024) == 1024
 
 
 def test_capacity_rule_is_shared_with_scale() -> None:
