@@ -110,6 +110,7 @@ class Supervisor(Lifecycle, Reports, CommandJobs, Restarting, Steering, Executor
             log.warning("no pools in [functions]: the job server runs without workers")
         self.start_metrics()
         self.ensure_executor_key()
+        self.note_spill_env()
         while True:
             self.handle_signals()
             if self.stopping:

@@ -5,12 +5,13 @@ then, the spill files a killed caller or worker left behind removed."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
 from farm.config import Config, ExecutorConfig
 
-__all__ = ["ExecutorDuties", "spill_environ"]
+__all__ = ["ExecutorDuties", "spill_environ", "workers_spill_dir"]
 
 log = logging.getLogger("farm.supervisor")
 
@@ -42,6 +43,22 @@ class ExecutorDuties:
                 exc.strerror or exc,
             )
 
+    def note_spill_env(self) -> None:
+        """A $FARM_SPILL_DIR that `farm up` was started with is not what its workers use
+        (``workers_spill_dir``): said once, so that whoever set it is not misled."""
+        from farm.executor.spill import SPILL_ENV
+
+        stray = os.environ.get(SPILL_ENV)
+        where = workers_spill_dir(self.config.executor)
+        if stray and os.path.abspath(stray) != os.path.abspath(where):
+            log.warning(
+                "$%s=%s is for farm.Executor's callers; the workers use %s ([executor]"
+                " spill_dir sets it)",
+                SPILL_ENV,
+                stray,
+                where,
+            )
+
     def sweep_spill(self) -> None:
         """Now and then, remove the Executor's spill files that a killed caller or worker
         left behind (farm.executor.spill.sweep); a cheap time check otherwise."""
@@ -52,17 +69,25 @@ class ExecutorDuties:
 
         settings = self.config.executor
         self.next_spill_sweep = now + spill.sweep_every(settings.spill_orphan_age_s)
-        where = settings.spill_dir or str(spill.default_spill_dir())
+        where = workers_spill_dir(settings)
         removed = spill.sweep(Path(where), settings.spill_max_age_s, settings.spill_orphan_age_s)
         if removed:
             log.info("removed %d stale spill file(s) from %s", removed, where)
 
 
+def workers_spill_dir(executor: ExecutorConfig) -> str:
+    """Where the Executor's workers write and the supervisor sweeps: ``[executor] spill_dir``,
+    else the default beside the key file. Never ``$FARM_SPILL_DIR`` of `farm up`'s own
+    environment (a caller's setting, left in the operator's shell): the workers took it
+    while the sweep looked here, and the files a killed worker left were never removed."""
+    from farm.executor.spill import default_spill_dir
+
+    return executor.spill_dir or str(default_spill_dir())
+
+
 def spill_environ(executor: ExecutorConfig) -> dict[str, str]:
-    """What the Executor's workers read their spill directory and limit from."""
+    """What the Executor's workers read their spill directory and limit from: both set, so
+    that nothing of `farm up`'s environment decides them."""
     from farm.executor.spill import MAX_SPILL_ENV, SPILL_ENV
 
-    env = {MAX_SPILL_ENV: str(executor.max_spill_mb)}
-    if executor.spill_dir:
-        env[SPILL_ENV] = executor.spill_dir
-    return env
+    return {MAX_SPILL_ENV: str(executor.max_spill_mb), SPILL_ENV: workers_spill_dir(executor)}

@@ -171,6 +171,15 @@ def spill_and_die(size: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def leave_result_file() -> str:
+    """Write a result file as a worker does, and leave it, as one killed before answering;
+    its path (the worker's spill directory, which the supervisor must sweep)."""
+    from farm.executor import spill
+
+    reference = spill.write(spill.worker_settings(), b"\x00" * 10, "r")
+    return str(spill.reference_path(reference))
+
+
 def tell(path: str) -> str:
     """Send one datagram to the Unix socket at ``path``: the test's sign that the call ran."""
     import socket

@@ -21,6 +21,7 @@ from tests.helpers.calls import (
     identity,
     init_state,
     large_result,
+    leave_result_file,
     nbytes_after_gate,
     spill_and_die,
     wait_gate,
@@ -207,3 +208,33 @@ def test_argument_files_of_a_killed_caller_are_swept_by_the_supervisor(shared: F
         gate.open()  # the worker finishes the call; its result has nobody to go to
         wait_for("the supervisor's sweep", lambda: shared.files() == [], 30)
     shared.up.wait_idle({"farm.python": 2}, timeout=30)
+
+
+@pytest.mark.timeout(60)
+def test_a_stray_farm_spill_dir_does_not_part_the_workers_from_the_sweep(tmp_path: Path) -> None:
+    # $FARM_SPILL_DIR in the shell that ran `farm up` reached the workers, while the
+    # supervisor swept the config's directory: what a killed worker left stayed for ever.
+    stray = tmp_path / "stray"
+    key = tmp_path / "state" / "executor.key"
+    pool = """
+    [executor]
+    spill_orphan_age_s = 1
+
+    [functions."farm.python"]
+    target = "farm.executor.call:run_call"
+    workers = 1
+    """
+    env = {"FARM_KEY_FILE": str(key), "FARM_SPILL_DIR": str(stray)}
+    up = FarmUp(tmp_path, pool, extra_env=env)
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"farm.python": 1})
+        servers = [f"unix:{up.unix}"]
+        with farm.Executor(1, servers=servers, key_file=str(key)) as ex:
+            left = Path(ex.submit(leave_result_file).result(timeout=30))
+        assert left.parent == key.parent / "spill", left  # the default: beside the key
+        wait_for("the supervisor's sweep", lambda: not left.exists(), 20)
+        assert not stray.exists()
+        assert f"$FARM_SPILL_DIR={stray} is for farm.Executor's callers" in up.read_log()
+    finally:
+        up.stop()
