@@ -36,7 +36,7 @@ from farm.pools.commandjobs import CommandJobs
 from farm.pools.control import ControlConnection, ControlServer, open_control
 from farm.pools.executorduties import ExecutorDuties, spill_environ
 from farm.pools.lifecycle import POLL, TIMEOUT_GRACE, Lifecycle
-from farm.pools.localserver import LocalServer
+from farm.pools.localserver import LocalServer, check_listen_name
 from farm.pools.metrics import Exits, serve_metrics
 from farm.pools.reports import Reports
 from farm.pools.rollout import Restarting, Rollout
@@ -102,6 +102,8 @@ class Supervisor(Lifecycle, Reports, CommandJobs, Restarting, Steering, Executor
         from setproctitle import setproctitle
 
         setproctitle("farm: supervisor")
+        if self.config.local_server:  # before anything starts: exit 2, not restarted
+            check_listen_name(self.config.server, self.config.source)
         self.control = open_control(self.config.supervisor.control, self.config.source)
         self.selector.register(self.control, selectors.EVENT_READ, "accept")
         self.install_signals()

@@ -10,19 +10,52 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 
 from farm.client.admin import admin_query
 from farm.config import ServerConfig
+from farm.errors import ConfigError
 from farm.net import connectable
 from farm.paths import state_dir
 from farm.pools.slots import RestartHistory, describe_exit
 from farm.pools.spawn import spawn
 
-__all__ = ["LocalServer"]
+__all__ = ["LocalServer", "check_listen_name"]
 
 log = logging.getLogger("farm.supervisor")
+
+#: What the resolver answers for a name that names no address: only a fix of the config (or
+#: of DNS) heals it. Not EAI_AGAIN, a resolver not reachable yet (at boot), which a restart
+#: outlives; nor an address not on this host (EADDRNOTAVAIL): at boot it may come up after
+#: farm (the unit is ordered after network.target only; an IPv6 address is unusable until
+#: its duplicate check ends), and systemd's restart then brings the farm up.
+NO_SUCH_NAME = frozenset({socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)})
+
+
+def check_listen_name(config: ServerConfig, source: str) -> None:
+    """ConfigError (exit 2, which the unit does not restart) when the TCP address of
+    ``[server] listen`` has a host name that names no address: the server could never
+    listen there, and systemd restarted `farm up` every few seconds for ever."""
+    where = next((a for a in config.listen if not a.startswith("unix:")), None)
+    if where is None or config.tcp is None or not config.tcp[0]:  # none, or every address
+        return
+    host, port = config.tcp
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        if exc.errno not in NO_SUCH_NAME:
+            return  # the server's own try says why; exit 1, and systemd tries again
+        why = exc.strerror
+    except UnicodeError:  # a label empty or over 63 characters, as IDNA encodes it
+        why = "not a host name DNS can carry"
+    else:
+        return
+    raise ConfigError(
+        f"{source}: server.listen: {where}: {why}; give an address of this host or a name"
+        " that resolves to one (restarting cannot fix it)"
+    )
 
 
 class LocalServer(RestartHistory):
