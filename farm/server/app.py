@@ -97,6 +97,9 @@ class Server:
                 )
             except OSError as exc:
                 raise ListenError(str(tcp), exc) from exc
+            except UnicodeError as exc:  # a label DNS cannot carry (empty, over 63 bytes)
+                why = OSError(errno.EINVAL, "not a host name DNS can carry")
+                raise ListenError(str(tcp), why) from exc
             self.listeners.append(srv)
             log.info("listening on %s%s", tcp, " (TLS)" if tls else "")
             if opts.tcp_admin == "full":  # gearmand's way; every local user reaches TCP

@@ -208,6 +208,14 @@ def test_busy_port_is_one_line_and_exit_1(farm_server: Server) -> None:
     assert "cannot listen" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_a_host_name_dns_cannot_carry_is_one_line_not_a_traceback() -> None:
+    host = "no-such-host-" + "x" * 60 + ".invalid"  # a label over 63 bytes: IDNA refuses it
+    out = farm_cli("server", "-L", f"{host}:{free_port()}", "--store", "none")
+    assert out.returncode == 1, out.stderr
+    assert f"cannot listen on {host}:" in out.stderr and "not a host name" in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
 def test_a_live_unix_socket_is_not_taken_over_nor_a_file_replaced(tmp_path: Path) -> None:
     # A second server given a running one's socket path unlinked it and bound its own: the
     # first one's new workers found nobody there once the second stopped.
