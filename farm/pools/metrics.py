@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -169,9 +171,6 @@ REUSE_FACTOR = 10
 def reused_when_slow(app: Any) -> Any:
     """``app`` (a WSGI app) whose slow responses are reused (see SLOW_SCRAPE): one made at a
     time, and the scrapes that come meanwhile wait for it rather than make their own."""
-    import threading
-    import time
-
     making = threading.Lock()
     made: dict[tuple[Any, ...], tuple[float, str, list[tuple[str, str]], bytes]] = {}
 

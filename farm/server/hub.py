@@ -212,10 +212,11 @@ class Hub:
         if self.holding:
             refusal = ((store and store.broken) or "job store error") if failed else ""
             holding, self.holding = self.holding, []
+            refused = frozenset(failed)  # once, not per connection
             for conn in holding:
                 # Counted per submit told QUEUE_ERROR (two may hold one job), while the
                 # job is still there to say its function.
-                for handle, priority in conn.release_held(frozenset(failed), refusal):
+                for handle, priority in conn.release_held(refused, refusal):
                     self.jobs.refused_by_store(handle, priority)
         for handle in failed:
             self.jobs.unstore(handle)
