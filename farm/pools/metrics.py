@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from farm.pools.slots import EXIT_CAUSES, Exits, ProcState
+from farm.slowreuse import reuse_until
 
 #: What farm_pool_processes counts by: a process's state, or an empty slot's.
 POOL_STATES = (*(str(state) for state in ProcState), "backoff", "failing")
@@ -158,14 +159,14 @@ class SupervisorCollector:
 
 
 #: A response that took longer than SLOW_SCRAPE seconds to make is served again, as it was,
-#: for REUSE_FACTOR times as long (the job server does the same with its part: see
-#: farm.server.exposition). Any local user may make the server hold functions whose 256
-#: labelled names are 512 bytes long: its part of a scrape was then 10 MB, which took the
-#: supervisor 9 s of CPU to parse, and four threads scraping in a loop kept it parsing. (A
-#: farm's own scrape takes milliseconds, or a few tenths of a second on a loaded host: such
-#: scrapes are made afresh each time, as Prometheus expects.)
+#: for a while (farm.slowreuse: REUSE_FACTOR times as long as it took; the job server
+#: reuses its part by the same rule, see farm.server.exposition). Any local user may make
+#: the server hold functions whose 256 labelled names are 512 bytes long: its part of a
+#: scrape was then 10 MB, which took the supervisor 9 s of CPU to parse, and four threads
+#: scraping in a loop kept it parsing. (A farm's own scrape takes milliseconds, or a few
+#: tenths of a second on a loaded host: such scrapes are made afresh each time, as
+#: Prometheus expects.)
 SLOW_SCRAPE = 1.0
-REUSE_FACTOR = 10
 
 
 def reused_when_slow(app: Any) -> Any:
@@ -190,7 +191,7 @@ def reused_when_slow(app: Any) -> Any:
 
                 body = b"".join(app(environ, start))
                 took = time.monotonic() - started
-                kept = (started + (1 + REUSE_FACTOR) * took, answer[0], answer[1], body)
+                kept = (reuse_until(started, took), answer[0], answer[1], body)
                 if took > SLOW_SCRAPE:
                     made[key] = kept
                 else:

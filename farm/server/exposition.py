@@ -36,6 +36,7 @@ from farm.server.metrics import (
     Histogram,
 )
 from farm.server.queues import SERVED_LOCALLY, FunctionQueue
+from farm.slowreuse import reuse_until
 
 __all__ = ["exposition", "serve_http", "CONTENT_TYPE"]
 
@@ -54,13 +55,13 @@ EVICT_AFTER = 1.0
 SCRAPE_TIMEOUT = 5.0
 
 #: An exposition that took longer than SLOW_EXPOSITION seconds is answered again, as it
-#: was, for REUSE_FACTOR times as long. Any local user may make the server hold tens of
+#: was, for a while (farm.slowreuse: REUSE_FACTOR times as long as it took, the rule the
+#: supervisor's endpoint shares). Any local user may make the server hold tens of
 #: thousands of functions (up to --max-functions), all summed under ``other`` at each scrape:
 #: 65,536 made one take 2-4 s of the loop that serves every job, and scrapes in a loop (the
 #: admin command over TCP, or the supervisor's endpoint) held the Executor's calls for
 #: seconds each. A farm's own exposition takes milliseconds and is never reused.
 SLOW_EXPOSITION = 0.1
-REUSE_FACTOR = 10
 
 #: The help text of each of FunctionStats' counters (metrics.COUNTER_FIELDS).
 _HELP = {
@@ -270,7 +271,7 @@ def exposition(hub: Hub) -> bytes:
     text = generate_latest(registry)
     took = time.monotonic() - started
     slow = took > SLOW_EXPOSITION
-    hub.last_exposition = (started + (1 + REUSE_FACTOR) * took, text) if slow else None
+    hub.last_exposition = (reuse_until(started, took), text) if slow else None
     return text
 
 
