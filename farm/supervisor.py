@@ -104,10 +104,14 @@ class Supervisor(Lifecycle, Reports, CommandJobs, Restarting, Steering, Executor
         setproctitle("farm: supervisor")
         if self.config.local_server:  # before anything starts: exit 2, not restarted
             check_listen_name(self.config.server, self.config.source)
+        # The control socket first: a second `farm up` on this config stops here, in one
+        # line naming the supervisor that runs, before it warns about anything.
         self.control = open_control(self.config.supervisor.control, self.config.source)
         self.selector.register(self.control, selectors.EVENT_READ, "accept")
         self.install_signals()
         log.info("supervisor %d starting (config: %s)", os.getpid(), self.config.source)
+        if self.config.local_server:
+            self.server.say_where_jobs_are_kept()
         if not self.config.functions:  # allowed (a server alone), but rarely what was meant
             log.warning("no pools in [functions]: the job server runs without workers")
         self.start_metrics()

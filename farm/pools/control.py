@@ -131,7 +131,7 @@ class ControlServer:
                     " [supervisor] control, or --control, to a path for the control socket)"
                 )
             try:
-                request(path, {"cmd": "ping"}, timeout=1.0)
+                pong = request(path, {"cmd": "ping"}, timeout=1.0)
             except ControlUnavailable:
                 try:
                     clear_socket_path(path)  # left by a supervisor that died; else it stays
@@ -140,7 +140,9 @@ class ControlServer:
                         f"another process answers at {path} (a busy supervisor?): {exc}"
                     ) from None
             else:
-                raise FarmError(f"another supervisor is running (it answers at {path})")
+                pid = pong.get("pid")
+                who = f" (pid {pid})" if isinstance(pid, int) else ""
+                raise FarmError(f"another supervisor{who} is running: it answers at {path}")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)  # no window in which others could connect
         try:

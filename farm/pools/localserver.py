@@ -73,7 +73,12 @@ class LocalServer(RestartHistory):
         self.ready = False
         self.ever_ready = False  # a server that never listened will not by retrying
         self.stopping = False
-        if config.store == "none":  # also the default's fallback: said, never silent
+
+    def say_where_jobs_are_kept(self) -> None:
+        """Warn when background jobs are kept in memory only (``store = "none"``, also the
+        default's fallback): said, never silent. Said by `farm up` once it knows it is the
+        farm's one supervisor, not by a second `farm up` that is about to be refused."""
+        if self.config.store == "none":
             log.warning(
                 "background jobs are kept in memory only and are lost when the job server"
                 ' stops ([server] store = "none"; the default, a file in %s, needs that'

@@ -216,3 +216,28 @@ def test_a_state_directory_that_cannot_be_made_is_said_and_the_farm_runs(tmp_pat
         assert "WARNING background jobs are kept in memory only" in log
     finally:
         assert farm.stop() == 0
+
+
+def test_a_second_farm_up_on_the_same_config_says_who_runs_in_one_line(tmp_path: Path) -> None:
+    # The second `farm up` warned that background jobs are kept in memory only (its own
+    # server's store, which it would never start) before saying that another supervisor
+    # runs, and did not say which.
+    farm = FarmUp(tmp_path, "[functions.reverse]\ntarget = 'workers.text:reverse'\nworkers = 1\n")
+    try:
+        farm.expect_notify("READY=1")
+        cli = [sys.executable, "-c", "from farm.cli import main; main()"]
+        second = subprocess.run(
+            [*cli, "up", "-c", farm.config_arg],
+            cwd=tmp_path,
+            env=farm.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert second.returncode == 1, second.stderr
+        assert second.stdout == ""
+        line = one_line_error(second)
+        assert f"another supervisor (pid {farm.proc.pid}) is running" in line
+        assert farm.control in line
+    finally:
+        assert farm.stop() == 0
