@@ -33,6 +33,7 @@ from farm.config import Config, FunctionConfig
 from farm.net import Waker
 from farm.pools import sdnotify
 from farm.pools.commandjobs import CommandJobs
+from farm.pools.commandstart import CommandStart
 from farm.pools.control import ControlConnection, ControlServer, open_control
 from farm.pools.executorduties import ExecutorDuties, spill_environ
 from farm.pools.lifecycle import POLL, TIMEOUT_GRACE, Lifecycle
@@ -54,7 +55,9 @@ SERVER_STOP_TIMEOUT = 5.0
 SPAWNS_PER_TURN = 8
 
 
-class Supervisor(Lifecycle, Reports, CommandJobs, Restarting, Steering, ExecutorDuties):
+class Supervisor(
+    Lifecycle, CommandStart, Reports, CommandJobs, Restarting, Steering, ExecutorDuties
+):
     """Runs the farm described by a :class:`~farm.config.Config` until told to stop."""
 
     def __init__(

@@ -122,9 +122,14 @@ class Sampler:
         rows = []
         for fn in sorted(names):
             # A command worker is "running" (connected), with the job the server says it
-            # holds, if any: busy with one, idle without.
+            # holds, if any: busy with one, idle without; "running" where the server could
+            # not say (its registration not checked: remote servers only).
             held = [
-                r["state"] if r["state"] != "running" else "busy" if r.get("job") else "idle"
+                r["state"]
+                if r["state"] != "running" or r.get("checked") is False
+                else "busy"
+                if r.get("job")
+                else "idle"
                 for r in processes.get(fn, ())
             ]
             rate = None

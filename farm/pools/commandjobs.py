@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 __all__ = [
     "CommandJobs",
     "PeerRow",
-    "connected_to",
     "parse_peers",
     "process_peers",
     "registrations",
@@ -133,24 +132,6 @@ def process_peers(pid: int, ports: set[int]) -> frozenset[str] | None:
     return frozenset(names)
 
 
-def connected_to(pid: int, ports: set[int]) -> bool:
-    """Whether process ``pid`` or one of its descendants holds an established TCP connection
-    to one of ``ports``. Raises psutil.Error when ``pid`` is gone or may not be read."""
-    root = psutil.Process(pid)
-    for proc in (root, *root.children(recursive=True)):
-        try:
-            conns = proc.net_connections(kind="tcp")
-        except psutil.NoSuchProcess:
-            if proc is root:
-                raise
-            continue  # a descendant that ended meanwhile
-        if any(
-            c.raddr and c.raddr.port in ports and c.status == psutil.CONN_ESTABLISHED for c in conns
-        ):
-            return True
-    return False
-
-
 class CommandJobs:
     config: Config
     server: LocalServer
@@ -216,6 +197,7 @@ class CommandJobs:
             self.read_sockets(proc, now)
             names = frozenset().union(*(seen.get(peer, ()) for peer in proc.peers))
             if pool is None or names & set(pool.functions):
+                proc.registration_seen = pool is not None
                 serving.append(proc)
                 continue
             wrong = f"registered {', '.join(sorted(names))}, not {' or '.join(pool.functions)}"

@@ -5,10 +5,8 @@ loop's module short. Two kinds of pool start the same way (farm.pools.spawn:
 pinned, death signal, descriptors closed): a Python pool runs ``python -m
 farm.pools.workerproc``, which reports on a pipe and writes a shared-memory
 record; a command pool runs any executable. Either's stdout and stderr come back
-on a pipe, logged within a budget (all pipes are read by farm.pools.reports). A
-command worker says nothing, so it is ``starting`` until it holds a TCP connection
-to one of its servers (psutil) and, where the local server can tell, registered one
-of its pool's functions there, then ``running``.
+on a pipe, logged within a budget (all pipes are read by farm.pools.reports). When a
+command worker, which says nothing, serves is farm.pools.commandstart's to decide.
 """
 
 from __future__ import annotations
@@ -22,15 +20,10 @@ import sys
 import time
 from collections.abc import Callable
 
-import psutil
-
 from farm.config import Config, FunctionConfig
 from farm.logs import journal_priorities
-from farm.net import parse_address
-from farm.pools.commandjobs import connected_to
 from farm.pools.record import RecordReader, create_record_fd
 from farm.pools.slots import (
-    READY_WAIT,
     Exits,
     ProcState,
     Slot,
@@ -47,15 +40,9 @@ log = logging.getLogger("farm.supervisor")
 
 #: A job is killed this long after its function's timeout (the server fails it at the timeout).
 TIMEOUT_GRACE = 1.0
-#: A command worker whose connections psutil may not read counts as running after this long.
-UNSEEN_READY_AFTER = 1.0
 #: While something starts (the server, a command worker's connection, a successor), the
 #: supervisor's loop looks at it this often.
 POLL = 0.02
-#: A command worker not serving READY_WAIT after its start (`yes` as a command, a wrong
-#: server) is looked at this often, not every POLL: psutil's scan of its process tree 50
-#: times a second cost ~15% of a core for as long as it ran.
-LATE_POLL = 1.0
 
 
 class Lifecycle:
@@ -74,7 +61,6 @@ class Lifecycle:
     # Provided by farm.pools.commandjobs: a command worker's jobs and drain, from the server.
     drain_command: Callable[[WorkerProcess, float], bool]
     track_commands: Callable[..., None]
-    serving_commands: Callable[[list[WorkerProcess], float], list[WorkerProcess]]
     excuse: Callable[[WorkerProcess], None]
     # Provided by farm.pools.reports: what is left on a worker's pipes, read and closed.
     close_pipes: Callable[[WorkerProcess], None]
@@ -112,42 +98,6 @@ class Lifecycle:
         proc.state, proc.kill_reason = ProcState.KILLING, proc.boot_error
         self.signal(proc.pid, signal.SIGKILL)
         return True
-
-    def watch_commands(self) -> bool:
-        """Mark command workers that connected to a server and registered their pool's
-        functions there ``running``; whether one started less than READY_WAIT ago still
-        starts (the loop then polls again soon; an older one is looked at every LATE_POLL)."""
-        ports = {parse_address(s).port for s in self.config.command_servers}
-        waiting = False
-        now = time.monotonic()
-        connected_ones = []
-        for proc in self.by_pid.values():
-            if not proc.command or proc.state is not ProcState.STARTING:
-                continue
-            late = now - proc.started >= READY_WAIT
-            if late and now - proc.connect_checked < LATE_POLL:
-                continue
-            proc.connect_checked = now
-            try:
-                # The command or what it started: a wrapper's worker (`sh -c "php w.php;
-                # ..."`, a run-worker.sh) serves too, as its jobs and drain are seen. Seen
-                # only as its own, a wrapper stayed "starting": a restart replaced it with
-                # no drain, killing its job.
-                connected = connected_to(proc.pid, ports)
-            except psutil.AccessDenied:
-                connected = now - proc.started >= UNSEEN_READY_AFTER
-            except psutil.Error:
-                continue  # exiting: reaping will tell
-            if connected:
-                connected_ones.append(proc)
-            elif not late:
-                waiting = True
-        serving = self.serving_commands(connected_ones, now) if connected_ones else []
-        for proc in serving:
-            proc.state = ProcState.RUNNING
-            log.debug("worker %s (pid %d) serves", proc.name, proc.pid)
-        unserved = [p for p in connected_ones if p not in serving]
-        return waiting or any(now - p.started < READY_WAIT for p in unserved)
 
     def worker_exited(self, proc: WorkerProcess, status: int) -> None:
         if proc.state is not ProcState.DRAINING:

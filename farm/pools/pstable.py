@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from farm.pools.slots import ProcState
+
 if TYPE_CHECKING:
     from farm.config import Config
     from farm.pools.localserver import LocalServer
@@ -102,6 +104,8 @@ class ProcessTable:
             job=proc.handle or None,
             busy_for=round(now - proc.busy_since, 1) if proc.busy_since is not None else None,
             server_gone=self.server_gone(proc),
+            # A running command worker: whether the local server showed its registration.
+            checked=proc.registration_seen if proc.state is ProcState.RUNNING else None,
             **extra,
         )
 
@@ -152,4 +156,5 @@ class ProcessTable:
             "job": extra.get("job"),  # the handle of the job in hand, if any
             "busy_for": extra.get("busy_for"),  # seconds it has run
             "server_gone": extra.get("server_gone", False),  # its job's server has died since
+            "checked": extra.get("checked"),  # False: running, its registration not seen
         }

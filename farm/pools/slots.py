@@ -167,6 +167,10 @@ class WorkerProcess:
     # Connected, but none of its connections registered its pool's functions: what they did
     # ("registered wrong, not rev"), for the warnings about a worker that does not serve.
     misregistered: str = ""
+    # A command worker serving: whether the local server showed one of its pool's functions
+    # registered by it. Not where nothing could tell: its connections all go to remote
+    # servers, or the local server answers `peers` nowhere the supervisor may ask.
+    registration_seen: bool = False
     peers_read: float = 0.0
     peer_jobs: dict[str, int] = field(default_factory=dict)
     signal_at: float | None = None

@@ -1,0 +1,139 @@
+"""A command worker's start: which servers it holds connections to, and when it serves.
+
+A command worker says nothing to the supervisor, so it is ``starting`` until it holds a
+TCP connection to one of its servers (psutil, its process tree: a wrapper's worker
+counts) and, where the local server can tell, registered one of its pool's functions
+there (CommandJobs.serving_commands, from the server's admin ``peers``); then ``running``.
+
+One whose connections all go to remote servers (``[supervisor] servers``) runs once it
+connects, its registration not checked: ``peers`` is farm's own command, answered only on
+the local server's Unix socket (it names every peer's process and job); gearmand has
+nothing like it, and its ``workers`` listing names a connection by its IP alone, so one
+host's workers cannot be told apart there; and the supervisor's loop must not wait on a
+remote server's answer. Connected counts, as systemd counts a started service
+(``Type=simple``); `farm ps` says ``running (not checked)``.
+
+A mixin of :class:`farm.supervisor.Supervisor`.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import logging
+import time
+from collections.abc import Callable
+
+import psutil
+
+from farm.config import Config
+from farm.net import parse_address
+from farm.pools.slots import READY_WAIT, ProcState, WorkerProcess
+
+__all__ = ["CommandStart", "Link", "server_links", "to_this_host", "LATE_POLL"]
+
+log = logging.getLogger("farm.supervisor")
+
+#: A command worker whose connections psutil may not read counts as running after this long.
+UNSEEN_READY_AFTER = 1.0
+#: A command worker not serving READY_WAIT after its start (`yes` as a command, a wrong
+#: server) is looked at this often, not every POLL: psutil's scan of its process tree 50
+#: times a second cost ~15% of a core for as long as it ran.
+LATE_POLL = 1.0
+
+
+class Link(enum.Enum):
+    """Which kind of server a command worker's connection reaches."""
+
+    LOCAL = "local"  # the local server: its `peers` tells what the connection registered
+    REMOTE = "remote"  # one of [supervisor] servers elsewhere: nothing the supervisor asks tells
+
+
+def to_this_host(remote_ip: str, local_ip: str) -> bool:
+    """Whether a connection from ``local_ip`` to ``remote_ip`` stays on this host: loopback,
+    or to the address it comes from (Linux makes the destination itself the source of a
+    connection to one of its own addresses), so no list of interfaces is read at each poll."""
+    ip = remote_ip.removeprefix("::ffff:")
+    return ipaddress.ip_address(ip).is_loopback or ip == local_ip.removeprefix("::ffff:")
+
+
+def server_links(pid: int, local_port: int | None, ports: set[int]) -> set[Link]:
+    """The kinds of server process ``pid`` or one of its descendants holds an established TCP
+    connection to: LOCAL, the local server's ``local_port`` on this host; REMOTE, another of
+    ``ports`` (a remote server on the local server's port is told apart by its address).
+    Raises psutil.Error when ``pid`` is gone or may not be read."""
+    root = psutil.Process(pid)
+    found = set()
+    for proc in (root, *root.children(recursive=True)):
+        try:
+            conns = proc.net_connections(kind="tcp")
+        except psutil.NoSuchProcess:
+            if proc is root:
+                raise
+            continue  # a descendant that ended meanwhile
+        for c in conns:
+            if c.raddr and c.raddr.port in ports and c.status == psutil.CONN_ESTABLISHED:
+                local = c.raddr.port == local_port and to_this_host(c.raddr.ip, c.laddr.ip)
+                found.add(Link.LOCAL if local else Link.REMOTE)
+    return found
+
+
+class CommandStart:
+    config: Config
+    by_pid: dict[int, WorkerProcess]
+    # Provided by farm.pools.commandjobs: which connected ones registered their functions.
+    serving_commands: Callable[[list[WorkerProcess], float], list[WorkerProcess]]
+
+    def watch_commands(self) -> bool:
+        """Mark command workers that connected to a server and registered their pool's
+        functions there ``running``; whether one started less than READY_WAIT ago still
+        starts (the loop then polls again soon; an older one is looked at every LATE_POLL).
+        One whose connections all go to remote servers runs once it connects, its
+        registration not checked: only the local server answers `peers`."""
+        ports = {parse_address(s).port for s in self.config.command_servers}
+        local_port = self.config.server.tcp[1] if self.config.server.tcp else None
+        if not self.config.local_server:
+            local_port = None
+        waiting = False
+        now = time.monotonic()
+        connected_ones = []
+        remote_only = []
+        for proc in self.by_pid.values():
+            if not proc.command or proc.state is not ProcState.STARTING:
+                continue
+            late = now - proc.started >= READY_WAIT
+            if late and now - proc.connect_checked < LATE_POLL:
+                continue
+            proc.connect_checked = now
+            try:
+                # The command or what it started: a wrapper's worker (`sh -c "php w.php;
+                # ..."`, a run-worker.sh) serves too, as its jobs and drain are seen. Seen
+                # only as its own, a wrapper stayed "starting": a restart replaced it with
+                # no drain, killing its job.
+                links = server_links(proc.pid, local_port, ports)
+            except psutil.AccessDenied:
+                links = {Link.LOCAL} if now - proc.started >= UNSEEN_READY_AFTER else set()
+            except psutil.Error:
+                continue  # exiting: reaping will tell
+            if Link.LOCAL in links:
+                connected_ones.append(proc)
+            elif links:
+                # Registered, or not, where the supervisor cannot look (`peers` is farm's,
+                # answered only on the local Unix socket; gearmand's `workers` names a
+                # connection by its IP alone): connected counts, as systemd counts started.
+                remote_only.append(proc)
+            elif not late:
+                waiting = True
+        serving = self.serving_commands(connected_ones, now) if connected_ones else []
+        for proc in remote_only:
+            log.info(
+                "worker %s (pid %d) serves remote servers only; its registration is not checked",
+                proc.name,
+                proc.pid,
+                extra=proc.log_fields(),
+            )
+        for proc in serving + remote_only:
+            proc.state = ProcState.RUNNING
+            log.debug("worker %s (pid %d) serves", proc.name, proc.pid)
+        unserved = [p for p in connected_ones if p not in serving]
+        return waiting or any(now - p.started < READY_WAIT for p in unserved)
