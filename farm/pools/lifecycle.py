@@ -206,7 +206,8 @@ class Lifecycle:
             argv += ["--log-format", self.config.supervisor.log_format]
         if journal_priorities():  # its lines reach the journal through us, as they are
             argv += ["--journal"]
-        for server in self.config.servers_for(pool):
+        servers = self.config.servers_for(pool)
+        for server in servers:
             argv += ["--server", server]
         for flag, value in (
             ("--timeout", pool.timeout),
@@ -241,7 +242,7 @@ class Lifecycle:
         proc = WorkerProcess(
             pid, pool.name, slot.index, slot.core, read_fd, pool.options(), record=record
         )
-        proc.output_fd = out_read
+        proc.output_fd, proc.servers = out_read, servers
         return self.watch(slot, proc)
 
     def spawn_command(self, slot: Slot, pool: FunctionConfig) -> WorkerProcess:

@@ -6,12 +6,15 @@ processes beside them (a `farm restart` successor, workers retiring). A mixin of
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from farm.net import parse_address
 from farm.pools.slots import ProcState
 
 if TYPE_CHECKING:
@@ -19,9 +22,40 @@ if TYPE_CHECKING:
     from farm.pools.localserver import LocalServer
     from farm.pools.slots import Slot, WorkerProcess
 
-__all__ = ["ProcessTable", "STOPPED"]
+__all__ = ["ProcessTable", "STOPPED", "remote_closed"]
 
 STOPPED = (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+
+
+def remote_closed(pid: int, server: str, servers: Sequence[str]) -> bool:
+    """Whether process ``pid`` holds no open TCP connection to ``server`` (one of its
+    ``servers``) any more: the server closed it (CLOSE_WAIT: a busy worker reads nothing,
+    so the server's FIN waits there unread) or it is gone. A server that vanished without
+    closing (its host powered off, the network cut) is not seen: TCP itself does not know
+    yet. False where it cannot be told cheaply: a Unix socket (its client end names no
+    path), a host name on a port another of ``servers`` shares (telling them apart would
+    take a DNS lookup in the supervisor's loop), a process psutil may not read."""
+    addr = parse_address(server)
+    if addr.kind != "tcp":
+        return False
+    try:
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(addr.host)
+    except ValueError:
+        ip = None
+        tcp = [parse_address(s) for s in servers if parse_address(s).kind == "tcp"]
+        if sum(a.port == addr.port for a in tcp) > 1:
+            return False
+    try:
+        conns = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.Error:
+        return False
+    return not any(
+        c.raddr
+        and c.raddr.port == addr.port
+        and c.status == psutil.CONN_ESTABLISHED
+        and (ip is None or ipaddress.ip_address(c.raddr.ip.removeprefix("::ffff:")) == ip)
+        for c in conns
+    )
 
 
 class ProcessTable:
@@ -110,16 +144,21 @@ class ProcessTable:
         )
 
     def server_gone(self, proc: WorkerProcess) -> bool:
-        """Whether the job in hand came from the local server and that server has died since
-        (a worker runs it to its end, and only then sees its connection gone): nobody takes
-        its answer, and the server that replaced it runs a stored job again. The local server
-        is first in every Python worker's list (Config.servers_for); a remote one's death is
-        not seen here."""
-        if proc.busy_since is None or proc.job_server != 1 or not self.config.local_server:
+        """Whether the job in hand came from a server that has died since (a worker runs it
+        to its end, and only then sees its connection gone): nobody takes its answer, and
+        the server that replaced it runs a stored job again. The local server is first in
+        every Python worker's list (Config.servers_for): its restarts are the supervisor's
+        own. A remote one's end is seen in the worker's connection to it (remote_closed),
+        read here, when `farm ps` asks, never on a job's path."""
+        if proc.busy_since is None or not proc.job_server:
             return False
-        # One clock for all processes (CLOCK_MONOTONIC): a job the server now running handed
-        # out began after that server was started.
-        return not self.server.pid or proc.busy_since < self.server.started
+        if proc.job_server == 1 and self.config.local_server:
+            # One clock for all processes (CLOCK_MONOTONIC): a job the server now running
+            # handed out began after that server was started.
+            return not self.server.pid or proc.busy_since < self.server.started
+        if proc.job_server > len(proc.servers):
+            return False
+        return remote_closed(proc.pid, proc.servers[proc.job_server - 1], proc.servers)
 
     @staticmethod
     def row(

@@ -150,6 +150,7 @@ class WorkerProcess:
     handle: str = ""
     busy_since: float | None = None
     job_server: int = 0  # the job's server: its place in the worker's list, from 1 (0: unsaid)
+    servers: tuple[str, ...] = ()  # a Python worker's list (--server), as it was started
     stop_deadline: float | None = None  # SIGKILL if still alive then (draining)
     kill_reason: str = ""  # why the supervisor killed it, so its death is not a crash
     boot_error: str = ""  # why it never served (could not exec, no ready in time): a boot failure

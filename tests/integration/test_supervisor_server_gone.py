@@ -16,6 +16,7 @@ import pytest
 from farm.client import Client
 from tests.helpers.farmproc import FarmUp, farm_cli
 from tests.helpers.gate import Gate
+from tests.helpers.servers import start_farm_server
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -55,3 +56,40 @@ def test_a_job_whose_server_died_is_shown_as_such(tmp_path: Path) -> None:
             assert idle["pid"] == busy["pid"] and not idle["server_gone"]
         finally:
             assert up.stop() == 0
+
+
+def test_a_job_whose_remote_server_died_is_shown_as_such(tmp_path: Path) -> None:
+    # Only the local server's death was seen: a worker busy with the job of a remote server
+    # ([supervisor] servers) that had died went on showing as busy, as if it served.
+    (tmp_path / "held.py").write_text(HELD)
+    remote = start_farm_server()
+    up = FarmUp(tmp_path, '[functions.held]\ntarget = "held:job"\nworkers = 1\n', start=False)
+    both = f'[supervisor]\nlocal_server = true\nservers = ["{remote.addr}"]\n'
+    up.config.write_text(up.config.read_text().replace("[supervisor]\n", both))
+    up.start()
+    with Gate(tmp_path / "gate") as gate:
+        try:
+            up.expect_notify("READY=1")
+            up.wait_idle({"held": 1})
+            client = Client(remote.addr)  # the worker's second server
+            try:
+                client.submit("held", gate.path, background=True)
+            finally:
+                client.close()
+            (busy,) = wait_for("the worker busy", lambda: up.workers("held", "busy"))
+            assert busy["job"] and busy["server_gone"] is False
+            remote.proc.kill()
+            remote.proc.wait()
+            (row,) = wait_for(
+                "its job's server seen gone",
+                lambda: [r for r in up.workers("held") if r["server_gone"]],
+            )
+            assert (row["state"], row["job"]) == ("busy", busy["job"])
+            shown = farm_cli("ps", "--control", up.control)
+            assert f"{busy['job']} (" in shown.stdout and "server gone)" in shown.stdout
+            gate.open()
+            (idle,) = wait_for("the worker idle", lambda: up.workers("held", "idle"))
+            assert idle["pid"] == busy["pid"] and not idle["server_gone"]
+        finally:
+            assert up.stop() == 0
+            remote.stop()
