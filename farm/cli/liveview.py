@@ -25,6 +25,7 @@ __all__ = [
     "frame",
     "quantile",
     "seconds",
+    "state_text",
 ]
 
 #: What rows can be sorted by; a key a table has no column for sorts it by name.
@@ -198,7 +199,7 @@ def process_table(
             Text(str(r["function"])),  # Text: never read as markup or :emoji: (H:x:9)
             _cell(r.get("slot")),
             _cell(r.get("cpu")),
-            Text(state, style=_STATE_STYLE.get(state, "")),
+            Text(state_text(r), style=_STATE_STYLE.get(state, "")),
             # A job whose server has died since: the worker runs it on for nobody.
             Text(_cell(r.get("job")) + (" (server gone)" if r.get("server_gone") else "")),
             seconds(r.get("busy_for")) if r.get("busy_for") is not None else "-",
@@ -210,6 +211,14 @@ def process_table(
     if len(shown) < len(ordered):
         table.caption = f"… {len(ordered) - len(shown)} more (a taller terminal shows them)"
     return table
+
+
+def state_text(row: Mapping[str, Any]) -> str:
+    """A `farm ps` row's state as shown: a command worker counted as serving where no
+    server could show its registration (remote servers only) says so, so that no jobs and
+    no job in hand are not read as idle."""
+    state = str(row.get("state", ""))
+    return f"{state} (not checked)" if row.get("checked") is False else state
 
 
 _STATE_STYLE = {

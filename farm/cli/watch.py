@@ -14,6 +14,7 @@ from typing import Any, TextIO
 import typer
 
 from farm.cli.app import fail
+from farm.cli.liveview import state_text
 
 #: Seconds `farm submit` waits before it checks that some worker has the function.
 NO_WORKER_AFTER = 3.0
@@ -65,7 +66,7 @@ def ps_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
             r["function"],
             _cell(r["slot"]),
             _cell(r["cpu"]),
-            _state(r),
+            state_text(r),
             str(r["jobs"]),
             f"{r['rss'] / 2**20:.1f}M" if r["rss"] else "-",
             str(r["restarts"]),
@@ -171,12 +172,6 @@ def duration(seconds: float | None) -> str:
 
 def _cell(value: object) -> str:
     return "-" if value is None else str(value)
-
-
-def _state(row: dict[str, Any]) -> str:
-    # A command worker counted as serving where no server could show its registration
-    # (remote servers only): said, so that JOBS 0 and no JOB are not read as idle.
-    return f"{row['state']} (not checked)" if row.get("checked") is False else row["state"]
 
 
 def _job(row: dict[str, Any]) -> str:

@@ -125,3 +125,25 @@ def test_an_interval_past_an_hour_is_a_usage_error(command: list[str]) -> None:
     out = CliRunner().invoke(app, [*command, "--interval", "inf", "--control", "/nowhere.sock"])
     assert out.exit_code == 2 and "'--interval'" in out.output, out.output
     assert "Traceback" not in out.output
+
+
+def test_a_command_worker_whose_registration_was_not_seen_says_so_everywhere() -> None:
+    # Connected to remote servers only, it is running with no jobs and no job in hand as
+    # far as anyone here can see: it must not read as a local worker's idle.
+    from farm.cli.top import Sample, Sampler
+    from farm.cli.watch import ps_lines
+
+    base = {"slot": 0, "cpu": 0, "state": "running", "jobs": 0, "rss": 0, "restarts": 0}
+    rows = [
+        {**base, "pid": 21, "function": "far", "checked": False, "uptime": 1.0},
+        {**base, "pid": 22, "function": "near", "checked": True, "uptime": 1.0},
+    ]
+    far, near = (line for line in ps_lines(rows)[1:])
+    assert "running (not checked)" in far and "not checked" not in near
+    drawn = render(process_table(rows)).splitlines()
+    assert "running (not checked)" in next(line for line in drawn if " far " in line)
+    assert "not checked" not in next(line for line in drawn if " near " in line)
+    counted = Sampler("/nonexistent").functions(Sample(0.0, rows, None, None))
+    by_name = {row.name: row for row in counted}
+    assert (by_name["far"].idle, by_name["far"].busy) == (0, 0)
+    assert (by_name["near"].idle, by_name["near"].busy) == (1, 0)
