@@ -125,8 +125,13 @@ class CommandStart:
             elif not late:
                 waiting = True
         serving = self.serving_commands(connected_ones, now) if connected_ones else []
+        # Said at INFO where the farm runs a local server, which such a worker passed by
+        # (its $FARM_SERVERS names it first): an operator reading `farm ps` wants to know
+        # why. A farm of remote servers alone expects it, each start: DEBUG.
+        level = logging.INFO if local_port is not None else logging.DEBUG
         for proc in remote_only:
-            log.info(
+            log.log(
+                level,
                 "worker %s (pid %d) serves remote servers only; its registration is not checked",
                 proc.name,
                 proc.pid,
