@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from farm.logs import Brief
+from farm.server.hub import HeldReply
 from farm.server.jobs import Job
 
 log = logging.getLogger("farm.server")
@@ -38,7 +39,7 @@ class BackPressure:
     partial: int
     unsent: int
     out: bytearray
-    held: list[tuple[bytes, int, bytearray]] | None
+    held: list[HeldReply] | None
     detach: Callable[[], None]
     write_paused: bool
     reading: bool

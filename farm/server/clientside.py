@@ -8,6 +8,7 @@ are checked against the wire's limits here; the job model decides the rest.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -16,7 +17,7 @@ from farm.logs import Brief
 from farm.protocol import PacketType as T
 from farm.protocol import encode_res, frame_res
 from farm.protocol.kinds import SUBMIT_KINDS, Priority, SubmitKind
-from farm.server.hub import LAZY_CREATED_MAX, Hub
+from farm.server.hub import LAZY_CREATED_MAX, HeldReply, Hub
 from farm.server.jobs import Job, JobServer, Outcome, Progress, QueueFull
 from farm.server.queues import Peer
 from farm.server.store import StoreError
@@ -59,11 +60,12 @@ class ClientSide:
     send: Callable[[bytes], None]
     refuse: Callable[..., None]
     function_ok: Callable[..., bool]
-    hold_created: Callable[[bytes, int], None]
     out: bytearray
     dirty: bool
     closed: bool
-    held: list[tuple[bytes, int, bytearray]] | None
+    held: list[HeldReply] | None
+    lingering: bool  # closed, its transport open until its held replies leave
+    transport: asyncio.Transport | None
     lazy_created: bool
     lazy_waiting: bool  # has a deadline in hub.lazy
     exceptions: bool  # OPTION_REQ exceptions: WORK_EXCEPTION, not WORK_FAIL
@@ -122,12 +124,62 @@ class ClientSide:
         except StoreError as exc:
             self.send(error("QUEUE_ERROR", str(exc)))
             return
-        if background and job.store_id and self.hub.must_hold():
-            self.hold_created(job.handle, priority)
+        if background and job.store_id and self.hub.must_hold(job):
+            self.hold_created(job.handle, priority, job.store_id)
         elif self.lazy_created and not background:
             self.send_lazily(frame_res(_JOB_CREATED, job.handle))
         else:
             self.send(frame_res(_JOB_CREATED, job.handle))
+
+    def hold_created(self, handle: bytes, priority: int, row: int) -> None:
+        """JOB_CREATED of a submit (at ``priority``) whose job's store ``row`` is not
+        committed yet: ``release_held`` sends it."""
+        if self.held is None:
+            self.held = []
+            self.hub.holding.append(self)  # type: ignore[arg-type]  # a Connection, a Writer
+        self.held.append(HeldReply(handle, priority, row))
+
+    def release_held(
+        self, failed: frozenset[bytes], refusal_text: str, below: int
+    ) -> list[tuple[bytes, int]]:
+        held = self.held
+        if held is None:
+            return []
+        refused = []
+        if failed:  # marked now (its job is unstored next), sent when its turn comes
+            for reply in held:
+                if reply.row < below and reply.refusal is None and reply.handle in failed:
+                    reply.refusal = refusal_text
+                    refused.append((reply.handle, reply.priority))
+        done = 0
+        while done < len(held) and held[done].row < below:
+            done += 1
+        if not done:
+            return refused
+        released = held[:done]
+        del held[:done]
+        if not held:
+            self.held = None
+        if self.closed and not self.lingering:
+            return refused  # refused all the same: no job was made for them
+        for reply in released:
+            if reply.refusal is None:
+                self.out += frame_res(_JOB_CREATED, reply.handle)
+            else:
+                self.out += error("QUEUE_ERROR", reply.refusal)
+            self.out += reply.after
+        if self.closed:  # closed with these owed (Connection.close): written, then closed
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(bytes(self.out))
+                if self.held is None:
+                    transport.close()
+            self.out.clear()
+            return refused
+        if not self.dirty:
+            self.dirty = True
+            self.hub.dirty.append(self)  # type: ignore[arg-type]  # a Connection, a Writer
+        return refused
 
     def send_lazily(self, data: bytes) -> None:
         """Queue ``data`` without asking for a write of its own: it leaves with whatever

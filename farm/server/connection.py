@@ -24,12 +24,12 @@ from collections.abc import Callable
 from farm import protocol as p
 from farm.logs import Brief, Repeats
 from farm.protocol import PacketType as T
-from farm.protocol import encode_res, frame_res
+from farm.protocol import encode_res
 from farm.protocol.kinds import SUBMIT_KINDS
 from farm.server.adminside import AdminSide
 from farm.server.backpressure import BackPressure
 from farm.server.clientside import ClientSide
-from farm.server.hub import Hub
+from farm.server.hub import HeldReply, Hub
 from farm.server.jobs import Job
 from farm.server.workerside import UCRED, WorkerSide, error
 
@@ -51,12 +51,15 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
         self.decoder = p.Decoder(max_packet=hub.options.max_packet, read_past_too_large=True)
         self.transport: asyncio.Transport | None = None
         self.out = bytearray()
-        # JOB_CREATEDs waiting for the store's commit: handle, submit's priority, what came after.
-        self.held: list[tuple[bytes, int, bytearray]] | None = None
+        # JOB_CREATEDs waiting for the store's commits, each with what came after it.
+        self.held: list[HeldReply] | None = None
         self.partial = 0  # bytes of unfinished packets this connection holds (see count_partial)
         self.unsent = 0  # bytes sent to a TCP peer this turn, not written yet (count_unsent)
         self.dirty = False
         self.closed = False
+        # Closed while replies wait for the store's commit: not read any more, and its
+        # transport closed once they have left (release_held).
+        self.lingering = False
         self.fd = -1
         self.ip = "-"
         self.tcp = False  # counted in the hub's TCP shares (see connection_made)
@@ -207,35 +210,12 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
         if self.held is None:
             self.out += data
         else:
-            self.held[-1][2].extend(data)  # keeps its place behind a held JOB_CREATED
+            self.held[-1].after.extend(data)  # keeps its place behind a held JOB_CREATED
         if not self.dirty:
             self.dirty = True
             self.hub.dirty.append(self)
         if self.tcp:
             self.count_unsent(len(data))
-
-    def hold_created(self, handle: bytes, priority: int) -> None:
-        """JOB_CREATED of a staged job (a submit at ``priority``): ``release_held`` sends it."""
-        if self.held is None:
-            self.held = []
-            self.hub.holding.append(self)
-        self.held.append((handle, priority, bytearray()))
-
-    def release_held(self, failed: frozenset[bytes], refusal_text: str) -> list[tuple[bytes, int]]:
-        held, self.held = self.held, None
-        if held is None:
-            return []
-        refused = [(handle, pri) for handle, pri, _ in held if handle in failed] if failed else []
-        if self.closed:
-            return refused  # refused all the same: no job was made for them
-        refusal = error("QUEUE_ERROR", refusal_text) if failed else b""
-        for handle, _, after in held:
-            self.out += refusal if handle in failed else frame_res(T.JOB_CREATED, handle)
-            self.out += after
-        if not self.dirty:
-            self.dirty = True
-            self.hub.dirty.append(self)
-        return refused
 
     def flush(self) -> None:
         self.dirty = False
@@ -255,7 +235,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
         """Flush what is owed, then close."""
         if self.closed:
             return
-        self.hub.flush()  # commits staged background jobs before their JOB_CREATED leaves
+        self.hub.flush()  # the next commit begun: what it releases leaves before the close
         self.flush()
         self.closed = True
         # Its unfinished packets will never finish: their bytes leave the server-wide count
@@ -263,7 +243,11 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
         self.hub.count_partial(-self.partial, self.tcp)
         self.partial = 0
         if self.transport is not None:
-            self.transport.close()
+            if self.held is not None:  # owed JOB_CREATEDs (and what followed) leave first
+                self.lingering = True
+                self.transport.pause_reading()
+            else:
+                self.transport.close()
 
     def protocol_error(self, exc: p.ProtocolError) -> None:
         log.info("fd %d (%s): protocol error: %s", self.fd, self.ip, exc)

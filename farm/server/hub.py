@@ -9,16 +9,17 @@ Writes are batched: a connection that has something to send puts itself on
 with ``flush_soon``, which runs it once after every read the loop has ready in
 this turn: a client whose jobs two workers finished in the same turn gets one
 write, not two (a write is a system call, the largest cost per job here).
-Background jobs staged in the store during the turn are committed first; a
-connection holds the JOB_CREATED of such a job (and all that it sends after
-it) until that commit, so no client learns a handle for a job that is not on
-disk, and a failed commit turns into QUEUE_ERROR in place.
+Background jobs staged in the store are committed in a thread of the server's
+own (farm.server.storewriter), one batch at a time, so a flood of them does not
+stall the loop. A connection holds the JOB_CREATED of such a job (and all that
+it sends after it) until the batch with its row is committed, so no client
+learns a handle for a job that is not on disk, and a failed commit turns into
+QUEUE_ERROR in place; the job is queued for workers only then (JobServer.committed).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -27,14 +28,31 @@ from farm.server.jobs import Job, JobServer
 from farm.server.metrics import ServerStats
 from farm.server.queues import INERT_TIMER, Timer
 from farm.server.settings import ServerOptions
-from farm.server.store import SQLiteStore, open_store
+from farm.server.store import Batch, SQLiteStore, open_store
+from farm.server.storewriter import StoreWriter
 
-__all__ = ["Hub", "Writer", "VERBOSE_NAMES", "LAZY_CREATED_MAX"]
+__all__ = ["Hub", "HeldReply", "Writer", "VERBOSE_NAMES", "LAZY_CREATED_MAX"]
 
 VERBOSE_NAMES = ("ERROR", "WARNING", "NOTICE", "INFO", "DEBUG")
 
 #: A JOB_CREATED held for a lazy-created client leaves at the latest this late (seconds).
 LAZY_CREATED_MAX = 0.005
+
+
+class HeldReply:
+    """A background submit's JOB_CREATED held until the batch with its row is committed,
+    and what the connection sent after it."""
+
+    __slots__ = ("handle", "priority", "row", "after", "refusal")
+
+    def __init__(self, handle: bytes, priority: int, row: int) -> None:
+        self.handle = handle
+        self.priority = priority  # the submit's, for the count of refusals
+        self.row = row
+        self.after = bytearray()
+        # Set once its batch failed (a QUEUE_ERROR's text), while it waits behind a reply
+        # of a later batch: a submit joining an older job may follow a newer one.
+        self.refusal: str | None = None
 
 
 class Writer(Protocol):
@@ -52,6 +70,7 @@ class Writer(Protocol):
     draining: bool
     killed: bool  # admin `killing`: its supervisor kills it now
     running: dict[bytes, Job]
+    held: list[HeldReply] | None  # replies held for the store's commits
 
     def drain(self) -> None:
         """Hand this worker no more jobs; the one in hand runs to its end."""
@@ -66,8 +85,11 @@ class Writer(Protocol):
     def close(self) -> None:
         """Write what is owed, then close."""
 
-    def release_held(self, failed: frozenset[bytes], refusal_text: str) -> list[tuple[bytes, int]]:
-        """The store committed: send the held JOB_CREATEDs (QUEUE_ERROR for ``failed``);
+    def release_held(
+        self, failed: frozenset[bytes], refusal_text: str, below: int
+    ) -> list[tuple[bytes, int]]:
+        """The store committed the rows under ``below``: send the JOB_CREATEDs held for
+        them, in order up to the first held for a later row (QUEUE_ERROR for ``failed``);
         the handles refused, one for each submit, with that submit's priority."""
 
     def push(self) -> None:
@@ -115,6 +137,9 @@ class Hub:
         self._store_retry: Timer | None = None  # a flush for the deletes a failing store holds
         self.all_closed: asyncio.Event | None = None  # set once the last connection is gone
         self.store: SQLiteStore | None = open_store(options.store, sync=options.store_sync)
+        self.writer = None if self.store is None else StoreWriter(self.store, self._committed)
+        # Every row under this id is committed, or refused and unstored: the replayed ones.
+        self.committed_below = 0 if self.store is None else self.store.take().below
         self.jobs = JobServer(
             store=self.store,
             max_queued_bytes=options.max_queued_bytes,
@@ -140,9 +165,10 @@ class Hub:
 
         return self.loop.call_later(delay, run)
 
-    def must_hold(self) -> bool:
-        """Whether a background job's JOB_CREATED must wait: its row is not committed yet."""
-        return self.store is not None and bool(self.store.staged_handles)
+    def must_hold(self, job: Job) -> bool:
+        """Whether a background submit's JOB_CREATED for ``job`` must wait: its row is not
+        committed yet (staged, or in the batch the writer has in hand)."""
+        return self.store is not None and job.store_id >= self.committed_below
 
     def push_soon(self, worker: Writer) -> None:
         """A worker holding a grab was woken: assign its job in this turn's flush (after the
@@ -195,31 +221,12 @@ class Hub:
             self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Commit staged background jobs, then write what every touched connection is owed."""
+        """Start the next commit of the store, then write what every touched connection is
+        owed (replies held for a commit leave when it is done: ``_committed``)."""
         self._flush_due = False
-        store = self.store
-        failed: list[bytes] = []
-        if store is not None and store.pending:
-            began = time.perf_counter()
-            failed = store.commit()
-            self.stats.commits += 1
-            self.stats.commit_time.observe(time.perf_counter() - began)
-            if store.pending and self._store_retry is None:
-                # Deletes of finished jobs held back while the store fails: write them when
-                # it may be tried again, not at the next packet, which an idle server may
-                # never get before it is killed (they would run again after the restart).
-                self._store_retry = self.call_later(store.retry_after, self._retry_store)
-        if self.holding:
-            refusal = ((store and store.broken) or "job store error") if failed else ""
-            holding, self.holding = self.holding, []
-            refused = frozenset(failed)  # once, not per connection
-            for conn in holding:
-                # Counted per submit told QUEUE_ERROR (two may hold one job), while the
-                # job is still there to say its function.
-                for handle, priority in conn.release_held(refused, refusal):
-                    self.jobs.refused_by_store(handle, priority)
-        for handle in failed:
-            self.jobs.unstore(handle)
+        writer = self.writer
+        if writer is not None and writer.batch is None and self.store and self.store.pending:
+            writer.start(self.loop)
         if self.pushes:
             pushes, self.pushes = self.pushes, []
             for conn in pushes:
@@ -230,12 +237,48 @@ class Hub:
             for conn in dirty:
                 conn.flush()
 
+    def _committed(self, batch: Batch) -> None:
+        """A batch is written (or failed): release the replies held for its rows, queue its
+        jobs for workers, and start the next (on the loop's thread)."""
+        store = self.store
+        assert store is not None
+        self.stats.commits += 1
+        self.stats.commit_time.observe(batch.seconds)
+        failed = store.settle(batch)
+        self.committed_below = batch.below
+        if store.pending and store.broken and self._store_retry is None:
+            # Deletes of finished jobs held back while the store fails: write them when
+            # it may be tried again, not at the next packet, which an idle server may
+            # never get before it is killed (they would run again after the restart).
+            self._store_retry = self.call_later(store.retry_after, self._retry_store)
+        refusal = (store.broken or "job store error") if failed else ""
+        refused = frozenset(failed)  # once, not per connection
+        holding = self.holding
+        self.holding = []
+        for conn in holding:
+            # Counted per submit told QUEUE_ERROR (two may hold one job), while the
+            # job is still there to say its function.
+            for handle, priority in conn.release_held(refused, refusal, batch.below):
+                self.jobs.refused_by_store(handle, priority)
+            if conn.held is not None:  # it holds for a later batch too
+                self.holding.append(conn)
+        self.jobs.committed(batch.handles, refused)
+        if self.loop is not None:  # under a loop: write what this released, commit the next
+            self.flush()
+
     def _retry_store(self) -> None:
         self._store_retry = None  # call_later's wrapper flushes next
 
     def close_store(self) -> None:
-        """Commit what is staged and close the store; later flushes only write."""
-        self.flush()
+        """Wait for the commit in flight, commit what is staged, close the store; later
+        flushes only write."""
+        writer, self.writer = self.writer, None  # flushes start no commit from here on
+        if writer is not None:
+            writer.wait()  # the batch in flight, taken back: its replies released
+            if self.store is not None and self.store.pending:
+                writer.start(None)  # what was staged since, written here and now
+            writer.close()
+        self.flush()  # what the last commits released
         if self.store is not None:
             self.store.close()
             self.store = None

@@ -1,6 +1,6 @@
 """What is done to jobs outside their course: the durable store's jobs queued again at start
-(``replay``), a job the store could not keep counted and forgotten (``refused_by_store``,
-``unstore``), and the operator's
+(``replay``), jobs queued once the store committed them (``committed``), a job the store
+could not keep counted and forgotten (``refused_by_store``, ``unstore``), and the operator's
 admin commands (``cancel job``, ``drop function``). A mixin of
 :class:`farm.server.jobs.JobServer`, split off along this seam: none of it is on a job's
 hot path.
@@ -8,6 +8,7 @@ hot path.
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Callable
 
@@ -28,7 +29,12 @@ class JobControl:
     functions: dict[bytes, FunctionQueue]
     other_retired: FunctionStats
     uniques: dict[tuple[bytes, bytes], Job]
+    awaiting: dict[bytes, Job]
+    epoch_heap: list[tuple[float, int, Job]]
     submit: Callable[..., Job]
+    function: Callable[[bytes], FunctionQueue]
+    _wake: Callable[[FunctionQueue], None]
+    _arm_epoch_timer: Callable[[], None]
     _unqueue: Callable[[Job], None]
     _end: Callable[..., None]
     _forget: Callable[[Job], None]
@@ -81,6 +87,44 @@ class JobControl:
         """Stage a stored job's count of worker deaths (Dispatch._keep_retries says when)."""
         if job.store_id and self.store is not None and self.jobs.get(job.handle) is job:
             self.store.retried(job.store_id, job.retries)
+
+    def commit_store(self) -> list[bytes]:
+        """Commit the store here and now, and take its outcome in: the handles refused
+        (a JobServer driven without a hub: tests, tools; the hub commits in a thread)."""
+        assert self.store is not None
+        batch = self.store.take()
+        self.store.write(batch)
+        failed = self.store.settle(batch)
+        self.committed(batch.handles, frozenset(failed))
+        return failed
+
+    def committed(self, handles: list[bytes], failed: frozenset[bytes]) -> None:
+        """The store wrote a batch for these submits, but ``failed``'s: queue the new jobs
+        (for their epoch, when not due), forget the refused ones nobody else waits on."""
+        awaiting = self.awaiting
+        now = time.time()
+        epoch = False
+        for handle in handles:
+            job = awaiting.pop(handle, None)
+            if handle in failed:
+                if job is not None and not job.clients:  # nobody else waits on it
+                    self.function(job.function).scheduled[job.priority] -= 1
+                    job.store_id = 0  # no row to delete
+                    self._forget(job)
+                    continue
+                self.unstore(handle)  # a foreground client that joined it keeps it
+            if job is None or self.jobs.get(handle) is not job:
+                continue  # it joined an older job, or was cancelled while written
+            fq = self.function(job.function)
+            if job.when > now:
+                heapq.heappush(self.epoch_heap, (job.when, job.seq, job))
+                epoch = True  # counted as scheduled still
+            else:
+                fq.scheduled[job.priority] -= 1
+                fq.push(job)
+                self._wake(fq)
+        if epoch:
+            self._arm_epoch_timer()
 
     def unstore(self, handle: bytes) -> Job | None:
         """The store could not keep this job: forget it without telling anyone."""

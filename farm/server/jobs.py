@@ -112,6 +112,9 @@ class JobServer(Dispatch, JobControl):
         # unique -> live jobs with it, in any function (GET_STATUS_UNIQUE answers the newest).
         self.by_unique: dict[bytes, list[Job]] = {}
         self.epoch_heap: list[tuple[float, int, Job]] = []
+        # New background jobs whose rows are not committed yet, by handle: queued (or held
+        # for their epoch) once they are (JobControl.committed), counted as scheduled till then.
+        self.awaiting: dict[bytes, Job] = {}
         self.poison: deque[tuple[bytes, bytes, bytes]] = deque(maxlen=1000)
         self.call_later = call_later
         self.wakes: Deadlines[Peer, FunctionQueue] = Deadlines(
@@ -221,10 +224,12 @@ class JobServer(Dispatch, JobControl):
             handle, function, unique, data, priority, background, reducer, when, next(self._seq)
         )
         job.key = key
+        staged = False
         if store_id:
             job.store_id = store_id
         elif background and self.store is not None:
             job.store_id = self._store_add(job, priority)  # may raise: nothing registered yet
+            staged = True
         job.size = size
         q = self.queued
         q.held += size
@@ -240,7 +245,12 @@ class JobServer(Dispatch, JobControl):
             self._attach(job, client)
         if not store_id:
             fq.stats.submitted[priority] += 1
-        if when and when > time.time():
+        if staged:
+            # No worker gets it before its row is committed: were it run and the commit
+            # then failed, its client would be refused (QUEUE_ERROR) while a worker ran it.
+            self.awaiting[handle] = job
+            fq.scheduled[priority] += 1
+        elif when and when > time.time():
             heapq.heappush(self.epoch_heap, (when, job.seq, job))
             fq.scheduled[priority] += 1
             self._arm_epoch_timer()
@@ -266,6 +276,8 @@ class JobServer(Dispatch, JobControl):
         fq = self.function(job.function)
         if job.queued:
             fq.discard(job)
+        elif self.awaiting.pop(job.handle, None) is not None:
+            fq.scheduled[job.priority] -= 1
         elif job.when:
             fq.scheduled[job.priority] -= 1
             self.epoch_heap = [entry for entry in self.epoch_heap if entry[2] is not job]

@@ -1,8 +1,10 @@
 """Durable store for background jobs: embedded SQLite, group-committed.
 
-Every background job is staged here before its JOB_CREATED is queued; the
-server commits the stage once per loop turn (``Server.flush``) *before* it
-writes any reply, so a client never holds a handle for a job that is not on
+Every background job is staged here before its JOB_CREATED is queued. The
+loop ``take``s the stage as a ``Batch``, the server's writer thread ``write``s
+it (farm.server.storewriter: the stage is the loop's, the database the
+writer's), and the loop ``settle``s its outcome, releasing the JOB_CREATEDs held
+for it only then, so a client never holds a handle for a job that is not on
 disk. Rows are deleted when their job ends. WAL mode with synchronous=NORMAL
 survives the server process being killed at any point (the OS has the
 bytes); ``--store-sync full`` also survives power loss, at the cost of an
@@ -14,18 +16,20 @@ new handles but the same uniques, epoch times, submit times and counts of worker
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import sqlite3
-import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm.paths import check_own_file
 from farm.server.reserve import DiskReserve
+
+# Re-exported: the server and the tests name the store's errors by this module.
+from farm.server.storefile import DamagedStore as DamagedStore
+from farm.server.storefile import StoreError as StoreError
+from farm.server.storefile import owner_only
 
 log = logging.getLogger("farm.server")
 
@@ -60,14 +64,6 @@ OPEN_WAIT = 0.2
 BUSY_TIMEOUT_MS = 5000
 
 
-class StoreError(Exception):
-    """The store cannot be opened or written; background submits are refused."""
-
-
-class DamagedStore(StoreError):
-    """The store is a SQLite file that cannot be read: its message says the fix itself."""
-
-
 def _damaged(path: str, why: object) -> DamagedStore:
     return DamagedStore(
         f"the job store {path} cannot be read ({why}); restore it from a backup,"
@@ -88,38 +84,23 @@ class StoredJob:
     retries: int = 0  # deaths of its workers so far (job_retries), kept across restarts
 
 
-#: The first bytes of every SQLite 3 database file.
-_SQLITE_HEADER = b"SQLite format 3\x00"
+Row = tuple[int, bytes, bytes, bytes, int, bytes | None, float, float]
 
 
-def _owner_only(path: str) -> None:
-    """Create the store closed to other users, or close one left open: its rows are the
-    jobs' payloads. SQLite gives its WAL the database file's mode; one already there is
-    closed too. A link at the path is refused (ELOOP), as a planted one would be followed,
-    and so is a file (the store, its WAL or shared memory) of another user: one who made it
-    first, in /tmp say, would keep the jobs written into it (paths.check_own_file)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        check_own_file(path, os.fstat(fd))
-        head = os.pread(fd, len(_SQLITE_HEADER), 0)
-        if head and head != _SQLITE_HEADER[: len(head)]:  # leave another file as it was
-            raise StoreError(f"cannot open the job store {path}: file is not a database")
-        mode = stat.S_IMODE(os.fstat(fd).st_mode)
-        if mode & 0o077:  # the farm's group may hold accounts that must not read the jobs
-            log.warning("the job store %s was open to others; closing it (mode 600)", path)
-            os.fchmod(fd, mode & ~0o077)
-    finally:
-        os.close(fd)
-    for side in (path + "-wal", path + "-shm"):
-        try:
-            info = os.lstat(side)
-        except FileNotFoundError:
-            continue
-        if not stat.S_ISREG(info.st_mode):  # SQLite would open it through a link
-            raise PermissionError(errno.EPERM, f"{side} is not a regular file")
-        check_own_file(side, info)
-        if info.st_mode & 0o077:
-            os.chmod(side, stat.S_IMODE(info.st_mode) & ~0o077)
+@dataclass(slots=True)
+class Batch:
+    """One commit's worth of the stage (``SQLiteStore.take``), and how its write went."""
+
+    adds: list[Row]
+    deletes: list[tuple[int]]
+    retries: dict[int, int]
+    handles: list[bytes]  # the submits its adds answer, in order
+    below: int  # once it is settled, every row under this id is written or refused
+    attempt: bool  # False: the store is failing and not tried again before retry_after
+    recovering: bool  # the store was failing when it was taken
+    error: str | None = None  # why its write failed
+    deleted: bool = False  # its deletes and retries written alone when the adds failed
+    seconds: float = 0.0  # how long its write took
 
 
 class SQLiteStore:
@@ -132,14 +113,14 @@ class SQLiteStore:
         self.broken: str | None = None  # why the last write failed; None while writes work
         self.retry_after = retry_after
         self._retry_at = 0.0
-        self._adds: list[tuple[int, bytes, bytes, bytes, int, bytes | None, float, float]] = []
+        self._adds: list[Row] = []
         self._deletes: list[tuple[int]] = []
         self._retries: dict[int, int] = {}  # row id: its job's count of worker deaths
         self.staged_handles: list[bytes] = []
         self.reserve = DiskReserve(self.path)  # made once the store is ours
         try:
             Path(self.path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            _owner_only(self.path)
+            owner_only(self.path)
             self.db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=OPEN_WAIT
             )
@@ -242,42 +223,76 @@ class SQLiteStore:
         self._retries[row_id] = retries
 
     def commit(self) -> list[bytes]:
-        """Write the stage in one transaction; the handles whose add failed (empty on success)."""
-        adds, deletes, handles = self._adds, self._deletes, self.staged_handles
+        """Write the stage in one transaction; the handles whose add failed (empty on success).
+        The three steps the server's writer thread splits: ``take``, ``write``, ``settle``."""
+        batch = self.take()
+        self.write(batch)
+        return self.settle(batch)
+
+    def take(self) -> Batch:
+        """The stage, to be written as one batch; staging starts over (the loop's thread)."""
+        batch = Batch(
+            self._adds,
+            self._deletes,
+            self._retries,
+            self.staged_handles,
+            below=self._next_id,
+            attempt=not (self.broken and time.monotonic() < self._retry_at),
+            recovering=self.broken is not None,
+        )
         self._adds, self._deletes, self.staged_handles = [], [], []
-        retries = self._retries
-        if retries:  # rare (a worker died): no new dict each turn
+        if self._retries:  # rare (a worker died): no new dict each turn
             self._retries = {}
-        if self.broken and time.monotonic() < self._retry_at:
-            self._hold(deletes, retries)  # kept: see below
-            return handles
+        return batch
+
+    def write(self, batch: Batch) -> None:
+        """Write ``batch`` in one transaction, its outcome into it. It touches only the
+        database and the reserve, never the stage, so it may run in a thread of its own
+        while the loop stages the next batch (farm.server.storewriter)."""
+        if not batch.attempt:  # failing: refused before retry_after, its deletes kept
+            return
+        began = time.perf_counter()
         try:
             if self.reserve.spent and not self.reserve.make():
                 # The reserve's room is the deletes': an add that fit in it would leave the
                 # next deletes none, and the jobs they end would run again after a restart.
                 # Not only while broken: a store reopened with its reserve given back.
                 raise sqlite3.OperationalError("disk full (its reserve is spent on deletes)")
-            self._write(adds, retries, deletes)
+            self._write(batch.adds, batch.retries, batch.deletes)
         except sqlite3.Error as exc:
+            batch.error = str(exc)
+            # The adds are refused, but a finished job's delete must not be lost, or the job
+            # runs again after a restart: alone it may fit, else it waits for the next commit.
+            # So do the counts of retries, which take the same few pages.
+            if batch.deletes or batch.retries:
+                batch.deleted = self._delete_anyway(batch.deletes, batch.retries)
+        else:
+            if batch.recovering:
+                self.reserve.make()
+        finally:
+            batch.seconds = time.perf_counter() - began
+
+    def settle(self, batch: Batch) -> list[bytes]:
+        """Take in ``batch``'s outcome (the loop's thread): the handles whose add failed."""
+        if not batch.attempt:
+            self._hold(batch.deletes, batch.retries)  # kept: see write()
+            return batch.handles
+        if batch.error is not None:
             if not self.broken:
                 log.error(
                     "the job store %s cannot be written: %s; refusing background jobs"
                     " while it fails",
                     self.path,
-                    exc,
+                    batch.error,
                 )
-            self.broken = f"the job store {self.path} cannot be written: {exc}"
+            self.broken = f"the job store {self.path} cannot be written: {batch.error}"
             self._retry_at = time.monotonic() + self.retry_after
-            # The adds are refused, but a finished job's delete must not be lost, or the job
-            # runs again after a restart: alone it may fit, else it waits for the next commit.
-            # So do the counts of retries, which take the same few pages.
-            if (deletes or retries) and not self._delete_anyway(deletes, retries):
-                self._hold(deletes, retries)
-            return handles
+            if not batch.deleted:
+                self._hold(batch.deletes, batch.retries)
+            return batch.handles
         if self.broken:
             log.warning("the job store %s can be written again", self.path)
             self.broken = None
-            self.reserve.make()
         return []
 
     def _hold(self, deletes: list[tuple[int]], retries: dict[int, int]) -> None:
@@ -319,7 +334,7 @@ class SQLiteStore:
 
     def _write(
         self,
-        adds: list[tuple[int, bytes, bytes, bytes, int, bytes | None, float, float]],
+        adds: list[Row],
         retries: dict[int, int],
         deletes: list[tuple[int]],
     ) -> None:

@@ -175,11 +175,6 @@ class WorkerSide:
             self.send(NO_JOB)
 
     def grab(self, args: tuple[bytes, ...], ptype: int) -> None:
-        if self.hub.must_hold():
-            # A background job submitted in this turn is not committed yet: were it handed
-            # out now and its commit then failed, its client would be refused (QUEUE_ERROR)
-            # while a worker ran it. Commit first; a refused job is off its queue by then.
-            self.hub.flush()
         job = self.jobs.grab(self.peer())
         if job is not None:
             self.assign(job, ptype)

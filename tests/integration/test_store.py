@@ -207,13 +207,18 @@ def test_a_poison_job_gets_no_new_tries_from_a_restart(tmp_path: Path) -> None:
     client.expect(T.JOB_CREATED)
     try:
         _die_holding(srv.addr, 1)
-        _die_holding(srv.addr, 2)  # its reply comes after the turn that wrote the count
+        _die_holding(srv.addr, 2)
+        # Commits run beside the loop: a background submit's JOB_CREATED waits for the commit
+        # of its row, and so of everything staged before it (the count).
+        client.send(T.SUBMIT_JOB_BG, "mark", "", "x")
+        client.expect(T.JOB_CREATED)
     finally:
         srv.proc.send_signal(signal.SIGKILL)
         srv.proc.wait()
     srv = start_with_store(db, srv.port, args=["-j", "3"])
     try:
         admin = Peer(srv.addr)
+        assert admin.admin("drop function mark").startswith("OK")
         assert "\t2\t0\t1\n" in admin.admin("show jobs"), "the deaths before were forgotten"
         worker = Peer(srv.addr)
         worker.send(T.CAN_DO, "f")

@@ -20,8 +20,9 @@ def test_replay_ignores_queue_limits_so_a_restart_cannot_fail(tmp_path: Path) ->
     for i in range(3):  # one grabbed (running), two queued
         jobs.submit(None, b"f", b"u%d" % i, b"x", background=True)
         if i == 0:
-            jobs.grab(worker)
-    store.commit()
+            jobs.commit_store()  # a worker gets it once its row is written
+            assert jobs.grab(worker) is not None
+    jobs.commit_store()
     store.close()
     again = JobServer(store=SQLiteStore(tmp_path / "q.db"), hostname="t", max_queue=2)
     assert again.replay() == 3
@@ -69,7 +70,7 @@ def test_failed_commit_keeps_a_job_foreground_clients_wait_on(tmp_path: Path) ->
     job = jobs.submit(client, b"f", b"k", b"x")
     jobs.submit(None, b"f", b"k", b"x", background=True)  # joins, stages a row
     store.db.close()
-    assert store.commit() == [job.handle]
+    assert jobs.commit_store() == [job.handle]
     jobs.unstore(job.handle)
     assert job.handle in jobs.jobs and not job.background and job.clients == [client]
 

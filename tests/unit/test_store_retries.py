@@ -79,11 +79,11 @@ def test_the_count_survives_a_restart_and_a_poison_job_fails_on_time(tmp_path: P
     store = SQLiteStore(path)
     jobs = JobServer(store=store, hostname="t", job_retries=3)
     job = jobs.submit(None, b"f", b"poison", b"x", background=True)
-    store.commit()
+    jobs.commit_store()
     died_holding(jobs)
     died_holding(jobs)
     assert job.retries == 2
-    store.commit()
+    jobs.commit_store()
     store.close()  # the server restarts here
 
     store = SQLiteStore(path)
@@ -93,7 +93,7 @@ def test_the_count_survives_a_restart_and_a_poison_job_fails_on_time(tmp_path: P
     assert replayed.retries == 2, "the deaths before the restart were forgotten"
     died_holding(jobs)  # the third death: job_retries = 3 allows no other run
     assert not jobs.jobs and [p[2] for p in jobs.poison] == [b"poison"]
-    store.commit()
+    jobs.commit_store()
     assert store.count() == 0
     store.close()
 
@@ -108,17 +108,17 @@ def test_a_supervised_server_counts_a_death_only_if_it_outlives_the_grace(
     jobs = JobServer(store=store, hostname="t", job_retries=5, call_later=clock.call_later)
     jobs.parent_pid = os.getppid()  # its supervisor, alive
     job = jobs.submit(None, b"f", b"", b"x", background=True)
-    store.commit()
+    jobs.commit_store()
     died_holding(jobs)
-    store.commit()
+    jobs.commit_store()
     assert [r.retries for r in store.load()] == [0]  # not yet: the grace first
     clock.advance(1.0)
-    store.commit()
+    jobs.commit_store()
     assert [r.retries for r in store.load()] == [1]
     died_holding(jobs)  # read a moment before the server sees its supervisor gone
     assert job.retries == 2
     jobs.parent_pid = os.getppid() + 1  # orphaned: the death was its supervisor's doing
     clock.advance(2.0)
-    store.commit()
+    jobs.commit_store()
     assert [r.retries for r in store.load()] == [1]
     store.close()

@@ -1,0 +1,93 @@
+"""The store's commits in a thread of the server's own, one at a time.
+
+A commit ran in the event loop, so a flood of background jobs from any local user over
+TCP stalled the loop for as long as SQLite wrote (tens of milliseconds a batch, more for
+a checkpoint), delaying everyone's replies, the Executor's on the Unix socket included.
+SQLite lets go of the GIL while it steps, so the write runs beside the loop here:
+
+    loop thread:    stage ─ take ─┐              ┌─ settle, release held replies ─ take …
+    writer thread:                └─ write (SQL) ┘
+
+One batch is in flight at a time; the loop stages the next meanwhile. While a batch is in
+flight the SQLite connection is the writer's alone (``take`` and ``settle`` touch only the
+stage), so it is used by one thread at a time. Without a running loop (connections driven
+by hand in tests) a batch is written at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from farm.server.store import Batch, SQLiteStore
+
+__all__ = ["StoreWriter"]
+
+log = logging.getLogger("farm.server")
+
+
+class StoreWriter:
+    """Writes ``store``'s batches one at a time; ``done`` takes each back on the loop."""
+
+    def __init__(self, store: SQLiteStore, done: Callable[[Batch], None]) -> None:
+        self.store = store
+        self.done = done
+        self.batch: Batch | None = None  # the batch in flight
+        self._future: Future[None] | None = None
+        # Started at the first commit, after a daemon's fork (-d): no thread crosses it.
+        self._pool: ThreadPoolExecutor | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Take the stage and write it: in the writer thread under a loop, else here."""
+        assert self.batch is None, "one commit at a time"
+        batch = self.store.take()
+        if loop is None:
+            self._write(batch)
+            self.done(batch)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="farm-store")
+        self.batch = batch
+        self._future = self._pool.submit(self._write, batch)
+        self._future.add_done_callback(lambda _: _call_soon(loop, self._finish, batch))
+
+    def _write(self, batch: Batch) -> None:
+        try:
+            self.store.write(batch)
+        except Exception as exc:  # a bug, or an OSError of the reserve: refused, not lost
+            log.exception("the job store %s: commit failed", self.store.path)
+            batch.error = f"{type(exc).__name__}: {exc}"
+
+    def _finish(self, batch: Batch) -> None:
+        if self.batch is not batch:  # already taken back by wait()
+            return
+        self.batch = self._future = None
+        self.done(batch)
+
+    def wait(self) -> None:
+        """Block until the batch in flight is written, and take it back (shutdown)."""
+        batch, future = self.batch, self._future
+        if batch is not None and future is not None:
+            began = time.monotonic()
+            future.result()
+            log.debug("waited %.3f s for the store's last commit", time.monotonic() - began)
+            self._finish(batch)
+
+    def close(self) -> None:
+        """Wait for the batch in flight, then end the writer thread."""
+        self.wait()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+def _call_soon(
+    loop: asyncio.AbstractEventLoop, callback: Callable[[Batch], None], batch: Batch
+) -> None:
+    try:
+        loop.call_soon_threadsafe(callback, batch)
+    except RuntimeError:  # the loop is closed: close_store() takes the batch back itself
+        pass

@@ -1,0 +1,212 @@
+"""The store's commits leave the event loop: a commit that takes long (a checkpoint's fsync, a
+flood of another user's background jobs) delays no one else, and still nothing a client is
+told gets ahead of the commit it waits for.
+
+The server runs in this process, in a thread of its own, so that its store's writes can be
+held on an event (``Gate``): a real loop, real sockets, a real SQLite file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import select
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from farm.protocol import PacketType as T
+from farm.server.app import Server
+from farm.server.options import parse_args
+from tests.helpers.peers import Peer
+from tests.helpers.servers import free_port
+
+
+class Gate:
+    """Holds each write of the store (``SQLiteStore._write``) until the test lets it go."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Semaphore(0)  # one release per write begun
+        self.open = threading.Semaphore(0)  # one release per write let go
+        self.shut = True
+        self.failing = False  # the writes let go fail, as on a full disk
+        self.store: Any = None
+
+    def wrap(self, write: Any) -> Any:
+        def gated(*args: Any) -> None:
+            if self.shut:
+                self.entered.release()
+                assert self.open.acquire(timeout=30), "the test never let the write go"
+            if self.failing:
+                raise sqlite3.OperationalError("database or disk is full")
+            write(*args)
+
+        return gated
+
+    def wait_entered(self) -> None:
+        assert self.entered.acquire(timeout=10), "no commit began"
+
+    def let_one_go(self) -> None:
+        self.open.release()
+
+
+@pytest.fixture
+def gated(tmp_path: Path) -> Iterator[tuple[str, Gate]]:
+    """A server on 127.0.0.1 with a SQLite store whose writes wait for the test's ``Gate``."""
+    port = free_port()
+    server = Server(parse_args(["--port", str(port), "--store", str(tmp_path / "q.db")]))
+    store = server.hub.store
+    assert store is not None
+    gate = Gate()
+    store._write = gate.wrap(store._write)  # type: ignore[method-assign]  # the test's hold
+    gate.store = store
+    up = threading.Event()
+    loop = asyncio.new_event_loop()
+
+    async def run() -> None:
+        await server.start()
+        up.set()
+        assert server.stopped is not None
+        await server.stopped.wait()
+        server.hub.flush()
+        server.hub.close_store()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
+    thread.start()
+    assert up.wait(10), "the server did not start"
+    try:
+        yield f"127.0.0.1:{port}", gate
+    finally:
+        gate.shut = False
+        for _ in range(8):  # whatever still waits goes through
+            gate.let_one_go()
+        loop.call_soon_threadsafe(server.stop)
+        thread.join(10)
+        loop.close()
+
+
+def readable(peer: Peer) -> bool:
+    """Whether the server has written anything to ``peer`` that it has not read (no wait:
+    on loopback a write is in the peer's socket when the server's send returns)."""
+    return bool(peer.pending) or bool(select.select([peer.sock], [], [], 0)[0])
+
+
+def test_a_foreground_job_completes_while_a_commit_is_held(gated: tuple[str, Gate]) -> None:
+    addr, gate = gated
+    flooder = Peer(addr)  # another local user's background job, and what it asks after it
+    flooder.send(T.SUBMIT_JOB_BG, "bg", "", "x" * 2000)
+    flooder.send(T.ECHO_REQ, "after")
+    gate.wait_entered()  # its commit has begun, and does not end
+    worker = Peer(addr)
+    worker.send(T.CAN_DO, "echo")
+    bg_worker = Peer(addr)
+    bg_worker.send(T.CAN_DO, "bg")
+    bg_worker.send(T.GRAB_JOB)
+    bg_worker.expect(T.NO_JOB)  # not handed out before its row is on disk
+    bg_worker.send(T.PRE_SLEEP)
+    caller = Peer(addr)  # the owner's call (the Executor's are foreground, never stored)
+    caller.send(T.SUBMIT_JOB, "echo", "", "ping")
+    handle = caller.expect(T.JOB_CREATED).args[0]
+    worker.send(T.GRAB_JOB)
+    assign = worker.expect(T.JOB_ASSIGN)
+    assert assign.args[0] == handle
+    worker.send(T.WORK_COMPLETE, handle, "pong")
+    assert caller.expect(T.WORK_COMPLETE).args == (handle, b"pong")
+    # Everything above went through the loop after the flooder's packets: its replies
+    # would be in its socket by now were they not held for the commit.
+    assert not readable(flooder), "a reply went out before its job was committed"
+    assert not readable(bg_worker)
+    gate.let_one_go()
+    created = flooder.expect(T.JOB_CREATED).args[0]
+    assert flooder.expect(T.ECHO_RES).args == (b"after",)  # still behind it
+    bg_worker.expect(T.NOOP)  # committed: now it is queued, and its worker woken
+    bg_worker.send(T.GRAB_JOB)
+    assert bg_worker.expect(T.JOB_ASSIGN).args[0] == created
+
+
+def test_replies_wait_for_the_commit_of_their_own_batch(gated: tuple[str, Gate]) -> None:
+    addr, gate = gated
+    client = Peer(addr)
+    client.send(T.SUBMIT_JOB_BG, "bg", "one", "x")
+    gate.wait_entered()  # the first batch is being written
+    client.send(T.SUBMIT_JOB_BG, "bg", "two", "x")  # staged for the next batch meanwhile
+    client.send(T.ECHO_REQ, "after two")
+    check = Peer(addr)
+    check.send(T.ECHO_REQ, "turn")  # the loop has read the client's packets before this
+    check.expect(T.ECHO_RES)
+    assert not readable(client)
+    gate.let_one_go()
+    first = client.expect(T.JOB_CREATED).args[0]
+    gate.wait_entered()  # the second batch is being written: the first is released
+    assert not readable(client), "a reply of the second batch left before its commit"
+    gate.let_one_go()
+    second = client.expect(T.JOB_CREATED).args[0]
+    assert second != first
+    assert client.expect(T.ECHO_RES).args == (b"after two",)
+
+
+def test_a_failed_commit_refuses_in_place_and_in_order(gated: tuple[str, Gate]) -> None:
+    addr, gate = gated
+    client = Peer(addr)
+    client.send(T.SUBMIT_JOB_BG, "bg", "one", "x")
+    gate.wait_entered()
+    client.send(T.SUBMIT_JOB_BG, "bg", "two", "x")  # staged while the first is written
+    client.send(T.ECHO_REQ, "after")
+    check = Peer(addr)
+    check.send(T.ECHO_REQ, "turn")
+    check.expect(T.ECHO_RES)
+    gate.failing = True
+    gate.let_one_go()
+    # The first batch failed; the second is refused unwritten while the store fails.
+    for _ in range(2):
+        refusal = client.expect(T.ERROR)
+        assert refusal.args[0] == b"QUEUE_ERROR" and b"cannot be written" in refusal.args[1]
+    assert client.expect(T.ECHO_RES).args == (b"after",)
+    assert "bg\t0\t0\t0" in check.admin("status")  # neither is queued
+
+
+def test_a_submit_joining_a_refused_job_is_refused_behind_a_newer_one(
+    gated: tuple[str, Gate],
+) -> None:
+    addr, gate = gated
+    first = Peer(addr)
+    first.send(T.SUBMIT_JOB_BG, "bg", "old", "x")
+    gate.wait_entered()  # "old" is being written (and will fail)
+    second = Peer(addr)
+    second.send(T.SUBMIT_JOB_BG, "bg", "new", "x")  # the next batch
+    second.send(T.SUBMIT_JOB_BG, "bg", "old", "x")  # joins "old": its row is in the first
+    check = Peer(addr)
+    check.send(T.ECHO_REQ, "turn")
+    check.expect(T.ECHO_RES)
+    gate.store.retry_after = 0.0  # a failed write is tried again at the next commit
+    gate.failing = True
+    gate.let_one_go()
+    assert first.expect(T.ERROR).args[0] == b"QUEUE_ERROR"
+    gate.wait_entered()  # the store is tried again at once (retry_after 0): "new"
+    gate.failing = False
+    gate.let_one_go()
+    second.expect(T.JOB_CREATED)
+    # Told in its place, after the reply it waited behind: not a handle of a forgotten job.
+    assert second.expect(T.ERROR).args[0] == b"QUEUE_ERROR"
+    assert "bg\t1\t0\t0" in check.admin("status")
+
+
+def test_a_connection_closed_by_the_server_gets_its_held_replies_first(
+    gated: tuple[str, Gate],
+) -> None:
+    addr, gate = gated
+    client = Peer(addr)
+    client.send(T.SUBMIT_JOB_BG, "bg", "", "x")
+    gate.wait_entered()
+    client.send_raw(b"\0BAD" + bytes(8))  # no request magic: ERROR, then the server closes
+    check = Peer(addr)
+    check.send(T.ECHO_REQ, "turn")
+    check.expect(T.ECHO_RES)
+    assert not readable(client)
+    gate.let_one_go()
+    client.expect(T.JOB_CREATED)  # its job is stored: it is told so before the close
+    assert client.expect(T.ERROR).args[0] == b"INVALID_MAGIC"
+    assert client.closed_within(5)
