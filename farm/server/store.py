@@ -62,6 +62,9 @@ RETRY_AFTER = 1.0
 OPEN_WAIT = 0.2
 #: SQLite's busy timeout once the store is ours (Python's default), as before OPEN_WAIT.
 BUSY_TIMEOUT_MS = 5000
+#: Rows one INSERT writes, ids one DELETE names: within the 999 variables SQLite < 3.32 allows.
+ROWS_A_STATEMENT = 100
+IDS_A_STATEMENT = 900
 
 
 def _damaged(path: str, why: object) -> DamagedStore:
@@ -340,19 +343,25 @@ class SQLiteStore:
     ) -> None:
         """One transaction; rolled back and raised again when it fails."""
         try:
+            # Many rows a statement: the writer thread waits for the GIL after each step, up to
+            # 5 ms with the loop busy: a step a row (executemany) made a commit take seconds.
             self.db.execute("BEGIN")
-            if adds:
-                self.db.executemany(
+            for at in range(0, len(adds), ROWS_A_STATEMENT):
+                chunk = adds[at : at + ROWS_A_STATEMENT]
+                self.db.execute(
                     "INSERT INTO jobs (id, function, uniq, data, priority, reducer, run_at,"
-                    " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    adds,
+                    " created) VALUES " + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk)),
+                    [value for row in chunk for value in row],
                 )
-            if retries:
+            if retries:  # rare (a worker died)
                 self.db.executemany(
                     "UPDATE jobs SET retries = ? WHERE id = ?", [(n, i) for i, n in retries.items()]
                 )
-            if deletes:
-                self.db.executemany("DELETE FROM jobs WHERE id = ?", deletes)
+            for at in range(0, len(deletes), IDS_A_STATEMENT):
+                ids = [row_id for (row_id,) in deletes[at : at + IDS_A_STATEMENT]]
+                self.db.execute(
+                    "DELETE FROM jobs WHERE id IN (" + ",".join(["?"] * len(ids)) + ")", ids
+                )
             self.db.execute("COMMIT")
         except sqlite3.Error:
             try:

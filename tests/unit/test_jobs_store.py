@@ -88,3 +88,24 @@ def test_a_file_where_the_stores_directory_goes_is_named(tmp_path: Path, under: 
         SQLiteStore(tmp_path / under / "q.db")
     assert str(info.value).endswith("is not a directory"), info.value
     assert str(tmp_path / "afile") in str(info.value)
+
+
+def test_a_commit_writes_many_rows_a_statement(tmp_path: Path) -> None:
+    # The writer thread waits for the GIL after each SQLite step, up to 5 ms while the loop
+    # is busy: a statement a row (executemany) made a commit of a flood's batch take seconds.
+    store = SQLiteStore(tmp_path / "q.db")
+    jobs = JobServer(store=store, hostname="t")
+    for i in range(250):
+        jobs.submit(None, b"f", b"u%d" % i, b"x", background=True)
+    statements: list[str] = []
+    store.db.set_trace_callback(statements.append)
+    assert jobs.commit_store() == []
+    assert len(statements) <= 5, statements  # BEGIN, three INSERTs, COMMIT
+    assert store.count() == 250
+    for job in list(jobs.jobs.values()):
+        assert jobs.cancel(job.handle)  # its row's delete staged
+    statements.clear()
+    assert jobs.commit_store() == []
+    assert len(statements) <= 3, statements  # BEGIN, one DELETE, COMMIT
+    assert store.count() == 0
+    store.close()
