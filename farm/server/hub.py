@@ -225,8 +225,12 @@ class Hub:
         owed (replies held for a commit leave when it is done: ``_committed``)."""
         self._flush_due = False
         writer = self.writer
-        if writer is not None and writer.batch is None and self.store and self.store.pending:
-            writer.start(self.loop)
+        store = self.store
+        if writer is not None and writer.batch is None and store and store.pending:
+            if store.due:
+                writer.start(self.loop)
+            elif self._store_retry is None:  # held-back deletes wait for their retry
+                self._store_retry = self.call_later(store.retry_after, self._retry_store)
         if self.pushes:
             pushes, self.pushes = self.pushes, []
             for conn in pushes:

@@ -29,7 +29,7 @@ from farm.server.reserve import DiskReserve
 # Re-exported: the server and the tests name the store's errors by this module.
 from farm.server.storefile import DamagedStore as DamagedStore
 from farm.server.storefile import StoreError as StoreError
-from farm.server.storefile import owner_only
+from farm.server.storefile import damaged, owner_only
 
 log = logging.getLogger("farm.server")
 
@@ -65,13 +65,6 @@ BUSY_TIMEOUT_MS = 5000
 #: Rows one INSERT writes, ids one DELETE names: within the 999 variables SQLite < 3.32 allows.
 ROWS_A_STATEMENT = 100
 IDS_A_STATEMENT = 900
-
-
-def _damaged(path: str, why: object) -> DamagedStore:
-    return DamagedStore(
-        f"the job store {path} cannot be read ({why}); restore it from a backup,"
-        " or move it aside to start empty (its queued jobs are then lost)"
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +139,7 @@ class SQLiteStore:
                 raise StoreError(f"the job store {self.path} is in use by another server") from exc
             raise StoreError(f"cannot open the job store {self.path}: {exc}") from exc
         except sqlite3.DatabaseError as exc:  # corrupt pages: another path would lose the jobs
-            raise _damaged(self.path, exc) from None
+            raise damaged(self.path, exc) from None
         except (FileExistsError, NotADirectoryError) as exc:  # a file where a directory goes
             where = exc.filename or Path(self.path).parent
             raise StoreError(
@@ -197,6 +190,14 @@ class SQLiteStore:
     @property
     def pending(self) -> bool:
         return bool(self._adds or self._deletes or self._retries)
+
+    @property
+    def due(self) -> bool:
+        """Whether a commit is owed now: adds, or what a failing store holds back once
+        ``retry_after`` has passed."""
+        if self._adds:
+            return True
+        return self.pending and not (self.broken and time.monotonic() < self._retry_at)
 
     def add(
         self,
@@ -378,7 +379,7 @@ class SQLiteStore:
                 " FROM jobs ORDER BY priority, id"
             ).fetchall()
         except sqlite3.Error as exc:
-            raise _damaged(self.path, exc) from None
+            raise damaged(self.path, exc) from None
         for row in rows:
             yield StoredJob(*row)
 

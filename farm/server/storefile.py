@@ -12,7 +12,7 @@ import stat
 
 from farm.paths import check_own_file
 
-__all__ = ["StoreError", "DamagedStore", "owner_only"]
+__all__ = ["StoreError", "DamagedStore", "damaged", "owner_only"]
 
 log = logging.getLogger("farm.server")
 
@@ -57,3 +57,10 @@ def owner_only(path: str) -> None:
         check_own_file(side, info)
         if info.st_mode & 0o077:
             os.chmod(side, stat.S_IMODE(info.st_mode) & ~0o077)
+
+
+def damaged(path: str, why: object) -> DamagedStore:
+    return DamagedStore(
+        f"the job store {path} cannot be read ({why}); restore it from a backup,"
+        " or move it aside to start empty (its queued jobs are then lost)"
+    )

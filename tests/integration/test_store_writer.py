@@ -23,6 +23,7 @@ from farm.server.app import Server
 from farm.server.options import parse_args
 from tests.helpers.peers import Peer
 from tests.helpers.servers import free_port
+from tests.helpers.waiting import wait_for
 
 
 class Gate:
@@ -210,3 +211,34 @@ def test_a_connection_closed_by_the_server_gets_its_held_replies_first(
     client.expect(T.JOB_CREATED)  # its job is stored: it is told so before the close
     assert client.expect(T.ERROR).args[0] == b"INVALID_MAGIC"
     assert client.closed_within(5)
+
+
+def _commits(peer: Peer) -> float:
+    (line,) = [
+        line
+        for line in peer.admin("metrics").splitlines()
+        if line.startswith("farm_store_commits_total ")
+    ]
+    return float(line.split()[1])
+
+
+def test_a_failing_store_waits_for_its_retry_with_deletes_held(gated: tuple[str, Gate]) -> None:
+    addr, gate = gated
+    gate.shut = False  # writes go through, until they fail
+    client = Peer(addr)
+    client.send(T.SUBMIT_JOB_BG, "bg", "", "x")
+    handle = client.expect(T.JOB_CREATED).args[0]
+    gate.failing = True  # the disk is full: the delete of the finished job is held back
+    worker = Peer(addr)
+    worker.send(T.CAN_DO, "bg")
+    worker.send(T.GRAB_JOB)
+    assert worker.expect(T.JOB_ASSIGN).args[0] == handle
+    worker.send(T.WORK_COMPLETE, handle, "")
+    check = Peer(addr)
+    wait_for("the failed commit", lambda: _commits(check) >= 2)
+    # Until retry_after (1 s) nothing is tried: no commit a loop turn in the meantime.
+    before = _commits(check)
+    for _ in range(20):
+        check.send(T.ECHO_REQ, "turn")
+        check.expect(T.ECHO_RES)
+    assert _commits(check) <= before + 1
