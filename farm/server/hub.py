@@ -171,8 +171,8 @@ class Hub:
         return self.store is not None and job.store_id >= self.committed_below
 
     def push_soon(self, worker: Writer) -> None:
-        """A worker holding a grab was woken: assign its job in this turn's flush (after the
-        model is done changing, and after the store's commit)."""
+        """A worker holding a grab was woken: assign its job in this turn's flush, after the
+        model is done changing (a background job wakes it once its commit is done)."""
         self.pushes.append(worker)
         if self.loop is not None:  # without a loop, the read that led here flushes next
             self.flush_soon()
