@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,35 @@ def test_a_commit_writes_many_rows_a_statement(tmp_path: Path) -> None:
     assert len(statements) <= 3, statements  # BEGIN, one DELETE, COMMIT
     assert store.count() == 0
     store.close()
+
+
+def test_a_background_job_reaches_workers_only_once_committed(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "q.db")
+    jobs = JobServer(store=store, hostname="t")
+    worker = FakePeer()
+    jobs.can_do(worker, b"f")
+    now = jobs.submit(None, b"f", b"now", b"x", background=True)
+    later = jobs.submit(None, b"f", b"later", b"x", background=True, when=time.time() + 3600)
+    assert jobs.grab(worker) is None  # not on disk yet: were it run and then refused …
+    assert jobs.functions[b"f"].queued == 2  # counted all the same (maxqueue, status)
+    assert jobs.commit_store() == []
+    assert jobs.grab(worker) is now
+    assert [entry[2] for entry in jobs.epoch_heap] == [later]  # held for its time
+    assert jobs.functions[b"f"].queued == 1 and not jobs.awaiting
+    store.close()
+
+
+def test_a_refused_job_that_a_foreground_client_joined_runs_for_it(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "q.db")
+    jobs = JobServer(store=store, hostname="t")
+    job = jobs.submit(None, b"f", b"k", b"x", background=True)
+    client = FakePeer()
+    assert jobs.submit(client, b"f", b"k", b"x") is job  # joins it before the commit
+    cancelled = jobs.submit(None, b"f", b"gone", b"x", background=True)
+    assert jobs.cancel(cancelled.handle)  # cancelled while its row is written
+    store.db.close()  # the commit fails
+    assert jobs.commit_store() == [job.handle, cancelled.handle]
+    worker = FakePeer()
+    jobs.can_do(worker, b"f")
+    assert jobs.grab(worker) is job and not job.background and not job.store_id
+    assert jobs.functions[b"f"].queued == 0 and not jobs.awaiting
