@@ -12,11 +12,11 @@ from typing import Annotated
 import typer
 
 from farm.cli.app import SERVER_DEFAULT_HELP, ConfigOption, FarmCommand, app, fail
-from farm.discovery import client_servers
 from farm.errors import ConfigError, FarmError, JobError
-from farm.net import parse_servers, tls_from_env
-from farm.protocol.codec import MAX_FUNCTION, MAX_TIMEOUT, name_problem
-from farm.protocol.kinds import PRIORITY_NAMES
+
+# farm.net, farm.discovery and farm.protocol are imported where they are used: every `farm`
+# command loads this module to register these commands, and those imports (sockets, ssl,
+# the packet table) were a fifth of each command's start.
 
 ServerOpt = Annotated[
     list[str] | None,
@@ -31,7 +31,7 @@ ServerOpt = Annotated[
 ]
 
 
-def _seconds(value: float | None, flag: str, at_most: float = float(MAX_TIMEOUT)) -> None:
+def _seconds(value: float | None, flag: str, at_most: float) -> None:
     """A number of seconds from a flag: finite, > 0 and at most ``at_most``, else exit 2."""
     if value is not None and not (0 < value <= at_most):  # also refuses nan and inf
         fail(f"{flag} must be a number of seconds > 0 and at most {at_most:.0f}, not {value}", 2)
@@ -50,6 +50,8 @@ def _utf8(value: str, what: str) -> bytes:
 def _function_name(name: str, what: str) -> str:
     """A function name the job server takes (as farm.server.connection checks it): else a
     usage error now, not a refusal the server logs while the worker serves nothing."""
+    from farm.protocol.codec import MAX_FUNCTION, name_problem
+
     raw = _utf8(name, what)
     if (problem := name_problem(raw)) is None:
         return name
@@ -78,6 +80,8 @@ def worker(
     ] = False,
 ) -> None:
     """Run one worker process serving MODULE:FUNCTION until SIGTERM or SIGINT."""
+    from farm.net import tls_from_env
+    from farm.protocol.codec import MAX_TIMEOUT
     from farm.targets import load_target
     from farm.worker import Worker
 
@@ -85,7 +89,7 @@ def worker(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s farm worker[%(process)d] %(message)s",
     )
-    _seconds(timeout, "--timeout")
+    _seconds(timeout, "--timeout", at_most=float(MAX_TIMEOUT))
     module, sep, attr = target.partition(":")
     if not sep or not module or not attr:
         fail(f"target {target!r} must look like MODULE:FUNCTION, e.g. workers.text:reverse", 2)
@@ -138,6 +142,8 @@ def submit(
     """
     from farm.cli.watch import LiveLine, progress_bar, warn_if_unserved
     from farm.client import Client
+    from farm.net import tls_from_env
+    from farm.protocol.kinds import PRIORITY_NAMES
 
     if priority not in PRIORITY_NAMES:
         fail(f"--priority must be one of {', '.join(PRIORITY_NAMES)}, not {priority!r}", 2)
@@ -206,6 +212,9 @@ def _servers(server: list[str] | None, config: Path | None) -> list[str]:
     """``--server`` in normal form (a bad one: exit 2), else the config's farm, else the
     library's own default (farm.discovery): a bad $FARM_SERVERS is named. Each ``--server``
     may list several, comma-separated, as farm.Client's string and $FARM_SERVERS do."""
+    from farm.discovery import client_servers
+    from farm.net import parse_servers
+
     try:
         if server:
             return parse_servers(",".join(server))

@@ -1,90 +1,23 @@
 """The tables of farm's live view: `farm top` draws both, `farm ps --watch` the process table.
 
 Pure functions from what the farm already reports -- ``farm ps`` rows from the control
-socket, and numbers read from the metrics endpoint -- to rich renderables. Nothing here
-does I/O or keeps state, so any command (or test) can draw a frame from rows it has.
+socket, and numbers read from the metrics endpoint (rows.py) -- to rich renderables.
+Nothing here does I/O or keeps state, so any command (or test) can draw a frame from rows
+it has. Only the live views import this module, so other commands never load rich.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-__all__ = [
-    "FunctionRow",
-    "SORT_KEYS",
-    "SORT_LETTERS",
-    "function_table",
-    "process_table",
-    "frame",
-    "quantile",
-    "seconds",
-    "state_text",
-]
+from farm.cli.rows import SORT_LETTERS, FunctionRow, seconds, state_text
 
-#: What rows can be sorted by; a key a table has no column for sorts it by name.
-SORT_KEYS = ("name", "queued", "rate", "cpu", "rss", "restarts")
-#: The key press that picks each sort key in the live view (`s` cycles through them).
-SORT_LETTERS = {"n": "name", "u": "queued", "r": "rate", "c": "cpu", "m": "rss", "t": "restarts"}
-
-
-@dataclass(frozen=True, kw_only=True)
-class FunctionRow:
-    """One function as the server and the supervisor see it now."""
-
-    name: str
-    # The server's numbers; None when the server's part of the metrics is missing (metrics
-    # off, or the server did not answer the scrape): a 0 there would read as the truth.
-    queued: int | None
-    running: int | None
-    workers: int | None  # connections that registered it with the server
-    idle: int  # the supervisor's worker processes of the pools serving it: without a job
-    busy: int  # ... and with one (a command worker's, as the job server says)
-    rate: float | None  # jobs answered per second over the last few seconds
-    p50: float | None  # run time (seconds) from the histogram's buckets
-    p99: float | None
-    failures: int | None  # failed (timeouts included) + exceptions
-    # Submits refused with QUEUE_ERROR (every reason), and foreground jobs dropped when all
-    # their clients left: neither reaches an answer, so neither is in the rate or failures.
-    refused: int | None
-    dropped: int | None
-
-
-def quantile(buckets: Sequence[tuple[float, float]], q: float) -> float | None:
-    """The ``q`` quantile of a histogram given as cumulative (upper bound, count) pairs, as
-    PromQL's histogram_quantile computes it (linear within a bucket); None with no data."""
-    if not buckets or buckets[-1][1] <= 0:
-        return None
-    rank = q * buckets[-1][1]
-    low, below = 0.0, 0.0
-    for bound, count in buckets:
-        if count >= rank:
-            if math.isinf(bound):
-                return low  # in the open bucket: its lower edge is all we know
-            if count == below:
-                return bound
-            return low + (bound - low) * (rank - below) / (count - below)
-        low, below = bound, count
-    return low
-
-
-def seconds(value: float | None) -> str:
-    """A duration short enough for a column: 0.4ms, 120ms, 2.5s, 3m."""
-    if value is None:
-        return "-"
-    if value < 0.001:
-        return f"{value * 1000:.2f}ms"
-    if value < 1:
-        return f"{value * 1000:.0f}ms"
-    if value < 120:
-        return f"{value:.1f}s"
-    return f"{value / 60:.0f}m"
+__all__ = ["function_table", "process_table", "frame"]
 
 
 def _mib(value: int | None) -> str:
@@ -211,14 +144,6 @@ def process_table(
     if len(shown) < len(ordered):
         table.caption = f"… {len(ordered) - len(shown)} more (a taller terminal shows them)"
     return table
-
-
-def state_text(row: Mapping[str, Any]) -> str:
-    """A `farm ps` row's state as shown: a command worker counted as serving where no
-    server could show its registration (remote servers only) says so, so that no jobs and
-    no job in hand are not read as idle."""
-    state = str(row.get("state", ""))
-    return f"{state} (not checked)" if row.get("checked") is False else state
 
 
 _STATE_STYLE = {

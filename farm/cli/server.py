@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import ssl
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from farm import protocol
 from farm.cli.app import SERVER_DEFAULT_HELP, ConfigOption, FarmCommand, app, fail
-from farm.client.admin import admin_query
-from farm.discovery import client_servers
 from farm.errors import ConfigError, FarmError
-from farm.net import AddressError, parse_address, parse_servers, tls_from_env
-from farm.protocol.admin import parse_jobs, parse_poison, parse_status
+
+# The client side (farm.net, farm.discovery, farm.client.admin, farm.protocol) is imported
+# where it is used: every `farm` command loads this module to register these commands, and
+# those imports (sockets, ssl, the packet table) were a fifth of each command's start.
+if TYPE_CHECKING:
+    import ssl
 
 
 @app.command(
@@ -72,12 +73,17 @@ def server_help(ctx: typer.Context) -> str:
 def default_server(config: Path | None = None) -> str:
     """Where a client given no server goes (farm.discovery). Raises ValueError, or
     ConfigError for a config that does not say."""
+    from farm.discovery import client_servers
+    from farm.net import parse_servers
+
     return parse_servers(client_servers(config))[0]
 
 
 def server_address(server: str | None, config: Path | None = None) -> str:
     """``--server`` (else the default, from ``config`` if given) in normal form; a bad one
     is a usage error."""
+    from farm.net import AddressError, parse_address
+
     if server is None:
         try:
             return default_server(config)
@@ -112,11 +118,15 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Functions with their queued, running and worker counts (like gearadmin --status)."""
+    from farm.client.admin import admin_query
+    from farm.protocol import ProtocolError
+    from farm.protocol.admin import parse_status
+
     address = server_address(server, config)
     tls = admin_tls()
     try:
         rows = parse_status(admin_query(address, "status", tls=tls))
-    except (OSError, ValueError, protocol.ProtocolError) as exc:
+    except (OSError, ValueError, ProtocolError) as exc:
         fail(f"cannot read status from {address}: {exc}")
     poison = poison_jobs(address, tls)
     if as_json:  # the table's names: queued (not total), running, workers
@@ -151,6 +161,10 @@ def jobs(
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """The jobs running and queued, per function, oldest first, with age and priority."""
+    from farm.client.admin import admin_query
+    from farm.protocol import ProtocolError
+    from farm.protocol.admin import parse_jobs
+
     address = server_address(server, config)
     try:
         reply = admin_query(address, "jobs", tls=admin_tls())
@@ -160,7 +174,7 @@ def jobs(
                 " admin command; `farm status` works with both)"
             )
         rows = parse_jobs(reply)
-    except (OSError, ValueError, protocol.ProtocolError) as exc:
+    except (OSError, ValueError, ProtocolError) as exc:
         fail(f"cannot read the jobs from {address}: {exc}")
     if function is not None:
         rows = [r for r in rows if r.function == function]
@@ -178,6 +192,8 @@ def jobs(
 def admin_tls() -> ssl.SSLContext | None:
     """$FARM_TLS_CA, $FARM_TLS_CERT, $FARM_TLS_KEY, as `farm submit` and `farm worker` take
     them (a file that cannot be used: one line, exit 2)."""
+    from farm.net import tls_from_env
+
     try:
         return tls_from_env()
     except FarmError as exc:
@@ -186,6 +202,9 @@ def admin_tls() -> ssl.SSLContext | None:
 
 def poison_jobs(address: str, tls: ssl.SSLContext | None = None) -> list[dict[str, str]]:
     """farm's `show poison jobs`; empty from servers that do not have it (gearmand)."""
+    from farm.client.admin import admin_query
+    from farm.protocol.admin import parse_poison
+
     try:
         reply = admin_query(address, "show poison jobs", tls=tls)
     except OSError:

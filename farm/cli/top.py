@@ -5,7 +5,7 @@ endpoint once; it computes nothing the farm does not count. Rates (jobs/s, CPU %
 recent run-time quantiles are the difference between two readings a few seconds apart;
 p50/p99 come from the run-time histogram's buckets, as PromQL's histogram_quantile.
 
-Keys: ``q`` quits, ``s`` cycles the sort key, a letter picks one (farm.cli.liveview).
+Keys: ``q`` quits, ``s`` cycles the sort key, a letter picks one (farm.cli.rows).
 Without a terminal (a pipe, a test) each frame is printed in turn. When the farm stops
 under the view it says so and exits 0.
 """
@@ -13,14 +13,11 @@ under the view it says so and exits 0.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
 import select
 import signal
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,7 +27,7 @@ from typing import Annotated, Any
 import typer
 
 from farm.cli.app import MAX_INTERVAL, FarmCommand, app, control_socket, fail
-from farm.cli.liveview import SORT_KEYS, SORT_LETTERS, FunctionRow, frame, quantile
+from farm.cli.rows import SORT_KEYS, SORT_LETTERS, FunctionRow, quantile
 
 __all__ = ["Sampler", "Sample", "live_view"]
 
@@ -67,6 +64,8 @@ class Sampler:
 
     def sample(self) -> Sample:
         """Raises ControlUnavailable when no supervisor answers."""
+        import http.client  # here, as scrape's urllib: they cost every other command's start
+
         from farm.pools.control import request
 
         reply = request(self.control, {"cmd": "ps"}, timeout=5.0)
@@ -195,6 +194,8 @@ class Sampler:
 
 def scrape(url: str) -> Samples:
     """Every sample of a Prometheus endpoint, by (name, sorted labels)."""
+    import urllib.request
+
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT) as reply:
@@ -289,6 +290,7 @@ def live_view(
     from rich.console import Console
     from rich.live import Live
 
+    from farm.cli.liveview import frame
     from farm.pools.control import ControlUnavailable
 
     sampler = Sampler(control, metrics_url)

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 import typer
 
 from farm.cli.app import fail
-from farm.cli.liveview import state_text
+from farm.cli.rows import state_text
 
 #: Seconds `farm submit` waits before it checks that some worker has the function.
 NO_WORKER_AFTER = 3.0

@@ -7,7 +7,8 @@ import math
 import pytest
 from rich.console import Console
 
-from farm.cli.liveview import FunctionRow, frame, process_table, quantile, seconds
+from farm.cli.liveview import frame, process_table
+from farm.cli.rows import FunctionRow, quantile, seconds
 
 
 def render(renderable: object) -> str:
