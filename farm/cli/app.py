@@ -96,7 +96,9 @@ def control_socket(config: Path | None, control: str | None) -> str:
             # else "no supervisor answers at PATH", exit 1, as if the farm were down
             fail(f"--control {control}: not a socket; give the farm's control socket", 2)
         return control
-    from farm.config import control_path
+    # farm.discovery's address-only reading of the config: not farm.config, whose pools and
+    # server options the steering commands never look at (a third of `farm ps`'s start).
+    from farm.discovery import control_path
 
     try:
         return control_path(config)

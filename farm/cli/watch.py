@@ -4,17 +4,19 @@ the process table of `farm ps`, and `farm stop` following the drain. (`farm ps -
 
 from __future__ import annotations
 
-import ssl
 import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import typer
 
 from farm.cli.app import fail
 from farm.cli.rows import state_text
+
+if TYPE_CHECKING:
+    import ssl
 
 #: Seconds `farm submit` waits before it checks that some worker has the function.
 NO_WORKER_AFTER = 3.0

@@ -83,3 +83,15 @@ def test_a_supervised_worker_starts_without_the_supervisor_or_psutil() -> None:
     modules = newly_imported("import farm.pools.workerproc")
     heavy = ("psutil", "farm.supervisor", "farm.config", "farm.cli", "typer", "rich", "ssl")
     assert loaded(modules, heavy) == []
+
+
+def test_the_steering_commands_read_the_control_path_without_the_config_model() -> None:
+    # farm ps, scale, stop, restart: the control socket's path, a request, lines printed.
+    modules = newly_imported(
+        "from farm.cli.app import control_socket\n"
+        "import farm.cli.watch, farm.pools.control\n"
+        "control_socket(None, None)"
+    )
+    assert {"farm.discovery", "farm.pools.control"} <= modules
+    heavy = ("farm.config", "farm.supervisor", "farm.client", "farm.protocol", "psutil", "rich")
+    assert loaded(modules, heavy) == []
