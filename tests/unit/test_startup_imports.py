@@ -95,3 +95,11 @@ def test_the_steering_commands_read_the_control_path_without_the_config_model() 
     assert {"farm.discovery", "farm.pools.control"} <= modules
     heavy = ("farm.config", "farm.supervisor", "farm.client", "farm.protocol", "psutil", "rich")
     assert loaded(modules, heavy) == []
+
+
+def test_the_admin_client_comes_without_the_client_faces() -> None:
+    # The supervisor, `farm status` and the Executor ask the server through it.
+    modules = newly_imported("import farm.client.admin")
+    faces = ("farm.client.blocking", "farm.client.blockingconn", "farm.client.aio", "asyncio")
+    assert loaded(modules, faces) == []
+    assert "farm.client.blocking" in newly_imported("from farm.client import Client")
