@@ -195,7 +195,12 @@ def test_a_removed_command_pools_worker_is_drained_and_killed_past_its_grace(
     # PHP worker got SIGTERM at once, mid-job) and no SIGKILL after it, so a worker that
     # ignores SIGTERM went on serving the removed function, and `farm stop` (systemctl stop)
     # waited for it for ever.
-    up = FarmUp(tmp_path, PYTHON_POOL + held_pool(tmp_path, deaf=True))
+    up = FarmUp(tmp_path, PYTHON_POOL + held_pool(tmp_path, deaf=True), start=False)
+    # A removed pool's workers drain with the farm's grace (its own went with it): 4 s, not
+    # the 10 this test would wait out, and still ample for the job to end first.
+    text = up.config.read_text()
+    up.config.write_text(text.replace("graceful_timeout = 10", "graceful_timeout = 4", 1))
+    up.start()
     try:
         up.expect_notify("READY=1")
         (row,) = wait_for("a connected worker", lambda: up.workers("held", "running"))
