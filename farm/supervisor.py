@@ -74,6 +74,8 @@ class Supervisor(
         self.rollouts = 0
         self.kept_back: set[str] = set()
         self.reloaded_from: dict[str, FunctionConfig] = {}
+        # A pool a reload removed, while its workers drain: they retire with its own grace.
+        self.removed_pools: dict[str, FunctionConfig] = {}
         self.polling = False  # a command worker starts or a restart runs: look again soon
         self.by_pid: dict[int, WorkerProcess] = {}
         self.child_env = sdnotify.child_environ()
@@ -245,7 +247,9 @@ class Supervisor(
                 slot = slots.pop()
                 for proc in (slot.proc, slot.successor):
                     if proc is not None:
-                        self.retire(proc, pool)
+                        self.retire(proc, pool or self.removed_pools.get(name))
+            if pool is None:  # removed: its slots all went just now, with its grace
+                self.removed_pools.pop(name, None)
             for index in range(len(slots), target):
                 core = core_for(self.config.supervisor.cpus, self.offsets[name], index)
                 slots.append(Slot(name, index, core))

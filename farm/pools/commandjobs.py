@@ -229,10 +229,12 @@ class CommandJobs:
             return False
         proc.signal_at, proc.grace = now + grace, grace
         log.info(
-            "worker %s (pid %d): the server hands it no more jobs; %s once it holds none",
+            "worker %s (pid %d): the server hands it no more jobs; %s once it holds none,"
+            " or after %gs",
             proc.name,
             proc.pid,
             signal.Signals(proc.stop_signal).name,
+            grace,
         )
         return True
 

@@ -69,6 +69,7 @@ class Steering(ProcessTable):
     # workers keep the old ones until a rollout tries the pool again (rollout.fail_pool).
     kept_back: set[str]
     reloaded_from: dict[str, FunctionConfig]  # what a reload's changed pools ran before
+    removed_pools: dict[str, FunctionConfig]  # removed by a reload: their workers' grace
     metrics_server: Any  # the /metrics HTTP server (farm.pools.metrics), None when off
     by_pid: dict[int, WorkerProcess]
     stopping: bool  # draining to stop: nothing new starts, nothing may be scaled or replaced
@@ -300,8 +301,11 @@ class Steering(ProcessTable):
                 self.reloaded_from[name] = before  # what its running workers run
                 for slot in self.slots.get(name, ()):  # a fixed target need not wait out a backoff
                     slot.failures, slot.failing, slot.next_start = 0, False, 0.0
+        for name in new.functions.keys() & self.removed_pools.keys():
+            del self.removed_pools[name]  # back before its workers were retired
         for name in old.functions.keys() - new.functions.keys():
             self.reloaded_from.pop(name, None)
+            self.removed_pools[name] = old.functions[name]
             log.info("reload: %s removed; draining its workers", name)
             self.targets.pop(name, None)
         log.info("reloaded %s", new.source)

@@ -176,7 +176,7 @@ PYTHON_POOL = """
     """
 
 
-def held_pool(tmp_path: Path, deaf: bool, *, name: str = "held") -> str:
+def held_pool(tmp_path: Path, deaf: bool, *, name: str = "held", grace: float = 2) -> str:
     script = tmp_path / "held.py"
     script.write_text(HELD_WORKER)
     mode = "deaf" if deaf else "plain"
@@ -184,7 +184,7 @@ def held_pool(tmp_path: Path, deaf: bool, *, name: str = "held") -> str:
         [functions.{name}]
         command = ["{sys.executable}", "{script}", "{tmp_path}", "{mode}"]
         workers = 1
-        graceful_timeout = 2
+        graceful_timeout = {grace:g}
         """
 
 
@@ -195,12 +195,9 @@ def test_a_removed_command_pools_worker_is_drained_and_killed_past_its_grace(
     # PHP worker got SIGTERM at once, mid-job) and no SIGKILL after it, so a worker that
     # ignores SIGTERM went on serving the removed function, and `farm stop` (systemctl stop)
     # waited for it for ever.
-    up = FarmUp(tmp_path, PYTHON_POOL + held_pool(tmp_path, deaf=True), start=False)
-    # A removed pool's workers drain with the farm's grace (its own went with it): 4 s, not
-    # the 10 this test would wait out, and still ample for the job to end first.
-    text = up.config.read_text()
-    up.config.write_text(text.replace("graceful_timeout = 10", "graceful_timeout = 4", 1))
-    up.start()
+    # It drains with its own grace (4 s: room for the steps below), not the farm's (10 s):
+    # the reload that removed the pool took its config, and the farm's went to its workers.
+    up = FarmUp(tmp_path, PYTHON_POOL + held_pool(tmp_path, deaf=True, grace=4))
     try:
         up.expect_notify("READY=1")
         (row,) = wait_for("a connected worker", lambda: up.workers("held", "running"))
@@ -211,6 +208,7 @@ def test_a_removed_command_pools_worker_is_drained_and_killed_past_its_grace(
             out = farm_cli("reload", "--control", up.control)
             assert out.returncode == 0, out.stdout + out.stderr
             wait_for("its drain", lambda: "the server hands it no more jobs" in up.read_log())
+            assert "once it holds none, or after 4s" in up.read_log()
             assert psutil.pid_exists(row["pid"])
             (tmp_path / "hold").unlink()
             assert client.wait(task, timeout=10) == b"done by the command"
