@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -90,3 +91,12 @@ def peer_factory() -> Iterator[Callable[[str], Peer]]:
     yield make
     for peer in peers:
         peer.close()
+
+
+@pytest.fixture
+def unix_sock() -> Iterator[str]:
+    """A server's Unix socket path in a directory of its own, short (a socket's path may be
+    at most 107 bytes, which a test's tmp_path can pass), removed at teardown."""
+    top = Path(tempfile.mkdtemp(prefix="farm-sock-"))
+    yield str(top / "gearman.sock")
+    shutil.rmtree(top, ignore_errors=True)

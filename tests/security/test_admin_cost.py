@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import socket
-import tempfile
 import threading
 import time
 import urllib.request
@@ -55,12 +54,13 @@ def ask(sock: socket.socket, line: bytes) -> bytes:
 
 def test_a_slow_metrics_exposition_is_reused_not_made_again_for_each_ask(
     peer_factory: Callable[[str], Peer],
+    unix_sock: str,
 ) -> None:
     # 65,536 functions held by a local user's TCP workers made one `metrics` take 2-4 s of
     # the server's loop here; asked in a loop (or through the supervisor's endpoint, 4
     # threads) the Executor's calls took 3.5 s each. A slow exposition is now answered
     # again, unchanged, for ten times as long as it took.
-    unix = str(Path(tempfile.mkdtemp(prefix="farm-cost-")) / "gearman.sock")
+    unix = unix_sock
     srv = start_farm_server(unix=unix)
     try:
         wait_for("the Unix socket", lambda: os.path.exists(unix))
@@ -80,11 +80,12 @@ def test_a_slow_metrics_exposition_is_reused_not_made_again_for_each_ask(
 
 def test_tcp_peers_admin_commands_take_at_most_a_share_of_the_server(
     peer_factory: Callable[[str], Peer],
+    unix_sock: str,
 ) -> None:
     # `workers` lists every registration: 134 MB for 64 connections of 4,096 long names,
     # 2-3 s of the server's loop each time a local user asked, in a loop. TCP peers' admin
     # commands together now get a tenth of the server's time; past it, ERR BUSY.
-    unix = str(Path(tempfile.mkdtemp(prefix="farm-cost-")) / "gearman.sock")
+    unix = unix_sock
     srv = start_farm_server(unix=unix)
     try:
         wait_for("the Unix socket", lambda: os.path.exists(unix))

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import os
 import select
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
 import psutil
 
@@ -20,12 +18,8 @@ from tests.helpers.servers import connect, start_farm_server
 from tests.helpers.waiting import wait_for
 
 
-def unix_path() -> str:
-    return str(Path(tempfile.mkdtemp(prefix="farm-share-")) / "gearman.sock")
-
-
-def test_tcp_peers_cannot_take_the_unix_sockets_last_connections() -> None:
-    unix = unix_path()
+def test_tcp_peers_cannot_take_the_unix_sockets_last_connections(unix_sock: str) -> None:
+    unix = unix_sock
     srv = start_farm_server("--max-connections", "20", unix=unix)  # 2 kept for the socket
     try:
         wait_for("the Unix socket", lambda: os.path.exists(unix))
@@ -49,11 +43,11 @@ def test_tcp_peers_cannot_take_the_unix_sockets_last_connections() -> None:
 
 
 def test_tcp_peers_cannot_take_the_unix_sockets_share_of_unfinished_packets(
-    peer_factory: Callable[[str], Peer],
+    peer_factory: Callable[[str], Peer], unix_sock: str
 ) -> None:
     # One packet's worth (--max-packet) of the 2 MB is kept for the Unix socket: TCP peers
     # holding half-sent bodies once made the farm's own 900 KB call fail.
-    unix = unix_path()
+    unix = unix_sock
     limits = ("--max-packet", "1000000", "--max-partial-bytes", "2000000")
     srv = start_farm_server(*limits, unix=unix)
     try:
@@ -78,12 +72,12 @@ def test_tcp_peers_cannot_take_the_unix_sockets_share_of_unfinished_packets(
 
 
 def test_tcp_peers_cannot_take_the_unix_sockets_share_of_queued_bytes(
-    peer_factory: Callable[[str], Peer],
+    peer_factory: Callable[[str], Peer], unix_sock: str
 ) -> None:
     # A local user queued background jobs for a function no worker serves until the queue
     # was full: the farm's own Executor then got QUEUE_ERROR on the Unix socket, and the
     # jobs outlived the user's connection (and, stored, a restart).
-    unix = unix_path()
+    unix = unix_sock
     srv = start_farm_server("--max-queued-bytes", "4000000", unix=unix)  # TCP's: 3 MB
     try:
         wait_for("the Unix socket", lambda: os.path.exists(unix))
@@ -101,11 +95,11 @@ def test_tcp_peers_cannot_take_the_unix_sockets_share_of_queued_bytes(
 
 
 def test_tcp_peers_cannot_make_functions_past_max_functions(
-    peer_factory: Callable[[str], Peer],
+    peer_factory: Callable[[str], Peer], unix_sock: str
 ) -> None:
     # 25 TCP connections of 4,096 names each made the server hold 13 GB, and a scrape of
     # its metrics took minutes; only 256 of the names are ever labelled in the metrics.
-    unix = unix_path()
+    unix = unix_sock
     srv = start_farm_server("--max-functions", "300", unix=unix)
     try:
         wait_for("the Unix socket", lambda: os.path.exists(unix))
@@ -138,10 +132,10 @@ def test_tcp_peers_cannot_make_functions_past_max_functions(
         srv.stop()
 
 
-def test_tcp_admin_cannot_make_functions_past_max_functions() -> None:
+def test_tcp_admin_cannot_make_functions_past_max_functions(unix_sock: str) -> None:
     """`create function` and `maxqueue` make the function they name: with --tcp-admin full
     (a bare `farm server`, as gearmand) they are bound over TCP as CAN_DO and SUBMIT are."""
-    unix = unix_path()
+    unix = unix_sock
     srv = start_farm_server("--max-functions", "3", "--tcp-admin", "full", unix=unix)
     try:
         wait_for("the Unix socket", lambda: os.path.exists(unix))
@@ -162,12 +156,12 @@ def test_tcp_admin_cannot_make_functions_past_max_functions() -> None:
 
 
 def test_tcp_peers_together_register_at_most_max_tcp_abilities(
-    peer_factory: Callable[[str], Peer],
+    peer_factory: Callable[[str], Peer], unix_sock: str
 ) -> None:
     # Each connection may register --max-abilities (4,096) functions, of names up to 512
     # bytes: 200 TCP connections of 4,096 made the server hold 460 MB more, so the 10,000
     # connections any local user may open were 24 GB. TCP peers share one budget now.
-    unix = unix_path()
+    unix = unix_sock
     srv = start_farm_server("--max-tcp-abilities", "100", unix=unix)
     try:
         wait_for("the Unix socket", lambda: os.path.exists(unix))
@@ -233,14 +227,14 @@ def test_one_result_to_many_attached_submits_counts_against_max_unread_bytes(
 
 
 def test_tcp_peers_cannot_queue_executor_calls_ahead_of_the_unix_sockets(
-    peer_factory: Callable[[str], Peer],
+    peer_factory: Callable[[str], Peer], unix_sock: str
 ) -> None:
     # Any local user may submit to farm.python over TCP. The workers refuse such unsigned
     # jobs, but only once they reach them: 25 s of high-priority background junk from one
     # connection queued 200,000 of them, and the farm's own Executor calls on the Unix socket
     # waited minutes behind them (stored, across a restart too). TCP's jobs for farm.* now
     # queue low, behind every call from the Unix socket.
-    unix = unix_path()
+    unix = unix_sock
     srv = start_farm_server(unix=unix)
     try:
         wait_for("the Unix socket", lambda: os.path.exists(unix))

@@ -6,7 +6,6 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -133,7 +132,8 @@ def test_every_worker_keeps_its_claims_where_the_first_fallback_put_them(
     from farm.executor.signing import KEY_ENV
 
     monkeypatch.setenv(KEY_ENV, str(tmp_path / "executor.key"))
-    shm = Path(tempfile.mkdtemp(prefix="shm-"))
+    shm = tmp_path / "shm"
+    shm.mkdir()
     monkeypatch.setattr(replay, "Path", lambda p: shm if p == "/dev/shm" else Path(p))
     squatted = replay.default_directory()  # made private, as a worker would
     assert squatted.parent == shm
