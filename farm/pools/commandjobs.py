@@ -217,7 +217,8 @@ class CommandJobs:
     def drain_command(self, proc: WorkerProcess, grace: float) -> bool:
         """Ask the server to hand ``proc`` no more jobs; its ``stop_signal`` follows once
         it holds none (``track_commands``). False when that cannot be asked (no local
-        server's Unix socket, no connection of it seen): then it is signalled at once."""
+        server's Unix socket, no connection of it seen or on that server): then it is signalled
+        at once."""
         if self.peers_address() is None:
             return False
         now = time.monotonic()
@@ -226,6 +227,17 @@ class CommandJobs:
             return False
         reply = self.ask_server("drain " + " ".join(sorted(proc.peers)))
         if reply is None or not reply.startswith("OK"):
+            return False
+        if reply.split()[1:2] == ["0"]:
+            # None of its connections is the local server's (its servers are remote, as a
+            # "running (not checked)" one's): nothing here holds its jobs back or sees them
+            # end. Said as it is, not as a drain that then signalled it within 0.1 s.
+            log.info(
+                "worker %s (pid %d): no connection of it to the local server to drain; %s now",
+                proc.name,
+                proc.pid,
+                signal.Signals(proc.stop_signal).name,
+            )
             return False
         proc.signal_at, proc.grace = now + grace, grace
         log.info(

@@ -85,6 +85,11 @@ def test_a_command_worker_of_a_remote_server_runs_unchecked(tmp_path: Path, remo
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
         (after,) = up.workers("far", "running")
         assert after["pid"] != far["pid"] and after["checked"] is False
+        # Its old process is not drained (the local server holds none of its connections):
+        # signalled at once, and the log says so, not "the server hands it no more jobs".
+        retired = [line for line in up.read_log().splitlines() if f"(pid {far['pid']})" in line]
+        assert not [line for line in retired if "hands it no more jobs" in line], retired
+        assert [line for line in retired if "no connection of it to the local server" in line]
     finally:
         assert up.stop() == 0
 
