@@ -22,12 +22,31 @@ if TYPE_CHECKING:
     from farm.pools.localserver import LocalServer
     from farm.pools.slots import Slot, WorkerProcess
 
-__all__ = ["ProcessTable", "STOPPED", "remote_closed"]
+__all__ = ["ProcessTable", "STOPPED", "TcpSnapshot", "remote_closed"]
 
 STOPPED = (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
 
 
-def remote_closed(pid: int, server: str, servers: Sequence[str]) -> bool:
+class TcpSnapshot:
+    """The host's TCP connections by pid, read at most once per `farm ps`: psutil parses the
+    kernel's whole table at each call, for one process or for all (some 50 ms with 4,000
+    connections on the host), and a remote-only farm may have dozens of busy workers."""
+
+    def __init__(self) -> None:
+        self._by_pid: dict[int, list[Any]] | None = None
+
+    def of(self, pid: int) -> list[Any]:
+        """``pid``'s TCP connections (none: all closed, or the process is gone)."""
+        if self._by_pid is None:
+            by_pid: dict[int, list[Any]] = {}
+            for c in psutil.net_connections(kind="tcp"):
+                if c.pid is not None:
+                    by_pid.setdefault(c.pid, []).append(c)
+            self._by_pid = by_pid
+        return self._by_pid.get(pid, [])
+
+
+def remote_closed(pid: int, server: str, servers: Sequence[str], tcp: TcpSnapshot) -> bool:
     """Whether process ``pid`` holds no open TCP connection to ``server`` (one of its
     ``servers``) any more: the server closed it (CLOSE_WAIT: a busy worker reads nothing,
     so the server's FIN waits there unread) or it is gone. A server that vanished without
@@ -42,11 +61,11 @@ def remote_closed(pid: int, server: str, servers: Sequence[str]) -> bool:
         ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(addr.host)
     except ValueError:
         ip = None
-        tcp = [parse_address(s) for s in servers if parse_address(s).kind == "tcp"]
-        if sum(a.port == addr.port for a in tcp) > 1:
+        tcp_servers = [parse_address(s) for s in servers if parse_address(s).kind == "tcp"]
+        if sum(a.port == addr.port for a in tcp_servers) > 1:
             return False
     try:
-        conns = psutil.Process(pid).net_connections(kind="tcp")
+        conns = tcp.of(pid)
     except psutil.Error:
         return False
     return not any(
@@ -68,10 +87,12 @@ class ProcessTable:
     retiring: list[WorkerProcess]
     started: float
     metrics_server: Any  # the /metrics HTTP server (farm.pools.metrics), None when off
+    _tcp: TcpSnapshot  # set by process_table, a fresh one at each call
 
     def process_table(self) -> list[dict[str, Any]]:
         """Every process the supervisor runs, for `farm ps`."""
         now = time.monotonic()
+        self._tcp = TcpSnapshot()  # read if a busy worker's job came from a remote server
         rows = [self.row(os.getpid(), "supervisor", None, None, "running", self.started, now)]
         if self.config.local_server:  # a server waiting out its backoff has a row too
             srv = self.server
@@ -158,7 +179,7 @@ class ProcessTable:
             return not self.server.pid or proc.busy_since < self.server.started
         if proc.job_server > len(proc.servers):
             return False
-        return remote_closed(proc.pid, proc.servers[proc.job_server - 1], proc.servers)
+        return remote_closed(proc.pid, proc.servers[proc.job_server - 1], proc.servers, self._tcp)
 
     @staticmethod
     def row(
