@@ -372,7 +372,8 @@ class Supervisor(
                         # A command worker: its pool's grace; else the farm's (by what the
                         # process is: a reload may have changed the pool's kind meanwhile).
                         grace = None if proc.command else self.grace
-                        self.retire(proc, self.config.functions.get(name), grace=grace)
+                        pool = self.config.functions.get(name) or self.removed_pools.get(name)
+                        self.retire(proc, pool, grace=grace)
             slots.clear()
         self.targets.clear()
         while self.by_pid:
