@@ -36,6 +36,9 @@ log = logging.getLogger("farm.supervisor")
 
 #: A command worker whose connections psutil may not read counts as running after this long.
 UNSEEN_READY_AFTER = 1.0
+#: Seconds a command worker seen connected to remote servers alone is given to connect to
+#: the local one as well before it counts as serving them alone (registration not checked).
+REMOTE_SETTLE = 1.0
 #: A command worker not serving READY_WAIT after its start (`yes` as a command, a wrong
 #: server) is looked at this often, not every POLL: psutil's scan of its process tree 50
 #: times a second cost ~15% of a core for as long as it ran.
@@ -84,12 +87,23 @@ class CommandStart:
     # Provided by farm.pools.commandjobs: which connected ones registered their functions.
     serving_commands: Callable[[list[WorkerProcess], float], list[WorkerProcess]]
 
+    @staticmethod
+    def settled(proc: WorkerProcess, now: float, local_port: int | None) -> bool:
+        """Whether a worker seen connected to remote servers alone counts as serving them
+        alone: at once where no local server runs, else once it has stayed so REMOTE_SETTLE."""
+        if local_port is None:
+            return True
+        if proc.remote_since is None:
+            proc.remote_since = now
+        return now - proc.remote_since >= REMOTE_SETTLE
+
     def watch_commands(self) -> bool:
         """Mark command workers that connected to a server and registered their pool's
         functions there ``running``; whether one started less than READY_WAIT ago still
         starts (the loop then polls again soon; an older one is looked at every LATE_POLL).
-        One whose connections all go to remote servers runs once it connects, its
-        registration not checked: only the local server answers `peers`."""
+        One whose connections all go to remote servers runs once it connects (and stays
+        so REMOTE_SETTLE, where a local server runs), its registration not checked: only
+        the local server answers `peers`."""
         ports = {parse_address(s).port for s in self.config.command_servers}
         local_port = self.config.server.tcp[1] if self.config.server.tcp else None
         if not self.config.local_server:
@@ -117,13 +131,18 @@ class CommandStart:
                 continue  # exiting: reaping will tell
             if Link.LOCAL in links:
                 connected_ones.append(proc)
-            elif links:
+            elif links and self.settled(proc, now, local_port):
                 # Registered, or not, where the supervisor cannot look (`peers` is farm's,
                 # answered only on the local Unix socket; gearmand's `workers` names a
                 # connection by its IP alone): connected counts, as systemd counts started.
+                # Where a local server runs, only once it has had time to connect there too:
+                # one look decides for good, and a worker that dials all its servers at
+                # once may reach a remote one first.
                 remote_only.append(proc)
             elif not late:
                 waiting = True
+            if Link.LOCAL in links or not links:
+                proc.remote_since = None
         serving = self.serving_commands(connected_ones, now) if connected_ones else []
         # Said at INFO where the farm runs a local server, which such a worker passed by
         # (its $FARM_SERVERS names it first): an operator reading `farm ps` wants to know

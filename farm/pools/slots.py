@@ -160,6 +160,7 @@ class WorkerProcess:
     out: OutputLines = field(default_factory=OutputLines)  # its lines, within their budget
     output_resume: float | None = None  # flooding: when its pipe is read again (reports)
     connect_checked: float = 0.0  # a starting command worker: when its sockets were looked at
+    remote_since: float | None = None  # ... and since when seen connected to remote ones alone
     stop_signal: int = signal.SIGTERM  # what asks it to stop (SIGTERM drains a Python worker)
     # A command worker, as the job server sees it (farm.pools.commandjobs): the names of its
     # connections in the server's `peers`, when they were read, jobs done per connection;

@@ -94,6 +94,45 @@ def test_a_command_worker_of_a_remote_server_runs_unchecked(tmp_path: Path, remo
         assert up.stop() == 0
 
 
+#: One that dials the remote server first and the local one a moment later, as a worker
+#: connecting to all its servers at once may: it registers on both.
+DIALS_BOTH = """
+import os, socket, time
+from farm import protocol as p
+conns = []
+for index in (-1, 0):
+    host, port = os.environ["FARM_SERVERS"].split(",")[index].rsplit(":", 1)
+    conns.append(socket.create_connection((host, int(port))))
+    conns[-1].sendall(p.encode_req(p.PacketType.CAN_DO, os.environ["FARM_FUNCTION"].encode()))
+    time.sleep(0.3)
+time.sleep(300)
+"""
+
+
+def test_a_worker_that_reaches_a_remote_server_first_is_checked_on_the_local_one(
+    tmp_path: Path, remote: Server
+) -> None:
+    # One look decided for good: seen connected to the remote server alone, it ran "not
+    # checked" for ever, and a deploy counted its successor as serving before it registered
+    # on the local server.
+    script = tmp_path / "both.py"
+    script.write_text(DIALS_BOTH)
+    up = FarmUp(
+        tmp_path,
+        f'[functions.both]\ncommand = ["{sys.executable}", "{script}"]\nworkers = 1\n',
+        start=False,
+    )
+    both = f'[supervisor]\nlocal_server = true\nservers = ["{remote.addr}"]\n'
+    up.config.write_text(up.config.read_text().replace("[supervisor]\n", both))
+    up.start()
+    try:
+        up.expect_notify("READY=1", timeout=30)
+        (row,) = wait_for("the worker running", lambda: up.workers("both", "running"))
+        assert row["checked"] is True, row
+    finally:
+        assert up.stop() == 0
+
+
 @pytest.mark.parametrize(
     ("remote_ip", "local_ip", "here"),
     [
