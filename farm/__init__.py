@@ -67,3 +67,8 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'farm' has no attribute {name!r}")
     return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    """The lazy names too (what an editor or IPython completes)."""
+    return sorted({*globals(), *__all__})

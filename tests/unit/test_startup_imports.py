@@ -103,3 +103,12 @@ def test_the_admin_client_comes_without_the_client_faces() -> None:
     faces = ("farm.client.blocking", "farm.client.blockingconn", "farm.client.aio", "asyncio")
     assert loaded(modules, faces) == []
     assert "farm.client.blocking" in newly_imported("from farm.client import Client")
+
+
+def test_the_lazy_names_are_listed_as_the_module_s_own() -> None:
+    # Loaded on first use, they were missing from dir(): no completion for farm.Executor.
+    import farm
+    import farm.client
+
+    assert {"Executor", "Client", "AsyncClient", "Worker"} <= set(dir(farm))
+    assert {"Client", "AsyncClient", "Task", "JobStatus"} <= set(dir(farm.client))
