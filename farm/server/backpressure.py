@@ -40,6 +40,8 @@ class BackPressure:
     unsent: int
     out: bytearray
     held: list[HeldReply] | None
+    held_bytes: int
+    held_full: bool  # replies held for the store's commit past HELD_READ_LIMIT
     detach: Callable[[], None]
     write_paused: bool
     reading: bool
@@ -107,13 +109,14 @@ class BackPressure:
         self.partial = 0
         self.out.clear()  # what it is owed goes now, not at the turn's end
         self.held = None
+        self.held_bytes = 0
         self.unsent_gone()
         if self.transport is not None:
             self.transport.abort()
         self.detach()  # what it held goes back to the queues now
 
     def update_reading(self) -> None:
-        want = not (self.write_paused or self.waiting_on)
+        want = not (self.write_paused or self.waiting_on or self.held_full)
         if want == self.reading or self.closed or self.transport is None:
             return
         self.reading = want

@@ -17,7 +17,7 @@ from farm.logs import Brief
 from farm.protocol import PacketType as T
 from farm.protocol import encode_res, frame_res
 from farm.protocol.kinds import SUBMIT_KINDS, Priority, SubmitKind
-from farm.server.hub import LAZY_CREATED_MAX, HeldReply, Hub
+from farm.server.hub import HELD_READ_LIMIT, LAZY_CREATED_MAX, HeldReply, Hub
 from farm.server.jobs import Job, JobServer, Outcome, Progress, QueueFull
 from farm.server.queues import Peer
 from farm.server.store import StoreError
@@ -64,6 +64,9 @@ class ClientSide:
     dirty: bool
     closed: bool
     held: list[HeldReply] | None
+    held_bytes: int  # what the held replies carry after them
+    held_full: bool  # past HELD_READ_LIMIT: not read until they leave
+    update_reading: Callable[[], None]
     lingering: bool  # closed, its transport open until its held replies leave
     transport: asyncio.Transport | None
     lazy_created: bool
@@ -160,6 +163,10 @@ class ClientSide:
         del held[:done]
         if not held:
             self.held = None
+        self.held_bytes = sum(len(reply.after) for reply in held)  # 0 but for two batches
+        if self.held_full and self.held_bytes <= HELD_READ_LIMIT:
+            self.held_full = False
+            self.update_reading()  # read again (not when closed: it checks)
         if self.closed and not self.lingering:
             return refused  # refused all the same: no job was made for them
         for reply in released:

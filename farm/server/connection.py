@@ -29,7 +29,7 @@ from farm.protocol.kinds import SUBMIT_KINDS
 from farm.server.adminside import AdminSide
 from farm.server.backpressure import BackPressure
 from farm.server.clientside import ClientSide
-from farm.server.hub import HeldReply, Hub
+from farm.server.hub import HELD_READ_LIMIT, HeldReply, Hub
 from farm.server.jobs import Job
 from farm.server.workerside import UCRED, WorkerSide, error
 
@@ -53,6 +53,8 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
         self.out = bytearray()
         # JOB_CREATEDs waiting for the store's commits, each with what came after it.
         self.held: list[HeldReply] | None = None
+        self.held_bytes = 0  # what the held replies carry after them (HELD_READ_LIMIT)
+        self.held_full = False  # past HELD_READ_LIMIT: not read until they leave
         self.partial = 0  # bytes of unfinished packets this connection holds (see count_partial)
         self.unsent = 0  # bytes sent to a TCP peer this turn, not written yet (count_unsent)
         self.dirty = False
@@ -211,6 +213,10 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
             self.out += data
         else:
             self.held[-1].after.extend(data)  # keeps its place behind a held JOB_CREATED
+            self.held_bytes += len(data)
+            if self.held_bytes > HELD_READ_LIMIT and not self.held_full:
+                self.held_full = True  # as a peer past its transport's high-water mark
+                self.update_reading()
         if not self.dirty:
             self.dirty = True
             self.hub.dirty.append(self)

@@ -31,12 +31,17 @@ from farm.server.settings import ServerOptions
 from farm.server.store import Batch, SQLiteStore, open_store
 from farm.server.storewriter import StoreWriter
 
-__all__ = ["Hub", "HeldReply", "Writer", "VERBOSE_NAMES", "LAZY_CREATED_MAX"]
+__all__ = ["Hub", "HeldReply", "Writer", "VERBOSE_NAMES", "LAZY_CREATED_MAX", "HELD_READ_LIMIT"]
 
 VERBOSE_NAMES = ("ERROR", "WARNING", "NOTICE", "INFO", "DEBUG")
 
 #: A JOB_CREATED held for a lazy-created client leaves at the latest this late (seconds).
 LAZY_CREATED_MAX = 0.005
+#: Bytes of replies a connection may hold behind a JOB_CREATED waiting for the store's commit
+#: before it is not read until they leave: held, they reach no transport, so neither its
+#: high-water mark nor --max-unread-bytes would stop a peer piping requests behind a
+#: background submit while a commit is slow (farm.server.backpressure).
+HELD_READ_LIMIT = 1 << 20
 
 
 class HeldReply:

@@ -9,6 +9,7 @@ held on an event (``Gate``): a real loop, real sockets, a real SQLite file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import select
 import sqlite3
 import threading
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from farm import protocol as p
 from farm.protocol import PacketType as T
 from farm.server.app import Server
 from farm.server.options import parse_args
@@ -54,11 +56,12 @@ class Gate:
         self.open.release()
 
 
-@pytest.fixture
-def gated(tmp_path: Path) -> Iterator[tuple[str, Gate]]:
+@contextlib.contextmanager
+def gated_server(tmp_path: Path, *flags: str) -> Iterator[tuple[str, Gate, Server]]:
     """A server on 127.0.0.1 with a SQLite store whose writes wait for the test's ``Gate``."""
     port = free_port()
-    server = Server(parse_args(["--port", str(port), "--store", str(tmp_path / "q.db")]))
+    args = ["--port", str(port), "--store", str(tmp_path / "q.db"), *flags]
+    server = Server(parse_args(args))
     store = server.hub.store
     assert store is not None
     gate = Gate()
@@ -79,7 +82,7 @@ def gated(tmp_path: Path) -> Iterator[tuple[str, Gate]]:
     thread.start()
     assert up.wait(10), "the server did not start"
     try:
-        yield f"127.0.0.1:{port}", gate
+        yield f"127.0.0.1:{port}", gate, server
     finally:
         gate.shut = False
         for _ in range(8):  # whatever still waits goes through
@@ -87,6 +90,13 @@ def gated(tmp_path: Path) -> Iterator[tuple[str, Gate]]:
         loop.call_soon_threadsafe(server.stop)
         thread.join(10)
         loop.close()
+
+
+@pytest.fixture
+def gated(tmp_path: Path) -> Iterator[tuple[str, Gate]]:
+    """A gated server (``gated_server``): its address and its gate."""
+    with gated_server(tmp_path) as (addr, gate, _):
+        yield addr, gate
 
 
 def readable(peer: Peer) -> bool:
@@ -242,3 +252,36 @@ def test_a_failing_store_waits_for_its_retry_with_deletes_held(gated: tuple[str,
         check.send(T.ECHO_REQ, "turn")
         check.expect(T.ECHO_RES)
     assert _commits(check) <= before + 1
+
+
+@pytest.mark.timeout(60)
+def test_replies_held_for_a_commit_stop_the_reading_of_their_peer(tmp_path: Path) -> None:
+    """Replies held behind a JOB_CREATED reach no transport, so neither its high-water mark
+    nor --max-unread-bytes saw them: a TCP peer piping echoes behind a background submit
+    while its commit was slow made the server hold all of them (96 MiB past an 8 MiB
+    limit). Past HELD_READ_LIMIT such a peer is not read until they leave."""
+    mib = 1 << 20
+    flags = ("--max-packet", str(2 * mib), "--max-unread-bytes", str(8 * mib))
+    with gated_server(tmp_path, *flags) as (addr, gate, server):
+        client = Peer(addr)
+        client.send(T.SUBMIT_JOB_BG, "bg", "", "x")
+        gate.wait_entered()  # its commit has begun, and does not end (a slow disk)
+        echo = p.encode_req(T.ECHO_REQ, b"e" * (3 * mib // 2))
+        sent = threading.Event()
+
+        def flood() -> None:  # 96 MiB of echoes, none read meanwhile
+            for _ in range(64):
+                client.sock.sendall(echo)
+            sent.set()
+
+        threading.Thread(target=flood, daemon=True).start()
+        sent.wait(3)
+        holding = list(server.hub.holding)
+        held = sum(len(reply.after) for conn in holding for reply in conn.held or ())
+        assert held <= 16 * mib, f"{held >> 20} MiB of replies held for a peer past the limit"
+        gate.shut = False
+        gate.let_one_go()  # committed: what was held leaves, and the peer is read again
+        client.expect(T.JOB_CREATED)
+        for _ in range(64):
+            assert len(client.expect(T.ECHO_RES).args[0]) == 3 * mib // 2
+        assert sent.wait(10)
