@@ -244,9 +244,9 @@ class SQLiteStore:
             attempt=not (self.broken and time.monotonic() < self._retry_at),
             recovering=self.broken is not None,
         )
-        self._adds, self._deletes, self.staged_handles = [], [], []
-        if self._retries:  # rare (a worker died): no new dict each turn
-            self._retries = {}
+        # Each a new one, the counts' too: the batch is the writer thread's from here on, and
+        # a dict it shared with the stage would change under it when a worker died.
+        self._adds, self._deletes, self.staged_handles, self._retries = [], [], [], {}
         return batch
 
     def write(self, batch: Batch) -> None:
@@ -364,7 +364,7 @@ class SQLiteStore:
                     "DELETE FROM jobs WHERE id IN (" + ",".join(["?"] * len(ids)) + ")", ids
                 )
             self.db.execute("COMMIT")
-        except sqlite3.Error:
+        except BaseException:  # any: a transaction left open fails every later commit
             try:
                 self.db.execute("ROLLBACK")
             except sqlite3.Error:

@@ -122,3 +122,39 @@ def test_a_supervised_server_counts_a_death_only_if_it_outlives_the_grace(
     jobs.commit_store()
     assert [r.retries for r in store.load()] == [1]
     store.close()
+
+
+def test_a_batch_in_flight_shares_no_count_with_the_stage(tmp_path: Path) -> None:
+    """Found in a review: ``take`` handed the writer thread the stage's own (empty) dict of
+    counts, so a worker's death staged while the batch was written changed the batch under
+    the writer: its UPDATE list could be read while the loop grew the dict ("dictionary
+    changed size during iteration", not a sqlite3.Error: the transaction was left open,
+    and the next commit failed, refusing its background jobs)."""
+    store = SQLiteStore(tmp_path / "q.db")
+    rows = [store.add(b"h%d" % i, b"f", b"", b"x", 1, None, 0.0) for i in range(3)]
+    assert store.commit() == []
+    batch = store.take()  # nothing staged: no counts
+    store.retried(rows[0], 1)  # a worker died meanwhile: staged for the next batch
+    assert batch.retries == {}, "the batch in flight changed under its writer"
+
+
+def test_a_commit_that_fails_outside_sqlite_leaves_no_transaction_open(tmp_path: Path) -> None:
+    """The writer thread takes any exception as a failed commit: its transaction must not
+    stay open, or every later commit fails ("cannot start a transaction within a
+    transaction") and background jobs are refused until a restart."""
+    store = SQLiteStore(tmp_path / "q.db")
+    row = store.add(b"h1", b"f", b"", b"x", 1, None, 0.0)
+    assert store.commit() == []
+    store.retried(row, 2)
+    batch = store.take()
+    batch.retries = BadCounts({row: 2})  # an exception of no sqlite3 kind, mid-transaction
+    with pytest.raises(RuntimeError):
+        store.write(batch)
+    store.add(b"h2", b"f", b"", b"x", 1, None, 0.0)
+    assert store.commit() == [], "a commit after the failure was refused"
+    store.close()
+
+
+class BadCounts(dict[int, int]):
+    def items(self):  # type: ignore[no-untyped-def,override]
+        raise RuntimeError("dictionary changed size during iteration")
