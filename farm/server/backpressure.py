@@ -42,6 +42,7 @@ class BackPressure:
     held: list[HeldReply] | None
     held_bytes: int
     held_full: bool  # replies held for the store's commit past HELD_READ_LIMIT
+    held_counted: int  # of held_bytes, what hub.tcp_held counts
     detach: Callable[[], None]
     write_paused: bool
     reading: bool
@@ -69,8 +70,24 @@ class BackPressure:
         self.unsent += size
         hub = self.hub
         hub.tcp_unsent += size
-        if hub.tcp_unsent > hub.options.max_unread_bytes:
+        if hub.tcp_unsent + hub.tcp_held > hub.options.max_unread_bytes:
             self.check_unread()
+
+    def count_held(self, size: int) -> None:
+        """``size`` bytes more held for this TCP peer behind a JOB_CREATED waiting for the
+        store's commit: owed to it as much as a reply it has not read, so they count against
+        --max-unread-bytes until they leave (``held_gone``), however long the commit takes."""
+        self.held_counted += size
+        hub = self.hub
+        hub.tcp_held += size
+        if hub.tcp_unsent + hub.tcp_held > hub.options.max_unread_bytes:
+            self.check_unread()
+
+    def held_gone(self, left: int) -> None:
+        """Of what count_held counted, only ``left`` bytes are still held."""
+        left = min(left, self.held_counted)
+        self.hub.tcp_held -= self.held_counted - left
+        self.held_counted = left
 
     def unsent_gone(self) -> None:
         """What count_unsent counted was written, or dropped."""
@@ -84,8 +101,8 @@ class BackPressure:
         --max-unread-bytes."""
         hub = self.hub
         sizes = {
-            conn: conn.unsent + conn.transport.get_write_buffer_size()
-            for conn in (*hub.slow_readers, *hub.dirty)
+            conn: conn.unsent + conn.held_counted + conn.transport.get_write_buffer_size()
+            for conn in (*hub.slow_readers, *hub.dirty, *hub.holding)
             if conn.tcp and conn.transport is not None and not conn.closed
         }
         total, limit = sum(sizes.values()), hub.options.max_unread_bytes
@@ -110,6 +127,7 @@ class BackPressure:
         self.out.clear()  # what it is owed goes now, not at the turn's end
         self.held = None
         self.held_bytes = 0
+        self.held_gone(0)
         self.unsent_gone()
         if self.transport is not None:
             self.transport.abort()

@@ -67,6 +67,7 @@ class ClientSide:
     held_bytes: int  # what the held replies carry after them
     held_full: bool  # past HELD_READ_LIMIT: not read until they leave
     update_reading: Callable[[], None]
+    held_gone: Callable[[int], None]
     lingering: bool  # closed, its transport open until its held replies leave
     transport: asyncio.Transport | None
     lazy_created: bool
@@ -164,6 +165,7 @@ class ClientSide:
         if not held:
             self.held = None
         self.held_bytes = sum(len(reply.after) for reply in held)  # 0 but for two batches
+        self.held_gone(self.held_bytes)
         if self.held_full and self.held_bytes <= HELD_READ_LIMIT:
             self.held_full = False
             self.update_reading()  # read again (not when closed: it checks)

@@ -55,6 +55,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
         self.held: list[HeldReply] | None = None
         self.held_bytes = 0  # what the held replies carry after them (HELD_READ_LIMIT)
         self.held_full = False  # past HELD_READ_LIMIT: not read until they leave
+        self.held_counted = 0  # of those, what hub.tcp_held counts (a TCP peer's)
         self.partial = 0  # bytes of unfinished packets this connection holds (see count_partial)
         self.unsent = 0  # bytes sent to a TCP peer this turn, not written yet (count_unsent)
         self.dirty = False
@@ -221,7 +222,10 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
             self.dirty = True
             self.hub.dirty.append(self)
         if self.tcp:
-            self.count_unsent(len(data))
+            if self.held is None:
+                self.count_unsent(len(data))
+            else:
+                self.count_held(len(data))
 
     def flush(self) -> None:
         self.dirty = False

@@ -130,6 +130,7 @@ class Hub:
         # what they leave unread counts against --max-unread-bytes (BackPressure).
         self.slow_readers: set[Any] = set()
         self.tcp_unsent = 0  # bytes made for TCP peers this turn, not written yet (BackPressure)
+        self.tcp_held = 0  # bytes held for TCP peers behind a JOB_CREATED (BackPressure)
         self.stats = ServerStats()
         # Seconds of the loop TCP peers' admin commands owe, and when it was last paid
         # down (farm.server.adminside: TCP_ADMIN_SHARE).

@@ -13,6 +13,7 @@ import contextlib
 import select
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -285,3 +286,39 @@ def test_replies_held_for_a_commit_stop_the_reading_of_their_peer(tmp_path: Path
         for _ in range(64):
             assert len(client.expect(T.ECHO_RES).args[0]) == 3 * mib // 2
         assert sent.wait(10)
+
+
+@pytest.mark.timeout(60)
+def test_replies_held_for_a_commit_count_against_max_unread_bytes(tmp_path: Path) -> None:
+    """Held replies are owed to their TCP peers as much as unread ones: six peers holding
+    1.5 MiB each behind a slow commit pass a 4 MiB --max-unread-bytes together, and the
+    ones owed the most are disconnected, as peers not reading their replies are."""
+    mib = 1 << 20
+    flags = ("--max-packet", str(2 * mib), "--max-unread-bytes", str(4 * mib))
+    with gated_server(tmp_path, *flags) as (addr, gate, server):
+        first = Peer(addr)
+        first.send(T.SUBMIT_JOB_BG, "bg", "", "x")
+        gate.wait_entered()  # a slow commit: everything below waits for it
+        echo = p.encode_req(T.ECHO_REQ, b"e" * (3 * mib // 4))
+        peers = []
+        for n in range(6):
+            peer = Peer(addr)
+            peer.send(T.SUBMIT_JOB_BG, "bg", f"u{n}", "x")
+            peer.sock.sendall(echo * 2)
+            peers.append(peer)
+        loop = server.loop
+        assert loop is not None
+
+        async def owed() -> int:  # read on the server's loop, between its callbacks
+            holding = [conn for conn in server.hub.holding if not conn.closed]
+            return sum(len(reply.after) for conn in holding for reply in conn.held or ())
+
+        for _ in range(15):  # while the server reads what the peers sent
+            held = asyncio.run_coroutine_threadsafe(owed(), loop).result(10)
+            assert held <= 4 * mib, f"{held >> 20} MiB held for TCP peers past the limit"
+            time.sleep(0.1)
+        gate.shut = False
+        gate.let_one_go()
+        assert first.expect(T.JOB_CREATED)
+        # All of it gone once the next batch is committed too: released, or dropped with its peer.
+        wait_for("the held replies gone", lambda: server.hub.tcp_held == 0)
