@@ -80,6 +80,12 @@ def test_a_python_worker_printing_in_a_loop_is_cut_to_its_budget(tmp_path: Path)
             ),
             30,
         )
+        # The talker's lines come through a pipe of their own, read as they come: its last
+        # one may be read after the flood's crash is logged.
+        wait_for(
+            "the talk's last line",
+            lambda: re.search(r"talk#0\[\d+\] INFO line 249\n", up.read_log()),
+        )
         log = up.read_log()
         lived = float(crash.group(1))
         # Its last words are quoted though the flood before them was dropped.
