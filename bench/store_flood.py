@@ -4,17 +4,20 @@
         [--inflight 300] [--size 2048] [--store-sync normal] [--farm-root DIR ...]
 
 Anyone who can reach the TCP port may submit stored background jobs, and each is
-written to the SQLite store before its JOB_CREATED. This starts a farm server with
-its default store (in a temporary directory) on a free 127.0.0.1 port and a Unix
-socket, a worker that ends the flooded function's jobs at once and an echo worker.
+written to the SQLite store before its JOB_CREATED. This runs the deployment users
+run: ``farm up`` with its default store (SQLite under ``$XDG_STATE_HOME``, here a
+temporary directory), from a config that sets only the addresses (a free 127.0.0.1
+port and a Unix socket) and two pools: one farm.python worker for the owner's
+``farm.Executor`` and one ``workers.text:echo`` worker for the flooded function.
 ``--flooders`` TCP connections each keep ``--inflight`` SUBMIT_JOB_BG of ``--size``
-bytes in flight for ``--seconds``; meanwhile one client on the Unix socket (the
-owner's, as farm.Executor's) runs sequential foreground jobs. Printed per round:
-their latency idle and under the flood (p50, p99, max), the flood's acknowledged
-jobs, and the seconds the store spent committing (its metrics).
+bytes in flight for ``--seconds``; meanwhile the owner calls ``farm.Executor`` on the
+Unix socket, one tiny call at a time. Printed per round: the calls' latency idle and
+under the flood (p50, p99, max), the flood's acknowledged jobs, and the seconds the
+store spent committing (the server's metrics).
 
-``--farm-root DIR`` adds another checkout (a git worktree of the commit before a
-change), its rounds interleaved with this tree's.
+``--farm-root DIR`` adds another checkout's farm (a git worktree of the commit before a
+change: its supervisor, server and workers; the caller's Executor is this tree's), its
+rounds interleaved with this tree's.
 """
 
 from __future__ import annotations
@@ -24,39 +27,34 @@ import multiprocessing as mp
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.server_load import FUNC, PAYLOAD, echo_worker
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import farm
+from bench.probes import key_file
 from farm import protocol as p
 from farm.client.admin import admin_query
+from farm.executor.call import DEFAULT_FUNCTION, TARGET
+from farm.executor.replay import shm_directory
+from farm.executor.signing import KEY_ENV
 from farm.protocol import PacketType as T
-from tests.helpers.servers import free_port, wait_connectable
+from tests.helpers.farmproc import FarmUp
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOODED = b"flooded"
+POOLS = f"""
+[functions."{DEFAULT_FUNCTION}"]
+target = "{TARGET}"
+workers = 1
 
-
-def drain_worker(port: int) -> None:
-    """Ends each flooded job at once, so the store deletes as it adds."""
-    s = socket.create_connection(("127.0.0.1", port))
-    dec = p.Decoder(allow_admin=False)
-    grab = p.encode_req(T.GRAB_JOB)
-    s.sendall(p.encode_req(T.CAN_DO, FLOODED) + grab)
-    while data := s.recv(262144):
-        out = bytearray()
-        for pkt in dec.feed(data):
-            if pkt.type == T.JOB_ASSIGN:
-                out += p.encode_req(T.WORK_COMPLETE, pkt.args[0], b"") + grab
-            elif pkt.type == T.NO_JOB:
-                out += p.encode_req(T.PRE_SLEEP)
-            elif pkt.type == T.NOOP:
-                out += grab
-        if out:
-            s.sendall(out)
+[functions.{FLOODED.decode()}]
+target = "workers.text:echo"
+workers = 1
+"""
 
 
 def flooder(port: int, inflight: int, size: int, stop_at: float, acked: mp.Queue) -> None:
@@ -82,21 +80,20 @@ def flooder(port: int, inflight: int, size: int, stop_at: float, acked: mp.Queue
     s.close()
 
 
-def sequential(unix: str, until: float) -> list[float]:
-    """Seconds each foreground echo job took on the Unix socket, one at a time."""
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(unix)
-    dec = p.Decoder(allow_admin=False)
-    submit = p.encode_req(T.SUBMIT_JOB, FUNC, b"", PAYLOAD)
+def tiny(x: int) -> int:
+    return x + 1
+
+
+def sequential(ex: farm.Executor, until: float) -> list[float]:
+    """Seconds each tiny Executor call took, one at a time, until ``until``."""
     took = []
+    n = 0
     while time.monotonic() < until:
         began = time.perf_counter()
-        s.sendall(submit)
-        done = False
-        while not done:
-            done = any(pkt.type == T.WORK_COMPLETE for pkt in dec.feed(s.recv(65536)))
+        if ex.submit(tiny, n).result(timeout=60) != n + 1:
+            raise RuntimeError("a call came back with another call's result")
         took.append(time.perf_counter() - began)
-    s.close()
+        n += 1
     return took
 
 
@@ -113,44 +110,50 @@ def ms(samples: list[float], q: float) -> str:
     return f"{sorted(samples)[min(len(samples) - 1, int(len(samples) * q))] * 1e3:.2f}"
 
 
+def start_farm(root: Path, tmp: Path, store_sync: str) -> FarmUp:
+    """``root``'s `farm up` in ``tmp``, ready: its default store, in ``tmp``'s state dir."""
+    env = {
+        KEY_ENV: str(tmp / "executor.key"),
+        "XDG_STATE_HOME": str(tmp / "state"),
+        "PYTHONPATH": f"{tmp}:{root}",
+    }
+    up = FarmUp(tmp, POOLS, extra_env=env, start=False)
+    up.env.pop("STATE_DIRECTORY", None)  # under systemd: the default would be the service's
+    text = up.config.read_text()
+    # FarmUp's tests run without a store; this measures the default one.
+    tuned = "" if store_sync == "normal" else f'store_sync = "{store_sync}"\n'
+    up.config.write_text(text.replace('store = "none"\n', tuned))
+    up.start()
+    up.expect_notify("READY=1", timeout=120)
+    up.wait_idle({DEFAULT_FUNCTION: 1, FLOODED.decode(): 1}, timeout=120)
+    return up
+
+
 def run(root: Path, args: argparse.Namespace) -> list[str]:
-    top = Path(tempfile.mkdtemp(prefix="farm-flood-"))
-    port, unix = free_port(), str(top / "s.sock")
-    addr = f"127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "farm.server", "--port", str(port), "--unix", unix]
-    argv += ["--store", str(top / "jobs.db"), "--store-sync", args.store_sync]
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    server = subprocess.Popen(argv, cwd=root, env=env, stderr=subprocess.DEVNULL)
-    helpers: list[mp.Process] = []
+    tmp = Path(tempfile.mkdtemp(prefix="farm-flood-"))
+    up = start_farm(root, tmp, args.store_sync)
     try:
-        wait_connectable(addr, server, timeout=30)
-        helpers += [
-            mp.Process(target=echo_worker, args=(addr, True), daemon=True),
-            mp.Process(target=drain_worker, args=(port,), daemon=True),
-        ]
-        for h in helpers:
-            h.start()
-        idle = sequential(unix, time.monotonic() + 2)
-        acked: mp.Queue = mp.Queue()
-        stop_at = time.monotonic() + args.seconds
-        floods = [
-            mp.Process(target=flooder, args=(port, args.inflight, args.size, stop_at, acked))
-            for _ in range(args.flooders)
-        ]
-        for f in floods:
-            f.start()
-        time.sleep(1)  # the flood under way: its first burst is not the steady state
-        flooded = sequential(unix, stop_at - 0.5)
-        total = sum(acked.get(timeout=args.seconds + 60) for _ in floods)
-        for f in floods:
-            f.join()
-        committing = commit_seconds(addr)
+        with farm.Executor(servers=[f"unix:{up.unix}"], key_file=str(key_file(up))) as ex:
+            sequential(ex, time.monotonic() + 1)  # imports, the connection, the worker's cache
+            idle = sequential(ex, time.monotonic() + 2)
+            acked: mp.Queue = mp.Queue()
+            stop_at = time.monotonic() + args.seconds
+            floods = [
+                mp.Process(target=flooder, args=(up.port, args.inflight, args.size, stop_at, acked))
+                for _ in range(args.flooders)
+            ]
+            for f in floods:
+                f.start()
+            time.sleep(1)  # the flood under way: its first burst is not the steady state
+            flooded = sequential(ex, stop_at - 0.5)
+            total = sum(acked.get(timeout=args.seconds + 60) for _ in floods)
+            for f in floods:
+                f.join()
+        committing = commit_seconds(f"unix:{up.unix}")
     finally:
-        for h in helpers:
-            h.kill()
-        server.terminate()
-        server.wait(30)
-        shutil.rmtree(top, ignore_errors=True)
+        up.stop()
+        shutil.rmtree(shm_directory(key_file(up)), ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     return [
         str(root),
         f"{ms(idle, 0.5)} ms",
@@ -171,7 +174,8 @@ def main() -> None:
     ap.add_argument("--farm-root", action="append", default=[], help="another checkout")
     args = ap.parse_args()
     roots = [ROOT, *(Path(r).resolve() for r in args.farm_root)]
-    print("| server | idle p50 | flooded p50 / p99 / max | flood acknowledged | committing |")
+    print(f"`farm up` (its default store), {args.flooders} TCP flooders; owner: farm.Executor")
+    print("| farm | idle p50 | flooded p50 / p99 / max | flood acknowledged | committing |")
     print("|---|---:|---:|---:|---:|")
     for _ in range(args.rounds):
         for root in roots:
