@@ -2,7 +2,7 @@
 
     python -m bench.server_load [--jobs 20000] [--inflight 16] [--latency-jobs 2000]
         [--rounds 5] [--gearmand-threads 0,1,4] [--no-held-grab] [--no-lazy-created] [--scrape]
-        [--farm-root DIR ...]
+        [--floor] [--farm-root DIR ...]
 
 Throughput: one client keeps ``--inflight`` 16-byte foreground jobs in flight;
 two raw-protocol echo workers (separate processes) answer them. Latency: one
@@ -17,7 +17,9 @@ compared with the best of gearmand's thread settings, figure by figure. Every
 figure is the median of ``--rounds`` interleaved rounds. ``--scrape`` scrapes
 this tree's farm's metrics once a second while it is measured; ``--farm-root``
 adds another checkout's server (metrics on against off: a worktree of the
-commit before the counting, with ``--gearmand-threads ''``).
+commit before the counting, with ``--gearmand-threads ''``). ``--floor`` adds
+``bench.server_floor``, a bare Python forwarder with none of a server's rules: the
+floor under any job server written in Python, beside gearmand's figures.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from tests.helpers.servers import (
     wait_connectable,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
 FUNC = b"echo"
 PAYLOAD = b"0123456789abcdef"
 
@@ -153,8 +156,12 @@ def start_server(kind: str, args: argparse.Namespace) -> tuple[Server, str | Non
         return start_farm_server(
             "--metrics", f"127.0.0.1:{port}"
         ), f"http://127.0.0.1:{port}/metrics"
-    root = Path(kind.partition(" ")[2])  # "farm-root DIR": another checkout's server
-    argv = [sys.executable, "-m", "farm.server", "--port", "{port}", "--store", "none"]
+    if kind == "floor":  # bench.server_floor: a bare Python forwarder, no server's rules
+        root = ROOT
+        argv = [sys.executable, "-m", "bench.server_floor", "--port", "{port}"]
+    else:
+        root = Path(kind.partition(" ")[2])  # "farm-root DIR": another checkout's server
+        argv = [sys.executable, "-m", "farm.server", "--port", "{port}", "--store", "none"]
     port = free_port()
     proc = subprocess.Popen(
         [a.replace("{port}", str(port)) for a in argv],
@@ -248,6 +255,11 @@ def main() -> None:
         help="serve this tree's farm with --metrics and scrape it once a second while measured",
     )
     ap.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure bench.server_floor, a bare Python forwarder: the language's floor",
+    )
+    ap.add_argument(
         "--farm-root",
         action="append",
         default=[],
@@ -258,6 +270,7 @@ def main() -> None:
     threads = [t for t in args.gearmand_threads.split(",") if t]
     kinds = [f"gearmand -t {t}" for t in threads] + ["farm"]
     kinds += [f"farm-root {Path(r).resolve()}" for r in args.farm_root]
+    kinds += ["floor"] if args.floor else []
     runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
     for _ in range(args.rounds):
         for kind in kinds:
