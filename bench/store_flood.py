@@ -110,8 +110,9 @@ def ms(samples: list[float], q: float) -> str:
     return f"{sorted(samples)[min(len(samples) - 1, int(len(samples) * q))] * 1e3:.2f}"
 
 
-def start_farm(root: Path, tmp: Path, store_sync: str) -> FarmUp:
-    """``root``'s `farm up` in ``tmp``, ready: its default store, in ``tmp``'s state dir."""
+def start_farm(root: Path, tmp: Path, store_sync: str, store: str = "default") -> FarmUp:
+    """``root``'s `farm up` in ``tmp``, ready: its default store, in ``tmp``'s state dir
+    (or with ``store`` "none", none: what is left is the loop's reading of the flood)."""
     env = {
         KEY_ENV: str(tmp / "executor.key"),
         "XDG_STATE_HOME": str(tmp / "state"),
@@ -122,6 +123,8 @@ def start_farm(root: Path, tmp: Path, store_sync: str) -> FarmUp:
     text = up.config.read_text()
     # FarmUp's tests run without a store; this measures the default one.
     tuned = "" if store_sync == "normal" else f'store_sync = "{store_sync}"\n'
+    if store == "none":
+        tuned = 'store = "none"\n'
     up.config.write_text(text.replace('store = "none"\n', tuned))
     up.start()
     up.expect_notify("READY=1", timeout=120)
@@ -131,7 +134,7 @@ def start_farm(root: Path, tmp: Path, store_sync: str) -> FarmUp:
 
 def run(root: Path, args: argparse.Namespace) -> list[str]:
     tmp = Path(tempfile.mkdtemp(prefix="farm-flood-"))
-    up = start_farm(root, tmp, args.store_sync)
+    up = start_farm(root, tmp, args.store_sync, args.store)
     try:
         with farm.Executor(servers=[f"unix:{up.unix}"], key_file=str(key_file(up))) as ex:
             sequential(ex, time.monotonic() + 1)  # imports, the connection, the worker's cache
@@ -149,7 +152,7 @@ def run(root: Path, args: argparse.Namespace) -> list[str]:
             total = sum(acked.get(timeout=args.seconds + 60) for _ in floods)
             for f in floods:
                 f.join()
-        committing = commit_seconds(f"unix:{up.unix}")
+        committing = commit_seconds(f"unix:{up.unix}") if args.store == "default" else 0.0
     finally:
         up.stop()
         shutil.rmtree(shm_directory(key_file(up)), ignore_errors=True)
@@ -171,6 +174,12 @@ def main() -> None:
     ap.add_argument("--inflight", type=int, default=300)
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--store-sync", default="normal", choices=["normal", "full"])
+    ap.add_argument(
+        "--store",
+        default="default",
+        choices=["default", "none"],
+        help="none: no store, so the flood costs only the loop's reading and queueing",
+    )
     ap.add_argument("--farm-root", action="append", default=[], help="another checkout")
     args = ap.parse_args()
     roots = [ROOT, *(Path(r).resolve() for r in args.farm_root)]

@@ -7,6 +7,10 @@ client has drained. Replies it is sent still pile up (each job's result, echoes)
 TCP peers leave unread counts against --max-unread-bytes, and past it the one leaving
 the most is disconnected, so local users cannot make the server buffer results until it
 runs out of memory. Unix-socket peers are the farm's own callers and are not counted.
+What one read brings is acted on READ_SLICE packets a loop turn, the connection not read
+meanwhile: a peer that pipelines thousands of packets (another local user's flood of
+background jobs) shares the loop with the others, the owner's calls on the Unix socket
+among them, instead of holding it for the whole of them.
 The state lives on the connection (``Connection.__init__``).
 """
 
@@ -14,16 +18,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from farm import protocol as p
 from farm.logs import Brief
 from farm.server.hub import HeldReply
 from farm.server.jobs import Job
 
 log = logging.getLogger("farm.server")
 #: One line each 10 s at most: any local user could make many (farm.server.connection).
-over_unread = Brief(log)
+over_unread, over_partial = Brief(log), Brief(log)
+#: Packets of one connection's read acted on in one loop turn; the rest wait for the next
+#: (``defer``), so no peer's burst holds the others for the whole of it.
+READ_SLICE = 16
+Event = p.Packet | p.AdminLine | p.Oversized
 
 
 class BackPressure:
@@ -42,12 +51,46 @@ class BackPressure:
     held: list[HeldReply] | None
     held_bytes: int
     held_full: bool  # replies held for the store's commit past HELD_READ_LIMIT
+    backlog: Iterator[Event] | None  # a read's packets left for a later loop turn (defer)
+    decoder: p.Decoder
+    data_received: Callable[..., None]
+    refuse: Callable[..., None]
     held_counted: int  # of held_bytes, what hub.tcp_held counts
     detach: Callable[[], None]
     write_paused: bool
     reading: bool
     waiting_on: set[BackPressure]
     held_back: set[BackPressure]
+
+    def defer(self, events: Iterator[Event]) -> None:
+        """Leave the rest of a read for a later loop turn, not reading meanwhile: a peer
+        that sends thousands of packets at once must not hold every other peer (the
+        owner's calls on the Unix socket among them) for the whole of them."""
+        self.backlog = events
+        self.update_reading()
+        assert self.hub.loop is not None
+        self.hub.loop.call_soon(self.resume_backlog)
+
+    def resume_backlog(self) -> None:
+        backlog, self.backlog = self.backlog, None
+        if backlog is None or self.closed:
+            return
+        self.data_received(b"", backlog)
+        if self.backlog is None:
+            self.update_reading()
+
+    def count_partial(self) -> None:
+        """Keep the server-wide count of bytes waiting to become whole packets; the
+        connection that takes it past --max-partial-bytes is refused, so many slow
+        senders of large bodies cannot hold the server's memory between them."""
+        now = self.decoder.buffered
+        grew = now - self.partial  # not 0: data_received calls this only on a change
+        self.partial = now
+        if self.hub.count_partial(grew, self.tcp) and grew > 0:
+            over_partial(
+                "fd %d (%s): partial packets over the server's limit; closing", self.fd, self.ip
+            )
+            self.refuse("too many partly received bytes on the server", "ARGUMENT_TOO_LARGE")
 
     def pause_writing(self) -> None:
         # The peer is not reading its replies: stop reading its requests until it does.
@@ -134,7 +177,9 @@ class BackPressure:
         self.detach()  # what it held goes back to the queues now
 
     def update_reading(self) -> None:
-        want = not (self.write_paused or self.waiting_on or self.held_full)
+        want = not (
+            self.write_paused or self.waiting_on or self.held_full or self.backlog is not None
+        )
         if want == self.reading or self.closed or self.transport is None:
             return
         self.reading = want

@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import chain
 
 from farm import protocol as p
 from farm.logs import Brief, Repeats
@@ -27,7 +28,7 @@ from farm.protocol import PacketType as T
 from farm.protocol import encode_res
 from farm.protocol.kinds import SUBMIT_KINDS
 from farm.server.adminside import AdminSide
-from farm.server.backpressure import BackPressure
+from farm.server.backpressure import READ_SLICE, BackPressure, Event
 from farm.server.clientside import ClientSide
 from farm.server.hub import HELD_READ_LIMIT, HeldReply, Hub
 from farm.server.jobs import Job
@@ -36,7 +37,7 @@ from farm.server.workerside import UCRED, WorkerSide, error
 log = logging.getLogger("farm.server")
 #: Peers cut off at a limit: one line each 10 s at most per kind, as any local user could
 #: send them by the thousand a second (the journal's rate limit then drops other lines).
-over_connections, over_partial = Brief(log), Brief(log)
+over_connections = Brief(log)
 #: Refusals a peer's library may not show (PHP reads "unexpected packet:GEARMAN_ERROR"):
 #: each reason once each 10 s at most.
 refusals = Repeats(log, kinds=16)
@@ -102,6 +103,10 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
         # docs/held-grab.md "lazy-created": foreground JOB_CREATEDs ride with the next write.
         self.lazy_created = False
         self.lazy_waiting = False  # replies held with a deadline in hub.lazy
+        self.backlog: Iterator[Event] | None = None  # a read's packets left for a later turn
+        # Packets acted on per call of data_received (-1: all): a server driven by hand, as
+        # in tests, has no loop to leave the rest to.
+        self.read_slice = READ_SLICE if hub.loop is not None else -1
 
     # -- asyncio callbacks ---------------------------------------------------
 
@@ -133,6 +138,10 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
         self.jobs.detach_worker(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.backlog is not None and not self.closed:  # what it sent before it went
+            backlog, self.backlog = self.backlog, None
+            self.read_slice = -1  # all of it, now: there is no later turn for it
+            self.data_received(b"", backlog)
         self.closed = True
         self.hub.slow_readers.discard(self)
         self.release_held_back()
@@ -150,15 +159,26 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
         if self.hub.all_closed is not None and not self.hub.connections:
             self.hub.all_closed.set()
 
-    def data_received(self, data: bytes) -> None:
-        self.hub.stats.bytes_in += len(data)
-        if self.pushed is not None:
-            self.heard_since_push = True  # read-accept: a worker that talks is not stopped
+    def data_received(self, data: bytes, backlog: Iterator[Event] | None = None) -> None:
+        """Decode ``data`` and act on its packets, or go on with a ``backlog`` of them left
+        by an earlier call: at most ``read_slice`` in this call, the rest in a later loop
+        turn (``defer``)."""
+        if backlog is None:
+            self.hub.stats.bytes_in += len(data)
+            if self.pushed is not None:
+                self.heard_since_push = True  # read-accept: a worker that talks is not stopped
         decoder = self.decoder
+        budget = self.read_slice
         try:
             while True:
                 try:
-                    for event in decoder.feed(data):
+                    events = backlog if backlog is not None else iter(decoder.feed(data))
+                    backlog = None
+                    for event in events:
+                        if not budget:  # the slice is done: this one and the rest wait
+                            self.defer(chain((event,), events))
+                            break
+                        budget -= 1
                         if event.__class__ is p.Packet:
                             magic, ptype, args = event
                             handler = HANDLERS.get(ptype)
@@ -174,7 +194,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
                             self.handle_admin(event.line)  # type: ignore[union-attr]  # AdminLine
                         if self.closed:
                             break
-                    if decoder.error is not None:
+                    if decoder.error is not None and self.backlog is None:
                         decoder.check()
                     break
                 except p.ProtocolError as exc:
@@ -191,19 +211,6 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
             self.detach()
         finally:
             self.hub.flush_soon()
-
-    def count_partial(self) -> None:
-        """Keep the server-wide count of bytes waiting to become whole packets; the
-        connection that takes it past --max-partial-bytes is refused, so many slow
-        senders of large bodies cannot hold the server's memory between them."""
-        now = self.decoder.buffered
-        grew = now - self.partial  # not 0: data_received calls this only on a change
-        self.partial = now
-        if self.hub.count_partial(grew, self.tcp) and grew > 0:
-            over_partial(
-                "fd %d (%s): partial packets over the server's limit; closing", self.fd, self.ip
-            )
-            self.refuse("too many partly received bytes on the server", "ARGUMENT_TOO_LARGE")
 
     # -- output --------------------------------------------------------------
 

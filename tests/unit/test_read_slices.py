@@ -1,0 +1,123 @@
+"""One read's packets are acted on READ_SLICE a loop turn (farm.server.backpressure), the
+connection not read meanwhile: a peer's burst must not hold the other peers for all of it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from farm import protocol as p
+from farm.protocol import PacketType as T
+from farm.server.backpressure import READ_SLICE
+from farm.server.connection import Connection
+from farm.server.hub import Hub
+from farm.server.options import parse_args
+from tests.helpers.pair import MemoryTransport
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Transport(MemoryTransport):
+    """Records whether the connection wants to be read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused = False
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def connect(hub: Hub) -> tuple[Connection, Transport]:
+    conn, transport = Connection(hub), Transport()
+    conn.connection_made(transport)  # type: ignore[arg-type]  # a stand-in
+    return conn, transport
+
+
+def echoes(names: list[bytes]) -> bytes:
+    return b"".join(p.encode_req(T.ECHO_REQ, name) for name in names)
+
+
+def replies(data: bytes | bytearray) -> list[Any]:
+    return p.Decoder(allow_admin=False).feed(bytes(data))
+
+
+def run(test: Any) -> None:
+    async def main() -> None:
+        hub = Hub(parse_args(["--store", "none"]))
+        hub.loop = asyncio.get_running_loop()
+        await test(hub)
+
+    asyncio.run(main())
+
+
+async def settle(conn: Connection) -> None:
+    """Loop turns until the connection's backlog is acted on and its replies written."""
+    while conn.backlog is not None:
+        await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the last slice's flush
+
+
+def test_a_burst_is_acted_on_a_slice_a_turn_and_a_peer_between_is_answered_first() -> None:
+    names = [b"%d" % i for i in range(5 * READ_SLICE + 3)]
+
+    async def test(hub: Hub) -> None:
+        flood, flood_wire = connect(hub)
+        owner, owner_wire = connect(hub)
+        flood.data_received(echoes(names))
+        # Acted on: one slice, no more, and the flooder is not read until the rest is.
+        assert [r.args[0] for r in replies(flood.out)] == names[:READ_SLICE]
+        assert flood_wire.paused
+        owner.data_received(echoes([b"owner"]))
+        assert [r.args[0] for r in replies(owner.out)] == [b"owner"]  # in the same turn
+        await settle(flood)
+        assert [r.args[0] for r in replies(flood_wire.take())] == names  # all, in order
+        assert [r.args[0] for r in replies(owner_wire.take())] == [b"owner"]
+        assert not flood_wire.paused  # read again
+
+    run(test)
+
+
+def test_a_burst_cut_short_by_the_peers_going_is_acted_on_whole() -> None:
+    jobs = 3 * READ_SLICE
+
+    async def test(hub: Hub) -> None:
+        flood, _ = connect(hub)
+        flood.data_received(
+            b"".join(p.encode_req(T.SUBMIT_JOB_BG, b"f", b"u%d" % i, b"x") for i in range(jobs))
+        )
+        assert len(hub.jobs.jobs) == READ_SLICE
+        # Gone before its next turn: what it sent before it went still counts, as it did
+        # when a whole read was acted on at once.
+        flood.connection_lost(None)
+        assert len(hub.jobs.jobs) == jobs
+        await asyncio.sleep(0)  # the turn it was deferred to finds it gone: nothing twice
+        assert len(hub.jobs.jobs) == jobs
+
+    run(test)
+
+
+def test_a_bad_packet_behind_a_burst_closes_only_after_the_packets_before_it() -> None:
+    names = [b"%d" % i for i in range(2 * READ_SLICE)]
+    bad = p.HEADER.pack(p.REQ, 9999, 0)  # no such packet type: the connection is closed
+
+    async def test(hub: Hub) -> None:
+        flood, wire = connect(hub)
+        flood.data_received(echoes(names) + bad + echoes([b"after"]))
+        assert not flood.closed  # the packets before the bad one come first
+        await settle(flood)
+        assert [r.args[0] for r in replies(wire.take())] == names  # and nothing after it
+        assert flood.closed and wire.closed
+
+    run(test)
