@@ -95,7 +95,8 @@ def build_parser(
         "--store-sync",
         choices=("normal", "full"),
         default=DEFAULTS.store_sync,
-        help="normal survives a killed server; full also survives power loss (fsync per commit)",
+        help="normal survives a killed server; full also survives power loss (fsync per commit;"
+        " default %(default)s)",
     )
     ap.add_argument(
         "-j",
@@ -103,14 +104,14 @@ def build_parser(
         type=int,
         default=DEFAULTS.job_retries,
         metavar="N",
-        help="fail a job after N worker deaths (0: never)",
+        help="fail a job after N worker deaths (default %(default)s: never)",
     )
     ap.add_argument(
         "--max-packet",
         type=int,
         default=DEFAULTS.max_packet,
         metavar="BYTES",
-        help="largest packet body accepted",
+        help=f"largest packet body accepted (default {DEFAULTS.max_packet >> 20} MiB)",
     )
     ap.add_argument("--tls-cert", metavar="FILE", help="serve TCP over TLS with this certificate")
     ap.add_argument("--tls-key", metavar="FILE", help="the certificate's private key")
@@ -130,14 +131,15 @@ def build_parser(
         default=DEFAULTS.max_queue,
         metavar="N",
         help="jobs per function, queued or running, before QUEUE_ERROR; the admin maxqueue"
-        " overrides (0: none)",
+        " overrides (default %(default)s: none)",
     )
     ap.add_argument(
         "--max-queued-bytes",
         type=int,
         default=DEFAULTS.max_queued_bytes,
         metavar="BYTES",
-        help="bytes all live jobs may hold (arguments, 512 a job); more: QUEUE_ERROR (0: no limit)",
+        help="bytes all live jobs may hold (arguments, 512 a job); more: QUEUE_ERROR"
+        f" (default {DEFAULTS.max_queued_bytes >> 30} GiB; 0: no limit)",
     )
     ap.add_argument(
         "--exceptions",
@@ -228,7 +230,7 @@ def build_parser(
         "--log-file",
         default=DEFAULTS.log_file,
         metavar="FILE",
-        help="log file, 'stderr' or 'none'",
+        help="log file, 'stderr' (the default) or 'none'",
     )
     ap.add_argument("-P", "--pid-file", metavar="FILE", help="write the process id here")
     ap.add_argument(

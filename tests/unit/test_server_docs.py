@@ -1,4 +1,5 @@
-"""docs/server.md's table of flags names every flag `farm server --help` shows."""
+"""docs/server.md's table of flags names every flag `farm server --help` shows, and the help says
+each flag's default."""
 
 from __future__ import annotations
 
@@ -26,3 +27,18 @@ def test_every_flag_of_the_help_is_in_the_table() -> None:
         for flag in action.option_strings
     }
     assert not shown - table_flags()
+
+
+def test_the_help_says_each_flag_s_default() -> None:
+    # farm.toml's [server] keys left out keep the server's defaults, which docs/operations.md
+    # sends the reader to `farm server --help` for: --store-sync, -j, --max-packet and
+    # --max-queued-bytes did not say theirs.
+    silent = [
+        action.option_strings[-1]
+        for action in build_parser()._actions
+        if action.help not in (None, argparse.SUPPRESS)
+        and not isinstance(action, argparse._CountAction | argparse._StoreTrueAction)
+        and action.default not in (None, [], argparse.SUPPRESS)
+        and "default" not in action.help
+    ]
+    assert not silent
