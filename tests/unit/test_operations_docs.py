@@ -7,12 +7,17 @@ refused with the list of those it does ("unknown key; allowed: ...").
 from __future__ import annotations
 
 import re
+import signal
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from farm import config
+from farm.config.defaults import builtin
+from farm.config.servertune import TUNING
 from farm.errors import ConfigError
+from farm.server.settings import DEFAULTS as SERVER_DEFAULTS
 from tests.helpers import ROOT
 
 #: The sections of docs/operations.md whose tables document a farm.toml table.
@@ -54,3 +59,81 @@ def accepted(table: str, tmp_path: Path) -> set[str]:
 def test_each_key_farm_takes_is_documented_and_nothing_else(table: str, tmp_path: Path) -> None:
     # [supervisor] metrics and log_format were taken but missing from the table.
     assert documented(table) == accepted(table, tmp_path)
+
+
+def documented_defaults(table: str) -> dict[str, str]:
+    """Each key of a section's tables, with the text of its default column."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    found: dict[str, str] = {}
+    for heading in SECTIONS[table]:
+        start = text.index(heading)
+        end = text.find("\n### ", start + 1)
+        section = text[start : end if end != -1 else len(text)]
+        for table_text in re.findall(r"^\| key \|.*?(?=^[^|]|\Z)", section, re.M | re.S):
+            for first, default in re.findall(r"^\| (`[^|]*`) \| ([^|]*) \|", table_text, re.M):
+                for key in re.findall(r"`(\w+)`", first):
+                    found.setdefault(key, default.strip())
+    return found
+
+
+def documented_value(cell: str) -> object:
+    """The value a default cell names: its first `code` span read as a TOML value, or
+    None for "none"."""
+    if cell.startswith("none"):
+        return None
+    token = re.match(r"`([^`]*)`", cell)
+    assert token, f"no `value` at the start of the default {cell!r}"
+    return tomllib.loads(f"v = {token[1]}")["v"]
+
+
+def loaded(tmp_path: Path, text: str) -> config.Config:
+    path = tmp_path / "farm.toml"
+    path.write_text(text)
+    return config.load(path)
+
+
+def test_the_documented_defaults_are_the_code_s(tmp_path: Path) -> None:
+    # Each key's default column, against what a file leaving the key out gets: the
+    # config's own value, or for the [server] keys that are `farm server`'s flags, the
+    # server's default (no flag is passed then).
+    cfg = loaded(tmp_path, POOL)
+    command = loaded(tmp_path, '[functions.c]\ncommand = ["true"]\n').functions["c"]
+    pool = cfg.functions["f"]
+    expected: dict[str, dict[str, object]] = {
+        "server": {
+            "job_retries": cfg.server.job_retries,
+            "tcp_admin": cfg.server.tcp_admin,
+            **{key: getattr(SERVER_DEFAULTS, key) for key in TUNING},
+            "unix_mode": f"{SERVER_DEFAULTS.unix_mode:o}",  # written as chmod writes it
+        },
+        "supervisor": {
+            # "all" and "auto" are resolved as the file is read (to cores, to MB): the
+            # table a file's [supervisor] is laid over says what a key left out is.
+            "cpus": builtin()["supervisor"]["cpus"],
+            "servers": list(cfg.supervisor.servers),
+            "graceful_timeout": cfg.supervisor.graceful_timeout,
+            "boot_timeout": cfg.supervisor.boot_timeout,
+            "memory_budget_mb": builtin()["supervisor"]["memory_budget_mb"],
+            "metrics": cfg.supervisor.metrics,
+            "log_format": cfg.supervisor.log_format,
+        },
+        "executor": {
+            "max_spill_mb": cfg.executor.max_spill_mb,
+            "spill_max_age_s": cfg.executor.spill_max_age_s,
+            "spill_orphan_age_s": cfg.executor.spill_orphan_age_s,
+        },
+        "functions": {
+            "workers": "auto" if pool.workers == len(cfg.supervisor.cpus) else pool.workers,
+            "timeout": pool.timeout,
+            "max_jobs": pool.max_jobs,
+            "max_rss_mb": pool.max_rss_mb,
+            "stop_signal": signal.Signals(command.stop_signal).name,
+        },
+    }
+    wrong = []
+    for table, values in expected.items():
+        cells = documented_defaults(table)
+        for key, value in values.items():
+            if documented_value(cells[key]) != value:
+                wrong.append(f"[{table}] {key}: the docs say {cells[key]!r}, the code {value!r}")
+    assert not wrong, "\n".join(wrong)

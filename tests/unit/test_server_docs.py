@@ -1,11 +1,12 @@
-"""docs/server.md's table of flags names every flag `farm server --help` shows, and the help says
-each flag's default."""
+"""docs/server.md's table of flags names every flag `farm server --help` shows, with the
+parser's default, and the help says each flag's default."""
 
 from __future__ import annotations
 
 import argparse
 import re
 
+from farm.net import DEFAULT_PORT
 from farm.server.options import build_parser
 from tests.helpers import ROOT
 
@@ -27,6 +28,56 @@ def test_every_flag_of_the_help_is_in_the_table() -> None:
         for flag in action.option_strings
     }
     assert not shown - table_flags()
+
+
+#: Flags whose default the table says in words (a path, "the server's own user", ...), or
+#: that share a row whose default is another flag's (--unix's is --unix-mode's mode).
+IN_WORDS = {
+    *("--listen", "--store", "--worker-uid", "--daemon", "--version"),
+    *("--unix", "--verbose", "--log-file", "--pid-file"),
+}
+UNITS = {"": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+
+
+def table_defaults() -> dict[str, str]:
+    """Each flag of the table (by its long name) with the text of its default column."""
+    text = (ROOT / "docs" / "server.md").read_text()
+    start = text.index("| flag | meaning | default |")
+    table = text[start : text.index("\n\n", start)]
+    found: dict[str, str] = {}
+    for first, default in re.findall(r"^\| (.*?) \| .* \| ([^|]*) \|$", table, re.M):
+        for flag in re.findall(r"--[a-z0-9-]+", first):
+            found[flag] = default.strip()
+    return found
+
+
+def documented_value(cell: str) -> object:
+    """What a default cell says: "64 MiB", "0 = none", "mode `660`", "`full` (as ...)"."""
+    cell = cell.replace("`", "").removeprefix("mode ")
+    number = re.match(r"(\d+(?:\.\d+)?) ?(KiB|MiB|GiB)?\b", cell)
+    if number:
+        value = float(number[1]) * UNITS[number[2] or ""]
+        return int(value) if value.is_integer() else value
+    word = cell.split()[0]
+    return None if word in ("off", "none") else word
+
+
+def test_the_table_s_defaults_are_the_parser_s() -> None:
+    # `farm server`'s defaults are written once (farm.server.settings); the table repeats them.
+    cells = table_defaults()
+    wrong = []
+    for action in build_parser()._actions:
+        long = next((f for f in action.option_strings if f.startswith("--")), None)
+        hidden = action.help == argparse.SUPPRESS  # --hints, gearmand's ignored flags
+        if long is None or hidden or long in IN_WORDS or long == "--help":
+            continue
+        default = DEFAULT_PORT if long == "--port" else action.default  # -p: None, then 4730
+        said = documented_value(cells[long])
+        if long == "--unix-mode":
+            said = int(str(said), 8)
+        if said != default and not (said is None and not default):
+            wrong.append(f"{long}: the table says {cells[long]!r}, the parser {default!r}")
+    assert not wrong, "\n".join(wrong)
 
 
 def test_the_help_says_each_flag_s_default() -> None:
