@@ -17,6 +17,7 @@ from farm import config
 from farm.config.defaults import builtin
 from farm.config.servertune import TUNING
 from farm.errors import ConfigError
+from farm.paths import runtime_dir
 from farm.server.settings import DEFAULTS as SERVER_DEFAULTS
 from tests.helpers import ROOT
 
@@ -77,13 +78,16 @@ def documented_defaults(table: str) -> dict[str, str]:
 
 
 def documented_value(cell: str) -> object:
-    """The value a default cell names: its first `code` span read as a TOML value, or
-    None for "none"."""
+    """The value a default cell names: its first `code` span read as a TOML value (else as
+    the text it is: a path), or None for "none"."""
     if cell.startswith("none"):
         return None
     token = re.match(r"`([^`]*)`", cell)
     assert token, f"no `value` at the start of the default {cell!r}"
-    return tomllib.loads(f"v = {token[1]}")["v"]
+    try:
+        return tomllib.loads(f"v = {token[1]}")["v"]
+    except tomllib.TOMLDecodeError:
+        return token[1]
 
 
 def loaded(tmp_path: Path, text: str) -> config.Config:
@@ -130,6 +134,10 @@ def test_the_documented_defaults_are_the_code_s(tmp_path: Path) -> None:
             "stop_signal": signal.Signals(command.stop_signal).name,
         },
     }
+    # The runtime directory is written <runtime dir> (where it is depends on the environment).
+    run = str(runtime_dir())
+    expected["server"]["listen"] = [a.replace(run, "<runtime dir>") for a in cfg.server.listen]
+    expected["supervisor"]["control"] = cfg.supervisor.control.replace(run, "<runtime dir>")
     wrong = []
     for table, values in expected.items():
         cells = documented_defaults(table)
