@@ -145,3 +145,25 @@ def test_the_documented_defaults_are_the_code_s(tmp_path: Path) -> None:
             if documented_value(cells[key]) != value:
                 wrong.append(f"[{table}] {key}: the docs say {cells[key]!r}, the code {value!r}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_unit_settings_the_page_quotes_are_the_unit_s() -> None:
+    # docs/operations.md explains systemd/farm.service setting by setting; what it quotes
+    # (`WatchdogSec=30`, `TimeoutStopSec` (90 s ...)) must be what the unit says.
+    text = (ROOT / "docs" / "operations.md").read_text()
+    unit = dict(
+        line.split("=", 1)
+        for line in (ROOT / "systemd" / "farm.service").read_text().splitlines()
+        if re.match(r"[A-Z]\w*=", line)
+    )
+    quoted = [
+        (key, value)
+        for key, value in re.findall(r"`([A-Z]\w*)=([^`]+)`", text)
+        if key in unit and (key, value) != ("Type", "simple")  # named for comparison
+    ]
+    quoted += re.findall(r"`(\w+Sec)`\s+\((\d+) s", text)
+    assert len(quoted) >= 10
+    wrong = [
+        f"{key}={value}: the unit has {unit[key]!r}" for key, value in quoted if unit[key] != value
+    ]
+    assert not wrong
