@@ -33,7 +33,10 @@ from farm.server.storewriter import StoreWriter
 
 __all__ = ["Hub", "HeldReply", "Writer", "VERBOSE_NAMES", "LAZY_CREATED_MAX", "HELD_READ_LIMIT"]
 
-VERBOSE_NAMES = ("ERROR", "WARNING", "NOTICE", "INFO", "DEBUG")
+#: What the admin ``verbose`` answers, by -v's count: the level the server logs at
+#: (settings.log_level), in gearmand's words; at none, gearmand's own default, ERROR (farm
+#: logs warnings too, and reads --verbose ERROR and WARNING alike).
+VERBOSE_NAMES = ("ERROR", "INFO", "DEBUG")
 
 #: A JOB_CREATED held for a lazy-created client leaves at the latest this late (seconds).
 LAZY_CREATED_MAX = 0.005

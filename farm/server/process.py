@@ -10,6 +10,7 @@ import os
 
 from farm.logs import reopen_log_file, setup_logging
 from farm.server.options import ServerOptions
+from farm.server.settings import log_level
 
 __all__ = [
     "FD_HEADROOM",
@@ -68,7 +69,7 @@ def reopen_log() -> None:
 
 
 def setup_server_logging(options: ServerOptions) -> None:
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(options.verbose, 2)]
+    level = log_level(options.verbose)
     fmt = "%(asctime)s farm-server[%(process)d] %(levelname)s %(message)s"
     if options.log_file == "none":
         logging.basicConfig(level=logging.CRITICAL + 1)

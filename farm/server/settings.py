@@ -3,13 +3,14 @@ default written once (``farm server``'s flags, farm.server.options, take theirs 
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 
 from farm import protocol as p
 from farm.net import DEFAULT_PORT
 
-__all__ = ["DEFAULTS", "ServerOptions"]
+__all__ = ["DEFAULTS", "ServerOptions", "log_level"]
 
 
 @dataclass
@@ -61,3 +62,9 @@ class ServerOptions:
 
 #: The defaults of `farm server`'s flags are the fields' defaults above, written once.
 DEFAULTS = ServerOptions()
+
+
+def log_level(verbose: int) -> int:
+    """The level the server logs at for ``verbose`` (-v's count; gearmand's ``--verbose
+    LEVEL`` is read as one): warnings, INFO, then DEBUG."""
+    return (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]

@@ -4,10 +4,15 @@ parser's default, and the help says each flag's default."""
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 
+import pytest
+
 from farm.net import DEFAULT_PORT
-from farm.server.options import build_parser
+from farm.server.hub import Hub
+from farm.server.options import build_parser, parse_args
+from farm.server.settings import log_level
 from tests.helpers import ROOT
 
 
@@ -93,3 +98,22 @@ def test_the_help_says_each_flag_s_default() -> None:
         and "default" not in action.help
     ]
     assert not silent
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        ([], "ERROR"),  # gearmand's answer at its default (docs/gearmand-probes.md)
+        (["-v"], "INFO"),
+        (["--verbose", "INFO"], "INFO"),
+        (["--verbose", "NOTICE"], "INFO"),
+        (["-vv"], "DEBUG"),
+        (["--verbose", "DEBUG"], "DEBUG"),
+    ],
+)
+def test_the_admin_verbose_names_the_level_the_server_logs_at(flags: list[str], said: str) -> None:
+    # `farm server --verbose DEBUG` logged at DEBUG and answered `verbose` with NOTICE (-v,
+    # which logs INFO: WARNING), counting -v along gearmand's list instead of farm's levels.
+    options = parse_args(["--store", "none", *flags])
+    assert Hub(options).verbose_name == said
+    assert logging.getLevelName(log_level(options.verbose)) in (said, "WARNING")
