@@ -137,3 +137,15 @@ def test_the_alert_rules_read_only_documented_metrics_and_the_docs_name_them() -
     assert used and used <= documented()
     for doc in ("monitoring.md", "operations.md"):
         assert "farm-alerts.yml" in (ROOT / "docs" / doc).read_text(), doc
+
+
+def test_the_other_pages_name_only_documented_metrics() -> None:
+    # docs/operations.md and docs/server.md name metrics in their prose
+    # (`farm_store_commit_seconds`, `farm_jobs_refused_total{reason="max_functions"}`).
+    named = {
+        family(name)
+        for doc in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
+        for name in re.findall(r"\bfarm_[a-z_]+[a-z]", doc.read_text())
+    }
+    assert named
+    assert not named - documented()
