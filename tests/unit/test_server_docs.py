@@ -33,6 +33,9 @@ def test_every_flag_of_the_help_is_in_the_table() -> None:
         for flag in action.option_strings
     }
     assert not shown - table_flags()
+    # ... and no flag the server lacks (a renamed one).
+    taken = {flag for action in build_parser()._actions for flag in action.option_strings}
+    assert not table_flags() - taken
 
 
 #: Flags whose default the table says in words (a path, "the server's own user", ...), or
