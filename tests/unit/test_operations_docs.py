@@ -167,3 +167,16 @@ def test_the_unit_settings_the_page_quotes_are_the_unit_s() -> None:
         f"{key}={value}: the unit has {unit[key]!r}" for key, value in quoted if unit[key] != value
     ]
     assert not wrong
+
+
+def test_the_pools_said_to_run_with_no_config_are_the_built_in_ones() -> None:
+    text = (ROOT / "docs" / "operations.md").read_text()
+    start = text.index("With no config file, `farm up` serves")
+    sentence = text[start : text.index(" on `", start)]
+    said = set(re.findall(r"`([\w.]+)`", sentence)) - {"farm", "up"}
+    said.discard("workers")  # the folder they come from
+    pools = builtin()["functions"]
+    assert said == set(pools)
+    # "`resize` one per core", "`farm.python` (farm.Executor's pool, one per core)".
+    per_core = set(re.findall(r"`([\w.]+)`[^`]*?one per core", sentence))
+    assert per_core == {name for name, pool in pools.items() if pool["workers"] == "auto"}
