@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -228,5 +229,28 @@ def test_a_poison_job_gets_no_new_tries_from_a_restart(tmp_path: Path) -> None:
         listed = wait_for("a poison job", lambda: admin.admin("show poison jobs") != ".\n")
         assert listed and "\tf\tpoison\n" in admin.admin("show poison jobs")
         assert admin.admin("show jobs") == ".\n"
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("over", ["tcp", "unix"])
+def test_a_submit_then_a_half_close_gets_its_job_created(
+    tmp_path: Path, unix_sock: str, over: str
+) -> None:
+    """`printf ... | nc -N`: the submit, then the client's side shut down. The store's
+    commit runs in a thread, so the EOF came before it was done, and asyncio's close at the
+    EOF dropped the held JOB_CREATED of every such submit (20 of 20) while its job ran."""
+    srv = start_with_store(tmp_path / "queue.db", args=["--unix", unix_sock])
+    try:
+        addr = srv.addr if over == "tcp" else f"unix:{unix_sock}"
+        handles = []
+        for i in range(20):
+            client = Peer(addr)
+            client.send(T.SUBMIT_JOB_BG, "f", f"u{i}", "x")
+            client.sock.shutdown(socket.SHUT_WR)
+            handles.append(client.expect(T.JOB_CREATED).args[0])
+            assert client.closed_within(5)
+        assert len(set(handles)) == 20
+        assert Peer(srv.addr).admin("status") == "f\t20\t0\t0\n.\n"
     finally:
         srv.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import select
+import socket
 import sqlite3
 import threading
 import time
@@ -222,6 +223,27 @@ def test_a_connection_closed_by_the_server_gets_its_held_replies_first(
     client.expect(T.JOB_CREATED)  # its job is stored: it is told so before the close
     assert client.expect(T.ERROR).args[0] == b"INVALID_MAGIC"
     assert client.closed_within(5)
+
+
+def test_a_peer_that_half_closes_gets_its_held_replies_first(gated: tuple[str, Gate]) -> None:
+    """A script that submits, then shuts its side down (``nc -N``) and reads: asyncio closed
+    the transport at the EOF, so the held JOB_CREATED never left while its job was stored
+    and ran, and the script, told nothing, took the submit as failed."""
+    addr, gate = gated
+    client = Peer(addr)
+    client.send(T.SUBMIT_JOB_BG, "bg", "", "x")
+    client.send(T.ECHO_REQ, "after")
+    gate.wait_entered()
+    client.sock.shutdown(socket.SHUT_WR)
+    check = Peer(addr)
+    check.send(T.ECHO_REQ, "turn")  # the loop has seen the EOF before this
+    check.expect(T.ECHO_RES)
+    assert not readable(client)
+    gate.let_one_go()
+    handle = client.expect(T.JOB_CREATED).args[0]
+    assert client.expect(T.ECHO_RES).args == (b"after",)
+    assert client.closed_within(5)
+    assert f"{handle.decode()}\t" in check.admin("show jobs")  # stored and queued
 
 
 def _commits(peer: Peer) -> float:
