@@ -69,6 +69,7 @@ class ClientSide:
     update_reading: Callable[[], None]
     held_gone: Callable[[int], None]
     lingering: bool  # closed, its transport open until its held replies leave
+    pushed: Job | None  # pushed to a held grab, not accepted yet (WorkerSide)
     transport: asyncio.Transport | None
     lazy_created: bool
     lazy_waiting: bool  # has a deadline in hub.lazy
@@ -177,6 +178,10 @@ class ClientSide:
             else:
                 self.out += error("QUEUE_ERROR", reply.refusal)
             self.out += reply.after
+        if self.held is None and self.pushed is not None and self not in self.hub.unaccepted:
+            # A job pushed to this worker's held grab while these were held leaves with
+            # them: only now may it be late to accept it (WorkerSide.push).
+            self.hub.unaccepted.add(self, self.pushed)  # type: ignore[arg-type]  # a Writer
         if self.closed:  # closed with these owed (Connection.close): written, then closed
             transport = self.transport
             if transport is not None and not transport.is_closing():

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from farm import protocol as p
 from farm.protocol import PacketType as T
 from farm.protocol import encode_res, frame_res
-from farm.server.hub import Hub, Writer
+from farm.server.hub import HeldReply, Hub, Writer
 from farm.server.jobs import Job, JobServer, Outcome, Progress
 from farm.server.queues import Peer
 
@@ -80,6 +80,7 @@ class WorkerSide:
     may_hold_grab: bool
     held_grab: int  # the grab packet held (0: none)
     pushed: Job | None  # pushed to a held grab, not accepted yet
+    held: list[HeldReply] | None  # replies held for the store's commit (ClientSide)
     read_accept: bool  # negotiated: having read a pushed job accepts it
     heard_since_push: bool  # a packet came from the worker after the push
     expired: dict[bytes, int]  # handle -> times the job timed out or was taken back here
@@ -118,7 +119,11 @@ class WorkerSide:
         self.assign(job, ptype)
         self.pushed = job
         self.heard_since_push = False
-        self.hub.unaccepted.add(self.writer(), job)
+        if self.held is None:
+            self.hub.unaccepted.add(self.writer(), job)
+        # else the assignment waits behind a JOB_CREATED held for the store's commit: a
+        # deadline from now, with a slow commit, took the job back and gave it to another
+        # worker, and this one ran it too once it left (ClientSide.release_held starts it)
 
     def accepted(self) -> None:
         """The pushed job was accepted (JOB_ACCEPT, or news of it): no deadline left."""
