@@ -69,7 +69,6 @@ class ClientSide:
     update_reading: Callable[[], None]
     held_gone: Callable[[int], None]
     lingering: bool  # closed, its transport open until its held replies leave
-    pushed: Job | None  # pushed to a held grab, not accepted yet (WorkerSide)
     transport: asyncio.Transport | None
     lazy_created: bool
     lazy_waiting: bool  # has a deadline in hub.lazy
@@ -144,6 +143,20 @@ class ClientSide:
             self.hub.holding.append(self)  # type: ignore[arg-type]  # a Connection, a Writer
         self.held.append(HeldReply(handle, priority, row))
 
+    def when_sent(self, start: Callable[[], None]) -> None:
+        """Call ``start`` once what was just sent has left: now, or when the held reply it
+        waits behind is released. A deadline for the peer's answer (a pushed job's
+        --wake-deadline, an assigned job's CAN_DO_TIMEOUT) runs from then: from the send, a
+        commit slower than it failed or took back a job the worker had not been sent, and
+        the worker ran it all the same once it left."""
+        if self.held is None:
+            start()
+        else:
+            reply = self.held[-1]
+            if reply.starts is None:
+                reply.starts = []
+            reply.starts.append(start)
+
     def release_held(
         self, failed: frozenset[bytes], refusal_text: str, below: int
     ) -> list[tuple[bytes, int]]:
@@ -178,10 +191,8 @@ class ClientSide:
             else:
                 self.out += error("QUEUE_ERROR", reply.refusal)
             self.out += reply.after
-        if self.held is None and self.pushed is not None and self not in self.hub.unaccepted:
-            # A job pushed to this worker's held grab while these were held leaves with
-            # them: only now may it be late to accept it (WorkerSide.push).
-            self.hub.unaccepted.add(self, self.pushed)  # type: ignore[arg-type]  # a Writer
+            for start in reply.starts or ():
+                start()  # what was sent behind it has left: its deadlines run from now
         if self.closed:  # closed with these owed (Connection.close): written, then closed
             transport = self.transport
             if transport is not None and not transport.is_closing():

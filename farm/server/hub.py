@@ -51,7 +51,7 @@ class HeldReply:
     """A background submit's JOB_CREATED held until the batch with its row is committed,
     and what the connection sent after it."""
 
-    __slots__ = ("handle", "priority", "row", "after", "refusal")
+    __slots__ = ("handle", "priority", "row", "after", "refusal", "starts")
 
     def __init__(self, handle: bytes, priority: int, row: int) -> None:
         self.handle = handle
@@ -61,6 +61,8 @@ class HeldReply:
         # Set once its batch failed (a QUEUE_ERROR's text), while it waits behind a reply
         # of a later batch: a submit joining an older job may follow a newer one.
         self.refusal: str | None = None
+        # Deadlines of what was sent after it, started once it leaves (ClientSide.when_sent).
+        self.starts: list[Callable[[], None]] | None = None
 
 
 class Writer(Protocol):

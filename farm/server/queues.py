@@ -81,6 +81,8 @@ INERT_TIMER: Timer = _Inert()
 class Expiry(Protocol):
     """Where a running job's CAN_DO_TIMEOUT deadline is kept (a ``Deadlines``, deadlines.py)."""
 
+    def add(self, key: Job, value: Peer) -> None: ...
+
     def discard(self, key: Job) -> None: ...
 
 

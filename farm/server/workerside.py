@@ -22,7 +22,7 @@ from farm.protocol import PacketType as T
 from farm.protocol import encode_res, frame_res
 from farm.server.hub import HeldReply, Hub, Writer
 from farm.server.jobs import Job, JobServer, Outcome, Progress
-from farm.server.queues import Peer
+from farm.server.queues import Expiry, Peer
 
 __all__ = ["WorkerSide", "error", "NO_JOB", "NOOP", "RESERVED", "UCRED"]
 
@@ -81,6 +81,8 @@ class WorkerSide:
     held_grab: int  # the grab packet held (0: none)
     pushed: Job | None  # pushed to a held grab, not accepted yet
     held: list[HeldReply] | None  # replies held for the store's commit (ClientSide)
+    when_sent: Callable[[Callable[[], None]], None]
+    running: dict[bytes, Job]
     read_accept: bool  # negotiated: having read a pushed job accepts it
     heard_since_push: bool  # a packet came from the worker after the push
     expired: dict[bytes, int]  # handle -> times the job timed out or was taken back here
@@ -119,11 +121,12 @@ class WorkerSide:
         self.assign(job, ptype)
         self.pushed = job
         self.heard_since_push = False
-        if self.held is None:
+        self.when_sent(lambda: self._push_sent(job))
+
+    def _push_sent(self, job: Job) -> None:
+        """The pushed job has left (ClientSide.when_sent): it must be accepted in time."""
+        if self.pushed is job and not self.closed:
             self.hub.unaccepted.add(self.writer(), job)
-        # else the assignment waits behind a JOB_CREATED held for the store's commit: a
-        # deadline from now, with a slow commit, took the job back and gave it to another
-        # worker, and this one ran it too once it left (ClientSide.release_held starts it)
 
     def accepted(self) -> None:
         """The pushed job was accepted (JOB_ACCEPT, or news of it): no deadline left."""
@@ -207,6 +210,15 @@ class WorkerSide:
             )
         else:
             self.send(frame_res(_JOB_ASSIGN_UNIQ, job.handle, job.function, job.unique, job.data))
+        expiry = job.expiry
+        if expiry is not None and self.held is not None:  # its timeout runs once it leaves
+            expiry.discard(job)
+            self.when_sent(lambda: self._timeout_from_now(job, expiry))
+
+    def _timeout_from_now(self, job: Job, expiry: Expiry) -> None:
+        """The assignment has left (ClientSide.when_sent): the job's CAN_DO_TIMEOUT runs."""
+        if job.expiry is expiry and self.running.get(job.handle) is job:
+            expiry.add(job, self.peer())
 
     def room_for(self, function: bytes) -> bool:
         """A connection registers at most --max-abilities functions; past that it is closed

@@ -3,95 +3,26 @@ flood of another user's background jobs) delays no one else, and still nothing a
 told gets ahead of the commit it waits for.
 
 The server runs in this process, in a thread of its own, so that its store's writes can be
-held on an event (``Gate``): a real loop, real sockets, a real SQLite file.
+held on an event (``Gate``, tests/helpers/storegate.py): a real loop, real sockets, a real SQLite
+file.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import select
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from farm import protocol as p
 from farm.protocol import PacketType as T
-from farm.server.app import Server
-from farm.server.options import parse_args
 from tests.helpers.peers import Peer
-from tests.helpers.servers import free_port
+from tests.helpers.storegate import Gate, gated_server, readable
 from tests.helpers.waiting import wait_for
-
-
-class Gate:
-    """Holds each write of the store (``SQLiteStore._write``) until the test lets it go."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Semaphore(0)  # one release per write begun
-        self.open = threading.Semaphore(0)  # one release per write let go
-        self.shut = True
-        self.failing = False  # the writes let go fail, as on a full disk
-        self.store: Any = None
-
-    def wrap(self, write: Any) -> Any:
-        def gated(*args: Any) -> None:
-            if self.shut:
-                self.entered.release()
-                assert self.open.acquire(timeout=30), "the test never let the write go"
-            if self.failing:
-                raise sqlite3.OperationalError("database or disk is full")
-            write(*args)
-
-        return gated
-
-    def wait_entered(self) -> None:
-        assert self.entered.acquire(timeout=10), "no commit began"
-
-    def let_one_go(self) -> None:
-        self.open.release()
-
-
-@contextlib.contextmanager
-def gated_server(tmp_path: Path, *flags: str) -> Iterator[tuple[str, Gate, Server]]:
-    """A server on 127.0.0.1 with a SQLite store whose writes wait for the test's ``Gate``."""
-    port = free_port()
-    args = ["--port", str(port), "--store", str(tmp_path / "q.db"), *flags]
-    server = Server(parse_args(args))
-    store = server.hub.store
-    assert store is not None
-    gate = Gate()
-    store._write = gate.wrap(store._write)  # type: ignore[method-assign]  # the test's hold
-    gate.store = store
-    up = threading.Event()
-    loop = asyncio.new_event_loop()
-
-    async def run() -> None:
-        await server.start()
-        up.set()
-        assert server.stopped is not None
-        await server.stopped.wait()
-        server.hub.flush()
-        server.hub.close_store()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
-    thread.start()
-    assert up.wait(10), "the server did not start"
-    try:
-        yield f"127.0.0.1:{port}", gate, server
-    finally:
-        gate.shut = False
-        for _ in range(8):  # whatever still waits goes through
-            gate.let_one_go()
-        loop.call_soon_threadsafe(server.stop)
-        thread.join(10)
-        loop.close()
 
 
 @pytest.fixture
@@ -99,12 +30,6 @@ def gated(tmp_path: Path) -> Iterator[tuple[str, Gate]]:
     """A gated server (``gated_server``): its address and its gate."""
     with gated_server(tmp_path) as (addr, gate, _):
         yield addr, gate
-
-
-def readable(peer: Peer) -> bool:
-    """Whether the server has written anything to ``peer`` that it has not read (no wait:
-    on loopback a write is in the peer's socket when the server's send returns)."""
-    return bool(peer.pending) or bool(select.select([peer.sock], [], [], 0)[0])
 
 
 def test_a_foreground_job_completes_while_a_commit_is_held(gated: tuple[str, Gate]) -> None:
@@ -244,38 +169,6 @@ def test_a_peer_that_half_closes_gets_its_held_replies_first(gated: tuple[str, G
     assert client.expect(T.ECHO_RES).args == (b"after",)
     assert client.closed_within(5)
     assert f"{handle.decode()}\t" in check.admin("show jobs")  # stored and queued
-
-
-def test_a_push_held_behind_a_commit_is_not_taken_back_before_it_leaves(tmp_path: Path) -> None:
-    """A worker holding a grab on the connection it submits background jobs on: the job
-    pushed to it waits behind the held JOB_CREATED. Its --wake-deadline ran from the push,
-    so a commit slower than it took the job back for another worker, and this one ran it
-    too once it left. The deadline starts once the assignment has left."""
-    with gated_server(tmp_path, "--wake-deadline", "0.2") as (addr, gate, _):
-        other = Peer(addr)
-        other.send(T.CAN_DO, "f")
-        other.send(T.PRE_SLEEP)
-        other.send(T.ECHO_REQ, "asleep")
-        other.expect(T.ECHO_RES)
-        worker = Peer(addr)  # asleep last: the job is pushed to it
-        worker.send(T.OPTION_REQ, "held-grab")
-        worker.expect(T.OPTION_RES)
-        worker.send(T.CAN_DO, "f")
-        worker.send(T.GRAB_JOB_UNIQ)
-        worker.send(T.SUBMIT_JOB_BG, "bg", "", "x")
-        gate.wait_entered()  # its JOB_CREATED is held, and the commit does not end
-        client = Peer(addr)
-        client.send(T.SUBMIT_JOB, "f", "", "x")
-        handle = client.expect(T.JOB_CREATED).args[0]
-        assert other.nothing_within(1.0), "taken back from a worker it was never sent to"
-        gate.let_one_go()
-        worker.expect(T.JOB_CREATED)
-        worker.expect(T.NOOP)
-        assert worker.expect(T.JOB_ASSIGN_UNIQ).args[0] == handle
-        # Not accepted once sent: past the deadline it goes to another worker, as ever.
-        other.expect(T.NOOP)
-        other.send(T.GRAB_JOB_UNIQ)
-        assert other.expect(T.JOB_ASSIGN_UNIQ).args[0] == handle
 
 
 def _commits(peer: Peer) -> float:
