@@ -76,6 +76,8 @@ class ClientSide:
     fd: int
     ip: str
     tcp: bool  # a TCP peer: its jobs count in the TCP share of --max-queued-bytes
+    close: Callable[[], None]
+    detach: Callable[[], None]
 
     def client(self) -> Peer:
         return self  # type: ignore[return-value]  # a Connection, which is one
@@ -134,6 +136,19 @@ class ClientSide:
             self.send_lazily(frame_res(_JOB_CREATED, job.handle))
         else:
             self.send(frame_res(_JOB_CREATED, job.handle))
+
+    def eof_received(self) -> bool | None:
+        """The peer sends no more (a half-close: ``nc -N``, a script's shutdown(SHUT_WR)
+        after its submits). asyncio closes the transport at once, which dropped the
+        JOB_CREATEDs still held for the store's commit: the job was stored and ran, and
+        its client, told nothing, took the submit as failed. So with replies held the
+        connection closes as the server's own close does, lingering until they leave."""
+        if self.held is None:
+            return None  # closed now, as asyncio does
+        if not self.closed:
+            self.close()
+            self.detach()  # as refuse(): what it held goes back to the queues now
+        return True  # the transport stays open for writing; release_held closes it
 
     def hold_created(self, handle: bytes, priority: int, row: int) -> None:
         """JOB_CREATED of a submit (at ``priority``) whose job's store ``row`` is not

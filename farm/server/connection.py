@@ -159,19 +159,6 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
         if self.hub.all_closed is not None and not self.hub.connections:
             self.hub.all_closed.set()
 
-    def eof_received(self) -> bool | None:
-        """The peer sends no more (a half-close: ``nc -N``, a script's shutdown(SHUT_WR)
-        after its submits). asyncio closes the transport at once, which dropped the
-        JOB_CREATEDs still held for the store's commit: the job was stored and ran, and
-        its client, told nothing, took the submit as failed. So with replies held the
-        connection closes as the server's own close does, lingering until they leave."""
-        if self.held is None:
-            return None  # closed now, as asyncio does
-        if not self.closed:
-            self.close()
-            self.detach()  # as refuse(): what it held goes back to the queues now
-        return True  # the transport stays open for writing; release_held closes it
-
     def data_received(self, data: bytes, backlog: Iterator[Event] | None = None) -> None:
         """Decode ``data`` and act on its packets, or go on with a ``backlog`` of them left
         by an earlier call: at most ``read_slice`` in this call, the rest in a later loop
