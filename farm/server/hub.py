@@ -20,6 +20,7 @@ QUEUE_ERROR in place; the job is queued for workers only then (JobServer.committ
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -30,6 +31,8 @@ from farm.server.queues import INERT_TIMER, Timer
 from farm.server.settings import ServerOptions
 from farm.server.store import Batch, SQLiteStore, open_store
 from farm.server.storewriter import StoreWriter
+
+log = logging.getLogger("farm.server")
 
 __all__ = ["Hub", "HeldReply", "Writer", "VERBOSE_NAMES", "LAZY_CREATED_MAX", "HELD_READ_LIMIT"]
 
@@ -271,9 +274,18 @@ class Hub:
         holding = self.holding
         self.holding = []
         for conn in holding:
+            try:
+                released = conn.release_held(refused, refusal, batch.below)
+            except Exception:
+                # A bug must cost one connection, never the batch: the other connections'
+                # replies, and the batch's jobs (queued below), would wait for a restart.
+                log.exception("fd %d: internal error releasing its held replies; closing", conn.fd)
+                conn.held = None  # not owed any more: close() must not linger for them
+                conn.close()
+                continue
             # Counted per submit told QUEUE_ERROR (two may hold one job), while the
             # job is still there to say its function.
-            for handle, priority in conn.release_held(refused, refusal, batch.below):
+            for handle, priority in released:
                 self.jobs.refused_by_store(handle, priority)
             if conn.held is not None:  # it holds for a later batch too
                 self.holding.append(conn)

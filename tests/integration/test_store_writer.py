@@ -171,6 +171,33 @@ def test_a_peer_that_half_closes_gets_its_held_replies_first(gated: tuple[str, G
     assert f"{handle.decode()}\t" in check.admin("show jobs")  # stored and queued
 
 
+def test_a_bug_releasing_one_connections_replies_costs_that_connection_alone(
+    tmp_path: Path,
+) -> None:
+    """Were releasing one peer's held replies to raise, the other peers' replies and the
+    batch's jobs must still go on: before, they waited for a restart."""
+    with gated_server(tmp_path) as (addr, gate, server):
+        broken, other = Peer(addr), Peer(addr)
+        broken.send(T.SUBMIT_JOB_BG, "bg", "one", "x")
+        gate.wait_entered()  # one's commit is being written
+        other.send(T.SUBMIT_JOB_BG, "bg", "two", "x")  # staged for the next
+        other.send(T.ECHO_REQ, "turn")
+        wait_for("both held", lambda: len(server.hub.holding) == 2)
+        port = broken.sock.getsockname()[1]
+        (conn,) = [c for c in server.hub.connections if c.peer_port == port]
+
+        def release_held(*_: object) -> list[tuple[bytes, int]]:
+            raise RuntimeError("a bug in release_held")
+
+        conn.release_held = release_held  # type: ignore[method-assign]  # the fault, injected
+        gate.shut = False  # this commit and the next go through
+        gate.let_one_go()
+        assert broken.closed_within(5)  # it alone pays
+        other.expect(T.JOB_CREATED)
+        assert other.expect(T.ECHO_RES).args == (b"turn",)
+        assert "bg\t2\t0\t0" in other.admin("status")  # both jobs committed and queued
+
+
 def _commits(peer: Peer) -> float:
     (line,) = [
         line
