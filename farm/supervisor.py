@@ -41,7 +41,7 @@ from farm.pools.localserver import LocalServer, check_listen_name
 from farm.pools.metrics import Exits, serve_metrics
 from farm.pools.reports import Reports
 from farm.pools.rollout import Restarting, Rollout
-from farm.pools.slots import READY_WAIT, Slot, WorkerProcess, core_for
+from farm.pools.slots import Slot, WorkerProcess, core_for
 from farm.pools.steering import Duty, Pending, Steering
 
 __all__ = ["Supervisor"]
@@ -279,14 +279,15 @@ class Supervisor(
         failing = sum(1 for s in slots if s.failing)
         server_up = self.server.ready or not self.config.local_server
         now = time.monotonic()
-        # A worker that does not serve READY_WAIT after its start (a command worker whose
+        ready_wait = self.config.supervisor.ready_wait
+        # A worker that does not serve ready_wait after its start (a command worker whose
         # server is down or whose wrapper's child holds the connection, a module that hangs
         # at import) counts as started: else it held READY=1 back until systemd's start
         # timeout killed the farm, in a restart loop with nothing said.
         unseen = [
             s.proc
             for s in slots
-            if s.proc and not s.proc.state.serving and now - s.proc.started >= READY_WAIT
+            if s.proc and not s.proc.state.serving and now - s.proc.started >= ready_wait
         ]
         all_up = all(
             s.failing or (s.proc and s.proc.state.serving) for s in slots if s.proc not in unseen
@@ -303,7 +304,7 @@ class Supervisor(
                     (proc.misregistered or "has not connected to the job server")
                     if proc.command
                     else "has not loaded its target (hanging at import?)",
-                    READY_WAIT,
+                    ready_wait,
                 )
         status = f"{up}/{len(slots)} workers up" + (f", {failing} failing" if failing else "")
         if unseen:

@@ -13,11 +13,25 @@ from farm.commandspec import CommandSpec
 from farm.executor.spill import DEFAULT_MAX_AGE, DEFAULT_MAX_SPILL_MB, DEFAULT_ORPHAN_AGE
 from farm.net import DEFAULT_SERVER, Address, connectable, parse_address
 
-__all__ = ["Config", "ServerConfig", "SupervisorConfig", "FunctionConfig", "RESERVED_PREFIX"]
+__all__ = [
+    "Config",
+    "ServerConfig",
+    "SupervisorConfig",
+    "FunctionConfig",
+    "RESERVED_PREFIX",
+    "READY_WAIT",
+]
 
 #: Functions a farm server lets only its trusted Unix-socket workers serve (the Executor's
 #: signed calls); the server's own check is farm.server.workerside.RESERVED.
 RESERVED_PREFIX = "farm."
+#: [supervisor] ready_wait's default: seconds after which a worker that does not serve
+#: yet (a command worker not connected to the job server, a Python worker still importing
+#: its target) counts as started for READY=1: systemd's TimeoutStartSec= in the shipped
+#: unit is 60, and one hung worker must not keep the whole farm from starting. A restart
+#: replaces such a command worker rather than wait for it; a Python one is killed at
+#: [supervisor] boot_timeout.
+READY_WAIT = 10.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +71,8 @@ class SupervisorConfig:
     # Seconds a new Python worker may take to load its target (a restart's successor, or
     # any command worker's, to serve) before it is killed as a failed boot.
     boot_timeout: float = 60.0
+    # Seconds after which a worker not serving yet counts as started for READY=1.
+    ready_wait: float = READY_WAIT
     memory_budget_mb: int = 0  # what all pools together may use; see capacity_problem
     metrics: str | None = None  # HOST:PORT of the Prometheus endpoint; None: off
     log_format: str = "text"  # "json": supervisor, server and workers log JSON lines (farm.logs)

@@ -16,6 +16,7 @@ from typing import Any
 from farm.config import capacity, rules
 from farm.config.defaults import builtin, server_store
 from farm.config.model import (
+    READY_WAIT,
     Config,
     ExecutorConfig,
     ServerConfig,
@@ -60,7 +61,12 @@ class Validator(PoolReader):
                 **self.table(raw.get("server", {}), "server", (*defaults["server"], *TUNING)),
             }
         )
-        sup = {**defaults["supervisor"], "graceful_timeout": 30, "boot_timeout": 60}
+        sup = {
+            **defaults["supervisor"],
+            "graceful_timeout": 30,
+            "boot_timeout": 60,
+            "ready_wait": READY_WAIT,
+        }
         supervisor = self.supervisor(
             {**sup, **self.table(raw.get("supervisor", {}), "supervisor", tuple(sup))}
         )
@@ -195,6 +201,16 @@ class Validator(PoolReader):
                 "supervisor.boot_timeout",
                 f"must be a number of seconds > 0 and at most {MAX_GRACE}, got {boot!r}",
             )
+        ready = raw["ready_wait"]
+        if (
+            isinstance(ready, bool)
+            or not isinstance(ready, int | float)
+            or not 0 < ready <= MAX_GRACE
+        ):
+            raise self.fail(
+                "supervisor.ready_wait",
+                f"must be a number of seconds > 0 and at most {MAX_GRACE}, got {ready!r}",
+            )
         budget = raw["memory_budget_mb"]
         if budget == "auto":
             budget = capacity.default_memory_budget_mb()
@@ -228,6 +244,7 @@ class Validator(PoolReader):
             local_server=self.local_server(raw["local_server"], servers),
             graceful_timeout=float(grace),
             boot_timeout=float(boot),
+            ready_wait=float(ready),
             memory_budget_mb=budget,
         )
 

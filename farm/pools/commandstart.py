@@ -28,7 +28,7 @@ import psutil
 
 from farm.config import Config
 from farm.net import parse_address
-from farm.pools.slots import READY_WAIT, ProcState, WorkerProcess
+from farm.pools.slots import ProcState, WorkerProcess
 
 __all__ = ["CommandStart", "Link", "server_links", "to_this_host", "LATE_POLL"]
 
@@ -39,9 +39,9 @@ UNSEEN_READY_AFTER = 1.0
 #: Seconds a command worker seen connected to remote servers alone is given to connect to
 #: the local one as well before it counts as serving them alone (registration not checked).
 REMOTE_SETTLE = 1.0
-#: A command worker not serving READY_WAIT after its start (`yes` as a command, a wrong
-#: server) is looked at this often, not every POLL: psutil's scan of its process tree 50
-#: times a second cost ~15% of a core for as long as it ran.
+#: A command worker not serving [supervisor] ready_wait after its start (`yes` as a
+#: command, a wrong server) is looked at this often, not every POLL: psutil's scan of its
+#: process tree 50 times a second cost ~15% of a core for as long as it ran.
 LATE_POLL = 1.0
 
 
@@ -99,7 +99,7 @@ class CommandStart:
 
     def watch_commands(self) -> bool:
         """Mark command workers that connected to a server and registered their pool's
-        functions there ``running``; whether one started less than READY_WAIT ago still
+        functions there ``running``; whether one started less than ready_wait ago still
         starts (the loop then polls again soon; an older one is looked at every LATE_POLL).
         One whose connections all go to remote servers runs once it connects (and stays
         so REMOTE_SETTLE, where a local server runs), its registration not checked: only
@@ -109,13 +109,14 @@ class CommandStart:
         if not self.config.local_server:
             local_port = None
         waiting = False
+        ready_wait = self.config.supervisor.ready_wait
         now = time.monotonic()
         connected_ones = []
         remote_only = []
         for proc in self.by_pid.values():
             if not proc.command or proc.state is not ProcState.STARTING:
                 continue
-            late = now - proc.started >= READY_WAIT
+            late = now - proc.started >= ready_wait
             if late and now - proc.connect_checked < LATE_POLL:
                 continue
             proc.connect_checked = now
@@ -160,4 +161,4 @@ class CommandStart:
             proc.state = ProcState.RUNNING
             log.debug("worker %s (pid %d) serves", proc.name, proc.pid)
         unserved = [p for p in connected_ones if p not in serving]
-        return waiting or any(now - p.started < READY_WAIT for p in unserved)
+        return waiting or any(now - p.started < ready_wait for p in unserved)

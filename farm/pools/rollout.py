@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 
 from farm.config import Config, FunctionConfig
 from farm.pools.slots import (
-    READY_WAIT,
     ProcState,
     Slot,
     WorkerProcess,
@@ -184,6 +183,7 @@ class Restarting:
         slots = self.slots.get(name, [])
         flying = ro.in_flight.setdefault(name, set())
         boot_timeout = self.config.supervisor.boot_timeout
+        ready_wait = self.config.supervisor.ready_wait
         for index in sorted(flying):
             slot = slots[index] if index < len(slots) else None
             heir = slot.successor if slot is not None else None
@@ -227,7 +227,7 @@ class Restarting:
                 proc = slot.proc
                 if proc is not None and (
                     proc.options != pool.options()
-                    or (proc.command and now - proc.started >= READY_WAIT)
+                    or (proc.command and now - proc.started >= ready_wait)
                 ):
                     self.retire(proc, pool)
                     slot.proc = None

@@ -23,7 +23,6 @@ from farm.pools.record import RecordReader
 
 __all__ = [
     "EXIT_DRAINED",
-    "READY_WAIT",
     "EXIT_BOOT_ERROR",
     "EXIT_RECYCLE",
     "EXIT_RSS_KILLED",
@@ -46,12 +45,6 @@ EXIT_RSS_KILLED = 5  # went past kill_rss_mb mid-job, failed that job: replace a
 
 #: A process that lived this long was healthy: its slot's failure count starts over.
 HEALTHY_AFTER = 60.0
-#: Seconds after which a worker that does not serve yet (a command worker not connected to
-#: the job server, a Python worker still importing its target) counts as started for
-#: READY=1: systemd's TimeoutStartSec= in the shipped unit is 60, and one hung worker must
-#: not keep the whole farm from starting. A restart replaces such a command worker rather
-#: than wait for it; a Python one is killed at [supervisor] boot_timeout.
-READY_WAIT = 10.0
 #: Longest wait between restarts of a crashing or failing slot.
 BACKOFF_CAP = 30.0
 #: Consecutive crashes after which a slot is reported as failing.

@@ -42,8 +42,10 @@ class FarmUp:
         *,
         extra_env: dict[str, str] | None = None,
         start: bool = True,
+        supervisor: str = "",
     ) -> None:
         self.tmp = tmp
+        self.supervisor = supervisor  # more [supervisor] lines, e.g. "ready_wait = 2"
         self.port, self.metrics_port = free_ports(2)
         self.control = str(tmp / "control.sock")
         self.config = tmp / "farm.toml"
@@ -100,6 +102,8 @@ class FarmUp:
             graceful_timeout = 10
             metrics = "127.0.0.1:{self.metrics_port}"
             """)
+            + textwrap.dedent(self.supervisor).strip()
+            + "\n"
             + textwrap.dedent(functions)
         )
 

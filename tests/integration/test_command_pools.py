@@ -308,11 +308,15 @@ def test_a_command_worker_that_never_connects_does_not_hold_back_ready(tmp_path:
     # A command worker serves once it connects; one that never does (its server down, a
     # wrapper whose child holds the connection) kept READY=1 from systemd for ever, and
     # TimeoutStartSec= then killed the farm every minute.
-    up = FarmUp(tmp_path, '[functions.quiet]\ncommand = ["sleep", "300"]\nworkers = 1\n')
+    up = FarmUp(
+        tmp_path,
+        '[functions.quiet]\ncommand = ["sleep", "300"]\nworkers = 1\n',
+        supervisor="ready_wait = 2",  # 10 s by default: the same wait, sooner over
+    )
     try:
         up.expect_notify("READY=1", timeout=40)
         up.expect_notify("STATUS=0/1 workers up, 1 not connected")
-        assert "has not connected to the job server after 10s; READY=1 sent" in up.read_log()
+        assert "has not connected to the job server after 2s; READY=1 sent" in up.read_log()
     finally:
         assert up.stop() == 0
 
@@ -342,9 +346,13 @@ def test_what_a_wrapper_started_goes_with_it(tmp_path: Path) -> None:
 
 def test_restart_replaces_a_command_worker_that_has_not_connected(tmp_path: Path) -> None:
     # It was counted as replaced ("1/1 replaced") and went on as it was, same pid.
-    up = FarmUp(tmp_path, '[functions.quiet]\ncommand = ["sleep", "300"]\nworkers = 1\n')
+    up = FarmUp(
+        tmp_path,
+        '[functions.quiet]\ncommand = ["sleep", "300"]\nworkers = 1\n',
+        supervisor="ready_wait = 2",  # 10 s by default: the same wait, sooner over
+    )
     try:
-        up.expect_notify("STATUS=0/1 workers up, 1 not connected", timeout=40)  # 10 s on
+        up.expect_notify("STATUS=0/1 workers up, 1 not connected", timeout=40)  # 2 s on
         (before,) = wait_for("the worker", lambda: [r for r in up.workers("quiet") if r["pid"]])
         out = farm_cli("restart", "quiet", "--control", up.control)
         assert out.returncode == 0 and "1/1 replaced" in out.stdout, (out.stdout, out.stderr)

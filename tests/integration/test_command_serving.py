@@ -17,7 +17,7 @@ import pytest
 
 from farm import config
 from farm.pools.commandjobs import CommandJobs
-from farm.pools.slots import READY_WAIT, WorkerProcess
+from farm.pools.slots import WorkerProcess
 from farm.protocol import PacketType as T
 from farm.supervisor import Supervisor
 from tests.helpers import ROOT
@@ -134,14 +134,14 @@ def test_a_command_worker_that_never_connects_is_polled_soon_only_at_first(
 ) -> None:
     # `command = ["yes", "spam"]` never connects: the loop looked at its sockets (psutil:
     # its process tree, each one's connections) every 20 ms for as long as it ran, ~15% of
-    # a core. Past READY_WAIT it is looked at every LATE_POLL (1 s), on the loop's own turns.
+    # a core. Past ready_wait it is looked at every LATE_POLL (1 s), on the loop's own turns.
     supervisor = Supervisor(rev_pool(tmp_path, srv))
     silent = subprocess.Popen(["sleep", "60"])
     try:
         proc = WorkerProcess(silent.pid, "rev", 0, 0, -1, (), command=True)
         supervisor.by_pid[proc.pid] = proc
         assert supervisor.watch_commands()  # just started: the loop polls for it soon
-        proc.started -= READY_WAIT  # as if it started READY_WAIT ago
+        proc.started -= supervisor.config.supervisor.ready_wait  # as if started that long ago
         assert not supervisor.watch_commands()  # looked at now, again in a second
         assert not supervisor.watch_commands()
         assert proc.state.value == "starting"

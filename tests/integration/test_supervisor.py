@@ -220,23 +220,19 @@ def test_a_module_that_hangs_at_import_holds_neither_ready_nor_the_farm(tmp_path
     # timeout: one module that hung at import kept the farm from starting (systemd killed it
     # at TimeoutStartSec, and again, in a loop), with nothing logged.
     (tmp_path / "hangs.py").write_text("import time\ntime.sleep(10000)\n\ndef job(j):\n    pass\n")
+    # ready_wait is 10 s by default: the same wait, sooner over. boot_timeout comes 4 s
+    # after it (13 was 3 s after 10), for the checks made between the two.
     up = FarmUp(
         tmp_path,
         FUNCTIONS + '\n[functions.hangs]\ntarget = "hangs:job"\nworkers = 1\n',
-        start=False,
+        supervisor="ready_wait = 2\nboot_timeout = 6",
     )
-    up.config.write_text(
-        up.config.read_text().replace(
-            "graceful_timeout = 10", "graceful_timeout = 10\nboot_timeout = 13"
-        )
-    )
-    up.start()
     try:
-        up.expect_notify("READY=1", timeout=20)  # after READY_WAIT (10 s) without it
+        up.expect_notify("READY=1", timeout=20)  # after ready_wait without it
         (pid,) = [r["pid"] for r in up.workers("hangs")]
         assert re.search(
             rf"WARNING worker hangs#0 cpu\d+ \(pid {pid}\) has not loaded its target"
-            r" \(hanging at import\?\) after 10s; READY=1 sent without it",
+            r" \(hanging at import\?\) after 2s; READY=1 sent without it",
             up.read_log(),
         ), up.read_log()
         with Client(up.addr) as client:  # the other pools serve meanwhile
@@ -247,8 +243,8 @@ def test_a_module_that_hangs_at_import_holds_neither_ready_nor_the_farm(tmp_path
             timeout=15,
         )
         assert (
-            f"(pid {pid}, up 13." in line
-            and "failed to boot (did not load its target within 13s; hanging at import?);"
+            f"(pid {pid}, up 6." in line
+            and "failed to boot (did not load its target within 6s; hanging at import?);"
             " restarting in 2s (slot failing)"
             in line
         ), line

@@ -410,6 +410,20 @@ def test_boot_timeout_must_be_a_positive_bounded_number(tmp_path: Path, boot: st
     assert "supervisor.boot_timeout: must be a number of seconds > 0" in error_of(tmp_path, text)
 
 
+def test_ready_wait_is_10_s_unless_set(tmp_path: Path) -> None:
+    # Operators and the docs count on 10 s; tests set less, to see it run out sooner.
+    default = config.load(write(tmp_path, GOOD))
+    assert default.supervisor.ready_wait == 10.0
+    text = GOOD.replace("servers = []", "servers = []\nready_wait = 1.5")
+    assert config.load(write(tmp_path, text)).supervisor.ready_wait == 1.5
+
+
+@pytest.mark.parametrize("wait", ["0", "nan", "-1", "1e9", '"10"', "true"])
+def test_ready_wait_must_be_a_positive_bounded_number(tmp_path: Path, wait: str) -> None:
+    text = f'[supervisor]\nready_wait = {wait}\n[functions.a]\ntarget = "x:y"\n'
+    assert "supervisor.ready_wait: must be a number of seconds > 0" in error_of(tmp_path, text)
+
+
 @pytest.mark.parametrize(
     ("control", "said"),
     [

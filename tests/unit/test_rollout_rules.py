@@ -35,7 +35,9 @@ def pool(name: str, target: str, workers: int = 1) -> FunctionConfig:
 class Cfg:  # what Restarting reads of Config
     functions: dict[str, FunctionConfig]
     local_server: bool = False
-    supervisor: Any = field(default_factory=lambda: SimpleNamespace(boot_timeout=60.0))
+    supervisor: Any = field(
+        default_factory=lambda: SimpleNamespace(boot_timeout=60.0, ready_wait=10.0)
+    )
 
 
 class Farm(Restarting):
