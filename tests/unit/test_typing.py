@@ -63,18 +63,24 @@ SNIPPETS = {"user.py": USER_CODE, "data.py": DATA_CODE}
 
 
 @pytest.fixture(scope="module")
-def strict_mypy(tmp_path_factory: pytest.TempPathFactory) -> str:
+def strict_mypy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     """mypy --strict's report on the SNIPPETS, each importing this checkout's farm (whose
     own errors, as an installed package's, are not the user's).
 
     One run for all of them: a cold mypy reads farm and the stdlib's stubs first (some
-    10 s here), the same for every snippet; each test reads its own file's lines."""
+    15 s here), the same for every snippet; each test reads its own file's lines. Its
+    cache is kept in pytest's (.pytest_cache), so a later run re-reads only what changed
+    (under a second when nothing did): mypy's incremental mode checks each module's hash
+    and its dependencies', and starts over for another mypy or other options. Without
+    pytest's cache (-p no:cacheprovider) it is a cold run, as before."""
     tmp_path = tmp_path_factory.mktemp("typing")
+    cache = getattr(request.config, "cache", None)  # None: -p no:cacheprovider
+    cache_dir = cache.mkdir("mypy-typing") if cache is not None else tmp_path / "cache"
     for name, code in SNIPPETS.items():
         (tmp_path / name).write_text(textwrap.dedent(code))
     run = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent"]
-        + ["--cache-dir", str(tmp_path / "cache"), "--config-file", "", *SNIPPETS],
+        + ["--cache-dir", str(cache_dir), "--config-file", "", *SNIPPETS],
         cwd=tmp_path,
         env={"MYPYPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
         capture_output=True,
