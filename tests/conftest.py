@@ -5,17 +5,69 @@ What they are built from lives in tests/helpers/; test modules import it from th
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import py_compile
 import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import ROOT
 from tests.helpers.peers import Peer
 from tests.helpers.servers import Server, start_farm_server, start_gearmand
+
+# Where the environment says PYTHONDONTWRITEBYTECODE (some images do), every one of the
+# suite's thousands of Python processes (each `farm up`, its server and workers, each
+# server and CLI run) compiled farm from source again, ~0.1 s of CPU each on a 2-core VM,
+# and pytest rewrote every test module's asserts again at each collection (~10 s). Bytecode
+# is still read where it is not written: the two hooks below write it.
+CHILDREN_IMPORT = ("farm", "workers", "tests/helpers")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Compile what the suite's processes import, as hash-checked bytecode: each import
+    compares the source's hash, so a module changed on disk (within the same second, at
+    the same size, as some tests do to theirs) is never run from stale bytecode. A file
+    whose bytecode matches its source is left as it is."""
+    if not sys.flags.dont_write_bytecode:
+        return  # Python writes its own, as it imports
+    checked = py_compile.PycInvalidationMode.CHECKED_HASH
+    for folder in CHILDREN_IMPORT:
+        for source in (ROOT / folder).rglob("*.py"):
+            if not _bytecode_matches(source):
+                py_compile.compile(str(source), doraise=True, invalidation_mode=checked)
+
+
+def _bytecode_matches(source: Path) -> bool:
+    try:
+        header = Path(importlib.util.cache_from_source(str(source))).read_bytes()[:16]
+        text = source.read_bytes()
+    except OSError:
+        return False
+    flags = int.from_bytes(header[4:8], "little")  # 0b11: hash-based, checked at import
+    return (
+        header[:4] == importlib.util.MAGIC_NUMBER
+        and flags == 0b11
+        and header[8:16] == importlib.util.source_hash(text)
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection() -> Generator[None, object, object]:
+    """Let pytest keep the test modules it rewrote (it reads them back even where writing
+    is off, and checks each against its source's mtime and size), during collection only:
+    the modules tests write and import as they run keep Python's setting."""
+    before = sys.dont_write_bytecode
+    sys.dont_write_bytecode = False
+    try:
+        return (yield)
+    finally:
+        sys.dont_write_bytecode = before
 
 
 def _claims_dirs() -> set[Path]:
