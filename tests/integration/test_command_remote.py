@@ -62,7 +62,7 @@ def test_a_command_worker_of_a_remote_server_runs_unchecked(tmp_path: Path, remo
     # local server only, and a deploy of it waited for what would never come.
     up = farm_with_remote(tmp_path, remote)
     try:
-        # Without its registration seen, READY=1 came READY_WAIT (10 s) after the start, and
+        # Without its registration seen, READY=1 came ready_wait (10 s) after the start, and
         # the worker went on "starting".
         up.expect_notify("READY=1", timeout=30)
 
