@@ -105,8 +105,10 @@ class ReplayGuard:
     """Claims call ids for this pool; refuses a call that already ran or has expired."""
 
     def __init__(self, directory: Path | None = None) -> None:
+        self._chosen = directory is None  # default_directory's choice: made again if it goes
         self.directory = directory or default_directory()
-        self.directory.mkdir(mode=0o700, exist_ok=True)
+        self._dir = -1
+        self._open_directory()
         self._swept = 0.0
         # Per expiry minute: its file, how much of it was read, and the claims read.
         self._files: dict[int, tuple[int, list[int], dict[bytes, int]]] = {}
@@ -144,23 +146,46 @@ class ReplayGuard:
     def _bucket(self, bucket: int) -> tuple[int, list[int], dict[bytes, int]]:
         entry = self._files.pop(bucket, None)
         if entry is None:
-            path = self.directory / f"claims-{bucket}"
+            name = f"claims-{bucket}"
             flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
             try:
-                fd = os.open(path, flags, 0o600)
+                fd = os.open(name, flags, 0o600, dir_fd=self._dir)
             except FileNotFoundError:
                 # The directory went under the pool (logind's RemoveIPC at a logout, a
                 # cleanup of /dev/shm): made again, checked as at the start, or every call
                 # would fail until the workers were replaced. Its claims went with it, as
                 # they would with a reboot.
                 log.warning("the replay record %s was removed; making it again", self.directory)
-                private_dir(self.directory)
-                fd = os.open(path, flags, 0o600)
+                if self._chosen:
+                    self.directory = default_directory()
+                self._open_directory()
+                fd = os.open(name, flags, 0o600, dir_fd=self._dir)
             entry = (fd, [0], {})
             while len(self._files) >= KEPT:  # the least recently used: re-read if it comes back
                 os.close(self._files.pop(next(iter(self._files)))[0])
         self._files[bucket] = entry  # last: the most recently used
         return entry
+
+    def _open_directory(self) -> None:
+        """Make or check the directory (``private_dir``) and hold it open: claims files are
+        opened in it by descriptor, never by its path again. Another user may make a
+        directory at that path once ours is gone (RemoveIPC empties /dev/shm at a logout),
+        and a worker that went on opening its files by path then appended its claims
+        there: that user could empty them (a captured call then ran again), or put a FIFO
+        in the place of a minute's file (every call of that minute failed). In a removed
+        directory nothing can be made (ENOENT), which ``_bucket`` takes as its cue."""
+        private_dir(self.directory, fix="remove it: calls are refused until then")
+        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:  # the one opened: it may have been swapped since private_dir looked
+            info = os.fstat(fd)
+            if info.st_uid != os.getuid() or info.st_mode & 0o022:
+                raise UnsafeDirectory(f"{self.directory} was replaced while it was checked")
+        except BaseException:
+            os.close(fd)
+            raise
+        if self._dir >= 0:
+            os.close(self._dir)
+        self._dir = fd
 
     def _sweep_legacy(self, now: float) -> None:
         """Remove an older farm's claims directory once every call it recorded has expired
@@ -204,7 +229,7 @@ class ReplayGuard:
         current = int(now) // BUCKET
         for bucket in [b for b in self._files if b < current]:
             os.close(self._files.pop(bucket)[0])
-        for entry in os.scandir(self.directory):
+        for entry in os.scandir(self._dir):
             name = entry.name
             stamp = name[len("claims-") :] if name.startswith("claims-") else name.partition("-")[0]
             # claims-MINUTE: every call in it expired once the minute is over; EXPIRY-ID: a
@@ -214,6 +239,6 @@ class ReplayGuard:
             ended = (int(stamp) + 1) * BUCKET if name.startswith("claims-") else int(stamp)
             if ended <= now:
                 try:
-                    os.unlink(entry.path)
+                    os.unlink(name, dir_fd=self._dir)
                 except FileNotFoundError:
                     pass  # another worker swept it first

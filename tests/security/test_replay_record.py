@@ -1,0 +1,73 @@
+"""The Executor's replay record (farm.executor.replay) when another local user takes the
+place of its directory in /dev/shm after it was removed under the running pool (logind's
+RemoveIPC empties /dev/shm of a user's files at their logout; the name can be worked out).
+
+Workers that went on opening their claims files by path wrote them into that user's
+directory: its owner could then empty them (a captured call ran again) or put a FIFO in
+the place of a minute's file (every call of that minute failed)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from farm.executor import replay
+from farm.executor.replay import ReplayGuard
+from farm.executor.signing import KEY_ENV, SignatureError
+from farm.paths import UnsafeDirectory
+
+NOBODY = 65534
+
+
+def taken_over(directory: Path) -> None:
+    """Remove ``directory`` as RemoveIPC would, and make another user's in its place."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to make a directory of a second local user (CI runs as root)")
+    shutil.rmtree(directory)
+    directory.mkdir()
+    os.chmod(directory, 0o777)
+    os.chown(directory, NOBODY, NOBODY)
+
+
+def shared_shm(tmp_path: Path) -> Path:
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    os.chmod(shm, 0o1777)  # as /dev/shm: every user may make a directory in it
+    return shm
+
+
+def test_claims_never_go_to_a_directory_another_user_made_in_place_of_the_record(
+    tmp_path: Path,
+) -> None:
+    directory = shared_shm(tmp_path) / "farm-0-claims-abc"
+    guard = ReplayGuard(directory)
+    expires = int(time.time()) + 600
+    guard.claim(b"\1" * 16, expires, "H:x:1")
+    taken_over(directory)
+    later = expires + 2 * 60  # a minute whose file is not open yet
+    with pytest.raises((UnsafeDirectory, SignatureError)):
+        guard.claim(b"\2" * 16, later, "H:x:2")  # refused unrun: no record to keep it in
+    assert list(directory.iterdir()) == [], "a claim was written into the other user's directory"
+
+
+def test_a_pool_whose_shared_memory_record_was_taken_over_goes_on_beside_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEY_ENV, str(tmp_path / "executor.key"))
+    shm = shared_shm(tmp_path)
+    monkeypatch.setattr(replay, "Path", lambda p: shm if p == "/dev/shm" else Path(p))
+    guard = ReplayGuard()  # as a worker makes it: in shared memory
+    (directory,) = shm.iterdir()
+    expires = int(time.time()) + 600
+    guard.claim(b"\1" * 16, expires, "H:x:1")
+    taken_over(directory)
+    later = expires + 2 * 60
+    guard.claim(b"\2" * 16, later, "H:x:2")  # kept beside the key, as default_directory falls back
+    assert list(directory.iterdir()) == []
+    assert guard.directory == tmp_path / "claims"
+    with pytest.raises(SignatureError, match="already ran"):
+        ReplayGuard().claim(b"\2" * 16, later, "H:x:3")  # a later worker uses the same record
