@@ -34,6 +34,7 @@ from farm.server.process import (
     setup_server_logging,
 )
 from farm.server.store import DamagedStore, StoreError
+from farm.server.tlsgate import TLSGate
 
 log = logging.getLogger("farm.server")
 
@@ -86,14 +87,15 @@ class Server:
         tls = self._tls_context()
         for addr in opts.listen:  # TCP only: -L unix:PATH is sorted into opts.unix
             tcp = parse_address(addr, default_port=opts.port)
+            # TLS begins only once the connection is counted (farm.server.tlsgate).
+            gated = factory if tls is None else lambda: TLSGate(self.hub, tls, factory)
             try:
                 srv = await self.loop.create_server(
-                    factory,
+                    gated,
                     tcp.host or None,
                     tcp.port,
                     backlog=opts.backlog,
                     reuse_address=True,
-                    ssl=tls,
                 )
             except OSError as exc:
                 raise ListenError(str(tcp), exc) from exc

@@ -69,6 +69,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
         self.tcp = False  # counted in the hub's TCP shares (see connection_made)
         self.client_id = b"-"
         self.peer_uid: int | None = None  # Unix-socket peers only (SO_PEERCRED)
+        self.tls_pending = False  # counted in hub.handshakes until now (farm.server.tlsgate)
         # Who is at the other end, for farm's admin `peers`, `drain` and `killing`: the
         # process on a Unix socket (SO_PEERCRED), the remote port on TCP (0: not known).
         self.peer_pid = 0
@@ -111,6 +112,9 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
     # -- asyncio callbacks ---------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.tls_pending:  # its handshake is done: it counts as a connection from here on
+            self.tls_pending = False
+            self.hub.handshakes -= 1
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         sock = transport.get_extra_info("socket")
         if sock is not None:

@@ -134,6 +134,9 @@ class Hub:
         self.partial_bytes = 0  # bytes of not yet whole packets, over all connections
         self.tcp_partial_bytes = 0  # of those, held by TCP connections
         self.tcp_connections = 0
+        # TLS connections accepted and not through their handshake yet (farm.server.tlsgate):
+        # each holds a descriptor, so it counts as the TCP connection it will be.
+        self.handshakes = 0
         # TCP connections whose peer stopped reading (past the transport's high-water mark):
         # what they leave unread counts against --max-unread-bytes (BackPressure).
         self.slow_readers: set[Any] = set()
@@ -196,15 +199,19 @@ class Hub:
     def admit(self, conn: Writer, tcp: bool) -> bool:
         """Room for one more connection (then it counts); TCP peers, which any local user
         can be, leave a share to the Unix socket, for the farm's own workers and callers."""
-        limit = self.options.max_connections
-        if len(self.connections) >= limit:
+        if not self.room(tcp):
             return False
         if tcp:
-            if self.tcp_connections >= limit - min(64, limit // 10):
-                return False
             self.tcp_connections += 1
         self.connections.add(conn)
         return True
+
+    def room(self, tcp: bool) -> bool:
+        """Whether one more connection (a TCP one with ``tcp``) fits, handshakes counted."""
+        limit = self.options.max_connections
+        if len(self.connections) + self.handshakes >= limit:
+            return False
+        return not tcp or self.tcp_connections + self.handshakes < limit - min(64, limit // 10)
 
     def leave(self, conn: Writer, tcp: bool) -> None:
         """An admitted connection (``tcp`` as counted) is gone."""
