@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from farm import slowreuse
 from farm.pools.slots import EXIT_CAUSES, Exits, ProcState
-from farm.slowreuse import reuse_until
 
 #: What farm_pool_processes counts by: a process's state, or an empty slot's.
 POOL_STATES = (*(str(state) for state in ProcState), "backoff", "failing")
@@ -170,20 +170,48 @@ class SupervisorCollector:
 SLOW_SCRAPE = 1.0
 
 
+#: Slow responses kept for reuse at most, the least recently served dropped first: a
+#: request's path, query and Accept header are the asker's to choose, and each new one kept
+#: a 10 MB body, for ever.
+MAX_KEPT = 8
+#: Seconds of slow responses that may be made ahead of their share of the supervisor's time
+#: (1 / (1 + REUSE_FACTOR), as reuse gives one asker): past it, a request with no response
+#: kept for it gets 503, and one with an expired response gets that response again.
+#: Otherwise a request that changed its query string each time (``?1``, ``?2``) was made
+#: afresh each time, 9 s of CPU apiece, as if nothing were reused.
+SLOW_AHEAD = 10.0
+
+
 def reused_when_slow(app: Any) -> Any:
-    """``app`` (a WSGI app) whose slow responses are reused (see SLOW_SCRAPE): one made at a
-    time, and the scrapes that come meanwhile wait for it rather than make their own."""
+    """``app`` (a WSGI app) whose slow responses are reused (see SLOW_SCRAPE, MAX_KEPT,
+    SLOW_AHEAD): one made at a time, and the scrapes that come meanwhile wait for it rather
+    than make their own."""
+    from prometheus_client.exposition import gzip_accepted
+
     making = threading.Lock()
     made: dict[tuple[Any, ...], tuple[float, str, list[tuple[str, str]], bytes]] = {}
+    owed = [0.0, time.monotonic()]  # seconds of slow responses not paid down yet, and when
 
     def reusing(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        # What the response depends on: the path, the query (name[] filters) and the
-        # format the scraper accepts (OpenMetrics or Prometheus' text).
-        key = tuple(environ.get(k, "") for k in ("PATH_INFO", "QUERY_STRING", "HTTP_ACCEPT"))
+        # What the response depends on: the path, the query (name[] filters), the format the
+        # scraper accepts (OpenMetrics or Prometheus' text) and whether it takes gzip.
+        key = (
+            *(environ.get(k, "") for k in ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING")),
+            environ.get("HTTP_ACCEPT", ""),
+            gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")),
+        )
         with making:
-            kept = made.get(key)
             started = time.monotonic()
-            if kept is None or started >= kept[0]:
+            share = 1 / (1 + slowreuse.REUSE_FACTOR)
+            owed[:] = [max(0.0, owed[0] - (started - owed[1]) * share), started]
+            kept = made.pop(key, None)
+            if kept is not None and (started < kept[0] or owed[0] > SLOW_AHEAD):
+                made[key] = kept  # the most recently served last
+            elif owed[0] > SLOW_AHEAD:
+                wait = f"{owed[0] / share:.0f}"
+                start_response("503 Service Unavailable", [("Retry-After", wait)])
+                return [b"slow metrics were made lately; try again later\n"]
+            else:
                 answer: list[Any] = []
 
                 def start(status: str, headers: list[tuple[str, str]], *exc: Any) -> Any:
@@ -192,11 +220,12 @@ def reused_when_slow(app: Any) -> Any:
 
                 body = b"".join(app(environ, start))
                 took = time.monotonic() - started
-                kept = (reuse_until(started, took), answer[0], answer[1], body)
+                kept = (slowreuse.reuse_until(started, took), answer[0], answer[1], body)
                 if took > SLOW_SCRAPE:
+                    owed[0] += took
                     made[key] = kept
-                else:
-                    made.pop(key, None)
+                    while len(made) > MAX_KEPT:
+                        del made[next(iter(made))]
         start_response(kept[1], kept[2])
         return [kept[3]]
 

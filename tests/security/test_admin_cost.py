@@ -11,8 +11,12 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 import farm
+import farm.pools.metrics as pool_metrics
 from farm import protocol as p
 from farm.client.admin import admin_query
 from farm.protocol import PacketType as T
@@ -160,3 +164,64 @@ def scrape_body(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=60) as reply:
         assert reply.status == 200
         return bytes(reply.read())
+
+
+def slow_app(made: list[dict[str, Any]]) -> Callable[..., list[bytes]]:
+    """A WSGI app whose every answer counts as slow (the tests set SLOW_SCRAPE below 0)."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        made.append(environ)
+        time.sleep(0.02)  # what it costs: the share is of the time answers take
+        start_response("200 OK", [])
+        return [b"%d %s" % (len(made), environ.get("HTTP_ACCEPT_ENCODING", "").encode())]
+
+    return app
+
+
+def scrape_env(query: str = "", encoding: str = "") -> dict[str, Any]:
+    return {"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "QUERY_STRING": query,
+            "HTTP_ACCEPT_ENCODING": encoding}  # fmt: skip
+
+
+def test_a_scrape_that_changes_its_query_each_time_is_not_made_afresh_each_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The slow answer was reused per path, query and Accept header, which the asker
+    # chooses: `?1`, `?2`... made it afresh each time (9 s of the supervisor's CPU each with
+    # a local user's 256 long names), and kept each 10 MB body for ever.
+    monkeypatch.setattr(pool_metrics, "SLOW_SCRAPE", -1.0)
+    monkeypatch.setattr(pool_metrics, "SLOW_AHEAD", 0.0)  # one slow answer, then its share
+    made: list[dict[str, Any]] = []
+    served = pool_metrics.reused_when_slow(slow_app(made))
+    statuses: list[str] = []
+    for n in range(50):
+        served(scrape_env(str(n)), lambda status, headers: statuses.append(status))
+    assert len(made) < 5, "each new query made the slow answer again"
+    assert statuses[-1].startswith("503")
+
+
+def test_the_slow_answers_kept_are_few(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_metrics, "SLOW_SCRAPE", -1.0)
+    monkeypatch.setattr(pool_metrics, "SLOW_AHEAD", float("inf"))  # no share: all are made
+    made: list[dict[str, Any]] = []
+    served = pool_metrics.reused_when_slow(slow_app(made))
+    for n in range(3 * pool_metrics.MAX_KEPT):
+        served(scrape_env(str(n)), lambda *a: None)
+    asked = len(made)
+    served(scrape_env(str(3 * pool_metrics.MAX_KEPT - 1)), lambda *a: None)  # the newest: kept
+    assert len(made) == asked
+    served(scrape_env("0"), lambda *a: None)  # the oldest was let go
+    assert len(made) == asked + 1, "every slow answer was kept"
+
+
+def test_a_gzip_answer_is_never_given_to_a_scraper_that_does_not_take_gzip(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Kept regardless of Accept-Encoding, a local user's gzip scrape was served to
+    # `farm top` (urllib takes no gzip), which then could not read the farm's numbers.
+    monkeypatch.setattr(pool_metrics, "SLOW_SCRAPE", -1.0)
+    made: list[dict[str, Any]] = []
+    served = pool_metrics.reused_when_slow(slow_app(made))
+    gzip = b"".join(served(scrape_env(encoding="gzip"), lambda *a: None))
+    plain = b"".join(served(scrape_env(), lambda *a: None))
+    assert gzip.endswith(b"gzip") and not plain.endswith(b"gzip")
