@@ -143,7 +143,27 @@ def load_key(path: str | os.PathLike[str] | None = None, *, create: bool = True)
             f"key file {target} belongs to uid {info.st_uid}, and this process runs as root;"
             f" run: chown root {target} (if you trust it), or set ${KEY_ENV} to root's key"
         )
+    if info.st_uid not in (os.getuid(), 0):
+        _check_placed_by_owner(target, info.st_uid)
     return key
+
+
+def _check_placed_by_owner(target: Path, owner: int) -> None:
+    """KeyFileError unless the key of another user (the farm's, read by a caller in its
+    group) lies in a directory of that user that nobody else may write. In one others may
+    write (``/tmp``), a third user may have made the file before the farm did: mode 640 and
+    a group shared with the farm's user (``users``) passed every other check, and that user
+    knew the key, so could have the farm run their code."""
+    try:
+        parent = os.stat(target.parent)
+    except OSError as exc:
+        raise KeyFileError(f"key file {target}: {exc.strerror or exc}") from None
+    if parent.st_uid != owner or parent.st_mode & 0o022:
+        raise KeyFileError(
+            f"key file {target} belongs to uid {owner}, in a directory others may write"
+            f" ({target.parent}): another user may have made it, and know the key; keep the"
+            f" key in a directory of its owner that only they may write (as {default_key_path()})"
+        )
 
 
 def _has_acl(fd: int) -> bool:
