@@ -172,6 +172,17 @@ def spill_dir(path: Path) -> Path:
             " you nor a group of yours; remove it, or set [executor] spill_dir (or"
             " $FARM_SPILL_DIR) to a directory of the farm's user and group"
         )
+    if info.st_uid not in (os.geteuid(), 0):
+        # The farm's, used by a caller of its group: only where its owner put it. In a
+        # directory others may write (/tmp), a third user who shares a group with us may
+        # have made it first, 2770, and then read every argument and result spilled there.
+        parent = os.stat(path.parent)
+        if parent.st_uid not in (info.st_uid, 0) or parent.st_mode & 0o022:
+            raise SpillDirError(
+                f"spill directory {path} belongs to uid {info.st_uid}, in a directory others"
+                f" may write ({path.parent}): another user may have made it; set"
+                " [executor] spill_dir (or $FARM_SPILL_DIR) to one in a directory of the farm's"
+            )
     _checked[path] = info.st_gid
     return path
 

@@ -1,9 +1,12 @@
-"""The Executor's key file where another local user could have made it first.
+"""The Executor's key file and spill directory where another local user could have made
+them first.
 
 Holding the key means running code as the farm's user. A key file in a directory every
 user may write (``$FARM_KEY_FILE=/tmp/farm.key``) may be one another user made before the
 farm did: mode 640 and a group the farm's user shares (``users``) passed every check of a
-process not running as root, and that user, who knows the key, could then sign calls."""
+process not running as root, and that user, who knows the key, could then sign calls. A
+spill directory made so (2770, that group) passed too, and its owner could read every
+large argument and result."""
 
 from __future__ import annotations
 
@@ -36,13 +39,18 @@ def shared() -> Iterator[Path]:
     shutil.rmtree(top, ignore_errors=True)
 
 
-def load_as_nobody(path: Path) -> subprocess.CompletedProcess[str]:
+def load_as_nobody(path: Path, what: str = "key") -> subprocess.CompletedProcess[str]:
+    call = {"key": "load_key(path, create=False)", "spill": "spill_dir(path)"}[what]
     script = f"""
 import os, sys
+from pathlib import Path
 sys.path.insert(0, {str(ROOT)!r})
-from farm.executor.signing import load_key  # first: this interpreter lives under /root
+# First: this interpreter lives under /root, which nobody may enter.
+from farm.executor.signing import load_key
+from farm.executor.spill import spill_dir
 os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY})
-load_key({str(path)!r}, create=False)
+path = Path({str(path)!r})
+{call}
 """
     return subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd="/"
@@ -73,4 +81,30 @@ def test_the_farms_own_key_shared_with_its_group_is_read_by_other_accounts(
     key = home / "executor.key"
     plant(key, OTHER)
     loaded = load_as_nobody(key)
+    assert loaded.returncode == 0, loaded.stderr
+
+
+def test_a_spill_directory_another_user_made_in_a_shared_directory_is_refused(
+    shared: Path,
+) -> None:
+    spill = shared / "spill"
+    spill.mkdir()
+    os.chown(spill, OTHER, NOBODY)
+    os.chmod(spill, 0o2770)
+    loaded = load_as_nobody(spill, "spill")
+    assert loaded.returncode != 0, "another user's spill directory was taken as the farm's"
+    assert "belongs to uid 54321" in loaded.stderr
+
+
+def test_the_farms_own_spill_directory_is_used_by_other_accounts_of_its_group(
+    shared: Path,
+) -> None:
+    home = shared / "farm"  # /var/lib/farm under the shipped unit
+    home.mkdir(mode=0o750)
+    os.chown(home, OTHER, NOBODY)
+    spill = home / "spill"
+    spill.mkdir()
+    os.chown(spill, OTHER, NOBODY)
+    os.chmod(spill, 0o2770)
+    loaded = load_as_nobody(spill, "spill")
     assert loaded.returncode == 0, loaded.stderr
