@@ -172,8 +172,8 @@ SLOW_SCRAPE = 1.0
 
 #: Slow responses kept for reuse at most, the least recently served dropped first: a
 #: request's path, query and Accept header are the asker's to choose, and each new one kept
-#: a 10 MB body, for ever.
-MAX_KEPT = 8
+#: a 10 MB body (47 MB with names that are not UTF-8), for ever.
+MAX_KEPT = 4
 #: Seconds of slow responses that may be made ahead of their share of the supervisor's time
 #: (1 / (1 + REUSE_FACTOR), as reuse gives one asker): past it, a request with no response
 #: kept for it gets 503, and one with an expired response gets that response again.

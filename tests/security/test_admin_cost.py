@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 import farm
@@ -23,7 +24,7 @@ from farm.protocol import PacketType as T
 from farm.protocol.admin import reply_complete
 from tests.helpers.farmproc import FarmUp
 from tests.helpers.peers import Peer
-from tests.helpers.servers import start_farm_server
+from tests.helpers.servers import connect, free_port, start_farm_server
 from tests.helpers.waiting import wait_for
 
 NAMES = 8 * 4096  # 4,096 a connection (--max-abilities)
@@ -225,3 +226,35 @@ def test_a_gzip_answer_is_never_given_to_a_scraper_that_does_not_take_gzip(
     gzip = b"".join(served(scrape_env(encoding="gzip"), lambda *a: None))
     plain = b"".join(served(scrape_env(), lambda *a: None))
     assert gzip.endswith(b"gzip") and not plain.endswith(b"gzip")
+
+
+def test_scrapes_left_unread_share_the_servers_exposition_not_copy_it() -> None:
+    # 256 labelled names of 512 bytes that are not UTF-8 (each byte written \xff in a label)
+    # made the exposition 47 MB. Joined to its HTTP head, each of --metrics' 32 connections
+    # held a copy of it while its peer did not read: 1.3 GB of the server's memory.
+    port = free_port()
+    srv = start_farm_server("--metrics", f"127.0.0.1:{port}")
+    held: list[socket.socket] = []
+    try:
+        worker = connect(srv.addr)
+        names = (b"%03d" % i + b"\xff" * 509 for i in range(256))
+        worker.sendall(b"".join(p.encode_req(T.CAN_DO, n) for n in names))
+        worker.sendall(p.encode_req(T.ECHO_REQ, b"sync"))
+        assert worker.recv(100).endswith(b"sync")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as reply:
+            assert len(reply.read()) > 40 << 20
+        server = psutil.Process(srv.proc.pid)
+        before = server.memory_info().rss
+        for _ in range(32):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+            held.append(sock)
+        time.sleep(2)  # every request answered by now (the exposition is reused)
+        grew = server.memory_info().rss - before
+        assert grew < 300 << 20, f"32 unread scrapes held {grew >> 20} MiB"
+    finally:
+        for sock in held:
+            sock.close()
+        srv.stop()
