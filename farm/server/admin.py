@@ -144,6 +144,11 @@ def peer_name(conn: Writer) -> str:
     return f"fd:{conn.fd}"
 
 
+#: A pid, fd or port as ``drain`` takes it: str.isdigit() passed "²" and 5,000 digits, on
+#: which int() raised, and the asker's connection was closed as an internal error.
+_NUMBER = re.compile("[0-9]{1,10}")
+
+
 def _worker_connections(server: Hub) -> list[Writer]:
     return [
         c
@@ -187,11 +192,11 @@ def _named_workers(server: Hub, args: list[str], command: str) -> list[Writer] |
     ports = set()
     for arg in args:
         kind, _, value = arg.lower().partition(":")
-        if kind == "tcp" and value.isdigit():
+        if kind == "tcp" and _NUMBER.fullmatch(value):
             ports.add(int(value))
-        elif kind in ("pid", "fd") and value.isdigit():
+        elif kind in ("pid", "fd") and _NUMBER.fullmatch(value):
             wanted.add(f"{kind}:{int(value)}")
-        elif kind == "tcp" and value.rpartition(":")[2].isdigit():
+        elif kind == "tcp" and _NUMBER.fullmatch(value.rpartition(":")[2]):
             wanted.add(arg.lower())
         else:
             return f"ERR INVALID_ARGUMENTS {command}+takes+pid:N,+tcp:IP:PORT,+tcp:PORT+or+fd:N\r\n"

@@ -142,6 +142,8 @@ def test_drain_answers(srv, peers) -> None:
     assert admin.admin("drain pid:1") == "OK 0\r\n"  # nobody connected as it: nothing to do
     assert admin.admin("drain").startswith("ERR INVALID_ARGUMENTS")
     assert admin.admin("drain 1234").startswith("ERR INVALID_ARGUMENTS")
+    for odd in ("pid:" + "9" * 5000, "fd:\u00b2", "tcp:127.0.0.1:" + "9" * 5000):
+        assert admin.admin(f"drain {odd}").startswith("ERR INVALID_ARGUMENTS"), odd
     assert admin.admin("peers") == ".\n"
 
 
