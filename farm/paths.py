@@ -117,9 +117,21 @@ def runtime_dir() -> Path:
         if own.name == "farm":  # farm's own unit; a caller in another unit has its own
             return own
     xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and os.path.isdir(xdg):
+    if xdg and _own_directory(xdg):
         return Path(xdg) / "farm"
     return fallback_runtime_dir()
+
+
+def _own_directory(path: str) -> bool:
+    """Whether ``path`` is a directory of this user that nobody else may write, as the XDG
+    spec requires of $XDG_RUNTIME_DIR. `su` (without -) leaves it naming the first user's:
+    a farm started then put its sockets where that user could rename our `farm` directory
+    and make their own, which `farm ps`, `farm stop` and the Executor then trusted."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o022
 
 
 def fallback_runtime_dir() -> Path:

@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,50 @@ def test_a_farm_toml_of_another_user_in_the_working_directory_is_not_read(
     assert why in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     named = farm_cli(tmp_path, "status", "--config", str(config))
     assert "/tmp/attacker.sock" in named.stderr, named.stderr  # named: read, and used
+
+
+def test_an_xdg_runtime_dir_of_another_user_is_not_used(tmp_path: Path) -> None:
+    # `su` (without -) keeps the first user's XDG_RUNTIME_DIR: a farm started then put its
+    # sockets under a directory that user owns, who may rename our `farm` in it and make
+    # their own, and `farm ps`/`farm stop` (and the Executor, by the socket's owner) trusted
+    # the sockets found there. The XDG spec: the directory MUST be owned by the user.
+    if os.getuid() != 0:
+        pytest.skip("needs root to create a directory owned by another user (CI runs as root)")
+    theirs = tmp_path / "run-user"
+    (theirs / "farm").mkdir(parents=True)
+    for path in (theirs, theirs / "farm"):
+        os.chmod(path, 0o700)
+        os.chown(path, NOBODY, NOBODY)
+    asked: list[bytes] = []
+    with socket.socket(socket.AF_UNIX) as fake:  # a supervisor of theirs
+        fake.bind(str(theirs / "farm" / "control.sock"))
+        fake.listen()
+        fake.settimeout(0.2)
+
+        done = threading.Event()
+
+        def answer() -> None:
+            while not done.is_set():
+                try:
+                    conn, _ = fake.accept()
+                except TimeoutError:
+                    continue
+                with conn:
+                    asked.append(conn.recv(1000))
+                    conn.sendall(b'{"ok": true, "pid": 1, "processes": []}\n')
+
+        thread = threading.Thread(target=answer)
+        thread.start()
+        env = {"XDG_RUNTIME_DIR": str(theirs), "TMPDIR": str(tmp_path)}
+        result = subprocess.run(
+            [sys.executable, "-m", "farm.cli", "ps"],
+            cwd=tmp_path,
+            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        done.set()
+        thread.join()
+    assert asked == [], "farm ps asked another user's socket"
+    assert result.returncode == 1, result.stdout
