@@ -114,7 +114,8 @@ def runtime_dir() -> Path:
     systemd = os.environ.get("RUNTIME_DIRECTORY")
     if systemd:
         own = Path(systemd.split(":")[0])
-        if own.name == "farm":  # farm's own unit; a caller in another unit has its own
+        # farm's own unit (a caller in another unit has its own), made for its user
+        if own.name == "farm" and _own_directory(str(own)):
             return own
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and _own_directory(xdg):

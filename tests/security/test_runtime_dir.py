@@ -166,7 +166,10 @@ def test_a_farm_toml_of_another_user_in_the_working_directory_is_not_read(
     assert "/tmp/attacker.sock" in named.stderr, named.stderr  # named: read, and used
 
 
-def test_an_xdg_runtime_dir_of_another_user_is_not_used(tmp_path: Path) -> None:
+@pytest.mark.parametrize("variable", ["XDG_RUNTIME_DIR", "RUNTIME_DIRECTORY"])
+def test_a_runtime_dir_of_another_user_named_in_the_environment_is_not_used(
+    tmp_path: Path, variable: str
+) -> None:
     # `su` (without -) keeps the first user's XDG_RUNTIME_DIR: a farm started then put its
     # sockets under a directory that user owns, who may rename our `farm` in it and make
     # their own, and `farm ps`/`farm stop` (and the Executor, by the socket's owner) trusted
@@ -175,6 +178,7 @@ def test_an_xdg_runtime_dir_of_another_user_is_not_used(tmp_path: Path) -> None:
         pytest.skip("needs root to create a directory owned by another user (CI runs as root)")
     theirs = tmp_path / "run-user"
     (theirs / "farm").mkdir(parents=True)
+    named = theirs if variable == "XDG_RUNTIME_DIR" else theirs / "farm"
     for path in (theirs, theirs / "farm"):
         os.chmod(path, 0o700)
         os.chown(path, NOBODY, NOBODY)
@@ -198,7 +202,7 @@ def test_an_xdg_runtime_dir_of_another_user_is_not_used(tmp_path: Path) -> None:
 
         thread = threading.Thread(target=answer)
         thread.start()
-        env = {"XDG_RUNTIME_DIR": str(theirs), "TMPDIR": str(tmp_path)}
+        env = {variable: str(named), "TMPDIR": str(tmp_path)}
         result = subprocess.run(
             [sys.executable, "-m", "farm.cli", "ps"],
             cwd=tmp_path,

@@ -375,7 +375,8 @@ def test_defaults_need_no_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     monkeypatch.delenv("XDG_RUNTIME_DIR")
     assert runtime_dir() == Path(f"/tmp/farm-{os.getuid()}")
     # Under systemd (RuntimeDirectory=farm): its directory, not the fallback in /tmp, which
-    # PrivateTmp= makes the service's own.
+    # PrivateTmp= makes the service's own. systemd makes it, for the unit's user, first.
+    (tmp_path / "farm").mkdir(mode=0o700)
     monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "farm"))
     assert runtime_dir() == tmp_path / "farm"
     assert config.load(None).supervisor.control == f"{tmp_path}/farm/control.sock"
