@@ -84,7 +84,13 @@ def spawn(
         return pid
     step = "start"  # what the child was doing, for its one line if that fails
     try:  # the child: nothing here may raise into the supervisor's code
-        os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor, which decides
+        if user is None:
+            os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor, which decides
+        else:
+            # A session of its own, so no controlling terminal: in the supervisor's, a
+            # command run as another user could open /dev/tty (the terminal root started
+            # `farm up` in) and push keystrokes into it (TIOCSTI) for root's shell to run.
+            os.setsid()
         signal.set_wakeup_fd(-1)  # a signal before exec must not wake the supervisor's loop
         for sig in _PYTHON_IGNORES:
             signal.signal(sig, signal.SIG_DFL)
