@@ -282,7 +282,7 @@ class ClientSide:
     def get_status_unique(self, args: tuple[bytes, ...]) -> None:
         unique = args[0]
         same = self.jobs.by_unique.get(unique)
-        job = same[-1] if same else None
+        job = next(reversed(same)) if same else None
         if job is None:
             self.send(encode_res(T.STATUS_RES_UNIQUE, unique, b"0", b"0", b"0", b"0", b"0"))
         else:

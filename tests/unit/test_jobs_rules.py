@@ -127,7 +127,7 @@ def test_status_unique_survives_a_twin_in_another_function() -> None:
     first = jobs.submit(None, b"f", b"same", b"x", background=True)
     twin = jobs.submit(None, b"g", b"same", b"x", background=True)
     jobs.cancel(twin.handle)
-    assert jobs.by_unique[b"same"] == [first]
+    assert list(jobs.by_unique[b"same"]) == [first]
 
 
 def test_queued_bytes_count_every_argument_not_only_the_payload() -> None:

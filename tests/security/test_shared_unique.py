@@ -1,0 +1,48 @@
+"""What a local user can make the server spend by giving one unique key to many jobs.
+
+GET_STATUS_UNIQUE finds a job by its unique alone, in any function, so the server keeps
+the live jobs of each unique together. They were a list: forgetting each one searched it,
+and a TCP client that gave one unique to a job in each of 20,000 functions (any local
+user may make up to --max-functions) held the server's loop, and with it the Executor's
+calls, for 7 s when it closed, and for over a minute at 65,536."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from farm import protocol as p
+from farm.protocol import PacketType as T
+from tests.helpers.peers import Peer
+from tests.helpers.servers import connect, start_farm_server
+from tests.helpers.waiting import wait_for
+
+JOBS = 20_000
+
+
+def test_jobs_sharing_one_unique_are_forgotten_in_linear_time(unix_sock: str) -> None:
+    srv = start_farm_server(unix=unix_sock)
+    try:
+        hog = connect(srv.addr)
+        submits = (p.encode_req(T.SUBMIT_JOB, b"f%d" % n, b"same", b"") for n in range(JOBS))
+        hog.sendall(b"".join(submits) + p.encode_req(T.ECHO_REQ, b"sync"))
+        hog.settimeout(60)
+        replies = b""
+        while not replies.endswith(b"sync"):
+            chunk = hog.recv(1 << 20)
+            assert chunk, "the server closed the connection"
+            replies += chunk
+        wait_for("the Unix socket", lambda: os.path.exists(unix_sock))
+        local = Peer(f"unix:{unix_sock}")
+        hog.shutdown(socket.SHUT_RDWR)  # its 20,000 jobs are dropped: nobody waits for them
+        hog.close()
+        time.sleep(0.05)  # the close is read before the echo below
+        started = time.monotonic()
+        local.send(T.ECHO_REQ, "mine")
+        assert local.expect(T.ECHO_RES, timeout=60).args == (b"mine",)
+        took = time.monotonic() - started
+        assert took < 3, f"the server's loop was held {took:.1f}s forgetting the jobs"
+        local.close()
+    finally:
+        srv.stop()
