@@ -15,9 +15,13 @@ from collections.abc import Callable
 from farm.server.deadlines import Deadlines
 from farm.server.queues import FunctionQueue, Job, Peer
 
-__all__ = ["Sleepers"]
+__all__ = ["Sleepers", "RESETTLE_MAX"]
 
 log = logging.getLogger("farm.server")
+
+#: A worker asleep already that says PRE_SLEEP again is made the newest sleeper (it went to
+#: sleep last) when it has at most this many functions, as the farm's own workers do.
+RESETTLE_MAX = 16
 
 
 class Sleepers:
@@ -44,6 +48,12 @@ class Sleepers:
         (its grab came back empty): PRE_SLEEP's look for work would only repeat that one."""
         if worker.draining:
             return  # as in pre_sleep: it is never woken
+        if worker.sleeping and len(worker.abilities) > RESETTLE_MAX:
+            # In every sleepers list of its functions already (can_do adds a new one): moved
+            # to the warm end of each again, a repeated PRE_SLEEP walked them all, and any
+            # local user with 4,096 functions on a connection held the server's loop 25 s
+            # with 60 KB of them. Such a worker stays where it first went to sleep.
+            return
         worker.sleeping = True
         functions = self.functions
         for function in worker.abilities:
