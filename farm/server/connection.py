@@ -20,7 +20,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable, Iterator
-from itertools import chain
+from operator import length_hint
 
 from farm import protocol as p
 from farm.logs import Brief, Repeats
@@ -179,10 +179,6 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
                     events = backlog if backlog is not None else iter(decoder.feed(data))
                     backlog = None
                     for event in events:
-                        if not budget:  # the slice is done: this one and the rest wait
-                            self.defer(chain((event,), events))
-                            break
-                        budget -= 1
                         if event.__class__ is p.Packet:
                             magic, ptype, args = event
                             handler = HANDLERS.get(ptype)
@@ -197,6 +193,10 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
                         else:
                             self.handle_admin(event.line)  # type: ignore[union-attr]  # AdminLine
                         if self.closed:
+                            break
+                        budget -= 1
+                        if not budget and length_hint(events):  # the rest wait, as they are
+                            self.defer(events)  # (chained anew each slice, nested: quadratic)
                             break
                     if decoder.error is not None and self.backlog is None:
                         decoder.check()

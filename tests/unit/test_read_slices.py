@@ -4,6 +4,7 @@ connection not read meanwhile: a peer's burst must not hold the other peers for 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -119,5 +120,29 @@ def test_a_bad_packet_behind_a_burst_closes_only_after_the_packets_before_it() -
         await settle(flood)
         assert [r.args[0] for r in replies(wire.take())] == names  # and nothing after it
         assert flood.closed and wire.closed
+
+    run(test)
+
+
+def test_a_long_read_costs_in_proportion_to_its_packets() -> None:
+    # Each slice left the rest as chain((next,), rest), a chain around the last slice's:
+    # the k-th slice's every packet went through k nested chains, so a read of n packets
+    # cost n*n/32 steps (128,000 blank admin lines, 128 KB: 7.3 s of the loop's time
+    # where 0.9 s is theirs; any local user may send them).
+    async def drain(hub: Hub, count: int) -> float:
+        conn, _ = connect(hub)
+        started = time.perf_counter()
+        conn.data_received(p.encode_req(T.PRE_SLEEP) * count)
+        while conn.backlog is not None:
+            await asyncio.sleep(0)
+        took = time.perf_counter() - started
+        conn.connection_lost(None)
+        return took
+
+    async def test(hub: Hub) -> None:
+        small = min([await drain(hub, 4_000) for _ in range(3)])
+        large = min([await drain(hub, 128_000) for _ in range(2)])
+        # 32 times the packets: about 32 times the time in proportion, ~300 times as it was.
+        assert large < 96 * small, (small, large)
 
     run(test)
