@@ -169,8 +169,8 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
         turn (``defer``)."""
         if backlog is None:
             self.hub.stats.bytes_in += len(data)
-            if self.pushed is not None:
-                self.heard_since_push = True  # read-accept: a worker that talks is not stopped
+        if self.pushed is not None:  # read-accept: a worker that talks is not stopped (a
+            self.heard_since_push = True  # backlog's replies wait behind the pushed job too)
         decoder = self.decoder
         budget = self.read_slice
         try:

@@ -4,6 +4,7 @@ connection not read meanwhile: a peer's burst must not hold the other peers for 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from typing import Any
 
@@ -144,5 +145,38 @@ def test_a_long_read_costs_in_proportion_to_its_packets() -> None:
         large = min([await drain(hub, 128_000) for _ in range(2)])
         # 32 times the packets: about 32 times the time in proportion, ~300 times as it was.
         assert large < 96 * small, (small, large)
+
+    run(test)
+
+
+def test_a_read_accept_worker_answered_behind_its_pushed_job_keeps_it() -> None:
+    # A worker's held grab with echoes pipelined behind it: the job pushed after the first
+    # slices goes out ahead of the later slices' ECHO_RESs, which the worker, running the
+    # job, leaves unread behind it. Acted on whole, all of them went before the push. The
+    # worker was heard after the push (docs/held-grab.md, read-accept): the job stays.
+    names = [b"%d" % i for i in range(4 * READ_SLICE)]
+
+    async def test(hub: Hub) -> None:
+        worker, wire = connect(hub)
+        worker.data_received(
+            p.encode_req(T.OPTION_REQ, p.OPTION_HELD_GRAB) + p.encode_req(T.CAN_DO, b"f")
+        )
+        worker.read_accept = True  # negotiated on a Unix socket (these have no socket)
+        await asyncio.sleep(0)
+        wire.take()
+        worker.data_received(p.encode_req(T.GRAB_JOB_UNIQ) + echoes(names))
+        client, _ = connect(hub)
+        client.data_received(p.encode_req(T.SUBMIT_JOB, b"f", b"", b"x"))
+        await settle(worker)
+        got = [r.type for r in replies(wire.take())]
+        assert got.index(T.JOB_ASSIGN_UNIQ) < len(got) - 1, "ECHO_RESs behind the job"
+        (job,) = hub.jobs.jobs.values()
+        assert worker.pushed is job
+        mine, peers = socket.socketpair()  # its socket, holding what it left unread
+        with mine, peers:
+            mine.send(b"the ECHO_RESs")
+            worker.fd = mine.fileno()
+            worker.not_accepted(job)  # what the --wake-deadline timer does
+        assert job.worker is worker, "taken back from a worker that runs it"
 
     run(test)
