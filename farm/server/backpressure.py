@@ -52,6 +52,7 @@ class BackPressure:
     held_bytes: int
     held_full: bool  # replies held for the store's commit past HELD_READ_LIMIT
     backlog: Iterator[Event] | None  # a read's packets left for a later loop turn (defer)
+    read_slice: int  # packets acted on per call of data_received (-1: all)
     decoder: p.Decoder
     data_received: Callable[..., None]
     refuse: Callable[..., None]
@@ -78,6 +79,15 @@ class BackPressure:
         self.data_received(b"", backlog)
         if self.backlog is None:
             self.update_reading()
+
+    def finish_backlog(self) -> None:
+        """The peer sends no more (it went, or half-closed: over TLS its close_notify comes
+        in the same read as the records before it): what it sent before counts, acted on
+        all at once, as there is no later turn for it (the connection closes next)."""
+        backlog, self.backlog = self.backlog, None
+        if backlog is not None and not self.closed:
+            self.read_slice = -1
+            self.data_received(b"", backlog)
 
     def count_partial(self) -> None:
         """Keep the server-wide count of bytes waiting to become whole packets; the

@@ -78,6 +78,7 @@ class ClientSide:
     tcp: bool  # a TCP peer: its jobs count in the TCP share of --max-queued-bytes
     close: Callable[[], None]
     detach: Callable[[], None]
+    finish_backlog: Callable[[], None]
 
     def client(self) -> Peer:
         return self  # type: ignore[return-value]  # a Connection, which is one
@@ -143,6 +144,7 @@ class ClientSide:
         JOB_CREATEDs still held for the store's commit: the job was stored and ran, and
         its client, told nothing, took the submit as failed. So with replies held the
         connection closes as the server's own close does, lingering until they leave."""
+        self.finish_backlog()  # first: its background submits may hold replies too
         if self.held is None:
             return None  # closed now, as asyncio does
         if not self.closed:

@@ -142,10 +142,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
         self.jobs.detach_worker(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.backlog is not None and not self.closed:  # what it sent before it went
-            backlog, self.backlog = self.backlog, None
-            self.read_slice = -1  # all of it, now: there is no later turn for it
-            self.data_received(b"", backlog)
+        self.finish_backlog()  # what it sent before it went
         self.closed = True
         self.hub.slow_readers.discard(self)
         self.release_held_back()

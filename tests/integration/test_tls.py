@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
 import subprocess
@@ -14,9 +15,13 @@ from pathlib import Path
 import pytest
 
 import farm
+from farm import protocol as p
+from farm.client.admin import admin_query
 from farm.net import tls_context
+from farm.protocol import PacketType as T
 from tests.helpers import ROOT
-from tests.helpers.servers import Server, free_port, start_farm_server
+from tests.helpers.servers import Server, connect, free_port, start_farm_server, start_with_store
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -221,3 +226,48 @@ def test_a_tls_variable_that_cannot_be_used_is_a_usage_error(
     assert out.returncode == 2, (out.returncode, out.stderr)
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and said in lines[0], out.stderr
+
+
+def test_background_submits_with_close_notify_right_behind_them_are_all_taken(
+    pki: Path, tmp_path: Path, unix_sock: str
+) -> None:
+    # Over TLS a peer's close_notify is read with the records before it, and the server's
+    # eof_received comes in the same call as their data_received: with JOB_CREATEDs held
+    # for the store's commit it closed the connection there, and the packets of that read
+    # left for later slices (all but 16) were dropped. What a peer sent before it went
+    # counts, as on plain TCP and as when a read was acted on whole.
+    srv = start_with_store(
+        tmp_path / "jobs.db",
+        args=["--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"),
+              "--unix", unix_sock],
+    )  # fmt: skip
+    count = 200
+    try:
+        raw = connect(srv.addr)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = tls_context(ca=str(pki / "ca.pem")).wrap_bio(
+            incoming, outgoing, server_hostname="127.0.0.1"
+        )
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                incoming.write(raw.recv(65536))
+        raw.sendall(outgoing.read())
+        tls.write(
+            b"".join(p.encode_req(T.SUBMIT_JOB_BG, b"f", b"u%d" % i, b"x") for i in range(count))
+        )
+        with contextlib.suppress(ssl.SSLWantReadError):
+            tls.unwrap()  # close_notify
+        raw.sendall(outgoing.read())  # the submits and the close_notify: one write
+
+        def queued() -> int:
+            line = admin_query(f"unix:{unix_sock}", "status").splitlines()[0]
+            return int(line.split("\t")[1]) if line.startswith("f\t") else 0
+
+        wait_for(f"{count} jobs queued", lambda: queued() == count, timeout=5)
+        raw.close()
+    finally:
+        srv.stop()
