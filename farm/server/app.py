@@ -155,7 +155,10 @@ class Server:
         self.jobs.stopping = True
         for srv in self.listeners:
             srv.close()
-        for conn in list(self.hub.connections):
+        connections = list(self.hub.connections)
+        for conn in connections:  # what was read counts: a worker's result in it goes out
+            conn.finish_backlog()  # to its client, who is not closed yet
+        for conn in connections:
             conn.close()
         if self.stopped is not None:
             self.stopped.set()

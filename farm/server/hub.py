@@ -98,6 +98,9 @@ class Writer(Protocol):
     def close(self) -> None:
         """Write what is owed, then close."""
 
+    def finish_backlog(self) -> None:
+        """Act now on what is left of its last read (BackPressure.finish_backlog)."""
+
     def release_held(
         self, failed: frozenset[bytes], refusal_text: str, below: int
     ) -> list[tuple[bytes, int]]:

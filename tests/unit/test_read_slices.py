@@ -12,6 +12,7 @@ import pytest
 
 from farm import protocol as p
 from farm.protocol import PacketType as T
+from farm.server.app import Server
 from farm.server.backpressure import READ_SLICE
 from farm.server.connection import Connection
 from farm.server.hub import Hub
@@ -180,3 +181,30 @@ def test_a_read_accept_worker_answered_behind_its_pushed_job_keeps_it() -> None:
         assert job.worker is worker, "taken back from a worker that runs it"
 
     run(test)
+
+
+def test_a_result_read_before_the_server_stops_reaches_its_client() -> None:
+    # A worker's news and then its WORK_COMPLETE, in one read: the server stopped (SIGTERM)
+    # between slices closed the worker with the result read and not acted on, and its client
+    # never had it, though the drain is there to write a result in flight to it.
+    async def main() -> None:
+        server = Server(parse_args(["--store", "none"]))
+        hub = server.hub
+        hub.loop = asyncio.get_running_loop()
+        client, client_wire = connect(hub)
+        worker, worker_wire = connect(hub)
+        client.data_received(p.encode_req(T.SUBMIT_JOB, b"f", b"", b"x"))
+        worker.data_received(p.encode_req(T.CAN_DO, b"f") + p.encode_req(T.GRAB_JOB))
+        await asyncio.sleep(0)
+        (assigned,) = replies(worker_wire.take())
+        handle = assigned.args[0]
+        news = p.encode_req(T.WORK_DATA, handle, b"d") * (2 * READ_SLICE)
+        worker.data_received(news + p.encode_req(T.WORK_COMPLETE, handle, b"done"))
+        assert worker.backlog is not None
+        server.stop()
+        await asyncio.sleep(0)
+        got = [(r.type, r.args[-1]) for r in replies(client_wire.take())]
+        assert got[-1] == (T.WORK_COMPLETE, b"done"), got[-3:]
+        assert client_wire.closed
+
+    asyncio.run(main())
