@@ -89,6 +89,20 @@ class BackPressure:
             self.read_slice = -1
             self.data_received(b"", backlog)
 
+    def catch_up(self) -> None:
+        """Act now on all that is left of the last read: a deadline of this peer's is due,
+        and what it sent before it counts (a worker's WORK_COMPLETE read behind its news
+        before its job's CAN_DO_TIMEOUT), as when a read was acted on whole."""
+        if self.backlog is None or self.closed:
+            return
+        backlog, self.backlog = self.backlog, None
+        budget, self.read_slice = self.read_slice, -1
+        try:
+            self.data_received(b"", backlog)
+        finally:
+            self.read_slice = budget
+        self.update_reading()
+
     def count_partial(self) -> None:
         """Keep the server-wide count of bytes waiting to become whole packets; the
         connection that takes it past --max-partial-bytes is refused, so many slow

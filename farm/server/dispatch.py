@@ -218,6 +218,7 @@ class Dispatch(Sleepers):
     def _expire(self, job: Job, worker: Peer) -> None:
         """CAN_DO_TIMEOUT ran out: the job fails (gearmand 1.1 would requeue it forever)."""
         job.expiry = None
+        worker.catch_up()  # its answer may be read already, behind its news (READ_SLICE)
         if job.worker is worker and worker.running.get(job.handle) is job:
             # Names are bytes on the wire, not always UTF-8 (a Latin-1 PHP worker): a strict
             # decode raised here, in the timer, and the job was never failed.

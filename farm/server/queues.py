@@ -60,6 +60,10 @@ class Peer(Protocol):
     def job_ended(self, job: Job, outcome: Outcome, data: bytes) -> None:
         """A job this client waits on ended (WORK_COMPLETE / FAIL / EXCEPTION)."""
 
+    def catch_up(self) -> None:
+        """Act now on what the peer sent that was read and not acted on yet (a deadline of
+        its job is due: an answer read before it counts)."""
+
 
 class Timer(Protocol):
     """What the job model keeps of a timer it started (asyncio's and uvloop's handles)."""
