@@ -93,6 +93,7 @@ class WorkerSide:
     function_ok: Callable[..., bool]
     protocol_error: Callable[[p.ProtocolError], None]
     wait_for_readers: Callable[[Job], None]
+    catch_up: Callable[[], None]
 
     def writer(self) -> Writer:
         return self  # type: ignore[return-value]  # a Connection, which is one
@@ -152,6 +153,7 @@ class WorkerSide:
         self.jobs.sleep(self.peer())
 
     def not_accepted(self, job: Job) -> None:
+        self.catch_up()  # its JOB_ACCEPT may be read already, behind other packets
         if self.pushed is not job or self.closed:
             return
         self.pushed = None

@@ -232,3 +232,28 @@ def test_a_result_read_before_its_job_times_out_completes_it() -> None:
         assert got[-1] == (T.WORK_COMPLETE, b"done"), got[-2:]
 
     run(test)
+
+
+def test_a_pushed_job_accepted_in_a_read_before_its_deadline_stays() -> None:
+    # One socket as client and worker: status queries, then the JOB_ACCEPT of the job
+    # pushed to its held grab, in one read. The --wake-deadline firing between slices took
+    # the job back, its JOB_ACCEPT already read, and the worker ran it as another did.
+    async def test(hub: Hub) -> None:
+        worker, wire = connect(hub)
+        worker.data_received(
+            p.encode_req(T.OPTION_REQ, p.OPTION_HELD_GRAB)
+            + p.encode_req(T.CAN_DO, b"f")
+            + p.encode_req(T.GRAB_JOB_UNIQ)
+        )
+        client, _ = connect(hub)
+        client.data_received(p.encode_req(T.SUBMIT_JOB, b"f", b"", b"x"))
+        await asyncio.sleep(0)
+        (job,) = hub.jobs.jobs.values()
+        assert worker.pushed is job
+        queries = p.encode_req(T.GET_STATUS, job.handle) * (2 * READ_SLICE)
+        worker.data_received(queries + p.encode_req(T.JOB_ACCEPT, job.handle))
+        worker.not_accepted(job)  # what the --wake-deadline timer does, between slices
+        assert job.worker is worker, "taken back though it was accepted"
+        await settle(worker)
+
+    run(test)
