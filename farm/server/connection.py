@@ -192,8 +192,8 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
                         if self.closed:
                             break
                         budget -= 1
-                        if not budget and length_hint(events):  # the rest wait, as they are
-                            self.defer(events)  # (chained anew each slice, nested: quadratic)
+                        if not budget and length_hint(events):  # the rest wait, in this same
+                            self.defer(events)  # iterator (a chain each slice nested: quadratic)
                             break
                     if decoder.error is not None and self.backlog is None:
                         decoder.check()
