@@ -53,6 +53,7 @@ class AdminSide:
     out: bytearray
     closed: bool
     used_admin: bool
+    written_this_read: int  # bytes written since the read being acted on came
     transport: asyncio.Transport | None
     send: Callable[[bytes], None]
     detach: Callable[[], None]
@@ -61,7 +62,10 @@ class AdminSide:
         self.used_admin = True
         unread = len(self.out)
         if self.transport is not None:
-            unread += self.transport.get_write_buffer_size()
+            # What earlier slices of this read were sent counts too: they left for the
+            # socket between slices (farm.server.backpressure), where a loopback peer's
+            # buffers hide megabytes, while a whole read's replies waited in ``out``.
+            unread += max(self.transport.get_write_buffer_size(), self.written_this_read)
         if unread > MAX_UNREAD_ADMIN:
             # Past the limit a command gets a short refusal instead, and back-pressure
             # (pause_writing) stops reading the peer after this turn. Within one read,

@@ -104,6 +104,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
         # docs/held-grab.md "lazy-created": foreground JOB_CREATEDs ride with the next write.
         self.lazy_created = False
         self.lazy_waiting = False  # replies held with a deadline in hub.lazy
+        self.written_this_read = 0  # what AdminSide counts as unread across a read's slices
         self.backlog: Iterator[Event] | None = None  # a read's packets left for a later turn
         # Packets acted on per call of data_received (-1: all): a server driven by hand, as
         # in tests, has no loop to leave the rest to.
@@ -166,6 +167,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
         turn (``defer``)."""
         if backlog is None:
             self.hub.stats.bytes_in += len(data)
+            self.written_this_read = 0
         if self.pushed is not None:  # read-accept: a worker that talks is not stopped (a
             self.heard_since_push = True  # backlog's replies wait behind the pushed job too)
         decoder = self.decoder
@@ -242,6 +244,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
             self.hub.lazy.discard(self)
         if self.out and not self.closed and self.transport is not None:
             self.hub.stats.bytes_out += len(self.out)
+            self.written_this_read += len(self.out)
             self.transport.write(bytes(self.out))
             if self.write_paused and self.tcp:
                 self.check_unread()

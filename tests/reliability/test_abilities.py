@@ -108,6 +108,10 @@ def test_unused_function_entries_are_freed_past_a_bound(
         w = peer_factory(srv.addr)
         w.send_raw(b"".join(p.encode_req(T.CAN_DO, n) for n in names[:1500]))
         w.send_raw(b"".join(p.encode_req(T.CANT_DO, n) for n in names[:1500]))
+        # Acted on before the client's below, which must be the newest unused ones: the
+        # server takes a long read a slice a turn, interleaved with other peers' reads.
+        w.send(T.ECHO_REQ, "after the CANT_DOs")
+        w.expect(T.ECHO_RES)
         c = peer_factory(srv.addr)  # foreground jobs nobody runs, dropped with their client
         c.send_raw(b"".join(p.encode_req(T.SUBMIT_JOB, n, b"", b"x") for n in names[1500:]))
         for _ in names[1500:]:
