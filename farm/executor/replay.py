@@ -156,6 +156,11 @@ class ReplayGuard:
                 # would fail until the workers were replaced. Its claims went with it, as
                 # they would with a reboot.
                 log.warning("the replay record %s was removed; making it again", self.directory)
+                # The files kept open are the removed directory's: a claim appended to one
+                # would be seen by no other worker, and a replay within its minute ran.
+                for kept, *_ in self._files.values():
+                    os.close(kept)
+                self._files.clear()
                 if self._chosen:
                     self.directory = default_directory()
                 self._open_directory()

@@ -150,19 +150,20 @@ def load_key(path: str | os.PathLike[str] | None = None, *, create: bool = True)
 
 def _check_placed_by_owner(target: Path, owner: int) -> None:
     """KeyFileError unless the key of another user (the farm's, read by a caller in its
-    group) lies in a directory of that user that nobody else may write. In one others may
-    write (``/tmp``), a third user may have made the file before the farm did: mode 640 and
-    a group shared with the farm's user (``users``) passed every other check, and that user
-    knew the key, so could have the farm run their code."""
+    group) lies in a directory of that user (or root's) that nobody else may write. In one
+    others may write (``/tmp``), a third user may have made the file before the farm did:
+    mode 640 and a group shared with the farm's user (``users``) passed every other check,
+    and that user knew the key, so could have the farm run their code."""
     try:
         parent = os.stat(target.parent)
     except OSError as exc:
         raise KeyFileError(f"key file {target}: {exc.strerror or exc}") from None
-    if parent.st_uid != owner or parent.st_mode & 0o022:
+    if parent.st_uid not in (owner, 0) or parent.st_mode & 0o022:  # root's: as spill's
         raise KeyFileError(
             f"key file {target} belongs to uid {owner}, in a directory others may write"
             f" ({target.parent}): another user may have made it, and know the key; keep the"
-            f" key in a directory of its owner that only they may write (as {default_key_path()})"
+            f" key in a directory of its owner (or root) that nobody else may write"
+            f" (as {default_key_path()})"
         )
 
 

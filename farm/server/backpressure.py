@@ -84,24 +84,27 @@ class BackPressure:
         """The peer sends no more (it went, or half-closed: over TLS its close_notify comes
         in the same read as the records before it): what it sent before counts, acted on
         all at once, as there is no later turn for it (the connection closes next)."""
-        backlog, self.backlog = self.backlog, None
-        if backlog is not None and not self.closed:
-            self.read_slice = -1
-            self.data_received(b"", backlog)
+        self._act_on_backlog(later_turns=False)
 
     def catch_up(self) -> None:
         """Act now on all that is left of the last read: a deadline of this peer's is due,
         and what it sent before it counts (a worker's WORK_COMPLETE read behind its news
-        before its job's CAN_DO_TIMEOUT), as when a read was acted on whole."""
-        if self.backlog is None or self.closed:
-            return
+        before its job's CAN_DO_TIMEOUT), as when a read was acted on whole. At most one
+        read (256 KB) a deadline, in one turn."""
+        self._act_on_backlog(later_turns=True)
+
+    def _act_on_backlog(self, later_turns: bool) -> None:
         backlog, self.backlog = self.backlog, None
-        budget, self.read_slice = self.read_slice, -1
+        if backlog is None or self.closed:
+            return
+        slice_, self.read_slice = self.read_slice, -1
         try:
             self.data_received(b"", backlog)
         finally:
-            self.read_slice = budget
-        self.update_reading()
+            if later_turns:  # the next reads are sliced again
+                self.read_slice = slice_
+        if later_turns:
+            self.update_reading()
 
     def count_partial(self) -> None:
         """Keep the server-wide count of bytes waiting to become whole packets; the

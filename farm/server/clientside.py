@@ -143,14 +143,18 @@ class ClientSide:
         after its submits). asyncio closes the transport at once, which dropped the
         JOB_CREATEDs still held for the store's commit: the job was stored and ran, and
         its client, told nothing, took the submit as failed. So with replies held the
-        connection closes as the server's own close does, lingering until they leave."""
+        connection closes as the server's own close does, lingering until they leave.
+        Over TLS it cannot: uvloop's TLS layer shuts the connection down whatever this
+        answers (and warns if it answers True), so the replies still held are lost there
+        while their jobs run, as docs/server.md says."""
         self.finish_backlog()  # first: its background submits may hold replies too
         if self.held is None:
             return None  # closed now, as asyncio does
         if not self.closed:
             self.close()
             self.detach()  # as refuse(): what it held goes back to the queues now
-        return True  # the transport stays open for writing; release_held closes it
+        tls = self.transport is not None and self.transport.get_extra_info("sslcontext")
+        return None if tls else True  # open for writing: release_held closes it
 
     def hold_created(self, handle: bytes, priority: int, row: int) -> None:
         """JOB_CREATED of a submit (at ``priority``) whose job's store ``row`` is not

@@ -194,8 +194,11 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
                         if self.closed:
                             break
                         budget -= 1
-                        if not budget and length_hint(events):  # the rest wait, in this same
-                            self.defer(events)  # iterator (a chain each slice nested: quadratic)
+                        # The rest wait, in this same iterator (a chain each slice nested:
+                        # quadratic). At or below 0, not at 0: a bad packet's retry below
+                        # goes on with the budget left, and from -1 it never came back to 0.
+                        if budget <= 0 < self.read_slice and length_hint(events):
+                            self.defer(events)
                             break
                     if decoder.error is not None and self.backlog is None:
                         decoder.check()

@@ -98,6 +98,9 @@ class Writer(Protocol):
     def close(self) -> None:
         """Write what is owed, then close."""
 
+    def abort(self) -> None:
+        """Close now, dropping what is owed (and what is held for the store)."""
+
     def finish_backlog(self) -> None:
         """Act now on what is left of its last read (BackPressure.finish_backlog)."""
 
@@ -290,8 +293,7 @@ class Hub:
                 # A bug must cost one connection, never the batch: the other connections'
                 # replies, and the batch's jobs (queued below), would wait for a restart.
                 log.exception("fd %d: internal error releasing its held replies; closing", conn.fd)
-                conn.held = None  # not owed any more: close() must not linger for them
-                conn.close()
+                conn.abort()  # now, lingering or not, its held bytes given back
                 continue
             # Counted per submit told QUEUE_ERROR (two may hold one job), while the
             # job is still there to say its function.

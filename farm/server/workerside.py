@@ -185,7 +185,7 @@ class WorkerSide:
             self.send(NO_JOB)
 
     def grab(self, args: tuple[bytes, ...], ptype: int) -> None:
-        if self.held_grab and self.sleeping:
+        if self.held_grab and self.sleeping and self.abilities:
             # A grab held already, asleep on all its functions: no job came for it (push()
             # answers the first that does), so this one takes its place as it is. Woken and
             # put to sleep again for each, 60 KB of grabs from a local user's connection of

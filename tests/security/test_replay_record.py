@@ -71,3 +71,21 @@ def test_a_pool_whose_shared_memory_record_was_taken_over_goes_on_beside_the_key
     assert guard.directory == tmp_path / "claims"
     with pytest.raises(SignatureError, match="already ran"):
         ReplayGuard().claim(b"\2" * 16, later, "H:x:3")  # a later worker uses the same record
+
+
+def test_claims_of_a_minute_kept_open_follow_the_record_when_it_is_made_again(
+    tmp_path: Path,
+) -> None:
+    # Removed under a worker (RemoveIPC), the record is made again when a new minute's file
+    # is opened; the files the worker kept open were the removed directory's, and claims
+    # appended to them were seen by no other worker: the same call ran once in each.
+    directory = tmp_path / "farm-0-claims-abc"
+    worker = ReplayGuard(directory)
+    expires = int(time.time()) + 600
+    worker.claim(b"\1" * 16, expires, "H:x:1")  # this minute's file, kept open
+    shutil.rmtree(directory)
+    worker.claim(b"\2" * 16, expires + 2 * 60, "H:x:2")  # another minute: made again
+    worker.claim(b"\3" * 16, expires, "H:x:3")  # the first minute again
+    other = ReplayGuard(directory)  # another worker of the pool
+    with pytest.raises(SignatureError, match="already ran"):
+        other.claim(b"\3" * 16, expires, "H:x:4")  # the same call, replayed

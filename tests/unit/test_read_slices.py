@@ -254,3 +254,24 @@ def test_a_pushed_job_accepted_in_a_read_before_its_deadline_stays() -> None:
         await settle(worker)
 
     run(test)
+
+
+def test_a_bad_packet_right_after_a_full_slice_does_not_end_the_slicing() -> None:
+    # A read of exactly READ_SLICE good packets, one bad but not fatal (a SUBMIT_JOB whose
+    # body has no NULs: ERROR, and the read goes on), then many more: the retry after the
+    # bad packet began with the budget spent, counted down from -1 and never met 0 again,
+    # so the rest of the read was acted on in one turn.
+    names = [b"%d" % i for i in range(READ_SLICE)]
+    bad = p.HEADER.pack(p.REQ, int(T.SUBMIT_JOB), 3) + b"abc"
+
+    async def test(hub: Hub) -> None:
+        conn, wire = connect(hub)
+        conn.data_received(echoes(names) + bad + echoes(names * 20))
+        assert conn.backlog is not None, "the rest of the read was acted on at once"
+        assert len(replies(conn.out)) <= READ_SLICE + 2
+        await settle(conn)
+        got = replies(wire.take())
+        assert [r.type for r in got].count(T.ERROR) == 1
+        assert [r.args[0] for r in got if r.type == T.ECHO_RES] == names * 21
+
+    run(test)
