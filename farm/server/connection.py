@@ -246,8 +246,9 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
             self.lazy_waiting = False
             self.hub.lazy.discard(self)
         if self.out and not self.closed and self.transport is not None:
-            self.hub.stats.bytes_out += len(self.out)
-            self.written_this_read += len(self.out)
+            size = len(self.out)
+            self.hub.stats.bytes_out += size
+            self.written_this_read += size
             self.transport.write(bytes(self.out))
             if self.write_paused and self.tcp:
                 self.check_unread()

@@ -122,7 +122,10 @@ class WorkerSide:
         self.assign(job, ptype)
         self.pushed = job
         self.heard_since_push = False
-        self.when_sent(lambda: self._push_sent(job))
+        if self.held is None:  # it leaves now: the deadline runs from now (every job's case)
+            self.hub.unaccepted.add(self.writer(), job)
+        else:
+            self.when_sent(lambda: self._push_sent(job))
 
     def _push_sent(self, job: Job) -> None:
         """The pushed job has left (ClientSide.when_sent): it must be accepted in time."""
