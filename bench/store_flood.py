@@ -183,7 +183,8 @@ def main() -> None:
     ap.add_argument("--farm-root", action="append", default=[], help="another checkout")
     args = ap.parse_args()
     roots = [ROOT, *(Path(r).resolve() for r in args.farm_root)]
-    print(f"`farm up` (its default store), {args.flooders} TCP flooders; owner: farm.Executor")
+    store = "no store" if args.store == "none" else "its default store"
+    print(f"`farm up` ({store}), {args.flooders} TCP flooders; owner: farm.Executor")
     print("| farm | idle p50 | flooded p50 / p99 / max | flood acknowledged | committing |")
     print("|---|---:|---:|---:|---:|")
     for _ in range(args.rounds):
