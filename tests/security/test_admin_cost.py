@@ -5,6 +5,7 @@ answers them in the loop that serves every job."""
 from __future__ import annotations
 
 import os
+import select
 import socket
 import threading
 import time
@@ -251,7 +252,8 @@ def test_scrapes_left_unread_share_the_servers_exposition_not_copy_it() -> None:
             sock.connect(("127.0.0.1", port))
             sock.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
             held.append(sock)
-        time.sleep(2)  # every request answered by now (the exposition is reused)
+        # Each answered: its first bytes are in its socket, the rest held by the server.
+        wait_for("every scrape answered", lambda: len(select.select(held, [], [], 0)[0]) == 32)
         grew = server.memory_info().rss - before
         assert grew < 300 << 20, f"32 unread scrapes held {grew >> 20} MiB"
     finally:
