@@ -28,6 +28,7 @@ __all__ = [
     "Brief",
     "JsonFormatter",
     "Repeats",
+    "TextFormatter",
     "setup_logging",
     "reopen_log_file",
     "journal_priorities",
@@ -73,6 +74,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
+#: C0 controls but the tab, DEL and C1 controls, each shown as ``\xNN`` (``\n`` and
+#: ``\r`` as such) in a text log line.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c != 0x09}
+_CONTROLS.update({0x0A: "\\n", 0x0D: "\\r"})
+
+
+def escape_controls(text: str) -> str:
+    """``text`` without control characters: what a log line quotes may come from anyone
+    (a command worker's output, a function name a TCP peer chose), and a terminal that
+    shows the log (``journalctl``, ``tail -f``) would obey an escape sequence, and a
+    newline would start a line that reads as the farm's own record."""
+    return text.translate(_CONTROLS) if not text.isprintable() else text
+
+
+class TextFormatter(logging.Formatter):
+    """The readable format, with control characters in a record's message escaped
+    (escape_controls); a traceback after it keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+
 def _iso(created: float) -> str:
     seconds = int(created)
     millis = int((created - seconds) * 1000)
@@ -110,7 +134,7 @@ def setup_logging(
     formatter: logging.Formatter = (
         JsonFormatter(role, slot=slot, function=function)
         if log_format == "json"
-        else logging.Formatter(text_format)
+        else TextFormatter(text_format)
     )
     if journal is None:
         journal = not filename and _to_journal(stream or sys.stderr)
@@ -136,7 +160,9 @@ def relay_lines(lines: list[str]) -> None:
     and stderr the supervisor reads) as they are, on this process's log stream, under its
     handler's lock: whole lines, between this process's own records, never inside one."""
     handler = _handler
-    text = "".join(line + "\n" for line in lines)
+    # A Python worker's own records come formatted (and escaped); what it wrote to its
+    # descriptors past sys.stdout (a C library's output) is escaped here.
+    text = "".join(escape_controls(line) + "\n" for line in lines)
     if handler is None:
         sys.stderr.write(text)
         return

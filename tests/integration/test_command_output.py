@@ -74,3 +74,28 @@ def test_a_flooding_worker_is_cut_to_its_budget_and_says_what_was_dropped(
         assert not re.search(r"worker talk#0 .* lines of output dropped", talked)
     finally:
         up.stop()
+
+
+def test_escape_sequences_in_a_commands_output_reach_the_log_escaped(tmp_path: Path) -> None:
+    # A command's output may echo what any caller sent; raw, an ESC sequence in it would
+    # retitle or clear the terminal that tails the log, and a \r would overwrite the line.
+    talk = tmp_path / "talk.sh"
+    talk.write_text(r"printf 'one\033]0;pwned\007two\033[2J\rthree\n'" + "\nexec sleep 600\n")
+    up = FarmUp(
+        tmp_path,
+        f"""
+        [functions.talk]
+        command = ["sh", "{talk}"]
+        workers = 1
+        graceful_timeout = 1
+        """,
+    )
+    try:
+        line = wait_for(
+            "the talk's line",
+            lambda: re.search(r"worker talk#0 .*\): one.*three\n", up.read_log()),
+        )
+        assert line.group(0).endswith(r"one\x1b]0;pwned\x07two\x1b[2J\rthree" + "\n")
+        assert "\x1b" not in up.read_log() and "\x07" not in up.read_log()
+    finally:
+        up.stop()

@@ -1,4 +1,5 @@
-"""farm.logs: lines to systemd's journal carry their priority; refusals are throttled."""
+"""farm.logs: lines to systemd's journal carry their priority; refusals are throttled; text
+lines escape control characters."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.logs import Brief, LogLines, Repeats, _JournalPriority, _to_journal
+from farm.logs import Brief, LogLines, Repeats, TextFormatter, _JournalPriority, _to_journal
 
 
 def record(level: int, msg: str) -> logging.LogRecord:
@@ -100,3 +101,23 @@ def test_print_bytes_and_threads_become_whole_lines(caplog: pytest.LogCaptureFix
     assert said[:3] == ["as bytes", "in two parts", "and a partial"]
     assert sorted(said[3:]) == sorted(f"thread {i} line {k}" for i in range(4) for k in range(50))
     assert real.getvalue() == ""
+
+
+def test_text_lines_escape_control_characters_but_keep_tracebacks() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextFormatter("%(levelname)s %(message)s"))
+    log = logging.getLogger("farm.test.escapes")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.warning("function %r registered: %s", "x", "a\x1b[2Jb\nINFO forged\tok\x7f\x9b é")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("failed")
+    finally:
+        log.removeHandler(handler)
+    first, *rest = stream.getvalue().splitlines()
+    assert first == r"WARNING function 'x' registered: a\x1b[2Jb\nINFO forged" + "\tok\\x7f\\x9b é"
+    assert rest[0] == "ERROR failed" and rest[1] == "Traceback (most recent call last):"
