@@ -23,7 +23,7 @@ from farm.logs import error_line
 from farm.net import clear_socket_path, load_tls_file, parse_address
 from farm.paths import LegacyStoreBusy, adopt_legacy_store, open_own_file
 from farm.server.connection import Connection
-from farm.server.exposition import serve_http
+from farm.server.exposition import MetricsEndpoint
 from farm.server.hub import Hub
 from farm.server.options import ServerOptions, parse_args
 from farm.server.process import (
@@ -74,6 +74,7 @@ class Server:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopped: asyncio.Event | None = None
         self.listening: Callable[[], None] | None = None  # called once every listener is up
+        self.metrics: MetricsEndpoint | None = None
 
     async def start(self) -> None:
         self.loop = self.hub.loop = asyncio.get_running_loop()
@@ -115,8 +116,9 @@ class Server:
             await self._listen_unix(path, factory)
         if opts.metrics:
             where = parse_address(opts.metrics)
+            self.metrics = MetricsEndpoint(self.hub)
             try:
-                self.listeners.append(await serve_http(self.hub, where.host, where.port))
+                self.listeners.append(await self.metrics.start(where.host, where.port))
             except OSError as exc:
                 hint = "give --metrics another HOST:PORT, or leave it off"
                 raise ListenError(f"--metrics {opts.metrics}", exc, hint) from exc
@@ -155,6 +157,8 @@ class Server:
         self.jobs.stopping = True
         for srv in self.listeners:
             srv.close()
+        if self.metrics is not None:
+            self.metrics.close()
         connections = list(self.hub.connections)
         for conn in connections:  # what was read counts: a worker's result in it goes out
             conn.finish_backlog()  # to its client, who is not closed yet
@@ -202,6 +206,8 @@ class Server:
         await self.stopped.wait()
         self.hub.flush()
         await self._drain_connections(DRAIN_SECONDS)
+        if self.metrics is not None:
+            await self.metrics.wait_closed(DRAIN_SECONDS)
         self.hub.close_store()
         for path, inode in self.bound.items():
             try:

@@ -38,7 +38,7 @@ from farm.server.metrics import (
 from farm.server.queues import SERVED_LOCALLY, FunctionQueue
 from farm.slowreuse import reuse_until
 
-__all__ = ["exposition", "serve_http", "CONTENT_TYPE"]
+__all__ = ["exposition", "MetricsEndpoint", "CONTENT_TYPE"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: The label of every function no worker serves, summed (bounded label sets).
@@ -275,18 +275,62 @@ def exposition(hub: Hub) -> bytes:
     return text
 
 
-async def serve_http(hub: Hub, host: str, port: int) -> asyncio.AbstractServer:
+class MetricsEndpoint:
     """``GET /metrics`` on HOST:PORT, answered in the server's own loop (the numbers are read
     where they change, so no lock is needed), one request per connection, at most
     MAX_SCRAPERS connections at once: any local user can reach the port, and connections
     held open there took the descriptors kept for the Unix socket's callers. A user who
-    keeps them all open must not keep Prometheus out either: see MAX_SCRAPERS."""
-    # Open connections and when each came, oldest first (dicts keep their order), and
-    # those of them whose request has not all come yet.
-    open_now: dict[asyncio.WriteTransport, float] = {}
-    reading: dict[asyncio.WriteTransport, float] = {}
+    keeps them all open must not keep Prometheus out either: see MAX_SCRAPERS.
 
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    ``close`` ends the scrapes being answered too, and ``wait_closed`` lets their tasks
+    end: left to the loop's end, each was cancelled there, and Python 3.11's stream
+    callback logged that cancel as an error with two tracebacks on every stop."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        # Open connections and when each came, oldest first (dicts keep their order), and
+        # those of them whose request has not all come yet.
+        self.open_now: dict[asyncio.WriteTransport, float] = {}
+        self.reading: dict[asyncio.WriteTransport, float] = {}
+        self.answering: set[asyncio.Task[Any]] = set()
+        self.listener: asyncio.AbstractServer | None = None
+        self.closed = False
+
+    async def start(self, host: str, port: int) -> asyncio.AbstractServer:
+        """Listen on HOST:PORT; the listener (closed with the server's others)."""
+        self.listener = await asyncio.start_server(self._answer, host, port, reuse_address=True)
+        return self.listener
+
+    def close(self) -> None:
+        """No new connections; those open are aborted (a stop does not wait on a scrape)."""
+        self.closed = True
+        if self.listener is not None:
+            self.listener.close()
+        for transport in list(self.open_now):
+            transport.abort()
+
+    async def wait_closed(self, limit: float) -> None:
+        """Until every scrape's task has ended, up to ``limit`` seconds."""
+        # A connection accepted just before close has a task that has not run yet: one
+        # turn lets it start, see ``closed`` and end.
+        await asyncio.sleep(0)
+        if self.answering:
+            await asyncio.wait(set(self.answering), timeout=limit)
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.answering.add(task)
+        try:
+            await self._scrape(reader, writer)
+        finally:
+            self.answering.discard(task)
+
+    async def _scrape(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        open_now, reading = self.open_now, self.reading
+        if self.closed:
+            writer.transport.abort()
+            return
         now = time.monotonic()
         if len(open_now) >= MAX_SCRAPERS:
             # One still sending its request goes first, however young: Prometheus sends its
@@ -310,7 +354,7 @@ async def serve_http(hub: Hub, host: str, port: int) -> asyncio.AbstractServer:
             elif path != b"/metrics":
                 status, body, kind = b"404 Not Found", b"see /metrics\n", b"text/plain"
             else:
-                status, body, kind = b"200 OK", exposition(hub), CONTENT_TYPE.encode()
+                status, body, kind = b"200 OK", exposition(self.hub), CONTENT_TYPE.encode()
             writer.write(
                 b"HTTP/1.1 "
                 + status
@@ -333,5 +377,3 @@ async def serve_http(hub: Hub, host: str, port: int) -> asyncio.AbstractServer:
             open_now.pop(writer.transport, None)
             reading.pop(writer.transport, None)
             writer.close()
-
-    return await asyncio.start_server(answer, host, port, reuse_address=True)
