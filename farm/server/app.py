@@ -34,7 +34,7 @@ from farm.server.process import (
     setup_server_logging,
 )
 from farm.server.store import DamagedStore, StoreError
-from farm.server.tlsgate import TLSGate
+from farm.server.tlsgate import Handshakes, TLSGate
 
 log = logging.getLogger("farm.server")
 
@@ -75,6 +75,7 @@ class Server:
         self.stopped: asyncio.Event | None = None
         self.listening: Callable[[], None] | None = None  # called once every listener is up
         self.metrics: MetricsEndpoint | None = None
+        self.handshakes = Handshakes()  # TLS peers accepted and not through theirs yet
 
     async def start(self) -> None:
         self.loop = self.hub.loop = asyncio.get_running_loop()
@@ -85,11 +86,12 @@ class Server:
             log.warning("replayed %d background jobs from %s", replayed, opts.store)
         self.hub.flush()
         factory = lambda: Connection(self.hub)  # noqa: E731
+        shaking = self.handshakes
         tls = self._tls_context()
         for addr in opts.listen:  # TCP only: -L unix:PATH is sorted into opts.unix
             tcp = parse_address(addr, default_port=opts.port)
             # TLS begins only once the connection is counted (farm.server.tlsgate).
-            gated = factory if tls is None else lambda: TLSGate(self.hub, tls, factory)
+            gated = factory if tls is None else lambda: TLSGate(self.hub, tls, factory, shaking)
             try:
                 srv = await self.loop.create_server(
                     gated,
@@ -159,6 +161,7 @@ class Server:
             srv.close()
         if self.metrics is not None:
             self.metrics.close()
+        self.handshakes.cancel()  # no connection is made after the stop
         connections = list(self.hub.connections)
         for conn in connections:  # what was read counts: a worker's result in it goes out
             conn.finish_backlog()  # to its client, who is not closed yet
@@ -208,6 +211,7 @@ class Server:
         await self._drain_connections(DRAIN_SECONDS)
         if self.metrics is not None:
             await self.metrics.wait_closed(DRAIN_SECONDS)
+        await self.handshakes.wait_closed(DRAIN_SECONDS)
         self.hub.close_store()
         for path, inode in self.bound.items():
             try:

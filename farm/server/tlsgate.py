@@ -13,6 +13,10 @@ else it counts (``Hub.handshakes``) and its socket is handed, unread, to
 count over once the handshake is done (``Connection.tls_pending``). (Upgrading the
 transport with ``start_tls`` instead lost a ClientHello that came with the accept:
 uvloop reads a new connection as soon as its protocol has heard of it.)
+
+The server's stop cancels the handshakes in flight (``Handshakes``): a peer that sent no
+ClientHello held its descriptor, and its task, for the handshake's timeout (a minute)
+after the stop, and one that finished then made a connection to a stopped server.
 """
 
 from __future__ import annotations
@@ -22,25 +26,54 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Callable
-from typing import cast
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
 from farm.server.connection import Connection, over_connections
 from farm.server.hub import Hub
 
-__all__ = ["TLSGate"]
+__all__ = ["Handshakes", "TLSGate"]
 
 log = logging.getLogger("farm.server")
+
+
+class Handshakes:
+    """The TLS handshakes in flight, one task each, held (the loop keeps only weak
+    references to tasks) until they end, or until the server's stop cancels them."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, handshake: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(handshake)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    def cancel(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+
+    async def wait_closed(self, limit: float) -> None:
+        """Until every cancelled handshake has closed its socket, up to ``limit`` seconds."""
+        if self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=limit)
 
 
 class TLSGate(asyncio.Protocol):
     """A TCP connection just accepted (see the module docstring)."""
 
-    def __init__(self, hub: Hub, context: ssl.SSLContext, factory: Callable[[], Connection]):
+    def __init__(
+        self,
+        hub: Hub,
+        context: ssl.SSLContext,
+        factory: Callable[[], Connection],
+        handshakes: Handshakes,
+    ) -> None:
         self.hub = hub
         self.context = context
         self.factory = factory
-        self.handshake: asyncio.Task[None] | None = None  # held: the loop keeps weak references
+        self.handshakes = handshakes
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, base)  # uvloop's is not a subclass: its methods
@@ -59,19 +92,23 @@ class TLSGate(asyncio.Protocol):
         transport.abort()  # closes its descriptor only: nothing was read, nothing is sent
         sock.setblocking(False)
         hub.handshakes += 1
-        self.handshake = asyncio.ensure_future(self._handshake(sock))
-
-    async def _handshake(self, sock: socket.socket) -> None:
         conn = self.factory()
         conn.tls_pending = True  # connection_made moves it from the handshakes to the peers
-        try:
-            await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: conn, sock, ssl=self.context
-            )
-        except Exception as exc:  # a failed or timed-out handshake, a peer that left
+        handshake = self.handshakes.start(self._handshake(conn, sock))
+        handshake.add_done_callback(lambda task: self._ended(task, conn, sock))
+
+    async def _handshake(self, conn: Connection, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.connect_accepted_socket(lambda: conn, sock, ssl=self.context)
+
+    def _ended(self, task: asyncio.Task[None], conn: Connection, sock: socket.socket) -> None:
+        """A handshake's end, however it ended. Here, not in its coroutine: a task the stop
+        cancels before its first turn runs no line of its coroutine."""
+        if task.cancelled():  # the server stops
+            sock.close()  # where a transport took it, it is detached: this closes nothing twice
+        elif (exc := task.exception()) is not None:  # failed, timed out, the peer left
             log.debug("TLS handshake failed: %r", exc)
             sock.close()
-        finally:
-            if conn.tls_pending:
-                conn.tls_pending = False
-                self.hub.handshakes -= 1
+        if conn.tls_pending:
+            conn.tls_pending = False
+            self.hub.handshakes -= 1

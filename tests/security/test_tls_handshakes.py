@@ -7,17 +7,23 @@ own workers and callers) were turned away (farm.server.tlsgate)."""
 
 from __future__ import annotations
 
+import asyncio
 import resource
 import shutil
 import socket
 import subprocess
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
+import uvloop
 
 from farm.protocol import PacketType as T
+from farm.server.app import Server as InProcessServer
+from farm.server.options import parse_args
 from tests.helpers.peers import Peer
-from tests.helpers.servers import Server, connect, start_farm_server
+from tests.helpers.servers import Server, connect, free_port, start_farm_server
 from tests.helpers.waiting import wait_for
 
 #: The server's descriptors: fewer than the silent peers below, more than its limit's.
@@ -25,7 +31,8 @@ FDS = 200
 SILENT = 300
 
 
-def tls_server(tmp_path: Path, unix: str) -> Server:
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key."""
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed")
     cert, key = tmp_path / "server.pem", tmp_path / "server.key"
@@ -34,6 +41,11 @@ def tls_server(tmp_path: Path, unix: str) -> Server:
          "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
+    return cert, key
+
+
+def tls_server(tmp_path: Path, unix: str) -> Server:
+    cert, key = self_signed(tmp_path)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(FDS, hard), hard))  # the server's, inherited
     try:
@@ -77,3 +89,41 @@ def test_peers_that_never_finish_a_handshake_cannot_take_the_unix_sockets_connec
         for s in silent:
             s.close()
         srv.stop()
+
+
+RUNNERS: dict[str, Callable[[Coroutine[Any, Any, None]], None]] = {
+    "asyncio": asyncio.run,
+    "uvloop": uvloop.run,  # the server's own
+}
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_stop_ends_the_handshakes_in_flight(tmp_path: Path, runner: str) -> None:
+    # A peer that connected and sent no ClientHello: its handshake went on after the stop
+    # (up to the handshake's timeout, a minute), its descriptor open, its task left pending
+    # for the loop's end, and a handshake that finished then made a connection to a server
+    # that had stopped.
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    args = ["--port", str(port), "--store", "none", "--tls-cert", str(cert), "--tls-key", str(key)]
+    server = InProcessServer(parse_args(args))
+
+    async def main() -> None:
+        await server.start()
+        hub = server.hub
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # and says nothing
+        for _ in range(1000):  # the accept is the server's, in this loop: a few turns
+            if hub.handshakes:
+                break
+            await asyncio.sleep(0.005)
+        assert hub.handshakes == 1
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        assert others  # the handshake's
+        server.stop()
+        _, pending = await asyncio.wait(others, timeout=5)
+        assert not pending, "handshakes still going after the stop"
+        assert await asyncio.wait_for(reader.read(1), 5) == b""
+        assert hub.handshakes == 0
+        writer.close()
+
+    RUNNERS[runner](main())
