@@ -12,6 +12,7 @@ fsync per commit.
 
 On start the server replays the rows in priority and arrival order, with
 new handles but the same uniques, epoch times, submit times and counts of worker deaths.
+Opening the database (its pragmas and schema) is farm.server.storeopen's.
 """
 
 from __future__ import annotations
@@ -29,39 +30,13 @@ from farm.server.reserve import DiskReserve
 # Re-exported: the server and the tests name the store's errors by this module.
 from farm.server.storefile import DamagedStore as DamagedStore
 from farm.server.storefile import StoreError as StoreError
-from farm.server.storefile import damaged, owner_only
+from farm.server.storefile import damaged
+from farm.server.storeopen import open_database
 
 log = logging.getLogger("farm.server")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id        INTEGER PRIMARY KEY,
-    function  BLOB NOT NULL,
-    uniq      BLOB NOT NULL,
-    data      BLOB NOT NULL,
-    priority  INTEGER NOT NULL,
-    reducer   BLOB,
-    run_at    REAL NOT NULL DEFAULT 0,
-    created   REAL NOT NULL DEFAULT 0,
-    retries   INTEGER NOT NULL DEFAULT 0
-)
-"""
-#: Columns a store of an older farm lacks, added at open with their defaults (its rows read
-#: as 0: a submit time unknown, no death of a worker counted).
-_ADDED_COLUMNS = {
-    "created": "REAL NOT NULL DEFAULT 0",
-    "retries": "INTEGER NOT NULL DEFAULT 0",
-}
-
-
 #: Seconds a failing store refuses background jobs before the next write tries again.
 RETRY_AFTER = 1.0
-#: Seconds the server waits for the store's lock at start. Another server holds it for its
-#: whole life (locking_mode=EXCLUSIVE), so waiting SQLite's default 5 s only delayed the
-#: refusal; this is a moment for a process that touches the file in passing.
-OPEN_WAIT = 0.2
-#: SQLite's busy timeout once the store is ours (Python's default), as before OPEN_WAIT.
-BUSY_TIMEOUT_MS = 5000
 #: Rows one INSERT writes, ids one DELETE names: within the 999 variables SQLite < 3.32 allows.
 ROWS_A_STATEMENT = 100
 IDS_A_STATEMENT = 900
@@ -114,78 +89,7 @@ class SQLiteStore:
         self._retries: dict[int, int] = {}  # row id: its job's count of worker deaths
         self.staged_handles: list[bytes] = []
         self.reserve = DiskReserve(self.path)  # made once the store is ours
-        try:
-            Path(self.path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            owner_only(self.path)
-            self.db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=OPEN_WAIT
-            )
-            # One server per store: a second one would replay and run the same jobs.
-            self.db.execute("PRAGMA locking_mode=EXCLUSIVE")
-            self.db.execute("PRAGMA journal_mode=WAL")
-            # Debian's SQLite zeroes every freed page (secure_delete), so deleting a job wrote
-            # its whole payload to the WAL again, and on a full disk no delete fit; FAST still
-            # zeroes what it can without more writes.
-            self.db.execute("PRAGMA secure_delete=FAST")
-            self.db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
-            self.db.execute(SCHEMA)
-            self._add_columns()
-            self.db.execute("BEGIN IMMEDIATE")
-            row = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()
-            self.db.execute("COMMIT")
-            self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc):
-                raise StoreError(f"the job store {self.path} is in use by another server") from exc
-            raise StoreError(f"cannot open the job store {self.path}: {exc}") from exc
-        except sqlite3.DatabaseError as exc:  # corrupt pages: another path would lose the jobs
-            raise damaged(self.path, exc) from None
-        except (FileExistsError, NotADirectoryError) as exc:  # a file where a directory goes
-            where = exc.filename or Path(self.path).parent
-            raise StoreError(
-                f"cannot open the job store {self.path}: {where} is not a directory"
-            ) from exc
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"cannot open the job store {self.path}: {exc}") from exc
-        self._next_id: int = row[0] + 1
-        self.reserve.make()
-        self._checkpoint_within_reserve()
-
-    def _add_columns(self) -> None:
-        """Add the columns a store of an older farm lacks (which reads it still). On a full
-        disk the reserve gives the few pages their room, as it does the deletes', else a
-        farm upgraded there would not start; adds then wait until it is whole again."""
-        columns = {r[1] for r in self.db.execute("PRAGMA table_info(jobs)")}
-        for name, kind in _ADDED_COLUMNS.items():
-            if name in columns:
-                continue
-            alter = f"ALTER TABLE jobs ADD COLUMN {name} {kind}"
-            try:
-                self.db.execute(alter)
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode != sqlite3.SQLITE_FULL or not (
-                    self.reserve.make() and self.reserve.release()
-                ):
-                    raise
-                try:
-                    self.db.execute(alter)
-                except sqlite3.Error:
-                    self.reserve.close()  # the server does not start: its descriptor too
-                    raise
-
-    def _checkpoint_within_reserve(self) -> None:
-        """Checkpoint the WAL before it holds half the reserve. Pages that live only in the
-        WAL need the database file to grow before a checkpoint can reset the WAL, and on a
-        full disk with more of them than the reserve holds every delete grew the WAL until
-        none fit: SQLite's 1000 pages (4 MB) are an eighth of a 32 MB disk, twelve times its
-        reserve, and 16 of 150 deletes were written there. SQLite's own fits 8 MB."""
-        try:
-            page: int = self.db.execute("PRAGMA page_size").fetchone()[0]
-            pages = self.reserve.size // page // 2
-            if 0 < pages < 1000:
-                self.db.execute(f"PRAGMA wal_autocheckpoint = {max(pages, 8)}")
-        except sqlite3.Error as exc:  # best effort, as the reserve itself
-            log.debug("the job store %s keeps SQLite's checkpoints: %s", self.path, exc)
+        self.db, self._next_id = open_database(self.path, sync, self.reserve)
 
     @property
     def pending(self) -> bool:

@@ -1,0 +1,122 @@
+"""The job store's SQLite database opened: ours alone for the server's life, WAL, the
+sync asked for, the schema (a store of an older farm given the columns it lacks), and
+checkpoints sized to the disk reserve.
+
+Split from farm/server/store.py, which stages the jobs and writes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+from farm.server.reserve import DiskReserve
+from farm.server.storefile import StoreError, damaged, owner_only
+
+__all__ = ["open_database"]
+
+log = logging.getLogger("farm.server")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id        INTEGER PRIMARY KEY,
+    function  BLOB NOT NULL,
+    uniq      BLOB NOT NULL,
+    data      BLOB NOT NULL,
+    priority  INTEGER NOT NULL,
+    reducer   BLOB,
+    run_at    REAL NOT NULL DEFAULT 0,
+    created   REAL NOT NULL DEFAULT 0,
+    retries   INTEGER NOT NULL DEFAULT 0
+)
+"""
+#: Columns a store of an older farm lacks, added at open with their defaults (its rows read
+#: as 0: a submit time unknown, no death of a worker counted).
+_ADDED_COLUMNS = {
+    "created": "REAL NOT NULL DEFAULT 0",
+    "retries": "INTEGER NOT NULL DEFAULT 0",
+}
+
+#: Seconds the server waits for the store's lock at start. Another server holds it for its
+#: whole life (locking_mode=EXCLUSIVE), so waiting SQLite's default 5 s only delayed the
+#: refusal; this is a moment for a process that touches the file in passing.
+OPEN_WAIT = 0.2
+#: SQLite's busy timeout once the store is ours (Python's default), as before OPEN_WAIT.
+BUSY_TIMEOUT_MS = 5000
+
+
+def open_database(path: str, sync: str, reserve: DiskReserve) -> tuple[sqlite3.Connection, int]:
+    """The store at ``path`` opened (made if need be), and the id its next row takes; the
+    reserve made beside it. StoreError (DamagedStore: corrupt pages) when it cannot be."""
+    try:
+        Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        owner_only(path)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=OPEN_WAIT)
+        # One server per store: a second one would replay and run the same jobs.
+        db.execute("PRAGMA locking_mode=EXCLUSIVE")
+        db.execute("PRAGMA journal_mode=WAL")
+        # Debian's SQLite zeroes every freed page (secure_delete), so deleting a job wrote
+        # its whole payload to the WAL again, and on a full disk no delete fit; FAST still
+        # zeroes what it can without more writes.
+        db.execute("PRAGMA secure_delete=FAST")
+        db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
+        db.execute(SCHEMA)
+        _add_columns(db, reserve)
+        db.execute("BEGIN IMMEDIATE")
+        row = db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()
+        db.execute("COMMIT")
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc):
+            raise StoreError(f"the job store {path} is in use by another server") from exc
+        raise StoreError(f"cannot open the job store {path}: {exc}") from exc
+    except sqlite3.DatabaseError as exc:  # corrupt pages: another path would lose the jobs
+        raise damaged(path, exc) from None
+    except (FileExistsError, NotADirectoryError) as exc:  # a file where a directory goes
+        where = exc.filename or Path(path).parent
+        raise StoreError(f"cannot open the job store {path}: {where} is not a directory") from exc
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreError(f"cannot open the job store {path}: {exc}") from exc
+    next_id: int = row[0] + 1
+    reserve.make()
+    _checkpoint_within_reserve(db, path, reserve)
+    return db, next_id
+
+
+def _add_columns(db: sqlite3.Connection, reserve: DiskReserve) -> None:
+    """Add the columns a store of an older farm lacks (which reads it still). On a full
+    disk the reserve gives the few pages their room, as it does the deletes', else a
+    farm upgraded there would not start; adds then wait until it is whole again."""
+    columns = {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
+    for name, kind in _ADDED_COLUMNS.items():
+        if name in columns:
+            continue
+        alter = f"ALTER TABLE jobs ADD COLUMN {name} {kind}"
+        try:
+            db.execute(alter)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_FULL or not (
+                reserve.make() and reserve.release()
+            ):
+                raise
+            try:
+                db.execute(alter)
+            except sqlite3.Error:
+                reserve.close()  # the server does not start: its descriptor too
+                raise
+
+
+def _checkpoint_within_reserve(db: sqlite3.Connection, path: str, reserve: DiskReserve) -> None:
+    """Checkpoint the WAL before it holds half the reserve. Pages that live only in the
+    WAL need the database file to grow before a checkpoint can reset the WAL, and on a
+    full disk with more of them than the reserve holds every delete grew the WAL until
+    none fit: SQLite's 1000 pages (4 MB) are an eighth of a 32 MB disk, twelve times its
+    reserve, and 16 of 150 deletes were written there. SQLite's own fits 8 MB."""
+    try:
+        page: int = db.execute("PRAGMA page_size").fetchone()[0]
+        pages = reserve.size // page // 2
+        if 0 < pages < 1000:
+            db.execute(f"PRAGMA wal_autocheckpoint = {max(pages, 8)}")
+    except sqlite3.Error as exc:  # best effort, as the reserve itself
+        log.debug("the job store %s keeps SQLite's checkpoints: %s", path, exc)
