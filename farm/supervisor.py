@@ -14,8 +14,9 @@ exec'd by farm.pools.spawn); it waits in one selector on the signal wake-up
 pipe, the control socket and each worker's report and output pipes. Its parts
 live beside it in farm/pools: bookkeeping and the restart policy in ``slots``,
 a process's life (spawn, retire, kill, reap) in ``lifecycle``, `farm restart`
-in ``rollout``, what the control socket may change in ``steering``, and its duties for
-farm.Executor (key, spill files) in ``executorduties``.
+in ``rollout``, what the control socket may change in ``steering``, what it tells
+systemd (READY=1, STATUS=) in ``readiness``, and its duties for farm.Executor (key,
+spill files) in ``executorduties``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from farm.pools.executorduties import ExecutorDuties, spill_environ
 from farm.pools.lifecycle import POLL, TIMEOUT_GRACE, Lifecycle
 from farm.pools.localserver import LocalServer, check_listen_name
 from farm.pools.metrics import Exits, serve_metrics
+from farm.pools.readiness import Readiness
 from farm.pools.reports import Reports
 from farm.pools.rollout import Restarting, Rollout
 from farm.pools.slots import Slot, WorkerProcess, core_for
@@ -56,7 +58,7 @@ SPAWNS_PER_TURN = 8
 
 
 class Supervisor(
-    Lifecycle, CommandStart, Reports, CommandJobs, Restarting, Steering, ExecutorDuties
+    Lifecycle, CommandStart, Reports, CommandJobs, Restarting, Steering, ExecutorDuties, Readiness
 ):
     """Runs the farm described by a :class:`~farm.config.Config` until told to stop."""
 
@@ -271,49 +273,6 @@ class Supervisor(
                         return  # next turn: next_wakeup sees the empty slots due now
                     spawns -= 1
                     self.spawn_worker(slot, pool)
-
-    def notify_systemd(self) -> None:
-        self.watchdog.ping()
-        slots = [s for pool in self.slots.values() for s in pool]
-        up = sum(1 for s in slots if s.proc and s.proc.state.serving)
-        failing = sum(1 for s in slots if s.failing)
-        server_up = self.server.ready or not self.config.local_server
-        now = time.monotonic()
-        ready_wait = self.config.supervisor.ready_wait
-        # A worker that does not serve ready_wait after its start (a command worker whose
-        # server is down or whose wrapper's child holds the connection, a module that hangs
-        # at import) counts as started: else it held READY=1 back until systemd's start
-        # timeout killed the farm, in a restart loop with nothing said.
-        unseen = [
-            s.proc
-            for s in slots
-            if s.proc and not s.proc.state.serving and now - s.proc.started >= ready_wait
-        ]
-        all_up = all(
-            s.failing or (s.proc and s.proc.state.serving) for s in slots if s.proc not in unseen
-        )
-        if not self.ready_sent and server_up and all_up:
-            self.ready_sent = True
-            sdnotify.notify("READY=1")
-            log.info("ready: %d workers up, %d failing", up, failing)
-            for proc in unseen:
-                log.warning(
-                    "worker %s (pid %d) %s after %gs; READY=1 sent without it",
-                    proc.name,
-                    proc.pid,
-                    (proc.misregistered or "has not connected to the job server")
-                    if proc.command
-                    else "has not loaded its target (hanging at import?)",
-                    ready_wait,
-                )
-        status = f"{up}/{len(slots)} workers up" + (f", {failing} failing" if failing else "")
-        if unseen:
-            status += f", {len(unseen)} not connected"
-        if not server_up:  # workers look up beside a dead server: no job reaches them
-            status = f"job server not ready; {status}"
-        if status != self.last_status:
-            self.last_status = status
-            sdnotify.notify(f"STATUS={status}", wait=0)
 
     def next_wakeup(self) -> float:
         """Sleep until the next timed duty: a restart, a timeout, a drain deadline, a ping."""

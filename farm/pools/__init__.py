@@ -13,5 +13,6 @@ workerproc   the entry point of one supervised worker process
 localserver  the local job server child
 control      the control socket the CLI speaks to
 sdnotify     systemd's notify protocol and watchdog
+readiness    what the supervisor's loop tells systemd: READY=1, STATUS=, the ping
 metrics      the farm's /metrics endpoint
 """

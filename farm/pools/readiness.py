@@ -1,0 +1,78 @@
+"""What the supervisor tells systemd on each turn of its loop: READY=1 once the job
+server and every slot's worker serve, STATUS= when it changes, the watchdog's ping.
+
+A mixin of :class:`farm.supervisor.Supervisor`; the notify protocol itself is
+farm.pools.sdnotify.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from farm.config import Config
+from farm.pools import sdnotify
+
+if TYPE_CHECKING:
+    from farm.pools.localserver import LocalServer
+    from farm.pools.slots import Slot
+
+__all__ = ["Readiness"]
+
+log = logging.getLogger("farm.supervisor")
+
+
+class Readiness:
+    """A mixin of the Supervisor: its notify step."""
+
+    config: Config
+    slots: dict[str, list[Slot]]
+    server: LocalServer
+    watchdog: sdnotify.Watchdog
+    ready_sent: bool  # READY=1 is sent once
+    last_status: str  # the STATUS= sent last: sent again only when it changes
+
+    def notify_systemd(self) -> None:
+        """The watchdog's ping; READY=1 once all is up; STATUS= when it has changed."""
+        self.watchdog.ping()
+        slots = [s for pool in self.slots.values() for s in pool]
+        up = sum(1 for s in slots if s.proc and s.proc.state.serving)
+        failing = sum(1 for s in slots if s.failing)
+        server_up = self.server.ready or not self.config.local_server
+        now = time.monotonic()
+        ready_wait = self.config.supervisor.ready_wait
+        # A worker that does not serve ready_wait after its start (a command worker whose
+        # server is down or whose wrapper's child holds the connection, a module that hangs
+        # at import) counts as started: else it held READY=1 back until systemd's start
+        # timeout killed the farm, in a restart loop with nothing said.
+        unseen = [
+            s.proc
+            for s in slots
+            if s.proc and not s.proc.state.serving and now - s.proc.started >= ready_wait
+        ]
+        all_up = all(
+            s.failing or (s.proc and s.proc.state.serving) for s in slots if s.proc not in unseen
+        )
+        if not self.ready_sent and server_up and all_up:
+            self.ready_sent = True
+            sdnotify.notify("READY=1")
+            log.info("ready: %d workers up, %d failing", up, failing)
+            for proc in unseen:
+                log.warning(
+                    "worker %s (pid %d) %s after %gs; READY=1 sent without it",
+                    proc.name,
+                    proc.pid,
+                    (proc.misregistered or "has not connected to the job server")
+                    if proc.command
+                    else "has not loaded its target (hanging at import?)",
+                    ready_wait,
+                )
+        status = f"{up}/{len(slots)} workers up" + (f", {failing} failing" if failing else "")
+        if unseen:
+            status += f", {len(unseen)} not connected"
+        if not server_up:  # workers look up beside a dead server: no job reaches them
+            status = f"job server not ready; {status}"
+        if status != self.last_status:
+            self.last_status = status
+            sdnotify.notify(f"STATUS={status}", wait=0)
