@@ -26,7 +26,7 @@ from typing import Any
 
 from farm.client.serverpick import ServerPicker
 from farm.errors import ServerUnavailable
-from farm.net import connect, recv
+from farm.net import READ_SIZE, connect, recv
 from farm.protocol import ProtocolError
 from farm.protocol.client import (
     ClientSession,
@@ -115,17 +115,10 @@ class Conn:
         return isinstance(self.sock, ssl.SSLSocket)
 
     def went_away(self) -> bool:
-        """A connection the server closed with nothing unread (e.g. it restarted since our
-        last job); through TLS, an idle one with anything to read."""
-        if isinstance(self.sock, ssl.SSLSocket):
-            # No MSG_PEEK through TLS; an idle server has nothing to say unless it is leaving.
-            return bool(select.select([self.sock], [], [], 0)[0])
-        try:
-            return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
+        """An idle TLS connection with anything to read: the server is leaving (e.g. it
+        restarted since our last job). A plain one is read instead (``catch_up``)."""
+        # No MSG_PEEK through TLS; an idle server has nothing to say unless it is leaving.
+        return bool(select.select([self.sock], [], [], 0)[0])
 
 
 class Connections:
@@ -183,13 +176,16 @@ class Connections:
             raise RuntimeError("this farm.Client is closed")
         self.check_fork()
         conn = self.conns.get(addr)
+        if conn is not None and not conn.tls:
+            self.catch_up(conn)  # drops it if the server has closed it since
+            conn = self.conns.get(addr)
         if conn is not None:
-            if conn.session.busy and (conn.tls or not conn.went_away()):
+            if conn.session.busy:
                 # Through TLS a readable socket may hold replies: the read that finds the
                 # server gone drops it then (after a job queued here is lost with it).
                 return conn
-            if conn.went_away():
-                self.drop(conn)  # its jobs in flight are lost (or sent again: unique keys)
+            if conn.tls and conn.went_away():
+                self.drop(conn)
             elif conn.session.refused:
                 # It answered ERROR and may close next (farm does after a packet over its
                 # --max-packet): a fresh connection, not a submit lost with this one.
@@ -272,6 +268,21 @@ class Connections:
             conn.events = events
             self.selector.modify(conn.sock, events, conn)
 
+    def catch_up(self, conn: Conn) -> None:
+        """Read and file what a plain connection holds unread, without waiting, and drop it
+        if the server closed it. The late reply of a job given up (a ``call`` that timed
+        out) waits there until the next call; a peek that saw only it took a connection the
+        server had closed since (a restart) for alive, and the next job went onto the dead
+        socket and failed with it."""
+        while self.conns.get(conn.addr) is conn:
+            try:
+                data = conn.sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return  # nothing more: the server has not closed it
+            except OSError:
+                data = b""
+            self.received(conn, data)
+
     def read(self, conn: Conn) -> None:
         try:
             data = recv(conn.sock)
@@ -280,6 +291,10 @@ class Connections:
             return
         except OSError:
             data = b""
+        self.received(conn, data)
+
+    def received(self, conn: Conn, data: bytes) -> None:
+        """File ``data`` read from ``conn``; nothing (its end) drops the connection."""
         if not data:
             self.drop(conn, conn.why_closed())
             return

@@ -4,6 +4,7 @@ server died mid-job is resubmitted once when it has a unique key."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import threading
@@ -233,6 +234,31 @@ def test_a_new_call_reconnects_though_a_job_was_pending_when_the_server_restarte
                 assert c.call("reverse", b"abc") == b"cba"
             with pytest.raises(farm.ServerUnavailable, match="went away"):
                 c.wait(pending, timeout=5)  # the job in flight was lost with its server
+        finally:
+            again.stop()
+
+
+def test_a_new_call_reconnects_though_a_late_reply_was_unread_when_the_server_restarted(
+    any_server,
+) -> None:
+    # A call that timed out left its job's WORK_COMPLETE unread in the socket; the look for a
+    # closed connection peeked that byte, took the connection for alive, and the next call
+    # after a server restart went onto the dead socket: ServerUnavailable ("went away").
+    release = threading.Event()
+    slow = {"slow": lambda job: release.wait(30) and b"late"}
+    with farm.Client([any_server.addr]) as c:
+        with serving([any_server.addr], slow) as w:
+            with pytest.raises(farm.Timeout):
+                c.call("slow", b"x", timeout=0.2)
+            release.set()
+            wait_for("the job to end", lambda: w.jobs_done == 1)
+            sock = c._wire.conns[any_server.addr].sock
+            assert select.select([sock], [], [], 10)[0], "its WORK_COMPLETE reached the client"
+        any_server.stop()
+        again = start_like(any_server, port=any_server.port)
+        try:
+            with serving([again.addr], {"reverse": reverse}):
+                assert c.call("reverse", b"abc", timeout=10) == b"cba"
         finally:
             again.stop()
 
