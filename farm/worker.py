@@ -329,6 +329,7 @@ class Worker(WorkerLinks):
                     # Pushed to our held grab before our RESET_ABILITIES reached the server,
                     # which put it back in its queue on receipt: another worker runs it.
                     log.debug("job %s came after RESET_ABILITIES; not run here", event.handle)
+                    server.session.taken_back()
                     continue
                 self._run(server, event)
             elif type(event) is ServerErrorNotice:

@@ -266,6 +266,13 @@ class WorkerSession:
         self._out += encode_req(PT.WORK_EXCEPTION, self._in_hand("raise"), text.encode())
         self._job_ended()
 
+    def taken_back(self) -> None:
+        """The job in hand came after our RESET_ABILITIES, which put it back on the server:
+        nothing is owed for it, and the connection may grab again. (Left "working", it
+        never grabbed again, even for a function registered later.)"""
+        self._in_hand("let a job go")
+        self._job_ended()
+
     def _job_ended(self) -> None:
         self.handle = self._handle = None
         self.state = _READY
