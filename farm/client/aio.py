@@ -26,7 +26,7 @@ from typing import Any
 
 from farm.client.aioconn import ServerConnection, StreamEvent, Waiter
 from farm.client.aiolinks import AsyncLinks
-from farm.client.serverpick import ServerPicker
+from farm.client.serverpick import ServerPicker, job_key
 from farm.discovery import client_servers
 from farm.errors import ServerUnavailable, Timeout
 from farm.net import parse_servers
@@ -323,7 +323,7 @@ class AsyncClient(AsyncLinks):
             background=background,
             when=when,
         )
-        conn = await self._any_connection(task.unique)
+        conn = await self._any_connection(job_key(task.unique, task.data))
         waiter = Waiter(asyncio.get_running_loop(), stream)
         task.owner = waiter
         conn.session.submit(task)

@@ -9,7 +9,7 @@ import ssl
 from collections.abc import AsyncGenerator, Callable
 
 from farm.client.aioconn import ServerConnection, Waiter, closed_error
-from farm.client.serverpick import ServerPicker
+from farm.client.serverpick import ServerPicker, job_key
 from farm.errors import ServerUnavailable
 from farm.net import parse_address
 from farm.protocol.client import Task, lost_error
@@ -35,7 +35,7 @@ class AsyncLinks:
         self._picker.mark_down(lost)
 
         async def again() -> None:
-            for addr in self._picker.order(task.unique, exclude=lost):
+            for addr in self._picker.order(job_key(task.unique, task.data), exclude=lost):
                 try:
                     conn = await self._connect(addr)
                 except ServerUnavailable:
@@ -53,7 +53,7 @@ class AsyncLinks:
 
         asyncio.ensure_future(again())
 
-    async def _any_connection(self, unique: str) -> ServerConnection:
+    async def _any_connection(self, unique: str | bytes) -> ServerConnection:
         errors: list[str] = []
         paused = [addr for addr, conn in self._conns.items() if conn.writing_paused]
         for addr in self._picker.order(unique, busy=paused):

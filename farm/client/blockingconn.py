@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from farm.client.serverpick import ServerPicker
+from farm.client.serverpick import ServerPicker, job_key
 from farm.errors import ServerUnavailable
 from farm.net import READ_SIZE, connect, recv
 from farm.protocol import ProtocolError
@@ -203,7 +203,7 @@ class Connections:
     def submit(self, task: Task[TaskListener], exclude: str | None = None) -> None:
         """Queue ``task``'s submit on the first server that takes a connection."""
         tried: list[str] = []
-        for addr in self.picker.order(task.unique, exclude):
+        for addr in self.picker.order(job_key(task.unique, task.data), exclude):
             try:
                 conn = self.connection(addr)
             except OSError as exc:

@@ -13,10 +13,19 @@ import time
 import zlib
 from collections.abc import Collection
 
-__all__ = ["DOWN_FOR", "ServerPicker"]
+__all__ = ["DOWN_FOR", "ServerPicker", "job_key"]
 
 #: A server marked down (refused, dropped, or did not answer) is tried last for this long (s).
 DOWN_FOR = 2.0
+
+
+def job_key(unique: str, data: bytes) -> str | bytes:
+    """What a job is placed by: its unique key, but for ``-`` its payload, which the server
+    takes for its key (PROTOCOL.md): placed by the literal ``-``, every such job started at
+    one server. An empty payload with ``-`` never coalesces, so it has no key (rotates)."""
+    if unique == "-":
+        return data
+    return unique
 
 
 class ServerPicker:
@@ -28,9 +37,10 @@ class ServerPicker:
         self._rotation = 0
 
     def order(
-        self, unique: str = "", exclude: str | None = None, busy: Collection[str] = ()
+        self, unique: str | bytes = "", exclude: str | None = None, busy: Collection[str] = ()
     ) -> list[str]:
-        """Servers in the order to try: a stable start per unique key, live ones first.
+        """Servers in the order to try: a stable start per unique key (``job_key``), live
+        ones first.
 
         ``busy`` servers (not taking our bytes now: AsyncClient's paused connections) go
         after the other live ones for a job without a key; a keyed job keeps its server,
@@ -39,7 +49,8 @@ class ServerPicker:
         if len(servers) == 1:  # the usual farm: nothing to rotate or rank (each job asks)
             return [] if servers[0] == exclude else [servers[0]]
         if unique:
-            start = zlib.crc32(unique.encode()) % len(servers)
+            key = unique.encode() if isinstance(unique, str) else unique
+            start = zlib.crc32(key) % len(servers)
             busy = ()
         else:
             start = self._rotation % len(servers)

@@ -3,6 +3,7 @@ server died mid-job is resubmitted once when it has a unique key."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import signal
@@ -189,6 +190,29 @@ def test_async_calls_timed_out_on_a_hung_server_try_it_last_for_a_while(two_serv
             assert asyncio.run(main()) == [b"0x", b"1x", b"2x", b"3x"]
         finally:
             os.kill(a.proc.pid, signal.SIGCONT)
+
+
+def test_jobs_keyed_by_their_payload_spread_over_the_servers(two_servers) -> None:
+    # unique="-" (the payload is the key): each job went to the server of the literal "-",
+    # so one server took every such job while the other stood idle.
+    addrs = [s.addr for s in two_servers]
+    with farm.Client(addrs) as c:
+        tasks = [
+            c.submit("dash-fn", b"payload %d" % i, unique="-", background=True) for i in range(16)
+        ]
+        assert {t.server for t in tasks} == set(addrs)
+        again = c.submit("dash-fn", b"payload 3", unique="-", background=True)
+        assert (again.server, again.handle) == (tasks[3].server, tasks[3].handle), "coalesced"
+
+    async def submit_all() -> set[str | None]:
+        async with farm.AsyncClient(addrs) as ac:
+            keyed = [
+                ac.submit("dash-fn", b"async %d" % i, unique="-", background=True)
+                for i in range(16)
+            ]
+            return {t.server for t in await asyncio.gather(*keyed)}
+
+    assert asyncio.run(submit_all()) == set(addrs)
 
 
 def test_status_unique_asks_on_when_its_keys_server_does_not_know_it(two_servers) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from farm.client import serverpick
-from farm.client.serverpick import DOWN_FOR, ServerPicker
+from farm.client.serverpick import DOWN_FOR, ServerPicker, job_key
 
 SERVERS = ["a:1", "b:1", "c:1"]
 
@@ -45,3 +45,15 @@ def test_a_busy_server_goes_after_the_live_ones_for_jobs_without_a_key() -> None
     assert picker.order(busy=["a:1"]) == ["b:1", "a:1", "c:1"], "live, busy, then down"
     key = next(k for k in (f"k{i}" for i in range(100)) if picker.order(k)[0] == "a:1")
     assert picker.order(key, busy=["a:1"])[0] == "a:1", "a keyed job keeps its server"
+
+
+def test_a_dash_key_places_a_job_by_its_payload_as_the_server_reads_it() -> None:
+    # "-" makes the payload the unique key (gearmand, farm): every "-" job started at the
+    # server of the literal "-", so one server of many took all of them.
+    picker = ServerPicker(SERVERS)
+    spread = {picker.order(job_key("-", b"payload %d" % i))[0] for i in range(30)}
+    assert spread == set(SERVERS)
+    same = {picker.order(job_key("-", b"one payload"))[0] for _ in range(5)}
+    assert len(same) == 1, "equal payloads meet at one server, where they coalesce"
+    assert job_key("key-7", b"anything") == "key-7"
+    assert not job_key("-", b""), "an empty payload never coalesces: no key, it rotates"
