@@ -366,8 +366,11 @@ class Worker(WorkerLinks):
                     server.session.complete(payload)
         self.jobs_done += 1  # before the answer leaves, so whoever sees it sees the count
         if self.after_job is not None:
+            # The answer leaves first, as after_job's contract says: a slow hook must not
+            # hold the caller's result, nor one that ends the process lose it.
+            self._flush(server)
             self.after_job(job)
-        # The answer leaves with the next grab, in the loop's one write per turn.
+        # Else the answer leaves with the next grab, in the loop's one write per turn.
 
     def _send_news(self, job: Job, queue: Callable[[WorkerSession], None]) -> None:
         """A job's news (status, data, warning) from its function, while it runs."""

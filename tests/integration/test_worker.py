@@ -80,6 +80,27 @@ def test_stop_after_and_after_job_hook(any_server) -> None:
         assert c.wait(tasks[2], 5) == b"ABC2" and worker.jobs_done == 3
 
 
+def test_after_job_is_called_once_the_answer_has_left(any_server) -> None:
+    # Worker's docstring: after_job is called "after its answer is sent". The answer left
+    # only after after_job returned, with the next grab: a slow hook held the caller's
+    # result for as long as it ran, and one that ended the process (os._exit) lost it.
+    answered = threading.Event()
+    waited: list[bool] = []
+    worker = farm.Worker(any_server.addr, after_job=lambda job: waited.append(answered.wait(10)))
+    worker.register("reverse", reverse)
+    thread = threading.Thread(target=worker.work, kwargs={"stop_after": 1}, daemon=True)
+    thread.start()
+    try:
+        with farm.Client(any_server.addr) as c:
+            assert c.call("reverse", b"ab", timeout=5) == b"ba"
+            answered.set()
+    finally:
+        answered.set()
+        worker.stop()
+        thread.join(10)
+    assert waited == [True]
+
+
 def test_stop_after_zero_runs_no_job_and_a_negative_one_is_refused(farm_server) -> None:
     # The goal was checked only after a job ran: stop_after=0 (and -1) ran one.
     with farm.Client(farm_server.addr) as c:
