@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import selectors
 import socket
 import ssl
@@ -114,12 +113,6 @@ class Conn:
     def tls(self) -> bool:
         return isinstance(self.sock, ssl.SSLSocket)
 
-    def went_away(self) -> bool:
-        """An idle TLS connection with anything to read: the server is leaving (e.g. it
-        restarted since our last job). A plain one is read instead (``catch_up``)."""
-        # No MSG_PEEK through TLS; an idle server has nothing to say unless it is leaving.
-        return bool(select.select([self.sock], [], [], 0)[0])
-
 
 class Connections:
     """Every connection of one blocking client, in one selector: connecting (with failover
@@ -176,22 +169,15 @@ class Connections:
             raise RuntimeError("this farm.Client is closed")
         self.check_fork()
         conn = self.conns.get(addr)
-        if conn is not None and not conn.tls:
+        if conn is not None:
             self.catch_up(conn)  # drops it if the server has closed it since
             conn = self.conns.get(addr)
         if conn is not None:
-            if conn.session.busy:
-                # Through TLS a readable socket may hold replies: the read that finds the
-                # server gone drops it then (after a job queued here is lost with it).
+            if conn.session.busy or not conn.session.refused:
                 return conn
-            if conn.tls and conn.went_away():
-                self.drop(conn)
-            elif conn.session.refused:
-                # It answered ERROR and may close next (farm does after a packet over its
-                # --max-packet): a fresh connection, not a submit lost with this one.
-                self.close_one(conn)
-            else:
-                return conn
+            # It answered ERROR and may close next (farm does after a packet over its
+            # --max-packet): a fresh connection, not a submit lost with this one.
+            self.close_one(conn)
         sock = connect(addr, self.connect_timeout, self.tls)
         conn = Conn(addr, sock)
         conn.session.option("exceptions")  # so WORK_EXCEPTION reaches us, not just WORK_FAIL
@@ -269,16 +255,20 @@ class Connections:
             self.selector.modify(conn.sock, events, conn)
 
     def catch_up(self, conn: Conn) -> None:
-        """Read and file what a plain connection holds unread, without waiting, and drop it
-        if the server closed it. The late reply of a job given up (a ``call`` that timed
-        out) waits there until the next call; a peek that saw only it took a connection the
-        server had closed since (a restart) for alive, and the next job went onto the dead
-        socket and failed with it."""
+        """Read and file what a connection holds unread, without waiting, and drop it if
+        the server closed it (e.g. it restarted since our last job). The late reply of a job
+        given up (a ``call`` that timed out) waits there until the next call; a peek that
+        saw only it took a closed connection for alive, and through TLS, where there is no
+        peek, a busy one was used without a look: the next job went onto the dead socket
+        and failed with it."""
         while self.conns.get(conn.addr) is conn:
             try:
-                data = conn.sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return  # nothing more: the server has not closed it
+                data = _recv_now(conn.sock)
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return  # nothing more (or not a whole TLS record yet): it has not closed
+            except ssl.SSLError as exc:
+                self.drop(conn, f"ended the TLS session ({exc.reason or exc})")
+                return
             except OSError:
                 data = b""
             self.received(conn, data)
@@ -354,6 +344,18 @@ class Connections:
             task.done = True
             if task.owner is not None:
                 task.owner.task_event(JobEnded(task=task))
+
+
+def _recv_now(sock: socket.socket) -> bytes:
+    """What ``sock`` holds now (b"": the server closed it); BlockingIOError or, through
+    TLS, SSLWantReadError when nothing has come."""
+    if not isinstance(sock, ssl.SSLSocket):
+        return sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
+    sock.setblocking(False)  # ssl sockets take no flags
+    try:
+        return recv(sock)
+    finally:
+        sock.setblocking(True)
 
 
 def _send_now(sock: socket.socket, data: bytes | bytearray) -> int:

@@ -103,6 +103,31 @@ def test_async_client_over_tls(tls_server: Server, pki: Path) -> None:
         thread.join(10)
 
 
+def test_a_new_call_over_tls_reconnects_though_a_job_was_pending_when_the_server_restarted(
+    tls_server: Server, pki: Path
+) -> None:
+    # As over plain TCP (test_client_failover): the connection held a job in flight, so it
+    # was used again without a look, and through TLS none was possible: the new job went
+    # onto the dead connection and failed with the old one.
+    ctx = tls_context(ca=str(pki / "ca.pem"))
+    with farm.Client(tls_server.addr, tls=ctx, timeout=10) as client:
+        pending = client.submit("nobody-serves-this", b"x")
+        assert client.echo(b"sync") == b"sync"  # the submit is on the wire
+        tls_server.stop()
+        again = start_farm_server(*tls_server.args, port=tls_server.port)
+        try:
+            worker, thread = serve_reverse(again.addr, ctx)
+            try:
+                assert client.call("reverse", b"abc") == b"cba"
+            finally:
+                worker.stop()
+                thread.join(10)
+            with pytest.raises(farm.ServerUnavailable, match="went away"):
+                client.wait(pending, timeout=5)  # the job in flight was lost with its server
+        finally:
+            again.stop()
+
+
 def test_plaintext_clients_get_nothing_from_a_tls_listener(tls_server: Server) -> None:
     with (
         farm.Client(tls_server.addr, connect_timeout=2) as client,
