@@ -3,7 +3,7 @@ and background jobs held for their epoch time until it comes.
 
 A mixin of :class:`farm.server.jobs.JobServer` (split off along the worker's
 side of the model; submitting, ends and admin stay there). Which sleeper a job
-wakes is farm/server/sleepers.py.
+wakes is farm/server/sleepers.py; what a worker registers, farm/server/abilities.py.
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ from collections import deque
 from collections.abc import Callable, Iterator
 
 from farm.logs import Brief
+from farm.server.abilities import Abilities
 from farm.server.deadlines import Deadlines
 from farm.server.queues import (
     HIGH,
     LOW,
     NORMAL,
-    SERVED_LOCALLY,
-    SERVED_OVER_TCP,
     FunctionQueue,
     Job,
     Outcome,
@@ -30,7 +29,6 @@ from farm.server.queues import (
     Timer,
 )
 from farm.server.settings import ServerOptions
-from farm.server.sleepers import Sleepers
 
 __all__ = ["Dispatch", "MAX_EXPIRED", "WAKE_DEADLINE"]
 
@@ -61,7 +59,7 @@ def _named(job: Job) -> dict[str, str]:
     }
 
 
-class Dispatch(Sleepers):
+class Dispatch(Abilities):
     """The worker half of the job model (see the module docstring)."""
 
     # JobServer's, read and written here (declared for the type checker).
@@ -75,7 +73,6 @@ class Dispatch(Sleepers):
     wakes: Deadlines[Peer, FunctionQueue]  # woken workers that have not come to grab yet
     timeouts: dict[float, Deadlines[Job, Peer]]  # running jobs' CAN_DO_TIMEOUTs, by length
     function: Callable[[bytes], FunctionQueue]
-    note_unused: Callable[[bytes], None]
     running_count: Callable[[], int]
     _end: Callable[..., None]
     _forget: Callable[[Job], None]
@@ -86,59 +83,6 @@ class Dispatch(Sleepers):
     _epoch_timer: Timer | None
     parent_pid: int | None  # the supervisor's (--parent-pid)
     _seq: Iterator[int]  # arrival order, which _best_job compares across functions
-    tcp_abilities: int  # functions registered by TCP connections, all together
-
-    def can_do(self, worker: Peer, function: bytes, timeout: float = 0.0) -> None:
-        fq = self.function(function)
-        if worker.tcp and fq.name not in worker.abilities:
-            self.tcp_abilities += 1
-        # The function's own name as the key: a packet's copy of a 512-byte name, kept
-        # per connection, cost every registration over 500 bytes more.
-        worker.abilities[fq.name] = timeout
-        fq.workers.add(worker)
-        fq.served = max(fq.served, SERVED_OVER_TCP if worker.tcp else SERVED_LOCALLY)
-        if worker.sleeping:
-            self._add_sleeper(fq, worker)
-            if function in self.ready:  # its jobs already wait: wake it, as their submit would
-                self._wake(fq)
-
-    def cant_do(self, worker: Peer, function: bytes) -> None:
-        if worker.abilities.pop(function, None) is None:
-            return
-        if worker.tcp:
-            self.tcp_abilities -= 1
-        fq = self.function(function)
-        fq.workers.discard(worker)
-        fq.sleepers.pop(worker, None)
-        if worker.woken and self.wakes.value(worker) is fq:
-            self._pass_on_wake(worker)  # woken for this function's job, it will not come
-        for job in [j for j in worker.running.values() if j.function == function]:
-            self._requeue(worker, job)
-        if not fq.workers:
-            self.note_unused(function)
-
-    def reset_abilities(self, worker: Peer) -> None:
-        for function in list(worker.abilities):
-            self.cant_do(worker, function)
-
-    def detach_worker(self, worker: Peer) -> None:
-        """A worker connection is gone: forget what it could do, then requeue what it held
-        (in that order, so the requeue wakes a live sleeper, not this one)."""
-        for function in worker.abilities:
-            fq = self.functions.get(function)
-            if fq is not None:
-                fq.workers.discard(worker)
-                fq.sleepers.pop(worker, None)
-        gone = list(worker.abilities)
-        worker.abilities.clear()
-        if worker.tcp:
-            self.tcp_abilities -= len(gone)
-        worker.sleeping = False
-        self._pass_on_wake(worker)  # it will not come: the job it was woken for needs another
-        for job in list(worker.running.values()):
-            self._requeue(worker, job)
-        for function in gone:
-            self.note_unused(function)
 
     def _best_job(self, worker: Peer) -> Job | None:
         """Highest priority first, then oldest, across all the worker's functions."""
