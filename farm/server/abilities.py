@@ -24,7 +24,8 @@ class Abilities(Sleepers):
 
     def can_do(self, worker: Peer, function: bytes, timeout: float = 0.0) -> None:
         fq = self.function(function)
-        if worker.tcp and fq.name not in worker.abilities:
+        new = fq.name not in worker.abilities
+        if worker.tcp and new:
             self.tcp_abilities += 1
         # The function's own name as the key: a packet's copy of a 512-byte name, kept
         # per connection, cost every registration over 500 bytes more.
@@ -35,6 +36,10 @@ class Abilities(Sleepers):
             self._add_sleeper(fq, worker)
             if function in self.ready:  # its jobs already wait: wake it, as their submit would
                 self._wake(fq)
+        elif new and self.lingering:
+            missing = self.lingering.get(worker)
+            if missing is not None:  # in no list of this one yet: put there when it sleeps
+                missing.add(fq.name)
 
     def cant_do(self, worker: Peer, function: bytes) -> None:
         if worker.abilities.pop(function, None) is None:
@@ -44,6 +49,9 @@ class Abilities(Sleepers):
         fq = self.function(function)
         fq.workers.discard(worker)
         fq.sleepers.pop(worker, None)
+        missing = self.lingering.get(worker) if self.lingering else None
+        if missing is not None:
+            missing.discard(function)
         if worker.woken and self.wakes.value(worker) is fq:
             self._pass_on_wake(worker)  # woken for this function's job, it will not come
         for job in [j for j in worker.running.values() if j.function == function]:
@@ -58,6 +66,7 @@ class Abilities(Sleepers):
     def detach_worker(self, worker: Peer) -> None:
         """A worker connection is gone: forget what it could do, then requeue what it held
         (in that order, so the requeue wakes a live sleeper, not this one)."""
+        self.lingering.pop(worker, None)
         for function in worker.abilities:
             fq = self.functions.get(function)
             if fq is not None:

@@ -197,7 +197,8 @@ class FunctionQueue:
         self.workers: set[Peer] = set()
         # Workers asleep (PRE_SLEEP) that can take this function, in the order they went to
         # sleep: the last is woken first; one that was late goes to the front (move_to_end).
-        self.sleepers: OrderedDict[Peer, None] = OrderedDict()
+        # Each with whether it was put there late (Sleepers._add_sleeper, _pass_over).
+        self.sleepers: OrderedDict[Peer, bool] = OrderedDict()
         # Jobs held for their epoch time: counted in status, not yet runnable.
         self.scheduled = [0, 0, 0]
         # `maxqueue F N` bounds the function's jobs, `maxqueue F H N L` each priority's submits

@@ -5,6 +5,13 @@ wakes the sleeper that went to sleep last, the warmest process; one that let a w
 or a pushed job pass its deadline sleeps at the cold end until it comes in time. A woken
 worker that does not come within WAKE_DEADLINE (farm.server.dispatch) is passed over for
 another, and one that will not come (gone, draining) passes its wake-up on at once.
+
+A worker of more than RESETTLE_MAX functions is left in its sleepers lists when it wakes
+(``lingering``): any local user may register 4,096 functions on a connection, and a
+PRE_SLEEP and a GRAB_JOB in turn (24 bytes) put it in and took it out of 4,096 lists. Its
+entries there are stale while it is awake: ``_wake`` drops each one it meets (paid for by
+the insertion that made it), and sleeping again puts it back only in the lists that
+dropped it. Such a worker stays where it first went to sleep, as a repeated PRE_SLEEP does.
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ class Sleepers:
     ready: set[bytes]
     wakes: Deadlines[Peer, FunctionQueue]  # woken workers that have not come to grab yet
     _best_job: Callable[[Peer], Job | None]
+    # Awake workers left in their functions' sleepers lists (see the module docstring),
+    # each with the functions whose lists do not hold it (dropped by _wake, or new).
+    lingering: dict[Peer, set[bytes]]
 
     def pre_sleep(self, worker: Peer) -> None:
         """PRE_SLEEP: answer at once with NOOP if there is work, else wait for some.
@@ -56,6 +66,15 @@ class Sleepers:
             return
         worker.sleeping = True
         functions = self.functions
+        lingering = self.lingering
+        if lingering:
+            missing = lingering.pop(worker, None)
+            if missing is not None:  # still in the other lists, where it first went to sleep
+                for function in missing:
+                    fq = functions.get(function)
+                    if fq is not None:
+                        self._add_sleeper(fq, worker)
+                return
         for function in worker.abilities:
             self._add_sleeper(functions[function], worker)
 
@@ -65,12 +84,29 @@ class Sleepers:
         its deadline: then it sleeps at the cold end, or as the newest again after each such
         late answer it would be picked for every job and each would wait the deadline out."""
         sleepers = fq.sleepers
-        sleepers[worker] = None
+        late = worker.late
+        sleepers[worker] = late  # where it was put: _wake moves it if it is late since
         # A repeated PRE_SLEEP moves it too: it went to sleep last.
-        sleepers.move_to_end(worker, last=not worker.late)
+        sleepers.move_to_end(worker, last=not late)
 
     def _unsleep(self, worker: Peer) -> None:
+        """Awake now (it grabs, or was woken): out of its sleepers lists, or, with more than
+        RESETTLE_MAX functions, left in them (the module docstring)."""
         worker.sleeping = False
+        abilities = worker.abilities
+        if len(abilities) > RESETTLE_MAX:
+            self.lingering[worker] = set()
+            return
+        functions = self.functions
+        for function in abilities:
+            fq = functions.get(function)
+            if fq is not None:
+                fq.sleepers.pop(worker, None)
+
+    def _unlist(self, worker: Peer) -> None:
+        """Out of every sleepers list of its functions, asleep or lingering."""
+        worker.sleeping = False
+        self.lingering.pop(worker, None)
         for function in worker.abilities:
             fq = self.functions.get(function)
             if fq is not None:
@@ -81,7 +117,7 @@ class Sleepers:
         PRE_SLEEP is never answered); the jobs it holds run to their end. A wake-up it was
         sent and has not answered yet goes to another sleeper."""
         worker.draining = True
-        self._unsleep(worker)
+        self._unlist(worker)  # it never sleeps again: no entry left for _wake to meet
         self._pass_on_wake(worker)
 
     def _wake(self, fq: FunctionQueue) -> None:
@@ -91,14 +127,35 @@ class Sleepers:
         hung, swapping) holds nothing, but the job would wait on it while others
         sleep: then another sleeper is woken for it.
         """
-        if fq.sleepers:
+        sleepers = fq.sleepers
+        while sleepers:
             # The one that went to sleep last: its process is the warmest (caches, a core
             # not yet deep asleep), as web servers hand a request to the newest idle process.
-            worker = next(reversed(fq.sleepers))
+            worker = next(reversed(sleepers))
+            if not worker.sleeping or worker.late and not sleepers[worker]:
+                self._pass_over(fq, worker)
+                continue
             self._unsleep(worker)
             worker.wake()
             worker.woken = True
             self.wakes.add(worker, fq)
+            return
+
+    def _pass_over(self, fq: FunctionQueue, worker: Peer) -> None:
+        """The newest entry of ``fq.sleepers`` is not to be woken now: a lingering worker's,
+        awake (dropped, and put back when it sleeps again), or a sleeper's that was late
+        since it was put there (a lingering one was not moved, nor one whose pushed job was
+        taken back while it slept): to the cold end now, as _add_sleeper would have put it.
+        Each entry is passed over once for each time it was put there."""
+        sleepers = fq.sleepers
+        if worker.sleeping:
+            sleepers[worker] = True
+            sleepers.move_to_end(worker, last=False)
+            return
+        del sleepers[worker]
+        missing = self.lingering.get(worker)
+        if missing is not None:
+            missing.add(fq.name)
 
     def _wake_deadline(self, worker: Peer, fq: FunctionQueue) -> None:
         if not worker.woken:

@@ -3,12 +3,14 @@
 A worker may register 4,096 functions (--max-abilities). Putting it to sleep puts it in
 each one's list of sleepers; a PRE_SLEEP, or a held grab, repeated while it already slept
 did all of that again: 60 KB of them (5,000 packets) held the server's loop, and with it
-every Executor call, for 25 s. What is counted here is that work itself, the server's
-sleeper-list insertions, on a server driven in this process: a timing seen from another
+every Executor call, for 25 s; a PRE_SLEEP and a GRAB_JOB in turn took it out of them and
+put it back each time. What is counted here is that work itself, the server's sleeper-list
+insertions and removals, on a server driven in this process: a timing seen from another
 connection would stay small while the loop did the same work a slice at a time."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 import pytest
@@ -22,17 +24,44 @@ from farm.server.sleepers import RESETTLE_MAX, Sleepers
 from tests.helpers.pair import MemoryTransport
 
 REPEATS = 5000
+#: Turns of the tests that count what each turn cost before (8,192 list operations):
+#: fewer, or those would take seconds to show it.
+TURNS = 200
 
 
-def _worker(functions: int) -> tuple[Hub, Connection, MemoryTransport]:
+def _worker(functions: int, *, held: bool = True) -> tuple[Hub, Connection, MemoryTransport]:
     hub = Hub(parse_args(["--store", "none"]))
     conn, wire = Connection(hub), MemoryTransport()
     conn.connection_made(wire)  # type: ignore[arg-type]  # a stand-in
     conn.data_received(
-        p.encode_req(T.OPTION_REQ, p.OPTION_HELD_GRAB)
+        (p.encode_req(T.OPTION_REQ, p.OPTION_HELD_GRAB) if held else b"")
         + b"".join(p.encode_req(T.CAN_DO, b"f%04d" % n) for n in range(functions))
     )
     return hub, conn, wire
+
+
+class CountedSleepers(OrderedDict[Any, bool]):
+    """A function's sleepers list that counts the workers put in it and taken out."""
+
+    changes = 0
+
+    def __setitem__(self, key: Any, value: bool) -> None:
+        CountedSleepers.changes += key not in self
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        CountedSleepers.changes += 1
+        super().__delitem__(key)
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        CountedSleepers.changes += key in self
+        return super().pop(key, *default)
+
+
+def _count_sleepers(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(CountedSleepers, "changes", 0)
+    for fq in hub.jobs.functions.values():
+        fq.sleepers = CountedSleepers(fq.sleepers)
 
 
 @pytest.mark.parametrize("how", ["pre-sleep", "held-grab"])
@@ -77,3 +106,38 @@ def test_a_held_grab_of_a_worker_left_with_no_function_is_answered() -> None:
     conn.data_received(p.encode_req(T.GRAB_JOB))
     got = [pkt.type for pkt in p.Decoder(allow_admin=False).feed(wire.take())]
     assert got == [T.NO_JOB], "a worker with nothing to do waited for ever"
+
+
+def test_a_worker_that_sleeps_and_grabs_in_turn_is_not_put_in_every_list_each_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A PRE_SLEEP and a GRAB_JOB, 24 bytes: out of 4,096 sleepers lists and into them again.
+    hub, conn, wire = _worker(4096, held=False)
+    _count_sleepers(hub, monkeypatch)
+    conn.data_received(p.encode_req(T.PRE_SLEEP))
+    assert CountedSleepers.changes == 4096  # asleep on each of its functions, once
+    conn.data_received((p.encode_req(T.GRAB_JOB) + p.encode_req(T.PRE_SLEEP)) * TURNS)
+    assert CountedSleepers.changes <= 4096 + 2 * TURNS, "each turn walked its functions"
+    replies = [pkt.type for pkt in p.Decoder(allow_admin=False).feed(wire.take())]
+    assert replies == [T.NO_JOB] * TURNS and conn.sleeping and not conn.closed
+
+
+def test_a_worker_woken_for_each_job_is_not_put_in_every_list_each_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hub, worker, worker_wire = _worker(4096, held=False)
+    client = Connection(hub)
+    client.connection_made(MemoryTransport())  # type: ignore[arg-type]  # a stand-in
+    _count_sleepers(hub, monkeypatch)
+    worker.data_received(p.encode_req(T.PRE_SLEEP))
+    for _ in range(TURNS):
+        client.data_received(p.encode_req(T.SUBMIT_JOB_BG, b"f0001", b"", b"x"))
+        woken = [pkt.type for pkt in p.Decoder(allow_admin=False).feed(worker_wire.take())]
+        assert woken == [T.NOOP]  # a job for it: woken, as ever
+        worker.data_received(p.encode_req(T.GRAB_JOB))
+        (assigned,) = p.Decoder(allow_admin=False).feed(worker_wire.take())
+        worker.data_received(
+            p.encode_req(T.WORK_COMPLETE, assigned.args[0], b"") + p.encode_req(T.PRE_SLEEP)
+        )
+    assert CountedSleepers.changes <= 4096 + 2 * TURNS, "each wake walked its functions"
+    assert not hub.jobs.jobs
