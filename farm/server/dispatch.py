@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 
 from farm.logs import Brief
-from farm.server.abilities import Abilities
+from farm.server.abilities import INDEX_MIN, Abilities
 from farm.server.deadlines import Deadlines
 from farm.server.queues import (
     HIGH,
@@ -93,6 +93,8 @@ class Dispatch(Abilities):
         # workers have one function, and then there is nothing to walk.
         if len(abilities) == 1:
             names = list(abilities) if next(iter(abilities)) in ready else []
+        elif len(abilities) > INDEX_MIN:
+            names = list(self.with_work[worker])  # its index (farm.server.abilities)
         elif len(abilities) > len(ready):
             names = [n for n in ready if n in abilities]
         else:

@@ -108,6 +108,7 @@ class JobServer(Dispatch, JobControl):
         self.ready: set[bytes] = set()
         self.tcp_abilities = 0  # bounded by --max-tcp-abilities (WorkerSide.room_for)
         self.lingering: dict[Peer, set[bytes]] = {}  # awake, left as sleepers (Sleepers)
+        self.with_work: dict[Peer, set[bytes]] = {}  # many-function workers' (Abilities)
         self.jobs: dict[bytes, Job] = {}
         self.uniques: dict[tuple[bytes, bytes], Job] = {}
         # unique -> live jobs with it, in any function, oldest first (GET_STATUS_UNIQUE

@@ -185,6 +185,7 @@ class FunctionQueue:
         "stats",
         "served",
         "in_other",
+        "watchers",
     )
 
     def __init__(self, name: bytes, ready: set[bytes] | None = None) -> None:
@@ -215,6 +216,10 @@ class FunctionQueue:
         # The last scrape summed it under function="other": what it counted stays there
         # when it leaves (Jobs.other_retired; farm.server.exposition).
         self.in_other = False
+        # The workers of many functions that can take its jobs, each with its index of
+        # those of its functions that have work (farm.server.abilities): told here when
+        # this one gets work and when it has none left.
+        self.watchers: dict[Peer, set[bytes]] = {}
 
     def full(self, priority: int) -> bool:
         limit = self.max_by_priority[priority] or self.max_total
@@ -247,6 +252,9 @@ class FunctionQueue:
             self.queues[job.priority].append(job)
         job.queued = True
         self.counts[job.priority] += 1
+        if self.watchers and self.name not in self.ready:
+            for with_work in self.watchers.values():
+                with_work.add(self.name)
         self.ready.add(self.name)
 
     def pop(self, job: Job) -> None:
@@ -262,6 +270,9 @@ class FunctionQueue:
         c = self.counts
         if not (c[0] or c[1] or c[2]):
             self.ready.discard(self.name)
+            if self.watchers:
+                for with_work in self.watchers.values():
+                    with_work.discard(self.name)
 
     def discard(self, job: Job) -> None:
         """Remove a queued job that may not be at the head: marked now, dropped from the

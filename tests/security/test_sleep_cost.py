@@ -4,13 +4,16 @@ A worker may register 4,096 functions (--max-abilities). Putting it to sleep put
 each one's list of sleepers; a PRE_SLEEP, or a held grab, repeated while it already slept
 did all of that again: 60 KB of them (5,000 packets) held the server's loop, and with it
 every Executor call, for 25 s; a PRE_SLEEP and a GRAB_JOB in turn took it out of them and
-put it back each time. What is counted here is that work itself, the server's sleeper-list
-insertions and removals, on a server driven in this process: a timing seen from another
-connection would stay small while the loop did the same work a slice at a time."""
+put it back each time, and with jobs queued in 4,096 functions it does not serve, each of
+its grabs walked 4,096 names to find nothing. What is counted here is that work itself,
+the server's sleeper-list insertions and removals and the names a grab walks, on a server
+driven in this process: a timing seen from another connection would stay small while the
+loop did the same work a slice at a time."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,8 +27,8 @@ from farm.server.sleepers import RESETTLE_MAX, Sleepers
 from tests.helpers.pair import MemoryTransport
 
 REPEATS = 5000
-#: Turns of the tests that count what each turn cost before (8,192 list operations):
-#: fewer, or those would take seconds to show it.
+#: Turns of the tests that count what each turn cost before (8,192 list operations, or
+#: 4,096 names): fewer, or those would take seconds to show it.
 TURNS = 200
 
 
@@ -56,6 +59,21 @@ class CountedSleepers(OrderedDict[Any, bool]):
     def pop(self, key: Any, *default: Any) -> Any:
         CountedSleepers.changes += key in self
         return super().pop(key, *default)
+
+
+class CountedAbilities(dict[bytes, float]):
+    """A worker's functions that count the names a walk over them, or a look-up, meets."""
+
+    met = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for name in super().__iter__():
+            CountedAbilities.met += 1
+            yield name
+
+    def __contains__(self, name: object) -> bool:
+        CountedAbilities.met += 1
+        return super().__contains__(name)
 
 
 def _count_sleepers(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -141,3 +159,26 @@ def test_a_worker_woken_for_each_job_is_not_put_in_every_list_each_time(
         )
     assert CountedSleepers.changes <= 4096 + 2 * TURNS, "each wake walked its functions"
     assert not hub.jobs.jobs
+
+
+def test_a_grab_does_not_walk_a_worker_s_functions_to_find_none_with_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Jobs queued in 4,096 functions nobody serves: a grab looked among the functions both
+    # the worker's and with work, walking 4,096 names of one or the other.
+    hub, conn, wire = _worker(4096, held=False)
+    client = Connection(hub)
+    client.connection_made(MemoryTransport())  # type: ignore[arg-type]  # a stand-in
+    client.data_received(
+        b"".join(p.encode_req(T.SUBMIT_JOB_BG, b"g%04d" % n, b"", b"x") for n in range(4096))
+    )
+    monkeypatch.setattr(CountedAbilities, "met", 0)
+    conn.abilities = CountedAbilities(conn.abilities)
+    conn.data_received(p.encode_req(T.GRAB_JOB) * TURNS)
+    assert CountedAbilities.met <= TURNS, "each grab walked the names"
+    replies = [pkt.type for pkt in p.Decoder(allow_admin=False).feed(wire.take())]
+    assert replies == [T.NO_JOB] * TURNS
+    client.data_received(p.encode_req(T.SUBMIT_JOB_BG, b"f4095", b"", b"x"))
+    conn.data_received(p.encode_req(T.GRAB_JOB))  # work of its own: found
+    (assigned,) = p.Decoder(allow_admin=False).feed(wire.take())
+    assert assigned.type == T.JOB_ASSIGN and assigned.args[1] == b"f4095"

@@ -1,8 +1,9 @@
-"""Workers of many functions, left in their sleepers lists while awake (farm.server.sleepers),
-checked against what they stand for after each of a seeded random sequence of the job model's
+"""Workers of many functions: left in their sleepers lists while awake (farm.server.sleepers)
+and with an index of their functions that have work (farm.server.abilities), checked
+against what they stand for after each of a seeded random sequence of the job model's
 operations: registrations, sleeps, grabs, wakes and their deadlines, drains, pushes taken
-back, cancels and workers leaving. The limit is made small here, so that workers cross
-it both ways; the cost at the real one is tests/security/test_sleep_cost.py's."""
+back, cancels and workers leaving. The limits are made small here, so that workers cross
+them both ways; the cost at the real ones is tests/security/test_sleep_cost.py's."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ def check(jobs: JobServer, workers: list[FakePeer]) -> None:
         for worker in fq.sleepers:
             assert fq.name in worker.abilities
             assert worker.sleeping or worker in jobs.lingering, "a stale entry of no one"
+        indexed = {w for w in workers if fq.name in w.abilities and w in jobs.with_work}
+        assert set(fq.watchers) == indexed
     for worker in workers:
         missing = jobs.lingering.get(worker)
         for name in worker.abilities:
@@ -47,6 +50,8 @@ def check(jobs: JobServer, workers: list[FakePeer]) -> None:
                 assert not listed, "awake and not lingering, but in a sleepers list"
         if missing is not None:
             assert not worker.sleeping and missing <= worker.abilities.keys()
+        if worker in jobs.with_work:
+            assert jobs.with_work[worker] == {n for n in worker.abilities if n in jobs.ready}
         assert jobs._best_job(worker) is brute_best(jobs, worker)  # type: ignore[arg-type]
 
 
@@ -55,6 +60,8 @@ def test_many_function_workers_keep_their_lists_and_index_exact(
     monkeypatch: pytest.MonkeyPatch, seed: int
 ) -> None:
     monkeypatch.setattr("farm.server.sleepers.RESETTLE_MAX", 2)
+    monkeypatch.setattr("farm.server.abilities.INDEX_MIN", 3)
+    monkeypatch.setattr("farm.server.dispatch.INDEX_MIN", 3)
     clock = FakeClock.installed(monkeypatch)
     jobs = JobServer(hostname="t", call_later=clock.call_later, job_retries=0)
     rng = random.Random(seed)
