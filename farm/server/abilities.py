@@ -19,10 +19,11 @@ from farm.server.sleepers import Sleepers
 
 __all__ = ["Abilities", "INDEX_MIN"]
 
-#: A worker of more functions than this has an index of those with work. Each queue tells
-#: every such worker of its functions when it gets work and when it has none, so this
-#: bounds both costs: a grab without the index walks at most this many names, and TCP
-#: peers' --max-tcp-abilities (262,144) make at most 511 such workers of one function.
+#: A worker of more functions than this has an index of those with work, kept until it
+#: has half as many or fewer. Each queue tells every such worker of its functions when it
+#: gets work and when it has none, so this bounds both costs: a grab without the index
+#: walks at most this many names, and TCP peers' --max-tcp-abilities (262,144) make at
+#: most 1,020 indexed workers of one function.
 INDEX_MIN = 512
 
 
@@ -60,8 +61,8 @@ class Abilities(Sleepers):
     def _watch(self, worker: Peer, fq: FunctionQueue) -> None:
         """Keep the worker's index of its functions with work, once it has more than
         INDEX_MIN; made then, from all of them (paid for by their registrations), and kept
-        while the connection lives, so that adding and removing one function in turn
-        around the limit does not make and drop it each time."""
+        until it has half as many (_unwatch), so that adding and removing one function in
+        turn around the limit does not make and drop it each time."""
         with_work = self.with_work.get(worker)
         if with_work is None:
             if len(worker.abilities) <= INDEX_MIN:
@@ -77,6 +78,16 @@ class Abilities(Sleepers):
         if fq.name in self.ready:
             with_work.add(fq.name)
 
+    def _unwatch(self, worker: Peer) -> None:
+        """Drop the index of a worker left with INDEX_MIN // 2 functions or fewer (paid for by
+        the CANT_DOs since it passed INDEX_MIN). Kept, a connection of 513 functions that
+        gave back all but one stayed on that one's queue, and thousands of them made each of
+        its jobs tell thousands of indexes, with only one TCP registration counted for each."""
+        del self.with_work[worker]
+        functions = self.functions
+        for name in worker.abilities:
+            del functions[name].watchers[worker]
+
     def cant_do(self, worker: Peer, function: bytes) -> None:
         if worker.abilities.pop(function, None) is None:
             return
@@ -87,6 +98,8 @@ class Abilities(Sleepers):
         fq.sleepers.pop(worker, None)
         if fq.watchers.pop(worker, None) is not None:
             self.with_work[worker].discard(function)
+            if len(worker.abilities) <= INDEX_MIN // 2:
+                self._unwatch(worker)
         missing = self.lingering.get(worker) if self.lingering else None
         if missing is not None:
             missing.discard(function)

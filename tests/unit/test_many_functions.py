@@ -11,6 +11,7 @@ import random
 
 import pytest
 
+from farm.server.abilities import INDEX_MIN
 from farm.server.jobs import JobServer
 from farm.server.queues import HIGH, LOW, NORMAL, Job, Outcome
 from tests.helpers.fakes import FakeClock, FakePeer
@@ -172,3 +173,20 @@ def test_a_worker_of_many_functions_late_once_is_woken_after_the_others(
     jobs.submit(None, b"f0", b"", b"x", background=True)
     assert few.told == [("wake",)], "the late worker was woken before one in time"
     assert list(jobs.functions[b"f0"].sleepers) == [many]  # at the cold end
+
+
+def test_a_worker_left_with_few_functions_is_no_longer_told_of_their_work() -> None:
+    # Any local user may register INDEX_MIN + 1 functions on each of thousands of TCP
+    # connections and give all but one back: kept for the connection's life, each index
+    # made every job of that one function tell thousands of them (TCP abilities counted 1).
+    jobs = JobServer(hostname="t")
+    for i in range(20):
+        worker = FakePeer()
+        worker.tcp = True
+        names = [b"w%d-%d" % (i, n) for n in range(INDEX_MIN)]
+        for name in [b"f", *names]:
+            jobs.can_do(worker, name)  # type: ignore[arg-type]
+        for name in names:
+            jobs.cant_do(worker, name)  # type: ignore[arg-type]
+    assert jobs.tcp_abilities == 20
+    assert not jobs.functions[b"f"].watchers, "a job of f tells workers of one function"
