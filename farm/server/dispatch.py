@@ -117,6 +117,22 @@ class Dispatch(Abilities):
                 return best
         return None
 
+    def _has_work(self, worker: Peer) -> bool:
+        """Whether _best_job would find one, without looking for the best: a PRE_SLEEP takes
+        none, and with a job in each of 4,096 functions of its own, each one walked them all
+        (three times, for a low one) only to answer NOOP."""
+        ready = self.ready
+        if not ready:
+            return False
+        abilities = worker.abilities
+        if len(abilities) == 1:
+            return next(iter(abilities)) in ready
+        if len(abilities) > INDEX_MIN:
+            return bool(self.with_work[worker])
+        if len(abilities) > len(ready):
+            return any(n in abilities for n in ready)
+        return any(n in ready for n in abilities)
+
     def grab(self, worker: Peer) -> Job | None:
         """GRAB_JOB*: hand the worker its next job, or None for NO_JOB."""
         if worker.woken:

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 
 from farm.server.deadlines import Deadlines
-from farm.server.queues import FunctionQueue, Job, Peer
+from farm.server.queues import FunctionQueue, Peer
 
 __all__ = ["Sleepers", "RESETTLE_MAX"]
 
@@ -38,7 +38,7 @@ class Sleepers:
     functions: dict[bytes, FunctionQueue]
     ready: set[bytes]
     wakes: Deadlines[Peer, FunctionQueue]  # woken workers that have not come to grab yet
-    _best_job: Callable[[Peer], Job | None]
+    _has_work: Callable[[Peer], bool]  # a job among its functions' (Dispatch)
     # Awake workers left in their functions' sleepers lists (see the module docstring),
     # each with the functions whose lists do not hold it (dropped by _wake, or new).
     lingering: dict[Peer, set[bytes]]
@@ -48,7 +48,7 @@ class Sleepers:
         A draining worker is never woken: it sleeps until it is stopped."""
         if worker.draining:
             return
-        if self._best_job(worker) is not None:
+        if self._has_work(worker):
             worker.wake()
             return
         self.sleep(worker)

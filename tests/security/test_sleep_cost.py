@@ -182,3 +182,33 @@ def test_a_grab_does_not_walk_a_worker_s_functions_to_find_none_with_work(
     conn.data_received(p.encode_req(T.GRAB_JOB))  # work of its own: found
     (assigned,) = p.Decoder(allow_admin=False).feed(wire.take())
     assert assigned.type == T.JOB_ASSIGN and assigned.args[1] == b"f4095"
+
+
+class CountedFunctions(dict[bytes, Any]):
+    """The server's functions, counting the look-ups of one by name (a walk's steps)."""
+
+    met = 0
+
+    def __getitem__(self, name: bytes) -> Any:
+        CountedFunctions.met += 1
+        return super().__getitem__(name)
+
+
+def test_a_pre_sleep_with_work_waiting_does_not_walk_the_worker_s_functions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A job queued (low) in each of its own 4,096 functions: each PRE_SLEEP looked for the
+    # best of them, 12,288 steps, only to say NOOP, and takes none: 60 KB of them held
+    # the loop for seconds.
+    hub, conn, wire = _worker(4096, held=False)
+    client = Connection(hub)
+    client.connection_made(MemoryTransport())  # type: ignore[arg-type]  # a stand-in
+    client.data_received(
+        b"".join(p.encode_req(T.SUBMIT_JOB_LOW_BG, b"f%04d" % n, b"", b"x") for n in range(4096))
+    )
+    monkeypatch.setattr(CountedFunctions, "met", 0)
+    hub.jobs.functions = CountedFunctions(hub.jobs.functions)
+    conn.data_received(p.encode_req(T.PRE_SLEEP) * TURNS)
+    replies = [pkt.type for pkt in p.Decoder(allow_admin=False).feed(wire.take())]
+    assert replies == [T.NOOP] * TURNS  # work waits for it: woken at once, as ever
+    assert CountedFunctions.met <= TURNS, "each PRE_SLEEP walked its functions"

@@ -53,7 +53,9 @@ def check(jobs: JobServer, workers: list[FakePeer]) -> None:
             assert not worker.sleeping and missing <= worker.abilities.keys()
         if worker in jobs.with_work:
             assert jobs.with_work[worker] == {n for n in worker.abilities if n in jobs.ready}
-        assert jobs._best_job(worker) is brute_best(jobs, worker)  # type: ignore[arg-type]
+        best = brute_best(jobs, worker)
+        assert jobs._best_job(worker) is best  # type: ignore[arg-type]
+        assert jobs._has_work(worker) == (best is not None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("seed", range(30))
