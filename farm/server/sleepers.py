@@ -31,6 +31,15 @@ log = logging.getLogger("farm.server")
 RESETTLE_MAX = 16
 
 
+def _many(worker: Peer) -> bool:
+    """Whether it keeps its places in its lists across its sleeps (the module docstring).
+    Then, late since it was put in one, it is moved to the cold end by the wake that meets
+    it there. One of fewer functions is put in each list anew each time it sleeps, and
+    keeps the place it was given: late while asleep (a pushed job taken back), it is still
+    woken first, as before workers of many functions were left in their lists."""
+    return len(worker.abilities) > RESETTLE_MAX
+
+
 class Sleepers:
     """The sleeping and waking of workers (see the module docstring)."""
 
@@ -69,7 +78,9 @@ class Sleepers:
         lingering = self.lingering
         if lingering:
             missing = lingering.pop(worker, None)
-            if missing is not None:  # still in the other lists, where it first went to sleep
+            if missing is not None and len(worker.abilities) > RESETTLE_MAX:
+                # Still in the other lists, where it first went to sleep. Left with fewer
+                # functions since it woke, it is put in all of them, as any such worker.
                 for function in missing:
                     fq = functions.get(function)
                     if fq is not None:
@@ -132,7 +143,7 @@ class Sleepers:
             # The one that went to sleep last: its process is the warmest (caches, a core
             # not yet deep asleep), as web servers hand a request to the newest idle process.
             worker = next(reversed(sleepers))
-            if not worker.sleeping or worker.late and not sleepers[worker]:
+            if not worker.sleeping or worker.late and not sleepers[worker] and _many(worker):
                 self._pass_over(fq, worker)
                 continue
             self._unsleep(worker)
@@ -143,9 +154,10 @@ class Sleepers:
 
     def _pass_over(self, fq: FunctionQueue, worker: Peer) -> None:
         """The newest entry of ``fq.sleepers`` is not to be woken now: a lingering worker's,
-        awake (dropped, and put back when it sleeps again), or a sleeper's that was late
-        since it was put there (a lingering one was not moved, nor one whose pushed job was
-        taken back while it slept): to the cold end now, as _add_sleeper would have put it.
+        awake (dropped, and put back when it sleeps again), or that of a sleeper of many
+        functions late since it was put there (a lingering one was not moved, nor one whose
+        pushed job was taken back while it slept): to the cold end now, as _add_sleeper
+        would have put it.
         Each entry is passed over once for each time it was put there."""
         sleepers = fq.sleepers
         if worker.sleeping:

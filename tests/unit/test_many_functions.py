@@ -192,3 +192,46 @@ def test_a_worker_left_with_few_functions_is_no_longer_told_of_their_work() -> N
             jobs.cant_do(worker, name)  # type: ignore[arg-type]
     assert jobs.tcp_abilities == 20
     assert not jobs.functions[b"f"].watchers, "a job of f tells workers of one function"
+
+
+def test_a_worker_of_few_functions_late_while_asleep_keeps_its_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Its wake-up's deadline passes while it sleeps again (it said PRE_SLEEP, not GRAB_JOB,
+    # and another took the job): as before workers of many functions were left in their
+    # lists, it is moved to the cold end when it next goes to sleep, not by a wake now.
+    clock = FakeClock.installed(monkeypatch)
+    jobs = JobServer(hostname="t", call_later=clock.call_later)
+    a, b, c = FakePeer(), FakePeer(), FakePeer()
+    for worker in (a, b, c):
+        jobs.can_do(worker, b"f")  # type: ignore[arg-type]
+    jobs.pre_sleep(a)  # type: ignore[arg-type]
+    jobs.pre_sleep(b)  # type: ignore[arg-type]
+    jobs.submit(None, b"f", b"u1", b"x", background=True)
+    assert b.told == [("wake",)]
+    assert jobs.grab(c) is not None  # type: ignore[arg-type]  # c takes it first
+    jobs.pre_sleep(b)  # type: ignore[arg-type]
+    clock.advance(clock.now + 1)
+    assert b.late
+    b.told.clear()
+    jobs.submit(None, b"f", b"u2", b"x", background=True)
+    assert b.told == [("wake",)] and not a.told, "a wake moved a worker of one function"
+
+
+def test_a_worker_of_few_functions_whose_push_is_taken_back_while_asleep_keeps_its_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = FakeClock.installed(monkeypatch)
+    jobs = JobServer(hostname="t", call_later=clock.call_later)
+    a, b = FakePeer(), FakePeer()
+    for worker in (a, b):
+        jobs.can_do(worker, b"f")  # type: ignore[arg-type]
+    jobs.sleep(a)  # type: ignore[arg-type]  # a held grab
+    jobs.submit(None, b"f", b"u1", b"x", background=True)
+    jobs.sleep(b)  # type: ignore[arg-type]
+    job = jobs.grab(a)  # type: ignore[arg-type]  # pushed to a
+    assert job is not None
+    jobs.sleep(a)  # type: ignore[arg-type]  # it holds another grab: the newest sleeper
+    a.told.clear()
+    jobs.take_back(a, job)  # type: ignore[arg-type]  # not accepted in time
+    assert a.told == [("wake",)] and not b.told, "a wake moved a worker of one function"
