@@ -18,7 +18,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import IO, Any
 
 from farm.paths import open_own_file
@@ -71,13 +71,16 @@ class JsonFormatter(logging.Formatter):
             out["exc_info"] = record.exc_text
         if record.stack_info:
             out["stack_info"] = record.stack_info
-        return json.dumps(out, ensure_ascii=False, default=str)
+        return _json_controls(json.dumps(out, ensure_ascii=False, default=str))
 
 
 #: C0 controls but the tab, DEL and C1 controls, each shown as ``\xNN`` (``\n`` and
 #: ``\r`` as such) in a text log line.
 _CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c != 0x09}
 _CONTROLS.update({0x0A: "\\n", 0x0D: "\\r"})
+#: Every control character as a JSON escape: json.dumps escapes C0 but leaves DEL and C1
+#: raw, and a JSON line keeps no raw control character that this would spoil.
+_JSON_CONTROLS = {c: f"\\u{c:04x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
 
 
 def escape_controls(text: str) -> str:
@@ -88,13 +91,23 @@ def escape_controls(text: str) -> str:
     return text.translate(_CONTROLS) if not text.isprintable() else text
 
 
+def _json_controls(text: str) -> str:
+    """A JSON line with no raw control character, and still the same JSON."""
+    return text.translate(_JSON_CONTROLS) if not text.isprintable() else text
+
+
 class TextFormatter(logging.Formatter):
     """The readable format, with control characters in a record's message escaped
-    (escape_controls); a traceback after it keeps its lines."""
+    (escape_controls); a traceback after it keeps its lines, each escaped (an exception's
+    message may quote what a caller sent)."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = escape_controls(record.message)
         return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        lines = super().formatException(ei).split("\n")
+        return "\n".join(escape_controls(line) for line in lines)
 
 
 def _iso(created: float) -> str:
@@ -141,6 +154,8 @@ def setup_logging(
     if journal:
         formatter = _JournalPriority(formatter)
     handler.setFormatter(formatter)
+    global _relayed
+    _relayed = _json_controls if log_format == "json" else escape_controls
     logging.basicConfig(level=level, handlers=[handler])
 
 
@@ -148,6 +163,9 @@ def setup_logging(
 _log_file: tuple[str, logging.StreamHandler[IO[str]]] | None = None
 #: The handler setup_logging made (relay_lines writes through it).
 _handler: logging.StreamHandler[IO[str]] | None = None
+#: What relay_lines does to a line: no raw control character reaches the log, and a JSON
+#: line stays valid JSON.
+_relayed: Callable[[str], str] = escape_controls
 
 
 def journal_priorities() -> bool:
@@ -157,12 +175,13 @@ def journal_priorities() -> bool:
 
 def relay_lines(lines: list[str]) -> None:
     """Write lines another process made as its log records (a Python worker's, whose stdout
-    and stderr the supervisor reads) as they are, on this process's log stream, under its
-    handler's lock: whole lines, between this process's own records, never inside one."""
+    and stderr the supervisor reads) on this process's log stream, under its handler's
+    lock: whole lines, between this process's own records, never inside one. A Python
+    worker's own records come formatted (and escaped); what it wrote to its descriptors
+    past sys.stdout (a C library's output) gets its control characters escaped here, as
+    JSON escapes in the JSON format, which leaves a worker's JSON lines the same JSON."""
     handler = _handler
-    # A Python worker's own records come formatted (and escaped); what it wrote to its
-    # descriptors past sys.stdout (a C library's output) is escaped here.
-    text = "".join(escape_controls(line) + "\n" for line in lines)
+    text = "".join(_relayed(line) + "\n" for line in lines)
     if handler is None:
         sys.stderr.write(text)
         return

@@ -7,8 +7,9 @@ selector. A Python worker writes JSON report lines on a pipe of its own
 read within a budget per process (farm.pools.outputlimit): what is over it is
 dropped, and counted in a warning. A command worker's lines are logged with its
 pool and slot; a Python worker's are its own log records (its prints among them),
-written on as they are. A Python worker once wrote to the journal itself, out of
-the budget's reach: one printing in a loop had journald drop the farm's warnings.
+written on with nothing but their control characters escaped (farm.logs.relay_lines).
+A Python worker once wrote to the journal itself, out of the budget's reach: one
+printing in a loop had journald drop the farm's warnings.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class Reports:
 
     def log_output(self, proc: WorkerProcess, data: bytes, *, final: bool = False) -> None:
         """A worker's stdout/stderr, as far as its budget goes: a command's a log line each,
-        with its pool and slot; a Python worker's (log records it made itself) as they are.
+        with its pool and slot; a Python worker's (log records it made itself) relayed.
         ``final``: its end, so what it had dropped is reported now."""
         now = time.monotonic()
         lines = proc.out.take(data, now, final=final)

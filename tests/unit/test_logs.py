@@ -4,8 +4,12 @@ lines escape control characters."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 from pathlib import Path
 
@@ -121,3 +125,30 @@ def test_text_lines_escape_control_characters_but_keep_tracebacks() -> None:
     first, *rest = stream.getvalue().splitlines()
     assert first == r"WARNING function 'x' registered: a\x1b[2Jb\nINFO forged" + "\tok\\x7f\\x9b é"
     assert rest[0] == "ERROR failed" and rest[1] == "Traceback (most recent call last):"
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_relayed_lines_keep_no_control_character_and_json_stays_json(log_format: str) -> None:
+    # A worker's JSON record quoting DEL or C1 (json.dumps leaves them raw) was escaped
+    # as \x7f by the supervisor's relay, which is no JSON escape: the line stopped parsing.
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        from farm.logs import JsonFormatter, relay_lines, setup_logging
+        import logging
+        setup_logging(role="supervisor", log_format={log_format!r}, text_format="%(message)s",
+                      stream=sys.stdout, journal=False)
+        record = logging.LogRecord("farm", 20, "f", 1, "a\\x7f\\x9b\\x1b[2Jb", None, None)
+        relay_lines([JsonFormatter("worker").format(record), "raw \\x1b]0;t\\x07 out"])
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    worker_line, raw_line = out.splitlines()
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in out.replace("\n", ""))
+    if log_format == "json":
+        assert json.loads(worker_line)["message"] == "a\x7f\x9b\x1b[2Jb"
+        assert raw_line == "raw \\u001b]0;t\\u0007 out"
+    else:
+        assert raw_line == "raw \\x1b]0;t\\x07 out"
