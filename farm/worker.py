@@ -55,7 +55,9 @@ class Worker(WorkerLinks):
     WorkerSession.exception), and the worker goes on.
 
     Hooks for a supervisor: ``jobs_done`` counts finished jobs; ``after_job`` (if set) is
-    called with each Job after its answer is sent and may call ``stop()``; ``stop()``
+    called with each Job after its answer is sent and may call ``stop()`` (a hook known to
+    be quick may set ``answer_before_hook`` False: the answer then leaves after it, with
+    the next grab, in one write); ``stop()``
     finishes the job in hand, sends RESET_ABILITIES so the servers hand this worker nothing
     more, and makes ``work()`` return; ``unregister_all()`` only stops taking jobs;
     ``close()`` (or ``with``) stops it for good.
@@ -87,6 +89,7 @@ class Worker(WorkerLinks):
             )
         self.client_id = client_id
         self.after_job = after_job
+        self.answer_before_hook = True
         # A bad one fails here, as the clients' does, not later in work()'s thread.
         if check_seconds(connect_timeout, "connect_timeout") is None:
             raise TypeError("connect_timeout must be a number of seconds, not None")
@@ -366,9 +369,8 @@ class Worker(WorkerLinks):
                     server.session.complete(payload)
         self.jobs_done += 1  # before the answer leaves, so whoever sees it sees the count
         if self.after_job is not None:
-            # The answer leaves first, as after_job's contract says: a slow hook must not
-            # hold the caller's result, nor one that ends the process lose it.
-            self._flush(server)
+            if self.answer_before_hook:  # a slow hook must not hold the caller's result,
+                self._flush(server)  # nor one that ends the process lose it
             self.after_job(job)
         # Else the answer leaves with the next grab, in the loop's one write per turn.
 

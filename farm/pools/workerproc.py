@@ -207,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     client_id = f"farm:{ns.function}#{ns.slot}:{os.getpid()}"
     try:
         worker = Worker(ns.server or None, client_id=client_id, after_job=after_job)
+        # Its hook is quick and ends the worker only through stop(), which sends the answer
+        # first: the answer and the next grab leave in one write, as they did before the
+        # hook ran after the send (one system call, and one read for the server, a job).
+        worker.answer_before_hook = False
         watched = in_hand if ns.kill_rss_mb is not None else None
         for served in ns.serve or [ns.function]:
             worker.register(
