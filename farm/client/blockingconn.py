@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import selectors
 import socket
 import ssl
@@ -351,6 +352,9 @@ def _recv_now(sock: socket.socket) -> bytes:
     TLS, SSLWantReadError when nothing has come."""
     if not isinstance(sock, ssl.SSLSocket):
         return sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
+    if not sock.pending() and not select.select([sock], [], [], 0)[0]:
+        # The common case, an idle connection: one system call, not three and an error.
+        raise BlockingIOError
     sock.setblocking(False)  # ssl sockets take no flags
     try:
         return recv(sock)

@@ -43,6 +43,7 @@ class Handshakes:
 
     def __init__(self) -> None:
         self.tasks: set[asyncio.Task[None]] = set()
+        self.closed = False  # the server stopped: a peer accepted in the same turn is closed
 
     def start(self, handshake: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(handshake)
@@ -51,6 +52,7 @@ class Handshakes:
         return task
 
     def cancel(self) -> None:
+        self.closed = True
         for task in self.tasks:
             task.cancel()
 
@@ -78,6 +80,9 @@ class TLSGate(asyncio.Protocol):
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, base)  # uvloop's is not a subclass: its methods
         hub = self.hub
+        if self.handshakes.closed:
+            transport.abort()  # accepted before the stop closed the listener, made after it
+            return
         if not hub.room(tcp=True):
             over_connections("connection limit reached; closing a TLS peer before its handshake")
             transport.abort()

@@ -127,3 +127,43 @@ def test_a_stop_ends_the_handshakes_in_flight(tmp_path: Path, runner: str) -> No
         writer.close()
 
     RUNNERS[runner](main())
+
+
+class _Accepted:
+    """A just-accepted peer's transport as TLSGate meets it: its socket and abort()."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.aborted = sock, False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.sock if name == "socket" else default
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.sock.close()
+
+
+def test_a_peer_accepted_as_the_server_stops_gets_no_handshake(tmp_path: Path) -> None:
+    # Accepted before the stop closed the listener, its protocol told in the same turn
+    # after the stop: it began a handshake no one cancelled, and made a connection to the
+    # stopped server if that handshake finished.
+    import ssl
+
+    from farm.server.tlsgate import Handshakes, TLSGate
+
+    server = InProcessServer(parse_args(["--store", "none"]))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*self_signed(tmp_path))
+
+    async def main() -> None:
+        handshakes = Handshakes()
+        handshakes.cancel()  # what Server.stop does
+        ours, theirs = socket.socketpair()
+        with theirs:
+            accepted = _Accepted(ours)
+            gate = TLSGate(server.hub, context, lambda: None, handshakes)  # type: ignore[arg-type,return-value]
+            gate.connection_made(accepted)  # type: ignore[arg-type]
+            assert accepted.aborted and not handshakes.tasks and server.hub.handshakes == 0
+            assert theirs.recv(1) == b""  # closed, not left to a handshake
+
+    asyncio.run(main())
