@@ -46,8 +46,19 @@ deps-test: $(VENV)
 	@# atheris (coverage-guided fuzzing) only where it has a wheel; its test skips otherwise.
 	-$(PIP) install -q atheris 2>/dev/null || echo "atheris did not install; the atheris fuzz test will skip"
 
+# Two passes: the tests that may run beside others, split among TEST_JOBS pytest-xdist
+# workers (a file's tests on one worker, so a module's fixture is made once); then those
+# marked `serial` (port 4730, farm's defaults, measured time or CPU), one at a time. Both
+# run, whatever the first gives; the target fails if either does. Most tests wait on
+# processes starting, not on the CPU: 3 workers finish first on 2 cores.
+TEST_JOBS ?= 3
+
 test: deps-test
-	FARM_REQUIRE_INTEROP=1 $(PYTHON) -m pytest -q
+	@status=0; \
+	FARM_REQUIRE_INTEROP=1 $(PYTHON) -m pytest -q -n $(TEST_JOBS) --dist loadfile -m "not serial" \
+	  || status=$$?; \
+	FARM_REQUIRE_INTEROP=1 $(PYTHON) -m pytest -q -m serial || status=$$?; \
+	exit $$status
 
 # The fast loop: the unit tests alone (seconds; no servers, no Debian packages).
 unit:

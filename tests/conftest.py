@@ -19,7 +19,7 @@ import pytest
 
 from tests.helpers import ROOT
 from tests.helpers.peers import Peer
-from tests.helpers.servers import Server, start_farm_server, start_gearmand
+from tests.helpers.servers import PORT_CLAIMS, Server, start_farm_server, start_gearmand
 
 # Where the environment says PYTHONDONTWRITEBYTECODE (some images do), every one of the
 # suite's thousands of Python processes (each `farm up`, its server and workers, each
@@ -29,7 +29,28 @@ from tests.helpers.servers import Server, start_farm_server, start_gearmand
 CHILDREN_IMPORT = ("farm", "workers", "tests/helpers")
 
 
+def _xdist_worker(config: pytest.Config) -> bool:
+    """Whether this process is one of pytest-xdist's workers (``pytest -n N``): what is done
+    once a run (compiling, sweeping /dev/shm) is done by the process that started them."""
+    return hasattr(config, "workerinput")
+
+
+def _xdist_controller(config: pytest.Config) -> bool:
+    """Whether this process hands the tests out to xdist's workers (it runs none itself)."""
+    return not _xdist_worker(config) and getattr(config.option, "dist", "no") != "no"
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    if _xdist_controller(config):
+        # Made before the workers start, which inherit the environment (servers.py)
+        claims = tempfile.mkdtemp(prefix=f"farm-test-ports-{os.getuid()}-")
+        os.environ[PORT_CLAIMS] = claims
+        config.add_cleanup(lambda: shutil.rmtree(claims, ignore_errors=True))
+    if not _xdist_worker(config):  # the controller compiled before it started the workers
+        _compile()
+
+
+def _compile() -> None:
     """Compile what the suite's processes import, as hash-checked bytecode: each import
     compares the source's hash, so a module changed on disk (within the same second, at
     the same size, as some tests do to theirs) is never run from stale bytecode. A file
@@ -82,18 +103,28 @@ def _claims_dirs() -> set[Path]:
     return set(shm.glob(f"farm-{os.getuid()}-claims-*")) if shm.is_dir() else set()
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _no_claims_left() -> Iterator[None]:
+#: The replay records in /dev/shm when the session began (see pytest_sessionfinish).
+_BEFORE = pytest.StashKey[set[Path]]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not _xdist_worker(session.config):
+        session.config.stash[_BEFORE] = _claims_dirs()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
     """Remove the replay records this session's farms left in /dev/shm.
 
     Each test's farm has a key of its own, so a record of its own (some 15 KB of memory
     each, hundreds a run), which outlives the farm as it must for users (a restarted farm
     still refuses a replayed call); a test's key is gone with its temporary directory, so
     nothing would ever sweep its record. Those that were there before the session are kept.
+    Under xdist, the controller sweeps once every worker is done: a worker that finished
+    first would sweep from under the others' farms.
     """
-    before = _claims_dirs()
-    yield
-    left = _claims_dirs() - before
+    if _xdist_worker(session.config) or _BEFORE not in session.config.stash:
+        return
+    left = _claims_dirs() - session.config.stash[_BEFORE]
     # Not those still held open: another session's on this host (a second terminal, a CI
     # run beside a developer's), made after this one began. Removed under its farms, every
     # later call there failed with FileNotFoundError on its claims file.

@@ -59,21 +59,49 @@ def stop_process(pid: int) -> None:
     wait_for("the server to stop", lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+#: Where the ports handed out in this run are claimed, one file each: set (by conftest.py)
+#: for a run split between pytest-xdist's workers. Each worker's free_port() binds port 0
+#: and lets it go, so two workers could be handed the same number, and the second farm
+#: would fail to listen. Unset (a run in one process), nothing is claimed, as before.
+PORT_CLAIMS = "FARM_TEST_PORT_CLAIMS"
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` different free ports: held together while chosen, as two free_port()
-    calls in a row may both get the one the first let go (a farm's server and metrics
-    port were once the same, and `farm up` refused the config)."""
-    socks = [socket.socket() for _ in range(count)]
+def _claimed(port: int) -> bool:
+    """Whether ``port`` is now this process's alone to hand out in this run (never handed
+    out before in it, by any worker): made so by an O_EXCL file named for it."""
+    folder = os.environ.get(PORT_CLAIMS)
+    if not folder:
+        return True
     try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
+        os.close(os.open(os.path.join(folder, str(port)), os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        return False
+    return True
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` different free ports on ``host``: held together while chosen, as two
+    free_port() calls in a row may both get the one the first let go (a farm's server and
+    metrics port were once the same, and `farm up` refused the config); under xdist, each
+    one claimed for this run (above), so that no other worker is handed it too."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socks: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            if len(socks) >= count + 1000:
+                raise RuntimeError(f"no free port on {host} that this run had not handed out")
+            s = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(s)  # held (a port another worker claimed too), so not offered again
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+            if _claimed(port):
+                ports.append(port)
+        return ports
     finally:
         for s in socks:
             s.close()

@@ -24,7 +24,7 @@ from farm.net import connect
 from farm.pools.localserver import LocalServer
 from farm.server.options import parse_args
 from tests.helpers import ROOT
-from tests.helpers.servers import Server, start_farm_server
+from tests.helpers.servers import Server, free_ports, start_farm_server
 from tests.helpers.waiting import wait_for
 
 
@@ -83,10 +83,7 @@ def ipv6_loopback_problem() -> str | None:
 
 
 def free_ipv6_port() -> int:
-    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-        s.bind(("::1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    return free_ports(1, "::1")[0]
 
 
 def answers_getpid(addr: str, proc: subprocess.Popen[bytes]) -> bool:

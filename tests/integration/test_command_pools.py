@@ -65,6 +65,7 @@ def pool_rows(up: FarmUp, pool: str, state: str = "running") -> list[dict]:
     return [r for r in up.workers(pool) if r["state"] == state]
 
 
+@pytest.mark.serial  # port 4730, which the seed's worker connects to
 def test_the_seeds_php_worker_is_a_pinned_restarted_scaled_pool(tmp_path: Path) -> None:
     php()
     up = farm_on_4730(

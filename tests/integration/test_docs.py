@@ -158,6 +158,10 @@ def port_free(port: int) -> bool:
     return True
 
 
+# serial: the examples run against `make run`'s defaults, port 4730 among them.
+pytestmark = pytest.mark.serial
+
+
 @pytest.fixture(scope="module")
 def default_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DefaultFarm]:
     if not port_free(4730):

@@ -158,6 +158,7 @@ def test_local_server_with_servers_registers_workers_with_both(tmp_path: Path) -
         config.load(path)
 
 
+@pytest.mark.serial  # a server on port 4730
 def test_the_store_of_an_older_farm_still_running_is_not_taken_from_it(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -18,7 +18,8 @@ from tests.helpers.peers import Peer
 from tests.helpers.servers import Server, connect, start_farm_server
 from tests.helpers.waiting import wait_for
 
-pytestmark = pytest.mark.slow
+# serial: its fixed counts of connections, jobs and RSS, and its rates, are the machine's alone
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 CONNECTIONS = 1000
 JOBS_PER_CONNECTION = 100

@@ -28,6 +28,10 @@ from tests.helpers.peers import Peer
 from tests.helpers.servers import connect, free_port, start_farm_server
 from tests.helpers.waiting import wait_for
 
+# serial: what is measured is the server's time (a share of its loop, seconds to read a
+# listing) and memory, which tests running beside these would take their part of.
+pytestmark = pytest.mark.serial
+
 NAMES = 8 * 4096  # 4,096 a connection (--max-abilities)
 
 

@@ -98,6 +98,7 @@ def test_the_fallback_is_created_private(tmp_path: Path, monkeypatch: pytest.Mon
     assert path.stat().st_mode & 0o777 == 0o700 and path.stat().st_uid == os.getuid()
 
 
+@pytest.mark.serial  # nothing may answer on port 4730 meanwhile, where a client tries next
 def test_clients_and_the_executor_refuse_a_job_server_socket_in_a_squatted_dir(
     tmp_path: Path, squatted: Path
 ) -> None:

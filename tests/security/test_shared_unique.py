@@ -12,6 +12,8 @@ import os
 import socket
 import time
 
+import pytest
+
 from farm import protocol as p
 from farm.protocol import PacketType as T
 from tests.helpers.peers import Peer
@@ -21,6 +23,7 @@ from tests.helpers.waiting import wait_for
 JOBS = 20_000
 
 
+@pytest.mark.serial  # times the server's loop: tests beside it would take their part
 def test_jobs_sharing_one_unique_are_forgotten_in_linear_time(unix_sock: str) -> None:
     srv = start_farm_server(unix=unix_sock)
     try:

@@ -53,3 +53,29 @@ def test_any_other_python_is_installed_into(tmp_path: Path, target: str) -> None
     recipes = dry_run(target, python)
     assert "-m venv" not in recipes
     assert f"{python} -m pip install -q -e " in recipes
+
+
+@pytest.mark.parametrize("failing", ["", "not serial", "serial"])
+def test_make_test_runs_both_passes_and_fails_where_either_does(
+    tmp_path: Path, failing: str
+) -> None:
+    # `make test` runs the parallel pass, then the serial one: the second runs whatever the
+    # first gave, and a failure of either is make's. Run for real, with deps-test left out
+    # (-o) and a python that notes its arguments and fails the pass named by ``failing``.
+    log = tmp_path / "passes"
+    python = tmp_path / "python"
+    fails = f'case "$*" in *"-m {failing}") exit 1;; esac\n' if failing else ""
+    python.write_text(f'#!/bin/sh\necho "$*" >> {log}\n{fails}exit 0\n')
+    python.chmod(0o755)
+    done = subprocess.run(
+        ["make", "-s", "-C", str(ROOT), "-o", "deps-test", "test", f"PYTHON={python}",
+         f"SYSTEM_PYTHON={fake_python(tmp_path, managed=False)}"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    passes = log.read_text().splitlines()
+    assert len(passes) == 2, passes
+    assert passes[0].startswith("-m pytest -q -n ") and passes[0].endswith("-m not serial")
+    assert passes[1] == "-m pytest -q -m serial"
+    assert (done.returncode != 0) == bool(failing), done.stderr
