@@ -161,17 +161,23 @@ def test_a_worker_woken_for_each_job_is_not_put_in_every_list_each_time(
     assert not hub.jobs.jobs
 
 
+def _queued(hub: Hub, submit: T, prefix: bytes) -> Connection:
+    """A client that queued a background job in each of 4,096 functions PREFIX0000..."""
+    client = Connection(hub)
+    client.connection_made(MemoryTransport())  # type: ignore[arg-type]  # a stand-in
+    client.data_received(
+        b"".join(p.encode_req(submit, prefix + b"%04d" % n, b"", b"x") for n in range(4096))
+    )
+    return client
+
+
 def test_a_grab_does_not_walk_a_worker_s_functions_to_find_none_with_work(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Jobs queued in 4,096 functions nobody serves: a grab looked among the functions both
     # the worker's and with work, walking 4,096 names of one or the other.
     hub, conn, wire = _worker(4096, held=False)
-    client = Connection(hub)
-    client.connection_made(MemoryTransport())  # type: ignore[arg-type]  # a stand-in
-    client.data_received(
-        b"".join(p.encode_req(T.SUBMIT_JOB_BG, b"g%04d" % n, b"", b"x") for n in range(4096))
-    )
+    client = _queued(hub, T.SUBMIT_JOB_BG, b"g")
     monkeypatch.setattr(CountedAbilities, "met", 0)
     conn.abilities = CountedAbilities(conn.abilities)
     conn.data_received(p.encode_req(T.GRAB_JOB) * TURNS)
@@ -201,11 +207,7 @@ def test_a_pre_sleep_with_work_waiting_does_not_walk_the_worker_s_functions(
     # best of them, 12,288 steps, only to say NOOP, and takes none: 60 KB of them held
     # the loop for seconds.
     hub, conn, wire = _worker(4096, held=False)
-    client = Connection(hub)
-    client.connection_made(MemoryTransport())  # type: ignore[arg-type]  # a stand-in
-    client.data_received(
-        b"".join(p.encode_req(T.SUBMIT_JOB_LOW_BG, b"f%04d" % n, b"", b"x") for n in range(4096))
-    )
+    _queued(hub, T.SUBMIT_JOB_LOW_BG, b"f")
     monkeypatch.setattr(CountedFunctions, "met", 0)
     hub.jobs.functions = CountedFunctions(hub.jobs.functions)
     conn.data_received(p.encode_req(T.PRE_SLEEP) * TURNS)
