@@ -15,8 +15,8 @@ import time
 import pytest
 
 from farm import protocol as p
+from farm.client.admin import admin_query
 from farm.protocol import PacketType as T
-from tests.helpers.peers import Peer
 from tests.helpers.servers import connect, start_farm_server
 from tests.helpers.waiting import wait_for
 
@@ -37,15 +37,18 @@ def test_jobs_sharing_one_unique_are_forgotten_in_linear_time(unix_sock: str) ->
             assert chunk, "the server closed the connection"
             replies += chunk
         wait_for("the Unix socket", lambda: os.path.exists(unix_sock))
-        local = Peer(f"unix:{unix_sock}")
+        assert " 127.0.0.1 " in admin_query(f"unix:{unix_sock}", "workers", timeout=60)
+        started = time.monotonic()
         hog.shutdown(socket.SHUT_RDWR)  # its 20,000 jobs are dropped: nobody waits for them
         hog.close()
-        time.sleep(0.05)  # the close is read before the echo below
-        started = time.monotonic()
-        local.send(T.ECHO_REQ, "mine")
-        assert local.expect(T.ECHO_RES, timeout=60).args == (b"mine",)
+        # `workers` lists every connection, answered in the loop that forgets the hog's
+        # jobs: the first listing without the hog (its only TCP peer) comes after them.
+        wait_for(
+            "the hog's connection gone",
+            lambda: " 127.0.0.1 " not in admin_query(f"unix:{unix_sock}", "workers", timeout=60),
+            60,
+        )
         took = time.monotonic() - started
         assert took < 3, f"the server's loop was held {took:.1f}s forgetting the jobs"
-        local.close()
     finally:
         srv.stop()
