@@ -67,7 +67,7 @@ class Sleepers:
         (its grab came back empty): PRE_SLEEP's look for work would only repeat that one."""
         if worker.draining:
             return  # as in pre_sleep: it is never woken
-        if worker.sleeping and len(worker.abilities) > RESETTLE_MAX:
+        if worker.sleeping and _many(worker):
             # In every sleepers list of its functions already (can_do adds a new one): moved
             # to the warm end of each again, a repeated PRE_SLEEP walked them all, and any
             # local user with 4,096 functions on a connection held the server's loop 25 s
@@ -78,7 +78,7 @@ class Sleepers:
         lingering = self.lingering
         if lingering:
             missing = lingering.pop(worker, None)
-            if missing is not None and len(worker.abilities) > RESETTLE_MAX:
+            if missing is not None and _many(worker):
                 # Still in the other lists, where it first went to sleep. Left with fewer
                 # functions since it woke, it is put in all of them, as any such worker.
                 for function in missing:
@@ -104,12 +104,11 @@ class Sleepers:
         """Awake now (it grabs, or was woken): out of its sleepers lists, or, with more than
         RESETTLE_MAX functions, left in them (the module docstring)."""
         worker.sleeping = False
-        abilities = worker.abilities
-        if len(abilities) > RESETTLE_MAX:
+        if _many(worker):
             self.lingering[worker] = set()
             return
         functions = self.functions
-        for function in abilities:
+        for function in worker.abilities:
             fq = functions.get(function)
             if fq is not None:
                 fq.sleepers.pop(worker, None)
