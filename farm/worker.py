@@ -11,10 +11,8 @@ so the worker never holds a job it cannot start.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import selectors
-import socket
 import ssl
 import threading
 import time
@@ -25,13 +23,13 @@ from typing import Any, TypeVar, overload
 from farm.discovery import client_servers
 from farm.logs import Brief, Repeats
 from farm.net import Waker, parse_servers, recv
-from farm.protocol import MAX_CLIENT_ID, UNPRINTABLE, ProtocolError, encode_req
+from farm.protocol import MAX_CLIENT_ID, UNPRINTABLE, ProtocolError
 from farm.protocol import PacketType as T
 from farm.protocol.checks import Data, as_bytes, check_seconds, check_timeout
 from farm.protocol.events import ServerErrorNotice
 from farm.protocol.worker import JobAssigned, WorkerSession, WorkerState
 from farm.workerjob import Job
-from farm.workerlinks import BACKOFF_FIRST, ServerLink, WorkerLinks
+from farm.workerlinks import BACKOFF_FIRST, ServerLink, WorkerLinks, fail_and_part
 
 __all__ = ["Worker", "Job"]
 
@@ -318,7 +316,7 @@ class Worker(WorkerLinks):
             if exc.handle is not None and exc.ptype in _ASSIGNS:  # a job too large to take
                 shown = exc.handle.decode("utf-8", "backslashreplace")  # as every log names jobs
                 log.warning("job %s failed: it is too large for this worker (%s)", shown, exc)
-                _fail_and_part(sock, exc.handle)
+                fail_and_part(sock, exc.handle)
             self._lost(server, f"broke the protocol: {exc}")
             return
         server.backoff = BACKOFF_FIRST  # it talks sense: a later loss retries at once
@@ -387,16 +385,3 @@ class Worker(WorkerLinks):
     def _holds(server: ServerLink, job: Job) -> bool:
         session = server.session
         return session.state is _WORKING and session.handle == job.handle
-
-
-def _fail_and_part(sock: socket.socket, handle: bytes) -> None:
-    """WORK_FAIL for a job assigned to us that we cannot take, then a clean goodbye: our
-    side shut, the rest of its packet read and dropped (bounded), so the server reads the
-    WORK_FAIL before the end -- a close with bytes unread would reset the connection and
-    lose it, and the job would come back to be refused again."""
-    with contextlib.suppress(OSError):
-        sock.sendall(encode_req(T.WORK_FAIL, handle))
-        sock.shutdown(socket.SHUT_WR)
-        sock.settimeout(5.0)
-        while sock.recv(1 << 20):
-            pass

@@ -1,8 +1,9 @@
 """The blocking worker's links to its job servers: connecting (a worker of several servers
 connects in a thread per attempt, so that a server that does not answer holds no jobs of
 the others), writing, a grab left unanswered (``_mind_the_grab``), and what a lost server
-means. A mixin of ``farm.worker.Worker``,
-which owns the selector, the job in hand and the loop."""
+means, and parting from a server that assigned a job too large to take
+(``fail_and_part``). A mixin of ``farm.worker.Worker``, which owns the selector, the job in
+hand and the loop."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from farm.net import Dial, connect
+from farm.protocol import PacketType as T
+from farm.protocol import encode_req
 from farm.protocol.worker import WorkerSession
 
-__all__ = ["BACKOFF_CAP", "BACKOFF_FIRST", "ServerLink", "WorkerLinks"]
+__all__ = ["BACKOFF_CAP", "BACKOFF_FIRST", "ServerLink", "WorkerLinks", "fail_and_part"]
 
 log = logging.getLogger("farm.worker")
 
@@ -149,3 +152,16 @@ class WorkerLinks:
             self._grabbing = self._grab_deadline = None
         server.retry_at = time.monotonic() + server.backoff
         server.backoff = min(server.backoff * 2, BACKOFF_CAP)
+
+
+def fail_and_part(sock: socket.socket, handle: bytes) -> None:
+    """WORK_FAIL for a job assigned to us that we cannot take, then a clean goodbye: our
+    side shut, the rest of its packet read and dropped (bounded), so the server reads the
+    WORK_FAIL before the end -- a close with bytes unread would reset the connection and
+    lose it, and the job would come back to be refused again."""
+    with contextlib.suppress(OSError):
+        sock.sendall(encode_req(T.WORK_FAIL, handle))
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(5.0)
+        while sock.recv(1 << 20):
+            pass
