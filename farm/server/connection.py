@@ -9,8 +9,9 @@ per loop turn (``Hub.flush``), so a pipelining peer costs one write per read.
 
 The connection keeps the bytes (decoding, buffers, the store's held replies) and the
 packet table; what a client asks is in ``farm.server.clientside``, what a worker says in
-``farm.server.workerside``, its admin commands in ``farm.server.adminside`` and who waits
-for whose reader in ``farm.server.backpressure``, mixins of the one ``Connection`` class
+``farm.server.workerside``, its admin commands in ``farm.server.adminside``, its options and
+name in ``farm.server.peeroptions`` and who waits for whose reader in
+``farm.server.backpressure``, mixins of the one ``Connection`` class
 (a socket may be all of them).
 """
 
@@ -23,7 +24,7 @@ from collections.abc import Callable, Iterator
 from operator import length_hint
 
 from farm import protocol as p
-from farm.logs import Brief, Repeats
+from farm.logs import Brief
 from farm.protocol import PacketType as T
 from farm.protocol import encode_res
 from farm.protocol.kinds import SUBMIT_KINDS
@@ -32,18 +33,16 @@ from farm.server.backpressure import READ_SLICE, BackPressure, Event
 from farm.server.clientside import ClientSide
 from farm.server.hub import HELD_READ_LIMIT, HeldReply, Hub
 from farm.server.jobs import Job
+from farm.server.peeroptions import PeerOptions, refusals
 from farm.server.workerside import UCRED, WorkerSide, error
 
 log = logging.getLogger("farm.server")
 #: Peers cut off at a limit: one line each 10 s at most per kind, as any local user could
 #: send them by the thousand a second (the journal's rate limit then drops other lines).
 over_connections = Brief(log)
-#: Refusals a peer's library may not show (PHP reads "unexpected packet:GEARMAN_ERROR"):
-#: each reason once each 10 s at most.
-refusals = Repeats(log, kinds=16)
 
 
-class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protocol):
+class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, PeerOptions, asyncio.Protocol):
     """A client, a worker, an admin tool -- or all three on one socket."""
 
     def __init__(self, hub: Hub) -> None:
@@ -319,39 +318,6 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, asyncio.Protoc
         self.send(error(code, text))
         self.close()
         self.detach()
-
-    def option(self, args: tuple[bytes, ...]) -> None:
-        name = args[0]
-        if name == b"exceptions":
-            self.exceptions = True
-            self.send(encode_res(T.OPTION_RES, name))
-        elif name == p.OPTION_HELD_GRAB:
-            self.may_hold_grab = True
-            self.send(encode_res(T.OPTION_RES, name))
-        elif name == p.OPTION_READ_ACCEPT and self.ip == "unix":  # outq is told on Unix only
-            self.read_accept = True
-            self.send(encode_res(T.OPTION_RES, name))
-        elif name == p.OPTION_WORK_EXCEPTION:  # what farm does anyway: see the constant
-            self.send(encode_res(T.OPTION_RES, name))
-        elif name == p.OPTION_LAZY_CREATED:
-            self.lazy_created = self.hub.loop is not None  # its timer needs a running loop
-            self.send(encode_res(T.OPTION_RES, name))
-        else:
-            self.send(error("UNKNOWN_OPTION", "Server does not recognize given option"))
-
-    def set_client_id(self, args: tuple[bytes, ...]) -> None:
-        client_id = args[0]
-        if len(client_id) > p.MAX_CLIENT_ID:
-            why = f"client id is longer than {p.MAX_CLIENT_ID} bytes"
-            msg = "fd %d (%s): refused: ARGUMENT_TOO_LARGE %s"
-            refusals(why, logging.WARNING, msg, self.fd, self.ip, why)
-            self.send(error("ARGUMENT_TOO_LARGE", why))
-            return
-        if p.UNPRINTABLE.search(client_id):
-            # It is a word of the `workers` listing: a newline in it planted lines there.
-            self.send(error("INVALID_COMMAND", "client id holds a control character"))
-            return
-        self.client_id = client_id or b"-"
 
     # -- admin ---------------------------------------------------------------
 
