@@ -55,10 +55,10 @@ class Worker(WorkerLinks):
     Hooks for a supervisor: ``jobs_done`` counts finished jobs; ``after_job`` (if set) is
     called with each Job after its answer is sent and may call ``stop()`` (a hook known to
     be quick may set ``answer_before_hook`` False: the answer then leaves after it, with
-    the next grab, in one write); ``stop()``
-    finishes the job in hand, sends RESET_ABILITIES so the servers hand this worker nothing
-    more, and makes ``work()`` return; ``unregister_all()`` only stops taking jobs;
-    ``close()`` (or ``with``) stops it for good.
+    the next grab, in one write); an exception it raises comes out of ``work()``, the
+    answer sent all the same; ``stop()`` finishes the job in hand, sends RESET_ABILITIES
+    so the servers hand this worker nothing more, and makes ``work()`` return;
+    ``unregister_all()`` only stops taking jobs; ``close()`` (or ``with``) stops it for good.
 
     ``connect_timeout``: the longest a server may take to take a connection, and to answer
     a grab for a worker of several servers or one stopping (one that does not is hung:

@@ -101,6 +101,30 @@ def test_after_job_is_called_once_the_answer_has_left(any_server) -> None:
     assert waited == [True]
 
 
+@pytest.mark.parametrize("answer_first", [True, False])
+def test_an_after_job_that_raises_ends_work_with_the_answer_sent(
+    any_server, answer_first: bool
+) -> None:
+    # The hook's error comes out of work(), as any error of the caller's code does. With
+    # answer_before_hook False the answer was still queued for the next grab, which never
+    # came: the caller waited, and the job ran again on the next worker.
+    class HookFailed(Exception):
+        pass
+
+    def hook(job: Any) -> None:
+        raise HookFailed(job.handle)
+
+    worker = farm.Worker(any_server.addr, after_job=hook)
+    worker.answer_before_hook = answer_first
+    worker.register("reverse", reverse)
+    with farm.Client(any_server.addr) as c:
+        task = c.submit("reverse", b"ab")
+        with pytest.raises(HookFailed):
+            worker.work()
+        assert c.wait(task, 5) == b"ba"  # while the worker's connection is still open
+    worker.close()
+
+
 def test_stop_after_zero_runs_no_job_and_a_negative_one_is_refused(farm_server) -> None:
     # The goal was checked only after a job ran: stop_after=0 (and -1) ran one.
     with farm.Client(farm_server.addr) as c:
