@@ -312,9 +312,10 @@ class ClientSession:
         for task in self._ended(handle):
             # WORK_FAIL carries no reason: say where it can come from.
             task.error = JobFailed(
-                f"job {handle} ({task.function}) failed: its worker sent WORK_FAIL, or the"
-                " server failed it (past its timeout, or its workers died job_retries times;"
-                " the server's log says which)"
+                f"job {handle} ({task.function}) failed: its worker sent WORK_FAIL (a farm"
+                " worker does when its function raised and the server is not farm's: the"
+                " worker's log has the traceback), or the server failed it (past its timeout,"
+                " or its workers died job_retries times; the server's log says which)"
             )
             task.done = True
             events.append(JobEnded(task=task))

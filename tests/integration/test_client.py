@@ -134,7 +134,7 @@ def test_worker_exception_raises_job_exception_and_worker_goes_on(any_server) ->
                 c.call("boom", b"x")
             assert info.value.text == "ValueError: bad input"
         else:  # gearmand mangles WORK_FAIL for clients without exceptions: the worker fails it
-            with pytest.raises(farm.JobFailed):
+            with pytest.raises(farm.JobFailed, match="its function raised"):
                 c.call("boom", b"x")
         assert c.call("reverse", b"ab") == b"ba"
         assert w.jobs_done == 2
