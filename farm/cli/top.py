@@ -37,6 +37,8 @@ WINDOW = 5.0
 #: server (farm.pools.metrics.SERVER_TIMEOUT, 2 s), so a hung server costs the reading only
 #: the server's part (farm_server_up 0), not the supervisor's too.
 SCRAPE_TIMEOUT = 5.0
+#: The width a frame is drawn at when it goes to no terminal: wider than any row.
+UNCUT_WIDTH = 1000
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -299,6 +301,10 @@ def live_view(
     except ControlUnavailable as exc:
         fail(str(exc), 1)
     console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        # Into a pipe or a file (grep, a cron job's mail): there is no screen to fit, and
+        # rich's 80 columns cut names and numbers short ("a_poo…").
+        console = Console(width=UNCUT_WIDTH)
     interactive = console.is_terminal and sys.stdin.isatty()
     live = Live(console=console, screen=True, auto_refresh=False) if interactive else None
     shown, gone = 0, ""

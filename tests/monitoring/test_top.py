@@ -36,9 +36,9 @@ ENV = dict(os.environ, COLUMNS="160", LINES="60", PYTHONPATH=str(ROOT))
 FAILED = -3
 
 
-def farm_top(up: FarmUp, *args: str) -> list[str]:
+def farm_top(up: FarmUp, *args: str, env: dict[str, str] = ENV) -> list[str]:
     argv = [sys.executable, "-m", "farm.cli", "top", "--control", up.control, *args]
-    run = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=60)
+    run = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Traceback" not in run.stderr
     return run.stdout.splitlines()
@@ -126,6 +126,26 @@ def test_once_shows_every_function_and_process_with_the_endpoints_numbers(tmp_pa
             cells = shown[str(pid)]
             assert cells[1] == row["function"]
             assert cells[-2] == str(row["jobs"]) and cells[-1] == str(row["restarts"])
+    finally:
+        up.stop()
+
+
+def test_once_into_a_pipe_cuts_no_cell(tmp_path: Path) -> None:
+    # Piped to a file or to grep (no terminal, and no COLUMNS, as in a cron job or a
+    # journal), the frame was drawn 80 columns wide: "a_pool_with_a_long_name" came out
+    # as "a_poo…", and the numbers and headers past the width cut the same way.
+    name = "a_pool_with_a_long_name"
+    up = FarmUp(tmp_path, POOLS.replace("alpha", name))
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({name: 2, "beta": 1})
+        env = {k: v for k, v in ENV.items() if k not in ("COLUMNS", "LINES")}
+        lines = farm_top(up, "--once", env=env)
+        assert not [line for line in lines if "…" in line], "\n".join(lines)
+        functions = rows_of(lines, "FUNCTION")
+        assert set(functions) == {name, "beta"}
+        assert len(functions[name]) == 12  # every column, none folded onto a next line
+        assert set(rows_of(lines, "PID")) == {str(r["pid"]) for r in up.ps()}
     finally:
         up.stop()
 
