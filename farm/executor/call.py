@@ -183,11 +183,8 @@ def _seal_result(
     of a batch's ``count`` outcomes from ``first``) becomes that error."""
     if len(pickled) <= spill.SPILL_THRESHOLD:
         return signer.seal(RESULT, call_id + pickled)
-    global _spill
-    if _spill is None:
-        _spill = spill.worker_settings()
     try:
-        reference = spill.write(_spill, pickled, "r")
+        reference = spill.write(_spill_settings(), pickled, "r")
     except (spill.SpillError, OSError) as exc:
         del pickled
         log.error("cannot send a large result: %s", exc)
@@ -198,6 +195,13 @@ def _seal_result(
         replaced: Any = failure if count is None else (first, [failure] * count)
         return signer.seal(RESULT, call_id + pickle.dumps(replaced, protocol=_PROTOCOL))
     return signer.seal(RESULT, call_id + spill.RESULT_MARK + reference)
+
+
+def _spill_settings() -> spill.SpillSettings:
+    global _spill
+    if _spill is None:
+        _spill = spill.worker_settings()
+    return _spill
 
 
 def _set_up(kind: int, body: memoryview, at: int) -> tuple[int, tuple[Any, ...] | None]:
@@ -289,11 +293,27 @@ def _run_batch(
             longest = max(longest, time.monotonic() - began)
         outcomes.append(outcome)
         if index + 1 < len(calls) and time.monotonic() >= flush_at:
-            pickled = _dump_batch(first, outcomes)
-            job.send_data(_seal_result(signer, call_id, pickled, len(outcomes), first))
+            job.send_data(_seal_batch(job, signer, call_id, first, outcomes))
             first, outcomes = index + 1, []
             flush_at = time.monotonic() + BATCH_FLUSH_EVERY
-    return _seal_result(signer, call_id, _dump_batch(first, outcomes), len(outcomes), first)
+    return _seal_batch(job, signer, call_id, first, outcomes)
+
+
+def _seal_batch(job: Any, signer: Signer, call_id: bytes, first: int, outcomes: list[Any]) -> bytes:
+    """The signed outcomes of a batch from ``first`` on. When their pickle together is over
+    the spill limit, each goes alone (all but the last as WORK_DATA here): the limit is one
+    call's, and batching is the executor's doing, so only a call whose own outcome is over
+    it fails."""
+    pickled = _dump_batch(first, outcomes)
+    big = len(pickled) > spill.SPILL_THRESHOLD  # the limit is at least that: no look below
+    if len(outcomes) > 1 and big and len(pickled) > _spill_settings().max_bytes:
+        del pickled
+        for index, outcome in enumerate(outcomes[:-1], first):
+            alone = _dump_batch(index, [outcome])
+            job.send_data(_seal_result(signer, call_id, alone, 1, index))
+        first, outcomes = first + len(outcomes) - 1, outcomes[-1:]
+        pickled = _dump_batch(first, outcomes)
+    return _seal_result(signer, call_id, pickled, len(outcomes), first)
 
 
 def _raised(exc: BaseException) -> tuple[Any, ...]:

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 import farm
-from farm.executor import RemoteTraceback
+from farm.executor import RemoteTraceback, spill
 from farm.executor.call import CALL_ID_SIZE, OK, SINGLE, encode_call
 from farm.executor.signing import (
     KEY_ENV,
@@ -44,12 +44,15 @@ from tests.helpers.calls import (
     exits_when_loaded,
     exits_when_pickled,
     fails,
+    large_result,
     nap,
     pid_then_block,
     tell,
     two_arg_error_at,
     unpicklable_result,
+    wait_gate,
 )
+from tests.helpers.gate import Gate
 from tests.helpers.servers import Server, start_farm_server
 from tests.helpers.waiting import wait_for
 
@@ -606,6 +609,27 @@ def test_a_result_the_worker_cannot_pickle_is_the_calls_exception(tmp_path: Path
             ]
             assert first.result(timeout=30) == 0.2
         assert small.workers[0].poll() is None, "the worker survived every call"
+    finally:
+        small.stop()
+
+
+def test_batched_results_over_the_spill_limit_together_each_keep_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # max_spill_mb caps one call's result. Calls queued behind a busy window travel as one
+    # batch, and the outcomes a batch gathers in a flush interval are pickled together: that
+    # pickle alone may be over the limit, which is no call's fault.
+    monkeypatch.setenv(spill.MAX_SPILL_ENV, "4")  # the workers' limit (and the caller's)
+    small = ExecutorFarm(tmp_path, count=1)
+    try:
+        with small.executor(max_workers=1) as ex, Gate(tmp_path / "gate") as gate:
+            first = ex.submit(wait_gate, gate.path)  # holds the window while the rest queue
+            futures = [ex.submit(large_result, 3 << 20) for _ in range(8)]
+            gate.open()
+            assert first.result(timeout=30) is None
+            assert [len(f.result(timeout=30)) for f in futures] == [3 << 20] * 8
+            with pytest.raises(spill.SpillTooLarge, match="limit of 4 MiB"):
+                ex.submit(large_result, 5 << 20).result(timeout=30)  # one alone still fails
     finally:
         small.stop()
 
