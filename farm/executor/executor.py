@@ -190,9 +190,9 @@ class Executor(_BaseExecutor):
         self._pump = Pump(**self._pump_args)
         # Its files go once its calls are done: after shutdown(wait=False) too, or at exit.
         self._pump.on_finished = self._files.remove_all
-        # Shared by this executor's futures (see CallFuture): one Condition per call cost
-        # a fifth of the caller's CPU for tiny calls.
-        self._condition = threading.Condition()
+        # Shared by the futures of every executor of the process (see CallFuture, lifespan):
+        # one Condition per call cost a fifth of the caller's CPU for tiny calls.
+        self._condition = lifespan.state.condition
         self._thread: threading.Thread | None = None
         self._shutdown_lock = threading.Lock()
         # An executor dropped without shutdown() still lets its pump finish and exit.

@@ -107,8 +107,9 @@ class CallFuture(Future[T]):
     """The Future of a call: ``result()`` and ``exception()`` read the reply in the waiting
     thread when the executor's pump thread is asleep (Pump.wait_here), sparing a hop.
 
-    Its ``_condition`` is its executor's, shared by all its futures, instead of a new
-    Condition (an RLock and a dozen bound methods) per call. A notification for one future
+    Its ``_condition`` is shared by the futures of every executor of the process
+    (farm.executor.lifespan), instead of a new Condition (an RLock and a dozen bound
+    methods) per call. A notification for one future
     then wakes the threads waiting for others too, so ``result()`` and ``exception()``
     wait in a loop until their own future is done or the time is up; ``wait()`` and
     ``as_completed()`` wait on their own events and only take the lock.

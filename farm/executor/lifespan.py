@@ -1,4 +1,5 @@
-"""What every executor of a process shares: the drain at interpreter exit, and fork().
+"""What every executor of a process shares: the drain at interpreter exit, fork(), and
+the lock of their futures.
 
 At exit, every executor finishes what was submitted, as ProcessPoolExecutor does. A child
 forked after an executor sent calls inherits its pump: the parent's connections, its
@@ -31,6 +32,11 @@ class _State:
 
     exiting = False  # set by the atexit hook: no executor takes new calls after it
     generation = 0  # one more in each forked child
+    #: The Condition of every executor's futures (CallFuture), one for the process:
+    #: concurrent.futures.wait() and as_completed() lock the futures given them in id()
+    #: order, and with a lock per executor two threads waiting on futures of two executors
+    #: could take the two locks in opposite orders and wait for each other for good.
+    condition = threading.Condition()
 
 
 state = _State()
@@ -51,6 +57,7 @@ def renewing() -> threading.Lock:
 def _after_fork_in_child() -> None:
     global _live_pumps, _renew_lock
     state.generation += 1
+    state.condition = threading.Condition()  # a thread of the parent may have held it
     for pump in list(_live_pumps):
         # Inert at once, not at the executor's next use: a result() on a future of the
         # parent's would read the parent's replies off the parent's sockets.

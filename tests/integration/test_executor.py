@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +196,40 @@ def test_sequential_calls_go_out_from_the_callers_thread(ex: farm.Executor) -> N
         pump._wake = real_wake  # type: ignore[method-assign]
     assert results == list(range(50))
     assert len(wakes) <= 5, f"{len(wakes)} of 50 sequential calls needed the pump woken"
+
+
+def test_threads_waiting_on_futures_of_two_executors_do_not_deadlock(
+    shared_farm: ExecutorFarm,
+) -> None:
+    # concurrent.futures.wait() and as_completed() lock the futures they are given in the
+    # order of their id(). Were the futures of each executor to share a lock of their own,
+    # two threads waiting on futures of both executors, in opposite id orders, could each
+    # take one lock and wait for the other's for good, as no two ProcessPoolExecutor futures do.
+    with shared_farm.executor() as one, shared_farm.executor() as two:
+        ones = [one.submit(add, i) for i in range(20)]
+        twos = [two.submit(add, i) for i in range(20)]
+        wait(ones + twos, timeout=30)
+        forward = [(a, b) for a in ones for b in twos if id(a) < id(b)][:10]
+        backward = [(b, a) for a in ones for b in twos if id(b) < id(a)][:10]
+        assert forward and backward, "the futures' ids always fall one way: pick others"
+
+        def waits(pairs: list[tuple[Future[int], Future[int]]], done: threading.Event) -> None:
+            for _ in range(500):
+                for pair in pairs:
+                    wait(pair)
+            done.set()
+
+        dones = [threading.Event(), threading.Event()]
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # threads take turns between two lock takes, as they may
+        try:
+            for pairs, done in zip((forward, backward), dones, strict=True):
+                threading.Thread(target=waits, args=(pairs, done), daemon=True).start()
+            deadline = time.monotonic() + 20
+            ended = [done.wait(max(0.0, deadline - time.monotonic())) for done in dones]
+        finally:
+            sys.setswitchinterval(interval)
+        assert all(ended), "two threads' wait() deadlocked"
 
 
 def test_unpicklable_argument_fails_its_future(ex: farm.Executor) -> None:
