@@ -71,6 +71,7 @@ import functools
 import hashlib
 import io
 import pickle
+import sys
 import types
 from collections.abc import Callable
 from typing import Any
@@ -174,13 +175,37 @@ def _by_value(obj: Any) -> bytes:
 
         class Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle is untyped
             dispatch_table = collections.ChainMap(
-                {types.CodeType: named}, cloudpickle.Pickler.dispatch_table
+                {types.CodeType: named, _CACHE_WRAPPER: _reduce_cached},
+                cloudpickle.Pickler.dispatch_table,
             )
 
         _pickler = Pickler
     out = io.BytesIO()
     _pickler(out, protocol=_PROTOCOL).dump(obj)
     return out.getvalue()
+
+
+#: The type of an ``functools.lru_cache`` (or ``functools.cache``) wrapper.
+_CACHE_WRAPPER = type(functools.cache(abs))
+
+
+def _reduce_cached(wrapper: Any) -> Any:
+    """A cache wrapper by name where the worker finds it (a module's function), else the
+    function it wraps, by value, cached anew there (as a pool's process has a cache of its
+    own). By name, one of the script, or made in a function, would not resolve there."""
+    module = sys.modules.get(getattr(wrapper, "__module__", None) or "")
+    found: Any = module if getattr(module, "__name__", "__main__") != "__main__" else None
+    for part in wrapper.__qualname__.split("."):
+        found = getattr(found, part, None)
+    if found is wrapper:
+        return wrapper.__reduce__()
+    settings = wrapper.cache_parameters()
+    return _cached, (wrapper.__wrapped__, settings["maxsize"], settings["typed"])
+
+
+def _cached(fn: Callable[..., Any], maxsize: int | None, typed: bool) -> Any:
+    """Unpickling, in the worker: ``fn`` under a cache of its own."""
+    return functools.lru_cache(maxsize=maxsize, typed=typed)(fn)
 
 
 def _named_code(rebuild: Any, args: tuple[Any, ...], filename: str) -> types.CodeType:

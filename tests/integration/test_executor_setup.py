@@ -232,6 +232,38 @@ def test_a_scripts_own_classes_and_partials_travel_as_arguments(shared: Farm) ->
 
 
 @pytest.mark.timeout(90)
+def test_a_scripts_cached_functions_run_with_a_cache_of_their_own(shared: Farm) -> None:
+    # functools.lru_cache's wrapper pickles by name (__main__.fib), which a pool's process
+    # finds in the script it imported and the farm's workers cannot: it travels as the
+    # function it wraps, by value, under a cache of the same size (even a recursive one).
+    # One of a module still travels by name.
+    done = shared.run_script(
+        """
+        import functools
+        from tests.helpers.calls import add
+        @functools.lru_cache(maxsize=None)
+        def fib(n):
+            return n if n < 2 else fib(n - 1) + fib(n - 2)
+        @functools.cache
+        def double(x):
+            return 2 * x
+        def sizes(f):
+            return f.cache_parameters()
+        with ex(2) as pool:
+            print(pool.submit(fib, 80).result(timeout=30))
+            print(list(pool.map(double, [1, 2, 3], chunksize=2, timeout=30)))
+            print(pool.submit(sizes, functools.lru_cache(maxsize=7, typed=True)(add)).result(30))
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:3] == [
+        "23416728348467685",
+        "[2, 4, 6]",
+        "{'maxsize': 7, 'typed': True}",
+    ], done.stdout
+
+
+@pytest.mark.timeout(90)
 def test_a_scripts_initializer_sets_the_globals_its_calls_read(shared: Farm) -> None:
     # The standard patterns: the initializer and the calls, both of the script, share its
     # globals in a pool's process -- a name it rebinds, a dict it fills. What a call keeps
