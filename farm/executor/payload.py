@@ -175,7 +175,11 @@ def _by_value(obj: Any) -> bytes:
 
         class Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle is untyped
             dispatch_table = collections.ChainMap(
-                {types.CodeType: named, _CACHE_WRAPPER: _reduce_cached},
+                {
+                    types.CodeType: named,
+                    _CACHE_WRAPPER: _reduce_cached,
+                    functools.cached_property: _reduce_cached_property,
+                },
                 cloudpickle.Pickler.dispatch_table,
             )
 
@@ -206,6 +210,22 @@ def _reduce_cached(wrapper: Any) -> Any:
 def _cached(fn: Callable[..., Any], maxsize: int | None, typed: bool) -> Any:
     """Unpickling, in the worker: ``fn`` under a cache of its own."""
     return functools.lru_cache(maxsize=maxsize, typed=typed)(fn)
+
+
+def _reduce_cached_property(prop: functools.cached_property[Any]) -> tuple[Any, ...]:
+    """A cached_property of a class that travels by value: its function, name and doc. As it
+    is, it would carry the RLock that Python 3.11's holds, which does not pickle."""
+    return _cached_property, (prop.func, prop.attrname, prop.__doc__)
+
+
+def _cached_property(
+    func: Callable[[Any], Any], attrname: str | None, doc: str | None
+) -> functools.cached_property[Any]:
+    """Unpickling, in the worker: the property, named as in its class (set at class
+    creation, which cloudpickle's rebuild of the class does not repeat)."""
+    prop = functools.cached_property(func)
+    prop.attrname, prop.__doc__ = attrname, doc
+    return prop
 
 
 def _named_code(rebuild: Any, args: tuple[Any, ...], filename: str) -> types.CodeType:

@@ -264,6 +264,36 @@ def test_a_scripts_cached_functions_run_with_a_cache_of_their_own(shared: Farm) 
 
 
 @pytest.mark.timeout(90)
+def test_a_scripts_class_with_a_cached_property_travels(shared: Farm) -> None:
+    # The class travels by value, with its cached_property, which on Python 3.11 holds an
+    # RLock: pickled as it is, the call failed with "cannot pickle '_thread.RLock' object",
+    # where the pool names the class. The worker's copy computes its value anew.
+    done = shared.run_script(
+        """
+        import functools
+        class Model:
+            def __init__(self, n):
+                self.n = n
+            @functools.cached_property
+            def table(self):
+                "squares"
+                return [i * i for i in range(self.n)]
+            def predict(self, x):
+                return self.table[x]
+        def doc(m):
+            return type(m).table.__doc__, type(m).table.attrname
+        model = Model(10)
+        with ex(2) as pool:
+            print(pool.submit(Model.predict, model, 3).result(timeout=30))
+            print(list(pool.map(model.predict, [1, 2, 4], timeout=30)))
+            print(pool.submit(doc, model).result(timeout=30))
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:3] == ["9", "[1, 4, 16]", "('squares', 'table')"], done.stdout
+
+
+@pytest.mark.timeout(90)
 def test_a_scripts_initializer_sets_the_globals_its_calls_read(shared: Farm) -> None:
     # The standard patterns: the initializer and the calls, both of the script, share its
     # globals in a pool's process -- a name it rebinds, a dict it fills. What a call keeps
