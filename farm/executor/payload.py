@@ -174,6 +174,11 @@ def _by_value(obj: Any) -> bytes:
             return _named_code, (rebuild, args, code.co_filename)
 
         class Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle is untyped
+            def reducer_override(self, obj: Any) -> Any:
+                if isinstance(obj, types.FunctionType) and _is_dispatcher(obj):
+                    return _reduce_dispatcher(obj)
+                return super().reducer_override(obj)
+
             dispatch_table = collections.ChainMap(
                 {
                     types.CodeType: named,
@@ -193,15 +198,21 @@ def _by_value(obj: Any) -> bytes:
 _CACHE_WRAPPER = type(functools.cache(abs))
 
 
+def _by_name(obj: Any) -> bool:
+    """Whether the worker finds ``obj`` by its name: a module's, not the script's, and not
+    made in a function."""
+    module = sys.modules.get(getattr(obj, "__module__", None) or "")
+    found: Any = module if getattr(module, "__name__", "__main__") != "__main__" else None
+    for part in obj.__qualname__.split("."):
+        found = getattr(found, part, None)
+    return found is obj
+
+
 def _reduce_cached(wrapper: Any) -> Any:
     """A cache wrapper by name where the worker finds it (a module's function), else the
     function it wraps, by value, cached anew there (as a pool's process has a cache of its
     own). By name, one of the script, or made in a function, would not resolve there."""
-    module = sys.modules.get(getattr(wrapper, "__module__", None) or "")
-    found: Any = module if getattr(module, "__name__", "__main__") != "__main__" else None
-    for part in wrapper.__qualname__.split("."):
-        found = getattr(found, part, None)
-    if found is wrapper:
+    if _by_name(wrapper):
         return wrapper.__reduce__()
     settings = wrapper.cache_parameters()
     return _cached, (wrapper.__wrapped__, settings["maxsize"], settings["typed"])
@@ -210,6 +221,26 @@ def _reduce_cached(wrapper: Any) -> Any:
 def _cached(fn: Callable[..., Any], maxsize: int | None, typed: bool) -> Any:
     """Unpickling, in the worker: ``fn`` under a cache of its own."""
     return functools.lru_cache(maxsize=maxsize, typed=typed)(fn)
+
+
+def _is_dispatcher(fn: types.FunctionType) -> bool:
+    """A ``functools.singledispatch`` function that travels by value (not by name)."""
+    return hasattr(fn, "registry") and hasattr(fn, "dispatch") and not _by_name(fn)
+
+
+def _reduce_dispatcher(fn: Any) -> tuple[Any, ...]:
+    """Its function and the implementations registered: as it is, its closure holds a
+    cache of weak references, which does not pickle."""
+    registered = [(cls, impl) for cls, impl in fn.registry.items() if cls is not object]
+    return _dispatcher, (fn.__wrapped__, registered)
+
+
+def _dispatcher(fn: Callable[..., Any], registered: list[tuple[type, Any]]) -> Any:
+    """Unpickling, in the worker: ``fn`` dispatching again to what was registered."""
+    dispatcher = functools.singledispatch(fn)
+    for cls, impl in registered:
+        dispatcher.register(cls, impl)
+    return dispatcher
 
 
 def _reduce_cached_property(prop: functools.cached_property[Any]) -> tuple[Any, ...]:

@@ -264,6 +264,35 @@ def test_a_scripts_cached_functions_run_with_a_cache_of_their_own(shared: Farm) 
 
 
 @pytest.mark.timeout(90)
+def test_a_scripts_singledispatch_function_travels_with_what_it_registered(
+    shared: Farm,
+) -> None:
+    # Its closure holds a cache of weak references: pickled as it is, the call failed with
+    # "cannot pickle 'weakref.ReferenceType' object", where the pool names the function.
+    done = shared.run_script(
+        """
+        import functools
+        @functools.singledispatch
+        def kind(x):
+            return "object"
+        @kind.register
+        def _(x: int):
+            return "int"
+        @kind.register(list)
+        def _(x):
+            return [kind(item) for item in x]
+        with ex(2) as pool:
+            print(pool.submit(kind, 3).result(timeout=30))
+            print(list(pool.map(kind, ["a", [1, "b", [2]]], timeout=30)))
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["int", "['object', ['int', 'object', ['int']]]"], (
+        done.stdout
+    )
+
+
+@pytest.mark.timeout(90)
 def test_a_scripts_class_with_a_cached_property_travels(shared: Farm) -> None:
     # The class travels by value, with its cached_property, which on Python 3.11 holds an
     # RLock: pickled as it is, the call failed with "cannot pickle '_thread.RLock' object",
