@@ -203,7 +203,7 @@ def _by_name(obj: Any) -> bool:
     made in a function."""
     module = sys.modules.get(getattr(obj, "__module__", None) or "")
     found: Any = module if getattr(module, "__name__", "__main__") != "__main__" else None
-    for part in obj.__qualname__.split("."):
+    for part in (getattr(obj, "__qualname__", None) or "<unnamed>").split("."):
         found = getattr(found, part, None)
     return found is obj
 

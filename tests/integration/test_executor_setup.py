@@ -253,13 +253,15 @@ def test_a_scripts_cached_functions_run_with_a_cache_of_their_own(shared: Farm) 
             print(pool.submit(fib, 80).result(timeout=30))
             print(list(pool.map(double, [1, 2, 3], chunksize=2, timeout=30)))
             print(pool.submit(sizes, functools.lru_cache(maxsize=7, typed=True)(add)).result(30))
+            print(pool.submit(functools.cache(functools.partial(add, 1)), 2).result(30))  # unnamed
         """
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[:3] == [
+    assert done.stdout.split("\n")[:4] == [
         "23416728348467685",
         "[2, 4, 6]",
         "{'maxsize': 7, 'typed': True}",
+        "3",
     ], done.stdout
 
 
