@@ -40,6 +40,7 @@ from farm.executor.payload import (
     SINGLE,
     SPILLED,
     RemoteTraceback,
+    describe,
     dump,
     dump_fn,
     dump_initializer,
@@ -330,7 +331,7 @@ def _raised(exc: BaseException) -> tuple[Any, ...]:
         pickle.loads(pickled)
     except BaseException as again:  # what unpickling raises: even SystemExit
         error = JobError(
-            f"the call raised {_describe(exc)}, which cannot be unpickled: {_describe(again)}"
+            f"the call raised {describe(exc)}, which cannot be unpickled: {describe(again)}"
         )
         return (ERROR, error, text)
     return (ERROR, exc, text)
@@ -371,18 +372,9 @@ def _unsendable(exc: BaseException, outcome: tuple[Any, ...]) -> tuple[Any, ...]
     except BaseException as again:
         what = "result" if outcome[0] == OK else "exception"
         error = pickle.PicklingError(
-            f"cannot pickle the call's {what}: {_describe(exc)}; nor that error: {_describe(again)}"
+            f"cannot pickle the call's {what}: {describe(exc)}; nor that error: {describe(again)}"
         )
         return (ERROR, error, text)
-
-
-def _describe(exc: BaseException) -> str:
-    """``Type: message``, even for an exception whose ``str()`` raises."""
-    try:
-        text = str(exc)
-    except BaseException:
-        text = "<str() failed>"
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _dump_batch(first: int, outcomes: list[Any]) -> bytes:

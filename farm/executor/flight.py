@@ -40,6 +40,7 @@ from farm.executor.payload import (
     OK,
     SINGLE,
     RemoteTraceback,
+    describe,
     encode_call,
     open_result,
 )
@@ -59,7 +60,6 @@ __all__ = [
     "partial",
     "flight_of",
     "fail_broken",
-    "describe",
 ]
 
 log = logging.getLogger("farm.executor")
@@ -354,12 +354,3 @@ def fail_broken(items: list[WorkItem], why: str, cause: BaseException | None) ->
             future.set_exception(error)
         except BaseException:
             log.exception("farm executor: failing a call of the broken pump")
-
-
-def describe(exc: BaseException) -> str:
-    """``Type: message``, even for an exception whose ``str()`` raises."""
-    try:
-        text = str(exc)
-    except BaseException:
-        text = "<str() failed>"
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -93,6 +93,7 @@ __all__ = [
     "NO_SETUP",
     "SPILLED",
     "RemoteTraceback",
+    "describe",
     "dump",
     "dump_fn",
     "dump_initializer",
@@ -130,6 +131,15 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message``, even for an exception whose ``str()`` raises."""
+    try:
+        text = str(exc)
+    except BaseException:
+        text = "<str() failed>"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def dump(obj: Any) -> bytes:

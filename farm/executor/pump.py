@@ -35,7 +35,6 @@ from farm.executor.flight import (
     InitializerFailed,
     WorkItem,
     complete,
-    describe,
     fail_broken,
     flight_of,
     partial,
@@ -43,7 +42,7 @@ from farm.executor.flight import (
 )
 from farm.executor.interrupts import HeldInterrupt, whole
 from farm.executor.links import Conn, Links
-from farm.executor.payload import NO_SETUP, RemoteTraceback
+from farm.executor.payload import NO_SETUP, RemoteTraceback, describe
 from farm.executor.poller import READ, WRITE, Poller
 from farm.executor.signing import Signer
 from farm.executor.waithere import WaitHere
