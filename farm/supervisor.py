@@ -72,6 +72,7 @@ class Supervisor(
         self.targets: dict[str, int] = {}
         self.offsets: dict[str, int] = {}
         self.retiring: list[WorkerProcess] = []  # draining or killed, no longer in a slot
+        self.leftovers: list[WorkerProcess] = []  # ended, its process group not yet
         self.rollout: Rollout | None = None  # the latest `farm restart`
         self.rollouts = 0
         self.kept_back: set[str] = set()
@@ -202,7 +203,8 @@ class Supervisor(
             elif item.arg == signal.SIGQUIT:
                 log.info("SIGQUIT: stopping at once")
                 self.stopping, self.grace = True, 0.0
-                for proc in self.by_pid.values():  # also cuts a drain already under way
+                # Also cuts a drain already under way, and a wrapper's worker left after it.
+                for proc in [*self.by_pid.values(), *self.leftovers]:
                     proc.stop_deadline = time.monotonic()
 
     def reap_workers(self) -> None:
@@ -290,6 +292,7 @@ class Supervisor(
                 times.append(proc.stop_deadline)
             if proc.output_resume is not None:  # a flood's pipe, read again after a pause
                 times.append(proc.output_resume)
+        times += [p.stop_deadline for p in self.leftovers if p.stop_deadline is not None]
         if not self.server.pid and self.config.local_server:
             times.append(self.server.next_start)
         commands = self.command_wakeup(now)  # a command worker drains, or has a timeout
@@ -336,14 +339,14 @@ class Supervisor(
                         self.retire(proc, pool, grace=grace)
             slots.clear()
         self.targets.clear()
-        while self.by_pid:
+        while self.by_pid or self.leftovers:  # a wrapper's worker drains on after its shell
             self.watchdog.ping()  # a long drain is not a hang
             self.handle_signals()  # a second SIGTERM or SIGQUIT shortens the grace
             self.reap_workers()
             self.kill_overrunning()
             self.tend_output()  # a flood's paused pipe: its job's writes wait on it
             self.report_drain()  # `farm stop`: workers left, seconds left, what was killed
-            if self.by_pid:
+            if self.by_pid or self.leftovers:
                 self.wait(min(0.5, max(0.05, self.next_wakeup())))
         self.report_drain(final=True)
         if self.server.pid:

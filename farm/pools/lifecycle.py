@@ -34,7 +34,7 @@ from farm.pools.slots import (
 )
 from farm.pools.spawn import EXEC_FAILED_PREFIX, EXIT_EXEC_FAILED, spawn
 
-__all__ = ["Lifecycle", "TIMEOUT_GRACE"]
+__all__ = ["Lifecycle", "TIMEOUT_GRACE", "group_alive"]
 
 log = logging.getLogger("farm.supervisor")
 
@@ -45,12 +45,25 @@ TIMEOUT_GRACE = 1.0
 POLL = 0.02
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether any process is left in the process group ``pgid``."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # there, as another user (a pool's ``user``)
+        return True
+    return True
+
+
 class Lifecycle:
     config: Config
     slots: dict[str, list[Slot]]
     targets: dict[str, int]
     offsets: dict[str, int]
     retiring: list[WorkerProcess]
+    # Drained command workers that ended and left processes in their group (watch_group).
+    leftovers: list[WorkerProcess]
     by_pid: dict[int, WorkerProcess]
     child_env: dict[str, str]
     selector: selectors.BaseSelector
@@ -84,6 +97,22 @@ class Lifecycle:
             elif proc.stop_deadline is not None and now >= proc.stop_deadline:
                 self.excuse(proc)
                 self.kill(proc, "did not drain in time")
+        for proc in list(self.leftovers):
+            # Checked every turn, so an emptied group is let go before its id can be reused
+            # (by a new worker, which leads a group of its own: never killed for it).
+            if not group_alive(proc.pid) or proc.pid in self.by_pid:
+                self.leftovers.remove(proc)
+            elif proc.stop_deadline is not None and now >= proc.stop_deadline:
+                log.warning(
+                    "worker %s (pid %d) ended; what it started (a wrapper's worker) still"
+                    " runs past the grace of its stop signal: SIGKILL to its process group",
+                    proc.name,
+                    proc.pid,
+                    extra=proc.log_fields(),
+                )
+                self.excuse(proc)
+                self.signal(proc.pid, signal.SIGKILL, group=True)
+                self.leftovers.remove(proc)
 
     def boot_overran(self, proc: WorkerProcess, now: float) -> bool:
         """Kill a Python worker that has not loaded its target within boot_timeout (a module
@@ -107,6 +136,8 @@ class Lifecycle:
             # dies of it at once while the worker it started finishes its job.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
+        elif proc.command:
+            self.watch_group(proc)
         # Its last output first: the exec check below and the end's log line quote it.
         self.close_pipes(proc)
         proc.close()
@@ -158,6 +189,19 @@ class Lifecycle:
             " (slot failing)" if slot.failing else "",
             extra=proc.log_fields(),
         )
+
+    def watch_group(self, proc: WorkerProcess) -> None:
+        """A drained command ended, but processes of its group may live on: a wrapper's shell
+        dies of the stop signal at once while the worker it started finishes its job. Once
+        the shell was reaped nothing watched them, and one deaf to the signal served on,
+        orphaned, for good: the group gets what was left of the grace, then SIGKILL."""
+        if not group_alive(proc.pid):
+            return
+        if proc.stop_deadline is None:  # it ended while drained, before its stop signal
+            proc.signal_at = None
+            proc.stop_deadline = time.monotonic() + proc.grace
+            self.signal(proc.pid, proc.stop_signal, group=True)
+        self.leftovers.append(proc)
 
     # -- processes --
 

@@ -7,6 +7,8 @@ The gearman CLI is skipped when absent, and fails instead under FARM_REQUIRE_INT
 
 from __future__ import annotations
 
+import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -122,3 +124,61 @@ def test_a_command_pools_timeout_kills_an_overrunning_worker(tmp_path: Path) -> 
         assert "ran past its 1s timeout" in log, log
     finally:
         assert up.stop() == 0
+
+
+def dead(proc: psutil.Process) -> bool:
+    """Killed: gone, or a zombie its new parent (init, once its shell died) has not reaped."""
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_wrappers_worker_deaf_to_its_stop_signal_is_killed_past_the_grace(
+    tmp_path: Path,
+) -> None:
+    # `sh -c "worker; ..."`: the shell dies of the stop signal at once, and once it was reaped
+    # as drained nothing watched its group: a worker in it that did not stop on the signal
+    # (a job longer than the grace, a handler that hangs) lived on orphaned, past SIGKILL's
+    # time, after a scale-down, a reload or a restart, and after `farm stop` too.
+    (tmp_path / "deaf.py").write_text(
+        "import signal, sys, time\n"
+        "from pathlib import Path\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "Path(sys.argv[1]).touch()\n"
+        "time.sleep(300)\n"
+    )
+    wrapper = f'["sh", "-c", "{sys.executable} deaf.py $$; echo done"]'
+    up = FarmUp(
+        tmp_path,
+        f"[functions.deaf]\ncommand = {wrapper}\nworkers = 1\ngraceful_timeout = 1\n",
+        supervisor="ready_wait = 1",  # it never connects: READY=1 without it
+    )
+    inner: list[psutil.Process] = []
+    try:
+        up.expect_notify("READY=1")
+
+        def deaf_worker() -> psutil.Process:
+            (row,) = wait_for("the wrapper", lambda: [r for r in up.workers("deaf") if r["pid"]])
+            (child,) = wait_for("its worker", psutil.Process(row["pid"]).children)
+            # deaf.py names a file after its shell once it ignores SIGTERM
+            wait_for("it ignores SIGTERM", (tmp_path / str(row["pid"])).exists)
+            inner.append(child)
+            return child
+
+        child = deaf_worker()
+        assert farm_cli("scale", "deaf=0", "--control", up.control).returncode == 0
+        wait_for("the deaf worker killed past its 1s grace", lambda: dead(child))
+        said = [line for line in up.read_log().splitlines() if "to its process group" in line]
+        assert said and "deaf#0" in said[0], up.read_log()
+
+        assert farm_cli("scale", "deaf=1", "--control", up.control).returncode == 0
+        child = deaf_worker()
+        up.signal(signal.SIGTERM)  # farm stop
+        assert up.proc.wait(30) == 0
+        assert dead(child), "farm stop left the wrapper's worker running"
+    finally:
+        up.stop()
+        for child in inner:  # without the fix they outlive the farm
+            if child.is_running():
+                child.kill()
