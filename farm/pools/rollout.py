@@ -205,7 +205,8 @@ class Restarting:
                 why = f" ({heir.misregistered})" if heir.misregistered else ""
                 self.kill(heir, f"did not serve within {boot_timeout:g}s of its start{why}")
         queue = ro.queue.get(name, [])
-        if pool is None:
+        if pool is None:  # removed by a reload: none of its slots is left on old code
+            ro.total[name] -= len(queue)
             queue.clear()
             return
         surge = max(1, min(MAX_SURGE, math.ceil(len(slots) / 4)))

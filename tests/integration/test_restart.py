@@ -256,3 +256,48 @@ def test_a_deploy_breaks_no_blocking_c_call_in_the_job_in_hand(tmp_path: Path) -
     finally:
         os.close(writer)
         assert up.stop() == 0
+
+
+# Its module waits at import while the gate file exists: a restart's new processes stay
+# starting, and the rollout under way, until the test removes it.
+GATED = """
+import os, time
+from pathlib import Path
+
+while Path(os.environ["GATE"]).exists():
+    time.sleep(0.05)
+
+def run(job):
+    return b"ok"
+"""
+
+
+def test_a_pool_a_reload_removes_mid_restart_is_not_reported_left_on_old_code(
+    tmp_path: Path,
+) -> None:
+    # Its slots not started yet stayed in the count: `farm restart` ended with "gone: 0/1
+    # replaced", exit 0, as if a slot of it still ran the old code, of a pool no longer there.
+    (tmp_path / "gated.py").write_text(GATED)
+    kept = '[functions.kept]\ntarget = "gated:run"\nworkers = 1\n'
+    gone = '[functions.gone]\ntarget = "gated:run"\nworkers = 2\n'  # one slot at a time
+    gate = tmp_path / "gate"
+    up = FarmUp(tmp_path, gone + kept, extra_env={"GATE": str(gate)})
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"gone": 2, "kept": 1})
+        gate.touch()
+        restart = subprocess.Popen(
+            [sys.executable, "-m", "farm.cli", "restart", "gone", "--control", up.control],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_for("a new process starting", lambda: up.workers("gone", "starting"))
+        up.write_config(kept)
+        assert farm_cli("reload", "--control", up.control).returncode == 0
+        out, err = restart.communicate(timeout=30)
+        assert restart.returncode == 0, out + err
+        assert out.splitlines()[-2] == "gone: 0/0 replaced", out
+    finally:
+        gate.unlink(missing_ok=True)
+        assert up.stop() == 0
