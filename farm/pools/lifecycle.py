@@ -129,15 +129,17 @@ class Lifecycle:
         return True
 
     def worker_exited(self, proc: WorkerProcess, status: int) -> None:
-        if proc.state is not ProcState.DRAINING:
-            # An end nobody asked for (or a kill): what it started goes with it, or a
-            # wrapper's PHP worker would serve on, orphaned, beside the slot's next process.
-            # A draining one's group got the stop signal and drains on: a wrapper's shell
-            # dies of it at once while the worker it started finishes its job.
+        if proc.command and proc.state is ProcState.DRAINING:
+            # Its group got the stop signal and drains on: a wrapper's shell dies of it at
+            # once while the worker it started finishes its job.
+            self.watch_group(proc)
+        else:
+            # Else what it started goes with it, or a wrapper's PHP worker would serve on,
+            # orphaned, beside the slot's next process; a Python worker that drained has
+            # finished its job, and what the job left in its group (a helper it started)
+            # is as stray as after a crash or a recycle.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
-        elif proc.command:
-            self.watch_group(proc)
         # Its last output first: the exec check below and the end's log line quote it.
         self.close_pipes(proc)
         proc.close()

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from tests.helpers import ROOT
-from tests.helpers.farmproc import FarmUp
+from tests.helpers.farmproc import FarmUp, farm_cli
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -91,3 +91,37 @@ def test_workers_still_starting_die_with_their_supervisor(tmp_path: Path) -> Non
         wait_for("every worker gone with the supervisor", lambda: gone(seen), timeout=10)
     finally:
         up.stop()
+
+
+# A job that leaves a process behind in its worker's process group.
+SPAWNER = """
+import subprocess
+from pathlib import Path
+
+def run(job):
+    child = subprocess.Popen(["sleep", "300"])
+    Path(job.data.decode()).write_text(str(child.pid))
+    return b"started"
+"""
+
+
+def test_what_a_job_started_goes_with_its_worker_when_it_drains(tmp_path: Path) -> None:
+    # Killed with its worker when that crashed or was recycled, such a child outlived one
+    # that drained (farm restart, a scale-down, a reload, farm stop): each deploy left one
+    # more behind, orphaned.
+    (tmp_path / "spawner.py").write_text(SPAWNER)
+    up = FarmUp(tmp_path, '[functions.spawner]\ntarget = "spawner:run"\nworkers = 1\n')
+    child = 0
+    try:
+        up.expect_notify("READY=1")
+        (old,) = up.wait_idle({"spawner": 1})
+        out = farm_cli("submit", "spawner", str(tmp_path / "child"), "--server", up.addr)
+        assert out.stdout.strip() == "started", out
+        child = int((tmp_path / "child").read_text())
+        assert farm_cli("restart", "--control", up.control).returncode == 0
+        wait_for("the old worker gone", lambda: gone({old["pid"]}))
+        wait_for("what its job started gone with it", lambda: gone({child}))
+    finally:
+        assert up.stop() == 0
+        if child and not gone({child}):  # without the fix it outlives the farm
+            os.kill(child, signal.SIGKILL)
