@@ -217,7 +217,7 @@ class Supervisor(
             if pid == 0:
                 return
             if pid == self.server.pid:
-                self.server.exited(status)
+                self.server.exited(status, farm_stops=self.stopping)
                 if not self.server.ever_ready and not self.stopping:
                     # never listened (port taken, bad store path): retrying will not help
                     log.error("the job server could not start; see its message above")

@@ -124,11 +124,20 @@ class LocalServer(RestartHistory):
             except OSError as e:
                 log.warning("cannot create %s: %s", os.path.dirname(path), e)
 
-    def exited(self, status: int) -> None:
+    def exited(self, status: int, *, farm_stops: bool = False) -> None:
+        """Its end, said; ``farm_stops``: the farm drains its workers (nothing restarts)."""
         now = time.monotonic()
         if self.stopping:
             log.info("job server (pid %d) %s", self.pid, describe_exit(status))
             self.pid = 0
+            return
+        if farm_stops:  # dead during the workers' drain: an end unasked, not restarted
+            log.warning(
+                "job server (pid %d) %s; not restarted: the farm stops",
+                self.pid,
+                describe_exit(status),
+            )
+            self.pid, self.ready = 0, False
             return
         self.last_exit = describe_exit(status)
         if not self.ever_ready:  # it never listened: the supervisor stops (no restart)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from pathlib import Path
@@ -132,6 +133,39 @@ def test_a_python_worker_replaced_by_a_command_one_is_killed_past_the_grace(
             up.signal(signal.SIGTERM)
             assert up.proc.wait(20) == 0
         assert f"killing worker nap#0 cpu{row['cpu']} (pid {row['pid']})" in up.read_log()
+    finally:
+        gate.open()
+        up.stop()
+
+
+def test_a_job_server_that_dies_during_the_drain_is_not_said_to_restart(tmp_path: Path) -> None:
+    # It was logged as at any other time, "job server (pid N) was killed by SIGKILL;
+    # restarting now", a warning of a restart that never came: nothing starts while the
+    # farm stops (a restarted server would not know the jobs in hand either).
+    (tmp_path / "sleepy.py").write_text(
+        "import socket\n\ndef nap(job):\n"
+        "    with socket.socket(socket.AF_UNIX) as s:\n"
+        "        s.connect(job.text)\n"
+        "        s.recv(1)\n"
+    )
+    gate = Gate(tmp_path / "gate")
+    up = FarmUp(tmp_path, '[functions.nap]\ntarget = "sleepy:nap"\nworkers = 1\n')
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"nap": 1})
+        (server,) = [r["pid"] for r in up.ps() if r["function"] == "server"]
+        with Client(up.addr) as c:
+            c.submit("nap", gate.path, background=True)
+            wait_for("the job to start", lambda: up.workers("nap", "busy"))
+        up.signal(signal.SIGTERM)
+        up.expect_notify("STOPPING=1")
+        os.kill(server, signal.SIGKILL)
+        wait_for("its end logged", lambda: f"job server (pid {server}) was" in up.read_log())
+        gate.open()
+        assert up.proc.wait(30) == 0
+        log = up.read_log()
+        said = f"job server (pid {server}) was killed by SIGKILL; not restarted: the farm stops"
+        assert said in log and "restarting" not in log, log
     finally:
         gate.open()
         up.stop()
