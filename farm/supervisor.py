@@ -55,6 +55,12 @@ SERVER_STOP_TIMEOUT = 5.0
 #: Workers started per turn of the loop at most: a pool scaled to hundreds starts over many
 #: turns, and the control socket, signals and the watchdog are served between them.
 SPAWNS_PER_TURN = 8
+#: The signals the supervisor acts on (docs/operations.md), and those it only says it
+#: ignores: Python's default for SIGUSR1 and SIGUSR2 ends the process, and a stray one (a
+#: gearmand habit: gearmand and `farm server` stop gracefully on SIGUSR1) took the farm down
+#: mid-job, with no drain.
+HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
+NOT_OURS = (signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Supervisor(
@@ -153,7 +159,7 @@ class Supervisor(
         """Handlers only enqueue; the wake-up fd makes the loop's select return."""
         self.waker.wake_on_signals()
         self.selector.register(self.waker.reader, selectors.EVENT_READ, "wakeup")
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD):
+        for sig in (*HANDLED, *NOT_OURS):
             signal.signal(
                 sig, lambda signum, frame: self.pending.append(Pending(Duty.SIGNAL, signum))
             )
@@ -200,6 +206,12 @@ class Supervisor(
                 else:
                     log.info("stopping: draining workers (grace %gs)", self.grace)
                 self.stopping = True
+            elif item.arg in NOT_OURS:
+                log.warning(
+                    "%s ignored: SIGTERM stops the farm (draining), SIGHUP reloads its config,"
+                    " SIGQUIT stops it at once",
+                    signal.Signals(item.arg).name,
+                )
             elif item.arg == signal.SIGQUIT:
                 log.info("SIGQUIT: stopping at once")
                 self.stopping, self.grace = True, 0.0

@@ -169,3 +169,26 @@ def test_a_job_server_that_dies_during_the_drain_is_not_said_to_restart(tmp_path
     finally:
         gate.open()
         up.stop()
+
+
+def test_sigusr1_and_sigusr2_are_said_to_be_no_supervisor_signals_and_change_nothing(
+    tmp_path: Path,
+) -> None:
+    # Python's default for both is to end the process: a `kill -USR1` from a gearmand habit
+    # (gearmand and `farm server` stop gracefully on it) took the supervisor down at once,
+    # its workers with it mid-job, with no drain and no word in the log.
+    up = FarmUp(tmp_path, '[functions.rev]\ntarget = "workers.text:reverse"\nworkers = 1\n')
+    try:
+        up.expect_notify("READY=1")
+        (before,) = up.wait_idle({"rev": 1})
+        for sig in (signal.SIGUSR1, signal.SIGUSR2):
+            up.signal(sig)
+            wait_for(f"{sig.name} said", lambda sig=sig: f"{sig.name} ignored" in up.read_log())
+        assert up.alive()
+        with Client(up.addr) as client:
+            assert client.call("rev", "abc", timeout=10) == b"cba"
+        (after,) = up.wait_idle({"rev": 1})
+        assert after["pid"] == before["pid"]  # nothing was drained or restarted
+        assert "SIGTERM stops" in up.read_log()
+    finally:
+        assert up.stop() == 0
