@@ -32,6 +32,7 @@ from farm.client.admin import admin_query
 from farm.config import Config
 from farm.net import parse_address
 from farm.pools.slots import ProcState, WorkerProcess
+from farm.protocol import MAX_ADMIN_LINE
 
 if TYPE_CHECKING:
     from farm.pools.localserver import LocalServer
@@ -41,6 +42,7 @@ __all__ = [
     "PeerRow",
     "parse_peers",
     "process_peers",
+    "peers_queries",
     "registrations",
     "PEERS_POLL",
 ]
@@ -105,6 +107,20 @@ def registrations(peers: list[PeerRow]) -> dict[str, frozenset[str]]:
     return {peer: frozenset(functions) for peer, functions in found.items()}
 
 
+def peers_queries(names: list[str]) -> list[str]:
+    """``peers NAME...`` lines that together name ``names``, each within the server's
+    longest admin line: the server lists the connections named alone (not a local user's
+    TCP workers with all they registered, farm.server.admin.peers)."""
+    lines: list[str] = []
+    line = "peers"
+    for name in names:
+        if len(line) + 1 + len(name) > MAX_ADMIN_LINE - 2:  # and its line end
+            lines.append(line)
+            line = "peers"
+        line += " " + name
+    return lines if line == "peers" else [*lines, line]
+
+
 def _tcp_name(ip: str, port: int) -> str:
     return f"tcp:[{ip}]:{port}" if ":" in ip else f"tcp:{ip}:{port}"
 
@@ -160,6 +176,23 @@ class CommandJobs:
             log.debug("admin %r to %s: %s", command.split()[0], address, e)
             return None
 
+    def ask_peers(self, procs: list[WorkerProcess]) -> list[PeerRow] | None:
+        """The server's ``peers`` rows of the connections of ``procs`` (as ``read_sockets``
+        named them last), asked about those alone; None when it does not answer, or not
+        with a listing."""
+        names = sorted(frozenset[str]().union(*(proc.peers for proc in procs)))
+        rows: list[PeerRow] = []
+        for query in peers_queries(names):
+            reply = self.ask_server(query)
+            if reply is None:
+                return None
+            try:
+                rows += parse_peers(reply)
+            except ValueError as e:
+                log.warning("the job server's peers listing: %s", e)
+                return None
+        return rows
+
     def read_sockets(self, proc: WorkerProcess, now: float) -> None:
         peers = process_peers(proc.pid, self.server_ports())
         if peers is not None:
@@ -183,18 +216,15 @@ class CommandJobs:
         # One listing names each connection and what it registered. Joined by fd with a
         # second one (`workers`), a connection closed between the two queries left its fd to
         # another, whose functions were then credited to the wrong process.
-        peers = self.ask_server("peers")
-        if peers is None:
+        for proc in connected:
+            self.read_sockets(proc, now)
+        rows = self.ask_peers(connected)
+        if rows is None:
             return connected
-        try:
-            seen = registrations(parse_peers(peers))
-        except ValueError as e:
-            log.warning("the job server's peers listing: %s", e)
-            return connected
+        seen = registrations(rows)
         serving = []
         for proc in connected:
             pool = self.config.functions.get(proc.function)
-            self.read_sockets(proc, now)
             names = frozenset().union(*(seen.get(peer, ()) for peer in proc.peers))
             if pool is None or names & set(pool.functions):
                 proc.registration_seen = pool is not None
@@ -288,21 +318,16 @@ class CommandJobs:
         if not everyone and now - self.peers_polled < due:
             return
         self.peers_polled = now
-        reply = self.ask_server("peers")
-        rows: list[PeerRow] | None = None
-        if reply is not None:
-            try:
-                rows = parse_peers(reply)
-            except ValueError as e:
-                log.warning("the job server's peers listing: %s", e)
+        for proc in watched:
+            if now - proc.peers_read > SOCKETS_STALE or not proc.peers:
+                self.read_sockets(proc, now)
+        rows = self.ask_peers(watched)
         if rows is None:  # nothing to wait on: the server cannot tell
             for proc in waiting:
                 self.send_stop(proc, now, "the job server does not answer")
             return
         by_peer = {row.peer: row for row in rows}
         for proc in watched:
-            if now - proc.peers_read > SOCKETS_STALE or not proc.peers:
-                self.read_sockets(proc, now)
             mine = [by_peer[name] for name in proc.peers if name in by_peer]
             for row in mine:
                 proc.peer_jobs[row.peer] = row.jobs

@@ -164,10 +164,18 @@ def peers(server: Hub, args: list[str]) -> str:
     its client id, then the functions it registered, a field each (a name holds no tab).
     The supervisor fills `farm ps` for command workers from this, and tells one that serves
     by what it registered: from this one reply, as the ``workers`` listing names
-    connections by fd alone, which a connection closed between the two may hand on."""
+    connections by fd alone, which a connection closed between the two may hand on.
+
+    ``peers PEER...`` lists only the connections named, as ``drain`` names them: the
+    supervisor asks about its command workers alone. The whole listing holds every TCP
+    worker's registrations, 134 MB that any local user may make the server hold, and took
+    longer to make than the supervisor waits (farm.pools.commandjobs)."""
     now = monotonic()
     lines = []
-    for conn in _worker_connections(server):
+    named = _named_workers(server, args, "peers") if args else _worker_connections(server)
+    if isinstance(named, str):
+        return named
+    for conn in named:
         job = min(conn.running.values(), key=lambda j: j.since, default=None)
         held = (
             f"{_text(job.handle)}\t{_text(job.function)}\t{now - job.since:.3f}"
