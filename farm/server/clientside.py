@@ -293,7 +293,7 @@ class ClientSide:
             self.send(encode_res(T.STATUS_RES_UNIQUE, unique, b"0", b"0", b"0", b"0", b"0"))
         else:
             running = b"1" if job.worker is not None else b"0"
-            count = str(len(job.clients)).encode()
+            count = str(sum(job.clients.values())).encode()
             self.send(
                 encode_res(
                     T.STATUS_RES_UNIQUE,

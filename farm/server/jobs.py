@@ -292,16 +292,14 @@ class JobServer(Dispatch, JobControl):
         # Once per submit, as gearmand: a client that submits one unique twice on one
         # connection has two tasks with this handle, and each must get every packet
         # (libgearman and Perl's task sets match one reply to one task).
-        job.clients.append(client)
+        job.clients[client] = job.clients.get(client, 0) + 1
         client.attached.add(job)
 
     def detach_client(self, client: Peer) -> None:
         """A client connection is gone: drop the foreground jobs nobody waits on any more."""
         for job in client.attached:
-            others = [c for c in job.clients if c is not client]
-            if len(others) == len(job.clients):
+            if not job.clients.pop(client, 0):
                 continue
-            job.clients = others
             if not job.clients and not job.background and job.queued:
                 fq = self.function(job.function)
                 fq.discard(job)
@@ -318,8 +316,9 @@ class JobServer(Dispatch, JobControl):
         """WORK_STATUS / DATA / WARNING: kept (status) and passed to every attached client."""
         if kind is Progress.STATUS:
             job.numerator, job.denominator = fields
-        for client in job.clients:
-            client.job_progress(job, kind, fields)
+        for client, times in list(job.clients.items()):  # a client may go meanwhile
+            for _ in range(times):
+                client.job_progress(job, kind, fields)
 
     def finish(self, worker: Peer, job: Job, outcome: Outcome, data: bytes = b"") -> None:
         """WORK_COMPLETE / FAIL / EXCEPTION from the worker holding the job: it ends."""
@@ -339,10 +338,11 @@ class JobServer(Dispatch, JobControl):
                 else stats.failed
             )
             counter[job.priority] += 1
-        for client in job.clients:
-            client.job_ended(job, outcome, data)
+        clients, job.clients = job.clients, {}
+        for client, times in clients.items():
+            for _ in range(times):
+                client.job_ended(job, outcome, data)
             client.attached.discard(job)
-        job.clients = []
         self._forget(job)
 
     def _forget(self, job: Job) -> None:

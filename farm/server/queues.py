@@ -143,7 +143,10 @@ class Job:
         self.reducer = reducer
         self.when = when
         self.seq = seq
-        self.clients: list[Peer] = []
+        # Each attached client, and how many of its submits joined the job (each gets every
+        # packet). A dict: a client that goes is let go in O(1); a list was copied without
+        # it, and thousands of connections of one job made their close quadratic.
+        self.clients: dict[Peer, int] = {}
         self.worker: Peer | None = None
         self.numerator = b"0"
         self.denominator = b"0"

@@ -72,7 +72,7 @@ def test_failed_commit_keeps_a_job_foreground_clients_wait_on(tmp_path: Path) ->
     store.db.close()
     assert jobs.commit_store() == [job.handle]
     jobs.unstore(job.handle)
-    assert job.handle in jobs.jobs and not job.background and job.clients == [client]
+    assert job.handle in jobs.jobs and not job.background and job.clients == {client: 1}
 
 
 def test_a_dying_worker_wakes_a_live_sleeper_not_itself() -> None:
