@@ -106,8 +106,14 @@ def load_key(path: str | os.PathLike[str] | None = None, *, create: bool = True)
     try:
         if create:
             ensure_key(target)
-        with open(target, "rb") as f:
+        # O_NONBLOCK: a FIFO planted at the path (in /tmp, say) must not hang the open;
+        # it is refused below.
+        with open(os.open(target, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
             info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise KeyFileError(
+                    f"key file {target} is not a regular file; set ${KEY_ENV} to the farm's key"
+                )
             mode = info.st_mode
             acl = _has_acl(f.fileno())
             text = f.read().strip()

@@ -71,6 +71,20 @@ def test_a_key_file_another_user_made_in_a_shared_directory_is_refused(shared: P
     assert "belongs to uid 54321" in loaded.stderr
 
 
+def test_a_fifo_another_user_made_at_the_key_path_is_refused_not_waited_on(shared: Path) -> None:
+    # Opened as a file, a FIFO there held `farm up`, its workers and every caller for good.
+    key = shared / "farm.key"
+    os.mkfifo(key)
+    os.chown(key, OTHER, NOBODY)
+    script = f"import sys; sys.path.insert(0, {str(ROOT)!r})\n" + (
+        f"from farm.executor.signing import load_key; load_key({str(key)!r})"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, cwd="/"
+    )
+    assert loaded.returncode != 0 and "is not a regular file" in loaded.stderr, loaded.stderr
+
+
 def test_the_farms_own_key_shared_with_its_group_is_read_by_other_accounts(
     shared: Path,
 ) -> None:
