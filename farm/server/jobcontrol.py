@@ -28,7 +28,7 @@ class JobControl:
     jobs: dict[bytes, Job]
     functions: dict[bytes, FunctionQueue]
     other_retired: FunctionStats
-    uniques: dict[tuple[bytes, bytes], Job]
+    uniques: dict[tuple[bytes, bytes, bool], Job]
     awaiting: dict[bytes, Job]
     epoch_heap: list[tuple[float, int, Job]]
     submit: Callable[..., Job]
@@ -57,6 +57,7 @@ class JobControl:
                 reducer=row.reducer,
                 when=row.when,
                 store_id=row.id,
+                local=bool(row.local),
             )
             if job.store_id != row.id:
                 self.store.remove(row.id)  # coalesced with an earlier row

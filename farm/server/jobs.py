@@ -110,7 +110,7 @@ class JobServer(Dispatch, JobControl):
         self.lingering: dict[Peer, set[bytes]] = {}  # awake, left as sleepers (Sleepers)
         self.with_work: dict[Peer, set[bytes]] = {}  # many-function workers' (Abilities)
         self.jobs: dict[bytes, Job] = {}
-        self.uniques: dict[tuple[bytes, bytes], Job] = {}
+        self.uniques: dict[tuple[bytes, bytes, bool], Job] = {}
         # unique -> live jobs with it, in any function, oldest first (GET_STATUS_UNIQUE
         # answers the newest). A dict, not a list: any local user may give one unique to a job
         # in each of 65,536 functions, and a list's remove() made forgetting them quadratic
@@ -186,6 +186,7 @@ class JobServer(Dispatch, JobControl):
         when: float = 0.0,
         store_id: int = 0,
         tcp: bool = False,
+        local: bool | None = None,
     ) -> Job:
         """Queue a job (or join the live job with the same function and unique).
 
@@ -193,14 +194,20 @@ class JobServer(Dispatch, JobControl):
         Raises QueueFull when the function's queue is at its maximum, and
         StoreError when a background job cannot be made durable. ``store_id``
         is given when replaying a job that is already stored; ``tcp`` when a TCP peer
-        submits it (QueuedBytes).
+        submits it (QueuedBytes). ``local``: submitted on the Unix socket (by default, not
+        over TCP; a replayed job's is stored with it): a unique joins a submit only to a
+        job of the same side, so that no TCP peer, which any local user may be, reads the
+        result of the farm's own callers' jobs by their key (listed by `show unique jobs`),
+        nor gives them its own.
         """
         # `-` means "the payload is the unique": such jobs coalesce with each other
         # on their payload (never with a literal unique, never when empty), and
         # the worker still sees `-`, as with gearmand.
         key = (b"-\0" + data if data else b"") if unique == b"-" else unique
+        if local is None:
+            local = not tcp
         if key:
-            job = self.uniques.get((function, key))
+            job = self.uniques.get((function, key, local))
             if job is not None:
                 if background:
                     if self.store is not None and not job.store_id:
@@ -229,6 +236,7 @@ class JobServer(Dispatch, JobControl):
             handle, function, unique, data, priority, background, reducer, when, next(self._seq)
         )
         job.key = key
+        job.local = local
         staged = False
         if store_id:
             job.store_id = store_id
@@ -243,7 +251,7 @@ class JobServer(Dispatch, JobControl):
             q.tcp_held += size
         self.jobs[handle] = job
         if key:
-            self.uniques[(function, key)] = job
+            self.uniques[(function, key, local)] = job
         if unique:
             self.by_unique.setdefault(unique, {})[job] = None
         if client is not None and not background:
@@ -270,7 +278,14 @@ class JobServer(Dispatch, JobControl):
         assert self.store is not None
         try:
             return self.store.add(
-                job.handle, job.function, job.unique, job.data, job.priority, job.reducer, job.when
+                job.handle,
+                job.function,
+                job.unique,
+                job.data,
+                job.priority,
+                job.reducer,
+                job.when,
+                job.local,
             )
         except StoreError:
             self.function(job.function).stats.refused[STORE][priority] += 1
@@ -355,7 +370,7 @@ class JobServer(Dispatch, JobControl):
             self.store.remove(job.store_id)
             job.store_id = 0
         if job.key:
-            key = (job.function, job.key)
+            key = (job.function, job.key, job.local)
             if self.uniques.get(key) is job:
                 del self.uniques[key]
         if job.unique:

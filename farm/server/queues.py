@@ -119,6 +119,7 @@ class Job:
         "since",
         "size",
         "tcp",
+        "local",
     )
 
     def __init__(
@@ -157,6 +158,9 @@ class Job:
         self.since = 0.0  # monotonic: when it was queued, then when a worker took it
         self.size = 0  # the bytes it holds, as --max-queued-bytes counts them (held_bytes)
         self.tcp = False  # counted in the TCP peers' share of them (QueuedBytes)
+        # Submitted on the Unix socket (a stored job: as it was first): a unique joins it only
+        # to a submit of the same side (JobServer.submit)
+        self.local = False
 
     def __repr__(self) -> str:
         return f"<Job {self.handle.decode()} {self.function!r}>"  # a name may not be UTF-8

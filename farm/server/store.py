@@ -53,9 +53,11 @@ class StoredJob:
     when: float
     created: float = 0.0  # wall-clock time of the submit (0: a row of an older farm)
     retries: int = 0  # deaths of its workers so far (job_retries), kept across restarts
+    # Submitted on the Unix socket: 1 or 0 as SQLite gives it (an older farm's rows: 1)
+    local: int = 1
 
 
-Row = tuple[int, bytes, bytes, bytes, int, bytes | None, float, float]
+Row = tuple[int, bytes, bytes, bytes, int, bytes | None, float, float, bool]
 
 
 @dataclass(slots=True)
@@ -112,14 +114,19 @@ class SQLiteStore:
         priority: int,
         reducer: bytes | None,
         when: float,
+        local: bool,
     ) -> int:
-        """Stage one job for the next commit; its row id. Refused (StoreError) while the
-        store is failing; after ``retry_after`` seconds the next commit tries again."""
+        """Stage one job for the next commit; its row id (``local``: submitted on the Unix
+        socket, which a unique key's coalescing keeps apart, farm.server.jobs). Refused
+        (StoreError) while the store is failing; after ``retry_after`` seconds the next
+        commit tries again."""
         if self.broken and time.monotonic() < self._retry_at:
             raise StoreError(self.broken)
         row_id = self._next_id
         self._next_id += 1
-        self._adds.append((row_id, function, unique, data, priority, reducer, when, time.time()))
+        self._adds.append(
+            (row_id, function, unique, data, priority, reducer, when, time.time(), local)
+        )
         self.staged_handles.append(handle)
         return row_id
 
@@ -255,7 +262,8 @@ class SQLiteStore:
                 chunk = adds[at : at + ROWS_A_STATEMENT]
                 self.db.execute(
                     "INSERT INTO jobs (id, function, uniq, data, priority, reducer, run_at,"
-                    " created) VALUES " + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk)),
+                    " created, local) VALUES "
+                    + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk)),
                     [value for row in chunk for value in row],
                 )
             if retries:  # rare (a worker died)
@@ -279,8 +287,8 @@ class SQLiteStore:
         """Every stored job, in the order it must run: priority, then arrival."""
         try:
             rows = self.db.execute(
-                "SELECT id, function, uniq, data, priority, reducer, run_at, created, retries"
-                " FROM jobs ORDER BY priority, id"
+                "SELECT id, function, uniq, data, priority, reducer, run_at, created, retries,"
+                " local FROM jobs ORDER BY priority, id"
             ).fetchall()
         except sqlite3.Error as exc:
             raise damaged(self.path, exc) from None

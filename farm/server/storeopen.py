@@ -28,14 +28,17 @@ CREATE TABLE IF NOT EXISTS jobs (
     reducer   BLOB,
     run_at    REAL NOT NULL DEFAULT 0,
     created   REAL NOT NULL DEFAULT 0,
-    retries   INTEGER NOT NULL DEFAULT 0
+    retries   INTEGER NOT NULL DEFAULT 0,
+    local     INTEGER NOT NULL DEFAULT 1
 )
 """
 #: Columns a store of an older farm lacks, added at open with their defaults (its rows read
-#: as 0: a submit time unknown, no death of a worker counted).
+#: as a submit time unknown, no death of a worker counted, and submitted on the Unix socket:
+#: no TCP peer's unique key joins them, whichever side they came from).
 _ADDED_COLUMNS = {
     "created": "REAL NOT NULL DEFAULT 0",
     "retries": "INTEGER NOT NULL DEFAULT 0",
+    "local": "INTEGER NOT NULL DEFAULT 1",
 }
 
 #: Seconds the server waits for the store's lock at start. Another server holds it for its

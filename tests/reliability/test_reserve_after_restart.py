@@ -41,7 +41,7 @@ def test_a_store_reopened_with_its_reserve_given_back_takes_no_job_in_its_room(
 ) -> None:
     path = small_disk / "q.db"
     store = SQLiteStore(path, retry_after=0.0)
-    ids = [store.add(b"H:%d" % i, b"f", b"", BIG, 1, None, 0.0) for i in range(10)]
+    ids = [store.add(b"H:%d" % i, b"f", b"", BIG, 1, None, 0.0, True) for i in range(10)]
     assert store.commit() == []
     store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the next write must grow the WAL
     info = os.statvfs(small_disk)
@@ -56,7 +56,7 @@ def test_a_store_reopened_with_its_reserve_given_back_takes_no_job_in_its_room(
     try:
         taken = []
         for i in range(40):  # submits keep coming, each a turn of its own
-            again.add(b"N:%d" % i, b"f", b"", BIG, 1, None, 0.0)
+            again.add(b"N:%d" % i, b"f", b"", BIG, 1, None, 0.0, True)
             if not again.commit():
                 taken.append(again._next_id - 1)
         for row_id in ids:  # the jobs stored before finish, one a turn
@@ -95,7 +95,7 @@ def test_a_store_of_an_older_farm_opens_on_a_full_disk(small_disk: Path) -> None
     try:
         rows = list(store.load())
         assert [r.retries for r in rows] == [0] * 50
-        store.add(b"N:1", b"f", b"", BIG, 1, None, 0.0)
+        store.add(b"N:1", b"f", b"", BIG, 1, None, 0.0, True)
         assert store.commit() == [b"N:1"], "no job in the room the deletes need"
         for row in rows:  # the stored jobs run and finish
             store.remove(row.id)

@@ -135,7 +135,7 @@ def test_on_a_full_disk_the_deletes_of_finished_jobs_reach_it(
     _fill_disk(small_disk, leave=2 << 20)
     ids = []
     while not store.commit():
-        ids.append(store.add(b"H:%d" % len(ids), b"f", b"", BIG, 1, None, 0.0))
+        ids.append(store.add(b"H:%d" % len(ids), b"f", b"", BIG, 1, None, 0.0, True))
     assert store.broken and len(ids) > 10
     ids.pop()  # the add that failed
     for row_id in ids:
@@ -181,7 +181,7 @@ def test_deletes_one_turn_at_a_time_on_a_full_disk_all_reach_it(
     # Pages only in the WAL: the store checkpoints within its reserve, but a checkpoint the
     # disk had no room for leaves them there all the same.
     store.db.execute("PRAGMA wal_autocheckpoint = 0")
-    ids = [store.add(b"H:%d" % i, b"f", b"", b"x" * size, 1, None, 0.0) for i in range(count)]
+    ids = [store.add(b"H:%d" % i, b"f", b"", b"x" * size, 1, None, 0.0, True) for i in range(count)]
     assert store.commit() == []
     assert os.path.getsize(path) < count * size  # in the WAL yet
     _fill_disk(small_disk, leave=0)
@@ -284,7 +284,7 @@ def test_no_job_is_added_in_the_room_the_reserve_gave_the_deletes(small_disk: Pa
     # restart. Adds wait until the reserve is taken back whole.
     path = small_disk / "q.db"
     store = SQLiteStore(path, retry_after=0.0)
-    ids = [store.add(b"H:%d" % i, b"f", b"", BIG, 1, None, 0.0) for i in range(10)]
+    ids = [store.add(b"H:%d" % i, b"f", b"", BIG, 1, None, 0.0, True) for i in range(10)]
     assert store.commit() == []
     # The WAL as a delete written on a full disk leaves it (_delete_anyway): cut to nothing,
     # so the next write must grow it.
@@ -296,7 +296,7 @@ def test_no_job_is_added_in_the_room_the_reserve_gave_the_deletes(small_disk: Pa
     assert reserve.stat().st_size == 0, "the delete needed the reserve's room"
     taken = 0
     for i in range(40):  # submits keep coming, each a turn of its own
-        store.add(b"N:%d" % i, b"f", b"", BIG, 1, None, 0.0)
+        store.add(b"N:%d" % i, b"f", b"", BIG, 1, None, 0.0, True)
         if not store.commit():
             taken += 1
             ids.append(store._next_id - 1)
@@ -306,7 +306,7 @@ def test_no_job_is_added_in_the_room_the_reserve_gave_the_deletes(small_disk: Pa
     assert taken == 0, f"{taken} jobs were written in the reserve's room"
     # Room comes back: the reserve is taken again, then background jobs are.
     (small_disk / "filler").unlink()
-    store.add(b"H:new", b"f", b"", b"small", 1, None, 0.0)
+    store.add(b"H:new", b"f", b"", b"small", 1, None, 0.0, True)
     assert store.commit() == [] and store.broken is None
     assert reserve.stat().st_size > 0
     store.close()
@@ -324,7 +324,7 @@ def test_deletes_on_a_small_full_disk_never_run_out_of_room(small_disk: Path) ->
     # rest could not be written: 16 of 150 here, and 134 finished jobs would run again.
     path = small_disk / "q.db"
     store = SQLiteStore(path, retry_after=0.0)
-    ids = [store.add(b"H:%d" % i, b"f", b"", BIG, 1, None, 0.0) for i in range(150)]
+    ids = [store.add(b"H:%d" % i, b"f", b"", BIG, 1, None, 0.0, True) for i in range(150)]
     assert store.commit() == []
     _fill_disk(small_disk, leave=0)
     for row_id in ids:  # a worker's WORK_COMPLETE per turn

@@ -42,7 +42,7 @@ def mode(path: Path) -> int:
 def test_a_new_store_and_its_directory_are_closed_to_other_users(tmp_path: Path) -> None:
     path = tmp_path / "state" / "farm" / "queue.db"
     store = SQLiteStore(path)
-    store.add(b"H:x:1", b"f", b"", b"secret payload", 1, None, 0.0)
+    store.add(b"H:x:1", b"f", b"", b"secret payload", 1, None, 0.0, True)
     store.commit()
     assert mode(path) == 0o600
     assert mode(path.parent) == 0o700

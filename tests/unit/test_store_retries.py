@@ -131,7 +131,7 @@ def test_a_batch_in_flight_shares_no_count_with_the_stage(tmp_path: Path) -> Non
     changed size during iteration", not a sqlite3.Error: the transaction was left open,
     and the next commit failed, refusing its background jobs)."""
     store = SQLiteStore(tmp_path / "q.db")
-    rows = [store.add(b"h%d" % i, b"f", b"", b"x", 1, None, 0.0) for i in range(3)]
+    rows = [store.add(b"h%d" % i, b"f", b"", b"x", 1, None, 0.0, True) for i in range(3)]
     assert store.commit() == []
     batch = store.take()  # nothing staged: no counts
     store.retried(rows[0], 1)  # a worker died meanwhile: staged for the next batch
@@ -143,14 +143,14 @@ def test_a_commit_that_fails_outside_sqlite_leaves_no_transaction_open(tmp_path:
     stay open, or every later commit fails ("cannot start a transaction within a
     transaction") and background jobs are refused until a restart."""
     store = SQLiteStore(tmp_path / "q.db")
-    row = store.add(b"h1", b"f", b"", b"x", 1, None, 0.0)
+    row = store.add(b"h1", b"f", b"", b"x", 1, None, 0.0, True)
     assert store.commit() == []
     store.retried(row, 2)
     batch = store.take()
     batch.retries = BadCounts({row: 2})  # an exception of no sqlite3 kind, mid-transaction
     with pytest.raises(RuntimeError):
         store.write(batch)
-    store.add(b"h2", b"f", b"", b"x", 1, None, 0.0)
+    store.add(b"h2", b"f", b"", b"x", 1, None, 0.0, True)
     assert store.commit() == [], "a commit after the failure was refused"
     store.close()
 
