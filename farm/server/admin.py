@@ -260,8 +260,11 @@ def max_queue(server: Hub, args: list[str]) -> str:
     if (bad := _bad_name(name)) and name not in server.jobs.functions:
         return bad
     fq = server.jobs.function(name)
-    if len(sizes) >= 3:
-        fq.max_total, fq.max_by_priority = 0, (sizes[0], sizes[1], sizes[2])
+    if len(sizes) >= 2:
+        # gearmand: `F HIGH NORMAL [LOW]`, a size not given is no limit; only `F N` is one
+        # size for every priority
+        high, normal, low = (*sizes, 0)[:3]
+        fq.max_total, fq.max_by_priority = 0, (high, normal, low)
     else:
         fq.max_total, fq.max_by_priority = (sizes[0] if sizes else 0), (0, 0, 0)
     return OK

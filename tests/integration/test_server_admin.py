@@ -351,6 +351,25 @@ def test_maxqueue_per_priority(any_server, admin_factory, peer_factory):
     assert c.expect(T.ERROR).args[0] == b"QUEUE_ERROR"
 
 
+def test_maxqueue_with_two_sizes_bounds_high_and_normal_and_leaves_low(
+    any_server, admin_factory, peer_factory
+):
+    """As gearmand: `maxqueue F H N` sets HIGH and NORMAL, and LOW (not given) is unlimited;
+    only `maxqueue F N` applies one size to every priority (farm took `1 2` as `1` for all)."""
+    worker(peer_factory, any_server, "two")
+    a = admin_factory(any_server)
+    assert a.line(b"maxqueue two 1 2\n") == b"OK\r\n"
+    c = peer_factory(any_server.addr)
+    submit(c, "two", ptype=T.SUBMIT_JOB_HIGH)
+    c.send(T.SUBMIT_JOB_HIGH, "two", "", "h2")
+    assert c.expect(T.ERROR).args[0] == b"QUEUE_ERROR"
+    submit(c, "two")  # NORMAL: 2 allowed, 1 job so far
+    c.send(T.SUBMIT_JOB, "two", "", "n2")
+    assert c.expect(T.ERROR).args[0] == b"QUEUE_ERROR"
+    for _ in range(3):
+        submit(c, "two", ptype=T.SUBMIT_JOB_LOW)  # LOW: no limit
+
+
 def test_maxqueue_counts_running_jobs_too(any_server, admin_factory, peer_factory):
     """As gearmand: `maxqueue F 1` with one job running refuses the next (a cap some use
     to run one job of F at a time)."""
