@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import logging
+import re
 import struct
 import sys
 import termios
@@ -33,6 +34,10 @@ NOOP = encode_res(T.NOOP)
 #: Functions only trusted workers may serve (see ``WorkerSide.may_serve``).
 RESERVED = b"farm."
 UCRED = struct.Struct("3i")  # pid, uid, gid
+#: A CAN_DO_TIMEOUT's number: whole, or with a fraction that is dropped, as gearmand's atoi
+#: drops it (Perl's `register_function(f => 2.5 => sub)` sends `2.5`; refused, the Perl
+#: worker died on the ERROR at its first grab).
+TIMEOUT = re.compile(rb"\s*([+-]?\d+)(?:\.\d*)?\s*")
 
 # Plain ints and module names for the hot path: reading a member off an enum class costs
 # about 100 ns on Python 3.11, several times a job.
@@ -273,11 +278,11 @@ class WorkerSide:
 
     def can_do_timeout(self, args: tuple[bytes, ...]) -> None:
         function, raw = args
-        try:
-            value = int(raw)
-        except ValueError:
-            self.send(error("INVALID_COMMAND", "CAN_DO_TIMEOUT timeout is not an integer"))
+        number = TIMEOUT.fullmatch(raw)
+        if number is None:
+            self.send(error("INVALID_COMMAND", "CAN_DO_TIMEOUT timeout is not a number"))
             return
+        value = int(number[1])
         if not (self.function_ok(function) and self.room_for(function)):
             return
         if not self.may_serve(function):

@@ -698,10 +698,10 @@ def test_job_retries_count_cant_do_too(retry2_server, peer_factory):
     assert grab(w).type == T.NO_JOB
 
 
-@pytest.mark.parametrize("timeout", ["1", "1200"])
+@pytest.mark.parametrize("timeout", ["1", "1200", "1.9"])
 def test_can_do_timeout_fails_the_job(farm_server, peer_factory, timeout):
     # farm: expiry fails the job (gearmand 1.1 silently requeues it). Values
-    # >= 1000 are milliseconds (libgearman >= 1.1.19 sends ms).
+    # >= 1000 are milliseconds (libgearman >= 1.1.19 sends ms); a fraction is dropped (atoi).
     c = peer_factory(farm_server.addr)
     w = peer_factory(farm_server.addr)
     w.send(T.CAN_DO_TIMEOUT, "t", timeout)

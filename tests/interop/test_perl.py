@@ -62,3 +62,31 @@ def test_farm_client_calls_a_perl_worker(
 ) -> None:
     with farm.Client(farm_server.addr) as client:
         assert client.call("reverse", "abc", timeout=20) == b"cba"
+
+
+PERL_WORKER_WITH_TIMEOUT = r"""
+use Gearman::Worker;
+my $w = Gearman::Worker->new(job_servers => ['127.0.0.1:%(port)d']);
+$w->register_function(reverse => 2.5 => sub { scalar reverse $_[0]->arg });
+$w->work while 1;
+"""
+
+
+def test_a_perl_worker_registered_with_a_fractional_timeout_serves(farm_server: Server) -> None:
+    """`register_function(f => 2.5 => sub)` sends CAN_DO_TIMEOUT `2.5`: gearmand reads the
+    whole seconds (atoi) and serves; farm's ERROR there made the Perl worker die at its first
+    grab ("unexpected packet type: error"), so no job of f ever ran."""
+    worker = subprocess.Popen([perl(), "-e", PERL_WORKER_WITH_TIMEOUT % {"port": farm_server.port}])
+    try:
+        out = subprocess.run(
+            [perl(), "-e", PERL_CLIENT % {"port": farm_server.port}],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == "!dlroW olleH"
+        assert worker.poll() is None, "the Perl worker died"
+    finally:
+        worker.kill()
+        worker.wait()
