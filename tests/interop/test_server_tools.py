@@ -245,3 +245,27 @@ def test_gearadmin_show_jobs_and_unique(both_servers):
         out = gearadmin(srv, "--show-jobs")
         assert re.fullmatch(rb"H:\S+:\d+\t0\t0\t\d\n\.\n", out), (srv.kind, out)
         assert gearadmin(srv, "--show-unique-jobs") == b"\n.\n"
+
+
+def gearadmin_with(srv: Server, flag: str, value: str) -> bytes:
+    tool = need("gearadmin")
+    r = run(tool, "-h", "127.0.0.1", "-p", str(srv.port), flag, value)
+    assert r.returncode == 0, (flag, r.stderr)
+    return r.stdout
+
+
+def test_gearadmin_options_print_alike_on_both_servers(both_servers):
+    """The options the tests above leave out, each printed the same by both servers (the
+    queued job's handle, which differs, is not named: a cancel of an unknown one is)."""
+    farm, gearmand = both_servers
+    for flag in ("--priority-status", "--server-verbose"):
+        assert gearadmin(farm, flag) == gearadmin(gearmand, flag), flag
+    for flag, value in (
+        ("--create-function", "made"),
+        ("--drop-function", "made"),  # no worker, no job: dropped
+        ("--drop-function", "nowhere"),
+        ("--drop-function", "rev"),  # a worker has it
+        ("--cancel-job", "H:nowhere:1"),
+    ):
+        assert gearadmin_with(farm, flag, value) == gearadmin_with(gearmand, flag, value), flag
+    assert gearadmin(farm, "--status") == gearadmin(gearmand, "--status") == b"rev\t1\t0\t1\n.\n"
