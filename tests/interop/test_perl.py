@@ -73,9 +73,9 @@ $w->work while 1;
 
 
 def test_a_perl_worker_registered_with_a_fractional_timeout_serves(farm_server: Server) -> None:
-    """`register_function(f => 2.5 => sub)` sends CAN_DO_TIMEOUT `2.5`: gearmand reads the
-    whole seconds (atoi) and serves; farm's ERROR there made the Perl worker die at its first
-    grab ("unexpected packet type: error"), so no job of f ever ran."""
+    """`register_function(f => 2.5 => sub)` sends CAN_DO_TIMEOUT `2.5`: gearmand reads it with
+    atoi (2) and serves; farm's ERROR there made the Perl worker die at its first grab
+    ("unexpected packet type: error"), so no job of f ever ran."""
     worker = subprocess.Popen([perl(), "-e", PERL_WORKER_WITH_TIMEOUT % {"port": farm_server.port}])
     try:
         out = subprocess.run(
