@@ -282,7 +282,9 @@ class WorkerSide:
         if number is None:
             self.send(error("INVALID_COMMAND", "CAN_DO_TIMEOUT timeout is not a number"))
             return
-        value = int(number[1])
+        sign, digits = (-1 if number[1].startswith(b"-") else 1), number[1].lstrip(b"+-0")
+        # Past 4,300 digits (leading zeros too) int() raises: such a number is past any limit.
+        value = sign * (int(digits or b"0") if len(digits) <= 20 else p.MAX_TIMEOUT * 1000 + 1)
         if not (self.function_ok(function) and self.room_for(function)):
             return
         if not self.may_serve(function):

@@ -39,6 +39,23 @@ def test_a_huge_can_do_timeout_gets_an_error_then_a_close(
     assert w.closed_within(5)
 
 
+def test_a_can_do_timeout_of_5000_digits_gets_an_error_not_an_internal_error(
+    farm_server: Server, peer_factory: Callable[[str], Peer]
+) -> None:
+    # Past Python's 4,300 digits int() raises ValueError: read by a pattern and then int(),
+    # it came out of the handler, and the connection was closed as an internal error, with
+    # no ERROR and a traceback in the log for each such packet, which any local user may
+    # send. It is refused as any timeout past the limit is.
+    w = peer_factory(farm_server.addr)
+    w.send(T.CAN_DO_TIMEOUT, "f", "9" * 5000)
+    err = w.expect(T.ERROR)
+    assert err.args[0] == b"INVALID_COMMAND" and b"more than" in err.args[1]
+    assert w.closed_within(5)
+    zeros = peer_factory(farm_server.addr)  # a small number behind 5,000 zeros is taken
+    zeros.send(T.CAN_DO_TIMEOUT, "f", "0" * 5000 + "5")
+    sync(zeros)
+
+
 def test_a_huge_epoch_gets_an_error_then_a_close(
     farm_server: Server, peer_factory: Callable[[str], Peer]
 ) -> None:
