@@ -80,6 +80,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, PeerOptions, a
         self.abilities: dict[bytes, float] = {}
         self.running: dict[bytes, Job] = {}
         self.expired: dict[bytes, int] = {}
+        self.excepted: bytes | None = None  # (WorkerSide.work_update)
         self.attached: set[Job] = set()
         self.exceptions = hub.options.exceptions
         self.sleeping = False

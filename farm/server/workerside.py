@@ -43,7 +43,7 @@ TIMEOUT = re.compile(rb"\s*([+-]?\d+)(?:\.\d*)?\s*")
 # about 100 ns on Python 3.11, several times a job.
 _GRAB_JOB, _GRAB_JOB_ALL = int(T.GRAB_JOB), int(T.GRAB_JOB_ALL)
 _JOB_ASSIGN, _JOB_ASSIGN_UNIQ = int(T.JOB_ASSIGN), int(T.JOB_ASSIGN_UNIQ)
-_WORK_FAIL = int(T.WORK_FAIL)
+_WORK_FAIL, _WORK_EXCEPTION = int(T.WORK_FAIL), int(T.WORK_EXCEPTION)
 
 #: What a worker's news means to the job model: progress, or the job's end.
 PROGRESS_KIND: dict[int, Progress] = {
@@ -91,6 +91,7 @@ class WorkerSide:
     read_accept: bool  # negotiated: having read a pushed job accepts it
     heard_since_push: bool  # a packet came from the worker after the push
     expired: dict[bytes, int]  # handle -> times the job timed out or was taken back here
+    excepted: bytes | None  # the last job this worker ended with WORK_EXCEPTION
     jobs_done: int
     transport: asyncio.Transport | None
     send: Callable[[bytes], None]
@@ -316,6 +317,12 @@ class WorkerSide:
                         del self.expired[handle]
                 log.debug("fd %d: late %s for timed-out job %r dropped", self.fd, ptype, handle)
                 return
+            if ptype == _WORK_FAIL and handle == self.excepted:
+                # Perl's Gearman::Worker follows a WORK_EXCEPTION with a WORK_FAIL for the
+                # same job, and died on the ERROR JOB_NOT_FOUND that answered it (gearmand's
+                # answer too): dropped, a failing job no longer costs a worker.
+                self.excepted = None
+                return
             self.send(error("JOB_NOT_FOUND", NOT_FOUND_TEXT.get(ptype, NOT_FOUND_DEFAULT)))
             return
         progress = PROGRESS_KIND.get(ptype)
@@ -324,6 +331,7 @@ class WorkerSide:
             self.wait_for_readers(job)
         else:
             data = args[1] if ptype != _WORK_FAIL else b""
+            self.excepted = handle if ptype == _WORK_EXCEPTION else None
             self.jobs.finish(self, job, OUTCOME[ptype], data)  # type: ignore[arg-type]  # as above
             self.jobs_done += 1
 

@@ -90,3 +90,28 @@ def test_a_perl_worker_registered_with_a_fractional_timeout_serves(farm_server: 
     finally:
         worker.kill()
         worker.wait()
+
+
+PERL_WORKER_THAT_DIES = r"""
+use Gearman::Worker;
+my $w = Gearman::Worker->new(job_servers => ['127.0.0.1:%(port)d']);
+$w->register_function(moody => sub { my $a = $_[0]->arg; die "no $a\n" if $a eq 'bad'; $a });
+$w->work while 1;
+"""
+
+
+def test_a_perl_worker_whose_function_dies_serves_on(farm_server: Server) -> None:
+    """A Perl function that dies makes Gearman::Worker send WORK_EXCEPTION, then WORK_FAIL
+    for the same job. The first ended it; the server answered the second with ERROR
+    JOB_NOT_FOUND (gearmand does too), and the Perl worker died on it ("unexpected packet
+    type: error"): each failing job cost a worker. farm drops that WORK_FAIL quietly."""
+    worker = subprocess.Popen([perl(), "-e", PERL_WORKER_THAT_DIES % {"port": farm_server.port}])
+    try:
+        with farm.Client(farm_server.addr) as client:
+            with pytest.raises(farm.JobException, match="no bad"):
+                client.call("moody", "bad", timeout=20)
+            assert client.call("moody", "good", timeout=20) == b"good"
+        assert worker.poll() is None, "the Perl worker died"
+    finally:
+        worker.kill()
+        worker.wait()
