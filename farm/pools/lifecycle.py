@@ -32,9 +32,9 @@ from farm.pools.slots import (
     describe_exit,
     exit_cause,
 )
-from farm.pools.spawn import EXEC_FAILED_PREFIX, EXIT_EXEC_FAILED, spawn
+from farm.pools.spawn import EXEC_FAILED_PREFIX, EXIT_EXEC_FAILED, group_alive, spawn
 
-__all__ = ["Lifecycle", "TIMEOUT_GRACE", "group_alive"]
+__all__ = ["Lifecycle", "TIMEOUT_GRACE"]
 
 log = logging.getLogger("farm.supervisor")
 
@@ -43,17 +43,6 @@ TIMEOUT_GRACE = 1.0
 #: While something starts (the server, a command worker's connection, a successor), the
 #: supervisor's loop looks at it this often.
 POLL = 0.02
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether any process is left in the process group ``pgid``."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # there, as another user (a pool's ``user``)
-        return True
-    return True
 
 
 class Lifecycle:
@@ -98,8 +87,10 @@ class Lifecycle:
                 self.excuse(proc)
                 self.kill(proc, "did not drain in time")
         for proc in list(self.leftovers):
-            # Checked every turn, so an emptied group is let go before its id can be reused
-            # (by a new worker, which leads a group of its own: never killed for it).
+            # Checked every turn, so an emptied group is let go long before its id could
+            # come back: pids are handed out in turn up to pid_max (4,194,304), so that takes
+            # the whole range used up meanwhile. A new worker of ours that got it, leading a
+            # group of its own, is never killed for it.
             if not group_alive(proc.pid) or proc.pid in self.by_pid:
                 self.leftovers.remove(proc)
             elif proc.stop_deadline is not None and now >= proc.stop_deadline:
@@ -396,3 +387,12 @@ class Lifecycle:
                 os.kill(pid, sig)
         except ProcessLookupError:
             pass  # already dead; reaping will report it
+        except PermissionError:
+            # What is left is another user's (a wrapper's `sudo -u www php ...` once its
+            # shell died): nothing to do but say so, and the supervisor must live on.
+            log.warning(
+                "cannot send %s to %s %d: it runs as another user",
+                signal.Signals(sig).name,
+                "process group" if group else "pid",
+                pid,
+            )

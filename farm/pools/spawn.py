@@ -25,7 +25,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 
 from farm.commandspec import RunAs
 
-__all__ = ["EXIT_EXEC_FAILED", "EXEC_FAILED_PREFIX", "spawn", "set_death_signal"]
+__all__ = ["EXIT_EXEC_FAILED", "EXEC_FAILED_PREFIX", "group_alive", "spawn", "set_death_signal"]
 
 #: The exit code of a child that could not take its user or directory or exec its program
 #: (as a shell's "cannot execute"); its one line of why on fd 2 starts with EXEC_FAILED_PREFIX.
@@ -53,6 +53,17 @@ def set_death_signal(sig: int) -> None:
     """Linux sends ``sig`` to this process when its parent dies (cleared by setuid)."""
     if _prctl is not None:
         _prctl(PR_SET_PDEATHSIG, sig)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process is left in the process group ``pgid``."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # there, as another user (a pool's ``user``)
+        return True
+    return True
 
 
 def spawn(
