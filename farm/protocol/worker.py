@@ -148,8 +148,9 @@ class WorkerSession:
     @staticmethod
     def _can_do(name: str, timeout: float | None) -> bytes:
         if timeout:
-            # Milliseconds: servers read values >= 1000 as ms (farm, gearmand >= 1.1.19), so
-            # seconds would turn a 3600 s timeout into 3.6 s.
+            # Milliseconds, at least 1000: gearmand 1.1.20 reads every value as ms, farm those
+            # from 1000 (below, seconds: docs/server.md). Seconds would turn a 3600 s timeout
+            # into 3.6 s on gearmand.
             millis = max(1000, round(timeout * 1000))
             return encode_req(PT.CAN_DO_TIMEOUT, name.encode(), b"%d" % millis)
         return encode_req(PT.CAN_DO, name.encode())

@@ -355,8 +355,10 @@ class JobServer(Dispatch, JobControl):
             counter[job.priority] += 1
         clients, job.clients = job.clients, {}
         for client, times in clients.items():
-            for _ in range(times):
-                client.job_ended(job, outcome, data)
+            client.job_ended(job, outcome, data)
+            if times > 1:  # rare: one connection's submits of one unique (each is told)
+                for _ in range(times - 1):
+                    client.job_ended(job, outcome, data)
             client.attached.discard(job)
         self._forget(job)
 

@@ -284,7 +284,8 @@ class WorkerSide:
             self.send(error("INVALID_COMMAND", "CAN_DO_TIMEOUT timeout is not a number"))
             return
         sign, digits = (-1 if number[1].startswith(b"-") else 1), number[1].lstrip(b"+-0")
-        # Past 4,300 digits (leading zeros too) int() raises: such a number is past any limit.
+        # int() raises past 4,300 digits, leading zeros counted: they are dropped, and more
+        # than 20 digits left is far past the limit (MAX_TIMEOUT in ms has 10).
         value = sign * (int(digits or b"0") if len(digits) <= 20 else p.MAX_TIMEOUT * 1000 + 1)
         if not (self.function_ok(function) and self.room_for(function)):
             return
@@ -293,8 +294,9 @@ class WorkerSide:
         if value > p.MAX_TIMEOUT * 1000:  # checked before any float: 10**400 has none
             self.refuse(f"CAN_DO_TIMEOUT is more than {p.MAX_TIMEOUT} s")
             return
-        # The protocol says seconds; gearmand >= 1.1.19 reads values >= 1000 as ms (libgearman
-        # passes the caller's number on). 0 or less: none.
+        # The protocol says seconds; gearmand 1.1.20 reads every value as ms (probed:
+        # docs/server.md), libgearman passing the caller's number on. farm reads values from
+        # 1000 as ms, and below as seconds, as php.net documents them. 0 or less: none.
         seconds = 0.0 if value <= 0 else value / 1000 if value >= 1000 else float(value)
         self.jobs.can_do(self.peer(), function, seconds)
 
@@ -331,7 +333,8 @@ class WorkerSide:
             self.wait_for_readers(job)
         else:
             data = args[1] if ptype != _WORK_FAIL else b""
-            self.excepted = handle if ptype == _WORK_EXCEPTION else None
+            if ptype == _WORK_EXCEPTION:  # a stale one names a job that has ended: harmless
+                self.excepted = handle
             self.jobs.finish(self, job, OUTCOME[ptype], data)  # type: ignore[arg-type]  # as above
             self.jobs_done += 1
 
