@@ -54,9 +54,15 @@ def skip_or_fail(why: str) -> NoReturn:
 
 def stop_process(pid: int) -> None:
     """SIGSTOP (a hung server: its kernel still accepts, nothing answers), and wait until it
-    has taken: the signal lands a little after kill() returns."""
+    has taken in every thread: the signal lands a little after kill() returns, and a thread
+    of gearmand's still running in that moment answered a grab sent after the kill."""
     os.kill(pid, signal.SIGSTOP)
-    wait_for("the server to stop", lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED)
+    wait_for("the server to stop", lambda: _all_threads_stopped(pid))
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    threads = psutil.Process(pid).threads()
+    return all(psutil.Process(t.id).status() == psutil.STATUS_STOPPED for t in threads)
 
 
 #: Where the ports handed out in this run are claimed, one file each: set (by conftest.py)

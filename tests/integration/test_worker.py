@@ -22,7 +22,7 @@ import farm
 from farm.protocol.worker import WorkerState
 from tests.helpers import ROOT
 from tests.helpers.peers import Peer
-from tests.helpers.servers import start_like
+from tests.helpers.servers import start_like, stop_process
 from tests.helpers.serving import reverse, serving
 from tests.helpers.waiting import wait_for
 
@@ -422,7 +422,7 @@ def test_a_job_that_came_after_unregister_all_does_not_stop_later_grabs(gearmand
         wait_for("the worker connected", lambda: w._servers and w._servers[0].sock)
         session = w._servers[0].session
         wait_for("the worker asleep", lambda: session.state is SLEEPING)
-        os.kill(gearmand.proc.pid, signal.SIGSTOP)  # its answers wait: the race, held open
+        stop_process(gearmand.proc.pid)  # its answers wait: the race, held open
         try:
             w.register("early-fn", reverse)  # a grab that early-fn's job will answer
             wait_for("the grab sent", lambda: w._grabbing is not None)
