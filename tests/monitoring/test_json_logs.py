@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import farm
+from farm.client.admin import admin_query
 from farm.config import load
 from farm.errors import ConfigError, JobException, JobFailed
 from farm.logs import JsonFormatter
@@ -96,6 +97,9 @@ def test_the_server_alone_takes_log_format_json() -> None:
     )
     try:
         wait_connectable(f"127.0.0.1:{port}", server)
+        # Answered only once it serves, its signal handlers set: a SIGTERM between its
+        # listen() and its first log line ended it by Python's default, and said nothing.
+        assert admin_query(f"127.0.0.1:{port}", "version", timeout=10).startswith("OK")
     finally:
         server.terminate()
         _, err = server.communicate(timeout=30)
