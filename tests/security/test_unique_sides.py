@@ -11,6 +11,7 @@ coalesces with its own (docs/operations.md, "Who may do what")."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,17 +39,19 @@ def _created(peer: Peer, data: str) -> bytes:
 
 
 @pytest.mark.parametrize("first", ["unix", "tcp"])
-def test_a_key_joins_no_submit_of_the_other_side(unix_sock: str, first: str) -> None:
+def test_a_key_joins_no_submit_of_the_other_side(
+    peer_factory: Callable[[str], Peer], unix_sock: str, first: str
+) -> None:
     srv = start_farm_server(unix=unix_sock)
     try:
         wait_for("the Unix socket", lambda: os.path.exists(unix_sock))
-        owner, other = Peer(f"unix:{unix_sock}"), Peer(srv.addr)
+        owner, other = peer_factory(f"unix:{unix_sock}"), peer_factory(srv.addr)
         if first == "tcp":
             owner, other = other, owner
         mine = _created(owner, "owner's private data")
         theirs = _created(other, "the other user's data")
         assert theirs != mine, "a submit of the other side joined the job"
-        worker = Peer(f"unix:{unix_sock}")
+        worker = peer_factory(f"unix:{unix_sock}")
         worker.send(T.CAN_DO, "f")
         _answer_all(worker, 2)
         assert owner.expect(T.WORK_COMPLETE).args == (mine, b"result of owner's private data")
@@ -58,14 +61,16 @@ def test_a_key_joins_no_submit_of_the_other_side(unix_sock: str, first: str) -> 
         srv.stop()
 
 
-def test_each_side_still_coalesces_with_its_own(unix_sock: str) -> None:
+def test_each_side_still_coalesces_with_its_own(
+    peer_factory: Callable[[str], Peer], unix_sock: str
+) -> None:
     srv = start_farm_server(unix=unix_sock)
     try:
         wait_for("the Unix socket", lambda: os.path.exists(unix_sock))
-        clients = [Peer(addr) for addr in (f"unix:{unix_sock}", srv.addr) for _ in "ab"]
+        clients = [peer_factory(addr) for addr in (f"unix:{unix_sock}", srv.addr) for _ in "ab"]
         for a, b in (clients[:2], clients[2:]):  # kept open: a job nobody waits on is dropped
             assert _created(a, "one") == _created(b, "two")  # gearmand's coalescing
-        worker = Peer(f"unix:{unix_sock}")
+        worker = peer_factory(f"unix:{unix_sock}")
         worker.send(T.CAN_DO, "f")
         _answer_all(worker, 2)  # two jobs in all: one a side
         worker.send(T.GRAB_JOB_UNIQ)
@@ -74,7 +79,7 @@ def test_each_side_still_coalesces_with_its_own(unix_sock: str) -> None:
         srv.stop()
 
 
-def test_a_replayed_job_keeps_its_side(tmp_path: Path) -> None:
+def test_a_replayed_job_keeps_its_side(peer_factory: Callable[[str], Peer], tmp_path: Path) -> None:
     # The side is stored with the job: after a restart a TCP submit of a Unix-socket job's
     # key would otherwise join the replayed job (and read its result) again.
     db, unix = tmp_path / "queue.db", str(tmp_path / "g.sock")
@@ -82,7 +87,7 @@ def test_a_replayed_job_keeps_its_side(tmp_path: Path) -> None:
     srv = start_farm_server("--store", str(db), port=port, unix=unix)
     try:
         wait_for("the Unix socket", lambda: os.path.exists(unix))
-        owner = Peer(f"unix:{unix}")
+        owner = peer_factory(f"unix:{unix}")
         owner.send(T.SUBMIT_JOB_BG, "f", KEY, "stored by the farm's own caller")
         owner.expect(T.JOB_CREATED)
     finally:
@@ -90,13 +95,13 @@ def test_a_replayed_job_keeps_its_side(tmp_path: Path) -> None:
     srv = start_farm_server("--store", str(db), port=port, unix=unix)
     try:
         wait_for("the Unix socket", lambda: os.path.exists(unix))
-        queued = Peer(srv.addr)
+        queued = peer_factory(srv.addr)
         assert "f\t1\t0\t0" in queued.admin("status")
-        tcp = Peer(srv.addr)
+        tcp = peer_factory(srv.addr)
         tcp.send(T.SUBMIT_JOB, "f", KEY, "the other user's data")
         tcp.expect(T.JOB_CREATED)
         assert "f\t2\t0\t0" in queued.admin("status"), "the TCP submit joined the replayed job"
-        local = Peer(f"unix:{unix}")
+        local = peer_factory(f"unix:{unix}")
         local.send(T.SUBMIT_JOB_BG, "f", KEY, "again")
         local.expect(T.JOB_CREATED)
         assert "f\t2\t0\t0" in queued.admin("status"), "the Unix side no longer coalesces"
