@@ -44,17 +44,22 @@ def perl_worker(farm_server: Server) -> Iterator[subprocess.Popen]:
     proc.wait()
 
 
-def test_perl_client_and_perl_worker_through_farm(
-    farm_server: Server, perl_worker: subprocess.Popen
-) -> None:
+def perl_client_reverses(server: Server) -> None:
+    """PERL_CLIENT's call of reverse through ``server`` comes back reversed."""
     out = subprocess.run(
-        [perl(), "-e", PERL_CLIENT % {"port": farm_server.port}],
+        [perl(), "-e", PERL_CLIENT % {"port": server.port}],
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout == "!dlroW olleH"
+
+
+def test_perl_client_and_perl_worker_through_farm(
+    farm_server: Server, perl_worker: subprocess.Popen
+) -> None:
+    perl_client_reverses(farm_server)
 
 
 def test_farm_client_calls_a_perl_worker(
@@ -78,14 +83,7 @@ def test_a_perl_worker_registered_with_a_fractional_timeout_serves(farm_server: 
     ("unexpected packet type: error"), so no job of f ever ran."""
     worker = subprocess.Popen([perl(), "-e", PERL_WORKER_WITH_TIMEOUT % {"port": farm_server.port}])
     try:
-        out = subprocess.run(
-            [perl(), "-e", PERL_CLIENT % {"port": farm_server.port}],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert out.returncode == 0, out.stderr
-        assert out.stdout == "!dlroW olleH"
+        perl_client_reverses(farm_server)
         assert worker.poll() is None, "the Perl worker died"
     finally:
         worker.kill()
