@@ -88,9 +88,9 @@ class Lifecycle:
                 self.kill(proc, "did not drain in time")
         for proc in list(self.leftovers):
             # Checked every turn, so an emptied group is let go long before its id could
-            # come back: pids are handed out in turn up to pid_max (4,194,304), so that takes
-            # the whole range used up meanwhile. A new worker of ours that got it, leading a
-            # group of its own, is never killed for it.
+            # come back: pids are handed out in turn up to pid_max (32,768 at the least), so
+            # that takes the whole range used up meanwhile. A new worker of ours that got
+            # it, leading a group of its own, is never killed for it.
             if not group_alive(proc.pid) or proc.pid in self.by_pid:
                 self.leftovers.remove(proc)
             elif proc.stop_deadline is not None and now >= proc.stop_deadline:
