@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.farmproc import FarmUp, farm_cli
+from tests.helpers.gate import Gate
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -258,14 +259,13 @@ def test_a_deploy_breaks_no_blocking_c_call_in_the_job_in_hand(tmp_path: Path) -
         assert up.stop() == 0
 
 
-# Its module waits at import while the gate file exists: a restart's new processes stay
-# starting, and the rollout under way, until the test removes it.
+# Its module waits at import at the gate (tests.helpers.gate), once the test has made it:
+# a restart's new processes stay starting, and the rollout under way, until it opens.
 GATED = """
-import os, time
-from pathlib import Path
+import os
+from tests.helpers.calls import wait_gate
 
-while Path(os.environ["GATE"]).exists():
-    time.sleep(0.05)
+wait_gate(os.environ["GATE"])
 
 def run(job):
     return b"ok"
@@ -280,12 +280,13 @@ def test_a_pool_a_reload_removes_mid_restart_is_not_reported_left_on_old_code(
     (tmp_path / "gated.py").write_text(GATED)
     kept = '[functions.kept]\ntarget = "gated:run"\nworkers = 1\n'
     gone = '[functions.gone]\ntarget = "gated:run"\nworkers = 2\n'  # one slot at a time
-    gate = tmp_path / "gate"
-    up = FarmUp(tmp_path, gone + kept, extra_env={"GATE": str(gate)})
+    gate_path = tmp_path / "gate"
+    up = FarmUp(tmp_path, gone + kept, extra_env={"GATE": str(gate_path)})
+    gate: Gate | None = None
     try:
         up.expect_notify("READY=1")
         up.wait_idle({"gone": 2, "kept": 1})
-        gate.touch()
+        gate = Gate(gate_path)
         restart = subprocess.Popen(
             [sys.executable, "-m", "farm.cli", "restart", "gone", "--control", up.control],
             stdout=subprocess.PIPE,
@@ -299,5 +300,6 @@ def test_a_pool_a_reload_removes_mid_restart_is_not_reported_left_on_old_code(
         assert restart.returncode == 0, out + err
         assert out.splitlines()[-2] == "gone: 0/0 replaced", out
     finally:
-        gate.unlink(missing_ok=True)
+        if gate is not None:
+            gate.open()
         assert up.stop() == 0
