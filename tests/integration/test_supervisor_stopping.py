@@ -17,6 +17,16 @@ from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
+#: A worker module whose job waits at the gate its data names (tests.helpers.gate) until
+#: the test opens it.
+NAP_AT_GATE = """
+from tests.helpers.calls import wait_gate
+
+def nap(job):
+    wait_gate(job.text)
+    return b"awake"
+"""
+
 
 def test_scale_restart_and_reload_while_stopping_are_refused_and_the_job_finishes(
     tmp_path: Path,
@@ -25,16 +35,7 @@ def test_scale_restart_and_reload_while_stopping_are_refused_and_the_job_finishe
     # were cleared), which then died with the job still running: the caller lost it.
     # The job runs until the test opens its gate: a job of fixed length (it slept 3 s) could
     # end before the four commands under a loaded machine, and the test then failed.
-    (tmp_path / "sleepy.py").write_text(
-        "import socket\n\ndef nap(job):\n"
-        "    with socket.socket(socket.AF_UNIX) as s:\n"
-        "        s.connect(job.text)\n"
-        "        try:\n"
-        "            s.recv(1)  # until the test closes the gate: a reset, or b''\n"
-        "        except ConnectionResetError:\n"
-        "            pass\n"
-        "    return b'awake'\n"
-    )
+    (tmp_path / "sleepy.py").write_text(NAP_AT_GATE)
     gate = Gate(tmp_path / "gate")
     up = FarmUp(tmp_path, '[functions.nap]\ntarget = "sleepy:nap"\nworkers = 2\n')
     try:
@@ -107,12 +108,7 @@ def test_a_python_worker_replaced_by_a_command_one_is_killed_past_the_grace(
     # a reload replaced a Python pool by a command (its new process not serving yet), the
     # old Python worker got a command worker's grace, none of its own, and its job, past
     # graceful_timeout, held `farm stop` (systemctl stop) for ever.
-    (tmp_path / "sleepy.py").write_text(
-        "import socket\n\ndef nap(job):\n"
-        "    with socket.socket(socket.AF_UNIX) as s:\n"
-        "        s.connect(job.text)\n"
-        "        s.recv(1)\n"
-    )
+    (tmp_path / "sleepy.py").write_text(NAP_AT_GATE)
     gate = Gate(tmp_path / "gate")
     up = FarmUp(tmp_path, '[functions.nap]\ntarget = "sleepy:nap"\nworkers = 1\n', start=False)
     up.config.write_text(
@@ -142,12 +138,7 @@ def test_a_job_server_that_dies_during_the_drain_is_not_said_to_restart(tmp_path
     # It was logged as at any other time, "job server (pid N) was killed by SIGKILL;
     # restarting now", a warning of a restart that never came: nothing starts while the
     # farm stops (a restarted server would not know the jobs in hand either).
-    (tmp_path / "sleepy.py").write_text(
-        "import socket\n\ndef nap(job):\n"
-        "    with socket.socket(socket.AF_UNIX) as s:\n"
-        "        s.connect(job.text)\n"
-        "        s.recv(1)\n"
-    )
+    (tmp_path / "sleepy.py").write_text(NAP_AT_GATE)
     gate = Gate(tmp_path / "gate")
     up = FarmUp(tmp_path, '[functions.nap]\ntarget = "sleepy:nap"\nworkers = 1\n')
     try:
