@@ -30,6 +30,26 @@ JOBS = 20_000
 JOINERS, JOINS = 2_000, 100
 
 
+def _read_to_sync(sock: socket.socket) -> None:
+    """Read the replies to what ``sock`` sent, up to the ECHO_RES of b"sync" sent last."""
+    sock.settimeout(60)
+    replies = b""
+    while not replies.endswith(b"sync"):
+        chunk = sock.recv(1 << 20)
+        assert chunk, "the server closed the connection"
+        replies += chunk
+
+
+def _wait_tcp_peers_gone(unix_sock: str, what: str) -> None:
+    """Until `workers` lists no TCP connection. It is answered in the loop that lets them
+    go: the first listing without them comes after all that work."""
+    wait_for(
+        what,
+        lambda: " 127.0.0.1 " not in admin_query(f"unix:{unix_sock}", "workers", timeout=60),
+        60,
+    )
+
+
 @pytest.mark.serial  # times the server's loop: tests beside it would take their part
 def test_jobs_sharing_one_unique_are_forgotten_in_linear_time(unix_sock: str) -> None:
     srv = start_farm_server(unix=unix_sock)
@@ -37,24 +57,13 @@ def test_jobs_sharing_one_unique_are_forgotten_in_linear_time(unix_sock: str) ->
         hog = connect(srv.addr)
         submits = (p.encode_req(T.SUBMIT_JOB, b"f%d" % n, b"same", b"") for n in range(JOBS))
         hog.sendall(b"".join(submits) + p.encode_req(T.ECHO_REQ, b"sync"))
-        hog.settimeout(60)
-        replies = b""
-        while not replies.endswith(b"sync"):
-            chunk = hog.recv(1 << 20)
-            assert chunk, "the server closed the connection"
-            replies += chunk
+        _read_to_sync(hog)
         wait_for("the Unix socket", lambda: os.path.exists(unix_sock))
         assert " 127.0.0.1 " in admin_query(f"unix:{unix_sock}", "workers", timeout=60)
         started = time.monotonic()
         hog.shutdown(socket.SHUT_RDWR)  # its 20,000 jobs are dropped: nobody waits for them
         hog.close()
-        # `workers` lists every connection, answered in the loop that forgets the hog's
-        # jobs: the first listing without the hog (its only TCP peer) comes after them.
-        wait_for(
-            "the hog's connection gone",
-            lambda: " 127.0.0.1 " not in admin_query(f"unix:{unix_sock}", "workers", timeout=60),
-            60,
-        )
+        _wait_tcp_peers_gone(unix_sock, "the hog's connection gone")
         took = time.monotonic() - started
         assert took < 3, f"the server's loop was held {took:.1f}s forgetting the jobs"
     finally:
@@ -75,22 +84,13 @@ def test_connections_that_joined_one_job_are_let_go_in_linear_time(unix_sock: st
             hogs.append(connect(srv.addr))
             hogs[-1].sendall(submits + p.encode_req(T.ECHO_REQ, b"sync"))
         for hog in hogs:
-            hog.settimeout(60)
-            replies = b""
-            while not replies.endswith(b"sync"):
-                chunk = hog.recv(1 << 16)
-                assert chunk, "the server closed the connection"
-                replies += chunk
+            _read_to_sync(hog)
         wait_for("the Unix socket", lambda: os.path.exists(unix_sock))
         assert admin_query(f"unix:{unix_sock}", "status", timeout=60).startswith("f\t1\t")
         started = time.monotonic()
         for hog in hogs:
             hog.close()
-        wait_for(
-            "every joiner gone",
-            lambda: " 127.0.0.1 " not in admin_query(f"unix:{unix_sock}", "workers", timeout=60),
-            60,
-        )
+        _wait_tcp_peers_gone(unix_sock, "every joiner gone")
         took = time.monotonic() - started
         assert took < 3, f"the server's loop was held {took:.1f}s letting the joiners go"
     finally:
