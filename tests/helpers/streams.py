@@ -52,3 +52,22 @@ def running(up: FarmUp) -> dict[str, int]:
         elif row["state"] != "draining":
             return {}  # still starting
     return counts
+
+
+def call_in_thread(
+    addr: str, function: str, data: str, timeout: float
+) -> tuple[threading.Thread, list[object]]:
+    """One ``Client.call`` in a thread of its own, started; the list gets its result, or
+    what it raised (for the test to report once the thread is joined)."""
+    result: list[object] = []
+
+    def call() -> None:
+        with Client(addr) as client:
+            try:
+                result.append(client.call(function, data, timeout=timeout))
+            except BaseException as e:  # reported by the test
+                result.append(e)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    return thread, result

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 from farm.client import Client
 from tests.helpers.farmproc import FarmUp, farm_cli
 from tests.helpers.servers import need
+from tests.helpers.streams import call_in_thread
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -59,17 +59,7 @@ def test_a_scaled_down_command_worker_finishes_its_job_once_then_exits(tmp_path:
         up.expect_notify("READY=1")
         worker = wait_for("a running gearman worker", lambda: up.workers("slow", "running"), 20)[0]
         assert worker["job"] is None and worker["jobs"] == 0
-        result: list[object] = []
-
-        def call() -> None:
-            with Client(up.addr) as client:
-                try:
-                    result.append(client.call("slow", "payload", timeout=60))
-                except BaseException as e:  # reported below
-                    result.append(e)
-
-        thread = threading.Thread(target=call)
-        thread.start()
+        thread, result = call_in_thread(up.addr, "slow", "payload", timeout=60)
         # `farm ps` shows the job in hand of a command worker, from the server's `peers`
         row = wait_for("the job in hand in farm ps", lambda: busy_row(up), 10)
         assert row["pid"] == worker["pid"] and row["job"].startswith("H:")

@@ -15,7 +15,6 @@ connections it asks about, and the server lists those alone.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,13 +22,13 @@ import psutil
 import pytest
 
 from farm import protocol as p
-from farm.client import Client
 from farm.client.admin import admin_query
 from farm.pools.commandjobs import peers_queries
 from farm.protocol import PacketType as T
 from tests.helpers.farmproc import FarmUp, farm_cli
 from tests.helpers.peers import Peer
 from tests.helpers.servers import need, start_farm_server
+from tests.helpers.streams import call_in_thread
 from tests.helpers.waiting import wait_for
 
 
@@ -93,17 +92,7 @@ def test_a_drained_command_worker_keeps_its_job_beside_a_users_many_registration
         up.expect_notify("READY=1")
         worker = wait_for("a running gearman worker", lambda: up.workers("slow", "running"), 20)[0]
         hold_names(up.addr, peer_factory, 63)  # with the worker's, near --max-tcp-abilities
-        result: list[object] = []
-
-        def call() -> None:
-            with Client(up.addr) as client:
-                try:
-                    result.append(client.call("slow", "payload", timeout=120))
-                except BaseException as e:  # reported below
-                    result.append(e)
-
-        thread = threading.Thread(target=call)
-        thread.start()
+        thread, result = call_in_thread(up.addr, "slow", "payload", timeout=120)
         wait_for("the job started", runs.exists, 20)
         busy = wait_for(
             "the job in hand in farm ps", lambda: [r for r in up.workers("slow") if r["job"]], 20
