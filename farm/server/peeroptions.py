@@ -41,7 +41,9 @@ class PeerOptions:
 
     def option(self, args: tuple[bytes, ...]) -> None:
         name = args[0]
-        if name == b"exceptions":
+        # gearmand reads its one option in any case and echoes the name as sent; farm's
+        # own options (docs/held-grab.md) are spelled one way only.
+        if name.lower() == b"exceptions":
             self.exceptions = True
             self.send(encode_res(T.OPTION_RES, name))
         elif name == p.OPTION_HELD_GRAB:

@@ -375,6 +375,19 @@ def test_work_exception_only_to_clients_with_the_option(any_server, peer_factory
     assert grab(w).type == T.NO_JOB
 
 
+@pytest.mark.parametrize("name", ["EXCEPTIONS", "Exceptions"])
+def test_the_exceptions_option_is_read_in_any_case(any_server, peer_factory, name):
+    """gearmand takes the option's name in any case and echoes it as sent."""
+    c = peer_factory(any_server.addr)
+    c.send(T.OPTION_REQ, name)
+    assert c.expect(T.OPTION_RES).args == (name.encode(),)
+    h = submit(c, "f", b"x")
+    w = worker(peer_factory, any_server, "f")
+    grab(w)
+    w.send(T.WORK_EXCEPTION, h, b"boom")
+    assert c.expect(T.WORK_EXCEPTION).args == (h, b"boom")
+
+
 def test_work_fail_for_exception_is_the_bare_handle(farm_server, peer_factory):
     c = peer_factory(farm_server.addr)
     h = submit(c, "f", b"x")
