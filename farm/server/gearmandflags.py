@@ -35,7 +35,7 @@ IGNORED: tuple[tuple[tuple[str, ...], bool, str], ...] = (
     (("--coredump",), False, "not supported"),
     (("--hashtable-buckets",), True, "not needed"),
     (("--job-handle-prefix",), True, "handles are H:host:N"),
-    (("--libsqlite3-table",), True, "farm's store has its own table"),
+    (("--libsqlite3-table",), True, "farm takes over any table of gearmand's queue"),
     (("--store-queue-on-shutdown",), False, "background jobs are stored as they come"),
     (("--config-file",), True, "give the flags on the command line"),
 )

@@ -41,6 +41,9 @@ _ADDED_COLUMNS = {
     "local": "INTEGER NOT NULL DEFAULT 1",
 }
 
+#: The columns of gearmand's libsqlite3 queue (when_to_run, from gearmand 1.1, is optional).
+_GEARMAND_COLUMNS = {"unique_key", "function_name", "priority", "data"}
+
 #: Seconds the server waits for the store's lock at start. Another server holds it for its
 #: whole life (locking_mode=EXCLUSIVE), so waiting SQLite's default 5 s only delayed the
 #: refusal; this is a moment for a process that touches the file in passing.
@@ -67,6 +70,7 @@ def open_database(path: str, sync: str, reserve: DiskReserve) -> tuple[sqlite3.C
         db.execute(SCHEMA)
         _add_columns(db, reserve)
         db.execute("BEGIN IMMEDIATE")
+        _take_over_gearmand(db, path)
         row = db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()
         db.execute("COMMIT")
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -108,6 +112,34 @@ def _add_columns(db: sqlite3.Connection, reserve: DiskReserve) -> None:
             except sqlite3.Error:
                 reserve.close()  # the server does not start: its descriptor too
                 raise
+
+
+def _take_over_gearmand(db: sqlite3.Connection, path: str) -> None:
+    """Move the jobs gearmand queued in this file (its libsqlite3 queue, in the table
+    `gearman_queue` or --libsqlite3-table's) into farm's, in gearmand's order. farm starts on
+    gearmand's command line (--libsqlite3-db is --store), and kept its own table beside
+    gearmand's: a host switched from gearmand to farm had every queued job stranded there,
+    and nothing said so. Moved, not copied, in the caller's transaction: the next start
+    would queue them again. Over TCP, as gearmand has no other side: a TCP client's submit
+    of the same unique joins one, as it would have there."""
+    tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'jobs'")
+    for (table,) in tables.fetchall():
+        quoted = '"' + table.replace('"', '""') + '"'
+        columns = {r[1] for r in db.execute(f"PRAGMA table_info({quoted})")}
+        if not columns >= _GEARMAND_COLUMNS:
+            continue
+        when = "COALESCE(when_to_run, 0)" if "when_to_run" in columns else "0"
+        moved = db.execute(
+            "INSERT INTO jobs (function, uniq, data, priority, run_at, local)"
+            " SELECT CAST(function_name AS BLOB), CAST(COALESCE(unique_key, '') AS BLOB),"
+            f" CAST(COALESCE(data, x'') AS BLOB), MIN(MAX(priority, 0), 2), {when}, 0"
+            f" FROM {quoted} WHERE function_name IS NOT NULL ORDER BY rowid"
+        ).rowcount
+        db.execute(f"DELETE FROM {quoted}")
+        if moved > 0:
+            log.warning(
+                "took over %d jobs that gearmand queued in %s (its table %s)", moved, path, table
+            )
 
 
 def _checkpoint_within_reserve(db: sqlite3.Connection, path: str, reserve: DiskReserve) -> None:

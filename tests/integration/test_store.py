@@ -254,3 +254,49 @@ def test_a_submit_then_a_half_close_gets_its_job_created(
         assert Peer(srv.addr).admin("status") == "f\t20\t0\t0\n.\n"
     finally:
         srv.stop()
+
+
+def test_jobs_queued_by_gearmand_in_its_libsqlite3_file_are_taken_over(tmp_path: Path) -> None:
+    """farm starts on gearmand's command line (`-q libsqlite3 --libsqlite3-db FILE`), but
+    kept its own table in FILE: the jobs gearmand had queued there were stranded, and the
+    server said nothing. They are moved into farm's table, in gearmand's order."""
+    import sqlite3
+
+    from tests.helpers.servers import start_gearmand
+
+    db = tmp_path / "gearman.db"
+    gearmand = start_gearmand("-q", "libsqlite3", f"--libsqlite3-db={db}")
+    try:
+        client = Peer(gearmand.addr)
+        submit_bg(client, 2, T.SUBMIT_JOB_LOW_BG, "low")
+        submit_bg(client, 2, T.SUBMIT_JOB_BG, "normal")
+        submit_bg(client, 2, T.SUBMIT_JOB_HIGH_BG, "high")
+        client.send(T.SUBMIT_JOB_EPOCH, "f", "later", str(int(time.time()) + 3600), "x")
+        client.expect(T.JOB_CREATED)
+        client.close()
+    finally:
+        gearmand.stop()
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT COUNT(*) FROM gearman_queue").fetchone()[0] == 7
+    conn.close()
+
+    srv = start_with_store(db)
+    try:
+        admin = Peer(srv.addr)
+        assert admin.admin("status") == "f\t7\t0\t0\n.\n"
+        got = grab_all(srv.addr)
+        assert [u for u, _ in got] == [b"high0", b"high1", b"normal0", b"normal1", b"low0", b"low1"]
+        assert got[0][1] == b"data0"
+        # A TCP client's submit of the same unique joins it, as it would have in gearmand.
+        client = Peer(srv.addr)
+        client.send(T.SUBMIT_JOB_BG, "f", "later", "x")
+        client.expect(T.JOB_CREATED)
+        assert admin.admin("status") == "f\t1\t0\t0\n.\n"
+    finally:
+        srv.stop()
+    # Moved, not copied: the next start does not queue them again.
+    srv = start_with_store(db)
+    try:
+        assert Peer(srv.addr).admin("status") == "f\t1\t0\t0\n.\n"
+    finally:
+        srv.stop()
