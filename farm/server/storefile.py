@@ -12,7 +12,7 @@ import stat
 
 from farm.paths import check_own_file
 
-__all__ = ["StoreError", "DamagedStore", "damaged", "owner_only"]
+__all__ = ["StoreError", "DamagedStore", "damaged", "drop_empty_journal", "owner_only"]
 
 log = logging.getLogger("farm.server")
 
@@ -31,10 +31,10 @@ _SQLITE_HEADER = b"SQLite format 3\x00"
 
 def owner_only(path: str) -> None:
     """Create the store closed to other users, or close one left open: its rows are the
-    jobs' payloads. SQLite gives its WAL the database file's mode; one already there is
-    closed too. A link at the path is refused (ELOOP), as a planted one would be followed,
-    and so is a file (the store, its WAL or shared memory) of another user: one who made it
-    first, in /tmp say, would keep the jobs written into it (paths.check_own_file)."""
+    jobs' payloads. A link at the path is refused (ELOOP), as a planted one would be
+    followed, and so is a file (the store, its journal, WAL or shared memory) of another
+    user: one who made it first, in /tmp say, would keep the jobs written into it, or have
+    SQLite roll theirs into it (paths.check_own_file)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         check_own_file(path, os.fstat(fd))
@@ -47,16 +47,51 @@ def owner_only(path: str) -> None:
             os.fchmod(fd, mode & ~0o077)
     finally:
         os.close(fd)
-    for side in (path + "-wal", path + "-shm"):
+    for side in (path + "-journal", path + "-wal"):
+        _side_file(side, make=True)
+    _side_file(path + "-shm", make=False)  # never used: the store is opened EXCLUSIVE
+
+
+def _side_file(side: str, *, make: bool) -> None:
+    """Refuse a side file of SQLite's that is not ours, close one left open, and (``make``)
+    make the journal and WAL here, as SQLite opens them without O_EXCL: one another user
+    made between this check and its open (inotify on /tmp says when) would be used, a WAL
+    they hold open then read by them (payloads), and a hot journal rolled back into the
+    store (their jobs in place of ours). A journal left empty is removed once the store is
+    open (drop_empty_journal)."""
+    if make:
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(side, flags, 0o600)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise PermissionError(errno.EPERM, f"{side} is not a regular file") from None
+        try:
+            info = os.fstat(fd)
+        finally:
+            os.close(fd)
+    else:
         try:
             info = os.lstat(side)
         except FileNotFoundError:
-            continue
-        if not stat.S_ISREG(info.st_mode):  # SQLite would open it through a link
-            raise PermissionError(errno.EPERM, f"{side} is not a regular file")
-        check_own_file(side, info)
-        if info.st_mode & 0o077:
-            os.chmod(side, stat.S_IMODE(info.st_mode) & ~0o077)
+            return
+    if not stat.S_ISREG(info.st_mode):  # SQLite would open it through a link
+        raise PermissionError(errno.EPERM, f"{side} is not a regular file")
+    check_own_file(side, info)
+    if info.st_mode & 0o077:
+        os.chmod(side, stat.S_IMODE(info.st_mode) & ~0o077)
+
+
+def drop_empty_journal(path: str) -> None:
+    """Remove the empty journal ``owner_only`` made, if SQLite left it (a store already in
+    WAL mode never writes one); one with pages in it stays for SQLite."""
+    journal = path + "-journal"
+    try:
+        if os.lstat(journal).st_size == 0:
+            os.unlink(journal)
+    except FileNotFoundError:
+        pass
 
 
 def damaged(path: str, why: object) -> DamagedStore:

@@ -12,7 +12,7 @@ import sqlite3
 from pathlib import Path
 
 from farm.server.reserve import DiskReserve
-from farm.server.storefile import StoreError, damaged, owner_only
+from farm.server.storefile import StoreError, damaged, drop_empty_journal, owner_only
 
 __all__ = ["open_database"]
 
@@ -86,6 +86,10 @@ def open_database(path: str, sync: str, reserve: DiskReserve) -> tuple[sqlite3.C
     except (sqlite3.Error, OSError) as exc:
         raise StoreError(f"cannot open the job store {path}: {exc}") from exc
     next_id: int = row[0] + 1
+    try:
+        drop_empty_journal(path)
+    except OSError as exc:  # an empty file beside the store: harmless, said for -v
+        log.debug("the job store %s: its empty journal stays: %s", path, exc)
     reserve.make()
     _checkpoint_within_reserve(db, path, reserve)
     return db, next_id

@@ -6,29 +6,38 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from farm.logs import setup_logging
 from farm.server.store import SQLiteStore, StoreError
+from farm.server.storeopen import SCHEMA
 from tests.helpers.servers import free_port
 
 NOBODY = 65534
 
 
-def planted(tmp_path: Path, name: str, text: str = "") -> Path:
-    """A file open to all that another user (nobody) made first in a directory everyone
-    may write (a sticky one, as /tmp). Needs root, as CI runs."""
+def shared_dir(tmp_path: Path) -> Path:
+    """A directory everyone may write, sticky (as /tmp). Needs root, to make files of a
+    second local user, as CI runs."""
     if os.getuid() != 0:
         pytest.skip("needs root to make a file of a second local user (CI runs as root)")
     shared = tmp_path / "tmp"
     shared.mkdir(exist_ok=True)
     os.chmod(shared, 0o1777)
-    path = shared / name
+    return shared
+
+
+def planted(tmp_path: Path, name: str, text: str = "") -> Path:
+    """A file open to all that another user (nobody) made first in a directory everyone
+    may write (a sticky one, as /tmp)."""
+    path = shared_dir(tmp_path) / name
     path.write_text(text)
     os.chmod(path, 0o666)
     os.chown(path, NOBODY, NOBODY)
@@ -77,6 +86,68 @@ def test_a_store_or_wal_another_user_made_first_is_refused(tmp_path: Path) -> No
         with pytest.raises(StoreError, match=f"belongs to uid {NOBODY}"):
             SQLiteStore(theirs.with_name(name.removesuffix("-wal")))
         assert theirs.read_bytes() == b""
+
+
+def test_a_hot_journal_another_user_left_beside_the_store_is_refused(tmp_path: Path) -> None:
+    # SQLite rolls a -journal it finds beside a database back into it (a transaction cut
+    # short by a crash), whoever made it: another user's, left beside a store in /tmp, put
+    # their jobs in place of the farm's, and the server ran them.
+    path = shared_dir(tmp_path) / "queue.db"
+    store = SQLiteStore(path)
+    store.add(b"H:x:1", b"f", b"mine", b"x", 1, None, 0.0, True)
+    store.close()
+    theirs = sqlite3.connect(tmp_path / "theirs.db", isolation_level=None)
+    theirs.execute(SCHEMA)
+    theirs.execute(
+        "INSERT INTO jobs (function, uniq, data, priority) VALUES (x'66', x'74', x'', 1)"
+    )
+    theirs.execute("PRAGMA synchronous = OFF")  # a journal whose length says its pages
+    theirs.execute("PRAGMA cache_size = 1")  # spilled: the pages are in it now
+    theirs.execute("BEGIN")
+    theirs.execute("DELETE FROM jobs")
+    theirs.execute("CREATE TABLE pad (x)")
+    theirs.execute("INSERT INTO pad VALUES (zeroblob(100000))")
+    hot = Path(str(tmp_path / "theirs.db") + "-journal").read_bytes()
+    theirs.close()
+    journal = planted(tmp_path, "queue.db-journal")
+    journal.write_bytes(hot)
+    with pytest.raises(StoreError, match=f"belongs to uid {NOBODY}"):
+        SQLiteStore(path)
+    assert journal.read_bytes() == hot
+
+
+def test_no_side_file_another_user_makes_while_the_store_opens_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The side files were checked, then SQLite opened them (without O_EXCL) a moment later:
+    # a WAL another user made in between (inotify on /tmp tells them when), and kept open,
+    # gave them every payload (SQLite, as root, makes it its own and mode 600: too late).
+    path = shared_dir(tmp_path) / "queue.db"
+    connect = sqlite3.connect
+    theirs: list[int] = []
+
+    def connect_once_they_made_theirs(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        for side in ("-wal", "-journal"):
+            try:  # as they can: a sticky directory keeps them from replacing one of ours
+                fd = os.open(str(path) + side, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                continue
+            os.fchown(fd, NOBODY, NOBODY)
+            theirs.append(fd)
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", connect_once_they_made_theirs)
+    store = SQLiteStore(path)
+    store.add(b"H:x:1", b"f", b"", b"secret payload", 1, None, 0.0, True)
+    store.commit()
+    try:
+        for fd in theirs:
+            assert b"secret payload" not in os.pread(fd, 1 << 20, 0)
+    finally:
+        for fd in theirs:
+            os.close(fd)
+        store.close()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["queue.db", "queue.db-reserve"]
 
 
 def test_the_server_refuses_a_link_at_its_pid_file(tmp_path: Path) -> None:
