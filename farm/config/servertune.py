@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -119,10 +120,18 @@ def store_problem(path: str) -> str | None:
     if where and not os.path.lexists(path):
         return f'{where}; name a file elsewhere, e.g. /var/lib/farm/queue.db (or "none")'
     try:
-        with open(path, "rb") as f:
-            head = f.read(16)
+        # O_NONBLOCK: open() of a FIFO there waited for a writer, and `farm up` with it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None  # not there yet (the server creates it), or not ours to read: the server says
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return f'{path} is not a regular file: name a file (or "none")'
+        head = os.pread(fd, 16, 0)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     if head and head != b"SQLite format 3\0":
         return f'{path} is not a SQLite database: name another file (or "none")'
     return None

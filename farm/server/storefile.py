@@ -35,8 +35,11 @@ def owner_only(path: str) -> None:
     followed, and so is a file (the store, its journal, WAL or shared memory) of another
     user: one who made it first, in /tmp say, would keep the jobs written into it, or have
     SQLite roll theirs into it (paths.check_own_file)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    # O_NONBLOCK: a FIFO at the path must not hold the server (it is refused below).
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # its pread said "Illegal seek"
+            raise StoreError(f"the job store {path} is not a regular file")
         check_own_file(path, os.fstat(fd))
         head = os.pread(fd, len(_SQLITE_HEADER), 0)
         if head and head != _SQLITE_HEADER[: len(head)]:  # leave another file as it was

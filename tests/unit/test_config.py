@@ -160,6 +160,16 @@ def test_remote_servers_replace_the_local_one(tmp_path: Path) -> None:
     assert not cfg.local_server and cfg.worker_servers == ("10.0.0.5:4730",)
 
 
+@pytest.mark.timeout(20)
+def test_a_fifo_at_the_store_path_is_a_config_error_not_a_wait(tmp_path: Path) -> None:
+    # Reading its first bytes waited for a writer: `farm up` hung before it said anything
+    # (another user may make one at a store path in /tmp).
+    os.mkfifo(tmp_path / "q.db")
+    text = GOOD.replace('store = "none"', f'store = "{tmp_path / "q.db"}"')
+    assert "server.store" in error_of(tmp_path, text)
+    assert "q.db is not a regular file" in error_of(tmp_path, text)
+
+
 def test_missing_sections_take_defaults(tmp_path: Path) -> None:
     cfg = config.load(write(tmp_path, '[functions.z]\ntarget = "workers.hashing:compress"\n'))
     assert cfg.server.tcp == ("127.0.0.1", 4730)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -89,6 +90,13 @@ def test_a_file_where_the_stores_directory_goes_is_named(tmp_path: Path, under: 
         SQLiteStore(tmp_path / under / "q.db")
     assert str(info.value).endswith("is not a directory"), info.value
     assert str(tmp_path / "afile") in str(info.value)
+
+
+def test_a_fifo_at_the_store_path_is_named_as_what_it_is(tmp_path: Path) -> None:
+    # It read "[Errno 29] Illegal seek", which says nothing of what is wrong.
+    os.mkfifo(tmp_path / "q.db")
+    with pytest.raises(StoreError, match=r"q\.db is not a regular file$"):
+        SQLiteStore(tmp_path / "q.db")
 
 
 def test_a_commit_writes_many_rows_a_statement(tmp_path: Path) -> None:
