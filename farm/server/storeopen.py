@@ -1,6 +1,6 @@
 """The job store's SQLite database opened: ours alone for the server's life, WAL, the
-sync asked for, the schema (a store of an older farm given the columns it lacks), and
-checkpoints sized to the disk reserve.
+sync asked for, the schema (a store of an older farm given the columns it lacks, the jobs
+gearmand queued in the file moved into it), and checkpoints sized to the disk reserve.
 
 Split from farm/server/store.py, which stages the jobs and writes them.
 """
