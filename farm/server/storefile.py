@@ -62,23 +62,22 @@ def _side_file(side: str, *, make: bool) -> None:
     they hold open then read by them (payloads), and a hot journal rolled back into the
     store (their jobs in place of ours). A journal left empty is removed once the store is
     open (drop_empty_journal)."""
-    if make:
+    try:
+        info = os.lstat(side)  # first: a file of another user is named as such, not EACCES
+    except FileNotFoundError:
+        if not make:
+            return
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
             fd = os.open(side, flags, 0o600)
         except OSError as exc:
-            if exc.errno != errno.ELOOP:
+            if exc.errno != errno.ELOOP:  # a link made since the lstat
                 raise
             raise PermissionError(errno.EPERM, f"{side} is not a regular file") from None
         try:
-            info = os.fstat(fd)
+            info = os.fstat(fd)  # ours, or one made since the lstat: checked alike
         finally:
             os.close(fd)
-    else:
-        try:
-            info = os.lstat(side)
-        except FileNotFoundError:
-            return
     if not stat.S_ISREG(info.st_mode):  # SQLite would open it through a link
         raise PermissionError(errno.EPERM, f"{side} is not a regular file")
     check_own_file(side, info)

@@ -123,9 +123,9 @@ def _take_over_gearmand(db: sqlite3.Connection, path: str) -> None:
     `gearman_queue` or --libsqlite3-table's) into farm's, in gearmand's order. farm starts on
     gearmand's command line (--libsqlite3-db is --store), and kept its own table beside
     gearmand's: a host switched from gearmand to farm had every queued job stranded there,
-    and nothing said so. Moved, not copied, in the caller's transaction: the next start
-    would queue them again. Over TCP, as gearmand has no other side: a TCP client's submit
-    of the same unique joins one, as it would have there."""
+    and nothing said so. Moved, not copied (a copy would be queued again at every start),
+    in the caller's transaction. Over TCP, as gearmand has no other side: a TCP client's
+    submit of the same unique joins one, as it would have there."""
     tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'jobs'")
     for (table,) in tables.fetchall():
         quoted = '"' + table.replace('"', '""') + '"'

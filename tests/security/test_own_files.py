@@ -5,11 +5,13 @@ path written to."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,11 @@ import pytest
 from farm.logs import setup_logging
 from farm.server.store import SQLiteStore, StoreError
 from farm.server.storeopen import SCHEMA
+from tests.helpers import ROOT
 from tests.helpers.servers import free_port
 
 NOBODY = 65534
+OTHER = 54321  # the farm's user, not root (no passwd entry needed)
 
 
 def shared_dir(tmp_path: Path) -> Path:
@@ -148,6 +152,34 @@ def test_no_side_file_another_user_makes_while_the_store_opens_is_used(
             os.close(fd)
         store.close()
     assert sorted(p.name for p in path.parent.iterdir()) == ["queue.db", "queue.db-reserve"]
+
+
+def test_a_server_not_run_as_root_names_the_wal_another_user_made(tmp_path: Path) -> None:
+    # The server makes the WAL before SQLite opens it; were the open of one another user
+    # made (mode 600) tried first, a server that is not root would say only EACCES.
+    shared_dir(tmp_path)
+    top = Path(tempfile.mkdtemp(prefix="farm-store-"))  # pytest's own is root's alone
+    try:
+        os.chmod(top, 0o1777)
+        wal = top / "queue.db-wal"
+        wal.touch(mode=0o600)
+        os.chown(wal, NOBODY, NOBODY)
+        script = (
+            "import os, sys\n"
+            f"sys.path.insert(0, {str(ROOT)!r})\n"
+            "from farm.server.store import SQLiteStore, StoreError\n"  # before leaving root
+            f"os.setgroups([]); os.setgid({OTHER}); os.setuid({OTHER})\n"
+            "try:\n"
+            f"    SQLiteStore({str(top / 'queue.db')!r})\n"
+            "except StoreError as exc:\n"
+            "    print(exc)\n"
+        )
+        run = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd="/"
+        )
+        assert f"queue.db-wal belongs to uid {NOBODY}" in run.stdout, run.stdout + run.stderr
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def test_the_server_refuses_a_link_at_its_pid_file(tmp_path: Path) -> None:
