@@ -15,7 +15,7 @@ from farm.protocol import PacketType as T
 from farm.server.store import SQLiteStore, StoreError
 from tests.helpers import ROOT
 from tests.helpers.peers import Peer, grab_all
-from tests.helpers.servers import free_port, start_with_store
+from tests.helpers.servers import free_port, start_gearmand, start_with_store
 from tests.helpers.waiting import wait_for
 
 
@@ -261,8 +261,6 @@ def test_jobs_queued_by_gearmand_in_its_libsqlite3_file_are_taken_over(tmp_path:
     kept its own table in FILE: the jobs gearmand had queued there were stranded, and the
     server said nothing. They are moved into farm's table, in gearmand's order."""
     import sqlite3
-
-    from tests.helpers.servers import start_gearmand
 
     db = tmp_path / "gearman.db"
     gearmand = start_gearmand("-q", "libsqlite3", f"--libsqlite3-db={db}")
