@@ -99,5 +99,6 @@ def drop_empty_journal(path: str) -> None:
 def damaged(path: str, why: object) -> DamagedStore:
     return DamagedStore(
         f"the job store {path} cannot be read ({why}); restore it from a backup,"
-        " or move it aside to start empty (its queued jobs are then lost)"
+        # The -wal holds the latest commits: the file moved alone is not the whole store.
+        " or move it and its -wal aside to start empty (its queued jobs are then lost)"
     )

@@ -272,8 +272,8 @@ def test_a_store_damaged_at_its_first_pages_says_the_same_fix(tmp_path: Path) ->
     (line,) = result.stderr.strip().splitlines()
     assert line == (
         f"farm server: the job store {path} cannot be read (database disk image is malformed);"
-        " restore it from a backup, or move it aside to start empty (its queued jobs are then"
-        " lost)"
+        " restore it from a backup, or move it and its -wal aside to start empty (its queued"
+        " jobs are then lost)"
     )
 
 
