@@ -9,8 +9,10 @@ it has. Only the live views import this module, so other commands never load ric
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -32,32 +34,108 @@ def _header(label: str, key: str | None, sort: str) -> str:
     return f"{label}▼" if key == sort else label
 
 
-def function_table(rows: Sequence[FunctionRow], *, sort: str = "name") -> Table:
-    """One row per function: queues, workers, throughput, run-time quantiles, failures,
-    and submits that got no answer (refused, dropped)."""
-    columns = [
-        ("FUNCTION", "name"),
-        ("QUEUED", "queued"),
-        ("RUNNING", None),
-        ("WORKERS", None),
-        ("IDLE", None),
-        ("BUSY", None),
-        ("JOBS/S", "rate"),
-        ("P50", None),
-        ("P99", None),
-        ("FAILED", None),
-        ("REFUSED", None),
-        ("DROPPED", None),
+#: A text column (a name, a job handle) is cut with "…" to no fewer cells than this before
+#: columns on the right are left out to fit a narrow terminal.
+MIN_TEXT = 12
+#: Cells between two columns (rich's padding of one on each side).
+GAP = 2
+
+
+@dataclass(frozen=True)
+class _Column:
+    label: str
+    key: str | None  # the sort key it shows, if any (its header is marked)
+    text: bool = False  # left-aligned text that may be cut with "…"; a number never is
+
+
+def _table(
+    columns: Sequence[_Column], rows: Sequence[Sequence[str | Text]], sort: str, width: int | None
+) -> Table:
+    """``rows`` under ``columns``, fitted to ``width`` cells (None: as wide as they are).
+
+    Left to rich, every column shrank alike: at 80 columns 123456 queued jobs read "1234…"
+    and two functions named alike were both "farm.…". Here text columns are cut first, to
+    MIN_TEXT, then the columns on the right that still do not fit are left out, and the
+    caption names them: a number is shown whole or not at all."""
+    heads = [_header(c.label, c.key, sort) for c in columns]
+    natural = [
+        max([cell_len(head)] + [cell_len(_plain(row[i])) for row in rows])
+        for i, head in enumerate(heads)
     ]
+    widths, shown = natural, len(columns)
+    while width is not None and shown > 1:
+        fitted = _shrunk(natural[:shown], columns[:shown], heads, width)
+        if fitted is not None:
+            widths = fitted
+            break
+        shown -= 1
     table = Table(box=None, header_style="bold", pad_edge=False, expand=False)
-    for label, key in columns:
-        table.add_column(_header(label, key, sort), justify="left" if key == "name" else "right")
+    for column, head, cells in zip(columns[:shown], heads, widths, strict=False):
+        table.add_column(
+            head,
+            justify="left" if column.text else "right",
+            width=cells,
+            no_wrap=True,
+            overflow="ellipsis",
+        )
+    for row in rows:
+        table.add_row(*row[:shown])
+    if shown < len(columns):
+        left_out = ", ".join(c.label for c in columns[shown:])
+        table.caption = f"{left_out} left out (a wider terminal shows them)"
+    return table
+
+
+def _shrunk(
+    natural: list[int], columns: Sequence[_Column], heads: list[str], width: int
+) -> list[int] | None:
+    """Column widths within ``width``, text columns cut (the widest first) down to
+    MIN_TEXT or their header; None if they do not fit even so."""
+    widths = list(natural)
+    floors = [
+        min(w, max(MIN_TEXT, cell_len(h))) if c.text else w
+        for w, c, h in zip(widths, columns, heads, strict=False)
+    ]
+    excess = sum(widths) + GAP * (len(widths) - 1) - width
+    while excess > 0:
+        cuttable = [i for i, w in enumerate(widths) if w > floors[i]]
+        if not cuttable:
+            return None
+        widest = max(cuttable, key=lambda i: widths[i])
+        widths[widest] -= 1
+        excess -= 1
+    return widths
+
+
+def _plain(cell: str | Text) -> str:
+    return cell.plain if isinstance(cell, Text) else cell
+
+
+def function_table(
+    rows: Sequence[FunctionRow], *, sort: str = "name", width: int | None = None
+) -> Table:
+    """One row per function: queues, workers, throughput, run-time quantiles, failures,
+    and submits that got no answer (refused, dropped); fitted to ``width`` cells."""
+    columns = [
+        _Column("FUNCTION", "name", text=True),
+        _Column("QUEUED", "queued"),
+        _Column("RUNNING", None),
+        _Column("WORKERS", None),
+        _Column("IDLE", None),
+        _Column("BUSY", None),
+        _Column("JOBS/S", "rate"),
+        _Column("P50", None),
+        _Column("P99", None),
+        _Column("FAILED", None),
+        _Column("REFUSED", None),
+        _Column("DROPPED", None),
+    ]
     order: dict[str, Any] = {
         "queued": lambda r: (-(r.queued or 0), r.name),
         "rate": lambda r: (-(r.rate or 0.0), r.name),
     }
-    for r in sorted(rows, key=order.get(sort, lambda r: r.name)):
-        table.add_row(
+    cells: list[list[str | Text]] = [
+        [
             Text(r.name),  # Text: a name is never read as markup or :emoji:
             _count(r.queued),
             _count(r.running),
@@ -70,8 +148,10 @@ def function_table(rows: Sequence[FunctionRow], *, sort: str = "name") -> Table:
             Text(_count(r.failures), style="red" if r.failures else ""),
             Text(_count(r.refused), style="red" if r.refused else ""),
             Text(_count(r.dropped), style="yellow" if r.dropped else ""),
-        )
-    return table
+        ]
+        for r in sorted(rows, key=order.get(sort, lambda r: r.name))
+    ]
+    return _table(columns, cells, sort, width)
 
 
 def _count(value: int | None) -> str:
@@ -84,11 +164,13 @@ def process_table(
     sort: str = "name",
     cpu: Mapping[tuple[str, int], float] | None = None,
     limit: int | None = None,
+    width: int | None = None,
 ) -> Table:
     """One row per process, from ``farm ps`` rows (the control socket's ``ps`` request).
 
     ``cpu`` maps (pool, slot) to CPU % (from two scrapes of the metrics endpoint); without
-    it the column shows "-". ``limit`` keeps the first rows that fit a screen.
+    it the column shows "-". ``limit`` keeps the first rows that fit a screen, ``width``
+    the columns that fit its width.
     """
     cpu = cpu or {}
 
@@ -96,22 +178,18 @@ def process_table(
         return cpu.get((r["function"], r["slot"])) if r.get("slot") is not None else None
 
     columns = [
-        ("PID", None),
-        ("FUNCTION", "name"),
-        ("SLOT", None),
-        ("CORE", None),
-        ("STATE", None),
-        ("JOB", None),
-        ("AGE", None),
-        ("CPU%", "cpu"),
-        ("RSS", "rss"),
-        ("JOBS", None),
-        ("RESTARTS", "restarts"),
+        _Column("PID", None),
+        _Column("FUNCTION", "name", text=True),
+        _Column("SLOT", None),
+        _Column("CORE", None),
+        _Column("STATE", None, text=True),
+        _Column("JOB", None, text=True),
+        _Column("AGE", None),
+        _Column("CPU%", "cpu"),
+        _Column("RSS", "rss"),
+        _Column("JOBS", None),
+        _Column("RESTARTS", "restarts"),
     ]
-    table = Table(box=None, header_style="bold", pad_edge=False, expand=False)
-    for label, key in columns:
-        left = label in ("FUNCTION", "STATE", "JOB")
-        table.add_column(_header(label, key, sort), justify="left" if left else "right")
 
     def by_name(r: Mapping[str, Any]) -> tuple[Any, ...]:
         slot = r.get("slot")
@@ -124,25 +202,30 @@ def process_table(
     }
     ordered = sorted(rows, key=order.get(sort, by_name))
     shown = ordered if limit is None else ordered[: max(limit, 0)]
+    cells: list[list[str | Text]] = []
     for r in shown:
         pct = percent(r)
         state = str(r.get("state", ""))
-        table.add_row(
-            _cell(r.get("pid")),
-            Text(str(r["function"])),  # Text: never read as markup or :emoji: (H:x:9)
-            _cell(r.get("slot")),
-            _cell(r.get("cpu")),
-            Text(state_text(r), style=_STATE_STYLE.get(state, "")),
-            # A job whose server has died since: the worker runs it on for nobody.
-            Text(_cell(r.get("job")) + (" (server gone)" if r.get("server_gone") else "")),
-            seconds(r.get("busy_for")) if r.get("busy_for") is not None else "-",
-            "-" if pct is None else f"{pct:.0f}",
-            _mib(r.get("rss")),
-            _cell(r.get("jobs")),
-            _cell(r.get("restarts")),
+        cells.append(
+            [
+                _cell(r.get("pid")),
+                Text(str(r["function"])),  # Text: never read as markup or :emoji: (H:x:9)
+                _cell(r.get("slot")),
+                _cell(r.get("cpu")),
+                Text(state_text(r), style=_STATE_STYLE.get(state, "")),
+                # A job whose server has died since: the worker runs it on for nobody.
+                Text(_cell(r.get("job")) + (" (server gone)" if r.get("server_gone") else "")),
+                seconds(r.get("busy_for")) if r.get("busy_for") is not None else "-",
+                "-" if pct is None else f"{pct:.0f}",
+                _mib(r.get("rss")),
+                _cell(r.get("jobs")),
+                _cell(r.get("restarts")),
+            ]
         )
+    table = _table(columns, cells, sort, width)
     if len(shown) < len(ordered):
-        table.caption = f"… {len(ordered) - len(shown)} more (a taller terminal shows them)"
+        more = f"… {len(ordered) - len(shown)} more (a taller terminal shows them)"
+        table.caption = f"{more} · {table.caption}" if table.caption else more
     return table
 
 
@@ -164,19 +247,22 @@ def frame(
     cpu: Mapping[tuple[str, int], float] | None = None,
     status: str = "",
     height: int | None = None,
+    width: int | None = None,
     keys: bool = True,
 ) -> RenderableType:
     """A whole screen: a status line, the function table (None: left out), the process
-    table cut to ``height`` lines, and (``keys``) which keys do what."""
+    table cut to ``height`` lines, both fitted to ``width`` cells, and (``keys``) which keys
+    do what."""
     parts: list[RenderableType] = []
     if status:
         parts.append(Text(status, style="bold"))
     used = 4  # the status line, the keys line and the blank lines between
     if functions is not None:
-        parts += [function_table(functions, sort=sort), Text("")]
-        used += len(functions) + 2
+        table = function_table(functions, sort=sort, width=width)
+        parts += [table, Text("")]
+        used += len(functions) + 2 + (1 if table.caption else 0)
     limit = None if height is None else max(1, height - used - 2)
-    parts.append(process_table(processes, sort=sort, cpu=cpu, limit=limit))
+    parts.append(process_table(processes, sort=sort, cpu=cpu, limit=limit, width=width))
     if keys:
         letters = " ".join(f"{k}:{v}" for k, v in SORT_LETTERS.items())
         parts.append(Text(f"q quit · s next sort · {letters}", style="dim"))

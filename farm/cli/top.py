@@ -320,6 +320,7 @@ def live_view(
                 cpu=sampler.cpu(now),
                 status=status,
                 height=console.size.height if interactive else None,
+                width=console.width,
                 keys=interactive,
             )
             if live is not None:

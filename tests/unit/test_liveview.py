@@ -148,3 +148,39 @@ def test_a_command_worker_whose_registration_was_not_seen_says_so_everywhere() -
     by_name = {row.name: row for row in counted}
     assert (by_name["far"].idle, by_name["far"].busy) == (0, 0)
     assert (by_name["near"].idle, by_name["near"].busy) == (1, 0)
+
+
+def test_a_frame_on_an_80_column_terminal_cuts_no_number() -> None:
+    # rich shrank every column alike to fit 80 columns: 12345.6 jobs/s read "1234…", a
+    # count cut short reads ten times smaller; "farm.…" and "farm.…" were two functions.
+    names = ["farm.python", "farm.pythonic", "a_function_named_at_length_for_its_service"]
+    functions = [
+        FunctionRow(
+            name=name,
+            queued=123456,
+            running=16,
+            workers=16,
+            idle=0,
+            busy=16,
+            rate=12345.6,
+            p50=0.012,
+            p99=1.5,
+            failures=987654,
+            refused=0,
+            dropped=0,
+        )
+        for name in names
+    ]
+    busy = {**ROWS[1], "job": "H:worker-01.example.com:2956218124", "jobs": 1234567}
+    console = Console(width=80, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console.print(frame(functions, [*ROWS, busy], status="farm", width=80))
+    lines = console.export_text().splitlines()
+    assert all(len(line) <= 80 for line in lines), lines
+    table = lines[1 : 1 + 1 + len(names)]
+    for name, line in zip(sorted(names), table[1:], strict=True):
+        cells = line.split()
+        assert name.startswith(cells[0].rstrip("…")), line
+        assert len(cells[0]) >= min(len(name), 12), line  # "farm.python", "farm.pythonic"
+        assert "123456" in cells and "12345.6" in cells and "987654" in cells, line
+    assert any("1234567" in line.split() for line in lines), lines
+    assert any("left out" in line for line in lines), lines  # what did not fit is named
