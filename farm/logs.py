@@ -10,6 +10,7 @@ slot and function, and a call may name them with ``extra={"function": ..., "job"
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import io
 import json
@@ -343,17 +344,22 @@ class LogLines(io.TextIOBase):
 
 
 class _BytesLines(io.RawIOBase):
-    """``LogLines.buffer``: bytes written to it are its lines too."""
+    """``LogLines.buffer``: bytes written to it are its lines too. Decoded as a stream:
+    output copied in chunks (shutil.copyfileobj, a child's pipe) is cut anywhere, and a
+    character cut in two, decoded a half at a time, was logged as two U+FFFD."""
 
     def __init__(self, text: LogLines) -> None:
         super().__init__()
         self.text = text
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._lock = threading.Lock()  # one decoder's state: one write at a time
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: Any) -> int:
-        self.text.write(bytes(data).decode("utf-8", "replace"))
+        with self._lock:  # decoded and passed on in the order written
+            self.text.write(self._decoder.decode(bytes(data)))
         return len(data)
 
     def flush(self) -> None:

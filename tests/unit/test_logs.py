@@ -107,6 +107,19 @@ def test_print_bytes_and_threads_become_whole_lines(caplog: pytest.LogCaptureFix
     assert real.getvalue() == ""
 
 
+def test_bytes_split_inside_a_character_are_one_character(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Output copied to sys.stdout.buffer in chunks (shutil.copyfileobj, a child's pipe) is
+    # cut anywhere: each chunk was decoded alone, and "é" cut in two logged as "\ufffd\ufffd".
+    lines = LogLines(logging.getLogger("farm.test.split"), logging.INFO, io.StringIO())
+    with caplog.at_level(logging.INFO, logger="farm.test.split"):
+        lines.buffer.write(b"caf\xc3")
+        lines.buffer.write(b"\xa9 \xe2\x82")
+        lines.buffer.write(b"\xac\n\xff ok\n")
+    assert [r.getMessage() for r in caplog.records] == ["caf\u00e9 \u20ac", "\ufffd ok"]
+
+
 def test_text_lines_escape_control_characters_but_keep_tracebacks() -> None:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
