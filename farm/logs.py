@@ -174,13 +174,41 @@ def journal_priorities() -> bool:
     return _handler is not None and isinstance(_handler.formatter, _JournalPriority)
 
 
-def relay_lines(lines: list[str]) -> None:
+def relay_lines(lines: list[str], stray: Callable[[str], None] | None = None) -> None:
     """Write lines another process made as its log records (a Python worker's, whose stdout
     and stderr the supervisor reads) on this process's log stream, under its handler's
     lock: whole lines, between this process's own records, never inside one. A Python
     worker's own records come formatted (and escaped); what it wrote to its descriptors
-    past sys.stdout (a C library's output) gets its control characters escaped here, as
-    JSON escapes in the JSON format, which leaves a worker's JSON lines the same JSON."""
+    past sys.stdout (a C library's output, a child program's) gets its control characters
+    escaped here, and in the JSON format, where such a line is no JSON object, goes to
+    ``stray`` (which logs it as a record of this process's) when given: `jq` stops at the
+    first line it cannot parse, and every record after a raw one went unseen."""
+    if stray is None or _relayed is not _json_controls:
+        _write_relayed(lines)
+        return
+    run: list[str] = []
+    for line in lines:
+        if _json_object(line):
+            run.append(line)
+            continue
+        _write_relayed(run)
+        run = []
+        stray(line)
+    _write_relayed(run)
+
+
+def _json_object(line: str) -> bool:
+    if not line.startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def _write_relayed(lines: list[str]) -> None:
+    if not lines:
+        return
     handler = _handler
     text = "".join(_relayed(line) + "\n" for line in lines)
     if handler is None:

@@ -93,16 +93,21 @@ class Reports:
         now = time.monotonic()
         lines = proc.out.take(data, now, final=final)
         if lines and not proc.command:
-            relay_lines(lines)
+            # What it wrote past its logger (a C library, a child) is logged as a command's.
+            relay_lines(lines, stray=lambda line: self.log_line(proc, line))
         for line in lines if proc.command else ():
-            output_log.info(
-                "worker %s (pid %d): %s",
-                proc.name,
-                proc.pid,
-                line,
-                extra={"function": proc.function, "slot": proc.slot, "worker_pid": proc.pid},
-            )
+            self.log_line(proc, line)
         self.report_drops(proc, now, final=final)
+
+    def log_line(self, proc: WorkerProcess, line: str) -> None:
+        """A line of a worker's output as a record of the supervisor's, naming the worker."""
+        output_log.info(
+            "worker %s (pid %d): %s",
+            proc.name,
+            proc.pid,
+            line,
+            extra={"function": proc.function, "slot": proc.slot, "worker_pid": proc.pid},
+        )
 
     def tend_output(self) -> None:
         """The loop's step: read a flooding worker's pipe again once its pause is over, and

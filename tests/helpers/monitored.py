@@ -3,7 +3,8 @@
 What a job does is said by its data, so one pool serves every case a test counts:
 ``ok`` answers, ``raise`` raises (WORK_EXCEPTION, its traceback logged by the worker),
 ``sleep`` outlives any pool timeout, ``hold:DIR`` says it started (DIR/started-PID)
-and waits for DIR/go; anything else comes back reversed.
+and waits for DIR/go, ``fd`` writes a line on descriptor 2 past sys.stderr (as a C
+library or a child program does); anything else comes back reversed.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ def work(job: Any) -> bytes:
     text = job.data.decode()
     if text == "raise":
         raise Refused("asked to fail")
+    if text == "fd":
+        os.write(2, b"written on fd 2 past sys.stderr\n")
+        return b"written"
     if text == "sleep":
         time.sleep(60)  # stands in for a stuck job: the pool's timeout ends it first
     if text.startswith("hold:"):

@@ -89,6 +89,33 @@ def test_every_process_of_the_farm_logs_json_lines(tmp_path: Path) -> None:
     assert any(r["role"] == "supervisor" and "stopped" in r["message"] for r in found)
 
 
+@pytest.mark.timeout(60)
+def test_what_a_python_worker_writes_past_its_logger_is_a_json_record_too(
+    tmp_path: Path,
+) -> None:
+    # A line on the worker's descriptor 2 (a C library's, or a child program's such as
+    # ImageMagick's warnings) was relayed raw: not JSON, and `journalctl -o cat | jq` stops
+    # at the first line it cannot parse, so every record after it went unseen.
+    up = FarmUp(tmp_path, POOLS, start=False)
+    up.config.write_text(
+        up.config.read_text().replace("[supervisor]\n", '[supervisor]\nlog_format = "json"\n', 1)
+    )
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"alpha": 1, "beta": 1})
+        with farm.Client(up.addr) as client:
+            assert client.call("alpha", "fd") == b"written"
+        said = wait_for(
+            "the line in the log",
+            lambda: [r for r in records(up.read_log()) if "past sys.stderr" in r["message"]],
+        )
+    finally:
+        assert up.stop() == 0
+    records(up.log_path.read_text())  # every line parses
+    assert [(r["function"], r["slot"], r["level"]) for r in said] == [("alpha", 0, "INFO")]
+
+
 def test_the_server_alone_takes_log_format_json() -> None:
     port = free_port()
     argv = [sys.executable, "-m", "farm.server", "--port", str(port), "--store", "none"]
