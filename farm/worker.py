@@ -203,7 +203,8 @@ class Worker(WorkerLinks):
                 server.session.fail()
             except ProtocolError:  # the job's own thread answered it just now
                 return False
-            log.error("job %s failed: %s", job.handle, why)
+            fields = {"function": job.function, "job": job.handle}  # farm.logs' fields
+            log.error("job %s failed: %s", job.handle, why, extra=fields)
             self._flush_locked(server)
             return True
 

@@ -284,7 +284,12 @@ def watch_rss(worker: Worker, in_hand: list[Job | None], kill_rss_mb: int) -> No
         sent = worker.abandon(job, why)  # logs "job HANDLE failed: WHY"
         if sent or in_hand[0] is job:
             if not sent:
-                log.error("job %s: %s (its job server is gone, no WORK_FAIL)", job.handle, why)
+                log.error(
+                    "job %s: %s (its job server is gone, no WORK_FAIL)",
+                    job.handle,
+                    why,
+                    extra={"function": job.function, "job": job.handle},
+                )
             os._exit(EXIT_RSS_KILLED)
 
 

@@ -38,3 +38,26 @@ def test_a_function_raising_the_same_way_job_after_job_logs_a_traceback_a_while(
     ]
     assert all(r.getMessage().startswith("job check H:") for r in lines)
     assert {r.__dict__.get("function") for r in lines} == {"check"}  # farm.logs' fields
+
+
+def test_a_job_abandoned_names_its_job_and_function_as_a_raise_does(
+    farm_server, caplog: pytest.LogCaptureFixture
+) -> None:
+    # kill_rss_mb's watchdog fails the job in hand with Worker.abandon: its line named the
+    # job in its text only, so `jq 'select(.job == H)'` did not find why that job failed.
+    caplog.set_level(logging.WARNING, logger="farm.worker")
+    handles = []
+
+    def give_up(job: Any) -> bytes:
+        handles.append(job.handle)
+        assert worker.abandon(job, "RSS 900 MiB over kill_rss_mb 512; worker exits")
+        return b"never sent"
+
+    with (
+        serving(farm_server.addr, {"give_up": give_up}) as worker,
+        farm.Client(farm_server.addr) as c,
+        pytest.raises(farm.JobFailed),
+    ):
+        c.call("give_up", b"x", timeout=10)
+    (line,) = [r for r in caplog.records if "kill_rss_mb" in r.getMessage()]
+    assert (line.__dict__.get("job"), line.__dict__.get("function")) == (handles[0], "give_up")
