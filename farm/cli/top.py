@@ -82,11 +82,17 @@ class Sampler:
                 # HTTPException: not an HTTP server there, or a reply cut off by a restart.
                 note = f"metrics: {url} did not answer ({exc!r})"
         # The supervisor answers without the server's part while its server is down or
-        # restarting: the jobs' numbers are unknown then, not 0 (a bare server's endpoint,
-        # --metrics, has no farm_server_up).
-        server = metrics is not None and metrics.get(("farm_server_up", ())) != 0.0
-        if metrics is not None and not server:
+        # restarting, and always when its job servers are remote (`servers`): the jobs'
+        # numbers are unknown then, not 0. A bare server's endpoint (--metrics) is all
+        # server's part, with no farm_server_up.
+        up = None if metrics is None else metrics.get(("farm_server_up", ()))
+        server = up == 1.0 or (
+            up is None and metrics is not None and ("farm_server_start_time_seconds", ()) in metrics
+        )
+        if up == 0.0:
             note = "metrics: the job server did not answer (farm_server_up 0)"
+        elif metrics is not None and not server:
+            note = "metrics: no job server's numbers here (its job servers are remote)"
         processes, serves = list(reply.get("processes", [])), dict(reply.get("serves", {}))
         now = Sample(time.monotonic(), processes, metrics, url, note, serves, server)
         if metrics is not None:

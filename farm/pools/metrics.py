@@ -143,6 +143,11 @@ class SupervisorCollector:
 
         from farm.client.admin import server_metrics
 
+        if not self.supervisor.config.local_server:
+            # Its workers serve remote job servers (`servers`), which are scraped on their own
+            # (a farm server's --metrics): no server is this farm's to call up or down, and
+            # farm_server_up 0 on every scrape kept FarmServerDown firing on every such host.
+            return
         up = GaugeMetricFamily(
             "farm_server_up", "1 when the job server answered this scrape, else 0."
         )

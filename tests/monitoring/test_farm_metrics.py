@@ -14,9 +14,9 @@ import pytest
 
 import farm
 from tests.helpers import scraping
-from tests.helpers.farmproc import FarmUp
+from tests.helpers.farmproc import FarmUp, farm_cli
 from tests.helpers.scraping import Samples, get
-from tests.helpers.servers import need
+from tests.helpers.servers import need, start_farm_server
 from tests.helpers.waiting import wait_for
 
 POOLS = """
@@ -254,3 +254,28 @@ def test_a_command_workers_cpu_counts_the_children_that_ran_its_jobs(tmp_path: P
         assert used >= 0.6, used
     finally:
         assert up.stop() == 0
+
+
+@pytest.mark.timeout(90)
+def test_a_farm_of_remote_servers_only_has_no_server_to_call_down(tmp_path: Path) -> None:
+    # With `servers` and no local server, every scrape said farm_server_up 0: the shipped
+    # FarmServerDown (critical) fired for good on every host of a shared-servers setup,
+    # and `farm top` showed each function's numbers as 0, where it has none to show.
+    remote = start_farm_server()
+    up = FarmUp(tmp_path, POOLS, supervisor=f'servers = ["{remote.addr}"]')
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 2})
+        samples = scrape(up)
+        assert get(samples, "farm_pool_target_workers", pool="reverse") == 2
+        names = {name for name, _ in samples}
+        assert "farm_server_up" not in names, sorted(names)
+        assert not any(name.startswith("farm_jobs_") for name in names), sorted(names)
+        top = farm_cli("top", "--once", "--control", up.control)
+        assert top.returncode == 0, top.stderr
+        (row,) = [line for line in top.stdout.splitlines() if line.startswith("reverse ")]
+        assert row.split()[1:4] == ["-", "-", "-"], top.stdout  # queued, running, workers
+        assert "did not answer" not in top.stdout, top.stdout
+    finally:
+        up.stop()
+        remote.stop()
