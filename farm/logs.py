@@ -198,6 +198,10 @@ def relay_lines(lines: list[str], stray: Callable[[str], None] | None = None) ->
 
 
 def _json_object(line: str) -> bool:
+    """Whether ``line`` is a JSON object, after the journal priority a worker's record
+    starts with under systemd (``<4>{...}``: _JournalPriority)."""
+    if line[:1] == "<" and line[2:3] == ">" and line[1:2].isdigit():
+        line = line[3:]
     if not line.startswith("{"):
         return False
     try:

@@ -165,3 +165,25 @@ def test_relayed_lines_keep_no_control_character_and_json_stays_json(log_format:
         assert raw_line == "raw \\u001b]0;t\\u0007 out"
     else:
         assert raw_line == "raw \\x1b]0;t\\x07 out"
+
+
+def test_relayed_json_keeps_a_workers_records_and_hands_on_stray_lines() -> None:
+    # Under systemd a worker's record starts with its journal priority (<4>{...}): it is a
+    # record all the same, relayed as it is; only a line that is no JSON object is stray.
+    script = textwrap.dedent(
+        """
+        import json, sys
+        from farm.logs import relay_lines, setup_logging
+        setup_logging(role="supervisor", log_format="json", text_format="%(message)s",
+                      stream=sys.stdout, journal=False)
+        stray = []
+        record = json.dumps({"time": "t", "message": "m"})
+        relay_lines(["<4>" + record, "C library output", record, "{half", "<6>"], stray.append)
+        print(json.dumps(stray))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out[:2] == ['<4>{"time": "t", "message": "m"}', '{"time": "t", "message": "m"}']
+    assert json.loads(out[2]) == ["C library output", "{half", "<6>"]
