@@ -116,6 +116,17 @@ def test_prometheus_scrapes_the_farm_and_answers_for_its_jobs(tmp_path: Path) ->
             up_series = query(base, 'up{job="farm"}')
             assert [float(r["value"][1]) for r in up_series] == [1.0]
             assert query(base, 'farm_pool_target_workers{pool="reverse"} == 1')
+            # The dashboard's list of hosts, as Grafana asks for it (label_values(SELECTOR,
+            # instance) is the label values API with SELECTOR as match[]).
+            dashboard = json.loads((ROOT / "docs" / "grafana-farm.json").read_text())
+            (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "instance"]
+            selector = re.fullmatch(r"label_values\((.*), instance\)", variable["definition"])
+            assert selector, variable["definition"]
+            url = f"{base}/api/v1/label/instance/values?" + urllib.parse.urlencode(
+                {"match[]": selector[1]}
+            )
+            with urllib.request.urlopen(url, timeout=10) as reply:
+                assert json.load(reply)["data"] == [f"127.0.0.1:{up.metrics_port}"]
     finally:
         up.stop()
 

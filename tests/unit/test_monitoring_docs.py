@@ -149,3 +149,15 @@ def test_the_other_pages_name_only_documented_metrics() -> None:
     }
     assert named
     assert not named - documented()
+
+
+def test_the_instance_list_holds_every_kind_of_farm_target() -> None:
+    # It read farm_server_up, which `farm up` serves only with a server of its own: the
+    # hosts whose workers serve remote job servers, and a lone `farm server --metrics`,
+    # were missing from it. A family each kind of endpoint always serves:
+    dashboard = json.loads((ROOT / "docs" / "grafana-farm.json").read_text())
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "instance"]
+    names = set(re.findall(r"farm_\w+", variable["query"]["query"]))
+    assert variable["definition"] == variable["query"]["query"]
+    assert "farm_pool_target_workers" in names  # every farm up, whatever its servers
+    assert "farm_server_start_time_seconds" in names  # every job server of farm's
