@@ -82,8 +82,13 @@ def _table(
         table.add_row(*row[:shown])
     if shown < len(columns):
         left_out = ", ".join(c.label for c in columns[shown:])
-        table.caption = f"{left_out} left out (a wider terminal shows them)"
+        table.caption = _one_line(f"{left_out} left out (a wider terminal shows them)")
     return table
+
+
+def _one_line(note: str) -> Text:
+    """A caption kept to one line (cut with "…"): a frame's height counts it as one."""
+    return Text(note, no_wrap=True, overflow="ellipsis")
 
 
 def _shrunk(
@@ -112,10 +117,15 @@ def _plain(cell: str | Text) -> str:
 
 
 def function_table(
-    rows: Sequence[FunctionRow], *, sort: str = "name", width: int | None = None
+    rows: Sequence[FunctionRow],
+    *,
+    sort: str = "name",
+    width: int | None = None,
+    limit: int | None = None,
 ) -> Table:
     """One row per function: queues, workers, throughput, run-time quantiles, failures,
-    and submits that got no answer (refused, dropped); fitted to ``width`` cells."""
+    and submits that got no answer (refused, dropped); the first ``limit`` rows in the
+    sort order, fitted to ``width`` cells."""
     columns = [
         _Column("FUNCTION", "name", text=True),
         _Column("QUEUED", "queued"),
@@ -151,7 +161,17 @@ def function_table(
         ]
         for r in sorted(rows, key=order.get(sort, lambda r: r.name))
     ]
-    return _table(columns, cells, sort, width)
+    shown = cells if limit is None else cells[: max(limit, 0)]
+    return _rows_left_out(_table(columns, shown, sort, width), len(cells) - len(shown))
+
+
+def _rows_left_out(table: Table, count: int) -> Table:
+    """``table`` whose caption says ``count`` rows did not fit (beside what else it says)."""
+    if count > 0:
+        more = f"… {count} more (a taller terminal shows them)"
+        said = table.caption.plain if isinstance(table.caption, Text) else table.caption
+        table.caption = _one_line(f"{more} · {said}" if said else more)
+    return table
 
 
 def _count(value: int | None) -> str:
@@ -222,11 +242,7 @@ def process_table(
                 _cell(r.get("restarts")),
             ]
         )
-    table = _table(columns, cells, sort, width)
-    if len(shown) < len(ordered):
-        more = f"… {len(ordered) - len(shown)} more (a taller terminal shows them)"
-        table.caption = f"{more} · {table.caption}" if table.caption else more
-    return table
+    return _rows_left_out(_table(columns, cells, sort, width), len(ordered) - len(shown))
 
 
 _STATE_STYLE = {
@@ -255,17 +271,24 @@ def frame(
     do what."""
     parts: list[RenderableType] = []
     if status:
-        parts.append(Text(status, style="bold"))
-    used = 4  # the status line, the keys line and the blank lines between
+        parts.append(Text(status, style="bold", no_wrap=True, overflow="ellipsis"))
+    limit = None if height is None else max(1, height - 6)  # status, keys, a header...
     if functions is not None:
-        table = function_table(functions, sort=sort, width=width)
-        parts += [table, Text("")]
-        used += len(functions) + 2 + (1 if table.caption else 0)
-    limit = None if height is None else max(1, height - used - 2)
+        kept = None
+        if height is not None:
+            # Two headers, two captions, the blank line, status and keys take 7 lines; of
+            # the rest, the processes get up to half when the functions would take it all
+            # (60 functions left no line of a 30-line screen to them, nor to the keys).
+            room = max(2, height - 7)
+            if len(functions) + len(processes) > room:
+                kept = max(1, min(len(functions), room - min(len(processes), room // 2)))
+            limit = max(1, room - min(len(functions), kept or len(functions)))
+        parts += [function_table(functions, sort=sort, width=width, limit=kept), Text("")]
     parts.append(process_table(processes, sort=sort, cpu=cpu, limit=limit, width=width))
     if keys:
         letters = " ".join(f"{k}:{v}" for k, v in SORT_LETTERS.items())
-        parts.append(Text(f"q quit · s next sort · {letters}", style="dim"))
+        keys_line = f"q quit · s next sort · {letters}"
+        parts.append(Text(keys_line, style="dim", no_wrap=True, overflow="ellipsis"))
     else:
         parts.append(Text(""))  # frames printed one after another stay apart
     return Group(*parts)

@@ -184,3 +184,39 @@ def test_a_frame_on_an_80_column_terminal_cuts_no_number() -> None:
         assert "123456" in cells and "12345.6" in cells and "987654" in cells, line
     assert any("1234567" in line.split() for line in lines), lines
     assert any("left out" in line for line in lines), lines  # what did not fit is named
+
+
+def test_many_functions_leave_the_processes_room_on_the_screen() -> None:
+    # 60 functions on a 30-line screen filled it: the process table and the keys line
+    # were cut off below, and `farm top` showed no process at all.
+    functions = [
+        FunctionRow(
+            name=f"fn{i:02}",
+            queued=i,
+            running=0,
+            workers=1,
+            idle=1,
+            busy=0,
+            rate=None,
+            p50=None,
+            p99=None,
+            failures=0,
+            refused=0,
+            dropped=0,
+        )
+        for i in range(60)
+    ]
+    processes = [{**ROWS[2], "pid": 100 + i, "slot": i} for i in range(16)]
+    console = Console(width=120, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console.print(frame(functions, processes, status="farm", height=30, width=120, sort="queued"))
+    lines = console.export_text().splitlines()
+    assert len(lines) <= 30, lines
+    assert lines[-1].startswith("q quit"), lines
+    narrow = Console(width=60, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    narrow.print(frame(functions, processes, status="farm " * 20, height=24, width=60))
+    assert len(narrow.export_text().splitlines()) <= 24  # a caption, the keys: one line each
+    assert lines[2].split()[0] == "fn59"  # the top of the sort order is what is kept
+    assert any(line.split()[:1] == ["PID"] for line in lines), lines
+    shown = [line.split()[0] for line in lines if line.split()[:1] and line.split()[0].isdigit()]
+    assert shown == [str(pid) for pid in range(100, 111)], lines  # 11 of 16: half the room
+    assert sum("more (a taller terminal shows them)" in line for line in lines) == 2, lines
