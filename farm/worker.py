@@ -361,7 +361,7 @@ class Worker(WorkerLinks):
                 )
             with self._send_lock:  # abandon() may answer it from another thread
                 if self._holds(server, job):
-                    server.session.exception(f"{type(exc).__name__}: {exc}")
+                    server.session.exception(_describe(exc))
         else:
             with self._send_lock:
                 if self._holds(server, job):
@@ -386,3 +386,13 @@ class Worker(WorkerLinks):
     def _holds(server: ServerLink, job: Job) -> bool:
         session = server.session
         return session.state is _WORKING and session.handle == job.handle
+
+
+def _describe(exc: BaseException) -> str:
+    """ "Type: message", the text a job's exception is sent as; an exception whose str()
+    raises is named as the traceback module names it, rather than ending the worker."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = "<exception str() failed>"
+    return f"{type(exc).__name__}: {text}"

@@ -24,8 +24,10 @@ class Job:
 
     ``data`` (bytes), ``text`` (data as UTF-8), ``handle``, ``function``, ``unique`` and
     ``timeout`` (the seconds registered for the function, or None), ``server`` (the address
-    of the job server it came from); ``send_status``,
-    ``send_data`` and ``send_warning`` reach the waiting clients at once, while it runs.
+    of the job server it came from); ``send_status``, ``send_data`` and ``send_warning``
+    reach the waiting clients at once, while it runs. A ``unique`` that is not UTF-8 comes
+    decoded with surrogateescape: ``job.unique.encode("utf-8", "surrogateescape")`` gives
+    the client's bytes back.
     """
 
     __slots__ = ("data", "handle", "function", "unique", "timeout", "_server", "_send_to")

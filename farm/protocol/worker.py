@@ -222,9 +222,16 @@ class WorkerSession:
             if not self.read_accept:  # else having read it is the acceptance
                 self._out += encode_req(PT.JOB_ACCEPT, handle)
         self._handle = handle
-        self.handle = handle.decode()
+        # Surrogateescape, as os.fsdecode: a client may send any bytes as the unique key (PHP's
+        # GearmanClient sends a raw digest as it is), and the exact bytes stay recoverable
+        # (``unique.encode("utf-8", "surrogateescape")``); a strict decode raised out of
+        # the worker's loop and killed it, for every worker the job went to next.
+        self.handle = handle.decode("utf-8", "surrogateescape")
         return JobAssigned(
-            handle=self.handle, function=func.decode(), unique=unique.decode(), data=data
+            handle=self.handle,
+            function=func.decode("utf-8", "surrogateescape"),
+            unique=unique.decode("utf-8", "surrogateescape"),
+            data=data,
         )
 
     def _expect(self, state: WorkerState, action: str) -> None:
@@ -264,7 +271,9 @@ class WorkerSession:
         if not self.exception_ok:
             self.fail()
             return
-        self._out += encode_req(PT.WORK_EXCEPTION, self._in_hand("raise"), text.encode())
+        # backslashreplace: a message may hold surrogates (os.fsdecode's, a unique key's)
+        payload = text.encode("utf-8", "backslashreplace")
+        self._out += encode_req(PT.WORK_EXCEPTION, self._in_hand("raise"), payload)
         self._job_ended()
 
     def taken_back(self) -> None:

@@ -1,0 +1,67 @@
+"""farm.Worker given what a client or a job function may hand it that is not plain text: a
+unique key that is not UTF-8, an exception whose text cannot be sent as it is. The job ends
+with an answer, and the worker serves on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import farm
+from farm.protocol import PacketType as T
+from tests.helpers.peers import Peer
+from tests.helpers.serving import serving
+
+
+def _unique_bytes(job: Any) -> bytes:
+    return job.unique.encode("utf-8", "surrogateescape")
+
+
+def test_a_unique_key_that_is_not_utf8_reaches_the_function_and_the_worker_serves_on(
+    any_server, peer_factory: Callable[[str], Peer]
+) -> None:
+    # PHP's GearmanClient and the gearman CLI send whatever bytes they are given as the
+    # unique key (a raw digest, a Latin-1 name); decoding it strictly raised out of work(),
+    # the worker died and the job went to the next worker, to kill it too.
+    with serving(any_server.addr, {"unique": _unique_bytes}):
+        client = peer_factory(any_server.addr)
+        client.send(T.SUBMIT_JOB, b"unique", b"\xff\xfe-key", b"x")
+        handle = client.expect(T.JOB_CREATED).args[0]
+        assert tuple(client.expect(T.WORK_COMPLETE).args) == (handle, b"\xff\xfe-key")
+        with farm.Client(any_server.addr) as c:
+            assert c.call("unique", b"y", unique="next", timeout=10) == b"next"
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text for this one")
+
+
+def _raise_surrogates(job: Any) -> bytes:
+    raise ValueError(b"no file \xff".decode("utf-8", "surrogateescape"))  # os.fsdecode's kind
+
+
+def _raise_unprintable(job: Any) -> bytes:
+    raise _Unprintable()
+
+
+@pytest.mark.parametrize(
+    ("function", "text"),
+    [
+        (_raise_surrogates, "ValueError: no file \\udcff"),
+        (_raise_unprintable, "_Unprintable: <exception str() failed>"),  # as traceback says
+    ],
+)
+def test_an_exception_whose_text_cannot_be_sent_as_it_is_still_ends_the_job(
+    farm_server, function: Callable[[Any], bytes], text: str
+) -> None:
+    # Its text was encoded strictly, or str() called bare, in the worker's own handler:
+    # the error raised out of work(), the worker died and the client waited on.
+    functions = {"raises": function, "echo": lambda job: job.data}
+    with serving(farm_server.addr, functions), farm.Client(farm_server.addr) as c:
+        with pytest.raises(farm.JobException) as raised:
+            c.call("raises", b"x", timeout=10)
+        assert raised.value.text == text
+        assert c.call("echo", b"still here", timeout=10) == b"still here"
