@@ -58,9 +58,15 @@ def _open(data: bytes) -> tuple[tuple[int, int], str, int, Image.Image]:
     if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE and 1 <= quality <= 100):
         raise ValueError(f"size must be 1..{MAX_SIDE} per side and quality 1..100")
     try:
-        img = Image.open(io.BytesIO(body))
-        img.load()
+        img = Image.open(io.BytesIO(body))  # reads the header only: the size, not the pixels
     except Exception as e:  # Pillow raises several types for undecodable input
+        raise ValueError(f"not an image Pillow can read: {e}") from None
+    if max(img.size) > MAX_SIDE:  # before decoding: Pillow only warns below 2 x its limit
+        w, h = img.size
+        raise ValueError(f"the image is {w}x{h}: at most {MAX_SIDE} pixels per side")
+    try:
+        img.load()
+    except Exception as e:
         raise ValueError(f"not an image Pillow can read: {e}") from None
     if fmt == "JPEG" and img.mode not in ("RGB", "L"):
         img = img.convert("RGB")  # JPEG has no alpha or palette

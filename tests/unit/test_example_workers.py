@@ -36,6 +36,16 @@ def test_image_refuses_bad_envelopes(bad: bytes) -> None:
         image.resize(SimpleNamespace(data=bad))
 
 
+@pytest.mark.parametrize("function", [image.resize, image.thumbnail])
+def test_image_refuses_a_picture_wider_than_max_side_before_decoding_it(function) -> None:
+    # MAX_SIDE is the guard against decompression bombs: an input past it was decoded all
+    # the same (Pillow only refuses past twice MAX_IMAGE_PIXELS), so a 0.4 MB PNG of
+    # 100000x1000 grew the worker by 800 MB, and one of 14000x14000 by 1.5 GB.
+    wide = png(image.MAX_SIDE + 1, 8, "RGB")
+    with pytest.raises(ValueError, match=f"10001x8.*at most {image.MAX_SIDE}"):
+        function(SimpleNamespace(data=image.envelope(10, 10, wide)))
+
+
 def test_hashing_functions() -> None:
     out = hashing.pbkdf2(SimpleNamespace(data=b"1000 0a0b\npassword"))
     assert out == hashlib.pbkdf2_hmac("sha256", b"password", b"\n\x0b", 1000).hex().encode()
