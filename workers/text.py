@@ -3,11 +3,13 @@
 
 Every worker function in ``workers/`` receives the ``farm.worker.Job`` (``job.data``
 is the payload as bytes, ``job.text`` as str) and returns bytes, str or None.
-Text is UTF-8; bytes that are not valid UTF-8 are reversed byte-wise.
+Text is UTF-8; bytes that are not valid UTF-8 are reversed byte-wise, and kept as they
+are by ``upper`` and ``lower``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["reverse", "upper", "lower", "wordcount", "echo"]
@@ -22,12 +24,18 @@ def reverse(job: Any) -> bytes:
         return data[::-1]
 
 
-def upper(job: Any) -> str:
-    return job.data.decode("utf-8", "replace").upper()
+def upper(job: Any) -> bytes:
+    return _recase(job.data, str.upper)
 
 
-def lower(job: Any) -> str:
-    return job.data.decode("utf-8", "replace").lower()
+def lower(job: Any) -> bytes:
+    return _recase(job.data, str.lower)
+
+
+def _recase(data: bytes, case: Callable[[str], str]) -> bytes:
+    # surrogateescape: a byte that is not UTF-8 passes through as it came (case changes
+    # leave surrogates alone), where "replace" turned each into U+FFFD.
+    return case(bytes(data).decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
 
 
 def wordcount(job: Any) -> str:

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from workers import hashing, image
+from workers import hashing, image, text
 
 
 def png(width: int, height: int, mode: str = "RGBA") -> bytes:
@@ -52,3 +52,13 @@ def test_hashing_functions() -> None:
     with pytest.raises(ValueError):
         hashing.pbkdf2(SimpleNamespace(data=b"lots zz\npw"))
     assert zlib.decompress(hashing.compress(SimpleNamespace(data=b"a" * 1000))) == b"a" * 1000
+
+
+def test_text_functions_keep_bytes_that_are_not_utf8_as_they_came() -> None:
+    # A Latin-1 payload came back from upper and lower with each such byte turned into
+    # U+FFFD (three bytes of UTF-8): the caller's text silently damaged.
+    latin1 = SimpleNamespace(data="café ñ".encode("latin-1"))
+    assert text.upper(latin1) == b"CAF\xe9 \xf1"
+    assert text.lower(SimpleNamespace(data=b"CAF\xc9 \xff")) == b"caf\xc9 \xff"
+    assert text.upper(SimpleNamespace(data="straße".encode())) == b"STRASSE"
+    assert text.reverse(latin1) == b"\xf1 \xe9fac"
