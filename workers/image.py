@@ -22,6 +22,12 @@ __all__ = ["resize", "thumbnail", "envelope", "MAX_SIDE"]
 #: Largest side asked for or accepted: a guard against decompression bombs.
 MAX_SIDE = 10_000
 _FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG"}
+#: The modes Pillow writes in each format (JPEG has no alpha or palette); any other is
+#: converted to RGB, or RGBA for a PNG of one with alpha.
+_WRITES = {
+    "PNG": frozenset(("1", "L", "LA", "I;16", "I;16B", "P", "RGB", "RGBA")),
+    "JPEG": frozenset(("RGB", "L")),
+}
 Image.MAX_IMAGE_PIXELS = MAX_SIDE * MAX_SIDE
 
 
@@ -68,8 +74,9 @@ def _open(data: bytes) -> tuple[tuple[int, int], str, int, Image.Image]:
         img.load()
     except Exception as e:
         raise ValueError(f"not an image Pillow can read: {e}") from None
-    if fmt == "JPEG" and img.mode not in ("RGB", "L"):
-        img = img.convert("RGB")  # JPEG has no alpha or palette
+    if img.mode not in _WRITES[fmt]:  # e.g. a CMYK JPEG asked for as PNG; before resizing
+        alpha = fmt == "PNG" and img.mode.endswith(("A", "a"))  # LA, PA, RGBa (not LAB)
+        img = img.convert("RGBA" if alpha else "RGB")
     return (width, height), fmt, quality, img
 
 

@@ -46,6 +46,22 @@ def test_image_refuses_a_picture_wider_than_max_side_before_decoding_it(function
         function(SimpleNamespace(data=image.envelope(10, 10, wide)))
 
 
+@pytest.mark.parametrize(
+    ("mode", "source", "out"),
+    [("CMYK", "JPEG", "RGB"), ("LAB", "TIFF", "RGB"), ("F", "TIFF", "RGB"), ("PA", "WEBP", "RGBA")],
+)
+def test_image_writes_a_png_of_any_mode_pillow_reads(mode: str, source: str, out: str) -> None:
+    # Only JPEG output converted the picture to a mode it can write: a CMYK JPEG (print
+    # work, Photoshop's) asked for as PNG, the default, failed with "OSError: cannot write
+    # mode CMYK as PNG".
+    picture = io.BytesIO()
+    Image.new(mode, (40, 30)).save(picture, source)
+    for function in (image.resize, image.thumbnail):
+        result = function(SimpleNamespace(data=image.envelope(20, 15, picture.getvalue())))
+        written = Image.open(io.BytesIO(result))
+        assert (written.format, written.mode, written.size) == ("PNG", out, (20, 15))
+
+
 def test_hashing_functions() -> None:
     out = hashing.pbkdf2(SimpleNamespace(data=b"1000 0a0b\npassword"))
     assert out == hashlib.pbkdf2_hmac("sha256", b"password", b"\n\x0b", 1000).hex().encode()
