@@ -6,6 +6,7 @@ Input envelope -- one ASCII header line, then the image file's bytes::
 
 e.g. ``b"320x200 jpeg 85\\n" + open("cat.png", "rb").read()``. The format
 defaults to png, the JPEG quality to 85. The output is the encoded image.
+A photo is turned as its EXIF Orientation says first (WIDTHxHEIGHT is the size as shown).
 ``envelope()`` builds the input for clients. Bad input raises ``ValueError``,
 which the worker reports as the job's exception.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 __all__ = ["resize", "thumbnail", "envelope", "MAX_SIDE"]
 
@@ -72,6 +73,9 @@ def _open(data: bytes) -> tuple[tuple[int, int], str, int, Image.Image]:
         raise ValueError(f"the image is {w}x{h}: at most {MAX_SIDE} pixels per side")
     try:
         img.load()
+        # Turned as shown: the output keeps no EXIF, so a phone's portrait photo (stored
+        # landscape, with an Orientation tag) would come out on its side.
+        ImageOps.exif_transpose(img, in_place=True)
     except Exception as e:
         raise ValueError(f"not an image Pillow can read: {e}") from None
     if img.mode not in _WRITES[fmt]:  # e.g. a CMYK JPEG asked for as PNG; before resizing

@@ -62,6 +62,22 @@ def test_image_writes_a_png_of_any_mode_pillow_reads(mode: str, source: str, out
         assert (written.format, written.mode, written.size) == ("PNG", out, (20, 15))
 
 
+def test_image_is_turned_as_its_exif_orientation_says_before_it_is_resized() -> None:
+    # A phone's portrait photo is stored landscape with an EXIF Orientation tag; the output
+    # keeps no EXIF, so unturned its thumbnail showed on its side, and resize stretched it.
+    photo = Image.new("RGB", (40, 20), "red")
+    photo.paste("blue", (0, 0, 20, 20))  # left half blue: on top once turned a quarter right
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to show
+    stored = io.BytesIO()
+    photo.save(stored, "JPEG", exif=exif)
+    out = image.thumbnail(SimpleNamespace(data=image.envelope(100, 100, stored.getvalue())))
+    shown = Image.open(io.BytesIO(out)).convert("RGB")
+    assert shown.size == (20, 40)
+    top, bottom = shown.getpixel((10, 5)), shown.getpixel((10, 35))
+    assert top[2] > 200 > top[0] and bottom[0] > 200 > bottom[2]  # blue above, red below
+
+
 def test_hashing_functions() -> None:
     out = hashing.pbkdf2(SimpleNamespace(data=b"1000 0a0b\npassword"))
     assert out == hashlib.pbkdf2_hmac("sha256", b"password", b"\n\x0b", 1000).hex().encode()
