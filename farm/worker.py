@@ -306,8 +306,9 @@ class Worker(WorkerLinks):
             return
         try:
             data = recv(sock)
-        except OSError:
-            data = b""
+        except OSError as exc:  # e.g. ETIMEDOUT: its host gone (the keepalive, workerlinks)
+            self._lost(server, f"is unreachable ({exc})")
+            return
         if not data:
             self._lost(server, "closed the connection")
             return

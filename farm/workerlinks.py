@@ -30,6 +30,15 @@ log = logging.getLogger("farm.worker")
 BACKOFF_FIRST = 0.05
 BACKOFF_CAP = 5.0
 
+#: TCP keepalive of a worker's connections: seconds idle before the first probe, seconds
+#: between probes, probes unanswered before the kernel calls the peer gone. A worker asleep
+#: waits on its servers without a word for hours: one whose server's host died (a crash, a
+#: cut network: no FIN nor RST ever comes) waited for ever and never registered with it
+#: again once it was back. Linux's defaults (two hours, as libgearman leaves them) are too
+#: late for that; a hung but live server's kernel answers the probes, so they do not
+#: replace ``_mind_the_grab``.
+KEEPALIVE = (60, 10, 3)
+
 
 @dataclass(slots=True)
 class ServerLink:
@@ -121,6 +130,7 @@ class WorkerLinks:
                 log.info("job server %s is back", server.addr)
             server.sock, server.warned = sock, False  # backoff resets once it talks sense
             selector.register(sock, selectors.EVENT_READ, server)  # before anything may raise
+            keep_alive(sock)
             server.session.connected(asleep=server.silent)
 
     def _flush(self, server: ServerLink) -> None:
@@ -152,6 +162,21 @@ class WorkerLinks:
             self._grabbing = self._grab_deadline = None
         server.retry_at = time.monotonic() + server.backoff
         server.backoff = min(server.backoff * 2, BACKOFF_CAP)
+
+
+def keep_alive(sock: socket.socket) -> None:
+    """Turn on TCP keepalive (``KEEPALIVE``) for a TCP connection; a Unix socket has no
+    peer host to lose."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    idle, interval, count = KEEPALIVE
+    timers = {"TCP_KEEPIDLE": idle, "TCP_KEEPINTVL": interval, "TCP_KEEPCNT": count}
+    with contextlib.suppress(OSError):  # refused: the server is served all the same
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in timers.items():
+            option = getattr(socket, name, None)  # Linux's names; elsewhere the OS's timers
+            if option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 def fail_and_part(sock: socket.socket, handle: bytes) -> None:

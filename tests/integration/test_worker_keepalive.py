@@ -1,0 +1,40 @@
+"""farm.Worker and a job server whose host goes away without a word (a crash, a cut
+network): the worker's TCP keepalive tells it, and it connects again."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import ROOT
+
+
+def _namespaces_usable() -> bool:
+    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("ip")):
+        return False
+    probe = subprocess.run(["unshare", "-n", "ip", "link", "set", "lo", "up"], check=False)
+    return probe.returncode == 0
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(not _namespaces_usable(), reason="needs root and a network namespace")
+def test_a_worker_asleep_on_a_server_whose_host_is_gone_notices_and_connects_again() -> None:
+    # Asleep, a worker sends nothing, and a server whose host died sends no FIN nor RST:
+    # with no keepalive the worker waited on it for ever, and never registered with it
+    # again once it was back (libgearman at least leaves the OS's two-hour keepalive on).
+    run = subprocess.run(
+        ["unshare", "-n", sys.executable, "-m", "tests.helpers.unreachable"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=80,
+        check=False,
+    )
+    lines = run.stdout.splitlines()
+    assert run.returncode == 0 and len(lines) == 2, run.stdout + run.stderr
+    assert lines[0].startswith("noticed "), run.stdout + run.stderr
+    assert lines[1] == "served zyx"
