@@ -78,10 +78,19 @@ def _open(data: bytes) -> tuple[tuple[int, int], str, int, Image.Image]:
         ImageOps.exif_transpose(img, in_place=True)
     except Exception as e:
         raise ValueError(f"not an image Pillow can read: {e}") from None
-    if img.mode not in _WRITES[fmt]:  # e.g. a CMYK JPEG asked for as PNG; before resizing
-        alpha = fmt == "PNG" and img.mode.endswith(("A", "a"))  # LA, PA, RGBa (not LAB)
-        img = img.convert("RGBA" if alpha else "RGB")
-    return (width, height), fmt, quality, img
+    return (width, height), fmt, quality, _writable(img, fmt)
+
+
+def _writable(img: Image.Image, fmt: str) -> Image.Image:
+    """``img`` in a mode ``fmt`` writes (e.g. a CMYK JPEG asked for as PNG), before resizing."""
+    if img.mode in _WRITES[fmt]:
+        return img
+    if img.mode.startswith("I"):  # 16-bit grey (32 in a TIFF): Pillow's own cut clips
+        if fmt == "PNG":
+            return img.convert("I;16")  # PNG keeps 16 bits
+        return img.convert("I").point(lambda v: v / 256).convert("L")  # 30000 is 117, not 255
+    alpha = fmt == "PNG" and img.mode.endswith(("A", "a"))  # LA, PA, RGBa (not LAB)
+    return img.convert("RGBA" if alpha else "RGB")
 
 
 def _encode(img: Image.Image, fmt: str, quality: int) -> bytes:

@@ -62,6 +62,20 @@ def test_image_writes_a_png_of_any_mode_pillow_reads(mode: str, source: str, out
         assert (written.format, written.mode, written.size) == ("PNG", out, (20, 15))
 
 
+@pytest.mark.parametrize(("mode", "source"), [("I;16", "PNG"), ("I;16", "TIFF"), ("I", "TIFF")])
+def test_image_keeps_the_greys_of_a_16_bit_picture(mode: str, source: str) -> None:
+    # Pillow's own conversion to 8 bits clips (30000 of 65535 becomes 255): a 16-bit grey
+    # scan asked for as JPEG came out white, and a 32-bit one as PNG too.
+    picture = io.BytesIO()
+    Image.new(mode, (40, 30), 30000).save(picture, source)
+    as_jpeg = image.resize(SimpleNamespace(data=image.envelope(20, 15, picture.getvalue(), "jpeg")))
+    assert abs(Image.open(io.BytesIO(as_jpeg)).convert("L").getpixel((10, 7)) - 117) <= 2
+    as_png = Image.open(
+        io.BytesIO(image.resize(SimpleNamespace(data=image.envelope(20, 15, picture.getvalue()))))
+    )
+    assert (as_png.mode, as_png.getpixel((10, 7))) == ("I;16", 30000)
+
+
 def test_image_is_turned_as_its_exif_orientation_says_before_it_is_resized() -> None:
     # A phone's portrait photo is stored landscape with an EXIF Orientation tag; the output
     # keeps no EXIF, so unturned its thumbnail showed on its side, and resize stretched it.
