@@ -14,6 +14,7 @@ which the worker reports as the job's exception.
 from __future__ import annotations
 
 import io
+import warnings
 from typing import Any
 
 from PIL import Image, ImageOps
@@ -29,7 +30,11 @@ _WRITES = {
     "PNG": frozenset(("1", "L", "LA", "I;16", "I;16B", "P", "RGB", "RGBA")),
     "JPEG": frozenset(("RGB", "L")),
 }
-Image.MAX_IMAGE_PIXELS = MAX_SIDE * MAX_SIDE
+# Pillow refuses a picture past twice this as it opens it, before decoding, and only warns
+# below: MAX_SIDE squared is the refusal then. The side check in _open comes once Pillow has
+# opened the file, which for some formats (an ICO's PNG inside) means decoded.
+Image.MAX_IMAGE_PIXELS = MAX_SIDE * MAX_SIDE // 2
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # a 60 Mpx photo
 
 
 def envelope(width: int, height: int, image: bytes, fmt: str = "png", quality: int = 85) -> bytes:

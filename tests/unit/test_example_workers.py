@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
+import subprocess
+import sys
 import zlib
 from types import SimpleNamespace
 
 import pytest
 from PIL import Image
 
+from tests.helpers import ROOT
 from workers import hashing, image, text
 
 
@@ -44,6 +48,45 @@ def test_image_refuses_a_picture_wider_than_max_side_before_decoding_it(function
     wide = png(image.MAX_SIDE + 1, 8, "RGB")
     with pytest.raises(ValueError, match=f"10001x8.*at most {image.MAX_SIDE}"):
         function(SimpleNamespace(data=image.envelope(10, 10, wide)))
+
+
+def grey_png_of_zeros(width: int, height: int) -> bytes:
+    """A PNG whose pixels are all 0, compressed as it is written: a picture far larger
+    decoded than sent, made without ever holding it decoded."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    packer, row = zlib.compressobj(9), bytes(1 + width)  # each row: filter byte, then grey
+    rows = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    )
+
+
+def test_image_refuses_a_picture_in_an_icon_before_decoding_it() -> None:
+    # An ICO's header gives the size of its entry, not of the PNG inside, which Pillow
+    # decodes as it opens the icon: the check of the size came after 100 MB (600 MB for a
+    # colour one at twice MAX_SIDE squared, Pillow's own limit) had been taken.
+    inner = grey_png_of_zeros(image.MAX_SIDE + 1, image.MAX_SIDE + 1)
+    icon = struct.pack("<HHH", 0, 1, 1) + struct.pack(
+        "<BBBBHHII", 0, 0, 0, 0, 1, 32, len(inner), 22
+    )
+    payload = image.envelope(10, 10, icon + inner)
+    measure = (
+        "import resource, sys, types; from workers import image\n"
+        "try:\n    image.resize(types.SimpleNamespace(data=sys.stdin.buffer.read()))\n"
+        "except ValueError as e:\n    print(e)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", measure], input=payload, capture_output=True, cwd=ROOT, check=True
+    )
+    refusal, peak_mb = run.stdout.decode().splitlines()
+    assert "exceeds limit" in refusal and int(peak_mb) < 80, run.stdout
 
 
 @pytest.mark.parametrize(
