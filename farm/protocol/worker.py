@@ -113,6 +113,7 @@ class WorkerSession:
         self.exception_ok = False
         self._asking: list[bytes] = []
         self._pushed = False  # a NOOP announced that the next assignment was pushed
+        self._reset_due = False  # RESET_ABILITIES asked for mid-job: sent after its answer
         self._decoder = Decoder(allow_admin=False)
         self._out = bytearray()
 
@@ -131,6 +132,7 @@ class WorkerSession:
         self._out.clear()
         self.handle = self._handle = None
         self.held = self._pushed = self.read_accept = self.exception_ok = False
+        self._reset_due = False  # a fresh connection registers what abilities hold now
         self._asking = [OPTION_WORK_EXCEPTION]
         if self.want_held:
             self._asking += [OPTION_HELD_GRAB, OPTION_READ_ACCEPT]
@@ -157,16 +159,22 @@ class WorkerSession:
 
     def add_ability(self, name: str, timeout: float | None) -> None:
         self.abilities[name] = timeout
-        if self.state is not WorkerState.DISCONNECTED:
-            self._out += self._can_do(name, timeout)
+        if self.state is not WorkerState.DISCONNECTED and not self._reset_due:
+            self._out += self._can_do(name, timeout)  # (else it follows the reset, below)
         if self.state is WorkerState.SLEEPING:
             # Its jobs may wait already, and a server (gearmand) wakes a sleeper only for a
             # job submitted later: look, as if woken.
             self.state = _READY
 
     def reset_abilities(self) -> None:
-        """Unregister everything (RESET_ABILITIES) so the server hands us no more jobs."""
-        if self.state is not WorkerState.DISCONNECTED:
+        """Unregister everything (RESET_ABILITIES) so the server hands us no more jobs.
+
+        With a job in hand it is sent after the job's answer, followed by a CAN_DO for each
+        ability added meanwhile: gearmand and farm put back in its queue a job whose worker
+        resets, and drop its answer (a job calling ``unregister_all`` then ``register``)."""
+        if self.state is _WORKING:
+            self._reset_due = True
+        elif self.state is not WorkerState.DISCONNECTED:
             self._out += encode_req(PT.RESET_ABILITIES)
 
     def grab(self) -> None:
@@ -286,6 +294,11 @@ class WorkerSession:
     def _job_ended(self) -> None:
         self.handle = self._handle = None
         self.state = _READY
+        if self._reset_due:
+            self._reset_due = False
+            self._out += encode_req(PT.RESET_ABILITIES)
+            for name, timeout in self.abilities.items():
+                self._out += self._can_do(name, timeout)
 
     def connection_lost(self) -> None:
         self.state = WorkerState.DISCONNECTED

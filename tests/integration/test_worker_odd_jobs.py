@@ -4,6 +4,7 @@ with an answer, and the worker serves on."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -65,3 +66,26 @@ def test_an_exception_whose_text_cannot_be_sent_as_it_is_still_ends_the_job(
             c.call("raises", b"x", timeout=10)
         assert raised.value.text == text
         assert c.call("echo", b"still here", timeout=10) == b"still here"
+
+
+def test_a_job_that_changes_what_its_worker_serves_ends_once(any_server) -> None:
+    # unregister_all() then register() from inside a job sent RESET_ABILITIES before the
+    # job's answer: both servers put a job whose worker resets back in its queue, so its
+    # WORK_COMPLETE was dropped and the client waited for a worker that no longer came.
+    worker = farm.Worker(any_server.addr)
+
+    def switch(job: Any) -> bytes:
+        worker.unregister_all()
+        worker.register("after", lambda job: b"after " + job.data)
+        return b"switched"
+
+    worker.register("before", switch)
+    serving = threading.Thread(target=worker.work, daemon=True)
+    serving.start()
+    try:
+        with farm.Client(any_server.addr) as c:
+            assert c.call("before", b"x", timeout=10) == b"switched"
+            assert c.call("after", b"y", timeout=10) == b"after y"
+    finally:
+        worker.stop()
+        serving.join(10)

@@ -71,6 +71,27 @@ def test_assignment_progress_and_completion() -> None:
     assert w.state is WorkerState.READY and w.handle is None
 
 
+def test_a_reset_asked_for_mid_job_follows_its_answer_with_what_was_added_since() -> None:
+    w = WorkerSession({"f": None})
+    w.connected()
+    w.grab()
+    w.receive(encode_res(PT.JOB_ASSIGN_UNIQ, b"H:1", b"f", b"", b"x"))
+    w.data_to_send()
+    w.reset_abilities()
+    w.abilities = {}
+    w.add_ability("g", 30)
+    w.send_status(1, 2)
+    assert sent(w) == [(PT.WORK_STATUS, (b"H:1", b"1", b"2"))]  # no reset mid-job
+    w.complete(b"done")
+    assert sent(w) == [
+        (PT.WORK_COMPLETE, (b"H:1", b"done")),
+        (PT.RESET_ABILITIES, ()),
+        (PT.CAN_DO_TIMEOUT, (b"g", b"30000")),
+    ]
+    w.reset_abilities()  # no job in hand: at once
+    assert sent(w) == [(PT.RESET_ABILITIES, ())]
+
+
 def test_exception_ends_the_job_without_a_work_fail_where_the_server_agreed() -> None:
     w = WorkerSession({"f": None})
     w.connected()
