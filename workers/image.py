@@ -2,7 +2,7 @@
 
 Input envelope -- one ASCII header line, then the image file's bytes::
 
-    WIDTHxHEIGHT [png|jpeg] [QUALITY]\\n<image bytes: any format Pillow reads>
+    WIDTHxHEIGHT [png|jpeg] [QUALITY]\\n<image bytes: any format Pillow reads but EPS>
 
 e.g. ``b"320x200 jpeg 85\\n" + open("cat.png", "rb").read()``. The format
 defaults to png, the JPEG quality to 85. The output is the encoded image.
@@ -13,6 +13,7 @@ which the worker reports as the job's exception.
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from typing import Any
@@ -70,7 +71,8 @@ def _open(data: bytes) -> tuple[tuple[int, int], str, int, Image.Image]:
     if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE and 1 <= quality <= 100):
         raise ValueError(f"size must be 1..{MAX_SIDE} per side and quality 1..100")
     try:
-        img = Image.open(io.BytesIO(body))  # reads the header only: the size, not the pixels
+        # reads the header only: the size, not the pixels
+        img = Image.open(io.BytesIO(body), formats=_readable())
     except Exception as e:  # Pillow raises several types for undecodable input
         raise ValueError(f"not an image Pillow can read: {e}") from None
     if max(img.size) > MAX_SIDE:  # before decoding: Pillow only warns below 2 x its limit
@@ -84,6 +86,14 @@ def _open(data: bytes) -> tuple[tuple[int, int], str, int, Image.Image]:
     except Exception as e:
         raise ValueError(f"not an image Pillow can read: {e}") from None
     return (width, height), fmt, quality, _writable(img, fmt)
+
+
+@functools.cache
+def _readable() -> tuple[str, ...]:
+    """The formats Pillow may open: all it knows but EPS, which it reads by running
+    Ghostscript on the file -- any caller's PostScript, run by the worker."""
+    Image.init()
+    return tuple(name for name in Image.OPEN if name != "EPS")
 
 
 def _writable(img: Image.Image, fmt: str) -> Image.Image:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import struct
 import subprocess
 import sys
 import zlib
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -87,6 +89,32 @@ def test_image_refuses_a_picture_in_an_icon_before_decoding_it() -> None:
     )
     refusal, peak_mb = run.stdout.decode().splitlines()
     assert "exceeds limit" in refusal and int(peak_mb) < 80, run.stdout
+
+
+def test_image_never_hands_postscript_to_ghostscript(tmp_path: Path) -> None:
+    # Pillow "reads" EPS by running Ghostscript on it: any local user's PostScript was run
+    # by the farm's worker wherever gs is installed (its -dSAFER has been escaped often).
+    ran = tmp_path / "gs-ran"
+    gs = tmp_path / "gs"
+    gs.write_text(f'#!/bin/sh\necho "$@" >> {ran}\nexit 1\n')
+    gs.chmod(0o755)
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n%%EOF\n"
+    attempt = (
+        "import sys, types; from workers import image\n"
+        "try:\n    image.resize(types.SimpleNamespace(data=sys.stdin.buffer.read()))\n"
+        "except ValueError as e:\n    print(e)\n"
+    )
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+    run = subprocess.run(
+        [sys.executable, "-c", attempt],
+        input=image.envelope(5, 5, eps),
+        capture_output=True,
+        cwd=ROOT,
+        env=env,
+        check=True,
+    )
+    assert not ran.exists(), ran.read_text()
+    assert "not an image" in run.stdout.decode(), run.stdout + run.stderr
 
 
 @pytest.mark.parametrize(
