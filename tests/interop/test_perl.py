@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 
 import pytest
 
 import farm
+from tests.helpers import ROOT
 from tests.helpers.servers import Server, need
 
 pytestmark = pytest.mark.interop
@@ -110,6 +112,22 @@ def test_a_perl_worker_whose_function_dies_serves_on(farm_server: Server) -> Non
                 client.call("moody", "bad", timeout=20)
             assert client.call("moody", "good", timeout=20) == b"good"
         assert worker.poll() is None, "the Perl worker died"
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+def test_the_stock_perl_worker_serves_every_function_of_its_pool(farm_server: Server) -> None:
+    """workers/perl/reverse.pl, as a command pool runs it: `$FARM_FUNCTION` lists the
+    pool's functions, comma-separated. It registered the first alone, so a pool of
+    `functions = ["reverse", "strrev"]` left strrev's jobs queued for ever."""
+    env = {**os.environ, "FARM_SERVERS": farm_server.addr, "FARM_FUNCTION": "perlrev,strrev"}
+    stock = ROOT / "workers" / "perl" / "reverse.pl"
+    worker = subprocess.Popen([perl(), str(stock)], env=env)
+    try:
+        with farm.Client(farm_server.addr) as client:
+            assert client.call("perlrev", "abc", timeout=20) == b"cba"
+            assert client.call("strrev", "xyz", timeout=20) == b"zyx"
     finally:
         worker.kill()
         worker.wait()
