@@ -77,7 +77,7 @@ class RecordWriter:
 
     def started(self, handle: str, server: int = 0) -> None:
         """A job began: its handle, and its server's place in the worker's list (from 1)."""
-        raw = handle.encode()[:_MAX_HANDLE]
+        raw = handle.encode("utf-8", "surrogateescape")[:_MAX_HANDLE]  # as the worker got it
         self._write(time.monotonic(), raw, server if 0 <= server <= 255 else 0)
 
     def ended(self, jobs_done: int, rss: int) -> None:

@@ -73,6 +73,18 @@ def test_handles_longer_than_the_record_are_cut_not_spilled() -> None:
         os.close(fd)
 
 
+def test_a_handle_that_is_not_utf8_is_recorded_not_raised_on() -> None:
+    # The worker hands on the server's bytes as they came (surrogateescape, as the unique
+    # key): encoding them strictly raised in the worker's loop as the job began.
+    fd = create_record_fd("f#4")
+    try:
+        writer, reader = RecordWriter(fd), RecordReader(fd)
+        writer.started(b"H:\xff:1".decode("utf-8", "surrogateescape"))
+        assert reader.read().handle == "H:\ufffd:1"
+    finally:
+        os.close(fd)
+
+
 def test_the_record_says_which_of_its_servers_the_job_came_from() -> None:
     # `farm ps` tells a job of the local server (the first) that has died since from others.
     fd = create_record_fd("f#3")
