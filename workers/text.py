@@ -38,9 +38,16 @@ def _recase(data: bytes, case: Callable[[str], str]) -> bytes:
     return case(bytes(data).decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
 
 
+#: Each ASCII whitespace byte (as ``bytes.split`` has them) to a space, any other to "x".
+_SPACE_OR_NOT = bytes(0x20 if bytes([b]).isspace() else 0x78 for b in range(256))
+
+
 def wordcount(job: Any) -> str:
     """The number of whitespace-separated words, as decimal text."""
-    return str(len(job.data.split()))
+    # Counted as word starts, in one copy of the payload: ``len(data.split())`` held a
+    # list of every word (1.25 GB for 63 MB of "ab ab ...").
+    marks = bytes(job.data).translate(_SPACE_OR_NOT)
+    return str(marks.count(b" x") + marks.startswith(b"x"))
 
 
 def echo(job: Any) -> bytes:

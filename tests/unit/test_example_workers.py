@@ -9,6 +9,7 @@ import os
 import struct
 import subprocess
 import sys
+import tracemalloc
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
@@ -179,3 +180,24 @@ def test_text_functions_keep_bytes_that_are_not_utf8_as_they_came() -> None:
     assert text.lower(SimpleNamespace(data=b"CAF\xc9 \xff")) == b"caf\xc9 \xff"
     assert text.upper(SimpleNamespace(data="straße".encode())) == b"STRASSE"
     assert text.reverse(latin1) == b"\xf1 \xe9fac"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"   ", b"one", b" two  words ", b"a\tb\nc\rd\x0be\x0cf", b"\x1c\xa0x y", b"\xe9 \xff"],
+)
+def test_wordcount_counts_as_split_does(data: bytes) -> None:
+    assert text.wordcount(SimpleNamespace(data=data)) == str(len(data.split()))
+
+
+def test_wordcount_holds_no_word_in_memory() -> None:
+    # A list of every word: 21 M words of "ab " (a 63 MB payload, under the server's
+    # 64 MiB packet) took the worker to 1.25 GB.
+    data = b"ab " * 1_000_000
+    tracemalloc.start()
+    try:
+        assert text.wordcount(SimpleNamespace(data=data)) == "1000000"
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * len(data), f"{peak} bytes for a payload of {len(data)}"
