@@ -37,6 +37,12 @@ _HANDLE_FIRST = frozenset(
     for t, s in PACKETS.items()
     if s.name.startswith(("WORK_", "JOB_ASSIGN")) and s.fields[0] == "handle"
 )
+#: A worker's news that is a handle and data (WORK_DATA, _WARNING, _COMPLETE, _EXCEPTION):
+#: Perl's Gearman::Worker sends the bare handle when the data is false in Perl ("" or "0"),
+#: and that can only mean no data.
+_HANDLE_THEN_DATA = frozenset(
+    t for t in _HANDLE_FIRST if PACKETS[t].has_data and PACKETS[t].fields == ("handle", "data")
+)
 _tuple_new = tuple.__new__
 
 
@@ -218,6 +224,8 @@ class Decoder:
                         # gearmand reads such arguments as C strings. (Kept, it would go out
                         # again in a reply field that cannot hold one: STATUS_RES's handle.)
                         parts = parts[:nargs]
+                    elif ptype in _HANDLE_THEN_DATA:
+                        parts.append(b"")
                     else:
                         raise ProtocolError(
                             f"{PACKETS[ptype].name} needs {nargs} arguments, got {len(parts)}",

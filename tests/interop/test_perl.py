@@ -131,3 +131,32 @@ def test_the_stock_perl_worker_serves_every_function_of_its_pool(farm_server: Se
     finally:
         worker.kill()
         worker.wait()
+
+
+PERL_WORKER_OF_FALSE_RESULTS = r"""
+use Gearman::Worker;
+my $w = Gearman::Worker->new(job_servers => ['127.0.0.1:%(port)d']);
+$w->register_function(echo => sub { $_[0]->arg });
+$w->work while 1;
+"""
+
+
+@pytest.mark.parametrize("payload", ["", "0"])
+def test_a_perl_worker_whose_result_perl_reads_as_false_ends_its_job(
+    farm_server: Server, payload: str
+) -> None:
+    """Gearman::Worker sends WORK_COMPLETE as the bare handle when the result is false in
+    Perl ("" or "0"): no NUL, no data. farm answered ERROR, the job stayed the worker's and
+    the client waited for ever (gearmand loops on it). The job now ends, with no data: the
+    Perl library has already dropped the "0"."""
+    worker = subprocess.Popen(
+        [perl(), "-e", PERL_WORKER_OF_FALSE_RESULTS % {"port": farm_server.port}]
+    )
+    try:
+        with farm.Client(farm_server.addr) as client:
+            assert client.call("echo", payload, timeout=20) == b""
+            assert client.call("echo", "next", timeout=20) == b"next"
+        assert worker.poll() is None, "the Perl worker died"
+    finally:
+        worker.kill()
+        worker.wait()
