@@ -225,7 +225,7 @@ class Decoder:
                         # again in a reply field that cannot hold one: STATUS_RES's handle.)
                         parts = parts[:nargs]
                     elif ptype in _HANDLE_THEN_DATA:
-                        parts.append(parts[0][:0])  # empty, of the type the others are
+                        parts = (bytes(body) + b"\0").split(b"\0", 1)  # no NUL: [handle, b""]
                     else:
                         raise ProtocolError(
                             f"{PACKETS[ptype].name} needs {nargs} arguments, got {len(parts)}",

@@ -118,6 +118,23 @@ def test_wrong_argument_count_is_not_fatal_and_is_consumed() -> None:
     assert decoder.feed(p.encode_req(T.ECHO_REQ, b"ok"))[0].args == (b"ok",)
 
 
+@pytest.mark.parametrize("ptype", [T.WORK_COMPLETE, T.WORK_DATA, T.WORK_WARNING, T.WORK_EXCEPTION])
+@pytest.mark.parametrize("buffered", [False, True])
+def test_a_workers_news_that_is_the_bare_handle_has_no_data(ptype: int, buffered: bool) -> None:
+    """Perl's Gearman::Worker sends these so when its data is false in Perl ("" or "0")."""
+    decoder = p.Decoder()
+    bare = b"\0REQ" + int(ptype).to_bytes(4, "big") + (8).to_bytes(4, "big") + b"H:host:7"
+    if buffered:  # the body arrives in two reads: decoded from the buffer
+        assert decoder.feed(bare[:14]) == []
+        bare = bare[14:]
+    (pkt,) = decoder.feed(bare)
+    assert pkt.args == (b"H:host:7", b"")
+    assert type(pkt.args[0]) is bytes and type(pkt.args[1]) is bytes
+    bad = b"\0REQ" + int(T.WORK_STATUS).to_bytes(4, "big") + (8).to_bytes(4, "big") + b"H:host:7"
+    with pytest.raises(p.ProtocolError):  # a packet of no data still needs every argument
+        decoder.feed(bad)
+
+
 def test_good_packets_before_a_bad_one_are_not_lost() -> None:
     decoder = p.Decoder()
     events = decoder.feed(p.encode_req(T.ECHO_REQ, b"1") + b"\0BAD" + bytes(8))
