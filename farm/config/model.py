@@ -96,6 +96,9 @@ class FunctionConfig:
     name: str  # the pool's name: its table, [functions.NAME]
     target: str  # "module:function"; "" for a command pool
     workers: int  # resolved; "auto" becomes one per core of ``cpus``
+    # Whether ``workers`` was "auto": a reload sizes it by the running farm's cores, which a
+    # changed ``cpus`` does not move until a restart.
+    auto: bool = False
     timeout: int | None  # seconds; the job fails and the worker is replaced
     max_jobs: int | None
     max_rss_mb: int | None  # recycle after a job past this

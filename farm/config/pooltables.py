@@ -81,6 +81,7 @@ class PoolReader(TableReader):
             name=name,
             target=target,
             workers=workers,
+            auto=raw.get("workers", "auto") == "auto",
             timeout=self.optional_positive(raw.get("timeout"), f"{key}.timeout", MAX_TIMEOUT),
             max_jobs=self.optional_positive(raw.get("max_jobs"), f"{key}.max_jobs"),
             max_rss_mb=max_rss_mb,
@@ -113,6 +114,7 @@ class PoolReader(TableReader):
             name=name,
             target="",
             workers=workers,
+            auto=raw.get("workers", "auto") == "auto",
             # Seen through the local server's `peers` (farm.pools.commandjobs), which needs
             # its Unix socket: config.rules.command_pools refuses a timeout without one.
             timeout=self.optional_positive(raw.get("timeout"), f"{key}.timeout", MAX_TIMEOUT),

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from farm.config import Config, FunctionConfig, capacity_problem, load_config
+from farm.config.capacity import on_running_farm
 from farm.config.defaults import DEFAULTS_SOURCE
 from farm.discovery import find_config
 from farm.errors import ConfigError
@@ -258,7 +259,7 @@ class Steering(ProcessTable):
             "RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
         )
         try:
-            new = load_config(self.config_path)
+            new = on_running_farm(load_config(self.config_path), self.config.supervisor)
         except Exception as e:  # a ConfigError; anything else must not end the running farm
             why = str(e) if isinstance(e, ConfigError) else f"{self.config_path}: {e!r}"
             if not isinstance(e, ConfigError):

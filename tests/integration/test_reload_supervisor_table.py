@@ -1,0 +1,57 @@
+"""A reload while [supervisor] changed: the pools are read against the running farm's
+cores and memory budget, which only a restart changes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from farm.config.capacity import available_cpus
+from tests.helpers.farmproc import FarmUp, farm_cli
+
+pytestmark = pytest.mark.timeout(40)
+
+AUTO = '[functions.reverse]\ntarget = "workers.text:reverse"\nworkers = "auto"\n'
+
+
+@pytest.mark.skipif(len(available_cpus()) < 2, reason="needs two cores to change cpus")
+def test_a_reload_that_changes_cpus_keeps_auto_pools_at_one_per_running_core(
+    tmp_path: Path,
+) -> None:
+    # cpus [0] -> [0, 1]: the reload said "[supervisor] changed; that takes a restart",
+    # yet sized the "auto" pool by the new cores: two workers, both pinned to core 0.
+    first, second = available_cpus()[:2]
+    up = FarmUp(tmp_path, AUTO, supervisor=f"cpus = [{first}]")
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 1})
+        up.supervisor = f"cpus = [{first}, {second}]"
+        up.write_config(AUTO)
+        out = farm_cli("reload", "--control", up.control)
+        assert out.returncode == 0, out.stderr
+        assert "not applied: [supervisor] changed" in out.stderr, out.stderr
+        assert up.ask({"cmd": "ps"})["targets"] == {"reverse": 1}
+        (row,) = up.wait_idle({"reverse": 1})
+        assert row["cpu"] == first
+    finally:
+        assert up.stop() == 0
+
+
+def test_a_reload_is_held_to_the_running_memory_budget(tmp_path: Path) -> None:
+    # memory_budget_mb 300 -> 1000 with 5 workers of 100 MB: applied, though the farm runs
+    # on its old budget; 500 MB under a 300 MB budget, and every `farm scale` refused.
+    pool = '[functions.reverse]\ntarget = "workers.text:reverse"\nworkers = {}\n'
+    up = FarmUp(tmp_path, pool.format(1), supervisor="memory_budget_mb = 300")
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 1})
+        up.supervisor = "memory_budget_mb = 1000"
+        up.write_config(pool.format(5))
+        out = farm_cli("reload", "--control", up.control)
+        assert out.returncode == 2, (out.stdout, out.stderr)
+        assert "memory_budget_mb = 300" in out.stderr and "restart" in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+        assert up.ask({"cmd": "ps"})["targets"] == {"reverse": 1}
+    finally:
+        assert up.stop() == 0
