@@ -7,6 +7,7 @@ tables; each refusal names the pool's own key (``functions.resize.workers``).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
@@ -24,7 +25,9 @@ __all__ = ["PoolReader", "COMMAND_KEYS", "POOL_KEYS", "KILL_RSS_FACTOR", "MAX_GR
 KILL_RSS_FACTOR = 1.5
 #: Longest graceful_timeout accepted (a day): a stop must end.
 MAX_GRACE = 86400
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# Matched whole (fullmatch): `$` also matched before a final newline, and "up\n" became a
+# function name that the admin protocol's lines (status, workers) cannot hold.
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 #: The keys of a [functions.NAME] table; COMMAND_KEYS are for command pools only.
 COMMAND_KEYS = ("command", "cwd", "env", "user", "stop_signal", "graceful_timeout")
 POOL_KEYS = (
@@ -37,7 +40,7 @@ POOL_KEYS = (
     "function",
     "functions",
 ) + COMMAND_KEYS
-_TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
 class PoolReader(TableReader):
@@ -45,9 +48,11 @@ class PoolReader(TableReader):
 
     def function(self, name: str, raw: Any, ncpus: int) -> FunctionConfig:
         key = f"functions.{name}"
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
+            # Quoted as TOML writes such a key, so that the line stays one line.
             raise self.fail(
-                key, "function names use letters, digits, '_', '.' and '-' (at most 64)"
+                f"functions.{json.dumps(name)}",
+                "function names use letters, digits, '_', '.' and '-' (at most 64)",
             )
         raw = self.table(raw, key, POOL_KEYS)
         if "command" in raw:
@@ -61,7 +66,7 @@ class PoolReader(TableReader):
             if other in raw:
                 raise self.fail(f"{key}.{other}", "applies to command pools only; remove it")
         target = raw["target"]
-        if not isinstance(target, str) or not _TARGET.match(target):
+        if not isinstance(target, str) or not _TARGET.fullmatch(target):
             raise self.fail(f"{key}.target", f'must look like "module:function", got {target!r}')
         problem = target_problem(target)
         if problem:
@@ -150,7 +155,7 @@ class PoolReader(TableReader):
         names = raw.get("functions", [raw["function"]] if "function" in raw else [])
         which = f"{key}.functions" if "functions" in raw else f"{key}.function"
         if not isinstance(names, list) or not all(
-            isinstance(n, str) and _NAME.match(n) for n in names
+            isinstance(n, str) and _NAME.fullmatch(n) for n in names
         ):
             raise self.fail(
                 which, 'must name functions like "reverse" (letters, digits, _ . -; at most 64)'

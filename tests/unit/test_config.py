@@ -246,6 +246,14 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
         ("[supervisor]", '[supervisor]\nmetrics = "on"', "supervisor.metrics", 'or "off"'),
         ("[supervisor]", '[supervisor]\nmetrics = "h:70000"', "supervisor.metrics", "9730"),
         ("[functions.rev]", "[bogus]\n[functions.rev]", "bogus", "unknown key"),
+        # `$` let a name end in a newline: a function the admin protocol's lines cannot hold
+        (
+            "[functions.rev]",
+            '[functions."up\\n"]\ntarget = "workers.text:upper"\n[functions.rev]',
+            'functions."up\\n"',
+            "function names use letters",
+        ),
+        ("workers = 2", 'workers = 2\nfunction = "rev\\n"', "functions.rev.function", "letters"),
         (  # the Executor's calls are code to run: only under names other users cannot serve
             "[functions.rev]",
             '[functions.py]\ntarget = "farm.executor.call:run_call"\n[functions.rev]',
