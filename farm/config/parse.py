@@ -32,7 +32,7 @@ from farm.config.servertune import (
 )
 from farm.errors import ConfigError
 from farm.logs import LOG_FORMATS
-from farm.net import DEFAULT_PORT, DEFAULT_SERVER
+from farm.net import DEFAULT_PORT, DEFAULT_SERVER, AddressError, parse_address
 
 __all__ = ["Validator"]
 
@@ -226,7 +226,12 @@ class Validator(PoolReader):
             any_port = isinstance(metrics, str) and metrics.endswith(":0")
             if isinstance(metrics, str):
                 checked = metrics[:-2] + ":1" if any_port else metrics
-                where = self.address(checked, "supervisor.metrics", _METRICS_FORMS)
+                try:
+                    where = parse_address(checked, default_port=None)
+                except AddressError as exc:  # quoting what the file says, not `checked`
+                    raise self.fail(
+                        "supervisor.metrics", f"{metrics!r}: {exc.reason}; {_METRICS_FORMS}"
+                    ) from None
             if where is None or where.kind != "tcp":
                 raise self.fail("supervisor.metrics", _METRICS_FORMS)
             metrics = str(where).rpartition(":")[0] + ":0" if any_port else str(where)

@@ -245,6 +245,8 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
         # the metrics' own forms, not the job server's (which offered unix: and port 4730)
         ("[supervisor]", '[supervisor]\nmetrics = "on"', "supervisor.metrics", 'or "off"'),
         ("[supervisor]", '[supervisor]\nmetrics = "h:70000"', "supervisor.metrics", "9730"),
+        # port 0 is checked as 1: the line quoted "h/x:1", which the file does not say
+        ("[supervisor]", '[supervisor]\nmetrics = "h/x:0"', "supervisor.metrics", "'h/x:0'"),
         ("[functions.rev]", "[bogus]\n[functions.rev]", "bogus", "unknown key"),
         # `$` let a name end in a newline: a function the admin protocol's lines cannot hold
         (
