@@ -66,6 +66,8 @@ def parse_command(raw: dict[str, Any], key: str, base: str, fail: Fail) -> Comma
         raise fail(f"{key}.command", 'must be a list like ["php", "worker.php"] or one string')
     if not argv or not argv[0]:
         raise fail(f"{key}.command", 'is empty; name a program, e.g. ["php", "worker.php"]')
+    if any("\0" in a for a in argv):  # exec refuses it: every start failed, exit 127
+        raise fail(f"{key}.command", "holds a NUL character, which no argument can; remove it")
     cwd = raw.get("cwd")
     if cwd is not None:
         if not isinstance(cwd, str) or not cwd:
@@ -78,6 +80,8 @@ def parse_command(raw: dict[str, Any], key: str, base: str, fail: Fail) -> Comma
         isinstance(k, str) and k and "=" not in k and isinstance(v, str) for k, v in env.items()
     ):
         raise fail(f"{key}.env", 'must be a table of strings, e.g. env = { APP_ENV = "prod" }')
+    if any("\0" in k + v for k, v in env.items()):
+        raise fail(f"{key}.env", "holds a NUL character, which no environment can; remove it")
     argv[0] = _executable(argv[0], key, cwd or base, env.get("PATH"), fail)
     return CommandSpec(
         argv=tuple(argv),
@@ -138,6 +142,8 @@ def parse_stop_signal(raw: Any, key: str, fail: Fail) -> int:
     if name is not None and not name.startswith("SIG"):
         name = "SIG" + name
     try:
+        if name is None and type(raw) is not int:  # Signals(true) is SIGHUP, 15.0 SIGTERM
+            raise ValueError(raw)
         sig = signal.Signals[name] if name else signal.Signals(raw)
     except (KeyError, ValueError):
         raise fail(key, f'must be a signal name like "SIGTERM" or "SIGQUIT", got {raw!r}') from None

@@ -98,6 +98,12 @@ def test_function_renames_what_a_python_pool_serves(tmp_path: Path) -> None:
         ('command = "sh"\nenv = { A = 1 }', "functions.p.env", "table of strings"),
         ('command = "sh"\nstop_signal = "SIGNOPE"', "functions.p.stop_signal", "signal name"),
         ('command = "sh"\nstop_signal = "KILL"', "functions.p.stop_signal", "cannot be caught"),
+        # true and 15.0 were signals 1 (SIGHUP) and 15, as Python's int of them
+        ('command = "sh"\nstop_signal = true', "functions.p.stop_signal", "signal name"),
+        ('command = "sh"\nstop_signal = 15.0', "functions.p.stop_signal", "signal name"),
+        # a NUL cannot reach exec: every start of the pool failed (exit 127)
+        ('command = ["sh", "a\\u0000b"]', "functions.p.command", "NUL"),
+        ('command = "sh"\nenv = { A = "a\\u0000b" }', "functions.p.env", "NUL"),
         ('command = "sh"\ngraceful_timeout = -1', "functions.p.graceful_timeout", "0 to"),
         ('command = "sh"\nuser = "no-such-user-x"', "functions.p.user", "no user"),
         ('target = "workers.text:reverse"\ncwd = "."', "functions.p.cwd", "command pools"),
