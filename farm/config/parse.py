@@ -22,7 +22,7 @@ from farm.config.model import (
     ServerConfig,
     SupervisorConfig,
 )
-from farm.config.pooltables import MAX_GRACE, PoolReader
+from farm.config.pooltables import MAX_GRACE, POOL_KEYS, PoolReader
 from farm.config.servertune import (
     TUNING,
     control_problem,
@@ -53,20 +53,28 @@ class Validator(PoolReader):
                 " farm's tables in it (systemd/farm.toml shows them), or name no file"
                 " to run the built-in defaults"
             )
-        self.table(raw, "", ("server", "supervisor", "functions", "executor"))
         defaults = builtin()
-        server = self.server(
-            {
-                **defaults["server"],
-                **self.table(raw.get("server", {}), "server", (*defaults["server"], *TUNING)),
-            }
-        )
         sup = {
             **defaults["supervisor"],
             "graceful_timeout": 30,
             "boot_timeout": 60,
             "ready_wait": READY_WAIT,
         }
+        server_keys = (*defaults["server"], *TUNING)
+        executor_keys = tuple(f.name for f in fields(ExecutorConfig))
+        for table, keys in (
+            ("[server]", server_keys),
+            ("[supervisor]", sup),
+            ("[executor]", executor_keys),
+            # function and functions: more likely a typo of the [functions] table's name
+            ("a [functions.NAME] table", set(POOL_KEYS) - {"function", "functions"}),
+        ):
+            for name in keys:
+                self.homes.setdefault(name, []).append(table)
+        self.table(raw, "", ("server", "supervisor", "functions", "executor"))
+        server = self.server(
+            {**defaults["server"], **self.table(raw.get("server", {}), "server", server_keys)}
+        )
         supervisor = self.supervisor(
             {**sup, **self.table(raw.get("supervisor", {}), "supervisor", tuple(sup))}
         )
@@ -89,16 +97,16 @@ class Validator(PoolReader):
             server=server,
             supervisor=supervisor,
             functions=MappingProxyType(pools),
-            executor=self.executor(raw.get("executor", {})),
+            executor=self.executor(raw.get("executor", {}), executor_keys),
         )
         broken = rules.problem(config)  # the rules across the tables
         if broken is not None:
             raise self.fail(*broken)
         return config
 
-    def executor(self, raw: Any) -> ExecutorConfig:
+    def executor(self, raw: Any, keys: tuple[str, ...]) -> ExecutorConfig:
         """``[executor]``: farm.Executor's spill directory and limits (all optional)."""
-        table = self.table(raw, "executor", tuple(f.name for f in fields(ExecutorConfig)))
+        table = self.table(raw, "executor", keys)
         spill_dir = table.get("spill_dir")
         if spill_dir is not None:
             if not isinstance(spill_dir, str):

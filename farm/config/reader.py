@@ -28,6 +28,9 @@ class TableReader:
     def __init__(self, source: str, base: Path) -> None:
         self.source = source
         self.base = base  # relative paths in a file are relative to the file
+        # key -> the tables it belongs in ("[server]"): a key written in the wrong table
+        # is sent to its own, not taken for a typo of a near name here.
+        self.homes: dict[str, list[str]] = {}
 
     def fail(self, key: str, message: str) -> ConfigError:
         return ConfigError(f"{self.source}: {key}: {message}")
@@ -37,11 +40,20 @@ class TableReader:
             raise self.fail(key, f"must be a table ([{key}]), got {_kind(raw)}")
         for name in raw:
             if name not in allowed:
-                near = difflib.get_close_matches(name, allowed, n=1)
-                hint = f"did you mean {near[0]!r}?" if near else f"allowed: {', '.join(allowed)}"
                 where = f"{key}.{name}" if key else name
-                raise self.fail(where, f"unknown key; {hint}")
+                raise self.fail(where, f"unknown key; {self.unknown_hint(name, allowed)}")
         return raw
+
+    def unknown_hint(self, name: str, allowed: tuple[str, ...]) -> str:
+        """The fix for key ``name`` where only ``allowed`` are: the key it spells in
+        another case or with dashes, the table it belongs in, a near key, or the list."""
+        spelled = name.lower().replace("-", "_")
+        if spelled in allowed:
+            return f"did you mean {spelled!r}?"
+        if name in self.homes:
+            return f"it belongs in {' or '.join(self.homes[name])}; move it there"
+        near = difflib.get_close_matches(spelled, allowed, n=1)
+        return f"did you mean {near[0]!r}?" if near else f"allowed: {', '.join(allowed)}"
 
     def count(self, value: Any, key: str) -> int:
         if type(value) is not int or value < 0:

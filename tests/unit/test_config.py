@@ -230,6 +230,15 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
         ("[functions.rev]", "[functions.rev]\nzzz = 1", "functions.rev.zzz", "allowed:"),
         ("[functions.rev]", "[functions.rev]\nuser = 1", "functions.rev.user", "command pools"),
         ("[supervisor]", "[supervisor]\ncontrl = 'x'", "supervisor.contrl", "did you mean"),
+        # a key of another table is sent there: "timeout" in [supervisor] was taken for a
+        # typo of boot_timeout, and [server]'s max_queue in a pool listed the pool's keys
+        ("[supervisor]", "[supervisor]\ntimeout = 3", "supervisor.timeout", "[functions.NAME]"),
+        ("workers = 2", "workers = 2\nmax_queue = 5", "functions.rev.max_queue", "in [server]"),
+        ("[server]", 'listen = ["127.0.0.1:4998"]\n[server]', "listen", "in [server]"),
+        ("[supervisor]", '[supervisor]\nlisten = ["h:1"]', "supervisor.listen", "in [server]"),
+        # case and dashes: "WORKERS" listed every key, as if no key were near
+        ("workers = 2", "WORKERS = 2", "functions.rev.WORKERS", "did you mean 'workers'"),
+        ('cpus = "all"', 'CPUs = "all"', "supervisor.CPUs", "did you mean 'cpus'"),
         (
             "[supervisor]",
             '[supervisor]\nmetrics = "0.0.0.0:4999"',
