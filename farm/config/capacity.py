@@ -6,11 +6,8 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import replace
-from types import MappingProxyType
 
-from farm.config.model import Config, FunctionConfig, SupervisorConfig
-from farm.errors import ConfigError
+from farm.config.model import FunctionConfig
 
 __all__ = [
     "MAX_WORKERS",
@@ -21,7 +18,6 @@ __all__ = [
     "default_memory_budget_mb",
     "capacity_problem",
     "count_problem",
-    "on_running_farm",
 ]
 
 #: Most workers one pool may have (a typo must not fork-bomb the host).
@@ -117,23 +113,3 @@ def capacity_problem(
             f" max_rss_mb says), more than [supervisor] memory_budget_mb = {budget_mb}"
         )
     return None
-
-
-def on_running_farm(new: Config, running: SupervisorConfig) -> Config:
-    """``new``'s pools as a reload applies them: a changed ``[supervisor]`` waits for a
-    restart, so "auto" pools are one per core the farm runs on, and all must fit the budget
-    it runs with. ConfigError, naming ``new``'s file, for pools that do not."""
-    cores = len(running.cpus)
-    pools = {
-        name: replace(pool, workers=cores) if pool.auto else pool
-        for name, pool in new.functions.items()
-    }
-    problem = capacity_problem(
-        pools, {n: p.workers for n, p in pools.items()}, running.memory_budget_mb
-    )
-    if problem:
-        raise ConfigError(
-            f"{new.source}: functions: {problem}, the running farm's (a new budget takes a"
-            " restart: farm stop; farm up); lower the workers of a pool"
-        )
-    return replace(new, functions=MappingProxyType(pools))

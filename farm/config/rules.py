@@ -2,19 +2,24 @@
 pools need of the server and the supervisor, and what must not collide.
 
 ``problem`` returns the first rule broken as (key, message), which
-:meth:`farm.config.parse.Validator.fail` turns into the one-line error naming the file.
+:meth:`farm.config.parse.Validator.fail` turns into the one-line error naming the file;
+``on_running_farm`` checks a reloaded file's pools against the tables the farm runs with.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from dataclasses import replace
+from types import MappingProxyType
 
+from farm.config.capacity import capacity_problem
 from farm.config.model import RESERVED_PREFIX, Config
+from farm.errors import ConfigError
 from farm.net import DEFAULT_SERVER
 from farm.paths import runtime_dir
 
-__all__ = ["EXECUTOR_TARGETS", "problem"]
+__all__ = ["EXECUTOR_TARGETS", "problem", "on_running_farm"]
 
 #: The Executor's worker target, and the shim kept for configs that copied the old one.
 EXECUTOR_TARGETS = ("farm.executor.call:run_call", "farm.executor_worker:run_call")
@@ -30,6 +35,31 @@ def problem(config: Config) -> tuple[str, str] | None:
         or control_apart(config)
         or command_pools(config)
     )
+
+
+def on_running_farm(new: Config, running: Config) -> Config:
+    """What a reload runs: ``new``'s pools with ``running``'s [server], [supervisor] and
+    [executor], since a change there waits for a restart. So "auto" pools are one per
+    core the farm runs on, and the pools must fit its memory budget and its sockets (a
+    farm.* pool its Unix socket, a command pool its TCP address): ConfigError, naming
+    ``new``'s file, when they do not."""
+    cores = len(running.supervisor.cpus)
+    pools = {
+        name: replace(pool, workers=cores) if pool.auto else pool
+        for name, pool in new.functions.items()
+    }
+    config = replace(running, source=new.source, functions=MappingProxyType(pools))
+    unmet = capacity_problem(
+        pools, {n: p.workers for n, p in pools.items()}, running.supervisor.memory_budget_mb
+    )
+    broken = ("functions", f"{unmet}; lower the workers of a pool") if unmet else problem(config)
+    if broken is not None:
+        key, message = broken
+        raise ConfigError(
+            f"{new.source}: {key}: {message} (as the farm runs now: [server] and [supervisor]"
+            " changes take a restart, farm stop; farm up)"
+        )
+    return config
 
 
 def reserved_pools(config: Config) -> tuple[str, str] | None:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from farm.config import Config, FunctionConfig, capacity_problem, load_config
-from farm.config.capacity import on_running_farm
 from farm.config.defaults import DEFAULTS_SOURCE
+from farm.config.rules import on_running_farm
 from farm.discovery import find_config
 from farm.errors import ConfigError
 from farm.pools import sdnotify
@@ -258,8 +258,13 @@ class Steering(ProcessTable):
         sdnotify.notify(
             "RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
         )
+        old = self.config
         try:
-            new = on_running_farm(load_config(self.config_path), self.config.supervisor)
+            loaded = load_config(self.config_path)
+            if self.log_format_flag is not None:  # not a change of the file: the flag rules
+                flag = self.log_format_flag
+                loaded = replace(loaded, supervisor=replace(loaded.supervisor, log_format=flag))
+            new = on_running_farm(loaded, old)  # only the pools change while the farm runs
         except Exception as e:  # a ConfigError; anything else must not end the running farm
             why = str(e) if isinstance(e, ConfigError) else f"{self.config_path}: {e!r}"
             if not isinstance(e, ConfigError):
@@ -267,16 +272,11 @@ class Steering(ProcessTable):
             log.error("reload failed, keeping the running config: %s", why)
             sdnotify.notify("READY=1")
             return why, [], []
-        old = self.config
-        if self.log_format_flag is not None:  # not a change of the file: the flag still rules
-            new = replace(new, supervisor=replace(new.supervisor, log_format=self.log_format_flag))
         kept = []
         for section in ("server", "supervisor", "executor"):
-            if getattr(new, section) != getattr(old, section):
+            if getattr(loaded, section) != getattr(old, section):
                 kept.append(f"[{section}] changed; that takes a restart (farm stop; farm up)")
                 log.warning("reload: %s", kept[-1])
-        # Only the pools change while the farm runs.
-        new = replace(new, server=old.server, supervisor=old.supervisor, executor=old.executor)
         self.config = new
         # Pools kept on their old options stay so until a rollout tries them again (one
         # that changed now gets one below); a removed pool is gone.

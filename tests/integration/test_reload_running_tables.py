@@ -1,5 +1,5 @@
-"""A reload while [supervisor] changed: the pools are read against the running farm's
-cores and memory budget, which only a restart changes."""
+"""A reload while [server] or [supervisor] changed: the pools are read against the running
+farm's tables (its cores, memory budget and sockets), which only a restart changes."""
 
 from __future__ import annotations
 
@@ -52,6 +52,40 @@ def test_a_reload_is_held_to_the_running_memory_budget(tmp_path: Path) -> None:
         assert out.returncode == 2, (out.stdout, out.stderr)
         assert "memory_budget_mb = 300" in out.stderr and "restart" in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1
+        assert up.ask({"cmd": "ps"})["targets"] == {"reverse": 1}
+    finally:
+        assert up.stop() == 0
+
+
+def test_a_reload_adding_an_executor_pool_needs_the_running_servers_unix_socket(
+    tmp_path: Path,
+) -> None:
+    # The new file added the Unix socket too, which waits for a restart: the farm.python
+    # worker registered over TCP, was refused (PERMISSION_DENIED), and sat "idle" for good.
+    up = FarmUp(tmp_path, "", start=False)
+    tcp_only = f"""[server]
+listen = ["127.0.0.1:{up.port}"]
+store = "none"
+[supervisor]
+control = "{up.control}"
+metrics = "off"
+[functions.reverse]
+target = "workers.text:reverse"
+workers = 1
+"""
+    up.config.write_text(tcp_only)
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 1})
+        up.config.write_text(
+            tcp_only.replace(f'{up.port}"]', f'{up.port}", "unix:{up.unix}"]')
+            + '[functions."farm.python"]\ntarget = "farm.executor.call:run_call"\nworkers = 1\n'
+        )
+        out = farm_cli("reload", "--control", up.control)
+        assert out.returncode == 2, (out.stdout, out.stderr)
+        assert "served only over a Unix socket" in out.stderr, out.stderr
+        assert "restart" in out.stderr and len(out.stderr.strip().splitlines()) == 1
         assert up.ask({"cmd": "ps"})["targets"] == {"reverse": 1}
     finally:
         assert up.stop() == 0
