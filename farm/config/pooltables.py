@@ -54,6 +54,12 @@ class PoolReader(TableReader):
                 f"functions.{json.dumps(name)}",
                 "function names use letters, digits, '_', '.' and '-' (at most 64)",
             )
+        if name in POOL_KEYS and not isinstance(raw, dict):  # [functions] with no NAME
+            raise self.fail(
+                key,
+                f"{name} is a pool's key; put it in a [functions.NAME] table, e.g."
+                " [functions.reverse]",
+            )
         raw = self.table(raw, key, POOL_KEYS)
         if "command" in raw:
             return self.command_pool(name, raw, ncpus)

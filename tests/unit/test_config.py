@@ -236,6 +236,13 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
         ("workers = 2", "workers = 2\nmax_queue = 5", "functions.rev.max_queue", "in [server]"),
         ("[server]", 'listen = ["127.0.0.1:4998"]\n[server]', "listen", "in [server]"),
         ("[supervisor]", '[supervisor]\nlisten = ["h:1"]', "supervisor.listen", "in [server]"),
+        # a pool's keys right under [functions]: "must be a table ([functions.target])"
+        (
+            "[functions.rev]",
+            '[functions]\ntarget = "workers.text:upper"\n[functions.rev]',
+            "functions.target",
+            "a pool's key; put it in a [functions.NAME] table",
+        ),
         # case and dashes: "WORKERS" listed every key, as if no key were near
         ("workers = 2", "WORKERS = 2", "functions.rev.WORKERS", "did you mean 'workers'"),
         ('cpus = "all"', 'CPUs = "all"', "supervisor.CPUs", "did you mean 'cpus'"),
