@@ -96,7 +96,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
     """The TOML document at ``path``; ConfigError naming the file for anything unreadable."""
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            # utf-8-sig: a byte-order mark, which Windows editors write unseen, is skipped
+            # (tomllib read it as "Invalid statement (at line 1, column 1)").
+            return tomllib.loads(f.read().decode("utf-8-sig"))
     except OSError as e:
         raise ConfigError(
             f"{path}: cannot read: {e.strerror}; check the path and its permissions"

@@ -429,6 +429,15 @@ def test_binary_garbage_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     assert str(info.value) == f"{path}: not UTF-8 text; is it the right file?"
 
 
+def test_a_file_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    # Notepad's UTF-8 writes one, unseen: "not valid TOML: Invalid statement (at line 1,
+    # column 1)" pointed at a first line that looks right.
+    path = tmp_path / "farm.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + textwrap.dedent(GOOD).encode())
+    assert config.load(path).server.job_retries == 5
+    assert discovery.local_farm(path).tcp == "127.0.0.1:4999"
+
+
 @pytest.mark.parametrize("value", ["3", "true", '"reverse"', "[1, 2]"])
 def test_functions_that_is_not_a_table_is_one_line(tmp_path: Path, value: str) -> None:
     # once a TypeError: the supervisor died of it on reload
