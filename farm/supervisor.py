@@ -297,9 +297,8 @@ class Supervisor(
             return POLL  # a command worker's connection, a successor's readiness
         times = [s.next_start for pool in self.slots.values() for s in pool if s.proc is None]
         for proc in self.by_pid.values():
-            pool = self.config.functions.get(proc.function)
-            if pool and pool.timeout and proc.busy_since:
-                times.append(proc.busy_since + pool.timeout + TIMEOUT_GRACE)
+            if proc.timeout and proc.busy_since:
+                times.append(proc.busy_since + proc.timeout + TIMEOUT_GRACE)
             if proc.stop_deadline is not None:
                 times.append(proc.stop_deadline)
             if proc.output_resume is not None:  # a flood's pipe, read again after a pause

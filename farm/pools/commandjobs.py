@@ -359,8 +359,7 @@ class CommandJobs:
                 self.send_stop(proc, now, "its grace is over")
 
     def has_timeout(self, proc: WorkerProcess) -> bool:
-        pool = self.config.functions.get(proc.function)
-        return bool(pool is not None and pool.timeout)
+        return bool(proc.timeout)
 
     def command_wakeup(self, now: float) -> float | None:
         """When the loop must look again for ``track_commands``; None: no hurry."""

@@ -75,8 +75,7 @@ class Lifecycle:
         now = time.monotonic()
         for proc in list(self.by_pid.values()):
             proc.refresh()  # the supervisor's tick reads each worker's record; no per-job message
-            pool = self.config.functions.get(proc.function)
-            timeout = pool.timeout if pool else None
+            timeout = proc.timeout
             if proc.state is ProcState.KILLING:
                 continue
             if self.boot_overran(proc, now):
@@ -277,7 +276,7 @@ class Lifecycle:
             for fd in (write_fd, out_write, null, record_fd):  # record_fd: the mapping stays
                 os.close(fd)
         proc = WorkerProcess(
-            pid, pool.name, slot.index, slot.core, read_fd, pool.options(), record=record
+            pid, pool.name, slot.index, slot.core, read_fd, pool.options(), pool.timeout, record
         )
         proc.output_fd, proc.servers = out_read, servers
         return self.watch(slot, proc)
@@ -315,7 +314,9 @@ class Lifecycle:
         finally:
             os.close(write_fd)
             os.close(null)
-        proc = WorkerProcess(pid, pool.name, slot.index, slot.core, -1, pool.options())
+        proc = WorkerProcess(
+            pid, pool.name, slot.index, slot.core, -1, pool.options(), pool.timeout
+        )
         proc.command, proc.stop_signal, proc.output_fd = True, pool.stop_signal, read_fd
         return self.watch(slot, proc)
 
@@ -336,7 +337,7 @@ class Lifecycle:
         gets its pool's ``stop_signal`` once it holds none or after the grace
         (farm.pools.commandjobs). SIGKILL after the grace that follows the signal."""
         if grace is None:
-            grace = self.grace_for(pool, proc.command)
+            grace = self.grace_for(pool, proc.command, proc.timeout)
         serving = proc.state.serving
         if proc.state is not ProcState.KILLING:
             proc.state = ProcState.DRAINING
@@ -347,11 +348,13 @@ class Lifecycle:
         proc.stop_deadline = None if grace is None else time.monotonic() + grace
         self.signal(proc.pid, proc.stop_signal, group=proc.command)
 
-    def grace_for(self, pool: FunctionConfig | None, command: bool) -> float | None:
+    def grace_for(
+        self, pool: FunctionConfig | None, command: bool, timeout: int | None = None
+    ) -> float | None:
         """How long a retiring worker (a ``command`` one, or a Python one) may take: a command
-        pool's graceful_timeout (else the supervisor's); for a Python pool with a timeout,
-        that plus the supervisor's; else unbounded (a Python worker drains after its job,
-        whatever it takes)."""
+        pool's graceful_timeout (else the supervisor's); for a Python worker with a
+        ``timeout`` (the one it started with), that plus the supervisor's; else unbounded (a
+        Python worker drains after its job, whatever it takes)."""
         if pool is not None and (pool.command is not None) != command:
             # A reload made a PHP pool a Python target, or back, and this is an old process
             # (being replaced, or kept while the new kind does not boot): it stops as its own
@@ -365,8 +368,8 @@ class Lifecycle:
             if pool.graceful_timeout is not None:
                 return pool.graceful_timeout
             return self.config.supervisor.graceful_timeout
-        if pool and pool.timeout:
-            return pool.timeout + self.config.supervisor.graceful_timeout
+        if timeout:
+            return timeout + self.config.supervisor.graceful_timeout
         return None
 
     def kill(self, proc: WorkerProcess, reason: str) -> None:

@@ -135,6 +135,9 @@ class WorkerProcess:
     core: int
     report_fd: int  # read end of the pipe a Python worker reports on (ready, recycle); or -1
     options: tuple[object, ...]  # FunctionConfig.options() it was started with
+    # Its pool's timeout when it started: what it registered (CAN_DO_TIMEOUT) and is held
+    # to until it exits; a reload's new one is for its successor (the rollout's).
+    timeout: int | None = None
     record: RecordReader | None = None  # what it is doing, in shared memory (farm.pools.record)
     started: float = field(default_factory=time.monotonic)
     state: ProcState = ProcState.STARTING

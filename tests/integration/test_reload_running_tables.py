@@ -9,6 +9,9 @@ import pytest
 
 from farm.config.capacity import available_cpus
 from tests.helpers.farmproc import FarmUp, farm_cli
+from tests.helpers.gate import Gate
+from tests.helpers.streams import call_in_thread
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -87,5 +90,40 @@ workers = 1
         assert "served only over a Unix socket" in out.stderr, out.stderr
         assert "restart" in out.stderr and len(out.stderr.strip().splitlines()) == 1
         assert up.ask({"cmd": "ps"})["targets"] == {"reverse": 1}
+    finally:
+        assert up.stop() == 0
+
+
+def test_a_reload_that_lowers_a_timeout_lets_the_old_workers_job_finish(tmp_path: Path) -> None:
+    # The old worker registered (CAN_DO_TIMEOUT) and ran its job under timeout = 30; once
+    # the reload said 1, the supervisor killed it mid-drain at 1 s: "ran past its 1s
+    # timeout", a job the server had not failed, retried on a new worker and failed there.
+    (tmp_path / "held.py").write_text(
+        "from tests.helpers.calls import wait_gate\n\n"
+        "def job(j):\n    wait_gate(j.data.decode())\n    return b'done'\n"
+    )
+    pool = '[functions.held]\ntarget = "held:job"\nworkers = 1\ntimeout = {}\n'
+    up = FarmUp(tmp_path, pool.format(30))
+    try:
+        up.expect_notify("READY=1")
+        (old,) = up.wait_idle({"held": 1})
+        with Gate(tmp_path / "gate.sock") as gate:
+            thread, result = call_in_thread(up.addr, "held", gate.path, timeout=30)
+            wait_for("the job in hand", lambda: up.workers("held", "busy"))
+            up.write_config(pool.format(1))
+            out = farm_cli("reload", "--control", up.control)
+            assert out.returncode == 0, out.stderr
+
+            def drained_past_the_new_timeout() -> bool:
+                rows = {r["pid"]: r for r in up.workers("held")}
+                mine = rows.get(old["pid"])
+                assert mine is not None and mine["state"] != "killing", up.read_log()
+                return mine["state"] == "draining" and (mine["busy_for"] or 0) > 3
+
+            wait_for("the old worker draining past 1 s + grace", drained_past_the_new_timeout)
+            gate.open()
+            thread.join(30)
+        assert result == [b"done"], result
+        assert "ran past its 1s timeout" not in up.read_log()
     finally:
         assert up.stop() == 0
