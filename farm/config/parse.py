@@ -149,6 +149,9 @@ class Validator(PoolReader):
             store = server_store(tuple(addresses))
         elif not isinstance(store, str) or not store:
             raise self.fail("server.store", 'must be a file path or "none"')
+        elif store != "none" and store.strip().lower() in ("none", "null", "off"):
+            # Else a SQLite file of that name beside the config (or no start, in /etc).
+            raise self.fail("server.store", f'{store!r}: write "none" to keep jobs in memory')
         elif store != "none":
             store = self.path(store, "server.store")
             problem = store_problem(store)

@@ -197,6 +197,8 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
         ("max_rss_mb = 256", "kill_rss_mb = 0", "functions.hash.kill_rss_mb", "> 0"),
         ("job_retries = 5", 'job_retries = "5"', "server.job_retries", "whole number"),
         ('store = "none"', "store = 3", "server.store", '"none"'),
+        # a file named None beside the config: the memory-only store was meant
+        ('store = "none"', 'store = "None"', "server.store", 'write "none"'),
         ('store = "none"', 'store = "/tmp"', "server.store", "is a directory: name a file in it"),
         ('store = "none"', 'store = "/etc/passwd"', "server.store", "not a SQLite database"),
         ('store = "none"', 'store = "/proc/q.db"', "server.store", "/proc is a kernel filesystem"),
