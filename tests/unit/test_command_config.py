@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from farm import config
+from farm.config.rules import on_running_farm
 from farm.errors import ConfigError
 from farm.pools.steering import Steering
 
@@ -140,6 +141,22 @@ def test_a_command_pool_needs_a_tcp_address(tmp_path: Path) -> None:
     path.write_text(HEAD.replace('"127.0.0.1:4999", ', "") + '[functions.p]\ncommand = "sh"\n')
     with pytest.raises(ConfigError, match=r"functions\.p\.command: command workers connect"):
         config.load(path)
+
+
+def test_a_reload_adding_a_command_pool_needs_the_running_servers_tcp_address(
+    tmp_path: Path,
+) -> None:
+    # The file that adds the pool adds the TCP address too; that waits for a restart, and
+    # the command workers had no $FARM_SERVERS to connect to.
+    path = tmp_path / "farm.toml"
+    path.write_text(
+        HEAD.replace('"127.0.0.1:4999", ', "") + '[functions.a]\ntarget = "workers.text:upper"\n'
+    )
+    running = config.load(path)
+    new = load(tmp_path, '[functions.p]\ncommand = "sh"\n')
+    with pytest.raises(ConfigError, match=r"functions\.p\.command: command workers connect"):
+        on_running_farm(new, running)
+    assert on_running_farm(new, new).functions["p"].command is not None
 
 
 def test_pools_are_named_by_table_or_by_a_function_only_one_serves(tmp_path: Path) -> None:
