@@ -91,6 +91,8 @@ class TableReader:
     def path(self, value: str, key: str) -> str:
         if not value.strip():
             raise self.fail(key, "must not be empty")
+        if "\0" in value:  # no path can hold one: open() and bind() raise ValueError
+            raise self.fail(key, f"{value!r} holds a NUL character, which no path can; remove it")
         return resolve(self.base, value)
 
 

@@ -197,6 +197,11 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
         ("max_rss_mb = 256", "kill_rss_mb = 0", "functions.hash.kill_rss_mb", "> 0"),
         ("job_retries = 5", 'job_retries = "5"', "server.job_retries", "whole number"),
         ('store = "none"', "store = 3", "server.store", '"none"'),
+        # a NUL in a path: open() raised ValueError, a traceback (the store), or bind did at
+        # start (the control socket, the Unix listener)
+        ('store = "none"', 'store = "q\\u0000.db"', "server.store", "NUL"),
+        ('control = "/tmp/', 'control = "/tmp/\\u0000', "supervisor.control", "NUL"),
+        ('"unix:run/', '"unix:run/\\u0000', "server.listen", "NUL"),
         # a file named None beside the config: the memory-only store was meant
         ('store = "none"', 'store = "None"', "server.store", 'write "none"'),
         ('store = "none"', 'store = "/tmp"', "server.store", "is a directory: name a file in it"),
