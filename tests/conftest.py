@@ -97,6 +97,22 @@ def pytest_collection() -> Generator[None, object, object]:
         sys.dont_write_bytecode = before
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Captured output and logs with lone surrogates (a job's text decoded with
+    surrogateescape, as os.fsdecode does) are kept with backslashes: xdist sends a report
+    to its controller as strict UTF-8, and one such character ended the whole run with an
+    INTERNALERROR."""
+    report = yield
+    report.sections = [
+        (title, text.encode("utf-8", "backslashreplace").decode("utf-8"))
+        for title, text in report.sections
+    ]
+    return report
+
+
 def _claims_dirs() -> set[Path]:
     """The Executor's replay records of this user in shared memory (farm.executor.replay)."""
     shm = Path("/dev/shm")
