@@ -130,13 +130,14 @@ class Client:
         self._wire.submit(task)
         try:
             return self.wait(task, timeout)
-        except Timeout:
-            if task.handle is None:  # not even JOB_CREATED: a silent server, tried last a while
-                self._wire.picker.mark_down(task.server or "")
-                conn = self._wire.conns.get(task.server or "")
-                if conn is not None and conn.session.withdraw(task, conn.unsent):
-                    raise  # it never left: nothing to give up on the server
-            self.abandon(task)  # the caller gave up
+        except BaseException as exc:
+            # The caller gave up: a Timeout, or an exception not the job's (Ctrl-C, a signal
+            # handler's alarm), as AsyncClient's cancelled call does. Kept, such a job's
+            # callbacks fired inside the next calls, and the client held it until it ended.
+            if not task.done:
+                if task.handle is None and isinstance(exc, Timeout):
+                    self._wire.picker.mark_down(task.server or "")  # silent: tried last a while
+                self._give_up(task)
             raise
 
     @_one_thread
@@ -275,6 +276,14 @@ class Client:
     @_one_thread
     def _map_pump(self, until: Callable[[], bool]) -> bool:
         return self._wire.pump(until, self._deadline(self.timeout))
+
+    def _give_up(self, task: Task[TaskListener]) -> None:
+        """A call's caller stopped waiting: a submit none of which has left is taken back
+        (the server never sees it), else the task is abandoned."""
+        conn = self._wire.conns.get(task.server or "")
+        if task.handle is None and conn is not None and conn.session.withdraw(task, conn.unsent):
+            return
+        self.abandon(task)
 
     # -- choosing servers and connecting --
 
