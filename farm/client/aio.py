@@ -20,7 +20,6 @@ import datetime as _dt
 import itertools
 import logging
 import ssl
-import time
 from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any
 
@@ -100,12 +99,14 @@ class AsyncClient(AsyncLinks):
         on_data: Callable[[bytes], Any] | None = None,
         on_warning: Callable[[bytes], Any] | None = None,
     ) -> bytes:
-        """Run a foreground job and return its result."""
+        """Run a foreground job and return its result (in ``timeout`` seconds in all,
+        connecting included)."""
         check_seconds(timeout)
-        task, waiter = await self._start(function, data, priority, unique)
+        deadline = _deadline(timeout)
+        task, waiter = await self._start(function, data, priority, unique, deadline=deadline)
         waiter.on_status, waiter.on_data, waiter.on_warning = on_status, on_data, on_warning
         try:
-            return await self.wait(task, timeout)
+            return await self._outcome(task, _left(deadline), timeout)
         except Timeout:
             if task.handle is None:  # not even JOB_CREATED: a silent server, tried last a while
                 self._picker.mark_down(task.server or "")
@@ -153,11 +154,17 @@ class AsyncClient(AsyncLinks):
         if task.background:
             raise ValueError("a background job sends no result to wait for")
         check_seconds(timeout, look=True)
+        return await self._outcome(task, timeout, timeout)
+
+    async def _outcome(
+        self, task: Task[Waiter], left: float | None, timeout: float | None
+    ) -> bytes:
+        """``wait``: ``left`` seconds at most, the rest of ``timeout`` (what a Timeout says)."""
         waiter = task.owner
         if not isinstance(waiter, Waiter):
             raise ValueError("the task was not submitted by this client")
         try:
-            await asyncio.wait_for(asyncio.shield(waiter.ended), timeout)
+            await asyncio.wait_for(asyncio.shield(waiter.ended), left)
         except TimeoutError:
             raise timeout_error(task, timeout) from None
         if task.error is not None:
@@ -178,13 +185,15 @@ class AsyncClient(AsyncLinks):
         as they arrive, then JobEnded (``event.task.result``); a failed job raises instead.
         """
         check_seconds(timeout)
-        task, waiter = await self._start(function, data, priority, unique, stream=True)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(timeout)
+        task, waiter = await self._start(
+            function, data, priority, unique, stream=True, deadline=deadline
+        )
         queue = waiter.events
         assert queue is not None
         try:
             while True:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                left = _left(deadline)
                 try:
                     event = await asyncio.wait_for(queue.get(), left)
                 except TimeoutError:
@@ -314,6 +323,7 @@ class AsyncClient(AsyncLinks):
         background: bool = False,
         when: int | None = None,
         stream: bool = False,
+        deadline: float | None = None,
     ) -> tuple[Task[Waiter], Waiter]:
         task: Task[Waiter] = Task(
             check_name(function),
@@ -323,7 +333,7 @@ class AsyncClient(AsyncLinks):
             background=background,
             when=when,
         )
-        conn = await self._any_connection(job_key(task.unique, task.data))
+        conn = await self._any_connection(job_key(task.unique, task.data), deadline)
         waiter = Waiter(asyncio.get_running_loop(), stream)
         task.owner = waiter
         conn.session.submit(task)
@@ -338,3 +348,13 @@ class AsyncClient(AsyncLinks):
         if conn is not None:
             conn.give_up(task)
         task.abandoned = True  # no connection (a resubmit under way): it is not sent on
+
+
+def _deadline(timeout: float | None) -> float | None:
+    """When ``timeout`` seconds from now end, in the running loop's time; None: never."""
+    return None if timeout is None else asyncio.get_running_loop().time() + timeout
+
+
+def _left(deadline: float | None) -> float | None:
+    """The seconds left until ``deadline`` (0 once past it); None: no limit."""
+    return None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())

@@ -9,7 +9,7 @@ import ssl
 from collections.abc import AsyncGenerator, Callable
 
 from farm.client.aioconn import ServerConnection, Waiter, closed_error
-from farm.client.serverpick import ServerPicker, job_key
+from farm.client.serverpick import MIN_CONNECT, ServerPicker, connect_share, job_key
 from farm.errors import ServerUnavailable
 from farm.net import parse_address
 from farm.protocol.client import Task, lost_error
@@ -53,17 +53,26 @@ class AsyncLinks:
 
         asyncio.ensure_future(again())
 
-    async def _any_connection(self, unique: str | bytes) -> ServerConnection:
+    async def _any_connection(
+        self, unique: str | bytes, deadline: float | None = None
+    ) -> ServerConnection:
+        """A connection for a job placed by ``unique``, made before ``deadline`` (loop time:
+        a call's own timeout), each connect given its share of the time left."""
         errors: list[str] = []
         paused = [addr for addr, conn in self._conns.items() if conn.writing_paused]
-        for addr in self._picker.order(unique, busy=paused):
+        order = self._picker.order(unique, busy=paused)
+        for at, addr in enumerate(order):
+            now = asyncio.get_running_loop().time()
+            if errors and deadline is not None and deadline <= now:
+                errors.append(f"{addr} (not tried: the time given ran out)")
+                continue
             try:
-                return await self._connect(addr)
+                return await self._connect(addr, connect_share(deadline, now, len(order) - at))
             except ServerUnavailable as exc:
                 errors.append(str(exc))
         raise ServerUnavailable("no job server is reachable; tried " + ", ".join(errors))
 
-    async def _connect(self, addr: str) -> ServerConnection:
+    async def _connect(self, addr: str, deadline: float | None = None) -> ServerConnection:
         if self._closed:
             raise RuntimeError("this farm.AsyncClient is closed")
         conn = self._conns.get(addr)
@@ -87,7 +96,16 @@ class AsyncLinks:
             pending = asyncio.ensure_future(self._open(addr))
             self._connecting[addr] = pending
             pending.add_done_callback(lambda _: self._connecting.pop(addr, None))
-        return await asyncio.shield(pending)
+        if deadline is None:
+            return await asyncio.shield(pending)
+        # A host that is down answers no connect: a call's timeout bounds it too. The
+        # connect goes on for the others waiting on it, up to connect_timeout.
+        left = max(deadline - asyncio.get_running_loop().time(), MIN_CONNECT)
+        try:
+            return await asyncio.wait_for(asyncio.shield(pending), left)
+        except TimeoutError:
+            self._picker.mark_down(addr)
+            raise ServerUnavailable(f"{addr} (timed out)") from None
 
     def _refuse_another_loop(self) -> None:
         """RuntimeError when a live event loop other than the running one holds connections

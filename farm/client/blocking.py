@@ -86,6 +86,7 @@ class Client:
     ``GearmanClient::setTimeout``): a ``call`` or ``wait`` given no timeout of its own,
     ``submit``'s JOB_CREATED, ``status``, ``echo``, and each wait of ``map`` for one of
     its jobs to end. None, the default as in libgearman, waits as long as it takes.
+    ``connect_timeout`` bounds each connect, and so does the time a call has left.
     """
 
     def __init__(
@@ -127,9 +128,11 @@ class Client:
         task = self._new_task(function, data, priority, unique)
         if on_status or on_data or on_warning:
             task.owner = Callbacks(on_status, on_data, on_warning)
-        self._wire.submit(task)
+        limit = self.timeout if timeout is None else timeout
+        deadline = self._deadline(limit)  # connecting counts: the call's time in all
+        self._wire.submit(task, deadline=deadline)
         try:
-            return self.wait(task, timeout)
+            return self._wait_until(task, deadline, limit)
         except BaseException as exc:
             # The caller gave up: a Timeout, or an exception not the job's (Ctrl-C, a signal
             # handler's alarm), as AsyncClient's cancelled call does. Kept, such a job's
@@ -159,10 +162,9 @@ class Client:
         """
         epoch, background = check_schedule(when, priority, background)
         task = self._new_task(function, data, priority, unique, background=background, when=epoch)
-        self._wire.submit(task)
-        if not self._wire.pump(
-            lambda: task.handle is not None or task.done, self._deadline(self.timeout)
-        ):
+        deadline = self._deadline(self.timeout)
+        self._wire.submit(task, deadline=deadline)
+        if not self._wire.pump(lambda: task.handle is not None or task.done, deadline):
             self._wire.picker.mark_down(task.server or "")  # silent: tried last for a while
             self.abandon(task)  # a JOB_CREATED that comes later is dropped
             raise timeout_error(task, self.timeout)
@@ -181,7 +183,13 @@ class Client:
             raise RuntimeError("this farm.Client is closed")
         if timeout is None:
             timeout = self.timeout
-        if not self._wire.pump(lambda: task.done, self._deadline(timeout)):
+        return self._wait_until(task, self._deadline(timeout), timeout)
+
+    def _wait_until(
+        self, task: Task[TaskListener], deadline: float | None, timeout: float | None
+    ) -> bytes:
+        """``wait``: until ``deadline``, which ends ``timeout`` (what a Timeout says)."""
+        if not self._wire.pump(lambda: task.done, deadline):
             raise timeout_error(task, timeout)
         if task.error is not None:
             raise task.error
@@ -271,7 +279,7 @@ class Client:
 
     @_one_thread
     def _map_submit(self, task: Task[TaskListener]) -> None:
-        self._wire.submit(task)
+        self._wire.submit(task, deadline=self._deadline(self.timeout))
 
     @_one_thread
     def _map_pump(self, until: Callable[[], bool]) -> bool:
@@ -326,13 +334,14 @@ class Client:
         return status
 
     def _ask(self, addr: str, make: Callable[[ClientSession], Query[Reply]]) -> Reply:
+        deadline = self._deadline(self.timeout)
         try:
-            conn = self._wire.connection(addr)
+            conn = self._wire.connection(addr, deadline)
         except OSError as exc:
             self._wire.picker.mark_down(addr)  # tried last for a while, as for jobs
             raise ServerUnavailable(f"{addr}: {exc.strerror or exc}") from exc
         query = make(conn.session)
-        if not self._wire.pump(lambda: query.done, self._deadline(self.timeout)):
+        if not self._wire.pump(lambda: query.done, deadline):
             # Its answer, should it come, is matched and dropped; the connection stays, and
             # the server is tried last for a while.
             self._wire.picker.mark_down(addr)

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from farm.client.serverpick import ServerPicker, job_key
+from farm.client.serverpick import MIN_CONNECT, ServerPicker, connect_share, job_key
 from farm.errors import ServerUnavailable
 from farm.net import READ_SIZE, connect, recv
 from farm.protocol import ProtocolError
@@ -164,8 +164,9 @@ class Connections:
             self.close_one(conn)
         self.selector.close()
 
-    def connection(self, addr: str) -> Conn:
-        """The open connection to ``addr``, opened now if need be (OSError if it cannot)."""
+    def connection(self, addr: str, deadline: float | None = None) -> Conn:
+        """The open connection to ``addr``, opened now if need be (OSError if it cannot),
+        waiting ``connect_timeout`` at most, and not past ``deadline`` (the caller's)."""
         if self.closed:
             raise RuntimeError("this farm.Client is closed")
         self.check_fork()
@@ -179,7 +180,12 @@ class Connections:
             # It answered ERROR and may close next (farm does after a packet over its
             # --max-packet): a fresh connection, not a submit lost with this one.
             self.close_one(conn)
-        sock = connect(addr, self.connect_timeout, self.tls)
+        wait = self.connect_timeout
+        if deadline is not None:
+            # A host that is down answers no connect: the caller's timeout bounds it too,
+            # as it bounds every wait on a server.
+            wait = max(min(wait, deadline - time.monotonic()), MIN_CONNECT)
+        sock = connect(addr, wait, self.tls)
         conn = Conn(addr, sock)
         conn.session.option("exceptions")  # so WORK_EXCEPTION reaches us, not just WORK_FAIL
         self.conns[addr] = conn
@@ -187,12 +193,20 @@ class Connections:
         self.picker.mark_up(addr)
         return conn
 
-    def submit(self, task: Task[TaskListener], exclude: str | None = None) -> None:
-        """Queue ``task``'s submit on the first server that takes a connection."""
+    def submit(
+        self, task: Task[TaskListener], exclude: str | None = None, deadline: float | None = None
+    ) -> None:
+        """Queue ``task``'s submit on the first server that takes a connection before
+        ``deadline``, each connect given its share of the time left (``connect_share``)."""
         tried: list[str] = []
-        for addr in self.picker.order(job_key(task.unique, task.data), exclude):
+        order = self.picker.order(job_key(task.unique, task.data), exclude)
+        for at, addr in enumerate(order):
+            now = time.monotonic()
+            if tried and deadline is not None and deadline <= now:
+                tried.append(f"{addr} (not tried: the time given ran out)")
+                continue
             try:
-                conn = self.connection(addr)
+                conn = self.connection(addr, connect_share(deadline, now, len(order) - at))
             except OSError as exc:
                 tried.append(f"{addr} ({exc.strerror or exc})")
                 self.picker.mark_down(addr)

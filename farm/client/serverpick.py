@@ -13,10 +13,13 @@ import time
 import zlib
 from collections.abc import Collection
 
-__all__ = ["DOWN_FOR", "ServerPicker", "job_key"]
+__all__ = ["DOWN_FOR", "MIN_CONNECT", "ServerPicker", "connect_share", "job_key"]
 
 #: A server marked down (refused, dropped, or did not answer) is tried last for this long (s).
 DOWN_FOR = 2.0
+#: The least a connect waits, however little of its caller's timeout is left (one to a
+#: server on this host succeeds at once; one nothing answers is bounded by the timeout).
+MIN_CONNECT = 0.05
 
 
 def job_key(unique: str, data: bytes) -> str | bytes:
@@ -26,6 +29,16 @@ def job_key(unique: str, data: bytes) -> str | bytes:
     if unique == "-":
         return data
     return unique
+
+
+def connect_share(deadline: float | None, now: float, servers_left: int) -> float | None:
+    """When one connect gives up, so that the servers after it still get their turn: the
+    time left before ``deadline`` shared evenly among the ``servers_left`` still to try, this
+    one included (a host that is down must not spend a call's timeout that a live server
+    behind it could have used). None: no deadline."""
+    if deadline is None:
+        return None
+    return now + (deadline - now) / max(servers_left, 1)
 
 
 class ServerPicker:

@@ -1,9 +1,12 @@
-"""A job server stand-in that accepts a connection and reads nothing until told to."""
+"""Job server stand-ins that hang: one accepts a connection and reads nothing until told to,
+one accepts none."""
 
 from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class StalledPeer:
@@ -64,3 +67,24 @@ class StalledPeer:
             pass
         self.listener.close()
         self._thread.join(10)
+
+
+@contextmanager
+def unanswered_listener() -> Iterator[str]:
+    """The address of a listener whose backlog is full, as a host that is down or behind a
+    firewall that drops our packets: a connect to it neither succeeds nor fails, it waits."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):  # one fills the queue of a listen(0); the others wait for a SYN-ACK
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        for sock in (listener, *fillers):
+            sock.close()

@@ -24,6 +24,7 @@ from tests.helpers import ROOT
 from tests.helpers.peers import Peer
 from tests.helpers.servers import start_like, stop_process
 from tests.helpers.serving import reverse, serving
+from tests.helpers.stalled import unanswered_listener
 from tests.helpers.waiting import wait_for
 
 IDLE_WINDOW = 2.0
@@ -514,25 +515,12 @@ def test_farm_worker_job_resolves_in_a_fresh_interpreter() -> None:
 def test_a_server_that_does_not_answer_holds_no_jobs_of_the_others(any_server) -> None:
     # A worker of two servers, one of them accepting no connection (its backlog full): each
     # connect to it blocked the whole loop for connect_timeout, and the other's jobs waited.
-    hung = socket.socket()
-    hung.bind(("127.0.0.1", 0))
-    hung.listen(0)
-    port = hung.getsockname()[1]
-    fillers = []
-    for _ in range(3):  # one fills the queue of a listen(0); the others wait for a SYN-ACK
-        filler = socket.socket()
-        filler.setblocking(False)
-        filler.connect_ex(("127.0.0.1", port))
-        fillers.append(filler)
-    servers = [f"127.0.0.1:{port}", any_server.addr]
-    try:
+    with unanswered_listener() as hung:
+        servers = [hung, any_server.addr]
         fns = {"reverse": reverse}
         with serving(servers, fns, connect_timeout=120), farm.Client(any_server.addr) as c:
             for data in (b"ab", b"cd", b"ef"):
                 assert c.call("reverse", data, timeout=30) == data[::-1]
-    finally:
-        for sock in (hung, *fillers):
-            sock.close()
 
 
 @pytest.mark.timeout(20)

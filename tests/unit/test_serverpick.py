@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from farm.client import serverpick
-from farm.client.serverpick import DOWN_FOR, ServerPicker, job_key
+from farm.client.serverpick import DOWN_FOR, ServerPicker, connect_share, job_key
 
 SERVERS = ["a:1", "b:1", "c:1"]
 
@@ -57,3 +57,10 @@ def test_a_dash_key_places_a_job_by_its_payload_as_the_server_reads_it() -> None
     assert len(same) == 1, "equal payloads meet at one server, where they coalesce"
     assert job_key("key-7", b"anything") == "key-7"
     assert not job_key("-", b""), "an empty payload never coalesces: no key, it rotates"
+
+
+def test_a_connect_takes_its_share_of_the_time_left() -> None:
+    assert connect_share(None, 100.0, 3) is None  # no deadline: connect_timeout alone
+    assert connect_share(106.0, 100.0, 3) == 102.0  # a third, two servers after it
+    assert connect_share(106.0, 100.0, 1) == 106.0  # the last one: all that is left
+    assert connect_share(106.0, 100.0, 0) == 106.0
