@@ -95,7 +95,7 @@ class AsyncLinks:
         if pending is None:  # one connect per server, however many coroutines ask
             pending = asyncio.ensure_future(self._open(addr))
             self._connecting[addr] = pending
-            pending.add_done_callback(lambda _: self._connecting.pop(addr, None))
+            pending.add_done_callback(lambda done: self._connected(addr, done))
         if deadline is None:
             return await asyncio.shield(pending)
         # A host that is down answers no connect: a call's timeout bounds it too. The
@@ -106,6 +106,14 @@ class AsyncLinks:
         except TimeoutError:
             self._picker.mark_down(addr)
             raise ServerUnavailable(f"{addr} (timed out)") from None
+
+    def _connected(self, addr: str, done: asyncio.Future[ServerConnection]) -> None:
+        """A connect ended: the next one starts anew. Its error is taken here, as every
+        caller may have given up on it (a call's timeout) and asyncio would log it as
+        never retrieved; each caller still waiting raises it."""
+        self._connecting.pop(addr, None)
+        if not done.cancelled():
+            done.exception()
 
     def _refuse_another_loop(self) -> None:
         """RuntimeError when a live event loop other than the running one holds connections
