@@ -154,6 +154,8 @@ class AsyncClient(AsyncLinks):
         if task.background:
             raise ValueError("a background job sends no result to wait for")
         check_seconds(timeout, look=True)
+        if task.abandoned and not task.done:  # nothing will end it: it waited for ever
+            raise ValueError(f"{task!r} was given up (abandon, or its call's timeout)")
         return await self._outcome(task, timeout, timeout)
 
     async def _outcome(

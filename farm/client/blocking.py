@@ -179,6 +179,8 @@ class Client:
         if task.background:
             raise ValueError("a background job sends no result to wait for")
         check_seconds(timeout, look=True)
+        if task.abandoned and not task.done:  # nothing will end it: it waited for ever
+            raise ValueError(f"{task!r} was given up (abandon, or its call's timeout)")
         if self._wire.closed and not task.done:
             raise RuntimeError("this farm.Client is closed")
         if timeout is None:

@@ -302,6 +302,19 @@ def test_an_abandoned_task_is_dropped(any_server) -> None:
             assert c.call("reverse", b"ab", timeout=30) == b"ba"  # the client goes on
             assert c.call("reverse", b"cd", timeout=30) == b"dc"
         assert not task.done and task.result is None  # its result, if it came, was dropped
+        # Nothing will end it: a wait says so at once, as Future.result() of a cancelled
+        # future does, where it waited out its timeout (for ever without one).
+        with pytest.raises(ValueError, match="given up"):
+            c.wait(task)
+
+        async def wait_async() -> None:
+            async with farm.AsyncClient(any_server.addr) as ac:
+                task = await ac.submit("reverse", b"unwanted")
+                ac.abandon(task)
+                with pytest.raises(ValueError, match="given up"):
+                    await ac.wait(task)
+
+        asyncio.run(wait_async())
 
 
 def test_a_map_left_early_gives_up_its_jobs_in_flight(farm_server) -> None:
