@@ -130,6 +130,8 @@ class Connections:
         self.closed = False
         self.forks = _forks
         self.using = threading.RLock()  # held by the thread inside the Client (_one_thread)
+        # The deadline of the wait under way: a job resubmitted during it connects by then.
+        self.deadline: float | None = None
 
     def check_fork(self) -> None:
         """In a child forked since the last use (gunicorn --preload, multiprocessing's
@@ -220,6 +222,13 @@ class Connections:
     def pump(self, until: Callable[[], bool], deadline: float | None) -> bool:
         """Send what is queued and read replies until ``until()`` or the deadline (False)."""
         self.check_fork()
+        outer, self.deadline = self.deadline, deadline
+        try:
+            return self._pump(until, deadline)
+        finally:
+            self.deadline = outer  # (a callback's call pumps inside ours)
+
+    def _pump(self, until: Callable[[], bool], deadline: float | None) -> bool:
         select = self.selector.select
         looked = False  # past the deadline, one look at what has come (a wait of 0 reads)
         while True:
@@ -350,7 +359,7 @@ class Connections:
         for task in conn.session.connection_lost():
             if may_resubmit(task):
                 try:
-                    self.submit(task, exclude=conn.addr)
+                    self.submit(task, exclude=conn.addr, deadline=self.deadline)
                     continue
                 except ServerUnavailable as exc:
                     task.error = exc

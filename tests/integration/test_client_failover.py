@@ -343,6 +343,39 @@ def test_the_timeout_of_a_client_or_call_bounds_its_connect_too(any_server) -> N
             assert time.monotonic() - t0 < 8, "the hung server took all the call's time"
 
 
+def test_a_resubmit_after_its_server_died_keeps_to_the_calls_timeout(any_server) -> None:
+    # A keyed job whose server dies goes to another: one that answers no connect held the
+    # call for connect_timeout, past the timeout it was given.
+    started, release = threading.Event(), threading.Event()
+
+    def hold(job: Any) -> bytes:
+        started.set()
+        release.wait(30)
+        return b"held"
+
+    def kill_when_started() -> None:
+        started.wait(30)
+        os.kill(any_server.proc.pid, signal.SIGKILL)
+
+    with unanswered_listener() as hung:
+        servers = [any_server.addr, hung]
+        key = next(k for k in (f"k{i}" for i in range(100)) if zlib.crc32(k.encode()) % 2 == 0)
+        killer = threading.Thread(target=kill_when_started, daemon=True)
+        with (
+            serving(any_server.addr, {"hold": hold}),
+            farm.Client(servers, connect_timeout=10) as c,
+        ):
+            killer.start()
+            t0 = time.monotonic()
+            try:
+                with pytest.raises(farm.ServerUnavailable, match=f"{hung} \\(timed out\\)"):
+                    c.call("hold", b"x", unique=key, timeout=1)
+            finally:
+                release.set()
+            assert time.monotonic() - t0 < 6, "the resubmit waited connect_timeout"
+        killer.join(10)
+
+
 def test_async_close_during_a_resubmit_ends_the_call(two_servers) -> None:
     # close() came while a unique-keyed job lost with its server was connecting to the
     # other: the connect raised RuntimeError("closed") in the resubmitting task, which died,
