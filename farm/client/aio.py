@@ -199,7 +199,9 @@ class AsyncClient(AsyncLinks):
                 try:
                     event = await asyncio.wait_for(queue.get(), left)
                 except TimeoutError:
-                    raise Timeout(f"job {function} not done within {timeout}s") from None
+                    if task.handle is None:  # not even JOB_CREATED: tried last, as by call()
+                        self._picker.mark_down(task.server or "")
+                    raise timeout_error(task, timeout) from None
                 if type(event) is JobEnded:
                     if task.error is not None:
                         raise task.error

@@ -195,6 +195,27 @@ def test_async_calls_timed_out_on_a_hung_server_try_it_last_for_a_while(two_serv
             os.kill(a.proc.pid, signal.SIGCONT)
 
 
+def test_an_async_stream_timed_out_on_a_hung_server_tries_it_last_too(two_servers) -> None:
+    # As AsyncClient.call does (above); a stream's Timeout also names its job and server as
+    # every other Timeout does, not just "job reverse not done within 0.5s".
+    a, b = two_servers
+
+    async def main() -> list[bytes]:
+        async with farm.AsyncClient([a.addr, b.addr]) as client:
+            client._picker._rotation = 0  # the hung one first
+            with pytest.raises(farm.Timeout, match=f"\\(not confirmed.* on {a.addr} not done"):
+                async for _ in client.stream("reverse", b"s", timeout=0.5):
+                    pass
+            return [await client.call("reverse", b"x%d" % i, timeout=5) for i in range(2)]
+
+    with serving([b.addr], {"reverse": reverse}):
+        stop_process(a.proc.pid)
+        try:
+            assert asyncio.run(main()) == [b"0x", b"1x"]
+        finally:
+            os.kill(a.proc.pid, signal.SIGCONT)
+
+
 def test_jobs_keyed_by_their_payload_spread_over_the_servers(two_servers) -> None:
     # unique="-" (the payload is the key): each job went to the server of the literal "-",
     # so one server took every such job while the other stood idle.
