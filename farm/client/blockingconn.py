@@ -183,9 +183,7 @@ class Connections:
             # --max-packet): a fresh connection, not a submit lost with this one.
             self.close_one(conn)
         wait = self.connect_timeout
-        if deadline is not None:
-            # A host that is down answers no connect: the caller's timeout bounds it too,
-            # as it bounds every wait on a server.
+        if deadline is not None:  # a host that is down answers none: the caller's time too
             wait = max(min(wait, deadline - time.monotonic()), MIN_CONNECT)
         sock = connect(addr, wait, self.tls)
         conn = Conn(addr, sock)

@@ -4,7 +4,6 @@ are held in the client (not in the transport's buffer) and one given up is never
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import signal
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from farm.client.aio import AsyncClient
 from farm.client.serverpick import ServerPicker
 from tests.helpers.servers import Server, start_farm_server
 from tests.helpers.serving import reverse, serving
-from tests.helpers.stalled import StalledPeer, unanswered_listener
+from tests.helpers.stalled import StalledPeer
 from tests.helpers.waiting import wait_for
 
 HIGH_WATER = 64 * 1024  # asyncio's default for a socket transport
@@ -246,26 +245,3 @@ def test_jobs_without_a_key_go_past_a_paused_server(stalled: StalledPeer) -> Non
             asyncio.run(main())
     finally:
         srv.stop()
-
-
-def test_a_connect_every_caller_gave_up_on_is_not_logged_as_never_retrieved() -> None:
-    # A call cancelled (asyncio.timeout, as docs/client.md advises) while it connects to a
-    # host that answers nothing: the connect goes on, fails at connect_timeout, and asyncio
-    # logged "Task exception was never retrieved" with its traceback once it was collected.
-    async def main(hung: str) -> list[dict[str, Any]]:
-        loop = asyncio.get_running_loop()
-        logged: list[dict[str, Any]] = []
-        loop.set_exception_handler(lambda _, context: logged.append(context))
-        async with farm.AsyncClient(hung, connect_timeout=0.5) as client:
-            with pytest.raises(TimeoutError):
-                async with asyncio.timeout(0.1):
-                    await client.call("reverse", b"x")
-            connecting = list(client._connecting.values())
-            assert connecting, "the connect goes on for a later caller"
-            await asyncio.wait(connecting)  # it ends at connect_timeout
-            del connecting
-            gc.collect()  # asyncio logs a task's unretrieved error as it is collected
-        return logged
-
-    with unanswered_listener() as hung:
-        assert asyncio.run(main(hung)) == []

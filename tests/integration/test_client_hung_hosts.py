@@ -1,0 +1,120 @@
+"""Clients against a host that answers no connect (down, or behind a firewall that drops
+our packets): a call's timeout bounds its connects, a live server behind such a host still
+gets its turn, and a connect every caller gave up on ends quietly."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import signal
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import farm
+from tests.helpers.serving import reverse, serving
+from tests.helpers.stalled import unanswered_listener
+
+
+def test_the_timeout_of_a_client_or_call_bounds_its_connect_too(any_server) -> None:
+    # A server host that is down (or a firewall that drops our packets) answers no connect:
+    # each call waited connect_timeout (5 s by default) whatever timeout it was given.
+    with unanswered_listener() as hung:
+        c = farm.Client(hung, connect_timeout=10, timeout=0.3)
+        asks: list[Callable[[], object]] = [
+            lambda: c.call("reverse", b"x"),
+            lambda: c.submit("reverse", b"x", background=True),
+            lambda: c.echo(b"x"),
+            lambda: c.status("H:nowhere:1"),
+            lambda: list(c.map("reverse", [b"x"])),
+            lambda: farm.Client(hung, connect_timeout=10).call("reverse", b"x", timeout=0.3),
+        ]
+        for ask in asks:
+            t0 = time.monotonic()
+            with pytest.raises(farm.ServerUnavailable, match=f"{hung}.*timed out"):
+                ask()
+            assert time.monotonic() - t0 < 5, "it waited connect_timeout, not the 0.3 s asked for"
+        c.close()
+
+        async def call_async() -> None:
+            async with farm.AsyncClient(hung, connect_timeout=10) as ac:
+                with pytest.raises(farm.ServerUnavailable, match=f"{hung} \\(timed out\\)"):
+                    await ac.call("reverse", b"x", timeout=0.3)
+                with pytest.raises(farm.ServerUnavailable, match=f"{hung} \\(timed out\\)"):
+                    async for _ in ac.stream("reverse", b"x", timeout=0.3):
+                        pass
+
+        t0 = time.monotonic()
+        asyncio.run(call_async())
+        assert time.monotonic() - t0 < 10, "AsyncClient.call waited connect_timeout"
+        # A connect that hangs takes its share of the time, not all of it: a live server
+        # behind it runs the job in what is left.
+        with (
+            serving(any_server.addr, {"reverse": reverse}),
+            farm.Client([hung, any_server.addr], connect_timeout=10) as c,
+        ):
+            c._wire.picker._rotation = 0  # the hung one first
+            t0 = time.monotonic()
+            assert c.call("reverse", b"ab", timeout=4) == b"ba"
+            assert time.monotonic() - t0 < 8, "the hung server took all the call's time"
+
+
+def test_a_resubmit_after_its_server_died_keeps_to_the_calls_timeout(any_server) -> None:
+    # A keyed job whose server dies goes to another: one that answers no connect held the
+    # call for connect_timeout, past the timeout it was given.
+    started, release = threading.Event(), threading.Event()
+
+    def hold(job: Any) -> bytes:
+        started.set()
+        release.wait(30)
+        return b"held"
+
+    def kill_when_started() -> None:
+        started.wait(30)
+        os.kill(any_server.proc.pid, signal.SIGKILL)
+
+    with unanswered_listener() as hung:
+        servers = [any_server.addr, hung]
+        key = next(k for k in (f"k{i}" for i in range(100)) if zlib.crc32(k.encode()) % 2 == 0)
+        killer = threading.Thread(target=kill_when_started, daemon=True)
+        with (
+            serving(any_server.addr, {"hold": hold}),
+            farm.Client(servers, connect_timeout=10) as c,
+        ):
+            killer.start()
+            t0 = time.monotonic()
+            try:
+                with pytest.raises(farm.ServerUnavailable, match=f"{hung} \\(timed out\\)"):
+                    c.call("hold", b"x", unique=key, timeout=1)
+            finally:
+                release.set()
+            assert time.monotonic() - t0 < 6, "the resubmit waited connect_timeout"
+        killer.join(10)
+
+
+def test_a_connect_every_caller_gave_up_on_is_not_logged_as_never_retrieved() -> None:
+    # A call cancelled (asyncio.timeout, as docs/client.md advises) while it connects to a
+    # host that answers nothing: the connect goes on, fails at connect_timeout, and asyncio
+    # logged "Task exception was never retrieved" with its traceback once it was collected.
+    async def main(hung: str) -> list[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        logged: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _, context: logged.append(context))
+        async with farm.AsyncClient(hung, connect_timeout=0.5) as client:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.1):
+                    await client.call("reverse", b"x")
+            connecting = list(client._connecting.values())
+            assert connecting, "the connect goes on for a later caller"
+            await asyncio.wait(connecting)  # it ends at connect_timeout
+            del connecting
+            gc.collect()  # asyncio logs a task's unretrieved error as it is collected
+        return logged
+
+    with unanswered_listener() as hung:
+        assert asyncio.run(main(hung)) == []
