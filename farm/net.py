@@ -7,6 +7,7 @@ goes through :func:`parse_address`: ``HOST:PORT``, ``[v6]:PORT``, a bare host
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import os
@@ -35,7 +36,8 @@ __all__ = [
     "recv",
     "tls_context",
     "tls_from_env",
-    "Waker",
+    "KEEPALIVE",
+    "keep_alive",
 ]
 
 T = TypeVar("T")
@@ -313,66 +315,26 @@ def connect(
     return sock
 
 
-class Waker:
-    """A self-pipe: another thread (or a signal handler) wakes a selector loop.
+#: TCP keepalive: seconds idle before the first probe, seconds between probes, probes
+#: unanswered before the kernel calls the peer gone. A peer whose host died or whose network
+#: was cut sends no FIN nor RST: a worker asleep on such a server waited for ever, and a
+#: server held such a worker's job as running for ever. Linux's defaults (two hours) are too
+#: late; a hung but live host's kernel answers the probes, so they replace no deadline.
+KEEPALIVE: tuple[int, int, int] = (60, 10, 3)
 
-    Register ``reader`` for reading; ``wake()`` never blocks (a full buffer
-    means a wake-up is already pending); the loop calls ``drain()`` when woken.
-    """
 
-    def __init__(self) -> None:
-        self.reader, self._writer = socket.socketpair()
-        self.reader.setblocking(False)
-        self._writer.setblocking(False)
-
-    def wake(self) -> None:
-        try:
-            self._writer.send(b"\0")
-        except OSError:
-            pass  # already full (a wake-up is pending) or closed
-
-    def wake_on_signals(self) -> None:
-        """Make every signal the process receives wake the loop (``signal.set_wakeup_fd``):
-        the handlers then only record the signal, and the loop does the work."""
-        import signal
-
-        signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
-
-    def claim_signals(self) -> bool:
-        """``wake_on_signals`` for a loop in the main thread, if nothing else (asyncio, an
-        outer loop) holds the wake-up fd; True if it was taken, for ``release_signals``.
-
-        Without it a signal that arrives after the loop's last check and before its select
-        sleeps has its Python handler run only once the select returns for another reason.
-        """
-        import signal
-
-        if threading.current_thread() is not threading.main_thread():
-            return False
-        previous = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
-        if previous != -1:  # someone else's: leave it theirs
-            signal.set_wakeup_fd(previous)
-            return False
-        return True
-
-    def release_signals(self) -> None:
-        """Give back what ``claim_signals`` took; a wake-up fd someone else set since stays."""
-        import signal
-
-        current = signal.set_wakeup_fd(-1)
-        if current != self._writer.fileno():  # replaced meanwhile (a job's own event loop)
-            signal.set_wakeup_fd(current)
-
-    def drain(self) -> None:
-        try:
-            while self.reader.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
-
-    def close(self) -> None:
-        self.reader.close()
-        self._writer.close()
+def keep_alive(sock: socket.socket, timers: tuple[int, int, int] | None = None) -> None:
+    """Turn on TCP keepalive with ``timers`` (idle, interval, count; default ``KEEPALIVE``,
+    read at each call); a Unix socket has no peer host to lose, and a refusal leaves the
+    connection served all the same."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    names = ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT")  # Linux's; elsewhere the OS's
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in zip(names, timers or KEEPALIVE, strict=True):
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 def clear_socket_path(path: str) -> None:

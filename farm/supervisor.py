@@ -31,7 +31,6 @@ from collections import Counter
 from typing import Any
 
 from farm.config import Config, FunctionConfig
-from farm.net import Waker
 from farm.pools import sdnotify
 from farm.pools.commandjobs import CommandJobs
 from farm.pools.commandstart import CommandStart
@@ -45,6 +44,7 @@ from farm.pools.reports import Reports
 from farm.pools.rollout import Restarting, Rollout
 from farm.pools.slots import Slot, WorkerProcess, core_for
 from farm.pools.steering import Duty, Pending, Steering
+from farm.waker import Waker
 
 __all__ = ["Supervisor"]
 

@@ -22,12 +22,13 @@ from typing import Any, TypeVar, overload
 
 from farm.discovery import client_servers
 from farm.logs import Brief, Repeats
-from farm.net import Waker, parse_servers, recv
+from farm.net import parse_servers, recv
 from farm.protocol import MAX_CLIENT_ID, UNPRINTABLE, ProtocolError
 from farm.protocol import PacketType as T
 from farm.protocol.checks import Data, as_bytes, check_seconds, check_timeout
 from farm.protocol.events import ServerErrorNotice
 from farm.protocol.worker import JobAssigned, WorkerSession, WorkerState
+from farm.waker import Waker
 from farm.workerjob import Job
 from farm.workerlinks import BACKOFF_FIRST, ServerLink, WorkerLinks, fail_and_part
 

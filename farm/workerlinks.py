@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from farm.net import Dial, connect
+from farm.net import Dial, connect, keep_alive
 from farm.protocol import PacketType as T
 from farm.protocol import encode_req
 from farm.protocol.worker import WorkerSession
@@ -29,15 +29,6 @@ log = logging.getLogger("farm.worker")
 #: Reconnect delays after a server is lost or refuses: first, then doubling up to the cap.
 BACKOFF_FIRST = 0.05
 BACKOFF_CAP = 5.0
-
-#: TCP keepalive of a worker's connections: seconds idle before the first probe, seconds
-#: between probes, probes unanswered before the kernel calls the peer gone. A worker asleep
-#: waits on its servers without a word for hours: one whose server's host died (a crash, a
-#: cut network: no FIN nor RST ever comes) waited for ever and never registered with it
-#: again once it was back. Linux's defaults (two hours, as libgearman leaves them) are too
-#: late for that; a hung but live server's kernel answers the probes, so they do not
-#: replace ``_mind_the_grab``.
-KEEPALIVE = (60, 10, 3)
 
 
 @dataclass(slots=True)
@@ -162,21 +153,6 @@ class WorkerLinks:
             self._grabbing = self._grab_deadline = None
         server.retry_at = time.monotonic() + server.backoff
         server.backoff = min(server.backoff * 2, BACKOFF_CAP)
-
-
-def keep_alive(sock: socket.socket) -> None:
-    """Turn on TCP keepalive (``KEEPALIVE``) for a TCP connection; a Unix socket has no
-    peer host to lose."""
-    if sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return
-    idle, interval, count = KEEPALIVE
-    timers = {"TCP_KEEPIDLE": idle, "TCP_KEEPINTVL": interval, "TCP_KEEPCNT": count}
-    with contextlib.suppress(OSError):  # refused: the server is served all the same
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        for name, value in timers.items():
-            option = getattr(socket, name, None)  # Linux's names; elsewhere the OS's timers
-            if option is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 def fail_and_part(sock: socket.socket, handle: bytes) -> None:

@@ -46,9 +46,10 @@ from farm.executor.payload import NO_SETUP, RemoteTraceback, describe
 from farm.executor.poller import READ, WRITE, Poller
 from farm.executor.signing import Signer
 from farm.executor.waithere import WaitHere
-from farm.net import READ_SIZE, Waker
+from farm.net import READ_SIZE
 from farm.protocol import ProtocolError
 from farm.protocol.client import JobData, JobEnded, Task, lost_error
+from farm.waker import Waker
 
 # Call, WorkItem, BrokenFarmExecutor, fail_broken and MAX_BATCH live in farm.executor.flight;
 # they are named here too, where the executor and older code import them.

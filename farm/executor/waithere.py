@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from farm.executor.interrupts import HeldInterrupt, whole
 from farm.executor.poller import READ, Poller
-from farm.net import Waker
+from farm.waker import Waker
 
 __all__ = ["WaitHere"]
 

@@ -4,7 +4,7 @@ the server's host dies or the network between is cut, so no FIN nor RST ever rea
 worker. Prints ``noticed SECONDS`` once the worker calls the server lost (``not noticed``
 if it did not within ``WITHIN``), then ``served RESULT`` once the path is back.
 
-The keepalive timers are cut to seconds (``farm.workerlinks.KEEPALIVE``) so that this runs
+The keepalive timers are cut to seconds (``farm.net.KEEPALIVE``) so that this runs
 in a few seconds rather than the minute and a half of the real ones.
 """
 
@@ -18,7 +18,7 @@ import threading
 import time
 
 import farm
-from farm import workerlinks
+from farm import net
 from tests.helpers.servers import start_farm_server
 from tests.helpers.waiting import wait_for
 
@@ -51,7 +51,7 @@ def main() -> None:
     _ip("link set lo up")
     _ip("rule del pref 0 lookup local")
     _ip("rule add pref 100 lookup local")
-    workerlinks.KEEPALIVE = (1, 1, 2)
+    net.KEEPALIVE = (1, 1, 2)
     lost = _Lost()
     logging.getLogger("farm.worker").addHandler(lost)
     server = start_farm_server()
