@@ -25,6 +25,7 @@ from operator import length_hint
 
 from farm import protocol as p
 from farm.logs import Brief
+from farm.net import keep_alive
 from farm.protocol import PacketType as T
 from farm.protocol import encode_res
 from farm.protocol.kinds import SUBMIT_KINDS
@@ -123,6 +124,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, PeerOptions, a
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 self.tcp = True
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                keep_alive(sock, self.hub.options.keepalive)
                 peer = transport.get_extra_info("peername")
                 self.ip = peer[0] if peer else "-"
                 self.peer_port = peer[1] if peer else 0

@@ -4,8 +4,9 @@ An init script or unit written for gearmand -- Debian's
 ``/etc/default/gearman-job-server`` passes ``--listen=localhost --daemon
 --log-file=...`` -- must start farm's server unchanged. So each flag of gearmand
 1.1 is either farm's own (``-p``, ``-L``, ``-j``, ``-b``, ``-l``, ``-P``,
-``--exceptions``), read here (``-v``/``--verbose LEVEL``, ``-V``, ``-d``,
-``--libsqlite3-db``), or accepted and ignored, which the server logs once at start-up.
+``--exceptions``, ``--keepalive-idle``/``-interval``/``-count``), read here
+(``-v``/``--verbose LEVEL``, ``-V``, ``-d``, ``--libsqlite3-db``), or accepted and ignored,
+which the server logs once at start-up.
 """
 
 from __future__ import annotations
@@ -27,10 +28,7 @@ IGNORED: tuple[tuple[tuple[str, ...], bool, str], ...] = (
     (("-R", "--round-robin"), False, "jobs go oldest first across a worker's functions"),
     (("-w", "--worker-wakeup"), True, "one sleeping worker is woken per job"),
     (("-r", "--protocol"), True, "farm speaks the Gearman protocol only"),
-    (("--keepalive",), False, "not supported"),
-    (("--keepalive-idle",), True, "not supported"),
-    (("--keepalive-interval",), True, "not supported"),
-    (("--keepalive-count",), True, "not supported"),
+    (("--keepalive",), False, "TCP keepalive is always on (--keepalive-idle and the others)"),
     (("--syslog",), False, "logs go to --log-file (or the journal)"),
     (("--coredump",), False, "not supported"),
     (("--hashtable-buckets",), True, "not needed"),

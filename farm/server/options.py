@@ -211,6 +211,19 @@ def build_parser(
         help="how long a woken worker has to come for its job, or a pushed job to be"
         " accepted, before another worker gets it (default %(default)s)",
     )
+    idle, interval, count = DEFAULTS.keepalive
+    for flag, default, what in (
+        ("--keepalive-idle", idle, "seconds a TCP peer may be silent before the first probe"),
+        ("--keepalive-interval", interval, "seconds between probes"),
+        ("--keepalive-count", count, "probes unanswered before the peer is gone"),
+    ):  # gearmand's flags; farm has keepalive on whatever they say (--keepalive is a no-op)
+        ap.add_argument(
+            flag,
+            type=int,
+            default=default,
+            metavar="N",
+            help=f"TCP keepalive: {what} (default %(default)s)",
+        )
     ap.add_argument(
         "--metrics",
         metavar="HOST:PORT",
@@ -288,6 +301,13 @@ def parse_args(
         ap.error("--max-unread-bytes must be at least --max-packet (one whole reply)")
     if not 0.01 <= ns.wake_deadline <= 60:
         ap.error("--wake-deadline must be between 0.01 and 60 seconds")
+    for flag, value, top in (  # Linux's bounds (setsockopt refuses past them)
+        ("--keepalive-idle", ns.keepalive_idle, 32767),
+        ("--keepalive-interval", ns.keepalive_interval, 32767),
+        ("--keepalive-count", ns.keepalive_count, 127),
+    ):
+        if not 1 <= value <= top:
+            ap.error(f"{flag} must be from 1 to {top}")
     if ns.max_functions < 1:
         ap.error("--max-functions must be at least 1")
     if ns.max_abilities < 1 or ns.max_tcp_abilities < 1:
@@ -334,6 +354,7 @@ def parse_args(
         max_partial_bytes=ns.max_partial_bytes,
         max_unread_bytes=ns.max_unread_bytes,
         wake_deadline=ns.wake_deadline,
+        keepalive=(ns.keepalive_idle, ns.keepalive_interval, ns.keepalive_count),
         metrics=metrics_address(ap, ns.metrics),
         hints=ns.hints,
         daemon=ns.daemon,

@@ -1,11 +1,15 @@
-"""A worker asleep on a job server whose host becomes unreachable, run in a network
-namespace of its own (``unshare -n``; root): every packet to 127.0.0.1 is dropped, as when
-the server's host dies or the network between is cut, so no FIN nor RST ever reaches the
-worker. Prints ``noticed SECONDS`` once the worker calls the server lost (``not noticed``
-if it did not within ``WITHIN``), then ``served RESULT`` once the path is back.
+"""Peers whose other end becomes unreachable, run in a network namespace of its own
+(``unshare -n``; root): every packet to 127.0.0.1 is dropped, as when a host dies or the
+network between is cut, so no FIN nor RST ever comes.
 
-The keepalive timers are cut to seconds (``farm.net.KEEPALIVE``) so that this runs
-in a few seconds rather than the minute and a half of the real ones.
+``worker`` (the default): a farm.Worker asleep on its server; prints ``noticed SECONDS``
+once the worker calls the server lost (``not noticed`` if it did not within ``WITHIN``),
+then ``served RESULT`` once the path is back. ``server``: a worker over TCP holds a job when
+its path is cut; prints ``served RESULT SECONDS`` once the server has given the job to a
+worker on its Unix socket (``not served`` if not within ``WITHIN``).
+
+The keepalive timers are cut to seconds (``farm.net.KEEPALIVE``, the server's flags) so
+that this runs in a few seconds rather than the minute and a half of the real ones.
 """
 
 from __future__ import annotations
@@ -14,12 +18,17 @@ import logging
 import socket
 import struct
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 
 import farm
 from farm import net
+from farm.protocol import PacketType as T
+from tests.helpers.peers import Peer
 from tests.helpers.servers import start_farm_server
+from tests.helpers.streams import call_in_thread
 from tests.helpers.waiting import wait_for
 
 WITHIN = 15.0
@@ -46,11 +55,18 @@ class _Lost(logging.Handler):
             self.event.set()
 
 
-def main() -> None:
-    # The local routes' rule moves behind one that may drop everything to 127.0.0.1.
+def _loopback_cuttable() -> None:
+    """The local routes' rule moves behind one that may drop everything to 127.0.0.1."""
     _ip("link set lo up")
     _ip("rule del pref 0 lookup local")
     _ip("rule add pref 100 lookup local")
+
+
+def main() -> None:
+    if sys.argv[1:] == ["server"]:
+        server_side()
+        return
+    _loopback_cuttable()
     net.KEEPALIVE = (1, 1, 2)
     lost = _Lost()
     logging.getLogger("farm.worker").addHandler(lost)
@@ -79,6 +95,44 @@ def main() -> None:
         worker.stop()
         serving.join(10)
         server.stop()
+
+
+def server_side() -> None:
+    _loopback_cuttable()
+    unix = tempfile.mkdtemp() + "/gearman.sock"
+    timers = ["--keepalive-idle", "1", "--keepalive-interval", "1", "--keepalive-count", "2"]
+    server = start_farm_server(*timers, unix=unix)
+    gone = Peer(server.addr)  # over TCP: the worker whose host goes away
+    gone.send(T.CAN_DO, "reverse")
+    gone.send(T.PRE_SLEEP)
+    gone.send(T.ECHO_REQ, "registered")
+    gone.expect(T.ECHO_RES)
+    caller, result = call_in_thread(f"unix:{unix}", "reverse", "abc", timeout=WITHIN + 10)
+    gone.expect(T.NOOP)  # the job is there
+    gone.send(T.GRAB_JOB)
+    handle = gone.expect(T.JOB_ASSIGN).args[0]
+    # Its news carries the ACK of the assignment (else a delayed ACK cut with the path left
+    # the server retransmitting, which keepalive does not cover) and has no reply: once
+    # the server has acknowledged it, neither side has bytes in flight.
+    gone.send(T.WORK_STATUS, handle, b"1", b"2")
+    wait_for("the worker's news acknowledged", lambda: _unacked(gone.sock) == 0)
+    _ip("rule add pref 10 to 127.0.0.1 blackhole")
+    began = time.monotonic()
+    worker = farm.Worker(f"unix:{unix}")  # the Unix socket is not cut
+    worker.register("reverse", lambda job: job.data[::-1])
+    serving = threading.Thread(target=worker.work, daemon=True)
+    serving.start()
+    try:
+        caller.join(WITHIN)
+        if result and isinstance(result[0], bytes):
+            print(f"served {result[0].decode()} {time.monotonic() - began:.1f}", flush=True)
+        else:
+            print("not served", result, flush=True)
+    finally:
+        worker.stop()
+        serving.join(10)
+        server.stop()
+        caller.join(WITHIN + 10)
 
 
 if __name__ == "__main__":

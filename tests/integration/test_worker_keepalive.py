@@ -1,5 +1,6 @@
-"""farm.Worker and a job server whose host goes away without a word (a crash, a cut
-network): the worker's TCP keepalive tells it, and it connects again."""
+"""A worker and a job server, one of whose hosts goes away without a word (a crash, a cut
+network): TCP keepalive tells the other side. A worker connects again; the server gives the
+lost worker's job to another."""
 
 from __future__ import annotations
 
@@ -38,3 +39,20 @@ def test_a_worker_asleep_on_a_server_whose_host_is_gone_notices_and_connects_aga
     assert run.returncode == 0 and len(lines) == 2, run.stdout + run.stderr
     assert lines[0].startswith("noticed "), run.stdout + run.stderr
     assert lines[1] == "served zyx"
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(not _namespaces_usable(), reason="needs root and a network namespace")
+def test_the_job_of_a_worker_whose_host_is_gone_goes_to_another_worker() -> None:
+    # The server waits on a worker running a job without a word from it; one whose host
+    # died sends no FIN nor RST, and with no keepalive its job stayed running for ever.
+    run = subprocess.run(
+        ["unshare", "-n", sys.executable, "-m", "tests.helpers.unreachable", "server"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=80,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.startswith("served cba "), run.stdout + run.stderr

@@ -651,7 +651,7 @@ def test_server_tuning_keys_become_the_servers_flags(tmp_path: Path) -> None:
     tuned = GOOD.replace(
         "job_retries = 5",
         'job_retries = 5\nmax_queue = 100\nstore_sync = "full"\nexceptions = true\n'
-        'wake_deadline = 2\nunix_mode = "600"\nmax_packet = 1048576',
+        'wake_deadline = 2\nunix_mode = "600"\nmax_packet = 1048576\nkeepalive_idle = 30',
     )
     cfg = config.load(write(tmp_path, tuned))
     assert cfg.server.flags == (
@@ -659,6 +659,7 @@ def test_server_tuning_keys_become_the_servers_flags(tmp_path: Path) -> None:
         "--max-queue=100",
         "--max-packet=1048576",
         "--wake-deadline=2.0",
+        "--keepalive-idle=30",
         "--exceptions",
         "--unix-mode=600",
     )
@@ -676,6 +677,9 @@ def test_server_tuning_keys_become_the_servers_flags(tmp_path: Path) -> None:
         ("max_connections = 0", "server.max_connections", "at least 1"),
         ('store_sync = "always"', "server.store_sync", 'must be "normal" or "full"'),
         ("wake_deadline = 0", "server.wake_deadline", "between 0.01 and 60"),
+        ("keepalive_idle = 0", "server.keepalive_idle", "from 1 to 32767"),
+        ("keepalive_interval = 40000", "server.keepalive_interval", "from 1 to 32767"),
+        ("keepalive_count = 128", "server.keepalive_count", "from 1 to 127"),
         ("wake_deadline = nan", "server.wake_deadline", "between 0.01 and 60"),
         ("wake_deadline = inf", "server.wake_deadline", "between 0.01 and 60"),
         ('wake_deadline = "1"', "server.wake_deadline", "a number of seconds"),
