@@ -124,7 +124,8 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, PeerOptions, a
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 self.tcp = True
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                keep_alive(sock, self.hub.options.keepalive)
+                o = self.hub.options
+                keep_alive(sock, (o.keepalive_idle, o.keepalive_interval, o.keepalive_count))
                 peer = transport.get_extra_info("peername")
                 self.ip = peer[0] if peer else "-"
                 self.peer_port = peer[1] if peer else 0

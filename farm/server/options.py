@@ -211,11 +211,10 @@ def build_parser(
         help="how long a woken worker has to come for its job, or a pushed job to be"
         " accepted, before another worker gets it (default %(default)s)",
     )
-    idle, interval, count = DEFAULTS.keepalive
     for flag, default, what in (
-        ("--keepalive-idle", idle, "seconds a TCP peer may be silent before the first probe"),
-        ("--keepalive-interval", interval, "seconds between probes"),
-        ("--keepalive-count", count, "probes unanswered before the peer is gone"),
+        ("--keepalive-idle", DEFAULTS.keepalive_idle, "seconds of silence before a probe"),
+        ("--keepalive-interval", DEFAULTS.keepalive_interval, "seconds between probes"),
+        ("--keepalive-count", DEFAULTS.keepalive_count, "probes unanswered: the peer is gone"),
     ):  # gearmand's flags; farm has keepalive on whatever they say (--keepalive is a no-op)
         ap.add_argument(
             flag,
@@ -354,7 +353,9 @@ def parse_args(
         max_partial_bytes=ns.max_partial_bytes,
         max_unread_bytes=ns.max_unread_bytes,
         wake_deadline=ns.wake_deadline,
-        keepalive=(ns.keepalive_idle, ns.keepalive_interval, ns.keepalive_count),
+        keepalive_idle=ns.keepalive_idle,
+        keepalive_interval=ns.keepalive_interval,
+        keepalive_count=ns.keepalive_count,
         metrics=metrics_address(ap, ns.metrics),
         hints=ns.hints,
         daemon=ns.daemon,

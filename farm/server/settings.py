@@ -52,9 +52,11 @@ class ServerOptions:
     # Seconds a woken worker has to grab, or a pushed job to be accepted, before another
     # worker gets the job (also the job model's own default, dispatch.WAKE_DEADLINE).
     wake_deadline: float = 0.5
-    # TCP keepalive of every TCP peer (idle, interval, count; farm.net.KEEPALIVE): a worker
-    # whose host died silently holds its job no longer than this.
-    keepalive: tuple[int, int, int] = KEEPALIVE
+    # TCP keepalive of every TCP peer (farm.net.KEEPALIVE): a worker whose host died
+    # silently holds its job no longer than idle + interval x count seconds.
+    keepalive_idle: int = KEEPALIVE[0]
+    keepalive_interval: int = KEEPALIVE[1]
+    keepalive_count: int = KEEPALIVE[2]
     metrics: str | None = None  # HOST:PORT of the Prometheus endpoint (docs/monitoring.md)
     # Who the hints of a start-up error speak to: "flags" (farm server) or "config" (the
     # local server of `farm up`, whose user has [server] keys, not flags).
