@@ -79,11 +79,14 @@ def test_image_refuses_a_picture_in_an_icon_before_decoding_it() -> None:
         "<BBBBHHII", 0, 0, 0, 0, 1, 32, len(inner), 22
     )
     payload = image.envelope(10, 10, icon + inner)
+    # VmHWM, the peak of this process's own memory: ru_maxrss keeps the parent's peak
+    # across the exec (vfork), so under a large pytest worker it read 494 MB for nothing.
     measure = (
-        "import resource, sys, types; from workers import image\n"
+        "import re, sys, types; from workers import image\n"
         "try:\n    image.resize(types.SimpleNamespace(data=sys.stdin.buffer.read()))\n"
         "except ValueError as e:\n    print(e)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)"
+        "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())\n"
+        "print(int(hwm.group(1)) // 1024)"
     )
     run = subprocess.run(
         [sys.executable, "-c", measure], input=payload, capture_output=True, cwd=ROOT, check=True
