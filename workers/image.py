@@ -31,11 +31,17 @@ _WRITES = {
     "PNG": frozenset(("1", "L", "LA", "I;16", "I;16B", "P", "RGB", "RGBA")),
     "JPEG": frozenset(("RGB", "L")),
 }
-# Pillow refuses a picture past twice this as it opens it, before decoding, and only warns
-# below: MAX_SIDE squared is the refusal then. The side check in _open comes once Pillow has
-# opened the file, which for some formats (an ICO's PNG inside) means decoded.
-Image.MAX_IMAGE_PIXELS = MAX_SIDE * MAX_SIDE // 2
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # a 60 Mpx photo
+
+
+@functools.cache
+def _limit_pillow() -> None:
+    """Pillow refuses a picture past twice MAX_IMAGE_PIXELS as it opens it, before decoding,
+    and only warns below: MAX_SIDE squared is the refusal then. The side check in _open
+    comes once Pillow has opened the file, which for some formats (an ICO's PNG inside)
+    means decoded. Set at the first job, not at import: a client imports this module for
+    ``envelope()``, and its own use of Pillow keeps Pillow's limits."""
+    Image.MAX_IMAGE_PIXELS = MAX_SIDE * MAX_SIDE // 2
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # a 60 Mpx photo
 
 
 def envelope(width: int, height: int, image: bytes, fmt: str = "png", quality: int = 85) -> bytes:
@@ -57,6 +63,7 @@ def thumbnail(job: Any) -> bytes:
 
 
 def _open(data: bytes) -> tuple[tuple[int, int], str, int, Image.Image]:
+    _limit_pillow()
     head, sep, body = bytes(data).partition(b"\n")
     if not sep or len(head) > 64:
         raise ValueError("payload must start with a line 'WIDTHxHEIGHT [png|jpeg] [QUALITY]'")

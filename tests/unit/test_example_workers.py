@@ -204,3 +204,16 @@ def test_wordcount_holds_no_word_in_memory() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 2 * len(data), f"{peak} bytes for a payload of {len(data)}"
+
+
+def test_importing_the_image_module_leaves_pillow_s_limits_to_the_importer() -> None:
+    # A client imports workers.image for envelope(); its own Pillow must keep Pillow's
+    # limit (a 120 Mpx picture of its own opened) and its DecompressionBombWarning.
+    probe = (
+        "from PIL import Image; before = Image.MAX_IMAGE_PIXELS\n"
+        "import warnings; filters = list(warnings.filters)\n"
+        "from workers import image\n"
+        "print(Image.MAX_IMAGE_PIXELS == before, warnings.filters == filters)"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, cwd=ROOT, check=True)
+    assert run.stdout.decode().split() == ["True", "True"]
