@@ -357,7 +357,10 @@ class Connections:
         for task in conn.session.connection_lost():
             if may_resubmit(task):
                 try:
-                    self.submit(task, exclude=conn.addr, deadline=self.deadline)
+                    # The pump's deadline bounds the resubmit only while it is ahead: one
+                    # passed (its last look, or another task's wait) left it 50 ms.
+                    ahead = self.deadline is not None and self.deadline > time.monotonic()
+                    self.submit(task, exclude=conn.addr, deadline=self.deadline if ahead else None)
                     continue
                 except ServerUnavailable as exc:
                     task.error = exc

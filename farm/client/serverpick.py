@@ -13,13 +13,15 @@ import time
 import zlib
 from collections.abc import Collection
 
-__all__ = ["DOWN_FOR", "MIN_CONNECT", "ServerPicker", "connect_share", "job_key"]
+__all__ = ["DOWN_FOR", "FAR_CONNECT", "MIN_CONNECT", "ServerPicker", "connect_share", "job_key"]
 
 #: A server marked down (refused, dropped, or did not answer) is tried last for this long (s).
 DOWN_FOR = 2.0
 #: The least a connect waits, however little of its caller's timeout is left (one to a
 #: server on this host succeeds at once; one nothing answers is bounded by the timeout).
 MIN_CONNECT = 0.05
+#: What a connect to a far server may need: a TCP and a TLS handshake, 40 ms round trips.
+FAR_CONNECT = 0.3
 
 
 def job_key(unique: str, data: bytes) -> str | bytes:
@@ -33,12 +35,15 @@ def job_key(unique: str, data: bytes) -> str | bytes:
 
 def connect_share(deadline: float | None, now: float, servers_left: int) -> float | None:
     """When one connect gives up, so that the servers after it still get their turn: the
-    time left before ``deadline`` shared evenly among the ``servers_left`` still to try, this
-    one included (a host that is down must not spend a call's timeout that a live server
-    behind it could have used). None: no deadline."""
+    time left before ``deadline`` shared evenly among the ``servers_left`` still to try,
+    this one included (a host that is down must not spend a call's timeout that a live
+    server behind it could have used), but FAR_CONNECT at least where the others keep
+    MIN_CONNECT each (a live server a TLS handshake away must not be cut off at a third of
+    a short timeout). None: no deadline."""
     if deadline is None:
         return None
-    return now + (deadline - now) / max(servers_left, 1)
+    left, after = deadline - now, max(servers_left, 1) - 1
+    return now + max(left / (after + 1), min(left - MIN_CONNECT * after, FAR_CONNECT))
 
 
 class ServerPicker:

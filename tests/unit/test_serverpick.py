@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 
 from farm.client import serverpick
-from farm.client.serverpick import DOWN_FOR, ServerPicker, connect_share, job_key
+from farm.client.serverpick import (
+    DOWN_FOR,
+    FAR_CONNECT,
+    MIN_CONNECT,
+    ServerPicker,
+    connect_share,
+    job_key,
+)
 
 SERVERS = ["a:1", "b:1", "c:1"]
 
@@ -64,3 +71,12 @@ def test_a_connect_takes_its_share_of_the_time_left() -> None:
     assert connect_share(106.0, 100.0, 3) == 102.0  # a third, two servers after it
     assert connect_share(106.0, 100.0, 1) == 106.0  # the last one: all that is left
     assert connect_share(106.0, 100.0, 0) == 106.0
+
+
+def test_a_connect_gets_enough_for_a_far_server_where_the_others_keep_a_little() -> None:
+    # Three servers and 0.2 s: the first may take 0.1 s (a far TLS handshake), not 0.067.
+    assert connect_share(100.2, 100.0, 3) == pytest.approx(100.2 - 2 * MIN_CONNECT)
+    assert connect_share(100.5, 100.0, 3) == pytest.approx(100.0 + FAR_CONNECT)  # not 0.167
+    assert connect_share(101.5, 100.0, 3) == pytest.approx(100.5)  # the even share: more
+    # Short of a little for each, an even share: each still gets its turn.
+    assert connect_share(100.3, 100.0, 10) == pytest.approx(100.03)
