@@ -118,6 +118,13 @@ def _add_columns(db: sqlite3.Connection, reserve: DiskReserve) -> None:
                 raise
 
 
+#: The rows of gearmand's queue that farm takes over (the rest stay where they are).
+_MOVED = (
+    "function_name IS NOT NULL"
+    " AND substr(CAST(function_name AS BLOB), 1, 5) != CAST('farm.' AS BLOB)"
+)
+
+
 def _take_over_gearmand(db: sqlite3.Connection, path: str) -> None:
     """Move the jobs gearmand queued in this file (its libsqlite3 queue, in the table
     `gearman_queue` or --libsqlite3-table's) into farm's, in gearmand's order. farm starts on
@@ -133,13 +140,26 @@ def _take_over_gearmand(db: sqlite3.Connection, path: str) -> None:
         if not columns >= _GEARMAND_COLUMNS:
             continue
         when = "COALESCE(when_to_run, 0)" if "when_to_run" in columns else "0"
-        moved = db.execute(
-            "INSERT INTO jobs (function, uniq, data, priority, run_at, local)"
-            " SELECT CAST(function_name AS BLOB), CAST(COALESCE(unique_key, '') AS BLOB),"
-            f" CAST(COALESCE(data, x'') AS BLOB), MIN(MAX(priority, 0), 2), {when}, 0"
-            f" FROM {quoted} WHERE function_name IS NOT NULL ORDER BY rowid"
-        ).rowcount
-        db.execute(f"DELETE FROM {quoted}")
+        # farm.* are the Executor's signed calls, which no TCP peer may submit: never moved.
+        # A table of that shape that farm cannot read (no rowid, say) is left as it is, with
+        # a warning, rather than keeping the server from starting.
+        db.execute("SAVEPOINT takeover")
+        try:
+            moved = db.execute(
+                "INSERT INTO jobs (function, uniq, data, priority, run_at, local)"
+                " SELECT CAST(function_name AS BLOB), CAST(COALESCE(unique_key, '') AS BLOB),"
+                " CAST(COALESCE(data, x'') AS BLOB), MIN(MAX(COALESCE(priority, 1), 0), 2),"
+                f" {when}, 0 FROM {quoted} WHERE {_MOVED} ORDER BY rowid"
+            ).rowcount
+            db.execute(f"DELETE FROM {quoted} WHERE {_MOVED}")
+        except sqlite3.Error as exc:
+            db.execute("ROLLBACK TO takeover")
+            log.warning(
+                "left the table %s in %s as it is (not gearmand's queue?): %s", table, path, exc
+            )
+            continue
+        finally:
+            db.execute("RELEASE takeover")
         if moved > 0:
             log.warning(
                 "took over %d jobs that gearmand queued in %s (its table %s)", moved, path, table

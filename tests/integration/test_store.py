@@ -298,3 +298,35 @@ def test_jobs_queued_by_gearmand_in_its_libsqlite3_file_are_taken_over(tmp_path:
         assert Peer(srv.addr).admin("status") == "f\t1\t0\t0\n.\n"
     finally:
         srv.stop()
+
+
+def test_what_farm_cannot_take_from_a_gearmand_shaped_table_stays_and_the_server_starts(
+    tmp_path: Path,
+) -> None:
+    """A row of no priority is taken as normal (it was refused as a damaged store, and the
+    server did not start); farm.* rows, the Executor's signed calls, are never taken; a
+    table of gearmand's shape farm cannot read (WITHOUT ROWID) is left with a warning."""
+    import sqlite3
+
+    db = tmp_path / "gearman.db"
+    conn = sqlite3.connect(db)
+    columns = "unique_key TEXT, function_name TEXT, priority INTEGER, data BLOB"
+    conn.execute(f"CREATE TABLE gearman_queue ({columns}, PRIMARY KEY (unique_key, function_name))")
+    conn.execute("INSERT INTO gearman_queue VALUES ('u1', 'f', NULL, x'31')")
+    conn.execute("INSERT INTO gearman_queue VALUES ('u2', 'farm.python', 1, x'32')")
+    conn.execute(
+        f"CREATE TABLE odd ({columns}, PRIMARY KEY (unique_key, function_name)) WITHOUT ROWID"
+    )
+    conn.execute("INSERT INTO odd VALUES ('u3', 'g', 1, x'33')")
+    conn.commit()
+    conn.close()
+    srv = start_with_store(db)
+    try:
+        assert Peer(srv.addr).admin("status") == "f\t1\t0\t0\n.\n"
+        assert grab_all(srv.addr) == [(b"u1", b"1")]
+    finally:
+        srv.stop()
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT unique_key FROM gearman_queue").fetchall() == [("u2",)]
+    assert conn.execute("SELECT unique_key FROM odd").fetchall() == [("u3",)]
+    conn.close()
