@@ -40,7 +40,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from farm.logs import LOG_FORMATS, capture_prints, setup_logging
+from farm.logprints import capture_prints
+from farm.logs import LOG_FORMATS, setup_logging
 from farm.pools.record import RecordWriter
 from farm.pools.slots import EXIT_BOOT_ERROR, EXIT_DRAINED, EXIT_RECYCLE, EXIT_RSS_KILLED
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from farm.logs import Brief, LogLines, Repeats, TextFormatter, _JournalPriority, _to_journal
+from farm.logprints import LogLines
+from farm.logs import Brief, Repeats, TextFormatter, _JournalPriority, _to_journal
 
 
 def record(level: int, msg: str) -> logging.LogRecord:
@@ -118,6 +119,27 @@ def test_bytes_split_inside_a_character_are_one_character(
         lines.buffer.write(b"\xa9 \xe2\x82")
         lines.buffer.write(b"\xac\n\xff ok\n")
     assert [r.getMessage() for r in caplog.records] == ["caf\u00e9 \u20ac", "\ufffd ok"]
+
+
+def test_bytes_written_while_a_write_is_under_way_in_the_same_thread_do_not_deadlock() -> None:
+    # A signal handler that writes to sys.stdout.buffer while a write is inside logging
+    # (here: a handler that does so) took the stream's lock again in the same thread.
+    real = io.StringIO()
+    log = logging.getLogger("farm.test.reentrant")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    lines = LogLines(log, logging.INFO, real)
+
+    class Nested(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.buffer.write(b"from inside\n")  # inside logging: the real stream's
+
+    log.addHandler(Nested())
+    writer = threading.Thread(target=lines.buffer.write, args=(b"outer\n",), daemon=True)
+    writer.start()
+    writer.join(10)
+    assert not writer.is_alive(), "the second write waited for the first one's lock"
+    assert real.getvalue() == "from inside\n"
 
 
 def test_text_lines_escape_control_characters_but_keep_tracebacks() -> None:
