@@ -307,8 +307,8 @@ class Worker(WorkerLinks):
             return
         try:
             data = recv(sock)
-        except OSError as exc:  # e.g. ETIMEDOUT: its host gone (the keepalive, workerlinks)
-            self._lost(server, f"is unreachable ({exc})")
+        except OSError as exc:  # ETIMEDOUT: its host gone (the keepalive); ECONNRESET ...
+            self._lost(server, f"connection failed ({exc})")
             return
         if not data:
             self._lost(server, "closed the connection")

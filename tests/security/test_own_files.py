@@ -145,6 +145,7 @@ def test_no_side_file_another_user_makes_while_the_store_opens_is_used(
     store.add(b"H:x:1", b"f", b"", b"secret payload", 1, None, 0.0, True)
     store.commit()
     try:
+        assert theirs == [], "another user made a side file before the server did"
         for fd in theirs:
             assert b"secret payload" not in os.pread(fd, 1 << 20, 0)
     finally:
