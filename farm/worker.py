@@ -307,7 +307,7 @@ class Worker(WorkerLinks):
             return
         try:
             data = recv(sock)
-        except OSError as exc:  # ETIMEDOUT: its host gone (the keepalive); ECONNRESET ...
+        except OSError as exc:  # ETIMEDOUT (its host gone: the keepalive), ECONNRESET ...
             self._lost(server, f"connection failed ({exc})")
             return
         if not data:
