@@ -18,17 +18,18 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar, overload
+from typing import Any
 
 from farm.discovery import client_servers
 from farm.logs import Brief, Repeats
 from farm.net import parse_servers, recv
 from farm.protocol import MAX_CLIENT_ID, UNPRINTABLE, ProtocolError
 from farm.protocol import PacketType as T
-from farm.protocol.checks import Data, as_bytes, check_seconds, check_timeout
+from farm.protocol.checks import as_bytes, check_seconds
 from farm.protocol.events import ServerErrorNotice
 from farm.protocol.worker import JobAssigned, WorkerSession, WorkerState
 from farm.waker import Waker
+from farm.workerfunctions import WorkerFunction, WorkerFunctions
 from farm.workerjob import Job
 from farm.workerlinks import BACKOFF_FIRST, ServerLink, WorkerLinks, fail_and_part
 
@@ -41,12 +42,8 @@ log = logging.getLogger("farm.worker")
 _READY, _GRABBING, _WORKING = WorkerState.READY, WorkerState.GRABBING, WorkerState.WORKING
 _ASSIGNS = frozenset((T.JOB_ASSIGN, T.JOB_ASSIGN_UNIQ, T.JOB_ASSIGN_ALL))
 
-WorkerFunction = Callable[["Job"], "Data | None"]
-#: A decorated worker function keeps its own type (``Worker.function``).
-F = TypeVar("F", bound=WorkerFunction)
 
-
-class Worker(WorkerLinks):
+class Worker(WorkerFunctions, WorkerLinks):
     """A worker process's connection to its job servers.
 
     Functions receive a ``Job`` and return bytes, str or None (empty result). An exception
@@ -115,59 +112,11 @@ class Worker(WorkerLinks):
         # A function raising at one place for every bad input: a traceback a while, not each.
         self._raised = Repeats(log)
 
-    # -- registration --
-
-    def register(self, name: str, fn: WorkerFunction, timeout: float | None = None) -> None:
-        """Serve ``name`` with ``fn(job)``; ``timeout`` (seconds) is sent as CAN_DO_TIMEOUT."""
-        if not isinstance(name, str) or not name or "\0" in name:
-            raise ValueError(f"function name must be a non-empty str without NUL, not {name!r}")
-        if not callable(fn):
-            raise TypeError(f"{name}: the worker function must be callable, not {fn!r}")
-        check_timeout(name, timeout)
-        self._functions[name] = fn
-        self._timeouts[name] = timeout
-        with self._send_lock:  # from another thread while work() runs: the loop writes too
-            if self._drain_asked:  # an unregister_all() the loop has not acted on: it first
-                self._reset_abilities()
-            self._drained = False  # a function registered is served: take jobs again
-            for server in self._servers:
-                server.session.add_ability(name, timeout)
-        self._wake()  # a loop asleep in select sends the CAN_DO now, not at its next event
-
-    @overload
-    def function(self, name: F, timeout: float | None = None) -> F: ...
-
-    @overload
-    def function(
-        self, name: str | None = None, timeout: float | None = None
-    ) -> Callable[[F], F]: ...
-
-    def function(
-        self, name: str | F | None = None, timeout: float | None = None
-    ) -> Callable[[F], F] | F:
-        """Decorator form of ``register``; the name defaults to the function's.
-        ``@worker.function``, without parentheses, registers the function too."""
-        if callable(name):  # @worker.function: it was handed the function itself
-            self.register(name.__name__, name, timeout)
-            return name
-
-        def decorate(fn: F) -> F:
-            self.register(name or fn.__name__, fn, timeout)
-            return fn
-
-        return decorate
-
     # -- control, safe from signal handlers and other threads --
 
     def stop(self) -> None:
         """Finish the job in hand, unregister, and make ``work()`` return."""
         self._stopping = True
-        self._wake()
-
-    def unregister_all(self) -> None:
-        """Stop taking jobs: RESET_ABILITIES to every server; ``work()`` keeps running, and
-        a ``register`` after this serves that function (only it)."""
-        self._drain_asked = True
         self._wake()
 
     def close(self) -> None:

@@ -1,0 +1,79 @@
+"""What a blocking worker serves: ``register``, the ``function`` decorator and
+``unregister_all``, callable from any thread while ``work()`` runs (then under the send
+lock, since the loop writes to the same sessions). A mixin of ``farm.worker.Worker``, which
+owns the loop that acts on them."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TypeVar, overload
+
+from farm.protocol.checks import Data, check_timeout
+from farm.workerjob import Job
+from farm.workerlinks import ServerLink
+
+__all__ = ["F", "WorkerFunction", "WorkerFunctions"]
+
+WorkerFunction = Callable[[Job], "Data | None"]
+#: A decorated worker function keeps its own type (``Worker.function``).
+F = TypeVar("F", bound=WorkerFunction)
+
+
+class WorkerFunctions:
+    """The registration half of ``Worker`` (see the module docstring)."""
+
+    _functions: dict[str, WorkerFunction]
+    _timeouts: dict[str, float | None]
+    _servers: list[ServerLink]
+    _send_lock: threading.Lock
+    _drain_asked: bool  # unregister_all() was called; the loop acts on it
+    _drained: bool
+    _reset_abilities: Callable[[], None]
+    _wake: Callable[[], None]
+
+    def register(self, name: str, fn: WorkerFunction, timeout: float | None = None) -> None:
+        """Serve ``name`` with ``fn(job)``; ``timeout`` (seconds) is sent as CAN_DO_TIMEOUT."""
+        if not isinstance(name, str) or not name or "\0" in name:
+            raise ValueError(f"function name must be a non-empty str without NUL, not {name!r}")
+        if not callable(fn):
+            raise TypeError(f"{name}: the worker function must be callable, not {fn!r}")
+        check_timeout(name, timeout)
+        self._functions[name] = fn
+        self._timeouts[name] = timeout
+        with self._send_lock:  # from another thread while work() runs: the loop writes too
+            if self._drain_asked:  # an unregister_all() the loop has not acted on: it first
+                self._reset_abilities()
+            self._drained = False  # a function registered is served: take jobs again
+            for server in self._servers:
+                server.session.add_ability(name, timeout)
+        self._wake()  # a loop asleep in select sends the CAN_DO now, not at its next event
+
+    @overload
+    def function(self, name: F, timeout: float | None = None) -> F: ...
+
+    @overload
+    def function(
+        self, name: str | None = None, timeout: float | None = None
+    ) -> Callable[[F], F]: ...
+
+    def function(
+        self, name: str | F | None = None, timeout: float | None = None
+    ) -> Callable[[F], F] | F:
+        """Decorator form of ``register``; the name defaults to the function's.
+        ``@worker.function``, without parentheses, registers the function too."""
+        if callable(name):  # @worker.function: it was handed the function itself
+            self.register(name.__name__, name, timeout)
+            return name
+
+        def decorate(fn: F) -> F:
+            self.register(name or fn.__name__, fn, timeout)
+            return fn
+
+        return decorate
+
+    def unregister_all(self) -> None:
+        """Stop taking jobs: RESET_ABILITIES to every server; ``work()`` keeps running, and
+        a ``register`` after this serves that function (only it)."""
+        self._drain_asked = True
+        self._wake()
