@@ -184,10 +184,11 @@ class Worker(WorkerFunctions, WorkerLinks):
         selector.register(waker.reader, selectors.EVENT_READ, None)
         # Held grab only with one server: two servers must not push to one worker at once.
         held = len(self.servers) == 1
-        self._servers = [
-            ServerLink(a, WorkerSession(dict(self._timeouts), self.client_id, held_grab=held))
-            for a in self.servers
-        ]
+        with self._send_lock:  # a register() from another thread: before or after, not between
+            self._servers = [
+                ServerLink(a, WorkerSession(dict(self._timeouts), self.client_id, held_grab=held))
+                for a in self.servers
+            ]
         signals_wake = False
         try:
             signals_wake = waker.claim_signals()

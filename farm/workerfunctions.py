@@ -39,9 +39,11 @@ class WorkerFunctions:
         if not callable(fn):
             raise TypeError(f"{name}: the worker function must be callable, not {fn!r}")
         check_timeout(name, timeout)
-        self._functions[name] = fn
-        self._timeouts[name] = timeout
         with self._send_lock:  # from another thread while work() runs: the loop writes too
+            # Under the lock, as work() copies them into its sessions: else one registered
+            # between the copy and the sessions being the worker's was in neither.
+            self._functions[name] = fn
+            self._timeouts[name] = timeout
             if self._drain_asked:  # an unregister_all() the loop has not acted on: it first
                 self._reset_abilities()
             self._drained = False  # a function registered is served: take jobs again
