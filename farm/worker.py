@@ -56,7 +56,8 @@ class Worker(WorkerFunctions, WorkerLinks):
     the next grab, in one write); an exception it raises comes out of ``work()``, the
     answer sent all the same; ``stop()`` finishes the job in hand, sends RESET_ABILITIES
     so the servers hand this worker nothing more, and makes ``work()`` return;
-    ``unregister_all()`` only stops taking jobs; ``close()`` (or ``with``) stops it for good.
+    ``unregister_all()`` only stops taking jobs (``unregister(name)``, those of one function);
+    ``close()`` (or ``with``) stops it for good.
 
     ``connect_timeout``: the longest a server may take to take a connection, and to answer
     a grab for a worker of several servers or one stopping (one that does not is hung:
@@ -279,19 +280,25 @@ class Worker(WorkerFunctions, WorkerLinks):
         self._flush(server)  # a JOB_ACCEPT leaves before its job runs
         for event in events:
             if type(event) is JobAssigned:
-                if self._drained:
-                    # Pushed to our held grab before our RESET_ABILITIES reached the server,
-                    # which put it back in its queue on receipt: another worker runs it.
-                    log.debug("job %s came after RESET_ABILITIES; not run here", event.handle)
-                    server.session.taken_back()
+                with self._send_lock:  # an unregister() from another thread: before or after
+                    fn = self._functions.get(event.function)
+                    # Assigned (pushed to a held grab, or answering a grab) before our
+                    # RESET_ABILITIES or CANT_DO reached the server, which put it back in its
+                    # queue on reading that: another worker runs it.
+                    back = self._drained or (
+                        fn is None and server.session.withdrawn(event.function)
+                    )
+                    if back:
+                        server.session.taken_back()
+                if back:
+                    log.debug("job %s came after it was unregistered; not run here", event.handle)
                     continue
-                self._run(server, event)
+                self._run(server, event, fn)
             elif type(event) is ServerErrorNotice:
                 log.warning("job server %s: %s %s", server.addr, event.code, event.text)
 
-    def _run(self, server: ServerLink, event: JobAssigned) -> None:
+    def _run(self, server: ServerLink, event: JobAssigned, fn: WorkerFunction | None) -> None:
         job = Job(event, self._timeouts.get(event.function), server, self._send_news)
-        fn = self._functions.get(event.function)
         try:
             if fn is None:
                 raise LookupError(f"this worker has no function {event.function!r}")

@@ -1,5 +1,5 @@
-"""What a blocking worker serves: ``register``, the ``function`` decorator and
-``unregister_all``, callable from any thread while ``work()`` runs (then under the send
+"""What a blocking worker serves: ``register``, the ``function`` decorator, ``unregister``
+and ``unregister_all``, callable from any thread while ``work()`` runs (then under the send
 lock, since the loop writes to the same sessions). A mixin of ``farm.worker.Worker``, which
 owns the loop that acts on them."""
 
@@ -73,6 +73,20 @@ class WorkerFunctions:
             return fn
 
         return decorate
+
+    def unregister(self, name: str) -> None:
+        """Stop serving ``name``: CANT_DO to every server, and a reconnect does not register
+        it again; the worker's other functions serve on. From a job (any job), the CANT_DO
+        follows its answer. KeyError if ``name`` is not registered (libgearman's
+        ``gearman_worker_unregister`` returns GEARMAN_NO_REGISTERED_FUNCTION then, and sends
+        nothing)."""
+        with self._send_lock:  # as register(): the loop and work()'s sessions read these
+            if name not in self._functions:
+                raise KeyError(name)
+            del self._functions[name], self._timeouts[name]
+            for server in self._servers:
+                server.session.remove_ability(name)
+        self._wake()  # a loop asleep in select sends the CANT_DO now
 
     def unregister_all(self) -> None:
         """Stop taking jobs: RESET_ABILITIES to every server; ``work()`` keeps running, and

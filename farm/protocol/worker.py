@@ -74,6 +74,7 @@ _ERROR, _OPTION_RES, _NO_JOB, _NOOP = (
 _JOB_ASSIGN, _JOB_ASSIGN_UNIQ = int(PT.JOB_ASSIGN), int(PT.JOB_ASSIGN_UNIQ)
 _WORK_COMPLETE = int(PT.WORK_COMPLETE)
 _GRAB = encode_req(PT.GRAB_JOB_UNIQ)
+_ABSENT = object()  # an ability's timeout may be None
 _PRE_SLEEP = encode_req(PT.PRE_SLEEP)
 
 
@@ -114,6 +115,9 @@ class WorkerSession:
         self._asking: list[bytes] = []
         self._pushed = False  # a NOOP announced that the next assignment was pushed
         self._reset_due = False  # RESET_ABILITIES asked for mid-job: sent after its answer
+        self._cant_do_due: dict[str, None] = {}  # CANT_DOs asked for mid-job, in order: likewise
+        # Names sent as CANT_DO on this connection, not registered again since (see withdrawn)
+        self._withdrawn: set[str] = set()
         self._decoder = Decoder(allow_admin=False)
         self._out = bytearray()
 
@@ -133,6 +137,8 @@ class WorkerSession:
         self.handle = self._handle = None
         self.held = self._pushed = self.read_accept = self.exception_ok = False
         self._reset_due = False  # a fresh connection registers what abilities hold now
+        self._cant_do_due.clear()
+        self._withdrawn.clear()
         self._asking = [OPTION_WORK_EXCEPTION]
         if self.want_held:
             self._asking += [OPTION_HELD_GRAB, OPTION_READ_ACCEPT]
@@ -159,12 +165,34 @@ class WorkerSession:
 
     def add_ability(self, name: str, timeout: float | None) -> None:
         self.abilities[name] = timeout
+        self._cant_do_due.pop(name, None)
+        self._withdrawn.discard(name)
         if self.state is not WorkerState.DISCONNECTED and not self._reset_due:
             self._out += self._can_do(name, timeout)  # (else it follows the reset, below)
         if self.state is WorkerState.SLEEPING:
             # Its jobs may wait already, and a server (gearmand) wakes a sleeper only for a
             # job submitted later: look, as if woken.
             self.state = _READY
+
+    def remove_ability(self, name: str) -> None:
+        """Unregister one function (CANT_DO); one not among ``abilities`` is ignored. With a
+        job in hand it is sent after the job's answer: gearmand and farm put back in its
+        queue a job whose worker gives up its function, and drop its answer."""
+        if self.abilities.pop(name, _ABSENT) is _ABSENT or self.state is WorkerState.DISCONNECTED:
+            return
+        if self.state is _WORKING:
+            if not self._reset_due:  # (else the reset goes, and abilities are registered again)
+                self._cant_do_due[name] = None
+            return
+        self._out += encode_req(PT.CANT_DO, name.encode())
+        self._withdrawn.add(name)
+
+    def withdrawn(self, function: str) -> bool:
+        """Whether a job of ``function`` that comes now is one the server takes back: its
+        CANT_DO is sent or due on this connection (and no CAN_DO since), and the server, that
+        assigned the job before it read that, puts it back in its queue on reading it. The
+        face lets such a job go (``taken_back``) rather than run or fail it."""
+        return function in self._withdrawn or function in self._cant_do_due
 
     def reset_abilities(self) -> None:
         """Unregister everything (RESET_ABILITIES) so the server hands us no more jobs.
@@ -296,9 +324,15 @@ class WorkerSession:
         self.state = _READY
         if self._reset_due:
             self._reset_due = False
+            self._cant_do_due.clear()
             self._out += encode_req(PT.RESET_ABILITIES)
             for name, timeout in self.abilities.items():
                 self._out += self._can_do(name, timeout)
+        elif self._cant_do_due:
+            for name in self._cant_do_due:
+                self._out += encode_req(PT.CANT_DO, name.encode())
+            self._withdrawn.update(self._cant_do_due)
+            self._cant_do_due.clear()
 
     def connection_lost(self) -> None:
         self.state = WorkerState.DISCONNECTED

@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 import threading
 from typing import Any
 
@@ -11,9 +14,28 @@ import pytest
 
 import farm
 import farm.worker
-from farm.protocol.worker import WorkerSession
-from tests.helpers.serving import reverse
+from farm.protocol.worker import WorkerSession, WorkerState
+from tests.helpers.peers import Peer
+from tests.helpers.servers import start_like, stop_process
+from tests.helpers.serving import reverse, serving
 from tests.helpers.waiting import wait_for
+
+
+def _status(addr: str, function: str) -> tuple[int, int, int]:
+    """(queued, running, workers) of ``function``, from the admin ``status``."""
+    peer = Peer(addr)
+    try:
+        rows = [line.split("\t") for line in peer.admin("status").splitlines()]
+    finally:
+        peer.close()
+    for row in rows:
+        if len(row) == 4 and row[0] == function:
+            return int(row[1]), int(row[2]), int(row[3])
+    return 0, 0, 0
+
+
+def _workers_of(addr: str, function: str) -> int:
+    return _status(addr, function)[2]
 
 
 class _SpiedLock:
@@ -69,3 +91,87 @@ def test_a_function_registered_while_work_builds_its_sessions_is_served(
     finally:
         worker.stop()
         serving.join(10)
+
+
+def test_unregister_stops_serving_one_function_and_the_others_serve_on(any_server) -> None:
+    ran_at_b = threading.Event()
+    with serving(any_server.addr, {"gone-fn": reverse, "kept-fn": reverse}) as a:
+        wait_for("a registered", lambda: _workers_of(any_server.addr, "gone-fn") == 1)
+        a.unregister("gone-fn")
+        wait_for("a's CANT_DO", lambda: _workers_of(any_server.addr, "gone-fn") == 0)
+        with farm.Client(any_server.addr) as c:
+            assert c.call("kept-fn", b"abc", timeout=10) == b"cba"
+            c.submit("gone-fn", b"x", background=True)
+        wait_for("the job queued", lambda: _status(any_server.addr, "gone-fn")[0] == 1)
+        assert _status(any_server.addr, "gone-fn")[1] == 0, "a took it"
+        with pytest.raises(KeyError):
+            a.unregister("gone-fn")  # as libgearman: GEARMAN_NO_REGISTERED_FUNCTION
+        with pytest.raises(KeyError):
+            a.unregister("never-fn")
+        with serving(any_server.addr, {"gone-fn": lambda job: ran_at_b.set()}):
+            assert ran_at_b.wait(10), "the job went to no other worker"
+    assert a.jobs_done == 1  # kept-fn's
+
+
+def test_a_function_unregistered_stays_so_across_a_reconnect(any_server) -> None:
+    with serving(any_server.addr, {"gone-fn": reverse, "kept-fn": reverse}) as w:
+        wait_for("registered", lambda: _workers_of(any_server.addr, "gone-fn") == 1)
+        w.unregister("gone-fn")
+        any_server.stop()
+        restarted = start_like(any_server, port=any_server.port)
+        try:
+            with farm.Client(any_server.addr) as c:
+                assert c.call("kept-fn", b"abc", timeout=10) == b"cba"  # connected again
+            assert _workers_of(any_server.addr, "gone-fn") == 0
+        finally:
+            restarted.stop()
+
+
+def test_a_job_that_unregisters_its_own_function_ends_normally(any_server) -> None:
+    # Its CANT_DO, sent before its answer, made both servers put the job back in its queue
+    # and drop the answer: the caller waited for a worker that no longer came.
+    worker = farm.Worker(any_server.addr)
+
+    def last(job: Any) -> bytes:
+        worker.unregister("last-fn")
+        return b"done " + job.data
+
+    worker.register("last-fn", last)
+    worker.register("kept-fn", reverse)
+    serving_thread = threading.Thread(target=worker.work, daemon=True)
+    serving_thread.start()
+    try:
+        with farm.Client(any_server.addr) as c:
+            assert c.call("last-fn", b"x", timeout=10) == b"done x"
+            wait_for("its CANT_DO", lambda: _workers_of(any_server.addr, "last-fn") == 0)
+            assert c.call("kept-fn", b"abc", timeout=10) == b"cba"
+        assert worker.jobs_done == 2
+    finally:
+        worker.stop()
+        serving_thread.join(10)
+
+
+def test_a_job_assigned_before_the_server_read_our_cant_do_is_left_to_it(gearmand, caplog) -> None:
+    # The grab is answered with the job before gearmand reads the CANT_DO behind it, which
+    # puts the job back in its queue: run here, its function gone, it failed as unknown.
+    caplog.set_level(logging.DEBUG, logger="farm.worker")
+    with farm.Client(gearmand.addr) as c:
+        c.submit("early-fn", b"abc", background=True)
+    with serving(gearmand.addr, {"idle-fn": reverse}) as w:
+        wait_for("the worker connected", lambda: w._servers and w._servers[0].sock)
+        session = w._servers[0].session
+        wait_for("the worker asleep", lambda: session.state is WorkerState.SLEEPING)
+        stop_process(gearmand.proc.pid)  # its answers wait: the race, held open
+        try:
+            w.register("early-fn", reverse)  # a grab that early-fn's job will answer
+            wait_for("the grab sent", lambda: w._grabbing is not None)
+            w.unregister("early-fn")
+            wait_for("CANT_DO sent", lambda: session.withdrawn("early-fn"))
+        finally:
+            os.kill(gearmand.proc.pid, signal.SIGCONT)
+        wait_for("the job let go", lambda: any("not run here" in r.message for r in caplog.records))
+        assert not [r for r in caplog.records if "raised" in r.message]
+        assert w.jobs_done == 0
+        ran = threading.Event()
+        with serving(gearmand.addr, {"early-fn": lambda job: ran.set()}):
+            assert ran.wait(10), "the job was not back in its queue"

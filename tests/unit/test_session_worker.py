@@ -151,3 +151,52 @@ def test_an_unknown_option_answered_in_lower_case_is_taken_as_the_answer() -> No
     w.connected()
     assert w.receive(encode_res(PT.ERROR, b"unknown_option", b"Unknown option")) == []
     assert not w.exception_ok
+
+
+def test_an_ability_removed_is_sent_as_cant_do_and_not_registered_again() -> None:
+    w = WorkerSession({"f": None, "g": 5})
+    w.remove_ability("g")  # not connected: nothing to say yet
+    w.connected()
+    assert (PT.CAN_DO_TIMEOUT, (b"g", b"5000")) not in sent(w)
+    w.remove_ability("f")
+    w.remove_ability("never")  # not ours: nothing to take back
+    assert sent(w) == [(PT.CANT_DO, (b"f",))]
+    w.connection_lost()
+    w.connected()
+    assert [p for p in sent(w) if p[0] in (PT.CAN_DO, PT.CAN_DO_TIMEOUT)] == []
+
+
+def test_an_ability_removed_mid_job_is_sent_after_its_answer() -> None:
+    # A CANT_DO of the job's own function makes gearmand and farm put the job back in its
+    # queue, and drop its answer: it must follow the answer.
+    w = WorkerSession({"f": None, "g": None, "h": None})
+    w.connected()
+    w.grab()
+    w.receive(encode_res(PT.JOB_ASSIGN_UNIQ, b"H:1", b"f", b"", b"x"))
+    w.data_to_send()
+    w.remove_ability("f")
+    w.remove_ability("g")
+    w.add_ability("g", None)  # back before the answer: no CANT_DO for it after all
+    assert sent(w) == [(PT.CAN_DO, (b"g",))]
+    assert w.withdrawn("f") and not w.withdrawn("g")
+    w.complete(b"done")
+    assert sent(w) == [(PT.WORK_COMPLETE, (b"H:1", b"done")), (PT.CANT_DO, (b"f",))]
+
+
+def test_a_job_of_a_function_withdrawn_while_grabbing_is_owed_nothing() -> None:
+    # The server assigned it before it read our CANT_DO, which puts it back in its queue.
+    w = WorkerSession({"f": None, "g": None})
+    w.connected()
+    w.grab()
+    w.data_to_send()
+    w.remove_ability("f")
+    assert w.withdrawn("f") and not w.withdrawn("g")
+    w.receive(encode_res(PT.JOB_ASSIGN_UNIQ, b"H:1", b"f", b"", b"x"))
+    w.taken_back()
+    assert sent(w) == [(PT.CANT_DO, (b"f",))] and w.state is WorkerState.READY
+    w.add_ability("f", None)
+    assert not w.withdrawn("f")
+    w.remove_ability("f")
+    w.connection_lost()
+    w.connected()  # a fresh connection: nothing of the last one's is on its way back
+    assert not w.withdrawn("f")
