@@ -175,3 +175,24 @@ def test_a_job_assigned_before_the_server_read_our_cant_do_is_left_to_it(gearman
         ran = threading.Event()
         with serving(gearmand.addr, {"early-fn": lambda job: ran.set()}):
             assert ran.wait(10), "the job was not back in its queue"
+
+
+def test_a_worker_left_with_no_function_serves_one_registered_later(any_server) -> None:
+    with serving(any_server.addr, {"only-fn": reverse}) as w:
+        wait_for("registered", lambda: _workers_of(any_server.addr, "only-fn") == 1)
+        w.unregister("only-fn")
+        wait_for("its CANT_DO", lambda: _workers_of(any_server.addr, "only-fn") == 0)
+        w.register("next-fn", reverse)
+        with farm.Client(any_server.addr) as c:
+            assert c.call("next-fn", b"abc", timeout=10) == b"cba"
+
+
+def test_unregister_reaches_every_server(farm_server, gearmand) -> None:
+    addrs = [farm_server.addr, gearmand.addr]
+    with serving(addrs, {"gone-fn": reverse, "kept-fn": reverse}) as w:
+        for addr in addrs:
+            wait_for(f"registered at {addr}", lambda a=addr: _workers_of(a, "gone-fn") == 1)
+        w.unregister("gone-fn")
+        for addr in addrs:
+            wait_for(f"CANT_DO at {addr}", lambda a=addr: _workers_of(a, "gone-fn") == 0)
+            assert _workers_of(addr, "kept-fn") == 1
