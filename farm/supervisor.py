@@ -85,6 +85,7 @@ class Supervisor(
         self.reloaded_from: dict[str, FunctionConfig] = {}
         # A pool a reload removed, while its workers drain: they retire with its own grace.
         self.removed_pools: dict[str, FunctionConfig] = {}
+        self.reload_ok, self.reload_ok_at = True, time.time()  # the config read at start
         self.polling = False  # a command worker starts or a restart runs: look again soon
         self.by_pid: dict[int, WorkerProcess] = {}
         self.child_env = sdnotify.child_environ()

@@ -135,7 +135,24 @@ class SupervisorCollector:
             value=sup.server.restarts,
         )
         yield from (states, target, restarts, cpu, rss, core, jobs, server_restarts)
+        yield from self._reload()
         yield from self._server()
+
+    def _reload(self) -> Iterator[Any]:
+        """Whether the last reload applied its file: Prometheus' own two, for farm."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        yield GaugeMetricFamily(
+            "farm_config_last_reload_successful",
+            "1 when the last reload (or the start) applied its config file, 0 when it"
+            " refused it and the farm kept the config it ran.",
+            value=1.0 if self.supervisor.reload_ok else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "farm_config_last_reload_success_timestamp_seconds",
+            "When a config file was last applied, at the start or a reload (Unix time).",
+            value=self.supervisor.reload_ok_at,
+        )
 
     def _server(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily

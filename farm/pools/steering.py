@@ -71,6 +71,10 @@ class Steering(ProcessTable):
     kept_back: set[str]
     reloaded_from: dict[str, FunctionConfig]  # what a reload's changed pools ran before
     removed_pools: dict[str, FunctionConfig]  # removed by a reload: their workers' grace
+    # Whether the latest reload applied its file, and when one last did (Unix time; the
+    # start counts): for the metrics, as a refused file otherwise shows in the log only.
+    reload_ok: bool
+    reload_ok_at: float
     metrics_server: Any  # the /metrics HTTP server (farm.pools.metrics), None when off
     by_pid: dict[int, WorkerProcess]
     stopping: bool  # draining to stop: nothing new starts, nothing may be scaled or replaced
@@ -270,6 +274,7 @@ class Steering(ProcessTable):
             if not isinstance(e, ConfigError):
                 log.exception("reading the config failed")
             log.error("reload failed, keeping the running config: %s", why)
+            self.reload_ok = False
             sdnotify.notify("READY=1")
             return why, [], []
         kept = []
@@ -310,5 +315,6 @@ class Steering(ProcessTable):
             log.info("reload: %s removed; draining its workers", name)
             self.targets.pop(name, None)
         log.info("reloaded %s", new.source)
+        self.reload_ok, self.reload_ok_at = True, time.time()
         sdnotify.notify("READY=1")
         return None, kept, changed
