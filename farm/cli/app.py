@@ -113,13 +113,38 @@ def ask_supervisor(
     """Send one control request; every failure is one line and an exit code."""
     from farm.pools.control import ControlUnavailable, request
 
+    path = control_socket(config, control)
     try:
-        reply = request(control_socket(config, control), message)
+        reply = request(path, message)
     except ControlUnavailable as e:
-        fail(str(e), 1)
+        fail(moved_control(config, path) if control is None else str(e), 1)
     if not reply.get("ok"):
         fail(str(reply.get("error", "the supervisor refused")), 2 if reply.get("usage") else 1)
     return reply
+
+
+def moved_control(config: Path | None, path: str) -> str:
+    """Why no supervisor answers at ``path``, the control socket the config names: when
+    the farm started from that file answers elsewhere, the file's ``[supervisor] control``
+    changed since (`systemctl reload` after editing it), and the line says how to reach it."""
+    from farm.discovery import find_config
+    from farm.pools.control import answering_elsewhere
+
+    said = f"no supervisor answers at {path} (is `farm up` running with this config?)"
+    try:
+        found = find_config(config)
+    except (ConfigError, OSError):
+        return said
+    running = answering_elsewhere(str(found), path) if found is not None else None
+    if running is None:
+        return said
+    pid, old = running
+    return (
+        f"no supervisor answers at {path}, the control socket {found} names; the farm started"
+        f" from that file (pid {pid}) answers at {old}: [supervisor] control changed since,"
+        f" which takes a restart. Reach it with --control {old} (farm reload --control {old});"
+        f" to move it, farm stop --control {old}, then farm up"
+    )
 
 
 def main() -> None:

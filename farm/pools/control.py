@@ -29,6 +29,7 @@ __all__ = [
     "ControlUnavailable",
     "request",
     "follow",
+    "answering_elsewhere",
     "parse_scale",
     "MAX_REQUEST",
 ]
@@ -58,6 +59,40 @@ def request(path: str, message: dict[str, Any], timeout: float = 30.0) -> dict[s
     for reply in _exchange(path, message, timeout):
         return reply
     raise ControlUnavailable(f"control socket {path}: the supervisor closed early")
+
+
+def answering_elsewhere(config_file: str, besides: str) -> tuple[int, str] | None:
+    """A running supervisor that re-reads ``config_file`` and answers at a control socket
+    other than ``besides``: its pid and that socket, else None. So a command whose config
+    names a socket nobody answers on can say where its farm is: ``[supervisor] control``
+    changed in the file after the farm started, and the new path takes a restart."""
+    import psutil
+
+    wanted = os.path.realpath(config_file)
+    for proc in psutil.process_iter(["cmdline"]):
+        if (proc.info["cmdline"] or [""])[0] != "farm: supervisor":  # its setproctitle
+            continue
+        try:  # its listening control socket is among them; another user's: AccessDenied
+            paths = [str(c.laddr) for c in proc.net_connections(kind="unix")]
+        except psutil.Error:
+            continue
+        for path in paths:
+            if not path.startswith("/") or path == besides:  # unnamed, abstract, or asked
+                continue
+            try:
+                pong = request(path, {"cmd": "ping"}, timeout=1.0)
+            except ControlUnavailable:
+                continue
+            # Only one that names this file: another farm of this user's (or an older
+            # farm's supervisor, which does not say its file) is not the one meant.
+            started_from = pong.get("config")
+            if (
+                pong.get("pid") == proc.pid
+                and isinstance(started_from, str)
+                and os.path.realpath(started_from) == wanted
+            ):
+                return proc.pid, path
+    return None
 
 
 def follow(

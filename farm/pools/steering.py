@@ -103,7 +103,9 @@ class Steering(ProcessTable):
         self.selector.unregister(conn)
         cmd = message.get("cmd")
         if cmd == "ping":
-            conn.reply({"ok": True, "pid": os.getpid()})
+            # The file it re-reads: a command whose config names a control socket no one
+            # answers on finds the farm it meant by it (control.answering_elsewhere).
+            conn.reply({"ok": True, "pid": os.getpid(), "config": self.rereads()})
         elif cmd == "ps":
             self.track_commands(everyone=True)  # command workers' jobs, from the job server
             conn.reply(

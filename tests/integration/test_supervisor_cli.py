@@ -241,3 +241,27 @@ def test_a_second_farm_up_on_the_same_config_says_who_runs_in_one_line(tmp_path:
         assert farm.control in line
     finally:
         assert farm.stop() == 0
+
+
+def test_a_control_path_changed_in_the_file_names_where_the_farm_answers(
+    tmp_path: Path,
+) -> None:
+    # `[supervisor] control` edited, then `systemctl reload farm` (ExecReload reads the
+    # file): "no supervisor answers at NEW", as if the farm were down, while it ran and
+    # answered at the path it started with.
+    up = FarmUp(tmp_path, "[functions.reverse]\ntarget = 'workers.text:reverse'\nworkers = 1\n")
+    try:
+        up.expect_notify("READY=1")
+        moved = tmp_path / "moved.sock"
+        up.config.write_text(up.config.read_text().replace(up.control, str(moved)))
+        out = farm_cli("reload", "-c", str(up.config))
+        line = one_line_error(out)
+        assert out.returncode == 1, line
+        assert f"no supervisor answers at {moved}" in line
+        assert f"pid {up.proc.pid}" in line and f"--control {up.control}" in line
+        assert "restart" in line  # the new path takes one
+        out = farm_cli("reload", "--control", up.control)  # the fix the line names
+        assert out.returncode == 0, out.stderr
+        assert "[supervisor] changed" in out.stderr
+    finally:
+        assert up.stop() == 0
