@@ -6,10 +6,11 @@ reads nothing but ``[server] listen``, ``[supervisor] servers`` and, for the Exe
 large data, ``[executor] spill_dir`` and ``max_spill_mb``.
 
 Search order: ``$FARM_SERVERS`` (comma-separated), then ``$GEARMAN_SERVERS``
-(libgearman's convention), then the config (``$FARM_CONFIG``, ``./farm.toml``,
-``/etc/farm/farm.toml``), else the built-in defaults. From a config, the local
-server's Unix socket comes first: it is faster, and it is the only way in for
-the Executor, whose calls only workers on the Unix socket may take. A client
+(libgearman's convention), each unless empty or blank, then the config
+(``$FARM_CONFIG``, ``./farm.toml``, ``/etc/farm/farm.toml``), else the built-in
+defaults. From a config, the local server's Unix socket comes first: it is
+faster, and it is the only way in for the Executor, whose calls only workers
+on the Unix socket may take. A client
 falls back to TCP when the socket is not there or not accessible to its user;
 the Executor does not (it would put signed calls on a TCP port any local user
 can reach).
@@ -38,6 +39,7 @@ __all__ = [
     "local_farm",
     "client_servers",
     "executor_servers",
+    "servers_from_env",
     "executor_spill",
 ]
 
@@ -235,12 +237,23 @@ def executor_servers() -> str | list[str]:
     return _servers(tcp_fallback=False)
 
 
+def servers_from_env() -> tuple[str, str] | None:
+    """The servers variable that is set, and its value: ``$FARM_SERVERS``, else
+    ``$GEARMAN_SERVERS``; None when neither is. Blank is unset, as empty is: a unit's
+    ``Environment=FARM_SERVERS= `` was "the server list is empty", not the defaults."""
+    for name in ("FARM_SERVERS", "GEARMAN_SERVERS"):
+        value = os.environ.get(name, "")
+        if value.strip():
+            return name, value
+    return None
+
+
 def _servers(
     *, tcp_fallback: bool, config: str | os.PathLike[str] | None = None
 ) -> str | list[str]:
-    env = os.environ.get("FARM_SERVERS") or os.environ.get("GEARMAN_SERVERS")
+    env = servers_from_env()
     if env and config is None:  # a config named on the command line says which farm
-        return env
+        return env[1]
     farm = local_farm(config)
     if farm.remote:
         return list(farm.remote)

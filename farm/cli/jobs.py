@@ -212,7 +212,7 @@ def _servers(server: list[str] | None, config: Path | None) -> list[str]:
     """``--server`` in normal form (a bad one: exit 2), else the config's farm, else the
     library's own default (farm.discovery): a bad $FARM_SERVERS is named. Each ``--server``
     may list several, comma-separated, as farm.Client's string and $FARM_SERVERS do."""
-    from farm.discovery import client_servers
+    from farm.discovery import client_servers, servers_from_env
     from farm.net import parse_servers
 
     try:
@@ -222,8 +222,8 @@ def _servers(server: list[str] | None, config: Path | None) -> list[str]:
     except ConfigError as exc:
         fail(str(exc), 2)
     except ValueError as exc:
-        named = ("FARM_SERVERS", "GEARMAN_SERVERS") if not server and config is None else ()
-        source = next((f"${v}" for v in named if os.environ.get(v)), "--server")
+        env = servers_from_env() if not server and config is None else None
+        source = f"${env[0]}" if env else "--server"
         fail(f"{source}: {exc}", 2)
     except FarmError as exc:  # e.g. the farm's socket where another user could have put it
         fail(str(exc), 1)

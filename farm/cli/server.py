@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -92,8 +91,10 @@ def server_address(server: str | None, config: Path | None = None) -> str:
         except FarmError as exc:
             fail(str(exc), 1)
         except ValueError as exc:
-            named = ("FARM_SERVERS", "GEARMAN_SERVERS") if config is None else ()
-            source = next((f"${v}" for v in named if os.environ.get(v)), "the default server")
+            from farm.discovery import servers_from_env
+
+            env = servers_from_env() if config is None else None
+            source = f"${env[0]}" if env else "the default server"
             fail(f"{source}: {exc}", 2)
     try:
         return str(parse_address(server))

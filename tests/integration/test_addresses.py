@@ -155,6 +155,13 @@ def test_farm_status_refuses_a_bad_server_address_in_one_line() -> None:
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=30, env=env)
     assert out.returncode == 2
     assert out.stderr.startswith("farm: $GEARMAN_SERVERS: server address '127.0.0.1:abc': port")
+    # A blank $FARM_SERVERS is unset: the bad address is $GEARMAN_SERVERS', and said so.
+    env["FARM_SERVERS"] = " "
+    for command in (["status"], ["submit", "f", "x"]):
+        run = [*cmd[:-1], *command]
+        out = subprocess.run(run, cwd=ROOT, capture_output=True, text=True, timeout=30, env=env)
+        assert out.returncode == 2, command
+        assert out.stderr.startswith("farm: $GEARMAN_SERVERS: server address '127.0.0.1:abc'")
 
 
 def local_server(*listen: str) -> LocalServer:

@@ -18,6 +18,7 @@ import pytest
 
 import farm
 from farm import discovery
+from farm.net import DEFAULT_SERVER
 from farm.paths import UnsafeDirectory
 from tests.helpers.farmproc import FarmUp
 
@@ -44,6 +45,19 @@ def test_the_environment_comes_first(clean_env: Path, monkeypatch: pytest.Monkey
     assert discovery.client_servers() == "10.0.0.1:4730"
     monkeypatch.setenv("FARM_SERVERS", "unix:/run/x.sock")
     assert discovery.client_servers() == discovery.executor_servers() == "unix:/run/x.sock"
+
+
+@pytest.mark.parametrize("blank", ["", " ", "\t\n"])
+def test_a_blank_variable_is_unset(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, blank: str
+) -> None:
+    # FARM_SERVERS=" " (a unit's `Environment=FARM_SERVERS= `, a shell's quoted blank) was
+    # "the server list is empty", where an empty one fell back to $GEARMAN_SERVERS.
+    monkeypatch.setenv("FARM_SERVERS", blank)
+    monkeypatch.setenv("GEARMAN_SERVERS", "10.0.0.1:4730")
+    assert discovery.client_servers() == "10.0.0.1:4730"
+    monkeypatch.setenv("GEARMAN_SERVERS", blank)
+    assert discovery.client_servers() == [DEFAULT_SERVER], "then the defaults"
 
 
 def test_a_client_uses_the_socket_when_it_may_else_tcp(clean_env: Path) -> None:
