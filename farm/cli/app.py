@@ -117,20 +117,20 @@ def ask_supervisor(
     try:
         reply = request(path, message)
     except ControlUnavailable as e:
-        fail(moved_control(config, path) if control is None else str(e), 1)
+        fail(moved_control(config, path, str(e)) if control is None else str(e), 1)
     if not reply.get("ok"):
         fail(str(reply.get("error", "the supervisor refused")), 2 if reply.get("usage") else 1)
     return reply
 
 
-def moved_control(config: Path | None, path: str) -> str:
+def moved_control(config: Path | None, path: str, said: str) -> str:
     """Why no supervisor answers at ``path``, the control socket the config names: when
     the farm started from that file answers elsewhere, the file's ``[supervisor] control``
-    changed since (`systemctl reload` after editing it), and the line says how to reach it."""
+    changed since (`systemctl reload` after editing it), and the line says how to reach it;
+    else ``said``, the request's own reason (a runtime directory another user owns, say)."""
     from farm.discovery import find_config
     from farm.pools.control import answering_elsewhere
 
-    said = f"no supervisor answers at {path} (is `farm up` running with this config?)"
     try:
         found = find_config(config)
     except (ConfigError, OSError):
