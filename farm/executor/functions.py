@@ -4,7 +4,8 @@ of what a callable carries.
 A worker keeps the functions it unpickled, by their pickled bytes (and the initializer they
 run after): a lambda sent 10,000 times is rebuilt once, a large function's spill file is
 read once, and what a function of the script keeps in its globals stays, as in a pool's
-process. What a *callable* carries with it -- a bound method's instance, a
+process -- up to MAX_FUNCTIONS of them and MAX_KEPT_BYTES of their pickles, the oldest
+going first. What a *callable* carries with it -- a bound method's instance, a
 ``functools.partial``'s arguments, a callable object's attributes -- ProcessPoolExecutor
 pickles with every call, so no call sees what another left there (a list it appended to,
 a random generator it advanced); the calls of one chunk share one copy. :func:`for_call`
@@ -20,6 +21,8 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+from farm.executor import spill
+
 __all__ = ["UNIMPORTABLE", "MAX_FUNCTIONS", "load", "for_call"]
 
 #: Said with an ImportError of a call's function: the usual cause is a module beside the script.
@@ -30,12 +33,18 @@ UNIMPORTABLE = (
     " travel with the call (docs/executor.md, 'What remains different')"
 )
 
-#: At most this many functions are kept; past it the worker starts afresh.
+#: At most this many functions are kept, and at most this many bytes of their pickles
+#: (a spilled one's file counted): the oldest go first, the latest always stays. joblib
+#: sends each batch as a function of its own, holding the batch's arguments: kept without
+#: a bound, a worker grew by every batch's arrays.
 MAX_FUNCTIONS = 256
+MAX_KEPT_BYTES = 64 << 20
 #: Unpickled functions by their pickled bytes and the digest of the initializer they run
 #: after (None: none): executors with different initializers never share a function of the
-#: script, whose globals hold what theirs left (farm.executor.initstate).
-_kept: dict[tuple[bytes, bytes | None], tuple[Any, bytes]] = {}
+#: script, whose globals hold what theirs left (farm.executor.initstate). With each, its
+#: pickle and its weight (the bytes it was unpickled from); in the order they came.
+_kept: dict[tuple[bytes, bytes | None], tuple[Any, bytes, int]] = {}
+_kept_bytes = 0
 
 #: Callables that carry no state of their own beyond their globals: one object serves
 #: every call. (A builtin bound to an object, ``items.append``, is handled apart.)
@@ -50,17 +59,21 @@ _STATELESS = (
 
 def load(fn_bytes: bytes, initializer: bytes | None) -> Callable[..., Any]:
     """The function ``fn_bytes`` pickles, unpickled on first use and kept."""
+    global _kept_bytes
     key = (fn_bytes, initializer)
     kept = _kept.get(key)
     if kept is None:
+        read_before = spill.loaded_bytes
         try:
             fn = pickle.loads(fn_bytes)
         except ImportError as exc:  # ModuleNotFoundError: a module beside the caller's script
             exc.add_note(UNIMPORTABLE)
             raise
-        if len(_kept) >= MAX_FUNCTIONS:
-            _kept.clear()
-        kept = _kept[key] = (fn, fn_bytes)
+        weight = len(fn_bytes) + spill.loaded_bytes - read_before
+        while _kept and (len(_kept) >= MAX_FUNCTIONS or _kept_bytes + weight > MAX_KEPT_BYTES):
+            _kept_bytes -= _kept.pop(next(iter(_kept)))[2]
+        kept = _kept[key] = (fn, fn_bytes, weight)
+        _kept_bytes += weight
     return kept[0]  # type: ignore[no-any-return]  # whatever the caller pickled
 
 

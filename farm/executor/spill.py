@@ -344,6 +344,14 @@ class ByFile:
         return load_pickled, (self.reference,)
 
 
+#: Bytes of spill files that ``load_pickled`` read in this process: what a kept function
+#: read from its file is what it holds (farm.executor.functions weighs it so).
+loaded_bytes = 0
+
+
 def load_pickled(reference: bytes) -> Any:
     """The object a ByFile stands for: the spill file's bytes, checked, then unpickled."""
-    return pickle.loads(read(reference))
+    global loaded_bytes
+    data = read(reference)
+    loaded_bytes += len(data)
+    return pickle.loads(data)
