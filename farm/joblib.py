@@ -19,7 +19,9 @@ gives back its futures. Backend parameters go to the Executor:
 What differs from loky: the workers are the farm's, shared with every other
 program that uses it and already running (nothing is started or stopped per
 ``Parallel``), and joblib's memory mapping of large NumPy arrays does not apply:
-arguments travel pickled through the job server.
+arguments travel pickled through the job server (a spill file over 1 MiB), each batch
+with its own copy of an array; the backend warns of one over ``max_nbytes``, once per
+``Parallel``.
 
 Inside a call running on the pool the backend sends to (a task of this backend whose
 code runs ``Parallel`` on the farm again), the inner ``Parallel`` runs its tasks in that
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from concurrent.futures import Future
 from typing import Any
@@ -48,7 +51,7 @@ from farm.executor import nesting
 from farm.executor.call import DEFAULT_FUNCTION
 from farm.executor.executor import Executor
 
-__all__ = ["FarmBackend", "register", "farm_workers"]
+__all__ = ["FarmBackend", "register", "farm_workers", "largest_array"]
 
 log = logging.getLogger("farm.joblib")
 
@@ -82,6 +85,8 @@ class FarmBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
         self.executor_kwargs = executor_kwargs
         self._executor: Executor | None = None
         self.parallel: Any = None
+        self._max_nbytes: int | None = 1 << 20  # joblib's default, "1M"
+        self._copies_said = False
 
     def _nested_in_own_pool(self) -> bool:
         """This process is one of the workers of the pool this backend would send to."""
@@ -127,16 +132,39 @@ class FarmBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
         n = self.effective_n_jobs(n_jobs)
         self.parallel = parallel
+        # Parallel's max_nbytes (None turns memmapping off; an abort's configure has none):
+        # an array over it is one loky would have memory-mapped, one each batch copies here.
+        self._max_nbytes = backend_kwargs.get("max_nbytes", self._max_nbytes)
+        self._copies_said = False
         if self._executor is None:
             self._executor = Executor(max_workers=n, **self.executor_kwargs)
         return n
 
     def submit(self, func: Any, callback: Any = None) -> Future[Any]:
         assert self._executor is not None, "joblib configures a backend before it submits"
+        if not self._copies_said:
+            self._say_copies(func)
         future = self._executor.submit(func)
         if callback is not None:
             future.add_done_callback(callback)
         return future
+
+    def _say_copies(self, batch: Any) -> None:
+        """Warn, once per Parallel, of an argument that loky would have memory-mapped: here
+        every batch pickles its own copy through a spill file (4x loky's time for 100 MB)."""
+        size = largest_array(batch, self._max_nbytes)
+        if size:
+            self._copies_said = True
+            warnings.warn(
+                f"farm: each batch of this Parallel carries its own copy of a"
+                f" {size / (1 << 20):.3g} MiB array (loky memory-maps it once): it is pickled,"
+                " written to the spill directory and read back for every batch. Save it once"
+                " (numpy.save) where the workers can read it and pass the path, to open with"
+                " numpy.load(path, mmap_mode='r') in the task (docs/executor.md, 'Switching"
+                " from ProcessPoolExecutor, loky or joblib')",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def retrieve_result_callback(self, future: Future[Any]) -> Any:
         return future.result()
@@ -155,6 +183,19 @@ class FarmBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
             executor.shutdown(wait=False, cancel_futures=True)
         if ensure_ready and self.parallel is not None:
             self.configure(n_jobs=self.parallel.n_jobs, parallel=self.parallel)
+
+
+def largest_array(batch: Any, max_nbytes: int | None) -> int:
+    """The size of the first NumPy array over ``max_nbytes`` among the arguments of a joblib
+    batch's calls (those joblib's loky backend memory-maps), or 0."""
+    numpy = sys.modules.get("numpy")  # no array without it: never imported for this
+    if numpy is None or max_nbytes is None:
+        return 0
+    for _, args, kwargs in getattr(batch, "items", ()):
+        for value in (*args, *kwargs.values()):
+            if isinstance(value, numpy.ndarray) and value.nbytes > max_nbytes:
+                return int(value.nbytes)
+    return 0
 
 
 def register() -> None:

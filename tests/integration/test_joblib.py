@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,3 +122,24 @@ def test_parallel_on_the_farm_inside_a_farm_task_runs_in_that_worker(tmp_path: P
                 assert [told.recv(16), told.recv(16)] == [b"ran", b"ran"]  # both workers held
                 gate.open()
                 assert list(results) == [[0, 2, 4, 6, 8]] * 2
+
+
+@pytest.mark.timeout(120)
+def test_a_large_array_argument_is_said_to_travel_with_each_task(
+    farm_backend: dict[str, object],
+) -> None:
+    """loky memory-maps an array over max_nbytes once per Parallel; here each batch carries
+    its own copy (a spill file each), several times slower: the backend says so, once."""
+    import numpy as np
+
+    big = np.zeros(2 << 20, dtype=np.uint8)  # over joblib's max_nbytes of 1M
+    with pytest.warns(UserWarning, match="copy of a 2 MiB array") as said:
+        assert on_farm(farm_backend, 2, (delayed(len)(big) for _ in range(4))) == [2 << 20] * 4
+    assert len([w for w in said if "MiB array" in str(w.message)]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to say: small, or memmapping turned off
+        assert on_farm(farm_backend, 2, (delayed(len)(big[:1000]) for _ in range(4))) == [1000] * 4
+        assert (
+            on_farm(farm_backend, 2, (delayed(len)(big) for _ in range(2)), max_nbytes=None)
+            == [2 << 20] * 2
+        )
