@@ -8,11 +8,11 @@
     with parallel_config(backend="farm"):
         squares = Parallel(n_jobs=-1)(delayed(pow)(x, 2) for x in range(1000))
 
-``n_jobs=-1`` means the farm's ``farm.python`` workers, as the server counts
-them (``n_jobs=-2`` one less, and so on, as in joblib); a positive ``n_jobs``
-caps this Parallel's calls in flight. joblib's auto-batching, ``return_as=
-"generator"`` and its re-raising of a task's exception work as with loky,
-because the backend hands joblib's batches to a :class:`farm.Executor` and
+``n_jobs=-1`` means the farm's ``farm.python`` workers (those of the pool named by
+``function=``), as the server counts them (``n_jobs=-2`` one less, and so on, as in
+joblib); a positive ``n_jobs`` caps this Parallel's calls in flight. joblib's
+auto-batching, ``return_as="generator"`` and its re-raising of a task's exception work
+as with loky, because the backend hands joblib's batches to a :class:`farm.Executor` and
 gives back its futures. Backend parameters go to the Executor:
 ``parallel_config(backend="farm", servers=[...], key_file=...)``.
 
@@ -56,14 +56,17 @@ __all__ = ["FarmBackend", "register", "farm_workers", "largest_array"]
 log = logging.getLogger("farm.joblib")
 
 
-def farm_workers(servers: str | list[str] | None = None) -> int | None:
-    """How many workers serve ``farm.python`` on the first server that answers, or None."""
+def farm_workers(
+    servers: str | list[str] | None = None, function: str = DEFAULT_FUNCTION
+) -> int | None:
+    """How many workers serve ``function`` (the pool the calls go to, ``farm.python``
+    unless told) on the first server that answers, or None."""
     from farm.client.admin import function_workers
     from farm.discovery import executor_servers
     from farm.net import parse_servers
 
     addresses = parse_servers(executor_servers() if servers is None else servers)
-    return function_workers(addresses, DEFAULT_FUNCTION)
+    return function_workers(addresses, function)
 
 
 class FarmBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
@@ -102,7 +105,8 @@ class FarmBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
             n_jobs = self.default_n_jobs
         if n_jobs > 0:
             return n_jobs
-        workers = farm_workers(self.executor_kwargs.get("servers"))
+        pool = self.executor_kwargs.get("function", DEFAULT_FUNCTION)
+        workers = farm_workers(self.executor_kwargs.get("servers"), pool)
         if not workers:
             # Nobody to ask, or no worker yet: size the batches for this machine's cores;
             # the calls wait in the server's queue for workers, which is what the farm is for.

@@ -8,18 +8,28 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import joblib
 import pytest
 from joblib import Parallel, delayed, parallel_config
 
 import farm.joblib
 from tests.helpers.calls import add, fails, tell_wait_then_nest, wait_gate_then_tell
-from tests.helpers.farmproc import executor_farm
+from tests.helpers.farmproc import EXECUTOR_POOL, executor_farm
 from tests.helpers.gate import Gate
+
+#: A second pool of another size, for the calls of parallel_config(function="farm.inner").
+INNER_POOL = """
+[functions."farm.inner"]
+target = "farm.executor.call:run_call"
+workers = 1
+"""
 
 
 @pytest.fixture(scope="module")
 def farm_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
-    with executor_farm(tmp_path_factory.mktemp("joblib")) as (up, key):
+    tmp = tmp_path_factory.mktemp("joblib")
+    pools = EXECUTOR_POOL + INNER_POOL
+    with executor_farm(tmp, pools, idle={"farm.python": 2, "farm.inner": 1}) as (up, key):
         yield {"backend": "farm", "servers": [f"unix:{up.unix}"], "key_file": str(key)}
 
 
@@ -82,6 +92,17 @@ def test_n_jobs_minus_one_is_the_farms_worker_count(farm_backend: dict[str, obje
     assert backend.effective_n_jobs(5) == 5
     pids = on_farm(farm_backend, -1, (delayed(os.getpid)() for _ in range(50)))
     assert os.getpid() not in pids and 1 <= len(set(pids)) <= 2
+
+
+@pytest.mark.timeout(60)
+def test_n_jobs_minus_one_counts_the_pool_the_calls_go_to(farm_backend: dict[str, object]) -> None:
+    # parallel_config(backend="farm", function="farm.inner") (docs/executor.md): its -1 was
+    # farm.python's count, whatever the size of the pool its calls went to.
+    inner = {**farm_backend, "function": "farm.inner"}
+    backend = farm.joblib.FarmBackend(**{k: v for k, v in inner.items() if k != "backend"})
+    assert backend.effective_n_jobs(-1) == 1
+    with parallel_config(**inner):  # type: ignore[arg-type]
+        assert joblib.effective_n_jobs(-1) == 1
 
 
 @pytest.mark.timeout(180)
