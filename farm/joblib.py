@@ -46,6 +46,7 @@ from joblib._parallel_backends import (  # type: ignore[import-untyped]
     ParallelBackendBase,
     SequentialBackend,
 )
+from joblib.disk import memstr_to_bytes  # type: ignore[import-untyped]
 
 from farm.executor import nesting
 from farm.executor.call import DEFAULT_FUNCTION
@@ -88,7 +89,7 @@ class FarmBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
         self.executor_kwargs = executor_kwargs
         self._executor: Executor | None = None
         self.parallel: Any = None
-        self._max_nbytes: int | None = 1 << 20  # joblib's default, "1M"
+        self._max_nbytes: float | str | None = 1 << 20  # joblib's default, "1M"
         self._copies_said = False
 
     def _nested_in_own_pool(self) -> bool:
@@ -189,12 +190,14 @@ class FarmBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
             self.configure(n_jobs=self.parallel.n_jobs, parallel=self.parallel)
 
 
-def largest_array(batch: Any, max_nbytes: int | None) -> int:
-    """The size of the first NumPy array over ``max_nbytes`` among the arguments of a joblib
-    batch's calls (those joblib's loky backend memory-maps), or 0."""
+def largest_array(batch: Any, max_nbytes: float | str | None) -> int:
+    """The size of the first NumPy array over ``max_nbytes`` (a number, or joblib's "1M")
+    among the arguments of a joblib batch's calls (those loky memory-maps), or 0."""
     numpy = sys.modules.get("numpy")  # no array without it: never imported for this
     if numpy is None or max_nbytes is None:
         return 0
+    if isinstance(max_nbytes, str):  # Parallel converts it, but a backend may be handed it
+        max_nbytes = memstr_to_bytes(max_nbytes)
     for _, args, kwargs in getattr(batch, "items", ()):
         for value in (*args, *kwargs.values()):
             if isinstance(value, numpy.ndarray) and value.nbytes > max_nbytes:
