@@ -129,6 +129,7 @@ def moved_control(config: Path | None, path: str, said: str) -> str:
     changed since (`systemctl reload` after editing it), and the line says how to reach it;
     else ``said``, the request's own reason (a runtime directory another user owns, say)."""
     from farm.discovery import find_config
+    from farm.logs import escape_controls
     from farm.pools.control import answering_elsewhere
 
     try:
@@ -139,11 +140,13 @@ def moved_control(config: Path | None, path: str, said: str) -> str:
     if running is None:
         return said
     pid, old = running
+    old = escape_controls(old)  # a path may hold anything; the terminal gets text
     return (
         f"no supervisor answers at {path}, the control socket {found} names; the farm started"
-        f" from that file (pid {pid}) answers at {old}: [supervisor] control changed since,"
-        f" which takes a restart. Reach it with --control {old} (farm reload --control {old});"
-        f" to move it, farm stop --control {old}, then farm up"
+        f" from that file (pid {pid}) answers at {old} ([supervisor] control changed since, or"
+        f" it is read from another runtime directory; a new path takes a restart). Reach it"
+        f" with --control {old} (farm reload --control {old}); to move it, farm stop"
+        f" --control {old}, then farm up"
     )
 
 

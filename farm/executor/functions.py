@@ -4,8 +4,8 @@ of what a callable carries.
 A worker keeps the functions it unpickled, by their pickled bytes (and the initializer they
 run after): a lambda sent 10,000 times is rebuilt once, a large function's spill file is
 read once, and what a function of the script keeps in its globals stays, as in a pool's
-process -- up to MAX_FUNCTIONS of them and MAX_KEPT_BYTES of their pickles, the oldest
-going first. What a *callable* carries with it -- a bound method's instance, a
+process -- up to MAX_FUNCTIONS of them and MAX_KEPT_BYTES of their pickles, the least
+recently used going first. What a *callable* carries with it -- a bound method's instance, a
 ``functools.partial``'s arguments, a callable object's attributes -- ProcessPoolExecutor
 pickles with every call, so no call sees what another left there (a list it appended to,
 a random generator it advanced); the calls of one chunk share one copy. :func:`for_call`
@@ -34,7 +34,7 @@ UNIMPORTABLE = (
 )
 
 #: At most this many functions are kept, and at most this many bytes of their pickles
-#: (a spilled one's file counted): the oldest go first, the latest always stays. joblib
+#: (a spilled one's file counted): the least recently used go first, the latest always stays. joblib
 #: sends each batch as a function of its own, holding the batch's arguments: kept without
 #: a bound, a worker grew by every batch's arrays.
 MAX_FUNCTIONS = 256
@@ -61,8 +61,10 @@ def load(fn_bytes: bytes, initializer: bytes | None) -> Callable[..., Any]:
     """The function ``fn_bytes`` pickles, unpickled on first use and kept."""
     global _kept_bytes
     key = (fn_bytes, initializer)
-    kept = _kept.get(key)
-    if kept is None:
+    kept = _kept.pop(key, None)
+    if kept is not None:  # the newest again: a stream of joblib's one-batch functions must
+        _kept[key] = kept  # not push out the function every other call uses
+    else:
         read_before = spill.loaded_bytes
         try:
             fn = pickle.loads(fn_bytes)

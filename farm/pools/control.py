@@ -69,8 +69,14 @@ def answering_elsewhere(config_file: str, besides: str) -> tuple[int, str] | Non
     import psutil
 
     wanted = os.path.realpath(config_file)
-    for proc in psutil.process_iter(["cmdline"]):
+    me = os.getuid()
+    for proc in psutil.process_iter(["cmdline", "uids"]):
         if (proc.info["cmdline"] or [""])[0] != "farm: supervisor":  # its setproctitle
+            continue
+        # Any user may take that title, and root sees every user's sockets: only a farm of
+        # this user's is named, or root was told to steer the farm through another's socket.
+        uids = proc.info["uids"]
+        if uids is None or uids.real != me:
             continue
         try:  # its listening control socket is among them; another user's: AccessDenied
             paths = [str(c.laddr) for c in proc.net_connections(kind="unix")]

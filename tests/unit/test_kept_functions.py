@@ -48,6 +48,19 @@ def test_large_functions_are_kept_up_to_a_byte_budget_the_latest_always(
     assert functions.load(pickles[0], None) is alone  # over the budget on its own, still kept
 
 
+def test_a_function_in_use_outlives_a_stream_of_large_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A worker serving joblib's one-batch functions and a script's own function between
+    # them: the one used every other call must not be pushed out and unpickled again.
+    monkeypatch.setattr(functions, "MAX_KEPT_BYTES", 4 << 20)
+    hot = pickle.dumps(functools.partial(operator.add, b"hot"))
+    first = functions.load(hot, None)
+    for n in range(8):
+        functions.load(pickle.dumps(functools.partial(operator.add, bytes([n]) * (1 << 20))), None)
+        assert functions.load(hot, None) is first, f"unpickled again after batch {n}"
+
+
 def test_a_function_read_from_a_spill_file_weighs_its_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
