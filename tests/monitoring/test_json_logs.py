@@ -37,13 +37,19 @@ def records(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-@pytest.mark.timeout(90)
-def test_every_process_of_the_farm_logs_json_lines(tmp_path: Path) -> None:
+def json_farm(tmp_path: Path) -> FarmUp:
+    """POOLS under `farm up` with ``log_format = "json"`` in its file, started."""
     up = FarmUp(tmp_path, POOLS, start=False)
     up.config.write_text(
         up.config.read_text().replace("[supervisor]\n", '[supervisor]\nlog_format = "json"\n', 1)
     )
     up.start()
+    return up
+
+
+@pytest.mark.timeout(90)
+def test_every_process_of_the_farm_logs_json_lines(tmp_path: Path) -> None:
+    up = json_farm(tmp_path)
     try:
         up.expect_notify("READY=1")
         up.wait_idle({"alpha": 1, "beta": 1})
@@ -96,11 +102,7 @@ def test_what_a_python_worker_writes_past_its_logger_is_a_json_record_too(
     # A line on the worker's descriptor 2 (a C library's, or a child program's such as
     # ImageMagick's warnings) was relayed raw: not JSON, and `journalctl -o cat | jq` stops
     # at the first line it cannot parse, so every record after it went unseen.
-    up = FarmUp(tmp_path, POOLS, start=False)
-    up.config.write_text(
-        up.config.read_text().replace("[supervisor]\n", '[supervisor]\nlog_format = "json"\n', 1)
-    )
-    up.start()
+    up = json_farm(tmp_path)
     try:
         up.expect_notify("READY=1")
         up.wait_idle({"alpha": 1, "beta": 1})
