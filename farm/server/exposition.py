@@ -120,6 +120,11 @@ class _Collector:
         queued = GaugeMetricFamily(
             "farm_jobs_queued", "Jobs waiting (runnable or held for their epoch).", labels=labels
         )
+        scheduled = GaugeMetricFamily(
+            "farm_jobs_scheduled",
+            "Jobs held for their epoch time (counted in farm_jobs_queued too).",
+            labels=labels,
+        )
         running = GaugeMetricFamily(
             "farm_jobs_running", "Jobs on a worker now.", labels=["function"]
         )
@@ -138,8 +143,9 @@ class _Collector:
         )
         for name, fqs in groups:
             for index, label in enumerate(PRIORITY_NAMES):
-                count = sum(fq.counts[index] + fq.scheduled[index] for fq in fqs)
-                queued.add_metric([name, label], count)
+                held = sum(fq.scheduled[index] for fq in fqs)
+                queued.add_metric([name, label], sum(fq.counts[index] for fq in fqs) + held)
+                scheduled.add_metric([name, label], held)
             running.add_metric([name], sum(fq.running for fq in fqs))
             workers.add_metric([name], sum(len(fq.workers) for fq in fqs))
             stats = [fq.stats for fq in fqs] + ([retired] if name == OTHER else [])
@@ -149,7 +155,7 @@ class _Collector:
             ):
                 merged = Histogram.merged(hists)
                 histogram.add_metric([name], merged.cumulative(), merged.total)
-        yield from (queued, running, workers, wait, run)
+        yield from (queued, scheduled, running, workers, wait, run)
         yield from self._server()
 
     def _server(self) -> Iterator[Any]:

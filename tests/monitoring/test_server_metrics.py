@@ -449,3 +449,27 @@ def test_a_foreground_job_whose_clients_left_is_counted_dropped(
             assert value(text, f"farm_jobs_{field}_total", function="r", priority="low") == 0
     finally:
         srv.stop()
+
+
+@pytest.mark.timeout(60)
+def test_jobs_held_for_their_epoch_are_queued_and_scheduled(
+    peer_factory: Callable[[str], Peer],
+) -> None:
+    # FarmQueueBackingUp subtracts them: nobody may take them yet, so none moving is no news.
+    port = free_port()
+    srv = start_farm_server("--metrics", f"127.0.0.1:{port}")
+    try:
+        worker = peer_factory(srv.addr)  # a function nobody serves is summed under "other"
+        worker.send(T.CAN_DO, "later")
+        client = peer_factory(srv.addr)
+        client.send(T.SUBMIT_JOB_EPOCH, "later", "", str(int(time.time()) + 3600), "x")
+        client.expect(T.JOB_CREATED)
+        client.send(T.SUBMIT_JOB_BG, "later", "", "now")
+        client.expect(T.JOB_CREATED)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        assert value(text, "farm_jobs_queued", function="later", priority="normal") == 2
+        assert value(text, "farm_jobs_scheduled", function="later", priority="normal") == 1
+        assert value(text, "farm_jobs_scheduled", function="later", priority="high") == 0
+    finally:
+        srv.stop()
