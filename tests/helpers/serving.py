@@ -18,6 +18,14 @@ def serving(
     worker = Worker(servers, **kw)
     for name, fn in functions.items():
         worker.register(name, fn)
+    with working(worker):
+        yield worker
+
+
+@contextmanager
+def working(worker: Worker) -> Iterator[Worker]:
+    """``worker.work()`` in a thread, for a worker the test made (its functions may need
+    it); stopped (and checked) on exit."""
     thread = threading.Thread(target=worker.work, daemon=True)
     thread.start()
     try:

@@ -4,7 +4,6 @@ with an answer, and the worker serves on."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 import farm
 from farm.protocol import PacketType as T
 from tests.helpers.peers import Peer
-from tests.helpers.serving import serving
+from tests.helpers.serving import serving, working
 
 
 def _unique_bytes(job: Any) -> bytes:
@@ -80,12 +79,6 @@ def test_a_job_that_changes_what_its_worker_serves_ends_once(any_server) -> None
         return b"switched"
 
     worker.register("before", switch)
-    serving = threading.Thread(target=worker.work, daemon=True)
-    serving.start()
-    try:
-        with farm.Client(any_server.addr) as c:
-            assert c.call("before", b"x", timeout=10) == b"switched"
-            assert c.call("after", b"y", timeout=10) == b"after y"
-    finally:
-        worker.stop()
-        serving.join(10)
+    with working(worker), farm.Client(any_server.addr) as c:
+        assert c.call("before", b"x", timeout=10) == b"switched"
+        assert c.call("after", b"y", timeout=10) == b"after y"

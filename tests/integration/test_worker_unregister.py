@@ -17,7 +17,7 @@ import farm.worker
 from farm.protocol.worker import WorkerSession, WorkerState
 from tests.helpers.peers import Peer
 from tests.helpers.servers import start_like, stop_process
-from tests.helpers.serving import reverse, serving
+from tests.helpers.serving import reverse, serving, working
 from tests.helpers.waiting import wait_for
 
 
@@ -80,17 +80,12 @@ def test_a_function_registered_while_work_builds_its_sessions_is_served(
                 late.join(10)
 
     monkeypatch.setattr(farm.worker, "WorkerSession", RegisterMeanwhile)
-    serving = threading.Thread(target=worker.work, daemon=True)
-    serving.start()
-    try:
+    with working(worker):
         wait_for("work() built its sessions", lambda: late.ident is not None)
         late.join(10)
         assert not late.is_alive()
         with farm.Client(any_server.addr) as c:
             assert c.call("late", b"abc", timeout=5) == b"cba"
-    finally:
-        worker.stop()
-        serving.join(10)
 
 
 def test_unregister_stops_serving_one_function_and_the_others_serve_on(any_server) -> None:
@@ -138,17 +133,12 @@ def test_a_job_that_unregisters_its_own_function_ends_normally(any_server) -> No
 
     worker.register("last-fn", last)
     worker.register("kept-fn", reverse)
-    serving_thread = threading.Thread(target=worker.work, daemon=True)
-    serving_thread.start()
-    try:
+    with working(worker):
         with farm.Client(any_server.addr) as c:
             assert c.call("last-fn", b"x", timeout=10) == b"done x"
             wait_for("its CANT_DO", lambda: _workers_of(any_server.addr, "last-fn") == 0)
             assert c.call("kept-fn", b"abc", timeout=10) == b"cba"
         assert worker.jobs_done == 2
-    finally:
-        worker.stop()
-        serving_thread.join(10)
 
 
 def test_a_job_assigned_before_the_server_read_our_cant_do_is_left_to_it(gearmand, caplog) -> None:
