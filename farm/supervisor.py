@@ -44,6 +44,7 @@ from farm.pools.reports import Reports
 from farm.pools.rollout import Restarting, Rollout
 from farm.pools.slots import Slot, WorkerProcess, core_for
 from farm.pools.steering import Duty, Pending, Steering
+from farm.pools.strays import Strays
 from farm.waker import Waker
 
 __all__ = ["Supervisor"]
@@ -64,7 +65,15 @@ NOT_OURS = (signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Supervisor(
-    Lifecycle, CommandStart, Reports, CommandJobs, Restarting, Steering, ExecutorDuties, Readiness
+    Lifecycle,
+    CommandStart,
+    Reports,
+    CommandJobs,
+    Restarting,
+    Steering,
+    ExecutorDuties,
+    Readiness,
+    Strays,
 ):
     """Runs the farm described by a :class:`~farm.config.Config` until told to stop."""
 
@@ -124,6 +133,7 @@ class Supervisor(
         self.control = open_control(self.config.supervisor.control, self.config.source)
         self.selector.register(self.control, selectors.EVENT_READ, "accept")
         self.install_signals()
+        self.adopt_orphans()  # before the first child: what any of them detaches is ours
         log.info("supervisor %d starting (config: %s)", os.getpid(), self.config.source)
         if self.config.local_server:
             self.server.say_where_jobs_are_kept()
@@ -138,6 +148,7 @@ class Supervisor(
                 return self.shutdown()
             self.reap_workers()
             self.kill_overrunning()
+            self.sweep_strays(time.monotonic())
             self.tend_output()
             self.manage_server()
             self.manage_workers()
@@ -219,6 +230,8 @@ class Supervisor(
                 # Also cuts a drain already under way, and a wrapper's worker left after it.
                 for proc in [*self.by_pid.values(), *self.leftovers]:
                     proc.stop_deadline = time.monotonic()
+                for stray in self.strays.values():
+                    stray.deadline = min(stray.deadline, time.monotonic())
 
     def reap_workers(self) -> None:
         """Collect every exited child; a slot's worker is restarted by ``manage_workers``."""
@@ -237,6 +250,8 @@ class Supervisor(
                     self.stopping, self.exit_code = True, 1
             elif pid in self.by_pid:
                 self.worker_exited(self.by_pid.pop(pid), status)
+            else:
+                self.stray_reaped(pid)  # adopted (farm.pools.strays), or nothing we watch
 
     def manage_server(self) -> None:
         """Start the local job server, and notice when it accepts connections."""
@@ -305,6 +320,7 @@ class Supervisor(
             if proc.output_resume is not None:  # a flood's pipe, read again after a pause
                 times.append(proc.output_resume)
         times += [p.stop_deadline for p in self.leftovers if p.stop_deadline is not None]
+        times += self.stray_deadlines()
         if not self.server.pid and self.config.local_server:
             times.append(self.server.next_start)
         commands = self.command_wakeup(now)  # a command worker drains, or has a timeout
@@ -351,14 +367,17 @@ class Supervisor(
                         self.retire(proc, pool, grace=grace)
             slots.clear()
         self.targets.clear()
-        while self.by_pid or self.leftovers:  # a wrapper's worker drains on after its shell
+        # A wrapper's worker drains on after its shell; what a worker detached is stopped
+        # once that worker ended (farm.pools.strays).
+        while self.by_pid or self.leftovers or self.strays_left():
             self.watchdog.ping()  # a long drain is not a hang
             self.handle_signals()  # a second SIGTERM or SIGQUIT shortens the grace
             self.reap_workers()
             self.kill_overrunning()
+            self.sweep_strays(time.monotonic())
             self.tend_output()  # a flood's paused pipe: its job's writes wait on it
             self.report_drain()  # `farm stop`: workers left, seconds left, what was killed
-            if self.by_pid or self.leftovers:
+            if self.by_pid or self.leftovers or self.strays:
                 self.wait(min(0.5, max(0.05, self.next_wakeup())))
         self.report_drain(final=True)
         if self.server.pid:

@@ -318,6 +318,7 @@ class Lifecycle:
             pid, pool.name, slot.index, slot.core, -1, pool.options(), pool.timeout
         )
         proc.command, proc.stop_signal, proc.output_fd = True, pool.stop_signal, read_fd
+        proc.worker_id = env["FARM_WORKER_ID"]
         return self.watch(slot, proc)
 
     def watch(self, slot: Slot, proc: WorkerProcess) -> WorkerProcess:

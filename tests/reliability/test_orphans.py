@@ -125,3 +125,64 @@ def test_what_a_job_started_goes_with_its_worker_when_it_drains(tmp_path: Path) 
         assert up.stop() == 0
         if child and not gone({child}):  # without the fix it outlives the farm
             os.kill(child, signal.SIGKILL)
+
+
+# A command that leaves a process of its own session behind, as a daemon's double fork
+# does: the subshell that started it ends at once, so the supervisor adopts it.
+DETACHER = """
+( setsid sleep 300 & echo $! > "detached-$FARM_SLOT-$$" )
+exec sleep 300
+"""
+
+
+def detached(tmp_path: Path, command_pid: int) -> int:
+    found = wait_for(
+        "its detached process", lambda: list(tmp_path.glob(f"detached-0-{command_pid}"))
+    )
+    return int(wait_for("its pid written", lambda: found[0].read_text().strip()))
+
+
+def adopted(pid: int, supervisor: int) -> bool:
+    try:
+        return psutil.Process(pid).ppid() == supervisor
+    except psutil.Error:
+        return False
+
+
+def test_what_a_command_worker_detached_is_stopped_when_that_worker_ends(tmp_path: Path) -> None:
+    # It left the worker's process group, so neither the slot's stop nor its kill reached
+    # it, and each restart of the slot left one more running, for good.
+    (tmp_path / "detacher.sh").write_text(DETACHER)
+    up = FarmUp(
+        tmp_path,
+        f"""
+        [functions.det]
+        command = ["sh", "{tmp_path / "detacher.sh"}"]
+        workers = 1
+        graceful_timeout = 5
+        """,
+    )
+    strays: list[int] = []
+    try:
+        wait_for("the supervisor", up.alive)
+        first = wait_for("the command worker", lambda: up.workers("det"))[0]["pid"]
+        strays.append(detached(tmp_path, first))
+        wait_for("it adopted by the supervisor", lambda: adopted(strays[0], up.proc.pid))
+        os.kill(first, signal.SIGKILL)  # a crash: the slot starts it again
+        second = wait_for(
+            "its successor",
+            lambda: [w["pid"] for w in up.workers("det") if w["pid"] != first],
+        )[0]
+        wait_for("the first one's detached process gone", lambda: gone({strays[0]}))
+        strays.append(detached(tmp_path, second))
+        wait_for("the successor's adopted", lambda: adopted(strays[1], up.proc.pid))
+        assert f"pid {strays[0]} detached from worker det#0 and outlived it" in up.read_log()
+        assert up.stop() == 0
+        assert gone({strays[1]}), "farm stop left the successor's detached process running"
+        said = up.log_path.read_text()
+        assert f"pid {strays[1]} detached from worker det#0 and outlived it" in said
+    finally:
+        up.stop()
+        for pid in strays:
+            if not gone({pid}):  # without the fix they outlive the farm
+                os.kill(pid, signal.SIGKILL)
