@@ -12,6 +12,7 @@ import errno
 import ipaddress
 import os
 import re
+import select
 import socket
 import ssl
 import stat
@@ -34,6 +35,8 @@ __all__ = [
     "connect",
     "Dial",
     "recv",
+    "recv_now",
+    "send_now",
     "tls_context",
     "tls_from_env",
     "KEEPALIVE",
@@ -232,6 +235,9 @@ def tls_from_env() -> ssl.SSLContext | None:
 #: for every read and shrinks it to what came, and glibc maps an allocation over 128 KiB
 #: with mmap, so a 256 KiB read cost an mmap, an mremap and a munmap per packet read.
 READ_SIZE = 65536
+#: What one TLS send takes at most (a record): a send OpenSSL could not finish must be
+#: retried with at least the same bytes, and the front of what waits stays put until then.
+TLS_SEND = 16384
 
 
 class Dial:
@@ -283,6 +289,41 @@ def recv(sock: socket.socket, size: int = READ_SIZE) -> bytes:
         while sock.pending():
             data += sock.recv(sock.pending())
     return data
+
+
+def recv_now(sock: socket.socket) -> bytes:
+    """What ``sock`` holds now (b"": the server closed it); BlockingIOError or, through
+    TLS, SSLWantReadError when nothing has come."""
+    if not isinstance(sock, ssl.SSLSocket):
+        return sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
+    if not sock.pending() and not select.select([sock], [], [], 0)[0]:
+        # The common case, an idle connection: one system call, not three and an error.
+        raise BlockingIOError
+    sock.setblocking(False)  # ssl sockets take no flags
+    try:
+        return recv(sock)
+    finally:
+        sock.setblocking(True)
+
+
+def send_now(sock: socket.socket, data: bytes | bytearray) -> int:
+    """Send what ``sock`` takes without waiting; how many bytes it took."""
+    if not isinstance(sock, ssl.SSLSocket):
+        try:
+            return sock.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return 0
+    sent = 0
+    sock.setblocking(False)  # ssl sockets take no flags
+    try:
+        with memoryview(data) as view:  # released before the caller resizes ``data``
+            while sent < len(view):
+                sent += sock.send(view[sent : sent + TLS_SEND])
+    except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+        pass
+    finally:
+        sock.setblocking(True)
+    return sent
 
 
 def connect(

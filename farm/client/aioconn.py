@@ -79,6 +79,7 @@ class ServerConnection(asyncio.Protocol):
         self.closed_by_client = False  # AsyncClient.close() ended it
         self.writing_paused = False  # the transport's buffer is past its high-water mark
         self._flush_due = False
+        self.undelivered: deque[object] = deque()  # read, not yet handed on (``_deliver``)
         # Set by the AsyncClient: move a lost unique-keyed job to another server.
         self.resubmit: Callable[[Task[Waiter], ServerConnection], None] | None = None
 
@@ -147,12 +148,25 @@ class ServerConnection(asyncio.Protocol):
         except ProtocolError:
             self.transport.close()  # type: ignore[union-attr]  # connection_lost fails the rest
             return
-        for event in events:
-            try:
-                self._dispatch(event)
-            except Exception:
-                # A user callback that raises must not cost the other jobs on this connection.
-                log.exception("farm.AsyncClient: callback for %r raised", event)
+        self.undelivered.extend(events)
+        self._deliver()
+
+    def _deliver(self) -> None:
+        """Hand the events read to their waiters, in order. One taken off at a time: a
+        callback that raises KeyboardInterrupt (Ctrl-C; asyncio lets it out of the loop)
+        leaves the rest (another job's end, read in the same packet run) to be handed on
+        when the loop runs again; dropped, that job's caller waited for it for ever."""
+        try:
+            while self.undelivered:
+                event = self.undelivered.popleft()
+                try:
+                    self._dispatch(event)
+                except Exception:
+                    # A user callback that raises must not cost the other jobs on this connection.
+                    log.exception("farm.AsyncClient: callback for %r raised", event)
+        except BaseException:
+            self.loop.call_soon(self._deliver)
+            raise
         self._answer_queries()
 
     def _dispatch(self, event: object) -> None:

@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import selectors
 import socket
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from farm.client.serverpick import MIN_CONNECT, ServerPicker, connect_share, job_key
 from farm.errors import ServerUnavailable
-from farm.net import READ_SIZE, connect, recv
+from farm.net import connect, recv, recv_now, send_now
 from farm.protocol import ProtocolError
 from farm.protocol.client import (
     ClientSession,
@@ -48,10 +48,6 @@ log = logging.getLogger("farm.client")
 
 #: The longest one select() waits; a longer timeout is waited in such steps.
 MAX_SELECT = 3600.0
-#: What one TLS send takes at most (a record): a send OpenSSL could not finish must be
-#: retried with at least the same bytes, and the front of what waits stays put until then.
-TLS_SEND = 16384
-
 #: One more in each forked child: a client's connections made before then are its parent's.
 _forks = 0
 
@@ -132,6 +128,8 @@ class Connections:
         self.using = threading.RLock()  # held by the thread inside the Client (_one_thread)
         # The deadline of the wait under way: a job resubmitted during it connects by then.
         self.deadline: float | None = None
+        # Events read and not yet handed to their listeners (``deliver``), with their server.
+        self.undelivered: deque[tuple[str, object]] = deque()
 
     def check_fork(self) -> None:
         """In a child forked since the last use (gunicorn --preload, multiprocessing's
@@ -230,6 +228,8 @@ class Connections:
         select = self.selector.select
         looked = False  # past the deadline, one look at what has come (a wait of 0 reads)
         while True:
+            if self.undelivered:  # left by an interrupted callback (``deliver``)
+                self.deliver()
             for conn in list(self.conns.values()):
                 out = conn.session.data_to_send()
                 if out or conn.unsent:
@@ -260,7 +260,7 @@ class Connections:
             conn.unsent += out
         data = conn.unsent or out
         try:
-            sent = _send_now(conn.sock, data)
+            sent = send_now(conn.sock, data)
         except ssl.SSLError as exc:
             self.drop(conn, f"ended the TLS session ({exc.reason or exc})")
             return
@@ -285,7 +285,7 @@ class Connections:
         and failed with it."""
         while self.conns.get(conn.addr) is conn:
             try:
-                data = _recv_now(conn.sock)
+                data = recv_now(conn.sock)
             except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 return  # nothing more (or not a whole TLS record yet): it has not closed
             except ssl.SSLError as exc:
@@ -316,10 +316,19 @@ class Connections:
         except ProtocolError:
             self.drop(conn)
             return
-        for event in events:
+        self.undelivered.extend((conn.addr, event) for event in events)
+        self.deliver()
+
+    def deliver(self) -> None:
+        """Hand the events read but not yet handed on to their tasks' listeners, in order.
+        One taken off at a time: a callback that raises KeyboardInterrupt (Ctrl-C) leaves
+        the rest here (another job's end, read in the same packet run) for the next pump;
+        dropped, that job's map waited for it until its timeout."""
+        while self.undelivered:
+            addr, event = self.undelivered.popleft()
             task = getattr(event, "task", None)
             if task is None:  # e.g. an ERROR the server sent unasked: nothing waits on it
-                log.warning("farm.Client: %r from %s", event, conn.addr)
+                log.warning("farm.Client: %r from %s", event, addr)
                 continue
             listener = task.owner
             if listener is None:
@@ -369,38 +378,3 @@ class Connections:
             task.done = True
             if task.owner is not None:
                 task.owner.task_event(JobEnded(task=task))
-
-
-def _recv_now(sock: socket.socket) -> bytes:
-    """What ``sock`` holds now (b"": the server closed it); BlockingIOError or, through
-    TLS, SSLWantReadError when nothing has come."""
-    if not isinstance(sock, ssl.SSLSocket):
-        return sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
-    if not sock.pending() and not select.select([sock], [], [], 0)[0]:
-        # The common case, an idle connection: one system call, not three and an error.
-        raise BlockingIOError
-    sock.setblocking(False)  # ssl sockets take no flags
-    try:
-        return recv(sock)
-    finally:
-        sock.setblocking(True)
-
-
-def _send_now(sock: socket.socket, data: bytes | bytearray) -> int:
-    """Send what ``sock`` takes without waiting; how many bytes it took."""
-    if not isinstance(sock, ssl.SSLSocket):
-        try:
-            return sock.send(data, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return 0
-    sent = 0
-    sock.setblocking(False)  # ssl sockets take no flags
-    try:
-        with memoryview(data) as view:  # released before the caller resizes ``data``
-            while sent < len(view):
-                sent += sock.send(view[sent : sent + TLS_SEND])
-    except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
-        pass
-    finally:
-        sock.setblocking(True)
-    return sent

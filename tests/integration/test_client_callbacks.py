@@ -105,3 +105,104 @@ def test_a_call_interrupted_gives_its_job_up(any_server: Server) -> None:
         thread.join(10)
         assert client.echo(b"after the job ended") == b"after the job ended"
         assert seen == [b"before"], "the job given up still called its callbacks"
+
+
+def grab(worker: Peer) -> bytes:
+    """The handle of the next job ``worker`` is given, asleep until there is one."""
+    return grab_job(worker)[0]
+
+
+def grab_job(worker: Peer) -> tuple[bytes, bytes]:
+    """The handle and payload of the next job ``worker`` is given, asleep until there is one."""
+    while True:
+        worker.send(T.GRAB_JOB)
+        pkt = worker.recv()
+        if pkt.type == T.JOB_ASSIGN:
+            return bytes(pkt.args[0]), bytes(pkt.args[2])
+        if pkt.type == T.NO_JOB:
+            worker.send(T.PRE_SLEEP)
+            worker.expect(T.NOOP)
+
+
+def test_an_interrupt_in_a_callback_keeps_the_rest_of_its_read(farm_server: Server) -> None:
+    # One read carries call a's status and a map job's result; Ctrl-C in a's status callback
+    # must not lose that result (the map then waited for it until its timeout).
+    held, sent = threading.Event(), threading.Event()
+
+    def work() -> None:
+        worker = Peer(farm_server.addr)
+        worker.send(T.CAN_DO, "f")
+        first, second = grab(worker), grab(worker)
+        worker.send(T.WORK_COMPLETE, first, b"b1")
+        call = grab(worker)
+        worker.send(T.WORK_DATA, call, b"hold")  # the client stops reading in its callback
+        held.wait(10)
+        worker.send(T.WORK_STATUS, call, b"1", b"2")
+        worker.send(T.WORK_COMPLETE, second, b"b2")
+        worker.send(T.ECHO_REQ, b"sync")  # answered once the server has passed the above on
+        worker.expect(T.ECHO_RES)
+        sent.set()
+        worker.close()
+
+    def hold(_: bytes) -> None:
+        held.set()
+        sent.wait(10)  # both packets now wait in the socket, for one read
+
+    def interrupt(*_: int) -> None:
+        raise KeyboardInterrupt
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    with farm.Client(farm_server.addr, timeout=5) as client:  # a lost result: a Timeout
+        results = client.map("f", ["b1", "b2"])
+        assert next(results) == b"b1"
+        with pytest.raises(KeyboardInterrupt):
+            client.call("f", "a", on_data=hold, on_status=interrupt)
+        assert sent.is_set()
+        assert list(results) == [b"b2"]
+    thread.join(10)
+
+
+def test_an_interrupt_in_an_async_callback_keeps_the_rest_of_its_read(
+    farm_server: Server,
+) -> None:
+    # As above for AsyncClient: the Ctrl-C leaves the loop; run again, the other call ends.
+    held, sent = threading.Event(), threading.Event()
+
+    def work() -> None:
+        worker = Peer(farm_server.addr)
+        worker.send(T.CAN_DO, "f")
+        jobs = {data: handle for handle, data in (grab_job(worker), grab_job(worker))}
+        first, second = jobs[b"a"], jobs[b"b"]
+        worker.send(T.WORK_DATA, first, b"hold")  # the loop stops reading in its callback
+        held.wait(10)
+        worker.send(T.WORK_STATUS, first, b"1", b"2")
+        worker.send(T.WORK_COMPLETE, second, b"b")
+        worker.send(T.ECHO_REQ, b"sync")  # answered once the server has passed the above on
+        worker.expect(T.ECHO_RES)
+        sent.set()
+        worker.close()
+
+    def hold(_: bytes) -> None:
+        held.set()
+        sent.wait(10)  # both packets now wait in the socket, for one read
+
+    def interrupt(*_: int) -> None:
+        raise KeyboardInterrupt
+
+    thread = threading.Thread(target=work, daemon=True)
+    loop = asyncio.new_event_loop()
+    client = farm.AsyncClient(farm_server.addr)
+    try:
+        first = loop.create_task(client.call("f", "a", on_data=hold, on_status=interrupt))
+        second = loop.create_task(client.call("f", "b", timeout=5))  # lost: a Timeout
+        thread.start()
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(second)
+        assert sent.is_set()
+        assert loop.run_until_complete(second) == b"b"
+    finally:
+        first.cancel()
+        loop.run_until_complete(client.close())
+        loop.close()
+    thread.join(10)
