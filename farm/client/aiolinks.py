@@ -104,7 +104,7 @@ class AsyncLinks:
         try:
             return await asyncio.wait_for(asyncio.shield(pending), left)
         except TimeoutError:
-            self._picker.mark_down(addr)
+            self._picker.mark_down(addr, spent=left)
             raise ServerUnavailable(f"{addr} (timed out)") from None
 
     def _connected(self, addr: str, done: asyncio.Future[ServerConnection]) -> None:
@@ -129,7 +129,7 @@ class AsyncLinks:
 
     async def _open(self, addr: str) -> ServerConnection:
         loop = asyncio.get_running_loop()
-        target = parse_address(addr)
+        target, began = parse_address(addr), loop.time()
         try:
             if target.kind == "unix":
                 opening = loop.create_unix_connection(
@@ -145,7 +145,7 @@ class AsyncLinks:
                 )
             transport, conn = await asyncio.wait_for(opening, self.connect_timeout)
         except (OSError, TimeoutError) as exc:  # ssl.SSLError too: a refused certificate
-            self._picker.mark_down(addr)
+            self._picker.mark_down(addr, spent=loop.time() - began)
             why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise ServerUnavailable(f"{addr} ({why})") from None
         if self._closed:  # close() came while this connected: nothing may go out on it

@@ -336,11 +336,12 @@ class Client:
         return status
 
     def _ask(self, addr: str, make: Callable[[ClientSession], Query[Reply]]) -> Reply:
-        deadline = self._deadline(self.timeout)
+        deadline, asked = self._deadline(self.timeout), time.monotonic()
         try:
             conn = self._wire.connection(addr, deadline)
         except OSError as exc:
-            self._wire.picker.mark_down(addr)  # tried last for a while, as for jobs
+            # Tried last for a while, as for jobs (longer if its connect took longer).
+            self._wire.picker.mark_down(addr, spent=time.monotonic() - asked)
             raise ServerUnavailable(f"{addr}: {exc.strerror or exc}") from exc
         query = make(conn.session)
         if not self._wire.pump(lambda: query.done, deadline):

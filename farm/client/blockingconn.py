@@ -207,7 +207,7 @@ class Connections:
                 conn = self.connection(addr, connect_share(deadline, now, len(order) - at))
             except OSError as exc:
                 tried.append(f"{addr} ({exc.strerror or exc})")
-                self.picker.mark_down(addr)
+                self.picker.mark_down(addr, spent=time.monotonic() - now)
                 continue
             conn.session.submit(task)
             return

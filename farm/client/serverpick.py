@@ -4,7 +4,10 @@ A job with a unique key always starts at the same server (so retries and
 joiners meet the same queue); others rotate, past a server that is not taking
 our bytes (``busy``). A server that refused or dropped a connection, or left a
 request unanswered for its caller's timeout (``mark_down``), is tried last for
-``DOWN_FOR`` seconds.
+``DOWN_FOR`` seconds, or for as long as finding it down cost if longer (a connect nothing
+answers takes connect_timeout), and for twice as long as the last time at each failure in a
+row, up to ``DOWN_MAX``: a client calling every second paid the whole connect_timeout of a
+dead host each time its 2 s were up (python-gearman 1.x left a failed server alone for 120 s).
 """
 
 from __future__ import annotations
@@ -13,10 +16,20 @@ import time
 import zlib
 from collections.abc import Collection
 
-__all__ = ["DOWN_FOR", "FAR_CONNECT", "MIN_CONNECT", "ServerPicker", "connect_share", "job_key"]
+__all__ = [
+    "DOWN_FOR",
+    "DOWN_MAX",
+    "FAR_CONNECT",
+    "MIN_CONNECT",
+    "ServerPicker",
+    "connect_share",
+    "job_key",
+]
 
 #: A server marked down (refused, dropped, or did not answer) is tried last for this long (s).
 DOWN_FOR = 2.0
+#: The longest a server is tried last for, however often it failed in a row (s).
+DOWN_MAX = 60.0
 #: The least a connect waits, however little of its caller's timeout is left (one to a
 #: server on this host succeeds at once; one nothing answers is bounded by the timeout).
 MIN_CONNECT = 0.05
@@ -52,6 +65,7 @@ class ServerPicker:
     def __init__(self, servers: list[str]) -> None:
         self.servers = servers
         self._down_until: dict[str, float] = {}
+        self._down_for: dict[str, float] = {}  # how long its last failure put it last for
         self._rotation = 0
 
     def order(
@@ -81,8 +95,22 @@ class ServerPicker:
 
         return sorted(order, key=rank)  # stable: the rotation holds within each rank
 
-    def mark_down(self, addr: str) -> None:
-        self._down_until[addr] = time.monotonic() + DOWN_FOR
+    def mark_down(self, addr: str, spent: float = 0.0) -> None:
+        """``addr`` failed, and finding that out took ``spent`` seconds: tried last for that
+        long or DOWN_FOR, and for twice as long as the last time if it failed when tried
+        again (up to DOWN_MAX), unless DOWN_MAX had passed since then (a client's next call
+        an hour later). Marked again while still down (each of a map's jobs it did not
+        create), it is one failure: its time is only made up to this one's."""
+        now = time.monotonic()
+        until, last = self._down_until.get(addr, 0.0), self._down_for.get(addr, 0.0)
+        span = max(DOWN_FOR, spent)
+        if until <= now < until + DOWN_MAX:  # failed again soon after its time was up
+            span = max(span, 2 * last)
+        span = min(span, DOWN_MAX)
+        self._down_for[addr] = max(span, last) if until > now else span
+        self._down_until[addr] = max(until, now + span)
 
     def mark_up(self, addr: str) -> None:
+        """A connection to ``addr`` worked: its next failure starts over from DOWN_FOR."""
         self._down_until.pop(addr, None)
+        self._down_for.pop(addr, None)

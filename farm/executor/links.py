@@ -70,11 +70,12 @@ class Links:
                 if self._down_since:  # a server took a connection: calls go out again
                     self._down_since = self._retry_at = 0.0
                 return conn
+            began = time.monotonic()
             try:
                 sock = connect(addr, self.connect_timeout)
             except OSError as exc:
                 tried.append(f"{addr} ({exc.strerror or exc})")
-                self._picker.mark_down(addr)
+                self._picker.mark_down(addr, spent=time.monotonic() - began)
                 continue
             sock.setblocking(False)
             self._down_since = self._retry_at = 0.0

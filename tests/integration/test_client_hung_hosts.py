@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 
 import farm
+from farm.client import blockingconn, serverpick
+from tests.helpers.servers import Server
 from tests.helpers.serving import reverse, serving
 from tests.helpers.stalled import unanswered_listener
 
@@ -62,6 +64,40 @@ def test_the_timeout_of_a_client_or_call_bounds_its_connect_too(any_server) -> N
             t0 = time.monotonic()
             assert c.call("reverse", b"ab", timeout=4) == b"ba"
             assert time.monotonic() - t0 < 8, "the hung server took all the call's time"
+
+
+def test_a_host_that_answers_no_connect_waits_longer_than_its_connect_cost(
+    farm_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It went last for DOWN_FOR (2 s) whatever its connect had cost: with connect_timeout
+    # past that, a client calling all the time paid the whole connect_timeout every 2 s.
+    # DOWN_FOR cut under the connect's cost, so that the test takes seconds, not minutes.
+    monkeypatch.setattr(serverpick, "DOWN_FOR", 0.1)
+    tries: list[tuple[float, float]] = []  # each connect to the hung host: began, gave up
+    real = blockingconn.connect
+
+    def counted(addr: str, timeout: float, tls: Any = None) -> Any:
+        began = time.monotonic()
+        try:
+            return real(addr, timeout, tls)
+        finally:
+            if addr == hung:
+                tries.append((began, time.monotonic()))
+
+    monkeypatch.setattr(blockingconn, "connect", counted)
+    with (
+        unanswered_listener() as hung,
+        serving(farm_server.addr, {"reverse": reverse}),
+        farm.Client([hung, farm_server.addr], connect_timeout=0.5) as c,
+    ):
+        t0 = time.monotonic()
+        while len(tries) < 3 and time.monotonic() - t0 < 10:
+            assert c.call("reverse", b"ab", timeout=5) == b"ba"
+    assert len(tries) == 3, tries
+    (first, gave_up), (second, gave_up_again), (third, _) = tries
+    cost = gave_up - first
+    assert second - gave_up >= cost, "tried again sooner than its connect had cost"
+    assert third - gave_up_again >= 2 * cost, "failed twice in a row: twice as long"
 
 
 def test_a_resubmit_after_its_server_died_keeps_to_the_calls_timeout(any_server) -> None:

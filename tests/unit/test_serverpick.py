@@ -1,5 +1,6 @@
 """ServerPicker: a unique key always starts at one server, others rotate, and a server
-that refused is tried last for DOWN_FOR seconds (then first again in its turn)."""
+that refused is tried last for DOWN_FOR seconds or what finding it down cost (then first
+again in its turn), longer each time it fails again in a row."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 from farm.client import serverpick
 from farm.client.serverpick import (
     DOWN_FOR,
+    DOWN_MAX,
     FAR_CONNECT,
     MIN_CONNECT,
     ServerPicker,
@@ -44,6 +46,40 @@ def test_a_server_marked_down_goes_last_for_down_for_seconds(
     picker._rotation = 1
     assert picker.order()[0] == "b:1", "a connection that worked clears it"
     assert DOWN_FOR == 2.0  # as docs/client.md says
+
+
+def test_a_server_is_down_for_what_finding_it_down_cost_and_longer_each_time_in_a_row(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A connect nothing answers costs connect_timeout (5 s by default): down for DOWN_FOR
+    # alone, a client calling every second paid those 5 s again every 7 s.
+    now = [100.0]
+    monkeypatch.setattr(serverpick.time, "monotonic", lambda: now[0])
+    picker = ServerPicker(SERVERS)
+
+    def down_for(addr: str) -> float:
+        return picker._down_until[addr] - now[0]
+
+    picker.mark_down("a:1", spent=5.0)
+    assert down_for("a:1") == 5.0, "at least what the failed connect cost"
+    picker.mark_down("a:1", spent=5.0)  # another job's connect that failed with it
+    assert down_for("a:1") == 5.0, "one failure, not two: it was down already"
+    now[0] += 5.0
+    picker.mark_down("a:1", spent=5.0)  # tried again at once, and down still
+    assert down_for("a:1") == 10.0, "twice as long for the second failure in a row"
+    now[0] += 10.0
+    picker.mark_down("a:1")
+    assert down_for("a:1") == 20.0, "twice the last, whatever this one cost"
+    for _ in range(10):
+        now[0] += down_for("a:1")
+        picker.mark_down("a:1", spent=5.0)
+    assert down_for("a:1") == DOWN_MAX
+    now[0] += down_for("a:1") + DOWN_MAX
+    picker.mark_down("a:1", spent=5.0)
+    assert down_for("a:1") == 5.0, "failed long after its time was up: not in a row"
+    picker.mark_up("a:1")  # a connection worked: its next failure starts over
+    picker.mark_down("a:1")
+    assert down_for("a:1") == DOWN_FOR
 
 
 def test_a_busy_server_goes_after_the_live_ones_for_jobs_without_a_key() -> None:
