@@ -56,7 +56,7 @@ from farm.executor.payload import (
     SINGLE,
     SPILLED,
     RemoteTraceback,
-    dump_call,
+    dump_args,
     dump_fn,
     dump_initializer,
 )
@@ -223,7 +223,7 @@ class Executor(_BaseExecutor):
             self._renew()
         try:
             fn_bytes = dump_fn(fn)
-            body = dump_call((args, kwargs))
+            body = dump_args(args, kwargs)
         except Exception as exc:  # unpicklable: the future says so, as ProcessPoolExecutor's
             return self._enqueue(None, exc)
         key = None  # of a function large enough for a file (CallerFiles.shared)

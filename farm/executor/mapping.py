@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from farm.executor import spill
 from farm.executor.flight import Call
-from farm.executor.payload import ARG_CHUNK, CHUNK, SINGLE, dump_call
+from farm.executor.payload import ARG_CHUNK, CHUNK, SINGLE, dump_call, note_chunk
 
 if TYPE_CHECKING:
     from farm.executor.progress import Bar
@@ -107,6 +107,7 @@ class MapCalls:
                 try:
                     body = dump_call((chunk[0], {})) if kind == SINGLE else dump_call(chunk)
                 except Exception as exc:  # unpicklable: that chunk's future says so
+                    note_chunk(exc, chunk, kind, sum(self.sizes) - len(chunk))
                     futures.append(hand.enqueue(None, exc, False))
                     continue
                 if len(body) > spill.SPILL_THRESHOLD:

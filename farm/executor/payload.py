@@ -76,6 +76,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+from farm.executor import unpicklable
 from farm.executor.signing import CALL, RESULT, SignatureError, Signer
 
 __all__ = [
@@ -96,6 +97,8 @@ __all__ = [
     "describe",
     "dump",
     "dump_fn",
+    "dump_args",
+    "note_chunk",
     "dump_initializer",
     "encode_setup",
     "encode_call",
@@ -277,47 +280,33 @@ def _named_code(rebuild: Any, args: tuple[Any, ...], filename: str) -> types.Cod
 
 def dump_fn(fn: Any) -> bytes:
     """The function's pickle: by value for one of ``__main__`` (``dump_call``), by name for
-    one of a module. A function of the script that will not pickle because of a global it
-    uses (a lock, a connection) says which, in a note: the pool's processes have the
-    script's globals of their own, so the same code ran there."""
+    one of a module. One that will not pickle says why in a note (``unpicklable``): a global
+    it uses (a lock, a connection), or what in its instance."""
     try:
         return dump_call(fn)
     except Exception as exc:
-        found = _unpicklable_global(fn)
-        if found is not None:
-            exc.add_note(
-                f"farm: {found[0]} is a function of the script: it travels by value with"
-                f" the globals it uses, and its global {found[1]!r} cannot"
-                " be pickled (ProcessPoolExecutor's processes have the script's globals of"
-                " their own; the farm's workers do not). Make it inside the function or in"
-                " an initializer, or pass what the call needs as arguments"
-                " (docs/executor.md, 'What remains different')"
-            )
+        unpicklable.note_fn(exc, fn, _by_value)
         raise
 
 
-def _unpicklable_global(fn: Any) -> tuple[str, str] | None:
-    """The name of a script's function (through partials and bound methods) and of the
-    first of its globals that cloudpickle refuses, or None."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    fn = getattr(fn, "__func__", fn)
-    if not isinstance(fn, types.FunctionType) or fn.__module__ != "__main__":
-        return None
-    names: list[str] = []
-    codes = [fn.__code__]
-    while codes:  # the function's code and the code of functions nested in it
-        code = codes.pop()
-        names.extend(code.co_names)
-        codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
-    for name in dict.fromkeys(names):
-        if name not in fn.__globals__:
-            continue  # an attribute's name, or a builtin
-        try:
-            _by_value(fn.__globals__[name])
-        except Exception:
-            return fn.__qualname__, name
-    return None
+def dump_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """A SINGLE call's body (``dump_call``); arguments that will not pickle say which, in a
+    note (``unpicklable``)."""
+    try:
+        return dump_call((args, kwargs))
+    except Exception as exc:
+        unpicklable.note_args(exc, args, kwargs, dump_call)
+        raise
+
+
+def note_chunk(exc: Exception, chunk: list[Any], kind: int, first: int) -> None:
+    """Say in a note on ``exc`` (raised pickling a map's ``chunk`` of ``kind``, whose first
+    call is the map's call ``first``) which call's argument will not pickle."""
+    calls = [(arg,) for arg in chunk] if kind in (ARG_CHUNK, ARG_CHUNK_BATCH) else chunk
+    for at, args in enumerate(calls):
+        unpicklable.note_args(exc, args, {}, dump_call, f"the map's call {first + at} (from 0)")
+        if getattr(exc, "__notes__", None):
+            return
 
 
 def dump_initializer(initializer: Callable[..., object], initargs: tuple[Any, ...]) -> bytes:

@@ -428,6 +428,60 @@ def test_a_scripts_function_whose_global_will_not_pickle_names_that_global(
 
 
 @pytest.mark.timeout(60)
+def test_what_will_not_pickle_in_a_call_is_named_in_a_note(shared: Farm) -> None:
+    """A lock in an argument, in an instance whose method is called, or in a class of the
+    script (which travels by value with its attributes, where the pool's processes import
+    the script and run the call): the error is what pickling raised, as the pool's, from
+    result() as there, and its note says which argument or attribute it was."""
+    out = shared.run_script("""
+        import threading
+
+        class C:
+            lock = threading.Lock()
+
+            def method(self, x):
+                return x
+
+        class D:
+            def __init__(self):
+                self.lock = threading.Lock()
+
+            def method(self, x):
+                return x
+
+        def f(x, y=None):
+            return x
+
+        with ex() as pool:
+            for calls in [
+                lambda: [pool.submit(C().method, 1)],
+                lambda: [pool.submit(D().method, 1)],
+                lambda: [pool.submit(f, 1, threading.Lock())],
+                lambda: [pool.submit(f, 1, y=[0, D()])],
+                lambda: list(pool.map(f, [1, 2], [None, threading.Lock()]))[:0]
+                or [pool.submit(abs, 1)],
+            ]:
+                try:
+                    error = calls()[0].exception(timeout=30)
+                except TypeError as raised:  # from map: as its result is due
+                    error = raised
+                print(type(error).__name__, error, "|", *getattr(error, "__notes__", []))
+            print(pool.submit(abs, -1).result(timeout=30))
+    """)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    bare = "TypeError cannot pickle '_thread.lock' object | "
+    assert all(line.startswith(bare + "farm: ") for line in lines[:5]), out.stdout
+    notes = [line.removeprefix(bare) for line in lines[:5]]
+    assert "C.lock" in notes[0] and "class of the script" in notes[0], notes[0]
+    assert "function of the call cannot be pickled: fn.__self__.lock" in notes[1], notes[1]
+    assert "argument 1 of the call cannot be pickled: args[1] (a _thread.lock)" in notes[2]
+    assert "keyword argument 'y' of the call cannot be pickled: kwargs['y'][1].lock" in notes[3]
+    assert "argument 1 of the map's call 1 (from 0) cannot be pickled: args[1]" in notes[4]
+    assert lines[5] == "1"
+
+
+@pytest.mark.timeout(60)
 def test_an_executor_for_a_function_no_worker_serves_says_so(
     shared: Farm, caplog: pytest.LogCaptureFixture
 ) -> None:
