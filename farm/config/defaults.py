@@ -57,6 +57,9 @@ def server_store(addresses: tuple[Address, ...]) -> str:
     unix = next((a.path for a in addresses if a.kind == "unix"), None)
     path = default_store(tcp, unix)
     existing = path.parent
-    while not existing.exists():  # the nearest ancestor decides whether we may create it
-        existing = existing.parent
+    try:
+        while not existing.exists():  # the nearest ancestor decides whether we may create it
+            existing = existing.parent
+    except PermissionError:  # under a directory this user may not enter (a HOME of root's)
+        return "none"
     return str(path) if os.access(existing, os.W_OK) else "none"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -15,6 +16,7 @@ from farm.config.capacity import cpu_list
 from farm.config.pooltables import PoolReader
 from farm.errors import ConfigError
 from farm.paths import runtime_dir
+from tests.helpers.unprivileged import unprivileged
 
 GOOD = """
 [server]
@@ -426,6 +428,22 @@ def test_defaults_need_no_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     # Another unit's (a caller's own service): not where farm's sockets are.
     monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "myapp"))
     assert runtime_dir() == Path(f"/tmp/farm-{os.getuid()}")
+
+
+def test_a_state_directory_this_user_may_not_reach_keeps_jobs_in_memory(tmp_path: Path) -> None:
+    # `runuser -u nobody -- farm up` keeps nobody's HOME, /nonexistent, which on a host
+    # where something made it is root's, mode 0700: the default store's look for the nearest
+    # directory that exists raised PermissionError, and `farm up` ended in a traceback
+    # rather than keep the jobs in memory with a warning, as the docs say.
+    locked = tmp_path / "home"
+    locked.mkdir(mode=0o000)
+    env = {k: v for k, v in os.environ.items() if k not in ("STATE_DIRECTORY", "RUNTIME_DIRECTORY")}
+    env |= {"XDG_STATE_HOME": str(locked / ".local/state"), "XDG_RUNTIME_DIR": str(tmp_path)}
+    code = "from farm import config; print(config.load(None).server.store)"
+    argv = unprivileged([sys.executable, "-c", code])
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "none\n"
 
 
 def test_binary_garbage_is_one_line_not_a_traceback(tmp_path: Path) -> None:
