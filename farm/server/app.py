@@ -56,6 +56,7 @@ class ListenError(FarmError):
 
     def __init__(self, where: str, exc: OSError, hint: str | None = None) -> None:
         self.errno = exc.errno
+        self.where = where
         self.hint = hint  # what to change, where the usual hints (-p, -L) do not apply
         reason = BIND_REASONS.get(exc.errno or 0) or exc.strerror or str(exc)
         super().__init__(f"cannot listen on {where}: {reason}")
@@ -295,7 +296,8 @@ def _serve(options: ServerOptions, ready: int | None = None) -> int:
         _fatal(options, str(exc))
         return 2
     except ListenError as exc:
-        hint = exc.hint or _hint(options, "port" if exc.errno == errno.EADDRINUSE else "listen")
+        taken = "socket" if exc.where.startswith("unix:") else "port"  # what to move
+        hint = exc.hint or _hint(options, taken if exc.errno == errno.EADDRINUSE else "listen")
         _fatal(options, f"{exc} ({hint})")
         return 1
     except OSError as exc:
@@ -320,6 +322,8 @@ HINTS = {
     ("store", "config"): 'set [server] store = "PATH" in the config, or "none" for memory only',
     ("port", "flags"): "another server has it? use another -p PORT, or -L HOST:PORT",
     ("port", "config"): "another server has it? give [server] listen another port",
+    ("socket", "flags"): "another server has it? use another --unix PATH",
+    ("socket", "config"): "another server has it? give [server] listen another unix: path",
     ("listen", "flags"): "check the -L and --unix addresses",
     ("listen", "config"): "check [server] listen in the config",
 }

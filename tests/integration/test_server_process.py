@@ -226,6 +226,12 @@ def test_a_live_unix_socket_is_not_taken_over_nor_a_file_replaced(tmp_path: Path
         out = farm_cli("server", "--port", str(free_port()), "--store", "none", "--unix", path)
         assert out.returncode == 1, out.stderr
         assert f"cannot listen on unix:{path}: address already in use" in out.stderr
+        # The fix is another path: the hint said to take another port (-p, or in `farm up`'s
+        # config "give [server] listen another port"), which changes nothing here.
+        assert "(another server has it? use another --unix PATH)" in out.stderr
+        argv = ["server", "--store", "none", "--unix", path, "--hints", "config"]
+        out = farm_cli(*argv, "-L", f"127.0.0.1:{free_port()}")
+        assert "give [server] listen another unix: path)" in out.stderr, out.stderr
         peer = Peer(f"unix:{path}")
         try:
             assert peer.admin("getpid").strip() == f"OK {first.proc.pid}"
