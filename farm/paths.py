@@ -35,8 +35,15 @@ def state_dir() -> Path:
     systemd = os.environ.get("STATE_DIRECTORY")
     if systemd:
         return Path(systemd.split(":")[0])
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    base = _xdg("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     return Path(base) / "farm"
+
+
+def _xdg(name: str) -> str | None:
+    """An XDG base directory variable, if set to an absolute path: the spec has a relative
+    one ignored, which a command run from another directory would read elsewhere."""
+    value = os.environ.get(name)
+    return value if value and os.path.isabs(value) else None
 
 
 #: The one store every server on the host shared before stores were keyed by server.
@@ -117,7 +124,7 @@ def runtime_dir() -> Path:
         # farm's own unit (a caller in another unit has its own), made for its user
         if own.name == "farm" and _own_directory(str(own)):
             return own
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    xdg = _xdg("XDG_RUNTIME_DIR")
     if xdg and _own_directory(xdg):
         return Path(xdg) / "farm"
     return fallback_runtime_dir()

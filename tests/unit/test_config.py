@@ -15,7 +15,7 @@ from farm import config, discovery
 from farm.config.capacity import cpu_list
 from farm.config.pooltables import PoolReader
 from farm.errors import ConfigError
-from farm.paths import runtime_dir
+from farm.paths import runtime_dir, state_dir
 from tests.helpers.unprivileged import unprivileged
 
 GOOD = """
@@ -444,6 +444,23 @@ def test_a_state_directory_this_user_may_not_reach_keeps_jobs_in_memory(tmp_path
     out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout == "none\n"
+
+
+def test_relative_xdg_directories_are_ignored(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The XDG spec: a relative path in these variables is invalid and is ignored. farm took
+    # it relative to the working directory: `farm up` in one directory put its sockets and
+    # store there, and `farm ps`, `farm stop` or the Executor from another (the same
+    # variables exported) looked for them somewhere else.
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir(mode=0o700)  # of this user, closed to others: otherwise taken
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "run")
+    monkeypatch.setenv("XDG_STATE_HOME", "state")
+    assert runtime_dir() == Path(f"/tmp/farm-{os.getuid()}")
+    assert state_dir() == Path(os.path.expanduser("~/.local/state/farm"))
 
 
 def test_binary_garbage_is_one_line_not_a_traceback(tmp_path: Path) -> None:
