@@ -134,7 +134,14 @@ class Supervisor(
         self.selector.register(self.control, selectors.EVENT_READ, "accept")
         self.install_signals()
         self.adopt_orphans()  # before the first child: what any of them detaches is ours
-        log.info("supervisor %d starting (config: %s)", os.getpid(), self.config.source)
+        # Where `farm ps` and `farm stop` reach it: the defaults choose it per user.
+        control = self.config.supervisor.control
+        log.info(
+            "supervisor %d starting (config: %s; control socket: %s)",
+            os.getpid(),
+            self.config.source,
+            control,
+        )
         if self.config.local_server:
             self.server.say_where_jobs_are_kept()
         if not self.config.functions:  # allowed (a server alone), but rarely what was meant

@@ -75,10 +75,13 @@ class LocalServer(RestartHistory):
         self.stopping = False
 
     def say_where_jobs_are_kept(self) -> None:
-        """Warn when background jobs are kept in memory only (``store = "none"``, also the
-        default's fallback): said, never silent. Said by `farm up` once it knows it is the
-        farm's one supervisor, not by a second `farm up` that is about to be refused."""
-        if self.config.store == "none":
+        """Say where background jobs are kept, as a warning when that is memory only
+        (``store = "none"``, also the default's fallback): said, never silent. Said by `farm
+        up` once it knows it is the farm's one supervisor, not by a second `farm up` that is
+        about to be refused."""
+        if self.config.store != "none":
+            log.info("background jobs are stored in %s", self.config.store)
+        else:
             log.warning(
                 "background jobs are kept in memory only and are lost when the job server"
                 ' stops ([server] store = "none"; the default, a file in %s, needs that'

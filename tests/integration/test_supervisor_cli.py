@@ -218,6 +218,24 @@ def test_a_state_directory_that_cannot_be_made_is_said_and_the_farm_runs(tmp_pat
         assert farm.stop() == 0
 
 
+def test_farm_up_says_where_its_control_socket_and_store_are(tmp_path: Path) -> None:
+    # A newcomer's `farm up` on the built-in defaults logged the Executor's key file and the
+    # server's addresses, but neither where `farm ps` and `farm stop` reach it nor where its
+    # background jobs are kept: the paths the defaults choose per user and environment.
+    pool = "[functions.reverse]\ntarget = 'workers.text:reverse'\nworkers = 1\n"
+    up = FarmUp(tmp_path, pool, start=False)
+    store = tmp_path / "queue.db"
+    up.config.write_text(up.config.read_text().replace('store = "none"', f'store = "{store}"'))
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        log = up.read_log()
+        assert f"control socket: {up.control})" in log
+        assert f"INFO background jobs are stored in {store}" in log
+    finally:
+        assert up.stop() == 0
+
+
 def test_a_second_farm_up_on_the_same_config_says_who_runs_in_one_line(tmp_path: Path) -> None:
     # The second `farm up` warned that background jobs are kept in memory only (its own
     # server's store, which it would never start) before saying that another supervisor
