@@ -25,7 +25,7 @@ from farm.paths import LegacyStoreBusy, adopt_legacy_store, open_own_file
 from farm.server.connection import Connection
 from farm.server.exposition import MetricsEndpoint
 from farm.server.hub import Hub
-from farm.server.options import ServerOptions, parse_args
+from farm.server.options import ServerOptions, default_store_path, parse_args
 from farm.server.process import (
     detach,
     detached,
@@ -33,7 +33,7 @@ from farm.server.process import (
     reopen_log,
     setup_server_logging,
 )
-from farm.server.store import DamagedStore, StoreError
+from farm.server.store import DamagedStore, StoreError, StoreInUse
 from farm.server.tlsgate import Handshakes, TLSGate
 
 log = logging.getLogger("farm.server")
@@ -285,6 +285,9 @@ def _serve(options: ServerOptions, ready: int | None = None) -> int:
     except DamagedStore as exc:  # says its own fix: another path would strand its jobs
         _fatal(options, str(exc))
         return 2
+    except StoreInUse as exc:
+        _fatal(options, f"{exc} ({_store_in_use_hint(options)})")
+        return 2
     except StoreError as exc:
         _fatal(options, f"{exc} ({_hint(options, 'store')})")
         return 2
@@ -331,6 +334,15 @@ HINTS = {
 
 def _hint(options: ServerOptions, what: str) -> str:
     return HINTS[what, options.hints]
+
+
+def _store_in_use_hint(options: ServerOptions) -> str:
+    """The store is the port's own when none was named (queue-PORT.db): a server of this
+    user already on the port holds it, and another store would only meet the port taken."""
+    port = parse_address(options.listen[0]).port if options.listen else None
+    if port is None or options.store != default_store_path(options.listen, options.unix):
+        return _hint(options, "store")
+    return f"the store of port {port}: {_hint(options, 'port')}"
 
 
 def _title_address(options: ServerOptions) -> str:

@@ -30,6 +30,7 @@ from farm.server.reserve import DiskReserve
 # Re-exported: the server and the tests name the store's errors by this module.
 from farm.server.storefile import DamagedStore as DamagedStore
 from farm.server.storefile import StoreError as StoreError
+from farm.server.storefile import StoreInUse as StoreInUse
 from farm.server.storefile import damaged
 from farm.server.storeopen import open_database
 

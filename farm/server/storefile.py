@@ -12,7 +12,14 @@ import stat
 
 from farm.paths import check_own_file
 
-__all__ = ["StoreError", "DamagedStore", "damaged", "drop_empty_journal", "owner_only"]
+__all__ = [
+    "StoreError",
+    "DamagedStore",
+    "StoreInUse",
+    "damaged",
+    "drop_empty_journal",
+    "owner_only",
+]
 
 log = logging.getLogger("farm.server")
 
@@ -23,6 +30,10 @@ class StoreError(Exception):
 
 class DamagedStore(StoreError):
     """The store is a SQLite file that cannot be read: its message says the fix itself."""
+
+
+class StoreInUse(StoreError):
+    """Another server holds the store (SQLite's exclusive lock)."""
 
 
 #: The first bytes of every SQLite 3 database file.

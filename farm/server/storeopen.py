@@ -12,7 +12,13 @@ import sqlite3
 from pathlib import Path
 
 from farm.server.reserve import DiskReserve
-from farm.server.storefile import StoreError, damaged, drop_empty_journal, owner_only
+from farm.server.storefile import (
+    StoreError,
+    StoreInUse,
+    damaged,
+    drop_empty_journal,
+    owner_only,
+)
 
 __all__ = ["open_database"]
 
@@ -76,7 +82,7 @@ def open_database(path: str, sync: str, reserve: DiskReserve) -> tuple[sqlite3.C
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     except sqlite3.OperationalError as exc:
         if "locked" in str(exc):
-            raise StoreError(f"the job store {path} is in use by another server") from exc
+            raise StoreInUse(f"the job store {path} is in use by another server") from exc
         raise StoreError(f"cannot open the job store {path}: {exc}") from exc
     except sqlite3.DatabaseError as exc:  # corrupt pages: another path would lose the jobs
         raise damaged(path, exc) from None

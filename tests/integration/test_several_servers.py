@@ -127,7 +127,7 @@ def test_a_failing_bind_names_the_address(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert f"cannot listen on unix:{missing}: no such directory" in line
     port = free_port()
-    first = server(state_env(tmp_path), "--store", "none", "-p", str(port))
+    first = server(state_env(tmp_path), "-p", str(port))  # its store: the port's, by default
     try:
         wait_connectable(f"127.0.0.1:{port}", first)
         busy = server(state_env(tmp_path), "--store", "none", "-p", str(port))
@@ -135,6 +135,13 @@ def test_a_failing_bind_names_the_address(tmp_path: Path) -> None:
         assert busy.returncode == 1
         assert f"cannot listen on 127.0.0.1:{port}: address already in use" in line
         assert "-p PORT" in line
+        # With no --store the port's store is met first, in use: its hint was --store PATH,
+        # and the server started so then failed on the port. The port is what to change.
+        same = server(state_env(tmp_path), "-p", str(port))
+        line = one_line(same, timeout=30)
+        assert same.returncode == 2
+        assert f"is in use by another server (the store of port {port}: " in line, line
+        assert "use another -p PORT" in line and "--store" not in line, line
     finally:
         first.terminate()
         first.wait(10)
