@@ -56,15 +56,33 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
     if env:
         return _named(Path(env), "($FARM_CONFIG); fix or unset it")
     for candidate in (Path("farm.toml"), SYSTEM_CONFIG):
-        if candidate.is_file():
+        if _reachable_file(candidate):
             if candidate is not SYSTEM_CONFIG:
                 _check_owner(candidate)
             return candidate
     return None
 
 
+def _reachable_file(path: Path) -> bool:
+    """Whether a file is at ``path`` that this user may reach. One in a directory it may not
+    enter (`sudo -u farm farm ps` from root's home, an /etc/farm closed to the caller) is
+    not its config: is_file() raised PermissionError there, a traceback from every command."""
+    try:
+        return path.is_file()
+    except PermissionError:
+        return False
+
+
 def _named(path: Path, where: str) -> Path:
     """A config file named by the user, or why it cannot be one."""
+    try:
+        path.stat()
+    except PermissionError:
+        raise ConfigError(
+            f"{path}: this user may not reach it (permission denied) {where}"
+        ) from None
+    except OSError:
+        pass  # not there, or not a directory on the way: said below
     if path.is_dir():
         raise ConfigError(f"{path}: is a directory, not a config file {where}")
     if not path.is_file():

@@ -408,6 +408,39 @@ def test_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         config.find_config()
 
 
+def test_a_config_this_user_may_not_reach_is_not_a_traceback(tmp_path: Path) -> None:
+    # `sudo -u farm farm ps` run from root's home (/root, 0700): the look for ./farm.toml
+    # raised PermissionError, and every command, farm.Client() too, ended in a traceback. So
+    # did an /etc/farm closed to the caller. Neither can be this user's config: the search
+    # goes on. A file named with --config that it may not reach is one line.
+    cwd, etc = tmp_path / "home", tmp_path / "etc"
+    for locked in (cwd, etc):
+        locked.mkdir()
+        write(locked, GOOD)
+        locked.chmod(0o000)
+    code = textwrap.dedent("""
+        import sys
+        from pathlib import Path
+        from farm import discovery
+        from farm.errors import ConfigError
+        discovery.SYSTEM_CONFIG = Path(sys.argv[1])
+        print(discovery.find_config())
+        try:
+            discovery.find_config(sys.argv[1])
+        except ConfigError as e:
+            print(e)
+    """)
+    argv = unprivileged([sys.executable, "-c", code, str(etc / "farm.toml")])
+    env = {k: v for k, v in os.environ.items() if k != "FARM_CONFIG"}
+    out = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "None",
+        f"{etc}/farm.toml: this user may not reach it (permission denied) (--config); check"
+        " the path",
+    ]
+
+
 def test_defaults_need_no_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
