@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
@@ -102,6 +102,15 @@ def server_address(server: str | None, config: Path | None = None) -> str:
         fail(f"--server {server}: {exc.reason}", 2)
 
 
+def unreachable(what: str, address: str, exc: Exception) -> NoReturn:
+    """Why an admin command got no answer, one line; where nothing listens, what to check
+    (as `farm ps` asks whether `farm up` runs)."""
+    hint = ""
+    if isinstance(exc, ConnectionRefusedError | FileNotFoundError):
+        hint = " (no job server listens there: is the farm up? --server or --config names another)"
+    fail(f"cannot read {what} from {address}: {exc}{hint}")
+
+
 #: The one server an admin command asks (``farm status``, ``farm jobs``).
 ServerOption = typer.Option(
     None,
@@ -128,7 +137,7 @@ def status(
     try:
         rows = parse_status(admin_query(address, "status", tls=tls))
     except (OSError, ValueError, ProtocolError) as exc:
-        fail(f"cannot read status from {address}: {exc}")
+        unreachable("status", address, exc)
     poison = poison_jobs(address, tls)
     if as_json:  # the table's names: queued (not total), running, workers
         functions = [
@@ -176,7 +185,7 @@ def jobs(
             )
         rows = parse_jobs(reply)
     except (OSError, ValueError, ProtocolError) as exc:
-        fail(f"cannot read the jobs from {address}: {exc}")
+        unreachable("the jobs", address, exc)
     if function is not None:
         rows = [r for r in rows if r.function == function]
     if as_json:

@@ -268,11 +268,19 @@ def test_farm_status_prints_the_queues_as_a_table_and_json(farm_server: Server) 
     }
 
 
-def test_farm_status_against_nothing_is_one_line_and_exit_1() -> None:
+def test_farm_status_against_nothing_is_one_line_and_exit_1(tmp_path: Path) -> None:
     out = farm_cli("status", "--server", f"127.0.0.1:{free_port()}")
     assert out.returncode == 1
     assert out.stderr.startswith("farm: cannot read status from 127.0.0.1:")
     assert out.stderr.count("\n") == 1
+    # A newcomer's `farm status` with no farm up said "[Errno 111] Connection refused" and
+    # no more, where `farm ps` asks whether `farm up` runs; so do both admin commands now.
+    hint = "(no job server listens there: is the farm up? --server or --config names another)"
+    assert out.stderr.endswith(f"Connection refused {hint}\n"), out.stderr
+    out = farm_cli("jobs", "--server", f"unix:{tmp_path / 'none.sock'}")
+    assert out.returncode == 1
+    assert out.stderr.startswith("farm: cannot read the jobs from unix:"), out.stderr
+    assert out.stderr.endswith(f"{hint}\n"), out.stderr
 
 
 def test_sigterm_still_delivers_a_result_being_written() -> None:
