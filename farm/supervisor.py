@@ -134,13 +134,11 @@ class Supervisor(
         self.selector.register(self.control, selectors.EVENT_READ, "accept")
         self.install_signals()
         self.adopt_orphans()  # before the first child: what any of them detaches is ours
-        # Where `farm ps` and `farm stop` reach it: the defaults choose it per user.
-        control = self.config.supervisor.control
-        log.info(
+        log.info(  # where `farm ps` and `farm stop` reach it: the defaults choose it per user
             "supervisor %d starting (config: %s; control socket: %s)",
             os.getpid(),
             self.config.source,
-            control,
+            self.config.supervisor.control,
         )
         if self.config.local_server:
             self.server.say_where_jobs_are_kept()
