@@ -20,10 +20,16 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-__all__ = ["resize", "thumbnail", "envelope", "MAX_SIDE"]
+__all__ = ["resize", "thumbnail", "envelope", "MAX_SIDE", "PEAK_BYTES_PER_PIXEL"]
 
 #: Largest side asked for or accepted: a guard against decompression bombs.
 MAX_SIDE = 10_000
+#: A job's working memory at most, per pixel of its input: an RGBA picture (4 bytes a
+#: pixel) resized to nearly its own size is held as read, premultiplied for resampling
+#: (Pillow's RGBa), resized across and then down -- four copies at once. At MAX_SIDE that
+#: is 1.5 GiB (1552 MiB peak RSS measured, Pillow 13): a pool's kill_rss_mb below it fails
+#: legal jobs (systemd/farm.toml's pools of this module allow for it).
+PEAK_BYTES_PER_PIXEL = 16
 _FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG"}
 #: The modes Pillow writes in each format (JPEG has no alpha or palette); any other is
 #: converted to RGB, or RGBA for a PNG of one with alpha.

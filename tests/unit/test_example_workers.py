@@ -217,3 +217,56 @@ def test_importing_the_image_module_leaves_pillow_s_limits_to_the_importer() -> 
     )
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, cwd=ROOT, check=True)
     assert run.stdout.decode().split() == ["True", "True"]
+
+
+PEAK_OF_A_RESIZE = (
+    "import gc, re, sys, types; from workers import image\n"
+    "payload = sys.stdin.buffer.read(); gc.collect()\n"
+    "kb = lambda key: int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read())[1])\n"
+    "open('/proc/self/clear_refs', 'w').write('5')  # VmHWM from here: not the imports\n"
+    "before = kb('VmRSS')\n"
+    "image.resize(types.SimpleNamespace(data=payload))\n"
+    "print((kb('VmHWM') - before) * 1024)"
+)
+
+
+def test_image_peak_memory_is_what_the_worker_says_per_pixel() -> None:
+    # The costliest legal job (RGBA, to one pixel short of its own size: both passes of
+    # the resample run), at 2000x2000: the same copies as at MAX_SIDE, in 1/25 the memory.
+    side = 2000
+    payload = image.envelope(side - 1, side - 1, png(side, side, "RGBA"))
+    run = subprocess.run(
+        [sys.executable, "-c", PEAK_OF_A_RESIZE],
+        input=payload,
+        capture_output=True,
+        cwd=ROOT,
+        check=True,
+    )
+    per_pixel = int(run.stdout) / side**2
+    # Above the model by a copy (4 bytes a pixel): the model, and the example config that
+    # rests on it, are wrong. Here 17.7 (the encoder's buffers weigh more on a small
+    # picture); 16.1 at MAX_SIDE. Far below it: the worker shed a copy, lower the model.
+    assert 0.85 * image.PEAK_BYTES_PER_PIXEL < per_pixel < 1.2 * image.PEAK_BYTES_PER_PIXEL
+
+
+def test_example_config_lets_the_image_pools_run_their_largest_legal_job() -> None:
+    # kill_rss_mb = 768 (and thumbnail's default, 1.5 x max_rss_mb) failed every legal
+    # resize of a 10000x10000 RGBA picture, which peaks at 1.5 GiB: the worst job, two
+    # copies of the largest payload (as sent, and its body split from the header) and the
+    # worker's own interpreter with farm and Pillow (29 MiB measured; 64 allowed).
+    from farm import config
+    from farm.protocol.codec import DEFAULT_MAX_PACKET
+
+    mib = 1 << 20
+    need = (image.MAX_SIDE**2 * image.PEAK_BYTES_PER_PIXEL + 2 * DEFAULT_MAX_PACKET) / mib + 64
+    pools = config.load(ROOT / "systemd" / "farm.toml").functions
+    image_pools = {
+        name: pool.kill_rss_mb
+        for name, pool in pools.items()
+        if str(getattr(pool, "target", "")).startswith("workers.image:")
+    }
+    assert set(image_pools) == {"resize", "thumbnail"}
+    assert all(kill is not None and kill > need for kill in image_pools.values()), (
+        image_pools,
+        need,
+    )
