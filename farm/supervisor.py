@@ -180,6 +180,8 @@ class Supervisor(
             signal.signal(
                 sig, lambda signum, frame: self.pending.append(Pending(Duty.SIGNAL, signum))
             )
+        # `farm up` held SIGHUP from its start (farm.cli): one sent since comes in now, a reload.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
     def handle_signals(self) -> None:
         while self.pending:
