@@ -77,6 +77,7 @@ class Steering(ProcessTable):
     reload_ok_at: float
     metrics_server: Any  # the /metrics HTTP server (farm.pools.metrics), None when off
     by_pid: dict[int, WorkerProcess]
+    ready_sent: bool  # READY=1 told systemd the start is done (farm.pools.readiness)
     stopping: bool  # draining to stop: nothing new starts, nothing may be scaled or replaced
     # `farm stop` clients that follow the drain, the workers it killed, when they last heard.
     drain_followers: tuple[ControlConnection, ...] = ()
@@ -261,9 +262,12 @@ class Steering(ProcessTable):
         """Re-read the config: apply changed counts; pools whose target or options changed
         are to be replaced. Returns why it refused the file (None: applied), what it did
         not apply, and the pools whose workers are to be replaced."""
-        sdnotify.notify(
-            "RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
-        )
+        # Before READY=1 (a SIGHUP held from `farm up`'s start) the start is what systemd
+        # waits for: READY=1 at the reload's end had ended it before the server listened.
+        told = self.ready_sent
+        if told:
+            now = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            sdnotify.notify("RELOADING=1", f"MONOTONIC_USEC={now}")
         old = self.config
         try:
             loaded = load_config(self.config_path)
@@ -277,7 +281,8 @@ class Steering(ProcessTable):
                 log.exception("reading the config failed")
             log.error("reload failed, keeping the running config: %s", why)
             self.reload_ok = False
-            sdnotify.notify("READY=1")
+            if told:
+                sdnotify.notify("READY=1")
             return why, [], []
         kept = []
         for section in ("server", "supervisor", "executor"):
@@ -318,5 +323,6 @@ class Steering(ProcessTable):
             self.targets.pop(name, None)
         log.info("reloaded %s", new.source)
         self.reload_ok, self.reload_ok_at = True, time.time()
-        sdnotify.notify("READY=1")
+        if told:
+            sdnotify.notify("READY=1")
         return None, kept, changed

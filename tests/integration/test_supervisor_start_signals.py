@@ -74,7 +74,11 @@ def hang_up_early(tmp: Path) -> FarmUp:
 def test_a_sighup_before_the_handlers_are_in_is_a_reload_not_the_end(tmp_path: Path) -> None:
     up = hang_up_early(tmp_path)
     try:
-        up.expect_notify("READY=1")
+        said = up.expect_notify("READY=1")
+        # The reload came before the farm was up: it must not tell systemd so (READY=1 at
+        # its end ended the start while the server did not yet listen), nor RELOADING=1.
+        start = said[: said.index("READY=1")]
+        assert "RELOADING=1" not in start and any("workers up" in m for m in start), said
         up.wait_idle({"reverse": 1})
         client = Client(up.addr)
         try:
