@@ -22,6 +22,7 @@ __all__ = [
     "fallback_runtime_dir",
     "UnsafeDirectory",
     "private_dir",
+    "make_dirs",
     "open_own_file",
     "check_own_file",
     "check_private",
@@ -166,6 +167,25 @@ def private_dir(path: Path, fix: str = RUNTIME_FIX) -> Path:
     except FileExistsError:
         pass
     return check_private(path, fix)
+
+
+def make_dirs(path: str | os.PathLike[str], mode: int) -> None:
+    """``path`` and each of its missing parents made with ``mode`` (less the umask); those
+    there are left as they are. Path.mkdir(parents=True) and os.makedirs give the parents
+    the umask's mode: under UMask=0002 or 0000 one others may write, in which another user
+    could move our private directory aside and put theirs in its place."""
+    missing = []
+    here = Path(path)
+    while not here.exists() and here != here.parent:
+        missing.append(here)
+        here = here.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=mode)
+        except FileExistsError:  # made meanwhile by another process: as os.makedirs
+            pass
+    if not Path(path).is_dir():  # a file or a dangling link there: as os.makedirs says
+        raise FileExistsError(errno.EEXIST, "exists and is not a directory", str(path))
 
 
 def check_private(path: Path, fix: str = RUNTIME_FIX) -> Path:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Protocol
 
 from farm.errors import FarmError
-from farm.paths import state_dir
+from farm.paths import make_dirs, state_dir
 
 __all__ = [
     "KEY_ENV",
@@ -85,7 +85,7 @@ def ensure_key(path: str | os.PathLike[str] | None = None) -> Path:
     target = key_path(path)
     if target.exists():
         return target
-    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_dirs(target.parent, 0o700)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:

@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 
 from farm.errors import FarmError
 from farm.executor.signing import SignatureError, key_path
+from farm.paths import make_dirs
 
 __all__ = [
     "SPILL_THRESHOLD",
@@ -140,7 +141,7 @@ def spill_dir(path: Path) -> Path:
     if path in _checked:
         return path
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_dirs(path.parent, 0o700)
         path.mkdir(mode=0o770)
         try:
             os.chmod(path, 0o2770)  # whatever the umask; files take the directory's group

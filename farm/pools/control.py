@@ -20,7 +20,7 @@ from typing import Any
 
 from farm.errors import ConfigError, FarmError
 from farm.net import clear_socket_path
-from farm.paths import UnsafeDirectory, check_runtime_path
+from farm.paths import UnsafeDirectory, check_runtime_path, make_dirs
 
 __all__ = [
     "ControlServer",
@@ -164,7 +164,7 @@ class ControlServer:
         self.path = path
         check_runtime_path(path)  # UnsafeDirectory (a FarmError): `farm up` stops, one line
         directory = os.path.dirname(path) or "."
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        make_dirs(directory, 0o700)
         if os.path.lexists(path):
             if not stat.S_ISSOCK(os.lstat(path).st_mode):  # a typo must not delete a file
                 raise FarmError(

@@ -18,7 +18,7 @@ from farm.client.admin import admin_query
 from farm.config import ServerConfig
 from farm.errors import ConfigError
 from farm.net import connectable
-from farm.paths import state_dir
+from farm.paths import make_dirs, state_dir
 from farm.pools.slots import RestartHistory, describe_exit
 from farm.pools.spawn import spawn
 
@@ -123,7 +123,7 @@ class LocalServer(RestartHistory):
             paths.append(self.config.store)
         for path in paths:
             try:
-                os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
+                make_dirs(os.path.dirname(path), 0o750)
             except OSError as e:
                 log.warning("cannot create %s: %s", os.path.dirname(path), e)
 

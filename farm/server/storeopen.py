@@ -11,6 +11,7 @@ import logging
 import sqlite3
 from pathlib import Path
 
+from farm.paths import make_dirs
 from farm.server.reserve import DiskReserve
 from farm.server.storefile import (
     StoreError,
@@ -62,7 +63,7 @@ def open_database(path: str, sync: str, reserve: DiskReserve) -> tuple[sqlite3.C
     """The store at ``path`` opened (made if need be), and the id its next row takes; the
     reserve made beside it. StoreError (DamagedStore: corrupt pages) when it cannot be."""
     try:
-        Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_dirs(Path(path).parent, 0o700)
         owner_only(path)
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=OPEN_WAIT)
         # One server per store: a second one would replay and run the same jobs.
