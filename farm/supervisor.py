@@ -108,6 +108,7 @@ class Supervisor(
         self.stopping = False
         self.exit_code = 0
         self.ready_sent = False
+        self.extended_at = 0.0  # the last EXTEND_TIMEOUT_USEC, for a store's replay
         self.last_status = ""
         self.watchdog = sdnotify.Watchdog()
         self.started = time.monotonic()
@@ -267,11 +268,12 @@ class Supervisor(
         srv = self.server
         if not srv.pid and time.monotonic() >= srv.next_start:
             srv.spawn()
-        elif srv.pid and not srv.ready and srv.accepts():
-            srv.ready = srv.ever_ready = True
-            log.info(
-                "job server (pid %d) accepts on %s", srv.pid, ", ".join(self.config.server.listen)
-            )
+        elif srv.pid and not srv.ready:
+            srv.read_progress()  # its store's replay: what extends systemd's start (readiness)
+            if srv.accepts():
+                srv.ready = srv.ever_ready = True
+                where = ", ".join(self.config.server.listen)
+                log.info("job server (pid %d) accepts on %s", srv.pid, where)
 
     def manage_workers(self) -> None:
         """Bring every pool to its target: add and remove slots, fill empty ones."""

@@ -73,6 +73,8 @@ class LocalServer(RestartHistory):
         self.ready = False
         self.ever_ready = False  # a server that never listened will not by retrying
         self.stopping = False
+        self.progress_fd = -1  # the pipe its store's replay writes to (ReplayProgress)
+        self.progressed_at = 0.0  # when that pipe last said the replay goes on
 
     def say_where_jobs_are_kept(self) -> None:
         """Say where background jobs are kept, as a warning when that is memory only
@@ -106,13 +108,22 @@ class LocalServer(RestartHistory):
 
     def spawn(self) -> None:
         self.prepare_paths()
+        self.close_progress()
+        progress, writer = os.pipe()
+        os.set_inheritable(writer, True)  # the one descriptor the server keeps of ours
+        os.set_blocking(progress, False)  # read on each turn of the loop, never waited on
+        argv = [*self.argv(), "--progress-fd", str(writer)]
         try:
             # SIGTERM with the supervisor: the server stops gracefully, its store kept.
-            self.pid = spawn(self.argv(), self.env, death_signal=signal.SIGTERM)
+            self.pid = spawn(argv, self.env, death_signal=signal.SIGTERM, keep=[writer])
         except OSError as e:
+            os.close(progress)
             log.error("cannot start the job server: %s", e)
             self.failed(time.monotonic(), boot=True)
             return
+        finally:
+            os.close(writer)  # the server's end: its close (or death) is our EOF
+        self.progress_fd = progress
         self.started, self.ready = time.monotonic(), False
         log.info("job server starting (pid %d)", self.pid)
 
@@ -127,8 +138,26 @@ class LocalServer(RestartHistory):
             except OSError as e:
                 log.warning("cannot create %s: %s", os.path.dirname(path), e)
 
+    def read_progress(self) -> None:
+        """Note (``progressed_at``) what the replay wrote since the last turn."""
+        while self.progress_fd >= 0:
+            try:
+                chunk = os.read(self.progress_fd, 65536)
+            except BlockingIOError:
+                return
+            if not chunk:  # replayed (or dead): nothing more comes
+                self.close_progress()
+                return
+            self.progressed_at = time.monotonic()
+
+    def close_progress(self) -> None:
+        if self.progress_fd >= 0:
+            os.close(self.progress_fd)
+            self.progress_fd = -1
+
     def exited(self, status: int, *, farm_stops: bool = False) -> None:
         """Its end, said; ``farm_stops``: the farm drains its workers (nothing restarts)."""
+        self.close_progress()
         now = time.monotonic()
         if self.stopping:
             log.info("job server (pid %d) %s", self.pid, describe_exit(status))

@@ -22,6 +22,11 @@ __all__ = ["Readiness"]
 
 log = logging.getLogger("farm.supervisor")
 
+#: Seconds of start each sign of the replay's progress gives (EXTEND_TIMEOUT_USEC is a
+#: deadline from its receipt, not an addition): many times the server's half second between
+#: two lines, so a busy host's slow turn does not end the start.
+EXTEND_START = 15.0
+
 
 class Readiness:
     """A mixin of the Supervisor: its notify step."""
@@ -31,6 +36,7 @@ class Readiness:
     server: LocalServer
     watchdog: sdnotify.Watchdog
     ready_sent: bool  # READY=1 is sent once
+    extended_at: float  # when systemd's start timeout was last extended
     last_status: str  # the STATUS= sent last: sent again only when it changes
 
     def notify_systemd(self) -> None:
@@ -42,6 +48,8 @@ class Readiness:
         server_up = self.server.ready or not self.config.local_server
         now = time.monotonic()
         ready_wait = self.config.supervisor.ready_wait
+        if not self.ready_sent:
+            self.extend_start(now)
         # A worker that does not serve ready_wait after its start (a command worker whose
         # server is down or whose wrapper's child holds the connection, a module that hangs
         # at import) counts as started: else it held READY=1 back until systemd's start
@@ -76,3 +84,11 @@ class Readiness:
         if status != self.last_status:
             self.last_status = status
             sdnotify.notify(f"STATUS={status}", wait=0)
+
+    def extend_start(self, now: float) -> None:
+        """EXTEND_TIMEOUT_USEC while the job server replays its store and says it goes on
+        (farm.server's ReplayProgress), at most once a second: 1.28 M jobs took 40 s of the
+        unit's TimeoutStartSec=60. Only on progress: a server that hangs is not extended."""
+        if self.server.progressed_at > self.extended_at and now - self.extended_at >= 1.0:
+            self.extended_at = now
+            sdnotify.notify(f"EXTEND_TIMEOUT_USEC={int(EXTEND_START * 1e6)}", wait=0)

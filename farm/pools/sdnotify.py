@@ -1,6 +1,6 @@
 """systemd's notify protocol in the standard library: one datagram to $NOTIFY_SOCKET.
 
-Used by the supervisor for READY=1, RELOADING=1, STOPPING=1, STATUS= and
+Used by the supervisor for READY=1, RELOADING=1, STOPPING=1, STATUS=, EXTEND_TIMEOUT_USEC and
 WATCHDOG=1. Without $NOTIFY_SOCKET (not under systemd) every call is a no-op.
 Children never see these variables (``child_environ``): only the main
 process speaks for the service (NotifyAccess=main).

@@ -8,12 +8,14 @@ started. One asyncio loop (uvloop when installed) owns all job state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
 import signal
 import ssl
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -40,6 +42,8 @@ log = logging.getLogger("farm.server")
 
 #: How long a stopping server waits for replies still being written.
 DRAIN_SECONDS = 2.0
+#: Seconds between two lines of replay progress to `farm up` (ReplayProgress).
+PROGRESS_EVERY = 0.5
 
 #: What a failed bind means, in the words of the fix (errno -> words).
 BIND_REASONS = {
@@ -62,6 +66,38 @@ class ListenError(FarmError):
         super().__init__(f"cannot listen on {where}: {reason}")
 
 
+class ReplayProgress:
+    """Lines to `farm up`'s pipe (``--progress-fd``) while the store is replayed, at most
+    every PROGRESS_EVERY seconds: the supervisor extends systemd's start timeout on each
+    (EXTEND_TIMEOUT_USEC), so a large store is not killed at TimeoutStartSec and a server
+    that hangs, which writes none, still is."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+        self.last = time.monotonic()
+        if fd is not None:
+            try:
+                os.set_blocking(fd, False)  # a supervisor that does not read must not stop us
+            except OSError:
+                self.fd = None
+
+    def tell(self, count: int) -> None:
+        now = time.monotonic()
+        if self.fd is None or now - self.last < PROGRESS_EVERY:
+            return
+        self.last = now
+        try:
+            os.write(self.fd, b"%d\n" % count)
+        except OSError:  # full (the next line says as much) or closed: replay goes on
+            pass
+
+    def close(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+
+
 class Server:
     """The process around a ``Hub``: its listeners, signals and shutdown."""
 
@@ -82,7 +118,11 @@ class Server:
         self.loop = self.hub.loop = asyncio.get_running_loop()
         self.stopped = asyncio.Event()
         opts = self.options
-        replayed = self.jobs.replay()
+        progress = ReplayProgress(opts.progress_fd)
+        try:
+            replayed = self.jobs.replay(progress.tell)
+        finally:
+            progress.close()  # its end: the supervisor stops extending the start
         if replayed:
             log.warning("replayed %d background jobs from %s", replayed, opts.store)
         self.hub.flush()

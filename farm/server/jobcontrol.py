@@ -20,6 +20,10 @@ from farm.server.store import SQLiteStore
 __all__ = ["JobControl"]
 
 
+#: Jobs replayed between two calls of replay's ``progress``: about 30 ms of work.
+REPLAY_STEP = 1000
+
+
 class JobControl:
     """Replay, unstore, cancel and drop (see the module docstring)."""
 
@@ -41,12 +45,15 @@ class JobControl:
     _drop_answers: Callable[[Peer, Job], None]
     _stop_running: Callable[[Peer, Job], None]
 
-    def replay(self) -> int:
-        """Queue every job of the durable store again (at start); how many."""
+    def replay(self, progress: Callable[[int], None] | None = None) -> int:
+        """Queue every job of the durable store again (at start); how many. ``progress`` is
+        told the count so far every REPLAY_STEP jobs (a large store takes seconds)."""
         if self.store is None:
             return 0
         count = 0
         for row in self.store.load():
+            if progress is not None and count % REPLAY_STEP == 0 and count:
+                progress(count)
             job = self.submit(
                 None,
                 row.function,

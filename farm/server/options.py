@@ -255,6 +255,7 @@ def build_parser(
         help="text (readable, the default) or json (one object a line; docs/monitoring.md)",
     )
     ap.add_argument("--hints", choices=("flags", "config"), default="flags", help=argparse.SUPPRESS)
+    ap.add_argument("--progress-fd", type=int, metavar="FD", help=argparse.SUPPRESS)  # farm up's
     add_gearmand_flags(ap)  # -v/--verbose, -V, and those accepted and ignored
     return ap
 
@@ -345,6 +346,7 @@ def parse_args(
         log_format=ns.log_format,
         pid_file=ns.pid_file,
         parent_pid=ns.parent_pid,
+        progress_fd=ns.progress_fd,
         worker_uids=frozenset(ns.worker_uid or [os.getuid()]),
         tcp_admin=ns.tcp_admin,
         max_abilities=ns.max_abilities,

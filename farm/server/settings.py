@@ -39,6 +39,7 @@ class ServerOptions:
     log_format: str = "text"  # or "json": one object a line (farm.logs)
     pid_file: str | None = None
     parent_pid: int | None = None
+    progress_fd: int | None = None  # the supervisor's pipe: replay goes on (systemd's start)
     # Who may serve the reserved ``farm.*`` functions (the Executor's signed calls): workers
     # on the Unix socket whose peer uid is one of these. Nobody over TCP.
     worker_uids: frozenset[int] = field(default_factory=lambda: frozenset({os.getuid()}))

@@ -54,7 +54,7 @@ def hang_up_early(tmp: Path) -> FarmUp:
     for attempt in range(8):
         where = tmp / f"try{attempt}"
         where.mkdir()
-        up = FarmUp(where, FUNCTIONS)
+        up = FarmUp(where, FUNCTIONS, extra_env={"XDG_STATE_HOME": str(where)})
         pid = up.proc.pid
         deadline = time.monotonic() + 20
         while (inside := hangup_window(pid)) is None and time.monotonic() < deadline:
