@@ -15,13 +15,12 @@ from __future__ import annotations
 import logging
 import pickle
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any
 
-from farm.errors import JobError
 from farm.executor import functions, initstate, nesting, spill
 from farm.executor.functions import UNIMPORTABLE
+from farm.executor.outcomes import dump_batch, dump_outcome, raised, remote_traceback
 from farm.executor.payload import (
     ARG_CHUNK,
     ARG_CHUNK_BATCH,
@@ -40,7 +39,6 @@ from farm.executor.payload import (
     SINGLE,
     SPILLED,
     RemoteTraceback,
-    describe,
     dump,
     dump_fn,
     dump_initializer,
@@ -147,19 +145,19 @@ def run_call(job: Any) -> bytes:
         kind &= KIND_MASK
         if failure is not None:
             broken: Any = (0, [failure]) if kind in _BATCHED else failure
-            return signer.seal(RESULT, call_id + _dump_outcome(broken))
+            return signer.seal(RESULT, call_id + dump_outcome(broken))
         if spilled:  # the pickle is in a file: checked against the signed reference first
             try:
                 calls_data = spill.read(body[start:])
             except spill.SpillRefused as exc:
                 log.error("%s", exc)
-                refused = (ERROR, exc, _remote_traceback(exc))
-                return _seal_result(signer, call_id, _dump_outcome(refused))
+                refused = (ERROR, exc, remote_traceback(exc))
+                return _seal_result(signer, call_id, dump_outcome(refused))
     if calls_data is None:
         calls_data = body[start:]
     if kind > ARG_CHUNK_BATCH:  # a caller newer than this worker: say so, run nothing
         unknown = TypeError(f"call kind {kind} is unknown to this worker: upgrade the farm")
-        return _seal_result(signer, call_id, _dump_outcome((ERROR, unknown, "")))
+        return _seal_result(signer, call_id, dump_outcome((ERROR, unknown, "")))
     if kind in _BATCHED:
         fn_bytes = bytes(body[4 : 4 + fn_size])
         return _run_batch(
@@ -172,8 +170,8 @@ def run_call(job: Any) -> bytes:
         del calls_data  # a large argument's bytes: not kept while the call runs
         outcome: tuple[Any, ...] = (OK, _apply(fn, kind, calls))
     except BaseException as exc:  # as ProcessPoolExecutor: even SystemExit is the call's outcome
-        outcome = _raised(exc)
-    return _seal_result(signer, call_id, _dump_outcome(outcome))
+        outcome = raised(exc)
+    return _seal_result(signer, call_id, dump_outcome(outcome))
 
 
 def _seal_result(
@@ -189,7 +187,7 @@ def _seal_result(
     except (spill.SpillError, OSError) as exc:
         del pickled
         log.error("cannot send a large result: %s", exc)
-        text = _remote_traceback(exc)
+        text = remote_traceback(exc)
         if isinstance(exc, OSError):
             exc = spill.SpillError(f"cannot write the call's result to a spill file: {exc}")
         failure = (ERROR, exc, text)
@@ -224,7 +222,7 @@ def _set_up(kind: int, body: memoryview, at: int) -> tuple[int, tuple[Any, ...] 
                 _initialized = digest
             except BaseException as exc:  # as ProcessPoolExecutor: even SystemExit breaks it
                 log.critical("Exception in initializer:", exc_info=True)
-                failure = (BROKEN, exc, _remote_traceback(exc))
+                failure = (BROKEN, exc, remote_traceback(exc))
         at += size
     if kind & RECYCLE:
         executor_id = bytes(body[at : at + CALL_ID_SIZE])
@@ -270,7 +268,7 @@ def _run_batch(
         calls: list[bytes] = pickle.loads(body)
         failure: tuple[Any, ...] | None = None
     except BaseException as exc:  # the function itself cannot be rebuilt: every call says so
-        fn, calls, failure = None, pickle.loads(body), (ERROR, exc, _remote_traceback(exc))
+        fn, calls, failure = None, pickle.loads(body), (ERROR, exc, remote_traceback(exc))
     first, outcomes = 0, []
     flush_at = time.monotonic() + BATCH_FLUSH_EVERY
     # Under a pool's timeout the job must end in time, though its calls are short: the
@@ -289,7 +287,7 @@ def _run_batch(
             args = pickle.loads(call)
             outcome: tuple[Any, ...] = (OK, _apply(functions.for_call(fn, fn_bytes), kind, args))
         except BaseException as exc:
-            outcome = _raised(exc)
+            outcome = raised(exc)
         if budget is not None:
             longest = max(longest, time.monotonic() - began)
         outcomes.append(outcome)
@@ -305,95 +303,13 @@ def _seal_batch(job: Any, signer: Signer, call_id: bytes, first: int, outcomes: 
     the spill limit, each goes alone (all but the last as WORK_DATA here): the limit is one
     call's, and batching is the executor's doing, so only a call whose own outcome is over
     it fails."""
-    pickled = _dump_batch(first, outcomes)
+    pickled = dump_batch(first, outcomes)
     big = len(pickled) > spill.SPILL_THRESHOLD  # the limit is at least that: no look below
     if len(outcomes) > 1 and big and len(pickled) > _spill_settings().max_bytes:
         del pickled
         for index, outcome in enumerate(outcomes[:-1], first):
-            alone = _dump_batch(index, [outcome])
+            alone = dump_batch(index, [outcome])
             job.send_data(_seal_result(signer, call_id, alone, 1, index))
         first, outcomes = first + len(outcomes) - 1, outcomes[-1:]
-        pickled = _dump_batch(first, outcomes)
+        pickled = dump_batch(first, outcomes)
     return _seal_result(signer, call_id, pickled, len(outcomes), first)
-
-
-def _raised(exc: BaseException) -> tuple[Any, ...]:
-    """The outcome of a call that raised ``exc``. An exception that pickles but does not
-    unpickle (one whose ``__init__`` wants other arguments than its ``args``: a common
-    slip) is replaced here by a JobError that says so, since in a batch one outcome the
-    caller cannot load would cost it the batch's others. Only calls that raised pay."""
-    text = _remote_traceback(exc)
-    try:
-        pickled = dump(exc)
-    except BaseException:
-        return (ERROR, exc, text)  # it does not pickle: _dump_outcome says so, as it says why
-    try:
-        pickle.loads(pickled)
-    except BaseException as again:  # what unpickling raises: even SystemExit
-        error = JobError(
-            f"the call raised {describe(exc)}, which cannot be unpickled: {describe(again)}"
-        )
-        return (ERROR, error, text)
-    return (ERROR, exc, text)
-
-
-def _remote_traceback(exc: BaseException) -> str:
-    tb = exc.__traceback__
-    if tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next  # drop run_call's own frame: the user's code starts below it
-    text = "".join(traceback.format_exception(type(exc), exc, tb))
-    return f'\n"""\n{text}"""'
-
-
-def _dump_outcome(outcome: tuple[Any, ...]) -> bytes:
-    """The outcome's pickle: plain pickle when it works (fast), else cloudpickle.
-
-    As in ProcessPoolExecutor, an outcome that cannot be pickled becomes the
-    call's exception: whatever pickling raised (any BaseException -- a
-    ``__reduce__`` may raise SystemExit), with that traceback. The worker lives on.
-    """
-    try:
-        return dump(outcome)
-    except BaseException as exc:
-        return pickle.dumps(_unsendable(exc, outcome), protocol=_PROTOCOL)
-
-
-def _unsendable(exc: BaseException, outcome: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The outcome that replaces one that pickling failed with ``exc``: ``exc`` itself
-    (ProcessPoolExecutor's rule), or a PicklingError naming it when it will not pickle
-    either. A call's own exception that failed keeps its traceback in the text."""
-    text = _remote_traceback(exc)
-    if outcome[0] == ERROR:
-        text += f"\nwhile sending the call's exception, which was:\n{outcome[2]}"
-    exc.__traceback__ = None  # its frames hold the unpicklable value
-    try:
-        pickle.dumps(exc, protocol=_PROTOCOL)
-        return (ERROR, exc, text)
-    except BaseException as again:
-        what = "result" if outcome[0] == OK else "exception"
-        error = pickle.PicklingError(
-            f"cannot pickle the call's {what}: {describe(exc)}; nor that error: {describe(again)}"
-        )
-        return (ERROR, error, text)
-
-
-def _dump_batch(first: int, outcomes: list[Any]) -> bytes:
-    """A batch's outcomes from ``first`` on; one that cannot be pickled becomes its error."""
-    # BaseException throughout: an outcome whose pickling raises SystemExit is that call's
-    # error, as a call that raises it is (ProcessPoolExecutor's rule); workers ignore SIGINT.
-    try:
-        return pickle.dumps((first, outcomes), protocol=_PROTOCOL)
-    except BaseException:
-        pass
-    kept = []
-    for outcome in outcomes:
-        try:
-            dump(outcome)
-            kept.append(outcome)
-        except BaseException as exc:
-            kept.append(_unsendable(exc, outcome))
-    try:
-        return dump((first, kept))
-    except BaseException as exc:  # each pickles alone but not together: none is sent
-        failure = _unsendable(exc, (OK, None))
-        return pickle.dumps((first, [failure] * len(kept)), protocol=_PROTOCOL)

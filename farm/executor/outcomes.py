@@ -1,0 +1,97 @@
+"""A call's outcome in the worker, as it travels back: ``(OK, value)`` or ``(ERROR,
+exception, traceback text)``, pickled as ProcessPoolExecutor sends one (an outcome that
+cannot be pickled becomes the call's error); a batch's outcomes from a first index on.
+``farm.executor.call`` runs the calls and seals what these make."""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from typing import Any
+
+from farm.errors import JobError
+from farm.executor.payload import ERROR, OK, describe, dump
+
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+def raised(exc: BaseException) -> tuple[Any, ...]:
+    """The outcome of a call that raised ``exc``. An exception that pickles but does not
+    unpickle (one whose ``__init__`` wants other arguments than its ``args``: a common
+    slip) is replaced here by a JobError that says so, since in a batch one outcome the
+    caller cannot load would cost it the batch's others. Only calls that raised pay."""
+    text = remote_traceback(exc)
+    try:
+        pickled = dump(exc)
+    except BaseException:
+        return (ERROR, exc, text)  # it does not pickle: _dump_outcome says so, as it says why
+    try:
+        pickle.loads(pickled)
+    except BaseException as again:  # what unpickling raises: even SystemExit
+        error = JobError(
+            f"the call raised {describe(exc)}, which cannot be unpickled: {describe(again)}"
+        )
+        return (ERROR, error, text)
+    return (ERROR, exc, text)
+
+
+def remote_traceback(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    if tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next  # drop run_call's own frame: the user's code starts below it
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    return f'\n"""\n{text}"""'
+
+
+def dump_outcome(outcome: tuple[Any, ...]) -> bytes:
+    """The outcome's pickle: plain pickle when it works (fast), else cloudpickle.
+
+    As in ProcessPoolExecutor, an outcome that cannot be pickled becomes the
+    call's exception: whatever pickling raised (any BaseException -- a
+    ``__reduce__`` may raise SystemExit), with that traceback. The worker lives on.
+    """
+    try:
+        return dump(outcome)
+    except BaseException as exc:
+        return pickle.dumps(unsendable(exc, outcome), protocol=_PROTOCOL)
+
+
+def unsendable(exc: BaseException, outcome: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The outcome that replaces one that pickling failed with ``exc``: ``exc`` itself
+    (ProcessPoolExecutor's rule), or a PicklingError naming it when it will not pickle
+    either. A call's own exception that failed keeps its traceback in the text."""
+    text = remote_traceback(exc)
+    if outcome[0] == ERROR:
+        text += f"\nwhile sending the call's exception, which was:\n{outcome[2]}"
+    exc.__traceback__ = None  # its frames hold the unpicklable value
+    try:
+        pickle.dumps(exc, protocol=_PROTOCOL)
+        return (ERROR, exc, text)
+    except BaseException as again:
+        what = "result" if outcome[0] == OK else "exception"
+        error = pickle.PicklingError(
+            f"cannot pickle the call's {what}: {describe(exc)}; nor that error: {describe(again)}"
+        )
+        return (ERROR, error, text)
+
+
+def dump_batch(first: int, outcomes: list[Any]) -> bytes:
+    """A batch's outcomes from ``first`` on; one that cannot be pickled becomes its error."""
+    # BaseException throughout: an outcome whose pickling raises SystemExit is that call's
+    # error, as a call that raises it is (ProcessPoolExecutor's rule); workers ignore SIGINT.
+    try:
+        return pickle.dumps((first, outcomes), protocol=_PROTOCOL)
+    except BaseException:
+        pass
+    kept = []
+    for outcome in outcomes:
+        try:
+            dump(outcome)
+            kept.append(outcome)
+        except BaseException as exc:
+            kept.append(unsendable(exc, outcome))
+    try:
+        return dump((first, kept))
+    except BaseException as exc:  # each pickles alone but not together: none is sent
+        failure = unsendable(exc, (OK, None))
+        return pickle.dumps((first, [failure] * len(kept)), protocol=_PROTOCOL)
