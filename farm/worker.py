@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from farm import forkedchild
 from farm.discovery import client_servers
 from farm.logs import Brief, Repeats
 from farm.net import parse_servers, recv
@@ -299,10 +300,16 @@ class Worker(WorkerFunctions, WorkerLinks):
 
     def _run(self, server: ServerLink, event: JobAssigned, fn: WorkerFunction | None) -> None:
         job = Job(event, self._timeouts.get(event.function), server, self._send_news)
+        forks = forkedchild.forks
         try:
             if fn is None:
                 raise LookupError(f"this worker has no function {event.function!r}")
-            result = fn(job)
+            try:
+                result = fn(job)
+            except BaseException as exc:  # a child the job forked, out of it, ends here
+                forkedchild.leave_if_forked(forks, event.handle, exc)
+                raise
+            forkedchild.leave_if_forked(forks, event.handle, None)  # only the worker answers
             payload = b"" if result is None else as_bytes(result, "a worker function's result")
         except Exception as exc:
             if getattr(exc, "log_brief", False):  # a refusal, e.g. an unsigned call: one line

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from farm import forkedchild
 from farm.executor import functions, initstate, nesting, spill
 from farm.executor.functions import UNIMPORTABLE
 from farm.executor.outcomes import dump_batch, dump_outcome, raised, remote_traceback
@@ -127,6 +128,7 @@ def _function(fn_bytes: bytes, initialized: bool) -> Callable[..., Any]:
 def run_call(job: Any) -> bytes:
     """Worker target: check the signature, unpickle, run, and return the signed outcome."""
     started = time.monotonic()  # the server's timeout runs from JOB_ASSIGN (the batch budget)
+    forks = forkedchild.forks  # a child the call forks exits with its own status (below)
     nesting.serving = getattr(job, "function", None)  # an Executor made here warns (nesting)
     signer = _worker_signer()
     signed = signer.open(CALL, job.data)  # SignatureError: nothing below runs
@@ -170,6 +172,7 @@ def run_call(job: Any) -> bytes:
         del calls_data  # a large argument's bytes: not kept while the call runs
         outcome: tuple[Any, ...] = (OK, _apply(fn, kind, calls))
     except BaseException as exc:  # as ProcessPoolExecutor: even SystemExit is the call's outcome
+        forkedchild.leave_if_forked(forks, job.handle, exc)  # returned: farm.worker ends it
         outcome = raised(exc)
     return _seal_result(signer, call_id, dump_outcome(outcome))
 
@@ -263,6 +266,7 @@ def _run_batch(
     """Run a batch's calls (or chunks of calls: ``kind`` CHUNK or ARG_CHUNK, else SINGLE)
     in order; send outcomes as they pile up, the rest at the end. ``started``: when the job
     came (an initializer's first run, a spilled body's read count against its timeout)."""
+    forks = forkedchild.forks
     try:
         fn: Callable[..., Any] | None = _function(fn_bytes, initialized)
         calls: list[bytes] = pickle.loads(body)
@@ -287,6 +291,7 @@ def _run_batch(
             args = pickle.loads(call)
             outcome: tuple[Any, ...] = (OK, _apply(functions.for_call(fn, fn_bytes), kind, args))
         except BaseException as exc:
+            forkedchild.leave_if_forked(forks, job.handle, exc)  # as in run_call
             outcome = raised(exc)
         if budget is not None:
             longest = max(longest, time.monotonic() - began)

@@ -4,6 +4,8 @@ repository root) and ProcessPoolExecutor's children import them from here."""
 from __future__ import annotations
 
 import os
+import select
+import signal
 import sys
 import threading
 import time
@@ -241,3 +243,22 @@ def tell_wait_then_nest(told: str, gate: str, config: dict[str, object], n: int)
     wait_gate(gate)
     with parallel_config(**config):  # type: ignore[arg-type]
         return list(Parallel(n_jobs=2)(delayed(add)(i, i) for i in range(n)))
+
+
+def fork_and_come_back(how: str) -> tuple[str, int | None]:
+    """Fork, and let the child come back out of the call where it should ``os._exit()``:
+    it returns, ``sys.exit(3)``s or raises (``how``: "return", "exit 3", "raise"). The parent
+    returns the child's exit status, or None when the child still runs 10 s on (it is
+    killed then: it would go on serving the worker's connection)."""
+    pid = os.fork()
+    if pid == 0:
+        if how == "exit 3":
+            sys.exit(3)
+        if how == "raise":
+            raise ValueError("the forked child raises")
+        return ("child", None)
+    ended = select.select([os.pidfd_open(pid)], [], [], 10)[0]
+    if not ended:
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    return ("parent", os.waitstatus_to_exitcode(status) if ended else None)

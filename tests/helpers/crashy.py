@@ -32,3 +32,12 @@ def record(job: Any) -> bytes:
     with open(os.environ["FARM_TEST_RECORD"], "ab") as f:
         f.write(job.unique.encode() + b"\n" if isinstance(job.unique, str) else job.unique + b"\n")
     return b""
+
+
+def fork_back(job: Any) -> bytes:
+    """Fork, the child coming back out of the job (tests.helpers.calls.fork_and_come_back;
+    the job data says how); the worker's answer is the parent's: "parent STATUS"."""
+    from tests.helpers.calls import fork_and_come_back
+
+    side, status = fork_and_come_back(job.data.decode())
+    return f"{side} {status}".encode()

@@ -44,6 +44,8 @@ from tests.helpers.calls import (
     exits_when_loaded,
     exits_when_pickled,
     fails,
+    fork_and_come_back,
+    getpid,
     large_result,
     nap,
     pid_then_block,
@@ -300,6 +302,26 @@ def test_killed_worker_fails_only_its_future(tmp_path: Path) -> None:
             assert ex.submit(add, 40, 2).result(timeout=30) == 42  # still working
     finally:
         os.close(reader)
+        small.stop()
+
+
+@pytest.mark.parametrize(("how", "status"), [("return", 0), ("exit 3", 3), ("raise", 1)])
+def test_a_child_a_call_forked_that_comes_back_out_of_it_exits(
+    tmp_path: Path, how: str, status: int
+) -> None:
+    # A child that returned (or raised, sys.exit() included) out of the call, where it
+    # should have called os._exit(), went on as a second worker on the worker's connection:
+    # it answered the call in the parent's stead, the two then read and wrote one socket,
+    # and the worker wedged for every later caller of the shared farm. It exits instead.
+    small = ExecutorFarm(tmp_path, count=1)  # its own: a failure here wedges its worker
+    try:
+        with small.executor() as ex:
+            worker = ex.submit(getpid).result(timeout=30)
+            assert ex.submit(fork_and_come_back, how).result(timeout=30) == ("parent", status)
+            # More calls than the window takes: most travel in batches (call._run_batch).
+            assert list(ex.map(fork_and_come_back, [how] * 8)) == [("parent", status)] * 8
+            assert [ex.submit(getpid).result(timeout=30) for _ in range(3)] == [worker] * 3
+    finally:
         small.stop()
 
 

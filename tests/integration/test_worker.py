@@ -229,6 +229,23 @@ def test_sigterm_finishes_the_job_in_hand_then_exits_0(any_server, tmp_path) -> 
         proc.kill()
 
 
+@pytest.mark.parametrize(("how", "status"), [("return", 0), ("exit 3", 3), ("raise", 1)])
+def test_a_child_a_job_forked_that_comes_back_out_of_it_exits(
+    farm_server, how: str, status: int
+) -> None:
+    # A child that returned or raised out of the job function, where it should have called
+    # os._exit(), was a second worker on the same connection: it answered the job, and
+    # then the two read one socket (farm.forkedchild). It exits, and the worker answers.
+    proc = _farm_worker(farm_server.addr, "tests.helpers.crashy:fork_back")
+    try:
+        with farm.Client(farm_server.addr) as c:
+            assert c.call("fork_back", how, timeout=30) == f"parent {status}".encode()
+            assert c.call("fork_back", how, timeout=30) == f"parent {status}".encode()
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
 def test_idle_worker_sleeps_without_burning_cpu(any_server) -> None:
     proc = _farm_worker(any_server.addr, "workers.text:reverse")
     try:
