@@ -32,7 +32,7 @@ from farm.pools.slots import (
     describe_exit,
     exit_cause,
 )
-from farm.pools.spawn import EXEC_FAILED_PREFIX, EXIT_EXEC_FAILED, group_alive, spawn
+from farm.pools.spawn import EXEC_FAILED_PREFIX, EXIT_EXEC_FAILED, spawn
 
 __all__ = ["Lifecycle", "TIMEOUT_GRACE"]
 
@@ -51,7 +51,7 @@ class Lifecycle:
     targets: dict[str, int]
     offsets: dict[str, int]
     retiring: list[WorkerProcess]
-    # Drained command workers that ended and left processes in their group (watch_group).
+    # Drained command workers that ended and left processes in their group (farm.pools.strays).
     leftovers: list[WorkerProcess]
     by_pid: dict[int, WorkerProcess]
     child_env: dict[str, str]
@@ -66,6 +66,9 @@ class Lifecycle:
     excuse: Callable[[WorkerProcess], None]
     # Provided by farm.pools.reports: what is left on a worker's pipes, read and closed.
     close_pipes: Callable[[WorkerProcess], None]
+    # Provided by farm.pools.strays: what a worker left in its process group.
+    watch_group: Callable[[WorkerProcess], None]
+    tend_leftovers: Callable[[float], None]
 
     # -- the loop's steps --
 
@@ -85,24 +88,7 @@ class Lifecycle:
             elif proc.stop_deadline is not None and now >= proc.stop_deadline:
                 self.excuse(proc)
                 self.kill(proc, "did not drain in time")
-        for proc in list(self.leftovers):
-            # Checked every turn, so an emptied group is let go long before its id could
-            # come back: pids are handed out in turn up to pid_max (32,768 at the least), so
-            # that takes the whole range used up meanwhile. A new worker of ours that got
-            # it, leading a group of its own, is never killed for it.
-            if not group_alive(proc.pid) or proc.pid in self.by_pid:
-                self.leftovers.remove(proc)
-            elif proc.stop_deadline is not None and now >= proc.stop_deadline:
-                log.warning(
-                    "worker %s (pid %d) ended; what it started (a wrapper's worker) still"
-                    " runs past the grace of its stop signal: SIGKILL to its process group",
-                    proc.name,
-                    proc.pid,
-                    extra=proc.log_fields(),
-                )
-                self.excuse(proc)
-                self.signal(proc.pid, signal.SIGKILL, group=True)
-                self.leftovers.remove(proc)
+        self.tend_leftovers(now)
 
     def boot_overran(self, proc: WorkerProcess, now: float) -> bool:
         """Kill a Python worker that has not loaded its target within boot_timeout (a module
@@ -181,19 +167,6 @@ class Lifecycle:
             " (slot failing)" if slot.failing else "",
             extra=proc.log_fields(),
         )
-
-    def watch_group(self, proc: WorkerProcess) -> None:
-        """A drained command ended, but processes of its group may live on: a wrapper's shell
-        dies of the stop signal at once while the worker it started finishes its job. Once
-        the shell was reaped nothing watched them, and one deaf to the signal served on,
-        orphaned, for good: the group gets what was left of the grace, then SIGKILL."""
-        if not group_alive(proc.pid):
-            return
-        if proc.stop_deadline is None:  # it ended while drained, before its stop signal
-            proc.signal_at = None
-            proc.stop_deadline = time.monotonic() + proc.grace
-            self.signal(proc.pid, proc.stop_signal, group=True)
-        self.leftovers.append(proc)
 
     # -- processes --
 

@@ -91,6 +91,41 @@ class Steering(ProcessTable):
     # Provided by Restarting (farm.pools.rollout): `farm restart`.
     start_restart: Callable[[dict[str, list[int] | None]], dict[str, Any]]
     restart_status: Callable[[], dict[str, Any]]
+    add_to_restart: Callable[[list[str]], dict[str, Any]]
+    rolling_any: Callable[[], bool]
+
+    def answer_reload(self, item: Pending) -> None:
+        """A reload asked (SIGHUP, `farm reload`, `--restart`): apply the file, reply."""
+        error: str | None
+        kept: list[str] = []
+        changed: list[str] = []
+        usage = False
+        if self.stopping:  # nothing new starts while it drains: nothing to apply
+            log.info("reload asked while stopping: ignored")
+            error = "the farm is stopping; nothing was reloaded"
+        elif item.arg == "restart" and self.rolling_any():
+            # Refused before the file is applied: replacing every worker is refused
+            # while a restart runs, and a half-done reload would drain changed pools.
+            error = "a restart is under way; nothing was reloaded (wait for it)"
+        else:
+            error, kept, changed = self.reload()
+            usage = True  # a bad config: exit 2, as for `farm up`
+        reply: dict[str, Any] = {"ok": error is None, "not_applied": kept}
+        if error:
+            reply["error"] = error
+            reply["usage"] = usage
+        elif item.arg == "restart":  # `farm reload --restart`: every worker
+            reply = {**self.start_restart(self.restart_picks([])), "not_applied": kept}
+        elif changed:
+            # The pools it changed are replaced as `farm restart` does: each new
+            # process beside the old one, which keeps its slot if it does not boot.
+            if self.rolling_any():
+                rollout = self.add_to_restart(changed)
+            else:
+                rollout = self.start_restart(dict.fromkeys(changed))
+            reply = {**rollout, "not_applied": kept}
+        if item.conn is not None:
+            item.conn.reply(reply)
 
     def read_request(self, conn: ControlConnection) -> None:
         try:

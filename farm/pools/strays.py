@@ -1,7 +1,9 @@
-"""Processes that left a worker's process group and outlived it: adopted and stopped.
+"""What outlives a worker: processes left in its group, and ones that left the group.
 
 A command worker leads a process group of its own, and what is left of the group when
-it ends is killed (farm.pools.lifecycle). A process that detaches (``setsid``, a
+it ends is killed (farm.pools.lifecycle); after a drain, what is left gets the rest of the
+grace first (``watch_group``: a wrapper's shell dies of the stop signal at once while the
+worker it started finishes its job). A process that detaches (``setsid``, a
 daemon's double fork) leaves the group, so neither the stop nor the kill reached it, and
 each restart of its slot left one more running. The supervisor is a child subreaper
 (``PR_SET_CHILD_SUBREAPER``): such a process, once the process that started it ended, is
@@ -23,11 +25,13 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from farm.config import Config
 from farm.pools.localserver import LocalServer
 from farm.pools.slots import WorkerProcess
+from farm.pools.spawn import group_alive
 
 __all__ = ["Stray", "Strays", "become_subreaper", "worker_id_of"]
 
@@ -97,6 +101,44 @@ class Strays:
     strays: dict[int, Stray]
     next_stray_sweep: float
     adopting: bool
+
+    # Provided by farm.pools.lifecycle and farm.pools.commandjobs.
+    signal: Callable[..., None]
+    excuse: Callable[[WorkerProcess], None]
+
+    def watch_group(self, proc: WorkerProcess) -> None:
+        """A drained command ended, but processes of its group may live on: a wrapper's shell
+        dies of the stop signal at once while the worker it started finishes its job. Once
+        the shell was reaped nothing watched them, and one deaf to the signal served on,
+        orphaned, for good: the group gets what was left of the grace, then SIGKILL."""
+        if not group_alive(proc.pid):
+            return
+        if proc.stop_deadline is None:  # it ended while drained, before its stop signal
+            proc.signal_at = None
+            proc.stop_deadline = time.monotonic() + proc.grace
+            self.signal(proc.pid, proc.stop_signal, group=True)
+        self.leftovers.append(proc)
+
+    def tend_leftovers(self, now: float) -> None:
+        """SIGKILL to a watched group past its grace; let an emptied one go."""
+        for proc in list(self.leftovers):
+            # Checked every turn, so an emptied group is let go long before its id could
+            # come back: pids are handed out in turn up to pid_max (32,768 at the least), so
+            # that takes the whole range used up meanwhile. A new worker of ours that got
+            # it, leading a group of its own, is never killed for it.
+            if not group_alive(proc.pid) or proc.pid in self.by_pid:
+                self.leftovers.remove(proc)
+            elif proc.stop_deadline is not None and now >= proc.stop_deadline:
+                log.warning(
+                    "worker %s (pid %d) ended; what it started (a wrapper's worker) still"
+                    " runs past the grace of its stop signal: SIGKILL to its process group",
+                    proc.name,
+                    proc.pid,
+                    extra=proc.log_fields(),
+                )
+                self.excuse(proc)
+                self.signal(proc.pid, signal.SIGKILL, group=True)
+                self.leftovers.remove(proc)
 
     def adopt_orphans(self) -> None:
         """At start: become the subreaper of every process the farm starts."""
