@@ -24,6 +24,7 @@ __all__ = [
     "ServerPicker",
     "connect_share",
     "job_key",
+    "key_slot",
 ]
 
 #: A server marked down (refused, dropped, or did not answer) is tried last for this long (s).
@@ -44,6 +45,15 @@ def job_key(unique: str, data: bytes) -> str | bytes:
     if unique == "-":
         return data
     return unique
+
+
+def key_slot(key: str | bytes, count: int) -> int:
+    """Which of ``count`` servers a job keyed ``key`` (``job_key``) starts at: the 15 bits
+    that Perl's Gearman::Client takes of the key's CRC-32 (``Gearman::Task::hash``), so
+    that a key submitted from Perl and from farm meets at one server and joins one job
+    (libgearman hashes no key: it sends every job to one server while it is up)."""
+    data = key.encode() if isinstance(key, str) else key
+    return (zlib.crc32(data) >> 16 & 0x7FFF) % count
 
 
 def connect_share(deadline: float | None, now: float, servers_left: int) -> float | None:
@@ -81,8 +91,7 @@ class ServerPicker:
         if len(servers) == 1:  # the usual farm: nothing to rotate or rank (each job asks)
             return [] if servers[0] == exclude else [servers[0]]
         if unique:
-            key = unique.encode() if isinstance(unique, str) else unique
-            start = zlib.crc32(key) % len(servers)
+            start = key_slot(unique, len(servers))
             busy = ()
         else:
             start = self._rotation % len(servers)

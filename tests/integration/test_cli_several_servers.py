@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +14,7 @@ from typer.testing import CliRunner
 
 import farm.cli.watch
 from farm.cli import app
+from farm.client.serverpick import key_slot
 from tests.helpers import ROOT
 from tests.helpers.servers import Server, start_farm_server
 from tests.helpers.serving import serving
@@ -65,7 +65,7 @@ def test_the_no_worker_hint_asks_every_server(
     # It asked only the first server listed: a job running on the second, where the
     # worker is, was said to wait for a worker "at" the first.
     first, second = (s.addr for s in two_servers)
-    key = next(k for k in map(str, range(100)) if zlib.crc32(k.encode()) % 2 == 1)  # second's
+    key = next(k for k in map(str, range(100)) if key_slot(k, 2) == 1)  # second's
     checks: list[threading.Timer] = []
 
     class Timer(threading.Timer):

@@ -9,12 +9,12 @@ import select
 import signal
 import socket
 import threading
-import zlib
 from typing import Any
 
 import pytest
 
 import farm
+from farm.client.serverpick import key_slot
 from tests.helpers.servers import free_port, free_ports, start_like, stop_process
 from tests.helpers.serving import reverse, serving
 from tests.helpers.waiting import wait_for
@@ -67,7 +67,7 @@ class _SlowOnce:
 def _holder(two_servers, key: str):
     """The server a job with this unique key starts at (the client's stable choice)."""
     addrs = [s.addr for s in two_servers]
-    return {s.addr: s for s in two_servers}[addrs[zlib.crc32(key.encode()) % 2]]
+    return {s.addr: s for s in two_servers}[addrs[key_slot(key, 2)]]
 
 
 def _mid_job_death(two_servers, unique: str | None) -> tuple[Any, list[bytes]]:
@@ -241,7 +241,7 @@ def test_status_unique_asks_on_when_its_keys_server_does_not_know_it(two_servers
     # status_unique took its "unknown" for an answer.
     a, b = two_servers
     addrs = [a.addr, b.addr]
-    key = next(k for k in (f"k{i}" for i in range(100)) if zlib.crc32(k.encode()) % 2 == 0)
+    key = next(k for k in (f"k{i}" for i in range(100)) if key_slot(k, 2) == 0)
     gate = threading.Event()
     fns = {"hold": lambda job: gate.wait(30) and b"done"}
     with farm.Client(addrs, timeout=10) as c, serving([b.addr], fns):

@@ -10,7 +10,6 @@ import os
 import signal
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 
 import farm
 from farm.client import blockingconn, serverpick
+from farm.client.serverpick import key_slot
 from tests.helpers.servers import Server
 from tests.helpers.serving import reverse, serving
 from tests.helpers.stalled import unanswered_listener
@@ -116,7 +116,7 @@ def test_a_resubmit_after_its_server_died_keeps_to_the_calls_timeout(any_server)
 
     with unanswered_listener() as hung:
         servers = [any_server.addr, hung]
-        key = next(k for k in (f"k{i}" for i in range(100)) if zlib.crc32(k.encode()) % 2 == 0)
+        key = next(k for k in (f"k{i}" for i in range(100)) if key_slot(k, 2) == 0)
         killer = threading.Thread(target=kill_when_started, daemon=True)
         with (
             serving(any_server.addr, {"hold": hold}),

@@ -10,7 +10,7 @@ import pytest
 
 import farm
 from tests.helpers import ROOT
-from tests.helpers.servers import Server, need
+from tests.helpers.servers import Server, need, start_farm_server
 
 pytestmark = pytest.mark.interop
 
@@ -160,3 +160,44 @@ def test_a_perl_worker_whose_result_perl_reads_as_false_ends_its_job(
     finally:
         worker.kill()
         worker.wait()
+
+
+PERL_KEYED_CLIENT = r"""
+use Gearman::Client;
+my $c = Gearman::Client->new(job_servers => [%(servers)s]);
+for my $key (@ARGV) {
+    my ($uniq, $arg) = split /=/, $key, 2;
+    my $h = $c->dispatch_background('held', $arg, {uniq => $uniq});
+    die "no handle for $key\n" unless defined $h;
+    print "$h\n";
+}
+"""
+
+
+def test_a_unique_key_meets_at_one_server_from_perl_and_from_farm(farm_server: Server) -> None:
+    # Perl's Gearman::Client places a keyed job at (crc32(key) >> 16 & 0x7fff) % servers (of
+    # the payload for "-"); farm placed it at crc32 % servers, so of one key submitted from
+    # both, about half ran twice, once on each server, instead of joining one job.
+    other = start_farm_server()
+    try:
+        servers = [farm_server.addr, other.addr]
+        keys = [f"key-{i}=data" for i in range(16)] + [f"-=payload {i}" for i in range(8)]
+        listed = ", ".join(f"'{addr}'" for addr in servers)
+        out = subprocess.run(
+            [perl(), "-e", PERL_KEYED_CLIENT % {"servers": listed}, *keys],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        perl_jobs = [tuple(line.split("//", 1)) for line in out.stdout.split()]  # addr//handle
+        assert {addr for addr, _ in perl_jobs} == set(servers), "Perl spread the keys"
+        with farm.Client(servers) as client:
+            tasks = [
+                client.submit("held", data, background=True, unique=uniq)
+                for uniq, data in (key.split("=", 1) for key in keys)
+            ]
+        ours = [(task.server, task.handle) for task in tasks]
+        assert ours == perl_jobs, "each key joins the job Perl's client queued for it"
+    finally:
+        other.stop()

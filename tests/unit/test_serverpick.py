@@ -15,6 +15,7 @@ from farm.client.serverpick import (
     ServerPicker,
     connect_share,
     job_key,
+    key_slot,
 )
 
 SERVERS = ["a:1", "b:1", "c:1"]
@@ -116,3 +117,11 @@ def test_a_connect_gets_enough_for_a_far_server_where_the_others_keep_a_little()
     assert connect_share(101.5, 100.0, 3) == pytest.approx(100.5)  # the even share: more
     # Short of a little for each, an even share: each still gets its turn.
     assert connect_share(100.3, 100.0, 10) == pytest.approx(100.03)
+
+
+def test_a_key_starts_where_perls_gearman_client_sends_it() -> None:
+    # Gearman::Task::hash: (crc32(key) >> 16) & 0x7fff; Gearman::Taskset picks that modulo
+    # the servers. "key-0" has CRC-32 0x79eb8fec: 0x79eb % 3 == 2 (crc32 % 3 was 0).
+    assert key_slot("key-0", 3) == key_slot(b"key-0", 3) == 0x79EB % 3 == 2
+    picker = ServerPicker(SERVERS)
+    assert all(picker.order(f"k{i}")[0] == SERVERS[key_slot(f"k{i}", 3)] for i in range(30))
