@@ -263,6 +263,24 @@ def test_status_unique_asks_on_when_its_keys_server_does_not_know_it(two_servers
             c.status_unique("")
 
 
+def test_status_of_a_task_asks_the_server_that_created_it(two_servers) -> None:
+    # gearmand's handles count from 1 on every server: two of them on one host hand out
+    # "H:host:1" each (docs/client.md), so a bare handle may name a job on each.
+    a, b = two_servers
+    gate = threading.Event()
+    with farm.Client(a.addr) as on_a:
+        queued = on_a.submit("hold", b"x", background=True)
+    with serving([b.addr], {"hold": lambda job: gate.wait(30) and b"done"}):
+        with farm.Client(b.addr) as on_b:
+            running = on_b.submit("hold", b"y", background=True)
+        with farm.Client([a.addr, b.addr], timeout=10) as c:
+            wait_for("b's job to run", lambda: c.status(running).running)
+            assert tuple(c.status(queued))[:2] == (True, False), "a's job waits: no worker"
+        gate.set()
+    if a.kind == "gearmand":
+        assert queued.handle == running.handle
+
+
 def test_a_new_call_reconnects_though_a_job_was_pending_when_the_server_restarted(
     any_server,
 ) -> None:
