@@ -4,10 +4,11 @@ A job with a unique key always starts at the same server (so retries and
 joiners meet the same queue); others rotate, past a server that is not taking
 our bytes (``busy``). A server that refused or dropped a connection, or left a
 request unanswered for its caller's timeout (``mark_down``), is tried last for
-``DOWN_FOR`` seconds, or for as long as finding it down cost if longer (a connect nothing
-answers takes connect_timeout), and for twice as long as the last time at each failure in a
-row, up to ``DOWN_MAX``: a client calling every second paid the whole connect_timeout of a
-dead host each time its 2 s were up (python-gearman 1.x left a failed server alone for 120 s).
+``DOWN_FOR`` seconds, or for ``COST_FACTOR`` times what finding it down cost if longer (a
+connect nothing answers takes connect_timeout), and for twice as long as the last time at
+each failure in a row, up to ``DOWN_MAX``: a client calling every second paid the whole
+connect_timeout of a dead host each time its 2 s were up (python-gearman 1.x left a failed
+server alone for 120 s).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import zlib
 from collections.abc import Collection
 
 __all__ = [
+    "COST_FACTOR",
     "DOWN_FOR",
     "DOWN_MAX",
     "FAR_CONNECT",
@@ -31,6 +33,10 @@ __all__ = [
 DOWN_FOR = 2.0
 #: The longest a server is tried last for, however often it failed in a row (s).
 DOWN_MAX = 60.0
+#: A failed try that waited (a connect nothing answers takes connect_timeout) puts its
+#: server last for this many times that wait: such a host then costs the calls a tenth of
+#: the time at most, from its first failure on (up to DOWN_MAX).
+COST_FACTOR = 10
 #: The least a connect waits, however little of its caller's timeout is left (one to a
 #: server on this host succeeds at once; one nothing answers is bounded by the timeout).
 MIN_CONNECT = 0.05
@@ -105,14 +111,14 @@ class ServerPicker:
         return sorted(order, key=rank)  # stable: the rotation holds within each rank
 
     def mark_down(self, addr: str, spent: float = 0.0) -> None:
-        """``addr`` failed, and finding that out took ``spent`` seconds: tried last for that
-        long or DOWN_FOR, and for twice as long as the last time if it failed when tried
-        again (up to DOWN_MAX), unless DOWN_MAX had passed since then (a client's next call
-        an hour later). Marked again while still down (each of a map's jobs it did not
-        create), it is one failure: its time is only made up to this one's."""
+        """``addr`` failed, and finding that out took ``spent`` seconds: tried last for
+        COST_FACTOR times that or DOWN_FOR, and for twice as long as the last time if it
+        failed when tried again (up to DOWN_MAX), unless DOWN_MAX had passed since then (a
+        client's next call an hour later). Marked again while still down (each of a map's jobs
+        it did not create), it is one failure: its time is only made up to this one's."""
         now = time.monotonic()
         until, last = self._down_until.get(addr, 0.0), self._down_for.get(addr, 0.0)
-        span = max(DOWN_FOR, spent)
+        span = max(DOWN_FOR, COST_FACTOR * spent)
         if until <= now < until + DOWN_MAX:  # failed again soon after its time was up
             span = max(span, 2 * last)
         span = min(span, DOWN_MAX)

@@ -78,6 +78,7 @@ class Links:
                 self._picker.mark_down(addr, spent=time.monotonic() - began)
                 continue
             sock.setblocking(False)
+            self._picker.mark_up(addr)  # its next failure starts over from DOWN_FOR
             self._down_since = self._retry_at = 0.0
             conn = self._conns[addr] = Conn(addr, sock)
             conn.session.option("exceptions")  # WORK_EXCEPTION, not WORK_FAIL, for refusals

@@ -71,8 +71,10 @@ def test_a_host_that_answers_no_connect_waits_longer_than_its_connect_cost(
 ) -> None:
     # It went last for DOWN_FOR (2 s) whatever its connect had cost: with connect_timeout
     # past that, a client calling all the time paid the whole connect_timeout every 2 s.
-    # DOWN_FOR cut under the connect's cost, so that the test takes seconds, not minutes.
+    # DOWN_FOR cut under the connect's cost, and the cost taken once, not ten times, so that
+    # the test takes seconds, not minutes (the factor is the next test's).
     monkeypatch.setattr(serverpick, "DOWN_FOR", 0.1)
+    monkeypatch.setattr(serverpick, "COST_FACTOR", 1)
     tries: list[tuple[float, float]] = []  # each connect to the hung host: began, gave up
     real = blockingconn.connect
 
@@ -98,6 +100,31 @@ def test_a_host_that_answers_no_connect_waits_longer_than_its_connect_cost(
     cost = gave_up - first
     assert second - gave_up >= cost, "tried again sooner than its connect had cost"
     assert third - gave_up_again >= 2 * cost, "failed twice in a row: twice as long"
+
+
+def test_a_host_that_answers_no_connect_is_tried_last_for_ten_times_the_wait(any_server) -> None:
+    # Each face tried it again DOWN_FOR (2 s) later, after doubling 4 and 8 s later: a 5 s
+    # connect wait at 0, 7 and 16 s held calls up for 15 s of their first 25.
+    def left(picker: serverpick.ServerPicker, addr: str) -> float:
+        return picker._down_until[addr] - time.monotonic()
+
+    with unanswered_listener() as hung, serving(any_server.addr, {"reverse": reverse}):
+        servers = [hung, any_server.addr]
+        with farm.Client(servers, connect_timeout=0.5) as c:
+            c._wire.picker._rotation = 0  # the hung one first
+            assert c.call("reverse", b"ab") == b"ba"
+            assert left(c._wire.picker, hung) > 4, "tried last for ten times its 0.5 s wait"
+        with farm.Client(servers, connect_timeout=0.5) as c:
+            assert not c.status("H:nowhere:1").known  # a bare handle: each server asked
+            assert left(c._wire.picker, hung) > 4, "status, echo: the same"
+
+        async def async_call() -> float:
+            async with farm.AsyncClient(servers, connect_timeout=0.5) as client:
+                client._picker._rotation = 0
+                assert await client.call("reverse", b"cd") == b"dc"
+                return left(client._picker, hung)
+
+        assert asyncio.run(async_call()) > 4, "AsyncClient: the same"
 
 
 def test_a_resubmit_after_its_server_died_keeps_to_the_calls_timeout(any_server) -> None:

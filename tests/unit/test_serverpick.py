@@ -1,5 +1,5 @@
 """ServerPicker: a unique key always starts at one server, others rotate, and a server
-that refused is tried last for DOWN_FOR seconds or what finding it down cost (then first
+that refused is tried last for DOWN_FOR seconds or ten times what finding it down cost (then first
 again in its turn), longer each time it fails again in a row."""
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def test_a_server_is_down_for_what_finding_it_down_cost_and_longer_each_time_in_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A connect nothing answers costs connect_timeout (5 s by default): down for DOWN_FOR
-    # alone, a client calling every second paid those 5 s again every 7 s.
+    # alone, a client calling every second paid those 5 s again every 7 s. Here one cost
+    # 0.5 s: down for COST_FACTOR (10) times that.
     now = [100.0]
     monkeypatch.setattr(serverpick.time, "monotonic", lambda: now[0])
     picker = ServerPicker(SERVERS)
@@ -61,22 +62,22 @@ def test_a_server_is_down_for_what_finding_it_down_cost_and_longer_each_time_in_
     def down_for(addr: str) -> float:
         return picker._down_until[addr] - now[0]
 
-    picker.mark_down("a:1", spent=5.0)
-    assert down_for("a:1") == 5.0, "at least what the failed connect cost"
-    picker.mark_down("a:1", spent=5.0)  # another job's connect that failed with it
+    picker.mark_down("a:1", spent=0.5)
+    assert down_for("a:1") == 5.0, "ten times what the failed connect cost"
+    picker.mark_down("a:1", spent=0.5)  # another job's connect that failed with it
     assert down_for("a:1") == 5.0, "one failure, not two: it was down already"
     now[0] += 5.0
-    picker.mark_down("a:1", spent=5.0)  # tried again at once, and down still
+    picker.mark_down("a:1", spent=0.5)  # tried again at once, and down still
     assert down_for("a:1") == 10.0, "twice as long for the second failure in a row"
     now[0] += 10.0
     picker.mark_down("a:1")
     assert down_for("a:1") == 20.0, "twice the last, whatever this one cost"
     for _ in range(10):
         now[0] += down_for("a:1")
-        picker.mark_down("a:1", spent=5.0)
+        picker.mark_down("a:1", spent=0.5)
     assert down_for("a:1") == DOWN_MAX
     now[0] += down_for("a:1") + DOWN_MAX
-    picker.mark_down("a:1", spent=5.0)
+    picker.mark_down("a:1", spent=0.5)
     assert down_for("a:1") == 5.0, "failed long after its time was up: not in a row"
     picker.mark_up("a:1")  # a connection worked: its next failure starts over
     picker.mark_down("a:1")
@@ -125,3 +126,28 @@ def test_a_key_starts_where_perls_gearman_client_sends_it() -> None:
     assert key_slot("key-0", 3) == key_slot(b"key-0", 3) == 0x79EB % 3 == 2
     picker = ServerPicker(SERVERS)
     assert all(picker.order(f"k{i}")[0] == SERVERS[key_slot(f"k{i}", 3)] for i in range(30))
+
+
+def test_a_connect_that_cost_long_keeps_its_server_last_for_ten_times_as_long(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Doubling from DOWN_FOR, a host that answers no connect still cost a 5 s wait at 0, 7
+    # and 16 s: three stalls in its first half minute. Ten times what the failed try cost
+    # keeps such tries to a tenth of the time from the first one.
+    now = [100.0]
+    monkeypatch.setattr(serverpick.time, "monotonic", lambda: now[0])
+    picker = ServerPicker(SERVERS)
+    picker.mark_down("a:1", spent=5.0)
+    now[0] += 49.5
+    assert picker.order()[-1] == "a:1", "still last"
+    now[0] += 1
+    picker._rotation = 0
+    assert picker.order()[0] == "a:1", "its time is up"
+    picker.mark_down("a:1", spent=5.0)  # and fails again: doubled, up to DOWN_MAX
+    now[0] += DOWN_MAX - 0.5
+    assert picker.order()[-1] == "a:1"
+    picker.mark_up("a:1")
+    picker.mark_down("a:1", spent=0.001)  # refused at once: DOWN_FOR
+    now[0] += DOWN_FOR
+    picker._rotation = 0
+    assert picker.order()[0] == "a:1"
