@@ -88,7 +88,24 @@ class Lifecycle:
             elif proc.stop_deadline is not None and now >= proc.stop_deadline:
                 self.excuse(proc)
                 self.kill(proc, "did not drain in time")
+            elif self.stuck_idle(proc, now):
+                grace = self.config.supervisor.graceful_timeout
+                self.kill(proc, f"held no job, yet had not exited {grace:g}s after its SIGTERM")
         self.tend_leftovers(now)
+
+    def stuck_idle(self, proc: WorkerProcess, now: float) -> bool:
+        """A draining Python worker with no deadline (one with no timeout drains after its
+        job, however long that takes) that holds no job exits at once; one still there
+        graceful_timeout later is stuck (stopped, or hung outside a job), and a scale-down
+        or `farm stop` waited on it for ever."""
+        if proc.command or proc.state is not ProcState.DRAINING or proc.stop_deadline is not None:
+            return False
+        if proc.busy_since is not None:
+            proc.idle_draining = None
+            return False
+        if proc.idle_draining is None:
+            proc.idle_draining = now
+        return now - proc.idle_draining > self.config.supervisor.graceful_timeout
 
     def boot_overran(self, proc: WorkerProcess, now: float) -> bool:
         """Kill a Python worker that has not loaded its target within boot_timeout (a module

@@ -174,6 +174,9 @@ class WorkerProcess:
     peer_jobs: dict[str, int] = field(default_factory=dict)
     signal_at: float | None = None
     grace: float = 0.0
+    # A Python worker asked to drain: since when it has been seen holding no job (it should
+    # exit at once then; past graceful_timeout it is killed: farm.pools.lifecycle).
+    idle_draining: float | None = None
     _buffer: bytes = b""
 
     @property

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -131,6 +132,36 @@ def test_a_python_worker_replaced_by_a_command_one_is_killed_past_the_grace(
         assert f"killing worker nap#0 cpu{row['cpu']} (pid {row['pid']})" in up.read_log()
     finally:
         gate.open()
+        up.stop()
+
+
+def test_an_idle_python_worker_that_does_not_exit_is_killed_past_the_grace(
+    tmp_path: Path,
+) -> None:
+    # A Python worker with no timeout drains for as long as its job takes when a scale-down
+    # (a reload, a restart) retires it; one that held no job and did not exit (stopped here,
+    # or hung outside a job) was waited on for ever, in the slot count as draining.
+    # (`farm stop` gives every Python worker graceful_timeout: that was bounded already.)
+    up = FarmUp(
+        tmp_path, '[functions.reverse]\ntarget = "workers.text:reverse"\nworkers = 2\n', start=False
+    )
+    up.config.write_text(
+        up.config.read_text().replace("graceful_timeout = 10", "graceful_timeout = 1")
+    )
+    up.start()
+    stuck = 0
+    try:
+        up.expect_notify("READY=1")
+        rows = up.wait_idle({"reverse": 2})
+        stuck = max(rows, key=lambda r: r["slot"])["pid"]  # the one a scale-down retires
+        os.kill(stuck, signal.SIGSTOP)
+        assert farm_cli("scale", "reverse=1", "--control", up.control).returncode == 0
+        wait_for("the stopped worker killed", lambda: "held no job" in up.read_log())
+        wait_for("it reaped", lambda: not [r for r in up.workers("reverse") if r["pid"] == stuck])
+    finally:
+        if stuck:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stuck, signal.SIGCONT)
         up.stop()
 
 
