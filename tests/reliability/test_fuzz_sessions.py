@@ -235,7 +235,10 @@ class Replay:
 def server() -> Iterator[Server]:
     sockdir = Path(tempfile.mkdtemp(prefix="farm-fuzz-"))
     unix = str(sockdir / "gearman.sock")
-    srv = start_farm_server("--max-packet", "65536", "--job-retries", "2", unix=unix)
+    log = str(sockdir / "server.log")
+    srv = start_farm_server(
+        "--max-packet", "65536", "--job-retries", "2", "--log-file", log, unix=unix
+    )
     try:
         wait_for("the Unix socket", lambda: os.path.exists(unix))
         yield srv
@@ -338,3 +341,7 @@ def test_mutated_real_sessions_leave_the_server_whole(server: Server) -> None:
             assert listing(server.addr, "show jobs") == [], what
             assert listing(server.addr, "show unique jobs") == [], what
             wait_for(f"the server's descriptors after {what}", lambda: proc.num_fds() <= fds)
+            # A bug the server caught costs only its connection (Connection.data_received),
+            # and no other check here would see it: its log would.
+            log = (Path(server.unix).parent / "server.log").read_text()
+            assert "internal error" not in log and "Traceback" not in log, f"{what}: {log}"
