@@ -21,6 +21,7 @@ connections one at a time; this walks the sessions real peers have, deep into th
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import re
@@ -31,6 +32,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -42,7 +44,7 @@ from farm.protocol import PacketType as T
 from tests.helpers import ROOT
 from tests.helpers.peers import Peer
 from tests.helpers.servers import Server, connect, start_farm_server
-from tests.helpers.serving import reverse, serving
+from tests.helpers.serving import serving
 from tests.helpers.waiting import wait_for
 
 pytestmark = [
@@ -247,21 +249,38 @@ def server() -> Iterator[Server]:
         shutil.rmtree(sockdir, ignore_errors=True)
 
 
-def call_until(addr: str, stop: threading.Event, wrong: list[str]) -> int:
-    """Calls of fz.healthy until ``stop``, each checked; how many were made."""
-    done = 0
-    with farm.Client(addr) as client:
-        while not stop.is_set():
-            data = f"call {done}".encode()
-            try:
-                result = client.call("fz.healthy", data, timeout=20)
-            except farm.FarmError as exc:
-                wrong.append(f"{data!r}: {exc!r}")
-                return done
-            if result != data[::-1]:
-                wrong.append(f"{data!r} -> {result!r}")
-            done += 1
-    return done
+class Healthy:
+    """A well-behaved client and worker of fz.healthy beside the fuzzing: foreground calls
+    whose results are checked, and now and then a background job, which once acknowledged
+    (JOB_CREATED) must run."""
+
+    def __init__(self) -> None:
+        self.ran: set[bytes] = set()  # what the worker was given
+        self.acknowledged: set[bytes] = set()  # background jobs the server took
+        self.wrong: list[str] = []
+        self.numbers = itertools.count()  # each job's data its own, across batches
+
+    def run(self, job: Any) -> bytes:
+        self.ran.add(job.data)
+        return bytes(job.data[::-1])
+
+    def call_until(self, addr: str, stop: threading.Event) -> int:
+        """Calls until ``stop``, each checked; how many were made."""
+        done = 0
+        with farm.Client(addr) as client:
+            while not stop.is_set():
+                data = f"call {next(self.numbers)}".encode()
+                try:
+                    if done % 5 == 4:
+                        client.submit("fz.healthy", data, background=True)
+                        self.acknowledged.add(data)
+                    elif (result := client.call("fz.healthy", data, timeout=20)) != data[::-1]:
+                        self.wrong.append(f"{data!r} -> {result!r}")
+                except farm.FarmError as exc:
+                    self.wrong.append(f"{data!r}: {exc!r}")
+                    return done
+                done += 1
+        return done
 
 
 def listing(addr: str, command: str) -> list[str]:
@@ -294,11 +313,10 @@ def run_what_is_left(srv: Server) -> list[bytes]:
     return handles
 
 
-def replay_batch(srv: Server, replays: list[Replay]) -> int:
-    """Run ``replays`` at once while a client calls fz.healthy; how many calls it made (all
-    of them right: checked)."""
-    stop, wrong, calls = threading.Event(), [], []  # type: ignore[var-annotated]
-    caller = threading.Thread(target=lambda: calls.append(call_until(srv.addr, stop, wrong)))
+def replay_batch(srv: Server, healthy: Healthy, replays: list[Replay]) -> int:
+    """Run ``replays`` at once while ``healthy`` calls; how many calls it made."""
+    stop, calls = threading.Event(), []
+    caller = threading.Thread(target=lambda: calls.append(healthy.call_until(srv.addr, stop)))
     caller.start()
     threads = [threading.Thread(target=r.run) for r in replays]
     for t in threads:
@@ -307,7 +325,7 @@ def replay_batch(srv: Server, replays: list[Replay]) -> int:
         t.join(30)
     stop.set()
     caller.join(30)
-    assert not wrong, wrong
+    assert not healthy.wrong, healthy.wrong
     return calls[0]
 
 
@@ -317,7 +335,8 @@ def test_mutated_real_sessions_leave_the_server_whole(server: Server) -> None:
     proc = psutil.Process(server.proc.pid)
     rng = random.Random(SEED)
     seen: list[bytes] = []
-    with serving(server.addr, {"fz.healthy": reverse}):
+    healthy = Healthy()
+    with serving(server.addr, {"fz.healthy": healthy.run}):
         wait_for("the healthy worker", lambda: len(listing(server.addr, "workers")) == 2)
         connections = len(listing(server.addr, "workers"))  # the worker's and this query's
         fds = proc.num_fds()
@@ -329,8 +348,12 @@ def test_mutated_real_sessions_leave_the_server_whole(server: Server) -> None:
                 for addr, name in zip(addrs, names, strict=True)
             ]
             what = f"batch {batch} of seed {SEED} ({names})"
-            assert replay_batch(server, replays) > 0, f"no healthy call came back in {what}"
+            assert replay_batch(server, healthy, replays) > 0, f"no healthy call in {what}"
             assert server.proc.poll() is None, f"the server died in {what}"
+            wait_for(
+                f"the acknowledged background jobs of {what} to run",
+                lambda: healthy.acknowledged <= healthy.ran,
+            )
             wait_for(
                 f"the fuzzed connections of {what} to be gone",
                 lambda: len(listing(server.addr, "workers")) == connections,
@@ -340,6 +363,7 @@ def test_mutated_real_sessions_leave_the_server_whole(server: Server) -> None:
             assert all(row.split("\t")[1] == "0" for row in listing(server.addr, "status")), what
             assert listing(server.addr, "show jobs") == [], what
             assert listing(server.addr, "show unique jobs") == [], what
+            assert healthy.acknowledged, f"no healthy background job by {what}"
             wait_for(f"the server's descriptors after {what}", lambda: proc.num_fds() <= fds)
             # A bug the server caught costs only its connection (Connection.data_received),
             # and no other check here would see it: its log would.
