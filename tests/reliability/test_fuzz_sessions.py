@@ -141,7 +141,8 @@ class Replay:
     def length(self, pkt: bytes, _: bytes | None) -> list[bytes]:
         size = int.from_bytes(pkt[8:12], "big")
         size = self.rng.choice([size - 1, size + 1, size + 2, 65537, 1 << 31, 0xFFFFFFFF])
-        return [pkt[:8] + max(size, 0).to_bytes(4, "big") + pkt[12:]]
+        size = min(max(size, 0), 0xFFFFFFFF)  # a length mutated again may pass either end
+        return [pkt[:8] + size.to_bytes(4, "big") + pkt[12:]]
 
     def nul(self, pkt: bytes, _: bytes | None) -> list[bytes]:
         data = bytearray(pkt)
