@@ -11,12 +11,16 @@ job handle put in, options asked mid-session, the connection closed or reset. A 
 handle the recording names is replaced by the one this server gave the replay, so
 workers' news of their jobs reaches the job model rather than stopping at its lookup.
 
-Meanwhile a farm Client calls a farm Worker on other connections. After each batch: the
-server lives, every one of those calls came back right, the fuzzed connections are gone
-from `workers`, nothing is left running, a worker gets every job left queued and then
-none is left at all (`status`, `show jobs`, `show unique jobs`), and the server's
-descriptors are back to what they were. test_fuzz_server.py throws bytes at fresh
-connections one at a time; this walks the sessions real peers have, deep into them.
+Meanwhile a farm Client calls a farm Worker on other connections, and submits background
+jobs now and then. The server keeps background jobs in memory, then in a store (where
+replies wait for its commits). After each batch: the server lives, every one of those
+calls came back right and every background job it acknowledged ran, the fuzzed
+connections are gone from `workers`, nothing is left running, a worker gets every job
+left queued and then none is left at all (`status`, `show jobs`, `show unique jobs`), the
+server's descriptors are back to what they were, and its log holds no internal error.
+
+test_fuzz_server.py throws bytes at fresh connections one at a time; this walks the
+sessions real peers have, deep into them.
 """
 
 from __future__ import annotations
@@ -234,14 +238,16 @@ class Replay:
         self.read_answers(ANSWER_WAIT)
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
+@pytest.fixture(params=["memory", "store"])
+def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    """farm's server, its background jobs in memory or (the default) in a store, where a
+    JOB_CREATED and what follows it wait for the commit (the connection's held replies)."""
     sockdir = Path(tempfile.mkdtemp(prefix="farm-fuzz-"))
     unix = str(sockdir / "gearman.sock")
     log = str(sockdir / "server.log")
-    srv = start_farm_server(
-        "--max-packet", "65536", "--job-retries", "2", "--log-file", log, unix=unix
-    )
+    store = str(sockdir / "queue.db") if request.param == "store" else "none"
+    flags = ["--max-packet", "65536", "--job-retries", "2", "--log-file", log, "--store", store]
+    srv = start_farm_server(*flags, unix=unix)
     try:
         wait_for("the Unix socket", lambda: os.path.exists(unix))
         yield srv
