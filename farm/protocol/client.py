@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from farm.errors import JobException, JobFailed, ServerError, ServerUnavailable
-from farm.protocol.codec import Packet, PacketType, ProtocolError, encode_req
+from farm.protocol.codec import Packet, PacketType, ProtocolError, encode_req, wire_text
 from farm.protocol.decoder import Decoder, Oversized
 from farm.protocol.events import ServerErrorNotice
 from farm.protocol.kinds import SUBMIT_KINDS
@@ -164,7 +164,7 @@ class ClientSession:
         return self._query(PT.ECHO_RES, PT.ECHO_REQ, data)
 
     def get_status(self, handle: str) -> Query[StatusResult]:
-        return self._query(PT.STATUS_RES, PT.GET_STATUS, handle.encode())
+        return self._query(PT.STATUS_RES, PT.GET_STATUS, handle.encode("utf-8", "surrogateescape"))
 
     def get_status_unique(self, unique: str) -> Query[StatusResult]:
         return self._query(PT.STATUS_RES_UNIQUE, PT.GET_STATUS_UNIQUE, unique.encode())
@@ -267,7 +267,7 @@ class ClientSession:
         task = self._reply_to(packet)
         if not isinstance(task, Task):
             raise ProtocolError(f"JOB_CREATED where a reply of type {task.expect} was due")
-        task.handle = handle = packet.args[0].decode()
+        task.handle = handle = wire_text(packet.args[0])
         if task.background:
             task.done = True
         else:
@@ -302,13 +302,13 @@ class ClientSession:
         return [] if task.abandoned else [task]  # an abandoned task's copy is dropped
 
     def _on_complete(self, packet: Packet, events: list[object]) -> None:
-        for task in self._ended(packet.args[0].decode()):
+        for task in self._ended(wire_text(packet.args[0])):
             task.result = packet.args[1]
             task.done = True
             events.append(JobEnded(task=task))
 
     def _on_fail(self, packet: Packet, events: list[object]) -> None:
-        handle = packet.args[0].decode()
+        handle = wire_text(packet.args[0])
         for task in self._ended(handle):
             # WORK_FAIL carries no reason: say where it can come from.
             task.error = JobFailed(
@@ -322,7 +322,7 @@ class ClientSession:
 
     def _on_exception(self, packet: Packet, events: list[object]) -> None:
         text = packet.args[1].decode("utf-8", "replace")
-        for task in self._ended(packet.args[0].decode()):
+        for task in self._ended(wire_text(packet.args[0])):
             task.error = JobException(text)
             task.done = True
             events.append(JobEnded(task=task))
@@ -331,7 +331,7 @@ class ClientSession:
         """A job's packet over what we read (gearmand's): the job fails; the rest go on."""
         if packet.handle is None:  # skip_too_large reads past only packets naming a job
             raise packet.error()
-        handle = packet.handle.decode()
+        handle = wire_text(packet.handle)
         for task in self._ended(handle):
             task.error = JobException(  # as farm's server fails a worker's answer too large
                 f"job {handle} ({task.function}): its {PT(packet.ptype).name} of"
@@ -342,15 +342,15 @@ class ClientSession:
 
     def _on_status(self, packet: Packet, events: list[object]) -> None:
         num, den = _int(packet.args[1]), _int(packet.args[2])
-        for task in self._hearers(packet.args[0].decode()):
+        for task in self._hearers(wire_text(packet.args[0])):
             events.append(JobProgress(task=task, numerator=num, denominator=den))
 
     def _on_data(self, packet: Packet, events: list[object]) -> None:
-        for task in self._hearers(packet.args[0].decode()):
+        for task in self._hearers(wire_text(packet.args[0])):
             events.append(JobData(task=task, data=packet.args[1]))
 
     def _on_warning(self, packet: Packet, events: list[object]) -> None:
-        for task in self._hearers(packet.args[0].decode()):
+        for task in self._hearers(wire_text(packet.args[0])):
             events.append(JobWarning(task=task, data=packet.args[1]))
 
     def _on_query_reply(self, packet: Packet, events: list[object]) -> None:
@@ -360,11 +360,11 @@ class ClientSession:
         args = packet.args
         if packet.type in (PT.STATUS_RES, PT.STATUS_RES_UNIQUE):
             status = JobStatus(args[1] == b"1", args[2] == b"1", _int(args[3]), _int(args[4]))
-            query.result = StatusResult(args[0].decode(), status)
+            query.result = StatusResult(wire_text(args[0]), status)
         elif packet.type == PT.ECHO_RES:
             query.result = args[0]
         else:
-            query.result = args[0].decode()
+            query.result = wire_text(args[0])
         query.done = True
 
     def _on_error(self, packet: Packet, events: list[object]) -> None:

@@ -43,6 +43,7 @@ __all__ = [
     "encode_req",
     "encode_res",
     "frame_res",
+    "wire_text",
 ]
 
 REQ = b"\0REQ"
@@ -300,3 +301,10 @@ def encode_req(ptype: int, *args: bytes) -> bytes:
 def encode_res(ptype: int, *args: bytes) -> bytes:
     """A packet from the server."""
     return encode(RES, ptype, *args)
+
+
+def wire_text(raw: bytes) -> str:
+    """Bytes the protocol leaves opaque (a job handle) as text that keeps them all:
+    surrogateescape, as os.fsdecode, so ``.encode("utf-8", "surrogateescape")`` gives the
+    bytes back. A strict decode of a server's handle raised out of the client's call."""
+    return raw.decode("utf-8", "surrogateescape")

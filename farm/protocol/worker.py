@@ -231,7 +231,8 @@ class WorkerSession:
                     self.read_accept = self.held and ptype == _OPTION_RES
                 continue
             if ptype == _ERROR:
-                events.append(ServerErrorNotice(code=args[0].decode(), text=args[1].decode()))
+                code, text = (a.decode("utf-8", "replace") for a in args)  # as a client reads it
+                events.append(ServerErrorNotice(code=code, text=text))
                 continue
             nxt = _WORKER_TRANSITIONS.get((self.state, ptype))
             if nxt is None:

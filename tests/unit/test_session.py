@@ -169,6 +169,22 @@ def test_queries_are_answered_in_order_with_errors_in_place() -> None:
     assert su.result.status == JobStatus(True, True, 0, 0)  # type: ignore[union-attr]
 
 
+def test_a_job_handle_that_is_not_utf8_keeps_its_bytes() -> None:
+    """A handle is the server's opaque bytes (gearmand's holds its host name): one that is
+    not UTF-8 raised UnicodeDecodeError out of the client's call, as no farm error does."""
+    s = ClientSession()
+    t = Task("f", b"")
+    s.submit(t)
+    s.receive(encode_res(PT.JOB_CREATED, b"H:\xff:1"))
+    s.data_to_send()
+    s.get_status(t.handle or "")
+    assert sent(s) == [(PT.GET_STATUS, (b"H:\xff:1",))]  # the bytes it came as
+    s.receive(encode_res(PT.WORK_STATUS, b"H:\xff:1", b"1", b"2"))
+    s.receive(encode_res(PT.STATUS_RES, b"H:\xff:1", b"1", b"1", b"1", b"2"))
+    s.receive(encode_res(PT.WORK_COMPLETE, b"H:\xff:1", b"done"))
+    assert t.done and t.result == b"done"
+
+
 def test_unsolicited_error_is_an_event_and_a_mismatched_reply_a_protocol_error() -> None:
     s = ClientSession()
     assert s.receive(encode_res(PT.ERROR, b"X", b"y")) == [ServerErrorNotice(code="X", text="y")]

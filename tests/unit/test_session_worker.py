@@ -144,6 +144,16 @@ def test_error_packet_is_an_event_and_reset_abilities_is_sent() -> None:
     assert w.data_to_send() == b"" and w.state is WorkerState.DISCONNECTED
 
 
+def test_an_error_packet_that_is_not_utf8_is_an_event_still() -> None:
+    """Its code and text are read as a client reads them (replacement characters): a
+    strict decode raised out of the worker's loop, and the worker stopped serving."""
+    w = WorkerSession({"f": None})
+    w.connected()
+    assert w.receive(encode_res(PT.ERROR, b"X\xff", b"t\xff")) == [
+        ServerErrorNotice(code="X\ufffd", text="t\ufffd")
+    ]
+
+
 def test_an_unknown_option_answered_in_lower_case_is_taken_as_the_answer() -> None:
     # Perl's Gearman::Server says "unknown_option": the answer was not matched, every
     # later ERROR was read as news, and the options' answers never lined up.
