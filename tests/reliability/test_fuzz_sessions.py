@@ -175,8 +175,8 @@ class Replay:
 
     def mutate(self, pkt: bytes, nxt: bytes | None) -> list[bytes] | None:
         chunks: list[bytes] | None = [pkt]
-        while chunks and self.rng.random() < MUTATION_RATE:
-            whole = b"".join(chunks)
+        while chunks and any(chunks) and self.rng.random() < MUTATION_RATE:
+            whole = b"".join(chunks)  # not empty: a packet cut to nothing is left as it is
             binary = whole[:1] == b"\0" and len(whole) > p.HEADER.size
             names = [
                 name
