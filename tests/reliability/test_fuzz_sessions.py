@@ -15,9 +15,10 @@ Meanwhile a farm Client calls a farm Worker on other connections, and submits ba
 jobs now and then. The server keeps background jobs in memory, then in a store (where
 replies wait for its commits). After each batch: the server lives, every one of those
 calls came back right and every background job it acknowledged ran, the fuzzed
-connections are gone from `workers`, nothing is left running, a worker gets every job
-left queued and then none is left at all (`status`, `show jobs`, `show unique jobs`), the
-server's descriptors are back to what they were, and its log holds no internal error.
+connections are gone from `workers` (their registrations from `status`), nothing is left
+running, a worker gets every job left queued and then none is left at all (`status`,
+`show jobs`, `show unique jobs`), the server's descriptors are back to what they were,
+and its log holds no internal error.
 
 test_fuzz_server.py throws bytes at fresh connections one at a time; this walks the
 sessions real peers have, deep into them.
@@ -299,6 +300,11 @@ def running_jobs(addr: str) -> dict[str, int]:
     return {row[0]: int(row[2]) for row in rows if int(row[2])}
 
 
+def registered_workers(addr: str) -> dict[str, int]:
+    rows = (line.split("\t") for line in listing(addr, "status"))
+    return {row[0]: int(row[3]) for row in rows if int(row[3])}
+
+
 def run_what_is_left(srv: Server) -> list[bytes]:
     """A worker on the Unix socket (so it may take farm.* jobs too) of every function in
     `status` gets every job left queued, and completes it; their handles."""
@@ -370,6 +376,10 @@ def test_mutated_real_sessions_leave_the_server_whole(server: Server) -> None:
             assert all(row.split("\t")[1] == "0" for row in listing(server.addr, "status")), what
             assert listing(server.addr, "show jobs") == [], what
             assert listing(server.addr, "show unique jobs") == [], what
+            wait_for(  # the worker above is gone too: only the healthy one is registered
+                f"the registrations of {what}'s workers to go",
+                lambda: registered_workers(server.addr) == {"fz.healthy": 1},
+            )
             assert healthy.acknowledged, f"no healthy background job by {what}"
             wait_for(f"the server's descriptors after {what}", lambda: proc.num_fds() <= fds)
             # A bug the server caught costs only its connection (Connection.data_received),
