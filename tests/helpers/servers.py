@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -207,6 +208,27 @@ def start_farm_server(*extra: str, port: int | None = None, unix: str | None = N
 
     proc, chosen = _launch("farm server", cmd, port, "--tls-cert" not in extra, cwd=ROOT)
     return Server("farm", f"127.0.0.1:{chosen}", proc, chosen, unix, list(extra))
+
+
+@contextmanager
+def unix_farm_server(
+    *extra: str | Callable[[Path], str], prefix: str = "farm-unix-", mode: int | None = None
+) -> Iterator[Server]:
+    """A farm server also on a Unix socket in a directory of its own (pytest's temp tree is
+    closed to other users; ``mode`` opens the directory), removed after; an ``extra`` that
+    is a callable is given that directory (a log file there)."""
+    sockdir = Path(tempfile.mkdtemp(prefix=prefix))
+    if mode is not None:
+        os.chmod(sockdir, mode)
+    unix = str(sockdir / "gearman.sock")
+    flags = [flag(sockdir) if callable(flag) else flag for flag in extra]
+    srv = start_farm_server(*flags, unix=unix)
+    try:
+        wait_for("the Unix socket", lambda: os.path.exists(unix))
+        yield srv
+    finally:
+        srv.stop()
+        shutil.rmtree(sockdir, ignore_errors=True)
 
 
 def start_gearmand(*extra: str, port: int | None = None) -> Server:

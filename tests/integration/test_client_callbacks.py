@@ -124,32 +124,44 @@ def grab_job(worker: Peer) -> tuple[bytes, bytes]:
             worker.expect(T.NOOP)
 
 
+class OneRead:
+    """A worker's status for one call and another job's result, sent so that the client
+    reads them in one read: the client is held in its data callback (``hold``) until both
+    wait in its socket, and its status callback raises KeyboardInterrupt (``interrupt``)."""
+
+    def __init__(self) -> None:
+        self.held, self.sent = threading.Event(), threading.Event()
+
+    def send(self, worker: Peer, call: bytes, other: bytes, result: bytes) -> None:
+        worker.send(T.WORK_DATA, call, b"hold")  # the client stops reading in its callback
+        self.held.wait(10)
+        worker.send(T.WORK_STATUS, call, b"1", b"2")
+        worker.send(T.WORK_COMPLETE, other, result)
+        worker.send(T.ECHO_REQ, b"sync")  # answered once the server has passed the above on
+        worker.expect(T.ECHO_RES)
+        self.sent.set()
+        worker.close()
+
+    def hold(self, _: bytes) -> None:
+        self.held.set()
+        self.sent.wait(10)  # both packets now wait in the socket, for one read
+
+    @staticmethod
+    def interrupt(*_: int) -> None:
+        raise KeyboardInterrupt
+
+
 def test_an_interrupt_in_a_callback_keeps_the_rest_of_its_read(farm_server: Server) -> None:
     # One read carries call a's status and a map job's result; Ctrl-C in a's status callback
     # must not lose that result (the map then waited for it until its timeout).
-    held, sent = threading.Event(), threading.Event()
+    read = OneRead()
 
     def work() -> None:
         worker = Peer(farm_server.addr)
         worker.send(T.CAN_DO, "f")
         first, second = grab(worker), grab(worker)
         worker.send(T.WORK_COMPLETE, first, b"b1")
-        call = grab(worker)
-        worker.send(T.WORK_DATA, call, b"hold")  # the client stops reading in its callback
-        held.wait(10)
-        worker.send(T.WORK_STATUS, call, b"1", b"2")
-        worker.send(T.WORK_COMPLETE, second, b"b2")
-        worker.send(T.ECHO_REQ, b"sync")  # answered once the server has passed the above on
-        worker.expect(T.ECHO_RES)
-        sent.set()
-        worker.close()
-
-    def hold(_: bytes) -> None:
-        held.set()
-        sent.wait(10)  # both packets now wait in the socket, for one read
-
-    def interrupt(*_: int) -> None:
-        raise KeyboardInterrupt
+        read.send(worker, grab(worker), second, b"b2")
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
@@ -157,8 +169,8 @@ def test_an_interrupt_in_a_callback_keeps_the_rest_of_its_read(farm_server: Serv
         results = client.map("f", ["b1", "b2"])
         assert next(results) == b"b1"
         with pytest.raises(KeyboardInterrupt):
-            client.call("f", "a", on_data=hold, on_status=interrupt)
-        assert sent.is_set()
+            client.call("f", "a", on_data=read.hold, on_status=read.interrupt)
+        assert read.sent.is_set()
         assert list(results) == [b"b2"]
     thread.join(10)
 
@@ -167,39 +179,24 @@ def test_an_interrupt_in_an_async_callback_keeps_the_rest_of_its_read(
     farm_server: Server,
 ) -> None:
     # As above for AsyncClient: the Ctrl-C leaves the loop; run again, the other call ends.
-    held, sent = threading.Event(), threading.Event()
+    read = OneRead()
 
     def work() -> None:
         worker = Peer(farm_server.addr)
         worker.send(T.CAN_DO, "f")
         jobs = {data: handle for handle, data in (grab_job(worker), grab_job(worker))}
-        first, second = jobs[b"a"], jobs[b"b"]
-        worker.send(T.WORK_DATA, first, b"hold")  # the loop stops reading in its callback
-        held.wait(10)
-        worker.send(T.WORK_STATUS, first, b"1", b"2")
-        worker.send(T.WORK_COMPLETE, second, b"b")
-        worker.send(T.ECHO_REQ, b"sync")  # answered once the server has passed the above on
-        worker.expect(T.ECHO_RES)
-        sent.set()
-        worker.close()
-
-    def hold(_: bytes) -> None:
-        held.set()
-        sent.wait(10)  # both packets now wait in the socket, for one read
-
-    def interrupt(*_: int) -> None:
-        raise KeyboardInterrupt
+        read.send(worker, jobs[b"a"], jobs[b"b"], b"b")
 
     thread = threading.Thread(target=work, daemon=True)
     loop = asyncio.new_event_loop()
     client = farm.AsyncClient(farm_server.addr)
     try:
-        first = loop.create_task(client.call("f", "a", on_data=hold, on_status=interrupt))
+        first = loop.create_task(client.call("f", "a", on_data=read.hold, on_status=read.interrupt))
         second = loop.create_task(client.call("f", "b", timeout=5))  # lost: a Timeout
         thread.start()
         with pytest.raises(KeyboardInterrupt):
             loop.run_until_complete(second)
-        assert sent.is_set()
+        assert read.sent.is_set()
         assert loop.run_until_complete(second) == b"b"
     finally:
         first.cancel()

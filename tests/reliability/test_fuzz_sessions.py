@@ -27,13 +27,10 @@ sessions real peers have, deep into them.
 from __future__ import annotations
 
 import itertools
-import os
 import random
 import re
 import select
-import shutil
 import socket
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -48,7 +45,7 @@ from farm.client.admin import admin_query
 from farm.protocol import PacketType as T
 from tests.helpers import ROOT
 from tests.helpers.peers import Peer
-from tests.helpers.servers import Server, connect, start_farm_server
+from tests.helpers.servers import Server, connect, unix_farm_server
 from tests.helpers.serving import serving
 from tests.helpers.waiting import wait_for
 
@@ -243,18 +240,15 @@ class Replay:
 def server(request: pytest.FixtureRequest) -> Iterator[Server]:
     """farm's server, its background jobs in memory or (the default) in a store, where a
     JOB_CREATED and what follows it wait for the commit (the connection's held replies)."""
-    sockdir = Path(tempfile.mkdtemp(prefix="farm-fuzz-"))
-    unix = str(sockdir / "gearman.sock")
-    log = str(sockdir / "server.log")
-    store = str(sockdir / "queue.db") if request.param == "store" else "none"
-    flags = ["--max-packet", "65536", "--job-retries", "2", "--log-file", log, "--store", store]
-    srv = start_farm_server(*flags, unix=unix)
-    try:
-        wait_for("the Unix socket", lambda: os.path.exists(unix))
+
+    def in_dir(name: str) -> Callable[[Path], str]:  # a file in the server's own directory
+        return lambda sockdir: str(sockdir / name)
+
+    store = in_dir("queue.db") if request.param == "store" else "none"
+    flags = ("--max-packet", "65536", "--job-retries", "2", "--log-file", in_dir("server.log"))
+    flags += ("--store", store)
+    with unix_farm_server(*flags, prefix="farm-fuzz-") as srv:
         yield srv
-    finally:
-        srv.stop()
-        shutil.rmtree(sockdir, ignore_errors=True)
 
 
 class Healthy:

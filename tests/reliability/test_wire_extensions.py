@@ -9,18 +9,13 @@ client's foreground JOB_CREATED may wait for the next packet to that client
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from farm.protocol import PacketType as T
 from tests.helpers.peers import Peer, sleeping_worker
-from tests.helpers.servers import Server, start_farm_server
-from tests.helpers.waiting import wait_for
+from tests.helpers.servers import Server, unix_farm_server
 
 #: The server's --wake-deadline for a pushed job here (0.5 s by default): long enough
 #: that a test slowed by a loaded machine still reads a pushed job in time.
@@ -30,15 +25,8 @@ PAST_DEADLINE = DEADLINE + 1
 
 @pytest.fixture
 def server() -> Iterator[Server]:
-    sockdir = Path(tempfile.mkdtemp(prefix="farm-ext-"))
-    unix = str(sockdir / "gearman.sock")
-    srv = start_farm_server("--wake-deadline", str(DEADLINE), unix=unix)
-    try:
-        wait_for("the Unix socket", lambda: os.path.exists(unix))
+    with unix_farm_server("--wake-deadline", str(DEADLINE), prefix="farm-ext-") as srv:
         yield srv
-    finally:
-        srv.stop()
-        shutil.rmtree(sockdir, ignore_errors=True)
 
 
 def read_accept_worker(make: Callable[[str], Peer], srv: Server, function: str) -> Peer:

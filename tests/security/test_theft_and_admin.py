@@ -10,20 +10,17 @@ else even sees one. State-changing admin commands can be kept off TCP
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from farm.protocol import PacketType as T
 from tests.helpers import ROOT
 from tests.helpers.peers import Peer
-from tests.helpers.servers import Server, connect, start_farm_server
+from tests.helpers.servers import Server, connect, unix_farm_server
 from tests.helpers.waiting import wait_for
 
 NOBODY = 65534
@@ -33,16 +30,10 @@ NOBODY = 65534
 def server() -> Iterator[Server]:
     # A socket others may reach (pytest's own temp tree is closed to them), so that a
     # second local user can be tried.
-    sockdir = Path(tempfile.mkdtemp(prefix="farm-security-"))
-    os.chmod(sockdir, 0o755)
-    unix = str(sockdir / "gearman.sock")
-    srv = start_farm_server("--tcp-admin", "read-only", "--unix-mode", "0o666", unix=unix)
-    try:
-        wait_for("the Unix socket", lambda: os.path.exists(unix))
+    with unix_farm_server(
+        "--tcp-admin", "read-only", "--unix-mode", "0o666", prefix="farm-security-", mode=0o755
+    ) as srv:
         yield srv
-    finally:
-        srv.stop()
-        shutil.rmtree(sockdir, ignore_errors=True)
 
 
 def submit(peer: Peer, function: str, data: bytes) -> bytes:
