@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from farm import protocol as p
 from farm.protocol import PacketType as T
@@ -99,8 +99,15 @@ def grab_all(addr: str, function: str = "f") -> list[tuple[bytes, bytes]]:
     """(unique, data) of every job a raw worker of ``function`` gets, in order, completing
     each; returns once the server answered an echo after the last (the turn's commit of
     the store's deletes is in by then)."""
+    return [(unique, data) for _, unique, data in grab_every_job(addr, [function])]
+
+
+def grab_every_job(addr: str, functions: Iterable[str]) -> list[tuple[bytes, bytes, bytes]]:
+    """(handle, unique, data) of every job a raw worker of ``functions`` gets, in order,
+    completing each, as ``grab_all``."""
     worker = Peer(addr)
-    worker.send(T.CAN_DO, function)
+    for function in functions:
+        worker.send(T.CAN_DO, function)
     got = []
     while True:
         worker.send(T.GRAB_JOB_UNIQ)
@@ -109,7 +116,7 @@ def grab_all(addr: str, function: str = "f") -> list[tuple[bytes, bytes]]:
             break
         assert pkt.type == T.JOB_ASSIGN_UNIQ, pkt
         handle, _, unique, data = pkt.args
-        got.append((unique, data))
+        got.append((bytes(handle), bytes(unique), bytes(data)))
         worker.send(T.WORK_COMPLETE, handle, b"")
     worker.send(T.ECHO_REQ, b"x")
     worker.expect(T.ECHO_RES)

@@ -44,7 +44,7 @@ from farm import protocol as p
 from farm.client.admin import admin_query
 from farm.protocol import PacketType as T
 from tests.helpers import ROOT
-from tests.helpers.peers import Peer
+from tests.helpers.peers import grab_every_job
 from tests.helpers.servers import Server, connect, unix_farm_server
 from tests.helpers.serving import serving
 from tests.helpers.waiting import wait_for
@@ -302,22 +302,8 @@ def registered_workers(addr: str) -> dict[str, int]:
 def run_what_is_left(srv: Server) -> list[bytes]:
     """A worker on the Unix socket (so it may take farm.* jobs too) of every function in
     `status` gets every job left queued, and completes it; their handles."""
-    worker = Peer(f"unix:{srv.unix}")
-    for row in listing(srv.addr, "status"):
-        worker.send(T.CAN_DO, row.split("\t")[0])
-    handles = []
-    while True:
-        worker.send(T.GRAB_JOB_UNIQ)
-        pkt = worker.recv()
-        if pkt.type == T.NO_JOB:
-            break
-        assert pkt.type == T.JOB_ASSIGN_UNIQ, pkt
-        handles.append(pkt.args[0])
-        worker.send(T.WORK_COMPLETE, pkt.args[0], b"")
-    worker.send(T.ECHO_REQ, b"done")
-    worker.expect(T.ECHO_RES)
-    worker.close()
-    return handles
+    functions = [row.split("\t")[0] for row in listing(srv.addr, "status")]
+    return [handle for handle, _, _ in grab_every_job(f"unix:{srv.unix}", functions)]
 
 
 def replay_batch(srv: Server, healthy: Healthy, replays: list[Replay]) -> int:
