@@ -246,6 +246,10 @@ def killing(server: Hub, args: list[str]) -> str:
 def cancel(server: Hub, args: list[str]) -> str:
     if len(args) < 2 or args[0].lower() != "job":
         return _unknown("cancel")
+    if len(args) > 2:
+        # gearmand's answer: a handle holds no space, so `cancel job H x` names no job, and
+        # cancelling H, the first word, was not what was asked
+        return "ERR UNKNOWN_ERROR\r\n"
     return OK if server.jobs.cancel(_raw(args[1])) else "ERR UNKNOWN_JOB\r\n"
 
 
@@ -271,8 +275,8 @@ def max_queue(server: Hub, args: list[str]) -> str:
 
 
 def create_function(server: Hub, args: list[str]) -> str:
-    if len(args) < 2 or args[0].lower() != "function":
-        return _incomplete("create")
+    if len(args) != 2 or args[0].lower() != "function":
+        return _incomplete("create")  # as gearmand: `create function a b` is not about `a`
     name = _raw(args[1])
     if (bad := _bad_name(name)) and name not in server.jobs.functions:
         return bad
@@ -281,8 +285,8 @@ def create_function(server: Hub, args: list[str]) -> str:
 
 
 def drop_function(server: Hub, args: list[str]) -> str:
-    if len(args) < 2 or args[0].lower() != "function":
-        return _incomplete("drop")
+    if len(args) != 2 or args[0].lower() != "function":
+        return _incomplete("drop")  # as gearmand: `drop function a b` is not about `a`
     name = _raw(args[1])
     if name not in server.jobs.functions:
         return "ERR function not found\r\n"

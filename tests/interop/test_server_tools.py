@@ -269,3 +269,26 @@ def test_gearadmin_options_print_alike_on_both_servers(both_servers):
     ):
         assert gearadmin_with(farm, flag, value) == gearadmin_with(gearmand, flag, value), flag
     assert gearadmin(farm, "--status") == gearadmin(gearmand, "--status") == b"rev\t1\t0\t1\n.\n"
+
+
+def test_gearadmin_refuses_a_name_of_two_words_on_both_servers(both_servers):
+    """A function or handle given with a space (`--drop-function 'rev extra'`) is refused as
+    gearmand refuses it; farm acted on the first word, so a script dropping or cancelling
+    what it meant as one name dropped or cancelled another."""
+    tool = need("gearadmin")
+
+    def replies(srv: Server, flag: str, value: str) -> tuple[int, bytes, bytes]:
+        r = run(tool, "-h", "127.0.0.1", "-p", str(srv.port), flag, value)
+        return r.returncode, r.stdout, r.stderr
+
+    farm, gearmand = both_servers
+    for flag, value in (
+        ("--create-function", "two words"),
+        ("--drop-function", "rev extra"),
+        ("--cancel-job", "H:nowhere:1 extra"),
+    ):
+        assert replies(farm, flag, value) == replies(gearmand, flag, value), flag
+    for srv in (farm, gearmand):
+        handle = gearadmin(srv, "--show-jobs").split(b"\t")[0].decode()
+        assert replies(srv, "--cancel-job", f"{handle} extra")[2] == b"Error: UNKNOWN_ERROR\r\n"
+    assert gearadmin(farm, "--status") == gearadmin(gearmand, "--status") == b"rev\t1\t0\t1\n.\n"
