@@ -346,7 +346,7 @@ CHANGES_STATE: dict[str, Callable[[list[str]], bool]] = {
 DENIED = "ERR PERMISSION_DENIED this+command+is+accepted+only+on+the+Unix+socket\r\n"
 #: Commands that make the function they name when it is not there: the name, or None.
 MAKES_FUNCTION: dict[str, Callable[[list[str]], str | None]] = {
-    "create": lambda args: args[1] if len(args) > 1 and args[0].lower() == "function" else None,
+    "create": lambda args: args[1] if len(args) == 2 and args[0].lower() == "function" else None,
     "maxqueue": lambda args: args[0] if args else None,
 }
 TOO_MANY = "ERR QUEUE_ERROR the+server+holds+--max-functions+functions\r\n"

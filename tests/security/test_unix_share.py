@@ -144,6 +144,8 @@ def test_tcp_admin_cannot_make_functions_past_max_functions(unix_sock: str) -> N
             assert tcp.admin(f"create function {name}") == "OK\r\n"
         too_many = "ERR QUEUE_ERROR the+server+holds+--max-functions+functions\r\n"
         assert tcp.admin("create function f4") == too_many
+        # a word more is refused for its shape, as on any server, before any count
+        assert tcp.admin("create function f4 extra").startswith("ERR INVALID_ARGUMENTS")
         assert tcp.admin("maxqueue f5 10") == too_many
         assert tcp.admin("maxqueue f1 10") == "OK\r\n", "a function it holds is no new one"
         assert tcp.admin("create function f2") == "OK\r\n"
