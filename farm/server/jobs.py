@@ -112,9 +112,10 @@ class JobServer(Dispatch, JobControl):
         self.jobs: dict[bytes, Job] = {}
         self.uniques: dict[tuple[bytes, bytes, bool], Job] = {}
         # unique -> live jobs with it, in any function, oldest first (GET_STATUS_UNIQUE
-        # answers the newest). A dict, not a list: any local user may give one unique to a job
-        # in each of 65,536 functions, and a list's remove() made forgetting them quadratic
-        # (a client closing with 20,000 such jobs held the server for 7 s).
+        # answers the newest; `-` jobs are not in it, as gearmand finds none). A dict, not a
+        # list: any local user may give one unique to a job in each of 65,536 functions, and a
+        # list's remove() made forgetting them quadratic (a client closing with 20,000 such
+        # jobs held the server for 7 s).
         self.by_unique: dict[bytes, dict[Job, None]] = {}
         self.epoch_heap: list[tuple[float, int, Job]] = []
         # New background jobs whose rows are not committed yet, by handle: queued (or held
@@ -252,7 +253,7 @@ class JobServer(Dispatch, JobControl):
         self.jobs[handle] = job
         if key:
             self.uniques[(function, key, local)] = job
-        if unique:
+        if unique and unique != b"-":  # `-` names no one job
             self.by_unique.setdefault(unique, {})[job] = None
         if client is not None and not background:
             self._attach(job, client)
