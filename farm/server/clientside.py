@@ -288,7 +288,9 @@ class ClientSide:
     def get_status_unique(self, args: tuple[bytes, ...]) -> None:
         unique = args[0]
         same = self.jobs.by_unique.get(unique)
-        job = next(reversed(same)) if same else None
+        # Its own side's jobs only, as a key joins only its own side's submits: a TCP peer
+        # (any local user) read the running state, progress and callers of the farm's own.
+        job = next((j for j in reversed(same) if j.local != self.tcp), None) if same else None
         if job is None:
             self.send(encode_res(T.STATUS_RES_UNIQUE, unique, b"0", b"0", b"0", b"0", b"0"))
         else:

@@ -61,6 +61,27 @@ def test_a_key_joins_no_submit_of_the_other_side(
         srv.stop()
 
 
+def test_a_status_by_key_sees_only_its_own_sides_job(
+    peer_factory: Callable[[str], Peer], unix_sock: str
+) -> None:
+    # GET_STATUS_UNIQUE (PHP's jobStatusByUniqueKey) from a TCP peer answered for the job of
+    # the Unix socket's caller: known, running, its progress and how many wait on it.
+    srv = start_farm_server(unix=unix_sock)
+    try:
+        wait_for("the Unix socket", lambda: os.path.exists(unix_sock))
+        owner, other = peer_factory(f"unix:{unix_sock}"), peer_factory(srv.addr)
+        _created(owner, "owner's private data")
+        for peer, known in ((other, b"0"), (owner, b"1")):
+            peer.send(T.GET_STATUS_UNIQUE, KEY)
+            args = peer.expect(T.STATUS_RES_UNIQUE).args
+            assert args[:2] == (KEY.encode(), known), args
+        _created(other, "the other user's data")  # its own job, which it then sees
+        other.send(T.GET_STATUS_UNIQUE, KEY)
+        assert other.expect(T.STATUS_RES_UNIQUE).args[1:] == (b"1", b"0", b"0", b"0", b"1")
+    finally:
+        srv.stop()
+
+
 def test_each_side_still_coalesces_with_its_own(
     peer_factory: Callable[[str], Peer], unix_sock: str
 ) -> None:
