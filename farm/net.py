@@ -17,6 +17,7 @@ import socket
 import ssl
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Literal, TypeVar
@@ -243,13 +244,15 @@ TLS_SEND = 16384
 class Dial:
     """One ``connect`` (and TLS handshake) in a thread of its own, so that a loop serving
     other connections goes on while a server that does not answer takes ``timeout``:
-    ``outcome`` stays None until it ends, then holds the socket or the OSError, and
-    ``wake`` is called. ``cancel`` closes a socket nobody will take."""
+    ``outcome`` stays None until it ends, then holds the socket or the OSError, ``took``
+    the seconds it took, and ``wake`` is called. ``cancel`` closes a socket nobody will
+    take."""
 
     def __init__(
         self, addr: str, timeout: float, tls: ssl.SSLContext | None, wake: Callable[[], None]
     ) -> None:
         self.outcome: socket.socket | OSError | None = None
+        self.took = 0.0
         self._lock = threading.Lock()
         self._cancelled = False
         self._wake = wake
@@ -260,6 +263,7 @@ class Dial:
 
     def _run(self, addr: str, timeout: float, tls: ssl.SSLContext | None) -> None:
         outcome: socket.socket | OSError
+        began = time.monotonic()
         try:
             outcome = connect(addr, timeout, tls)
         except OSError as exc:
@@ -271,6 +275,7 @@ class Dial:
                 if isinstance(outcome, socket.socket):
                     outcome.close()
                 return
+            self.took = time.monotonic() - began  # before outcome: who sees one sees both
             self.outcome = outcome
         self._wake()
 

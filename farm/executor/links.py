@@ -1,25 +1,32 @@
-"""The pump's connections to its job servers: which one the next job goes to, and
-waiting for one to come back.
+"""The pump's connections to its job servers: which one the next job goes to, opening
+one without holding the others, waiting for one to come back, and losing one.
 
 A mixin of ``farm.executor.pump.Pump``. Calls that have not left the executor wait
 for a server that refuses connections (a supervised server is back within a second of
-a crash) for up to ``connect_timeout``; only then do they fail.
+a crash) for up to ``connect_timeout``; only then do they fail. A TCP connect runs in a
+thread of its own (``farm.net.Dial``): a host that answers none (down, or behind a
+firewall that drops our packets) would otherwise hold every call, and the replies coming
+on the other connections, for ``connect_timeout`` each time the pump tried it.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Callable
 
 from farm.client.serverpick import ServerPicker
 from farm.errors import ServerUnavailable
+from farm.executor.flight import Flight, flight_of
 from farm.executor.poller import READ, Poller
-from farm.net import connect
+from farm.net import Dial, connect, parse_address
 from farm.protocol import OPTION_LAZY_CREATED
-from farm.protocol.client import ClientSession
+from farm.protocol.client import ClientSession, lost_error
 
 __all__ = ["Conn", "Links", "RETRY_EVERY"]
+
+log = logging.getLogger("farm.executor")
 
 #: Seconds between tries to reach a server while calls wait for one (see _may_come_back).
 RETRY_EVERY = 0.1
@@ -39,14 +46,18 @@ class Conn:
 
 
 class Links:
-    """Choosing and opening the pump's connections (declared: what Pump gives it)."""
+    """Choosing, opening and losing the pump's connections (declared: what Pump gives it)."""
 
     connect_timeout: float
     _conns: dict[str, Conn]
+    _dials: dict[str, Dial]  # TCP connects under way, each in a thread of its own
+    _awaiting = False  # the last _connection found none open, but connects under way
     _picker: ServerPicker
     _selector: Poller
     _down_since: float  # no server took a connection since then (0: they do)
     _retry_at: float  # when to try again
+    _in_flight: int
+    _flights: set[Flight]
     _wake: Callable[[], None]
 
     def _may_come_back(self) -> bool:
@@ -61,30 +72,97 @@ class Links:
         self._wake()  # the pump thread sleeps until then (this may be another thread)
         return True
 
-    def _connection(self) -> Conn:
-        """A connection for the next job: rotate over servers, skipping refusing ones."""
+    def _connection(self) -> Conn | None:
+        """A connection for the next job: rotate over servers, skipping refusing ones and
+        those still connecting. None: only connects under way are left (the end of each
+        wakes the pump); ServerUnavailable: every server refused."""
         tried = []
+        awaiting = False
         for addr in self._picker.order():
             conn = self._conns.get(addr)
             if conn is not None:
+                # The usual case, as cheap as it was: _awaiting is False here, as it is True
+                # only while no connection is open (_opened clears it).
                 if self._down_since:  # a server took a connection: calls go out again
                     self._down_since = self._retry_at = 0.0
                 return conn
-            began = time.monotonic()
-            try:
-                sock = connect(addr, self.connect_timeout)
-            except OSError as exc:
-                tried.append(f"{addr} ({exc.strerror or exc})")
-                self._picker.mark_down(addr, spent=time.monotonic() - began)
-                continue
-            sock.setblocking(False)
-            self._picker.mark_up(addr)  # its next failure starts over from DOWN_FOR
-            self._down_since = self._retry_at = 0.0
-            conn = self._conns[addr] = Conn(addr, sock)
-            conn.session.option("exceptions")  # WORK_EXCEPTION, not WORK_FAIL, for refusals
-            # No wake-up for a JOB_CREATED alone: it may ride with the job's result (farm's
-            # extension, docs/held-grab.md; gearmand refuses it and nothing changes).
-            conn.session.option(OPTION_LAZY_CREATED.decode())
-            self._selector.register(sock.fileno(), READ, conn)
-            return conn
+            outcome, spent = self._connect(addr)
+            if outcome is None:
+                awaiting = True
+            elif isinstance(outcome, OSError):
+                tried.append(f"{addr} ({outcome.strerror or outcome})")
+                self._picker.mark_down(addr, spent=spent)
+            else:
+                return self._opened(addr, outcome)
+        self._awaiting = awaiting
+        if awaiting:
+            if tried:  # and try the refusing ones again meanwhile (a restart takes a second)
+                self._retry_at = time.monotonic() + RETRY_EVERY
+            return None
         raise ServerUnavailable("no job server is reachable; tried " + ", ".join(tried))
+
+    def _waiting_for_connect(self) -> bool:
+        """No connection is open and a connect is still under way: the pump may sleep, as
+        the end of that connect wakes it (``Dial`` sets its outcome, then wakes)."""
+        return self._awaiting and any(dial.outcome is None for dial in self._dials.values())
+
+    def _connect(self, addr: str) -> tuple[socket.socket | OSError | None, float]:
+        """Connect to ``addr``: the socket or the error, and the seconds it took; None while
+        its connect is under way. A Unix socket (the local farm, the usual lone server)
+        connects or is refused at once, so it connects here: no thread, no wake-up. A TCP
+        connect starts in a thread; a later call takes its outcome."""
+        dial = self._dials.get(addr)
+        if dial is not None:
+            if dial.outcome is None:
+                return None, 0.0
+            del self._dials[addr]
+            return dial.outcome, dial.took
+        if parse_address(addr).kind == "tcp":
+            self._dials[addr] = Dial(addr, self.connect_timeout, None, self._wake)
+            return None, 0.0
+        began = time.monotonic()
+        try:
+            return connect(addr, self.connect_timeout), 0.0
+        except OSError as exc:
+            return exc, time.monotonic() - began
+
+    def _opened(self, addr: str, sock: socket.socket) -> Conn:
+        self._awaiting = False
+        sock.setblocking(False)
+        self._picker.mark_up(addr)  # its next failure starts over from DOWN_FOR
+        self._down_since = self._retry_at = 0.0
+        conn = self._conns[addr] = Conn(addr, sock)
+        conn.session.option("exceptions")  # WORK_EXCEPTION, not WORK_FAIL, for refusals
+        # No wake-up for a JOB_CREATED alone: it may ride with the job's result (farm's
+        # extension, docs/held-grab.md; gearmand refuses it and nothing changes).
+        conn.session.option(OPTION_LAZY_CREATED.decode())
+        self._selector.register(sock.fileno(), READ, conn)
+        return conn
+
+    # -- losing connections --
+
+    def _close(self, conn: Conn) -> None:
+        if self._conns.get(conn.addr) is conn:
+            del self._conns[conn.addr]
+            self._selector.unregister(conn.sock.fileno())
+        conn.sock.close()
+
+    def _close_all(self) -> None:
+        """The pump ends: close its connections, and those still being made as they come."""
+        for conn in list(self._conns.values()):
+            self._close(conn)
+        for dial in self._dials.values():
+            dial.cancel()
+        self._dials.clear()
+
+    def _drop(self, conn: Conn, why: str) -> None:
+        """The server went away: every call it held fails (it may or may not have run)."""
+        log.warning("job server %s %s", conn.addr, why)
+        self._close(conn)
+        self._picker.mark_down(conn.addr)
+        for task in conn.session.connection_lost():
+            self._in_flight -= 1
+            lost = lost_error(conn.addr, task, why)  # its handle may not have come yet
+            flight = flight_of(task)
+            flight.fail(lost)
+            self._flights.discard(flight)

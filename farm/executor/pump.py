@@ -48,7 +48,7 @@ from farm.executor.signing import Signer
 from farm.executor.waithere import WaitHere
 from farm.net import READ_SIZE
 from farm.protocol import ProtocolError
-from farm.protocol.client import JobData, JobEnded, Task, lost_error
+from farm.protocol.client import JobData, JobEnded, Task
 from farm.waker import Waker
 
 # Call, WorkItem, BrokenFarmExecutor, fail_broken and MAX_BATCH live in farm.executor.flight;
@@ -106,6 +106,7 @@ class Pump(Links, WaitHere):
         self._lock = threading.Lock()
         # Pump-thread state only.
         self._conns: dict[str, Conn] = {}
+        self._dials = {}
         self._picker = ServerPicker(servers)
         self._in_flight = 0
         # Every flight from the moment its first call leaves the deque until its job
@@ -214,6 +215,7 @@ class Pump(Links, WaitHere):
         for conn in self._conns.values():
             conn.sock.close()
         self._conns = {}
+        self._dials = {}  # their threads stayed in the parent
         self._selector.close()
         self._waker.close()
 
@@ -235,7 +237,12 @@ class Pump(Links, WaitHere):
                     break
                 self._sleeping = True
                 retry = self._retry_at and max(0.0, self._retry_at - time.monotonic())
-                if self._pending and self._in_flight < self._refill_below and not retry:
+                # Calls that wait for a connect under way sleep too: its end wakes the pump.
+                if (
+                    self._pending
+                    and self._in_flight < self._refill_below
+                    and not (retry or self._waiting_for_connect())
+                ):
                     self._sleeping = False  # something arrived since we looked: no sleep
                     continue
                 lock.release()
@@ -261,8 +268,7 @@ class Pump(Links, WaitHere):
             self._break(f"the executor's pump thread failed: {describe(exc)}", exc)
         finally:
             try:
-                for conn in list(self._conns.values()):
-                    self._close(conn)
+                self._close_all()
                 self._selector.close()
                 self._waker.close()
             finally:
@@ -290,6 +296,9 @@ class Pump(Links, WaitHere):
                 if self._may_come_back():
                     return
                 conn, down = None, ServerUnavailable(f"{exc}, for {self.connect_timeout:g}s")
+            else:
+                if conn is None:
+                    return  # only connects under way: the end of each wakes the pump
             flight = Flight([])
             flights.add(flight)  # before a call leaves the deque: _break finds it anywhere
             items = take(pending, flight.items, self.max_batch, self.workers)
@@ -356,26 +365,6 @@ class Pump(Links, WaitHere):
                 self._flights.discard(flight_of(event.task))  # not before: _break still finds it
             elif isinstance(event, JobData):
                 partial(event.task, self.signer, event.data)
-
-    # -- losing connections --
-
-    def _close(self, conn: Conn) -> None:
-        if self._conns.get(conn.addr) is conn:
-            del self._conns[conn.addr]
-            self._selector.unregister(conn.sock.fileno())
-        conn.sock.close()
-
-    def _drop(self, conn: Conn, why: str) -> None:
-        """The server went away: every call it held fails (it may or may not have run)."""
-        log.warning("job server %s %s", conn.addr, why)
-        self._close(conn)
-        self._picker.mark_down(conn.addr)
-        for task in conn.session.connection_lost():
-            self._in_flight -= 1
-            lost = lost_error(conn.addr, task, why)  # its handle may not have come yet
-            flight = flight_of(task)
-            flight.fail(lost)
-            self._flights.discard(flight)
 
     def why_broken(self) -> str | None:
         """Why the pump stopped for good (None while it works); read anew on each call."""

@@ -25,6 +25,7 @@ from tests.helpers.calls import add, nap, wait_gate
 from tests.helpers.farmproc import executor_farm
 from tests.helpers.gate import Gate
 from tests.helpers.servers import start_farm_server
+from tests.helpers.stalled import unanswered_listener
 from tests.helpers.waiting import wait_for
 
 WORKER = [sys.executable, "-c", "from farm.cli import main; main()", "worker"]
@@ -91,9 +92,12 @@ def test_another_threads_call_is_not_held_up_by_a_thread_waiting_here(
 
 
 @contextmanager
-def lone_servers(tmp_path: Path, names: tuple[str, ...]) -> Iterator[tuple[Path, list[str]]]:
+def lone_servers(
+    tmp_path: Path, names: tuple[str, ...], *, tcp: bool = False
+) -> Iterator[tuple[Path, list[str]]]:
     """A farm server per name, each with one `farm worker` of farm.python on its Unix
-    socket, all with one key: the key, and the servers' addresses."""
+    socket, all with one key: the key, and the servers' addresses (their Unix sockets, or
+    with ``tcp`` their TCP ones)."""
     key = ensure_key(tmp_path / "executor.key")
     env = dict(os.environ, **{KEY_ENV: str(key)})
     servers, workers = [], []
@@ -104,7 +108,7 @@ def lone_servers(tmp_path: Path, names: tuple[str, ...]) -> Iterator[tuple[Path,
             wait_for("the Unix socket", lambda unix=unix: os.path.exists(unix))
             cmd = [*WORKER, TARGET, "--name", "farm.python", "--server", f"unix:{unix}"]
             workers.append(subprocess.Popen(cmd, cwd=ROOT, env=env))
-        yield key, [f"unix:{s.unix}" for s in servers]
+        yield key, [s.addr if tcp else f"unix:{s.unix}" for s in servers]
     finally:
         for proc in workers:
             proc.kill()
@@ -123,6 +127,34 @@ def test_a_call_sent_on_a_connection_opened_while_waiting_is_not_lost(tmp_path: 
                 second = ex.submit(nap, 0.01)
                 assert second.result(timeout=20) == 0.01
                 assert first.result(timeout=20) == 0.3
+
+
+def test_calls_go_on_while_a_connect_to_a_host_that_answers_none_waits(tmp_path: Path) -> None:
+    # The pump connected in its own thread, blocking: with a host that answers no connect
+    # (down, or behind a firewall that drops our packets) in the list, every call waited
+    # the whole connect_timeout whenever the pump tried it, results already come included.
+    with (
+        unanswered_listener() as hung,
+        lone_servers(tmp_path, ("live",), tcp=True) as (key, [live]),
+    ):
+        with farm.Executor(2, servers=[live], key_file=str(key)) as warm:  # its worker is up
+            assert warm.submit(add, 0, 0).result(timeout=20) == 0
+        with farm.Executor(2, servers=[hung, live], key_file=str(key), connect_timeout=3) as ex:
+            pump = ex._pump
+            t0 = time.monotonic()
+            assert ex.submit(add, 1, 2).result(timeout=10) == 3  # the hung host first
+            # Submitted while that connect is still under way: none is held for it.
+            assert [ex.submit(add, i, 1).result(timeout=10) for i in range(6)] == [*range(1, 7)]
+            assert list(ex.map(add, range(20), range(20))) == [2 * i for i in range(20)]
+            took = time.monotonic() - t0
+            assert took < 1.5, f"calls waited {took:.1f}s for a connect (connect_timeout 3 s)"
+            assert hung not in pump._picker._down_until, "its connect had ended already"
+            # It fails at connect_timeout as before, and the next call to try it (of two:
+            # they take turns to start at each) sends it last for ten times that.
+            dial = pump._dials[hung]
+            wait_for("the connect's end", lambda: dial.outcome is not None)
+            assert [ex.submit(add, i, 2).result(timeout=10) for i in range(2)] == [2, 3]
+            assert pump._picker._down_until[hung] - time.monotonic() > 20
 
 
 def test_cancel_from_another_thread_ends_a_wait_here(

@@ -13,9 +13,20 @@ import pytest
 from farm.client import serverpick
 from farm.client.serverpick import DOWN_FOR
 from farm.errors import ServerUnavailable
+from farm.executor.links import Conn
 from farm.executor.pump import Pump
 from farm.executor.signing import Signer
 from tests.helpers.stalled import unanswered_listener
+from tests.helpers.waiting import wait_for
+
+
+def connection(pump: Pump) -> Conn:
+    """``pump._connection()`` once the TCP connects it starts, each in a thread of its own,
+    have ended (the pump waits for the wake-up that each end sends)."""
+    while (conn := pump._connection()) is None:
+        for dial in list(pump._dials.values()):
+            wait_for("a connect's end", lambda dial=dial: dial.outcome is not None)
+    return conn
 
 
 def refusing() -> socket.socket:
@@ -46,15 +57,16 @@ def test_a_server_that_takes_a_connection_again_starts_afresh(
     try:
         for _ in range(2):  # both refuse, and refuse again on their try back
             with pytest.raises(ServerUnavailable):
-                pump._connection()
+                connection(pump)
             now[0] += 2 * DOWN_FOR + 1
         two[0].listen()
-        conn = pump._connection()  # a is back (b refuses still)
+        conn = connection(pump)  # a is back (b refuses still)
         pump._drop(conn, "closed the connection")  # and gone again
         now[0] += DOWN_FOR
         pump._picker.mark_down(b)  # b refuses still: a goes first once it is live again
         assert pump._picker.order() == [a, b], "a is tried last for DOWN_FOR, no more"
     finally:
+        pump._close_all()
         pump._selector.close()
         pump._waker.close()
 
@@ -66,8 +78,31 @@ def test_a_host_that_answers_no_connect_holds_the_pump_a_tenth_of_the_time() -> 
         pump = Pump([hung], Signer(b"k" * 32), "farm.python", "normal", 4, connect_timeout=0.5)
         try:
             with pytest.raises(ServerUnavailable, match="timed out"):
-                pump._connection()
+                connection(pump)
             assert pump._picker._down_until[hung] - time.monotonic() > 4
         finally:
+            pump._close_all()
+            pump._selector.close()
+            pump._waker.close()
+
+
+def test_a_connect_under_way_holds_no_job_meant_for_another_server() -> None:
+    # The pump connected blocking, in the thread that sends every call and reads every
+    # reply: a host that answers no connect held all of them for connect_timeout.
+    with unanswered_listener() as hung, socket.create_server(("127.0.0.1", 0)) as listener:
+        live = f"127.0.0.1:{listener.getsockname()[1]}"
+        pump = Pump([hung, live], Signer(b"k" * 32), "farm.python", "normal", 4, connect_timeout=5)
+        try:
+            t0 = time.monotonic()
+            for _ in range(4):  # the rotation starts at each in turn
+                while (conn := pump._connection()) is None:  # both connect, each in a thread
+                    dial = pump._dials.get(live)
+                    if dial is not None:
+                        wait_for("the live connect", lambda dial=dial: dial.outcome is not None)
+                assert conn.addr == live
+            assert time.monotonic() - t0 < 1, "a job waited for the hung host's connect"
+            assert pump._dials[hung].outcome is None, "its connect goes on meanwhile"
+        finally:
+            pump._close_all()
             pump._selector.close()
             pump._waker.close()
