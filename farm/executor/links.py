@@ -52,6 +52,10 @@ class Links:
     _conns: dict[str, Conn]
     _dials: dict[str, Dial]  # TCP connects under way, each in a thread of its own
     _awaiting = False  # the last _connection found none open, but connects under way
+    # While none is open: the servers that failed since every server was last tried, with
+    # why. A refusing one tried again while another's connect went on kept some connect
+    # under way for ever, and the calls waited for ever.
+    _refused: dict[str, str]
     _picker: ServerPicker
     _selector: Poller
     _down_since: float  # no server took a connection since then (0: they do)
@@ -75,8 +79,7 @@ class Links:
     def _connection(self) -> Conn | None:
         """A connection for the next job: rotate over servers, skipping refusing ones and
         those still connecting. None: only connects under way are left (the end of each
-        wakes the pump); ServerUnavailable: every server refused."""
-        tried = []
+        wakes the pump); ServerUnavailable: every server failed."""
         awaiting = False
         for addr in self._picker.order():
             conn = self._conns.get(addr)
@@ -86,20 +89,22 @@ class Links:
                 if self._down_since:  # a server took a connection: calls go out again
                     self._down_since = self._retry_at = 0.0
                 return conn
+            if addr in self._refused:
+                continue  # not again before the others' connects end too
             outcome, spent = self._connect(addr)
             if outcome is None:
                 awaiting = True
             elif isinstance(outcome, OSError):
-                tried.append(f"{addr} ({outcome.strerror or outcome})")
                 self._picker.mark_down(addr, spent=spent)
+                if not self._conns:  # (with one open, calls go there and no round ends)
+                    self._refused[addr] = f"{addr} ({outcome.strerror or outcome})"
             else:
                 return self._opened(addr, outcome)
         self._awaiting = awaiting
         if awaiting:
-            if tried:  # and try the refusing ones again meanwhile (a restart takes a second)
-                self._retry_at = time.monotonic() + RETRY_EVERY
             return None
-        raise ServerUnavailable("no job server is reachable; tried " + ", ".join(tried))
+        tried, self._refused = ", ".join(self._refused.values()), {}
+        raise ServerUnavailable("no job server is reachable; tried " + tried)
 
     def _waiting_for_connect(self) -> bool:
         """No connection is open and a connect is still under way: the pump may sleep, as
@@ -127,7 +132,7 @@ class Links:
             return exc, time.monotonic() - began
 
     def _opened(self, addr: str, sock: socket.socket) -> Conn:
-        self._awaiting = False
+        self._awaiting, self._refused = False, {}
         sock.setblocking(False)
         self._picker.mark_up(addr)  # its next failure starts over from DOWN_FOR
         self._down_since = self._retry_at = 0.0

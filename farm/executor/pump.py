@@ -107,6 +107,7 @@ class Pump(Links, WaitHere):
         # Pump-thread state only.
         self._conns: dict[str, Conn] = {}
         self._dials = {}
+        self._refused = {}
         self._picker = ServerPicker(servers)
         self._in_flight = 0
         # Every flight from the moment its first call leaves the deque until its job

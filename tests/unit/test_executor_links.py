@@ -20,12 +20,15 @@ from tests.helpers.stalled import unanswered_listener
 from tests.helpers.waiting import wait_for
 
 
-def connection(pump: Pump) -> Conn:
-    """``pump._connection()`` once the TCP connects it starts, each in a thread of its own,
-    have ended (the pump waits for the wake-up that each end sends)."""
+def connection(pump: Pump, within: float = 10) -> Conn:
+    """``pump._connection()`` as the pump asks it: again each time one of the TCP connects
+    it started, each in a thread of its own, ends (its wake-up); past ``within`` seconds
+    of neither a connection nor ServerUnavailable, the test fails."""
+    deadline = time.monotonic() + within
     while (conn := pump._connection()) is None:
-        for dial in list(pump._dials.values()):
-            wait_for("a connect's end", lambda dial=dial: dial.outcome is not None)
+        assert time.monotonic() < deadline, "neither a connection nor ServerUnavailable"
+        dials = list(pump._dials.values())
+        wait_for("a connect's end", lambda d=dials: any(x.outcome is not None for x in d))
     return conn
 
 
@@ -102,6 +105,25 @@ def test_a_connect_under_way_holds_no_job_meant_for_another_server() -> None:
                 assert conn.addr == live
             assert time.monotonic() - t0 < 1, "a job waited for the hung host's connect"
             assert pump._dials[hung].outcome is None, "its connect goes on meanwhile"
+        finally:
+            pump._close_all()
+            pump._selector.close()
+            pump._waker.close()
+
+
+def test_servers_that_refuse_beside_one_that_answers_no_connect_fail_the_calls() -> None:
+    # The refusing server was connected to again while the other's connect went on, so
+    # that some connect was always under way: the calls waited for ever.
+    with unanswered_listener() as hung, refusing() as sock:
+        refused = f"127.0.0.1:{sock.getsockname()[1]}"
+        pump = Pump(
+            [hung, refused], Signer(b"k" * 32), "farm.python", "normal", 4, connect_timeout=0.5
+        )
+        try:
+            with pytest.raises(ServerUnavailable) as raised:
+                connection(pump, within=3)
+            assert f"{hung} (timed out)" in str(raised.value)
+            assert f"{refused} (Connection refused)" in str(raised.value)
         finally:
             pump._close_all()
             pump._selector.close()
