@@ -80,9 +80,9 @@ def worker(
     ] = False,
 ) -> None:
     """Run one worker process serving MODULE:FUNCTION until SIGTERM or SIGINT."""
-    from farm.net import tls_from_env
     from farm.protocol.codec import MAX_TIMEOUT
     from farm.targets import load_target
+    from farm.tlsfiles import tls_from_env
     from farm.worker import Worker
 
     logging.basicConfig(
@@ -142,8 +142,8 @@ def submit(
     """
     from farm.cli.watch import LiveLine, progress_bar, warn_if_unserved
     from farm.client import Client
-    from farm.net import tls_from_env
     from farm.protocol.kinds import PRIORITY_NAMES
+    from farm.tlsfiles import tls_from_env
 
     if priority not in PRIORITY_NAMES:
         fail(f"--priority must be one of {', '.join(PRIORITY_NAMES)}, not {priority!r}", 2)

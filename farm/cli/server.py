@@ -202,7 +202,7 @@ def jobs(
 def admin_tls() -> ssl.SSLContext | None:
     """$FARM_TLS_CA, $FARM_TLS_CERT, $FARM_TLS_KEY, as `farm submit` and `farm worker` take
     them (a file that cannot be used: one line, exit 2)."""
-    from farm.net import tls_from_env
+    from farm.tlsfiles import tls_from_env
 
     try:
         return tls_from_env()

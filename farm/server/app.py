@@ -22,7 +22,7 @@ from pathlib import Path
 from farm.errors import FarmError, TLSFileError
 from farm.lifetime import die_with_parent
 from farm.logs import error_line
-from farm.net import clear_socket_path, load_tls_file, parse_address
+from farm.net import clear_socket_path, parse_address
 from farm.paths import LegacyStoreBusy, adopt_legacy_store, open_own_file
 from farm.server.connection import Connection
 from farm.server.exposition import MetricsEndpoint
@@ -37,6 +37,7 @@ from farm.server.process import (
 )
 from farm.server.store import DamagedStore, StoreError, StoreInUse
 from farm.server.tlsgate import Handshakes, TLSGate
+from farm.tlsfiles import load_tls_file
 
 log = logging.getLogger("farm.server")
 

@@ -17,8 +17,8 @@ import pytest
 import farm
 from farm import protocol as p
 from farm.client.admin import admin_query
-from farm.net import tls_context
 from farm.protocol import PacketType as T
+from farm.tlsfiles import tls_context
 from tests.helpers import ROOT
 from tests.helpers.servers import Server, connect, free_port, start_farm_server, start_with_store
 from tests.helpers.waiting import wait_for
