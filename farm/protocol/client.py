@@ -25,7 +25,6 @@ from farm.errors import JobException, JobFailed, ServerError, ServerUnavailable
 from farm.protocol.codec import Packet, PacketType, ProtocolError, encode_req, wire_text
 from farm.protocol.decoder import Decoder, Oversized
 from farm.protocol.events import ServerErrorNotice
-from farm.protocol.kinds import SUBMIT_KINDS
 from farm.protocol.tasks import (
     JobCreated,
     JobData,
@@ -68,25 +67,12 @@ __all__ = [
 
 PT = PacketType
 
-#: (priority name, background) → the submit packet, derived from the one table in kinds.
-_SUBMIT: dict[tuple[str, bool], PacketType] = {
-    (kind.priority.label, kind.background): ptype for ptype, kind in SUBMIT_KINDS.items()
-}
-
 
 def _int(raw: bytes) -> int:
     try:
         return int(raw or b"0")
     except ValueError:
         return 0
-
-
-def _submit_packet(task: Task[Any]) -> bytes:
-    func = task.function.encode()
-    unique = task.unique.encode()
-    if task.when is not None:
-        return encode_req(PT.SUBMIT_JOB_EPOCH, func, unique, b"%d" % task.when, task.data)
-    return encode_req(_SUBMIT[task.priority, task.background], func, unique, task.data)
 
 
 class ClientSession:
@@ -178,7 +164,7 @@ class ClientSession:
     def submit(self, task: Task[Any]) -> None:
         """Queue a submit for ``task``; the next JOB_CREATED (or ERROR) is its answer."""
         self._check_open()
-        self._enqueue(task, _submit_packet(task))
+        self._enqueue(task, task.packet())
         task.server = self.server
         task.handle = None  # a resubmitted task gets the new server's handle
         task.attempts += 1
@@ -191,7 +177,7 @@ class ClientSession:
         when the server woke, and each retry's payload piled up in memory)."""
         if not self._awaiting or self._awaiting[-1] is not task or self._out:
             return False
-        packet = _submit_packet(task)
+        packet = task.packet()
         if not unsent.endswith(packet):
             return False
         del unsent[-len(packet) :]

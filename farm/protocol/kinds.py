@@ -2,7 +2,7 @@
 
 Gearman spells a job's priority and whether anyone waits for it in the packet
 type (SUBMIT_JOB_HIGH_BG and so on). The client session turns (priority,
-background) into a packet type by this table (its ``_SUBMIT`` is derived from
+background) into a packet type by this table (``farm.protocol.tasks._SUBMIT`` is derived from
 it), and the server turns the packet type back here, so the two can never
 disagree.
 """

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from farm.errors import ServerUnavailable, Timeout
+from farm.protocol.codec import PacketType, encode_req
+from farm.protocol.kinds import SUBMIT_KINDS
 
 __all__ = [
     "may_resubmit",
@@ -34,6 +36,12 @@ __all__ = [
 
 #: What a face keeps with each task: its future, its waiter, its listener.
 Owner = TypeVar("Owner")
+
+
+#: (priority name, background) → the submit packet, derived from the one table in kinds.
+_SUBMIT: dict[tuple[str, bool], PacketType] = {
+    (kind.priority.label, kind.background): ptype for ptype, kind in SUBMIT_KINDS.items()
+}
 
 
 class Task(Generic[Owner]):
@@ -85,6 +93,15 @@ class Task(Generic[Owner]):
         self.abandoned = False  # the caller gave up (timeout): drop its WORK_* packets
         self.attempts = 0
         self.owner: Owner | None = None  # the face's record of this task
+
+    def packet(self) -> bytes:
+        """Its submit packet (SUBMIT_JOB_EPOCH for one with ``when``)."""
+        func, unique = self.function.encode(), self.unique.encode()
+        if self.when is not None:
+            return encode_req(
+                PacketType.SUBMIT_JOB_EPOCH, func, unique, b"%d" % self.when, self.data
+            )
+        return encode_req(_SUBMIT[self.priority, self.background], func, unique, self.data)
 
     def __repr__(self) -> str:
         state = "done" if self.done else ("created" if self.handle else "pending")
