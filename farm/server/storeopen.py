@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     local     INTEGER NOT NULL DEFAULT 1
 )
 """
+#: The columns of the first farm's store: a `jobs` table without them is not farm's.
+_FIRST_COLUMNS = {"id", "function", "uniq", "data", "priority", "reducer", "run_at"}
 #: Columns a store of an older farm lacks, added at open with their defaults (its rows read
 #: as a submit time unknown, no death of a worker counted, and submitted on the Unix socket:
 #: no TCP peer's unique key joins them, whichever side they came from).
@@ -47,6 +49,11 @@ _ADDED_COLUMNS = {
     "retries": "INTEGER NOT NULL DEFAULT 0",
     "local": "INTEGER NOT NULL DEFAULT 1",
 }
+
+#: The store's format, kept as its user_version. Raised (and written there) only by a change
+#: an older farm would misread: a column it must not ignore, a payload kept otherwise. A
+#: column with a default, which older farms leave out of their statements, keeps it.
+STORE_FORMAT = 0
 
 #: The columns of gearmand's libsqlite3 queue (when_to_run, from gearmand 1.1, is optional).
 _GEARMAND_COLUMNS = {"unique_key", "function_name", "priority", "data"}
@@ -68,6 +75,7 @@ def open_database(path: str, sync: str, reserve: DiskReserve) -> tuple[sqlite3.C
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=OPEN_WAIT)
         # One server per store: a second one would replay and run the same jobs.
         db.execute("PRAGMA locking_mode=EXCLUSIVE")
+        _refuse_unreadable(db, path)  # before the first write: a refused file stays as it was
         db.execute("PRAGMA journal_mode=WAL")
         # Debian's SQLite zeroes every freed page (secure_delete), so deleting a job wrote
         # its whole payload to the WAL again, and on a full disk no delete fit; FAST still
@@ -100,6 +108,27 @@ def open_database(path: str, sync: str, reserve: DiskReserve) -> tuple[sqlite3.C
     reserve.make()
     _checkpoint_within_reserve(db, path, reserve)
     return db, next_id
+
+
+def _refuse_unreadable(db: sqlite3.Connection, path: str) -> None:
+    """StoreError for a file this farm cannot read as its store: a newer farm's format, or a
+    `jobs` table of another program's. Both were read or altered before: a newer format's
+    rows replayed as if understood, the other table given farm's columns, then refused with
+    the advice to start empty."""
+    (found,) = db.execute("PRAGMA user_version").fetchone()
+    if found > STORE_FORMAT:
+        raise StoreError(
+            f"the job store {path} is of format {found}, which a newer farm wrote; this farm"
+            f" reads up to format {STORE_FORMAT}: upgrade farm again, or let the newer farm"
+            " empty its queue first"
+        )
+    columns = {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
+    missing = sorted(_FIRST_COLUMNS - columns) if columns else []
+    if missing:
+        raise StoreError(
+            f"the job store {path} has a table jobs that is not farm's (no column"
+            f" {', '.join(missing)})"
+        )
 
 
 def _add_columns(db: sqlite3.Connection, reserve: DiskReserve) -> None:
