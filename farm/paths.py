@@ -17,6 +17,7 @@ __all__ = [
     "state_dir",
     "default_store",
     "adopt_legacy_store",
+    "legacy_jobs_beside",
     "LegacyStoreBusy",
     "runtime_dir",
     "fallback_runtime_dir",
@@ -92,6 +93,30 @@ def adopt_legacy_store(store: str | os.PathLike[str]) -> bool:
             side.rename(new.with_name(new.name + suffix))
     old.rename(new)
     return True
+
+
+def legacy_jobs_beside(store: str | os.PathLike[str]) -> tuple[Path, int] | None:
+    """An older farm's ``queue.db`` beside ``store`` and the jobs still queued in it (None
+    when it holds none, is ``store``, or cannot be read now: an older farm's server still
+    runs them). Only the server on LEGACY_PORT adopts that file, and an older farm's server on
+    another port or a Unix socket kept its jobs there too: upgraded, it started on an empty
+    store of its own, and nothing said where its jobs were."""
+    import sqlite3
+
+    old = Path(store).with_name(LEGACY_STORE)
+    if Path(store).name == LEGACY_STORE or not old.exists():
+        return None
+    try:  # read-only: its jobs stay as the older farm left them, for the operator to serve
+        db = sqlite3.connect(f"file:{old}?mode=ro", uri=True, timeout=0)
+    except sqlite3.Error:
+        return None
+    try:
+        count: int = db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+    except sqlite3.Error:
+        return None
+    finally:
+        db.close()
+    return (old, count) if count else None
 
 
 def _locked(path: Path) -> bool:

@@ -23,7 +23,7 @@ from farm.errors import FarmError, TLSFileError
 from farm.lifetime import die_with_parent
 from farm.logs import error_line
 from farm.net import clear_socket_path, parse_address
-from farm.paths import LegacyStoreBusy, adopt_legacy_store, open_own_file
+from farm.paths import LegacyStoreBusy, adopt_legacy_store, legacy_jobs_beside, open_own_file
 from farm.server.connection import Connection
 from farm.server.exposition import MetricsEndpoint
 from farm.server.hub import Hub
@@ -321,6 +321,16 @@ def _serve(options: ServerOptions, ready: int | None = None) -> int:
             return 2
         except OSError as exc:
             log.warning("cannot adopt the older job store as %s: %s", options.store, exc)
+        if stranded := legacy_jobs_beside(options.store):  # which server they were for: unknown
+            path = stranded[0]
+            fix = f"--store {path}" if options.hints == "flags" else f'[server] store = "{path}"'
+            log.warning(
+                "the job store of an older farm, %s, holds %d queued jobs that this server"
+                " does not run: give it that store (%s) to run them; docs/operations.md,"
+                " Upgrading",
+                *stranded,
+                fix,
+            )
     try:
         server = Server(options)
     except DamagedStore as exc:  # says its own fix: another path would strand its jobs

@@ -76,6 +76,40 @@ def test_a_server_on_4730_adopts_the_store_of_an_older_farm(
     assert old.exists()
 
 
+def test_jobs_an_older_farm_queued_off_4730_are_not_stranded_in_silence(tmp_path: Path) -> None:
+    # Found in an upgrade hunt: an older farm's server on another port (or a Unix socket
+    # alone) kept its jobs in queue.db too, which only the server on 4730 adopts; upgraded,
+    # its server started on an empty queue-PORT.db and nothing said where its jobs were.
+    env = state_env(tmp_path)
+    old = tmp_path / "state" / "farm" / "queue.db"
+    old.parent.mkdir(parents=True)
+    with sqlite3.connect(old) as db:  # the table as the first farm with a store made it
+        db.execute(
+            "CREATE TABLE jobs (id INTEGER PRIMARY KEY, function BLOB NOT NULL, uniq BLOB NOT"
+            " NULL, data BLOB NOT NULL, priority INTEGER NOT NULL, reducer BLOB,"
+            " run_at REAL NOT NULL DEFAULT 0)"
+        )
+        db.executemany(
+            "INSERT INTO jobs (function, uniq, data, priority) VALUES ('f', '', x'78', 1)",
+            [(), ()],
+        )
+    db.close()
+    port = free_port()
+    proc = server(env, "-p", str(port))
+    try:
+        wait_connectable(f"127.0.0.1:{port}", proc)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    (line,) = [line for line in err.splitlines() if str(old) in line]
+    assert "WARNING" in line and "2 queued jobs" in line
+    assert f"--store {old}" in line  # the fix, in the flags farm server has
+    with sqlite3.connect(old) as db:  # left where it was, for the operator to serve
+        assert db.execute("SELECT COUNT(*) FROM jobs").fetchone() == (2,)
+    db.close()
+
+
 def test_farm_server_beside_farm_up_on_defaults_needs_no_flags(tmp_path: Path) -> None:
     farm = FarmUp(tmp_path, REVERSE, extra_env=state_env(tmp_path), start=False)
     # The defaults' store (FarmUp's config writes store = "none").
