@@ -48,7 +48,7 @@ from farm.executor.payload import (
     open_result,
 )
 from farm.executor.replay import ReplayGuard
-from farm.executor.signing import CALL, RESULT, Signer, load_key
+from farm.executor.signing import CALL, RESULT, SignatureError, Signer, load_key
 
 __all__ = [
     "DEFAULT_FUNCTION",
@@ -125,6 +125,29 @@ def _function(fn_bytes: bytes, initialized: bool) -> Callable[..., Any]:
     return fn
 
 
+#: Past any expiry a caller sets (its clock plus CALL_TTL), by millions of years. The layouts
+#: before the expiry have pickle bytes where it is read, which read as 2**56 and more.
+_LATEST_EXPIRY = 2**48
+
+
+def _check_layout(signed: memoryview) -> None:
+    """SignatureError for a call laid out as another farm version lays them out, under the
+    same header (a call id, then an expiry, came in on 2 December 2026): read as this
+    layout, an older caller's call failed with whatever its pickle's bytes gave
+    (``IndexError``, "this call already ran"), never saying why."""
+    at = CALL_ID_SIZE + 8  # the function's size, then its pickle
+    fn_size = int.from_bytes(signed[at : at + 4], "little")
+    if (
+        len(signed) <= at + 4 + fn_size  # no kind byte after the function
+        or int.from_bytes(signed[CALL_ID_SIZE:at], "big") >= _LATEST_EXPIRY
+        or signed[at + 4] != pickle.PROTO[0]
+    ):
+        raise SignatureError(
+            "this call is laid out as another farm version lays them out (a caller of an"
+            " older farm?): run the same farm on callers and workers; refused unrun"
+        )
+
+
 def run_call(job: Any) -> bytes:
     """Worker target: check the signature, unpickle, run, and return the signed outcome."""
     started = time.monotonic()  # the server's timeout runs from JOB_ASSIGN (the batch budget)
@@ -132,6 +155,7 @@ def run_call(job: Any) -> bytes:
     nesting.serving = getattr(job, "function", None)  # an Executor made here warns (nesting)
     signer = _worker_signer()
     signed = signer.open(CALL, job.data)  # SignatureError: nothing below runs
+    _check_layout(signed)
     call_id = bytes(signed[:CALL_ID_SIZE])
     expires = int.from_bytes(signed[CALL_ID_SIZE : CALL_ID_SIZE + 8], "big")
     _worker_guard().claim(call_id, expires, job.handle)  # SignatureError: expired or replayed
