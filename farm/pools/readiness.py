@@ -87,7 +87,7 @@ class Readiness:
 
     def extend_start(self, now: float) -> None:
         """EXTEND_TIMEOUT_USEC while the job server replays its store and says it goes on
-        (farm.server's ReplayProgress), at most once a second: 1.28 M jobs took 40 s of the
+        (farm.server.process.ReplayProgress), at most once a second: 1.28 M jobs took 40 s of the
         unit's TimeoutStartSec=60. Only on progress: a server that hangs is not extended."""
         if self.server.progressed_at > self.extended_at and now - self.extended_at >= 1.0:
             self.extended_at = now

@@ -8,14 +8,12 @@ started. One asyncio loop (uvloop when installed) owns all job state.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import os
 import signal
 import ssl
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from farm.server.exposition import MetricsEndpoint
 from farm.server.hub import Hub
 from farm.server.options import ServerOptions, default_store_path, parse_args
 from farm.server.process import (
+    ReplayProgress,
     detach,
     detached,
     fit_fd_limit,
@@ -43,8 +42,6 @@ log = logging.getLogger("farm.server")
 
 #: How long a stopping server waits for replies still being written.
 DRAIN_SECONDS = 2.0
-#: Seconds between two lines of replay progress to `farm up` (ReplayProgress).
-PROGRESS_EVERY = 0.5
 
 #: What a failed bind means, in the words of the fix (errno -> words).
 BIND_REASONS = {
@@ -65,38 +62,6 @@ class ListenError(FarmError):
         self.hint = hint  # what to change, where the usual hints (-p, -L) do not apply
         reason = BIND_REASONS.get(exc.errno or 0) or exc.strerror or str(exc)
         super().__init__(f"cannot listen on {where}: {reason}")
-
-
-class ReplayProgress:
-    """Lines to `farm up`'s pipe (``--progress-fd``) while the store is replayed, at most
-    every PROGRESS_EVERY seconds: the supervisor extends systemd's start timeout on each
-    (EXTEND_TIMEOUT_USEC), so a large store is not killed at TimeoutStartSec and a server
-    that hangs, which writes none, still is."""
-
-    def __init__(self, fd: int | None) -> None:
-        self.fd = fd
-        self.last = time.monotonic()
-        if fd is not None:
-            try:
-                os.set_blocking(fd, False)  # a supervisor that does not read must not stop us
-            except OSError:
-                self.fd = None
-
-    def tell(self, count: int) -> None:
-        now = time.monotonic()
-        if self.fd is None or now - self.last < PROGRESS_EVERY:
-            return
-        self.last = now
-        try:
-            os.write(self.fd, b"%d\n" % count)
-        except OSError:  # full (the next line says as much) or closed: replay goes on
-            pass
-
-    def close(self) -> None:
-        if self.fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-            self.fd = None
 
 
 class Server:

@@ -1,12 +1,15 @@
 """The server process set up as gearmand sets up its own: the descriptor limit fitted to
---max-connections, the log (and SIGHUP opening it again), and ``-d``'s detaching.
-Split off ``farm.server.app``, which runs them around its listeners.
+--max-connections, the log (and SIGHUP opening it again), and ``-d``'s detaching; and
+what it tells `farm up` while it replays its store (``ReplayProgress``). Split off
+``farm.server.app``, which runs them around its listeners.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import time
 
 from farm.logs import reopen_log_file, setup_logging
 from farm.server.options import ServerOptions
@@ -14,6 +17,8 @@ from farm.server.settings import log_level
 
 __all__ = [
     "FD_HEADROOM",
+    "PROGRESS_EVERY",
+    "ReplayProgress",
     "detach",
     "detached",
     "fit_fd_limit",
@@ -25,6 +30,8 @@ log = logging.getLogger("farm.server")
 
 #: Descriptors kept beyond the connections: listeners, the store, logs, the metrics.
 FD_HEADROOM = 64
+#: Seconds between two lines of replay progress to `farm up` (ReplayProgress).
+PROGRESS_EVERY = 0.5
 
 
 def fit_fd_limit(options: ServerOptions) -> None:
@@ -114,3 +121,35 @@ def detached(ready: int) -> None:
     os.dup2(null, 1)
     os.dup2(null, 2)
     os.close(null)
+
+
+class ReplayProgress:
+    """Lines to `farm up`'s pipe (``--progress-fd``) while the store is replayed, at most
+    every PROGRESS_EVERY seconds: the supervisor extends systemd's start timeout on each
+    (EXTEND_TIMEOUT_USEC), so a large store is not killed at TimeoutStartSec and a server
+    that hangs, which writes none, still is."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+        self.last = time.monotonic()
+        if fd is not None:
+            try:
+                os.set_blocking(fd, False)  # a supervisor that does not read must not stop us
+            except OSError:
+                self.fd = None
+
+    def tell(self, count: int) -> None:
+        now = time.monotonic()
+        if self.fd is None or now - self.last < PROGRESS_EVERY:
+            return
+        self.last = now
+        try:
+            os.write(self.fd, b"%d\n" % count)
+        except OSError:  # full (the next line says as much) or closed: replay goes on
+            pass
+
+    def close(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
