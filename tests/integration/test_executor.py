@@ -208,8 +208,10 @@ def test_threads_waiting_on_futures_of_two_executors_do_not_deadlock(
     # two threads waiting on futures of both executors, in opposite id orders, could each
     # take one lock and wait for the other's for good, as no two ProcessPoolExecutor futures do.
     with shared_farm.executor() as one, shared_farm.executor() as two:
-        ones = [one.submit(add, i) for i in range(20)]
-        twos = [two.submit(add, i) for i in range(20)]
+        # Made in turns, so that their ids interleave: made one executor's after the
+        # other's, they could all lie above the others (fresh memory) and no pair be found.
+        made = [(one.submit(add, i), two.submit(add, i)) for i in range(20)]
+        ones, twos = [a for a, _ in made], [b for _, b in made]
         wait(ones + twos, timeout=30)
         forward = [(a, b) for a in ones for b in twos if id(a) < id(b)][:10]
         backward = [(b, a) for a in ones for b in twos if id(b) < id(a)][:10]
