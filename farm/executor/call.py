@@ -196,8 +196,10 @@ def run_call(job: Any) -> bytes:
         del calls_data  # a large argument's bytes: not kept while the call runs
         outcome: tuple[Any, ...] = (OK, _apply(fn, kind, calls))
     except BaseException as exc:  # as ProcessPoolExecutor: even SystemExit is the call's outcome
-        forkedchild.leave_if_forked(forks, job.handle, exc)  # returned: farm.worker ends it
+        forkedchild.leave_if_forked(forks, job.handle, exc)
         outcome = raised(exc)
+    else:  # a child returned: it exits before it pickles (or spills) a result of its own
+        forkedchild.leave_if_forked(forks, job.handle, None)
     return _seal_result(signer, call_id, dump_outcome(outcome))
 
 
@@ -317,6 +319,8 @@ def _run_batch(
         except BaseException as exc:
             forkedchild.leave_if_forked(forks, job.handle, exc)  # as in run_call
             outcome = raised(exc)
+        else:  # a child that returned ran the batch's other calls again, and sent outcomes
+            forkedchild.leave_if_forked(forks, job.handle, None)
         if budget is not None:
             longest = max(longest, time.monotonic() - began)
         outcomes.append(outcome)

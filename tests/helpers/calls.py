@@ -245,11 +245,15 @@ def tell_wait_then_nest(told: str, gate: str, config: dict[str, object], n: int)
         return list(Parallel(n_jobs=2)(delayed(add)(i, i) for i in range(n)))
 
 
-def fork_and_come_back(how: str) -> tuple[str, int | None]:
+def fork_and_come_back(how: str, tally: str | None = None) -> tuple[str, int | None]:
     """Fork, and let the child come back out of the call where it should ``os._exit()``:
     it returns, ``sys.exit(3)``s or raises (``how``: "return", "exit 3", "raise"). The parent
     returns the child's exit status, or None when the child still runs 10 s on (it is
-    killed then: it would go on serving the worker's connection)."""
+    killed then: it would go on serving the worker's connection). ``tally``: a file that
+    gets a line each time the call runs (in any process)."""
+    if tally is not None:
+        with open(tally, "a") as f:
+            f.write(f"{os.getpid()}\n")
     pid = os.fork()
     if pid == 0:
         if how == "exit 3":
