@@ -244,13 +244,15 @@ class Lifecycle:
         ):
             if value is not None:
                 argv += [flag, str(value)]
+        # Also in what it detaches: farm.pools.strays leaves that be while this process runs.
+        worker_id = f"farm:{pool.name}#{slot.index}:{slot.spawned}"
         null = os.open(os.devnull, os.O_RDONLY)
         try:
             # Pinned, killed with the supervisor and deaf to SIGHUP (`systemctl kill -s HUP`
             # reaches every process of the unit) before any of its own code runs.
             pid = spawn(
                 argv,
-                self.child_env,
+                {**self.child_env, "FARM_WORKER_ID": worker_id},
                 death_signal=signal.SIGKILL,
                 core=slot.core,
                 keep=(write_fd, record_fd),
@@ -268,7 +270,7 @@ class Lifecycle:
         proc = WorkerProcess(
             pid, pool.name, slot.index, slot.core, read_fd, pool.options(), pool.timeout, record
         )
-        proc.output_fd, proc.servers = out_read, servers
+        proc.output_fd, proc.servers, proc.worker_id = out_read, servers, worker_id
         return self.watch(slot, proc)
 
     def spawn_command(self, slot: Slot, pool: FunctionConfig) -> WorkerProcess:

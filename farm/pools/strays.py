@@ -10,17 +10,18 @@ each restart of its slot left one more running. The supervisor is a child subrea
 its child. It is then stopped as systemd stops what is left in a unit's cgroup when its
 main process ended: once the worker process it came from (``FARM_WORKER_ID`` in its
 environment) has ended, it gets its pool's ``stop_signal`` (its process group, where it
-leads one), then SIGKILL after the pool's grace. One whose worker still runs is left to
-it; one that says no worker (its environment cleared, a Python worker's helper) was
-orphaned by its own parent's end and is stopped at once. Being its parent, the supervisor
-reaps it, so its pid is never another process's while it is watched.
+leads one), then SIGKILL after the pool's grace. One whose worker still runs (Python
+workers carry the variable too) is left to it; one that names no worker (its environment
+cleared) is stopped at once; one whose environment this user may not read, or that it may
+not signal, and the children `farm up` had before it ran, are left alone (the first kind
+is stopped with the farm). Being its parent, the supervisor reaps it, so its pid is
+never another process's while it is watched.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import logging
 import os
 import signal
@@ -39,6 +40,8 @@ log = logging.getLogger("farm.supervisor")
 
 #: prctl(2)'s option, from <linux/prctl.h>.
 PR_SET_CHILD_SUBREAPER = 36
+#: What ``worker_id_of`` says of an environment it may not read.
+UNREADABLE = "?"
 #: How often the supervisor looks for adopted processes while the farm runs; a stop looks
 #: on every turn of its drain.
 SWEEP_EVERY = 2.0
@@ -46,20 +49,22 @@ SWEEP_EVERY = 2.0
 
 def become_subreaper() -> bool:
     """Make orphaned descendants this process's children; False where Linux does not."""
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name, use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # this process's own libc (as spawn.py)
         return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
     except (OSError, AttributeError):
         return False
 
 
 def worker_id_of(pid: int) -> str | None:
-    """The ``FARM_WORKER_ID`` in a process's environment as it started; None if absent or
-    unreadable (another user's process, where the supervisor is not root)."""
+    """The ``FARM_WORKER_ID`` in a process's environment as it started; None if it has none
+    (or is gone), ``UNREADABLE`` if this user may not read it (another user's process, or
+    one that made itself undumpable, as ssh-agent does, where the supervisor is not root)."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
             environ = f.read()
+    except PermissionError:
+        return UNREADABLE
     except OSError:
         return None
     for entry in environ.split(b"\0"):
@@ -99,6 +104,9 @@ class Strays:
     grace: float  # the farm's; 0 once SIGQUIT said "at once"
 
     strays: dict[int, Stray]
+    # Never stopped: the children `farm up` had before it ran (a container's entrypoint that
+    # started a helper, then exec'd it), and those it may not signal (another user's).
+    left_alone: set[int]
     next_stray_sweep: float
     adopting: bool
 
@@ -143,6 +151,7 @@ class Strays:
     def adopt_orphans(self) -> None:
         """At start: become the subreaper of every process the farm starts."""
         self.strays, self.next_stray_sweep = {}, 0.0
+        self.left_alone = children()
         self.adopting = become_subreaper()
         if not self.adopting:
             log.info("cannot adopt orphaned processes here: a worker's detached child outlives it")
@@ -156,21 +165,28 @@ class Strays:
                     stray.pid,
                     stray.name or "?",
                 )
-                self.signal_stray(stray.pid, signal.SIGKILL)
+                if not self.signal_stray(stray.pid, signal.SIGKILL):
+                    self.leave_alone(stray.pid)
                 stray.deadline = float("inf")  # reaped soon; SIGKILL is not sent twice
         if not self.adopting or (now < self.next_stray_sweep and not stopping):
             return
         self.next_stray_sweep = now + SWEEP_EVERY
-        ours = set(self.by_pid) | set(self.strays)
+        ours = set(self.by_pid) | set(self.strays) | self.left_alone
         ours.add(self.server.pid)
         adopted = children() - ours
         if not adopted:
             return
         running = {p.worker_id for p in self.by_pid.values() if p.worker_id}
+        watched = {p.pid for p in self.leftovers}  # drained groups: watch_group signals them
         for pid in adopted:
             wid = worker_id_of(pid)
-            if wid is not None and wid in running:
+            if wid in running:
                 continue  # detached from a worker that still runs: it goes when that ends
+            if wid == UNREADABLE and not stopping:
+                continue  # it may be a running worker's: stopped with the farm
+            with contextlib.suppress(OSError):
+                if os.getpgid(pid) in watched:
+                    continue  # a drained wrapper's worker: its stop signal came, once
             self.stop_stray(pid, wid, now)
 
     def stop_stray(self, pid: int, wid: str | None, now: float) -> None:
@@ -194,18 +210,33 @@ class Strays:
             grace,
         )
         self.strays[pid] = Stray(pid, name, now + grace)
-        self.signal_stray(pid, sig)
+        if not self.signal_stray(pid, sig):
+            self.leave_alone(pid)
 
-    def signal_stray(self, pid: int, sig: int) -> None:
-        """Its whole process group where it leads one (a daemon that called setsid)."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
+    def leave_alone(self, pid: int) -> None:
+        """One the supervisor may not signal (it runs as another user): said, and let be,
+        or a stop would wait for it for ever."""
+        log.warning("pid %d runs as another user: the farm cannot stop it", pid)
+        self.strays.pop(pid, None)
+        self.left_alone.add(pid)
+
+    def signal_stray(self, pid: int, sig: int) -> bool:
+        """Its whole process group where it leads one (a daemon that called setsid); False
+        if this user may not signal it."""
+        try:
             if os.getpgid(pid) == pid:
                 os.killpg(pid, sig)
             else:
                 os.kill(pid, sig)
+        except ProcessLookupError:
+            pass  # gone: reaped soon
+        except PermissionError:
+            return False
+        return True
 
     def stray_reaped(self, pid: int) -> bool:
         """A reaped pid that was an adopted process: forget it."""
+        self.left_alone.discard(pid)  # its pid may be another child's next
         return self.strays.pop(pid, None) is not None
 
     def stray_deadlines(self) -> list[float]:

@@ -1,6 +1,7 @@
 """farm.pools.strays' rule, on real processes: an adopted process whose worker still runs
 is left to it, one whose worker ended (or that does not say) gets its stop signal, and one
-that ignores it gets SIGKILL at its deadline.
+that ignores it gets SIGKILL at its deadline; a child the process had before it adopted
+any, and a member of a drained group already watched, are never signalled.
 
 The sweep looks at every child of the process it runs in, so it runs in a fresh
 interpreter whose only children are the ones made here, never in pytest's.
@@ -22,18 +23,30 @@ from farm.pools.slots import WorkerProcess
 
 assert strays.become_subreaper()
 
-def detach(worker_id, ignore_term=False):
+made = []
+
+def detach(worker_id, ignore_term=False, leader=False):
     # a double fork: the middle process ends, so the grandchild is adopted by this one
     trap = "trap '' TERM; " if ignore_term else ""
+    run = "exec setsid sleep 300" if leader else "exec sleep 300"
     out = subprocess.run(
-        ["sh", "-c", f"( {trap}exec sleep 300 ) >/dev/null 2>&1 & echo $!"],
+        ["sh", "-c", f"( {trap}{run} ) >/dev/null 2>&1 & echo $!"],
         env={**os.environ, **({"FARM_WORKER_ID": worker_id} if worker_id else {})},
         capture_output=True, text=True, check=True,
     )
     pid = int(out.stdout)
-    while pid not in strays.children():
+    made.append(pid)
+    deadline = time.monotonic() + 10
+    # adopted, and sleeping: the trap and setsid, run before the exec of sleep, may come
+    # after the adoption (a SIGTERM then ended the one meant to ignore it)
+    while pid not in strays.children() or comm(pid) != "sleep":
+        assert time.monotonic() < deadline, "never adopted"
         time.sleep(0.01)
     return pid
+
+def comm(pid):
+    with open(f"/proc/{pid}/comm") as f:
+        return f.read().strip()
 
 class Farm(strays.Strays):
     def __init__(self):
@@ -46,33 +59,42 @@ class Farm(strays.Strays):
         self.server = Server()
         self.adopt_orphans()
 
-farm = Farm()
-worker = WorkerProcess(os.getpid(), "rev", 0, 0, -1, ())
-worker.worker_id = "farm:rev#0:3"
-farm.by_pid[worker.pid] = worker
-kept = detach("farm:rev#0:3")
-ended = detach("farm:rev#0:2")
-anonymous = detach(None)
-deaf = detach("farm:gone#1:0", ignore_term=True)
-now = time.monotonic()
-farm.sweep_strays(now)
-swept = sorted(farm.strays)
-statuses = {}
-deadline = time.monotonic() + 20
-while len(statuses) < 3 and time.monotonic() < deadline:
-    farm.sweep_strays(time.monotonic())
-    pid, status = os.waitpid(-1, os.WNOHANG)
-    if pid:
-        statuses[pid] = os.WTERMSIG(status) if os.WIFSIGNALED(status) else -1
-        farm.stray_reaped(pid)
-    time.sleep(0.01)
-kept_alive = os.waitpid(kept, os.WNOHANG) == (0, 0)
-os.kill(kept, signal.SIGKILL)
-print(json.dumps({
-    "swept": swept, "kept": kept, "ended": ended, "anonymous": anonymous, "deaf": deaf,
-    "statuses": {str(k): v for k, v in statuses.items()}, "kept_alive": kept_alive,
-    "left": sorted(farm.strays),
-}))
+inherited = subprocess.Popen(["sleep", "300"])  # before `farm up` ran: not the farm's
+made.append(inherited.pid)
+try:
+    farm = Farm()
+    worker = WorkerProcess(os.getpid(), "rev", 0, 0, -1, ())
+    worker.worker_id = "farm:rev#0:3"
+    farm.by_pid[worker.pid] = worker
+    kept = detach("farm:rev#0:3")
+    ended = detach("farm:rev#0:2")
+    anonymous = detach(None)
+    deaf = detach("farm:gone#1:0", ignore_term=True)
+    grouped = detach("farm:cmd#0:0", leader=True)  # leads a drained group watch_group has
+    farm.leftovers.append(WorkerProcess(grouped, "cmd", 0, 0, -1, ()))
+    farm.sweep_strays(time.monotonic(), stopping=True)
+    swept = sorted(farm.strays)
+    statuses = {}
+    deadline = time.monotonic() + 20
+    while len(statuses) < 3 and time.monotonic() < deadline:
+        farm.sweep_strays(time.monotonic())
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        if pid:
+            statuses[pid] = os.WTERMSIG(status) if os.WIFSIGNALED(status) else -1
+            farm.stray_reaped(pid)
+        time.sleep(0.01)
+    alive = [os.waitpid(pid, os.WNOHANG) == (0, 0) for pid in (kept, inherited.pid, grouped)]
+    print(json.dumps({
+        "swept": swept, "ended": ended, "anonymous": anonymous, "deaf": deaf,
+        "statuses": {str(k): v for k, v in statuses.items()}, "alive": alive,
+        "left": sorted(farm.strays),
+    }))
+finally:
+    for pid in made:  # none may outlive the test
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 """
 
 
@@ -88,7 +110,7 @@ def test_adopted_processes_are_stopped_once_their_worker_ended() -> None:
     assert out.returncode == 0, out.stderr
     seen = json.loads(out.stdout)
     assert seen["swept"] == sorted([seen["ended"], seen["anonymous"], seen["deaf"]])
-    assert seen["kept_alive"], "a process detached from a running worker was stopped"
+    assert seen["alive"] == [True, True, True], "(running worker's, inherited, watched group)"
     assert seen["statuses"] == {
         str(seen["ended"]): 15,  # SIGTERM, the default stop signal
         str(seen["anonymous"]): 15,
