@@ -148,26 +148,34 @@ class ServerConnection(asyncio.Protocol):
         except ProtocolError:
             self.transport.close()  # type: ignore[union-attr]  # connection_lost fails the rest
             return
-        self.undelivered.extend(events)
-        self._deliver()
+        if self.undelivered:  # left by an interrupted callback: first, in order
+            events = [*self.undelivered, *events]
+            self.undelivered.clear()
+        self._hand_on(events)
 
-    def _deliver(self) -> None:
-        """Hand the events read to their waiters, in order. One taken off at a time: a
-        callback that raises KeyboardInterrupt (Ctrl-C; asyncio lets it out of the loop)
-        leaves the rest (another job's end, read in the same packet run) to be handed on
-        when the loop runs again; dropped, that job's caller waited for it for ever."""
-        try:
-            while self.undelivered:
-                event = self.undelivered.popleft()
+    def _hand_on(self, events: list[object]) -> None:
+        """Hand the events read to their waiters, in order. A callback that raises
+        KeyboardInterrupt (Ctrl-C; asyncio lets it out of the loop) leaves the rest (another
+        job's end, read in the same packet run) to be handed on when the loop runs again;
+        dropped, that job's caller waited for it for ever."""
+        for at, event in enumerate(events):
+            try:
                 try:
                     self._dispatch(event)
                 except Exception:
                     # A user callback that raises must not cost the other jobs on this connection.
                     log.exception("farm.AsyncClient: callback for %r raised", event)
-        except BaseException:
-            self.loop.call_soon(self._deliver)
-            raise
+            except BaseException:
+                self.undelivered.extend(events[at + 1 :])
+                self.loop.call_soon(self._deliver)
+                raise
         self._answer_queries()
+
+    def _deliver(self) -> None:
+        """What an interrupted callback left (``_hand_on``), unless data came first."""
+        events = list(self.undelivered)
+        self.undelivered.clear()
+        self._hand_on(events)
 
     def _dispatch(self, event: object) -> None:
         task = getattr(event, "task", None)

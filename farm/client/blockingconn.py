@@ -143,6 +143,7 @@ class Connections:
             return
         self.forks = _forks
         self.using = threading.RLock()  # another thread of the parent may have held it
+        self.undelivered.clear()  # the parent's jobs' events: its own to hand on
         conns, self.conns = self.conns, {}
         self.selector.close()  # closes the child's epoll fd; unregisters nothing
         self.selector = selectors.DefaultSelector()
@@ -316,28 +317,34 @@ class Connections:
         except ProtocolError:
             self.drop(conn)
             return
-        self.undelivered.extend((conn.addr, event) for event in events)
-        self.deliver()
+        for at, event in enumerate(events):
+            try:
+                self.hand_on(conn.addr, event)
+            except BaseException:
+                # Ctrl-C in a callback: the rest of this read (another job's end) is kept
+                # for the next pump; dropped, that job's map waited for it until its timeout.
+                self.undelivered.extend((conn.addr, later) for later in events[at + 1 :])
+                raise
 
     def deliver(self) -> None:
-        """Hand the events read but not yet handed on to their tasks' listeners, in order.
-        One taken off at a time: a callback that raises KeyboardInterrupt (Ctrl-C) leaves
-        the rest here (another job's end, read in the same packet run) for the next pump;
-        dropped, that job's map waited for it until its timeout."""
+        """Hand on the events an interrupted callback left (``received``), in order."""
         while self.undelivered:
-            addr, event = self.undelivered.popleft()
-            task = getattr(event, "task", None)
-            if task is None:  # e.g. an ERROR the server sent unasked: nothing waits on it
-                log.warning("farm.Client: %r from %s", event, addr)
-                continue
-            listener = task.owner
-            if listener is None:
-                continue
-            try:
-                listener.task_event(event)
-            except Exception:
-                # The rest of this read's events (other jobs' endings) must still be filed.
-                log.exception("farm.Client: a progress callback raised")
+            self.hand_on(*self.undelivered.popleft())
+
+    def hand_on(self, addr: str, event: object) -> None:
+        """One event to its task's listener."""
+        task = getattr(event, "task", None)
+        if task is None:  # e.g. an ERROR the server sent unasked: nothing waits on it
+            log.warning("farm.Client: %r from %s", event, addr)
+            return
+        listener = task.owner
+        if listener is None:
+            return
+        try:
+            listener.task_event(event)
+        except Exception:
+            # The rest of this read's events (other jobs' endings) must still be filed.
+            log.exception("farm.Client: a progress callback raised")
 
     def last_words(self, conn: Conn) -> None:
         """A send failed: the server may have said why before it closed (an ERROR such as
