@@ -218,16 +218,18 @@ def unix_farm_server(
     closed to other users; ``mode`` opens the directory), removed after; an ``extra`` that
     is a callable is given that directory (a log file there)."""
     sockdir = Path(tempfile.mkdtemp(prefix=prefix))
-    if mode is not None:
-        os.chmod(sockdir, mode)
-    unix = str(sockdir / "gearman.sock")
-    flags = [flag(sockdir) if callable(flag) else flag for flag in extra]
-    srv = start_farm_server(*flags, unix=unix)
     try:
-        wait_for("the Unix socket", lambda: os.path.exists(unix))
-        yield srv
-    finally:
-        srv.stop()
+        if mode is not None:
+            os.chmod(sockdir, mode)
+        unix = str(sockdir / "gearman.sock")
+        flags = [flag(sockdir) if callable(flag) else flag for flag in extra]
+        srv = start_farm_server(*flags, unix=unix)
+        try:
+            wait_for("the Unix socket", lambda: os.path.exists(unix))
+            yield srv
+        finally:
+            srv.stop()
+    finally:  # also when the server did not start
         shutil.rmtree(sockdir, ignore_errors=True)
 
 

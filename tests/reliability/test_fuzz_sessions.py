@@ -318,6 +318,9 @@ def replay_batch(srv: Server, healthy: Healthy, replays: list[Replay]) -> int:
         t.join(30)
     stop.set()
     caller.join(30)
+    hung = sum(t.is_alive() for t in threads)
+    assert not hung, f"{hung} replays still running after 30 s: the server stopped answering"
+    assert not caller.is_alive(), "the healthy caller hung"
     assert not healthy.wrong, healthy.wrong
     return calls[0]
 
