@@ -317,17 +317,16 @@ class Connections:
         except ProtocolError:
             self.drop(conn)
             return
-        for at, event in enumerate(events):
-            try:
-                self.hand_on(conn.addr, event)
-            except BaseException:
-                # Ctrl-C in a callback: the rest of this read (another job's end) is kept
-                # for the next pump; dropped, that job's map waited for it until its timeout.
-                self.undelivered.extend((conn.addr, later) for later in events[at + 1 :])
-                raise
+        self.undelivered.extend((conn.addr, event) for event in events)
+        self.deliver()
 
     def deliver(self) -> None:
-        """Hand on the events an interrupted callback left (``received``), in order."""
+        """Hand the events read but not yet handed on to their tasks' listeners, in order.
+        Through a queue, one taken off at a time: a callback that uses this client reads
+        again (a submit's catch-up, a nested pump), and what that read brings is handed on
+        after the rest of this read, not before (a job's data out of order, its end before
+        its last data); and a callback that raises KeyboardInterrupt (Ctrl-C) leaves the rest
+        here for the next pump (dropped, another job's end waited until its timeout)."""
         while self.undelivered:
             self.hand_on(*self.undelivered.popleft())
 

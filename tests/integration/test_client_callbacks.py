@@ -203,3 +203,50 @@ def test_an_interrupt_in_an_async_callback_keeps_the_rest_of_its_read(
         loop.run_until_complete(client.close())
         loop.close()
     thread.join(10)
+
+
+def test_a_callback_that_uses_its_client_keeps_its_jobs_events_in_order(
+    farm_server: Server,
+) -> None:
+    # A callback that submits on its own client reads again (the submit's catch-up): what
+    # that read brought (d4) was handed on before the rest of the outer read (d2, d3), so a
+    # job's data came out of order.
+    held, sent, held_again, sent_again = (threading.Event() for _ in range(4))
+
+    def work() -> None:
+        worker = Peer(farm_server.addr)
+        worker.send(T.CAN_DO, "f")
+        call = grab(worker)
+        worker.send(T.WORK_DATA, call, b"hold")  # the client stops reading in its callback
+        held.wait(10)
+        for chunk in (b"d1", b"d2", b"d3"):  # one read's worth, while it is held
+            worker.send(T.WORK_DATA, call, chunk)
+        worker.send(T.ECHO_REQ, b"sync")  # answered once the server has passed the above on
+        worker.expect(T.ECHO_RES)
+        sent.set()
+        held_again.wait(10)  # the client is in d1's callback, d2 and d3 read with it
+        worker.send(T.WORK_DATA, call, b"d4")
+        worker.send(T.WORK_COMPLETE, call, b"done")
+        worker.send(T.ECHO_REQ, b"sync")
+        worker.expect(T.ECHO_RES)
+        sent_again.set()
+        worker.close()
+
+    seen: list[bytes] = []
+
+    def on_data(data: bytes) -> None:
+        seen.append(data)
+        if data == b"hold":
+            held.set()
+            sent.wait(10)  # d1, d2 and d3 now wait in the socket, for one read
+        elif data == b"d1":
+            held_again.set()
+            sent_again.wait(10)
+            client.submit("elsewhere", b"x", background=True)  # reads d4 on its way
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    with farm.Client(farm_server.addr, timeout=10) as client:
+        assert client.call("f", "a", on_data=on_data) == b"done"
+    thread.join(10)
+    assert seen == [b"hold", b"d1", b"d2", b"d3", b"d4"]
