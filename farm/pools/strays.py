@@ -11,11 +11,11 @@ its child. It is then stopped as systemd stops what is left in a unit's cgroup w
 main process ended: once the worker process it came from (``FARM_WORKER_ID`` in its
 environment) has ended, it gets its pool's ``stop_signal`` (its process group, where it
 leads one), then SIGKILL after the pool's grace. One whose worker still runs (Python
-workers carry the variable too) is left to it; one that names no worker (its environment
-cleared) is stopped at once; one whose environment this user may not read, or that it may
-not signal, and the children `farm up` had before it ran, are left alone (the first kind
-is stopped with the farm). Being its parent, the supervisor reaps it, so its pid is
-never another process's while it is watched.
+workers carry the variable too) is left to it. One that names no worker of the farm's
+(its environment cleared, or unreadable to this user; an orphan of the children `farm up`
+had before it ran), one it may not signal, and those children themselves are left alone.
+Being its parent, the supervisor reaps it, so its pid is never another process's while
+it is watched.
 """
 
 from __future__ import annotations
@@ -180,21 +180,25 @@ class Strays:
         watched = {p.pid for p in self.leftovers}  # drained groups: watch_group signals them
         for pid in adopted:
             wid = worker_id_of(pid)
+            if wid is None or wid == UNREADABLE or not wid.startswith("farm:"):
+                # It names no worker of the farm's: an orphan of a process `farm up` had
+                # before it ran (or, as a container's PID 1, of anything), one whose
+                # environment may not be read, one that cleared it, or a zombie's. None of
+                # these is known to be the farm's to stop.
+                self.left_alone.add(pid)
+                continue
             if wid in running:
                 continue  # detached from a worker that still runs: it goes when that ends
-            if wid == UNREADABLE and not stopping:
-                continue  # it may be a running worker's: stopped with the farm
             with contextlib.suppress(OSError):
                 if os.getpgid(pid) in watched:
                     continue  # a drained wrapper's worker: its stop signal came, once
             self.stop_stray(pid, wid, now)
 
-    def stop_stray(self, pid: int, wid: str | None, now: float) -> None:
-        name = ""
+    def stop_stray(self, pid: int, wid: str, now: float) -> None:
+        name = wid[len("farm:") :].rsplit(":", 1)[0]  # "pool#slot"
         sig: int = signal.SIGTERM
         grace = self.config.supervisor.graceful_timeout
-        if wid is not None and wid.startswith("farm:") and "#" in wid:
-            name = wid[len("farm:") :].rsplit(":", 1)[0]
+        if "#" in name:
             pool = self.config.functions.get(name.rsplit("#", 1)[0])
             if pool is not None and pool.command is not None:
                 sig = pool.stop_signal
@@ -205,7 +209,7 @@ class Strays:
         log.warning(
             "pid %d detached from worker %s and outlived it: %s, SIGKILL in %gs",
             pid,
-            name or "(it does not say which)",
+            name,
             signal.Signals(sig).name,
             grace,
         )
