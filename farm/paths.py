@@ -96,18 +96,20 @@ def adopt_legacy_store(store: str | os.PathLike[str]) -> bool:
 
 
 def legacy_jobs_beside(store: str | os.PathLike[str]) -> tuple[Path, int] | None:
-    """An older farm's ``queue.db`` beside ``store`` and the jobs still queued in it (None
-    when it holds none, is ``store``, or cannot be read now: an older farm's server still
-    runs them). Only the server on LEGACY_PORT adopts that file, and an older farm's server on
-    another port or a Unix socket kept its jobs there too: upgraded, it started on an empty
-    store of its own, and nothing said where its jobs were."""
+    """An older farm's ``queue.db`` beside ``store``, a default store (``default_store``),
+    and the jobs still queued in it (None when it holds none, or cannot be read now: an
+    older farm's server still runs them). Only the server on LEGACY_PORT adopts that file,
+    and an older farm's server on another port or a Unix socket kept its jobs there too:
+    upgraded, it started on an empty store of its own, and nothing said where its jobs
+    were."""
     import sqlite3
 
-    old = Path(store).with_name(LEGACY_STORE)
-    if Path(store).name == LEGACY_STORE or not old.exists():
-        return None
+    new = Path(store)
+    old = new.with_name(LEGACY_STORE)
+    if new.parent != state_dir() or not new.name.startswith("queue-") or not old.exists():
+        return None  # only beside a default store: queue.db elsewhere is not an older farm's
     try:  # read-only: its jobs stay as the older farm left them, for the operator to serve
-        db = sqlite3.connect(f"file:{old}?mode=ro", uri=True, timeout=0)
+        db = sqlite3.connect(old.absolute().as_uri() + "?mode=ro", uri=True, timeout=0)
     except sqlite3.Error:
         return None
     try:

@@ -115,19 +115,19 @@ def _refuse_unreadable(db: sqlite3.Connection, path: str) -> None:
     `jobs` table of another program's. Both were read or altered before: a newer format's
     rows replayed as if understood, the other table given farm's columns, then refused with
     the advice to start empty."""
-    (found,) = db.execute("PRAGMA user_version").fetchone()
-    if found > STORE_FORMAT:
-        raise StoreError(
-            f"the job store {path} is of format {found}, which a newer farm wrote; this farm"
-            f" reads up to format {STORE_FORMAT}: upgrade farm again, or let the newer farm"
-            " empty its queue first"
-        )
     columns = {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
     missing = sorted(_FIRST_COLUMNS - columns) if columns else []
-    if missing:
+    if missing:  # first: another program's file may have a user_version of its own
         raise StoreError(
             f"the job store {path} has a table jobs that is not farm's (no column"
             f" {', '.join(missing)})"
+        )
+    (found,) = db.execute("PRAGMA user_version").fetchone()
+    if found > STORE_FORMAT:
+        raise StoreError(
+            f"the job store {path} is of format {found}: a newer farm's, or not farm's store;"
+            f" this farm reads up to format {STORE_FORMAT}: upgrade farm again, or let the"
+            " newer farm empty its queue first"
         )
 
 
