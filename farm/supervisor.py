@@ -97,6 +97,7 @@ class Supervisor(
         self.reload_ok, self.reload_ok_at = True, time.time()  # the config read at start
         self.polling = False  # a command worker starts or a restart runs: look again soon
         self.by_pid: dict[int, WorkerProcess] = {}
+        self.spawned_before: dict[tuple[str, int], int] = {}  # (pool, slot) of slots let go
         self.child_env = sdnotify.child_environ()
         self.child_env.update(spill_environ(config.executor))  # the Executor's workers' spill
         self.next_spill_sweep = 0.0
@@ -257,6 +258,7 @@ class Supervisor(
             target = self.targets.get(name, 0) if pool else 0
             while len(slots) > target:
                 slot = slots.pop()
+                self.spawned_before[name, slot.index] = slot.spawned
                 for proc in (slot.proc, slot.successor):
                     if proc is not None:
                         self.retire(proc, pool or self.removed_pools.get(name))
@@ -264,7 +266,10 @@ class Supervisor(
                 self.removed_pools.pop(name, None)
             for index in range(len(slots), target):
                 core = core_for(self.config.supervisor.cpus, self.offsets[name], index)
-                slots.append(Slot(name, index, core))
+                # Its processes count on from the slot's last ones: FARM_WORKER_ID names one
+                # process of this farm, whose detached ones live while it does (strays).
+                spawned = self.spawned_before.pop((name, index), 0)
+                slots.append(Slot(name, index, core, spawned=spawned))
             for slot in slots:
                 slot.note_healthy(now)
                 proc = slot.proc

@@ -201,6 +201,30 @@ def test_a_command_worker_learns_its_place_and_its_output_is_logged(tmp_path: Pa
         assert up.stop() == 0
 
 
+def test_a_slot_made_again_counts_its_processes_on(tmp_path: Path) -> None:
+    # Scaled down and up, a slot was made anew and its next process got the id of the first
+    # one again: what that one had detached lived on as the new one's (farm.pools.strays).
+    script = tmp_path / "say.sh"
+    script.write_text("echo id=$FARM_WORKER_ID\nexec sleep 600\n")
+    up = FarmUp(
+        tmp_path,
+        f"""
+        [functions.say]
+        command = ["sh", "{script}"]
+        workers = 1
+        graceful_timeout = 1
+        """,
+    )
+    try:
+        wait_for("the first id", lambda: "id=farm:say#0:0" in up.read_log())
+        assert farm_cli("scale", "say=0", "--control", up.control).returncode == 0
+        wait_for("it gone", lambda: not up.workers("say"))
+        assert farm_cli("scale", "say=1", "--control", up.control).returncode == 0
+        wait_for("the next id", lambda: "id=farm:say#0:1" in up.read_log())
+    finally:
+        assert up.stop() == 0
+
+
 def test_a_crashing_command_workers_warning_quotes_its_last_output(tmp_path: Path) -> None:
     # Its output is logged at INFO, so `journalctl -p warning` showed "crashed: exited with
     # code 255" and never why (a PHP fatal error, a missing script).
