@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -19,11 +18,11 @@ import psutil
 import pytest
 
 import farm
-from farm.protocol.worker import WorkerState
+from farm.protocol.worker import WorkerSession, WorkerState
 from tests.helpers import ROOT
 from tests.helpers.peers import Peer
-from tests.helpers.servers import start_like, stop_process
-from tests.helpers.serving import reverse, serving
+from tests.helpers.servers import start_like
+from tests.helpers.serving import grab_answered_late, reverse, serving
 from tests.helpers.stalled import unanswered_listener
 from tests.helpers.waiting import wait_for
 
@@ -435,20 +434,12 @@ def test_a_job_that_came_after_unregister_all_does_not_stop_later_grabs(gearmand
     # answers the grab before it reads the RESET here; farm's server, handed both at once,
     # reads the RESET first, but over a network the same race is open there too.)
     caplog.set_level(logging.DEBUG, logger="farm.worker")
-    with farm.Client(gearmand.addr) as c:
-        c.submit("early-fn", b"abc", background=True)
-    with serving(gearmand.addr, {"idle-fn": reverse}) as w:
-        wait_for("the worker connected", lambda: w._servers and w._servers[0].sock)
-        session = w._servers[0].session
-        wait_for("the worker asleep", lambda: session.state is SLEEPING)
-        stop_process(gearmand.proc.pid)  # its answers wait: the race, held open
-        try:
-            w.register("early-fn", reverse)  # a grab that early-fn's job will answer
-            wait_for("the grab sent", lambda: w._grabbing is not None)
-            w.unregister_all()
-            wait_for("RESET_ABILITIES sent", lambda: w._drained and not w._drain_asked)
-        finally:
-            os.kill(gearmand.proc.pid, signal.SIGCONT)
+
+    def withdraw(w: farm.Worker, session: WorkerSession) -> None:
+        w.unregister_all()
+        wait_for("RESET_ABILITIES sent", lambda: w._drained and not w._drain_asked)
+
+    with grab_answered_late(gearmand, withdraw) as w:
         wait_for(
             "the job skipped", lambda: any("not run here" in r.message for r in caplog.records)
         )

@@ -5,8 +5,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 from typing import Any
 
@@ -14,10 +12,10 @@ import pytest
 
 import farm
 import farm.worker
-from farm.protocol.worker import WorkerSession, WorkerState
+from farm.protocol.worker import WorkerSession
 from tests.helpers.peers import Peer
-from tests.helpers.servers import start_like, stop_process
-from tests.helpers.serving import reverse, serving, working
+from tests.helpers.servers import start_like
+from tests.helpers.serving import grab_answered_late, reverse, serving, working
 from tests.helpers.waiting import wait_for
 
 
@@ -145,20 +143,12 @@ def test_a_job_assigned_before_the_server_read_our_cant_do_is_left_to_it(gearman
     # The grab is answered with the job before gearmand reads the CANT_DO behind it, which
     # puts the job back in its queue: run here, its function gone, it failed as unknown.
     caplog.set_level(logging.DEBUG, logger="farm.worker")
-    with farm.Client(gearmand.addr) as c:
-        c.submit("early-fn", b"abc", background=True)
-    with serving(gearmand.addr, {"idle-fn": reverse}) as w:
-        wait_for("the worker connected", lambda: w._servers and w._servers[0].sock)
-        session = w._servers[0].session
-        wait_for("the worker asleep", lambda: session.state is WorkerState.SLEEPING)
-        stop_process(gearmand.proc.pid)  # its answers wait: the race, held open
-        try:
-            w.register("early-fn", reverse)  # a grab that early-fn's job will answer
-            wait_for("the grab sent", lambda: w._grabbing is not None)
-            w.unregister("early-fn")
-            wait_for("CANT_DO sent", lambda: session.withdrawn("early-fn"))
-        finally:
-            os.kill(gearmand.proc.pid, signal.SIGCONT)
+
+    def withdraw(w: farm.Worker, session: WorkerSession) -> None:
+        w.unregister("early-fn")
+        wait_for("CANT_DO sent", lambda: session.withdrawn("early-fn"))
+
+    with grab_answered_late(gearmand, withdraw) as w:
         wait_for("the job let go", lambda: any("not run here" in r.message for r in caplog.records))
         assert not [r for r in caplog.records if "raised" in r.message]
         assert w.jobs_done == 0
