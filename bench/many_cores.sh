@@ -18,7 +18,8 @@
 # Every step has its own time limit, so one that hangs leaves the others their figures.
 # Knobs (environment): WORKERS (default: the cores), SCALE (calls times K, default 4:
 # 16 workers run the 1 ms row's 2,000 calls in 1/8 s), ROUNDS (5), HOGS (2), LIMIT
-# (bench_executor's seconds, 420).
+# (bench_executor's seconds, 420), SERVER_ROUNDS (server_load's, 5), SERVER_LIMIT (its
+# seconds, 240).
 set -u
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -28,8 +29,12 @@ SCALE=${SCALE:-4}
 ROUNDS=${ROUNDS:-5}
 HOGS=${HOGS:-2}
 LIMIT=${LIMIT:-420}
+SERVER_ROUNDS=${SERVER_ROUNDS:-5}
+SERVER_LIMIT=${SERVER_LIMIT:-240}
 export PYTHONUNBUFFERED=1
 PATH="$PWD/.whl/gm/bin:$PATH"
+# farm is not installed there: every process it starts imports it from this checkout
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 {
     echo "## the machine"
@@ -48,6 +53,7 @@ fi
 timeout -k 10 "$LIMIT" "$PY" -m bench.bench_executor --workers "$WORKERS" --scale "$SCALE" \
     --rounds "$ROUNDS" --hogs "$HOGS" 2>&1 | tee "$OUT/bench_executor.md"
 if gearmand --version >/dev/null 2>&1; then THREADS=0,1,4; else THREADS=''; fi
-timeout -k 10 240 "$PY" -m bench.server_load --gearmand-threads "$THREADS" --rounds 5 2>&1 \
+timeout -k 10 "$SERVER_LIMIT" "$PY" -m bench.server_load --gearmand-threads "$THREADS" \
+    --rounds "$SERVER_ROUNDS" 2>&1 \
     | tee "$OUT/server_load.md"
 timeout -k 10 40 "$PY" -m bench.hop_floor --rounds 3 2>&1 | tee "$OUT/hop_floor.md"
