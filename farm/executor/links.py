@@ -131,6 +131,18 @@ class Links:
         except OSError as exc:
             return exc, time.monotonic() - began
 
+    def _adopt_connects(self) -> None:
+        """Open each TCP connect that ended with a socket, as soon as its end wakes the
+        pump, whether or not a call waits for it. One that no call took yet (the first call
+        went out on another server, and none came after it) was left unwatched: a server
+        that restarted meanwhile closed it unseen, and the next call for that server was
+        sent on it and failed (write failed: it may have run). Open, its close is read at
+        once, and the call goes on a new connection."""
+        for addr, dial in list(self._dials.items()):
+            if isinstance(dial.outcome, socket.socket):
+                del self._dials[addr]
+                self._opened(addr, dial.outcome)
+
     def _opened(self, addr: str, sock: socket.socket) -> Conn:
         self._awaiting, self._refused = False, {}
         sock.setblocking(False)

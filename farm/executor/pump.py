@@ -232,6 +232,8 @@ class Pump(Links, WaitHere):
             while True:
                 if self._deferred is not None:
                     raise self._deferred
+                if self._dials:  # a connect ended (it woke us), or is under way
+                    self._adopt_connects()
                 self._send_pending()
                 self._flush()
                 if self._idle_and_stopping():

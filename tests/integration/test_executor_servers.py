@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 
 import farm
-from farm.client.admin import function_workers
+from farm.client.admin import admin_query, function_workers
 from farm.executor.signing import ensure_key
 from farm.protocol import PacketType as T
+from farm.protocol.admin import parse_status
 from tests.helpers.peers import Peer
-from tests.helpers.servers import Server, unix_farm_server
+from tests.helpers.servers import Server, start_farm_server, start_like, unix_farm_server
+from tests.helpers.waiting import wait_for
 
 #: The pool's workers on the answering server: a count no default (the cores) gives here.
 WORKERS = 3
@@ -84,3 +86,46 @@ def test_the_first_server_that_answers_is_counted_not_the_quickest(
             == WORKERS
         )
         assert function_workers(hung, "farm.python", timeout=0.2) is None
+
+
+def connections(srv: Server) -> int:
+    """The connections ``srv`` lists in ``workers``, less the one asking."""
+    return len(admin_query(srv.addr, "workers").splitlines()) - 2  # the asker's, and "."
+
+
+def queued(srv: Server) -> int:
+    rows = parse_status(admin_query(srv.addr, "status"))
+    return sum(row.total for row in rows if row.function == "farm.python")
+
+
+@pytest.mark.timeout(60)
+def test_a_connect_no_call_took_yet_is_watched_for_the_server_going(
+    farm_server: Server, key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The first call connects to both servers, each in a thread, and goes out on the first
+    # that connects. The other's socket was left with its connect, unwatched, until a call
+    # came for that server: a restart of it meanwhile went unseen, and that call was sent
+    # on the dead socket and failed (ServerUnavailable: write failed, may have run).
+    other = start_farm_server()
+    ex = farm.Executor(8, servers=[farm_server.addr, other.addr], key_file=key)
+    try:
+        with caplog.at_level("WARNING", logger="farm.executor"):
+            first = ex.submit(abs, -1)  # no worker: it stays queued on its server
+            wait_for("both connects", lambda: connections(farm_server) == connections(other) == 1)
+            busy, idle = (farm_server, other) if queued(farm_server) else (other, farm_server)
+            assert queued(busy) == 1 and queued(idle) == 0
+            idle.stop()
+            wait_for(
+                f"the executor to see {idle.addr} close its connection",
+                lambda: f"job server {idle.addr} closed the connection" in caplog.text,
+            )
+            back = start_like(idle, port=idle.port)
+            try:
+                calls = [ex.submit(abs, -n) for n in range(2, 8)]
+                wait_for("the calls on the servers", lambda: queued(busy) + queued(back) == 7)
+                assert not [call for call in [first, *calls] if call.done()]
+            finally:
+                back.stop()
+    finally:
+        ex.shutdown(wait=False, cancel_futures=True)  # no worker runs its calls
+        other.stop()
