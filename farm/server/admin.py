@@ -244,13 +244,22 @@ def killing(server: Hub, args: list[str]) -> str:
 
 
 def cancel(server: Hub, args: list[str]) -> str:
-    if len(args) < 2 or args[0].lower() != "job":
+    if len(args) < 2:  # the words as gearmand reads them (_gearmand_args)
         return _unknown("cancel")
-    if len(args) > 2:
+    if len(args) > 2 or args[0].lower() != "job":
         # gearmand's answer: a handle holds no space, so `cancel job H x` names no job, and
         # cancelling H, the first word, was not what was asked
         return "ERR UNKNOWN_ERROR\r\n"
     return OK if server.jobs.cancel(_raw(args[1])) else "ERR UNKNOWN_JOB\r\n"
+
+
+def _gearmand_args(line: str) -> list[str]:
+    """The words after the command's, as gearmand splits them: at runs of spaces only (a
+    tab is part of a word), and a line that ends in a space has one more, empty, word. For
+    ``cancel``, where the count of words decides: `cancel job ` names the empty handle
+    (``ERR UNKNOWN_JOB``), and `cancel job H ` has a word too many, so H is not cancelled."""
+    rest = re.sub(r"\A\s*\S*", "", line, count=1)  # the command's word, blanks before it
+    return re.split(" +", rest.lstrip()) if rest else []
 
 
 def max_queue(server: Hub, args: list[str]) -> str:
@@ -382,4 +391,7 @@ def run_admin(server: Hub, line: str, *, over_tcp: bool = False) -> str:
         functions = server.jobs.functions
         if _raw(made) not in functions and len(functions) >= server.options.max_functions:
             return TOO_MANY
-    return command(server, words[1:])
+    # cancel reads its words as gearmand does; the others as before, blanks of any kind
+    # between them and none counted at the end (`show jobs ` is `show jobs`).
+    args = _gearmand_args(line) if name == "cancel" else words[1:]
+    return command(server, args)

@@ -246,6 +246,37 @@ def test_cancel_unknown_job(any_server, admin_factory):
     assert a.line(b"cancel job H:nowhere:1\n") == b"ERR UNKNOWN_JOB\r\n"
 
 
+@pytest.mark.parametrize(
+    ("line", "reply"),
+    [
+        # gearmand splits at spaces only, and a line that ends in one has a last, empty,
+        # word: `cancel job ` names the empty handle, which no job has.
+        (b"cancel job \n", b"ERR UNKNOWN_JOB\r\n"),
+        (b"cancel job \r\n", b"ERR UNKNOWN_JOB\r\n"),
+        (b"CANCEL JOB  \n", b"ERR UNKNOWN_JOB\r\n"),
+        (b"cancel job\n", b"ERR UNKNOWN_COMMAND Unknown+server+commandcancel\r\n"),
+        (b"cancel job\t\n", b"ERR UNKNOWN_COMMAND Unknown+server+commandcancel\r\n"),
+        (b"cancel job\tH:x:1\n", b"ERR UNKNOWN_COMMAND Unknown+server+commandcancel\r\n"),
+        (b"cancel foo\n", b"ERR UNKNOWN_COMMAND Unknown+server+commandcancel\r\n"),
+        # three words or more that are not `cancel job H`: an error, not an unknown command
+        (b"cancel foo bar\n", b"ERR UNKNOWN_ERROR\r\n"),
+        (b"cancel jobs H:x:1\n", b"ERR UNKNOWN_ERROR\r\n"),
+        (b"cancel job H:x:1 \n", b"ERR UNKNOWN_ERROR\r\n"),
+    ],
+)
+def test_cancel_reads_its_words_as_gearmand_does(any_server, admin_factory, line, reply):
+    assert admin_factory(any_server).line(line) == reply
+
+
+def test_cancel_job_with_a_word_more_leaves_the_job(any_server, admin_factory, peer_factory):
+    c = peer_factory(any_server.addr)
+    h = submit(c, "f")
+    a = admin_factory(any_server)
+    assert a.line(b"cancel job " + h + b" \n") == b"ERR UNKNOWN_ERROR\r\n"
+    assert a.listing(b"show jobs\n") == h + b"\t0\t0\t0\n.\n"
+    assert c.nothing_within(0.1)
+
+
 def test_cancel_queued_foreground_job(any_server, admin_factory, peer_factory):
     c = peer_factory(any_server.addr)
     h = submit(c, "f")
