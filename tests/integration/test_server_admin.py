@@ -209,6 +209,25 @@ def test_show_jobs(any_server, admin_factory, peer_factory):
     assert all(len(r.split(b"\t")) == 4 for r in lines(a.listing(b"show jobs\n")))
 
 
+def test_show_jobs_marks_a_job_that_a_background_submit_joined(
+    any_server, admin_factory, peer_factory
+):
+    """gearmand's fourth field is whether the job went to its queue store, where a background
+    submit that joins a foreground job puts nothing: it shows 0, and gearmand drops the job
+    with that foreground client. farm makes the job background then (stored, it outlives the
+    client: test_background_job_not_cancelled_by_joined_foreground_client) and shows 1. A
+    background job that a foreground submit joins shows 1 in both."""
+    a = admin_factory(any_server)
+    fg, bg = peer_factory(any_server.addr), peer_factory(any_server.addr)
+    h = submit(fg, "f", unique=b"u1")
+    assert submit(bg, "f", unique=b"u1", ptype=T.SUBMIT_JOB_BG) == h
+    joined = b"1" if any_server.kind == "farm" else b"0"
+    assert a.listing(b"show jobs\n") == h + b"\t0\t0\t" + joined + b"\n.\n"
+    h2 = submit(bg, "g", unique=b"u2", ptype=T.SUBMIT_JOB_BG)
+    assert submit(fg, "g", unique=b"u2") == h2
+    assert h2 + b"\t0\t0\t1\n" in a.listing(b"show jobs\n")
+
+
 def test_show_unique_jobs(any_server, admin_factory, peer_factory):
     a = admin_factory(any_server)
     assert a.listing(b"show unique jobs\n") == b".\n"

@@ -699,13 +699,20 @@ def test_job_retries_exhausted_fails_the_job(retry2_server, peer_factory):
 
 
 def test_job_retries_count_cant_do_too(retry2_server, peer_factory):
+    # A job its worker gives back with CANT_DO counts a retry in both servers, and the
+    # WORK_FAIL that worker sends after it is about no job of its: it counts no more.
     srv = retry2_server
     c = peer_factory(srv.addr)
     h = submit(c, "r", b"rd")
     w = worker(peer_factory, srv, "r")
-    for _ in range(2):
+    for tries in (1, 2):
         assert grab(w).args[0] == h
         w.send(T.CANT_DO, "r")
+        w.send(T.WORK_FAIL, h)
+        assert w.expect(T.ERROR).args[0] == b"JOB_NOT_FOUND"
+        if tries == 1:
+            assert show_jobs(peer_factory, srv)[h][0] == 1, "queued again, one retry counted"
+            assert c.nothing_within(0.1), "the late WORK_FAIL ended the job"
         w.send(T.CAN_DO, "r")
     assert c.expect(T.WORK_FAIL, timeout=5).args == (h,)
     assert grab(w).type == T.NO_JOB
