@@ -262,13 +262,17 @@ def _gearmand_args(line: str) -> list[str]:
     return re.split(" +", rest.lstrip()) if rest else []
 
 
+def _atoi(word: str) -> int:
+    """A size as gearmand's atoi reads it: its leading digits (`2x` is 2), 0 when none. At
+    most 18 of them, past which either server has no limit (int() raised past 4300)."""
+    digits = re.match(r"[+-]?[0-9]{1,18}", word)
+    return int(digits[0]) if digits else 0
+
+
 def max_queue(server: Hub, args: list[str]) -> str:
     if not args:
         return _incomplete("maxqueue")
-    try:
-        sizes = [max(0, int(a)) for a in args[1:4]]  # below 0: no limit, as 0 (gearmand)
-    except ValueError:
-        return _incomplete("maxqueue")
+    sizes = [max(0, _atoi(a)) for a in args[1:4]]  # below 0: no limit, as 0 (gearmand)
     name = _raw(args[0])
     if (bad := _bad_name(name)) and name not in server.jobs.functions:
         return bad
@@ -391,7 +395,6 @@ def run_admin(server: Hub, line: str, *, over_tcp: bool = False) -> str:
         functions = server.jobs.functions
         if _raw(made) not in functions and len(functions) >= server.options.max_functions:
             return TOO_MANY
-    # cancel reads its words as gearmand does; the others as before, blanks of any kind
-    # between them and none counted at the end (`show jobs ` is `show jobs`).
+    # cancel counts its words as gearmand does; the others take `show jobs ` as `show jobs`
     args = _gearmand_args(line) if name == "cancel" else words[1:]
     return command(server, args)

@@ -437,6 +437,29 @@ def test_maxqueue_counts_running_jobs_too(any_server, admin_factory, peer_factor
     submit(c, "run1", b"c")  # the job ended: room again
 
 
+def test_maxqueue_reads_its_sizes_as_atoi_does(any_server, admin_factory, peer_factory):
+    """As gearmand, which reads each size with atoi: its leading digits (`2x` is 2, `1.9`
+    is 1), and 0, no limit, when there are none (`x`); farm answered INVALID_ARGUMENTS."""
+    worker(peer_factory, any_server, "ato")
+    a = admin_factory(any_server)
+    c = peer_factory(any_server.addr)
+    assert a.line(b"maxqueue ato 2x\n") == b"OK\r\n"
+    submit(c, "ato")
+    submit(c, "ato")
+    c.send(T.SUBMIT_JOB, "ato", "", "3")
+    assert c.expect(T.ERROR).args[0] == b"QUEUE_ERROR"
+    assert a.line(b"maxqueue ato x\n") == b"OK\r\n"  # no limit
+    submit(c, "ato")
+    assert a.line(b"maxqueue ato " + b"9" * 5000 + b"\n") == b"OK\r\n"  # past int()'s digits
+    submit(c, "ato")
+    assert a.line(b"maxqueue ato 1.9 x +2\n") == b"OK\r\n"  # HIGH 1, NORMAL none, LOW 2
+    c.send(T.SUBMIT_JOB_HIGH, "ato", "", "h")
+    assert c.expect(T.ERROR).args[0] == b"QUEUE_ERROR"
+    submit(c, "ato")
+    c.send(T.SUBMIT_JOB_LOW, "ato", "", "l")
+    assert c.expect(T.ERROR).args[0] == b"QUEUE_ERROR"
+
+
 def test_queue_error_text(any_server, admin_factory, peer_factory):
     worker(peer_factory, any_server, "m")
     a = admin_factory(any_server)
