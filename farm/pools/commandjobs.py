@@ -110,7 +110,7 @@ def registrations(peers: list[PeerRow]) -> dict[str, frozenset[str]]:
 def peers_queries(names: list[str]) -> list[str]:
     """``peers NAME...`` lines that together name ``names``, each within the server's
     longest admin line: the server lists the connections named alone (not a local user's
-    TCP workers with all they registered, farm.server.admin.peers)."""
+    TCP workers with all they registered, farm.server.adminpeers.peers)."""
     lines: list[str] = []
     line = "peers"
     for name in names:
