@@ -115,6 +115,7 @@ class Supervisor(
         self.started = time.monotonic()
         self.exits: Exits = Counter()
         self.metrics_server: Any = None
+        self.metrics_error: str | None = None  # why [supervisor] metrics is not served
         self.selector = selectors.DefaultSelector()
         self.control: ControlServer | None = None
         self.waker = Waker()  # signals (and nothing else) wake the loop through it
@@ -172,7 +173,9 @@ class Supervisor(
         try:
             self.metrics_server = serve_metrics(self, where)
         except OSError as exc:
-            log.warning("metrics: cannot serve on %s (%s); going on without them", where, exc)
+            # Kept for `farm ps` and `farm top`, which otherwise read "not served" as "off".
+            self.metrics_error = f"cannot serve on {where} ({exc})"
+            log.warning("metrics: %s; going on without them", self.metrics_error)
 
     def install_signals(self) -> None:
         """Handlers only enqueue; the wake-up fd makes the loop's select return."""

@@ -96,6 +96,7 @@ def ps(
         for row in rows:  # where /metrics listens (the real port when configured as 0)
             if row["function"] == "supervisor":
                 row["metrics"] = reply.get("metrics")
+                row["metrics_error"] = reply.get("metrics_error")  # why it is null, if asked for
         typer.echo(json.dumps(rows, indent=2))
         return
     if watch:  # farm top's live view (farm/cli/top.py), its process table only

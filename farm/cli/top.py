@@ -75,6 +75,8 @@ class Sampler:
         if url is None and reply.get("metrics"):
             url = f"http://{reply['metrics']}/metrics"
         metrics, note = None, "metrics: off ([supervisor] metrics)"
+        if reply.get("metrics_error"):  # asked for, and not served: not "off"
+            note = f"metrics: {reply['metrics_error']}"
         if url is not None:
             try:
                 metrics, note = scrape(url), ""

@@ -76,6 +76,7 @@ class Steering(ProcessTable):
     reload_ok: bool
     reload_ok_at: float
     metrics_server: Any  # the /metrics HTTP server (farm.pools.metrics), None when off
+    metrics_error: str | None  # why it is None although the config asked for one
     by_pid: dict[int, WorkerProcess]
     ready_sent: bool  # READY=1 told systemd the start is done (farm.pools.readiness)
     stopping: bool  # draining to stop: nothing new starts, nothing may be scaled or replaced
@@ -151,6 +152,7 @@ class Steering(ProcessTable):
                     "targets": self.targets,
                     "serves": {n: pool.functions for n, pool in self.config.functions.items()},
                     "metrics": self.metrics_address(),
+                    "metrics_error": self.metrics_error,
                 }
             )
         elif cmd == "scale":

@@ -3,8 +3,10 @@ the endpoint's numbers; the live view outlives a killed worker and the farm itse
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -231,6 +233,37 @@ def test_a_hung_server_costs_top_only_the_servers_numbers(tmp_path: Path) -> Non
         if server is not None:
             os.kill(server, signal.SIGCONT)
         up.stop()
+
+
+@pytest.mark.timeout(90)
+def test_an_endpoint_that_could_not_be_bound_is_not_called_off(tmp_path: Path) -> None:
+    # `farm up` goes on without its endpoint when the port is taken (one warning in its
+    # log); top said "metrics: off ([supervisor] metrics)", sending the operator to a
+    # config that asked for them, and `farm ps --json` showed "metrics": null, no why.
+    up = FarmUp(tmp_path, POOLS, start=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", up.metrics_port))
+        taken.listen()
+        up.start()
+        try:
+            up.expect_notify("READY=1")
+            status = farm_top(up, "--once")[0]
+            assert "off" not in status, status
+            assert f"cannot serve on 127.0.0.1:{up.metrics_port}" in status, status
+            assert "Address already in use" in status, status
+            ps = subprocess.run(
+                [sys.executable, "-m", "farm.cli", "ps", "--json", "--control", up.control],
+                capture_output=True,
+                text=True,
+                env=ENV,
+                timeout=60,
+            )
+            assert ps.returncode == 0, ps.stderr
+            (row,) = [r for r in json.loads(ps.stdout) if r["function"] == "supervisor"]
+            assert row["metrics"] is None
+            assert row["metrics_error"].startswith(f"cannot serve on 127.0.0.1:{up.metrics_port}")
+        finally:
+            up.stop()
 
 
 def test_a_farm_that_is_not_running_is_one_line_and_exit_1(tmp_path: Path) -> None:
