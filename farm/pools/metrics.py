@@ -18,7 +18,9 @@ server that does not answer costs the scrape its server part only;
 
 The HTTP server is prometheus_client's, in a daemon thread. The collector
 only reads the supervisor's state: it copies each list before walking it,
-under the GIL, and never changes anything.
+under the GIL, and never changes anything. A worker's state and jobs done it
+reads from the worker's record (shared memory) as `farm ps` does, not from what
+the supervisor's loop last read of it, up to a second before.
 """
 
 from __future__ import annotations
@@ -99,12 +101,13 @@ class SupervisorCollector:
                 core.add_metric(labels, slot.core)
                 proc = slot.proc
                 if slot.successor is not None:  # `farm restart`'s, starting beside (farm ps)
-                    by_state[str(slot.successor.state)] += 1
+                    by_state[str(slot.successor.seen_now()[0])] += 1
                 if proc is None:
                     by_state["failing" if slot.failing else "backoff"] += 1
                     continue
-                by_state[str(proc.state)] += 1
-                jobs.add_metric(labels, proc.jobs_done)
+                seen, done = proc.seen_now()  # as `farm ps` shows it, not as last ticked
+                by_state[str(seen)] += 1
+                jobs.add_metric(labels, done)
                 try:
                     process = psutil.Process(proc.pid)
                     with process.oneshot():
@@ -118,7 +121,7 @@ class SupervisorCollector:
                     pass  # it just ended; the next scrape sees its successor
             for retiring in list(sup.retiring):
                 if retiring.function == pool:
-                    by_state[str(retiring.state)] += 1
+                    by_state[str(retiring.seen_now()[0])] += 1
             for state, count in sorted(by_state.items()):
                 states.add_metric([pool, state], count)
         # Every cause of every pool from 0: a series that first appears at 1 has no sample

@@ -235,6 +235,21 @@ class WorkerProcess:
         if self.state.serving:
             self.state = ProcState.BUSY if now.busy_since is not None else ProcState.IDLE
 
+    def seen_now(self) -> tuple[ProcState, int]:
+        """Its state and jobs done as its record says now, changing nothing: what another
+        thread (the metrics endpoint's) may read, where ``refresh`` is the loop's own, up to
+        a second old by the time of a scrape."""
+        record, state = self.record, self.state
+        if record is None:
+            return state, self.jobs_done
+        try:
+            now = record.read()
+        except ValueError:  # closed by the loop just now: it exited, with its last word
+            return self.state, self.jobs_done
+        if state.serving:
+            state = ProcState.BUSY if now.busy_since is not None else ProcState.IDLE
+        return state, now.jobs_done
+
     def close(self) -> None:
         if self.record is not None:
             self.refresh()  # the last word: jobs done, for the exit's log line

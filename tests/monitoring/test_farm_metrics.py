@@ -28,6 +28,13 @@ max_jobs = 2
 """
 
 
+MONITORED = """
+[functions.mon]
+target = "tests.helpers.monitored:work"
+workers = 1
+"""
+
+
 def scrape(up: FarmUp) -> Samples:
     return scraping.scrape(up.metrics_url)
 
@@ -81,6 +88,35 @@ def test_one_endpoint_shows_pools_slots_restarts_and_the_servers_jobs(tmp_path: 
         )
         assert done == 4, "the server's counters come through the supervisor's endpoint"
         assert get(metrics, "farm_job_run_seconds_count", function="reverse") == 4
+    finally:
+        up.stop()
+
+
+@pytest.mark.timeout(90)
+def test_a_scrape_sees_each_workers_jobs_as_farm_ps_does(tmp_path: Path) -> None:
+    # The collector took a slot's jobs done and busy or idle from what the supervisor's loop
+    # last read of the worker's record, up to a second before (farm ps reads it afresh): a
+    # scrape right after jobs ran counted none of them, and a worker on a job was "idle".
+    up = FarmUp(tmp_path, MONITORED)
+    held = tmp_path / "held"
+    held.mkdir()
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"mon": 1})
+        with farm.Client(up.addr) as client:
+            for _ in range(3):
+                assert client.call("mon", "ok") == b"ko"
+        m = scrape(up)
+        (row,) = up.workers("mon")
+        assert get(m, "farm_worker_jobs_total", pool="mon", slot="0") == row["jobs"] == 3
+        with farm.Client(up.addr) as client:
+            job = client.submit("mon", f"hold:{held}")
+            wait_for("the job to start", lambda: any(held.glob("started-*")))
+            m = scrape(up)
+            assert get(m, "farm_pool_processes", pool="mon", state="busy") == 1
+            assert get(m, "farm_pool_processes", pool="mon", state="idle") == 0
+            (held / "go").touch()
+            assert client.wait(job, timeout=30) == b"held"
     finally:
         up.stop()
 
