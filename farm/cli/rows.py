@@ -1,8 +1,9 @@
 """What farm's live view and `farm ps` show, before anything is drawn.
 
-Rows, states and sort keys as plain values: `farm ps` prints its lines from them and
-`farm top` samples into them without importing rich, which only liveview.py's
-drawing needs (rich costs a command that draws nothing a tenth of a second).
+Rows, states and sort keys as plain values, and the sums over a metrics reading that
+fill them: `farm ps` prints its lines from them and `farm top` samples into them without
+importing rich, which only liveview.py's drawing needs (rich costs a command that draws
+nothing a tenth of a second).
 """
 
 from __future__ import annotations
@@ -12,7 +13,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FunctionRow", "SORT_KEYS", "SORT_LETTERS", "quantile", "seconds", "state_text"]
+__all__ = [
+    "FunctionRow",
+    "SORT_KEYS",
+    "SORT_LETTERS",
+    "Samples",
+    "answered",
+    "buckets",
+    "quantile",
+    "seconds",
+    "state_text",
+    "total",
+]
+
+#: A metrics endpoint read: each sample by (name, sorted labels).
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 #: What rows can be sorted by; a key a table has no column for sorts it by name.
 SORT_KEYS = ("name", "queued", "rate", "cpu", "rss", "restarts")
@@ -79,3 +94,25 @@ def state_text(row: Mapping[str, Any]) -> str:
     no job in hand are not read as idle."""
     state = str(row.get("state", ""))
     return f"{state} (not checked)" if row.get("checked") is False else state
+
+
+def total(m: Samples, name: str, function: str) -> float:
+    """``name`` summed over every series of ``function`` (its priorities)."""
+    return sum(v for (n, labels), v in m.items() if n == name and ("function", function) in labels)
+
+
+def answered(m: Samples, function: str) -> float:
+    return sum(
+        total(m, f"farm_jobs_{what}_total", function)
+        for what in ("completed", "failed", "exceptions")
+    )
+
+
+def buckets(m: Samples, histogram: str, function: str) -> list[tuple[float, float]]:
+    """The cumulative (upper bound, count) pairs of one function's histogram."""
+    out = [
+        (float(dict(labels)["le"]), v)
+        for (n, labels), v in m.items()
+        if n == f"{histogram}_bucket" and ("function", function) in labels
+    ]
+    return sorted(out)

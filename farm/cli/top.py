@@ -27,7 +27,16 @@ from typing import Annotated, Any
 import typer
 
 from farm.cli.app import MAX_INTERVAL, FarmCommand, app, control_socket, fail
-from farm.cli.rows import SORT_KEYS, SORT_LETTERS, FunctionRow, quantile
+from farm.cli.rows import (
+    SORT_KEYS,
+    SORT_LETTERS,
+    FunctionRow,
+    Samples,
+    answered,
+    buckets,
+    quantile,
+    total,
+)
 
 __all__ = ["Sampler", "Sample", "live_view"]
 
@@ -39,8 +48,6 @@ WINDOW = 5.0
 SCRAPE_TIMEOUT = 5.0
 #: The width a frame is drawn at when it goes to no terminal: wider than any row.
 UNCUT_WIDTH = 1000
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 @dataclass
@@ -191,15 +198,32 @@ class Sampler:
         if then is None or then.metrics is None or now.metrics is None:
             return {}
         seconds = now.when - then.when
+        # The counter starts over with each process of a slot: two readings are of one
+        # process only where the slot has the same pid in both (a lower reading is not
+        # enough: a successor may have used more than the process before it).
+        pids_then, pids_now = slot_pids(then), slot_pids(now)
         out = {}
         for (name, labels), value in now.metrics.items():
             if name != "farm_worker_cpu_seconds_total" or seconds <= 0:
                 continue
+            where = dict(labels)
+            slot = (where["pool"], int(where["slot"]))
             earlier = then.metrics.get((name, labels))
-            if earlier is not None and value >= earlier:
-                where = dict(labels)
-                out[(where["pool"], int(where["slot"]))] = 100.0 * (value - earlier) / seconds
+            same = bool(pids_now.get(slot)) and pids_now.get(slot) == pids_then.get(slot)
+            if earlier is not None and value >= earlier and same:
+                out[slot] = 100.0 * (value - earlier) / seconds
         return out
+
+
+def slot_pids(sample: Sample) -> dict[tuple[str, int], int]:
+    """The pid of each (pool, slot)'s process in a reading's `ps`: its first row, as `ps`
+    lists a slot's own process before a `farm restart` successor and the retiring ones,
+    which may name the slot too (an empty slot's row has pid 0)."""
+    pids: dict[tuple[str, int], int] = {}
+    for r in sample.processes:
+        if r.get("slot") is not None:
+            pids.setdefault((r["function"], int(r["slot"])), r["pid"])
+    return pids
 
 
 def scrape(url: str) -> Samples:
@@ -215,28 +239,6 @@ def scrape(url: str) -> Samples:
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
-
-
-def total(m: Samples, name: str, function: str) -> float:
-    """``name`` summed over every series of ``function`` (its priorities)."""
-    return sum(v for (n, labels), v in m.items() if n == name and ("function", function) in labels)
-
-
-def answered(m: Samples, function: str) -> float:
-    return sum(
-        total(m, f"farm_jobs_{what}_total", function)
-        for what in ("completed", "failed", "exceptions")
-    )
-
-
-def buckets(m: Samples, histogram: str, function: str) -> list[tuple[float, float]]:
-    """The cumulative (upper bound, count) pairs of one function's histogram."""
-    out = [
-        (float(dict(labels)["le"]), v)
-        for (n, labels), v in m.items()
-        if n == f"{histogram}_bucket" and ("function", function) in labels
-    ]
-    return sorted(out)
 
 
 class Keys:

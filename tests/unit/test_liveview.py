@@ -220,3 +220,29 @@ def test_many_functions_leave_the_processes_room_on_the_screen() -> None:
     shown = [line.split()[0] for line in lines if line.split()[:1] and line.split()[0].isdigit()]
     assert shown == [str(pid) for pid in range(100, 111)], lines  # 11 of 16: half the room
     assert sum("more (a taller terminal shows them)" in line for line in lines) == 2, lines
+
+
+def test_cpu_percent_leaves_out_a_slot_whose_process_was_replaced() -> None:
+    # farm_worker_cpu_seconds_total starts over with each process of a slot, and top took a
+    # lower reading for a replacement: one that had used more than the process before it
+    # (a worker crashed at boot, its successor busy at once) was drawn with the difference.
+    from farm.cli.top import Sample, Sampler
+
+    def reading(when: float, pids: dict[int, int], cpu: dict[int, float]) -> Sample:
+        base = {"function": "resize", "cpu": 0, "state": "busy", "jobs": 0, "rss": 0}
+        rows = [{**base, "pid": pid, "slot": slot, "restarts": 0} for slot, pid in pids.items()]
+        metrics = {
+            ("farm_worker_cpu_seconds_total", (("pool", "resize"), ("slot", str(slot)))): used
+            for slot, used in cpu.items()
+        }
+        return Sample(when, rows, metrics, None, server=True)
+
+    sampler = Sampler("/nonexistent")
+    sampler.history.append(reading(100.0, {0: 41, 1: 42}, {0: 10.0, 1: 0.2}))
+    # Slot 0 kept its process, which used 2.5 s of CPU in 5 s; slot 1's crashed and its
+    # successor has used 3.0 s since it started, more than the 0.2 s of the one before.
+    now = reading(105.0, {0: 41, 1: 43}, {0: 12.5, 1: 3.0})
+    # `farm restart`'s successor of slot 0, starting beside it: listed after it, in its slot
+    now.processes.append({**now.processes[0], "pid": 44, "state": "starting"})
+    sampler.history.append(now)
+    assert sampler.cpu(now) == {("resize", 0): pytest.approx(50.0)}
