@@ -17,13 +17,13 @@ import pwd
 import shlex
 import shutil
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from farm.errors import ConfigError
 
-__all__ = ["CommandSpec", "RunAs", "parse_command", "parse_stop_signal"]
+__all__ = ["CommandSpec", "RunAs", "parse_command", "parse_stop_signal", "base_environ"]
 
 Fail = Callable[[str, str], ConfigError]
 
@@ -47,6 +47,30 @@ class CommandSpec:
     cwd: str | None = None
     env: tuple[tuple[str, str], ...] = ()  # added to the supervisor's environment
     user: RunAs | None = None
+
+
+#: What a command run as another user keeps of the supervisor's environment, as sudo's
+#: env_reset keeps it: PATH (commands are found by it), the locale, the time zone, and
+#: GEARMAN_SERVERS (a client's setting, which farm leaves alone).
+_KEPT_FOR_USER = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "GEARMAN_SERVERS"})
+
+
+def base_environ(spec: CommandSpec, inherited: Mapping[str, str]) -> dict[str, str]:
+    """What a command's process starts from, before farm's FARM_* variables and the pool's
+    ``env``: the supervisor's environment (``inherited``), and under ``user`` that user's
+    HOME, USER and LOGNAME. A command run as another user keeps only ``_KEPT_FOR_USER``
+    and ``LC_*`` of it: the rest (a token root exported where it started ``farm up``, a
+    unit's ``Environment=``) was readable by every process of that user, in
+    /proc/PID/environ. The pool's ``env`` gives it what else it needs."""
+    user = spec.user
+    if user is None:
+        return dict(inherited)
+    if user.uid == os.geteuid():
+        env = dict(inherited)
+    else:
+        env = {k: v for k, v in inherited.items() if k in _KEPT_FOR_USER or k.startswith("LC_")}
+    env.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
+    return env
 
 
 def parse_command(raw: dict[str, Any], key: str, base: str, fail: Fail) -> CommandSpec:

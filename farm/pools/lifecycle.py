@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from farm.commandspec import base_environ
 from farm.config import Config, FunctionConfig
 from farm.logs import journal_priorities
 from farm.pools.record import RecordReader, create_record_fd
@@ -277,7 +278,7 @@ class Lifecycle:
         """A command pool's slot: the executable, with its stdout and stderr on our pipe."""
         spec = pool.command
         assert spec is not None
-        env = dict(self.child_env)
+        env = base_environ(spec, self.child_env)  # under another user: none of our secrets
         env.update(
             FARM_SERVERS=",".join(self.config.command_servers),
             FARM_FUNCTION=",".join(pool.functions),
@@ -285,8 +286,6 @@ class Lifecycle:
             FARM_CPU=str(slot.core),
             FARM_WORKER_ID=f"farm:{pool.name}#{slot.index}:{slot.spawned}",
         )
-        if spec.user is not None:
-            env.update(HOME=spec.user.home, USER=spec.user.name, LOGNAME=spec.user.name)
         env.update(spec.env)
         read_fd, write_fd = os.pipe()
         null = os.open(os.devnull, os.O_RDONLY)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import textwrap
 from pathlib import Path
@@ -10,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from farm import config
+from farm.commandspec import CommandSpec, RunAs, base_environ
 from farm.config.rules import on_running_farm
 from farm.errors import ConfigError
 from farm.pools.steering import Steering
@@ -188,3 +190,36 @@ def test_pools_are_named_by_table_or_by_a_function_only_one_serves(tmp_path: Pat
     assert Steering.restart_picks(sup, []) == {"a": None, "b": None, "c": None}  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="a has slots 0 to 1"):
         Steering.restart_picks(sup, ["a#2"])  # type: ignore[arg-type]
+
+
+def test_a_command_of_another_user_starts_from_little_of_the_supervisors_environment() -> None:
+    """Under another user, only PATH, the locale, the time zone and GEARMAN_SERVERS pass
+    (tests/security/test_command_user_env.py runs one as nobody); under the supervisor's
+    own user or none, all of it does, as before."""
+    inherited = {
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C",
+        "TZ": "UTC",
+        "GEARMAN_SERVERS": "127.0.0.1:4730",
+        "DATABASE_PASSWORD": "s3cret",
+        "FARM_KEY_FILE": "/var/lib/farm/executor.key",
+        "HOME": "/root",
+    }
+
+    def spec(uid: int | None) -> CommandSpec:
+        user = None if uid is None else RunAs(name="www", uid=uid, gid=uid, groups=(), home="/w")
+        return CommandSpec(argv=("/bin/sh",), user=user)
+
+    as_user = {"HOME": "/w", "USER": "www", "LOGNAME": "www"}
+    assert base_environ(spec(os.geteuid() + 1), inherited) == {
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C",
+        "TZ": "UTC",
+        "GEARMAN_SERVERS": "127.0.0.1:4730",
+        **as_user,
+    }
+    assert base_environ(spec(None), inherited) == inherited
+    # A user of the supervisor's own uid crosses no boundary: everything, as before.
+    assert base_environ(spec(os.geteuid()), inherited) == {**inherited, **as_user}
