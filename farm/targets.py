@@ -12,13 +12,20 @@ import ast
 import importlib
 import importlib.util
 import os
+import stat
 import sys
 from collections.abc import Callable
 from importlib.machinery import ModuleSpec, PathFinder
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NotCallable", "target_problem", "load_target"]
+__all__ = [
+    "NotCallable",
+    "target_problem",
+    "load_target",
+    "importable_directory",
+    "search_working_directory",
+]
 
 
 class NotCallable(TypeError):
@@ -41,10 +48,12 @@ def target_problem(target: str) -> str | None:
     The module is found, not executed (see the module docstring).
     """
     module, _, attr = target.partition(":")
-    # Workers run as `python -m farm.pools.workerproc`, which puts the working directory first.
-    added = os.getcwd() not in sys.path
+    # Workers look in the working directory first (search_working_directory), if they may.
+    cwd = os.getcwd()
+    searched = importable_directory(cwd)
+    added = searched and cwd not in sys.path
     if added:
-        sys.path.insert(0, os.getcwd())
+        sys.path.insert(0, cwd)
     try:
         spec = _find_unrun(module)
     except Exception as e:  # a bad name
@@ -52,12 +61,37 @@ def target_problem(target: str) -> str | None:
         return f"cannot import {module!r} ({why}); check the module path and PYTHONPATH"
     finally:
         if added:
-            sys.path.remove(os.getcwd())
+            sys.path.remove(cwd)
     if spec is None:
-        return f"no module named {module!r}; check the spelling and PYTHONPATH"
+        unsearched = "" if searched else f" (not {cwd}, which other users may write to)"
+        return f"no module named {module!r}; check the spelling and PYTHONPATH{unsearched}"
     if spec.origin and spec.origin.endswith(".py") and not _defines(spec.origin, attr):
         return f"module {module!r} ({spec.origin}) defines no {attr!r}; check the function name"
     return None
+
+
+def importable_directory(path: str) -> bool:
+    """Whether modules in ``path`` (the working directory) may be imported: a directory of
+    this user's (or root's) that others may not write to, as a ``./farm.toml`` is read
+    (farm.discovery). In one every user may write to (``/tmp``), another user could leave
+    a module there (``workers/``, ``json.py``, ``farm/`` itself) for the farm to run."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return False
+    return info.st_uid in (os.getuid(), 0) and not info.st_mode & stat.S_IWOTH
+
+
+def search_working_directory() -> str | None:
+    """Put the working directory first on ``sys.path``, as ``python -m`` does, when its
+    modules may be imported (``importable_directory``); it, or None. The supervisor starts
+    its Python children with ``-P``, which leaves it off, so that this check decides."""
+    cwd = os.getcwd()
+    if not importable_directory(cwd):
+        return None
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    return cwd
 
 
 def _find_unrun(module: str) -> ModuleSpec | None:

@@ -224,7 +224,9 @@ class Lifecycle:
         os.set_inheritable(write_fd, True)  # the two descriptors the worker keeps
         os.set_inheritable(record_fd, True)
         record = RecordReader(record_fd)
-        argv = [sys.executable, "-m", "farm.pools.workerproc", "--function", pool.name]
+        # -P: not the working directory on sys.path, where another user may have put a
+        # module of the same name (farm.targets.search_working_directory decides).
+        argv = [sys.executable, "-P", "-m", "farm.pools.workerproc", "--function", pool.name]
         argv += ["--target", pool.target, "--slot", str(slot.index), "--cpu", str(slot.core)]
         argv += ["--report-fd", str(write_fd), "--record-fd", str(record_fd)]
         for served in pool.serves:

@@ -93,7 +93,8 @@ class LocalServer(RestartHistory):
 
     def argv(self) -> list[str]:
         cfg = self.config
-        argv = [sys.executable, "-m", "farm.server"]
+        # -P: nothing from the working directory, where another user may have put a `farm/`
+        argv = [sys.executable, "-P", "-m", "farm.server"]
         if cfg.tcp:  # names the port in the server's process title
             argv += ["--port", str(cfg.tcp[1])]
         for addr in cfg.listen:

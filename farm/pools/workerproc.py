@@ -145,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     reporter = Reporter(ns.report_fd)
     record = RecordWriter(ns.record_fd) if ns.record_fd is not None else None
 
-    from farm.targets import NotCallable, load_target
+    from farm.targets import NotCallable, load_target, search_working_directory
 
+    search_working_directory()  # started with -P: only a directory others may not write
     try:
         fn = load_target(ns.target)
         from farm.worker import Worker

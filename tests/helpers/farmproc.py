@@ -43,8 +43,12 @@ class FarmUp:
         extra_env: dict[str, str] | None = None,
         start: bool = True,
         supervisor: str = "",
+        cwd: Path | None = None,
     ) -> None:
         self.tmp = tmp
+        # Where `farm up` is started (default: tmp). The supervisor is then started as the
+        # installed `farm` script starts it, which does not import from its working directory.
+        self.cwd = cwd
         self.supervisor = supervisor  # more [supervisor] lines, e.g. "ready_wait = 2"
         self.port, self.metrics_port = free_ports(2)
         self.control = str(tmp / "control.sock")
@@ -68,6 +72,7 @@ class FarmUp:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
+                *(["-P"] if self.cwd is not None else []),
                 "-c",
                 "from farm.cli import main; main()",
                 "up",
@@ -75,7 +80,7 @@ class FarmUp:
                 self.config_arg,
                 *self.up_args,
             ],
-            cwd=self.tmp,
+            cwd=self.cwd or self.tmp,
             env=self.env,
             stdout=self.log,
             stderr=subprocess.STDOUT,

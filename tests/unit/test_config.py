@@ -793,3 +793,21 @@ def test_the_address_only_reading_names_the_key(tmp_path: Path, text: str, said:
     with pytest.raises(ConfigError) as info:
         discovery.client_servers(path)
     assert str(info.value).startswith(f"{path}: {said}"), info.value
+
+
+def test_a_target_in_a_working_directory_others_may_write_is_not_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Workers import from the working directory only when others may not write to it
+    # (tests/security/test_planted_module.py): the check finds what they will import.
+    (tmp_path / "mine.py").write_text("def job(j):\n    return b''\n")
+    monkeypatch.chdir(tmp_path)
+    os.chmod(tmp_path, 0o755)
+    cfg = config.load(write(tmp_path, GOOD.replace("workers.hashing:compress", "mine:job")))
+    assert cfg.functions["rev"].target == "mine:job"
+    os.chmod(tmp_path, 0o1777)  # as /tmp: another user may have left mine.py
+    try:
+        message = error_of(tmp_path, GOOD.replace("workers.hashing:compress", "mine:job"))
+    finally:
+        os.chmod(tmp_path, 0o755)
+    assert f"no module named 'mine'; check the spelling and PYTHONPATH (not {tmp_path}," in message

@@ -1,0 +1,67 @@
+"""Modules another user put in the directory ``farm up`` was started in are not imported.
+
+The job server and each Python worker ran as ``python -m ...``, which puts the working
+directory first on ``sys.path``: started in a directory every user may write (``/tmp``,
+a shared scratch directory), the farm imported ``farm`` itself, the pools' targets and
+anything they import from there, so another user ran code as the farm's user (root,
+here) by leaving a ``farm/`` or ``workers/`` folder in it. That directory is searched
+now only when it is this user's (or root's) and others may not write to it, as
+``./farm.toml`` is read (farm.discovery)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+from tests.helpers.farmproc import FarmUp
+
+NOBODY = 65534
+
+POOL = """
+[functions.reverse]
+target = "workers.text:reverse"
+workers = 1
+"""
+
+
+def plant(shared: Path, package: str, marker: Path) -> None:
+    """A package of nobody's that notes who imported it, then passes for the real one
+    (its modules are the checkout's), so the farm runs on and the note is all it shows."""
+    folder = shared / package
+    folder.mkdir()
+    real = ROOT / package
+    (folder / "__init__.py").write_text(
+        "import os\n"
+        f"with open({str(marker)!r}, 'a') as f:\n"
+        f"    f.write(f'{package} {{os.getpid()}} uid {{os.getuid()}}\\n')\n"
+        f"__path__ = [{str(real)!r}]\n"
+        f"exec(compile(open({str(real / '__init__.py')!r}).read(), __file__, 'exec'))\n"
+    )
+    for path in (folder, folder / "__init__.py"):
+        os.chown(path, NOBODY, NOBODY)
+
+
+@pytest.mark.timeout(90)
+def test_modules_planted_in_the_working_directory_others_may_write_are_not_imported(
+    tmp_path: Path,
+) -> None:
+    if os.getuid() != 0:
+        pytest.skip("needs root to make files of a second local user (CI runs as root)")
+    shared = tmp_path / "shared"  # as /tmp: every user may write, sticky
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    marker = tmp_path / "imported"
+    plant(shared, "farm", marker)
+    plant(shared, "workers", marker)
+    (tmp_path / "farm").mkdir()
+    up = FarmUp(tmp_path / "farm", POOL, cwd=shared)
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 1})  # its target imported: the server and the worker ran
+    finally:
+        up.stop()
+    ran = marker.read_text() if marker.exists() else ""
+    assert not ran, f"the farm imported another user's modules from its directory:\n{ran}"
