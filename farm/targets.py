@@ -63,7 +63,7 @@ def target_problem(target: str) -> str | None:
         if added:
             sys.path.remove(cwd)
     if spec is None:
-        unsearched = "" if searched else f" (not {cwd}, which other users may write to)"
+        unsearched = "" if searched else f" (not in {cwd}: another user's, or others may write)"
         return f"no module named {module!r}; check the spelling and PYTHONPATH{unsearched}"
     if spec.origin and spec.origin.endswith(".py") and not _defines(spec.origin, attr):
         return f"module {module!r} ({spec.origin}) defines no {attr!r}; check the function name"

@@ -810,4 +810,6 @@ def test_a_target_in_a_working_directory_others_may_write_is_not_found(
         message = error_of(tmp_path, GOOD.replace("workers.hashing:compress", "mine:job"))
     finally:
         os.chmod(tmp_path, 0o755)
-    assert f"no module named 'mine'; check the spelling and PYTHONPATH (not {tmp_path}," in message
+    assert f"no module named 'mine'; check the spelling and PYTHONPATH (not in {tmp_path}:" in (
+        message
+    )
