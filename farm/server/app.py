@@ -34,7 +34,7 @@ from farm.server.process import (
     reopen_log,
     setup_server_logging,
 )
-from farm.server.store import DamagedStore, StoreError, StoreInUse
+from farm.server.store import DamagedStore, StoreError, StoreInUse, memory_only
 from farm.server.tlsgate import Handshakes, TLSGate
 from farm.tlsfiles import load_tls_file
 
@@ -277,7 +277,8 @@ def _serve(options: ServerOptions, ready: int | None = None) -> int:
         runner: Callable[..., object] = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency, but stay usable without it
         runner = asyncio.run
-    if options.store != "none":
+    # Not for '' either: the older farm's store would be looked for beside the directory '.'
+    if not memory_only(options.store):
         try:
             if adopt_legacy_store(options.store):
                 log.warning("adopted the job store of an older farm as %s", options.store)

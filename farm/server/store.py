@@ -315,8 +315,13 @@ class SQLiteStore:
         self.db.close()
 
 
+def memory_only(spec: str | None) -> bool:
+    """Whether a store spec keeps jobs in memory only: ``none`` (or ``memory``, or empty)."""
+    return not spec or spec.lower() in ("none", "memory")
+
+
 def open_store(spec: str | None, *, sync: str = "normal") -> SQLiteStore | None:
-    """``none`` (or empty) keeps jobs in memory only; anything else is a SQLite file path."""
-    if not spec or spec.lower() in ("none", "memory"):
+    """``memory_only`` specs keep jobs in memory only; anything else is a SQLite file path."""
+    if spec is None or memory_only(spec):
         return None
     return SQLiteStore(spec, sync=sync)

@@ -401,3 +401,16 @@ def test_a_unix_path_that_is_not_utf8_starts_without_a_traceback(tmp_path: Path)
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+def test_an_empty_store_keeps_jobs_in_memory_as_none_does() -> None:
+    # `--store ''` is memory only, as open_store reads it; the check for an older farm's
+    # queue.db beside it took '' for the directory '.' and ended the server in a traceback.
+    srv = start_farm_server("--store", "")
+    try:
+        c = Peer(srv.addr)
+        c.send(T.SUBMIT_JOB_BG, "f", "", b"kept in memory")
+        c.expect(T.JOB_CREATED)
+        assert c.admin("status") == "f\t1\t0\t0\n.\n"
+    finally:
+        srv.stop()
