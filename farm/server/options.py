@@ -310,8 +310,10 @@ def parse_args(
             ap.error(f"{flag} must be from 1 to {top}")
     if ns.max_functions < 1:
         ap.error("--max-functions must be at least 1")
-    if ns.max_abilities < 1 or ns.max_tcp_abilities < 1:
-        ap.error("--max-abilities and --max-tcp-abilities must be at least 1")
+    if ns.max_abilities < 1:
+        ap.error("--max-abilities must be at least 1")
+    if ns.max_tcp_abilities < 1:  # apart: `farm up` names the key of the first flag named
+        ap.error("--max-tcp-abilities must be at least 1")
     if ns.max_packet < 1024:
         ap.error("--max-packet must be at least 1024 bytes")
     if not 1 <= ns.backlog <= MAX_BACKLOG:  # past a C int, listen() failed in a traceback

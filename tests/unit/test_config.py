@@ -763,6 +763,9 @@ def test_server_tuning_keys_become_the_servers_flags(tmp_path: Path) -> None:
             "max_partial_bytes must be at least max_packet",
         ),
         ("backlog = 0", "server.backlog", "at least 1"),
+        # Each under its own key: the server's one check of both named the first of them.
+        ("max_abilities = 0", "server.max_abilities", "max_abilities must be at least 1"),
+        ("max_tcp_abilities = -1", "server.max_tcp_abilities", "max_tcp_abilities must be at"),
         # past a C int: the server's listen() failed in a traceback, under systemd for ever
         ("backlog = 99999999999", "server.backlog", "at most 2147483647"),
         ("max_queu = 3", "server.max_queu", "did you mean 'max_queue'"),
