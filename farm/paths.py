@@ -15,6 +15,7 @@ from farm.errors import FarmError
 
 __all__ = [
     "state_dir",
+    "NoStateDirectory",
     "default_store",
     "adopt_legacy_store",
     "legacy_jobs_beside",
@@ -31,13 +32,31 @@ __all__ = [
 ]
 
 
+class NoStateDirectory(FarmError):
+    """farm has no absolute directory to keep its state in (``state_dir``)."""
+
+
 def state_dir() -> Path:
     """systemd's ``$STATE_DIRECTORY`` (StateDirectory=farm), else ``$XDG_STATE_HOME/farm``,
-    else ``~/.local/state/farm``."""
+    else ``~/.local/state/farm``; NoStateDirectory when there is no home to find it in."""
     systemd = os.environ.get("STATE_DIRECTORY")
     if systemd:
         return Path(systemd.split(":")[0])
     base = _xdg("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    if not os.path.isabs(base):
+        # $HOME unset and a uid the user database does not know (a container's arbitrary
+        # user), or a relative $HOME: the store and the Executor's key went into a directory
+        # named "~" under the working directory, where callers started elsewhere never look.
+        home = os.environ.get("HOME")
+        why = (
+            f"$HOME ({home}) is not an absolute path"
+            if home
+            else f"$HOME is not set and uid {os.getuid()} has no home in the user database"
+        )
+        raise NoStateDirectory(
+            f"farm has no state directory: {why}; set $XDG_STATE_HOME (or $STATE_DIRECTORY)"
+            " to an absolute directory"
+        )
     return Path(base) / "farm"
 
 
@@ -77,7 +96,7 @@ def adopt_legacy_store(store: str | os.PathLike[str]) -> bool:
     files were taken, and the server starting now made an empty store beside them, which
     then kept every later start from adopting them."""
     new = Path(store)
-    if new != default_store(LEGACY_PORT) or new.exists():
+    if new != _default_or_none(LEGACY_PORT) or new.exists():
         return False
     old = new.with_name(LEGACY_STORE)
     if not old.exists():
@@ -95,6 +114,15 @@ def adopt_legacy_store(store: str | os.PathLike[str]) -> bool:
     return True
 
 
+def _default_or_none(port: int) -> Path | None:
+    """``default_store(port)``, or None where there is no state directory (so no default
+    store: the one in use was named)."""
+    try:
+        return default_store(port)
+    except NoStateDirectory:
+        return None
+
+
 def legacy_jobs_beside(store: str | os.PathLike[str]) -> tuple[Path, int] | None:
     """An older farm's ``queue.db`` beside ``store``, a default store (``default_store``),
     and the jobs still queued in it (None when it holds none, or cannot be read now: an
@@ -106,7 +134,9 @@ def legacy_jobs_beside(store: str | os.PathLike[str]) -> tuple[Path, int] | None
 
     new = Path(store)
     old = new.with_name(LEGACY_STORE)
-    if new.parent != state_dir() or not new.name.startswith("queue-") or not old.exists():
+    default = _default_or_none(LEGACY_PORT)
+    beside_default = default is not None and new.parent == default.parent
+    if not beside_default or not new.name.startswith("queue-") or not old.exists():
         return None  # only beside a default store: queue.db elsewhere is not an older farm's
     try:  # read-only: its jobs stay as the older farm left them, for the operator to serve
         db = sqlite3.connect(old.absolute().as_uri() + "?mode=ro", uri=True, timeout=0)

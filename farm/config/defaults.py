@@ -13,7 +13,7 @@ from farm.discovery import default_listen
 from farm.executor.call import DEFAULT_FUNCTION as EXECUTOR_FUNCTION
 from farm.executor.call import TARGET as EXECUTOR_TARGET
 from farm.net import Address
-from farm.paths import default_store, runtime_dir
+from farm.paths import NoStateDirectory, default_store, runtime_dir
 
 __all__ = ["DEFAULTS_SOURCE", "builtin", "server_store"]
 
@@ -55,7 +55,10 @@ def server_store(addresses: tuple[Address, ...]) -> str:
     farm's state directory cannot be made."""
     tcp = next((a.port for a in addresses if a.kind == "tcp"), None)
     unix = next((a.path for a in addresses if a.kind == "unix"), None)
-    path = default_store(tcp, unix)
+    try:
+        path = default_store(tcp, unix)
+    except NoStateDirectory:  # no home to keep it in: said at start (say_where_jobs_are_kept)
+        return "none"
     existing = path.parent
     try:
         while not existing.exists():  # the nearest ancestor decides whether we may create it

@@ -26,13 +26,14 @@ class ExecutorDuties:
         """farm.Executor's calls are signed with a key only the farm's user can read;
         make it before any worker needs it (workers would race to create it)."""
         from farm.executor.signing import KeyFileError, ensure_key, key_path, load_key
+        from farm.paths import NoStateDirectory
 
         try:
             # Read back as the workers will: $FARM_KEY_FILE naming a directory, or a file
             # that is no key or others may read, was taken without a word at start.
             load_key(ensure_key(), create=False)
             log.info("executor key: %s", key_path())
-        except KeyFileError as exc:
+        except (KeyFileError, NoStateDirectory) as exc:
             log.error("%s; farm.Executor calls will be refused", exc)
         except OSError as exc:  # a state directory that cannot be made (read-only, a file)
             log.error(
@@ -50,7 +51,7 @@ class ExecutorDuties:
 
         stray = os.environ.get(SPILL_ENV)
         where = workers_spill_dir(self.config.executor)
-        if stray and os.path.abspath(stray) != os.path.abspath(where):
+        if stray and where and os.path.abspath(stray) != os.path.abspath(where):
             log.warning(
                 "$%s=%s is for farm.Executor's callers; the workers use %s ([executor]"
                 " spill_dir sets it)",
@@ -70,6 +71,8 @@ class ExecutorDuties:
         settings = self.config.executor
         self.next_spill_sweep = now + spill.sweep_every(settings.spill_orphan_age_s)
         where = workers_spill_dir(settings)
+        if not where:
+            return
         removed = spill.sweep(Path(where), settings.spill_max_age_s, settings.spill_orphan_age_s)
         if removed:
             log.info("removed %d stale spill file(s) from %s", removed, where)
@@ -79,10 +82,15 @@ def workers_spill_dir(executor: ExecutorConfig) -> str:
     """Where the Executor's workers write and the supervisor sweeps: ``[executor] spill_dir``,
     else the default beside the key file. Never ``$FARM_SPILL_DIR`` of `farm up`'s own
     environment (a caller's setting, left in the operator's shell): the workers took it
-    while the sweep looked here, and the files a killed worker left were never removed."""
+    while the sweep looked here, and the files a killed worker left were never removed.
+    "" where there is no state directory to hold the default (nor the key: no Executor)."""
     from farm.executor.spill import default_spill_dir
+    from farm.paths import NoStateDirectory
 
-    return executor.spill_dir or str(default_spill_dir())
+    try:
+        return executor.spill_dir or str(default_spill_dir())
+    except NoStateDirectory:  # said with the key (ensure_executor_key)
+        return ""
 
 
 def spill_environ(executor: ExecutorConfig) -> dict[str, str]:

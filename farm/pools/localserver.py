@@ -18,7 +18,7 @@ from farm.client.admin import admin_query
 from farm.config import ServerConfig
 from farm.errors import ConfigError
 from farm.net import connectable
-from farm.paths import make_dirs, state_dir
+from farm.paths import NoStateDirectory, make_dirs, state_dir
 from farm.pools.slots import RestartHistory, describe_exit
 from farm.pools.spawn import spawn
 
@@ -84,11 +84,14 @@ class LocalServer(RestartHistory):
         if self.config.store != "none":
             log.info("background jobs are stored in %s", self.config.store)
         else:
+            try:
+                why = f"the default, a file in {state_dir()}, needs that directory writable"
+            except NoStateDirectory as exc:
+                why = f"the default has nowhere to go: {exc}"
             log.warning(
                 "background jobs are kept in memory only and are lost when the job server"
-                ' stops ([server] store = "none"; the default, a file in %s, needs that'
-                " directory writable)",
-                state_dir(),
+                ' stops ([server] store = "none"; %s)',
+                why,
             )
 
     def argv(self) -> list[str]:

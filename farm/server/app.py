@@ -21,11 +21,17 @@ from farm.errors import FarmError, TLSFileError
 from farm.lifetime import die_with_parent
 from farm.logs import error_line
 from farm.net import clear_socket_path, parse_address
-from farm.paths import LegacyStoreBusy, adopt_legacy_store, legacy_jobs_beside, open_own_file
+from farm.paths import (
+    LegacyStoreBusy,
+    NoStateDirectory,
+    adopt_legacy_store,
+    legacy_jobs_beside,
+    open_own_file,
+)
 from farm.server.connection import Connection
 from farm.server.exposition import MetricsEndpoint
 from farm.server.hub import Hub
-from farm.server.options import ServerOptions, default_store_path, parse_args
+from farm.server.options import ServerOptions, parse_args
 from farm.server.process import (
     ReplayProgress,
     detach,
@@ -34,6 +40,7 @@ from farm.server.process import (
     reopen_log,
     setup_server_logging,
 )
+from farm.server.settings import default_store_path
 from farm.server.store import DamagedStore, StoreError, StoreInUse, memory_only
 from farm.server.tlsgate import Handshakes, TLSGate
 from farm.tlsfiles import load_tls_file
@@ -357,7 +364,11 @@ def _store_in_use_hint(options: ServerOptions) -> str:
     """The store is the port's own when none was named (queue-PORT.db): a server of this
     user already on the port holds it, and another store would only meet the port taken."""
     port = parse_address(options.listen[0]).port if options.listen else None
-    if port is None or options.store != default_store_path(options.listen, options.unix):
+    try:
+        own = port is not None and options.store == default_store_path(options.listen, options.unix)
+    except NoStateDirectory:  # no default store: this one was named
+        own = False
+    if not own:
         return _hint(options, "store")
     return f"the store of port {port}: {_hint(options, 'port')}"
 

@@ -10,18 +10,11 @@ from typing import NoReturn
 
 from farm.logs import LOG_FORMATS
 from farm.net import DEFAULT_PORT, AddressError, parse_address, parse_port
-from farm.paths import default_store
+from farm.paths import NoStateDirectory
 from farm.server.gearmandflags import add_gearmand_flags
-from farm.server.settings import DEFAULTS, ServerOptions
+from farm.server.settings import DEFAULTS, ServerOptions, default_store_path, store_help
 
 __all__ = ["DEFAULTS", "OptionError", "ServerOptions", "build_parser", "parse_args", "refusal"]
-
-
-def default_store_path(listen: Sequence[str] = (), unix: Sequence[str] = ()) -> str:
-    """Where background jobs live when nothing else is said: a file per server in farm's
-    state directory, keyed by the first TCP port, else the first Unix path."""
-    port = parse_address(listen[0]).port if listen else None
-    return str(default_store(port, unix[0] if unix else None))
 
 
 #: The largest backlog listen() takes (a C int); the kernel lowers any to net.core.somaxconn.
@@ -89,7 +82,7 @@ def build_parser(
         "--store",
         metavar="PATH|none",
         help="SQLite file for durable background jobs, or 'none' (default: one file per server"
-        f" in {default_store().parent}, e.g. {default_store(DEFAULT_PORT).name})",
+        f" {store_help()})",
     )
     ap.add_argument(
         "--store-sync",
@@ -260,12 +253,19 @@ def build_parser(
     return ap
 
 
+def _default_store(ap: argparse.ArgumentParser, listen: list[str], unix: list[str]) -> str:
+    try:
+        return default_store_path(listen, unix)
+    except NoStateDirectory as exc:
+        ap.error(f"{exc}, or give --store PATH (--store none: memory only)")
+
+
 def refusal(argv: Sequence[str]) -> str | None:
     """Why the server would not start with the flags ``argv`` (its first objection), or None.
     farm.config checks the [server] keys that become flags with it, so each limit is written
     once, here."""
-    try:
-        parse_args(argv, parser=_Checker)
+    try:  # the flags alone: the store is [server] store's to check
+        parse_args(["--store", "none", *argv], parser=_Checker)
     except OptionError as exc:
         return str(exc)
     return None
@@ -331,7 +331,7 @@ def parse_args(
         unix_mode=ns.unix_mode,
         store=ns.store
         if ns.store is not None  # "" is memory only, as "none"
-        else ns.libsqlite3_db or default_store_path(listen, unix + ns.unix),
+        else ns.libsqlite3_db or _default_store(ap, listen, unix + ns.unix),
         store_sync=ns.store_sync,
         job_retries=ns.job_retries,
         max_packet=ns.max_packet,

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from farm import protocol as p
-from farm.net import DEFAULT_PORT, KEEPALIVE
+from farm.net import DEFAULT_PORT, KEEPALIVE, parse_address
+from farm.paths import NoStateDirectory, default_store, state_dir
 
-__all__ = ["DEFAULTS", "ServerOptions", "log_level"]
+__all__ = ["DEFAULTS", "ServerOptions", "default_store_path", "log_level", "store_help"]
 
 
 @dataclass
@@ -74,3 +76,18 @@ def log_level(verbose: int) -> int:
     """The level the server logs at for ``verbose`` (-v's count; gearmand's ``--verbose
     LEVEL`` is read as one): warnings, INFO, then DEBUG."""
     return (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+
+
+def default_store_path(listen: Sequence[str] = (), unix: Sequence[str] = ()) -> str:
+    """Where background jobs live when nothing else is said: a file per server in farm's
+    state directory, keyed by the first TCP port, else the first Unix path."""
+    port = parse_address(listen[0]).port if listen else None
+    return str(default_store(port, unix[0] if unix else None))  # NoStateDirectory: no home
+
+
+def store_help() -> str:
+    """Where ``--store``'s help says the default goes."""
+    try:
+        return f"in {state_dir()}, e.g. {default_store(DEFAULT_PORT).name}"
+    except NoStateDirectory:  # said when it is needed: -h works anywhere
+        return "in farm's state directory, e.g. ~/.local/state/farm/queue-4730.db"

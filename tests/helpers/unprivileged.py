@@ -4,6 +4,7 @@ as root (CI): a directory of mode 000 then denies it, as another user's private 
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
 
@@ -22,3 +23,26 @@ def unprivileged(argv: list[str]) -> list[str]:
     if subprocess.run([*drop, "true"], capture_output=True, timeout=30).returncode != 0:
         pytest.skip("setpriv may not drop capabilities here (a container without CAP_SETPCAP)")
     return [*drop, *argv]
+
+
+def homeless(argv: list[str]) -> list[str]:
+    """``argv`` run as a uid the user database does not know (a container's arbitrary user),
+    so that with no $HOME it has no home at all. It keeps the right to read and search every
+    file (the interpreter may be under root's home), not to write one. Needs root."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv (util-linux) to run as a uid with no passwd entry")
+    uid = next(uid for uid in range(54321, 65000) if not _known(uid))
+    ids = [f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+    keep = ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+    become = ["setpriv", *ids, *keep]
+    if subprocess.run([*become, "true"], capture_output=True, timeout=30).returncode != 0:
+        pytest.skip("setpriv may not change uid keeping a capability here")
+    return [*become, *argv]
+
+
+def _known(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True

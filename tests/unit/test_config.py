@@ -16,7 +16,9 @@ from farm.config.capacity import cpu_list
 from farm.config.pooltables import PoolReader
 from farm.errors import ConfigError
 from farm.paths import runtime_dir, state_dir
-from tests.helpers.unprivileged import unprivileged
+from tests.helpers import ROOT
+from tests.helpers.servers import free_port
+from tests.helpers.unprivileged import homeless, unprivileged
 
 GOOD = """
 [server]
@@ -494,6 +496,43 @@ def test_relative_xdg_directories_are_ignored(
     monkeypatch.setenv("XDG_STATE_HOME", "state")
     assert runtime_dir() == Path(f"/tmp/farm-{os.getuid()}")
     assert state_dir() == Path(os.path.expanduser("~/.local/state/farm"))
+
+
+def test_no_home_at_all_is_no_state_directory_not_a_relative_one(tmp_path: Path) -> None:
+    # $HOME unset and a uid the user database does not know (a container's arbitrary user):
+    # expanduser left "~/.local/state" as it was, and `farm up` kept its store and the
+    # Executor's key in a directory named "~" under wherever it was started, where callers
+    # started elsewhere did not look. Now the jobs stay in memory, with the reason said.
+    code = textwrap.dedent(
+        """
+        from farm import config, paths
+        print(config.load(None).server.store)
+        try:
+            print(paths.state_dir())
+        except paths.NoStateDirectory as exc:
+            print(exc)
+        """
+    )
+    run = tmp_path / "cwd"
+    run.mkdir(mode=0o777)
+    run.chmod(0o777)  # writable by that uid, as a directory named "~" was made in it
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)}
+    env["XDG_RUNTIME_DIR"] = str(tmp_path)
+    argv = homeless([sys.executable, "-c", code])
+    out = subprocess.run(argv, env=env, cwd=run, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    store, why = out.stdout.splitlines()
+    assert store == "none"
+    assert "no state directory" in why and "set $XDG_STATE_HOME" in why, why
+    # `farm server` has no default store then: one line, as for a store it cannot open
+    server = [sys.executable, "-m", "farm", "server", "-p", str(free_port())]
+    out = subprocess.run(
+        homeless(server), env=env, cwd=run, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("farm server: farm has no state directory: $HOME is not set")
+    assert "or give --store PATH" in out.stderr and out.stderr.count("\n") == 1, out.stderr
+    assert list(run.iterdir()) == []
 
 
 def test_binary_garbage_is_one_line_not_a_traceback(tmp_path: Path) -> None:
