@@ -22,7 +22,7 @@ from farm.paths import NoStateDirectory, make_dirs, state_dir
 from farm.pools.slots import RestartHistory, describe_exit
 from farm.pools.spawn import spawn
 
-__all__ = ["LocalServer", "check_listen_name"]
+__all__ = ["LocalServer", "check_listen_name", "check_store_place"]
 
 log = logging.getLogger("farm.supervisor")
 
@@ -55,6 +55,32 @@ def check_listen_name(config: ServerConfig, source: str) -> None:
     raise ConfigError(
         f"{source}: server.listen: {where}: {why}; give an address of this host or a name"
         " that resolves to one (restarting cannot fix it)"
+    )
+
+
+def check_store_place(config: ServerConfig, source: str) -> None:
+    """ConfigError (exit 2) when this user cannot make or write ``[server] store``: the
+    server could never open it, and `farm up` said so in four lines (a warning, the server's
+    refusal, two more) and exit 1, which systemd restarted for ever. Its directories are
+    made here, as the server's start would."""
+    if config.store == "none":
+        return
+    where = os.path.dirname(config.store)
+    try:
+        make_dirs(where, 0o750)
+    except OSError as exc:
+        why = f"cannot create {where}: {exc.strerror or exc}"
+    else:
+        # The directory too when the file is there: the server makes its journal beside it.
+        if not os.access(where, os.W_OK | os.X_OK):
+            why = f"{where} is not writable by this user (uid {os.getuid()})"
+        elif os.path.exists(config.store) and not os.access(config.store, os.R_OK | os.W_OK):
+            why = f"{config.store} is not readable and writable by this user (uid {os.getuid()})"
+        else:
+            return
+    raise ConfigError(
+        f"{source}: server.store: {why}; let this user write there, or name a file it may"
+        ' write (or "none": memory only)'
     )
 
 

@@ -14,6 +14,7 @@ from farm import config
 from farm.cli import app
 from tests.helpers import ROOT
 from tests.helpers.farmproc import FarmUp, farm_cli
+from tests.helpers.unprivileged import unprivileged
 
 runner = CliRunner()
 
@@ -283,3 +284,28 @@ def test_a_control_path_changed_in_the_file_names_where_the_farm_answers(
         assert "[supervisor] changed" in out.stderr
     finally:
         assert up.stop() == 0
+
+
+@pytest.mark.parametrize("where", ["queue.db", "sub/queue.db"])
+def test_a_store_this_user_cannot_write_is_one_line_before_anything_starts(
+    tmp_path: Path, where: str
+) -> None:
+    # `[server] store` in a directory the farm's user may not write (made by root, say):
+    # the supervisor warned "cannot create ...", started the job server, which failed with
+    # its own line, then logged two more and exited 1, which systemd restarts for ever.
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    up = FarmUp(
+        tmp_path, "[functions.r]\ntarget = 'workers.text:reverse'\nworkers = 1\n", start=False
+    )
+    store = locked / where
+    up.config.write_text(up.config.read_text().replace('store = "none"', f'store = "{store}"'))
+    argv = [sys.executable, "-c", "from farm.cli import main; main()", "up", "-c", str(up.config)]
+    out = subprocess.run(
+        unprivileged(argv), env=up.env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2, out.stderr
+    line = one_line_error(out)
+    assert line.startswith(f"farm: {up.config}: server.store: "), line
+    assert str(locked) in line and 'or "none"' in line, line
+    assert list(locked.iterdir()) == []
