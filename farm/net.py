@@ -29,6 +29,9 @@ __all__ = [
     "DEFAULT_SERVER",
     "Address",
     "AddressError",
+    "SocketPathTooLong",
+    "MAX_SOCKET_PATH",
+    "socket_path_problem",
     "parse_address",
     "parse_port",
     "connectable",
@@ -61,6 +64,26 @@ class AddressError(ValueError):
         super().__init__(f"server address {address!r}: {reason}")
         self.address = address
         self.reason = reason
+
+
+class SocketPathTooLong(AddressError):
+    """A ``unix:`` path longer than any socket's: no bind or connect can ever work."""
+
+
+#: The longest Unix socket path Linux binds or connects to (sun_path: 108 bytes with its NUL).
+MAX_SOCKET_PATH = 107
+
+
+def socket_path_problem(path: str, example: str = "/run/farm/gearman.sock") -> str | None:
+    """Why ``path`` cannot be a Unix socket's (None: it can, as far as its length goes);
+    ``example`` is a path that can, for the fix."""
+    size = len(os.fsencode(path))
+    if size > MAX_SOCKET_PATH:
+        return (
+            f"{path} is {size} bytes, longer than a Unix socket path may be"
+            f" ({MAX_SOCKET_PATH}); choose a shorter path, e.g. {example}"
+        )
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +127,9 @@ def parse_address(text: str, default_port: int | None = DEFAULT_PORT) -> Address
     if addr.startswith("unix:"):
         if not addr[5:]:
             raise AddressError(text, "names no socket path (unix:/path)")
+        # Else `farm worker` (and farm.Worker) retried a connect that can never work.
+        if too_long := socket_path_problem(addr[5:]):
+            raise SocketPathTooLong(text, too_long)
         return Address("unix", path=addr[5:])
     if any(c.isspace() for c in addr):  # "a:1 b:2": two servers, one space for the comma
         raise AddressError(

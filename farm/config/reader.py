@@ -11,10 +11,16 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-from farm.config.servertune import socket_path_problem
 from farm.discovery import resolve
 from farm.errors import ConfigError
-from farm.net import DEFAULT_SERVER, Address, AddressError, parse_address
+from farm.net import (
+    DEFAULT_SERVER,
+    Address,
+    AddressError,
+    SocketPathTooLong,
+    parse_address,
+    socket_path_problem,
+)
 
 __all__ = ["TableReader", "ADDRESS_FORMS"]
 
@@ -76,6 +82,8 @@ class TableReader:
         ``forms`` says what the key takes, for the fix."""
         try:
             parsed = parse_address(addr, default_port=None)
+        except SocketPathTooLong as exc:  # says its own fix
+            raise self.fail(key, exc.reason) from None
         except AddressError as exc:
             raise self.fail(key, f"{addr!r}: {exc.reason}; {forms}") from None
         if parsed.kind == "unix":

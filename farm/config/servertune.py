@@ -18,10 +18,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from farm.errors import ConfigError
+from farm.net import socket_path_problem
 from farm.protocol.codec import DEFAULT_MAX_PACKET
 from farm.server.options import refusal
 
-__all__ = ["TUNING", "server_flags", "socket_path_problem"]
+__all__ = ["TUNING", "server_flags"]
 
 #: key -> (the server's flag, what the value must be: "int", "number", "bool", "mode", or
 #: the choices of a string).
@@ -137,22 +138,6 @@ def store_problem(path: str) -> str | None:
         os.close(fd)
     if head and head != b"SQLite format 3\0":
         return f'{path} is not a SQLite database: name another file (or "none")'
-    return None
-
-
-#: The longest Unix socket path Linux binds (sun_path holds 108 bytes with its NUL).
-MAX_SOCKET_PATH = 107
-
-
-def socket_path_problem(path: str, example: str) -> str | None:
-    """Why ``path`` cannot be a Unix socket's (None: it can, as far as its length goes);
-    ``example`` is a path that can, for the fix."""
-    size = len(os.fsencode(path))
-    if size > MAX_SOCKET_PATH:
-        return (
-            f"{path} is {size} bytes, longer than a Unix socket path may be"
-            f" ({MAX_SOCKET_PATH}); choose a shorter path, e.g. {example}"
-        )
     return None
 
 

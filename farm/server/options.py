@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from farm.logs import LOG_FORMATS
-from farm.net import DEFAULT_PORT, AddressError, parse_address, parse_port
+from farm.net import DEFAULT_PORT, AddressError, parse_address, parse_port, socket_path_problem
 from farm.paths import NoStateDirectory
 from farm.server.gearmandflags import add_gearmand_flags
 from farm.server.settings import DEFAULTS, ServerOptions, default_store_path, store_help
@@ -283,8 +283,10 @@ def parse_args(
         except ValueError as exc:
             ap.error(f"-p {ns.port}: {exc}")
     listen, unix = listen_addresses(ap, ns.listen or ["127.0.0.1"], port)
-    if any(not path.strip() for path in ns.unix):
-        ap.error("--unix needs a socket path")
+    for path in ns.unix:  # -L unix:PATH is held to the same (parse_address)
+        problem = socket_path_problem(path) if path.strip() else "needs a socket path"
+        if problem:
+            ap.error(f"--unix {problem}")
     if ns.job_retries < 0:
         ap.error("--job-retries must be 0 (never fail) or a positive count")
     if (ns.tls_key or ns.tls_ca) and not ns.tls_cert:

@@ -30,6 +30,9 @@ from tests.helpers.waiting import wait_for
 
 runner = CliRunner()
 
+WORKER_CMD = ["worker", "workers.text:reverse"]
+LONG_UNIX = "unix:/tmp/" + "s" * 120 + ".sock"  # 130 bytes: a socket path holds 107
+
 COMMANDS = ["worker", "submit", "server", "status", "jobs", "up", "ps", "scale", "reload", "stop"]
 
 SLOW = """
@@ -160,6 +163,14 @@ def test_usage_mistakes_are_one_line_and_exit_2(tmp_path: Path) -> None:
         ["server", "--parent-pid", "1", "--daemon"],
         ["server", "--store", "none", "-P", "/no/such/dir/farm.pid"],
         ["server", "--store", "none", "-l", "/no/such/dir/farm.log"],
+        # a Unix socket path no socket can have: the worker retried its connect for ever,
+        # the others said "AF_UNIX path too long" with exit 1, as if the server were down
+        [*WORKER_CMD, "--server", LONG_UNIX],
+        ["submit", "f", "x", "--server", LONG_UNIX],
+        ["status", "--server", LONG_UNIX],
+        ["jobs", "--server", LONG_UNIX],
+        ["server", "--store", "none", "-L", LONG_UNIX],
+        ["server", "--store", "none", "-L", "unix:/tmp/short.sock", "--unix", LONG_UNIX[5:]],
     ],
 )
 def test_bad_numbers_addresses_and_configs_are_usage_errors(args: list[str]) -> None:

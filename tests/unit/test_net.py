@@ -74,6 +74,8 @@ def test_each_form_parses_and_prints_its_normal_form(
         ("127.0.0.1:47202 127.0.0.1:47201", "holds a space; separate servers with commas"),
         ("host/path:4730", "is not a host name or address"),
         ("unix:", "names no socket path"),
+        # No socket can have it: a worker retried its connect for ever.
+        ("unix:/" + "s" * 107, "/" + "s" * 107 + " is 108 bytes, longer than a Unix socket path"),
     ],
 )
 def test_each_mistake_raises_address_error_naming_the_problem(text: str, reason: str) -> None:
