@@ -107,6 +107,28 @@ def control_socket(config: Path | None, control: str | None) -> str:
         fail(f"{e} (to reach the running farm anyway: --control PATH)", 2)
 
 
+def metrics_url(text: str) -> str:
+    """``--metrics`` as the URL to scrape; one no scrape can reach is a usage error (exit 2):
+    `farm top` ran on with it, saying only that the endpoint "did not answer"."""
+    from urllib.parse import urlsplit
+
+    from farm.net import AddressError, parse_address
+
+    fix = "give HOST:PORT (e.g. 127.0.0.1:9730) or http://HOST:PORT/metrics"
+    try:
+        if "://" in text:
+            parts = urlsplit(text)
+            if parts.scheme in ("http", "https") and parts.hostname and parts.port != 0:
+                return text
+            fail(f"--metrics {text}: not an http:// URL with a host; {fix}", 2)
+        where = parse_address(text, default_port=None)
+    except (AddressError, ValueError) as exc:  # ValueError: urlsplit's port out of range
+        fail(f"--metrics {text}: {getattr(exc, 'reason', exc)}; {fix}", 2)
+    if where.kind == "unix":
+        fail(f"--metrics {text}: metrics are served over HTTP, not a Unix socket; {fix}", 2)
+    return f"http://{where}/metrics"
+
+
 def ask_supervisor(
     config: Path | None, control: str | None, message: dict[str, Any]
 ) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from typing import Annotated, Any
 
 import typer
 
-from farm.cli.app import MAX_INTERVAL, FarmCommand, app, control_socket, fail
+from farm.cli.app import MAX_INTERVAL, FarmCommand, app, control_socket, fail, metrics_url
 from farm.cli.rows import (
     SORT_KEYS,
     SORT_LETTERS,
@@ -389,10 +389,8 @@ def top(
     """A live view: each function's queue, rate, run times and failures, and each process."""
     if sort not in SORT_KEYS:
         fail(f"--sort {sort}: one of {', '.join(SORT_KEYS)}", 2)
+    url = None if metrics is None else metrics_url(metrics)
     control = control_socket(config, control)
-    url = metrics
-    if url is not None and "://" not in url:
-        url = f"http://{url}/metrics"
     code = live_view(
         control, url, interval=interval, iterations=1 if once else iterations, sort=sort
     )

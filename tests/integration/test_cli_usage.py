@@ -171,6 +171,11 @@ def test_usage_mistakes_are_one_line_and_exit_2(tmp_path: Path) -> None:
         ["jobs", "--server", LONG_UNIX],
         ["server", "--store", "none", "-L", LONG_UNIX],
         ["server", "--store", "none", "-L", "unix:/tmp/short.sock", "--unix", LONG_UNIX[5:]],
+        # an endpoint no scrape can reach: `farm top` ran on, saying it "did not answer"
+        *(
+            ["top", "--once", "--control", "/no/such/control.sock", "--metrics", where]
+            for where in (":", "host:99999", "unix:/tmp/m.sock", "http://", "ftp://h/metrics")
+        ),
     ],
 )
 def test_bad_numbers_addresses_and_configs_are_usage_errors(args: list[str]) -> None:

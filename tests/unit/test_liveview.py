@@ -246,3 +246,11 @@ def test_cpu_percent_leaves_out_a_slot_whose_process_was_replaced() -> None:
     now.processes.append({**now.processes[0], "pid": 44, "state": "starting"})
     sampler.history.append(now)
     assert sampler.cpu(now) == {("resize", 0): pytest.approx(50.0)}
+
+
+def test_metrics_takes_host_port_or_an_http_url() -> None:
+    from farm.cli.app import metrics_url
+
+    assert metrics_url("127.0.0.1:9730") == "http://127.0.0.1:9730/metrics"
+    assert metrics_url("[::1]:9730") == "http://[::1]:9730/metrics"
+    assert metrics_url("https://h:9730/x") == "https://h:9730/x"
