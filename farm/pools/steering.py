@@ -201,15 +201,21 @@ class Steering(ProcessTable):
         if not isinstance(changes, list) or not changes:
             return {"ok": False, "usage": True, "error": "give NAME=COUNT, NAME=+N, -N or auto"}
         targets = dict(self.targets)
+        named: dict[str, str] = {}  # pool -> the name it was given by
         for change in changes:
             try:
-                name, op, count = parse_scale(str(change))
+                given, op, count = parse_scale(str(change))
+                name = self.pool_named(given)
             except ValueError as e:
                 return {"ok": False, "usage": True, "error": str(e)}
-            try:
-                name = self.pool_named(name)
-            except ValueError as e:
-                return {"ok": False, "usage": True, "error": str(e)}
+            if name in named:  # by its table and a function it serves: the last one won
+                twice = f"pool {name} is named twice ({named[name]}, {given})"
+                return {
+                    "ok": False,
+                    "usage": True,
+                    "error": f"{change}: {twice}; give one change per pool",
+                }
+            named[name] = given
             if count is None:  # auto: one per core the farm pins to, as workers = "auto"
                 count = len(self.config.supervisor.cpus)
             targets[name] = {"=": count, "+": targets[name] + count, "-": targets[name] - count}[op]

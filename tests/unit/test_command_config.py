@@ -185,6 +185,14 @@ def test_pools_are_named_by_table_or_by_a_function_only_one_serves(tmp_path: Pat
     with pytest.raises(ValueError, match="no pool or function 'x' in this farm's /f.toml"):
         Steering.pool_named(sup, "x")  # type: ignore[arg-type]
     sup.pool_named = lambda name: Steering.pool_named(sup, name)  # type: ignore[arg-type]
+    # One pool by its table's name and by a function it serves: the last change was taken,
+    # and `farm scale c=1 shout=2` said c=2 with exit 0.
+    reply = Steering.scale(sup, ["c=1", "shout=2"])  # type: ignore[arg-type]
+    assert reply == {
+        "ok": False,
+        "usage": True,
+        "error": "shout=2: pool c is named twice (c, shout); give one change per pool",
+    }
     picks = Steering.restart_picks(sup, ["a#1", "a#0", "shout"])  # type: ignore[arg-type]
     assert picks == {"a": [1, 0], "c": None}
     assert Steering.restart_picks(sup, []) == {"a": None, "b": None, "c": None}  # type: ignore[arg-type]
