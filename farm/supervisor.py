@@ -37,7 +37,7 @@ from farm.pools.commandstart import CommandStart
 from farm.pools.control import ControlConnection, ControlServer, open_control
 from farm.pools.executorduties import ExecutorDuties, spill_environ
 from farm.pools.lifecycle import POLL, TIMEOUT_GRACE, Lifecycle
-from farm.pools.localserver import LocalServer, check_listen_name, check_store_place
+from farm.pools.localserver import LocalServer, check_listen_name, check_server_places
 from farm.pools.metrics import Exits, serve_metrics
 from farm.pools.readiness import Readiness
 from farm.pools.reports import Reports
@@ -131,7 +131,7 @@ class Supervisor(
         setproctitle("farm: supervisor")
         if self.config.local_server:  # before anything starts: exit 2, not restarted
             check_listen_name(self.config.server, self.config.source)
-            check_store_place(self.config.server, self.config.source)
+            check_server_places(self.config.server, self.config.source)
         # The control socket first: a second `farm up` on this config stops here, in one
         # line naming the supervisor that runs, before it warns about anything.
         self.control = open_control(self.config.supervisor.control, self.config.source)

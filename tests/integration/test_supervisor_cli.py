@@ -309,3 +309,24 @@ def test_a_store_this_user_cannot_write_is_one_line_before_anything_starts(
     assert line.startswith(f"farm: {up.config}: server.store: "), line
     assert str(locked) in line and 'or "none"' in line, line
     assert list(locked.iterdir()) == []
+
+
+def test_a_unix_socket_this_user_cannot_make_is_one_line_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    # As the store (above): the server's "cannot listen on unix:...: permission denied",
+    # two more lines and exit 1.
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    up = FarmUp(
+        tmp_path, "[functions.r]\ntarget = 'workers.text:reverse'\nworkers = 1\n", start=False
+    )
+    up.config.write_text(up.config.read_text().replace(str(up.unix), str(locked / "g.sock")))
+    argv = [sys.executable, "-c", "from farm.cli import main; main()", "up", "-c", str(up.config)]
+    out = subprocess.run(
+        unprivileged(argv), env=up.env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2, out.stderr
+    line = one_line_error(out)
+    assert line.startswith(f"farm: {up.config}: server.listen: cannot make the socket "), line
+    assert f"{locked} is not writable by this user" in line, line
