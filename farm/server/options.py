@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from farm.logs import LOG_FORMATS
-from farm.net import DEFAULT_PORT, AddressError, parse_address, parse_port, socket_path_problem
-from farm.paths import NoStateDirectory
+from farm.net import DEFAULT_PORT, parse_port, socket_path_problem
+from farm.server.flagvalues import default_store, listen_addresses, metrics_address, octal_mode
 from farm.server.gearmandflags import add_gearmand_flags
-from farm.server.settings import DEFAULTS, ServerOptions, default_store_path, store_help
+from farm.server.settings import DEFAULTS, ServerOptions, store_help
 
 __all__ = ["DEFAULTS", "OptionError", "ServerOptions", "build_parser", "parse_args", "refusal"]
 
@@ -35,17 +35,6 @@ class OptionError(ValueError):
 class _Checker(_Parser):
     def error(self, message: str) -> NoReturn:
         raise OptionError(message)
-
-
-def _octal_mode(text: str) -> int:
-    """A file mode in octal, as chmod takes it (660, 0660)."""
-    try:
-        mode = int(text, 8)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode such as 660") from None
-    if not 0 <= mode <= 0o777:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a mode from 000 to 777")
-    return mode
 
 
 def build_parser(
@@ -73,7 +62,7 @@ def build_parser(
     )
     ap.add_argument(
         "--unix-mode",
-        type=_octal_mode,
+        type=octal_mode,
         default=DEFAULTS.unix_mode,
         metavar="MODE",
         help=f"Unix socket permissions (octal, default {DEFAULTS.unix_mode:o})",
@@ -253,13 +242,6 @@ def build_parser(
     return ap
 
 
-def _default_store(ap: argparse.ArgumentParser, listen: list[str], unix: list[str]) -> str:
-    try:
-        return default_store_path(listen, unix)
-    except NoStateDirectory as exc:
-        ap.error(f"{exc}, or give --store PATH (--store none: memory only)")
-
-
 def refusal(argv: Sequence[str]) -> str | None:
     """Why the server would not start with the flags ``argv`` (its first objection), or None.
     farm.config checks the [server] keys that become flags with it, so each limit is written
@@ -333,7 +315,7 @@ def parse_args(
         unix_mode=ns.unix_mode,
         store=ns.store
         if ns.store is not None  # "" is memory only, as "none"
-        else ns.libsqlite3_db or _default_store(ap, listen, unix + ns.unix),
+        else ns.libsqlite3_db or default_store(ap, listen, unix + ns.unix),
         store_sync=ns.store_sync,
         job_retries=ns.job_retries,
         max_packet=ns.max_packet,
@@ -367,37 +349,3 @@ def parse_args(
         daemon=ns.daemon,
         ignored=tuple(ns.ignored),
     )
-
-
-def metrics_address(ap: argparse.ArgumentParser, text: str | None) -> str | None:
-    """--metrics HOST:PORT in normal form (a port is required: there is no default)."""
-    if text is None:
-        return None
-    try:
-        addr = parse_address(text, default_port=0)
-    except AddressError as exc:
-        ap.error(f"--metrics {text}: {exc.reason}")
-    if addr.kind == "unix" or not addr.port:
-        ap.error(f"--metrics {text}: give HOST:PORT, for example 127.0.0.1:9731")
-    return str(addr)
-
-
-def listen_addresses(
-    ap: argparse.ArgumentParser, texts: Sequence[str], port: int
-) -> tuple[list[str], list[str]]:
-    """The -L values as (TCP addresses in normal form, Unix socket paths).
-
-    As in gearmand, ``-L HOST`` without a port listens on the ``-p`` port.
-    """
-    tcp: list[str] = []
-    unix: list[str] = []
-    for text in texts:
-        try:
-            addr = parse_address(text, default_port=port)
-        except AddressError as exc:
-            ap.error(f"-L {text}: {exc.reason}")
-        if addr.kind == "unix":
-            unix.append(addr.path)
-        elif str(addr) not in tcp:
-            tcp.append(str(addr))
-    return tcp, unix
