@@ -155,7 +155,13 @@ def reload(
     if config is not None:  # the farm re-reads its own file: it refuses when that is not this one
         message["config"] = str(config.resolve())
     reply = ask_supervisor(config, control, message)
-    typer.echo("reloaded")
+    if reply.get("unchanged"):  # nothing restarts: code edited on disk is not read again
+        typer.echo(
+            "reloaded: no pool changed (edited worker code runs after"
+            " `farm reload --restart` or `farm restart`)"
+        )
+    else:
+        typer.echo("reloaded")
     for note in reply.get("not_applied", ()):  # the pools changed; these wait for a restart
         typer.echo(f"not applied: {note}", err=True)
     if "restart" in reply:  # --restart, or pools whose target or options changed

@@ -101,6 +101,7 @@ class Steering(ProcessTable):
         kept: list[str] = []
         changed: list[str] = []
         usage = False
+        before = self.config.functions
         if self.stopping:  # nothing new starts while it drains: nothing to apply
             log.info("reload asked while stopping: ignored")
             error = "the farm is stopping; nothing was reloaded"
@@ -112,6 +113,10 @@ class Steering(ProcessTable):
             error, kept, changed = self.reload()
             usage = True  # a bad config: exit 2, as for `farm up`
         reply: dict[str, Any] = {"ok": error is None, "not_applied": kept}
+        if not error and not kept and not changed and self.config.functions == before:
+            # Said: an operator who edited a worker's code and reloaded would read
+            # "reloaded" while the old code went on running.
+            reply["unchanged"] = True
         if error:
             reply["error"] = error
             reply["usage"] = usage

@@ -303,3 +303,34 @@ def test_a_pool_a_reload_removes_mid_restart_is_not_reported_left_on_old_code(
         if gate is not None:
             gate.open()
         assert up.stop() == 0
+
+
+def test_a_reload_that_changes_no_pool_says_the_code_on_disk_waits_for_a_restart(
+    tmp_path: Path,
+) -> None:
+    # An operator who edited a worker's code and ran `farm reload` (`systemctl reload farm`)
+    # read "reloaded" while every job went on running the old code: a reload replaces only
+    # the pools whose options changed, and said nothing of it.
+    (tmp_path / "counted.py").write_text(COUNTED.replace("VERSION", "v1"))
+    up = FarmUp(
+        tmp_path,
+        """
+        [functions.counted]
+        target = "counted:run"
+        workers = 1
+        """,
+        extra_env={"COUNTED_LOG": str(tmp_path / "ran.log")},
+    )
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"counted": 1})
+        (tmp_path / "counted.py").write_text(COUNTED.replace("VERSION", "v2"))
+        same = farm_cli("reload", "--control", up.control)
+        assert same.returncode == 0, same.stderr
+        assert same.stdout.startswith("reloaded: no pool changed"), same.stdout
+        assert "farm reload --restart" in same.stdout and len(same.stdout.splitlines()) == 1
+        up.config.write_text(up.config.read_text().replace("workers = 1", "workers = 2"))
+        counted = farm_cli("reload", "--control", up.control)  # a change applied: as before
+        assert counted.returncode == 0 and counted.stdout.strip() == "reloaded", counted.stdout
+    finally:
+        assert up.stop() == 0
