@@ -25,6 +25,7 @@ __all__ = [
     "load_target",
     "importable_directory",
     "search_working_directory",
+    "load_failure",
 ]
 
 
@@ -40,6 +41,29 @@ def load_target(target: str) -> Callable[..., Any]:
     if not callable(fn):
         raise NotCallable(f"{target} is a {type(fn).__name__}, not a function")
     return fn  # type: ignore[no-any-return]  # checked callable just above
+
+
+def load_failure(exc: BaseException) -> str:
+    """What :func:`load_target` raised, in one line with where in the target's code: ``Type:
+    message at PATH:LINE``. A worker's boot failure is told by this line alone in `farm
+    reload`, `farm restart` and `farm ps` (the traceback is in its log): a SyntaxError names
+    only the file's base name, anything else the module raised no file at all."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        where: tuple[str, int | None] | None = (exc.filename, exc.lineno)
+        text = exc.msg
+    else:
+        text = str(exc)
+        where = None
+        tb, called = exc.__traceback__, False
+        while tb is not None:  # the last frame under load_target's that is not importlib's
+            path = tb.tb_frame.f_code.co_filename
+            if path == __file__:
+                called = True
+            elif called and not path.startswith("<frozen "):
+                where = (path, tb.tb_lineno)
+            tb = tb.tb_next
+    said = f"{type(exc).__name__}: {text}"
+    return said if where is None else f"{said} at {where[0]}:{where[1]}"
 
 
 def target_problem(target: str) -> str | None:

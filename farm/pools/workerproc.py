@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     reporter = Reporter(ns.report_fd)
     record = RecordWriter(ns.record_fd) if ns.record_fd is not None else None
 
-    from farm.targets import NotCallable, load_target, search_working_directory
+    from farm.targets import NotCallable, load_failure, load_target, search_working_directory
 
     search_working_directory()  # started with -P: only a directory others may not write
     try:
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot serve %s: %s; point target at one", ns.function, e)
         return boot_failed(reporter, str(e))
     except Exception as e:  # whatever the target's import raises is a boot failure
-        why = boot_why(f"{type(e).__name__}: {e}")
+        why = boot_why(load_failure(e))  # with the file and line: the traceback is ours alone
         if why == ns.last_boot_error:
             # The slot's last try failed the same way, and its traceback is in the log: a
             # failing slot retries until fixed, and a traceback each time (a pool of 64, twice

@@ -163,7 +163,8 @@ def test_a_replacement_that_cannot_boot_fails_the_restart_and_keeps_the_old_ones
         failed = farm_cli("restart", "--control", up.control)
         assert failed.returncode == 1
         # why it did not boot, not only its exit code: the deploy's operator reads it here
-        assert "failed to boot (ImportError: broken deploy); the old one" in failed.stderr, failed
+        where = tmp_path / "counted.py"  # which file, when a deploy ships several of that name
+        assert f"(ImportError: broken deploy at {where}:1); the old one" in failed.stderr, failed
         assert {r["pid"] for r in up.wait_idle({"counted": TARGET})} == before
         got = farm_cli("submit", "counted", "x", "--server", up.addr)
         assert got.stdout.strip() == "v1:x", got.stderr

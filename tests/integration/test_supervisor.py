@@ -127,9 +127,10 @@ def test_boot_failure_backs_off_while_other_functions_serve(tmp_path: Path) -> N
         log = up.read_log()
         boots = log.count("broken#0 cpu")
         # The why is the log line's own (and `farm ps`'s), not only in the traceback above it.
-        assert "failed to boot (RuntimeError: no model file here); restarting in" in log, log
+        why = f"RuntimeError: no model file here at {tmp_path / 'broken.py'}:1"
+        assert f"failed to boot ({why}); restarting in" in log, log
         (broken,) = up.workers("broken")
-        assert broken["last_exit"] == "failed to boot (RuntimeError: no model file here)"
+        assert broken["last_exit"] == f"failed to boot ({why})"
         assert 1 <= log.count("failed to boot") <= 4, log  # 2 s, 4 s, ... apart: no hot loop
         assert boots >= 1
     finally:
@@ -153,10 +154,11 @@ def test_a_failing_slot_logs_its_traceback_once_not_at_every_retry(tmp_path: Pat
         assert log.count("Traceback (most recent call last)") == 1, log
         assert log.count("in helper") == 1, log  # the traceback's frames, once
         # Each retry still says what failed and why, in one line of its own.
-        again = "cannot load broken:job for broken: RuntimeError: no model file here (as on the"
+        why = f"RuntimeError: no model file here at {tmp_path / 'broken.py'}:2"  # in helper()
+        again = f"cannot load broken:job for broken: {why} (as on the"
         assert log.count(again) >= 2, log
         (broken,) = up.workers("broken")
-        assert broken["last_exit"] == "failed to boot (RuntimeError: no model file here)"
+        assert broken["last_exit"] == f"failed to boot ({why})"
     finally:
         assert up.stop() == 0
 

@@ -1,0 +1,56 @@
+"""What a worker says when its target's module cannot be imported: the error and where, in
+one line, for `farm reload`, `farm restart` and `farm ps` (its traceback is in the log only)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from farm.targets import load_failure, load_target
+
+
+@pytest.fixture
+def modules(tmp_path: Path) -> Iterator[Path]:
+    sys.path.insert(0, str(tmp_path))
+    try:
+        yield tmp_path
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in [m for m in sys.modules if m.startswith("broken_")]:
+            del sys.modules[name]
+
+
+@pytest.mark.parametrize(
+    ("source", "line", "error"),
+    [
+        # SyntaxError's own text named the file by its base name alone: which of the
+        # deploy's copies of worker.py was it?
+        ("x = 1\ndef job(j) oops\n", 2, "SyntaxError: expected ':'"),
+        # Raised while the module ran: the one line named no file at all.
+        ("import os\n\nraise RuntimeError('no model file here')\n", 3, "RuntimeError: no model"),
+        ("import broken_no_such_dependency\n", 1, "ModuleNotFoundError: No module named"),
+    ],
+)
+def test_a_target_that_cannot_be_imported_is_told_with_its_file_and_line(
+    modules: Path, source: str, line: int, error: str
+) -> None:
+    path = modules / "broken_worker.py"
+    path.write_text(source)
+    with pytest.raises(Exception) as raised:
+        load_target("broken_worker:job")
+    why = load_failure(raised.value)
+    assert why.startswith(error), why
+    assert why.endswith(f" at {path}:{line}"), why
+    assert "\n" not in why
+
+
+def test_an_error_of_farm_s_own_loading_names_no_file(modules: Path) -> None:
+    (modules / "broken_empty.py").write_text("")
+    with pytest.raises(AttributeError) as raised:  # not the module's code: no line of it
+        load_target("broken_empty:job")
+    assert load_failure(raised.value) == (
+        "AttributeError: module 'broken_empty' has no attribute 'job'"
+    )
