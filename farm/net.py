@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Literal, TypeVar
 
+from farm.paths import MAX_SOCKET_PATH, socket_path_problem  # where the rule is written
 from farm.tlsfiles import tls_context  # farm.net.tls_context, as docs/client.md names it
 
 __all__ = [
@@ -68,22 +69,6 @@ class AddressError(ValueError):
 
 class SocketPathTooLong(AddressError):
     """A ``unix:`` path longer than any socket's: no bind or connect can ever work."""
-
-
-#: The longest Unix socket path Linux binds or connects to (sun_path: 108 bytes with its NUL).
-MAX_SOCKET_PATH = 107
-
-
-def socket_path_problem(path: str, example: str = "/run/farm/gearman.sock") -> str | None:
-    """Why ``path`` cannot be a Unix socket's (None: it can, as far as its length goes);
-    ``example`` is a path that can, for the fix."""
-    size = len(os.fsencode(path))
-    if size > MAX_SOCKET_PATH:
-        return (
-            f"{path} is {size} bytes, longer than a Unix socket path may be"
-            f" ({MAX_SOCKET_PATH}); choose a shorter path, e.g. {example}"
-        )
-    return None
 
 
 @dataclass(frozen=True, slots=True)

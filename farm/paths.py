@@ -175,17 +175,45 @@ def runtime_dir() -> Path:
     """Where sockets go when no config names them (never needs root): systemd's
     ``$RUNTIME_DIRECTORY`` when it is farm's (RuntimeDirectory=farm; the fallback in /tmp
     is the service's own under PrivateTmp=), else ``$XDG_RUNTIME_DIR/farm``, else
-    ``fallback_runtime_dir()``."""
+    ``fallback_runtime_dir()``: either of the first two only where farm's sockets in it
+    have paths short enough for a socket (``_sockets_fit``)."""
     systemd = os.environ.get("RUNTIME_DIRECTORY")
     if systemd:
         own = Path(systemd.split(":")[0])
         # farm's own unit (a caller in another unit has its own), made for its user
-        if own.name == "farm" and _own_directory(str(own)):
+        if own.name == "farm" and _own_directory(str(own)) and _sockets_fit(own):
             return own
     xdg = _xdg("XDG_RUNTIME_DIR")
-    if xdg and _own_directory(xdg):
+    if xdg and _own_directory(xdg) and _sockets_fit(Path(xdg) / "farm"):
         return Path(xdg) / "farm"
     return fallback_runtime_dir()
+
+
+#: The longest Unix socket path Linux binds or connects to (sun_path: 108 bytes with its NUL).
+MAX_SOCKET_PATH = 107
+
+
+def socket_path_problem(path: str, example: str = "/run/farm/gearman.sock") -> str | None:
+    """Why ``path`` cannot be a Unix socket's (None: it can, as far as its length goes);
+    ``example`` is a path that can, for the fix."""
+    size = len(os.fsencode(path))
+    if size > MAX_SOCKET_PATH:
+        return (
+            f"{path} is {size} bytes, longer than a Unix socket path may be"
+            f" ({MAX_SOCKET_PATH}); choose a shorter path, e.g. {example}"
+        )
+    return None
+
+
+#: The sockets farm makes in its runtime directory by default.
+_SOCKET_NAMES = ("control.sock", "gearman.sock")
+
+
+def _sockets_fit(directory: Path) -> bool:
+    """Whether farm's sockets in ``directory`` would have paths a socket may have. Under a
+    long one, every default address was a config error naming the built-in defaults, and
+    `farm up`, `farm status` and farm.Client() failed, though the TCP one would have done."""
+    return all(socket_path_problem(str(directory / name)) is None for name in _SOCKET_NAMES)
 
 
 def _own_directory(path: str) -> bool:

@@ -855,3 +855,31 @@ def test_a_target_in_a_working_directory_others_may_write_is_not_found(
     assert f"no module named 'mine'; check the spelling and PYTHONPATH (not in {tmp_path}:" in (
         message
     )
+
+
+def test_a_runtime_dir_too_long_for_a_socket_is_passed_over(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A $XDG_RUNTIME_DIR so long that farm/control.sock in it is longer than a socket path
+    # may be: every default address was a config error naming the built-in defaults ("fix
+    # it there"), and farm.Client(), farm status and farm up failed, the TCP fallback too.
+    from farm.discovery import client_servers
+
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    monkeypatch.delenv("FARM_SERVERS", raising=False)
+    monkeypatch.delenv("GEARMAN_SERVERS", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.chdir(tmp_path)  # no farm.toml found here
+    deep = tmp_path / ("r" * (110 - len(str(tmp_path))))
+    deep.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(deep))
+    fallback = Path(f"/tmp/farm-{os.getuid()}")
+    assert runtime_dir() == fallback
+    assert config.load(None).supervisor.control == f"{fallback}/control.sock"
+    servers = client_servers()
+    assert "127.0.0.1:4730" in ([servers] if isinstance(servers, str) else servers)
+    # one that fits is still the one used
+    short = tmp_path / "run"
+    short.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(short))
+    assert runtime_dir() == short / "farm"
