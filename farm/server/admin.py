@@ -112,7 +112,9 @@ def _gearmand_args(line: str) -> list[str]:
 
 def _atoi(word: str) -> int:
     """A size as gearmand's atoi reads it: its leading digits (`2x` is 2), 0 when none. At
-    most 18 of them, past which either server has no limit (int() raised past 4300)."""
+    most 18 of them (int() raised past 4300); a size past a C int's is farm's as written,
+    where gearmand's int keeps its low 32 bits (4294967297 is 1 there), which no one
+    would mean."""
     digits = re.match(r"[+-]?[0-9]{1,18}", word)
     return int(digits[0]) if digits else 0
 
