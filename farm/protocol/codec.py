@@ -73,6 +73,8 @@ UNPRINTABLE = re.compile(rb"[\x00-\x1f\x7f]|\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]")
 OPTION_HELD_GRAB = b"held-grab"
 #: OPTION_REQ of a held-grab worker on a Unix socket: reading a pushed job accepts it.
 OPTION_READ_ACCEPT = b"read-accept"
+#: OPTION_REQ of a held-grab worker: tell it (JOB_REVOKE) of a pushed job taken back.
+OPTION_REVOKE = b"revoke"
 #: OPTION_REQ of a client that needs no JOB_CREATED before the job's next news.
 OPTION_LAZY_CREATED = b"lazy-created"
 #: OPTION_REQ of a worker asking whether WORK_EXCEPTION is safe to send: the server hands
@@ -126,6 +128,7 @@ class PacketType(enum.IntEnum):
     # farm's own, after OPTION_REQ held-grab only (docs/held-grab.md); gearmand numbers
     # its packets one by one and is at 42, so farm's start at 200.
     JOB_ACCEPT = 200
+    JOB_REVOKE = 201  # S→W, after OPTION_REQ revoke
 
 
 PT = PacketType
@@ -205,6 +208,7 @@ PACKETS: dict[int, PacketSpec] = {
         _spec(PT.GET_STATUS_UNIQUE, "unique"),
         _spec(PT.STATUS_RES_UNIQUE, "unique known running numerator denominator client_count"),
         _spec(PT.JOB_ACCEPT, "handle"),
+        _spec(PT.JOB_REVOKE, "handle"),
     )
 }
 

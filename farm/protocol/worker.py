@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from farm.protocol.codec import (
     OPTION_HELD_GRAB,
     OPTION_READ_ACCEPT,
+    OPTION_REVOKE,
     OPTION_WORK_EXCEPTION,
     Packet,
     PacketType,
@@ -73,6 +74,7 @@ _ERROR, _OPTION_RES, _NO_JOB, _NOOP = (
 )
 _JOB_ASSIGN, _JOB_ASSIGN_UNIQ = int(PT.JOB_ASSIGN), int(PT.JOB_ASSIGN_UNIQ)
 _WORK_COMPLETE = int(PT.WORK_COMPLETE)
+_JOB_REVOKE = int(PT.JOB_REVOKE)
 _GRAB = encode_req(PT.GRAB_JOB_UNIQ)
 _ABSENT = object()  # an ability's timeout may be None
 _PRE_SLEEP = encode_req(PT.PRE_SLEEP)
@@ -141,7 +143,7 @@ class WorkerSession:
         self._withdrawn.clear()
         self._asking = [OPTION_WORK_EXCEPTION]
         if self.want_held:
-            self._asking += [OPTION_HELD_GRAB, OPTION_READ_ACCEPT]
+            self._asking += [OPTION_HELD_GRAB, OPTION_READ_ACCEPT, OPTION_REVOKE]
         for option in self._asking:
             self._out += encode_req(PT.OPTION_REQ, option)
         if self.client_id:
@@ -227,8 +229,9 @@ class WorkerSession:
                     self.exception_ok = ptype == _OPTION_RES
                 elif option == OPTION_HELD_GRAB:
                     self.held = ptype == _OPTION_RES
-                else:
+                elif option == OPTION_READ_ACCEPT:
                     self.read_accept = self.held and ptype == _OPTION_RES
+                # (revoke: a server that agreed sends JOB_REVOKE; nothing to remember)
                 continue
             if ptype == _ERROR:
                 code, text = (a.decode("utf-8", "replace") for a in args)  # as a client reads it
@@ -236,6 +239,9 @@ class WorkerSession:
                 continue
             nxt = _WORKER_TRANSITIONS.get((self.state, ptype))
             if nxt is None:
+                if ptype == _JOB_REVOKE:  # in no state's table: looked for only here
+                    self._revoked(args[0], events)
+                    continue
                 raise ProtocolError(f"{packet.name} is unexpected while {self.state.value}")
             self.state = nxt
             if ptype == _JOB_ASSIGN_UNIQ:
@@ -270,6 +276,26 @@ class WorkerSession:
             unique=unique.decode("utf-8", "surrogateescape"),
             data=data,
         )
+
+    def _revoked(self, handle: bytes, events: list[object]) -> None:
+        """JOB_REVOKE: the server took back the job ``handle`` pushed to us, as we had not
+        accepted it within its --wake-deadline (stopped, or starved of CPU), and gave it to
+        another worker. Assigned in this same read, it has not run: it is dropped, with its
+        JOB_ACCEPT, and the connection grabs again, as the server now expects. A job
+        assigned in an earlier read has run or runs (the server drops its answers), and
+        one not in hand is no news: both are ignored (docs/held-grab.md, revoke)."""
+        if self.state is not _WORKING or handle != self._handle:
+            return
+        # In hand, the newest assignment of this read is this job's, if it came in it.
+        at = next((i for i in reversed(range(len(events))) if type(events[i]) is JobAssigned), -1)
+        if at < 0:
+            return
+        del events[at]
+        accept = encode_req(PT.JOB_ACCEPT, handle)
+        sent = self._out.rfind(accept)
+        if sent >= 0:
+            del self._out[sent : sent + len(accept)]
+        self._job_ended()
 
     def _expect(self, state: WorkerState, action: str) -> None:
         if self.state is not state:

@@ -191,18 +191,20 @@ class Dispatch(Abilities):
             self.functions[job.function].stats.timed_out[job.priority] += 1
             self.finish(worker, job, Outcome.FAIL)
 
-    def take_back(self, worker: Peer, job: Job) -> None:
+    def take_back(self, worker: Peer, job: Job) -> bool:
         """A job pushed to a worker's held grab that it did not accept in time: it goes back
         to the head of its queue for another worker, with no retry counted (it never
-        started); should the worker run it after all, its answers are dropped."""
+        started); should the worker run it after all, its answers are dropped. False if the
+        worker no longer held it (nothing taken back)."""
         if job.worker is not worker or worker.running.get(job.handle) is not job:
-            return
+            return False
         self._drop_answers(worker, job)
         self._stop_running(worker, job)
         worker.late = True  # as a woken worker past its deadline (Sleepers._add_sleeper)
         fq = self.function(job.function)
         fq.push(job, front=True)
         self._wake(fq)
+        return True
 
     @staticmethod
     def _drop_answers(worker: Peer, job: Job) -> None:

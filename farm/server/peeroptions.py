@@ -2,7 +2,7 @@
 :class:`farm.server.connection.Connection`.
 
 OPTION_REQ turns on what gearmand offers (``exceptions``) and farm's own extensions
-(held grab, read-accept, lazy-created: docs/held-grab.md); SET_CLIENT_ID names the peer
+(held grab, read-accept, revoke, lazy-created: docs/held-grab.md); SET_CLIENT_ID names the peer
 in the ``workers`` listing. The state lives on the connection (``Connection.__init__``).
 """
 
@@ -36,6 +36,7 @@ class PeerOptions:
     exceptions: bool
     may_hold_grab: bool
     read_accept: bool
+    revoke: bool
     lazy_created: bool
     client_id: bytes
 
@@ -51,6 +52,9 @@ class PeerOptions:
             self.send(encode_res(T.OPTION_RES, name))
         elif name == p.OPTION_READ_ACCEPT and self.ip == "unix":  # outq is told on Unix only
             self.read_accept = True
+            self.send(encode_res(T.OPTION_RES, name))
+        elif name == p.OPTION_REVOKE:
+            self.revoke = True
             self.send(encode_res(T.OPTION_RES, name))
         elif name == p.OPTION_WORK_EXCEPTION:  # what farm does anyway: see the constant
             self.send(encode_res(T.OPTION_RES, name))

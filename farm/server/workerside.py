@@ -89,6 +89,7 @@ class WorkerSide:
     when_sent: Callable[[Callable[[], None]], None]
     running: dict[bytes, Job]
     read_accept: bool  # negotiated: having read a pushed job accepts it
+    revoke: bool  # negotiated: a push taken back is followed by JOB_REVOKE
     heard_since_push: bool  # a packet came from the worker after the push
     expired: dict[bytes, int]  # handle -> times the job timed out or was taken back here
     excepted: bytes | None  # the last job this worker ended with WORK_EXCEPTION
@@ -177,7 +178,10 @@ class WorkerSide:
             job.handle.decode(),
             self.hub.unaccepted.length,
         )
-        self.jobs.take_back(self.peer(), job)
+        if self.jobs.take_back(self.peer(), job) and self.revoke:
+            # Behind the assignment it has not read: reading both, it lets the job go
+            # rather than run it a second time (docs/held-grab.md, revoke).
+            self.send(encode_res(T.JOB_REVOKE, job.handle))
 
     def accept(self, args: tuple[bytes, ...]) -> None:
         if not self.may_hold_grab:  # as for any packet type this server does not know

@@ -218,7 +218,8 @@ def test_max_tasks_per_child(shared: Farm) -> None:
     # One worker (farm.solo): the calls run in it until it has run three tasks, then in the
     # supervisor's new worker. Its tasks are counted, not the calls: a call pushed to a
     # worker that the machine left unscheduled past the server's --wake-deadline is taken
-    # back and pushed to it again (docs/held-grab.md), and it runs it twice, two tasks. On a
+    # back and pushed to it again (docs/held-grab.md), and read just as the deadline passed
+    # (before its JOB_REVOKE: docs/held-grab.md, what remains) it runs twice, two tasks. On a
     # loaded machine (the suite on 3 xdist workers, 2 cores) the third call once ran in
     # the new worker: [A, A, B, ...], not [A, A, A, B].
     (solo,) = shared.up.workers("farm.solo")

@@ -101,6 +101,9 @@ def test_a_pushed_job_not_accepted_in_time_goes_to_another_worker(hub: Hub) -> N
 
     stuck.conn.not_accepted(pushed)  # what the WAKE_DEADLINE timer does
     assert pushed.worker is None and pushed.retries == 0, "back in the queue, no retry"
+    hub.flush()
+    revoke = p.encode_res(T.JOB_REVOKE, pushed.handle)
+    assert stuck.transport.take() == revoke, "it asked to be told (OPTION_REQ revoke)"
     other_session.grab()
     (job,) = other.pump()
     assert isinstance(job, JobAssigned) and job.handle == task.handle
@@ -108,7 +111,8 @@ def test_a_pushed_job_not_accepted_in_time_goes_to_another_worker(hub: Hub) -> N
     other.pump()
     assert client.pump() == [JobEnded(task=task)] and task.result == b"from the other"
 
-    # The stuck worker wakes up, accepts and answers: dropped, no ERROR, no second result.
+    # The stuck worker had read the push before the revoke (the race docs/held-grab.md
+    # names), so it accepts and answers: dropped, no ERROR, no second result.
     stuck.conn.data_received(
         p.encode_req(T.JOB_ACCEPT, pushed.handle)
         + p.encode_req(T.WORK_COMPLETE, pushed.handle, b"late")
@@ -151,3 +155,83 @@ def test_wake_deadline_sets_both_deadlines_and_bad_values_are_usage_errors(
             parse_args(["--wake-deadline", bad])
         assert exit_.value.code == 2
         assert "--wake-deadline" in capsys.readouterr().err
+
+
+def pushed_and_taken_back(hub: Hub) -> tuple[Wire, WorkerSession, Task[None], bytes, bytes]:
+    """A held-grab worker whose pushed job is taken back unread: the worker's wire, its
+    session, the client's task, and what the server wrote to it: the push, the revoke."""
+    stuck, session = held_worker(hub, "f")
+    session.grab()
+    stuck.pump()
+    client = Wire(hub, ClientSession("mem"))
+    task: Task[None] = Task("f", b"x")
+    client.session.submit(task)  # type: ignore[union-attr]
+    client.pump()
+    pushed = stuck.conn.pushed
+    assert pushed is not None
+    push = stuck.transport.take()
+    stuck.conn.not_accepted(pushed)  # what the WAKE_DEADLINE timer does
+    hub.flush()
+    return stuck, session, task, push, stuck.transport.take()
+
+
+def test_a_push_read_together_with_its_revoke_is_not_run(hub: Hub) -> None:
+    stuck, session, task, push, revoke = pushed_and_taken_back(hub)
+    assert [pkt.type for pkt in p.Decoder().feed(revoke)] == [T.JOB_REVOKE]  # type: ignore[union-attr]
+    # Stopped past the deadline, it reads both at once: nothing to run, nothing owed.
+    assert session.receive(push + revoke) == []
+    assert session.state is WorkerState.READY and session.handle is None
+    assert session.data_to_send() == b"", "no JOB_ACCEPT for it"
+    # It grabs again, as the server expects after a take-back: the job waits at the head
+    # of its queue (nobody else here), so the grab gets it at once, to run now.
+    session.grab()
+    (job,) = stuck.pump()
+    assert isinstance(job, JobAssigned) and job.handle == task.handle
+    assert session.data_to_send() == b"", "an answer to a grab needs no JOB_ACCEPT"
+
+
+def test_a_revoke_read_after_its_job_came_is_ignored(hub: Hub) -> None:
+    _, session, task, push, revoke = pushed_and_taken_back(hub)
+    assert [pkt.type for pkt in p.Decoder().feed(revoke)] == [T.JOB_REVOKE]  # type: ignore[union-attr]
+    (job,) = session.receive(push)  # read before the revoke: the job runs here
+    assert isinstance(job, JobAssigned) and job.handle == task.handle
+    session.data_to_send()
+    assert session.receive(revoke) == []
+    assert session.state is WorkerState.WORKING and session.handle == task.handle
+    session.complete(b"late")  # its answer goes (the server drops it)
+    session.grab()
+    assert session.receive(revoke) == [], "a revoke for a job no longer in hand"
+    assert session.state is WorkerState.GRABBING
+
+
+def test_a_connection_that_did_not_ask_is_not_told_of_a_take_back(hub: Hub) -> None:
+    wire = Wire(hub, ClientSession("mem"))  # a raw worker: only its bytes matter
+    wire.conn.data_received(
+        p.encode_req(T.OPTION_REQ, p.OPTION_HELD_GRAB)
+        + p.encode_req(T.CAN_DO, b"f")
+        + p.encode_req(T.GRAB_JOB_UNIQ)
+    )
+    hub.flush()
+    assert wire.transport.take() == p.encode_res(T.OPTION_RES, p.OPTION_HELD_GRAB)
+    client = Wire(hub, ClientSession("mem"))
+    client.session.submit(Task("f", b"x"))  # type: ignore[union-attr]
+    client.pump()
+    pushed = wire.conn.pushed
+    assert pushed is not None and wire.transport.take()
+    wire.conn.not_accepted(pushed)
+    hub.flush()
+    assert pushed.worker is None, "taken back"
+    assert wire.transport.take() == b"", "no JOB_REVOKE: a packet it does not know"
+
+
+def test_revoke_is_an_option_only_farm_knows() -> None:
+    session = WorkerSession({"f": None}, held_grab=True)
+    session.connected()
+    asked = [pkt.args for pkt in p.Decoder().feed(session.data_to_send())[:4]]  # type: ignore[union-attr]
+    assert asked[-1] == (p.OPTION_REVOKE,), "asked with held-grab and read-accept"
+    refused = p.encode_res(T.ERROR, b"UNKNOWN_OPTION", b"Server does not recognize given option")
+    # farm over TCP: work-exception and held-grab yes, read-accept no; then a server
+    # without revoke (an older farm): the held grab goes on, told nothing of take-backs.
+    answers = [p.encode_res(T.OPTION_RES, o) for o in (b"work-exception", b"held-grab")]
+    assert session.receive(b"".join(answers) + refused + refused) == []
+    assert session.held and not session.read_accept

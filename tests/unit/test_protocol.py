@@ -12,7 +12,7 @@ from farm.protocol import admin as pa
 
 
 def test_table_covers_every_type_from_1_to_42_but_5_and_farms_own() -> None:
-    assert sorted(p.PACKETS) == [t for t in range(1, 43) if t != 5] + [T.JOB_ACCEPT]
+    assert sorted(p.PACKETS) == [t for t in range(1, 43) if t != 5] + [T.JOB_ACCEPT, T.JOB_REVOKE]
     for number, spec in p.PACKETS.items():
         assert T(number).name == spec.name
 
