@@ -218,7 +218,7 @@ class Sampler:
 def slot_pids(sample: Sample) -> dict[tuple[str, int], int]:
     """The pid of each (pool, slot)'s process in a reading's `ps`: its first row, as `ps`
     lists a slot's own process before a `farm restart` successor and the retiring ones,
-    which may name the slot too (an empty slot's row has pid 0)."""
+    which may name the slot too (an empty slot's row has no pid: None)."""
     pids: dict[tuple[str, int], int] = {}
     for r in sample.processes:
         if r.get("slot") is not None:

@@ -236,9 +236,10 @@ class WorkerProcess:
             self.state = ProcState.BUSY if now.busy_since is not None else ProcState.IDLE
 
     def seen_now(self) -> tuple[ProcState, int]:
-        """Its state and jobs done as its record says now, changing nothing: what another
-        thread (the metrics endpoint's) may read, where ``refresh`` is the loop's own, up to
-        a second old by the time of a scrape."""
+        """Its state and jobs done as its record says now, changing none of the slot's own
+        fields (the reader keeps its last reading): what another thread (the metrics
+        endpoint's) may read, where ``refresh`` is the loop's own, up to a second old by the
+        time of a scrape."""
         record, state = self.record, self.state
         if record is None:
             return state, self.jobs_done
