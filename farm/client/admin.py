@@ -7,8 +7,10 @@ reply is whole, close.
 
 from __future__ import annotations
 
+import socket
 import ssl
 import threading
+import time
 
 from farm.net import connect, recv
 from farm.protocol import ProtocolError
@@ -27,47 +29,52 @@ def admin_query(
     would otherwise pass for (a TLS listener spoken to in plain text closes it unanswered).
     """
     with connect(address, timeout, tls) as sock:
-        sock.settimeout(timeout)
-        sock.sendall(command.encode() + b"\n")
-        # A bytearray: a listing may be tens of MB (any local user can make the server hold
-        # 65,536 functions), and bytes joined chunk by chunk took 12 s to read 34 MB.
-        buf = bytearray()
-        while not reply_complete(buf):
-            data = recv(sock, 65536)
-            if not data:
-                hint = "" if buf or tls else " (a TLS server? set $FARM_TLS_CA)"
-                what = command.split()[0] if command.strip() else command
-                raise ConnectionError(
-                    f"the job server closed the connection before answering {what!r}{hint}"
-                )
-            buf += data
+        return _reply(sock, command, timeout, tls)
+
+
+def _reply(sock: socket.socket, command: str, timeout: float, tls: ssl.SSLContext | None) -> str:
+    sock.settimeout(timeout)
+    sock.sendall(command.encode() + b"\n")
+    # A bytearray: a listing may be tens of MB (any local user can make the server hold
+    # 65,536 functions), and bytes joined chunk by chunk took 12 s to read 34 MB.
+    buf = bytearray()
+    while not reply_complete(buf):
+        data = recv(sock, 65536)
+        if not data:
+            hint = "" if buf or tls else " (a TLS server? set $FARM_TLS_CA)"
+            what = command.split()[0] if command.strip() else command
+            raise ConnectionError(
+                f"the job server closed the connection before answering {what!r}{hint}"
+            )
+        buf += data
     return buf.decode("utf-8", "replace")
 
 
-def function_workers(addresses: list[str], function: str, *, timeout: float = 2.0) -> int | None:
+#: How long a server has to answer ``status`` before the next one is asked too (RFC 8305's
+#: Connection Attempt Delay: a live server on this network answers in milliseconds).
+STAGGER = 0.25
+
+
+def function_workers(
+    addresses: list[str], function: str, *, timeout: float = 2.0, stagger: float = STAGGER
+) -> int | None:
     """How many workers serve ``function`` on the first of ``addresses`` that answers
     ``status`` (0 when it lists none), or None when none answers.
 
-    Every server is asked at once, each in a thread of its own: asked in turn, each hung
-    server (one that accepts and never answers) ahead of the answering one cost a whole
-    ``timeout``, and an Executor's constructor waited for all of them in a row."""
-    if len(addresses) == 1:
-        return _count(_status_rows(addresses[0], timeout), function)
-    asks = [_Ask(address, timeout) for address in addresses]
-    for ask in asks:  # in the given order: the first that answers counts, as before
-        ask.done.wait()  # no longer than its timeout: admin_query gives up then
-        count = _count(ask.outcome, function)
-        if count is not None:
-            return count
-    return None
-
-
-def _status_rows(address: str, timeout: float) -> list[StatusRow] | None:
-    """The server's ``status`` listing; None when it does not answer."""
+    Asked in turn, each hung server (one that accepts and never answers) ahead of the
+    answering one cost a whole ``timeout``; asked all at once, every server got a connection
+    and sent its whole listing (it can be large) when one answer was enough. So, as happy
+    eyeballs: the first is asked at once, the next when the one before failed or has not
+    answered within ``stagger`` seconds, and once the first in the given order that answers
+    has, the others are closed and no more are asked. Each server has ``timeout`` to answer,
+    and the whole wait ends by ``timeout`` after the last one could have been asked, even
+    with a server that trickles its bytes or a name that takes long to resolve.
+    """
+    asks = _Asks(addresses, timeout, stagger)
     try:
-        return parse_status(admin_query(address, "status", timeout=timeout))
-    except (OSError, ValueError, ProtocolError):
-        return None
+        return _count(asks.first_answer(), function)
+    finally:
+        asks.close()
 
 
 def _count(rows: list[StatusRow] | BaseException | None, function: str) -> int | None:
@@ -78,23 +85,114 @@ def _count(rows: list[StatusRow] | BaseException | None, function: str) -> int |
     return next((row.workers for row in rows if row.function == function), 0)
 
 
+class _Asks:
+    """The ``status`` asks of one ``function_workers``, started in the order given; one
+    condition, notified by each ask that ends, guards them all."""
+
+    def __init__(self, addresses: list[str], timeout: float, stagger: float) -> None:
+        self.addresses = addresses
+        self.timeout = timeout
+        self.stagger = stagger
+        self.changed = threading.Condition()
+        self.started: list[_Ask] = []
+        self.deadline = time.monotonic() + timeout + stagger * max(len(addresses) - 1, 0)
+
+    def first_answer(self) -> list[StatusRow] | BaseException | None:
+        """The outcome of the first server in the given order that answers; None when none
+        does by its time (a server still undecided at the deadline counts as not answering)."""
+        next_at = time.monotonic()
+        with self.changed:
+            while True:
+                now = time.monotonic()
+                undecided = [ask for ask in self.started if not ask.gave_up(now, self.deadline)]
+                for ask in self.started:
+                    if ask.answered:
+                        return ask.outcome  # every ask before it failed or gave up
+                    if ask in undecided:
+                        break
+                else:
+                    if len(self.started) == len(self.addresses):
+                        return None
+                    next_at = now  # every server asked so far failed: ask the next at once
+                answered = any(ask.answered for ask in self.started)
+                more = len(self.started) < len(self.addresses) and not answered
+                if more and now >= next_at:
+                    address = self.addresses[len(self.started)]
+                    self.started.append(_Ask(address, self.timeout, self.changed))
+                    next_at = now + self.stagger
+                    continue
+                wake = min([self.deadline, *(ask.expires for ask in undecided)])
+                if more:
+                    wake = min(wake, next_at)
+                self.changed.wait(max(wake - now, 0))
+
+    def close(self) -> None:
+        for ask in self.started:
+            ask.close()
+
+
 class _Ask:
-    """One server's ``status``, asked in a daemon thread: a hung server left behind once
-    another answered holds no exit (it gives up within its timeout anyway)."""
+    """One server's ``status``, asked in a daemon thread: one stuck in a name lookup or in
+    a connect left behind holds no exit, and closes its socket once it has one."""
 
-    def __init__(self, address: str, timeout: float) -> None:
+    def __init__(self, address: str, timeout: float, changed: threading.Condition) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.changed = changed
+        self.expires = time.monotonic() + timeout
         self.outcome: list[StatusRow] | BaseException | None = None
-        self.done = threading.Event()
+        self.done = False
+        self.closed = False
+        self.sock: socket.socket | None = None
         name = f"farm-status {address}"
-        threading.Thread(target=self._run, args=(address, timeout), name=name, daemon=True).start()
+        threading.Thread(target=self._run, name=name, daemon=True).start()
 
-    def _run(self, address: str, timeout: float) -> None:
+    @property
+    def answered(self) -> bool:
+        return self.done and self.outcome is not None
+
+    def gave_up(self, now: float, deadline: float) -> bool:
+        """Failed, or out of time: its ``timeout`` bounds each read, not a trickling reply."""
+        return (self.done and self.outcome is None) or now >= min(self.expires, deadline)
+
+    def close(self) -> None:
+        """Stop asking: a listing still coming in is cut off (its reader wakes and ends)."""
+        with self.changed:
+            self.closed = True
+            if self.sock is not None:
+                try:
+                    self.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already gone
+
+    def _run(self) -> None:
+        outcome: list[StatusRow] | BaseException | None
         try:
-            self.outcome = _status_rows(address, timeout)
+            outcome = self._rows()
         except BaseException as exc:  # raised in the caller's thread, as when asked there
-            self.outcome = exc
-        finally:
-            self.done.set()
+            outcome = exc
+        with self.changed:
+            self.outcome = outcome
+            self.done = True
+            self.changed.notify_all()
+
+    def _rows(self) -> list[StatusRow] | None:
+        try:
+            sock = connect(self.address, self.timeout)
+        except (OSError, ValueError):
+            return None
+        with sock:
+            with self.changed:
+                if self.closed:
+                    return None
+                self.sock = sock
+            try:
+                return parse_status(_reply(sock, "status", self.timeout, None))
+            except (OSError, ValueError, ProtocolError):
+                return None
+            finally:
+                with self.changed:
+                    self.sock = None
 
 
 def server_metrics(address: str, *, timeout: float = 5.0) -> str:

@@ -3,10 +3,12 @@ them for, and the connections its pump holds on them."""
 
 from __future__ import annotations
 
+import select
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,53 @@ def hung_listeners(stack: ExitStack, count: int) -> list[str]:
     return [f"127.0.0.1:{listener.getsockname()[1]}" for listener in listeners]
 
 
+@contextmanager
+def fake_admin(answer: Callable[[socket.socket, threading.Event], None]) -> Iterator[str]:
+    """A listener whose every connection, once it sent its command, is ``answer``ed in a
+    thread of its own (told by the event to stop); its address. What it does is the client's
+    rule under test: a real server answers too soon, and at no chosen time."""
+    stop = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(1024)  # the command, sent in one piece
+                answer(conn, stop)
+            except OSError:
+                pass  # the client gave up on it
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # shut down: the test is over
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the accept
+        listener.close()
+
+
+def answering_after(delay: float, workers: int) -> Callable[[socket.socket, threading.Event], None]:
+    def answer(conn: socket.socket, stop: threading.Event) -> None:
+        stop.wait(delay)
+        conn.sendall(f"farm.python\t0\t0\t{workers}\n.\n".encode())
+
+    return answer
+
+
+def trickling(conn: socket.socket, stop: threading.Event) -> None:
+    """A line of a listing every 50 ms, and never its end: each read gets something."""
+    while not stop.wait(0.05):
+        conn.sendall(b"farm.python\t0\t0\t1\n")
+
+
 def pool_workers(make: Callable[[str], Peer], srv: Server, count: int) -> None:
     for _ in range(count):
         worker = make(f"unix:{srv.unix}")
@@ -51,31 +100,35 @@ def pool_workers(make: Callable[[str], Peer], srv: Server, count: int) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_the_pool_size_is_asked_of_every_server_at_once(
+def test_hung_servers_ahead_of_the_answering_one_are_not_waited_for_in_turn(
     server: Server, key: str, peer_factory: Callable[[str], Peer]
 ) -> None:
     # Asked in turn, each hung server ahead of the answering one held the constructor for
-    # the whole 1 s wait: three of them, 3 s. Asked at once, the three waits are one.
+    # the whole 1 s wait: six of them, 6 s. Staggered, each is left unanswered for 0.25 s
+    # before the next is asked, and the answer counts once the last hung one gave up:
+    # 5 x 0.25 + 1 = 2.25 s (all at once, 1 s).
     pool_workers(peer_factory, server, WORKERS)
     with ExitStack() as stack:
-        servers = [*hung_listeners(stack, 3), server.addr]
+        servers = [*hung_listeners(stack, 6), server.addr]
         began = time.monotonic()
         ex = farm.Executor(servers=servers, key_file=key)
         took = time.monotonic() - began
         ex.shutdown()
     assert ex._max_workers == WORKERS  # the first server that answers is the one counted
-    # No event to wait on here: the constructor's time itself is what is tested. 2 s is
-    # twice the one wait it needs, and 1 s short of the three in a row it needed.
-    assert took < 2.0, f"the constructor took {took:.2f}s"
+    # No event to wait on here: the constructor's time itself is what is tested. 4 s is
+    # 1.75 s over the staggered wait, and 2 s short of the six waits in a row.
+    assert took < 4.0, f"the constructor took {took:.2f}s"
 
 
 @pytest.mark.timeout(60)
 def test_the_first_server_that_answers_is_counted_not_the_quickest(
     server: Server, farm_server: Server, peer_factory: Callable[[str], Peer]
 ) -> None:
-    # Asked at once, both live servers answer while the hung one still waits: the count is
-    # still the first answering one's in the order given, as when they were asked in turn.
     pool_workers(peer_factory, server, WORKERS)
+    # The first answers after 0.6 s, the second is asked at 0.25 s and answers at once:
+    # the count is still the first's, as when they were asked in turn.
+    with fake_admin(answering_after(0.6, workers=5)) as slow:
+        assert function_workers([slow, farm_server.addr], "farm.python", timeout=5) == 5
     with ExitStack() as stack:
         hung = hung_listeners(stack, 1)
         assert (
@@ -86,6 +139,47 @@ def test_the_first_server_that_answers_is_counted_not_the_quickest(
             == WORKERS
         )
         assert function_workers(hung, "farm.python", timeout=0.2) is None
+
+
+@pytest.mark.timeout(60)
+def test_a_server_after_one_that_answered_is_never_asked(farm_server: Server) -> None:
+    # Asked all at once, every server got a connection and sent its whole status listing
+    # (which can be large) while the first answered in a millisecond. The stagger here is
+    # long, so that a slow answer on a loaded machine does not rightly ask the second.
+    with socket.create_server(("127.0.0.1", 0)) as second:
+        port = second.getsockname()[1]
+        asked = function_workers(
+            [farm_server.addr, f"127.0.0.1:{port}"], "farm.python", timeout=5, stagger=10
+        )
+        assert asked == 0
+        # A connect waits in the listener's accept queue, readable: none came, nor comes.
+        assert select.select([second], [], [], 0.5)[0] == []
+
+
+@pytest.mark.timeout(60)
+def test_the_servers_still_asked_are_closed_once_the_answer_is_known() -> None:
+    # The first answers after 0.6 s; the second (hung) was asked at 0.25 s. Once the first
+    # answered, the second's connection is closed, not left open for its whole timeout.
+    with socket.create_server(("127.0.0.1", 0)) as hung:
+        hung_addr = f"127.0.0.1:{hung.getsockname()[1]}"
+        with fake_admin(answering_after(0.6, workers=5)) as slow:
+            assert function_workers([slow, hung_addr], "farm.python", timeout=30) == 5
+        hung.settimeout(5)
+        conn, _ = hung.accept()
+        with conn:
+            conn.settimeout(5)  # a socket.timeout here: still open, 25 s short of its timeout
+            assert b"".join(iter(lambda: conn.recv(1024), b"")) == b"status\n"
+
+
+@pytest.mark.timeout(20)
+def test_a_server_that_trickles_its_reply_is_given_up_at_the_deadline() -> None:
+    # Each read got a line within the timeout, and the listing never ended: the Executor's
+    # constructor waited for ever.
+    with fake_admin(trickling) as trickler:
+        began = time.monotonic()
+        assert function_workers([trickler], "farm.python", timeout=0.5) is None
+        took = time.monotonic() - began
+    assert took < 5, f"function_workers took {took:.2f}s"
 
 
 def connections(srv: Server) -> int:
@@ -112,6 +206,8 @@ def test_a_connect_no_call_took_yet_is_watched_for_the_server_going(
         with caplog.at_level("WARNING", logger="farm.executor"):
             first = ex.submit(abs, -1)  # no worker: it stays queued on its server
             wait_for("both connects", lambda: connections(farm_server) == connections(other) == 1)
+            # Both may open in one pump turn, before the server read the call's SUBMIT.
+            wait_for("the call queued", lambda: queued(farm_server) + queued(other) == 1)
             busy, idle = (farm_server, other) if queued(farm_server) else (other, farm_server)
             assert queued(busy) == 1 and queued(idle) == 0
             idle.stop()
