@@ -174,10 +174,13 @@ class Links:
 
     def _drop(self, conn: Conn, why: str) -> None:
         """The server went away: every call it held fails (it may or may not have run)."""
-        log.warning("job server %s %s", conn.addr, why)
         self._close(conn)
         self._picker.mark_down(conn.addr)
-        for task in conn.session.connection_lost():
+        lost_tasks = conn.session.connection_lost()
+        # One that held no call is what every routine restart of a server looks like (the
+        # executor keeps a connection to each): no call failed, nothing to warn of.
+        log.log(logging.WARNING if lost_tasks else logging.INFO, "job server %s %s", conn.addr, why)
+        for task in lost_tasks:
             self._in_flight -= 1
             lost = lost_error(conn.addr, task, why)  # its handle may not have come yet
             flight = flight_of(task)
