@@ -131,10 +131,16 @@ class Supervisor(
         setproctitle("farm: supervisor")
         if self.config.local_server:  # before anything starts: exit 2, not restarted
             check_listen_name(self.config.server, self.config.source)
-            check_server_places(self.config.server, self.config.source)
         # The control socket first: a second `farm up` on this config stops here, in one
-        # line naming the supervisor that runs, before it warns about anything.
+        # line naming the supervisor that runs, before it warns about anything, and before
+        # another user's says it may not write the store of a server it would not start.
         self.control = open_control(self.config.supervisor.control, self.config.source)
+        if self.config.local_server:
+            try:
+                check_server_places(self.config.server, self.config.source)
+            except BaseException:
+                self.control.close()  # its path left free, as no `farm up` took it
+                raise
         self.selector.register(self.control, selectors.EVENT_READ, "accept")
         self.install_signals()
         self.adopt_orphans()  # before the first child: what any of them detaches is ours

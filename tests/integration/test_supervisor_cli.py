@@ -262,6 +262,39 @@ def test_a_second_farm_up_on_the_same_config_says_who_runs_in_one_line(tmp_path:
         assert farm.stop() == 0
 
 
+def test_a_second_farm_up_that_may_not_write_the_store_still_says_who_runs(
+    tmp_path: Path,
+) -> None:
+    # Another user's `farm up` on root's config (or this user's, on a store since locked)
+    # said "server.store: ... not writable", exit 2: the store was checked before the
+    # control socket, where a second `farm up` is to stop first, naming who runs.
+    pool = "[functions.reverse]\ntarget = 'workers.text:reverse'\nworkers = 1\n"
+    farm = FarmUp(tmp_path, pool, start=False)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    store = locked / "queue.db"
+    farm.config.write_text(farm.config.read_text().replace('store = "none"', f'store = "{store}"'))
+    farm.start()
+    try:
+        farm.expect_notify("READY=1")
+        locked.chmod(0o555)  # now, not before: the first made its store there
+        argv = [sys.executable, "-c", "from farm.cli import main; main()", "up", "-c"]
+        second = subprocess.run(
+            unprivileged([*argv, farm.config_arg]),
+            cwd=tmp_path,
+            env=farm.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert second.returncode == 1, second.stderr
+        line = one_line_error(second)
+        assert f"another supervisor (pid {farm.proc.pid}) is running" in line
+    finally:
+        locked.chmod(0o755)  # the store's journal comes and goes beside it
+        assert farm.stop() == 0
+
+
 def test_a_control_path_changed_in_the_file_names_where_the_farm_answers(
     tmp_path: Path,
 ) -> None:
@@ -309,6 +342,7 @@ def test_a_store_this_user_cannot_write_is_one_line_before_anything_starts(
     assert line.startswith(f"farm: {up.config}: server.store: "), line
     assert str(locked) in line and 'or "none"' in line, line
     assert list(locked.iterdir()) == []
+    assert not Path(up.control).exists()  # checked once it took it: the path is let go
 
 
 def test_a_unix_socket_this_user_cannot_make_is_one_line_before_anything_starts(
