@@ -45,6 +45,7 @@ from farm.pools.rollout import Restarting, Rollout
 from farm.pools.slots import Slot, WorkerProcess, core_for
 from farm.pools.steering import Duty, Pending, Steering
 from farm.pools.strays import Strays
+from farm.targets import trusted_pythonpath
 from farm.waker import Waker
 
 __all__ = ["Supervisor"]
@@ -100,6 +101,8 @@ class Supervisor(
         self.spawned_before: dict[tuple[str, int], int] = {}  # (pool, slot) of slots let go
         self.child_env = sdnotify.child_environ()
         self.child_env.update(spill_environ(config.executor))  # the Executor's workers' spill
+        if dropped := trusted_pythonpath(self.child_env):  # python -P's children, really
+            log.warning("PYTHONPATH entries %s dropped for the server and workers", dropped)
         self.next_spill_sweep = 0.0
         self.server = LocalServer(
             config.server, self.child_env, log_format=config.supervisor.log_format

@@ -118,6 +118,22 @@ def search_working_directory() -> str | None:
     return cwd
 
 
+def trusted_pythonpath(env: dict[str, str]) -> list[str]:
+    """Drop the empty and relative entries of ``env``'s PYTHONPATH (the environment of the
+    job server and the Python workers) and return them. Python reads them against the
+    working directory (``/srv/app:`` from ``export PYTHONPATH=/srv/app:$PYTHONPATH``),
+    which put it back on ``sys.path`` past ``-P``, whoever may write to it."""
+    value = env.get("PYTHONPATH", "")
+    entries = value.split(os.pathsep) if value else []  # a PYTHONPATH of "" adds nothing
+    kept = [e for e in entries if os.path.isabs(e)]
+    dropped = [e for e in entries if not os.path.isabs(e)]
+    if kept:
+        env["PYTHONPATH"] = os.pathsep.join(kept)
+    else:
+        env.pop("PYTHONPATH", None)
+    return dropped
+
+
 def _find_unrun(module: str) -> ModuleSpec | None:
     """``module``'s spec, found without running any of it: importlib.util.find_spec
     imports a dotted name's parent packages (their __init__ ran in the supervisor, and

@@ -81,7 +81,7 @@ def worker(
 ) -> None:
     """Run one worker process serving MODULE:FUNCTION until SIGTERM or SIGINT."""
     from farm.protocol.codec import MAX_TIMEOUT
-    from farm.targets import load_target
+    from farm.targets import load_target, search_working_directory
     from farm.tlsfiles import tls_from_env
     from farm.worker import Worker
 
@@ -96,8 +96,9 @@ def worker(
     name = _function_name(name if name is not None else attr, "--name")
     if client_id is not None:
         _utf8(client_id, "--client-id")  # its bounds: Worker() checks them, as the server does
-    if "" not in sys.path:
-        sys.path.insert(0, "")  # like `python -m`: the working directory's modules are found
+    # Like `python -m`, the working directory's modules are found; not where others may
+    # write (a command pool may run this in the supervisor's /tmp), as the workers' rule.
+    search_working_directory()
     try:
         fn = load_target(target)
     except Exception as exc:

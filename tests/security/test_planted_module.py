@@ -11,6 +11,8 @@ now only when it is this user's (or root's) and others may not write to it, as
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,61 @@ def test_modules_planted_in_the_working_directory_others_may_write_are_not_impor
         up.stop()
     ran = marker.read_text() if marker.exists() else ""
     assert not ran, f"the farm imported another user's modules from its directory:\n{ran}"
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("entry", ["", "."])
+def test_an_empty_or_relative_pythonpath_entry_does_not_bring_the_directory_back(
+    tmp_path: Path, entry: str
+) -> None:
+    # `export PYTHONPATH=$PYTHONPATH:/srv/app` with it unset gives ":/srv/app": Python reads
+    # the empty entry (as it does ".") against the working directory, past -P.
+    if os.getuid() != 0:
+        pytest.skip("needs root to make files of a second local user (CI runs as root)")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    marker = tmp_path / "imported"
+    plant(shared, "farm", marker)
+    plant(shared, "workers", marker)
+    (tmp_path / "farm").mkdir()
+    pythonpath = f"{entry}:{tmp_path / 'farm'}:{ROOT}"
+    up = FarmUp(tmp_path / "farm", POOL, cwd=shared, extra_env={"PYTHONPATH": pythonpath})
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 1})
+        log = up.read_log()
+    finally:
+        up.stop()
+    # `farm up` itself was started with that PYTHONPATH by its operator: its children are not.
+    ran = marker.read_text() if marker.exists() else ""
+    children = [line for line in ran.splitlines() if f" {up.proc.pid} " not in line]
+    assert not children, f"the farm's children imported another user's modules: {children}"
+    assert f"PYTHONPATH entries {[entry]} dropped" in log, log
+
+
+@pytest.mark.timeout(60)
+def test_farm_worker_does_not_import_from_a_working_directory_others_may_write(
+    tmp_path: Path,
+) -> None:
+    # A command pool may run `farm worker` in the supervisor's working directory: it looks
+    # there by the workers' rule (search_working_directory), not always as `python -m` does.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    marker = tmp_path / "imported"
+    (shared / "planted.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nraise RuntimeError('planted')\n"
+    )
+    done = subprocess.run(
+        # -P: as the installed `farm` script, which does not put its working directory first
+        [sys.executable, "-P", "-c", "from farm.cli import main; main()", "worker"]
+        + ["planted:job", "--server", "127.0.0.1:1"],
+        cwd=shared,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert not marker.exists(), "farm worker imported a module from a directory anyone may write"
+    assert done.returncode == 2 and "No module named 'planted'" in done.stderr, done.stderr
