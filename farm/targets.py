@@ -12,6 +12,7 @@ import ast
 import importlib
 import importlib.util
 import os
+import site
 import stat
 import sys
 from collections.abc import Callable
@@ -119,19 +120,31 @@ def search_working_directory() -> str | None:
 
 
 def trusted_pythonpath(env: dict[str, str]) -> list[str]:
-    """Drop the empty and relative entries of ``env``'s PYTHONPATH (the environment of the
-    job server and the Python workers) and return them. Python reads them against the
-    working directory (``/srv/app:`` from ``export PYTHONPATH=/srv/app:$PYTHONPATH``),
-    which put it back on ``sys.path`` past ``-P``, whoever may write to it."""
+    """Make ``env``'s PYTHONPATH (the environment of the job server and the Python workers,
+    started with ``-P``) one that searches no working directory, and return the entries
+    dropped: empty and relative ones, which Python reads against the working directory
+    (``/srv/app:`` from ``export PYTHONPATH=/srv/app:$PYTHONPATH``), past ``-P``. The
+    directory this ``farm`` was imported from is added last unless it is a site-packages
+    one: run from a checkout that is not installed, the children found ``farm`` through
+    the working directory, and we already run code from it."""
     value = env.get("PYTHONPATH", "")
     entries = value.split(os.pathsep) if value else []  # a PYTHONPATH of "" adds nothing
     kept = [e for e in entries if os.path.isabs(e)]
     dropped = [e for e in entries if not os.path.isabs(e)]
+    ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not _site_directory(ours) and ours not in map(os.path.abspath, kept):
+        kept.append(ours)
     if kept:
         env["PYTHONPATH"] = os.pathsep.join(kept)
     else:
         env.pop("PYTHONPATH", None)
     return dropped
+
+
+def _site_directory(path: str) -> bool:
+    """Whether ``path`` is where packages are installed (the virtualenv's, the user's)."""
+    sites = [*site.getsitepackages(), site.getusersitepackages()]
+    return os.path.realpath(path) in {os.path.realpath(p) for p in sites}
 
 
 def _find_unrun(module: str) -> ModuleSpec | None:
