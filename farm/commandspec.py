@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shlex
 import shutil
 import signal
@@ -47,35 +48,43 @@ class CommandSpec:
     cwd: str | None = None
     env: tuple[tuple[str, str], ...] = ()  # added to the supervisor's environment
     user: RunAs | None = None
+    pass_env: tuple[str, ...] = ()  # more of the supervisor's variables, for another user
 
 
 #: What a command run as another user keeps of the supervisor's environment, as sudo's
 #: env_reset keeps it: PATH (commands are found by it), the locale, the time zone, and
-#: GEARMAN_SERVERS (a client's setting, which farm leaves alone).
-_KEPT_FOR_USER = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "GEARMAN_SERVERS"})
+#: GEARMAN_SERVERS (a client's setting, which farm leaves alone), and the TLS files of
+#: `farm worker` and `farm submit` (paths: without them a command spoke plain text).
+_KEPT_FOR_USER = frozenset(
+    {"PATH", "LANG", "LANGUAGE", "TZ", "GEARMAN_SERVERS"}
+    | {"FARM_TLS_CA", "FARM_TLS_CERT", "FARM_TLS_KEY"}
+)
+#: An environment variable's name, as POSIX shells take it (pass_env).
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def base_environ(spec: CommandSpec, inherited: Mapping[str, str]) -> dict[str, str]:
     """What a command's process starts from, before farm's FARM_* variables and the pool's
     ``env``: the supervisor's environment (``inherited``), and under ``user`` that user's
-    HOME, USER and LOGNAME. A command run as another user keeps only ``_KEPT_FOR_USER``
-    and ``LC_*`` of it: the rest (a token root exported where it started ``farm up``, a
-    unit's ``Environment=``) was readable by every process of that user, in
-    /proc/PID/environ. The pool's ``env`` gives it what else it needs."""
+    HOME, USER and LOGNAME. A command run as another user keeps only ``_KEPT_FOR_USER``,
+    ``LC_*`` and the pool's ``pass_env`` of it: the rest (a token root exported where it
+    started ``farm up``, a unit's ``Environment=``) was readable by every process of that
+    user, in /proc/PID/environ. The pool's ``env`` gives it what else it needs."""
     user = spec.user
     if user is None:
         return dict(inherited)
     if user.uid == os.geteuid():
         env = dict(inherited)
     else:
-        env = {k: v for k, v in inherited.items() if k in _KEPT_FOR_USER or k.startswith("LC_")}
+        kept = _KEPT_FOR_USER.union(spec.pass_env)
+        env = {k: v for k, v in inherited.items() if k in kept or k.startswith("LC_")}
     env.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
     return env
 
 
 def parse_command(raw: dict[str, Any], key: str, base: str, fail: Fail) -> CommandSpec:
-    """``command``, ``cwd``, ``env`` and ``user`` of the table ``key``; relative paths are
-    relative to ``base`` (the config file's directory)."""
+    """``command``, ``cwd``, ``env``, ``pass_env`` and ``user`` of the table ``key``;
+    relative paths are relative to ``base`` (the config file's directory)."""
     command = raw["command"]
     if isinstance(command, str):
         try:
@@ -112,7 +121,18 @@ def parse_command(raw: dict[str, Any], key: str, base: str, fail: Fail) -> Comma
         cwd=cwd,
         env=tuple(sorted(env.items())),
         user=_user(raw.get("user"), f"{key}.user", fail),
+        pass_env=_pass_env(raw.get("pass_env", []), f"{key}.pass_env", fail),
     )
+
+
+def _pass_env(raw: Any, key: str, fail: Fail) -> tuple[str, ...]:
+    """The names of ``pass_env``: a list of environment variable names, nothing else."""
+    if not isinstance(raw, list) or not all(isinstance(n, str) for n in raw):
+        raise fail(key, 'must be a list of variable names, e.g. pass_env = ["DATABASE_URL"]')
+    for name in raw:
+        if not _ENV_NAME.fullmatch(name):
+            raise fail(key, f"{name!r} is not an environment variable name (letters, digits, _)")
+    return tuple(raw)
 
 
 def _executable(program: str, key: str, cwd: str, path: str | None, fail: Fail) -> str:

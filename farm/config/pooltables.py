@@ -29,7 +29,7 @@ MAX_GRACE = 86400
 # function name that the admin protocol's lines (status, workers) cannot hold.
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 #: The keys of a [functions.NAME] table; COMMAND_KEYS are for command pools only.
-COMMAND_KEYS = ("command", "cwd", "env", "user", "stop_signal", "graceful_timeout")
+COMMAND_KEYS = ("command", "cwd", "env", "pass_env", "user", "stop_signal", "graceful_timeout")
 POOL_KEYS = (
     "target",
     "workers",

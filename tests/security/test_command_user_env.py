@@ -24,6 +24,7 @@ command = ["/bin/sh", "-c", "env; echo END-OF-ENV; exec sleep 600"]
 user = "nobody"
 workers = 1
 env = { POOL_SETTING = "the pool's" }
+pass_env = ["APP_TOKEN"]
 """
 
 
@@ -37,7 +38,12 @@ def test_a_command_run_as_another_user_gets_none_of_the_supervisors_secrets(
     up = FarmUp(
         tmp_path,
         POOL,
-        extra_env={**secrets, "LANG": "C.UTF-8", "LC_TIME": "C", "TZ": "UTC"},
+        extra_env={
+            **secrets,
+            **{"LANG": "C.UTF-8", "LC_TIME": "C", "TZ": "UTC"},
+            "APP_TOKEN": "the one it needs",
+            "FARM_TLS_CA": "/etc/farm/ca.pem",
+        },
     )
     try:
         log = wait_for("the command's environment", lambda: _ended(up.read_log()), 30)
@@ -56,6 +62,9 @@ def test_a_command_run_as_another_user_gets_none_of_the_supervisors_secrets(
     assert names["FARM_FUNCTION"] == "envdump" and names["FARM_SERVERS"] == up.addr
     assert names["LANG"] == "C.UTF-8" and names["LC_TIME"] == "C" and names["TZ"] == "UTC"
     assert names["PATH"] == os.environ["PATH"], "PATH stays: commands are found by it"
+    # A path, not a secret: a `farm worker` command without it spoke plain text to a TLS farm.
+    assert names["FARM_TLS_CA"] == "/etc/farm/ca.pem"
+    assert names["APP_TOKEN"] == "the one it needs", "pass_env hands it on by name"
 
 
 def _ended(log: str) -> str | None:

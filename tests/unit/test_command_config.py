@@ -109,6 +109,11 @@ def test_function_renames_what_a_python_pool_serves(tmp_path: Path) -> None:
         ('command = "sh"\nenv = { A = "a\\u0000b" }', "functions.p.env", "NUL"),
         ('command = "sh"\ngraceful_timeout = -1', "functions.p.graceful_timeout", "0 to"),
         ('command = "sh"\nuser = "no-such-user-x"', "functions.p.user", "no user"),
+        ('command = "sh"\npass_env = "DB_URL"', "functions.p.pass_env", "a list of"),
+        ('command = "sh"\npass_env = ["DB-URL"]', "functions.p.pass_env", "'DB-URL' is not"),
+        ('command = "sh"\npass_env = ["A=b"]', "functions.p.pass_env", "'A=b' is not"),
+        ('command = "sh"\npass_env = [""]', "functions.p.pass_env", "'' is not"),
+        ('target = "workers.text:reverse"\npass_env = ["A"]', "functions.p.pass_env", "command"),
         ('target = "workers.text:reverse"\ncwd = "."', "functions.p.cwd", "command pools"),
         ('command = "sh"\nfunction = "a"\nfunctions = ["b"]', "functions.p.functions", "not both"),
         ('command = "sh"\nfunctions = []', "functions.p.functions", "at least one"),
@@ -231,3 +236,37 @@ def test_a_command_of_another_user_starts_from_little_of_the_supervisors_environ
     assert base_environ(spec(None), inherited) == inherited
     # A user of the supervisor's own uid crosses no boundary: everything, as before.
     assert base_environ(spec(os.geteuid()), inherited) == {**inherited, **as_user}
+
+
+def test_a_command_of_another_user_keeps_the_tls_files_and_what_pass_env_names(
+    tmp_path: Path,
+) -> None:
+    """FARM_TLS_CA/CERT/KEY are paths, not secrets: without them a `farm worker` command
+    of another user spoke plain text to a TLS server. ``pass_env`` hands it more of the
+    supervisor's variables by name, so that a secret need not be written into farm.toml."""
+    inherited = {
+        "PATH": "/usr/bin:/bin",
+        "FARM_TLS_CA": "/etc/farm/ca.pem",
+        "FARM_TLS_CERT": "/etc/farm/worker.pem",
+        "FARM_TLS_KEY": "/etc/farm/worker.key",
+        "FARM_KEY_FILE": "/var/lib/farm/executor.key",
+        "DATABASE_PASSWORD": "s3cret",
+        "AWS_SECRET_ACCESS_KEY": "k3y",
+    }
+    cfg = load(
+        tmp_path, '[functions.p]\ncommand = "sh"\npass_env = ["DATABASE_PASSWORD", "UNSET"]\n'
+    )
+    spec = cfg.functions["p"].command
+    assert spec is not None and spec.pass_env == ("DATABASE_PASSWORD", "UNSET")
+    www = RunAs(name="www", uid=os.geteuid() + 1, gid=1, groups=(), home="/w")
+    env = base_environ(CommandSpec(argv=spec.argv, user=www, pass_env=spec.pass_env), inherited)
+    assert env == {
+        "PATH": "/usr/bin:/bin",
+        "FARM_TLS_CA": "/etc/farm/ca.pem",
+        "FARM_TLS_CERT": "/etc/farm/worker.pem",
+        "FARM_TLS_KEY": "/etc/farm/worker.key",
+        "DATABASE_PASSWORD": "s3cret",  # named; a name the supervisor lacks stays unset
+        "HOME": "/w",
+        "USER": "www",
+        "LOGNAME": "www",
+    }
