@@ -27,7 +27,13 @@ from typing import Any
 
 from farm.errors import ConfigError, ServerUnavailable
 from farm.net import DEFAULT_SERVER, Address, AddressError, connectable, parse_address
-from farm.paths import UnsafeDirectory, check_private, fallback_runtime_dir, runtime_dir
+from farm.paths import (
+    UnsafeDirectory,
+    check_private,
+    fallback_runtime_dir,
+    runtime_dir,
+    untrusted_because,
+)
 
 __all__ = [
     "SYSTEM_CONFIG",
@@ -98,13 +104,9 @@ def _check_owner(path: Path) -> None:
     shared directory another user's file would choose the sockets our calls go to, the spill
     directory our arguments are written to, and for ``farm up`` the commands it runs."""
     link, info = path.lstat(), path.stat()  # a link of another user's counts as theirs
-    if link.st_uid not in (os.getuid(), 0):
-        whose = f"belongs to uid {link.st_uid}"
-    elif info.st_uid not in (os.getuid(), 0):
-        whose = f"belongs to uid {info.st_uid}"
-    elif info.st_mode & 0o002:
-        whose = "may be written by every user"
-    else:
+    whose = None if link.st_uid in (os.getuid(), 0) else f"belongs to uid {link.st_uid}"
+    whose = whose or untrusted_because(info)
+    if whose is None:
         return
     raise ConfigError(
         f"{path.resolve()}: {whose}, so it is not read from the working directory;"

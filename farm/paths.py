@@ -14,6 +14,7 @@ from pathlib import Path
 from farm.errors import FarmError
 
 __all__ = [
+    "untrusted_because",
     "state_dir",
     "NoStateDirectory",
     "default_store",
@@ -214,6 +215,20 @@ def _sockets_fit(directory: Path) -> bool:
     long one, every default address was a config error naming the built-in defaults, and
     `farm up`, `farm status` and farm.Client() failed, though the TCP one would have done."""
     return all(socket_path_problem(str(directory / name)) is None for name in _SOCKET_NAMES)
+
+
+def untrusted_because(info: os.stat_result) -> str | None:
+    """Why what ``info`` describes (a ./farm.toml, the working directory searched for
+    modules) is not read as the farm's own, or None: it must be this user's or root's, and
+    not every user's to write, nor its group's where the farm runs as root (a member of
+    the group chose what ran as root). One rule for both, as git's safe.directory is."""
+    if info.st_uid not in (os.getuid(), 0):
+        return f"belongs to uid {info.st_uid}"
+    if info.st_mode & stat.S_IWOTH:
+        return "may be written by every user"
+    if info.st_mode & stat.S_IWGRP and os.geteuid() == 0:
+        return f"may be written by its group (gid {info.st_gid}), and the farm runs as root"
+    return None
 
 
 def _own_directory(path: str) -> bool:

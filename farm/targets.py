@@ -13,18 +13,19 @@ import importlib
 import importlib.util
 import os
 import site
-import stat
 import sys
 from collections.abc import Callable
 from importlib.machinery import ModuleSpec, PathFinder
 from pathlib import Path
 from typing import Any
 
+from farm.paths import untrusted_because
+
 __all__ = [
     "NotCallable",
     "target_problem",
     "load_target",
-    "importable_directory",
+    "unsearched_because",
     "search_working_directory",
     "load_failure",
 ]
@@ -75,8 +76,8 @@ def target_problem(target: str) -> str | None:
     module, _, attr = target.partition(":")
     # Workers look in the working directory first (search_working_directory), if they may.
     cwd = os.getcwd()
-    searched = importable_directory(cwd)
-    added = searched and cwd not in sys.path
+    unsearched = unsearched_because(cwd)
+    added = unsearched is None and cwd not in sys.path
     if added:
         sys.path.insert(0, cwd)
     try:
@@ -88,31 +89,34 @@ def target_problem(target: str) -> str | None:
         if added:
             sys.path.remove(cwd)
     if spec is None:
-        unsearched = "" if searched else f" (not in {cwd}: another user's, or others may write)"
-        return f"no module named {module!r}; check the spelling and PYTHONPATH{unsearched}"
+        # An absolute PYTHONPATH entry is searched: the operator names the directory.
+        why = f" (not {cwd}, which {unsearched}; PYTHONPATH={cwd} if you trust it)"
+        return f"no module named {module!r}; check the spelling and PYTHONPATH" + (
+            why if unsearched else ""
+        )
     if spec.origin and spec.origin.endswith(".py") and not _defines(spec.origin, attr):
         return f"module {module!r} ({spec.origin}) defines no {attr!r}; check the function name"
     return None
 
 
-def importable_directory(path: str) -> bool:
-    """Whether modules in ``path`` (the working directory) may be imported: a directory of
-    this user's (or root's) that others may not write to, as a ``./farm.toml`` is read
-    (farm.discovery). In one every user may write to (``/tmp``), another user could leave
-    a module there (``workers/``, ``json.py``, ``farm/`` itself) for the farm to run."""
+def unsearched_because(path: str) -> str | None:
+    """Why modules in ``path`` (the working directory) may not be imported, or None: it is
+    read as a ``./farm.toml`` is (farm.paths.untrusted_because). In one every user may
+    write to (``/tmp``), another user could leave a module there (``workers/``,
+    ``json.py``, ``farm/`` itself) for the farm to run."""
     try:
         info = os.stat(path)
-    except OSError:
-        return False
-    return info.st_uid in (os.getuid(), 0) and not info.st_mode & stat.S_IWOTH
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    return untrusted_because(info)
 
 
 def search_working_directory() -> str | None:
     """Put the working directory first on ``sys.path``, as ``python -m`` does, when its
-    modules may be imported (``importable_directory``); it, or None. The supervisor starts
+    modules may be imported (``unsearched_because``); it, or None. The supervisor starts
     its Python children with ``-P``, which leaves it off, so that this check decides."""
     cwd = os.getcwd()
-    if not importable_directory(cwd):
+    if unsearched_because(cwd) is not None:
         return None
     if cwd not in sys.path:
         sys.path.insert(0, cwd)

@@ -144,7 +144,7 @@ def test_clients_and_the_executor_refuse_a_job_server_socket_in_a_squatted_dir(
         listener.close()
 
 
-@pytest.mark.parametrize("owner_or_mode", ["nobody", "0o666"])
+@pytest.mark.parametrize("owner_or_mode", ["nobody", "0o666", "0o664"])
 def test_a_farm_toml_of_another_user_in_the_working_directory_is_not_read(
     tmp_path: Path, owner_or_mode: str
 ) -> None:
@@ -157,9 +157,14 @@ def test_a_farm_toml_of_another_user_in_the_working_directory_is_not_read(
             pytest.skip("needs root to give a file to another user (CI runs as root)")
         os.chown(config, NOBODY, NOBODY)
         why = f"belongs to uid {NOBODY}"
-    else:
+    elif owner_or_mode == "0o666":
         os.chmod(config, 0o666)
         why = "may be written by every user"
+    else:  # its group's members would choose what a farm run as root runs
+        if os.geteuid() != 0:
+            pytest.skip("a group-writable file is refused for a farm run as root only")
+        os.chmod(config, 0o664)
+        why = "may be written by its group (gid 0)"
     refused = farm_cli(tmp_path, "status")
     assert refused.returncode == 2, refused.stderr
     assert why in refused.stderr and len(refused.stderr.strip().splitlines()) == 1

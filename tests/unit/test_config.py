@@ -852,9 +852,29 @@ def test_a_target_in_a_working_directory_others_may_write_is_not_found(
         message = error_of(tmp_path, GOOD.replace("workers.hashing:compress", "mine:job"))
     finally:
         os.chmod(tmp_path, 0o755)
-    assert f"no module named 'mine'; check the spelling and PYTHONPATH (not in {tmp_path}:" in (
-        message
-    )
+    assert (
+        f"no module named 'mine'; check the spelling and PYTHONPATH (not {tmp_path}, which may"
+        " be written by every user" in message
+    ), message
+    # The way to trust it anyway: an absolute PYTHONPATH entry is searched (a relative one
+    # is dropped for the workers, as it names the working directory).
+    assert f"PYTHONPATH={tmp_path} if you trust it)" in message, message
+
+
+def test_a_farm_run_as_root_searches_no_working_directory_its_group_may_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A member of the directory's group who left mine.py there ran it as root.
+    if os.geteuid() != 0:
+        pytest.skip("the group's write counts for a farm run as root only")
+    (tmp_path / "mine.py").write_text("def job(j):\n    return b''\n")
+    monkeypatch.chdir(tmp_path)
+    os.chmod(tmp_path, 0o775)
+    try:
+        message = error_of(tmp_path, GOOD.replace("workers.hashing:compress", "mine:job"))
+    finally:
+        os.chmod(tmp_path, 0o755)
+    assert f"(not {tmp_path}, which may be written by its group (gid 0)" in message, message
 
 
 def test_a_runtime_dir_too_long_for_a_socket_is_passed_over(
