@@ -3,13 +3,15 @@ one line, for `farm reload`, `farm restart` and `farm ps` (its traceback is in t
 
 from __future__ import annotations
 
+import site
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from farm.targets import load_failure, load_target
+import farm
+from farm.targets import load_failure, load_target, trusted_pythonpath
 
 
 @pytest.fixture
@@ -54,3 +56,18 @@ def test_an_error_of_farm_s_own_loading_names_no_file(modules: Path) -> None:
     assert load_failure(raised.value) == (
         "AttributeError: module 'broken_empty' has no attribute 'job'"
     )
+
+
+def test_the_childrens_pythonpath_names_no_working_directory_and_this_farm() -> None:
+    # Empty and relative entries are read against the working directory, past -P; the
+    # checkout this farm runs from is added (tests import it from one, not site-packages).
+    ours = str(Path(farm.__file__).parent.parent)
+    if ours in site.getsitepackages():
+        pytest.skip("farm is installed here: nothing to add")
+    env = {"PYTHONPATH": ":/srv/app:src:/opt/lib:."}
+    assert trusted_pythonpath(env) == ["", "src", "."]
+    assert env["PYTHONPATH"] == f"/srv/app:/opt/lib:{ours}"
+    unset: dict[str, str] = {}
+    assert trusted_pythonpath(unset) == [] and unset == {"PYTHONPATH": ours}
+    named = {"PYTHONPATH": ours}
+    assert trusted_pythonpath(named) == [] and named == {"PYTHONPATH": ours}
