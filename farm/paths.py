@@ -221,12 +221,13 @@ def untrusted_because(info: os.stat_result) -> str | None:
     """Why what ``info`` describes (a ./farm.toml, the working directory searched for
     modules) is not read as the farm's own, or None: it must be this user's or root's, and
     not every user's to write, nor its group's where the farm runs as root (a member of
-    the group chose what ran as root). One rule for both, as git's safe.directory is."""
+    the group chose what ran as root) unless that group is root's own (gid 0: umask 002
+    makes root's files so). One rule for both."""
     if info.st_uid not in (os.getuid(), 0):
         return f"belongs to uid {info.st_uid}"
     if info.st_mode & stat.S_IWOTH:
         return "may be written by every user"
-    if info.st_mode & stat.S_IWGRP and os.geteuid() == 0:
+    if info.st_mode & stat.S_IWGRP and os.geteuid() == 0 and info.st_gid != 0:
         return f"may be written by its group (gid {info.st_gid}), and the farm runs as root"
     return None
 

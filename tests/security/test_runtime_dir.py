@@ -164,7 +164,8 @@ def test_a_farm_toml_of_another_user_in_the_working_directory_is_not_read(
         if os.geteuid() != 0:
             pytest.skip("a group-writable file is refused for a farm run as root only")
         os.chmod(config, 0o664)
-        why = "may be written by its group (gid 0)"
+        os.chown(config, 0, NOBODY)  # nogroup (65534): root's own group would be root's
+        why = f"may be written by its group (gid {NOBODY})"
     refused = farm_cli(tmp_path, "status")
     assert refused.returncode == 2, refused.stderr
     assert why in refused.stderr and len(refused.stderr.strip().splitlines()) == 1

@@ -865,16 +865,22 @@ def test_a_farm_run_as_root_searches_no_working_directory_its_group_may_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A member of the directory's group who left mine.py there ran it as root.
+    nogroup = 65534  # a group root is not in
     if os.geteuid() != 0:
         pytest.skip("the group's write counts for a farm run as root only")
     (tmp_path / "mine.py").write_text("def job(j):\n    return b''\n")
     monkeypatch.chdir(tmp_path)
     os.chmod(tmp_path, 0o775)
+    os.chown(tmp_path, 0, nogroup)
     try:
         message = error_of(tmp_path, GOOD.replace("workers.hashing:compress", "mine:job"))
+        # root's own group (umask 002 makes root's directories 0775, root:root) is root's
+        os.chown(tmp_path, 0, 0)
+        config.load(write(tmp_path, GOOD.replace("workers.hashing:compress", "mine:job")))
     finally:
         os.chmod(tmp_path, 0o755)
-    assert f"(not {tmp_path}, which may be written by its group (gid 0)" in message, message
+        os.chown(tmp_path, 0, 0)
+    assert f"(not {tmp_path}, which may be written by its group (gid {nogroup})" in message, message
 
 
 def test_a_runtime_dir_too_long_for_a_socket_is_passed_over(
@@ -893,7 +899,9 @@ def test_a_runtime_dir_too_long_for_a_socket_is_passed_over(
     deep = tmp_path / ("r" * (110 - len(str(tmp_path))))
     deep.mkdir(mode=0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(deep))
-    fallback = Path(f"/tmp/farm-{os.getuid()}")
+    from farm.paths import fallback_runtime_dir
+
+    fallback = fallback_runtime_dir()  # /tmp/farm-$UID, or under $TMPDIR
     assert runtime_dir() == fallback
     assert config.load(None).supervisor.control == f"{fallback}/control.sock"
     servers = client_servers()
