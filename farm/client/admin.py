@@ -113,7 +113,8 @@ class _Asks:
                 else:
                     if len(self.started) == len(self.addresses):
                         return None
-                    next_at = now  # every server asked so far failed: ask the next at once
+                if self.started and self.started[-1] not in undecided:
+                    next_at = now  # the server asked last failed: ask the next at once
                 answered = any(ask.answered for ask in self.started)
                 more = len(self.started) < len(self.addresses) and not answered
                 if more and now >= next_at:
