@@ -116,6 +116,9 @@ class WorkerSession:
         self.exception_ok = False
         self._asking: list[bytes] = []
         self._pushed = False  # a NOOP announced that the next assignment was pushed
+        # Where the last assignment's JOB_ACCEPT lies in _out (None: none was sent), for a
+        # JOB_REVOKE read with it to take back exactly those bytes.
+        self._accept_at: tuple[int, int] | None = None
         self._reset_due = False  # RESET_ABILITIES asked for mid-job: sent after its answer
         self._cant_do_due: dict[str, None] = {}  # CANT_DOs asked for mid-job, in order: likewise
         # Names sent as CANT_DO on this connection, not registered again since (see withdrawn)
@@ -260,10 +263,13 @@ class WorkerSession:
         return events
 
     def _assigned(self, handle: bytes, func: bytes, unique: bytes, data: bytes) -> JobAssigned:
+        self._accept_at = None
         if self._pushed:  # answered a held grab: accept it at once, before it runs
             self._pushed = False
             if not self.read_accept:  # else having read it is the acceptance
+                start = len(self._out)
                 self._out += encode_req(PT.JOB_ACCEPT, handle)
+                self._accept_at = (start, len(self._out))
         self._handle = handle
         # Surrogateescape, as os.fsdecode: a client may send any bytes as the unique key (PHP's
         # GearmanClient sends a raw digest as it is), and the exact bytes stay recoverable
@@ -291,10 +297,10 @@ class WorkerSession:
         if at < 0:
             return
         del events[at]
-        accept = encode_req(PT.JOB_ACCEPT, handle)
-        sent = self._out.rfind(accept)
-        if sent >= 0:
-            del self._out[sent : sent + len(accept)]
+        if self._accept_at is not None:  # sent in this read: _out only grew after it
+            start, end = self._accept_at
+            del self._out[start:end]
+            self._accept_at = None
         self._job_ended()
 
     def _expect(self, state: WorkerState, action: str) -> None:
