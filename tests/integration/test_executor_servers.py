@@ -159,17 +159,24 @@ def test_a_server_after_one_that_answered_is_never_asked(farm_server: Server) ->
 
 @pytest.mark.timeout(60)
 def test_the_servers_still_asked_are_closed_once_the_answer_is_known() -> None:
-    # The first answers after 0.6 s; the second (hung) was asked at 0.25 s. Once the first
-    # answered, the second's connection is closed, not left open for its whole timeout.
-    with socket.create_server(("127.0.0.1", 0)) as hung:
-        hung_addr = f"127.0.0.1:{hung.getsockname()[1]}"
-        with fake_admin(answering_after(0.6, workers=5)) as slow:
-            assert function_workers([slow, hung_addr], "farm.python", timeout=30) == 5
-        hung.settimeout(5)
-        conn, _ = hung.accept()
-        with conn:
-            conn.settimeout(5)  # a socket.timeout here: still open, 25 s short of its timeout
-            assert b"".join(iter(lambda: conn.recv(1024), b"")) == b"status\n"
+    # The first answers once the second (hung) was asked; then the second's connection is
+    # closed, not left open for its whole timeout. The first waits for the second's
+    # command, not a set time, so a late thread on a loaded machine changes nothing.
+    heard, closed = threading.Event(), threading.Event()
+
+    def hang(conn: socket.socket, stop: threading.Event) -> None:
+        heard.set()  # its command came: it was asked
+        conn.settimeout(5)  # a timeout here: still open, 25 s short of its own
+        if conn.recv(1) == b"":
+            closed.set()
+
+    def first(conn: socket.socket, stop: threading.Event) -> None:
+        heard.wait(30)
+        conn.sendall(b"farm.python\t0\t0\t5\n.\n")
+
+    with fake_admin(hang) as hung, fake_admin(first) as slow:
+        assert function_workers([slow, hung], "farm.python", timeout=30) == 5
+        assert closed.wait(10), "the second server's connection was left open"
 
 
 @pytest.mark.timeout(20)

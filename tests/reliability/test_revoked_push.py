@@ -35,7 +35,12 @@ def recording_worker(addr: str, record: Path) -> Iterator[subprocess.Popen[bytes
     finally:
         os.kill(proc.pid, signal.SIGCONT)  # a stopped process would not hear the SIGTERM
         proc.terminate()
-        proc.wait(20)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # not left running past the test
+            proc.wait(5)
+            raise
 
 
 def call(client: Peer, unique: str) -> None:
