@@ -4,7 +4,8 @@ The test listens on a Unix socket; ``tests.helpers.calls.wait_gate(path)`` conne
 and blocks in recv. ``open()`` closes the listener: every waiting worker's recv
 returns (reset), and a later ``wait_gate`` is refused and returns at once.
 CPython's tests use a Manager's Event here; its proxy cannot authenticate from
-farm workers, which were not started by the test.
+farm workers, which were not started by the test. ``arrived(n)`` waits until ``n`` calls
+wait at the gate (it accepts their connections, which ``open()`` closes too).
 """
 
 from __future__ import annotations
@@ -19,11 +20,22 @@ class Gate:
         self._sock: socket.socket | None = socket.socket(socket.AF_UNIX)
         self._sock.bind(self.path)
         self._sock.listen(128)
+        self._waiting: list[socket.socket] = []
+
+    def arrived(self, n: int, timeout: float = 30.0) -> None:
+        """Wait until ``n`` calls in all wait at the gate (socket.timeout past ``timeout``)."""
+        assert self._sock is not None, "the gate is open: nobody waits at it"
+        self._sock.settimeout(timeout)
+        while len(self._waiting) < n:
+            self._waiting.append(self._sock.accept()[0])
 
     def open(self) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        for sock in self._waiting:
+            sock.close()  # that call's recv returns b"": the gate is open
+        self._waiting.clear()
 
     def __enter__(self) -> Gate:
         return self
