@@ -320,7 +320,7 @@ class Run:
         iterables = (xs,) if op.kinds is None else (list(op.kinds), xs)
         fn = act1 if op.kinds is None else act
         if op.buffersize is not None and self.pool:
-            self.seen.append(("map", *_buffered(self.executor, fn, op)))
+            self.seen.append(("map", *_buffered(self.executor, fn, op, self.shut)))
             return
         extra = {} if op.buffersize is None else {"buffersize": op.buffersize}
         try:
@@ -358,7 +358,7 @@ def _take(it: Iterator[Any], take: int | None) -> tuple[list[Any], tuple[Any, ..
     return values, None
 
 
-def _buffered(executor: Executor, fn: Callable[..., Any], op: Map) -> tuple[Any, ...]:
+def _buffered(executor: Executor, fn: Callable[..., Any], op: Map, shut: bool) -> tuple[Any, ...]:
     """What Python 3.14's ``map(..., buffersize=op.buffersize)`` shows, on an executor
     without it: the calls' outcomes from a plain map, the reading of the iterables as
     3.14's does it (``buffersize`` chunks at the call, one more before each chunk's
@@ -372,8 +372,8 @@ def _buffered(executor: Executor, fn: Callable[..., Any], op: Map) -> tuple[Any,
     def given(chunks: int) -> int:  # items the generator gave for that many chunks
         return min(n, chunks * size) if op.generator else 0
 
-    if breaks is not None and breaks < ahead:
-        return ("at call", broke, op.raise_at)
+    if breaks is not None and breaks < ahead and not (shut and breaks > 0):
+        return ("at call", broke, op.raise_at)  # (shut down: the first chunk's submit raises)
     m = n if op.raise_at is None else op.raise_at
     iterables = (list(op.xs[:m]),) if op.kinds is None else (list(op.kinds), list(op.xs[:m]))
     try:
