@@ -101,8 +101,8 @@ class Supervisor(
         self.spawned_before: dict[tuple[str, int], int] = {}  # (pool, slot) of slots let go
         self.child_env = sdnotify.child_environ()
         self.child_env.update(spill_environ(config.executor))  # the Executor's workers' spill
-        if dropped := trusted_pythonpath(self.child_env):  # python -P's children, really
-            log.warning("PYTHONPATH entries %s dropped for the server and workers", dropped)
+        for warning in trusted_pythonpath(self.child_env):  # python -P's children, really
+            log.warning("%s", warning)
         self.next_spill_sweep = 0.0
         self.server = LocalServer(
             config.server, self.child_env, log_format=config.supervisor.log_format

@@ -125,24 +125,38 @@ def search_working_directory() -> str | None:
 
 def trusted_pythonpath(env: dict[str, str]) -> list[str]:
     """Make ``env``'s PYTHONPATH (the environment of the job server and the Python workers,
-    started with ``-P``) one that searches no working directory, and return the entries
-    dropped: empty and relative ones, which Python reads against the working directory
-    (``/srv/app:`` from ``export PYTHONPATH=/srv/app:$PYTHONPATH``), past ``-P``. The
-    directory this ``farm`` was imported from is added last unless it is a site-packages
-    one: run from a checkout that is not installed, the children found ``farm`` through
-    the working directory, and we already run code from it."""
+    started with ``-P``) one that searches no working directory, and return what to warn
+    of, a line each. Empty and relative entries are dropped: Python reads them against the
+    working directory (``/srv/app:`` from ``export PYTHONPATH=/srv/app:$PYTHONPATH``), past
+    ``-P``. The directory this ``farm`` was imported from is added last when the working
+    directory is where it was found (``cd checkout && python -m farm up``: ``-P`` would
+    lose it), and by the working directory's rule (``unsearched_because``): PYTHONPATH comes
+    before the stdlib, so a ``json.py`` that the group of a checkout run by root could write
+    there would run as root. A farm found elsewhere (site-packages, an editable install, an
+    absolute entry) is found there by the children too."""
     value = env.get("PYTHONPATH", "")
     entries = value.split(os.pathsep) if value else []  # a PYTHONPATH of "" adds nothing
     kept = [e for e in entries if os.path.isabs(e)]
     dropped = [e for e in entries if not os.path.isabs(e)]
+    warnings = []
+    if dropped:
+        warnings.append(f"PYTHONPATH entries {dropped} dropped for the server and workers")
     ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if not _site_directory(ours) and ours not in map(os.path.abspath, kept):
-        kept.append(ours)
+    found_here = os.path.realpath(ours) == os.path.realpath(os.getcwd())
+    if found_here and not _site_directory(ours) and ours not in map(os.path.abspath, kept):
+        untrusted = unsearched_because(ours)
+        if untrusted is None:
+            kept.append(ours)
+        else:
+            warnings.append(
+                f"{ours} (where this farm was imported from) is not on the server's and"
+                f" workers' PYTHONPATH: it {untrusted}; PYTHONPATH={ours} if you trust it"
+            )
     if kept:
         env["PYTHONPATH"] = os.pathsep.join(kept)
     else:
         env.pop("PYTHONPATH", None)
-    return dropped
+    return warnings
 
 
 def _site_directory(path: str) -> bool:

@@ -10,7 +10,9 @@ now only when it is this user's (or root's) and others may not write to it, as
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +127,43 @@ def test_farm_worker_does_not_import_from_a_working_directory_others_may_write(
     )
     assert not marker.exists(), "farm worker imported a module from a directory anyone may write"
     assert done.returncode == 2 and "No module named 'planted'" in done.stderr, done.stderr
+
+
+@pytest.mark.timeout(90)
+def test_a_checkout_its_group_may_write_is_not_on_a_root_farm_s_pythonpath(tmp_path: Path) -> None:
+    # `cd checkout && python -m farm up` as root, in a checkout its group may write: the
+    # checkout went on the children's PYTHONPATH, ahead of the stdlib, and a group member's
+    # json/ there ran in root's server and workers.
+    if os.getuid() != 0:
+        pytest.skip("needs root to make files of a second local user (CI runs as root)")
+    checkout = tmp_path / "co"
+    shutil.copytree(ROOT / "farm", checkout / "farm", ignore=shutil.ignore_patterns("*.pyc"))
+    os.chown(checkout, 0, NOBODY)
+    os.chmod(checkout, 0o775)
+    marker = tmp_path / "imported"
+    planted = checkout / "json"  # a member of the group's: passes for the stdlib's json
+    planted.mkdir()
+    real = Path(json.__file__).parent
+    (planted / "__init__.py").write_text(
+        "import os\n"
+        f"with open({str(marker)!r}, 'a') as f:\n"
+        "    f.write(f'json {os.getpid()} uid {os.getuid()}\\n')\n"
+        f"__path__ = [{str(real)!r}]\n"
+        f"exec(compile(open({str(real / '__init__.py')!r}).read(), __file__, 'exec'))\n"
+    )
+    for path in (planted, planted / "__init__.py"):
+        os.chown(path, NOBODY, NOBODY)
+    # Started in the checkout (no -P): the supervisor's farm is the checkout's; the children
+    # find one through the absolute entry, which is the operator's to give.
+    up = FarmUp(checkout, POOL, start=False, extra_env={"PYTHONPATH": str(ROOT)})
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 1})
+        log = up.read_log()
+    finally:
+        up.stop()
+    ran = marker.read_text() if marker.exists() else ""
+    children = [line for line in ran.splitlines() if f" {up.proc.pid} " not in line]
+    assert not children, f"the farm's children imported a group member's json: {children}"
+    assert f"{checkout} (where this farm was imported from) is not on" in log, log

@@ -3,6 +3,7 @@ one line, for `farm reload`, `farm restart` and `farm ps` (its traceback is in t
 
 from __future__ import annotations
 
+import os
 import site
 import sys
 from collections.abc import Iterator
@@ -60,14 +61,28 @@ def test_an_error_of_farm_s_own_loading_names_no_file(modules: Path) -> None:
 
 def test_the_childrens_pythonpath_names_no_working_directory_and_this_farm() -> None:
     # Empty and relative entries are read against the working directory, past -P; the
-    # checkout this farm runs from is added (tests import it from one, not site-packages).
+    # checkout this farm runs from is added: pytest runs in it, and found farm there.
     ours = str(Path(farm.__file__).parent.parent)
-    if ours in site.getsitepackages():
-        pytest.skip("farm is installed here: nothing to add")
+    if ours in site.getsitepackages() or os.path.realpath(os.getcwd()) != os.path.realpath(ours):
+        pytest.skip("farm is installed here, or not run from its checkout: nothing to add")
     env = {"PYTHONPATH": ":/srv/app:src:/opt/lib:."}
-    assert trusted_pythonpath(env) == ["", "src", "."]
+    warned = trusted_pythonpath(env)
+    assert warned == ["PYTHONPATH entries ['', 'src', '.'] dropped for the server and workers"]
     assert env["PYTHONPATH"] == f"/srv/app:/opt/lib:{ours}"
     unset: dict[str, str] = {}
     assert trusted_pythonpath(unset) == [] and unset == {"PYTHONPATH": ours}
     named = {"PYTHONPATH": ours}
     assert trusted_pythonpath(named) == [] and named == {"PYTHONPATH": ours}
+
+
+def test_this_farm_s_directory_is_added_only_when_it_was_found_through_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Started elsewhere, farm came from site-packages, an editable install or an absolute
+    # PYTHONPATH entry, which the children have too. Its checkout added ahead of the stdlib
+    # let the checkout's workers/, tests/ and bench/ (and a json.py there) shadow the rest.
+    monkeypatch.chdir(tmp_path)
+    env = {"PYTHONPATH": "/srv/app"}
+    assert trusted_pythonpath(env) == [] and env == {"PYTHONPATH": "/srv/app"}
+    unset: dict[str, str] = {}
+    assert trusted_pythonpath(unset) == [] and unset == {}
