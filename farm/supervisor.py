@@ -99,13 +99,15 @@ class Supervisor(
         self.polling = False  # a command worker starts or a restart runs: look again soon
         self.by_pid: dict[int, WorkerProcess] = {}
         self.spawned_before: dict[tuple[str, int], int] = {}  # (pool, slot) of slots let go
-        self.child_env = sdnotify.child_environ()
+        self.child_env = sdnotify.child_environ()  # a command pool's, as farm up's own
         self.child_env.update(spill_environ(config.executor))  # the Executor's workers' spill
-        for warning in trusted_pythonpath(self.child_env):  # python -P's children, really
+        # The job server's and the Python workers' (python -P): no working directory on it.
+        self.python_env = dict(self.child_env)
+        for warning in trusted_pythonpath(self.python_env):
             log.warning("%s", warning)
         self.next_spill_sweep = 0.0
         self.server = LocalServer(
-            config.server, self.child_env, log_format=config.supervisor.log_format
+            config.server, self.python_env, log_format=config.supervisor.log_format
         )
         self.grace = config.supervisor.graceful_timeout
         self.pending: list[Pending] = []

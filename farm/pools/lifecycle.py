@@ -55,7 +55,8 @@ class Lifecycle:
     # Drained command workers that ended and left processes in their group (farm.pools.strays).
     leftovers: list[WorkerProcess]
     by_pid: dict[int, WorkerProcess]
-    child_env: dict[str, str]
+    child_env: dict[str, str]  # a command pool's (base_environ): the supervisor's own
+    python_env: dict[str, str]  # a Python worker's: targets.trusted_pythonpath's PYTHONPATH
     selector: selectors.BaseSelector
     exits: Exits
 
@@ -255,7 +256,7 @@ class Lifecycle:
             # reaches every process of the unit) before any of its own code runs.
             pid = spawn(
                 argv,
-                {**self.child_env, "FARM_WORKER_ID": worker_id},
+                {**self.python_env, "FARM_WORKER_ID": worker_id},
                 death_signal=signal.SIGKILL,
                 core=slot.core,
                 keep=(write_fd, record_fd),
