@@ -103,8 +103,7 @@ class Supervisor(
         self.child_env.update(spill_environ(config.executor))  # the Executor's workers' spill
         # The job server's and the Python workers' (python -P): no working directory on it.
         self.python_env = dict(self.child_env)
-        for warning in trusted_pythonpath(self.python_env):
-            log.warning("%s", warning)
+        self.pythonpath_warnings = trusted_pythonpath(self.python_env)  # said in run()
         self.next_spill_sweep = 0.0
         self.server = LocalServer(
             config.server, self.python_env, log_format=config.supervisor.log_format
@@ -155,6 +154,8 @@ class Supervisor(
             self.config.source,
             self.config.supervisor.control,
         )
+        for warning in self.pythonpath_warnings:  # not before a running farm is named
+            log.warning("%s", warning)
         if self.config.local_server:
             self.server.say_where_jobs_are_kept()
         if not self.config.functions:  # allowed (a server alone), but rarely what was meant

@@ -237,18 +237,23 @@ def test_farm_up_says_where_its_control_socket_and_store_are(tmp_path: Path) -> 
         assert up.stop() == 0
 
 
-def test_a_second_farm_up_on_the_same_config_says_who_runs_in_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pythonpath_tail", ["", ":"])
+def test_a_second_farm_up_on_the_same_config_says_who_runs_in_one_line(
+    tmp_path: Path, pythonpath_tail: str
+) -> None:
     # The second `farm up` warned that background jobs are kept in memory only (its own
     # server's store, which it would never start) before saying that another supervisor
-    # runs, and did not say which.
+    # runs, and did not say which. So it did of the PYTHONPATH entries it would drop for
+    # its server and workers (an empty one, from `export PYTHONPATH=$PYTHONPATH:`).
     farm = FarmUp(tmp_path, "[functions.reverse]\ntarget = 'workers.text:reverse'\nworkers = 1\n")
     try:
         farm.expect_notify("READY=1")
         cli = [sys.executable, "-c", "from farm.cli import main; main()"]
+        env = dict(farm.env, PYTHONPATH=farm.env["PYTHONPATH"] + pythonpath_tail)
         second = subprocess.run(
             [*cli, "up", "-c", farm.config_arg],
             cwd=tmp_path,
-            env=farm.env,
+            env=env,
             capture_output=True,
             text=True,
             timeout=30,
