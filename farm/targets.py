@@ -9,14 +9,16 @@ supervisor stays free of the workers' heavy imports. The worker process loads it
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
-import importlib.util
 import os
 import site
 import sys
-from collections.abc import Callable
+import sysconfig
+from collections.abc import Callable, Mapping
 from importlib.machinery import ModuleSpec, PathFinder
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from farm.paths import untrusted_because
@@ -27,6 +29,7 @@ __all__ = [
     "load_target",
     "unsearched_because",
     "search_working_directory",
+    "workers_path",
     "load_failure",
 ]
 
@@ -55,45 +58,68 @@ def load_failure(exc: BaseException) -> str:
         text = exc.msg
     else:
         text = str(exc)
-        where = None
-        tb, called = exc.__traceback__, False
-        while tb is not None:  # the last frame under load_target's that is not importlib's
-            path = tb.tb_frame.f_code.co_filename
-            if path == __file__:
-                called = True
-            elif called and not path.startswith("<frozen "):
-                where = (path, tb.tb_lineno)
-            tb = tb.tb_next
+        where = _where_raised(exc.__traceback__)
     said = f"{type(exc).__name__}: {text}"
     return said if where is None else f"{said} at {where[0]}:{where[1]}"
+
+
+def _where_raised(tb: TracebackType | None) -> tuple[str, int] | None:
+    """Where under load_target's frame the target's code raised: the last frame that is not
+    the import system's (importlib's, which a missing top-level module ends in), and of
+    those the last outside the stdlib and site-packages when there is one, so that an
+    error raised inside a library names the target's line that called it."""
+    frames: list[tuple[str, int]] = []
+    called = False
+    while tb is not None:
+        path = tb.tb_frame.f_code.co_filename
+        name = str(tb.tb_frame.f_globals.get("__name__", ""))
+        importing = name == "importlib" or name.startswith("importlib.")
+        if path == __file__:
+            called = True
+        elif called and not importing and not path.startswith("<frozen "):  # no file there
+            frames.append((path, tb.tb_lineno))
+        tb = tb.tb_next
+    own = [frame for frame in frames if not _installed(frame[0])]
+    return (own or frames)[-1] if frames else None
+
+
+@functools.cache
+def _library_directories() -> tuple[str, ...]:
+    """The stdlib's and site-packages' directories, each ending in a separator."""
+    paths = sysconfig.get_paths()
+    found = [paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths]
+    found += [*site.getsitepackages(), site.getusersitepackages()]
+    return tuple(os.path.join(os.path.realpath(d), "") for d in found)
+
+
+def _installed(path: str) -> bool:
+    """Whether ``path`` is a file of the stdlib or of an installed package."""
+    return os.path.realpath(path).startswith(_library_directories())
 
 
 def target_problem(target: str) -> str | None:
     """Why ``module:function`` cannot be served, or None.
 
-    The module is found, not executed (see the module docstring).
+    The module is found, not executed (see the module docstring), where the workers will
+    look for it (``workers_path``), not on the supervisor's own ``sys.path``.
     """
     module, _, attr = target.partition(":")
-    # Workers look in the working directory first (search_working_directory), if they may.
     cwd = os.getcwd()
     unsearched = unsearched_because(cwd)
-    added = unsearched is None and cwd not in sys.path
-    if added:
-        sys.path.insert(0, cwd)
     try:
-        spec = _find_unrun(module)
+        spec = _find_unrun(module, workers_path())
     except Exception as e:  # a bad name
         why = f"{type(e).__name__}: {e}"
         return f"cannot import {module!r} ({why}); check the module path and PYTHONPATH"
-    finally:
-        if added:
-            sys.path.remove(cwd)
     if spec is None:
-        # An absolute PYTHONPATH entry is searched: the operator names the directory.
-        why = f" (not {cwd}, which {unsearched}; PYTHONPATH={cwd} if you trust it)"
-        return f"no module named {module!r}; check the spelling and PYTHONPATH" + (
-            why if unsearched else ""
-        )
+        said = f"no module named {module!r}; check the spelling and PYTHONPATH"
+        if unsearched:  # an absolute PYTHONPATH entry is searched: the operator names it
+            said += f" (not {cwd}, which {unsearched}; PYTHONPATH={cwd} if you trust it)"
+        value = os.environ.get("PYTHONPATH", "")
+        relative = [e for e in value.split(os.pathsep) if not os.path.isabs(e)] if value else []
+        if relative:  # the supervisor warns of them only once this check has passed
+            said += f" (the workers do not search its relative entries {relative})"
+        return said
     if spec.origin and spec.origin.endswith(".py") and not _defines(spec.origin, attr):
         return f"module {module!r} ({spec.origin}) defines no {attr!r}; check the function name"
     return None
@@ -159,19 +185,45 @@ def trusted_pythonpath(env: dict[str, str]) -> list[str]:
     return warnings
 
 
+def workers_path(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The ``sys.path`` a Python worker of this supervisor will have: the working directory
+    by ``search_working_directory``'s rule, the PYTHONPATH it is given (``trusted_pythonpath``
+    of ``environ``'s), then the stdlib and site-packages. The supervisor's own still holds
+    what the workers do not get: the directory ``python -m`` or ``-c`` put first, and
+    relative PYTHONPATH entries, read against the working directory at its start."""
+    cwd = os.getcwd()
+    env = {"PYTHONPATH": environ.get("PYTHONPATH", "")}
+    trusted_pythonpath(env)
+    path = [cwd] if unsearched_because(cwd) is None else []
+    path += env["PYTHONPATH"].split(os.pathsep) if env.get("PYTHONPATH") else []
+    return list(dict.fromkeys(path + _interpreter_path()))
+
+
+def _interpreter_path() -> list[str]:
+    """``sys.path`` from the stdlib on: what the interpreter and site-packages put there,
+    after the entries the command line and PYTHONPATH put first (and any put in front
+    since). The stdlib's zip, where it comes first, is kept."""
+    stdlib = {os.path.realpath(sysconfig.get_path(k)) for k in ("stdlib", "platstdlib")}
+    for i, entry in enumerate(sys.path):
+        if entry and os.path.realpath(entry) in stdlib:
+            start = i - 1 if i and sys.path[i - 1].endswith(".zip") else i
+            return sys.path[start:]
+    return [entry for entry in sys.path if os.path.isabs(entry)]  # a layout of its own
+
+
 def _site_directory(path: str) -> bool:
     """Whether ``path`` is where packages are installed (the virtualenv's, the user's)."""
     sites = [*site.getsitepackages(), site.getusersitepackages()]
     return os.path.realpath(path) in {os.path.realpath(p) for p in sites}
 
 
-def _find_unrun(module: str) -> ModuleSpec | None:
-    """``module``'s spec, found without running any of it: importlib.util.find_spec
-    imports a dotted name's parent packages (their __init__ ran in the supervisor, and
-    one that sleeps or raises held or failed the whole farm). Each package's directories
-    are searched instead; a parent already imported is used as it is."""
+def _find_unrun(module: str, path: list[str]) -> ModuleSpec | None:
+    """``module``'s spec as found on ``path``, without running any of it: importlib.util.
+    find_spec imports a dotted name's parent packages (their __init__ ran in the supervisor,
+    and one that sleeps or raises held or failed the whole farm). Each package's
+    directories are searched instead; a parent already imported is used as it is."""
     parts = module.split(".")
-    spec = importlib.util.find_spec(parts[0])  # a top-level name: nothing is imported
+    spec = _find_top(parts[0], path)  # a top-level name: nothing is imported
     for depth in range(2, len(parts) + 1):
         name = ".".join(parts[:depth])
         loaded = sys.modules.get(name)
@@ -180,12 +232,29 @@ def _find_unrun(module: str) -> ModuleSpec | None:
             continue
         if spec is None or spec.submodule_search_locations is None:
             return None  # its parent is not a package
-        # Its own directories, then the same directory on every sys.path entry: a package
+        # Its own directories, then the same directory on every path entry: a package
         # whose __init__ extends its __path__ (pkgutil.extend_path) finds its modules there.
         where = list(spec.submodule_search_locations)
-        where += [os.path.join(entry or ".", *parts[: depth - 1]) for entry in sys.path]
+        where += [os.path.join(entry or ".", *parts[: depth - 1]) for entry in path]
         spec = PathFinder.find_spec(name, [d for d in dict.fromkeys(where) if os.path.isdir(d)])
     return spec
+
+
+def _find_top(name: str, path: list[str]) -> ModuleSpec | None:
+    """A top-level module's spec as importlib.util.find_spec finds it, with ``path`` in the
+    place of ``sys.path``: one already imported, else the first of ``sys.meta_path``'s
+    finders to know it (an editable install's finder among them)."""
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        return loaded.__spec__
+    for finder in sys.meta_path:
+        find = getattr(finder, "find_spec", None)
+        if find is None:
+            continue
+        spec: ModuleSpec | None = find(name, path if finder is PathFinder else None)
+        if spec is not None:
+            return spec
+    return None
 
 
 def _defines(source_path: str, name: str) -> bool:

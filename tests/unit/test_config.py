@@ -363,8 +363,9 @@ def test_a_target_that_raises_on_import_is_left_to_the_worker(
             "import pkgutil\n__path__ = pkgutil.extend_path(__path__, __name__)\n"
         )
     (tmp_path / "two" / "splitpkg" / "jobs.py").write_text("def job(j):\n    return b''\n")
-    monkeypatch.syspath_prepend(str(tmp_path / "two"))
-    monkeypatch.syspath_prepend(str(tmp_path / "one"))
+    # On the PYTHONPATH the workers get (the check searches theirs, not this process's).
+    halves = [str(tmp_path / "one"), str(tmp_path / "two"), str(ROOT)]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(halves))
     split = GOOD.replace("workers.hashing:compress", "splitpkg.jobs:job")
     assert config.load(write(tmp_path, split)).functions["rev"].target == "splitpkg.jobs:job"
 
@@ -911,3 +912,34 @@ def test_a_runtime_dir_too_long_for_a_socket_is_passed_over(
     short.mkdir(mode=0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(short))
     assert runtime_dir() == short / "farm"
+
+
+@pytest.mark.parametrize(
+    ("mode", "pythonpath", "beside"),
+    [
+        (0o755, "lib:{root}", "lib"),  # a relative entry: dropped for the workers
+        (0o1777, "{root}", "."),  # python -c (or -m) put this directory first: not theirs
+    ],
+)
+def test_the_target_check_searches_what_the_workers_will(
+    tmp_path: Path, mode: int, pythonpath: str, beside: str
+) -> None:
+    # The check searched the supervisor's own sys.path, which still holds what the workers
+    # (python -P, trusted_pythonpath) do not get: farm up passed it, and then every worker
+    # failed to boot, retried with backoff, where one config line could have said it.
+    run = tmp_path / "run"
+    (run / "lib").mkdir(parents=True)
+    (run / beside / "mine.py").write_text("def job(j):\n    return b''\n")
+    path = write(tmp_path, GOOD.replace("workers.hashing:compress", "mine:job"))
+    run.chmod(mode)
+    code = f"from farm import config\ntry:\n    config.load({str(path)!r})\n"
+    code += "except Exception as e:\n    print(e)\nelse:\n    print('loaded')\n"
+    env = dict(os.environ, PYTHONPATH=pythonpath.format(root=ROOT))
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=run, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert "functions.rev.target" in out.stdout, out.stdout
+    assert "no module named 'mine'" in out.stdout, out.stdout
+    if beside == "lib":  # the supervisor's warning of the entry comes after this check
+        assert "the workers do not search its relative entries ['lib']" in out.stdout

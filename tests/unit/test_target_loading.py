@@ -50,6 +50,25 @@ def test_a_target_that_cannot_be_imported_is_told_with_its_file_and_line(
     assert "\n" not in why
 
 
+def test_an_error_raised_inside_a_library_names_the_target_s_line(modules: Path) -> None:
+    # The last frame was the library's (json/decoder.py): the target's call of it is the
+    # line to look at, and the traceback in the log has the rest.
+    path = modules / "broken_config.py"
+    path.write_text("import json\n\nSETTINGS = json.loads('{not json')\n")
+    with pytest.raises(ValueError) as raised:
+        load_target("broken_config:job")
+    why = load_failure(raised.value)
+    assert why.startswith("JSONDecodeError: Expecting property name"), why
+    assert why.endswith(f" at {path}:3"), why
+
+
+def test_a_missing_top_level_module_names_no_file(modules: Path) -> None:
+    # It named importlib/__init__.py:126, where import_module calls the import system.
+    with pytest.raises(ModuleNotFoundError) as raised:
+        load_target("broken_nowhere:job")
+    assert load_failure(raised.value) == "ModuleNotFoundError: No module named 'broken_nowhere'"
+
+
 def test_an_error_of_farm_s_own_loading_names_no_file(modules: Path) -> None:
     (modules / "broken_empty.py").write_text("")
     with pytest.raises(AttributeError) as raised:  # not the module's code: no line of it
