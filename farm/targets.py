@@ -48,27 +48,30 @@ def load_target(target: str) -> Callable[..., Any]:
     return fn  # type: ignore[no-any-return]  # checked callable just above
 
 
-def load_failure(exc: BaseException) -> str:
+def load_failure(exc: BaseException, target: str = "") -> str:
     """What :func:`load_target` raised, in one line with where in the target's code: ``Type:
     message at PATH:LINE``. A worker's boot failure is told by this line alone in `farm
     reload`, `farm restart` and `farm ps` (the traceback is in its log): a SyntaxError names
-    only the file's base name, anything else the module raised no file at all."""
+    only the file's base name, anything else the module raised no file at all. ``target``
+    (``module:function``): its package's frames are its code, installed or not."""
     if isinstance(exc, SyntaxError) and exc.filename:
         where: tuple[str, int | None] | None = (exc.filename, exc.lineno)
         text = exc.msg
     else:
         text = str(exc)
-        where = _where_raised(exc.__traceback__)
+        where = _where_raised(exc.__traceback__, target.partition(":")[0].partition(".")[0])
     said = f"{type(exc).__name__}: {text}"
     return said if where is None else f"{said} at {where[0]}:{where[1]}"
 
 
-def _where_raised(tb: TracebackType | None) -> tuple[str, int] | None:
+def _where_raised(tb: TracebackType | None, package: str) -> tuple[str, int] | None:
     """Where under load_target's frame the target's code raised: the last frame that is not
     the import system's (importlib's, which a missing top-level module ends in), and of
-    those the last outside the stdlib and site-packages when there is one, so that an
+    those the last of the target's own code when there is one: its ``package``'s modules
+    (an installed package too), or any outside the stdlib and site-packages, so that an
     error raised inside a library names the target's line that called it."""
     frames: list[tuple[str, int]] = []
+    own: list[tuple[str, int]] = []
     called = False
     while tb is not None:
         path = tb.tb_frame.f_code.co_filename
@@ -78,8 +81,10 @@ def _where_raised(tb: TracebackType | None) -> tuple[str, int] | None:
             called = True
         elif called and not importing and not path.startswith("<frozen "):  # no file there
             frames.append((path, tb.tb_lineno))
+            ours = package and (name == package or name.startswith(package + "."))
+            if ours or not _installed(path):
+                own.append(frames[-1])
         tb = tb.tb_next
-    own = [frame for frame in frames if not _installed(frame[0])]
     return (own or frames)[-1] if frames else None
 
 
@@ -154,12 +159,12 @@ def trusted_pythonpath(env: dict[str, str]) -> list[str]:
     started with ``-P``) one that searches no working directory, and return what to warn
     of, a line each. Empty and relative entries are dropped: Python reads them against the
     working directory (``/srv/app:`` from ``export PYTHONPATH=/srv/app:$PYTHONPATH``), past
-    ``-P``. The directory this ``farm`` was imported from is added last when the working
-    directory is where it was found (``cd checkout && python -m farm up``: ``-P`` would
-    lose it), and by the working directory's rule (``unsearched_because``): PYTHONPATH comes
-    before the stdlib, so a ``json.py`` that the group of a checkout run by root could write
-    there would run as root. A farm found elsewhere (site-packages, an editable install, an
-    absolute entry) is found there by the children too."""
+    ``-P``. The directory this ``farm`` was imported from is added last unless it is a
+    site directory (``cd checkout && python -m farm up``, or a relative entry that named
+    it: the children would import another farm, or none), and only by the working
+    directory's rule (``unsearched_because``): PYTHONPATH comes before the stdlib, so a
+    ``json.py`` that the group of a checkout run by root could write there would run as
+    root."""
     value = env.get("PYTHONPATH", "")
     entries = value.split(os.pathsep) if value else []  # a PYTHONPATH of "" adds nothing
     kept = [e for e in entries if os.path.isabs(e)]
@@ -168,8 +173,7 @@ def trusted_pythonpath(env: dict[str, str]) -> list[str]:
     if dropped:
         warnings.append(f"PYTHONPATH entries {dropped} dropped for the server and workers")
     ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    found_here = os.path.realpath(ours) == os.path.realpath(os.getcwd())
-    if found_here and not _site_directory(ours) and ours not in map(os.path.abspath, kept):
+    if not _site_directory(ours) and ours not in map(os.path.abspath, kept):
         untrusted = unsearched_because(ours)
         if untrusted is None:
             kept.append(ours)
@@ -200,15 +204,18 @@ def workers_path(environ: Mapping[str, str] = os.environ) -> list[str]:
 
 
 def _interpreter_path() -> list[str]:
-    """``sys.path`` from the stdlib on: what the interpreter and site-packages put there,
-    after the entries the command line and PYTHONPATH put first (and any put in front
-    since). The stdlib's zip, where it comes first, is kept."""
-    stdlib = {os.path.realpath(sysconfig.get_path(k)) for k in ("stdlib", "platstdlib")}
-    for i, entry in enumerate(sys.path):
-        if entry and os.path.realpath(entry) in stdlib:
-            start = i - 1 if i and sys.path[i - 1].endswith(".zip") else i
-            return sys.path[start:]
-    return [entry for entry in sys.path if os.path.isabs(entry)]  # a layout of its own
+    """The supervisor's ``sys.path`` less what its own start put in front, which its
+    workers (``-P``, the trusted PYTHONPATH) do not get: the script's or ``-m``'s directory
+    (unless it ran with ``-P``) and the PYTHONPATH entries (unless ``-E``). What site, a
+    ``.pth`` or sitecustomize added is kept: the workers' site adds it too."""
+    path = list(sys.path)
+    if path and not sys.flags.safe_path:
+        path = path[1:]
+    given = "" if sys.flags.ignore_environment else os.environ.get("PYTHONPATH", "")
+    if given:
+        started = {os.path.abspath(entry) for entry in given.split(os.pathsep)}
+        path = [entry for entry in path if os.path.abspath(entry) not in started]
+    return path
 
 
 def _site_directory(path: str) -> bool:

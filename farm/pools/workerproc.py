@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot serve %s: %s; point target at one", ns.function, e)
         return boot_failed(reporter, str(e))
     except Exception as e:  # whatever the target's import raises is a boot failure
-        why = boot_why(load_failure(e))  # with the file and line: the traceback is ours alone
+        # with the file and line: the traceback is ours alone
+        why = boot_why(load_failure(e, ns.target))
         if why == ns.last_boot_error:
             # The slot's last try failed the same way, and its traceback is in the log: a
             # failing slot retries until fixed, and a traceback each time (a pool of 64, twice

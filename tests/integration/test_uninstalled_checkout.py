@@ -4,7 +4,8 @@ The job server and the Python workers start with ``python -P`` (nothing from the
 directory, tests/security/test_planted_module.py), so they found ``farm`` only where it
 is installed: from a checkout that is not, the server could not import it, and where an
 older farm is installed they ran that one beside the supervisor's. The supervisor puts the
-directory its own ``farm`` came from on their PYTHONPATH (not a site-packages one)."""
+directory its own ``farm`` came from on their PYTHONPATH, unless it is a site-packages one
+(and only when others may not write there: farm.targets.trusted_pythonpath)."""
 
 from __future__ import annotations
 

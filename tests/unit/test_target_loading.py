@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import farm
-from farm.targets import load_failure, load_target, trusted_pythonpath
+from farm.targets import load_failure, load_target, trusted_pythonpath, workers_path
 
 
 @pytest.fixture
@@ -94,14 +94,50 @@ def test_the_childrens_pythonpath_names_no_working_directory_and_this_farm() -> 
     assert trusted_pythonpath(named) == [] and named == {"PYTHONPATH": ours}
 
 
-def test_this_farm_s_directory_is_added_only_when_it_was_found_through_the_working_directory(
+def test_this_farm_s_directory_is_added_wherever_it_was_found_but_in_a_site_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Started elsewhere, farm came from site-packages, an editable install or an absolute
-    # PYTHONPATH entry, which the children have too. Its checkout added ahead of the stdlib
-    # let the checkout's workers/, tests/ and bench/ (and a json.py there) shadow the rest.
+    # Found through a relative entry (cd /work && PYTHONPATH=main python -m farm up), which
+    # is dropped, the children imported another farm (an installed one), or none at all.
+    ours = str(Path(farm.__file__).parent.parent)
+    if ours in site.getsitepackages():
+        pytest.skip("farm is installed here: the children find it there")
     monkeypatch.chdir(tmp_path)
     env = {"PYTHONPATH": "/srv/app"}
-    assert trusted_pythonpath(env) == [] and env == {"PYTHONPATH": "/srv/app"}
-    unset: dict[str, str] = {}
-    assert trusted_pythonpath(unset) == [] and unset == {}
+    assert trusted_pythonpath(env) == [] and env == {"PYTHONPATH": f"/srv/app:{ours}"}
+
+
+def test_the_workers_path_keeps_what_site_put_first_and_drops_what_the_start_put_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A .pth or sitecustomize may put entries ahead of the stdlib, and the workers' own site
+    # puts them there too: the config check, which kept sys.path only from the stdlib on,
+    # refused their modules. What the supervisor's start put first (its script's directory,
+    # its PYTHONPATH) the workers do not get as such.
+    monkeypatch.chdir(tmp_path)
+    os.chmod(tmp_path, 0o700)  # searched by the workers: this user's, closed to others
+    monkeypatch.setenv("PYTHONPATH", "/from/pythonpath")
+    monkeypatch.setattr(sys, "path", ["/script/dir", "/from/pythonpath", "/front/pth", *sys.path])
+    path = workers_path()
+    assert path[0] == str(tmp_path)
+    assert "/front/pth" in path and "/script/dir" not in path
+    assert path.index("/from/pythonpath") < path.index("/front/pth")  # as PYTHONPATH goes
+
+
+def test_an_installed_target_package_is_its_own_code(
+    modules: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every frame under site-packages (an installed package, as operations.md recommends):
+    # the line named was json's, inside the library the target called.
+    import farm.targets as targets
+
+    library = targets._library_directories()
+    monkeypatch.setattr(targets, "_library_directories", lambda: (*library, f"{modules}/"))
+    (modules / "broken_pkg").mkdir()
+    (modules / "broken_pkg" / "__init__.py").write_text("")
+    jobs = modules / "broken_pkg" / "jobs.py"
+    jobs.write_text("import json\n\nSETTINGS = json.loads('{not json')\n")
+    with pytest.raises(ValueError) as raised:
+        load_target("broken_pkg.jobs:job")
+    why = load_failure(raised.value, "broken_pkg.jobs:job")
+    assert why.endswith(f" at {jobs}:3"), why
