@@ -83,6 +83,8 @@ def test_a_scaled_down_command_worker_finishes_its_job_once_then_exits(tmp_path:
         wait_for("the worker gone", lambda: not psutil.pid_exists(worker["pid"]), 10)
         assert time.monotonic() - scaled < 15
         assert runs.read_text() == "run\n"  # ran once: not requeued
+        # The supervisor logs the exit just after it reaps the process (when its pid goes).
+        wait_for("its exit logged", lambda: "after draining" in up.read_log(), 10)
         log = up.read_log()
         assert "hands it no more jobs" in log and "after draining" in log, log
         assert "killing worker" not in log, log
