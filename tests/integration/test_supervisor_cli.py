@@ -324,6 +324,15 @@ def test_a_control_path_changed_in_the_file_names_where_the_farm_answers(
         assert up.stop() == 0
 
 
+def up_unprivileged(up: FarmUp, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`farm up -c` of ``up``'s config, run without root's file access override (setpriv),
+    to its end: a farm up refused before anything starts."""
+    argv = [sys.executable, "-c", "from farm.cli import main; main()", "up", "-c", str(up.config)]
+    return subprocess.run(
+        unprivileged(argv), env=up.env, cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
 @pytest.mark.parametrize("where", ["queue.db", "sub/queue.db"])
 def test_a_store_this_user_cannot_write_is_one_line_before_anything_starts(
     tmp_path: Path, where: str
@@ -338,10 +347,7 @@ def test_a_store_this_user_cannot_write_is_one_line_before_anything_starts(
     )
     store = locked / where
     up.config.write_text(up.config.read_text().replace('store = "none"', f'store = "{store}"'))
-    argv = [sys.executable, "-c", "from farm.cli import main; main()", "up", "-c", str(up.config)]
-    out = subprocess.run(
-        unprivileged(argv), env=up.env, cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
+    out = up_unprivileged(up, tmp_path)
     assert out.returncode == 2, out.stderr
     line = one_line_error(out)
     assert line.startswith(f"farm: {up.config}: server.store: "), line
@@ -361,10 +367,7 @@ def test_a_unix_socket_this_user_cannot_make_is_one_line_before_anything_starts(
         tmp_path, "[functions.r]\ntarget = 'workers.text:reverse'\nworkers = 1\n", start=False
     )
     up.config.write_text(up.config.read_text().replace(str(up.unix), str(locked / "g.sock")))
-    argv = [sys.executable, "-c", "from farm.cli import main; main()", "up", "-c", str(up.config)]
-    out = subprocess.run(
-        unprivileged(argv), env=up.env, cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
+    out = up_unprivileged(up, tmp_path)
     assert out.returncode == 2, out.stderr
     line = one_line_error(out)
     assert line.startswith(f"farm: {up.config}: server.listen: cannot make the socket "), line

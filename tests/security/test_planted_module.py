@@ -49,6 +49,19 @@ def plant(shared: Path, package: str, marker: Path) -> None:
 
 
 @pytest.mark.timeout(90)
+def run_once(up: FarmUp, marker: Path) -> tuple[list[str], str]:
+    """Run ``up`` until its reverse worker waits (its target imported: the server and the
+    worker ran), then stop it: the planted modules' import lines, one per importer ("NAME
+    PID uid UID"), and its log."""
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 1})
+        log = up.read_log()
+    finally:
+        up.stop()
+    return (marker.read_text() if marker.exists() else "").splitlines(), log
+
+
 def test_modules_planted_in_the_working_directory_others_may_write_are_not_imported(
     tmp_path: Path,
 ) -> None:
@@ -62,13 +75,8 @@ def test_modules_planted_in_the_working_directory_others_may_write_are_not_impor
     plant(shared, "workers", marker)
     (tmp_path / "farm").mkdir()
     up = FarmUp(tmp_path / "farm", POOL, cwd=shared)
-    try:
-        up.expect_notify("READY=1")
-        up.wait_idle({"reverse": 1})  # its target imported: the server and the worker ran
-    finally:
-        up.stop()
-    ran = marker.read_text() if marker.exists() else ""
-    assert not ran, f"the farm imported another user's modules from its directory:\n{ran}"
+    ran, _ = run_once(up, marker)  # the supervisor's lines too
+    assert not ran, f"the farm imported another user's modules from its directory: {ran}"
 
 
 @pytest.mark.timeout(90)
@@ -89,15 +97,9 @@ def test_an_empty_or_relative_pythonpath_entry_does_not_bring_the_directory_back
     (tmp_path / "farm").mkdir()
     pythonpath = f"{entry}:{tmp_path / 'farm'}:{ROOT}"
     up = FarmUp(tmp_path / "farm", POOL, cwd=shared, extra_env={"PYTHONPATH": pythonpath})
-    try:
-        up.expect_notify("READY=1")
-        up.wait_idle({"reverse": 1})
-        log = up.read_log()
-    finally:
-        up.stop()
     # `farm up` itself was started with that PYTHONPATH by its operator: its children are not.
-    ran = marker.read_text() if marker.exists() else ""
-    children = [line for line in ran.splitlines() if f" {up.proc.pid} " not in line]
+    ran, log = run_once(up, marker)
+    children = [line for line in ran if f" {up.proc.pid} " not in line]
     assert not children, f"the farm's children imported another user's modules: {children}"
     assert f"PYTHONPATH entries {[entry]} dropped" in log, log
 
@@ -157,13 +159,7 @@ def test_a_checkout_its_group_may_write_is_not_on_a_root_farm_s_pythonpath(tmp_p
     # find one through the absolute entry, which is the operator's to give.
     up = FarmUp(checkout, POOL, start=False, extra_env={"PYTHONPATH": str(ROOT)})
     up.start()
-    try:
-        up.expect_notify("READY=1")
-        up.wait_idle({"reverse": 1})
-        log = up.read_log()
-    finally:
-        up.stop()
-    ran = marker.read_text() if marker.exists() else ""
-    children = [line for line in ran.splitlines() if f" {up.proc.pid} " not in line]
+    ran, log = run_once(up, marker)
+    children = [line for line in ran if f" {up.proc.pid} " not in line]
     assert not children, f"the farm's children imported a group member's json: {children}"
     assert f"{checkout} (where this farm was imported from) is not on" in log, log
