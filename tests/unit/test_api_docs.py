@@ -1,0 +1,67 @@
+"""docs/executor.md's signatures of `farm.Executor`, its `map` and `shutdown` are the code's:
+each parameter, in order, of the same kind (keyword-only after ``*``), with its default."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import farm
+from tests.helpers import ROOT
+
+TEXT = (ROOT / "docs" / "executor.md").read_text()
+
+
+def written(call: str) -> list[tuple[str, str, object]]:
+    """The parameters of a signature as the page writes it, ``name(a, b=1, *, c=None)``:
+    (name, kind, default or inspect.Parameter.empty), in order."""
+    tree = ast.parse(f"def f({call.split('(', 1)[1].rstrip()[:-1]}): pass")
+    args = tree.body[0].args  # type: ignore[attr-defined]
+    found: list[tuple[str, str, object]] = []
+    positional = args.args
+    defaults = [inspect.Parameter.empty] * (len(positional) - len(args.defaults))
+    defaults += [ast.literal_eval(d) for d in args.defaults]
+    for arg, default in zip(positional, defaults, strict=True):
+        found.append((arg.arg, "POSITIONAL_OR_KEYWORD", default))
+    if args.vararg:
+        found.append((args.vararg.arg, "VAR_POSITIONAL", inspect.Parameter.empty))
+    for arg, kw_default in zip(args.kwonlyargs, args.kw_defaults, strict=True):
+        value = inspect.Parameter.empty if kw_default is None else ast.literal_eval(kw_default)
+        found.append((arg.arg, "KEYWORD_ONLY", value))
+    return found
+
+
+def actual(fn: Callable[..., Any]) -> list[tuple[str, str, object]]:
+    params = list(inspect.signature(fn).parameters.values())[1:]  # less self
+    return [(p.name, p.kind.name, p.default) for p in params]
+
+
+def signature_block() -> str:
+    start = TEXT.index("farm.Executor(max_workers")
+    return " ".join(TEXT[start : TEXT.index("```", start)].split())
+
+
+@pytest.mark.parametrize(
+    ("pattern", "fn"),
+    [
+        (None, farm.Executor.__init__),
+        (r"`(map\(fn, \*iterables[^`]*)`", farm.Executor.map),
+        (r"`(shutdown\(wait[^`]*)`", farm.Executor.shutdown),
+    ],
+    ids=["Executor", "map", "shutdown"],
+)
+def test_the_documented_signature_is_the_code_s(
+    pattern: str | None, fn: Callable[..., Any]
+) -> None:
+    if pattern is None:
+        call = signature_block()
+    else:
+        m = re.search(pattern, TEXT)
+        assert m, f"docs/executor.md no longer writes {pattern}"
+        call = m[1]
+    assert written(call) == actual(fn)
