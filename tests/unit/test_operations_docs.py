@@ -117,6 +117,7 @@ def test_the_documented_defaults_are_the_code_s(tmp_path: Path) -> None:
             "servers": list(cfg.supervisor.servers),
             "graceful_timeout": cfg.supervisor.graceful_timeout,
             "boot_timeout": cfg.supervisor.boot_timeout,
+            "ready_wait": cfg.supervisor.ready_wait,
             "memory_budget_mb": builtin()["supervisor"]["memory_budget_mb"],
             "metrics": cfg.supervisor.metrics,
             "log_format": cfg.supervisor.log_format,
