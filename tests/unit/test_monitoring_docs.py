@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
+import sys
 
+from farm.logs import JsonFormatter
 from farm.server.metrics import COUNTER_FIELDS
 from tests.helpers import ROOT
 
@@ -161,3 +164,23 @@ def test_the_instance_list_holds_every_kind_of_farm_target() -> None:
     assert variable["definition"] == variable["query"]["query"]
     assert "farm_pool_target_workers" in names  # every farm up, whatever its servers
     assert "farm_server_start_time_seconds" in names  # every job server of farm's
+
+
+def test_every_field_of_a_json_log_line_is_in_the_table() -> None:
+    # A record logged with stack_info=True carried `stack_info`, which the table left out.
+    start = (ROOT / "docs" / "monitoring.md").read_text().index("## JSON logs")
+    text = (ROOT / "docs" / "monitoring.md").read_text()[start:]
+    table = text[text.index("| field | meaning |") :].split("\n\n", 1)[0]
+    documented = {
+        f
+        for first in re.findall(r"^\| (.*?) \|", table, re.M)
+        for f in re.findall(r"`(\w+)`", first)
+    }
+    try:
+        raise ValueError("bad image")
+    except ValueError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("farm.worker", logging.ERROR, __file__, 1, "m", None, exc_info)
+    record.__dict__.update(job="H:host:17", stack_info="Stack (most recent call last): ...")
+    fields = json.loads(JsonFormatter("worker", slot=3, function="resize").format(record))
+    assert set(fields) == documented
