@@ -184,3 +184,12 @@ def test_every_field_of_a_json_log_line_is_in_the_table() -> None:
     record.__dict__.update(job="H:host:17", stack_info="Stack (most recent call last): ...")
     fields = json.loads(JsonFormatter("worker", slot=3, function="resize").format(record))
     assert set(fields) == documented
+
+
+def test_the_alerts_table_names_each_rule_of_the_file_with_its_severity() -> None:
+    rules = (ROOT / "docs" / "farm-alerts.yml").read_text()
+    in_file = dict(re.findall(r"- alert: (\w+)\n(?:.*\n)*?\s+severity: (\w+)", rules))
+    text = (ROOT / "docs" / "monitoring.md").read_text()
+    in_table = dict(re.findall(r"^\| `(Farm\w+)` \|.*\| (\w+) \|$", text, re.M))
+    assert len(in_file) >= 8
+    assert in_table == in_file
