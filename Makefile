@@ -72,6 +72,7 @@ lint:
 
 BENCHES := server_load server_cost durable_enqueue bench_client bench_executor hop_floor bench_supervisor
 
-# Each benchmark measures farm beside its peer (gearmand, PHP, ProcessPoolExecutor) in one run.
+# Most put farm beside its peer (gearmand, PHP, ProcessPoolExecutor) in one run; README.md
+# says what each measures.
 bench: deps-test
 	@for b in $(BENCHES); do echo "== bench.$$b"; $(PYTHON) -m bench.$$b || exit 1; done

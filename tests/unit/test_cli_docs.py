@@ -1,5 +1,5 @@
 """README.md and docs/*.md name every `farm` command and each of its flags, and only flags
-the commands take.
+the commands take; README.md says what each benchmark `make bench` runs measures.
 
 The commands and their flags are asked of the CLI itself (the click command typer builds;
 `farm server`'s flags of its argparse parser), so a flag added, renamed or dropped in the
@@ -84,3 +84,14 @@ def test_the_docs_write_only_flags_the_commands_take() -> None:
                 wrong.append(f"{doc}: farm {name} {flag}")
     assert seen >= 50
     assert not wrong, "flags the commands do not take:\n" + "\n".join(wrong)
+
+
+def test_the_readme_says_what_each_benchmark_of_make_bench_measures() -> None:
+    # "each measures farm beside its peer" was false of server_cost, hop_floor and
+    # bench_supervisor, which measure farm (or bare Python) alone.
+    makefile = (ROOT / "Makefile").read_text()
+    benches = re.search(r"^BENCHES := (.*)$", makefile, re.M)
+    assert benches
+    readme = (ROOT / "README.md").read_text()
+    missing = [b for b in benches[1].split() if f"`bench.{b}`" not in readme]
+    assert not missing, f"make bench runs these, which README.md does not name: {missing}"
