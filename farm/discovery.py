@@ -13,7 +13,8 @@ faster, and it is the only way in for the Executor, whose calls only workers
 on the Unix socket may take. A client
 falls back to TCP when the socket is not there or not accessible to its user;
 the Executor does not (it would put signed calls on a TCP port any local user
-can reach).
+can reach). A config whose workers serve remote servers (``[supervisor] servers``,
+no local one) names those: a client takes them all, the Executor their ``unix:`` entries.
 """
 
 from __future__ import annotations
@@ -192,7 +193,11 @@ def local_farm(explicit: str | os.PathLike[str] | None = None) -> FarmAddresses:
             unix = f"unix:{resolve(base, addr.path)}"
         elif addr.kind == "tcp" and tcp is None:
             tcp = str(connectable(addr))
-    servers = tuple(str(a) for a in _addresses(where, "supervisor.servers", remote))
+    # A relative unix: path is the config file's folder's, as the workers read it.
+    servers = tuple(
+        f"unix:{resolve(base, a.path)}" if a.kind == "unix" else str(a)
+        for a in _addresses(where, "supervisor.servers", remote)
+    )
     return FarmAddresses(unix, tcp, servers)
 
 
@@ -276,7 +281,7 @@ def _servers(
         return env[1]
     farm = local_farm(config)
     if farm.remote:
-        return list(farm.remote)
+        return list(farm.remote) if tcp_fallback else _unix_only(farm.remote)
     unsafe = _unsafe(farm.unix) if farm.unix else None
     if unsafe is not None and not (tcp_fallback and farm.tcp):
         # The Executor's calls go nowhere else; and a farm with no TCP address of its own must
@@ -294,6 +299,25 @@ def _servers(
         " use the socket? farm.Executor() does not fall back to TCP; pass servers= (or set"
         " $FARM_SERVERS) to choose a TCP address knowingly"
     )
+
+
+def _unix_only(remote: tuple[str, ...]) -> list[str]:
+    """The Executor's share of a farm whose job servers are remote (``[supervisor] servers``):
+    their ``unix:`` entries, where its ``farm.*`` pool registers. The TCP ones would carry
+    signed calls, arguments readable, over a network, and no farm server hands them to a
+    worker there."""
+    unix = [s for s in remote if s.startswith("unix:")]
+    if not unix:
+        raise ServerUnavailable(
+            f"this farm's job servers ({', '.join(remote)}, [supervisor] servers) are reached"
+            " over TCP, and farm.Executor() does not send calls over TCP; pass servers= (or set"
+            " $FARM_SERVERS) to choose a TCP address knowingly"
+        )
+    for server in unix:
+        unsafe = _unsafe(server)
+        if unsafe is not None:
+            raise UnsafeDirectory(unsafe)
+    return unix
 
 
 def executor_spill() -> tuple[str | None, int | None]:

@@ -76,6 +76,42 @@ def test_the_executor_refuses_to_fall_back_to_tcp(clean_env: Path) -> None:
         farm.Executor()
 
 
+def test_the_executor_takes_only_the_unix_sockets_of_remote_servers(clean_env: Path) -> None:
+    # A host whose workers serve other job servers ([supervisor] servers, no local one):
+    # farm.Executor() with no servers sent its calls to the TCP ones, which the docs say it
+    # never does (any peer on that network could read them; a farm server never hands them
+    # to a TCP worker, so they waited for good). Its farm.python pool registers only on the
+    # unix: entries (docs/operations.md), and the Executor goes only there.
+    sock = clean_env / "remote.sock"
+    (clean_env / "farm.toml").write_text(
+        f'[supervisor]\nservers = ["10.0.0.1:4730", "unix:{sock}"]\n'
+        '[functions.a]\ntarget = "not.importable.here:fn"\n'
+    )
+    assert discovery.client_servers() == ["10.0.0.1:4730", f"unix:{sock}"]
+    assert discovery.executor_servers() == [f"unix:{sock}"]
+    (clean_env / "farm.toml").write_text(
+        '[supervisor]\nservers = ["10.0.0.1:4730"]\n[functions.a]\ntarget = "x:fn"\n'
+    )
+    with pytest.raises(farm.ServerUnavailable, match="does not send calls over TCP"):
+        farm.Executor()
+
+
+def test_a_relative_unix_server_of_the_config_is_taken_from_its_folder(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `servers = ["unix:run/x.sock"]`: the workers connect to run/x.sock beside the file
+    # ("relative paths in a file are relative to that file"), but a client or Executor run
+    # from another directory read it against its own working directory: another socket.
+    folder = clean_env / "etc"
+    folder.mkdir()
+    (folder / "farm.toml").write_text(
+        '[supervisor]\nservers = ["unix:run/x.sock"]\n[functions.a]\ntarget = "x:fn"\n'
+    )
+    monkeypatch.setenv("FARM_CONFIG", str(folder / "farm.toml"))
+    expected = [f"unix:{folder}/run/x.sock"]
+    assert discovery.client_servers() == discovery.executor_servers() == expected
+
+
 def test_an_executor_with_no_servers_finds_a_running_farm(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
