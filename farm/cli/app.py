@@ -55,8 +55,9 @@ ConfigOption = typer.Option(None, "--config", "-c", help=CONFIG_HELP)
 ControlOption = typer.Option(None, "--control", help="control socket (default: from the config)")
 #: Where a client command goes given no --server (farm.discovery).
 SERVER_DEFAULT_HELP = (
-    "Default: $FARM_SERVERS, else $GEARMAN_SERVERS, else the farm the config describes"
-    " (its Unix socket when this user may use it, else its TCP address)."
+    "Default: the farm --config describes, when given; else $FARM_SERVERS, else"
+    " $GEARMAN_SERVERS, else the farm the config describes (its Unix socket when this user"
+    " may use it, else its TCP address)."
 )
 
 

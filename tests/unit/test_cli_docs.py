@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 import typer.main
 
 from farm.cli import app
+from farm.cli.app import SERVER_DEFAULT_HELP
+from farm.discovery import client_servers
 from farm.server.options import build_parser
 from tests.helpers import ROOT
 
@@ -95,3 +99,16 @@ def test_the_readme_says_what_each_benchmark_of_make_bench_measures() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = [b for b in benches[1].split() if f"`bench.{b}`" not in readme]
     assert not missing, f"make bench runs these, which README.md does not name: {missing}"
+
+
+def test_the_server_default_the_help_gives_is_the_order_the_code_takes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `farm status --help` said "Default: $FARM_SERVERS, else ..., else the farm the config
+    # describes", but a config named with --config outranks the variables.
+    config = tmp_path / "farm.toml"
+    config.write_text('[server]\nlisten = ["127.0.0.1:4999"]\n[functions.a]\ntarget = "x:f"\n')
+    monkeypatch.setenv("FARM_SERVERS", "10.0.0.9:4730")
+    assert client_servers(config) == ["127.0.0.1:4999"]
+    assert client_servers() == "10.0.0.9:4730"
+    assert SERVER_DEFAULT_HELP.index("--config") < SERVER_DEFAULT_HELP.index("$FARM_SERVERS")
