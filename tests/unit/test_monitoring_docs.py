@@ -8,6 +8,8 @@ import re
 import sys
 
 from farm.logs import JsonFormatter
+from farm.pools.metrics import POOL_STATES
+from farm.pools.slots import EXIT_CAUSES
 from farm.server.metrics import COUNTER_FIELDS
 from tests.helpers import ROOT
 
@@ -193,3 +195,16 @@ def test_the_alerts_table_names_each_rule_of_the_file_with_its_severity() -> Non
     in_table = dict(re.findall(r"^\| `(Farm\w+)` \|.*\| (\w+) \|$", text, re.M))
     assert len(in_file) >= 8
     assert in_table == in_file
+
+
+def row(metric: str) -> str:
+    text = (ROOT / "docs" / "monitoring.md").read_text()
+    (found,) = re.findall(rf"^\| `{metric}\{{[^\n]*", text, re.M)
+    return found
+
+
+def test_the_states_and_causes_the_table_lists_are_those_the_supervisor_serves() -> None:
+    states = set(re.findall(r"`(\w+)`", row("farm_pool_processes").split("|")[3]))
+    assert states == set(POOL_STATES)
+    causes = set(re.findall(r"`(\w+)` \(", row("farm_pool_restarts_total").split("|")[3]))
+    assert causes == set(EXIT_CAUSES)
