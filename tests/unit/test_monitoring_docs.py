@@ -170,8 +170,8 @@ def test_the_instance_list_holds_every_kind_of_farm_target() -> None:
 
 def test_every_field_of_a_json_log_line_is_in_the_table() -> None:
     # A record logged with stack_info=True carried `stack_info`, which the table left out.
-    start = (ROOT / "docs" / "monitoring.md").read_text().index("## JSON logs")
-    text = (ROOT / "docs" / "monitoring.md").read_text()[start:]
+    page = (ROOT / "docs" / "monitoring.md").read_text()
+    text = page[page.index("## JSON logs") :]
     table = text[text.index("| field | meaning |") :].split("\n\n", 1)[0]
     documented = {
         f
