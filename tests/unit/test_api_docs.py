@@ -1,5 +1,6 @@
 """docs/executor.md's signatures of `farm.Executor`, its `map` and `shutdown` are the code's:
-each parameter, in order, of the same kind (keyword-only after ``*``), with its default."""
+each parameter, in order, of the same kind (keyword-only after ``*``), with its default; and
+docs/client.md names what a worker function's `Job` offers."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 import farm
+from farm.worker import Job
 from tests.helpers import ROOT
 
 TEXT = (ROOT / "docs" / "executor.md").read_text()
@@ -65,3 +67,13 @@ def test_the_documented_signature_is_the_code_s(
         assert m, f"docs/executor.md no longer writes {pattern}"
         call = m[1]
     assert written(call) == actual(fn)
+
+
+def test_every_public_attribute_of_a_job_is_in_client_md() -> None:
+    # `.timeout` and `.server` were a Job's too, and the page did not say so.
+    text = (ROOT / "docs" / "client.md").read_text()
+    start = text.index("* Functions receive the `Job`")
+    bullet = text[start : text.index("\n* ", start + 1)]
+    named = set(re.findall(r"`\.(\w+)`", bullet)) | set(re.findall(r"\b(send_\w+)\b", text))
+    public = {name for name in dir(Job) if not name.startswith("_")}
+    assert public <= named, f"not in docs/client.md: {sorted(public - named)}"
