@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import farm
+from farm import errors
 from farm.worker import Job
 from tests.helpers import ROOT
 
@@ -77,3 +78,16 @@ def test_every_public_attribute_of_a_job_is_in_client_md() -> None:
     named = set(re.findall(r"`\.(\w+)`", bullet)) | set(re.findall(r"\b(send_\w+)\b", text))
     public = {name for name in dir(Job) if not name.startswith("_")}
     assert public <= named, f"not in docs/client.md: {sorted(public - named)}"
+
+
+def test_every_error_class_farm_raises_is_named_in_the_docs() -> None:
+    # farm.errors.TLSFileError (tls_context's, for a file OpenSSL cannot use) was in none.
+    text = "\n".join(p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
+    classes = [
+        n
+        for n, o in vars(errors).items()
+        if isinstance(o, type) and o.__module__ == errors.__name__
+    ]
+    assert len(classes) >= 5
+    missing = [n for n in classes if not re.search(rf"\b{n}\b", text)]
+    assert not missing, f"farm.errors classes no doc names: {missing}"
