@@ -181,3 +181,20 @@ def test_the_pools_said_to_run_with_no_config_are_the_built_in_ones() -> None:
     # "`resize` one per core", "`farm.python` (farm.Executor's pool, one per core)".
     per_core = set(re.findall(r"`([\w.]+)`[^`]*?one per core", sentence))
     assert per_core == {name for name, pool in pools.items() if pool["workers"] == "auto"}
+
+
+def test_every_key_the_pages_name_as_table_and_key_is_one_the_table_takes(
+    tmp_path: Path,
+) -> None:
+    # The prose cites keys as `[supervisor] ready_wait`, `[server] job_retries`: a key
+    # renamed in the code would leave them pointing at nothing.
+    pages = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), ROOT / "systemd" / "farm.toml"]
+    cited = [
+        (page.name, table, key)
+        for page in pages
+        for table, key in re.findall(r"`\[(server|supervisor|executor)\] (\w+)", page.read_text())
+    ]
+    assert len(cited) >= 20
+    keys = {table: accepted(table, tmp_path) for table in ("server", "supervisor", "executor")}
+    wrong = [f"{page}: [{table}] {key}" for page, table, key in cited if key not in keys[table]]
+    assert not wrong
