@@ -34,6 +34,7 @@ from farm.paths import (
     fallback_runtime_dir,
     runtime_dir,
     untrusted_because,
+    working_directory,
 )
 
 __all__ = [
@@ -175,7 +176,7 @@ def local_farm(explicit: str | os.PathLike[str] | None = None) -> FarmAddresses:
     path = find_config(explicit)
     listen: object = default_listen()
     remote: object = []
-    base = Path.cwd()
+    base = None  # the defaults' socket path is absolute: no working directory is needed
     if path is not None:
         raw = read_config_file(path)
         base = path.resolve().parent
@@ -190,7 +191,7 @@ def local_farm(explicit: str | os.PathLike[str] | None = None) -> FarmAddresses:
     unix = tcp = None
     for addr in _addresses(where, "server.listen", listen):
         if addr.kind == "unix" and unix is None:
-            unix = f"unix:{resolve(base, addr.path)}"
+            unix = f"unix:{resolve(base or Path(working_directory()), addr.path)}"
         elif addr.kind == "tcp" and tcp is None:
             tcp = str(connectable(addr))
     # A relative unix: path is the config file's folder's, as the workers read it.

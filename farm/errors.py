@@ -11,6 +11,11 @@ class ConfigError(FarmError):
     """A configuration mistake: names the file, the key and the fix in one line."""
 
 
+class WorkingDirectoryGone(ConfigError):
+    """The working directory was removed under this process (``cd /tmp/x && rmdir
+    /tmp/x``): a usage error (exit 2) of whichever command needed it."""
+
+
 class TLSFileError(FarmError):
     """A certificate, key or CA file cannot be used; the message names the file."""
 

@@ -11,9 +11,10 @@ import stat
 import tempfile
 from pathlib import Path
 
-from farm.errors import FarmError
+from farm.errors import FarmError, WorkingDirectoryGone
 
 __all__ = [
+    "working_directory",
     "untrusted_because",
     "state_dir",
     "NoStateDirectory",
@@ -31,6 +32,17 @@ __all__ = [
     "check_private",
     "check_runtime_path",
 ]
+
+
+def working_directory() -> str:
+    """``os.getcwd()``, whose FileNotFoundError in a removed directory named no file and
+    was a traceback from `farm up`, `farm worker` and the client commands."""
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        raise WorkingDirectoryGone(
+            "the working directory was removed: cd to an existing one"
+        ) from None
 
 
 class NoStateDirectory(FarmError):

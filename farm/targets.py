@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from farm.paths import untrusted_because
+from farm.paths import untrusted_because, working_directory
 
 __all__ = [
     "NotCallable",
@@ -109,7 +109,7 @@ def target_problem(target: str) -> str | None:
     look for it (``workers_path``), not on the supervisor's own ``sys.path``.
     """
     module, _, attr = target.partition(":")
-    cwd = os.getcwd()
+    cwd = working_directory()
     unsearched = unsearched_because(cwd)
     try:
         spec = _find_unrun(module, workers_path())
@@ -146,7 +146,7 @@ def search_working_directory() -> str | None:
     """Put the working directory first on ``sys.path``, as ``python -m`` does, when its
     modules may be imported (``unsearched_because``); it, or None. The supervisor starts
     its Python children with ``-P``, which leaves it off, so that this check decides."""
-    cwd = os.getcwd()
+    cwd = working_directory()
     if unsearched_because(cwd) is not None:
         return None
     if cwd not in sys.path:
@@ -195,7 +195,7 @@ def workers_path(environ: Mapping[str, str] = os.environ) -> list[str]:
     of ``environ``'s), then the stdlib and site-packages. The supervisor's own still holds
     what the workers do not get: the directory ``python -m`` or ``-c`` put first, and
     relative PYTHONPATH entries, read against the working directory at its start."""
-    cwd = os.getcwd()
+    cwd = working_directory()
     env = {"PYTHONPATH": environ.get("PYTHONPATH", "")}
     trusted_pythonpath(env)
     path = [cwd] if unsearched_because(cwd) is None else []

@@ -13,7 +13,7 @@ from typer._click.core import Context  # typer >= 0.26 vendors click, and names 
 from typer._click.exceptions import UsageError  # base of its usage errors
 from typer.core import TyperCommand
 
-from farm.errors import ConfigError
+from farm.errors import ConfigError, WorkingDirectoryGone
 from farm.version import __version__
 
 app = typer.Typer(
@@ -179,3 +179,10 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except WorkingDirectoryGone as e:
+        # Whichever command read the working directory after it was removed (its config
+        # check, `farm worker`'s module search): one line, as for any bad input.
+        from farm.logs import error_line
+
+        typer.echo(error_line(f"farm: {e}"), err=True)
+        sys.exit(2)

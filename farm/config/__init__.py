@@ -32,6 +32,7 @@ from farm.config.model import (
 )
 from farm.config.parse import Validator
 from farm.discovery import control_path, find_config, read_config_file
+from farm.paths import working_directory
 
 __all__ = [
     "Config",
@@ -56,6 +57,7 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
 def load(path: str | os.PathLike[str] | None) -> Config:
     """Read and validate one file (None: the built-in defaults)."""
     if path is None:
-        return Validator(DEFAULTS_SOURCE, Path.cwd()).config(builtin())
+        # The defaults' targets are found in the working directory (workers/).
+        return Validator(DEFAULTS_SOURCE, Path(working_directory())).config(builtin())
     path = Path(path)
     return Validator(str(path), path.resolve().parent).config(read_config_file(path))

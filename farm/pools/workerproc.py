@@ -145,9 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     reporter = Reporter(ns.report_fd)
     record = RecordWriter(ns.record_fd) if ns.record_fd is not None else None
 
+    from farm.errors import WorkingDirectoryGone
     from farm.targets import NotCallable, load_failure, load_target, search_working_directory
 
-    search_working_directory()  # started with -P: only a directory others may not write
+    try:
+        search_working_directory()  # started with -P: only a directory others may not write
+    except WorkingDirectoryGone:
+        # Removed since the supervisor started (its traceback was every restart's crash):
+        # no module is left there to find; PYTHONPATH's and installed ones still load.
+        pass
     try:
         fn = load_target(ns.target)
         from farm.worker import Worker
