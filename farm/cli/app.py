@@ -51,7 +51,19 @@ class FarmCommand(TyperCommand):
 #: "inf" reached time.sleep, whose OverflowError was a traceback.
 MAX_INTERVAL = 3600.0
 CONFIG_HELP = "config file (default: $FARM_CONFIG, ./farm.toml, /etc/farm/farm.toml, built-in)"
-ConfigOption = typer.Option(None, "--config", "-c", help=CONFIG_HELP)
+
+
+def _config_path(text: str) -> Path:
+    """``--config``'s value. typer made '' (``-c "$CONFIG"`` with the variable unset) the
+    path '.', which the search then refused as ".: is a directory"."""
+    if not text.strip():
+        fail("--config must name a config file, not be empty", 2)
+    return Path(text)
+
+
+ConfigOption = typer.Option(
+    None, "--config", "-c", help=CONFIG_HELP, parser=_config_path, metavar="<path>"
+)
 ControlOption = typer.Option(None, "--control", help="control socket (default: from the config)")
 #: Where a client command goes given no --server (farm.discovery).
 SERVER_DEFAULT_HELP = (

@@ -26,7 +26,15 @@ from typing import Annotated, Any
 
 import typer
 
-from farm.cli.app import MAX_INTERVAL, FarmCommand, app, control_socket, fail, metrics_url
+from farm.cli.app import (
+    MAX_INTERVAL,
+    ConfigOption,
+    FarmCommand,
+    app,
+    control_socket,
+    fail,
+    metrics_url,
+)
 from farm.cli.rows import (
     SORT_KEYS,
     SORT_LETTERS,
@@ -363,10 +371,7 @@ def _sleep(seconds: float) -> str:
 
 @app.command(cls=FarmCommand)
 def top(
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", "-c", help="config file (default: as `farm up` finds it)"),
-    ] = None,
+    config: Path | None = ConfigOption,
     control: Annotated[str | None, typer.Option("--control", help="control socket")] = None,
     metrics: Annotated[
         str | None,

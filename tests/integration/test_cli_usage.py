@@ -186,6 +186,34 @@ def test_bad_numbers_addresses_and_configs_are_usage_errors(args: list[str]) -> 
 
 
 WORKER = ["worker", "workers.text:reverse"]
+#: Every command taking --config, with what else it needs to get as far as reading it.
+CONFIG_COMMANDS = [
+    ["up"],
+    ["ps"],
+    ["scale", "reverse=1"],
+    ["reload"],
+    ["stop"],
+    ["restart"],
+    ["top", "--once"],
+    WORKER,
+    ["submit", "f", "x"],
+    ["status"],
+    ["jobs"],
+]
+
+
+@pytest.mark.parametrize("command", CONFIG_COMMANDS, ids=lambda args: args[0])
+def test_an_empty_config_path_is_a_usage_error(command: list[str]) -> None:
+    import typer.main
+
+    group = typer.main.get_group(app)
+    taking = {n for n, c in group.commands.items() if any("--config" in p.opts for p in c.params)}
+    assert taking == {args[0] for args in CONFIG_COMMANDS}  # every one of them
+    # typer reads '' as the path '.': "farm: .: is a directory", from a $CONFIG left unset.
+    for empty in (["--config", ""], ["-c", ""], ["--config="]):
+        out = cli(*command, *empty, timeout=30, env=dict(os.environ, FARM_SERVERS="127.0.0.1:1"))
+        said = one_line_error(out.stderr)
+        assert (out.returncode, said) == (2, "farm: --config must name a config file, not be empty")
 
 
 @pytest.mark.timeout(60)
