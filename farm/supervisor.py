@@ -269,7 +269,7 @@ class Supervisor(
             return  # workers would only spin on connection refused
         now = time.monotonic()
         spawns = SPAWNS_PER_TURN  # the rest next turn: signals and `farm ps` answer meanwhile
-        for name, slots in self.slots.items():
+        for name, slots in list(self.slots.items()):  # a removed pool's entry goes below
             pool = self.config.functions.get(name)
             target = self.targets.get(name, 0) if pool else 0
             while len(slots) > target:
@@ -280,6 +280,8 @@ class Supervisor(
                         self.retire(proc, pool or self.removed_pools.get(name))
             if pool is None:  # removed: its slots all went just now, with its grace
                 self.removed_pools.pop(name, None)
+                self.forget_pool(name)
+                continue
             for index in range(len(slots), target):
                 core = core_for(self.config.supervisor.cpus, self.offsets[name], index)
                 # Its processes count on from the slot's last ones: FARM_WORKER_ID names one

@@ -90,7 +90,9 @@ class SupervisorCollector:
             "Jobs the slot's current worker process has done.",
             labels=["pool", "slot"],
         )
-        for pool, slots in list(sup.slots.items()):
+        live = list(sup.slots.items())  # a pool a reload removed leaves once it has drained
+        pools = [pool for pool, _ in live]
+        for pool, slots in live:
             # Every state from 0, as each restart cause: an alert on a state's count (no
             # idle worker left: `farm_pool_processes{state="idle"} == 0`) needs the series
             # to be there when the count is 0.
@@ -124,10 +126,15 @@ class SupervisorCollector:
                     by_state[str(retiring.seen_now()[0])] += 1
             for state, count in sorted(by_state.items()):
                 states.add_metric([pool, state], count)
+        draining: Counter[tuple[str, str]] = Counter()  # of removed pools, by state
+        for proc in list(sup.retiring):
+            if proc.function not in pools:
+                draining[proc.function, str(proc.seen_now()[0])] += 1
+        for (pool, state), count in sorted(draining.items()):
+            states.add_metric([pool, state], count)
         # Every cause of every pool from 0: a series that first appears at 1 has no sample
         # before it, so increase() and rate() read that first restart as nothing (the
         # dashboard's "restarts in the last hour" said 0 after a pool's first crash).
-        pools = list(sup.slots)
         exits = dict.fromkeys(((pool, cause) for pool in pools for cause in EXIT_CAUSES), 0)
         exits.update(list(sup.exits.items()))
         for (pool, cause), count in sorted(exits.items()):

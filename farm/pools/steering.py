@@ -60,6 +60,7 @@ class Steering(ProcessTable):
     log_format_flag: str | None  # `farm up --log-format`: outranks the file's log_format
     slots: dict[str, list[Slot]]
     targets: dict[str, int]
+    offsets: dict[str, int]  # each pool's first core (Supervisor.place)
     retiring: list[WorkerProcess]
     server: LocalServer
     pending: list[Pending]
@@ -305,6 +306,16 @@ class Steering(ProcessTable):
         except Exception:  # gone or refused: the reload itself says so
             return self.config.source
         return str(found) if found is not None else DEFAULTS_SOURCE
+
+    def forget_pool(self, name: str) -> None:
+        """A pool a reload removed has had its last slot retired: what was kept of it goes
+        too. Its target and restarts stayed on the metrics endpoint for the farm's life, and
+        a pool of that name added later counted on from them; now it starts as a new pool,
+        on cores placed anew. Its draining workers are counted while they drain (retiring)."""
+        self.slots.pop(name, None)
+        self.offsets.pop(name, None)
+        for key in [key for key in self.exits if key[0] == name]:
+            del self.exits[key]
 
     def reload(self) -> tuple[str | None, list[str], list[str]]:
         """Re-read the config: apply changed counts; pools whose target or options changed

@@ -352,3 +352,49 @@ def test_a_failed_reload_shows_until_a_reload_succeeds(tmp_path: Path) -> None:
         assert again[(at, ())] > started
     finally:
         up.stop()
+
+
+OTHER = """
+[functions.other]
+target = "tests.helpers.serving:reverse"
+workers = 1
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_pool_removed_by_a_reload_takes_its_series_with_it(tmp_path: Path) -> None:
+    # Its restarts, target and every state at 0 stayed on the endpoint until the farm
+    # stopped, and a pool of the same name added later counted on from its old restarts.
+    pool_series = ("farm_pool_target_workers", "farm_pool_processes", "farm_pool_restarts_total")
+    up = FarmUp(tmp_path, POOLS + OTHER)
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 2, "other": 1})
+        os.kill(up.workers("reverse")[0]["pid"], signal.SIGKILL)
+        wait_for(
+            "the crash counted",
+            lambda: get(scrape(up), "farm_pool_restarts_total", pool="reverse", cause="crash"),
+            timeout=30,
+        )
+        both = up.config.read_text()
+        up.config.write_text(both.replace(POOLS, ""))
+        out = farm_cli("reload", "--control", up.control)
+        assert out.returncode == 0, out.stdout + out.stderr
+        wait_for("the pool's workers drained", lambda: not up.workers("reverse"), timeout=30)
+        gone = scrape(up)
+        for name in pool_series:
+            assert scraping.series(gone, name, "pool") == {"other"}, name
+        for name in ("farm_worker_core", "farm_worker_rss_bytes", "farm_worker_jobs_total"):
+            assert scraping.series(gone, name, "pool") <= {"other"}, name
+
+        up.config.write_text(both)
+        out = farm_cli("reload", "--control", up.control)
+        assert out.returncode == 0, out.stdout + out.stderr
+        up.wait_idle({"reverse": 2, "other": 1})
+        back = scrape(up)
+        assert get(back, "farm_pool_target_workers", pool="reverse") == 2
+        for cause in ("crash", "boot_failure", "timeout", "recycle", "rss", "killed"):
+            labels = (("cause", cause), ("pool", "reverse"))
+            assert back.get(("farm_pool_restarts_total", labels)) == 0, "a new pool's " + cause
+    finally:
+        up.stop()
