@@ -222,3 +222,25 @@ def unix_sock() -> Iterator[str]:
     top = Path(tempfile.mkdtemp(prefix="farm-sock-"))
     yield str(top / "gearman.sock")
     shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture
+def no_local_farm(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
+    """farm's default addresses, where discovery looks given nothing else, moved to a fresh
+    directory of the test's own: a farm someone runs on this machine answered there, and a
+    test of the defaults passed or failed by whether one was up. What the code reads:
+    $XDG_RUNTIME_DIR (its farm/ sockets), $TMPDIR (the /tmp/farm-$UID fallback, for a test
+    that unsets the first), and no $RUNTIME_DIRECTORY, $FARM_SERVERS, $GEARMAN_SERVERS,
+    $FARM_CONFIG nor ./farm.toml (the working directory is the new one). Yields it."""
+    tmp_path_factory.getbasetemp()  # made before $TMPDIR moves: other tests' tmp_path stay
+    top = Path(tempfile.mkdtemp(prefix="farm-rt-"))  # 0700, ours; short, for socket paths
+    for name in ("RUNTIME_DIRECTORY", "FARM_SERVERS", "GEARMAN_SERVERS", "FARM_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(top))
+    monkeypatch.setenv("TMPDIR", str(top))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads $TMPDIR again
+    monkeypatch.chdir(top)
+    yield top
+    shutil.rmtree(top, ignore_errors=True)

@@ -441,7 +441,9 @@ def test_bad_arguments_get_clear_errors() -> None:
         farm.Client("host:99999")
 
 
-def test_servers_default_from_environment(monkeypatch) -> None:
+def test_servers_default_from_environment(monkeypatch, no_local_farm) -> None:
+    # Else: the local farm's socket, and 127.0.0.1:4730 where none answers (no_local_farm:
+    # a farm running at this machine's defaults answered, and the test failed).
     monkeypatch.setenv("GEARMAN_SERVERS", "a:1, b,unix:/tmp/s")
     assert farm.Client().servers == ["a:1", "b:4730", "unix:/tmp/s"]
     monkeypatch.delenv("GEARMAN_SERVERS")

@@ -24,9 +24,11 @@ from tests.helpers.farmproc import FarmUp
 
 
 @pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
-    for name in ("FARM_SERVERS", "GEARMAN_SERVERS", "FARM_CONFIG", "XDG_RUNTIME_DIR"):
-        monkeypatch.delenv(name, raising=False)
+def clean_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, no_local_farm: Path
+) -> Iterator[Path]:
+    # The defaults in a directory of the test's (no_local_farm): a farm of this user running
+    # at them made the defaults' tests fail.
     monkeypatch.chdir(tmp_path)  # no ./farm.toml but the one a test writes
     yield tmp_path
 

@@ -175,12 +175,14 @@ def test_a_farm_toml_of_another_user_in_the_working_directory_is_not_read(
 
 @pytest.mark.parametrize("variable", ["XDG_RUNTIME_DIR", "RUNTIME_DIRECTORY"])
 def test_a_runtime_dir_of_another_user_named_in_the_environment_is_not_used(
-    tmp_path: Path, variable: str
+    tmp_path: Path, variable: str, no_local_farm: Path
 ) -> None:
     # `su` (without -) keeps the first user's XDG_RUNTIME_DIR: a farm started then put its
     # sockets under a directory that user owns, who may rename our `farm` in it and make
     # their own, and `farm ps`/`farm stop` (and the Executor, by the socket's owner) trusted
     # the sockets found there. The XDG spec: the directory MUST be owned by the user.
+    # (no_local_farm: the other variable names a directory of the test's, where no farm runs;
+    # `farm ps` answered by a farm of this user at its $XDG_RUNTIME_DIR exited 0.)
     if os.getuid() != 0:
         pytest.skip("needs root to create a directory owned by another user (CI runs as root)")
     theirs = tmp_path / "run-user"
