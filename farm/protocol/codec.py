@@ -35,6 +35,7 @@ __all__ = [
     "PacketType",
     "PacketSpec",
     "PACKETS",
+    "SERVER_SENT_ONLY",
     "Packet",
     "AdminLine",
     "ProtocolError",
@@ -132,6 +133,8 @@ class PacketType(enum.IntEnum):
 
 
 PT = PacketType
+#: farm's own packets that only a server sends: a server's decoder does not know them.
+SERVER_SENT_ONLY = frozenset({int(PT.JOB_REVOKE)})
 
 
 class PacketSpec(NamedTuple):

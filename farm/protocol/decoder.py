@@ -17,6 +17,7 @@ from farm.protocol.codec import (
     PACKETS,
     REQ,
     RES,
+    SERVER_SENT_ONLY,
     AdminLine,
     Packet,
     ProtocolError,
@@ -25,6 +26,11 @@ from farm.protocol.codec import (
 __all__ = ["Decoder", "Oversized"]
 
 _NARGS = {t: s.nargs for t, s in PACKETS.items()}
+#: What a server reads: not farm's own packets that only a server sends (JOB_REVOKE, to a
+#: worker that asked: docs/held-grab.md). From a peer they are the unknown numbers they are
+#: to gearmand, which closes the connection; known ones sent the wrong way (JOB_ASSIGN) are
+#: answered INVALID_COMMAND, by both.
+_SERVER_NARGS = {t: n for t, n in _NARGS.items() if t not in SERVER_SENT_ONLY}
 _ARGS = {t: s.args for t, s in PACKETS.items()}
 _NO_ARGS: tuple[bytes, ...] = ()
 #: How many NULs split a body: all but the last argument's when it is data (which may hold
@@ -108,7 +114,8 @@ class Decoder:
     first is an ``Oversized`` event instead, and its body is read past, never buffered: the
     stream stays whole, and the other jobs on it go on. ``read_past_too_large`` (the
     server's) does so for every packet: a client that sent one too large gets its ERROR
-    and keeps its connection, as its next request would otherwise meet the close.
+    and keeps its connection, as its next request would otherwise meet the close. The
+    server's (``server_side``) does not know the packets only a server sends.
     """
 
     __slots__ = (
@@ -119,6 +126,7 @@ class Decoder:
         "allow_admin",
         "skip_too_large",
         "read_past_too_large",
+        "_nargs",
     )
 
     def __init__(
@@ -128,6 +136,7 @@ class Decoder:
         allow_admin: bool = True,
         skip_too_large: bool = False,
         read_past_too_large: bool = False,
+        server_side: bool = False,
     ) -> None:
         self._buf = bytearray()
         self._skip = 0  # bytes of an Oversized packet's body still to read past
@@ -137,6 +146,7 @@ class Decoder:
         self.allow_admin = allow_admin
         self.skip_too_large = skip_too_large
         self.read_past_too_large = read_past_too_large
+        self._nargs = _SERVER_NARGS if server_side else _NARGS
 
     @property
     def buffered(self) -> int:
@@ -172,6 +182,7 @@ class Decoder:
         end = len(src)
         unpack = HEADER.unpack_from
         max_packet = self.max_packet
+        known = self._nargs
         try:
             while pos < end:
                 if src[pos] != 0:
@@ -192,7 +203,7 @@ class Decoder:
                 magic, ptype, size = unpack(src, pos)
                 if magic != REQ and magic != RES:
                     raise ProtocolError(f"bad magic {magic!r}", code="INVALID_MAGIC")
-                nargs = _NARGS.get(ptype)
+                nargs = known.get(ptype)
                 if nargs is None:
                     raise ProtocolError(f"unknown packet type {ptype}")
                 if size > max_packet:

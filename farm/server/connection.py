@@ -49,7 +49,9 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, PeerOptions, a
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.jobs = hub.jobs
-        self.decoder = p.Decoder(max_packet=hub.options.max_packet, read_past_too_large=True)
+        self.decoder = p.Decoder(
+            max_packet=hub.options.max_packet, read_past_too_large=True, server_side=True
+        )
         self.transport: asyncio.Transport | None = None
         self.out = bytearray()
         # JOB_CREATEDs waiting for the store's commits, each with what came after it.

@@ -116,6 +116,21 @@ def test_unknown_type_closes(keeper_any, peer_factory, ptype):
     assert_healthy(srv, h)
 
 
+@pytest.mark.parametrize("ptype", [199, T.JOB_ACCEPT, T.JOB_REVOKE, 202])
+@pytest.mark.parametrize("body", [b"", b"H:x:1"], ids=["empty", "handle"])
+def test_farms_own_numbers_sent_by_a_peer_close_as_unknown(keeper_any, peer_factory, ptype, body):
+    # JOB_REVOKE is farm's server's to send, to a worker that asked (docs/held-grab.md), and
+    # JOB_ACCEPT a held-grab worker's. Sent to farm's server by anyone else, JOB_REVOKE was
+    # answered INVALID_COMMAND, as a known packet sent the wrong way; gearmand, which has no
+    # such numbers, closes without a word, as for 199 or 202, and so does farm now.
+    srv, h = keeper_any
+    p = peer_factory(srv.addr)
+    p.send_raw(packet(ptype, body))
+    assert p.closed_within(5)
+    assert p.pending == [], "no answer before the close"
+    assert_healthy(srv, h)
+
+
 @pytest.mark.parametrize("ptype", [5, 2**31, 2**32 - 1])
 def test_unknown_type_closes_farm(keeper_farm, peer_factory, ptype):
     # farm: type 5 is unknown too (gearmand answers INVALID_COMMAND), and huge
