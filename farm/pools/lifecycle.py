@@ -16,7 +16,6 @@ import logging
 import os
 import selectors
 import signal
-import sys
 import time
 from collections.abc import Callable
 
@@ -33,7 +32,7 @@ from farm.pools.slots import (
     describe_exit,
     exit_cause,
 )
-from farm.pools.spawn import EXEC_FAILED_PREFIX, EXIT_EXEC_FAILED, spawn
+from farm.pools.spawn import EXEC_FAILED_PREFIX, EXIT_EXEC_FAILED, python_module, spawn
 
 __all__ = ["Lifecycle", "TIMEOUT_GRACE"]
 
@@ -227,7 +226,7 @@ class Lifecycle:
         record = RecordReader(record_fd)
         # -P: not the working directory on sys.path, where another user may have put a
         # module of the same name (farm.targets.search_working_directory decides).
-        argv = [sys.executable, "-P", "-m", "farm.pools.workerproc", "--function", pool.name]
+        argv = python_module("farm.pools.workerproc") + ["--function", pool.name]
         argv += ["--target", pool.target, "--slot", str(slot.index), "--cpu", str(slot.core)]
         argv += ["--report-fd", str(write_fd), "--record-fd", str(record_fd)]
         for served in pool.serves:

@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 
 from farm.client.admin import admin_query
@@ -20,7 +19,7 @@ from farm.errors import ConfigError
 from farm.net import connectable
 from farm.paths import NoStateDirectory, make_dirs, state_dir
 from farm.pools.slots import RestartHistory, describe_exit
-from farm.pools.spawn import spawn
+from farm.pools.spawn import python_module, spawn
 
 __all__ = ["LocalServer", "check_listen_name", "check_server_places"]
 
@@ -132,7 +131,7 @@ class LocalServer(RestartHistory):
     def argv(self) -> list[str]:
         cfg = self.config
         # -P: nothing from the working directory, where another user may have put a `farm/`
-        argv = [sys.executable, "-P", "-m", "farm.server"]
+        argv = python_module("farm.server")
         if cfg.tcp:  # names the port in the server's process title
             argv += ["--port", str(cfg.tcp[1])]
         for addr in cfg.listen:

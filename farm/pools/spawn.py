@@ -21,11 +21,19 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import sys
 from collections.abc import Callable, Collection, Mapping, Sequence
 
 from farm.commandspec import RunAs
 
-__all__ = ["EXIT_EXEC_FAILED", "EXEC_FAILED_PREFIX", "group_alive", "spawn", "set_death_signal"]
+__all__ = [
+    "EXIT_EXEC_FAILED",
+    "EXEC_FAILED_PREFIX",
+    "group_alive",
+    "python_module",
+    "spawn",
+    "set_death_signal",
+]
 
 #: The exit code of a child that could not take its user or directory or exec its program
 #: (as a shell's "cannot execute"); its one line of why on fd 2 starts with EXEC_FAILED_PREFIX.
@@ -47,6 +55,18 @@ try:  # looked up once, in the parent: the forked child must not load libraries
     _prctl = ctypes.CDLL(None, use_errno=True).prctl
 except (OSError, AttributeError):  # pragma: no cover - not Linux
     _prctl = None
+
+
+def python_module(module: str) -> list[str]:
+    """The command that runs ``module`` in a fresh interpreter, as the job server and the
+    Python workers start. ``-P``: nothing from the working directory on ``sys.path``, where
+    another user may have put a module of the same name (farm.targets.search_working_directory
+    decides). ``-s`` where this interpreter keeps the user's site directory out (``-s``,
+    ``-I`` or PYTHONNOUSERSITE: ``sys.flags.no_user_site``): the children imported a user's
+    ~/.local packages that `python -s -m farm up` ran without, and the config check, which
+    searches this interpreter's path, did not see. -I's -E is not passed on: the children
+    read the PYTHONPATH they are given (farm.targets.trusted_pythonpath)."""
+    return [sys.executable, "-P", *(["-s"] if sys.flags.no_user_site else []), "-m", module]
 
 
 def set_death_signal(sig: int) -> None:

@@ -65,6 +65,10 @@ class FarmUp:
         self.log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
         self.config_arg = str(self.config)  # as `farm up -c` is given it (cwd: tmp)
         self.up_args: list[str] = []  # more of `farm up`'s flags, e.g. --log-format json
+        # The supervisor's interpreter's own flags (-s, -I), and what it runs: under -I,
+        # which ignores PYTHONPATH, the code puts this checkout on sys.path itself.
+        self.python_flags: list[str] = []
+        self.code = "from farm.cli import main; main()"
         if start:
             self.start()
 
@@ -73,8 +77,9 @@ class FarmUp:
             [
                 sys.executable,
                 *(["-P"] if self.cwd is not None else []),
+                *self.python_flags,
                 "-c",
-                "from farm.cli import main; main()",
+                self.code,
                 "up",
                 "-c",
                 self.config_arg,

@@ -1,0 +1,102 @@
+"""`python -s -m farm up`, `python -I -m farm up`, PYTHONNOUSERSITE=1: the operator kept the
+user's site directory (~/.local) out of the supervisor's interpreter, and its job server and
+workers, started with `python -P`, imported from it all the same."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import farm
+from tests.helpers import ROOT
+from tests.helpers.farmproc import FarmUp
+
+PROBE = """
+import json
+import sys
+
+
+def flags(job):
+    return json.dumps(
+        {
+            "no_user_site": sys.flags.no_user_site,
+            "safe_path": sys.flags.safe_path,
+            "user_site": [p for p in sys.path if p.startswith(USER_BASE)],
+        }
+    )
+"""
+
+POOL = """
+[functions.flags]
+target = "flagprobe:flags"
+workers = 1
+"""
+
+
+CASES = [
+    ([], {}, False),  # the probe sees a user site directory where nothing keeps it out
+    (["-s"], {}, True),
+    (["-I"], {}, True),
+    ([], {"PYTHONNOUSERSITE": "1"}, True),
+]
+IDS = ["plain", "-s", "-I", "PYTHONNOUSERSITE"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("flags", "env", "kept_out"), CASES, ids=IDS)
+def test_the_children_keep_the_user_site_directory_out_as_the_supervisor_does(
+    tmp_path: Path, flags: list[str], env: dict[str, str], kept_out: bool
+) -> None:
+    base = tmp_path / "userbase"  # a user's ~/.local, by PYTHONUSERBASE
+    site = base / "lib" / "python{}.{}".format(*sys.version_info[:2])
+    (site / "site-packages").mkdir(parents=True)
+    (tmp_path / "flagprobe.py").write_text(f"USER_BASE = {str(base)!r}\n" + PROBE)
+    up = FarmUp(tmp_path, POOL, start=False, extra_env={"PYTHONUSERBASE": str(base), **env})
+    up.python_flags = flags
+    # -I reads no PYTHONPATH: the checkout goes on sys.path by hand, as an installed farm is
+    up.code = f"import sys; sys.path[:0] = [{str(ROOT)!r}]; from farm.cli import main; main()"
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"flags": 1})
+        with farm.Client(up.addr) as client:
+            seen = json.loads(client.call("flags", "", timeout=10))
+        assert seen["safe_path"], "-P stays"
+        assert seen["no_user_site"] == int(kept_out), seen
+        assert bool(seen["user_site"]) != kept_out, seen
+    finally:
+        up.stop()
+
+
+@pytest.mark.parametrize(("flags", "env", "kept_out"), CASES, ids=IDS)
+def test_the_job_server_starts_as_the_workers_do(
+    tmp_path: Path, flags: list[str], env: dict[str, str], kept_out: bool
+) -> None:
+    # Its process title hides its command line once it runs: the supervisor's for it.
+    config = tmp_path / "farm.toml"
+    config.write_text(
+        f'[server]\nlisten = ["unix:{tmp_path}/gearman.sock"]\nstore = "none"\n'
+        '[supervisor]\nmetrics = "off"\n'
+    )
+    code = (
+        f"import sys; sys.path[:0] = [{str(ROOT)!r}]; from farm.config import load;"
+        " from farm.pools.localserver import LocalServer;"
+        f" print(LocalServer(load({str(config)!r}).server, {{}}).argv())"
+    )
+    out = subprocess.run(
+        [sys.executable, *flags, "-c", code],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    argv = ast.literal_eval(out.stdout)
+    interpreter = argv[1 : argv.index("-m")]
+    assert interpreter == (["-P", "-s"] if kept_out else ["-P"]), argv
