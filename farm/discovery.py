@@ -194,9 +194,10 @@ def local_farm(explicit: str | os.PathLike[str] | None = None) -> FarmAddresses:
             unix = f"unix:{resolve(base or Path(working_directory()), addr.path)}"
         elif addr.kind == "tcp" and tcp is None:
             tcp = str(connectable(addr))
-    # A relative unix: path is the config file's folder's, as the workers read it.
+    # A relative unix: path is the config file's folder's, as the workers read it (only a
+    # config names servers, so base is set wherever one is unix:).
     servers = tuple(
-        f"unix:{resolve(base, a.path)}" if a.kind == "unix" else str(a)
+        f"unix:{resolve(base or Path(working_directory()), a.path)}" if a.kind == "unix" else str(a)
         for a in _addresses(where, "supervisor.servers", remote)
     )
     return FarmAddresses(unix, tcp, servers)
