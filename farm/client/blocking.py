@@ -183,6 +183,10 @@ class Client:
             raise ValueError(f"{task!r} was given up (abandon, or its call's timeout)")
         if self._wire.closed and not task.done:
             raise RuntimeError("this farm.Client is closed")
+        if not task.done and not any(c.session.holds(task) for c in self._wire.conns.values()):
+            # Another client's task: its end comes on that client's connection, never on
+            # ours, and this waited for ever (AsyncClient.wait says the same).
+            raise ValueError("the task was not submitted by this client")
         if timeout is None:
             timeout = self.timeout
         return self._wait_until(task, self._deadline(timeout), timeout)

@@ -143,6 +143,10 @@ class ClientSession:
         """True while a reply or a foreground result is still owed to us."""
         return bool(self._awaiting or self._running)
 
+    def holds(self, task: Task[Any]) -> bool:
+        """Whether ``task`` was submitted here and is still owed its JOB_CREATED or its end."""
+        return task in self._awaiting or task in self._running.get(task.handle or "", ())
+
     def option(self, name: str) -> Query[str]:
         return self._query(PT.OPTION_RES, PT.OPTION_REQ, name.encode())
 

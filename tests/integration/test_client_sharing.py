@@ -115,3 +115,36 @@ def test_a_second_thread_inside_a_client_is_refused(farm_server: Server) -> None
 
         assert c.call("steps", "e", timeout=10, on_status=progress) == b"e"
         assert got == [b"held a", b"from a callback"]
+
+
+@pytest.mark.timeout(30)
+def test_a_task_waited_for_on_a_client_that_did_not_submit_it_is_refused(
+    any_server: Server,
+) -> None:
+    # One Client per thread, as documented, and a task handed from one to the other: the
+    # other's wait() read its own connections, where the task's end never comes, and
+    # waited for ever (with no connection yet, a Timeout "not done within Nones" at once).
+    # AsyncClient says ValueError, and so does farm.Client now; its own client waits it.
+    release = threading.Event()
+
+    def held(job: Any) -> bytes:
+        release.wait(20)
+        return job.data
+
+    with (
+        serving(any_server.addr, {"held": held}),
+        serving(any_server.addr, {"reverse": reverse}),
+        farm.Client(any_server.addr) as mine,
+        farm.Client(any_server.addr) as other,
+    ):
+        task = mine.submit("held", "x")
+        try:
+            with pytest.raises(ValueError, match="not submitted by this client"):
+                other.wait(task)  # no connection of its own yet
+            assert other.call("reverse", "ab", timeout=10) == b"ba"
+            with pytest.raises(ValueError, match="not submitted by this client"):
+                other.wait(task)  # connected to the very server that holds the job
+        finally:
+            release.set()
+        assert mine.wait(task, 10) == b"x"
+        assert other.wait(task) == b"x"  # done: its outcome is there for anyone to read
