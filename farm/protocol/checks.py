@@ -6,7 +6,7 @@ import datetime as _dt
 import math
 from typing import TypeAlias
 
-from farm.protocol.codec import MAX_TIMEOUT, MAX_UNIQUE
+from farm.protocol.codec import MAX_TIMEOUT, MAX_UNIQUE, text_bytes
 from farm.protocol.kinds import PRIORITY_NAMES
 
 __all__ = [
@@ -46,7 +46,17 @@ def check_name(function: object) -> str:
         raise TypeError(f"function must be a str, not {type(function).__name__}")
     if not function or "\0" in function:
         raise ValueError(f"function name {function!r} must be non-empty and contain no NUL")
+    _sendable(function, "function name")
     return function
+
+
+def _sendable(text: str, what: str) -> bytes:
+    """``text`` as the bytes it goes out as (``text_bytes``: a key a PHP client sent, as
+    farm.Worker hands it over, goes back as its bytes); ValueError if it stands for none."""
+    try:
+        return text_bytes(text)
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} {text!r} holds a surrogate that stands for no byte") from None
 
 
 def check_status_key(unique: object) -> str:
@@ -72,7 +82,7 @@ def check_unique(unique: object) -> str:
         return ""
     if not isinstance(unique, str):
         raise TypeError(f"unique must be a str, not {type(unique).__name__}")
-    if "\0" in unique or len(unique.encode()) > MAX_UNIQUE:
+    if "\0" in unique or len(_sendable(unique, "unique key")) > MAX_UNIQUE:
         raise ValueError(f"unique key must be at most {MAX_UNIQUE} bytes without NUL: {unique!r}")
     return unique
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from farm.errors import JobException, JobFailed, ServerError, ServerUnavailable
-from farm.protocol.codec import Packet, PacketType, ProtocolError, encode_req, wire_text
+from farm.protocol.codec import Packet, PacketType, ProtocolError, encode_req, text_bytes, wire_text
 from farm.protocol.decoder import Decoder, Oversized
 from farm.protocol.events import ServerErrorNotice
 from farm.protocol.tasks import (
@@ -157,7 +157,7 @@ class ClientSession:
         return self._query(PT.STATUS_RES, PT.GET_STATUS, handle.encode("utf-8", "surrogateescape"))
 
     def get_status_unique(self, unique: str) -> Query[StatusResult]:
-        return self._query(PT.STATUS_RES_UNIQUE, PT.GET_STATUS_UNIQUE, unique.encode())
+        return self._query(PT.STATUS_RES_UNIQUE, PT.GET_STATUS_UNIQUE, text_bytes(unique))
 
     def _query(self, expect: int, ptype: int, *args: bytes) -> Query[Any]:
         self._check_open()

@@ -44,6 +44,7 @@ __all__ = [
     "encode_req",
     "encode_res",
     "frame_res",
+    "text_bytes",
     "wire_text",
 ]
 
@@ -308,6 +309,13 @@ def encode_req(ptype: int, *args: bytes) -> bytes:
 def encode_res(ptype: int, *args: bytes) -> bytes:
     """A packet from the server."""
     return encode(RES, ptype, *args)
+
+
+def text_bytes(text: str) -> bytes:
+    """``wire_text`` undone: a name or key as the bytes it stands for (UTF-8, and each
+    surrogate that ``wire_text`` or os.fsdecode made of a byte as that byte).
+    UnicodeEncodeError for a surrogate that stands for none."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 def wire_text(raw: bytes) -> str:

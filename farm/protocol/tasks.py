@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from farm.errors import ServerUnavailable, Timeout
-from farm.protocol.codec import PacketType, encode_req
+from farm.protocol.codec import PacketType, encode_req, text_bytes
 from farm.protocol.kinds import SUBMIT_KINDS
 
 __all__ = [
@@ -96,7 +96,7 @@ class Task(Generic[Owner]):
 
     def packet(self) -> bytes:
         """Its submit packet (SUBMIT_JOB_EPOCH for one with ``when``)."""
-        func, unique = self.function.encode(), self.unique.encode()
+        func, unique = text_bytes(self.function), text_bytes(self.unique)
         if self.when is not None:
             return encode_req(
                 PacketType.SUBMIT_JOB_EPOCH, func, unique, b"%d" % self.when, self.data

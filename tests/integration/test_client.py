@@ -448,3 +448,38 @@ def test_servers_default_from_environment(monkeypatch, no_local_farm) -> None:
     assert farm.Client().servers == ["a:1", "b:4730", "unix:/tmp/s"]
     monkeypatch.delenv("GEARMAN_SERVERS")
     assert farm.Client().servers == ["127.0.0.1:4730"]
+
+
+def test_a_function_name_and_unique_key_that_are_not_utf8_go_out_as_their_bytes(
+    any_server, peer_factory
+) -> None:
+    # A PHP worker may serve a function named in any bytes, and PHP's clients send any
+    # bytes as a key (a raw digest); farm.Worker hands such a key to its job as
+    # os.fsdecode does. Given back to farm.Client or AsyncClient (a follow-up job on the
+    # same key, status_unique), the same str raised UnicodeEncodeError ("surrogates not
+    # allowed"): no farm client could reach such a job. They go out as the bytes they were.
+    name, key = b"f\xff", b"\xff\xfe-key"
+    as_text = {raw: raw.decode("utf-8", "surrogateescape") for raw in (name, key)}
+    worker = peer_factory(any_server.addr)
+    worker.send(PT.CAN_DO, name)
+    with farm.Client(any_server.addr) as c:
+        task = c.submit(as_text[name], b"x", background=True, unique=as_text[key])
+        worker.send(PT.GRAB_JOB_UNIQ)
+        handle, function, unique, _ = worker.expect(PT.JOB_ASSIGN_UNIQ).args
+        assert (bytes(function), bytes(unique)) == (name, key)
+        assert c.status_unique(as_text[key]).known
+        assert c.status(task).running
+
+        async def from_asyncio() -> bool:
+            async with farm.AsyncClient(any_server.addr) as ac:
+                again = await ac.submit(as_text[name], b"y", background=True, unique=as_text[key])
+                assert again.handle == task.handle  # the same key: the same job
+                return (await ac.status_unique(as_text[key])).known
+
+        assert asyncio.run(from_asyncio())
+        worker.send(PT.WORK_COMPLETE, handle, b"")
+        worker.send(PT.ECHO_REQ, b"done")
+        worker.expect(PT.ECHO_RES)
+        assert not c.status_unique(as_text[key]).known
+    with farm.Client(any_server.addr) as c, pytest.raises(ValueError, match="unique"):
+        c.submit("f", unique="\ud800")  # a surrogate that stands for no byte

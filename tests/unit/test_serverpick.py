@@ -130,6 +130,11 @@ def test_a_key_starts_where_perls_gearman_client_sends_it() -> None:
     assert key_slot("key-0", 3) == key_slot(b"key-0", 3) == 0x79EB % 3 == 2
     picker = ServerPicker(SERVERS)
     assert all(picker.order(f"k{i}")[0] == SERVERS[key_slot(f"k{i}", 3)] for i in range(30))
+    # A key that is not UTF-8 (a raw digest, as farm.Worker hands it over) by its bytes, as
+    # Perl hashes them; it raised UnicodeEncodeError.
+    digest = bytes(range(200, 216))
+    as_text = digest.decode("utf-8", "surrogateescape")
+    assert [key_slot(as_text, n) for n in (2, 3, 5)] == [key_slot(digest, n) for n in (2, 3, 5)]
 
 
 def test_a_connect_that_cost_long_keeps_its_server_last_for_ten_times_as_long(
