@@ -237,6 +237,8 @@ class Connections:
                     self.send(conn, out)
             if until():
                 return True
+            if self.closed:  # by a callback or a signal handler of the thread waiting here
+                raise ServerUnavailable("the farm.Client was closed")
             if not self.conns:
                 return until()
             timeout = None

@@ -10,8 +10,10 @@ import pytest
 
 import farm
 from farm.protocol import PacketType as T
+from farm.worker import Job
 from tests.helpers.peers import Peer
 from tests.helpers.servers import Server
+from tests.helpers.serving import serving
 
 
 def serve_with_status(addr: str, jobs: int) -> threading.Thread:
@@ -250,3 +252,29 @@ def test_a_callback_that_uses_its_client_keeps_its_jobs_events_in_order(
         assert client.call("f", "a", on_data=on_data) == b"done"
     thread.join(10)
     assert seen == [b"hold", b"d1", b"d2", b"d3", b"d4"]
+
+
+@pytest.mark.timeout(30)
+def test_a_call_whose_client_is_closed_under_it_fails_as_closed(any_server: Server) -> None:
+    # A shutdown handler (a signal's, or a callback's) that closes the client while a call
+    # waits in the same thread: the call raised Timeout "not done within Nones" (or within
+    # its own timeout, at once). It fails as AsyncClient's calls do when it closes.
+    release = threading.Event()
+
+    def steps(job: Job) -> bytes:
+        job.send_status(1, 2)
+        release.wait(20)
+        return b"done"
+
+    def close(client: farm.Client) -> None:
+        client.close()
+        release.set()  # the job ends now: its end is not what the call fails by
+
+    with serving(any_server.addr, {"steps": steps}):
+        for timeout in (None, 10.0):
+            release.clear()
+            client = farm.Client(any_server.addr)
+            with pytest.raises(farm.errors.ServerUnavailable, match="Client was closed"):
+                client.call("steps", "x", timeout=timeout, on_status=lambda *_, c=client: close(c))
+            with pytest.raises(RuntimeError, match="closed"):
+                client.call("steps", "y")
