@@ -241,6 +241,8 @@ class AsyncClient(AsyncLinks):
                 conn = await self._connect(addr)
                 status = (await conn.ask(make(conn.session))).status
             except ServerUnavailable as exc:
+                if self._closed:  # close() came meanwhile: no other server is asked
+                    raise
                 errors.append(str(exc))
                 continue
             if status.known:
@@ -306,6 +308,7 @@ class AsyncClient(AsyncLinks):
         loop)`` closes it from another thread)."""
         self._refuse_another_loop()
         self._closed = True
+        self._cancel_connects()
         self._close_transports(lambda conn: not conn.loop.is_closed())
         self._conns.clear()  # (a closed loop's own were closed as it ended)
 

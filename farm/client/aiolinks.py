@@ -69,6 +69,8 @@ class AsyncLinks:
             try:
                 return await self._connect(addr, connect_share(deadline, now, len(order) - at))
             except ServerUnavailable as exc:
+                if self._closed:  # close() ended the connect: no other server is tried
+                    raise
                 errors.append(str(exc))
         raise ServerUnavailable("no job server is reachable; tried " + ", ".join(errors))
 
@@ -96,16 +98,22 @@ class AsyncLinks:
             pending = asyncio.ensure_future(self._open(addr))
             self._connecting[addr] = pending
             pending.add_done_callback(lambda done: self._connected(addr, done))
-        if deadline is None:
-            return await asyncio.shield(pending)
+        loop = asyncio.get_running_loop()
         # A host that is down answers no connect: a call's timeout bounds it too. The
         # connect goes on for the others waiting on it, up to connect_timeout.
-        left = max(deadline - asyncio.get_running_loop().time(), MIN_CONNECT)
+        left = None if deadline is None else max(deadline - loop.time(), MIN_CONNECT)
         try:
             return await asyncio.wait_for(asyncio.shield(pending), left)
         except TimeoutError:
-            self._picker.mark_down(addr, spent=left)
+            self._picker.mark_down(addr, spent=left or 0.0)
             raise ServerUnavailable(f"{addr} (timed out)") from None
+        except asyncio.CancelledError:
+            # close() cancelled the connect (its callers fail as closed, at once, not after
+            # connect_timeout), unless this caller was cancelled itself.
+            current = asyncio.current_task()
+            if pending.cancelled() and (current is None or not current.cancelling()):
+                raise closed_error() from None
+            raise
 
     def _connected(self, addr: str, done: asyncio.Future[ServerConnection]) -> None:
         """A connect ended: the next one starts anew. Its error is taken here, as every
@@ -150,7 +158,7 @@ class AsyncLinks:
             raise ServerUnavailable(f"{addr} ({why})") from None
         if self._closed:  # close() came while this connected: nothing may go out on it
             transport.close()
-            raise RuntimeError("this farm.AsyncClient is closed")
+            raise closed_error()
         conn.session.option("exceptions")  # so WORK_EXCEPTION reaches us, not just WORK_FAIL
         conn.resubmit = self._resubmit
         conn.send_soon()
@@ -174,6 +182,12 @@ class AsyncLinks:
         finally:
             self._loop_end = self._loop = None  # the next loop's first connection starts its own
             self._close_transports(lambda conn: conn.loop is loop)
+
+    def _cancel_connects(self) -> None:
+        """``close()``: the connects under way end now; their callers fail as closed."""
+        for pending in list(self._connecting.values()):
+            if not pending.get_loop().is_closed():
+                pending.cancel()
 
     def _close_transports(self, which: Callable[[ServerConnection], bool]) -> None:
         """Close the connections ``which`` picks; their calls fail as closed by the client,

@@ -439,3 +439,27 @@ async def test_close_fails_pending_calls_as_closed_not_as_a_server_gone(served: 
     for call in (plain, keyed):
         with pytest.raises(farm.ServerUnavailable, match="the farm.AsyncClient was closed"):
             await call
+
+
+@pytest.mark.timeout(30)
+def test_close_fails_a_call_still_connecting_at_once_as_closed() -> None:
+    # A call connecting to a host that answers no connect when close() came (a shutdown)
+    # waited out connect_timeout, then said "no job server is reachable ... (TimeoutError)";
+    # the connect went on meanwhile. It fails at once, as closed, and the connect ends.
+    from tests.helpers.stalled import unanswered_listener
+
+    async def closing(addr: str) -> float:
+        client = AsyncClient(addr, connect_timeout=20)
+        call = asyncio.ensure_future(client.call("reverse", "x"))
+        while not client._connecting:
+            await asyncio.sleep(0.01)
+        connecting = next(iter(client._connecting.values()))
+        began = asyncio.get_running_loop().time()
+        await client.close()
+        with pytest.raises(farm.ServerUnavailable, match="closed"):
+            await call
+        assert connecting.done()
+        return asyncio.get_running_loop().time() - began
+
+    with unanswered_listener() as hung:
+        assert asyncio.run(closing(hung)) < 5
