@@ -6,7 +6,7 @@ import datetime as _dt
 import math
 from typing import TypeAlias
 
-from farm.protocol.codec import MAX_TIMEOUT, MAX_UNIQUE, text_bytes
+from farm.protocol.codec import MAX_EPOCH, MAX_TIMEOUT, MAX_UNIQUE, text_bytes
 from farm.protocol.kinds import PRIORITY_NAMES
 
 __all__ = [
@@ -106,6 +106,11 @@ def as_epoch(when: object) -> int:
         raise TypeError(f"when must be a datetime or epoch seconds, not {type(when).__name__}")
     if not math.isfinite(seconds):
         raise ValueError(f"when must be a finite number of epoch seconds, not {when!r}")
+    # farm's server refuses an epoch out of its range and closes the connection, which
+    # fails every other job in flight on it: said here. (Milliseconds, time.time() * 1000,
+    # are past it; gearmand took them, for a job due some 55,000 years on.)
+    if not 0 <= seconds <= MAX_EPOCH:
+        raise ValueError(f"when is out of range: {when!r} is not epoch seconds from 1970 on")
     return math.ceil(seconds)
 
 

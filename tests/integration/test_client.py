@@ -410,6 +410,27 @@ def test_a_scheduled_job_does_not_run_before_its_time(farm_server) -> None:
         farm.Client(farm_server.addr).submit("later", b"", when=float("nan"))
 
 
+def test_a_schedule_out_of_range_is_refused_before_it_costs_the_other_jobs(farm_server) -> None:
+    # when= in milliseconds (time.time() * 1000, as JavaScript counts) or before 1970: farm's
+    # server refuses the epoch and closes the connection, and every job in flight on it
+    # failed with "went away" (an AsyncClient's other coroutines' calls, a map's jobs).
+    release = threading.Event()
+
+    def held(job: Any) -> bytes:
+        release.wait(20)
+        return job.data
+
+    with serving(farm_server.addr, {"held": held}), farm.Client(farm_server.addr) as c:
+        task = c.submit("held", b"mine")
+        try:
+            for when in (time.time() * 1000, -5, datetime.datetime(1969, 7, 20)):
+                with pytest.raises(ValueError, match="out of range"):
+                    c.submit("later", b"", when=when)
+        finally:
+            release.set()
+        assert c.wait(task, 10) == b"mine"
+
+
 def test_can_do_timeout_fails_the_job_on_farm(farm_server) -> None:
     release = threading.Event()
     worker = farm.Worker(farm_server.addr)
