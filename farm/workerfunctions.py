@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar, overload
 
-from farm.protocol.checks import Data, check_timeout
+from farm.protocol.checks import Data, check_name, check_timeout
 from farm.workerjob import Job
 from farm.workerlinks import ServerLink
 
@@ -36,6 +36,7 @@ class WorkerFunctions:
         """Serve ``name`` with ``fn(job)``; ``timeout`` (seconds) is sent as CAN_DO_TIMEOUT."""
         if not isinstance(name, str) or not name or "\0" in name:
             raise ValueError(f"function name must be a non-empty str without NUL, not {name!r}")
+        check_name(name)  # sent as its bytes (text_bytes): one that stands for none is refused here
         if not callable(fn):
             raise TypeError(f"{name}: the worker function must be callable, not {fn!r}")
         check_timeout(name, timeout)

@@ -21,6 +21,7 @@ from farm.protocol.codec import (
     PacketType,
     ProtocolError,
     encode_req,
+    text_bytes,
 )
 from farm.protocol.decoder import Decoder
 from farm.protocol.events import ServerErrorNotice
@@ -165,8 +166,8 @@ class WorkerSession:
             # from 1000 (below, seconds: docs/server.md). Seconds would turn a 3600 s timeout
             # into 3.6 s on gearmand.
             millis = max(1000, round(timeout * 1000))
-            return encode_req(PT.CAN_DO_TIMEOUT, name.encode(), b"%d" % millis)
-        return encode_req(PT.CAN_DO, name.encode())
+            return encode_req(PT.CAN_DO_TIMEOUT, text_bytes(name), b"%d" % millis)
+        return encode_req(PT.CAN_DO, text_bytes(name))
 
     def add_ability(self, name: str, timeout: float | None) -> None:
         self.abilities[name] = timeout
@@ -189,7 +190,7 @@ class WorkerSession:
             if not self._reset_due:  # (else the reset goes, and abilities are registered again)
                 self._cant_do_due[name] = None
             return
-        self._out += encode_req(PT.CANT_DO, name.encode())
+        self._out += encode_req(PT.CANT_DO, text_bytes(name))
         self._withdrawn.add(name)
 
     def withdrawn(self, function: str) -> bool:
@@ -363,7 +364,7 @@ class WorkerSession:
                 self._out += self._can_do(name, timeout)
         elif self._cant_do_due:
             for name in self._cant_do_due:
-                self._out += encode_req(PT.CANT_DO, name.encode())
+                self._out += encode_req(PT.CANT_DO, text_bytes(name))
             self._withdrawn.update(self._cant_do_due)
             self._cant_do_due.clear()
 

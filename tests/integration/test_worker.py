@@ -540,5 +540,5 @@ def test_a_name_that_cannot_be_sent_raises_its_own_error_not_the_cleanups() -> N
         listener.listen()
         worker = farm.Worker(f"127.0.0.1:{listener.getsockname()[1]}")
         with pytest.raises(ValueError):  # UnicodeEncodeError, or a refusal at register
-            worker.register("\udcff", reverse)  # the surrogate Python makes of a \xff byte
+            worker.register("\ud800", reverse)  # a surrogate that stands for no byte
             worker.work(stop_after=1)

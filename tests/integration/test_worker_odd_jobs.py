@@ -82,3 +82,16 @@ def test_a_job_that_changes_what_its_worker_serves_ends_once(any_server) -> None
     with working(worker), farm.Client(any_server.addr) as c:
         assert c.call("before", b"x", timeout=10) == b"switched"
         assert c.call("after", b"y", timeout=10) == b"after y"
+
+
+def test_a_function_name_that_is_not_utf8_is_served_by_its_bytes(any_server) -> None:
+    # A job's function reaches a job as os.fsdecode gives it (b"f\xff" as "f\udcff"), and
+    # farm's clients send such a name as its bytes; registering it killed work()'s thread
+    # with UnicodeEncodeError ("surrogates not allowed"), and its jobs waited for ever.
+    name = b"f\xff".decode("utf-8", "surrogateescape")
+    fns = {name: lambda job: job.function.encode("utf-8", "surrogateescape")}
+    with serving(any_server.addr, fns), farm.Client(any_server.addr) as c:
+        assert c.call(name, b"x", timeout=10) == b"f\xff"
+    worker = farm.Worker(any_server.addr)
+    with pytest.raises(ValueError, match="no byte"):
+        worker.register("\ud800", _unique_bytes)  # a surrogate that stands for no byte
