@@ -77,12 +77,15 @@ class AsyncLinks:
     async def _connect(self, addr: str, deadline: float | None = None) -> ServerConnection:
         if self._closed:
             raise RuntimeError("this farm.AsyncClient is closed")
+        # Before anything of another loop is touched: a connect under way on a live loop
+        # (no connection made yet) was awaited from this one, and asyncio said "got Future
+        # attached to a different loop" after the future had been handled from two threads.
+        self._refuse_another_loop()
         conn = self._conns.get(addr)
         if self._loop is not None and self._loop is not asyncio.get_running_loop():
             # The loop the connections are on, whichever server this one asks for: a loop
             # that reaches only server B must not take A's connection of a loop now gone
             # for its own, nor keep that loop's _loop_end for its own end.
-            self._refuse_another_loop()
             # Used again after its loop ended (an asyncio.run() per step, a loop per test):
             # that loop's connections and jobs are gone with it (_on_loop_end closed them),
             # and this one connects anew.

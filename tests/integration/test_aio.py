@@ -463,3 +463,31 @@ def test_close_fails_a_call_still_connecting_at_once_as_closed() -> None:
 
     with unanswered_listener() as hung:
         assert asyncio.run(closing(hung)) < 5
+
+
+@pytest.mark.timeout(60)
+def test_a_second_loop_while_the_first_still_connects_is_refused() -> None:
+    # Two threads, each with its asyncio.run(), on one client: while the first loop's
+    # connect was under way the second awaited that loop's connect future, and asyncio
+    # raised "Task ... got Future ... attached to a different loop" (most runs of two at
+    # once), not "make one per loop" as with a connection made.
+    from tests.helpers.stalled import unanswered_listener
+
+    with unanswered_listener() as hung:
+        client = AsyncClient(hung, connect_timeout=20)
+        owner = asyncio.new_event_loop()
+        serving = threading.Thread(target=owner.run_forever)
+        serving.start()
+        try:
+            call = asyncio.run_coroutine_threadsafe(client.call("reverse", "x"), owner)
+            wait_for("the first loop connecting", lambda: bool(client._connecting))
+            with pytest.raises(RuntimeError, match="make one per loop"):
+                asyncio.run(client.call("reverse", "y"))
+            asyncio.run_coroutine_threadsafe(client.close(), owner).result(30)
+            with pytest.raises(farm.ServerUnavailable):
+                call.result(30)
+        finally:
+            owner.call_soon_threadsafe(owner.stop)
+            serving.join(30)
+            owner.run_until_complete(owner.shutdown_asyncgens())
+            owner.close()
