@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -259,22 +260,24 @@ def test_a_call_whose_client_is_closed_under_it_fails_as_closed(any_server: Serv
     # A shutdown handler (a signal's, or a callback's) that closes the client while a call
     # waits in the same thread: the call raised Timeout "not done within Nones" (or within
     # its own timeout, at once). It fails as AsyncClient's calls do when it closes.
-    release = threading.Event()
+    releases = {b"0": threading.Event(), b"1": threading.Event()}  # one per job: none missed
 
     def steps(job: Job) -> bytes:
         job.send_status(1, 2)
-        release.wait(20)
+        releases[job.data].wait(20)
         return b"done"
 
-    def close(client: farm.Client) -> None:
-        client.close()
-        release.set()  # the job ends now: its end is not what the call fails by
+    def closer(client: farm.Client, job: bytes) -> Callable[[int, int], None]:
+        def close(numerator: int, denominator: int) -> None:
+            client.close()
+            releases[job].set()  # the job ends now: its end is not what the call fails by
+
+        return close
 
     with serving(any_server.addr, {"steps": steps}):
-        for timeout in (None, 10.0):
-            release.clear()
+        for job, timeout in ((b"0", None), (b"1", 10.0)):
             client = farm.Client(any_server.addr)
             with pytest.raises(farm.errors.ServerUnavailable, match="Client was closed"):
-                client.call("steps", "x", timeout=timeout, on_status=lambda *_, c=client: close(c))
+                client.call("steps", job, timeout=timeout, on_status=closer(client, job))
             with pytest.raises(RuntimeError, match="closed"):
                 client.call("steps", "y")
