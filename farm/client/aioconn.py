@@ -77,6 +77,7 @@ class ServerConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.queries: deque[tuple[Query[Any], asyncio.Future[Any]]] = deque()
         self.closed_by_client = False  # AsyncClient.close() ended it
+        self.lost_how = "went away"  # what a job lost with it says of the server
         self.writing_paused = False  # the transport's buffer is past its high-water mark
         self._flush_due = False
         self.undelivered: deque[object] = deque()  # read, not yet handed on (``_deliver``)
@@ -145,7 +146,8 @@ class ServerConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             events = self.session.receive(data)
-        except ProtocolError:
+        except ProtocolError as exc:  # not a job server (a web server's port), or a broken one
+            self.lost_how = f"broke the protocol ({exc})"
             self.transport.close()  # type: ignore[union-attr]  # connection_lost fails the rest
             return
         if self.undelivered:  # left by an interrupted callback: first, in order
@@ -224,7 +226,7 @@ class ServerConnection(asyncio.Protocol):
             elif may_resubmit(task) and self.resubmit is not None:
                 self.resubmit(task, self)  # carries on on another server
             else:
-                self.end_lost(task, lost_error(self.addr, task))
+                self.end_lost(task, lost_error(self.addr, task, self.lost_how))
         if self.closed_by_client:  # the session failed them as lost; it was our close()
             for query, _ in self.queries:  # (all unanswered: replies come in order)
                 query.error = closed_error()

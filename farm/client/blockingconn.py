@@ -316,8 +316,8 @@ class Connections:
         conn.answered = True
         try:
             events = conn.session.receive(data)
-        except ProtocolError:
-            self.drop(conn)
+        except ProtocolError as exc:  # not a job server (a web server's port), or a broken one
+            self.drop(conn, f"broke the protocol ({exc})")
             return
         self.undelivered.extend((conn.addr, event) for event in events)
         self.deliver()

@@ -7,6 +7,7 @@ import asyncio
 import datetime
 import os
 import signal
+import socket
 import threading
 import time
 from typing import Any
@@ -504,3 +505,39 @@ def test_a_function_name_and_unique_key_that_are_not_utf8_go_out_as_their_bytes(
         assert not c.status_unique(as_text[key]).known
     with farm.Client(any_server.addr) as c, pytest.raises(ValueError, match="unique"):
         c.submit("f", unique="\ud800")  # a surrogate that stands for no byte
+
+
+def test_a_server_that_speaks_another_protocol_is_named_so() -> None:
+    # An address that is not a job server's (a web server's port): both clients said the
+    # server "went away while holding job ...", as if a job server had died mid-job, where
+    # farm.Worker and farm.Executor say it broke the protocol.
+    listener = socket.create_server(("127.0.0.1", 0))
+    addr = f"127.0.0.1:{listener.getsockname()[1]}"
+
+    def answer_http() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # closed: the test is over
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n")
+
+    threading.Thread(target=answer_http, daemon=True).start()
+    try:
+        with (
+            farm.Client(addr, timeout=10) as c,
+            pytest.raises(farm.ServerUnavailable, match="broke the protocol"),
+        ):
+            c.call("reverse", "x")
+
+        async def from_asyncio() -> None:
+            async with farm.AsyncClient(addr) as ac:
+                with pytest.raises(farm.ServerUnavailable, match="broke the protocol"):
+                    await asyncio.wait_for(ac.call("reverse", "x"), 10)
+
+        asyncio.run(from_asyncio())
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the accept (a close alone would not)
+        listener.close()
