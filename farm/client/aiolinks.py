@@ -97,6 +97,11 @@ class AsyncLinks:
         if conn is not None and conn.transport is not None:
             return conn
         pending = self._connecting.get(addr)
+        if pending is not None and pending.get_loop() is not asyncio.get_running_loop():
+            # A closed loop's (a live one's was refused above), closed with the connect
+            # under way and its tasks not cancelled: it never ends, and awaited from here
+            # every call to this server raised asyncio's "attached to a different loop".
+            pending = None
         if pending is None:  # one connect per server, however many coroutines ask
             pending = asyncio.ensure_future(self._open(addr))
             self._connecting[addr] = pending

@@ -491,3 +491,29 @@ def test_a_second_loop_while_the_first_still_connects_is_refused() -> None:
             serving.join(30)
             owner.run_until_complete(owner.shutdown_asyncgens())
             owner.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_connect_left_by_a_closed_loop_is_not_awaited_by_the_next() -> None:
+    # A loop closed with a connect under way, its tasks not cancelled first (a loop per test
+    # closed as older pytest-asyncio closed it): the connect stayed in the client, and every
+    # call on a later loop awaited that dead loop's future: asyncio's "attached to a
+    # different loop" RuntimeError, on every call to that server from then on.
+    from tests.helpers.stalled import unanswered_listener
+
+    with unanswered_listener() as hung:
+        client = AsyncClient(hung, connect_timeout=1)
+        first = asyncio.new_event_loop()
+        with pytest.raises(TimeoutError):
+            first.run_until_complete(asyncio.wait_for(client.call("reverse", "x"), 0.2))
+        first.run_until_complete(first.shutdown_asyncgens())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its pending connect is destroyed with it
+            first.close()
+
+        async def again() -> None:
+            with pytest.raises(farm.ServerUnavailable, match="no job server is reachable"):
+                await client.call("reverse", "y")
+
+        asyncio.run(again())
+        gc.collect()
