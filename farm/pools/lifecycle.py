@@ -45,6 +45,16 @@ TIMEOUT_GRACE = 1.0
 POLL = 0.02
 
 
+def undrained(proc: WorkerProcess, now: float) -> str:
+    """Why a worker is killed at its drain's end, naming the job a Python worker still ran:
+    `farm stop` and the journal said only "did not drain in time". (A command worker's job
+    was named already, when its stop signal went: farm.pools.commandjobs.)"""
+    if proc.command or proc.busy_since is None or not proc.handle:
+        return "did not drain in time"
+    ran = now - proc.busy_since
+    return f"did not drain in time; its job {proc.handle} (running {ran:.1f}s) is cut off"
+
+
 class Lifecycle:
     config: Config
     slots: dict[str, list[Slot]]
@@ -88,7 +98,7 @@ class Lifecycle:
                 self.kill(proc, f"job {proc.handle} ran past its {timeout}s timeout")
             elif proc.stop_deadline is not None and now >= proc.stop_deadline:
                 self.excuse(proc)
-                self.kill(proc, "did not drain in time")
+                self.kill(proc, undrained(proc, now))
             elif self.stuck_idle(proc, now):
                 grace = self.config.supervisor.graceful_timeout
                 self.kill(proc, f"held no job, yet had not exited {grace:g}s after its SIGTERM")
@@ -154,9 +164,9 @@ class Lifecycle:
         slot = next((s for s in pool_slots if s.proc is proc), None)
         if slot is None:  # retired by scale-down, reload, restart or stop: an ordered exit
             self.retiring.remove(proc)
-            log.info(
-                "worker %s (pid %d) %s after draining", proc.name, proc.pid, describe_exit(status)
-            )
+            # A kill at the drain's end is no drain: the line says why (its job cut off).
+            how = f"while draining ({proc.kill_reason})" if proc.kill_reason else "after draining"
+            log.info("worker %s (pid %d) %s %s", proc.name, proc.pid, describe_exit(status), how)
             return
         slot.proc = None
         slot.restarts += 1  # an end nobody asked for (a crash, a kill, a recycle): counted

@@ -400,9 +400,12 @@ def test_ps_shows_a_busy_workers_job_and_watch_redraws(slow_farm: FarmUp) -> Non
 
 
 def test_stop_shows_the_drain_and_what_it_killed(slow_farm: FarmUp) -> None:
+    # A Python worker killed at the end of the drain was "did not drain in time" in `farm
+    # stop` and the journal, and its end "was killed by SIGKILL after draining": nothing
+    # said it held a job, nor which (a command worker's warning names it).
     client = Peer(slow_farm.addr)
     client.send(T.SUBMIT_JOB_BG, "slow", "", "30")
-    client.expect(T.JOB_CREATED)
+    handle = client.expect(T.JOB_CREATED).args[0].decode()
     busy = wait_for("a busy worker", lambda: slow_farm.workers("slow", "busy"))[0]
     result: dict[str, Any] = {}
     thread = threading.Thread(
@@ -414,10 +417,15 @@ def test_stop_shows_the_drain_and_what_it_killed(slow_farm: FarmUp) -> None:
     assert out.returncode == 0, out.stderr
     assert "draining: 1 worker left" in out.stdout
     assert re.search(
-        rf"killed worker slow#0 cpu\d+ \(pid {busy['pid']}\): did not drain in time", out.stdout
+        rf"killed worker slow#0 cpu\d+ \(pid {busy['pid']}\): did not drain in time;"
+        rf" its job {re.escape(handle)} \(running [\d.]+s\) is cut off",
+        out.stdout,
     ), out.stdout
     assert out.stdout.strip().splitlines()[-1].startswith("stopped (supervisor ")
     assert slow_farm.proc.wait(20) == 0
+    log = slow_farm.read_log()
+    assert f"(pid {busy['pid']}) was killed by SIGKILL while draining (did not drain" in log, log
+    assert "SIGKILL after draining" not in log, log
 
 
 #: `farm COMMAND ARGS` in a line of shell: at its start, after a pipe, `;`, `&` or `(`, or
