@@ -18,7 +18,7 @@ import typer
 
 from farm.cli.app import ConfigOption, ControlOption, FarmCommand, app, ask_supervisor, fail
 
-__all__ = ["restart", "follow_restart"]
+__all__ = ["restart", "follow_restart", "follow_added"]
 
 #: How often the progress is asked for.
 POLL = 0.2
@@ -80,3 +80,40 @@ def follow_restart(reply: dict[str, Any], status: Callable[[], dict[str, Any]]) 
     if reply.get("failed"):
         fail(f"restart incomplete after {reply.get('seconds', 0):g}s", 1)
     typer.echo(f"restarted in {reply.get('seconds', 0):g}s")
+
+
+#: A worker's states in `farm ps` once it serves (a command worker's: "running").
+SERVING = ("idle", "busy", "running")
+
+
+def follow_added(
+    pools: list[str], boot_timeout: float, table: Callable[[], list[dict[str, Any]]]
+) -> None:
+    """After a reload that added ``pools``: wait until each of their slots has served once,
+    or its first process ended before it served (a module that raises at import, a command
+    that exits); exit 1 naming each slot that did not serve and how its process ended (or
+    that it still starts ``boot_timeout`` on). The pools stay either way, retried with
+    backoff."""
+    served: set[tuple[str, int]] = set()
+    deadline = time.monotonic() + boot_timeout + 2  # past it, the supervisor kills a Python one
+    while True:
+        rows = [r for r in table() if r["function"] in pools and r.get("slot") is not None]
+        for row in rows:
+            if row["state"] in SERVING:
+                served.add((row["function"], row["slot"]))
+        waiting = [r for r in rows if (r["function"], r["slot"]) not in served]
+        ended = [r for r in waiting if r["restarts"]]  # its first process ended unasked
+        if not waiting:
+            return
+        if len(ended) == len(waiting) or time.monotonic() > deadline:
+            break
+        time.sleep(POLL)  # polling the supervisor's table
+    for row in ended or waiting:
+        name = f"{row['function']}#{row['slot']} cpu{row['cpu']}"
+        why = row["last_exit"] if row in ended else f"not serving {boot_timeout:g}s after it"
+        typer.echo(f"farm: {name}: added by the reload, {why} (now {row['state']})", err=True)
+    fail(
+        f"reloaded, but the pool(s) it added do not serve ({', '.join(pools)}): they stay,"
+        " retried with backoff; fix them, or remove them and reload (farm ps, the log)",
+        1,
+    )

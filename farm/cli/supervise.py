@@ -168,6 +168,14 @@ def reload(
         from farm.cli.deploy import follow_restart  # registers nothing new: cli imports it
 
         follow_restart(reply, lambda: ask_supervisor(config, control, {"cmd": "restart-status"}))
+    if reply.get("added"):  # new pools: their first processes serve, or the reload says why not
+        from farm.cli.deploy import follow_added
+
+        follow_added(
+            reply["added"],
+            float(reply.get("boot_timeout", 60)),
+            lambda: ask_supervisor(config, control, {"cmd": "ps"})["processes"],
+        )
 
 
 @app.command(cls=FarmCommand)

@@ -131,6 +131,13 @@ class Steering(ProcessTable):
             else:
                 rollout = self.start_restart(dict.fromkeys(changed))
             reply = {**rollout, "not_applied": kept}
+        added = [n for n in self.config.functions.keys() - before.keys() if self.targets.get(n)]
+        if added and not error:
+            # `farm reload` follows them to their first serve (farm.cli.deploy.follow_added):
+            # a pool added with a module that raises, or a command that exits, was "reloaded"
+            # and exit 0 (`systemctl reload` succeeded) while it crash-looped.
+            reply["added"] = sorted(added)
+            reply["boot_timeout"] = self.config.supervisor.boot_timeout
         if item.conn is not None:
             item.conn.reply(reply)
 

@@ -1,0 +1,59 @@
+"""`farm reload` (`systemctl reload farm`) that adds pools: it answers once they serve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.farmproc import FarmUp, farm_cli
+
+pytestmark = pytest.mark.timeout(60)
+
+BASE = """
+[functions.reverse]
+target = "workers.text:reverse"
+workers = 1
+"""
+
+GOOD = """
+[functions.upper]
+target = "workers.text:upper"
+workers = 2
+"""
+
+BROKEN = """
+[functions.bad]
+target = "bad:run"
+workers = 1
+
+[functions.shcrash]
+command = ["sh", "-c", "echo oops; exit 1"]
+workers = 1
+"""
+
+
+def test_a_reload_that_adds_a_pool_that_does_not_start_fails_naming_it(tmp_path: Path) -> None:
+    # An operator added a pool whose module raised at import (or a command that exited at
+    # once) and ran `systemctl reload farm`: "reloaded", exit 0, while the pool crash-looped
+    # with backoff; only the journal's warnings said so. A changed pool's reload fails so.
+    (tmp_path / "bad.py").write_text('raise RuntimeError("no model file")\n\ndef run(job): ...\n')
+    up = FarmUp(tmp_path, BASE)
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 1})
+        up.write_config(BASE + GOOD)
+        added = farm_cli("reload", "--control", up.control)
+        assert (added.returncode, added.stdout.strip()) == (0, "reloaded"), added.stderr
+        assert len(up.workers("upper", "idle")) == 2  # answered once both served
+        up.write_config(BASE + GOOD + BROKEN)
+        broken = farm_cli("reload", "--control", up.control)
+        assert broken.returncode == 1, broken.stdout + broken.stderr
+        assert broken.stdout.strip() == "reloaded"  # the file was applied
+        err = broken.stderr
+        assert "bad#0 cpu" in err and "failed to boot (RuntimeError: no model file" in err, err
+        assert "shcrash#0 cpu" in err and "exited with code 1" in err, err
+        assert "do not serve (bad, shcrash)" in err and "Traceback" not in err, err
+        assert len(up.workers("upper", "idle")) == 2 and up.workers("reverse", "idle")
+    finally:
+        assert up.stop() == 0
