@@ -252,6 +252,7 @@ _STATE_STYLE = {
     "stopped": "red",
     "killing": "red",
     "draining": "yellow",
+    "stopping": "yellow",
 }
 
 

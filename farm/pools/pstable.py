@@ -86,6 +86,7 @@ class ProcessTable:
     slots: dict[str, list[Slot]]
     retiring: list[WorkerProcess]
     started: float
+    stopping: bool  # draining to stop (SIGTERM, `farm stop`)
     metrics_server: Any  # the /metrics HTTP server (farm.pools.metrics), None when off
     _tcp: TcpSnapshot  # set by process_table, a fresh one at each call
 
@@ -93,7 +94,9 @@ class ProcessTable:
         """Every process the supervisor runs, for `farm ps`."""
         now = time.monotonic()
         self._tcp = TcpSnapshot()  # read if a busy worker's job came from a remote server
-        rows = [self.row(os.getpid(), "supervisor", None, None, "running", self.started, now)]
+        # "stopping" while it drains: a long `systemctl stop` read "running" here.
+        state = "stopping" if self.stopping else "running"
+        rows = [self.row(os.getpid(), "supervisor", None, None, state, self.started, now)]
         if self.config.local_server:  # a server waiting out its backoff has a row too
             srv = self.server
             state = ("ready" if srv.ready else "starting") if srv.pid else "backoff"

@@ -412,6 +412,14 @@ def test_stop_shows_the_drain_and_what_it_killed(slow_farm: FarmUp) -> None:
         target=lambda: result.update(out=cli("stop", "--control", slow_farm.control, timeout=30))
     )
     thread.start()
+    # Its own row read "running" while it stopped: `farm ps` during a long `systemctl stop`.
+    wait_for(
+        "the supervisor's row says it stops",
+        lambda: (
+            [r["state"] for r in slow_farm.ps() if r["function"] == "supervisor"] == ["stopping"]
+        ),
+        timeout=10,
+    )
     thread.join(40)
     out = result["out"]
     assert out.returncode == 0, out.stderr
