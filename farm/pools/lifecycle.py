@@ -182,6 +182,7 @@ class Lifecycle:
         quote = proc.last_words and proc.last_words != proc.boot_error
         quote = quote and (proc.command or cause == "crash")
         said = f"; its last output: {proc.last_words!r}" if quote else ""
+        slot.last_exit = how + said  # `farm ps --json`, `farm reload` of a new pool: why
         log.log(
             level,
             "worker %s (pid %d, up %.1fs, %d jobs) %s%s; restarting %s%s",

@@ -53,6 +53,10 @@ def test_a_reload_that_adds_a_pool_that_does_not_start_fails_naming_it(tmp_path:
         err = broken.stderr
         assert "bad#0 cpu" in err and "failed to boot (RuntimeError: no model file" in err, err
         assert "shcrash#0 cpu" in err and "exited with code 1" in err, err
+        # Why a command crash-loops is its output: `farm ps --json`'s last_exit quotes it too.
+        assert "its last output: 'oops'" in err, err
+        (row,) = up.workers("shcrash")
+        assert "its last output: 'oops'" in row["last_exit"], row
         assert "do not serve (bad, shcrash)" in err and "Traceback" not in err, err
         assert len(up.workers("upper", "idle")) == 2 and up.workers("reverse", "idle")
     finally:
