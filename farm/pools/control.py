@@ -15,6 +15,7 @@ import os
 import re
 import socket
 import stat
+import struct
 from collections.abc import Generator
 from typing import Any
 
@@ -117,10 +118,12 @@ def _exchange(
         check_runtime_path(path)  # never ask a squatter's socket what our supervisor does
     except UnsafeDirectory as e:
         raise ControlUnavailable(str(e)) from None
+    peer = 0
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(path)
+            peer = _peer_pid(sock)
             sock.sendall(json.dumps(message).encode() + b"\n")
             buf = b""
             while data := sock.recv(65536):
@@ -137,10 +140,40 @@ def _exchange(
         raise ControlUnavailable(
             f"no supervisor answers at {path} (is `farm up` running with this config?)"
         ) from None
+    except TimeoutError:
+        raise ControlUnavailable(_silent(path, peer, timeout)) from None
     except OSError as e:
         raise ControlUnavailable(f"control socket {path}: {e.strerror or e}") from None
     except ValueError:
         raise ControlUnavailable(f"control socket {path}: a reply that is not JSON") from None
+
+
+def _peer_pid(sock: socket.socket) -> int:
+    """The pid of the process that accepted on the control socket (SO_PEERCRED), else 0."""
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return 0
+    return int(struct.unpack("3i", creds)[0])
+
+
+def _silent(path: str, pid: int, timeout: float) -> str:
+    """Why a request got no answer: the supervisor took it and said nothing (SIGSTOP, a hung
+    loop). "timed out" alone named neither the process nor that the request may still act."""
+    import psutil
+
+    who = "the supervisor"
+    if pid:
+        state: str
+        try:
+            state = psutil.Process(pid).status()
+        except psutil.Error:
+            state = "gone"
+        who = f"the supervisor (pid {pid}, {state})"
+    return (
+        f"{who} at {path} did not answer within {timeout:g}s: stopped or hung? what was asked"
+        " may still happen once it runs on (systemctl status farm; the log)"
+    )
 
 
 def open_control(path: str, source: str) -> ControlServer:
