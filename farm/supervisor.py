@@ -375,7 +375,7 @@ class Supervisor(
         # A wrapper's worker drains on after its shell; what a worker detached is stopped
         # once that worker ended (farm.pools.strays).
         while self.by_pid or self.leftovers or self.strays_left():
-            self.watchdog.ping()  # a long drain is not a hang
+            self.notify_stopping()  # a long drain is not a hang; STATUS= says how it goes
             self.handle_signals()  # a second SIGTERM or SIGQUIT shortens the grace
             self.reap_workers()
             self.kill_overrunning()
@@ -386,6 +386,7 @@ class Supervisor(
                 self.wait(min(0.5, max(0.05, self.next_wakeup())))
         self.report_drain(final=True)
         if self.server.pid:
+            sdnotify.notify("STATUS=stopping: the job server stops", wait=0)
             self.server.stop()
             deadline = time.monotonic() + SERVER_STOP_TIMEOUT
             while self.server.pid and time.monotonic() < deadline:

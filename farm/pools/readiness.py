@@ -16,7 +16,7 @@ from farm.pools import sdnotify
 
 if TYPE_CHECKING:
     from farm.pools.localserver import LocalServer
-    from farm.pools.slots import Slot
+    from farm.pools.slots import Slot, WorkerProcess
 
 __all__ = ["Readiness"]
 
@@ -38,6 +38,7 @@ class Readiness:
     ready_sent: bool  # READY=1 is sent once
     extended_at: float  # when systemd's start timeout was last extended
     last_status: str  # the STATUS= sent last: sent again only when it changes
+    by_pid: dict[int, WorkerProcess]
 
     def notify_systemd(self) -> None:
         """The watchdog's ping; READY=1 once all is up; STATUS= when it has changed."""
@@ -81,6 +82,16 @@ class Readiness:
             status += f", {len(unseen)} not connected"
         if not server_up:  # workers look up beside a dead server: no job reaches them
             status = f"job server not ready; {status}"
+        if status != self.last_status:
+            self.last_status = status
+            sdnotify.notify(f"STATUS={status}", wait=0)
+
+    def notify_stopping(self) -> None:
+        """While the farm drains to stop: the watchdog's ping, and STATUS= with the workers
+        left (`systemctl status` read the last "N/N workers up" through the whole drain)."""
+        self.watchdog.ping()
+        left = len(self.by_pid)
+        status = f"stopping: {left} worker{'s' if left != 1 else ''} draining"
         if status != self.last_status:
             self.last_status = status
             sdnotify.notify(f"STATUS={status}", wait=0)

@@ -56,6 +56,9 @@ def test_scale_restart_and_reload_while_stopping_are_refused_and_the_job_finishe
         wait_for("the job to start", lambda: up.workers("nap", "busy"))
         up.signal(signal.SIGTERM)
         up.expect_notify("STOPPING=1")
+        # `systemctl status` read "2/2 workers up" through the whole drain: STATUS= was
+        # last sent while it ran.
+        up.expect_notify("STATUS=stopping: 1 worker draining")
         for args, word in (
             (("scale", "nap=5"), "scaled"),
             (("scale", "nap=+1"), "scaled"),
