@@ -84,6 +84,8 @@ def follow_restart(reply: dict[str, Any], status: Callable[[], dict[str, Any]]) 
 
 #: A worker's states in `farm ps` once it serves (a command worker's: "running").
 SERVING = ("idle", "busy", "running")
+#: ... and once asked to go: not a new pool's process.
+RETIRING = ("draining", "killing")
 
 
 def follow_added(
@@ -97,7 +99,13 @@ def follow_added(
     served: set[tuple[str, int]] = set()
     deadline = time.monotonic() + boot_timeout + 2  # past it, the supervisor kills a Python one
     while True:
-        rows = [r for r in table() if r["function"] in pools and r.get("slot") is not None]
+        rows = [
+            r
+            for r in table()
+            if r["function"] in pools
+            and r.get("slot") is not None
+            and r["state"] not in RETIRING  # a pool of that name removed before, draining
+        ]
         for row in rows:
             if row["state"] in SERVING:
                 served.add((row["function"], row["slot"]))

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from farm.client import Client
 from tests.helpers.farmproc import FarmUp, farm_cli
+from tests.helpers.gate import Gate
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -60,4 +63,42 @@ def test_a_reload_that_adds_a_pool_that_does_not_start_fails_naming_it(tmp_path:
         assert "do not serve (bad, shcrash)" in err and "Traceback" not in err, err
         assert len(up.workers("upper", "idle")) == 2 and up.workers("reverse", "idle")
     finally:
+        assert up.stop() == 0
+
+
+NAP = """
+from tests.helpers.calls import wait_gate
+
+def nap(job):
+    wait_gate(job.text)
+    return b"awake"
+"""
+
+
+def test_a_pool_added_back_while_its_old_worker_drains_is_followed_by_its_new_slots(
+    tmp_path: Path,
+) -> None:
+    # The removed pool's worker, draining with its job, is not the added pool's: the reload
+    # answers once the new slot serves, not after boot_timeout with "not serving".
+    (tmp_path / "sleepy.py").write_text(NAP)
+    gate = Gate(tmp_path / "gate")
+    nap = '\n[functions.nap]\ntarget = "sleepy:nap"\nworkers = 1\n'
+    up = FarmUp(tmp_path, BASE + nap.replace("workers = 1", "workers = 2"))
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 1, "nap": 2})
+        with Client(up.addr) as client:
+            tasks = [client.submit("nap", str(gate.path)) for _ in range(2)]
+            gate.arrived(2)
+            up.write_config(BASE)
+            assert farm_cli("reload", "--control", up.control).returncode == 0
+            wait_for("its workers draining", lambda: len(up.workers("nap", "draining")) == 2)
+            up.write_config(BASE + nap)  # back, with one slot: nap#1 is the old pool's alone
+            again = farm_cli("reload", "--control", up.control, timeout=30)
+            assert (again.returncode, again.stderr) == (0, ""), again.stdout
+            assert up.workers("nap", "idle") and len(up.workers("nap", "draining")) == 2
+            gate.open()
+            assert [client.wait(task, timeout=20) for task in tasks] == [b"awake"] * 2
+    finally:
+        gate.open()
         assert up.stop() == 0
