@@ -102,13 +102,42 @@ def server_address(server: str | None, config: Path | None = None) -> str:
         fail(f"--server {server}: {exc.reason}", 2)
 
 
-def unreachable(what: str, address: str, exc: Exception) -> NoReturn:
+def unreachable(
+    what: str, address: str, exc: Exception, server: str | None, config: Path | None
+) -> NoReturn:
     """Why an admin command got no answer, one line; where nothing listens, what to check
-    (as `farm ps` asks whether `farm up` runs)."""
+    (as `farm ps` asks whether `farm up` runs), or, when the farm's own server was asked
+    (no ``--server``) and its supervisor answers, that the farm runs and its server is down."""
     hint = ""
     if isinstance(exc, ConnectionRefusedError | FileNotFoundError):
         hint = " (no job server listens there: is the farm up? --server or --config names another)"
+        if server is None:
+            hint = farm_server_down(config) or hint
     fail(f"cannot read {what} from {address}: {exc}{hint}")
+
+
+def farm_server_down(config: Path | None) -> str:
+    """Where the farm's supervisor answers and its job server is not ready (restarting with
+    backoff, its store or port refused): that, for the line above; else "". "Is the farm
+    up?" misled an operator whose farm was up, its log saying why the server was not."""
+    from farm.discovery import control_path
+    from farm.pools.control import request
+
+    try:
+        reply = request(control_path(config), {"cmd": "ps"}, timeout=2.0)
+        rows = [r for r in reply["processes"] if r.get("function") in ("supervisor", "server")]
+    except Exception:  # no farm, or not this one's: the plain hint stands
+        return ""
+    pid = next((r["pid"] for r in rows if r["function"] == "supervisor"), None)
+    srv = next((r for r in rows if r["function"] == "server"), None)
+    if srv is None or srv.get("state") == "ready":
+        return ""
+    last = f"; the last {srv['last_exit']}" if srv.get("last_exit") else ""
+    return (
+        f" (the farm runs (supervisor pid {pid}), but its job server is not up: {srv.get('state')},"
+        f" restarted {srv.get('restarts', 0)} times{last}; the log says why, e.g. journalctl -u"
+        " farm -p warning)"
+    )
 
 
 #: The one server an admin command asks (``farm status``, ``farm jobs``).
@@ -137,7 +166,7 @@ def status(
     try:
         rows = parse_status(admin_query(address, "status", tls=tls))
     except (OSError, ValueError, ProtocolError) as exc:
-        unreachable("status", address, exc)
+        unreachable("status", address, exc, server, config)
     poison = poison_jobs(address, tls)
     if as_json:  # the table's names: queued (not total), running, workers
         functions = [
@@ -185,7 +214,7 @@ def jobs(
             )
         rows = parse_jobs(reply)
     except (OSError, ValueError, ProtocolError) as exc:
-        unreachable("the jobs", address, exc)
+        unreachable("the jobs", address, exc, server, config)
     if function is not None:
         rows = [r for r in rows if r.function == function]
     if as_json:

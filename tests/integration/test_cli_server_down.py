@@ -1,0 +1,50 @@
+"""`farm status` and `farm jobs` while the farm runs but its job server does not."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.farmproc import FarmUp, farm_cli
+from tests.helpers.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_status_says_the_farm_runs_and_its_server_restarts(tmp_path: Path) -> None:
+    # The store turned unreadable and the server was killed: the supervisor restarted it
+    # with backoff, each start refused. `farm status` said "no job server listens there: is
+    # the farm up?" to an operator whose farm was up, its supervisor saying why in the log.
+    store = tmp_path / "queue.db"
+    pool = '[functions.reverse]\ntarget = "workers.text:reverse"\nworkers = 1\n'
+    up = FarmUp(tmp_path, pool, start=False)
+    up.config.write_text(up.config.read_text().replace('store = "none"', f'store = "{store}"'))
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        (server,) = [r for r in up.ps() if r["function"] == "server"]
+        junk = tmp_path / "junk"
+        junk.write_text("not a database\n")
+        junk.replace(store)  # the running server keeps its open file; a new one cannot start
+        os.kill(server["pid"], signal.SIGKILL)
+        wait_for(
+            "the server backing off",
+            lambda: [r for r in up.ps() if r["function"] == "server" and r["restarts"] >= 2],
+            timeout=30,
+        )
+        for command in ("status", "jobs"):
+            out = farm_cli(command, "--config", str(up.config))
+            assert out.returncode == 1, out.stdout
+            said = out.stderr
+            assert "is the farm up?" not in said, said
+            assert (
+                f"the farm runs (supervisor pid {up.proc.pid}), but its job server is not up"
+                in said
+            ), said
+            assert "exited with code 2" in said and "the log says why" in said, said
+            assert len(said.strip().splitlines()) == 1, said
+    finally:
+        assert up.stop() == 0
