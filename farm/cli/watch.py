@@ -78,10 +78,29 @@ def ps_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
         for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(PS_HEADER))]
-    return [
+    lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in table
     ]
+    # Why a slot (or the server) has no serving process: the table said "failing" and
+    # the journal alone said why.
+    why = [
+        f"{_place(r)} {r['state']}: {r['last_exit']}"
+        for r in rows
+        if r["state"] in NOT_SERVING and r.get("last_exit")
+    ]
+    return lines + ([""] + why if why else [])
+
+
+def _place(row: dict[str, Any]) -> str:
+    """A row's name as the log writes it: ``bad#0 cpu1``, or ``server``."""
+    if row["slot"] is None:
+        return str(row["function"])
+    return f"{row['function']}#{row['slot']} cpu{row['cpu']}"
+
+
+#: A slot's states with no serving process, the last one's end said under `farm ps`.
+NOT_SERVING = ("failing", "backoff", "starting")
 
 
 def follow_stop(path: str, wait: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,11 @@ def test_a_reload_that_adds_a_pool_that_does_not_start_fails_naming_it(tmp_path:
         assert "its last output: 'oops'" in row["last_exit"], row
         assert "do not serve (bad, shcrash)" in err and "Traceback" not in err, err
         assert len(up.workers("upper", "idle")) == 2 and up.workers("reverse", "idle")
+        # `farm ps` showed the slots "failing" and not why: that took the journal.
+        ps = farm_cli("ps", "--control", up.control)
+        assert ps.returncode == 0, ps.stderr
+        assert re.search(r"^bad#0 cpu\d+ failing: failed to boot \(RuntimeError", ps.stdout, re.M)
+        assert re.search(r"^shcrash#0 cpu\d+ \w+: .*its last output: 'oops'", ps.stdout, re.M)
     finally:
         assert up.stop() == 0
 
