@@ -108,10 +108,13 @@ def unreachable(
     """Why an admin command got no answer, one line; where nothing listens, what to check
     (as `farm ps` asks whether `farm up` runs), or, when the farm's own server was asked
     (no ``--server``) and its supervisor answers, that the farm runs and its server is down."""
+    from farm.discovery import servers_from_env
+
     hint = ""
     if isinstance(exc, ConnectionRefusedError | FileNotFoundError):
         hint = " (no job server listens there: is the farm up? --server or --config names another)"
-        if server is None:
+        if server is None and (config is not None or servers_from_env() is None):
+            # The farm's own server was asked (not $FARM_SERVERS'): its supervisor may say why.
             hint = farm_server_down(config) or hint
     fail(f"cannot read {what} from {address}: {exc}{hint}")
 

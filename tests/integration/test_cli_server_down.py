@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,5 +48,16 @@ def test_status_says_the_farm_runs_and_its_server_restarts(tmp_path: Path) -> No
             ), said
             assert "exited with code 2" in said and "the log says why" in said, said
             assert len(said.strip().splitlines()) == 1, said
+        # $FARM_SERVERS names another server (no --config): it, not the farm's, was asked.
+        env = dict(os.environ, FARM_CONFIG=str(up.config), FARM_SERVERS="127.0.0.1:1")
+        other = subprocess.run(
+            [sys.executable, "-c", "from farm.cli import main; main()", "status"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert other.returncode == 1 and "127.0.0.1:1" in other.stderr, other.stderr
+        assert "the farm runs" not in other.stderr and "is the farm up?" in other.stderr
     finally:
         assert up.stop() == 0
