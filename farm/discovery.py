@@ -41,6 +41,8 @@ __all__ = [
     "SYSTEM_CONFIG",
     "find_config",
     "read_config_file",
+    "config_file",
+    "config_folder",
     "control_path",
     "default_listen",
     "FarmAddresses",
@@ -133,11 +135,27 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not UTF-8 text; is it the right file?") from None
 
 
-def resolve(base: Path, value: str) -> str:
+def resolve(base: Path | None, value: str) -> str:
     """A path written in a config: ``~`` expanded, a relative one taken from ``base`` (the
-    config file's folder)."""
+    config file's folder; None: the working directory). The working directory is read only
+    for a relative path: an absolute one (the defaults' socket) needs none, and a command
+    run where it was removed refused to use it."""
     resolved = Path(os.path.expanduser(value))
-    return str(resolved if resolved.is_absolute() else base / resolved)
+    if resolved.is_absolute():
+        return str(resolved)
+    return str((base if base is not None else Path(working_directory())) / resolved)
+
+
+def config_file(path: Path) -> Path:
+    """``path`` made absolute, links resolved. A relative one is read against the working
+    directory, so where that was removed it is refused in one line (WorkingDirectoryGone)
+    rather than os.path.abspath's traceback: it names no file that can be trusted."""
+    return (path if path.is_absolute() else Path(working_directory()) / path).resolve()
+
+
+def config_folder(path: Path) -> Path:
+    """The folder of a config file: what its relative paths are read against."""
+    return config_file(path).parent
 
 
 def control_path(explicit: str | os.PathLike[str] | None = None) -> str:
@@ -154,7 +172,7 @@ def control_path(explicit: str | os.PathLike[str] | None = None) -> str:
     control = supervisor.get("control", default) if isinstance(supervisor, dict) else default
     if not isinstance(control, str) or not control.strip():
         raise ConfigError(f"{path}: supervisor.control must be the path of a Unix socket")
-    return resolve(path.resolve().parent, control)
+    return resolve(config_folder(path), control)
 
 
 def default_listen() -> list[str]:
@@ -176,10 +194,10 @@ def local_farm(explicit: str | os.PathLike[str] | None = None) -> FarmAddresses:
     path = find_config(explicit)
     listen: object = default_listen()
     remote: object = []
-    base = None  # the defaults' socket path is absolute: no working directory is needed
+    base = None  # the defaults' socket path is absolute: resolve() reads no directory for it
     if path is not None:
         raw = read_config_file(path)
-        base = path.resolve().parent
+        base = config_folder(path)
         server, supervisor = raw.get("server", {}), raw.get("supervisor", {})
         listen = server.get("listen", listen) if isinstance(server, dict) else listen
         remote = supervisor.get("servers", []) if isinstance(supervisor, dict) else []
@@ -191,13 +209,12 @@ def local_farm(explicit: str | os.PathLike[str] | None = None) -> FarmAddresses:
     unix = tcp = None
     for addr in _addresses(where, "server.listen", listen):
         if addr.kind == "unix" and unix is None:
-            unix = f"unix:{resolve(base or Path(working_directory()), addr.path)}"
+            unix = f"unix:{resolve(base, addr.path)}"
         elif addr.kind == "tcp" and tcp is None:
             tcp = str(connectable(addr))
-    # A relative unix: path is the config file's folder's, as the workers read it (only a
-    # config names servers, so base is set wherever one is unix:).
+    # A relative unix: path is the config file's folder's, as the workers read it.
     servers = tuple(
-        f"unix:{resolve(base or Path(working_directory()), a.path)}" if a.kind == "unix" else str(a)
+        f"unix:{resolve(base, a.path)}" if a.kind == "unix" else str(a)
         for a in _addresses(where, "supervisor.servers", remote)
     )
     return FarmAddresses(unix, tcp, servers)
@@ -336,4 +353,4 @@ def executor_spill() -> tuple[str | None, int | None]:
         raise ConfigError(f"{path}: executor.spill_dir must be the path of a directory")
     if mb is not None and (type(mb) is not int or mb <= 0):
         raise ConfigError(f"{path}: executor.max_spill_mb must be a whole number of MiB > 0")
-    return (resolve(path.resolve().parent, where) if where else None), mb
+    return (resolve(config_folder(path), where) if where else None), mb

@@ -151,9 +151,11 @@ def reload(
 ) -> None:
     """Re-read the config: apply changed counts, restart pools whose target or options changed
     (each new process beside the old one, which stays if the new one does not boot: exit 1)."""
+    from farm.discovery import config_file
+
     message: dict[str, object] = {"cmd": "reload", "restart": restart}
     if config is not None:  # the farm re-reads its own file: it refuses when that is not this one
-        message["config"] = str(config.resolve())
+        message["config"] = str(config_file(config))  # one line where a relative path fails
     reply = ask_supervisor(config, control, message)
     if reply.get("unchanged"):  # nothing restarts: code edited on disk is not read again
         typer.echo(

@@ -31,7 +31,7 @@ from farm.config.model import (
     SupervisorConfig,
 )
 from farm.config.parse import Validator
-from farm.discovery import control_path, find_config, read_config_file
+from farm.discovery import config_folder, control_path, find_config, read_config_file
 from farm.paths import working_directory
 
 __all__ = [
@@ -60,4 +60,4 @@ def load(path: str | os.PathLike[str] | None) -> Config:
         # The defaults' targets are found in the working directory (workers/).
         return Validator(DEFAULTS_SOURCE, Path(working_directory())).config(builtin())
     path = Path(path)
-    return Validator(str(path), path.resolve().parent).config(read_config_file(path))
+    return Validator(str(path), config_folder(path)).config(read_config_file(path))

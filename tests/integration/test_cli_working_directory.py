@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from farm import Client
+from farm import Client, discovery
 from tests.helpers import ROOT
 from tests.helpers.farmproc import FarmUp
-from tests.helpers.servers import Server
+from tests.helpers.servers import Server, start_farm_server
 from tests.helpers.waiting import wait_for
 
 GONE = "farm: the working directory was removed: cd to an existing one"
@@ -80,6 +80,44 @@ def test_client_commands_need_no_working_directory(tmp_path: Path, farm_server: 
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     env = from_removed_directory(tmp_path, "submit", "--config", str(path), "-b", "f", "x")
     assert env.returncode == 0 and env.stdout.startswith("H:"), env.stderr
+
+
+@pytest.mark.timeout(60)
+def test_client_commands_with_no_config_need_no_working_directory(
+    tmp_path: Path, no_local_farm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No config anywhere: the built-in default socket's path is absolute, yet discovery read
+    # the working directory to resolve it, and `farm status`, farm.Client() and
+    # discovery.local_farm() refused to run where it was removed.
+    (no_local_farm / "farm").mkdir(mode=0o700)
+    sock = no_local_farm / "farm" / "gearman.sock"
+    srv = start_farm_server(unix=str(sock))
+    try:
+        wait_for("the Unix socket", sock.exists)
+        out = from_removed_directory(tmp_path, "status")
+        assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+        env = from_removed_directory(tmp_path, "submit", "-b", "f", "x")
+        assert env.returncode == 0 and env.stdout.startswith("H:"), env.stderr
+        gone = tmp_path / "gone-here"
+        gone.mkdir()
+        monkeypatch.chdir(gone)
+        gone.rmdir()
+        assert discovery.local_farm().unix == f"unix:{sock}"
+        with Client() as client:
+            assert client.echo(b"hi") == b"hi"
+    finally:
+        srv.stop()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("command", ["ps", "status", "up", "reload"])
+def test_a_relative_config_in_a_removed_directory_is_one_line(tmp_path: Path, command: str) -> None:
+    # `farm ps --config ../farm.toml` where the directory was removed: the config was found,
+    # then its folder (path.resolve()) ended in os.getcwd()'s traceback.
+    config(tmp_path, f"unix:{tmp_path}/gearman.sock")
+    out = from_removed_directory(tmp_path, command, "--config", "../farm.toml")
+    said = out.stderr.strip()  # the control commands add how to reach the farm anyway
+    assert out.returncode == 2 and said.startswith(GONE) and "\n" not in said, out.stderr
 
 
 @pytest.mark.timeout(90)
