@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from farm.errors import WorkingDirectoryGone
 from farm.paths import untrusted_because, working_directory
 
 __all__ = [
@@ -109,8 +110,7 @@ def target_problem(target: str) -> str | None:
     look for it (``workers_path``), not on the supervisor's own ``sys.path``.
     """
     module, _, attr = target.partition(":")
-    cwd = working_directory()
-    unsearched = unsearched_because(cwd)
+    cwd, unsearched = _working_directory()
     try:
         spec = _find_unrun(module, workers_path())
     except Exception as e:  # a bad name
@@ -118,7 +118,9 @@ def target_problem(target: str) -> str | None:
         return f"cannot import {module!r} ({why}); check the module path and PYTHONPATH"
     if spec is None:
         said = f"no module named {module!r}; check the spelling and PYTHONPATH"
-        if unsearched:  # an absolute PYTHONPATH entry is searched: the operator names it
+        if cwd is None:  # a farm running where its start directory was removed since
+            said += " (not the working directory, which was removed)"
+        elif unsearched:  # an absolute PYTHONPATH entry is searched: the operator names it
             said += f" (not {cwd}, which {unsearched}; PYTHONPATH={cwd} if you trust it)"
         value = os.environ.get("PYTHONPATH", "")
         relative = [e for e in value.split(os.pathsep) if not os.path.isabs(e)] if value else []
@@ -142,12 +144,25 @@ def unsearched_because(path: str) -> str | None:
     return untrusted_because(info)
 
 
+def _working_directory() -> tuple[str | None, str | None]:
+    """The working directory (None: removed) and why its modules may not be imported (None:
+    they may). A removed one is not searched, and nothing refuses for it: a running farm
+    whose start directory went could not reload (a daemon cannot cd), and a worker it
+    restarted could not boot, though both find their modules on PYTHONPATH."""
+    try:
+        cwd = working_directory()
+    except WorkingDirectoryGone:
+        return None, "was removed"
+    return cwd, unsearched_because(cwd)
+
+
 def search_working_directory() -> str | None:
     """Put the working directory first on ``sys.path``, as ``python -m`` does, when its
-    modules may be imported (``unsearched_because``); it, or None. The supervisor starts
-    its Python children with ``-P``, which leaves it off, so that this check decides."""
-    cwd = working_directory()
-    if unsearched_because(cwd) is not None:
+    modules may be imported (``unsearched_because``; not where it was removed); it, or None.
+    The supervisor starts its Python children with ``-P``, which leaves it off, so that this
+    check decides."""
+    cwd, unsearched = _working_directory()
+    if cwd is None or unsearched is not None:
         return None
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
@@ -195,10 +210,10 @@ def workers_path(environ: Mapping[str, str] = os.environ) -> list[str]:
     of ``environ``'s), then the stdlib and site-packages. The supervisor's own still holds
     what the workers do not get: the directory ``python -m`` or ``-c`` put first, and
     relative PYTHONPATH entries, read against the working directory at its start."""
-    cwd = working_directory()
+    cwd, unsearched = _working_directory()
     env = {"PYTHONPATH": environ.get("PYTHONPATH", "")}
     trusted_pythonpath(env)
-    path = [cwd] if unsearched_because(cwd) is None else []
+    path = [cwd] if cwd is not None and unsearched is None else []
     path += env["PYTHONPATH"].split(os.pathsep) if env.get("PYTHONPATH") else []
     return list(dict.fromkeys(path + _interpreter_path()))
 
@@ -213,9 +228,19 @@ def _interpreter_path() -> list[str]:
         path = path[1:]
     given = "" if sys.flags.ignore_environment else os.environ.get("PYTHONPATH", "")
     if given:
-        started = {os.path.abspath(entry) for entry in given.split(os.pathsep)}
-        path = [entry for entry in path if os.path.abspath(entry) not in started]
+        started = {_absolute(entry) for entry in given.split(os.pathsep)}
+        path = [entry for entry in path if _absolute(entry) not in started]
     return path
+
+
+def _absolute(entry: str) -> str:
+    """A path entry made absolute, or as it is written where the working directory was
+    removed: a relative one (an editable install's ``__editable__...__path_hook__``) then
+    made abspath raise, and a running farm's reload with it."""
+    try:
+        return os.path.abspath(entry)
+    except OSError:
+        return entry
 
 
 def _site_directory(path: str) -> bool:

@@ -80,6 +80,7 @@ def worker(
     ] = False,
 ) -> None:
     """Run one worker process serving MODULE:FUNCTION until SIGTERM or SIGINT."""
+    from farm.paths import working_directory
     from farm.protocol.codec import MAX_TIMEOUT
     from farm.targets import load_target, search_working_directory
     from farm.tlsfiles import tls_from_env
@@ -98,6 +99,7 @@ def worker(
         _utf8(client_id, "--client-id")  # its bounds: Worker() checks them, as the server does
     # Like `python -m`, the working directory's modules are found; not where others may
     # write (a command pool may run this in the supervisor's /tmp), as the workers' rule.
+    working_directory()  # removed: one line (main), not a worker that finds no module there
     search_working_directory()
     try:
         fn = load_target(target)

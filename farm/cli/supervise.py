@@ -41,9 +41,13 @@ def up(
 
     from farm.config import find_config, load
     from farm.logs import LOG_FORMATS, setup_logging
+    from farm.paths import working_directory
     from farm.supervisor import Supervisor
 
     try:
+        # Typed in a directory since removed: its workers/ would not be found, so say so now
+        # (a running farm's reload reads it as one not searched: a daemon cannot cd).
+        working_directory()
         path = find_config(config)
         cfg = load(path)
     except ConfigError as e:

@@ -32,7 +32,6 @@ from farm.config.model import (
 )
 from farm.config.parse import Validator
 from farm.discovery import config_folder, control_path, find_config, read_config_file
-from farm.paths import working_directory
 
 __all__ = [
     "Config",
@@ -57,7 +56,10 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
 def load(path: str | os.PathLike[str] | None) -> Config:
     """Read and validate one file (None: the built-in defaults)."""
     if path is None:
-        # The defaults' targets are found in the working directory (workers/).
-        return Validator(DEFAULTS_SOURCE, Path(working_directory())).config(builtin())
+        # The defaults hold no relative path (their sockets and store are absolute), so no
+        # folder is read against: not the working directory, which a running farm's reload
+        # must not need (it may have been removed). Their targets are found through
+        # farm.targets.workers_path, as any file's are.
+        return Validator(DEFAULTS_SOURCE, Path("/")).config(builtin())
     path = Path(path)
     return Validator(str(path), config_folder(path)).config(read_config_file(path))

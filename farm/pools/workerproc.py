@@ -145,15 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     reporter = Reporter(ns.report_fd)
     record = RecordWriter(ns.record_fd) if ns.record_fd is not None else None
 
-    from farm.errors import WorkingDirectoryGone
     from farm.targets import NotCallable, load_failure, load_target, search_working_directory
 
-    try:
-        search_working_directory()  # started with -P: only a directory others may not write
-    except WorkingDirectoryGone:
-        # Removed since the supervisor started (its traceback was every restart's crash):
-        # no module is left there to find; PYTHONPATH's and installed ones still load.
-        pass
+    # Started with -P: only a directory others may not write, and not one removed since the
+    # supervisor started (no module is left there; PYTHONPATH's and installed ones load).
+    search_working_directory()
     try:
         fn = load_target(ns.target)
         from farm.worker import Worker

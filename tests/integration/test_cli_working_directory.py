@@ -15,7 +15,7 @@ import pytest
 
 from farm import Client, discovery
 from tests.helpers import ROOT
-from tests.helpers.farmproc import FarmUp
+from tests.helpers.farmproc import FarmUp, farm_cli
 from tests.helpers.servers import Server, start_farm_server
 from tests.helpers.waiting import wait_for
 
@@ -118,6 +118,30 @@ def test_a_relative_config_in_a_removed_directory_is_one_line(tmp_path: Path, co
     out = from_removed_directory(tmp_path, command, "--config", "../farm.toml")
     said = out.stderr.strip()  # the control commands add how to reach the farm anyway
     assert out.returncode == 2 and said.startswith(GONE) and "\n" not in said, out.stderr
+
+
+@pytest.mark.timeout(90)
+def test_a_running_farm_whose_directory_was_removed_still_reloads(tmp_path: Path) -> None:
+    # `farm up` started in a checkout removed later: every reload (SIGHUP, `farm reload`)
+    # was refused with "the working directory was removed: cd to an existing one", which a
+    # daemon cannot do. Its workers already load their targets from PYTHONPATH there.
+    started = tmp_path / "started"
+    started.mkdir()
+    up = FarmUp(tmp_path, POOL, cwd=started)
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 1})
+        started.rmdir()
+        up.write_config(POOL.replace("workers = 1", "workers = 2"))
+        out = farm_cli("reload", "--config", str(up.config))
+        assert out.returncode == 0, out.stdout + out.stderr
+        up.wait_idle({"reverse": 2}, timeout=30)
+        # A target found nowhere still says why the working directory was not searched.
+        up.write_config(POOL.replace("workers.text:reverse", "nowhere:fn"))
+        out = farm_cli("reload", "--config", str(up.config))
+        assert out.returncode == 2 and "which was removed" in out.stderr, out.stderr
+    finally:
+        up.stop()
 
 
 @pytest.mark.timeout(90)

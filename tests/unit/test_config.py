@@ -940,3 +940,16 @@ def test_the_target_check_searches_what_the_workers_will(
     assert "no module named 'mine'" in out.stdout, out.stdout
     if beside == "lib":  # the supervisor's warning of the entry comes after this check
         assert "the workers do not search its relative entries ['lib']" in out.stdout
+
+
+def test_the_defaults_load_where_the_working_directory_was_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A farm run on the built-in defaults reloads them: their base was the working
+    # directory, so where `farm up` had been started in one removed since, every reload
+    # failed with "cd to an existing one". They hold no relative path to read against it.
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    assert "reverse" in config.load(None).functions
