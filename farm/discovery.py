@@ -14,7 +14,8 @@ on the Unix socket may take. A client
 falls back to TCP when the socket is not there or not accessible to its user;
 the Executor does not (it would put signed calls on a TCP port any local user
 can reach). A config whose workers serve remote servers (``[supervisor] servers``,
-no local one) names those: a client takes them all, the Executor their ``unix:`` entries.
+no local one) names those: a client takes them all, the Executor their ``unix:`` entries
+that answer; each ``unix:`` entry is checked for a planted socket as the local one is.
 """
 
 from __future__ import annotations
@@ -187,6 +188,7 @@ class FarmAddresses:
     unix: str | None  # "unix:/path"
     tcp: str | None  # "HOST:PORT", a wildcard made loopback
     remote: tuple[str, ...] = ()  # [supervisor] servers: the farm runs no server of its own
+    source: str = "the built-in defaults"  # the config file they were read from
 
 
 def local_farm(explicit: str | os.PathLike[str] | None = None) -> FarmAddresses:
@@ -205,7 +207,7 @@ def local_farm(explicit: str | os.PathLike[str] | None = None) -> FarmAddresses:
             remote = []  # the farm runs its own server too: that is where it answers
         if isinstance(listen, str):
             listen = [listen]
-    where = path or "the built-in defaults"
+    where = str(path) if path is not None else FarmAddresses.source
     unix = tcp = None
     for addr in _addresses(where, "server.listen", listen):
         if addr.kind == "unix" and unix is None:
@@ -217,7 +219,7 @@ def local_farm(explicit: str | os.PathLike[str] | None = None) -> FarmAddresses:
         f"unix:{resolve(base, a.path)}" if a.kind == "unix" else str(a)
         for a in _addresses(where, "supervisor.servers", remote)
     )
-    return FarmAddresses(unix, tcp, servers)
+    return FarmAddresses(unix, tcp, servers, where)
 
 
 def _addresses(where: object, key: str, values: object) -> list[Address]:
@@ -300,17 +302,18 @@ def _servers(
         return env[1]
     farm = local_farm(config)
     if farm.remote:
-        return list(farm.remote) if tcp_fallback else _unix_only(farm.remote)
-    unsafe = _unsafe(farm.unix) if farm.unix else None
-    if unsafe is not None and not (tcp_fallback and farm.tcp):
-        # The Executor's calls go nowhere else; and a farm with no TCP address of its own must
-        # not send anyone to the default port, which the squatter may hold as well.
-        raise UnsafeDirectory(unsafe)
-    if unsafe is None and farm.unix and (_usable(farm.unix) or (tcp_fallback and not farm.tcp)):
-        return [farm.unix]
+        return _remote(farm, tcp_fallback)
+    # The Executor's calls go nowhere else; and a farm with no TCP address of its own must
+    # not send anyone to the default port, which the squatter may hold as well.
+    # Whether it is safe comes first: an unsafe socket is refused, not just passed over.
+    unix = farm.unix
+    if (
+        unix is not None
+        and _trusted(unix, tcp_fallback and farm.tcp is not None)
+        and (_usable(unix) or (tcp_fallback and not farm.tcp))
+    ):
+        return [unix]
     if tcp_fallback:
-        if unsafe is not None:  # a client may use TCP instead: it does, and says why
-            log.warning("not using the farm's Unix socket: %s", unsafe)
         return [farm.tcp or DEFAULT_SERVER]
     where = farm.unix[len("unix:") :] if farm.unix else "(none configured)"
     raise ServerUnavailable(
@@ -320,22 +323,43 @@ def _servers(
     )
 
 
-def _unix_only(remote: tuple[str, ...]) -> list[str]:
-    """The Executor's share of a farm whose job servers are remote (``[supervisor] servers``):
-    their ``unix:`` entries, where its ``farm.*`` pool registers. The TCP ones would carry
-    signed calls, arguments readable, over a network, and no farm server hands them to a
-    worker there."""
-    unix = [s for s in remote if s.startswith("unix:")]
-    if not unix:
+def _trusted(unix: str, fallback: bool) -> bool:
+    """Whether the socket ``unix`` may be used (``_unsafe``): where it may not, False with a
+    warning when the caller has another way in (a client, TCP), else UnsafeDirectory."""
+    unsafe = _unsafe(unix)
+    if unsafe is None:
+        return True
+    if not fallback:
+        raise UnsafeDirectory(unsafe)
+    log.warning("not using the farm's Unix socket: %s", unsafe)
+    return False
+
+
+def _remote(farm: FarmAddresses, tcp_fallback: bool) -> list[str]:
+    """The servers of a farm whose job servers are remote (``[supervisor] servers``). Their
+    ``unix:`` entries are checked as the local socket is: a client drops one another user
+    could have planted while a TCP entry remains, else refuses. The Executor takes only the
+    ``unix:`` ones, where its ``farm.*`` pool registers (the TCP ones would carry signed
+    calls, arguments readable, over a network, and no farm server hands them to a worker
+    there), and refuses when none answers, as for the local socket."""
+    unix = [s for s in farm.remote if s.startswith("unix:")]
+    if not tcp_fallback and not unix:
         raise ServerUnavailable(
-            f"this farm's job servers ({', '.join(remote)}, [supervisor] servers) are reached"
-            " over TCP, and farm.Executor() does not send calls over TCP; pass servers= (or set"
-            " $FARM_SERVERS) to choose a TCP address knowingly"
+            f"{farm.source}: [supervisor] servers names no unix: job server on this host, so no"
+            " farm.* pool serves farm.Executor(); add the unix:/path of a farm server there, or"
+            " set local_server = true"
         )
-    for server in unix:
-        unsafe = _unsafe(server)
-        if unsafe is not None:
-            raise UnsafeDirectory(unsafe)
+    fallback = tcp_fallback and len(unix) < len(farm.remote)
+    dropped = [s for s in unix if not _trusted(s, fallback)]
+    if tcp_fallback:
+        return [s for s in farm.remote if s not in dropped]
+    if not any(_usable(s) for s in unix):
+        paths = ", ".join(s[len("unix:") :] for s in unix)
+        raise ServerUnavailable(
+            f"no job server answers on {paths} ({farm.source}: [supervisor] servers): is it"
+            " running, and may this user use the socket? farm.Executor() does not send calls"
+            " over TCP"
+        )
     return unix
 
 

@@ -90,11 +90,30 @@ def test_the_executor_takes_only_the_unix_sockets_of_remote_servers(clean_env: P
         '[functions.a]\ntarget = "not.importable.here:fn"\n'
     )
     assert discovery.client_servers() == ["10.0.0.1:4730", f"unix:{sock}"]
-    assert discovery.executor_servers() == [f"unix:{sock}"]
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(sock))
+        assert discovery.executor_servers() == [f"unix:{sock}"]
     (clean_env / "farm.toml").write_text(
         '[supervisor]\nservers = ["10.0.0.1:4730"]\n[functions.a]\ntarget = "x:fn"\n'
     )
-    with pytest.raises(farm.ServerUnavailable, match="does not send calls over TCP"):
+    # No farm.* pool serves there (the config's rules allow none on TCP servers), so the
+    # fix is in the file it names, not servers= (those calls would wait for good).
+    with pytest.raises(farm.ServerUnavailable) as info:
+        farm.Executor()
+    said = str(info.value)
+    assert said.startswith("farm.toml: [supervisor] servers names no unix:"), said
+    assert "local_server = true" in said and "servers=" not in said, said
+
+
+def test_the_executor_refuses_remote_unix_sockets_that_are_missing(clean_env: Path) -> None:
+    # The docs say it refuses in one line when the socket is missing; for [supervisor]
+    # servers it took the missing socket and its calls timed out instead.
+    sock = clean_env / "nothere.sock"
+    (clean_env / "farm.toml").write_text(
+        f'[supervisor]\nservers = ["10.0.0.1:4730", "unix:{sock}"]\n'
+        '[functions.a]\ntarget = "x:fn"\n'
+    )
+    with pytest.raises(farm.ServerUnavailable, match=f"no job server answers on {sock}"):
         farm.Executor()
 
 
@@ -111,7 +130,10 @@ def test_a_relative_unix_server_of_the_config_is_taken_from_its_folder(
     )
     monkeypatch.setenv("FARM_CONFIG", str(folder / "farm.toml"))
     expected = [f"unix:{folder}/run/x.sock"]
-    assert discovery.client_servers() == discovery.executor_servers() == expected
+    (folder / "run").mkdir()
+    with socket.socket(socket.AF_UNIX) as listener:  # the Executor takes only one that is there
+        listener.bind(str(folder / "run" / "x.sock"))
+        assert discovery.client_servers() == discovery.executor_servers() == expected
 
 
 def test_an_executor_with_no_servers_finds_a_running_farm(
@@ -167,3 +189,28 @@ def test_another_users_socket_where_others_could_have_put_it_is_refused(clean_en
             assert discovery.executor_servers() == [f"unix:{sock}"]
     finally:
         shutil.rmtree(home)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give files to another user")
+def test_a_client_skips_a_remote_socket_another_user_could_have_planted(clean_env: Path) -> None:
+    # The same check as for the local server's socket, for [supervisor] servers' unix:
+    # entries: a client took another user's socket in /tmp silently, and sent its calls there.
+    made = clean_env / "made-by-another"
+    made.mkdir()
+    sock = made / "gearman.sock"
+    config = clean_env / "farm.toml"
+    config.write_text(f'[supervisor]\nservers = ["unix:{sock}"]\n[functions.a]\ntarget = "x:fn"\n')
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(sock))
+        assert discovery.client_servers() == [f"unix:{sock}"], "ours: used"
+        os.chown(sock, 65534, 65534)
+        os.chown(made, 65534, 65534)
+        with pytest.raises(UnsafeDirectory, match="could have let another user put it there"):
+            discovery.client_servers()
+        with pytest.raises(UnsafeDirectory):
+            farm.Worker()
+        config.write_text(
+            f'[supervisor]\nservers = ["10.0.0.1:4730", "unix:{sock}"]\n'
+            '[functions.a]\ntarget = "x:fn"\n'
+        )
+        assert discovery.client_servers() == ["10.0.0.1:4730"], "the TCP one instead"
