@@ -233,7 +233,9 @@ def no_local_farm(
     test of the defaults passed or failed by whether one was up. What the code reads:
     $XDG_RUNTIME_DIR (its farm/ sockets), $TMPDIR (the /tmp/farm-$UID fallback, for a test
     that unsets the first), and no $RUNTIME_DIRECTORY, $FARM_SERVERS, $GEARMAN_SERVERS,
-    $FARM_CONFIG nor ./farm.toml (the working directory is the new one). Yields it."""
+    $FARM_CONFIG nor ./farm.toml (the working directory is the new one), and
+    discovery.SYSTEM_CONFIG moved into it too, so that an /etc/farm/farm.toml of a farm
+    installed on the host is not read. Yields it."""
     tmp_path_factory.getbasetemp()  # made before $TMPDIR moves: other tests' tmp_path stay
     top = Path(tempfile.mkdtemp(prefix="farm-rt-"))  # 0700, ours; short, for socket paths
     for name in ("RUNTIME_DIRECTORY", "FARM_SERVERS", "GEARMAN_SERVERS", "FARM_CONFIG"):
@@ -242,5 +244,8 @@ def no_local_farm(
     monkeypatch.setenv("TMPDIR", str(top))
     monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads $TMPDIR again
     monkeypatch.chdir(top)
+    from farm import discovery  # here: conftest itself imports no farm module
+
+    monkeypatch.setattr(discovery, "SYSTEM_CONFIG", top / "etc" / "farm.toml")
     yield top
     shutil.rmtree(top, ignore_errors=True)

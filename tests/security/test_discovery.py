@@ -157,6 +157,11 @@ def test_an_executor_with_no_servers_finds_a_running_farm(
         assert up.stop() == 0
 
 
+def test_the_no_local_farm_fixture_hides_the_system_config(no_local_farm: Path) -> None:
+    # /etc/farm/farm.toml of a farm installed on the host was read by the defaults' tests.
+    assert discovery.SYSTEM_CONFIG.is_relative_to(no_local_farm)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give files to another user")
 def test_another_users_socket_where_others_could_have_put_it_is_refused(clean_env: Path) -> None:
     # Any local user may make a directory in /tmp and bind a socket at a configured path
