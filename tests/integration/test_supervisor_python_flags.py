@@ -28,6 +28,7 @@ def flags(job):
             "no_user_site": sys.flags.no_user_site,
             "safe_path": sys.flags.safe_path,
             "user_site": [p for p in sys.path if p.startswith(USER_BASE)],
+            "interpreter": sys.orig_argv[1 : sys.orig_argv.index("-m")],
         }
     )
 """
@@ -70,6 +71,9 @@ def test_the_children_keep_the_user_site_directory_out_as_the_supervisor_does(
         assert seen["safe_path"], "-P stays"
         assert seen["no_user_site"] == int(kept_out), seen
         assert bool(seen["user_site"]) != kept_out, seen
+        # Its own flag, not only the environment it inherits: under PYTHONNOUSERSITE the two
+        # lines above held before the supervisor passed -s on, and so proved nothing there.
+        assert seen["interpreter"] == (["-P", "-s"] if kept_out else ["-P"]), seen
     finally:
         up.stop()
 
