@@ -333,7 +333,7 @@ class Pump(Links, WaitHere):
         except BlockingIOError:
             sent = 0
         except OSError:
-            self._drop(conn, "write failed")
+            self._drop(conn, "write failed", unread=True)
             return
         del conn.out[:sent]
         events = READ_WRITE if conn.out else READ
@@ -350,11 +350,15 @@ class Pump(Links, WaitHere):
             data = conn.sock.recv(READ_SIZE)
         except BlockingIOError:
             return
-        except OSError:
-            data = b""
+        except OSError:  # a reset: the server did not read all it was sent
+            self._drop(conn, "closed the connection", unread=True)
+            return
         if not data:
             self._drop(conn, "closed the connection")
             return
+        if not conn.heard:
+            conn.heard = True
+            self._unheard_since = 0.0
         try:
             events = conn.session.receive(data)
         except ProtocolError as exc:
