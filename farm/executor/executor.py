@@ -49,6 +49,7 @@ from farm.executor.call import DEFAULT_FUNCTION
 from farm.executor.callerfiles import CallerFiles
 from farm.executor.flight import MAX_BATCH, BrokenFarmExecutor, Call, WorkItem, fail_broken
 from farm.executor.futures import CallFuture, results
+from farm.executor.interrupts import whole
 from farm.executor.mapping import Hand, MapCalls, check_buffersize, more_of, once, weak_hand
 from farm.executor.nesting import warn_if_nested
 from farm.executor.payload import (
@@ -389,11 +390,14 @@ class Executor(_BaseExecutor):
         # fork() leaves no thread behind; a daemon so that a forgotten executor
         # cannot hang the interpreter (the atexit hook below still drains it).
         thread = threading.Thread(target=self._pump.run, name="farm-executor", daemon=True)
-        self._pump.started = True
-        try:
-            thread.start()
-        except BaseException:  # no thread to be had: the next submit tries again
-            self._pump.started = False
-            raise
-        self._thread = thread
-        lifespan.started(self._pump)
+        # A Ctrl-C while start() waits for the thread to run made it raise with the thread
+        # running: the next submit started a second one on this pump. Held, it comes after.
+        with whole():
+            self._pump.started = True
+            try:
+                thread.start()
+            except BaseException:  # no thread to be had: the next submit tries again
+                self._pump.started = False
+                raise
+            self._thread = thread
+            lifespan.started(self._pump)

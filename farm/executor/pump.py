@@ -40,7 +40,7 @@ from farm.executor.flight import (
     partial,
     take,
 )
-from farm.executor.interrupts import HeldInterrupt, whole
+from farm.executor.interrupts import whole
 from farm.executor.links import Conn, Links
 from farm.executor.payload import NO_SETUP, RemoteTraceback, describe
 from farm.executor.poller import READ, WRITE, Poller
@@ -141,22 +141,31 @@ class Pump(Links, WaitHere):
         # The pump sleeps in select: send the call from this thread, with no hop to the
         # pump and back (its reply wakes the pump, which reads it). The lock is free only
         # while the pump waits in select; if it is busy after all, a wake-up byte it is.
-        if self._lock.acquire(blocking=False):
-            try:
-                if self._sleeping and self.broken is None:
-                    with whole():  # a Ctrl-C waits until the calls are sent and filed
-                        self._send_pending()
-                        self._flush()
+        guard = whole()
+        try:
+            with guard:  # a Ctrl-C waits until the calls are sent and the lock is free again
+                if self._send_here():
                     return
-            except HeldInterrupt:
-                raise  # held until the calls were sent (whole): nothing is half done
-            except BaseException as exc:
-                # Calls half sent would stay RUNNING for ever: break instead.
+        except BaseException as exc:
+            if guard.half_done(exc):  # calls half sent would stay RUNNING for ever: break
                 self._defer(exc)
                 return
-            finally:
-                self._lock.release()
+            self._wake()  # a Ctrl-C before (or after) the work: the pump sends what waits
+            raise
         self._wake()  # _sleeping was set before the pump's last look: it will see a byte
+
+    def _send_here(self) -> bool:
+        """Send what waits from this thread if the pump sleeps (False: it does not)."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if not (self._sleeping and self.broken is None):
+                return False
+            self._send_pending()
+            self._flush()
+            return True
+        finally:
+            self._lock.release()
 
     def _defer(self, exc: BaseException) -> None:
         """What went wrong in another thread's turn at the pump's work: the pump thread

@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from concurrent.futures._base import PENDING, RUNNING
 from typing import Any, Protocol
 
-from farm.executor.interrupts import HeldInterrupt, whole
+from farm.executor.interrupts import whole
 from farm.executor.poller import READ, Poller
 from farm.waker import Waker
 
@@ -61,9 +61,12 @@ class WaitHere:
         another thread hands it work or anything but reading is to be done."""
         if not (self._sleeping and self._selector.can_mute):
             return
-        if not self._lock.acquire(blocking=False):
-            return
+        taken = False
         try:
+            with whole():  # a Ctrl-C right after acquire() would leave the lock taken for good
+                taken = self._lock.acquire(blocking=False)
+            if not taken:
+                return
             if not self._sleeping or self.broken is not None or self._stopping:
                 return
             conns = {conn.sock.fileno(): conn for conn in self._conns.values()}
@@ -71,7 +74,8 @@ class WaitHere:
                 return
             self._wait_reading(future, conns, timeout)
         finally:
-            self._lock.release()
+            if taken:
+                self._lock.release()
 
     def _wait_reading(
         self, future: Future[Any], conns: dict[int, Link], timeout: float | None
@@ -95,16 +99,17 @@ class WaitHere:
                 for fd, _ in ready:
                     if fd == waker:
                         return  # new work: the pump thread, already woken, takes over
+                guard = whole()
                 try:
-                    with whole():  # a Ctrl-C waits until this turn's bookkeeping is done
+                    with guard:  # a Ctrl-C waits until this turn's bookkeeping is done
                         for fd, _ in ready:
                             self._read(conns[fd])
                         # What a pump turn does after reading: refill the window.
                         self._send_pending()
                         self._flush()
-                except HeldInterrupt:
-                    raise  # held until the turn was whole: no harm done
                 except BaseException as exc:
+                    if not guard.half_done(exc):
+                        raise  # a Ctrl-C held until the turn was whole, or out of it
                     # Half-done bookkeeping (or a done-callback raising SystemExit, which
                     # breaks the executor as when the pump thread runs it).
                     self._defer(exc)

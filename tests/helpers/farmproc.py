@@ -43,6 +43,7 @@ class FarmUp:
         extra_env: dict[str, str] | None = None,
         start: bool = True,
         supervisor: str = "",
+        metrics: bool = True,
         cwd: Path | None = None,
     ) -> None:
         self.tmp = tmp
@@ -50,6 +51,7 @@ class FarmUp:
         # installed `farm` script starts it, which does not import from its working directory.
         self.cwd = cwd
         self.supervisor = supervisor  # more [supervisor] lines, e.g. "ready_wait = 2"
+        self.metrics = metrics  # False: `metrics = "off"`, no listener at all
         self.port, self.metrics_port = free_ports(2)
         self.control = str(tmp / "control.sock")
         self.config = tmp / "farm.toml"
@@ -100,6 +102,7 @@ class FarmUp:
         return f"127.0.0.1:{self.port}"
 
     def write_config(self, functions: str) -> None:
+        metrics = f"127.0.0.1:{self.metrics_port}" if self.metrics else "off"
         self.config.write_text(
             textwrap.dedent(f"""
             [server]
@@ -110,7 +113,7 @@ class FarmUp:
             [supervisor]
             control = "{self.control}"
             graceful_timeout = 10
-            metrics = "127.0.0.1:{self.metrics_port}"
+            metrics = "{metrics}"
             """)
             + textwrap.dedent(self.supervisor).strip()
             + "\n"
