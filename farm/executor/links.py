@@ -75,6 +75,7 @@ class Links:
         now = time.monotonic()
         self._down_since = self._down_since or now
         if now - self._down_since >= self.connect_timeout:
+            self._unheard_since = 0.0  # these calls fail: the next ones get their own wait
             return False
         self._retry_at = now + RETRY_EVERY
         self._wake()  # the pump thread sleeps until then (this may be another thread)
