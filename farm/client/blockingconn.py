@@ -237,8 +237,7 @@ class Connections:
                     self.send(conn, out)
             if until():
                 return True
-            if self.closed:  # by a callback or a signal handler of the thread waiting here
-                raise ServerUnavailable("the farm.Client was closed")
+            self.fail_if_closed()
             if not self.conns:
                 return until()
             timeout = None
@@ -249,12 +248,28 @@ class Connections:
                         return False
                     looked, timeout = True, 0
                 timeout = min(timeout, MAX_SELECT)  # epoll takes no more than 2**31 ms
-            for key, events in select(timeout):
+            try:
+                ready = select(timeout)
+            except (OSError, ValueError):
+                # A signal handler that closes us mostly comes while select() waits: the
+                # retried epoll_wait finds its fd closed (EBADF), or the epoll object closed.
+                self.fail_if_closed()
+                raise
+            for key, events in ready:
                 conn = key.data
-                if events & selectors.EVENT_WRITE:
+                # A callback of an earlier read may have closed us, or dropped this one:
+                # sending on its closed socket raised OSError from last_words().
+                if events & selectors.EVENT_WRITE and self.conns.get(conn.addr) is conn:
                     self.send(conn, b"")
                 if events & selectors.EVENT_READ and self.conns.get(conn.addr) is conn:
                     self.read(conn)
+                if self.closed:
+                    break
+
+    def fail_if_closed(self) -> None:
+        """Closed by a callback or a signal handler of the thread waiting in ``pump``."""
+        if self.closed:
+            raise ServerUnavailable("the farm.Client was closed") from None
 
     def send(self, conn: Conn, out: bytes) -> None:
         """Send ``out`` after what waits, as much as the socket takes now; the selector

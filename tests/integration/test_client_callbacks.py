@@ -4,6 +4,7 @@ left by an interruption gives its job up."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 from collections.abc import Callable
 
@@ -281,3 +282,31 @@ def test_a_call_whose_client_is_closed_under_it_fails_as_closed(any_server: Serv
                 client.call("steps", job, timeout=timeout, on_status=closer(client, job))
             with pytest.raises(RuntimeError, match="closed"):
                 client.call("steps", "y")
+
+
+@pytest.mark.timeout(30)
+def test_a_call_closed_by_a_signal_handler_while_it_waits_fails_as_closed(
+    farm_server: Server,
+) -> None:
+    # The signal comes while the call waits in select(): the handler's close() closed the
+    # selector's epoll under it, select() was retried on the closed fd, and the call raised
+    # OSError [Errno 9] Bad file descriptor. No worker serves "nobody": the call waits.
+    client = farm.Client(farm_server.addr)
+    client.echo("up")  # connected: the alarm finds the call waiting on the server
+    closed = threading.Event()
+
+    def on_alarm(signum: int, frame: object) -> None:
+        client.close()
+        closed.set()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        with pytest.raises(farm.errors.ServerUnavailable, match="Client was closed"):
+            client.call("nobody", "x", timeout=20)
+        assert closed.is_set()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    with pytest.raises(RuntimeError, match="closed"):
+        client.call("nobody", "y")
