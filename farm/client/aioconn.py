@@ -147,7 +147,7 @@ class ServerConnection(asyncio.Protocol):
         try:
             events = self.session.receive(data)
         except ProtocolError as exc:  # not a job server (a web server's port), or a broken one
-            self.lost_how = f"broke the protocol ({exc})"
+            self.lost_how = f"broke the protocol: {exc}"
             self.transport.close()  # type: ignore[union-attr]  # connection_lost fails the rest
             return
         if self.undelivered:  # left by an interrupted callback: first, in order
@@ -220,7 +220,7 @@ class ServerConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        for task in self.session.connection_lost():
+        for task in self.session.connection_lost(self.lost_how):
             if self.closed_by_client:  # our close(): not the server's doing, and no retry
                 self.end_lost(task, closed_error())
             elif may_resubmit(task) and self.resubmit is not None:

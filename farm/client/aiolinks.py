@@ -49,7 +49,7 @@ class AsyncLinks:
             if self._closed:
                 lost_conn.end_lost(task, closed_error())
             else:
-                lost_conn.end_lost(task, lost_error(lost, task))
+                lost_conn.end_lost(task, lost_error(lost, task, lost_conn.lost_how))
 
         asyncio.ensure_future(again())
 

@@ -193,10 +193,15 @@ class Connections:
         return conn
 
     def submit(
-        self, task: Task[TaskListener], exclude: str | None = None, deadline: float | None = None
+        self,
+        task: Task[TaskListener],
+        exclude: str | None = None,
+        deadline: float | None = None,
+        excluded_how: str = "went away",
     ) -> None:
         """Queue ``task``'s submit on the first server that takes a connection before
-        ``deadline``, each connect given its share of the time left (``connect_share``)."""
+        ``deadline``, each connect given its share of the time left (``connect_share``);
+        ``exclude``: the server it was lost with, and ``excluded_how`` how."""
         tried: list[str] = []
         order = self.picker.order(job_key(task.unique, task.data), exclude)
         for at, addr in enumerate(order):
@@ -213,7 +218,7 @@ class Connections:
             conn.session.submit(task)
             return
         if exclude is not None:
-            tried.append(f"{exclude} (died)")
+            tried.append(f"{exclude} ({excluded_how})")
         raise ServerUnavailable("no job server is reachable; tried " + ", ".join(tried))
 
     def pump(self, until: Callable[[], bool], deadline: float | None) -> bool:
@@ -332,7 +337,7 @@ class Connections:
         try:
             events = conn.session.receive(data)
         except ProtocolError as exc:  # not a job server (a web server's port), or a broken one
-            self.drop(conn, f"broke the protocol ({exc})")
+            self.drop(conn, f"broke the protocol: {exc}")
             return
         self.undelivered.extend((conn.addr, event) for event in events)
         self.deliver()
@@ -386,13 +391,14 @@ class Connections:
         """The server went away: resubmit what may be (unique key, once), fail the rest."""
         self.close_one(conn)
         self.picker.mark_down(conn.addr)
-        for task in conn.session.connection_lost():
+        for task in conn.session.connection_lost(why):
             if may_resubmit(task):
                 try:
                     # The pump's deadline bounds the resubmit only while it is ahead: one
                     # passed (its last look, or another task's wait) left it 50 ms.
                     ahead = self.deadline is not None and self.deadline > time.monotonic()
-                    self.submit(task, exclude=conn.addr, deadline=self.deadline if ahead else None)
+                    until = self.deadline if ahead else None
+                    self.submit(task, exclude=conn.addr, deadline=until, excluded_how=why)
                     continue
                 except ServerUnavailable as exc:
                     task.error = exc

@@ -201,7 +201,7 @@ class Links:
         not read all that was sent (see _unheard)."""
         self._close(conn)
         self._picker.mark_down(conn.addr)
-        lost_tasks = conn.session.connection_lost()
+        lost_tasks = conn.session.connection_lost(why)
         if unread and not conn.heard and lost_tasks and self._unheard():
             log.info("job server %s %s before it answered: its calls wait again", conn.addr, why)
             items: list[WorkItem] = []

@@ -256,7 +256,7 @@ class ClientSession:
     def _on_created(self, packet: Packet, events: list[object]) -> None:
         task = self._reply_to(packet)
         if not isinstance(task, Task):
-            raise ProtocolError(f"JOB_CREATED where a reply of type {task.expect} was due")
+            raise ProtocolError(f"JOB_CREATED arrived where the answer to {task!r} was due")
         task.handle = handle = wire_text(packet.args[0])
         if task.background:
             task.done = True
@@ -370,10 +370,11 @@ class ClientSession:
         if isinstance(request, Task):
             events.append(JobEnded(task=request))
 
-    def connection_lost(self) -> list[Task[Any]]:
+    def connection_lost(self, why: str = "went away") -> list[Task[Any]]:
         """The connection is gone: return the unfinished tasks (the face decides on retry).
 
-        Pending queries fail with ServerUnavailable; tasks are left not done.
+        Pending queries fail with ServerUnavailable saying ``why`` (how the server went,
+        e.g. it broke the protocol); tasks are left not done.
         """
         self.closed = True
         lost: list[Task[Any]] = []
@@ -382,7 +383,7 @@ class ClientSession:
                 if not request.abandoned:
                     lost.append(request)
             else:
-                request.error = ServerUnavailable(f"connection to {self.server} lost")
+                request.error = ServerUnavailable(f"job server {self.server} {why}")
                 request.done = True
         for tasks in self._running.values():
             lost.extend(t for t in tasks if t not in lost)

@@ -123,6 +123,9 @@ class Query(Generic[Reply]):
         self.result: Reply | None = None
         self.error: Exception | None = None
 
+    def __repr__(self) -> str:  # in a ProtocolError's text, which reaches users
+        return f"<Query awaiting {PacketType(self.expect).name}>"
+
 
 class JobStatus(NamedTuple):
     """What the server knows of a job (STATUS_RES / STATUS_RES_UNIQUE)."""

@@ -195,6 +195,35 @@ def test_unsolicited_error_is_an_event_and_a_mismatched_reply_a_protocol_error()
         ClientSession().receive(encode_res(PT.NOOP))
 
 
+def test_a_mismatched_reply_names_the_request_it_answered_in_its_error() -> None:
+    # These texts reach users (a server that broke the protocol): they said
+    # "<farm.protocol.tasks.Query object at 0x...>" and "a reply of type 16".
+    s = ClientSession()
+    s.echo(b"a")
+    with pytest.raises(
+        ProtocolError,
+        match="^JOB_CREATED arrived where the answer to"
+        r" <Query awaiting ECHO_RES> was due$",
+    ):
+        s.receive(encode_res(PT.JOB_CREATED, b"H:1"))
+    s = ClientSession()
+    s.get_status_unique("k")
+    with pytest.raises(
+        ProtocolError,
+        match=r"^ECHO_RES arrived where the answer to"
+        r" <Query awaiting STATUS_RES_UNIQUE> was due$",
+    ):
+        s.receive(encode_res(PT.ECHO_RES, b"a"))
+
+
+def test_a_lost_connection_fails_its_queries_saying_how() -> None:
+    s = ClientSession("a:1")
+    asked = s.echo(b"a")
+    s.connection_lost("broke the protocol: expected a binary packet")
+    assert asked.done and isinstance(asked.error, ServerUnavailable)
+    assert str(asked.error) == "job server a:1 broke the protocol: expected a binary packet"
+
+
 def test_abandoned_task_drops_later_packets() -> None:
     s = ClientSession()
     t = Task("f", b"")
