@@ -161,14 +161,19 @@ class AsyncClient(AsyncLinks):
     async def _outcome(
         self, task: Task[Waiter], left: float | None, timeout: float | None
     ) -> bytes:
-        """``wait``: ``left`` seconds at most, the rest of ``timeout`` (what a Timeout says)."""
+        """``wait``: ``left`` seconds at most, the rest of ``timeout`` (what a Timeout says).
+        Another client's task (a farm.Client's too) is refused until it is done, as
+        farm.Client refuses: its end comes on that client's connections, and its future
+        belongs to that client's loop."""
         waiter = task.owner
-        if not isinstance(waiter, Waiter):
-            raise ValueError("the task was not submitted by this client")
-        try:
-            await asyncio.wait_for(asyncio.shield(waiter.ended), left)
-        except TimeoutError:
-            raise timeout_error(task, timeout) from None
+        if not isinstance(waiter, Waiter) or waiter.client is not self:
+            if not task.done:
+                raise ValueError("the task was not submitted by this client")
+        else:  # (its end may wait to be handed on after news whose callback was interrupted)
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter.ended), left)
+            except TimeoutError:
+                raise timeout_error(task, timeout) from None
         if task.error is not None:
             raise task.error
         assert task.result is not None, "a task done without an error has its result"
@@ -341,7 +346,7 @@ class AsyncClient(AsyncLinks):
             when=when,
         )
         conn = await self._any_connection(job_key(task.unique, task.data), deadline)
-        waiter = Waiter(asyncio.get_running_loop(), stream)
+        waiter = Waiter(self, asyncio.get_running_loop(), stream)
         task.owner = waiter
         conn.session.submit(task)
         conn.send_soon()

@@ -56,9 +56,14 @@ def closed_error() -> ServerUnavailable:
 class Waiter:
     """What coroutines wait on for one task: its creation, its end, its stream."""
 
-    __slots__ = ("created", "ended", "events", "on_status", "on_data", "on_warning")
+    __slots__ = ("client", "created", "ended", "events", "on_status", "on_data", "on_warning")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, stream: bool = False) -> None:
+    def __init__(
+        self, client: object, loop: asyncio.AbstractEventLoop, stream: bool = False
+    ) -> None:
+        # The AsyncClient that submitted the task: only it waits on it while it runs. Not
+        # which session holds it: a keyed job being resubmitted is held by none meanwhile.
+        self.client = client
         self.created: asyncio.Future[Task[Waiter]] = loop.create_future()
         self.ended: asyncio.Future[Task[Waiter]] = loop.create_future()
         self.events: asyncio.Queue[StreamEvent] | None = asyncio.Queue() if stream else None

@@ -3,6 +3,7 @@ multiprocessing's fork), and across threads."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import threading
@@ -124,7 +125,7 @@ def test_a_task_waited_for_on_a_client_that_did_not_submit_it_is_refused(
     # One Client per thread, as documented, and a task handed from one to the other: the
     # other's wait() read its own connections, where the task's end never comes, and
     # waited for ever (with no connection yet, a Timeout "not done within Nones" at once).
-    # AsyncClient says ValueError, and so does farm.Client now; its own client waits it.
+    # It says ValueError until the task is done (AsyncClient too: the test below).
     release = threading.Event()
 
     def held(job: Any) -> bytes:
@@ -148,3 +149,40 @@ def test_a_task_waited_for_on_a_client_that_did_not_submit_it_is_refused(
             release.set()
         assert mine.wait(task, 10) == b"x"
         assert other.wait(task) == b"x"  # done: its outcome is there for anyone to read
+
+
+@pytest.mark.timeout(30)
+def test_asyncclient_refuses_another_clients_task_until_it_is_done_as_client_does(
+    farm_server: Server,
+) -> None:
+    # AsyncClient B's wait() on A's task waited on A's future (on another loop asyncio
+    # raised "attached to a different loop"), and its wait() on a farm.Client task raised
+    # ValueError even once that task was done. Both clients now refuse another client's
+    # task while it runs, and give its outcome once it is done.
+    release = threading.Event()
+
+    def held(job: Any) -> bytes:
+        release.wait(20)
+        return job.data
+
+    async def main(blocking: farm.Client) -> None:
+        async with farm.AsyncClient(farm_server.addr) as a, farm.AsyncClient(farm_server.addr) as b:
+            task = await a.submit("held", "x")
+            blocking_task = blocking.submit("held", "y")
+            try:
+                with pytest.raises(ValueError, match="not submitted by this client"):
+                    await asyncio.wait_for(b.wait(task, 5), 10)
+                with pytest.raises(ValueError, match="not submitted by this client"):
+                    await asyncio.wait_for(b.wait(blocking_task, 5), 10)  # type: ignore[arg-type]
+                with pytest.raises(ValueError, match="not submitted by this client"):
+                    blocking.wait(task, 5)  # type: ignore[arg-type]
+            finally:
+                release.set()
+            assert await a.wait(task, 10) == b"x"
+            assert blocking.wait(blocking_task, 10) == b"y"
+            assert await b.wait(task) == b"x"  # done: its outcome is there for anyone
+            assert await b.wait(blocking_task) == b"y"  # type: ignore[arg-type]
+            assert blocking.wait(task) == b"x"  # type: ignore[arg-type]
+
+    with serving(farm_server.addr, {"held": held}), farm.Client(farm_server.addr) as blocking:
+        asyncio.run(main(blocking))
