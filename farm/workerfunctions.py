@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TypeVar, overload
 
 from farm.protocol.checks import Data, check_name, check_timeout
+from farm.protocol.codec import text_bytes, wire_text
 from farm.workerjob import Job
 from farm.workerlinks import ServerLink
 
@@ -18,6 +19,16 @@ __all__ = ["F", "WorkerFunction", "WorkerFunctions"]
 WorkerFunction = Callable[[Job], "Data | None"]
 #: A decorated worker function keeps its own type (``Worker.function``).
 F = TypeVar("F", bound=WorkerFunction)
+
+
+def _as_served(name: str) -> str:
+    """``name`` as its jobs come (``job.function``: the text of the bytes its CAN_DO sends).
+    "\\udcc3\\udca9" stands for the bytes of "é": registered as it was spelled, its jobs,
+    which came as "é", failed with LookupError ("this worker has no function 'é'")."""
+    try:
+        return wire_text(text_bytes(name))
+    except (UnicodeEncodeError, AttributeError):  # stands for no bytes: never registered
+        return name
 
 
 class WorkerFunctions:
@@ -37,6 +48,7 @@ class WorkerFunctions:
         if not isinstance(name, str) or not name or "\0" in name:
             raise ValueError(f"function name must be a non-empty str without NUL, not {name!r}")
         check_name(name)  # sent as its bytes (text_bytes): one that stands for none is refused here
+        name = _as_served(name)
         if not callable(fn):
             raise TypeError(f"{name}: the worker function must be callable, not {fn!r}")
         check_timeout(name, timeout)
@@ -81,6 +93,7 @@ class WorkerFunctions:
         follows its answer. KeyError if ``name`` is not registered (libgearman's
         ``gearman_worker_unregister`` returns GEARMAN_NO_REGISTERED_FUNCTION then, and sends
         nothing)."""
+        name = _as_served(name)
         with self._send_lock:  # as register(): the loop and work()'s sessions read these
             if name not in self._functions:
                 raise KeyError(name)

@@ -95,3 +95,19 @@ def test_a_function_name_that_is_not_utf8_is_served_by_its_bytes(any_server) -> 
     worker = farm.Worker(any_server.addr)
     with pytest.raises(ValueError, match="no byte"):
         worker.register("\ud800", _unique_bytes)  # a surrogate that stands for no byte
+
+
+def test_a_function_name_spelled_with_surrogates_for_utf8_bytes_is_served(any_server) -> None:
+    # "\udcc3\udca9" stands for the bytes of "é": register() sent CAN_DO with those bytes,
+    # jobs came as "é" (how job.function decodes them) and failed with LookupError "this
+    # worker has no function 'é'". It is registered under the name its jobs come by.
+    spelled = b"\xc3\xa9".decode("ascii", "surrogateescape")
+    assert spelled == "\udcc3\udca9"
+    worker = farm.Worker(any_server.addr)
+    worker.register(spelled, lambda job: job.function)
+    with working(worker), farm.Client(any_server.addr) as c:
+        assert c.call("é", b"x", timeout=10) == "é".encode()
+        assert c.call(spelled, b"x", timeout=10) == "é".encode()  # the same bytes
+    worker.unregister(spelled)  # under either spelling: it is the one function
+    with pytest.raises(KeyError):
+        worker.unregister("é")
