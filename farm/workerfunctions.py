@@ -45,10 +45,10 @@ class WorkerFunctions:
 
     def register(self, name: str, fn: WorkerFunction, timeout: float | None = None) -> None:
         """Serve ``name`` with ``fn(job)``; ``timeout`` (seconds) is sent as CAN_DO_TIMEOUT."""
-        if not isinstance(name, str) or not name or "\0" in name:
+        if not isinstance(name, str):  # check_name's TypeError: register has said ValueError
             raise ValueError(f"function name must be a non-empty str without NUL, not {name!r}")
-        check_name(name)  # sent as its bytes (text_bytes): one that stands for none is refused here
-        name = _as_served(name)
+        # Non-empty, no NUL, and sendable as its bytes (one that stands for none is refused)
+        name = _as_served(check_name(name))
         if not callable(fn):
             raise TypeError(f"{name}: the worker function must be callable, not {fn!r}")
         check_timeout(name, timeout)

@@ -17,6 +17,8 @@ import time
 import zlib
 from collections.abc import Collection
 
+from farm.protocol.codec import text_bytes
+
 __all__ = [
     "COST_FACTOR",
     "DOWN_FOR",
@@ -58,9 +60,9 @@ def key_slot(key: str | bytes, count: int) -> int:
     that Perl's Gearman::Client takes of the key's CRC-32 (``Gearman::Task::hash``), so
     that a key submitted from Perl and from farm meets at one server and joins one job
     (libgearman hashes no key: it sends every job to one server while it is up)."""
-    # A key's bytes as they go out (farm.protocol.codec.text_bytes): a raw digest a PHP
-    # client sent, handed over by farm.Worker as os.fsdecode does, is placed as Perl's is.
-    data = key.encode("utf-8", "surrogateescape") if isinstance(key, str) else key
+    # A key's bytes as they go out (text_bytes): a raw digest a PHP client sent, handed
+    # over by farm.Worker as os.fsdecode does, is placed as Perl's is.
+    data = text_bytes(key) if isinstance(key, str) else key
     return (zlib.crc32(data) >> 16 & 0x7FFF) % count
 
 

@@ -154,7 +154,7 @@ class ClientSession:
         return self._query(PT.ECHO_RES, PT.ECHO_REQ, data)
 
     def get_status(self, handle: str) -> Query[StatusResult]:
-        return self._query(PT.STATUS_RES, PT.GET_STATUS, handle.encode("utf-8", "surrogateescape"))
+        return self._query(PT.STATUS_RES, PT.GET_STATUS, text_bytes(handle))
 
     def get_status_unique(self, unique: str) -> Query[StatusResult]:
         return self._query(PT.STATUS_RES_UNIQUE, PT.GET_STATUS_UNIQUE, text_bytes(unique))
