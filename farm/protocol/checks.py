@@ -109,8 +109,16 @@ def as_epoch(when: object) -> int:
     # farm's server refuses an epoch out of its range and closes the connection, which
     # fails every other job in flight on it: said here. (Milliseconds, time.time() * 1000,
     # are past it; gearmand took them, for a job due some 55,000 years on.)
-    if not 0 <= seconds <= MAX_EPOCH:
-        raise ValueError(f"when is out of range: {when!r} is not epoch seconds from 1970 on")
+    if seconds < 0:
+        raise ValueError(
+            f"when is out of range: {when!r} is before 1970; when= takes epoch seconds"
+            " from 0 to 2**40"
+        )
+    if seconds > MAX_EPOCH:
+        raise ValueError(
+            f"when is out of range: {when!r} is past 2**40 epoch seconds (the year 36812),"
+            " the most taken: milliseconds (time.time() * 1000)? when= takes seconds"
+        )
     return math.ceil(seconds)
 
 

@@ -258,3 +258,19 @@ def test_one_rule_says_which_function_names_a_farm_server_takes(
 ) -> None:
     # The server's binary and admin protocols and the CLI all ask this one function.
     assert p.name_problem(name) == problem
+
+
+def test_an_epoch_out_of_range_is_named_with_the_range_and_milliseconds_hinted() -> None:
+    # time.time() * 1000 was "not epoch seconds from 1970 on", but it is after 1970.
+    import datetime
+    import time
+
+    from farm.protocol.checks import as_epoch
+
+    with pytest.raises(ValueError, match=r"past 2\*\*40 .*milliseconds"):
+        as_epoch(time.time() * 1000)
+    for before in (-5, datetime.datetime(1969, 7, 20, tzinfo=datetime.UTC)):
+        with pytest.raises(ValueError, match=r"before 1970.* from 0 to 2\*\*40") as raised:
+            as_epoch(before)
+        assert "milliseconds" not in str(raised.value)
+    assert as_epoch(0) == 0 and as_epoch(2**40) == 2**40
