@@ -47,12 +47,26 @@ def _utf8(value: str, what: str) -> bytes:
         fail(f"{what} {shown} is not UTF-8 text; give it in UTF-8 (or check the locale)", 2)
 
 
+def _wire_bytes(value: str, what: str) -> bytes:
+    """A name or key as the bytes typed, which the library sends (``text_bytes``): one
+    with a byte that is not UTF-8 (a PHP worker's function, a raw key) goes out as it is,
+    as gearman's own CLI sends it. (A wrong locale shows as a name no worker serves:
+    submit says so after a few seconds.) A surrogate that stands for no byte (none comes
+    from a command line, where os.fsdecode made it) is a usage error."""
+    from farm.protocol.codec import text_bytes
+
+    try:
+        return text_bytes(value)
+    except UnicodeEncodeError:
+        fail(f"{what} {value!r} holds a surrogate that stands for no byte", 2)
+
+
 def _function_name(name: str, what: str) -> str:
     """A function name the job server takes (as farm.server.connection checks it): else a
     usage error now, not a refusal the server logs while the worker serves nothing."""
     from farm.protocol.codec import MAX_FUNCTION, name_problem
 
-    raw = _utf8(name, what)
+    raw = _wire_bytes(name, what)
     if (problem := name_problem(raw)) is None:
         return name
     code, why = problem
@@ -153,7 +167,7 @@ def submit(
     _seconds(timeout, "--timeout", at_most=float("1e9"))
     _function_name(function, "FUNCTION")
     if unique is not None:
-        _utf8(unique, "--unique")
+        _wire_bytes(unique, "--unique")
     servers = _servers(server, config)
     # The bytes as typed: the shell's argument, not the locale's reading of it. No DATA
     # reads a pipe or file, as `gearman -f F` does: `echo hi | farm submit F` sent nothing.

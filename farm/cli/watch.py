@@ -158,14 +158,18 @@ def warn_if_unserved(
     def check() -> None:
         from farm.client.admin import admin_query
         from farm.protocol.admin import parse_status
+        from farm.protocol.codec import text_bytes
 
+        # As the admin text reads it (admin_query: bytes that are not UTF-8 replaced): a
+        # name typed with such a byte is served under that reading, not its surrogates.
+        listed = text_bytes(function).decode("utf-8", "replace")
         unserved = []
         for address in addresses:
             try:
                 rows = parse_status(admin_query(address, "status", tls=tls))
             except Exception:  # only a hint: a server that cannot say is left out of it
                 continue
-            if any(r.function == function and r.workers for r in rows):
+            if any(r.function == listed and r.workers for r in rows):
                 return
             unserved.append(address)
         if unserved:

@@ -6,13 +6,19 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
+import farm
+import farm.cli.watch
 from farm.cli import app
+from tests.helpers import ROOT
 from tests.helpers.servers import free_port, stop_process
 from tests.helpers.serving import reverse, serving
+from tests.helpers.waiting import wait_for
 
 runner = CliRunner()
 
@@ -81,3 +87,46 @@ def test_submit_without_data_reads_a_pipe_as_the_gearman_tool_does(farm_server) 
         assert (given.returncode, given.stdout) == (0, b"depyt"), given.stderr
         empty = submit("reverse", stdin=subprocess.DEVNULL)
         assert (empty.returncode, empty.stdout) == (0, b""), empty.stderr
+
+
+@pytest.mark.timeout(60)
+def test_names_and_keys_that_are_not_utf8_go_out_as_the_bytes_typed(
+    farm_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `farm worker --name`, `farm submit FUNCTION` and `--unique` refused a byte the locale
+    # could not decode ("is not UTF-8 text"), though the library sends such a name as its
+    # bytes (a PHP worker's function): the CLI could not reach it. They go out as typed.
+    s = ["--server", farm_server.addr]
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "farm", "worker", "workers.text:reverse", "--name", b"r\xff", *s],
+        cwd=ROOT,
+    )
+    try:
+        name = b"r\xff".decode("utf-8", "surrogateescape")  # as Python reads argv
+        with farm.Client(farm_server.addr) as c:  # (queued until the worker registers)
+            assert c.call(name, "up", timeout=20) == b"pu"
+        out = runner.invoke(app, ["submit", name, "hello", "--unique", "k\udcfe", *s])
+        assert (out.exit_code, out.stdout) == (0, "olleh"), out.output
+    finally:
+        worker.terminate()
+        assert worker.wait(20) == 0
+
+    # Nor is such a function said to wait for a worker while one serves it: the admin
+    # status lists it with U+FFFD, which its surrogates never matched.
+    checks: list[threading.Timer] = []
+
+    class Timer(threading.Timer):
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            super().__init__(*args, **kw)
+            checks.append(self)
+
+    monkeypatch.setattr(farm.cli.watch, "NO_WORKER_AFTER", 0.05)
+    monkeypatch.setattr(threading, "Timer", Timer)
+
+    def held(job: Any) -> bytes:  # until the hint's check has looked
+        wait_for("the hint's check", lambda: checks and checks[0].finished.is_set())
+        return b"done"
+
+    with serving(farm_server.addr, {name: held}):
+        out = runner.invoke(app, ["submit", name, "x", *s])
+    assert (out.exit_code, out.stdout, out.stderr) == (0, "done", "")
