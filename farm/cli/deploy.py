@@ -88,37 +88,48 @@ SERVING = ("idle", "busy", "running")
 RETIRING = ("draining", "killing")
 
 
-def follow_added(
-    pools: list[str], boot_timeout: float, table: Callable[[], list[dict[str, Any]]]
-) -> None:
-    """After a reload that added ``pools``: wait until each of their slots has served once,
-    or its first process ended before it served (a module that raises at import, a command
-    that exits); exit 1 naming each slot that did not serve and how its process ended (or
-    that it still starts ``boot_timeout`` on). The pools stay either way, retried with
+def follow_added(pools: list[str], boot_timeout: float, ps: Callable[[], dict[str, Any]]) -> None:
+    """After a reload that added ``pools``: wait until each of their slots (as many as the
+    ``ps`` reply's targets) has served once, or its first process ended before it served (a
+    module that raises at import, a command that exits); exit 1 naming each slot that did
+    not serve and how its process ended, that it still starts ``boot_timeout`` on, or that
+    none started (the job server not ready). The pools stay either way, retried with
     backoff."""
     served: set[tuple[str, int]] = set()
-    deadline = time.monotonic() + boot_timeout + 2  # past it, the supervisor kills a Python one
+    wait = boot_timeout + 2  # past it, the supervisor has killed a Python one still loading
+    deadline = time.monotonic() + wait
     while True:
-        rows = [
-            r
-            for r in table()
-            if r["function"] in pools
-            and r.get("slot") is not None
-            and r["state"] not in RETIRING  # a pool of that name removed before, draining
-        ]
-        for row in rows:
-            if row["state"] in SERVING:
-                served.add((row["function"], row["slot"]))
-        waiting = [r for r in rows if (r["function"], r["slot"]) not in served]
-        ended = [r for r in waiting if r["restarts"]]  # its first process ended unasked
+        reply = ps()
+        rows: dict[tuple[str, int], dict[str, Any]] = {}
+        for r in reply["processes"]:
+            if (
+                r["function"] in pools
+                and r.get("slot") is not None
+                and r["state"] not in RETIRING  # a pool of that name removed before, draining
+            ):
+                rows.setdefault((r["function"], r["slot"]), r)  # the slot's own, then a successor
+        served.update(key for key, r in rows.items() if r["state"] in SERVING)
+        # A slot with no row yet is waited on too: slots are made once the job server is
+        # ready, and an added pool whose slots were not made yet was "reloaded" at once.
+        slots = [(p, i) for p in pools for i in range(reply["targets"].get(p, 0))]
+        waiting = [key for key in slots if key not in served]
+        ended = [key for key in waiting if key in rows and rows[key]["restarts"]]  # unasked
         if not waiting:
             return
         if len(ended) == len(waiting) or time.monotonic() > deadline:
             break
         time.sleep(POLL)  # polling the supervisor's table
-    for row in ended or waiting:
+    server = next((r for r in reply["processes"] if r["function"] == "server"), None)
+    for key in waiting:  # each: one that ended, one still starting, one not started
+        row = rows.get(key)
+        if row is None:
+            why = f"no process started {wait:g}s after it"
+            if server is not None and server["state"] != "ready":
+                why = f"no process started: the job server is not ready ({server['state']})"
+            typer.echo(f"farm: {key[0]}#{key[1]}: added by the reload, {why}", err=True)
+            continue
         name = f"{row['function']}#{row['slot']} cpu{row['cpu']}"
-        why = row["last_exit"] if row in ended else f"not serving {boot_timeout:g}s after it"
+        why = row["last_exit"] if key in ended else f"not serving {wait:g}s after it"
         typer.echo(f"farm: {name}: added by the reload, {why} (now {row['state']})", err=True)
     fail(
         f"reloaded, but the pool(s) it added do not serve ({', '.join(pools)}): they stay,"

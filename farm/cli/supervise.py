@@ -180,7 +180,7 @@ def reload(
         follow_added(
             reply["added"],
             float(reply.get("boot_timeout", 60)),
-            lambda: ask_supervisor(config, control, {"cmd": "ps"})["processes"],
+            lambda: ask_supervisor(config, control, {"cmd": "ps"}),
         )
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -70,6 +73,65 @@ def test_a_reload_that_adds_a_pool_that_does_not_start_fails_naming_it(tmp_path:
         said = r"^bad#0 cpu\d+ (failing|starting|backoff): failed to boot \(RuntimeError"
         assert re.search(said, ps.stdout, re.M), ps.stdout
         assert re.search(r"^shcrash#0 cpu\d+ \w+: .*its last output: 'oops'", ps.stdout, re.M)
+    finally:
+        assert up.stop() == 0
+
+
+def test_at_its_deadline_the_reload_names_the_slots_still_starting_too(tmp_path: Path) -> None:
+    # One added pool's process ended (a module that raised) and another's still started
+    # (a command that never registers): the reload named the ended one alone, then said
+    # "do not serve (bad, sleeper)" with nothing about sleeper.
+    (tmp_path / "bad.py").write_text('raise RuntimeError("no model file")\n\ndef run(job): ...\n')
+    up = FarmUp(tmp_path, BASE, supervisor="boot_timeout = 3")
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 1})
+        sleeper = '\n[functions.sleeper]\ncommand = ["sleep", "1000"]\nworkers = 1\n'
+        up.write_config(BASE + BROKEN.split("[functions.shcrash]")[0] + sleeper)
+        out = farm_cli("reload", "--control", up.control)
+        assert out.returncode == 1, out.stdout + out.stderr
+        err = out.stderr
+        assert "bad#0 cpu" in err and "failed to boot (RuntimeError: no model file" in err, err
+        assert re.search(r"sleeper#0 cpu\d+: added by the reload, not serving 5s after", err), err
+        assert "do not serve (bad, sleeper)" in err, err
+    finally:
+        assert up.stop() == 0
+
+
+def test_a_pool_added_while_the_job_server_is_down_is_not_called_reloaded(
+    tmp_path: Path,
+) -> None:
+    # The job server backed off (its store refused); a reload added a pool whose module
+    # raises: no slot of it started (workers wait for the server), and "reloaded", exit 0,
+    # came at once; the pool crash-looped silently once the server was back.
+    (tmp_path / "bad.py").write_text('raise RuntimeError("no model file")\n\ndef run(job): ...\n')
+    store = tmp_path / "queue.db"
+    up = FarmUp(tmp_path, BASE, supervisor="boot_timeout = 3", start=False)
+    up.config.write_text(up.config.read_text().replace('store = "none"', f'store = "{store}"'))
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        (server,) = [r for r in up.ps() if r["function"] == "server"]
+        junk = tmp_path / "junk"
+        # What the reload's check reads of it looks right: the server alone refuses it.
+        junk.write_bytes(b"SQLite format 3\0" + b"\xff" * 4080)
+        junk.replace(store)  # the running server keeps its open file; a new one cannot start
+        for name in ("queue.db-wal", "queue.db-shm"):  # whose pages would stand in for it
+            (tmp_path / name).unlink(missing_ok=True)
+        os.kill(server["pid"], signal.SIGKILL)
+        wait_for(
+            "the server backing off",
+            lambda: [r for r in up.ps() if r["function"] == "server" and r["restarts"] >= 2],
+            timeout=30,
+        )
+        up.config.write_text(up.config.read_text() + BROKEN.split("[functions.shcrash]")[0])
+        began = time.monotonic()
+        out = farm_cli("reload", "--control", up.control)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert time.monotonic() - began >= 4, out.stderr  # it waited for the slot to start
+        err = out.stderr
+        assert "bad#0: added by the reload, no process started" in err, err
+        assert "the job server is not ready" in err and "do not serve (bad)" in err, err
     finally:
         assert up.stop() == 0
 
