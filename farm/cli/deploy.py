@@ -42,9 +42,12 @@ def restart(
     follow_restart(reply, lambda: ask_supervisor(config, control, {"cmd": "restart-status"}))
 
 
-def follow_restart(reply: dict[str, Any], status: Callable[[], dict[str, Any]]) -> None:
+def follow_restart(
+    reply: dict[str, Any], status: Callable[[], dict[str, Any]], until: float | None = None
+) -> None:
     """Print "reverse: 7/16 replaced" as it changes until the restart ends, then the slots
-    counted as replaced that no one saw serve the new code; exit 1 if a replacement failed."""
+    counted as replaced that no one saw serve the new code; exit 1 if a replacement failed,
+    or (`farm reload --timeout`) the restart goes on at monotonic ``until``."""
     number = reply.get("restart")
     tty = sys.stdout.isatty()
     shown = ""
@@ -59,6 +62,10 @@ def follow_restart(reply: dict[str, Any], status: Callable[[], dict[str, Any]]) 
             shown, moved = line, time.monotonic()
         if reply.get("done") or reply.get("restart") != number:
             break
+        if until is not None and time.monotonic() > until:
+            if tty:
+                typer.echo()
+            fail("the restart goes on past --timeout (farm ps shows it)", 1)
         if time.monotonic() - moved > STALL:
             if tty:
                 typer.echo()
@@ -88,16 +95,17 @@ SERVING = ("idle", "busy", "running")
 RETIRING = ("draining", "killing")
 
 
-def follow_added(pools: list[str], boot_timeout: float, ps: Callable[[], dict[str, Any]]) -> None:
-    """After a reload that added ``pools``: wait until each of their slots (as many as the
-    ``ps`` reply's targets) has served once, or its first process ended before it served (a
-    module that raises at import, a command that exits); exit 1 naming each slot that did
-    not serve and how its process ended, that it still starts ``boot_timeout`` on, or that
-    none started (the job server not ready). The pools stay either way, retried with
-    backoff."""
+def follow_added(
+    pools: list[str], ps: Callable[[], dict[str, Any]], began: float, wait: float
+) -> None:
+    """After a reload (begun at monotonic ``began``) that added ``pools``: wait until each of
+    their slots (as many as the ``ps`` reply's targets) has served once, or its first
+    process ended before it served (a module that raises at import, a command that exits);
+    exit 1 naming each slot that did not serve and how its process ended, that it still
+    starts ``wait`` seconds after the reload, or that none started (the job server not
+    ready). The pools stay either way, retried with backoff."""
     served: set[tuple[str, int]] = set()
-    wait = boot_timeout + 2  # past it, the supervisor has killed a Python one still loading
-    deadline = time.monotonic() + wait
+    deadline = began + wait
     while True:
         reply = ps()
         rows: dict[tuple[str, int], dict[str, Any]] = {}

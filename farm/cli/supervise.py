@@ -152,10 +152,22 @@ def reload(
     restart: bool = typer.Option(
         False, "--restart", help="then replace every worker, as `farm restart` does"
     ),
+    timeout: float | None = typer.Option(
+        None,
+        "--timeout",
+        help="seconds to wait for added pools to serve, or a restart to end, before exit 1"
+        " (default: boot_timeout + 2 for added pools); keep it under systemd's TimeoutStartSec",
+    ),
 ) -> None:
     """Re-read the config: apply changed counts, restart pools whose target or options changed
     (each new process beside the old one, which stays if the new one does not boot: exit 1)."""
+    import time
+
     from farm.discovery import config_file
+
+    began = time.monotonic()
+    if timeout is not None and not 0 < timeout <= 86400:  # also refuses nan and inf
+        fail(f"--timeout must be a number of seconds above 0 and at most 86400, not {timeout}", 2)
 
     message: dict[str, object] = {"cmd": "reload", "restart": restart}
     if config is not None:  # the farm re-reads its own file: it refuses when that is not this one
@@ -173,14 +185,20 @@ def reload(
     if "restart" in reply:  # --restart, or pools whose target or options changed
         from farm.cli.deploy import follow_restart  # registers nothing new: cli imports it
 
-        follow_restart(reply, lambda: ask_supervisor(config, control, {"cmd": "restart-status"}))
+        follow_restart(
+            reply,
+            lambda: ask_supervisor(config, control, {"cmd": "restart-status"}),
+            None if timeout is None else began + timeout,
+        )
     if reply.get("added"):  # new pools: their first processes serve, or the reload says why not
         from farm.cli.deploy import follow_added
 
+        # Past boot_timeout the supervisor has killed a Python one still loading. systemd
+        # bounds `systemctl reload` by TimeoutStartSec: the unit passes a --timeout under it,
+        # so that the reload says what still starts before systemd kills it.
+        wait = float(reply.get("boot_timeout", 60)) + 2 if timeout is None else timeout
         follow_added(
-            reply["added"],
-            float(reply.get("boot_timeout", 60)),
-            lambda: ask_supervisor(config, control, {"cmd": "ps"}),
+            reply["added"], lambda: ask_supervisor(config, control, {"cmd": "ps"}), began, wait
         )
 
 

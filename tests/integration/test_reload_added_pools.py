@@ -98,6 +98,33 @@ def test_at_its_deadline_the_reload_names_the_slots_still_starting_too(tmp_path:
         assert up.stop() == 0
 
 
+def test_a_reload_s_timeout_bounds_its_wait_for_an_added_pool(tmp_path: Path) -> None:
+    # systemd kills `systemctl reload` at TimeoutStartSec (60 s), before the reload's own
+    # boot_timeout + 2 (62 s) ran out: the unit passes --timeout, and the reload names the
+    # slot still starting within it.
+    up = FarmUp(tmp_path, BASE)  # boot_timeout 60: without --timeout this test times out
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 1})
+        up.write_config(BASE + '\n[functions.sleeper]\ncommand = ["sleep", "1000"]\nworkers = 1\n')
+        began = time.monotonic()
+        out = farm_cli("reload", "--control", up.control, "--timeout", "2", timeout=30)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert time.monotonic() - began < 20, out.stderr
+        assert re.search(r"sleeper#0 cpu\d+: added by the reload, not serving 2s after", out.stderr)
+        # A changed pool's restart is bounded as well: its new process hangs at import.
+        (tmp_path / "hang.py").write_text("import time\ntime.sleep(300)\n\ndef run(job): ...\n")
+        up.write_config(BASE.replace("workers.text:reverse", "hang:run"))
+        began = time.monotonic()
+        out = farm_cli("reload", "--control", up.control, "--timeout", "2", timeout=30)
+        assert out.returncode == 1 and time.monotonic() - began < 20, out.stdout + out.stderr
+        assert "the restart goes on past --timeout" in out.stderr, out.stderr
+        bad = farm_cli("reload", "--control", up.control, "--timeout", "0")
+        assert bad.returncode == 2 and "--timeout must be" in bad.stderr, bad.stderr
+    finally:
+        assert up.stop() == 0
+
+
 def test_a_pool_added_while_the_job_server_is_down_is_not_called_reloaded(
     tmp_path: Path,
 ) -> None:

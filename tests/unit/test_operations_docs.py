@@ -170,6 +170,19 @@ def test_the_unit_settings_the_page_quotes_are_the_unit_s() -> None:
     assert not wrong
 
 
+def test_the_unit_s_reload_says_why_before_systemd_kills_it() -> None:
+    # systemd bounds ExecReload by TimeoutStartSec (60 s); `farm reload` followed an added
+    # pool boot_timeout + 2 s (62 by default): systemd killed it, and the journal never got
+    # its lines naming the pool that did not serve. Its --timeout must leave it time to say.
+    unit = (ROOT / "systemd" / "farm.service").read_text()
+    bound = int(re.search(r"^TimeoutStartSec=(\d+)$", unit, re.M).group(1))  # type: ignore[union-attr]
+    reload = re.search(r"^ExecReload=(.*)$", unit, re.M).group(1)  # type: ignore[union-attr]
+    follows = re.search(r"--timeout (\d+)", reload)
+    assert follows, reload
+    assert float(follows.group(1)) + 5 <= bound, reload  # its start and its lines in time
+    assert config.SupervisorConfig.boot_timeout + 2 > bound  # why the unit must pass one
+
+
 def test_the_pools_said_to_run_with_no_config_are_the_built_in_ones() -> None:
     text = (ROOT / "docs" / "operations.md").read_text()
     start = text.index("With no config file, `farm up` serves")
