@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
@@ -135,11 +135,21 @@ def farm_server_down(config: Path | None) -> str:
     srv = next((r for r in rows if r["function"] == "server"), None)
     if srv is None or srv.get("state") == "ready":
         return ""
+    why = server_why(srv)
+    return f" (the farm runs (supervisor pid {pid}), but its job server is not up: {why})"
+
+
+def server_why(srv: dict[str, Any]) -> str:
+    """Why the farm's job server (its `farm ps` row) does not answer, for the line above."""
+    restarts = int(srv.get("restarts", 0))
+    if srv.get("state") == "starting" and not restarts:
+        # Every start: it replays its store before it listens (40 s for a large one), and
+        # the warning log, where this sent the operator, says nothing of it.
+        return "starting (replaying its store; farm ps)"
     last = f"; the last {srv['last_exit']}" if srv.get("last_exit") else ""
     return (
-        f" (the farm runs (supervisor pid {pid}), but its job server is not up: {srv.get('state')},"
-        f" restarted {srv.get('restarts', 0)} times{last}; the log says why, e.g. journalctl -u"
-        " farm -p warning)"
+        f"{srv.get('state')}, restarted {restarts} time{'' if restarts == 1 else 's'}{last};"
+        " the log says why, e.g. journalctl -u farm -p warning"
     )
 
 

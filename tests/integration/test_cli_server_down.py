@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from farm.pools.control import ControlUnavailable
+from tests.helpers.bigstore import large_store
 from tests.helpers.farmproc import FarmUp, farm_cli
 from tests.helpers.waiting import wait_for
 
@@ -59,5 +61,37 @@ def test_status_says_the_farm_runs_and_its_server_restarts(tmp_path: Path) -> No
         )
         assert other.returncode == 1 and "127.0.0.1:1" in other.stderr, other.stderr
         assert "the farm runs" not in other.stderr and "is the farm up?" in other.stderr
+    finally:
+        assert up.stop() == 0
+
+
+def test_status_during_the_store_s_replay_says_so_not_the_log(tmp_path: Path) -> None:
+    # At every start the server replays its store before it listens (40 s for a large one):
+    # `farm status` said "not up: starting, restarted 0 times; the log says why, e.g.
+    # journalctl -u farm -p warning", sending the operator to a log with nothing to say.
+    store = tmp_path / "queue.db"
+    large_store(store, jobs=300_000)  # seconds of replay, longer than a `farm status`
+    up = FarmUp(tmp_path, "", start=False)
+    up.config.write_text(up.config.read_text().replace('store = "none"', f'store = "{store}"'))
+    up.start()
+    try:
+
+        def replaying() -> bool:
+            try:
+                rows = up.ps()
+            except ControlUnavailable:  # its control socket is not made yet
+                return False
+            return any(r["function"] == "server" and r["state"] == "starting" for r in rows)
+
+        wait_for("the job server started", replaying)
+        out = farm_cli("status", "--config", str(up.config))
+        (row,) = [r for r in up.ps() if r["function"] == "server"]
+        # Still replaying after the command: it was while the command asked.
+        assert (row["state"], row["restarts"]) == ("starting", 0), row
+        assert out.returncode == 1, out.stdout
+        said = out.stderr
+        assert "its job server is not up: starting (replaying its store; farm ps)" in said, said
+        assert "the log says why" not in said and "0 times" not in said, said
+        up.expect_notify("READY=1", timeout=60)
     finally:
         assert up.stop() == 0

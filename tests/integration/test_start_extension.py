@@ -4,14 +4,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from farm.server.storeopen import SCHEMA
+from tests.helpers.bigstore import large_store
 from tests.helpers.farmproc import FarmUp
 from tests.helpers.waiting import wait_for
 
@@ -24,18 +23,6 @@ JOBS = 200_000
 EXTEND = "EXTEND_TIMEOUT_USEC=15000000"
 
 
-def large_store(path: Path) -> None:
-    db = sqlite3.connect(path)
-    db.execute(SCHEMA)
-    db.executemany(
-        "INSERT INTO jobs (function, uniq, data, priority) VALUES (?, ?, ?, 1)",
-        ((b"nobody.serves", b"u%d" % n, b"x") for n in range(JOBS)),  # queued, never run
-    )
-    db.commit()
-    db.close()
-    path.chmod(0o600)
-
-
 def job_server(up: FarmUp) -> psutil.Process:
     def found() -> psutil.Process | None:
         kids = psutil.Process(up.proc.pid).children()
@@ -46,7 +33,7 @@ def job_server(up: FarmUp) -> psutil.Process:
 
 def test_the_start_is_extended_while_the_store_replays_and_only_then(tmp_path: Path) -> None:
     store = tmp_path / "queue.db"
-    large_store(store)
+    large_store(store, JOBS)
     up = FarmUp(tmp_path, "", start=False, extra_env={"XDG_STATE_HOME": str(tmp_path)})
     up.config.write_text(up.config.read_text().replace('store = "none"', f'store = "{store}"'))
     up.start()
