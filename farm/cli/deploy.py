@@ -104,6 +104,8 @@ def follow_added(
     exit 1 naming each slot that did not serve and how its process ended, that it still
     starts ``wait`` seconds after the reload, or that none started (the job server not
     ready). The pools stay either way, retried with backoff."""
+    from farm.logs import escape_controls
+
     served: set[tuple[str, int]] = set()
     deadline = began + wait
     while True:
@@ -137,7 +139,10 @@ def follow_added(
             typer.echo(f"farm: {key[0]}#{key[1]}: added by the reload, {why}", err=True)
             continue
         name = f"{row['function']}#{row['slot']} cpu{row['cpu']}"
-        why = row["last_exit"] if key in ended else f"not serving {wait:g}s after it"
+        # Its last output, or its exception's text: the worker's, escaped for the terminal.
+        why = (
+            escape_controls(row["last_exit"]) if key in ended else f"not serving {wait:g}s after it"
+        )
         typer.echo(f"farm: {name}: added by the reload, {why} (now {row['state']})", err=True)
     fail(
         f"reloaded, but the pool(s) it added do not serve ({', '.join(pools)}): they stay,"

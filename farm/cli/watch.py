@@ -84,8 +84,12 @@ def ps_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     ]
     # Why a slot (or the server) has no serving process: the table said "failing" and
     # the journal alone said why.
+    from farm.logs import escape_controls
+
+    # A Python worker's boot error is its exception's text, a command's its output: the
+    # terminal would obey an escape in them, as the journal's lines escape them too.
     why = [
-        f"{_place(r)} {r['state']}: {r['last_exit']}"
+        f"{_place(r)} {r['state']}: {escape_controls(r['last_exit'])}"
         for r in rows
         if r["state"] in NOT_SERVING and r.get("last_exit")
     ]

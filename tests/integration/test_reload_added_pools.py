@@ -77,6 +77,27 @@ def test_a_reload_that_adds_a_pool_that_does_not_start_fails_naming_it(tmp_path:
         assert up.stop() == 0
 
 
+def test_what_a_worker_s_boot_error_holds_reaches_no_terminal_raw(tmp_path: Path) -> None:
+    # A module's exception text is the worker's to choose: farm reload and farm ps printed
+    # it as it was, and the terminal obeyed its escapes (cleared, retitled).
+    raw = "\\x1b[2J\\x1b]0;pwned\\x07"
+    (tmp_path / "bad.py").write_text(f'raise RuntimeError("{raw}")\n\ndef run(job): ...\n')
+    up = FarmUp(tmp_path, BASE)
+    try:
+        up.expect_notify("READY=1")
+        up.write_config(BASE + BROKEN.split("[functions.shcrash]")[0])
+        out = farm_cli("reload", "--control", up.control)
+        assert out.returncode == 1 and "failed to boot (RuntimeError" in out.stderr, out.stderr
+        assert "\x1b" not in out.stderr and "\x07" not in out.stderr, repr(out.stderr)
+        (row,) = up.workers("bad")
+        assert "\x1b" in row["last_exit"]  # --json keeps it: JSON escapes it itself
+        ps = farm_cli("ps", "--control", up.control)
+        assert "failed to boot (RuntimeError" in ps.stdout, ps.stdout
+        assert "\x1b" not in ps.stdout and "\x07" not in ps.stdout, repr(ps.stdout)
+    finally:
+        assert up.stop() == 0
+
+
 def test_at_its_deadline_the_reload_names_the_slots_still_starting_too(tmp_path: Path) -> None:
     # One added pool's process ended (a module that raised) and another's still started
     # (a command that never registers): the reload named the ended one alone, then said
