@@ -17,6 +17,7 @@ from farm.pools import sdnotify
 if TYPE_CHECKING:
     from farm.pools.localserver import LocalServer
     from farm.pools.slots import Slot, WorkerProcess
+    from farm.pools.strays import Stray
 
 __all__ = ["Readiness"]
 
@@ -39,6 +40,8 @@ class Readiness:
     extended_at: float  # when systemd's start timeout was last extended
     last_status: str  # the STATUS= sent last: sent again only when it changes
     by_pid: dict[int, WorkerProcess]
+    leftovers: list[WorkerProcess]  # ended workers whose process group drains on (strays)
+    strays: dict[int, Stray]  # what workers detached, adopted at their end
 
     def notify_systemd(self) -> None:
         """The watchdog's ping; READY=1 once all is up; STATUS= when it has changed."""
@@ -82,16 +85,24 @@ class Readiness:
             status += f", {len(unseen)} not connected"
         if not server_up:  # workers look up beside a dead server: no job reaches them
             status = f"job server not ready; {status}"
-        if status != self.last_status:
-            self.last_status = status
-            sdnotify.notify(f"STATUS={status}", wait=0)
+        self.send_status(status)
 
     def notify_stopping(self) -> None:
         """While the farm drains to stop: the watchdog's ping, and STATUS= with the workers
         left (`systemctl status` read the last "N/N workers up" through the whole drain)."""
         self.watchdog.ping()
-        left = len(self.by_pid)
+        # A wrapper's worker drains on after its shell was reaped (a leftover): the farm
+        # waits for it, and "0 workers draining" read as a farm that hung with none.
+        left = len(self.by_pid) + len(self.leftovers)
         status = f"stopping: {left} worker{'s' if left != 1 else ''} draining"
+        if self.strays:  # what workers detached: stopped too before the farm ends
+            status += (
+                f", {len(self.strays)} detached process{'es' if len(self.strays) != 1 else ''}"
+            )
+        self.send_status(status)
+
+    def send_status(self, status: str) -> None:
+        """STATUS=, only when it changed (the loop turns many times a second)."""
         if status != self.last_status:
             self.last_status = status
             sdnotify.notify(f"STATUS={status}", wait=0)

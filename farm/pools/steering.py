@@ -79,6 +79,7 @@ class Steering(ProcessTable):
     metrics_server: Any  # the /metrics HTTP server (farm.pools.metrics), None when off
     metrics_error: str | None  # why it is None although the config asked for one
     by_pid: dict[int, WorkerProcess]
+    leftovers: list[WorkerProcess]  # ended workers whose process group drains on (strays)
     ready_sent: bool  # READY=1 told systemd the start is done (farm.pools.readiness)
     stopping: bool  # draining to stop: nothing new starts, nothing may be scaled or replaced
     # `farm stop` clients that follow the drain, the workers it killed, when they last heard.
@@ -294,9 +295,11 @@ class Steering(ProcessTable):
         if not self.drain_followers or (not final and now - self.drain_told < 0.25):
             return
         self.drain_told = now
-        deadlines = [p.stop_deadline for p in self.by_pid.values() if p.stop_deadline]
+        # A wrapper's worker draining on after its shell ended (leftovers) is one left too.
+        draining = [*self.by_pid.values(), *self.leftovers]
+        deadlines = [p.stop_deadline for p in draining if p.stop_deadline]
         deadlines += [p.signal_at + p.grace for p in self.by_pid.values() if p.signal_at]
-        news: dict[str, Any] = {"workers": len(self.by_pid), "killed": list(self.drain_killed)}
+        news: dict[str, Any] = {"workers": len(draining), "killed": list(self.drain_killed)}
         news["seconds_left"] = round(max(deadlines) - now, 1) if deadlines else None
         if final:
             news["done"] = True

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -217,3 +219,38 @@ def test_sigusr1_and_sigusr2_are_said_to_be_no_supervisor_signals_and_change_not
         assert "SIGTERM stops" in up.read_log()
     finally:
         assert up.stop() == 0
+
+
+def test_a_wrapper_s_worker_draining_after_its_shell_is_counted_while_stopping(
+    tmp_path: Path,
+) -> None:
+    # `sh -c "worker; ..."`: the shell dies of the stop signal at once, its worker finishes
+    # on; the farm waits for it, and STATUS= said "stopping: 0 workers draining" meanwhile.
+    (tmp_path / "deaf.py").write_text(
+        "import signal, sys, time\n"
+        "from pathlib import Path\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "Path(sys.argv[1]).touch()\n"
+        "time.sleep(300)\n"
+    )
+    wrapper = f'["sh", "-c", "{sys.executable} deaf.py $$; echo done"]'
+    up = FarmUp(
+        tmp_path,
+        f"[functions.deaf]\ncommand = {wrapper}\nworkers = 1\ngraceful_timeout = 2\n",
+        supervisor="ready_wait = 1",  # it never connects: READY=1 without it
+    )
+    try:
+        up.expect_notify("READY=1")
+        (row,) = wait_for("the wrapper", lambda: [r for r in up.workers("deaf") if r["pid"]])
+        wait_for("its worker ignores SIGTERM", (tmp_path / str(row["pid"])).exists)
+        stop = farm_cli("stop", "--control", up.control)  # `farm stop` counted as STATUS= did
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        # Its shell ended at once; its worker is counted down to its SIGKILL (it said 0 then).
+        assert re.search(r"^draining: 1 worker left, [01]s before SIGKILL$", stop.stdout, re.M)
+        assert up.proc.wait(30) == 0
+        up.expect_notify("STATUS=stopping: the job server stops")  # sent before it ended
+        said = [m for m in up.messages if m.startswith("STATUS=stopping")]
+        assert said[0] == "STATUS=stopping: 1 worker draining", said
+        assert "STATUS=stopping: 0 workers draining" not in said, said  # its worker drained on
+    finally:
+        up.stop()
