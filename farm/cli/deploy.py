@@ -89,12 +89,6 @@ def follow_restart(
     typer.echo(f"restarted in {reply.get('seconds', 0):g}s")
 
 
-#: A worker's states in `farm ps` once it serves (a command worker's: "running").
-SERVING = ("idle", "busy", "running")
-#: ... and once asked to go: not a new pool's process.
-RETIRING = ("draining", "killing")
-
-
 def follow_added(
     pools: list[str], ps: Callable[[], dict[str, Any]], began: float, wait: float
 ) -> None:
@@ -105,7 +99,12 @@ def follow_added(
     starts ``wait`` seconds after the reload, or that none started (the job server not
     ready). The pools stay either way, retried with backoff."""
     from farm.logs import escape_controls
+    from farm.pools.slots import ProcState  # here: the command's start does not load pools
 
+    # A worker's states in `farm ps` once it serves (a command worker's: "running"), and
+    # once asked to go (not a new pool's process): the supervisor's own.
+    serving = {s.value for s in ProcState if s.serving}
+    retiring = {s.value for s in ProcState if s.ordered}
     served: set[tuple[str, int]] = set()
     deadline = began + wait
     while True:
@@ -115,10 +114,10 @@ def follow_added(
             if (
                 r["function"] in pools
                 and r.get("slot") is not None
-                and r["state"] not in RETIRING  # a pool of that name removed before, draining
+                and r["state"] not in retiring  # a pool of that name removed before, draining
             ):
                 rows.setdefault((r["function"], r["slot"]), r)  # the slot's own, then a successor
-        served.update(key for key, r in rows.items() if r["state"] in SERVING)
+        served.update(key for key, r in rows.items() if r["state"] in serving)
         # A slot with no row yet is waited on too: slots are made once the job server is
         # ready, and an added pool whose slots were not made yet was "reloaded" at once.
         slots = [(p, i) for p in pools for i in range(reply["targets"].get(p, 0))]
