@@ -99,7 +99,10 @@ def follow_added(
     starts ``wait`` seconds after the reload, or that none started (the job server not
     ready). The pools stay either way, retried with backoff."""
     from farm.logs import escape_controls
-    from farm.pools.slots import ProcState  # here: the command's start does not load pools
+    from farm.pools.slots import (
+        ProcState,
+        worker_name,
+    )  # here: the command's start does not load pools
 
     # A worker's states in `farm ps` once it serves (a command worker's: "running"), and
     # once asked to go (not a new pool's process): the supervisor's own.
@@ -137,7 +140,7 @@ def follow_added(
                 why = f"no process started: the job server is not ready ({server['state']})"
             typer.echo(f"farm: {key[0]}#{key[1]}: added by the reload, {why}", err=True)
             continue
-        name = f"{row['function']}#{row['slot']} cpu{row['cpu']}"
+        name = worker_name(row["function"], row["slot"], row["cpu"])
         # Its last output, or its exception's text: the worker's, escaped for the terminal.
         why = (
             escape_controls(row["last_exit"]) if key in ended else f"not serving {wait:g}s after it"

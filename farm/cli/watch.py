@@ -98,9 +98,11 @@ def ps_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def _place(row: dict[str, Any]) -> str:
     """A row's name as the log writes it: ``bad#0 cpu1``, or ``server``."""
+    from farm.pools.slots import worker_name
+
     if row["slot"] is None:
         return str(row["function"])
-    return f"{row['function']}#{row['slot']} cpu{row['cpu']}"
+    return worker_name(row["function"], row["slot"], row["cpu"])
 
 
 #: A slot's states with no serving process, the last one's end said under `farm ps`.

@@ -34,6 +34,7 @@ __all__ = [
     "core_for",
     "crash_delay",
     "boot_delay",
+    "worker_name",
 ]
 
 # Exit codes of farm.pools.workerproc, like gunicorn's: the supervisor tells an
@@ -103,6 +104,12 @@ def describe_exit(status: int) -> str:
             name = f"signal {sig}"
         return f"was killed by {name}"
     return f"exited with code {os.waitstatus_to_exitcode(status)}"
+
+
+def worker_name(function: str, slot: int, core: int) -> str:
+    """A slot's (and its process's) name, as the log, `farm ps` and `farm reload` write it:
+    ``bad#0 cpu1``."""
+    return f"{function}#{slot} cpu{core}"
 
 
 class ProcState(enum.StrEnum):
@@ -181,7 +188,7 @@ class WorkerProcess:
 
     @property
     def name(self) -> str:
-        return f"{self.function}#{self.slot} cpu{self.core}"
+        return worker_name(self.function, self.slot, self.core)
 
     def log_fields(self) -> dict[str, object]:
         """What a log record about it names beyond its message, as farm.logs' JSON fields:
@@ -310,7 +317,7 @@ class Slot(RestartHistory):
 
     @property
     def name(self) -> str:
-        return f"{self.function}#{self.index} cpu{self.core}"
+        return worker_name(self.function, self.index, self.core)
 
     def note_exit(self, proc: WorkerProcess, status: int, now: float) -> tuple[str, float]:
         """Record how ``proc`` ended; return (what happened, delay before the next start)."""
