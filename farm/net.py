@@ -15,6 +15,7 @@ import select
 import socket
 import ssl
 import stat
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -26,6 +27,7 @@ from farm.tlsfiles import tls_context  # farm.net.tls_context, as docs/client.md
 
 __all__ = [
     "tls_context",
+    "peer_credentials",
     "DEFAULT_PORT",
     "DEFAULT_SERVER",
     "Address",
@@ -328,6 +330,17 @@ def connect(
 #: server held such a worker's job as running for ever. Linux's defaults (two hours) are too
 #: late; a hung but live host's kernel answers the probes, so they replace no deadline.
 KEEPALIVE: tuple[int, int, int] = (60, 10, 3)
+
+
+#: struct ucred, what SO_PEERCRED reads: pid, uid, gid.
+UCRED = struct.Struct("3i")
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a Unix socket, as the kernel saw
+    it connect or accept (SO_PEERCRED); OSError where there is none (a TCP socket)."""
+    pid, uid, gid = UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size))
+    return pid, uid, gid
 
 
 def keep_alive(sock: socket.socket, timers: tuple[int, int, int] | None = None) -> None:

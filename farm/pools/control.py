@@ -15,12 +15,11 @@ import os
 import re
 import socket
 import stat
-import struct
 from collections.abc import Generator
 from typing import Any
 
 from farm.errors import ConfigError, FarmError
-from farm.net import clear_socket_path
+from farm.net import clear_socket_path, peer_credentials
 from farm.paths import UnsafeDirectory, check_runtime_path, make_dirs
 
 __all__ = [
@@ -151,10 +150,9 @@ def _exchange(
 def _peer_pid(sock: socket.socket) -> int:
     """The pid of the process that accepted on the control socket (SO_PEERCRED), else 0."""
     try:
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return peer_credentials(sock)[0]
     except OSError:
         return 0
-    return int(struct.unpack("3i", creds)[0])
 
 
 def _silent(path: str, pid: int, timeout: float) -> str:

@@ -25,7 +25,7 @@ from operator import length_hint
 
 from farm import protocol as p
 from farm.logs import Brief
-from farm.net import keep_alive
+from farm.net import keep_alive, peer_credentials
 from farm.protocol import PacketType as T
 from farm.protocol import encode_res
 from farm.protocol.kinds import SUBMIT_KINDS
@@ -35,7 +35,7 @@ from farm.server.clientside import ClientSide
 from farm.server.hub import HELD_READ_LIMIT, HeldReply, Hub
 from farm.server.jobs import Job
 from farm.server.peeroptions import PeerOptions, refusals
-from farm.server.workerside import UCRED, WorkerSide, error
+from farm.server.workerside import WorkerSide, error
 
 log = logging.getLogger("farm.server")
 #: Peers cut off at a limit: one line each 10 s at most per kind, as any local user could
@@ -134,8 +134,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, PeerOptions, a
                 self.peer_port = peer[1] if peer else 0
             else:
                 self.ip = "unix"
-                creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size)
-                self.peer_pid, self.peer_uid, _ = UCRED.unpack(creds)
+                self.peer_pid, self.peer_uid, _ = peer_credentials(sock)
         if not self.hub.admit(self, self.tcp):
             over_connections("connection limit reached; closing fd %d (%s)", self.fd, self.ip)
             self.closed = True

@@ -13,7 +13,6 @@ import asyncio
 import fcntl
 import logging
 import re
-import struct
 import sys
 import termios
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from farm.server.hub import HeldReply, Hub, Writer
 from farm.server.jobs import Job, JobServer, Outcome, Progress
 from farm.server.queues import Expiry, Peer
 
-__all__ = ["WorkerSide", "error", "NO_JOB", "NOOP", "RESERVED", "UCRED"]
+__all__ = ["WorkerSide", "error", "NO_JOB", "NOOP", "RESERVED"]
 
 log = logging.getLogger("farm.server")
 
@@ -33,7 +32,6 @@ NO_JOB = encode_res(T.NO_JOB)
 NOOP = encode_res(T.NOOP)
 #: Functions only trusted workers may serve (see ``WorkerSide.may_serve``).
 RESERVED = b"farm."
-UCRED = struct.Struct("3i")  # pid, uid, gid
 #: A CAN_DO_TIMEOUT's number: whole, or with a fraction that is dropped, as gearmand's atoi
 #: drops it (Perl's `register_function(f => 2.5 => sub)` sends `2.5`; refused, the Perl
 #: worker died on the ERROR at its first grab).
