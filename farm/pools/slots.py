@@ -320,7 +320,9 @@ class Slot(RestartHistory):
         return worker_name(self.function, self.index, self.core)
 
     def note_exit(self, proc: WorkerProcess, status: int, now: float) -> tuple[str, float]:
-        """Record how ``proc`` ended; return (what happened, delay before the next start)."""
+        """Record ``proc``'s end in the slot's restart history; return (what happened, delay
+        before the next start). The caller (farm.pools.lifecycle) sets ``last_exit``: it adds
+        the process's last output where that says why."""
         code = os.waitstatus_to_exitcode(status)
         how = describe_exit(status)
         self.lived(now - proc.started)
@@ -350,7 +352,6 @@ class Slot(RestartHistory):
         else:
             how = f"stopped unasked ({how})" if code == EXIT_DRAINED else f"crashed: {how}"
             delay = self.failed(now)
-        self.last_exit = how
         self.boot_error = proc.boot_error
         return how, delay
 
