@@ -98,11 +98,9 @@ def follow_added(
     exit 1 naming each slot that did not serve and how its process ended, that it still
     starts ``wait`` seconds after the reload, or that none started (the job server not
     ready). The pools stay either way, retried with backoff."""
+    # Imported here: the `farm` command's start does not load the supervisor's parts.
     from farm.logs import escape_controls
-    from farm.pools.slots import (
-        ProcState,
-        worker_name,
-    )  # here: the command's start does not load pools
+    from farm.pools.slots import ProcState, worker_name
 
     # A worker's states in `farm ps` once it serves (a command worker's: "running"), and
     # once asked to go (not a new pool's process): the supervisor's own.
