@@ -4,17 +4,12 @@ left by an interruption gives its job up."""
 from __future__ import annotations
 
 import asyncio
-import select
-import signal
-import socket
 import threading
 from collections.abc import Callable
 
 import pytest
 
 import farm
-from farm.client.serverpick import key_slot
-from farm.protocol import Decoder, encode_res
 from farm.protocol import PacketType as T
 from farm.worker import Job
 from tests.helpers.peers import Peer
@@ -286,83 +281,3 @@ def test_a_call_whose_client_is_closed_under_it_fails_as_closed(any_server: Serv
                 client.call("steps", job, timeout=timeout, on_status=closer(client, job))
             with pytest.raises(RuntimeError, match="closed"):
                 client.call("steps", "y")
-
-
-@pytest.mark.timeout(30)
-def test_a_call_closed_by_a_signal_handler_while_it_waits_fails_as_closed(
-    farm_server: Server,
-) -> None:
-    # The signal comes while the call waits in select(): the handler's close() closed the
-    # selector's epoll under it, select() was retried on the closed fd, and the call raised
-    # OSError [Errno 9] Bad file descriptor. No worker serves "nobody": the call waits.
-    client = farm.Client(farm_server.addr)
-    client.echo("up")  # connected: the alarm finds the call waiting on the server
-    closed = threading.Event()
-
-    def on_alarm(signum: int, frame: object) -> None:
-        client.close()
-        closed.set()
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.5)
-        with pytest.raises(farm.errors.ServerUnavailable, match="Client was closed"):
-            client.call("nobody", "x", timeout=20)
-        assert closed.is_set()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-    with pytest.raises(RuntimeError, match="closed"):
-        client.call("nobody", "y")
-
-
-@pytest.mark.timeout(60)
-def test_a_close_by_a_callback_ends_the_rest_of_that_select_batch() -> None:
-    # One select() returns A readable and then B writable (B's server reads again, at last,
-    # part of a large submit). A's read runs a callback that closes the client; B's turn
-    # then sent on its closed socket, and last_words() raised OSError [Errno 9] from
-    # setblocking(). A paused SIGALRM handler holds the call's select() while A's news and
-    # B's room come, in that order, so that the one select after it returns both.
-    a_listener = socket.create_server(("127.0.0.1", 0))
-    b_listener = socket.create_server(("127.0.0.1", 0))
-    a, b = (f"127.0.0.1:{s.getsockname()[1]}" for s in (a_listener, b_listener))
-    key_a, key_b = (next(k for k in map(str, range(100)) if key_slot(k, 2) == i) for i in (0, 1))
-    a_conn: list[socket.socket] = []
-    submitted = threading.Event()
-
-    def serve_a() -> None:  # OPTION_RES and JOB_CREATED; its WORK_STATUS when asked below
-        conn, _ = a_listener.accept()
-        a_conn.append(conn)
-        decoder, seen = Decoder(), []
-        while T.SUBMIT_JOB not in seen:
-            seen += [p.type for p in decoder.feed(conn.recv(65536))]  # type: ignore[union-attr]
-        conn.sendall(encode_res(T.OPTION_RES, b"exceptions") + encode_res(T.JOB_CREATED, b"H:1"))
-        submitted.set()
-
-    threading.Thread(target=serve_a, daemon=True).start()
-    client = farm.Client([a, b], timeout=0.5)
-    with pytest.raises(farm.Timeout):  # B reads nothing: most of it waits in the client
-        client.submit("f", b"x" * (64 << 20), unique=key_b)
-    b_conn, _ = b_listener.accept()
-
-    def on_alarm(signum: int, frame: object) -> None:  # the call waits in select() here
-        a_fd, b_fd = (client._wire.conns[addr].sock.fileno() for addr in (a, b))
-        a_conn[0].sendall(encode_res(T.WORK_STATUS, b"H:1", b"1", b"2"))
-        select.select([a_fd], [], [], 10)  # A's news is there, first
-        while not select.select([], [b_fd], [], 0)[1]:  # then B takes bytes again
-            b_conn.recv(1 << 20)
-
-    def closer(numerator: int, denominator: int) -> None:
-        client.close()
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.3)
-        with pytest.raises(farm.errors.ServerUnavailable, match="Client was closed"):
-            client.call("g", "x", unique=key_a, timeout=20, on_status=closer)
-        assert submitted.is_set()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-        for sock in (b_conn, *a_conn, a_listener, b_listener):
-            sock.close()
