@@ -26,7 +26,7 @@ from typing import Any
 
 from farm.client.serverpick import MIN_CONNECT, ServerPicker, connect_share, job_key
 from farm.errors import ServerUnavailable
-from farm.net import connect, recv, recv_now, send_now
+from farm.net import connect, recv_now, send_now
 from farm.protocol import ProtocolError
 from farm.protocol.client import (
     ClientSession,
@@ -262,14 +262,14 @@ class Connections:
                 raise
             for key, events in ready:
                 conn = key.data
-                # A callback of an earlier read may have closed us, or dropped this one:
-                # sending on its closed socket raised OSError from last_words().
+                # A callback of an earlier read may have closed us (close() empties conns)
+                # or dropped this one: its send raised OSError from last_words(). Or its
+                # own call (a nested pump, a submit's catch_up) read what the select saw
+                # here, and a recv() that waits waited past the deadline: so no waiting.
                 if events & selectors.EVENT_WRITE and self.conns.get(conn.addr) is conn:
                     self.send(conn, b"")
                 if events & selectors.EVENT_READ and self.conns.get(conn.addr) is conn:
-                    self.read(conn)
-                if self.closed:
-                    break
+                    self.read_now(conn)
 
     def fail_if_closed(self) -> None:
         """Closed by a callback or a signal handler of the thread waiting in ``pump``."""
@@ -306,27 +306,22 @@ class Connections:
         saw only it took a closed connection for alive, and through TLS, where there is no
         peek, a busy one was used without a look: the next job went onto the dead socket
         and failed with it."""
-        while self.conns.get(conn.addr) is conn:
-            try:
-                data = recv_now(conn.sock)
-            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                return  # nothing more (or not a whole TLS record yet): it has not closed
-            except ssl.SSLError as exc:
-                self.drop(conn, f"ended the TLS session ({exc.reason or exc})")
-                return
-            except OSError:
-                data = b""
-            self.received(conn, data)
+        while self.conns.get(conn.addr) is conn and self.read_now(conn):
+            pass
 
-    def read(self, conn: Conn) -> None:
+    def read_now(self, conn: Conn) -> bool:
+        """Read and file what ``conn`` holds, without waiting; False when it holds nothing."""
         try:
-            data = recv(conn.sock)
-        except ssl.SSLError as exc:  # e.g. the server refused our certificate after the handshake
+            data = recv_now(conn.sock)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return False  # nothing more (or not a whole TLS record yet): it has not closed
+        except ssl.SSLError as exc:
             self.drop(conn, f"ended the TLS session ({exc.reason or exc})")
-            return
+            return False
         except OSError:
             data = b""
         self.received(conn, data)
+        return True
 
     def received(self, conn: Conn, data: bytes) -> None:
         """File ``data`` read from ``conn``; nothing (its end) drops the connection."""
@@ -374,9 +369,9 @@ class Connections:
         if isinstance(conn.sock, ssl.SSLSocket):  # no reading past a broken TLS session
             self.drop(conn)
             return
-        conn.sock.setblocking(False)
         while self.conns.get(conn.addr) is conn:
-            self.read(conn)  # drops the connection at the end of what is readable
+            if not self.read_now(conn):  # the end of what is readable
+                self.drop(conn, conn.why_closed())
 
     def close_one(self, conn: Conn) -> None:
         if self.conns.get(conn.addr) is conn:

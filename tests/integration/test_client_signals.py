@@ -24,7 +24,8 @@ from farm.client.serverpick import key_slot
 from farm.protocol import Decoder, encode_res
 from farm.protocol import PacketType as T
 from farm.protocol.admin import parse_status
-from tests.helpers.servers import Server
+from tests.helpers.peers import Peer
+from tests.helpers.servers import Server, start_like
 from tests.helpers.waiting import wait_for
 
 Handler = Callable[[int, Any], None]
@@ -139,3 +140,70 @@ def test_a_close_by_a_callback_ends_the_rest_of_that_select_batch() -> None:
     finally:
         for sock in (b_conn, *a_conn, a_listener, b_listener):
             sock.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_callbacks_own_call_that_reads_on_leaves_the_batch_nothing_to_wait_on(
+    farm_server: Server,
+) -> None:
+    # One select() returns A's WORK_STATUS and B's WORK_COMPLETE (of a job submitted
+    # before); A's on_status callback calls client.echo(), whose own pump reads B. The
+    # call's loop then read B as the select said, a recv() on a blocking socket that
+    # waited for the server's next word: the call hung past its timeout, here until B stops.
+    b_server = start_like(farm_server)
+    try:
+        a, b = farm_server.addr, b_server.addr
+        key_a, key_b = (next(k for k in map(str, range(99)) if key_slot(k, 2) == i) for i in (0, 1))
+        a_worker, b_worker = Peer(a), Peer(b)
+        a_worker.send(T.CAN_DO, "g")
+        b_worker.send(T.CAN_DO, "f")
+        client = farm.Client([a, b])
+        first = client.submit("f", b"x", unique=key_b)
+        assert first.server == b
+        b_handle = grab(b_worker)
+        a_handles: list[bytes] = []
+        assigned, ended = threading.Event(), threading.Event()
+
+        def grab_the_call() -> None:  # the call's job reached its worker: the call waits
+            a_handles.append(grab(a_worker))
+            assigned.set()
+
+        def release() -> None:  # the hang's end: B's server goes, its socket reads its end
+            if assigned.wait(20) and not ended.wait(15):
+                b_server.stop()
+
+        def both(signum: int, frame: Any) -> None:  # A's news and B's, for one select()
+            a_fd, b_fd = (client._wire.conns[addr].sock.fileno() for addr in (a, b))
+            a_worker.send(T.WORK_STATUS, a_handles[0], "1", "2")
+            select.select([a_fd], [], [], 10)
+            b_worker.send(T.WORK_COMPLETE, b_handle, b"first")
+            select.select([b_fd], [], [], 10)
+
+        def echo_and_end(numerator: int, denominator: int) -> None:
+            assert client.echo("nested") == b"nested"  # reads B's news too
+            a_worker.send(T.WORK_COMPLETE, a_handles[0], b"second")
+
+        for target in (grab_the_call, release):
+            threading.Thread(target=target, daemon=True).start()
+        with signal_once(assigned, both) as ran:
+            start = time.monotonic()
+            result = client.call("g", b"y", unique=key_a, timeout=30, on_status=echo_and_end)
+            took = time.monotonic() - start
+        ended.set()
+        assert ran.is_set() and first.done and first.result == b"first"
+        assert result == b"second" and took < 10, took
+        client.close()
+        a_worker.close()
+        b_worker.close()
+    finally:
+        b_server.stop()
+
+
+def grab(worker: Peer) -> bytes:
+    """The handle of the next job ``worker`` is given, asking until there is one."""
+    worker.send(T.GRAB_JOB)
+    while True:
+        pkt = worker.recv(20)
+        if pkt.type == T.JOB_ASSIGN:
+            return bytes(pkt.args[0])
+        worker.send(T.PRE_SLEEP if pkt.type == T.NO_JOB else T.GRAB_JOB)
