@@ -344,6 +344,7 @@ class Client:
         try:
             conn = self._wire.connection(addr, deadline)
         except OSError as exc:
+            self._wire.fail_if_closed()  # by a signal handler while it connected
             # Tried last for a while, as for jobs (longer if its connect took longer).
             self._wire.picker.mark_down(addr, spent=time.monotonic() - asked)
             raise ServerUnavailable(f"{addr}: {exc.strerror or exc}") from exc

@@ -185,6 +185,11 @@ class Connections:
         if deadline is not None:  # a host that is down answers none: the caller's time too
             wait = max(min(wait, deadline - time.monotonic()), MIN_CONNECT)
         sock = connect(addr, wait, self.tls)
+        try:
+            self.fail_if_closed()  # by a signal handler while connect() waited
+        except ServerUnavailable:
+            sock.close()
+            raise
         conn = Conn(addr, sock)
         conn.session.option("exceptions")  # so WORK_EXCEPTION reaches us, not just WORK_FAIL
         self.conns[addr] = conn
@@ -212,6 +217,7 @@ class Connections:
             try:
                 conn = self.connection(addr, connect_share(deadline, now, len(order) - at))
             except OSError as exc:
+                self.fail_if_closed()  # the connect's error is not why the call fails
                 tried.append(f"{addr} ({exc.strerror or exc})")
                 self.picker.mark_down(addr, spent=time.monotonic() - now)
                 continue

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psutil
 import pytest
 
 import farm
@@ -207,3 +208,61 @@ def grab(worker: Peer) -> bytes:
         if pkt.type == T.JOB_ASSIGN:
             return bytes(pkt.args[0])
         worker.send(T.PRE_SLEEP if pkt.type == T.NO_JOB else T.GRAB_JOB)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("accepted", [True, False])
+@pytest.mark.parametrize("ask", ["call", "echo"])
+def test_a_call_closed_by_a_signal_handler_while_it_connects_fails_as_closed(
+    accepted: bool, ask: str
+) -> None:
+    # A listener whose backlog is full drops the call's SYN: its connect() waits, and the
+    # handler closes the client there. The connect then went on: made (the backlog drained),
+    # the call raised ValueError "I/O operation on closed epoll object" and left the socket
+    # in the closed client's connections; timed out, it said "no job server is reachable".
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = [socket.socket() for _ in range(3)]
+    for filler in fillers:
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+    client = farm.Client(f"127.0.0.1:{port}", connect_timeout=20 if accepted else 2)
+    connecting = threading.Event()
+
+    ours = {filler.getsockname()[1] for filler in fillers}
+
+    def syn_sent() -> bool:  # the call's connect, not a filler's (theirs wait as well)
+        conns = psutil.Process().net_connections("tcp4")
+        return any(
+            c.raddr and c.raddr.port == port and c.laddr.port not in ours and c.status == "SYN_SENT"
+            for c in conns
+        )
+
+    def wait_syn() -> None:
+        wait_for("the call's connect", syn_sent, timeout=20)
+        connecting.set()
+
+    def close(signum: int, frame: Any) -> None:
+        client.close()
+        if accepted:  # room again: the SYN sent again (after 1 s) is answered
+            threading.Thread(target=drain, daemon=True).start()
+
+    def drain() -> None:
+        while True:
+            try:
+                fillers.append(listener.accept()[0])
+            except OSError:  # closed at the end
+                return
+
+    threading.Thread(target=wait_syn, daemon=True).start()
+    try:
+        closed = pytest.raises(farm.errors.ServerUnavailable, match="Client was closed")
+        with signal_once(connecting, close), closed:
+            client.call("f", b"x", timeout=30) if ask == "call" else client.echo()
+        assert client._wire.conns == {}
+    finally:
+        listener.close()
+        for sock in fillers:
+            sock.close()
