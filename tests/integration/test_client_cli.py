@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 import farm
 import farm.cli.watch
 from farm.cli import app
+from farm.client.admin import admin_query
+from farm.protocol.admin import parse_status
 from tests.helpers import ROOT
 from tests.helpers.servers import free_port, stop_process
 from tests.helpers.serving import reverse, serving
@@ -127,6 +129,11 @@ def test_names_and_keys_that_are_not_utf8_go_out_as_the_bytes_typed(
         wait_for("the hint's check", lambda: checks and checks[0].finished.is_set())
         return b"done"
 
+    def registered() -> bool:  # before the submit: the hint's check looks 50 ms into it
+        rows = parse_status(admin_query(farm_server.addr, "status", timeout=10))
+        return any(row.function == "r\ufffd" and row.workers for row in rows)
+
     with serving(farm_server.addr, {name: held}):
+        wait_for("the worker registered", registered)
         out = runner.invoke(app, ["submit", name, "x", *s])
     assert (out.exit_code, out.stdout, out.stderr) == (0, "done", "")
