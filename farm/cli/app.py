@@ -100,6 +100,16 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def typed(text: str) -> str:
+    """A name or key quoted as the user typed it: one the locale could not decode (a byte
+    that is not UTF-8, kept by Python as a surrogate) as its bytes: 'r\\xff', not 'r\\udcff'."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return repr(text.encode("utf-8", "surrogateescape"))[1:]
+    return repr(text)
+
+
 def control_socket(config: Path | None, control: str | None) -> str:
     """``--control``, else the config's control socket (one line and exit 2 if unreadable)."""
     if control is not None:

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from farm.cli.app import SERVER_DEFAULT_HELP, ConfigOption, FarmCommand, app, fail
+from farm.cli.app import SERVER_DEFAULT_HELP, ConfigOption, FarmCommand, app, fail, typed
 from farm.errors import ConfigError, FarmError, JobError
 
 # farm.net, farm.discovery and farm.protocol are imported where they are used: every `farm`
@@ -73,7 +73,7 @@ def _function_name(name: str, what: str) -> str:
     if code == "ARGUMENT_TOO_LARGE":
         fail(f"{what} is {len(raw)} bytes long; job servers take at most {MAX_FUNCTION}", 2)
     if raw:
-        fail(f"{what} {name!r} {why} (a newline, a tab); remove it", 2)
+        fail(f"{what} {typed(name)} {why} (a newline, a tab); remove it", 2)
     fail(f"{what} must not be empty", 2)
 
 

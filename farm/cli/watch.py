@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import typer
 
-from farm.cli.app import fail
+from farm.cli.app import fail, typed
 from farm.cli.rows import state_text
 
 if TYPE_CHECKING:
@@ -166,21 +166,22 @@ def warn_if_unserved(
         from farm.protocol.admin import parse_status
         from farm.protocol.codec import text_bytes
 
-        # As the admin text reads it (admin_query: bytes that are not UTF-8 replaced): a
-        # name typed with such a byte is served under that reading, not its surrogates.
-        listed = text_bytes(function).decode("utf-8", "replace")
+        # As bytes: a name with a byte that is not UTF-8 (U+FFFD in a lossy decode) would
+        # match any other such name, r\xfe served hiding the hint for r\xff.
+        wanted = text_bytes(function)
         unserved = []
         for address in addresses:
             try:
-                rows = parse_status(admin_query(address, "status", tls=tls))
+                reply = admin_query(address, "status", tls=tls, errors="surrogateescape")
+                rows = parse_status(reply)
             except Exception:  # only a hint: a server that cannot say is left out of it
                 continue
-            if any(r.function == listed and r.workers for r in rows):
+            if any(r.workers and text_bytes(r.function) == wanted for r in rows):
                 return
             unserved.append(address)
         if unserved:
             typer.echo(
-                f"farm: no worker has registered {function!r} at {' or '.join(unserved)};"
+                f"farm: no worker has registered {typed(function)} at {' or '.join(unserved)};"
                 " the job waits until one does (Ctrl-C or --timeout to give up)",
                 err=True,
             )

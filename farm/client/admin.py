@@ -20,19 +20,27 @@ __all__ = ["admin_query", "server_metrics", "function_workers"]
 
 
 def admin_query(
-    address: str, command: str, *, timeout: float = 5.0, tls: ssl.SSLContext | None = None
+    address: str,
+    command: str,
+    *,
+    timeout: float = 5.0,
+    tls: ssl.SSLContext | None = None,
+    errors: str = "replace",
 ) -> str:
-    """Send one admin command to the job server at ``address``; its whole reply as text.
+    """Send one admin command to the job server at ``address``; its whole reply as text,
+    decoded as UTF-8 with ``errors`` (surrogateescape keeps a name's bytes: ``text_bytes``).
 
     Raises OSError (or ValueError for an address that does not parse); ConnectionError when
     the server closes the connection before its reply is whole, which an empty listing
     would otherwise pass for (a TLS listener spoken to in plain text closes it unanswered).
     """
     with connect(address, timeout, tls) as sock:
-        return _reply(sock, command, timeout, tls)
+        return _reply(sock, command, timeout, tls).decode("utf-8", errors)
 
 
-def _reply(sock: socket.socket, command: str, timeout: float, tls: ssl.SSLContext | None) -> str:
+def _reply(
+    sock: socket.socket, command: str, timeout: float, tls: ssl.SSLContext | None
+) -> bytearray:
     sock.settimeout(timeout)
     sock.sendall(command.encode() + b"\n")
     # A bytearray: a listing may be tens of MB (any local user can make the server hold
@@ -47,7 +55,7 @@ def _reply(sock: socket.socket, command: str, timeout: float, tls: ssl.SSLContex
                 f"the job server closed the connection before answering {what!r}{hint}"
             )
         buf += data
-    return buf.decode("utf-8", "replace")
+    return buf
 
 
 #: How long a server has to answer ``status`` before the next one is asked too (RFC 8305's
@@ -188,7 +196,9 @@ class _Ask:
                     return None
                 self.sock = sock
             try:
-                return parse_status(_reply(sock, "status", self.timeout, None))
+                return parse_status(
+                    _reply(sock, "status", self.timeout, None).decode("utf-8", "replace")
+                )
             except (OSError, ValueError, ProtocolError):
                 return None
             finally:

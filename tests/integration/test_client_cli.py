@@ -137,3 +137,25 @@ def test_names_and_keys_that_are_not_utf8_go_out_as_the_bytes_typed(
         wait_for("the worker registered", registered)
         out = runner.invoke(app, ["submit", name, "x", *s])
     assert (out.exit_code, out.stdout, out.stderr) == (0, "done", "")
+
+
+@pytest.mark.timeout(60)
+def test_a_name_that_is_not_utf8_is_matched_and_shown_as_its_bytes(
+    farm_server, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The no-worker hint matched names after every byte that is not UTF-8 became U+FFFD, so
+    # a worker of r\xfe kept it quiet for a job of r\xff; and it and the CLI's usage errors
+    # showed such a name as 'r\udcff' (its surrogate), where the user typed r\xff.
+    monkeypatch.setattr(farm.cli.watch, "NO_WORKER_AFTER", 0.05)
+
+    def registered() -> bool:
+        rows = parse_status(admin_query(farm_server.addr, "status", timeout=10))
+        return any(row.function == "r\ufffd" and row.workers for row in rows)
+
+    with serving(farm_server.addr, {"r\udcfe": reverse}):
+        wait_for("the worker registered", registered)
+        farm.cli.watch.warn_if_unserved([farm_server.addr], "r\udcff").join(10)
+    hint = capsys.readouterr().err
+    assert f"no worker has registered 'r\\xff' at {farm_server.addr};" in hint, hint
+    tab = runner.invoke(app, ["submit", "r\udcff\t", "x", "--server", farm_server.addr])
+    assert tab.exit_code == 2 and "FUNCTION 'r\\xff\\t' " in tab.stderr, tab.output
