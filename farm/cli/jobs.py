@@ -52,13 +52,13 @@ def _wire_bytes(value: str, what: str) -> bytes:
     with a byte that is not UTF-8 (a PHP worker's function, a raw key) goes out as it is,
     as gearman's own CLI sends it. (A wrong locale shows as a name no worker serves:
     submit says so after a few seconds.) A surrogate that stands for no byte (none comes
-    from a command line, where os.fsdecode made it) is a usage error."""
-    from farm.protocol.codec import text_bytes
+    from a command line, where os.fsdecode made it) is a usage error, as the library's."""
+    from farm.protocol.checks import sendable
 
     try:
-        return text_bytes(value)
-    except UnicodeEncodeError:
-        fail(f"{what} {value!r} holds a surrogate that stands for no byte", 2)
+        return sendable(value, what)
+    except ValueError as exc:
+        fail(str(exc), 2)
 
 
 def _function_name(name: str, what: str) -> str:

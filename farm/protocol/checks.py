@@ -21,6 +21,7 @@ __all__ = [
     "check_status_key",
     "check_timeout",
     "check_seconds",
+    "sendable",
 ]
 
 
@@ -46,11 +47,11 @@ def check_name(function: object) -> str:
         raise TypeError(f"function must be a str, not {type(function).__name__}")
     if not function or "\0" in function:
         raise ValueError(f"function name {function!r} must be non-empty and contain no NUL")
-    _sendable(function, "function name")
+    sendable(function, "function name")
     return function
 
 
-def _sendable(text: str, what: str) -> bytes:
+def sendable(text: str, what: str) -> bytes:
     """``text`` as the bytes it goes out as (``text_bytes``: a key a PHP client sent, as
     farm.Worker hands it over, goes back as its bytes); ValueError if it stands for none."""
     try:
@@ -82,7 +83,7 @@ def check_unique(unique: object) -> str:
         return ""
     if not isinstance(unique, str):
         raise TypeError(f"unique must be a str, not {type(unique).__name__}")
-    if "\0" in unique or len(_sendable(unique, "unique key")) > MAX_UNIQUE:
+    if "\0" in unique or len(sendable(unique, "unique key")) > MAX_UNIQUE:
         raise ValueError(f"unique key must be at most {MAX_UNIQUE} bytes without NUL: {unique!r}")
     return unique
 

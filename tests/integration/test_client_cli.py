@@ -159,3 +159,6 @@ def test_a_name_that_is_not_utf8_is_matched_and_shown_as_its_bytes(
     assert f"no worker has registered 'r\\xff' at {farm_server.addr};" in hint, hint
     tab = runner.invoke(app, ["submit", "r\udcff\t", "x", "--server", farm_server.addr])
     assert tab.exit_code == 2 and "FUNCTION 'r\\xff\\t' " in tab.stderr, tab.output
+    none = runner.invoke(app, ["submit", "f", "x", "--unique", "k\ud800", "-s", farm_server.addr])
+    assert none.exit_code == 2, none.output  # a surrogate that stands for no byte: usage
+    assert "--unique 'k\\ud800' holds a surrogate that stands for no byte" in none.stderr
