@@ -166,7 +166,7 @@ class AsyncClient(AsyncLinks):
         farm.Client refuses: its end comes on that client's connections, and its future
         belongs to that client's loop."""
         waiter = task.owner
-        if not isinstance(waiter, Waiter) or waiter.client is not self:
+        if not isinstance(waiter, Waiter) or waiter.client() is not self:
             if not task.done:
                 raise ValueError("the task was not submitted by this client")
         else:  # (its end may wait to be handed on after news whose callback was interrupted)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -63,7 +64,8 @@ class Waiter:
     ) -> None:
         # The AsyncClient that submitted the task: only it waits on it while it runs. Not
         # which session holds it: a keyed job being resubmitted is held by none meanwhile.
-        self.client = client
+        # Weakly: a task kept after its client closed keeps no client alive.
+        self.client = weakref.ref(client)
         self.created: asyncio.Future[Task[Waiter]] = loop.create_future()
         self.ended: asyncio.Future[Task[Waiter]] = loop.create_future()
         self.events: asyncio.Queue[StreamEvent] | None = asyncio.Queue() if stream else None

@@ -4,8 +4,10 @@ are held in the client (not in the transport's buffer) and one given up is never
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +17,7 @@ import farm
 from farm.client.admin import admin_query
 from farm.client.aio import AsyncClient
 from farm.client.serverpick import ServerPicker
+from farm.protocol.tasks import Task
 from tests.helpers.servers import Server, start_farm_server
 from tests.helpers.serving import reverse, serving
 from tests.helpers.stalled import StalledPeer
@@ -245,3 +248,18 @@ def test_jobs_without_a_key_go_past_a_paused_server(stalled: StalledPeer) -> Non
             asyncio.run(main())
     finally:
         srv.stop()
+
+
+def test_a_task_kept_keeps_no_closed_client_alive(farm_server: Server) -> None:
+    # Each task's Waiter held its AsyncClient strongly (only to tell whose task it is), so
+    # a task kept (a list of handles, a job table) kept its closed client alive, and all
+    # that it holds, after its loop had ended.
+    async def main() -> tuple[Task[Any], weakref.ref[AsyncClient]]:
+        client = AsyncClient(farm_server.addr)
+        task = await client.submit("nobody", b"x")  # queued: no worker serves it
+        await client.close()
+        return task, weakref.ref(client)
+
+    task, gone = asyncio.run(main())
+    gc.collect()
+    assert task.handle and gone() is None
