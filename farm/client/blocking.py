@@ -240,6 +240,7 @@ class Client:
             try:
                 return self._ask(addr, lambda s: s.echo(payload))
             except ServerUnavailable as exc:
+                self._wire.fail_if_closed()  # (by a signal handler): no next server to ask
                 errors.append(str(exc))
         raise ServerUnavailable("; ".join(errors))
 
@@ -331,6 +332,7 @@ class Client:
             try:
                 status = self._ask(addr, make).status
             except ServerUnavailable as exc:
+                self._wire.fail_if_closed()  # (by a signal handler): no next server to ask
                 errors.append(str(exc))
                 continue
             if status.known:
