@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Generator, Iterable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from farm.client.blockingconn import Callbacks, Connections
+from farm.client.blockingconn import Connections
 from farm.client.serverpick import ServerPicker
 from farm.client.taskset import task_set
 from farm.discovery import client_servers
@@ -33,11 +33,15 @@ from farm.protocol.checks import (
 )
 from farm.protocol.client import (
     ClientSession,
+    JobData,
+    JobProgress,
     JobStatus,
+    JobWarning,
     Query,
     Reply,
     StatusResult,
     Task,
+    TaskEvent,
     TaskListener,
     timeout_error,
 )
@@ -49,6 +53,32 @@ log = logging.getLogger("farm.client")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+class Callbacks:
+    """The listener of a ``call`` with progress callbacks: each event to its callback."""
+
+    __slots__ = ("on_status", "on_data", "on_warning")
+
+    def __init__(
+        self,
+        on_status: Callable[[int, int], Any] | None,
+        on_data: Callable[[bytes], Any] | None,
+        on_warning: Callable[[bytes], Any] | None,
+    ) -> None:
+        self.on_status = on_status
+        self.on_data = on_data
+        self.on_warning = on_warning
+
+    def task_event(self, event: TaskEvent) -> None:
+        if type(event) is JobProgress:
+            if self.on_status:
+                self.on_status(event.numerator, event.denominator)
+        elif type(event) is JobData:
+            if self.on_data:
+                self.on_data(event.data)
+        elif type(event) is JobWarning and self.on_warning:
+            self.on_warning(event.data)
 
 
 def _one_thread(method: Callable[Concatenate[Client, P], R]) -> Callable[Concatenate[Client, P], R]:

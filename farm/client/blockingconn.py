@@ -1,6 +1,5 @@
 """The blocking Client's connections: each socket with its ``ClientSession`` (``Conn``),
-all of them in one selector with failover over the servers (``Connections``), and the
-listener that hands a call's progress to its callbacks.
+all of them in one selector with failover over the servers (``Connections``).
 
 This only moves bytes: what a reply means lives in ``farm.protocol.client``. A call
 sends its submit and reads every connection until its task is done, so results of other
@@ -22,7 +21,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 from farm.client.serverpick import MIN_CONNECT, ServerPicker, connect_share, job_key
 from farm.errors import ServerUnavailable
@@ -30,19 +28,15 @@ from farm.net import connect, recv_now, send_now
 from farm.protocol import ProtocolError
 from farm.protocol.client import (
     ClientSession,
-    JobData,
     JobEnded,
-    JobProgress,
-    JobWarning,
     Task,
-    TaskEvent,
     TaskListener,
     lost_error,
     may_resubmit,
 )
 from farm.protocol.tasks import UNCONFIRMED
 
-__all__ = ["Callbacks", "Conn", "Connections"]
+__all__ = ["Conn", "Connections"]
 
 log = logging.getLogger("farm.client")
 
@@ -58,32 +52,6 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class Callbacks:
-    """The listener of a ``call`` with progress callbacks: each event to its callback."""
-
-    __slots__ = ("on_status", "on_data", "on_warning")
-
-    def __init__(
-        self,
-        on_status: Callable[[int, int], Any] | None,
-        on_data: Callable[[bytes], Any] | None,
-        on_warning: Callable[[bytes], Any] | None,
-    ) -> None:
-        self.on_status = on_status
-        self.on_data = on_data
-        self.on_warning = on_warning
-
-    def task_event(self, event: TaskEvent) -> None:
-        if type(event) is JobProgress:
-            if self.on_status:
-                self.on_status(event.numerator, event.denominator)
-        elif type(event) is JobData:
-            if self.on_data:
-                self.on_data(event.data)
-        elif type(event) is JobWarning and self.on_warning:
-            self.on_warning(event.data)
 
 
 class Conn:

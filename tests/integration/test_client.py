@@ -92,7 +92,7 @@ def test_status_and_progress_callbacks(any_server) -> None:
         assert status == farm.client.JobStatus(True, True, 1, 2)
         assert c.status(task.handle) == status
         release.set()
-        task.owner = farm.client.blockingconn.Callbacks(
+        task.owner = farm.client.blocking.Callbacks(
             lambda n, d: progress.append((n, d)), None, None
         )
         assert c.wait(task, 5) == b"done"
