@@ -2,11 +2,12 @@
 one without holding the others, waiting for one to come back, and losing one.
 
 A mixin of ``farm.executor.pump.Pump``. Calls that have not left the executor wait
-for a server that refuses connections (a supervised server is back within a second of
-a crash) for up to ``connect_timeout``; only then do they fail. A TCP connect runs in a
-thread of its own (``farm.net.Dial``): a host that answers none (down, or behind a
-firewall that drops our packets) would otherwise hold every call, and the replies coming
-on the other connections, for ``connect_timeout`` each time the pump tried it.
+for a server that refuses connections (a supervised server is restarted at once, and
+with a backoff up to 30 s when it keeps crashing) for up to ``connect_timeout``; only
+then do they fail. A TCP connect runs in a thread of its own (``farm.net.Dial``): a
+host that answers none (down, or behind a firewall that drops our packets) would
+otherwise hold every call, and the replies coming on the other connections, for
+``connect_timeout`` each time the pump tried it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 
 from farm.client.serverpick import ServerPicker
 from farm.errors import ServerUnavailable
-from farm.executor.flight import Flight, WorkItem, flight_of
+from farm.executor.flight import Flight, flight_of
 from farm.executor.poller import READ, Poller
 from farm.net import Dial, connect, parse_address
 from farm.protocol import OPTION_LAZY_CREATED
@@ -35,7 +36,7 @@ RETRY_EVERY = 0.1
 class Conn:
     """One server connection of the pump: its socket, session and unsent bytes."""
 
-    __slots__ = ("addr", "sock", "session", "out", "events", "heard")
+    __slots__ = ("addr", "sock", "session", "out", "events")
 
     def __init__(self, addr: str, sock: socket.socket) -> None:
         self.addr = addr
@@ -43,7 +44,6 @@ class Conn:
         self.session = ClientSession(addr)
         self.out = bytearray()  # bytes the kernel did not take yet (we never block on send)
         self.events = READ
-        self.heard = False  # the server sent something on it (see Links._drop)
 
 
 class Links:
@@ -64,18 +64,15 @@ class Links:
     _in_flight: int
     _flights: set[Flight]
     _wake: Callable[[], None]
-    put_back: Callable[[list[WorkItem]], None]
-    # Since when new connections were reset before their server said a word (0: none).
-    _unheard_since = 0.0
 
     def _may_come_back(self) -> bool:
         """No server takes a connection. The calls waiting here never left, so they wait
-        for one (a supervised server is back within a second of a crash) for up to
-        connect_timeout, tried every RETRY_EVERY seconds; then they fail."""
+        for one (a supervised server is restarted at once, and with a backoff up to 30 s
+        when it keeps crashing) for up to connect_timeout, tried every RETRY_EVERY seconds;
+        then they fail."""
         now = time.monotonic()
         self._down_since = self._down_since or now
         if now - self._down_since >= self.connect_timeout:
-            self._unheard_since = 0.0  # these calls fail: the next ones get their own wait
             return False
         self._retry_at = now + RETRY_EVERY
         self._wake()  # the pump thread sleeps until then (this may be another thread)
@@ -163,24 +160,6 @@ class Links:
 
     # -- losing connections --
 
-    def _unheard(self) -> bool:
-        """A connection the server reset before it sent a word: the server never read what
-        it was sent, all of it (one that read a call answers, and a socket closed with
-        nothing unread ends with EOF, not a reset). So it is what a job server killed -9
-        leaves: its listening socket lives a moment after the executor read the end of its
-        connection, and a reconnect made at once lands in that socket's backlog, to be
-        reset as it goes. Its calls go back to wait for a server, as calls that find none
-        do, for up to connect_timeout (a server that resets every connection must not keep
-        them for ever); False once that has passed: they fail."""
-        now = time.monotonic()
-        self._unheard_since = self._unheard_since or now
-        if now - self._unheard_since >= self.connect_timeout:
-            self._unheard_since = 0.0
-            return False
-        if not self._conns:  # not at once into the same dying socket: RETRY_EVERY apart
-            self._retry_at = now + RETRY_EVERY
-        return True
-
     def _close(self, conn: Conn) -> None:
         if self._conns.get(conn.addr) is conn:
             del self._conns[conn.addr]
@@ -195,23 +174,11 @@ class Links:
             dial.cancel()
         self._dials.clear()
 
-    def _drop(self, conn: Conn, why: str, *, unread: bool = False) -> None:
-        """The server went away: every call it held fails (it may or may not have run).
-        ``unread``: the connection was reset, or a write to it failed, so the server did
-        not read all that was sent (see _unheard)."""
+    def _drop(self, conn: Conn, why: str) -> None:
+        """The server went away: every call it held fails (it may or may not have run)."""
         self._close(conn)
         self._picker.mark_down(conn.addr)
         lost_tasks = conn.session.connection_lost(why)
-        if unread and not conn.heard and lost_tasks and self._unheard():
-            log.info("job server %s %s before it answered: its calls wait again", conn.addr, why)
-            items: list[WorkItem] = []
-            for task in lost_tasks:
-                self._in_flight -= 1
-                flight = flight_of(task)
-                self._flights.discard(flight)
-                items += [item for item in flight.items if not item.future.done()]
-            self.put_back(items)
-            return
         # One that held no call is what every routine restart of a server looks like (the
         # executor keeps a connection to each): no call failed, nothing to warn of.
         log.log(logging.WARNING if lost_tasks else logging.INFO, "job server %s %s", conn.addr, why)

@@ -342,7 +342,7 @@ class Pump(Links, WaitHere):
         except BlockingIOError:
             sent = 0
         except OSError:
-            self._drop(conn, "write failed", unread=True)
+            self._drop(conn, "write failed")
             return
         del conn.out[:sent]
         events = READ_WRITE if conn.out else READ
@@ -359,15 +359,11 @@ class Pump(Links, WaitHere):
             data = conn.sock.recv(READ_SIZE)
         except BlockingIOError:
             return
-        except OSError:  # a reset: the server did not read all it was sent
-            self._drop(conn, "closed the connection", unread=True)
-            return
+        except OSError:
+            data = b""
         if not data:
             self._drop(conn, "closed the connection")
             return
-        if not conn.heard:
-            conn.heard = True
-            self._unheard_since = 0.0
         try:
             events = conn.session.receive(data)
         except ProtocolError as exc:

@@ -843,7 +843,7 @@ def test_a_captured_call_does_not_run_again_on_a_restarted_server(tmp_path: Path
 
 
 def test_calls_that_never_left_wait_for_a_server_that_comes_back(tmp_path: Path) -> None:
-    """A supervised server is back within a second of a crash: calls still waiting in the
+    """A supervised server is restarted at once after a crash: calls still waiting in the
     executor wait for it (up to connect_timeout) instead of failing at once with "no job
     server is reachable" (only calls the dead server held have an unknown outcome)."""
     f = ExecutorFarm(tmp_path)
