@@ -342,8 +342,12 @@ class Executor(_BaseExecutor):
         return Hand(self._enqueue, self._enqueue_spilled, self._nudge)
 
     def _nudge(self) -> None:
-        if self._thread is not None:
-            self._pump.nudge()
+        try:
+            if self._thread is not None:
+                self._pump.nudge()
+        except BaseException:  # a Ctrl-C before nudge's guard: the sleeping pump sends them
+            self._pump.wake()
+            raise
 
     def _enqueue(
         self, call: Call | None, error: Exception | None, hold: bool = False

@@ -128,9 +128,13 @@ class Pump(Links, WaitHere):
         """Hand a call over. ``hold``: only queue it, for a caller that hands over more at
         once (map) and calls ``nudge`` when done, so that the calls go out in batches
         rather than one send each from the caller's thread."""
-        self._pending.append(item)
-        if not hold:
-            self.nudge()
+        try:
+            self._pending.append(item)
+            if not hold:
+                self.nudge()
+        except BaseException:  # a Ctrl-C before nudge's guard: the sleeping pump sends it
+            self._wake()
+            raise
 
     def nudge(self) -> None:
         """Make sure the pump sends what is queued: from this thread when it sleeps."""
@@ -231,6 +235,8 @@ class Pump(Links, WaitHere):
 
     def _wake(self) -> None:
         self._waker.wake()
+
+    wake = _wake  # the executor's, after a Ctrl-C in its nudge (Executor._nudge)
 
     # -- the loop --
 

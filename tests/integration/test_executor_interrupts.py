@@ -48,7 +48,11 @@ def pumps():
 if mode != "start":
     assert ex.submit(abs, -1).result(timeout=30) == 1  # the pump runs
 shots = []
+# Where the shot lands: whole() entered by the caller's thread doing the pump's work, or
+# (queued: nudge) a function nudge calls before that work, with the call queued already.
 CALLERS = {"submit": "nudge", "result": "_wait_reading"}
+QUEUED = {"queued_guard": "__init__", "queued_reading": "reading_here"}
+QUEUED["queued_map"] = "reading_here"
 
 
 def hook(frame, event, arg):
@@ -56,7 +60,11 @@ def hook(frame, event, arg):
         return
     if mode == "start":  # the pump thread's first call: its starter waits for it
         hit = threading.current_thread().name == "farm-executor"
-    else:  # whole() entered by the caller's thread doing the pump's work
+    elif mode in QUEUED:
+        hit = frame.f_code.co_name == QUEUED[mode] and frame.f_back.f_code.co_name == "nudge"
+        # queued_map: the nudge after map queued its calls (Executor._nudge), not put's
+        hit = hit and (mode != "queued_map" or frame.f_back.f_back.f_code.co_name == "_nudge")
+    else:
         hit = (
             frame.f_code.co_name == "__enter__"
             and frame.f_globals.get("__name__") == "farm.executor.interrupts"
@@ -76,6 +84,8 @@ for _ in range(200 if mode == "result" else 1):
     try:
         if mode == "result":
             ex.submit(pow, 2, 5).result(timeout=30)
+        elif mode == "queued_map":
+            ex.map(abs, [-2])
         else:
             ex.submit(abs, -2)
     except KeyboardInterrupt:
@@ -86,6 +96,9 @@ for _ in range(200 if mode == "result" else 1):
     if shots:
         break
 print("shots", len(shots))
+if mode in QUEUED:  # the interrupted submit's call is sent with no later submit to nudge
+    until(lambda: not ex._pump._pending)
+    print("queued", len(ex._pump._pending))
 print("result", ex.submit(abs, -3).result(timeout=30))
 print("pumps", pumps())
 ex.shutdown()
@@ -106,7 +119,9 @@ def farm_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FarmUp, 
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("mode", ["start", "submit", "result"])
+@pytest.mark.parametrize(
+    "mode", ["start", "submit", "result", "queued_guard", "queued_reading", "queued_map"]
+)
 def test_a_ctrl_c_where_the_caller_does_the_pump_s_work_leaves_the_executor_working(
     farm_up: tuple[FarmUp, Path], tmp_path: Path, mode: str
 ) -> None:
@@ -117,6 +132,9 @@ def test_a_ctrl_c_where_the_caller_does_the_pump_s_work_leaves_the_executor_work
     # submit, result: a Ctrl-C pending as the caller's thread entered the section that
     # holds it back (whole()) was raised there, before any work began, and was taken for
     # work left half done: the executor broke (BrokenFarmExecutor, for every later call).
+    # queued_*: a Ctrl-C in nudge before its work (at its guard's making, or as it asked
+    # whether this thread reads replies) left the call queued and the sleeping pump unwoken;
+    # queued_map: so did one in the nudge after a map queued its calls.
     up, key = farm_up
     script = tmp_path / "caller.py"
     script.write_text(CALLER)
@@ -129,5 +147,6 @@ def test_a_ctrl_c_where_the_caller_does_the_pump_s_work_leaves_the_executor_work
     )
     out = done.stdout.splitlines()
     assert done.returncode == 0, done.stderr
-    assert out == ["interrupted", "shots 1", "result 3", "pumps 1"], done.stderr
+    queued = ["queued 0"] if mode.startswith("queued") else []
+    assert out == ["interrupted", "shots 1", *queued, "result 3", "pumps 1"], done.stderr
     assert "pump failed" not in done.stderr, done.stderr
