@@ -400,8 +400,12 @@ class Executor(_BaseExecutor):
             self._pump.started = True
             try:
                 thread.start()
-            except BaseException:  # no thread to be had: the next submit tries again
+            except RuntimeError:  # no thread to be had: the next submit tries again
                 self._pump.started = False
                 raise
+            # Else a Ctrl-C raised by a SIGINT handler of the program's own (whole() does not
+            # hold it) left start() with the thread running or (rarely) never made: started
+            # stays set, so that stop() never closes the sockets under a running pump, and
+            # _thread unset, so the next submit starts a thread again (Pump.run lets one in).
             self._thread = thread
             lifespan.started(self._pump)

@@ -104,6 +104,7 @@ class Pump(Links, WaitHere):
         # Held by the pump thread except while it waits in select; a submitting thread
         # that finds it free sends its call itself (see put). Guards all below.
         self._lock = threading.Lock()
+        self._running = threading.Lock()  # held by the one thread in run() (see there)
         # Pump-thread state only.
         self._conns: dict[str, Conn] = {}
         self._dials = {}
@@ -241,6 +242,12 @@ class Pump(Links, WaitHere):
     # -- the loop --
 
     def run(self) -> None:
+        if not self._running.acquire(blocking=False):
+            # A second thread (Executor._start_pump): two would share the sockets, the
+            # first to end closing them under the other. It waits, so joining it waits.
+            threading.current_thread().name += " (spare: another thread runs the pump)"
+            with self._running:
+                return
         lock = self._lock
         lock.acquire()
         try:
@@ -294,6 +301,7 @@ class Pump(Links, WaitHere):
                 lock.release()
                 self.finished.set()
                 self._finished()
+                self._running.release()
 
     def _idle_and_stopping(self) -> bool:
         return self._stopping and not self._pending and not self._in_flight
