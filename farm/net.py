@@ -259,12 +259,20 @@ def recv(sock: socket.socket, size: int = READ_SIZE) -> bytes:
     return data
 
 
+def _readable_now(sock: socket.socket) -> bool:
+    """Whether ``sock`` has something to read (or an error, or EOF) now. poll, not select:
+    select() refuses fds >= 1024, which a process with many open files hands out."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 def recv_now(sock: socket.socket) -> bytes:
     """What ``sock`` holds now (b"": the server closed it); BlockingIOError or, through
     TLS, SSLWantReadError when nothing has come."""
     if not isinstance(sock, ssl.SSLSocket):
         return sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
-    if not sock.pending() and not select.select([sock], [], [], 0)[0]:
+    if not sock.pending() and not _readable_now(sock):
         # The common case, an idle connection: one system call, not three and an error.
         raise BlockingIOError
     sock.setblocking(False)  # ssl sockets take no flags

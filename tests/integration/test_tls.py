@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import ssl
 import subprocess
 import sys
@@ -296,3 +297,49 @@ def test_background_submits_with_close_notify_right_behind_them_are_all_taken(
         raw.close()
     finally:
         srv.stop()
+
+
+@contextlib.contextmanager
+def fds_past_select_range() -> Iterator[None]:
+    """Hold open files until the next socket's fd is >= 1024, past what select() takes."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1100:
+        if hard != resource.RLIM_INFINITY and hard < 1100:
+            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is below 1100")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1100, hard))
+    held: list[int] = []
+    try:
+        # Each open takes the lowest free fd, so every hole below is filled first.
+        while not held or held[-1] < 1030:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_calls_still_work_when_the_socket_fd_is_past_1024(tls_server: Server, pki: Path) -> None:
+    # A process with many open files gets sockets with fds select() refuses
+    # ("filedescriptor out of range"); the client reads every reply without select().
+    ctx = tls_context(ca=str(pki / "ca.pem"))
+    worker, thread = serve_reverse(tls_server.addr, ctx)
+    plain = start_farm_server()
+    plain_worker = farm.Worker(plain.addr)
+    plain_worker.register("reverse", lambda job: job.data[::-1])
+    plain_thread = threading.Thread(target=plain_worker.work, daemon=True)
+    plain_thread.start()
+    try:
+        with fds_past_select_range():
+            with farm.Client(tls_server.addr, tls=ctx) as client:
+                assert client.call("reverse", "over tls", timeout=10) == b"slt revo"
+                assert [c.sock.fileno() >= 1024 for c in client._wire.conns.values()] == [True]
+            with farm.Client(plain.addr) as client:
+                assert client.call("reverse", "plain", timeout=10) == b"nialp"
+                assert [c.sock.fileno() >= 1024 for c in client._wire.conns.values()] == [True]
+    finally:
+        worker.stop()
+        plain_worker.stop()
+        thread.join(10)
+        plain_thread.join(10)
+        plain.stop()
