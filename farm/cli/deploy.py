@@ -74,8 +74,12 @@ def follow_restart(
         reply = status()
     if tty:
         typer.echo()
+    # Imported here: the `farm` command's start does not load the supervisor's parts.
+    from farm.logs import escape_controls
+
     for problem in reply.get("failed", []):
-        typer.echo(f"farm: {problem}", err=True)
+        # A boot error quotes the worker's exception text: the worker's, escaped for the terminal.
+        typer.echo(f"farm: {escape_controls(problem)}", err=True)
     for name, count in reply.get("unseen", {}).items():
         # An empty slot (backing off after crashes) counts as replaced: its next process
         # runs the new code. Whether that one serves is not known yet: say so.

@@ -98,6 +98,24 @@ def test_what_a_worker_s_boot_error_holds_reaches_no_terminal_raw(tmp_path: Path
         assert up.stop() == 0
 
 
+def test_a_changed_pool_s_boot_error_reaches_no_terminal_raw_either(tmp_path: Path) -> None:
+    # The same text through a changed pool's replacement (farm reload, farm restart): the
+    # reload's "failed to boot (...)" line carried the worker's escapes to the terminal.
+    raw = "\\x1b[2J\\x1b]0;pwned\\x07"
+    (tmp_path / "bad.py").write_text(f'raise RuntimeError("{raw}")\n\ndef run(job): ...\n')
+    up = FarmUp(tmp_path, BASE)
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 1})
+        up.write_config(BASE.replace("workers.text:reverse", "bad:run"))
+        out = farm_cli("reload", "--control", up.control)
+        assert out.returncode == 1 and "failed to boot (RuntimeError" in out.stderr, out.stderr
+        assert "\x1b" not in out.stderr and "\x07" not in out.stderr, repr(out.stderr)
+        assert "\\x1b]0;pwned\\x07" in out.stderr, repr(out.stderr)  # shown, as text
+    finally:
+        assert up.stop() == 0
+
+
 def test_at_its_deadline_the_reload_names_the_slots_still_starting_too(tmp_path: Path) -> None:
     # One added pool's process ended (a module that raised) and another's still started
     # (a command that never registers): the reload named the ended one alone, then said
