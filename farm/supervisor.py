@@ -169,7 +169,8 @@ class Supervisor(
                 return self.shutdown()
             self.reap_workers()
             self.kill_overrunning()
-            self.sweep_strays(time.monotonic())
+            # Now, not every 2 s: what a worker just reaped detached is counted in the report.
+            self.sweep_strays(time.monotonic(), stopping=True)
             self.tend_output()
             self.manage_server()
             self.manage_workers()
@@ -379,7 +380,8 @@ class Supervisor(
             self.handle_signals()  # a second SIGTERM or SIGQUIT shortens the grace
             self.reap_workers()
             self.kill_overrunning()
-            self.sweep_strays(time.monotonic())
+            # Now, not every 2 s: what a worker just reaped detached is counted in the report.
+            self.sweep_strays(time.monotonic(), stopping=True)
             self.tend_output()  # a flood's paused pipe: its job's writes wait on it
             self.report_drain()  # `farm stop`: workers left, seconds left, what was killed
             if self.by_pid or self.leftovers or self.strays:

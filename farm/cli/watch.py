@@ -129,11 +129,14 @@ def follow_stop(path: str, wait: float) -> None:
             killed = news.get("killed", killed)
             if news.get("done") or time.monotonic() > deadline:
                 break
-            left = news.get("seconds_left")
-            line.show(
-                f"draining: {news.get('workers')} worker{'' if news.get('workers') == 1 else 's'}"
-                " left" + (f", {max(0.0, left):.0f}s before SIGKILL" if left is not None else "")
-            )
+            left, workers = news.get("seconds_left"), news.get("workers")
+            said = f"draining: {workers} worker{'' if workers == 1 else 's'} left"
+            # What workers detached: the farm waits for those too (an older supervisor: none).
+            if detached := news.get("detached", 0):
+                said += f", {detached} detached process{'' if detached == 1 else 'es'}"
+            if left is not None:
+                said += f", {max(0.0, left):.0f}s before SIGKILL"
+            line.show(said)
     except ControlUnavailable as e:
         if pid is None:
             fail(str(e), 1)  # nobody to stop; once asked, a closed socket means it has gone

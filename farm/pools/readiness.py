@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from farm.config import Config
@@ -16,8 +17,7 @@ from farm.pools import sdnotify
 
 if TYPE_CHECKING:
     from farm.pools.localserver import LocalServer
-    from farm.pools.slots import Slot, WorkerProcess
-    from farm.pools.strays import Stray
+    from farm.pools.slots import Slot
 
 __all__ = ["Readiness"]
 
@@ -39,9 +39,8 @@ class Readiness:
     ready_sent: bool  # READY=1 is sent once
     extended_at: float  # when systemd's start timeout was last extended
     last_status: str  # the STATUS= sent last: sent again only when it changes
-    by_pid: dict[int, WorkerProcess]
-    leftovers: list[WorkerProcess]  # ended workers whose process group drains on (strays)
-    strays: dict[int, Stray]  # what workers detached, adopted at their end
+    # Provided by Strays (farm.pools.strays): the workers and detached processes left.
+    drain_left: Callable[[], tuple[int, int, list[float]]]
 
     def notify_systemd(self) -> None:
         """The watchdog's ping; READY=1 once all is up; STATUS= when it has changed."""
@@ -91,14 +90,10 @@ class Readiness:
         """While the farm drains to stop: the watchdog's ping, and STATUS= with the workers
         left (`systemctl status` read the last "N/N workers up" through the whole drain)."""
         self.watchdog.ping()
-        # A wrapper's worker drains on after its shell was reaped (a leftover): the farm
-        # waits for it, and "0 workers draining" read as a farm that hung with none.
-        left = len(self.by_pid) + len(self.leftovers)
+        left, detached, _ = self.drain_left()
         status = f"stopping: {left} worker{'s' if left != 1 else ''} draining"
-        if self.strays:  # what workers detached: stopped too before the farm ends
-            status += (
-                f", {len(self.strays)} detached process{'es' if len(self.strays) != 1 else ''}"
-            )
+        if detached:  # what workers detached: stopped too before the farm ends
+            status += f", {detached} detached process{'es' if detached != 1 else ''}"
         self.send_status(status)
 
     def send_status(self, status: str) -> None:

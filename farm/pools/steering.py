@@ -79,7 +79,6 @@ class Steering(ProcessTable):
     metrics_server: Any  # the /metrics HTTP server (farm.pools.metrics), None when off
     metrics_error: str | None  # why it is None although the config asked for one
     by_pid: dict[int, WorkerProcess]
-    leftovers: list[WorkerProcess]  # ended workers whose process group drains on (strays)
     ready_sent: bool  # READY=1 told systemd the start is done (farm.pools.readiness)
     stopping: bool  # draining to stop: nothing new starts, nothing may be scaled or replaced
     # `farm stop` clients that follow the drain, the workers it killed, when they last heard.
@@ -96,6 +95,8 @@ class Steering(ProcessTable):
     restart_status: Callable[[], dict[str, Any]]
     add_to_restart: Callable[[list[str]], dict[str, Any]]
     rolling_any: Callable[[], bool]
+    # Provided by Strays (farm.pools.strays): the workers and detached processes left.
+    drain_left: Callable[[], tuple[int, int, list[float]]]
 
     def answer_reload(self, item: Pending) -> None:
         """A reload asked (SIGHUP, `farm reload`, `--restart`): apply the file, reply."""
@@ -295,11 +296,9 @@ class Steering(ProcessTable):
         if not self.drain_followers or (not final and now - self.drain_told < 0.25):
             return
         self.drain_told = now
-        # A wrapper's worker draining on after its shell ended (leftovers) is one left too.
-        draining = [*self.by_pid.values(), *self.leftovers]
-        deadlines = [p.stop_deadline for p in draining if p.stop_deadline]
-        deadlines += [p.signal_at + p.grace for p in self.by_pid.values() if p.signal_at]
-        news: dict[str, Any] = {"workers": len(draining), "killed": list(self.drain_killed)}
+        workers, detached, deadlines = self.drain_left()
+        news: dict[str, Any] = {"workers": workers, "detached": detached}
+        news["killed"] = list(self.drain_killed)
         news["seconds_left"] = round(max(deadlines) - now, 1) if deadlines else None
         if final:
             news["done"] = True

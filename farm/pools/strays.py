@@ -249,6 +249,17 @@ class Strays:
             times.append(self.next_stray_sweep)
         return times
 
+    def drain_left(self) -> tuple[int, int, list[float]]:
+        """At a stop, what the farm still waits for: the workers (a wrapper's worker that
+        drains on after its shell was reaped, a leftover, counts), the detached processes,
+        and when each is SIGKILLed at the latest (monotonic). `farm stop` and STATUS= both
+        say it: either alone read "0 workers" while the farm waited on detached ones."""
+        draining = [*self.by_pid.values(), *self.leftovers]
+        deadlines = [p.stop_deadline for p in draining if p.stop_deadline]
+        deadlines += [p.signal_at + p.grace for p in self.by_pid.values() if p.signal_at]
+        deadlines += [s.deadline for s in self.strays.values() if s.deadline != float("inf")]
+        return len(draining), len(self.strays), deadlines
+
     def strays_left(self) -> bool:
         """At a stop: whether adopted processes are still there (looked for now)."""
         self.sweep_strays(time.monotonic(), stopping=True)

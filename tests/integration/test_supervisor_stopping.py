@@ -254,3 +254,35 @@ def test_a_wrapper_s_worker_draining_after_its_shell_is_counted_while_stopping(
         assert "STATUS=stopping: 0 workers draining" not in said, said  # its worker drained on
     finally:
         up.stop()
+
+
+def test_farm_stop_counts_the_detached_processes_it_waits_for(tmp_path: Path) -> None:
+    # A command worker's setsid child deaf to SIGTERM: the farm waits for it up to its
+    # grace, and `farm stop` said "draining: 0 workers left" all that while, no deadline.
+    (tmp_path / "deaf.py").write_text(
+        "import signal, sys, time\n"
+        "from pathlib import Path\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "Path(sys.argv[1]).touch()\n"
+        "time.sleep(300)\n"
+    )
+    command = f'["sh", "-c", "setsid {sys.executable} deaf.py detached & exec sleep 300"]'
+    up = FarmUp(
+        tmp_path,
+        f"[functions.deaf]\ncommand = {command}\nworkers = 1\ngraceful_timeout = 2\n",
+        supervisor="ready_wait = 1",  # it never connects: READY=1 without it
+    )
+    try:
+        up.expect_notify("READY=1")
+        wait_for("its child ignores SIGTERM", (tmp_path / "detached").exists)
+        stop = farm_cli("stop", "--control", up.control)
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        lines = stop.stdout.splitlines()
+        said = r"^draining: 0 workers left, 1 detached process, [0-2]s before SIGKILL$"
+        assert any(re.match(said, line) for line in lines), stop.stdout
+        # The wait was said: "0 left" only once the detached one is gone too.
+        last = max(i for i, line in enumerate(lines) if "detached" in line)
+        assert "draining: 0 workers left" not in lines[:last], stop.stdout
+        assert up.proc.wait(30) == 0
+    finally:
+        up.stop()
