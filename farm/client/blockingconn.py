@@ -153,15 +153,24 @@ class Connections:
         if deadline is not None:  # a host that is down answers none: the caller's time too
             wait = max(min(wait, deadline - time.monotonic()), MIN_CONNECT)
         sock = connect(addr, wait, self.tls)
-        try:
-            self.fail_if_closed()  # by a signal handler while connect() waited
-        except ServerUnavailable:
-            sock.close()
-            raise
         conn = Conn(addr, sock)
         conn.session.option("exceptions")  # so WORK_EXCEPTION reaches us, not just WORK_FAIL
+        # A signal handler's close may land anywhere here: while connect() waited, or in
+        # the register (its epoll closed: ValueError). In conns only once registered, and
+        # looked at again then: a close before that did not see it, one after closes it.
+        try:
+            self.fail_if_closed()
+            self.selector.register(sock, selectors.EVENT_READ, conn)
+        except (ServerUnavailable, ValueError, KeyError):
+            sock.close()
+            self.fail_if_closed()
+            raise
         self.conns[addr] = conn
-        self.selector.register(sock, selectors.EVENT_READ, conn)
+        try:
+            self.fail_if_closed()
+        except ServerUnavailable:
+            self.close_one(conn)
+            raise
         self.picker.mark_up(addr)
         return conn
 

@@ -272,3 +272,39 @@ def test_a_call_closed_by_a_signal_handler_while_it_connects_fails_as_closed(
         listener.close()
         for sock in fillers:
             sock.close()
+
+
+class _CloseAtRegister:
+    """The client's selector, with a close of the client landing just before or just after
+    the new connection's register: where a signal handler's close may come, made certain."""
+
+    def __init__(self, client: farm.Client, before: bool) -> None:
+        self.client, self.before = client, before
+        self.selector = client._wire.selector
+
+    def register(self, *args: Any) -> Any:
+        if self.before:
+            self.client.close()
+        try:
+            return self.selector.register(*args)
+        finally:
+            if not self.before:
+                self.client.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.selector, name)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("before", [True, False], ids=["before", "after"])
+def test_a_close_landing_at_a_new_connection_s_register_fails_as_closed(
+    farm_server: Server, before: bool
+) -> None:
+    # connection() checked closed before it built the Conn, put it in conns and registered
+    # it: a handler's close in between raised ValueError "I/O operation on closed epoll
+    # object" (before the register), or left the call going on with a closed client.
+    client = farm.Client(farm_server.addr)
+    client._wire.selector = _CloseAtRegister(client, before)  # type: ignore[assignment]
+    with pytest.raises(farm.errors.ServerUnavailable, match="Client was closed"):
+        client.echo("x")
+    assert client._wire.conns == {}
