@@ -247,10 +247,13 @@ def test_a_call_closed_by_a_signal_handler_while_it_connects_fails_as_closed(
         wait_for("the call's connect", syn_sent, timeout=20)
         connecting.set()
 
+    drains: list[threading.Thread] = []
+
     def close(signum: int, frame: Any) -> None:
         client.close()
         if accepted:  # room again: the SYN sent again (after 1 s) is answered
-            threading.Thread(target=drain, daemon=True).start()
+            drains.append(threading.Thread(target=drain, daemon=True))
+            drains[-1].start()
 
     def drain() -> None:
         while True:
@@ -269,9 +272,20 @@ def test_a_call_closed_by_a_signal_handler_while_it_connects_fails_as_closed(
                 getattr(client, ask)("k")
         assert client._wire.conns == {}
     finally:
+        # On Linux close() alone does not wake an accept() under way: the drain thread and
+        # its port lived on past the test. shutdown() does.
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)
         listener.close()
+        listening = [
+            c for c in psutil.Process().net_connections("tcp4")
+            if c.laddr.port == port and c.status == "LISTEN"
+        ]  # fmt: skip
+        for thread in drains:
+            thread.join(5)  # at once, woken; else it waits for a connection that may not come
         for sock in fillers:
             sock.close()
+    assert not listening and not any(thread.is_alive() for thread in drains), listening
 
 
 class _CloseAtRegister:
