@@ -43,8 +43,7 @@ def _utf8(value: str, what: str) -> bytes:
     try:
         return value.encode()
     except UnicodeEncodeError:
-        shown = repr(os.fsencode(value))[1:]
-        fail(f"{what} {shown} is not UTF-8 text; give it in UTF-8 (or check the locale)", 2)
+        fail(f"{what} {typed(value)} is not UTF-8 text; give it in UTF-8 (or check the locale)", 2)
 
 
 def _wire_bytes(value: str, what: str) -> bytes:
