@@ -166,12 +166,8 @@ def warn_if_unserved(
 
     def check() -> None:
         from farm.client.admin import admin_query
-        from farm.protocol.admin import parse_status
-        from farm.protocol.codec import text_bytes
+        from farm.protocol.admin import parse_status, workers_serving
 
-        # As bytes: a name with a byte that is not UTF-8 (U+FFFD in a lossy decode) would
-        # match any other such name, r\xfe served hiding the hint for r\xff.
-        wanted = text_bytes(function)
         unserved = []
         for address in addresses:
             try:
@@ -179,7 +175,7 @@ def warn_if_unserved(
                 rows = parse_status(reply)
             except Exception:  # only a hint: a server that cannot say is left out of it
                 continue
-            if any(r.workers and text_bytes(r.function) == wanted for r in rows):
+            if workers_serving(rows, function):  # by its bytes, as the Executor counts
                 return
             unserved.append(address)
         if unserved:

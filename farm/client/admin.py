@@ -14,7 +14,7 @@ import time
 
 from farm.net import connect, recv
 from farm.protocol import ProtocolError
-from farm.protocol.admin import StatusRow, parse_status, reply_complete
+from farm.protocol.admin import StatusRow, parse_status, reply_complete, workers_serving
 
 __all__ = ["admin_query", "server_metrics", "function_workers"]
 
@@ -90,7 +90,7 @@ def _count(rows: list[StatusRow] | BaseException | None, function: str) -> int |
         raise rows  # not a server that did not answer: a bug, for the caller to see
     if rows is None:
         return None
-    return next((row.workers for row in rows if row.function == function), 0)
+    return workers_serving(rows, function)
 
 
 class _Asks:
@@ -197,7 +197,7 @@ class _Ask:
                 self.sock = sock
             try:
                 return parse_status(
-                    _reply(sock, "status", self.timeout, None).decode("utf-8", "replace")
+                    _reply(sock, "status", self.timeout, None).decode("utf-8", "surrogateescape")
                 )
             except (OSError, ValueError, ProtocolError):
                 return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from farm.protocol.codec import ProtocolError
+from farm.protocol.codec import ProtocolError, text_bytes
 
 __all__ = [
     "StatusRow",
@@ -116,3 +116,15 @@ def parse_poison(text: str) -> list[PoisonRow]:
         handle, function, unique = (line.split("\t") + ["", ""])[:3]
         rows.append(PoisonRow(handle, function, unique))
     return rows
+
+
+def workers_serving(rows: list[StatusRow], function: str) -> int:
+    """How many workers ``rows`` (a ``status`` listing decoded with surrogateescape) give
+    ``function``. Compared as bytes: a name with a byte that is not UTF-8 is a U+FFFD in a
+    lossy decode, which no name given equals ("r\\udcff", as os.fsdecode keeps the byte)
+    and which would match any other such name (r\\xfe's workers counted for r\\xff)."""
+    try:
+        wanted = text_bytes(function)
+    except UnicodeEncodeError:  # a surrogate that stands for no byte: no server lists it
+        return 0
+    return next((r.workers for r in rows if text_bytes(r.function) == wanted), 0)

@@ -268,3 +268,18 @@ def test_a_call_on_a_connection_reset_before_its_server_answered_fails_unconfirm
     finally:
         ex.shutdown(wait=False, cancel_futures=True)
         dying.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_function_name_that_is_not_utf8_is_counted_by_its_bytes(
+    farm_server: Server, peer_factory: Callable[[str], Peer]
+) -> None:
+    # The listing was decoded with "replace" and compared as text: "r\udcff" (the byte
+    # \xff, as os.fsdecode and the library keep it) never equalled the listed "r\ufffd",
+    # so an Executor for it warned "no worker serves" and sized itself to cpu_count.
+    worker = peer_factory(farm_server.addr)
+    worker.send(T.CAN_DO, b"r\xff")
+    worker.send(T.ECHO_REQ, "registered")
+    worker.expect(T.ECHO_RES)
+    assert function_workers([farm_server.addr], "r\udcff", timeout=5) == 1
+    assert function_workers([farm_server.addr], "r\udcfe", timeout=5) == 0  # not any such
