@@ -143,9 +143,10 @@ def server_why(srv: dict[str, Any]) -> str:
     """Why the farm's job server (its `farm ps` row) does not answer, for the line above."""
     restarts = int(srv.get("restarts", 0))
     if srv.get("state") == "starting" and not restarts:
-        # Every start: it replays its store before it listens (40 s for a large one), and
-        # the warning log, where this sent the operator, says nothing of it.
-        return "starting (replaying its store; farm ps)"
+        # Its first start: the warning log, where the line below sent the operator, has
+        # nothing on it. A store is replayed before the server listens (40 s for a large
+        # one); with store = "none" (or a replay done) there is none to name.
+        return "starting (replaying its store; farm ps)" if srv.get("replaying") else "starting"
     last = f"; the last {srv['last_exit']}" if srv.get("last_exit") else ""
     return (
         f"{srv.get('state')}, restarted {restarts} time{'' if restarts == 1 else 's'}{last};"

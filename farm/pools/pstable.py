@@ -111,6 +111,10 @@ class ProcessTable:
                     now,
                     restarts=srv.restarts,
                     last_exit=srv.last_exit,
+                    # Its replay's pipe still open: `farm status` says it replays its store,
+                    # which none does with store = "none".
+                    replaying=bool(srv.pid and not srv.ready and srv.progress_fd >= 0)
+                    and srv.config.store != "none",
                 )
             )
         for slots in self.slots.values():
@@ -220,4 +224,5 @@ class ProcessTable:
             "busy_for": extra.get("busy_for"),  # seconds it has run
             "server_gone": extra.get("server_gone", False),  # its job's server has died since
             "checked": extra.get("checked"),  # False: running, its registration not seen
+            "replaying": extra.get("replaying", False),  # the job server's store, at its start
         }

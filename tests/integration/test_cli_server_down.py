@@ -87,7 +87,7 @@ def test_status_during_the_store_s_replay_says_so_not_the_log(tmp_path: Path) ->
         out = farm_cli("status", "--config", str(up.config))
         (row,) = [r for r in up.ps() if r["function"] == "server"]
         # Still replaying after the command: it was while the command asked.
-        assert (row["state"], row["restarts"]) == ("starting", 0), row
+        assert (row["state"], row["restarts"], row["replaying"]) == ("starting", 0, True), row
         assert out.returncode == 1, out.stdout
         said = out.stderr
         assert "its job server is not up: starting (replaying its store; farm ps)" in said, said
