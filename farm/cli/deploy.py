@@ -133,7 +133,10 @@ def follow_added(
         if len(ended) == len(waiting) or time.monotonic() > deadline:
             break
         time.sleep(POLL)  # polling the supervisor's table
-    server = next((r for r in reply["processes"] if r["function"] == "server"), None)
+    server = next(  # slot None: the farm's own server, not a pool named "server"
+        (r for r in reply["processes"] if r["function"] == "server" and r.get("slot") is None),
+        None,
+    )
     for key in waiting:  # each: one that ended, one still starting, one not started
         row = rows.get(key)
         if row is None:

@@ -128,7 +128,12 @@ def farm_server_down(config: Path | None) -> str:
 
     try:
         reply = request(control_path(config), {"cmd": "ps"}, timeout=2.0)
-        rows = [r for r in reply["processes"] if r.get("function") in ("supervisor", "server")]
+        # Slot None: the farm's own rows, not a pool's named "server" (or "supervisor").
+        rows = [
+            r
+            for r in reply["processes"]
+            if r.get("function") in ("supervisor", "server") and r.get("slot") is None
+        ]
     except Exception:  # no farm, or not this one's: the plain hint stands
         return ""
     pid = next((r["pid"] for r in rows if r["function"] == "supervisor"), None)

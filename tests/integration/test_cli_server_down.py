@@ -13,6 +13,7 @@ import pytest
 from farm.pools.control import ControlUnavailable
 from tests.helpers.bigstore import large_store
 from tests.helpers.farmproc import FarmUp, farm_cli
+from tests.helpers.servers import free_port
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -93,5 +94,22 @@ def test_status_during_the_store_s_replay_says_so_not_the_log(tmp_path: Path) ->
         assert "its job server is not up: starting (replaying its store; farm ps)" in said, said
         assert "the log says why" not in said and "0 times" not in said, said
         up.expect_notify("READY=1", timeout=60)
+    finally:
+        assert up.stop() == 0
+
+
+def test_a_pool_named_server_is_not_taken_for_the_farm_s_job_server(tmp_path: Path) -> None:
+    # With no local server (servers = [...]), `farm status` found "the server" by its row's
+    # function alone: a pool named "server" was taken for it, and the farm was said to run
+    # with "its job server not up", in the pool's state, though it has none of its own.
+    remote = f"127.0.0.1:{free_port()}"  # nothing listens: status is refused
+    pool = '[functions.server]\ncommand = ["sleep", "1000"]\nworkers = 1\n'
+    up = FarmUp(tmp_path, pool, supervisor=f'servers = ["{remote}"]\nready_wait = 1')
+    try:
+        up.expect_notify("READY=1")
+        assert [r["slot"] for r in up.ps() if r["function"] == "server"] == [0]  # the pool's
+        out = farm_cli("status", "--config", str(up.config))
+        assert out.returncode == 1, out.stdout
+        assert "the farm runs" not in out.stderr and "is the farm up?" in out.stderr, out.stderr
     finally:
         assert up.stop() == 0
