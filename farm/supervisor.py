@@ -169,8 +169,7 @@ class Supervisor(
                 return self.shutdown()
             self.reap_workers()
             self.kill_overrunning()
-            # Now, not every 2 s: what a worker just reaped detached is counted in the report.
-            self.sweep_strays(time.monotonic(), stopping=True)
+            self.sweep_strays(time.monotonic())  # every SWEEP_EVERY: it reads /proc
             self.tend_output()
             self.manage_server()
             self.manage_workers()
