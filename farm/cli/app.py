@@ -110,6 +110,12 @@ def typed(text: str) -> str:
     return repr(text)
 
 
+def own_row(rows: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    """The farm's own process ("supervisor" or "server") among `farm ps`'s rows: the one
+    with no slot, not a row of a pool that took that name."""
+    return next((r for r in rows if r.get("function") == name and r.get("slot") is None), None)
+
+
 def control_socket(config: Path | None, control: str | None) -> str:
     """``--control``, else the config's control socket (one line and exit 2 if unreadable)."""
     if control is not None:

@@ -16,7 +16,15 @@ from typing import Annotated, Any
 
 import typer
 
-from farm.cli.app import ConfigOption, ControlOption, FarmCommand, app, ask_supervisor, fail
+from farm.cli.app import (
+    ConfigOption,
+    ControlOption,
+    FarmCommand,
+    app,
+    ask_supervisor,
+    fail,
+    own_row,
+)
 
 __all__ = ["restart", "follow_restart", "follow_added"]
 
@@ -133,10 +141,7 @@ def follow_added(
         if len(ended) == len(waiting) or time.monotonic() > deadline:
             break
         time.sleep(POLL)  # polling the supervisor's table
-    server = next(  # slot None: the farm's own server, not a pool named "server"
-        (r for r in reply["processes"] if r["function"] == "server" and r.get("slot") is None),
-        None,
-    )
+    server = own_row(reply["processes"], "server")
     for key in waiting:  # each: one that ended, one still starting, one not started
         row = rows.get(key)
         if row is None:

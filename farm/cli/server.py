@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
-from farm.cli.app import SERVER_DEFAULT_HELP, ConfigOption, FarmCommand, app, fail
+from farm.cli.app import SERVER_DEFAULT_HELP, ConfigOption, FarmCommand, app, fail, own_row
 from farm.errors import ConfigError, FarmError
 
 # The client side (farm.net, farm.discovery, farm.client.admin, farm.protocol) is imported
@@ -128,16 +128,11 @@ def farm_server_down(config: Path | None) -> str:
 
     try:
         reply = request(control_path(config), {"cmd": "ps"}, timeout=2.0)
-        # Slot None: the farm's own rows, not a pool's named "server" (or "supervisor").
-        rows = [
-            r
-            for r in reply["processes"]
-            if r.get("function") in ("supervisor", "server") and r.get("slot") is None
-        ]
+        rows = reply["processes"]
+        sup, srv = own_row(rows, "supervisor"), own_row(rows, "server")
     except Exception:  # no farm, or not this one's: the plain hint stands
         return ""
-    pid = next((r["pid"] for r in rows if r["function"] == "supervisor"), None)
-    srv = next((r for r in rows if r["function"] == "server"), None)
+    pid = None if sup is None else sup["pid"]
     if srv is None or srv.get("state") == "ready":
         return ""
     why = server_why(srv)

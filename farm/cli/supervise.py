@@ -19,6 +19,7 @@ from farm.cli.app import (
     ask_supervisor,
     control_socket,
     fail,
+    own_row,
 )
 from farm.errors import ConfigError, FarmError
 
@@ -97,10 +98,10 @@ def ps(
     reply = ask_supervisor(config, control, {"cmd": "ps"})
     rows = reply["processes"]
     if as_json:
-        for row in rows:  # where /metrics listens (the real port when configured as 0)
-            if row["function"] == "supervisor":
-                row["metrics"] = reply.get("metrics")
-                row["metrics_error"] = reply.get("metrics_error")  # why it is null, if asked for
+        own = own_row(rows, "supervisor")  # not a pool's rows, were one named so
+        if own is not None:  # where /metrics listens (the real port when configured as 0)
+            own["metrics"] = reply.get("metrics")
+            own["metrics_error"] = reply.get("metrics_error")  # why it is null, if asked for
         typer.echo(json.dumps(rows, indent=2))
         return
     if watch:  # farm top's live view (farm/cli/top.py), its process table only

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -111,5 +112,20 @@ def test_a_pool_named_server_is_not_taken_for_the_farm_s_job_server(tmp_path: Pa
         out = farm_cli("status", "--config", str(up.config))
         assert out.returncode == 1, out.stdout
         assert "the farm runs" not in out.stderr and "is the farm up?" in out.stderr, out.stderr
+    finally:
+        assert up.stop() == 0
+
+
+def test_a_pool_named_supervisor_is_not_given_the_supervisor_s_metrics(tmp_path: Path) -> None:
+    # `farm ps --json` gave the supervisor's metrics fields to every row whose function was
+    # "supervisor": a pool of that name's too.
+    pool = '[functions.supervisor]\ncommand = ["sleep", "1000"]\nworkers = 1\n'
+    up = FarmUp(tmp_path, pool, supervisor="ready_wait = 1")
+    try:
+        up.expect_notify("READY=1")
+        out = farm_cli("ps", "--json", "--config", str(up.config))
+        assert out.returncode == 0, out.stderr
+        rows = [r for r in json.loads(out.stdout) if r["function"] == "supervisor"]
+        assert sorted(("metrics" in r, r["slot"]) for r in rows) == [(False, 0), (True, None)]
     finally:
         assert up.stop() == 0
