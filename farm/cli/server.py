@@ -220,7 +220,8 @@ def jobs(
 
     address = server_address(server, config)
     try:
-        reply = admin_query(address, "jobs", tls=admin_tls())
+        # surrogateescape: --function compares by bytes, as a name not in UTF-8 was typed
+        reply = admin_query(address, "jobs", tls=admin_tls(), errors="surrogateescape")
         if reply.startswith("ERR"):
             fail(
                 f"the server at {address} does not support `farm jobs` (gearmand has no such"
@@ -230,7 +231,15 @@ def jobs(
     except (OSError, ValueError, ProtocolError) as exc:
         unreachable("the jobs", address, exc, server, config)
     if function is not None:
-        rows = [r for r in rows if r.function == function]
+        wanted = function.encode("utf-8", "surrogateescape")  # the bytes typed
+        rows = [r for r in rows if r.function.encode("utf-8", "surrogateescape") == wanted]
+    # Shown as before: a byte that is not UTF-8 as U+FFFD (as `farm status` lists it).
+    rows = [
+        r._replace(
+            function=r.function.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        )
+        for r in rows
+    ]
     if as_json:
         typer.echo(json.dumps([r._asdict() for r in rows], indent=2))
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -162,3 +163,17 @@ def test_a_name_that_is_not_utf8_is_matched_and_shown_as_its_bytes(
     none = runner.invoke(app, ["submit", "f", "x", "--unique", "k\ud800", "-s", farm_server.addr])
     assert none.exit_code == 2, none.output  # a surrogate that stands for no byte: usage
     assert "--unique 'k\\ud800' holds a surrogate that stands for no byte" in none.stderr
+
+
+@pytest.mark.timeout(60)
+def test_jobs_function_matches_a_name_that_is_not_utf8_by_its_bytes(farm_server) -> None:
+    # `farm jobs -f $'r\xff'` compared the name typed (r\udcff) with the listing read as
+    # U+FFFD, and listed nothing; nor may r\xfe's job be taken for it.
+    with farm.Client(farm_server.addr) as c:
+        c.submit("r\udcff", b"x", background=True)
+        c.submit("r\udcfe", b"x", background=True)
+    got = runner.invoke(app, ["jobs", "-f", "r\udcff", "--json", "-s", farm_server.addr])
+    assert got.exit_code == 0, got.output
+
+    rows = json.loads(got.stdout)
+    assert [(r["function"], r["state"]) for r in rows] == [("r\ufffd", "queued")], rows
