@@ -161,7 +161,7 @@ class Connections:
         try:
             self.fail_if_closed()
             self.selector.register(sock, selectors.EVENT_READ, conn)
-        except (ServerUnavailable, ValueError, KeyError):
+        except (ServerUnavailable, ValueError, KeyError, OSError):  # OSError: epoll_ctl's
             sock.close()
             self.fail_if_closed()
             raise
