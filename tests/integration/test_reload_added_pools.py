@@ -77,23 +77,33 @@ def test_a_reload_that_adds_a_pool_that_does_not_start_fails_naming_it(tmp_path:
         assert up.stop() == 0
 
 
+def plant_escapes(tmp_path: Path) -> None:
+    """bad.py: a module whose import raises with a message of terminal escapes (clear the
+    screen, set the title), the text a worker's boot error then holds."""
+    raw = "\\x1b[2J\\x1b]0;pwned\\x07"
+    (tmp_path / "bad.py").write_text(f'raise RuntimeError("{raw}")\n\ndef run(job): ...\n')
+
+
+def assert_escaped(text: str) -> None:
+    assert "\x1b" not in text and "\x07" not in text, repr(text)
+
+
 def test_what_a_worker_s_boot_error_holds_reaches_no_terminal_raw(tmp_path: Path) -> None:
     # A module's exception text is the worker's to choose: farm reload and farm ps printed
     # it as it was, and the terminal obeyed its escapes (cleared, retitled).
-    raw = "\\x1b[2J\\x1b]0;pwned\\x07"
-    (tmp_path / "bad.py").write_text(f'raise RuntimeError("{raw}")\n\ndef run(job): ...\n')
+    plant_escapes(tmp_path)
     up = FarmUp(tmp_path, BASE)
     try:
         up.expect_notify("READY=1")
         up.write_config(BASE + BROKEN.split("[functions.shcrash]")[0])
         out = farm_cli("reload", "--control", up.control)
         assert out.returncode == 1 and "failed to boot (RuntimeError" in out.stderr, out.stderr
-        assert "\x1b" not in out.stderr and "\x07" not in out.stderr, repr(out.stderr)
+        assert_escaped(out.stderr)
         (row,) = up.workers("bad")
         assert "\x1b" in row["last_exit"]  # --json keeps it: JSON escapes it itself
         ps = farm_cli("ps", "--control", up.control)
         assert "failed to boot (RuntimeError" in ps.stdout, ps.stdout
-        assert "\x1b" not in ps.stdout and "\x07" not in ps.stdout, repr(ps.stdout)
+        assert_escaped(ps.stdout)
     finally:
         assert up.stop() == 0
 
@@ -101,8 +111,7 @@ def test_what_a_worker_s_boot_error_holds_reaches_no_terminal_raw(tmp_path: Path
 def test_a_changed_pool_s_boot_error_reaches_no_terminal_raw_either(tmp_path: Path) -> None:
     # The same text through a changed pool's replacement (farm reload, farm restart): the
     # reload's "failed to boot (...)" line carried the worker's escapes to the terminal.
-    raw = "\\x1b[2J\\x1b]0;pwned\\x07"
-    (tmp_path / "bad.py").write_text(f'raise RuntimeError("{raw}")\n\ndef run(job): ...\n')
+    plant_escapes(tmp_path)
     up = FarmUp(tmp_path, BASE)
     try:
         up.expect_notify("READY=1")
@@ -110,7 +119,7 @@ def test_a_changed_pool_s_boot_error_reaches_no_terminal_raw_either(tmp_path: Pa
         up.write_config(BASE.replace("workers.text:reverse", "bad:run"))
         out = farm_cli("reload", "--control", up.control)
         assert out.returncode == 1 and "failed to boot (RuntimeError" in out.stderr, out.stderr
-        assert "\x1b" not in out.stderr and "\x07" not in out.stderr, repr(out.stderr)
+        assert_escaped(out.stderr)
         assert "\\x1b]0;pwned\\x07" in out.stderr, repr(out.stderr)  # shown, as text
     finally:
         assert up.stop() == 0

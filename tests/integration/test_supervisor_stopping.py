@@ -221,11 +221,9 @@ def test_sigusr1_and_sigusr2_are_said_to_be_no_supervisor_signals_and_change_not
         assert up.stop() == 0
 
 
-def test_a_wrapper_s_worker_draining_after_its_shell_is_counted_while_stopping(
-    tmp_path: Path,
-) -> None:
-    # `sh -c "worker; ..."`: the shell dies of the stop signal at once, its worker finishes
-    # on; the farm waits for it, and STATUS= said "stopping: 0 workers draining" meanwhile.
+def deaf_pool(tmp_path: Path, command: str) -> FarmUp:
+    """A farm whose one pool runs ``command`` (graceful_timeout = 2), beside deaf.py: a
+    process that ignores SIGTERM and touches the path its argument names once it does."""
     (tmp_path / "deaf.py").write_text(
         "import signal, sys, time\n"
         "from pathlib import Path\n"
@@ -233,12 +231,19 @@ def test_a_wrapper_s_worker_draining_after_its_shell_is_counted_while_stopping(
         "Path(sys.argv[1]).touch()\n"
         "time.sleep(300)\n"
     )
-    wrapper = f'["sh", "-c", "{sys.executable} deaf.py $$; echo done"]'
-    up = FarmUp(
+    return FarmUp(
         tmp_path,
-        f"[functions.deaf]\ncommand = {wrapper}\nworkers = 1\ngraceful_timeout = 2\n",
+        f"[functions.deaf]\ncommand = {command}\nworkers = 1\ngraceful_timeout = 2\n",
         supervisor="ready_wait = 1",  # it never connects: READY=1 without it
     )
+
+
+def test_a_wrapper_s_worker_draining_after_its_shell_is_counted_while_stopping(
+    tmp_path: Path,
+) -> None:
+    # `sh -c "worker; ..."`: the shell dies of the stop signal at once, its worker finishes
+    # on; the farm waits for it, and STATUS= said "stopping: 0 workers draining" meanwhile.
+    up = deaf_pool(tmp_path, f'["sh", "-c", "{sys.executable} deaf.py $$; echo done"]')
     try:
         up.expect_notify("READY=1")
         (row,) = wait_for("the wrapper", lambda: [r for r in up.workers("deaf") if r["pid"]])
@@ -259,18 +264,8 @@ def test_a_wrapper_s_worker_draining_after_its_shell_is_counted_while_stopping(
 def test_farm_stop_counts_the_detached_processes_it_waits_for(tmp_path: Path) -> None:
     # A command worker's setsid child deaf to SIGTERM: the farm waits for it up to its
     # grace, and `farm stop` said "draining: 0 workers left" all that while, no deadline.
-    (tmp_path / "deaf.py").write_text(
-        "import signal, sys, time\n"
-        "from pathlib import Path\n"
-        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-        "Path(sys.argv[1]).touch()\n"
-        "time.sleep(300)\n"
-    )
-    command = f'["sh", "-c", "setsid {sys.executable} deaf.py detached & exec sleep 300"]'
-    up = FarmUp(
-        tmp_path,
-        f"[functions.deaf]\ncommand = {command}\nworkers = 1\ngraceful_timeout = 2\n",
-        supervisor="ready_wait = 1",  # it never connects: READY=1 without it
+    up = deaf_pool(
+        tmp_path, f'["sh", "-c", "setsid {sys.executable} deaf.py detached & exec sleep 300"]'
     )
     try:
         up.expect_notify("READY=1")
