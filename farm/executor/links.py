@@ -1,7 +1,8 @@
 """The pump's connections to its job servers: which one the next job goes to, opening
 one without holding the others, waiting for one to come back, and losing one.
 
-A mixin of ``farm.executor.pump.Pump``. Calls that have not left the executor wait
+A mixin of ``farm.executor.pump.Pump``; it also writes each connection's bytes of a
+turn (``_flush``). Calls that have not left the executor wait
 for a server that refuses connections (a supervised server is restarted at once, and
 with a backoff up to 30 s when it keeps crashing) for up to ``connect_timeout``; only
 then do they fail. A TCP connect runs in a thread of its own (``farm.net.Dial``): a
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from farm.client.serverpick import ServerPicker
 from farm.errors import ServerUnavailable
 from farm.executor.flight import Flight, flight_of
-from farm.executor.poller import READ, Poller
+from farm.executor.poller import READ, WRITE, Poller
 from farm.net import Dial, connect, parse_address
 from farm.protocol import OPTION_LAZY_CREATED
 from farm.protocol.client import ClientSession, lost_error
@@ -31,6 +32,8 @@ log = logging.getLogger("farm.executor")
 
 #: Seconds between tries to reach a server while calls wait for one (see _may_come_back).
 RETRY_EVERY = 0.1
+#: What a connection with bytes the kernel has not taken yet waits for.
+READ_WRITE = READ | WRITE
 
 
 class Conn:
@@ -157,6 +160,30 @@ class Links:
         conn.session.option(OPTION_LAZY_CREATED.decode())
         self._selector.register(sock.fileno(), READ, conn)
         return conn
+
+    # -- sending --
+
+    def _flush(self) -> None:
+        """Each connection's bytes of this turn, in one send each (what the kernel does
+        not take waits for the socket to drain: the pump never blocks on a send)."""
+        for conn in list(self._conns.values()):
+            conn.out += conn.session.data_to_send()
+            if conn.out:
+                self._write(conn)
+
+    def _write(self, conn: Conn) -> None:
+        try:
+            sent = conn.sock.send(conn.out)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._drop(conn, "write failed")
+            return
+        del conn.out[:sent]
+        events = READ_WRITE if conn.out else READ
+        if events != conn.events:
+            conn.events = events
+            self._selector.modify(conn.sock.fileno(), events, conn)
 
     # -- losing connections --
 

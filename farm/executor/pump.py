@@ -57,8 +57,6 @@ __all__ = ["Pump", "WorkItem", "Call", "BrokenFarmExecutor", "fail_broken", "MAX
 
 log = logging.getLogger("farm.executor")
 
-READ_WRITE = READ | WRITE
-
 
 class Pump(Links, WaitHere):
     """Moves work items to job servers and outcomes to futures (see the module docstring)."""
@@ -343,26 +341,6 @@ class Pump(Links, WaitHere):
             self._in_flight += 1
         if self._down_since and not pending and self._retry_at <= time.monotonic():
             self._down_since = self._retry_at = 0.0  # all failed: the next calls wait anew
-
-    def _flush(self) -> None:
-        for conn in list(self._conns.values()):
-            conn.out += conn.session.data_to_send()
-            if conn.out:
-                self._write(conn)
-
-    def _write(self, conn: Conn) -> None:
-        try:
-            sent = conn.sock.send(conn.out)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self._drop(conn, "write failed")
-            return
-        del conn.out[:sent]
-        events = READ_WRITE if conn.out else READ
-        if events != conn.events:
-            conn.events = events
-            self._selector.modify(conn.sock.fileno(), events, conn)
 
     # -- receiving --
 
