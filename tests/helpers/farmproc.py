@@ -45,6 +45,7 @@ class FarmUp:
         supervisor: str = "",
         metrics: bool = True,
         cwd: Path | None = None,
+        store: Path | None = None,
     ) -> None:
         self.tmp = tmp
         # Where `farm up` is started (default: tmp). The supervisor is then started as the
@@ -52,6 +53,7 @@ class FarmUp:
         self.cwd = cwd
         self.supervisor = supervisor  # more [supervisor] lines, e.g. "ready_wait = 2"
         self.metrics = metrics  # False: `metrics = "off"`, no listener at all
+        self.store = "none" if store is None else str(store)  # [server] store
         self.port, self.metrics_port = free_ports(2)
         self.control = str(tmp / "control.sock")
         self.config = tmp / "farm.toml"
@@ -107,7 +109,7 @@ class FarmUp:
             textwrap.dedent(f"""
             [server]
             listen = ["127.0.0.1:{self.port}", "unix:{self.unix}"]
-            store = "none"
+            store = "{self.store}"
             job_retries = 3
 
             [supervisor]
@@ -156,6 +158,25 @@ class FarmUp:
 
     def ps(self) -> list[dict[str, Any]]:
         return self.ask({"cmd": "ps"})["processes"]
+
+    def server_backing_off(self, junk: bytes) -> None:
+        """Put the job server into its restart backoff: the store (``store=``) replaced by
+        ``junk`` (the running server keeps its open file; a new one cannot start), its WAL
+        and shm files gone (their pages would stand in for it), the server killed; returns
+        once it was restarted twice."""
+        (server,) = [r for r in self.ps() if r["function"] == "server"]
+        store = Path(self.store)
+        junk_file = store.with_name("junk")
+        junk_file.write_bytes(junk)
+        junk_file.replace(store)
+        for side in ("-wal", "-shm"):
+            store.with_name(store.name + side).unlink(missing_ok=True)
+        os.kill(server["pid"], signal.SIGKILL)
+        wait_for(
+            "the server backing off",
+            lambda: [r for r in self.ps() if r["function"] == "server" and r["restarts"] >= 2],
+            timeout=30,
+        )
 
     def workers(self, function: str | None = None, state: str | None = None) -> list[dict]:
         return [

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,21 +25,10 @@ def test_status_says_the_farm_runs_and_its_server_restarts(tmp_path: Path) -> No
     # the farm up?" to an operator whose farm was up, its supervisor saying why in the log.
     store = tmp_path / "queue.db"
     pool = '[functions.reverse]\ntarget = "workers.text:reverse"\nworkers = 1\n'
-    up = FarmUp(tmp_path, pool, start=False)
-    up.config.write_text(up.config.read_text().replace('store = "none"', f'store = "{store}"'))
-    up.start()
+    up = FarmUp(tmp_path, pool, store=store)
     try:
         up.expect_notify("READY=1")
-        (server,) = [r for r in up.ps() if r["function"] == "server"]
-        junk = tmp_path / "junk"
-        junk.write_text("not a database\n")
-        junk.replace(store)  # the running server keeps its open file; a new one cannot start
-        os.kill(server["pid"], signal.SIGKILL)
-        wait_for(
-            "the server backing off",
-            lambda: [r for r in up.ps() if r["function"] == "server" and r["restarts"] >= 2],
-            timeout=30,
-        )
+        up.server_backing_off(b"not a database\n")
         for command in ("status", "jobs"):
             out = farm_cli(command, "--config", str(up.config))
             assert out.returncode == 1, out.stdout
@@ -73,9 +61,7 @@ def test_status_during_the_store_s_replay_says_so_not_the_log(tmp_path: Path) ->
     # journalctl -u farm -p warning", sending the operator to a log with nothing to say.
     store = tmp_path / "queue.db"
     large_store(store, jobs=300_000)  # seconds of replay, longer than a `farm status`
-    up = FarmUp(tmp_path, "", start=False)
-    up.config.write_text(up.config.read_text().replace('store = "none"', f'store = "{store}"'))
-    up.start()
+    up = FarmUp(tmp_path, "", store=store)
     try:
 
         def replaying() -> bool:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import time
 from pathlib import Path
 
@@ -181,24 +179,11 @@ def test_a_pool_added_while_the_job_server_is_down_is_not_called_reloaded(
     # came at once; the pool crash-looped silently once the server was back.
     (tmp_path / "bad.py").write_text('raise RuntimeError("no model file")\n\ndef run(job): ...\n')
     store = tmp_path / "queue.db"
-    up = FarmUp(tmp_path, BASE, supervisor="boot_timeout = 3", start=False)
-    up.config.write_text(up.config.read_text().replace('store = "none"', f'store = "{store}"'))
-    up.start()
+    up = FarmUp(tmp_path, BASE, supervisor="boot_timeout = 3", store=store)
     try:
         up.expect_notify("READY=1")
-        (server,) = [r for r in up.ps() if r["function"] == "server"]
-        junk = tmp_path / "junk"
         # What the reload's check reads of it looks right: the server alone refuses it.
-        junk.write_bytes(b"SQLite format 3\0" + b"\xff" * 4080)
-        junk.replace(store)  # the running server keeps its open file; a new one cannot start
-        for name in ("queue.db-wal", "queue.db-shm"):  # whose pages would stand in for it
-            (tmp_path / name).unlink(missing_ok=True)
-        os.kill(server["pid"], signal.SIGKILL)
-        wait_for(
-            "the server backing off",
-            lambda: [r for r in up.ps() if r["function"] == "server" and r["restarts"] >= 2],
-            timeout=30,
-        )
+        up.server_backing_off(b"SQLite format 3\0" + b"\xff" * 4080)
         up.config.write_text(up.config.read_text() + BROKEN.split("[functions.shcrash]")[0])
         began = time.monotonic()
         out = farm_cli("reload", "--control", up.control)

@@ -34,9 +34,7 @@ def job_server(up: FarmUp) -> psutil.Process:
 def test_the_start_is_extended_while_the_store_replays_and_only_then(tmp_path: Path) -> None:
     store = tmp_path / "queue.db"
     large_store(store, JOBS)
-    up = FarmUp(tmp_path, "", start=False, extra_env={"XDG_STATE_HOME": str(tmp_path)})
-    up.config.write_text(up.config.read_text().replace('store = "none"', f'store = "{store}"'))
-    up.start()
+    up = FarmUp(tmp_path, "", extra_env={"XDG_STATE_HOME": str(tmp_path)}, store=store)
     try:
         server = job_server(up)
         up.expect_notify(EXTEND, timeout=30)

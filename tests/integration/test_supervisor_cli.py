@@ -224,10 +224,8 @@ def test_farm_up_says_where_its_control_socket_and_store_are(tmp_path: Path) -> 
     # server's addresses, but neither where `farm ps` and `farm stop` reach it nor where its
     # background jobs are kept: the paths the defaults choose per user and environment.
     pool = "[functions.reverse]\ntarget = 'workers.text:reverse'\nworkers = 1\n"
-    up = FarmUp(tmp_path, pool, start=False)
     store = tmp_path / "queue.db"
-    up.config.write_text(up.config.read_text().replace('store = "none"', f'store = "{store}"'))
-    up.start()
+    up = FarmUp(tmp_path, pool, store=store)
     try:
         up.expect_notify("READY=1")
         log = up.read_log()
