@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
-import farm.cli.watch
 from farm.cli import app
 from farm.client.serverpick import key_slot
 from tests.helpers import ROOT
+from tests.helpers.hintcheck import held_past_the_hint
 from tests.helpers.servers import Server, start_farm_server
 from tests.helpers.serving import serving
 from tests.helpers.waiting import wait_for
@@ -66,19 +64,7 @@ def test_the_no_worker_hint_asks_every_server(
     # worker is, was said to wait for a worker "at" the first.
     first, second = (s.addr for s in two_servers)
     key = next(k for k in map(str, range(100)) if key_slot(k, 2) == 1)  # second's
-    checks: list[threading.Timer] = []
-
-    class Timer(threading.Timer):
-        def __init__(self, *args: Any, **kw: Any) -> None:
-            super().__init__(*args, **kw)
-            checks.append(self)
-
-    monkeypatch.setattr(farm.cli.watch, "NO_WORKER_AFTER", 0.05)
-    monkeypatch.setattr(threading, "Timer", Timer)
-
-    def held(job: Any) -> bytes:  # until the hint's check has looked
-        wait_for("the hint's check", lambda: checks and checks[0].finished.is_set())
-        return b"done"
+    held, checks = held_past_the_hint(monkeypatch)
 
     servers = ["--server", first, "--server", second]
     with serving(second, {"held": held}):

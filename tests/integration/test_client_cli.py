@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from typing import Any
 
 import pytest
@@ -19,6 +18,7 @@ from farm.cli import app
 from farm.client.admin import admin_query
 from farm.protocol.admin import parse_status
 from tests.helpers import ROOT
+from tests.helpers.hintcheck import held_past_the_hint
 from tests.helpers.servers import free_port, stop_process
 from tests.helpers.serving import reverse, serving
 from tests.helpers.waiting import wait_for
@@ -116,19 +116,7 @@ def test_names_and_keys_that_are_not_utf8_go_out_as_the_bytes_typed(
 
     # Nor is such a function said to wait for a worker while one serves it: the admin
     # status lists it with U+FFFD, which its surrogates never matched.
-    checks: list[threading.Timer] = []
-
-    class Timer(threading.Timer):
-        def __init__(self, *args: Any, **kw: Any) -> None:
-            super().__init__(*args, **kw)
-            checks.append(self)
-
-    monkeypatch.setattr(farm.cli.watch, "NO_WORKER_AFTER", 0.05)
-    monkeypatch.setattr(threading, "Timer", Timer)
-
-    def held(job: Any) -> bytes:  # until the hint's check has looked
-        wait_for("the hint's check", lambda: checks and checks[0].finished.is_set())
-        return b"done"
+    held, _ = held_past_the_hint(monkeypatch)
 
     def registered() -> bool:  # before the submit: the hint's check looks 50 ms into it
         rows = parse_status(admin_query(farm_server.addr, "status", timeout=10))
