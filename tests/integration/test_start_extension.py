@@ -26,9 +26,19 @@ EXTEND = "EXTEND_TIMEOUT_USEC=15000000"
 def job_server(up: FarmUp) -> psutil.Process:
     def found() -> psutil.Process | None:
         kids = psutil.Process(up.proc.pid).children()
-        return next((p for p in kids if "farm.server" in " ".join(p.cmdline())), None)
+        return next((p for p in kids if is_server(p)), None)
 
     return wait_for("the job server started", found)
+
+
+def is_server(proc: psutil.Process) -> bool:
+    """``python -m farm.server`` until its setproctitle, ``farm: server ...`` after: a
+    poll that first looks after the title is set must know it too (CI failed on that)."""
+    try:
+        line = " ".join(proc.cmdline())
+    except psutil.NoSuchProcess:
+        return False
+    return "farm.server" in line or line.startswith("farm: server")
 
 
 def test_the_start_is_extended_while_the_store_replays_and_only_then(tmp_path: Path) -> None:
