@@ -164,8 +164,12 @@ class Lifecycle:
         slot = next((s for s in pool_slots if s.proc is proc), None)
         if slot is None:  # retired by scale-down, reload, restart or stop: an ordered exit
             self.retiring.remove(proc)
-            # A kill at the drain's end is no drain: the line says why (its job cut off).
+            # A kill at the drain's end is no drain: the line says why (its job cut off); nor
+            # is the end of one that never served.
             how = f"while draining ({proc.kill_reason})" if proc.kill_reason else "after draining"
+            if proc.retired_starting and not proc.kill_reason:
+                loading = "before it connected" if proc.command else "while loading its target"
+                how = f"before it served (retired {loading})"
             log.info("worker %s (pid %d) %s %s", proc.name, proc.pid, describe_exit(status), how)
             return
         slot.proc = None
@@ -344,6 +348,7 @@ class Lifecycle:
         if grace is None:
             grace = self.grace_for(pool, proc.command, proc.timeout)
         serving = proc.state.serving
+        proc.retired_starting = proc.state is ProcState.STARTING
         if proc.state is not ProcState.KILLING:
             proc.state = ProcState.DRAINING
         self.retiring.append(proc)

@@ -156,6 +156,7 @@ class WorkerProcess:
     servers: tuple[str, ...] = ()  # a Python worker's list (--server), as it was started
     stop_deadline: float | None = None  # SIGKILL if still alive then (draining)
     kill_reason: str = ""  # why the supervisor killed it, so its death is not a crash
+    retired_starting: bool = False  # retired before it served: its exit drained no job
     boot_error: str = ""  # why it never served (could not exec, no ready in time): a boot failure
     recycle_reason: str = ""
     command: bool = False  # a command pool's process (it has no report pipe)

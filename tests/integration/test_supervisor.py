@@ -20,7 +20,7 @@ import pytest
 from farm.client import Client
 from farm.errors import JobException
 from farm.protocol import PacketType as T
-from tests.helpers.farmproc import FarmUp
+from tests.helpers.farmproc import FarmUp, farm_cli
 from tests.helpers.peers import Peer
 from tests.helpers.scraping import get, scrape
 from tests.helpers.waiting import wait_for
@@ -252,6 +252,32 @@ def test_a_module_that_hangs_at_import_holds_neither_ready_nor_the_farm(tmp_path
         ), line
         assert "killing worker" not in up.read_log()  # one line says it all
         wait_for("the slot failing", lambda: up.workers("hangs", "failing"))
+    finally:
+        assert up.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_scaled_away_while_it_loads_is_not_said_to_have_drained(
+    tmp_path: Path,
+) -> None:
+    # Its exit was logged "was killed by SIGTERM after draining": it never served a job,
+    # and the operator read that it had finished one.
+    (tmp_path / "hangs.py").write_text("import time\ntime.sleep(10000)\n\ndef job(j):\n    pass\n")
+    up = FarmUp(
+        tmp_path,
+        FUNCTIONS + '\n[functions.hangs]\ntarget = "hangs:job"\nworkers = 1\n',
+        supervisor="ready_wait = 1\nboot_timeout = 30",
+    )
+    try:
+        up.expect_notify("READY=1", timeout=20)
+        (pid,) = [r["pid"] for r in up.workers("hangs", "starting")]
+        assert farm_cli("scale", "hangs=0", "--control", up.control).returncode == 0
+        line = wait_for(
+            "the retired worker's exit",
+            lambda: next((r for r in up.read_log().splitlines() if f"(pid {pid}) was" in r), None),
+        )
+        assert "killed by SIGTERM before it served (retired while loading its target)" in line, line
+        assert "draining" not in line, line
     finally:
         assert up.stop() == 0
 
