@@ -4,22 +4,33 @@ from its keywords, the environment and the config."""
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeGuard
 
+from farm.client.admin import function_workers
 from farm.discovery import executor_spill
 from farm.executor import spill
+from farm.protocol.checks import check_name
 
 __all__ = [
+    "QUEUED_PER_WORKER",
+    "check_function",
     "check_max_tasks_per_child",
     "check_max_workers",
     "is_servers",
     "old_forms",
+    "pool_window",
     "spill_settings",
 ]
+
+log = logging.getLogger("farm.executor")
+
+#: Jobs in flight per worker of the pool for an executor without max_workers (pool_window).
+QUEUED_PER_WORKER = 2
 
 
 def spill_settings(
@@ -82,3 +93,43 @@ def old_forms(
             raise TypeError("give max_workers or its older name max_in_flight, not both")
         max_workers = max_in_flight
     return servers, max_workers
+
+
+def check_function(function: str) -> str:
+    """The Executor's pool name: a valid function name, and a reserved ``farm.*`` one."""
+    function = check_name(function)
+    if not function.startswith("farm."):
+        # A farm server hands farm.* functions only to the farm's own workers; any other
+        # name, any local user may register for over TCP, and read the calls it takes.
+        raise ValueError(
+            f"function {function!r} is not a farm.* name: name the Executor's pool"
+            " farm.SOMETHING (farm.python is the default), which other users' workers"
+            " cannot take"
+        )
+    return function
+
+
+def pool_window(
+    max_workers: int | None, addresses: list[str], function: str, connect_timeout: float
+) -> tuple[int, int]:
+    """``(max_workers, jobs in flight at most)``: as given (as many in flight), else the
+    pool's own size as the first server reports it, as ProcessPoolExecutor's default is the
+    cores (the CPU count when none answers), with a second job per worker in flight."""
+    if max_workers is not None:
+        return max_workers, max_workers
+    asked = function_workers(addresses, function, timeout=min(connect_timeout, 1.0))
+    if asked == 0:  # a server answered, and no worker serves it: calls would wait
+        log.warning(
+            "no worker serves %r on %s yet: its calls wait until one registers"
+            " (a pool of that name in farm.toml?)",
+            function,
+            ", ".join(addresses),
+        )
+    workers = asked or os.cpu_count() or 1
+    # No cap of the executor's own: a second job per worker waits in the server's queue
+    # (no more run at once than the pool has workers), so that a worker that ends a job
+    # finds its next one there instead of idling through a round trip to the caller, as
+    # ProcessPoolExecutor keeps a call queued beyond its workers. (Four per worker gained
+    # nothing measurable once chunks went out in 1/workers shares, and would queue more of
+    # this executor's work ahead of other callers'.)
+    return workers, QUEUED_PER_WORKER * workers

@@ -36,14 +36,15 @@ from concurrent.futures import Future
 from functools import partial
 from typing import Any, TypeVar
 
-from farm.client.admin import function_workers
 from farm.discovery import executor_servers
 from farm.errors import FarmError
 from farm.executor import lifespan, spill
 from farm.executor.arguments import (
+    check_function,
     check_max_tasks_per_child,
     check_max_workers,
     old_forms,
+    pool_window,
 )
 from farm.executor.call import DEFAULT_FUNCTION
 from farm.executor.callerfiles import CallerFiles
@@ -64,16 +65,13 @@ from farm.executor.payload import (
 from farm.executor.pump import Pump
 from farm.executor.signing import Signer, load_key
 from farm.net import parse_servers
-from farm.protocol.checks import check_name, check_priority
+from farm.protocol.checks import check_priority
 
 log = logging.getLogger("farm.executor")
 
 __all__ = ["Executor", "RemoteTraceback", "BrokenFarmExecutor", "DEFAULT_FUNCTION"]
 
 T = TypeVar("T")
-
-#: Jobs in flight per worker of the pool for an executor without max_workers (see __init__).
-QUEUED_PER_WORKER = 2
 
 
 class Executor(_BaseExecutor):
@@ -139,34 +137,9 @@ class Executor(_BaseExecutor):
         self._files = CallerFiles(key_file, spill_dir, max_spill_mb)
         init = None if initializer is None else dump_initializer(initializer, tuple(initargs))
         addresses = parse_servers(executor_servers() if servers is None else servers)
-        function = check_name(function)
+        function = check_function(function)
         warn_if_nested(function)
-        if not function.startswith("farm."):
-            # A farm server hands farm.* functions only to the farm's own workers; any other
-            # name, any local user may register for over TCP, and read the calls it takes.
-            raise ValueError(
-                f"function {function!r} is not a farm.* name: name the Executor's pool"
-                " farm.SOMETHING (farm.python is the default), which other users' workers"
-                " cannot take"
-            )
-        window = checked or 0
-        if checked is None:  # the pool's own size, as ProcessPoolExecutor's default is the cores
-            asked = function_workers(addresses, function, timeout=min(connect_timeout, 1.0))
-            if asked == 0:  # a server answered, and no worker serves it: calls would wait
-                log.warning(
-                    "no worker serves %r on %s yet: its calls wait until one registers"
-                    " (a pool of that name in farm.toml?)",
-                    function,
-                    ", ".join(addresses),
-                )
-            checked = asked or os.cpu_count() or 1
-            # No cap of this executor's own: a second job per worker waits in the server's
-            # queue (no more run at once than the pool has workers), so that a worker that
-            # ends a job finds its next one there instead of idling through a round trip to
-            # this process, as ProcessPoolExecutor keeps a call queued beyond its workers.
-            # (Four per worker gained nothing measurable once chunks went out in 1/workers
-            # shares, and would queue more of this executor's work ahead of other callers'.)
-            window = QUEUED_PER_WORKER * checked
+        checked, window = pool_window(checked, addresses, function, connect_timeout)
         self._max_workers = checked
         priority = check_priority(priority)
         # The initializer's sections, once every argument is checked: a large one is a file.
