@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
-import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -45,6 +42,7 @@ from farm.cli.rows import (
     quantile,
     total,
 )
+from farm.cli.terminal import no_keys, terminal_keys
 
 __all__ = ["Sampler", "Sample", "live_view"]
 
@@ -249,53 +247,6 @@ def scrape(url: str) -> Samples:
     }
 
 
-class Keys:
-    """Key presses from the terminal, one at a time, while the view waits; a resize
-    (SIGWINCH) ends the wait early so the next frame fits at once."""
-
-    def __init__(self) -> None:
-        import termios
-        import tty
-
-        self.fd = sys.stdin.fileno()
-        self.saved = termios.tcgetattr(self.fd)
-        tty.setcbreak(self.fd)
-        self.wake_r, self.wake_w = os.pipe()
-        os.set_blocking(self.wake_w, False)
-        self.old_winch = signal.signal(signal.SIGWINCH, self._resized)
-
-    def _resized(self, signum: int, frame: Any) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self.wake_w, b"r")  # only wakes the wait; the loop redraws
-
-    def wait(self, timeout: float) -> str:
-        """The key pressed within ``timeout`` seconds ('' for none or a resize)."""
-        ready, _, _ = select.select([self.fd, self.wake_r], [], [], timeout)
-        if self.wake_r in ready:
-            os.read(self.wake_r, 64)
-        if self.fd in ready:
-            return os.read(self.fd, 16).decode(errors="replace")[:1]
-        return ""
-
-    def close(self) -> None:
-        import termios
-
-        termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
-        signal.signal(signal.SIGWINCH, self.old_winch)
-        os.close(self.wake_r)
-        os.close(self.wake_w)
-
-
-@contextlib.contextmanager
-def _keys(interactive: bool) -> Iterator[Keys | None]:
-    keys = Keys() if interactive else None
-    try:
-        yield keys
-    finally:
-        if keys is not None:
-            keys.close()
-
-
 def live_view(
     control: str,
     metrics_url: str | None = None,
@@ -326,7 +277,7 @@ def live_view(
     interactive = console.is_terminal and sys.stdin.isatty()
     live = Live(console=console, screen=True, auto_refresh=False) if interactive else None
     shown, gone = 0, ""
-    with _keys(interactive) as keys, live or contextlib.nullcontext():
+    with terminal_keys(interactive) as keys, live or contextlib.nullcontext():
         while True:
             status = f"farm · {time.strftime('%H:%M:%S')} · sort: {sort}"
             if now.note:
@@ -348,7 +299,7 @@ def live_view(
             shown += 1
             if iterations is not None and shown >= iterations:
                 break
-            key = keys.wait(interval) if keys is not None else _sleep(interval)
+            key = keys.wait(interval) if keys is not None else no_keys(interval)
             if key == "q":
                 break
             if key == "s":
@@ -362,11 +313,6 @@ def live_view(
     if gone:
         console.print(gone)
     return 0
-
-
-def _sleep(seconds: float) -> str:
-    time.sleep(seconds)  # no terminal to read keys from: only the clock
-    return ""
 
 
 @app.command(cls=FarmCommand)
