@@ -35,19 +35,18 @@ import farm
 from tests.helpers.differential import KINDS
 from tests.helpers.farmproc import FarmUp, executor_farm
 from tests.helpers.gate import Gate
-from tests.helpers.programs import (
-    HELD,
+from tests.helpers.programops import (
     AsCompleted,
     Blocked,
     Cancel,
     Map,
     Op,
-    Run,
     Settle,
     Shutdown,
     Submit,
     Wait,
 )
+from tests.helpers.programs import HELD, Run
 
 EXAMPLES = int(os.environ.get("FARM_DIFFERENTIAL_EXAMPLES", "0"))
 
