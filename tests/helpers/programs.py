@@ -2,9 +2,9 @@
 can be seen of them: the differential test (tests/integration/test_executor_differential.py)
 runs each on a ``farm.Executor`` and on a ``ProcessPoolExecutor`` and compares.
 
-A program is a list of operations (tests/helpers/programops.py: ``Submit``, ``Map``, ``Settle``, ``AsCompleted``,
-``Wait``, ``Shutdown``, ``Blocked``). What ``Run`` records of them is what both executors
-guarantee, so that it does not depend on timing:
+A program is a list of operations (``Submit``, ``Map``, ``Settle``, ``AsCompleted``,
+``Wait``, ``Shutdown``, ``Blocked``: tests/helpers/programops.py). What ``Run`` records
+of them is what both executors guarantee, so that it does not depend on timing:
 
 * every future's outcome at the end (value, exception type, message, cause, notes; or
   cancelled), the values and the exception of a ``map``, what raised where (``submit``,
