@@ -19,9 +19,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from farm.commandspec import base_environ
 from farm.config import Config, FunctionConfig
-from farm.logs import journal_priorities
 from farm.pools.record import RecordReader, create_record_fd
 from farm.pools.slots import (
     Exits,
@@ -32,7 +30,8 @@ from farm.pools.slots import (
     describe_exit,
     exit_cause,
 )
-from farm.pools.spawn import EXEC_FAILED_PREFIX, EXIT_EXEC_FAILED, python_module, spawn
+from farm.pools.spawn import EXEC_FAILED_PREFIX, EXIT_EXEC_FAILED, spawn
+from farm.pools.workerargs import command_env, python_argv
 
 __all__ = ["Lifecycle", "TIMEOUT_GRACE"]
 
@@ -239,29 +238,7 @@ class Lifecycle:
         os.set_inheritable(write_fd, True)  # the two descriptors the worker keeps
         os.set_inheritable(record_fd, True)
         record = RecordReader(record_fd)
-        # -P: not the working directory on sys.path, where another user may have put a
-        # module of the same name (farm.targets.search_working_directory decides).
-        argv = python_module("farm.pools.workerproc") + ["--function", pool.name]
-        argv += ["--target", pool.target, "--slot", str(slot.index), "--cpu", str(slot.core)]
-        argv += ["--report-fd", str(write_fd), "--record-fd", str(record_fd)]
-        for served in pool.serves:
-            argv += ["--serve", served]
-        if self.config.supervisor.log_format != "text":
-            argv += ["--log-format", self.config.supervisor.log_format]
-        if journal_priorities():  # its lines reach the journal through us, as they are
-            argv += ["--journal"]
-        servers = self.config.servers_for(pool)
-        for server in servers:
-            argv += ["--server", server]
-        for flag, value in (
-            ("--timeout", pool.timeout),
-            ("--max-jobs", pool.max_jobs),
-            ("--max-rss-mb", pool.max_rss_mb),
-            ("--kill-rss-mb", pool.kill_rss_mb),
-            ("--last-boot-error", slot.boot_error or None),  # its traceback: once, not per try
-        ):
-            if value is not None:
-                argv += [flag, str(value)]
+        argv, servers = python_argv(self.config, pool, slot, write_fd, record_fd)
         # Also in what it detaches: farm.pools.strays leaves that be while this process runs.
         worker_id = f"farm:{pool.name}#{slot.index}:{slot.spawned}"
         null = os.open(os.devnull, os.O_RDONLY)
@@ -295,15 +272,7 @@ class Lifecycle:
         """A command pool's slot: the executable, with its stdout and stderr on our pipe."""
         spec = pool.command
         assert spec is not None
-        env = base_environ(spec, self.child_env)  # under another user: none of our secrets
-        env.update(
-            FARM_SERVERS=",".join(self.config.command_servers),
-            FARM_FUNCTION=",".join(pool.functions),
-            FARM_SLOT=str(slot.index),
-            FARM_CPU=str(slot.core),
-            FARM_WORKER_ID=f"farm:{pool.name}#{slot.index}:{slot.spawned}",
-        )
-        env.update(spec.env)
+        env = command_env(self.config, pool, slot, self.child_env)
         read_fd, write_fd = os.pipe()
         null = os.open(os.devnull, os.O_RDONLY)
         try:

@@ -1,0 +1,62 @@
+"""What each kind of worker process is started with: a Python pool's ``python -m
+farm.pools.workerproc`` command line, a command pool's environment. The supervisor's
+Lifecycle spawns them (farm.pools.spawn); this only says what they are told."""
+
+from __future__ import annotations
+
+from farm.commandspec import base_environ
+from farm.config import Config, FunctionConfig
+from farm.logs import journal_priorities
+from farm.pools.slots import Slot
+from farm.pools.spawn import python_module
+
+__all__ = ["command_env", "python_argv"]
+
+
+def python_argv(
+    config: Config, pool: FunctionConfig, slot: Slot, report_fd: int, record_fd: int
+) -> tuple[list[str], tuple[str, ...]]:
+    """A Python worker's command line for ``slot``, and the servers it is told to serve."""
+    # -P: not the working directory on sys.path, where another user may have put a
+    # module of the same name (farm.targets.search_working_directory decides).
+    argv = python_module("farm.pools.workerproc") + ["--function", pool.name]
+    argv += ["--target", pool.target, "--slot", str(slot.index), "--cpu", str(slot.core)]
+    argv += ["--report-fd", str(report_fd), "--record-fd", str(record_fd)]
+    for served in pool.serves:
+        argv += ["--serve", served]
+    if config.supervisor.log_format != "text":
+        argv += ["--log-format", config.supervisor.log_format]
+    if journal_priorities():  # its lines reach the journal through the supervisor, as they are
+        argv += ["--journal"]
+    servers = config.servers_for(pool)
+    for server in servers:
+        argv += ["--server", server]
+    for flag, value in (
+        ("--timeout", pool.timeout),
+        ("--max-jobs", pool.max_jobs),
+        ("--max-rss-mb", pool.max_rss_mb),
+        ("--kill-rss-mb", pool.kill_rss_mb),
+        ("--last-boot-error", slot.boot_error or None),  # its traceback: once, not per try
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv, servers
+
+
+def command_env(
+    config: Config, pool: FunctionConfig, slot: Slot, supervisor_env: dict[str, str]
+) -> dict[str, str]:
+    """A command worker's environment for ``slot``: the base one (none of the supervisor's
+    secrets when it runs as another user), what tells it where to serve, then its own."""
+    spec = pool.command
+    assert spec is not None, "a command pool's"
+    env = base_environ(spec, supervisor_env)
+    env.update(
+        FARM_SERVERS=",".join(config.command_servers),
+        FARM_FUNCTION=",".join(pool.functions),
+        FARM_SLOT=str(slot.index),
+        FARM_CPU=str(slot.core),
+        FARM_WORKER_ID=f"farm:{pool.name}#{slot.index}:{slot.spawned}",
+    )
+    env.update(spec.env)
+    return env
