@@ -14,7 +14,8 @@ exec'd by farm.pools.spawn); it waits in one selector on the signal wake-up
 pipe, the control socket and each worker's report and output pipes. Its parts
 live beside it in farm/pools: bookkeeping and the restart policy in ``slots``,
 a process's life (spawn, retire, kill, reap) in ``lifecycle``, `farm restart`
-in ``rollout``, what the control socket may change in ``steering``, what it tells
+in ``rollout``, what each signal means in ``signals``, what the control socket may
+change in ``steering``, what it tells
 systemd (READY=1, STATUS=) in ``readiness``, and its duties for farm.Executor (key,
 spill files) in ``executorduties``.
 """
@@ -25,7 +26,6 @@ import contextlib
 import logging
 import os
 import selectors
-import signal
 import time
 from collections import Counter
 from typing import Any
@@ -42,8 +42,9 @@ from farm.pools.metrics import Exits, serve_metrics
 from farm.pools.readiness import Readiness
 from farm.pools.reports import Reports
 from farm.pools.rollout import Restarting, Rollout
+from farm.pools.signals import Signals
 from farm.pools.slots import Slot, WorkerProcess, core_for
-from farm.pools.steering import Duty, Pending, Steering
+from farm.pools.steering import Pending, Steering
 from farm.pools.strays import Strays
 from farm.targets import trusted_pythonpath
 from farm.waker import Waker
@@ -57,12 +58,6 @@ SERVER_STOP_TIMEOUT = 5.0
 #: Workers started per turn of the loop at most: a pool scaled to hundreds starts over many
 #: turns, and the control socket, signals and the watchdog are served between them.
 SPAWNS_PER_TURN = 8
-#: The signals the supervisor acts on (docs/operations.md), and those it only says it
-#: ignores: Python's default for SIGUSR1 and SIGUSR2 ends the process, and a stray one (a
-#: gearmand habit: gearmand and `farm server` stop gracefully on SIGUSR1) took the farm down
-#: mid-job, with no drain.
-HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
-NOT_OURS = (signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Supervisor(
@@ -75,6 +70,7 @@ class Supervisor(
     ExecutorDuties,
     Readiness,
     Strays,
+    Signals,
 ):
     """Runs the farm described by a :class:`~farm.config.Config` until told to stop."""
 
@@ -189,45 +185,6 @@ class Supervisor(
             # Kept for `farm ps` and `farm top`, which otherwise read "not served" as "off".
             self.metrics_error = f"cannot serve on {where} ({exc})"
             log.warning("metrics: %s; going on without them", self.metrics_error)
-
-    def install_signals(self) -> None:
-        """Handlers only enqueue; the wake-up fd makes the loop's select return."""
-        self.waker.wake_on_signals()
-        self.selector.register(self.waker.reader, selectors.EVENT_READ, "wakeup")
-        for sig in (*HANDLED, *NOT_OURS):
-            signal.signal(
-                sig, lambda signum, frame: self.pending.append(Pending(Duty.SIGNAL, signum))
-            )
-        # `farm up` held SIGHUP from its start (farm.cli): one sent since comes in now, a reload.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-
-    def handle_signals(self) -> None:
-        while self.pending:
-            item = self.pending.pop(0)
-            if item.action is Duty.RELOAD or (
-                item.action is Duty.SIGNAL and item.arg == signal.SIGHUP
-            ):
-                self.answer_reload(item)
-            elif item.action is Duty.STOP or item.arg in (signal.SIGTERM, signal.SIGINT):
-                if self.stopping:  # the line again read as a fresh grace from now
-                    log.info("asked to stop again: still draining (SIGQUIT stops at once)")
-                else:
-                    log.info("stopping: draining workers (grace %gs)", self.grace)
-                self.stopping = True
-            elif item.arg in NOT_OURS:
-                log.warning(
-                    "%s ignored: SIGTERM stops the farm (draining), SIGHUP reloads its config,"
-                    " SIGQUIT stops it at once",
-                    signal.Signals(item.arg).name,
-                )
-            elif item.arg == signal.SIGQUIT:
-                log.info("SIGQUIT: stopping at once")
-                self.stopping, self.grace = True, 0.0
-                # Also cuts a drain already under way, and a wrapper's worker left after it.
-                for proc in [*self.by_pid.values(), *self.leftovers]:
-                    proc.stop_deadline = time.monotonic()
-                for stray in self.strays.values():
-                    stray.deadline = min(stray.deadline, time.monotonic())
 
     def reap_workers(self) -> None:
         """Collect every exited child; a slot's worker is restarted by ``manage_workers``."""

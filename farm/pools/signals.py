@@ -1,0 +1,79 @@
+"""What each signal to `farm up` means (docs/operations.md, "Signals"): a mixin of
+:class:`farm.supervisor.Supervisor`. As in gunicorn's arbiter the handlers only enqueue and
+wake the loop; ``handle_signals``, a step of the loop, acts on what came."""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import signal
+import time
+from collections.abc import Callable
+
+from farm.pools.slots import WorkerProcess
+from farm.pools.steering import Duty, Pending
+from farm.pools.strays import Stray
+from farm.waker import Waker
+
+__all__ = ["HANDLED", "NOT_OURS", "Signals"]
+
+log = logging.getLogger("farm.supervisor")
+
+#: The signals the supervisor acts on (docs/operations.md), and those it only says it
+#: ignores: Python's default for SIGUSR1 and SIGUSR2 ends the process, and a stray one (a
+#: gearmand habit: gearmand and `farm server` stop gracefully on SIGUSR1) took the farm down
+#: mid-job, with no drain.
+HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
+NOT_OURS = (signal.SIGUSR1, signal.SIGUSR2)
+
+
+class Signals:
+    waker: Waker
+    selector: selectors.BaseSelector
+    pending: list[Pending]
+    stopping: bool
+    grace: float
+    by_pid: dict[int, WorkerProcess]
+    leftovers: list[WorkerProcess]
+    strays: dict[int, Stray]
+    # Provided by farm.pools.steering: a reload asked by SIGHUP or `farm reload`.
+    answer_reload: Callable[[Pending], None]
+
+    def install_signals(self) -> None:
+        """Handlers only enqueue; the wake-up fd makes the loop's select return."""
+        self.waker.wake_on_signals()
+        self.selector.register(self.waker.reader, selectors.EVENT_READ, "wakeup")
+        for sig in (*HANDLED, *NOT_OURS):
+            signal.signal(
+                sig, lambda signum, frame: self.pending.append(Pending(Duty.SIGNAL, signum))
+            )
+        # `farm up` held SIGHUP from its start (farm.cli): one sent since comes in now, a reload.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+
+    def handle_signals(self) -> None:
+        while self.pending:
+            item = self.pending.pop(0)
+            if item.action is Duty.RELOAD or (
+                item.action is Duty.SIGNAL and item.arg == signal.SIGHUP
+            ):
+                self.answer_reload(item)
+            elif item.action is Duty.STOP or item.arg in (signal.SIGTERM, signal.SIGINT):
+                if self.stopping:  # the line again read as a fresh grace from now
+                    log.info("asked to stop again: still draining (SIGQUIT stops at once)")
+                else:
+                    log.info("stopping: draining workers (grace %gs)", self.grace)
+                self.stopping = True
+            elif item.arg in NOT_OURS:
+                log.warning(
+                    "%s ignored: SIGTERM stops the farm (draining), SIGHUP reloads its config,"
+                    " SIGQUIT stops it at once",
+                    signal.Signals(item.arg).name,
+                )
+            elif item.arg == signal.SIGQUIT:
+                log.info("SIGQUIT: stopping at once")
+                self.stopping, self.grace = True, 0.0
+                # Also cuts a drain already under way, and a wrapper's worker left after it.
+                for proc in [*self.by_pid.values(), *self.leftovers]:
+                    proc.stop_deadline = time.monotonic()
+                for stray in self.strays.values():
+                    stray.deadline = min(stray.deadline, time.monotonic())
