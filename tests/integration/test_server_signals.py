@@ -1,0 +1,113 @@
+"""What each signal does to `farm server`, as to gearmand: SIGTERM stops it (its pid file
+removed, a result being written still delivered), SIGUSR1 stops it once its jobs end, SIGHUP
+reopens its log file."""
+
+from __future__ import annotations
+
+import signal
+import socket
+from pathlib import Path
+
+from farm.protocol import PacketType as T
+from tests.helpers.peers import Peer
+from tests.helpers.servers import start_farm_server
+from tests.helpers.waiting import wait_for
+
+
+def test_sigterm_stops_and_removes_the_pid_file(tmp_path: Path) -> None:
+    pid_file = tmp_path / "farm.pid"
+    log_file = tmp_path / "farm.log"
+    srv = start_farm_server("-P", str(pid_file), "-l", str(log_file), "-v")
+    assert pid_file.read_text().strip() == str(srv.proc.pid)
+    srv.proc.send_signal(signal.SIGTERM)
+    assert srv.proc.wait(10) == 0
+    assert not pid_file.exists()
+    assert "listening on 127.0.0.1:" in log_file.read_text()
+
+
+def test_sigusr1_stops_accepting_and_exits_when_the_running_job_ends() -> None:
+    srv = start_farm_server()
+    worker = Peer(srv.addr)
+    worker.send(T.CAN_DO, "slow")
+    client = Peer(srv.addr)
+    client.send(T.SUBMIT_JOB, "slow", "", "x")
+    handle = client.expect(T.JOB_CREATED).args[0]
+    worker.send(T.GRAB_JOB)
+    worker.expect(T.JOB_ASSIGN)
+    srv.proc.send_signal(signal.SIGUSR1)
+    # Wait for the listener to close (an event: connect is refused).
+    wait_refused(srv.port)
+    assert srv.proc.poll() is None  # still serving the job in hand
+    worker.send(T.WORK_COMPLETE, handle, "done")
+    assert client.expect(T.WORK_COMPLETE).args == (handle, b"done")
+    assert srv.proc.wait(10) == 0
+
+
+def wait_refused(port: int) -> None:
+    """Until connecting to ``port`` is refused: the OS's word that the listener closed."""
+
+    def refused() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            # Reset (the listener closed while this connect sat in its backlog) or timed
+            # out while it closes: the next try sees the closed port and is refused.
+            return False
+        return False
+
+    wait_for("the listener to close after SIGUSR1", refused)
+
+
+def test_sigusr1_with_nothing_running_exits_at_once() -> None:
+    srv = start_farm_server()
+    srv.proc.send_signal(signal.SIGUSR1)
+    assert srv.proc.wait(10) == 0
+
+
+def test_sigterm_still_delivers_a_result_being_written() -> None:
+    srv = start_farm_server()
+    worker = Peer(srv.addr)
+    worker.send(T.CAN_DO, "big")
+    client = Peer(srv.addr)
+    client.send(T.SUBMIT_JOB, "big", "", "x")
+    handle = client.expect(T.JOB_CREATED).args[0]
+    worker.send(T.GRAB_JOB)
+    worker.expect(T.JOB_ASSIGN)
+    result = b"r" * (24 * 2**20)
+    worker.send(T.WORK_COMPLETE, handle, result)
+    # Wait until the server has started forwarding (the first bytes reach the client) ...
+    client.sock.settimeout(10)
+    first = client.sock.recv(65536)
+    assert first
+    srv.proc.send_signal(signal.SIGTERM)  # ... then stop it while most of the 24 MB is in flight.
+    client.pending.extend(client.decoder.feed(first))
+    pkt = client.expect(T.WORK_COMPLETE, timeout=20)
+    assert pkt.args == (handle, result)
+    assert srv.proc.wait(10) == 0
+
+
+def test_sighup_reopens_the_log_file_as_gearmand_does(tmp_path: Path) -> None:
+    # Debian's logrotate for gearman-job-server moves the log and sends SIGHUP every night;
+    # it ended farm's server (Python's default action), with its clients' jobs.
+    log, rotated = tmp_path / "server.log", tmp_path / "server.log.1"
+    srv = start_farm_server("-l", str(log), "--verbose", "INFO")
+    try:
+        wait_for("the first log line", lambda: log.exists() and log.stat().st_size > 0)
+        log.rename(rotated)
+        srv.proc.send_signal(signal.SIGHUP)
+        wait_for(
+            "the log opened again", lambda: log.exists() and b"opened again" in log.read_bytes()
+        )
+        assert Peer(srv.addr).admin("getpid").startswith(f"OK {srv.proc.pid}")
+        assert srv.proc.poll() is None
+    finally:
+        srv.stop()
+    quiet = start_farm_server()  # logging to standard error: nothing to reopen, runs on
+    try:
+        quiet.proc.send_signal(signal.SIGHUP)
+        quiet.proc.send_signal(signal.SIGTERM)  # delivered after SIGHUP (lower numbers first)
+        assert quiet.proc.wait(10) == 0, "SIGTERM's clean exit, not death by SIGHUP (-1)"
+    finally:
+        quiet.stop()
