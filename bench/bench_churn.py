@@ -29,7 +29,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_hostile import Target, add_target_args, targets
+from bench.servers import Target, add_target_args, targets
 from farm import protocol as p
 from farm.protocol import PacketType as T
 from tests.helpers.peers import Peer
