@@ -26,8 +26,8 @@ the maps): 20,000 tiny calls with chunksize 1, ten maps of 20,000 tiny calls wit
 chunksize 500 in a row (one takes about 8 ms, a scheduler tick or two), 2,000 calls
 of 1 ms CPU and 200 of 20 ms CPU (chunksize 1), all through ``map``; then 1,000 single
 ``submit(tiny).result()`` calls after 100 warm-up calls, for p50/p99 latency.
-The functions are this module's, imported as ``bench.bench_executor``, so they
-travel by name as in real programs. "Ideal" is N workers doing nothing but the
+The functions are bench/tasks.py's, imported as ``bench.tasks``, so they travel
+by name as in real programs. "Ideal" is N workers doing nothing but the
 CPU work (1 ms: N x 1000 calls/s; 20 ms: N x 50 calls/s).
 
 CPU per call: around each farm workload we read the CPU time (user + sys,
@@ -59,20 +59,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from multiprocessing.pool import Pool
 from pathlib import Path
-from types import FrameType, ModuleType
+from types import FrameType
 from typing import Any
-
-import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import farm  # noqa: E402
+from bench import tasks  # noqa: E402
 from bench.executor_tables import (  # noqa: E402
     FARM,
     LATENCY,
@@ -86,46 +82,16 @@ from bench.executor_tables import (  # noqa: E402
     print_hog_table,
     print_tables,
 )
-from bench.probes import FarmProbe, PoolProbe, Probe, farm_up, key_file, processes  # noqa: E402
+from bench.probes import farm_up, processes  # noqa: E402
+from bench.runners import Runner, open_runner  # noqa: E402
+from bench.tasks import hog  # noqa: E402
 from farm.executor.call import DEFAULT_FUNCTION, TARGET  # noqa: E402
-from tests.helpers.farmproc import FarmUp  # noqa: E402
 
-N_TINY, N_1MS, N_20MS, N_LATENCY, N_LATENCY_WARM, N_WARM = 20_000, 2_000, 200, 1_000, 100, 200
+N_TINY, N_1MS, N_20MS, N_LATENCY, N_LATENCY_WARM = 20_000, 2_000, 200, 1_000, 100
 #: Maps of N_TINY calls in chunks of 500 timed as one figure (one takes about 8 ms).
 TINY_MAPS = 10
 ALIASES = {"farm": FARM, "ppe": PPE, "processpoolexecutor": PPE, "loky": LOKY}
 ALIASES |= {"mp": MP, "mp.pool": MP}
-
-
-# -- what the workers run (imported by name from bench.bench_executor) --
-
-
-def tiny(x: int) -> int:
-    return x + 1
-
-
-def burn(ms: float) -> float:
-    """Spin for ``ms`` of this thread's CPU time (not wall time: preemption does not help)."""
-    end = time.thread_time() + ms / 1000
-    while time.thread_time() < end:
-        pass
-    return ms
-
-
-def hog() -> None:
-    """A busy loop until killed (the hogs pass)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the benchmark's to handle
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    while True:
-        pass
-
-
-def _tasks() -> ModuleType:
-    # Run as __main__, our functions would travel by value; imported, by reference
-    # (a name the workers import), which is how real programs submit work.
-    from bench import bench_executor
-
-    return bench_executor
 
 
 # -- workloads --
@@ -148,7 +114,7 @@ class Workload:
 
 def workloads(factor: float) -> list[Workload]:
     """The four rows, with every count times ``factor`` (--quick, --scale)."""
-    t = _tasks()
+    t = tasks
     n_tiny, n_1ms, n_20ms = (max(1, round(n * factor)) for n in (N_TINY, N_1MS, N_20MS))
     return [
         Workload(f"{n_tiny:,} tiny calls, chunksize 1", t.tiny, list(range(n_tiny)), 1, None),
@@ -163,78 +129,6 @@ def workloads(factor: float) -> list[Workload]:
         Workload(f"{n_1ms:,} calls of 1 ms CPU", t.burn, [1.0] * n_1ms, 1, 1000.0),
         Workload(f"{n_20ms:,} calls of 20 ms CPU", t.burn, [20.0] * n_20ms, 1, 50.0),
     ]
-
-
-# -- CPU accounting --
-
-
-# -- the executors, behind one face --
-
-
-@dataclass
-class Runner:
-    name: str
-    map: Callable[[Callable[[Any], Any], list[Any], int], list[Any]]
-    call: Callable[[Callable[[Any], Any], Any], Any]
-    probe: Probe | None = None
-
-
-def futures_runner(name: str, ex: Executor) -> Runner:
-    return Runner(
-        name,
-        lambda fn, args, chunksize: list(ex.map(fn, args, chunksize=chunksize)),
-        lambda fn, x: ex.submit(fn, x).result(),
-    )
-
-
-def pool_runner(pool: Pool) -> Runner:
-    return Runner(
-        MP,
-        lambda fn, args, chunksize: pool.map(fn, args, chunksize=chunksize),
-        lambda fn, x: pool.apply_async(fn, (x,)).get(),
-    )
-
-
-def children() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True)}
-
-
-def _default_sigterm() -> None:
-    """In a forked pool worker: SIGTERM (Pool.terminate) kills at once. The Python handler
-    it inherits from main() runs only when the worker's main thread next runs Python code,
-    and a signal that lands just before the worker blocks on its task queue's semaphore
-    leaves it blocked there: terminate() then waited forever (seen once in ten runs)."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-@contextmanager
-def open_runner(name: str, workers: int, service: FarmUp | None, addr: str) -> Iterator[Runner]:
-    """The executor ``name``, warmed up; shut down on leaving."""
-    before = children()
-    with ExitStack() as stack:
-        if name == FARM:
-            assert service is not None
-            ex: Executor = farm.Executor(servers=[addr], key_file=str(key_file(service)))
-            stack.callback(ex.shutdown)
-            runner = futures_runner(name, ex)
-        elif name == PPE:
-            runner = futures_runner(name, stack.enter_context(ProcessPoolExecutor(workers)))
-        elif name == LOKY:
-            import loky  # type: ignore[import-not-found, import-untyped, unused-ignore]
-
-            lex = loky.get_reusable_executor(max_workers=workers)
-            stack.callback(lambda: lex.shutdown(wait=True, kill_workers=True))
-            runner = futures_runner(name, lex)
-        else:
-            pool = Pool(workers, initializer=_default_sigterm)
-            stack.callback(pool.join)  # last in, first out: terminate, then join
-            stack.callback(pool.terminate)
-            runner = pool_runner(pool)
-        out = runner.map(_tasks().tiny, list(range(N_WARM)), 1)  # imports, connections, forks
-        assert out == [x + 1 for x in range(N_WARM)]
-        new = sorted(children() - before)
-        runner.probe = FarmProbe(service) if service and name == FARM else PoolProbe(new)
-        yield runner
 
 
 # -- measuring --
@@ -256,7 +150,7 @@ def run_workload(runner: Runner, w: Workload, out: Results, probe: bool) -> None
 
 
 def run_latency(runner: Runner, n: int, out: Results, probe: bool) -> None:
-    fn = _tasks().tiny
+    fn = tasks.tiny
     for i in range(N_LATENCY_WARM):
         runner.call(fn, i)
     lat = []

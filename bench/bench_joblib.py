@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from joblib import Parallel, delayed, parallel_config
 
 import farm.joblib  # noqa: F401  (registers the backend "farm")
-from bench.bench_executor import burn, tiny
 from bench.probes import farm_up, key_file
+from bench.tasks import burn, tiny
 
 BACKENDS = ("farm", "loky", "multiprocessing")
 
