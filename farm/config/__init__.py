@@ -32,6 +32,7 @@ from farm.config.model import (
 )
 from farm.config.parse import Validator
 from farm.discovery import config_folder, control_path, find_config, read_config_file
+from farm.errors import ConfigError
 
 __all__ = [
     "Config",
@@ -53,13 +54,21 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
     return load(find_config(explicit))
 
 
-def load(path: str | os.PathLike[str] | None) -> Config:
-    """Read and validate one file (None: the built-in defaults)."""
+def load(
+    path: str | os.PathLike[str] | None, pool_errors: list[ConfigError] | None = None
+) -> Config:
+    """Read and validate one file (None: the built-in defaults). With ``pool_errors``, a
+    ``[functions.NAME]`` table that does not read is added to it and left out of the config
+    returned, so that every bad pool is said at once (`farm check`); without, it raises."""
     if path is None:
         # The defaults hold no relative path (their sockets and store are absolute), so no
         # folder is read against: not the working directory, which a running farm's reload
         # must not need (it may have been removed). Their targets are found through
         # farm.targets.workers_path, as any file's are.
-        return Validator(DEFAULTS_SOURCE, Path("/")).config(builtin())
+        validator = Validator(DEFAULTS_SOURCE, Path("/"))
+        validator.pool_errors = pool_errors
+        return validator.config(builtin())
     path = Path(path)
-    return Validator(str(path), config_folder(path)).config(read_config_file(path))
+    validator = Validator(str(path), config_folder(path))
+    validator.pool_errors = pool_errors
+    return validator.config(read_config_file(path))

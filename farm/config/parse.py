@@ -43,6 +43,10 @@ _METRICS_FORMS = 'must be "HOST:PORT" (e.g. "127.0.0.1:9730") or "off"'
 class Validator(PoolReader):
     """Checks one parsed document; each method owns one table (the pools': PoolReader)."""
 
+    #: Where a ``[functions.NAME]`` table that does not read goes, to say every such pool
+    #: at once (`farm check`); None: the first one raises, as `farm up` stops on it.
+    pool_errors: list[ConfigError] | None = None
+
     def config(self, raw: dict[str, Any]) -> Config:
         if not raw:
             # A file truncated by a failed write or an editor ran the built-in farm: on
@@ -83,10 +87,16 @@ class Validator(PoolReader):
         raw_functions = raw.get("functions", defaults["functions"])
         names = tuple(raw_functions) if isinstance(raw_functions, dict) else ()
         functions = self.table(raw_functions, "functions", names)
-        pools = {
-            name: self.function(name, spec, len(supervisor.cpus))
-            for name, spec in functions.items()
-        }
+        pools = {}
+        for name, spec in functions.items():
+            try:
+                pools[name] = self.function(name, spec, len(supervisor.cpus))
+            except ConfigError as e:
+                if self.pool_errors is None:
+                    raise
+                # Left out: the rules across tables are read on the pools that did read,
+                # which can only hide a problem (one pool fewer), never make one up.
+                self.pool_errors.append(e)
         problem = capacity.capacity_problem(
             pools, {n: p.workers for n, p in pools.items()}, supervisor.memory_budget_mb
         )
