@@ -32,10 +32,11 @@ from typing import Any
 
 from farm.config import Config, FunctionConfig
 from farm.pools import sdnotify
+from farm.pools.bootcheck import children_environ
 from farm.pools.commandjobs import CommandJobs
 from farm.pools.commandstart import CommandStart
 from farm.pools.control import ControlConnection, ControlServer, open_control
-from farm.pools.executorduties import ExecutorDuties, spill_environ
+from farm.pools.executorduties import ExecutorDuties
 from farm.pools.lifecycle import POLL, TIMEOUT_GRACE, Lifecycle
 from farm.pools.localserver import LocalServer, check_listen_name, check_server_places
 from farm.pools.metrics import Exits, serve_metrics
@@ -46,7 +47,6 @@ from farm.pools.signals import Signals
 from farm.pools.slots import Slot, WorkerProcess, core_for
 from farm.pools.steering import Pending, Steering
 from farm.pools.strays import Strays
-from farm.targets import trusted_pythonpath
 from farm.waker import Waker
 
 __all__ = ["Supervisor"]
@@ -95,11 +95,11 @@ class Supervisor(
         self.polling = False  # a command worker starts or a restart runs: look again soon
         self.by_pid: dict[int, WorkerProcess] = {}
         self.spawned_before: dict[tuple[str, int], int] = {}  # (pool, slot) of slots let go
-        self.child_env = sdnotify.child_environ()  # a command pool's, as farm up's own
-        self.child_env.update(spill_environ(config.executor))  # the Executor's workers' spill
-        # The job server's and the Python workers' (python -P): no working directory on it.
-        self.python_env = dict(self.child_env)
-        self.pythonpath_warnings = trusted_pythonpath(self.python_env)  # said in run()
+        # A command pool's (as farm up's own), and the job server's and the Python workers'
+        # (python -P): no working directory on its PYTHONPATH. farm check loads targets in it.
+        self.child_env, self.python_env, self.pythonpath_warnings = children_environ(
+            config.executor
+        )  # the warnings said in run()
         self.next_spill_sweep = 0.0
         self.server = LocalServer(
             config.server, self.python_env, log_format=config.supervisor.log_format

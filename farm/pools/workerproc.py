@@ -112,6 +112,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="stderr reaches the journal (through the supervisor): mark each line's priority",
     )
     ap.add_argument(
+        "--check",
+        action="store_true",
+        help="load the target as a worker does, report ready or boot_error, and exit (farm check)",
+    )
+    ap.add_argument(
         "--last-boot-error",
         default="",
         help="why this slot's last process failed to boot: the same error is logged in one line",
@@ -141,7 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     from setproctitle import setproctitle
 
     where = f" cpu{ns.cpu}" if ns.cpu is not None else ""
-    setproctitle(f"farm: worker {ns.function}#{ns.slot}{where}")
+    # Not a worker's title under --check: whatever counts the farm's workers by it must
+    # not count a check's import beside a running farm.
+    role = "check" if ns.check else "worker"
+    setproctitle(f"farm: {role} {ns.function}#{ns.slot}{where}")
     reporter = Reporter(ns.report_fd)
     record = RecordWriter(ns.record_fd) if ns.record_fd is not None else None
 
@@ -179,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
                 exc_info=True,  # a traceback to the import error; one record (farm.logs)
             )
         return boot_failed(reporter, why)
+    if ns.check:  # loaded as the pool's workers load it: that is all `farm check` asks
+        reporter.send(ev="ready")
+        return 0
 
     recycle: list[str] = []
     rss_read = [0.0, 0]  # when RSS was last read, and what it was

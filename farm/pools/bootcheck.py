@@ -1,0 +1,201 @@
+"""What `farm check` asks beyond the config: can each pool's workers start, and can
+`farm up` make the files it needs?
+
+The config's own checks (farm.config) find a target's module without running it. Here
+each Python target is loaded the way its workers load it: by the worker process itself
+(``python -P -m farm.pools.workerproc --check``), in the environment the supervisor gives
+its workers (``children_environ``), from the same working directory, so a target's
+import side effects stay in that child, and within a time bound (the child's process
+group is killed past it). The files: where the store and the sockets go must be a
+directory this user can write, or one it can make; ports are not bound (a running farm
+holds them), so nothing is said of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import time
+from collections.abc import Iterable
+
+from farm.config import Config, ExecutorConfig
+from farm.pools.executorduties import spill_environ
+from farm.pools.sdnotify import child_environ
+from farm.pools.spawn import python_module, spawn
+from farm.targets import trusted_pythonpath
+
+__all__ = ["children_environ", "target_failures", "place_problems"]
+
+#: Targets loaded at once: each is a whole interpreter importing a module.
+PARALLEL = max(1, min(8, os.cpu_count() or 1))
+
+
+def children_environ(executor: ExecutorConfig) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    """The environments of the supervisor's children: a command pool's (the supervisor's own,
+    less systemd's notify variables, plus the Executor's spill settings), a Python worker's
+    and the job server's (that one with ``trusted_pythonpath``'s PYTHONPATH), and what to
+    warn of about PYTHONPATH, a line each."""
+    child_env = child_environ()
+    child_env.update(spill_environ(executor))
+    python_env = dict(child_env)
+    warnings = trusted_pythonpath(python_env)
+    return child_env, python_env, warnings
+
+
+def target_failures(config: Config, timeout: float) -> dict[str, str]:
+    """Each Python target of ``config`` that its workers cannot load -> why, in one line;
+    each is loaded in a child of its own, ``PARALLEL`` at a time, at most ``timeout``
+    seconds each. The children are started as the workers are (``spawn``: their own
+    process group, killed if this process dies) and none outlives this call."""
+    waiting = list(dict.fromkeys(p.target for p in config.functions.values() if p.target))
+    env = children_environ(config.executor)[1]
+    running: list[_Load] = []
+    failed: dict[str, str] = {}
+    try:
+        while waiting or running:
+            while waiting and len(running) < PARALLEL:
+                running.append(_Load(waiting.pop(0), env, time.monotonic() + timeout))
+            soonest = min(load.deadline for load in running)
+            fds = [fd for load in running for fd in load.open_fds()]
+            # Up to 0.1 s: a child whose pipes something it started holds open is seen
+            # ending by waitpid, which has no descriptor to wait on.
+            wait = max(0.0, min(0.1, soonest - time.monotonic()))
+            if fds:
+                readable = select.select(fds, [], [], wait)[0]
+            else:
+                readable = []
+                time.sleep(wait)  # no pipe left open: waiting on waitpid alone
+            for load in list(running):
+                load.read(readable)
+                why = load.outcome(timeout)
+                if why is not _STILL:
+                    running.remove(load)
+                    load.close()
+                    if why is not None:
+                        failed[load.target] = why
+    finally:
+        for load in running:
+            load.close()
+    return failed
+
+
+#: What ``_Load.outcome`` returns while the child still loads.
+_STILL = "still"
+
+
+class _Load:
+    """One ``workerproc --check`` child loading one target; its report pipe and its stderr
+    (the worker's log, whose last line says why when it dies without a report)."""
+
+    def __init__(self, target: str, env: dict[str, str], deadline: float) -> None:
+        self.target, self.deadline = target, deadline
+        self.status: int | None = None
+        self.reports, self.err = bytearray(), bytearray()
+        report_read, report_write = os.pipe()
+        err_read, err_write = os.pipe()
+        null = os.open(os.devnull, os.O_RDWR)
+        os.set_inheritable(report_write, True)
+        argv = python_module("farm.pools.workerproc") + ["--check", "--function", "check"]
+        argv += ["--target", target, "--report-fd", str(report_write)]
+        try:
+            # Its stdout: what the module prints as it loads, which is not ours to show.
+            self.pid = spawn(argv, env, keep=(report_write,), stdio=(null, null, err_write))
+        except BaseException:
+            os.close(report_read)
+            os.close(err_read)
+            raise
+        finally:
+            for fd in (report_write, err_write, null):
+                os.close(fd)
+        self.report_fd = report_read
+        self.fds = {report_read: self.reports, err_read: self.err}
+
+    def open_fds(self) -> list[int]:
+        return list(self.fds)
+
+    def read(self, readable: list[int]) -> None:
+        for fd in [fd for fd in self.fds if fd in readable]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                del self.fds[fd]
+                os.close(fd)
+                continue
+            self.fds[fd].extend(chunk)
+            del self.err[: max(0, len(self.err) - 4096)]  # its last lines are enough
+
+    def outcome(self, timeout: float) -> str | None:
+        """Why the target does not load, None when it loads, or ``_STILL``."""
+        if self.status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = os.waitstatus_to_exitcode(status)
+        # Its report read to its end (its stderr may be held open by what it started).
+        if self.status is None or self.report_fd in self.fds:
+            if time.monotonic() < self.deadline:
+                return _STILL
+            if self.status is None:
+                return (
+                    f"still loading after {timeout:g}s (a hang at import? the supervisor kills"
+                    " a worker still loading at [supervisor] boot_timeout)"
+                )
+        events = [json.loads(line) for line in self.reports.splitlines() if line.strip()]
+        if any(e.get("ev") == "ready" for e in events):
+            return None
+        for event in events:
+            if event.get("ev") == "boot_error":
+                return str(event.get("why"))
+        last = self.err.decode(errors="replace").strip().splitlines()[-1:] or ["it said nothing"]
+        return f"the worker exited with status {self.status} while loading it: {last[0]}"
+
+    def close(self) -> None:
+        """Kill what is left of its process group, reap it, close its pipes."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.status is None:
+            os.waitpid(self.pid, 0)
+            self.status = -signal.SIGKILL
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+
+
+def place_problems(config: Config) -> list[tuple[str, str]]:
+    """(key, what to do) for each file `farm up` must make where this user cannot: the
+    store, the job server's Unix socket, the control socket."""
+    wanted: list[tuple[str, str]] = [("supervisor.control", config.supervisor.control)]
+    if config.local_server:
+        if config.server.store != "none":
+            wanted.append(("server.store", config.server.store))
+        if config.server.unix:
+            wanted.append(("server.listen", config.server.unix))
+    return [(key, why) for key, path in wanted if (why := _unwritable(path)) is not None]
+
+
+def _unwritable(path: str) -> str | None:
+    """Why this user cannot make (or write) the file ``path``, or None. farm makes the
+    missing directories, so the nearest one that exists must take a new entry."""
+    who = f"this user (uid {os.geteuid()})"
+    if os.path.isfile(path) and not os.access(path, os.W_OK):
+        return f"{path} is not writable by {who}; run as the farm's user, or chown it"
+    for parent in _parents(path):
+        if os.path.isdir(parent):
+            if os.access(parent, os.W_OK | os.X_OK):
+                return None
+            return (
+                f"{parent} is not writable by {who}, so {path} cannot be made there;"
+                " run as the farm's user, or chown that directory"
+            )
+    return None
+
+
+def _parents(path: str) -> Iterable[str]:
+    parent = os.path.dirname(os.path.abspath(path))
+    while True:
+        yield parent
+        if parent == os.path.dirname(parent):
+            return
+        parent = os.path.dirname(parent)
