@@ -33,7 +33,10 @@ runner = CliRunner()
 WORKER_CMD = ["worker", "workers.text:reverse"]
 LONG_UNIX = "unix:/tmp/" + "s" * 120 + ".sock"  # 130 bytes: a socket path holds 107
 
-COMMANDS = ["worker", "submit", "server", "status", "jobs", "up", "ps", "scale", "reload", "stop"]
+COMMANDS = [
+    *("worker", "submit", "server", "status", "jobs", "up", "ps", "scale", "reload", "stop"),
+    "check",
+]
 
 SLOW = """
 [functions.slow]
@@ -189,6 +192,7 @@ WORKER = ["worker", "workers.text:reverse"]
 #: Every command taking --config, with what else it needs to get as far as reading it.
 CONFIG_COMMANDS = [
     ["up"],
+    ["check"],
     ["ps"],
     ["scale", "reverse=1"],
     ["reload"],

@@ -1,0 +1,220 @@
+"""`farm check` as an operator runs it before `systemctl reload farm`: `python -m farm check`
+in a process of its own, against real files, modules and commands. Exit 0 and one line when
+`farm up` would start every pool; 2 (farm up's own lines, every bad pool) on a config it
+refuses; 1 when the config reads but a pool's workers cannot load their target, or a file
+`farm up` makes cannot be made."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from tests.helpers import ROOT
+from tests.helpers.servers import free_port
+from tests.helpers.unprivileged import unprivileged
+from tests.helpers.waiting import wait_for
+
+
+def config(tmp: Path, pools: str, store: str = "none") -> Path:
+    path = tmp / "farm.toml"
+    path.write_text(
+        f'[server]\nlisten = ["127.0.0.1:{free_port()}", "unix:{tmp}/gearman.sock"]\n'
+        f'store = "{store}"\n[supervisor]\ncontrol = "{tmp}/control.sock"\nmetrics = "off"\n'
+        + pools
+    )
+    return path
+
+
+def farm(
+    tmp: Path, *args: str, wrap: list[str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`python -m farm ARGS` started in ``tmp`` (whose modules the workers find there, as
+    they would in `farm up`'s working directory), farm itself from PYTHONPATH."""
+    argv = [sys.executable, "-m", "farm", *args]
+    return subprocess.run(
+        (wrap or (lambda a: a))(argv),
+        cwd=tmp,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def lines(text: str) -> list[str]:
+    assert "Traceback" not in text, text
+    return text.strip().splitlines()
+
+
+GOOD = """
+[functions.reverse]
+target = "workers.text:reverse"
+workers = 2
+[functions.local]
+target = "localwork:run"
+workers = 1
+[functions.cat]
+command = ["cat"]
+workers = 1
+"""
+
+
+def test_a_good_config_is_one_line_and_touches_nothing(tmp_path: Path) -> None:
+    # A module of the working directory, found as the workers find it, loaded in a child.
+    (tmp_path / "localwork.py").write_text(
+        "import os\nopen('imported-by', 'w').write(str(os.getpid()))\n"
+        "print('printed at import')\ndef run(job):\n    return job.data\n"
+    )
+    path = config(tmp_path, GOOD, store=f"{tmp_path}/state/queue.db")
+    port = int(path.read_text().split("127.0.0.1:")[1].split('"')[0])
+    with socket.create_server(("127.0.0.1", port)):  # as a running farm holds its port
+        done = farm(tmp_path, "check", "--config", "farm.toml")
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    assert lines(done.stdout) == [f"ok: 3 pool(s), 4 slot(s), from {path}"]
+    imported_by = int((tmp_path / "imported-by").read_text())
+    assert imported_by != done.returncode and not psutil.pid_exists(imported_by)
+    # Nothing of the farm made: no store, no state directory, no sockets.
+    assert not (tmp_path / "state").exists()
+    assert not any(p.is_socket() for p in tmp_path.iterdir())
+
+
+def test_a_config_error_is_farm_ups_own_line_exit_2(tmp_path: Path) -> None:
+    config(tmp_path, "[functions.a]\ntarget = 'workers.text:reverse'\nwrkers = 1\n")
+    checked = farm(tmp_path, "check", "-c", "farm.toml")
+    up = farm(tmp_path, "up", "-c", "farm.toml")
+    assert (checked.returncode, up.returncode) == (2, 2)
+    assert lines(checked.stderr) == [
+        *lines(up.stderr),  # "functions.a.wrkers: unknown key; did you mean 'workers'?"
+        "farm: 1 pool(s) refused: farm up would not start",
+    ]
+    assert "functions.a.wrkers: unknown key; did you mean 'workers'?" in checked.stderr
+    # Outside the pools: the one line alone, as farm up says it.
+    path = tmp_path / "farm.toml"
+    path.write_text(path.read_text().replace('metrics = "off"', 'metrics = "off"\ncpu = 1'))
+    checked = farm(tmp_path, "check", "-c", "farm.toml")
+    up = farm(tmp_path, "up", "-c", "farm.toml")
+    assert (checked.returncode, up.returncode) == (2, 2)
+    assert lines(checked.stderr) == lines(up.stderr)
+    assert "supervisor.cpu: unknown key; did you mean 'cpus'?" in checked.stderr
+
+
+def test_a_target_that_raises_on_import_exit_1(tmp_path: Path) -> None:
+    (tmp_path / "boom.py").write_text(
+        "print('loading the model')\nraise RuntimeError('no model file')\ndef f(job): pass\n"
+    )
+    config(tmp_path, '[functions.ocr]\ntarget = "boom:f"\nworkers = 1\n')
+    done = farm(tmp_path, "check")  # ./farm.toml, as farm up finds it
+    assert done.returncode == 1, done.stderr
+    said = lines(done.stderr)
+    assert said[0].startswith("farm: farm.toml: functions.ocr.target: boom:f does not load")
+    assert f"RuntimeError: no model file at {tmp_path}/boom.py:2" in said[0]
+    assert said[1:] == ["farm: the config reads, but farm up would not start everything in it"]
+    assert "loading the model" not in done.stdout + done.stderr  # the worker's, not ours
+
+
+def test_a_missing_module_is_a_config_error(tmp_path: Path) -> None:
+    config(tmp_path, '[functions.x]\ntarget = "nosuch.module:f"\n')
+    done = farm(tmp_path, "check")
+    assert done.returncode == 2
+    assert "farm: farm.toml: functions.x.target: no module named 'nosuch.module'" in done.stderr
+
+
+def test_an_attribute_that_is_not_callable_exit_1(tmp_path: Path) -> None:
+    (tmp_path / "settings.py").write_text("handler = 5\n")
+    config(tmp_path, '[functions.x]\ntarget = "settings:handler"\nworkers = 1\n')
+    done = farm(tmp_path, "check")
+    assert done.returncode == 1
+    assert "functions.x.target: settings:handler does not load in a worker:" in done.stderr
+    assert "settings:handler is a int, not a function" in done.stderr
+
+
+def test_a_command_that_is_not_executable_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "worker.sh").write_text("#!/bin/sh\nexec cat\n")
+    config(tmp_path, '[functions.sh]\ncommand = ["./worker.sh"]\nworkers = 1\n')
+    done = farm(tmp_path, "check")
+    assert done.returncode == 2
+    assert f"functions.sh.command: {tmp_path}/worker.sh is not executable; chmod +x it" in (
+        done.stderr
+    )
+
+
+def test_several_bad_pools_are_all_named(tmp_path: Path) -> None:
+    (tmp_path / "boom.py").write_text("raise ImportError('no libfoo.so')\ndef f(job): pass\n")
+    (tmp_path / "settings.py").write_text("handler = None\n")
+    (tmp_path / "worker.sh").write_text("#!/bin/sh\n")
+    config(
+        tmp_path,
+        GOOD.replace('"localwork:run"', '"workers.text:reverse"')
+        + '[functions.missing]\ntarget = "nosuch:f"\n'
+        + '[functions.boom]\ntarget = "boom:f"\n[functions.boom2]\ntarget = "boom:f"\n'
+        + '[functions.none]\ntarget = "settings:handler"\n'
+        + '[functions.sh]\ncommand = ["./worker.sh"]\n',
+    )
+    done = farm(tmp_path, "check")
+    assert done.returncode == 2  # a pool farm up refuses: farm up would not start
+    said = lines(done.stderr)
+    keys = [line.split(": ")[2] for line in said[:-1]]
+    assert keys == [
+        "functions.missing.target",
+        "functions.sh.command",
+        "functions.boom.target",
+        "functions.boom2.target",
+        "functions.none.target",
+    ], said
+    assert said[-1] == "farm: 2 pool(s) refused: farm up would not start"
+    assert done.stdout == ""
+
+
+def test_a_missing_config_file_exit_2(tmp_path: Path) -> None:
+    done = farm(tmp_path, "check", "-c", "nothere.toml")
+    assert done.returncode == 2
+    assert lines(done.stderr) == [
+        "farm: nothere.toml: no such config file (--config); check the path"
+    ]
+
+
+def test_a_target_that_hangs_at_import_is_bounded_and_killed(tmp_path: Path) -> None:
+    (tmp_path / "hang.py").write_text(
+        "import os, subprocess, time\n"
+        "child = subprocess.Popen(['sleep', '300'])\n"
+        "open('pids', 'w').write(f'{os.getpid()} {child.pid}')\n"
+        "time.sleep(300)\ndef f(job): pass\n"
+    )
+    config(tmp_path, '[functions.slow]\ntarget = "hang:f"\nworkers = 1\n')
+    began = time.monotonic()
+    done = farm(tmp_path, "check", "--timeout", "2")
+    assert done.returncode == 1 and time.monotonic() - began < 30, done.stderr
+    assert "functions.slow.target: hang:f does not load in a worker: still loading after 2s" in (
+        done.stderr
+    )
+    for pid in map(int, (tmp_path / "pids").read_text().split()):  # the import and its child
+        wait_for(f"pid {pid} killed", lambda pid=pid: _gone(pid))
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_store_directory_this_user_cannot_write_exit_1(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    tmp_path.chmod(0o755)  # the unprivileged run reads its way to the config
+    config(
+        tmp_path,
+        '[functions.reverse]\ntarget = "workers.text:reverse"\nworkers = 1\n',
+        store=f"{locked}/farm/queue.db",
+    )
+    done = farm(tmp_path, "check", wrap=unprivileged)
+    assert done.returncode == 1, done.stderr
+    said = lines(done.stderr)
+    assert said[0].startswith(f"farm: farm.toml: server.store: {locked} is not writable by")
+    assert f"so {locked}/farm/queue.db cannot be made there" in said[0]
