@@ -49,14 +49,20 @@ def target_failures(config: Config, timeout: float) -> dict[str, str]:
     each is loaded in a child of its own, ``PARALLEL`` at a time, at most ``timeout``
     seconds each. The children are started as the workers are (``spawn``: their own
     process group, killed if this process dies) and none outlives this call."""
-    waiting = list(dict.fromkeys(p.target for p in config.functions.values() if p.target))
+    # Each target once, named by its first pool (the child's title and log say that name).
+    pools: dict[str, str] = {}
+    for pool in config.functions.values():
+        if pool.target:
+            pools.setdefault(pool.target, pool.name)
+    waiting = list(pools)
     env = children_environ(config.executor)[1]
     running: list[_Load] = []
     failed: dict[str, str] = {}
     try:
         while waiting or running:
             while waiting and len(running) < PARALLEL:
-                running.append(_Load(waiting.pop(0), env, time.monotonic() + timeout))
+                target = waiting.pop(0)
+                running.append(_Load(target, pools[target], env, time.monotonic() + timeout))
             soonest = min(load.deadline for load in running)
             fds = [fd for load in running for fd in load.open_fds()]
             # Up to 0.1 s: a child whose pipes something it started holds open is seen
@@ -89,7 +95,7 @@ class _Load:
     """One ``workerproc --check`` child loading one target; its report pipe and its stderr
     (the worker's log, whose last line says why when it dies without a report)."""
 
-    def __init__(self, target: str, env: dict[str, str], deadline: float) -> None:
+    def __init__(self, target: str, pool: str, env: dict[str, str], deadline: float) -> None:
         self.target, self.deadline = target, deadline
         self.status: int | None = None
         self.reports, self.err = bytearray(), bytearray()
@@ -97,7 +103,7 @@ class _Load:
         err_read, err_write = os.pipe()
         null = os.open(os.devnull, os.O_RDWR)
         os.set_inheritable(report_write, True)
-        argv = python_module("farm.pools.workerproc") + ["--check", "--function", "check"]
+        argv = python_module("farm.pools.workerproc") + ["--check", "--function", pool]
         argv += ["--target", target, "--report-fd", str(report_write)]
         try:
             # Its stdout: what the module prints as it loads, which is not ours to show.

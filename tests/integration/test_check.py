@@ -183,17 +183,35 @@ def test_a_target_that_hangs_at_import_is_bounded_and_killed(tmp_path: Path) -> 
     (tmp_path / "hang.py").write_text(
         "import os, subprocess, time\n"
         "child = subprocess.Popen(['sleep', '300'])\n"
-        "open('pids', 'w').write(f'{os.getpid()} {child.pid}')\n"
+        "open('pids.tmp', 'w').write(f'{os.getpid()} {child.pid}')\n"
+        "os.rename('pids.tmp', 'pids')\n"
         "time.sleep(300)\ndef f(job): pass\n"
     )
     config(tmp_path, '[functions.slow]\ntarget = "hang:f"\nworkers = 1\n')
     began = time.monotonic()
-    done = farm(tmp_path, "check", "--timeout", "2")
-    assert done.returncode == 1 and time.monotonic() - began < 30, done.stderr
-    assert "functions.slow.target: hang:f does not load in a worker: still loading after 2s" in (
-        done.stderr
+    check = subprocess.Popen(
+        [sys.executable, "-m", "farm", "check", "--timeout", "3"],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    for pid in map(int, (tmp_path / "pids").read_text().split()):  # the import and its child
+    try:
+        pids = tmp_path / "pids"
+        wait_for("the target's import under way", pids.exists, timeout=20)
+        loading, started = map(int, pids.read_text().split())
+        # A process of its own, not titled as a worker (nothing counting workers sees it).
+        assert loading != check.pid
+        assert " ".join(psutil.Process(loading).cmdline()).startswith("farm: check slow#0")
+        out, err = check.communicate(timeout=30)
+    finally:
+        check.kill()
+        check.wait()
+    assert check.returncode == 1 and time.monotonic() - began < 30, err
+    assert "functions.slow.target: hang:f does not load in a worker: still loading after 3s" in err
+    assert out == ""
+    for pid in (loading, started):  # the import, and what it started: killed with it
         wait_for(f"pid {pid} killed", lambda pid=pid: _gone(pid))
 
 
