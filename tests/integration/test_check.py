@@ -7,6 +7,7 @@ refuses; 1 when the config reads but a pool's workers cannot load their target, 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -179,28 +180,43 @@ def test_a_missing_config_file_exit_2(tmp_path: Path) -> None:
     ]
 
 
-def test_a_target_that_hangs_at_import_is_bounded_and_killed(tmp_path: Path) -> None:
-    (tmp_path / "hang.py").write_text(
-        "import os, subprocess, time\n"
-        "child = subprocess.Popen(['sleep', '300'])\n"
-        "open('pids.tmp', 'w').write(f'{os.getpid()} {child.pid}')\n"
-        "os.rename('pids.tmp', 'pids')\n"
-        "time.sleep(300)\ndef f(job): pass\n"
-    )
-    config(tmp_path, '[functions.slow]\ntarget = "hang:f"\nworkers = 1\n')
-    began = time.monotonic()
+HANGS = (
+    "import os, subprocess, time\n"
+    "child = subprocess.Popen(['sleep', '300'])\n"
+    "open('pids.tmp', 'w').write(f'{os.getpid()} {child.pid}')\n"
+    "os.rename('pids.tmp', 'pids')\n"
+    "time.sleep(300)\ndef f(job): pass\n"
+)
+
+
+def start_hanging_check(tmp: Path, *args: str) -> tuple[subprocess.Popen[str], int, int]:
+    """`farm check` of a pool whose import hangs, once that import is under way: the check,
+    the pid loading the target and the pid of what that import started."""
+    (tmp / "hang.py").write_text(HANGS)
+    config(tmp, '[functions.slow]\ntarget = "hang:f"\nworkers = 1\n')
     check = subprocess.Popen(
-        [sys.executable, "-m", "farm", "check", "--timeout", "3"],
-        cwd=tmp_path,
+        [sys.executable, "-m", "farm", "check", *args],
+        cwd=tmp,
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    pids = tmp / "pids"
     try:
-        pids = tmp_path / "pids"
         wait_for("the target's import under way", pids.exists, timeout=20)
-        loading, started = map(int, pids.read_text().split())
+    except BaseException:
+        check.kill()
+        check.wait()
+        raise
+    loading, started = map(int, pids.read_text().split())
+    return check, loading, started
+
+
+def test_a_target_that_hangs_at_import_is_bounded_and_killed(tmp_path: Path) -> None:
+    began = time.monotonic()
+    check, loading, started = start_hanging_check(tmp_path, "--timeout", "3")
+    try:
         # A process of its own, not titled as a worker (nothing counting workers sees it).
         assert loading != check.pid
         assert " ".join(psutil.Process(loading).cmdline()).startswith("farm: check slow#0")
@@ -212,6 +228,20 @@ def test_a_target_that_hangs_at_import_is_bounded_and_killed(tmp_path: Path) -> 
     assert "functions.slow.target: hang:f does not load in a worker: still loading after 3s" in err
     assert out == ""
     for pid in (loading, started):  # the import, and what it started: killed with it
+        wait_for(f"pid {pid} killed", lambda pid=pid: _gone(pid))
+
+
+def test_ctrl_c_ends_the_check_and_what_it_started(tmp_path: Path) -> None:
+    check, loading, started = start_hanging_check(tmp_path)  # boot_timeout: 60 s
+    try:
+        check.send_signal(signal.SIGINT)
+        out, err = check.communicate(timeout=10)  # not the 60 s the target was given
+    finally:
+        check.kill()
+        check.wait()
+    assert (check.returncode, out) == (130, ""), err
+    assert "Traceback" not in err
+    for pid in (loading, started):
         wait_for(f"pid {pid} killed", lambda pid=pid: _gone(pid))
 
 
