@@ -58,7 +58,10 @@ def check(
     for error in pool_errors:
         _problem(str(error))
     # The pools that read are loaded even when others did not: one run names them all.
-    failed = target_failures(cfg, cfg.supervisor.boot_timeout if timeout is None else timeout)
+    try:
+        failed = target_failures(cfg, cfg.supervisor.boot_timeout if timeout is None else timeout)
+    except OSError as e:  # no process could be started (EAGAIN: at the process limit)
+        fail(f"cannot start a process to load the targets in: {e}", 1)
     for pool in cfg.functions.values():
         if pool.target in failed:
             _problem(

@@ -7,6 +7,7 @@ refuses; 1 when the config reads but a pool's workers cannot load their target, 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,10 +16,11 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.helpers import ROOT
 from tests.helpers.servers import free_port
-from tests.helpers.unprivileged import unprivileged
+from tests.helpers.unprivileged import homeless, unprivileged
 from tests.helpers.waiting import wait_for
 
 
@@ -266,3 +268,21 @@ def test_a_store_directory_this_user_cannot_write_exit_1(tmp_path: Path) -> None
     said = lines(done.stderr)
     assert said[0].startswith(f"farm: farm.toml: server.store: {locked} is not writable by")
     assert f"so {locked}/farm/queue.db cannot be made there" in said[0]
+
+
+def test_no_process_to_load_in_is_one_line_exit_1(tmp_path: Path) -> None:
+    if shutil.which("prlimit") is None:
+        pytest.skip("needs prlimit (util-linux) to lower RLIMIT_NPROC")
+    config(tmp_path, '[functions.reverse]\ntarget = "workers.text:reverse"\nworkers = 1\n')
+
+    def one_process(argv: list[str]) -> list[str]:
+        # A user of its own (root's processes are not limited) that may run one process:
+        # the check, which cannot fork a child to load the target in.
+        return homeless(["prlimit", "--nproc=1", *argv])
+
+    done = farm(tmp_path, "check", wrap=one_process)
+    assert done.returncode == 1, done.stderr
+    assert lines(done.stderr) == [
+        "farm: cannot start a process to load the targets in:"
+        " [Errno 11] Resource temporarily unavailable"
+    ]
