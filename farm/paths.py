@@ -4,8 +4,10 @@ and the checks that a directory or file farm writes there is its own (``private_
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import pwd
 import re
 import stat
 import tempfile
@@ -51,26 +53,60 @@ class NoStateDirectory(FarmError):
 
 def state_dir() -> Path:
     """systemd's ``$STATE_DIRECTORY`` (StateDirectory=farm), else ``$XDG_STATE_HOME/farm``,
-    else ``~/.local/state/farm``; NoStateDirectory when there is no home to find it in."""
+    else ``~/.local/state/farm`` (``$HOME``'s, else the user database's home): the first
+    that no other user controls (``_controlled_by_another``); NoStateDirectory when there
+    is no home to find it in."""
     systemd = os.environ.get("STATE_DIRECTORY")
     if systemd:
         return Path(systemd.split(":")[0])
-    base = _xdg("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    if not os.path.isabs(base):
-        # $HOME unset and a uid the user database does not know (a container's arbitrary
-        # user), or a relative $HOME: the store and the Executor's key went into a directory
-        # named "~" under the working directory, where callers started elsewhere never look.
-        home = os.environ.get("HOME")
-        why = (
-            f"$HOME ({home}) is not an absolute path"
-            if home
-            else f"$HOME is not set and uid {os.getuid()} has no home in the user database"
-        )
+    xdg = _xdg("XDG_STATE_HOME")
+    homes = [os.path.expanduser("~/.local/state")]
+    with contextlib.suppress(KeyError):  # a uid the user database does not know
+        homes.append(os.path.join(pwd.getpwuid(os.getuid()).pw_dir, ".local/state"))
+    passed_over = []
+    for base in ([xdg] if xdg else []) + [h for h in homes if os.path.isabs(h)]:
+        why = _controlled_by_another(Path(base) / "farm")
+        if why is None:
+            return Path(base) / "farm"
+        passed_over.append(why)
+    if passed_over:
         raise NoStateDirectory(
-            f"farm has no state directory: {why}; set $XDG_STATE_HOME (or $STATE_DIRECTORY)"
-            " to an absolute directory"
+            f"farm has no state directory: {'; '.join(passed_over)}; set $XDG_STATE_HOME"
+            " (or $STATE_DIRECTORY) to a directory of this user"
         )
-    return Path(base) / "farm"
+    # $HOME unset and a uid the user database does not know (a container's arbitrary
+    # user), or a relative $HOME: the store and the Executor's key went into a directory
+    # named "~" under the working directory, where callers started elsewhere never look.
+    home = os.environ.get("HOME")
+    why = (
+        f"$HOME ({home}) is not an absolute path"
+        if home
+        else f"$HOME is not set and uid {os.getuid()} has no home in the user database"
+    )
+    raise NoStateDirectory(
+        f"farm has no state directory: {why}; set $XDG_STATE_HOME (or $STATE_DIRECTORY)"
+        " to an absolute directory"
+    )
+
+
+def _controlled_by_another(path: Path) -> str | None:
+    """Why another user could choose what is at ``path`` (made or not), or None: a directory
+    on the way is theirs, or every user's to write and not sticky. `su` without `-` keeps
+    the first user's $XDG_STATE_HOME (`sudo -E`, $HOME): root's store went into their
+    ~/.local/state/farm, where a store file of theirs passed check_own_file, and they read
+    every job's payload. Looked at as far as the path exists and may be searched."""
+    here = Path("/")
+    for part in Path(os.path.realpath(path)).parts[1:]:
+        here = here / part
+        try:
+            info = os.lstat(here)
+        except OSError:  # missing, or not to be searched: nothing of another user's below
+            return None
+        if info.st_uid not in (os.getuid(), 0):
+            return f"{here} belongs to uid {info.st_uid}, not this user"
+        if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
+            return f"{here} may be written by every user"
+    return None
 
 
 def _xdg(name: str) -> str | None:
