@@ -15,6 +15,8 @@ import os
 import stat
 from pathlib import Path
 
+from farm.paths import check_own_file
+
 log = logging.getLogger("farm.server")
 
 __all__ = ["RESERVE_BYTES", "DiskReserve"]
@@ -52,9 +54,15 @@ class DiskReserve:
                     self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
                 )
                 info = os.fstat(fd)
-                if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+                try:
+                    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+                        raise PermissionError(f"{self.path} is not a file of this user's")
+                    # A hard link planted beside a store in /tmp: fallocate would grow the
+                    # file it names, and release() empty it.
+                    check_own_file(self.path, info)
+                except PermissionError as exc:
                     os.close(fd)
-                    log.warning("%s is not a file of this user's; no disk reserve", self.path)
+                    log.warning("%s; no disk reserve", exc)
                     return not self.spent
                 self._fd = fd
             if disk.f_bavail * disk.f_frsize < 4 * size:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from farm.logs import setup_logging
+from farm.server.reserve import DiskReserve
 from farm.server.store import SQLiteStore, StoreError
 from farm.server.storeopen import SCHEMA
 from tests.helpers import ROOT
@@ -254,3 +255,19 @@ def test_a_hard_link_at_the_pid_or_log_path_is_refused(tmp_path: Path) -> None:
         assert run.returncode == 2, run.stderr
         assert "other links" in run.stderr, run.stderr
         assert victim.read_text() == "keep me\n"
+
+
+def test_a_hard_link_at_the_stores_reserve_path_is_not_grown_nor_emptied(tmp_path: Path) -> None:
+    # STORE-reserve was opened as any file of this user's: a hard link planted there (in
+    # /tmp, where fs.protected_hardlinks=0 lets any user link root's files) had the server
+    # grow the file it names to 8 MB of zeros, and empty it when the disk filled.
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    os.link(victim, tmp_path / "queue.db-reserve")
+    reserve = DiskReserve(str(tmp_path / "queue.db"))
+    try:
+        reserve.make()
+        reserve.release()
+    finally:
+        reserve.close()
+    assert victim.read_text() == "keep me\n"
