@@ -11,6 +11,7 @@ import pwd
 import re
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from farm.errors import FarmError, WorkingDirectoryGone
@@ -59,12 +60,8 @@ def state_dir() -> Path:
     systemd = os.environ.get("STATE_DIRECTORY")
     if systemd:
         return Path(systemd.split(":")[0])
-    xdg = _xdg("XDG_STATE_HOME")
-    homes = [os.path.expanduser("~/.local/state")]
-    with contextlib.suppress(KeyError):  # a uid the user database does not know
-        homes.append(os.path.join(pwd.getpwuid(os.getuid()).pw_dir, ".local/state"))
     passed_over = []
-    for base in ([xdg] if xdg else []) + [h for h in homes if os.path.isabs(h)]:
+    for base in _state_homes():
         why = _controlled_by_another(Path(base) / "farm")
         if why is None:
             return Path(base) / "farm"
@@ -74,9 +71,8 @@ def state_dir() -> Path:
             f"farm has no state directory: {'; '.join(passed_over)}; set $XDG_STATE_HOME"
             " (or $STATE_DIRECTORY) to a directory of this user"
         )
-    # $HOME unset and a uid the user database does not know (a container's arbitrary
-    # user), or a relative $HOME: the store and the Executor's key went into a directory
-    # named "~" under the working directory, where callers started elsewhere never look.
+    # No home (a container's arbitrary uid, $HOME unset or relative): the store and key
+    # went into "~" under the working directory, where callers started elsewhere never look.
     home = os.environ.get("HOME")
     why = (
         f"$HOME ({home}) is not an absolute path"
@@ -87,6 +83,14 @@ def state_dir() -> Path:
         f"farm has no state directory: {why}; set $XDG_STATE_HOME (or $STATE_DIRECTORY)"
         " to an absolute directory"
     )
+
+
+def _state_homes() -> Iterator[str]:
+    """Where the state directory may go, in order (absolute paths only)."""
+    yield from filter(None, [_xdg("XDG_STATE_HOME")])
+    yield from filter(os.path.isabs, [os.path.expanduser("~/.local/state")])
+    with contextlib.suppress(KeyError):  # a uid the user database does not know
+        yield os.path.join(pwd.getpwuid(os.getuid()).pw_dir, ".local/state")
 
 
 def _controlled_by_another(path: Path) -> str | None:
@@ -293,9 +297,13 @@ def _own_directory(path: str) -> bool:
 
 
 def fallback_runtime_dir() -> Path:
-    """``/tmp/farm-$UID``: in a directory every user can write, so it is checked before use
+    """``/tmp/farm-$UID`` (under ``$TMPDIR`` unless another user controls it: `su` keeps the
+    first user's): in a directory every user can write, so checked before use
     (``private_dir``)."""
-    return Path(tempfile.gettempdir()) / f"farm-{os.getuid()}"
+    path = Path(tempfile.gettempdir()) / f"farm-{os.getuid()}"
+    if _controlled_by_another(path.parent) is not None:
+        return Path("/tmp") / path.name
+    return path
 
 
 class UnsafeDirectory(FarmError):

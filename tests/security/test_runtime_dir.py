@@ -224,3 +224,35 @@ def test_a_runtime_dir_of_another_user_named_in_the_environment_is_not_used(
         thread.join()
     assert asked == [], "farm ps asked another user's socket"
     assert result.returncode == 1, result.stdout
+
+
+def _fallback_with_tmpdir(tmpdir: Path) -> Path:
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    env.update(TMPDIR=str(tmpdir), PYTHONPATH=str(ROOT))
+    code = "from farm.paths import runtime_dir; print(runtime_dir())"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd="/", env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    return Path(out.stdout.strip())
+
+
+def test_the_fallback_is_not_made_in_a_tmpdir_anyone_may_swap(tmp_path: Path) -> None:
+    # $TMPDIR every user may write, not sticky: another user could move our farm-$UID
+    # aside between a check and a connect, and put theirs (with their sockets) there.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    assert _fallback_with_tmpdir(shared) == Path(f"/tmp/farm-{os.getuid()}")
+
+
+def test_the_fallback_is_not_made_in_the_tmpdir_of_the_user_who_ran_su(tmp_path: Path) -> None:
+    # `su` without `-` keeps the first user's $TMPDIR (pam_tmpdir's /tmp/user/1000, say):
+    # root's sockets then lay in a directory that user may rename and fill.
+    if os.getuid() != 0:
+        pytest.skip("needs root to make a directory of another user (CI runs as root)")
+    theirs = tmp_path / "user"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, NOBODY, NOBODY)
+    tmp_path.chmod(0o755)
+    assert _fallback_with_tmpdir(theirs) == Path(f"/tmp/farm-{os.getuid()}")
