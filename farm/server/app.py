@@ -16,6 +16,7 @@ import ssl
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from farm.errors import FarmError, TLSFileError
 from farm.lifetime import die_with_parent
@@ -49,6 +50,9 @@ log = logging.getLogger("farm.server")
 
 #: How long a stopping server waits for replies still being written.
 DRAIN_SECONDS = 2.0
+
+#: TCP hosts whose port the server also holds on [::1] (``Server._hold_ipv6_loopback``).
+IPV4_LOOPBACK_TWIN = frozenset({"127.0.0.1", "0.0.0.0"})
 
 #: What a failed bind means, in the words of the fix (errno -> words).
 BIND_REASONS = {
@@ -121,6 +125,7 @@ class Server:
                 raise ListenError(str(tcp), why) from exc
             self.listeners.append(srv)
             log.info("listening on %s%s", tcp, " (TLS)" if tls else "")
+            await self._hold_ipv6_loopback(tcp.host, srv, gated)
             if opts.tcp_admin == "full":  # gearmand's way; every local user reaches TCP
                 log.info(
                     "admin commands that change the queues (cancel job, maxqueue, drop"
@@ -151,6 +156,29 @@ class Server:
             load_tls_file("--tls-ca", ca, lambda: ctx.load_verify_locations(ca))
             ctx.verify_mode = ssl.CERT_REQUIRED
         return ctx
+
+    async def _hold_ipv6_loopback(
+        self, host: str | None, srv: asyncio.Server, factory: Callable[[], Any]
+    ) -> None:
+        """Listen on [::1] too, at a 127.0.0.1 (or 0.0.0.0) listener's port: clients of
+        `localhost` (PHP's `addServer()`, `gearadmin`) try [::1] first where /etc/hosts
+        says so, and any local user could take their jobs there (gearmand holds both)."""
+        opts = self.options
+        if host not in IPV4_LOOPBACK_TWIN or any(
+            parse_address(a, default_port=opts.port).host in ("::1", "::") for a in opts.listen
+        ):
+            return
+        assert self.loop is not None
+        port = srv.sockets[0].getsockname()[1]
+        where = f"[::1]:{port} (localhost's IPv6 address)"
+        try:
+            twin = await self.loop.create_server(factory, "::1", port, backlog=opts.backlog)
+        except OSError as exc:
+            if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                return  # no IPv6 here: `localhost` is 127.0.0.1 alone
+            raise ListenError(where, exc, "clients of `localhost` would reach its owner") from exc
+        self.listeners.append(twin)
+        log.info("listening on %s", where)
 
     async def _listen_unix(self, path: str, factory: Callable[[], Connection]) -> None:
         assert self.loop is not None
