@@ -19,6 +19,7 @@ from farm.errors import FarmError, WorkingDirectoryGone
 __all__ = [
     "working_directory",
     "untrusted_because",
+    "controlled_by_another",
     "state_dir",
     "NoStateDirectory",
     "default_store",
@@ -55,14 +56,14 @@ class NoStateDirectory(FarmError):
 def state_dir() -> Path:
     """systemd's ``$STATE_DIRECTORY`` (StateDirectory=farm), else ``$XDG_STATE_HOME/farm``,
     else ``~/.local/state/farm`` (``$HOME``'s, else the user database's home): the first
-    that no other user controls (``_controlled_by_another``); NoStateDirectory when there
+    that no other user controls (``controlled_by_another``); NoStateDirectory when there
     is no home to find it in."""
     systemd = os.environ.get("STATE_DIRECTORY")
     if systemd:
         return Path(systemd.split(":")[0])
     passed_over = []
     for base in _state_homes():
-        why = _controlled_by_another(Path(base) / "farm")
+        why = controlled_by_another(Path(base) / "farm")
         if why is None:
             return Path(base) / "farm"
         passed_over.append(why)
@@ -93,7 +94,7 @@ def _state_homes() -> Iterator[str]:
         yield os.path.join(pwd.getpwuid(os.getuid()).pw_dir, ".local/state")
 
 
-def _controlled_by_another(path: Path) -> str | None:
+def controlled_by_another(path: Path) -> str | None:
     """Why another user could choose what is at ``path`` (made or not), or None: a directory
     on the way is theirs, or every user's to write and not sticky. `su` without `-` keeps
     the first user's $XDG_STATE_HOME (`sudo -E`, $HOME): root's store went into their
@@ -301,7 +302,7 @@ def fallback_runtime_dir() -> Path:
     first user's): in a directory every user can write, so checked before use
     (``private_dir``)."""
     path = Path(tempfile.gettempdir()) / f"farm-{os.getuid()}"
-    if _controlled_by_another(path.parent) is not None:
+    if controlled_by_another(path.parent) is not None:
         return Path("/tmp") / path.name
     return path
 

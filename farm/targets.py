@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any
 
 from farm.errors import WorkingDirectoryGone
-from farm.paths import untrusted_because, working_directory
+from farm.paths import controlled_by_another, untrusted_because, working_directory
 
 __all__ = [
     "NotCallable",
@@ -141,7 +141,9 @@ def unsearched_because(path: str) -> str | None:
         info = os.stat(path)
     except OSError as e:
         return f"cannot be read ({e.strerror})"
-    return untrusted_because(info)
+    # sys.path holds the path, not the directory: one whose parent another user may
+    # rename had their directory searched by every import made after this check.
+    return untrusted_because(info) or controlled_by_another(Path(path))
 
 
 def _working_directory() -> tuple[str | None, str | None]:

@@ -163,3 +163,43 @@ def test_a_checkout_its_group_may_write_is_not_on_a_root_farm_s_pythonpath(tmp_p
     children = [line for line in ran if f" {up.proc.pid} " not in line]
     assert not children, f"the farm's children imported a group member's json: {children}"
     assert f"{checkout} (where this farm was imported from) is not on" in log, log
+
+
+def _searched_from(cwd: Path) -> str:
+    """What a worker started in ``cwd`` puts first on sys.path (search_working_directory)."""
+    code = "from farm.targets import search_working_directory; print(search_working_directory())"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-P", "-c", code], cwd=cwd, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_a_working_directory_under_one_every_user_may_swap_is_not_searched(
+    tmp_path: Path,
+) -> None:
+    # Closed itself, but in a directory anyone may write (not sticky): a worker's sys.path
+    # holds its path, not the directory, and any import made after the check (a module a
+    # job's pickle names, a worker booting after a restart) looked in whatever directory
+    # was put at that path meanwhile.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    (shared / "proj").mkdir(mode=0o755)
+    assert _searched_from(shared / "proj") == "None"
+    assert _searched_from(tmp_path) == str(tmp_path)  # a directory of ours is searched
+
+
+def test_a_working_directory_in_another_users_directory_is_not_searched(tmp_path: Path) -> None:
+    # Root's checkout in a user's home (`sudo git clone`, then `sudo farm up` there): that
+    # user may rename it and put a directory of theirs at its path, which the workers
+    # searched first for every module imported from then on, as root.
+    if os.getuid() != 0:
+        pytest.skip("needs root to make a directory of another user (CI runs as root)")
+    home = tmp_path / "home"
+    home.mkdir(mode=0o755)
+    os.chown(home, NOBODY, NOBODY)
+    tmp_path.chmod(0o755)
+    (home / "proj").mkdir(mode=0o755)  # root's
+    assert _searched_from(home / "proj") == "None"
