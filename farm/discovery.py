@@ -32,6 +32,7 @@ from farm.net import DEFAULT_SERVER, Address, AddressError, connectable, parse_a
 from farm.paths import (
     UnsafeDirectory,
     check_private,
+    controlled_by_another,
     fallback_runtime_dir,
     runtime_dir,
     untrusted_because,
@@ -111,6 +112,9 @@ def _check_owner(path: Path) -> None:
     link, info = path.lstat(), path.stat()  # a link of another user's counts as theirs
     whose = None if link.st_uid in (os.getuid(), 0) else f"belongs to uid {link.st_uid}"
     whose = whose or untrusted_because(info)
+    # Its relative paths (a store, a socket, a pool's cwd) are read against its folder's
+    # path: another user who may rename a directory above it could put theirs there.
+    whose = whose or controlled_by_another(path)
     if whose is None:
         return
     raise ConfigError(

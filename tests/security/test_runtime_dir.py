@@ -256,3 +256,19 @@ def test_the_fallback_is_not_made_in_the_tmpdir_of_the_user_who_ran_su(tmp_path:
     os.chown(theirs, NOBODY, NOBODY)
     tmp_path.chmod(0o755)
     assert _fallback_with_tmpdir(theirs) == Path(f"/tmp/farm-{os.getuid()}")
+
+
+def test_a_farm_toml_under_a_directory_anyone_may_swap_is_not_read(tmp_path: Path) -> None:
+    # The farm's own file, in a directory of its own, but under one every user may write
+    # (not sticky): its relative paths (a store, a socket, a pool's cwd) are read against
+    # the folder's path, where another user could meanwhile have put a folder of theirs.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    proj = shared / "proj"
+    proj.mkdir(mode=0o755)
+    (proj / "farm.toml").write_text('[server]\nlisten = ["unix:/tmp/attacker.sock"]\n')
+    refused = farm_cli(proj, "status")
+    assert refused.returncode == 2, refused.stderr
+    assert f"{shared} may be written by every user" in refused.stderr, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
