@@ -22,16 +22,11 @@ from farm.errors import FarmError, TLSFileError
 from farm.lifetime import die_with_parent
 from farm.logs import error_line
 from farm.net import clear_socket_path, parse_address
-from farm.paths import (
-    LegacyStoreBusy,
-    NoStateDirectory,
-    adopt_legacy_store,
-    legacy_jobs_beside,
-    open_own_file,
-)
+from farm.paths import NoStateDirectory, open_own_file
 from farm.server.connection import Connection
 from farm.server.exposition import MetricsEndpoint
 from farm.server.hub import Hub
+from farm.server.legacystore import take_older_store
 from farm.server.options import ServerOptions, parse_args
 from farm.server.process import (
     ReplayProgress,
@@ -313,25 +308,9 @@ def _serve(options: ServerOptions, ready: int | None = None) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency, but stay usable without it
         runner = asyncio.run
     # Not for '' either: the older farm's store would be looked for beside the directory '.'
-    if not memory_only(options.store):
-        try:
-            if adopt_legacy_store(options.store):
-                log.warning("adopted the job store of an older farm as %s", options.store)
-        except LegacyStoreBusy as exc:  # says its own fix: another store would strand its jobs
-            _fatal(options, str(exc))
-            return 2
-        except OSError as exc:
-            log.warning("cannot adopt the older job store as %s: %s", options.store, exc)
-        if stranded := legacy_jobs_beside(options.store):  # which server they were for: unknown
-            path = stranded[0]
-            fix = f"--store {path}" if options.hints == "flags" else f'[server] store = "{path}"'
-            log.warning(
-                "the job store of an older farm, %s, holds %d queued jobs that this server"
-                " does not run: give it that store (%s) to run them; docs/operations.md,"
-                " Upgrading",
-                *stranded,
-                fix,
-            )
+    if not memory_only(options.store) and (refused := take_older_store(options)):
+        _fatal(options, refused)
+        return 2
     try:
         server = Server(options)
     except DamagedStore as exc:  # says its own fix: another path would strand its jobs

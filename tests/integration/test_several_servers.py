@@ -13,7 +13,8 @@ import pytest
 
 from farm import config
 from farm.errors import ConfigError
-from farm.paths import adopt_legacy_store, default_store
+from farm.paths import default_store
+from farm.server.legacystore import adopt_legacy_store
 from farm.server.options import parse_args
 from tests.helpers import ROOT
 from tests.helpers.farmproc import FarmUp

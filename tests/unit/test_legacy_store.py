@@ -1,4 +1,4 @@
-"""An older farm's queue.db is looked for beside a default store only (paths.legacy_jobs_beside):
+"""An older farm's queue.db is looked for beside a default store only (farm.server.legacystore):
 beside a store given elsewhere, a queue.db is another program's, or the one the operator
 already gave a server, and its jobs were reported stranded at every start."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.paths import legacy_jobs_beside
+from farm.server.legacystore import legacy_jobs_beside
 
 
 def queue_db(where: Path, jobs: int) -> Path:
