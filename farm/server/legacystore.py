@@ -12,6 +12,7 @@ from pathlib import Path
 from farm.errors import FarmError
 from farm.paths import LEGACY_STORE, NoStateDirectory, default_store
 from farm.server.options import ServerOptions
+from farm.server.otherstores import queued_beside
 
 __all__ = [
     "LEGACY_PORT",
@@ -28,8 +29,9 @@ LEGACY_PORT = 4730
 
 
 def take_older_store(options: ServerOptions) -> str | None:
-    """Adopt the older farm's store, or say where its queued jobs are; the one line this
-    server must not start past (an older farm's server still holds that store), or None."""
+    """Adopt the older farm's store, or say where its queued jobs are, and those of the other
+    default stores beside this one (farm.server.otherstores); the one line this server must
+    not start past (an older farm's server still holds that store), or None."""
     try:
         if adopt_legacy_store(options.store):
             log.warning("adopted the job store of an older farm as %s", options.store)
@@ -45,6 +47,16 @@ def take_older_store(options: ServerOptions) -> str | None:
             " does not run: give it that store (%s) to run them; docs/operations.md,"
             " Upgrading",
             *stranded,
+            fix,
+        )
+    for path, count in queued_beside(options.store):  # a server moved off that port?
+        fix = f"--store {path}" if options.hints == "flags" else f'[server] store = "{path}"'
+        log.warning(
+            "the job store %s holds %d queued jobs that no running server serves: its"
+            " server runs them when it starts again; if this one took its place (a new"
+            " port or socket), give it that store (%s) to run them",
+            path,
+            count,
             fix,
         )
     return None

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from farm import config
+from farm.client import Client
 from farm.errors import ConfigError
 from farm.paths import default_store
 from farm.server.legacystore import adopt_legacy_store
@@ -109,6 +110,42 @@ def test_jobs_an_older_farm_queued_off_4730_are_not_stranded_in_silence(tmp_path
     with sqlite3.connect(old) as db:  # left where it was, for the operator to serve
         assert db.execute("SELECT COUNT(*) FROM jobs").fetchone() == (2,)
     db.close()
+
+
+def test_jobs_left_in_the_store_of_a_port_a_server_moved_from_are_named(tmp_path: Path) -> None:
+    # Found in a durability hunt: a farm moved to another port (a new [server] listen, or
+    # another -p) starts on the empty store of that port, and the background jobs its clients
+    # were told JOB_CREATED for stayed in queue-OLDPORT.db, run by nothing, with no word.
+    # A store that a running server holds is its own business, and is not named.
+    env = state_env(tmp_path)
+    old_port, running_port, new_port = free_port(), free_port(), free_port()
+    old = server(env, "-p", str(old_port))
+    running = server(env, "-p", str(running_port))
+    try:
+        for port, proc in ((old_port, old), (running_port, running)):
+            wait_connectable(f"127.0.0.1:{port}", proc)
+            with Client(f"127.0.0.1:{port}") as client:
+                client.submit("f", b"x", background=True)
+        old.terminate()
+        assert old.wait(20) == 0
+        moved = server(env, "-p", str(new_port))
+        try:
+            wait_connectable(f"127.0.0.1:{new_port}", moved)
+        finally:
+            moved.terminate()
+            _, err = moved.communicate(timeout=20)
+    finally:
+        for proc in (old, running):
+            if proc.poll() is None:
+                proc.terminate()
+            proc.communicate(timeout=20)
+    assert moved.returncode == 0, err
+    left = tmp_path / "state" / "farm" / f"queue-{old_port}.db"
+    (line,) = [line for line in err.splitlines() if str(left) in line]
+    assert "WARNING" in line and "1 queued jobs" in line
+    assert f"--store {left}" in line  # the fix, in the flags farm server has
+    assert f"queue-{running_port}.db" not in err
+    assert not left.with_name(left.name + "-shm").exists()  # looked at, left as it was
 
 
 def test_farm_server_beside_farm_up_on_defaults_needs_no_flags(tmp_path: Path) -> None:
