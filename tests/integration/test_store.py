@@ -86,6 +86,35 @@ def test_sigterm_keeps_queued_background_jobs(tmp_path: Path) -> None:
         srv.stop()
 
 
+def test_the_documented_backup_of_the_store_holds_every_job(tmp_path: Path) -> None:
+    # Found in a durability hunt: the damaged-store line says "restore it from a backup",
+    # and nothing said how to make one. The server holds its store locked (sqlite3's
+    # .backup waits on it for ever), and a copy of the file made while it runs missed
+    # the jobs still in its WAL: a small store's copy had no jobs table at all.
+    import shutil
+    import sqlite3
+
+    text = (ROOT / "docs" / "operations.md").read_text()
+    section = text[text.index("### Backing up the job store") :]
+    assert "`-wal`" in section[: section.index("\n## ")]
+    db = tmp_path / "queue.db"
+    srv = start_with_store(db)
+    submit_bg(Peer(srv.addr), 5)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):  # as the docs say
+        sqlite3.connect(db, timeout=0).execute("SELECT COUNT(*) FROM jobs").fetchone()
+    srv.proc.send_signal(signal.SIGTERM)  # what farm stop does to its server
+    assert srv.proc.wait(10) == 0
+    assert not Path(f"{db}-wal").exists()  # the file alone is the whole store
+    copy = tmp_path / "backup" / "queue.db"
+    copy.parent.mkdir()
+    shutil.copy(db, copy)
+    srv = start_with_store(copy)
+    try:
+        assert len(grab_all(srv.addr)) == 5
+    finally:
+        srv.stop()
+
+
 def test_a_second_server_cannot_share_a_store(tmp_path: Path) -> None:
     db = tmp_path / "queue.db"
     srv = start_with_store(db)
