@@ -208,3 +208,18 @@ def test_the_states_and_causes_the_table_lists_are_those_the_supervisor_serves()
     assert states == set(POOL_STATES)
     causes = set(re.findall(r"`(\w+)` \(", row("farm_pool_restarts_total").split("|")[3]))
     assert causes == set(EXIT_CAUSES)
+
+
+def test_the_submits_the_page_names_are_ones_the_server_takes() -> None:
+    # The scheduled gauge was said to count SUBMIT_JOB_SCHED jobs, which farm's server
+    # refuses (INVALID_COMMAND, as gearmand 1.1 does): a reader took it for supported.
+    from farm.protocol import PacketType as T
+    from farm.protocol.kinds import SUBMIT_KINDS
+
+    taken = {t.name for t in SUBMIT_KINDS}
+    taken |= {"SUBMIT_JOB_EPOCH", "SUBMIT_REDUCE_JOB", "SUBMIT_REDUCE_JOB_BACKGROUND"}
+    text = (ROOT / "docs" / "monitoring.md").read_text()
+    text = text.replace("farm refuses `SUBMIT_JOB_SCHED`", "")  # said as refused: fine
+    named = set(re.findall(r"\bSUBMIT_[A-Z_]+", text))
+    assert named and all(name in T.__members__ for name in named)
+    assert named <= taken, sorted(named - taken)
