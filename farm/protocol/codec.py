@@ -56,7 +56,8 @@ HEADER_SIZE = HEADER.size
 #: Largest body accepted by default (gearmand has no limit; farm refuses bigger
 #: bodies before buffering them so one peer cannot exhaust memory).
 DEFAULT_MAX_PACKET = 64 * 1024 * 1024
-#: Longest admin line accepted before the peer is treated as hostile.
+#: Longest admin line accepted, its "\n" included (gearmand's limit too): a longer one closes
+#: the connection, the peer is treated as hostile.
 MAX_ADMIN_LINE = 8192
 MAX_UNIQUE = 63
 #: Longest function name (and reducer name) accepted. gearmand takes longer ones; here names

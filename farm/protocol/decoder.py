@@ -188,9 +188,12 @@ class Decoder:
                 if src[pos] != 0:
                     if not self.allow_admin:
                         raise ProtocolError("expected a binary packet", code="INVALID_MAGIC")
-                    nl = src.find(b"\n", pos)
+                    # A line of more than MAX_ADMIN_LINE bytes with its "\n" closes the
+                    # connection, as gearmand's does, whether it is whole in this read or
+                    # still coming: a long line came whole was answered, one cut was not.
+                    nl = src.find(b"\n", pos, pos + MAX_ADMIN_LINE)
                     if nl < 0:
-                        if end - pos > MAX_ADMIN_LINE:
+                        if end - pos >= MAX_ADMIN_LINE:
                             raise ProtocolError("admin line too long")
                         break
                     line = bytes(src[pos:nl]).rstrip(b"\r")

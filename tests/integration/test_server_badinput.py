@@ -431,6 +431,31 @@ def test_endless_admin_line_closes_farm(keeper_farm, peer_factory):
     assert_healthy(srv, h)
 
 
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n"])
+def test_an_admin_line_past_8_kb_closes_however_it_arrives(keeper_any, peer_factory, ending):
+    """A line of 8192 bytes with its ending is answered; a longer one closes the connection
+    on both servers. farm closed it only when the line came in pieces (more than 8192 bytes
+    buffered without a newline) and answered one that came whole in one read, so whether a
+    long line was answered hung on how the kernel cut it."""
+    srv, h = keeper_any
+    fits = peer_factory(srv.addr)
+    fits.send_raw(b"version" + b" " * (8191 - 7 - len(ending)) + ending)
+    assert fits.admin("version").startswith("OK "), "a line of 8191 bytes was not answered"
+    whole = b"version" + b" " * (8193 - 7 - len(ending)) + ending
+    assert len(whole) == 8193
+    p = peer_factory(srv.addr)
+    p.send_raw(whole)  # one write: on loopback the server reads it in one piece
+    p.sock.settimeout(5)
+    got = b""
+    try:
+        while data := p.sock.recv(1024):
+            got += data
+    except TimeoutError:
+        pytest.fail(f"a line of 8193 bytes: still open after 5 s, answered {got[:20]!r}")
+    assert got == b"", "a line of 8193 bytes was answered"
+    assert_healthy(srv, h)
+
+
 def test_epoch_that_is_not_a_whole_number_is_refused_and_durability_survives(
     tmp_path,
 ) -> None:
