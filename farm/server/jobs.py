@@ -37,6 +37,7 @@ from farm.server.queues import (
     QueueFull,
     Timer,
     held_bytes,
+    status_number,
 )
 from farm.server.store import SQLiteStore, StoreError
 
@@ -330,8 +331,8 @@ class JobServer(Dispatch, JobControl):
 
     def progress(self, job: Job, kind: Progress, fields: tuple[bytes, ...]) -> None:
         """WORK_STATUS / DATA / WARNING: kept (status) and passed to every attached client."""
-        if kind is Progress.STATUS:
-            job.numerator, job.denominator = fields
+        if kind is Progress.STATUS:  # kept as numbers, forwarded as sent (gearmand)
+            job.numerator, job.denominator = (status_number(f) for f in fields)
         for client, times in list(job.clients.items()):  # a client may go meanwhile
             for _ in range(times):
                 client.job_progress(job, kind, fields)

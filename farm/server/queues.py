@@ -7,6 +7,7 @@ rules; these classes only keep their own bookkeeping exact.
 from __future__ import annotations
 
 import enum
+import re
 from collections import OrderedDict, deque
 from time import monotonic
 from typing import Protocol
@@ -31,6 +32,25 @@ class Progress(enum.Enum):
     STATUS = "status"  # numerator, denominator
     DATA = "data"
     WARNING = "warning"
+
+
+#: strtoul's leading blanks, sign and digits (base 10), at most enough digits to overflow.
+_STRTOUL = re.compile(rb"[ \t\n\v\f\r]*([+-]?)0*([0-9]{1,21})")
+
+
+def status_number(field: bytes) -> bytes:
+    """A WORK_STATUS numerator or denominator as GET_STATUS answers it: the number gearmand
+    keeps, its ``(uint32_t)strtoul``. Clients parse these as integers (python-gearman's
+    int(), libgearman's atoi), and a worker's `1.5` or empty field broke or misled them."""
+    m = _STRTOUL.match(field)
+    if m is None:
+        return b"0"
+    value = int(m[2])
+    if value >= 1 << 64:  # ERANGE: ULONG_MAX, whatever the sign
+        value = (1 << 64) - 1
+    elif m[1] == b"-":  # strtoul negates in unsigned arithmetic
+        value = -value % (1 << 64)
+    return b"%d" % (value & 0xFFFFFFFF)
 
 
 class Peer(Protocol):

@@ -454,6 +454,38 @@ def test_get_status(any_server, peer_factory):
     assert q.expect(T.STATUS_RES).args == (b"H:nowhere:42", b"0", b"0", b"0", b"0")
 
 
+@pytest.mark.parametrize(
+    "sent, kept",
+    [
+        (b"007", b"7"),
+        (b" 3", b"3"),
+        (b"+2", b"2"),
+        (b"3.5", b"3"),
+        (b"5abc", b"5"),
+        (b"", b"0"),
+        (b"x", b"0"),
+        (b"-1", b"4294967295"),
+        (b"4294967297", b"1"),
+    ],
+)
+def test_get_status_answers_a_workers_status_as_numbers(any_server, peer_factory, sent, kept):
+    """GET_STATUS and GET_STATUS_UNIQUE answer the progress as gearmand does: the numbers
+    it read (its (uint32_t)strtoul), not the worker's bytes. farm answered them as sent, so
+    a Perl worker's set_status(1.5, 3) reached a client as `1.5`, where python-gearman's
+    int() fails; the WORK_STATUS forwarded to the job's clients stays as sent on both."""
+    c = peer_factory(any_server.addr)
+    h = submit(c, "f", b"x", b"progress-key")
+    w = worker(peer_factory, any_server, "f")
+    grab(w)
+    w.send(T.WORK_STATUS, h, sent, sent)
+    assert c.expect(T.WORK_STATUS).args == (h, sent, sent)
+    q = peer_factory(any_server.addr)
+    q.send(T.GET_STATUS, h)
+    assert q.expect(T.STATUS_RES).args == (h, b"1", b"1", kept, kept)
+    q.send(T.GET_STATUS_UNIQUE, b"progress-key")
+    assert q.expect(T.STATUS_RES_UNIQUE).args == (b"progress-key", b"1", b"1", kept, kept, b"1")
+
+
 def test_get_status_unique(any_server, peer_factory):
     c1, c2 = peer_factory(any_server.addr), peer_factory(any_server.addr)
     h = submit(c1, "f", b"x", b"k")
