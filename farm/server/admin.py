@@ -212,6 +212,8 @@ MAKES_FUNCTION: dict[str, Callable[[list[str]], str | None]] = {
     "create": lambda args: args[1] if len(args) == 2 and args[0].lower() == "function" else None,
     "maxqueue": lambda args: args[0] if args else None,
 }
+#: The errors that end with the command's word (admintext's unknown and incomplete).
+_NAMES_COMMAND = ("ERR UNKNOWN_COMMAND ", "ERR INVALID_ARGUMENTS An+incomplete+")
 TOO_MANY = "ERR QUEUE_ERROR the+server+holds+--max-functions+functions\r\n"
 
 
@@ -244,4 +246,8 @@ def run_admin(server: Hub, line: str, *, over_tcp: bool = False) -> str:
             return TOO_MANY
     # cancel counts its words as gearmand does; the others take `show jobs ` as `show jobs`
     args = _gearmand_args(line) if name == "cancel" else words[1:]
-    return command(server, args)
+    reply = command(server, args)
+    if reply.startswith(_NAMES_COMMAND) and reply.endswith(f"{name}\r\n"):
+        # gearmand names the command as the line gave it (`MAXQUEUE`), not in lower case
+        reply = f"{reply[: -len(name) - 2]}{words[0]}\r\n"
+    return reply

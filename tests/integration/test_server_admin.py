@@ -555,6 +555,23 @@ def test_unknown_command(any_server, admin_factory):
     assert a.listing(b"status\n") == b".\n", "the connection still works"
 
 
+def test_an_error_names_the_command_as_it_was_typed(any_server, admin_factory):
+    """gearmand's errors end with the command's word as the line gave it (commands are
+    case-insensitive); farm's gave it in lower case, so `MAXQUEUE` was answered about
+    `maxqueue`."""
+    a = admin_factory(any_server)
+    incomplete = b"ERR INVALID_ARGUMENTS An+incomplete+set+of+arguments+was+sent+to+this+command+"
+    for line, reply in (
+        (b"MAXQUEUE\n", incomplete + b"MAXQUEUE\r\n"),
+        (b"Create Function\r\n", incomplete + b"Create\r\n"),
+        (b"DROP\n", incomplete + b"DROP\r\n"),
+        (b"Cancel Job\n", b"ERR UNKNOWN_COMMAND Unknown+server+commandCancel\r\n"),
+        (b"SHOW\n", b"ERR UNKNOWN_COMMAND Unknown+server+commandSHOW\r\n"),
+        (b"BoGuS\n", b"ERR UNKNOWN_COMMAND Unknown+server+commandBoGuS\r\n"),
+    ):
+        assert a.line(line) == reply, line
+
+
 def test_pipelined_commands(any_server, admin_factory):
     a = admin_factory(any_server)
     a.sock.sendall(b"status\nversion\ngetpid\nbogus\n")
