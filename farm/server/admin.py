@@ -224,6 +224,7 @@ def run_admin(server: Hub, line: str, *, over_tcp: bool = False) -> str:
     every local user can reach the server; read-only ones (status, workers, show jobs)
     answer everywhere, so ``gearadmin --status`` works as before.
     """
+    line = line.partition("\0")[0]  # a C string to gearmand: a NUL ends it
     words = line.split()
     if not words:
         return unknown("")

@@ -572,6 +572,18 @@ def test_an_error_names_the_command_as_it_was_typed(any_server, admin_factory):
         assert a.line(line) == reply, line
 
 
+def test_a_line_ends_at_a_nul(any_server, admin_factory):
+    """gearmand reads an admin line as a C string: what follows a NUL is not there
+    (`version\\0junk` is `version`). farm read the NUL and the rest as part of the word,
+    answered UNKNOWN_COMMAND, and wrote the NUL back inside its error line."""
+    a = admin_factory(any_server)
+    assert a.line(b"version\0junk\n").startswith(b"OK ")
+    unknown = b"ERR UNKNOWN_COMMAND Unknown+server+command"
+    assert a.line(b"x\0\r\n") == unknown + b"x\r\n"
+    assert a.line(b"\xff\xfe\0\0garbage\n") == unknown + b"\xff\xfe\r\n"
+    assert a.listing(b"status\0 extra\n") == b".\n"
+
+
 def test_pipelined_commands(any_server, admin_factory):
     a = admin_factory(any_server)
     a.sock.sendall(b"status\nversion\ngetpid\nbogus\n")
