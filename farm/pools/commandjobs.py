@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import time
 from typing import TYPE_CHECKING, NamedTuple
@@ -108,17 +109,23 @@ def registrations(peers: list[PeerRow]) -> dict[str, frozenset[str]]:
 
 
 def peers_queries(names: list[str]) -> list[str]:
-    """``peers NAME...`` lines that together name ``names``, each within the server's
-    longest admin line: the server lists the connections named alone (not a local user's
-    TCP workers with all they registered, farm.server.adminpeers.peers)."""
+    """``peers NAME...`` lines that together name ``names``: the server lists the
+    connections named alone (not a local user's TCP workers with all they registered,
+    farm.server.adminpeers.peers)."""
+    return named_lines("peers", names)
+
+
+def named_lines(command: str, names: list[str]) -> list[str]:
+    """``COMMAND NAME...`` lines that together name ``names``, each within the server's
+    longest admin line (a longer one closes the connection unanswered, as gearmand's)."""
     lines: list[str] = []
-    line = "peers"
+    line = command
     for name in names:
         if len(line) + 1 + len(name) > MAX_ADMIN_LINE - 2:  # and its line end
             lines.append(line)
-            line = "peers"
+            line = command
         line += " " + name
-    return lines if line == "peers" else [*lines, line]
+    return lines if line == command else [*lines, line]
 
 
 def _tcp_name(ip: str, port: int) -> str:
@@ -175,6 +182,18 @@ class CommandJobs:
         except (OSError, ValueError) as e:
             log.debug("admin %r to %s: %s", command.split()[0], address, e)
             return None
+
+    def ask_each(self, command: str, names: list[str]) -> int | None:
+        """``drain``/``killing`` of the connections ``names``, in as many lines as the
+        server's line limit asks (a process may hold hundreds): the ``OK N`` counts added
+        up, or None when a line is not answered so."""
+        count = 0
+        for line in named_lines(command, names):
+            said = re.match(r"OK ([0-9]+)\r?\n", self.ask_server(line) or "")
+            if said is None:
+                return None
+            count += int(said[1])
+        return count
 
     def ask_peers(self, procs: list[WorkerProcess]) -> list[PeerRow] | None:
         """The server's ``peers`` rows of the connections of ``procs`` (as ``read_sockets``
@@ -255,10 +274,10 @@ class CommandJobs:
         self.read_sockets(proc, now)
         if not proc.peers:
             return False
-        reply = self.ask_server("drain " + " ".join(sorted(proc.peers)))
-        if reply is None or not reply.startswith("OK"):
+        drained = self.ask_each("drain", sorted(proc.peers))
+        if drained is None:
             return False
-        if reply.split()[1:2] == ["0"]:
+        if drained == 0:
             # None of its connections is the local server's (its servers are remote, as a
             # "running (not checked)" one's): nothing here holds its jobs back or sees them
             # end. Said as it is, not as a drain that then signalled it within 0.1 s.
@@ -286,7 +305,7 @@ class CommandJobs:
         (``job_retries``) is logged as stopped, not as a poison job that killed its worker."""
         self.read_sockets(proc, time.monotonic())
         if proc.peers:
-            self.ask_server("killing " + " ".join(sorted(proc.peers)))
+            self.ask_each("killing", sorted(proc.peers))
 
     def send_stop(self, proc: WorkerProcess, now: float, why: str) -> None:
         proc.signal_at = None
@@ -342,7 +361,7 @@ class CommandJobs:
                 continue
             undrained = [r.peer for r in mine if not r.draining]
             if undrained:  # a connection made after the drain was asked
-                self.ask_server("drain " + " ".join(undrained))
+                self.ask_each("drain", undrained)
             if oldest is None:
                 self.send_stop(proc, now, "it holds no job")
             elif now >= proc.signal_at:

@@ -92,6 +92,48 @@ def test_a_scaled_down_command_worker_finishes_its_job_once_then_exits(tmp_path:
         assert up.stop() == 0
 
 
+#: Run as a command worker: opens N connections to the server, kept across the exec of the
+#: gearman worker its arguments name (a worker of many connections, as the server sees it).
+HOLDER = """
+import os, socket, sys
+port, count = int(sys.argv[1]), int(sys.argv[2])
+held = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+for sock in held:
+    sock.set_inheritable(True)
+os.execvp(sys.argv[3], sys.argv[3:])
+"""
+
+
+def test_a_command_worker_of_hundreds_of_connections_is_drained(tmp_path: Path) -> None:
+    """Its connections' names (500, 10 KB) are asked to `drain` in lines within the server's
+    8 KB admin line: in one line the server closed the connection unanswered, and the
+    worker was stopped at once, its job in hand cut off."""
+    need("gearman")
+    runs, gate = tmp_path / "runs", tmp_path / "go"
+    (tmp_path / "holder.py").write_text(HOLDER)
+    up = FarmUp(tmp_path, "", start=False)
+    pool = gearman_pool(up, runs, 60, gate=str(gate))
+    holder = f'command = ["{sys.executable}", "{tmp_path / "holder.py"}", "{up.port}", "500",'
+    up.write_config(pool.replace("command = [", holder, 1))
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        worker = wait_for("a running gearman worker", lambda: up.workers("slow", "running"), 20)[0]
+        thread, result = call_in_thread(up.addr, "slow", "payload", timeout=60)
+        wait_for("the job in hand in farm ps", lambda: busy_row(up), 10)
+        assert farm_cli("scale", "slow=0", "--control", up.control).returncode == 0
+        wait_for("the worker draining", lambda: up.workers("slow", "draining"), 5)
+        assert psutil.pid_exists(worker["pid"])  # its job runs on: no stop signal yet
+        gate.touch()
+        thread.join(30)
+        assert result == [b"payload"], result
+        assert runs.read_text() == "run\n"  # ran once: not cut off and requeued
+        wait_for("the worker gone", lambda: not psutil.pid_exists(worker["pid"]), 10)
+        assert "hands it no more jobs" in up.read_log()
+    finally:
+        assert up.stop() == 0
+
+
 def test_a_command_pools_timeout_kills_an_overrunning_worker(tmp_path: Path) -> None:
     need("gearman")
     runs = tmp_path / "runs"
