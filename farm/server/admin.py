@@ -50,11 +50,15 @@ def workers(server: Hub, args: list[str]) -> str:
 def show(server: Hub, args: list[str]) -> str:
     what = " ".join(a.lower() for a in args)
     if what == "jobs":
-        lines = [
-            f"{as_text(job.handle)}\t{job.retries}\t0\t{int(job.background or bool(job.store_id))}"
-            "\n"
-            for job in server.jobs.jobs.values()
-        ]
+        lines = []
+        for job in server.jobs.jobs.values():
+            background = job.background or bool(job.store_id)
+            # IGNORED: a foreground job no client waits for (gearmand's; farm drops a queued
+            # one, so this is one running, whose result will be dropped)
+            ignored = not background and not job.clients
+            lines.append(
+                f"{as_text(job.handle)}\t{job.retries}\t{int(ignored)}\t{int(background)}\n"
+            )
         return "".join(lines) + ".\n"
     if what == "unique jobs":
         return "".join(f"{key_line(job.unique)}\n" for job in server.jobs.jobs.values()) + ".\n"

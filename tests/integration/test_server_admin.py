@@ -228,6 +228,26 @@ def test_show_jobs_marks_a_job_that_a_background_submit_joined(
     assert h2 + b"\t0\t0\t1\n" in a.listing(b"show jobs\n")
 
 
+def test_show_jobs_marks_a_running_job_whose_client_left_ignored(
+    any_server, admin_factory, peer_factory
+):
+    """IGNORED, the third field, is 1 for a running foreground job that no client waits for
+    any more (its result will be dropped); farm showed 0 for every job."""
+    a = admin_factory(any_server)
+    left, stays = peer_factory(any_server.addr), peer_factory(any_server.addr)
+    orphan, waited = submit(left, "f", b"a"), submit(stays, "f", b"b")
+    background = submit(stays, "f", b"c", ptype=T.SUBMIT_JOB_BG)
+    for _ in range(3):
+        w = worker(peer_factory, any_server, "f")
+        w.send(T.GRAB_JOB)
+        w.expect(T.JOB_ASSIGN)
+    left.close()
+    expected = {orphan + b"\t0\t1\t0", waited + b"\t0\t0\t0", background + b"\t0\t0\t1"}
+    wait_for(
+        "the left client's job marked", lambda: set(lines(a.listing(b"show jobs\n"))) == expected
+    )
+
+
 def test_show_unique_jobs(any_server, admin_factory, peer_factory):
     a = admin_factory(any_server)
     assert a.listing(b"show unique jobs\n") == b".\n"
