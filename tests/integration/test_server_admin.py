@@ -14,6 +14,7 @@ import pytest
 
 from farm.protocol import PacketType as T
 from farm.protocol import encode_req
+from farm.version import __version__
 from tests.helpers.peers import Peer
 from tests.helpers.servers import Server, connect, start_farm_server
 from tests.helpers.waiting import wait_for
@@ -602,6 +603,21 @@ def test_a_line_ends_at_a_nul(any_server, admin_factory):
     assert a.line(b"x\0\r\n") == unknown + b"x\r\n"
     assert a.line(b"\xff\xfe\0\0garbage\n") == unknown + b"\xff\xfe\r\n"
     assert a.listing(b"status\0 extra\n") == b".\n"
+
+
+def test_commands_before_a_half_close_are_answered_farm(farm_server):
+    """`printf 'status\\nversion\\n' | nc -N`: the commands, then the peer's side shut down.
+    farm answers them, then closes; gearmand 1.1.20 closes answering nothing (its bug:
+    docs/gearmand-probes.md). A line left unfinished at the close is not a command."""
+    sock = connect(farm_server.addr)
+    sock.sendall(b"status\nversion\r\nstat")
+    sock.shutdown(socket.SHUT_WR)
+    sock.settimeout(10)
+    got = b""
+    while data := sock.recv(65536):
+        got += data
+    sock.close()
+    assert got == b".\nOK %s\n" % __version__.encode()
 
 
 def test_pipelined_commands(any_server, admin_factory):
