@@ -143,6 +143,26 @@ def test_good_packets_before_a_bad_one_are_not_lost() -> None:
         decoder.check()
 
 
+@pytest.mark.parametrize("chunk", [1, 1000, 5000, 1 << 20])
+def test_an_admin_lines_limit_is_the_same_however_its_bytes_come(chunk: int) -> None:
+    """A line of MAX_ADMIN_LINE bytes with its newline decodes, one byte longer is refused,
+    whether the line comes whole or in pieces (whole, a longer one was decoded)."""
+    for size, fits in ((p.MAX_ADMIN_LINE, True), (p.MAX_ADMIN_LINE + 1, False)):
+        data = b"status" + b" " * (size - 7) + b"\n" + b"version\n"
+        decoder = p.Decoder()
+        events: list[object] = []
+        try:
+            for at in range(0, len(data), chunk):
+                events += decoder.feed(data[at : at + chunk])
+            decoder.check()
+        except p.ProtocolError:
+            assert not fits, (size, chunk)
+            assert events == []
+        else:
+            assert fits, (size, chunk)
+            assert events == [p.AdminLine("status" + " " * (size - 7)), p.AdminLine("version")]
+
+
 def test_client_side_decoder_refuses_text() -> None:
     with pytest.raises(p.ProtocolError):
         p.Decoder(allow_admin=False).feed(b"hello\n")
