@@ -38,8 +38,9 @@ from farm.pools.commandstart import CommandStart
 from farm.pools.control import ControlConnection, ControlServer, open_control
 from farm.pools.executorduties import ExecutorDuties
 from farm.pools.lifecycle import POLL, TIMEOUT_GRACE, Lifecycle
-from farm.pools.localserver import LocalServer, check_listen_name, check_server_places
+from farm.pools.localserver import LocalServer, check_listen_name
 from farm.pools.metrics import Exits, serve_metrics
+from farm.pools.places import check_server_places
 from farm.pools.readiness import Readiness
 from farm.pools.reports import Reports
 from farm.pools.rollout import Restarting, Rollout

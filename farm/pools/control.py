@@ -14,13 +14,13 @@ import json
 import os
 import re
 import socket
-import stat
 from collections.abc import Generator
 from typing import Any
 
 from farm.errors import ConfigError, FarmError
 from farm.net import clear_socket_path, peer_credentials
 from farm.paths import UnsafeDirectory, check_runtime_path, make_dirs
+from farm.pools.places import control_place_error, refuse_non_socket
 
 __all__ = [
     "ControlServer",
@@ -178,6 +178,9 @@ def open_control(path: str, source: str) -> ControlServer:
     """The control socket at ``[supervisor] control`` of the config read from ``source``; a
     path it cannot be made at (a directory it may not write, /proc) is the config's mistake:
     a ConfigError naming the file and the key (exit 2, which systemd does not restart)."""
+    error = control_place_error(path, source)
+    if error is not None:  # asked first: `farm check` asks the same, making nothing
+        raise error
     try:
         return ControlServer(path)
     except OSError as exc:
@@ -197,11 +200,7 @@ class ControlServer:
         directory = os.path.dirname(path) or "."
         make_dirs(directory, 0o700)
         if os.path.lexists(path):
-            if not stat.S_ISSOCK(os.lstat(path).st_mode):  # a typo must not delete a file
-                raise FarmError(
-                    f"{path} exists and is not a socket: not replacing it (set"
-                    " [supervisor] control, or --control, to a path for the control socket)"
-                )
+            refuse_non_socket(path)  # again: a file may have come since open_control asked
             try:
                 pong = request(path, {"cmd": "ping"}, timeout=1.0)
             except ControlUnavailable:

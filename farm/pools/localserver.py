@@ -21,7 +21,7 @@ from farm.paths import NoStateDirectory, make_dirs, state_dir
 from farm.pools.slots import RestartHistory, describe_exit
 from farm.pools.spawn import python_module, spawn
 
-__all__ = ["LocalServer", "check_listen_name", "check_server_places"]
+__all__ = ["LocalServer", "check_listen_name"]
 
 log = logging.getLogger("farm.supervisor")
 
@@ -55,41 +55,6 @@ def check_listen_name(config: ServerConfig, source: str) -> None:
         f"{source}: server.listen: {where}: {why}; give an address of this host or a name"
         " that resolves to one (restarting cannot fix it)"
     )
-
-
-def check_server_places(config: ServerConfig, source: str) -> None:
-    """ConfigError (exit 2) when this user cannot make or write ``[server] store``, or make
-    the Unix socket of ``[server] listen``: the server could never start, and `farm up` said
-    so in four lines (a warning, the server's refusal, two more) and exit 1, which systemd
-    restarted for ever."""
-    uid = os.getuid()
-    if config.store != "none":
-        why = _unwritable_directory(os.path.dirname(config.store))
-        readable = os.access(config.store, os.R_OK | os.W_OK)
-        if why is None and os.path.exists(config.store) and not readable:
-            why = f"{config.store} is not readable and writable by this user (uid {uid})"
-        if why:  # the directory even when the file is there: the journal is made beside it
-            raise ConfigError(
-                f"{source}: server.store: {why}; let this user write there, or name a file"
-                ' it may write (or "none": memory only)'
-            )
-    if config.unix and (why := _unwritable_directory(os.path.dirname(config.unix))):
-        raise ConfigError(
-            f"{source}: server.listen: cannot make the socket {config.unix}: {why}; let this"
-            " user write there, or name a path where it may, e.g. unix:/run/farm/gearman.sock"
-        )
-
-
-def _unwritable_directory(where: str) -> str | None:
-    """Why this user cannot make files in ``where``, or None. Nothing is made here: the
-    sockets' directory is made private (0700) first where it is the shared /tmp fallback."""
-    here = where
-    while not os.path.exists(here) and os.path.dirname(here) != here:
-        here = os.path.dirname(here)  # the nearest that exists decides whether the rest can be
-    if os.access(here, os.W_OK | os.X_OK):
-        return None
-    unwritable = f"{here} is not writable by this user (uid {os.getuid()})"
-    return unwritable if here == where else f"cannot create {where}: {unwritable}"
 
 
 class LocalServer(RestartHistory):
