@@ -2,11 +2,16 @@
 
 It reads the config through farm.config, as `farm up` does, so a file `farm up` refuses is
 refused here with the same line (exit 2) -- every bad pool at once, not only the first.
-Then it asks what `farm up` would meet once started (farm.pools.bootcheck): each Python
-target loaded by a worker process of its own, as the pool's workers load it, and the
-directories of the store and the sockets writable by this user; a pool that cannot start,
-or a file that cannot be made, is exit 1. It starts no farm and asks none: the running
-farm, its ports and its sockets are left alone.
+Then it asks farm up's own checks of what it would meet once started, in its order, each
+line as farm up says it and farm up's exit code: its listen name
+(farm.pools.localserver), where its control socket, store and Unix socket go
+(farm.pools.places), asked without making or binding anything. Then each Python target
+is loaded by a worker process of its own, as the pool's workers load it
+(farm.pools.bootcheck): one that does not load is exit 1 (a warning for a pool of no
+workers). A command pool is checked as the config checks it (its executable found and
+executable by this user), not started: under another `user=` it is not asked whether that
+user may enter its cwd or run it. It starts no farm and asks none: the running farm, its
+ports and its sockets are left alone.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import Path
 import typer
 
 from farm.cli.app import ConfigOption, FarmCommand, app, fail
-from farm.errors import ConfigError
+from farm.errors import ConfigError, FarmError
 
 __all__ = ["check"]
 
@@ -26,6 +31,12 @@ def _problem(line: str) -> None:
 
     # A target's error quotes its own code's text: escaped for the terminal.
     typer.echo(error_line(f"farm: {escape_controls(line)}"), err=True)
+
+
+def _warn(line: str) -> None:
+    from farm.logs import escape_controls
+
+    typer.echo(f"farm: warning: {escape_controls(line)}", err=True)
 
 
 @app.command(cls=FarmCommand)
@@ -38,14 +49,23 @@ def check(
     ),
 ) -> None:
     """Check the config and that every pool can start, touching no running farm: exit 0
-    when `farm up` would start them all, 2 on a config it refuses, 1 when a pool could not
-    start (a target that does not load) or a file of the farm's could not be made."""
+    when `farm up` would start them all, 2 on a config it refuses (its own line), 1 where
+    farm up would say so with exit 1, or when a Python pool's target does not load.
+    A reload applies [functions] only: [server] and [supervisor] take a restart."""
+    import signal
+
     from farm.config import find_config, load
+    from farm.logs import error_line
     from farm.paths import working_directory
-    from farm.pools.bootcheck import place_problems, target_failures
+    from farm.pools.bootcheck import CannotStart, children_environ, target_failures
+    from farm.pools.localserver import check_listen_name
+    from farm.pools.places import UNIT_DIRECTORIES, place_errors, unit_made_places
 
     if timeout is not None and not 0 < timeout <= 86400:  # also refuses nan and inf
         fail(f"--timeout must be a number of seconds above 0 and at most 86400, not {timeout}", 2)
+    # A SIGCHLD ignored by whatever started us is kept across exec, and the kernel then
+    # reaps our children itself: the check could not see one end ("No child processes").
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     pool_errors: list[ConfigError] = []
     try:
         working_directory()  # as farm up: its workers/ would not be found
@@ -57,25 +77,59 @@ def check(
         fail(str(e), 2)
     for error in pool_errors:
         _problem(str(error))
+    # What farm up refuses once the config reads, in its order: it stops at the first.
+    refusals: list[FarmError] = []
+    if cfg.local_server:
+        try:
+            check_listen_name(cfg.server, cfg.source)
+        except ConfigError as e:
+            refusals.append(e)
+    refusals += place_errors(cfg, cfg.source)
+    for refusal in refusals:  # as farm up's own fail() says it
+        typer.echo(error_line(f"farm: {refusal}"), err=True)
+    for directory, keys in unit_made_places(cfg).items():
+        _warn(
+            f"{directory} does not exist and this user cannot make it ({', '.join(keys)});"
+            f" the unit makes it ({UNIT_DIRECTORIES[directory]}) before farm up starts, so"
+            " this was not checked: outside the unit, farm up would refuse it"
+        )
+    _, python_env, warnings = children_environ(cfg.executor)
+    for warning in warnings:  # farm up logs them as warnings at its start
+        _warn(warning)
     # The pools that read are loaded even when others did not: one run names them all.
     try:
-        failed = target_failures(cfg, cfg.supervisor.boot_timeout if timeout is None else timeout)
-    except OSError as e:  # no process could be started (EAGAIN: at the process limit)
+        failed = target_failures(
+            cfg, cfg.supervisor.boot_timeout if timeout is None else timeout, python_env
+        )
+    except CannotStart as e:  # no process could be started (EAGAIN: at the process limit)
         fail(f"cannot start a process to load the targets in: {e}", 1)
+    broken = False
     for pool in cfg.functions.values():
-        if pool.target in failed:
+        if pool.target not in failed:
+            continue
+        line = (
+            f"{cfg.source}: functions.{pool.name}.target: {pool.target} does not load in a"
+            f" worker: {failed[pool.target]}"
+        )
+        if pool.workers == 0:  # farm up starts none; `farm scale` would meet it
+            _warn(f"{line}; its pool has no workers (workers = 0): fix it before it gets some")
+        else:
+            broken = True
             _problem(
-                f"{cfg.source}: functions.{pool.name}.target: {pool.target} does not load in a"
-                f" worker: {failed[pool.target]}; fix it, or the pool's workers fail at every"
-                " start (retried with backoff)"
+                f"{line}; fix it, or the pool's workers fail at every start (retried with backoff)"
             )
-    places = place_problems(cfg)
-    for key, why in places:
-        _problem(f"{cfg.source}: {key}: {why}")
     if pool_errors:
         fail(f"{len(pool_errors)} pool(s) refused: farm up would not start", 2)
-    if failed or places:
+    if refusals:  # farm up's own line said it; its exit code is the first refusal's
+        code = 2 if isinstance(refusals[0], ConfigError) else 1
+        if broken:
+            fail("farm up would not start: it stops at the first refusal above", code)
+        raise typer.Exit(code)
+    if broken:
         fail("the config reads, but farm up would not start everything in it", 1)
     slots = sum(p.workers for p in cfg.functions.values())
     where = "the built-in defaults" if path is None else str(path.absolute())
-    typer.echo(f"ok: {len(cfg.functions)} pool(s), {slots} slot(s), from {where}")
+    typer.echo(
+        f"ok: {len(cfg.functions)} pool(s), {slots} slot(s), from {where}"
+        " (a reload applies [functions] only: [server] and [supervisor] take a restart)"
+    )

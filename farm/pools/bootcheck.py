@@ -6,9 +6,8 @@ each Python target is loaded the way its workers load it: by the worker process 
 (``python -P -m farm.pools.workerproc --check``), in the environment the supervisor gives
 its workers (``children_environ``), from the same working directory, so a target's
 import side effects stay in that child, and within a time bound (the child's process
-group is killed past it). The files: where the store and the sockets go must be a
-directory this user can write, or one it can make; ports are not bound (a running farm
-holds them), so nothing is said of them.
+group is killed past it, or as soon as it has reported: what the import started, a
+thread that keeps its interpreter from exiting, does not hold the check).
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import os
 import select
 import signal
 import time
-from collections.abc import Iterable
 
 from farm.config import Config, ExecutorConfig
 from farm.pools.executorduties import spill_environ
@@ -26,7 +24,7 @@ from farm.pools.sdnotify import child_environ
 from farm.pools.spawn import python_module, spawn
 from farm.targets import trusted_pythonpath
 
-__all__ = ["children_environ", "target_failures", "place_problems"]
+__all__ = ["CannotStart", "children_environ", "target_failures"]
 
 #: Targets loaded at once: each is a whole interpreter importing a module.
 PARALLEL = max(1, min(8, os.cpu_count() or 1))
@@ -44,18 +42,22 @@ def children_environ(executor: ExecutorConfig) -> tuple[dict[str, str], dict[str
     return child_env, python_env, warnings
 
 
-def target_failures(config: Config, timeout: float) -> dict[str, str]:
+class CannotStart(Exception):
+    """No process (or pipe) to load a target in: the OSError that said so is its cause."""
+
+
+def target_failures(config: Config, timeout: float, env: dict[str, str]) -> dict[str, str]:
     """Each Python target of ``config`` that its workers cannot load -> why, in one line;
     each is loaded in a child of its own, ``PARALLEL`` at a time, at most ``timeout``
-    seconds each. The children are started as the workers are (``spawn``: their own
-    process group, killed if this process dies) and none outlives this call."""
+    seconds each, in ``env`` (a Python worker's, ``children_environ``). The children are
+    started as the workers are (``spawn``: their own process group, killed if this process
+    dies) and none outlives this call. CannotStart when one could not be started."""
     # Each target once, named by its first pool (the child's title and log say that name).
     pools: dict[str, str] = {}
     for pool in config.functions.values():
         if pool.target:
             pools.setdefault(pool.target, pool.name)
     waiting = list(pools)
-    env = children_environ(config.executor)[1]
     running: list[_Load] = []
     failed: dict[str, str] = {}
     try:
@@ -66,13 +68,13 @@ def target_failures(config: Config, timeout: float) -> dict[str, str]:
             soonest = min(load.deadline for load in running)
             fds = [fd for load in running for fd in load.open_fds()]
             # Up to 0.1 s: a child whose pipes something it started holds open is seen
-            # ending by waitpid, which has no descriptor to wait on.
+            # ending by waitid, which has no descriptor to wait on.
             wait = max(0.0, min(0.1, soonest - time.monotonic()))
             if fds:
                 readable = select.select(fds, [], [], wait)[0]
             else:
                 readable = []
-                time.sleep(wait)  # no pipe left open: waiting on waitpid alone
+                time.sleep(wait)  # no pipe left open: waiting on waitid alone
             for load in list(running):
                 load.read(readable)
                 why = load.outcome(timeout)
@@ -99,22 +101,27 @@ class _Load:
         self.target, self.deadline = target, deadline
         self.status: int | None = None
         self.reports, self.err = bytearray(), bytearray()
-        report_read, report_write = os.pipe()
-        err_read, err_write = os.pipe()
-        null = os.open(os.devnull, os.O_RDWR)
-        os.set_inheritable(report_write, True)
-        argv = python_module("farm.pools.workerproc") + ["--check", "--function", pool]
-        argv += ["--target", target, "--report-fd", str(report_write)]
+        opened: list[int] = []
         try:
+            report_read, report_write = os.pipe()
+            opened += (report_read, report_write)
+            err_read, err_write = os.pipe()
+            opened += (err_read, err_write)
+            null = os.open(os.devnull, os.O_RDWR)
+            opened.append(null)
+            os.set_inheritable(report_write, True)
+            argv = python_module("farm.pools.workerproc") + ["--check", "--function", pool]
+            argv += ["--target", target, "--report-fd", str(report_write)]
             # Its stdout: what the module prints as it loads, which is not ours to show.
             self.pid = spawn(argv, env, keep=(report_write,), stdio=(null, null, err_write))
-        except BaseException:
-            os.close(report_read)
-            os.close(err_read)
-            raise
-        finally:
-            for fd in (report_write, err_write, null):
+        except BaseException as exc:
+            for fd in opened:
                 os.close(fd)
+            if isinstance(exc, OSError):  # no process (EAGAIN: the process limit), no fd
+                raise CannotStart(exc) from exc
+            raise
+        for fd in (report_write, err_write, null):
+            os.close(fd)
         self.report_fd = report_read
         self.fds = {report_read: self.reports, err_read: self.err}
 
@@ -133,10 +140,26 @@ class _Load:
 
     def outcome(self, timeout: float) -> str | None:
         """Why the target does not load, None when it loads, or ``_STILL``."""
+        # Decided by its report, once a whole line of it is in: a module may leave a
+        # thread running, which keeps the interpreter from exiting (a worker serves beside
+        # it), or a child holding the pipes open. ``close`` kills what is left.
+        events = [
+            json.loads(line)
+            for line in self.reports.splitlines(keepends=True)
+            if line.endswith(b"\n") and line.strip()
+        ]
+        for event in events:
+            if event.get("ev") == "ready":
+                return None
+            if event.get("ev") == "boot_error":
+                return str(event.get("why"))
         if self.status is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.status = os.waitstatus_to_exitcode(status)
+            # Seen ended, not reaped: its pid names its process group until ``close``
+            # has killed that group, and only then is it reaped.
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            if info is not None and info.si_pid:
+                exited = info.si_code == os.CLD_EXITED
+                self.status = info.si_status if exited else -info.si_status
         # Its report read to its end (its stderr may be held open by what it started).
         if self.status is None or self.report_fd in self.fds:
             if time.monotonic() < self.deadline:
@@ -146,62 +169,17 @@ class _Load:
                     f"still loading after {timeout:g}s (a hang at import? the supervisor kills"
                     " a worker still loading at [supervisor] boot_timeout)"
                 )
-        events = [json.loads(line) for line in self.reports.splitlines() if line.strip()]
-        if any(e.get("ev") == "ready" for e in events):
-            return None
-        for event in events:
-            if event.get("ev") == "boot_error":
-                return str(event.get("why"))
         last = self.err.decode(errors="replace").strip().splitlines()[-1:] or ["it said nothing"]
         return f"the worker exited with status {self.status} while loading it: {last[0]}"
 
     def close(self) -> None:
-        """Kill what is left of its process group, reap it, close its pipes."""
+        """Kill what is left of its process group, then reap it (not before: until then its
+        pid is its own, not another's group's), close its pipes."""
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        if self.status is None:
-            os.waitpid(self.pid, 0)
-            self.status = -signal.SIGKILL
+        os.waitpid(self.pid, 0)
         for fd in self.fds:
             os.close(fd)
         self.fds.clear()
-
-
-def place_problems(config: Config) -> list[tuple[str, str]]:
-    """(key, what to do) for each file `farm up` must make where this user cannot: the
-    store, the job server's Unix socket, the control socket."""
-    wanted: list[tuple[str, str]] = [("supervisor.control", config.supervisor.control)]
-    if config.local_server:
-        if config.server.store != "none":
-            wanted.append(("server.store", config.server.store))
-        if config.server.unix:
-            wanted.append(("server.listen", config.server.unix))
-    return [(key, why) for key, path in wanted if (why := _unwritable(path)) is not None]
-
-
-def _unwritable(path: str) -> str | None:
-    """Why this user cannot make (or write) the file ``path``, or None. farm makes the
-    missing directories, so the nearest one that exists must take a new entry."""
-    who = f"this user (uid {os.geteuid()})"
-    if os.path.isfile(path) and not os.access(path, os.W_OK):
-        return f"{path} is not writable by {who}; run as the farm's user, or chown it"
-    for parent in _parents(path):
-        if os.path.isdir(parent):
-            if os.access(parent, os.W_OK | os.X_OK):
-                return None
-            return (
-                f"{parent} is not writable by {who}, so {path} cannot be made there;"
-                " run as the farm's user, or chown that directory"
-            )
-    return None
-
-
-def _parents(path: str) -> Iterable[str]:
-    parent = os.path.dirname(os.path.abspath(path))
-    while True:
-        yield parent
-        if parent == os.path.dirname(parent):
-            return
-        parent = os.path.dirname(parent)
