@@ -59,10 +59,18 @@ class DiskReserve:
                         raise PermissionError(f"{self.path} is not a file of this user's")
                     # A hard link planted beside a store in /tmp: fallocate would grow the
                     # file it names, and release() empty it.
+                    if info.st_nlink != 1:
+                        raise PermissionError(
+                            f"{self.path} has another hard link ({info.st_nlink} names for"
+                            " one file): it may be someone else's file, which a reserve"
+                            " there would grow and empty"
+                        )
                     check_own_file(self.path, info)
                 except PermissionError as exc:
                     os.close(fd)
-                    log.warning("%s; no disk reserve", exc)
+                    # strerror: the sentence alone, without "[Errno 1]" before it.
+                    why = exc.strerror or str(exc)
+                    log.warning("%s; so it is not used, and the job store has no disk reserve", why)
                     return not self.spent
                 self._fd = fd
             if disk.f_bavail * disk.f_frsize < 4 * size:

@@ -257,7 +257,9 @@ def test_a_hard_link_at_the_pid_or_log_path_is_refused(tmp_path: Path) -> None:
         assert victim.read_text() == "keep me\n"
 
 
-def test_a_hard_link_at_the_stores_reserve_path_is_not_grown_nor_emptied(tmp_path: Path) -> None:
+def test_a_hard_link_at_the_stores_reserve_path_is_not_grown_nor_emptied(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # STORE-reserve was opened as any file of this user's: a hard link planted there (in
     # /tmp, where fs.protected_hardlinks=0 lets any user link root's files) had the server
     # grow the file it names to 8 MB of zeros, and empty it when the disk filled.
@@ -266,8 +268,15 @@ def test_a_hard_link_at_the_stores_reserve_path_is_not_grown_nor_emptied(tmp_pat
     os.link(victim, tmp_path / "queue.db-reserve")
     reserve = DiskReserve(str(tmp_path / "queue.db"))
     try:
-        reserve.make()
+        with caplog.at_level("WARNING", logger="farm.server"):
+            reserve.make()
         reserve.release()
     finally:
         reserve.close()
     assert victim.read_text() == "keep me\n"
+    # One sentence that says what and why: it read "[Errno 1] .../queue.db-reserve has
+    # other links (2); no disk reserve".
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "Errno" not in warning, warning
+    assert "another hard link" in warning and "not used" in warning, warning
+    assert "no disk reserve" in warning, warning
