@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import os
 import signal
 import ssl
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from farm.errors import FarmError, TLSFileError
 from farm.lifetime import die_with_parent
 from farm.logs import error_line
-from farm.net import clear_socket_path, parse_address
+from farm.loopback import taken_hint, twin_needed, twin_socket
+from farm.net import Address, clear_socket_path, parse_address
 from farm.paths import NoStateDirectory, open_own_file
 from farm.server.connection import Connection
 from farm.server.exposition import MetricsEndpoint
@@ -45,9 +46,6 @@ log = logging.getLogger("farm.server")
 
 #: How long a stopping server waits for replies still being written.
 DRAIN_SECONDS = 2.0
-
-#: TCP hosts whose port the server also holds on [::1] (``Server._hold_ipv6_loopback``).
-IPV4_LOOPBACK_TWIN = frozenset({"127.0.0.1", "0.0.0.0"})
 
 #: What a failed bind means, in the words of the fix (errno -> words).
 BIND_REASONS = {
@@ -120,7 +118,8 @@ class Server:
                 raise ListenError(str(tcp), why) from exc
             self.listeners.append(srv)
             log.info("listening on %s%s", tcp, " (TLS)" if tls else "")
-            await self._hold_ipv6_loopback(tcp.host, srv, gated)
+            twin = functools.partial(self.loop.create_server, gated, backlog=opts.backlog)
+            await self._hold_ipv6_loopback(tcp, srv, twin, _hint(opts, "twin"))
             if opts.tcp_admin == "full":  # gearmand's way; every local user reaches TCP
                 log.info(
                     "admin commands that change the queues (cancel job, maxqueue, drop"
@@ -133,12 +132,17 @@ class Server:
         if opts.metrics:
             where = parse_address(opts.metrics)
             self.metrics = MetricsEndpoint(self.hub)
+            hint = "give --metrics another HOST:PORT, or leave it off"
             try:
-                self.listeners.append(await self.metrics.start(where.host, where.port))
+                listener = await self.metrics.start(where.host, where.port)
             except OSError as exc:
-                hint = "give --metrics another HOST:PORT, or leave it off"
                 raise ListenError(f"--metrics {opts.metrics}", exc, hint) from exc
+            self.listeners.append(listener)
             log.info("metrics on http://%s/metrics", opts.metrics)
+            # Prometheus or `curl localhost:PORT` try [::1] first, and a user there could
+            # answer in the farm's place (hiding its alerts): taken, it stops the server
+            # as the metrics port taken does.
+            await self._hold_ipv6_loopback(where, listener, self.metrics.start_on, hint)
 
     def _tls_context(self) -> ssl.SSLContext | None:
         opts = self.options
@@ -153,27 +157,33 @@ class Server:
         return ctx
 
     async def _hold_ipv6_loopback(
-        self, host: str | None, srv: asyncio.Server, factory: Callable[[], Any]
+        self,
+        beside: Address,
+        srv: asyncio.Server,
+        serve: Callable[..., Awaitable[asyncio.AbstractServer]],
+        fix: str,
     ) -> None:
-        """Listen on [::1] too, at a 127.0.0.1 (or 0.0.0.0) listener's port: clients of
-        `localhost` (PHP's `addServer()`, `gearadmin`) try [::1] first where /etc/hosts
-        says so, and any local user could take their jobs there (gearmand holds both)."""
+        """Listen on [::1] too, at the port ``srv`` has on ``beside`` (127.0.0.1 or 0.0.0.0):
+        clients of `localhost` (PHP's `addServer()`, `gearadmin`, Prometheus) try [::1]
+        first where /etc/hosts says so, and any local user could answer them there
+        (farm.loopback). ``serve(sock=)`` serves the twin's socket as ``srv`` is; ``fix``
+        is the port hint of ``beside``, for the error when [::1] is taken."""
         opts = self.options
-        if host not in IPV4_LOOPBACK_TWIN or any(
-            parse_address(a, default_port=opts.port).host in ("::1", "::") for a in opts.listen
-        ):
+        port = srv.sockets[0].getsockname()[1]  # port 0 asked: the one it got
+        tcp = [parse_address(a, default_port=opts.port) for a in opts.listen]
+        if not twin_needed(beside.host, port, [(a.host, a.port) for a in tcp]):
             return
-        assert self.loop is not None
-        port = srv.sockets[0].getsockname()[1]
-        where = f"[::1]:{port} (localhost's IPv6 address)"
+        where = f"[::1]:{port} (localhost's IPv6 address, held beside {beside})"
         try:
-            twin = await self.loop.create_server(factory, "::1", port, backlog=opts.backlog)
+            sock = twin_socket(port, opts.backlog)
         except OSError as exc:
-            if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
-                return  # no IPv6 here: `localhost` is 127.0.0.1 alone
-            raise ListenError(where, exc, "clients of `localhost` would reach its owner") from exc
-        self.listeners.append(twin)
-        log.info("listening on %s", where)
+            if exc.errno == errno.EADDRINUSE:
+                fix = taken_hint(port, "this server", fix)
+            raise ListenError(where, exc, fix) from exc
+        if sock is None:
+            return  # no IPv6 here: `localhost` is 127.0.0.1 alone
+        self.listeners.append(await serve(sock=sock))
+        log.info("listening on [::1]:%d (localhost's IPv6 address)", port)
 
     async def _listen_unix(self, path: str, factory: Callable[[], Connection]) -> None:
         assert self.loop is not None
@@ -356,6 +366,9 @@ HINTS = {
     ("store", "config"): 'set [server] store = "PATH" in the config, or "none" for memory only',
     ("port", "flags"): "another server has it? use another -p PORT, or -L HOST:PORT",
     ("port", "config"): "another server has it? give [server] listen another port",
+    # The same port taken on [::1] alone (a Node dev server binds localhost's [::1] only).
+    ("twin", "flags"): "use another -p PORT, or -L HOST:PORT",
+    ("twin", "config"): "give [server] listen another port",
     ("socket", "flags"): "another server has it? use another --unix PATH",
     ("socket", "config"): "another server has it? give [server] listen another unix: path",
     ("listen", "flags"): "check the -L and --unix addresses",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -299,13 +300,18 @@ class MetricsEndpoint:
         self.open_now: dict[asyncio.WriteTransport, float] = {}
         self.reading: dict[asyncio.WriteTransport, float] = {}
         self.answering: set[asyncio.Task[Any]] = set()
-        self.listener: asyncio.AbstractServer | None = None
+        self.listener: asyncio.Server | None = None
         self.closed = False
 
-    async def start(self, host: str, port: int) -> asyncio.AbstractServer:
+    async def start(self, host: str, port: int) -> asyncio.Server:
         """Listen on HOST:PORT; the listener (closed with the server's others)."""
         self.listener = await asyncio.start_server(self._answer, host, port, reuse_address=True)
         return self.listener
+
+    async def start_on(self, sock: socket.socket) -> asyncio.AbstractServer:
+        """Listen on ``sock`` too (the [::1] twin of ``start``'s, farm.loopback); the listener,
+        closed with the server's others (``Server.stop``)."""
+        return await asyncio.start_server(self._answer, sock=sock)
 
     def close(self) -> None:
         """No new connections; those open are aborted (a stop does not wait on a scrape)."""

@@ -10,16 +10,19 @@ jobs, and answer them. gearmand holds both (its default, every address; Debian's
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from farm.client.admin import admin_query
 from tests.helpers import ROOT
-from tests.helpers.servers import Server, free_ports, start_farm_server
+from tests.helpers.servers import Server, free_ports, start_farm_server, wait_connectable
 
 
 def ipv6_loopback_problem() -> str | None:
@@ -70,3 +73,125 @@ def test_a_server_whose_ipv6_loopback_port_is_taken_does_not_start() -> None:
             pytest.fail("the server started beside a squatter on localhost's [::1]")
     assert proc.returncode != 0, err
     assert f"[::1]:{port}" in err and "already in use" in err, err
+
+
+def test_a_listener_on_ipv6_loopback_at_another_port_leaves_the_twin_in_place() -> None:
+    # Any [::1] listener turned the twin off: with -L [::1]:Q beside -L 127.0.0.1:P,
+    # [::1]:P (where clients of localhost:P go first) was free to squat.
+    if problem := ipv6_loopback_problem():
+        pytest.skip(problem)
+    port, other = free_ports(2)
+    srv = start_farm_server("-L", f"127.0.0.1:{port}", "-L", f"[::1]:{other}", port=port)
+    try:
+        for where in (f"[::1]:{port}", f"[::1]:{other}"):
+            assert admin_query(where, "getpid", timeout=10) == f"OK {srv.proc.pid}\n", where
+    finally:
+        srv.stop()
+
+
+def test_ipv6_loopback_at_the_same_port_is_listened_on_once() -> None:
+    if problem := ipv6_loopback_problem():
+        pytest.skip(problem)
+    port = free_ports(1)[0]
+    srv = start_farm_server("-L", f"127.0.0.1:{port}", "-L", f"[::1]:{port}", port=port)
+    try:
+        assert admin_query(f"[::1]:{port}", "getpid", timeout=10) == f"OK {srv.proc.pid}\n"
+    finally:
+        srv.stop()
+
+
+def test_the_error_for_a_taken_ipv6_loopback_says_who_and_what_to_do() -> None:
+    # It said "cannot listen on [::1]:P (localhost's IPv6 address): address already in use
+    # (clients of `localhost` would reach its owner)": no fix, where a port taken says
+    # "use another -p PORT" (and a Node dev server, which binds [::1] alone, is the owner).
+    if problem := ipv6_loopback_problem():
+        pytest.skip(problem)
+    port = free_ports(1)[0]
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as squatter:
+        try:
+            squatter.bind(("::1", port))
+        except OSError:
+            pytest.skip(f"[::1]:{port} is in use here")
+        squatter.listen()
+        for hints, fix in (("flags", "use another -p PORT"), ("config", "give [server] listen")):
+            argv = [sys.executable, "-m", "farm.server", "-p", str(port), "--store", "none"]
+            run = subprocess.run(
+                [*argv, "--hints", hints], cwd=ROOT, capture_output=True, text=True, timeout=30
+            )
+            err = run.stderr
+            assert run.returncode == 1, err
+            assert f"[::1]:{port}" in err and "already in use" in err, err
+            assert f"127.0.0.1:{port}" in err, err  # what it was held beside
+            assert f"pid {os.getpid()}" in err, err  # who holds it: this test
+            assert "stop it" in err and fix in err, err
+            assert len(err.strip().splitlines()) == 1, err
+
+
+#: `python -m farm.server` on a host without IPv6 (a kernel booted with ipv6.disable=1,
+#: where no AF_INET6 socket can be made) and without uvloop (plain asyncio).
+NO_IPV6_SERVER = """
+import errno, socket, sys
+
+def no_ipv6(event, args):
+    if event == "socket.__new__" and args[1] == socket.AF_INET6:
+        raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+
+sys.addaudithook(no_ipv6)
+sys.modules["uvloop"] = None  # its import fails: the server runs on asyncio's own loop
+from farm.server.app import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_host_without_ipv6_runs_on_127_0_0_1_alone_and_says_so(tmp_path: Path) -> None:
+    # asyncio's create_server("::1") there skipped the family it could not make and
+    # returned a server with no socket: the log said "listening on [::1]:P" of nothing.
+    port = free_ports(1)[0]
+    log = tmp_path / "server.log"
+    argv = [sys.executable, "-c", NO_IPV6_SERVER, "-p", str(port), "--store", "none", "-vvv"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(argv, cwd=ROOT, stderr=out, stdout=out)
+    try:
+        wait_connectable(f"127.0.0.1:{port}", proc)
+        assert admin_query(f"127.0.0.1:{port}", "getpid", timeout=10) == f"OK {proc.pid}\n"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    text = log.read_text()
+    assert f"listening on 127.0.0.1:{port}" in text, text
+    assert "::1" not in text, text
+
+
+def test_the_servers_metrics_endpoint_holds_ipv6_loopback_too() -> None:
+    # Prometheus or `curl localhost:PORT/metrics` try [::1] first: another user listening
+    # there served them numbers of their choosing (no alert fires).
+    if problem := ipv6_loopback_problem():
+        pytest.skip(problem)
+    port, metrics = free_ports(2)
+    srv = start_farm_server("--metrics", f"127.0.0.1:{metrics}", port=port)
+    try:
+        with urllib.request.urlopen(f"http://[::1]:{metrics}/metrics", timeout=10) as reply:
+            assert b"farm_jobs_submitted" in reply.read()
+    finally:
+        srv.stop()
+
+
+def test_a_server_whose_metrics_port_is_taken_on_ipv6_loopback_does_not_start() -> None:
+    # As its metrics port taken on 127.0.0.1 does: --metrics asked for them, and a scrape
+    # of localhost would read another's numbers.
+    if problem := ipv6_loopback_problem():
+        pytest.skip(problem)
+    port, metrics = free_ports(2)
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as squatter:
+        try:
+            squatter.bind(("::1", metrics))
+        except OSError:
+            pytest.skip(f"[::1]:{metrics} is in use here")
+        squatter.listen()
+        argv = [sys.executable, "-m", "farm.server", "-p", str(port), "--store", "none"]
+        argv += ["--metrics", f"127.0.0.1:{metrics}"]
+        run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=30)
+    err = run.stderr
+    assert run.returncode == 1, err
+    assert f"[::1]:{metrics}" in err and "already in use" in err, err
+    assert "give --metrics another HOST:PORT" in err and f"pid {os.getpid()}" in err, err

@@ -1,0 +1,121 @@
+"""localhost's other address: the [::1] twin of a listener on 127.0.0.1 (or 0.0.0.0).
+
+Where /etc/hosts names ``::1 localhost`` (Debian's, Ubuntu's), a client of ``localhost``
+tries [::1] first: libgearman's default server (PHP's ``addServer()``, ``gearadmin``),
+``farm submit --server localhost:P``, Prometheus or ``curl localhost:9730``. A farm that
+listened on 127.0.0.1 alone left [::1] at its port to any local user, who then took those
+clients' jobs, or served them fake metrics. So each of the farm's TCP listeners (the job
+server's, its ``--metrics`` endpoint, the supervisor's ``[supervisor] metrics``) holds its
+port on [::1] too, through this module: whether a listener needs its twin
+(``twin_needed``), the twin's socket (``twin_socket``), and who holds [::1] at that port
+when it is taken (``holder``), for the error that says what to do.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Iterable
+
+__all__ = ["TWINNED_HOSTS", "twin_needed", "twin_socket", "holder", "taken_hint"]
+
+#: Hosts whose listener is given a twin on [::1]: localhost's IPv4 address, and every
+#: address (gearmand's default, which holds [::] too). Another 127.x address is not
+#: `localhost`, nor is a host name (``localhost`` itself is bound on every address it has).
+TWINNED_HOSTS = frozenset({"127.0.0.1", "0.0.0.0"})
+#: Listeners that hold [::1] at their port already (asyncio and farm bind [::] IPv6 only).
+HOLDS_IPV6_LOOPBACK = frozenset({"::1", "::"})
+#: What binding [::1] raises where the host has no IPv6: `localhost` is 127.0.0.1 alone.
+NO_IPV6 = frozenset({errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT})
+
+
+def twin_needed(host: str | None, port: int, listened: Iterable[tuple[str | None, int]]) -> bool:
+    """Whether a listener on ``host:port`` (the port it got) needs its [::1] twin: it is on
+    127.0.0.1 or 0.0.0.0, and none of the process's own ``listened`` (HOST, PORT) holds
+    [::1] at that port. A listener on [::1] at another port leaves this one's free."""
+    if host not in TWINNED_HOSTS:
+        return False
+    return not any(h in HOLDS_IPV6_LOOPBACK and p == port for h, p in listened)
+
+
+def twin_socket(port: int, backlog: int) -> socket.socket | None:
+    """A socket listening on [::1]:``port`` (blocking; asyncio makes its own non-blocking),
+    or None where the host has no IPv6. Made here rather than by asyncio's create_server,
+    which on a host without IPv6 returns a server with no socket at all (it skips the
+    families it cannot make), and the log said "listening on [::1]" where nothing was.
+    OSError when [::1]:``port`` cannot be bound otherwise (EADDRINUSE: ``holder`` names who
+    has it)."""
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    except OSError as exc:
+        if exc.errno in NO_IPV6:
+            return None
+        raise
+    try:
+        # A restart finds the last run's connections in TIME_WAIT, as on its own port.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(("::1", port))
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        if exc.errno in NO_IPV6:
+            return None
+        raise
+    return sock
+
+
+def taken_hint(port: int, whose: str, fix: str) -> str:
+    """What to do when [::1]:``port`` is in use: who has it, what that means to ``whose``
+    clients, and the fix (``fix``: the port hint of the listener it was to be held beside).
+    Said in full, as a port taken on [::1] alone (a Node dev server: Node 17 and later
+    bind localhost's [::1] only) is not what "another server has it?" brings to mind."""
+    who = holder(port)
+    return (
+        (f"by {who}; " if who else "")
+        + f"clients of `localhost:{port}` would reach it, not {whose}: stop"
+        + (" it" if who else " what listens there")
+        + f", or {fix}"
+    )
+
+
+def holder(port: int) -> str | None:
+    """Who listens on [::1]:``port`` (or [::]), in words for an error ("node, pid 4242, user
+    dev"), as far as this user may see; None when nothing is found there. Only when a twin
+    could not be bound: psutil reads every process's descriptors."""
+    import psutil  # a dependency; only imported here, where it is needed
+
+    try:
+        found = [
+            conn
+            for conn in psutil.net_connections(kind="tcp6")
+            if conn.status == psutil.CONN_LISTEN
+            and conn.laddr
+            and conn.laddr.port == port
+            and conn.laddr.ip in HOLDS_IPV6_LOOPBACK
+        ]
+    except (OSError, psutil.Error):
+        return None
+    if not found:
+        return None
+    pid = found[0].pid
+    if pid is None:  # its process is not this user's to read
+        return "a process of another user (`sudo ss -ltnp` names it)"
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            name, user = proc.name(), proc.username()
+    except (psutil.Error, KeyError):
+        return f"pid {pid}"
+    mine = user == _me()
+    return f"{name}, pid {pid}" + ("" if mine else f", user {user}")
+
+
+def _me() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
