@@ -14,11 +14,14 @@ when it is taken (``holder``), for the error that says what to do.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import socket
+import threading
 from collections.abc import Iterable
+from typing import Any
 
-__all__ = ["TWINNED_HOSTS", "twin_needed", "twin_socket", "holder", "taken_hint"]
+__all__ = ["TWINNED_HOSTS", "twin_needed", "twin_socket", "serve_twin", "holder", "taken_hint"]
 
 #: Hosts whose listener is given a twin on [::1]: localhost's IPv4 address, and every
 #: address (gearmand's default, which holds [::] too). Another 127.x address is not
@@ -64,6 +67,26 @@ def twin_socket(port: int, backlog: int) -> socket.socket | None:
             return None
         raise
     return sock
+
+
+def serve_twin(server: Any, port: int, name: str) -> Any:
+    """The [::1]:``port`` twin of ``server`` (socketserver's, or wsgiref's WSGIServer),
+    serving on a daemon thread named ``name``, shut down as ``server`` is; None where the
+    host has no IPv6. OSError as ``twin_socket``."""
+    sock = twin_socket(port, server.request_queue_size)
+    if sock is None:
+        return None
+    twin = type(server)(("::1", port), server.RequestHandlerClass, False)
+    twin.socket.close()  # the one the constructor made, unbound
+    twin.socket = sock
+    if hasattr(twin, "set_app"):  # WSGIServer: what its server_bind would have set up
+        twin.server_name, twin.server_port = "localhost", port
+        twin.setup_environ()
+        twin.set_app(server.get_app())
+    # A stop (shutdown()) waits for serve_forever's poll: the default half second delayed it.
+    serve = functools.partial(twin.serve_forever, poll_interval=0.1)
+    threading.Thread(target=serve, name=name, daemon=True).start()
+    return twin
 
 
 def taken_hint(port: int, whose: str, fix: str) -> str:

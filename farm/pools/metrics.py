@@ -25,6 +25,7 @@ the supervisor's loop last read of it, up to a second before.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from farm import slowreuse
+from farm.loopback import serve_twin, taken_hint, twin_needed
 from farm.pools.slots import EXIT_CAUSES, Exits, ProcState
 
 #: What farm_pool_processes counts by: a process's state, or an empty slot's.
@@ -283,8 +285,6 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
     when it is full lets a new connection take the place of the oldest one still sending
     its request, else of the oldest one older than EVICT_AFTER (see MAX_SCRAPES)."""
     import socket
-    import threading
-    import time
     from socketserver import ThreadingMixIn
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -304,6 +304,7 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
 
     class Server(ThreadingMixIn, WSGIServer):
         daemon_threads = True
+        twin: Any = None  # its [::1] twin (farm.loopback), stopped with it; one bound shared
         request_queue_size = 2 * MAX_SCRAPES  # socketserver's 5 drops a burst's SYNs
         slots = threading.BoundedSemaphore(MAX_SCRAPES)
         lock = threading.Lock()
@@ -366,6 +367,12 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
             finally:
                 self.forget(request)
 
+        def shutdown(self) -> None:
+            super().shutdown()
+            if self.twin is not None:
+                self.twin.shutdown()
+                self.twin.server_close()
+
     host, _, port = address.rpartition(":")  # the config checked it; port 0: any free one
     family, _, _, _, sockaddr = socket.getaddrinfo(
         host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -380,5 +387,17 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
     serve = functools.partial(server.serve_forever, poll_interval=0.1)
     threading.Thread(target=serve, name="metrics", daemon=True).start()
     bound = server.server_address[1]
-    log.info("metrics on http://%s:%d/metrics (pid %d)", host, bound, os.getpid())
+    # Prometheus, `curl localhost:9730`, `farm top --metrics localhost:9730` try [::1] first,
+    # where another user could answer them (hiding the farm's alerts): farm.loopback.
+    if twin_needed(host.strip("[]"), bound, []):
+        try:
+            server.twin = serve_twin(server, bound, "metrics-ipv6")
+        except OSError as exc:  # a warning, as the port taken is: 127.0.0.1 is still served
+            fix = "give [supervisor] metrics another port"
+            if exc.errno == errno.EADDRINUSE:
+                fix = taken_hint(bound, "the farm's metrics", fix)
+            why = f"cannot serve on [::1]:{bound} too ({exc.strerror or exc})"
+            log.warning("metrics: %s: on %s:%d alone (%s)", why, host, bound, fix)
+    also = f" and http://[::1]:{bound}/metrics" if server.twin is not None else ""
+    log.info("metrics on http://%s:%d/metrics%s (pid %d)", host, bound, also, os.getpid())
     return server

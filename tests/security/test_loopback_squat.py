@@ -22,6 +22,7 @@ import pytest
 
 from farm.client.admin import admin_query
 from tests.helpers import ROOT
+from tests.helpers.farmproc import FarmUp
 from tests.helpers.servers import Server, free_ports, start_farm_server, wait_connectable
 
 
@@ -195,3 +196,61 @@ def test_a_server_whose_metrics_port_is_taken_on_ipv6_loopback_does_not_start() 
     assert run.returncode == 1, err
     assert f"[::1]:{metrics}" in err and "already in use" in err, err
     assert "give --metrics another HOST:PORT" in err and f"pid {os.getpid()}" in err, err
+
+
+POOLS = """
+[functions.alpha]
+target = "tests.helpers.monitored:work"
+workers = 1
+"""
+
+
+@pytest.mark.timeout(90)
+def test_farm_ups_metrics_are_served_on_ipv6_loopback_too(tmp_path: Path) -> None:
+    # `[supervisor] metrics` (127.0.0.1:9730 by default) had no twin: Prometheus, `curl
+    # localhost:9730` and `farm top --metrics localhost:9730` went to [::1] first, where
+    # another user could serve numbers of their choosing (no alert fires).
+    if problem := ipv6_loopback_problem():
+        pytest.skip(problem)
+    up = FarmUp(tmp_path, POOLS)
+    try:
+        up.expect_notify("READY=1")
+        url = f"http://[::1]:{up.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            assert b"farm_pool_target_workers" in reply.read()
+        assert up.stop() == 0  # the twin's thread stopped with it
+    finally:
+        up.stop()
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as after:
+        after.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+        after.bind(("::1", up.metrics_port))  # let go: no listener left there
+        after.listen()
+
+
+@pytest.mark.timeout(90)
+def test_farm_up_with_its_metrics_port_taken_on_ipv6_loopback_warns_and_serves_127(
+    tmp_path: Path,
+) -> None:
+    # A warning, as the metrics port taken is: the farm's numbers stay on 127.0.0.1, and
+    # the warning says who holds [::1] and what to do.
+    if problem := ipv6_loopback_problem():
+        pytest.skip(problem)
+    up = FarmUp(tmp_path, POOLS, start=False)
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as squatter:
+        try:
+            squatter.bind(("::1", up.metrics_port))
+        except OSError:
+            pytest.skip(f"[::1]:{up.metrics_port} is in use here")
+        squatter.listen()
+        up.start()
+        try:
+            up.expect_notify("READY=1")
+            with urllib.request.urlopen(up.metrics_url, timeout=10) as reply:
+                assert b"farm_pool_target_workers" in reply.read()
+            log = up.read_log()
+            (line,) = [ln for ln in log.splitlines() if f"[::1]:{up.metrics_port}" in ln]
+            assert "WARNING" in line and "already in use" in line.lower(), line
+            assert f"pid {os.getpid()}" in line, line
+            assert "give [supervisor] metrics another port" in line, line
+        finally:
+            up.stop()
