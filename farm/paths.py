@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from farm.errors import FarmError, WorkingDirectoryGone
+from farm.ownership import controlled_by_another, untrusted_because
 
 __all__ = [
     "working_directory",
@@ -63,7 +64,7 @@ def state_dir() -> Path:
         why = controlled_by_another(Path(base) / "farm")
         if why is None:
             return Path(base) / "farm"
-        passed_over.append(why)
+        passed_over.append(f"{Path(base) / 'farm'} {why}")
     if passed_over:
         raise NoStateDirectory(
             f"farm has no state directory: {'; '.join(passed_over)}; set $XDG_STATE_HOME"
@@ -89,26 +90,6 @@ def _state_homes() -> Iterator[str]:
     yield from filter(os.path.isabs, [os.path.expanduser("~/.local/state")])
     with contextlib.suppress(KeyError):  # a uid the user database does not know
         yield os.path.join(pwd.getpwuid(os.getuid()).pw_dir, ".local/state")
-
-
-def controlled_by_another(path: Path) -> str | None:
-    """Why another user could choose what is at ``path`` (made or not), or None: a directory
-    on the way is theirs, or every user's to write and not sticky. `su` without `-` keeps
-    the first user's $XDG_STATE_HOME (`sudo -E`, $HOME): root's store went into their
-    ~/.local/state/farm, where a store file of theirs passed check_own_file, and they read
-    every job's payload. Looked at as far as the path exists and may be searched."""
-    here = Path("/")
-    for part in Path(os.path.realpath(path)).parts[1:]:
-        here = here / part
-        try:
-            info = os.lstat(here)
-        except OSError:  # missing, or not to be searched: nothing of another user's below
-            return None
-        if info.st_uid not in (os.getuid(), 0):
-            return f"{here} belongs to uid {info.st_uid}, not this user"
-        if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
-            return f"{here} may be written by every user"
-    return None
 
 
 def _xdg(name: str) -> str | None:
@@ -177,21 +158,6 @@ def _sockets_fit(directory: Path) -> bool:
     long one, every default address was a config error naming the built-in defaults, and
     `farm up`, `farm status` and farm.Client() failed, though the TCP one would have done."""
     return all(socket_path_problem(str(directory / name)) is None for name in _SOCKET_NAMES)
-
-
-def untrusted_because(info: os.stat_result) -> str | None:
-    """Why what ``info`` describes (a ./farm.toml, the working directory searched for
-    modules) is not read as the farm's own, or None: it must be this user's or root's, and
-    not every user's to write, nor its group's where the farm runs as root (a member of
-    the group chose what ran as root) unless that group is root's own (gid 0: umask 002
-    makes root's files so). One rule for both."""
-    if info.st_uid not in (os.getuid(), 0):
-        return f"belongs to uid {info.st_uid}"
-    if info.st_mode & stat.S_IWOTH:
-        return "may be written by every user"
-    if info.st_mode & stat.S_IWGRP and os.geteuid() == 0 and info.st_gid != 0:
-        return f"may be written by its group (gid {info.st_gid}), and the farm runs as root"
-    return None
 
 
 def _own_directory(path: str) -> bool:

@@ -121,7 +121,7 @@ def target_problem(target: str) -> str | None:
         if cwd is None:  # a farm running where its start directory was removed since
             said += " (not the working directory, which was removed)"
         elif unsearched:  # an absolute PYTHONPATH entry is searched: the operator names it
-            said += f" (not {cwd}, which {unsearched}; PYTHONPATH={cwd} if you trust it)"
+            said += f" (not {cwd}: it {unsearched}; PYTHONPATH={cwd} if you trust it)"
         value = os.environ.get("PYTHONPATH", "")
         relative = [e for e in value.split(os.pathsep) if not os.path.isabs(e)] if value else []
         if relative:  # the supervisor warns of them only once this check has passed

@@ -258,6 +258,23 @@ def test_the_fallback_is_not_made_in_the_tmpdir_of_the_user_who_ran_su(tmp_path:
     assert _fallback_with_tmpdir(theirs) == Path(f"/tmp/farm-{os.getuid()}")
 
 
+def test_the_fallback_is_not_made_through_a_tmpdir_link_of_another_user(tmp_path: Path) -> None:
+    # Their $TMPDIR, a link of theirs to a directory of root's: its realpath passed, and the
+    # fallback kept the path through the link, which they could point at a directory of
+    # theirs once the farm had checked it.
+    if os.getuid() != 0:
+        pytest.skip("needs root to make a link of another user (CI runs as root)")
+    roots = tmp_path / "roots"
+    roots.mkdir(mode=0o755)
+    link = tmp_path / "tmp"
+    link.symlink_to(roots)
+    os.lchown(link, NOBODY, NOBODY)
+    tmp_path.chmod(0o755)
+    assert _fallback_with_tmpdir(link) == Path(f"/tmp/farm-{os.getuid()}")
+    os.lchown(link, 0, 0)  # root's own link to root's directory: followed
+    assert _fallback_with_tmpdir(link) == link / f"farm-{os.getuid()}"
+
+
 def test_a_farm_toml_under_a_directory_anyone_may_swap_is_not_read(tmp_path: Path) -> None:
     # The farm's own file, in a directory of its own, but under one every user may write
     # (not sticky): its relative paths (a store, a socket, a pool's cwd) are read against
@@ -270,5 +287,7 @@ def test_a_farm_toml_under_a_directory_anyone_may_swap_is_not_read(tmp_path: Pat
     (proj / "farm.toml").write_text('[server]\nlisten = ["unix:/tmp/attacker.sock"]\n')
     refused = farm_cli(proj, "status")
     assert refused.returncode == 2, refused.stderr
-    assert f"{shared} may be written by every user" in refused.stderr, refused.stderr
+    assert f"depends on {shared}, which is not sticky and may be written by every user" in (
+        refused.stderr
+    ), refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr

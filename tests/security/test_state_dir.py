@@ -60,14 +60,25 @@ def test_a_state_home_in_a_directory_anyone_may_write_is_passed_over(tmp_path: P
     assert store == f"{home}/.local/state/farm/queue-4730.db"
 
 
-def test_a_sticky_directory_as_tmp_is_no_reason_to_pass_over(tmp_path: Path) -> None:
-    # /tmp/pytest-of-root/... is where the tests keep their state: a directory made in a
-    # sticky one is the farm's own, and nobody else may move it.
+def test_a_directory_of_ours_in_a_sticky_one_is_no_reason_to_pass_over(tmp_path: Path) -> None:
+    # A directory of the farm's in a sticky one (/tmp) is its own: nobody else may move it.
     sticky = tmp_path / "tmp"
     sticky.mkdir()
     sticky.chmod(0o1777)
+    (sticky / "state").mkdir(mode=0o755)
     state, _ = where({"XDG_STATE_HOME": str(sticky / "state"), "XDG_RUNTIME_DIR": ""})
     assert state == f"{sticky}/state/farm"
+
+
+def test_a_name_not_made_yet_where_others_may_write_is_passed_over(tmp_path: Path) -> None:
+    # HOME=/tmp (a service account's): /tmp/.local/state/farm did not exist yet and passed,
+    # so another user could make /tmp/.local first, sticky /tmp or not, and make_dirs kept
+    # theirs. (This test once said the opposite of a missing "state" in a sticky directory.)
+    sticky = tmp_path / "tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    state, _ = where({"HOME": str(sticky), "XDG_STATE_HOME": "", "XDG_RUNTIME_DIR": ""})
+    assert state == str(Path(pwd.getpwuid(os.getuid()).pw_dir) / ".local/state/farm")
 
 
 @pytest.fixture
@@ -101,3 +112,69 @@ def test_roots_state_is_not_kept_under_a_home_of_another_user(others_home: Path)
     # `sudo -E` keeps $HOME: ~/.local/state is that user's.
     state, _ = where({"HOME": str(others_home), "XDG_STATE_HOME": "", "XDG_RUNTIME_DIR": ""})
     assert state == str(Path(pwd.getpwuid(0).pw_dir) / ".local/state/farm")
+
+
+@pytest.fixture
+def roots_dir(tmp_path: Path) -> Path:
+    """A directory of root's, which a link of another user's points at."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to make a link of another user (CI runs as root)")
+    tmp_path.chmod(0o755)
+    mine = tmp_path / "roots"
+    (mine / "state").mkdir(parents=True, mode=0o755)
+    return mine
+
+
+def own_link(link: Path, target: Path, uid: int = OTHER) -> Path:
+    link.symlink_to(target)
+    os.lchown(link, uid, uid)
+    return link
+
+
+def test_a_state_home_through_a_link_of_another_user_is_passed_over(
+    tmp_path: Path, roots_dir: Path
+) -> None:
+    # XDG_STATE_HOME=/home/alice/state, her link to a directory of root's: its realpath
+    # passed, and she could point the link at a directory of hers, with her queue-4730.db,
+    # once root's server had started (check_own_file's look at the parent follows it too).
+    link = own_link(tmp_path / "state", roots_dir / "state")
+    state, store = where({"XDG_STATE_HOME": str(link), "XDG_RUNTIME_DIR": ""})
+    own = Path(pwd.getpwuid(0).pw_dir) / ".local/state/farm"
+    assert (state, store) == (str(own), f"{own}/queue-4730.db")
+
+
+def test_a_home_whose_local_is_a_link_of_another_user_is_passed_over(
+    tmp_path: Path, roots_dir: Path
+) -> None:
+    # `sudo -E` keeps alice's $HOME; her ~/.local is a link to a directory of root's.
+    home = tmp_path / "alice"
+    home.mkdir(mode=0o755)
+    os.chown(home, OTHER, OTHER)
+    own_link(home / ".local", roots_dir)
+    state, _ = where({"HOME": str(home), "XDG_STATE_HOME": "", "XDG_RUNTIME_DIR": ""})
+    assert state == str(Path(pwd.getpwuid(0).pw_dir) / ".local/state/farm")
+
+
+def test_a_link_of_roots_to_a_directory_of_roots_is_followed(
+    tmp_path: Path, roots_dir: Path
+) -> None:
+    link = own_link(tmp_path / "state", roots_dir / "state", uid=0)
+    state, _ = where({"XDG_STATE_HOME": str(link), "XDG_RUNTIME_DIR": ""})
+    assert state == f"{link}/farm"
+
+
+def test_a_group_writable_directory_above_is_passed_over_under_root(
+    tmp_path: Path, roots_dir: Path
+) -> None:
+    # /srv/team, root:devs 2775, with root's checkout in it: a member of devs may move the
+    # checkout aside and put theirs there, as untrusted_because already counted.
+    team = tmp_path / "team"
+    team.mkdir()
+    os.chown(team, 0, OTHER)
+    team.chmod(0o2775)
+    (team / "proj/state").mkdir(parents=True, mode=0o755)
+    state, _ = where({"XDG_STATE_HOME": str(team / "proj/state"), "XDG_RUNTIME_DIR": ""})
+    assert state == str(Path(pwd.getpwuid(0).pw_dir) / ".local/state/farm")
+    os.chown(team, 0, 0)  # root's own group: umask 002 makes root's directories so
+    state, _ = where({"XDG_STATE_HOME": str(team / "proj/state"), "XDG_RUNTIME_DIR": ""})
+    assert state == f"{team}/proj/state/farm"

@@ -854,7 +854,7 @@ def test_a_target_in_a_working_directory_others_may_write_is_not_found(
     finally:
         os.chmod(tmp_path, 0o755)
     assert (
-        f"no module named 'mine'; check the spelling and PYTHONPATH (not {tmp_path}, which may"
+        f"no module named 'mine'; check the spelling and PYTHONPATH (not {tmp_path}: it may"
         " be written by every user" in message
     ), message
     # The way to trust it anyway: an absolute PYTHONPATH entry is searched (a relative one
@@ -881,7 +881,7 @@ def test_a_farm_run_as_root_searches_no_working_directory_its_group_may_write(
     finally:
         os.chmod(tmp_path, 0o755)
         os.chown(tmp_path, 0, 0)
-    assert f"(not {tmp_path}, which may be written by its group (gid {nogroup})" in message, message
+    assert f"(not {tmp_path}: it may be written by its group (gid {nogroup})" in message, message
 
 
 def test_a_runtime_dir_too_long_for_a_socket_is_passed_over(

@@ -1,0 +1,90 @@
+"""Whether what a path names is another user's to choose: the rules for a ./farm.toml, the
+working directory searched for modules, the state directory and the $TMPDIR fallback
+(farm.paths). One rule for who else may write a file or directory (``_writers``)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+__all__ = ["untrusted_because", "controlled_by_another"]
+
+
+def untrusted_because(info: os.stat_result) -> str | None:
+    """Why what ``info`` describes (a ./farm.toml, the working directory searched for
+    modules) is not read as the farm's own, or None: it must be this user's or root's, and
+    not every user's to write, nor its group's where the farm runs as root (a member of
+    the group chose what ran as root) unless that group is root's own (gid 0: umask 002
+    makes root's files so). One rule for both."""
+    if info.st_uid not in (os.getuid(), 0):
+        return f"belongs to uid {info.st_uid}"
+    return _writers(info)
+
+
+def controlled_by_another(path: Path) -> str | None:
+    """Why another user could choose what is at ``path`` (made or not), or None; said as
+    what follows the path ("/x/farm depends on …"). `su` without `-` keeps the first
+    user's $XDG_STATE_HOME (`sudo -E`, $HOME): root's store went into their
+    ~/.local/state/farm, where a store file of theirs passed check_own_file, and they read
+    every job's payload. The path is walked as the kernel will walk it, a name at a time
+    with lstat (its realpath alone passed a link of theirs, which they could point at their
+    own directory later): a link on the way that is theirs, a directory on the way that is
+    theirs or others may write and is not sticky (they could move what is below aside), a
+    name not there yet in a directory others may write, sticky or not (they could make it
+    first). Others: as ``untrusted_because`` counts them. Looked at as far as it may be
+    searched."""
+    full = os.fspath(path)
+    full = full if os.path.isabs(full) else os.path.join(os.getcwd(), full)
+    pending = list(reversed(full.split("/")))
+    here, links = "/", 0
+    while pending:
+        name = pending.pop()
+        if name in ("", "."):
+            continue
+        if name == "..":  # ``here`` has no link in it: its parent is the kernel's
+            here = os.path.dirname(here)
+            continue
+        above, here = here, os.path.join(here, name)
+        try:
+            info = os.lstat(here)
+        except FileNotFoundError:
+            writers = _writers(os.stat(above))
+            return writers and f"depends on {here}, not made yet in {above}, which {writers}"
+        except OSError:  # not to be searched, or not a directory: nothing to use there
+            return None
+        kind = "a link" if stat.S_ISLNK(info.st_mode) else _KINDS.get(stat.S_IFMT(info.st_mode))
+        if info.st_uid not in (os.getuid(), 0):
+            return f"depends on {here}, {kind or 'an entry'} of uid {info.st_uid}"
+        if stat.S_ISLNK(info.st_mode):
+            links += 1
+            if links > _MAX_LINKS:  # ELOOP for whoever uses it too
+                return None
+            target = os.readlink(here)
+            pending.extend(reversed(target.split("/")))
+            here = "/" if target.startswith("/") else above
+            continue
+        writers = _writers(info)
+        if writers and not info.st_mode & stat.S_ISVTX:
+            return f"depends on {here}, which is not sticky and {writers}"
+    return None
+
+
+#: What a name on the way is, as said in a reason ("depends on /x/y, a file of uid 1000").
+_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFREG: "a file"}
+
+#: Links followed at most in one path, as Linux follows (ELOOP past it).
+_MAX_LINKS = 40
+
+
+def _writers(info: os.stat_result) -> str | None:
+    """Who besides its owner may write what ``info`` describes, as a predicate ("may be
+    written by every user"), or None: every user, or its group where the farm runs as root
+    (a member of the group chooses what runs as root) unless that group is root's own (gid
+    0: umask 002 makes root's files so). The one rule of ``untrusted_because`` and
+    ``controlled_by_another``."""
+    if info.st_mode & stat.S_IWOTH:
+        return "may be written by every user"
+    if info.st_mode & stat.S_IWGRP and os.geteuid() == 0 and info.st_gid != 0:
+        return f"may be written by its group (gid {info.st_gid}), and the farm runs as root"
+    return None
