@@ -52,23 +52,21 @@ class NoStateDirectory(FarmError):
 
 
 def state_dir() -> Path:
-    """systemd's ``$STATE_DIRECTORY`` (StateDirectory=farm), else ``$XDG_STATE_HOME/farm``,
-    else ``~/.local/state/farm`` (``$HOME``'s, else the user database's home): the first
-    that no other user controls (``controlled_by_another``); NoStateDirectory when there
-    is no home to find it in."""
-    systemd = os.environ.get("STATE_DIRECTORY")
-    if systemd:
-        return Path(systemd.split(":")[0])
-    passed_over = []
-    for base in _state_homes():
-        why = controlled_by_another(Path(base) / "farm")
-        if why is None:
-            return Path(base) / "farm"
-        passed_over.append(f"{Path(base) / 'farm'} {why}")
+    """systemd's ``$STATE_DIRECTORY`` (StateDirectory=farm) where it is a directory of this
+    user closed to others, else ``$XDG_STATE_HOME/farm``, else ``~/.local/state/farm``
+    (``$HOME``'s, else the user database's home) where no other user controls it
+    (``controlled_by_another``): the first of them; NoStateDirectory when none is."""
+    chosen, passed_over = _choose_state_dir()
+    if chosen is not None:
+        return chosen
     if passed_over:
+        # Under a directory every user may write (a container's chmod 777, an emptyDir)
+        # every $XDG_STATE_HOME there is passed over too; $STATE_DIRECTORY is the operator's
+        # own choice, whose parents are not looked at.
+        said = "; ".join(f"{path} {why}" for path, why in passed_over)
         raise NoStateDirectory(
-            f"farm has no state directory: {'; '.join(passed_over)}; set $XDG_STATE_HOME"
-            " (or $STATE_DIRECTORY) to a directory of this user"
+            f"farm has no state directory: {said}; set $STATE_DIRECTORY to a directory of"
+            " this user that no other user may write"
         )
     # No home (a container's arbitrary uid, $HOME unset or relative): the store and key
     # went into "~" under the working directory, where callers started elsewhere never look.
@@ -84,12 +82,53 @@ def state_dir() -> Path:
     )
 
 
+def _choose_state_dir() -> tuple[Path | None, list[tuple[Path, str]]]:
+    passed_over: list[tuple[Path, str]] = []
+    systemd = os.environ.get("STATE_DIRECTORY")
+    if systemd:
+        own = Path(systemd.split(":")[0])
+        why = _not_own_state_directory(own)
+        if why is None:
+            return own, passed_over
+        passed_over.append((own, f"($STATE_DIRECTORY) {why}"))
+    for base in _state_homes():
+        path = Path(base) / "farm"
+        why = controlled_by_another(path)
+        if why is None:
+            return path, passed_over
+        passed_over.append((path, why))
+    return None, passed_over
+
+
+def _not_own_state_directory(path: Path) -> str | None:
+    """Why ``$STATE_DIRECTORY`` is not used, or None: checked as $RUNTIME_DIRECTORY is, a
+    directory of this user closed to others, through no link of another user's (DynamicUser=
+    makes it root's link to /var/lib/private/farm); one not made yet, as the others are. A
+    user's own service leaves its own in the environment, where `su` keeps it. The
+    directories above it are the operator's choice (a container's chmod 777 passes over
+    every home under it: this is the way out)."""
+    if not path.is_absolute():
+        return "is not an absolute path"
+    try:
+        link = path.lstat()
+    except FileNotFoundError:  # set by hand, to be made: where no other user could first
+        return controlled_by_another(path)
+    except OSError as e:
+        return f"cannot be used ({e.strerror})"
+    if link.st_uid not in (os.getuid(), 0):
+        return f"is a link of uid {link.st_uid}"
+    if not _own_directory(str(path)):
+        return "is not a directory of this user that only it may write"
+    return None
+
+
 def _state_homes() -> Iterator[str]:
-    """Where the state directory may go, in order (absolute paths only)."""
-    yield from filter(None, [_xdg("XDG_STATE_HOME")])
-    yield from filter(os.path.isabs, [os.path.expanduser("~/.local/state")])
+    """Where the state directory may go, in order (absolute paths only, each once: with
+    $HOME unset, ~ is the user database's home, which came twice)."""
+    homes = [_xdg("XDG_STATE_HOME"), os.path.expanduser("~/.local/state")]
     with contextlib.suppress(KeyError):  # a uid the user database does not know
-        yield os.path.join(pwd.getpwuid(os.getuid()).pw_dir, ".local/state")
+        homes.append(os.path.join(pwd.getpwuid(os.getuid()).pw_dir, ".local/state"))
+    yield from dict.fromkeys(h for h in homes if h and os.path.isabs(h))
 
 
 def _xdg(name: str) -> str | None:

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from farm import paths
 from tests.helpers import ROOT
+from tests.helpers.unprivileged import homeless
 
 OTHER = 54321  # the user who ran `su` (no passwd entry needed to own a directory)
 
@@ -178,3 +180,71 @@ def test_a_group_writable_directory_above_is_passed_over_under_root(
     os.chown(team, 0, 0)  # root's own group: umask 002 makes root's directories so
     state, _ = where({"XDG_STATE_HOME": str(team / "proj/state"), "XDG_RUNTIME_DIR": ""})
     assert state == f"{team}/proj/state/farm"
+
+
+def test_a_state_directory_variable_of_another_user_is_passed_over(tmp_path: Path) -> None:
+    # $STATE_DIRECTORY was used unchecked, unlike $RUNTIME_DIRECTORY: a user's own service
+    # (StateDirectory=farm) leaves theirs in the environment, which `su` keeps.
+    if os.getuid() != 0:
+        pytest.skip("needs root to make a directory of another user (CI runs as root)")
+    tmp_path.chmod(0o755)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, OTHER, OTHER)
+    open_to_all = tmp_path / "open"
+    open_to_all.mkdir()
+    open_to_all.chmod(0o777)
+    own = Path(pwd.getpwuid(0).pw_dir) / ".local/state/farm"
+    for passed_over in (theirs, open_to_all, open_to_all / "farm"):
+        state, store = where({"STATE_DIRECTORY": str(passed_over), "XDG_RUNTIME_DIR": ""})
+        assert (state, store) == (str(own), f"{own}/queue-4730.db"), passed_over
+    # systemd's own: a directory of this user (DynamicUser=: root's link to it), used as is
+    mine = tmp_path / "private/farm"
+    mine.mkdir(parents=True, mode=0o755)
+    link = tmp_path / "farm"
+    link.symlink_to(mine)
+    for used in (mine, link, tmp_path / "to-make"):  # made by make_dirs, where none other may
+        state, _ = where({"STATE_DIRECTORY": f"{used}:{tmp_path}/other", "XDG_RUNTIME_DIR": ""})
+        assert state == str(used)
+
+
+def test_with_home_in_a_directory_anyone_may_write_the_way_out_is_named(tmp_path: Path) -> None:
+    # A container's chmod 777 (a k8s emptyDir): every home and $XDG_STATE_HOME under it is
+    # passed over, and the advice to set $XDG_STATE_HOME could not work there.
+    shared = tmp_path / "data"
+    shared.mkdir()
+    shared.chmod(0o777)
+    tmp_path.chmod(0o755)
+    code = (
+        "from farm import paths\n"
+        "try:\n"
+        "    print(paths.state_dir())\n"
+        "except paths.NoStateDirectory as exc:\n"
+        "    print(exc)\n"
+    )
+    argv = homeless([sys.executable, "-c", code])
+    uid = int(next(a for a in argv if a.startswith("--reuid=")).split("=")[1])
+    home, state = shared / "home", shared / "state"
+    for path in (home, state):
+        path.mkdir(mode=0o700)
+        os.chown(path, uid, uid)
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "HOME": str(home)}
+    out = subprocess.run(argv, env=env, cwd="/", capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    said = out.stdout.strip()
+    assert said.startswith(f"farm has no state directory: {home}/.local/state/farm depends on")
+    assert "set $STATE_DIRECTORY" in said and "$XDG_STATE_HOME" not in said, said
+    # the way out it names
+    env["STATE_DIRECTORY"] = str(state)
+    out = subprocess.run(argv, env=env, cwd="/", capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == str(state), out.stdout + out.stderr
+
+
+def test_with_home_unset_the_user_databases_home_is_looked_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # ~ is then the user database's home, which came twice, and so did its reason.
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    homes = list(paths._state_homes())
+    assert homes == [os.path.join(pwd.getpwuid(os.getuid()).pw_dir, ".local/state")]
