@@ -22,6 +22,7 @@ __all__ = [
     "untrusted_because",
     "controlled_by_another",
     "state_dir",
+    "passed_over_state_dirs",
     "NoStateDirectory",
     "default_store",
     "runtime_dir",
@@ -80,6 +81,13 @@ def state_dir() -> Path:
         f"farm has no state directory: {why}; set $XDG_STATE_HOME (or $STATE_DIRECTORY)"
         " to an absolute directory"
     )
+
+
+def passed_over_state_dirs() -> list[tuple[Path, str]]:
+    """The state directories ``state_dir`` passed over for the one it chose, each with why,
+    for the server's warning at start: root under `sudo -E` had its store in the first
+    user's home, and after the upgrade started on an empty one in its own, with no word."""
+    return _choose_state_dir()[1]
 
 
 def _choose_state_dir() -> tuple[Path | None, list[tuple[Path, str]]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from farm.errors import FarmError
 from farm.paths import LEGACY_STORE, NoStateDirectory, default_store
 from farm.server.options import ServerOptions
-from farm.server.otherstores import queued_beside
+from farm.server.otherstores import queued_beside, queued_passed_over
 
 __all__ = [
     "LEGACY_PORT",
@@ -49,6 +49,9 @@ def take_older_store(options: ServerOptions) -> str | None:
             *stranded,
             fix,
         )
+    default = _default_or_none(LEGACY_PORT)
+    if default is not None and Path(options.store).parent == default.parent:
+        _warn_passed_over(default.parent)
     for path, count in queued_beside(options.store):  # a server moved off that port?
         fix = f"--store {path}" if options.hints == "flags" else f'[server] store = "{path}"'
         log.warning(
@@ -60,6 +63,23 @@ def take_older_store(options: ServerOptions) -> str | None:
             fix,
         )
     return None
+
+
+def _warn_passed_over(home: Path) -> None:
+    """A warning for each state directory passed over for ``home``, the server's (root under
+    `sudo -E`, upgraded, started on an empty store with no word of the one in the first
+    user's home), with this user's stores there that hold queued jobs."""
+    for directory, why, stores in queued_passed_over():
+        held = ", ".join(f"{p.name} holds {n} queued jobs" for p, n in stores)
+        fix = (
+            f"; there {held}, which this server does not run: another user may have changed"
+            f" them, so check each file before you move it into {home} (docs/operations.md)"
+            if stores
+            else ""
+        )
+        log.warning(
+            "the state directory %s %s, so it is passed over for %s%s", directory, why, home, fix
+        )
 
 
 class LegacyStoreBusy(FarmError):

@@ -13,8 +13,10 @@ is too, as a directory others may write that is not sticky (anyone could swap it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +25,7 @@ import pytest
 
 from farm import paths
 from tests.helpers import ROOT
+from tests.helpers.servers import free_port, wait_connectable
 from tests.helpers.unprivileged import homeless
 
 OTHER = 54321  # the user who ran `su` (no passwd entry needed to own a directory)
@@ -248,3 +251,50 @@ def test_with_home_unset_the_user_databases_home_is_looked_at_once(
     monkeypatch.delenv("XDG_STATE_HOME", raising=False)
     homes = list(paths._state_homes())
     assert homes == [os.path.join(pwd.getpwuid(os.getuid()).pw_dir, ".local/state")]
+
+
+def queue(path: Path, jobs: int) -> Path:
+    """A store holding ``jobs`` queued jobs (the table as the first farm with a store made it)."""
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute(
+            "CREATE TABLE jobs (id INTEGER PRIMARY KEY, function BLOB NOT NULL, uniq BLOB NOT"
+            " NULL, data BLOB NOT NULL, priority INTEGER NOT NULL, reducer BLOB,"
+            " run_at REAL NOT NULL DEFAULT 0)"
+        )
+        db.executemany(
+            "INSERT INTO jobs (function, uniq, data, priority) VALUES ('f', '', x'78', 1)",
+            [()] * jobs,
+        )
+    return path
+
+
+def test_a_state_directory_passed_over_is_named_at_the_servers_start(
+    tmp_path: Path, others_home: Path
+) -> None:
+    # Root under `su` (no -) had its store in the first user's ~/.local/state/farm; once
+    # that was passed over, its server started on an empty store and said nothing of the
+    # jobs in the old one. Another user's store there is none of this farm's: not named.
+    theirs = others_home / ".local/state/farm"
+    port = free_port()
+    roots = queue(theirs / f"queue-{port}.db", 2)
+    alices = queue(theirs / "queue-1.db", 3)
+    os.chown(alices, OTHER, OTHER)
+    home = tmp_path / "root"
+    home.mkdir(mode=0o700)
+    env = {k: v for k, v in os.environ.items() if k not in ("STATE_DIRECTORY", "FARM_CONFIG")}
+    env |= {"XDG_STATE_HOME": str(others_home / ".local/state"), "HOME": str(home)}
+    argv = [sys.executable, "-m", "farm", "server", "-p", str(port)]
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env=env | {"PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_connectable(f"127.0.0.1:{port}", proc)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    (line,) = [line for line in err.splitlines() if str(theirs) in line]
+    assert "WARNING" in line and f"depends on {others_home}, a directory of uid {OTHER}" in line
+    assert f"so it is passed over for {home}/.local/state/farm; there {roots.name} holds 2" in line
+    assert "queue-1.db" not in line, line
+    assert (home / f".local/state/farm/queue-{port}.db").exists()
