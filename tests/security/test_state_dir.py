@@ -298,3 +298,17 @@ def test_a_state_directory_passed_over_is_named_at_the_servers_start(
     assert f"so it is passed over for {home}/.local/state/farm; there {roots.name} holds 2" in line
     assert "queue-1.db" not in line, line
     assert (home / f".local/state/farm/queue-{port}.db").exists()
+
+
+def test_a_path_is_walked_as_the_kernel_walks_it(tmp_path: Path, roots_dir: Path) -> None:
+    # A relative link of this user's that leads through another user's directory, and a
+    # ".." after a link (the link's target's parent, not the name before it), count as
+    # theirs: realpath's answer alone, or a path normalized by hand, missed them.
+    theirs = tmp_path / "theirs"
+    (theirs / "sub").mkdir(parents=True, mode=0o755)
+    os.chown(theirs, OTHER, OTHER)
+    own_link(roots_dir / "rel", Path("../theirs/sub"), uid=0)
+    for path in (roots_dir / "rel/farm", roots_dir / "rel/../farm"):
+        why = paths.controlled_by_another(path)
+        assert why == f"depends on {theirs}, a directory of uid {OTHER}", (path, why)
+    assert paths.controlled_by_another(roots_dir / "state/../state/farm") is None
