@@ -18,12 +18,11 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from farm.errors import FarmError, TLSFileError
+from farm.errors import TLSFileError
 from farm.lifetime import die_with_parent
-from farm.logs import error_line
 from farm.loopback import taken_hint, twin_needed, twin_socket
 from farm.net import Address, clear_socket_path, parse_address
-from farm.paths import NoStateDirectory, open_own_file
+from farm.paths import open_own_file
 from farm.server.connection import Connection
 from farm.server.exposition import MetricsEndpoint
 from farm.server.hub import Hub
@@ -37,7 +36,7 @@ from farm.server.process import (
     reopen_log,
     setup_server_logging,
 )
-from farm.server.settings import default_store_path
+from farm.server.refusals import ListenError, fatal, fix_hint, store_in_use_hint
 from farm.server.store import DamagedStore, StoreError, StoreInUse, memory_only
 from farm.server.tlsgate import Handshakes, TLSGate
 from farm.tlsfiles import load_tls_file
@@ -46,26 +45,6 @@ log = logging.getLogger("farm.server")
 
 #: How long a stopping server waits for replies still being written.
 DRAIN_SECONDS = 2.0
-
-#: What a failed bind means, in the words of the fix (errno -> words).
-BIND_REASONS = {
-    errno.ENOENT: "no such directory",
-    errno.EADDRINUSE: "address already in use",
-    errno.EEXIST: "the path exists and is not a socket; not replacing it",
-    errno.EACCES: "permission denied",
-    errno.EADDRNOTAVAIL: "no such address on this host",
-}
-
-
-class ListenError(FarmError):
-    """A listener could not be opened; the message names the address or path."""
-
-    def __init__(self, where: str, exc: OSError, hint: str | None = None) -> None:
-        self.errno = exc.errno
-        self.where = where
-        self.hint = hint  # what to change, where the usual hints (-p, -L) do not apply
-        reason = BIND_REASONS.get(exc.errno or 0) or exc.strerror or str(exc)
-        super().__init__(f"cannot listen on {where}: {reason}")
 
 
 class Server:
@@ -119,7 +98,7 @@ class Server:
             self.listeners.append(srv)
             log.info("listening on %s%s", tcp, " (TLS)" if tls else "")
             twin = functools.partial(self.loop.create_server, gated, backlog=opts.backlog)
-            await self._hold_ipv6_loopback(tcp, srv, twin, _hint(opts, "twin"))
+            await self._hold_ipv6_loopback(tcp, srv, twin, fix_hint(opts, "twin"))
             if opts.tcp_admin == "full":  # gearmand's way; every local user reaches TCP
                 log.info(
                     "admin commands that change the queues (cancel job, maxqueue, drop"
@@ -319,78 +298,35 @@ def _serve(options: ServerOptions, ready: int | None = None) -> int:
         runner = asyncio.run
     # Not for '' either: the older farm's store would be looked for beside the directory '.'
     if not memory_only(options.store) and (refused := take_older_store(options)):
-        _fatal(options, refused)
+        fatal(options, refused)
         return 2
     try:
         server = Server(options)
     except DamagedStore as exc:  # says its own fix: another path would strand its jobs
-        _fatal(options, str(exc))
+        fatal(options, str(exc))
         return 2
     except StoreInUse as exc:
-        _fatal(options, f"{exc} ({_store_in_use_hint(options)})")
+        fatal(options, f"{exc} ({store_in_use_hint(options)})")
         return 2
     except StoreError as exc:
-        _fatal(options, f"{exc} ({_hint(options, 'store')})")
+        fatal(options, f"{exc} ({fix_hint(options, 'store')})")
         return 2
     if ready is not None:
         server.listening = lambda: detached(ready)
     try:
         runner(server.serve())
     except (StoreError, TLSFileError) as exc:  # a damaged store, an unusable TLS file
-        _fatal(options, str(exc))
+        fatal(options, str(exc))
         return 2
     except ListenError as exc:
         taken = "socket" if exc.where.startswith("unix:") else "port"  # what to move
-        hint = exc.hint or _hint(options, taken if exc.errno == errno.EADDRINUSE else "listen")
-        _fatal(options, f"{exc} ({hint})")
+        hint = exc.hint or fix_hint(options, taken if exc.errno == errno.EADDRINUSE else "listen")
+        fatal(options, f"{exc} ({hint})")
         return 1
     except OSError as exc:
-        _fatal(options, f"cannot listen: {exc}")
+        fatal(options, f"cannot listen: {exc}")
         return 1
     return 0
-
-
-def _fatal(options: ServerOptions, message: str) -> None:
-    """Why the server cannot start: one line on stderr, or a JSON record among the others
-    with --log-format json (a raw line broke `journalctl -o cat | jq`)."""
-    if options.log_format == "json":
-        log.error("farm server: %s", message)
-    else:
-        print(error_line(f"farm server: {message}"), file=sys.stderr)
-
-
-#: How to fix a start-up error, for whoever started the server: `farm server`'s flags, or
-#: the [server] keys of `farm up`'s config (which has no such flags).
-HINTS = {
-    ("store", "flags"): "use --store PATH, or --store none for memory only",
-    ("store", "config"): 'set [server] store = "PATH" in the config, or "none" for memory only',
-    ("port", "flags"): "another server has it? use another -p PORT, or -L HOST:PORT",
-    ("port", "config"): "another server has it? give [server] listen another port",
-    # The same port taken on [::1] alone (a Node dev server binds localhost's [::1] only).
-    ("twin", "flags"): "use another -p PORT, or -L HOST:PORT",
-    ("twin", "config"): "give [server] listen another port",
-    ("socket", "flags"): "another server has it? use another --unix PATH",
-    ("socket", "config"): "another server has it? give [server] listen another unix: path",
-    ("listen", "flags"): "check the -L and --unix addresses",
-    ("listen", "config"): "check [server] listen in the config",
-}
-
-
-def _hint(options: ServerOptions, what: str) -> str:
-    return HINTS[what, options.hints]
-
-
-def _store_in_use_hint(options: ServerOptions) -> str:
-    """The store is the port's own when none was named (queue-PORT.db): a server of this
-    user already on the port holds it, and another store would only meet the port taken."""
-    port = parse_address(options.listen[0]).port if options.listen else None
-    try:
-        own = port is not None and options.store == default_store_path(options.listen, options.unix)
-    except NoStateDirectory:  # no default store: this one was named
-        own = False
-    if not own:
-        return _hint(options, "store")
-    return f"the store of port {port}: {_hint(options, 'port')}"
 
 
 def _title_address(options: ServerOptions) -> str:

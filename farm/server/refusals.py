@@ -1,0 +1,83 @@
+"""Why the job server cannot start, in the words of the fix: a listener's bind error, and
+the hint for whoever started it (`farm server`'s flags, or the [server] keys of `farm up`'s
+config), written as one line on stderr (or a JSON record with --log-format json)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import sys
+
+from farm.errors import FarmError
+from farm.logs import error_line
+from farm.net import parse_address
+from farm.paths import NoStateDirectory
+from farm.server.options import ServerOptions
+from farm.server.settings import default_store_path
+
+__all__ = ["BIND_REASONS", "HINTS", "ListenError", "fatal", "fix_hint", "store_in_use_hint"]
+
+log = logging.getLogger("farm.server")
+
+#: What a failed bind means, in the words of the fix (errno -> words).
+BIND_REASONS = {
+    errno.ENOENT: "no such directory",
+    errno.EADDRINUSE: "address already in use",
+    errno.EEXIST: "the path exists and is not a socket; not replacing it",
+    errno.EACCES: "permission denied",
+    errno.EADDRNOTAVAIL: "no such address on this host",
+}
+
+
+class ListenError(FarmError):
+    """A listener could not be opened; the message names the address or path."""
+
+    def __init__(self, where: str, exc: OSError, hint: str | None = None) -> None:
+        self.errno = exc.errno
+        self.where = where
+        self.hint = hint  # what to change, where the usual hints (-p, -L) do not apply
+        reason = BIND_REASONS.get(exc.errno or 0) or exc.strerror or str(exc)
+        super().__init__(f"cannot listen on {where}: {reason}")
+
+
+def fatal(options: ServerOptions, message: str) -> None:
+    """Why the server cannot start: one line on stderr, or a JSON record among the others
+    with --log-format json (a raw line broke `journalctl -o cat | jq`)."""
+    if options.log_format == "json":
+        log.error("farm server: %s", message)
+    else:
+        print(error_line(f"farm server: {message}"), file=sys.stderr)
+
+
+#: How to fix a start-up error, for whoever started the server: `farm server`'s flags, or
+#: the [server] keys of `farm up`'s config (which has no such flags).
+HINTS = {
+    ("store", "flags"): "use --store PATH, or --store none for memory only",
+    ("store", "config"): 'set [server] store = "PATH" in the config, or "none" for memory only',
+    ("port", "flags"): "another server has it? use another -p PORT, or -L HOST:PORT",
+    ("port", "config"): "another server has it? give [server] listen another port",
+    # The same port taken on [::1] alone (a Node dev server binds localhost's [::1] only).
+    ("twin", "flags"): "use another -p PORT, or -L HOST:PORT",
+    ("twin", "config"): "give [server] listen another port",
+    ("socket", "flags"): "another server has it? use another --unix PATH",
+    ("socket", "config"): "another server has it? give [server] listen another unix: path",
+    ("listen", "flags"): "check the -L and --unix addresses",
+    ("listen", "config"): "check [server] listen in the config",
+}
+
+
+def fix_hint(options: ServerOptions, what: str) -> str:
+    return HINTS[what, options.hints]
+
+
+def store_in_use_hint(options: ServerOptions) -> str:
+    """The store is the port's own when none was named (queue-PORT.db): a server of this
+    user already on the port holds it, and another store would only meet the port taken."""
+    port = parse_address(options.listen[0]).port if options.listen else None
+    try:
+        own = port is not None and options.store == default_store_path(options.listen, options.unix)
+    except NoStateDirectory:  # no default store: this one was named
+        own = False
+    if not own:
+        return fix_hint(options, "store")
+    return f"the store of port {port}: {fix_hint(options, 'port')}"
