@@ -193,14 +193,15 @@ class SupervisorCollector:
             yield from text_string_to_metric_families(text)
 
 
-#: A response that took longer than SLOW_SCRAPE seconds to make is served again, as it was,
-#: for a while (farm.slowreuse: REUSE_FACTOR times as long as it took; the job server
-#: reuses its part by the same rule, see farm.server.exposition). Any local user may make
-#: the server hold functions whose 256 labelled names are 512 bytes long: its part of a
-#: scrape was then 10 MB, which took the supervisor 9 s of CPU to parse, and four threads
-#: scraping in a loop kept it parsing. (A farm's own scrape takes milliseconds, or a few
-#: tenths of a second on a loaded host: such scrapes are made afresh each time, as
-#: Prometheus expects.)
+#: A response that took more than SLOW_SCRAPE seconds of the supervisor's CPU to make is
+#: served again, as it was, for a while (farm.slowreuse: REUSE_FACTOR times as long as it
+#: took; the job server reuses its part by the same rule, see farm.server.exposition). Any
+#: local user may make the server hold functions whose 256 labelled names are 512 bytes
+#: long: its part of a scrape was then 10 MB, which took the supervisor 9 s of CPU to
+#: parse, and four threads scraping in a loop kept it parsing. (A farm's own scrape takes
+#: milliseconds: such scrapes are made afresh each time, as Prometheus expects.) CPU, not
+#: the clock: a scrape that waited 2 s on a stalled server (SERVER_TIMEOUT) cost nothing,
+#: and served again it said farm_server_up 0 for 22 s after the server answered again.
 SLOW_SCRAPE = 1.0
 
 
@@ -208,7 +209,7 @@ SLOW_SCRAPE = 1.0
 #: request's path, query and Accept header are the asker's to choose, and each new one kept
 #: a 10 MB body (47 MB with names that are not UTF-8), for ever.
 MAX_KEPT = 4
-#: Seconds of slow responses that may be made ahead of their share of the supervisor's time
+#: CPU seconds of slow responses that may be made ahead of their share of the supervisor's time
 #: (1 / (1 + REUSE_FACTOR), as reuse gives one asker): past it, a request with no response
 #: kept for it gets 503, and one with an expired response gets that response again.
 #: Otherwise a request that changed its query string each time (``?1``, ``?2``) was made
@@ -252,8 +253,11 @@ def reused_when_slow(app: Any) -> Any:
                     answer[:] = [status, headers]
                     return lambda data: None  # the app returns its body; it writes nothing
 
+                # This thread's CPU (the collector and prometheus_client run in it): the
+                # time spent waiting on the job server is not the supervisor's to save.
+                cpu = time.thread_time()
                 body = b"".join(app(environ, start))
-                took = time.monotonic() - started
+                took = time.thread_time() - cpu
                 kept = (slowreuse.reuse_until(started, took), answer[0], answer[1], body)
                 if took > SLOW_SCRAPE:
                     owed[0] += took
