@@ -141,6 +141,16 @@ class Sampler:
         if then is not None and not (then.server and now.server):
             then = None  # a reading without the server's numbers differences to nothing
         seconds = now.when - then.when if then is not None else 0.0
+        # A server restarted between the readings counts from 0 again: what it counts now
+        # all came after the earlier reading (a reset, as Prometheus reads a counter that
+        # went down). Differenced against the old server's counts, it read as 0 jobs/s.
+        start = ("farm_server_start_time_seconds", ())
+        if (
+            then is not None
+            and then.metrics is not None
+            and then.metrics.get(start) != m.get(start)
+        ):
+            then = Sample(then.when, then.processes, {}, then.metrics_url, server=True)
         rows = []
         for fn in sorted(names):
             # A command worker is "running" (connected), with the job the server says it

@@ -236,6 +236,47 @@ def test_a_hung_server_costs_top_only_the_servers_numbers(tmp_path: Path) -> Non
 
 
 @pytest.mark.timeout(90)
+def test_jobs_per_second_across_a_server_restart_count_the_new_servers_answers(
+    tmp_path: Path,
+) -> None:
+    # A restarted server counts from 0, below the reading before it: top took the difference
+    # as nothing (max 0), and showed 0.0 jobs/s for the 5 s after a restart however busy the
+    # farm was. Prometheus reads a counter that went down as a reset; so does top now.
+    from farm.cli.top import Sampler
+
+    up = FarmUp(tmp_path, POOLS)
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"alpha": 2, "beta": 1})
+        with farm.Client(up.addr) as client:
+            for _ in range(20):
+                client.call("alpha", "ok")
+        sampler = Sampler(up.control)
+        before = sampler.sample()
+        server = next(r["pid"] for r in up.ps() if r["function"] == "server")
+        os.kill(server, signal.SIGKILL)
+
+        def served_again() -> bool:
+            m = scrape(up.metrics_url, check=False)
+            start = get(m, "farm_server_start_time_seconds")
+            restarted = start not in (
+                0,
+                get(before.metrics or {}, "farm_server_start_time_seconds"),
+            )
+            return restarted and get(m, "farm_workers", function="alpha") == 2
+
+        wait_for("the restarted server, alpha's workers back on it", served_again, timeout=30)
+        with farm.Client(up.addr) as client:
+            for _ in range(5):
+                client.call("alpha", "ok")
+        after = sampler.sample()
+        (alpha,) = [row for row in sampler.functions(after) if row.name == "alpha"]
+        assert alpha.rate == pytest.approx(5 / (after.when - before.when))
+    finally:
+        up.stop()
+
+
+@pytest.mark.timeout(90)
 def test_an_endpoint_that_could_not_be_bound_is_not_called_off(tmp_path: Path) -> None:
     # `farm up` goes on without its endpoint when the port is taken (one warning in its
     # log); top said "metrics: off ([supervisor] metrics)", sending the operator to a
