@@ -105,6 +105,9 @@ class Supervisor(
         self.server = LocalServer(
             config.server, self.python_env, log_format=config.supervisor.log_format
         )
+        self.server.pool_functions = lambda: (
+            f for pool in self.config.functions.values() for f in pool.functions
+        )
         self.grace = config.supervisor.graceful_timeout
         self.pending: list[Pending] = []
         self.stopping = False

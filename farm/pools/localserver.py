@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable, Iterable
 
 from farm.client.admin import admin_query
 from farm.config import ServerConfig
@@ -74,6 +75,9 @@ class LocalServer(RestartHistory):
         self.stopping = False
         self.progress_fd = -1  # the pipe its store's replay writes to (ReplayProgress)
         self.progressed_at = 0.0  # when that pipe last said the replay goes on
+        # The functions the farm's pools serve now (the supervisor's config, reloads too):
+        # the server labels them in its metrics before their workers register.
+        self.pool_functions: Callable[[], Iterable[str]] = tuple
 
     def say_where_jobs_are_kept(self) -> None:
         """Say where background jobs are kept, as a warning when that is memory only
@@ -104,6 +108,8 @@ class LocalServer(RestartHistory):
         argv += ["--store", cfg.store, "--job-retries", str(cfg.job_retries)]
         argv += ["--tcp-admin", cfg.tcp_admin, *cfg.flags]
         argv += ["--hints", "config"]  # its errors name [server] keys, not flags
+        for function in sorted(set(self.pool_functions())):
+            argv += ["--pool-function", function]
         if self.log_format != "text":
             argv += ["--log-format", self.log_format]
         # If the supervisor is killed, the server stops too (keeping its stored jobs).

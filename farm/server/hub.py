@@ -171,6 +171,7 @@ class Hub:
             call_later=self.call_later,
             wake_deadline=options.wake_deadline,
         )
+        self.jobs.pool_functions = options.pool_functions
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         """Run ``callback`` after ``delay`` seconds, then write what it made.

@@ -28,6 +28,7 @@ from farm.server.metrics import BYTES, MAXQUEUE, STORE, FunctionStats
 from farm.server.queues import (
     JOB_OVERHEAD,
     NORMAL,
+    SERVED_LOCALLY,
     FunctionQueue,
     Job,
     Outcome,
@@ -133,6 +134,7 @@ class JobServer(Dispatch, JobControl):
         self.on_idle: Callable[[], None] | None = None
         self.stopping = False  # set by a server shutting down
         self.parent_pid: int | None = None  # the supervisor's (--parent-pid)
+        self.pool_functions: frozenset[bytes] = frozenset()  # farm up's (--pool-function)
 
     # -- functions ---------------------------------------------------------
 
@@ -141,6 +143,11 @@ class JobServer(Dispatch, JobControl):
         if fq is None:
             fq = self.functions[name] = FunctionQueue(name, self.ready)
             fq.max_total = self.max_queue
+            if name in self.pool_functions:
+                # Served by the farm's own pools, whose workers may not have registered yet
+                # (a restarted server, clients back first): a scrape then summed it under
+                # other, which kept a copy of its counts once it was shown by name.
+                fq.served = SERVED_LOCALLY
         return fq
 
     def note_unused(self, name: bytes) -> None:

@@ -238,6 +238,8 @@ def build_parser(
     )
     ap.add_argument("--hints", choices=("flags", "config"), default="flags", help=argparse.SUPPRESS)
     ap.add_argument("--progress-fd", type=int, metavar="FD", help=argparse.SUPPRESS)  # farm up's
+    # farm up's too: each function its pools serve (ServerOptions.pool_functions).
+    ap.add_argument("--pool-function", action="append", default=[], help=argparse.SUPPRESS)
     add_gearmand_flags(ap)  # -v/--verbose, -V, and those accepted and ignored
     return ap
 
@@ -333,6 +335,7 @@ def parse_args(
         pid_file=ns.pid_file,
         parent_pid=ns.parent_pid,
         progress_fd=ns.progress_fd,
+        pool_functions=frozenset(os.fsencode(name) for name in ns.pool_function),
         worker_uids=frozenset(ns.worker_uid or [os.getuid()]),
         tcp_admin=ns.tcp_admin,
         max_abilities=ns.max_abilities,

@@ -42,6 +42,9 @@ class ServerOptions:
     pid_file: str | None = None
     parent_pid: int | None = None
     progress_fd: int | None = None  # the supervisor's pipe: replay goes on (systemd's start)
+    # The functions farm up's pools serve: labelled by name in the metrics from the start,
+    # before their workers register again (farm.server.exposition).
+    pool_functions: frozenset[bytes] = frozenset()
     # Who may serve the reserved ``farm.*`` functions (the Executor's signed calls): workers
     # on the Unix socket whose peer uid is one of these. Nobody over TCP.
     worker_uids: frozenset[int] = field(default_factory=lambda: frozenset({os.getuid()}))

@@ -1,0 +1,77 @@
+"""The functions of `farm up`'s own pools have their own series from the server's start, also
+before their workers register: none of their jobs is summed under ``function="other"``."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+import farm
+from tests.helpers.farmproc import FarmUp, farm_cli
+from tests.helpers.scraping import Samples, get, scrape, series
+from tests.helpers.waiting import wait_for
+
+POOLS = """
+[functions.alpha]
+target = "tests.helpers.monitored:work"
+workers = 0
+
+[functions.both]
+target = "tests.helpers.monitored:work"
+functions = ["beta", "gamma"]
+workers = 0
+"""
+
+
+def summed(m: Samples, name: str) -> float:
+    return sum(v for (n, _), v in m.items() if n == name)
+
+
+@pytest.mark.timeout(90)
+def test_a_pools_jobs_before_its_workers_register_are_counted_under_its_name(
+    tmp_path: Path,
+) -> None:
+    # After a kill -9 of the job server under load, clients were back before the pools'
+    # workers: a scrape in between summed their functions under other, which kept a copy of
+    # what they counted there once they were shown by name. Sums over functions held those
+    # jobs twice, and FarmJobsFailing fired for a function named "other". A pool with no
+    # worker yet (workers = 0, then `farm scale`) is that moment held still.
+    up = FarmUp(tmp_path, POOLS)
+    try:
+        up.expect_notify("READY=1")
+        for restart in (False, True):
+            if restart:  # the server started again by the supervisor is told them too
+                (server,) = [r["pid"] for r in up.ps() if r["function"] == "server"]
+                os.kill(server, signal.SIGKILL)
+                wait_for(
+                    "the server restarted",
+                    lambda: (
+                        get(scrape(up.metrics_url), "farm_server_restarts_total") == 1
+                        and get(scrape(up.metrics_url), "farm_server_up") == 1
+                    ),
+                    timeout=30,
+                )
+            with farm.Client(up.addr) as client:
+                for function in ("alpha", "beta", "gamma"):
+                    client.submit(function, "ok", background=True)
+            m = scrape(up.metrics_url)
+            assert series(m, "farm_jobs_submitted_total", "function") == {"alpha", "beta", "gamma"}
+            assert get(m, "farm_jobs_queued", function="alpha", priority="normal") == 1
+            assert get(m, "farm_jobs_queued", function="gamma", priority="normal") == 1
+
+        assert farm_cli("scale", "--control", up.control, "alpha=1", "both=1").returncode == 0
+
+        def done() -> Samples | None:
+            m = scrape(up.metrics_url)
+            return m if summed(m, "farm_jobs_completed_total") == 3 else None
+
+        m = wait_for("the pools' workers to run the jobs", done, timeout=30)
+        # The server restarted once: what it counts is its second round of jobs, once each.
+        assert summed(m, "farm_jobs_submitted_total") == 3
+        assert summed(m, "farm_jobs_queued") == 0
+        assert "other" not in series(m, "farm_jobs_submitted_total", "function")
+    finally:
+        up.stop()
