@@ -9,7 +9,7 @@ one short loop does the work and reads like the policy::
 
 Scaling changes a target number and ``manage_workers`` reconciles. The loop
 is the only thread that changes anything (the metrics endpoint's HTTP server,
-farm.pools.metrics, reads in threads of its own; children are forked and
+farm.pools.metricsendpoint, reads in threads of its own; children are forked and
 exec'd by farm.pools.spawn); it waits in one selector on the signal wake-up
 pipe, the control socket and each worker's report and output pipes. Its parts
 live beside it in farm/pools: bookkeeping and the restart policy in ``slots``,
@@ -39,7 +39,8 @@ from farm.pools.control import ControlConnection, ControlServer, open_control
 from farm.pools.executorduties import ExecutorDuties
 from farm.pools.lifecycle import POLL, TIMEOUT_GRACE, Lifecycle
 from farm.pools.localserver import LocalServer, check_listen_name
-from farm.pools.metrics import Exits, serve_metrics
+from farm.pools.metrics import Exits
+from farm.pools.metricsendpoint import serve_metrics
 from farm.pools.places import check_server_places
 from farm.pools.readiness import Readiness
 from farm.pools.reports import Reports

@@ -25,20 +25,13 @@ the supervisor's loop last read of it, up to a second before.
 
 from __future__ import annotations
 
-import errno
-import functools
 import logging
-import os
-import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from farm import slowreuse
-from farm.loopback import serve_twin, taken_hint, twin_needed
 from farm.pools.slots import EXIT_CAUSES, Exits, ProcState
 
 #: What farm_pool_processes counts by: a process's state, or an empty slot's.
@@ -47,7 +40,7 @@ POOL_STATES = (*(str(state) for state in ProcState), "backoff", "failing")
 if TYPE_CHECKING:
     from farm.pools.steering import Steering
 
-__all__ = ["Exits", "serve_metrics", "SupervisorCollector"]
+__all__ = ["Exits", "SERVER_TIMEOUT", "SupervisorCollector"]
 
 log = logging.getLogger("farm.supervisor")
 
@@ -191,217 +184,3 @@ class SupervisorCollector:
         yield up
         if text is not None:
             yield from text_string_to_metric_families(text)
-
-
-#: A response that took more than SLOW_SCRAPE seconds of the supervisor's CPU to make is
-#: served again, as it was, for a while (farm.slowreuse: REUSE_FACTOR times as long as it
-#: took; the job server reuses its part by the same rule, see farm.server.exposition). Any
-#: local user may make the server hold functions whose 256 labelled names are 512 bytes
-#: long: its part of a scrape was then 10 MB, which took the supervisor 9 s of CPU to
-#: parse, and four threads scraping in a loop kept it parsing. (A farm's own scrape takes
-#: milliseconds: such scrapes are made afresh each time, as Prometheus expects.) CPU, not
-#: the clock: a scrape that waited 2 s on a stalled server (SERVER_TIMEOUT) cost nothing,
-#: and served again it said farm_server_up 0 for 22 s after the server answered again.
-SLOW_SCRAPE = 1.0
-
-
-#: Slow responses kept for reuse at most, the least recently served dropped first: a
-#: request's path, query and Accept header are the asker's to choose, and each new one kept
-#: a 10 MB body (47 MB with names that are not UTF-8), for ever.
-MAX_KEPT = 4
-#: CPU seconds of slow responses that may be made ahead of their share of the supervisor's time
-#: (1 / (1 + REUSE_FACTOR), as reuse gives one asker): past it, a request with no response
-#: kept for it gets 503, and one with an expired response gets that response again.
-#: Otherwise a request that changed its query string each time (``?1``, ``?2``) was made
-#: afresh each time, 9 s of CPU apiece, as if nothing were reused.
-SLOW_AHEAD = 10.0
-
-
-def reused_when_slow(app: Any) -> Any:
-    """``app`` (a WSGI app) whose slow responses are reused (see SLOW_SCRAPE, MAX_KEPT,
-    SLOW_AHEAD): one made at a time, and the scrapes that come meanwhile wait for it rather
-    than make their own."""
-    from prometheus_client.exposition import gzip_accepted
-
-    making = threading.Lock()
-    made: dict[tuple[Any, ...], tuple[float, str, list[tuple[str, str]], bytes]] = {}
-    owed = [0.0, time.monotonic()]  # seconds of slow responses not paid down yet, and when
-
-    def reusing(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        # What the response depends on: the path, the query (name[] filters), the format the
-        # scraper accepts (OpenMetrics or Prometheus' text) and whether it takes gzip.
-        key = (
-            *(environ.get(k, "") for k in ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING")),
-            environ.get("HTTP_ACCEPT", ""),
-            gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")),
-        )
-        with making:
-            started = time.monotonic()
-            share = 1 / (1 + slowreuse.REUSE_FACTOR)
-            owed[:] = [max(0.0, owed[0] - (started - owed[1]) * share), started]
-            kept = made.pop(key, None)
-            if kept is not None and (started < kept[0] or owed[0] > SLOW_AHEAD):
-                made[key] = kept  # the most recently served last
-            elif owed[0] > SLOW_AHEAD:
-                wait = f"{owed[0] / share:.0f}"
-                start_response("503 Service Unavailable", [("Retry-After", wait)])
-                return [b"slow metrics were made lately; try again later\n"]
-            else:
-                answer: list[Any] = []
-
-                def start(status: str, headers: list[tuple[str, str]], *exc: Any) -> Any:
-                    answer[:] = [status, headers]
-                    return lambda data: None  # the app returns its body; it writes nothing
-
-                # This thread's CPU (the collector and prometheus_client run in it): the
-                # time spent waiting on the job server is not the supervisor's to save.
-                cpu = time.thread_time()
-                body = b"".join(app(environ, start))
-                took = time.thread_time() - cpu
-                kept = (slowreuse.reuse_until(started, took), answer[0], answer[1], body)
-                if took > SLOW_SCRAPE:
-                    owed[0] += took
-                    made[key] = kept
-                    while len(made) > MAX_KEPT:
-                        del made[next(iter(made))]
-        start_response(kept[1], kept[2])
-        return [kept[3]]
-
-    return reusing
-
-
-#: Scrapes served at once. Each is a thread, and a local user opening idle connections
-#: must not grow the supervisor without bound: past them, a new connection takes the place
-#: of the oldest one that has not sent its whole request yet, else of the oldest one that
-#: has taken more than EVICT_AFTER, or is closed.
-MAX_SCRAPES = 32
-EVICT_AFTER = 1.0
-#: Seconds a connection may stay silent before it is dropped.
-SCRAPE_TIMEOUT = 5.0
-
-
-def serve_metrics(supervisor: Steering, address: str) -> Any:
-    """Start the HTTP endpoint on ``address`` (HOST:PORT); the server object, to shut down.
-
-    prometheus_client's own server gives every connection a thread with no timeout, so
-    idle connections (from any local user) would pile up threads in the supervisor; this
-    one serves at most MAX_SCRAPES at once, drops a client silent for SCRAPE_TIMEOUT, and
-    when it is full lets a new connection take the place of the oldest one still sending
-    its request, else of the oldest one older than EVICT_AFTER (see MAX_SCRAPES)."""
-    import socket
-    from socketserver import ThreadingMixIn
-    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
-
-    from prometheus_client import CollectorRegistry, make_wsgi_app
-
-    class Handler(WSGIRequestHandler):
-        timeout = SCRAPE_TIMEOUT  # the socket's timeout, for the request and the reply
-        server: Server
-
-        def parse_request(self) -> bool:
-            whole = super().parse_request()
-            self.server.request_read(self.request)  # no longer the first to be evicted
-            return whole
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # a scrape a second is no news
-
-    class Server(ThreadingMixIn, WSGIServer):
-        daemon_threads = True
-        twin: Any = None  # its [::1] twin (farm.loopback), stopped with it; one bound shared
-        request_queue_size = 2 * MAX_SCRAPES  # socketserver's 5 drops a burst's SYNs
-        slots = threading.BoundedSemaphore(MAX_SCRAPES)
-        lock = threading.Lock()
-        started: dict[Any, float] = {}  # connection -> when it was taken in
-        reading: dict[Any, float] = {}  # those whose request has not all come yet
-
-        def process_request(self, request: Any, client_address: Any) -> None:
-            if not self.slots.acquire(blocking=False):
-                # Full: make room (evict_oldest: one still sending its request, else one
-                # over EVICT_AFTER, as a scrape takes a second at most; one byte every few
-                # seconds beats any read timeout).
-                self.evict_oldest()
-                if not self.slots.acquire(timeout=0.25):  # the evicted one ends in ms
-                    self.shutdown_request(request)
-                    return
-            with self.lock:
-                self.started[request] = self.reading[request] = time.monotonic()
-            try:
-                super().process_request(request, client_address)
-            except BaseException:
-                self.forget(request)
-                raise
-
-        def request_read(self, request: Any) -> None:
-            with self.lock:
-                self.reading.pop(request, None)
-
-        def evict_oldest(self) -> None:
-            # One still sending its request goes first, however young: Prometheus sends
-            # its request as it connects, a user holding places never finishes one (and one
-            # reopening them faster than once a second kept every scrape out by age alone).
-            with self.lock:
-                oldest = next(iter(self.reading.items()), None)  # dicts keep arrival order
-                if oldest is None:
-                    oldest = min(self.started.items(), key=lambda item: item[1], default=None)
-                    if oldest is not None and time.monotonic() - oldest[1] <= EVICT_AFTER:
-                        oldest = None
-                if oldest is not None:  # not picked again while its thread winds down
-                    self.started.pop(oldest[0], None)
-                    self.reading.pop(oldest[0], None)
-            if oldest is not None:
-                try:
-                    oldest[0].shutdown(socket.SHUT_RDWR)  # its thread ends, its slot frees
-                except OSError:
-                    pass
-
-        def handle_error(self, request: Any, client_address: Any) -> None:
-            # A client gone silent or evicted: no traceback on the supervisor's stderr.
-            log.debug("metrics: a connection from %s ended in error", client_address)
-
-        def forget(self, request: Any) -> None:
-            with self.lock:
-                self.started.pop(request, None)
-                self.reading.pop(request, None)
-            self.slots.release()
-
-        def process_request_thread(self, request: Any, client_address: Any) -> None:
-            try:
-                super().process_request_thread(request, client_address)
-            finally:
-                self.forget(request)
-
-        def shutdown(self) -> None:
-            super().shutdown()
-            if self.twin is not None:
-                self.twin.shutdown()
-                self.twin.server_close()
-
-    host, _, port = address.rpartition(":")  # the config checked it; port 0: any free one
-    family, _, _, _, sockaddr = socket.getaddrinfo(
-        host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    Server.address_family = family
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(SupervisorCollector(supervisor))
-    app = reused_when_slow(make_wsgi_app(registry))
-    server = make_server(str(sockaddr[0]), int(port), app, Server, Handler)
-    # shutdown() waits for serve_forever to look at its flag, once a poll: at the default
-    # half second, every stop of the farm (`farm stop`, a deploy's restart) took that long more.
-    serve = functools.partial(server.serve_forever, poll_interval=0.1)
-    threading.Thread(target=serve, name="metrics", daemon=True).start()
-    bound = server.server_address[1]
-    # Prometheus, `curl localhost:9730`, `farm top --metrics localhost:9730` try [::1] first,
-    # where another user could answer them (hiding the farm's alerts): farm.loopback.
-    if twin_needed(host.strip("[]"), bound, []):
-        try:
-            server.twin = serve_twin(server, bound, "metrics-ipv6")
-        except OSError as exc:  # a warning, as the port taken is: 127.0.0.1 is still served
-            fix = "give [supervisor] metrics another port"
-            if exc.errno == errno.EADDRINUSE:
-                fix = taken_hint(bound, "the farm's metrics", fix)
-            why = f"cannot serve on [::1]:{bound} too ({exc.strerror or exc})"
-            log.warning("metrics: %s: on %s:%d alone (%s)", why, host, bound, fix)
-    also = f" and http://[::1]:{bound}/metrics" if server.twin is not None else ""
-    log.info("metrics on http://%s:%d/metrics%s (pid %d)", host, bound, also, os.getpid())
-    return server

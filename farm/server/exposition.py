@@ -50,7 +50,7 @@ MAX_LABELLED = 256
 #: HTTP connections to --metrics at once. Past them a new connection takes the place of
 #: the oldest one that has not sent its whole request, else of the oldest one open for
 #: more than EVICT_AFTER seconds (a scrape takes milliseconds), or is closed: as the
-#: supervisor's endpoint (farm.pools.metrics).
+#: supervisor's endpoint (farm.pools.metricsendpoint).
 MAX_SCRAPERS = 32
 EVICT_AFTER = 1.0
 #: Seconds a connection may take to send its request, and to take the reply.

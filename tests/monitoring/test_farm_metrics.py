@@ -159,7 +159,7 @@ def test_idle_connections_to_the_endpoint_neither_pile_up_threads_nor_block_scra
 
     import psutil
 
-    from farm.pools.metrics import MAX_SCRAPES
+    from farm.pools.metricsendpoint import MAX_SCRAPES
 
     up = FarmUp(tmp_path, POOLS)
     idle: list[socket.socket] = []

@@ -71,7 +71,7 @@ def test_the_server_stops_cleanly_with_scrapers_connected(tmp_path: Path) -> Non
 
 @pytest.mark.timeout(90)
 def test_farm_up_stops_cleanly_with_scrapers_connected(tmp_path: Path) -> None:
-    # The supervisor's endpoint is another (threads, farm.pools.metrics): its stop, and its
+    # The supervisor's endpoint is another (threads, farm.pools.metricsendpoint): its stop, and its
     # server child's, must be as quiet.
     pools = '[functions.reverse]\ntarget = "workers.text:reverse"\nworkers = 1\n'
     up = FarmUp(tmp_path, pools, extra_env={"FARM_KEY_FILE": str(tmp_path / "key")})
