@@ -1,0 +1,141 @@
+"""farm.toml's function targets: checked as the workers will import them (their sys.path,
+without running the module), never from a directory others may write.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from farm import config
+from tests.helpers import ROOT
+from tests.helpers.configs import GOOD, error_of, write
+
+
+def test_unimportable_target(tmp_path: Path) -> None:
+    message = error_of(tmp_path, GOOD.replace("workers.hashing:compress", "workers.nope:compress"))
+    assert "functions.rev.target" in message and "no module named 'workers.nope'" in message
+    message = error_of(tmp_path, GOOD.replace("workers.hashing:compress", "workers.hashing:nope"))
+    assert "defines no 'nope'" in message
+    message = error_of(tmp_path, GOOD.replace("workers.hashing:compress", "workers.hashing"))
+    assert 'must look like "module:function"' in message
+    message = error_of(tmp_path, GOOD.replace("workers.hashing:compress", "nopkg.sub:f"))
+    assert "cannot import 'nopkg.sub'" in message or "no module named" in message
+
+
+def test_a_target_that_raises_on_import_is_left_to_the_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Checking must not execute the module: a raising import is a boot failure, backed off.
+    (tmp_path / "boom.py").write_text(
+        "raise RuntimeError('broken at import')\nif True:\n    def job(j):\n        return b''\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    cfg = config.load(write(tmp_path, GOOD.replace("workers.hashing:compress", "boom:job")))
+    assert cfg.functions["rev"].target == "boom:job"
+    # Nor its parent package's __init__ (find_spec imported it: one that slept held the
+    # supervisor, one that raised was a config error, exit 2, and systemd gave up).
+    pkg = tmp_path / "boompkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("raise RuntimeError('no DB')\n")
+    (pkg / "jobs.py").write_text("def job(j):\n    return b''\n")
+    cfg = config.load(write(tmp_path, GOOD.replace("workers.hashing:compress", "boompkg.jobs:job")))
+    assert cfg.functions["rev"].target == "boompkg.jobs:job"
+    assert "boompkg" not in sys.modules
+    message = error_of(tmp_path, GOOD.replace("workers.hashing:compress", "boompkg.jobs:nope"))
+    assert "defines no 'nope'" in message  # still found, and read
+    message = error_of(tmp_path, GOOD.replace("workers.hashing:compress", "boompkg.nojobs:job"))
+    assert "no module named 'boompkg.nojobs'" in message
+    # A package split over two sys.path entries (pkgutil.extend_path in its __init__).
+    for half in ("one", "two"):
+        (tmp_path / half / "splitpkg").mkdir(parents=True)
+        (tmp_path / half / "splitpkg" / "__init__.py").write_text(
+            "import pkgutil\n__path__ = pkgutil.extend_path(__path__, __name__)\n"
+        )
+    (tmp_path / "two" / "splitpkg" / "jobs.py").write_text("def job(j):\n    return b''\n")
+    # On the PYTHONPATH the workers get (the check searches theirs, not this process's).
+    halves = [str(tmp_path / "one"), str(tmp_path / "two"), str(ROOT)]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(halves))
+    split = GOOD.replace("workers.hashing:compress", "splitpkg.jobs:job")
+    assert config.load(write(tmp_path, split)).functions["rev"].target == "splitpkg.jobs:job"
+
+
+def test_a_target_in_a_working_directory_others_may_write_is_not_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Workers import from the working directory only when others may not write to it
+    # (tests/security/test_planted_module.py): the check finds what they will import.
+    (tmp_path / "mine.py").write_text("def job(j):\n    return b''\n")
+    monkeypatch.chdir(tmp_path)
+    os.chmod(tmp_path, 0o755)
+    cfg = config.load(write(tmp_path, GOOD.replace("workers.hashing:compress", "mine:job")))
+    assert cfg.functions["rev"].target == "mine:job"
+    os.chmod(tmp_path, 0o1777)  # as /tmp: another user may have left mine.py
+    try:
+        message = error_of(tmp_path, GOOD.replace("workers.hashing:compress", "mine:job"))
+    finally:
+        os.chmod(tmp_path, 0o755)
+    assert (
+        f"no module named 'mine'; check the spelling and PYTHONPATH (not {tmp_path}: it may"
+        " be written by every user" in message
+    ), message
+    # The way to trust it anyway: an absolute PYTHONPATH entry is searched (a relative one
+    # is dropped for the workers, as it names the working directory).
+    assert f"PYTHONPATH={tmp_path} if you trust it)" in message, message
+
+
+def test_a_farm_run_as_root_searches_no_working_directory_its_group_may_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A member of the directory's group who left mine.py there ran it as root.
+    nogroup = 65534  # a group root is not in
+    if os.geteuid() != 0:
+        pytest.skip("the group's write counts for a farm run as root only")
+    (tmp_path / "mine.py").write_text("def job(j):\n    return b''\n")
+    monkeypatch.chdir(tmp_path)
+    os.chmod(tmp_path, 0o775)
+    os.chown(tmp_path, 0, nogroup)
+    try:
+        message = error_of(tmp_path, GOOD.replace("workers.hashing:compress", "mine:job"))
+        # root's own group (umask 002 makes root's directories 0775, root:root) is root's
+        os.chown(tmp_path, 0, 0)
+        config.load(write(tmp_path, GOOD.replace("workers.hashing:compress", "mine:job")))
+    finally:
+        os.chmod(tmp_path, 0o755)
+        os.chown(tmp_path, 0, 0)
+    assert f"(not {tmp_path}: it may be written by its group (gid {nogroup})" in message, message
+
+
+@pytest.mark.parametrize(
+    ("mode", "pythonpath", "beside"),
+    [
+        (0o755, "lib:{root}", "lib"),  # a relative entry: dropped for the workers
+        (0o1777, "{root}", "."),  # python -c (or -m) put this directory first: not theirs
+    ],
+)
+def test_the_target_check_searches_what_the_workers_will(
+    tmp_path: Path, mode: int, pythonpath: str, beside: str
+) -> None:
+    # The check searched the supervisor's own sys.path, which still holds what the workers
+    # (python -P, trusted_pythonpath) do not get: farm up passed it, and then every worker
+    # failed to boot, retried with backoff, where one config line could have said it.
+    run = tmp_path / "run"
+    (run / "lib").mkdir(parents=True)
+    (run / beside / "mine.py").write_text("def job(j):\n    return b''\n")
+    path = write(tmp_path, GOOD.replace("workers.hashing:compress", "mine:job"))
+    run.chmod(mode)
+    code = f"from farm import config\ntry:\n    config.load({str(path)!r})\n"
+    code += "except Exception as e:\n    print(e)\nelse:\n    print('loaded')\n"
+    env = dict(os.environ, PYTHONPATH=pythonpath.format(root=ROOT))
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=run, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert "functions.rev.target" in out.stdout, out.stdout
+    assert "no module named 'mine'" in out.stdout, out.stdout
+    if beside == "lib":  # the supervisor's warning of the entry comes after this check
+        assert "the workers do not search its relative entries ['lib']" in out.stdout
