@@ -1,4 +1,5 @@
-"""Fixtures: real servers (farm's and gearmand) on free ports, and raw-protocol peers.
+"""Fixtures: real servers (farm's and gearmand) on free ports, raw-protocol peers, and a
+farm serving farm.Executor's calls.
 
 What they are built from lives in tests/helpers/; test modules import it from there.
 """
@@ -14,12 +15,17 @@ import tempfile
 import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.helpers import ROOT
 from tests.helpers.peers import Peer
 from tests.helpers.servers import PORT_CLAIMS, Server, start_farm_server, start_gearmand
+
+if TYPE_CHECKING:
+    import farm
+    from tests.helpers.executorfarm import ExecutorFarm
 
 # Where the environment says PYTHONDONTWRITEBYTECODE (some images do), every one of the
 # suite's thousands of Python processes (each `farm up`, its server and workers, each
@@ -249,3 +255,21 @@ def no_local_farm(
     monkeypatch.setattr(discovery, "SYSTEM_CONFIG", top / "etc" / "farm.toml")
     yield top
     shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def shared_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExecutorFarm]:
+    """A farm server with two executor workers, one per test module: farm.Executor's tests
+    (test_executor*.py) share it."""
+    from tests.helpers.executorfarm import ExecutorFarm  # here: conftest imports no farm module
+
+    f = ExecutorFarm(tmp_path_factory.mktemp("executor"))
+    yield f
+    f.stop()
+
+
+@pytest.fixture
+def ex(shared_farm: ExecutorFarm) -> Iterator[farm.Executor]:
+    """An executor of shared_farm's, shut down at teardown."""
+    with shared_farm.executor() as executor:
+        yield executor

@@ -1,0 +1,284 @@
+"""farm.Executor keeps the concurrent.futures contract against real processes: no future
+left pending and no worker killed when the pump dies, a result or exception that cannot
+be unpickled (or pickled) fails only its call, a forked child uses the executor on its own,
+and map keeps no result alive.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import weakref
+from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import farm
+from farm.executor import spill
+from tests.helpers import ROOT
+from tests.helpers.calls import (
+    add,
+    box,
+    exits_when_loaded,
+    exits_when_pickled,
+    large_result,
+    nap,
+    pid_then_block,
+    two_arg_error_at,
+    unpicklable_result,
+    wait_gate,
+)
+from tests.helpers.executorfarm import ExecutorFarm
+from tests.helpers.gate import Gate
+from tests.helpers.waiting import wait_for
+
+# -- the concurrent.futures contract: no future left pending, no worker killed --
+
+
+def blocking_call(tmp_path: Path, name: str) -> tuple[str, int]:
+    """A fifo for ``pid_then_block`` and our end of it (non-blocking: the call's open() must
+    not wait for us)."""
+    fifo = str(tmp_path / name)
+    os.mkfifo(fifo)
+    return fifo, os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+
+
+def started_pid(reader: int) -> int:
+    """The pid a ``pid_then_block`` call wrote to the fifo open on ``reader``."""
+    ready, _, _ = select.select([reader], [], [], 30)
+    assert ready, "the blocking call never started"
+    return int(os.read(reader, 64))
+
+
+def test_a_dead_pump_fails_every_outstanding_future(tmp_path: Path) -> None:
+    # A done-callback raising SystemExit (Future runs callbacks catching only Exception)
+    # kills the pump thread while one call is in flight, the rest of a batch is in flight
+    # with the call whose callback raised, and more calls wait: none may stay pending.
+    small = ExecutorFarm(tmp_path, count=3)
+    fifo1, reader1 = blocking_call(tmp_path, "first")
+    fifo2, reader2 = blocking_call(tmp_path, "second")
+
+    def explode(_: Future[Any]) -> None:
+        raise SystemExit("a done-callback raised SystemExit")
+
+    try:
+        ex = small.executor(max_workers=2)
+        blocked = ex.submit(pid_then_block, fifo1)  # in flight until the end
+        started_pid(reader1)
+        doomed = ex.submit(pid_then_block, fifo2)  # fills the window
+        doomed_pid = started_pid(reader2)
+        waiting = [ex.submit(add, i, 1) for i in range(10)]  # the window is full: they wait
+        waiting[0].add_done_callback(explode)
+        os.kill(doomed_pid, signal.SIGKILL)  # frees the window: waiting[0..2] leave as a batch
+        with pytest.raises(farm.WorkerLost):
+            doomed.result(timeout=30)
+        assert waiting[0].result(timeout=30) == 1  # its outcome was set before the callback ran
+        for future in [*waiting[1:], blocked]:
+            exc = future.exception(timeout=30)
+            assert isinstance(exc, BrokenExecutor), exc
+            assert isinstance(exc, farm.executor.BrokenFarmExecutor)
+            assert "SystemExit" in str(exc)
+        with pytest.raises(farm.executor.BrokenFarmExecutor):
+            ex.submit(add, 1, 1)
+        ex.shutdown(wait=True)
+    finally:
+        os.close(reader1)
+        os.close(reader2)
+        small.stop()
+
+
+def test_a_result_that_cannot_be_unpickled_fails_only_its_call(ex: farm.Executor) -> None:
+    # ProcessPoolExecutor breaks when it cannot unpickle a result (it cannot tell whose it
+    # is); the executor knows the call, so only that call fails, even for a BaseException.
+    future = ex.submit(exits_when_loaded)
+    with pytest.raises(farm.JobError, match="cannot unpickle the result") as err:
+        future.result(timeout=30)
+    assert isinstance(err.value.__cause__, SystemExit)
+    assert ex.submit(add, 1, 1).result(timeout=30) == 2
+
+
+def test_an_exception_that_cannot_be_unpickled_fails_only_its_call_in_a_batch(
+    ex: farm.Executor,
+) -> None:
+    # Calls waiting together travel as one job; the one exception that would not load in
+    # the caller must not cost the batch's other calls their results.
+    futures = [ex.submit(two_arg_error_at, i, 100) for i in range(300)]
+    with pytest.raises(farm.JobError, match="TwoArgError: x, which cannot be unpickled"):
+        futures[100].result(timeout=60)
+    assert "two_arg_error_at" in str(futures[100].exception().__cause__)  # its traceback
+    assert [f.result(timeout=60) for i, f in enumerate(futures) if i != 100] == [
+        i for i in range(300) if i != 100
+    ]
+
+
+def test_a_function_the_workers_cannot_import_says_why(
+    ex: farm.Executor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A helper module beside the caller's script: the caller imports it, the farm's
+    # workers (their own sys.path) cannot. The error says what to do about it.
+    (tmp_path / "farm_test_beside_script.py").write_text("def double(x):\n    return 2 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import farm_test_beside_script  # type: ignore[import-not-found]
+
+    exc = ex.submit(farm_test_beside_script.double, 2).exception(timeout=30)
+    assert isinstance(exc, ModuleNotFoundError), exc
+    assert any("not the caller's" in note for note in exc.__notes__), exc.__notes__
+    sys.modules.pop("farm_test_beside_script", None)
+
+
+FORK_PROGRAM = """
+import os, sys, time
+import farm
+from tests.helpers.calls import add, nap
+
+ex = farm.Executor(servers=sys.argv[1], key_file=sys.argv[2])
+assert ex.submit(add, 1, 1).result(timeout=30) == 2
+across = ex.submit(nap, 1.5)  # in flight while the child starts
+pid = os.fork()
+if pid == 0:
+    # A future of the parent's never finishes here (its reply is the parent's to read);
+    # the child's calls go out on connections of its own, and its exit waits for them only.
+    try:
+        across.result(timeout=1)
+        print("child took the parent's reply", flush=True)
+    except TimeoutError:
+        pass
+    print("child", ex.submit(add, 20, 22).result(timeout=30), flush=True)
+    sys.exit(0)
+print("parent", across.result(timeout=30), ex.submit(add, 2, 3).result(timeout=30), flush=True)
+_, status = os.waitpid(pid, 0)
+print("child exit", os.waitstatus_to_exitcode(status), flush=True)
+ex.shutdown()
+"""
+
+
+def test_a_forked_child_uses_the_executor_on_its_own_and_exits(
+    shared_farm: ExecutorFarm,
+) -> None:
+    # Without its own pump the child wrote on the parent's connections (the parent's
+    # calls failed: "JOB_CREATED answers no request") and its exit waited for ever on a
+    # pump thread that does not exist in a child.
+    run = subprocess.run(
+        [sys.executable, "-c", FORK_PROGRAM, shared_farm.addr, str(shared_farm.key)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    lines = sorted(run.stdout.splitlines())
+    assert lines == ["child 42", "child exit 0", "parent 1.5 5"], (lines, run.stderr)
+
+
+def test_a_script_functions_remote_traceback_names_its_file_and_line(
+    shared_farm: ExecutorFarm, tmp_path: Path
+) -> None:
+    # cloudpickle names code it sends by value "<dynamic-code>": the traceback said
+    # neither where nor what. The workers share the host, so they read the source line.
+    script = tmp_path / "script_with_a_bug.py"
+    script.write_text(
+        "import sys\n"
+        "import farm\n"
+        "def divide(x):\n"
+        "    return x / 0  # the line that fails\n"
+        "ex = farm.Executor(servers=sys.argv[1], key_file=sys.argv[2])\n"
+        "print(ex.submit(divide, 1).exception(timeout=30).__cause__)\n"
+        "ex.shutdown()\n"
+    )
+    run = subprocess.run(
+        [sys.executable, str(script), shared_farm.addr, str(shared_farm.key)],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert f'File "{script}", line 4, in divide' in run.stdout, run.stdout
+    assert "return x / 0  # the line that fails" in run.stdout, run.stdout
+
+
+def pickling_program(ex: Executor) -> dict[str, Any]:
+    """Results the worker cannot pickle: each is its call's exception, as in the pool."""
+    seen: dict[str, Any] = {}
+    for fn in (exits_when_pickled, unpicklable_result):
+        exc = ex.submit(fn, 3).exception(timeout=30)
+        has_traceback = "Traceback (most recent call last)" in str(exc.__cause__)
+        seen[fn.__name__] = (type(exc).__name__, str(exc), has_traceback)
+    results = ex.map(exits_when_pickled, range(5))
+    got: list[Any] = [next(results), next(results), next(results)]
+    with pytest.raises(SystemExit) as err:
+        next(results)
+    got.append(f"raised {err.value}")
+    seen["map"] = got
+    chunks = ex.map(exits_when_pickled, range(6), chunksize=2)
+    got = [next(chunks), next(chunks)]
+    with pytest.raises(SystemExit):
+        next(chunks)  # 2 and 3 share a chunk
+    seen["chunks"] = got
+    seen["still_works"] = ex.submit(add, 1, 1).result(timeout=30)
+    return seen
+
+
+def test_a_result_the_worker_cannot_pickle_is_the_calls_exception(tmp_path: Path) -> None:
+    small = ExecutorFarm(tmp_path, count=1)
+    try:
+        with ProcessPoolExecutor(1) as pool:
+            expected = pickling_program(pool)
+        assert expected["exits_when_pickled"][:2] == (
+            "SystemExit",
+            "this result will not be pickled",
+        )
+        with small.executor() as ex:
+            assert pickling_program(ex) == expected
+        with small.executor(max_workers=1) as ex:  # calls queued behind `first` go as batches
+            first = ex.submit(nap, 0.2)
+            futures = [ex.submit(exits_when_pickled, i) for i in range(40)]
+            with pytest.raises(SystemExit, match="will not be pickled"):
+                futures[3].result(timeout=30)
+            assert [f.result(timeout=30) for f in futures if f is not futures[3]] == [
+                i for i in range(40) if i != 3
+            ]
+            assert first.result(timeout=30) == 0.2
+        assert small.workers[0].poll() is None, "the worker survived every call"
+    finally:
+        small.stop()
+
+
+def test_batched_results_over_the_spill_limit_together_each_keep_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # max_spill_mb caps one call's result. Calls queued behind a busy window travel as one
+    # batch, and the outcomes a batch gathers in a flush interval are pickled together: that
+    # pickle alone may be over the limit, which is no call's fault.
+    monkeypatch.setenv(spill.MAX_SPILL_ENV, "4")  # the workers' limit (and the caller's)
+    small = ExecutorFarm(tmp_path, count=1)
+    try:
+        with small.executor(max_workers=1) as ex, Gate(tmp_path / "gate") as gate:
+            first = ex.submit(wait_gate, gate.path)  # holds the window while the rest queue
+            futures = [ex.submit(large_result, 3 << 20) for _ in range(8)]
+            gate.open()
+            assert first.result(timeout=30) is None
+            assert [len(f.result(timeout=30)) for f in futures] == [3 << 20] * 8
+            with pytest.raises(spill.SpillTooLarge, match="limit of 4 MiB"):
+                ex.submit(large_result, 5 << 20).result(timeout=30)  # one alone still fails
+    finally:
+        small.stop()
+
+
+@pytest.mark.parametrize("chunksize", [1, 2])
+def test_map_does_not_keep_the_last_result_alive(ex: farm.Executor, chunksize: int) -> None:
+    # bpo-14406, as CPython's test_free_reference: map's iterator holds no reference to a
+    # result it yielded (nor to its future) while the caller has moved on.
+    results = ex.map(box, range(4), chunksize=chunksize)
+    first = next(results)
+    assert first.value == 0
+    ref = weakref.ref(first)
+    del first
+    wait_for("the yielded result to be freed", lambda: ref() is None, timeout=5)
+    assert [b.value for b in results] == [1, 2, 3]

@@ -1,0 +1,211 @@
+"""farm.Executor's calls in flight, against real processes: a worker killed or dying
+mid-batch fails exactly the futures it held with WorkerLost, batched calls and chunks keep
+their own outcomes, map sends a generator's calls as it reads them, and a Ctrl-C while
+submit sends breaks the executor rather than hanging it.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import farm
+from farm.executor import RemoteTraceback
+from tests.helpers.calls import (
+    add,
+    batch_step,
+    fails,
+    fork_and_come_back,
+    getpid,
+    nap,
+    pid_then_block,
+    tell,
+)
+from tests.helpers.executorfarm import ExecutorFarm
+from tests.helpers.waiting import wait_for
+
+
+def test_killed_worker_fails_only_its_future(tmp_path: Path) -> None:
+    small = ExecutorFarm(tmp_path, count=2)
+    fifo = str(tmp_path / "started")
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # so the call's open() does not block
+    try:
+        with small.executor() as ex:
+            before = [ex.submit(add, i, 1) for i in range(20)]
+            doomed = ex.submit(pid_then_block, fifo)
+            ready, _, _ = select.select([reader], [], [], 30)
+            assert ready, "the blocking call never started"
+            pid = int(os.read(reader, 64))
+            after = [ex.submit(add, i, 2) for i in range(20)]
+            os.kill(pid, signal.SIGKILL)
+            with pytest.raises(farm.WorkerLost):
+                doomed.result(timeout=30)
+            assert [f.result(timeout=30) for f in before] == [i + 1 for i in range(20)]
+            assert [f.result(timeout=30) for f in after] == [i + 2 for i in range(20)]
+            assert ex.submit(add, 40, 2).result(timeout=30) == 42  # still working
+    finally:
+        os.close(reader)
+        small.stop()
+
+
+@pytest.mark.parametrize(("how", "status"), [("return", 0), ("exit 3", 3), ("raise", 1)])
+def test_a_child_a_call_forked_that_comes_back_out_of_it_exits(
+    tmp_path: Path, how: str, status: int
+) -> None:
+    # A child that returned (or raised, sys.exit() included) out of the call, where it
+    # should have called os._exit(), went on as a second worker on the worker's connection:
+    # it answered the call in the parent's stead, the two then read and wrote one socket,
+    # and the worker wedged for every later caller of the shared farm. It exits instead.
+    small = ExecutorFarm(tmp_path, count=1)  # its own: a failure here wedges its worker
+    try:
+        with small.executor() as ex:
+            worker = ex.submit(getpid).result(timeout=30)
+            assert ex.submit(fork_and_come_back, how).result(timeout=30) == ("parent", status)
+            # More calls than the window takes: most travel in batches (call._run_batch),
+            # where a child that came back ran the batch's other calls again.
+            tally = str(tmp_path / "tally")
+            results = list(ex.map(fork_and_come_back, [how] * 8, [tally] * 8))
+            assert results == [("parent", status)] * 8
+            assert len(Path(tally).read_text().splitlines()) == 8, "calls ran more than once"
+            assert [ex.submit(getpid).result(timeout=30) for _ in range(3)] == [worker] * 3
+    finally:
+        small.stop()
+
+
+def test_a_worker_dying_mid_batch_fails_the_calls_it_had_not_finished(tmp_path: Path) -> None:
+    # One job in flight at a time, so the calls queued behind a slow one travel as batches
+    # (farm/executor/flight.py). With --job-retries 1 the batch is not run again.
+    small = ExecutorFarm(tmp_path, count=2)
+    fifo = str(tmp_path / "started")
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with small.executor(max_workers=1) as ex:
+            first = ex.submit(nap, 0.5)  # holds the window while the batch queues up
+            steps = [ex.submit(batch_step, i, fifo, 2, 3) for i in range(10)]
+            ready, _, _ = select.select([reader], [], [], 30)
+            assert ready, "the blocking call never started"
+            # The batch is calls 0..4 (call 0 and 9 // 2 more of the 9 behind it); 0..2
+            # ended a flush interval before 3 blocked, so their outcomes left in a WORK_DATA.
+            assert [f.result(timeout=30) for f in steps[:3]] == [0, 1, 2]
+            assert not any(f.done() for f in steps[3:5])
+            os.kill(int(os.read(reader, 64)), signal.SIGKILL)
+            for f in steps[3:5]:  # the one running and the one after it in the batch
+                with pytest.raises(farm.WorkerLost):
+                    f.result(timeout=30)
+            assert first.result(timeout=30) == 0.5
+            assert [f.result(timeout=30) for f in steps[5:]] == [5, 6, 7, 8, 9]
+    finally:
+        os.close(reader)
+        small.stop()
+
+
+def test_batched_calls_keep_their_own_outcomes(shared_farm: ExecutorFarm) -> None:
+    with shared_farm.executor(max_in_flight=2) as ex:
+        futures = [ex.submit(fails, i) for i in range(200)]  # 200 waiting: batches of up to 51
+        for i, future in enumerate(futures):
+            if i == 3:
+                with pytest.raises(ValueError, match="bad input 3"):
+                    future.result(timeout=30)
+                assert isinstance(future.exception().__cause__, RemoteTraceback)
+            else:
+                assert future.result(timeout=30) == i * 10
+
+
+@pytest.mark.parametrize("iterables", [1, 2])
+def test_waiting_chunks_travel_together_and_keep_their_own_outcomes(
+    shared_farm: ExecutorFarm, monkeypatch: pytest.MonkeyPatch, iterables: int
+) -> None:
+    import farm.executor.flight as flight
+    from farm.executor.payload import ARG_CHUNK_BATCH, CHUNK_BATCH
+
+    kinds: list[int] = []
+    real = flight.encode_call
+
+    def spy(*args: Any, **kwargs: Any) -> bytes:
+        kinds.append(args[4])  # the kind of each job the pump sends
+        return real(*args, **kwargs)
+
+    def one(x: int, *_: int) -> int:
+        return x + 1 if x != 255 else fails(3)
+
+    monkeypatch.setattr(flight, "encode_call", spy)
+    with shared_farm.executor(max_in_flight=2) as ex:
+        # 40 chunks of 10 wait for 2 jobs in flight: several chunks go in one job.
+        values = ex.map(one, *[range(400)] * iterables, chunksize=10)
+        got = []
+        with pytest.raises(ValueError, match="bad input 3"):
+            for value in values:
+                got.append(value)
+    assert got == [x + 1 for x in range(250)], "the chunks before the failing one"
+    batch_kind = ARG_CHUNK_BATCH if iterables == 1 else CHUNK_BATCH
+    assert batch_kind in kinds and len(kinds) < 40, kinds
+
+
+def test_map_sends_the_calls_of_a_generator_as_it_reads_them(
+    ex: farm.Executor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """map may queue the calls of a list to send them together, never those of a generator:
+    one that waits for a call it gave to run must not wait forever."""
+    import socket
+
+    import farm.executor.mapping as mapping_module
+
+    monkeypatch.setattr(mapping_module, "NUDGE_EVERY", 3600.0)  # queued calls would stay
+    path = str(tmp_path / "ran.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as inbox:
+        inbox.bind(path)
+        inbox.settimeout(20)
+        heard: list[bytes] = []
+
+        def calls() -> Iterator[str]:
+            yield path
+            heard.append(inbox.recv(16))  # the first call ran
+            # ... and its job ended: nothing in flight would wake the pump for a queued call.
+            wait_for("the first job to end", lambda: ex._pump._in_flight == 0)
+            yield path
+            heard.append(inbox.recv(16))  # the second ran: it was sent as it was read
+            yield path
+
+        assert list(ex.map(tell, calls())) == [path] * 3
+    assert heard == [b"ran"] * 2
+
+
+def test_a_ctrl_c_while_submit_sends_breaks_the_executor_instead_of_hanging(
+    shared_farm: ExecutorFarm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """submit sends from the caller's thread while the pump sleeps; a KeyboardInterrupt
+    there reaches the caller, and the executor breaks (its calls fail) rather than leaving
+    calls taken off the queue but never sent RUNNING for ever."""
+    with shared_farm.executor() as ex:
+        assert ex.submit(add, 1, 1).result(timeout=30) == 2  # the pump is up, and asleep
+        pump = ex._pump
+        send = pump._send_pending
+        caller = threading.get_ident()
+
+        def interrupted() -> None:
+            send()
+            if threading.get_ident() == caller:  # the pump thread's own sends go through
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(pump, "_send_pending", interrupted)
+        for _ in range(50):  # the pump may be awake (a late reply) when we submit: again
+            wait_for("the pump to sleep", lambda: pump._sleeping)
+            try:
+                assert ex.submit(add, 2, 2).result(timeout=30) == 4
+            except KeyboardInterrupt:
+                break
+        else:
+            pytest.fail("submit never sent from the caller's thread")
+        monkeypatch.setattr(pump, "_send_pending", send)
+        assert pump.finished.wait(30), "the pump thread ended"
+        with pytest.raises(farm.executor.BrokenFarmExecutor):
+            ex.submit(add, 3, 3)
