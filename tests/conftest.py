@@ -25,6 +25,7 @@ from tests.helpers.servers import PORT_CLAIMS, Server, start_farm_server, start_
 
 if TYPE_CHECKING:
     import farm
+    from tests.helpers.admintext import Admin
     from tests.helpers.executorfarm import ExecutorFarm
 
 # Where the environment says PYTHONDONTWRITEBYTECODE (some images do), every one of the
@@ -219,6 +220,24 @@ def peer_factory() -> Iterator[Callable[[str], Peer]]:
     yield make
     for peer in peers:
         peer.close()
+
+
+@pytest.fixture
+def admin_factory():
+    """Make admin text connections (tests/helpers/admintext.py) to a server; every one is
+    closed at teardown."""
+    from tests.helpers.admintext import Admin  # here: conftest imports no farm module
+
+    conns: list[Admin] = []
+
+    def make(srv: Server) -> Admin:
+        a = Admin(srv)
+        conns.append(a)
+        return a
+
+    yield make
+    for a in conns:
+        a.close()
 
 
 @pytest.fixture
