@@ -26,6 +26,7 @@ from tests.helpers.servers import PORT_CLAIMS, Server, start_farm_server, start_
 if TYPE_CHECKING:
     import farm
     from tests.helpers.admintext import Admin
+    from tests.helpers.cpythonfarm import Farm
     from tests.helpers.executorfarm import ExecutorFarm
 
 # Where the environment says PYTHONDONTWRITEBYTECODE (some images do), every one of the
@@ -292,3 +293,23 @@ def ex(shared_farm: ExecutorFarm) -> Iterator[farm.Executor]:
     """An executor of shared_farm's, shut down at teardown."""
     with shared_farm.executor() as executor:
         yield executor
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
+    """A `farm up` with CPython's concurrent.futures tests' pools, one per test module:
+    test_executor_cpython*.py share it."""
+    from tests.helpers.cpythonfarm import POOLS, WORKERS, Farm  # conftest imports no farm
+    from tests.helpers.farmproc import executor_farm
+
+    tmp = tmp_path_factory.mktemp("cpython")
+    with executor_farm(tmp, POOLS, {"farm.python": WORKERS, "farm.solo": 1}) as (up, key):
+        yield Farm(up, key, tmp)
+
+
+@pytest.fixture
+def executor(shared: Farm) -> Iterator[farm.Executor]:
+    """An executor of shared's, shut down (waiting) at teardown."""
+    ex = shared.executor()
+    yield ex
+    ex.shutdown(wait=True)
