@@ -9,10 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import farm
-from farm.executor.signing import (
-    KEY_ENV,
-    ensure_key,
-)
+from farm.executor.signing import KEY_ENV, ensure_key
 from tests.helpers import ROOT
 from tests.helpers.servers import Server, start_farm_server
 from tests.helpers.waiting import wait_for

@@ -18,11 +18,7 @@ import pytest
 
 import farm
 from farm.executor import RemoteTraceback
-from tests.helpers.calls import (
-    add,
-    fails,
-    nap,
-)
+from tests.helpers.calls import add, fails, nap
 from tests.helpers.executorfarm import ExecutorFarm
 
 # -- the same program against both executors --

@@ -18,17 +18,8 @@ import pytest
 
 import farm
 from farm.executor.call import CALL_ID_SIZE, OK, SINGLE, encode_call
-from farm.executor.signing import (
-    MAGIC,
-    RESULT,
-    SignatureError,
-    Signer,
-    ensure_key,
-    load_key,
-)
-from tests.helpers.calls import (
-    add,
-)
+from farm.executor.signing import MAGIC, RESULT, SignatureError, Signer, ensure_key, load_key
+from tests.helpers.calls import add
 from tests.helpers.executorfarm import ExecutorFarm
 from tests.helpers.servers import start_farm_server
 from tests.helpers.waiting import wait_for
