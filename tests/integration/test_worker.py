@@ -1,42 +1,26 @@
 """farm.Worker against farm's server and gearmand: reconnect after a restart, stop and
-drain hooks, signals, and an idle worker that does not spin."""
+after-job hooks, registering and unregistering functions. Signals, idling and ending work
+are in test_worker_signals.py, servers and jobs that misbehave in test_worker_faults.py."""
 
 from __future__ import annotations
 
-import gc
 import logging
-import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
-import warnings
 from typing import Any
 
-import psutil
 import pytest
 
 import farm
 from farm.protocol.worker import WorkerSession, WorkerState
 from tests.helpers import ROOT
-from tests.helpers.peers import Peer
+from tests.helpers.registered import _workers_of
 from tests.helpers.servers import start_like
 from tests.helpers.serving import grab_answered_late, reverse, serving
-from tests.helpers.stalled import unanswered_listener
 from tests.helpers.waiting import wait_for
 
-IDLE_WINDOW = 2.0
 SLEEPING = WorkerState.SLEEPING
-
-
-def _workers_of(addr: str, function: str) -> int:
-    peer = Peer(addr)
-    try:
-        rows = [line.split("\t") for line in peer.admin("status").splitlines()]
-    finally:
-        peer.close()
-    return sum(int(r[3]) for r in rows if len(r) == 4 and r[0] == function)
 
 
 def test_worker_reconnects_and_reregisters_after_a_server_restart(any_server) -> None:
@@ -206,218 +190,6 @@ def test_registration_errors_are_clear() -> None:
             farm.Worker("127.0.0.1:1", connect_timeout=bad_timeout)
 
 
-def _farm_worker(addr: str, target: str, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-c", "from farm.cli import main; main()", "worker", target]
-    return subprocess.Popen([*cmd, "--server", addr, *extra], cwd=ROOT)
-
-
-def test_sigterm_finishes_the_job_in_hand_then_exits_0(any_server, tmp_path) -> None:
-    # The job holds until the test says go (tests.helpers.crashy:hold): the signal lands
-    # mid-job however slowly the test runs.
-    proc = _farm_worker(any_server.addr, "tests.helpers.crashy:hold")
-    try:
-        with farm.Client(any_server.addr) as c:
-            task = c.submit("hold", str(tmp_path).encode())
-            wait_for("the job running", lambda: (tmp_path / f"started-{proc.pid}").exists())
-            proc.send_signal(signal.SIGTERM)
-            assert proc.poll() is None
-            (tmp_path / "go").touch()
-            assert c.wait(task, 20) == str(proc.pid).encode()
-        assert proc.wait(5) == 0
-    finally:
-        proc.kill()
-
-
-@pytest.mark.parametrize(("how", "status"), [("return", 0), ("exit 3", 3), ("raise", 1)])
-def test_a_child_a_job_forked_that_comes_back_out_of_it_exits(
-    farm_server, how: str, status: int
-) -> None:
-    # A child that returned or raised out of the job function, where it should have called
-    # os._exit(), was a second worker on the same connection: it answered the job, and
-    # then the two read one socket (farm.forkedchild). It exits, and the worker answers.
-    proc = _farm_worker(farm_server.addr, "tests.helpers.crashy:fork_back")
-    try:
-        with farm.Client(farm_server.addr) as c:
-            assert c.call("fork_back", how, timeout=30) == f"parent {status}".encode()
-            assert c.call("fork_back", how, timeout=30) == f"parent {status}".encode()
-    finally:
-        proc.kill()
-        proc.wait(10)
-
-
-def test_idle_worker_sleeps_without_burning_cpu(any_server) -> None:
-    proc = _farm_worker(any_server.addr, "workers.text:reverse")
-    try:
-        wait_for("the worker registered", lambda: _workers_of(any_server.addr, "reverse") == 1)
-        ps = psutil.Process(proc.pid)
-        cpu, switches = sum(ps.cpu_times()[:2]), sum(ps.num_ctx_switches())
-        time.sleep(IDLE_WINDOW)  # watching an idle process needs idle wall time
-        wakeups = sum(ps.num_ctx_switches()) - switches
-        used = sum(ps.cpu_times()[:2]) - cpu
-        # Blocked in select() without a timeout, the worker is never scheduled, however
-        # loaded the machine: no wake-ups and no CPU. A polling loop wakes hundreds of
-        # times a window; a spinning one takes most of the window in CPU.
-        assert wakeups < 20, f"idle worker woke {wakeups} times in {IDLE_WINDOW}s"
-        assert used < IDLE_WINDOW / 4, f"idle worker used {used:.3f}s CPU in {IDLE_WINDOW}s"
-        with farm.Client(any_server.addr) as c:
-            assert c.call("reverse", b"awake", timeout=5) == b"ekawa"
-    finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(5) == 0
-
-
-def test_stop_is_safe_from_a_signal_handler(any_server) -> None:
-    worker = farm.Worker(any_server.addr)
-    worker.register("reverse", reverse)
-    handled = threading.Event()
-
-    def on_usr1(*_: object) -> None:
-        worker.stop()
-        handled.set()
-
-    def signal_once_registered() -> None:
-        wait_for("the worker registered", lambda: _workers_of(any_server.addr, "reverse") == 1)
-        # To the main thread itself: a process-wide kill may land in any thread (this one, or
-        # a pool's left by an earlier test), and then nothing interrupts the main thread's
-        # select() to run the Python handler.
-        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
-
-    previous = signal.signal(signal.SIGUSR1, on_usr1)
-    try:
-        threading.Thread(target=signal_once_registered, daemon=True).start()
-        # work() blocks in select() without a timeout: returning at all means the handler's
-        # stop() woke it (pytest-timeout fails a hang).
-        worker.work()
-        assert handled.is_set() and worker.jobs_done == 0
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
-
-
-def test_work_in_the_main_thread_holds_the_signal_wakeup_fd_then_gives_it_back(
-    any_server,
-) -> None:
-    # A signal that lands after the loop's last check and before its select sleeps would
-    # run its handler (and its stop()) only once the select returned for something else,
-    # which for an idle worker is never. The wake-up fd closes that window; this test pins
-    # that work() sets it (seen from a job, which runs in work()'s thread) and restores it.
-    seen: list[int] = []
-
-    def peek(job: farm.Job) -> bytes:
-        fd = signal.set_wakeup_fd(-1)
-        signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
-        seen.append(fd)
-        return b""
-
-    assert signal.set_wakeup_fd(-1) == -1
-    worker = farm.Worker(any_server.addr)
-    worker.register("peek", peek)
-    answers: list[bytes] = []
-    with farm.Client(any_server.addr) as client:
-        caller = threading.Thread(
-            target=lambda: answers.append(client.call("peek", b"")), daemon=True
-        )
-        caller.start()
-        worker.work(stop_after=1)
-        caller.join(30)  # the answer is read before the client closes
-    assert answers == [b""]
-    assert seen and seen[0] != -1
-    assert signal.set_wakeup_fd(-1) == -1, "work() left its wake-up fd installed"
-
-
-@pytest.mark.timeout(10)
-def test_a_stop_before_work_makes_work_return_at_once(any_server) -> None:
-    """A SIGTERM that lands while a worker process still sets up (farm.pools.workerproc
-    installs its handler before work()) must not be forgotten: the supervisor, draining a
-    pool with no timeout, would wait for ever on a worker that keeps taking jobs."""
-    w = farm.Worker(any_server.addr)
-    w.register("never", lambda job: b"")
-    w.stop()
-    done = threading.Event()
-    threading.Thread(target=lambda: (w.work(), done.set()), daemon=True).start()
-    assert done.wait(5), "work() ignored the stop() that came before it"
-    assert _workers_of(any_server.addr, "never") == 0
-    # Cleared when work() returned: the same worker may serve again.
-    w.register("again", lambda job: b"ok")
-    threading.Thread(target=w.work, daemon=True).start()
-    with farm.Client(any_server.addr) as c:
-        assert c.call("again", b"") == b"ok"
-    w.stop()
-
-
-@pytest.mark.timeout(30)
-def test_a_worker_holds_no_socket_once_work_returned_and_close_ends_it(farm_server) -> None:
-    # Its wake-up socket pair, opened in __init__, was never closed: two ResourceWarnings
-    # for every Worker (the docs' example among them), and no close() to call.
-    gc.collect()  # what earlier tests in this process left: its warnings are not this one's
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ResourceWarning)
-        with farm.Worker(farm_server.addr) as worker:
-            worker.register("reverse", reverse)
-            serving = threading.Thread(target=worker.work, kwargs={"stop_after": 1})
-            serving.start()
-            with farm.Client(farm_server.addr) as c:
-                assert c.call("reverse", b"ab", timeout=10) == b"ba"
-            serving.join(10)
-            assert not serving.is_alive()
-        with pytest.raises(RuntimeError, match="closed"):
-            worker.work()
-        del worker
-        gc.collect()
-    assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
-
-
-@pytest.mark.timeout(30)
-def test_close_from_another_thread_ends_work(farm_server) -> None:
-    worker = farm.Worker(farm_server.addr)
-    worker.register("idle-fn", reverse)
-    serving = threading.Thread(target=worker.work)
-    serving.start()
-    wait_for("the worker registered", lambda: _workers_of(farm_server.addr, "idle-fn") == 1)
-    worker.close()
-    serving.join(10)
-    assert not serving.is_alive(), "close() did not end work()"
-    wait_for("the worker unregistered", lambda: _workers_of(farm_server.addr, "idle-fn") == 0)
-
-
-def test_refusals_are_logged_in_one_line_a_while_not_a_traceback_each(
-    farm_server, caplog: pytest.LogCaptureFixture
-) -> None:
-    # Anyone who reaches the server may send a farm.python worker unsigned calls by the
-    # thousand: each refusal logged with its traceback flooded the journal.
-    from farm.executor.signing import SignatureError
-
-    def refuse(job: Any) -> bytes:
-        raise SignatureError("a payload without a valid signature: refused")
-
-    caplog.set_level("WARNING", logger="farm.worker")
-    with serving(farm_server.addr, {"refuses": refuse}), farm.Client(farm_server.addr) as c:
-        for _ in range(20):
-            with pytest.raises(farm.JobException, match="SignatureError"):
-                c.call("refuses", b"junk", timeout=10)
-    lines = [r for r in caplog.records if r.name == "farm.worker"]
-    assert len(lines) == 1, [r.getMessage() for r in lines]
-    assert "refused" in lines[0].getMessage() and lines[0].exc_info is None
-
-
-@pytest.mark.timeout(120)
-def test_a_job_too_large_for_the_worker_fails_once_not_forever(
-    gearmand, caplog: pytest.LogCaptureFixture
-) -> None:
-    # gearmand takes a job over farm's 64 MiB packet limit; the worker refused its
-    # JOB_ASSIGN, reconnected and was handed the same job again, some 13 times a second.
-    caplog.set_level("WARNING", logger="farm.worker")
-    with (
-        serving(gearmand.addr, {"size": lambda j: str(len(j.data))}),
-        farm.Client(gearmand.addr) as c,
-    ):
-        with pytest.raises(farm.JobFailed):
-            c.call("size", b"a" * (65 << 20), timeout=60)
-        assert c.call("size", b"ok", timeout=10) == b"2", "the worker serves on"
-    refused = [r for r in caplog.records if "too large for this worker" in r.getMessage()]
-    assert len(refused) == 1, [r.getMessage() for r in caplog.records]
-    assert refused[0].getMessage().startswith("job H:"), "named as every log line names a job"
-
-
 def test_a_function_registered_while_the_worker_waits_is_served(any_server) -> None:
     # register() from another thread queued the CAN_DO for the loop's next event, which
     # an idle worker never had: the call timed out.
@@ -473,37 +245,6 @@ def test_the_function_decorator_without_parentheses_registers_too(any_server) ->
         thread.join(10)
 
 
-def test_a_server_that_hangs_up_at_once_is_retried_with_backoff_not_in_a_spin() -> None:
-    # docs/client.md: 50 ms doubling to 5 s. Without it a worker whose server closes each
-    # connection (full, or dying as it starts) reconnects in a tight loop, a core's worth.
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted: list[float] = []
-
-    def hang_up() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            accepted.append(time.monotonic())
-            conn.close()
-
-    threading.Thread(target=hang_up, daemon=True).start()
-    worker = farm.Worker(f"127.0.0.1:{listener.getsockname()[1]}")
-    worker.register("f", lambda job: b"")
-    serving_thread = threading.Thread(target=worker.work, daemon=True)
-    serving_thread.start()
-    try:
-        wait_for("five connections", lambda: len(accepted) >= 5, timeout=20)
-    finally:
-        worker.stop()
-        serving_thread.join(10)
-        listener.close()
-    gaps = [b - a for a, b in zip(accepted, accepted[1:], strict=False)][:4]
-    # 50, 100, 200, 400 ms: each at least the one before (scheduling only adds to them)
-    assert gaps[3] >= 0.35 and sum(gaps) >= 0.7, gaps
-
-
 def test_farm_worker_job_resolves_in_a_fresh_interpreter() -> None:
     # docs/client.md annotates functions with farm.worker.Job: in a script whose annotations
     # are evaluated (typing.get_type_hints, pydantic, a dataclass), `farm.worker` did not
@@ -518,31 +259,3 @@ def test_farm_worker_job_resolves_in_a_fresh_interpreter() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
     )
     assert out.stdout == "ok\n", out.stderr
-
-
-def test_a_server_that_does_not_answer_holds_no_jobs_of_the_others(any_server) -> None:
-    # A worker of two servers, one of them accepting no connection (its backlog full): each
-    # connect to it blocked the whole loop for connect_timeout, and the other's jobs waited.
-    with unanswered_listener() as hung:
-        servers = [hung, any_server.addr]
-        fns = {"reverse": reverse}
-        with serving(servers, fns, connect_timeout=120), farm.Client(any_server.addr) as c:
-            for data in (b"ab", b"cd", b"ef"):
-                assert c.call("reverse", data, timeout=30) == data[::-1]
-
-
-@pytest.mark.timeout(20)
-def test_a_name_that_cannot_be_sent_raises_its_own_error_not_the_cleanups() -> None:
-    # The connection was closed in work()'s cleanup before the selector knew it: a KeyError
-    # ("<socket ...> is not registered") hid why the worker could not start.
-    with socket.socket() as listener:  # connect() completes in its backlog: enough here
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        worker = farm.Worker(f"127.0.0.1:{listener.getsockname()[1]}")
-        # register() refuses such a name now (c8107cc); put it in the table past it, so
-        # that work() itself fails at the CAN_DO as it connects, and its cleanup runs.
-        worker._functions["\ud800"] = reverse  # a surrogate that stands for no byte
-        worker._timeouts["\ud800"] = None
-        with pytest.raises(UnicodeEncodeError):
-            worker.work(stop_after=1)
-        worker.close()

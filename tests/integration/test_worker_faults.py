@@ -1,0 +1,115 @@
+"""farm.Worker against servers and jobs that misbehave: refusals logged in one line, a job
+too large for it, a server that hangs up at once or does not answer, a function name that
+cannot be sent."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import farm
+from tests.helpers.serving import reverse, serving
+from tests.helpers.stalled import unanswered_listener
+from tests.helpers.waiting import wait_for
+
+
+def test_refusals_are_logged_in_one_line_a_while_not_a_traceback_each(
+    farm_server, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Anyone who reaches the server may send a farm.python worker unsigned calls by the
+    # thousand: each refusal logged with its traceback flooded the journal.
+    from farm.executor.signing import SignatureError
+
+    def refuse(job: Any) -> bytes:
+        raise SignatureError("a payload without a valid signature: refused")
+
+    caplog.set_level("WARNING", logger="farm.worker")
+    with serving(farm_server.addr, {"refuses": refuse}), farm.Client(farm_server.addr) as c:
+        for _ in range(20):
+            with pytest.raises(farm.JobException, match="SignatureError"):
+                c.call("refuses", b"junk", timeout=10)
+    lines = [r for r in caplog.records if r.name == "farm.worker"]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    assert "refused" in lines[0].getMessage() and lines[0].exc_info is None
+
+
+@pytest.mark.timeout(120)
+def test_a_job_too_large_for_the_worker_fails_once_not_forever(
+    gearmand, caplog: pytest.LogCaptureFixture
+) -> None:
+    # gearmand takes a job over farm's 64 MiB packet limit; the worker refused its
+    # JOB_ASSIGN, reconnected and was handed the same job again, some 13 times a second.
+    caplog.set_level("WARNING", logger="farm.worker")
+    with (
+        serving(gearmand.addr, {"size": lambda j: str(len(j.data))}),
+        farm.Client(gearmand.addr) as c,
+    ):
+        with pytest.raises(farm.JobFailed):
+            c.call("size", b"a" * (65 << 20), timeout=60)
+        assert c.call("size", b"ok", timeout=10) == b"2", "the worker serves on"
+    refused = [r for r in caplog.records if "too large for this worker" in r.getMessage()]
+    assert len(refused) == 1, [r.getMessage() for r in caplog.records]
+    assert refused[0].getMessage().startswith("job H:"), "named as every log line names a job"
+
+
+def test_a_server_that_hangs_up_at_once_is_retried_with_backoff_not_in_a_spin() -> None:
+    # docs/client.md: 50 ms doubling to 5 s. Without it a worker whose server closes each
+    # connection (full, or dying as it starts) reconnects in a tight loop, a core's worth.
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[float] = []
+
+    def hang_up() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(time.monotonic())
+            conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    worker = farm.Worker(f"127.0.0.1:{listener.getsockname()[1]}")
+    worker.register("f", lambda job: b"")
+    serving_thread = threading.Thread(target=worker.work, daemon=True)
+    serving_thread.start()
+    try:
+        wait_for("five connections", lambda: len(accepted) >= 5, timeout=20)
+    finally:
+        worker.stop()
+        serving_thread.join(10)
+        listener.close()
+    gaps = [b - a for a, b in zip(accepted, accepted[1:], strict=False)][:4]
+    # 50, 100, 200, 400 ms: each at least the one before (scheduling only adds to them)
+    assert gaps[3] >= 0.35 and sum(gaps) >= 0.7, gaps
+
+
+def test_a_server_that_does_not_answer_holds_no_jobs_of_the_others(any_server) -> None:
+    # A worker of two servers, one of them accepting no connection (its backlog full): each
+    # connect to it blocked the whole loop for connect_timeout, and the other's jobs waited.
+    with unanswered_listener() as hung:
+        servers = [hung, any_server.addr]
+        fns = {"reverse": reverse}
+        with serving(servers, fns, connect_timeout=120), farm.Client(any_server.addr) as c:
+            for data in (b"ab", b"cd", b"ef"):
+                assert c.call("reverse", data, timeout=30) == data[::-1]
+
+
+@pytest.mark.timeout(20)
+def test_a_name_that_cannot_be_sent_raises_its_own_error_not_the_cleanups() -> None:
+    # The connection was closed in work()'s cleanup before the selector knew it: a KeyError
+    # ("<socket ...> is not registered") hid why the worker could not start.
+    with socket.socket() as listener:  # connect() completes in its backlog: enough here
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        worker = farm.Worker(f"127.0.0.1:{listener.getsockname()[1]}")
+        # register() refuses such a name now (c8107cc); put it in the table past it, so
+        # that work() itself fails at the CAN_DO as it connects, and its cleanup runs.
+        worker._functions["\ud800"] = reverse  # a surrogate that stands for no byte
+        worker._timeouts["\ud800"] = None
+        with pytest.raises(UnicodeEncodeError):
+            worker.work(stop_after=1)
+        worker.close()
