@@ -313,3 +313,36 @@ def executor(shared: Farm) -> Iterator[farm.Executor]:
     ex = shared.executor()
     yield ex
     ex.shutdown(wait=True)
+
+
+@pytest.fixture
+def keeper_any(any_server) -> Iterator[tuple[Server, bytes]]:
+    """any_server with a background job queued (tests/helpers/badinput.py), which hostile
+    input must leave there: test_server_badinput*.py."""
+    from tests.helpers.badinput import queue_keeper  # here: conftest imports no farm module
+
+    c, h = queue_keeper(any_server)
+    yield any_server, h
+    c.close()
+
+
+@pytest.fixture
+def keeper_farm(farm_server) -> Iterator[tuple[Server, bytes]]:
+    """farm_server with a background job queued, as keeper_any."""
+    from tests.helpers.badinput import queue_keeper
+
+    c, h = queue_keeper(farm_server)
+    yield farm_server, h
+    c.close()
+
+
+@pytest.fixture
+def small_farm() -> Iterator[tuple[Server, bytes]]:
+    """A farm server whose packets may be 1 KiB at most, with a background job queued."""
+    from tests.helpers.badinput import queue_keeper
+
+    srv = start_farm_server("--max-packet", "1024")
+    c, h = queue_keeper(srv)
+    yield srv, h
+    c.close()
+    srv.stop()

@@ -1,0 +1,47 @@
+"""Hostile input's tests' tools: packets built by hand, and a queued job whose survival
+shows the server stayed healthy for everybody else.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from farm.protocol import PacketType as T
+from tests.helpers.peers import Peer
+from tests.helpers.servers import Server
+
+
+def header(ptype: int, size: int, magic: bytes = b"\0REQ") -> bytes:
+    return magic + struct.pack(">II", ptype, size)
+
+
+def packet(ptype: int, body: bytes, magic: bytes = b"\0REQ") -> bytes:
+    return header(ptype, len(body), magic) + body
+
+
+def sync(peer: Peer) -> None:
+    peer.send(T.ECHO_REQ, b"sync")
+    assert peer.expect(T.ECHO_RES).args == (b"sync",)
+
+
+def queue_keeper(srv: Server) -> tuple[Peer, bytes]:
+    """A background job queued before the bad input arrives."""
+    c = Peer(srv.addr)
+    c.send(T.SUBMIT_JOB_BG, "keep", "", "kept")
+    h = c.expect(T.JOB_CREATED).args[0]
+    return c, h
+
+
+def assert_healthy(srv: Server, handle: bytes) -> None:
+    """A new, well-behaved connection works and the queued job is still there."""
+    assert srv.proc.poll() is None, "the server died"
+    p = Peer(srv.addr)
+    try:
+        p.send(T.ECHO_REQ, b"ok?")
+        assert p.expect(T.ECHO_RES).args == (b"ok?",)
+        status = p.admin("status")
+        assert "keep\t1\t0\t0\n" in status, status
+        p.send(T.GET_STATUS, handle)
+        assert p.expect(T.STATUS_RES).args[1] == b"1"
+    finally:
+        p.close()
