@@ -12,6 +12,7 @@ import py_compile
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -346,3 +347,30 @@ def small_farm() -> Iterator[tuple[Server, bytes]]:
     yield srv, h
     c.close()
     srv.stop()
+
+
+@pytest.fixture
+def served(any_server: Server) -> Iterator[Server]:
+    """Two worker threads (so one may block in ``gated`` while the other serves), serving
+    farm.AsyncClient's tests' jobs (tests/helpers/aiojobs.py): test_aio*.py."""
+    from farm.worker import Worker  # here: conftest itself imports no farm module
+    from tests.helpers.aiojobs import chatty, explode, gate, gated
+
+    workers = []
+    for _ in range(2):
+        w = Worker(any_server.addr)
+        w.register("reverse", lambda job: job.data[::-1])
+        w.register("chatty", chatty)
+        w.register("explode", explode)
+        w.register("gated", gated)
+        workers.append(w)
+    threads = [threading.Thread(target=w.work, daemon=True) for w in workers]
+    for t in threads:
+        t.start()
+    gate.clear()
+    yield any_server
+    gate.set()
+    for w in workers:
+        w.stop()
+    for t in threads:
+        t.join(10)
