@@ -1,6 +1,6 @@
 """farm.pools.rollout's rules, on the real Restarting mixin with a pool's slots in memory (no
 processes: what it starts and retires is recorded). The farm as users run it is in
-tests/integration/test_restart.py and test_supervisor_runtime.py."""
+tests/integration/test_restart.py and test_supervisor_reload.py."""
 
 from __future__ import annotations
 
