@@ -1,5 +1,4 @@
-"""Fixtures: real servers (farm's and gearmand) on free ports, raw-protocol peers, and a
-farm serving farm.Executor's calls.
+"""Fixtures: real servers (farm's and gearmand) on free ports, and raw-protocol peers.
 
 What they are built from lives in tests/helpers/; test modules import it from there.
 """
@@ -12,23 +11,15 @@ import py_compile
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.helpers import ROOT
 from tests.helpers.peers import Peer
 from tests.helpers.servers import PORT_CLAIMS, Server, start_farm_server, start_gearmand
-
-if TYPE_CHECKING:
-    import farm
-    from tests.helpers.admintext import Admin
-    from tests.helpers.cpythonfarm import Farm
-    from tests.helpers.executorfarm import ExecutorFarm
 
 # Where the environment says PYTHONDONTWRITEBYTECODE (some images do), every one of the
 # suite's thousands of Python processes (each `farm up`, its server and workers, each
@@ -225,24 +216,6 @@ def peer_factory() -> Iterator[Callable[[str], Peer]]:
 
 
 @pytest.fixture
-def admin_factory():
-    """Make admin text connections (tests/helpers/admintext.py) to a server; every one is
-    closed at teardown."""
-    from tests.helpers.admintext import Admin  # here: conftest imports no farm module
-
-    conns: list[Admin] = []
-
-    def make(srv: Server) -> Admin:
-        a = Admin(srv)
-        conns.append(a)
-        return a
-
-    yield make
-    for a in conns:
-        a.close()
-
-
-@pytest.fixture
 def unix_sock() -> Iterator[str]:
     """A server's Unix socket path in a directory of its own, short (a socket's path may be
     at most 107 bytes, which a test's tmp_path can pass), removed at teardown."""
@@ -276,101 +249,3 @@ def no_local_farm(
     monkeypatch.setattr(discovery, "SYSTEM_CONFIG", top / "etc" / "farm.toml")
     yield top
     shutil.rmtree(top, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def shared_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExecutorFarm]:
-    """A farm server with two executor workers, one per test module: farm.Executor's tests
-    (test_executor*.py) share it."""
-    from tests.helpers.executorfarm import ExecutorFarm  # here: conftest imports no farm module
-
-    f = ExecutorFarm(tmp_path_factory.mktemp("executor"))
-    yield f
-    f.stop()
-
-
-@pytest.fixture
-def ex(shared_farm: ExecutorFarm) -> Iterator[farm.Executor]:
-    """An executor of shared_farm's, shut down at teardown."""
-    with shared_farm.executor() as executor:
-        yield executor
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
-    """A `farm up` with CPython's concurrent.futures tests' pools, one per test module:
-    test_executor_cpython*.py share it."""
-    from tests.helpers.cpythonfarm import POOLS, WORKERS, Farm  # conftest imports no farm
-    from tests.helpers.farmproc import executor_farm
-
-    tmp = tmp_path_factory.mktemp("cpython")
-    with executor_farm(tmp, POOLS, {"farm.python": WORKERS, "farm.solo": 1}) as (up, key):
-        yield Farm(up, key, tmp)
-
-
-@pytest.fixture
-def executor(shared: Farm) -> Iterator[farm.Executor]:
-    """An executor of shared's, shut down (waiting) at teardown."""
-    ex = shared.executor()
-    yield ex
-    ex.shutdown(wait=True)
-
-
-@pytest.fixture
-def keeper_any(any_server) -> Iterator[tuple[Server, bytes]]:
-    """any_server with a background job queued (tests/helpers/badinput.py), which hostile
-    input must leave there: test_server_badinput*.py."""
-    from tests.helpers.badinput import queue_keeper  # here: conftest imports no farm module
-
-    c, h = queue_keeper(any_server)
-    yield any_server, h
-    c.close()
-
-
-@pytest.fixture
-def keeper_farm(farm_server) -> Iterator[tuple[Server, bytes]]:
-    """farm_server with a background job queued, as keeper_any."""
-    from tests.helpers.badinput import queue_keeper
-
-    c, h = queue_keeper(farm_server)
-    yield farm_server, h
-    c.close()
-
-
-@pytest.fixture
-def small_farm() -> Iterator[tuple[Server, bytes]]:
-    """A farm server whose packets may be 1 KiB at most, with a background job queued."""
-    from tests.helpers.badinput import queue_keeper
-
-    srv = start_farm_server("--max-packet", "1024")
-    c, h = queue_keeper(srv)
-    yield srv, h
-    c.close()
-    srv.stop()
-
-
-@pytest.fixture
-def served(any_server: Server) -> Iterator[Server]:
-    """Two worker threads (so one may block in ``gated`` while the other serves), serving
-    farm.AsyncClient's tests' jobs (tests/helpers/aiojobs.py): test_aio*.py."""
-    from farm.worker import Worker  # here: conftest itself imports no farm module
-    from tests.helpers.aiojobs import chatty, explode, gate, gated
-
-    workers = []
-    for _ in range(2):
-        w = Worker(any_server.addr)
-        w.register("reverse", lambda job: job.data[::-1])
-        w.register("chatty", chatty)
-        w.register("explode", explode)
-        w.register("gated", gated)
-        workers.append(w)
-    threads = [threading.Thread(target=w.work, daemon=True) for w in workers]
-    for t in threads:
-        t.start()
-    gate.clear()
-    yield any_server
-    gate.set()
-    for w in workers:
-        w.stop()
-    for t in threads:
-        t.join(10)

@@ -1,8 +1,11 @@
 """The admin text protocol's tests' tools: an admin connection that returns replies as exact
-bytes, a listing's lines, and the raw packets that set a scene (submit, a worker).
+bytes, a listing's lines, the raw packets that set a scene (submit, a worker), and the
+admin_factory fixture, which a test module takes as `admin_factory = admintext.admin_factory`.
 """
 
 from __future__ import annotations
+
+import pytest
 
 from farm.protocol import PacketType as T
 from tests.helpers.peers import Peer
@@ -71,3 +74,17 @@ def worker(peer_factory, srv: Server, *funcs: str, client_id: str | None = None)
 def lines(listing: bytes) -> list[bytes]:
     assert listing.endswith(b".\n"), listing
     return listing[:-2].split(b"\n")[:-1] if listing != b".\n" else []
+
+
+@pytest.fixture
+def admin_factory():
+    conns: list[Admin] = []
+
+    def make(srv: Server) -> Admin:
+        a = Admin(srv)
+        conns.append(a)
+        return a
+
+    yield make
+    for a in conns:
+        a.close()

@@ -1,5 +1,6 @@
 """farm.AsyncClient's tests' jobs (one that reports as it goes, one that raises, one that
-waits at a gate) and a runner for async tests that needs no pytest plugin.
+waits at a gate), a runner for async tests that needs no pytest plugin, and the served
+fixture (workers serving those jobs), which a test module takes as `served = aiojobs.served`.
 """
 
 from __future__ import annotations
@@ -7,10 +8,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
-from farm.worker import Job
+import pytest
+
+from farm.worker import Job, Worker
+from tests.helpers.servers import Server
 
 
 def chatty(job: Job) -> bytes:
@@ -42,3 +46,26 @@ gate = threading.Event()
 def gated(job: Job) -> bytes:
     gate.wait(30)
     return b"opened:" + job.data
+
+
+@pytest.fixture
+def served(any_server: Server) -> Iterator[Server]:
+    """Two worker threads (so one may block in ``gated`` while the other serves)."""
+    workers = []
+    for _ in range(2):
+        w = Worker(any_server.addr)
+        w.register("reverse", lambda job: job.data[::-1])
+        w.register("chatty", chatty)
+        w.register("explode", explode)
+        w.register("gated", gated)
+        workers.append(w)
+    threads = [threading.Thread(target=w.work, daemon=True) for w in workers]
+    for t in threads:
+        t.start()
+    gate.clear()
+    yield any_server
+    gate.set()
+    for w in workers:
+        w.stop()
+    for t in threads:
+        t.join(10)

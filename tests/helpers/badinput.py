@@ -1,14 +1,18 @@
 """Hostile input's tests' tools: packets built by hand, and a queued job whose survival
-shows the server stayed healthy for everybody else.
+shows the server stayed healthy for everybody else; the fixtures that queue it (keeper_any,
+keeper_farm, small_farm), which a test module takes as `keeper_any = badinput.keeper_any`.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
+
+import pytest
 
 from farm.protocol import PacketType as T
 from tests.helpers.peers import Peer
-from tests.helpers.servers import Server
+from tests.helpers.servers import Server, start_farm_server
 
 
 def header(ptype: int, size: int, magic: bytes = b"\0REQ") -> bytes:
@@ -45,3 +49,26 @@ def assert_healthy(srv: Server, handle: bytes) -> None:
         assert p.expect(T.STATUS_RES).args[1] == b"1"
     finally:
         p.close()
+
+
+@pytest.fixture
+def keeper_any(any_server) -> Iterator[tuple[Server, bytes]]:
+    c, h = queue_keeper(any_server)
+    yield any_server, h
+    c.close()
+
+
+@pytest.fixture
+def keeper_farm(farm_server) -> Iterator[tuple[Server, bytes]]:
+    c, h = queue_keeper(farm_server)
+    yield farm_server, h
+    c.close()
+
+
+@pytest.fixture
+def small_farm() -> Iterator[tuple[Server, bytes]]:
+    srv = start_farm_server("--max-packet", "1024")
+    c, h = queue_keeper(srv)
+    yield srv, h
+    c.close()
+    srv.stop()

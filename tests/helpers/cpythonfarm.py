@@ -1,15 +1,19 @@
 """The farm that CPython's concurrent.futures tests run against (test_executor_cpython*.py):
-its pools, and a handle giving executors and gates.
+its pools, a handle giving executors and gates, and its fixtures (shared, one per test
+module, and executor), which a test module takes as `shared = cpythonfarm.shared`.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import farm
-from tests.helpers.farmproc import FarmUp
+from tests.helpers.farmproc import FarmUp, executor_farm
 from tests.helpers.gate import Gate
 
 POOLS = """
@@ -46,3 +50,17 @@ class Farm:
 
 def capture(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     return args, kwargs
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
+    tmp = tmp_path_factory.mktemp("cpython")
+    with executor_farm(tmp, POOLS, {"farm.python": WORKERS, "farm.solo": 1}) as (up, key):
+        yield Farm(up, key, tmp)
+
+
+@pytest.fixture
+def executor(shared: Farm) -> Iterator[farm.Executor]:
+    ex = shared.executor()
+    yield ex
+    ex.shutdown(wait=True)

@@ -1,12 +1,18 @@
-"""A farm server with executor workers serving farm.python, for farm.Executor's tests."""
+"""A farm server with executor workers serving farm.python, for farm.Executor's tests, and
+its fixtures (shared_farm, one per test module, and ex), which a test module takes as
+`shared_farm = executorfarm.shared_farm`.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 import farm
 from farm.executor.signing import KEY_ENV, ensure_key
@@ -52,3 +58,16 @@ class ExecutorFarm:
         for proc in self.workers:
             proc.wait(10)
         self.server.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExecutorFarm]:
+    f = ExecutorFarm(tmp_path_factory.mktemp("executor"))
+    yield f
+    f.stop()
+
+
+@pytest.fixture
+def ex(shared_farm: ExecutorFarm) -> Iterator[farm.Executor]:
+    with shared_farm.executor() as executor:
+        yield executor

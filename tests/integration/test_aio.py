@@ -11,9 +11,14 @@ import pytest
 
 import farm
 from farm.client.aio import AsyncClient, JobData, JobEnded, JobProgress, JobWarning
+from tests.helpers import aiojobs
 from tests.helpers.aiojobs import gate, run_async
 from tests.helpers.peers import Peer
 from tests.helpers.servers import Server
+
+# The fixtures, taken by assignment: pytest finds them as if defined here, and no
+# import stands unused beside the parameters that name them.
+served = aiojobs.served
 
 
 @run_async

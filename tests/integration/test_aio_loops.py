@@ -14,9 +14,14 @@ import pytest
 import farm
 from farm.client.admin import admin_query
 from farm.client.aio import AsyncClient
+from tests.helpers import aiojobs
 from tests.helpers.aiojobs import run_async
 from tests.helpers.servers import Server, start_farm_server
 from tests.helpers.waiting import wait_for
+
+# The fixtures, taken by assignment: pytest finds them as if defined here, and no
+# import stands unused beside the parameters that name them.
+served = aiojobs.served
 
 
 def new_loop(kind: str) -> asyncio.AbstractEventLoop:

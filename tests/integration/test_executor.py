@@ -18,8 +18,14 @@ import pytest
 
 import farm
 from farm.executor import RemoteTraceback
+from tests.helpers import executorfarm
 from tests.helpers.calls import add, fails, nap
 from tests.helpers.executorfarm import ExecutorFarm
+
+# The fixtures, taken by assignment: pytest finds them as if defined here, and no
+# import stands unused beside the parameters that name them.
+shared_farm = executorfarm.shared_farm
+ex = executorfarm.ex
 
 # -- the same program against both executors --
 

@@ -20,7 +20,7 @@ import pytest
 
 import farm
 from farm.executor import spill
-from tests.helpers import ROOT
+from tests.helpers import ROOT, executorfarm
 from tests.helpers.calls import (
     add,
     box,
@@ -36,6 +36,11 @@ from tests.helpers.calls import (
 from tests.helpers.executorfarm import ExecutorFarm
 from tests.helpers.gate import Gate
 from tests.helpers.waiting import wait_for
+
+# The fixtures, taken by assignment: pytest finds them as if defined here, and no
+# import stands unused beside the parameters that name them.
+shared_farm = executorfarm.shared_farm
+ex = executorfarm.ex
 
 # -- the concurrent.futures contract: no future left pending, no worker killed --
 

@@ -25,9 +25,15 @@ from concurrent import futures
 import pytest
 
 import farm
+from tests.helpers import cpythonfarm
 from tests.helpers.calls import Box, add, box, nap, raise_runtime_error_123, wait_gate
 from tests.helpers.cpythonfarm import WORKERS, Farm, capture
 from tests.helpers.waiting import wait_for
+
+# The fixtures, taken by assignment: pytest finds them as if defined here, and no
+# import stands unused beside the parameters that name them.
+shared = cpythonfarm.shared
+executor = cpythonfarm.executor
 
 pytestmark = pytest.mark.timeout(90)
 

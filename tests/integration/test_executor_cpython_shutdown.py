@@ -23,9 +23,14 @@ from concurrent.futures import BrokenExecutor
 import pytest
 
 import farm
-from tests.helpers import ROOT
+from tests.helpers import ROOT, cpythonfarm
 from tests.helpers.calls import get_init_state, init_fails, init_state, nap
 from tests.helpers.cpythonfarm import WORKERS, Farm
+
+# The fixtures, taken by assignment: pytest finds them as if defined here, and no
+# import stands unused beside the parameters that name them.
+shared = cpythonfarm.shared
+executor = cpythonfarm.executor
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -25,8 +25,14 @@ from typing import Any
 import pytest
 
 import farm
+from tests.helpers import cpythonfarm
 from tests.helpers.calls import add, box, nap, wait_gate, wait_gate_and_raise
 from tests.helpers.cpythonfarm import Farm
+
+# The fixtures, taken by assignment: pytest finds them as if defined here, and no
+# import stands unused beside the parameters that name them.
+shared = cpythonfarm.shared
+executor = cpythonfarm.executor
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -18,6 +18,7 @@ import pytest
 
 import farm
 from farm.executor import RemoteTraceback
+from tests.helpers import executorfarm
 from tests.helpers.calls import (
     add,
     batch_step,
@@ -30,6 +31,11 @@ from tests.helpers.calls import (
 )
 from tests.helpers.executorfarm import ExecutorFarm
 from tests.helpers.waiting import wait_for
+
+# The fixtures, taken by assignment: pytest finds them as if defined here, and no
+# import stands unused beside the parameters that name them.
+shared_farm = executorfarm.shared_farm
+ex = executorfarm.ex
 
 
 def test_killed_worker_fails_only_its_future(tmp_path: Path) -> None:

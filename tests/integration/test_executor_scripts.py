@@ -13,8 +13,8 @@ from tests.helpers import setupfarm
 from tests.helpers.farmproc import executor_farm
 from tests.helpers.setupfarm import Farm
 
-# The module-scoped fixture (a farm for this module): taken by assignment, which pytest
-# collects as an import would, without an import that only parameters use.
+# The fixtures, taken by assignment: pytest finds them as if defined here, and no
+# import stands unused beside the parameters that name them.
 shared = setupfarm.shared
 
 

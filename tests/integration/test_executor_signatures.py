@@ -19,10 +19,15 @@ import pytest
 import farm
 from farm.executor.call import CALL_ID_SIZE, OK, SINGLE, encode_call
 from farm.executor.signing import MAGIC, RESULT, SignatureError, Signer, ensure_key, load_key
+from tests.helpers import executorfarm
 from tests.helpers.calls import add
 from tests.helpers.executorfarm import ExecutorFarm
 from tests.helpers.servers import start_farm_server
 from tests.helpers.waiting import wait_for
+
+# The fixtures, taken by assignment: pytest finds them as if defined here, and no
+# import stands unused beside the parameters that name them.
+shared_farm = executorfarm.shared_farm
 
 # -- signatures --
 

@@ -13,8 +13,13 @@ from __future__ import annotations
 import re
 
 from farm.protocol import PacketType as T
+from tests.helpers import admintext
 from tests.helpers.admintext import lines, submit, sync, worker
 from tests.helpers.waiting import wait_for
+
+# The fixtures, taken by assignment: pytest finds them as if defined here, and no
+# import stands unused beside the parameters that name them.
+admin_factory = admintext.admin_factory
 
 # -- status / prioritystatus ---------------------------------------------------
 

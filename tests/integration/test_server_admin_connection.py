@@ -15,8 +15,13 @@ import socket
 from farm.protocol import PacketType as T
 from farm.protocol import encode_req
 from farm.version import __version__
+from tests.helpers import admintext
 from tests.helpers.admintext import submit, sync, worker
 from tests.helpers.servers import connect, start_farm_server
+
+# The fixtures, taken by assignment: pytest finds them as if defined here, and no
+# import stands unused beside the parameters that name them.
+admin_factory = admintext.admin_factory
 
 # -- getpid / version / verbose ------------------------------------------------
 

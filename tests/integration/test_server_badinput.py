@@ -14,10 +14,16 @@ import random
 import pytest
 
 from farm.protocol import PacketType as T
+from tests.helpers import badinput
 from tests.helpers.badinput import assert_healthy, header, packet, sync
 from tests.helpers.peers import Peer
 from tests.helpers.servers import start_farm_server, start_with_store
 from tests.helpers.waiting import wait_for
+
+# The fixtures, taken by assignment: pytest finds them as if defined here, and no
+# import stands unused beside the parameters that name them.
+keeper_any = badinput.keeper_any
+keeper_farm = badinput.keeper_farm
 
 # -- magic ---------------------------------------------------------------------
 

@@ -11,8 +11,15 @@ from __future__ import annotations
 import pytest
 
 from farm.protocol import PacketType as T
+from tests.helpers import badinput
 from tests.helpers.badinput import assert_healthy, header, packet, sync
 from tests.helpers.peers import Peer
+
+# The fixtures, taken by assignment: pytest finds them as if defined here, and no
+# import stands unused beside the parameters that name them.
+keeper_any = badinput.keeper_any
+keeper_farm = badinput.keeper_farm
+small_farm = badinput.small_farm
 
 # -- framing -------------------------------------------------------------------
 
