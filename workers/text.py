@@ -3,8 +3,8 @@
 
 Every worker function in ``workers/`` receives the ``farm.worker.Job`` (``job.data``
 is the payload as bytes, ``job.text`` as str) and returns bytes, str or None.
-Text is UTF-8; bytes that are not valid UTF-8 are reversed byte-wise, and kept as they
-are by ``upper`` and ``lower``.
+Text is UTF-8; a byte that is not valid UTF-8 is kept as it came, as one character of its
+own (so Latin-1 text is reversed byte-wise, and UTF-8 text cut mid-character stays UTF-8).
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ __all__ = ["reverse", "upper", "lower", "wordcount", "echo"]
 
 
 def reverse(job: Any) -> bytes:
-    """The payload reversed, character by character (byte-wise if not UTF-8)."""
-    data = bytes(job.data)
-    try:
-        return data.decode("utf-8")[::-1].encode("utf-8")
-    except UnicodeDecodeError:
-        return data[::-1]
+    """The payload reversed, character by character (a byte that is not UTF-8 as one)."""
+    # surrogateescape, as _recase: one stray byte (text cut at N bytes mid-character) had
+    # the whole payload reversed byte-wise, every other accented letter with it.
+    text = bytes(job.data).decode("utf-8", "surrogateescape")
+    return text[::-1].encode("utf-8", "surrogateescape")
 
 
 def upper(job: Any) -> bytes:

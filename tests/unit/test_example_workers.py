@@ -185,6 +185,15 @@ def test_text_functions_keep_bytes_that_are_not_utf8_as_they_came() -> None:
     assert text.reverse(latin1) == b"\xf1 \xe9fac"
 
 
+def test_reverse_keeps_text_with_a_stray_byte_readable() -> None:
+    # An application that cuts its text at N bytes splits a character: one byte that is
+    # not UTF-8 made reverse turn the whole payload byte-wise, so every other accented
+    # letter came back as two bytes in the wrong order ("\xa9\xc3" for "é").
+    cut = "naïve café".encode()[:-1]
+    assert text.reverse(SimpleNamespace(data=cut)) == b"\xc3" + "fac evïan".encode()
+    assert text.reverse(SimpleNamespace(data=b"\x00a\xffb\x00")) == b"\x00b\xffa\x00"
+
+
 @pytest.mark.parametrize(
     "data",
     [b"", b"   ", b"one", b" two  words ", b"a\tb\nc\rd\x0be\x0cf", b"\x1c\xa0x y", b"\xe9 \xff"],
