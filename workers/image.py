@@ -31,10 +31,10 @@ MAX_SIDE = 10_000
 #: legal jobs (systemd/farm.toml's pools of this module allow for it).
 PEAK_BYTES_PER_PIXEL = 16
 _FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG"}
-#: The modes Pillow writes in each format (JPEG has no alpha or palette); any other is
+#: The modes Pillow writes in each format and resamples (JPEG has no alpha); any other is
 #: converted to RGB, or RGBA for a PNG of one with alpha.
 _WRITES = {
-    "PNG": frozenset(("1", "L", "LA", "I;16", "I;16B", "P", "RGB", "RGBA")),
+    "PNG": frozenset(("L", "LA", "I;16", "I;16B", "RGB", "RGBA")),
     "JPEG": frozenset(("RGB", "L")),
 }
 
@@ -110,7 +110,16 @@ def _readable() -> tuple[str, ...]:
 
 
 def _writable(img: Image.Image, fmt: str) -> Image.Image:
-    """``img`` in a mode ``fmt`` writes (e.g. a CMYK JPEG asked for as PNG), before resizing."""
+    """``img`` in a mode ``fmt`` writes (e.g. a CMYK JPEG asked for as PNG) and that
+    resamples, before resizing."""
+    # Pillow resizes modes 1 and P by nearest neighbour whatever filter is asked: a GIF's
+    # or a 1-bit scan's thin lines vanished as it shrank. A colour key (a PNG's tRNS) is
+    # lost by resampling, so it becomes an alpha channel too.
+    if img.mode == "1":
+        img = img.convert("L")
+    elif img.mode in ("P", "PA") or (img.mode in ("L", "RGB") and "transparency" in img.info):
+        keyed = img.has_transparency_data
+        img = img.convert(("LA" if img.mode == "L" else "RGBA") if keyed else "RGB")
     if img.mode in _WRITES[fmt]:
         return img
     if img.mode.startswith("I"):  # 16-bit grey (32 in a TIFF): Pillow's own cut clips

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from tests.helpers import ROOT
 from workers import hashing, image, text
@@ -149,6 +149,45 @@ def test_image_keeps_the_greys_of_a_16_bit_picture(mode: str, source: str) -> No
         io.BytesIO(image.resize(SimpleNamespace(data=image.envelope(20, 15, picture.getvalue()))))
     )
     assert (as_png.mode, as_png.getpixel((10, 7))) == ("I;16", 30000)
+
+
+def logo(mode: str) -> bytes:
+    """A red disc on a transparent ground, as a PNG of ``mode`` (P: a tRNS palette entry)."""
+    picture = Image.new("RGBA", (100, 100), (0, 0, 0, 0))
+    ImageDraw.Draw(picture).ellipse((30, 30, 70, 70), fill=(255, 0, 0, 255))
+    out = io.BytesIO()
+    if mode == "P":
+        picture.convert("P").save(out, "PNG", transparency=0)
+    elif mode == "RGB":  # a colour key: black is transparent
+        picture.convert("RGB").save(out, "PNG", transparency=(0, 0, 0))
+    else:
+        picture.convert(mode).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(("mode", "keeps"), [("P", "RGBA"), ("RGB", "RGBA"), ("LA", "LA")])
+def test_image_keeps_a_transparent_ground_in_a_png(mode: str, keeps: str) -> None:
+    out = image.thumbnail(SimpleNamespace(data=image.envelope(50, 50, logo(mode))))
+    written = Image.open(io.BytesIO(out))
+    assert written.mode == keeps and written.getpixel((3, 3))[-1] == 0
+    assert written.getpixel((25, 25))[-1] == 255
+
+
+@pytest.mark.parametrize("mode", ["P", "1"])
+@pytest.mark.parametrize("function", [image.resize, image.thumbnail])
+def test_image_averages_a_palette_or_1_bit_picture_as_it_shrinks(mode: str, function) -> None:
+    # Pillow resizes modes P and 1 by nearest neighbour whatever is asked: a GIF's or a
+    # pngquant'ed PNG's thin black-and-white lines, shrunk 4 times, came out all white
+    # (a scan's text in 1 bit lost strokes), where a grey picture comes out mid grey.
+    stripes = Image.new("L", (400, 400), 0)
+    draw = ImageDraw.Draw(stripes)
+    for x in range(0, 400, 2):
+        draw.line((x, 0, x, 400), fill=255)
+    source = io.BytesIO()
+    stripes.convert(mode).save(source, "PNG")
+    out = function(SimpleNamespace(data=image.envelope(100, 100, source.getvalue())))
+    grey = Image.open(io.BytesIO(out)).convert("L").getpixel((50, 50))
+    assert 100 < grey < 156, grey
 
 
 def test_image_is_turned_as_its_exif_orientation_says_before_it_is_resized() -> None:
