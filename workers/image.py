@@ -7,6 +7,8 @@ Input envelope -- one ASCII header line, then the image file's bytes::
 e.g. ``b"320x200 jpeg 85\\n" + open("cat.png", "rb").read()``. The format
 defaults to png, the JPEG quality to 85. The output is the encoded image.
 A photo is turned as its EXIF Orientation says first (WIDTHxHEIGHT is the size as shown).
+A PNG keeps transparency (a palette or colour key becomes an alpha channel); a JPEG has
+none, so a transparent picture is laid on white.
 ``envelope()`` builds the input for clients. Bad input raises ``ValueError``,
 which the worker reports as the job's exception.
 """
@@ -120,6 +122,14 @@ def _writable(img: Image.Image, fmt: str) -> Image.Image:
     elif img.mode in ("P", "PA") or (img.mode in ("L", "RGB") and "transparency" in img.info):
         keyed = img.has_transparency_data
         img = img.convert(("LA" if img.mode == "L" else "RGBA") if keyed else "RGB")
+    if fmt == "JPEG" and img.mode.endswith(("A", "a")):  # LA, PA, RGBA, RGBa (not LAB)
+        # JPEG has no alpha, and dropping it showed what the transparent pixels held: a
+        # logo's ground came out black. Laid on white, as a browser shows it on a page.
+        grey = img.mode in ("LA", "La")
+        img = img.convert("LA" if grey else "RGBA")
+        ground = Image.new("L" if grey else "RGB", img.size, "white")
+        ground.paste(img, mask=img.getchannel("A"))
+        return ground
     if img.mode in _WRITES[fmt]:
         return img
     if img.mode.startswith("I"):  # 16-bit grey (32 in a TIFF): Pillow's own cut clips

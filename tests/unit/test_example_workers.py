@@ -165,6 +165,17 @@ def logo(mode: str) -> bytes:
     return out.getvalue()
 
 
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "RGB"])
+def test_image_puts_a_transparent_picture_on_white_as_jpeg(mode: str) -> None:
+    # JPEG has no alpha: Pillow's conversion dropped it, and what the transparent pixels
+    # held showed -- a logo's transparent ground came out black.
+    assert Image.open(io.BytesIO(logo(mode))).has_transparency_data
+    out = image.resize(SimpleNamespace(data=image.envelope(50, 50, logo(mode), "jpeg")))
+    shown = Image.open(io.BytesIO(out)).convert("RGB")
+    assert min(shown.getpixel((3, 3))) > 245, shown.getpixel((3, 3))  # the ground: white
+    assert min(shown.getpixel((25, 25))) < 100  # the disc: still there (red, or its grey)
+
+
 @pytest.mark.parametrize(("mode", "keeps"), [("P", "RGBA"), ("RGB", "RGBA"), ("LA", "LA")])
 def test_image_keeps_a_transparent_ground_in_a_png(mode: str, keeps: str) -> None:
     out = image.thumbnail(SimpleNamespace(data=image.envelope(50, 50, logo(mode))))
