@@ -20,7 +20,7 @@ import io
 import warnings
 from typing import Any
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = ["resize", "thumbnail", "envelope", "MAX_SIDE", "PEAK_BYTES_PER_PIXEL"]
 
@@ -85,9 +85,13 @@ def _open(data: bytes) -> tuple[tuple[int, int], str, int, Image.Image]:
         raise ValueError(f"bad header {head[:64]!r}: {want}") from None
     if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE and 1 <= quality <= 100):
         raise ValueError(f"size must be 1..{MAX_SIDE} per side and quality 1..100")
+    if not body:
+        raise ValueError("no image after the header line")
     try:
         # reads the header only: the size, not the pixels
         img = Image.open(io.BytesIO(body), formats=_readable())
+    except UnidentifiedImageError:  # its text names the BytesIO by its memory address
+        raise ValueError("not an image Pillow can read: unknown format") from None
     except Exception as e:  # Pillow raises several types for undecodable input
         raise ValueError(f"not an image Pillow can read: {e}") from None
     if max(img.size) > MAX_SIDE:  # before decoding: Pillow only warns below 2 x its limit

@@ -43,6 +43,22 @@ def test_image_refuses_bad_envelopes(bad: bytes) -> None:
         image.resize(SimpleNamespace(data=bad))
 
 
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b"", "no image after the header line"),
+        (b"hello", "not an image Pillow can read: unknown format"),
+        (b"%PDF-1.4\n", "not an image Pillow can read: unknown format"),
+    ],
+)
+def test_image_says_plainly_what_is_wrong_with_the_picture(body: bytes, said: str) -> None:
+    # The client read "cannot identify image file <_io.BytesIO object at 0x7ff04214d4e0>":
+    # an address in the worker's memory, and no word that nothing came after the header.
+    with pytest.raises(ValueError) as refused:
+        image.resize(SimpleNamespace(data=b"10x10\n" + body))
+    assert str(refused.value) == said
+
+
 @pytest.mark.parametrize("function", [image.resize, image.thumbnail])
 def test_image_refuses_a_picture_wider_than_max_side_before_decoding_it(function) -> None:
     # MAX_SIDE is the guard against decompression bombs: an input past it was decoded all
