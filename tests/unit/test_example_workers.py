@@ -241,6 +241,33 @@ def test_hashing_functions() -> None:
     assert zlib.decompress(hashing.compress(SimpleNamespace(data=b"a" * 1000))) == b"a" * 1000
 
 
+@pytest.mark.parametrize(
+    ("payload", "said"),
+    [
+        (b"1000 0a0b", "no newline: the payload is 'ITERATIONS SALT_HEX', a newline, the password"),
+        (b"1000 \npw", "no salt: the header line is 'ITERATIONS SALT_HEX' (a salt is required)"),
+        (b"1000\npw", "no salt: the header line is 'ITERATIONS SALT_HEX' (a salt is required)"),
+        (b"1000 0a 0b\npw", "the header line is 'ITERATIONS SALT_HEX', not 3 fields"),
+        (b"lots 0a0b\npw", "ITERATIONS 'lots' is not a whole number"),
+        (b"1000 zz\npw", "SALT_HEX 'zz' is not hex"),
+        (b"0 0a0b\npw", f"ITERATIONS must be 1..{hashing.MAX_ITERATIONS}, not 0"),
+        (
+            b"1000000000000 0a0b\npw",
+            f"ITERATIONS must be 1..{hashing.MAX_ITERATIONS}, not {10**12}",
+        ),
+        (b"\xff\xfe\npw", "the header line is not ASCII"),
+    ],
+)
+def test_pbkdf2_says_which_part_of_the_payload_is_wrong(payload: bytes, said: str) -> None:
+    # Each of these failed with one of two messages that named neither the part nor the
+    # value: a payload with no newline read "need a header line and 1..10000000
+    # iterations", an empty salt (an application's f"{n} {salt.hex()}") read "payload must
+    # start with a line 'ITERATIONS SALT_HEX'".
+    with pytest.raises(ValueError) as refused:
+        hashing.pbkdf2(SimpleNamespace(data=payload))
+    assert str(refused.value) == said
+
+
 def test_text_functions_keep_bytes_that_are_not_utf8_as_they_came() -> None:
     # A Latin-1 payload came back from upper and lower with each such byte turned into
     # U+FFFD (three bytes of UTF-8): the caller's text silently damaged.
