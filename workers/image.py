@@ -10,7 +10,8 @@ A photo is turned as its EXIF Orientation says first (WIDTHxHEIGHT is the size a
 A PNG keeps transparency (a palette or colour key becomes an alpha channel); a JPEG has
 none, so a transparent picture is laid on white.
 ``envelope()`` builds the input for clients. Bad input raises ``ValueError``,
-which the worker reports as the job's exception.
+which the worker reports as the job's exception: among it a picture past MAX_SIDE a
+side, or a JPEG 2000 one past 64 Mpx (8000x8000), whose decoder takes more a pixel.
 """
 
 from __future__ import annotations
@@ -30,9 +31,14 @@ MAX_SIDE = 10_000
 #: pixel) resized to nearly its own size is held as read, premultiplied for resampling
 #: (Pillow's RGBa), resized across and then down -- four copies at once. At MAX_SIDE that
 #: is 1.5 GiB (1552 MiB peak RSS measured, Pillow 13): a pool's kill_rss_mb below it fails
-#: legal jobs (systemd/farm.toml's pools of this module allow for it).
+#: legal jobs (systemd/farm.toml's pools of this module allow for it). A format whose
+#: decoder takes more (_DECODER_PEAK) is allowed fewer pixels, for the same peak.
 PEAK_BYTES_PER_PIXEL = 16
 _FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG"}
+#: Bytes a pixel at the peak for formats whose decoder takes more than the resize does:
+#: openjpeg decodes into 32 bits a channel (24.9 measured, RGBA). Such a picture may have
+#: fewer pixels, so that the job stays within MAX_SIDE squared x PEAK_BYTES_PER_PIXEL.
+_DECODER_PEAK = {"JPEG2000": 25}
 #: Formats whose opened file holds a decoder with a frame of its own (to seek the next).
 _KEEPS_ITS_DECODER = frozenset(("WEBP", "AVIF"))
 #: The modes Pillow writes in each format and resamples (JPEG has no alpha); any other is
@@ -99,6 +105,11 @@ def _open(data: bytes) -> tuple[tuple[int, int], str, int, Image.Image]:
     if max(img.size) > MAX_SIDE:  # before decoding: Pillow only warns below 2 x its limit
         w, h = img.size
         raise ValueError(f"the image is {w}x{h}: at most {MAX_SIDE} pixels per side")
+    cost = _DECODER_PEAK.get(str(img.format), PEAK_BYTES_PER_PIXEL)
+    if img.width * img.height * cost > MAX_SIDE**2 * PEAK_BYTES_PER_PIXEL:
+        most = MAX_SIDE**2 * PEAK_BYTES_PER_PIXEL // cost
+        w, h = img.size
+        raise ValueError(f"the image is {w}x{h}: a {img.format} picture at most {most} pixels")
     try:
         img.load()
         # Turned as shown: the output keeps no EXIF, so a phone's portrait photo (stored

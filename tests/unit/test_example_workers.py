@@ -111,6 +111,31 @@ def test_image_refuses_a_picture_in_an_icon_before_decoding_it() -> None:
     assert "exceeds limit" in refusal and int(peak_mb) < 80, run.stdout
 
 
+def jpeg2000_declaring(side: int) -> bytes:
+    """A JPEG 2000 codestream of a few hundred bytes whose header (SIZ) says side x side."""
+    small = io.BytesIO()
+    Image.new("RGBA", (16, 16), "red").save(small, "JPEG2000", no_jp2=True)
+    stream = small.getvalue()
+    at = stream.index(b"\xff\x51") + 6  # SIZ: marker, Lsiz, Rsiz, then Xsiz Ysiz .. YTsiz
+    fields = struct.pack(">IIIIII", side, side, 0, 0, side, side)
+    return stream[:at] + fields + stream[at + len(fields) :]
+
+
+def test_image_refuses_a_jpeg2000_picture_that_its_decoder_would_take_past_the_budget() -> None:
+    # openjpeg decodes into 32 bits a channel: 25 bytes a pixel at the peak, where the
+    # memory model (and the example config's kill_rss_mb) says 16. A JPEG 2000 file of a
+    # few KB declaring 10000x10000 took the worker to 2.5 GB.
+    Image.init()
+    if "JPEG2000" not in Image.OPEN:
+        pytest.skip("this Pillow reads no JPEG 2000")
+    budget = image.MAX_SIDE**2 * image.PEAK_BYTES_PER_PIXEL
+    most = budget // 25
+    with pytest.raises(ValueError, match=f"8100x8100: a JPEG2000 picture at most {most} pixels"):
+        image.resize(SimpleNamespace(data=image.envelope(10, 10, jpeg2000_declaring(8100))))
+    out = image.resize(SimpleNamespace(data=image.envelope(8, 8, jpeg2000_declaring(16))))
+    assert Image.open(io.BytesIO(out)).size == (8, 8)
+
+
 def test_image_never_hands_postscript_to_ghostscript(tmp_path: Path) -> None:
     # Pillow "reads" EPS by running Ghostscript on it: any local user's PostScript was run
     # by the farm's worker wherever gs is installed (its -dSAFER has been escaped often).
