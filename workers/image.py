@@ -8,7 +8,8 @@ e.g. ``b"320x200 jpeg 85\\n" + open("cat.png", "rb").read()``. The format
 defaults to png, the JPEG quality to 85. The output is the encoded image.
 A photo is turned as its EXIF Orientation says first (WIDTHxHEIGHT is the size as shown).
 A PNG keeps transparency (a palette or colour key becomes an alpha channel); a JPEG has
-none, so a transparent picture is laid on white.
+none, so a transparent picture is laid on white. An animation (GIF, APNG, WebP) or a file
+of several pages (TIFF) gives its first frame alone, a still picture.
 ``envelope()`` builds the input for clients. Bad input raises ``ValueError``,
 which the worker reports as the job's exception: among it a picture past MAX_SIDE a
 side, or a JPEG 2000 one past 64 Mpx (8000x8000), whose decoder takes more a pixel.

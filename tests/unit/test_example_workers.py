@@ -242,6 +242,17 @@ def test_image_averages_a_palette_or_1_bit_picture_as_it_shrinks(mode: str, func
     assert 100 < grey < 156, grey
 
 
+@pytest.mark.parametrize("source", ["GIF", "PNG", "WEBP", "TIFF"])
+def test_image_gives_an_animation_s_first_frame_at_once(source: str) -> None:
+    # 500 frames of a few bytes each: only the first is decoded, whatever the count.
+    frames = [Image.new("RGB", (32, 32), (i % 256, 255 - i % 256, 0)) for i in range(500)]
+    animation = io.BytesIO()
+    frames[0].save(animation, source, save_all=True, append_images=frames[1:])
+    out = image.thumbnail(SimpleNamespace(data=image.envelope(16, 16, animation.getvalue())))
+    still = Image.open(io.BytesIO(out))
+    assert getattr(still, "n_frames", 1) == 1 and still.convert("RGB").getpixel((8, 8))[0] < 8
+
+
 def test_image_is_turned_as_its_exif_orientation_says_before_it_is_resized() -> None:
     # A phone's portrait photo is stored landscape with an EXIF Orientation tag; the output
     # keeps no EXIF, so unturned its thumbnail showed on its side, and resize stretched it.
