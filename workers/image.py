@@ -36,6 +36,17 @@ MAX_SIDE = 10_000
 #: decoder takes more (_DECODER_PEAK) is allowed fewer pixels, for the same peak.
 PEAK_BYTES_PER_PIXEL = 16
 _FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG"}
+#: Where and how the formats most sent begin (WebP: "RIFF", its length, "WEBP"). No
+#: header line matches: it starts with a digit, and no format it names holds "WEBP".
+_MAGIC = (
+    (0, b"\x89PNG", "PNG"),
+    (0, b"\xff\xd8\xff", "JPEG"),
+    (0, b"GIF8", "GIF"),
+    (8, b"WEBP", "WEBP"),
+    (0, b"II*\x00", "TIFF"),
+    (0, b"MM\x00*", "TIFF"),
+)
+_PUT = "put 'WIDTHxHEIGHT [png|jpeg] [QUALITY]' and a newline before it (envelope())"
 #: Bytes a pixel at the peak for formats whose decoder takes more than the resize does:
 #: openjpeg decodes into 32 bits a channel (24.9 measured, RGBA). Such a picture may have
 #: fewer pixels, so that the job stays within MAX_SIDE squared x PEAK_BYTES_PER_PIXEL.
@@ -81,6 +92,9 @@ def thumbnail(job: Any) -> bytes:
 
 def _open(data: bytes) -> tuple[tuple[int, int], str, int, Image.Image]:
     _limit_pillow()
+    magic = next((name for at, sig, name in _MAGIC if data[at : at + len(sig)] == sig), None)
+    if magic is not None:  # an upload sent as it came, a common slip
+        raise ValueError(f"no header line: the payload starts with a {magic} image; {_PUT}")
     head, sep, body = bytes(data).partition(b"\n")
     if not sep or len(head) > 64:
         raise ValueError("payload must start with a line 'WIDTHxHEIGHT [png|jpeg] [QUALITY]'")

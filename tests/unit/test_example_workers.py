@@ -59,6 +59,17 @@ def test_image_says_plainly_what_is_wrong_with_the_picture(body: bytes, said: st
     assert str(refused.value) == said
 
 
+@pytest.mark.parametrize("source", ["PNG", "JPEG", "GIF", "WEBP", "TIFF"])
+def test_image_says_so_when_the_header_line_was_forgotten(source: str) -> None:
+    # A PHP application that sent the upload as it came, no size line before it, read
+    # "bad header b'\\x89PNG\\r': want ..." for a PNG, and for a JPEG "payload must start
+    # with a line ...": nothing said that the image itself had come first.
+    picture = io.BytesIO()
+    Image.new("RGB", (40, 30), "teal").save(picture, source)
+    with pytest.raises(ValueError, match=f"no header line: the payload starts with a {source}"):
+        image.resize(SimpleNamespace(data=picture.getvalue()))
+
+
 @pytest.mark.parametrize("function", [image.resize, image.thumbnail])
 def test_image_refuses_a_picture_wider_than_max_side_before_decoding_it(function) -> None:
     # MAX_SIDE is the guard against decompression bombs: an input past it was decoded all
