@@ -106,8 +106,10 @@ def _open(data: bytes) -> tuple[tuple[int, int], str, int, Image.Image]:
     except (ValueError, KeyError, IndexError):
         want = "want 'WIDTHxHEIGHT [png|jpeg] [QUALITY]'"
         raise ValueError(f"bad header {head[:64]!r}: {want}") from None
-    if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE and 1 <= quality <= 100):
-        raise ValueError(f"size must be 1..{MAX_SIDE} per side and quality 1..100")
+    if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
+        raise ValueError(f"size {width}x{height}: each side must be 1..{MAX_SIDE}")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality {quality}: must be 1..100")
     if not body:
         raise ValueError("no image after the header line")
     try:

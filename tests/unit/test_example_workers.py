@@ -57,6 +57,23 @@ def test_image_says_plainly_what_is_wrong_with_the_picture(body: bytes, said: st
     assert str(refused.value) == said
 
 
+@pytest.mark.parametrize(
+    ("head", "said"),
+    [
+        (b"0x10", "size 0x10: each side must be 1..10000"),
+        (b"-5x10", "size -5x10: each side must be 1..10000"),
+        (b"1000000000x10", "size 1000000000x10: each side must be 1..10000"),
+        (b"10x10 jpeg 0", "quality 0: must be 1..100"),
+        (b"10x10 jpeg 101", "quality 101: must be 1..100"),
+    ],
+)
+def test_image_names_the_size_or_quality_out_of_range(head: bytes, said: str) -> None:
+    # Each read "size must be 1..10000 per side and quality 1..100", whichever was wrong.
+    with pytest.raises(ValueError) as refused:
+        image.resize(SimpleNamespace(data=head + b"\n" + png(4, 4)))
+    assert str(refused.value) == said
+
+
 @pytest.mark.parametrize("source", ["PNG", "JPEG", "GIF", "WEBP", "TIFF"])
 def test_image_says_so_when_the_header_line_was_forgotten(source: str) -> None:
     # A PHP application that sent the upload as it came, no size line before it, read
