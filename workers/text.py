@@ -1,5 +1,5 @@
-"""Small text functions: ``reverse`` (the PHP example's string reverse), ``upper``,
-``lower``, ``wordcount`` and ``echo``.
+"""Small text functions: ``reverse`` (the PHP example's string reverse, by character
+where its ``strrev`` goes by byte), ``upper``, ``lower``, ``wordcount`` and ``echo``.
 
 Every worker function in ``workers/`` receives the ``farm.worker.Job`` (``job.data``
 is the payload as bytes, ``job.text`` as str) and returns bytes, str or None.
