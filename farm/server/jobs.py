@@ -38,6 +38,7 @@ from farm.server.queues import (
     QueueFull,
     Timer,
     held_bytes,
+    status_denominator,
     status_number,
 )
 from farm.server.store import SQLiteStore, StoreError
@@ -339,7 +340,11 @@ class JobServer(Dispatch, JobControl):
     def progress(self, job: Job, kind: Progress, fields: tuple[bytes, ...]) -> None:
         """WORK_STATUS / DATA / WARNING: kept (status) and passed to every attached client."""
         if kind is Progress.STATUS:  # kept as numbers, forwarded as sent (gearmand)
-            job.numerator, job.denominator = (status_number(f) for f in fields)
+            job.numerator = status_number(fields[0])
+            denominator = status_denominator(fields[1])
+            if denominator is None:  # gearmand refuses it: no new denominator, nothing sent
+                return
+            job.denominator = denominator
         for client, times in list(job.clients.items()):  # a client may go meanwhile
             for _ in range(times):
                 client.job_progress(job, kind, fields)

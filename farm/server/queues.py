@@ -7,7 +7,6 @@ rules; these classes only keep their own bookkeeping exact.
 from __future__ import annotations
 
 import enum
-import re
 from collections import OrderedDict, deque
 from time import monotonic
 from typing import Protocol
@@ -34,23 +33,46 @@ class Progress(enum.Enum):
     WARNING = "warning"
 
 
-#: strtoul's leading blanks, sign and digits (base 10), at most enough digits to overflow.
-_STRTOUL = re.compile(rb"[ \t\n\v\f\r]*([+-]?)0*([0-9]{1,21})")
+#: isspace() in the C locale: the blanks strtol skips before a number.
+_C_SPACE = b" \t\n\v\f\r"
+_DIGITS = b"0123456789"
+#: Significant digits past which a number is beyond a long whatever follows (10**19 > 2**63).
+_LONG_DIGITS = 20
+#: gearmand copies a WORK_STATUS denominator into a char[11] with snprintf: 10 bytes and a NUL.
+_DENOMINATOR_BUFFER = 11
 
 
 def status_number(field: bytes) -> bytes:
-    """A WORK_STATUS numerator or denominator as GET_STATUS answers it: the number gearmand
-    keeps, its ``(uint32_t)strtoul``. Clients parse these as integers (python-gearman's
-    int(), libgearman's atoi), and a worker's `1.5` or empty field broke or misled them."""
-    m = _STRTOUL.match(field)
-    if m is None:
-        return b"0"
-    value = int(m[2])
-    if value >= 1 << 64:  # ERANGE: ULONG_MAX, whatever the sign
-        value = (1 << 64) - 1
-    elif m[1] == b"-":  # strtoul negates in unsigned arithmetic
-        value = -value % (1 << 64)
+    """A WORK_STATUS numerator as GET_STATUS answers it: the number gearmand keeps, its
+    ``(uint32_t)atoi``: strtol's value (clamped to a 64-bit long), then its low 32 bits.
+    Clients parse these as integers (python-gearman's int(), libgearman's atoi), and a
+    worker's `1.5` or empty field broke or misled them.
+
+    A scan, not a regex: a regex's blank run followed by no digit backtracked, and a 60 MB
+    blank field froze the server for seconds. Every step here is linear or bounded."""
+    rest = field.lstrip(_C_SPACE)
+    negative = rest[:1] == b"-"
+    if rest[:1] in (b"+", b"-"):
+        rest = rest[1:]
+    head = rest.lstrip(b"0")[:_LONG_DIGITS]
+    digits = head[: len(head) - len(head.lstrip(_DIGITS))]
+    value = int(digits) if digits else 0
+    value = min(-value if negative else value, (1 << 63) - 1)  # strtol's ERANGE: LONG_MAX
+    value = max(value, -(1 << 63))  # or LONG_MIN
     return b"%d" % (value & 0xFFFFFFFF)
+
+
+def status_denominator(field: bytes) -> bytes | None:
+    """A WORK_STATUS denominator as gearmand keeps it, or None where gearmand refuses the
+    report (keeps the numerator, not the denominator, and forwards nothing): the field up to
+    a NUL did not fit its 11-byte buffer. What fits is cut to the buffer's 10 bytes first,
+    so `12345678901` is kept as 1234567890."""
+    text = field[: _DENOMINATOR_BUFFER + 1]
+    if b"\0" in text:  # snprintf's %.*s stops there
+        text = text[: text.index(b"\0")]
+    if len(text) > _DENOMINATOR_BUFFER:
+        return None
+    return status_number(text[: _DENOMINATOR_BUFFER - 1])
 
 
 class Peer(Protocol):

@@ -146,35 +146,67 @@ def test_get_status(any_server, peer_factory):
 
 
 @pytest.mark.parametrize(
-    "sent, kept",
+    "numerator, denominator, kept",
     [
-        (b"007", b"7"),
-        (b" 3", b"3"),
-        (b"+2", b"2"),
-        (b"3.5", b"3"),
-        (b"5abc", b"5"),
-        (b"", b"0"),
-        (b"x", b"0"),
-        (b"-1", b"4294967295"),
-        (b"4294967297", b"1"),
+        (b"007", b"007", (b"7", b"7")),
+        (b" 3", b" 3", (b"3", b"3")),
+        (b"+2", b"+2", (b"2", b"2")),
+        (b"3.5", b"3.5", (b"3", b"3")),
+        (b"5abc", b"5abc", (b"5", b"5")),
+        (b"", b"", (b"0", b"0")),
+        (b"x", b"x", (b"0", b"0")),
+        (b"-1", b"-1", (b"4294967295", b"4294967295")),
+        (b"4294967297", b"4294967297", (b"1", b"1")),
+        # gearmand's numerator is (uint32_t)atoi: strtol clamps to a 64-bit long first
+        (b"9223372036854775808", b"1", (b"4294967295", b"1")),
+        (b"-18446744073709551615", b"1", (b"0", b"1")),
+        (b"-2147483649", b"1", (b"2147483647", b"1")),
+        # its denominator goes through char[11] first: 11 bytes fit, cut to 10
+        (b"1", b"12345678901", (b"1", b"1234567890")),
+        (b"1", b"99999999999", (b"1", b"1410065407")),
     ],
 )
-def test_get_status_answers_a_workers_status_as_numbers(any_server, peer_factory, sent, kept):
+def test_get_status_answers_a_workers_status_as_numbers(
+    any_server, peer_factory, numerator, denominator, kept
+):
     """GET_STATUS and GET_STATUS_UNIQUE answer the progress as gearmand does: the numbers
-    it read (its (uint32_t)strtoul), not the worker's bytes. farm answered them as sent, so
-    a Perl worker's set_status(1.5, 3) reached a client as `1.5`, where python-gearman's
-    int() fails; the WORK_STATUS forwarded to the job's clients stays as sent on both."""
+    it read, not the worker's bytes. farm answered them as sent, so a Perl worker's
+    set_status(1.5, 3) reached a client as `1.5`, where python-gearman's int() fails; then
+    it read both as (uint32_t)strtoul, where gearmand's numerator is (uint32_t)atoi and its
+    denominator is cut to 10 bytes. The WORK_STATUS forwarded to the job's clients stays as
+    sent on both."""
     c = peer_factory(any_server.addr)
     h = submit(c, "f", b"x", b"progress-key")
     w = worker(peer_factory, any_server, "f")
     grab(w)
-    w.send(T.WORK_STATUS, h, sent, sent)
-    assert c.expect(T.WORK_STATUS).args == (h, sent, sent)
+    w.send(T.WORK_STATUS, h, numerator, denominator)
+    assert c.expect(T.WORK_STATUS).args == (h, numerator, denominator)
     q = peer_factory(any_server.addr)
     q.send(T.GET_STATUS, h)
-    assert q.expect(T.STATUS_RES).args == (h, b"1", b"1", kept, kept)
+    assert q.expect(T.STATUS_RES).args == (h, b"1", b"1", *kept)
     q.send(T.GET_STATUS_UNIQUE, b"progress-key")
-    assert q.expect(T.STATUS_RES_UNIQUE).args == (b"progress-key", b"1", b"1", kept, kept, b"1")
+    assert q.expect(T.STATUS_RES_UNIQUE).args == (b"progress-key", b"1", b"1", *kept, b"1")
+
+
+def test_a_status_whose_denominator_overflows_gearmands_buffer_is_dropped(
+    farm_server, peer_factory
+):
+    """A denominator over 11 bytes does not fit gearmand's char[11]: it keeps the numerator,
+    not the denominator, and forwards nothing (and at times closes the worker's connection,
+    which farm does not copy: a farm-only test). farm kept and forwarded `000000000005`."""
+    c = peer_factory(farm_server.addr)
+    h = submit(c, "f", b"x")
+    w = worker(peer_factory, farm_server, "f")
+    grab(w)
+    w.send(T.WORK_STATUS, h, b"3", b"4")
+    assert c.expect(T.WORK_STATUS).args == (h, b"3", b"4")
+    w.send(T.WORK_STATUS, h, b"1", b"000000000005")
+    sync(w)
+    q = peer_factory(farm_server.addr)
+    q.send(T.GET_STATUS, h)
+    assert q.expect(T.STATUS_RES).args == (h, b"1", b"1", b"1", b"4")
+    w.send(T.WORK_COMPLETE, h, b"r")
+    assert c.recv().type == T.WORK_COMPLETE  # the dropped WORK_STATUS never reached it
 
 
 def test_get_status_unique(any_server, peer_factory):
