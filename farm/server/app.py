@@ -26,7 +26,7 @@ from farm.paths import open_own_file
 from farm.server.connection import Connection
 from farm.server.exposition import MetricsEndpoint
 from farm.server.hub import Hub
-from farm.server.legacystore import take_older_store
+from farm.server.legacystore import take_older_store, warn_stranded
 from farm.server.options import ServerOptions, parse_args
 from farm.server.process import (
     ReplayProgress,
@@ -231,8 +231,14 @@ class Server:
         loop.add_signal_handler(signal.SIGHUP, reopen_log)
         if self.listening is not None:  # after the handlers: a stop right away is graceful
             self.listening()
+        looked = None
+        if not memory_only(self.options.store):  # not '' either: '.' has no stores beside
+            # Off the start and the loop: it reads other stores, up to MAX_LOOKED_AT of them.
+            looked = asyncio.ensure_future(asyncio.to_thread(warn_stranded, self.options))
         assert self.stopped is not None
         await self.stopped.wait()
+        if looked is not None:  # its warnings said before the server's end
+            await looked
         self.hub.flush()
         await self._drain_connections(DRAIN_SECONDS)
         if self.metrics is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from farm.errors import FarmError
 from farm.paths import LEGACY_STORE, NoStateDirectory, default_store
 from farm.server.options import ServerOptions
-from farm.server.otherstores import queued_beside, queued_passed_over
+from farm.server.otherstores import held_jobs, queued_beside, queued_in, queued_passed_over
 
 __all__ = [
     "LEGACY_PORT",
@@ -20,6 +20,7 @@ __all__ = [
     "adopt_legacy_store",
     "legacy_jobs_beside",
     "take_older_store",
+    "warn_stranded",
 ]
 
 log = logging.getLogger("farm.server")
@@ -29,9 +30,8 @@ LEGACY_PORT = 4730
 
 
 def take_older_store(options: ServerOptions) -> str | None:
-    """Adopt the older farm's store, or say where its queued jobs are, and those of the other
-    default stores beside this one (farm.server.otherstores); the one line this server must
-    not start past (an older farm's server still holds that store), or None."""
+    """Adopt the older farm's store (before this server opens its own); the one line this
+    server must not start past (an older farm's server still holds that store), or None."""
     try:
         if adopt_legacy_store(options.store):
             log.warning("adopted the job store of an older farm as %s", options.store)
@@ -39,30 +39,47 @@ def take_older_store(options: ServerOptions) -> str | None:
         return str(exc)
     except OSError as exc:
         log.warning("cannot adopt the older job store as %s: %s", options.store, exc)
+    return None
+
+
+def warn_stranded(options: ServerOptions) -> None:
+    """Say where the queued jobs this server does not run are: an older farm's store, the
+    other default stores beside this one, the state directories passed over
+    (farm.server.otherstores). Called once the server listens, off its start: the look
+    reads other stores, and a server refused its own store (a second one on a port) had
+    first advised taking a store it could not run."""
+    try:
+        _warn_stranded(options)
+    except OSError as exc:  # a state directory unreadable now: the server runs on regardless
+        log.warning("cannot look for job stores this server does not run: %s", exc)
+
+
+def _warn_stranded(options: ServerOptions) -> None:
     if stranded := legacy_jobs_beside(options.store):  # which server they were for: unknown
-        path = stranded[0]
-        fix = f"--store {path}" if options.hints == "flags" else f'[server] store = "{path}"'
+        path, count = stranded
         log.warning(
-            "the job store of an older farm, %s, holds %d queued jobs that this server"
-            " does not run: give it that store (%s) to run them; docs/operations.md,"
-            " Upgrading",
-            *stranded,
-            fix,
+            "the job store of an older farm, %s, %s that this server does not run: give it"
+            " that store (%s) to run them; docs/operations.md, Upgrading",
+            path,
+            held_jobs(count),
+            _fix(options, path),
         )
     default = _default_or_none(LEGACY_PORT)
     if default is not None and Path(options.store).parent == default.parent:
         _warn_passed_over(default.parent)
     for path, count in queued_beside(options.store):  # a server moved off that port?
-        fix = f"--store {path}" if options.hints == "flags" else f'[server] store = "{path}"'
         log.warning(
-            "the job store %s holds %d queued jobs that no running server serves: its"
-            " server runs them when it starts again; if this one took its place (a new"
-            " port or socket), give it that store (%s) to run them",
+            "the job store %s %s that no running server serves: its server runs them when"
+            " it starts again; if this one took its place (a new port or socket), give it"
+            " that store (%s) to run them",
             path,
-            count,
-            fix,
+            held_jobs(count),
+            _fix(options, path),
         )
-    return None
+
+
+def _fix(options: ServerOptions, path: Path) -> str:
+    return f"--store {path}" if options.hints == "flags" else f'[server] store = "{path}"'
 
 
 def _warn_passed_over(home: Path) -> None:
@@ -70,7 +87,7 @@ def _warn_passed_over(home: Path) -> None:
     `sudo -E`, upgraded, started on an empty store with no word of the one in the first
     user's home), with this user's stores there that hold queued jobs."""
     for directory, why, stores in queued_passed_over():
-        held = ", ".join(f"{p.name} holds {n} queued jobs" for p, n in stores)
+        held = ", ".join(f"{p.name} {held_jobs(n)}" for p, n in stores)
         fix = (
             f"; there {held}, which this server does not run: another user may have changed"
             f" them, so check each file before you move it into {home} (docs/operations.md)"
@@ -127,24 +144,14 @@ def legacy_jobs_beside(store: str | os.PathLike[str]) -> tuple[Path, int] | None
     and an older farm's server on another port or a Unix socket kept its jobs there too:
     upgraded, it started on an empty store of its own, and nothing said where its jobs
     were."""
-    import sqlite3
-
     new = Path(store)
     old = new.with_name(LEGACY_STORE)
     default = _default_or_none(LEGACY_PORT)
     beside_default = default is not None and new.parent == default.parent
     if not beside_default or not new.name.startswith("queue-") or not old.exists():
         return None  # only beside a default store: queue.db elsewhere is not an older farm's
-    try:  # read-only: its jobs stay as the older farm left them, for the operator to serve
-        db = sqlite3.connect(old.absolute().as_uri() + "?mode=ro", uri=True, timeout=0)
-    except sqlite3.Error:
-        return None
-    try:
-        count: int = db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
-    except sqlite3.Error:
-        return None
-    finally:
-        db.close()
+    # Read-only, its jobs left as the older farm left them, for the operator to serve.
+    count = queued_in(old)
     return (old, count) if count else None
 
 

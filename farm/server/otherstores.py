@@ -11,22 +11,48 @@ running server holds (a running server's exclusive lock refuses the look: it run
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 import sqlite3
 import stat
+import struct
 from pathlib import Path
 
 from farm.paths import NoStateDirectory, passed_over_state_dirs, state_dir
 
-__all__ = ["queued_beside", "queued_passed_over"]
+log = logging.getLogger("farm.server")
+
+__all__ = ["MAY_HOLD", "held_jobs", "queued_beside", "queued_passed_over", "queued_in"]
 
 #: Stores looked into at most: a start must not read a directory of thousands.
 MAX_LOOKED_AT = 32
+#: Jobs counted at most in one store: a count of millions held its lock for seconds.
+MAX_COUNTED = 1000
+#: A write-ahead log larger than this is not read (its recovery holds the store's lock while
+#: it runs, and that store's own server, starting meanwhile, would be refused): such a store
+#: is named as one that may hold jobs.
+MAX_WAL_READ = 4 << 20
+#: The count of a store named as one that may hold jobs, not looked into.
+MAY_HOLD = -1
+
+#: SQLite's lock bytes (os_unix.c): a server holding the store keeps a write lock on them.
+_PENDING_BYTE = 0x40000000
+_LOCK_SPAN = 2 + 510  # RESERVED, PENDING's neighbour, and the SHARED range
+
+
+def held_jobs(count: int) -> str:
+    """``count`` (from queued_in) in words, for a warning: "holds 3 queued jobs"."""
+    if count == MAY_HOLD:
+        return "may hold queued jobs (its write-ahead log is too large to read at start)"
+    more = " or more" if count >= MAX_COUNTED else ""
+    return f"holds {count}{more} queued jobs"
 
 
 def queued_beside(store: str | Path) -> list[tuple[Path, int]]:
     """The other default stores beside ``store`` (itself a default store) that hold queued
-    jobs no running server serves, with their counts; empty for a store given elsewhere."""
+    jobs no running server serves, with their counts (queued_in); empty for a store given
+    elsewhere. Only this user's regular files (a link's target, a FIFO are none of ours)."""
     path = Path(store)
     try:
         home = state_dir()
@@ -34,7 +60,8 @@ def queued_beside(store: str | Path) -> list[tuple[Path, int]]:
         return []
     if path.parent != home or not path.name.startswith("queue-"):
         return []  # a store the operator named: the files beside it are none of ours
-    return _holding(sorted(p for p in home.glob("queue-*.db") if p.name != path.name))
+    names = sorted(p for p in home.glob("queue-*.db") if p.name != path.name)
+    return _holding([p for p in names if _own_file(p)])
 
 
 def queued_passed_over() -> list[tuple[Path, str, list[tuple[Path, int]]]]:
@@ -49,12 +76,13 @@ def queued_passed_over() -> list[tuple[Path, str, list[tuple[Path, int]]]]:
             names = sorted(directory.glob("queue*.db"))
         except OSError:
             names = []
-        mine = [p for p in names[:MAX_LOOKED_AT] if _own_file(p)]
-        found.append((directory, why, _holding(mine)))
+        found.append((directory, why, _holding([p for p in names if _own_file(p)])))
     return found
 
 
 def _own_file(path: Path) -> bool:
+    """A regular file of this user's, not followed through a link: SQLite followed a link
+    and made its -shm beside the target, and opening a FIFO hung the server for ever."""
     try:
         info = path.lstat()
     except OSError:
@@ -64,31 +92,79 @@ def _own_file(path: Path) -> bool:
 
 def _holding(paths: list[Path]) -> list[tuple[Path, int]]:
     """The stores among ``paths`` (the first MAX_LOOKED_AT) that hold queued jobs."""
+    if len(paths) > MAX_LOOKED_AT:
+        log.warning(
+            "%d more job stores in %s were not looked into (only the first %d by name are)",
+            len(paths) - MAX_LOOKED_AT,
+            paths[0].parent,
+            MAX_LOOKED_AT,
+        )
     found = []
     for path in paths[:MAX_LOOKED_AT]:
-        count = _queued(path)
+        count = queued_in(path)
         if count:
             found.append((path, count))
     return found
 
 
-def _queued(path: Path) -> int:
-    """The jobs in the store at ``path``, read only; 0 when it cannot be read now (a running
-    server holds it, or it is not a store). Its WAL is read too: a server killed leaves its
-    latest jobs there. The shared-memory file SQLite makes for that look goes again after it,
-    so the store is left as it was (its own server never uses one: locking_mode EXCLUSIVE)."""
-    shm = path.with_name(path.name + "-shm")
-    made = not shm.exists()
+def queued_in(path: Path) -> int:
+    """The jobs queued in the store at ``path`` (at most MAX_COUNTED), MAY_HOLD for one whose
+    write-ahead log is too large to read now, 0 when it cannot be read (a running server
+    holds it, or it is not a store). The store is left as it was, and its own server can
+    start meanwhile:
+
+    - A server's lock on it (asked of the kernel, _held): not looked into.
+    - No -wal (a store stopped cleanly): nothing is written to its file but through a -wal,
+      so the file is read as it is, with no lock and no -wal or -shm made (immutable), and
+      the count is dropped if a -wal appeared meanwhile (its server started).
+    - A -wal (a server was killed, its latest jobs there): the log is read by SQLite's usual
+      read-only open, which leaves a -shm (not removed: another SQLite client may be using
+      it by then)."""
+    wal = path.with_name(path.name + "-wal")
+    if not _own_file(path) or _held(path):
+        return 0
     try:
-        db = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True, timeout=0)
+        wal_size: int | None = wal.lstat().st_size
+    except FileNotFoundError:
+        wal_size = None
+    except OSError:
+        return 0
+    if wal_size is None:
+        count = _count(path, "?mode=ro&immutable=1")
+        return 0 if os.path.lexists(wal) else count
+    if wal_size > MAX_WAL_READ:
+        return MAY_HOLD
+    return _count(path, "?mode=ro")
+
+
+def _count(path: Path, query: str) -> int:
+    try:
+        db = sqlite3.connect(path.absolute().as_uri() + query, uri=True, timeout=0)
     except sqlite3.Error:
         return 0
     try:
-        count: int = db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+        row = db.execute("SELECT COUNT(*) FROM (SELECT 1 FROM jobs LIMIT ?)", (MAX_COUNTED,))
+        count: int = row.fetchone()[0]
     except sqlite3.Error:
         return 0
     finally:
         db.close()
-        if made:
-            shm.unlink(missing_ok=True)
     return count
+
+
+def _held(path: Path) -> bool:
+    """Whether a process holds a write lock on the store's SQLite lock bytes (a running
+    server: locking_mode EXCLUSIVE), asked of the kernel: no SQLite open, no file made."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return True  # cannot be looked into now: as held
+    try:
+        lock = struct.pack("hhqqi", fcntl.F_RDLCK, os.SEEK_SET, _PENDING_BYTE, _LOCK_SPAN, 0)
+        got = fcntl.fcntl(fd, fcntl.F_GETLK, lock)
+        kind: int = struct.unpack("hhqqi", got)[0]
+        return kind != fcntl.F_UNLCK
+    except OSError:
+        return True
+    finally:
+        os.close(fd)

@@ -146,6 +146,41 @@ def test_jobs_left_in_the_store_of_a_port_a_server_moved_from_are_named(tmp_path
     assert f"--store {left}" in line  # the fix, in the flags farm server has
     assert f"queue-{running_port}.db" not in err
     assert not left.with_name(left.name + "-shm").exists()  # looked at, left as it was
+    assert not left.with_name(left.name + "-wal").exists()  # (the look left a 0-byte one)
+
+
+def test_a_second_server_on_a_port_refuses_in_one_line_with_stores_beside(tmp_path: Path) -> None:
+    # With a store holding jobs beside it, a second server on a running one's port first
+    # warned (advising to give it that store, which it could not run anyway) and then
+    # refused: the look came before its own store was opened. It now comes once a server
+    # listens, and the look is not on the way of a server starting on the store looked at.
+    env = state_env(tmp_path)
+    stranded_port, port = free_port(), free_port()
+    stranded = server(env, "-p", str(stranded_port))
+    try:
+        wait_connectable(f"127.0.0.1:{stranded_port}", stranded)
+        with Client(f"127.0.0.1:{stranded_port}") as client:
+            client.submit("f", b"x", background=True)
+    finally:
+        stranded.terminate()
+        stranded.communicate(timeout=20)
+    first = server(env, "-p", str(port))
+    try:
+        wait_connectable(f"127.0.0.1:{port}", first)
+        second = server(env, "-p", str(port))
+        line = one_line(second)
+        assert second.returncode == 2
+        assert "is in use by another server" in line, line
+        again = server(env, "-p", str(stranded_port))  # the store looked at: its own server
+        wait_connectable(f"127.0.0.1:{stranded_port}", again)
+        again.terminate()
+        _, err = again.communicate(timeout=20)
+        assert again.returncode == 0, err
+    finally:
+        first.terminate()
+        _, err = first.communicate(timeout=20)
+    (warned,) = [line for line in err.splitlines() if f"queue-{stranded_port}.db" in line]
+    assert "holds 1 queued jobs that no running server serves" in warned
 
 
 def test_farm_server_beside_farm_up_on_defaults_needs_no_flags(tmp_path: Path) -> None:
