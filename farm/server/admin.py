@@ -17,7 +17,16 @@ from time import monotonic
 
 from farm.protocol.kinds import Priority
 from farm.server.adminpeers import UNIX_ONLY, drain, killing, peers
-from farm.server.admintext import OK, as_raw, as_text, bad_name, incomplete, key_line, unknown
+from farm.server.admintext import (
+    OK,
+    as_raw,
+    as_text,
+    ascii_lower,
+    bad_name,
+    incomplete,
+    key_line,
+    unknown,
+)
 from farm.server.hub import Hub
 from farm.version import __version__
 
@@ -48,7 +57,7 @@ def workers(server: Hub, args: list[str]) -> str:
 
 
 def show(server: Hub, args: list[str]) -> str:
-    what = " ".join(a.lower() for a in args)
+    what = " ".join(ascii_lower(a) for a in args)
     if what == "jobs":
         lines = []
         for job in server.jobs.jobs.values():
@@ -98,7 +107,7 @@ def jobs(server: Hub, args: list[str]) -> str:
 def cancel(server: Hub, args: list[str]) -> str:
     if len(args) < 2:  # the words as gearmand reads them (_gearmand_args)
         return unknown("cancel")
-    if len(args) > 2 or args[0].lower() != "job":
+    if len(args) > 2 or ascii_lower(args[0]) != "job":
         # gearmand's answer: a handle holds no space, so `cancel job H x` names no job, and
         # cancelling H, the first word, was not what was asked
         return "ERR UNKNOWN_ERROR\r\n"
@@ -110,7 +119,7 @@ def _gearmand_args(line: str) -> list[str]:
     tab is part of a word), and a line that ends in a space has one more, empty, word. For
     ``cancel``, where the count of words decides: `cancel job ` names the empty handle
     (``ERR UNKNOWN_JOB``), and `cancel job H ` has a word too many, so H is not cancelled."""
-    rest = re.sub(r"\A\s*\S*", "", line, count=1)  # the command's word, blanks before it
+    rest = re.sub(r"\A *[^ ]*", "", line, count=1)  # the command's word, spaces before it
     return re.split(" +", rest.lstrip()) if rest else []
 
 
@@ -142,7 +151,7 @@ def max_queue(server: Hub, args: list[str]) -> str:
 
 
 def create_function(server: Hub, args: list[str]) -> str:
-    if len(args) != 2 or args[0].lower() != "function":
+    if len(args) != 2 or ascii_lower(args[0]) != "function":
         return incomplete("create")  # as gearmand: `create function a b` is not about `a`
     name = as_raw(args[1])
     if (bad := bad_name(name)) and name not in server.jobs.functions:
@@ -152,7 +161,7 @@ def create_function(server: Hub, args: list[str]) -> str:
 
 
 def drop_function(server: Hub, args: list[str]) -> str:
-    if len(args) != 2 or args[0].lower() != "function":
+    if len(args) != 2 or ascii_lower(args[0]) != "function":
         return incomplete("drop")  # as gearmand: `drop function a b` is not about `a`
     name = as_raw(args[1])
     if name not in server.jobs.functions:
@@ -213,7 +222,9 @@ CHANGES_STATE: dict[str, Callable[[list[str]], bool]] = {
 DENIED = "ERR PERMISSION_DENIED this+command+is+accepted+only+on+the+Unix+socket\r\n"
 #: Commands that make the function they name when it is not there: the name, or None.
 MAKES_FUNCTION: dict[str, Callable[[list[str]], str | None]] = {
-    "create": lambda args: args[1] if len(args) == 2 and args[0].lower() == "function" else None,
+    "create": lambda args: (
+        args[1] if len(args) == 2 and ascii_lower(args[0]) == "function" else None
+    ),
     "maxqueue": lambda args: args[0] if args else None,
 }
 #: The errors that end with the command's word (admintext's unknown and incomplete).
@@ -229,10 +240,13 @@ def run_admin(server: Hub, line: str, *, over_tcp: bool = False) -> str:
     answer everywhere, so ``gearadmin --status`` works as before.
     """
     line = line.partition("\0")[0]  # a C string to gearmand: a NUL ends it
-    words = line.split()
+    # gearmand splits at spaces only (a tab, \x0b or \x1c is part of a word) and matches
+    # a command with strcasecmp: str.split() ran `MAXQUEUE\x0bfoo` as maxqueue, and
+    # str.lower() a Kelvin sign's `\u212aILLING` as killing. (Leading spaces are farm's.)
+    words = [word for word in line.split(" ") if word]
     if not words:
         return unknown("")
-    name = words[0].lower()
+    name = ascii_lower(words[0])
     command = COMMANDS.get(name)
     if command is None:
         return unknown(words[0])

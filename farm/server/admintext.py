@@ -26,6 +26,15 @@ def bad_name(name: bytes) -> str | None:
     return f"ERR {code} function+name+{why.replace(' ', '+')}\r\n"
 
 
+#: A-Z to a-z and nothing else: gearmand's strcasecmp, where str.lower() also folds a
+#: Kelvin sign to k and a dotted capital I to i.
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def ascii_lower(word: str) -> str:
+    return word.translate(_ASCII_LOWER)
+
+
 def unknown(command: str) -> str:
     return f"ERR UNKNOWN_COMMAND Unknown+server+command{command}\r\n"
 

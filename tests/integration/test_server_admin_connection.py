@@ -168,3 +168,24 @@ def test_a_function_name_that_is_not_utf8_is_shown_and_named_as_its_bytes(
     submit(c, b"\xff\xfe")  # type: ignore[arg-type]  # the wire takes bytes
     c.send(T.SUBMIT_JOB, b"\xff\xfe", b"", b"second")
     assert c.expect(T.ERROR).args[0] == b"QUEUE_ERROR"
+
+
+@pytest.mark.parametrize(
+    "word",
+    [
+        "wor\u212aers".encode(),  # a Kelvin sign: str.lower() made it `workers`
+        b"MAXQUEUE\x0bfoo",  # \x0b and \x1c-\x1f split words for str.split(), not gearmand
+        b"status\x1c",
+        b"status\x1fx",
+        b"status\x85",
+        b"\tstatus",
+    ],
+)
+def test_a_command_word_is_folded_and_split_as_gearmand_does(any_server, admin_factory, word):
+    """gearmand splits a line at spaces only and folds a command's case in ASCII only
+    (strcasecmp): farm's str.split() and str.lower() ran `MAXQUEUE\\x0bfoo` as maxqueue
+    and a `\\u212aILLING` with a Kelvin sign as farm's `killing`."""
+    a = admin_factory(any_server)
+    reply = a.line(word + b"\n")
+    assert reply == b"ERR UNKNOWN_COMMAND Unknown+server+command" + word + b"\r\n"
+    assert a.listing(b"status\n") == b".\n", "the connection still works"
