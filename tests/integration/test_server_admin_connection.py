@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 import socket
 
+import pytest
+
 from farm.protocol import PacketType as T
 from farm.protocol import encode_req
 from farm.version import __version__
