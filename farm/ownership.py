@@ -1,6 +1,6 @@
 """Whether what a path names is another user's to choose: the rules for a ./farm.toml, the
 working directory searched for modules, the state directory and the $TMPDIR fallback
-(farm.paths). One rule for who else may write a file or directory (``_writers``)."""
+(farm.paths). One rule for who else may write a file or directory (``other_writers``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["untrusted_because", "controlled_by_another"]
+__all__ = ["untrusted_because", "controlled_by_another", "other_writers"]
 
 
 def untrusted_because(info: os.stat_result) -> str | None:
@@ -19,10 +19,12 @@ def untrusted_because(info: os.stat_result) -> str | None:
     makes root's files so). One rule for both."""
     if info.st_uid not in (os.getuid(), 0):
         return f"belongs to uid {info.st_uid}"
-    return _writers(info)
+    return other_writers(info)
 
 
-def controlled_by_another(path: Path) -> str | None:
+def controlled_by_another(
+    path: Path, *, make_in_sticky: bool = False, open_parents: bool = False
+) -> str | None:
     """Why another user could choose what is at ``path`` (made or not), or None; said as
     what follows the path ("/x/farm depends on …"). `su` without `-` keeps the first
     user's $XDG_STATE_HOME (`sudo -E`, $HOME): root's store went into their
@@ -33,7 +35,17 @@ def controlled_by_another(path: Path) -> str | None:
     theirs or others may write and is not sticky (they could move what is below aside), a
     name not there yet in a directory others may write, sticky or not (they could make it
     first). Others: as ``untrusted_because`` counts them. Looked at as far as it may be
-    searched."""
+    searched. A link of another user counts only where they may change it: in a directory
+    of theirs, or one others may write (`tar -p` or `rsync -a` as root leaves links of the
+    archive's users in root's 0755 directories, which they cannot touch).
+
+    ``make_in_sticky``: a name not made yet in a sticky directory is made here (mode 0700)
+    and looked at as made: HOME=/tmp, a 1777 tmpfs home, $XDG_STATE_HOME under /var/tmp had
+    no state directory on the first run (no store, no Executor key). Nobody else can move
+    ours aside there, and one another user made first is theirs, so refused as any other.
+    ``open_parents``: a directory on the way that others may write is no reason (the
+    operator's own $STATE_DIRECTORY under a container's chmod 777: the way out named when
+    every home there is passed over); its owner and its links still are."""
     full = os.fspath(path)
     full = full if os.path.isabs(full) else os.path.join(os.getcwd(), full)
     pending = list(reversed(full.split("/")))
@@ -49,12 +61,18 @@ def controlled_by_another(path: Path) -> str | None:
         try:
             info = os.lstat(here)
         except FileNotFoundError:
-            writers = _writers(os.stat(above))
-            return writers and f"depends on {here}, not made yet in {above}, which {writers}"
+            parent = os.stat(above)
+            writers = other_writers(parent)
+            if not writers:
+                return None
+            made = _made(here) if make_in_sticky and parent.st_mode & stat.S_ISVTX else None
+            if made is None:
+                return f"depends on {here}, not made yet in {above}, which {writers}"
+            info = made  # ours, or another user's made first: looked at below
         except OSError:  # not to be searched, or not a directory: nothing to use there
             return None
         kind = "a link" if stat.S_ISLNK(info.st_mode) else _KINDS.get(stat.S_IFMT(info.st_mode))
-        if info.st_uid not in (os.getuid(), 0):
+        if info.st_uid not in (os.getuid(), 0) and _may_change(info, above):
             return f"depends on {here}, {kind or 'an entry'} of uid {info.st_uid}"
         if stat.S_ISLNK(info.st_mode):
             links += 1
@@ -64,10 +82,35 @@ def controlled_by_another(path: Path) -> str | None:
             pending.extend(reversed(target.split("/")))
             here = "/" if target.startswith("/") else above
             continue
-        writers = _writers(info)
+        writers = None if open_parents else other_writers(info)
         if writers and not info.st_mode & stat.S_ISVTX:
             return f"depends on {here}, which is not sticky and {writers}"
     return None
+
+
+def _made(path: str) -> os.stat_result | None:
+    """What is at ``path`` now (lstat), made here with mode 0700 or by someone else first;
+    None where it cannot be made."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
+
+
+def _may_change(info: os.stat_result, above: str) -> bool:
+    """Whether the owner of what ``info`` describes (in ``above``) may change it: always for
+    a directory or file (its mode is theirs), for a link only by replacing it, so where
+    they own ``above`` or others may write there."""
+    if not stat.S_ISLNK(info.st_mode):
+        return True
+    parent = os.stat(above)
+    return parent.st_uid == info.st_uid or other_writers(parent) is not None
 
 
 #: What a name on the way is, as said in a reason ("depends on /x/y, a file of uid 1000").
@@ -77,7 +120,7 @@ _KINDS = {stat.S_IFDIR: "a directory", stat.S_IFREG: "a file"}
 _MAX_LINKS = 40
 
 
-def _writers(info: os.stat_result) -> str | None:
+def other_writers(info: os.stat_result) -> str | None:
     """Who besides its owner may write what ``info`` describes, as a predicate ("may be
     written by every user"), or None: every user, or its group where the farm runs as root
     (a member of the group chooses what runs as root) unless that group is root's own (gid

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from farm.errors import FarmError, WorkingDirectoryGone
-from farm.ownership import controlled_by_another, untrusted_because
+from farm.ownership import controlled_by_another, other_writers, untrusted_because
 
 __all__ = [
     "working_directory",
@@ -63,7 +63,7 @@ def state_dir() -> Path:
     if passed_over:
         # Under a directory every user may write (a container's chmod 777, an emptyDir)
         # every $XDG_STATE_HOME there is passed over too; $STATE_DIRECTORY is the operator's
-        # own choice, whose parents are not looked at.
+        # own choice, whose parents may be open to every user (not another user's).
         said = "; ".join(f"{path} {why}" for path, why in passed_over)
         raise NoStateDirectory(
             f"farm has no state directory: {said}; set $STATE_DIRECTORY to a directory of"
@@ -101,7 +101,7 @@ def _choose_state_dir() -> tuple[Path | None, list[tuple[Path, str]]]:
         passed_over.append((own, f"($STATE_DIRECTORY) {why}"))
     for base in _state_homes():
         path = Path(base) / "farm"
-        why = controlled_by_another(path)
+        why = controlled_by_another(path, make_in_sticky=True)
         if why is None:
             return path, passed_over
         passed_over.append((path, why))
@@ -109,25 +109,32 @@ def _choose_state_dir() -> tuple[Path | None, list[tuple[Path, str]]]:
 
 
 def _not_own_state_directory(path: Path) -> str | None:
-    """Why ``$STATE_DIRECTORY`` is not used, or None: checked as $RUNTIME_DIRECTORY is, a
-    directory of this user closed to others, through no link of another user's (DynamicUser=
-    makes it root's link to /var/lib/private/farm); one not made yet, as the others are. A
-    user's own service leaves its own in the environment, where `su` keeps it. The
-    directories above it are the operator's choice (a container's chmod 777 passes over
-    every home under it: this is the way out)."""
+    """Why ``$STATE_DIRECTORY`` is not used, or None: a directory of this user that no
+    other user may write (``other_writers``: its group may, as StateDirectoryMode=0770 makes it,
+    unless the farm runs as root), reached through no directory nor link another user may
+    change (``controlled_by_another``: a root-owned directory inside another user's was
+    chosen). DynamicUser= makes it root's link to /var/lib/private/farm. One not made yet
+    is looked at as the XDG homes are. A user's own service leaves its own in the
+    environment, where `su` keeps it. Directories on the way that every user may write are
+    the operator's choice (a container's chmod 777 passes over every home under it: this
+    is the way out)."""
     if not path.is_absolute():
         return "is not an absolute path"
+    if not os.path.lexists(path):  # set by hand, to be made: where no other user could first
+        return controlled_by_another(path, make_in_sticky=True)
+    why = controlled_by_another(path, open_parents=True)
+    if why is not None:
+        return why
     try:
-        link = path.lstat()
-    except FileNotFoundError:  # set by hand, to be made: where no other user could first
-        return controlled_by_another(path)
+        info = path.stat()
     except OSError as e:
         return f"cannot be used ({e.strerror})"
-    if link.st_uid not in (os.getuid(), 0):
-        return f"is a link of uid {link.st_uid}"
-    if not _own_directory(str(path)):
-        return "is not a directory of this user that only it may write"
-    return None
+    if not stat.S_ISDIR(info.st_mode):
+        return "is not a directory"
+    if info.st_uid != os.getuid():
+        return f"belongs to uid {info.st_uid}, not to this user (uid {os.getuid()})"
+    writers = other_writers(info)
+    return writers and f"{writers} (mode {stat.S_IMODE(info.st_mode):o})"
 
 
 def _state_homes() -> Iterator[str]:

@@ -75,15 +75,38 @@ def test_a_directory_of_ours_in_a_sticky_one_is_no_reason_to_pass_over(tmp_path:
     assert state == f"{sticky}/state/farm"
 
 
-def test_a_name_not_made_yet_where_others_may_write_is_passed_over(tmp_path: Path) -> None:
-    # HOME=/tmp (a service account's): /tmp/.local/state/farm did not exist yet and passed,
-    # so another user could make /tmp/.local first, sticky /tmp or not, and make_dirs kept
-    # theirs. (This test once said the opposite of a missing "state" in a sticky directory.)
+def test_a_name_not_made_yet_in_a_sticky_directory_is_made_private_first(tmp_path: Path) -> None:
+    # HOME=/tmp (a service account's, a 1777 tmpfs home): /tmp/.local was not made yet, and
+    # another user could make it first, so it was refused, and the first run had no state
+    # directory (farm server without --store refused, farm up ran memory-only, the Executor
+    # had no key). Made here with mode 0700, nobody else can move it aside in a sticky
+    # directory; one another user made first is theirs, and passed over.
     sticky = tmp_path / "tmp"
     sticky.mkdir()
     sticky.chmod(0o1777)
     state, _ = where({"HOME": str(sticky), "XDG_STATE_HOME": "", "XDG_RUNTIME_DIR": ""})
+    assert state == f"{sticky}/.local/state/farm"
+    info = (sticky / ".local").lstat()
+    assert (info.st_uid, info.st_mode & 0o777) == (os.getuid(), 0o700)
+    if os.getuid() != 0:
+        return  # the rest needs root to make a directory of another user (CI runs as root)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    taken.chmod(0o1777)
+    (taken / ".local").mkdir(mode=0o755)
+    os.chown(taken / ".local", OTHER, OTHER)
+    state, _ = where({"HOME": str(taken), "XDG_STATE_HOME": "", "XDG_RUNTIME_DIR": ""})
+    assert state == str(Path(pwd.getpwuid(0).pw_dir) / ".local/state/farm")
+
+
+def test_a_name_not_made_yet_where_others_may_write_is_passed_over(tmp_path: Path) -> None:
+    # Not sticky: another user could make it first, and move ours aside after.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    state, _ = where({"HOME": str(shared), "XDG_STATE_HOME": "", "XDG_RUNTIME_DIR": ""})
     assert state == str(Path(pwd.getpwuid(os.getuid()).pw_dir) / ".local/state/farm")
+    assert not (shared / ".local").exists()
 
 
 @pytest.fixture
@@ -142,10 +165,23 @@ def test_a_state_home_through_a_link_of_another_user_is_passed_over(
     # XDG_STATE_HOME=/home/alice/state, her link to a directory of root's: its realpath
     # passed, and she could point the link at a directory of hers, with her queue-4730.db,
     # once root's server had started (check_own_file's look at the parent follows it too).
-    link = own_link(tmp_path / "state", roots_dir / "state")
+    home = tmp_path / "alice"
+    home.mkdir(mode=0o755)
+    os.chown(home, OTHER, OTHER)
+    link = own_link(home / "state", roots_dir / "state")
     state, store = where({"XDG_STATE_HOME": str(link), "XDG_RUNTIME_DIR": ""})
     own = Path(pwd.getpwuid(0).pw_dir) / ".local/state/farm"
     assert (state, store) == (str(own), f"{own}/queue-4730.db")
+
+
+def test_a_link_of_another_user_they_cannot_change_is_followed(
+    tmp_path: Path, roots_dir: Path
+) -> None:
+    # `tar -p` or `rsync -a` as root leaves links of the archive's users in root's 0755
+    # directories: they cannot change them there, and such a path was refused.
+    link = own_link(tmp_path / "state", roots_dir / "state")
+    state, _ = where({"XDG_STATE_HOME": str(link), "XDG_RUNTIME_DIR": ""})
+    assert state == f"{link}/farm"
 
 
 def test_a_home_whose_local_is_a_link_of_another_user_is_passed_over(
@@ -209,6 +245,43 @@ def test_a_state_directory_variable_of_another_user_is_passed_over(tmp_path: Pat
     for used in (mine, link, tmp_path / "to-make"):  # made by make_dirs, where none other may
         state, _ = where({"STATE_DIRECTORY": f"{used}:{tmp_path}/other", "XDG_RUNTIME_DIR": ""})
         assert state == str(used)
+
+
+def test_a_state_directory_variable_open_to_its_group_is_one_rule_with_the_homes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # StateDirectoryMode=0770 (a system user whose home is /nonexistent): passed over for a
+    # farm not run as root, though the homes count group write only under root; and a
+    # directory of root's inside another user's was used (the same path as $XDG_STATE_HOME
+    # was refused): the owner of the one above could swap it.
+    if os.getuid() != 0:
+        pytest.skip("needs root to make directories of another user (CI runs as root)")
+    tmp_path.chmod(0o755)
+    team = tmp_path / "team"
+    team.mkdir(mode=0o770)
+    team.chmod(0o2770)
+    code = "from farm import paths\nprint(paths.state_dir())\n"
+    argv = homeless([sys.executable, "-c", code])
+    uid = int(next(a for a in argv if a.startswith("--reuid=")).split("=")[1])
+    os.chown(team, uid, 4242)
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "STATE_DIRECTORY": str(team)}
+    out = subprocess.run(argv, env=env, cwd="/", capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == str(team), out.stdout + out.stderr
+    # under root, its group's members choose what root reads: passed over, with why
+    os.chown(team, 0, 4242)
+    monkeypatch.setenv("STATE_DIRECTORY", str(team))
+    why = dict(paths.passed_over_state_dirs())
+    assert why[team] == (
+        "($STATE_DIRECTORY) may be written by its group (gid 4242), and the farm runs as"
+        " root (mode 2770)"
+    )
+    theirs = tmp_path / "alice"
+    (theirs / "farm").mkdir(parents=True, mode=0o755)
+    os.chown(theirs, OTHER, OTHER)
+    monkeypatch.setenv("STATE_DIRECTORY", str(theirs / "farm"))
+    why = dict(paths.passed_over_state_dirs())
+    said = f"($STATE_DIRECTORY) depends on {theirs}, a directory of uid {OTHER}"
+    assert why[theirs / "farm"] == said
 
 
 def test_with_home_in_a_directory_anyone_may_write_the_way_out_is_named(tmp_path: Path) -> None:
