@@ -23,6 +23,7 @@ __all__ = [
     "controlled_by_another",
     "state_dir",
     "passed_over_state_dirs",
+    "passed_over_state_directory",
     "NoStateDirectory",
     "default_store",
     "runtime_dir",
@@ -90,6 +91,18 @@ def passed_over_state_dirs() -> list[tuple[Path, str]]:
     return _choose_state_dir()[1]
 
 
+def passed_over_state_directory() -> tuple[Path, str] | None:
+    """``$STATE_DIRECTORY`` and why, where it is set and passed over, for the supervisor's
+    warning at start whatever its store: with an explicit ``[server] store`` (as the
+    shipped systemd/farm.toml has) nothing said so, and the Executor's key moved."""
+    passed = passed_over_state_dirs()
+    return passed[0] if passed and passed[0][1].startswith(STATE_DIRECTORY_SAID) else None
+
+
+#: How a reason about $STATE_DIRECTORY begins (``passed_over_state_dirs``).
+STATE_DIRECTORY_SAID = "($STATE_DIRECTORY)"
+
+
 def _choose_state_dir() -> tuple[Path | None, list[tuple[Path, str]]]:
     passed_over: list[tuple[Path, str]] = []
     systemd = os.environ.get("STATE_DIRECTORY")
@@ -98,7 +111,7 @@ def _choose_state_dir() -> tuple[Path | None, list[tuple[Path, str]]]:
         why = _not_own_state_directory(own)
         if why is None:
             return own, passed_over
-        passed_over.append((own, f"($STATE_DIRECTORY) {why}"))
+        passed_over.append((own, f"{STATE_DIRECTORY_SAID} {why}"))
     for base in _state_homes():
         path = Path(base) / "farm"
         why = controlled_by_another(path, make_in_sticky=True)

@@ -26,8 +26,16 @@ class ExecutorDuties:
         """farm.Executor's calls are signed with a key only the farm's user can read;
         make it before any worker needs it (workers would race to create it)."""
         from farm.executor.signing import KeyFileError, ensure_key, key_path, load_key
-        from farm.paths import NoStateDirectory
+        from farm.paths import NoStateDirectory, passed_over_state_directory
 
+        passed = passed_over_state_directory()
+        if passed is not None:  # whatever the store: the key and spill files move with it
+            log.warning(
+                "$STATE_DIRECTORY %s %s, so it is passed over: the Executor's key, its spill"
+                " files and the default stores are kept elsewhere (docs/operations.md)",
+                passed[0],
+                passed[1].removeprefix("($STATE_DIRECTORY) "),
+            )
         try:
             # Read back as the workers will: $FARM_KEY_FILE naming a directory, or a file
             # that is no key or others may read, was taken without a word at start.

@@ -83,19 +83,21 @@ def _fix(options: ServerOptions, path: Path) -> str:
 
 
 def _warn_passed_over(home: Path) -> None:
-    """A warning for each state directory passed over for ``home``, the server's (root under
-    `sudo -E`, upgraded, started on an empty store with no word of the one in the first
-    user's home), with this user's stores there that hold queued jobs."""
+    """A warning for each state directory passed over for ``home``, the server's, that holds
+    this user's stores (root under `sudo -E`, upgraded, started on an empty store with no
+    word of the one in the first user's home), naming them and their sizes."""
     for directory, why, stores in queued_passed_over():
-        held = ", ".join(f"{p.name} {held_jobs(n)}" for p, n in stores)
-        fix = (
-            f"; there {held}, which this server does not run: another user may have changed"
-            f" them, so check each file before you move it into {home} (docs/operations.md)"
-            if stores
-            else ""
-        )
+        held = ", ".join(f"{p.name} ({n} bytes)" for p, n in stores)
         log.warning(
-            "the state directory %s %s, so it is passed over for %s%s", directory, why, home, fix
+            "the state directory %s %s, so it is passed over for %s; there are this user's"
+            " stores %s, whose queued jobs this server does not run: another user may have"
+            " changed them, so check each file before you move it into %s"
+            " (docs/operations.md, Upgrading)",
+            directory,
+            why,
+            home,
+            held,
+            home,
         )
 
 

@@ -46,7 +46,7 @@ def held_jobs(count: int) -> str:
     if count == MAY_HOLD:
         return "may hold queued jobs (its write-ahead log is too large to read at start)"
     more = " or more" if count >= MAX_COUNTED else ""
-    return f"holds {count}{more} queued jobs"
+    return f"holds {count}{more} queued job{'' if count == 1 else 's'}"
 
 
 def queued_beside(store: str | Path) -> list[tuple[Path, int]]:
@@ -65,29 +65,40 @@ def queued_beside(store: str | Path) -> list[tuple[Path, int]]:
 
 
 def queued_passed_over() -> list[tuple[Path, str, list[tuple[Path, int]]]]:
-    """Each state directory ``state_dir`` passed over (farm.paths.passed_over_state_dirs),
-    why, and this user's stores there holding queued jobs (an older farm's ``queue.db``
-    too). Root under `sudo -E` kept its store in the first user's ~/.local/state/farm; once
-    that was passed over, its server started on an empty store, and nothing said where the
-    jobs were. Only this user's files are counted: another user's was never this farm's."""
+    """Each state directory ``state_dir`` passed over (farm.paths.passed_over_state_dirs)
+    that holds stores of this user's (an older farm's ``queue.db`` too), why, and those
+    stores, each with its size in bytes. Root under `sudo -E` kept its store in the first
+    user's ~/.local/state/farm; once that was passed over, its server started on an empty
+    store, and nothing said where the jobs were. Only this user's files are counted:
+    another user's was never this farm's. Nothing there is opened, only named: the owner of
+    that directory could swap a FIFO in, whose open (SQLite's, read-only) blocks, and the
+    server's start with it. A directory not there, or with none, is not named (`sudo -E`
+    users were told of their own empty one at every start)."""
     found = []
     for directory, why in passed_over_state_dirs():
         try:
             names = sorted(directory.glob("queue*.db"))
         except OSError:
             names = []
-        found.append((directory, why, _holding([p for p in names if _own_file(p)])))
+        mine = [(p, size) for p in names[:MAX_LOOKED_AT] if (size := _own_size(p)) is not None]
+        if mine:
+            found.append((directory, why, mine))
     return found
+
+
+def _own_size(path: Path) -> int | None:
+    """The size of ``path``, a regular file of this user (lstat: not opened), else None."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() else None
 
 
 def _own_file(path: Path) -> bool:
     """A regular file of this user's, not followed through a link: SQLite followed a link
     and made its -shm beside the target, and opening a FIFO hung the server for ever."""
-    try:
-        info = path.lstat()
-    except OSError:
-        return False
-    return stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid()
+    return _own_size(path) is not None
 
 
 def _holding(paths: list[Path]) -> list[tuple[Path, int]]:

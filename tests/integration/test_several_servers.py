@@ -142,7 +142,7 @@ def test_jobs_left_in_the_store_of_a_port_a_server_moved_from_are_named(tmp_path
     assert moved.returncode == 0, err
     left = tmp_path / "state" / "farm" / f"queue-{old_port}.db"
     (line,) = [line for line in err.splitlines() if str(left) in line]
-    assert "WARNING" in line and "1 queued jobs" in line
+    assert "WARNING" in line and "holds 1 queued job that" in line
     assert f"--store {left}" in line  # the fix, in the flags farm server has
     assert f"queue-{running_port}.db" not in err
     assert not left.with_name(left.name + "-shm").exists()  # looked at, left as it was
