@@ -55,10 +55,22 @@ def unwritable_directory(where: str, *, unit_makes: bool = False) -> str | None:
     here = where
     while not os.path.exists(here) and os.path.dirname(here) != here:
         here = os.path.dirname(here)  # the nearest that exists decides whether the rest can be
-    if os.access(here, os.W_OK | os.X_OK):
+    if not os.path.isdir(here):  # as make_dirs said it, where "not writable" misled
+        why = f"{here} exists and is not a directory"
+    elif os.access(here, os.W_OK | os.X_OK):
         return None
-    unwritable = f"{here} is not writable by this user (uid {os.getuid()})"
-    return unwritable if here == where else f"cannot create {where}: {unwritable}"
+    elif _read_only(here):  # the unit's ProtectSystem=strict: no user may write there
+        why = f"{here} is on a read-only file system (ProtectSystem? ReadWritePaths=)"
+    else:
+        why = f"{here} is not writable by this user (uid {os.getuid()})"
+    return why if here == where else f"cannot create {where}: {why}"
+
+
+def _read_only(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def server_place_errors(
@@ -113,7 +125,9 @@ def control_place_error(path: str, source: str, *, unit_makes: bool = False) -> 
     """Why `farm up` would not make its control socket at ``path``, asked without making
     it: a fallback directory (/tmp/farm-$UID) that is not private (UnsafeDirectory, exit
     1), a file there (exit 1), a directory this user cannot write (ConfigError, exit 2).
-    A socket there is left to `farm up`, which asks whether a supervisor answers on it."""
+    A socket there is left to `farm up`, which asks whether a supervisor answers on it
+    (where it cannot replace it, "another process answers at", exit 1: a running farm of
+    another user in a directory this user cannot write is not a config mistake)."""
     parent = os.path.dirname(path) or "."
     try:
         if Path(parent) == fallback_runtime_dir() and os.path.lexists(parent):
@@ -121,6 +135,8 @@ def control_place_error(path: str, source: str, *, unit_makes: bool = False) -> 
         refuse_non_socket(path)
     except FarmError as exc:
         return exc
+    if os.path.lexists(path):
+        return None
     why = unwritable_directory(parent, unit_makes=unit_makes)
     if why is None:
         return None
