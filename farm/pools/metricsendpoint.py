@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from farm import slowreuse
-from farm.loopback import serve_twin, taken_hint, twin_needed
+from farm.loopback import HOLDS_IPV6_LOOPBACK, serve_twin, taken_hint, twin_needed
 from farm.pools.metrics import SupervisorCollector
 
 if TYPE_CHECKING:
@@ -139,7 +139,9 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
 
     class Server(ThreadingMixIn, WSGIServer):
         daemon_threads = True
-        twin: Any = None  # its [::1] twin (farm.loopback), stopped with it; one bound shared
+        # Its other addresses' servers (localhost's others, the [::1] twin: farm.loopback),
+        # stopped with it; MAX_SCRAPES shared by all of them (the class's own bounds).
+        others: list[Any] = []
         request_queue_size = 2 * MAX_SCRAPES  # socketserver's 5 drops a burst's SYNs
         slots = threading.BoundedSemaphore(MAX_SCRAPES)
         lock = threading.Lock()
@@ -204,35 +206,62 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
 
         def shutdown(self) -> None:
             super().shutdown()
-            if self.twin is not None:
-                self.twin.shutdown()
-                self.twin.server_close()
+            for other in self.others:
+                other.shutdown()
+                other.server_close()
 
     host, _, port = address.rpartition(":")  # the config checked it; port 0: any free one
-    family, _, _, _, sockaddr = socket.getaddrinfo(
-        host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    Server.address_family = family
+    host = host.strip("[]")
+    # Every address of ``host``: "localhost" is often [::1] first (Debian's, Ubuntu's
+    # /etc/hosts), and binding getaddrinfo's first alone left 127.0.0.1 at the port free.
+    found = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    places = list(dict.fromkeys((family, str(addr[0])) for family, _, _, _, addr in found))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SupervisorCollector(supervisor))
     app = reused_when_slow(make_wsgi_app(registry))
-    server = make_server(str(sockaddr[0]), int(port), app, Server, Handler)
-    # shutdown() waits for serve_forever to look at its flag, once a poll: at the default
-    # half second, every stop of the farm (`farm stop`, a deploy's restart) took that long more.
-    serve = functools.partial(server.serve_forever, poll_interval=0.1)
-    threading.Thread(target=serve, name="metrics", daemon=True).start()
+
+    def serve(family: int, ip: str, at: int, name: str) -> Server:
+        kind = type("Server", (Server,), {"address_family": family})
+        made: Server = make_server(ip, at, app, kind, Handler)
+        # shutdown() waits for serve_forever to look at its flag, once a poll: at the default
+        # half second, every stop of the farm (`farm stop`, a deploy's restart) took that
+        # long more.
+        forever = functools.partial(made.serve_forever, poll_interval=0.1)
+        threading.Thread(target=forever, name=name, daemon=True).start()
+        return made
+
+    server = serve(*places[0], int(port), "metrics")
+    server.others = []
     bound = server.server_address[1]
+    served = [places[0][1]]
+    for family, ip in places[1:]:
+        name = "metrics-ipv6" if ip in HOLDS_IPV6_LOOPBACK else f"metrics-{ip}"
+        try:
+            server.others.append(serve(family, ip, bound, name))
+            served.append(ip)
+        except OSError as exc:  # a warning, as the twin's: the first address is served
+            why = f"cannot serve on {_url_host(ip)}:{bound} too ({exc.strerror or exc})"
+            log.warning("metrics: %s; give [supervisor] metrics another port", why)
     # Prometheus, `curl localhost:9730`, `farm top --metrics localhost:9730` try [::1] first,
     # where another user could answer them (hiding the farm's alerts): farm.loopback.
-    if twin_needed(host.strip("[]"), bound, []):
+    held = [(ip, bound) for ip in served]
+    if any(twin_needed(ip, bound, held) for ip in served):
         try:
-            server.twin = serve_twin(server, bound, "metrics-ipv6")
+            twin = serve_twin(server, bound, "metrics-ipv6")
         except OSError as exc:  # a warning, as the port taken is: 127.0.0.1 is still served
             fix = "give [supervisor] metrics another port"
             if exc.errno == errno.EADDRINUSE:
                 fix = taken_hint(bound, "the farm's metrics", fix)
             why = f"cannot serve on [::1]:{bound} too ({exc.strerror or exc})"
             log.warning("metrics: %s: on %s:%d alone (%s)", why, host, bound, fix)
-    also = f" and http://[::1]:{bound}/metrics" if server.twin is not None else ""
-    log.info("metrics on http://%s:%d/metrics%s (pid %d)", host, bound, also, os.getpid())
+        else:
+            if twin is not None:
+                server.others.append(twin)
+                served.append("::1")
+    urls = " and ".join(f"http://{_url_host(ip)}:{bound}/metrics" for ip in served)
+    log.info("metrics on %s (pid %d)", urls, os.getpid())
     return server
+
+
+def _url_host(ip: str) -> str:
+    return f"[{ip}]" if ":" in ip else ip

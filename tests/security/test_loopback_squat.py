@@ -14,13 +14,17 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from farm import config
 from farm.client.admin import admin_query
+from farm.pools.metricsendpoint import serve_metrics
+from farm.supervisor import Supervisor
 from tests.helpers import ROOT
 from tests.helpers.farmproc import FarmUp
 from tests.helpers.servers import Server, free_ports, start_farm_server, wait_connectable
@@ -254,3 +258,79 @@ def test_farm_up_with_its_metrics_port_taken_on_ipv6_loopback_warns_and_serves_1
             assert "give [supervisor] metrics another port" in line, line
         finally:
             up.stop()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_the_supervisors_metrics_hold_both_loopbacks_until_shut_down(
+    tmp_path: Path, host: str
+) -> None:
+    # In process, where a twin left serving would show (a farm's process, gone at its stop,
+    # hid it). `localhost:P` bound getaddrinfo's first address alone, often [::1] on
+    # Debian and Ubuntu, and left 127.0.0.1:P to any local user (or the other way round).
+    if problem := ipv6_loopback_problem():
+        pytest.skip(problem)
+    (tmp_path / "farm.toml").write_text(
+        f'[server]\nstore = "none"\n[supervisor]\ncontrol = "{tmp_path}/c.sock"\nmetrics = "off"\n'
+    )
+    supervisor = Supervisor(config.load(tmp_path / "farm.toml"))
+    before = set(threading.enumerate())
+    try:
+        server = serve_metrics(supervisor, f"{host}:0")
+        port = server.server_address[1]
+        for family, ip in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.connect((ip, port))
+        serving = [t for t in set(threading.enumerate()) - before if t.name.startswith("metrics")]
+        assert sorted(t.name for t in serving) == ["metrics", "metrics-ipv6"]
+        server.shutdown()
+        server.server_close()
+        for thread in serving:
+            thread.join(10)
+            assert not thread.is_alive(), thread.name
+        for family, ip in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+            with (
+                socket.socket(family, socket.SOCK_STREAM) as probe,
+                pytest.raises(ConnectionRefusedError),
+            ):
+                probe.connect((ip, port))
+    finally:
+        supervisor.selector.close()
+
+
+def test_the_supervisors_metrics_on_localhost_hold_each_of_its_addresses(tmp_path: Path) -> None:
+    # Debian's and Ubuntu's /etc/hosts: localhost is [::1] first. getaddrinfo's first alone
+    # was bound, and 127.0.0.1 at the port was left to any local user.
+    if problem := ipv6_loopback_problem():
+        pytest.skip(problem)
+    hosts = tmp_path / "hosts"
+    hosts.write_text("::1 localhost\n127.0.0.1 localhost\n")
+    (tmp_path / "farm.toml").write_text(
+        f'[server]\nstore = "none"\n[supervisor]\ncontrol = "{tmp_path}/c.sock"\nmetrics = "off"\n'
+    )
+    code = (
+        "import socket, threading\n"
+        "from farm import config\n"
+        "from farm.supervisor import Supervisor\n"
+        "from farm.pools.metricsendpoint import serve_metrics\n"
+        f"server = serve_metrics(Supervisor(config.load({str(tmp_path / 'farm.toml')!r})),"
+        " 'localhost:0')\n"
+        "for family, ip in ((socket.AF_INET, '127.0.0.1'), (socket.AF_INET6, '::1')):\n"
+        "    socket.create_connection((ip, server.server_address[1]), timeout=10).close()\n"
+        "print(sorted(t.name for t in threading.enumerate() if t.name.startswith('metrics')))\n"
+        "server.shutdown()\n"
+        "print([t.name for t in threading.enumerate() if t.name.startswith('metrics')])\n"
+    )
+    mount = 'mount --bind "$0" /etc/hosts && exec "$@"'
+    wrap = ["unshare", "-m", "sh", "-c", mount, str(hosts)]
+    if os.getuid() != 0 or subprocess.run([*wrap, "true"], capture_output=True).returncode:
+        pytest.skip("needs root and unshare -m to give localhost [::1] first")
+    run = subprocess.run(
+        [*wrap, sys.executable, "-c", code],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["['metrics', 'metrics-127.0.0.1']", "[]"], run.stdout
