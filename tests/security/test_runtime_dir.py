@@ -266,13 +266,21 @@ def test_the_fallback_is_not_made_through_a_tmpdir_link_of_another_user(tmp_path
         pytest.skip("needs root to make a link of another user (CI runs as root)")
     roots = tmp_path / "roots"
     roots.mkdir(mode=0o755)
-    link = tmp_path / "tmp"
+    home = tmp_path / "home"
+    home.mkdir(mode=0o755)
+    os.chown(home, NOBODY, NOBODY)
+    link = home / "tmp"
     link.symlink_to(roots)
     os.lchown(link, NOBODY, NOBODY)
     tmp_path.chmod(0o755)
     assert _fallback_with_tmpdir(link) == Path(f"/tmp/farm-{os.getuid()}")
-    os.lchown(link, 0, 0)  # root's own link to root's directory: followed
-    assert _fallback_with_tmpdir(link) == link / f"farm-{os.getuid()}"
+    # Theirs in root's 0755 directory (`tar -p`, `rsync -a` as root): they cannot change it
+    untouchable = tmp_path / "tmp"
+    untouchable.symlink_to(roots)
+    os.lchown(untouchable, NOBODY, NOBODY)
+    assert _fallback_with_tmpdir(untouchable) == untouchable / f"farm-{os.getuid()}"
+    os.lchown(link, 0, 0)  # root's own link, in their directory: they could replace it
+    assert _fallback_with_tmpdir(link) == Path(f"/tmp/farm-{os.getuid()}")
 
 
 def test_a_farm_toml_under_a_directory_anyone_may_swap_is_not_read(tmp_path: Path) -> None:
