@@ -180,7 +180,7 @@ def test_a_second_server_on_a_port_refuses_in_one_line_with_stores_beside(tmp_pa
         first.terminate()
         _, err = first.communicate(timeout=20)
     (warned,) = [line for line in err.splitlines() if f"queue-{stranded_port}.db" in line]
-    assert "holds 1 queued jobs that no running server serves" in warned
+    assert "holds 1 queued job that no running server serves" in warned
 
 
 def test_farm_server_beside_farm_up_on_defaults_needs_no_flags(tmp_path: Path) -> None:
