@@ -110,8 +110,9 @@ class _Load:
             null = os.open(os.devnull, os.O_RDWR)
             opened.append(null)
             os.set_inheritable(report_write, True)
-            argv = python_module("farm.pools.workerproc") + ["--check", "--function", pool]
-            argv += ["--target", target, "--report-fd", str(report_write)]
+            # --NAME=VALUE: a pool's name may start with "-" (see farm.pools.workerargs)
+            argv = python_module("farm.pools.workerproc") + ["--check", f"--function={pool}"]
+            argv += [f"--target={target}", "--report-fd", str(report_write)]
             # Its stdout: what the module prints as it loads, which is not ours to show.
             self.pid = spawn(argv, env, keep=(report_write,), stdio=(null, null, err_write))
         except BaseException as exc:

@@ -103,13 +103,14 @@ class LocalServer(RestartHistory):
         argv = python_module("farm.server")
         if cfg.tcp:  # names the port in the server's process title
             argv += ["--port", str(cfg.tcp[1])]
-        for addr in cfg.listen:
-            argv += ["--listen", addr]
-        argv += ["--store", cfg.store, "--job-retries", str(cfg.job_retries)]
+        # --flag=VALUE for what the config chooses: a pool's function may start with "-"
+        # (the config allows it), which argparse read as a flag, and the server never started.
+        argv += [f"--listen={addr}" for addr in cfg.listen]
+        argv += [f"--store={cfg.store}", "--job-retries", str(cfg.job_retries)]
         argv += ["--tcp-admin", cfg.tcp_admin, *cfg.flags]
         argv += ["--hints", "config"]  # its errors name [server] keys, not flags
         for function in sorted(set(self.pool_functions())):
-            argv += ["--pool-function", function]
+            argv += [f"--pool-function={function}"]
         if self.log_format != "text":
             argv += ["--log-format", self.log_format]
         # If the supervisor is killed, the server stops too (keeping its stored jobs).

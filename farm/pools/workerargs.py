@@ -19,18 +19,20 @@ def python_argv(
     """A Python worker's command line for ``slot``, and the servers it is told to serve."""
     # -P: not the working directory on sys.path, where another user may have put a
     # module of the same name (farm.targets.search_working_directory decides).
-    argv = python_module("farm.pools.workerproc") + ["--function", pool.name]
-    argv += ["--target", pool.target, "--slot", str(slot.index), "--cpu", str(slot.core)]
+    # --flag=VALUE for every value the config chooses: a name may start with "-" (the
+    # config allows it), which argparse read as a flag, and the workers died at each start.
+    argv = python_module("farm.pools.workerproc") + [f"--function={pool.name}"]
+    argv += [f"--target={pool.target}", "--slot", str(slot.index), "--cpu", str(slot.core)]
     argv += ["--report-fd", str(report_fd), "--record-fd", str(record_fd)]
     for served in pool.serves:
-        argv += ["--serve", served]
+        argv += [f"--serve={served}"]
     if config.supervisor.log_format != "text":
         argv += ["--log-format", config.supervisor.log_format]
     if journal_priorities():  # its lines reach the journal through the supervisor, as they are
         argv += ["--journal"]
     servers = config.servers_for(pool)
     for server in servers:
-        argv += ["--server", server]
+        argv += [f"--server={server}"]
     for flag, value in (
         ("--timeout", pool.timeout),
         ("--max-jobs", pool.max_jobs),
@@ -39,7 +41,7 @@ def python_argv(
         ("--last-boot-error", slot.boot_error or None),  # its traceback: once, not per try
     ):
         if value is not None:
-            argv += [flag, str(value)]
+            argv += [f"{flag}={value}"]  # a traceback may start with "-" too
     return argv, servers
 
 

@@ -263,3 +263,12 @@ def test_no_process_to_load_in_is_one_line_exit_1(tmp_path: Path) -> None:
         "farm: cannot start a process to load the targets in:"
         " [Errno 11] Resource temporarily unavailable"
     ]
+
+
+def test_a_pool_whose_name_starts_with_a_dash_is_checked(tmp_path: Path) -> None:
+    # The config allows `-` first in a name; its --check child read `--function -rev` as
+    # a flag with no value and `farm check` said the pool's workers could not start.
+    config(tmp_path, '[functions.-rev]\ntarget = "workers.text:reverse"\nworkers = 1\n')
+    done = farm(tmp_path, "check", "-c", "farm.toml")
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    assert lines(done.stdout)[0].startswith("ok: 1 pool(s), 1 slot(s)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,5 +74,65 @@ def test_a_pools_jobs_before_its_workers_register_are_counted_under_its_name(
         assert summed(m, "farm_jobs_submitted_total") == 3
         assert summed(m, "farm_jobs_queued") == 0
         assert "other" not in series(m, "farm_jobs_submitted_total", "function")
+    finally:
+        up.stop()
+
+
+SERVES_ITS_FUNCTION = """\
+import os
+import farm
+
+worker = farm.Worker(os.environ["FARM_SERVERS"])
+
+@worker.function(os.environ["FARM_FUNCTION"])
+def rev(job):
+    return job.data[::-1]
+
+worker.work()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_functions_whose_names_start_with_a_dash_are_served_across_a_server_restart(
+    tmp_path: Path,
+) -> None:
+    # The config allows `-` first in a name. The supervisor started the server with
+    # `--pool-function -rev`, which its argparse read as a flag: the server never started
+    # (added by a reload: it never came back from its next crash), and a target pool's
+    # workers, started with `--function -tgt`, died at once.
+    script = tmp_path / "serves.py"
+    script.write_text(SERVES_ITS_FUNCTION)
+    up = FarmUp(
+        tmp_path,
+        f"""
+        [functions.dashed]
+        command = ["{sys.executable}", "{script}"]
+        function = "-rev"
+        workers = 1
+
+        [functions.-tgt]
+        target = "tests.helpers.monitored:work"
+        workers = 1
+        """,
+    )
+    try:
+        up.expect_notify("READY=1")
+        for restart in (False, True):
+            if restart:
+                (server,) = [r["pid"] for r in up.ps() if r["function"] == "server"]
+                os.kill(server, signal.SIGKILL)
+                wait_for(
+                    "the server restarted",
+                    lambda: (
+                        get(scrape(up.metrics_url), "farm_server_restarts_total") == 1
+                        and get(scrape(up.metrics_url), "farm_server_up") == 1
+                    ),
+                    timeout=30,
+                )
+            with farm.Client(up.addr) as client:
+                assert client.call("-rev", "abc", timeout=30) == b"cba"
+                assert client.call("-tgt", "xyz", timeout=30) == b"zyx"
+            m = scrape(up.metrics_url)
+            assert {"-rev", "-tgt"} <= series(m, "farm_jobs_submitted_total", "function")
     finally:
         up.stop()
