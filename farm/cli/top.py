@@ -49,8 +49,9 @@ __all__ = ["Sampler", "Sample", "live_view"]
 #: How far back rates and recent quantiles look.
 WINDOW = 5.0
 #: How long one reading of the endpoint may take: longer than the supervisor waits for its
-#: server (farm.pools.metrics.SERVER_TIMEOUT, 2 s), so a hung server costs the reading only
-#: the server's part (farm_server_up 0), not the supervisor's too.
+#: server (farm.pools.metrics.SERVER_TIMEOUT, 2 s, one request shared by the scrapes that
+#: come meanwhile, so other scrapers do not add to it), so a hung server costs the reading
+#: only the server's part (farm_server_up 0), not the supervisor's too.
 SCRAPE_TIMEOUT = 5.0
 #: The width a frame is drawn at when it goes to no terminal: wider than any row.
 UNCUT_WIDTH = 1000

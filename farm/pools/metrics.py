@@ -1,4 +1,5 @@
-"""The farm's one metrics endpoint, served by the supervisor (``[supervisor] metrics``).
+"""What the farm's one metrics endpoint serves: the supervisor's collector (the endpoint,
+an HTTP server, is farm.pools.metricsendpoint's; ``[supervisor] metrics``).
 
 ``farm up`` answers ``GET /metrics`` on 127.0.0.1:9730 by default with:
 
@@ -14,9 +15,10 @@ scrape time rather than keeping a copy: a scrape always sees the server's
 current counts, and a server that restarts shows up as a counter reset, as
 Prometheus expects. The server does not need an HTTP port of its own. A
 server that does not answer costs the scrape its server part only;
-``farm_server_up`` says so.
+``farm_server_up`` says so, and scrapes that come while one waits on the server
+share its request (``server_part``) rather than queue behind it.
 
-The HTTP server is prometheus_client's, in a daemon thread. The collector
+The collector runs in the endpoint's threads (farm.pools.metricsendpoint). It
 only reads the supervisor's state: it copies each list before walking it,
 under the GIL, and never changes anything. A worker's state and jobs done it
 reads from the worker's record (shared memory) as `farm ps` does, not from what
@@ -26,8 +28,11 @@ the supervisor's loop last read of it, up to a second before.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import psutil
@@ -53,6 +58,53 @@ class SupervisorCollector:
 
     def __init__(self, supervisor: Steering) -> None:
         self.supervisor = supervisor
+        self._flight_lock = threading.Lock()
+        self._flight: Future[str | None] | None = None  # the one request to the server
+        self._fetched = threading.local()  # what server_part fetched for this thread
+
+    @contextmanager
+    def server_part(self) -> Iterator[None]:
+        """Ask the job server for its part now, for this thread's next collect(). The
+        endpoint calls it before it takes its lock of one response made at a time: with a
+        stalled server, each scrape had waited its 2 s there behind the one before (3
+        scrapers: 6 s, past `farm top`'s 5), as that wait costs no CPU and nothing was
+        kept for reuse. Scrapes that ask meanwhile share the request in flight."""
+        self._fetched.text = (self._shared_fetch(),)
+        try:
+            yield
+        finally:
+            del self._fetched.text
+
+    def _shared_fetch(self) -> str | None:
+        """The server's text, or None when it did not answer: from the request in flight
+        if there is one (its answer is as fresh as any), else from a new one. Never kept
+        past it, so the first request after a stall ends sees the server up."""
+        with self._flight_lock:
+            flight, mine = self._flight, self._flight is None
+            if flight is None:
+                flight = self._flight = Future()
+        if not mine:
+            return flight.result()
+        text = None
+        try:
+            text = self._fetch()
+        finally:
+            with self._flight_lock:
+                self._flight = None
+            flight.set_result(text)
+        return text
+
+    def _fetch(self) -> str | None:
+        from farm.client.admin import server_metrics
+
+        address = self.supervisor.server.admin_address()
+        if address is None or not self.supervisor.config.local_server:
+            return None
+        try:
+            return server_metrics(address, timeout=SERVER_TIMEOUT)
+        except (OSError, ValueError) as exc:
+            log.debug("metrics: the job server at %s did not answer: %s", address, exc)
+            return None
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -163,8 +215,6 @@ class SupervisorCollector:
         from prometheus_client.core import GaugeMetricFamily
         from prometheus_client.parser import text_string_to_metric_families
 
-        from farm.client.admin import server_metrics
-
         if not self.supervisor.config.local_server:
             # Its workers serve remote job servers (`servers`), which are scraped on their own
             # (a farm server's --metrics): no server is this farm's to call up or down, and
@@ -173,13 +223,8 @@ class SupervisorCollector:
         up = GaugeMetricFamily(
             "farm_server_up", "1 when the job server answered this scrape, else 0."
         )
-        address = self.supervisor.server.admin_address()
-        text = None
-        if address is not None:
-            try:
-                text = server_metrics(address, timeout=SERVER_TIMEOUT)
-            except (OSError, ValueError) as exc:
-                log.debug("metrics: the job server at %s did not answer: %s", address, exc)
+        fetched: tuple[str | None] | None = getattr(self._fetched, "text", None)
+        text = fetched[0] if fetched is not None else self._shared_fetch()
         up.add_metric([], 1.0 if text is not None else 0.0)
         yield up
         if text is not None:

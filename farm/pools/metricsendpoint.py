@@ -11,6 +11,8 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from farm import slowreuse
@@ -47,16 +49,64 @@ MAX_KEPT = 4
 #: afresh each time, 9 s of CPU apiece, as if nothing were reused.
 SLOW_AHEAD = 10.0
 
+#: A response as it is kept: until when it is served again, its status, headers and body.
+Kept = tuple[float, str, list[tuple[str, str]], bytes]
 
-def reused_when_slow(app: Any) -> Any:
+
+def reused_when_slow(
+    app: Any, prepare: Callable[[], AbstractContextManager[Any]] = nullcontext
+) -> Any:
     """``app`` (a WSGI app) whose slow responses are reused (see SLOW_SCRAPE, MAX_KEPT,
     SLOW_AHEAD): one made at a time, and the scrapes that come meanwhile wait for it rather
-    than make their own."""
+    than make their own. ``prepare()`` is entered around the making of a response, before
+    that one-at-a-time lock: what waits without costing CPU (the job server's part,
+    SupervisorCollector.server_part) is waited for there, not in a queue behind the lock."""
     from prometheus_client.exposition import gzip_accepted
 
     making = threading.Lock()
-    made: dict[tuple[Any, ...], tuple[float, str, list[tuple[str, str]], bytes]] = {}
+    made: dict[tuple[Any, ...], Kept] = {}
     owed = [0.0, time.monotonic()]  # seconds of slow responses not paid down yet, and when
+
+    def reused(key: tuple[Any, ...]) -> Kept | None:
+        """The response kept for ``key`` or a 503, if that is what it gets; None: make one.
+        Called under ``making``."""
+        started = time.monotonic()
+        share = 1 / (1 + slowreuse.REUSE_FACTOR)
+        owed[:] = [max(0.0, owed[0] - (started - owed[1]) * share), started]
+        kept = made.pop(key, None)
+        if kept is not None and (started < kept[0] or owed[0] > SLOW_AHEAD):
+            made[key] = kept  # the most recently served last
+            return kept
+        if owed[0] > SLOW_AHEAD:
+            wait = [("Retry-After", f"{owed[0] / share:.0f}")]
+            return (
+                0.0,
+                "503 Service Unavailable",
+                wait,
+                b"slow metrics were made lately; try again later\n",
+            )
+        return None
+
+    def make(environ: dict[str, Any], key: tuple[Any, ...]) -> Kept:
+        """A response made afresh, kept if it was slow to make. Called under ``making``."""
+        answer: list[Any] = []
+
+        def start(status: str, headers: list[tuple[str, str]], *exc: Any) -> Any:
+            answer[:] = [status, headers]
+            return lambda data: None  # the app returns its body; it writes nothing
+
+        # This thread's CPU (the collector and prometheus_client run in it): the
+        # time spent waiting on the job server is not the supervisor's to save.
+        started, cpu = time.monotonic(), time.thread_time()
+        body = b"".join(app(environ, start))
+        took = time.thread_time() - cpu
+        kept = (slowreuse.reuse_until(started, took), answer[0], answer[1], body)
+        if took > SLOW_SCRAPE:
+            owed[0] += took
+            made[key] = kept
+            while len(made) > MAX_KEPT:
+                del made[next(iter(made))]
+        return kept
 
     def reusing(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         # What the response depends on: the path, the query (name[] filters), the format the
@@ -67,34 +117,10 @@ def reused_when_slow(app: Any) -> Any:
             gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")),
         )
         with making:
-            started = time.monotonic()
-            share = 1 / (1 + slowreuse.REUSE_FACTOR)
-            owed[:] = [max(0.0, owed[0] - (started - owed[1]) * share), started]
-            kept = made.pop(key, None)
-            if kept is not None and (started < kept[0] or owed[0] > SLOW_AHEAD):
-                made[key] = kept  # the most recently served last
-            elif owed[0] > SLOW_AHEAD:
-                wait = f"{owed[0] / share:.0f}"
-                start_response("503 Service Unavailable", [("Retry-After", wait)])
-                return [b"slow metrics were made lately; try again later\n"]
-            else:
-                answer: list[Any] = []
-
-                def start(status: str, headers: list[tuple[str, str]], *exc: Any) -> Any:
-                    answer[:] = [status, headers]
-                    return lambda data: None  # the app returns its body; it writes nothing
-
-                # This thread's CPU (the collector and prometheus_client run in it): the
-                # time spent waiting on the job server is not the supervisor's to save.
-                cpu = time.thread_time()
-                body = b"".join(app(environ, start))
-                took = time.thread_time() - cpu
-                kept = (slowreuse.reuse_until(started, took), answer[0], answer[1], body)
-                if took > SLOW_SCRAPE:
-                    owed[0] += took
-                    made[key] = kept
-                    while len(made) > MAX_KEPT:
-                        del made[next(iter(made))]
+            kept = reused(key)
+        if kept is None:  # asked again once prepared: another may have made it meanwhile
+            with prepare(), making:
+                kept = reused(key) or make(environ, key)
         start_response(kept[1], kept[2])
         return [kept[3]]
 
@@ -217,8 +243,9 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
     found = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     places = list(dict.fromkeys((family, str(addr[0])) for family, _, _, _, addr in found))
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SupervisorCollector(supervisor))
-    app = reused_when_slow(make_wsgi_app(registry))
+    collector = SupervisorCollector(supervisor)
+    registry.register(collector)
+    app = reused_when_slow(make_wsgi_app(registry), collector.server_part)
 
     def serve(family: int, ip: str, at: int, name: str) -> Server:
         kind = type("Server", (Server,), {"address_family": family})

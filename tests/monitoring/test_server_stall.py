@@ -1,10 +1,12 @@
 """A job server that stalls for a moment under `farm up` (stopped, or its loop held) is
-shown down while it does not answer, and up again at the first scrape after it answers."""
+shown down while it does not answer, and up again at the first scrape after it answers;
+scrapes that come together while it stalls wait for it once, not one after another."""
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -52,5 +54,48 @@ def test_a_server_that_answers_again_is_up_at_the_next_scrape(tmp_path: Path) ->
         # A scrape takes milliseconds here; 5 s leaves room for a loaded host.
         assert time.monotonic() - resumed < 5, "the stalled scrape was served again"
         assert get(back, "farm_jobs_submitted_total", function="reverse", priority="normal") == 0
+    finally:
+        up.stop()
+
+
+@pytest.mark.timeout(90)
+def test_scrapes_during_a_stall_share_one_wait_on_the_server(tmp_path: Path) -> None:
+    # Each scrape waited its 2 s on the stopped server inside the endpoint's lock of one
+    # response made at a time, behind the one before: three scrapers took 2, 4 and 6 s,
+    # `farm top` (5 s) timed out and lost the supervisor's own numbers with the server's.
+    up = FarmUp(tmp_path, POOLS)
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 1})
+        (server,) = [r["pid"] for r in up.ps() if r["function"] == "server"]
+        together = threading.Barrier(3)
+        took: list[float] = []
+        seen: list[scraping.Samples] = []
+
+        def scraper() -> None:
+            together.wait(timeout=10)
+            began = time.monotonic()
+            samples = scraping.scrape(up.metrics_url, check=False)
+            took.append(time.monotonic() - began)
+            seen.append(samples)
+
+        threads = [threading.Thread(target=scraper) for _ in range(3)]
+        os.kill(server, signal.SIGSTOP)
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=30)
+        finally:
+            os.kill(server, signal.SIGCONT)
+        assert len(seen) == 3
+        for samples in seen:
+            assert get(samples, "farm_server_up") == 0
+            assert get(samples, "farm_pool_target_workers", pool="reverse") == 1
+        # One shared wait of 2 s (SERVER_TIMEOUT) each; one after another, the second
+        # alone took 4 s. The margin is for a loaded host.
+        assert max(took) < 3.9, took
+        # Nothing of the stall is kept: the next scrape asks the server afresh.
+        assert get(scraping.scrape(up.metrics_url, check=False), "farm_server_up") == 1
     finally:
         up.stop()
