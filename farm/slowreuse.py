@@ -1,6 +1,6 @@
 """A slow answer given again: the rule the job server's metrics exposition
 (farm.server.exposition) and the supervisor's ``/metrics`` endpoint
-(farm.pools.metrics) share.
+(farm.pools.metricsendpoint) share.
 
 Each layer decides what "slow" is for itself (the server's loop serves every job, the
 supervisor's scrape parses the server's text); how long a slow answer is then reused

@@ -87,7 +87,7 @@ class ProcessTable:
     retiring: list[WorkerProcess]
     started: float
     stopping: bool  # draining to stop (SIGTERM, `farm stop`)
-    metrics_server: Any  # the /metrics HTTP server (farm.pools.metrics), None when off
+    metrics_server: Any  # the /metrics HTTP server (farm.pools.metricsendpoint), None when off
     _tcp: TcpSnapshot  # set by process_table, a fresh one at each call
 
     def process_table(self) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ way; a command may also get a user (the death signal is set *after* the change
 of credentials, which clears it), a working directory and its stdout/stderr
 on the supervisor's pipe. Every descriptor but 0-2 and those named in ``keep``
 is closed before exec, whatever the supervisor inherited. The supervisor's only
-other threads are its metrics endpoint's (farm.pools.metrics); the child makes
+other threads are its metrics endpoint's (farm.pools.metricsendpoint); the child makes
 only system calls until exec (no logging, no import), so no lock one of them
 held at the fork is ever needed. The supervisor is small, so forking it is cheap.
 """

@@ -76,7 +76,7 @@ class Steering(ProcessTable):
     # start counts): for the metrics, as a refused file otherwise shows in the log only.
     reload_ok: bool
     reload_ok_at: float
-    metrics_server: Any  # the /metrics HTTP server (farm.pools.metrics), None when off
+    metrics_server: Any  # the /metrics HTTP server (farm.pools.metricsendpoint), None when off
     metrics_error: str | None  # why it is None although the config asked for one
     by_pid: dict[int, WorkerProcess]
     ready_sent: bool  # READY=1 told systemd the start is done (farm.pools.readiness)
