@@ -8,7 +8,9 @@ e.g. ``b"320x200 jpeg 85\\n" + open("cat.png", "rb").read()``. The format
 defaults to png, the JPEG quality to 85. The output is the encoded image.
 A photo is turned as its EXIF Orientation says first (WIDTHxHEIGHT is the size as shown).
 A PNG keeps transparency (a palette or colour key becomes an alpha channel); a JPEG has
-none, so a transparent picture is laid on white. An animation (GIF, APNG, WebP) or a file
+none, so a transparent picture is laid on white. A palette or 1-bit picture is resized in
+full colour (grey for 1-bit), as Pillow resamples only those, and written so: such a PNG
+comes out several times larger than its input. An animation (GIF, APNG, WebP) or a file
 of several pages (TIFF) gives its first frame alone, a still picture.
 ``envelope()`` builds the input for clients. Bad input raises ``ValueError``,
 which the worker reports as the job's exception: among it a picture past MAX_SIDE a

@@ -50,7 +50,8 @@ def warn_stranded(options: ServerOptions) -> None:
     first advised taking a store it could not run."""
     try:
         _warn_stranded(options)
-    except OSError as exc:  # a state directory unreadable now: the server runs on regardless
+    except Exception as exc:  # an unreadable directory, a store SQLite cannot read: it is
+        # only a warning, and one escaping here would skip the server's flush at its stop
         log.warning("cannot look for job stores this server does not run: %s", exc)
 
 

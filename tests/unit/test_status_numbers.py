@@ -1,7 +1,7 @@
 """farm.server.queues' WORK_STATUS numbers, read as gearmand reads them, in linear time.
 
 The values are pinned against gearmand itself in
-tests/integration/test_server_jobs.py (test_get_status_*_as_numbers); here the rules'
+tests/integration/test_server_jobs_work.py (test_get_status_*_as_numbers); here the rules'
 corners and their cost.
 """
 
@@ -47,7 +47,7 @@ def fastest(parse: Callable[[bytes], object], field: bytes) -> float:
     return best
 
 
-@pytest.mark.parametrize("parse", [status_number, status_denominator])
+@pytest.mark.parametrize("parse", [status_number])  # status_denominator reads 12 bytes at most
 def test_a_long_blank_field_costs_no_more_than_one_ending_in_a_digit(parse):
     """A worker's all-blank WORK_STATUS field froze the server: the regex that read it
     backtracked through the blanks before failing, ~12x the time of the same blanks followed
