@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -106,12 +107,31 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             socks.append(s)  # held (a port another worker claimed too), so not offered again
             s.bind((host, 0))
             port = s.getsockname()[1]
+            if host == "127.0.0.1" and not _free_on_ipv6_loopback(port, socks):
+                continue  # a farm server there holds [::1] at its port too (farm.loopback)
             if _claimed(port):
                 ports.append(port)
         return ports
     finally:
         for s in socks:
             s.close()
+
+
+def _free_on_ipv6_loopback(port: int, held: list[socket.socket]) -> bool:
+    """Whether [::1] has ``port`` free too (held in ``held`` while ports are chosen); True
+    where the host has no IPv6 loopback. A port free on 127.0.0.1 may be a [::1]
+    connection's own, and a farm server given it then refused to start."""
+    try:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    except OSError:
+        return True
+    held.append(s)
+    try:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind(("::1", port))
+    except OSError as exc:
+        return exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
+    return True
 
 
 def connect(addr: str, timeout: float = 10) -> socket.socket:

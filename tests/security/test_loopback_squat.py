@@ -61,12 +61,9 @@ def test_the_server_answers_on_the_ipv6_loopback_too(server: Server) -> None:
 def test_a_server_whose_ipv6_loopback_port_is_taken_does_not_start() -> None:
     if problem := ipv6_loopback_problem():
         pytest.skip(problem)
-    port = free_ports(1)[0]
+    port = free_ports(1)[0]  # free on [::1] too (tests.helpers.servers)
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as squatter:
-        try:
-            squatter.bind(("::1", port))
-        except OSError:
-            pytest.skip(f"[::1]:{port} is in use here")
+        squatter.bind(("::1", port))
         squatter.listen()
         argv = [sys.executable, "-m", "farm.server", "-p", str(port), "--store", "none"]
         proc = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.PIPE, text=True)
@@ -111,12 +108,9 @@ def test_the_error_for_a_taken_ipv6_loopback_says_who_and_what_to_do() -> None:
     # "use another -p PORT" (and a Node dev server, which binds [::1] alone, is the owner).
     if problem := ipv6_loopback_problem():
         pytest.skip(problem)
-    port = free_ports(1)[0]
+    port = free_ports(1)[0]  # free on [::1] too (tests.helpers.servers)
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as squatter:
-        try:
-            squatter.bind(("::1", port))
-        except OSError:
-            pytest.skip(f"[::1]:{port} is in use here")
+        squatter.bind(("::1", port))
         squatter.listen()
         for hints, fix in (("flags", "use another -p PORT"), ("config", "give [server] listen")):
             argv = [sys.executable, "-m", "farm.server", "-p", str(port), "--store", "none"]
@@ -188,10 +182,7 @@ def test_a_server_whose_metrics_port_is_taken_on_ipv6_loopback_does_not_start() 
         pytest.skip(problem)
     port, metrics = free_ports(2)
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as squatter:
-        try:
-            squatter.bind(("::1", metrics))
-        except OSError:
-            pytest.skip(f"[::1]:{metrics} is in use here")
+        squatter.bind(("::1", metrics))  # free_ports: free on [::1] too
         squatter.listen()
         argv = [sys.executable, "-m", "farm.server", "-p", str(port), "--store", "none"]
         argv += ["--metrics", f"127.0.0.1:{metrics}"]
@@ -241,10 +232,7 @@ def test_farm_up_with_its_metrics_port_taken_on_ipv6_loopback_warns_and_serves_1
         pytest.skip(problem)
     up = FarmUp(tmp_path, POOLS, start=False)
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as squatter:
-        try:
-            squatter.bind(("::1", up.metrics_port))
-        except OSError:
-            pytest.skip(f"[::1]:{up.metrics_port} is in use here")
+        squatter.bind(("::1", up.metrics_port))  # free_ports: free on [::1] too
         squatter.listen()
         up.start()
         try:
