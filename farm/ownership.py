@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Literal
 
-__all__ = ["untrusted_because", "controlled_by_another", "other_writers"]
+__all__ = ["untrusted_because", "controlled_by_another", "other_writers", "InSticky"]
 
 
 def untrusted_because(info: os.stat_result) -> str | None:
@@ -22,8 +23,12 @@ def untrusted_because(info: os.stat_result) -> str | None:
     return other_writers(info)
 
 
+#: What ``controlled_by_another`` does with a name not made yet in a sticky directory.
+InSticky = Literal["refuse", "make", "assume"]
+
+
 def controlled_by_another(
-    path: Path, *, make_in_sticky: bool = False, open_parents: bool = False
+    path: Path, *, in_sticky: InSticky = "refuse", open_parents: bool = False
 ) -> str | None:
     """Why another user could choose what is at ``path`` (made or not), or None; said as
     what follows the path ("/x/farm depends on …"). `su` without `-` keeps the first
@@ -34,15 +39,19 @@ def controlled_by_another(
     own directory later): a link on the way that is theirs, a directory on the way that is
     theirs or others may write and is not sticky (they could move what is below aside), a
     name not there yet in a directory others may write, sticky or not (they could make it
-    first). Others: as ``untrusted_because`` counts them. Looked at as far as it may be
-    searched. A link of another user counts only where they may change it: in a directory
-    of theirs, or one others may write (`tar -p` or `rsync -a` as root leaves links of the
-    archive's users in root's 0755 directories, which they cannot touch).
+    first). Others: as ``untrusted_because`` counts them. A name that cannot be looked at
+    (not to be searched, a file on the way) is a reason too. A link of another user counts
+    only where they may change it: in a directory of theirs, or one others may write (`tar
+    -p` or `rsync -a` as root leaves links of the archive's users in root's 0755
+    directories, which they cannot touch).
 
-    ``make_in_sticky``: a name not made yet in a sticky directory is made here (mode 0700)
+    ``in_sticky="make"``: a name not made yet in a sticky directory is made here (mode 0700)
     and looked at as made: HOME=/tmp, a 1777 tmpfs home, $XDG_STATE_HOME under /var/tmp had
     no state directory on the first run (no store, no Executor key). Nobody else can move
     ours aside there, and one another user made first is theirs, so refused as any other.
+    ``"assume"``: taken as made by this user, nothing made (a description, a check: root's
+    `farm server --help` with HOME=/tmp made a root 0700 /tmp/.local that every other
+    HOME=/tmp account could then not use).
     ``open_parents``: a directory on the way that others may write is no reason (the
     operator's own $STATE_DIRECTORY under a container's chmod 777: the way out named when
     every home there is passed over); its owner and its links still are."""
@@ -65,12 +74,17 @@ def controlled_by_another(
             writers = other_writers(parent)
             if not writers:
                 return None
-            made = _made(here) if make_in_sticky and parent.st_mode & stat.S_ISVTX else None
+            sticky = parent.st_mode & stat.S_ISVTX and in_sticky != "refuse"
+            if sticky and in_sticky == "assume":
+                return None  # to be made by this user, 0700, when it is used ("make")
+            made = _made(here) if sticky else None
             if made is None:
                 return f"depends on {here}, not made yet in {above}, which {writers}"
             info = made  # ours, or another user's made first: looked at below
-        except OSError:  # not to be searched, or not a directory: nothing to use there
-            return None
+        except OSError as e:
+            # Not to be searched (EACCES), or a file on the way: counted as no reason, an
+            # unreachable $STATE_DIRECTORY was chosen and `farm server` failed on its store.
+            return f"cannot be used ({here}: {e.strerror})"
         kind = "a link" if stat.S_ISLNK(info.st_mode) else _KINDS.get(stat.S_IFMT(info.st_mode))
         if info.st_uid not in (os.getuid(), 0) and _may_change(info, above):
             return f"depends on {here}, {kind or 'an entry'} of uid {info.st_uid}"

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from farm.errors import FarmError, WorkingDirectoryGone
-from farm.ownership import controlled_by_another, other_writers, untrusted_because
+from farm.ownership import InSticky, controlled_by_another, untrusted_because
 
 __all__ = [
     "working_directory",
@@ -53,12 +53,15 @@ class NoStateDirectory(FarmError):
     """farm has no absolute directory to keep its state in (``state_dir``)."""
 
 
-def state_dir() -> Path:
+def state_dir(*, make: bool = False) -> Path:
     """systemd's ``$STATE_DIRECTORY`` (StateDirectory=farm) where it is a directory of this
     user closed to others, else ``$XDG_STATE_HOME/farm``, else ``~/.local/state/farm``
     (``$HOME``'s, else the user database's home) where no other user controls it
-    (``controlled_by_another``): the first of them; NoStateDirectory when none is."""
-    chosen, passed_over = _choose_state_dir()
+    (``controlled_by_another``): the first of them; NoStateDirectory when none is.
+    ``make``: it is about to be used, so a missing part in a sticky directory is made (0700)
+    and looked at; else that part is taken as to be made, and nothing is made (a help text,
+    a check, a warning)."""
+    chosen, passed_over = _choose_state_dir(make)
     if chosen is not None:
         return chosen
     if passed_over:
@@ -88,7 +91,7 @@ def passed_over_state_dirs() -> list[tuple[Path, str]]:
     """The state directories ``state_dir`` passed over for the one it chose, each with why,
     for the server's warning at start: root under `sudo -E` had its store in the first
     user's home, and after the upgrade started on an empty one in its own, with no word."""
-    return _choose_state_dir()[1]
+    return _choose_state_dir(make=False)[1]
 
 
 def passed_over_state_directory() -> tuple[Path, str] | None:
@@ -103,38 +106,43 @@ def passed_over_state_directory() -> tuple[Path, str] | None:
 STATE_DIRECTORY_SAID = "($STATE_DIRECTORY)"
 
 
-def _choose_state_dir() -> tuple[Path | None, list[tuple[Path, str]]]:
+def _choose_state_dir(make: bool) -> tuple[Path | None, list[tuple[Path, str]]]:
     passed_over: list[tuple[Path, str]] = []
+    in_sticky: InSticky = "make" if make else "assume"
     systemd = os.environ.get("STATE_DIRECTORY")
     if systemd:
         own = Path(systemd.split(":")[0])
-        why = _not_own_state_directory(own)
+        why = _not_own_state_directory(own, in_sticky)
         if why is None:
             return own, passed_over
         passed_over.append((own, f"{STATE_DIRECTORY_SAID} {why}"))
     for base in _state_homes():
         path = Path(base) / "farm"
-        why = controlled_by_another(path, make_in_sticky=True)
+        why = controlled_by_another(path, in_sticky=in_sticky)
         if why is None:
             return path, passed_over
         passed_over.append((path, why))
     return None, passed_over
 
 
-def _not_own_state_directory(path: Path) -> str | None:
-    """Why ``$STATE_DIRECTORY`` is not used, or None: a directory of this user that no
-    other user may write (``other_writers``: its group may, as StateDirectoryMode=0770 makes it,
-    unless the farm runs as root), reached through no directory nor link another user may
-    change (``controlled_by_another``: a root-owned directory inside another user's was
-    chosen). DynamicUser= makes it root's link to /var/lib/private/farm. One not made yet
-    is looked at as the XDG homes are. A user's own service leaves its own in the
-    environment, where `su` keeps it. Directories on the way that every user may write are
-    the operator's choice (a container's chmod 777 passes over every home under it: this
-    is the way out)."""
+def _not_own_state_directory(path: Path, in_sticky: InSticky) -> str | None:
+    """Why ``$STATE_DIRECTORY`` is not used, or None: a directory of this user that no other user
+    may write, its group neither (StateDirectoryMode=0770: the Executor refuses a key and
+    spill directory in a directory others may write, so a farm there had none), reached
+    through no directory nor link another user may change (``controlled_by_another``: a
+    root-owned directory inside another user's was chosen), nor one this user may not
+    search. DynamicUser= makes it root's link to /var/lib/private/farm. One not made yet is
+    looked at as the XDG homes are. A user's own service leaves its own in the environment,
+    where `su` keeps it. Directories on the way that every user may write are the operator's
+    choice (a container's chmod 777 passes over every home under it: this is the way out)."""
     if not path.is_absolute():
         return "is not an absolute path"
-    if not os.path.lexists(path):  # set by hand, to be made: where no other user could first
-        return controlled_by_another(path, make_in_sticky=True)
+    try:
+        path.lstat()
+    except FileNotFoundError:  # set by hand, to be made: where no other user could first
+        return controlled_by_another(path, in_sticky=in_sticky)
+    except OSError as e:  # not to be searched: lexists() said "to be made", and it was chosen
+        return f"cannot be used ({e.strerror})"
     why = controlled_by_another(path, open_parents=True)
     if why is not None:
         return why
@@ -146,8 +154,10 @@ def _not_own_state_directory(path: Path) -> str | None:
         return "is not a directory"
     if info.st_uid != os.getuid():
         return f"belongs to uid {info.st_uid}, not to this user (uid {os.getuid()})"
-    writers = other_writers(info)
-    return writers and f"{writers} (mode {stat.S_IMODE(info.st_mode):o})"
+    if info.st_mode & 0o022:
+        mode = stat.S_IMODE(info.st_mode)
+        return f"may be written by others (owner uid {info.st_uid}, mode {mode:o})"
+    return None
 
 
 def _state_homes() -> Iterator[str]:
@@ -170,16 +180,18 @@ def _xdg(name: str) -> str | None:
 LEGACY_STORE = "queue.db"
 
 
-def default_store(port: int | None = None, unix: str | None = None) -> Path:
+def default_store(port: int | None = None, unix: str | None = None, *, make: bool = False) -> Path:
     """The durable job store when nothing else is said (``farm server`` and ``farm up``): one
     file per server, keyed by its TCP port (``queue-4730.db``), else by its Unix socket path
-    (``queue-run-farm-gearman.sock.db``), so several servers on one host need no flags."""
+    (``queue-run-farm-gearman.sock.db``), so several servers on one host need no flags.
+    ``make``: as ``state_dir``'s."""
+    home = state_dir(make=make)
     if port is not None:
-        return state_dir() / f"queue-{port}.db"
+        return home / f"queue-{port}.db"
     if unix:
         key = re.sub(r"[^A-Za-z0-9_.-]+", "-", unix).strip("-")
-        return state_dir() / f"queue-{key}.db"
-    return state_dir() / LEGACY_STORE
+        return home / f"queue-{key}.db"
+    return home / LEGACY_STORE
 
 
 def runtime_dir() -> Path:

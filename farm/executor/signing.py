@@ -67,22 +67,23 @@ class KeyFileError(FarmError):
     """The key file cannot be created or read, or is readable by others."""
 
 
-def default_key_path() -> Path:
+def default_key_path(*, make: bool = False) -> Path:
     """``executor.key`` in farm's state directory (see farm.paths.state_dir)."""
-    return state_dir() / "executor.key"
+    return state_dir(make=make) / "executor.key"
 
 
-def key_path(path: str | os.PathLike[str] | None = None) -> Path:
-    """The key file to use: ``path``, else ``$FARM_KEY_FILE``, else the default."""
+def key_path(path: str | os.PathLike[str] | None = None, *, make: bool = False) -> Path:
+    """The key file to use: ``path``, else ``$FARM_KEY_FILE``, else the default (``make``:
+    it is about to be made, farm.paths.state_dir)."""
     if path is not None:
         return Path(path)
     env = os.environ.get(KEY_ENV)
-    return Path(env) if env else default_key_path()
+    return Path(env) if env else default_key_path(make=make)
 
 
 def ensure_key(path: str | os.PathLike[str] | None = None) -> Path:
     """Create the key file if it does not exist (what the supervisor does at start)."""
-    target = key_path(path)
+    target = key_path(path, make=True)
     if target.exists():
         return target
     make_dirs(target.parent, 0o700)
@@ -102,7 +103,7 @@ def ensure_key(path: str | os.PathLike[str] | None = None) -> Path:
 
 def load_key(path: str | os.PathLike[str] | None = None, *, create: bool = True) -> bytes:
     """Read the farm's key (creating it first when ``create``); raises KeyFileError."""
-    target = key_path(path)
+    target = key_path(path, make=create)
     try:
         if create:
             ensure_key(target)

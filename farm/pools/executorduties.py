@@ -28,7 +28,11 @@ class ExecutorDuties:
         from farm.executor.signing import KeyFileError, ensure_key, key_path, load_key
         from farm.paths import NoStateDirectory, passed_over_state_directory
 
-        passed = passed_over_state_directory()
+        try:
+            passed = passed_over_state_directory()
+        except OSError as exc:  # the walk of its path: a warning, never a stopped `farm up`
+            log.warning("$STATE_DIRECTORY could not be looked at: %s", exc)
+            passed = None
         if passed is not None:  # whatever the store: the key and spill files move with it
             log.warning(
                 "$STATE_DIRECTORY %s %s, so it is passed over: the Executor's key, its spill"

@@ -142,11 +142,30 @@ class LocalServer(RestartHistory):
         paths = [self.config.unix] if self.config.unix else []
         if self.config.store != "none":
             paths.append(self.config.store)
+            self.make_state_dir()
         for path in paths:
             try:
                 make_dirs(os.path.dirname(path), 0o750)
             except OSError as e:
                 log.warning("cannot create %s: %s", os.path.dirname(path), e)
+
+    def make_state_dir(self) -> None:
+        """The state directory made as ``state_dir(make=True)`` makes it, where the store is
+        the default one in it: the config chose it without making anything (`farm check`
+        too), and make_dirs below would take a /tmp/.local another user made first."""
+        planned = os.path.dirname(self.config.store)
+        try:
+            if planned != str(state_dir()):
+                return  # a store named in the config: not the state directory's
+        except NoStateDirectory:
+            return
+        try:
+            if planned == str(state_dir(make=True)):
+                return
+            why = "another user made a part of it first"
+        except NoStateDirectory as exc:
+            why = str(exc)
+        log.warning("the state directory %s cannot be used once made: %s", planned, why)
 
     def read_progress(self) -> None:
         """Note (``progressed_at``) what the replay wrote since the last turn."""

@@ -25,7 +25,7 @@ def octal_mode(text: str) -> int:
 
 def default_store(ap: argparse.ArgumentParser, listen: list[str], unix: list[str]) -> str:
     try:
-        return default_store_path(listen, unix)
+        return default_store_path(listen, unix, make=True)  # the server's own store
     except NoStateDirectory as exc:
         ap.error(f"{exc}, or give --store PATH (--store none: memory only)")
 

@@ -81,11 +81,15 @@ def log_level(verbose: int) -> int:
     return (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
 
 
-def default_store_path(listen: Sequence[str] = (), unix: Sequence[str] = ()) -> str:
+def default_store_path(
+    listen: Sequence[str] = (), unix: Sequence[str] = (), *, make: bool = False
+) -> str:
     """Where background jobs live when nothing else is said: a file per server in farm's
-    state directory, keyed by the first TCP port, else the first Unix path."""
+    state directory, keyed by the first TCP port, else the first Unix path. ``make``: the
+    server is about to use it (farm.paths.state_dir)."""
     port = parse_address(listen[0]).port if listen else None
-    return str(default_store(port, unix[0] if unix else None))  # NoStateDirectory: no home
+    # NoStateDirectory: no home
+    return str(default_store(port, unix[0] if unix else None, make=make))
 
 
 def store_help() -> str:

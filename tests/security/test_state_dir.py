@@ -23,7 +23,7 @@ import pytest
 
 from farm import paths
 from tests.helpers import ROOT, otheruser
-from tests.helpers.unprivileged import homeless
+from tests.helpers.unprivileged import homeless, unprivileged
 
 # The fixture, taken by assignment: pytest finds it as if defined here, and no import
 # stands unused beside the parameters that name it.
@@ -31,11 +31,12 @@ others_home = otheruser.others_home
 OTHER = otheruser.OTHER
 
 
-def where(env: dict[str, str]) -> list[str]:
-    """state_dir() and the default store of `farm up`, in a fresh process with ``env``."""
+def where(env: dict[str, str], *, make: bool = False) -> list[str]:
+    """state_dir() (``make``: to be used) and the default store of `farm up`, in a fresh
+    process with ``env``."""
     code = (
         "from farm import config, paths\n"
-        "print(paths.state_dir())\n"
+        f"print(paths.state_dir(make={make}))\n"
         "print(config.load(None).server.store)\n"
     )
     base = {k: v for k, v in os.environ.items() if k not in ("STATE_DIRECTORY", "FARM_CONFIG")}
@@ -84,7 +85,13 @@ def test_a_name_not_made_yet_in_a_sticky_directory_is_made_private_first(tmp_pat
     sticky = tmp_path / "tmp"
     sticky.mkdir()
     sticky.chmod(0o1777)
-    state, _ = where({"HOME": str(sticky), "XDG_STATE_HOME": "", "XDG_RUNTIME_DIR": ""})
+    env = {"HOME": str(sticky), "XDG_STATE_HOME": "", "XDG_RUNTIME_DIR": ""}
+    # Only where it is to be used: root's `farm server --help` (its text names the state
+    # directory) made a root 0700 /tmp/.local, which no other HOME=/tmp account could use.
+    state, _ = where(env)
+    assert state == f"{sticky}/.local/state/farm"
+    assert not (sticky / ".local").exists()
+    state, _ = where(env, make=True)
     assert state == f"{sticky}/.local/state/farm"
     info = (sticky / ".local").lstat()
     assert (info.st_uid, info.st_mode & 0o777) == (os.getuid(), 0o700)
@@ -97,6 +104,48 @@ def test_a_name_not_made_yet_in_a_sticky_directory_is_made_private_first(tmp_pat
     os.chown(taken / ".local", OTHER, OTHER)
     state, _ = where({"HOME": str(taken), "XDG_STATE_HOME": "", "XDG_RUNTIME_DIR": ""})
     assert state == str(Path(pwd.getpwuid(0).pw_dir) / ".local/state/farm")
+
+
+def test_farm_server_help_makes_nothing_in_a_sticky_home(tmp_path: Path) -> None:
+    sticky = tmp_path / "tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    base = {k: v for k, v in os.environ.items() if k not in ("STATE_DIRECTORY", "FARM_CONFIG")}
+    env = base | {"PYTHONPATH": str(ROOT), "HOME": str(sticky), "XDG_STATE_HOME": ""}
+    argv = [sys.executable, "-m", "farm", "server", "--help"]
+    out = subprocess.run(argv, env=env, cwd="/", capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "--store" in out.stdout, out.stdout  # its default names the state directory
+    assert not (sticky / ".local").exists()
+
+
+def test_a_state_directory_variable_not_to_be_searched_is_passed_over(tmp_path: Path) -> None:
+    # Under a directory this user may not search (a service's uid, $STATE_DIRECTORY under a
+    # root-owned 0700 one): lexists() said "not there, to be made", so it was chosen, and
+    # `farm server` failed on its store with EACCES. As root, a 0600 directory of root's
+    # denies a process without the capabilities that override permissions.
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o700)
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    tmp_path.chmod(0o755)
+    code = (
+        "from farm import paths\n"
+        "print(paths.state_dir())\n"
+        "print(dict(paths.passed_over_state_dirs()))\n"
+    )
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "HOME": str(home)}
+    env["STATE_DIRECTORY"] = str(locked / "farm")
+    locked.chmod(0o600)
+    try:
+        argv = unprivileged([sys.executable, "-c", code])
+        out = subprocess.run(argv, env=env, cwd="/", capture_output=True, text=True, timeout=60)
+    finally:
+        locked.chmod(0o700)
+    assert out.returncode == 0, out.stderr
+    state, why = out.stdout.splitlines()
+    assert state == f"{home}/.local/state/farm"
+    assert "($STATE_DIRECTORY) cannot be used (Permission denied)" in why, why
 
 
 def test_a_name_not_made_yet_where_others_may_write_is_passed_over(tmp_path: Path) -> None:
@@ -231,34 +280,33 @@ def test_a_state_directory_variable_of_another_user_is_passed_over(tmp_path: Pat
         assert state == str(used)
 
 
-def test_a_state_directory_variable_open_to_its_group_is_one_rule_with_the_homes(
+def test_a_state_directory_variable_open_to_its_group_is_passed_over(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # StateDirectoryMode=0770 (a system user whose home is /nonexistent): passed over for a
-    # farm not run as root, though the homes count group write only under root; and a
-    # directory of root's inside another user's was used (the same path as $XDG_STATE_HOME
-    # was refused): the owner of the one above could swap it.
+    # StateDirectoryMode=0770 (a system user whose home is /nonexistent): the Executor
+    # refuses a key and a spill directory in a directory others may write, so group
+    # clients met KeyFileError where it was taken; passed over, saying owner and mode. And
+    # a directory of root's inside another user's was used (the same path as
+    # $XDG_STATE_HOME was refused): the owner of the one above could swap it.
     if os.getuid() != 0:
         pytest.skip("needs root to make directories of another user (CI runs as root)")
     tmp_path.chmod(0o755)
     team = tmp_path / "team"
     team.mkdir(mode=0o770)
     team.chmod(0o2770)
-    code = "from farm import paths\nprint(paths.state_dir())\n"
+    code = "from farm import paths\nprint(dict(paths.passed_over_state_dirs()))\n"
     argv = homeless([sys.executable, "-c", code])
     uid = int(next(a for a in argv if a.startswith("--reuid=")).split("=")[1])
     os.chown(team, uid, 4242)
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "STATE_DIRECTORY": str(team)}
     out = subprocess.run(argv, env=env, cwd="/", capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == str(team), out.stdout + out.stderr
-    # under root, its group's members choose what root reads: passed over, with why
+    said = f"($STATE_DIRECTORY) may be written by others (owner uid {uid}, mode 2770)"
+    assert said in out.stdout, out.stdout + out.stderr
+    # under root too
     os.chown(team, 0, 4242)
     monkeypatch.setenv("STATE_DIRECTORY", str(team))
     why = dict(paths.passed_over_state_dirs())
-    assert why[team] == (
-        "($STATE_DIRECTORY) may be written by its group (gid 4242), and the farm runs as"
-        " root (mode 2770)"
-    )
+    assert why[team] == "($STATE_DIRECTORY) may be written by others (owner uid 0, mode 2770)"
     theirs = tmp_path / "alice"
     (theirs / "farm").mkdir(parents=True, mode=0o755)
     os.chown(theirs, OTHER, OTHER)

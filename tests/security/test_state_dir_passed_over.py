@@ -115,5 +115,5 @@ def test_a_passed_over_state_directory_variable_is_named_whatever_the_store(
     finally:
         up.stop()
     (line,) = [line for line in log.splitlines() if f"$STATE_DIRECTORY {team}" in line]
-    assert "WARNING" in line and "may be written by its group (gid 4242)" in line, line
+    assert "WARNING" in line and "may be written by others (owner uid 0, mode 2770)" in line
     assert "so it is passed over: the Executor's key" in line, line
