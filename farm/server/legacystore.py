@@ -88,10 +88,13 @@ def _warn_passed_over(home: Path) -> None:
     this user's stores (root under `sudo -E`, upgraded, started on an empty store with no
     word of the one in the first user's home), naming them and their sizes."""
     for directory, why, stores in queued_passed_over():
-        held = ", ".join(f"{p.name} ({n} bytes)" for p, n in stores)
+        # ascii(): a name in another user's directory may hold a newline or an escape
+        # sequence, to forge a log line or rewrite the terminal.
+        held = ", ".join(f"{ascii(p.name)} ({n} bytes)" for p, n in stores)
         log.warning(
             "the state directory %s %s, so it is passed over for %s; there are this user's"
-            " stores %s, whose queued jobs this server does not run: another user may have"
+            " stores %s, which may hold queued jobs this server does not run (named by size,"
+            " not opened): another user may have"
             " changed them, so check each file before you move it into %s"
             " (docs/operations.md, Upgrading)",
             directory,

@@ -80,6 +80,14 @@ def queued_passed_over() -> list[tuple[Path, str, list[tuple[Path, int]]]]:
             names = sorted(directory.glob("queue*.db"))
         except OSError:
             names = []
+        if len(names) > MAX_LOOKED_AT:  # that user may have filled it: said, not looked at
+            log.warning(
+                "%d more names in %s, passed over, were not looked at (only the first %d"
+                " by name are)",
+                len(names) - MAX_LOOKED_AT,
+                directory,
+                MAX_LOOKED_AT,
+            )
         mine = [(p, size) for p in names[:MAX_LOOKED_AT] if (size := _own_size(p)) is not None]
         if mine:
             found.append((directory, why, mine))

@@ -74,10 +74,30 @@ def test_a_state_directory_passed_over_is_named_at_the_servers_start(
     assert "WARNING" in line and f"depends on {others_home}, a directory of uid {OTHER}" in line
     size = roots.stat().st_size
     assert f"so it is passed over for {home}/.local/state/farm; there are this user's" in line
-    assert f"stores {roots.name} ({size} bytes), whose queued jobs" in line, line
+    assert f"stores {roots.name!r} ({size} bytes), which may hold queued jobs" in line, line
     assert "queue-1.db" not in line, line
     assert not roots.with_name(roots.name + "-shm").exists()  # not opened: SQLite makes it
     assert (home / f".local/state/farm/queue-{port}.db").exists()
+
+
+def test_names_in_a_state_directory_passed_over_are_quoted_and_counted(
+    tmp_path: Path, others_home: Path
+) -> None:
+    # A name with a newline in that user's directory forged a line of the server's log, and
+    # past the first 32 names nothing said that the rest were not looked at.
+    theirs = others_home / ".local/state/farm"
+    forged = theirs / "queue-\nWARNING forged.db"
+    forged.write_bytes(b"x")
+    for n in range(40):
+        (theirs / f"queue-a{n:02}.db").write_bytes(b"")
+    home = tmp_path / "root"
+    home.mkdir(mode=0o700)
+    env = {"XDG_STATE_HOME": str(others_home / ".local/state"), "HOME": str(home)}
+    err = server_start_says(env, free_port())
+    assert not [line for line in err.splitlines() if line.startswith("WARNING forged")], err
+    (line,) = [line for line in err.splitlines() if "so it is passed over for" in line]
+    assert "'queue-\\nWARNING forged.db' (1 bytes)" in line, line
+    assert f"10 more names in {theirs}, passed over, were not looked at" in err, err
 
 
 def test_a_state_directory_passed_over_with_no_store_of_ours_is_not_named(
