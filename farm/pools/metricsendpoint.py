@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from farm import slowreuse
-from farm.loopback import HOLDS_IPV6_LOOPBACK, serve_twin, taken_hint, twin_needed
+from farm.loopback import HOLDS_IPV6_LOOPBACK, NO_IPV6, serve_twin, taken_hint, twin_needed
 from farm.pools.metrics import SupervisorCollector
 
 if TYPE_CHECKING:
@@ -267,11 +267,17 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
             server.others.append(serve(family, ip, bound, name))
             served.append(ip)
         except OSError as exc:  # a warning, as the twin's: the first address is served
+            if exc.errno in NO_IPV6:  # IPv6 off (Docker): localhost is 127.0.0.1 alone
+                continue
+            fix = "give [supervisor] metrics another port"
+            if exc.errno == errno.EADDRINUSE:
+                fix = taken_hint(bound, "the farm's metrics", fix)
             why = f"cannot serve on {_url_host(ip)}:{bound} too ({exc.strerror or exc})"
-            log.warning("metrics: %s; give [supervisor] metrics another port", why)
+            log.warning("metrics: %s: on %s alone (%s)", why, ", ".join(served), fix)
     # Prometheus, `curl localhost:9730`, `farm top --metrics localhost:9730` try [::1] first,
-    # where another user could answer them (hiding the farm's alerts): farm.loopback.
-    held = [(ip, bound) for ip in served]
+    # where another user could answer them (hiding the farm's alerts): farm.loopback. Not
+    # where [::1] was among localhost's addresses tried above: it said why once already.
+    held = [(ip, bound) for _, ip in places]
     if any(twin_needed(ip, bound, held) for ip in served):
         try:
             twin = serve_twin(server, bound, "metrics-ipv6")
