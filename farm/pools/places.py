@@ -7,6 +7,7 @@ directory made, no socket bound, no running farm asked).
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -125,9 +126,10 @@ def control_place_error(path: str, source: str, *, unit_makes: bool = False) -> 
     """Why `farm up` would not make its control socket at ``path``, asked without making
     it: a fallback directory (/tmp/farm-$UID) that is not private (UnsafeDirectory, exit
     1), a file there (exit 1), a directory this user cannot write (ConfigError, exit 2).
-    A socket there is left to `farm up`, which asks whether a supervisor answers on it
-    (where it cannot replace it, "another process answers at", exit 1: a running farm of
-    another user in a directory this user cannot write is not a config mistake)."""
+    A socket something listens on is left to `farm up`, which asks whether a supervisor
+    answers on it (where it cannot replace it, "another process answers at", exit 1: a
+    running farm of another user in a directory this user cannot write is not a config
+    mistake); one nobody listens on is a leftover, to be replaced, so the directory counts."""
     parent = os.path.dirname(path) or "."
     try:
         if Path(parent) == fallback_runtime_dir() and os.path.lexists(parent):
@@ -135,7 +137,7 @@ def control_place_error(path: str, source: str, *, unit_makes: bool = False) -> 
         refuse_non_socket(path)
     except FarmError as exc:
         return exc
-    if os.path.lexists(path):
+    if os.path.lexists(path) and not _left_over(path):
         return None
     why = unwritable_directory(parent, unit_makes=unit_makes)
     if why is None:
@@ -144,6 +146,21 @@ def control_place_error(path: str, source: str, *, unit_makes: bool = False) -> 
         f"{source}: supervisor.control: cannot make the socket {path}: {why}; set it to"
         " a path in a directory the farm may write, e.g. /run/farm/control.sock"
     )
+
+
+def _left_over(path: str) -> bool:
+    """Whether nothing listens on the socket at ``path`` (ECONNREFUSED): `farm check` said
+    ok of one in a directory this user cannot write, and `farm up` "another process answers
+    ... Permission denied" (exit 1), though nothing answered."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(path)
+        except ConnectionRefusedError:
+            return True
+        except OSError:  # a full backlog (EAGAIN), no right to connect: someone's, alive
+            return False
+    return False
 
 
 def place_errors(config: Config, source: str) -> list[FarmError]:

@@ -136,6 +136,28 @@ def test_a_socket_answering_in_a_directory_this_user_cannot_write_is_another_pro
     assert said[-1].startswith(f"farm: another process answers at {locked}/c.sock"), said
 
 
+def test_a_socket_nobody_listens_on_in_a_directory_this_user_cannot_write_is_exit_2(
+    tmp_path: Path,
+) -> None:
+    # A leftover socket (its farm gone): `farm check` said ok, as it does of any socket
+    # there, and `farm up` "another process answers ... Permission denied" (exit 1), though
+    # nothing answered. Nothing listens: it is the directory's fault, as with no socket.
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as left:
+        left.bind(str(locked / "c.sock"))
+    locked.chmod(0o555)
+    tmp_path.chmod(0o755)
+    path = config(tmp_path, REVERSE)
+    path.write_text(path.read_text().replace(f"{tmp_path}/control.sock", f"{locked}/c.sock"))
+    code, said = both(tmp_path)
+    assert code == 2, said
+    assert said[0].startswith(
+        f"farm: farm.toml: supervisor.control: cannot make the socket {locked}/c.sock:"
+    ), said
+    assert (locked / "c.sock").exists()
+
+
 def test_places_the_unit_makes_are_a_warning_not_a_failure(tmp_path: Path) -> None:
     # Outside the unit, before its first start, /run/farm (RuntimeDirectory=farm) and
     # /var/lib/farm (StateDirectory=farm) are not there, and the farm's user cannot make
