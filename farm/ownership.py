@@ -4,6 +4,7 @@ working directory searched for modules, the state directory and the $TMPDIR fall
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -40,7 +41,8 @@ def controlled_by_another(
     theirs or others may write and is not sticky (they could move what is below aside), a
     name not there yet in a directory others may write, sticky or not (they could make it
     first). Others: as ``untrusted_because`` counts them. A name that cannot be looked at
-    (not to be searched, a file on the way) is a reason too. A link of another user counts
+    (not to be searched) is a reason too; a file on the way is none (what makes the path
+    fails there, and says so). A link of another user counts
     only where they may change it: in a directory of theirs, or one others may write (`tar
     -p` or `rsync -a` as root leaves links of the archive's users in root's 0755
     directories, which they cannot touch).
@@ -82,8 +84,12 @@ def controlled_by_another(
                 return f"depends on {here}, not made yet in {above}, which {writers}"
             info = made  # ours, or another user's made first: looked at below
         except OSError as e:
-            # Not to be searched (EACCES), or a file on the way: counted as no reason, an
-            # unreachable $STATE_DIRECTORY was chosen and `farm server` failed on its store.
+            if e.errno == errno.ENOTDIR:
+                # A file on the way: nobody's to choose, and whatever makes the path fails
+                # there with a line of its own (the Executor's key names the variable).
+                return None
+            # Not to be searched (EACCES): counted as no reason, an unreachable
+            # $STATE_DIRECTORY was chosen and `farm server` failed on its store.
             return f"cannot be used ({here}: {e.strerror})"
         kind = "a link" if stat.S_ISLNK(info.st_mode) else _KINDS.get(stat.S_IFMT(info.st_mode))
         if info.st_uid not in (os.getuid(), 0) and _may_change(info, above):
