@@ -1,14 +1,8 @@
 """CPython's test_shutdown.py (ExecutorShutdownTest) and test_init.py (the initializer
 mixins), with farm.Executor under test.
 
-Adapted (our code, same checks) from Lib/test/test_concurrent_futures/: executor.py
-(ExecutorTest), test_process_pool.py (the parts that are not about the pool's
-processes), test_wait.py, test_as_completed.py, test_shutdown.py and test_init.py,
-against a real `farm up` with two ``farm.python`` workers and a one-worker pool
-``farm.solo`` (where CPython's test needs a single worker). Each test names the
-CPython test it adapts. Where CPython blocks a call on a Manager's Event, the call
-here waits at a gate (tests/helpers/gate.py). Tests of CPython's suite that do not
-apply to the farm are listed in docs/executor.md ("CPython's tests").
+Adapted as test_executor_cpython.py says: our code, CPython's checks, a real `farm up`;
+each test names the CPython test it adapts.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ jobs, and answer them. gearmand holds both (its default, every address; Debian's
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -39,6 +40,16 @@ def ipv6_loopback_problem() -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def squatting(port: int) -> Iterator[None]:
+    """Another program listening on [::1] at ``port`` meanwhile (a Node dev server, or
+    another local user); ``port`` from free_ports, so free there until now."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("::1", port))
+        squatter.listen()
+        yield
+
+
 @pytest.fixture
 def server() -> Iterator[Server]:
     if problem := ipv6_loopback_problem():
@@ -62,9 +73,7 @@ def test_a_server_whose_ipv6_loopback_port_is_taken_does_not_start() -> None:
     if problem := ipv6_loopback_problem():
         pytest.skip(problem)
     port = free_ports(1)[0]  # free on [::1] too (tests.helpers.servers)
-    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as squatter:
-        squatter.bind(("::1", port))
-        squatter.listen()
+    with squatting(port):
         argv = [sys.executable, "-m", "farm.server", "-p", str(port), "--store", "none"]
         proc = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.PIPE, text=True)
         try:
@@ -109,9 +118,7 @@ def test_the_error_for_a_taken_ipv6_loopback_says_who_and_what_to_do() -> None:
     if problem := ipv6_loopback_problem():
         pytest.skip(problem)
     port = free_ports(1)[0]  # free on [::1] too (tests.helpers.servers)
-    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as squatter:
-        squatter.bind(("::1", port))
-        squatter.listen()
+    with squatting(port):
         for hints, fix in (("flags", "use another -p PORT"), ("config", "give [server] listen")):
             argv = [sys.executable, "-m", "farm.server", "-p", str(port), "--store", "none"]
             run = subprocess.run(
@@ -181,9 +188,7 @@ def test_a_server_whose_metrics_port_is_taken_on_ipv6_loopback_does_not_start() 
     if problem := ipv6_loopback_problem():
         pytest.skip(problem)
     port, metrics = free_ports(2)
-    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as squatter:
-        squatter.bind(("::1", metrics))  # free_ports: free on [::1] too
-        squatter.listen()
+    with squatting(metrics):
         argv = [sys.executable, "-m", "farm.server", "-p", str(port), "--store", "none"]
         argv += ["--metrics", f"127.0.0.1:{metrics}"]
         run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=30)
@@ -231,9 +236,7 @@ def test_farm_up_with_its_metrics_port_taken_on_ipv6_loopback_warns_and_serves_1
     if problem := ipv6_loopback_problem():
         pytest.skip(problem)
     up = FarmUp(tmp_path, POOLS, start=False)
-    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as squatter:
-        squatter.bind(("::1", up.metrics_port))  # free_ports: free on [::1] too
-        squatter.listen()
+    with squatting(up.metrics_port):
         up.start()
         try:
             up.expect_notify("READY=1")
