@@ -117,6 +117,18 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             s.close()
 
 
+def ipv6_loopback_problem() -> str | None:
+    """Why a server cannot listen on [::1] here, or None when it can."""
+    if not socket.has_ipv6:
+        return "this Python has no IPv6 support"
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError as exc:
+        return f"cannot bind the IPv6 loopback [::1]: {exc}"
+    return None
+
+
 def _free_on_ipv6_loopback(port: int, held: list[socket.socket]) -> bool:
     """Whether [::1] has ``port`` free too (held in ``held`` while ports are chosen); True
     where the host has no IPv6 loopback. A port free on 127.0.0.1 may be a [::1]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from farm.net import connect
 from farm.pools.localserver import LocalServer
 from farm.server.options import parse_args
 from tests.helpers import ROOT
-from tests.helpers.servers import Server, free_ports, start_farm_server
+from tests.helpers.servers import Server, free_ports, ipv6_loopback_problem, start_farm_server
 from tests.helpers.waiting import wait_for
 
 
@@ -68,18 +67,6 @@ def test_port_flag_applies_to_listen_hosts_without_a_port_as_in_gearmand() -> No
     assert opts.unix == ["/s"]
     assert parse_args([]).listen == ["127.0.0.1:4730"]
     assert parse_args(["-p", "5001"]).listen == ["127.0.0.1:5001"]
-
-
-def ipv6_loopback_problem() -> str | None:
-    """Why a server cannot listen on [::1] here, or None when it can."""
-    if not socket.has_ipv6:
-        return "this Python has no IPv6 support"
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-    except OSError as exc:
-        return f"cannot bind the IPv6 loopback [::1]: {exc}"
-    return None
 
 
 def free_ipv6_port() -> int:

@@ -28,16 +28,13 @@ from farm.pools.metricsendpoint import serve_metrics
 from farm.supervisor import Supervisor
 from tests.helpers import ROOT
 from tests.helpers.farmproc import FarmUp
-from tests.helpers.servers import Server, free_ports, start_farm_server, wait_connectable
-
-
-def ipv6_loopback_problem() -> str | None:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-    except OSError as exc:
-        return f"cannot bind the IPv6 loopback [::1]: {exc}"
-    return None
+from tests.helpers.servers import (
+    Server,
+    free_ports,
+    ipv6_loopback_problem,
+    start_farm_server,
+    wait_connectable,
+)
 
 
 @contextlib.contextmanager
@@ -48,6 +45,18 @@ def squatting(port: int) -> Iterator[None]:
         squatter.bind(("::1", port))
         squatter.listen()
         yield
+
+
+def files_over(binds: dict[str, Path], why: str) -> list[str]:
+    """The start of a command line that runs its command with each file bound over the
+    system file named (in a mount namespace of its own: the host's stay as they are);
+    skipped, saying ``why``, where that cannot be done."""
+    mounts = " && ".join(f'mount --bind "${i}" {target}' for i, target in enumerate(binds, 1))
+    script = f'{mounts} && shift {len(binds)} && exec "$@"'
+    wrap = ["unshare", "-m", "sh", "-c", script, "sh", *map(str, binds.values())]
+    if os.getuid() != 0 or subprocess.run([*wrap, "true"], capture_output=True).returncode:
+        pytest.skip(f"needs root and unshare -m {why}")
+    return wrap
 
 
 @pytest.fixture
@@ -314,10 +323,7 @@ def test_the_supervisors_metrics_on_localhost_hold_each_of_its_addresses(tmp_pat
         "server.shutdown()\n"
         "print([t.name for t in threading.enumerate() if t.name.startswith('metrics')])\n"
     )
-    mount = 'mount --bind "$0" /etc/hosts && exec "$@"'
-    wrap = ["unshare", "-m", "sh", "-c", mount, str(hosts)]
-    if os.getuid() != 0 or subprocess.run([*wrap, "true"], capture_output=True).returncode:
-        pytest.skip("needs root and unshare -m to give localhost [::1] first")
+    wrap = files_over({"/etc/hosts": hosts}, "to give localhost [::1] first")
     run = subprocess.run(
         [*wrap, sys.executable, "-c", code],
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
@@ -360,10 +366,9 @@ def test_localhost_metrics_with_ipv6_loopback_taken_warn_once_and_say_who(
         f"socket.create_connection(('127.0.0.1', {port}), timeout=10).close()\n"
         "server.shutdown()\n"
     )
-    mount = 'mount --bind "$0" /etc/hosts && mount --bind "$1" /etc/gai.conf && shift && exec "$@"'
-    wrap = ["unshare", "-m", "sh", "-c", mount, str(hosts), str(gai)]
-    if os.getuid() != 0 or subprocess.run([*wrap, "true"], capture_output=True).returncode:
-        pytest.skip("needs root and unshare -m to choose localhost's addresses")
+    wrap = files_over(
+        {"/etc/hosts": hosts, "/etc/gai.conf": gai}, "to choose localhost's addresses"
+    )
     run = subprocess.run(
         [*wrap, sys.executable, "-c", code],
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
