@@ -31,6 +31,20 @@ def summed(m: Samples, name: str) -> float:
     return sum(v for (n, _), v in m.items() if n == name)
 
 
+def kill_server(up: FarmUp) -> None:
+    """The job server killed -9, and back: the supervisor started it again, and it answers."""
+    (server,) = [r["pid"] for r in up.ps() if r["function"] == "server"]
+    os.kill(server, signal.SIGKILL)
+    wait_for(
+        "the server restarted",
+        lambda: (
+            get(scrape(up.metrics_url), "farm_server_restarts_total") == 1
+            and get(scrape(up.metrics_url), "farm_server_up") == 1
+        ),
+        timeout=30,
+    )
+
+
 @pytest.mark.timeout(90)
 def test_a_pools_jobs_before_its_workers_register_are_counted_under_its_name(
     tmp_path: Path,
@@ -45,16 +59,7 @@ def test_a_pools_jobs_before_its_workers_register_are_counted_under_its_name(
         up.expect_notify("READY=1")
         for restart in (False, True):
             if restart:  # the server started again by the supervisor is told them too
-                (server,) = [r["pid"] for r in up.ps() if r["function"] == "server"]
-                os.kill(server, signal.SIGKILL)
-                wait_for(
-                    "the server restarted",
-                    lambda: (
-                        get(scrape(up.metrics_url), "farm_server_restarts_total") == 1
-                        and get(scrape(up.metrics_url), "farm_server_up") == 1
-                    ),
-                    timeout=30,
-                )
+                kill_server(up)
             with farm.Client(up.addr) as client:
                 for function in ("alpha", "beta", "gamma"):
                     client.submit(function, "ok", background=True)
@@ -119,16 +124,7 @@ def test_functions_whose_names_start_with_a_dash_are_served_across_a_server_rest
         up.expect_notify("READY=1")
         for restart in (False, True):
             if restart:
-                (server,) = [r["pid"] for r in up.ps() if r["function"] == "server"]
-                os.kill(server, signal.SIGKILL)
-                wait_for(
-                    "the server restarted",
-                    lambda: (
-                        get(scrape(up.metrics_url), "farm_server_restarts_total") == 1
-                        and get(scrape(up.metrics_url), "farm_server_up") == 1
-                    ),
-                    timeout=30,
-                )
+                kill_server(up)
             with farm.Client(up.addr) as client:
                 assert client.call("-rev", "abc", timeout=30) == b"cba"
                 assert client.call("-tgt", "xyz", timeout=30) == b"zyx"
