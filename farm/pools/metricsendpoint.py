@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from farm import slowreuse
 from farm.loopback import HOLDS_IPV6_LOOPBACK, NO_IPV6, serve_twin, taken_hint, twin_needed
+from farm.net import Address
 from farm.pools.metrics import SupervisorCollector
 
 if TYPE_CHECKING:
@@ -272,7 +273,7 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
             fix = "give [supervisor] metrics another port"
             if exc.errno == errno.EADDRINUSE:
                 fix = taken_hint(bound, "the farm's metrics", fix)
-            why = f"cannot serve on {_url_host(ip)}:{bound} too ({exc.strerror or exc})"
+            why = f"cannot serve on {Address('tcp', ip, bound)} too ({exc.strerror or exc})"
             log.warning("metrics: %s: on %s alone (%s)", why, ", ".join(served), fix)
     # Prometheus, `curl localhost:9730`, `farm top --metrics localhost:9730` try [::1] first,
     # where another user could answer them (hiding the farm's alerts): farm.loopback. Not
@@ -291,10 +292,6 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
             if twin is not None:
                 server.others.append(twin)
                 served.append("::1")
-    urls = " and ".join(f"http://{_url_host(ip)}:{bound}/metrics" for ip in served)
+    urls = " and ".join(f"http://{Address('tcp', ip, bound)}/metrics" for ip in served)
     log.info("metrics on %s (pid %d)", urls, os.getpid())
     return server
-
-
-def _url_host(ip: str) -> str:
-    return f"[{ip}]" if ":" in ip else ip
