@@ -94,6 +94,7 @@ class Supervisor(
         # A pool a reload removed, while its workers drain: they retire with its own grace.
         self.removed_pools: dict[str, FunctionConfig] = {}
         self.reload_ok, self.reload_ok_at = True, time.time()  # the config read at start
+        self.restart_waits: list[str] = []  # the file's parts a reload could not apply
         self.polling = False  # a command worker starts or a restart runs: look again soon
         self.by_pid: dict[int, WorkerProcess] = {}
         self.spawned_before: dict[tuple[str, int], int] = {}  # (pool, slot) of slots let go

@@ -196,7 +196,8 @@ class SupervisorCollector:
         yield from self._server()
 
     def _reload(self) -> Iterator[Any]:
-        """Whether the last reload applied its file: Prometheus' own two, for farm."""
+        """Whether the last reload applied its file (Prometheus' own two, for farm), and whether
+        part of it waits for a restart."""
         from prometheus_client.core import GaugeMetricFamily
 
         yield GaugeMetricFamily(
@@ -209,6 +210,12 @@ class SupervisorCollector:
             "farm_config_last_reload_success_timestamp_seconds",
             "When a config file was last applied, at the start or a reload (Unix time).",
             value=self.supervisor.reload_ok_at,
+        )
+        yield GaugeMetricFamily(
+            "farm_config_restart_pending",
+            "1 when the last applied config file changed [server], [supervisor] or"
+            " [executor], which apply only at the farm's next start.",
+            value=1.0 if self.supervisor.restart_waits else 0.0,
         )
 
     def _server(self) -> Iterator[Any]:

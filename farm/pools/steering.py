@@ -76,6 +76,9 @@ class Steering(ProcessTable):
     # start counts): for the metrics, as a refused file otherwise shows in the log only.
     reload_ok: bool
     reload_ok_at: float
+    # What the last applied file changed that only a restart applies ([server] ...): 1 on
+    # the metrics, which said "applied" alone while the CLI said "not applied".
+    restart_waits: list[str]
     metrics_server: Any  # the /metrics HTTP server (farm.pools.metricsendpoint), None when off
     metrics_error: str | None  # why it is None although the config asked for one
     by_pid: dict[int, WorkerProcess]
@@ -390,7 +393,7 @@ class Steering(ProcessTable):
             log.info("reload: %s removed; draining its workers", name)
             self.targets.pop(name, None)
         log.info("reloaded %s", new.source)
-        self.reload_ok, self.reload_ok_at = True, time.time()
+        self.reload_ok, self.reload_ok_at, self.restart_waits = True, time.time(), kept
         if told:
             sdnotify.notify("READY=1")
         return None, kept, changed

@@ -1,0 +1,92 @@
+"""What the metrics say of a reload: whether it applied the file, when one last did, and
+whether part of the file waits for the farm's next start."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import scraping
+from tests.helpers.farmproc import FarmUp, farm_cli
+from tests.helpers.scraping import Samples
+
+POOLS = """
+[functions.reverse]
+target = "tests.helpers.serving:reverse"
+workers = 1
+"""
+PENDING = ("farm_config_restart_pending", ())
+
+
+def scrape(up: FarmUp) -> Samples:
+    return scraping.scrape(up.metrics_url)
+
+
+@pytest.mark.timeout(90)
+def test_a_failed_reload_shows_until_a_reload_succeeds(tmp_path: Path) -> None:
+    # A reload of a bad file keeps the running config and logs why, and nothing else said
+    # so: the bad edit went unseen until the next start failed (Prometheus' own
+    # prometheus_config_last_reload_successful is for this).
+    ok, at = (
+        "farm_config_last_reload_successful",
+        "farm_config_last_reload_success_timestamp_seconds",
+    )
+    before_start = time.time()
+    up = FarmUp(tmp_path, POOLS)
+    try:
+        up.expect_notify("READY=1")
+        first = scrape(up)
+        assert first[(ok, ())] == 1, "the config read at start is a success"
+        started = first[(at, ())]
+        assert before_start - 1 <= started <= time.time()
+
+        good = up.config.read_text()
+        up.config.write_text(good + "[functions.broken\n")
+        out = farm_cli("reload", "--control", up.control)
+        assert out.returncode == 2, out.stdout + out.stderr
+        failed = scrape(up)
+        assert failed[(ok, ())] == 0
+        assert failed[(at, ())] == started, "when the config last did load"
+
+        up.config.write_text(good)
+        out = farm_cli("reload", "--control", up.control)
+        assert out.returncode == 0, out.stdout + out.stderr
+        again = scrape(up)
+        assert again[(ok, ())] == 1
+        assert again[(at, ())] > started
+    finally:
+        up.stop()
+
+
+@pytest.mark.timeout(90)
+def test_a_reload_that_waits_for_a_restart_shows_until_the_file_and_the_farm_agree(
+    tmp_path: Path,
+) -> None:
+    # A reload that changed [supervisor] applied the pools and said "not applied" for the
+    # rest, while the metrics said only "applied" (farm_config_last_reload_successful 1):
+    # an operator's alerting never learnt that the running farm is not what its file says.
+    up = FarmUp(tmp_path, POOLS)
+    try:
+        up.expect_notify("READY=1")
+        assert scrape(up)[PENDING] == 0, "the config read at start is the one running"
+        good = up.config.read_text()
+        up.config.write_text(good.replace("graceful_timeout = 10", "graceful_timeout = 11"))
+        out = farm_cli("reload", "--control", up.control)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "[supervisor] changed" in out.stdout + out.stderr
+        waiting = scrape(up)
+        assert waiting[("farm_config_last_reload_successful", ())] == 1
+        assert waiting[PENDING] == 1
+
+        up.config.write_text(good + "[functions.broken\n")
+        assert farm_cli("reload", "--control", up.control).returncode == 2
+        assert scrape(up)[PENDING] == 1, "a refused file says nothing of what the farm runs"
+
+        up.config.write_text(good)  # back to what the farm started with
+        out = farm_cli("reload", "--control", up.control)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert scrape(up)[PENDING] == 0
+    finally:
+        up.stop()
