@@ -225,6 +225,8 @@ class Supervisor(
                 srv.ready = srv.ever_ready = True
                 where = ", ".join(self.config.server.listen)
                 log.info("job server (pid %d) accepts on %s", srv.pid, where)
+        elif srv.ready:  # the functions of pools a reload added: labelled from now on
+            srv.name_new_functions(time.monotonic())
 
     def manage_workers(self) -> None:
         """Bring every pool to its target: add and remove slots, fill empty ones."""

@@ -32,8 +32,8 @@ import psutil
 from farm.client.admin import admin_query
 from farm.config import Config
 from farm.net import parse_address
+from farm.pools.localserver import named_lines
 from farm.pools.slots import ProcState, WorkerProcess
-from farm.protocol import MAX_ADMIN_LINE
 
 if TYPE_CHECKING:
     from farm.pools.localserver import LocalServer
@@ -113,19 +113,6 @@ def peers_queries(names: list[str]) -> list[str]:
     connections named alone (not a local user's TCP workers with all they registered,
     farm.server.adminpeers.peers)."""
     return named_lines("peers", names)
-
-
-def named_lines(command: str, names: list[str]) -> list[str]:
-    """``COMMAND NAME...`` lines that together name ``names``, each within the server's
-    longest admin line (a longer one closes the connection unanswered, as gearmand's)."""
-    lines: list[str] = []
-    line = command
-    for name in names:
-        if len(line) + 1 + len(name) > MAX_ADMIN_LINE - 2:  # and its line end
-            lines.append(line)
-            line = command
-        line += " " + name
-    return lines if line == command else [*lines, line]
 
 
 def _tcp_name(ip: str, port: int) -> str:

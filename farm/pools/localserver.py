@@ -21,8 +21,9 @@ from farm.net import connectable
 from farm.paths import NoStateDirectory, make_dirs, state_dir
 from farm.pools.slots import RestartHistory, describe_exit
 from farm.pools.spawn import python_module, spawn
+from farm.protocol import MAX_ADMIN_LINE
 
-__all__ = ["LocalServer", "check_listen_name"]
+__all__ = ["LocalServer", "check_listen_name", "named_lines"]
 
 log = logging.getLogger("farm.supervisor")
 
@@ -32,6 +33,21 @@ log = logging.getLogger("farm.supervisor")
 #: farm (the unit is ordered after network.target only; an IPv6 address is unusable until
 #: its duplicate check ends), and systemd's restart then brings the farm up.
 NO_SUCH_NAME = frozenset({socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)})
+#: Seconds the server has to answer ``poolfunctions``, and the wait before it is asked again.
+NAMING_TIMEOUT, NAMING_RETRY = 0.5, 5.0
+
+
+def named_lines(command: str, names: list[str]) -> list[str]:
+    """``COMMAND NAME...`` lines that together name ``names``, each within the server's
+    longest admin line (a longer one closes the connection unanswered, as gearmand's)."""
+    lines: list[str] = []
+    line = command
+    for name in names:
+        if len(line) + 1 + len(name) > MAX_ADMIN_LINE - 2:  # and its line end
+            lines.append(line)
+            line = command
+        line += " " + name
+    return lines if line == command else [*lines, line]
 
 
 def check_listen_name(config: ServerConfig, source: str) -> None:
@@ -78,6 +94,10 @@ class LocalServer(RestartHistory):
         # The functions the farm's pools serve now (the supervisor's config, reloads too):
         # the server labels them in its metrics before their workers register.
         self.pool_functions: Callable[[], Iterable[str]] = tuple
+        # Those the running server was told (its argv, then ``poolfunctions``), and when it
+        # may be asked again after it did not answer.
+        self.named: frozenset[str] = frozenset()
+        self.name_after = 0.0
 
     def say_where_jobs_are_kept(self) -> None:
         """Say where background jobs are kept, as a warning when that is memory only
@@ -122,6 +142,7 @@ class LocalServer(RestartHistory):
         progress, writer = os.pipe()
         os.set_inheritable(writer, True)  # the one descriptor the server keeps of ours
         os.set_blocking(progress, False)  # read on each turn of the loop, never waited on
+        self.named = frozenset(self.pool_functions())  # as argv() names them
         argv = [*self.argv(), "--progress-fd", str(writer)]
         try:
             # SIGTERM with the supervisor: the server stops gracefully, its store kept.
@@ -136,6 +157,28 @@ class LocalServer(RestartHistory):
         self.progress_fd = progress
         self.started, self.ready = time.monotonic(), False
         log.info("job server starting (pid %d)", self.pid)
+
+    def name_new_functions(self, now: float) -> None:
+        """Tell the running server the functions of pools a reload added (the farm-only admin
+        ``poolfunctions``; --pool-function named those of its start), so that its metrics
+        label their jobs by name before their workers register, not under ``other``. Only
+        on its Unix socket, where the server takes it from its own user alone: on TCP any
+        local user could name functions to be labelled first."""
+        if not self.ready or not self.config.unix or now < self.name_after:
+            return
+        new = sorted(set(self.pool_functions()) - self.named)
+        for line in named_lines("poolfunctions", new):
+            try:
+                reply = admin_query(f"unix:{self.config.unix}", line, timeout=NAMING_TIMEOUT)
+            except (OSError, ValueError) as e:  # busy, or restarting: its argv names them then
+                log.debug("admin poolfunctions: %s; asking again in %gs", e, NAMING_RETRY)
+                self.name_after = now + NAMING_RETRY
+                return
+            if reply.strip() != "OK":  # not asked again: it would refuse again
+                log.warning(
+                    "the job server refused to label the pools' functions: %s", reply.strip()
+                )
+        self.named |= frozenset(new)
 
     def prepare_paths(self) -> None:
         """Create the directories of the Unix socket and the store (no root needed)."""

@@ -28,6 +28,7 @@ from farm.server.admintext import (
     unknown,
 )
 from farm.server.hub import Hub
+from farm.server.queues import SERVED_LOCALLY
 from farm.version import __version__
 
 
@@ -191,6 +192,25 @@ def metrics(server: Hub, args: list[str]) -> str:
     return exposition(server).decode() + ".\n"
 
 
+def pool_functions(server: Hub, args: list[str]) -> str:
+    """farm's own (the server's own user on the Unix socket alone: OWN_USER_ONLY): NAME... are
+    functions of `farm up`'s pools, as ``--pool-function`` names them at the start, so the
+    metrics label them by name before their workers register: a pool a reload added. Names
+    are only added (a function keeps its label while its entry lives, as a served one does)."""
+    if not args:
+        return incomplete("poolfunctions")
+    names = [as_raw(word) for word in args]
+    for name in names:
+        if bad := bad_name(name):
+            return bad
+    jobs = server.jobs
+    jobs.pool_functions |= frozenset(names)  # entries made later (Jobs.function)
+    for name in names:
+        if (fq := jobs.functions.get(name)) is not None:  # one a client already made
+            fq.served = SERVED_LOCALLY
+    return OK
+
+
 COMMANDS: dict[str, Callable[[Hub, list[str]], str]] = {
     "status": status,
     "prioritystatus": priority_status,
@@ -208,6 +228,7 @@ COMMANDS: dict[str, Callable[[Hub, list[str]], str]] = {
     "peers": peers,
     "drain": drain,
     "killing": killing,
+    "poolfunctions": pool_functions,
 }
 
 
@@ -220,6 +241,11 @@ CHANGES_STATE: dict[str, Callable[[list[str]], bool]] = {
     "maxqueue": lambda args: len(args) > 0,
 }
 DENIED = "ERR PERMISSION_DENIED this+command+is+accepted+only+on+the+Unix+socket\r\n"
+#: Commands the server takes from its own user alone, on the Unix socket (SO_PEERCRED): the
+#: socket's group may reach it too, and ``poolfunctions`` names functions to label first,
+#: which would let it crowd the farm's own pools out of the MAX_LABELLED labels into other.
+OWN_USER_ONLY = frozenset({"poolfunctions"})
+NOT_OWN_USER = "ERR PERMISSION_DENIED this+command+is+accepted+only+from+the+server's+user\r\n"
 #: Commands that make the function they name when it is not there: the name, or None.
 MAKES_FUNCTION: dict[str, Callable[[list[str]], str | None]] = {
     "create": lambda args: (
@@ -232,7 +258,9 @@ _NAMES_COMMAND = ("ERR UNKNOWN_COMMAND ", "ERR INVALID_ARGUMENTS An+incomplete+"
 TOO_MANY = "ERR QUEUE_ERROR the+server+holds+--max-functions+functions\r\n"
 
 
-def run_admin(server: Hub, line: str, *, over_tcp: bool = False) -> str:
+def run_admin(
+    server: Hub, line: str, *, over_tcp: bool = False, peer_uid: int | None = None
+) -> str:
     """The reply to one admin line (a blank line too: gearmand's unknown-command error).
 
     With ``--tcp-admin read-only``, a command that changes state is refused on TCP, where
@@ -251,8 +279,10 @@ def run_admin(server: Hub, line: str, *, over_tcp: bool = False) -> str:
     if command is None:
         return unknown(words[0])
     changes = CHANGES_STATE.get(name)
-    if over_tcp and name in UNIX_ONLY:
+    if over_tcp and (name in UNIX_ONLY or name in OWN_USER_ONLY):
         return DENIED
+    if name in OWN_USER_ONLY and peer_uid != os.getuid():
+        return NOT_OWN_USER
     read_only = over_tcp and server.options.tcp_admin == "read-only"
     if read_only and changes is not None and changes(words[1:]):
         return DENIED

@@ -50,6 +50,7 @@ class AdminSide:
     hub: Hub
     fd: int
     ip: str
+    peer_uid: int | None  # the Unix socket's peer (SO_PEERCRED): own-user commands
     out: bytearray
     closed: bool
     used_admin: bool
@@ -85,7 +86,7 @@ class AdminSide:
             return
         over_tcp = self.ip != "unix"
         if not over_tcp:
-            reply = run_admin(self.hub, line)
+            reply = run_admin(self.hub, line, peer_uid=self.peer_uid)
             self.send(reply.encode("utf-8", "surrogateescape"))  # names' bytes as they came
             return
         hub = self.hub

@@ -8,7 +8,8 @@ the server's loop, so a server nobody scrapes pays nothing for it.
 Label sets stay bounded: a function is labelled by its name once a worker has
 registered it (``FunctionQueue.served``, kept while its entry lives, so a pool
 that is recycling keeps its series), or from the start when `farm up`'s pools serve it
-(--pool-function), MAX_LABELLED such functions at most, those served on the Unix socket
+(--pool-function, or the admin poolfunctions for a pool a reload added), MAX_LABELLED such
+functions at most, those served on the Unix socket
 first;
 every other function is summed under ``function="other"``, so neither a client
 inventing names nor a worker registering thousands can grow the scrape without

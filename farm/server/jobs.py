@@ -135,7 +135,7 @@ class JobServer(Dispatch, JobControl):
         self.on_idle: Callable[[], None] | None = None
         self.stopping = False  # set by a server shutting down
         self.parent_pid: int | None = None  # the supervisor's (--parent-pid)
-        self.pool_functions: frozenset[bytes] = frozenset()  # farm up's (--pool-function)
+        self.pool_functions: frozenset[bytes] = frozenset()  # --pool-function, poolfunctions
 
     # -- functions ---------------------------------------------------------
 

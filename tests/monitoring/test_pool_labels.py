@@ -83,6 +83,46 @@ def test_a_pools_jobs_before_its_workers_register_are_counted_under_its_name(
         up.stop()
 
 
+ADDED = """
+[functions.added]
+target = "tests.helpers.monitored:work"
+functions = ["delta"]
+workers = 0
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_pool_added_by_a_reload_is_labelled_before_its_workers_register(
+    tmp_path: Path,
+) -> None:
+    # The supervisor named its pools' functions to the server only when it started it: a
+    # pool a reload added had its jobs summed under other until its workers registered
+    # (never, at workers = 0), and FarmQueueBackingUp spoke of "other".
+    up = FarmUp(tmp_path, POOLS)
+    try:
+        up.expect_notify("READY=1")
+        with farm.Client(up.addr) as client:
+            client.submit("delta", "ok", background=True)  # its clients came first
+        up.config.write_text(up.config.read_text() + ADDED)
+        out = farm_cli("reload", "--control", up.control)
+        assert out.returncode == 0, out.stdout + out.stderr
+        wait_for(
+            "delta labelled by name",
+            lambda: (
+                get(scrape(up.metrics_url), "farm_jobs_queued", function="delta", priority="normal")
+                == 1
+            ),
+            timeout=10,
+        )
+        with farm.Client(up.addr) as client:
+            client.submit("delta", "ok", background=True)
+        m = scrape(up.metrics_url)
+        assert get(m, "farm_jobs_queued", function="delta", priority="normal") == 2
+        assert get(m, "farm_workers", function="delta") == 0, "no worker registered it"
+    finally:
+        up.stop()
+
+
 SERVES_ITS_FUNCTION = """\
 import os
 import farm

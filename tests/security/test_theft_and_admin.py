@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from farm.client.admin import admin_query
 from farm.protocol import PacketType as T
 from tests.helpers import ROOT
 from tests.helpers.peers import Peer
@@ -165,3 +166,33 @@ def test_farm_server_alone_keeps_gearmand_admin_by_default(
 ) -> None:
     handle = submit(peer_factory(farm_server.addr), "f", b"x").decode()
     assert admin(farm_server.addr, f"cancel job {handle}") == "OK\r\n"
+
+
+def test_only_the_servers_own_user_may_name_functions_to_be_labelled(
+    server: Server, peer_factory: Callable[[str], Peer]
+) -> None:
+    # `poolfunctions` (farm up's, for a pool a reload added) makes a function labelled by
+    # name ahead of TCP workers' ones: from any local user it could crowd the farm's own
+    # pools out of the 256 labels into function="other".
+    submit(peer_factory(server.addr), "victim", b"work")
+    queued = 'farm_jobs_queued{function="victim",priority="normal"} 1.0'
+    local = f"unix:{server.unix}"
+    assert queued not in admin_query(local, "metrics"), "no worker serves it: other"
+    assert admin(server.addr, "poolfunctions victim").startswith("ERR PERMISSION_DENIED")
+    if os.getuid() == 0:  # CI: the socket's other users are refused too
+        probe = f"""
+import os, socket
+os.setgid({NOBODY}); os.setuid({NOBODY})
+s = socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect({server.unix!r})
+s.sendall(b"poolfunctions victim\\n")
+print(s.recv(4096).decode())
+"""
+        run = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=30
+        )
+        assert run.stdout.startswith("ERR PERMISSION_DENIED"), run.stdout + run.stderr
+        assert "server's+user" in run.stdout, run.stdout
+    assert queued not in admin_query(local, "metrics")
+    assert admin(local, "poolfunctions victim") == "OK\r\n"
+    assert queued in admin_query(local, "metrics")
+    assert admin(local, "poolfunctions").startswith("ERR INVALID_ARGUMENTS")
