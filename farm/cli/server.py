@@ -213,7 +213,8 @@ def jobs(
     function: str = typer.Option(None, "--function", "-f", help="only this function's jobs"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
-    """The jobs running and queued, per function, oldest first, with age and priority."""
+    """The jobs running and queued, per function, oldest first: priority, how long each
+    has waited for a worker or run on one."""
     from farm.client.admin import admin_query
     from farm.protocol import ProtocolError
     from farm.protocol.admin import parse_jobs
@@ -243,12 +244,25 @@ def jobs(
     if as_json:
         typer.echo(json.dumps([r._asdict() for r in rows], indent=2))
         return
-    table = [("FUNCTION", "HANDLE", "STATE", "PRIORITY", "AGE")] + [
-        (r.function, r.handle, r.state, r.priority, f"{r.age:.1f}s") for r in rows
+    # The server's age is since it was queued, or since a worker took it: under one AGE
+    # header it read as each job's age, and a job queued for an hour showed 0.2s once a
+    # worker took it. Each in its own column, as ps's ELAPSED and TIME are two; a scheduled
+    # job waits for its epoch time, not for a worker: neither.
+    table = [("FUNCTION", "HANDLE", "STATE", "PRIORITY", "WAITING", "RUNNING")] + [
+        (r.function, r.handle, r.state, r.priority, *_waiting_running(r.state, r.age)) for r in rows
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(5)]
+    widths = [max(len(row[i]) for row in table) for i in range(6)]
     for row in table:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _waiting_running(state: str, age: float) -> tuple[str, str]:
+    """`farm jobs`' WAITING and RUNNING cells of a job in ``state``, ``age`` seconds in it."""
+    if state == "queued":
+        return f"{age:.1f}s", "-"
+    if state == "running":
+        return "-", f"{age:.1f}s"
+    return "-", "-"
 
 
 def admin_tls() -> ssl.SSLContext | None:

@@ -68,7 +68,8 @@ def test_jobs_lists_running_and_queued_jobs_oldest_first(farm_server: Server) ->
     out = cli("jobs", "--server", farm_server.addr)
     assert out.returncode == 0, out.stderr
     lines = [line.split() for line in out.stdout.splitlines()]
-    assert lines[0] == ["FUNCTION", "HANDLE", "STATE", "PRIORITY", "AGE"]
+    # One AGE column held the time since queued for one and since taken for another.
+    assert lines[0] == ["FUNCTION", "HANDLE", "STATE", "PRIORITY", "WAITING", "RUNNING"]
     assert [(r[0], r[1]) for r in lines[1:]] == [
         ("a", handles[0]),
         ("a", handles[2]),
@@ -77,6 +78,8 @@ def test_jobs_lists_running_and_queued_jobs_oldest_first(farm_server: Server) ->
     states = {r[1]: (r[2], r[3]) for r in lines[1:]}
     assert states[running] == ("running", "high")  # the high one runs first
     assert states[handles[1]] == ("queued", "low")
+    times = {r[1]: (r[4].endswith("s"), r[5].endswith("s")) for r in lines[1:]}
+    assert times[running] == (False, True) and times[handles[1]] == (True, False), lines
     rows = json.loads(cli("jobs", "--server", farm_server.addr, "--json").stdout)
     assert {r["handle"] for r in rows} == set(handles) and all(r["age"] >= 0 for r in rows)
     # gearmand's four fields of `show jobs` are kept as they are
