@@ -87,7 +87,8 @@ def show(server: Hub, args: list[str]) -> str:
 def jobs(server: Hub, args: list[str]) -> str:
     """farm's own: every live job, per function and oldest first, one line each:
     function, handle, state (running, queued, scheduled), priority, age in seconds (since it
-    was queued, or since a worker took it). ``show jobs`` keeps gearmand's four fields."""
+    became due, or since a worker took it; 0 when scheduled). ``show jobs`` keeps gearmand's
+    four fields."""
     now = monotonic()
     lines = []
     for job in sorted(server.jobs.jobs.values(), key=lambda j: (j.function, j.seq)):

@@ -70,9 +70,12 @@ class JobControl:
                 self.store.remove(row.id)  # coalesced with an earlier row
             else:
                 job.retries = row.retries  # the deaths of its workers before this start
-                if row.created and not job.worker:
-                    # Queued since its submit, not since this start (`farm jobs`' age).
-                    job.since -= max(0.0, time.time() - row.created)
+                if row.created and job.queued:
+                    # Waiting since it became due, not since this start (`farm jobs`' age,
+                    # the queue-wait histogram): its submit, or its epoch time, when a live
+                    # server pushed it. One not due yet is not queued: its since is set when
+                    # it is pushed, and aged here it read as the clock's whole count.
+                    job.since -= max(0.0, time.time() - max(row.created, row.when))
             count += 1
         return count
 

@@ -1,0 +1,58 @@
+"""A job's age across a restart of its server: admin `jobs` (`farm jobs`' WAITING, and the
+``since`` that farm_job_queue_wait_seconds observes from) counts from when the job became
+due, as on a live server, whether it was replayed due or still held for its epoch time."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from farm.protocol import PacketType as T
+from tests.helpers.peers import Peer
+from tests.helpers.servers import start_with_store
+
+
+def stored_then_restarted(db: Path, when: float, update: str) -> str:
+    """Submit one epoch job for ``when`` to a server on ``db``, stop it, rewrite its row with
+    ``update`` (SQL), start a server on ``db`` again: its admin `jobs` line for the job."""
+    srv = start_with_store(db)
+    peer = Peer(srv.addr)
+    peer.send(T.SUBMIT_JOB_EPOCH, "nobody-serves-this", "", str(int(when)), "x")
+    peer.expect(T.JOB_CREATED)
+    srv.stop()
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(update)
+    conn.close()
+    again = start_with_store(db)
+    try:
+        lines = Peer(again.addr).admin("jobs").splitlines()
+        return next(row for row in lines if "nobody" in row)
+    finally:
+        again.stop()
+
+
+def test_a_replayed_job_that_was_scheduled_ahead_waits_since_its_due_time(tmp_path: Path) -> None:
+    # Submitted an hour ago for 10 minutes ago: it has waited 10 minutes for a worker, as a
+    # live server counts it (its push when due). Replay counted the hour: 3600.0.
+    line = stored_then_restarted(
+        tmp_path / "q.db",
+        time.time() + 3600,
+        "UPDATE jobs SET created = created - 3600, run_at = created - 600",
+    )
+    _, _, state, _, age = line.split("\t")
+    assert state == "queued", line
+    assert 600 <= float(age) < 700, line
+
+
+def test_a_replayed_job_not_yet_due_has_no_age(tmp_path: Path) -> None:
+    # Held for its epoch time it waits on no worker: age 0, as before the restart. Replay
+    # aged its unset `since` (0.0) by the time since its submit, and it showed the server's
+    # clock (`1551.2`).
+    line = stored_then_restarted(
+        tmp_path / "q.db", time.time() + 3600, "UPDATE jobs SET created = created - 60"
+    )
+    _, _, state, _, age = line.split("\t")
+    assert state == "scheduled", line
+    assert float(age) == 0.0, line
