@@ -282,7 +282,9 @@ def run_admin(
     changes = CHANGES_STATE.get(name)
     if over_tcp and (name in UNIX_ONLY or name in OWN_USER_ONLY):
         return DENIED
-    if name in OWN_USER_ONLY and peer_uid != os.getuid():
+    # SO_PEERCRED gives the peer's effective uid (at its connect): compared with ours, the
+    # one this process acts as, not its real uid.
+    if name in OWN_USER_ONLY and peer_uid != os.geteuid():
         return NOT_OWN_USER
     read_only = over_tcp and server.options.tcp_admin == "read-only"
     if read_only and changes is not None and changes(words[1:]):
