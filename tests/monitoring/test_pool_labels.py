@@ -112,7 +112,9 @@ def test_a_pool_added_by_a_reload_is_labelled_before_its_workers_register(
                 get(scrape(up.metrics_url), "farm_jobs_queued", function="delta", priority="normal")
                 == 1
             ),
-            timeout=10,
+            # Catches a hang only: on a loaded 2-core box the supervisor's two 0.5 s tries
+            # and its 5 s retry came close to the 10 s this was.
+            timeout=30,
         )
         with farm.Client(up.addr) as client:
             client.submit("delta", "ok", background=True)
