@@ -8,14 +8,18 @@ import sqlite3
 import time
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
+from farm.client.admin import server_metrics
 from farm.protocol import PacketType as T
 from tests.helpers.peers import Peer
 from tests.helpers.servers import start_with_store
 
 
-def stored_then_restarted(db: Path, when: float, update: str) -> str:
+def stored_then_restarted(db: Path, when: float, update: str, *, take: bool = False) -> str:
     """Submit one epoch job for ``when`` to a server on ``db``, stop it, rewrite its row with
-    ``update`` (SQL), start a server on ``db`` again: its admin `jobs` line for the job."""
+    ``update`` (SQL), start a server on ``db`` again: its admin `jobs` line for the job, and,
+    with ``take``, after a worker took it, the seconds farm_job_queue_wait_seconds observed."""
     srv = start_with_store(db)
     peer = Peer(srv.addr)
     peer.send(T.SUBMIT_JOB_EPOCH, "nobody-serves-this", "", str(int(when)), "x")
@@ -28,7 +32,20 @@ def stored_then_restarted(db: Path, when: float, update: str) -> str:
     again = start_with_store(db)
     try:
         lines = Peer(again.addr).admin("jobs").splitlines()
-        return next(row for row in lines if "nobody" in row)
+        line = next(row for row in lines if "nobody" in row)
+        if take:
+            worker = Peer(again.addr)
+            worker.send(T.CAN_DO, "nobody-serves-this")
+            worker.send(T.GRAB_JOB)
+            worker.expect(T.JOB_ASSIGN)
+            waited = sum(
+                s.value
+                for family in text_string_to_metric_families(server_metrics(again.addr))
+                for s in family.samples
+                if s.name == "farm_job_queue_wait_seconds_sum"
+            )
+            line += f"\t{waited}"
+        return line
     finally:
         again.stop()
 
@@ -40,10 +57,12 @@ def test_a_replayed_job_that_was_scheduled_ahead_waits_since_its_due_time(tmp_pa
         tmp_path / "q.db",
         time.time() + 3600,
         "UPDATE jobs SET created = created - 3600, run_at = created - 600",
+        take=True,
     )
-    _, _, state, _, age = line.split("\t")
+    _, _, state, _, age, waited = line.split("\t")
     assert state == "queued", line
     assert 600 <= float(age) < 700, line
+    assert 600 <= float(waited) < 700, line  # as the histogram counts it
 
 
 def test_a_replayed_job_not_yet_due_has_no_age(tmp_path: Path) -> None:
