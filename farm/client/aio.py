@@ -20,6 +20,7 @@ import datetime as _dt
 import itertools
 import logging
 import ssl
+import warnings
 from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any
 
@@ -316,6 +317,14 @@ class AsyncClient(AsyncLinks):
         self._cancel_connects()
         self._close_transports(lambda conn: not conn.loop.is_closed())
         self._conns.clear()  # (a closed loop's own were closed as it ended)
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        # Collected with connections open (its user never closed it): said as asyncio says
+        # an unclosed transport. Its connections close on their loop (farm.client.aiolinks).
+        if getattr(self, "_closed", True):  # (no attribute: __init__ refused its arguments)
+            return
+        if any(c.transport is not None for c in self._conns.values()):
+            _warn(f"unclosed {self!r}", ResourceWarning, source=self)
 
     async def __aenter__(self) -> AsyncClient:
         return self

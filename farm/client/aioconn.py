@@ -47,6 +47,8 @@ WRITE_CHUNK = 64 * 1024
 
 
 StreamEvent = JobProgress | JobData | JobWarning | JobEnded
+#: What moves a lost unique-keyed job to another server (AsyncClient._resubmit).
+Resubmit = Callable[["Task[Waiter]", "ServerConnection"], None]
 
 
 def closed_error() -> ServerUnavailable:
@@ -88,8 +90,9 @@ class ServerConnection(asyncio.Protocol):
         self.writing_paused = False  # the transport's buffer is past its high-water mark
         self._flush_due = False
         self.undelivered: deque[object] = deque()  # read, not yet handed on (``_deliver``)
-        # Set by the AsyncClient: move a lost unique-keyed job to another server.
-        self.resubmit: Callable[[Task[Waiter], ServerConnection], None] | None = None
+        # Set by the AsyncClient: move a lost unique-keyed job to another server. Weakly
+        # (the loop holds this protocol): a client gone has nowhere to move it.
+        self.resubmit: weakref.WeakMethod[Resubmit] | None = None
 
     # -- requests --
 
@@ -227,11 +230,12 @@ class ServerConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        resubmit = None if self.resubmit is None else self.resubmit()
         for task in self.session.connection_lost(self.lost_how):
             if self.closed_by_client:  # our close(): not the server's doing, and no retry
                 self.end_lost(task, closed_error())
-            elif may_resubmit(task) and self.resubmit is not None:
-                self.resubmit(task, self)  # carries on on another server
+            elif may_resubmit(task) and resubmit is not None:
+                resubmit(task, self)  # carries on on another server
             else:
                 self.end_lost(task, lost_error(self.addr, task, self.lost_how))
         if self.closed_by_client:  # the session failed them as lost; it was our close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import weakref
 from collections.abc import AsyncGenerator, Callable
 
 from farm.client.aioconn import ServerConnection, Waiter, closed_error
@@ -168,28 +169,17 @@ class AsyncLinks:
             transport.close()
             raise closed_error()
         conn.session.option("exceptions")  # so WORK_EXCEPTION reaches us, not just WORK_FAIL
-        conn.resubmit = self._resubmit
+        # Weakly, as the loop holds the protocol while it reads: a client its user dropped
+        # unclosed is freed then, not when the loop ends (its connections close with it).
+        conn.resubmit = weakref.WeakMethod(self._resubmit)
         conn.send_soon()
         self._conns[addr] = conn
         self._picker.mark_up(addr)
         if self._loop_end is None:
             self._loop = loop
-            self._loop_end = self._on_loop_end(loop)
+            self._loop_end = _on_loop_end(loop, self._conns, weakref.ref(self))
             await self._loop_end.asend(None)
         return conn
-
-    async def _on_loop_end(self, loop: asyncio.AbstractEventLoop) -> AsyncGenerator[None, None]:
-        """Closes this loop's connections as the loop ends. Once a loop is closed nothing
-        can close its transports (their close runs on it), and uvloop warns of them in its
-        close() already; but asyncio.run() and asyncio.Runner (pytest-asyncio, anyio,
-        IsolatedAsyncioTestCase) call loop.shutdown_asyncgens() before that, which acloses
-        every async generator still suspended on the loop, as this one is from the first
-        connection on it. A loop closed without that leaves them to the garbage collector."""
-        try:
-            yield
-        finally:
-            self._loop_end = self._loop = None  # the next loop's first connection starts its own
-            self._close_transports(lambda conn: conn.loop is loop)
 
     def _cancel_connects(self) -> None:
         """``close()``: the connects under way end now; their callers fail as closed."""
@@ -198,20 +188,50 @@ class AsyncLinks:
                 pending.cancel()
 
     def _close_transports(self, which: Callable[[ServerConnection], bool]) -> None:
-        """Close the connections ``which`` picks; their calls fail as closed by the client,
-        and none is sent again."""
-        for addr, conn in list(self._conns.items()):
-            if not which(conn):
-                continue
-            del self._conns[addr]
-            transport = conn.transport
-            if transport is None:
-                continue
-            conn.closed_by_client = True
-            if transport.get_write_buffer_size():
-                # Bytes the server has not taken (it stopped reading): close() would wait
-                # for them to leave before connection_lost, and our callers with it. They
-                # are told of the close now, and none of it is sent.
-                transport.abort()
-            else:
-                transport.close()
+        _close_transports(self._conns, which)
+
+
+async def _on_loop_end(
+    loop: asyncio.AbstractEventLoop,
+    conns: dict[str, ServerConnection],
+    client: weakref.ref[AsyncLinks],
+) -> AsyncGenerator[None, None]:
+    """Closes ``loop``'s connections of ``conns`` (a client's) as the loop ends. Once a
+    loop is closed nothing can close its transports (their close runs on it), and uvloop
+    warns of them in its close() already; but asyncio.run() and asyncio.Runner
+    (pytest-asyncio, anyio, IsolatedAsyncioTestCase) call loop.shutdown_asyncgens() before
+    that, which acloses every async generator still suspended on the loop, as this one is
+    from the first connection on it. A loop closed without that leaves them to the garbage
+    collector. The client is held weakly (as a method, the generator's frame held it in a
+    cycle that only the collector broke, resurrected by asyncio's finalizer): a client its
+    user dropped unclosed goes at once, and asyncio's finalizer acloses this on the loop,
+    which closes its connections."""
+    try:
+        yield
+    finally:
+        owner = client()
+        if owner is not None:  # the next loop's first connection starts its own
+            owner._loop_end = owner._loop = None
+        _close_transports(conns, lambda conn: conn.loop is loop)
+
+
+def _close_transports(
+    conns: dict[str, ServerConnection], which: Callable[[ServerConnection], bool]
+) -> None:
+    """Close the connections ``which`` picks; their calls fail as closed by the client,
+    and none is sent again."""
+    for addr, conn in list(conns.items()):
+        if not which(conn):
+            continue
+        del conns[addr]
+        transport = conn.transport
+        if transport is None:
+            continue
+        conn.closed_by_client = True
+        if transport.get_write_buffer_size():
+            # Bytes the server has not taken (it stopped reading): close() would wait
+            # for them to leave before connection_lost, and our callers with it. They
+            # are told of the close now, and none of it is sent.
+            transport.abort()
+        else:
+            transport.close()

@@ -8,6 +8,7 @@ import asyncio
 import gc
 import threading
 import warnings
+import weakref
 
 import pytest
 
@@ -233,3 +234,31 @@ def test_a_connect_left_by_a_closed_loop_is_not_awaited_by_the_next() -> None:
 
         asyncio.run(again())
         gc.collect()
+
+
+def test_an_async_client_left_unclosed_is_freed_while_its_loop_runs(farm_server: Server) -> None:
+    # Each connection's protocol held the client (its resubmit, a bound method) and the
+    # loop holds the protocol while it reads: a program that made short-lived AsyncClients
+    # in one long-running loop, without closing them, kept every one (and its socket) until
+    # the loop ended. Now the client goes with its last reference, says so as asyncio's
+    # transports do, and its connection is closed on its loop.
+    async def main() -> None:
+        client = AsyncClient(farm_server.addr)
+        assert await client.echo(b"x") == b"x"
+        conn = client._conns[farm_server.addr]
+        gone = weakref.ref(client)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            del client
+            gc.collect()
+        said = [str(w.message) for w in caught if w.category is ResourceWarning]
+        del caught  # a warning holds its source
+        assert gone() is None, "an idle AsyncClient outlived its last reference"
+        assert any("unclosed" in line and "AsyncClient" in line for line in said), said
+        for _ in range(100):  # closed on its loop, a turn or two later
+            if conn.transport is None:
+                break
+            await asyncio.sleep(0)
+        assert conn.transport is None, "the collected client's connection stayed open"
+
+    asyncio.run(main())

@@ -9,6 +9,7 @@ import select
 import signal
 import socket
 import threading
+import types
 from typing import Any
 
 import pytest
@@ -352,7 +353,8 @@ def test_async_close_during_a_resubmit_ends_the_call(two_servers) -> None:
             resubmit(task, conn)
             asyncio.get_running_loop().create_task(client.close())  # before it connects
 
-        client._resubmit = then_close  # type: ignore[method-assign]
+        # A method, as the client's connections hold it weakly (a plain function is refused).
+        client._resubmit = types.MethodType(lambda _, *args: then_close(*args), client)  # type: ignore[method-assign]
         task = await client.submit("nobody-serves-this", b"p", unique="close-key")
         assert len(client._conns) == 1, "only its server is connected: the other connects later"
         call = asyncio.ensure_future(client.wait(task, timeout=30))
