@@ -7,14 +7,14 @@ reply means is ``farm.protocol.client``'s.
 from __future__ import annotations
 
 import datetime as _dt
-import functools
 import logging
 import ssl
 import time
 from collections.abc import Callable, Generator, Iterable
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any
 
 from farm.client.blockingconn import Connections
+from farm.client.guard import close_wire, one_thread
 from farm.client.serverpick import ServerPicker
 from farm.client.taskset import task_set
 from farm.discovery import client_servers
@@ -51,9 +51,6 @@ __all__ = ["Client", "Task", "JobStatus"]
 
 log = logging.getLogger("farm.client")
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
 
 class Callbacks:
     """The listener of a ``call`` with progress callbacks: each event to its callback."""
@@ -81,28 +78,6 @@ class Callbacks:
             self.on_warning(event.data)
 
 
-def _one_thread(method: Callable[Concatenate[Client, P], R]) -> Callable[Concatenate[Client, P], R]:
-    """Refuse a second thread while one is inside the client: its sessions are not
-    thread-safe, and two threads reading one socket handed results to the wrong callers
-    without a word. The same thread may come back in (a progress callback that calls)."""
-
-    def guarded(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        self._wire.check_fork()  # a lock a parent's thread held at fork() is replaced first
-        using = self._wire.using
-        if not using.acquire(blocking=False):
-            raise RuntimeError(
-                "this farm.Client is in use by another thread: a Client is not thread-safe;"
-                " use one per thread (or farm.AsyncClient, or farm.Executor)"
-            )
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            using.release()
-
-    functools.update_wrapper(guarded, method)  # help() and signatures show the method's
-    return guarded
-
-
 class Client:
     """A blocking Gearman client over one or more job servers.
 
@@ -110,7 +85,7 @@ class Client:
     them or a comma-separated string; None finds the farm as the CLI does
     (farm.discovery: $FARM_SERVERS, $GEARMAN_SERVERS, the config's Unix socket
     if this user may use it, else its TCP address). Not thread-safe: use one
-    Client per thread.
+    Client per thread (``close()`` excepted: any thread may end it).
 
     ``timeout``: the longest this client waits on a server for anything (PHP's
     ``GearmanClient::setTimeout``): a ``call`` or ``wait`` given no timeout of its own,
@@ -136,7 +111,7 @@ class Client:
 
     # -- the API --
 
-    @_one_thread
+    @one_thread
     def call(
         self,
         function: str,
@@ -173,7 +148,7 @@ class Client:
                 self._give_up(task)
             raise
 
-    @_one_thread
+    @one_thread
     def submit(
         self,
         function: str,
@@ -202,7 +177,7 @@ class Client:
             raise task.error
         return task
 
-    @_one_thread
+    @one_thread
     def wait(self, task: Task[TaskListener], timeout: float | None = None) -> bytes:
         """Wait for a foreground task's result (see ``call`` for the errors). A Timeout
         leaves the task as it was, as ``Future.result(timeout)`` does: wait for it again."""
@@ -232,7 +207,7 @@ class Client:
         assert task.result is not None, "a task done without an error has its result"
         return task.result
 
-    @_one_thread
+    @one_thread
     def abandon(self, task: Task[TaskListener]) -> None:
         """Stop waiting for ``task``: what the server sends of it is dropped, and the client
         keeps nothing of it once the job ends (the job itself runs on; a background job has
@@ -241,7 +216,7 @@ class Client:
         if conn is not None:
             conn.session.abandon(task)
 
-    @_one_thread
+    @one_thread
     def status(self, job: Task[Any] | str) -> JobStatus:
         """What the server knows of a job: known, running, numerator, denominator."""
         if isinstance(job, Task):
@@ -254,14 +229,14 @@ class Client:
         # A bare handle names no server: ask each.
         return self._first_known(self._wire.picker.order(""), lambda s: s.get_status(job))
 
-    @_one_thread
+    @one_thread
     def status_unique(self, unique: str) -> JobStatus:
         """Status of the job with this unique key (GET_STATUS_UNIQUE): its key's server
         first, then the others (it went elsewhere when that one was down)."""
         key = check_status_key(unique)
         return self._first_known(self._wire.picker.order(key), lambda s: s.get_status_unique(key))
 
-    @_one_thread
+    @one_thread
     def echo(self, data: Data = b"ping") -> bytes:
         """Round-trip ``data`` through a server (ECHO_REQ)."""
         payload = as_bytes(data)
@@ -302,11 +277,11 @@ class Client:
             priority=priority,
         )
 
-    @_one_thread
     def close(self) -> None:
         """Close every connection; foreground jobs still queued are dropped by the server.
-        The client is done: using it again raises RuntimeError."""
-        self._wire.close()
+        The client is done: using it again raises RuntimeError. From any thread: a call
+        under way in another one (connecting, or waiting) fails at once, as closed."""
+        close_wire(self._wire)
 
     def __enter__(self) -> Client:
         return self
@@ -314,11 +289,11 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @_one_thread
+    @one_thread
     def _map_submit(self, task: Task[TaskListener]) -> None:
         self._wire.submit(task, deadline=self._deadline(self.timeout))
 
-    @_one_thread
+    @one_thread
     def _map_pump(self, until: Callable[[], bool]) -> bool:
         return self._wire.pump(until, self._deadline(self.timeout))
 

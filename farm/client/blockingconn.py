@@ -22,9 +22,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from farm.client.dialer import Dialer, shut
 from farm.client.serverpick import MIN_CONNECT, ServerPicker, connect_share, job_key
 from farm.errors import ServerUnavailable
-from farm.net import connect, recv_now, send_now
+from farm.net import recv_now, send_now
 from farm.protocol import ProtocolError
 from farm.protocol.client import (
     ClientSession,
@@ -67,7 +68,7 @@ class Conn:
 
     def why_closed(self) -> str:
         """How to word a close: a TLS server that refuses our certificate closes at once."""
-        if isinstance(self.sock, ssl.SSLSocket) and not self.answered:
+        if self.tls and not self.answered:
             return (
                 "closed the TLS connection before answering (a server that requires client"
                 " certificates does so when ours is missing or not trusted: FARM_TLS_CERT)"
@@ -92,8 +93,9 @@ class Connections:
         self.conns: dict[str, Conn] = {}
         self.selector = selectors.DefaultSelector()
         self.closed = False
+        self.dialer = Dialer()  # its connect under way is what close() cuts short
         self.forks = _forks
-        self.using = threading.RLock()  # held by the thread inside the Client (_one_thread)
+        self.using = threading.RLock()  # held by the thread inside the Client (farm.client.guard)
         # The deadline of the wait under way: a job resubmitted during it connects by then.
         self.deadline: float | None = None
         # Events read and not yet handed to their listeners (``deliver``), with their server.
@@ -129,9 +131,17 @@ class Connections:
     def close(self) -> None:
         self.check_fork()  # closing the parent's sockets would unregister them from its epoll
         self.closed = True
+        self.dialer.cut_short()  # (a signal handler's close, in the connect it interrupted)
         for conn in list(self.conns.values()):
             self.close_one(conn)
         self.selector.close()
+
+    def cut_short(self) -> None:
+        """close() from another thread while one is inside: farm.client.dialer says how."""
+        self.closed = True
+        self.dialer.cut_short()
+        for conn in list(self.conns.values()):
+            shut(conn.sock)
 
     def connection(self, addr: str, deadline: float | None = None) -> Conn:
         """The open connection to ``addr``, opened now if need be (OSError if it cannot),
@@ -152,7 +162,7 @@ class Connections:
         wait = self.connect_timeout
         if deadline is not None:  # a host that is down answers none: the caller's time too
             wait = max(min(wait, deadline - time.monotonic()), MIN_CONNECT)
-        sock = connect(addr, wait, self.tls)
+        sock = self.dialer.connect(addr, wait, self.tls)
         conn = Conn(addr, sock)
         conn.session.option("exceptions")  # so WORK_EXCEPTION reaches us, not just WORK_FAIL
         # A signal handler's close may land anywhere here: while connect() waited, or in
@@ -238,11 +248,11 @@ class Connections:
                 timeout = min(timeout, MAX_SELECT)  # epoll takes no more than 2**31 ms
             try:
                 ready = select(timeout)
-            except (OSError, ValueError):
+            finally:
                 # A signal handler that closes us mostly comes while select() waits: the
-                # retried epoll_wait finds its fd closed (EBADF), or the epoll object closed.
+                # retried epoll_wait finds its fd closed (EBADF), or the epoll object closed;
+                # a close() from another thread wakes it with its sockets shut (cut_short).
                 self.fail_if_closed()
-                raise
             for key, events in ready:
                 conn = key.data
                 # A callback of an earlier read may have closed us (close() empties conns)
@@ -363,11 +373,13 @@ class Connections:
                 self.selector.unregister(conn.sock)
             except (KeyError, ValueError):
                 pass
-        conn.sock.close()
+        with self.dialer.lock:  # not between another thread's cut_short and its shutdown
+            conn.sock.close()
 
     def drop(self, conn: Conn, why: str = "went away") -> None:
         """The server went away: resubmit what may be (unique key, once), fail the rest."""
         self.close_one(conn)
+        self.fail_if_closed()  # no: close() from another thread shut it down (cut_short)
         self.picker.mark_down(conn.addr)
         for task in conn.session.connection_lost(why):
             if may_resubmit(task):

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 import farm
-from farm.client import blockingconn, serverpick
+from farm.client import serverpick
+from farm.client.dialer import Dialer
 from farm.client.serverpick import key_slot
 from tests.helpers.servers import Server
 from tests.helpers.serving import reverse, serving
@@ -76,17 +77,17 @@ def test_a_host_that_answers_no_connect_waits_longer_than_its_connect_cost(
     monkeypatch.setattr(serverpick, "DOWN_FOR", 0.1)
     monkeypatch.setattr(serverpick, "COST_FACTOR", 1)
     tries: list[tuple[float, float]] = []  # each connect to the hung host: began, gave up
-    real = blockingconn.connect
+    real = Dialer.connect
 
-    def counted(addr: str, timeout: float, tls: Any = None) -> Any:
+    def counted(self: Dialer, addr: str, timeout: float, tls: Any = None) -> Any:
         began = time.monotonic()
         try:
-            return real(addr, timeout, tls)
+            return real(self, addr, timeout, tls)
         finally:
             if addr == hung:
                 tries.append((began, time.monotonic()))
 
-    monkeypatch.setattr(blockingconn, "connect", counted)
+    monkeypatch.setattr(Dialer, "connect", counted)
     with (
         unanswered_listener() as hung,
         serving(farm_server.addr, {"reverse": reverse}),
