@@ -12,6 +12,7 @@ import ssl
 import threading
 import time
 
+from farm.client.serverpick import STAGGER  # one rule for every face
 from farm.net import connect, recv
 from farm.protocol import ProtocolError
 from farm.protocol.admin import StatusRow, parse_status, reply_complete, workers_serving
@@ -56,11 +57,6 @@ def _reply(
             )
         buf += data
     return buf
-
-
-#: How long a server has to answer ``status`` before the next one is asked too (RFC 8305's
-#: Connection Attempt Delay: a live server on this network answers in milliseconds).
-STAGGER = 0.25
 
 
 def function_workers(

@@ -26,7 +26,7 @@ from typing import Any
 
 from farm.client.aioconn import ServerConnection, StreamEvent, Waiter
 from farm.client.aiolinks import AsyncLinks
-from farm.client.serverpick import ServerPicker, job_key
+from farm.client.serverpick import STAGGER, ServerPicker, job_key
 from farm.discovery import client_servers
 from farm.errors import ServerUnavailable, Timeout
 from farm.net import parse_servers
@@ -238,21 +238,39 @@ class AsyncClient(AsyncLinks):
     async def _first_known(
         self, addrs: list[str], make: Callable[[ClientSession], Query[StatusResult]]
     ) -> JobStatus:
-        """Ask each server in turn until one knows the job; its status, else the last
-        "unknown". ServerUnavailable when none answered: "unknown" from nobody would read
-        as "finished"."""
-        status, errors = None, []
-        for addr in addrs:
-            try:
-                conn = await self._connect(addr)
-                status = (await conn.ask(make(conn.session))).status
-            except ServerUnavailable as exc:
-                if self._closed:  # close() came meanwhile: no other server is asked
-                    raise
-                errors.append(str(exc))
-                continue
-            if status.known:
-                break
+        """As farm.Client asks (farm.client.statusask): the next server when the one before
+        failed, said "unknown", or has not answered within STAGGER. The status of the first
+        that knows, else "unknown"; ServerUnavailable when none answered (not "finished")."""
+
+        async def ask(addr: str) -> JobStatus:
+            conn = await self._connect(addr)
+            return (await conn.ask(make(conn.session))).status
+
+        status, errors, at = None, [], 0
+        asking: dict[asyncio.Future[JobStatus], int] = {}  # each ask, by its place in addrs
+        try:
+            while at < len(addrs) or asking:
+                if at < len(addrs):
+                    asking[asyncio.ensure_future(ask(addrs[at]))] = at
+                    at += 1
+                wait = STAGGER if at < len(addrs) else None
+                done, _ = await asyncio.wait(asking, timeout=wait, return_when="FIRST_COMPLETED")
+                for future in sorted(done, key=asking.__getitem__):
+                    del asking[future]
+                    try:
+                        answer = future.result()
+                    except ServerUnavailable as exc:
+                        if self._closed:  # close() came meanwhile: no other server is asked
+                            raise
+                        errors.append(str(exc))
+                        continue
+                    if answer.known:
+                        return answer
+                    status = answer
+        finally:
+            for future in asking:  # (one that ends in error anyway: its error taken)
+                future.add_done_callback(lambda f: f.cancelled() or f.exception())
+                future.cancel()
         if status is None:
             raise ServerUnavailable("no job server answered; tried " + "; ".join(errors))
         return status

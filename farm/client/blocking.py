@@ -16,6 +16,7 @@ from typing import Any
 from farm.client.blockingconn import Connections
 from farm.client.guard import close_wire, one_thread
 from farm.client.serverpick import ServerPicker
+from farm.client.statusask import first_known
 from farm.client.taskset import task_set
 from farm.discovery import client_servers
 from farm.errors import ServerUnavailable, Timeout
@@ -329,22 +330,8 @@ class Client:
     def _first_known(
         self, addrs: list[str], make: Callable[[ClientSession], Query[StatusResult]]
     ) -> JobStatus:
-        """Ask each server in turn until one knows the job; its status, else the last
-        "unknown". ServerUnavailable when none answered: "unknown" from nobody would read
-        as "finished"."""
-        status, errors = None, []
-        for addr in addrs:
-            try:
-                status = self._ask(addr, make).status
-            except ServerUnavailable as exc:
-                self._wire.fail_if_closed()  # (by a signal handler): no next server to ask
-                errors.append(str(exc))
-                continue
-            if status.known:
-                break
-        if status is None:
-            raise ServerUnavailable("no job server answered; tried " + "; ".join(errors))
-        return status
+        """The status of the first of ``addrs`` that knows the job (farm.client.statusask)."""
+        return first_known(self._wire, addrs, make, self.timeout)
 
     def _ask(self, addr: str, make: Callable[[ClientSession], Query[Reply]]) -> Reply:
         deadline, asked = self._deadline(self.timeout), time.monotonic()

@@ -25,6 +25,7 @@ __all__ = [
     "DOWN_MAX",
     "FAR_CONNECT",
     "MIN_CONNECT",
+    "STAGGER",
     "ServerPicker",
     "connect_share",
     "job_key",
@@ -44,6 +45,10 @@ COST_FACTOR = 10
 MIN_CONNECT = 0.05
 #: What a connect to a far server may need: a TCP and a TLS handshake, 40 ms round trips.
 FAR_CONNECT = 0.3
+#: How long a server has to answer a question any server may answer (a job's status by
+#: handle or key; farm.Executor's admin ``status``) before the next one is asked too (RFC
+#: 8305's Connection Attempt Delay: a live server on this network answers in milliseconds).
+STAGGER = 0.25
 
 
 def job_key(unique: str, data: bytes) -> str | bytes:
