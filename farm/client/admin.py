@@ -33,7 +33,8 @@ def admin_query(
 
     Raises OSError (or ValueError for an address that does not parse); ConnectionError when
     the server closes the connection before its reply is whole, which an empty listing
-    would otherwise pass for (a TLS listener spoken to in plain text closes it unanswered).
+    would otherwise pass for (a TLS listener spoken to in plain text closes it unanswered);
+    TimeoutError when the reply is not whole ``timeout`` seconds after the connect.
     """
     with connect(address, timeout, tls) as sock:
         return _reply(sock, command, timeout, tls).decode("utf-8", errors)
@@ -42,16 +43,27 @@ def admin_query(
 def _reply(
     sock: socket.socket, command: str, timeout: float, tls: ssl.SSLContext | None
 ) -> bytearray:
+    # The whole reply by then, not each read: a server that trickles a listing and never
+    # ends it, or a port that streams what is no reply, was read for ever (and held).
+    deadline = time.monotonic() + timeout
+    what = command.split()[0] if command.strip() else command
     sock.settimeout(timeout)
     sock.sendall(command.encode() + b"\n")
     # A bytearray: a listing may be tens of MB (any local user can make the server hold
     # 65,536 functions), and bytes joined chunk by chunk took 12 s to read 34 MB.
     buf = bytearray()
     while not reply_complete(buf):
-        data = recv(sock, 65536)
+        try:
+            left = deadline - time.monotonic()
+            if left <= 0:  # (a stream: every read gets something at once)
+                raise TimeoutError
+            sock.settimeout(left)
+            data = recv(sock, 65536)
+        except TimeoutError:
+            late = f"the job server's answer to {what!r} was not whole in {timeout}s"
+            raise TimeoutError(late) from None
         if not data:
             hint = "" if buf or tls else " (a TLS server? set $FARM_TLS_CA)"
-            what = command.split()[0] if command.strip() else command
             raise ConnectionError(
                 f"the job server closed the connection before answering {what!r}{hint}"
             )
@@ -157,7 +169,7 @@ class _Ask:
         return self.done and self.outcome is not None
 
     def gave_up(self, now: float, deadline: float) -> bool:
-        """Failed, or out of time: its ``timeout`` bounds each read, not a trickling reply."""
+        """Failed, or out of time: its own ``timeout`` (the whole reply), or the ask's."""
         return (self.done and self.outcome is None) or now >= min(self.expires, deadline)
 
     def close(self) -> None:
