@@ -293,14 +293,14 @@ class Connections:
             self.selector.modify(conn.sock, events, conn)
 
     def catch_up(self, conn: Conn) -> None:
-        """Read and file what a connection holds unread, without waiting, and drop it if
-        the server closed it (e.g. it restarted since our last job). The late reply of a job
-        given up (a ``call`` that timed out) waits there until the next call; a peek that
-        saw only it took a closed connection for alive, and through TLS, where there is no
-        peek, a busy one was used without a look: the next job went onto the dead socket
-        and failed with it."""
-        while self.conns.get(conn.addr) is conn and self.read_now(conn):
-            pass
+        """Read and file what a connection holds, without waiting, and drop it if the server
+        closed it (restarted): a peek that saw only a late reply (a timed-out ``call``'s)
+        took a closed connection for alive, and through TLS (no peek) a busy one went unseen:
+        the next job failed with the dead socket. At most its buffer's worth, in TLS records
+        (a server sending on is alive; one that sends without end held the call for ever)."""
+        reads = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 16384 + 2
+        while reads and self.conns.get(conn.addr) is conn and self.read_now(conn):
+            reads -= 1
 
     def read_now(self, conn: Conn) -> bool:
         """Read and file what ``conn`` holds, without waiting; False when it holds nothing."""
