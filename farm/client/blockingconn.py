@@ -112,7 +112,7 @@ class Connections:
         if self.forks == _forks:
             return
         self.forks = _forks
-        self.using = threading.RLock()  # another thread of the parent may have held it
+        self.using, self.dialer = threading.RLock(), Dialer()  # a parent's thread may hold them
         self.undelivered.clear()  # the parent's jobs' events: its own to hand on
         conns, self.conns = self.conns, {}
         self.selector.close()  # closes the child's epoll fd; unregisters nothing

@@ -186,3 +186,43 @@ def test_asyncclient_refuses_another_clients_task_until_it_is_done_as_client_doe
 
     with serving(farm_server.addr, {"held": held}), farm.Client(farm_server.addr) as blocking:
         asyncio.run(main(blocking))
+
+
+HELD_AT_FORK_PROGRAM = """
+import os, signal, sys, threading
+import farm
+
+c = farm.Client(sys.argv[1])
+assert c.echo("parent") == b"parent"
+held, forked = threading.Event(), threading.Event()
+
+def hold():  # as a close() from this thread holds it for a moment
+    with c._wire.dialer.lock:
+        held.set()
+        forked.wait(30)
+
+threading.Thread(target=hold, daemon=True).start()
+held.wait(30)
+pid = os.fork()
+if pid == 0:
+    signal.alarm(10)  # a child stuck on the lock ends, not orphaned for ever
+    assert c.echo("child") == b"child"  # connects anew: the parent's lock is not the child's
+    os._exit(0)
+forked.set()
+_, status = os.waitpid(pid, 0)
+print("child exit", os.waitstatus_to_exitcode(status), flush=True)
+"""
+
+
+def test_a_child_forked_while_a_close_held_the_connects_lock_connects(farm_server: Server) -> None:
+    # The lock that lets close() cut a connect short (farm.client.dialer), held by another
+    # thread of the parent at fork(), stayed held in the child: its first connect waited
+    # for it for ever.
+    run = subprocess.run(
+        [sys.executable, "-c", HELD_AT_FORK_PROGRAM, farm_server.addr],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.stdout.splitlines() == ["child exit 0"], (run.stdout, run.stderr)
