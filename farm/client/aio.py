@@ -26,9 +26,9 @@ from typing import Any
 
 from farm.client.aioconn import ServerConnection, StreamEvent, Waiter
 from farm.client.aiolinks import AsyncLinks
-from farm.client.serverpick import STAGGER, ServerPicker, job_key
+from farm.client.serverpick import ServerPicker, job_key
 from farm.discovery import client_servers
-from farm.errors import ServerUnavailable, Timeout
+from farm.errors import Timeout
 from farm.net import parse_servers
 from farm.protocol.checks import (
     Data,
@@ -42,13 +42,11 @@ from farm.protocol.checks import (
     check_unique,
 )
 from farm.protocol.client import (
-    ClientSession,
     JobData,
     JobEnded,
     JobProgress,
     JobStatus,
     JobWarning,
-    Query,
     StatusResult,
     Task,
     timeout_error,
@@ -227,53 +225,15 @@ class AsyncClient(AsyncLinks):
             return (await conn.ask(conn.session.get_status(job.handle))).status
         if not isinstance(job, str):  # as farm.Client says it
             raise TypeError(f"status() takes a Task or a handle string, not {type(job).__name__}")
-        return await self._first_known(self._picker.order(""), lambda s: s.get_status(job))
+        order = self._picker.order("")
+        return (await self._first(order, lambda s: s.get_status(job), _known)).status
 
     async def status_unique(self, unique: str) -> JobStatus:
         """Status of the job with this unique key (GET_STATUS_UNIQUE): its key's server
         first, then the others (it went elsewhere when that one was down)."""
         key = check_status_key(unique)
-        return await self._first_known(self._picker.order(key), lambda s: s.get_status_unique(key))
-
-    async def _first_known(
-        self, addrs: list[str], make: Callable[[ClientSession], Query[StatusResult]]
-    ) -> JobStatus:
-        """As farm.Client asks (farm.client.statusask): the next server when the one before
-        failed, said "unknown", or has not answered within STAGGER. The status of the first
-        that knows, else "unknown"; ServerUnavailable when none answered (not "finished")."""
-
-        async def ask(addr: str) -> JobStatus:
-            conn = await self._connect(addr)
-            return (await conn.ask(make(conn.session))).status
-
-        status, errors, at = None, [], 0
-        asking: dict[asyncio.Future[JobStatus], int] = {}  # each ask, by its place in addrs
-        try:
-            while at < len(addrs) or asking:
-                if at < len(addrs):
-                    asking[asyncio.ensure_future(ask(addrs[at]))] = at
-                    at += 1
-                wait = STAGGER if at < len(addrs) else None
-                done, _ = await asyncio.wait(asking, timeout=wait, return_when="FIRST_COMPLETED")
-                for future in sorted(done, key=asking.__getitem__):
-                    del asking[future]
-                    try:
-                        answer = future.result()
-                    except ServerUnavailable as exc:
-                        if self._closed:  # close() came meanwhile: no other server is asked
-                            raise
-                        errors.append(str(exc))
-                        continue
-                    if answer.known:
-                        return answer
-                    status = answer
-        finally:
-            for future in asking:  # (one that ends in error anyway: its error taken)
-                future.add_done_callback(lambda f: f.cancelled() or f.exception())
-                future.cancel()
-        if status is None:
-            raise ServerUnavailable("no job server answered; tried " + "; ".join(errors))
-        return status
+        order = self._picker.order(key)
+        return (await self._first(order, lambda s: s.get_status_unique(key), _known)).status
 
     async def map(
         self,
@@ -320,8 +280,7 @@ class AsyncClient(AsyncLinks):
     async def echo(self, data: Data = b"ping") -> bytes:
         """Round-trip ``data`` through a server (ECHO_REQ)."""
         payload = as_bytes(data)
-        conn = await self._any_connection("")
-        return await conn.ask(conn.session.echo(payload))
+        return await self._first(self._picker.order(""), lambda s: s.echo(payload), _any)
 
     async def close(self) -> None:
         """Close every connection; foreground jobs still queued are dropped by the server,
@@ -387,6 +346,14 @@ class AsyncClient(AsyncLinks):
         if conn is not None:
             conn.give_up(task)
         task.abandoned = True  # no connection (a resubmit under way): it is not sent on
+
+
+def _known(answer: StatusResult) -> bool:
+    return answer.status.known
+
+
+def _any(answer: bytes) -> bool:  # an echo: the first answer is the one
+    return True
 
 
 def _deadline(timeout: float | None) -> float | None:

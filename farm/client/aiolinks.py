@@ -8,14 +8,17 @@ import asyncio
 import ssl
 import weakref
 from collections.abc import AsyncGenerator, Callable
+from typing import TypeVar
 
 from farm.client.aioconn import ServerConnection, Waiter, closed_error
-from farm.client.serverpick import MIN_CONNECT, ServerPicker, connect_share, job_key
+from farm.client.serverpick import MIN_CONNECT, STAGGER, ServerPicker, connect_share, job_key
 from farm.errors import ServerUnavailable
 from farm.net import parse_address
-from farm.protocol.client import Task, lost_error
+from farm.protocol.client import ClientSession, Query, Task, lost_error
 
 __all__ = ["AsyncLinks"]
+
+R = TypeVar("R")
 
 
 class AsyncLinks:
@@ -53,6 +56,50 @@ class AsyncLinks:
                 lost_conn.end_lost(task, lost_error(lost, task, lost_conn.lost_how))
 
         asyncio.ensure_future(again())
+
+    async def _first(
+        self,
+        addrs: list[str],
+        make: Callable[[ClientSession], Query[R]],
+        final: Callable[[R], bool],
+    ) -> R:
+        """As farm.Client asks (farm.client.statusask): the next server when the one before
+        failed, answered what is not ``final`` ("unknown"), or has not answered within
+        STAGGER. The first final answer, else the last; ServerUnavailable when none answered
+        ("unknown" from nobody would read as "finished")."""
+
+        async def ask(addr: str) -> R:
+            conn = await self._connect(addr)
+            return await conn.ask(make(conn.session))
+
+        status, errors, at = None, [], 0
+        asking: dict[asyncio.Future[R], int] = {}  # each ask, by its place in addrs
+        try:
+            while at < len(addrs) or asking:
+                if at < len(addrs):
+                    asking[asyncio.ensure_future(ask(addrs[at]))] = at
+                    at += 1
+                wait = STAGGER if at < len(addrs) else None
+                done, _ = await asyncio.wait(asking, timeout=wait, return_when="FIRST_COMPLETED")
+                for future in sorted(done, key=asking.__getitem__):
+                    del asking[future]
+                    try:
+                        answer = future.result()
+                    except ServerUnavailable as exc:
+                        if self._closed:  # close() came meanwhile: no other server is asked
+                            raise
+                        errors.append(str(exc))
+                        continue
+                    if final(answer):
+                        return answer
+                    status = answer
+        finally:
+            for future in asking:  # (one that ends in error anyway: its error taken)
+                future.add_done_callback(lambda f: f.cancelled() or f.exception())
+                future.cancel()
+        if status is None:
+            raise ServerUnavailable("no job server answered; tried " + "; ".join(errors))
+        return status
 
     async def _any_connection(
         self, unique: str | bytes, deadline: float | None = None

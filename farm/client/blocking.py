@@ -16,7 +16,7 @@ from typing import Any
 from farm.client.blockingconn import Connections
 from farm.client.guard import close_wire, one_thread
 from farm.client.serverpick import ServerPicker
-from farm.client.statusask import first_known
+from farm.client.statusask import first_echo, first_known
 from farm.client.taskset import task_set
 from farm.discovery import client_servers
 from farm.errors import ServerUnavailable, Timeout
@@ -239,16 +239,9 @@ class Client:
 
     @one_thread
     def echo(self, data: Data = b"ping") -> bytes:
-        """Round-trip ``data`` through a server (ECHO_REQ)."""
-        payload = as_bytes(data)
-        errors: list[str] = []
-        for addr in self._wire.picker.order(""):
-            try:
-                return self._ask(addr, lambda s: s.echo(payload))
-            except ServerUnavailable as exc:
-                self._wire.fail_if_closed()  # (by a signal handler): no next server to ask
-                errors.append(str(exc))
-        raise ServerUnavailable("; ".join(errors))
+        """Round-trip ``data`` through a server (ECHO_REQ): the first that answers, asked
+        in turn as ``status`` asks (farm.client.statusask)."""
+        return first_echo(self._wire, self._wire.picker.order(""), as_bytes(data), self.timeout)
 
     def map(
         self,

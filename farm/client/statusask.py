@@ -1,23 +1,25 @@
-"""A job's status asked of several servers by the blocking client (``status`` of a bare
-handle, ``status_unique``): staggered, as farm.Executor asks its admin ``status``, so
-that a server that accepts and never answers (hung, SIGSTOPped) ahead of the one that
-knows the job costs ``STAGGER``, not the client's timeout; and the timeout bounds the
-whole ask, not each server's part of it."""
+"""What any of several servers may answer, asked by the blocking client (a job's
+``status`` by bare handle, ``status_unique``, ``echo``): staggered, as farm.Executor asks
+its admin ``status``, so that a server that accepts and never answers (hung, SIGSTOPped)
+ahead of one that answers costs ``STAGGER``, not the client's timeout; and the timeout
+bounds the whole ask, not each server's part of it."""
 
 from __future__ import annotations
 
 import functools
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from farm.client.blockingconn import Connections
 from farm.client.serverpick import STAGGER, connect_share
 from farm.errors import ServerUnavailable
 from farm.protocol.client import ClientSession, JobStatus, Query, StatusResult
 
-__all__ = ["first_known"]
+__all__ = ["first_echo", "first_known"]
 
-Asked = list[tuple[str, Query[StatusResult]]]
+R = TypeVar("R")
+Asked = list[tuple[str, Query[R]]]
 
 
 def first_known(
@@ -26,20 +28,51 @@ def first_known(
     make: Callable[[ClientSession], Query[StatusResult]],
     timeout: float | None,
 ) -> JobStatus:
-    """Ask ``addrs`` in turn until one knows the job: the next is asked when the one before
-    failed, said "unknown", or has not answered within STAGGER (its answer still counts if
-    it comes first), all within ``timeout``. The status of the first that knows it, else
-    the last "unknown". ServerUnavailable when none answered: "unknown" from nobody would
-    read as "finished"."""
+    """Ask ``addrs`` in turn until one knows the job (``staggered``). The status of the
+    first that knows it, else the last "unknown". ServerUnavailable when none answered:
+    "unknown" from nobody would read as "finished"."""
+    asked, errors = staggered(wire, addrs, make, timeout, lambda r: r.status.known)
+    for _, query in asked:
+        if query.result is not None and query.result.status.known:
+            return query.result.status
+    unknown = None
+    for _, query in _failed(wire, asked, errors, timeout):
+        unknown = query.result.status if query.result is not None else unknown
+    if unknown is None:
+        raise ServerUnavailable("no job server answered; tried " + "; ".join(errors))
+    return unknown
+
+
+def first_echo(wire: Connections, addrs: list[str], data: bytes, timeout: float | None) -> bytes:
+    """``data`` back from the first of ``addrs`` that echoes it (``staggered``)."""
+    asked, errors = staggered(wire, addrs, lambda s: s.echo(data), timeout, lambda _: True)
+    for _, query in asked:
+        if query.result is not None:
+            return query.result
+    _failed(wire, asked, errors, timeout)
+    raise ServerUnavailable("; ".join(errors))
+
+
+def staggered(
+    wire: Connections,
+    addrs: list[str],
+    make: Callable[[ClientSession], Query[R]],
+    timeout: float | None,
+    final: Callable[[R], bool],
+) -> tuple[Asked[R], list[str]]:
+    """Ask ``addrs`` in turn until one's answer is ``final``: the next is asked when the
+    one before failed, answered what is not final, or has not answered within STAGGER
+    (its answer still counts if it comes first), all within ``timeout``. Each ask, and the
+    failures to connect."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    asked: Asked = []
+    asked: Asked[R] = []
     errors: list[str] = []
 
-    def knows() -> bool:
-        return any(q.result is not None and q.result.status.known for _, q in asked)
+    def ended() -> bool:
+        return any(q.result is not None and final(q.result) for _, q in asked)
 
-    def settled(query: Query[StatusResult]) -> bool:
-        return query.done or knows()
+    def settled(query: Query[R]) -> bool:
+        return query.done or ended()
 
     for at, addr in enumerate(addrs):
         now = time.monotonic()
@@ -60,32 +93,28 @@ def first_known(
         if at + 1 < len(addrs):  # the next one is asked after STAGGER, if not before
             step = time.monotonic() + STAGGER
             until = step if deadline is None else min(step, deadline)
-        if wire.pump(functools.partial(settled, query), until) and knows():
+        if wire.pump(functools.partial(settled, query), until) and ended():
             break
-    wire.pump(lambda: knows() or all(q.done for _, q in asked), deadline)
-    return _outcome(wire, asked, errors, timeout)
+    wire.pump(lambda: ended() or all(q.done for _, q in asked), deadline)
+    return asked, errors
 
 
-def _outcome(
-    wire: Connections, asked: Asked, errors: list[str], timeout: float | None
-) -> JobStatus:
-    """``first_known``'s answer from its asks; a server's error that is not its going away
-    (ServerError) is raised, as it is by the status of a Task. Servers silent when another
-    knew the job are not held against them: only when the whole time was waited."""
-    for _, query in asked:
-        if query.result is not None and query.result.status.known:
-            return query.result.status
-    unknown = None
+def _failed(
+    wire: Connections, asked: Asked[R], errors: list[str], timeout: float | None
+) -> Asked[R]:
+    """The asks that were answered; the others' failures added to ``errors``. A server's
+    error that is not its going away (ServerError) is raised, as by a Task's status. One
+    that did not answer is tried last for a while: only when no answer ended the wait (a
+    server silent when another answered is not held against it)."""
+    answered = []
     for addr, query in asked:
         if query.result is not None:
-            unknown = query.result.status
+            answered.append((addr, query))
         elif isinstance(query.error, ServerUnavailable):
             errors.append(str(query.error))
         elif query.error is not None:
             raise query.error
-        else:  # its answer, should it come, is matched and dropped; tried last a while
+        else:  # its answer, should it come, is matched and dropped
             wire.picker.mark_down(addr)
             errors.append(f"{addr} did not answer within {timeout}s")
-    if unknown is None:
-        raise ServerUnavailable("no job server answered; tried " + "; ".join(errors))
-    return unknown
+    return answered

@@ -1,7 +1,7 @@
-"""``status(handle)`` and ``status_unique`` with a server ahead that accepts connections and
-never answers (hung, or SIGSTOPped: its kernel still takes them): the next server is asked
-after 0.25 s without an answer, as farm.Executor staggers its admin ask, and the client's
-timeout bounds the whole ask, not each server's part of it."""
+"""``status(handle)``, ``status_unique`` and ``echo`` with a server ahead that accepts
+connections and never answers (hung, or SIGSTOPped: its kernel still takes them): the next
+server is asked after 0.25 s without an answer, as farm.Executor staggers its admin ask, and
+the client's timeout bounds the whole ask, not each server's part of it."""
 
 from __future__ import annotations
 
@@ -96,3 +96,21 @@ def test_the_clients_timeout_bounds_a_status_ask_not_each_server_s_part(
         assert isinstance(status, JobStatus) and not status.known
         assert took < 3.5, f"{took:.1f}s: each silent server took the client's timeout"
         client.close()
+
+
+@pytest.mark.timeout(30)
+def test_echo_asks_past_a_silent_server(farm_server: Server) -> None:
+    # Any server may answer an echo: the silent one first held it for the client's whole
+    # timeout, for ever without one, in farm.Client and AsyncClient alike.
+    async def echo(silent: str) -> bytes:
+        async with farm.AsyncClient([silent, farm_server.addr]) as client:
+            client._picker._rotation = 0  # the silent one first
+            async with asyncio.timeout(10):
+                return await client.echo(b"x")
+
+    with silent_servers(1) as (silent,):
+        client = farm.Client([silent, farm_server.addr])
+        client._wire.picker._rotation = 0  # the silent one first
+        assert within(10, lambda: client.echo(b"x")) == b"x"
+        client.close()
+        assert asyncio.run(echo(silent)) == b"x"
