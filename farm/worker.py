@@ -32,7 +32,7 @@ from farm.protocol.worker import JobAssigned, WorkerSession, WorkerState
 from farm.waker import Waker
 from farm.workerfunctions import WorkerFunction, WorkerFunctions
 from farm.workerjob import Job
-from farm.workerlinks import BACKOFF_FIRST, ServerLink, WorkerLinks, fail_and_part
+from farm.workerlinks import BACKOFF_FIRST, ServerLink, WorkerLinks, fail_and_part, run_unsent
 
 __all__ = ["Worker", "Job"]
 
@@ -328,10 +328,16 @@ class Worker(WorkerFunctions, WorkerLinks):
             with self._send_lock:  # abandon() may answer it from another thread
                 if self._holds(server, job):
                     server.session.exception(_describe(exc))
+                    server.unsent = job.unsent  # until the answer is written
+                    job.unsent = None
         else:
             with self._send_lock:
                 if self._holds(server, job):
                     server.session.complete(payload)
+                    server.unsent = job.unsent  # until the answer is written
+                    job.unsent = None
+        if job.unsent is not None:  # its server went away mid-job: nobody takes the answer
+            run_unsent(job.unsent)
         self.jobs_done += 1  # before the answer leaves, so whoever sees it sees the count
         if self.after_job is not None:
             if self.answer_before_hook:  # a slow hook must not hold the caller's result,

@@ -28,9 +28,24 @@ class Job:
     reach the waiting clients at once, while it runs. A ``unique`` that is not UTF-8 comes
     decoded with surrogateescape: ``job.unique.encode("utf-8", "surrogateescape")`` gives
     the client's bytes back.
+
+    ``unsent``, None unless the function sets it: called once, in the worker's thread, when
+    the job's answer cannot leave because its job server went away while it ran (what the
+    function left for its client to clean up is nobody's then: farm.Executor's large
+    result file). An answer written while the server is still dying (its socket not yet
+    closed), or over TCP before the peer's reset comes back, is lost unseen: not this.
     """
 
-    __slots__ = ("data", "handle", "function", "unique", "timeout", "_server", "_send_to")
+    __slots__ = (
+        "data",
+        "handle",
+        "function",
+        "unique",
+        "timeout",
+        "unsent",
+        "_server",
+        "_send_to",
+    )
 
     def __init__(self, event: JobAssigned, timeout: float | None, server: Any, send: Send) -> None:
         self.data = event.data
@@ -38,6 +53,7 @@ class Job:
         self.function = event.function
         self.unique = event.unique
         self.timeout = timeout  # past it the server fails it
+        self.unsent: Callable[[], None] | None = None
         self._server = server  # the worker's link to the server that assigned it
         self._send_to = send
 

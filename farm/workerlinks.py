@@ -43,6 +43,9 @@ class ServerLink:
     warned: bool = False
     dial: Dial | None = None  # a connect in its own thread (a worker of several servers)
     silent: bool = False  # dropped for leaving a grab unanswered; not heard from since
+    # The answered job's Job.unsent while its answer waits to be written: run if the
+    # connection is lost first (Worker._run sets it, _flush_locked clears it).
+    unsent: Callable[[], None] | None = None
 
 
 class WorkerLinks:
@@ -135,6 +138,8 @@ class WorkerLinks:
                 server.sock.sendall(out)
             except OSError as exc:
                 self._lost(server, f"write failed: {exc}")
+            else:
+                server.unsent = None  # the answer left
 
     def _close(self, server: ServerLink) -> None:
         if server.sock is None:
@@ -149,10 +154,22 @@ class WorkerLinks:
         log.warning("job server %s %s; reconnecting", server.addr, why)
         self._close(server)
         server.session.connection_lost()
+        unsent, server.unsent = server.unsent, None
+        if unsent is not None:
+            run_unsent(unsent)
         if self._grabbing is server:
             self._grabbing = self._grab_deadline = None
         server.retry_at = time.monotonic() + server.backoff
         server.backoff = min(server.backoff * 2, BACKOFF_CAP)
+
+
+def run_unsent(unsent: Callable[[], None]) -> None:
+    """A job's ``unsent`` (its answer could not leave); what it raises is logged, as the
+    worker serves on."""
+    try:
+        unsent()
+    except Exception:
+        log.exception("cleaning up after a job whose answer could not be sent")
 
 
 def fail_and_part(sock: socket.socket, handle: bytes) -> None:

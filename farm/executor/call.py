@@ -178,12 +178,12 @@ def run_call(job: Any) -> bytes:
             except spill.SpillRefused as exc:
                 log.error("%s", exc)
                 refused = (ERROR, exc, remote_traceback(exc))
-                return _seal_result(signer, call_id, dump_outcome(refused))
+                return _seal_result(job, signer, call_id, dump_outcome(refused))
     if calls_data is None:
         calls_data = body[start:]
     if kind > ARG_CHUNK_BATCH:  # a caller newer than this worker: say so, run nothing
         unknown = TypeError(f"call kind {kind} is unknown to this worker: upgrade the farm")
-        return _seal_result(signer, call_id, dump_outcome((ERROR, unknown, "")))
+        return _seal_result(job, signer, call_id, dump_outcome((ERROR, unknown, "")))
     if kind in _BATCHED:
         fn_bytes = bytes(body[4 : 4 + fn_size])
         return _run_batch(
@@ -200,11 +200,16 @@ def run_call(job: Any) -> bytes:
         outcome = raised(exc)
     else:  # a child returned: it exits before it pickles (or spills) a result of its own
         forkedchild.leave_if_forked(forks, job.handle, None)
-    return _seal_result(signer, call_id, dump_outcome(outcome))
+    return _seal_result(job, signer, call_id, dump_outcome(outcome))
 
 
 def _seal_result(
-    signer: Signer, call_id: bytes, pickled: bytes, count: int | None = None, first: int = 0
+    job: Any,
+    signer: Signer,
+    call_id: bytes,
+    pickled: bytes,
+    count: int | None = None,
+    first: int = 0,
 ) -> bytes:
     """The signed result; a pickle over SPILL_THRESHOLD goes to a spill file and its reference
     travels instead. Past the limit, or when the file cannot be written, the outcome (each
@@ -222,7 +227,28 @@ def _seal_result(
         failure = (ERROR, exc, text)
         replaced: Any = failure if count is None else (first, [failure] * count)
         return signer.seal(RESULT, call_id + pickle.dumps(replaced, protocol=_PROTOCOL))
+    _remove_if_unsent(job, reference)
     return signer.seal(RESULT, call_id + spill.RESULT_MARK + reference)
+
+
+def _remove_if_unsent(job: Any, reference: bytes) -> None:
+    """Have the worker remove this result file if the job's answer cannot leave: its job
+    server went away mid-call (killed, restarted), so no caller will ever read the file,
+    which waited for the supervisor's sweep (``spill_orphan_age_s``, an hour) otherwise.
+    (``farm.Worker`` runs ``job.unsent`` then.) A batch's earlier files, named by WORK_DATA
+    that did leave, go too: their caller read each as it came, before the server went (the
+    caller removes a file once read), or never will."""
+    earlier = getattr(job, "unsent", None)
+
+    def unsent() -> None:
+        if earlier is not None:
+            earlier()
+        spill.remove(reference)
+
+    try:
+        job.unsent = unsent
+    except AttributeError:  # a stand-in for farm.Worker's Job without the slot (a test's)
+        pass
 
 
 def _spill_settings() -> spill.SpillSettings:
@@ -342,7 +368,7 @@ def _seal_batch(job: Any, signer: Signer, call_id: bytes, first: int, outcomes: 
         del pickled
         for index, outcome in enumerate(outcomes[:-1], first):
             alone = dump_batch(index, [outcome])
-            job.send_data(_seal_result(signer, call_id, alone, 1, index))
+            job.send_data(_seal_result(job, signer, call_id, alone, 1, index))
         first, outcomes = first + len(outcomes) - 1, outcomes[-1:]
         pickled = dump_batch(first, outcomes)
-    return _seal_result(signer, call_id, pickled, len(outcomes), first)
+    return _seal_result(job, signer, call_id, pickled, len(outcomes), first)

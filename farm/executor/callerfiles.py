@@ -79,6 +79,9 @@ class CallerFiles:
         spill.remove(reference)
 
     def remove_when_done(self, future: Future[Any], reference: bytes) -> None:
+        # Whatever ended the call, a lost job server (ServerUnavailable) included: a worker
+        # of that server may still be reading the file then, and its job fails; that is
+        # fine, as nobody waits for its result (the server that would bring it is gone).
         future.add_done_callback(lambda _: self.remove(reference))
 
     def shared(self, data: bytes) -> tuple[bytes, bytes]:

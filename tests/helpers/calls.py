@@ -163,6 +163,12 @@ def large_result(size: int) -> bytes:
     return b"\x01" * size
 
 
+def large_result_after_gate(gate: str, size: int) -> bytes:
+    """A result over the spill threshold (a file the worker writes), once the gate opens."""
+    wait_gate(gate)
+    return b"\x02" * size
+
+
 def spill_and_die(size: int) -> None:
     """Leave a result file behind, as a worker killed while writing one, and die (kill -9)."""
     import signal

@@ -178,6 +178,15 @@ class FarmUp:
             timeout=30,
         )
 
+    def kill_server(self) -> int:
+        """The job server killed -9 (an OOM kill, a crash), and gone: its sockets closed (a
+        worker's answer written before that still lands in them, and is lost unseen); its
+        pid. The supervisor starts another (at once the first time, then with a backoff)."""
+        (server,) = [r["pid"] for r in self.ps() if r["function"] == "server"]
+        os.kill(server, signal.SIGKILL)
+        wait_for("the killed job server to be gone", lambda: _gone(server), timeout=10)
+        return server
+
     def workers(self, function: str | None = None, state: str | None = None) -> list[dict]:
         return [
             r
@@ -235,6 +244,12 @@ class FarmUp:
         except ControlUnavailable:
             return False
         return True
+
+
+def _gone(pid: int) -> bool:
+    """Reaped: its files are closed. Not a zombie: the first thread of a process killed
+    with threads of its own is one while the others still hold its files open."""
+    return not psutil.pid_exists(pid)
 
 
 #: The Executor's pool as most executor tests run it: two workers.
