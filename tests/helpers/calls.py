@@ -169,6 +169,17 @@ def large_result_after_gate(gate: str, size: int) -> bytes:
     return b"\x02" * size
 
 
+def batch_gate_step(i: int, gate: str, slow_at: int, block_at: int) -> int:
+    """A call of a batch, as ``batch_step``, whose call at ``block_at`` waits at the gate."""
+    from farm.executor.call import BATCH_FLUSH_EVERY
+
+    if i == slow_at:
+        time.sleep(2.5 * BATCH_FLUSH_EVERY)  # past a flush: the outcomes so far leave first
+    if i == block_at:
+        wait_gate(gate)
+    return i
+
+
 def spill_and_die(size: int) -> None:
     """Leave a result file behind, as a worker killed while writing one, and die (kill -9)."""
     import signal

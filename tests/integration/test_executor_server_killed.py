@@ -1,12 +1,17 @@
 """farm.Executor when its job server is killed -9 under a real `farm up`, which restarts it:
-the spill files of the calls lost with it do not wait for the supervisor's sweep. Each test
-has a farm of its own: the supervisor restarts a first crash at once, and later ones with a
-backoff."""
+every future ends (a result, or ServerUnavailable for the calls the server held) within
+connect_timeout and a bound, wherever the kill lands -- right after the submits, before any
+JOB_CREATED; while a batch is half answered; while a map with buffersize reads; during
+shutdown(wait=True) -- and the spill files of the calls lost with it do not wait for the
+supervisor's sweep. Each test has a farm of its own: the supervisor restarts a first crash
+at once, and later ones with a backoff."""
 
 from __future__ import annotations
 
 import functools
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, wait
 from pathlib import Path
@@ -17,9 +22,12 @@ import pytest
 import farm
 from tests.helpers.calls import (
     add,
+    batch_gate_step,
     large_result_after_gate,
+    nap,
     nbytes_after_gate,
     size_plus,
+    wait_gate,
 )
 from tests.helpers.farmproc import EXECUTOR_POOL, FarmUp
 from tests.helpers.gate import Gate
@@ -47,6 +55,15 @@ class Farm:
             key_file=str(self.key),
             connect_timeout=CONNECT_TIMEOUT,
         )
+
+    def at_gate(self, ex: farm.Executor, n: int = 2) -> list[Future[Any]]:
+        """``n`` calls waiting at the gate, one per job: each sent once the one before
+        arrived, so none waits in a batch behind another."""
+        futures = []
+        for arrived in range(1, n + 1):
+            futures.append(ex.submit(wait_gate, self.gate.path))
+            self.gate.arrived(arrived)
+        return futures
 
     def files(self) -> list[str]:
         return sorted(os.listdir(self.spill)) if self.spill.exists() else []
@@ -104,3 +121,81 @@ def test_spill_files_of_calls_lost_with_their_server_do_not_wait_for_the_sweep(
         # result(); the worker's once it finds its answer cannot leave.
         wait_for("the spill files to go", lambda: not shared.files(), timeout=10)
         assert ex.submit(add, 1, 2).result(timeout=ENDS_WITHIN) == 3  # still working
+
+
+@pytest.mark.timeout(60)
+def test_calls_sent_just_before_the_kill_end(shared: Farm) -> None:
+    # The server stopped, then killed: the calls were written to it and it never read them,
+    # nor answered JOB_CREATED. Those in flight fail unconfirmed; the rest go to the new one.
+    with shared.executor() as ex:
+        assert ex.submit(add, 0, 0).result(timeout=30) == 0  # connected
+        server = [r["pid"] for r in shared.up.ps() if r["function"] == "server"][0]
+        os.kill(server, signal.SIGSTOP)
+        futures = [ex.submit(add, i, 1) for i in range(6)]
+        shared.gate.open()  # a call at it passes at once
+        futures.append(ex.submit(nbytes_after_gate, b"\x01" * BIG, shared.gate.path))
+        os.kill(server, signal.SIGKILL)
+        outcomes = ended(futures)
+        assert farm.ServerUnavailable in outcomes  # the window's calls were lost
+        for i, outcome in enumerate(outcomes[:6]):
+            assert outcome in (farm.ServerUnavailable, i + 1)
+        assert outcomes[6] in (farm.ServerUnavailable, BIG)
+        wait_for("the argument's file to go", lambda: not shared.files(), timeout=10)
+        assert ex.submit(add, 2, 2).result(timeout=ENDS_WITHIN) == 4
+
+
+@pytest.mark.timeout(60)
+def test_a_batch_half_answered_when_the_server_dies_ends(shared: Farm) -> None:
+    # One job in flight at a time, so the calls queued behind a slow one travel as a batch
+    # of calls 0..4 (flight.take); 0..2 come back in a WORK_DATA before 3 waits at the gate.
+    with shared.executor(max_workers=1) as ex:
+        first = ex.submit(nap, 0.5)  # holds the window while the batch queues up
+        steps = [ex.submit(batch_gate_step, i, shared.gate.path, 2, 3) for i in range(10)]
+        shared.gate.arrived(1)
+        assert ended([first, *steps[:3]]) == [0.5, 0, 1, 2]
+        assert not any(f.done() for f in steps[3:5])
+        shared.up.kill_server()
+        shared.gate.open()  # the lost batch runs on, answering nobody
+        outcomes = ended(steps)
+        assert outcomes[3:5] == [farm.ServerUnavailable] * 2
+        assert all(o in (farm.ServerUnavailable, i) for i, o in enumerate(outcomes))
+        assert ex.submit(add, 2, 3).result(timeout=ENDS_WITHIN) == 5
+
+
+@pytest.mark.timeout(60)
+def test_a_map_with_buffersize_ends_when_the_server_dies_under_it(shared: Farm) -> None:
+    gate = shared.gate.path
+    ex = shared.executor()
+    try:
+
+        def endless() -> Iterator[str]:
+            while True:
+                yield gate
+
+        # map's own timeout bounds each next(): a hang fails as TimeoutError.
+        values = ex.map(wait_gate, endless(), buffersize=4, timeout=ENDS_WITHIN)
+        shared.gate.arrived(2)  # two calls at the gate, two more on the server or waiting
+        shared.up.kill_server()
+        with pytest.raises(farm.ServerUnavailable):
+            next(values)
+        with pytest.raises(StopIteration):
+            next(values)
+    finally:
+        shared.gate.open()
+        ex.shutdown(wait=True)
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_wait_during_the_kill_returns(shared: Farm) -> None:
+    ex = shared.executor()
+    futures = shared.at_gate(ex) + [ex.submit(add, i, 0) for i in range(6)]
+    stopper = threading.Thread(target=ex.shutdown, kwargs={"wait": True})
+    stopper.start()
+    shared.up.kill_server()
+    shared.gate.open()  # the lost calls' workers are free again for the waiting ones
+    stopper.join(ENDS_WITHIN)
+    assert not stopper.is_alive(), "shutdown(wait=True) never returned"
+    outcomes = ended(futures)
+    assert outcomes[:2] == [farm.ServerUnavailable] * 2
+    assert all(o in (farm.ServerUnavailable, i) for i, o in enumerate(outcomes[2:]))
+    assert not any(t.name == "farm-executor" and t.is_alive() for t in threading.enumerate())
