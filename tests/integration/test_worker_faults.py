@@ -1,6 +1,6 @@
 """farm.Worker against servers and jobs that misbehave: refusals logged in one line, a job
 too large for it, a server that hangs up at once or does not answer, a function name that
-cannot be sent."""
+cannot be sent, a job whose server went away before its answer (Job.unsent)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import farm
+from tests.helpers.servers import unix_farm_server
 from tests.helpers.serving import reverse, serving
 from tests.helpers.stalled import unanswered_listener
 from tests.helpers.waiting import wait_for
@@ -113,3 +114,32 @@ def test_a_name_that_cannot_be_sent_raises_its_own_error_not_the_cleanups() -> N
         with pytest.raises(UnicodeEncodeError):
             worker.work(stop_after=1)
         worker.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_job_whose_server_went_away_before_its_answer_runs_its_unsent() -> None:
+    # Job.unsent: what a function left for its client to clean up (farm.Executor's large
+    # result file) goes when the answer cannot leave, where it waited for a sweep. Over a
+    # Unix socket, as farm.* workers connect: the answer's write fails there.
+    started, release, ran = threading.Event(), threading.Event(), threading.Event()
+
+    def hold(job: Any) -> bytes:
+        job.unsent = ran.set
+        started.set()
+        assert release.wait(30)
+        return b"done"
+
+    with unix_farm_server() as srv:
+        where = f"unix:{srv.unix}"
+        with farm.Client(where) as client, serving(where, {"hold": hold}):
+            release.set()
+            assert client.call("hold", b"answered", timeout=30) == b"done"
+            assert not ran.is_set()  # its answer left: nothing to clean up
+            started.clear()
+            release.clear()
+            client.submit("hold", b"lost", background=True)
+            assert started.wait(30)
+            srv.proc.kill()
+            srv.proc.wait()  # reaped: its sockets are closed
+            release.set()
+            assert ran.wait(10), "the lost job's unsent never ran"
