@@ -48,10 +48,11 @@ class Farm:
         self.spill = key.parent / "spill"  # the default: beside the key file
         self.gate = Gate(tmp / "gate.sock")
 
-    def executor(self, max_workers: int = 2) -> farm.Executor:
+    def executor(self, max_workers: int = 2, transport: str = "unix") -> farm.Executor:
+        """Over the Unix socket (connects in the pump's thread) or TCP (in a thread each)."""
         return farm.Executor(
             max_workers,
-            servers=[f"unix:{self.up.unix}"],
+            servers=[f"unix:{self.up.unix}" if transport == "unix" else self.up.addr],
             key_file=str(self.key),
             connect_timeout=CONNECT_TIMEOUT,
         )
@@ -124,10 +125,11 @@ def test_spill_files_of_calls_lost_with_their_server_do_not_wait_for_the_sweep(
 
 
 @pytest.mark.timeout(60)
-def test_calls_sent_just_before_the_kill_end(shared: Farm) -> None:
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_calls_sent_just_before_the_kill_end(shared: Farm, transport: str) -> None:
     # The server stopped, then killed: the calls were written to it and it never read them,
     # nor answered JOB_CREATED. Those in flight fail unconfirmed; the rest go to the new one.
-    with shared.executor() as ex:
+    with shared.executor(transport=transport) as ex:
         assert ex.submit(add, 0, 0).result(timeout=30) == 0  # connected
         server = [r["pid"] for r in shared.up.ps() if r["function"] == "server"][0]
         os.kill(server, signal.SIGSTOP)
@@ -186,8 +188,9 @@ def test_a_map_with_buffersize_ends_when_the_server_dies_under_it(shared: Farm) 
 
 
 @pytest.mark.timeout(60)
-def test_shutdown_wait_during_the_kill_returns(shared: Farm) -> None:
-    ex = shared.executor()
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_shutdown_wait_during_the_kill_returns(shared: Farm, transport: str) -> None:
+    ex = shared.executor(transport=transport)
     futures = shared.at_gate(ex) + [ex.submit(add, i, 0) for i in range(6)]
     stopper = threading.Thread(target=ex.shutdown, kwargs={"wait": True})
     stopper.start()
