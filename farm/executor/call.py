@@ -217,7 +217,7 @@ def _seal_result(
     if len(pickled) <= spill.SPILL_THRESHOLD:
         return signer.seal(RESULT, call_id + pickled)
     try:
-        reference = spill.write(_spill_settings(), pickled, "r")
+        reference = spill.write(_spill_settings(), pickled, "r", spill.result_tag(call_id))
     except (spill.SpillError, OSError) as exc:
         del pickled
         log.error("cannot send a large result: %s", exc)

@@ -84,6 +84,14 @@ class CallerFiles:
         # fine, as nobody waits for its result (the server that would bring it is gone).
         future.add_done_callback(lambda _: self.remove(reference))
 
+    def remove_results(self, call_ids: list[bytes]) -> None:
+        """The result files of calls lost with their job server (spill.remove_results):
+        read by no one now. The orphaned worker of one still running writes its file
+        later; it removes that itself, as its answer cannot leave (call._remove_if_unsent)."""
+        if self._settings is None:  # a worker may spill a result of a call this did not
+            self._settings = spill_settings(*self._options)
+        spill.remove_results(self._settings.directory, call_ids)
+
     def shared(self, data: bytes) -> tuple[bytes, bytes]:
         """The pickle of a ByFile standing for ``data`` (the same for equal data while
         calls use it), and the key that ``use`` takes. FarmError or OSError."""

@@ -164,6 +164,7 @@ class Executor(_BaseExecutor):
         self._pump = Pump(**self._pump_args)
         # Its files go once its calls are done: after shutdown(wait=False) too, or at exit.
         self._pump.on_finished = self._files.remove_all
+        self._pump.on_lost = self._files.remove_results  # results of calls lost with a server
         # Shared by the futures of every executor of the process (see CallFuture, lifespan):
         # one Condition per call cost a fifth of the caller's CPU for tiny calls.
         self._condition = lifespan.state.condition

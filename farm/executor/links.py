@@ -67,6 +67,9 @@ class Links:
     _in_flight: int
     _flights: set[Flight]
     _wake: Callable[[], None]
+    #: Given the call ids of the flights a lost server held (the executor's
+    #: CallerFiles.remove_results: result files no one will read now).
+    on_lost: Callable[[list[bytes]], None] | None = None
 
     def _may_come_back(self) -> bool:
         """No server takes a connection. The calls waiting here never left, so they wait
@@ -215,3 +218,8 @@ class Links:
             flight = flight_of(task)
             flight.fail(lost)
             self._flights.discard(flight)
+        if lost_tasks and self.on_lost is not None:
+            try:
+                self.on_lost([flight_of(task).call_id for task in lost_tasks])
+            except Exception:  # files (a spill directory gone, a bad config): no call waits
+                log.exception("farm executor: removing the result files of lost calls failed")

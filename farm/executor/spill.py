@@ -15,8 +15,10 @@ cannot be forged, since it travels inside the HMAC.
 Files are created with O_EXCL, mode 0640 (the farm's group may read them), named
 ``farm-spill-KIND-PID-RANDOM``: KIND ``a`` for arguments (written and deleted by
 the caller), ``r`` for results (written by the worker, deleted by the caller
-once read), ``k`` for what an executor keeps while it lives (its initializer, a
-large function its calls share); PID is the writer's. The directory is created 2770 (setgid, so its
+once read; named ``farm-spill-r-PID-CALLID-RANDOM``, so that a caller that lost
+the call with its job server removes them too), ``k`` for what an executor keeps
+while it lives (its initializer, a large function its calls share); PID is the
+writer's. The directory is created 2770 (setgid, so its
 files take its group) and refused when others may write to it. Each file is
 also given the directory's group explicitly, since a setgid bit may be missing:
 systemd's ``RestrictSUIDSGID=`` (set by the shipped unit) refuses to set it, and
@@ -63,6 +65,8 @@ __all__ = [
     "ByFile",
     "load_pickled",
     "reference_path",
+    "result_tag",
+    "remove_results",
     "sweep",
     "sweep_every",
     "worker_settings",
@@ -188,9 +192,11 @@ def spill_dir(path: Path) -> Path:
     return path
 
 
-def write(settings: SpillSettings, data: bytes | bytearray | memoryview, kind: str) -> bytes:
+def write(
+    settings: SpillSettings, data: bytes | bytearray | memoryview, kind: str, tag: str = ""
+) -> bytes:
     """Write ``data`` to a fresh file (``kind``: "a" argument, "r" result, "k" kept for an
-    executor's life); its reference.
+    executor's life; ``tag``, a result's ``result_tag``, in its name); its reference.
     SpillTooLarge past the limit (nothing written), SpillDirError, OSError."""
     size = len(data)
     if size > settings.max_bytes:
@@ -200,7 +206,8 @@ def write(settings: SpillSettings, data: bytes | bytearray | memoryview, kind: s
             f" {settings.max_bytes >> 20} MiB ([executor] max_spill_mb)"
         )
     directory = spill_dir(settings.directory)
-    path = directory / f"{PREFIX}{kind}-{os.getpid()}-{secrets.token_hex(12)}"
+    tagged = f"{tag}-" if tag else ""
+    path = directory / f"{PREFIX}{kind}-{os.getpid()}-{tagged}{secrets.token_hex(12)}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(path, flags, 0o640)
     try:
@@ -218,6 +225,36 @@ def write(settings: SpillSettings, data: bytes | bytearray | memoryview, kind: s
     os.close(fd)
     digest = hashlib.sha256(data).digest()
     return size.to_bytes(8, "little") + digest + os.fsencode(path)
+
+
+def result_tag(call_id: bytes) -> str:
+    """What a call's result files are named by (``farm-spill-r-PID-TAG-RANDOM``), so that
+    its caller can find them when the call was lost with its job server (remove_results)."""
+    return call_id.hex()
+
+
+def remove_results(directory: Path, call_ids: list[bytes]) -> int:
+    """Remove the result files of these calls (lost with their job server); the number
+    removed. A worker's answer that reached its server just before the server died
+    (killed while it hung, say) never reaches the caller, which alone knows that no one
+    will read the file; it waited for the sweep (``spill_orphan_age_s``) otherwise."""
+    tags = {result_tag(call_id) for call_id in call_ids}
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:  # no spill directory (yet): no large result was written
+        return 0
+    removed = 0
+    for entry in entries:
+        parts = entry.name[len(PREFIX) :].split("-")
+        if entry.name.startswith(PREFIX) and len(parts) == 4 and parts[0] == "r":
+            if parts[2] not in tags:
+                continue
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except OSError:
+                pass
+    return removed
 
 
 def reference_path(reference: bytes | memoryview) -> Path:

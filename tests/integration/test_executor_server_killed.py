@@ -125,6 +125,24 @@ def test_spill_files_of_calls_lost_with_their_server_do_not_wait_for_the_sweep(
 
 
 @pytest.mark.timeout(60)
+def test_a_large_result_that_reached_its_server_as_it_died_leaves_no_file(shared: Farm) -> None:
+    # The worker's answer went into the server's socket while the server hung (stopped), and
+    # then it was killed: the worker's write went through, so only the caller, which lost
+    # the call, can tell that nobody will read the file. It waited for the sweep.
+    with shared.executor() as ex:
+        result = ex.submit(large_result_after_gate, shared.gate.path, BIG)
+        shared.gate.arrived(1)
+        (server,) = [r["pid"] for r in shared.up.ps() if r["function"] == "server"]
+        os.kill(server, signal.SIGSTOP)
+        shared.gate.open()
+        wait_for("the result's file", shared.files)
+        shared.up.wait_idle({"farm.python": 2})  # its answer written, to the stopped server
+        os.kill(server, signal.SIGKILL)
+        assert ended([result]) == [farm.ServerUnavailable]
+        wait_for("the result's file to go", lambda: not shared.files(), timeout=10)
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 def test_calls_sent_just_before_the_kill_end(shared: Farm, transport: str) -> None:
     # The server stopped, then killed: the calls were written to it and it never read them,
