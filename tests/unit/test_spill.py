@@ -142,3 +142,25 @@ def test_shared_files_count_their_calls_and_survive_a_shutdown_between(tmp_path:
     files.use(key, [late])
     late.set_result(3)
     assert os.listdir(tmp_path / "spill") == []
+
+
+def test_the_result_files_of_lost_calls_go_and_no_other(tmp_path: Path) -> None:
+    # A caller that lost calls with their job server removes their result files, found by
+    # the call id in their names; other calls' results, arguments and kept files stay.
+    lost, other = os.urandom(16), os.urandom(16)
+    where = settings(tmp_path)
+    gone = [spill.write(where, b"r", "r", spill.result_tag(lost)) for _ in range(2)]
+    kept = [
+        spill.write(where, b"r", "r", spill.result_tag(other)),
+        spill.write(where, b"r", "r"),  # an older worker's, named for no call
+        spill.write(where, b"a", "a"),
+        spill.write(where, b"k", "k"),
+    ]
+    assert spill.remove_results(where.directory, [lost]) == 2
+    assert not any(spill.reference_path(ref).exists() for ref in gone)
+    assert all(spill.reference_path(ref).exists() for ref in kept)
+    assert spill.remove_results(tmp_path / "none", [lost]) == 0  # no spill directory yet
+    # The sweep takes tagged names as the others: past the ages, all but the kept file,
+    # whose writer (this process) lives.
+    assert spill.sweep(where.directory, 10, 10, now=time.time() + 60) == 3
+    assert [ref for ref in kept if spill.reference_path(ref).exists()] == kept[3:]
