@@ -136,7 +136,9 @@ def test_a_large_result_that_reached_its_server_as_it_died_leaves_no_file(shared
         os.kill(server, signal.SIGSTOP)
         shared.gate.open()
         wait_for("the result's file", shared.files)
-        shared.up.wait_idle({"farm.python": 2})  # its answer written, to the stopped server
+        # Done: its answer goes to the stopped server (written in the turn it reports idle;
+        # a kill before that fails the write, and the worker removes the file itself).
+        shared.up.wait_idle({"farm.python": 2})
         os.kill(server, signal.SIGKILL)
         assert ended([result]) == [farm.ServerUnavailable]
         wait_for("the result's file to go", lambda: not shared.files(), timeout=10)
@@ -208,6 +210,7 @@ def test_a_map_with_buffersize_ends_when_the_server_dies_under_it(shared: Farm) 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 def test_shutdown_wait_during_the_kill_returns(shared: Farm, transport: str) -> None:
+    before = {t for t in threading.enumerate() if t.name == "farm-executor"}  # other tests'
     ex = shared.executor(transport=transport)
     futures = shared.at_gate(ex) + [ex.submit(add, i, 0) for i in range(6)]
     stopper = threading.Thread(target=ex.shutdown, kwargs={"wait": True})
@@ -219,4 +222,5 @@ def test_shutdown_wait_during_the_kill_returns(shared: Farm, transport: str) -> 
     outcomes = ended(futures)
     assert outcomes[:2] == [farm.ServerUnavailable] * 2
     assert all(o in (farm.ServerUnavailable, i) for i, o in enumerate(outcomes[2:]))
-    assert not any(t.name == "farm-executor" and t.is_alive() for t in threading.enumerate())
+    pumps = {t for t in threading.enumerate() if t.name == "farm-executor"}
+    assert not pumps - before, "the executor's thread outlived shutdown(wait=True)"
