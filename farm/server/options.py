@@ -336,7 +336,7 @@ def parse_args(
         parent_pid=ns.parent_pid,
         progress_fd=ns.progress_fd,
         pool_functions=frozenset(os.fsencode(name) for name in ns.pool_function),
-        worker_uids=frozenset(ns.worker_uid or [os.getuid()]),
+        worker_uids=frozenset(ns.worker_uid or [os.geteuid()]),  # as ServerOptions'
         tcp_admin=ns.tcp_admin,
         max_abilities=ns.max_abilities,
         max_tcp_abilities=ns.max_tcp_abilities,

@@ -46,8 +46,10 @@ class ServerOptions:
     # before their workers register again (farm.server.exposition).
     pool_functions: frozenset[bytes] = frozenset()
     # Who may serve the reserved ``farm.*`` functions (the Executor's signed calls): workers
-    # on the Unix socket whose peer uid is one of these. Nobody over TCP.
-    worker_uids: frozenset[int] = field(default_factory=lambda: frozenset({os.getuid()}))
+    # on the Unix socket whose peer uid is one of these. Nobody over TCP. SO_PEERCRED gives
+    # a peer's effective uid, so the default is ours: a setuid server's real uid is not the
+    # uid its own workers connect with.
+    worker_uids: frozenset[int] = field(default_factory=lambda: frozenset({os.geteuid()}))
     # "read-only": cancel job, maxqueue N, create/drop function only on the Unix socket.
     tcp_admin: str = "full"
     max_abilities: int = 4096  # functions one connection may register
