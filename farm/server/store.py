@@ -11,7 +11,9 @@ bytes); ``--store-sync full`` also survives power loss, at the cost of an
 fsync per commit.
 
 On start the server replays the rows in priority and arrival order, with
-new handles but the same uniques, epoch times, submit times and counts of worker deaths.
+new handles but the same uniques, epoch times, submit times and counts of worker deaths;
+a row whose checksum fails (its bytes changed on disk) is set aside, not run
+(farm.server.storecheck).
 Opening the database (its pragmas and schema) is farm.server.storeopen's.
 """
 
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm.server.reserve import DiskReserve
+from farm.server.storecheck import ASIDE_TABLE, kept_aside, row_checksum, set_aside, split_damaged
 
 # Re-exported: the server and the tests name the store's errors by this module.
 from farm.server.storefile import DamagedStore as DamagedStore
@@ -261,11 +264,16 @@ class SQLiteStore:
             self.db.execute("BEGIN")
             for at in range(0, len(adds), ROWS_A_STATEMENT):
                 chunk = adds[at : at + ROWS_A_STATEMENT]
+                values: list[object] = []
+                for row in chunk:
+                    values += row
+                    # Here, in the writer thread, not at the submit: off the loop's time.
+                    values.append(row_checksum(row[1], row[2], row[3], row[4], row[5], row[6]))
                 self.db.execute(
                     "INSERT INTO jobs (id, function, uniq, data, priority, reducer, run_at,"
-                    " created, local) VALUES "
-                    + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk)),
-                    [value for row in chunk for value in row],
+                    " created, local, checksum) VALUES "
+                    + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk)),
+                    values,
                 )
             if retries:  # rare (a worker died)
                 self.db.executemany(
@@ -285,16 +293,31 @@ class SQLiteStore:
             raise
 
     def load(self) -> Iterator[StoredJob]:
-        """Every stored job, in the order it must run: priority, then arrival."""
+        """Every stored job, in the order it must run: priority, then arrival. A row that
+        fails its checksum is not among them: it is set aside (farm.server.storecheck)."""
         try:
             rows = self.db.execute(
                 "SELECT id, function, uniq, data, priority, reducer, run_at, created, retries,"
-                " local FROM jobs ORDER BY priority, id"
+                " local, checksum FROM jobs ORDER BY priority, id"
             ).fetchall()
+            before = kept_aside(self.db)
         except sqlite3.Error as exc:
             raise damaged(self.path, exc) from None
+        if before:  # said at each start until the operator empties the table
+            log.warning(
+                "the job store %s keeps %d job%s aside that failed %s checksum (not run) in"
+                " its table %s (docs/operations.md, When things go wrong)",
+                self.path,
+                before,
+                "" if before == 1 else "s",
+                "its" if before == 1 else "their",
+                ASIDE_TABLE,
+            )
+        rows, damaged_rows = split_damaged(rows)
+        if damaged_rows:
+            set_aside(self.db, self.path, damaged_rows)
         for row in rows:
-            yield StoredJob(*row)
+            yield StoredJob(*row[:10])
 
     def count(self) -> int:
         count: int = self.db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]

@@ -36,18 +36,21 @@ CREATE TABLE IF NOT EXISTS jobs (
     run_at    REAL NOT NULL DEFAULT 0,
     created   REAL NOT NULL DEFAULT 0,
     retries   INTEGER NOT NULL DEFAULT 0,
-    local     INTEGER NOT NULL DEFAULT 1
+    local     INTEGER NOT NULL DEFAULT 1,
+    checksum  INTEGER
 )
 """
 #: The columns of the first farm's store: a `jobs` table without them is not farm's.
 _FIRST_COLUMNS = {"id", "function", "uniq", "data", "priority", "reducer", "run_at"}
 #: Columns a store of an older farm lacks, added at open with their defaults (its rows read
 #: as a submit time unknown, no death of a worker counted, and submitted on the Unix socket:
-#: no TCP peer's unique key joins them, whichever side they came from).
+#: no TCP peer's unique key joins them, whichever side they came from), and no checksum.
 _ADDED_COLUMNS = {
     "created": "REAL NOT NULL DEFAULT 0",
     "retries": "INTEGER NOT NULL DEFAULT 0",
     "local": "INTEGER NOT NULL DEFAULT 1",
+    # NULL: a row written without one (an older farm's, gearmand's taken over) is trusted.
+    "checksum": "INTEGER",
 }
 
 #: The store's format, kept as its user_version. Raised (and written there) only by a change

@@ -1,0 +1,153 @@
+"""Each stored job's checksum, and the rows that fail it kept aside.
+
+SQLite keeps no checksum of a row's bytes: a byte flipped in the file (a failing disk, a
+bad copy of a backup) was replayed as it was, and a worker ran garbage, or a job ran at
+another time. So each row carries a CRC-32 of the fields that never change once it is
+written (``row_checksum``), computed by the writer thread as it writes the row, and checked
+when the store is read at start (``split_damaged``). CRC-32 catches every change of up to
+32 bits in a row, which is what a disk or a copy does; it is no defence against someone who
+may write the file (they may write its checksum too).
+
+A row that fails it is neither run nor deleted: it is moved, as it was read, into the table
+``damaged_jobs`` of the same file (``set_aside``), said once in the log, for the operator to
+look into (docs/operations.md, "When things go wrong"). Rows of an older farm have no
+checksum (NULL), nor do the jobs taken over from gearmand's table: they are trusted, as
+before.
+
+Split from farm/server/store.py, which stages the jobs and writes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import struct
+import time
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["ASIDE_TABLE", "kept_aside", "row_checksum", "set_aside", "split_damaged"]
+
+log = logging.getLogger("farm.server")
+
+#: Where the rows that fail their checksum are kept, in the store's own file.
+ASIDE_TABLE = "damaged_jobs"
+
+_ASIDE_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {ASIDE_TABLE} (
+    aside     INTEGER PRIMARY KEY,
+    id        INTEGER,
+    function  BLOB,
+    uniq      BLOB,
+    data      BLOB,
+    priority  INTEGER,
+    reducer   BLOB,
+    run_at    REAL,
+    created   REAL,
+    retries   INTEGER,
+    local     INTEGER,
+    checksum  INTEGER,
+    set_aside REAL NOT NULL
+)
+"""
+
+#: The lengths and numbers of a row, ahead of its bytes: fields run together ("ab" + "c"
+#: against "a" + "bc") must not sum alike.
+_HEAD = struct.Struct("<IIIiqd")
+
+
+def row_checksum(
+    function: bytes,
+    unique: bytes,
+    data: bytes,
+    priority: int,
+    reducer: bytes | None,
+    when: float,
+) -> int:
+    """The CRC-32 of a job's fixed fields: what it runs, on what, when and in which order."""
+    head = _HEAD.pack(
+        len(function),
+        len(unique),
+        len(data),
+        priority,
+        -1 if reducer is None else len(reducer),
+        when,
+    )
+    crc = zlib.crc32(head)
+    crc = zlib.crc32(function, crc)
+    crc = zlib.crc32(unique, crc)
+    crc = zlib.crc32(data, crc)
+    return zlib.crc32(reducer or b"", crc)
+
+
+def _fails(row: Sequence[object]) -> bool:
+    """Whether a row read as (id, function, uniq, data, priority, reducer, run_at, created,
+    retries, local, checksum) fails its checksum; one without any is trusted."""
+    checksum = row[10]
+    if checksum is None:
+        return False
+    try:
+        fields: Any = row[1:7]  # of any type SQLite gave: a damaged row's may be another
+        return bool(row_checksum(*fields) != checksum)
+    except (TypeError, struct.error):  # a field of another type than farm writes: damaged
+        return True
+
+
+def split_damaged(rows: list[Any]) -> tuple[list[Any], list[Any]]:
+    """``rows`` (as ``_fails`` reads them) parted into the whole ones and the damaged."""
+    whole: list[Any] = []
+    damaged: list[Any] = []
+    for row in rows:
+        (damaged if _fails(row) else whole).append(row)
+    return whole, damaged
+
+
+def set_aside(db: sqlite3.Connection, path: str, damaged: list[Any]) -> bool:
+    """Move ``damaged`` rows from ``jobs`` into ``damaged_jobs`` in one transaction, each
+    said once; False when it cannot be written (a full disk): they stay in ``jobs``, are
+    not run this time either, and are said again at the next start."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute(_ASIDE_SCHEMA)
+        now = time.time()
+        for row in damaged:
+            # A row of its own: a job's id may be taken again by a later job (the next id
+            # is the largest left plus one), which may in turn be set aside.
+            db.execute(
+                f"INSERT INTO {ASIDE_TABLE} (id, function, uniq, data, priority,"
+                " reducer, run_at, created, retries, local, checksum, set_aside) VALUES"
+                " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*row, now),
+            )
+            db.execute("DELETE FROM jobs WHERE id = ?", (row[0],))
+        db.execute("COMMIT")
+        moved = True
+    except sqlite3.Error as exc:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        log.error("the job store %s: cannot set damaged jobs aside: %s", path, exc)
+        moved = False
+    where = f"kept in its table {ASIDE_TABLE}" if moved else "left in its table jobs"
+    for row in damaged:
+        log.error(
+            "the job store %s: a job fails its checksum (its bytes changed on disk): function"
+            " %r, unique %r, row %d; not run, %s (docs/operations.md, When things go wrong)",
+            path,
+            row[1],
+            row[2],
+            row[0],
+            where,
+        )
+    return moved
+
+
+def kept_aside(db: sqlite3.Connection) -> int:
+    """How many damaged jobs the store keeps aside (0 when it never set one aside)."""
+    try:
+        (count,) = db.execute(f"SELECT COUNT(*) FROM {ASIDE_TABLE}").fetchone()
+    except sqlite3.OperationalError:  # no such table: none ever was
+        return 0
+    return int(count)

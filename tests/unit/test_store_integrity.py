@@ -1,0 +1,137 @@
+"""A stored job whose bytes changed on disk is not replayed: SQLite keeps no checksum of a
+row, so a flipped byte in the file (a failing disk, a bad copy) replayed as it was, and a
+worker ran garbage. Each row now carries one; a row that fails it is kept aside, not run and
+not deleted, and said once."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from farm.server.jobs import JobServer
+from farm.server.store import SQLiteStore
+
+#: A payload easy to find in the file's bytes.
+PAYLOAD = b"payload-to-be-damaged-0123456789"
+
+
+def stored(path: Path, *jobs: tuple[bytes, bytes, bytes]) -> None:
+    """A store holding ``jobs`` (function, unique, data), closed: the rows in the file."""
+    store = SQLiteStore(path)
+    for function, unique, data in jobs:
+        store.add(b"H:t:1", function, unique, data, 1, None, 0.0, True)
+    store.commit()
+    store.close()
+
+
+def flipped(path: Path, found: bytes, at: int = 3) -> None:
+    """One byte of ``found`` changed in the file, as a failing disk would."""
+    raw = bytearray(path.read_bytes())
+    where = raw.index(found) + at
+    raw[where] ^= 0x20
+    path.write_bytes(bytes(raw))
+
+
+def test_a_job_damaged_on_disk_is_kept_aside_not_replayed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "q.db"
+    stored(path, (b"reverse", b"damaged-one", PAYLOAD), (b"reverse", b"whole", b"fine"))
+    flipped(path, PAYLOAD)
+    caplog.set_level(logging.WARNING, "farm.server")
+    store = SQLiteStore(path)
+    try:
+        jobs = JobServer(store=store, hostname="t")
+        assert jobs.replay() == 1
+        assert [j.unique for j in jobs.jobs.values()] == [b"whole"]
+    finally:
+        store.close()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert "reverse" in errors[0] and "damaged-one" in errors[0] and "checksum" in errors[0]
+    assert "damaged_jobs" in errors[0]
+    # Kept for the operator, with its bytes as they were read, and not replayed again.
+    with sqlite3.connect(path) as db:
+        aside = db.execute("SELECT function, uniq, data FROM damaged_jobs").fetchall()
+        assert db.execute("SELECT uniq FROM jobs").fetchall() == [(b"whole",)]
+    db.close()
+    assert len(aside) == 1 and aside[0][:2] == (b"reverse", b"damaged-one")
+    assert aside[0][2] != PAYLOAD and len(aside[0][2]) == len(PAYLOAD)
+    caplog.clear()
+    again = SQLiteStore(path)
+    try:
+        assert [job.unique for job in again.load()] == [b"whole"]
+    finally:
+        again.close()
+    said = [r.getMessage() for r in caplog.records]
+    assert not [m for m in said if "damaged-one" in m], "said once, when it was set aside"
+    assert [m for m in said if "1 job" in m and "damaged_jobs" in m], "a line says it is there"
+
+
+def test_a_damaged_function_name_or_unique_is_caught_too(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    stored(path, (b"function-name-here", b"unique-key-here", b"x"))
+    flipped(path, b"function-name-here", at=0)
+    store = SQLiteStore(path)
+    try:
+        assert list(store.load()) == []
+    finally:
+        store.close()
+    path2 = tmp_path / "q2.db"
+    stored(path2, (b"f", b"unique-key-here", b"x"))
+    flipped(path2, b"unique-key-here", at=7)
+    store = SQLiteStore(path2)
+    try:
+        assert list(store.load()) == []
+    finally:
+        store.close()
+
+
+def test_rows_of_an_older_farm_without_a_checksum_are_trusted(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    with db:  # the table as farm made it before checksums (no such column)
+        db.execute(
+            "CREATE TABLE jobs (id INTEGER PRIMARY KEY, function BLOB NOT NULL, uniq BLOB NOT"
+            " NULL, data BLOB NOT NULL, priority INTEGER NOT NULL, reducer BLOB, run_at REAL"
+            " NOT NULL DEFAULT 0, created REAL NOT NULL DEFAULT 0, retries INTEGER NOT NULL"
+            " DEFAULT 0, local INTEGER NOT NULL DEFAULT 1)"
+        )
+        db.execute(
+            "INSERT INTO jobs (function, uniq, data, priority) VALUES (x'66', x'', ?, 1)",
+            (PAYLOAD,),
+        )
+    db.close()
+    store = SQLiteStore(path)
+    try:
+        assert [job.data for job in store.load()] == [PAYLOAD]
+        # Its new rows carry one, beside the old row that has none.
+        store.add(b"H:t:2", b"f", b"new", b"y", 1, None, 0.0, True)
+        store.commit()
+    finally:
+        store.close()
+    with sqlite3.connect(path) as db:
+        sums = db.execute("SELECT uniq, checksum IS NULL FROM jobs ORDER BY id").fetchall()
+    db.close()
+    assert sums == [(b"", 1), (b"new", 0)]
+
+
+def test_the_checksum_covers_when_and_where_it_runs(tmp_path: Path) -> None:
+    # An epoch time or priority changed on disk runs the job at another time, or before
+    # others: the row's other fixed fields are covered too.
+    path = tmp_path / "q.db"
+    store = SQLiteStore(path)
+    store.add(b"H:t:1", b"f", b"u", b"x", 2, b"reducer-name", 1.5e9, True)
+    store.commit()
+    store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE jobs SET run_at = 4.5e9, priority = 0")
+    db.close()
+    store = SQLiteStore(path)
+    try:
+        assert list(store.load()) == []
+    finally:
+        store.close()
