@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import pwd
 import re
@@ -26,6 +27,8 @@ __all__ = [
     "passed_over_state_directory",
     "NoStateDirectory",
     "default_store",
+    "older_unix_store_name",
+    "unix_store_name",
     "runtime_dir",
     "fallback_runtime_dir",
     "UnsafeDirectory",
@@ -183,15 +186,32 @@ LEGACY_STORE = "queue.db"
 def default_store(port: int | None = None, unix: str | None = None, *, make: bool = False) -> Path:
     """The durable job store when nothing else is said (``farm server`` and ``farm up``): one
     file per server, keyed by its TCP port (``queue-4730.db``), else by its Unix socket path
-    (``queue-run-farm-gearman.sock.db``), so several servers on one host need no flags.
-    ``make``: as ``state_dir``'s."""
+    (``queue-run-farm-gearman.sock.db``: ``unix_store_name``), so several servers on one
+    host need no flags. ``make``: as ``state_dir``'s."""
     home = state_dir(make=make)
     if port is not None:
         return home / f"queue-{port}.db"
     if unix:
-        key = re.sub(r"[^A-Za-z0-9_.-]+", "-", unix).strip("-")
-        return home / f"queue-{key}.db"
+        return home / unix_store_name(unix)
     return home / LEGACY_STORE
+
+
+def older_unix_store_name(unix: str) -> str:
+    """The name farm gave the store of Unix path ``unix`` before ``unix_store_name``: each
+    run of characters other than ``[A-Za-z0-9_.-]`` one '-', so /X/a-b and /X/a/b met."""
+    return "queue-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", unix).strip("-") + ".db"
+
+
+def unix_store_name(unix: str) -> str:
+    """The store's name for Unix path ``unix``, one per path: a plain absolute path (its
+    parts of ``[A-Za-z0-9_.]`` only, so its '-'s are its '/'s) keeps its older name; any
+    other (a '-' or a space of its own, a relative path, one a port's name would take) gets
+    '@' and a hash of its whole absolute path after it, '@' being in no older name."""
+    older = older_unix_store_name(unix)
+    if re.fullmatch(r"(/[A-Za-z0-9_.]+)+", unix) and not older[6:-3].isdigit():
+        return older
+    digest = hashlib.blake2b(os.fsencode(os.path.abspath(unix)), digest_size=6).hexdigest()
+    return f"{older[:-3]}@{digest}.db"
 
 
 def runtime_dir() -> Path:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from farm.errors import FarmError
-from farm.paths import LEGACY_STORE, NoStateDirectory, default_store
+from farm.paths import LEGACY_STORE, NoStateDirectory, default_store, older_unix_store_name
 from farm.server.options import ServerOptions
 from farm.server.otherstores import held_jobs, queued_beside, queued_in, queued_passed_over
 
@@ -18,6 +18,7 @@ __all__ = [
     "LEGACY_PORT",
     "LegacyStoreBusy",
     "adopt_legacy_store",
+    "adopt_older_unix_store",
     "legacy_jobs_beside",
     "take_older_store",
     "warn_stranded",
@@ -33,7 +34,7 @@ def take_older_store(options: ServerOptions) -> str | None:
     """Adopt the older farm's store (before this server opens its own); the one line this
     server must not start past (an older farm's server still holds that store), or None."""
     try:
-        if adopt_legacy_store(options.store):
+        if adopt_legacy_store(options.store) or adopt_older_unix_store(options):
             log.warning("adopted the job store of an older farm as %s", options.store)
     except LegacyStoreBusy as exc:  # says its own fix: another store would strand its jobs
         return str(exc)
@@ -121,6 +122,35 @@ def adopt_legacy_store(store: str | os.PathLike[str]) -> bool:
     old = new.with_name(LEGACY_STORE)
     if not old.exists():
         return False
+    return _adopt(old, new)
+
+
+def adopt_older_unix_store(options: ServerOptions) -> bool:
+    """Rename the store an older farm named for this server's Unix socket (paths:
+    ``older_unix_store_name``) to the one it has now, when the server keeps its default
+    store on a Unix socket alone, that name changed, and its store does not exist yet; True
+    if done. The older name may be another server's too: the plain path it also stands for
+    (/X/a/b.sock for /X/a-b.sock), whose store it still is, or a port's (/4731): then it
+    is not taken (``queued_beside`` names it while it holds jobs). LegacyStoreBusy while a
+    server holds it that can only be an older farm's."""
+    if options.listen or not options.unix:
+        return False
+    unix = options.unix[0]
+    try:
+        new = default_store(None, unix)
+    except NoStateDirectory:
+        return False
+    old = new.with_name(older_unix_store_name(unix))
+    if Path(options.store) != new or old == new or new.exists() or not old.exists():
+        return False
+    key = old.name[len("queue-") : -len(".db")]
+    if key.isdigit() or Path("/" + key.replace("-", "/")).parent.is_dir():
+        return False
+    return _adopt(old, new)
+
+
+def _adopt(old: Path, new: Path) -> bool:
+    """Rename the store ``old`` (its WAL first) to ``new``, unless a server holds it."""
     if _locked(old):
         raise LegacyStoreBusy(
             f"the job store of an older farm, {old}, is in use by another server (an older"

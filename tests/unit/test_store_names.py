@@ -1,0 +1,62 @@
+"""The default store's name for a server on a Unix socket alone (farm.paths.default_store):
+one per path, so two servers never meet on one store they did not ask for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from farm.paths import default_store
+
+
+@pytest.fixture(autouse=True)
+def state(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    return tmp_path / "farm"
+
+
+def test_paths_that_differ_in_a_slash_and_a_dash_get_stores_of_their_own() -> None:
+    names = {
+        default_store(None, path).name
+        for path in ("/run/a-b.sock", "/run/a/b.sock", "/run/a b.sock", "/run/a--b.sock")
+    }
+    assert len(names) == 4, names
+
+
+def test_a_plain_path_keeps_the_name_it_had(state: Path) -> None:
+    # No upgrade to make for the usual sockets: /run/farm/..., $XDG_RUNTIME_DIR/farm/...
+    assert default_store(None, "/run/farm/gearman.sock") == state / "queue-run-farm-gearman.sock.db"
+    assert (
+        default_store(None, "/run/user/1000/farm/g.sock").name
+        == "queue-run-user-1000-farm-g.sock.db"
+    )
+
+
+def test_a_unix_path_never_gets_a_ports_store() -> None:
+    assert default_store(None, "/4731") != default_store(4731)
+    assert default_store(None, "/4731/").name != "queue-4731.db"
+
+
+def test_a_relative_path_is_told_apart_by_where_it_is(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    monkeypatch.chdir(tmp_path / "one")
+    first = default_store(None, "farm.sock")
+    monkeypatch.chdir(tmp_path / "two")
+    assert default_store(None, "farm.sock") != first
+
+
+def test_the_store_of_a_port_is_not_adopted_for_a_unix_path(state: Path) -> None:
+    # /4731 was named queue-4731.db before: the store of port 4731's server, not its own.
+    from farm.server.legacystore import adopt_older_unix_store
+    from farm.server.options import parse_args
+
+    state.mkdir()
+    (state / "queue-4731.db").write_bytes(b"")
+    options = parse_args(["-L", "unix:/4731"])
+    assert options.store == str(default_store(None, "/4731"))
+    assert not adopt_older_unix_store(options)
+    assert (state / "queue-4731.db").exists() and not Path(options.store).exists()
