@@ -138,6 +138,12 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {e}; fix the syntax there") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text; is it the right file?") from None
+    except RecursionError:
+        # tomllib reads nested arrays and inline tables by recursion: a few hundred levels
+        # (garbage, or a generated file) ended every command that read it in a traceback.
+        raise ConfigError(
+            f"{path}: not valid TOML: values nested too deeply; write them flatter"
+        ) from None
 
 
 def resolve(base: Path | None, value: str) -> str:

@@ -237,3 +237,24 @@ def test_a_file_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
 def test_functions_that_is_not_a_table_is_one_line(tmp_path: Path, value: str) -> None:
     # once a TypeError: the supervisor died of it on reload
     assert "functions: must be a table" in error_of(tmp_path, f"functions = {value}\n")
+
+
+@pytest.mark.parametrize(
+    "nested",
+    ["[" * 5000 + "]" * 5000, "{a = " * 5000 + "1" + "}" * 5000],
+    ids=["arrays", "inline tables"],
+)
+def test_values_nested_past_the_toml_readers_depth_are_one_line(
+    tmp_path: Path, nested: str
+) -> None:
+    # tomllib reads nesting by recursion: RecursionError came out of every command that
+    # read the file (farm up, farm ps's control socket, farm.Client()'s servers) as a
+    # traceback, exit 1.
+    path = write(tmp_path, f"x = {nested}\n")
+    said = f"{path}: not valid TOML: values nested too deeply; write them flatter"
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert str(info.value) == said
+    with pytest.raises(ConfigError) as info:
+        discovery.local_farm(path)
+    assert str(info.value) == said
