@@ -38,6 +38,7 @@ __all__ = [
     "parse_address",
     "parse_port",
     "connectable",
+    "dialable",
     "parse_servers",
     "connect",
     "Dial",
@@ -168,8 +169,17 @@ def connectable(addr: Address | str) -> Address:
     return parsed
 
 
+def dialable(text: str) -> Address:
+    """``text`` as a server to connect to, with a host: ``:4730``, a listener's every
+    interface, named none (each connect: "Name or service not known"). AddressError."""
+    parsed = parse_address(text)
+    if parsed.kind == "tcp" and not parsed.host:
+        raise AddressError(text, f"names no host; write 127.0.0.1{text.strip()} for this one")
+    return parsed
+
+
 def parse_servers(servers: str | Iterable[str]) -> list[str]:
-    """Normalise a server list (each as :func:`parse_address` reads it), duplicates dropped.
+    """Normalise a server list (each as :func:`dialable` reads it), duplicates dropped.
 
     A string is comma-separated. Where to go given no list is farm.discovery's to say
     (``client_servers``: $FARM_SERVERS, $GEARMAN_SERVERS, the config), not this.
@@ -187,7 +197,7 @@ def parse_servers(servers: str | Iterable[str]) -> list[str]:
     for item in items:
         if not isinstance(item, str):
             raise TypeError(f"server address must be a string, not {type(item).__name__}")
-        norm = str(parse_address(item))
+        norm = str(dialable(item))
         if norm not in result:
             result.append(norm)
     if not result:

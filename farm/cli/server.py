@@ -81,7 +81,7 @@ def default_server(config: Path | None = None) -> str:
 def server_address(server: str | None, config: Path | None = None) -> str:
     """``--server`` (else the default, from ``config`` if given) in normal form; a bad one
     is a usage error."""
-    from farm.net import AddressError, parse_address
+    from farm.net import AddressError, dialable
 
     if server is None:
         try:
@@ -97,7 +97,7 @@ def server_address(server: str | None, config: Path | None = None) -> str:
             source = f"${env[0]}" if env else "the default server"
             fail(f"{source}: {exc}", 2)
     try:
-        return str(parse_address(server))
+        return str(dialable(server))
     except AddressError as exc:
         fail(f"--server {server}: {exc.reason}", 2)
 

@@ -32,7 +32,7 @@ from farm.config.servertune import (
 )
 from farm.errors import ConfigError
 from farm.logs import LOG_FORMATS
-from farm.net import DEFAULT_PORT, DEFAULT_SERVER, AddressError, parse_address
+from farm.net import DEFAULT_PORT, DEFAULT_SERVER, Address, AddressError, parse_address
 
 __all__ = ["Validator"]
 
@@ -205,7 +205,7 @@ class Validator(PoolReader):
                 "supervisor.servers",
                 f'must be a list like ["10.0.0.5:{DEFAULT_PORT}"]; [] runs the local server',
             )
-        servers = [str(self.address(a, "supervisor.servers")) for a in servers]
+        servers = [str(self.server_address(a)) for a in servers]
         grace = raw["graceful_timeout"]
         if (
             isinstance(grace, bool)
@@ -273,6 +273,17 @@ class Validator(PoolReader):
             ready_wait=float(ready),
             memory_budget_mb=budget,
         )
+
+    def server_address(self, text: str) -> Address:
+        """One of ``[supervisor] servers``: an address the workers connect to, so with a
+        host (":4730" is every interface to a listener; the workers' connects failed)."""
+        parsed = self.address(text, "supervisor.servers")
+        if parsed.kind == "tcp" and not parsed.host:
+            raise self.fail(
+                "supervisor.servers",
+                f"{text!r} names no host; write 127.0.0.1{text.strip()} for this one",
+            )
+        return parsed
 
     def local_server(self, raw: Any, servers: list[str]) -> bool:
         if raw is None:

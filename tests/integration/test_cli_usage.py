@@ -145,6 +145,10 @@ def test_usage_mistakes_are_one_line_and_exit_2(tmp_path: Path) -> None:
         ["status", "--server", LONG_UNIX],
         ["jobs", "--server", LONG_UNIX],
         ["server", "--store", "none", "-L", LONG_UNIX],
+        # no host: "Name or service not known", exit 1, as if the server were down (the
+        # worker: retried for ever)
+        *([*cmd, "--server", ":4730"] for cmd in (WORKER_CMD, ["submit", "f", "x"], ["status"])),
+        ["jobs", "--server", ":4730"],
         ["server", "--store", "none", "-L", "unix:/tmp/short.sock", "--unix", LONG_UNIX[5:]],
         # an endpoint no scrape can reach: `farm top` ran on, saying it "did not answer"
         *(

@@ -109,6 +109,8 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
         ('cpus = "all"', 'cpus = "0-999"', "supervisor.cpus", "outside this process's CPU set"),
         ('cpus = "all"', 'cpus = "0-99999999"', "supervisor.cpus", "8192 at most"),
         ("servers = []", 'servers = ["nohost"]', "supervisor.servers", "HOST:PORT"),
+        # every interface to a listener, no server to a worker: its connects failed for ever
+        ("servers = []", 'servers = [":4999"]', "supervisor.servers", "127.0.0.1:4999"),
         (
             '"127.0.0.1:4999", ',
             '"127.0.0.1:4999", "127.0.0.1:5000", ',

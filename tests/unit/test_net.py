@@ -168,3 +168,12 @@ def test_a_dial_that_fails_other_than_by_oserror_still_reports() -> None:
     dial = Dial(f"{'a' * 64}.example:4730", 1.0, None, woken.set)
     assert woken.wait(30)
     assert isinstance(dial.outcome, OSError)
+
+
+@pytest.mark.parametrize("servers", [":4730", "127.0.0.1:4731, :4730", [":4730"]])
+def test_a_server_to_connect_to_names_a_host(servers: str | list[str]) -> None:
+    # ":4730" is every interface to a listener (parse_address keeps it for them); as a
+    # server it reached none: "Name or service not known", exit 1, or a worker's retries.
+    with pytest.raises(AddressError) as info:
+        parse_servers(servers)
+    assert info.value.reason == "names no host; write 127.0.0.1:4730 for this one"
