@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -121,6 +122,16 @@ def control_socket(config: Path | None, control: str | None) -> str:
     if control is not None:
         if not control.strip():  # else the socket's "Invalid argument", exit 1
             fail("--control must be the path of the control socket, not empty", 2)
+        from farm.paths import socket_path_problem
+
+        # Each of these was "no supervisor answers at ..." (or "AF_UNIX path too long"),
+        # exit 1, as if the farm were down.
+        if control.startswith("unix:"):
+            fail(f"--control {control}: give the socket's path, without unix:", 2)
+        if "/" not in control and re.fullmatch(r".*:\d+", control):
+            fail(f"--control {control}: a TCP address; the control socket is a Unix socket", 2)
+        if too_long := socket_path_problem(control, "/run/farm/control.sock"):
+            fail(f"--control: {too_long}", 2)
         if os.path.exists(control) and not stat.S_ISSOCK(os.stat(control).st_mode):
             # else "no supervisor answers at PATH", exit 1, as if the farm were down
             fail(f"--control {control}: not a socket; give the farm's control socket", 2)

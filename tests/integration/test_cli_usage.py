@@ -131,6 +131,11 @@ def test_usage_mistakes_are_one_line_and_exit_2(tmp_path: Path) -> None:
         ["stop", "--wait", "nan"],
         ["stop", "--wait", "-1"],
         ["ps", "--control", "/"],  # was "no supervisor answers at /", exit 1: the farm down?
+        # so were these, or "AF_UNIX path too long"
+        ["ps", "--control", LONG_UNIX[5:]],
+        ["stop", "--control", LONG_UNIX[5:]],
+        ["ps", "--control", "unix:/no/such/control.sock"],
+        ["reload", "--control", "127.0.0.1:4730"],
         ["server", "--backlog", "0"],
         ["server", "--store", "none", "--backlog", "99999999999"],  # past a C int: a traceback
         ["server", "--worker-uid", "-1"],
