@@ -119,6 +119,8 @@ def parse_address(text: str, default_port: int | None = DEFAULT_PORT) -> Address
         if too_long := socket_path_problem(addr[5:]):
             raise SocketPathTooLong(text, too_long)
         return Address("unix", path=addr[5:])
+    if "://" in addr:  # gearman://h:1: read as an unbracketed IPv6 address, and refused so
+        raise AddressError(text, f"is a URL; write HOST:PORT, e.g. {DEFAULT_SERVER}")
     if any(c.isspace() for c in addr):  # "a:1 b:2": two servers, one space for the comma
         raise AddressError(
             text, "holds a space; separate servers with commas (127.0.0.1:4730,127.0.0.1:4731)"
@@ -170,8 +172,7 @@ def connectable(addr: Address | str) -> Address:
 
 
 def dialable(text: str) -> Address:
-    """``text`` as a server to connect to, with a host: ``:4730``, a listener's every
-    interface, named none (each connect: "Name or service not known"). AddressError."""
+    """``text`` as a server to connect to: with a host (``:4730``, every interface, named none)."""
     parsed = parse_address(text)
     if parsed.kind == "tcp" and not parsed.host:
         raise AddressError(text, f"names no host; write 127.0.0.1{text.strip()} for this one")
