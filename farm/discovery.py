@@ -139,11 +139,18 @@ def read_config_file(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text; is it the right file?") from None
     except RecursionError:
-        # tomllib reads nested arrays and inline tables by recursion: a few hundred levels
-        # (garbage, or a generated file) ended every command that read it in a traceback.
+        # tomllib reads nested values by recursion: a few hundred levels were a traceback
         raise ConfigError(
             f"{path}: not valid TOML: values nested too deeply; write them flatter"
         ) from None
+
+
+def no_settings(source: object) -> ConfigError:
+    """A file with no settings (a failed write) ran the built-in farm, port 4730, demo pools."""
+    return ConfigError(
+        f"{source}: has no settings (empty, or only comments); write the farm's tables in it"
+        " (systemd/farm.toml shows them), or name no file to run the built-in defaults"
+    )
 
 
 def resolve(base: Path | None, value: str) -> str:
@@ -179,7 +186,9 @@ def control_path(explicit: str | os.PathLike[str] | None = None) -> str:
     default = str(runtime_dir() / "control.sock")
     if path is None:
         return default
-    supervisor = read_config_file(path).get("supervisor", {})
+    if not (raw := read_config_file(path)):  # not the default: "the farm's moved", exit 1
+        raise no_settings(path)
+    supervisor = raw.get("supervisor", {})
     control = supervisor.get("control", default) if isinstance(supervisor, dict) else default
     if not isinstance(control, str) or not control.strip():
         raise ConfigError(f"{path}: supervisor.control must be the path of a Unix socket")

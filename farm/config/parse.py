@@ -30,6 +30,7 @@ from farm.config.servertune import (
     spill_dir_problem,
     store_problem,
 )
+from farm.discovery import no_settings
 from farm.errors import ConfigError
 from farm.logs import LOG_FORMATS
 from farm.net import DEFAULT_PORT, DEFAULT_SERVER, Address, AddressError, parse_address
@@ -48,15 +49,8 @@ class Validator(PoolReader):
     pool_errors: list[ConfigError] | None = None
 
     def config(self, raw: dict[str, Any]) -> Config:
-        if not raw:
-            # A file truncated by a failed write or an editor ran the built-in farm: on
-            # port 4730 with demo pools, one Executor worker per core; on `farm reload`,
-            # those replaced every pool of the running farm.
-            raise ConfigError(
-                f"{self.source}: has no settings (empty, or only comments); write the"
-                " farm's tables in it (systemd/farm.toml shows them), or name no file"
-                " to run the built-in defaults"
-            )
+        if not raw:  # a file truncated by a failed write or an editor
+            raise no_settings(self.source)
         defaults = builtin()
         sup = {
             **defaults["supervisor"],

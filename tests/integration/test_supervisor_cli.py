@@ -370,3 +370,21 @@ def test_a_unix_socket_this_user_cannot_make_is_one_line_before_anything_starts(
     line = one_line_error(out)
     assert line.startswith(f"farm: {up.config}: server.listen: cannot make the socket "), line
     assert f"{locked} is not writable by this user" in line, line
+
+
+def test_a_reload_by_an_emptied_config_naming_its_control_socket_says_it_is_empty(
+    tmp_path: Path,
+) -> None:
+    # As `systemctl reload` runs it, by --config: the file's control socket went with its
+    # settings, and the line said the farm answered elsewhere ("[supervisor] control
+    # changed since"), exit 1, not that the file was empty.
+    up = FarmUp(tmp_path, '[functions.rev]\ntarget = "workers.text:reverse"\nworkers = 1\n')
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"rev": 1})
+        up.config.write_text("# truncated\n")
+        out = farm_cli("reload", "--config", str(up.config))
+        assert out.returncode == 2, out.stderr
+        assert one_line_error(out).startswith(f"farm: {up.config}: has no settings")
+    finally:
+        assert up.stop() == 0
