@@ -171,9 +171,9 @@ def connectable(addr: Address | str) -> Address:
     return parsed
 
 
-def dialable(text: str) -> Address:
+def dialable(text: str, default_port: int | None = DEFAULT_PORT) -> Address:
     """``text`` as a server to connect to: with a host (``:4730``, every interface, named none)."""
-    parsed = parse_address(text)
+    parsed = parse_address(text, default_port)
     if parsed.kind == "tcp" and not parsed.host:
         raise AddressError(text, f"names no host; write 127.0.0.1{text.strip()} for this one")
     return parsed

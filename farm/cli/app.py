@@ -152,7 +152,7 @@ def metrics_url(text: str) -> str:
     `farm top` ran on with it, saying only that the endpoint "did not answer"."""
     from urllib.parse import urlsplit
 
-    from farm.net import AddressError, parse_address
+    from farm.net import AddressError, dialable
 
     fix = "give HOST:PORT (e.g. 127.0.0.1:9730) or http://HOST:PORT/metrics"
     try:
@@ -161,7 +161,7 @@ def metrics_url(text: str) -> str:
             if parts.scheme in ("http", "https") and parts.hostname and parts.port != 0:
                 return text
             fail(f"--metrics {text}: not an http:// URL with a host; {fix}", 2)
-        where = parse_address(text, default_port=None)
+        where = dialable(text, default_port=None)  # with a host: http://:9730 is refused above too
     except (AddressError, ValueError) as exc:  # ValueError: urlsplit's port out of range
         fail(f"--metrics {text}: {getattr(exc, 'reason', exc)}; {fix}", 2)
     if where.kind == "unix":

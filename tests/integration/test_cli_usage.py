@@ -158,7 +158,7 @@ def test_usage_mistakes_are_one_line_and_exit_2(tmp_path: Path) -> None:
         # an endpoint no scrape can reach: `farm top` ran on, saying it "did not answer"
         *(
             ["top", "--once", "--control", "/no/such/control.sock", "--metrics", where]
-            for where in (":", "host:99999", "unix:/tmp/m.sock", "http://", "ftp://h/metrics")
+            for where in (":", ":9730", "host:99999", "unix:/tmp/m.sock", "http://", "ftp://h/m")
         ),
     ],
 )
