@@ -20,6 +20,10 @@ def octal_mode(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode such as 660") from None
     if not 0 <= mode <= 0o777:
         raise argparse.ArgumentTypeError(f"{text!r} is not a mode from 000 to 777")
+    if not mode & 0o200:  # else the farm's own workers, of the socket's user, never connect
+        raise argparse.ArgumentTypeError(
+            f"{text!r} gives its owner no write, which a connect needs; e.g. 600 or 660"
+        )
     return mode
 
 

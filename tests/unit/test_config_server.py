@@ -53,6 +53,9 @@ def test_server_tuning_keys_become_the_servers_flags(tmp_path: Path) -> None:
         ('unix_mode = "999"', "server.unix_mode", "not an octal mode"),
         ('unix_mode = "1777"', "server.unix_mode", "from 000 to 777"),
         ("unix_mode = 660", "server.unix_mode", 'in quotes, such as "660"'),
+        # a connect needs write: the farm's own workers (its user, not root) never connected
+        ('unix_mode = "0"', "server.unix_mode", "'0' gives its owner no write"),
+        ('unix_mode = "460"', "server.unix_mode", "no write, which a connect needs; e.g. 600"),
         ("max_packet = 100", "server.max_packet", "at least 1024"),
         ("max_packet = 1073741824", "server.max_packet", "at most 67108864"),
         (
