@@ -12,6 +12,7 @@ import ast
 import functools
 import importlib
 import os
+import re
 import site
 import sys
 import sysconfig
@@ -25,6 +26,7 @@ from farm.errors import WorkingDirectoryGone
 from farm.paths import controlled_by_another, untrusted_because, working_directory
 
 __all__ = [
+    "TARGET_SHAPE",
     "NotCallable",
     "target_problem",
     "load_target",
@@ -33,6 +35,10 @@ __all__ = [
     "workers_path",
     "load_failure",
 ]
+
+
+#: What a target looks like, ``module:function``, in farm.toml and to `farm worker`.
+TARGET_SHAPE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
 class NotCallable(TypeError):

@@ -211,6 +211,12 @@ def test_an_empty_config_path_is_a_usage_error(command: list[str]) -> None:
         # key with one goes out as that byte: test_client_cli.)
         ([*WORKER, "--client-id", "\udcff"], "--client-id '\\xff' is not UTF-8 text"),
         (["submit", "a\tb", "x"], "FUNCTION 'a\\tb' holds a control character"),
+        # farm.toml's rule for a target: these were "cannot load .rel:x: TypeError: the
+        # 'package' argument is required ...", "... No module named '/srv/w'"
+        *(
+            (["worker", bad], f"target {bad!r} must look like MODULE:FUNCTION")
+            for bad in (".rel:x", "/srv/w:run", "a:b:c", "workers.text:reverse()")
+        ),
     ],
 )
 def test_names_the_server_would_refuse_are_usage_errors(args: list[str], said: str) -> None:
