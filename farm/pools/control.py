@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 MAX_REQUEST = 64 * 1024
-_SCALE = re.compile(r"^([A-Za-z0-9_.-]{1,64})=(?:([+-]?)(\d{1,6})|auto)$")
+_SCALE = re.compile(r"^([A-Za-z0-9_.-]{1,64})=(?:([+-]?)([0-9]+)|auto)$")
 
 
 class ControlUnavailable(FarmError):
@@ -51,6 +51,8 @@ def parse_scale(arg: str) -> tuple[str, str, int | None]:
             f"{arg!r} is not NAME=COUNT, NAME=+N, NAME=-N or NAME=auto (e.g. resize=32)"
         )
     name, sign, count = match.groups()
+    if count is not None and len(count) > 6:  # the request stays small; a pool has 1024 at most
+        raise ValueError(f"{arg!r}: {count} workers is more than a pool may have")
     return name, sign or "=", None if count is None else int(count)
 
 

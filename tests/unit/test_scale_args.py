@@ -24,3 +24,12 @@ def test_parse_scale(arg: str, parsed: tuple[str, str, int | None]) -> None:
 def test_parse_scale_refuses(arg: str) -> None:
     with pytest.raises(ValueError, match="NAME=auto"):
         parse_scale(arg)
+
+
+@pytest.mark.parametrize("arg", ["resize=1000000", "resize=+99999999999999999", "resize=-1234567"])
+def test_a_count_past_any_pool_is_named_as_one(arg: str) -> None:
+    # It was "is not NAME=COUNT, NAME=+N, ...", of an argument in just that form.
+    count = arg.split("=")[1].lstrip("+-")
+    with pytest.raises(ValueError) as info:
+        parse_scale(arg)
+    assert str(info.value) == f"{arg!r}: {count} workers is more than a pool may have"
