@@ -25,8 +25,8 @@ from farm.config.model import (
 from farm.config.pooltables import MAX_GRACE, POOL_KEYS, PoolReader
 from farm.config.servertune import (
     TUNING,
-    control_problem,
     server_flags,
+    socket_problem,
     spill_dir_problem,
     store_problem,
 )
@@ -37,6 +37,8 @@ from farm.net import DEFAULT_PORT, DEFAULT_SERVER, Address, AddressError, parse_
 
 __all__ = ["Validator"]
 
+#: A path the local server's Unix socket may have, for a fix.
+_SOCKET = "/run/farm/gearman.sock"
 #: The fix for a bad metrics address (not the job server's forms: no unix:, not its port).
 _METRICS_FORMS = 'must be "HOST:PORT" (e.g. "127.0.0.1:9730") or "off"'
 
@@ -142,6 +144,9 @@ class Validator(PoolReader):
                 f'must be a list like ["{DEFAULT_SERVER}", "unix:/run/farm/gearman.sock"]',
             )
         addresses = [self.address(a, "server.listen") for a in listen]
+        for a in addresses:
+            if a.kind == "unix" and (where := socket_problem(a.path, f"unix:{_SOCKET}")):
+                raise self.fail("server.listen", where)
         kinds = [a.kind for a in addresses]
         if kinds.count("tcp") > 1 or kinds.count("unix") > 1:
             raise self.fail(
@@ -190,7 +195,7 @@ class Validator(PoolReader):
                 " its path, e.g. /run/farm/control.sock",
             )
         control = self.path(control, "supervisor.control")
-        problem = control_problem(control)
+        problem = socket_problem(control, "/run/farm/control.sock")
         if problem:
             raise self.fail("supervisor.control", problem)
         servers = raw["servers"]

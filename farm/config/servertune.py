@@ -141,14 +141,15 @@ def store_problem(path: str) -> str | None:
     return None
 
 
-def control_problem(path: str) -> str | None:
-    """What is wrong with ``[supervisor] control``, found before the farm starts (None:
-    nothing seen); it failed later as a bare OSError, exit 1, which systemd restarts."""
-    too_long = socket_path_problem(path, "/run/farm/control.sock")
+def socket_problem(path: str, example: str) -> str | None:
+    """What is wrong with a Unix socket's path (``[supervisor] control``, a ``unix:`` entry
+    of ``[server] listen``; ``example`` is one for the fix), found before the farm starts
+    (None: nothing seen); its bind failed later, exit 1, which systemd restarts."""
+    too_long = socket_path_problem(path, example)
     if too_long:
         return too_long
     where = _no_place(path)
-    return f"{where}; put the socket elsewhere, e.g. /run/farm/control.sock" if where else None
+    return f"{where}; put the socket elsewhere, e.g. {example}" if where else None
 
 
 #: Kernel filesystems: a file cannot be made in them, whatever the modes say (to root).

@@ -88,6 +88,9 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
         ('store = "none"', 'store = "/tmp"', "server.store", "is a directory: name a file in it"),
         ('store = "none"', 'store = "/etc/passwd"', "server.store", "not a SQLite database"),
         ('store = "none"', 'store = "/proc/q.db"', "server.store", "/proc is a kernel filesystem"),
+        # as the control socket: the server's bind failed at start, exit 1, in lines naming
+        # no file (which systemd restarts)
+        ('"unix:run/', '"unix:/proc/', "server.listen", "/proc is a kernel filesystem"),
         ('store = "none"', 'store = "/etc/hostname/q.db"', "server.store", "is not a directory;"),
         (
             "[supervisor]",
