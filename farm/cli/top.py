@@ -351,6 +351,8 @@ def top(
     """A live view: each function's queue, rate, run times and failures, and each process."""
     if sort not in SORT_KEYS:
         fail(f"--sort {sort}: one of {', '.join(SORT_KEYS)}", 2)
+    if once and iterations is not None:  # which count was meant? (--once won, unsaid)
+        fail("--once draws one frame, --iterations N frames: give one of them", 2)
     url = None if metrics is None else metrics_url(metrics)
     control = control_socket(config, control)
     code = live_view(

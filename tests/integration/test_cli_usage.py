@@ -155,6 +155,8 @@ def test_usage_mistakes_are_one_line_and_exit_2(tmp_path: Path) -> None:
         *([*cmd, "--server", ":4730"] for cmd in (WORKER_CMD, ["submit", "f", "x"], ["status"])),
         ["jobs", "--server", ":4730"],
         ["server", "--store", "none", "-L", "unix:/tmp/short.sock", "--unix", LONG_UNIX[5:]],
+        # --once draws one frame: the other count was dropped in silence (as ps's --count)
+        ["top", "--once", "--iterations", "3", "--control", "/no/such/control.sock"],
         # an endpoint no scrape can reach: `farm top` ran on, saying it "did not answer"
         *(
             ["top", "--once", "--control", "/no/such/control.sock", "--metrics", where]
