@@ -143,7 +143,7 @@ def parse_address(text: str, default_port: int | None = DEFAULT_PORT) -> Address
     else:
         host, colon, port = addr.partition(":")
         port_text = port if colon else None
-        if any(c.isspace() or c in "[]/" for c in host):
+        if any(c.isspace() or c in "[]/" or not c.isprintable() for c in host):  # NUL
             raise AddressError(text, f"{host!r} is not a host name or address")
     if port_text is None:
         if default_port is None:

@@ -91,6 +91,9 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
         # as the control socket: the server's bind failed at start, exit 1, in lines naming
         # no file (which systemd restarts)
         ('"unix:run/', '"unix:/proc/', "server.listen", "/proc is a kernel filesystem"),
+        # a NUL in a host: the server's exec failed ("embedded null byte"), exit 1
+        ('"127.0.0.1:', '"127.0.0.1\\u0000:', "server.listen", "is not a host name or address"),
+        ("servers = []", 'servers = ["h\\u0000:1"]', "supervisor.servers", "not a host name"),
         ('store = "none"', 'store = "/etc/hostname/q.db"', "server.store", "is not a directory;"),
         (
             "[supervisor]",

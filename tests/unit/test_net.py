@@ -73,6 +73,9 @@ def test_each_form_parses_and_prints_its_normal_form(
         # two servers, a space for the comma: once "an IPv6 address ... takes brackets"
         ("127.0.0.1:47202 127.0.0.1:47201", "holds a space; separate servers with commas"),
         ("host/path:4730", "is not a host name or address"),
+        # farm up's server failed to exec ("embedded null byte"), exit 1; workers retried
+        ("127.0.0.1\x00:4730", "'127.0.0.1\\x00' is not a host name or address"),
+        ("a\x01b", "is not a host name or address"),
         # was "an IPv6 address with a port takes brackets"
         ("gearman://127.0.0.1:4730", "is a URL; write HOST:PORT, e.g. 127.0.0.1:4730"),
         ("tcp://h", "is a URL; write HOST:PORT"),
