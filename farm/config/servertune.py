@@ -176,6 +176,9 @@ def spill_dir_problem(path: str) -> str | None:
     than at the first large call (None: nothing seen; farm creates it when missing)."""
     if os.path.lexists(path) and not os.path.isdir(path):
         return f"{path} is not a directory"
+    where = _no_place(path)  # under a file, in /proc: farm up said nothing of it
+    if where and not os.path.lexists(path):
+        return f"{where}; name a directory elsewhere, e.g. /var/lib/farm/spill"
     if os.path.isdir(path) and os.stat(path).st_mode & 0o002:
         return (
             f"{path} is writable by every user, who could swap the files: name a directory"

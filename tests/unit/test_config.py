@@ -107,6 +107,14 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
             "executor.spill_dir",
             "not a directory",
         ),
+        # the farm started without a word, and the first large call failed
+        *(
+            ("[supervisor]", f'[executor]\nspill_dir = "{path}"\n[supervisor]', key, said)
+            for path, key, said in (
+                ("/etc/hostname/spill", "executor.spill_dir", "/etc/hostname is not a directory;"),
+                ("/proc/spill", "executor.spill_dir", "/proc is a kernel filesystem"),
+            )
+        ),
         ('cpus = "all"', "cpus = [999]", "supervisor.cpus", "core 999"),
         ('cpus = "all"', 'cpus = "some"', "supervisor.cpus", '"all", a list of core numbers'),
         ('cpus = "all"', 'cpus = "0-"', "supervisor.cpus", "taskset -c"),
