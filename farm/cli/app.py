@@ -147,6 +147,15 @@ def control_socket(config: Path | None, control: str | None) -> str:
         fail(f"{e} (to reach the running farm anyway: --control PATH)", 2)
 
 
+def refuse_non_sockets(servers: list[str], source: str) -> None:
+    """A ``unix:`` server that is there and no socket (a file, a directory) is a usage
+    error: its connects were refused, exit 1, as if the farm were down (a worker's for ever)."""
+    for server in servers:
+        path = server[5:] if server.startswith("unix:") else None
+        if path and os.path.exists(path) and not stat.S_ISSOCK(os.stat(path).st_mode):
+            fail(f"{source} {server}: not a socket; give the job server's", 2)
+
+
 def metrics_url(text: str) -> str:
     """``--metrics`` as the URL to scrape; one no scrape can reach is a usage error (exit 2):
     `farm top` ran on with it, saying only that the endpoint "did not answer"."""

@@ -11,7 +11,15 @@ from typing import Annotated
 
 import typer
 
-from farm.cli.app import SERVER_DEFAULT_HELP, ConfigOption, FarmCommand, app, fail, typed
+from farm.cli.app import (
+    SERVER_DEFAULT_HELP,
+    ConfigOption,
+    FarmCommand,
+    app,
+    fail,
+    refuse_non_sockets,
+    typed,
+)
 from farm.errors import ConfigError, FarmError, JobError
 
 # farm.net, farm.discovery and farm.protocol are imported where they are used: every `farm`
@@ -232,7 +240,9 @@ def _servers(server: list[str] | None, config: Path | None) -> list[str]:
 
     try:
         if server:
-            return parse_servers(",".join(server))
+            given = parse_servers(",".join(server))
+            refuse_non_sockets(given, "--server")
+            return given
         return parse_servers(client_servers(config))
     except ConfigError as exc:
         fail(str(exc), 2)

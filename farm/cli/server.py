@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
-from farm.cli.app import SERVER_DEFAULT_HELP, ConfigOption, FarmCommand, app, fail, own_row
+from farm.cli.app import (
+    SERVER_DEFAULT_HELP,
+    ConfigOption,
+    FarmCommand,
+    app,
+    fail,
+    own_row,
+    refuse_non_sockets,
+)
 from farm.errors import ConfigError, FarmError
 
 # The client side (farm.net, farm.discovery, farm.client.admin, farm.protocol) is imported
@@ -97,9 +105,11 @@ def server_address(server: str | None, config: Path | None = None) -> str:
             source = f"${env[0]}" if env else "the default server"
             fail(f"{source}: {exc}", 2)
     try:
-        return str(dialable(server))
+        given = str(dialable(server))
     except AddressError as exc:
         fail(f"--server {server}: {exc.reason}", 2)
+    refuse_non_sockets([given], "--server")
+    return given
 
 
 def unreachable(

@@ -154,6 +154,10 @@ def test_usage_mistakes_are_one_line_and_exit_2(tmp_path: Path) -> None:
         # worker: retried for ever)
         *([*cmd, "--server", ":4730"] for cmd in (WORKER_CMD, ["submit", "f", "x"], ["status"])),
         ["jobs", "--server", ":4730"],
+        # a unix: path where no socket is: "Connection refused ... is the farm up?", exit 1
+        # (the worker: retried for ever)
+        *([*cmd, "--server", "unix:/dev/null"] for cmd in (WORKER_CMD, ["submit", "f", "x"])),
+        ["status", "--server", "unix:/dev/null"],
         ["server", "--store", "none", "-L", "unix:/tmp/short.sock", "--unix", LONG_UNIX[5:]],
         # --once draws one frame: the other count was dropped in silence (as ps's --count)
         ["top", "--once", "--iterations", "3", "--control", "/no/such/control.sock"],
