@@ -89,12 +89,12 @@ def _named(path: Path, where: str) -> Path:
     """A config file named by the user, or why it cannot be one."""
     try:
         path.stat()
-    except PermissionError:
-        raise ConfigError(
-            f"{path}: this user may not reach it (permission denied) {where}"
-        ) from None
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         pass  # not there, or not a directory on the way: said below
+    except OSError as e:  # a name too long was is_dir()'s traceback; a loop, "no such"
+        denied = isinstance(e, PermissionError)
+        why = "this user may not reach it (permission denied)" if denied else e.strerror
+        raise ConfigError(f"{path}: {why} {where}") from None
     if path.is_dir():
         raise ConfigError(f"{path}: is a directory, not a config file {where}")
     if not path.is_file():

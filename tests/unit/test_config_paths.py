@@ -209,3 +209,18 @@ def test_the_defaults_load_where_the_working_directory_was_removed(
     monkeypatch.chdir(gone)
     gone.rmdir()
     assert "reverse" in config.load(None).functions
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [("x" * 300, "File name too long"), ("loop", "Too many levels of symbolic links")],
+    ids=["a name too long", "a loop of links"],
+)
+def test_a_config_path_no_file_can_be_at_says_why(tmp_path: Path, name: str, why: str) -> None:
+    # A name over 255 bytes was OSError out of is_dir(), a traceback from every command
+    # given it; a loop of links was "no such config file".
+    (tmp_path / "loop").symlink_to("loop")
+    path = tmp_path / name
+    with pytest.raises(ConfigError) as info:
+        discovery.find_config(path)
+    assert str(info.value) == f"{path}: {why} (--config); check the path"
