@@ -158,6 +158,8 @@ _KERNEL_FS = ("/proc", "/sys")
 
 def _no_place(path: str) -> str | None:
     """Why no file can be made at ``path`` (its missing directories are made), or None."""
+    if any(len(os.fsencode(name)) > 255 for name in path.split("/")):  # NAME_MAX: ENAMETOOLONG
+        return f"{path} holds a name over 255 bytes, more than a file system takes"
     parent = os.path.dirname(path)
     while parent and not os.path.lexists(parent):
         parent = os.path.dirname(parent) if parent != os.path.dirname(parent) else ""

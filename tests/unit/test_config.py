@@ -88,6 +88,8 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
         ('store = "none"', 'store = "/tmp"', "server.store", "is a directory: name a file in it"),
         ('store = "none"', 'store = "/etc/passwd"', "server.store", "not a SQLite database"),
         ('store = "none"', 'store = "/proc/q.db"', "server.store", "/proc is a kernel filesystem"),
+        # farm check said ok, and farm up's server could not open it, exit 1
+        ('store = "none"', f'store = "/tmp/{"q" * 300}"', "server.store", "a name over 255 bytes"),
         # as the control socket: the server's bind failed at start, exit 1, in lines naming
         # no file (which systemd restarts)
         ('"unix:run/', '"unix:/proc/', "server.listen", "/proc is a kernel filesystem"),
@@ -113,6 +115,7 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
             for path, key, said in (
                 ("/etc/hostname/spill", "executor.spill_dir", "/etc/hostname is not a directory;"),
                 ("/proc/spill", "executor.spill_dir", "/proc is a kernel filesystem"),
+                (f"/tmp/{'s' * 256}", "executor.spill_dir", "a name over 255 bytes"),
             )
         ),
         ('cpus = "all"', "cpus = [999]", "supervisor.cpus", "core 999"),
