@@ -140,8 +140,10 @@ def test_a_large_function_stays_in_its_file_until_the_map_ends(ex: farm.Executor
     # The only call handed over is done: the next one, read now, still needs the file.
     assert next(results) == (2 << 20)
     assert list(results) == [(2 << 20) + i for i in range(1, 6)]
-    assert ex._files._shared == {}, "the map ended: its function's file is released"
-    assert ex._files._files == set(), "... and removed"
+    # The last call's hold goes in its done-callback, which concurrent.futures runs after
+    # it wakes result()'s waiter: a moment after, not before.
+    wait_for("the map's function file to be released", lambda: ex._files._shared == {})
+    wait_for("... and removed", lambda: ex._files._files == set())
 
 
 def test_a_large_function_s_file_goes_when_the_map_fails_or_is_dropped_unstarted(
@@ -158,7 +160,9 @@ def test_a_large_function_s_file_goes_when_the_map_fails_or_is_dropped_unstarted
     with pytest.raises(KeyError, match="input broke"):
         ex.map(fn, bad(), buffersize=4)
     wait_for("the call sent to end", lambda: ex._pump._in_flight == 0 and not ex._pump._pending)
-    assert ex._files._shared == {}, "the failed map's hold went with it"
+    # The call's own hold goes in its done-callback, which the pump runs as it settles the
+    # future, after it counts the job out of _in_flight: a moment after, not before.
+    wait_for("the failed map's hold to go with it", lambda: ex._files._shared == {})
 
 
 def test_a_large_function_s_file_goes_with_a_map_dropped_before_its_first_result(
@@ -169,7 +173,8 @@ def test_a_large_function_s_file_goes_with_a_map_dropped_before_its_first_result
     wait_for("its first call to end", lambda: ex._pump._in_flight == 0)
     del unstarted
     gc.collect()
-    assert ex._files._shared == {}
+    # As above: the first call's hold goes in its done-callback, a moment after _in_flight.
+    wait_for("the dropped map's holds to go", lambda: ex._files._shared == {})
 
 
 def test_a_list_grown_while_a_lazy_map_reads_it_is_read_to_its_new_end(
