@@ -98,15 +98,18 @@ def test_a_connect_under_way_holds_no_job_meant_for_another_server() -> None:
         live = f"127.0.0.1:{listener.getsockname()[1]}"
         pump = Pump([hung, live], Signer(b"k" * 32), "farm.python", "normal", 4, connect_timeout=5)
         try:
-            t0 = time.monotonic()
             for _ in range(4):  # the rotation starts at each in turn
                 while (conn := pump._connection()) is None:  # both connect, each in a thread
                     dial = pump._dials.get(live)
                     if dial is not None:
                         wait_for("the live connect", lambda dial=dial: dial.outcome is not None)
                 assert conn.addr == live
-            assert time.monotonic() - t0 < 1, "a job waited for the hung host's connect"
-            assert pump._dials[hung].outcome is None, "its connect goes on meanwhile"
+            # Not a clock (a loaded machine's is no measure): the hung connect, which ends at
+            # connect_timeout, is still under way once all four have their connection.
+            under_way = pump._dials.get(hung)
+            assert under_way is not None and under_way.outcome is None, (
+                "a job waited for the hung host's connect"
+            )
         finally:
             pump._close_all()
             pump._selector.close()
