@@ -141,13 +141,14 @@ def test_calls_go_on_while_a_connect_to_a_host_that_answers_none_waits(tmp_path:
             assert warm.submit(add, 0, 0).result(timeout=20) == 0
         with farm.Executor(2, servers=[hung, live], key_file=str(key), connect_timeout=3) as ex:
             pump = ex._pump
-            t0 = time.monotonic()
             assert ex.submit(add, 1, 2).result(timeout=10) == 3  # the hung host first
             # Submitted while that connect is still under way: none is held for it.
             assert [ex.submit(add, i, 1).result(timeout=10) for i in range(6)] == [*range(1, 7)]
             assert list(ex.map(add, range(20), range(20))) == [2 * i for i in range(20)]
-            took = time.monotonic() - t0
-            assert took < 1.5, f"calls waited {took:.1f}s for a connect (connect_timeout 3 s)"
+            # Not a clock (a loaded machine's is no measure): the connect, which fails at
+            # connect_timeout (3 s), is still under way once every call has its result.
+            under_way = pump._dials.get(hung)
+            assert under_way is not None and under_way.outcome is None, "calls waited for a connect"
             assert hung not in pump._picker._down_until, "its connect had ended already"
             # It fails at connect_timeout as before, and the next call to try it (of two:
             # they take turns to start at each) sends it last for ten times that.
