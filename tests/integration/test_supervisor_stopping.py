@@ -40,7 +40,14 @@ def test_scale_restart_and_reload_while_stopping_are_refused_and_the_job_finishe
     # end before the four commands under a loaded machine, and the test then failed.
     (tmp_path / "sleepy.py").write_text(NAP_AT_GATE)
     gate = Gate(tmp_path / "gate")
-    up = FarmUp(tmp_path, '[functions.nap]\ntarget = "sleepy:nap"\nworkers = 2\n')
+    up = FarmUp(tmp_path, '[functions.nap]\ntarget = "sleepy:nap"\nworkers = 2\n', start=False)
+    # The drain ends when the test opens the gate, never at the grace: past FarmUp's 10 s
+    # (the four commands are four processes, ~2 s each on a loaded 2-core machine) the job
+    # was killed, the supervisor exited and the last command found it gone.
+    up.config.write_text(
+        up.config.read_text().replace("graceful_timeout = 10", "graceful_timeout = 120")
+    )
+    up.start()
     try:
         up.expect_notify("READY=1")
         up.wait_idle({"nap": 2})
