@@ -1,5 +1,6 @@
 """Read a Prometheus endpoint the way Prometheus would: one GET, prometheus_client's parser,
-and promtool's check where it is installed (required under FARM_REQUIRE_INTEROP)."""
+and promtool's check where it is installed (required under FARM_REQUIRE_INTEROP); and a job
+server's exposition made after the asking (``fresh_metrics``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from farm.client.admin import server_metrics
+from tests.helpers.waiting import wait_for
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -42,3 +46,21 @@ def get(samples: Samples, name: str, **labels: str) -> float:
 def series(samples: Samples, name: str, label: str) -> set[str]:
     """The values ``label`` takes across ``name``'s samples."""
     return {dict(labels)[label] for n, labels in samples if n == name and label in dict(labels)}
+
+
+def fresh_metrics(address: str) -> str:
+    """The job server's exposition (admin ``metrics``) made after this call began.
+
+    One that took the server over SLOW_EXPOSITION (0.1 s by the clock, which a loaded
+    machine's preemption passes) is given again as it was for ten times as long
+    (farm.server.exposition): a test that changed something since read the numbers of
+    before. A new exposition differs from the one before it, by its uptime at least, and a
+    reused one is the same bytes: the first answer that differs from the last was made new.
+    """
+    last = server_metrics(address, timeout=10)
+
+    def made_new() -> str | None:
+        text = server_metrics(address, timeout=10)
+        return text if text != last else None
+
+    return wait_for("an exposition made afresh", made_new, timeout=30)

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from farm.client.admin import server_metrics
 from farm.protocol import PacketType as T
 from tests.helpers.disks import small_tmpfs
 from tests.helpers.peers import Peer
+from tests.helpers.scraping import fresh_metrics
 from tests.helpers.servers import free_port, start_farm_server, start_with_store
 
 pytestmark = pytest.mark.timeout(60)
@@ -72,7 +72,7 @@ def test_background_submits_the_failing_store_refused_are_counted(
         client = peer_factory(srv.addr)
         client.send(T.SUBMIT_JOB_BG, "f", "stored", "small")
         client.expect(T.JOB_CREATED)  # the store works until the disk is full
-        before = refused(server_metrics(srv.addr, timeout=10), "store")
+        before = refused(fresh_metrics(srv.addr), "store")
         assert before and not any(before.values()), "shown at 0 until one counts"
         fill(tiny_disk)
         # Refused at the commit (the job was made, and is forgotten) ...
@@ -89,7 +89,7 @@ def test_background_submits_the_failing_store_refused_are_counted(
         waiter.expect(T.JOB_CREATED)
         client.send(T.SUBMIT_JOB_BG, "f", "k", b"z" * 200_000)
         assert client.expect(T.ERROR).args[0] == b"QUEUE_ERROR"
-        text = server_metrics(srv.addr, timeout=10)
+        text = fresh_metrics(srv.addr)
         assert {k: n for k, n in refused(text, "store").items() if n} == {
             ("f", "normal"): 2,
             ("f", "high"): 1,
@@ -129,7 +129,7 @@ def test_a_store_refusal_counts_under_the_refused_submits_priority(
         waiter.expect(T.JOB_CREATED)
         client.send(T.SUBMIT_JOB_LOW_BG, "f", "k2", "")
         assert client.expect(T.ERROR).args[0] == b"QUEUE_ERROR"
-        text = server_metrics(srv.addr, timeout=10)
+        text = fresh_metrics(srv.addr)
         assert {k: n for k, n in refused(text, "store").items() if n} == {("f", "low"): 2}
         assert value(text, "farm_jobs_submitted_total", function="f", priority="high") == 2
     finally:
@@ -141,7 +141,7 @@ def test_submits_and_can_dos_past_the_servers_limits_are_counted(
 ) -> None:
     srv = start_farm_server("--max-functions", "3", "--max-tcp-abilities", "2")
     try:
-        text = server_metrics(srv.addr, timeout=10)
+        text = fresh_metrics(srv.addr)
         for reason in ("max_functions", "max_tcp_abilities"):
             assert ("farm_worker_registrations_refused_total", (("reason", reason),)) in samples(
                 text
@@ -164,7 +164,7 @@ def test_submits_and_can_dos_past_the_servers_limits_are_counted(
         assert client.expect(T.ERROR).args == too_many
         worker.send(T.CAN_DO, "e")
         assert worker.expect(T.ERROR).args == too_many
-        text = server_metrics(srv.addr, timeout=10)
+        text = fresh_metrics(srv.addr)
         # Under other only, at every priority: the function has no entry to be labelled by.
         assert refused(text, "max_functions") == {
             ("other", "high"): 0,

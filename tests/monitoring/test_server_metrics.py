@@ -19,9 +19,10 @@ from collections.abc import Callable
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from farm.client.admin import admin_query, server_metrics
+from farm.client.admin import admin_query
 from farm.protocol import PacketType as T
 from tests.helpers.peers import Peer
+from tests.helpers.scraping import fresh_metrics
 from tests.helpers.servers import free_port, start_farm_server
 from tests.helpers.waiting import wait_for
 
@@ -117,7 +118,7 @@ def test_counters_gauges_and_histograms_follow_the_jobs(
         assert value(text, "farm_server_uptime_seconds") > 0
 
         # The same numbers through the admin protocol (what farm up's supervisor scrapes).
-        reply_text = server_metrics(srv.addr, timeout=10)
+        reply_text = fresh_metrics(srv.addr)
         assert value(reply_text, "farm_jobs_completed_total", function="f", priority="normal") == 3
         promtool = shutil.which("promtool")
         if promtool is None and os.environ.get("FARM_REQUIRE_INTEROP"):
@@ -144,7 +145,7 @@ def test_functions_nobody_serves_are_summed_under_other(
             client.expect(T.JOB_CREATED)
         client.send(T.SUBMIT_JOB_LOW_BG, "served", "", "x")
         client.expect(T.JOB_CREATED)
-        text = server_metrics(srv.addr, timeout=10)
+        text = fresh_metrics(srv.addr)
         functions = {s[1][0][1] for s in samples(text) if s[0] == "farm_jobs_submitted_total"}
         assert functions == {"other"}
         assert value(text, "farm_jobs_submitted_total", function="other", priority="normal") == 20
@@ -154,7 +155,7 @@ def test_functions_nobody_serves_are_summed_under_other(
         worker.send(T.CAN_DO, "served")
         worker.send(T.GRAB_JOB)
         worker.expect(T.JOB_ASSIGN)
-        text = server_metrics(srv.addr, timeout=10)
+        text = fresh_metrics(srv.addr)
         assert value(text, "farm_jobs_submitted_total", function="served", priority="low") == 1
         assert value(text, "farm_jobs_running", function="served") == 1
         # other keeps what "served" counted up to this scrape, the first to show its name
@@ -163,7 +164,7 @@ def test_functions_nobody_serves_are_summed_under_other(
         assert value(text, "farm_jobs_submitted_total", function="other", priority="normal") == 20
         assert value(text, "farm_job_queue_wait_seconds_count", function="served") == 1
         assert value(text, "farm_job_queue_wait_seconds_count", function="other") == 1
-        text = server_metrics(srv.addr, timeout=10)
+        text = fresh_metrics(srv.addr)
         assert value(text, "farm_jobs_submitted_total", function="other", priority="low") == 1
         # Its worker goes (a pool recycling): it keeps its name, its job is queued again.
         worker.sock.close()
@@ -171,7 +172,7 @@ def test_functions_nobody_serves_are_summed_under_other(
             "the job to be queued again",
             lambda: (
                 value(
-                    server_metrics(srv.addr, timeout=10),
+                    fresh_metrics(srv.addr),
                     "farm_jobs_retried_total",
                     function="served",
                     priority="low",
@@ -179,7 +180,7 @@ def test_functions_nobody_serves_are_summed_under_other(
                 == 1
             ),
         )
-        text = server_metrics(srv.addr, timeout=10)
+        text = fresh_metrics(srv.addr)
         assert value(text, "farm_jobs_queued", function="served", priority="low") == 1
         assert value(text, "farm_workers", function="served") == 0
     finally:
@@ -196,10 +197,10 @@ def test_other_keeps_what_a_dropped_function_counted(peer_factory: Callable[[str
         for _ in range(3):
             client.send(T.SUBMIT_JOB_BG, "nobody", "", "x")
             client.expect(T.JOB_CREATED)
-        text = server_metrics(srv.addr, timeout=10)
+        text = fresh_metrics(srv.addr)
         assert value(text, "farm_jobs_submitted_total", function="other", priority="normal") == 3
         assert admin_query(srv.addr, "drop function nobody", timeout=10) == "OK\r\n"
-        text = server_metrics(srv.addr, timeout=10)
+        text = fresh_metrics(srv.addr)
         assert value(text, "farm_jobs_submitted_total", function="other", priority="normal") == 3
         assert value(text, "farm_jobs_failed_total", function="other", priority="normal") == 3
         assert value(text, "farm_jobs_queued", function="other", priority="normal") == 0
@@ -237,7 +238,7 @@ def test_submits_refused_for_a_full_queue_are_counted_by_reason(
         assert refused_count(client, T.SUBMIT_JOB_BG, "mq", "x", 5) == 3
         # Two mq jobs hold 1,030 bytes: one big job fits beside them, a second does not.
         assert refused_count(client, T.SUBMIT_JOB_LOW_BG, "nobody", "y" * 1000, 3) == 2
-        text = server_metrics(srv.addr, timeout=10)
+        text = fresh_metrics(srv.addr)
         refused = {
             (s[1][0][1], s[1][1][1], s[1][2][1]): n
             for s, n in samples(text).items()
@@ -277,20 +278,20 @@ def test_a_running_job_cancelled_counts_as_failed_not_as_its_late_answer(
         handle = run_one(client, worker, "f", lambda h: None, 0)
         assert admin_query(srv.addr, f"cancel job {handle.decode()}", timeout=10) == "OK\r\n"
         client.expect(T.WORK_FAIL)
-        text = server_metrics(srv.addr, timeout=10)
+        text = fresh_metrics(srv.addr)
         assert value(text, "farm_jobs_failed_total", function="f", priority="high") == 1
         assert value(text, "farm_jobs_running", function="f") == 0
         worker.send(T.WORK_COMPLETE, handle, "late")  # dropped: the job has ended
         worker.send(T.GRAB_JOB)
         worker.expect(T.NO_JOB)  # no ERROR before it
-        text = server_metrics(srv.addr, timeout=10)
+        text = fresh_metrics(srv.addr)
         assert value(text, "farm_jobs_failed_total", function="f", priority="high") == 1
         assert value(text, "farm_jobs_completed_total", function="f", priority="high") == 0
         assert value(text, "farm_job_run_seconds_count", function="f") == 0  # no answer
         # The worker runs on as before.
         run_one(client, worker, "f", lambda h: worker.send(T.WORK_COMPLETE, h, "ok"), 0)
         client.expect(T.WORK_COMPLETE)
-        text = server_metrics(srv.addr, timeout=10)
+        text = fresh_metrics(srv.addr)
         assert value(text, "farm_jobs_completed_total", function="f", priority="high") == 1
         assert value(text, "farm_jobs_failed_total", function="f", priority="high") == 1
     finally:
@@ -318,14 +319,14 @@ def test_a_foreground_job_whose_clients_left_is_counted_dropped(
         running.close()
 
         def dropped(function: str, priority: str) -> float:
-            text = server_metrics(srv.addr, timeout=10)
+            text = fresh_metrics(srv.addr)
             return value(text, "farm_jobs_dropped_total", function=function, priority=priority)
 
         wait_for("the queued job dropped", lambda: dropped("other", "normal") == 1)
         assert dropped("r", "low") == 0  # it runs on
         worker.sock.close()
         wait_for("the running job dropped", lambda: dropped("r", "low") == 1)
-        text = server_metrics(srv.addr, timeout=10)
+        text = fresh_metrics(srv.addr)
         assert value(text, "farm_jobs_submitted_total", function="other", priority="normal") == 1
         assert value(text, "farm_jobs_queued", function="other", priority="normal") == 0
         assert value(text, "farm_jobs_queued", function="r", priority="low") == 0
