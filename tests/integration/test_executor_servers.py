@@ -100,6 +100,7 @@ def pool_workers(make: Callable[[str], Peer], srv: Server, count: int) -> None:
         worker.expect(T.ECHO_RES)
 
 
+@pytest.mark.serial  # measures the constructor's time: tests beside it would take their part
 @pytest.mark.timeout(60)
 def test_hung_servers_ahead_of_the_answering_one_are_not_waited_for_in_turn(
     server: Server, key: str, peer_factory: Callable[[str], Peer]
