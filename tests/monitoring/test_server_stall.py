@@ -58,6 +58,7 @@ def test_a_server_that_answers_again_is_up_at_the_next_scrape(tmp_path: Path) ->
         up.stop()
 
 
+@pytest.mark.serial  # measures the scrapes' time: tests beside it would take their part
 @pytest.mark.timeout(90)
 def test_scrapes_during_a_stall_share_one_wait_on_the_server(tmp_path: Path) -> None:
     # Each scrape waited its 2 s on the stopped server inside the endpoint's lock of one
