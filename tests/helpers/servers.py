@@ -239,7 +239,24 @@ def start_farm_server(*extra: str, port: int | None = None, unix: str | None = N
         return argv + list(extra) + (["--unix", unix] if unix else [])
 
     proc, chosen = _launch("farm server", cmd, port, "--tls-cert" not in extra, cwd=ROOT)
+    if "--metrics" in extra[:-1]:
+        # The job port answers first: the server opens --metrics, then its [::1] twin, after
+        # it (farm/server/app.py:81-124), and a test that scraped at once was refused.
+        host, _, at = extra[extra.index("--metrics") + 1].rpartition(":")
+        wait_for("the --metrics listener", lambda: _listens_as(proc.pid, int(at), chosen, host))
     return Server("farm", f"127.0.0.1:{chosen}", proc, chosen, unix, list(extra))
+
+
+def _listens_as(pid: int, port: int, like: int, host: str) -> bool:
+    """Whether ``pid`` listens at TCP ``port``, on every address it listens on at ``like``
+    when ``host`` is 127.0.0.1 (its [::1] twin too). Read from the process's sockets, not by
+    connecting: a connection would take one of the endpoint's places."""
+    listening: dict[int, set[str]] = {port: set(), like: set()}
+    for conn in psutil.Process(pid).net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port in listening:
+            listening[conn.laddr.port].add(conn.laddr.ip)
+    mine = listening[port]
+    return bool(mine) and (host != "127.0.0.1" or mine >= listening[like])
 
 
 @contextmanager
