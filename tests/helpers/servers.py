@@ -239,9 +239,12 @@ def start_farm_server(*extra: str, port: int | None = None, unix: str | None = N
         return argv + list(extra) + (["--unix", unix] if unix else [])
 
     proc, chosen = _launch("farm server", cmd, port, "--tls-cert" not in extra, cwd=ROOT)
+    # The TCP port answers first: the server opens its Unix socket, then --metrics and its
+    # [::1] twin, after it (farm/server/app.py:81-124); a test that used them at once was
+    # refused. Neither is probed by a connection, which the server would count.
+    if unix:
+        wait_for("the Unix socket", lambda: os.path.exists(unix))
     if "--metrics" in extra[:-1]:
-        # The job port answers first: the server opens --metrics, then its [::1] twin, after
-        # it (farm/server/app.py:81-124), and a test that scraped at once was refused.
         host, _, at = extra[extra.index("--metrics") + 1].rpartition(":")
         wait_for("the --metrics listener", lambda: _listens_as(proc.pid, int(at), chosen, host))
     return Server("farm", f"127.0.0.1:{chosen}", proc, chosen, unix, list(extra))
