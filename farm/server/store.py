@@ -41,8 +41,25 @@ log = logging.getLogger("farm.server")
 
 #: Seconds a failing store refuses background jobs before the next write tries again.
 RETRY_AFTER = 1.0
-#: Rows one INSERT writes, ids one DELETE names: within the 999 variables SQLite < 3.32 allows.
-ROWS_A_STATEMENT = 100
+#: The columns an INSERT writes: a ``Row``'s, then the checksum the writer thread adds.
+COLUMNS = (
+    "id",
+    "function",
+    "uniq",
+    "data",
+    "priority",
+    "reducer",
+    "run_at",
+    "created",
+    "local",
+    "checksum",
+)
+#: Variables one statement may take in SQLite < 3.32 (RHEL 8, Ubuntu 20.04); later ones 32766.
+MAX_VARIABLES = 999
+#: Rows one INSERT writes, ids one DELETE names: within MAX_VARIABLES. Derived from the
+#: columns: a fixed 100 rows, sized for 9, took 1000 variables once the checksum came, and
+#: every burst of 100 adds failed there ("too many SQL variables"), the store marked broken.
+ROWS_A_STATEMENT = MAX_VARIABLES // len(COLUMNS)
 IDS_A_STATEMENT = 900
 
 
@@ -62,6 +79,9 @@ class StoredJob:
 
 
 Row = tuple[int, bytes, bytes, bytes, int, bytes | None, float, float, bool]
+
+_INSERT = f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES "
+_ROW_VALUES = "(" + ", ".join(["?"] * len(COLUMNS)) + ")"
 
 
 @dataclass(slots=True)
@@ -269,12 +289,7 @@ class SQLiteStore:
                     values += row
                     # Here, in the writer thread, not at the submit: off the loop's time.
                     values.append(row_checksum(row[1], row[2], row[3], row[4], row[5], row[6]))
-                self.db.execute(
-                    "INSERT INTO jobs (id, function, uniq, data, priority, reducer, run_at,"
-                    " created, local, checksum) VALUES "
-                    + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk)),
-                    values,
-                )
+                self.db.execute(_INSERT + ",".join([_ROW_VALUES] * len(chunk)), values)
             if retries:  # rare (a worker died)
                 self.db.executemany(
                     "UPDATE jobs SET retries = ? WHERE id = ?", [(n, i) for i, n in retries.items()]
