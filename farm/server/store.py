@@ -310,14 +310,24 @@ class SQLiteStore:
     def load(self) -> Iterator[StoredJob]:
         """Every stored job, in the order it must run: priority, then arrival. A row that
         fails its checksum is not among them: it is set aside (farm.server.storecheck)."""
+        # Every TEXT read as its bytes: one flipped bit in a row's header makes a BLOB (or a
+        # number) TEXT, and decoding it raised for the whole store ("Could not decode to
+        # UTF-8"), which was refused; as bytes, the row is checked as any other (a BLOB read
+        # as TEXT keeps its bytes and passes). Only for this read: the connection's other
+        # queries (storeopen's PRAGMAs, sqlite_master) expect str.
+        factory = self.db.text_factory
+        self.db.text_factory = bytes
         try:
             rows = self.db.execute(
                 "SELECT id, function, uniq, data, priority, reducer, run_at, created, retries,"
                 " local, checksum FROM jobs ORDER BY priority, id"
             ).fetchall()
-            before = kept_aside(self.db)
         except sqlite3.Error as exc:
             raise damaged(self.path, exc) from None
+        finally:
+            self.db.text_factory = factory
+        # Outside the try: damaged_jobs unreadable alone must not refuse the jobs (kept_aside).
+        before = kept_aside(self.db, self.path)
         if before:  # said at each start until the operator empties the table
             log.warning(
                 "the job store %s keeps %d job%s aside that failed %s checksum (not run) in"

@@ -81,9 +81,27 @@ def row_checksum(
     return zlib.crc32(reducer or b"", crc)
 
 
+#: The types farm writes each column of a row as read (TEXT read as bytes), id aside.
+_TYPES: tuple[tuple[type, ...], ...] = (
+    (bytes,),  # function
+    (bytes,),  # uniq
+    (bytes,),  # data
+    (int,),  # priority
+    (bytes, type(None)),  # reducer
+    (float, int),  # run_at
+    (float, int),  # created
+    (int,),  # retries
+    (int,),  # local
+    (int, type(None)),  # checksum
+)
+
+
 def _fails(row: Sequence[object]) -> bool:
     """Whether a row read as (id, function, uniq, data, priority, reducer, run_at, created,
-    retries, local, checksum) fails its checksum; one without any is trusted."""
+    retries, local, checksum) fails its checksum; one without any is trusted, unless a field
+    is of a type farm never writes there (its header damaged: a number read as TEXT)."""
+    if not all(isinstance(v, t) for v, t in zip(row[1:], _TYPES, strict=True)):
+        return True
     checksum = row[10]
     if checksum is None:
         return False
@@ -144,10 +162,19 @@ def set_aside(db: sqlite3.Connection, path: str, damaged: list[Any]) -> bool:
     return moved
 
 
-def kept_aside(db: sqlite3.Connection) -> int:
-    """How many damaged jobs the store keeps aside (0 when it never set one aside)."""
+def kept_aside(db: sqlite3.Connection, path: str) -> int:
+    """How many damaged jobs the store keeps aside (0 when it never set one aside, or when
+    the table cannot be read: said, and the jobs in ``jobs`` replay all the same)."""
     try:
         (count,) = db.execute(f"SELECT COUNT(*) FROM {ASIDE_TABLE}").fetchone()
-    except sqlite3.OperationalError:  # no such table: none ever was
+    except sqlite3.Error as exc:
+        if "no such table" not in str(exc):  # none ever was: nothing to say
+            log.error(
+                "the job store %s: its table %s cannot be read (%s); the other jobs run as"
+                " usual (docs/operations.md, When things go wrong)",
+                path,
+                ASIDE_TABLE,
+                exc,
+            )
         return 0
     return int(count)

@@ -135,3 +135,75 @@ def test_the_checksum_covers_when_and_where_it_runs(tmp_path: Path) -> None:
         assert list(store.load()) == []
     finally:
         store.close()
+
+
+def test_a_row_read_as_text_is_checked_alone_not_the_whole_store_refused(
+    tmp_path: Path,
+) -> None:
+    # One flipped bit in a row's header makes a BLOB TEXT of the same bytes, or a number
+    # TEXT of the bytes after it: decoding them as UTF-8 raised for the whole store, which
+    # was refused (DamagedStore), though the rest of it replays.
+    path = tmp_path / "q.db"
+    binary = b"\xff\xfe binary payload \x80"
+    stored(path, (b"f", b"u1", binary), (b"f", b"u2", b"x"), (b"f", b"u3", b"fine"))
+    with sqlite3.connect(path) as db:
+        # what the flipped bit does, written by SQL: the BLOB's serial type made TEXT's
+        db.execute("UPDATE jobs SET data = CAST(data AS TEXT) WHERE uniq = x'7531'")
+        db.execute("UPDATE jobs SET priority = CAST(x'ff01' AS TEXT) WHERE uniq = x'7532'")
+    db.close()
+    store = SQLiteStore(path)
+    try:
+        jobs = list(store.load())
+    finally:
+        store.close()
+    # u1's bytes are unchanged: its checksum passes and it runs; u2 is set aside.
+    assert [(j.unique, j.data) for j in jobs] == [(b"u1", binary), (b"u3", b"fine")]
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT uniq FROM damaged_jobs").fetchall() == [(b"u2",)]
+    db.close()
+
+
+def test_a_row_of_an_older_farm_of_the_wrong_type_is_set_aside(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    stored(path, (b"f", b"u1", b"x"), (b"f", b"u2", b"y"))
+    with sqlite3.connect(path) as db:  # no checksum (an older farm's), a number read as TEXT
+        db.execute(
+            "UPDATE jobs SET checksum = NULL, run_at = CAST(x'ff01' AS TEXT) WHERE uniq = x'7531'"
+        )
+    db.close()
+    store = SQLiteStore(path)
+    try:
+        assert [j.unique for j in store.load()] == [b"u2"]
+    finally:
+        store.close()
+
+
+def test_an_unreadable_damaged_jobs_table_alone_refuses_no_job(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "q.db"
+    stored(path, (b"reverse", b"damaged-one", PAYLOAD), (b"reverse", b"whole", b"fine"))
+    flipped(path, PAYLOAD)
+    store = SQLiteStore(path)  # sets the damaged one aside
+    try:
+        assert [j.unique for j in store.load()] == [b"whole"]
+    finally:
+        store.close()
+    with sqlite3.connect(path) as db:
+        (root,) = db.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'damaged_jobs'"
+        ).fetchone()
+        (size,) = db.execute("PRAGMA page_size").fetchone()
+    db.close()
+    assert not Path(f"{path}-wal").exists() or Path(f"{path}-wal").stat().st_size == 0
+    raw = bytearray(path.read_bytes())
+    raw[(root - 1) * size : root * size] = b"\xee" * size  # its page garbage, jobs' whole
+    path.write_bytes(bytes(raw))
+    caplog.set_level(logging.WARNING, "farm.server")
+    store = SQLiteStore(path)
+    try:
+        assert [j.unique for j in store.load()] == [b"whole"]
+    finally:
+        store.close()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [m for m in errors if "damaged_jobs cannot be read" in m], errors
