@@ -150,13 +150,17 @@ def adopt_older_unix_store(options: ServerOptions) -> bool:
 
 
 def _adopt(old: Path, new: Path) -> bool:
-    """Rename the store ``old`` (its WAL first) to ``new``, unless a server holds it."""
+    """Rename the store ``old`` (its WAL first, its disk reserve too) to ``new``, unless a
+    server holds it."""
     if _locked(old):
         raise LegacyStoreBusy(
             f"the job store of an older farm, {old}, is in use by another server (an older"
             " farm still running?): stop it first, and this server adopts its jobs"
         )
-    for suffix in ("-wal", "-shm"):  # WAL first: committed jobs may still be only there
+    # WAL first: committed jobs may still be only there. The reserve (farm.server.reserve)
+    # was left for ever under the old name, 8 MB, the new store making its own; renamed, its
+    # room stays held for the new store, which on a full disk could not make one.
+    for suffix in ("-wal", "-shm", "-reserve"):
         side = old.with_name(old.name + suffix)
         if side.exists():
             side.rename(new.with_name(new.name + suffix))

@@ -60,3 +60,35 @@ def test_the_store_of_a_port_is_not_adopted_for_a_unix_path(state: Path) -> None
     assert options.store == str(default_store(None, "/4731"))
     assert not adopt_older_unix_store(options)
     assert (state / "queue-4731.db").exists() and not Path(options.store).exists()
+
+
+def test_an_adopted_store_takes_its_reserve_with_it(state: Path) -> None:
+    # The older store's 8 MB -reserve was left behind for ever (the new store makes its own).
+    from farm.paths import older_unix_store_name
+    from farm.server.legacystore import adopt_older_unix_store
+    from farm.server.options import parse_args
+    from farm.server.store import SQLiteStore
+
+    sock = "/no-such-dir-here/farm-1000.sock"  # a '-' of its own: the name changed
+    state.mkdir()
+    old = state / older_unix_store_name(sock)
+    store = SQLiteStore(old)
+    store.add(b"H:t:1", b"f", b"u", b"d", 1, None, 0.0, True)
+    store.commit()
+    store.close()
+    reserve = Path(f"{old}-reserve")
+    if not reserve.exists():  # a disk too full for one: the rename is what is tested
+        reserve.write_bytes(b"\0" * 4096)
+    held = reserve.stat().st_ino
+    options = parse_args(["-L", f"unix:{sock}"])
+    assert adopt_older_unix_store(options)
+    assert not reserve.exists()
+    assert Path(f"{options.store}-reserve").stat().st_ino == held
+    store = SQLiteStore(options.store)
+    try:
+        assert [job.unique for job in store.load()] == [b"u"]
+    finally:
+        store.close()
+    assert sorted(p.name for p in state.iterdir() if p.name.endswith("-reserve")) == [
+        Path(f"{options.store}-reserve").name
+    ]
