@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from pathlib import Path
 
 from farm.errors import FarmError
 from farm.paths import LEGACY_STORE, NoStateDirectory, default_store, older_unix_store_name
 from farm.server.options import ServerOptions
 from farm.server.otherstores import held_jobs, queued_beside, queued_in, queued_passed_over
+from farm.server.storecheck import ASIDE_TABLE
 
 __all__ = [
     "LEGACY_PORT",
@@ -128,11 +130,12 @@ def adopt_legacy_store(store: str | os.PathLike[str]) -> bool:
 def adopt_older_unix_store(options: ServerOptions) -> bool:
     """Rename the store an older farm named for this server's Unix socket (paths:
     ``older_unix_store_name``) to the one it has now, when the server keeps its default
-    store on a Unix socket alone, that name changed, and its store does not exist yet; True
-    if done. The older name may be another server's too: the plain path it also stands for
-    (/X/a/b.sock for /X/a-b.sock), whose store it still is, or a port's (/4731): then it
-    is not taken (``queued_beside`` names it while it holds jobs). LegacyStoreBusy while a
-    server holds it that can only be an older farm's."""
+    store on a Unix socket alone, that name changed, and its store does not exist yet or
+    holds nothing while the older one holds jobs (``_replaceable``); True if done. The older
+    name may be another server's too: the plain path it also stands for (/X/a/b.sock for
+    /X/a-b.sock), whose store it still is, or a port's (/4731): then it is not taken
+    (``queued_beside`` names it while it holds jobs). LegacyStoreBusy while a server holds
+    it that can only be an older farm's."""
     if options.listen or not options.unix:
         return False
     unix = options.unix[0]
@@ -141,12 +144,43 @@ def adopt_older_unix_store(options: ServerOptions) -> bool:
     except NoStateDirectory:
         return False
     old = new.with_name(older_unix_store_name(unix))
-    if Path(options.store) != new or old == new or new.exists() or not old.exists():
+    if Path(options.store) != new or old == new or not old.exists():
         return False
     key = old.name[len("queue-") : -len(".db")]
     if key.isdigit() or Path("/" + key.replace("-", "/")).parent.is_dir():
         return False
+    if new.exists() and not _replaceable(new, old):
+        return False
     return _adopt(old, new)
+
+
+def _replaceable(new: Path, old: Path) -> bool:
+    """Whether ``new`` holds nothing and ``old`` holds jobs, so that ``old`` may take its
+    place: after a downgrade an older farm queued its jobs under the older name, and after
+    the next upgrade they waited there for ever, the new store existing (empty). A store
+    with any job, or any row in its damaged_jobs, or one that cannot be read or is held by
+    a server, stays; the warning of stores beside then names ``old`` with its fix."""
+    if not queued_in(old) or _locked(new):
+        return False
+    try:
+        db = sqlite3.connect(f"{new.absolute().as_uri()}?mode=ro", uri=True, timeout=0)
+    except sqlite3.Error:
+        return False
+    try:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table in {"jobs", ASIDE_TABLE} & tables:
+            if db.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").fetchone()[0]:
+                return False
+    except sqlite3.Error:
+        return False
+    finally:
+        db.close()
+    log.warning("the job store %s holds no job: the older farm's %s takes its place", new, old)
+    # Its WAL before it (a WAL left without its store would be read into the one renamed
+    # here); stopped half-way, the store left is still empty and is replaced at next start.
+    for suffix in ("-wal", "-shm", ""):
+        new.with_name(new.name + suffix).unlink(missing_ok=True)
+    return True
 
 
 def _adopt(old: Path, new: Path) -> bool:
@@ -197,8 +231,6 @@ def legacy_jobs_beside(store: str | os.PathLike[str]) -> tuple[Path, int] | None
 
 def _locked(path: Path) -> bool:
     """Whether a server holds the SQLite file (its exclusive lock refuses a write at once)."""
-    import sqlite3
-
     try:
         db = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=0)
     except sqlite3.Error:

@@ -3,6 +3,7 @@ one per path, so two servers never meet on one store they did not ask for."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,67 @@ def test_an_adopted_store_takes_its_reserve_with_it(state: Path) -> None:
     assert sorted(p.name for p in state.iterdir() if p.name.endswith("-reserve")) == [
         Path(f"{options.store}-reserve").name
     ]
+
+
+def _store_holding(path: Path, *uniques: bytes) -> None:
+    from farm.server.store import SQLiteStore
+
+    store = SQLiteStore(path)
+    for unique in uniques:
+        store.add(b"H:t:1", b"f", unique, b"d", 1, None, 0.0, True)
+    store.commit()
+    store.close()
+
+
+def _uniques(path: Path) -> list[bytes]:
+    from farm.server.store import SQLiteStore
+
+    store = SQLiteStore(path)
+    try:
+        return [job.unique for job in store.load()]
+    finally:
+        store.close()
+
+
+def test_an_empty_new_store_gives_way_to_the_older_one_after_a_downgrade(state: Path) -> None:
+    # Upgraded, downgraded (the older farm queued on the older name), upgraded again: the new
+    # store existed, empty, and the jobs under the older name waited there for ever.
+    from farm.paths import older_unix_store_name
+    from farm.server.legacystore import adopt_older_unix_store
+    from farm.server.options import parse_args
+
+    sock = "/no-such-dir-here/farm-1000.sock"
+    state.mkdir()
+    old = state / older_unix_store_name(sock)
+    options = parse_args(["-L", f"unix:{sock}"])
+    new = Path(options.store)
+    _store_holding(new)  # made by the first upgrade, its jobs all done
+    _store_holding(old, b"queued-while-downgraded")
+    assert adopt_older_unix_store(options)
+    assert not old.exists()
+    assert _uniques(new) == [b"queued-while-downgraded"]
+
+
+def test_a_new_store_holding_jobs_is_not_replaced(state: Path) -> None:
+    from farm.paths import older_unix_store_name
+    from farm.server.legacystore import adopt_older_unix_store
+    from farm.server.options import parse_args
+
+    sock = "/no-such-dir-here/farm-1000.sock"
+    state.mkdir()
+    old = state / older_unix_store_name(sock)
+    options = parse_args(["-L", f"unix:{sock}"])
+    new = Path(options.store)
+    _store_holding(new, b"mine")
+    _store_holding(old, b"older")
+    assert not adopt_older_unix_store(options)
+    assert _uniques(new) == [b"mine"] and _uniques(old) == [b"older"]
+    # Nor one whose jobs are done but that keeps a damaged one aside, for the operator.
+    new.unlink()
+    _store_holding(new)
+    with sqlite3.connect(new) as db:
+        db.execute("CREATE TABLE damaged_jobs (aside INTEGER PRIMARY KEY, uniq BLOB)")
+        db.execute("INSERT INTO damaged_jobs (uniq) VALUES (x'75')")
+    db.close()
+    assert not adopt_older_unix_store(options)
+    assert _uniques(old) == [b"older"]
