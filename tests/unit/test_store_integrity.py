@@ -119,22 +119,35 @@ def test_rows_of_an_older_farm_without_a_checksum_are_trusted(tmp_path: Path) ->
     assert sums == [(b"", 1), (b"new", 0)]
 
 
-def test_the_checksum_covers_when_and_where_it_runs(tmp_path: Path) -> None:
-    # An epoch time or priority changed on disk runs the job at another time, or before
-    # others: the row's other fixed fields are covered too.
+@pytest.mark.parametrize(
+    "change",
+    [
+        "run_at = 4.5e9",  # the job runs at another time
+        "priority = 0",  # or before others
+        "reducer = NULL",  # its results reduced otherwise
+        "reducer = x'6f74686572'",
+    ],
+)
+def test_the_checksum_covers_when_and_where_it_runs(tmp_path: Path, change: str) -> None:
+    # One field changed a test: a test changing two at once passed with either left out of
+    # the checksum.
     path = tmp_path / "q.db"
     store = SQLiteStore(path)
     store.add(b"H:t:1", b"f", b"u", b"x", 2, b"reducer-name", 1.5e9, True)
+    store.add(b"H:t:2", b"f", b"whole", b"x", 2, b"reducer-name", 1.5e9, True)
     store.commit()
     store.close()
     with sqlite3.connect(path) as db:
-        db.execute("UPDATE jobs SET run_at = 4.5e9, priority = 0")
+        db.execute(f"UPDATE jobs SET {change} WHERE uniq = x'75'")
     db.close()
     store = SQLiteStore(path)
     try:
-        assert list(store.load()) == []
+        assert [job.unique for job in store.load()] == [b"whole"]
     finally:
         store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT uniq FROM damaged_jobs").fetchall() == [(b"u",)]
+    db.close()
 
 
 def test_a_row_read_as_text_is_checked_alone_not_the_whole_store_refused(
