@@ -4,15 +4,19 @@ SQLite keeps no checksum of a row's bytes: a byte flipped in the file (a failing
 bad copy of a backup) was replayed as it was, and a worker ran garbage, or a job ran at
 another time. So each row carries a CRC-32 of the fields that never change once it is
 written (``row_checksum``), computed by the writer thread as it writes the row, and checked
-when the store is read at start (``split_damaged``). CRC-32 catches every change of up to
-32 bits in a row, which is what a disk or a copy does; it is no defence against someone who
-may write the file (they may write its checksum too).
+when the store is read at start (``split_damaged``). What CRC-32 guarantees is narrower
+than "any 32 bits": it catches every change confined to one run of at most 32 bits (a
+flipped bit, up to 4 bytes in a row changed), and any other change all but about once in
+2**32 (a few bits scattered over a large payload can pass). It is no defence against
+someone who may write the file (they may write its checksum too). The row's id, submit
+time, count of worker deaths (which changes) and side (``local``) are not covered.
 
 A row that fails it is neither run nor deleted: it is moved, as it was read, into the table
 ``damaged_jobs`` of the same file (``set_aside``), said once in the log, for the operator to
 look into (docs/operations.md, "When things go wrong"). Rows of an older farm have no
 checksum (NULL), nor do the jobs taken over from gearmand's table: they are trusted, as
-before.
+before; so is any row whose checksum reads NULL, damage that made it so included (its
+fields are only checked to be of the types farm writes, ``_fails``).
 
 Split from farm/server/store.py, which stages the jobs and writes them.
 """
