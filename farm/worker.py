@@ -110,6 +110,7 @@ class Worker(WorkerFunctions, WorkerLinks):
         # Taken by every write to the servers, so abandon() may fail a job from another
         # thread; uncontended (one thread runs jobs) it costs well under a microsecond.
         self._send_lock = threading.Lock()
+        self._unsent_due: list[Callable[[], None]] = []
         self._brief = Brief(log)
         # A function raising at one place for every bad input: a traceback a while, not each.
         self._raised = Repeats(log)
@@ -158,7 +159,8 @@ class Worker(WorkerFunctions, WorkerLinks):
             fields = {"function": job.function, "job": job.handle}  # farm.logs' fields
             log.error("job %s failed: %s", job.handle, why, extra=fields)
             self._flush_locked(server)
-            return True
+        self._run_unsent_due()  # (none: this job is not answered, but as every flush)
+        return True
 
     # -- the loop --
 
@@ -353,6 +355,7 @@ class Worker(WorkerFunctions, WorkerLinks):
                 return  # the job ended, or its server went away mid-job: nobody listens
             queue(server.session)
             self._flush_locked(server)
+        self._run_unsent_due()
 
     @staticmethod
     def _holds(server: ServerLink, job: Job) -> bool:

@@ -57,6 +57,7 @@ class WorkerLinks:
     _grab_deadline: float | None
     _stopping: bool
     _send_lock: threading.Lock
+    _unsent_due: list[Callable[[], None]]  # lost while the lock was held: run after it
     connect_timeout: float
     tls: ssl.SSLContext | None
     _wake: Callable[[], None]
@@ -130,16 +131,25 @@ class WorkerLinks:
     def _flush(self, server: ServerLink) -> None:
         with self._send_lock:
             self._flush_locked(server)
+        self._run_unsent_due()
 
     def _flush_locked(self, server: ServerLink) -> None:
+        """Write what the session holds (the send lock held). A connection lost so leaves
+        its job's unsent in ``_unsent_due``: the caller runs it once the lock is released,
+        as the hook may call the worker (register(), abandon()), which takes the lock."""
         out = server.session.data_to_send()
         if out and server.sock is not None:
             try:
                 server.sock.sendall(out)
             except OSError as exc:
-                self._lost(server, f"write failed: {exc}")
+                self._lost(server, f"write failed: {exc}", locked=True)
             else:
                 server.unsent = None  # the answer left
+
+    def _run_unsent_due(self) -> None:
+        """The unsent hooks of answers lost under the send lock, now that it is not held."""
+        while self._unsent_due:
+            run_unsent(self._unsent_due.pop(0))
 
     def _close(self, server: ServerLink) -> None:
         if server.sock is None:
@@ -150,17 +160,21 @@ class WorkerLinks:
         server.sock.close()
         server.sock = None
 
-    def _lost(self, server: ServerLink, why: str) -> None:
+    def _lost(self, server: ServerLink, why: str, *, locked: bool = False) -> None:
+        """The connection is gone; ``locked``: the send lock is held, so the answered
+        job's unsent waits in ``_unsent_due`` for the lock's release."""
         log.warning("job server %s %s; reconnecting", server.addr, why)
         self._close(server)
         server.session.connection_lost()
         unsent, server.unsent = server.unsent, None
         if unsent is not None:
-            run_unsent(unsent)
+            self._unsent_due.append(unsent)
         if self._grabbing is server:
             self._grabbing = self._grab_deadline = None
         server.retry_at = time.monotonic() + server.backoff
         server.backoff = min(server.backoff * 2, BACKOFF_CAP)
+        if not locked:  # last: the hook may call the worker, which finds this link's end
+            self._run_unsent_due()
 
 
 def run_unsent(unsent: Callable[[], None]) -> None:

@@ -143,3 +143,41 @@ def test_a_job_whose_server_went_away_before_its_answer_runs_its_unsent() -> Non
             srv.proc.wait()  # reaped: its sockets are closed
             release.set()
             assert ran.wait(10), "the lost job's unsent never ran"
+
+
+@pytest.mark.timeout(60)
+def test_an_unsent_that_calls_the_worker_does_not_hang_it() -> None:
+    # Job.unsent ran while the worker's send lock was held (the answer's failed write):
+    # a hook that registered a function, or did anything else that takes the lock, hung.
+    started, release, done = threading.Event(), threading.Event(), threading.Event()
+    workers: list[farm.Worker] = []
+
+    def hold(job: Any) -> bytes:
+        def unsent() -> None:
+            workers[0].register("other", reverse)  # documented safe from any thread
+            done.set()
+
+        job.unsent = unsent
+        started.set()
+        assert release.wait(30)
+        return b"done"
+
+    with unix_farm_server() as srv:
+        where = f"unix:{srv.unix}"
+        worker = farm.Worker(where)
+        workers.append(worker)
+        worker.register("hold", hold)
+        thread = threading.Thread(target=worker.work, daemon=True)
+        thread.start()
+        try:
+            with farm.Client(where) as client:
+                client.submit("hold", b"lost", background=True)
+            assert started.wait(30)
+            srv.proc.kill()
+            srv.proc.wait()
+            release.set()
+            assert done.wait(10), "the unsent's register() waited on the worker's lock"
+        finally:
+            worker.stop()
+            thread.join(10)
+            worker.close()
