@@ -347,15 +347,18 @@ class Worker(WorkerFunctions, WorkerLinks):
             self.after_job(job)
         # Else the answer leaves with the next grab, in the loop's one write per turn.
 
-    def _send_news(self, job: Job, queue: Callable[[WorkerSession], None]) -> None:
-        """A job's news (status, data, warning) from its function, while it runs."""
+    def _send_news(self, job: Job, queue: Callable[[WorkerSession], None]) -> bool:
+        """A job's news (status, data, warning) from its function, while it runs; whether
+        it was written (not: the job ended, or its server went away: nobody listens)."""
         server = job._server
         with self._send_lock:  # abandon() may fail this job from another thread
             if not self._holds(server, job):
-                return  # the job ended, or its server went away mid-job: nobody listens
+                return False
             queue(server.session)
             self._flush_locked(server)
+            left = server.sock is not None  # a failed write lost the connection
         self._run_unsent_due()
+        return left
 
     @staticmethod
     def _holds(server: ServerLink, job: Job) -> bool:

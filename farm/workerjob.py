@@ -15,8 +15,9 @@ from farm.protocol.worker import JobAssigned, WorkerSession
 
 __all__ = ["Job"]
 
-#: How a Job's news leaves: the worker's, given the job and what to queue on its session.
-Send = Callable[["Job", Callable[[WorkerSession], None]], None]
+#: How a Job's news leaves: the worker's, given the job and what to queue on its session;
+#: whether it was written.
+Send = Callable[["Job", Callable[[WorkerSession], None]], bool]
 
 
 class Job:
@@ -70,10 +71,12 @@ class Job:
         """Progress (WORK_STATUS): the client's on_status and GET_STATUS see it."""
         self._send_to(self, lambda s: s.send_status(int(numerator), int(denominator)))
 
-    def send_data(self, data: Data) -> None:
-        """A chunk of partial result (WORK_DATA) streamed to the client's on_data."""
+    def send_data(self, data: Data) -> bool:
+        """A chunk of partial result (WORK_DATA) streamed to the client's on_data. True
+        when it was written to the job server; False when nobody listens any more (its
+        server went away mid-job, or the job has ended): what it names is nobody's."""
         payload = as_bytes(data)
-        self._send_to(self, lambda s: s.send_data(payload))
+        return self._send_to(self, lambda s: s.send_data(payload))
 
     def send_warning(self, data: Data) -> None:
         """A warning (WORK_WARNING) for the client's on_warning."""
