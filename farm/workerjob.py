@@ -33,8 +33,11 @@ class Job:
     ``unsent``, None unless the function sets it: called once, in the worker's thread, when
     the job's answer cannot leave because its job server went away while it ran (what the
     function left for its client to clean up is nobody's then: farm.Executor's large
-    result file). An answer written while the server is still dying (its socket not yet
-    closed), or over TCP before the peer's reset comes back, is lost unseen: not this.
+    result file). The worker knows by a failed write, or, before it writes, by the
+    server's end of stream already on the socket (over TCP a write to a killed server
+    succeeds). An answer written while the server is still dying (its socket not yet
+    closed), or hung and killed later, is lost unseen: not this (farm.Executor's caller
+    removes such a call's file as it loses the server; else the sweep does).
     """
 
     __slots__ = (

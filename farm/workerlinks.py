@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import selectors
 import socket
 import ssl
@@ -46,6 +47,11 @@ class ServerLink:
     # The answered job's Job.unsent while its answer waits to be written: run if the
     # connection is lost first (Worker._run sets it, _flush_locked clears it).
     unsent: Callable[[], None] | None = None
+
+
+#: poll() events that say a peer is gone: its end of stream (Linux's POLLRDHUP, where
+#: there is one) or a reset.
+_PEER_GONE = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
 
 
 class WorkerLinks:
@@ -139,6 +145,12 @@ class WorkerLinks:
         as the hook may call the worker (register(), abandon()), which takes the lock."""
         out = server.session.data_to_send()
         if out and server.sock is not None:
+            if server.unsent is not None and _peer_gone(server.sock):
+                # Over TCP a write to a server that was killed succeeds (its reset comes
+                # back later) and the answer would seem to have left: its end of stream,
+                # already here, says it cannot.
+                self._lost(server, "closed the connection", locked=True)
+                return
             try:
                 server.sock.sendall(out)
             except OSError as exc:
@@ -175,6 +187,14 @@ class WorkerLinks:
         server.backoff = min(server.backoff * 2, BACKOFF_CAP)
         if not locked:  # last: the hook may call the worker, which finds this link's end
             self._run_unsent_due()
+
+
+def _peer_gone(sock: socket.socket) -> bool:
+    """Whether the peer has closed or reset the connection, by poll() alone: nothing is
+    read, so a TLS socket's records and a packet already here stay where they are."""
+    poller = select.poll()
+    poller.register(sock.fileno(), _PEER_GONE)
+    return any(events & _PEER_GONE for _, events in poller.poll(0))
 
 
 def run_unsent(unsent: Callable[[], None]) -> None:

@@ -343,3 +343,40 @@ def test_calls_still_work_when_the_socket_fd_is_past_1024(tls_server: Server, pk
         thread.join(10)
         plain_thread.join(10)
         plain.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_tls_worker_runs_a_jobs_unsent_when_its_server_was_killed(
+    tls_server: Server, pki: Path
+) -> None:
+    # The worker looks for the killed server's end of stream by poll(), nothing read: a
+    # TLS socket's records stay for the TLS layer.
+    ctx = tls_context(ca=str(pki / "ca.pem"))
+    started, release, ran = threading.Event(), threading.Event(), threading.Event()
+
+    def hold(job: farm.Job) -> bytes:
+        job.unsent = ran.set
+        started.set()
+        assert release.wait(30)
+        return b"done"
+
+    worker = farm.Worker(tls_server.addr, tls=ctx)
+    worker.register("hold", hold)
+    thread = threading.Thread(target=worker.work, daemon=True)
+    thread.start()
+    try:
+        with farm.Client(tls_server.addr, tls=ctx) as client:
+            release.set()
+            assert client.call("hold", b"answered", timeout=30) == b"done"
+            assert not ran.is_set()  # its answer left: nothing to clean up
+            started.clear()
+            release.clear()
+            client.submit("hold", b"lost", background=True)
+        assert started.wait(30)
+        tls_server.proc.kill()
+        tls_server.proc.wait()
+        release.set()
+        assert ran.wait(10), "the lost job's unsent never ran (TLS)"
+    finally:
+        worker.stop()
+        thread.join(10)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import farm
-from tests.helpers.servers import unix_farm_server
+from tests.helpers.servers import start_farm_server, unix_farm_server
 from tests.helpers.serving import reverse, serving
 from tests.helpers.stalled import unanswered_listener
 from tests.helpers.waiting import wait_for
@@ -181,3 +181,36 @@ def test_an_unsent_that_calls_the_worker_does_not_hang_it() -> None:
             worker.stop()
             thread.join(10)
             worker.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_job_whose_tcp_server_was_killed_runs_its_unsent() -> None:
+    # Over TCP a write to a killed server succeeds (its reset comes back later), so the
+    # answer seemed to leave and the hook never ran: the worker looks for the server's
+    # end of stream before it writes an answer with a hook.
+    started, release, ran = threading.Event(), threading.Event(), threading.Event()
+
+    def hold(job: Any) -> bytes:
+        job.unsent = ran.set
+        started.set()
+        assert release.wait(30)
+        return b"done"
+
+    srv = start_farm_server()
+    try:
+        with farm.Client(srv.addr) as client, serving(srv.addr, {"hold": hold}):
+            release.set()
+            assert client.call("hold", b"answered", timeout=30) == b"done"
+            assert not ran.is_set()  # its answer left: nothing to clean up
+            started.clear()
+            release.clear()
+            client.submit("hold", b"lost", background=True)
+            assert started.wait(30)
+            srv.proc.kill()
+            srv.proc.wait()  # reaped: its end of stream is on the worker's socket
+            release.set()
+            assert ran.wait(10), "the lost job's unsent never ran (TCP)"
+    finally:
+        if srv.proc.poll() is None:
+            srv.proc.kill()
+            srv.proc.wait()
