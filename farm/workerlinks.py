@@ -149,7 +149,7 @@ class WorkerLinks:
                 # Over TCP a write to a server that was killed succeeds (its reset comes
                 # back later) and the answer would seem to have left: its end of stream,
                 # already here, says it cannot.
-                self._lost(server, "closed the connection", locked=True)
+                self._lost(server, "closed the connection before an answer left", locked=True)
                 return
             try:
                 server.sock.sendall(out)

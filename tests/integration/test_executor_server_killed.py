@@ -142,6 +142,19 @@ def test_a_large_result_that_reached_its_server_as_it_died_leaves_no_file(shared
         os.kill(server, signal.SIGKILL)
         assert ended([result]) == [farm.ServerUnavailable]
         wait_for("the result's file to go", lambda: not shared.files(), timeout=10)
+        # The caller's doing, not the worker's: the worker's answer was written (it neither
+        # failed nor found the server's end first), so its unsent hook was dropped.
+        two = wait_for(  # each of the two workers says how it lost the server
+            "the workers to lose the server", lambda: _losses(shared.up.read_log(), 2)
+        )
+        assert not [line for line in two if "write failed" in line or "answer left" in line]
+
+
+def _losses(log: str, at_least: int) -> list[str] | None:
+    """The workers' lines about a job server they lost (each logs one as it reconnects),
+    once there are ``at_least``."""
+    lines = [line for line in log.splitlines() if "job server" in line and "reconnecting" in line]
+    return lines if len(lines) >= at_least else None
 
 
 @pytest.mark.timeout(60)
