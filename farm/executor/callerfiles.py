@@ -13,9 +13,11 @@ cost the connection and every call on it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pickle
 import threading
+import time
 from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import Any
@@ -25,6 +27,11 @@ from farm.executor.arguments import spill_settings
 from farm.executor.payload import NO_SETUP, encode_setup
 
 __all__ = ["CallerFiles"]
+
+log = logging.getLogger("farm.executor")
+
+#: Slack for a file's times, which the kernel takes from a coarser clock than time.time().
+_CLOCK_SLACK = 1.0
 
 
 class CallerFiles:
@@ -38,6 +45,10 @@ class CallerFiles:
             spill.mb_to_bytes(mb)  # a bad limit fails in the constructor, not at a large call
         self._settings: spill.SpillSettings | None = None  # resolved at the first large call
         self._lock = threading.Lock()  # done-callbacks run in other threads
+        # No result file of this executor's calls is older: a spill directory unchanged
+        # since holds none (remove_results, on the executor's thread, need not list it).
+        self._since = time.time() - _CLOCK_SLACK
+        self._no_settings = False  # reading them for remove_results failed: said once
         self._files: set[bytes] = set()  # references not removed yet
         # sha256 of a shared pickle -> [its ByFile pickle, its reference, calls using it]
         self._shared: dict[bytes, list[Any]] = {}
@@ -87,10 +98,24 @@ class CallerFiles:
     def remove_results(self, call_ids: list[bytes]) -> None:
         """The result files of calls lost with their job server (spill.remove_results):
         read by no one now. The orphaned worker of one still running writes its file
-        later; it removes that itself, as its answer cannot leave (call._remove_if_unsent)."""
+        later; it removes that itself, as its answer cannot leave (call._remove_if_unsent).
+        The directory is listed only if something was made or removed in it since this
+        executor began (one stat otherwise: most lost calls had no large result)."""
         if self._settings is None:  # a worker may spill a result of a call this did not
-            self._settings = spill_settings(*self._options)
-        spill.remove_results(self._settings.directory, call_ids)
+            if self._no_settings:
+                return
+            try:
+                self._settings = spill_settings(*self._options)
+            except Exception as exc:  # a bad config: its result files wait for the sweep
+                self._no_settings = True
+                log.warning("farm executor: cannot remove the result files of lost calls: %s", exc)
+                return
+        try:
+            changed = os.stat(self._settings.directory).st_mtime
+        except OSError:  # no spill directory (yet): no large result was written
+            return
+        if changed >= self._since:
+            spill.remove_results(self._settings.directory, call_ids)
 
     def shared(self, data: bytes) -> tuple[bytes, bytes]:
         """The pickle of a ByFile standing for ``data`` (the same for equal data while

@@ -221,5 +221,5 @@ class Links:
         if lost_tasks and self.on_lost is not None:
             try:
                 self.on_lost([flight_of(task).call_id for task in lost_tasks])
-            except Exception:  # files (a spill directory gone, a bad config): no call waits
+            except Exception:  # files (a spill directory made unreadable): no call waits
                 log.exception("farm executor: removing the result files of lost calls failed")

@@ -164,3 +164,43 @@ def test_the_result_files_of_lost_calls_go_and_no_other(tmp_path: Path) -> None:
     # whose writer (this process) lives.
     assert spill.sweep(where.directory, 10, 10, now=time.time() + 60) == 3
     assert [ref for ref in kept if spill.reference_path(ref).exists()] == kept[3:]
+
+
+def test_a_lost_call_lists_the_spill_directory_only_if_it_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every lost connection that held calls listed the whole directory on the executor's
+    # thread; a directory unchanged since the executor began holds no file of its calls.
+    from farm.executor.callerfiles import CallerFiles
+
+    where = settings(tmp_path)
+    where.directory.mkdir()
+    old = time.time() - 600
+    os.utime(where.directory, (old, old))
+    files = CallerFiles(None, where.directory, None)
+    listed: list[list[bytes]] = []
+    real = spill.remove_results
+    monkeypatch.setattr(spill, "remove_results", lambda d, ids: listed.append(ids) or real(d, ids))
+    lost = os.urandom(16)
+    files.remove_results([lost])
+    assert listed == []
+    result = spill.write(where, b"r", "r", spill.result_tag(lost))  # a worker's, since
+    files.remove_results([lost])
+    assert listed == [[lost]] and not spill.reference_path(result).exists()
+
+
+def test_a_bad_config_leaves_lost_results_to_the_sweep_said_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from farm.errors import ConfigError
+    from farm.executor import callerfiles
+
+    def bad(*_: object) -> spill.SpillSettings:
+        raise ConfigError("farm.toml: executor.spill_dir must be the path of a directory")
+
+    monkeypatch.setattr(callerfiles, "spill_settings", bad)
+    files = callerfiles.CallerFiles(None, None, None)
+    for _ in range(3):
+        files.remove_results([os.urandom(16)])  # raised each time, logged as a traceback
+    said = [r for r in caplog.records if "lost calls" in r.getMessage()]
+    assert len(said) == 1 and said[0].exc_info is None and "spill_dir" in said[0].getMessage()
