@@ -21,6 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import suppress
 
 from farm.client.dialer import Dialer, shut
 from farm.client.serverpick import MIN_CONNECT, ServerPicker, connect_share, job_key
@@ -296,25 +297,27 @@ class Connections:
         """Read and file what a connection holds, without waiting, and drop it if the server
         closed it (restarted): a peek that saw only a late reply (a timed-out ``call``'s)
         took a closed connection for alive, and through TLS (no peek) a busy one went unseen:
-        the next job failed with the dead socket. At most its buffer's worth, in TLS records
-        (a server sending on is alive; one that sends without end held the call for ever)."""
-        reads = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 16384 + 2
-        while reads and self.conns.get(conn.addr) is conn and self.read_now(conn):
-            reads -= 1
+        the next job failed with the dead socket. At most twice its buffer's worth, in bytes
+        (a server sending on is alive; one sending without end held the call for ever): a TLS
+        read is one record, and a close behind many small ones went unseen when reads counted."""
+        left = 2 * conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        while left > 0 and self.conns.get(conn.addr) is conn:
+            left -= self.read_now(conn) or left  # None: nothing more; 0: its end, dropped
 
-    def read_now(self, conn: Conn) -> bool:
-        """Read and file what ``conn`` holds, without waiting; False when it holds nothing."""
+    def read_now(self, conn: Conn) -> int | None:
+        """Read and file what ``conn`` holds, without waiting: its bytes (0: its end); None:
+        it holds nothing."""
         try:
             data = recv_now(conn.sock)
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return False  # nothing more (or not a whole TLS record yet): it has not closed
+            return None  # nothing more (or not a whole TLS record yet): it has not closed
         except ssl.SSLError as exc:
             self.drop(conn, f"ended the TLS session ({exc.reason or exc})")
-            return False
+            return None
         except OSError:
             data = b""
         self.received(conn, data)
-        return True
+        return len(data)
 
     def received(self, conn: Conn, data: bytes) -> None:
         """File ``data`` read from ``conn``; nothing (its end) drops the connection."""
@@ -346,11 +349,10 @@ class Connections:
         if task is None:  # e.g. an ERROR the server sent unasked: nothing waits on it
             log.warning("farm.Client: %r from %s", event, addr)
             return
-        listener = task.owner
-        if listener is None:
+        if task.owner is None:
             return
         try:
-            listener.task_event(event)
+            task.owner.task_event(event)
         except Exception:
             # The rest of this read's events (other jobs' endings) must still be filed.
             log.exception("farm.Client: a progress callback raised")
@@ -363,16 +365,14 @@ class Connections:
             self.drop(conn)
             return
         while self.conns.get(conn.addr) is conn:
-            if not self.read_now(conn):  # the end of what is readable
+            if self.read_now(conn) is None:  # the end of what is readable
                 self.drop(conn, conn.why_closed())
 
     def close_one(self, conn: Conn) -> None:
         if self.conns.get(conn.addr) is conn:
             del self.conns[conn.addr]
-            try:
+            with suppress(KeyError, ValueError):
                 self.selector.unregister(conn.sock)
-            except (KeyError, ValueError):
-                pass
         with self.dialer.lock:  # not between another thread's cut_short and its shutdown
             conn.sock.close()
 
