@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
 
-from farm.client.dialer import Dialer, shut
+from farm.client.dialer import Dialer
 from farm.client.serverpick import MIN_CONNECT, ServerPicker, connect_share, job_key
 from farm.errors import ServerUnavailable
 from farm.net import recv_now, send_now
@@ -140,9 +140,7 @@ class Connections:
     def cut_short(self) -> None:
         """close() from another thread while one is inside: farm.client.dialer says how."""
         self.closed = True
-        self.dialer.cut_short()
-        for conn in list(self.conns.values()):
-            shut(conn.sock)
+        self.dialer.cut_short(conn.sock for conn in list(self.conns.values()))
 
     def connection(self, addr: str, deadline: float | None = None) -> Conn:
         """The open connection to ``addr``, opened now if need be (OSError if it cannot),

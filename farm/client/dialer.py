@@ -15,7 +15,7 @@ import errno
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -44,11 +44,15 @@ class Dialer:
         self.cut = False
         self._opening: socket.socket | None = None
 
-    def cut_short(self) -> None:
+    def cut_short(self, also: Iterable[socket.socket] = ()) -> None:
+        """End the connect under way, and shut ``also`` down (the client's connections):
+        under the lock their thread closes them under (``Connections.close_one``), or one
+        closed meanwhile, its descriptor handed to a file opened elsewhere, shuts that."""
         with self.lock:
             self.cut = True
-            if self._opening is not None:
-                shut(self._opening)
+            for sock in (self._opening, *also):
+                if sock is not None:
+                    shut(sock)
 
     @contextmanager
     def _opening_now(self, sock: socket.socket) -> Iterator[None]:
