@@ -97,6 +97,7 @@ class Connections:
         self.dialer = Dialer()  # its connect under way is what close() cuts short
         self.forks = _forks
         self.using = threading.RLock()  # held by the thread inside the Client (farm.client.guard)
+        self.open_call = False  # the call under way began before any close() (guard)
         # The deadline of the wait under way: a job resubmitted during it connects by then.
         self.deadline: float | None = None
         # Events read and not yet handed to their listeners (``deliver``), with their server.
@@ -145,8 +146,9 @@ class Connections:
     def connection(self, addr: str, deadline: float | None = None) -> Conn:
         """The open connection to ``addr``, opened now if need be (OSError if it cannot),
         waiting ``connect_timeout`` at most, and not past ``deadline`` (the caller's)."""
-        if self.closed:
+        if self.closed and not self.open_call:  # a call begun after close(): a misuse
             raise RuntimeError("this farm.Client is closed")
+        self.fail_if_closed()  # one under way (between two servers' connects): as closed
         self.check_fork()
         conn = self.conns.get(addr)
         if conn is not None:

@@ -37,9 +37,13 @@ def one_thread(method: Callable[Concatenate[W, P], R]) -> Callable[Concatenate[W
                 "this farm.Client is in use by another thread: a Client is not thread-safe;"
                 " use one per thread (or farm.AsyncClient, or farm.Executor)"
             )
+        # Whether a close() it meets is the end of this call (ServerUnavailable) or came
+        # before it (RuntimeError); a callback's call, inside it, has its own.
+        outer, wire.open_call = wire.open_call, not wire.closed
         try:
             return method(self, *args, **kwargs)
         finally:
+            wire.open_call = outer
             using.release()
             # Closed by another thread meanwhile, which only shut the sockets down: closed
             # here, unless that thread has come in since and closes them (close_wire).

@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 import farm
+from tests.helpers.servers import free_port
 from tests.helpers.signalonce import signal_once
 from tests.helpers.stalled import unanswered_listener
 from tests.helpers.waiting import wait_for
@@ -115,4 +116,39 @@ def test_close_by_a_signal_handler_ends_the_connect_it_interrupted() -> None:
         closed = pytest.raises(farm.ServerUnavailable, match="Client was closed")
         with signal_once(connecting, lambda *_: client.close()), closed:
             client.call("reverse", b"x")
+        assert client._wire.conns == {}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("ask", ["call", "status", "echo"])
+def test_close_from_another_thread_after_one_server_refused_ends_the_call_as_closed(
+    ask: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A close that came after one server's connect had failed, before the next one's:
+    # the next connect raised RuntimeError "this farm.Client is closed", the error of a
+    # client used after its close, not ServerUnavailable, that of the call it ended.
+    with silent_server() as silent:
+        client = farm.Client([f"127.0.0.1:{free_port()}", silent], timeout=LONG)
+        client._wire.picker._rotation = 0  # the refusing one first
+        picker = client._wire.picker
+        mark_down = picker.mark_down
+
+        def then_close(addr: str, spent: float = 0.0) -> None:
+            # The refused connect is being recorded: another thread's close() lands here.
+            monkeypatch.setattr(picker, "mark_down", mark_down)
+            closer = threading.Thread(target=client.close)
+            closer.start()
+            closer.join(10)
+            mark_down(addr, spent)
+
+        monkeypatch.setattr(picker, "mark_down", then_close)
+        asks: dict[str, Callable[[], object]] = {
+            "call": lambda: client.call("reverse", b"x"),
+            "status": lambda: client.status("H:nowhere:1"),
+            "echo": lambda: client.echo(b"x"),
+        }
+        with pytest.raises(farm.ServerUnavailable, match="the farm.Client was closed"):
+            asks[ask]()
+        with pytest.raises(RuntimeError, match="closed"):  # used after its close, as before
+            asks[ask]()
         assert client._wire.conns == {}
