@@ -62,11 +62,18 @@ def staggered(
 ) -> tuple[Asked[R], list[str]]:
     """Ask ``addrs`` in turn until one's answer is ``final``: the next is asked when the
     one before failed, answered what is not final, or has not answered within STAGGER
-    (its answer still counts if it comes first), all within ``timeout``. Each ask, and the
-    failures to connect."""
+    (its answer still counts if it comes first), all within ``timeout``. A connect counts
+    in that STAGGER: one not made by then (a host that drops our SYNs, a TLS handshake
+    left unanswered) is given up for the next server, and tried again after the others
+    with its share of the time left, as AsyncClient's goes on beside them. Each ask, and
+    the failures to connect."""
     deadline = None if timeout is None else time.monotonic() + timeout
     asked: Asked[R] = []
     errors: list[str] = []
+    # Each server with whether its connect may be cut at STAGGER: where another is left to
+    # ask and connect_timeout is longer (its own bound otherwise).
+    may_cut = len(addrs) > 1 and wire.connect_timeout > STAGGER
+    turns = [(addr, may_cut) for addr in addrs]
 
     def ended() -> bool:
         return any(q.result is not None and final(q.result) for _, q in asked)
@@ -74,15 +81,20 @@ def staggered(
     def settled(query: Query[R]) -> bool:
         return query.done or ended()
 
-    for at, addr in enumerate(addrs):
+    for at, (addr, hasty) in enumerate(turns):  # (turns appended to are taken in turn)
         now = time.monotonic()
         if deadline is not None and deadline <= now:
             errors.append(f"{addr} (not asked: the time given ran out)")
             continue
-        try:  # each connect its share of the time left, as a submit's
-            conn = wire.connection(addr, connect_share(deadline, now, len(addrs) - at))
+        until = connect_share(deadline, now, len(turns) - at)  # its share, as a submit's
+        cut = hasty and (until is None or until > now + STAGGER)
+        try:
+            conn = wire.connection(addr, now + STAGGER if cut else until)
         except OSError as exc:
             wire.fail_if_closed()  # by a signal handler while it connected
+            if cut and isinstance(exc, TimeoutError):  # tried again after the others
+                turns.append((addr, False))
+                continue
             # Tried last for a while, as for jobs (longer if its connect took longer).
             wire.picker.mark_down(addr, spent=time.monotonic() - now)
             errors.append(f"{addr}: {exc.strerror or exc}")
@@ -90,7 +102,7 @@ def staggered(
         query = make(conn.session)
         asked.append((addr, query))
         until = deadline
-        if at + 1 < len(addrs):  # the next one is asked after STAGGER, if not before
+        if at + 1 < len(turns):  # the next one is asked after STAGGER, if not before
             step = time.monotonic() + STAGGER
             until = step if deadline is None else min(step, deadline)
         if wire.pump(functools.partial(settled, query), until) and ended():

@@ -17,7 +17,8 @@ import pytest
 import farm
 from farm.client.serverpick import key_slot
 from farm.protocol.client import JobStatus
-from tests.helpers.servers import Server
+from tests.helpers.servers import Server, free_port
+from tests.helpers.stalled import unanswered_listener
 
 
 @contextmanager
@@ -114,3 +115,44 @@ def test_echo_asks_past_a_silent_server(farm_server: Server) -> None:
         assert within(10, lambda: client.echo(b"x")) == b"x"
         client.close()
         assert asyncio.run(echo(silent)) == b"x"
+
+
+@pytest.mark.timeout(30)
+def test_status_and_echo_ask_past_a_server_whose_connect_nothing_answers(
+    farm_server: Server,
+) -> None:
+    # A host that drops our SYNs, first, held farm.Client's status and echo for its whole
+    # connect (connect_timeout, without a timeout): the 0.25 s counted from the connect
+    # made, where AsyncClient asked the next server 0.25 s after it began connecting.
+    with farm.Client(farm_server.addr) as submitter:
+        task = submitter.submit("nobody-serves-this", b"x", background=True)
+    with unanswered_listener() as hung:
+        client = farm.Client([hung, farm_server.addr], connect_timeout=120)
+        client._wire.picker._rotation = 0  # the hung one first
+        assert within(10, lambda: client.echo(b"x")) == b"x"
+        client._wire.picker._rotation = 0
+        status = within(10, lambda: client.status(task.handle or ""))
+        assert isinstance(status, JobStatus) and status.known
+        client.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_connect_cut_at_the_stagger_is_tried_again_with_its_share() -> None:
+    # With nothing else to ask, the hung server's connect, given up at 0.25 s for the
+    # next server, is made again in the time left, and its failure is said.
+    with unanswered_listener() as hung:
+        refused = f"127.0.0.1:{free_port()}"
+        client = farm.Client([hung, refused], timeout=2)
+        client._wire.picker._rotation = 0  # the hung one first
+
+        def echo() -> BaseException | bytes:
+            try:
+                return client.echo(b"x")
+            except farm.ServerUnavailable as exc:
+                return exc
+
+        failed = within(10, echo)
+        assert isinstance(failed, farm.ServerUnavailable), failed
+        assert f"{refused}: Connection refused" in str(failed)
+        assert f"{hung}: timed out" in str(failed)
+        client.close()
