@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import logging
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from farm.configfile import no_settings, read_config_file  # every reader's, re-exported
 from farm.errors import ConfigError, ServerUnavailable
 from farm.net import DEFAULT_SERVER, Address, AddressError, connectable, parse_address
 from farm.paths import (
@@ -43,6 +42,7 @@ __all__ = [
     "SYSTEM_CONFIG",
     "find_config",
     "read_config_file",
+    "no_settings",
     "config_file",
     "config_folder",
     "control_path",
@@ -120,36 +120,6 @@ def _check_owner(path: Path) -> None:
     raise ConfigError(
         f"{path.resolve()}: {whose}, so it is not read from the working directory;"
         " name it with --config (or $FARM_CONFIG) if you trust it, or remove it"
-    )
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    """The TOML document at ``path``; ConfigError naming the file for anything unreadable."""
-    try:
-        with open(path, "rb") as f:
-            # utf-8-sig: a byte-order mark, which Windows editors write unseen, is skipped
-            # (tomllib read it as "Invalid statement (at line 1, column 1)").
-            return tomllib.loads(f.read().decode("utf-8-sig"))
-    except OSError as e:
-        raise ConfigError(
-            f"{path}: cannot read: {e.strerror}; check the path and its permissions"
-        ) from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}; fix the syntax there") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text; is it the right file?") from None
-    except RecursionError:
-        # tomllib reads nested values by recursion: a few hundred levels were a traceback
-        raise ConfigError(
-            f"{path}: not valid TOML: values nested too deeply; write them flatter"
-        ) from None
-
-
-def no_settings(source: object) -> ConfigError:
-    """A file with no settings (a failed write) ran the built-in farm, port 4730, demo pools."""
-    return ConfigError(
-        f"{source}: has no settings (empty, or only comments); write the farm's tables in it"
-        " (systemd/farm.toml shows them), or name no file to run the built-in defaults"
     )
 
 

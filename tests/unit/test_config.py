@@ -277,3 +277,39 @@ def test_values_nested_past_the_toml_readers_depth_are_one_line(
     with pytest.raises(ConfigError) as info:
         discovery.local_farm(path)
     assert str(info.value) == said
+
+
+DOTTED = ".".join(["a"] * 20000)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"[functions.x]\ntarget.{DOTTED} = 1\n",
+        f"[functions.x]\ntarget = {{ {DOTTED} = 1 }}\n",
+        f"[{DOTTED}]\nx = 1\n",
+        f"[[{DOTTED}]]\nx = 1\n",
+        f"[server]\nlisten = {'[' * 70}{']' * 70}\n",  # within tomllib's depth, past ours
+    ],
+    ids=["dotted key", "dotted key inline", "table header", "array of tables", "arrays"],
+)
+def test_keys_nested_past_any_configs_depth_are_one_line(tmp_path: Path, text: str) -> None:
+    # tomllib builds dotted keys and [a.b.c] headers without recursion, so these loaded: the
+    # target's repr in its error was then a RecursionError, a traceback from farm check and
+    # farm up (exit 1). Every reader of the file refuses them as too deep.
+    path = write(tmp_path, text)
+    said = f"{path}: not valid TOML: values nested too deeply; write them flatter"
+    for read in (config.load, discovery.local_farm, discovery.control_path):
+        with pytest.raises(ConfigError) as info:
+            read(path)
+        assert str(info.value) == said, read
+
+
+def test_nesting_up_to_the_limit_reads(tmp_path: Path) -> None:
+    from farm.configfile import MAX_DEPTH, read_config_file
+
+    # the document is a table too: a key of MAX_DEPTH parts makes MAX_DEPTH tables
+    deepest = write(tmp_path, ".".join(["a"] * MAX_DEPTH) + " = 1\n")
+    assert read_config_file(deepest)
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        read_config_file(write(tmp_path, ".".join(["a"] * MAX_DEPTH) + " = {}\n"))
