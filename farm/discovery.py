@@ -49,6 +49,7 @@ __all__ = [
     "default_listen",
     "FarmAddresses",
     "local_farm",
+    "no_host",
     "client_servers",
     "executor_servers",
     "servers_from_env",
@@ -185,6 +186,7 @@ def local_farm(explicit: str | os.PathLike[str] | None = None) -> FarmAddresses:
     path = find_config(explicit)
     listen: object = default_listen()
     remote: object = []
+    local = False  # [supervisor] local_server = true: it answers on its own server too
     base = None  # the defaults' socket path is absolute: resolve() reads no directory for it
     if path is not None:
         raw = read_config_file(path)
@@ -192,8 +194,7 @@ def local_farm(explicit: str | os.PathLike[str] | None = None) -> FarmAddresses:
         server, supervisor = raw.get("server", {}), raw.get("supervisor", {})
         listen = server.get("listen", listen) if isinstance(server, dict) else listen
         remote = supervisor.get("servers", []) if isinstance(supervisor, dict) else []
-        if isinstance(supervisor, dict) and supervisor.get("local_server") is True:
-            remote = []  # the farm runs its own server too: that is where it answers
+        local = isinstance(supervisor, dict) and supervisor.get("local_server") is True
         if isinstance(listen, str):
             listen = [listen]
     where = str(path) if path is not None else FarmAddresses.source
@@ -206,20 +207,31 @@ def local_farm(explicit: str | os.PathLike[str] | None = None) -> FarmAddresses:
     # A relative unix: path is the config file's folder's, as the workers read it.
     servers = tuple(
         f"unix:{resolve(base, a.path)}" if a.kind == "unix" else str(a)
-        for a in _addresses(where, "supervisor.servers", remote)
+        for a in _addresses(where, "supervisor.servers", remote, hosted=True)
     )
-    return FarmAddresses(unix, tcp, servers, where)
+    # Checked all the same: the farm runs its own server too, and that is where it answers.
+    return FarmAddresses(unix, tcp, () if local else servers, where)
 
 
-def _addresses(where: object, key: str, values: object) -> list[Address]:
-    """The addresses of ``key``, or the one-line error naming the file, the key and the fix
-    (an entry that is no string was read as its text: `listen = [3]` sent calls to 3:4730)."""
+def no_host(text: str) -> str:
+    """Why a server to connect to written ":4730" (a listener's every interface) is none."""
+    return f"{text!r} names no host; write 127.0.0.1{text.strip()} for this one"
+
+
+def _addresses(where: object, key: str, values: object, hosted: bool = False) -> list[Address]:
+    """The addresses of ``key`` (``hosted``: servers to connect to, each with a host), or the
+    one-line error naming the file, the key and the fix (an entry that is no string was read
+    as its text: `listen = [3]` sent calls to 3:4730)."""
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         raise ConfigError(f'{where}: {key}: must be a list of addresses like ["{DEFAULT_SERVER}"]')
     try:
-        return [parse_address(v) for v in values]
+        parsed = [parse_address(v) for v in values]
     except AddressError as e:
         raise ConfigError(f"{where}: {key}: {e}; fix it there") from None
+    for text, addr in zip(values, parsed, strict=True):
+        if hosted and addr.kind == "tcp" and not addr.host:  # else named as --server's
+            raise ConfigError(f"{where}: {key}: {no_host(text)}")
+    return parsed
 
 
 def _usable(unix: str) -> bool:

@@ -30,7 +30,7 @@ from farm.config.servertune import (
     spill_dir_problem,
     store_problem,
 )
-from farm.discovery import no_settings
+from farm.discovery import no_host, no_settings
 from farm.errors import ConfigError
 from farm.logs import LOG_FORMATS
 from farm.net import DEFAULT_PORT, DEFAULT_SERVER, Address, AddressError, parse_address
@@ -278,10 +278,7 @@ class Validator(PoolReader):
         host (":4730" is every interface to a listener; the workers' connects failed)."""
         parsed = self.address(text, "supervisor.servers")
         if parsed.kind == "tcp" and not parsed.host:
-            raise self.fail(
-                "supervisor.servers",
-                f"{text!r} names no host; write 127.0.0.1{text.strip()} for this one",
-            )
+            raise self.fail("supervisor.servers", no_host(text))
         return parsed
 
     def local_server(self, raw: Any, servers: list[str]) -> bool:

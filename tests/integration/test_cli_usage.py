@@ -233,6 +233,32 @@ def test_names_the_server_would_refuse_are_usage_errors(args: list[str], said: s
     assert said in one_line_error(out.stderr)
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("found", [False, True], ids=["--config", "working directory"])
+def test_a_config_server_with_no_host_is_named_by_file_and_key(tmp_path: Path, found: bool) -> None:
+    # Only farm check said so: submit said "--server: server address ':4730': names no
+    # host" (no --server was given), status "the default server: ...".
+    path = tmp_path / "farm.toml"
+    path.write_text('[supervisor]\nservers = [":4730"]\n')
+    env = {k: v for k, v in os.environ.items() if k not in ("FARM_CONFIG", "FARM_SERVERS")}
+    env = dict(env, PYTHONPATH=str(ROOT), GEARMAN_SERVERS="")
+    named = "farm.toml" if found else str(path)
+    said = f"farm: {named}: supervisor.servers: ':4730' names no host; write 127.0.0.1:4730"
+    for command in (["check"], ["submit", "f", "x"], ["status"], ["jobs"], WORKER):
+        args = [*command] if found else [*command, "--config", str(path)]
+        code = "from farm.cli import main; main()"
+        out = subprocess.run(
+            [sys.executable, "-c", code, *args],
+            cwd=tmp_path if found else ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+        )
+        assert out.returncode == 2, (command, out.stderr)
+        assert one_line_error(out.stderr) == f"{said} for this one", command
+
+
 def test_a_refused_store_leaves_no_pid_file(tmp_path: Path) -> None:
     pid = tmp_path / "farm.pid"
     out = cli("server", "-p", str(free_port()), "--store", str(tmp_path), "-P", str(pid))

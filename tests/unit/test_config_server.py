@@ -81,6 +81,9 @@ def test_a_tuning_key_the_server_would_refuse_is_one_line(
     assert "--" not in message, message  # the config's words, not the server's flags
 
 
+NO_HOST = "':4730' names no host; write 127.0.0.1:4730 for this one"
+
+
 @pytest.mark.parametrize(
     ("text", "said"),
     [
@@ -88,6 +91,13 @@ def test_a_tuning_key_the_server_would_refuse_is_one_line(
         ('[server]\nlisten = ["h:0"]', "server.listen: server address 'h:0': port must be"),
         ("[supervisor]\nservers = [1]", "supervisor.servers: must be a list of addresses"),
         ('[supervisor]\nservers = "h:1"', "supervisor.servers: must be a list of addresses"),
+        # farm check's words: this was "server address ':4730': names no host", naming
+        # neither file nor key, and the CLI said it came from --server
+        ('[supervisor]\nservers = [":4730"]', f"supervisor.servers: {NO_HOST}"),
+        (
+            '[supervisor]\nlocal_server = true\nservers = [":4730"]',
+            f"supervisor.servers: {NO_HOST}",
+        ),
     ],
 )
 def test_the_address_only_reading_names_the_key(tmp_path: Path, text: str, said: str) -> None:
@@ -97,3 +107,19 @@ def test_the_address_only_reading_names_the_key(tmp_path: Path, text: str, said:
     with pytest.raises(ConfigError) as info:
         discovery.client_servers(path)
     assert str(info.value).startswith(f"{path}: {said}"), info.value
+
+
+def test_a_client_given_no_servers_names_the_file_that_gave_one_with_no_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # farm.Client() raised AddressError "server address ':4730': names no host", naming
+    # neither the ./farm.toml it had read nor its key.
+    import farm
+
+    write(tmp_path, '[supervisor]\nservers = [":4730"]\n')
+    monkeypatch.chdir(tmp_path)
+    for name in ("FARM_CONFIG", "FARM_SERVERS", "GEARMAN_SERVERS"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError) as info:
+        farm.Client()
+    assert str(info.value) == f"farm.toml: supervisor.servers: {NO_HOST}"
