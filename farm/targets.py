@@ -12,7 +12,6 @@ import ast
 import functools
 import importlib
 import os
-import re
 import site
 import sys
 import sysconfig
@@ -26,7 +25,7 @@ from farm.errors import WorkingDirectoryGone
 from farm.paths import controlled_by_another, untrusted_because, working_directory
 
 __all__ = [
-    "TARGET_SHAPE",
+    "target_shaped",
     "NotCallable",
     "target_problem",
     "load_target",
@@ -37,8 +36,13 @@ __all__ = [
 ]
 
 
-#: What a target looks like, ``module:function``, in farm.toml and to `farm worker`.
-TARGET_SHAPE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+def target_shaped(target: str) -> bool:
+    """Whether ``target`` looks like ``module:function``, the rule of farm.toml and of `farm
+    worker`: each dotted part of the module and the function a Python identifier, non-ASCII
+    ones included as Python takes them (PEP 3131: ``ñandu:run``), so no path, no ``.rel``."""
+    module, colon, function = target.partition(":")
+    parts = [*module.split("."), function]
+    return bool(colon) and all(part.isidentifier() for part in parts)
 
 
 class NotCallable(TypeError):

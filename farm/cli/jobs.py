@@ -103,7 +103,7 @@ def worker(
     """Run one worker process serving MODULE:FUNCTION until SIGTERM or SIGINT."""
     from farm.paths import working_directory
     from farm.protocol.codec import MAX_TIMEOUT
-    from farm.targets import TARGET_SHAPE, load_target, search_working_directory
+    from farm.targets import load_target, search_working_directory, target_shaped
     from farm.tlsfiles import tls_from_env
     from farm.worker import Worker
 
@@ -112,7 +112,7 @@ def worker(
         format="%(asctime)s farm worker[%(process)d] %(message)s",
     )
     _seconds(timeout, "--timeout", at_most=float(MAX_TIMEOUT))
-    if not TARGET_SHAPE.fullmatch(target):  # farm.toml's rule (a path, '.rel': no module)
+    if not target_shaped(target):  # farm.toml's rule (a path, '.rel': no module)
         fail(f"target {target!r} must look like MODULE:FUNCTION, e.g. workers.text:reverse", 2)
     name = _function_name(name if name is not None else target.partition(":")[2], "--name")
     if client_id is not None:

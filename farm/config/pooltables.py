@@ -17,7 +17,7 @@ from farm.config.capacity import MAX_WORKERS, count_problem
 from farm.config.model import FunctionConfig
 from farm.config.reader import TableReader
 from farm.protocol.codec import MAX_TIMEOUT
-from farm.targets import TARGET_SHAPE, target_problem
+from farm.targets import target_problem, target_shaped
 
 __all__ = ["PoolReader", "COMMAND_KEYS", "POOL_KEYS", "KILL_RSS_FACTOR", "MAX_GRACE"]
 
@@ -71,7 +71,7 @@ class PoolReader(TableReader):
             if other in raw:
                 raise self.fail(f"{key}.{other}", "applies to command pools only; remove it")
         target = raw["target"]
-        if not isinstance(target, str) or not TARGET_SHAPE.fullmatch(target):
+        if not isinstance(target, str) or not target_shaped(target):
             raise self.fail(f"{key}.target", f'must look like "module:function", got {target!r}')
         problem = target_problem(target)
         if problem:

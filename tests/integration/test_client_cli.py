@@ -129,6 +129,25 @@ def test_names_and_keys_that_are_not_utf8_go_out_as_the_bytes_typed(
 
 
 @pytest.mark.timeout(60)
+def test_a_worker_target_named_in_any_script_python_takes_serves(farm_server, tmp_path) -> None:
+    # PEP 3131 identifiers: `farm worker ñandu:correr` said "must look like MODULE:FUNCTION"
+    # (exit 2), though Python imports the module and farm.toml's pools take the same rule.
+    (tmp_path / "ñandu.py").write_text("def correr(job):\n    return job.data[::-1]\n")
+    s = ["--server", farm_server.addr]
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "farm", "worker", "ñandu:correr", *s],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    try:
+        with farm.Client(farm_server.addr) as c:  # (queued until the worker registers)
+            assert c.call("correr", "hola", timeout=20) == b"aloh"
+    finally:
+        worker.terminate()
+        assert worker.wait(20) == 0
+
+
+@pytest.mark.timeout(60)
 def test_a_name_that_is_not_utf8_is_matched_and_shown_as_its_bytes(
     farm_server, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

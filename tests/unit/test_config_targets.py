@@ -27,6 +27,24 @@ def test_unimportable_target(tmp_path: Path) -> None:
     assert "cannot import 'nopkg.sub'" in message or "no module named" in message
 
 
+@pytest.mark.parametrize("shapeless", ["a..b:f", "a.:f", ".a:f", "a:b:c", "a:", ":f", "a:f()"])
+def test_a_target_is_a_dotted_module_and_a_function_of_identifiers(
+    tmp_path: Path, shapeless: str
+) -> None:
+    message = error_of(tmp_path, GOOD.replace("workers.hashing:compress", shapeless))
+    assert 'must look like "module:function"' in message
+
+
+def test_a_target_named_in_any_script_python_takes_is_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PEP 3131: an ñandu:correr pool was refused as not looking like "module:function".
+    (tmp_path / "ñandu.py").write_text("def correr(job):\n    return job.data\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = config.load(write(tmp_path, GOOD.replace("workers.hashing:compress", "ñandu:correr")))
+    assert cfg.functions["rev"].target == "ñandu:correr"
+
+
 def test_a_target_that_raises_on_import_is_left_to_the_worker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
