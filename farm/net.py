@@ -18,6 +18,7 @@ import stat
 import struct
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Literal, TypeVar
@@ -143,7 +144,8 @@ def parse_address(text: str, default_port: int | None = DEFAULT_PORT) -> Address
     else:
         host, colon, port = addr.partition(":")
         port_text = port if colon else None
-        if any(c.isspace() or c in "[]/" or not c.isprintable() for c in host):  # NUL
+        # Control characters (a NUL) only: format ones (a ZWNJ, a soft hyphen) IDNA maps away.
+        if any(c.isspace() or c in "[]/" or unicodedata.category(c) == "Cc" for c in host):
             raise AddressError(text, f"{host!r} is not a host name or address")
     if port_text is None:
         if default_port is None:
@@ -230,9 +232,8 @@ class Dial:
         self._lock = threading.Lock()
         self._cancelled = False
         self._wake = wake
-        name = f"farm-connect {addr}"
         threading.Thread(
-            target=self._run, args=(addr, timeout, tls), name=name, daemon=True
+            target=self._run, args=(addr, timeout, tls), name=f"farm-connect {addr}", daemon=True
         ).start()
 
     def _run(self, addr: str, timeout: float, tls: ssl.SSLContext | None) -> None:
@@ -349,7 +350,6 @@ def connect(
 #: server held such a worker's job as running for ever. Linux's defaults (two hours) are too
 #: late; a hung but live host's kernel answers the probes, so they replace no deadline.
 KEEPALIVE: tuple[int, int, int] = (60, 10, 3)
-
 
 #: struct ucred, what SO_PEERCRED reads: pid, uid, gid.
 UCRED = struct.Struct("3i")

@@ -37,6 +37,10 @@ def tcp(host: str, port: int = DEFAULT_PORT) -> Address:
         ("[fe80::1%eth0]:5", tcp("fe80::1%eth0", 5), "[fe80::1%eth0]:5"),
         ("0.0.0.0", tcp("0.0.0.0"), f"0.0.0.0:{DEFAULT_PORT}"),
         (":4999", tcp("", 4999), ":4999"),  # every interface, for a listener
+        # format characters IDNA maps away (a ZWNJ, common in Persian names; a soft hyphen):
+        # once refused with every character that is not printable
+        ("\u0645\u06cc\u200c\u0631.ir:5", tcp("\u0645\u06cc\u200c\u0631.ir", 5), None),
+        ("ex\u00adample.com:5", tcp("ex\u00adample.com", 5), None),
         ("unix:/run/farm/gearman.sock", Address("unix", path="/run/farm/gearman.sock"), None),
         ("unix:rel.sock", Address("unix", path="rel.sock"), "unix:rel.sock"),
     ],
@@ -76,6 +80,7 @@ def test_each_form_parses_and_prints_its_normal_form(
         # farm up's server failed to exec ("embedded null byte"), exit 1; workers retried
         ("127.0.0.1\x00:4730", "'127.0.0.1\\x00' is not a host name or address"),
         ("a\x01b", "is not a host name or address"),
+        ("a\x9bb", "is not a host name or address"),  # a C1 control (CSI)
         # was "an IPv6 address with a port takes brackets"
         ("gearman://127.0.0.1:4730", "is a URL; write HOST:PORT, e.g. 127.0.0.1:4730"),
         ("tcp://h", "is a URL; write HOST:PORT"),
