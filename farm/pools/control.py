@@ -51,9 +51,12 @@ def parse_scale(arg: str) -> tuple[str, str, int | None]:
             f"{arg!r} is not NAME=COUNT, NAME=+N, NAME=-N or NAME=auto (e.g. resize=32)"
         )
     name, sign, count = match.groups()
-    if count is not None and len(count) > 6:  # the request stays small; a pool has 1024 at most
-        raise ValueError(f"{arg!r}: {count} workers is more than a pool may have")
-    return name, sign or "=", None if count is None else int(count)
+    # Judged by value (0000032 is 32), and int() is given no more than 6 digits: the request
+    # stays small, and a pool has 1024 at most.
+    digits = None if count is None else count.lstrip("0") or "0"
+    if digits is not None and len(digits) > 6:
+        raise ValueError(f"{arg!r}: {digits} workers is more than a pool may have")
+    return name, sign or "=", None if digits is None else int(digits)
 
 
 def request(path: str, message: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
