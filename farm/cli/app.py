@@ -132,7 +132,7 @@ def control_socket(config: Path | None, control: str | None) -> str:
             fail(f"--control {control}: a TCP address; the control socket is a Unix socket", 2)
         if too_long := socket_path_problem(control, "/run/farm/control.sock"):
             fail(f"--control: {too_long}", 2)
-        if os.path.exists(control) and not stat.S_ISSOCK(os.stat(control).st_mode):
+        if there_and_no_socket(control):
             # else "no supervisor answers at PATH", exit 1, as if the farm were down
             fail(f"--control {control}: not a socket; give the farm's control socket", 2)
         return control
@@ -147,12 +147,22 @@ def control_socket(config: Path | None, control: str | None) -> str:
         fail(f"{e} (to reach the running farm anyway: --control PATH)", 2)
 
 
+def there_and_no_socket(path: str) -> bool:
+    """Whether something other than a socket is at ``path``. One look: a socket removed
+    between an exists() and a stat() (its server restarting) was a FileNotFoundError
+    traceback; what cannot be looked at is left for the connect to say."""
+    try:
+        return not stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def refuse_non_sockets(servers: list[str], source: str) -> None:
     """A ``unix:`` server that is there and no socket (a file, a directory) is a usage
     error: its connects were refused, exit 1, as if the farm were down (a worker's for ever)."""
     for server in servers:
         path = server[5:] if server.startswith("unix:") else None
-        if path and os.path.exists(path) and not stat.S_ISSOCK(os.stat(path).st_mode):
+        if path and there_and_no_socket(path):
             fail(f"{source} {server}: not a socket; give the job server's", 2)
 
 
