@@ -34,6 +34,7 @@ from farm.paths import (
     controlled_by_another,
     fallback_runtime_dir,
     runtime_dir,
+    socket_path_problem,
     untrusted_because,
     working_directory,
 )
@@ -163,7 +164,7 @@ def control_path(explicit: str | os.PathLike[str] | None = None) -> str:
     control = supervisor.get("control", default) if isinstance(supervisor, dict) else default
     if not isinstance(control, str) or not control.strip():
         raise ConfigError(f"{path}: supervisor.control must be the path of a Unix socket")
-    return resolve(config_folder(path), control)
+    return _socket(path, "supervisor.control", config_folder(path), control, "control.sock")
 
 
 def default_listen() -> list[str]:
@@ -200,17 +201,30 @@ def local_farm(explicit: str | os.PathLike[str] | None = None) -> FarmAddresses:
     where = str(path) if path is not None else FarmAddresses.source
     unix = tcp = None
     for addr in _addresses(where, "server.listen", listen):
-        if addr.kind == "unix" and unix is None:
-            unix = f"unix:{resolve(base, addr.path)}"
+        if addr.kind == "unix":
+            found = f"unix:{_socket(where, 'server.listen', base, addr.path)}"  # each checked
+            unix = unix or found
         elif addr.kind == "tcp" and tcp is None:
             tcp = str(connectable(addr))
     # A relative unix: path is the config file's folder's, as the workers read it.
     servers = tuple(
-        f"unix:{resolve(base, a.path)}" if a.kind == "unix" else str(a)
+        f"unix:{_socket(where, 'supervisor.servers', base, a.path)}" if a.kind == "unix" else str(a)
         for a in _addresses(where, "supervisor.servers", remote, hosted=True)
     )
     # Checked all the same: the farm runs its own server too, and that is where it answers.
     return FarmAddresses(unix, tcp, () if local else servers, where)
+
+
+def _socket(
+    where: object, key: str, base: Path | None, path: str, name: str = "gearman.sock"
+) -> str:
+    """A socket's ``path`` from ``key``, resolved; one longer than a socket's may be (a relative
+    one under a deep folder) is refused as farm check refuses it: the CLI named it --server's,
+    or the connect said "AF_UNIX path too long"."""
+    resolved = resolve(base, path)
+    if too_long := socket_path_problem(resolved, f"/run/farm/{name}"):
+        raise ConfigError(f"{where}: {key}: {too_long}")
+    return resolved
 
 
 def no_host(text: str) -> str:

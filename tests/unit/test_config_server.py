@@ -123,3 +123,26 @@ def test_a_client_given_no_servers_names_the_file_that_gave_one_with_no_host(
     with pytest.raises(ConfigError) as info:
         farm.Client()
     assert str(info.value) == f"farm.toml: supervisor.servers: {NO_HOST}"
+
+
+@pytest.mark.parametrize(
+    ("key", "text"),
+    [
+        ("server.listen", '[server]\nlisten = ["unix:{name}"]'),
+        ("supervisor.servers", '[supervisor]\nservers = ["unix:{name}"]'),
+        ("supervisor.control", '[supervisor]\ncontrol = "{name}"'),
+    ],
+)
+def test_a_relative_socket_path_too_long_under_the_files_folder_names_the_key(
+    tmp_path: Path, key: str, text: str
+) -> None:
+    # Short enough alone, too long for a socket once read against the file's folder: farm
+    # submit -c said "--server: server address ...", farm status "the default server: ...",
+    # farm ps "AF_UNIX path too long" (exit 1); only farm check named the file and key.
+    name = "s" * max(1, 108 - len(str(tmp_path)))
+    path = write(tmp_path, text.format(name=name) + "\n")
+    read = discovery.control_path if key == "supervisor.control" else discovery.client_servers
+    with pytest.raises(ConfigError) as info:
+        read(path)
+    assert str(info.value).startswith(f"{path}: {key}: {tmp_path}/{name} is "), info.value
+    assert "longer than a Unix socket path may be" in str(info.value)
