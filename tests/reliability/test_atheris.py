@@ -13,6 +13,10 @@ from tests.helpers import ROOT
 pytestmark = pytest.mark.slow
 
 
+def _nothing() -> None:
+    """Run in the child before exec: only there so that subprocess forks (see below)."""
+
+
 def test_atheris_finds_nothing_in_the_decoder(tmp_path) -> None:
     pytest.importorskip("atheris", reason="atheris has no wheel for this platform")
     run = subprocess.run(
@@ -23,6 +27,12 @@ def test_atheris_finds_nothing_in_the_decoder(tmp_path) -> None:
         capture_output=True,
         text=True,
         timeout=240,
+        # A preexec_fn makes subprocess fork, not vfork. A vforked child's exec keeps this
+        # process's peak RSS as its own (Linux keeps the old mm's high-water mark in
+        # ru_maxrss), and libFuzzer's 2 GB limit reads ru_maxrss: after an xdist worker's
+        # earlier tests peaked at 2.4 GB, the fuzzer was called out of memory at its start
+        # (CI). A forked child starts from this process's current RSS.
+        preexec_fn=_nothing,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Done 30000 runs" in run.stderr
