@@ -71,6 +71,18 @@ def test_every_process_of_the_farm_logs_json_lines(tmp_path: Path) -> None:
             lambda: any("killing worker beta" in r["message"] for r in records(up.read_log())),
             timeout=20,
         )
+        # And to reap it: a farm stopped before that reaps it as one retired, and that
+        # line is not about the killed job.
+        wait_for(
+            "the supervisor to log the end of beta's worker",
+            lambda: any(
+                r["role"] == "supervisor"
+                and r["message"].startswith("worker beta")
+                and "restarting" in r["message"]
+                for r in records(up.read_log())
+            ),
+            timeout=20,
+        )
     finally:
         assert up.stop() == 0
     found = records(up.log_path.read_text())
