@@ -32,7 +32,14 @@ from farm.protocol.worker import JobAssigned, WorkerSession, WorkerState
 from farm.waker import Waker
 from farm.workerfunctions import WorkerFunction, WorkerFunctions
 from farm.workerjob import Job
-from farm.workerlinks import BACKOFF_FIRST, ServerLink, WorkerLinks, fail_and_part, run_unsent
+from farm.workerlinks import (
+    BACKOFF_FIRST,
+    ServerLink,
+    WorkerLinks,
+    _peer_gone,
+    fail_and_part,
+    run_unsent,
+)
 
 __all__ = ["Worker", "Job"]
 
@@ -354,8 +361,13 @@ class Worker(WorkerFunctions, WorkerLinks):
         with self._send_lock:  # abandon() may fail this job from another thread
             if not self._holds(server, job):
                 return False
-            queue(server.session)
-            self._flush_locked(server)
+            if server.sock is not None and _peer_gone(server.sock):
+                # Over TCP a write to a killed server succeeds: send_data would say True
+                # and a batch part's file leave job.unsent. One poll(), news being rare.
+                self._lost(server, "closed the connection while a job ran", locked=True)
+            else:
+                queue(server.session)
+                self._flush_locked(server)
             left = server.sock is not None  # a failed write lost the connection
         self._run_unsent_due()
         return left

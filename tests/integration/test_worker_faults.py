@@ -214,3 +214,34 @@ def test_a_job_whose_tcp_server_was_killed_runs_its_unsent() -> None:
         if srv.proc.poll() is None:
             srv.proc.kill()
             srv.proc.wait()
+
+
+@pytest.mark.timeout(60)
+def test_send_data_to_a_killed_tcp_server_says_nobody_listens() -> None:
+    # A write to a killed TCP server succeeds, so send_data said True and a batch part's
+    # file left job.unsent, orphaned until the sweep: it looks for the end of stream first.
+    started, release, done = threading.Event(), threading.Event(), threading.Event()
+    said: list[bool] = []
+
+    def hold(job: Any) -> bytes:
+        said.append(job.send_data(b"while it listens"))
+        started.set()
+        assert release.wait(30)
+        said.append(job.send_data(b"part"))
+        done.set()
+        return b"done"
+
+    srv = start_farm_server()
+    try:
+        with farm.Client(srv.addr) as client, serving(srv.addr, {"hold": hold}):
+            client.submit("hold", b"lost", background=True)
+            assert started.wait(30)
+            srv.proc.kill()
+            srv.proc.wait()  # reaped: its end of stream is on the worker's socket
+            release.set()
+            assert done.wait(10)
+            assert said == [True, False], said
+    finally:
+        if srv.proc.poll() is None:
+            srv.proc.kill()
+            srv.proc.wait()
