@@ -166,7 +166,8 @@ class Worker(WorkerFunctions, WorkerLinks):
             fields = {"function": job.function, "job": job.handle}  # farm.logs' fields
             log.error("job %s failed: %s", job.handle, why, extra=fields)
             self._flush_locked(server)
-        self._run_unsent_due()  # (none: this job is not answered, but as every flush)
+        # No _run_unsent_due: a job in hand leaves no answer's hook to lose here, and one
+        # the worker's thread lost is its to run (Job.unsent runs in the worker's thread).
         return True
 
     # -- the loop --

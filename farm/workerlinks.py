@@ -160,8 +160,12 @@ class WorkerLinks:
 
     def _run_unsent_due(self) -> None:
         """The unsent hooks of answers lost under the send lock, now that it is not held."""
-        while self._unsent_due:
-            run_unsent(self._unsent_due.pop(0))
+        while True:
+            try:  # no look first: another thread's call may take the last between the two
+                unsent = self._unsent_due.pop(0)
+            except IndexError:
+                return
+            run_unsent(unsent)
 
     def _close(self, server: ServerLink) -> None:
         if server.sock is None:
