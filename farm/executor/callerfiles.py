@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 from farm.executor import spill
@@ -30,8 +31,9 @@ __all__ = ["CallerFiles"]
 
 log = logging.getLogger("farm.executor")
 
-#: Slack for a file's times, which the kernel takes from a coarser clock than time.time().
-_CLOCK_SLACK = 1.0
+#: A directory modified this close to when its time was read may change again within the
+#: same tick of a filesystem that keeps whole seconds (FAT, some SMB shares).
+_COARSE_TICK = 2.0
 
 
 class CallerFiles:
@@ -45,9 +47,10 @@ class CallerFiles:
             spill.mb_to_bytes(mb)  # a bad limit fails in the constructor, not at a large call
         self._settings: spill.SpillSettings | None = None  # resolved at the first large call
         self._lock = threading.Lock()  # done-callbacks run in other threads
-        # No result file of this executor's calls is older: a spill directory unchanged
-        # since holds none (remove_results, on the executor's thread, need not list it).
-        self._since = time.time() - _CLOCK_SLACK
+        # A spill directory whose own mtime is still this one holds no result file of this
+        # executor's calls (remove_results, on the executor's thread, need not list it).
+        # Its mtime against its own, not our clock: a file server's clock may be behind.
+        self._began = self._spill_mtime()
         self._no_settings = False  # reading them for remove_results failed: said once
         self._files: set[bytes] = set()  # references not removed yet
         # sha256 of a shared pickle -> [its ByFile pickle, its reference, calls using it]
@@ -110,12 +113,29 @@ class CallerFiles:
                 self._no_settings = True
                 log.warning("farm executor: cannot remove the result files of lost calls: %s", exc)
                 return
+        directory = self._settings.directory
         try:
-            changed = os.stat(self._settings.directory).st_mtime
+            changed = os.stat(directory).st_mtime_ns
         except OSError:  # no spill directory (yet): no large result was written
             return
-        if changed >= self._since:
-            spill.remove_results(self._settings.directory, call_ids)
+        began = self._began
+        if began is None or began[0] != directory or began[1] != changed or began[2]:
+            spill.remove_results(directory, call_ids)
+
+    def _spill_mtime(self) -> tuple[Path, int | None, bool] | None:
+        """The spill directory, its st_mtime_ns (None: not there), and whether that was too
+        recent to tell a later change by; None where the settings cannot be read (yet)."""
+        try:
+            directory = spill_settings(*self._options).directory
+        except Exception:  # a bad config: said by the first call that needs it
+            return None
+        recorded = time.time_ns()
+        try:
+            mtime: int | None = os.stat(directory).st_mtime_ns
+        except OSError:
+            mtime = None
+        coarse = mtime is not None and mtime >= recorded - int(_COARSE_TICK * 1e9)
+        return directory, mtime, coarse
 
     def shared(self, data: bytes) -> tuple[bytes, bytes]:
         """The pickle of a ByFile standing for ``data`` (the same for equal data while

@@ -189,6 +189,45 @@ def test_a_lost_call_lists_the_spill_directory_only_if_it_changed(
     assert listed == [[lost]] and not spill.reference_path(result).exists()
 
 
+def test_a_spill_directory_whose_clock_is_behind_the_callers_is_still_listed(
+    tmp_path: Path,
+) -> None:
+    # The directory's mtime was compared with this machine's clock: set by a file server
+    # 2 s behind (NFS), or after an NTP step back, the listing was skipped and the file kept.
+    from farm.executor.callerfiles import CallerFiles
+
+    where = settings(tmp_path)
+    where.directory.mkdir()
+    old = time.time() - 600
+    os.utime(where.directory, (old, old))
+    files = CallerFiles(None, where.directory, None)
+    lost = os.urandom(16)
+    result = spill.write(where, b"r", "r", spill.result_tag(lost))  # a worker's, since
+    behind = time.time() - 2.0
+    os.utime(where.directory, (behind, behind))  # as the file server's clock set it
+    files.remove_results([lost])
+    assert not spill.reference_path(result).exists()
+
+
+def test_a_spill_directory_changed_just_before_the_executor_began_is_listed(
+    tmp_path: Path,
+) -> None:
+    # On a filesystem of whole seconds a change in the same second leaves the mtime as it
+    # was: one recorded within its tick says nothing, so the directory is listed.
+    from farm.executor.callerfiles import CallerFiles
+
+    where = settings(tmp_path)
+    where.directory.mkdir()
+    tick = float(int(time.time()))
+    os.utime(where.directory, (tick, tick))
+    files = CallerFiles(None, where.directory, None)
+    lost = os.urandom(16)
+    result = spill.write(where, b"r", "r", spill.result_tag(lost))
+    os.utime(where.directory, (tick, tick))  # the same whole second
+    files.remove_results([lost])
+    assert not spill.reference_path(result).exists()
+
+
 def test_a_bad_config_leaves_lost_results_to_the_sweep_said_once(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
