@@ -5,9 +5,12 @@ it does not run are (docs/operations.md, "Upgrading")."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from farm.errors import FarmError
@@ -149,9 +152,24 @@ def adopt_older_unix_store(options: ServerOptions) -> bool:
     key = old.name[len("queue-") : -len(".db")]
     if key.isdigit() or Path("/" + key.replace("-", "/")).parent.is_dir():
         return False
-    if new.exists() and not _replaceable(new, old):
-        return False
-    return _adopt(old, new)
+    with _one_starter(new.parent):  # looked at again under it: another may have adopted it
+        if not old.exists() or (new.exists() and not _replaceable(new, old)):
+            return False
+        return _adopt(old, new)
+
+
+@contextlib.contextmanager
+def _one_starter(directory: Path) -> Iterator[None]:
+    """The state directory flock()ed while a store is judged, unlinked and replaced: two
+    servers starting at once on one path each judged the new store empty, and the second
+    unlinked it after the first had renamed the older one, its jobs, in its place. The
+    lock is the directory's own, so no file is left; the kernel drops it with the process."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the other's check and rename: a moment
+        yield
+    finally:
+        os.close(fd)
 
 
 def _replaceable(new: Path, old: Path) -> bool:

@@ -157,3 +157,67 @@ def test_a_new_store_holding_jobs_is_not_replaced(state: Path) -> None:
     db.close()
     assert not adopt_older_unix_store(options)
     assert _uniques(old) == [b"older"]
+
+
+@pytest.mark.timeout(30)
+def test_two_servers_starting_at_once_keep_the_adopted_jobs(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # B judged the new store empty; A then adopted the older one in its place; B went on
+    # and unlinked the new store, A's adopted jobs with it. Judging, unlinking and the
+    # rename are one starter's at a time: B, held there, leaves A's rename to after it.
+    import threading
+    from collections.abc import Callable
+    from typing import Any
+
+    import farm.server.legacystore as ls
+    from farm.paths import older_unix_store_name
+    from farm.server.options import parse_args
+
+    sock = "/no-such-dir-here/farm-1000.sock"
+    state.mkdir()
+    old = state / older_unix_store_name(sock)
+    options = parse_args(["-L", f"unix:{sock}"])
+    new = Path(options.store)
+    _store_holding(new)
+    _store_holding(old, b"queued-while-downgraded")
+    b_judged, a_moved = threading.Event(), threading.Event()
+    warning = ls.log.warning
+
+    def judged(message: str, *args: object) -> None:
+        warning(message, *args)
+        if "takes its place" in message and threading.current_thread().name == "B":
+            b_judged.set()  # B between its judgement and its unlinks, until A has moved
+            assert a_moved.wait(10), "A neither adopted nor waited for B"
+
+    real: Callable[[Path], Any] | None = getattr(ls, "_one_starter", None)
+
+    def one_starter(directory: Path) -> Any:
+        if threading.current_thread().name == "A":
+            a_moved.set()  # A at the lock: under it, it waits for B
+        assert real is not None
+        return real(directory)
+
+    monkeypatch.setattr(ls.log, "warning", judged)
+    monkeypatch.setattr(ls, "_one_starter", one_starter, raising=False)
+    adopted: dict[str, object] = {}
+
+    def start(name: str) -> None:
+        try:
+            adopted[name] = ls.adopt_older_unix_store(options)
+        except Exception as exc:  # said by the asserts below
+            adopted[name] = repr(exc)
+        finally:
+            if name == "A":
+                a_moved.set()
+
+    b = threading.Thread(target=start, args=("B",), name="B")
+    b.start()
+    assert b_judged.wait(10)
+    a = threading.Thread(target=start, args=("A",), name="A")
+    a.start()
+    a.join(20)
+    b.join(20)
+    jobs = _uniques(new) if new.exists() else "no store"
+    assert jobs == [b"queued-while-downgraded"] and not old.exists(), (jobs, adopted)
+    assert sorted(adopted.items()) == [("A", False), ("B", True)]
