@@ -163,10 +163,17 @@ def _one_starter(directory: Path) -> Iterator[None]:
     """The state directory flock()ed while a store is judged, unlinked and replaced: two
     servers starting at once on one path each judged the new store empty, and the second
     unlinked it after the first had renamed the older one, its jobs, in its place. The
-    lock is the directory's own, so no file is left; the kernel drops it with the process."""
+    lock is the directory's own, so no file is left; the kernel drops it with the process.
+    Where it cannot be taken (NFS: Linux makes flock an fcntl lock there, which needs a
+    file open for writing, EBADF), it goes on unlocked, as it did before the lock."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # the other's check and rename: a moment
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # the other's check and rename: a moment
+        except OSError as exc:
+            log.debug(
+                "the state directory %s cannot be locked (%s): adopting unlocked", directory, exc
+            )
         yield
     finally:
         os.close(fd)

@@ -221,3 +221,30 @@ def test_two_servers_starting_at_once_keep_the_adopted_jobs(
     jobs = _uniques(new) if new.exists() else "no store"
     assert jobs == [b"queued-while-downgraded"] and not old.exists(), (jobs, adopted)
     assert sorted(adopted.items()) == [("A", False), ("B", True)]
+
+
+@pytest.mark.timeout(30)
+def test_a_state_directory_that_cannot_be_locked_still_adopts(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On NFS, Linux makes flock() an fcntl lock, which needs a file open for writing: the
+    # directory's, open read-only, failed EBADF, and adoption failed where it had worked.
+    import errno
+    import fcntl
+
+    from farm.paths import older_unix_store_name
+    from farm.server.legacystore import adopt_older_unix_store
+    from farm.server.options import parse_args
+
+    def no_lock(fd: int, operation: int) -> None:
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    sock = "/no-such-dir-here/farm-1000.sock"
+    state.mkdir()
+    old = state / older_unix_store_name(sock)
+    options = parse_args(["-L", f"unix:{sock}"])
+    _store_holding(old, b"queued-by-the-older-farm")
+    monkeypatch.setattr(fcntl, "flock", no_lock)
+    assert adopt_older_unix_store(options)
+    assert not old.exists()
+    assert _uniques(Path(options.store)) == [b"queued-by-the-older-farm"]
