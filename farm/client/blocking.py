@@ -92,14 +92,15 @@ class Client:
     ``GearmanClient::setTimeout``): a ``call`` or ``wait`` given no timeout of its own,
     ``submit``'s JOB_CREATED, ``status``, ``echo``, and each wait of ``map`` for one of
     its jobs to end. None, the default as in libgearman, waits as long as it takes.
-    ``connect_timeout`` bounds each connect, and so does the time a call has left.
+    ``connect_timeout`` bounds each connect (None: as long as the kernel's connect takes),
+    and so does the time a call has left.
     """
 
     def __init__(
         self,
         servers: str | Iterable[str] | None = None,
         *,
-        connect_timeout: float = 5.0,
+        connect_timeout: float | None = 5.0,
         tls: ssl.SSLContext | None = None,
         timeout: float | None = None,
     ) -> None:

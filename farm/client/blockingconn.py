@@ -86,7 +86,7 @@ class Connections:
     over ``picker``'s servers), sending, reading, and what a lost server means for its tasks."""
 
     def __init__(
-        self, picker: ServerPicker, connect_timeout: float, tls: ssl.SSLContext | None
+        self, picker: ServerPicker, connect_timeout: float | None, tls: ssl.SSLContext | None
     ) -> None:
         self.picker = picker
         self.connect_timeout = connect_timeout
@@ -160,9 +160,9 @@ class Connections:
             # It answered ERROR and may close next (farm does after a packet over its
             # --max-packet): a fresh connection, not a submit lost with this one.
             self.close_one(conn)
-        wait = self.connect_timeout
+        wait = self.connect_timeout  # None (never 0): no bound but the caller's
         if deadline is not None:  # a host that is down answers none: the caller's time too
-            wait = max(min(wait, deadline - time.monotonic()), MIN_CONNECT)
+            wait = max(min(left := deadline - time.monotonic(), wait or left), MIN_CONNECT)
         sock = self.dialer.connect(addr, wait, self.tls)
         conn = Conn(addr, sock)
         conn.session.option("exceptions")  # so WORK_EXCEPTION reaches us, not just WORK_FAIL

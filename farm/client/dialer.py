@@ -67,7 +67,9 @@ class Dialer:
             with self.lock:
                 self._opening = None
 
-    def connect(self, addr: str, timeout: float, tls: ssl.SSLContext | None) -> socket.socket:
+    def connect(
+        self, addr: str, timeout: float | None, tls: ssl.SSLContext | None
+    ) -> socket.socket:
         """``farm.net.connect``'s socket (blocking, TCP_NODELAY, TLS over TCP when asked):
         each address of the host tried in turn, ``timeout`` each, as it tries them."""
         parsed = parse_address(addr)
@@ -102,7 +104,7 @@ class Dialer:
         return sock
 
     def _one(
-        self, family: int, proto: int, sockaddr: str | tuple[Any, ...], timeout: float
+        self, family: int, proto: int, sockaddr: str | tuple[Any, ...], timeout: float | None
     ) -> socket.socket:
         """A socket connected to ``sockaddr``, still with ``timeout`` set."""
         sock = socket.socket(family, socket.SOCK_STREAM, proto)

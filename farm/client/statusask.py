@@ -71,8 +71,9 @@ def staggered(
     asked: Asked[R] = []
     errors: list[str] = []
     # Each server with whether its connect may be cut at STAGGER: where another is left to
-    # ask and connect_timeout is longer (its own bound otherwise).
-    may_cut = len(addrs) > 1 and wire.connect_timeout > STAGGER
+    # ask and connect_timeout is longer, or None: no bound (its own bound otherwise).
+    limit = wire.connect_timeout
+    may_cut = len(addrs) > 1 and (limit is None or limit > STAGGER)
     turns = [(addr, may_cut) for addr in addrs]
 
     def ended() -> bool:

@@ -15,7 +15,7 @@ import pytest
 
 import farm
 from tests.helpers.peers import Peer
-from tests.helpers.servers import start_farm_server, stop_process
+from tests.helpers.servers import free_ports, start_farm_server, stop_process
 from tests.helpers.serving import reverse, serving
 from tests.helpers.waiting import wait_for
 
@@ -178,3 +178,18 @@ def test_the_clients_timeout_bounds_a_send_the_server_does_not_take(farm_server)
     with serving(farm_server.addr, {"reverse": reverse}):
         assert c.call("reverse", b"cd", timeout=60) == b"dc"  # after the rest of the big one
     c.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_connect_timeout_of_none_bounds_no_connect_and_breaks_nothing() -> None:
+    # None, which the constructor takes, is no bound of the client's own: echo and status
+    # compared it with the 0.25 s stagger, and a call given a timeout took min() of it and
+    # the time left, both TypeError where two refused servers said ServerUnavailable.
+    servers = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    with farm.Client(servers, connect_timeout=None) as c:
+        with pytest.raises(farm.ServerUnavailable):
+            c.echo(b"x")
+        with pytest.raises(farm.ServerUnavailable):
+            c.status("H:nowhere:1")
+        with pytest.raises(farm.ServerUnavailable):
+            c.call("reverse", b"x", timeout=1)
