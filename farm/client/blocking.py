@@ -259,10 +259,13 @@ class Client:
         failed job raises its error when its result would be yielded.
         """
         check_map(function, priority, max_in_flight)
+        # Begun while open, a close() between two of its steps ends it as closed, as it
+        # ends a call under way; each step alone would take it for a use after close().
+        opened = not self._wire.closed
         return task_set(
             function,
             iter(payloads),
-            submit=self._map_submit,
+            submit=lambda task: self._map_submit(opened, task),
             pump=self._map_pump,
             abandon=self.abandon,
             silent=lambda task: self._wire.picker.mark_down(task.server or ""),
@@ -285,7 +288,9 @@ class Client:
         self.close()
 
     @one_thread
-    def _map_submit(self, task: Task[TaskListener]) -> None:
+    def _map_submit(self, opened: bool, task: Task[TaskListener]) -> None:
+        if opened:
+            self._wire.fail_if_closed()
         self._wire.submit(task, deadline=self._deadline(self.timeout))
 
     @one_thread

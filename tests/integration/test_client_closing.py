@@ -9,12 +9,14 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psutil
 import pytest
 
 import farm
 from tests.helpers.servers import free_port
+from tests.helpers.serving import reverse, serving
 from tests.helpers.signalonce import signal_once
 from tests.helpers.stalled import unanswered_listener
 from tests.helpers.waiting import wait_for
@@ -152,3 +154,28 @@ def test_close_from_another_thread_after_one_server_refused_ends_the_call_as_clo
         with pytest.raises(RuntimeError, match="closed"):  # used after its close, as before
             asks[ask]()
         assert client._wire.conns == {}
+
+
+@pytest.mark.timeout(60)
+def test_close_from_another_thread_between_two_steps_of_a_map_ends_it_as_closed(
+    farm_server: Any,
+) -> None:
+    # Each step of a map's generator (a submit, a wait) entered the client on its own, and
+    # one after the close took it for a use of a closed client: RuntimeError, not the
+    # ServerUnavailable of a call the close ended.
+    with serving(farm_server.addr, {"reverse": reverse}):
+        client = farm.Client(farm_server.addr, timeout=LONG)
+        results = client.map("reverse", [b"ab", b"cd", b"ef"], max_in_flight=1)
+        assert next(results) == b"ba"
+        closer = threading.Thread(target=client.close)
+        closer.start()
+        closer.join(10)
+        with pytest.raises(farm.ServerUnavailable, match="the farm.Client was closed"):
+            next(results)
+        unstarted = farm.Client(farm_server.addr, timeout=LONG)
+        begun = unstarted.map("reverse", [b"ab"])  # begun here; its first step comes later
+        unstarted.close()
+        with pytest.raises(farm.ServerUnavailable, match="the farm.Client was closed"):
+            next(begun)
+        with pytest.raises(RuntimeError, match="closed"):  # one begun after close(): a misuse
+            next(unstarted.map("reverse", [b"ab"]))
