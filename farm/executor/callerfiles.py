@@ -114,13 +114,19 @@ class CallerFiles:
                 log.warning("farm executor: cannot remove the result files of lost calls: %s", exc)
                 return
         directory = self._settings.directory
-        try:
-            changed = os.stat(directory).st_mtime_ns
-        except OSError:  # no spill directory (yet): no large result was written
+        changed, coarse = _mtime(directory)
+        if changed is None:  # no spill directory (yet): no large result was written
             return
         began = self._began
         if began is None or began[0] != directory or began[1] != changed or began[2]:
-            spill.remove_results(directory, call_ids)
+            removed, seen = spill.remove_results(directory, call_ids)
+            if removed == seen:
+                # No result file left in it as of the mtime read before the listing: the
+                # next loss lists it only if it changed since, or if that mtime was too
+                # recent to tell (one changed just before the executor began was listed
+                # at every loss for its life). Not while a result file of another call
+                # is there: that call's loss, later, must find it.
+                self._began = (directory, changed, coarse)
 
     def _spill_mtime(self) -> tuple[Path, int | None, bool] | None:
         """The spill directory, its st_mtime_ns (None: not there), and whether that was too
@@ -129,13 +135,7 @@ class CallerFiles:
             directory = spill_settings(*self._options).directory
         except Exception:  # a bad config: said by the first call that needs it
             return None
-        recorded = time.time_ns()
-        try:
-            mtime: int | None = os.stat(directory).st_mtime_ns
-        except OSError:
-            mtime = None
-        coarse = mtime is not None and mtime >= recorded - int(_COARSE_TICK * 1e9)
-        return directory, mtime, coarse
+        return directory, *_mtime(directory)
 
     def shared(self, data: bytes) -> tuple[bytes, bytes]:
         """The pickle of a ByFile standing for ``data`` (the same for equal data while
@@ -187,3 +187,14 @@ class CallerFiles:
             self._shared.clear()
         for reference in left:
             self.remove(reference)
+
+
+def _mtime(directory: Path) -> tuple[int | None, bool]:
+    """The directory's st_mtime_ns (None: not there), and whether that was too recent to
+    tell a later change by (a filesystem of whole seconds)."""
+    recorded = time.time_ns()
+    try:
+        mtime = os.stat(directory).st_mtime_ns
+    except OSError:
+        return None, False
+    return mtime, mtime >= recorded - int(_COARSE_TICK * 1e9)

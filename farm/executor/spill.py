@@ -233,20 +233,22 @@ def result_tag(call_id: bytes) -> str:
     return call_id.hex()
 
 
-def remove_results(directory: Path, call_ids: list[bytes]) -> int:
+def remove_results(directory: Path, call_ids: list[bytes]) -> tuple[int, int]:
     """Remove the result files of these calls (lost with their job server); the number
-    removed. A worker's answer that reached its server just before the server died
-    (killed while it hung, say) never reaches the caller, which alone knows that no one
-    will read the file; it waited for the sweep (``spill_orphan_age_s``) otherwise."""
+    removed, and the number of result files seen, any call's. A worker's answer that
+    reached its server just before the server died (killed while it hung, say) never
+    reaches the caller, which alone knows that no one will read the file; it waited for
+    the sweep (``spill_orphan_age_s``) otherwise."""
     tags = {result_tag(call_id) for call_id in call_ids}
     try:
         entries = list(os.scandir(directory))
     except OSError:  # no spill directory (yet): no large result was written
-        return 0
-    removed = 0
+        return 0, 0
+    removed = seen = 0
     for entry in entries:
         parts = entry.name[len(PREFIX) :].split("-")
         if entry.name.startswith(PREFIX) and len(parts) == 4 and parts[0] == "r":
+            seen += 1
             if parts[2] not in tags:
                 continue
             try:
@@ -254,7 +256,7 @@ def remove_results(directory: Path, call_ids: list[bytes]) -> int:
                 removed += 1
             except OSError:
                 pass
-    return removed
+    return removed, seen
 
 
 def reference_path(reference: bytes | memoryview) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -156,10 +157,10 @@ def test_the_result_files_of_lost_calls_go_and_no_other(tmp_path: Path) -> None:
         spill.write(where, b"a", "a"),
         spill.write(where, b"k", "k"),
     ]
-    assert spill.remove_results(where.directory, [lost]) == 2
+    assert spill.remove_results(where.directory, [lost])[0] == 2
     assert not any(spill.reference_path(ref).exists() for ref in gone)
     assert all(spill.reference_path(ref).exists() for ref in kept)
-    assert spill.remove_results(tmp_path / "none", [lost]) == 0  # no spill directory yet
+    assert spill.remove_results(tmp_path / "none", [lost]) == (0, 0)  # no spill directory yet
     # The sweep takes tagged names as the others: past the ages, all but the kept file,
     # whose writer (this process) lives.
     assert spill.sweep(where.directory, 10, 10, now=time.time() + 60) == 3
@@ -243,3 +244,36 @@ def test_a_bad_config_leaves_lost_results_to_the_sweep_said_once(
         files.remove_results([os.urandom(16)])  # raised each time, logged as a traceback
     said = [r for r in caplog.records if "lost calls" in r.getMessage()]
     assert len(said) == 1 and said[0].exc_info is None and "spill_dir" in said[0].getMessage()
+
+
+@pytest.mark.timeout(30)
+def test_a_spill_directory_changed_just_before_the_executor_began_is_listed_until_it_settles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its mtime too recent to tell a change by as the executor began, the directory was
+    # listed at every lost connection for the executor's life, long after that mtime.
+    from farm.executor import callerfiles
+
+    where = settings(tmp_path)
+    where.directory.mkdir()
+    files = callerfiles.CallerFiles(None, where.directory, None)  # its mtime: just now
+    listed: list[list[bytes]] = []
+    real = spill.remove_results
+    monkeypatch.setattr(spill, "remove_results", lambda d, ids: listed.append(ids) or real(d, ids))
+    later = time.time_ns() + 10**10  # 10 s on: the directory's mtime is past its tick
+    monkeypatch.setattr(callerfiles, "time", SimpleNamespace(time_ns=lambda: later))
+    first, second, third = (os.urandom(16) for _ in range(3))
+    files.remove_results([first])  # listed: its mtime said nothing as the executor began
+    files.remove_results([second])  # not: unchanged since a listing that found it empty
+    assert listed == [[first]]
+    result = spill.write(where, b"r", "r", spill.result_tag(third))  # a worker's, since
+    files.remove_results([third])
+    assert listed == [[first], [third]] and not spill.reference_path(result).exists()
+    # A result file of a call still under way, there as another's loss lists it: the
+    # listing records nothing, so that call's loss later still finds its file.
+    under_way, lost = os.urandom(16), os.urandom(16)
+    kept = spill.write(where, b"r", "r", spill.result_tag(under_way))
+    files.remove_results([lost])
+    assert spill.reference_path(kept).exists()
+    files.remove_results([under_way])
+    assert not spill.reference_path(kept).exists()
