@@ -21,7 +21,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final, Literal, TypeVar
+from typing import Final, Literal
 
 from farm.paths import MAX_SOCKET_PATH, socket_path_problem  # where the rule is written
 from farm.tlsfiles import tls_context  # farm.net.tls_context, as docs/client.md names it
@@ -49,8 +49,6 @@ __all__ = [
     "KEEPALIVE",
     "keep_alive",
 ]
-
-T = TypeVar("T")
 
 #: Gearman's registered port: the one place farm writes it down.
 DEFAULT_PORT: Final = 4730
@@ -132,11 +130,11 @@ def parse_address(text: str, default_port: int | None = DEFAULT_PORT) -> Address
             raise AddressError(text, "has '[' without ']'")
         if rest and not rest.startswith(":"):
             raise AddressError(text, "expected ':PORT' after ']'")
-        if not _is_ipv6(host):
+        if not _takes(ipaddress.IPv6Address, host):
             raise AddressError(text, f"{host!r} in brackets is not an IPv6 address")
         port_text: str | None = rest[1:] if rest else None
     elif addr.count(":") > 1:  # a bare IPv6 address: no port can follow it unbracketed
-        if not _is_ipv6(addr):
+        if not _takes(ipaddress.IPv6Address, addr):
             raise AddressError(
                 text, f"an IPv6 address with a port takes brackets: [::1]:{DEFAULT_PORT}"
             )
@@ -144,8 +142,10 @@ def parse_address(text: str, default_port: int | None = DEFAULT_PORT) -> Address
     else:
         host, colon, port = addr.partition(":")
         port_text = port if colon else None
-        # Control characters (a NUL) only: format ones (a ZWNJ, a soft hyphen) IDNA maps away.
-        if any(c.isspace() or c in "[]/" or unicodedata.category(c) == "Cc" for c in host):
+        # Control characters (a NUL), and what IDNA, the connect's encoding, refuses (U+202E, a
+        # surrogate from argv's bytes): format ones it maps away (a ZWNJ, a soft hyphen) pass.
+        bad = any(c.isspace() or c in "[]/" or unicodedata.category(c) == "Cc" for c in host)
+        if bad or not (host.isascii() or _takes(lambda h: h.encode("idna"), host)):
             raise AddressError(text, f"{host!r} is not a host name or address")
     if port_text is None:
         if default_port is None:
@@ -157,9 +157,9 @@ def parse_address(text: str, default_port: int | None = DEFAULT_PORT) -> Address
         raise AddressError(text, _PORT_RULE) from None
 
 
-def _is_ipv6(host: str) -> bool:
-    try:
-        ipaddress.IPv6Address(host)
+def _takes(convert: Callable[[str], object], host: str) -> bool:
+    try:  # UnicodeError (IDNA's) is a ValueError
+        convert(host)
     except ValueError:
         return False
     return True

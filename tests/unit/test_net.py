@@ -81,6 +81,14 @@ def test_each_form_parses_and_prints_its_normal_form(
         ("127.0.0.1\x00:4730", "'127.0.0.1\\x00' is not a host name or address"),
         ("a\x01b", "is not a host name or address"),
         ("a\x9bb", "is not a host name or address"),  # a C1 control (CSI)
+        # what IDNA, the connect's encoding, refuses: these parsed, and `farm worker` then
+        # died of a UnicodeError traceback in its reconnect, exit 1
+        ("a\u202eb:1", "'a\\u202eb' is not a host name or address"),  # a bidi override
+        ("\udcff:1", "is not a host name or address"),  # a surrogate from argv's byte \xff
+        ("a\ufff9b", "is not a host name or address"),  # an interlinear annotation
+        ("a\ue000b", "is not a host name or address"),  # private use
+        ("a\U000e0041b", "is not a host name or address"),  # a tag
+        ("\u00ad:1", "is not a host name or address"),  # nothing left once mapped
         # was "an IPv6 address with a port takes brackets"
         ("gearman://127.0.0.1:4730", "is a URL; write HOST:PORT, e.g. 127.0.0.1:4730"),
         ("tcp://h", "is a URL; write HOST:PORT"),
