@@ -15,6 +15,7 @@ import os
 import site
 import sys
 import sysconfig
+import unicodedata
 from collections.abc import Callable, Mapping
 from importlib.machinery import ModuleSpec, PathFinder
 from pathlib import Path
@@ -26,6 +27,7 @@ from farm.paths import controlled_by_another, untrusted_because, working_directo
 
 __all__ = [
     "target_shaped",
+    "normal_form_hint",
     "NotCallable",
     "target_problem",
     "load_target",
@@ -42,7 +44,20 @@ def target_shaped(target: str) -> bool:
     ones included as Python takes them (PEP 3131: ``ñandu:run``), so no path, no ``.rel``."""
     module, colon, function = target.partition(":")
     parts = [*module.split("."), function]
-    return bool(colon) and all(part.isidentifier() for part in parts)
+    # NFKC's own form too: Python reads an identifier so ("ﬁ" is "fi"), and importlib would
+    # then look for a file named as that form, not as what was written.
+    return bool(colon) and all(
+        part.isidentifier() and unicodedata.normalize("NFKC", part) == part for part in parts
+    )
+
+
+def normal_form_hint(target: str) -> str:
+    """What to add to a refusal of ``target`` that is shaped but for its normal form (NFKC),
+    "" otherwise: the form to write instead."""
+    normal = unicodedata.normalize("NFKC", target)
+    if normal == target or not target_shaped(normal):
+        return ""
+    return f"; Python reads it as {normal!r}: write it in that normal form"
 
 
 class NotCallable(TypeError):

@@ -103,7 +103,12 @@ def worker(
     """Run one worker process serving MODULE:FUNCTION until SIGTERM or SIGINT."""
     from farm.paths import working_directory
     from farm.protocol.codec import MAX_TIMEOUT
-    from farm.targets import load_target, search_working_directory, target_shaped
+    from farm.targets import (
+        load_target,
+        normal_form_hint,
+        search_working_directory,
+        target_shaped,
+    )
     from farm.tlsfiles import tls_from_env
     from farm.worker import Worker
 
@@ -113,7 +118,10 @@ def worker(
     )
     _seconds(timeout, "--timeout", at_most=float(MAX_TIMEOUT))
     if not target_shaped(target):  # farm.toml's rule (a path, '.rel': no module)
-        fail(f"target {target!r} must look like MODULE:FUNCTION, e.g. workers.text:reverse", 2)
+        hint = normal_form_hint(target)  # a name Python reads otherwise: ﬁ:run is fi:run
+        fail(
+            f"target {target!r} must look like MODULE:FUNCTION, e.g. workers.text:reverse{hint}", 2
+        )
     name = _function_name(name if name is not None else target.partition(":")[2], "--name")
     if client_id is not None:
         _utf8(client_id, "--client-id")  # its bounds: Worker() checks them, as the server does

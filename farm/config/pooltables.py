@@ -17,7 +17,7 @@ from farm.config.capacity import MAX_WORKERS, count_problem
 from farm.config.model import FunctionConfig
 from farm.config.reader import TableReader
 from farm.protocol.codec import MAX_TIMEOUT
-from farm.targets import target_problem, target_shaped
+from farm.targets import normal_form_hint, target_problem, target_shaped
 
 __all__ = ["PoolReader", "COMMAND_KEYS", "POOL_KEYS", "KILL_RSS_FACTOR", "MAX_GRACE"]
 
@@ -72,7 +72,10 @@ class PoolReader(TableReader):
                 raise self.fail(f"{key}.{other}", "applies to command pools only; remove it")
         target = raw["target"]
         if not isinstance(target, str) or not target_shaped(target):
-            raise self.fail(f"{key}.target", f'must look like "module:function", got {target!r}')
+            raise self.fail(
+                f"{key}.target",
+                f'must look like "module:function", got {target!r}' + normal_form_hint(target),
+            )
         problem = target_problem(target)
         if problem:
             raise self.fail(f"{key}.target", problem)

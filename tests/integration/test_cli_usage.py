@@ -223,6 +223,13 @@ def test_an_empty_config_path_is_a_usage_error(command: list[str]) -> None:
             (["worker", bad], f"target {bad!r} must look like MODULE:FUNCTION")
             for bad in (".rel:x", "/srv/w:run", "a:b:c", "workers.text:reverse()")
         ),
+        # a name Python reads as another (NFKC: \ufb01 is fi): importlib looked for a file
+        # named as written, "cannot load \ufb01x:run: ModuleNotFoundError"
+        (
+            ["worker", "\ufb01x:run"],
+            "must look like MODULE:FUNCTION, e.g. workers.text:reverse; Python reads it as"
+            " 'fix:run': write it in that normal form",
+        ),
     ],
 )
 def test_names_the_server_would_refuse_are_usage_errors(args: list[str], said: str) -> None:

@@ -35,6 +35,21 @@ def test_a_target_is_a_dotted_module_and_a_function_of_identifiers(
     assert 'must look like "module:function"' in message
 
 
+@pytest.mark.parametrize(
+    ("written", "normal"),
+    [("\ufb01x:run", "fix:run"), ("w.\u2460:f", None), ("a:\u212bb", "a:\xc5b")],
+)
+def test_a_target_python_reads_as_another_name_says_its_normal_form(
+    tmp_path: Path, written: str, normal: str | None
+) -> None:
+    # "\ufb01x".isidentifier(), but Python reads it as "fix" (NFKC) and importlib looked for
+    # a file named as written: the pool was "no module named", or a file of that name loaded.
+    message = error_of(tmp_path, GOOD.replace("workers.hashing:compress", written))
+    assert 'must look like "module:function"' in message
+    hint = f"; Python reads it as {normal!r}: write it in that normal form"
+    assert (hint in message) == (normal is not None), message
+
+
 def test_a_target_named_in_any_script_python_takes_is_found(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
