@@ -239,15 +239,38 @@ def start_farm_server(*extra: str, port: int | None = None, unix: str | None = N
         return argv + list(extra) + (["--unix", unix] if unix else [])
 
     proc, chosen = _launch("farm server", cmd, port, "--tls-cert" not in extra, cwd=ROOT)
+
+    def running(then: str) -> bool:  # a server that exited will not listen: no 10 s wait
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited (status {proc.returncode}) before {then}")
+        return True
+
     # The TCP port answers first: the server opens its Unix socket, then --metrics and its
     # [::1] twin, after it (farm/server/app.py:81-124); a test that used them at once was
     # refused. Neither is probed by a connection, which the server would count.
-    if unix:
-        wait_for("the Unix socket", lambda: os.path.exists(unix))
-    if "--metrics" in extra[:-1]:
-        host, _, at = extra[extra.index("--metrics") + 1].rpartition(":")
-        wait_for("the --metrics listener", lambda: _listens_as(proc.pid, int(at), chosen, host))
+    try:  # a failed wait must not leave the server running, unowned, for the session
+        if unix:
+            wait_for("the Unix socket", lambda: running("its Unix socket") and _unix_listens(unix))
+        if "--metrics" in extra[:-1]:
+            host, _, at = extra[extra.index("--metrics") + 1].rpartition(":")
+            wait_for(
+                "the --metrics listener",
+                lambda: running("--metrics") and _listens_as(proc.pid, int(at), chosen, host),
+            )
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     return Server("farm", f"127.0.0.1:{chosen}", proc, chosen, unix, list(extra))
+
+
+def _unix_listens(path: str) -> bool:
+    """Whether a socket bound at ``path`` listens: bind() makes the file before listen(), and
+    psutil says no state for Unix sockets, so the kernel's own table is read for the
+    listening flag (__SO_ACCEPTCON). Not by connecting, which the server would count."""
+    with open("/proc/net/unix") as table:
+        rows = [line.split(maxsplit=7) for line in table.readlines()[1:]]
+    return any(len(r) == 8 and r[7].rstrip("\n") == path and int(r[3], 16) & 0x10000 for r in rows)
 
 
 def _listens_as(pid: int, port: int, like: int, host: str) -> bool:
