@@ -245,3 +245,21 @@ def test_send_data_to_a_killed_tcp_server_says_nobody_listens() -> None:
         if srv.proc.poll() is None:
             srv.proc.kill()
             srv.proc.wait()
+
+
+@pytest.mark.timeout(60)
+def test_a_host_name_getaddrinfo_cannot_encode_is_a_failed_connect_not_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A label of 64 letters parses (ASCII) but IDNA, the connect's encoding, refuses it: the
+    # worker's thread died of a UnicodeError traceback (`farm worker`: exit 1).
+    caplog.set_level("WARNING", logger="farm.worker")
+    host = "a" * 64 + ".example"
+
+    def warned() -> bool:
+        return any("unreachable" in r.getMessage() for r in caplog.records)
+
+    with serving(f"{host}:1", {"rev": reverse}):
+        wait_for("the worker's warning", warned)
+    said = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+    assert "label empty or too long" in said[0], said
