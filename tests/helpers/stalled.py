@@ -1,12 +1,15 @@
-"""Job server stand-ins that hang: one accepts a connection and reads nothing until told to,
-one accepts none."""
+"""Job server stand-ins that misbehave: one accepts a connection and reads nothing until told
+to, one accepts none, and one does with its connection whatever a test gives it."""
 
 from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+#: What a ``misbehaving`` server does with its one connection, until the event is set.
+Behaviour = Callable[[socket.socket, threading.Event], None]
 
 
 class StalledPeer:
@@ -88,3 +91,37 @@ def unanswered_listener() -> Iterator[str]:
     finally:
         for sock in (listener, *fillers):
             sock.close()
+
+
+@contextmanager
+def misbehaving(behave: Behaviour) -> Iterator[str]:
+    """The address of a server that accepts one connection and hands it to ``behave``
+    (with an event set when the test is done), in a thread of its own; closed after."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    stop = threading.Event()
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:  # closed before anyone connected
+            return
+        with conn:
+            try:
+                behave(conn, stop)
+            except OSError:  # the client went away
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        try:
+            listener.shutdown(socket.SHUT_RDWR)  # wakes an accept() that still waits
+        except OSError:
+            pass
+        listener.close()
+        thread.join(10)

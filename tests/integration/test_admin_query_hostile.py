@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 import pytest
 
 from farm.client.admin import admin_query
-
-Behaviour = Callable[[socket.socket, threading.Event], None]
+from tests.helpers.stalled import Behaviour, misbehaving
 
 
 def trickling(conn: socket.socket, stop: threading.Event) -> None:
@@ -30,38 +27,6 @@ def streaming(conn: socket.socket, stop: threading.Event) -> None:
         conn.sendall(b"0123456789" * 1000)
 
 
-@contextmanager
-def hostile(behave: Behaviour) -> Iterator[str]:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(4)
-    stop = threading.Event()
-
-    def serve() -> None:
-        try:
-            conn, _ = listener.accept()
-        except OSError:  # closed before anyone connected
-            return
-        with conn:
-            try:
-                behave(conn, stop)
-            except OSError:  # the client went away
-                pass
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        stop.set()
-        try:
-            listener.shutdown(socket.SHUT_RDWR)  # wakes an accept() that still waits
-        except OSError:
-            pass
-        listener.close()
-        thread.join(10)
-
-
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("behave", [trickling, streaming], ids=["trickling", "streaming"])
 def test_a_reply_that_never_ends_is_given_up_at_the_timeout(behave: Behaviour) -> None:
@@ -75,7 +40,7 @@ def test_a_reply_that_never_ends_is_given_up_at_the_timeout(behave: Behaviour) -
         except BaseException as exc:  # for the test to look at
             outcome.append(exc)
 
-    with hostile(behave) as addr:
+    with misbehaving(behave) as addr:
         thread = threading.Thread(target=ask, args=(addr,), daemon=True)
         thread.start()
         thread.join(10)

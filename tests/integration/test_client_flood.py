@@ -9,8 +9,6 @@ import socket
 import ssl
 import subprocess
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -19,47 +17,18 @@ import pytest
 import farm
 from farm.protocol import PacketType as T
 from farm.protocol import encode_res
+from tests.helpers.stalled import misbehaving
 from tests.helpers.waiting import wait_for
 
 
-@contextmanager
-def flooding_server() -> Iterator[str]:
+def flooding(conn: socket.socket, stop: threading.Event) -> None:
     """Answers the client's first OPTION_REQ and ECHO_REQ, then sends WORK_STATUS of a job
     nobody asked about as fast as it is taken, and answers nothing more."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(4)
-    stop = threading.Event()
-
-    def serve() -> None:
-        try:
-            conn, _ = listener.accept()
-        except OSError:  # closed before anyone connected
-            return
-        with conn:
-            try:
-                conn.recv(1000)
-                conn.sendall(
-                    encode_res(T.OPTION_RES, b"exceptions") + encode_res(T.ECHO_RES, b"hi")
-                )
-                news = encode_res(T.WORK_STATUS, b"H:elsewhere:1", b"1", b"2") * 1000
-                while not stop.is_set():
-                    conn.sendall(news)
-            except OSError:  # the client went away
-                pass
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        stop.set()
-        try:
-            listener.shutdown(socket.SHUT_RDWR)  # wakes an accept() that still waits
-        except OSError:
-            pass
-        listener.close()
-        thread.join(10)
+    conn.recv(1000)
+    conn.sendall(encode_res(T.OPTION_RES, b"exceptions") + encode_res(T.ECHO_RES, b"hi"))
+    news = encode_res(T.WORK_STATUS, b"H:elsewhere:1", b"1", b"2") * 1000
+    while not stop.is_set():
+        conn.sendall(news)
 
 
 @pytest.mark.timeout(30)
@@ -67,7 +36,7 @@ def test_a_server_that_sends_without_end_does_not_hold_a_call_past_its_timeout()
     # The look before each request (catch_up: has the server closed the connection?) read
     # while anything was there: against this server, for ever, whatever the timeout.
     outcome: list[BaseException | bytes] = []
-    with flooding_server() as addr:
+    with misbehaving(flooding) as addr:
         client = farm.Client(addr, timeout=1)
         assert client.echo(b"hi") == b"hi"
 
