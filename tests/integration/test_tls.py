@@ -21,6 +21,7 @@ from farm.client.admin import admin_query
 from farm.protocol import PacketType as T
 from farm.tlsfiles import tls_context
 from tests.helpers import ROOT
+from tests.helpers.heldjob import HeldJob
 from tests.helpers.servers import Server, connect, free_port, start_farm_server, start_with_store
 from tests.helpers.waiting import wait_for
 
@@ -352,13 +353,7 @@ def test_a_tls_worker_runs_a_jobs_unsent_when_its_server_was_killed(
     # The worker looks for the killed server's end of stream by poll(), nothing read: a
     # TLS socket's records stay for the TLS layer.
     ctx = tls_context(ca=str(pki / "ca.pem"))
-    started, release, ran = threading.Event(), threading.Event(), threading.Event()
-
-    def hold(job: farm.Job) -> bytes:
-        job.unsent = ran.set
-        started.set()
-        assert release.wait(30)
-        return b"done"
+    hold = HeldJob()
 
     worker = farm.Worker(tls_server.addr, tls=ctx)
     worker.register("hold", hold)
@@ -366,17 +361,8 @@ def test_a_tls_worker_runs_a_jobs_unsent_when_its_server_was_killed(
     thread.start()
     try:
         with farm.Client(tls_server.addr, tls=ctx) as client:
-            release.set()
-            assert client.call("hold", b"answered", timeout=30) == b"done"
-            assert not ran.is_set()  # its answer left: nothing to clean up
-            started.clear()
-            release.clear()
-            client.submit("hold", b"lost", background=True)
-        assert started.wait(30)
-        tls_server.proc.kill()
-        tls_server.proc.wait()
-        release.set()
-        assert ran.wait(10), "the lost job's unsent never ran (TLS)"
+            hold.answered_then_lost(client, tls_server.proc)
+        assert hold.ran.wait(10), "the lost job's unsent never ran (TLS)"
     finally:
         worker.stop()
         thread.join(10)

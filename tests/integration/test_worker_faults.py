@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import farm
+from tests.helpers.heldjob import HeldJob
 from tests.helpers.servers import start_farm_server, unix_farm_server
 from tests.helpers.serving import reverse, serving
 from tests.helpers.stalled import unanswered_listener
@@ -121,28 +122,13 @@ def test_a_job_whose_server_went_away_before_its_answer_runs_its_unsent() -> Non
     # Job.unsent: what a function left for its client to clean up (farm.Executor's large
     # result file) goes when the answer cannot leave, where it waited for a sweep. Over a
     # Unix socket, as farm.* workers connect: the answer's write fails there.
-    started, release, ran = threading.Event(), threading.Event(), threading.Event()
-
-    def hold(job: Any) -> bytes:
-        job.unsent = ran.set
-        started.set()
-        assert release.wait(30)
-        return b"done"
+    hold = HeldJob()
 
     with unix_farm_server() as srv:
         where = f"unix:{srv.unix}"
         with farm.Client(where) as client, serving(where, {"hold": hold}):
-            release.set()
-            assert client.call("hold", b"answered", timeout=30) == b"done"
-            assert not ran.is_set()  # its answer left: nothing to clean up
-            started.clear()
-            release.clear()
-            client.submit("hold", b"lost", background=True)
-            assert started.wait(30)
-            srv.proc.kill()
-            srv.proc.wait()  # reaped: its sockets are closed
-            release.set()
-            assert ran.wait(10), "the lost job's unsent never ran"
+            hold.answered_then_lost(client, srv.proc)
+            assert hold.ran.wait(10), "the lost job's unsent never ran"
 
 
 @pytest.mark.timeout(60)
@@ -188,28 +174,13 @@ def test_a_job_whose_tcp_server_was_killed_runs_its_unsent() -> None:
     # Over TCP a write to a killed server succeeds (its reset comes back later), so the
     # answer seemed to leave and the hook never ran: the worker looks for the server's
     # end of stream before it writes an answer with a hook.
-    started, release, ran = threading.Event(), threading.Event(), threading.Event()
-
-    def hold(job: Any) -> bytes:
-        job.unsent = ran.set
-        started.set()
-        assert release.wait(30)
-        return b"done"
+    hold = HeldJob()
 
     srv = start_farm_server()
     try:
         with farm.Client(srv.addr) as client, serving(srv.addr, {"hold": hold}):
-            release.set()
-            assert client.call("hold", b"answered", timeout=30) == b"done"
-            assert not ran.is_set()  # its answer left: nothing to clean up
-            started.clear()
-            release.clear()
-            client.submit("hold", b"lost", background=True)
-            assert started.wait(30)
-            srv.proc.kill()
-            srv.proc.wait()  # reaped: its end of stream is on the worker's socket
-            release.set()
-            assert ran.wait(10), "the lost job's unsent never ran (TCP)"
+            hold.answered_then_lost(client, srv.proc)
+            assert hold.ran.wait(10), "the lost job's unsent never ran (TCP)"
     finally:
         if srv.proc.poll() is None:
             srv.proc.kill()
