@@ -45,7 +45,9 @@ class CallerFiles:
         self._options = (key_file, spill_dir, mb)
         if mb is not None:
             spill.mb_to_bytes(mb)  # a bad limit fails in the constructor, not at a large call
-        self._settings: spill.SpillSettings | None = None  # resolved at the first large call
+        # Resolved as it begins (_spill_mtime), or, where the config could not be read then,
+        # by the first call that needs them, which says why.
+        self._settings: spill.SpillSettings | None = None
         self._lock = threading.Lock()  # done-callbacks run in other threads
         # A spill directory whose own mtime is still this one holds no result file of this
         # executor's calls (remove_results, on the executor's thread, need not list it).
@@ -132,9 +134,10 @@ class CallerFiles:
         """The spill directory, its st_mtime_ns (None: not there), and whether that was too
         recent to tell a later change by; None where the settings cannot be read (yet)."""
         try:
-            directory = spill_settings(*self._options).directory
+            self._settings = spill_settings(*self._options)  # kept: read once, not twice
         except Exception:  # a bad config: said by the first call that needs it
             return None
+        directory = self._settings.directory
         return directory, *_mtime(directory)
 
     def shared(self, data: bytes) -> tuple[bytes, bytes]:
