@@ -36,8 +36,8 @@ from farm.workerlinks import (
     BACKOFF_FIRST,
     ServerLink,
     WorkerLinks,
-    _peer_gone,
     fail_and_part,
+    peer_gone,
     run_unsent,
 )
 
@@ -362,7 +362,7 @@ class Worker(WorkerFunctions, WorkerLinks):
         with self._send_lock:  # abandon() may fail this job from another thread
             if not self._holds(server, job):
                 return False
-            if server.sock is not None and _peer_gone(server.sock):
+            if server.sock is not None and peer_gone(server.sock):
                 # Over TCP a write to a killed server succeeds: send_data would say True
                 # and a batch part's file leave job.unsent. One poll(), news being rare.
                 self._lost(server, "closed the connection while a job ran", locked=True)

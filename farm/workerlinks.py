@@ -23,7 +23,15 @@ from farm.protocol import PacketType as T
 from farm.protocol import encode_req
 from farm.protocol.worker import WorkerSession
 
-__all__ = ["BACKOFF_CAP", "BACKOFF_FIRST", "ServerLink", "WorkerLinks", "fail_and_part"]
+__all__ = [
+    "BACKOFF_CAP",
+    "BACKOFF_FIRST",
+    "ServerLink",
+    "WorkerLinks",
+    "fail_and_part",
+    "peer_gone",
+    "run_unsent",
+]
 
 log = logging.getLogger("farm.worker")
 
@@ -147,7 +155,7 @@ class WorkerLinks:
         as the hook may call the worker (register(), abandon()), which takes the lock."""
         out = server.session.data_to_send()
         if out and server.sock is not None:
-            if server.unsent is not None and _peer_gone(server.sock):
+            if server.unsent is not None and peer_gone(server.sock):
                 # Over TCP a write to a server that was killed succeeds (its reset comes
                 # back later) and the answer would seem to have left: its end of stream,
                 # already here, says it cannot.
@@ -195,7 +203,7 @@ class WorkerLinks:
             self._run_unsent_due()
 
 
-def _peer_gone(sock: socket.socket) -> bool:
+def peer_gone(sock: socket.socket) -> bool:
     """Whether the peer has closed or reset the connection, by poll() alone: nothing is
     read, so a TLS socket's records and a packet already here stay where they are."""
     poller = select.poll()
