@@ -25,6 +25,13 @@ from farm.errors import ConfigError, FarmError
 if TYPE_CHECKING:
     import ssl
 
+#: The most `farm jobs` reads of the `jobs` listing (admin_query's max_reply). A job's line
+#: (its function's name, a handle of at most 63 bytes, about 30 more) is under 0.6 of what
+#: the job holds against --max-queued-bytes (its name, unique and payload, and 512 bytes):
+#: under 640 MB at the default 1 GiB, past admin_query's own 256 MiB, which `status` and
+#: `workers` stay well under.
+JOBS_MAX_REPLY = 1 << 30
+
 
 @app.command(
     cls=FarmCommand,
@@ -232,7 +239,13 @@ def jobs(
     address = server_address(server, config)
     try:
         # surrogateescape: --function compares by bytes, as a name not in UTF-8 was typed
-        reply = admin_query(address, "jobs", tls=admin_tls(), errors="surrogateescape")
+        reply = admin_query(
+            address,
+            "jobs",
+            tls=admin_tls(),
+            errors="surrogateescape",
+            max_reply=JOBS_MAX_REPLY,
+        )
         if reply.startswith("ERR"):
             fail(
                 f"the server at {address} does not support `farm jobs` (gearmand has no such"

@@ -17,7 +17,17 @@ from farm.net import connect, recv
 from farm.protocol import ProtocolError
 from farm.protocol.admin import StatusRow, parse_status, reply_complete, workers_serving
 
-__all__ = ["admin_query", "server_metrics", "function_workers"]
+__all__ = ["admin_query", "server_metrics", "function_workers", "MAX_REPLY"]
+
+#: Bytes of one admin reply read before it is given up (``max_reply``). A peer on the port
+#: that streams without ever ending a reply (any local user may listen on a TCP port of
+#: 127.0.0.1) made the reader hold all it sent until the timeout: gigabytes on loopback.
+#: The largest listings a farm server makes with its default limits, from TCP peers: a
+#: `status` of 65,536 functions (--max-functions) of 512-byte names (MAX_FUNCTION) is about
+#: 35 MB, a `workers` of 262,144 registrations (--max-tcp-abilities) about 140 MB; 256 MiB
+#: leaves room for the farm's own workers on the Unix socket beside them. `jobs` grows with
+#: --max-queued-bytes instead (`farm jobs` asks with a cap of its own).
+MAX_REPLY = 256 << 20
 
 
 def admin_query(
@@ -27,6 +37,7 @@ def admin_query(
     timeout: float = 5.0,
     tls: ssl.SSLContext | None = None,
     errors: str = "replace",
+    max_reply: int = MAX_REPLY,
 ) -> str:
     """Send one admin command to the job server at ``address``; its whole reply as text,
     decoded as UTF-8 with ``errors`` (surrogateescape keeps a name's bytes: ``text_bytes``).
@@ -34,14 +45,22 @@ def admin_query(
     Raises OSError (or ValueError for an address that does not parse); ConnectionError when
     the server closes the connection before its reply is whole, which an empty listing
     would otherwise pass for (a TLS listener spoken to in plain text closes it unanswered);
-    TimeoutError when the reply is not whole ``timeout`` seconds after the connect.
+    TimeoutError when the reply is not whole ``timeout`` seconds after the connect;
+    ConnectionError, the connection closed, when it runs past ``max_reply`` bytes
+    (``MAX_REPLY``, 256 MiB, by default), whole or not.
     """
+    if max_reply < 1:
+        raise ValueError(f"max_reply must be at least 1 byte, not {max_reply}")
     with connect(address, timeout, tls) as sock:
-        return _reply(sock, command, timeout, tls).decode("utf-8", errors)
+        return _reply(sock, command, timeout, tls, max_reply).decode("utf-8", errors)
 
 
 def _reply(
-    sock: socket.socket, command: str, timeout: float, tls: ssl.SSLContext | None
+    sock: socket.socket,
+    command: str,
+    timeout: float,
+    tls: ssl.SSLContext | None,
+    max_reply: int = MAX_REPLY,
 ) -> bytearray:
     # The whole reply by then, not each read: a server that trickles a listing and never
     # ends it, or a port that streams what is no reply, was read for ever (and held).
@@ -68,7 +87,16 @@ def _reply(
                 f"the job server closed the connection before answering {what!r}{hint}"
             )
         buf += data
+        if len(buf) > max_reply:  # checked as it grows: the reader holds one read past it
+            raise ConnectionError(
+                f"the job server's answer to {what!r} ran past {_size(max_reply)}, the most"
+                " read of one reply (max_reply); gave up and closed the connection"
+            )
     return buf
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n and n % (1 << 20) == 0 else f"{n} bytes"
 
 
 def function_workers(

@@ -1,17 +1,26 @@
 """``admin_query`` (``farm status``, ``farm jobs``, the supervisor's asks) against a port
 whose server never finishes a reply: one that trickles a listing without its end, one
 that streams what is no reply at all (a chargen-like service). Its timeout bounds the
-whole reply, not each read, so neither holds the caller for ever."""
+whole reply, not each read, so neither holds the caller for ever; ``max_reply`` bounds
+what it holds meanwhile."""
 
 from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
-from farm.client.admin import admin_query
+import farm.client.admin
+from farm.client.admin import MAX_REPLY, admin_query
+from tests.helpers.clirun import cli, one_line_error
+from tests.helpers.servers import Server
 from tests.helpers.stalled import Behaviour, misbehaving
+
+#: What admin_query asks of a read (farm.client.admin._reply): one read past the cap at most.
+ONE_READ = 65536
 
 
 def trickling(conn: socket.socket, stop: threading.Event) -> None:
@@ -22,8 +31,10 @@ def trickling(conn: socket.socket, stop: threading.Event) -> None:
 
 
 def streaming(conn: socket.socket, stop: threading.Event) -> None:
-    """Bytes as fast as they are taken, none of them a reply."""
-    while not stop.is_set():
+    """Bytes without a pause, none of them a reply, at 10 MB/s: well under MAX_REPLY in the
+    timeout (as fast as they were taken, loopback passed it in under a second, and the cap,
+    not the timeout, ended the read: test_a_stream_past_max_reply_is_cut_off_there)."""
+    while not stop.wait(0.001):
         conn.sendall(b"0123456789" * 1000)
 
 
@@ -47,3 +58,93 @@ def test_a_reply_that_never_ends_is_given_up_at_the_timeout(behave: Behaviour) -
         assert outcome, "admin_query still reading after 10 s with a timeout of 1 s"
     assert isinstance(outcome[0], TimeoutError), outcome
     assert "status" in str(outcome[0]) and "1" in str(outcome[0])
+
+
+class Flood:
+    """A port that answers any command with bytes that are no reply, as fast as they are
+    taken, up to ``limit`` (then it sends nothing more and waits, so that a reader with no
+    cap is held till its timeout, not fed without end), and notes when the reader closes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.sent = 0
+        self.closed = threading.Event()  # the reader closed its end
+
+    def __call__(self, conn: socket.socket, stop: threading.Event) -> None:
+        conn.recv(100)  # the command
+        chunk = b"0123456789abcdef" * 65536  # 1 MiB, no newline: never a reply's end
+        try:
+            while self.sent < self.limit and not stop.is_set():
+                conn.sendall(chunk)
+                self.sent += len(chunk)
+        except OSError:  # the reader closed with our bytes unread: a reset
+            self.closed.set()
+            return
+        conn.settimeout(0.1)  # to notice the test's end
+        while not stop.is_set():
+            try:
+                if not conn.recv(100):
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        self.closed.set()
+
+
+@contextmanager
+def counted_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """The bytes admin_query's reads returned, in total (the list's one item)."""
+    total = [0]
+    real = farm.client.admin.recv
+
+    def recv(sock: socket.socket, size: int = ONE_READ) -> bytes:
+        data = real(sock, size)
+        total[0] += len(data)
+        return data
+
+    monkeypatch.setattr(farm.client.admin, "recv", recv)
+    yield total
+
+
+@pytest.mark.timeout(60)
+def test_a_stream_past_max_reply_is_cut_off_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    # It was read, and held, until the timeout: on loopback, gigabytes. The stream stops at
+    # 64 MiB here, so that a reader with no cap is held till its timeout (20 s), not fed.
+    cap = 1 << 20
+    flood = Flood(64 << 20)
+    with misbehaving(flood) as addr, counted_reads(monkeypatch) as read:
+        with pytest.raises(ConnectionError) as caught:
+            admin_query(addr, "status", timeout=20, max_reply=cap)
+        assert flood.closed.wait(10), "the connection was left open"
+    said = str(caught.value)
+    assert "'status'" in said and "1 MiB" in said and "max_reply" in said, said
+    assert "closed the connection" in said, said
+    assert cap < read[0] <= cap + ONE_READ, read[0]
+
+
+def test_max_reply_takes_a_whole_reply_of_its_size_and_no_more(farm_server: Server) -> None:
+    addr = farm_server.addr
+    assert admin_query(addr, "create function reverse") == "OK\r\n"
+    reply = admin_query(addr, "status")
+    assert reply == "reverse\t0\t0\t0\n.\n", reply
+    size = len(reply.encode())
+    assert admin_query(addr, "status", max_reply=size) == reply
+    with pytest.raises(ConnectionError, match=f"ran past {size - 1} bytes"):
+        admin_query(addr, "status", max_reply=size - 1)
+    assert admin_query(addr, "status") == reply  # the server took the cut-off in its stride
+    with pytest.raises(ValueError, match="max_reply"):
+        admin_query(addr, "status", max_reply=0)
+
+
+@pytest.mark.timeout(90)
+def test_farm_status_says_so_in_one_line_at_the_default_cap() -> None:
+    # Past MAX_REPLY, then quiet: with no cap, `farm status` held all of it for its 5 s and
+    # said the answer was not whole in time.
+    flood = Flood(MAX_REPLY + (32 << 20))
+    with misbehaving(flood) as addr:
+        out = cli("status", "--server", addr, timeout=60)
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    line = one_line_error(out.stderr)
+    assert f"cannot read status from {addr}" in line, line
+    assert "ran past 256 MiB" in line and "max_reply" in line, line
