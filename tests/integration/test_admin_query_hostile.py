@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import pytest
 
 import farm.client.admin
-from farm.client.admin import MAX_REPLY, admin_query
+from farm.client.admin import MAX_REPLY, admin_query, function_workers
 from tests.helpers.clirun import cli, one_line_error
 from tests.helpers.servers import Server
 from tests.helpers.stalled import Behaviour, misbehaving
@@ -148,3 +148,15 @@ def test_farm_status_says_so_in_one_line_at_the_default_cap() -> None:
     line = one_line_error(out.stderr)
     assert f"cannot read status from {addr}" in line, line
     assert "ran past 256 MiB" in line and "max_reply" in line, line
+
+
+@pytest.mark.timeout(60)
+def test_the_executor_s_status_ask_is_capped_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    # function_workers (Executor's max_workers, joblib's) reads `status` through the same
+    # loop: it held a stream till its timeout, here all 288 MiB; now it stops at the cap
+    # and counts the server as not answering.
+    flood = Flood(MAX_REPLY + (32 << 20))
+    with misbehaving(flood) as addr, counted_reads(monkeypatch) as read:
+        assert function_workers([addr], "reverse", timeout=20) is None
+        assert flood.closed.wait(10), "the connection was left open"
+    assert MAX_REPLY < read[0] <= MAX_REPLY + ONE_READ, read[0]
