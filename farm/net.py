@@ -18,11 +18,11 @@ import stat
 import struct
 import threading
 import time
-import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from farm.hostnames import host_problem
 from farm.paths import MAX_SOCKET_PATH, socket_path_problem  # where the rule is written
 from farm.tlsfiles import tls_context  # farm.net.tls_context, as docs/client.md names it
 
@@ -142,11 +142,9 @@ def parse_address(text: str, default_port: int | None = DEFAULT_PORT) -> Address
     else:
         host, colon, port = addr.partition(":")
         port_text = port if colon else None
-        # Control characters (a NUL), and what IDNA, the connect's encoding, refuses (U+202E, a
-        # surrogate from argv's bytes): format ones it maps away (a ZWNJ, a soft hyphen) pass.
-        bad = any(c.isspace() or c in "[]/" or unicodedata.category(c) == "Cc" for c in host)
-        if bad or not (host.isascii() or _takes(lambda h: h.encode("idna"), host)):
-            raise AddressError(text, f"{host!r} is not a host name or address")
+        # Refused here, not at each connect: a..b, a label of 64 letters (farm.hostnames).
+        if problem := host_problem(host):
+            raise AddressError(text, problem)
     if port_text is None:
         if default_port is None:
             raise AddressError(text, "has no port")
@@ -158,7 +156,7 @@ def parse_address(text: str, default_port: int | None = DEFAULT_PORT) -> Address
 
 
 def _takes(convert: Callable[[str], object], host: str) -> bool:
-    try:  # UnicodeError (IDNA's) is a ValueError
+    try:  # ipaddress's AddressValueError is a ValueError
         convert(host)
     except ValueError:
         return False
@@ -243,7 +241,7 @@ class Dial:
             outcome = connect(addr, timeout, tls)
         except OSError as exc:
             outcome = exc
-        except Exception as exc:  # a host name IDNA refuses: the loop must hear of it too
+        except Exception as exc:  # an address parse_address refuses: the loop must hear of it too
             outcome = OSError(f"{type(exc).__name__}: {exc}")
         with self._lock:
             if self._cancelled:

@@ -127,8 +127,6 @@ class WorkerLinks:
                     outcome = connect(server.addr, self.connect_timeout, self.tls)
                 except OSError as exc:
                     outcome = exc
-                except ValueError as exc:  # a label IDNA refuses (a.., 64 letters): as Dial's
-                    outcome = OSError(f"{type(exc).__name__}: {exc}")
             if isinstance(outcome, OSError):
                 if not server.warned:
                     log.warning("job server %s unreachable (%s); retrying", server.addr, outcome)

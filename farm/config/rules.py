@@ -165,6 +165,6 @@ def _ips(host: str) -> frozenset[str]:
     host = host.strip("[]")
     try:
         found = {str(info[4][0]) for info in socket.getaddrinfo(host or None, None)}
-    except (OSError, UnicodeError):
+    except OSError:
         found = set()
     return frozenset(found | {host})

@@ -53,7 +53,8 @@ def named_lines(command: str, names: list[str]) -> list[str]:
 def check_listen_name(config: ServerConfig, source: str) -> None:
     """ConfigError (exit 2, which the unit does not restart) when the TCP address of
     ``[server] listen`` has a host name that names no address: the server could never
-    listen there, and systemd restarted `farm up` every few seconds for ever."""
+    listen there, and systemd restarted `farm up` every few seconds for ever. (A name no
+    resolver is asked for, ``a..b``, never reads: farm.hostnames, as the config is read.)"""
     where = next((a for a in config.listen if not a.startswith("unix:")), None)
     if where is None or config.tcp is None or not config.tcp[0]:  # none, or every address
         return
@@ -64,8 +65,6 @@ def check_listen_name(config: ServerConfig, source: str) -> None:
         if exc.errno not in NO_SUCH_NAME:
             return  # the server's own try says why; exit 1, and systemd tries again
         why = exc.strerror
-    except UnicodeError:  # a label empty or over 63 characters, as IDNA encodes it
-        why = "not a host name DNS can carry"
     else:
         return
     raise ConfigError(

@@ -92,9 +92,6 @@ class Server:
                 )
             except OSError as exc:
                 raise ListenError(str(tcp), exc) from exc
-            except UnicodeError as exc:  # a label DNS cannot carry (empty, over 63 bytes)
-                why = OSError(errno.EINVAL, "not a host name DNS can carry")
-                raise ListenError(str(tcp), why) from exc
             self.listeners.append(srv)
             log.info("listening on %s%s", tcp, " (TLS)" if tls else "")
             twin = functools.partial(self.loop.create_server, gated, backlog=opts.backlog)

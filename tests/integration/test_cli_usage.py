@@ -313,3 +313,22 @@ def test_the_docs_command_lines_use_flags_the_commands_have() -> None:
             if not re.search(rf"(?<![\w-]){re.escape(flag)}\b", helps[command]):
                 unknown.append(f"{where}: farm {command} {flag}")
     assert not unknown
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        *([*cmd, "--server", "a..b:1"] for cmd in (WORKER_CMD, ["submit", "f", "x"], ["status"])),
+        ["jobs", "--server", f"{'a' * 64}.example:1"],
+        ["server", "--store", "none", "-L", f"{'a' * 64}.example:1"],
+    ],
+)
+def test_a_host_no_resolver_is_asked_for_is_a_usage_error(args: list[str]) -> None:
+    # An empty label or one of 64 letters failed at the connect, in IDNA's words ("label
+    # empty or too long"): `farm status` and `farm jobs` with exit 1, as if the farm were
+    # down, `farm server` too, and `farm worker` retried it for ever.
+    out = cli(*args, timeout=30, env=dict(os.environ, FARM_SERVERS="127.0.0.1:1"))
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    line = one_line_error(out.stderr)
+    assert line.startswith(("farm: ", "farm server: ")), line
+    assert "is not a host name or address" in line and "idna" not in line, line

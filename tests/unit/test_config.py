@@ -96,6 +96,10 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
         # a NUL in a host: the server's exec failed ("embedded null byte"), exit 1
         ('"127.0.0.1:', '"127.0.0.1\\u0000:', "server.listen", "is not a host name or address"),
         ("servers = []", 'servers = ["h\\u0000:1"]', "supervisor.servers", "not a host name"),
+        # a host no resolver is asked for: the config read, and the workers' connects failed
+        # for ever with IDNA's "label empty or too long" (listen: farm up's later check)
+        ('"127.0.0.1:', '"a..b:', "server.listen", "'a..b' is not a host name or address"),
+        ("servers = []", f'servers = ["{"a" * 64}.x:1"]', "supervisor.servers", "over DNS's 63"),
         ('store = "none"', 'store = "/etc/hostname/q.db"', "server.store", "is not a directory;"),
         (
             "[supervisor]",

@@ -41,6 +41,13 @@ def tcp(host: str, port: int = DEFAULT_PORT) -> Address:
         # once refused with every character that is not printable
         ("\u0645\u06cc\u200c\u0631.ir:5", tcp("\u0645\u06cc\u200c\u0631.ir", 5), None),
         ("ex\u00adample.com:5", tcp("ex\u00adample.com", 5), None),
+        # What DNS carries: one trailing dot (a fully qualified name), "_" and "-", a label
+        # of 63 characters, a name of 253 (four labels of 63, the last cut short)
+        ("example.com.:5", tcp("example.com.", 5), None),
+        ("_gearman._tcp.my-host:5", tcp("_gearman._tcp.my-host", 5), None),
+        (f"{'a' * 63}.example:5", tcp(f"{'a' * 63}.example", 5), None),
+        (f"{'.'.join(['a' * 63] * 4)[:253]}:5", tcp(".".join(["a" * 63] * 4)[:253], 5), None),
+        ("b\u00fccher.de:5", tcp("b\u00fccher.de", 5), None),  # IDNA: xn--bcher-kva.de
         ("unix:/run/farm/gearman.sock", Address("unix", path="/run/farm/gearman.sock"), None),
         ("unix:rel.sock", Address("unix", path="rel.sock"), "unix:rel.sock"),
     ],
@@ -89,6 +96,19 @@ def test_each_form_parses_and_prints_its_normal_form(
         ("a\ue000b", "is not a host name or address"),  # private use
         ("a\U000e0041b", "is not a host name or address"),  # a tag
         ("\u00ad:1", "is not a host name or address"),  # nothing left once mapped
+        # What no resolver is asked: IDNA, the connect's encoding, refused these at each
+        # connect ("label empty or too long"), `farm status` with exit 1, a worker for ever
+        ("a..b:4730", "'a..b' is not a host name or address: an empty label"),
+        (".a:4730", "'.a' is not a host name or address: an empty label"),
+        ("a.b..:4730", "'a.b..' is not a host name or address: an empty label"),
+        (".", "'.' is not a host name or address: an empty label"),
+        ("a\u3002\u3002b:1", "is not a host name or address: an empty label"),  # IDNA's dots
+        (f"{'a' * 64}.example:1", "a label of 64 characters, over DNS's 63"),
+        (f"x.{'a' * 64}", "a label of 64 characters, over DNS's 63"),
+        ("\u00fc" * 60 + ".de:1", "is not a host name or address"),  # over 63 once encoded
+        (f"{'.'.join(['a' * 63] * 4)[:254]}:1", "254 characters, over DNS's 253"),
+        # 17 labels of nine: 169 characters as written, 271 as DNS carries them (xn--tdaaaaaaaaa)
+        (".".join(["\u00fc" * 9] * 17) + ":1", "271 characters as IDNA spells it, over"),
         # was "an IPv6 address with a port takes brackets"
         ("gearman://127.0.0.1:4730", "is a URL; write HOST:PORT, e.g. 127.0.0.1:4730"),
         ("tcp://h", "is a URL; write HOST:PORT"),
@@ -178,7 +198,8 @@ def test_parse_servers_refuses_bad_lists(
 
 def test_a_dial_that_fails_other_than_by_oserror_still_reports() -> None:
     # A host name IDNA refuses (a label over 63 characters) raised UnicodeError in the dial's
-    # thread, which died: the worker's loop waited for its outcome for ever.
+    # thread, which died: the worker's loop waited for its outcome for ever. parse_address
+    # refuses it now, a ValueError in that thread all the same.
     import threading
 
     from farm.net import Dial
