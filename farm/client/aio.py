@@ -60,9 +60,10 @@ __all__ = ["AsyncClient", "Task", "JobStatus", "JobProgress", "JobData", "JobWar
 class AsyncClient(AsyncLinks):
     """An asyncio Gearman client over one or more job servers (farm's or gearmand).
 
-    ``servers`` as for ``farm.Client``. Any number of coroutines may call,
-    submit and stream at once; their jobs share each server's one connection.
-    Errors are those of ``farm.Client``: JobException, JobFailed, Timeout,
+    ``servers`` and ``connect_timeout`` as for ``farm.Client`` (None: each connect
+    waits as long as the kernel's takes, bounded only by a call's own timeout). Any number
+    of coroutines may call, submit and stream at once; their jobs share each server's one
+    connection. Errors are those of ``farm.Client``: JobException, JobFailed, Timeout,
     ServerError, ServerUnavailable.
     """
 
@@ -70,12 +71,12 @@ class AsyncClient(AsyncLinks):
         self,
         servers: str | Iterable[str] | None = None,
         *,
-        connect_timeout: float = 5.0,
+        connect_timeout: float | None = 5.0,
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self.servers = parse_servers(client_servers() if servers is None else servers)
-        check_seconds(connect_timeout, "connect_timeout")  # a bad one fails here, not at a call
-        self.connect_timeout = connect_timeout
+        # A bad one fails here, not at a call; None, as farm.Client takes it: no bound.
+        self.connect_timeout = check_seconds(connect_timeout, "connect_timeout")
         self.tls = tls  # TCP servers only, as farm.Client (farm.net.tls_context)
         self._conns: dict[str, ServerConnection] = {}
         self._connecting: dict[str, asyncio.Future[ServerConnection]] = {}

@@ -30,7 +30,7 @@ class AsyncLinks:
     _closed: bool
     _loop_end: AsyncGenerator[None, None] | None
     _loop: asyncio.AbstractEventLoop | None  # the loop of the connections held, if any
-    connect_timeout: float
+    connect_timeout: float | None  # None: each connect waits as long as the kernel's
     tls: ssl.SSLContext | None
 
     def _resubmit(self, task: Task[Waiter], lost_conn: ServerConnection) -> None:
@@ -207,6 +207,7 @@ class AsyncLinks:
                     ssl=self.tls,
                     server_hostname=target.host if self.tls is not None else None,
                 )
+            # wait_for(..., None) waits as long as the connect takes, as farm.Client's None.
             transport, conn = await asyncio.wait_for(opening, self.connect_timeout)
         except (OSError, TimeoutError) as exc:  # ssl.SSLError too: a refused certificate
             self._picker.mark_down(addr, spent=loop.time() - began)

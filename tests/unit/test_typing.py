@@ -59,7 +59,22 @@ farm.Worker("127.0.0.1:4730").register("shout", shout)
 """
 
 
-SNIPPETS = {"user.py": USER_CODE, "data.py": DATA_CODE}
+CONNECT_CODE = """
+import farm
+
+
+async def unbounded() -> None:
+    async with farm.AsyncClient("127.0.0.1:4730", connect_timeout=None) as client:
+        await client.echo(b"x")
+
+
+def unbounded_blocking() -> None:
+    with farm.Client("127.0.0.1:4730", connect_timeout=None) as client:
+        client.echo(b"x")
+"""
+
+
+SNIPPETS = {"user.py": USER_CODE, "data.py": DATA_CODE, "connect.py": CONNECT_CODE}
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +123,10 @@ def test_the_generators_of_map_and_stream_can_be_closed(strict_mypy: str) -> Non
 def test_data_may_be_any_bytes_like_the_calls_take(strict_mypy: str) -> None:
     # Typed bytes | str, though bytearray and memoryview are taken (as_bytes copies them).
     assert issues_in("data.py", strict_mypy) == []
+
+
+@pytest.mark.timeout(120)
+def test_both_clients_take_connect_timeout_none(strict_mypy: str) -> None:
+    # farm.Client's None: no bound but the kernel's. AsyncClient took it at run time too,
+    # and was typed float: the same argument failed the user's type check.
+    assert issues_in("connect.py", strict_mypy) == []
