@@ -16,6 +16,7 @@ from types import MappingProxyType
 from farm.config.capacity import capacity_problem
 from farm.config.model import RESERVED_PREFIX, Config
 from farm.errors import ConfigError
+from farm.loopback import TWINNED_HOSTS
 from farm.net import DEFAULT_SERVER
 from farm.paths import runtime_dir
 
@@ -25,6 +26,8 @@ __all__ = ["EXECUTOR_TARGETS", "problem", "on_running_farm"]
 EXECUTOR_TARGETS = ("farm.executor.call:run_call", "farm.executor_worker:run_call")
 #: Hosts that bind every address.
 WILD = frozenset({"0.0.0.0", "::", ""})
+_SAME = "is the job server's listen address"
+_FIX = "give the metrics another port"
 
 
 def problem(config: Config) -> tuple[str, str] | None:
@@ -106,7 +109,9 @@ def reserved_pools(config: Config) -> tuple[str, str] | None:
 
 def metrics_port_free(config: Config) -> tuple[str, str] | None:
     """The supervisor's metrics endpoint must not take the local server's port: the
-    server then failed to bind at every start (exit 1, which systemd restarts)."""
+    server then failed to bind at every start (exit 1, which systemd restarts). Compared
+    by what each binds, not how it is written: "localhost" is its every address, and
+    127.0.0.1 holds [::1] at its port too (farm.loopback)."""
     metrics = config.supervisor.metrics
     if metrics is None or not config.local_server:
         return None
@@ -117,10 +122,12 @@ def metrics_port_free(config: Config) -> tuple[str, str] | None:
             continue
         mine, theirs = _ips(host), _ips(other_host)
         if mine & theirs or WILD & (mine | theirs):
+            return ("supervisor.metrics", f"{metrics} {_SAME} {address} too; {_FIX}")
+        if _twinned(mine) and "::1" in theirs or _twinned(theirs) and "::1" in mine:
             return (
                 "supervisor.metrics",
-                f"{metrics} is the job server's listen address {address} too;"
-                " give the metrics another port",
+                f"{metrics} is the job server's listen address {address} too (a listener on"
+                f" 127.0.0.1 holds [::1] at its port as well); {_FIX}",
             )
     return None
 
@@ -129,7 +136,9 @@ def control_apart(config: Config) -> tuple[str, str] | None:
     """The control socket must not be the local server's Unix socket: the server then
     failed to bind at every start (exit 1, which systemd restarts)."""
     control, unix = config.supervisor.control, config.server.unix
-    if config.local_server and unix and os.path.normpath(unix) == os.path.normpath(control):
+    # realpath, not normpath: a directory link on the way (/var/run -> /run on many hosts)
+    # makes two paths as written one socket.
+    if config.local_server and unix and os.path.realpath(unix) == os.path.realpath(control):
         return (
             "supervisor.control",
             f"{control} is the job server's Unix socket in server.listen too;"
@@ -158,6 +167,11 @@ def command_pools(config: Config) -> tuple[str, str] | None:
             " function with a timeout in the worker (CAN_DO_TIMEOUT)",
         )
     return None
+
+
+def _twinned(ips: frozenset[str]) -> bool:
+    """Whether a listener on ``ips`` holds its port on [::1] too (farm.loopback's twin)."""
+    return bool(ips & TWINNED_HOSTS)
 
 
 def _ips(host: str) -> frozenset[str]:

@@ -202,6 +202,47 @@ def test_each_mistake_is_one_line_naming_the_key_and_the_fix(
         assert "unix:" not in message and "4730" not in message, message
 
 
+@pytest.mark.parametrize(
+    ("listen", "metrics"),
+    [
+        # a listener on 127.0.0.1 holds its port on [::1] too (farm.loopback): the server's
+        # [::1] twin, or the metrics', found the other's socket there; farm check said ok,
+        # and farm up exited 1 at every start
+        ("127.0.0.1:4999", "[::1]:4999"),
+        ("[::1]:4999", "127.0.0.1:4999"),
+    ],
+)
+def test_the_metrics_port_is_refused_where_a_twin_on_ipv6_localhost_takes_it(
+    tmp_path: Path, listen: str, metrics: str
+) -> None:
+    text = GOOD.replace('"127.0.0.1:4999"', f'"{listen}"').replace(
+        "[supervisor]", f'[supervisor]\nmetrics = "{metrics}"'
+    )
+    message = error_of(tmp_path, text)
+    assert ": supervisor.metrics:" in message, message
+    assert f"{metrics} is the job server's listen address {listen} too" in message, message
+    # another port on [::1], or another 127.x address, takes no twin: still a good config
+    for apart in ("[::1]:4998", "127.0.0.2:4999"):
+        config.load(write(tmp_path, text.replace(metrics, apart)))
+
+
+def test_the_control_socket_is_refused_where_a_link_makes_it_the_servers_socket(
+    tmp_path: Path,
+) -> None:
+    # Compared as written (normpath), link/s.sock and real/s.sock were two sockets; the
+    # server's bind then found the control socket there, exit 1 at every start (on many
+    # hosts /var/run is a link to /run).
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to("real")
+    text = GOOD.replace('"unix:run/gearman.sock"', '"unix:real/s.sock"').replace(
+        'control = "/tmp/farm-test/control.sock"', 'control = "link/s.sock"'
+    )
+    message = error_of(tmp_path, text)
+    assert ": supervisor.control:" in message, message
+    assert "is the job server's Unix socket in server.listen too" in message, message
+    config.load(write(tmp_path, text.replace("link/s.sock", "link/c.sock")))
+
+
 def test_kill_rss_mb_defaults_to_one_and_a_half_max_rss_mb(tmp_path: Path) -> None:
     cfg = config.load(write(tmp_path, GOOD))
     assert cfg.functions["hash"].kill_rss_mb == 384  # 1.5 x 256
