@@ -6,7 +6,7 @@ import datetime as _dt
 import math
 from typing import TypeAlias
 
-from farm.protocol.codec import MAX_EPOCH, MAX_TIMEOUT, MAX_UNIQUE, text_bytes
+from farm.protocol.codec import MAX_EPOCH, MAX_TIMEOUT, MAX_UNIQUE, name_problem, text_bytes
 from farm.protocol.kinds import PRIORITY_NAMES
 
 __all__ = [
@@ -43,11 +43,15 @@ def as_bytes(data: object, what: str = "data") -> bytes:
 
 
 def check_name(function: object) -> str:
+    """A function name as the clients, the worker and the Executor take it: the job
+    server's rule (``name_problem``, with a tab let through for gearmand's Perl peers), so
+    a name the server would refuse is a ValueError before anything is sent, not a
+    ServerError after a round trip, nor a worker that serves nothing."""
     if not isinstance(function, str):
         raise TypeError(f"function must be a str, not {type(function).__name__}")
-    if not function or "\0" in function:
-        raise ValueError(f"function name {function!r} must be non-empty and contain no NUL")
-    sendable(function, "function name")
+    problem = name_problem(sendable(function, "function name"), tab=True)
+    if problem is not None:
+        raise ValueError(f"function name {function!r} {problem[1]}")
     return function
 
 
