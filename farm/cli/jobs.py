@@ -173,12 +173,15 @@ def submit(
     """
     from farm.cli.watch import LiveLine, progress_bar, warn_if_unserved
     from farm.client import Client
+    from farm.protocol.codec import MAX_TIMEOUT
     from farm.protocol.kinds import PRIORITY_NAMES
     from farm.tlsfiles import tls_from_env
 
     if priority not in PRIORITY_NAMES:
         fail(f"--priority must be one of {', '.join(PRIORITY_NAMES)}, not {priority!r}", 2)
-    _seconds(timeout, "--timeout", at_most=float("1e9"))
+    # The client's own bound (farm.protocol.checks.check_timeout): past it, Client() refused
+    # it in words that named no flag.
+    _seconds(timeout, "--timeout", at_most=float(MAX_TIMEOUT))
     _function_name(function, "FUNCTION")
     if unique is not None:
         _wire_bytes(unique, "--unique")

@@ -175,6 +175,22 @@ def test_bad_numbers_addresses_and_configs_are_usage_errors(args: list[str]) -> 
     assert one_line_error(out.stderr).startswith(("farm: ", "farm server: "))
 
 
+@pytest.mark.parametrize("command", [["submit", "f", "x"], WORKER_CMD])
+def test_a_timeout_past_the_protocols_limit_names_the_flag_and_the_limit(
+    command: list[str],
+) -> None:
+    # submit took up to 1e9 where the client takes MAX_TIMEOUT: 1e8 then failed in the
+    # Client, as "timeout must be ... at most 31622400, or None", naming no flag.
+    out = cli(
+        *command, "--timeout", "1e8", timeout=30, env=dict(os.environ, FARM_SERVERS="127.0.0.1:1")
+    )
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    said = one_line_error(out.stderr)
+    assert said.startswith(
+        "farm: --timeout must be a number of seconds > 0 and at most 31622400"
+    ), said
+
+
 WORKER = ["worker", "workers.text:reverse"]
 #: Every command taking --config, with what else it needs to get as far as reading it.
 CONFIG_COMMANDS = [
