@@ -64,7 +64,8 @@ test: deps-test
 unit:
 	$(PYTHON) -m pytest -q tests/unit
 
-# ruff (lint and format) over everything, mypy --strict over farm/ (config in pyproject.toml).
+# ruff (lint and format) over everything, mypy --strict over farm/ and workers/ (config in
+# pyproject.toml).
 lint:
 	ruff check farm workers tests bench
 	ruff format --check farm workers tests bench

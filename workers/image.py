@@ -116,7 +116,8 @@ def _open(data: bytes) -> tuple[tuple[int, int], str, int, Image.Image]:
         raise ValueError("no image after the header line")
     try:
         # reads the header only: the size, not the pixels
-        img = Image.open(io.BytesIO(body), formats=_readable())
+        # Image.Image, not the ImageFile open() gives: _unbound's copy replaces it below.
+        img: Image.Image = Image.open(io.BytesIO(body), formats=_readable())
     except UnidentifiedImageError:  # its text names the BytesIO by its memory address
         raise ValueError("not an image Pillow can read: unknown format") from None
     except Exception as e:  # Pillow raises several types for undecodable input
