@@ -3,9 +3,10 @@
 Like gunicorn's arbiter, signal handlers and control requests only enqueue;
 one short loop does the work and reads like the policy::
 
-    handle_signals -> reap_workers -> kill_overrunning -> manage_server
-                   -> manage_workers -> watch_commands, advance_restarts
-                   -> notify_systemd -> sweep_spill -> wait for events
+    handle_signals -> reap_workers -> kill_overrunning -> sweep_strays
+                   -> tend_output -> manage_server -> manage_workers
+                   -> watch_commands, advance_restarts -> notify_systemd
+                   -> sweep_spill -> wait for events
 
 Scaling changes a target number and ``manage_workers`` reconciles. The loop
 is the only thread that changes anything (the metrics endpoint's HTTP server,
@@ -16,8 +17,10 @@ live beside it in farm/pools: bookkeeping and the restart policy in ``slots``,
 a process's life (spawn, retire, kill, reap) in ``lifecycle``, `farm restart`
 in ``rollout``, what each signal means in ``signals``, what the control socket may
 change in ``steering``, what it tells
-systemd (READY=1, STATUS=) in ``readiness``, and its duties for farm.Executor (key,
-spill files) in ``executorduties``.
+systemd (READY=1, STATUS=) in ``readiness``, what outlives a worker (its detached
+processes, ``sweep_strays``) in ``strays``, a worker's output read and its floods paused
+(``tend_output``) in ``reports``, and its duties for farm.Executor (key, spill files) in
+``executorduties``.
 """
 
 from __future__ import annotations
