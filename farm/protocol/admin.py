@@ -12,12 +12,10 @@ from farm.protocol.codec import ProtocolError, text_bytes
 
 __all__ = [
     "StatusRow",
-    "WorkerRow",
     "PoisonRow",
     "JobRow",
     "reply_complete",
     "parse_status",
-    "parse_workers",
     "parse_poison",
     "parse_jobs",
 ]
@@ -35,13 +33,6 @@ class StatusRow(NamedTuple):
     total: int
     running: int
     workers: int
-
-
-class WorkerRow(NamedTuple):
-    fd: str
-    ip: str
-    client_id: str
-    functions: tuple[str, ...]
 
 
 def _list_lines(text: str) -> list[str]:
@@ -65,18 +56,6 @@ def parse_status(text: str) -> list[StatusRow]:
         if len(parts) != 4 or not all(n.isdigit() for n in parts[1:]):
             raise ProtocolError(f"bad status line {line!r}", fatal=False)
         rows.append(StatusRow(parts[0], int(parts[1]), int(parts[2]), int(parts[3])))
-    return rows
-
-
-def parse_workers(text: str) -> list[WorkerRow]:
-    """Parse the reply to the admin ``workers`` command."""
-    rows = []
-    for line in _list_lines(text):
-        head, _, funcs = line.partition(" :")
-        parts = head.split(" ", 2)
-        while len(parts) < 3:
-            parts.append("")
-        rows.append(WorkerRow(parts[0], parts[1], parts[2], tuple(funcs.split())))
     return rows
 
 

@@ -191,9 +191,6 @@ def test_admin_replies_parse() -> None:
     ]
     with pytest.raises(p.ProtocolError, match="bad status line"):
         pa.parse_status("rev\tthree\t1\t2\n.\n")
-    rows = pa.parse_workers("15 127.0.0.1 myid : rev up\n16 127.0.0.1 - :\n.\n")
-    assert rows[0] == pa.WorkerRow("15", "127.0.0.1", "myid", ("rev", "up"))
-    assert rows[1].functions == ()
 
 
 _arg = st.binary(max_size=40).filter(lambda b: b"\0" not in b)
