@@ -4,12 +4,13 @@ from its keywords, the environment and the config."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TypeGuard
+from typing import ParamSpec, TypeGuard, TypeVar
 
 from farm.client.admin import function_workers
 from farm.discovery import executor_spill
@@ -22,12 +23,16 @@ __all__ = [
     "check_max_tasks_per_child",
     "check_max_workers",
     "is_servers",
+    "keyword_max_workers_checked",
     "old_forms",
     "pool_window",
     "spill_settings",
 ]
 
 log = logging.getLogger("farm.executor")
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: Jobs in flight per worker of the pool for an executor without max_workers (pool_window).
 QUEUED_PER_WORKER = 2
@@ -64,6 +69,22 @@ def check_max_workers(max_workers: object) -> int | None:
     return max_workers
 
 
+def keyword_max_workers_checked(init: Callable[P, R]) -> Callable[P, R]:
+    """``Executor.__init__`` with a ``max_workers=`` keyword checked before anything else:
+    servers in max_workers' place are the old *positional* form alone (``old_forms``), so
+    that ``max_workers="4"`` is ProcessPoolExecutor's TypeError, not the server "4:4730".
+    A plain signature cannot tell a keyword from a positional argument; the wrapper can, and
+    keeps the signature (``functools.wraps``: ``inspect.signature`` follows ``__wrapped__``)."""
+
+    @functools.wraps(init)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+        if "max_workers" in kwargs:
+            check_max_workers(kwargs["max_workers"])
+        return init(*args, **kwargs)
+
+    return checked
+
+
 def check_max_tasks_per_child(max_tasks_per_child: object) -> None:
     if max_tasks_per_child is None:
         return
@@ -77,7 +98,8 @@ def old_forms(
     max_workers: object, servers: str | Iterable[str] | None, max_in_flight: int | None
 ) -> tuple[str | Iterable[str] | None, object]:
     """``(servers, max_workers)`` from the older ways of saying them: servers in
-    max_workers' place (DeprecationWarning), and ``max_in_flight`` for ``max_workers``."""
+    max_workers' place (DeprecationWarning), and ``max_in_flight`` for ``max_workers``.
+    Servers given as ``max_workers=`` are refused before this (``keyword_max_workers_checked``)."""
     if is_servers(max_workers):  # farm.Executor("unix:/run/farm/gearman.sock"), the old way
         if servers is not None:
             raise TypeError("Executor() got servers twice: as max_workers and as servers=")

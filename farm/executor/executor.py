@@ -43,6 +43,7 @@ from farm.executor.arguments import (
     check_function,
     check_max_tasks_per_child,
     check_max_workers,
+    keyword_max_workers_checked,
     old_forms,
     pool_window,
 )
@@ -96,8 +97,9 @@ class Executor(_BaseExecutor):
 
     ``servers``: as for ``farm.Client``, but None means the local farm's Unix
     socket only (farm.discovery; never TCP, which every local user can reach).
-    A str, list or tuple of str in ``max_workers``' place still means servers
-    (DeprecationWarning). ``function``: the pool serving
+    A str, list or tuple of str in ``max_workers``' place, passed positionally, still
+    means servers (DeprecationWarning); ``max_workers=`` that is not an int or None is a
+    TypeError, as ProcessPoolExecutor's. ``function``: the pool serving
     ``farm.executor.call:run_call``, a reserved ``farm.*`` name (ValueError
     otherwise). ``priority``: "high", "normal" or "low" for every job.
     ``key_file``: the farm's secret key (default $FARM_KEY_FILE, else
@@ -110,6 +112,7 @@ class Executor(_BaseExecutor):
     "Large data" in docs/executor.md.
     """
 
+    @keyword_max_workers_checked
     def __init__(
         self,
         max_workers: int | None = None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import multiprocessing
 import os
+import re
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -68,6 +69,18 @@ def test_servers_as_first_argument_still_work_but_are_deprecated(
     expected = [servers] if isinstance(servers, str) else list(servers)
     assert ex._pump.servers == expected
     assert ex._max_workers == (os.cpu_count() or 1)  # nobody answers: the cores
+
+
+@pytest.mark.parametrize("bad", ["4", SERVER, [SERVER], (SERVER,)])
+def test_a_keyword_max_workers_is_never_taken_for_servers(key: str, bad: object) -> None:
+    # ProcessPoolExecutor(max_workers="4") is a TypeError; the servers-first form is the
+    # positional one alone: "4" by keyword became the server "4:4730", silently.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # refused, not warned about as the old form
+        with pytest.raises(TypeError, match=re.escape(repr(bad))):
+            farm.Executor(max_workers=bad, servers=SERVER, key_file=key)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="max_workers"):
+            farm.Executor(max_workers=bad, key_file=key)  # type: ignore[arg-type]
 
 
 def test_servers_twice_is_an_error(key: str) -> None:
