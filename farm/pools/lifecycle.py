@@ -184,7 +184,7 @@ class Lifecycle:
         # when it crashed (its other ends say why themselves: a boot report, a recycle, RSS).
         quote = proc.last_words and proc.last_words != proc.boot_error
         quote = quote and (proc.command or cause == "crash")
-        said = f"; its last output: {proc.last_words!r}" if quote else ""
+        said = f"; {proc.quote_last_words(now)}" if quote else ""
         slot.last_exit = how + said  # `farm ps --json`, `farm reload` of a new pool: why
         log.log(
             level,

@@ -112,6 +112,7 @@ class OutputLines:
 
     limit: OutputLimit = field(default_factory=OutputLimit)
     last_words: str = ""
+    last_words_at: float = 0.0  # when it was read off the pipe (monotonic): how old it is
     _part: bytes = b""  # the start of a line whose end has not come yet
 
     def take(self, data: bytes, now: float, *, final: bool = False) -> list[str]:
@@ -127,7 +128,7 @@ class OutputLines:
         if not whole:
             return []
         count = whole.count(b"\n") + (not whole.endswith(b"\n"))
-        self.note_last_words(whole)
+        self.note_last_words(whole, now)
         admitted = self.limit.admit_many(count, now)
         if not admitted:
             return []
@@ -141,7 +142,7 @@ class OutputLines:
             lines.pop()
         return [_text(line) for line in lines]
 
-    def note_last_words(self, whole: bytes) -> None:
+    def note_last_words(self, whole: bytes, now: float) -> None:
         """Keep the line the log of its end will quote: the last one that is not the tail of
         a stack trace (PHP's uncaught exception ends with "  thrown in FILE on line N",
         Java's with "\tat ..."; the line that began it says what was thrown). Read back
@@ -155,14 +156,14 @@ class OutputLines:
                 line = line[said.end() :]
             if line.strip():
                 if not _TRACE_TAIL.match(line):
-                    self.last_words = line
+                    self.last_words, self.last_words_at = line, now
                     return
                 first = line
             if not start:
                 break
             stop = start - 1
         if not self.last_words and first:
-            self.last_words = first  # a tail alone: nothing better to quote
+            self.last_words, self.last_words_at = first, now  # a tail alone: nothing better
 
 
 def _text(line: bytes) -> str:

@@ -252,7 +252,7 @@ class Restarting:
         if proc.boot_error:
             reason = f"failed to boot ({proc.boot_error})"
         elif proc.last_words:  # a command's why (a PHP fatal error) is in its output alone
-            reason = f"{reason} (its last output: {proc.last_words!r})"
+            reason = f"{reason} ({proc.quote_last_words(time.monotonic())})"
         old = f"pid {slot.proc.pid}" if slot.proc is not None else "none"
         message = (
             f"{proc.name}: the new process (pid {proc.pid}) {reason}; the old one ({old}) stays"

@@ -46,6 +46,9 @@ EXIT_RSS_KILLED = 5  # went past kill_rss_mb mid-job, failed that job: replace a
 
 #: A process that lived this long was healthy: its slot's failure count starts over.
 HEALTHY_AFTER = 60.0
+#: A worker's last line read this long before its end is quoted with its age (the log of
+#: its end): more than the supervisor's loop takes to read a dying worker's pipe.
+LAST_WORDS_FRESH = 1.0
 #: Longest wait between restarts of a crashing or failing slot.
 BACKOFF_CAP = 30.0
 #: Consecutive crashes after which a slot is reported as failing.
@@ -206,6 +209,14 @@ class WorkerProcess:
     def last_words(self) -> str:
         """Its last line of output (not a stack trace's tail), for the log of its end."""
         return self.out.last_words
+
+    def quote_last_words(self, now: float) -> str:
+        """``its last output: '...'`` for the log of its end at ``now``; with its age when it
+        was not written as it ended (``LAST_WORDS_FRESH``): a warning that another call
+        printed minutes before a segfault was quoted as if it said why the worker died."""
+        age = now - self.out.last_words_at
+        when = f" ({age:.1f}s before it ended)" if age > LAST_WORDS_FRESH else ""
+        return f"its last output{when}: {self.last_words!r}"
 
     def feed(self, data: bytes) -> None:
         """Apply report lines from the worker (JSON, one a line; see farm.pools.workerproc)."""

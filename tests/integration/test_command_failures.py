@@ -4,6 +4,7 @@ be executed at all."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,38 @@ def test_a_command_that_cannot_exec_is_a_boot_failure_that_says_why(tmp_path: Pa
         up.expect_notify("READY=1")  # a failing slot does not hold readiness back
     finally:
         assert up.stop() == 0
+
+
+def test_an_old_line_is_quoted_with_its_age_not_as_the_crashs_why(tmp_path: Path) -> None:
+    # A crash was logged "its last output: '<a warning another call printed two minutes
+    # earlier>'", as if that said why it died: a line not written as it ended says its age.
+    script = tmp_path / "quiet.sh"
+    script.write_text("echo 'Warning: cache is cold'\nsleep 2\nexit 1\n")
+    fresh = tmp_path / "loud.sh"
+    fresh.write_text("sleep 2\necho 'PHP Fatal error: out of memory' >&2\nexit 1\n")
+    up = FarmUp(
+        tmp_path,
+        f"""
+        [functions.quiet]
+        command = ["sh", "{script}"]
+        workers = 1
+
+        [functions.loud]
+        command = ["sh", "{fresh}"]
+        workers = 1
+        """,
+    )
+    try:
+
+        def crash(pool: str) -> str | None:
+            rows = up.read_log().splitlines()
+            return next((r for r in rows if f"worker {pool}#0" in r and "crashed:" in r), None)
+
+        quiet = wait_for("the quiet one's crash", lambda: crash("quiet"))
+        line = re.search(r"its last output \(([\d.]+)s before it ended\): 'Warning: cache", quiet)
+        assert line is not None, quiet
+        assert 1.5 <= float(line.group(1)) <= 10.0, quiet
+        loud = wait_for("the loud one's crash", lambda: crash("loud"))
+        assert "its last output: 'PHP Fatal error: out of memory'" in loud, loud  # fresh: as is
+    finally:
+        up.stop()
