@@ -344,6 +344,7 @@ class CommandJobs:
                 proc.handle, proc.busy_since = "", None
             else:
                 proc.handle, proc.busy_since = oldest.handle, now - oldest.seconds
+            proc.job_seen = now  # trusted for JOB_SEEN_STALE: its end is judged by it
             if proc.signal_at is None:
                 continue
             undrained = [r.peer for r in mine if not r.draining]

@@ -155,6 +155,7 @@ class Lifecycle:
             # will not exec next time either, so a boot failure's backoff, with its reason.
             proc.boot_error = proc.last_words
         now = time.monotonic()
+        proc.forget_stale_job(now)  # a command worker's job, as the server said it lately
         pool_slots = self.slots.get(proc.function, ())
         heir = next((s for s in pool_slots if s.successor is proc), None)
         if heir is not None:

@@ -49,6 +49,11 @@ HEALTHY_AFTER = 60.0
 #: A worker's last line read this long before its end is quoted with its age (the log of
 #: its end): more than the supervisor's loop takes to read a dying worker's pipe.
 LAST_WORDS_FRESH = 1.0
+#: A command worker's job in hand, as the job server's ``peers`` last said it, is trusted
+#: this long (farm.pools.commandjobs asks every 0.5 s for a pool with a timeout, 0.1 s
+#: while it drains; `farm ps` once, `farm top` each second): an older answer says nothing
+#: of the job it dies in. Four polls of a timeout, so a slow answer does not lose its job.
+JOB_SEEN_STALE = 2.0
 #: Longest wait between restarts of a crashing or failing slot.
 BACKOFF_CAP = 30.0
 #: Consecutive crashes after which a slot is reported as failing.
@@ -183,6 +188,7 @@ class WorkerProcess:
     registration_seen: bool = False
     peers_read: float = 0.0
     peer_jobs: dict[str, int] = field(default_factory=dict)
+    job_seen: float | None = None  # when the server's peers last said its job in hand
     signal_at: float | None = None
     grace: float = 0.0
     # A Python worker asked to drain: since when it has been seen holding no job (it should
@@ -217,6 +223,14 @@ class WorkerProcess:
         age = now - self.out.last_words_at
         when = f" ({age:.1f}s before it ended)" if age > LAST_WORDS_FRESH else ""
         return f"its last output{when}: {self.last_words!r}"
+
+    def forget_stale_job(self, now: float) -> None:
+        """A command worker's job in hand (``handle``, ``busy_since``) forgotten when the
+        server said it more than ``JOB_SEEN_STALE`` ago: nothing clears it when the job
+        ends, so a `farm ps` minutes before a crash named the job the worker had finished
+        long since, and a crash in no known job was restarted as a death in a job."""
+        if self.command and self.job_seen is not None and now - self.job_seen > JOB_SEEN_STALE:
+            self.handle, self.busy_since, self.job_seen = "", None, None
 
     def feed(self, data: bytes) -> None:
         """Apply report lines from the worker (JSON, one a line; see farm.pools.workerproc)."""

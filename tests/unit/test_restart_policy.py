@@ -10,6 +10,7 @@ from farm.pools.slots import (
     EXIT_RECYCLE,
     EXIT_RSS_KILLED,
     FREE_JOB_CRASHES,
+    JOB_SEEN_STALE,
     Slot,
     WorkerProcess,
     boot_delay,
@@ -99,3 +100,18 @@ def test_a_job_that_exits_with_the_workers_own_codes_is_still_a_death_in_a_job()
     assert slot.failures == 0 and not slot.failing
     assert exit_cause("", status(EXIT_RSS_KILLED), in_job=True) == "rss"  # its own, mid-job
     assert exit_cause("", status(EXIT_BOOT_ERROR)) == "boot_failure"  # between jobs: its own
+
+
+def test_a_command_workers_job_seen_long_ago_is_forgotten_before_its_end_is_judged() -> None:
+    """A command worker's job in hand is what the server's peers last said: one said long
+    before its end is not the job it died in (the integration test: test_command_crash_job)."""
+    for seen, kept in ((110.0 - JOB_SEEN_STALE - 0.1, False), (110.0 - JOB_SEEN_STALE / 2, True)):
+        command = proc()
+        command.command, command.job_seen = True, seen
+        command.handle, command.busy_since = "H:old", 105.0
+        command.forget_stale_job(110.0)
+        assert (command.handle, command.busy_since) == (("H:old", 105.0) if kept else ("", None))
+    python = proc()  # a Python worker's comes from its own record, fresh at its end
+    python.handle, python.busy_since = "H:1", 1.0
+    python.forget_stale_job(1000.0)
+    assert python.handle == "H:1"
