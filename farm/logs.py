@@ -156,6 +156,32 @@ def setup_logging(
     global _relayed
     _relayed = _json_controls if log_format == "json" else escape_controls
     logging.basicConfig(level=level, handlers=[handler])
+    if log_format == "json":
+        _log_what_python_prints(logging.getLogger(f"farm.{role}"))
+
+
+def _log_what_python_prints(log: logging.Logger) -> None:
+    """What Python itself writes on stderr, as records of the JSON log: a warning
+    (``py.warnings``, WARNING) and an exception no code caught, the main thread's or
+    another's (CRITICAL, its traceback one ``exc_info``). Its text, a traceback's lines
+    each, stopped `jq` at the first, and every record after it went unseen."""
+    logging.captureWarnings(True)
+
+    def uncaught(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if issubclass(kind, KeyboardInterrupt):  # ^C: Python's own word, no record
+            sys.__excepthook__(kind, value, tb)
+            return
+        log.critical("uncaught %s: %s", kind.__name__, value, exc_info=(kind, value, tb))
+
+    def uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:  # as threading's own hook: a thread's quiet end
+            return
+        where = args.thread.name if args.thread is not None else "?"
+        exc_info = (args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback)
+        log.critical("uncaught %s in thread %s", args.exc_type.__name__, where, exc_info=exc_info)
+
+    sys.excepthook = uncaught
+    threading.excepthook = uncaught_in_thread
 
 
 #: The file this process logs to, and its handler (reopen_log_file).
@@ -248,10 +274,22 @@ def _to_journal(stream: IO[str]) -> bool:
     return os.environ.get("JOURNAL_STREAM") == f"{info.st_dev}:{info.st_ino}"
 
 
-def error_line(line: str, stream: IO[str] | None = None) -> str:
+def error_line(
+    line: str,
+    stream: IO[str] | None = None,
+    *,
+    log_format: str = "text",
+    role: str = "supervisor",
+) -> str:
     """A line for stderr that says why a process gives up: marked an error (``<3>``, which
     journald reads as its priority and strips) when stderr is the journal, so that
-    `journalctl -p warning` shows why `farm up` or its job server exited; else as it is."""
+    `journalctl -p warning` shows why `farm up` or its job server exited; else as it is.
+    With ``log_format="json"`` it is a record as every other line of that log (level ERROR,
+    ``role``'s): a plain line there stopped `jq` at it, and every line after it went unseen
+    (said before the log is set up too: a config refused at start)."""
+    if log_format == "json":
+        record = logging.LogRecord(f"farm.{role}", logging.ERROR, __file__, 0, line, None, None)
+        line = JsonFormatter(role).format(record)
     return f"<3>{line}" if _to_journal(stream or sys.stderr) else line
 
 

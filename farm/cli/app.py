@@ -93,11 +93,12 @@ def _main(
     """A Gearman-compatible compute farm for one multi-core host."""
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    """One line on stderr and an exit code: 1 a failed job or command, 2 bad usage or config."""
+def fail(message: str, code: int = 1, *, log_format: str = "text") -> NoReturn:
+    """One line on stderr and an exit code: 1 a failed job or command, 2 bad usage or config.
+    ``log_format``: `farm up`'s, whose line is a JSON record among its others under json."""
     from farm.logs import error_line
 
-    typer.echo(error_line(f"farm: {message}"), err=True)
+    typer.echo(error_line(f"farm: {message}", log_format=log_format), err=True)
     raise typer.Exit(code)
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer._click.core import Context  # as farm.cli.app: typer names no public ones
+from typer._click.exceptions import UsageError
 
 from farm.cli.app import (
     MAX_INTERVAL,
@@ -31,7 +33,32 @@ LogFormatOption = typer.Option(
 )
 
 
-@app.command(cls=FarmCommand)
+class UpCommand(FarmCommand):
+    """`farm up`'s: a usage error under ``--log-format json`` is a JSON record as its log's
+    lines are (click's own is a usage text of four lines, where `jq` stopped)."""
+
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
+        asked = _asks_json(args)  # before the parser, which takes them off the list
+        try:
+            return super().parse_args(ctx, args)
+        except UsageError as e:
+            if not asked:
+                raise
+            from farm.logs import error_line
+
+            said = f"farm up: {e.format_message()} (farm up --help)"
+            typer.echo(error_line(said, log_format="json"), err=True)
+            raise typer.Exit(e.exit_code) from None
+
+
+def _asks_json(args: list[str]) -> bool:
+    """Whether `farm up`'s arguments ask for JSON logs (``--log-format json``, or ``=json``)."""
+    return "--log-format=json" in args or any(
+        a == "--log-format" and b == "json" for a, b in zip(args, args[1:], strict=False)
+    )
+
+
+@app.command(cls=UpCommand)
 def up(
     config: Path | None = ConfigOption,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log every worker event"),
@@ -45,6 +72,7 @@ def up(
     from farm.paths import working_directory
     from farm.supervisor import Supervisor
 
+    path = None
     try:
         # Typed in a directory since removed: its workers/ would not be found, so say so now
         # (a running farm's reload reads it as one not searched: a daemon cannot cd).
@@ -52,7 +80,8 @@ def up(
         path = find_config(config)
         cfg = load(path)
     except ConfigError as e:
-        fail(str(e), 2)
+        # As its log would have been: a plain line among JSON records stopped `jq` there.
+        fail(str(e), 2, log_format=log_format or _file_log_format(path))
     if log_format is not None:
         if log_format not in LOG_FORMATS:
             fail(f"--log-format {log_format}: text or json", 2)
@@ -68,12 +97,27 @@ def up(
         # Absolute, so that what a reload says names the file wherever `farm reload` runs.
         code = Supervisor(cfg, str(path.absolute()) if path else None, log_format).run()
     except ConfigError as e:  # a control socket its path cannot hold
-        fail(str(e), 2)
+        fail(str(e), 2, log_format=cfg.supervisor.log_format)
     except FarmError as e:
-        fail(str(e), 1)
+        fail(str(e), 1, log_format=cfg.supervisor.log_format)
     except OSError as e:
-        fail(f"cannot start: {e}", 1)
+        fail(f"cannot start: {e}", 1, log_format=cfg.supervisor.log_format)
     raise typer.Exit(code)
+
+
+def _file_log_format(path: Path | None) -> str:
+    """The ``[supervisor] log_format`` of a file that does not load as a config (a bad
+    pool), where its TOML reads: the log format its refusal is said in."""
+    from farm.configfile import read_config_file
+
+    if path is None:
+        return "text"
+    try:
+        table = read_config_file(path).get("supervisor")
+    except ConfigError:  # not TOML, unreadable: nothing in it can be read
+        return "text"
+    said = table.get("log_format") if isinstance(table, dict) else None
+    return "json" if said == "json" else "text"
 
 
 @app.command(cls=FarmCommand)

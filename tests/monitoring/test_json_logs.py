@@ -216,3 +216,79 @@ def test_a_command_workers_output_names_its_pool_and_slot(tmp_path: Path) -> Non
     finally:
         assert up.stop() == 0
     assert [(r["role"], r["function"], r["slot"]) for r in said] == [("supervisor", "talk", 0)]
+
+
+def _refused(tmp_path: Path, config: str, *args: str) -> list[dict]:
+    """`farm up` refusing ``config``: what it wrote, each line a JSON record (or this
+    raises), and its exit 2."""
+    path = tmp_path / "farm.toml"
+    path.write_text(config)
+    out = farm_cli("up", "--config", str(path), *args)
+    assert out.returncode == 2, out.stderr
+    assert not out.stdout and out.stderr.strip(), out
+    return records(out.stderr)
+
+
+BAD_POOL = '[functions.x]\ntarget = "no_such_module_here:work"\n'
+
+
+@pytest.mark.parametrize("where", ["flag", "file"])
+def test_a_config_farm_up_refuses_under_json_logs_is_a_json_record(
+    tmp_path: Path, where: str
+) -> None:
+    # It was one plain line ("farm: farm.toml: functions.x.target: no module named ..."):
+    # `journalctl -u farm -o cat | jq 'select(.level == "ERROR")'` stopped at it, and every
+    # line after it went unseen. Asked by --log-format, or by the file that does not load.
+    if where == "flag":
+        (said,) = _refused(tmp_path, BAD_POOL, "--log-format", "json")
+    else:
+        (said,) = _refused(tmp_path, '[supervisor]\nlog_format = "json"\n' + BAD_POOL)
+    assert (said["level"], said["role"]) == ("ERROR", "supervisor")
+    assert "functions.x.target: no module named 'no_such_module_here'" in said["message"]
+    # The text format stays, where it is asked (the flag outranks the file).
+    text = farm_cli("up", "--config", str(tmp_path / "farm.toml"), "--log-format", "text")
+    assert text.returncode == 2 and text.stderr.startswith("farm: "), text.stderr
+
+
+def test_a_refusal_after_farm_ups_logging_started_is_a_json_record_too(tmp_path: Path) -> None:
+    # The supervisor's own refusal once its log is set up (a listen name that resolves to
+    # no address, refused before anything starts) went the same plain way.
+    config = (
+        f'[server]\nlisten = "no-such-host.invalid:{free_port()}"\nstore = "none"\n'
+        '[supervisor]\nmetrics = "off"\n[functions.x]\ntarget = "json:dumps"\n'
+    )
+    (said,) = _refused(tmp_path, config, "--log-format", "json")
+    assert said["level"] == "ERROR" and "server.listen: no-such-host.invalid" in said["message"]
+
+
+def test_a_usage_error_of_farm_up_under_json_logs_is_a_json_record(tmp_path: Path) -> None:
+    # click's usage text is four lines: a typo in a unit's ExecStart broke `jq` as well.
+    (said,) = _refused(tmp_path, BAD_POOL, "--log-format", "json", "--verbos")
+    assert said["level"] == "ERROR" and "No such option: --verbos" in said["message"]
+    out = farm_cli("up", "--verbos")
+    assert out.returncode == 2 and out.stderr.startswith("Usage: "), out.stderr
+
+
+def test_what_python_itself_prints_past_the_json_logger_is_a_record() -> None:
+    # A warning, and a traceback no code caught (its lines each a raw line), in a process
+    # that logs JSON (`farm up`, the server, a worker: one setup_logging).
+    script = (
+        "import threading, warnings\n"
+        "from farm.logs import setup_logging\n"
+        "setup_logging(role='server', log_format='json', text_format='%(message)s')\n"
+        "warnings.warn('careful')\n"
+        "thread = threading.Thread(target=lambda: 1 / 0)\n"
+        "thread.start(); thread.join()\n"
+        "raise RuntimeError('nobody caught me')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 1
+    said = records(out.stderr)
+    assert [(r["level"], r["role"]) for r in said] == [
+        ("WARNING", "server"),
+        ("CRITICAL", "server"),
+        ("CRITICAL", "server"),
+    ]
+    assert "careful" in said[0]["message"]
+    assert said[1]["exc_info"].endswith("ZeroDivisionError: division by zero")
+    assert said[2]["exc_info"].endswith("RuntimeError: nobody caught me")
