@@ -65,7 +65,10 @@ class Worker(WorkerFunctions, WorkerLinks):
     answer sent all the same; ``stop()`` finishes the job in hand, sends RESET_ABILITIES
     so the servers hand this worker nothing more, and makes ``work()`` return;
     ``unregister_all()`` only stops taking jobs (``unregister(name)``, those of one function);
-    ``close()`` (or ``with``) stops it for good.
+    ``close()`` (or ``with``) stops it for good. ``outage_grace`` (seconds, 0: none): a
+    server lost or unreachable is said at INFO for that long, and a warning only if it is
+    not back by then -- a supervisor that restarts its server at once says the outage
+    itself, and each of its workers' two warnings only flooded the journal.
 
     ``connect_timeout``: the longest a server may take to take a connection, and to answer
     a grab for a worker of several servers or one stopping (one that does not is hung:
@@ -95,6 +98,7 @@ class Worker(WorkerFunctions, WorkerLinks):
         self.client_id = client_id
         self.after_job = after_job
         self.answer_before_hook = True
+        self.outage_grace = 0.0
         # A bad one fails here, as the clients' does, not later in work()'s thread.
         if check_seconds(connect_timeout, "connect_timeout") is None:
             raise TypeError("connect_timeout must be a number of seconds, not None")

@@ -52,6 +52,8 @@ class ServerLink:
     warned: bool = False
     dial: Dial | None = None  # a connect in its own thread (a worker of several servers)
     silent: bool = False  # dropped for leaving a grab unanswered; not heard from since
+    down_since: float | None = None  # the outage's start (monotonic), while not connected
+    noted: bool = False  # its outage said at INFO, within the worker's outage_grace
     # The answered job's Job.unsent while its answer waits to be written: run if the
     # connection is lost first (Worker._run sets it, _flush_locked clears it).
     unsent: Callable[[], None] | None = None
@@ -73,6 +75,7 @@ class WorkerLinks:
     _send_lock: threading.Lock
     _unsent_due: list[Callable[[], None]]  # lost while the lock was held: run after it
     connect_timeout: float
+    outage_grace: float
     tls: ssl.SSLContext | None
     _wake: Callable[[], None]
 
@@ -128,19 +131,36 @@ class WorkerLinks:
                 except OSError as exc:
                     outcome = exc
             if isinstance(outcome, OSError):
-                if not server.warned:
-                    log.warning("job server %s unreachable (%s); retrying", server.addr, outcome)
-                    server.warned = True
-                server.retry_at = time.monotonic() + server.backoff
-                server.backoff = min(server.backoff * 2, BACKOFF_CAP)
+                self._unreachable(server, outcome)
                 continue
             sock = outcome
-            if server.warned:
+            if server.warned or server.noted:
                 log.info("job server %s is back", server.addr)
             server.sock, server.warned = sock, False  # backoff resets once it talks sense
+            server.down_since, server.noted = None, False
             selector.register(sock, selectors.EVENT_READ, server)  # before anything may raise
             keep_alive(sock)
             server.session.connected(asleep=server.silent)
+
+    def _unreachable(self, server: ServerLink, why: OSError) -> None:
+        """A connect failed: said once an outage, at INFO within ``outage_grace`` (a server
+        its supervisor restarts), a warning past it; retried after the backoff."""
+        now = time.monotonic()
+        if server.down_since is None:
+            server.down_since = now
+        down = now - server.down_since
+        if server.warned:
+            pass
+        elif down < self.outage_grace:
+            if not server.noted:
+                log.info("job server %s unreachable (%s); retrying", server.addr, why)
+                server.noted = True
+        else:
+            lasted = f" for {down:.0f}s" if self.outage_grace else ""
+            log.warning("job server %s unreachable%s (%s); retrying", server.addr, lasted, why)
+            server.warned = True
+        server.retry_at = now + server.backoff
+        server.backoff = min(server.backoff * 2, BACKOFF_CAP)
 
     def _flush(self, server: ServerLink) -> None:
         with self._send_lock:
@@ -187,7 +207,11 @@ class WorkerLinks:
     def _lost(self, server: ServerLink, why: str, *, locked: bool = False) -> None:
         """The connection is gone; ``locked``: the send lock is held, so the answered
         job's unsent waits in ``_unsent_due`` for the lock's release."""
-        log.warning("job server %s %s; reconnecting", server.addr, why)
+        # Within the grace, its end is news (INFO); it warns if no reconnect comes in time.
+        level = logging.INFO if self.outage_grace > 0 else logging.WARNING
+        log.log(level, "job server %s %s; reconnecting", server.addr, why)
+        if server.down_since is None:
+            server.down_since = time.monotonic()
         self._close(server)
         server.session.connection_lost()
         unsent, server.unsent = server.unsent, None

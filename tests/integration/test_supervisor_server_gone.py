@@ -8,12 +8,14 @@ worker reads nothing while its job runs, so it cannot tell; the supervisor can.
 from __future__ import annotations
 
 import os
+import re
 import signal
 from pathlib import Path
 
 import pytest
 
 from farm.client import Client
+from farm.client.admin import admin_query
 from tests.helpers.farmproc import FarmUp, farm_cli
 from tests.helpers.gate import Gate
 from tests.helpers.servers import start_farm_server
@@ -93,3 +95,39 @@ def test_a_job_whose_remote_server_died_is_shown_as_such(tmp_path: Path) -> None
         finally:
             assert up.stop() == 0
             remote.stop()
+
+
+def test_a_job_server_restart_is_one_warning_not_two_a_worker(tmp_path: Path) -> None:
+    # Each worker warned twice at a restart of the server ("closed the connection;
+    # reconnecting", "unreachable ...; retrying") beside the supervisor's own "was killed;
+    # restarting now": 74 lines in `journalctl -p warning` for one event on 37 workers.
+    up = FarmUp(
+        tmp_path, '[functions.rev]\ntarget = "tests.helpers.serving:reverse"\nworkers = 2\n'
+    )
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"rev": 2})
+        (server,) = [r for r in up.ps() if r["function"] == "server"]
+        os.kill(server["pid"], signal.SIGKILL)
+        lost = r"farm-worker rev#\d\[\d+\] [A-Z]+ job server \S+ .*; reconnecting$"
+        wait_for(
+            "both workers to say the server went",
+            lambda: len(re.findall(lost, up.read_log(), re.M)) == 2,
+        )
+
+        def both_serve() -> bool:
+            try:  # refused until the new server listens
+                return "rev\t0\t0\t2" in admin_query(up.addr, "status", timeout=5)
+            except OSError:
+                return False
+
+        wait_for("both workers serving the new server", both_serve, timeout=20)
+        with Client(up.addr) as client:
+            assert client.call("rev", "ab", timeout=10) == b"ba"
+        log = up.read_log()
+        assert re.search(r"WARNING job server \(pid \d+\) was killed by SIGKILL", log), log
+        warned = [line for line in log.splitlines() if re.search(r"farm-worker.* WARNING ", line)]
+        assert not warned, warned
+        assert len(re.findall(lost.replace("[A-Z]+", "INFO"), log, re.M)) == 2, log
+    finally:
+        assert up.stop() == 0

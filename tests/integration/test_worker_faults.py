@@ -4,6 +4,8 @@ cannot be sent, a job whose server went away before its answer (Job.unsent)."""
 
 from __future__ import annotations
 
+import logging
+import re
 import socket
 import threading
 import time
@@ -15,7 +17,7 @@ import farm
 from farm.net import AddressError
 from tests.helpers.heldjob import HeldJob
 from tests.helpers.servers import start_farm_server, unix_farm_server
-from tests.helpers.serving import reverse, serving
+from tests.helpers.serving import reverse, serving, working
 from tests.helpers.stalled import unanswered_listener
 from tests.helpers.waiting import wait_for
 
@@ -229,3 +231,44 @@ def test_a_host_name_getaddrinfo_cannot_encode_is_refused_when_the_worker_is_mad
     for servers in ([f"{host}:1"], ["127.0.0.1:1", f"{host}:1"]):
         with pytest.raises(AddressError, match="a label of 64 characters, over DNS's 63"):
             farm.Worker(servers)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("grace", [0.0, 1.0])
+def test_a_lost_server_is_a_warning_past_the_workers_outage_grace_only(
+    caplog: pytest.LogCaptureFixture, grace: float
+) -> None:
+    # A supervised worker (grace: its supervisor restarts the server, and says so) warned
+    # twice at each restart, "closed the connection" and "unreachable": 74 warnings for one
+    # event on 37 workers. Within its grace it says them at INFO, and warns if the server
+    # stays gone past it; a worker of no supervisor (grace 0) warns at once, as it did.
+    caplog.set_level("INFO", logger="farm.worker")
+    srv = start_farm_server()
+    try:
+        worker = farm.Worker(srv.addr)
+        worker.outage_grace = grace
+        worker.register("rev", reverse)
+        with farm.Client(srv.addr) as client, working(worker):
+            assert client.call("rev", b"ab", timeout=10) == b"ba"  # connected and serving
+            srv.proc.kill()
+            srv.proc.wait()
+            lost_at = time.monotonic()
+
+            def warnings() -> list[logging.LogRecord]:
+                return [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+            (first, *_) = wait_for("the worker's warning", warnings, timeout=20)
+            warned_at = time.monotonic()
+    finally:
+        if srv.proc.poll() is None:
+            srv.proc.kill()
+            srv.proc.wait()
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "farm.worker"]
+    if grace == 0:
+        assert "reconnecting" in first.getMessage(), said  # at once, as before
+        return
+    assert warned_at - lost_at >= grace, said
+    before = said[: said.index((first.levelname, first.getMessage()))]
+    assert before and {level for level, _ in before} == {"INFO"}, said
+    assert any("reconnecting" in line for _, line in before), said
+    assert re.search(r"unreachable for \d+s \(", first.getMessage()), said
