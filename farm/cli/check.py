@@ -51,10 +51,10 @@ def check(
     """Check the config and that every pool can start, touching no running farm: exit 0
     when `farm up` would start them all, 2 on a config it refuses (its own line), 1 where
     farm up would say so with exit 1, or when a Python pool's target does not load.
-    A reload applies [functions] only: [server] and [supervisor] take a restart."""
+    A reload applies [functions] only: [server], [supervisor] and [executor] take a restart."""
     import signal
 
-    from farm.config import find_config, load
+    from farm.config import RESTART_TABLES_SAID, find_config, load
     from farm.logs import error_line
     from farm.paths import working_directory
     from farm.pools.bootcheck import CannotStart, children_environ, target_failures
@@ -131,5 +131,5 @@ def check(
     where = "the built-in defaults" if path is None else str(path.absolute())
     typer.echo(
         f"ok: {len(cfg.functions)} pool(s), {slots} slot(s), from {where}"
-        " (a reload applies [functions] only: [server] and [supervisor] take a restart)"
+        f" (a reload applies [functions] only: {RESTART_TABLES_SAID} take a restart)"
     )

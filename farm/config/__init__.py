@@ -24,6 +24,8 @@ from pathlib import Path
 from farm.config.capacity import capacity_problem
 from farm.config.defaults import DEFAULTS_SOURCE, builtin
 from farm.config.model import (
+    RESTART_TABLES,
+    RESTART_TABLES_SAID,
     Config,
     ExecutorConfig,
     FunctionConfig,
@@ -46,6 +48,8 @@ __all__ = [
     "control_path",
     "capacity_problem",
     "DEFAULTS_SOURCE",
+    "RESTART_TABLES",
+    "RESTART_TABLES_SAID",
 ]
 
 

@@ -20,7 +20,18 @@ __all__ = [
     "FunctionConfig",
     "RESERVED_PREFIX",
     "READY_WAIT",
+    "RESTART_TABLES",
+    "RESTART_TABLES_SAID",
 ]
+
+#: The tables a reload does not apply: a change in one takes a restart of the farm. The
+#: one list: the reload keeps them by it (farm.pools.steering, config.rules.on_running_farm),
+#: and `farm check` and the reload's lines name them from it.
+RESTART_TABLES = ("server", "supervisor", "executor")
+#: RESTART_TABLES as a line says them: "[server], [supervisor] and [executor]".
+RESTART_TABLES_SAID = (
+    ", ".join(f"[{t}]" for t in RESTART_TABLES[:-1]) + f" and [{RESTART_TABLES[-1]}]"
+)
 
 #: Functions a farm server lets only its trusted Unix-socket workers serve (the Executor's
 #: signed calls); the server's own check is farm.server.workerside.RESERVED.

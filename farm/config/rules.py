@@ -14,7 +14,7 @@ from dataclasses import replace
 from types import MappingProxyType
 
 from farm.config.capacity import capacity_problem
-from farm.config.model import RESERVED_PREFIX, Config
+from farm.config.model import RESERVED_PREFIX, RESTART_TABLES_SAID, Config
 from farm.errors import ConfigError
 from farm.loopback import TWINNED_HOSTS
 from farm.net import DEFAULT_SERVER
@@ -40,12 +40,13 @@ def problem(config: Config) -> tuple[str, str] | None:
     )
 
 
-def on_running_farm(new: Config, running: Config) -> Config:
-    """What a reload runs: ``new``'s pools with ``running``'s [server], [supervisor] and
-    [executor], since a change there waits for a restart. So "auto" pools are one per
-    core the farm runs on, and the pools must fit its memory budget and its sockets (a
-    farm.* pool its Unix socket, a command pool its TCP address): ConfigError, naming
-    ``new``'s file, when they do not."""
+def on_running_farm(new: Config, running: Config, restart: str = "farm stop; farm up") -> Config:
+    """What a reload runs: ``new``'s pools with ``running``'s RESTART_TABLES ([server],
+    [supervisor] and [executor]), since a change there waits for a restart. So "auto"
+    pools are one per core the farm runs on, and the pools must fit its memory budget and
+    its sockets (a farm.* pool its Unix socket, a command pool its TCP address):
+    ConfigError, naming ``new``'s file, when they do not; ``restart`` is how this farm is
+    restarted, in its words."""
     cores = len(running.supervisor.cpus)
     pools = {
         name: replace(pool, workers=cores) if pool.auto else pool
@@ -59,8 +60,8 @@ def on_running_farm(new: Config, running: Config) -> Config:
     if broken is not None:
         key, message = broken
         raise ConfigError(
-            f"{new.source}: {key}: {message} (as the farm runs now: [server] and [supervisor]"
-            " changes take a restart, farm stop; farm up)"
+            f"{new.source}: {key}: {message} (as the farm runs now: {RESTART_TABLES_SAID}"
+            f" changes take a restart, {restart})"
         )
     return config
 

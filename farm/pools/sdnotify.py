@@ -13,7 +13,7 @@ import socket
 import time
 from collections.abc import Mapping
 
-__all__ = ["notify", "child_environ", "Watchdog", "SYSTEMD_VARIABLES"]
+__all__ = ["notify", "child_environ", "restart_command", "Watchdog", "SYSTEMD_VARIABLES"]
 
 SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
@@ -43,6 +43,33 @@ def notify(*fields: str, environ: Mapping[str, str] = os.environ, wait: float = 
 def child_environ(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The environment for child processes: ours without systemd's notify variables."""
     return {k: v for k, v in environ.items() if k not in SYSTEMD_VARIABLES}
+
+
+def restart_command(environ: Mapping[str, str] = os.environ, cgroup: str | None = None) -> str:
+    """How this farm is restarted, in the words its operator types: under systemd
+    ``systemctl restart UNIT`` (a `farm stop; farm up` by hand left the farm running outside
+    its unit), else ``farm stop; farm up``. systemd gives $INVOCATION_ID to each unit it
+    starts ($NOTIFY_SOCKET alone is no proof: podman hands it to a container); the unit is
+    read from this process's cgroup (``cgroup``: /proc/self/cgroup's text)."""
+    if not environ.get("INVOCATION_ID"):
+        return "farm stop; farm up"
+    if cgroup is None:
+        try:
+            with open("/proc/self/cgroup", encoding="utf-8", errors="replace") as f:
+                cgroup = f.read()
+        except OSError:
+            cgroup = ""
+    for line in cgroup.splitlines():
+        hierarchy, _, path = line.partition(":")[2].partition(":")
+        if hierarchy not in ("", "name=systemd"):  # cgroup v2's, or v1's systemd tree
+            continue
+        parts = path.split("/")
+        # The unit, under a user's manager (user@1000.service) or the system's.
+        units = [p for p in parts if p.endswith(".service") and not p.startswith("user@")]
+        if units:
+            user = " --user" if any(p.startswith("user@") for p in parts) else ""
+            return f"systemctl{user} restart {units[-1].removesuffix('.service')}"
+    return "systemctl restart the farm's service"
 
 
 class Watchdog:

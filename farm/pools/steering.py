@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from farm.config import Config, FunctionConfig, capacity_problem, load_config
+from farm.config import RESTART_TABLES, Config, FunctionConfig, capacity_problem, load_config
 from farm.config.defaults import DEFAULTS_SOURCE
 from farm.config.rules import on_running_farm
 from farm.discovery import find_config
@@ -340,12 +340,13 @@ class Steering(ProcessTable):
             now = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
             sdnotify.notify("RELOADING=1", f"MONOTONIC_USEC={now}")
         old = self.config
+        restart = sdnotify.restart_command()  # under systemd, its unit's: not farm up by hand
         try:
             loaded = load_config(self.config_path)
             if self.log_format_flag is not None:  # not a change of the file: the flag rules
                 flag = self.log_format_flag
                 loaded = replace(loaded, supervisor=replace(loaded.supervisor, log_format=flag))
-            new = on_running_farm(loaded, old)  # only the pools change while the farm runs
+            new = on_running_farm(loaded, old, restart)  # only the pools change while it runs
         except Exception as e:  # a ConfigError; anything else must not end the running farm
             why = str(e) if isinstance(e, ConfigError) else f"{self.config_path}: {e!r}"
             if not isinstance(e, ConfigError):
@@ -356,9 +357,9 @@ class Steering(ProcessTable):
                 sdnotify.notify("READY=1")
             return why, [], []
         kept = []
-        for section in ("server", "supervisor", "executor"):
+        for section in RESTART_TABLES:
             if getattr(loaded, section) != getattr(old, section):
-                kept.append(f"[{section}] changed; that takes a restart (farm stop; farm up)")
+                kept.append(f"[{section}] changed; that takes a restart ({restart})")
                 log.warning("reload: %s", kept[-1])
         self.config = new
         # Pools kept on their old options stay so until a rollout tries them again (one

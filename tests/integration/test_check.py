@@ -62,7 +62,7 @@ def test_a_good_config_is_one_line_and_touches_nothing(tmp_path: Path) -> None:
     assert (check.returncode, err) == (0, ""), err
     assert lines(out) == [
         f"ok: 3 pool(s), 4 slot(s), from {path} (a reload applies [functions] only:"
-        " [server] and [supervisor] take a restart)"
+        " [server], [supervisor] and [executor] take a restart)"
     ]
     # Imported by a process of its own (not the check's), gone with the check.
     imported_by = int((tmp_path / "imported-by").read_text())

@@ -127,3 +127,31 @@ def test_a_reload_that_lowers_a_timeout_lets_the_old_workers_job_finish(tmp_path
         assert "ran past its 1s timeout" not in up.read_log()
     finally:
         assert up.stop() == 0
+
+
+@pytest.mark.parametrize("under_systemd", [True, False])
+def test_what_a_reload_leaves_to_a_restart_says_how_this_farm_restarts(
+    tmp_path: Path, under_systemd: bool
+) -> None:
+    # Under systemd it said "(farm stop; farm up)", which typed by hand leaves the farm
+    # running outside its unit: `systemctl restart` names the unit ($INVOCATION_ID is
+    # systemd's; the unit is read from the cgroup, "the farm's service" where none is).
+    pool = '[functions.reverse]\ntarget = "workers.text:reverse"\nworkers = 1\n'
+    up = FarmUp(tmp_path, pool, start=False)
+    up.env.pop("INVOCATION_ID", None)
+    if under_systemd:
+        up.env["INVOCATION_ID"] = "0123456789abcdef0123456789abcdef"
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        up.config.write_text(up.config.read_text().replace("job_retries = 3", "job_retries = 4"))
+        out = farm_cli("reload", "--control", up.control)
+        assert out.returncode == 0, out.stderr
+        (said,) = out.stderr.splitlines()
+        assert said.startswith("not applied: [server] changed; that takes a restart ("), said
+        if under_systemd:
+            assert "(systemctl restart " in said and "farm up" not in said, said
+        else:
+            assert said.endswith("(farm stop; farm up)"), said
+    finally:
+        assert up.stop() == 0

@@ -38,3 +38,19 @@ def test_sd_notify_never_hangs_on_a_reader_that_does_not_read(tmp_path: Path) ->
         assert sent[0] and not sent[-1]  # the queue filled up and the rest were dropped
         # Dropping takes microseconds; a send that waited even 1 ms each would take 5 s.
         assert time.monotonic() - start < 5
+
+
+def test_a_restart_is_said_as_the_unit_the_farm_runs_in() -> None:
+    # Under systemd the reload said "that takes a restart (farm stop; farm up)": typed by
+    # hand, that left the farm running outside its unit.
+    unit = "0::/system.slice/farm.service\n"
+    assert sdnotify.restart_command({}, unit) == "farm stop; farm up"
+    assert sdnotify.restart_command({"NOTIFY_SOCKET": "/x"}, unit) == "farm stop; farm up"
+    systemd = {"INVOCATION_ID": "8f1c"}
+    assert sdnotify.restart_command(systemd, unit) == "systemctl restart farm"
+    user = "0::/user.slice/user-1000.slice/user@1000.service/app.slice/farm@a.service\n"
+    assert sdnotify.restart_command(systemd, user) == "systemctl --user restart farm@a"
+    v1 = "4:memory:/system.slice/other.service\n1:name=systemd:/system.slice/farm2.service\n"
+    assert sdnotify.restart_command(systemd, v1) == "systemctl restart farm2"
+    for unknown in ("0::/\n", "", "0::/user.slice/user-1000.slice/user@1000.service\n"):
+        assert sdnotify.restart_command(systemd, unknown) == "systemctl restart the farm's service"
