@@ -162,8 +162,9 @@ def setup_logging(
 
 def _log_what_python_prints(log: logging.Logger) -> None:
     """What Python itself writes on stderr, as records of the JSON log: a warning
-    (``py.warnings``, WARNING) and an exception no code caught, the main thread's or
-    another's (CRITICAL, its traceback one ``exc_info``). Its text, a traceback's lines
+    (``py.warnings``, WARNING), an exception no code caught, the main thread's or
+    another's (CRITICAL, its traceback one ``exc_info``), and one Python could not raise
+    (ERROR: "Exception ignored in", a ``__del__``'s). Its text, a traceback's lines
     each, stopped `jq` at the first, and every record after it went unseen."""
     logging.captureWarnings(True)
 
@@ -180,8 +181,13 @@ def _log_what_python_prints(log: logging.Logger) -> None:
         exc_info = (args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback)
         log.critical("uncaught %s in thread %s", args.exc_type.__name__, where, exc_info=exc_info)
 
+    def unraisable(what: Any) -> None:  # "Exception ignored in": a __del__'s, say
+        exc_info = (what.exc_type, what.exc_value or what.exc_type(), what.exc_traceback)
+        log.error("%s: %r", what.err_msg or "Exception ignored in", what.object, exc_info=exc_info)
+
     sys.excepthook = uncaught
     threading.excepthook = uncaught_in_thread
+    sys.unraisablehook = unraisable
 
 
 #: The file this process logs to, and its handler (reopen_log_file).

@@ -279,6 +279,9 @@ def test_what_python_itself_prints_past_the_json_logger_is_a_record() -> None:
         "warnings.warn('careful')\n"
         "thread = threading.Thread(target=lambda: 1 / 0)\n"
         "thread.start(); thread.join()\n"
+        "class Leaky:\n"
+        "    def __del__(self): raise OSError('in __del__')\n"
+        "Leaky()\n"
         "raise RuntimeError('nobody caught me')\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
@@ -287,8 +290,11 @@ def test_what_python_itself_prints_past_the_json_logger_is_a_record() -> None:
     assert [(r["level"], r["role"]) for r in said] == [
         ("WARNING", "server"),
         ("CRITICAL", "server"),
+        ("ERROR", "server"),
         ("CRITICAL", "server"),
     ]
     assert "careful" in said[0]["message"]
     assert said[1]["exc_info"].endswith("ZeroDivisionError: division by zero")
-    assert said[2]["exc_info"].endswith("RuntimeError: nobody caught me")
+    assert said[2]["message"].startswith("Exception ignored in")
+    assert said[2]["exc_info"].endswith("OSError: in __del__")
+    assert said[3]["exc_info"].endswith("RuntimeError: nobody caught me")
