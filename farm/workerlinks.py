@@ -208,7 +208,8 @@ class WorkerLinks:
         """The connection is gone; ``locked``: the send lock is held, so the answered
         job's unsent waits in ``_unsent_due`` for the lock's release."""
         # Within the grace, its end is news (INFO); it warns if no reconnect comes in time.
-        level = logging.INFO if self.outage_grace > 0 else logging.WARNING
+        # Not a hung server (silent): its kernel takes each reconnect, and only this says it.
+        level = logging.INFO if self.outage_grace > 0 and not server.silent else logging.WARNING
         log.log(level, "job server %s %s; reconnecting", server.addr, why)
         if server.down_since is None:
             server.down_since = time.monotonic()

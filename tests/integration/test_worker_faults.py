@@ -272,3 +272,29 @@ def test_a_lost_server_is_a_warning_past_the_workers_outage_grace_only(
     assert before and {level for level, _ in before} == {"INFO"}, said
     assert any("reconnecting" in line for _, line in before), said
     assert re.search(r"unreachable for \d+s \(", first.getMessage()), said
+
+
+@pytest.mark.timeout(60)
+def test_a_hung_server_is_a_warning_within_the_outage_grace_too(
+    farm_server, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A server that leaves a grab unanswered is dropped and connected again at once (its
+    # kernel takes the connection): no outage to outlast, so the drop itself is the warning.
+    caplog.set_level("INFO", logger="farm.worker")
+    with socket.socket() as hung:  # connect() completes in its backlog; nothing answers
+        hung.bind(("127.0.0.1", 0))
+        hung.listen()
+        servers = [f"127.0.0.1:{hung.getsockname()[1]}", farm_server.addr]
+        worker = farm.Worker(servers, connect_timeout=0.5)
+        worker.outage_grace = 30.0
+        worker.register("rev", reverse)
+        with working(worker):
+            wait_for(
+                "the hung server's warning",
+                lambda: [
+                    r
+                    for r in caplog.records
+                    if r.levelno == logging.WARNING and "did not answer a grab" in r.getMessage()
+                ],
+                timeout=15,
+            )
