@@ -214,6 +214,8 @@ def reload(
     if timeout is not None and not 0 < timeout <= 86400:  # also refuses nan and inf
         fail(f"--timeout must be a number of seconds above 0 and at most 86400, not {timeout}", 2)
 
+    if control is None:
+        control = unread_config_s_farm(config)
     message: dict[str, object] = {"cmd": "reload", "restart": restart}
     if config is not None:  # the farm re-reads its own file: it refuses when that is not this one
         message["config"] = str(config_file(config))  # one line where a relative path fails
@@ -245,6 +247,38 @@ def reload(
         follow_added(
             reply["added"], lambda: ask_supervisor(config, control, {"cmd": "ps"}), began, wait
         )
+
+
+def unread_config_s_farm(config: Path | None) -> str | None:
+    """The control socket of this user's running farm that re-reads the config file, when
+    that file cannot be read for it (bad TOML, emptied, removed); None when it can (the
+    socket it names is asked) or no such farm runs (the file's own error, exit 2).
+
+    A reload of a file that does not parse is the farm's to refuse: it logs "reload
+    failed" and farm_config_last_reload_successful goes to 0, so the alert on it fires
+    before the next start refuses the file. Stopping here, exit 2, the farm heard nothing.
+    Not the default socket path: that may be another farm's (one started from no file, or
+    from another); only a supervisor of this user's that says it re-reads this very file
+    is asked, and a reload there reads nothing but that file."""
+    import os
+
+    from farm.discovery import config_file, control_path, find_config
+    from farm.pools.control import answering_elsewhere
+
+    try:
+        control_path(config)
+        return None
+    except ConfigError:
+        pass
+    try:
+        found = find_config(config)
+    except ConfigError:  # named and not there (removed): the farm started from it re-reads it
+        named = config if config is not None else os.environ.get("FARM_CONFIG")
+        found = Path(named) if named else None
+    if found is None:
+        return None
+    running = answering_elsewhere(str(config_file(found)), "")
+    return running[1] if running is not None else None
 
 
 @app.command(cls=FarmCommand)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import scraping
+from tests.helpers.clirun import one_line_error
 from tests.helpers.farmproc import FarmUp, farm_cli
 from tests.helpers.scraping import Samples
 
@@ -88,5 +89,41 @@ def test_a_reload_that_waits_for_a_restart_shows_until_the_file_and_the_farm_agr
         out = farm_cli("reload", "--control", up.control)
         assert out.returncode == 0, out.stdout + out.stderr
         assert scrape(up)[PENDING] == 0
+    finally:
+        up.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_reload_by_its_config_file_reaches_the_farm_when_the_file_does_not_parse(
+    tmp_path: Path,
+) -> None:
+    # The unit's reload is `farm reload --config FILE`: a FILE that did not parse (or was
+    # emptied, or removed) stopped it before it asked the farm, exit 2 and nothing else:
+    # no "reload failed" in the farm's log, farm_config_last_reload_successful stayed 1 and
+    # the alert on it never fired, while the farm's next start would refuse the file.
+    ok = ("farm_config_last_reload_successful", ())
+    up = FarmUp(tmp_path, POOLS)
+    try:
+        up.expect_notify("READY=1")
+        good = up.config.read_text()
+        for case, broken, said in (
+            ("bad TOML", good + "[functions.broken\n", "farm.toml"),
+            ("empty", "", "has no settings"),
+            ("removed", None, "farm.toml"),
+        ):
+            if broken is None:
+                up.config.unlink()
+            else:
+                up.config.write_text(broken)
+            out = farm_cli("reload", "--config", str(up.config))
+            assert out.returncode == 2, out.stdout + out.stderr
+            line = one_line_error(out.stderr)
+            assert said in line, line
+            assert scrape(up)[ok] == 0, f"{case}: the farm was not asked"
+            up.config.write_text(good)
+            out = farm_cli("reload", "--config", str(up.config))
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert scrape(up)[ok] == 1
+        assert up.read_log().count("reload failed") == 3
     finally:
         up.stop()

@@ -183,6 +183,18 @@ def test_the_unit_s_reload_says_why_before_systemd_kills_it() -> None:
     assert config.SupervisorConfig.boot_timeout + 2 > bound  # why the unit must pass one
 
 
+def test_the_unit_s_reload_names_the_control_socket_its_config_sets() -> None:
+    # `farm reload --config` read the socket from the file it reloads: an edit that did not
+    # parse ended the reload there, and the farm never logged "reload failed". The unit
+    # names the socket, which must be the one the unit's farm.toml gives the farm.
+    unit = (ROOT / "systemd" / "farm.service").read_text()
+    reload = re.search(r"^ExecReload=(.*)$", unit, re.M).group(1)  # type: ignore[union-attr]
+    named = re.search(r"--control (\S+)", reload)
+    assert named, reload
+    shipped = tomllib.loads((ROOT / "systemd" / "farm.toml").read_text())
+    assert named.group(1) == shipped["supervisor"]["control"]
+
+
 def test_the_pools_said_to_run_with_no_config_are_the_built_in_ones() -> None:
     text = (ROOT / "docs" / "operations.md").read_text()
     start = text.index("With no config file, `farm up` serves")
