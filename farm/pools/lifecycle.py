@@ -30,7 +30,7 @@ from farm.pools.slots import (
     describe_exit,
     exit_cause,
 )
-from farm.pools.spawn import EXEC_FAILED_PREFIX, EXIT_EXEC_FAILED, spawn
+from farm.pools.spawn import EXEC_FAILED_PREFIX, EXIT_EXEC_FAILED, WORKER_OOM_SCORE_ADJ, spawn
 from farm.pools.workerargs import command_env, python_argv
 
 __all__ = ["Lifecycle", "TIMEOUT_GRACE"]
@@ -254,6 +254,7 @@ class Lifecycle:
                 keep=(write_fd, record_fd),
                 stdio=(null, out_write, out_write),
                 ignore=(signal.SIGHUP,),
+                oom_score_adj=WORKER_OOM_SCORE_ADJ,  # the OOM killer's first choice
             )
         except OSError:
             os.close(read_fd)
@@ -285,6 +286,7 @@ class Lifecycle:
                 stdio=(null, write_fd, write_fd),
                 user=spec.user,
                 cwd=spec.cwd,
+                oom_score_adj=WORKER_OOM_SCORE_ADJ,
             )
         except OSError:
             os.close(read_fd)

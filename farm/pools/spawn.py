@@ -29,6 +29,7 @@ from farm.commandspec import RunAs
 __all__ = [
     "EXIT_EXEC_FAILED",
     "EXEC_FAILED_PREFIX",
+    "WORKER_OOM_SCORE_ADJ",
     "group_alive",
     "python_module",
     "spawn",
@@ -39,6 +40,15 @@ __all__ = [
 #: (as a shell's "cannot execute"); its one line of why on fd 2 starts with EXEC_FAILED_PREFIX.
 EXIT_EXEC_FAILED = 127
 EXEC_FAILED_PREFIX = "farm: cannot "
+
+#: What a worker's /proc/self/oom_score_adj is raised to before exec, so that the kernel's
+#: OOM killer takes a worker before the job server or the supervisor: a worker lost is
+#: one job requeued and a slot the supervisor fills again, the server lost is every
+#: connection, and the supervisor lost is the farm. The kernel's score is a process's share
+#: of memory in thousandths plus this: +500, not +1000, so that a server holding over half
+#: the memory more than a worker does is still the one taken (a worker killed then would
+#: free little, and the next one be killed, and the next). Raising needs no privilege.
+WORKER_OOM_SCORE_ADJ = 500
 
 PR_SET_PDEATHSIG = 1
 # What Python ignores in itself at startup (EPIPE rather than death on a closed pipe, EFBIG
@@ -97,6 +107,7 @@ def spawn(
     user: RunAs | None = None,
     cwd: str | None = None,
     ignore: Collection[int] = (),
+    oom_score_adj: int | None = None,
 ) -> int:
     """Start ``argv`` (``argv[0]`` an absolute path) as a watched child; its pid.
 
@@ -105,6 +116,7 @@ def spawn(
     before the death signal is set. The signals in ``ignore`` are ignored from before exec
     (an ignored signal stays ignored across it), so from the program's first instruction;
     SIGPIPE and SIGXFSZ, which Python ignores, get their default action back.
+    ``oom_score_adj`` raises the child's own (never lowers it), before ``user`` is taken.
     Raises OSError when the fork fails; a child that cannot take its user, directory or
     exec writes why on its fd 2 and ends with ``EXIT_EXEC_FAILED`` (127).
     """
@@ -131,6 +143,10 @@ def spawn(
             for target, fd in enumerate(stdio):
                 os.dup2(fd, target)  # dup2 leaves the copy inheritable
         _close_others(kept)
+        if oom_score_adj is not None:
+            # Before setuid: a process that changed its user is no longer dumpable, and
+            # its /proc/self files become root's, not its own to write.
+            _raise_oom_score(oom_score_adj)
         if user is not None:  # groups first: they need the privileges setuid drops
             step = f"run as {user.name}"
             os.setgroups(list(user.groups))
@@ -160,6 +176,23 @@ def spawn(
         except BaseException:
             pass
     os._exit(EXIT_EXEC_FAILED)
+
+
+def _raise_oom_score(value: int) -> None:
+    """The forked child's oom_score_adj raised to ``value``; one set higher (the unit's
+    OOMScoreAdjust=) is kept. System calls alone; where /proc cannot be written the child
+    runs on with what it has."""
+    try:
+        fd = os.open("/proc/self/oom_score_adj", os.O_RDWR)
+    except OSError:
+        return
+    try:
+        if int(os.read(fd, 32) or b"0") < value:
+            os.pwrite(fd, b"%d" % value, 0)
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(fd)
 
 
 def _close_others(keep: Sequence[int]) -> None:

@@ -127,7 +127,8 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     unit = (ROOT / "systemd" / "farm.service").read_text()
     for key in ("Type=notify", "NotifyAccess=main", "KillMode=mixed", "WatchdogSec=",
                 "ExecReload=", "Restart=on-failure", "RuntimeDirectory=farm",
-                "StateDirectory=farm", "User=farm", "ProtectSystem=strict"):  # fmt: skip
+                "StateDirectory=farm", "User=farm", "ProtectSystem=strict",
+                "OOMPolicy=continue"):  # fmt: skip
         assert key in unit, key
     # verify checks that ExecStart exists: point it at this machine's farm
     farm = shutil.which("farm") or sys.executable

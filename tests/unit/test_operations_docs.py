@@ -195,6 +195,13 @@ def test_the_unit_s_reload_names_the_control_socket_its_config_sets() -> None:
     assert named.group(1) == shipped["supervisor"]["control"]
 
 
+def test_the_unit_outlives_a_worker_the_kernel_kills_for_memory() -> None:
+    # With no OOMPolicy= the unit took systemd's DefaultOOMPolicy (stop on Debian): the
+    # kernel's OOM kill of one worker stopped the whole farm, which replaces a dead worker.
+    unit = (ROOT / "systemd" / "farm.service").read_text()
+    assert re.findall(r"^OOMPolicy=(.*)$", unit, re.M) == ["continue"]
+
+
 def test_the_pools_said_to_run_with_no_config_are_the_built_in_ones() -> None:
     text = (ROOT / "docs" / "operations.md").read_text()
     start = text.index("With no config file, `farm up` serves")
