@@ -132,8 +132,9 @@ class LocalServer(RestartHistory):
             argv += [f"--pool-function={function}"]
         if self.log_format != "text":
             argv += ["--log-format", self.log_format]
-        # If the supervisor is killed, the server stops too (keeping its stored jobs).
-        return argv + ["--parent-pid", str(os.getpid())]
+        # If the supervisor is killed, the server stops too (keeping its stored jobs); while
+        # it lives, it stops the server itself, after the workers' drain (--supervised).
+        return argv + ["--parent-pid", str(os.getpid()), "--supervised"]
 
     def spawn(self) -> None:
         self.prepare_paths()

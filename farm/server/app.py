@@ -217,10 +217,26 @@ class Server:
         else:
             self.jobs.on_idle = self.stop
 
+    def terminated(self) -> None:
+        """SIGTERM: stop at once, as gearmand does; under `farm up`, only once its supervisor
+        is gone (the death signal it asked for). While the supervisor lives, the SIGTERM
+        came to it too (`systemctl kill farm` signals every process of the unit): it drains
+        the workers, then stops this server gracefully (SIGUSR1), so a job in hand finishes
+        and is answered, not cut off, stored still, to run again at the next start."""
+        parent = self.options.parent_pid
+        if self.options.supervised and parent is not None and os.getppid() == parent:
+            log.warning(  # said at the server's default level: a signal not acted on
+                "SIGTERM left to farm up (pid %d), which stops the job server once its"
+                " workers are done (farm stop)",
+                parent,
+            )
+            return
+        self.stop()
+
     async def serve(self) -> None:
         await self.start()
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGTERM, self.terminated)
         loop.add_signal_handler(signal.SIGINT, self.stop)
         loop.add_signal_handler(signal.SIGUSR1, self.stop_gracefully)
         # SIGHUP ended the server (Python's default): logrotate's postrotate for gearmand

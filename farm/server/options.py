@@ -238,6 +238,9 @@ def build_parser(
     )
     ap.add_argument("--hints", choices=("flags", "config"), default="flags", help=argparse.SUPPRESS)
     ap.add_argument("--progress-fd", type=int, metavar="FD", help=argparse.SUPPRESS)  # farm up's
+    # farm up's too: a SIGTERM while the parent lives is the supervisor's as well (`systemctl
+    # kill`), which stops this server once its workers are done (ServerOptions.supervised).
+    ap.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     # farm up's too: each function its pools serve (ServerOptions.pool_functions).
     ap.add_argument("--pool-function", action="append", default=[], help=argparse.SUPPRESS)
     add_gearmand_flags(ap)  # -v/--verbose, -V, and those accepted and ignored
@@ -308,6 +311,8 @@ def parse_args(
         ap.error("--worker-uid must be a user id (>= 0)")
     if ns.parent_pid is not None and ns.parent_pid < 1:
         ap.error("--parent-pid must be a process id (>= 1)")
+    if ns.supervised and ns.parent_pid is None:
+        ap.error("--supervised needs --parent-pid: the supervisor that stops this server")
     if ns.parent_pid is not None and ns.daemon:
         ap.error("--parent-pid and -d/--daemon: a detached server has no parent to follow")
     return ServerOptions(
@@ -335,6 +340,7 @@ def parse_args(
         pid_file=ns.pid_file,
         parent_pid=ns.parent_pid,
         progress_fd=ns.progress_fd,
+        supervised=ns.supervised,
         pool_functions=frozenset(os.fsencode(name) for name in ns.pool_function),
         worker_uids=frozenset(ns.worker_uid or [os.geteuid()]),  # as ServerOptions'
         tcp_admin=ns.tcp_admin,

@@ -42,6 +42,11 @@ class ServerOptions:
     pid_file: str | None = None
     parent_pid: int | None = None
     progress_fd: int | None = None  # the supervisor's pipe: replay goes on (systemd's start)
+    # Started by `farm up`, whose supervisor (parent_pid) stops it: a SIGTERM while that
+    # lives came to every process of the unit (`systemctl kill farm`), and is left to the
+    # supervisor, which drains the workers, then stops this server (SIGUSR1). Stopping here
+    # at once cut the workers' jobs in hand off: a finished background job ran again.
+    supervised: bool = False
     # The functions farm up's pools serve: labelled by name in the metrics from the start,
     # before their workers register again (farm.server.exposition).
     pool_functions: frozenset[bytes] = frozenset()
