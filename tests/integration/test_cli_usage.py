@@ -141,6 +141,7 @@ def test_usage_mistakes_are_one_line_and_exit_2(tmp_path: Path) -> None:
         ["server", "--worker-uid", "-1"],
         ["server", "--parent-pid", "-1"],
         ["server", "--parent-pid", "1", "--daemon"],
+        ["server", "--supervised"],  # farm up's: no supervisor to leave a SIGTERM to
         ["server", "--store", "none", "-P", "/no/such/dir/farm.pid"],
         ["server", "--store", "none", "-l", "/no/such/dir/farm.log"],
         # a Unix socket path no socket can have: the worker retried its connect for ever,
