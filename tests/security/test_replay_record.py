@@ -89,3 +89,23 @@ def test_claims_of_a_minute_kept_open_follow_the_record_when_it_is_made_again(
     other = ReplayGuard(directory)  # another worker of the pool
     with pytest.raises(SignatureError, match="already ran"):
         other.claim(b"\3" * 16, expires, "H:x:4")  # the same call, replayed
+
+
+def test_a_worker_that_kept_a_minute_open_and_one_started_after_a_removal_share_claims(
+    tmp_path: Path,
+) -> None:
+    # The worker that had this minute's file open went on appending to it once the record
+    # was removed (an unlinked file), and a worker started afterwards made a fresh directory:
+    # neither saw the other's claims, and a call first seen after the removal ran in both.
+    directory = tmp_path / "farm-0-claims-abc"
+    before = ReplayGuard(directory)
+    expires = int(time.time()) + 600
+    before.claim(b"\1" * 16, expires, "H:x:1")  # this minute's file, kept open
+    shutil.rmtree(directory)
+    after = ReplayGuard(directory)  # recycled or scaled up once the record was gone
+    before.claim(b"\2" * 16, expires, "H:x:2")  # a call first seen after the removal
+    with pytest.raises(SignatureError, match="already ran"):
+        after.claim(b"\2" * 16, expires, "H:x:3")  # the same call, replayed
+    after.claim(b"\3" * 16, expires, "H:x:4")  # and the other way round
+    with pytest.raises(SignatureError, match="already ran"):
+        before.claim(b"\3" * 16, expires, "H:x:5")
