@@ -277,7 +277,10 @@ class ClientSide:
     def get_status(self, args: tuple[bytes, ...]) -> None:
         handle = args[0]
         job = self.jobs.jobs.get(handle)
-        if job is None:
+        # A TCP peer (any local user) is told nothing of the farm's own callers' jobs, as by
+        # their unique key (get_status_unique): `show jobs` lists their handles over TCP.
+        # The other way needs no such rule: a handle is the server's, no caller chooses one.
+        if job is None or (job.local and self.tcp):
             self.send(encode_res(T.STATUS_RES, handle, b"0", b"0", b"0", b"0"))
         else:
             running = b"1" if job.worker is not None else b"0"

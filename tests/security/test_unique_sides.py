@@ -82,6 +82,36 @@ def test_a_status_by_key_sees_only_its_own_sides_job(
         srv.stop()
 
 
+def test_a_status_by_handle_from_tcp_sees_no_job_of_the_unix_socket(
+    peer_factory: Callable[[str], Peer], unix_sock: str
+) -> None:
+    # GET_STATUS by handle told a TCP peer (any local user) the running state and progress of
+    # the farm's own callers' jobs, whose handles `show jobs` and `jobs` list over TCP.
+    srv = start_farm_server(unix=unix_sock)
+    try:
+        wait_for("the Unix socket", lambda: os.path.exists(unix_sock))
+        owner, other = peer_factory(f"unix:{unix_sock}"), peer_factory(srv.addr)
+        mine = _created(owner, "owner's private data")
+        worker = peer_factory(f"unix:{unix_sock}")
+        worker.send(T.CAN_DO, "f")
+        worker.send(T.GRAB_JOB)
+        assert worker.expect(T.JOB_ASSIGN).args[0] == mine
+        worker.send(T.WORK_STATUS, mine, b"3", b"7")
+        owner.expect(T.WORK_STATUS)
+        assert mine.decode() in other.admin("show jobs"), "listed over TCP"
+        other.send(T.GET_STATUS, mine)
+        assert other.expect(T.STATUS_RES).args == (mine, b"0", b"0", b"0", b"0")
+        owner.send(T.GET_STATUS, mine)  # its own side sees it
+        assert owner.expect(T.STATUS_RES).args == (mine, b"1", b"1", b"3", b"7")
+        theirs = _created(other, "the other user's data")  # a TCP job: TCP sees it, as must
+        other.send(T.GET_STATUS, theirs)  # gearmand's peers, all over TCP
+        assert other.expect(T.STATUS_RES).args == (theirs, b"1", b"0", b"0", b"0")
+        owner.send(T.GET_STATUS, theirs)  # a handle is the server's, named by no caller
+        assert owner.expect(T.STATUS_RES).args[1] == b"1"
+    finally:
+        srv.stop()
+
+
 def test_each_side_still_coalesces_with_its_own(
     peer_factory: Callable[[str], Peer], unix_sock: str
 ) -> None:
