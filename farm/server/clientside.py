@@ -262,6 +262,12 @@ class ClientSide:
         if not 0 <= seconds <= p.MAX_EPOCH:
             self.refuse("epoch is out of range")
             return
+        if self.tcp and function.startswith(RESERVED):
+            # The Executor never schedules a call, and a signed call expires in hours: over
+            # TCP this is another user's job held (and stored) up to years, counted against
+            # the function's max_queue all the while.
+            self.send(error("PERMISSION_DENIED", "farm.* jobs are not scheduled over TCP"))
+            return
         self.on_submit(EPOCH, function, unique, data, when=float(seconds))
 
     def submit_reduce(self, args: tuple[bytes, ...], ptype: int) -> None:

@@ -172,6 +172,7 @@ class Hub:
             wake_deadline=options.wake_deadline,
         )
         self.jobs.pool_functions = options.pool_functions
+        self.jobs.unix_share = bool(options.unix)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         """Run ``callback`` after ``delay`` seconds, then write what it made.

@@ -1,9 +1,9 @@
 """What is done to jobs outside their course: the durable store's jobs queued again at start
-(``replay``), jobs queued once the store committed them (``committed``), a job the store
-could not keep counted and forgotten (``refused_by_store``, ``unstore``), and the operator's
-admin commands (``cancel job``, ``drop function``). A mixin of
-:class:`farm.server.jobs.JobServer`, split off along this seam: none of it is on a job's
-hot path.
+(``replay``), jobs queued once the store committed them (``committed``), a new background
+job's row staged (``_store_add``), a job the store could not keep counted and forgotten
+(``refused_by_store``, ``unstore``), and the operator's admin commands (``cancel job``,
+``drop function``). A mixin of :class:`farm.server.jobs.JobServer`, split off along this
+seam: the store's side of a job and the operator's; of a job's course only the staging.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from farm.protocol.kinds import Priority
 from farm.server.metrics import MAX_FUNCTIONS, STORE, FunctionStats
 from farm.server.queues import FunctionQueue, Job, Outcome, Peer
-from farm.server.store import SQLiteStore
+from farm.server.store import SQLiteStore, StoreError
 
 __all__ = ["JobControl"]
 
@@ -150,6 +150,25 @@ class JobControl:
             self._unqueue(job)
             self._forget(job)
         return job
+
+    def _store_add(self, job: Job, priority: int) -> int:
+        """Stage ``job`` in the store for a background submit at ``priority``; StoreError
+        (counted as that submit refused) while the store fails."""
+        assert self.store is not None
+        try:
+            return self.store.add(
+                job.handle,
+                job.function,
+                job.unique,
+                job.data,
+                job.priority,
+                job.reducer,
+                job.when,
+                job.local,
+            )
+        except StoreError:
+            self.function(job.function).stats.refused[STORE][priority] += 1
+            raise
 
     # -- the operator's ------------------------------------------------------
 

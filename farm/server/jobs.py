@@ -24,7 +24,7 @@ from farm.protocol.kinds import Priority
 from farm.server.deadlines import Deadlines
 from farm.server.dispatch import MAX_EXPIRED, WAKE_DEADLINE, Dispatch
 from farm.server.jobcontrol import JobControl
-from farm.server.metrics import BYTES, MAXQUEUE, STORE, FunctionStats
+from farm.server.metrics import BYTES, MAXQUEUE, FunctionStats
 from farm.server.queues import (
     JOB_OVERHEAD,
     NORMAL,
@@ -41,7 +41,7 @@ from farm.server.queues import (
     status_denominator,
     status_number,
 )
-from farm.server.store import SQLiteStore, StoreError
+from farm.server.store import SQLiteStore
 
 #: The longest host part of a job handle: "H:" + host + ":" + 20 digits + NUL fit 64 bytes.
 MAX_HANDLE_HOST = 64 - 1 - 20 - 3
@@ -86,6 +86,9 @@ class JobServer(Dispatch, JobControl):
         wake_deadline: float = WAKE_DEADLINE,
     ) -> None:
         self.max_queue = max_queue  # default `maxqueue` of every new function
+        # TCP peers' jobs may fill 3/4 of a function's limits (FunctionQueue.full): set where
+        # the server has a Unix socket to keep the rest for; gearmand's own way with none.
+        self.unix_share = False
         self.job_retries = job_retries
         # Bytes held by live jobs; bounded so a flood cannot exhaust memory.
         self.queued = QueuedBytes(max_queued_bytes)
@@ -231,7 +234,7 @@ class JobServer(Dispatch, JobControl):
         size = held_bytes(function, unique, data, reducer)
         # A replayed job was accepted once already; limits only guard new work.
         if not store_id:
-            if fq.full(priority):
+            if fq.full(priority, tcp and self.unix_share):
                 fq.stats.refused[MAXQUEUE][priority] += 1
                 raise QueueFull(f"function {function.decode(errors='replace')} is at its maxqueue")
             q = self.queued  # its checks inline: this runs for every job
@@ -247,6 +250,8 @@ class JobServer(Dispatch, JobControl):
         )
         job.key = key
         job.local = local
+        if not local:
+            fq.tcp_jobs += 1
         staged = False
         if store_id:
             job.store_id = store_id
@@ -281,25 +286,6 @@ class JobServer(Dispatch, JobControl):
             fq.push(job)
             self._wake(fq)
         return job
-
-    def _store_add(self, job: Job, priority: int) -> int:
-        """Stage ``job`` in the store for a background submit at ``priority``; StoreError
-        (counted as that submit refused) while the store fails."""
-        assert self.store is not None
-        try:
-            return self.store.add(
-                job.handle,
-                job.function,
-                job.unique,
-                job.data,
-                job.priority,
-                job.reducer,
-                job.when,
-                job.local,
-            )
-        except StoreError:
-            self.function(job.function).stats.refused[STORE][priority] += 1
-            raise
 
     def _unqueue(self, job: Job) -> None:
         """Take a job that is not running off its queue, or out of the epoch heap."""
@@ -382,6 +368,8 @@ class JobServer(Dispatch, JobControl):
             q.held -= job.size
             if job.tcp:
                 q.tcp_held -= job.size
+            if not job.local and (held_by := self.functions.get(job.function)) is not None:
+                held_by.tcp_jobs -= 1
         if job.store_id and self.store is not None:
             self.store.remove(job.store_id)
             job.store_id = 0

@@ -235,6 +235,7 @@ class FunctionQueue:
         "served",
         "in_other",
         "watchers",
+        "tcp_jobs",
     )
 
     def __init__(self, name: bytes, ready: set[bytes] | None = None) -> None:
@@ -269,13 +270,23 @@ class FunctionQueue:
         # those of its functions that have work (farm.server.abilities): told here when
         # this one gets work and when it has none left.
         self.watchers: dict[Peer, set[bytes]] = {}
+        # Its live jobs submitted over TCP (not Job.local), as they count against the limits.
+        self.tcp_jobs = 0
 
-    def full(self, priority: int) -> bool:
+    def full(self, priority: int, tcp_share: bool = False) -> bool:
+        """Whether a submit at ``priority`` passes a limit. ``tcp_share``: a TCP peer's, on a
+        server with a Unix socket: TCP's jobs may fill three quarters of each limit together
+        (as of --max-queued-bytes, QueuedBytes), the rest is kept for the farm's own callers,
+        whom one local user's jobs held for their epoch a year ahead (stored: across
+        restarts too) refused. A limit under 4 keeps nothing back (`maxqueue F 1`)."""
         limit = self.max_by_priority[priority] or self.max_total
         if not limit:
             return False  # no limit: nothing to count (every submit asks)
-        total = self.queued + self.running
-        return total >= limit or bool(self.max_total) and total >= self.max_total
+        total, most = self.queued + self.running, self.max_total
+        if total >= limit or most and total >= most:
+            return True
+        tcp = self.tcp_jobs
+        return tcp_share and (tcp >= limit - limit // 4 or bool(most) and tcp >= most - most // 4)
 
     @property
     def queued(self) -> int:

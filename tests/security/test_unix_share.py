@@ -1,20 +1,23 @@
 """What one TCP peer -- any local user -- can take of the server's limits, the Unix socket
 keeps a share of: connections (--max-connections), unfinished packets' bytes
-(--max-partial-bytes) and queued jobs' bytes (--max-queued-bytes), so the farm's own
+(--max-partial-bytes), queued jobs' bytes (--max-queued-bytes) and a function's jobs
+(--max-queue, maxqueue), so the farm's own
 workers and Executor calls are not locked out."""
 
 from __future__ import annotations
 
 import os
 import select
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
 
 from farm import protocol as p
 from farm.protocol import PacketType as T
 from tests.helpers.peers import Peer
-from tests.helpers.servers import connect, start_farm_server
+from tests.helpers.servers import connect, free_port, start_farm_server
 from tests.helpers.waiting import wait_for
 
 
@@ -258,5 +261,81 @@ def test_tcp_peers_cannot_queue_executor_calls_ahead_of_the_unix_sockets(
         assert "reverse\t1\t0\t0\t0" in caller.admin("prioritystatus")
         caller.close()
         worker.close()
+    finally:
+        srv.stop()
+
+
+def _flood(hog: Peer, function: str, count: int) -> list[bytes]:
+    """Pipeline ``count`` background submits of ``function``: what each was answered
+    (CREATED, or the error's code)."""
+    junk = (p.encode_req(T.SUBMIT_JOB_BG, function.encode(), b"", b"%d" % i) for i in range(count))
+    hog.send_raw(b"".join(junk))
+    replies = [hog.recv(10) for _ in range(count)]
+    return [b"CREATED" if r.type == T.JOB_CREATED else r.args[0] for r in replies]
+
+
+def test_tcp_peers_cannot_take_the_unix_sockets_share_of_max_queue(
+    peer_factory: Callable[[str], Peer], tmp_path: Path
+) -> None:
+    # With [server] max_queue = 50, one local user's 50 jobs for farm.python over TCP (stored,
+    # or scheduled a year ahead) left the farm's own Executor QUEUE_ERROR on the Unix socket,
+    # and the stored ones did so again after a restart. TCP peers' jobs may fill three
+    # quarters of a function's limit now, as of --max-queued-bytes.
+    db, unix, port = tmp_path / "queue.db", str(tmp_path / "g.sock"), free_port()
+    limits = ("--max-queue", "8", "--store", str(db))  # TCP's share: 6
+    srv = start_farm_server(*limits, port=port, unix=unix)
+    try:
+        answers = _flood(peer_factory(srv.addr), "farm.python", 8)
+        assert answers == [b"CREATED"] * 6 + [b"QUEUE_ERROR"] * 2, answers
+        caller = peer_factory(f"unix:{unix}")
+        caller.send(T.SUBMIT_JOB, "farm.python", "", b"a signed call")
+        caller.expect(T.JOB_CREATED)
+        caller.send(T.SUBMIT_JOB_BG, "farm.python", "", b"another")
+        caller.expect(T.JOB_CREATED)
+        caller.send(T.SUBMIT_JOB_BG, "farm.python", "", b"past max_queue")
+        assert caller.expect(T.ERROR).args[0] == b"QUEUE_ERROR", "the limit still holds"
+    finally:
+        srv.stop()
+    srv = start_farm_server(*limits, port=port, unix=unix)  # the TCP jobs come back
+    try:
+        local = peer_factory(f"unix:{unix}")
+        assert "farm.python\t7\t0\t0" in local.admin("status")
+        assert _flood(peer_factory(srv.addr), "farm.python", 1) == [b"QUEUE_ERROR"]
+        local.send(T.SUBMIT_JOB, "farm.python", "", b"a signed call")
+        local.expect(T.JOB_CREATED)
+    finally:
+        srv.stop()
+
+
+def test_a_server_with_no_unix_socket_gives_tcp_peers_all_of_max_queue(
+    peer_factory: Callable[[str], Peer],
+) -> None:
+    # gearmand's limit, exactly: no Unix socket, nothing to keep a share for.
+    srv = start_farm_server("--max-queue", "8")
+    try:
+        answers = _flood(peer_factory(srv.addr), "f", 9)
+        assert answers == [b"CREATED"] * 8 + [b"QUEUE_ERROR"], answers
+    finally:
+        srv.stop()
+
+
+def test_tcp_peers_cannot_schedule_jobs_of_the_reserved_functions(
+    peer_factory: Callable[[str], Peer], unix_sock: str
+) -> None:
+    # A job held for its epoch counts against max_queue until it is due (a year ahead: a
+    # year), and is stored. The Executor never schedules a call, and a signed call expires
+    # within hours, so such a submit over TCP can only be another user's flood.
+    srv = start_farm_server(unix=unix_sock)
+    try:
+        later = str(int(time.time()) + 365 * 86400)
+        tcp = peer_factory(srv.addr)
+        tcp.send(T.SUBMIT_JOB_EPOCH, "farm.python", "", later, b"junk")
+        assert tcp.expect(T.ERROR).args[0] == b"PERMISSION_DENIED"
+        tcp.send(T.SUBMIT_JOB_EPOCH, "reverse", "", later, b"x")  # other functions may
+        tcp.expect(T.JOB_CREATED)
+        local = peer_factory(f"unix:{unix_sock}")  # the farm's own user may
+        local.send(T.SUBMIT_JOB_EPOCH, "farm.python", "", later, b"x")
+        local.expect(T.JOB_CREATED)
+        assert "farm.python\t1\t0\t0" in local.admin("status")
     finally:
         srv.stop()

@@ -294,3 +294,30 @@ def test_a_repeated_pre_sleep_makes_the_worker_the_newest_sleeper() -> None:
     jobs.pre_sleep(first)  # it went to sleep last
     jobs.submit(None, b"f", b"", b"x", background=True)
     assert (first.told, second.told) == ([("wake",)], [])
+
+
+def test_a_functions_tcp_jobs_are_counted_until_each_ends_however_it_ends() -> None:
+    # TCP's share of max_queue reads this count: a job that left it uncounted would lower
+    # TCP's room for good, one counted twice would leave it the Unix socket's share.
+    jobs = JobServer(hostname="t", max_queue=8)
+    jobs.unix_share = True
+    client, worker = FakePeer(), FakePeer()
+    jobs.can_do(worker, b"f")
+    ran = jobs.submit(client, b"f", b"a", b"x", tcp=True)
+    jobs.submit(None, b"f", b"b", b"x", background=True, tcp=True)
+    jobs.submit(client, b"f", b"c", b"x", tcp=True)
+    jobs.submit(None, b"f", b"", b"x", background=True)  # the Unix socket's: not counted
+    fq = jobs.functions[b"f"]
+    assert fq.tcp_jobs == 3
+    assert jobs.grab(worker) is ran
+    jobs.finish(worker, ran, Outcome.COMPLETE)
+    jobs.detach_client(client)  # its queued "c" is dropped
+    assert fq.tcp_jobs == 1
+    for i in range(5):  # 6 of 8 in all: TCP's three quarters
+        jobs.submit(None, b"f", b"%d" % i, b"x", background=True, tcp=True)
+    with pytest.raises(QueueFull):
+        jobs.submit(None, b"f", b"past", b"x", background=True, tcp=True)
+    jobs.submit(None, b"f", b"", b"y", background=True)  # the Unix socket's share
+    cancelled = next(j for j in jobs.jobs.values() if not j.local)
+    assert jobs.cancel(cancelled.handle) and fq.tcp_jobs == 5
+    jobs.submit(None, b"f", b"again", b"x", background=True, tcp=True)
