@@ -236,7 +236,10 @@ class JobServer(Dispatch, JobControl):
         if not store_id:
             if fq.full(priority, tcp and self.unix_share):
                 fq.stats.refused[MAXQUEUE][priority] += 1
-                raise QueueFull(f"function {function.decode(errors='replace')} is at its maxqueue")
+                share = "" if fq.full(priority) else ": TCP peers' jobs hold their 3/4 of it"
+                raise QueueFull(
+                    f"function {function.decode(errors='replace')} is at its maxqueue{share}"
+                )
             q = self.queued  # its checks inline: this runs for every job
             if q.limit and (q.held + size > q.limit or (tcp and q.tcp_held + size > q.tcp_limit)):
                 fq.stats.refused[BYTES][priority] += 1

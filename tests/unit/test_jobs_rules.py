@@ -315,7 +315,7 @@ def test_a_functions_tcp_jobs_are_counted_until_each_ends_however_it_ends() -> N
     assert fq.tcp_jobs == 1
     for i in range(5):  # 6 of 8 in all: TCP's three quarters
         jobs.submit(None, b"f", b"%d" % i, b"x", background=True, tcp=True)
-    with pytest.raises(QueueFull):
+    with pytest.raises(QueueFull, match="TCP peers' jobs hold their 3/4 of it"):  # the log's
         jobs.submit(None, b"f", b"past", b"x", background=True, tcp=True)
     jobs.submit(None, b"f", b"", b"y", background=True)  # the Unix socket's share
     cancelled = next(j for j in jobs.jobs.values() if not j.local)
