@@ -27,10 +27,15 @@ class ServerUnavailable(FarmError, ConnectionError):
 class ServerError(FarmError):
     """The job server answered with a Gearman ERROR packet."""
 
-    def __init__(self, code: str, text: str) -> None:
-        super().__init__(f"{code}: {text}" if text else code)
+    def __init__(self, code: str, text: str, function: str | None = None) -> None:
+        said = f"{code}: {text}" if text else code
+        # The server's ERROR names no job: a submit's says which function it refused
+        # ("function name holds a control character"), among a map's or an Executor's many.
+        super().__init__(said if function is None else f"{said} (function {function!r})")
         self.code = code
         self.text = text
+        #: The function of the job the server refused, when the ERROR answered a submit.
+        self.function = function
 
 
 class JobError(FarmError):

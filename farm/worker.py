@@ -310,7 +310,17 @@ class Worker(WorkerFunctions, WorkerLinks):
                     continue
                 self._run(server, event, fn)
             elif type(event) is ServerErrorNotice:
-                log.warning("job server %s: %s %s", server.addr, event.code, event.text)
+                if refused := self._refused_here(event.code, event.text):  # a CAN_DO's answer
+                    log.warning(
+                        "job server %s refused function %s (%s: %s): no jobs of it come to"
+                        " this worker from there",
+                        server.addr,
+                        " or ".join(map(repr, refused)),
+                        event.code,
+                        event.text,
+                    )
+                else:
+                    log.warning("job server %s: %s %s", server.addr, event.code, event.text)
 
     def _run(self, server: ServerLink, event: JobAssigned, fn: WorkerFunction | None) -> None:
         job = Job(event, self._timeouts.get(event.function), server, self._send_news)

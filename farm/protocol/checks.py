@@ -6,7 +6,7 @@ import datetime as _dt
 import math
 from typing import TypeAlias
 
-from farm.protocol.codec import MAX_EPOCH, MAX_TIMEOUT, MAX_UNIQUE, name_problem, text_bytes
+from farm.protocol.codec import MAX_EPOCH, MAX_TIMEOUT, MAX_UNIQUE, text_bytes
 from farm.protocol.kinds import PRIORITY_NAMES
 
 __all__ = [
@@ -43,15 +43,17 @@ def as_bytes(data: object, what: str = "data") -> bytes:
 
 
 def check_name(function: object) -> str:
-    """A function name as the clients, the worker and the Executor take it: the job
-    server's rule (``name_problem``, with a tab let through for gearmand's Perl peers), so
-    a name the server would refuse is a ValueError before anything is sent, not a
-    ServerError after a round trip, nor a worker that serves nothing."""
+    """A function name as the clients, the worker and the Executor take it: refused only
+    for what no job server can take on the wire (empty; a NUL, the packet's separator).
+    What else farm's server refuses (``name_problem``: a control character, over 512
+    bytes) gearmand serves, and the libraries talk to both: farm's server answers such a
+    name with ERROR, which a client raises as ServerError naming the reason and a worker
+    logs (docs/client.md)."""
     if not isinstance(function, str):
         raise TypeError(f"function must be a str, not {type(function).__name__}")
-    problem = name_problem(sendable(function, "function name"), tab=True)
-    if problem is not None:
-        raise ValueError(f"function name {function!r} {problem[1]}")
+    if not function or "\0" in function:
+        raise ValueError(f"function name {function!r} must be non-empty and contain no NUL")
+    sendable(function, "function name")
     return function
 
 

@@ -365,7 +365,8 @@ class ClientSession:
             events.append(ServerErrorNotice(code=code, text=text))
             return
         request = self._awaiting.popleft()
-        request.error = ServerError(code, text)
+        function = request.function if isinstance(request, Task) else None
+        request.error = ServerError(code, text, function)
         request.done = True
         if isinstance(request, Task):
             events.append(JobEnded(task=request))

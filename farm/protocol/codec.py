@@ -264,24 +264,19 @@ class AdminLine:
     line: str
 
 
-def name_problem(name: bytes, *, tab: bool = False) -> tuple[str, str] | None:
+def name_problem(name: bytes) -> tuple[str, str] | None:
     """Why farm's job server refuses ``name`` as a function (or reducer) name: the Gearman
     error code and what is wrong, worded to follow the name ("function name is empty");
-    None if it takes it. The one statement of the rule: the binary protocol, the admin
-    commands that make functions, the CLI's checks and the libraries' (farm.protocol.checks)
-    all read it.
-
-    ``tab=True`` is the libraries' reading, which may talk to gearmand: a tab passes there,
-    since Perl's Gearman::Client and Gearman::Worker join a prefix to each name with one by
-    default and gearmand serves such names (farm's server still refuses them, docs/server.md).
-    What else it refuses no gearmand peer uses: libgearman takes no name past 512 bytes
-    (GEARMAN_FUNCTION_MAX_SIZE), and another control character breaks gearmand's own
-    ``status`` lines."""
+    None if it takes it. The one statement of the server's rule: the binary protocol, the
+    admin commands that make functions and the CLI's checks read it. The libraries
+    (farm.protocol.checks.check_name) do not: gearmand serves names this refuses (past 512
+    bytes, a tab, ESC, C1 controls, U+2028), so they refuse only what no server can take
+    (empty, a NUL) and leave the rest to the server they talk to."""
     if not name:
         return "INVALID_COMMAND", "is empty"
     if len(name) > MAX_FUNCTION:
         return "ARGUMENT_TOO_LARGE", f"is longer than {MAX_FUNCTION} bytes"
-    if UNPRINTABLE.search(name.replace(b"\t", b" ") if tab else name):
+    if UNPRINTABLE.search(name):
         return "INVALID_COMMAND", "holds a control character"
     return None
 

@@ -1,57 +1,111 @@
-"""Function names the libraries refuse before sending: farm's job server's rule
-(farm.protocol.codec.name_problem), but for the tab Perl's Gearman joins a prefix with,
-which gearmand serves."""
+"""Function names gearmand serves and farm's job server refuses (a control character, over
+512 bytes: farm.protocol.codec.name_problem): the libraries send them, since they talk to
+both, and farm's server's refusal reaches the caller as a ServerError naming the reason and
+the function, and a worker's log as the function it will get no jobs of."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
 
 import farm
 from tests.helpers.serving import reverse, serving
+from tests.helpers.waiting import wait_for
 
-#: A newline, ESC, U+2028 (a line break to str.splitlines()), a name past 512 bytes.
-REFUSED = [
-    ("new\nline", "holds a control character"),
-    ("esc\x1bape", "holds a control character"),
-    ("line\u2028sep", "holds a control character"),
-    ("f" * 513, "is longer than 512 bytes"),
-    ("", "is empty"),
+#: Names gearmand serves, one of each kind farm's server refuses: Perl's tab-joined
+#: prefix, a newline, ESC, DEL, NEL (a C1 control), U+2028, a name past 512 bytes.
+GEARMAND_SERVES = [
+    "app\treverse",
+    "new\nline",
+    "esc\x1bape",
+    "del\x7fete",
+    "nel\x85line",
+    "line\u2028sep",
+    "f" * 513,
+]
+
+#: What farm's server says of each kind: its ERROR's code and text.
+FARM_REFUSES = [
+    ("app\treverse", "INVALID_COMMAND", "function name holds a control character"),
+    ("nel\x85line", "INVALID_COMMAND", "function name holds a control character"),
+    ("f" * 513, "ARGUMENT_TOO_LARGE", "function name is longer than 512 bytes"),
 ]
 
 
-@pytest.mark.parametrize(("name", "why"), REFUSED)
-def test_a_name_the_server_refuses_is_a_value_error_before_any_round_trip(
-    farm_server: Any, name: str, why: str
+def test_names_gearmand_serves_are_called_and_served_through_farms_libraries(
+    gearmand: Any,
 ) -> None:
-    # The client got a ServerError after a round trip, and the worker was accepted, then
-    # served nothing (the server answered its CAN_DO with ERROR INVALID_COMMAND).
+    # farm.Client, AsyncClient and Worker.register raised ValueError for all but the tab,
+    # farm's server's rule, though gearmand (how farm grows past one machine) serves them.
+    functions = dict.fromkeys(GEARMAND_SERVES, reverse)
+    with serving(gearmand.addr, functions), farm.Client(gearmand.addr) as client:
+        for name in GEARMAND_SERVES:
+            assert client.call(name, b"abc", timeout=30) == b"cba", name
+
+        async def aio() -> None:
+            async with farm.AsyncClient(gearmand.addr) as aclient:
+                for name in GEARMAND_SERVES:
+                    assert await aclient.call(name, b"abc", timeout=30) == b"cba", name
+
+        asyncio.run(aio())
+
+
+@pytest.mark.parametrize(("name", "code", "why"), FARM_REFUSES)
+def test_farms_server_refuses_them_with_a_server_error_naming_reason_and_function(
+    farm_server: Any, name: str, code: str, why: str
+) -> None:
+    said = f"{code}: {why} (function {name!r})"
     with farm.Client(farm_server.addr) as client:
-        with pytest.raises(ValueError, match=f"function name .* {why}"):
+        with pytest.raises(farm.ServerError) as raised:
             client.call(name, b"x", timeout=30)
-        with pytest.raises(ValueError, match=why):
+        assert str(raised.value) == said
+        assert (raised.value.code, raised.value.text, raised.value.function) == (code, why, name)
+        with pytest.raises(farm.ServerError) as raised:
             client.submit(name, b"x", background=True)
+        assert str(raised.value) == said
 
     async def aio() -> None:
         async with farm.AsyncClient(farm_server.addr) as client:
-            with pytest.raises(ValueError, match=why):
+            with pytest.raises(farm.ServerError) as raised:
                 await client.call(name, b"x", timeout=30)
-            with pytest.raises(ValueError, match=why):
-                await client.submit(name, b"x", background=True)
+            assert str(raised.value) == said
 
     asyncio.run(aio())
-    worker = farm.Worker(farm_server.addr)
-    with pytest.raises(ValueError, match=why):
-        worker.register(name, reverse)
-    if name:  # the Executor's names are farm.NAME
-        with pytest.raises(ValueError, match=why):
-            farm.Executor(servers=[farm_server.addr], function=f"farm.{name}")
 
 
-def test_perls_tab_prefixed_names_still_work_against_gearmand(gearmand: Any) -> None:
-    # Gearman::Client and Gearman::Worker join a prefix to each name with a tab by
-    # default, and gearmand serves them: farm's libraries still call and serve such names.
-    with serving(gearmand.addr, {"app\treverse": reverse}), farm.Client(gearmand.addr) as client:
-        assert client.call("app\treverse", b"abc", timeout=30) == b"cba"
+def test_a_worker_whose_can_do_farms_server_refuses_logs_which_function(
+    farm_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It logged "job server ADDR: INVALID_COMMAND function name holds a control character":
+    # no word of which function, nor that the worker would get no jobs of it.
+    name = "nel\x85line"
+    said = (
+        f"job server {farm_server.addr} refused function {name!r} (INVALID_COMMAND: function"
+        " name holds a control character): no jobs of it come to this worker from there"
+    )
+    with (
+        caplog.at_level(logging.WARNING, logger="farm.worker"),
+        serving(farm_server.addr, {name: reverse, "fine": reverse}),
+    ):
+        wait_for(
+            "the worker's refusal logged",
+            lambda: any(r.getMessage() == said for r in caplog.records),
+        )
+        with farm.Client(farm_server.addr) as client:  # its other functions serve on
+            assert client.call("fine", b"abc", timeout=30) == b"cba"
+
+
+@pytest.mark.parametrize("name", ["", "nul\0inside"])
+def test_what_no_server_takes_is_a_value_error_before_sending(name: str) -> None:
+    # Empty, or a NUL (the packet's separator): no server can take them, so nothing is sent
+    # (the servers named here are never dialled).
+    with (
+        farm.Client("127.0.0.1:1") as client,
+        pytest.raises(ValueError, match="must be non-empty and contain no NUL"),
+    ):
+        client.call(name, b"x", timeout=30)
+    with pytest.raises(ValueError, match="must be non-empty"):
+        farm.Worker("127.0.0.1:1").register(name, reverse)
