@@ -25,11 +25,12 @@ from farm.errors import ConfigError, FarmError
 if TYPE_CHECKING:
     import ssl
 
-#: The most `farm jobs` reads of the `jobs` listing (admin_query's max_reply). A job's line
-#: (its function's name, a handle of at most 63 bytes, about 30 more) is under 0.6 of what
-#: the job holds against --max-queued-bytes (its name, unique and payload, and 512 bytes):
-#: under 640 MB at the default 1 GiB, past admin_query's own 256 MiB, which `status` and
-#: `workers` stay well under.
+#: The most `farm jobs` reads of the `jobs` listing by default (--max-reply; admin_query's
+#: max_reply). A job's line (its function's name, a handle of at most 63 bytes, about 30
+#: more) is under 0.6 of what the job holds against --max-queued-bytes (its name, unique and
+#: payload, and 512 bytes): under 640 MB at the default 1 GiB, past admin_query's own
+#: 256 MiB, which `status` and `workers` stay well under. A server with a larger
+#: --max-queued-bytes (past about 1.7 GiB, or 0: no limit) can list more: --max-reply.
 JOBS_MAX_REPLY = 1 << 30
 
 
@@ -188,7 +189,7 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Functions with their queued, running and worker counts (like gearadmin --status)."""
-    from farm.client.admin import admin_query
+    from farm.client.admin import ReplyTooLarge, admin_query, reply_size
     from farm.protocol import ProtocolError
     from farm.protocol.admin import parse_status
 
@@ -196,6 +197,12 @@ def status(
     tls = admin_tls()
     try:
         rows = parse_status(admin_query(address, "status", tls=tls))
+    except ReplyTooLarge as exc:
+        fail(
+            f"cannot read status from {address}: the job server's answer ran past"
+            f" {reply_size(exc.limit)}, the most `farm status` reads (more than a farm server"
+            " lists with its default limits); gave up and closed the connection"
+        )
     except (OSError, ValueError, ProtocolError) as exc:
         unreachable("status", address, exc, server, config)
     poison = poison_jobs(address, tls)
@@ -229,10 +236,18 @@ def jobs(
     config: Path | None = ConfigOption,
     function: str = typer.Option(None, "--function", "-f", help="only this function's jobs"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    max_reply: int = typer.Option(
+        JOBS_MAX_REPLY,
+        "--max-reply",
+        metavar="BYTES",
+        min=1,
+        help="the most bytes of the server's listing read (default 1 GiB, a listing at the"
+        " server's default --max-queued-bytes; one larger, or 0 (no limit), may list more)",
+    ),
 ) -> None:
     """The jobs running and queued, per function, oldest first: priority, how long each
     has waited for a worker or run on one."""
-    from farm.client.admin import admin_query
+    from farm.client.admin import ReplyTooLarge, admin_query, reply_size
     from farm.protocol import ProtocolError
     from farm.protocol.admin import parse_jobs
 
@@ -244,7 +259,7 @@ def jobs(
             "jobs",
             tls=admin_tls(),
             errors="surrogateescape",
-            max_reply=JOBS_MAX_REPLY,
+            max_reply=max_reply,
         )
         if reply.startswith("ERR"):
             fail(
@@ -252,6 +267,14 @@ def jobs(
                 " admin command; `farm status` works with both)"
             )
         rows = parse_jobs(reply)
+    except ReplyTooLarge as exc:
+        # --function filters what was read: the server lists every job all the same.
+        fail(
+            f"cannot read the jobs from {address}: the listing ran past"
+            f" {reply_size(exc.limit)}, the most `farm jobs` reads (--max-reply BYTES); a"
+            " server with a --max-queued-bytes over about 1.7 GiB, or 0 (no limit), lists"
+            f" more: raise it, e.g. --max-reply {exc.limit * 4}"
+        )
     except (OSError, ValueError, ProtocolError) as exc:
         unreachable("the jobs", address, exc, server, config)
     if function is not None:

@@ -17,7 +17,14 @@ from farm.net import connect, recv
 from farm.protocol import ProtocolError
 from farm.protocol.admin import StatusRow, parse_status, reply_complete, workers_serving
 
-__all__ = ["admin_query", "server_metrics", "function_workers", "MAX_REPLY"]
+__all__ = [
+    "admin_query",
+    "server_metrics",
+    "function_workers",
+    "MAX_REPLY",
+    "ReplyTooLarge",
+    "reply_size",
+]
 
 #: Bytes of one admin reply read before it is given up (``max_reply``). A peer on the port
 #: that streams without ever ending a reply (any local user may listen on a TCP port of
@@ -28,6 +35,19 @@ __all__ = ["admin_query", "server_metrics", "function_workers", "MAX_REPLY"]
 #: leaves room for the farm's own workers on the Unix socket beside them. `jobs` grows with
 #: --max-queued-bytes instead (`farm jobs` asks with a cap of its own).
 MAX_REPLY = 256 << 20
+
+
+class ReplyTooLarge(ConnectionError):
+    """An admin reply ran past ``max_reply`` bytes; the connection was closed. ``what`` is
+    the command's first word, ``limit`` the cap: the CLI words it in its own flags."""
+
+    def __init__(self, what: str, limit: int) -> None:
+        super().__init__(
+            f"the job server's answer to {what!r} ran past {reply_size(limit)}, the most"
+            " read of one reply (max_reply); gave up and closed the connection"
+        )
+        self.what = what
+        self.limit = limit
 
 
 def admin_query(
@@ -46,8 +66,8 @@ def admin_query(
     the server closes the connection before its reply is whole, which an empty listing
     would otherwise pass for (a TLS listener spoken to in plain text closes it unanswered);
     TimeoutError when the reply is not whole ``timeout`` seconds after the connect;
-    ConnectionError, the connection closed, when it runs past ``max_reply`` bytes
-    (``MAX_REPLY``, 256 MiB, by default), whole or not.
+    ReplyTooLarge (a ConnectionError), the connection closed, when it runs past
+    ``max_reply`` bytes (``MAX_REPLY``, 256 MiB, by default), whole or not.
     """
     if max_reply < 1:
         raise ValueError(f"max_reply must be at least 1 byte, not {max_reply}")
@@ -88,14 +108,12 @@ def _reply(
             )
         buf += data
         if len(buf) > max_reply:  # checked as it grows: the reader holds one read past it
-            raise ConnectionError(
-                f"the job server's answer to {what!r} ran past {_size(max_reply)}, the most"
-                " read of one reply (max_reply); gave up and closed the connection"
-            )
+            raise ReplyTooLarge(what, max_reply)
     return buf
 
 
-def _size(n: int) -> str:
+def reply_size(n: int) -> str:
+    """A reply cap as the errors say it: whole MiB as such, else bytes."""
     return f"{n >> 20} MiB" if n and n % (1 << 20) == 0 else f"{n} bytes"
 
 

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import pytest
 
 import farm.client.admin
+from farm import Client
 from farm.client.admin import MAX_REPLY, admin_query, function_workers
 from tests.helpers.clirun import cli, one_line_error
 from tests.helpers.servers import Server
@@ -147,7 +148,8 @@ def test_farm_status_says_so_in_one_line_at_the_default_cap() -> None:
     assert out.returncode == 1, (out.stdout, out.stderr)
     line = one_line_error(out.stderr)
     assert f"cannot read status from {addr}" in line, line
-    assert "ran past 256 MiB" in line and "max_reply" in line, line
+    assert "ran past 256 MiB, the most `farm status` reads" in line, line
+    assert "max_reply" not in line, line  # a Python keyword: no flag of the command's
 
 
 @pytest.mark.timeout(60)
@@ -160,3 +162,24 @@ def test_the_executor_s_status_ask_is_capped_too(monkeypatch: pytest.MonkeyPatch
         assert function_workers([addr], "reverse", timeout=20) is None
         assert flood.closed.wait(10), "the connection was left open"
     assert MAX_REPLY < read[0] <= MAX_REPLY + ONE_READ, read[0]
+
+
+def test_farm_jobs_past_its_cap_names_the_flag_that_raises_it(farm_server: Server) -> None:
+    # A server with --max-queued-bytes 0 (no limit) or past ~1.7 GiB lists more than 1 GiB:
+    # `farm jobs` failed with "... the most read of one reply (max_reply)", a Python keyword
+    # no CLI user can set, and no way out. A small --max-reply stands in for the large list.
+    addr = farm_server.addr
+    with Client(addr) as client:
+        for n in range(3):
+            client.submit("reverse", f"job{n}".encode(), background=True)
+    listing = admin_query(addr, "jobs")
+    cap = len(listing.encode()) - 1
+    out = cli("jobs", "--server", addr, "--max-reply", str(cap))
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    line = one_line_error(out.stderr)
+    assert f"cannot read the jobs from {addr}: the listing ran past {cap} bytes," in line, line
+    assert "--max-reply BYTES" in line and f"--max-reply {cap * 4}" in line, line
+    assert "max_reply" not in line, line
+    out = cli("jobs", "--server", addr, "--max-reply", str(cap + 1))
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.splitlines()) == 4, out.stdout  # the header and the three jobs
