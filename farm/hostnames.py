@@ -13,19 +13,28 @@ import re
 import unicodedata
 from typing import Final
 
-__all__ = ["MAX_LABEL", "MAX_NAME", "host_problem"]
+__all__ = ["MAX_LABEL", "host_problem"]
 
-#: DNS's limits (RFC 1035 2.3.4): a label of 1 to 63 bytes, a name of 255 bytes on the
-#: wire, which is 253 characters written out (the dots, no trailing one).
+#: DNS's limit on a label (RFC 1035 2.3.4), which the ``idna`` codec enforces on every name
+#: a connect sends: a label of 1 to 63 characters. A whole name's 253 is not checked: the
+#: codec lets a longer one through, and glibc resolves it from /etc/hosts (only a DNS
+#: query of it fails, as any name it does not find: the resolver's error, at the connect).
 MAX_LABEL: Final = 63
-MAX_NAME: Final = 253
 # The dots IDNA splits a name at (encodings.idna): the ideographic and full-width ones too.
 _DOTS: Final = re.compile("[.\u3002\uff0e\uff61]")
 
 
 def host_problem(host: str) -> str | None:
     """Why ``host`` (no port, no brackets; "" for every interface) can name no address,
-    as the end of an AddressError's reason; None when a connect may try it."""
+    as the end of an AddressError's reason; None when a connect may try it.
+
+    Refused: a control or space character, a bracket or a slash, which no host name holds
+    (a URL, a typo); an empty label (a dot at the start, two together; one trailing dot is
+    a fully qualified name), a label over ``MAX_LABEL`` characters once encoded, or one
+    IDNA cannot encode: the ``idna`` codec, which a connect's host goes through before
+    getaddrinfo, refuses those, so no connect could send them. Not refused: a name's total
+    length. The codec does not check it, and glibc resolves a name past DNS's 253
+    characters from /etc/hosts."""
     if not host:
         return None
     # Control characters (a NUL), and what IDNA refuses (U+202E, a surrogate from argv's
@@ -38,7 +47,6 @@ def host_problem(host: str) -> str | None:
     if "" in labels:
         why = "an empty label (a dot at its start, or two dots together)"
         return f"{host!r} is not a host name or address: {why}"
-    spelled = []  # each label as DNS carries it
     for label in labels:
         if label.isascii():  # IDNA passes ASCII as it is, "_" included (SRV-style names)
             ascii_label = label
@@ -50,9 +58,4 @@ def host_problem(host: str) -> str | None:
         if len(ascii_label) > MAX_LABEL:
             why = f"a label of {len(ascii_label)} characters, over DNS's {MAX_LABEL}"
             return f"{host!r} is not a host name or address: {why}"
-        spelled.append(ascii_label)
-    if (length := len(".".join(spelled))) > MAX_NAME:
-        how = "" if host.isascii() else " as IDNA spells it"
-        why = f"{length} characters{how}, over DNS's {MAX_NAME}"
-        return f"{host!r} is not a host name or address: {why}"
     return None
