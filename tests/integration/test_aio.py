@@ -29,16 +29,6 @@ async def test_call(served: Server) -> None:
 
 
 @run_async
-async def test_connect_timeout_none_waits_as_the_kernels_connect(served: Server) -> None:
-    # As farm.Client takes it: each connect bounded by the kernel's alone (asyncio.wait_for
-    # with None), and by a call's own timeout.
-    async with AsyncClient(served.addr, connect_timeout=None) as client:
-        assert client.connect_timeout is None
-        assert await client.call("reverse", "hello", timeout=30) == b"olleh"
-        assert await client.echo(b"ping") == b"ping"
-
-
-@run_async
 async def test_callbacks_see_status_data_warning(served: Server) -> None:
     seen: list[object] = []
     async with AsyncClient(served.addr) as client:
