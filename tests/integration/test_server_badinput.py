@@ -48,6 +48,9 @@ def test_bad_magic_closes(keeper_any, peer_factory, data):
     p = peer_factory(srv.addr)
     p.send_raw(data)
     assert p.closed_within(5)
+    # PROTOCOL.md: bad magic closes, as gearmand does, without a word (farm sent an ERROR
+    # first, its text a Python repr of the magic).
+    assert p.pending == [], "no answer before the close"
     assert_healthy(srv, h)
 
 
