@@ -36,6 +36,7 @@ __all__ = [
     "PacketSpec",
     "PACKETS",
     "SERVER_SENT_ONLY",
+    "HELD_GRAB_ONLY",
     "Packet",
     "AdminLine",
     "ProtocolError",
@@ -137,6 +138,9 @@ class PacketType(enum.IntEnum):
 PT = PacketType
 #: farm's own packets that only a server sends: a server's decoder does not know them.
 SERVER_SENT_ONLY = frozenset({int(PT.JOB_REVOKE)})
+#: farm's own packets that a server takes only from a peer that negotiated held grab
+#: (docs/held-grab.md): until then, a server's decoder does not know them either.
+HELD_GRAB_ONLY = frozenset({int(PT.JOB_ACCEPT)})
 
 
 class PacketSpec(NamedTuple):

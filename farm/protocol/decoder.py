@@ -13,6 +13,7 @@ from farm.protocol.codec import (
     DEFAULT_MAX_PACKET,
     HEADER,
     HEADER_SIZE,
+    HELD_GRAB_ONLY,
     MAX_ADMIN_LINE,
     PACKETS,
     REQ,
@@ -31,6 +32,11 @@ _NARGS = {t: s.nargs for t, s in PACKETS.items()}
 #: to gearmand, which closes the connection; known ones sent the wrong way (JOB_ASSIGN) are
 #: answered INVALID_COMMAND, by both.
 _SERVER_NARGS = {t: n for t, n in _NARGS.items() if t not in SERVER_SENT_ONLY}
+#: What a server reads from a peer that has not negotiated held grab: not JOB_ACCEPT either
+#: (docs/held-grab.md). Unknown here, before its size is looked at, it closes the connection
+#: whatever size it claims, as any unknown number does, not ARGUMENT_TOO_LARGE and 2 GiB
+#: read past; and with \0RES magic too, not INVALID_MAGIC.
+_UNNEGOTIATED_NARGS = {t: n for t, n in _SERVER_NARGS.items() if t not in HELD_GRAB_ONLY}
 _ARGS = {t: s.args for t, s in PACKETS.items()}
 _NO_ARGS: tuple[bytes, ...] = ()
 #: How many NULs split a body: all but the last argument's when it is data (which may hold
@@ -115,7 +121,8 @@ class Decoder:
     stream stays whole, and the other jobs on it go on. ``read_past_too_large`` (the
     server's) does so for every packet: a client that sent one too large gets its ERROR
     and keeps its connection, as its next request would otherwise meet the close. The
-    server's (``server_side``) does not know the packets only a server sends.
+    server's (``server_side``) does not know the packets only a server sends, nor, until
+    ``held_grab_negotiated``, the ones only a held-grab worker sends.
     """
 
     __slots__ = (
@@ -146,7 +153,14 @@ class Decoder:
         self.allow_admin = allow_admin
         self.skip_too_large = skip_too_large
         self.read_past_too_large = read_past_too_large
-        self._nargs = _SERVER_NARGS if server_side else _NARGS
+        self._nargs = _UNNEGOTIATED_NARGS if server_side else _NARGS
+
+    def held_grab_negotiated(self) -> None:
+        """The peer negotiated held grab: a server's decoder now knows JOB_ACCEPT. Called
+        as the OPTION_REQ is acted on; a JOB_ACCEPT decoded in the same read before then
+        stays unknown, and none can be owed yet: it answers a push, which comes later."""
+        if self._nargs is _UNNEGOTIATED_NARGS:
+            self._nargs = _SERVER_NARGS
 
     @property
     def buffered(self) -> int:

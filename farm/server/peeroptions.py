@@ -30,6 +30,7 @@ class PeerOptions:
 
     # The connection's, read and written here (declared for the type checker).
     hub: Hub
+    decoder: p.Decoder
     send: Callable[[bytes], None]
     fd: int
     ip: str
@@ -49,6 +50,7 @@ class PeerOptions:
             self.send(encode_res(T.OPTION_RES, name))
         elif name == p.OPTION_HELD_GRAB:
             self.may_hold_grab = True
+            self.decoder.held_grab_negotiated()  # JOB_ACCEPT is no longer unknown
             self.send(encode_res(T.OPTION_RES, name))
         elif name == p.OPTION_READ_ACCEPT and self.ip == "unix":  # outq is told on Unix only
             self.read_accept = True

@@ -96,7 +96,6 @@ class WorkerSide:
     send: Callable[[bytes], None]
     refuse: Callable[..., None]
     function_ok: Callable[..., bool]
-    protocol_error: Callable[[p.ProtocolError], None]
     wait_for_readers: Callable[[Job], None]
     catch_up: Callable[[], None]
 
@@ -182,9 +181,8 @@ class WorkerSide:
             self.send(encode_res(T.JOB_REVOKE, job.handle))
 
     def accept(self, args: tuple[bytes, ...]) -> None:
-        if not self.may_hold_grab:  # as for any packet type this server does not know
-            self.protocol_error(p.ProtocolError(f"unknown packet type {int(T.JOB_ACCEPT)}"))
-            return
+        # From a peer that did not negotiate held grab, JOB_ACCEPT is an unknown type to
+        # its decoder (Decoder.held_grab_negotiated): it closed the connection before here.
         if self.pushed is not None and self.pushed.handle == args[0]:
             self.accepted()
 

@@ -81,6 +81,34 @@ def test_farms_own_numbers_sent_by_a_peer_close_as_unknown(keeper_any, peer_fact
     assert_healthy(srv, h)
 
 
+@pytest.mark.parametrize(
+    "data",
+    [header(T.JOB_ACCEPT, 2**31), header(T.JOB_ACCEPT, 2**32 - 1), header(T.JOB_REVOKE, 2**31)],
+    ids=["accept-2GiB", "accept-4GiB", "revoke-2GiB"],
+)
+def test_farms_own_numbers_over_the_size_limit_close_as_unknown(keeper_any, peer_factory, data):
+    # docs/held-grab.md: JOB_ACCEPT from a peer that did not ask for held grab is an unknown
+    # type, closed on whatever its size. Its size was checked first: a body over
+    # --max-packet got ARGUMENT_TOO_LARGE, the connection was kept, and farm read on past
+    # the 2 GiB it claimed; gearmand closes on it as on any number it does not know.
+    srv, h = keeper_any
+    p = peer_factory(srv.addr)
+    p.send_raw(data)
+    assert p.closed_within(5)
+    assert p.pending == [], "no answer before the close"
+    assert_healthy(srv, h)
+
+
+def test_job_accept_with_res_magic_closes_as_unknown(keeper_any, peer_factory):
+    # As unknown as with \0REQ: gearmand closes; farm answered INVALID_MAGIC and read on.
+    srv, h = keeper_any
+    p = peer_factory(srv.addr)
+    p.send_raw(packet(T.JOB_ACCEPT, b"H:x:1", magic=b"\0RES"))
+    assert p.closed_within(5)
+    assert p.pending == [], "no answer before the close"
+    assert_healthy(srv, h)
+
+
 @pytest.mark.parametrize("ptype", [5, 2**31, 2**32 - 1])
 def test_unknown_type_closes_farm(keeper_farm, peer_factory, ptype):
     # farm: type 5 is unknown too (gearmand answers INVALID_COMMAND), and huge

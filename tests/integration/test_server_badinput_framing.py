@@ -76,6 +76,19 @@ def test_a_body_over_the_limit_is_refused_and_the_connection_goes_on(small_farm,
     assert_healthy(srv, h)
 
 
+def test_a_held_grab_workers_job_accept_over_the_limit_is_read_past(small_farm, peer_factory):
+    # JOB_ACCEPT is a packet like the others once held grab is negotiated (an unknown type
+    # before: test_farms_own_numbers_over_the_size_limit_close_as_unknown).
+    srv, h = small_farm
+    p = peer_factory(srv.addr)
+    p.send(T.OPTION_REQ, "held-grab")
+    assert p.expect(T.OPTION_RES).args == (b"held-grab",)
+    p.send_raw(packet(T.JOB_ACCEPT, b"H:x:1\0" + b"x" * 1025) + packet(T.ECHO_REQ, b"after"))
+    assert p.expect(T.ERROR, timeout=5).args[0] == b"ARGUMENT_TOO_LARGE"
+    assert p.expect(T.ECHO_RES).args == (b"after",)
+    assert_healthy(srv, h)
+
+
 def test_body_at_the_limit_is_accepted(small_farm, peer_factory):
     srv, h = small_farm
     p = peer_factory(srv.addr)
