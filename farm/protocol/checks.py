@@ -113,9 +113,9 @@ def as_epoch(when: object) -> int:
         raise TypeError(f"when must be a datetime or epoch seconds, not {type(when).__name__}")
     if not math.isfinite(seconds):
         raise ValueError(f"when must be a finite number of epoch seconds, not {when!r}")
-    # farm's server refuses an epoch out of its range and closes the connection, which
-    # fails every other job in flight on it: said here. (Milliseconds, time.time() * 1000,
-    # are past it; gearmand took them, for a job due some 55,000 years on.)
+    # farm's server refuses an epoch out of its range with an ERROR: said here, before the
+    # job is sent. (Milliseconds, time.time() * 1000, are past it; gearmand took them, for
+    # a job due some 55,000 years on.)
     if seconds < 0:
         raise ValueError(
             f"when is out of range: {when!r} is before 1970; when= takes epoch seconds"

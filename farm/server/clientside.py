@@ -260,7 +260,9 @@ class ClientSide:
             self.send(error("INVALID_COMMAND", "epoch is not a number"))
             return
         if not 0 <= seconds <= p.MAX_EPOCH:
-            self.refuse("epoch is out of range")
+            # ERROR, as for no number: a close failed the client's other jobs on this
+            # connection for one bad submit (gearmand takes it: -5 runs at once).
+            self.send(error("INVALID_COMMAND", "epoch is out of range"))
             return
         if self.tcp and function.startswith(RESERVED):
             # The Executor never schedules a call, and a signed call expires in hours: over
