@@ -292,7 +292,9 @@ class WorkerSide:
         if not self.may_serve(function):
             return
         if value > p.MAX_TIMEOUT * 1000:  # checked before any float: 10**400 has none
-            self.refuse(f"CAN_DO_TIMEOUT is more than {p.MAX_TIMEOUT} s")
+            # ERROR, as for no number, and no registration: a close took the worker's
+            # running job from it for one bad registration.
+            self.send(error("INVALID_COMMAND", f"CAN_DO_TIMEOUT is more than {p.MAX_TIMEOUT} s"))
             return
         # The protocol says seconds; gearmand 1.1.20 reads every value as ms (probed:
         # docs/server.md), libgearman passing the caller's number on. farm reads values from
