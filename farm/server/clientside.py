@@ -58,7 +58,6 @@ class ClientSide:
     hub: Hub
     jobs: JobServer
     send: Callable[[bytes], None]
-    refuse: Callable[..., None]
     function_ok: Callable[..., bool]
     out: bytearray
     dirty: bool
