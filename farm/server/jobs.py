@@ -253,8 +253,6 @@ class JobServer(Dispatch, JobControl):
         )
         job.key = key
         job.local = local
-        if not local:
-            fq.tcp_jobs += 1
         staged = False
         if store_id:
             job.store_id = store_id
@@ -268,6 +266,8 @@ class JobServer(Dispatch, JobControl):
             job.tcp = True
             q.tcp_held += size
         self.jobs[handle] = job
+        if not local:  # counted once registered: _forget, on every way out, uncounts it
+            fq.tcp_jobs += 1
         if key:
             self.uniques[(function, key, local)] = job
         if unique and unique != b"-":  # `-` names no one job

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from farm.server.jobs import JOB_OVERHEAD, JobServer, Outcome, QueueFull
 from farm.server.store import SQLiteStore
+from farm.server.storefile import StoreError
 from tests.helpers.fakes import FakeClock, FakePeer
 
 
@@ -321,3 +323,21 @@ def test_a_functions_tcp_jobs_are_counted_until_each_ends_however_it_ends() -> N
     cancelled = next(j for j in jobs.jobs.values() if not j.local)
     assert jobs.cancel(cancelled.handle) and fq.tcp_jobs == 5
     jobs.submit(None, b"f", b"again", b"x", background=True, tcp=True)
+
+
+def test_a_tcp_submit_the_failing_store_refuses_is_not_counted(tmp_path: Path) -> None:
+    # The count was raised before the store staged the job: a refused background submit
+    # (StoreError: a full disk, a failed commit within its retry window) never reached
+    # _forget, and each left TCP's share one lower until the server restarted; foreground
+    # submits, which never touch the store, were refused with them.
+    store = SQLiteStore(tmp_path / "q.db")
+    jobs = JobServer(store=store, hostname="t", max_queue=8)
+    jobs.unix_share = True
+    store.broken, store._retry_at = "disk full", time.monotonic() + 3600  # as a failed commit
+    for i in range(6):
+        with pytest.raises(StoreError):
+            jobs.submit(None, b"f", b"%d" % i, b"x", background=True, tcp=True)
+    fq = jobs.functions[b"f"]
+    assert fq.tcp_jobs == 0 and not jobs.jobs
+    jobs.submit(FakePeer(), b"f", b"", b"x", tcp=True)  # the store's outage is not TCP's
+    assert fq.tcp_jobs == 1
