@@ -288,8 +288,9 @@ class Worker(WorkerFunctions, WorkerLinks):
                 fail_and_part(sock, exc.handle)
             self._lost(server, f"broke the protocol: {exc}")
             return
-        server.backoff = BACKOFF_FIRST  # it talks sense: a later loss retries at once
-        server.silent = False
+        server.backoff, server.silent = BACKOFF_FIRST, False  # it talks sense: retry at once
+        if server.down_since is not None:  # and only now is its outage over
+            self._back(server)
         if self._grabbing is server and server.session.state is not _GRABBING:
             self._grabbing = self._grab_deadline = None
         self._flush(server)  # a JOB_ACCEPT leaves before its job runs

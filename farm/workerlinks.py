@@ -49,11 +49,13 @@ class ServerLink:
     sock: socket.socket | None = None
     retry_at: float = 0.0
     backoff: float = BACKOFF_FIRST
-    warned: bool = False
     dial: Dial | None = None  # a connect in its own thread (a worker of several servers)
     silent: bool = False  # dropped for leaving a grab unanswered; not heard from since
-    down_since: float | None = None  # the outage's start (monotonic), while not connected
-    noted: bool = False  # its outage said at INFO, within the worker's outage_grace
+    # An outage's start (monotonic), until the server talks sense again (a connect is not
+    # enough), and whether it was said: at INFO (within the worker's outage_grace), a warning.
+    down_since: float | None = None
+    noted: bool = False
+    warned: bool = False
     # The answered job's Job.unsent while its answer waits to be written: run if the
     # connection is lost first (Worker._run sets it, _flush_locked clears it).
     unsent: Callable[[], None] | None = None
@@ -134,13 +136,19 @@ class WorkerLinks:
                 self._unreachable(server, outcome)
                 continue
             sock = outcome
-            if server.warned or server.noted:
-                log.info("job server %s is back", server.addr)
-            server.sock, server.warned = sock, False  # backoff resets once it talks sense
-            server.down_since, server.noted = None, False
+            server.sock = sock  # its outage (and backoff) ends once it talks sense: _back
             selector.register(sock, selectors.EVENT_READ, server)  # before anything may raise
             keep_alive(sock)
             server.session.connected(asleep=server.silent)
+
+    def _back(self, server: ServerLink) -> None:
+        """A server lost or unreachable talks sense again (bytes read that parse): only now
+        is its outage over. A connect is not enough: a server at its --max-connections
+        takes each one and closes it, and a worker that called each connect the outage's
+        end, within its outage_grace, never warned."""
+        if server.warned or server.noted:
+            log.info("job server %s is back", server.addr)
+        server.down_since, server.noted, server.warned = None, False, False
 
     def _unreachable(self, server: ServerLink, why: OSError) -> None:
         """A connect failed: said once an outage, at INFO within ``outage_grace`` (a server
@@ -207,12 +215,21 @@ class WorkerLinks:
     def _lost(self, server: ServerLink, why: str, *, locked: bool = False) -> None:
         """The connection is gone; ``locked``: the send lock is held, so the answered
         job's unsent waits in ``_unsent_due`` for the lock's release."""
-        # Within the grace, its end is news (INFO); it warns if no reconnect comes in time.
-        # Not a hung server (silent): its kernel takes each reconnect, and only this says it.
-        level = logging.INFO if self.outage_grace > 0 and not server.silent else logging.WARNING
-        log.log(level, "job server %s %s; reconnecting", server.addr, why)
+        # Within the grace, its end is news (INFO); it warns if the server is not back in
+        # time, here too if it takes each reconnect and closes it (once an outage, as
+        # _unreachable). Not a hung server (silent): its kernel takes each reconnect, and
+        # only this says it. No grace: a warning each time, as ever.
+        now = time.monotonic()
         if server.down_since is None:
-            server.down_since = time.monotonic()
+            server.down_since = now
+        down = now - server.down_since
+        if server.silent or self.outage_grace <= 0:
+            log.warning("job server %s %s; reconnecting", server.addr, why)
+        elif down < self.outage_grace or server.warned:
+            log.info("job server %s %s; reconnecting", server.addr, why)
+        else:
+            log.warning("job server %s %s; reconnecting (out for %.0fs)", server.addr, why, down)
+            server.warned = True
         self._close(server)
         server.session.connection_lost()
         unsent, server.unsent = server.unsent, None
@@ -220,7 +237,7 @@ class WorkerLinks:
             self._unsent_due.append(unsent)
         if self._grabbing is server:
             self._grabbing = self._grab_deadline = None
-        server.retry_at = time.monotonic() + server.backoff
+        server.retry_at = now + server.backoff
         server.backoff = min(server.backoff * 2, BACKOFF_CAP)
         if not locked:  # last: the hook may call the worker, which finds this link's end
             self._run_unsent_due()
