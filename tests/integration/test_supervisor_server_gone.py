@@ -112,7 +112,7 @@ def test_a_job_server_restart_is_one_warning_not_two_a_worker(tmp_path: Path) ->
         lost = r"farm-worker rev#\d\[\d+\] [A-Z]+ job server \S+ .*; reconnecting$"
         wait_for(
             "both workers to say the server went",
-            lambda: len(re.findall(lost, up.read_log(), re.M)) == 2,
+            lambda: len(re.findall(lost, up.read_log(), re.M)) >= 2,  # 2: asserted below
             timeout=30,  # failed twice in six at 10 s beside four other suites (a slow read?)
         )
 
