@@ -121,6 +121,9 @@ class WorkerSession:
         # JOB_REVOKE read with it to take back exactly those bytes.
         self._accept_at: tuple[int, int] | None = None
         self._reset_due = False  # RESET_ABILITIES asked for mid-job: sent after its answer
+        # Our RESET_ABILITIES went while a grab was out: the NO_JOB that ends a held grab is
+        # its answer, after which nothing is left to sleep for (see receive's NO_JOB).
+        self._reset_answer = False
         self._cant_do_due: dict[str, None] = {}  # CANT_DOs asked for mid-job, in order: likewise
         # Names sent as CANT_DO on this connection, not registered again since (see withdrawn)
         self._withdrawn: set[str] = set()
@@ -142,7 +145,7 @@ class WorkerSession:
         self._out.clear()
         self.handle = self._handle = None
         self.held = self._pushed = self.read_accept = self.exception_ok = False
-        self._reset_due = False  # a fresh connection registers what abilities hold now
+        self._reset_due = self._reset_answer = False  # a fresh connection registers anew
         self._cant_do_due.clear()
         self._withdrawn.clear()
         self._asking = [OPTION_WORK_EXCEPTION]
@@ -210,6 +213,7 @@ class WorkerSession:
             self._reset_due = True
         elif self.state is not WorkerState.DISCONNECTED:
             self._out += encode_req(PT.RESET_ABILITIES)
+            self._reset_answer = self.state is _GRABBING
 
     def grab(self) -> None:
         if self.state is not _READY:
@@ -255,16 +259,21 @@ class WorkerSession:
                 handle, func, payload = args
                 events.append(self._assigned(handle, func, b"", payload))
             elif ptype == _NO_JOB:
-                if self.held:  # a held grab ends this way only after RESET_ABILITIES
+                if self.held and self._reset_answer:  # our RESET_ABILITIES ended the grab
                     self.state = _READY
                 else:
+                    # Else the standard dance, held or not: farm's server ends a held grab with
+                    # NO_JOB where no job can come (`drain`, every CAN_DO refused); READY, the
+                    # worker grabbed again at once, 20,000 times a second (docs/held-grab.md).
                     self._out += _PRE_SLEEP
+                self._reset_answer = False
             elif ptype == _NOOP:
                 self._pushed = self.held and nxt is _GRABBING
         return events
 
     def _assigned(self, handle: bytes, func: bytes, unique: bytes, data: bytes) -> JobAssigned:
         self._accept_at = None
+        self._reset_answer = False  # the grab's answer: a reset read after it ends none
         if self._pushed:  # answered a held grab: accept it at once, before it runs
             self._pushed = False
             if not self.read_accept:  # else having read it is the acceptance

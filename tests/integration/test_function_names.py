@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import pytest
 
 import farm
+from farm.protocol.worker import WorkerSession
 from tests.helpers.serving import reverse, serving
 from tests.helpers.waiting import wait_for
 
@@ -109,3 +111,29 @@ def test_what_no_server_takes_is_a_value_error_before_sending(name: str) -> None
         client.call(name, b"x", timeout=30)
     with pytest.raises(ValueError, match="must be non-empty"):
         farm.Worker("127.0.0.1:1").register(name, reverse)
+
+
+@pytest.mark.parametrize("name", ["nel\x85line", "farm.python"])
+def test_a_held_grab_worker_of_refused_functions_only_waits_rather_than_spins(
+    farm_server: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # Its one CAN_DO refused (a control character; a reserved farm.* name over TCP), the
+    # connection served nothing, and its held grab got NO_JOB at once: the worker grabbed
+    # again, about 20,000 times a second, half a core on the worker and on the server.
+    grabs = [0]
+    grab = WorkerSession.grab
+
+    def counted(session: WorkerSession) -> None:
+        grabs[0] += 1
+        grab(session)
+
+    monkeypatch.setattr(WorkerSession, "grab", counted)
+    with (
+        caplog.at_level(logging.WARNING, logger="farm.worker"),
+        serving(farm_server.addr, {name: reverse}),
+    ):
+        wait_for("the worker's refusal logged", lambda: bool(caplog.records))
+        wait_for("its first grab", lambda: grabs[0] >= 1)
+        before = grabs[0]
+        time.sleep(1)  # the span a spin shows in: nothing comes to end it
+        assert grabs[0] - before == 0, f"{grabs[0] - before} grabs in 1 s"

@@ -12,6 +12,7 @@ import pytest
 from farm import protocol as p
 from farm.protocol import PacketType as T
 from farm.protocol.client import ClientSession, JobCreated, JobEnded, Task
+from farm.protocol.events import ServerErrorNotice
 from farm.protocol.worker import JobAssigned, WorkerSession, WorkerState
 from farm.server.hub import Hub
 from farm.server.options import parse_args
@@ -85,6 +86,63 @@ def test_reset_abilities_ends_a_held_grab_with_no_job(hub: Hub) -> None:
     assert wire.pump() == [] and worker.state is WorkerState.READY
     assert worker.data_to_send() == b"", "no PRE_SLEEP after a held grab ends"
     assert not wire.conn.sleeping and not hub.jobs.functions[b"f"].sleepers
+
+
+def test_a_held_grab_with_no_function_sleeps_and_a_function_registered_later_gets_its_job(
+    hub: Hub,
+) -> None:
+    # Its one CAN_DO refused, the connection served nothing and its held grab got NO_JOB at
+    # once; the worker, taking every held NO_JOB for its own reset's answer, went back to
+    # READY and grabbed again at once, forever.
+    worker = WorkerSession({"a\x85b": None}, held_grab=True)
+    wire = Wire(hub, worker)
+    worker.connected()
+    worker.grab()
+    (refused,) = wire.pump()
+    assert isinstance(refused, ServerErrorNotice) and refused.code == "INVALID_COMMAND"
+    assert worker.held, "the server agreed (OPTION_RES held-grab)"
+    assert worker.state is WorkerState.SLEEPING, "no grab again"
+    assert sent(wire) == [T.PRE_SLEEP], "the standard dance: asleep until a NOOP"
+    assert wire.transport.take() == b""
+
+    client = Wire(hub, ClientSession("mem"))
+    task: Task[None] = Task("f", b"x")
+    client.session.submit(task)  # type: ignore[union-attr]
+    client.pump()
+    worker.add_ability("f", None)  # registered later: it looks at once, as if woken
+    worker.grab()
+    events = wire.pump()
+    assert [e.handle for e in events if isinstance(e, JobAssigned)] == [task.handle]
+
+
+def test_a_drained_held_grab_sleeps_rather_than_grabs_again(hub: Hub) -> None:
+    wire, worker = held_worker(hub, "f")
+    worker.grab()
+    wire.pump()
+    wire.conn.drain()  # farm's admin drain: the held grab ends with NO_JOB, as a plain one
+    hub.flush()
+    assert worker.receive(wire.transport.take()) == []
+    assert worker.state is WorkerState.SLEEPING, "a grab now got NO_JOB again, forever"
+    assert sent(wire) == [T.PRE_SLEEP]
+    assert wire.transport.take() == b"", "a drained PRE_SLEEP is never answered"
+
+
+def test_a_reset_sent_after_a_job_came_leaves_no_stale_reset_answer(hub: Hub) -> None:
+    # The grab was answered (a job) before the server read the reset: the reset ends no
+    # grab, and a later NO_JOB is no answer of it.
+    wire, worker = held_worker(hub, "f")
+    client = Wire(hub, ClientSession("mem"))
+    client.session.submit(Task("f", b"x"))  # type: ignore[union-attr]
+    client.pump()
+    worker.grab()
+    worker.reset_abilities()  # sent behind the grab, answered by the job
+    assert sent(wire) == [T.GRAB_JOB_UNIQ, T.RESET_ABILITIES]
+    (job,) = worker.receive(wire.transport.take())
+    assert isinstance(job, JobAssigned)
+    worker.taken_back()  # put back by the reset, as farm.Worker lets it go
+    worker.grab()
+    assert wire.pump() == [] and worker.state is WorkerState.SLEEPING
+    assert sent(wire) == [T.PRE_SLEEP]
 
 
 def test_a_pushed_job_not_accepted_in_time_goes_to_another_worker(hub: Hub) -> None:
