@@ -141,7 +141,7 @@ def check_schedule(when: object, priority: str, background: bool) -> tuple[int |
 
 def check_timeout(name: str, timeout: object) -> float | None:
     """A worker's CAN_DO_TIMEOUT for ``name``: seconds > 0, at most MAX_TIMEOUT, or None.
-    A server refuses a longer one (ERROR, and the function is not registered): said here,
+    A server refuses a longer one (ERROR, and no registration made): said here,
     not found out as a worker that is never sent the function's jobs."""
     if timeout is not None and (
         isinstance(timeout, bool)

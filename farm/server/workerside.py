@@ -292,8 +292,10 @@ class WorkerSide:
         if not self.may_serve(function):
             return
         if value > p.MAX_TIMEOUT * 1000:  # checked before any float: 10**400 has none
-            # ERROR, as for no number, and no registration: a close took the worker's
-            # running job from it for one bad registration.
+            # ERROR, as for no number, and no change: a close took the worker's running job
+            # from it for one bad registration. An earlier registration of the function
+            # stays as it was, timeout too: dropped (CANT_DO's way), it took back the job
+            # of it in hand (docs/server.md).
             self.send(error("INVALID_COMMAND", f"CAN_DO_TIMEOUT is more than {p.MAX_TIMEOUT} s"))
             return
         # The protocol says seconds; gearmand 1.1.20 reads every value as ms (probed:

@@ -56,6 +56,21 @@ def test_a_can_do_timeout_past_the_limit_gets_an_error_and_the_connection_goes_o
     w.expect(T.NO_JOB)  # f was not registered
 
 
+def test_a_refused_can_do_timeout_leaves_an_earlier_registration_as_it_was(
+    farm_server: Server, peer_factory: Callable[[str], Peer]
+) -> None:
+    # The docs said a refused one leaves the function unregistered: true only the first
+    # time. An ERROR changes nothing: f registered before serves on, with its 1 s timeout.
+    w, c = peer_factory(farm_server.addr), peer_factory(farm_server.addr)
+    w.send(T.CAN_DO_TIMEOUT, "f", "1")
+    w.send(T.CAN_DO_TIMEOUT, "f", "99999999999")
+    assert w.expect(T.ERROR).args[0] == b"INVALID_COMMAND"
+    h = submit(c, "f")
+    w.send(T.GRAB_JOB_UNIQ)
+    assert w.expect(T.JOB_ASSIGN_UNIQ).args[0] == h, "f is still registered"
+    assert c.expect(T.WORK_FAIL, timeout=5).args == (h,), "its 1 s timeout still runs"
+
+
 def test_a_can_do_timeout_of_5000_digits_gets_an_error_not_an_internal_error(
     farm_server: Server, peer_factory: Callable[[str], Peer]
 ) -> None:
