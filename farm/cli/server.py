@@ -241,8 +241,9 @@ def jobs(
         "--max-reply",
         metavar="BYTES",
         min=1,
-        help="the most bytes of the server's listing read (default 1 GiB, a listing at the"
-        " server's default --max-queued-bytes; one larger, or 0 (no limit), may list more)",
+        help="the most bytes of the server's listing read (default 1 GiB: a listing at the"
+        " server's default --max-queued-bytes; a server run with a larger --max-queued-bytes,"
+        " or --max-queued-bytes 0 (no limit), may list more)",
     ),
 ) -> None:
     """The jobs running and queued, per function, oldest first: priority, how long each

@@ -99,6 +99,16 @@ def test_server_help_keeps_gearmands_flags() -> None:
     assert "--hints" not in out.stdout  # farm up's own, hidden
 
 
+def test_jobs_help_says_which_limit_may_be_0() -> None:
+    # "one larger, or 0 (no limit), may list more" meant the server's --max-queued-bytes and
+    # read as if --max-reply 0 were no limit (it is refused: at least 1).
+    out = runner.invoke(app, ["jobs", "--help"], prog_name="farm")
+    assert out.exit_code == 0, out.output
+    said = "".join(out.stdout.split())  # wrapped anywhere, "--max-" at a line's end too
+    assert "aserverrunwithalarger--max-queued-bytes,or--max-queued-bytes0(nolimit)" in said
+    assert "or0(nolimit)" not in said
+
+
 def test_usage_mistakes_are_one_line_and_exit_2(tmp_path: Path) -> None:
     bad = cli("ps", "--watch", "--json", "--control", str(tmp_path / "c.sock"))
     assert bad.returncode == 2 and "--watch" in one_line_error(bad.stderr)
