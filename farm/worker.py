@@ -311,12 +311,12 @@ class Worker(WorkerFunctions, WorkerLinks):
                     continue
                 self._run(server, event, fn)
             elif type(event) is ServerErrorNotice:
-                if refused := self._refused_here(event.code, event.text):  # a CAN_DO's answer
+                if event.function is not None:  # a CAN_DO's answer: its name (the session's)
                     log.warning(
-                        "job server %s refused function %s (%s: %s): no jobs of it come to"
+                        "job server %s refused function %r (%s: %s): no jobs of it come to"
                         " this worker from there",
                         server.addr,
-                        " or ".join(map(repr, refused)),
+                        event.function,
                         event.code,
                         event.text,
                     )

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TypeVar, overload
 
 from farm.protocol.checks import Data, check_name, check_timeout
-from farm.protocol.codec import name_problem, text_bytes, wire_text
+from farm.protocol.codec import text_bytes, wire_text
 from farm.workerjob import Job
 from farm.workerlinks import ServerLink
 
@@ -63,20 +63,6 @@ class WorkerFunctions:
             for server in self._servers:
                 server.session.add_ability(name, timeout)
         self._wake()  # a loop asleep in select sends the CAN_DO now, not at its next event
-
-    def _refused_here(self, code: str, text: str) -> list[str]:
-        """The registered names whose CAN_DO farm's job server answers with this ERROR
-        (its rule, ``name_problem``: "function name holds a control character"), which
-        names no function: a worker told only that served nothing, with no word of which
-        of its functions. gearmand serves such names, so the worker sends them."""
-        with self._send_lock:
-            names = list(self._functions)
-        return [
-            name
-            for name in names
-            if (problem := name_problem(text_bytes(name))) is not None
-            and (problem[0], f"function name {problem[1]}") == (code, text)
-        ]
 
     @overload
     def function(self, name: F, timeout: float | None = None) -> F: ...

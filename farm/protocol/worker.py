@@ -10,6 +10,7 @@ The blocking ``farm.Worker`` moves bytes between its sockets and one
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass
 
 from farm.protocol.codec import (
@@ -21,6 +22,7 @@ from farm.protocol.codec import (
     PacketType,
     ProtocolError,
     encode_req,
+    name_problem,
     text_bytes,
 )
 from farm.protocol.decoder import Decoder
@@ -127,6 +129,10 @@ class WorkerSession:
         self._cant_do_due: dict[str, None] = {}  # CANT_DOs asked for mid-job, in order: likewise
         # Names sent as CANT_DO on this connection, not registered again since (see withdrawn)
         self._withdrawn: set[str] = set()
+        # CAN_DOs sent whose names farm's job server refuses (gearmand serves them), in order,
+        # each with the ERROR it gets there: the server answers in order, so each such ERROR
+        # names its function (bounded: against gearmand none comes to take them off).
+        self._refusable: deque[tuple[str, str, str]] = deque(maxlen=1024)
         self._decoder = Decoder(allow_admin=False)
         self._out = bytearray()
 
@@ -148,6 +154,7 @@ class WorkerSession:
         self._reset_due = self._reset_answer = False  # a fresh connection registers anew
         self._cant_do_due.clear()
         self._withdrawn.clear()
+        self._refusable.clear()
         self._asking = [OPTION_WORK_EXCEPTION]
         if self.want_held:
             self._asking += [OPTION_HELD_GRAB, OPTION_READ_ACCEPT, OPTION_REVOKE]
@@ -162,8 +169,9 @@ class WorkerSession:
             self._out += _PRE_SLEEP
             self.state = WorkerState.SLEEPING
 
-    @staticmethod
-    def _can_do(name: str, timeout: float | None) -> bytes:
+    def _can_do(self, name: str, timeout: float | None) -> bytes:
+        if (problem := name_problem(text_bytes(name))) is not None:
+            self._refusable.append((problem[0], f"function name {problem[1]}", name))
         if timeout:
             # Milliseconds, at least 1000: gearmand 1.1.20 reads every value as ms, farm those
             # from 1000 (below, seconds: docs/server.md). Seconds would turn a 3600 s timeout
@@ -243,7 +251,8 @@ class WorkerSession:
                 continue
             if ptype == _ERROR:
                 code, text = (a.decode("utf-8", "replace") for a in args)  # as a client reads it
-                events.append(ServerErrorNotice(code=code, text=text))
+                function = self._refused(code, text) if self._refusable else None
+                events.append(ServerErrorNotice(code=code, text=text, function=function))
                 continue
             nxt = _WORKER_TRANSITIONS.get((self.state, ptype))
             if nxt is None:
@@ -270,6 +279,14 @@ class WorkerSession:
             elif ptype == _NOOP:
                 self._pushed = self.held and nxt is _GRABBING
         return events
+
+    def _refused(self, code: str, text: str) -> str | None:
+        """The function whose CAN_DO this ERROR answers: the first sent of those it fits."""
+        for entry in self._refusable:
+            if entry[:2] == (code, text):
+                self._refusable.remove(entry)
+                return entry[2]
+        return None
 
     def _assigned(self, handle: bytes, func: bytes, unique: bytes, data: bytes) -> JobAssigned:
         self._accept_at = None

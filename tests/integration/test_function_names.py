@@ -137,3 +137,25 @@ def test_a_held_grab_worker_of_refused_functions_only_waits_rather_than_spins(
         before = grabs[0]
         time.sleep(1)  # the span a spin shows in: nothing comes to end it
         assert grabs[0] - before == 0, f"{grabs[0] - before} grabs in 1 s"
+
+
+def test_a_worker_of_two_refused_functions_names_each_refusal_once(
+    farm_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Both ERRORs read the same ("function name holds a control character"), and each line
+    # named both: "refused function 'a\tb' or 'c\x85d'", twice. The server answers in the
+    # order the CAN_DOs went: each ERROR is its CAN_DO's.
+    names = ["a\tb", "c\x85d"]
+    said = [
+        f"job server {farm_server.addr} refused function {name!r} (INVALID_COMMAND: function"
+        " name holds a control character): no jobs of it come to this worker from there"
+        for name in names
+    ]
+    with (
+        caplog.at_level(logging.WARNING, logger="farm.worker"),
+        serving(farm_server.addr, {**dict.fromkeys(names, reverse), "fine": reverse}),
+        farm.Client(farm_server.addr) as client,
+    ):
+        assert client.call("fine", b"abc", timeout=30) == b"cba"  # registered after both
+        refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+        assert refused == said
