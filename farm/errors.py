@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class FarmError(Exception):
     """Base of every error farm raises on purpose."""
@@ -36,6 +38,11 @@ class ServerError(FarmError):
         self.text = text
         #: The function of the job the server refused, when the ERROR answered a submit.
         self.function = function
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (an Executor's call, a process pool) or copied, an exception is made again
+        # from ``args``, its message alone, which this __init__ does not take (TypeError).
+        return type(self), (self.code, self.text, self.function), self.__dict__
 
 
 class JobError(FarmError):

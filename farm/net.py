@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from farm.hostnames import host_problem
 from farm.paths import MAX_SOCKET_PATH, socket_path_problem  # where the rule is written
@@ -67,6 +67,10 @@ class AddressError(ValueError):
         super().__init__(f"server address {address!r}: {reason}")
         self.address = address
         self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled or copied, made again from these, not from its message (farm.errors)
+        return type(self), (self.address, self.reason), self.__dict__
 
 
 class SocketPathTooLong(AddressError):

@@ -11,6 +11,7 @@ import socket
 import ssl
 import threading
 import time
+from typing import Any
 
 from farm.client.serverpick import STAGGER  # one rule for every face
 from farm.net import connect, recv
@@ -48,6 +49,10 @@ class ReplyTooLarge(ConnectionError):
         )
         self.what = what
         self.limit = limit
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled or copied, made again from these, not from its message (farm.errors)
+        return type(self), (self.what, self.limit), self.__dict__
 
 
 def admin_query(

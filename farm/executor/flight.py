@@ -90,6 +90,10 @@ class InitializerFailed(Exception):
         super().__init__(describe(error))
         self.error = error
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Made again from its message, it described that: "str: ValueError: ..." (farm.errors)
+        return type(self), (self.error,), self.__dict__
+
 
 class Call(NamedTuple):
     """A call as the caller's thread encoded it: the pickled function, its kind and body."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import logging
 import sys
+from typing import Any
 
 from farm.errors import FarmError
 from farm.logs import error_line
@@ -36,8 +37,12 @@ class ListenError(FarmError):
         self.errno = exc.errno
         self.where = where
         self.hint = hint  # what to change, where the usual hints (-p, -L) do not apply
-        reason = BIND_REASONS.get(exc.errno or 0) or exc.strerror or str(exc)
-        super().__init__(f"cannot listen on {where}: {reason}")
+        self.reason = BIND_REASONS.get(exc.errno or 0) or exc.strerror or str(exc)
+        super().__init__(f"cannot listen on {where}: {self.reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled or copied, made again from these, not from its message (farm.errors)
+        return type(self), (self.where, OSError(self.errno, self.reason), self.hint), self.__dict__
 
 
 def fatal(options: ServerOptions, message: str) -> None:
