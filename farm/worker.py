@@ -169,7 +169,9 @@ class Worker(WorkerFunctions, WorkerLinks):
                 return False
             fields = {"function": job.function, "job": job.handle}  # farm.logs' fields
             log.error("job %s failed: %s", job.handle, why, extra=fields)
-            self._flush_locked(server)
+            rest = self._flush_locked(server)
+        if rest is not None:  # bounded, and not under the lock the job's own thread may need
+            self._write_rest(server, rest)
         # No _run_unsent_due: a job in hand leaves no answer's hook to lose here, and one
         # the worker's thread lost is its to run (Job.unsent runs in the worker's thread).
         return True
@@ -377,14 +379,17 @@ class Worker(WorkerFunctions, WorkerLinks):
         with self._send_lock:  # abandon() may fail this job from another thread
             if not self._holds(server, job):
                 return False
+            rest = None
             if server.sock is not None and peer_gone(server.sock):
                 # Over TCP a write to a killed server succeeds: send_data would say True
                 # and a batch part's file leave job.unsent. One poll(), news being rare.
                 self._lost(server, "closed the connection while a job ran", locked=True)
             else:
                 queue(server.session)
-                self._flush_locked(server)
+                rest = self._flush_locked(server)
             left = server.sock is not None  # a failed write lost the connection
+        if rest is not None:  # large data: the rest bounded, the lock free meanwhile
+            left = self._write_rest(server, rest)
         self._run_unsent_due()
         return left
 

@@ -1,7 +1,8 @@
 """The blocking worker's links to its job servers: connecting (a worker of several servers
 connects in a thread per attempt, so that a server that does not answer holds no jobs of
-the others), writing, a grab left unanswered (``_mind_the_grab``), and what a lost server
-means, and parting from a server that assigned a job too large to take
+the others), writing (bounded: a server that takes none of what waits for ``connect_timeout``
+is dropped, ``_write_rest``), a grab left unanswered (``_mind_the_grab``), and what a lost
+server means, and parting from a server that assigned a job too large to take
 (``fail_and_part``). A mixin of ``farm.worker.Worker``, which owns the selector, the job in
 hand and the loop."""
 
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from farm.net import Dial, connect, keep_alive
+from farm.net import Dial, connect, keep_alive, send_now
 from farm.protocol import PacketType as T
 from farm.protocol import encode_req
 from farm.protocol.worker import WorkerSession
@@ -59,6 +60,11 @@ class ServerLink:
     # The answered job's Job.unsent while its answer waits to be written: run if the
     # connection is lost first (Worker._run sets it, _flush_locked clears it).
     unsent: Callable[[], None] | None = None
+    # Bytes taken from the session that the server has not taken yet (a large answer, a
+    # server slow to read or hung): only their front is ever written, under the send lock,
+    # so that writes from several threads never interleave within a packet.
+    pending: bytearray | None = None
+    took_at: float = 0.0  # when the server last took some of them (monotonic)
 
 
 #: poll() events that say a peer is gone: its end of stream (Linux's POLLRDHUP, where
@@ -172,27 +178,79 @@ class WorkerLinks:
 
     def _flush(self, server: ServerLink) -> None:
         with self._send_lock:
-            self._flush_locked(server)
+            rest = self._flush_locked(server)
+        if rest is not None:
+            self._write_rest(server, rest)
         self._run_unsent_due()
 
-    def _flush_locked(self, server: ServerLink) -> None:
-        """Write what the session holds (the send lock held). A connection lost so leaves
-        its job's unsent in ``_unsent_due``: the caller runs it once the lock is released,
-        as the hook may call the worker (register(), abandon()), which takes the lock."""
-        out = server.session.data_to_send()
-        if out and server.sock is not None:
-            if server.unsent is not None and peer_gone(server.sock):
-                # Over TCP a write to a server that was killed succeeds (its reset comes
-                # back later) and the answer would seem to have left: its end of stream,
-                # already here, says it cannot.
-                self._lost(server, "closed the connection before an answer left", locked=True)
-                return
-            try:
-                server.sock.sendall(out)
-            except OSError as exc:
-                self._lost(server, f"write failed: {exc}", locked=True)
-            else:
-                server.unsent = None  # the answer left
+    def _flush_locked(self, server: ServerLink) -> socket.socket | None:
+        """Write what the session holds, as much as the server takes now (the send lock
+        held). What it does not take waits in ``server.pending``: then its socket is
+        returned, for the caller to write the rest with ``_write_rest`` once it has
+        released the lock. A connection lost so leaves its job's unsent in
+        ``_unsent_due``: the caller runs it once the lock is released, as the hook may call
+        the worker (register(), abandon()), which takes the lock.
+
+        Never a blocking write: one to a hung server whose buffers were full waited for
+        ever, holding the lock (register() from another thread), the other servers' jobs
+        and stop(). A write that fits, any answer but a large one, is one send() (over TLS,
+        with the socket made non-blocking around it: ``net.send_now``), no poll."""
+        out: bytes | bytearray = server.session.data_to_send()
+        sock = server.sock
+        if sock is None:
+            return None
+        if server.pending:  # behind what waits: the stream's order is the packets'
+            server.pending += out
+            out = server.pending
+        elif not out:
+            return None
+        if server.unsent is not None and peer_gone(sock):
+            # Over TCP a write to a server that was killed succeeds (its reset comes
+            # back later) and the answer would seem to have left: its end of stream,
+            # already here, says it cannot.
+            self._lost(server, "closed the connection before an answer left", locked=True)
+            return None
+        try:
+            sent = send_now(sock, out)
+        except OSError as exc:
+            self._lost(server, f"write failed: {exc}", locked=True)
+            return None
+        if sent == len(out):
+            server.pending = None
+            server.unsent = None  # the answer left
+            return None
+        if out is server.pending:
+            del server.pending[:sent]  # from the front: no copy of the rest
+        else:
+            server.pending = bytearray(memoryview(out)[sent:])
+        if sent:
+            server.took_at = time.monotonic()
+        return sock
+
+    def _write_rest(self, server: ServerLink, sock: socket.socket) -> bool:
+        """Write what ``_flush_locked`` left waiting on ``sock``, the send lock held only to
+        write, not while the server's buffers are full: another thread's register(),
+        abandon() or job news goes on meanwhile (its bytes join the end of what waits). A
+        server that takes none of it for ``connect_timeout`` is hung (SIGSTOPped, or a
+        host that answers nothing): dropped as for a grab it leaves unanswered (its
+        answer's unsent runs, and it is connected again asleep). Whether all of it left
+        on ``sock`` (False: that connection lost, here or by another thread)."""
+        bound = self.connect_timeout
+        deadline = time.monotonic() + bound
+        while True:
+            _wait_writable(sock, deadline - time.monotonic())
+            with self._send_lock:
+                if server.sock is not sock:
+                    return False
+                if self._flush_locked(server) is None:  # all of it taken, or the link lost
+                    return server.sock is sock
+                # Bounded while it takes none: a slow server's large answer is not hung.
+                deadline = max(deadline, server.took_at + bound)
+                if time.monotonic() >= deadline:
+                    server.silent = True
+                    why = f"took no byte of what waits to be sent within {bound:g}s"
+                    self._lost(server, why, locked=True)
+                    return False
 
     def _run_unsent_due(self) -> None:
         """The unsent hooks of answers lost under the send lock, now that it is not held."""
@@ -211,6 +269,7 @@ class WorkerLinks:
                 self._selector.unregister(server.sock)
         server.sock.close()
         server.sock = None
+        server.pending = None  # that connection's: nobody reads it now
 
     def _lost(self, server: ServerLink, why: str, *, locked: bool = False) -> None:
         """The connection is gone; ``locked``: the send lock is held, so the answered
@@ -249,6 +308,15 @@ def peer_gone(sock: socket.socket) -> bool:
     poller = select.poll()
     poller.register(sock.fileno(), _PEER_GONE)
     return any(events & _PEER_GONE for _, events in poller.poll(0))
+
+
+def _wait_writable(sock: socket.socket, timeout: float) -> None:
+    """Until ``sock`` takes bytes (or is gone: the send says so), ``timeout`` at most. The
+    fd may be closed meanwhile by another thread: poll() says so (POLLNVAL) at once."""
+    poller = select.poll()
+    with contextlib.suppress(OSError, ValueError):  # closed already: fileno() is -1
+        poller.register(sock.fileno(), select.POLLOUT)
+        poller.poll(max(0, int(timeout * 1000) + 1))
 
 
 def run_unsent(unsent: Callable[[], None]) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import resource
+import signal
 import ssl
 import subprocess
 import sys
@@ -22,7 +23,14 @@ from farm.protocol import PacketType as T
 from farm.tlsfiles import tls_context
 from tests.helpers import ROOT
 from tests.helpers.heldjob import HeldJob
-from tests.helpers.servers import Server, connect, free_port, start_farm_server, start_with_store
+from tests.helpers.servers import (
+    Server,
+    connect,
+    free_port,
+    start_farm_server,
+    start_with_store,
+    stop_process,
+)
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -366,3 +374,47 @@ def test_a_tls_worker_runs_a_jobs_unsent_when_its_server_was_killed(
     finally:
         worker.stop()
         thread.join(10)
+
+
+@pytest.mark.timeout(90)
+def test_a_tls_worker_gives_up_a_large_answer_to_a_hung_server(
+    tls_server: Server, pki: Path
+) -> None:
+    # A TLS write has partial sends of its own (SSLWantWriteError, the same record sent
+    # again): an answer larger than the buffers, to a server that stopped reading, is
+    # given up within connect_timeout, as over plain TCP; the other server's jobs go on,
+    # and the hung one, dropped, is served again once it wakes.
+    ctx = tls_context(ca=str(pki / "ca.pem"))
+    other = start_farm_server(
+        "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key")
+    )
+    stopped = threading.Event()
+
+    def large(job: farm.Job) -> bytes:
+        if stopped.is_set():  # its job, handed out again once the server woke
+            return b"small"
+        answer = b"x" * (32 << 20)
+        stop_process(tls_server.proc.pid)
+        stopped.set()
+        return answer
+
+    worker = farm.Worker([tls_server.addr, other.addr], tls=ctx, connect_timeout=1)
+    worker.register("large", large)
+    worker.register("reverse", lambda job: job.data[::-1])
+    thread = threading.Thread(target=worker.work, daemon=True)
+    thread.start()
+    try:
+        with farm.Client(tls_server.addr, tls=ctx) as client:
+            client.submit("large", b"go", background=True)
+        assert stopped.wait(20), "the job never ran"
+        with farm.Client(other.addr, tls=ctx) as client:
+            assert client.call("reverse", b"ab", timeout=20) == b"ba"
+        os.kill(tls_server.proc.pid, signal.SIGCONT)
+        with farm.Client(tls_server.addr, tls=ctx) as client:
+            assert client.call("reverse", b"cd", timeout=20) == b"dc"
+    finally:
+        os.kill(tls_server.proc.pid, signal.SIGCONT)
+        worker.stop()
+        thread.join(10)
+        other.stop()
+    assert not thread.is_alive(), "work() did not return"
