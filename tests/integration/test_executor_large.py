@@ -31,10 +31,13 @@ from tests.helpers.gate import Gate
 from tests.helpers.waiting import wait_for
 
 LIMIT_MB = 256
+# The sweep removes a result file older than spill_orphan_age_s: at 3 s a 200 MB result
+# written by a worker of a loaded VM was gone before its caller read it (CI, 6 Dec). The
+# sweep tests wait 20-30 s, past 8 s and the sweep's period of 4.
 POOL = f"""
 [executor]
 max_spill_mb = {LIMIT_MB}
-spill_orphan_age_s = 3
+spill_orphan_age_s = 8
 
 [functions."farm.python"]
 target = "farm.executor.call:run_call"
