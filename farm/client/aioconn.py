@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -40,6 +41,10 @@ from farm.protocol.client import (
 log = logging.getLogger("farm.client.aio")
 
 __all__ = ["ServerConnection", "StreamEvent", "Waiter", "WRITE_CHUNK", "closed_error"]
+
+#: How many loop turns a look for a close the loop has not read yet (``closed_unseen``)
+#: lets the transport read what came before it; a server still sending then is alive.
+CATCH_UP_TURNS = 8
 
 #: The most one ``transport.write`` is handed (whole requests; one larger request goes
 #: alone). Past the transport's high-water mark it pauses us, and what is left is held.
@@ -90,6 +95,7 @@ class ServerConnection(asyncio.Protocol):
         self.writing_paused = False  # the transport's buffer is past its high-water mark
         self._flush_due = False
         self.undelivered: deque[object] = deque()  # read, not yet handed on (``_deliver``)
+        self.socket_kind: tuple[int, int, int] | None = None  # family, type, proto
         # Set by the AsyncClient: move a lost unique-keyed job to another server. Weakly
         # (the loop holds this protocol): a client gone has nowhere to move it.
         self.resubmit: weakref.WeakMethod[Resubmit] | None = None
@@ -125,6 +131,29 @@ class ServerConnection(asyncio.Protocol):
         else:
             self.session.abandon(task)
 
+    async def closed_unseen(self) -> bool:
+        """Whether the server has closed this connection, the loop having not read its end
+        yet (a coroutine's blocking work, a loop driven a step at a time, while the server
+        restarted): then it is aborted here, and what it held fails or moves on as when the
+        loop sees a close (``connection_lost``), instead of the next request going onto it
+        (as farm.Client's ``catch_up``). A look at the socket, not a read: what waits before
+        the end (a late reply, a TLS record) is the transport's to read, so the loop is let
+        run a turn at a time for it, ``CATCH_UP_TURNS`` at most (a server sending on is
+        alive). One ``asyncio.sleep(0)`` is not enough: the loop resumes its caller before
+        the read the same poll found, and a close comes a turn after its read."""
+        for _ in range(CATCH_UP_TURNS):
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                return True
+            unread = _peek(transport, self.socket_kind)
+            if unread is None:  # nothing to read: open
+                return False
+            if not unread:  # its end, nothing before it
+                transport.abort()  # connection_lost next turn, as the loop's read would
+                return True
+            await asyncio.sleep(0)
+        return False
+
     def ask(self, query: Query[Reply]) -> asyncio.Future[Reply]:
         future: asyncio.Future[Reply] = self.loop.create_future()
         self.queries.append((query, future))
@@ -145,6 +174,11 @@ class ServerConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        # Its socket's kind, for ``closed_unseen``'s look: read once, as the stand-in's
+        # family and type (enums made on each read) cost more than the look itself.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self.socket_kind = (int(sock.family), int(sock.type), int(sock.proto))
 
     def pause_writing(self) -> None:
         self.writing_paused = True  # the server is not taking our bytes: hold the rest
@@ -247,3 +281,27 @@ class ServerConnection(asyncio.Protocol):
         task.error = error
         task.done = True
         self._dispatch(JobEnded(task=task))
+
+
+def _peek(transport: asyncio.BaseTransport, kind: tuple[int, int, int] | None) -> bytes | None:
+    """A look at the socket under ``transport`` (of ``kind``: family, type, proto) that
+    reads nothing: None when nothing waits to be read, b"" at the peer's end with nothing
+    before it, else a byte of what waits (through TLS, of a record). asyncio's and uvloop's
+    transports hand out a stand-in for the socket that has no recv(): a socket object is
+    made on its descriptor for the look and detached after it (closed, it would close the
+    transport's descriptor)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or kind is None:  # no socket to look at: as before, taken as open
+        return None
+    fd = sock.fileno()
+    if fd < 0:  # closed under us
+        return b""
+    look = socket.socket(*kind, fileno=fd)
+    try:
+        return look.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:  # reset: the server's end too
+        return b""
+    finally:
+        look.detach()

@@ -142,7 +142,11 @@ class AsyncLinks:
             self._loop_end = None
             self._loop = None
             conn = None
-        if conn is not None and conn.transport is not None:
+        # A connection the server closed while the loop did not read is seen here, before
+        # a request goes onto it (docs/client.md); a new one is made then, as for one gone.
+        if conn is not None and not await conn.closed_unseen():
+            if self._closed:  # close() came while the loop read what was left
+                raise RuntimeError("this farm.AsyncClient is closed")
             return conn
         pending = self._connecting.get(addr)
         if pending is not None and pending.get_loop() is not asyncio.get_running_loop():

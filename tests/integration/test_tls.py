@@ -138,6 +138,33 @@ def test_a_new_call_over_tls_reconnects_though_a_job_was_pending_when_the_server
             again.stop()
 
 
+def test_an_async_call_over_tls_reconnects_when_the_server_restarted_unseen(
+    tls_server: Server, pki: Path
+) -> None:
+    # The loop not run meanwhile, the restart went unseen and the call onto the dead
+    # connection. The look for it sees TLS records (a close_notify) before the end.
+    ctx = tls_context(ca=str(pki / "ca.pem"))
+    loop = asyncio.new_event_loop()
+    client = farm.AsyncClient(tls_server.addr, tls=ctx)
+    try:
+        assert loop.run_until_complete(client.echo(b"sync")) == b"sync"
+        tls_server.stop()
+        again = start_farm_server(*tls_server.args, port=tls_server.port)
+        try:
+            worker, thread = serve_reverse(again.addr, ctx)
+            try:
+                call = client.call("reverse", b"abc", timeout=10)
+                assert loop.run_until_complete(call) == b"cba"
+            finally:
+                worker.stop()
+                thread.join(10)
+        finally:
+            again.stop()
+    finally:
+        loop.run_until_complete(client.close())
+        loop.close()
+
+
 def test_plaintext_clients_get_nothing_from_a_tls_listener(tls_server: Server) -> None:
     with (
         farm.Client(tls_server.addr, connect_timeout=2) as client,
