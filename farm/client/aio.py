@@ -26,7 +26,7 @@ from typing import Any
 
 from farm.client.aioconn import ServerConnection, StreamEvent, Waiter
 from farm.client.aiolinks import AsyncLinks
-from farm.client.serverpick import ServerPicker, job_key
+from farm.client.serverpick import STAGGER, ServerPicker, job_key
 from farm.discovery import client_servers
 from farm.errors import Timeout
 from farm.net import parse_servers
@@ -112,8 +112,9 @@ class AsyncClient(AsyncLinks):
                 self._picker.mark_down(task.server or "")
             self.abandon(task)  # the caller gave up: its result and news are dropped
             raise
-        except asyncio.CancelledError:  # wait_for() around us: the caller's choice, not ours
-            self.abandon(task)
+        except asyncio.CancelledError:  # asyncio.timeout(), wait_for(), a map given up
+            if self._give_up(task):
+                self._not_created(task, waiter)
             raise
 
     async def submit(
@@ -141,8 +142,8 @@ class AsyncClient(AsyncLinks):
             # Still held (the server stopped reading): it is never sent. Once it left, the
             # server may create it, and a cancel does not undo that.
             conn = self._conns.get(task.server or "")
-            if conn is not None:
-                conn.withdraw(task)
+            if conn is not None and not conn.withdraw(task):
+                self._not_created(task, waiter)
             raise
         if task.handle is None and task.error is not None:
             raise task.error  # the server answered ERROR (e.g. QUEUE_ERROR)
@@ -207,6 +208,10 @@ class AsyncClient(AsyncLinks):
                     if task.handle is None:  # not even JOB_CREATED: tried last, as by call()
                         self._picker.mark_down(task.server or "")
                     raise timeout_error(task, timeout) from None
+                except asyncio.CancelledError:  # as call()'s
+                    if self._give_up(task):
+                        self._not_created(task, waiter)
+                    raise
                 if type(event) is JobEnded:
                     if task.error is not None:
                         raise task.error
@@ -343,10 +348,25 @@ class AsyncClient(AsyncLinks):
         """Stop waiting for ``task``: what the server sends of it is dropped, and the client
         keeps nothing of it once the job ends (the job itself runs on). A submit still held
         (its server stopped reading) is taken back instead: the server never sees it."""
+        self._give_up(task)
+
+    def _give_up(self, task: Task[Waiter]) -> bool:
+        """``abandon``: whether the submit had left (False: taken back, or on no connection)."""
         conn = self._conns.get(task.server or "")
-        if conn is not None:
-            conn.give_up(task)
+        sent = conn is not None and conn.give_up(task)
         task.abandoned = True  # no connection (a resubmit under way): it is not sent on
+        return sent
+
+    def _not_created(self, task: Task[Waiter], waiter: Waiter) -> None:
+        """Its caller was cancelled (``asyncio.timeout()``, ``wait_for()``, a map stopped)
+        while waiting for ``task``, whose submit left: a server that has not said JOB_CREATED
+        within STAGGER (a live one answers in milliseconds) is tried last for a while, as
+        after a call's own ``timeout``. Not marked, a hung server ahead of a live one took
+        every other call and submit for ever, and an ordered map never yielded."""
+        if task.handle is not None or task.done or task.server is None:
+            return
+        if asyncio.get_running_loop().time() - waiter.since >= STAGGER:
+            self._picker.mark_down(task.server)
 
 
 def _known(answer: StatusResult) -> bool:

@@ -64,7 +64,16 @@ def closed_error() -> ServerUnavailable:
 class Waiter:
     """What coroutines wait on for one task: its creation, its end, its stream."""
 
-    __slots__ = ("client", "created", "ended", "events", "on_status", "on_data", "on_warning")
+    __slots__ = (
+        "client",
+        "created",
+        "ended",
+        "events",
+        "on_status",
+        "on_data",
+        "on_warning",
+        "since",
+    )
 
     def __init__(
         self, client: object, loop: asyncio.AbstractEventLoop, stream: bool = False
@@ -79,6 +88,9 @@ class Waiter:
         self.on_status: Callable[[int, int], Any] | None = None
         self.on_data: Callable[[bytes], Any] | None = None
         self.on_warning: Callable[[bytes], Any] | None = None
+        # When the task was handed to its connection (loop time): how long the server has
+        # left it without JOB_CREATED when its caller gives up (AsyncClient._not_created).
+        self.since = loop.time()
 
 
 class ServerConnection(asyncio.Protocol):
@@ -123,13 +135,14 @@ class ServerConnection(asyncio.Protocol):
         """Take back a request still held here (the transport paused): it is never sent."""
         return self.session.withdraw_queued(request)
 
-    def give_up(self, task: Task[Waiter]) -> None:
+    def give_up(self, task: Task[Waiter]) -> bool:
         """Its caller stopped waiting for ``task``: a submit still held is taken back, else
-        what the server sends of it is dropped (the job runs on)."""
+        what the server sends of it is dropped (the job runs on). Whether it had left."""
         if self.withdraw(task):
             task.abandoned = True  # and a resubmit under way does not send it either
-        else:
-            self.session.abandon(task)
+            return False
+        self.session.abandon(task)
+        return True
 
     async def closed_unseen(self) -> bool:
         """Whether the server has closed this connection, the loop having not read its end

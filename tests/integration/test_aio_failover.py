@@ -1,19 +1,28 @@
 """farm.AsyncClient when a server goes wrong between two requests: one restarted while the
-loop did not read (its close seen before the next request, as farm.Client sees it)."""
+loop did not read (its close seen before the next request, as farm.Client sees it), and one
+that takes submits and never answers, given up by the caller's own asyncio.timeout()."""
 
 from __future__ import annotations
 
 import asyncio
 import select
 import threading
+from collections.abc import Iterator
 
 import pytest
 
 import farm
 from farm.client.aio import AsyncClient
+from tests.helpers import aiojobs
+from tests.helpers.aiojobs import run_async
 from tests.helpers.servers import Server, start_like
 from tests.helpers.serving import reverse, serving
+from tests.helpers.stalled import StalledPeer
 from tests.helpers.waiting import wait_for
+
+# The fixtures, taken by assignment: pytest finds them as if defined here, and no
+# import stands unused beside the parameters that name them.
+served = aiojobs.served
 
 
 def new_loop(kind: str) -> asyncio.AbstractEventLoop:
@@ -21,6 +30,14 @@ def new_loop(kind: str) -> asyncio.AbstractEventLoop:
         uvloop = pytest.importorskip("uvloop")
         return uvloop.new_event_loop()  # type: ignore[no-any-return]
     return asyncio.new_event_loop()
+
+
+@pytest.fixture
+def stalled() -> Iterator[StalledPeer]:
+    """A server that takes a connection and never answers (hung, SIGSTOPped)."""
+    peer = StalledPeer()
+    yield peer
+    peer.close()
 
 
 @pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
@@ -77,3 +94,73 @@ def test_a_late_reply_unread_before_a_restart_is_read_then_the_close_seen(
     finally:
         loop.run_until_complete(client.close())
         loop.close()
+
+
+@run_async
+async def test_a_call_cancelled_unanswered_puts_its_server_last(
+    served: Server, stalled: StalledPeer
+) -> None:
+    # Only call()'s own timeout= marked a server that never said JOB_CREATED; under
+    # asyncio.timeout() (as docs/client.md advises) every other call went to the hung one.
+    outcomes: list[object] = []
+    async with AsyncClient([stalled.addr, served.addr]) as client:
+        for i in range(6):
+            try:
+                async with asyncio.timeout(1):
+                    outcomes.append(await client.call("reverse", f"c{i}"))
+            except TimeoutError:
+                outcomes.append("timed out")
+    assert outcomes.count("timed out") == 1, outcomes
+
+
+@run_async
+async def test_a_submit_cancelled_unanswered_puts_its_server_last(
+    farm_server: Server, stalled: StalledPeer
+) -> None:
+    servers: list[object] = []
+    async with AsyncClient([stalled.addr, farm_server.addr]) as client:
+        for i in range(6):
+            try:
+                async with asyncio.timeout(1):
+                    task = await client.submit("nobody-serves-this", f"s{i}", background=True)
+                servers.append(task.server)
+            except TimeoutError:
+                servers.append("timed out")
+    assert servers.count("timed out") == 1, servers
+    assert set(servers) == {"timed out", farm_server.addr}
+
+
+@run_async
+async def test_a_map_cancelled_unanswered_puts_its_server_last(
+    served: Server, stalled: StalledPeer
+) -> None:
+    # Half of each map's jobs went to the hung server: an ordered map never yielded again.
+    payloads = [b"p%d" % i for i in range(10)]
+    got: list[list[bytes]] = []
+    async with AsyncClient([stalled.addr, served.addr]) as client:
+        for _ in range(3):
+            results: list[bytes] = []
+            try:
+                async with asyncio.timeout(1):
+                    results.extend([r async for r in client.map("reverse", payloads)])
+            except TimeoutError:
+                pass
+            got.append(results)
+    assert got[0] == [], "its first job went to the hung server"
+    assert got[1:] == [[p[::-1] for p in payloads]] * 2
+
+
+@run_async
+async def test_a_stream_cancelled_unanswered_puts_its_server_last(
+    served: Server, stalled: StalledPeer
+) -> None:
+    outcomes: list[object] = []
+    async with AsyncClient([stalled.addr, served.addr]) as client:
+        for i in range(6):
+            try:
+                async with asyncio.timeout(1):
+                    events = [e async for e in client.stream("reverse", f"s{i}")]
+                outcomes.append(events[-1].task.result)
+            except TimeoutError:
+                outcomes.append("timed out")
+    assert outcomes.count("timed out") == 1, outcomes
