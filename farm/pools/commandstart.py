@@ -28,6 +28,7 @@ import psutil
 
 from farm.config import Config
 from farm.net import parse_address
+from farm.pools.proctree import descendants
 from farm.pools.slots import ProcState, WorkerProcess
 
 __all__ = ["CommandStart", "Link", "server_links", "to_this_host", "LATE_POLL"]
@@ -40,8 +41,9 @@ UNSEEN_READY_AFTER = 1.0
 #: the local one as well before it counts as serving them alone (registration not checked).
 REMOTE_SETTLE = 1.0
 #: A command worker not serving [supervisor] ready_wait after its start (`yes` as a
-#: command, a wrong server) is looked at this often, not every POLL: psutil's scan of its
-#: process tree 50 times a second cost ~15% of a core for as long as it ran.
+#: command, a wrong server) is looked at this often, not every POLL: 50 looks a second at its
+#: sockets cost ~15% of a core for as long as it ran (then with psutil's scan of every
+#: process for its tree; each look still reads the host's TCP table, /proc/PID/net/tcp).
 LATE_POLL = 1.0
 
 
@@ -67,11 +69,12 @@ def server_links(pid: int, local_port: int | None, ports: set[int]) -> set[Link]
     Raises psutil.Error when ``pid`` is gone or may not be read."""
     root = psutil.Process(pid)
     found = set()
-    for proc in (root, *root.children(recursive=True)):
+    for member in (pid, *descendants(pid)):  # its own tree: not psutil's scan of every process
         try:
+            proc = root if member == pid else psutil.Process(member)
             conns = proc.net_connections(kind="tcp")
         except psutil.NoSuchProcess:
-            if proc is root:
+            if member == pid:
                 raise
             continue  # a descendant that ended meanwhile
         for c in conns:

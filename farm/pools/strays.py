@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from farm.config import Config
 from farm.pools.localserver import LocalServer
+from farm.pools.proctree import children
 from farm.pools.slots import WorkerProcess
 from farm.pools.spawn import group_alive
 
@@ -71,19 +72,6 @@ def worker_id_of(pid: int) -> str | None:
         if entry.startswith(b"FARM_WORKER_ID="):
             return entry[len(b"FARM_WORKER_ID=") :].decode(errors="replace")
     return None
-
-
-def children() -> set[int]:
-    """This process's children, from /proc (every thread's list: an orphan goes to one)."""
-    found: set[int] = set()
-    try:
-        tasks = os.listdir("/proc/self/task")
-    except OSError:
-        return found
-    for tid in tasks:
-        with contextlib.suppress(OSError, ValueError), open(f"/proc/self/task/{tid}/children") as f:
-            found.update(int(pid) for pid in f.read().split())
-    return found
 
 
 @dataclass

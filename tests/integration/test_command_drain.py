@@ -1,6 +1,7 @@
 """Command workers drained through the job server (farm.pools.commandjobs): a scaled-down
 `gearman -w` finishes its job in hand (run once, not requeued) before its stop signal,
-`farm ps` shows its job in hand, and a command pool's `timeout` kills an overrunning one.
+`farm ps` shows its job in hand, and a command pool's `timeout` kills an overrunning one
+(its worker watched at the cost of its own process tree, not the host's).
 
 The gearman CLI is skipped when absent, and fails instead under FARM_REQUIRE_INTEROP=1.
 """
@@ -8,6 +9,7 @@ The gearman CLI is skipped when absent, and fails instead under FARM_REQUIRE_INT
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -157,6 +159,49 @@ def test_a_command_pools_timeout_kills_an_overrunning_worker(tmp_path: Path) -> 
         log = up.read_log()
         assert "ran past its 1s timeout" in log, log
     finally:
+        assert up.stop() == 0
+
+
+#: Put before the supervisor's code: each /proc path it opens, a line in the file named.
+#: An audit hook sees every open(), psutil's included; the file is opened before the hook.
+RECORD_PROC_OPENS = """
+import os, sys
+_record = os.open({path!r}, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+def _hook(event, args):
+    if event == "open" and isinstance(args[0], str) and args[0].startswith("/proc/"):
+        os.write(_record, args[0].encode() + b"\\n")
+sys.addaudithook(_hook)
+"""
+
+
+def test_a_command_pools_timeout_reads_its_workers_own_processes_alone(tmp_path: Path) -> None:
+    # With a pool `timeout`, the supervisor reads each of its workers' sockets every second,
+    # idle or not, for its process tree (a wrapper's worker counts). psutil's children() found
+    # that tree by reading /proc/N/stat of every process on the host: beside 1,100 of them,
+    # 5,561 files in 5 s for one idle worker. Counted as what it opens, not as CPU time,
+    # which a loaded machine makes too noisy to bound, and which is small on a quiet host.
+    need("gearman")
+    bystander = subprocess.Popen(["sleep", "300"])  # a process of the host's, not the farm's
+    opened = tmp_path / "opened"
+    up = FarmUp(tmp_path, "", start=False)
+    up.write_config(gearman_pool(up, tmp_path / "runs", 60, extra="timeout = 30"))
+    up.code = RECORD_PROC_OPENS.format(path=str(opened)) + up.code
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        wait_for("a running gearman worker", lambda: up.workers("slow", "running"), 20)
+
+        def socket_reads() -> int:  # psutil's net_connections() reads the host's TCP table
+            return opened.read_text().splitlines().count("/proc/net/tcp")
+
+        idle = socket_reads()
+        wait_for("its sockets read 3 times more", lambda: socket_reads() >= idle + 3, 15)
+        lines = opened.read_text().splitlines()
+        others = [line for line in lines if line.startswith(f"/proc/{bystander.pid}/")]
+        assert not others, f"the supervisor read another process's /proc: {others[:5]}"
+    finally:
+        bystander.kill()
+        bystander.wait()
         assert up.stop() == 0
 
 

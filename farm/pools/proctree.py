@@ -1,0 +1,64 @@
+"""A process's children and descendants, from its own entries in /proc.
+
+Each task's ``/proc/PID/task/TID/children`` names the children it started, so a process's
+tree is walked from it down, a few small reads per process in it. psutil's
+``Process.children()`` reads ``/proc/N/stat`` of every process on the host to find the
+ones whose parent is asked about: the supervisor asked that of each command worker with a
+pool ``timeout`` once a second (its sockets, farm.pools.commandjobs), idle or not: beside
+1,100 processes of others, 5,561 files in 5 s for one worker, 3 times the supervisor's
+idle CPU time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+
+import psutil
+
+__all__ = ["children", "descendants", "listed"]
+
+
+@functools.cache
+def listed() -> bool:
+    """Whether this kernel lists each task's children (CONFIG_PROC_CHILDREN: the common
+    distributions' kernels do)."""
+    return os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+
+def children(pid: int | None = None) -> set[int]:
+    """The children of process ``pid`` (this one's by default), from /proc: every thread's
+    list, as a child is listed under the thread that started it (and an orphan under the
+    one its subreaper is given it by). Empty when it is gone."""
+    where = f"/proc/{'self' if pid is None else pid}/task"
+    found: set[int] = set()
+    try:
+        tasks = os.listdir(where)
+    except OSError:
+        return found
+    for tid in tasks:
+        with contextlib.suppress(OSError, ValueError), open(f"{where}/{tid}/children") as f:
+            found.update(int(child) for child in f.read().split())
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid``'s children, theirs, and so on (a wrapper's shell, the worker it started, that
+    one's job's child), nearest first; empty when it is gone. Where the kernel lists no
+    children (``listed``), psutil's host-wide scan is all there is."""
+    if not listed():
+        try:
+            return [proc.pid for proc in psutil.Process(pid).children(recursive=True)]
+        except psutil.Error:
+            return []
+    found: list[int] = []
+    seen = {pid}  # a pid ended and handed on mid-walk may not bring the walk back
+    todo = [pid]
+    while todo:
+        for child in sorted(children(todo.pop(0))):
+            if child not in seen:
+                seen.add(child)
+                found.append(child)
+                todo.append(child)
+    return found
