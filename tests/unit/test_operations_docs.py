@@ -18,6 +18,7 @@ from farm.config.defaults import builtin
 from farm.config.servertune import TUNING
 from farm.errors import ConfigError
 from farm.paths import runtime_dir
+from farm.pools.slots import ProcState
 from farm.server.settings import DEFAULTS as SERVER_DEFAULTS
 from tests.helpers import ROOT
 
@@ -230,3 +231,17 @@ def test_every_key_the_pages_name_as_table_and_key_is_one_the_table_takes(
     keys = {table: accepted(table, tmp_path) for table in ("server", "supervisor", "executor")}
     wrong = [f"{page}: [{table}] {key}" for page, table, key in cited if key not in keys[table]]
     assert not wrong
+
+
+def test_every_state_farm_ps_shows_is_named_where_the_page_lists_them() -> None:
+    # A SIGSTOPped worker reads `stopped` (farm.pools.pstable): the list did not name it,
+    # nor what the supervisor then does, and an operator saw a state the page did not know.
+    text = (ROOT / "docs" / "operations.md").read_text()
+    start = text.index("Process states in `farm ps`:")
+    listed = set(re.findall(r"`([a-z]+)`", text[start : text.index("\n\n", start)]))
+    table = (ROOT / "farm" / "pools" / "pstable.py").read_text()
+    shown = {str(s) for s in ProcState} | set(
+        re.findall(r'"([a-z]+)"(?: if| else|\s+#|$)', table, re.M)
+    )
+    assert {"stopped", "backoff", "failing", "stopping", "ready"} <= shown, shown  # the pattern
+    assert shown <= listed, f"farm ps shows these the page does not list: {shown - listed}"
