@@ -51,11 +51,15 @@ def restart(
 
 
 def follow_restart(
-    reply: dict[str, Any], status: Callable[[], dict[str, Any]], until: float | None = None
+    reply: dict[str, Any],
+    status: Callable[[], dict[str, Any]],
+    until: float | None = None,
+    what: str = "restart",
 ) -> None:
     """Print "reverse: 7/16 replaced" as it changes until the restart ends, then the slots
     counted as replaced that no one saw serve the new code; exit 1 if a replacement failed,
-    or (`farm reload --timeout`) the restart goes on at monotonic ``until``."""
+    or (`farm reload --timeout`) the restart goes on at monotonic ``until``. ``what`` is
+    the command it ends, in its verdicts: "restart incomplete", "reload incomplete"."""
     number = reply.get("restart")
     tty = sys.stdout.isatty()
     shown = ""
@@ -73,7 +77,7 @@ def follow_restart(
         if until is not None and time.monotonic() > until:
             if tty:
                 typer.echo()
-            fail("the restart goes on past --timeout (farm ps shows it)", 1)
+            fail(f"{what} incomplete: the restart goes on past --timeout (farm ps shows it)", 1)
         if time.monotonic() - moved > STALL:
             if tty:
                 typer.echo()
@@ -97,7 +101,7 @@ def follow_restart(
             err=True,
         )
     if reply.get("failed"):
-        fail(f"restart incomplete after {reply.get('seconds', 0):g}s", 1)
+        fail(f"{what} incomplete after {reply.get('seconds', 0):g}s", 1)
     typer.echo(f"restarted in {reply.get('seconds', 0):g}s")
 
 
@@ -157,7 +161,7 @@ def follow_added(
         )
         typer.echo(f"farm: {name}: added by the reload, {why} (now {row['state']})", err=True)
     fail(
-        f"reloaded, but the pool(s) it added do not serve ({', '.join(pools)}): they stay,"
+        f"reload incomplete: the pool(s) it added do not serve ({', '.join(pools)}): they stay,"
         " retried with backoff; fix them, or remove them and reload (farm ps, the log)",
         1,
     )

@@ -220,15 +220,10 @@ def reload(
     if config is not None:  # the farm re-reads its own file: it refuses when that is not this one
         message["config"] = str(config_file(config))  # one line where a relative path fails
     reply = ask_supervisor(config, control, message)
-    if reply.get("unchanged"):  # nothing restarts: code edited on disk is not read again
-        typer.echo(
-            "reloaded: no pool changed (edited worker code runs after"
-            " `farm reload --restart` or `farm restart`)"
-        )
-    else:
-        typer.echo("reloaded")
     for note in reply.get("not_applied", ()):  # the pools changed; these wait for a restart
         typer.echo(f"not applied: {note}", err=True)
+    # "reloaded" is said once it is so: it was said first, then a restart that did not
+    # boot or an added pool that did not serve failed the reload, exit 1, under it.
     if "restart" in reply:  # --restart, or pools whose target or options changed
         from farm.cli.deploy import follow_restart  # registers nothing new: cli imports it
 
@@ -236,6 +231,7 @@ def reload(
             reply,
             lambda: ask_supervisor(config, control, {"cmd": "restart-status"}),
             None if timeout is None else began + timeout,
+            what="reload",
         )
     if reply.get("added"):  # new pools: their first processes serve, or the reload says why not
         from farm.cli.deploy import follow_added
@@ -247,6 +243,13 @@ def reload(
         follow_added(
             reply["added"], lambda: ask_supervisor(config, control, {"cmd": "ps"}), began, wait
         )
+    if reply.get("unchanged"):  # nothing restarts: code edited on disk is not read again
+        typer.echo(
+            "reloaded: no pool changed (edited worker code runs after"
+            " `farm reload --restart` or `farm restart`)"
+        )
+    else:
+        typer.echo("reloaded")
 
 
 def unread_config_s_farm(config: Path | None) -> str | None:

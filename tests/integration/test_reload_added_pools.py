@@ -54,8 +54,10 @@ def test_a_reload_that_adds_a_pool_that_does_not_start_fails_naming_it(tmp_path:
         up.write_config(BASE + GOOD + BROKEN)
         broken = farm_cli("reload", "--control", up.control)
         assert broken.returncode == 1, broken.stdout + broken.stderr
-        assert broken.stdout.strip() == "reloaded"  # the file was applied
+        # Applied, yet not done: `farm reload` said "reloaded" first, then failed under it.
+        assert "reloaded" not in broken.stdout, broken.stdout
         err = broken.stderr
+        assert "reload incomplete: the pool(s) it added do not serve" in err, err
         assert "bad#0 cpu" in err and "failed to boot (RuntimeError: no model file" in err, err
         assert "shcrash#0 cpu" in err and "exited with code 1" in err, err
         # Why a command crash-loops is its output: `farm ps --json`'s last_exit quotes it too.
@@ -158,13 +160,15 @@ def test_a_reload_s_timeout_bounds_its_wait_for_an_added_pool(tmp_path: Path) ->
         assert out.returncode == 1, out.stdout + out.stderr
         assert time.monotonic() - began < 20, out.stderr
         assert re.search(r"sleeper#0 cpu\d+: added by the reload, not serving 2s after", out.stderr)
+        assert "reloaded" not in out.stdout, out.stdout
         # A changed pool's restart is bounded as well: its new process hangs at import.
         (tmp_path / "hang.py").write_text("import time\ntime.sleep(300)\n\ndef run(job): ...\n")
         up.write_config(BASE.replace("workers.text:reverse", "hang:run"))
         began = time.monotonic()
         out = farm_cli("reload", "--control", up.control, "--timeout", "2", timeout=30)
         assert out.returncode == 1 and time.monotonic() - began < 20, out.stdout + out.stderr
-        assert "the restart goes on past --timeout" in out.stderr, out.stderr
+        assert "reload incomplete: the restart goes on past --timeout" in out.stderr, out.stderr
+        assert "reloaded" not in out.stdout, out.stdout
         bad = farm_cli("reload", "--control", up.control, "--timeout", "0")
         assert bad.returncode == 2 and "--timeout must be" in bad.stderr, bad.stderr
     finally:

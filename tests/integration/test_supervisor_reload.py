@@ -106,6 +106,8 @@ def test_reload_to_a_target_that_does_not_boot_keeps_the_old_workers(tmp_path: P
         out = farm_cli("reload", "--control", up.control)
         assert out.returncode == 1, (out.stdout, out.stderr)
         assert "the old one" in out.stderr and "stays" in out.stderr, out.stderr
+        # Said "reloaded" first, then "restart incomplete", exit 1: one verdict, once known.
+        assert "reloaded" not in out.stdout and "reload incomplete after" in out.stderr, out
         (row,) = up.workers("f")
         assert row["pid"] == before["pid"] and row["state"] == "idle"
         client = Client(up.addr)
