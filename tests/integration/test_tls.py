@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import resource
-import signal
 import ssl
 import subprocess
 import sys
@@ -22,58 +21,18 @@ from farm.client.admin import admin_query
 from farm.protocol import PacketType as T
 from farm.tlsfiles import tls_context
 from tests.helpers import ROOT
-from tests.helpers.heldjob import HeldJob
 from tests.helpers.servers import (
     Server,
     connect,
     free_port,
     start_farm_server,
     start_with_store,
-    stop_process,
 )
+from tests.helpers.tlspki import pki, serve_reverse, tls_server
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA."""
-    d = tmp_path_factory.mktemp("pki")
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-subj", "/CN=farm-test-ca", "-keyout", "ca.key", "-out", "ca.pem", cwd=d)  # fmt: skip
-    for name, ext in (
-        ("server", "subjectAltName=IP:127.0.0.1"),
-        ("client", "subjectAltName=DNS:client"),
-    ):
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-                "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)  # fmt: skip
-        (d / f"{name}.ext").write_text(ext + "\n")
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem",
-                cwd=d)  # fmt: skip
-    return d
-
-
-@pytest.fixture
-def tls_server(pki: Path) -> Iterator[Server]:
-    srv = start_farm_server(
-        "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key")
-    )
-    yield srv
-    srv.stop()
-
-
-def serve_reverse(addr: str, ctx: ssl.SSLContext) -> tuple[farm.Worker, threading.Thread]:
-    worker = farm.Worker(addr, tls=ctx)
-    worker.register("reverse", lambda job: job.data[::-1])
-    thread = threading.Thread(target=worker.work, daemon=True)
-    thread.start()
-    return worker, thread
+__all__ = ["pki", "tls_server"]  # fixtures, imported for pytest to find
 
 
 def test_client_and_worker_over_tls(tls_server: Server, pki: Path) -> None:
@@ -379,69 +338,3 @@ def test_calls_still_work_when_the_socket_fd_is_past_1024(tls_server: Server, pk
         thread.join(10)
         plain_thread.join(10)
         plain.stop()
-
-
-@pytest.mark.timeout(60)
-def test_a_tls_worker_runs_a_jobs_unsent_when_its_server_was_killed(
-    tls_server: Server, pki: Path
-) -> None:
-    # The worker looks for the killed server's end of stream by poll(), nothing read: a
-    # TLS socket's records stay for the TLS layer.
-    ctx = tls_context(ca=str(pki / "ca.pem"))
-    hold = HeldJob()
-
-    worker = farm.Worker(tls_server.addr, tls=ctx)
-    worker.register("hold", hold)
-    thread = threading.Thread(target=worker.work, daemon=True)
-    thread.start()
-    try:
-        with farm.Client(tls_server.addr, tls=ctx) as client:
-            hold.answered_then_lost(client, tls_server.proc)
-        assert hold.ran.wait(10), "the lost job's unsent never ran (TLS)"
-    finally:
-        worker.stop()
-        thread.join(10)
-
-
-@pytest.mark.timeout(90)
-def test_a_tls_worker_gives_up_a_large_answer_to_a_hung_server(
-    tls_server: Server, pki: Path
-) -> None:
-    # A TLS write has partial sends of its own (SSLWantWriteError, the same record sent
-    # again): an answer larger than the buffers, to a server that stopped reading, is
-    # given up within connect_timeout, as over plain TCP; the other server's jobs go on,
-    # and the hung one, dropped, is served again once it wakes.
-    ctx = tls_context(ca=str(pki / "ca.pem"))
-    other = start_farm_server(
-        "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key")
-    )
-    stopped = threading.Event()
-
-    def large(job: farm.Job) -> bytes:
-        if stopped.is_set():  # its job, handed out again once the server woke
-            return b"small"
-        answer = b"x" * (32 << 20)
-        stop_process(tls_server.proc.pid)
-        stopped.set()
-        return answer
-
-    worker = farm.Worker([tls_server.addr, other.addr], tls=ctx, connect_timeout=1)
-    worker.register("large", large)
-    worker.register("reverse", lambda job: job.data[::-1])
-    thread = threading.Thread(target=worker.work, daemon=True)
-    thread.start()
-    try:
-        with farm.Client(tls_server.addr, tls=ctx) as client:
-            client.submit("large", b"go", background=True)
-        assert stopped.wait(20), "the job never ran"
-        with farm.Client(other.addr, tls=ctx) as client:
-            assert client.call("reverse", b"ab", timeout=20) == b"ba"
-        os.kill(tls_server.proc.pid, signal.SIGCONT)
-        with farm.Client(tls_server.addr, tls=ctx) as client:
-            assert client.call("reverse", b"cd", timeout=20) == b"dc"
-    finally:
-        os.kill(tls_server.proc.pid, signal.SIGCONT)
-        worker.stop()
-        thread.join(10)
-        other.stop()
-    assert not thread.is_alive(), "work() did not return"

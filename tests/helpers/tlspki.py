@@ -1,0 +1,58 @@
+"""A test PKI (a CA, a server certificate for 127.0.0.1, a client certificate) and a farm
+server on TLS, for the TLS tests (tests/integration/test_tls*.py) to share: fixtures, which
+a test module imports for pytest to find them."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import farm
+from tests.helpers.servers import Server, start_farm_server
+
+__all__ = ["openssl", "pki", "serve_reverse", "tls_server"]
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA."""
+    d = tmp_path_factory.mktemp("pki")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", "/CN=farm-test-ca", "-keyout", "ca.key", "-out", "ca.pem", cwd=d)  # fmt: skip
+    for name, ext in (
+        ("server", "subjectAltName=IP:127.0.0.1"),
+        ("client", "subjectAltName=DNS:client"),
+    ):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+                "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)  # fmt: skip
+        (d / f"{name}.ext").write_text(ext + "\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem",
+                cwd=d)  # fmt: skip
+    return d
+
+
+@pytest.fixture
+def tls_server(pki: Path) -> Iterator[Server]:
+    srv = start_farm_server(
+        "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key")
+    )
+    yield srv
+    srv.stop()
+
+
+def serve_reverse(addr: str, ctx: ssl.SSLContext) -> tuple[farm.Worker, threading.Thread]:
+    worker = farm.Worker(addr, tls=ctx)
+    worker.register("reverse", lambda job: job.data[::-1])
+    thread = threading.Thread(target=worker.work, daemon=True)
+    thread.start()
+    return worker, thread
