@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm.server.reserve import DiskReserve
-from farm.server.storecheck import ASIDE_TABLE, kept_aside, row_checksum, set_aside, split_damaged
+from farm.server.storecheck import ASIDE_TABLE, kept_aside, set_aside, split_damaged
 
 # Re-exported: the server and the tests name the store's errors by this module.
 from farm.server.storefile import DamagedStore as DamagedStore
@@ -36,31 +36,12 @@ from farm.server.storefile import StoreError as StoreError
 from farm.server.storefile import StoreInUse as StoreInUse
 from farm.server.storefile import damaged
 from farm.server.storeopen import open_database
+from farm.server.storesql import Row, write_rows
 
 log = logging.getLogger("farm.server")
 
 #: Seconds a failing store refuses background jobs before the next write tries again.
 RETRY_AFTER = 1.0
-#: The columns an INSERT writes: a ``Row``'s, then the checksum the writer thread adds.
-COLUMNS = (
-    "id",
-    "function",
-    "uniq",
-    "data",
-    "priority",
-    "reducer",
-    "run_at",
-    "created",
-    "local",
-    "checksum",
-)
-#: Variables one statement may take in SQLite < 3.32 (RHEL 8, Ubuntu 20.04); later ones 32766.
-MAX_VARIABLES = 999
-#: Rows one INSERT writes, ids one DELETE names: within MAX_VARIABLES. Derived from the
-#: columns: a fixed 100 rows, sized for 9, took 1000 variables once the checksum came, and
-#: every burst of 100 adds failed there ("too many SQL variables"), the store marked broken.
-ROWS_A_STATEMENT = MAX_VARIABLES // len(COLUMNS)
-IDS_A_STATEMENT = 900
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +57,6 @@ class StoredJob:
     retries: int = 0  # deaths of its workers so far (job_retries), kept across restarts
     # Submitted on the Unix socket: 1 or 0 as SQLite gives it (an older farm's rows: 1)
     local: int = 1
-
-
-Row = tuple[int, bytes, bytes, bytes, int, bytes | None, float, float, bool]
-
-_INSERT = f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES "
-_ROW_VALUES = "(" + ", ".join(["?"] * len(COLUMNS)) + ")"
 
 
 @dataclass(slots=True)
@@ -271,41 +246,8 @@ class SQLiteStore:
         disk = os.statvfs(Path(self.path).parent)
         return grows <= disk.f_bavail * disk.f_frsize
 
-    def _write(
-        self,
-        adds: list[Row],
-        retries: dict[int, int],
-        deletes: list[tuple[int]],
-    ) -> None:
-        """One transaction; rolled back and raised again when it fails."""
-        try:
-            # Many rows a statement: the writer thread waits for the GIL after each step, up to
-            # 5 ms with the loop busy: a step a row (executemany) made a commit take seconds.
-            self.db.execute("BEGIN")
-            for at in range(0, len(adds), ROWS_A_STATEMENT):
-                chunk = adds[at : at + ROWS_A_STATEMENT]
-                values: list[object] = []
-                for row in chunk:
-                    values += row
-                    # Here, in the writer thread, not at the submit: off the loop's time.
-                    values.append(row_checksum(row[1], row[2], row[3], row[4], row[5], row[6]))
-                self.db.execute(_INSERT + ",".join([_ROW_VALUES] * len(chunk)), values)
-            if retries:  # rare (a worker died)
-                self.db.executemany(
-                    "UPDATE jobs SET retries = ? WHERE id = ?", [(n, i) for i, n in retries.items()]
-                )
-            for at in range(0, len(deletes), IDS_A_STATEMENT):
-                ids = [row_id for (row_id,) in deletes[at : at + IDS_A_STATEMENT]]
-                self.db.execute(
-                    "DELETE FROM jobs WHERE id IN (" + ",".join(["?"] * len(ids)) + ")", ids
-                )
-            self.db.execute("COMMIT")
-        except BaseException:  # any: a transaction left open fails every later commit
-            try:
-                self.db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            raise
+    def _write(self, adds: list[Row], retries: dict[int, int], deletes: list[tuple[int]]) -> None:
+        write_rows(self.db, adds, retries, deletes)
 
     def load(self) -> Iterator[StoredJob]:
         """Every stored job, in the order it must run: priority, then arrival. A row that
