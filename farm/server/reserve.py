@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from farm.paths import check_own_file
 
 log = logging.getLogger("farm.server")
 
-__all__ = ["RESERVE_BYTES", "DiskReserve"]
+__all__ = ["RESERVE_BYTES", "DiskReserve", "disk_full"]
 
 #: Disk kept beside the store; at most 1% of the filesystem (a small volume, a tmpfs).
 RESERVE_BYTES = 8 << 20
@@ -110,3 +111,9 @@ class DiskReserve:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def disk_full(exc: sqlite3.Error) -> bool:
+    """Whether SQLite failed for want of room (SQLITE_FULL: the disk, or max_page_count),
+    the one failure the reserve's room is given back for."""
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm.server.reserve import DiskReserve
+from farm.server.reserve import DiskReserve, disk_full
 from farm.server.storecheck import ASIDE_TABLE, kept_aside, set_aside, split_damaged
 
 # Re-exported: the server and the tests name the store's errors by this module.
@@ -218,7 +218,12 @@ class SQLiteStore:
         """Write deletes alone while adds fail; on a full disk, with the reserve's room."""
         try:
             self._write([], retries, deletes)
-        except sqlite3.Error:
+        except sqlite3.Error as exc:
+            # Only a full disk gives the reserve back: a store made read-only, immutable or
+            # failing its I/O is no want of room, and its reserve is kept for when one is.
+            if not disk_full(exc):
+                log.debug("the job store %s: deletes not written: %s", self.path, exc)
+                return False
             if not self.reserve.release():
                 return False
             try:
