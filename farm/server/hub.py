@@ -259,7 +259,7 @@ class Hub:
             if store.due:
                 writer.start(self.loop)
             elif self._store_retry is None:  # held-back deletes wait for their retry
-                self._store_retry = self.call_later(store.retry_after, self._retry_store)
+                self._store_retry = self.call_later(store.retry_in, self._retry_store)
         if self.pushes:
             pushes, self.pushes = self.pushes, []
             for conn in pushes:
@@ -283,7 +283,7 @@ class Hub:
             # Deletes of finished jobs held back while the store fails: write them when
             # it may be tried again, not at the next packet, which an idle server may
             # never get before it is killed (they would run again after the restart).
-            self._store_retry = self.call_later(store.retry_after, self._retry_store)
+            self._store_retry = self.call_later(store.retry_in, self._retry_store)
         refusal = (store.broken or "job store error") if failed else ""
         refused = frozenset(failed)  # once, not per connection
         holding = self.holding

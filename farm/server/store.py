@@ -40,8 +40,14 @@ from farm.server.storesql import Row, write_rows
 
 log = logging.getLogger("farm.server")
 
-#: Seconds a failing store refuses background jobs before the next write tries again.
+#: Seconds a failing store refuses background jobs before the next write tries again; and
+#: how long the deletes of finished jobs wait after a write of theirs failed too (while
+#: they can be written they are, each turn: a kill in a second's wait ran them all again).
 RETRY_AFTER = 1.0
+#: Seconds the deletes of finished jobs are gathered while the store fails: each write on a
+#: full disk spends a few pages of the reserve's room however few deletes it holds, and a
+#: kill runs at most these again (a second's worth ran 3018 finished jobs again).
+DELETES_EVERY = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +74,9 @@ class Batch:
     retries: dict[int, int]
     handles: list[bytes]  # the submits its adds answer, in order
     below: int  # once it is settled, every row under this id is written or refused
-    attempt: bool  # False: the store is failing and not tried again before retry_after
+    attempt: bool  # False: the store is failing, its adds refused before retry_after
     recovering: bool  # the store was failing when it was taken
+    hold: bool = False  # its deletes kept untried: not due yet (SQLiteStore.due)
     error: str | None = None  # why its write failed
     deleted: bool = False  # its deletes and retries written alone when the adds failed
     seconds: float = 0.0  # how long its write took
@@ -84,7 +91,9 @@ class SQLiteStore:
         self.path = str(path)
         self.broken: str | None = None  # why the last write failed; None while writes work
         self.retry_after = retry_after
-        self._retry_at = 0.0
+        self._retry_at = 0.0  # adds are refused until then while the store fails
+        self._deletes_at = 0.0  # deletes are held until then while the store fails
+        self._gather = min(DELETES_EVERY, retry_after)
         self._adds: list[Row] = []
         self._deletes: list[tuple[int]] = []
         self._retries: dict[int, int] = {}  # row id: its job's count of worker deaths
@@ -98,11 +107,17 @@ class SQLiteStore:
 
     @property
     def due(self) -> bool:
-        """Whether a commit is owed now: adds, or what a failing store holds back once
-        ``retry_after`` has passed."""
+        """Whether a commit is owed now: adds, deletes and counts of retries; on a failing
+        store those DELETES_EVERY after the last were written, ``retry_after`` after
+        their write failed."""
         if self._adds:
             return True
-        return self.pending and not (self.broken and time.monotonic() < self._retry_at)
+        return self.pending and not (self.broken and time.monotonic() < self._deletes_at)
+
+    @property
+    def retry_in(self) -> float:
+        """Seconds until what a failing store holds back is due (``due``)."""
+        return max(0.0, self._deletes_at - time.monotonic())
 
     def add(
         self,
@@ -153,6 +168,7 @@ class SQLiteStore:
             below=self._next_id,
             attempt=not (self.broken and time.monotonic() < self._retry_at),
             recovering=self.broken is not None,
+            hold=bool(self.broken) and time.monotonic() < self._deletes_at,
         )
         # Each a new one, the counts' too: the batch is the writer thread's from here on, and
         # a dict it shared with the stage would change under it when a worker died.
@@ -163,7 +179,12 @@ class SQLiteStore:
         """Write ``batch`` in one transaction, its outcome into it. It touches only the
         database and the reserve, never the stage, so it may run in a thread of its own
         while the loop stages the next batch (farm.server.storewriter)."""
-        if not batch.attempt:  # failing: refused before retry_after, its deletes kept
+        if not batch.attempt:
+            # Failing: the adds refused before retry_after, but the deletes tried (they need
+            # little room and free some), gathered for DELETES_EVERY; held for retry_after
+            # if they fail too.
+            if not batch.hold and (batch.deletes or batch.retries):
+                batch.deleted = self._delete_anyway(batch.deletes, batch.retries)
             return
         began = time.perf_counter()
         try:
@@ -188,8 +209,11 @@ class SQLiteStore:
 
     def settle(self, batch: Batch) -> list[bytes]:
         """Take in ``batch``'s outcome (the loop's thread): the handles whose add failed."""
+        if batch.deleted:  # written alone: the store fails, so the next are gathered a while
+            self._deletes_at = time.monotonic() + self._gather
         if not batch.attempt:
-            self._hold(batch.deletes, batch.retries)  # kept: see write()
+            if not batch.deleted:
+                self._hold(batch.deletes, batch.retries)  # kept: see write()
             return batch.handles
         if batch.error is not None:
             if not self.broken:
@@ -210,7 +234,10 @@ class SQLiteStore:
         return []
 
     def _hold(self, deletes: list[tuple[int]], retries: dict[int, int]) -> None:
-        """Keep what could not be written for the next commit (before what came since)."""
+        """Keep what could not be written for the next commit (before what came since), which
+        waits ``retry_after``: a write that failed is not tried again each loop turn."""
+        if deletes or retries:
+            self._deletes_at = time.monotonic() + self.retry_after
         self._deletes = deletes + self._deletes
         self._retries = retries | self._retries
 
@@ -230,7 +257,7 @@ class SQLiteStore:
                 self._write([], retries, deletes)
             except sqlite3.Error:
                 return False
-        # At most once per retry_after: held between the tries (said for tests and -v).
+        # Said for tests and -v: while the store fails, each commit's deletes.
         log.info("the job store %s: %d finished jobs deleted", self.path, len(deletes))
         # Copy the WAL into the database and cut it: the next deletes need room too. Only
         # when the database file has room to take it: pages that live only in the WAL (a
@@ -297,7 +324,7 @@ class SQLiteStore:
 
     def close(self) -> None:
         if self.pending:
-            self._retry_at = 0.0  # the last chance for the deletes held back: try now
+            self._retry_at = self._deletes_at = 0.0  # the last chance for what is held: now
             self.commit()
             if self._deletes:
                 log.error(

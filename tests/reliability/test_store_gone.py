@@ -1,7 +1,8 @@
-"""The store's file made unwritable under a running server.
+"""The store's file made unwritable or full under a running server.
 
 Found in a durability review: a store made immutable was said to be on a full disk and its
-reserve given back.
+reserve given back; and a failing store held the deletes of finished jobs for a second, so
+a kill in that window ran them all again.
 """
 
 from __future__ import annotations
@@ -16,12 +17,24 @@ from pathlib import Path
 import pytest
 
 from farm.protocol import PacketType as T
+from farm.server.jobs import JobServer, Outcome
+from farm.server.store import SQLiteStore
 from tests.helpers import ROOT
+from tests.helpers.fakes import FakePeer
 from tests.helpers.peers import Peer
 from tests.helpers.servers import free_port, wait_connectable
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
+
+
+def fill(store: SQLiteStore, jobs: JobServer) -> None:
+    """Submit big background jobs until a commit fails (the store's max_page_count)."""
+    for _ in range(1000):
+        jobs.submit(None, b"f", b"", b"x" * 20_000, background=True)
+        if jobs.commit_store():
+            return
+    raise AssertionError("the store never filled up")
 
 
 @pytest.fixture
@@ -80,3 +93,27 @@ def test_a_store_that_cannot_be_written_keeps_its_reserve(
     text = log.read_text()
     assert "is full" not in text, text
     assert reserve.stat().st_size == held, "the reserve was given back for no full disk"
+
+
+def test_a_failing_store_deletes_finished_jobs_without_waiting_for_its_retry(
+    tmp_path: Path,
+) -> None:
+    # A full store refuses adds for retry_after; the deletes of the jobs that finish
+    # meanwhile were held as long, and a kill -9 then ran 3018 of 3019 finished jobs again.
+    store = SQLiteStore(tmp_path / "q.db", retry_after=3600.0)
+    jobs = JobServer(store=store, hostname="t")
+    worker = FakePeer()
+    jobs.can_do(worker, b"f")
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count = {pages + 40}")
+    fill(store, jobs)
+    assert store.broken
+    stored = store.count()
+    job = jobs.grab(worker)
+    assert job is not None and job.store_id
+    jobs.finish(worker, job, Outcome.COMPLETE, b"done")
+    assert store.due, "the delete waits for the adds' retry, an hour away"
+    jobs.commit_store()
+    assert store.count() == stored - 1, "the delete was held, not written"
+    assert store.broken, "the adds are still refused until their retry"
+    store.close()
