@@ -32,9 +32,9 @@ from farm.server.storecheck import ASIDE_TABLE, kept_aside, set_aside, split_dam
 
 # Re-exported: the server and the tests name the store's errors by this module.
 from farm.server.storefile import DamagedStore as DamagedStore
+from farm.server.storefile import OpenFile, damaged
 from farm.server.storefile import StoreError as StoreError
 from farm.server.storefile import StoreInUse as StoreInUse
-from farm.server.storefile import damaged
 from farm.server.storeopen import open_database
 from farm.server.storesql import Row, write_rows
 
@@ -100,6 +100,7 @@ class SQLiteStore:
         self.staged_handles: list[bytes] = []
         self.reserve = DiskReserve(self.path)  # made once the store is ours
         self.db, self._next_id = open_database(self.path, sync, self.reserve)
+        self._file = OpenFile(self.path)  # to see it deleted or replaced under the server
 
     @property
     def pending(self) -> bool:
@@ -188,6 +189,9 @@ class SQLiteStore:
             return
         began = time.perf_counter()
         try:
+            gone = self._file.gone()
+            if gone:
+                raise sqlite3.OperationalError(gone)
             if self.reserve.spent and not self.reserve.make():
                 # The reserve's room is the deletes': an add that fit in it would leave the
                 # next deletes none, and the jobs they end would run again after a restart.

@@ -1,8 +1,10 @@
-"""The store's file made unwritable or full under a running server.
+"""The store's file taken away, made unwritable or full under a running server.
 
-Found in a durability review: a store made immutable was said to be on a full disk and its
-reserve given back; and a failing store held the deletes of finished jobs for a second, so
-a kill in that window ran them all again.
+Found in a durability review: a store deleted or replaced while the server ran was written
+on unseen (SQLite holds the old file open), so every job acknowledged since was lost at the
+next stop, with no word in the log; a store made immutable was said to be on a full disk
+and its reserve given back; and a failing store held the deletes of finished jobs for a
+second, so a kill in that window ran them all again.
 """
 
 from __future__ import annotations
@@ -54,6 +56,29 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_store_deleted_or_replaced_under_the_server_refuses_and_says_so(
+    server: tuple[str, Path, Path], how: str
+) -> None:
+    addr, db, log = server
+    client = Peer(addr)
+    client.send(T.SUBMIT_JOB_BG, "f", "before", "x")
+    assert client.recv().type == T.JOB_CREATED
+    if how == "deleted":
+        for side in ("", "-wal", "-reserve"):
+            Path(f"{db}{side}").unlink(missing_ok=True)
+    else:  # moved aside, an empty file in its place (a restore gone wrong, a cleanup)
+        db.rename(db.with_name("q.db.old"))
+        db.touch(0o600)
+    # Before: JOB_CREATED, written into a file no later start reads.
+    client.send(T.SUBMIT_JOB_BG, "f", "after", "x")
+    answer = client.recv()
+    assert answer.type == T.ERROR and answer.args[0] == b"QUEUE_ERROR", answer
+    assert f"was {how}".encode() in answer.args[1], answer
+    wait_for("the log to say so", lambda: f"ERROR the job store {db}" in log.read_text())
+    assert f"was {how} while the server runs" in log.read_text()
 
 
 def test_a_store_that_cannot_be_written_keeps_its_reserve(
