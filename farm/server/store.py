@@ -192,7 +192,7 @@ class SQLiteStore:
             gone = self._file.gone()
             if gone:
                 raise sqlite3.OperationalError(gone)
-            if self.reserve.spent and not self.reserve.make():
+            if self.reserve.spent and not self.reserve.make() and not self._shrink():
                 # The reserve's room is the deletes': an add that fit in it would leave the
                 # next deletes none, and the jobs they end would run again after a restart.
                 # Not only while broken: a store reopened with its reserve given back.
@@ -273,6 +273,31 @@ class SQLiteStore:
         except (sqlite3.Error, OSError):
             pass
         return True
+
+    def _shrink(self) -> bool:
+        """Give the disk back the pages the finished jobs freed (VACUUM), then take the
+        reserve again; whether it is held. SQLite keeps a database's free pages for its
+        next rows: a store that filled a small disk stayed that large once its jobs had all
+        finished, and refused every job until the disk grew. Only where the pages live
+        rows take fit the disk's free room (VACUUM writes them again, into the WAL) and the
+        free ones would make room for the reserve: not a large store's every retry."""
+        try:
+            pages, free, size = (
+                self.db.execute(f"PRAGMA {name}").fetchone()[0]
+                for name in ("page_count", "freelist_count", "page_size")
+            )
+            disk = os.statvfs(Path(self.path).parent)
+            if free * size < self.reserve.size or (pages - free) * size >= (
+                disk.f_bavail * disk.f_frsize
+            ):
+                return False
+            self.db.execute("VACUUM")
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except (sqlite3.Error, OSError) as exc:
+            log.debug("the job store %s: not shrunk: %s", self.path, exc)
+            return False
+        log.info("the job store %s gave %d free pages back to the disk", self.path, free)
+        return self.reserve.make()
 
     def _checkpoint_fits(self) -> bool:
         """Whether the disk has room for the database file to grow to its full size."""

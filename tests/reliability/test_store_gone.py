@@ -22,6 +22,7 @@ from farm.protocol import PacketType as T
 from farm.server.jobs import JobServer, Outcome
 from farm.server.store import SQLiteStore
 from tests.helpers import ROOT
+from tests.helpers.disks import small_tmpfs
 from tests.helpers.fakes import FakePeer
 from tests.helpers.peers import Peer
 from tests.helpers.servers import free_port, wait_connectable
@@ -142,3 +143,25 @@ def test_a_failing_store_deletes_finished_jobs_without_waiting_for_its_retry(
     assert store.count() == stored - 1, "the delete was held, not written"
     assert store.broken, "the adds are still refused until their retry"
     store.close()
+
+
+def test_a_store_that_filled_a_small_disk_takes_jobs_again_once_they_finished(
+    tmp_path: Path,
+) -> None:
+    # A review's run on a 2 MB disk: the store filled it, every job then finished, and the
+    # store still refused background jobs: SQLite keeps a database's freed pages, so the
+    # file stayed as large and "four times the reserve free" never held again.
+    with small_tmpfs(tmp_path / "small", "2m") as disk:
+        store = SQLiteStore(disk / "q.db", retry_after=0.0)
+        jobs = JobServer(store=store, hostname="t")
+        worker = FakePeer()
+        jobs.can_do(worker, b"f")
+        fill(store, jobs)
+        while (job := jobs.grab(worker)) is not None:
+            jobs.finish(worker, job, Outcome.COMPLETE, b"")
+            jobs.commit_store()
+        assert store.count() == 0
+        job = jobs.submit(None, b"f", b"", b"small", background=True)
+        assert jobs.commit_store() == [], store.broken
+        assert store.broken is None
+        store.close()
