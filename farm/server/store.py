@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm.server.reserve import DiskReserve, disk_full
+from farm.server.storeagain import make_again
 from farm.server.storecheck import ASIDE_TABLE, kept_aside, set_aside, split_damaged
 
 # Re-exported: the server and the tests name the store's errors by this module.
@@ -99,6 +100,7 @@ class SQLiteStore:
         self._retries: dict[int, int] = {}  # row id: its job's count of worker deaths
         self.staged_handles: list[bytes] = []
         self.reserve = DiskReserve(self.path)  # made once the store is ours
+        self.sync = sync
         self.db, self._next_id = open_database(self.path, sync, self.reserve)
         self._file = OpenFile(self.path)  # to see it deleted or replaced under the server
 
@@ -191,7 +193,7 @@ class SQLiteStore:
         try:
             gone = self._file.gone()
             if gone:
-                raise sqlite3.OperationalError(gone)
+                self._make_again(gone)
             if self.reserve.spent and not self.reserve.make() and not self._shrink():
                 # The reserve's room is the deletes': an add that fit in it would leave the
                 # next deletes none, and the jobs they end would run again after a restart.
@@ -210,6 +212,20 @@ class SQLiteStore:
                 self.reserve.make()
         finally:
             batch.seconds = time.perf_counter() - began
+
+    def _make_again(self, gone: str) -> None:
+        """A store deleted under the server made again at its path, with the jobs the open
+        file holds (farm.server.storeagain); raised as the store's failure otherwise."""
+        if gone == "deleted":
+            try:
+                self.db = make_again(self.db, self.path, self.sync, self.reserve)
+                self._file = OpenFile(self.path)
+                return
+            except (sqlite3.Error, OSError, StoreError) as exc:
+                # Tried at each retry: said once (the loop's flag, read here, may lag a batch).
+                said = log.debug if self.broken else log.error
+                said("the job store %s could not be made again: %s", self.path, exc)
+        raise sqlite3.OperationalError(OpenFile.why(gone))
 
     def settle(self, batch: Batch) -> list[bytes]:
         """Take in ``batch``'s outcome (the loop's thread): the handles whose add failed."""

@@ -49,18 +49,21 @@ class OpenFile:
         self._identity = (opened.st_dev, opened.st_ino)
 
     def gone(self) -> str | None:
-        """Why the path no longer names the file, if it does not: one stat, about a
-        microsecond, beside a commit's tens."""
+        """How the path no longer names the file, if it does not (``deleted``, ``replaced``):
+        one stat, about a microsecond, beside a commit's tens."""
         try:
             now = os.stat(self.path)
         except FileNotFoundError:
-            happened = "deleted"
+            return "deleted"
         except OSError:
             return None  # not known to be gone: the write itself says what fails
-        else:
-            if (now.st_dev, now.st_ino) == self._identity:
-                return None
-            happened = "replaced"
+        if (now.st_dev, now.st_ino) == self._identity:
+            return None
+        return "replaced"
+
+    @staticmethod
+    def why(happened: str) -> str:
+        """The store's failure, for the log and QUEUE_ERROR."""
         return (
             f"the file was {happened} while the server runs; the jobs stored so far stay in"
             " memory only and are lost if the server stops before they run (put the file"
