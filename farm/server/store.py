@@ -378,6 +378,11 @@ class SQLiteStore:
                     len(self._deletes),
                     self.path,
                 )
+        elif gone := self._file.gone():  # no commit looked: the stop must not lose the jobs
+            try:
+                self._make_again(gone)
+            except sqlite3.OperationalError as exc:
+                log.error("the job store %s: %s", self.path, exc)
         self.reserve.close()
         self.db.close()
 

@@ -79,10 +79,14 @@ def test_a_store_replaced_under_the_server_refuses_and_says_so(
     assert "was replaced while the server runs" in log.read_text()
 
 
-@pytest.mark.parametrize("files", [("",), ("", "-wal", "-reserve")])
+@pytest.mark.parametrize(
+    ("files", "then"),
+    [(("",), "submit"), (("", "-wal", "-reserve"), "submit"), (("", "-wal"), "stop")],
+)
 def test_a_store_deleted_under_the_server_is_made_again_with_its_jobs(
-    tmp_path: Path, files: tuple[str, ...]
+    tmp_path: Path, files: tuple[str, ...], then: str
 ) -> None:
+    # "stop": nothing written after the rm, the server stopped (SIGTERM) idle.
     db, log = tmp_path / "q.db", tmp_path / "server.log"
     srv = start_with_store(db, args=["-v", "-l", str(log)])
     try:
@@ -92,20 +96,22 @@ def test_a_store_deleted_under_the_server_is_made_again_with_its_jobs(
             assert client.recv().type == T.JOB_CREATED
         for side in files:  # rm q.db (and its WAL, its reserve): a cleanup gone wrong
             Path(f"{db}{side}").unlink()
-        client.send(T.SUBMIT_JOB_BG, "f", "after", "after")
-        # Before: JOB_CREATED too, but written into the deleted file: lost at the restart.
-        assert client.recv().type == T.JOB_CREATED
-        wait_for("the log to say so", lambda: "was deleted" in log.read_text())
-        assert f"ERROR the job store {db} was deleted" in log.read_text()
-        assert db.exists()
+        if then == "submit":
+            client.send(T.SUBMIT_JOB_BG, "f", "after", "after")
+            # Before: JOB_CREATED too, but written into the deleted file: lost at the restart.
+            assert client.recv().type == T.JOB_CREATED
+            wait_for("the log to say so", lambda: "was deleted" in log.read_text())
+            assert db.exists()
     finally:
         srv.stop()
+    assert f"ERROR the job store {db} was deleted" in log.read_text()
     again = SQLiteStore(db)
     try:
         kept = sorted(job.data for job in again.load())
     finally:
         again.close()
-    assert kept == [b"after", *(b"before%d" % i for i in range(5))], "acknowledged jobs lost"
+    after = [b"after"] if then == "submit" else []
+    assert kept == [*after, *(b"before%d" % i for i in range(5))], "acknowledged jobs lost"
 
 
 def test_a_store_that_cannot_be_written_keeps_its_reserve(
