@@ -107,20 +107,23 @@ def test_a_job_server_restart_is_one_warning_not_two_a_worker(tmp_path: Path) ->
     try:
         up.expect_notify("READY=1")
         up.wait_idle({"rev": 2})
-        (server,) = [r for r in up.ps() if r["function"] == "server"]
-        os.kill(server["pid"], signal.SIGKILL)
-        lost = r"farm-worker rev#\d\[\d+\] [A-Z]+ job server \S+ .*; reconnecting$"
-        wait_for(
-            "both workers to say the server went",
-            lambda: len(re.findall(lost, up.read_log(), re.M)) >= 2,  # 2: asserted below
-            timeout=30,  # failed twice in six at 10 s beside four other suites (a slow read?)
-        )
 
         def both_serve() -> bool:
             try:  # refused until the new server listens
                 return "rev\t0\t0\t2" in admin_query(up.addr, "status", timeout=5)
             except OSError:
                 return False
+
+        # Registered with the server, not only up: a worker idle in farm ps may not have
+        # connected yet, and then its first word is "unreachable" (seen under load).
+        wait_for("both workers registered", both_serve, timeout=20)
+        (server,) = [r for r in up.ps() if r["function"] == "server"]
+        os.kill(server["pid"], signal.SIGKILL)
+        lost = r"farm-worker rev#\d\[\d+\] [A-Z]+ job server \S+ .*; reconnecting$"
+        wait_for(
+            "both workers to say the server went",
+            lambda: len(re.findall(lost, up.read_log(), re.M)) >= 2,  # 2: asserted below
+        )
 
         wait_for("both workers serving the new server", both_serve, timeout=20)
         with Client(up.addr) as client:
