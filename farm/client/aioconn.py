@@ -42,9 +42,14 @@ log = logging.getLogger("farm.client.aio")
 
 __all__ = ["ServerConnection", "StreamEvent", "Waiter", "WRITE_CHUNK", "closed_error"]
 
-#: How many loop turns a look for a close the loop has not read yet (``closed_unseen``)
-#: lets the transport read what came before it; a server still sending then is alive.
+#: How many loop turns in a row in which the transport reads nothing a look for a close
+#: the loop has not read yet (``closed_unseen``) waits for it; a server whose bytes wait
+#: unread that long is alive. Turns that read go on: a late reply of many MB before the end.
 CATCH_UP_TURNS = 8
+
+#: The most seconds that look lets the transport read what came before the end: a live
+#: server that streams without pause is not waited on for ever.
+CATCH_UP_SECONDS = 2.0
 
 #: The most one ``transport.write`` is handed (whole requests; one larger request goes
 #: alone). Past the transport's high-water mark it pauses us, and what is left is held.
@@ -106,6 +111,7 @@ class ServerConnection(asyncio.Protocol):
         self.lost_how = "went away"  # what a job lost with it says of the server
         self.writing_paused = False  # the transport's buffer is past its high-water mark
         self._flush_due = False
+        self.received = 0  # bytes read so far: whether ``closed_unseen``'s wait reads on
         self.undelivered: deque[object] = deque()  # read, not yet handed on (``_deliver``)
         self.socket_kind: tuple[int, int, int] | None = None  # family, type, proto
         # Set by the AsyncClient: move a lost unique-keyed job to another server. Weakly
@@ -151,10 +157,16 @@ class ServerConnection(asyncio.Protocol):
         loop sees a close (``connection_lost``), instead of the next request going onto it
         (as farm.Client's ``catch_up``). A look at the socket, not a read: what waits before
         the end (a late reply, a TLS record) is the transport's to read, so the loop is let
-        run a turn at a time for it, ``CATCH_UP_TURNS`` at most (a server sending on is
-        alive). One ``asyncio.sleep(0)`` is not enough: the loop resumes its caller before
-        the read the same poll found, and a close comes a turn after its read."""
-        for _ in range(CATCH_UP_TURNS):
+        run a turn at a time for it while it reads (a late reply of several MB takes many
+        turns), ``CATCH_UP_TURNS`` in a row that read nothing at most and
+        ``CATCH_UP_SECONDS`` in all (a server sending on is alive). Counting all turns
+        instead took a closed connection with a late reply over ~1.5 MB for alive: the next
+        request went onto it and was lost with it. One ``asyncio.sleep(0)`` is not enough:
+        the loop resumes its caller before the read the same poll found, and a close comes
+        a turn after its read."""
+        idle = 0
+        until = self.loop.time() + CATCH_UP_SECONDS
+        while idle < CATCH_UP_TURNS and self.loop.time() < until:
             transport = self.transport
             if transport is None or transport.is_closing():
                 return True
@@ -164,7 +176,9 @@ class ServerConnection(asyncio.Protocol):
             if not unread:  # its end, nothing before it
                 transport.abort()  # connection_lost next turn, as the loop's read would
                 return True
+            received = self.received
             await asyncio.sleep(0)
+            idle = 0 if self.received != received else idle + 1
         return False
 
     def ask(self, query: Query[Reply]) -> asyncio.Future[Reply]:
@@ -201,6 +215,7 @@ class ServerConnection(asyncio.Protocol):
         self.send_soon()  # what was held goes out in order, next turn (not inside write-ready)
 
     def data_received(self, data: bytes) -> None:
+        self.received += len(data)
         try:
             events = self.session.receive(data)
         except ProtocolError as exc:  # not a job server (a web server's port), or a broken one

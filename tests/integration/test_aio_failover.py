@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import select
+import socket
 import threading
 from collections.abc import Iterator
 
@@ -13,6 +14,8 @@ import pytest
 
 import farm
 from farm.client.aio import AsyncClient
+from farm.protocol import PacketType as T
+from farm.protocol import encode_res
 from tests.helpers import aiojobs
 from tests.helpers.aiojobs import run_async
 from tests.helpers.servers import Server, start_like
@@ -164,3 +167,61 @@ async def test_a_stream_cancelled_unanswered_puts_its_server_last(
             except TimeoutError:
                 outcomes.append("timed out")
     assert outcomes.count("timed out") == 1, outcomes
+
+
+def _late_reply_then_close(listener: socket.socket, size: int, closed: threading.Event) -> None:
+    """A scripted server: answers OPTION_REQ and each SUBMIT_JOB; the second job's
+    WORK_COMPLETE, ``size`` bytes, comes late (the client's loop blocked), then its close."""
+    jobs = 0
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:  # the test closed it
+            return
+        with conn:  # closed on leaving
+            buf, done = bytearray(), False
+            while not done and (data := conn.recv(65536)):
+                buf += data
+                while len(buf) >= 12 and len(buf) >= 12 + int.from_bytes(buf[8:12], "big"):
+                    kind, length = int.from_bytes(buf[4:8], "big"), int.from_bytes(buf[8:12], "big")
+                    body = bytes(buf[12 : 12 + length])
+                    del buf[: 12 + length]
+                    if kind == T.OPTION_REQ:
+                        conn.sendall(encode_res(T.OPTION_RES, body))
+                    elif kind == T.SUBMIT_JOB:
+                        jobs += 1
+                        handle = b"H:%d" % jobs
+                        conn.sendall(encode_res(T.JOB_CREATED, handle))
+                        late = b"B" * size if jobs == 2 else b"ok"
+                        conn.sendall(encode_res(T.WORK_COMPLETE, handle, late))
+                        if jobs == 2:
+                            done = True
+                            break
+        if done:  # the late reply and the close wait in the kernel's buffers now
+            closed.set()
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
+def test_a_late_reply_of_several_mb_is_read_then_the_close_seen(kind: str) -> None:
+    # A look that let the transport read for 8 turns at most (~2 MB) gave up halfway through
+    # a late 3 MB reply and took the closed connection for alive: the next call was lost
+    # with it ("went away"), and the late reply too, though all of it had been sent.
+    # 3 MB: the most Linux's default TCP buffers (4 MB) surely hold while the client reads
+    # nothing, so that the close is behind it when the loop runs again, not still to come.
+    listener = socket.create_server(("127.0.0.1", 0))
+    closed = threading.Event()
+    args = (listener, 3_000_000, closed)
+    threading.Thread(target=_late_reply_then_close, args=args, daemon=True).start()
+    loop = new_loop(kind)
+    client = AsyncClient([f"127.0.0.1:{listener.getsockname()[1]}"])
+    try:
+        assert loop.run_until_complete(client.call("f", timeout=10)) == b"ok"
+        task = loop.run_until_complete(client.submit("f"))
+        assert closed.wait(10), "the server sent the late reply and closed"
+        # The loop runs again only now: the reply waits unread, and its close behind it.
+        assert loop.run_until_complete(client.call("f", timeout=10)) == b"ok"
+        assert len(loop.run_until_complete(client.wait(task, timeout=10))) == 3_000_000
+    finally:
+        loop.run_until_complete(client.close())
+        loop.close()
+        listener.close()
