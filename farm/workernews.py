@@ -32,7 +32,9 @@ class WorkerNews(WorkerLinks):
         job's code still holds the thread that runs it, and the server, told WORK_FAIL
         before the connection drops, fails the job rather than handing it out again.
         Logs ``job HANDLE failed: WHY``. False, and nothing is sent, if ``job`` is no longer
-        in hand: it has just ended (its answer leaves as usual) or its server is gone.
+        in hand: it has just ended (its answer leaves as usual) or its server is gone. False
+        too if the WORK_FAIL did not all leave: its connection was lost first (a server that
+        took none of what waited before it, the job's large data, for ``connect_timeout``).
         """
         server = job._server
         with self._send_lock:
@@ -45,11 +47,14 @@ class WorkerNews(WorkerLinks):
             fields = {"function": job.function, "job": job.handle}  # farm.logs' fields
             log.error("job %s failed: %s", job.handle, why, extra=fields)
             rest = self._flush_locked(server)
+            left = server.sock is not None  # a failed write lost the connection
         if rest is not None:  # bounded, and not under the lock the job's own thread may need
-            self._write_rest(server, rest)
+            # Its outcome, not True: a watchdog told True exits believing the server failed
+            # the job, where its WORK_FAIL was lost with a hung server's connection.
+            left = self._write_rest(server, rest)
         # No _run_unsent_due: a job in hand leaves no answer's hook to lose here, and one
         # the worker's thread lost is its to run (Job.unsent runs in the worker's thread).
-        return True
+        return left
 
     def _send_news(self, job: Job, queue: Callable[[WorkerSession], None]) -> bool:
         """A job's news (status, data, warning) from its function, while it runs; whether

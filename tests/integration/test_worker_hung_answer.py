@@ -18,6 +18,7 @@ import pytest
 import farm
 from tests.helpers.servers import Server, start_farm_server, stop_process
 from tests.helpers.serving import reverse
+from tests.helpers.waiting import wait_for
 
 #: Past what loopback's socket buffers hold (the kernel's and the server's), both ends'.
 LARGE = 32 << 20
@@ -135,3 +136,33 @@ def test_send_data_to_a_hung_server_gives_up_within_the_bound(
         assert big.data_written is False  # its server dropped: nobody takes that data
         with farm.Client(farm_server.addr) as live:
             assert live.call("reverse", b"ab", timeout=20) == b"ba"
+
+
+@pytest.mark.timeout(60)
+def test_abandon_says_false_when_its_work_fail_never_reached_a_hung_server(
+    hung_then_woken: Server, farm_server: Server
+) -> None:
+    # abandon() said True though its WORK_FAIL waited behind the job's data, which the hung
+    # server never took, and was lost with its connection: kill_rss_mb's watchdog exited
+    # believing the server had failed the job, where it hands it out again.
+    said: list[bool] = []
+    worker = farm.Worker([hung_then_woken.addr, farm_server.addr], connect_timeout=BOUND)
+
+    def watchdog(job: farm.Job) -> None:
+        # Once the job's data waits on the hung server, the job's thread writing its rest.
+        wait_for("the data to wait", lambda: any(s.pending for s in worker._servers))
+        said.append(worker.abandon(job, "RSS 900 MiB over kill_rss_mb 512; worker exits"))
+
+    def big(job: farm.Job) -> bytes:
+        stop_process(hung_then_woken.proc.pid)
+        watching = threading.Thread(target=watchdog, args=(job,), daemon=True)
+        watching.start()
+        job.send_data(b"x" * LARGE)
+        watching.join(BOUND + 10)
+        return b"done"
+
+    worker.register("big", big)
+    with working(worker):
+        submit(hung_then_woken, "big")
+        wait_for("abandon() to return", lambda: said, timeout=BOUND + 20)
+    assert said == [False]
