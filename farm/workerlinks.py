@@ -39,6 +39,9 @@ log = logging.getLogger("farm.worker")
 #: Reconnect delays after a server is lost or refuses: first, then doubling up to the cap.
 BACKOFF_FIRST = 0.05
 BACKOFF_CAP = 5.0
+#: The most seconds a grab's deadline waits past its last byte for the server to read what
+#: the buffers held ahead of it (``_push_the_grab``), however slow its pace was.
+BACKLOG_CAP = 30.0
 
 
 @dataclass(slots=True)
@@ -65,6 +68,13 @@ class ServerLink:
     # so that writes from several threads never interleave within a packet.
     pending: bytearray | None = None
     took_at: float = 0.0  # when the server last took some of them (monotonic)
+    # A write the buffers stopped: when, what they took at once, what the server took at
+    # its pace since; and, once all left, when it will likely have read the buffers' worth
+    # too (``_push_the_grab``: a grab behind them waits on that before it can be answered).
+    stalled_at: float = 0.0
+    burst: int = 0
+    paced: int = 0
+    read_by: float = 0.0
 
 
 #: poll() events that say a peer is gone: its end of stream (Linux's POLLRDHUP, where
@@ -111,6 +121,7 @@ class WorkerLinks:
             if not (self._stopping or len(self._servers) > 1):
                 return
             self._grab_deadline = now + self.connect_timeout
+            self._push_the_grab(server)  # behind an answer the server is still reading
         if now >= self._grab_deadline:
             server.silent = True
             self._lost(server, f"did not answer a grab within {self.connect_timeout:g}s")
@@ -215,17 +226,38 @@ class WorkerLinks:
         except OSError as exc:
             self._lost(server, f"write failed: {exc}", locked=True)
             return None
+        now = time.monotonic()
+        if sent:
+            server.took_at = now
+        if out is server.pending:
+            server.paced += sent
         if sent == len(out):
+            if out is server.pending and now > server.stalled_at and server.paced:
+                # Read at the pace it took the rest: the buffers' worth still ahead of
+                # what left last, up to BACKLOG_CAP seconds of it.
+                backlog = server.burst * (now - server.stalled_at) / server.paced
+                server.read_by = now + min(backlog, BACKLOG_CAP)
             server.pending = None
             server.unsent = None  # the answer left
+            self._push_the_grab(server)
             return None
         if out is server.pending:
             del server.pending[:sent]  # from the front: no copy of the rest
         else:
             server.pending = bytearray(memoryview(out)[sent:])
-        if sent:
-            server.took_at = time.monotonic()
+            server.stalled_at, server.burst, server.paced = now, sent, 0
+        self._push_the_grab(server)
         return sock
+
+    def _push_the_grab(self, server: ServerLink) -> None:
+        """A grab to ``server`` queued behind a large answer (or sent just after one) has
+        its deadline run from when the server could answer it: from the last byte it took,
+        and past that by the time it likely takes to read what the buffers held ahead of
+        the grab, at the pace it read the rest. Run from when it was queued, a slow server
+        that takes our bytes, however slowly, was dropped as hung."""
+        if self._grabbing is server and self._grab_deadline is not None:
+            since = max(server.took_at, server.read_by)
+            self._grab_deadline = max(self._grab_deadline, since + self.connect_timeout)
 
     def _write_rest(self, server: ServerLink, sock: socket.socket) -> bool:
         """Write what ``_flush_locked`` left waiting on ``sock``, the send lock held only to
@@ -270,6 +302,7 @@ class WorkerLinks:
         server.sock.close()
         server.sock = None
         server.pending = None  # that connection's: nobody reads it now
+        server.read_by = 0.0  # nor its buffers: a grab on the next one waits on nothing
 
     def _lost(self, server: ServerLink, why: str, *, locked: bool = False) -> None:
         """The connection is gone; ``locked``: the send lock is held, so the answered
