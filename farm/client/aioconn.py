@@ -48,8 +48,8 @@ __all__ = ["ServerConnection", "StreamEvent", "Waiter", "WRITE_CHUNK", "closed_e
 CATCH_UP_TURNS = 8
 
 #: The most seconds that look lets the transport read what came before the end: a live
-#: server that streams without pause is not waited on for ever.
-CATCH_UP_SECONDS = 2.0
+#: server that streams faster than the loop reads holds each request this long at most.
+CATCH_UP_SECONDS = 1.0
 
 #: The most one ``transport.write`` is handed (whole requests; one larger request goes
 #: alone). Past the transport's high-water mark it pauses us, and what is left is held.
