@@ -8,6 +8,7 @@ import asyncio
 import select
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -218,6 +219,7 @@ def test_a_late_reply_of_several_mb_is_read_then_the_close_seen(kind: str) -> No
         assert loop.run_until_complete(client.call("f", timeout=10)) == b"ok"
         task = loop.run_until_complete(client.submit("f"))
         assert closed.wait(10), "the server sent the late reply and closed"
+        time.sleep(0.2)  # a loop blocked a while (the review's slept 1 s): past READ_RECENTLY
         # The loop runs again only now: the reply waits unread, and its close behind it.
         assert loop.run_until_complete(client.call("f", timeout=10)) == b"ok"
         assert len(loop.run_until_complete(client.wait(task, timeout=10))) == 3_000_000
