@@ -180,6 +180,9 @@ class ServerConnection(asyncio.Protocol):
         request went onto it and was lost with it. One ``asyncio.sleep(0)`` is not enough:
         the loop resumes its caller before the read the same poll found, and a close comes
         a turn after its read."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return True  # lost: its descriptor may be another file's now, and ``ended`` stale
         now = self.loop.time()
         ended = self.ended
         if ended is not None and now - self.read_at < READ_RECENTLY and not ended.poll(0):
@@ -316,6 +319,7 @@ class ServerConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.ended = None  # its descriptor is closed, and may be reused by another file
         resubmit = None if self.resubmit is None else self.resubmit()
         for task in self.session.connection_lost(self.lost_how):
             if self.closed_by_client:  # our close(): not the server's doing, and no retry

@@ -227,3 +227,51 @@ def test_a_late_reply_of_several_mb_is_read_then_the_close_seen(kind: str) -> No
         loop.run_until_complete(client.close())
         loop.close()
         listener.close()
+
+
+def _answer_once_then_close(listener: socket.socket) -> None:
+    """Each connection: OPTION_RES to options, one job answered, then the close (a restart)."""
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            buf = bytearray()
+            answered = False
+            while not answered and (data := conn.recv(65536)):
+                buf += data
+                while len(buf) >= 12 and len(buf) >= 12 + int.from_bytes(buf[8:12], "big"):
+                    kind, size = int.from_bytes(buf[4:8], "big"), int.from_bytes(buf[8:12], "big")
+                    body = bytes(buf[12 : 12 + size])
+                    del buf[: 12 + size]
+                    if kind == T.OPTION_REQ:
+                        conn.sendall(encode_res(T.OPTION_RES, body))
+                    elif kind == T.SUBMIT_JOB:
+                        done = encode_res(T.WORK_COMPLETE, b"H:1", b"ok")
+                        conn.sendall(encode_res(T.JOB_CREATED, b"H:1") + done)
+                        answered = True
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
+def test_a_connection_lost_whose_descriptor_another_file_took_is_not_reused(kind: str) -> None:
+    # The look for an unseen close polled the lost connection's descriptor within 50 ms of
+    # its last read: a file the program opened meanwhile had that number, showed no end,
+    # and the next call went onto the dead connection ("is closed").
+    listener = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=_answer_once_then_close, args=(listener,), daemon=True).start()
+    loop = new_loop(kind)
+    client = AsyncClient([f"127.0.0.1:{listener.getsockname()[1]}"])
+
+    async def calls() -> list[bytes]:
+        first = await client.call("f", timeout=5)
+        await asyncio.sleep(0.005)  # the loop reads the close: the descriptor is freed
+        with open(__file__, "rb"):  # and a file takes it
+            return [first, await client.call("f", timeout=5)]
+
+    try:
+        assert loop.run_until_complete(calls()) == [b"ok", b"ok"]
+    finally:
+        loop.run_until_complete(client.close())
+        loop.close()
+        listener.close()
