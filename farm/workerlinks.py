@@ -124,7 +124,10 @@ class WorkerLinks:
             self._push_the_grab(server)  # behind an answer the server is still reading
         if now >= self._grab_deadline:
             server.silent = True
-            self._lost(server, f"did not answer a grab within {self.connect_timeout:g}s")
+            self._lost(
+                server,
+                "did not answer a grab in time (its connect_timeout, past an answer's backlog)",
+            )
 
     def _reconnect_due(self, now: float) -> None:
         selector = self._selector
