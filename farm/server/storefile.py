@@ -64,10 +64,12 @@ class OpenFile:
     @staticmethod
     def why(happened: str) -> str:
         """The store's failure, for the log and QUEUE_ERROR."""
+        # A restart reads what is at the path: the file put there, or a new store.
+        then = "the file now at the path" if happened == "replaced" else "a new store"
         return (
             f"the file was {happened} while the server runs; the jobs stored so far stay in"
             " memory only and are lost if the server stops before they run (put the file"
-            " back, or let them run before a restart, which starts a new store)"
+            f" back, or let them run before a restart, which reads {then})"
         )
 
 
