@@ -11,7 +11,6 @@ another file (replaced) is not written over: that file is someone's, and the sto
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 from pathlib import Path
 
@@ -63,20 +62,12 @@ def make_again(
     finally:
         aside.close()
         Path(aside.path).unlink(missing_ok=True)
-    # Linked, not renamed, into place, and while ``db`` is still open: a file put at the
-    # path meanwhile (the copy of a large store takes a second) is someone's, and a rename
-    # replaced it. Then this store fails as replaced, ``db`` open as it was.
-    try:
-        os.link(making, path)
-    except BaseException:
-        _remove(making)
-        raise
     db.close()
     # What the deleted store left by its name (its WAL, where its close could not remove
     # it: SQLite would replay those pages into the new file), all of it read above.
     _remove(path, sides_only=True)
     reserve.close()  # deleted too, perhaps: made again beside the new store
-    Path(making).unlink()
+    Path(making).rename(path)
     again, _ = open_database(path, sync, reserve)
     log.error(
         "the job store %s was deleted while the server runs: made again there with the %d"
