@@ -9,14 +9,15 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 
 import farm
 from farm.client.aio import AsyncClient
+from farm.protocol import Decoder, Packet, encode_res
 from farm.protocol import PacketType as T
-from farm.protocol import encode_res
 from tests.helpers import aiojobs
 from tests.helpers.aiojobs import run_async
 from tests.helpers.servers import Server, start_like
@@ -36,6 +37,18 @@ def new_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+@contextmanager
+def stepped(kind: str, addr: str) -> Iterator[tuple[asyncio.AbstractEventLoop, AsyncClient]]:
+    """A loop of ``kind`` driven a step at a time, and an AsyncClient of ``addr`` on it."""
+    loop = new_loop(kind)
+    client = AsyncClient([addr])
+    try:
+        yield loop, client
+    finally:
+        loop.run_until_complete(client.close())
+        loop.close()
+
+
 @pytest.fixture
 def stalled() -> Iterator[StalledPeer]:
     """A server that takes a connection and never answers (hung, SIGSTOPped)."""
@@ -51,9 +64,7 @@ def test_a_restart_the_loop_did_not_read_is_seen_before_the_next_request(
     # A loop driven a step at a time (or a coroutine's blocking work) reads nothing while
     # the server restarts: the next request went onto the dead connection, and status(task)
     # raised "went away" where farm.Client answers, a call failed as "it may have been created".
-    loop = new_loop(kind)
-    client = AsyncClient([any_server.addr])
-    try:
+    with stepped(kind, any_server.addr) as (loop, client):
         task = loop.run_until_complete(client.submit("nobody-serves-this", b"x", background=True))
         any_server.stop()
         again = start_like(any_server, port=any_server.port)
@@ -65,9 +76,6 @@ def test_a_restart_the_loop_did_not_read_is_seen_before_the_next_request(
                 assert loop.run_until_complete(call) == b"cba"
         finally:
             again.stop()
-    finally:
-        loop.run_until_complete(client.close())
-        loop.close()
 
 
 @pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
@@ -76,10 +84,8 @@ def test_a_late_reply_unread_before_a_restart_is_read_then_the_close_seen(
 ) -> None:
     # What waits before the close (a timed-out call's WORK_COMPLETE) is read by the loop
     # first: a look that saw only it took the closed connection for alive.
-    loop = new_loop(kind)
-    client = AsyncClient([any_server.addr])
     release = threading.Event()
-    try:
+    with stepped(kind, any_server.addr) as (loop, client):
         with serving([any_server.addr], {"slow": lambda job: release.wait(30) and b"late"}) as w:
             with pytest.raises(farm.Timeout):
                 loop.run_until_complete(client.call("slow", b"x", timeout=0.2))
@@ -95,9 +101,6 @@ def test_a_late_reply_unread_before_a_restart_is_read_then_the_close_seen(
                 assert loop.run_until_complete(call) == b"cba"
         finally:
             again.stop()
-    finally:
-        loop.run_until_complete(client.close())
-        loop.close()
 
 
 @run_async
@@ -170,9 +173,14 @@ async def test_a_stream_cancelled_unanswered_puts_its_server_last(
     assert outcomes.count("timed out") == 1, outcomes
 
 
-def _late_reply_then_close(listener: socket.socket, size: int, closed: threading.Event) -> None:
-    """A scripted server: answers OPTION_REQ and each SUBMIT_JOB; the second job's
-    WORK_COMPLETE, ``size`` bytes, comes late (the client's loop blocked), then its close."""
+def _scripted(
+    listener: socket.socket,
+    answer: Callable[[int], tuple[bytes, bool]],
+    closed: threading.Event | None = None,
+) -> None:
+    """A scripted server: OPTION_RES to each OPTION_REQ; to the Nth SUBMIT_JOB (counted over
+    its connections), ``answer(N)``'s bytes, and the connection's close when it says so
+    (then ``closed`` is set: what it sent and its close wait in the kernel's buffers)."""
     jobs = 0
     while True:
         try:
@@ -180,26 +188,24 @@ def _late_reply_then_close(listener: socket.socket, size: int, closed: threading
         except OSError:  # the test closed it
             return
         with conn:  # closed on leaving
-            buf, done = bytearray(), False
+            decoder, done = Decoder(allow_admin=False, server_side=True), False
             while not done and (data := conn.recv(65536)):
-                buf += data
-                while len(buf) >= 12 and len(buf) >= 12 + int.from_bytes(buf[8:12], "big"):
-                    kind, length = int.from_bytes(buf[4:8], "big"), int.from_bytes(buf[8:12], "big")
-                    body = bytes(buf[12 : 12 + length])
-                    del buf[: 12 + length]
-                    if kind == T.OPTION_REQ:
-                        conn.sendall(encode_res(T.OPTION_RES, body))
-                    elif kind == T.SUBMIT_JOB:
+                for packet in decoder.feed(data):
+                    assert isinstance(packet, Packet)
+                    if packet.type == T.OPTION_REQ:
+                        conn.sendall(encode_res(T.OPTION_RES, packet.args[0]))
+                    elif packet.type == T.SUBMIT_JOB:
                         jobs += 1
-                        handle = b"H:%d" % jobs
-                        conn.sendall(encode_res(T.JOB_CREATED, handle))
-                        late = b"B" * size if jobs == 2 else b"ok"
-                        conn.sendall(encode_res(T.WORK_COMPLETE, handle, late))
-                        if jobs == 2:
-                            done = True
+                        reply, done = answer(jobs)
+                        conn.sendall(reply)
+                        if done:
                             break
-        if done:  # the late reply and the close wait in the kernel's buffers now
+        if done and closed is not None:
             closed.set()
+
+
+def _job_done(handle: bytes, result: bytes) -> bytes:
+    return encode_res(T.JOB_CREATED, handle) + encode_res(T.WORK_COMPLETE, handle, result)
 
 
 @pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
@@ -211,11 +217,12 @@ def test_a_late_reply_of_several_mb_is_read_then_the_close_seen(kind: str) -> No
     # nothing, so that the close is behind it when the loop runs again, not still to come.
     listener = socket.create_server(("127.0.0.1", 0))
     closed = threading.Event()
-    args = (listener, 3_000_000, closed)
-    threading.Thread(target=_late_reply_then_close, args=args, daemon=True).start()
-    loop = new_loop(kind)
-    client = AsyncClient([f"127.0.0.1:{listener.getsockname()[1]}"])
-    try:
+
+    def answer(n: int) -> tuple[bytes, bool]:  # the second job's reply late, then the close
+        return _job_done(b"H:%d" % n, b"B" * 3_000_000 if n == 2 else b"ok"), n == 2
+
+    threading.Thread(target=_scripted, args=(listener, answer, closed), daemon=True).start()
+    with stepped(kind, f"127.0.0.1:{listener.getsockname()[1]}") as (loop, client):
         assert loop.run_until_complete(client.call("f", timeout=10)) == b"ok"
         task = loop.run_until_complete(client.submit("f"))
         assert closed.wait(10), "the server sent the late reply and closed"
@@ -223,34 +230,7 @@ def test_a_late_reply_of_several_mb_is_read_then_the_close_seen(kind: str) -> No
         # The loop runs again only now: the reply waits unread, and its close behind it.
         assert loop.run_until_complete(client.call("f", timeout=10)) == b"ok"
         assert len(loop.run_until_complete(client.wait(task, timeout=10))) == 3_000_000
-    finally:
-        loop.run_until_complete(client.close())
-        loop.close()
-        listener.close()
-
-
-def _answer_once_then_close(listener: socket.socket) -> None:
-    """Each connection: OPTION_RES to options, one job answered, then the close (a restart)."""
-    while True:
-        try:
-            conn, _ = listener.accept()
-        except OSError:
-            return
-        with conn:
-            buf = bytearray()
-            answered = False
-            while not answered and (data := conn.recv(65536)):
-                buf += data
-                while len(buf) >= 12 and len(buf) >= 12 + int.from_bytes(buf[8:12], "big"):
-                    kind, size = int.from_bytes(buf[4:8], "big"), int.from_bytes(buf[8:12], "big")
-                    body = bytes(buf[12 : 12 + size])
-                    del buf[: 12 + size]
-                    if kind == T.OPTION_REQ:
-                        conn.sendall(encode_res(T.OPTION_RES, body))
-                    elif kind == T.SUBMIT_JOB:
-                        done = encode_res(T.WORK_COMPLETE, b"H:1", b"ok")
-                        conn.sendall(encode_res(T.JOB_CREATED, b"H:1") + done)
-                        answered = True
+    listener.close()
 
 
 @pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
@@ -259,9 +239,8 @@ def test_a_connection_lost_whose_descriptor_another_file_took_is_not_reused(kind
     # its last read: a file the program opened meanwhile had that number, showed no end,
     # and the next call went onto the dead connection ("is closed").
     listener = socket.create_server(("127.0.0.1", 0))
-    threading.Thread(target=_answer_once_then_close, args=(listener,), daemon=True).start()
-    loop = new_loop(kind)
-    client = AsyncClient([f"127.0.0.1:{listener.getsockname()[1]}"])
+    once = (listener, lambda n: (_job_done(b"H:1", b"ok"), True))  # each answered, then closed
+    threading.Thread(target=_scripted, args=once, daemon=True).start()
 
     async def calls() -> list[bytes]:
         first = await client.call("f", timeout=5)
@@ -269,9 +248,6 @@ def test_a_connection_lost_whose_descriptor_another_file_took_is_not_reused(kind
         with open(__file__, "rb"):  # and a file takes it
             return [first, await client.call("f", timeout=5)]
 
-    try:
+    with stepped(kind, f"127.0.0.1:{listener.getsockname()[1]}") as (loop, client):
         assert loop.run_until_complete(calls()) == [b"ok", b"ok"]
-    finally:
-        loop.run_until_complete(client.close())
-        loop.close()
-        listener.close()
+    listener.close()
