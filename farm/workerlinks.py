@@ -174,9 +174,7 @@ class WorkerLinks:
         """A connect failed: said once an outage, at INFO within ``outage_grace`` (a server
         its supervisor restarts), a warning past it; retried after the backoff."""
         now = time.monotonic()
-        if server.down_since is None:
-            server.down_since = now
-        down = now - server.down_since
+        down = _outage(server, now)
         if server.warned:
             pass
         elif down < self.outage_grace:
@@ -187,8 +185,7 @@ class WorkerLinks:
             lasted = f" for {down:.0f}s" if self.outage_grace else ""
             log.warning("job server %s unreachable%s (%s); retrying", server.addr, lasted, why)
             server.warned = True
-        server.retry_at = now + server.backoff
-        server.backoff = min(server.backoff * 2, BACKOFF_CAP)
+        _retry_later(server, now)
 
     def _flush(self, server: ServerLink) -> None:
         with self._send_lock:
@@ -315,9 +312,7 @@ class WorkerLinks:
         # _unreachable). Not a hung server (silent): its kernel takes each reconnect, and
         # only this says it. No grace: a warning each time, as ever.
         now = time.monotonic()
-        if server.down_since is None:
-            server.down_since = now
-        down = now - server.down_since
+        down = _outage(server, now)
         if server.silent or self.outage_grace <= 0:
             log.warning("job server %s %s; reconnecting", server.addr, why)
         elif down < self.outage_grace or server.warned:
@@ -332,10 +327,22 @@ class WorkerLinks:
             self._unsent_due.append(unsent)
         if self._grabbing is server:
             self._grabbing = self._grab_deadline = None
-        server.retry_at = now + server.backoff
-        server.backoff = min(server.backoff * 2, BACKOFF_CAP)
+        _retry_later(server, now)
         if not locked:  # last: the hook may call the worker, which finds this link's end
             self._run_unsent_due()
+
+
+def _outage(server: ServerLink, now: float) -> float:
+    """How long ``server`` has been out, its outage begun now if it was not yet."""
+    if server.down_since is None:
+        server.down_since = now
+    return now - server.down_since
+
+
+def _retry_later(server: ServerLink, now: float) -> None:
+    """The next connect after the backoff, which doubles up to BACKOFF_CAP."""
+    server.retry_at = now + server.backoff
+    server.backoff = min(server.backoff * 2, BACKOFF_CAP)
 
 
 def peer_gone(sock: socket.socket) -> bool:

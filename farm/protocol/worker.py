@@ -170,15 +170,15 @@ class WorkerSession:
             self.state = WorkerState.SLEEPING
 
     def _can_do(self, name: str, timeout: float | None) -> bytes:
-        if (problem := name_problem(text_bytes(name))) is not None:
+        if (problem := name_problem(raw := text_bytes(name))) is not None:
             self._refusable.append((problem[0], f"function name {problem[1]}", name))
         if timeout:
             # Milliseconds, at least 1000: gearmand 1.1.20 reads every value as ms, farm those
             # from 1000 (below, seconds: docs/server.md). Seconds would turn a 3600 s timeout
             # into 3.6 s on gearmand.
             millis = max(1000, round(timeout * 1000))
-            return encode_req(PT.CAN_DO_TIMEOUT, text_bytes(name), b"%d" % millis)
-        return encode_req(PT.CAN_DO, text_bytes(name))
+            return encode_req(PT.CAN_DO_TIMEOUT, raw, b"%d" % millis)
+        return encode_req(PT.CAN_DO, raw)
 
     def add_ability(self, name: str, timeout: float | None) -> None:
         self.abilities[name] = timeout

@@ -366,13 +366,14 @@ class JobServer(Dispatch, JobControl):
         self._forget(job)
 
     def _forget(self, job: Job) -> None:
+        fq = self.functions.get(job.function)  # one look-up a job, for both uses below
         if self.jobs.pop(job.handle, None) is not None:
             q = self.queued
             q.held -= job.size
             if job.tcp:
                 q.tcp_held -= job.size
-            if not job.local and (held_by := self.functions.get(job.function)) is not None:
-                held_by.tcp_jobs -= 1
+            if not job.local and fq is not None:
+                fq.tcp_jobs -= 1
         if job.store_id and self.store is not None:
             self.store.remove(job.store_id)
             job.store_id = 0
@@ -384,7 +385,6 @@ class JobServer(Dispatch, JobControl):
             same = self.by_unique.get(job.unique)
             if same is not None and same.pop(job, 0) is None and not same:
                 del self.by_unique[job.unique]
-        fq = self.functions.get(job.function)
         if fq is not None and not fq.workers:
             self.note_unused(job.function)
         if self.on_idle is not None and not self.running_count():
