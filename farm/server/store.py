@@ -29,7 +29,7 @@ from pathlib import Path
 
 from farm.server.reserve import DiskReserve, disk_full
 from farm.server.storeagain import make_again
-from farm.server.storecheck import ASIDE_TABLE, kept_aside, set_aside, split_damaged
+from farm.server.storecheck import ASIDE_TABLE, kept_aside, read_rows, set_aside, split_damaged
 
 # Re-exported: the server and the tests name the store's errors by this module.
 from farm.server.storefile import DamagedStore as DamagedStore
@@ -334,17 +334,10 @@ class SQLiteStore:
         # UTF-8"), which was refused; as bytes, the row is checked as any other (a BLOB read
         # as TEXT keeps its bytes and passes). Only for this read: the connection's other
         # queries (storeopen's PRAGMAs, sqlite_master) expect str.
-        factory = self.db.text_factory
-        self.db.text_factory = bytes
         try:
-            rows = self.db.execute(
-                "SELECT id, function, uniq, data, priority, reducer, run_at, created, retries,"
-                " local, checksum FROM jobs ORDER BY priority, id"
-            ).fetchall()
+            rows = read_rows(self.db, "priority, id")
         except sqlite3.Error as exc:
             raise damaged(self.path, exc) from None
-        finally:
-            self.db.text_factory = factory
         # Outside the try: damaged_jobs unreadable alone must not refuse the jobs (kept_aside).
         before = kept_aside(self.db, self.path)
         if before:  # said at each start until the operator empties the table

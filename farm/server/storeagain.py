@@ -15,18 +15,13 @@ import sqlite3
 from pathlib import Path
 
 from farm.server.reserve import DiskReserve
-from farm.server.storecheck import split_damaged
+from farm.server.storecheck import read_rows, split_damaged
 from farm.server.storeopen import open_database
 from farm.server.storesql import write_rows
 
 __all__ = ["make_again"]
 
 log = logging.getLogger("farm.server")
-
-_ROWS = (
-    "SELECT id, function, uniq, data, priority, reducer, run_at, created, retries, local,"
-    " checksum FROM jobs ORDER BY id"
-)
 
 
 def make_again(
@@ -36,13 +31,7 @@ def make_again(
     OSError, farm.server.storefile.StoreError) where it cannot be made: before ``db`` is
     closed, it stays open as it was (the new store written first under a name of its own);
     after, the new file at the path holds the jobs for the next start."""
-    factory = db.text_factory
-    db.text_factory = bytes  # as load() reads them: each row's bytes, checked as they are
-    try:
-        rows = db.execute(_ROWS).fetchall()
-    finally:
-        db.text_factory = factory
-    rows, damaged = split_damaged(rows)
+    rows, damaged = split_damaged(read_rows(db, "id"))  # as load() reads them
     # Written whole under another name, then renamed: SQLite removes a WAL by its name when
     # it closes, and the deleted store's would take the new one's with it.
     making = path + "-again"

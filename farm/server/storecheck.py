@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["ASIDE_TABLE", "kept_aside", "row_checksum", "set_aside", "split_damaged"]
+__all__ = ["ASIDE_TABLE", "kept_aside", "read_rows", "row_checksum", "set_aside", "split_damaged"]
 
 log = logging.getLogger("farm.server")
 
@@ -114,6 +114,21 @@ def _fails(row: Sequence[object]) -> bool:
         return bool(row_checksum(*fields) != checksum)
     except (TypeError, struct.error):  # a field of another type than farm writes: damaged
         return True
+
+
+def read_rows(db: sqlite3.Connection, order: str) -> list[tuple[Any, ...]]:
+    """Every row of ``jobs``, ordered by ``order``, each field read as bytes: a TEXT field
+    that is not UTF-8 (damage, or a row of an older farm) is checked as any other rather
+    than refused by the read. Only for this read: the connection's other queries expect str."""
+    factory = db.text_factory
+    db.text_factory = bytes
+    try:
+        return db.execute(
+            "SELECT id, function, uniq, data, priority, reducer, run_at, created, retries,"
+            f" local, checksum FROM jobs ORDER BY {order}"
+        ).fetchall()
+    finally:
+        db.text_factory = factory
 
 
 def split_damaged(rows: list[Any]) -> tuple[list[Any], list[Any]]:
