@@ -20,7 +20,7 @@ from farm.paths import check_own_file
 
 log = logging.getLogger("farm.server")
 
-__all__ = ["RESERVE_BYTES", "DiskReserve", "disk_full"]
+__all__ = ["RESERVE_BYTES", "DiskReserve", "checkpoint_fits", "disk_full", "shrink"]
 
 #: Disk kept beside the store; at most 1% of the filesystem (a small volume, a tmpfs).
 RESERVE_BYTES = 8 << 20
@@ -117,3 +117,37 @@ def disk_full(exc: sqlite3.Error) -> bool:
     """Whether SQLite failed for want of room (SQLITE_FULL: the disk, or max_page_count),
     the one failure the reserve's room is given back for."""
     return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
+
+def shrink(db: sqlite3.Connection, reserve: DiskReserve) -> bool:
+    """Give the disk back the pages the finished jobs freed (VACUUM), then take the
+    reserve again; whether it is held. SQLite keeps a database's free pages for its
+    next rows: a store that filled a small disk stayed that large once its jobs had all
+    finished, and refused every job until the disk grew. Only where the pages live
+    rows take fit the disk's free room (VACUUM writes them again, into the WAL) and the
+    free ones would make room for the reserve: not a large store's every retry."""
+    try:
+        pages, free, size = (
+            db.execute(f"PRAGMA {name}").fetchone()[0]
+            for name in ("page_count", "freelist_count", "page_size")
+        )
+        disk = os.statvfs(Path(reserve.store).parent)
+        if free * size < reserve.size or (pages - free) * size >= disk.f_bavail * disk.f_frsize:
+            return False
+        db.execute("VACUUM")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except (sqlite3.Error, OSError) as exc:
+        log.debug("the job store %s: not shrunk: %s", reserve.store, exc)
+        return False
+    log.info("the job store %s gave %d free pages back to the disk", reserve.store, free)
+    return reserve.make()
+
+
+def checkpoint_fits(db: sqlite3.Connection, path: str) -> bool:
+    """Whether the disk has room for the store's database file (``path``) to grow to its
+    full size (its pages that live only in the WAL copied in)."""
+    pages: int = db.execute("PRAGMA page_count").fetchone()[0]
+    size: int = db.execute("PRAGMA page_size").fetchone()[0]
+    grows = pages * size - os.path.getsize(path)
+    disk = os.statvfs(Path(path).parent)
+    return grows <= disk.f_bavail * disk.f_frsize

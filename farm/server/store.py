@@ -20,14 +20,13 @@ Opening the database (its pragmas and schema) is farm.server.storeopen's.
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm.server.reserve import DiskReserve, disk_full
+from farm.server.reserve import DiskReserve, checkpoint_fits, disk_full, shrink
 from farm.server.storeagain import make_again
 from farm.server.storecheck import ASIDE_TABLE, kept_aside, read_rows, set_aside, split_damaged
 
@@ -194,7 +193,7 @@ class SQLiteStore:
             gone = self._file.gone()
             if gone:
                 self._make_again(gone)
-            if self.reserve.spent and not self.reserve.make() and not self._shrink():
+            if self.reserve.spent and not self.reserve.make() and not shrink(self.db, self.reserve):
                 # The reserve's room is the deletes': an add that fit in it would leave the
                 # next deletes none, and the jobs they end would run again after a restart.
                 # Not only while broken: a store reopened with its reserve given back.
@@ -284,44 +283,11 @@ class SQLiteStore:
         # store below the auto-checkpoint's 4 MB) make it grow, and a checkpoint that fails
         # half-way keeps the WAL and has spent the reserve's room, so no later delete fits.
         try:
-            if self._checkpoint_fits():
+            if checkpoint_fits(self.db, self.path):
                 self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except (sqlite3.Error, OSError):
             pass
         return True
-
-    def _shrink(self) -> bool:
-        """Give the disk back the pages the finished jobs freed (VACUUM), then take the
-        reserve again; whether it is held. SQLite keeps a database's free pages for its
-        next rows: a store that filled a small disk stayed that large once its jobs had all
-        finished, and refused every job until the disk grew. Only where the pages live
-        rows take fit the disk's free room (VACUUM writes them again, into the WAL) and the
-        free ones would make room for the reserve: not a large store's every retry."""
-        try:
-            pages, free, size = (
-                self.db.execute(f"PRAGMA {name}").fetchone()[0]
-                for name in ("page_count", "freelist_count", "page_size")
-            )
-            disk = os.statvfs(Path(self.path).parent)
-            if free * size < self.reserve.size or (pages - free) * size >= (
-                disk.f_bavail * disk.f_frsize
-            ):
-                return False
-            self.db.execute("VACUUM")
-            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except (sqlite3.Error, OSError) as exc:
-            log.debug("the job store %s: not shrunk: %s", self.path, exc)
-            return False
-        log.info("the job store %s gave %d free pages back to the disk", self.path, free)
-        return self.reserve.make()
-
-    def _checkpoint_fits(self) -> bool:
-        """Whether the disk has room for the database file to grow to its full size."""
-        pages: int = self.db.execute("PRAGMA page_count").fetchone()[0]
-        size: int = self.db.execute("PRAGMA page_size").fetchone()[0]
-        grows = pages * size - os.path.getsize(self.path)
-        disk = os.statvfs(Path(self.path).parent)
-        return grows <= disk.f_bavail * disk.f_frsize
 
     def _write(self, adds: list[Row], retries: dict[int, int], deletes: list[tuple[int]]) -> None:
         write_rows(self.db, adds, retries, deletes)
