@@ -74,6 +74,7 @@ class Server:
             progress.close()  # its end: the supervisor stops extending the start
         if replayed:
             log.warning("replayed %d background jobs from %s", replayed, opts.store)
+            self.hub.look_soon()  # held: a store deleted under an idle server is made again
         self.hub.flush()
         factory = lambda: Connection(self.hub)  # noqa: E731
         shaking = self.handshakes

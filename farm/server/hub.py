@@ -34,7 +34,15 @@ from farm.server.storewriter import StoreWriter
 
 log = logging.getLogger("farm.server")
 
-__all__ = ["Hub", "HeldReply", "Writer", "VERBOSE_NAMES", "LAZY_CREATED_MAX", "HELD_READ_LIMIT"]
+__all__ = [
+    "Hub",
+    "HeldReply",
+    "Writer",
+    "VERBOSE_NAMES",
+    "LAZY_CREATED_MAX",
+    "HELD_READ_LIMIT",
+    "STORE_LOOK_EVERY",
+]
 
 #: What the admin ``verbose`` answers, by -v's count: the level the server logs at
 #: (settings.log_level), in gearmand's words; at none, gearmand's own default, ERROR (farm
@@ -43,6 +51,10 @@ VERBOSE_NAMES = ("ERROR", "INFO", "DEBUG")
 
 #: A JOB_CREATED held for a lazy-created client leaves at the latest this late (seconds).
 LAZY_CREATED_MAX = 0.005
+#: Seconds between the looks at the store's path while it holds jobs and no commit looks:
+#: a store deleted under an idle server was made again only at its next commit or its stop,
+#: and a kill -9 before either lost every job in it.
+STORE_LOOK_EVERY = 1.0
 #: Bytes of replies a connection may hold behind a JOB_CREATED waiting for the store's commit
 #: before it is not read until they leave: held, they reach no transport, so neither its
 #: high-water mark nor --max-unread-bytes would stop a peer piping requests behind a
@@ -158,6 +170,7 @@ class Hub:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._flush_due = False
         self._store_retry: Timer | None = None  # a flush for the deletes a failing store holds
+        self._store_look: Timer | None = None  # the next look at the store's path (look_soon)
         self.all_closed: asyncio.Event | None = None  # set once the last connection is gone
         self.store: SQLiteStore | None = open_store(options.store, sync=options.store_sync)
         self.writer = None if self.store is None else StoreWriter(self.store, self._committed)
@@ -275,10 +288,14 @@ class Hub:
         jobs for workers, and start the next (on the loop's thread)."""
         store = self.store
         assert store is not None
-        self.stats.commits += 1
-        self.stats.commit_time.observe(batch.seconds)
+        if not batch.look:
+            self.stats.commits += 1
+            self.stats.commit_time.observe(batch.seconds)
         failed = store.settle(batch)
         self.committed_below = batch.below
+        # Once a batch, not a job: nothing on the hot path.
+        if (batch.look and batch.holds) or (batch.adds and not failed):
+            self.look_soon()
         if store.pending and store.broken and self._store_retry is None:
             # Deletes of finished jobs held back while the store fails: write them when
             # it may be tried again, not at the next packet, which an idle server may
@@ -310,10 +327,31 @@ class Hub:
     def _retry_store(self) -> None:
         self._store_retry = None  # call_later's wrapper flushes next
 
+    def look_soon(self) -> None:
+        """Look at the store's path in STORE_LOOK_EVERY, as a commit does (the replayed jobs
+        at start, a batch's adds committed, a look that found jobs): while it holds jobs, not
+        only at the next commit, which an idle server may not make before a kill -9. No
+        timer while it holds none: an idle server with no jobs is not woken for it."""
+        if self._store_look is None and self.writer is not None:
+            self._store_look = self.call_later(STORE_LOOK_EVERY, self._look_at_store)
+
+    def _look_at_store(self) -> None:
+        self._store_look = None
+        writer, store = self.writer, self.store
+        if writer is None or store is None:  # closed meanwhile
+            return
+        if writer.batch is None and not store.pending:
+            writer.start(self.loop, look=True)  # _committed looks again while it holds jobs
+        else:  # a commit is owed or in flight, and it looks: the store may still hold jobs
+            self.look_soon()
+
     def close_store(self) -> None:
         """Wait for the commit in flight, commit what is staged, close the store; later
         flushes only write."""
         writer, self.writer = self.writer, None  # flushes start no commit from here on
+        if self._store_look is not None:
+            self._store_look.cancel()
+            self._store_look = None
         if writer is not None:
             writer.wait()  # the batch in flight, taken back: its replies released
             if self.store is not None and self.store.pending:

@@ -80,6 +80,10 @@ class Batch:
     error: str | None = None  # why its write failed
     deleted: bool = False  # its deletes and retries written alone when the adds failed
     seconds: float = 0.0  # how long its write took
+    # An empty batch that only looks at the path (``take_look``): the hub's tick while the
+    # store holds jobs; ``holds``: whether it still does, read by the look.
+    look: bool = False
+    holds: bool = True
 
 
 class SQLiteStore:
@@ -177,10 +181,28 @@ class SQLiteStore:
         self._adds, self._deletes, self.staged_handles, self._retries = [], [], [], {}
         return batch
 
+    def take_look(self) -> Batch:
+        """An empty batch that only looks at the path when written (``look``), for an idle
+        server: a store deleted with no commit after it was lost to a kill -9."""
+        assert not self.pending, "a commit looks anyway; one at a time"
+        batch = self.take()
+        batch.look = True
+        return batch
+
     def write(self, batch: Batch) -> None:
         """Write ``batch`` in one transaction, its outcome into it. It touches only the
         database and the reserve, never the stage, so it may run in a thread of its own
         while the loop stages the next batch (farm.server.storewriter)."""
+        if batch.look:
+            try:
+                self._look()
+            except sqlite3.Error as exc:
+                batch.error = str(exc)
+            try:  # one row's worth: the tick stops once the store holds no job
+                batch.holds = self.db.execute("SELECT 1 FROM jobs LIMIT 1").fetchone() is not None
+            except sqlite3.Error:
+                pass  # not known: looked at again
+            return
         if not batch.attempt:
             # Failing: the adds refused before retry_after, but the deletes tried (they need
             # little room and free some), gathered for DELETES_EVERY; held for retry_after
@@ -190,9 +212,7 @@ class SQLiteStore:
             return
         began = time.perf_counter()
         try:
-            gone = self._file.gone()
-            if gone:
-                self._make_again(gone)
+            self._look()
             if self.reserve.spent and not self.reserve.make() and not shrink(self.db, self.reserve):
                 # The reserve's room is the deletes': an add that fit in it would leave the
                 # next deletes none, and the jobs they end would run again after a restart.
@@ -212,6 +232,12 @@ class SQLiteStore:
         finally:
             batch.seconds = time.perf_counter() - began
 
+    def _look(self) -> None:
+        """Whether the path still names the open file: made again there where it was deleted
+        (farm.server.storeagain), raised as the store's failure where it cannot be."""
+        if gone := self._file.gone():
+            self._make_again(gone)
+
     def _make_again(self, gone: str) -> None:
         """A store deleted under the server made again at its path, with the jobs the open
         file holds (farm.server.storeagain); raised as the store's failure otherwise."""
@@ -230,20 +256,16 @@ class SQLiteStore:
         """Take in ``batch``'s outcome (the loop's thread): the handles whose add failed."""
         if batch.deleted:  # written alone: the store fails, so the next are gathered a while
             self._deletes_at = time.monotonic() + self._gather
+        if batch.look:  # nothing written: a failure only, said as a commit's
+            if batch.error is not None:
+                self._fails(batch.error)
+            return []
         if not batch.attempt:
             if not batch.deleted:
                 self._hold(batch.deletes, batch.retries)  # kept: see write()
             return batch.handles
         if batch.error is not None:
-            if not self.broken:
-                log.error(
-                    "the job store %s cannot be written: %s; refusing background jobs"
-                    " while it fails",
-                    self.path,
-                    batch.error,
-                )
-            self.broken = f"the job store {self.path} cannot be written: {batch.error}"
-            self._retry_at = time.monotonic() + self.retry_after
+            self._fails(batch.error)
             if not batch.deleted:
                 self._hold(batch.deletes, batch.retries)
             return batch.handles
@@ -251,6 +273,17 @@ class SQLiteStore:
             log.warning("the job store %s can be written again", self.path)
             self.broken = None
         return []
+
+    def _fails(self, error: str) -> None:
+        """A write (or a look) failed: said once, adds refused for ``retry_after``."""
+        if not self.broken:
+            log.error(
+                "the job store %s cannot be written: %s; refusing background jobs while it fails",
+                self.path,
+                error,
+            )
+        self.broken = f"the job store {self.path} cannot be written: {error}"
+        self._retry_at = time.monotonic() + self.retry_after
 
     def _hold(self, deletes: list[tuple[int]], retries: dict[int, int]) -> None:
         """Keep what could not be written for the next commit (before what came since), which
@@ -337,9 +370,9 @@ class SQLiteStore:
                     len(self._deletes),
                     self.path,
                 )
-        elif gone := self._file.gone():  # no commit looked: the stop must not lose the jobs
+        else:  # no commit looked: the stop must not lose the jobs
             try:
-                self._make_again(gone)
+                self._look()
             except sqlite3.OperationalError as exc:
                 log.error("the job store %s: %s", self.path, exc)
         self.reserve.close()

@@ -40,10 +40,11 @@ class StoreWriter:
         # Started at the first commit, after a daemon's fork (-d): no thread crosses it.
         self._pool: ThreadPoolExecutor | None = None
 
-    def start(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        """Take the stage and write it: in the writer thread under a loop, else here."""
+    def start(self, loop: asyncio.AbstractEventLoop | None, *, look: bool = False) -> None:
+        """Take the stage and write it: in the writer thread under a loop, else here. With
+        ``look``, the stage empty, a batch that only looks at the store's path (take_look)."""
         assert self.batch is None, "one commit at a time"
-        batch = self.store.take()
+        batch = self.store.take_look() if look else self.store.take()
         if loop is None:
             self._write(batch)
             self.done(batch)

@@ -9,22 +9,27 @@ second, so a kill in that window ran them all again.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from farm.protocol import PacketType as T
+from farm.server import hub as hub_module
+from farm.server.hub import Hub
 from farm.server.jobs import JobServer, Outcome
-from farm.server.store import SQLiteStore
+from farm.server.options import parse_args
+from farm.server.store import Batch, SQLiteStore
 from tests.helpers import ROOT
 from tests.helpers.disks import small_tmpfs
 from tests.helpers.fakes import FakePeer
 from tests.helpers.peers import Peer
+from tests.helpers.rawjobs import status
 from tests.helpers.servers import free_port, start_with_store, wait_connectable
 from tests.helpers.waiting import wait_for
 
@@ -38,6 +43,11 @@ def fill(store: SQLiteStore, jobs: JobServer) -> None:
         if jobs.commit_store():
             return
     raise AssertionError("the store never filled up")
+
+
+def says(log: Path, text: str) -> Callable[[], bool]:
+    """Whether the log file holds ``text`` yet, for wait_for."""
+    return lambda: text in log.read_text()
 
 
 @pytest.fixture
@@ -79,6 +89,20 @@ def test_a_store_replaced_under_the_server_refuses_and_says_so(
     assert "was replaced while the server runs" in log.read_text()
 
 
+def test_a_store_replaced_under_an_idle_server_is_said_without_a_submit(
+    server: tuple[str, Path, Path],
+) -> None:
+    addr, db, log = server
+    client = Peer(addr)
+    client.send(T.SUBMIT_JOB_BG, "nobody", "held", "x")
+    assert client.recv().type == T.JOB_CREATED
+    db.rename(db.with_name("q.db.old"))
+    db.touch(0o600)
+    # Nothing sent since: the look while the store holds a job says it, as a commit's would.
+    wait_for("the log to say so", lambda: "was replaced while the server runs" in log.read_text())
+    assert f"ERROR the job store {db} cannot be written" in log.read_text()
+
+
 @pytest.mark.parametrize(
     ("files", "then"),
     [(("",), "submit"), (("", "-wal", "-reserve"), "submit"), (("", "-wal"), "stop")],
@@ -112,6 +136,83 @@ def test_a_store_deleted_under_the_server_is_made_again_with_its_jobs(
         again.close()
     after = [b"after"] if then == "submit" else []
     assert kept == [*after, *(b"before%d" % i for i in range(5))], "acknowledged jobs lost"
+
+
+def test_a_store_deleted_under_an_idle_server_is_made_again_before_a_kill(
+    tmp_path: Path,
+) -> None:
+    # No commit after the rm (jobs for a function no worker serves, no submit since), then a
+    # SIGKILL (the OOM killer, a power cut): no look at the path came, and the next start
+    # read an empty store: every acknowledged job lost. Twice: the jobs submitted, then the
+    # same jobs replayed by the next start (no commit of theirs there).
+    db = tmp_path / "q.db"
+    for held in ("submitted", "replayed"):
+        log = tmp_path / f"{held}.log"
+        srv = start_with_store(db, args=["-v", "-l", str(log)])
+        try:
+            if held == "submitted":
+                client = Peer(srv.addr)
+                for i in range(5):
+                    client.send(T.SUBMIT_JOB_BG, "nobody", f"u{i}", f"job{i}")
+                    assert client.recv().type == T.JOB_CREATED
+            else:
+                wait_for("the replay", says(log, "replayed 5 background jobs"))
+            for side in ("", "-wal"):  # rm q.db*, the reserve left
+                Path(f"{db}{side}").unlink()
+            # Nothing sent since: the server looks at the path on its own while it holds jobs.
+            wait_for("the log to say so", says(log, "was deleted while"), 5)
+            assert db.exists()
+            srv.proc.kill()  # SIGKILL: no stop to make it again
+            srv.proc.wait()
+        finally:
+            srv.stop()
+        again = start_with_store(db)
+        try:
+            assert status(Peer, again)["nobody"] == (5, 0, 0), f"{held} jobs lost"
+        finally:
+            again.stop()
+
+
+def test_the_store_is_looked_at_only_while_it_holds_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The look is a timer of the loop: it must not wake a server holding no job, nor
+    # outlive the store's last job.
+    monkeypatch.setattr(hub_module, "STORE_LOOK_EVERY", 0.01)
+
+    async def main() -> list[bool]:
+        loop = asyncio.get_running_loop()
+        hub = Hub(parse_args(["--store", str(tmp_path / "q.db")]))
+        hub.loop = loop
+        store, looks = hub.store, asyncio.Queue[bool]()
+        assert store is not None
+        write = store.write
+
+        def seen(batch: Batch) -> None:  # the writer thread's: told to the loop
+            write(batch)
+            if batch.look:
+                loop.call_soon_threadsafe(looks.put_nowait, batch.holds)
+
+        monkeypatch.setattr(store, "write", seen)
+        assert hub._store_look is None, "an empty store looked at"
+        worker = FakePeer()
+        hub.jobs.can_do(worker, b"f")
+        hub.jobs.submit(None, b"f", b"", b"x", background=True)
+        hub.flush()
+        holds = [await asyncio.wait_for(looks.get(), 5)]  # looked at: the job is stored
+        job = hub.jobs.grab(worker)
+        assert job is not None and job.store_id
+        hub.jobs.finish(worker, job, Outcome.COMPLETE, b"")
+        hub.flush()  # its delete committed; the next look finds the store empty
+        while holds[-1]:
+            holds.append(await asyncio.wait_for(looks.get(), 5))
+        looking = hub._store_look
+        hub.close_store()
+        assert looking is None, "looked at again with no job to keep"
+        return holds
+
+    holds = asyncio.run(main())
+    assert holds[0] and not holds[-1], holds
 
 
 def test_a_store_that_cannot_be_written_keeps_its_reserve(
