@@ -33,7 +33,7 @@ from farm.client.admin import admin_query
 from farm.config import Config
 from farm.net import parse_address
 from farm.pools.localserver import named_lines
-from farm.pools.proctree import descendants
+from farm.pools.proctree import processes
 from farm.pools.slots import ProcState, WorkerProcess
 
 if TYPE_CHECKING:
@@ -125,14 +125,9 @@ def process_peers(pid: int, ports: set[int]) -> frozenset[str] | None:
     descendants (a shell wrapper, ``gearman -w``'s child): ``pid:N`` for each process, and
     ``tcp:IP:PORT`` for each TCP connection to one of ``ports``. None when it is gone."""
     try:
-        procs = [psutil.Process(pid)]
+        procs = processes(pid)
     except psutil.Error:
         return None
-    for child in descendants(pid):  # its own tree: not psutil's scan of every process
-        try:
-            procs.append(psutil.Process(child))
-        except psutil.Error:
-            continue  # ended meanwhile
     names = set()
     for proc in procs:
         names.add(f"pid:{proc.pid}")

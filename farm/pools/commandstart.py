@@ -28,7 +28,7 @@ import psutil
 
 from farm.config import Config
 from farm.net import parse_address
-from farm.pools.proctree import descendants
+from farm.pools.proctree import processes
 from farm.pools.slots import ProcState, WorkerProcess
 
 __all__ = ["CommandStart", "Link", "server_links", "to_this_host", "LATE_POLL"]
@@ -67,14 +67,12 @@ def server_links(pid: int, local_port: int | None, ports: set[int]) -> set[Link]
     connection to: LOCAL, the local server's ``local_port`` on this host; REMOTE, another of
     ``ports`` (a remote server on the local server's port is told apart by its address).
     Raises psutil.Error when ``pid`` is gone or may not be read."""
-    root = psutil.Process(pid)
     found = set()
-    for member in (pid, *descendants(pid)):  # its own tree: not psutil's scan of every process
+    for proc in processes(pid):
         try:
-            proc = root if member == pid else psutil.Process(member)
             conns = proc.net_connections(kind="tcp")
         except psutil.NoSuchProcess:
-            if member == pid:
+            if proc.pid == pid:
                 raise
             continue  # a descendant that ended meanwhile
         for c in conns:

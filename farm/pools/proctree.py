@@ -17,7 +17,7 @@ import os
 
 import psutil
 
-__all__ = ["children", "descendants", "listed"]
+__all__ = ["children", "descendants", "listed", "processes"]
 
 
 @functools.cache
@@ -61,4 +61,16 @@ def descendants(pid: int) -> list[int]:
                 seen.add(child)
                 found.append(child)
                 todo.append(child)
+    return found
+
+
+def processes(pid: int) -> list[psutil.Process]:
+    """Process ``pid`` and its ``descendants``, as psutil Processes, ``pid`` first; one that
+    ended before it was looked at is left out. psutil.NoSuchProcess when ``pid`` is gone."""
+    found = [psutil.Process(pid)]
+    for child in descendants(pid):  # its own tree: not psutil's scan of every process
+        try:
+            found.append(psutil.Process(child))
+        except psutil.NoSuchProcess:
+            continue  # ended meanwhile
     return found
