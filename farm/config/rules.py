@@ -26,8 +26,6 @@ __all__ = ["EXECUTOR_TARGETS", "problem", "on_running_farm"]
 EXECUTOR_TARGETS = ("farm.executor.call:run_call", "farm.executor_worker:run_call")
 #: Hosts that bind every address.
 WILD = frozenset({"0.0.0.0", "::", ""})
-_SAME = "is the job server's listen address"
-_FIX = "give the metrics another port"
 
 
 def problem(config: Config) -> tuple[str, str] | None:
@@ -123,13 +121,16 @@ def metrics_port_free(config: Config) -> tuple[str, str] | None:
             continue
         mine, theirs = _ips(host), _ips(other_host)
         if mine & theirs or WILD & (mine | theirs):
-            return ("supervisor.metrics", f"{metrics} {_SAME} {address} too; {_FIX}")
-        if _twinned(mine) and "::1" in theirs or _twinned(theirs) and "::1" in mine:
-            return (
-                "supervisor.metrics",
-                f"{metrics} is the job server's listen address {address} too (a listener on"
-                f" 127.0.0.1 holds [::1] at its port as well); {_FIX}",
-            )
+            how = ""  # one address, or every address: nothing more to say
+        elif _twinned(mine) and "::1" in theirs or _twinned(theirs) and "::1" in mine:
+            how = " (a listener on 127.0.0.1 holds [::1] at its port as well)"
+        else:
+            continue
+        return (
+            "supervisor.metrics",
+            f"{metrics} is the job server's listen address {address} too{how};"
+            " give the metrics another port",
+        )
     return None
 
 
