@@ -113,8 +113,7 @@ class AsyncClient(AsyncLinks):
             self.abandon(task)  # the caller gave up: its result and news are dropped
             raise
         except asyncio.CancelledError:  # asyncio.timeout(), wait_for(), a map given up
-            if self._give_up(task):
-                self._not_created(task, waiter)
+            self._cancelled(task, waiter)
             raise
 
     async def submit(
@@ -209,8 +208,7 @@ class AsyncClient(AsyncLinks):
                         self._picker.mark_down(task.server or "")
                     raise timeout_error(task, timeout) from None
                 except asyncio.CancelledError:  # as call()'s
-                    if self._give_up(task):
-                        self._not_created(task, waiter)
+                    self._cancelled(task, waiter)
                     raise
                 if type(event) is JobEnded:
                     if task.error is not None:
@@ -356,6 +354,13 @@ class AsyncClient(AsyncLinks):
         sent = conn is not None and conn.give_up(task)
         task.abandoned = True  # no connection (a resubmit under way): it is not sent on
         return sent
+
+    def _cancelled(self, task: Task[Waiter], waiter: Waiter) -> None:
+        """A call's or a stream's caller was cancelled: ``task`` is given up, and its server,
+        where the submit had left unanswered, may be tried last (``_not_created``). Not
+        ``submit``'s: its task is taken back only while unsent, the server may create it."""
+        if self._give_up(task):
+            self._not_created(task, waiter)
 
     def _not_created(self, task: Task[Waiter], waiter: Waiter) -> None:
         """Its caller was cancelled (``asyncio.timeout()``, ``wait_for()``, a map stopped)
