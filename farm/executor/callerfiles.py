@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from farm.executor import spill
 from farm.executor.arguments import spill_settings
@@ -34,6 +34,18 @@ log = logging.getLogger("farm.executor")
 #: A directory modified this close to when its time was read may change again within the
 #: same tick of a filesystem that keeps whole seconds (FAT, some SMB shares).
 _COARSE_TICK = 2.0
+
+
+class _Looked(NamedTuple):
+    """The spill directory as last seen with no result file of this executor's in it."""
+
+    directory: Path
+    mtime: int | None  # st_mtime_ns; None: not there
+    too_recent: bool  # within _COARSE_TICK of when it was read: a later change may not show
+
+    def unchanged(self, directory: Path, mtime: int | None) -> bool:
+        """Whether ``directory`` at ``mtime`` is this one, surely not changed since."""
+        return self.directory == directory and self.mtime == mtime and not self.too_recent
 
 
 class CallerFiles:
@@ -120,7 +132,7 @@ class CallerFiles:
         if changed is None:  # no spill directory (yet): no large result was written
             return
         began = self._began
-        if began is None or began[0] != directory or began[1] != changed or began[2]:
+        if began is None or not began.unchanged(directory, changed):
             removed, seen = spill.remove_results(directory, call_ids)
             if removed == seen:
                 # No result file left in it as of the mtime read before the listing: the
@@ -128,17 +140,17 @@ class CallerFiles:
                 # recent to tell (one changed just before the executor began was listed
                 # at every loss for its life). Not while a result file of another call
                 # is there: that call's loss, later, must find it.
-                self._began = (directory, changed, coarse)
+                self._began = _Looked(directory, changed, coarse)
 
-    def _spill_mtime(self) -> tuple[Path, int | None, bool] | None:
-        """The spill directory, its st_mtime_ns (None: not there), and whether that was too
-        recent to tell a later change by; None where the settings cannot be read (yet)."""
+    def _spill_mtime(self) -> _Looked | None:
+        """The spill directory as the executor begins; None where the settings cannot be
+        read (yet)."""
         try:
             self._settings = spill_settings(*self._options)  # kept: read once, not twice
         except Exception:  # a bad config: said by the first call that needs it
             return None
         directory = self._settings.directory
-        return directory, *_mtime(directory)
+        return _Looked(directory, *_mtime(directory))
 
     def shared(self, data: bytes) -> tuple[bytes, bytes]:
         """The pickle of a ByFile standing for ``data`` (the same for equal data while
