@@ -17,6 +17,27 @@ from typer.core import TyperCommand
 from farm.errors import ConfigError, WorkingDirectoryGone
 from farm.version import __version__
 
+# What the command modules take from here; Context and UsageError among them, so that
+# typer's private import of click's classes stands in this one module.
+__all__ = [
+    "MAX_INTERVAL",
+    "SERVER_DEFAULT_HELP",
+    "ConfigOption",
+    "Context",
+    "ControlOption",
+    "FarmCommand",
+    "UsageError",
+    "app",
+    "ask_supervisor",
+    "control_socket",
+    "fail",
+    "main",
+    "metrics_url",
+    "own_row",
+    "refuse_non_sockets",
+    "typed",
+]
+
 app = typer.Typer(
     name="farm",
     help="A Gearman-compatible compute farm for one multi-core host.",

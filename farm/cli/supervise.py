@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from typer._click.core import Context  # as farm.cli.app: typer names no public ones
-from typer._click.exceptions import UsageError
 
 from farm.cli.app import (
     MAX_INTERVAL,
     ConfigOption,
+    Context,
     ControlOption,
     FarmCommand,
+    UsageError,
     app,
     ask_supervisor,
     control_socket,
