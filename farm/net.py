@@ -8,14 +8,10 @@ goes through :func:`parse_address`: ``HOST:PORT``, ``[v6]:PORT``, a bare host
 from __future__ import annotations
 
 import contextlib
-import errno
 import ipaddress
-import os
 import select
 import socket
 import ssl
-import stat
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -28,7 +24,6 @@ from farm.tlsfiles import tls_context  # farm.net.tls_context, as docs/client.md
 
 __all__ = [
     "tls_context",
-    "peer_credentials",
     "DEFAULT_PORT",
     "DEFAULT_SERVER",
     "Address",
@@ -353,16 +348,6 @@ def connect(
 #: late; a hung but live host's kernel answers the probes, so they replace no deadline.
 KEEPALIVE: tuple[int, int, int] = (60, 10, 3)
 
-#: struct ucred, what SO_PEERCRED reads: pid, uid, gid.
-UCRED = struct.Struct("3i")
-
-
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end of a Unix socket, as the kernel saw
-    it connect or accept (SO_PEERCRED); OSError where there is none (a TCP socket)."""
-    pid, uid, gid = UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size))
-    return pid, uid, gid
-
 
 def keep_alive(sock: socket.socket, timers: tuple[int, int, int] | None = None) -> None:
     """Turn on TCP keepalive with ``timers`` (idle, interval, count; default ``KEEPALIVE``,
@@ -376,26 +361,3 @@ def keep_alive(sock: socket.socket, timers: tuple[int, int, int] | None = None) 
         for name, value in zip(names, timers or KEEPALIVE, strict=True):
             if hasattr(socket, name):
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
-
-
-def clear_socket_path(path: str) -> None:
-    """Make way for a listener at a Unix socket path: remove the socket a dead process left
-    there, and nothing else. OSError EADDRINUSE when a process still answers on it (a
-    running farm's socket must not be taken over), EEXIST when the path is not a socket
-    (a file a typo in the config names must never be deleted)."""
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(info.st_mode):
-        raise OSError(errno.EEXIST, f"{path} exists and is not a socket: not replacing it")
-    probe = socket.socket(socket.AF_UNIX)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        os.unlink(path)  # nobody listens: left by a process that died
-        return
-    finally:
-        probe.close()
-    raise OSError(errno.EADDRINUSE, f"a running process answers on {path}")

@@ -18,9 +18,9 @@ from collections.abc import Generator
 from typing import Any
 
 from farm.errors import ConfigError, FarmError
-from farm.net import clear_socket_path, peer_credentials
 from farm.paths import UnsafeDirectory, check_runtime_path, make_dirs
 from farm.pools.places import control_place_error, refuse_non_socket
+from farm.unixsocket import clear_socket_path, peer_credentials
 
 __all__ = [
     "ControlServer",

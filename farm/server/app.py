@@ -21,7 +21,7 @@ from pathlib import Path
 from farm.errors import TLSFileError
 from farm.lifetime import die_with_parent
 from farm.loopback import taken_hint, twin_needed, twin_socket
-from farm.net import Address, clear_socket_path, parse_address
+from farm.net import Address, parse_address
 from farm.paths import open_own_file
 from farm.server.connection import Connection
 from farm.server.exposition import MetricsEndpoint
@@ -40,6 +40,7 @@ from farm.server.refusals import ListenError, fatal, fix_hint, store_in_use_hint
 from farm.server.store import DamagedStore, StoreError, StoreInUse, memory_only
 from farm.server.tlsgate import Handshakes, TLSGate
 from farm.tlsfiles import load_tls_file
+from farm.unixsocket import clear_socket_path
 
 log = logging.getLogger("farm.server")
 

@@ -25,7 +25,7 @@ from operator import length_hint
 
 from farm import protocol as p
 from farm.logs import Brief
-from farm.net import keep_alive, peer_credentials
+from farm.net import keep_alive
 from farm.protocol import PacketType as T
 from farm.protocol import encode_res
 from farm.protocol.kinds import SUBMIT_KINDS
@@ -36,6 +36,7 @@ from farm.server.hub import HELD_READ_LIMIT, HeldReply, Hub
 from farm.server.jobs import Job
 from farm.server.peeroptions import PeerOptions, refusals
 from farm.server.workerside import WorkerSide, error
+from farm.unixsocket import peer_credentials
 
 log = logging.getLogger("farm.server")
 #: Peers cut off at a limit: one line each 10 s at most per kind, as any local user could
