@@ -310,12 +310,14 @@ def _set_up(kind: int, body: memoryview, at: int) -> tuple[int, tuple[Any, ...] 
 def _apply(fn: Callable[..., Any], kind: int, calls: Any) -> Any:
     """Run one unpickled call body of ``kind``: a SINGLE's ``(args, kwargs)``, or a chunk's
     list of argument tuples (CHUNK) or of plain arguments (ARG_CHUNK), whose value is the
-    list of the calls' values."""
+    list of the calls' values. Comprehensions, not ``builtins.map``: map takes a
+    StopIteration out of ``fn`` for its input's end, and the chunk's later values were
+    lost; here it is the chunk's exception, as in the pool's ``_process_chunk``."""
     if kind == SINGLE:
         args, kwargs = calls
         return fn(*args, **kwargs)
     if kind == ARG_CHUNK:
-        return list(map(fn, calls))
+        return [fn(arg) for arg in calls]
     return [fn(*args) for args in calls]
 
 

@@ -13,8 +13,8 @@ import time
 from tests.helpers.calls import ExitsWhenPickled, wait_gate
 
 #: What a call may do with its ``x``: return it (doubled, or after a nap, or a large
-#: value), raise (an exception of several kinds, one that will not pickle, SystemExit),
-#: or return what will not pickle.
+#: value), raise (an exception of several kinds, one that will not pickle, SystemExit,
+#: StopIteration: which a map must not take for its end), or return what will not pickle.
 KINDS = (
     "value",
     "nap",
@@ -28,6 +28,7 @@ KINDS = (
     "SystemExit",
     "KeyboardInterrupt",
     "large",
+    "StopIteration",
 )
 
 #: Bytes of a "large" result: over the spill threshold (1 MiB), so it travels as a file.
@@ -76,6 +77,8 @@ def act(kind: str, x: int) -> object:
         raise KeyboardInterrupt(x)
     if kind == "large":
         return bytes([x % 256]) * LARGE
+    if kind == "StopIteration":
+        return next(iter(()))  # the slip that raises it: next() of an empty input
     raise AssertionError(f"unknown kind {kind!r}")
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 import farm
@@ -112,6 +112,18 @@ ops: st.SearchStrategy[Op] = st.one_of(
 programs = st.lists(ops, max_size=8)
 
 
+def act1_arguments(*kinds: str) -> tuple[int, ...]:
+    """act1's arguments that do ``kinds`` in turn (each value a different one)."""
+    return tuple(KINDS.index(kind) + len(KINDS) * (i + 1) for i, kind in enumerate(kinds))
+
+
+#: A map over one iterable in chunks, whose second call raises StopIteration: the worker
+#: ran such a chunk with builtins.map, which took it for the chunk's end, and the map gave
+#: the other chunks' values in its place, with no error (the pool: RuntimeError, as
+#: its map's generator gets it). Lazily (buffersize) too.
+STOPPED = act1_arguments("value", "StopIteration", "value", "value", "value", "value")
+
+
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FarmUp, Path, Path]]:
     tmp = tmp_path_factory.mktemp("farm")
@@ -139,6 +151,8 @@ def test_programs_end_as_on_a_process_pool(up: tuple[FarmUp, Path, Path]) -> Non
         phases=[Phase.explicit, Phase.generate],
     )
     @given(programs)
+    @example([Map(xs=STOPPED, chunksize=3)])
+    @example([Map(xs=STOPPED, chunksize=2, buffersize=1), Submit("StopIteration", 1)])
     def same(program: list[Op]) -> None:
         ex = farm.Executor(2, servers=[f"unix:{farm_up.unix}"], key_file=str(key))
         on_farm = Run(ex, gate).run(program)
