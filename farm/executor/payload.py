@@ -148,9 +148,13 @@ def describe(exc: BaseException) -> str:
 def dump(obj: Any) -> bytes:
     """Plain pickle when it works (several times faster), else cloudpickle, which sends
     lambdas, closures and classes of ``__main__`` by value; raises what they raise.
-    The worker pickles outcomes with it; the caller its calls with ``dump_call``."""
+    The worker pickles outcomes with it; the caller its calls with ``dump_call``.
+    A RecursionError (an object too deep) is raised as it is, as in the pool: cloudpickle
+    writes it no better, and raised its own PicklingError in its place."""
     try:
         return pickle.dumps(obj, protocol=_PROTOCOL)
+    except RecursionError:
+        raise
     except Exception:
         pass  # a BaseException is no "try cloudpickle": it goes to the caller at once
     return _by_value(obj)
@@ -161,9 +165,12 @@ def dump_call(obj: Any) -> bytes:
     by value (cloudpickle) when plain pickle would name anything of ``__main__`` -- an
     instance of a class the script defines, ``functools.partial`` of one of its functions.
     The worker's ``__main__`` is not the caller's script, so such a name would not resolve
-    there. (Not for the worker's outcomes: their ``__main__`` names are the caller's own.)"""
+    there. (Not for the worker's outcomes: their ``__main__`` names are the caller's own.)
+    A RecursionError is raised as it is, as ``dump`` raises it."""
     try:
         data = pickle.dumps(obj, protocol=_PROTOCOL)
+    except RecursionError:
+        raise
     except Exception:
         data = b""  # unpicklable by name: by value below, or what cloudpickle raises
     else:

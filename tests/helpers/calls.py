@@ -154,6 +154,14 @@ def identity(value: object) -> object:
     return value
 
 
+def nested(depth: int) -> list[object]:
+    """A list in a list ``depth`` deep: past the recursion limit, no pickler can write it."""
+    out: list[object] = []
+    for _ in range(depth):
+        out = [out]
+    return out
+
+
 def nbytes_after_gate(data: bytes, gate: str) -> int:
     wait_gate(gate)
     return len(data)

@@ -26,8 +26,10 @@ from tests.helpers.calls import (
     box,
     exits_when_loaded,
     exits_when_pickled,
+    identity,
     large_result,
     nap,
+    nested,
     pid_then_block,
     two_arg_error_at,
     unpicklable_result,
@@ -253,6 +255,47 @@ def test_a_result_the_worker_cannot_pickle_is_the_calls_exception(tmp_path: Path
         assert small.workers[0].poll() is None, "the worker survived every call"
     finally:
         small.stop()
+
+
+#: Deeper than any recursion limit a pickler runs under.
+TOO_DEEP = 100_000
+
+
+def too_deep_program(ex: Executor) -> dict[str, Any]:
+    """An object too deep to pickle, as a result and as an argument: plain pickle's
+    RecursionError, as in the pool, where farm tried cloudpickle next and raised its
+    PicklingError ("excessively deep recursion") instead."""
+    seen: dict[str, Any] = {}
+    deep = nested(TOO_DEEP)
+    futures = {
+        "result": ex.submit(nested, TOO_DEEP),
+        "argument": ex.submit(identity, deep),
+        "keyword argument": ex.submit(identity, value=deep),
+    }
+    for label, future in futures.items():
+        exc = future.exception(timeout=30)
+        seen[label] = (type(exc).__name__, str(exc))
+    for label, fn, values in (
+        ("chunk of results", nested, [1, TOO_DEEP, 1, 1]),
+        ("chunk of arguments", identity, [1, deep, 3, 4]),
+    ):
+        try:
+            seen[label] = list(ex.map(fn, values, chunksize=2))
+        except Exception as e:  # the first chunk's error
+            seen[label] = (type(e).__name__, str(e))
+    # Calls queued behind one another travel as batches: only the deep one fails.
+    batched = [ex.submit(nested, TOO_DEEP if i == 5 else 1) for i in range(20)]
+    seen["batched"] = [type(f.exception(timeout=30)).__name__ for f in batched]
+    seen["still_works"] = ex.submit(add, 1, 1).result(timeout=30)
+    return seen
+
+
+def test_an_object_too_deep_to_pickle_fails_as_in_the_pool(ex: farm.Executor) -> None:
+    with ProcessPoolExecutor(2) as pool:
+        expected = too_deep_program(pool)
+    assert expected["result"][0] == expected["argument"][0] == "RecursionError", expected
+    assert expected["batched"][5] == "RecursionError"
+    assert too_deep_program(ex) == expected
 
 
 def test_batched_results_over_the_spill_limit_together_each_keep_their_own(
