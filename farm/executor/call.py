@@ -193,7 +193,7 @@ def run_call(job: Any) -> bytes:
     try:
         fn_bytes = bytes(body[4 : 4 + fn_size])
         fn = functions.for_call(_function(fn_bytes, bool(initialized)), fn_bytes)
-        calls = pickle.loads(calls_data)
+        calls = functions.unpickle(calls_data)
         del calls_data  # a large argument's bytes: not kept while the call runs
         outcome: tuple[Any, ...] = (OK, _apply(fn, kind, calls))
     except BaseException as exc:  # as ProcessPoolExecutor: even SystemExit is the call's outcome
@@ -286,7 +286,7 @@ def _set_up(kind: int, body: memoryview, at: int) -> tuple[int, tuple[Any, ...] 
             _initialized = None  # whatever it leaves behind, a failed one runs again next time
             initstate.forget()
             try:
-                initializer, initargs = pickle.loads(body[at : at + size])
+                initializer, initargs = functions.unpickle(body[at : at + size])
                 initstate.run(initializer, initargs)
                 _initialized = digest
             except BaseException as exc:  # as ProcessPoolExecutor: even SystemExit breaks it
@@ -356,7 +356,7 @@ def _run_batch(
             if index and began - started + longest > budget:
                 break  # fewer outcomes than calls: the rest did not run (flight.complete)
         try:
-            args = pickle.loads(call)
+            args = functions.unpickle(call)
             outcome: tuple[Any, ...] = (OK, _apply(functions.for_call(fn, fn_bytes), kind, args))
         except BaseException as exc:
             forkedchild.leave_if_forked(forks, job.handle, exc)  # as in run_call

@@ -23,14 +23,16 @@ from typing import Any
 
 from farm.executor import spill
 
-__all__ = ["UNIMPORTABLE", "MAX_FUNCTIONS", "load", "for_call"]
+__all__ = ["UNIMPORTABLE", "MAX_FUNCTIONS", "load", "for_call", "unpickle"]
 
-#: Said with an ImportError of a call's function: the usual cause is a module beside the script.
+#: Said with an ImportError out of unpickling a call's function, its arguments or the
+#: executor's initializer: the usual cause is a module beside the script.
 UNIMPORTABLE = (
-    "farm: the farm's workers import a function's module by name, from their own sys.path,"
-    " working directory and environment, not the caller's. Install the module where the"
-    " workers run, or put it on their PYTHONPATH; functions defined in the script itself"
-    " travel with the call (docs/executor.md, 'What remains different')"
+    "farm: the farm's workers import the modules of a call's function, of its arguments'"
+    " classes and of an initializer by name, from their own sys.path, working directory and"
+    " environment, not the caller's. Install the module where the workers run, or put it on"
+    " their PYTHONPATH; functions and classes defined in the script itself travel with the"
+    " call (docs/executor.md, 'What remains different')"
 )
 
 #: At most this many functions are kept, and at most this many bytes of their pickles
@@ -66,17 +68,24 @@ def load(fn_bytes: bytes, initializer: bytes | None) -> Callable[..., Any]:
         _kept[key] = kept  # not push out the function every other call uses
     else:
         read_before = spill.loaded_bytes
-        try:
-            fn = pickle.loads(fn_bytes)
-        except ImportError as exc:  # ModuleNotFoundError: a module beside the caller's script
-            exc.add_note(UNIMPORTABLE)
-            raise
+        fn = unpickle(fn_bytes)
         weight = len(fn_bytes) + spill.loaded_bytes - read_before
         while _kept and (len(_kept) >= MAX_FUNCTIONS or _kept_bytes + weight > MAX_KEPT_BYTES):
             _kept_bytes -= _kept.pop(next(iter(_kept)))[2]
         kept = _kept[key] = (fn, fn_bytes, weight)
         _kept_bytes += weight
     return kept[0]  # type: ignore[no-any-return]  # whatever the caller pickled
+
+
+def unpickle(data: bytes | memoryview) -> Any:
+    """``pickle.loads(data)``, in the worker; an ImportError (ModuleNotFoundError: a module
+    beside the caller's script, which the caller imported and the worker cannot) says why,
+    in a note. Only here: an ImportError the call itself raises is the call's own."""
+    try:
+        return pickle.loads(data)
+    except ImportError as exc:
+        exc.add_note(UNIMPORTABLE)
+        raise
 
 
 def for_call(fn: Any, fn_bytes: bytes) -> Any:

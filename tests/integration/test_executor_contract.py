@@ -123,19 +123,52 @@ def test_an_exception_that_cannot_be_unpickled_fails_only_its_call_in_a_batch(
     ]
 
 
-def test_a_function_the_workers_cannot_import_says_why(
-    ex: farm.Executor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+BESIDE_SCRIPT = """
+def double(x):
+    return 2 * x
+
+class Thing:
+    def __init__(self, v):
+        self.v = v
+"""
+
+
+def says_why(exc: BaseException | None) -> bool:
+    """``exc`` is the ModuleNotFoundError of a module the workers cannot import, noted so."""
+    assert isinstance(exc, ModuleNotFoundError), exc
+    return any("not the caller's" in note for note in getattr(exc, "__notes__", ()))
+
+
+def test_a_module_the_workers_cannot_import_says_why(
+    shared_farm: ExecutorFarm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A helper module beside the caller's script: the caller imports it, the farm's
-    # workers (their own sys.path) cannot. The error says what to do about it.
-    (tmp_path / "farm_test_beside_script.py").write_text("def double(x):\n    return 2 * x\n")
+    # workers (their own sys.path) cannot. The error says what to do about it, whether
+    # the module is the function's, an argument's class's, or the initializer's.
+    (tmp_path / "farm_test_beside_script.py").write_text(BESIDE_SCRIPT)
     monkeypatch.syspath_prepend(str(tmp_path))
-    import farm_test_beside_script  # type: ignore[import-not-found]
+    import farm_test_beside_script as beside  # type: ignore[import-not-found]
 
-    exc = ex.submit(farm_test_beside_script.double, 2).exception(timeout=30)
-    assert isinstance(exc, ModuleNotFoundError), exc
-    assert any("not the caller's" in note for note in exc.__notes__), exc.__notes__
-    sys.modules.pop("farm_test_beside_script", None)
+    try:
+        with shared_farm.executor() as ex:
+            assert says_why(ex.submit(beside.double, 2).exception(timeout=30))
+            assert says_why(ex.submit(identity, beside.Thing(5)).exception(timeout=30))
+            assert says_why(ex.submit(identity, x=beside.Thing(5)).exception(timeout=30))
+            for chunksize in (1, 2):  # a SINGLE call each, one chunk (ARG_CHUNK)
+                with pytest.raises(ModuleNotFoundError) as err:
+                    list(ex.map(identity, [beside.Thing(1), beside.Thing(2)], chunksize=chunksize))
+                assert says_why(err.value)
+            # Calls queued behind one another travel as a batch: each says why.
+            first = ex.submit(nap, 0.2)
+            batched = [ex.submit(identity, beside.Thing(i)) for i in range(10)]
+            assert all(says_why(f.exception(timeout=30)) for f in batched)
+            assert first.result(timeout=30) == 0.2
+        with shared_farm.executor(initializer=beside.double, initargs=(1,)) as ex:
+            with pytest.raises(BrokenExecutor) as broken:
+                ex.submit(add, 1, 1).result(timeout=30)
+            assert says_why(broken.value.__cause__)
+    finally:
+        sys.modules.pop("farm_test_beside_script", None)
 
 
 FORK_PROGRAM = """
