@@ -8,6 +8,7 @@ pools need of the server and the supervisor, and what must not collide.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from dataclasses import replace
@@ -33,6 +34,7 @@ def problem(config: Config) -> tuple[str, str] | None:
     return (
         reserved_pools(config)
         or metrics_port_free(config)
+        or servers_not_local(config)
         or control_apart(config)
         or command_pools(config)
     )
@@ -119,18 +121,48 @@ def metrics_port_free(config: Config) -> tuple[str, str] | None:
         other_host, _, other_port = address.rpartition(":")
         if address.startswith("unix:") or port == "0" or other_port != port:
             continue
-        mine, theirs = _ips(host), _ips(other_host)
-        if mine & theirs or WILD & (mine | theirs):
-            how = ""  # one address, or every address: nothing more to say
-        elif _twinned(mine) and "::1" in theirs or _twinned(theirs) and "::1" in mine:
-            how = " (a listener on 127.0.0.1 holds [::1] at its port as well)"
-        else:
+        how = _one_listener(_ips(host), _ips(other_host))
+        if how is None:
             continue
         return (
             "supervisor.metrics",
             f"{metrics} is the job server's listen address {address} too{how};"
             " give the metrics another port",
         )
+    return None
+
+
+def servers_not_local(config: Config) -> tuple[str, str] | None:
+    """``[supervisor] servers`` must not name the local server: each worker registered
+    with it twice, over two connections (`farm status` counted it twice). Compared as
+    the metrics' port is, by what the listener binds; but a listener on every address
+    is this host's alone, not another host's server at that port."""
+    if not config.local_server:
+        return None
+    for server in config.supervisor.servers:
+        for address in config.server.listen:
+            if server.startswith("unix:") != address.startswith("unix:"):
+                continue
+            if server.startswith("unix:"):
+                # realpath, as control_apart: two spellings of one socket are one server
+                same = os.path.realpath(server[5:]) == os.path.realpath(address[5:])
+                how: str | None = "" if same else None
+            else:
+                host, _, port = server.rpartition(":")
+                other_host, _, other_port = address.rpartition(":")
+                if port != other_port:
+                    continue
+                mine, theirs = _ips(host), _ips(other_host)
+                if WILD & theirs and not (WILD & mine or _of_this_host(mine)):
+                    continue  # another host's server at the port this one listens on
+                how = _one_listener(mine, theirs)
+            if how is None:
+                continue
+            return (
+                "supervisor.servers",
+                f"{server} is the local server's listen address {address}{how}; remove it:"
+                " the workers reach the local server already",
+            )
     return None
 
 
@@ -169,6 +201,36 @@ def command_pools(config: Config) -> tuple[str, str] | None:
             " function with a timeout in the worker (CAN_DO_TIMEOUT)",
         )
     return None
+
+
+def _one_listener(mine: frozenset[str], theirs: frozenset[str]) -> str | None:
+    """Whether the hosts ``mine`` and ``theirs``, at one port, are one listener's: "" where
+    they share an address or either is every address, a note where the one is the
+    other's [::1] twin, None where they are apart."""
+    if mine & theirs or WILD & (mine | theirs):
+        return ""  # one address, or every address: nothing more to say
+    if _twinned(mine) and "::1" in theirs or _twinned(theirs) and "::1" in mine:
+        return " (a listener on 127.0.0.1 holds [::1] at its port as well)"
+    return None
+
+
+def _of_this_host(ips: frozenset[str]) -> bool:
+    """Whether one of ``ips`` is this host's own: a loopback address, or one it can bind."""
+    for ip in ips:
+        try:
+            parsed = ipaddress.ip_address(ip)
+        except ValueError:
+            continue  # the host name itself, beside its addresses
+        if parsed.is_loopback:
+            return True
+        family = socket.AF_INET6 if parsed.version == 6 else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.bind((ip, 0))  # port 0: any free one, for a moment
+        except OSError:
+            continue
+        return True
+    return False
 
 
 def _twinned(ips: frozenset[str]) -> bool:

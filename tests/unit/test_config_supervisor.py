@@ -292,3 +292,65 @@ def test_a_command_pool_may_not_serve_a_farm_function(tmp_path: Path) -> None:
     body = GOOD + '\n[functions.php]\ncommand = ["php", "w.php"]\nfunction = "farm.python"\n'
     message = error_of(tmp_path, body)
     assert ": functions.php: command workers connect over TCP" in message
+
+
+LOCAL = "127.0.0.1:4999"
+TWIN = " (a listener on 127.0.0.1 holds [::1] at its port as well)"
+
+
+@pytest.mark.parametrize(
+    ("servers", "listen", "said"),
+    [
+        (f'["{LOCAL}"]', LOCAL, f"{LOCAL} is the local server's listen address {LOCAL}"),
+        # localhost is 127.0.0.1 too
+        (
+            '["localhost:4999"]',
+            LOCAL,
+            f"localhost:4999 is the local server's listen address {LOCAL}",
+        ),
+        (
+            '["10.0.0.5:4730", "[::1]:4999"]',
+            LOCAL,
+            f"[::1]:4999 is the local server's listen address {LOCAL}{TWIN}",
+        ),
+        # every address: this host's 127.0.0.1 among them
+        (
+            f'["{LOCAL}"]',
+            "0.0.0.0:4999",
+            f"{LOCAL} is the local server's listen address 0.0.0.0:4999",
+        ),
+        (
+            '["unix:run/../run/gearman.sock"]',
+            "unix:run/gearman.sock",
+            "unix:TMP/run/../run/gearman.sock is the local server's listen address"
+            " unix:TMP/run/gearman.sock",
+        ),
+    ],
+)
+def test_servers_may_not_name_the_local_server(
+    tmp_path: Path, servers: str, listen: str, said: str
+) -> None:
+    # Each worker registered with the local server twice: WORKERS 2 in `farm status` for
+    # one process.
+    text = GOOD.replace("servers = []", f"servers = {servers}\nlocal_server = true")
+    text = text.replace(f'"{LOCAL}", "unix:run/gearman.sock"', f'"{listen}"')
+    message = error_of(tmp_path, text)
+    said = said.replace("TMP", str(tmp_path))
+    assert f": supervisor.servers: {said}; remove it: the workers reach the local server" in (
+        message
+    ), message
+
+
+@pytest.mark.parametrize(
+    ("servers", "listen"),
+    [
+        ('["127.0.0.1:4998"]', LOCAL),  # another port
+        ('["10.0.0.5:4999"]', LOCAL),  # another host at the same port
+        ('["192.0.2.7:4999"]', "0.0.0.0:4999"),  # TEST-NET-1: no host's own address
+        ('["unix:/run/other.sock"]', LOCAL),
+    ],
+)
+def test_servers_beside_the_local_server_stay(tmp_path: Path, servers: str, listen: str) -> None:
+    text = GOOD.replace("servers = []", f"servers = {servers}\nlocal_server = true")
+    cfg = config.load(write(tmp_path, text.replace(LOCAL, listen)))
+    assert cfg.supervisor.servers == tuple(servers.strip("[]").replace('"', "").split(", "))
