@@ -88,6 +88,16 @@ def reserved_pools(config: Config) -> tuple[str, str] | None:
                 "command workers connect over TCP, where a farm server refuses the"
                 " reserved farm.* functions; serve them from a Python target",
             )
+        if pool.target not in EXECUTOR_TARGETS:
+            # farm.Executor is the only caller of farm.* functions (the server keeps them
+            # from TCP peers): any other target fails every call, its result unsigned.
+            served = next(f for f in pool.functions if f.startswith(RESERVED_PREFIX))
+            return (
+                f"functions.{pool.name}.target",
+                f"{served} is a reserved farm.* function, farm.Executor's calls, which only"
+                f' target = "{EXECUTOR_TARGETS[0]}" runs; set that target, or give'
+                f" {pool.target} a function name without the farm. prefix",
+            )
         if config.servers_for(pool):
             continue
         if config.local_server:

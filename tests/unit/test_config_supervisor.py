@@ -294,6 +294,20 @@ def test_a_command_pool_may_not_serve_a_farm_function(tmp_path: Path) -> None:
     assert ": functions.php: command workers connect over TCP" in message
 
 
+def test_a_farm_pool_runs_the_executors_target(tmp_path: Path) -> None:
+    # farm.python served by another target passed: every farm.Executor call then failed
+    # with "SignatureError: the result payload is not signed (no farm header)".
+    body = GOOD + '\n[functions."farm.python"]\ntarget = "workers.text:reverse"\n'
+    message = error_of(tmp_path, body)
+    assert ": functions.farm.python.target: farm.python is a reserved farm.* function" in message
+    assert 'only target = "farm.executor.call:run_call" runs' in message
+    # by what it serves, not the table's name; the old target's shim still runs it
+    named = GOOD + '\n[functions.calls]\ntarget = "workers.text:reverse"\nfunction = "farm.x"\n'
+    assert ": functions.calls.target: farm.x is a reserved" in error_of(tmp_path, named)
+    shim = GOOD + '\n[functions."farm.python"]\ntarget = "farm.executor_worker:run_call"\n'
+    assert config.load(write(tmp_path, shim)).functions["farm.python"].reserved
+
+
 LOCAL = "127.0.0.1:4999"
 TWIN = " (a listener on 127.0.0.1 holds [::1] at its port as well)"
 
