@@ -113,6 +113,10 @@ def test_function_renames_what_a_python_pool_serves(tmp_path: Path) -> None:
         ('command = "sh"\npass_env = ["DB-URL"]', "functions.p.pass_env", "'DB-URL' is not"),
         ('command = "sh"\npass_env = ["A=b"]', "functions.p.pass_env", "'A=b' is not"),
         ('command = "sh"\npass_env = [""]', "functions.p.pass_env", "'' is not"),
+        # env's names by pass_env's rule: each said "must be a table of strings" of one
+        ('command = "sh"\nenv = { "A=B" = "x" }', "functions.p.env", "'A=B' is not an environ"),
+        ('command = "sh"\nenv = { "" = "x" }', "functions.p.env", "'' is not an environment"),
+        ('command = "sh"\nenv = { DB-URL = "x" }', "functions.p.env", "'DB-URL' is not an"),
         ('target = "workers.text:reverse"\npass_env = ["A"]', "functions.p.pass_env", "command"),
         ('target = "workers.text:reverse"\ncwd = "."', "functions.p.cwd", "command pools"),
         ('command = "sh"\nfunction = "a"\nfunctions = ["b"]', "functions.p.functions", "not both"),
