@@ -50,7 +50,9 @@ def cpu_list(text: str) -> list[int]:
     for part in text.split(","):
         span = _CPU_SPAN.fullmatch(part)
         if span is None:
-            raise ValueError(f"{CPUS_FORMS} ({part.strip()!r} is neither)")
+            # The value given, quoted too: '' alone did not say which comma was extra.
+            of = "" if part.strip() == text.strip() else f" in {text!r}"
+            raise ValueError(f"{CPUS_FORMS} ({part.strip()!r}{of} is neither)")
         low = int(span[1])
         high = low if span[2] is None else int(span[2])
         stride = 1 if span[3] is None else int(span[3])

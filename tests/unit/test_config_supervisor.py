@@ -66,7 +66,10 @@ def test_cpu_list_reads_taskset_syntax(text: str, cores: list[int]) -> None:
     [
         ("15-2", 'range "15-2" runs backwards; write "2-15"'),
         ("", "('' is neither)"),
-        ("0-3,,8", "('' is neither)"),
+        # the value given too: "('' is neither)" alone did not say which comma was extra
+        ("0,", "('' in '0,' is neither)"),
+        ("0-3,,8", "('' in '0-3,,8' is neither)"),
+        (" 0, x", "('x' in ' 0, x' is neither)"),
         ("0-3;8", "('0-3;8' is neither)"),
         ("a-b", "('a-b' is neither)"),
         ("-1", "('-1' is neither)"),
