@@ -24,6 +24,7 @@ from farm.cli.app import (
     ask_supervisor,
     fail,
     own_row,
+    typed,
 )
 
 __all__ = ["restart", "follow_restart", "follow_added"]
@@ -46,6 +47,12 @@ def restart(
 ) -> None:
     """Replace workers with fresh processes (new code) without downtime: each new process
     serves before the old one drains, a few slots of a pool at a time."""
+    for name in names or []:
+        pool, hash_, slot = name.partition("#")
+        # Here, before the farm is asked: "reverse#x" was answered "reverse has slots 0
+        # to 1", which read as a slot out of range.
+        if not pool or hash_ and not (slot.isascii() and slot.isdigit()):
+            fail(f"{typed(name)}: not POOL or POOL#SLOT (a slot is a number, e.g. reverse#0)", 2)
     reply = ask_supervisor(config, control, {"cmd": "restart", "names": names or []})
     follow_restart(reply, lambda: ask_supervisor(config, control, {"cmd": "restart-status"}))
 

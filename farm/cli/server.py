@@ -252,6 +252,8 @@ def jobs(
     from farm.protocol import ProtocolError
     from farm.protocol.admin import parse_jobs
 
+    if function == "":  # no function has that name: an empty listing said nothing of it
+        fail("--function must name a function, not be empty", 2)
     address = server_address(server, config)
     try:
         # surrogateescape: --function compares by bytes, as a name not in UTF-8 was typed

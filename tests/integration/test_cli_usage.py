@@ -125,6 +125,30 @@ def test_usage_mistakes_are_one_line_and_exit_2(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        # The farm answered "reverse has slots 0 to 1", as if the slot were out of range.
+        *(
+            (
+                ["restart", bad, "--control", "/no/such/control.sock"],
+                f"{bad!r}: not POOL or POOL#SLOT (a slot is a number, e.g. reverse#0)",
+            )
+            for bad in ("reverse#x", "reverse#", "#0", "reverse#-1")
+        ),
+        # An empty listing, exit 0: no function has that name.
+        (["jobs", "-f", ""], "--function must name a function, not be empty"),
+    ],
+)
+def test_a_slot_or_function_that_can_name_nothing_is_a_usage_error(
+    args: list[str], said: str
+) -> None:
+    # No farm to reach (127.0.0.1:1, no control socket): refused before one is asked.
+    env = dict(os.environ, FARM_SERVERS="127.0.0.1:1")
+    out = cli(*args, timeout=30, env=env)
+    assert (out.returncode, one_line_error(out.stderr)) == (2, f"farm: {said}")
+
+
+@pytest.mark.parametrize(
     "args",
     [
         ["submit", "f", "x", "--timeout", "inf"],
