@@ -59,7 +59,7 @@ _KEPT_FOR_USER = frozenset(
     {"PATH", "LANG", "LANGUAGE", "TZ", "GEARMAN_SERVERS"}
     | {"FARM_TLS_CA", "FARM_TLS_CERT", "FARM_TLS_KEY"}
 )
-#: An environment variable's name, as POSIX shells take it (env and pass_env).
+#: An environment variable's name, as POSIX shells take it (pass_env).
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -112,7 +112,10 @@ def parse_command(raw: dict[str, Any], key: str, base: str, fail: Fail) -> Comma
     if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
         raise fail(f"{key}.env", 'must be a table of strings, e.g. env = { APP_ENV = "prod" }')
     for name in env:  # a TOML key is a string: what is left to say is why it is no name
-        _env_name(name, f"{key}.env", fail)
+        # Looser than pass_env's rule (names a shell can export): a program may read any name
+        # without "=", and env took such names before; "A=B" would set another variable.
+        if not name or "=" in name:
+            raise fail(f"{key}.env", f"{name!r} is not an environment variable name (empty, or =)")
     if any("\0" in k + v for k, v in env.items()):
         raise fail(f"{key}.env", "holds a NUL character, which no environment can; remove it")
     argv[0] = _executable(argv[0], key, cwd or base, env.get("PATH"), fail)
@@ -135,8 +138,8 @@ def _pass_env(raw: Any, key: str, fail: Fail) -> tuple[str, ...]:
 
 
 def _env_name(name: str, key: str, fail: Fail) -> None:
-    """The one rule on the names of ``env`` and ``pass_env``: letters, digits and _, not
-    first a digit (what a shell can export; "A=B" would set another variable)."""
+    """pass_env's rule on a name: letters, digits and _, not first a digit (what a shell can
+    export; "A=B" would set another variable)."""
     if not _ENV_NAME.fullmatch(name):
         raise fail(key, f"{name!r} is not an environment variable name (letters, digits, _)")
 
