@@ -369,7 +369,7 @@ class Executor(_BaseExecutor):
     def _start_pump(self) -> None:
         # Started on first use, not in __init__, so creating an executor before
         # fork() leaves no thread behind; a daemon so that a forgotten executor
-        # cannot hang the interpreter (the atexit hook below still drains it).
+        # cannot hang the interpreter (lifespan's exit hook still drains it).
         thread = threading.Thread(target=self._pump.run, name="farm-executor", daemon=True)
         # A Ctrl-C while start() waits for the thread to run made it raise with the thread
         # running: the next submit started a second one on this pump. Held, it comes after.

@@ -11,7 +11,6 @@ a new generation: an executor first used in the child gets a pump of its own the
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import threading
@@ -30,7 +29,7 @@ EXIT_QUIET = 10.0
 class _State:
     """Read on every submit: a plain object, no lock."""
 
-    exiting = False  # set by the atexit hook: no executor takes new calls after it
+    exiting = False  # set by the exit hook: no executor takes new calls after it
     generation = 0  # one more in each forked child
     #: The Condition of every executor's futures (CallFuture), one for the process:
     #: concurrent.futures.wait() and as_completed() lock the futures given them in id()
@@ -71,7 +70,6 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-@atexit.register
 def _drain_at_exit() -> None:
     """At interpreter exit, every executor finishes what was submitted (as ProcessPoolExecutor)."""
     state.exiting = True
@@ -86,3 +84,12 @@ def _drain_at_exit() -> None:
                 pump.function,
             )
             pump.finished.wait()
+
+
+# Where ProcessPoolExecutor registers its own: run as the main thread ends, before the
+# non-daemon threads are joined, so that one of them submitting after that is refused as
+# the pool refuses it. With atexit, the hook ran after those joins, and their calls ran.
+try:
+    threading._register_atexit(_drain_at_exit)  # type: ignore[attr-defined]
+except RuntimeError:  # first imported by an exit hook, the shutdown under way: no new calls
+    state.exiting = True

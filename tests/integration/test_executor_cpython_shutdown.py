@@ -86,6 +86,34 @@ def test_submit_after_interpreter_shutdown(shared: Farm) -> None:
     assert done.stdout.strip() == "runtime-error"
 
 
+def test_submit_from_a_thread_after_the_main_thread_ended(shared: Farm) -> None:
+    # ProcessPoolExecutor's exit hook runs before non-daemon threads are joined
+    # (threading._register_atexit): a thread that submits after the main thread ended is
+    # refused. The executor's hook ran at atexit, after those joins, and the call ran.
+    done = run_script(
+        shared,
+        """
+        import threading
+        t = farm.Executor(2)
+        t.submit(id, 42).result()
+        ended = threading.Event()
+        def late():
+            threading.main_thread().join()  # the main thread ended: the exit hooks ran
+            try:
+                t.submit(id, None)
+            except RuntimeError as exc:
+                print("refused:", exc, flush=True)
+            else:
+                print("accepted", flush=True)
+        threading.Thread(target=late).start()
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        "refused: cannot schedule new futures after interpreter shutdown"
+    ), done.stdout
+
+
 def test_hang_issue12364(executor: farm.Executor) -> None:
     fs = [executor.submit(nap, 0.01) for _ in range(50)]
     executor.shutdown()
