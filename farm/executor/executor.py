@@ -315,7 +315,7 @@ class Executor(_BaseExecutor):
     def _hand(self) -> Hand:
         """How map hands its calls over (farm.executor.mapping)."""
         if self._generation != lifespan.state.generation:
-            self._renew()  # a lazy map read on in a forked child: the child's own pump
+            self._renew()  # (a lazy map read on in a forked child raises: more_of)
         return Hand(self._enqueue, self._enqueue_spilled, self._nudge)
 
     def _nudge(self) -> None:

@@ -21,6 +21,7 @@ endless generator can be mapped, and a ``map`` left early leaves the rest unread
 
 from __future__ import annotations
 
+import os
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -139,7 +140,17 @@ def more_of(
     iterables are spent or the executor is gone (``owner``: its Hand, or None then, as
     CPython's map holds its executor by a weak reference). ``used`` learns each future."""
 
+    pid = os.getpid()
+
     def more() -> Future[Any] | None:
+        if os.getpid() != pid:
+            # The calls read ahead are the parent's, their replies the parent's to read:
+            # waiting for them here would never end (and a pool's futures would not either).
+            raise RuntimeError(
+                f"this map(..., buffersize=...) was called in process {pid}, which this one"
+                " was forked from: its results are that process's to read; call map in"
+                " the child for calls of its own"
+            )
         hand = owner()
         if hand is None:
             return None
@@ -158,11 +169,13 @@ def more_of(
 
 
 def once(fn: Callable[[], None]) -> Callable[[], None]:
-    """``fn``, run by the first call only (a map's end, or its iterator's collection)."""
-    left = [fn]
+    """``fn``, run by the first call only (a map's end, or its iterator's collection), in
+    the process that made it: a forked child's copy of a map must not let go of the
+    parent's file, which the parent's own copy still holds."""
+    left, pid = [fn], os.getpid()
 
     def run() -> None:
-        if left:
+        if left and os.getpid() == pid:
             left.pop()()
 
     return run

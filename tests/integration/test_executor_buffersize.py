@@ -12,12 +12,15 @@ from __future__ import annotations
 import functools
 import gc
 import itertools
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import farm
+from tests.helpers import ROOT
 from tests.helpers.calls import add, size_plus
 from tests.helpers.farmproc import FarmUp, executor_farm
 from tests.helpers.waiting import wait_for
@@ -186,3 +189,43 @@ def test_a_list_grown_while_a_lazy_map_reads_it_is_read_to_its_new_end(
     assert next(results) == "1"
     values.extend([5, 6, 7, 8])
     assert list(results) == [str(v) for v in range(2, 9)]
+
+
+FORKED_READ = """
+import os, sys
+import farm
+
+ex = farm.Executor(2, servers=[sys.argv[1]], key_file=sys.argv[2])
+results = ex.map(abs, iter(range(-6, 0)), buffersize=2)
+print("parent", next(results), flush=True)
+pid = os.fork()
+if pid == 0:
+    try:
+        next(results)
+    except RuntimeError as exc:
+        print("child refused:", "fork" in str(exc), flush=True)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+print("parent", list(results), os.waitstatus_to_exitcode(status), flush=True)
+ex.shutdown()
+"""
+
+
+def test_a_lazy_map_read_in_a_forked_child_raises_there(farm_up: tuple[FarmUp, Path]) -> None:
+    # The calls read ahead are the parent's, whose replies the parent reads: the child's
+    # next() waited for ever on the first of them. It raises at once, and the parent's
+    # iterator reads on as if no child had been.
+    up, key = farm_up
+    run = subprocess.run(
+        [sys.executable, "-c", FORKED_READ, f"unix:{up.unix}", str(key)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [
+        "parent 6",
+        "child refused: True",
+        "parent [5, 4, 3, 2, 1] 0",
+    ], (run.stdout, run.stderr)
