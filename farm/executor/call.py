@@ -12,7 +12,6 @@ re-exported here, where tests and older code import them.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import pickle
 import time
@@ -22,7 +21,14 @@ from typing import Any
 from farm import forkedchild
 from farm.executor import functions, initstate, nesting, spill
 from farm.executor.functions import UNIMPORTABLE
-from farm.executor.outcomes import dump_batch, dump_outcome, raised, remote_traceback
+from farm.executor.outcomes import (
+    dump_batch,
+    dump_outcome,
+    raised,
+    remote_traceback,
+    remove_if_unsent,
+    send_part,
+)
 from farm.executor.payload import (
     ARG_CHUNK,
     ARG_CHUNK_BATCH,
@@ -228,41 +234,8 @@ def _seal_result(
         failure = (ERROR, exc, text)
         replaced: Any = failure if count is None else (first, [failure] * count)
         return signer.seal(RESULT, call_id + pickle.dumps(replaced, protocol=_PROTOCOL))
-    _remove_if_unsent(job, reference)
+    remove_if_unsent(job, reference)
     return signer.seal(RESULT, call_id + spill.RESULT_MARK + reference)
-
-
-def _remove_if_unsent(job: Any, reference: bytes) -> None:
-    """Have the worker remove this result file if the job's answer cannot leave: its job
-    server went away mid-call (killed, restarted), so no caller will ever read the file,
-    which waited for the supervisor's sweep (``spill_orphan_age_s``, an hour) otherwise.
-    (``farm.Worker`` runs ``job.unsent`` then.) A batch's part sent ahead takes its file
-    out again once its WORK_DATA was written (``_send_part``): the server may have passed
-    it on, and its caller removes it once read (or, losing the server, by its call id)."""
-    earlier = getattr(job, "unsent", None)
-
-    def unsent() -> None:
-        if earlier is not None:
-            earlier()
-        spill.remove(reference)
-
-    try:
-        job.unsent = unsent
-    except AttributeError:  # a stand-in for farm.Worker's Job without the slot (a test's)
-        pass
-
-
-def _send_part(job: Any, seal: Callable[..., bytes], *args: Any) -> None:
-    """Send a part of a batch's answer ahead (WORK_DATA), ``seal(job, *args)``. Its spill
-    files stay for ``job.unsent`` only while they have not left: farm.Worker's send_data
-    says whether it was written (a stand-in that says nothing is taken at its word); a
-    file the server already took must not go when the final answer is lost. (A part
-    sealed by _seal_batch sends parts of its own first; one that did not leave ended the
-    job's hold, so this one does not leave either, and every file stays in the hook.)"""
-    earlier = getattr(job, "unsent", None)
-    if job.send_data(seal(job, *args)) is not False:
-        with contextlib.suppress(AttributeError):  # a stand-in's Job without the slot
-            job.unsent = earlier
 
 
 def _spill_settings() -> spill.SpillSettings:
@@ -367,7 +340,7 @@ def _run_batch(
             longest = max(longest, time.monotonic() - began)
         outcomes.append(outcome)
         if index + 1 < len(calls) and time.monotonic() >= flush_at:
-            _send_part(job, _seal_batch, signer, call_id, first, outcomes)
+            send_part(job, _seal_batch, signer, call_id, first, outcomes)
             first, outcomes = index + 1, []
             flush_at = time.monotonic() + BATCH_FLUSH_EVERY
     return _seal_batch(job, signer, call_id, first, outcomes)
@@ -384,7 +357,7 @@ def _seal_batch(job: Any, signer: Signer, call_id: bytes, first: int, outcomes: 
         del pickled
         for index, outcome in enumerate(outcomes[:-1], first):
             alone = dump_batch(index, [outcome])
-            _send_part(job, _seal_result, signer, call_id, alone, 1, index)
+            send_part(job, _seal_result, signer, call_id, alone, 1, index)
         first, outcomes = first + len(outcomes) - 1, outcomes[-1:]
         pickled = dump_batch(first, outcomes)
     return _seal_result(job, signer, call_id, pickled, len(outcomes), first)

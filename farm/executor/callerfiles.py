@@ -115,7 +115,7 @@ class CallerFiles:
     def remove_results(self, call_ids: list[bytes]) -> None:
         """The result files of calls lost with their job server (spill.remove_results):
         read by no one now. The orphaned worker of one still running writes its file
-        later; it removes that itself, as its answer cannot leave (call._remove_if_unsent).
+        later; it removes that itself, as its answer cannot leave (outcomes.remove_if_unsent).
         The directory is listed only if something was made or removed in it since this
         executor began (one stat otherwise: most lost calls had no large result)."""
         if self._settings is None:  # a worker may spill a result of a call this did not

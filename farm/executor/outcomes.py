@@ -1,15 +1,20 @@
 """A call's outcome in the worker, as it travels back: ``(OK, value)`` or ``(ERROR,
 exception, traceback text)``, pickled as ProcessPoolExecutor sends one (an outcome that
 cannot be pickled becomes the call's error); a batch's outcomes from a first index on.
-``farm.executor.call`` runs the calls and seals what these make."""
+``farm.executor.call`` runs the calls and seals what these make; a batch's part sent ahead
+(``send_part``), and a result file taken back when its answer cannot leave
+(``remove_if_unsent``)."""
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from farm.errors import JobError
+from farm.executor import spill
 from farm.executor.payload import ERROR, OK, describe, dump
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -95,3 +100,36 @@ def dump_batch(first: int, outcomes: list[Any]) -> bytes:
     except BaseException as exc:  # each pickles alone but not together: none is sent
         failure = unsendable(exc, (OK, None))
         return pickle.dumps((first, [failure] * len(kept)), protocol=_PROTOCOL)
+
+
+def remove_if_unsent(job: Any, reference: bytes) -> None:
+    """Have the worker remove this result file if the job's answer cannot leave: its job
+    server went away mid-call (killed, restarted), so no caller will ever read the file,
+    which waited for the supervisor's sweep (``spill_orphan_age_s``, an hour) otherwise.
+    (``farm.Worker`` runs ``job.unsent`` then.) A batch's part sent ahead takes its file
+    out again once its WORK_DATA was written (``send_part``): the server may have passed
+    it on, and its caller removes it once read (or, losing the server, by its call id)."""
+    earlier = getattr(job, "unsent", None)
+
+    def unsent() -> None:
+        if earlier is not None:
+            earlier()
+        spill.remove(reference)
+
+    try:
+        job.unsent = unsent
+    except AttributeError:  # a stand-in for farm.Worker's Job without the slot (a test's)
+        pass
+
+
+def send_part(job: Any, seal: Callable[..., bytes], *args: Any) -> None:
+    """Send a part of a batch's answer ahead (WORK_DATA), ``seal(job, *args)``. Its spill
+    files stay for ``job.unsent`` only while they have not left: farm.Worker's send_data
+    says whether it was written (a stand-in that says nothing is taken at its word); a
+    file the server already took must not go when the final answer is lost. (A part
+    sealed by call._seal_batch sends parts of its own first; one that did not leave ended the
+    job's hold, so this one does not leave either, and every file stays in the hook.)"""
+    earlier = getattr(job, "unsent", None)
+    if job.send_data(seal(job, *args)) is not False:
+        with contextlib.suppress(AttributeError):  # a stand-in's Job without the slot
+            job.unsent = earlier
