@@ -39,6 +39,9 @@ from farm.executor.payload import (
     CHUNK_KINDS,
     DIGEST_SIZE,
     ERROR,
+    INIT_ENDS,
+    INIT_NEWS,
+    INIT_STARTS,
     INITIALIZER,
     KIND_MASK,
     NO_SETUP,
@@ -173,7 +176,7 @@ def run_call(job: Any) -> bytes:
     calls_data: Any = None
     initialized = kind & INITIALIZER
     if kind > KIND_MASK:  # setup sections follow: this executor's initializer, max_tasks
-        start, failure = _set_up(kind, body, start)
+        start, failure = _set_up(kind, body, start, _teller(job, signer, call_id, kind))
         spilled = kind & SPILLED
         kind &= KIND_MASK
         if failure is not None:
@@ -245,10 +248,23 @@ def _spill_settings() -> spill.SpillSettings:
     return _spill
 
 
-def _set_up(kind: int, body: memoryview, at: int) -> tuple[int, tuple[Any, ...] | None]:
-    """Read the setup sections at ``at``; run the initializer if this worker's last one differs,
-    and count the job against max_tasks_per_child. Returns where the body starts, and the
-    BROKEN outcome when the initializer raised (the call does not run then)."""
+def _teller(job: Any, signer: Signer, call_id: bytes, kind: int) -> Callable[[bytes], None]:
+    """How the initializer's news reach the caller (payload.INIT_NEWS): a signed mark in a
+    WORK_DATA, which the worker writes before it goes on, so that a crash in the
+    initializer leaves the start told; nothing for a caller that did not ask."""
+    send = getattr(job, "send_data", None)
+    if not kind & INIT_NEWS or send is None:
+        return lambda mark: None
+    return lambda mark: send(signer.seal(RESULT, call_id + mark))
+
+
+def _set_up(
+    kind: int, body: memoryview, at: int, tell: Callable[[bytes], None]
+) -> tuple[int, tuple[Any, ...] | None]:
+    """Read the setup sections at ``at``; run the initializer if this worker's last one differs
+    (``tell``-ing the caller as it starts and ends), and count the job against
+    max_tasks_per_child. Returns where the body starts, and the BROKEN outcome when the
+    initializer raised (the call does not run then)."""
     global _initialized, recycle_requested
     failure = None
     if kind & INITIALIZER:
@@ -258,6 +274,7 @@ def _set_up(kind: int, body: memoryview, at: int) -> tuple[int, tuple[Any, ...] 
         if digest != _initialized:
             _initialized = None  # whatever it leaves behind, a failed one runs again next time
             initstate.forget()
+            tell(INIT_STARTS)
             try:
                 initializer, initargs = functions.unpickle(body[at : at + size])
                 initstate.run(initializer, initargs)
@@ -265,6 +282,8 @@ def _set_up(kind: int, body: memoryview, at: int) -> tuple[int, tuple[Any, ...] 
             except BaseException as exc:  # as ProcessPoolExecutor: even SystemExit breaks it
                 log.critical("Exception in initializer:", exc_info=True)
                 failure = (BROKEN, exc, remote_traceback(exc))
+            else:
+                tell(INIT_ENDS)
         at += size
     if kind & RECYCLE:
         executor_id = bytes(body[at : at + CALL_ID_SIZE])

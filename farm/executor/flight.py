@@ -37,6 +37,8 @@ from farm.executor.payload import (
     BROKEN,
     CALL_ID_SIZE,
     CHUNK_KINDS,
+    INIT_ENDS,
+    INIT_STARTS,
     OK,
     SINGLE,
     RemoteTraceback,
@@ -44,7 +46,7 @@ from farm.executor.payload import (
     encode_call,
     open_result,
 )
-from farm.executor.signing import SignatureError, Signer
+from farm.executor.signing import HEADER, SignatureError, Signer
 from farm.protocol.client import Task
 
 __all__ = [
@@ -156,11 +158,13 @@ class WorkItem:
 class Flight:
     """The calls one job carries (one, or a batch), and the id its results must name."""
 
-    __slots__ = ("items", "call_id")
+    __slots__ = ("items", "call_id", "initializing")
 
     def __init__(self, items: list[WorkItem]) -> None:
         self.items = items
         self.call_id = new_call_id()  # fresh: binds results, stops replays
+        #: A worker said it started the executor's initializer, and not yet that it ended.
+        self.initializing = False
 
     @property
     def batched(self) -> bool:
@@ -244,20 +248,56 @@ def _start(item: WorkItem) -> bool:
     return item.future._state == RUNNING or item.future.set_running_or_notify_cancel()
 
 
+#: The size of a WORK_DATA that tells of the initializer (payload.INIT_NEWS); outcomes, a
+#: pickle of several bytes, are never that short.
+_NEWS_SIZE = HEADER + CALL_ID_SIZE + 1
+
+
 def partial(task: Task[Flight], signer: Signer, data: bytes) -> None:
-    """WORK_DATA of a batch: the outcomes of the calls it finished so far."""
+    """WORK_DATA: the initializer's news (InitializerFailed breaks the pump), or the outcomes
+    of the calls a batch finished so far."""
     flight = flight_of(task)
-    if flight.batched:
+    if len(data) == _NEWS_SIZE:
+        _initializer_news(task, flight, signer, data)
+    elif flight.batched:
         _resolve_batch(task, flight, signer, data)
 
 
+def _initializer_news(task: Task[Flight], flight: Flight, signer: Signer, data: bytes) -> None:
+    """A worker starts or ended the executor's initializer for this job. A second start
+    with no end between is the server's retry: the worker before died in the initializer
+    (os._exit, a signal, a crash), and so will this one; the executor breaks now rather than
+    after job_retries workers."""
+    try:
+        mark = bytes(open_result(signer, flight.call_id, data))
+    except SignatureError as exc:  # as for a batch's part that fails its check
+        flight.fail(exc)
+        return
+    if mark == INIT_STARTS:
+        if flight.initializing:
+            raise InitializerFailed(_died_initializing(task))
+        flight.initializing = True
+    elif mark == INIT_ENDS:
+        flight.initializing = False
+
+
+def _died_initializing(task: Task[Flight]) -> WorkerLost:
+    return WorkerLost(
+        f"the worker running job {task.handle} died in the executor's initializer"
+        " (os._exit, a signal or a crash there)"
+    )
+
+
 def complete(task: Task[Flight], signer: Signer) -> list[WorkItem]:
-    """The job ended: settle every call it carried (InitializerFailed breaks the pump).
+    """The job ended: settle every call it carried (InitializerFailed breaks the pump: the
+    initializer raised, or its worker died in it).
     Returns the calls of a batch its worker left unrun, to send again."""
     flight = flight_of(task)
     error = task.error
     if error is not None:
         if type(error) is JobFailed:  # no exception came first: the worker is gone
+            if flight.initializing:  # in the initializer: broken, as if it had raised
+                raise InitializerFailed(_died_initializing(task))
             error = WorkerLost(
                 f"the worker running job {task.handle} died (or overran its timeout);"
                 " the call's outcome is unknown"

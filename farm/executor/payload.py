@@ -45,6 +45,14 @@ no byte more):
   ``(BROKEN, exception, traceback_text)`` (for a batch: ``(0, [that])``) and the
   caller breaks the executor, as ProcessPoolExecutor breaks when a child's
   initializer fails.
+* INIT_NEWS (0x80, no section of its own, set with INITIALIZER): the worker tells the
+  caller when it runs the initializer, in WORK_DATA packets ``signed(RESULT, call_id |
+  mark)``: INIT_STARTS ("I") before it, INIT_ENDS ("E") once it returned. A worker that
+  dies in between (``os._exit``, a signal, a segfault) reports nothing itself: the
+  caller, holding a start with no end when the job fails or starts again on another
+  worker (the server's retry), breaks the executor as for a raising initializer. (A
+  worker older than the flag ignores it and sends no news; a caller older than it never
+  sets it, so no worker sends a batch's caller data it cannot read.)
 * SPILLED (0x40, no section of its own): ``body`` is a reference to a file in the spill
   directory holding the pickle (farm/executor/spill.py); a result whose pickle
   is in a file is ``signed(RESULT, call_id | "S" | reference)``.
@@ -93,6 +101,9 @@ __all__ = [
     "CALL_ID_SIZE",
     "NO_SETUP",
     "SPILLED",
+    "INIT_NEWS",
+    "INIT_STARTS",
+    "INIT_ENDS",
     "RemoteTraceback",
     "describe",
     "dump",
@@ -111,6 +122,9 @@ CHUNK_KINDS = {CHUNK: CHUNK_BATCH, ARG_CHUNK: ARG_CHUNK_BATCH}
 #: The kind byte: the kind in the low bits, the setup sections that follow it in the high ones.
 KIND_MASK = 0x0F
 INITIALIZER, RECYCLE = 0x10, 0x20
+#: With INITIALIZER: the worker sends INIT_STARTS and INIT_ENDS around the initializer.
+INIT_NEWS = 0x80
+INIT_STARTS, INIT_ENDS = b"I", b"E"
 #: The body is a reference to a spill file (farm.executor.spill), not the pickle itself.
 SPILLED = 0x40
 DIGEST_SIZE = 32
@@ -329,7 +343,7 @@ def encode_setup(
     flags, data = 0, b""
     if initializer is not None:
         digest = hashlib.sha256(initializer).digest()
-        flags |= INITIALIZER
+        flags |= INITIALIZER | INIT_NEWS
         data += digest + len(initializer).to_bytes(4, "little") + initializer
     if max_tasks is not None:
         assert executor_id is not None and len(executor_id) == CALL_ID_SIZE

@@ -117,6 +117,11 @@ def init_fails(*_: object) -> None:
     raise ValueError("error in initializer")
 
 
+def init_dies(*_: object) -> None:
+    """An initializer that ends its worker process at once (as a crash in C would)."""
+    os._exit(3)
+
+
 def getpid(_: object = None) -> int:
     return os.getpid()
 

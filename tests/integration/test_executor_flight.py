@@ -24,7 +24,10 @@ from tests.helpers.calls import (
     batch_step,
     fails,
     fork_and_come_back,
+    get_init_state,
     getpid,
+    init_dies,
+    init_state,
     nap,
     pid_then_block,
     tell,
@@ -59,6 +62,29 @@ def test_killed_worker_fails_only_its_future(tmp_path: Path) -> None:
             assert ex.submit(add, 40, 2).result(timeout=30) == 42  # still working
     finally:
         os.close(reader)
+        small.stop()
+
+
+def test_a_worker_that_dies_in_the_initializer_breaks_the_executor(tmp_path: Path) -> None:
+    # Under job_retries 1 the server fails the job (WORK_FAIL) as its worker dies. A worker
+    # that died in the executor's initializer (os._exit, a crash) failed only that call,
+    # with WorkerLost, and the executor took more calls, each killing a worker; it breaks
+    # the executor now, as an initializer that raises does. A worker that dies in the call,
+    # its initializer run, still fails only that call.
+    small = ExecutorFarm(tmp_path, count=2)
+    try:
+        with small.executor(initializer=init_state, initargs=("ok",)) as ex:
+            with pytest.raises(farm.WorkerLost):
+                ex.submit(init_dies).result(timeout=30)  # dies in the call itself
+            assert ex.submit(get_init_state).result(timeout=30) == "ok"  # not broken
+        broken = small.executor(initializer=init_dies)
+        with pytest.raises(farm.executor.BrokenFarmExecutor, match="initializer") as info:
+            broken.submit(add, 1).result(timeout=30)
+        assert isinstance(info.value.__cause__, farm.WorkerLost), info.value.__cause__
+        with pytest.raises(farm.executor.BrokenFarmExecutor):
+            broken.submit(add, 2)
+        broken.shutdown()
+    finally:
         small.stop()
 
 

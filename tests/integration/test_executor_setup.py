@@ -9,6 +9,7 @@ supervisor replaces.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import sys
@@ -20,7 +21,14 @@ import pytest
 
 import farm
 from tests.helpers import setupfarm
-from tests.helpers.calls import add, get_init_state, getpid, init_fails, init_state
+from tests.helpers.calls import (
+    add,
+    get_init_state,
+    getpid,
+    init_dies,
+    init_fails,
+    init_state,
+)
 from tests.helpers.setupfarm import Farm
 
 # The fixtures, taken by assignment: pytest finds them as if defined here, and no
@@ -77,6 +85,35 @@ def test_a_failing_initializer_breaks_the_executor(
     assert any("initializer" in r.getMessage() for r in caplog.records)
     # The workers are fine: another executor still runs.
     with shared.executor(2) as ok:
+        assert ok.submit(add, 2, 3).result(timeout=30) == 5
+
+
+@pytest.mark.timeout(90)
+def test_an_initializer_that_kills_its_worker_breaks_the_executor(shared: Farm) -> None:
+    # A worker that dies in the initializer (os._exit, a segfault) reports nothing: each
+    # call failed alone with WorkerLost after job_retries (3) workers died running it, the
+    # executor took more, and 5 calls cost 15 workers. ProcessPoolExecutor breaks at once.
+    before = shared.up.read_log().count("exited with code 3")
+    ex = shared.executor(2, None, init_dies)
+    futures: list[Future[Any]] = []
+    with contextlib.suppress(BrokenExecutor):  # broken already while we submit
+        for i in range(4):
+            futures.append(ex.submit(add, i))
+    assert futures, "the first submit cannot find the executor broken"
+    for future in futures:
+        with pytest.raises(BrokenExecutor) as info:
+            future.result(timeout=60)
+        assert isinstance(info.value, farm.executor.BrokenFarmExecutor)
+        assert "initializer" in str(info.value), info.value
+    with pytest.raises(BrokenExecutor):
+        ex.submit(add, 1)
+    ex.shutdown()
+    # Each job that reached a worker cost at most two: the one that died in the initializer,
+    # and the server's retry of it, whose start tells the caller that the first died there.
+    shared.up.wait_idle({"farm.python": 2}, timeout=60)
+    died = shared.up.read_log().count("exited with code 3") - before
+    assert 1 <= died <= 4, shared.up.read_log()
+    with shared.executor(2) as ok:  # the workers the supervisor started again serve
         assert ok.submit(add, 2, 3).result(timeout=30) == 5
 
 

@@ -27,6 +27,7 @@ from farm.executor.call import (
     open_result,
     run_call,
 )
+from farm.executor.payload import INIT_ENDS, INIT_NEWS, INIT_STARTS
 from farm.executor.replay import ReplayGuard
 from farm.executor.signing import KEY_ENV, Signer, ensure_key, load_key
 from tests.helpers import calls as helpers
@@ -115,3 +116,25 @@ def test_both_sections_together(signer: Signer) -> None:
     setup = encode_setup(dump_initializer(helpers.init_state, ("x",)), b"C" * CALL_ID_SIZE, 1)
     assert run(signer, helpers.get_init_state, (), setup) == (OK, "x")
     assert call.recycle_requested is not None
+
+
+def news(signer: Signer, setup: tuple[int, bytes], fn: Any = helpers.add) -> list[bytes]:
+    """The initializer's news a call with ``setup`` sends (each opened for its call)."""
+    call_id = secrets.token_bytes(CALL_ID_SIZE)
+    payload = encode_call(signer, call_id, 2**40, dump(fn), SINGLE, dump(((1,), {})), setup)
+    job = FakeJob(payload)
+    run_call(job)
+    return [bytes(open_result(signer, call_id, sent)) for sent in job.sent]
+
+
+def test_the_worker_tells_the_caller_as_the_initializer_starts_and_ends(signer: Signer) -> None:
+    # Before them the caller could not tell a worker that died in the initializer (os._exit,
+    # a crash) from one that died in the call: neither broke the executor.
+    setup = encode_setup(dump_initializer(helpers.init_state, ("a",)))
+    assert setup[0] & INIT_NEWS
+    assert news(signer, setup) == [INIT_STARTS, INIT_ENDS]
+    assert news(signer, setup) == []  # run already: nothing to tell
+    failing = encode_setup(dump_initializer(helpers.init_fails, ()))
+    assert news(signer, failing) == [INIT_STARTS]  # the BROKEN outcome ends it
+    # A caller older than the flag gets none (a batch's caller would take them for outcomes).
+    assert news(signer, (failing[0] & ~INIT_NEWS, failing[1])) == []
