@@ -71,7 +71,13 @@ class PoolReader(TableReader):
             if other in raw:
                 raise self.fail(f"{key}.{other}", "applies to command pools only; remove it")
         target = raw["target"]
-        if not isinstance(target, str) or not target_shaped(target):
+        if not isinstance(target, str):
+            # Checked apart: the shape's hint (normal_form_hint) reads a string, and a
+            # number or list there was a TypeError traceback naming no key.
+            raise self.fail(
+                f"{key}.target", f'must be a string like "module:function", got {target!r}'
+            )
+        if not target_shaped(target):
             raise self.fail(
                 f"{key}.target",
                 f'must look like "module:function", got {target!r}' + normal_form_hint(target),

@@ -123,6 +123,12 @@ def test_function_renames_what_a_python_pool_serves(tmp_path: Path) -> None:
         ('command = "sh"\nfunctions = []', "functions.p.functions", "at least one"),
         ('command = "sh"\nfunction = "a b"', "functions.p.function", "letters"),
         ("workers = 1", "functions.p.target", "command = "),
+        # a target not a string was a TypeError traceback (normalize() argument 2), exit 1
+        ("target = 1", "functions.p.target", 'must be a string like "module:function"'),
+        ("target = true", "functions.p.target", 'must be a string like "module:function"'),
+        ("target = [1]", "functions.p.target", 'must be a string like "module:function"'),
+        ("target = { a = 1 }", "functions.p.target", 'must be a string like "module:function"'),
+        ("target = 1.5", "functions.p.target", 'must be a string like "module:function"'),
     ],
 )
 def test_each_command_pool_mistake_is_one_line(
