@@ -34,6 +34,7 @@ from farm.discovery import no_host, no_settings
 from farm.errors import ConfigError
 from farm.logs import LOG_FORMATS
 from farm.net import DEFAULT_PORT, DEFAULT_SERVER, Address, AddressError, parse_address
+from farm.server.settings import NO_STORE, store_spec_problem
 
 __all__ = ["Validator"]
 
@@ -156,12 +157,11 @@ class Validator(PoolReader):
         store = raw["store"]
         if store is None:
             store = server_store(tuple(addresses))
-        elif not isinstance(store, str) or not store:
-            raise self.fail("server.store", 'must be a file path or "none"')
-        elif store != "none" and store.strip().lower() in ("none", "null", "off"):
-            # Else a SQLite file of that name beside the config (or no start, in /etc).
-            raise self.fail("server.store", f'{store!r}: write "none" to keep jobs in memory')
-        elif store != "none":
+        elif not isinstance(store, str):
+            raise self.fail("server.store", f'must be a file path or "{NO_STORE}"')
+        elif problem := store_spec_problem(store):  # the rule of `farm server --store`
+            raise self.fail("server.store", problem)
+        elif store != NO_STORE:
             store = self.path(store, "server.store")
             problem = store_problem(store)
             if problem:

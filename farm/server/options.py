@@ -12,7 +12,7 @@ from farm.logs import LOG_FORMATS
 from farm.net import DEFAULT_PORT, parse_port, socket_path_problem
 from farm.server.flagvalues import default_store, listen_addresses, metrics_address, octal_mode
 from farm.server.gearmandflags import add_gearmand_flags
-from farm.server.settings import DEFAULTS, ServerOptions, store_help
+from farm.server.settings import DEFAULTS, ServerOptions, store_help, store_spec_problem
 
 __all__ = ["DEFAULTS", "OptionError", "ServerOptions", "build_parser", "parse_args", "refusal"]
 
@@ -274,6 +274,8 @@ def parse_args(
         problem = socket_path_problem(path) if path.strip() else "needs a socket path"
         if problem:
             ap.error(f"--unix {problem}")
+    if ns.store is not None and (problem := store_spec_problem(ns.store)):
+        ap.error(f"--store {problem}")
     if ns.job_retries < 0:
         ap.error("--job-retries must be 0 (never fail) or a positive count")
     if (ns.tls_key or ns.tls_ca) and not ns.tls_cert:
@@ -321,7 +323,7 @@ def parse_args(
         unix=unix + ns.unix,
         unix_mode=ns.unix_mode,
         store=ns.store
-        if ns.store is not None  # "" is memory only, as "none"
+        if ns.store is not None
         else ns.libsqlite3_db or default_store(ap, listen, unix + ns.unix),
         store_sync=ns.store_sync,
         job_retries=ns.job_retries,

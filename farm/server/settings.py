@@ -12,7 +12,31 @@ from farm import protocol as p
 from farm.net import DEFAULT_PORT, KEEPALIVE, parse_address
 from farm.paths import NoStateDirectory, default_store, state_dir
 
-__all__ = ["DEFAULTS", "ServerOptions", "default_store_path", "log_level", "store_help"]
+__all__ = [
+    "DEFAULTS",
+    "NO_STORE",
+    "ServerOptions",
+    "default_store_path",
+    "log_level",
+    "store_help",
+    "store_spec_problem",
+]
+
+# The one spelling of "keep background jobs in memory only", on the command line as in
+# farm.toml: any other word is a file's path ("memory" too), so that a typo, or an unset
+# variable in `--store "$STORE"`, is never a server that loses every job at its restart.
+NO_STORE = "none"
+
+
+def store_spec_problem(spec: str) -> str | None:
+    """What is wrong with a store as written (``--store``, ``[server] store``), None where it
+    is NO_STORE or a path; whether the path's file will do is the config's store_problem's."""
+    if not spec.strip():  # `--store ''` kept jobs in memory without a word
+        return f'must be a file path or "{NO_STORE}"'
+    if spec != NO_STORE and spec.strip().lower() in (NO_STORE, "null", "off"):
+        # Else a SQLite file of that name (beside the config, or no start in /etc).
+        return f'{spec!r}: write "{NO_STORE}" to keep jobs in memory'
+    return None
 
 
 @dataclass
@@ -24,7 +48,7 @@ class ServerOptions:
     listen: list[str] = field(default_factory=lambda: [f"127.0.0.1:{DEFAULT_PORT}"])
     unix: list[str] = field(default_factory=list)
     unix_mode: int = 0o660
-    store: str = "none"
+    store: str = NO_STORE
     store_sync: str = "normal"
     job_retries: int = 0
     max_packet: int = p.DEFAULT_MAX_PACKET

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm.server.reserve import DiskReserve, checkpoint_fits, disk_full, shrink
+from farm.server.settings import NO_STORE
 from farm.server.storeagain import make_again
 from farm.server.storecheck import ASIDE_TABLE, kept_aside, read_rows, set_aside, split_damaged
 
@@ -380,8 +381,9 @@ class SQLiteStore:
 
 
 def memory_only(spec: str | None) -> bool:
-    """Whether a store spec keeps jobs in memory only: ``none`` (or ``memory``, or empty)."""
-    return not spec or spec.lower() in ("none", "memory")
+    """Whether a store spec keeps jobs in memory only: NO_STORE alone (``none``); the flag
+    and the config refuse '' and its other spellings (store_spec_problem)."""
+    return spec == NO_STORE
 
 
 def open_store(spec: str | None, *, sync: str = "normal") -> SQLiteStore | None:

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from farm.protocol import PacketType as T
 from tests.helpers import ROOT
 from tests.helpers.peers import Peer
@@ -306,14 +308,29 @@ def test_a_unix_path_that_is_not_utf8_starts_without_a_traceback(tmp_path: Path)
         proc.communicate(timeout=30)
 
 
-def test_an_empty_store_keeps_jobs_in_memory_as_none_does() -> None:
-    # `--store ''` is memory only, as open_store reads it; the check for an older farm's
-    # queue.db beside it took '' for the directory '.' and ended the server in a traceback.
-    srv = start_farm_server("--store", "")
+@pytest.mark.parametrize("spec", ["", "  ", "NONE", "off"])
+def test_a_store_that_is_no_path_nor_none_is_a_usage_error(spec: str) -> None:
+    # `--store ''` (an unset "$STORE" in a unit file) and the other spellings of none kept
+    # the jobs in memory without a word, lost at the next restart; [server] store refuses them.
+    out = farm_cli("server", "-p", str(free_port()), "--store", spec, "-l", "none", timeout=30)
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    assert "usage:" in out.stderr and "--store" in out.stderr and '"none"' in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_store_memory_is_a_file_as_in_the_config(tmp_path: Path) -> None:
+    # `--store memory` was memory only, where [server] store = "memory" is a file's path.
+    port = free_port()
+    cmd = [sys.executable, "-m", "farm.server", "-p", str(port), "--store", "memory"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     try:
-        c = Peer(srv.addr)
-        c.send(T.SUBMIT_JOB_BG, "f", "", b"kept in memory")
+        wait_connectable(f"127.0.0.1:{port}", proc)
+        c = Peer(f"127.0.0.1:{port}")
+        c.send(T.SUBMIT_JOB_BG, "f", "", b"kept in the file")
         c.expect(T.JOB_CREATED)
-        assert c.admin("status") == "f\t1\t0\t0\n.\n"
+        c.close()
     finally:
-        srv.stop()
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert (tmp_path / "memory").read_bytes().startswith(b"SQLite format 3\0")
