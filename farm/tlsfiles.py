@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import ssl
+import stat
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -29,13 +30,19 @@ def tls_context(
     are the CA's and the certificate's in an error."""
     ctx = load_tls_file(names[0], ca, lambda: ssl.create_default_context(cafile=ca))
     if cert:
-        load_tls_file(names[1], cert, lambda: ctx.load_cert_chain(cert, key))
+        load_tls_file(names[1], cert, lambda: ctx.load_cert_chain(cert, key), key=key)
     return ctx
 
 
-def load_tls_file(what: str, path: str | None, load: Callable[[], T]) -> T:
-    """Run ``load``; a file it cannot use becomes TLSFileError naming the file (OpenSSL's own
-    errors do not, and ``[Errno 2] No such file or directory`` alone helps nobody)."""
+def load_tls_file(
+    what: str, path: str | None, load: Callable[[], T], *, key: str | None = None
+) -> T:
+    """Run ``load`` of ``path`` (and of ``key``, a certificate's key file where it is apart);
+    a file it cannot use becomes TLSFileError naming the file (OpenSSL's own errors do not,
+    and ``[Errno 2] No such file or directory`` alone helps nobody)."""
+    for name in (path, key):
+        if name:
+            _check_regular(what, name)
     try:
         return load()
     except ssl.SSLError as exc:  # "[SSL] PEM lib (_ssl.c:3905)": OpenSSL's words for not PEM
@@ -45,6 +52,17 @@ def load_tls_file(what: str, path: str | None, load: Callable[[], T]) -> T:
         raise TLSFileError(f"TLS {what} {path}: {reason}") from None
     except OSError as exc:
         raise TLSFileError(f"TLS {what} {path}: {exc.strerror or exc}") from None
+
+
+def _check_regular(what: str, path: str) -> None:
+    """TLSFileError where ``path`` is there and no regular file: OpenSSL's open of a FIFO
+    waits for a writer, and the server's start or the CLI's call with it, for ever."""
+    try:
+        info = os.stat(path)  # a stat, not an open: it never waits (links followed, as ssl's)
+    except OSError:
+        return  # missing, or not ours to read: ``load`` says so, naming the file
+    if not stat.S_ISREG(info.st_mode):
+        raise TLSFileError(f"TLS {what} {path}: not a regular file; name a PEM file")
 
 
 def tls_from_env() -> ssl.SSLContext | None:

@@ -128,7 +128,7 @@ class Server:
             return None
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         cert, key, ca = opts.tls_cert, opts.tls_key, opts.tls_ca
-        load_tls_file("--tls-cert/--tls-key", cert, lambda: ctx.load_cert_chain(cert, key))
+        load_tls_file("--tls-cert/--tls-key", cert, lambda: ctx.load_cert_chain(cert, key), key=key)
         if ca:
             load_tls_file("--tls-ca", ca, lambda: ctx.load_verify_locations(ca))
             ctx.verify_mode = ssl.CERT_REQUIRED

@@ -182,6 +182,45 @@ def test_a_missing_tls_file_is_named(tmp_path: Path) -> None:
     assert result.returncode == 2 and missing in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize(
+    ("argv", "variables", "said"),
+    [
+        (["status"], {"FARM_TLS_CA": "fifo"}, "TLS CA file ($FARM_TLS_CA) {fifo}"),
+        (["status"], {"FARM_TLS_CERT": "fifo"}, "($FARM_TLS_CERT, $FARM_TLS_KEY) {fifo}"),
+        (["status"], {"FARM_TLS_CERT": "server.pem", "FARM_TLS_KEY": "fifo"}, "$FARM_TLS_KEY"),
+        (["server", "--tls-cert", "fifo", "--tls-key", "fifo"], {}, "--tls-cert/--tls-key {fifo}"),
+        (["server", "--tls-cert", "server.pem", "--tls-key", "fifo"], {}, "--tls-key {fifo}"),
+        (
+            ["server", "--tls-cert", "server.pem", "--tls-key", "server.key", "--tls-ca", "fifo"],
+            {},
+            "--tls-ca {fifo}",
+        ),
+    ],
+)
+def test_a_fifo_as_a_tls_file_is_refused_not_waited_on(
+    tmp_path: Path, pki: Path, argv: list[str], variables: dict[str, str], said: str
+) -> None:
+    # OpenSSL's open of a FIFO waited for a writer: `farm status` with $FARM_TLS_CA on one,
+    # and `farm server --tls-cert` on one, hung for ever.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    files = {"fifo": str(fifo), **{name: str(pki / name) for name in ("server.pem", "server.key")}}
+    argv = [files.get(arg, arg) for arg in argv]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FARM_", "GEARMAN_"))}
+    env.update(PYTHONPATH=str(ROOT), FARM_SERVERS="127.0.0.1:1")  # nothing to reach
+    env.update({name: files[file] for name, file in variables.items()})
+    if argv[0] == "server":
+        argv += ["-p", str(free_port()), "--store", "none", "-l", "none"]
+    out = subprocess.run(
+        [sys.executable, "-m", "farm", *argv],
+        capture_output=True, text=True, timeout=30, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and said.format(fifo=fifo) in lines[0], out.stderr
+    assert "not a regular file" in lines[0], out.stderr
+
+
 def test_farm_status_and_jobs_speak_tls_from_the_environment(tls_server: Server, pki: Path) -> None:
     # They ignored $FARM_TLS_CA, which `farm submit` and `farm worker` take: the server
     # closed the plain-text admin connection, and `farm status` printed an empty table,
