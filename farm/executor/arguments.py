@@ -26,6 +26,7 @@ __all__ = [
     "keyword_max_workers_checked",
     "old_forms",
     "pool_window",
+    "spill_limit",
     "spill_settings",
 ]
 
@@ -45,11 +46,25 @@ def spill_settings(
     $FARM_MAX_SPILL_MB, else ``[executor]`` of the config, else the defaults."""
     configured_dir, configured_mb = executor_spill()
     where = spill_dir or os.environ.get(spill.SPILL_ENV) or configured_dir
-    mb = max_spill_mb or os.environ.get(spill.MAX_SPILL_ENV) or configured_mb
+    limit, limit_from = spill_limit(max_spill_mb, configured_mb)
     return spill.SpillSettings(
-        Path(where) if where else spill.default_spill_dir(key_file),
-        spill.mb_to_bytes(mb or spill.DEFAULT_MAX_SPILL_MB),
+        Path(where) if where else spill.default_spill_dir(key_file), limit, limit_from
     )
+
+
+def spill_limit(max_spill_mb: int | None, configured_mb: int | None = None) -> tuple[int, str]:
+    """The executor's limit in bytes and the setting it came from, which SpillTooLarge
+    names: ``max_spill_mb=``, else $FARM_MAX_SPILL_MB, else ``configured_mb`` (the
+    config's, checked by its reader), else the default. SpillError naming the setting."""
+    variable = os.environ.get(spill.MAX_SPILL_ENV)
+    mb: object
+    if max_spill_mb is not None:
+        setting, mb = "the Executor's max_spill_mb=", max_spill_mb
+    elif variable:
+        setting, mb = f"${spill.MAX_SPILL_ENV}", variable
+    else:
+        setting, mb = spill.CONFIG_LIMIT, configured_mb or spill.DEFAULT_MAX_SPILL_MB
+    return spill.mb_to_bytes(mb, setting), setting
 
 
 def is_servers(value: object) -> TypeGuard[str | list[str] | tuple[str, ...]]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from farm.executor import spill
-from farm.executor.arguments import spill_settings
+from farm.executor.arguments import spill_limit, spill_settings
 from farm.executor.payload import NO_SETUP, encode_setup
 
 __all__ = ["CallerFiles"]
@@ -55,8 +55,9 @@ class CallerFiles:
         self, key_file: str | None, spill_dir: str | os.PathLike[str] | None, mb: int | None
     ) -> None:
         self._options = (key_file, spill_dir, mb)
-        if mb is not None:
-            spill.mb_to_bytes(mb)  # a bad limit fails in the constructor, not at a large call
+        # A bad limit (the keyword's, $FARM_MAX_SPILL_MB's) fails in the constructor, naming
+        # its setting, not at the first large call; the config's is its reader's to refuse.
+        spill_limit(mb)
         # Resolved as it begins (_spill_mtime), or, where the config could not be read then,
         # by the first call that needs them, which says why.
         self._settings: spill.SpillSettings | None = None

@@ -51,6 +51,7 @@ __all__ = [
     "DEFAULT_ORPHAN_AGE",
     "SPILL_ENV",
     "MAX_SPILL_ENV",
+    "CONFIG_LIMIT",
     "RESULT_MARK",
     "SpillError",
     "SpillRefused",
@@ -98,16 +99,22 @@ class SpillRefused(SignatureError):
 
 
 class SpillTooLarge(SpillError, ValueError):
-    """An argument or result larger than ``[executor] max_spill_mb``."""
+    """An argument or result larger than the limit (``[executor] max_spill_mb``, or the
+    Executor's ``max_spill_mb=``, or ``$FARM_MAX_SPILL_MB``: the message names which)."""
 
 
 class SpillDirError(SpillError):
     """The spill directory cannot be created, or others may write to it."""
 
 
+#: Where a worker's limit comes from: the supervisor sets $FARM_MAX_SPILL_MB from it.
+CONFIG_LIMIT = "[executor] max_spill_mb"
+
+
 class SpillSettings(NamedTuple):
     directory: Path
     max_bytes: int
+    limit_from: str = CONFIG_LIMIT  # the setting SpillTooLarge tells the user to raise
 
 
 def default_spill_dir(key_file: str | os.PathLike[str] | None = None) -> Path:
@@ -118,20 +125,24 @@ def default_spill_dir(key_file: str | os.PathLike[str] | None = None) -> Path:
 def worker_settings() -> SpillSettings:
     """A worker's: ``$FARM_SPILL_DIR`` and ``$FARM_MAX_SPILL_MB`` (the supervisor sets them
     from ``[executor]``), else the defaults."""
-    where = os.environ.get(SPILL_ENV)
+    where, mb = os.environ.get(SPILL_ENV), os.environ.get(MAX_SPILL_ENV)
     return SpillSettings(
         Path(where) if where else default_spill_dir(),
-        mb_to_bytes(os.environ.get(MAX_SPILL_ENV) or DEFAULT_MAX_SPILL_MB),
+        mb_to_bytes(mb or DEFAULT_MAX_SPILL_MB, f"${MAX_SPILL_ENV}" if mb else CONFIG_LIMIT),
+        # Under `farm up`, the supervisor's [executor] max_spill_mb; by hand, the variable.
+        f"{CONFIG_LIMIT}, the worker's ${MAX_SPILL_ENV}" if mb else CONFIG_LIMIT,
     )
 
 
-def mb_to_bytes(mb: object) -> int:
+def mb_to_bytes(mb: object, setting: str) -> int:
+    """``mb`` MiB in bytes: the rule of the limit from every source (the Executor's
+    keyword, $FARM_MAX_SPILL_MB, the config's key), SpillError naming ``setting`` else."""
     try:
         value = int(str(mb))
     except ValueError:
-        raise SpillError(f"max_spill_mb must be a whole number of MiB, got {mb!r}") from None
+        value = 0
     if value <= 0:
-        raise SpillError(f"max_spill_mb must be > 0, got {mb!r}")
+        raise SpillError(f"{setting} must be a whole number of MiB > 0, got {mb!r}")
     return value << 20
 
 
@@ -203,7 +214,7 @@ def write(
         what = {"a": "argument", "r": "result"}.get(kind, "function or initializer")
         raise SpillTooLarge(
             f"the call's {what} is {size / 2**20:.1f} MiB pickled, over the farm's limit of"
-            f" {settings.max_bytes >> 20} MiB ([executor] max_spill_mb)"
+            f" {settings.max_bytes >> 20} MiB ({settings.limit_from})"
         )
     directory = spill_dir(settings.directory)
     tagged = f"{tag}-" if tag else ""

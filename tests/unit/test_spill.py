@@ -277,3 +277,61 @@ def test_a_spill_directory_changed_just_before_the_executor_began_is_listed_unti
     assert spill.reference_path(kept).exists()
     files.remove_results([under_way])
     assert not spill.reference_path(kept).exists()
+
+
+@pytest.mark.parametrize("bad", ["abc", "-1", "0", "1.5"])
+def test_a_bad_max_spill_mb_variable_fails_the_constructor_naming_it(
+    monkeypatch: pytest.MonkeyPatch, no_local_farm: Path, bad: str
+) -> None:
+    # It was found only at the first argument over 1 MiB, as "max_spill_mb must be a whole
+    # number of MiB, got 'abc'": no word of the variable the value came from.
+    from farm.executor.callerfiles import CallerFiles
+
+    monkeypatch.setenv(spill.MAX_SPILL_ENV, bad)
+    with pytest.raises(spill.SpillError) as info:
+        CallerFiles(None, no_local_farm / "spill", None)
+    assert str(info.value) == f"$FARM_MAX_SPILL_MB must be a whole number of MiB > 0, got {bad!r}"
+    with pytest.raises(spill.SpillError, match=r"^the Executor's max_spill_mb= must be"):
+        CallerFiles(None, no_local_farm / "spill", 0)
+
+
+@pytest.mark.parametrize(
+    ("keyword", "variable", "config", "named"),
+    [
+        (1, "2", "3", "(the Executor's max_spill_mb=)"),
+        (None, "1", "3", "($FARM_MAX_SPILL_MB)"),
+        (None, None, "1", "([executor] max_spill_mb)"),
+    ],
+)
+def test_spill_too_large_names_the_setting_the_limit_came_from(
+    monkeypatch: pytest.MonkeyPatch,
+    no_local_farm: Path,
+    keyword: int | None,
+    variable: str | None,
+    config: str,
+    named: str,
+) -> None:
+    # It blamed [executor] max_spill_mb whatever set the limit: max_spill_mb=5 was "over
+    # the farm's limit of 5 MiB ([executor] max_spill_mb)", a key the user never wrote.
+    from farm.executor.callerfiles import CallerFiles
+
+    (no_local_farm / "farm.toml").write_text(f"[executor]\nmax_spill_mb = {config}\n")
+    monkeypatch.delenv(spill.MAX_SPILL_ENV, raising=False)
+    if variable:
+        monkeypatch.setenv(spill.MAX_SPILL_ENV, variable)
+    files = CallerFiles(None, no_local_farm / "spill", keyword)
+    with pytest.raises(spill.SpillTooLarge) as info:
+        files.write(b"x" * (1 << 20 | 1))
+    assert str(info.value).endswith(f"over the farm's limit of 1 MiB {named}"), info.value
+
+
+def test_a_workers_limit_names_the_config_and_its_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(spill.SPILL_ENV, str(tmp_path / "spill"))
+    monkeypatch.setenv(spill.MAX_SPILL_ENV, "1")
+    with pytest.raises(spill.SpillTooLarge, match=r"1 MiB \(\[executor\] max_spill_mb, the wor"):
+        spill.write(spill.worker_settings(), b"x" * (1 << 20 | 1), "r")
+    monkeypatch.setenv(spill.MAX_SPILL_ENV, "x")
+    with pytest.raises(spill.SpillError, match=r"^\$FARM_MAX_SPILL_MB must be a whole number"):
+        spill.worker_settings()
