@@ -230,7 +230,6 @@ class Dispatch(Abilities):
             self._forget(job)
             return
         job.numerator = job.denominator = b"0"  # its progress was the dead worker's (gearmand)
-        self.function(job.function).stats.retried[job.priority] += 1
         job.retries += 1  # a planned kill counts too: job_retries = 1 promises at most once
         if self.job_retries and job.retries >= self.job_retries:
             if self.parent_pid is not None and not worker.killed and self.call_later is not None:
@@ -249,6 +248,9 @@ class Dispatch(Abilities):
         # ever), where gearmand runs them between its tries.
         job.seq = next(self._seq)
         fq = self.function(job.function)
+        # Counted here, as it goes back: the last death fails it (farm_jobs_failed_total), and
+        # counted as a retry too it read as a run that never came (retried 2 with -j 2).
+        fq.stats.retried[job.priority] += 1
         fq.push(job)
         self._wake(fq)
         if job.store_id:
