@@ -41,7 +41,7 @@ from farm.server.metrics import (
 from farm.server.queues import SERVED_LOCALLY, FunctionQueue
 from farm.slowreuse import reuse_until
 
-__all__ = ["exposition", "MetricsEndpoint", "CONTENT_TYPE"]
+__all__ = ["exposition", "function_label", "MetricsEndpoint", "CONTENT_TYPE"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: The label of every function no worker serves, summed (bounded label sets).
@@ -236,10 +236,7 @@ def _by_label(functions: Iterable[FunctionQueue]) -> list[tuple[str, list[Functi
         key=lambda fq: fq.served != SERVED_LOCALLY,
     )
     for fq in served:
-        # A label is UTF-8 and a name is bytes: b"caf\xe9" is labelled caf\xe9 (as the log
-        # writes it). "replace" made it and b"caf\xef" one label, two series of it in one
-        # scrape, of which Prometheus keeps one. Names that still meet are summed.
-        label = fq.name.decode("utf-8", "backslashreplace")
+        label = function_label(fq.name)
         if label in named:
             named[label].append(fq)
         elif len(named) < MAX_LABELLED:
@@ -250,6 +247,16 @@ def _by_label(functions: Iterable[FunctionQueue]) -> list[tuple[str, list[Functi
     if other:
         named[OTHER] = other
     return list(named.items())
+
+
+def function_label(name: bytes) -> str:
+    """A function's ``function`` label: a label is UTF-8 and a name is bytes, so each byte
+    that breaks UTF-8 is written ``\\xNN`` (b"caf\\xe9" is ``caf\\xe9``, as the log writes
+    it), and a backslash of the name's own ``\\x5c``, so that no two names share a label:
+    the ASCII name ``caf\\xe9`` is ``caf\\x5cxe9``. Left as it was, it and b"caf\\xe9" were
+    one label and their counts were added; "replace" had made b"caf\\xe9" and b"caf\\xef" one
+    (two series of one label in a scrape, of which Prometheus keeps one)."""
+    return name.replace(b"\\", b"\\x5c").decode("utf-8", "backslashreplace")
 
 
 def _sort_into_other(groups: list[tuple[str, list[FunctionQueue]]], retired: FunctionStats) -> None:

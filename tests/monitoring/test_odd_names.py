@@ -51,7 +51,8 @@ def test_names_that_are_not_utf8_are_distinct_series(peer_factory: Callable[[str
         twice = [key for key, n in Counter(keys).items() if n > 1]
         assert not twice, f"series twice in one scrape (Prometheus keeps one): {twice[:3]}"
         labelled = {dict(labels)["function"] for name, labels in keys if name == "farm_workers"}
-        assert labelled == {"caf\\xe9", "caf\\xef", 'q"uo\\te'}
+        # A backslash of the name's own is written \x5c, so no label is two names'.
+        assert labelled == {"caf\\xe9", "caf\\xef", 'q"uo\\x5cte'}
         assert value(text, "farm_jobs_queued", function="caf\\xe9", priority="normal") == 1
         assert value(text, "farm_jobs_queued", function="caf\\xef", priority="normal") == 0
     finally:
@@ -76,5 +77,34 @@ def test_a_job_of_a_name_that_is_not_utf8_times_out(peer_factory: Callable[[str]
         labels = {"function": "caf\\xe9", "priority": "normal"}
         assert value(text, "farm_jobs_timed_out_total", **labels) == 1
         assert value(text, "farm_jobs_failed_total", **labels) == 1
+    finally:
+        srv.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_name_spelled_as_another_names_label_is_a_series_of_its_own(
+    peer_factory: Callable[[str], Peer],
+) -> None:
+    # b"caf\xe9" (Latin-1) is labelled caf\xe9, and so was the ASCII name spelled caf\xe9:
+    # one series, their counts added, where the docs promise two names two series.
+    srv = start_farm_server()
+    try:
+        worker = peer_factory(srv.addr)
+        latin1, ascii_spelled = b"caf\xe9", b"caf\\xe9"
+        for name in (latin1, ascii_spelled):
+            worker.send(T.CAN_DO, name)
+        worker.send(T.ECHO_REQ, "registered")
+        worker.expect(T.ECHO_RES)
+        client = peer_factory(srv.addr)
+        for name, jobs in ((latin1, 1), (ascii_spelled, 2)):
+            for _ in range(jobs):
+                client.send(T.SUBMIT_JOB_BG, name, "", "x")
+                client.expect(T.JOB_CREATED)
+        text = server_metrics(srv.addr, timeout=10)
+        keys = [key for key, _ in sample_values(text)]
+        labelled = {dict(labels)["function"] for name, labels in keys if name == "farm_workers"}
+        assert labelled == {"caf\\xe9", "caf\\x5cxe9"}
+        assert value(text, "farm_jobs_queued", function="caf\\xe9", priority="normal") == 1
+        assert value(text, "farm_jobs_queued", function="caf\\x5cxe9", priority="normal") == 2
     finally:
         srv.stop()
