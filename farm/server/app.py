@@ -24,9 +24,9 @@ from farm.loopback import taken_hint, twin_needed, twin_socket
 from farm.net import Address, parse_address
 from farm.paths import open_own_file
 from farm.server.connection import Connection
-from farm.server.exposition import MetricsEndpoint
 from farm.server.hub import Hub
 from farm.server.legacystore import take_older_store, warn_stranded
+from farm.server.metricshttp import MetricsEndpoint
 from farm.server.options import ServerOptions, parse_args
 from farm.server.process import (
     ReplayProgress,

@@ -1,5 +1,5 @@
 """The server's metrics in Prometheus' text format: the admin command ``metrics`` and
-``--metrics HOST:PORT``'s HTTP endpoint.
+``--metrics HOST:PORT``'s HTTP endpoint (farm.server.metricshttp serves it).
 
 prometheus_client is imported only when someone asks for the numbers: a custom
 collector reads the Hub's counters (farm.server.metrics) at scrape time, in
@@ -22,9 +22,7 @@ Prometheus as a counter reset, and what remained would be counted again.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import socket
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -41,22 +39,13 @@ from farm.server.metrics import (
 from farm.server.queues import SERVED_LOCALLY, FunctionQueue
 from farm.slowreuse import reuse_until
 
-__all__ = ["exposition", "function_label", "MetricsEndpoint", "CONTENT_TYPE"]
+__all__ = ["exposition", "function_label", "CONTENT_TYPE"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: The label of every function no worker serves, summed (bounded label sets).
 OTHER = "other"
 #: Functions labelled by name at most (the oldest served first: the farm's own pools).
 MAX_LABELLED = 256
-#: HTTP connections to --metrics at once. Past them a new connection takes the place of
-#: the oldest one that has not sent its whole request, else of the oldest one open for
-#: more than EVICT_AFTER seconds (a scrape takes milliseconds), or is closed: as the
-#: supervisor's endpoint (farm.pools.metricsendpoint).
-MAX_SCRAPERS = 32
-EVICT_AFTER = 1.0
-#: Seconds a connection may take to send its request, and to take the reply.
-SCRAPE_TIMEOUT = 5.0
-
 #: An exposition that took longer than SLOW_EXPOSITION seconds is answered again, as it
 #: was, for a while (farm.slowreuse: REUSE_FACTOR times as long as it took, the rule the
 #: supervisor's endpoint shares). Any local user may make the server hold tens of
@@ -289,112 +278,3 @@ def exposition(hub: Hub) -> bytes:
     slow = took > SLOW_EXPOSITION
     hub.last_exposition = (reuse_until(started, took), text) if slow else None
     return text
-
-
-class MetricsEndpoint:
-    """``GET /metrics`` on HOST:PORT, answered in the server's own loop (the numbers are read
-    where they change, so no lock is needed), one request per connection, at most
-    MAX_SCRAPERS connections at once: any local user can reach the port, and connections
-    held open there took the descriptors kept for the Unix socket's callers. A user who
-    keeps them all open must not keep Prometheus out either: see MAX_SCRAPERS.
-
-    ``close`` ends the scrapes being answered too, and ``wait_closed`` lets their tasks
-    end: left to the loop's end, each was cancelled there, and Python 3.11's stream
-    callback logged that cancel as an error with two tracebacks on every stop."""
-
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
-        # Open connections and when each came, oldest first (dicts keep their order), and
-        # those of them whose request has not all come yet.
-        self.open_now: dict[asyncio.WriteTransport, float] = {}
-        self.reading: dict[asyncio.WriteTransport, float] = {}
-        self.answering: set[asyncio.Task[Any]] = set()
-        self.listener: asyncio.Server | None = None
-        self.closed = False
-
-    async def start(self, host: str, port: int) -> asyncio.Server:
-        """Listen on HOST:PORT; the listener (closed with the server's others)."""
-        self.listener = await asyncio.start_server(self._answer, host, port, reuse_address=True)
-        return self.listener
-
-    async def start_on(self, sock: socket.socket) -> asyncio.AbstractServer:
-        """Listen on ``sock`` too (the [::1] twin of ``start``'s, farm.loopback); the listener,
-        closed with the server's others (``Server.stop``)."""
-        return await asyncio.start_server(self._answer, sock=sock)
-
-    def close(self) -> None:
-        """No new connections; those open are aborted (a stop does not wait on a scrape)."""
-        self.closed = True
-        if self.listener is not None:
-            self.listener.close()
-        for transport in list(self.open_now):
-            transport.abort()
-
-    async def wait_closed(self, limit: float) -> None:
-        """Until every scrape's task has ended, up to ``limit`` seconds."""
-        # A connection accepted just before close has a task that has not run yet: one
-        # turn lets it start, see ``closed`` and end.
-        await asyncio.sleep(0)
-        if self.answering:
-            await asyncio.wait(set(self.answering), timeout=limit)
-
-    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.answering.add(task)
-        try:
-            await self._scrape(reader, writer)
-        finally:
-            self.answering.discard(task)
-
-    async def _scrape(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        open_now, reading = self.open_now, self.reading
-        if self.closed:
-            writer.transport.abort()
-            return
-        now = time.monotonic()
-        if len(open_now) >= MAX_SCRAPERS:
-            # One still sending its request goes first, however young: Prometheus sends its
-            # request as it connects, a user holding places never finishes one (and one
-            # reopening them faster than once a second kept every scrape out by age alone).
-            oldest, since = next(iter(reading.items()), None) or next(iter(open_now.items()))
-            if oldest not in reading and now - since <= EVICT_AFTER:
-                writer.transport.abort()
-                return
-            del open_now[oldest]  # its task ends on the abort and finds itself gone
-            reading.pop(oldest, None)
-            oldest.abort()
-        open_now[writer.transport] = reading[writer.transport] = now
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), SCRAPE_TIMEOUT)
-            reading.pop(writer.transport, None)
-            method, _, rest = head.partition(b" ")
-            path = rest.partition(b" ")[0].partition(b"?")[0]
-            if method not in (b"GET", b"HEAD"):
-                status, body, kind = b"405 Method Not Allowed", b"GET only\n", b"text/plain"
-            elif path != b"/metrics":
-                status, body, kind = b"404 Not Found", b"see /metrics\n", b"text/plain"
-            else:
-                status, body, kind = b"200 OK", exposition(self.hub), CONTENT_TYPE.encode()
-            writer.write(
-                b"HTTP/1.1 "
-                + status
-                + b"\r\nContent-Type: "
-                + kind
-                + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
-            )
-            if method != b"HEAD":
-                # Written as it is: a reused exposition (tens of MB with a local user's long
-                # names) is then one object that every connection's buffer refers to. Joined
-                # to the head it was a copy for each, and 32 connections that did not read
-                # held 1.3 GB of the server's memory.
-                writer.write(body)
-            await asyncio.wait_for(writer.drain(), SCRAPE_TIMEOUT)  # a client that reads nothing
-        except TimeoutError:
-            writer.transport.abort()  # close() would wait for the reply to leave: for ever
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass
-        finally:
-            open_now.pop(writer.transport, None)
-            reading.pop(writer.transport, None)
-            writer.close()
