@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ from farm.pools.metrics import SupervisorCollector
 if TYPE_CHECKING:
     from farm.pools.steering import Steering
 
-__all__ = ["MAX_SCRAPES", "reused_when_slow", "serve_metrics"]
+__all__ = ["MAX_SCRAPES", "NamesFiltered", "reused_when_slow", "serve_metrics"]
 
 log = logging.getLogger("farm.supervisor")
 
@@ -49,6 +49,47 @@ MAX_KEPT = 4
 #: Otherwise a request that changed its query string each time (``?1``, ``?2``) was made
 #: afresh each time, 9 s of CPU apiece, as if nothing were reused.
 SLOW_AHEAD = 10.0
+
+
+class NamesFiltered:
+    """``registry`` as make_wsgi_app is given it, with a ``?name[]=`` filter that works:
+    the samples of those names, collected in full and then picked out.
+
+    prometheus_client's own filter (``restricted_registry``) asks each collector which
+    names it makes (describe(), or a whole collect() under auto_describe) and collects only
+    those that say so. SupervisorCollector cannot say so cheaply: the server's families are
+    whatever its exposition holds at the scrape, so the filter found no collector and every
+    filtered scrape was 200 with an empty body (a Prometheus job with ``params: name[]``
+    read up=1 and no series, each alert silent). A name is a sample's, as prometheus_client
+    matches it: ``farm_jobs_submitted_total``, ``farm_job_run_seconds_bucket``."""
+
+    def __init__(self, registry: Any) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Any]:
+        return iter(self.registry.collect())
+
+    def restricted_registry(self, names: Iterable[str]) -> Any:
+        return _Only(frozenset(names), self.registry)
+
+
+class _Only:
+    """What NamesFiltered.restricted_registry gives: ``names``' samples alone, each family
+    that has none of them left out (as prometheus_client's filter leaves it)."""
+
+    def __init__(self, names: frozenset[str], registry: Any) -> None:
+        self.names, self.registry = names, registry
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.metrics_core import Metric
+
+        for family in self.registry.collect():
+            samples = [s for s in family.samples if s.name in self.names]
+            if samples:
+                only = Metric(family.name, family.documentation, family.type, family.unit)
+                only.samples = samples
+                yield only
+
 
 #: A response as it is kept: until when it is served again, its status, headers and body.
 Kept = tuple[float, str, list[tuple[str, str]], bytes]
@@ -246,7 +287,7 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
     registry = CollectorRegistry(auto_describe=False)
     collector = SupervisorCollector(supervisor)
     registry.register(collector)
-    app = reused_when_slow(make_wsgi_app(registry), collector.server_part)
+    app = reused_when_slow(make_wsgi_app(NamesFiltered(registry)), collector.server_part)
 
     def serve(family: int, ip: str, at: int, name: str) -> Server:
         kind = type("Server", (Server,), {"address_family": family})

@@ -1,18 +1,21 @@
 """``--metrics HOST:PORT``: the job server's exposition (farm.server.exposition) over HTTP,
 in the server's own loop, bounded against other local users (connections held open,
-evicted)."""
+evicted); and ``?name[]=``'s filter, as prometheus_client's endpoints (the supervisor's,
+farm.pools.metricsendpoint) read it."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 import time
+from collections.abc import Collection
 from typing import Any
+from urllib.parse import parse_qs
 
 from farm.server.exposition import CONTENT_TYPE, exposition
 from farm.server.hub import Hub
 
-__all__ = ["MetricsEndpoint"]
+__all__ = ["MetricsEndpoint", "only_named"]
 
 #: HTTP connections to --metrics at once. Past them a new connection takes the place of
 #: the oldest one that has not sent its whole request, else of the oldest one open for
@@ -22,6 +25,29 @@ MAX_SCRAPERS = 32
 EVICT_AFTER = 1.0
 #: Seconds a connection may take to send its request, and to take the reply.
 SCRAPE_TIMEOUT = 5.0
+
+
+def only_named(text: bytes, names: Collection[bytes]) -> bytes:
+    """The samples of ``text`` (Prometheus' text format) whose name is among ``names``, each
+    under its family's HELP and TYPE lines; a family with none of them left out. A name is
+    a sample's, as prometheus_client's ``name[]`` matches it (``farm_jobs_failed_total``,
+    ``farm_job_run_seconds_bucket``). It works on the text, a reused one too (SLOW_EXPOSITION),
+    so the exposition is not made again for it; its pass over the lines, made for each
+    scrape, is of the order of sending the text whole (0.14 s for 96 MB of a local user's
+    long names: 46,000 lines, as labelled names are bounded, MAX_LABELLED).
+
+    One line a sample: the format writes a newline in a label value or a HELP text as
+    ``\\n``, and the server refuses function names holding control characters."""
+    kept: list[bytes] = []
+    head: list[bytes] = []  # the HELP and TYPE lines of the family being read
+    for line in text.split(b"\n"):
+        if line.startswith(b"#"):
+            head = [line] if line.startswith(b"# HELP ") else [*head, line]
+        elif line.partition(b"{")[0].partition(b" ")[0] in names:
+            kept += head
+            head = []
+            kept.append(line)
+    return b"".join(line + b"\n" for line in kept)
 
 
 class MetricsEndpoint:
@@ -102,13 +128,20 @@ class MetricsEndpoint:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), SCRAPE_TIMEOUT)
             reading.pop(writer.transport, None)
             method, _, rest = head.partition(b" ")
-            path = rest.partition(b" ")[0].partition(b"?")[0]
+            path, _, query = rest.partition(b" ")[0].partition(b"?")
             if method not in (b"GET", b"HEAD"):
                 status, body, kind = b"405 Method Not Allowed", b"GET only\n", b"text/plain"
             elif path != b"/metrics":
                 status, body, kind = b"404 Not Found", b"see /metrics\n", b"text/plain"
             else:
                 status, body, kind = b"200 OK", exposition(self.hub), CONTENT_TYPE.encode()
+                # ?name[]=: as the supervisor's endpoint (prometheus_client's) answers it.
+                # Sent whole, a job that scrapes with it got every series of the server.
+                # Latin-1 both ways: a name's bytes as they came, %-escapes too (UTF-8's
+                # decoding gave "€" of %E2%82%AC, which no encoding back to bytes took).
+                names = parse_qs(query.decode("latin-1"), encoding="latin-1").get("name[]")
+                if names is not None:
+                    body = only_named(body, {name.encode("latin-1") for name in names})
             writer.write(
                 b"HTTP/1.1 "
                 + status
