@@ -224,23 +224,41 @@ def _one_listener(mine: frozenset[str], theirs: frozenset[str]) -> str | None:
     return None
 
 
-def _of_this_host(ips: frozenset[str]) -> bool:
-    """Whether one of ``ips`` is this host's own: a loopback address, or one it can bind."""
+def _of_this_host(ips: frozenset[str], assigned: frozenset[str] | None = None) -> bool:
+    """Whether one of ``ips`` is this host's own: a loopback address, or one assigned to
+    one of its interfaces (``assigned``; by default as they are now, ``_assigned``). Not
+    "one it can bind": with net.ipv4.ip_nonlocal_bind=1 (keepalived's and haproxy's
+    floating addresses) every address binds, another host's server's too."""
+    own = _assigned() if assigned is None else assigned
     for ip in ips:
         try:
-            parsed = ipaddress.ip_address(ip)
+            parsed = _plain(ip)
         except ValueError:
             continue  # the host name itself, beside its addresses
-        if parsed.is_loopback:
+        if parsed.is_loopback or str(parsed) in own:
             return True
-        family = socket.AF_INET6 if parsed.version == 6 else socket.AF_INET
-        try:
-            with socket.socket(family, socket.SOCK_STREAM) as probe:
-                probe.bind((ip, 0))  # port 0: any free one, for a moment
-        except OSError:
-            continue
-        return True
     return False
+
+
+def _assigned() -> frozenset[str]:
+    """The IP addresses on this host's interfaces now, as ``_plain`` writes them."""
+    import psutil  # only where a listener on every address meets a TCP server entry
+
+    return frozenset(
+        str(_plain(nic.address))
+        for nics in psutil.net_if_addrs().values()
+        for nic in nics
+        if nic.family in (socket.AF_INET, socket.AF_INET6)
+    )
+
+
+def _plain(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """``ip`` parsed without its zone (fe80::1%eth0), an IPv4-mapped one as IPv4, so that
+    one address written two ways compares equal; ValueError when it is no address."""
+    parsed = ipaddress.ip_address(ip.partition("%")[0])
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        return parsed.ipv4_mapped
+    return parsed
 
 
 def _twinned(ips: frozenset[str]) -> bool:

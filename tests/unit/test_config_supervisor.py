@@ -4,15 +4,23 @@ socket, worker counts and memory, and where reserved farm.* pools may register.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
+import psutil
 import pytest
 
 from farm import config
 from farm.config.capacity import cpu_list
 from farm.config.pooltables import PoolReader
+from farm.config.rules import _of_this_host
 from farm.errors import ConfigError
 from tests.helpers.configs import GOOD, error_of, write
 
@@ -371,3 +379,67 @@ def test_servers_beside_the_local_server_stay(tmp_path: Path, servers: str, list
     text = GOOD.replace("servers = []", f"servers = {servers}\nlocal_server = true")
     cfg = config.load(write(tmp_path, text.replace(LOCAL, listen)))
     assert cfg.supervisor.servers == tuple(servers.strip("[]").replace('"', "").split(", "))
+
+
+def _interface_address() -> str:
+    """One address on this host's interfaces that is not loopback (IPv4 first)."""
+    found = [
+        nic.address.partition("%")[0]
+        for nics in psutil.net_if_addrs().values()
+        for nic in nics
+        if nic.family in (socket.AF_INET, socket.AF_INET6)
+    ]
+    found = [ip for ip in found if not ipaddress.ip_address(ip).is_loopback]
+    if not found:
+        pytest.skip("this host has no address but loopback")
+    return min(found, key=lambda ip: ":" in ip)
+
+
+def test_this_hosts_interface_address_beside_every_address_is_refused(tmp_path: Path) -> None:
+    # Its own address at the port of a listener on 0.0.0.0 (or ::) is the local server.
+    ip = _interface_address()
+    host = f"[{ip}]" if ":" in ip else ip
+    every = "[::]:4999" if ":" in ip else "0.0.0.0:4999"
+    text = GOOD.replace("servers = []", f'servers = ["{host}:4999"]\nlocal_server = true')
+    message = error_of(tmp_path, text.replace(LOCAL, every))
+    assert f": supervisor.servers: {host}:4999 is the local server's listen address {every}" in (
+        message
+    ), message
+
+
+def test_this_host_is_its_interfaces_addresses_not_what_binds() -> None:
+    # By bind((ip, 0)) every address was this host's where net.ipv4.ip_nonlocal_bind=1
+    # (keepalived's, haproxy's floating addresses): another host's server was refused.
+    assigned = frozenset({"192.0.2.2", "fd00::2", "fe80::fc:ff:fe00:1"})
+    assert not _of_this_host(frozenset({"192.0.2.7", "remote.example"}), assigned)
+    assert _of_this_host(frozenset({"192.0.2.2"}), assigned)
+    assert _of_this_host(frozenset({"::ffff:192.0.2.2"}), assigned)  # one address, two ways
+    assert _of_this_host(frozenset({"fe80::fc:ff:fe00:1%eth0"}), assigned)  # its zone aside
+    assert _of_this_host(frozenset({"127.0.0.2"}), frozenset())  # loopback, on no list
+    assert _of_this_host(frozenset({"::1"}), frozenset())
+
+
+_NONLOCAL = """
+import sys
+from farm import config
+cfg = config.load(sys.argv[1])
+print(cfg.supervisor.servers)
+"""
+
+
+def test_a_remote_server_stays_where_every_address_binds(tmp_path: Path) -> None:
+    # The host as keepalived leaves it: ip_nonlocal_bind=1, in a network namespace of its own.
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare -n to set net.ipv4.ip_nonlocal_bind")
+    text = GOOD.replace("servers = []", 'servers = ["192.0.2.7:4999"]\nlocal_server = true')
+    path = write(tmp_path, text.replace(LOCAL, "0.0.0.0:4999"))
+    script = 'echo 1 > /proc/sys/net/ipv4/ip_nonlocal_bind && exec "$@"'
+    wrap = ["unshare", "-n", "sh", "-c", script, "sh"]
+    if subprocess.run([*wrap, "true"], capture_output=True, check=False).returncode:
+        pytest.skip("needs root and unshare -n to set net.ipv4.ip_nonlocal_bind")
+    code = textwrap.dedent(_NONLOCAL)
+    done = subprocess.run(
+        [*wrap, sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "('192.0.2.7:4999',)"
