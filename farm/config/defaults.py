@@ -15,9 +15,12 @@ from farm.executor.call import TARGET as EXECUTOR_TARGET
 from farm.net import Address
 from farm.paths import NoStateDirectory, default_store, runtime_dir
 
-__all__ = ["DEFAULTS_SOURCE", "builtin", "server_store"]
+__all__ = ["DEFAULTS_SOURCE", "PLAIN_WORKERS", "builtin", "server_store"]
 
 DEFAULTS_SOURCE = "<built-in defaults>"
+#: The modules of the plain workers farm ships in workers/ (the built-in pools' among
+#: them): each function takes a Job and returns its own bytes, signed by nothing.
+PLAIN_WORKERS = ("workers.text", "workers.image", "workers.hashing")
 
 
 def builtin() -> dict[str, Any]:

@@ -15,6 +15,7 @@ from dataclasses import replace
 from types import MappingProxyType
 
 from farm.config.capacity import capacity_problem
+from farm.config.defaults import PLAIN_WORKERS
 from farm.config.model import RESERVED_PREFIX, RESTART_TABLES_SAID, Config
 from farm.errors import ConfigError
 from farm.loopback import TWINNED_HOSTS
@@ -88,15 +89,19 @@ def reserved_pools(config: Config) -> tuple[str, str] | None:
                 "command workers connect over TCP, where a farm server refuses the"
                 " reserved farm.* functions; serve them from a Python target",
             )
-        if pool.target not in EXECUTOR_TARGETS:
-            # farm.Executor is the only caller of farm.* functions (the server keeps them
-            # from TCP peers): any other target fails every call, its result unsigned.
+        if pool.target and pool.target.partition(":")[0] in PLAIN_WORKERS:
+            # Only here is the target certainly not the Executor's: one of farm's own plain
+            # workers answers each call with bytes the Executor refuses as unsigned. Any
+            # other may be a site's wrapper (logging set up, then
+            # farm.executor.call.run_call(job)), which signs as the Executor's own target
+            # does; farm.Executor calls nothing but farm.* names, so no other name fits it.
             served = next(f for f in pool.functions if f.startswith(RESERVED_PREFIX))
             return (
                 f"functions.{pool.name}.target",
-                f"{served} is a reserved farm.* function, farm.Executor's calls, which only"
-                f' target = "{EXECUTOR_TARGETS[0]}" runs; set that target, or give'
-                f" {pool.target} a function name without the farm. prefix",
+                f"{served} is a reserved farm.* function, farm.Executor's calls, which"
+                f" {pool.target}, one of farm's plain workers, would answer unsigned (every"
+                f' call failing); set target = "{EXECUTOR_TARGETS[0]}" (or a function of'
+                " your own that returns farm.executor.call.run_call(job))",
             )
         if config.servers_for(pool):
             continue

@@ -123,3 +123,21 @@ def test_a_key_file_that_cannot_be_used_is_said_at_start(tmp_path: Path, make: s
         assert said in line and "farm.Executor calls will be refused" in line, line
     finally:
         assert up.stop() == 0
+
+
+def test_a_sites_wrapper_of_the_executors_target_serves_the_pool(tmp_path: Path) -> None:
+    """A site's wrapper (its own set-up, then farm.executor.call.run_call) signs its results
+    as the Executor's target does; the config refused it for a farm.* pool ("only target =
+    farm.executor.call:run_call runs"), so `farm up` and `farm reload` failed on it."""
+    key = tmp_path / "state" / "executor.key"
+    wrapped = FUNCTIONS.replace(
+        "farm.executor.call:run_call", "tests.helpers.executorwrap:run_call"
+    )
+    up = FarmUp(tmp_path, wrapped, extra_env={KEY_ENV: str(key)})
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"farm.python": 2})
+        with farm.Executor(servers=f"unix:{up.unix}", key_file=str(key)) as pool:
+            assert pool.submit(divmod, 17, 5).result(timeout=60) == (3, 2)
+    finally:
+        assert up.stop() == 0

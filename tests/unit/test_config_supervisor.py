@@ -19,9 +19,11 @@ import pytest
 
 from farm import config
 from farm.config.capacity import cpu_list
+from farm.config.defaults import PLAIN_WORKERS
 from farm.config.pooltables import PoolReader
-from farm.config.rules import _of_this_host
+from farm.config.rules import _of_this_host, on_running_farm
 from farm.errors import ConfigError
+from tests.helpers import ROOT
 from tests.helpers.configs import GOOD, error_of, write
 
 
@@ -305,18 +307,37 @@ def test_a_command_pool_may_not_serve_a_farm_function(tmp_path: Path) -> None:
     assert ": functions.php: command workers connect over TCP" in message
 
 
-def test_a_farm_pool_runs_the_executors_target(tmp_path: Path) -> None:
-    # farm.python served by another target passed: every farm.Executor call then failed
-    # with "SignatureError: the result payload is not signed (no farm header)".
+def test_a_farm_pool_may_not_run_a_plain_worker(tmp_path: Path) -> None:
+    # farm.python served by one of farm's plain workers passed: every farm.Executor call
+    # then failed with "SignatureError: the result payload is not signed (no farm header)".
     body = GOOD + '\n[functions."farm.python"]\ntarget = "workers.text:reverse"\n'
     message = error_of(tmp_path, body)
     assert ": functions.farm.python.target: farm.python is a reserved farm.* function" in message
-    assert 'only target = "farm.executor.call:run_call" runs' in message
+    assert "workers.text:reverse, one of farm's plain workers, would answer unsigned" in message
+    assert 'set target = "farm.executor.call:run_call" (or a function of your own' in message
     # by what it serves, not the table's name; the old target's shim still runs it
     named = GOOD + '\n[functions.calls]\ntarget = "workers.text:reverse"\nfunction = "farm.x"\n'
     assert ": functions.calls.target: farm.x is a reserved" in error_of(tmp_path, named)
     shim = GOOD + '\n[functions."farm.python"]\ntarget = "farm.executor_worker:run_call"\n'
     assert config.load(write(tmp_path, shim)).functions["farm.python"].reserved
+
+
+def test_a_farm_pool_may_run_a_wrapper_of_the_executors_target(tmp_path: Path) -> None:
+    # A site's wrapper (its set-up, then farm.executor.call.run_call) signs its results as
+    # the Executor's own target does, and served (tests/integration/test_executor_farm_up.py);
+    # the rule that only farm.executor.call:run_call might serve farm.* refused it, and a
+    # reload of a farm that ran it.
+    wrapper = '\n[functions."farm.python"]\ntarget = "tests.helpers.executorwrap:run_call"\n'
+    path = write(tmp_path, GOOD + wrapper)
+    cfg = config.load(path)
+    assert cfg.functions["farm.python"].target == "tests.helpers.executorwrap:run_call"
+    assert on_running_farm(config.load(path), cfg).functions["farm.python"].reserved
+
+
+def test_the_plain_workers_are_those_farm_ships() -> None:
+    # A worker module added to workers/ is one that cannot serve farm.* either.
+    shipped = {f"workers.{p.stem}" for p in (ROOT / "workers").glob("*.py") if p.stem != "__init__"}
+    assert set(PLAIN_WORKERS) == shipped
 
 
 LOCAL = "127.0.0.1:4999"
