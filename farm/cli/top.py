@@ -94,9 +94,17 @@ class Sampler:
         if url is not None:
             try:
                 metrics, note = scrape(url), ""
+            except NotPrometheusText:
+                # It answered: "did not answer (ValueError('invalid metric name:<!DOCTYPE"
+                # sent the operator after a server that was up, at the wrong address.
+                note = f"metrics: {url} answered with something that is not Prometheus text"
             except (OSError, ValueError, http.client.HTTPException) as exc:
                 # HTTPException: not an HTTP server there, or a reply cut off by a restart.
                 note = f"metrics: {url} did not answer ({exc!r})"
+        if metrics is not None and not any(name.startswith("farm_") for name, _ in metrics):
+            # Another program's endpoint (Prometheus's own /metrics): its numbers are none
+            # of the farm's, not a farm whose job servers are remote.
+            metrics, note = None, f"metrics: {url} serves no farm metrics"
         # The supervisor answers without the server's part while its server is down or
         # restarting, and always when its job servers are remote (`servers`): the jobs'
         # numbers are unknown then, not 0. A bare server's endpoint (--metrics) is all
@@ -243,19 +251,28 @@ def slot_pids(sample: Sample) -> dict[tuple[str, int], int]:
     return pids
 
 
+class NotPrometheusText(ValueError):
+    """The endpoint answered with something else (an HTML page, a binary body)."""
+
+
 def scrape(url: str) -> Samples:
-    """Every sample of a Prometheus endpoint, by (name, sorted labels)."""
+    """Every sample of a Prometheus endpoint, by (name, sorted labels); NotPrometheusText
+    when what it answered does not parse as the text format."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT) as reply:
-        text = reply.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+        body = reply.read()
+    # Parsed apart from the reading: a ValueError here is the answer's, not the network's.
+    try:
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(body.decode())
+            for s in family.samples
+        }
+    except ValueError as exc:  # UnicodeDecodeError is one too
+        raise NotPrometheusText(str(exc)) from exc
 
 
 def live_view(

@@ -3,12 +3,14 @@ the endpoint's numbers; the live view outlives a killed worker and the farm itse
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -359,4 +361,53 @@ def test_a_command_pool_is_counted_under_the_function_it_serves(tmp_path: Path) 
         _, queued, running, workers, idle, busy, *_ = functions["rev"]
         assert (queued, running, workers, idle, busy) == ("0", "1", "2", "1", "1")
     finally:
+        up.stop()
+
+
+class _OtherEndpoint(http.server.BaseHTTPRequestHandler):
+    """An HTML page at /page, another program's metrics (Prometheus's own) at /metrics."""
+
+    def do_GET(self) -> None:
+        if self.path == "/page":
+            body, kind = b"<!DOCTYPE html><html><body>Grafana</body></html>\n", "text/html"
+        else:
+            body = b"# TYPE prometheus_build_info gauge\nprometheus_build_info 1\n"
+            kind = "text/plain; version=0.0.4"
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.timeout(90)
+def test_a_wrong_endpoint_is_named_as_one_not_as_remote_servers_or_silence(tmp_path: Path) -> None:
+    # --metrics at Prometheus's own /metrics read "no job server's numbers here (its job
+    # servers are remote)"; at an HTML page "did not answer (ValueError('invalid metric
+    # name:<!DOCTYPE html>'))", though it answered.
+    up = FarmUp(tmp_path, POOLS)
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OtherEndpoint)
+    serving = threading.Thread(target=other.serve_forever, daemon=True)
+    serving.start()
+    base = f"http://127.0.0.1:{other.server_address[1]}"
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"alpha": 2, "beta": 1})
+        status = farm_top(up, "--once", "--metrics", f"{base}/metrics")[0]
+        assert f"{base}/metrics serves no farm metrics" in status, status
+        assert "remote" not in status, status
+        status = farm_top(up, "--once", "--metrics", f"{base}/page")[0]
+        assert f"{base}/page answered with something that is not Prometheus text" in status
+        assert "did not answer" not in status, status
+        # The processes are still shown, their numbers unknown.
+        assert (
+            rows_of(farm_top(up, "--once", "--metrics", f"{base}/page"), "FUNCTION")["alpha"][1]
+            == "-"
+        )
+    finally:
+        other.shutdown()
+        other.server_close()
         up.stop()
