@@ -8,6 +8,7 @@ it has. Only the live views import this module, so other commands never load ric
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -82,13 +83,27 @@ def _table(
         table.add_row(*row[:shown])
     if shown < len(columns):
         left_out = ", ".join(c.label for c in columns[shown:])
-        table.caption = _one_line(f"{left_out} left out (a wider terminal shows them)")
+        table.caption = _caption(f"{left_out} left out (a wider terminal shows them)", table)
     return table
 
 
-def _one_line(note: str) -> Text:
-    """A caption kept to one line (cut with "…"): a frame's height counts it as one."""
-    return Text(note, no_wrap=True, overflow="ellipsis")
+def _caption(note: str, table: Table) -> Text:
+    """``note`` wrapped to ``table``'s width (rich draws a caption no wider than its table):
+    cut to one line with "…", the note of left-out columns lost the very columns it names
+    on a narrow terminal ("IDLE, BUSY, JOBS/S, P50, P99, FAIL…" at 40). ``frame`` counts
+    its lines (``caption_lines``)."""
+    cells = [c.width for c in table.columns if c.width is not None]
+    width = sum(cells) + GAP * (len(cells) - 1) if cells else 0
+    lines = textwrap.wrap(note, width, break_on_hyphens=False) if width > 0 else [note]
+    return Text("\n".join(lines), no_wrap=True, overflow="ellipsis")
+
+
+def caption_lines(table: Table) -> int:
+    """How many lines ``table``'s caption takes (0 without one)."""
+    caption = table.caption
+    if caption is None:
+        return 0
+    return (caption.plain if isinstance(caption, Text) else str(caption)).count("\n") + 1
 
 
 def _shrunk(
@@ -170,7 +185,8 @@ def _rows_left_out(table: Table, count: int) -> Table:
     if count > 0:
         more = f"… {count} more (a taller terminal shows them)"
         said = table.caption.plain if isinstance(table.caption, Text) else table.caption
-        table.caption = _one_line(f"{more} · {said}" if said else more)
+        said = said.replace("\n", " ") if said else said  # wrapped again with ``more``
+        table.caption = _caption(f"{more} · {said}" if said else more, table)
     return table
 
 
@@ -270,22 +286,24 @@ def frame(
     """A whole screen: a status line, the function table (None: left out), the process
     table cut to ``height`` lines, both fitted to ``width`` cells, and (``keys``) which keys
     do what."""
+    tables = _tables(functions, processes, sort, cpu, height, width)
+    # A caption wrapped past its one line (the columns a narrow terminal leaves out, each
+    # named) takes the rows' room: laid out again on fewer lines, or the keys fell off. Rows
+    # cut add "… N more" to a caption, which may wrap once more: a few rounds at most.
+    counted = 0
+    for _ in range(3):
+        extra = sum(max(0, caption_lines(t) - 1) for t in tables if t is not None)
+        if height is None or extra <= counted:
+            break
+        counted = extra
+        tables = _tables(functions, processes, sort, cpu, height - extra, width)
+    function_rows, process_rows = tables
     parts: list[RenderableType] = []
     if status:
         parts.append(Text(status, style="bold", no_wrap=True, overflow="ellipsis"))
-    limit = None if height is None else max(1, height - 6)  # status, keys, a header...
-    if functions is not None:
-        kept = None
-        if height is not None:
-            # Two headers, two captions, the blank line, status and keys take 7 lines; of
-            # the rest, the processes get up to half when the functions would take it all
-            # (60 functions left no line of a 30-line screen to them, nor to the keys).
-            room = max(2, height - 7)
-            if len(functions) + len(processes) > room:
-                kept = max(1, min(len(functions), room - min(len(processes), room // 2)))
-            limit = max(1, room - min(len(functions), kept or len(functions)))
-        parts += [function_table(functions, sort=sort, width=width, limit=kept), Text("")]
-    parts.append(process_table(processes, sort=sort, cpu=cpu, limit=limit, width=width))
+    if function_rows is not None:
+        parts += [function_rows, Text("")]
+    parts.append(process_rows)
     if keys:
         letters = " ".join(f"{k}:{v}" for k, v in SORT_LETTERS.items())
         keys_line = f"q quit · s next sort · {letters}"
@@ -293,3 +311,30 @@ def frame(
     else:
         parts.append(Text(""))  # frames printed one after another stay apart
     return Group(*parts)
+
+
+def _tables(
+    functions: Sequence[FunctionRow] | None,
+    processes: Sequence[Mapping[str, Any]],
+    sort: str,
+    cpu: Mapping[tuple[str, int], float] | None,
+    height: int | None,
+    width: int | None,
+) -> tuple[Table | None, Table]:
+    """``frame``'s two tables, their rows cut to ``height`` lines, captions counted as one."""
+    limit = None if height is None else max(1, height - 6)  # status, keys, a header...
+    if functions is None:
+        return None, process_table(processes, sort=sort, cpu=cpu, limit=limit, width=width)
+    kept = None
+    if height is not None:
+        # Two headers, two captions, the blank line, status and keys take 7 lines; of
+        # the rest, the processes get up to half when the functions would take it all
+        # (60 functions left no line of a 30-line screen to them, nor to the keys).
+        room = max(2, height - 7)
+        if len(functions) + len(processes) > room:
+            kept = max(1, min(len(functions), room - min(len(processes), room // 2)))
+        limit = max(1, room - min(len(functions), kept or len(functions)))
+    return (
+        function_table(functions, sort=sort, width=width, limit=kept),
+        process_table(processes, sort=sort, cpu=cpu, limit=limit, width=width),
+    )

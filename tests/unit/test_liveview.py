@@ -254,3 +254,40 @@ def test_metrics_takes_host_port_or_an_http_url() -> None:
     assert metrics_url("127.0.0.1:9730") == "http://127.0.0.1:9730/metrics"
     assert metrics_url("[::1]:9730") == "http://[::1]:9730/metrics"
     assert metrics_url("https://h:9730/x") == "https://h:9730/x"
+
+
+def test_a_narrow_terminal_names_every_column_it_leaves_out() -> None:
+    # The note under a table was cut to one line: at 40 columns it read "IDLE, BUSY, JOBS/S,
+    # P50, P99, FAIL…", and FAILED, REFUSED, DROPPED were never named.
+    functions = [
+        FunctionRow(
+            name=f"fn{i}",
+            queued=i,
+            running=0,
+            workers=1,
+            idle=1,
+            busy=0,
+            rate=None,
+            p50=None,
+            p99=None,
+            failures=0,
+            refused=0,
+            dropped=0,
+        )
+        for i in range(8)
+    ]
+    processes = [{**ROWS[2], "pid": 100 + i, "slot": i} for i in range(8)]
+    for height in (None, 24):
+        console = Console(width=40, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+        console.print(frame(functions, processes, status="farm", height=height, width=40))
+        lines = console.export_text().splitlines()
+        assert all(len(line) <= 40 for line in lines), lines
+        assert not any("…" in line and "more" not in line for line in lines[:-1]), lines
+        words = set(" ".join(lines).replace(",", " ").split())
+        for column in ("IDLE", "BUSY", "JOBS/S", "P99", "FAILED", "REFUSED", "DROPPED"):
+            assert column in words, lines
+        for column in ("STATE", "JOB", "CPU%", "RSS", "JOBS", "RESTARTS"):
+            assert column in words, lines
+        if height is not None:  # the wrapped notes take rows' room, not the keys'
+            assert len(lines) <= height, lines
+            assert lines[-1].startswith("q quit"), lines
