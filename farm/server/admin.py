@@ -16,7 +16,7 @@ from collections.abc import Callable
 from time import monotonic
 
 from farm.protocol.kinds import Priority
-from farm.server.adminpeers import UNIX_ONLY, drain, killing, peers
+from farm.server.adminpeers import UNIX_ONLY, drain, killing, peers, served
 from farm.server.admintext import (
     OK,
     as_raw,
@@ -229,6 +229,7 @@ COMMANDS: dict[str, Callable[[Hub, list[str]], str]] = {
     "peers": peers,
     "drain": drain,
     "killing": killing,
+    "served": served,
     "poolfunctions": pool_functions,
 }
 

@@ -1,5 +1,5 @@
-"""farm's own admin commands about worker connections: ``peers``, ``drain`` and
-``killing``, which the supervisor sends over the Unix socket (refused on TCP: UNIX_ONLY)."""
+"""farm's own admin commands about worker connections: ``peers``, ``drain``, ``killing``
+and ``served``, which the supervisor sends over the Unix socket (refused on TCP: UNIX_ONLY)."""
 
 from __future__ import annotations
 
@@ -7,22 +7,12 @@ import re
 from time import monotonic
 
 from farm.server.admintext import as_text, incomplete
+from farm.server.endedpeers import peer_name
 from farm.server.hub import Hub, Writer
 
 #: farm's own commands about worker processes: refused on TCP whatever --tcp-admin says
 #: (they name local processes and can starve a function of workers).
-UNIX_ONLY = frozenset({"peers", "drain", "killing"})
-
-
-def peer_name(conn: Writer) -> str:
-    """How ``peers`` and ``drain`` name a connection's other end: ``pid:N`` on the Unix
-    socket (SO_PEERCRED), ``tcp:IP:PORT`` (``tcp:[IPv6]:PORT``) on TCP, ``fd:N`` else."""
-    if conn.peer_pid:
-        return f"pid:{conn.peer_pid}"
-    if conn.peer_port:
-        ip = conn.ip.removeprefix("::ffff:")  # an IPv4 peer of a dual-stack listener
-        return f"tcp:[{ip}]:{conn.peer_port}" if ":" in ip else f"tcp:{ip}:{conn.peer_port}"
-    return f"fd:{conn.fd}"
+UNIX_ONLY = frozenset({"peers", "drain", "killing", "served"})
 
 
 #: A pid, fd or port as ``drain`` takes it: str.isdigit() passed "²" and 5,000 digits, on
@@ -75,6 +65,19 @@ def peers(server: Hub, args: list[str]) -> str:
 def _named_workers(server: Hub, args: list[str], command: str) -> list[Writer] | str:
     """The worker connections PEER... names (``pid:N``, ``tcp:IP:PORT``, ``tcp:PORT`` for
     any IP, ``fd:N``, as ``peers`` lists them), or the error reply."""
+    named = _names(args, command)
+    if isinstance(named, str):
+        return named
+    wanted, ports = named
+    return [
+        conn
+        for conn in _worker_connections(server)
+        if conn.peer_port in ports or peer_name(conn).lower() in wanted
+    ]
+
+
+def _names(args: list[str], command: str) -> tuple[set[str], set[int]] | str:
+    """PEER... as (names, ports: ``tcp:PORT``), or the error reply."""
     if not args:
         return incomplete(command)
     wanted = set()
@@ -89,11 +92,7 @@ def _named_workers(server: Hub, args: list[str], command: str) -> list[Writer] |
             wanted.add(arg.lower())
         else:
             return f"ERR INVALID_ARGUMENTS {command}+takes+pid:N,+tcp:IP:PORT,+tcp:PORT+or+fd:N\r\n"
-    return [
-        conn
-        for conn in _worker_connections(server)
-        if conn.peer_port in ports or peer_name(conn).lower() in wanted
-    ]
+    return wanted, ports
 
 
 def drain(server: Hub, args: list[str]) -> str:
@@ -122,3 +121,22 @@ def killing(server: Hub, args: list[str]) -> str:
         if not conn.draining:
             conn.drain()
     return f"OK {len(named)}\r\n"
+
+
+def served(server: Hub, args: list[str]) -> str:
+    """farm's own (Unix socket only): ``served PEER...`` -- ``OK N``, the jobs ended by the
+    worker connections named, those still open and those closed in the last
+    ENDED_KEPT_FOR seconds (``tcp:PORT`` counts open ones alone). The supervisor asks as it
+    reaps a command worker: one that stopped itself after its jobs closed its connections
+    first, and ``peers`` no longer lists them."""
+    named = _names(args, "served")
+    if isinstance(named, str):
+        return named
+    wanted, ports = named
+    live = [
+        c
+        for c in _worker_connections(server)
+        if c.peer_port in ports or peer_name(c).lower() in wanted
+    ]
+    ended = sum(server.ended.jobs(name) for name in wanted)
+    return f"OK {sum(c.jobs_done for c in live) + ended}\r\n"

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from farm.server.deadlines import Deadlines
+from farm.server.endedpeers import EndedPeers
 from farm.server.jobs import Job, JobServer
 from farm.server.metrics import ServerStats
 from farm.server.queues import INERT_TIMER, Timer
@@ -140,6 +141,7 @@ class Hub:
         self.options = options
         self.verbose_name = VERBOSE_NAMES[min(options.verbose, len(VERBOSE_NAMES) - 1)]
         self.connections: set[Writer] = set()
+        self.ended = EndedPeers()  # closed worker connections' jobs, for admin `served`
         self.dirty: list[Writer] = []
         self.holding: list[Writer] = []  # connections holding replies until the store commits
         self.pushes: list[Writer] = []  # workers with a held grab woken this turn
@@ -237,6 +239,7 @@ class Hub:
     def leave(self, conn: Writer, tcp: bool) -> None:
         """An admitted connection (``tcp`` as counted) is gone."""
         self.connections.discard(conn)
+        self.ended.note(conn, conn.jobs_done)
         if tcp:
             self.tcp_connections -= 1
 

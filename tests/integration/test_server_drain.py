@@ -12,6 +12,7 @@ import pytest
 from farm.protocol import PacketType as T
 from tests.helpers.peers import Peer
 from tests.helpers.servers import Server, start_farm_server
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -187,3 +188,28 @@ def test_a_worker_its_supervisor_kills_leaves_no_poison_job(tmp_path, peers) -> 
         assert tcp_admin.admin("killing pid:1").startswith("ERR PERMISSION_DENIED")
     finally:
         srv.stop()
+
+
+def test_served_counts_a_workers_jobs_after_its_connection_closed(srv, peers) -> None:
+    # A command worker that stops itself after N jobs (PHP's exit(0)) closes its connection
+    # as it exits: `peers` lists it no more by the time its supervisor reaps it, which read
+    # its exit as a crash after "0 jobs". `served` counts the connections closed lately too.
+    admin = connect(srv, peers, unix=True)
+    client = connect(srv, peers)
+    worker = connect(srv, peers)
+    worker.send(T.CAN_DO, "f")
+    for text in ("a", "b"):
+        client.send(T.SUBMIT_JOB, "f", "", text)
+        handle = client.expect(T.JOB_CREATED).args[0]
+        worker.send(T.GRAB_JOB)
+        assert worker.expect(T.JOB_ASSIGN).args[0] == handle
+        worker.send(T.WORK_COMPLETE, handle, "ok")
+        assert client.expect(T.WORK_COMPLETE).args == (handle, b"ok")
+    name = f"tcp:127.0.0.1:{worker.sock.getsockname()[1]}"
+    assert admin.admin(f"served {name}") == "OK 2\r\n"  # open
+    worker.close()
+    wait_for("its connection gone", lambda: name not in admin.admin("peers"))
+    assert admin.admin(f"served {name} pid:1") == "OK 2\r\n"  # closed
+    assert admin.admin("served tcp:1") == "OK 0\r\n"
+    assert admin.admin("served").startswith("ERR INVALID_ARGUMENTS")
+    assert connect(srv, peers).admin(f"served {name}").startswith("ERR PERMISSION_DENIED")

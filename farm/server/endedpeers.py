@@ -1,0 +1,74 @@
+"""How farm's admin commands name a worker connection's other end (``peer_name``), and the
+jobs of the worker connections that closed lately, by that name (``EndedPeers``).
+
+A command worker (PHP, Perl) that stops itself after N jobs closes its connection as it
+exits: by the time its supervisor reaps it, ``peers`` may list the connection no more, and
+the supervisor could not tell a worker that served its jobs and left (a recycle) from one
+that could not work at all (a crash). ``served`` (farm.server.adminpeers) counts both.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from time import monotonic
+from typing import Protocol
+
+__all__ = ["EndedPeers", "peer_name", "ENDED_KEPT_FOR", "ENDED_KEPT"]
+
+#: An ended connection's jobs are kept this long: the supervisor asks within its loop's
+#: turn of reaping the worker. Short, so a pid used again later is not credited with them.
+ENDED_KEPT_FOR = 30.0
+#: At most this many names are kept (the oldest go first): a bound on what many short
+#: connections from local users can make the server hold.
+ENDED_KEPT = 4096
+
+
+class Peer(Protocol):
+    fd: int
+    ip: str
+    peer_pid: int
+    peer_port: int
+
+
+def peer_name(conn: Peer) -> str:
+    """How ``peers`` and ``drain`` name a connection's other end: ``pid:N`` on the Unix
+    socket (SO_PEERCRED), ``tcp:IP:PORT`` (``tcp:[IPv6]:PORT``) on TCP, ``fd:N`` else."""
+    if conn.peer_pid:
+        return f"pid:{conn.peer_pid}"
+    if conn.peer_port:
+        ip = conn.ip.removeprefix("::ffff:")  # an IPv4 peer of a dual-stack listener
+        return f"tcp:[{ip}]:{conn.peer_port}" if ":" in ip else f"tcp:{ip}:{conn.peer_port}"
+    return f"fd:{conn.fd}"
+
+
+class EndedPeers:
+    """Jobs ended by the worker connections closed in the last ``ENDED_KEPT_FOR`` seconds,
+    by peer name (a process's connections added up)."""
+
+    def __init__(self) -> None:
+        self._jobs: OrderedDict[str, tuple[int, float]] = OrderedDict()
+
+    def note(self, conn: Peer, jobs_done: int) -> None:
+        """``conn`` closed having ended ``jobs_done`` jobs. Only named ends are kept: an
+        ``fd:N`` names the next connection given that descriptor."""
+        if not jobs_done or not (conn.peer_pid or conn.peer_port):
+            return
+        now = monotonic()
+        self._expire(now)
+        name = peer_name(conn).lower()  # as ``served`` names it
+        before = self._jobs.pop(name, (0, now))[0]
+        self._jobs[name] = (before + jobs_done, now)
+        while len(self._jobs) > ENDED_KEPT:
+            self._jobs.popitem(last=False)
+
+    def jobs(self, name: str) -> int:
+        """Jobs ended by the connections named ``name`` that closed lately."""
+        self._expire(monotonic())
+        return self._jobs.get(name, (0, 0.0))[0]
+
+    def _expire(self, now: float) -> None:
+        while self._jobs:
+            name, (_, when) = next(iter(self._jobs.items()))
+            if now - when <= ENDED_KEPT_FOR:
+                break
+            del self._jobs[name]
