@@ -199,6 +199,19 @@ class CommandJobs:
                 return None
         return rows
 
+    def count_served(self, proc: WorkerProcess) -> None:
+        """A command worker ended: its jobs as the server counted them (admin ``served``),
+        its connections closed lately included. ``track_commands`` reads them only for a
+        pool with a timeout, a drain or `farm ps`, and a worker that stopped itself after
+        its jobs closed its connections before it was reaped: its end said "0 jobs", and
+        its exit 0 read as a crash (Slot.note_exit). Its own pid names its Unix-socket
+        connections; a wrapper's child's, and TCP ones, are known when read while it ran."""
+        if self.peers_address() is None:
+            return
+        served = self.ask_each("served", sorted(proc.peers | {f"pid:{proc.pid}"}))
+        if served is not None:
+            proc.jobs_done = max(proc.jobs_done, served)
+
     def read_sockets(self, proc: WorkerProcess, now: float) -> None:
         peers = process_peers(proc.pid, self.server_ports())
         if peers is not None:

@@ -74,6 +74,7 @@ class Lifecycle:
     drain_command: Callable[[WorkerProcess, float], bool]
     track_commands: Callable[..., None]
     excuse: Callable[[WorkerProcess], None]
+    count_served: Callable[[WorkerProcess], None]
     # Provided by farm.pools.reports: what is left on a worker's pipes, read and closed.
     close_pipes: Callable[[WorkerProcess], None]
     # Provided by farm.pools.strays: what a worker left in its process group.
@@ -174,8 +175,16 @@ class Lifecycle:
             return
         slot.proc = None
         slot.restarts += 1  # an end nobody asked for (a crash, a kill, a recycle): counted
+        if proc.command:
+            self.count_served(proc)  # its jobs, from the server: "0 jobs" when not polled
         in_job = proc.busy_since is not None
-        cause = exit_cause(proc.kill_reason, status, boot_error=proc.boot_error, in_job=in_job)
+        cause = exit_cause(
+            proc.kill_reason,
+            status,
+            boot_error=proc.boot_error,
+            in_job=in_job,
+            served=proc.served_jobs,
+        )
         self.exits[proc.function, cause] += 1
         how, delay = slot.note_exit(proc, status, now)
         when = "now" if delay == 0 else f"in {delay:g}s"

@@ -14,10 +14,19 @@ import json
 import os
 import signal
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from farm.pools.exits import (
+    EXIT_BOOT_ERROR,
+    EXIT_CAUSES,
+    EXIT_DRAINED,
+    EXIT_RECYCLE,
+    EXIT_RSS_KILLED,
+    Exits,
+    describe_exit,
+    exit_cause,
+)
 from farm.pools.outputlimit import OutputLines
 from farm.pools.record import RecordReader
 
@@ -26,6 +35,9 @@ __all__ = [
     "EXIT_BOOT_ERROR",
     "EXIT_RECYCLE",
     "EXIT_RSS_KILLED",
+    "EXIT_CAUSES",
+    "Exits",
+    "exit_cause",
     "RestartHistory",
     "ProcState",
     "Slot",
@@ -36,13 +48,6 @@ __all__ = [
     "boot_delay",
     "worker_name",
 ]
-
-# Exit codes of farm.pools.workerproc, like gunicorn's: the supervisor tells an
-# ordered exit from a crash, and a target that cannot load from one that died.
-EXIT_DRAINED = 0  # asked to stop (SIGTERM): finished its job, unregistered
-EXIT_BOOT_ERROR = 3  # the target could not be imported or served: restarting soon won't help
-EXIT_RECYCLE = 4  # reached max_jobs or max_rss_mb after a job: replace at once
-EXIT_RSS_KILLED = 5  # went past kill_rss_mb mid-job, failed that job: replace at once
 
 #: A process that lived this long was healthy: its slot's failure count starts over.
 HEALTHY_AFTER = 60.0
@@ -79,39 +84,6 @@ def boot_delay(failures: int) -> float:
 def core_for(cpus: Sequence[int], offset: int, index: int) -> int:
     """The core of slot ``index`` of a pool placed at ``offset``: round robin, stable."""
     return cpus[(offset + index) % len(cpus)]
-
-
-#: Workers that ended and were replaced, by (pool, cause): farm_pool_restarts_total.
-Exits = Counter[tuple[str, str]]
-#: Every cause ``exit_cause`` names: each pool's series of them exist from its start, at 0.
-EXIT_CAUSES = ("crash", "boot_failure", "timeout", "recycle", "rss", "killed")
-
-
-def exit_cause(kill_reason: str, status: int, *, boot_error: str = "", in_job: bool = False) -> str:
-    """Why a worker in a slot ended, as the label of farm_pool_restarts_total. ``in_job``:
-    it died with a job in hand, so a code other than RSS's was the job's (a call's
-    ``os._exit(3)``), a crash, not a boot failure or a recycle."""
-    if boot_error:
-        return "boot_failure"
-    if kill_reason:
-        return "timeout" if "timeout" in kill_reason else "killed"
-    code = os.waitstatus_to_exitcode(status)
-    if in_job and code != EXIT_RSS_KILLED:
-        return "crash"
-    causes = {EXIT_RECYCLE: "recycle", EXIT_RSS_KILLED: "rss", EXIT_BOOT_ERROR: "boot_failure"}
-    return causes.get(code, "crash")
-
-
-def describe_exit(status: int) -> str:
-    """A wait status in words: 'exited with code 3', 'was killed by SIGKILL'."""
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = f"signal {sig}"
-        return f"was killed by {name}"
-    return f"exited with code {os.waitstatus_to_exitcode(status)}"
 
 
 def worker_name(function: str, slot: int, core: int) -> str:
@@ -210,6 +182,12 @@ class WorkerProcess:
     def ordered(self) -> bool:
         """Whether the supervisor asked it to go (its exit is never a crash)."""
         return self.state.ordered
+
+    @property
+    def served_jobs(self) -> bool:
+        """A command worker that ended jobs (as the job server counted them): its exit 0 is
+        a recycle, not a crash."""
+        return self.command and self.jobs_done > 0
 
     @property
     def last_words(self) -> str:
@@ -370,8 +348,16 @@ class Slot(RestartHistory):
             how, delay = f"crashed in job {proc.handle}: {how}", self.planned(now)
         elif proc.busy_since is not None:  # past them: a crash loop, backed off as one
             how, delay = f"crashed: {how}", self.failed(now)
+        elif code == EXIT_DRAINED and proc.served_jobs:
+            # A command worker that stopped itself after its jobs, as PHP workers do
+            # (`while ($w->work()) { if (++$n >= 100) exit(0); }`): a recycle. Counted as a
+            # crash, a healthy pool backed off, went "failing" and fired
+            # FarmWorkersCrashLooping. One that exits 0 before any job cannot work: below.
+            how = f"was recycled (exited with code 0 after {proc.jobs_done} jobs)"
+            delay = self.planned(now)
         elif code == EXIT_RECYCLE:
-            how = f"was recycled ({proc.recycle_reason or 'limit reached'})"
+            said = "exited with code 4" if proc.command else "limit reached"
+            how = f"was recycled ({proc.recycle_reason or said})"
             delay = self.planned(now)
         elif code == EXIT_BOOT_ERROR:
             how, delay = f"failed to boot ({how})", self.failed(now, boot=True)

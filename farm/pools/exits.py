@@ -1,0 +1,69 @@
+"""How a worker process ended: its exit codes' meaning, in words (``describe_exit``) and
+as the cause farm_pool_restarts_total counts (``exit_cause``). Split from farm.pools.slots,
+which applies them to a slot's restart history (and re-exports them)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+__all__ = [
+    "EXIT_DRAINED",
+    "EXIT_BOOT_ERROR",
+    "EXIT_RECYCLE",
+    "EXIT_RSS_KILLED",
+    "EXIT_CAUSES",
+    "Exits",
+    "describe_exit",
+    "exit_cause",
+]
+
+# Exit codes of farm.pools.workerproc, like gunicorn's: the supervisor tells an
+# ordered exit from a crash, and a target that cannot load from one that died.
+EXIT_DRAINED = 0  # asked to stop (SIGTERM): finished its job, unregistered
+EXIT_BOOT_ERROR = 3  # the target could not be imported or served: restarting soon won't help
+EXIT_RECYCLE = 4  # reached max_jobs or max_rss_mb after a job: replace at once
+EXIT_RSS_KILLED = 5  # went past kill_rss_mb mid-job, failed that job: replace at once
+
+#: Workers that ended and were replaced, by (pool, cause): farm_pool_restarts_total.
+Exits = Counter[tuple[str, str]]
+#: Every cause ``exit_cause`` names: each pool's series of them exist from its start, at 0.
+EXIT_CAUSES = ("crash", "boot_failure", "timeout", "recycle", "rss", "killed")
+
+
+def exit_cause(
+    kill_reason: str,
+    status: int,
+    *,
+    boot_error: str = "",
+    in_job: bool = False,
+    served: bool = False,
+) -> str:
+    """Why a worker in a slot ended, as the label of farm_pool_restarts_total. ``in_job``:
+    it died with a job in hand, so a code other than RSS's was the job's (a call's
+    ``os._exit(3)``), a crash, not a boot failure or a recycle. ``served``: a command
+    worker that ended jobs, whose exit 0 is a recycle (``Slot.note_exit``)."""
+    if boot_error:
+        return "boot_failure"
+    if kill_reason:
+        return "timeout" if "timeout" in kill_reason else "killed"
+    code = os.waitstatus_to_exitcode(status)
+    if in_job and code != EXIT_RSS_KILLED:
+        return "crash"
+    if served and code == EXIT_DRAINED:
+        return "recycle"
+    causes = {EXIT_RECYCLE: "recycle", EXIT_RSS_KILLED: "rss", EXIT_BOOT_ERROR: "boot_failure"}
+    return causes.get(code, "crash")
+
+
+def describe_exit(status: int) -> str:
+    """A wait status in words: 'exited with code 3', 'was killed by SIGKILL'."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return f"was killed by {name}"
+    return f"exited with code {os.waitstatus_to_exitcode(status)}"

@@ -1,0 +1,115 @@
+"""A command worker that stops itself after some jobs (PHP's ``while ($w->work()) { if
+(++$n >= 100) exit(0); }``) is recycled, not crashed: replaced at once, counted as
+``cause="recycle"``, never the failing state; one that exits 0 before any job still is a
+crash (docs/operations.md, "Command pools")."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+import farm
+from tests.helpers.farmproc import FarmUp
+from tests.helpers.scraping import get, scrape
+from tests.helpers.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+# A raw-protocol worker, as a PHP one is: it says nothing to the supervisor, serves
+# argv[1] jobs (GRAB_JOB, PRE_SLEEP while there is none), then exits with argv[2].
+SELF_RECYCLING = """\
+import os, socket, struct, sys
+host, port = os.environ["FARM_SERVERS"].split(",")[0].rsplit(":", 1)
+s = socket.create_connection((host, int(port)))
+def pkt(t, *a):
+    b = b"\\0".join(a)
+    return b"\\0REQ" + struct.pack(">II", t, len(b)) + b
+def read():
+    h = b""
+    while len(h) < 12:
+        h += s.recv(12 - len(h))
+    t, n = struct.unpack(">II", h[4:])
+    b = b""
+    while len(b) < n:
+        b += s.recv(n - len(b))
+    return t, b
+s.sendall(pkt(1, os.environ["FARM_FUNCTION"].split(",")[0].encode()))  # CAN_DO
+done = 0
+while done < int(sys.argv[1]):
+    s.sendall(pkt(9))  # GRAB_JOB
+    t, b = read()
+    if t == 10:  # NO_JOB
+        s.sendall(pkt(4))  # PRE_SLEEP, then wait for the NOOP
+        read()
+    elif t == 11:  # JOB_ASSIGN
+        s.sendall(pkt(13, b.split(b"\\0")[0], b"ok"))  # WORK_COMPLETE
+        done += 1
+s.close()
+sys.exit(int(sys.argv[2]))
+"""
+
+JOBS_EACH = 3
+
+
+def pool(script: Path, name: str, jobs: int, code: int) -> str:
+    return f"""
+        [functions.{name}]
+        command = ["{sys.executable}", "{script}", "{jobs}", "{code}"]
+        workers = 1
+        """
+
+
+@pytest.mark.parametrize("code", [0, 4])
+def test_a_command_worker_that_exits_after_its_jobs_is_recycled_not_crashed(
+    tmp_path: Path, code: int
+) -> None:
+    # An exit 0 after 3 jobs was "stopped unasked (exited with code 0)" with "0 jobs": a
+    # crash, backed off, the slot "failing" after three, FarmWorkersCrashLooping firing on
+    # a pool that served every call.
+    script = tmp_path / "recycling.py"
+    script.write_text(SELF_RECYCLING)
+    up = FarmUp(tmp_path, pool(script, "recycling", JOBS_EACH, code))
+    try:
+        up.expect_notify("READY=1")
+        with farm.Client(up.addr) as client:
+            for i in range(4 * JOBS_EACH):
+                assert client.call("recycling", str(i), timeout=30) == b"ok"
+        recycles = ("farm_pool_restarts_total", {"pool": "recycling", "cause": "recycle"})
+        wait_for(
+            "four recycles counted",
+            lambda: get(scrape(up.metrics_url), recycles[0], **recycles[1]) >= 4,
+        )
+        numbers = scrape(up.metrics_url)
+        crashes = get(numbers, "farm_pool_restarts_total", pool="recycling", cause="crash")
+        assert crashes == 0
+        (slot,) = [r for r in up.ps() if r["function"] == "recycling"]
+        assert slot["state"] != "failing", slot
+        ends = [line for line in up.read_log().splitlines() if "restarting" in line]
+        assert len(ends) >= 4, ends
+        for line in ends[:4]:
+            # Each served its 3 (the server's count, read as it ended), replaced at once.
+            assert f"{JOBS_EACH} jobs)" in line and "restarting now" in line, line
+            assert "was recycled" in line and "crashed" not in line, line
+            assert "WARNING" not in line and "failing" not in line, line
+    finally:
+        up.stop()
+
+
+def test_a_command_worker_that_exits_0_before_any_job_still_crashes(tmp_path: Path) -> None:
+    # No job served: a worker that cannot work (a loop that ends at once), backed off.
+    script = tmp_path / "recycling.py"
+    script.write_text(SELF_RECYCLING)
+    up = FarmUp(tmp_path, pool(script, "idle", 0, 0))
+    try:
+        line = wait_for(
+            "the slot failing",
+            lambda: next((r for r in up.read_log().splitlines() if "(slot failing)" in r), None),
+        )
+        assert "stopped unasked (exited with code 0)" in line and "0 jobs" in line, line
+        numbers = scrape(up.metrics_url)
+        assert get(numbers, "farm_pool_restarts_total", pool="idle", cause="crash") >= 3
+        assert get(numbers, "farm_pool_restarts_total", pool="idle", cause="recycle") == 0
+    finally:
+        up.stop()
