@@ -115,3 +115,31 @@ def test_a_command_workers_job_seen_long_ago_is_forgotten_before_its_end_is_judg
     python.handle, python.busy_since = "H:1", 1.0
     python.forget_stale_job(1000.0)
     assert python.handle == "H:1"
+
+
+def test_a_command_workers_exit_0_after_jobs_is_a_recycle_before_any_a_crash() -> None:
+    """PHP's `if (++$n >= 100) exit(0);`: a command worker that served and stopped itself
+    is recycled; one that exits 0 having served nothing cannot work, and backs off. A
+    Python worker's exit 0 unasked stays a crash (it exits 0 only when asked to drain)."""
+    slot = Slot("f", 0, 0)
+    for _ in range(5):
+        served = proc()
+        served.command, served.jobs_done = True, 100
+        how, delay = slot.note_exit(served, status(0), now=101)
+        assert (how, delay) == ("was recycled (exited with code 0 after 100 jobs)", 0)
+        assert exit_cause("", status(0), served=served.served_jobs) == "recycle"
+    assert slot.failures == 0 and not slot.failing
+    idle = proc()
+    idle.command = True
+    how, delay = slot.note_exit(idle, status(0), now=102)
+    assert how == "stopped unasked (exited with code 0)" and slot.failures == 1
+    assert exit_cause("", status(0), served=idle.served_jobs) == "crash"
+    python = proc()
+    python.jobs_done = 100
+    assert not python.served_jobs
+    assert slot.note_exit(python, status(0), now=103)[0] == "stopped unasked (exited with code 0)"
+    four = proc()
+    four.command = True
+    assert slot.note_exit(four, status(EXIT_RECYCLE), now=104)[0] == (
+        "was recycled (exited with code 4)"
+    )
