@@ -53,6 +53,11 @@ sys.exit(int(sys.argv[2]))
 JOBS_EACH = 3
 
 
+def restarts(up: FarmUp) -> list[str]:
+    """The supervisor's log lines of a worker's end and its restart."""
+    return [line for line in up.read_log().splitlines() if "; restarting " in line]
+
+
 def pool(script: Path, name: str, jobs: int, code: int) -> str:
     return f"""
         [functions.{name}]
@@ -76,18 +81,14 @@ def test_a_command_worker_that_exits_after_its_jobs_is_recycled_not_crashed(
         with farm.Client(up.addr) as client:
             for i in range(4 * JOBS_EACH):
                 assert client.call("recycling", str(i), timeout=30) == b"ok"
-        recycles = ("farm_pool_restarts_total", {"pool": "recycling", "cause": "recycle"})
-        wait_for(
-            "four recycles counted",
-            lambda: get(scrape(up.metrics_url), recycles[0], **recycles[1]) >= 4,
-        )
+        # An end's log line comes after its count: once four are logged, four are counted.
+        ends = wait_for("four ends logged", lambda: len(restarts(up)) >= 4 and restarts(up))
         numbers = scrape(up.metrics_url)
-        crashes = get(numbers, "farm_pool_restarts_total", pool="recycling", cause="crash")
-        assert crashes == 0
+        counted = {"pool": "recycling", "cause": "recycle"}
+        assert get(numbers, "farm_pool_restarts_total", **counted) >= 4
+        assert get(numbers, "farm_pool_restarts_total", pool="recycling", cause="crash") == 0
         (slot,) = [r for r in up.ps() if r["function"] == "recycling"]
         assert slot["state"] != "failing", slot
-        ends = [line for line in up.read_log().splitlines() if "restarting" in line]
-        assert len(ends) >= 4, ends
         for line in ends[:4]:
             # Each served its 3 (the server's count, read as it ended), replaced at once.
             assert f"{JOBS_EACH} jobs)" in line and "restarting now" in line, line
