@@ -32,13 +32,12 @@ from typing import Any, NamedTuple
 
 from farm.errors import FarmError, JobError, JobFailed, WorkerLost
 from farm.executor import spill
+from farm.executor.initnews import InitializerFailed, InitWatch
 from farm.executor.payload import (
     BATCH,
     BROKEN,
     CALL_ID_SIZE,
     CHUNK_KINDS,
-    INIT_ENDS,
-    INIT_STARTS,
     OK,
     SINGLE,
     RemoteTraceback,
@@ -82,19 +81,6 @@ CALL_TTL = 6 * 3600
 class BrokenFarmExecutor(FarmError, BrokenExecutor):
     """The executor's pump thread failed: every call it had not finished fails with this, and
     so does every later ``submit`` (as ``BrokenProcessPool`` for ProcessPoolExecutor)."""
-
-
-class InitializerFailed(Exception):
-    """Raised in the pump thread when a worker reports that the executor's initializer
-    failed: the pump breaks, as ProcessPoolExecutor breaks when a child's initializer fails."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(describe(error))
-        self.error = error
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Made again from its message, it described that: "str: ValueError: ..." (farm.errors)
-        return type(self), (self.error,), self.__dict__
 
 
 class Call(NamedTuple):
@@ -158,13 +144,12 @@ class WorkItem:
 class Flight:
     """The calls one job carries (one, or a batch), and the id its results must name."""
 
-    __slots__ = ("items", "call_id", "initializing")
+    __slots__ = ("items", "call_id", "init")
 
     def __init__(self, items: list[WorkItem]) -> None:
         self.items = items
         self.call_id = new_call_id()  # fresh: binds results, stops replays
-        #: A worker said it started the executor's initializer, and not yet that it ended.
-        self.initializing = False
+        self.init = InitWatch()  # the initializer's news: workers lost in it break the pump
 
     @property
     def batched(self) -> bool:
@@ -264,40 +249,25 @@ def partial(task: Task[Flight], signer: Signer, data: bytes) -> None:
 
 
 def _initializer_news(task: Task[Flight], flight: Flight, signer: Signer, data: bytes) -> None:
-    """A worker starts or ended the executor's initializer for this job. A second start
-    with no end between is the server's retry: the worker before died in the initializer
-    (os._exit, a signal, a crash), and so will this one; the executor breaks now rather than
-    after job_retries workers."""
+    """A worker starts or ended the executor's initializer for this job (initnews.InitWatch
+    says when workers lost in it break the executor)."""
     try:
         mark = bytes(open_result(signer, flight.call_id, data))
     except SignatureError as exc:  # as for a batch's part that fails its check
         flight.fail(exc)
         return
-    if mark == INIT_STARTS:
-        if flight.initializing:
-            raise InitializerFailed(_died_initializing(task))
-        flight.initializing = True
-    elif mark == INIT_ENDS:
-        flight.initializing = False
-
-
-def _died_initializing(task: Task[Flight]) -> WorkerLost:
-    return WorkerLost(
-        f"the worker running job {task.handle} died in the executor's initializer"
-        " (os._exit, a signal or a crash there)"
-    )
+    flight.init.heard(mark, str(task.handle))
 
 
 def complete(task: Task[Flight], signer: Signer) -> list[WorkItem]:
     """The job ended: settle every call it carried (InitializerFailed breaks the pump: the
-    initializer raised, or its worker died in it).
+    initializer raised, or a second worker died in it).
     Returns the calls of a batch its worker left unrun, to send again."""
     flight = flight_of(task)
     error = task.error
     if error is not None:
         if type(error) is JobFailed:  # no exception came first: the worker is gone
-            if flight.initializing:  # in the initializer: broken, as if it had raised
-                raise InitializerFailed(_died_initializing(task))
+            flight.init.lost(str(task.handle))  # the second worker lost in the initializer
             error = WorkerLost(
                 f"the worker running job {task.handle} died (or overran its timeout);"
                 " the call's outcome is unknown"

@@ -50,7 +50,8 @@ no byte more):
   mark)``: INIT_STARTS ("I") before it, INIT_ENDS ("E") once it returned. A worker that
   dies in between (``os._exit``, a signal, a segfault) reports nothing itself: the
   caller, holding a start with no end when the job fails or starts again on another
-  worker (the server's retry), breaks the executor as for a raising initializer. (A
+  worker (the server's retry), counts a death in the initializer, and at the job's
+  second breaks the executor as for a raising initializer (initnews.py). (A
   worker older than the flag ignores it and sends no news; a caller older than it never
   sets it, so no worker sends a batch's caller data it cannot read.)
 * SPILLED (0x40, no section of its own): ``body`` is a reference to a file in the spill

@@ -122,6 +122,15 @@ def init_dies(*_: object) -> None:
     os._exit(3)
 
 
+def init_tells_then_waits(directory: str, gate: str) -> None:
+    """An Executor initializer that leaves ``directory/init.PID`` and then, while
+    ``directory/slow`` exists, waits at ``gate``: a healthy, slow initializer."""
+    with open(os.path.join(directory, f"init.{os.getpid()}"), "w"):
+        pass
+    if os.path.exists(os.path.join(directory, "slow")):
+        wait_gate(gate)
+
+
 def getpid(_: object = None) -> int:
     return os.getpid()
 

@@ -24,13 +24,14 @@ WORKER = [sys.executable, "-c", "from farm.cli import main; main()", "worker"]
 
 
 class ExecutorFarm:
-    """``farm server --job-retries 1`` and ``count`` workers serving farm.python with ``key``."""
+    """``farm server --job-retries RETRIES`` (1: a job runs once) and ``count`` workers
+    serving farm.python with ``key``."""
 
-    def __init__(self, tmp: Path, count: int = 2) -> None:
+    def __init__(self, tmp: Path, count: int = 2, retries: int = 1) -> None:
         self.key = ensure_key(tmp / "executor.key")
         # Workers of farm.* functions must come over the Unix socket; callers may use TCP.
         self.unix = str(tmp / "gearman.sock")
-        self.server: Server = start_farm_server("--job-retries", "1", unix=self.unix)
+        self.server: Server = start_farm_server("--job-retries", str(retries), unix=self.unix)
         wait_for("the Unix socket", lambda: os.path.exists(self.unix))
         self.workers: list[subprocess.Popen] = []
         for _ in range(count):

@@ -28,11 +28,14 @@ from tests.helpers.calls import (
     getpid,
     init_dies,
     init_state,
+    init_tells_then_waits,
     nap,
     pid_then_block,
     tell,
+    wait_gate,
 )
 from tests.helpers.executorfarm import ExecutorFarm
+from tests.helpers.gate import Gate
 from tests.helpers.waiting import wait_for
 
 # The fixtures, taken by assignment: pytest finds them as if defined here, and no
@@ -65,25 +68,103 @@ def test_killed_worker_fails_only_its_future(tmp_path: Path) -> None:
         small.stop()
 
 
-def test_a_worker_that_dies_in_the_initializer_breaks_the_executor(tmp_path: Path) -> None:
-    # Under job_retries 1 the server fails the job (WORK_FAIL) as its worker dies. A worker
-    # that died in the executor's initializer (os._exit, a crash) failed only that call,
-    # with WorkerLost, and the executor took more calls, each killing a worker; it breaks
-    # the executor now, as an initializer that raises does. A worker that dies in the call,
-    # its initializer run, still fails only that call.
+def test_a_worker_that_dies_in_the_initializer_once_fails_only_its_call(tmp_path: Path) -> None:
+    # Under job_retries 1 the server fails the job (WORK_FAIL) as its worker dies. One worker
+    # dead in the executor's initializer proves nothing against it (the supervisor's SIGKILL
+    # after graceful_timeout, the OOM killer end workers in healthy initializers too): that
+    # call fails alone, WorkerLost, as a worker that dies in the call, its initializer run.
     small = ExecutorFarm(tmp_path, count=2)
     try:
         with small.executor(initializer=init_state, initargs=("ok",)) as ex:
             with pytest.raises(farm.WorkerLost):
                 ex.submit(init_dies).result(timeout=30)  # dies in the call itself
             assert ex.submit(get_init_state).result(timeout=30) == "ok"  # not broken
+        once = small.executor(initializer=init_dies)
+        with pytest.raises(farm.WorkerLost, match="died"):
+            once.submit(add, 1).result(timeout=30)
+        once.shutdown()
+    finally:
+        small.stop()
+
+
+def test_an_initializer_that_kills_two_workers_breaks_the_executor(tmp_path: Path) -> None:
+    # Under job_retries 2 the call runs twice: the second worker's start of the initializer
+    # tells that the first died in it, and the job's failure that the second did too. The
+    # executor breaks, as for an initializer that raises; the call cost two workers, not
+    # job_retries, and the third worker serves.
+    small = ExecutorFarm(tmp_path, count=3, retries=2)
+    try:
         broken = small.executor(initializer=init_dies)
         with pytest.raises(farm.executor.BrokenFarmExecutor, match="initializer") as info:
             broken.submit(add, 1).result(timeout=30)
-        assert isinstance(info.value.__cause__, farm.WorkerLost), info.value.__cause__
+        cause = info.value.__cause__
+        assert isinstance(cause, farm.WorkerLost) and "2 workers" in str(cause), cause
         with pytest.raises(farm.executor.BrokenFarmExecutor):
             broken.submit(add, 2)
         broken.shutdown()
+        with small.executor() as ok:
+            assert ok.submit(add, 2, 3).result(timeout=30) == 5
+        codes = lambda: [w.poll() for w in small.workers]  # noqa: E731
+        wait_for("two workers lost", lambda: codes().count(3) >= 2)
+        assert sorted(codes(), key=str) == [3, 3, None], codes()  # two, not job_retries
+    finally:
+        small.stop()
+
+
+def started_initializer(directory: Path) -> set[int]:
+    """The pids of the workers that ran ``init_tells_then_waits`` with ``directory``."""
+    return {int(path.suffix[1:]) for path in directory.glob("init.*")}
+
+
+def test_a_worker_killed_in_a_healthy_initializer_is_retried(tmp_path: Path) -> None:
+    # Killed from outside while it runs a slow, healthy initializer (the supervisor's SIGKILL
+    # after graceful_timeout, the OOM killer, kill_rss_mb), a worker is lost as any other:
+    # the server runs the call again on another worker, and it gives its result. The
+    # retry's start of the initializer, with no end before it, broke the executor.
+    small = ExecutorFarm(tmp_path, count=2, retries=3)
+    (tmp_path / "slow").touch()
+    try:
+        with Gate(tmp_path / "gate") as gate:
+            init = (str(tmp_path), gate.path)
+            with small.executor(initializer=init_tells_then_waits, initargs=init) as ex:
+                future = ex.submit(add, 1, 2)
+                gate.arrived(1)
+                [victim] = started_initializer(tmp_path)
+                os.kill(victim, signal.SIGKILL)
+                gate.open()
+                assert future.result(timeout=30) == 3
+                assert ex.submit(add, 2, 2).result(timeout=30) == 4
+    finally:
+        small.stop()
+
+
+def test_a_retry_that_dies_in_the_call_is_worker_lost(tmp_path: Path) -> None:
+    # Worker A is killed in the initializer; the server's retry lands on worker B, which ran
+    # the initializer already (and so says nothing of it), and B dies in the call. A's start
+    # with no end belonged to A, not to B: the call fails with WorkerLost, as for any dead
+    # worker, and the executor serves on. It broke, "died in the executor's initializer".
+    small = ExecutorFarm(tmp_path, count=1, retries=2)
+    try:
+        with Gate(tmp_path / "init") as slow, Gate(tmp_path / "busy") as busy:
+            init = (str(tmp_path), slow.path)
+            with small.executor(initializer=init_tells_then_waits, initargs=init) as ex:
+                b = ex.submit(getpid).result(timeout=30)  # B ran the initializer
+                held = ex.submit(wait_gate, busy.path)
+                busy.arrived(1)  # B is busy: the next call goes to A
+                (tmp_path / "slow").touch()
+                a = small.add_worker(small.key)
+                doomed = ex.submit(init_dies)  # os._exit(3) in the call
+                slow.arrived(1)
+                assert started_initializer(tmp_path) == {a.pid, b}
+                a.kill()
+                a.wait(10)
+                busy.open()  # B takes the retry once free
+                held.result(timeout=30)
+                with pytest.raises(farm.WorkerLost, match="died"):
+                    doomed.result(timeout=30)
+                slow.open()
+                small.add_worker(small.key)
+                assert ex.submit(add, 2, 2).result(timeout=30) == 4
     finally:
         small.stop()
 

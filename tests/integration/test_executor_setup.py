@@ -92,7 +92,9 @@ def test_a_failing_initializer_breaks_the_executor(
 def test_an_initializer_that_kills_its_worker_breaks_the_executor(shared: Farm) -> None:
     # A worker that dies in the initializer (os._exit, a segfault) reports nothing: each
     # call failed alone with WorkerLost after job_retries (3) workers died running it, the
-    # executor took more, and 5 calls cost 15 workers. ProcessPoolExecutor breaks at once.
+    # executor took more, and 5 calls cost 15 workers. ProcessPoolExecutor breaks at once;
+    # here the executor breaks once two workers of a job died in the initializer (one may
+    # be a kill from outside, test_executor_flight.py).
     before = shared.up.read_log().count("exited with code 3")
     ex = shared.executor(2, None, init_dies)
     futures: list[Future[Any]] = []
@@ -108,11 +110,13 @@ def test_an_initializer_that_kills_its_worker_breaks_the_executor(shared: Farm) 
     with pytest.raises(BrokenExecutor):
         ex.submit(add, 1)
     ex.shutdown()
-    # Each job that reached a worker cost at most two: the one that died in the initializer,
-    # and the server's retry of it, whose start tells the caller that the first died there.
+    # Each job in flight (two: max_workers) cost at most three, here job_retries: the first
+    # to die in the initializer, the retry whose start tells of it, and the retry whose
+    # start tells of the second, which is in the initializer already and dies too. The
+    # broken executor's closed connections let the server drop the jobs' further retries.
     shared.up.wait_idle({"farm.python": 2}, timeout=60)
     died = shared.up.read_log().count("exited with code 3") - before
-    assert 1 <= died <= 4, shared.up.read_log()
+    assert 2 <= died <= 6, shared.up.read_log()
     with shared.executor(2) as ok:  # the workers the supervisor started again serve
         assert ok.submit(add, 2, 3).result(timeout=30) == 5
 
