@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from farm.commandspec import CommandSpec
-from farm.executor.spill import DEFAULT_MAX_AGE, DEFAULT_MAX_SPILL_MB, DEFAULT_ORPHAN_AGE
+from farm.executor.spillsettings import DEFAULT_MAX_AGE, DEFAULT_MAX_SPILL_MB, DEFAULT_ORPHAN_AGE
 from farm.net import DEFAULT_SERVER, Address, connectable, parse_address
 
 __all__ = [

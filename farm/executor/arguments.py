@@ -14,7 +14,7 @@ from typing import ParamSpec, TypeGuard, TypeVar
 
 from farm.client.admin import function_workers
 from farm.discovery import executor_spill
-from farm.executor import spill
+from farm.executor import spillsettings
 from farm.protocol.checks import check_name
 
 __all__ = [
@@ -41,14 +41,14 @@ QUEUED_PER_WORKER = 2
 
 def spill_settings(
     key_file: str | None, spill_dir: str | os.PathLike[str] | None, max_spill_mb: int | None
-) -> spill.SpillSettings:
+) -> spillsettings.SpillSettings:
     """The executor's spill directory and limit: its keywords, else $FARM_SPILL_DIR and
     $FARM_MAX_SPILL_MB, else ``[executor]`` of the config, else the defaults."""
     configured_dir, configured_mb = executor_spill()
-    where = spill_dir or os.environ.get(spill.SPILL_ENV) or configured_dir
+    where = spill_dir or os.environ.get(spillsettings.SPILL_ENV) or configured_dir
     limit, limit_from = spill_limit(max_spill_mb, configured_mb)
-    return spill.SpillSettings(
-        Path(where) if where else spill.default_spill_dir(key_file), limit, limit_from
+    return spillsettings.SpillSettings(
+        Path(where) if where else spillsettings.default_spill_dir(key_file), limit, limit_from
     )
 
 
@@ -56,15 +56,18 @@ def spill_limit(max_spill_mb: int | None, configured_mb: int | None = None) -> t
     """The executor's limit in bytes and the setting it came from, which SpillTooLarge
     names: ``max_spill_mb=``, else $FARM_MAX_SPILL_MB, else ``configured_mb`` (the
     config's, checked by its reader), else the default. SpillError naming the setting."""
-    variable = os.environ.get(spill.MAX_SPILL_ENV)
+    variable = os.environ.get(spillsettings.MAX_SPILL_ENV)
     mb: object
     if max_spill_mb is not None:
         setting, mb = "the Executor's max_spill_mb=", max_spill_mb
     elif variable:
-        setting, mb = f"${spill.MAX_SPILL_ENV}", variable
+        setting, mb = f"${spillsettings.MAX_SPILL_ENV}", variable
     else:
-        setting, mb = spill.CONFIG_LIMIT, configured_mb or spill.DEFAULT_MAX_SPILL_MB
-    return spill.mb_to_bytes(mb, setting), setting
+        setting, mb = (
+            spillsettings.CONFIG_LIMIT,
+            configured_mb or spillsettings.DEFAULT_MAX_SPILL_MB,
+        )
+    return spillsettings.mb_to_bytes(mb, setting), setting
 
 
 def is_servers(value: object) -> TypeGuard[str | list[str] | tuple[str, ...]]:

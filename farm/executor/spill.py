@@ -27,6 +27,9 @@ the farm's user cannot read.
 
 ``sweep`` is the supervisor's cleanup of what a killed process left behind
 (farm/supervisor.py runs it every ``sweep_every`` seconds).
+
+The settings (the directory, the limit and where each comes from, the sweep's
+default ages) are farm.executor.spillsettings'; this module re-exports them.
 """
 
 from __future__ import annotations
@@ -38,10 +41,21 @@ import secrets
 import stat
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from farm.errors import FarmError
-from farm.executor.signing import SignatureError, key_path
+from farm.executor.signing import SignatureError
+from farm.executor.spillsettings import (
+    CONFIG_LIMIT,
+    DEFAULT_MAX_AGE,
+    DEFAULT_MAX_SPILL_MB,
+    DEFAULT_ORPHAN_AGE,
+    MAX_SPILL_ENV,
+    SPILL_ENV,
+    SpillError,
+    SpillSettings,
+    default_spill_dir,
+    worker_settings,
+)
 from farm.paths import make_dirs
 
 __all__ = [
@@ -75,23 +89,10 @@ __all__ = [
 
 #: Bodies and results longer than this (bytes) travel as a file, not through the server.
 SPILL_THRESHOLD = 1 << 20
-#: ``[executor] max_spill_mb`` when not set: the largest argument or result, in MiB.
-DEFAULT_MAX_SPILL_MB = 4096
-#: Any spill file older than this is removed by the sweep (seconds; longer than
-#: flight.CALL_TTL, since an argument file is written when its call waits in the executor).
-DEFAULT_MAX_AGE = 24 * 3600
-#: A result file older than this, or an argument file whose writer is gone, is removed.
-DEFAULT_ORPHAN_AGE = 3600
-SPILL_ENV = "FARM_SPILL_DIR"
-MAX_SPILL_ENV = "FARM_MAX_SPILL_MB"
 #: First byte of a result body that is a reference (a pickle starts with 0x80).
 RESULT_MARK = b"S"
 PREFIX = "farm-spill-"
 _HEAD = 8 + 32
-
-
-class SpillError(FarmError):
-    """A large argument or result could not travel through the spill directory."""
 
 
 class SpillRefused(SignatureError):
@@ -105,45 +106,6 @@ class SpillTooLarge(SpillError, ValueError):
 
 class SpillDirError(SpillError):
     """The spill directory cannot be created, or others may write to it."""
-
-
-#: Where a worker's limit comes from: the supervisor sets $FARM_MAX_SPILL_MB from it.
-CONFIG_LIMIT = "[executor] max_spill_mb"
-
-
-class SpillSettings(NamedTuple):
-    directory: Path
-    max_bytes: int
-    limit_from: str = CONFIG_LIMIT  # the setting SpillTooLarge tells the user to raise
-
-
-def default_spill_dir(key_file: str | os.PathLike[str] | None = None) -> Path:
-    """``spill`` beside the executor's key file (the farm's state directory by default)."""
-    return key_path(key_file).parent / "spill"
-
-
-def worker_settings() -> SpillSettings:
-    """A worker's: ``$FARM_SPILL_DIR`` and ``$FARM_MAX_SPILL_MB`` (the supervisor sets them
-    from ``[executor]``), else the defaults."""
-    where, mb = os.environ.get(SPILL_ENV), os.environ.get(MAX_SPILL_ENV)
-    return SpillSettings(
-        Path(where) if where else default_spill_dir(),
-        mb_to_bytes(mb or DEFAULT_MAX_SPILL_MB, f"${MAX_SPILL_ENV}" if mb else CONFIG_LIMIT),
-        # Under `farm up`, the supervisor's [executor] max_spill_mb; by hand, the variable.
-        f"{CONFIG_LIMIT}, the worker's ${MAX_SPILL_ENV}" if mb else CONFIG_LIMIT,
-    )
-
-
-def mb_to_bytes(mb: object, setting: str) -> int:
-    """``mb`` MiB in bytes: the rule of the limit from every source (the Executor's
-    keyword, $FARM_MAX_SPILL_MB, the config's key), SpillError naming ``setting`` else."""
-    try:
-        value = int(str(mb))
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise SpillError(f"{setting} must be a whole number of MiB > 0, got {mb!r}")
-    return value << 20
 
 
 #: Directories already checked in this process, and their group.

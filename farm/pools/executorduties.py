@@ -59,7 +59,7 @@ class ExecutorDuties:
     def note_spill_env(self) -> None:
         """A $FARM_SPILL_DIR that `farm up` was started with is not what its workers use
         (``workers_spill_dir``): said once, so that whoever set it is not misled."""
-        from farm.executor.spill import SPILL_ENV
+        from farm.executor.spillsettings import SPILL_ENV
 
         stray = os.environ.get(SPILL_ENV)
         where = workers_spill_dir(self.config.executor)
@@ -96,7 +96,7 @@ def workers_spill_dir(executor: ExecutorConfig) -> str:
     environment (a caller's setting, left in the operator's shell): the workers took it
     while the sweep looked here, and the files a killed worker left were never removed.
     "" where there is no state directory to hold the default (nor the key: no Executor)."""
-    from farm.executor.spill import default_spill_dir
+    from farm.executor.spillsettings import default_spill_dir
     from farm.paths import NoStateDirectory
 
     try:
@@ -108,6 +108,6 @@ def workers_spill_dir(executor: ExecutorConfig) -> str:
 def spill_environ(executor: ExecutorConfig) -> dict[str, str]:
     """What the Executor's workers read their spill directory and limit from: both set, so
     that nothing of `farm up`'s environment decides them."""
-    from farm.executor.spill import MAX_SPILL_ENV, SPILL_ENV
+    from farm.executor.spillsettings import MAX_SPILL_ENV, SPILL_ENV
 
     return {MAX_SPILL_ENV: str(executor.max_spill_mb), SPILL_ENV: workers_spill_dir(executor)}
