@@ -1,8 +1,9 @@
 """farm.toml validation: good files load, every mistake is one line naming file, key and fix.
 
 The table of mistakes and the file as a whole (TOML, encoding, [functions]) are here; the
-supervisor's keys are in test_config_supervisor.py, the server's in test_config_server.py,
-function targets in test_config_targets.py, where farm looks for files in test_config_paths.py.
+supervisor's keys are in test_config_supervisor.py, where pools register in
+test_config_registration.py, the server's in test_config_server.py, function targets in
+test_config_targets.py, where farm looks for files in test_config_paths.py.
 """
 
 from __future__ import annotations
