@@ -1,16 +1,14 @@
 """`farm top` against a real `farm up`: one frame shows every function and process with
-the endpoint's numbers; the live view outlives a killed worker and the farm itself."""
+the endpoint's numbers (a command pool's under the function it serves, a pipe's frame
+uncut); the live view outlives a killed worker and the farm itself. When what top reads
+fails or is not the farm's: test_top_sources.py."""
 
 from __future__ import annotations
 
-import http.server
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -19,47 +17,11 @@ import farm
 from farm.client.admin import admin_query
 from farm.errors import JobException
 from farm.protocol import PacketType as T
-from tests.helpers import ROOT
 from tests.helpers.farmproc import FarmUp
 from tests.helpers.peers import Peer
 from tests.helpers.scraping import get, scrape
+from tests.helpers.toprun import ENV, FAILED, POOLS, farm_top, rows_of
 from tests.helpers.waiting import wait_for
-
-POOLS = """
-[functions.alpha]
-target = "tests.helpers.monitored:work"
-workers = 2
-
-[functions.beta]
-target = "tests.helpers.monitored:work"
-workers = 1
-"""
-
-ENV = dict(os.environ, COLUMNS="160", LINES="60", PYTHONPATH=str(ROOT))
-#: The function table's FAILED cell, before REFUSED and DROPPED.
-FAILED = -3
-
-
-def farm_top(up: FarmUp, *args: str, env: dict[str, str] = ENV) -> list[str]:
-    argv = [sys.executable, "-m", "farm.cli", "top", "--control", up.control, *args]
-    run = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "Traceback" not in run.stderr
-    return run.stdout.splitlines()
-
-
-def rows_of(lines: list[str], first: str) -> dict[str, list[str]]:
-    """The table under the header line that starts with ``first``, keyed by the first cell."""
-    start = next(
-        i for i, line in enumerate(lines) if line.replace("▼", "").strip().startswith(first)
-    )
-    out: dict[str, list[str]] = {}
-    for line in lines[start + 1 :]:
-        if not line.strip():
-            break
-        cells = line.split()
-        out.setdefault(cells[0], cells)
-    return out
 
 
 @pytest.mark.timeout(90)
@@ -188,127 +150,6 @@ def test_the_live_view_survives_a_killed_worker_and_the_farm_stopping(tmp_path: 
             top.wait()
 
 
-@pytest.mark.timeout(90)
-def test_the_servers_numbers_are_unknown_not_0_while_it_does_not_answer(tmp_path: Path) -> None:
-    # The supervisor still answers a scrape when its server does not (farm_server_up 0, e.g.
-    # while it restarts): top drew that as 0 queued, 0 workers, 0 failed, with no word.
-    up = FarmUp(tmp_path, POOLS)
-    try:
-        up.expect_notify("READY=1")
-        up.wait_idle({"alpha": 2, "beta": 1})
-        with farm.Client(up.addr) as client, pytest.raises(JobException):
-            client.call("alpha", "raise")
-        assert rows_of(farm_top(up, "--once"), "FUNCTION")["alpha"][FAILED] == "1"
-        # The supervisor asks the server on its Unix socket: moved away, it gets no answer
-        # at once (the server and its workers' connections carry on).
-        away = tmp_path / "moved.sock"
-        up.unix.rename(away)
-        wait_for("farm_server_up 0", lambda: get(scrape(up.metrics_url), "farm_server_up") == 0)
-        lines = farm_top(up, "--once")
-        assert "job server did not answer" in lines[0]
-        alpha = rows_of(lines, "FUNCTION")["alpha"]
-        # QUEUED RUNNING WORKERS unknown, IDLE 2 (the supervisor's own), ..., FAILED REFUSED
-        # DROPPED unknown
-        assert alpha[1:4] == ["-", "-", "-"] and alpha[4] == "2" and alpha[-3:] == ["-"] * 3
-        away.rename(up.unix)
-        wait_for("farm_server_up 1", lambda: get(scrape(up.metrics_url), "farm_server_up") == 1)
-        assert rows_of(farm_top(up, "--once"), "FUNCTION")["alpha"][FAILED] == "1"
-    finally:
-        up.stop()
-
-
-@pytest.mark.timeout(90)
-def test_a_hung_server_costs_top_only_the_servers_numbers(tmp_path: Path) -> None:
-    # The supervisor waits 2 s for its server's part of a scrape; top gave up on the whole
-    # endpoint at 2 s too, so a hung server read as "the metrics endpoint did not answer".
-    up = FarmUp(tmp_path, POOLS)
-    server = None
-    try:
-        up.expect_notify("READY=1")
-        up.wait_idle({"alpha": 2, "beta": 1})
-        server = next(r["pid"] for r in up.ps() if r["function"] == "server")
-        os.kill(server, signal.SIGSTOP)
-        lines = farm_top(up, "--once")
-        assert "job server did not answer" in lines[0], lines[0]
-        assert rows_of(lines, "FUNCTION")["alpha"][1] == "-"
-    finally:
-        if server is not None:
-            os.kill(server, signal.SIGCONT)
-        up.stop()
-
-
-@pytest.mark.timeout(90)
-def test_jobs_per_second_across_a_server_restart_count_the_new_servers_answers(
-    tmp_path: Path,
-) -> None:
-    # A restarted server counts from 0, below the reading before it: top took the difference
-    # as nothing (max 0), and showed 0.0 jobs/s for the 5 s after a restart however busy the
-    # farm was. Prometheus reads a counter that went down as a reset; so does top now.
-    from farm.cli.top import Sampler
-
-    up = FarmUp(tmp_path, POOLS)
-    try:
-        up.expect_notify("READY=1")
-        up.wait_idle({"alpha": 2, "beta": 1})
-        with farm.Client(up.addr) as client:
-            for _ in range(20):
-                client.call("alpha", "ok")
-        sampler = Sampler(up.control)
-        before = sampler.sample()
-        server = next(r["pid"] for r in up.ps() if r["function"] == "server")
-        os.kill(server, signal.SIGKILL)
-
-        def served_again() -> bool:
-            m = scrape(up.metrics_url, check=False)
-            start = get(m, "farm_server_start_time_seconds")
-            restarted = start not in (
-                0,
-                get(before.metrics or {}, "farm_server_start_time_seconds"),
-            )
-            return restarted and get(m, "farm_workers", function="alpha") == 2
-
-        wait_for("the restarted server, alpha's workers back on it", served_again, timeout=30)
-        with farm.Client(up.addr) as client:
-            for _ in range(5):
-                client.call("alpha", "ok")
-        after = sampler.sample()
-        (alpha,) = [row for row in sampler.functions(after) if row.name == "alpha"]
-        assert alpha.rate == pytest.approx(5 / (after.when - before.when))
-    finally:
-        up.stop()
-
-
-@pytest.mark.timeout(90)
-def test_an_endpoint_that_could_not_be_bound_is_not_called_off(tmp_path: Path) -> None:
-    # `farm up` goes on without its endpoint when the port is taken (one warning in its
-    # log); top said "metrics: off ([supervisor] metrics)", sending the operator to a
-    # config that asked for them, and `farm ps --json` showed "metrics": null, no why.
-    up = FarmUp(tmp_path, POOLS, start=False)
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", up.metrics_port))
-        taken.listen()
-        up.start()
-        try:
-            up.expect_notify("READY=1")
-            status = farm_top(up, "--once")[0]
-            assert "off" not in status, status
-            assert f"cannot serve on 127.0.0.1:{up.metrics_port}" in status, status
-            assert "Address already in use" in status, status
-            ps = subprocess.run(
-                [sys.executable, "-m", "farm.cli", "ps", "--json", "--control", up.control],
-                capture_output=True,
-                text=True,
-                env=ENV,
-                timeout=60,
-            )
-            assert ps.returncode == 0, ps.stderr
-            (row,) = [r for r in json.loads(ps.stdout) if r["function"] == "supervisor"]
-            assert row["metrics"] is None
-            assert row["metrics_error"].startswith(f"cannot serve on 127.0.0.1:{up.metrics_port}")
-        finally:
-            up.stop()
-
-
 def test_a_farm_that_is_not_running_is_one_line_and_exit_1(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "farm.cli", "top", "--control", str(tmp_path / "none.sock")]
     run = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=60, input="")
@@ -361,53 +202,4 @@ def test_a_command_pool_is_counted_under_the_function_it_serves(tmp_path: Path) 
         _, queued, running, workers, idle, busy, *_ = functions["rev"]
         assert (queued, running, workers, idle, busy) == ("0", "1", "2", "1", "1")
     finally:
-        up.stop()
-
-
-class _OtherEndpoint(http.server.BaseHTTPRequestHandler):
-    """An HTML page at /page, another program's metrics (Prometheus's own) at /metrics."""
-
-    def do_GET(self) -> None:
-        if self.path == "/page":
-            body, kind = b"<!DOCTYPE html><html><body>Grafana</body></html>\n", "text/html"
-        else:
-            body = b"# TYPE prometheus_build_info gauge\nprometheus_build_info 1\n"
-            kind = "text/plain; version=0.0.4"
-        self.send_response(200)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.mark.timeout(90)
-def test_a_wrong_endpoint_is_named_as_one_not_as_remote_servers_or_silence(tmp_path: Path) -> None:
-    # --metrics at Prometheus's own /metrics read "no job server's numbers here (its job
-    # servers are remote)"; at an HTML page "did not answer (ValueError('invalid metric
-    # name:<!DOCTYPE html>'))", though it answered.
-    up = FarmUp(tmp_path, POOLS)
-    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OtherEndpoint)
-    serving = threading.Thread(target=other.serve_forever, daemon=True)
-    serving.start()
-    base = f"http://127.0.0.1:{other.server_address[1]}"
-    try:
-        up.expect_notify("READY=1")
-        up.wait_idle({"alpha": 2, "beta": 1})
-        status = farm_top(up, "--once", "--metrics", f"{base}/metrics")[0]
-        assert f"{base}/metrics serves no farm metrics" in status, status
-        assert "remote" not in status, status
-        status = farm_top(up, "--once", "--metrics", f"{base}/page")[0]
-        assert f"{base}/page answered with something that is not Prometheus text" in status
-        assert "did not answer" not in status, status
-        # The processes are still shown, their numbers unknown.
-        assert (
-            rows_of(farm_top(up, "--once", "--metrics", f"{base}/page"), "FUNCTION")["alpha"][1]
-            == "-"
-        )
-    finally:
-        other.shutdown()
-        other.server_close()
         up.stop()
