@@ -208,9 +208,15 @@ class CommandJobs:
         connections; a wrapper's child's, and TCP ones, are known when read while it ran."""
         if self.peers_address() is None:
             return
-        served = self.ask_each("served", sorted(proc.peers | {f"pid:{proc.pid}"}))
-        if served is not None:
-            proc.jobs_done = max(proc.jobs_done, served)
+        done = held = 0
+        for line in named_lines("served", sorted(proc.peers | {f"pid:{proc.pid}"})):
+            said = re.match(r"OK ([0-9]+) ([0-9]+)\r?\n", self.ask_server(line) or "")
+            if said is None:
+                return
+            done, held = done + int(said[1]), held + int(said[2])
+        proc.jobs_done = max(proc.jobs_done, done)
+        if held and proc.busy_since is None:  # it left holding one: no clean stop of its own
+            proc.busy_since = time.monotonic()
 
     def read_sockets(self, proc: WorkerProcess, now: float) -> None:
         peers = process_peers(proc.pid, self.server_ports())

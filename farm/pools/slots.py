@@ -345,7 +345,8 @@ class Slot(RestartHistory):
             # below: the job's code chose this exit code (a call's os._exit(3) is no boot
             # failure, os._exit(4) no recycle), the worker only exits 3 or 4 between jobs.
             self.job_crashes += 1
-            how, delay = f"crashed in job {proc.handle}: {how}", self.planned(now)
+            job = f" {proc.handle}" if proc.handle else ""  # a command worker's: unknown
+            how, delay = f"crashed in job{job}: {how}", self.planned(now)
         elif proc.busy_since is not None:  # past them: a crash loop, backed off as one
             how, delay = f"crashed: {how}", self.failed(now)
         elif code == EXIT_DRAINED and proc.served_jobs:

@@ -69,11 +69,14 @@ def _named_workers(server: Hub, args: list[str], command: str) -> list[Writer] |
     if isinstance(named, str):
         return named
     wanted, ports = named
-    return [
+    conns = [
         conn
         for conn in _worker_connections(server)
         if conn.peer_port in ports or peer_name(conn).lower() in wanted
     ]
+    for conn in conns:  # its supervisor's: its end is kept for ``served``
+        conn.watched = True
+    return conns
 
 
 def _names(args: list[str], command: str) -> tuple[set[str], set[int]] | str:
@@ -124,19 +127,19 @@ def killing(server: Hub, args: list[str]) -> str:
 
 
 def served(server: Hub, args: list[str]) -> str:
-    """farm's own (Unix socket only): ``served PEER...`` -- ``OK N``, the jobs ended by the
-    worker connections named, those still open and those closed in the last
-    ENDED_KEPT_FOR seconds (``tcp:PORT`` counts open ones alone). The supervisor asks as it
-    reaps a command worker: one that stopped itself after its jobs closed its connections
-    first, and ``peers`` no longer lists them."""
+    """farm's own (Unix socket only): ``served PEER...`` -- ``OK N H``: the jobs ended by
+    the worker connections named, and the jobs they hold (or held as they closed), those
+    still open and those closed in the last ENDED_KEPT_FOR seconds that a ``peers``,
+    ``drain`` or ``served`` had named while open (``tcp:PORT`` counts open ones alone). The
+    supervisor asks as it reaps a command worker: one that stopped itself after its jobs
+    closed its connections first, and ``peers`` no longer lists them; one that left holding
+    a job did not stop itself cleanly."""
+    live = _named_workers(server, args, "served")
+    if isinstance(live, str):
+        return live
     named = _names(args, "served")
-    if isinstance(named, str):
-        return named
-    wanted, ports = named
-    live = [
-        c
-        for c in _worker_connections(server)
-        if c.peer_port in ports or peer_name(c).lower() in wanted
-    ]
-    ended = sum(server.ended.jobs(name) for name in wanted)
-    return f"OK {sum(c.jobs_done for c in live) + ended}\r\n"
+    assert not isinstance(named, str)  # as _named_workers found
+    ended = [server.ended.jobs(name) for name in named[0]]
+    done = sum(c.jobs_done for c in live) + sum(d for d, _ in ended)
+    held = sum(len(c.running) for c in live) + sum(h for _, h in ended)
+    return f"OK {done} {held}\r\n"

@@ -18,8 +18,9 @@ __all__ = ["EndedPeers", "peer_name", "ENDED_KEPT_FOR", "ENDED_KEPT"]
 #: An ended connection's jobs are kept this long: the supervisor asks within its loop's
 #: turn of reaping the worker. Short, so a pid used again later is not credited with them.
 ENDED_KEPT_FOR = 30.0
-#: At most this many names are kept (the oldest go first): a bound on what many short
-#: connections from local users can make the server hold.
+#: At most this many names are kept (the oldest go first): a bound on what the server holds.
+#: Only connections their supervisor named are kept (``watched``): any local user's short
+#: TCP connections, each ending a job, pushed a pool worker's out before it was asked about.
 ENDED_KEPT = 4096
 
 
@@ -28,6 +29,7 @@ class Peer(Protocol):
     ip: str
     peer_pid: int
     peer_port: int
+    watched: bool
 
 
 def peer_name(conn: Peer) -> str:
@@ -42,33 +44,37 @@ def peer_name(conn: Peer) -> str:
 
 
 class EndedPeers:
-    """Jobs ended by the worker connections closed in the last ``ENDED_KEPT_FOR`` seconds,
-    by peer name (a process's connections added up)."""
+    """Jobs ended, and jobs held as they closed, by the worker connections their supervisor
+    named that closed in the last ``ENDED_KEPT_FOR`` seconds, by peer name (a process's
+    connections added up)."""
 
     def __init__(self) -> None:
-        self._jobs: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._jobs: OrderedDict[str, tuple[int, int, float]] = OrderedDict()
 
-    def note(self, conn: Peer, jobs_done: int) -> None:
-        """``conn`` closed having ended ``jobs_done`` jobs. Only named ends are kept: an
-        ``fd:N`` names the next connection given that descriptor."""
-        if not jobs_done or not (conn.peer_pid or conn.peer_port):
+    def note(self, conn: Peer, jobs_done: int, held: int) -> None:
+        """``conn`` closed having ended ``jobs_done`` jobs, holding ``held``. Only named ends
+        of watched connections are kept: an ``fd:N`` names the next connection given that
+        descriptor."""
+        if not (jobs_done or held) or not conn.watched or not (conn.peer_pid or conn.peer_port):
             return
         now = monotonic()
         self._expire(now)
         name = peer_name(conn).lower()  # as ``served`` names it
-        before = self._jobs.pop(name, (0, now))[0]
-        self._jobs[name] = (before + jobs_done, now)
+        done, holding, _ = self._jobs.pop(name, (0, 0, now))
+        self._jobs[name] = (done + jobs_done, holding + held, now)
         while len(self._jobs) > ENDED_KEPT:
             self._jobs.popitem(last=False)
 
-    def jobs(self, name: str) -> int:
-        """Jobs ended by the connections named ``name`` that closed lately."""
+    def jobs(self, name: str) -> tuple[int, int]:
+        """Jobs ended, and jobs held as they closed, by the connections named ``name`` that
+        closed lately."""
         self._expire(monotonic())
-        return self._jobs.get(name, (0, 0.0))[0]
+        done, held, _ = self._jobs.get(name, (0, 0, 0.0))
+        return done, held
 
     def _expire(self, now: float) -> None:
         while self._jobs:
-            name, (_, when) = next(iter(self._jobs.items()))
+            name, (_, _, when) = next(iter(self._jobs.items()))
             if now - when <= ENDED_KEPT_FOR:
                 break
             del self._jobs[name]

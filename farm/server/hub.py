@@ -95,6 +95,9 @@ class Writer(Protocol):
     jobs_done: int
     draining: bool
     killed: bool  # admin `killing`: its supervisor kills it now
+    # Named by its supervisor (`peers`/`drain`/`killing`/`served` PEER...): only such
+    # connections' ends are kept for `served` (EndedPeers), which others cannot push out.
+    watched: bool
     running: dict[bytes, Job]
     held: list[HeldReply] | None  # replies held for the store's commits
 
@@ -239,7 +242,7 @@ class Hub:
     def leave(self, conn: Writer, tcp: bool) -> None:
         """An admitted connection (``tcp`` as counted) is gone."""
         self.connections.discard(conn)
-        self.ended.note(conn, conn.jobs_done)
+        self.ended.note(conn, conn.jobs_done, len(conn.running))
         if tcp:
             self.tcp_connections -= 1
 

@@ -114,3 +114,32 @@ def test_a_command_worker_that_exits_0_before_any_job_still_crashes(tmp_path: Pa
         assert get(numbers, "farm_pool_restarts_total", pool="idle", cause="recycle") == 0
     finally:
         up.stop()
+
+
+# Serves argv[1] jobs, then takes one more and exits argv[2] holding it.
+TAKES_ONE_MORE = SELF_RECYCLING.replace(
+    "s.close()\nsys.exit(int(sys.argv[2]))",
+    "while True:\n    s.sendall(pkt(9))\n    t, b = read()\n    if t == 11:\n        break\n"
+    "    if t == 10:\n        s.sendall(pkt(4)); read()\n"
+    "s.close()\nsys.exit(int(sys.argv[2]))",
+)
+
+
+def test_a_command_worker_that_exits_0_holding_a_job_crashed(tmp_path: Path) -> None:
+    # Its exit 0 after 2 jobs read as a recycle, though it left its third job to be run
+    # again (the server's retry): no clean stop of its own, a crash.
+    script = tmp_path / "holding.py"
+    script.write_text(TAKES_ONE_MORE)
+    up = FarmUp(tmp_path, pool(script, "holding", 2, 0))
+    try:
+        up.expect_notify("READY=1")
+        with farm.Client(up.addr) as client:
+            for i in range(3):
+                client.submit("holding", str(i), background=True)
+        (line,) = wait_for("an end logged", lambda: restarts(up)[:1])
+        assert "crashed in job: exited with code 0" in line and "recycled" not in line, line
+        numbers = scrape(up.metrics_url)
+        assert get(numbers, "farm_pool_restarts_total", pool="holding", cause="crash") >= 1
+        assert get(numbers, "farm_pool_restarts_total", pool="holding", cause="recycle") == 0
+    finally:
+        up.stop()

@@ -206,10 +206,44 @@ def test_served_counts_a_workers_jobs_after_its_connection_closed(srv, peers) ->
         worker.send(T.WORK_COMPLETE, handle, "ok")
         assert client.expect(T.WORK_COMPLETE).args == (handle, b"ok")
     name = f"tcp:127.0.0.1:{worker.sock.getsockname()[1]}"
-    assert admin.admin(f"served {name}") == "OK 2\r\n"  # open
+    assert admin.admin(f"served {name}") == "OK 2 0\r\n"  # open: named, so watched
     worker.close()
     wait_for("its connection gone", lambda: name not in admin.admin("peers"))
-    assert admin.admin(f"served {name} pid:1") == "OK 2\r\n"  # closed
-    assert admin.admin("served tcp:1") == "OK 0\r\n"
+    assert admin.admin(f"served {name} pid:1") == "OK 2 0\r\n"  # closed
+    assert admin.admin("served tcp:1") == "OK 0 0\r\n"
     assert admin.admin("served").startswith("ERR INVALID_ARGUMENTS")
     assert connect(srv, peers).admin(f"served {name}").startswith("ERR PERMISSION_DENIED")
+
+
+def test_served_keeps_the_ends_its_supervisor_named_alone_and_a_job_held_as_it_closed(
+    srv, peers
+) -> None:
+    # Any local user's short TCP connections, each ending a job, pushed a pool worker's end
+    # out of the ones kept before its supervisor asked; and a worker that exited 0 holding a
+    # job read as one that stopped itself cleanly (a recycle), its job retried.
+    admin = connect(srv, peers, unix=True)
+    client = connect(srv, peers)
+
+    def worker_with_a_job(finish: bool) -> tuple[Peer, str]:
+        worker = connect(srv, peers)
+        worker.send(T.CAN_DO, "f")
+        client.send(T.SUBMIT_JOB, "f", "", "x")
+        handle = client.expect(T.JOB_CREATED).args[0]
+        worker.send(T.GRAB_JOB)
+        assert worker.expect(T.JOB_ASSIGN).args[0] == handle
+        if finish:
+            worker.send(T.WORK_COMPLETE, handle, "ok")
+            assert client.expect(T.WORK_COMPLETE).args == (handle, b"ok")
+        return worker, f"tcp:127.0.0.1:{worker.sock.getsockname()[1]}"
+
+    stranger, stranger_name = worker_with_a_job(finish=True)
+    assert f"{stranger_name}\t" in admin.admin("peers")  # the whole listing names nobody
+    stranger.close()
+    wait_for("its connection gone", lambda: stranger_name not in admin.admin("peers"))
+    assert admin.admin(f"served {stranger_name}") == "OK 0 0\r\n"
+
+    holder, name = worker_with_a_job(finish=False)
+    assert f"{name}\t" in admin.admin(f"peers {name}")  # its supervisor names it
+    holder.close()
+    wait_for("its connection gone", lambda: name not in admin.admin("peers"))
+    assert admin.admin(f"served {name}") == "OK 0 1\r\n"
