@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import ssl
 import stat
+import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import TypeVar
 
 from farm.errors import ConfigError, TLSFileError
@@ -28,41 +31,71 @@ def tls_context(
     """A client-side TLS context: verify the server against ``ca`` (or the system's CAs),
     and present ``cert``/``key`` when the server requires client certificates; ``names``
     are the CA's and the certificate's in an error."""
-    ctx = load_tls_file(names[0], ca, lambda: ssl.create_default_context(cafile=ca))
+    ctx = load_tls_file(names[0], ca, lambda p, _: ssl.create_default_context(cafile=p))
     if cert:
-        load_tls_file(names[1], cert, lambda: ctx.load_cert_chain(cert, key), key=key)
+        load_tls_file(names[1], cert, lambda p, k: ctx.load_cert_chain(str(p), k), key=key)
     return ctx
 
 
+#: Seconds a pipe given as a TLS file (``<(sops -d key.pem)``) may take to say something.
+PIPE_WAIT = 5.0
+
+
 def load_tls_file(
-    what: str, path: str | None, load: Callable[[], T], *, key: str | None = None
+    what: str,
+    path: str | None,
+    load: Callable[[str | None, str | None], T],
+    *,
+    key: str | None = None,
 ) -> T:
-    """Run ``load`` of ``path`` (and of ``key``, a certificate's key file where it is apart);
-    a file it cannot use becomes TLSFileError naming the file (OpenSSL's own errors do not,
+    """Run ``load(path, key)`` (``key``: a certificate's key file where it is apart); a
+    file it cannot use becomes TLSFileError naming the file (OpenSSL's own errors do not,
     and ``[Errno 2] No such file or directory`` alone helps nobody)."""
-    for name in (path, key):
-        if name:
-            _check_regular(what, name)
-    try:
-        return load()
-    except ssl.SSLError as exc:  # "[SSL] PEM lib (_ssl.c:3905)": OpenSSL's words for not PEM
-        reason = re.sub(r" \(_ssl\.c:\d+\)$", "", str(exc.args[-1]))
-        if "PEM lib" in reason:
-            reason = "not a PEM certificate, or its key is not PEM; check both files"
-        raise TLSFileError(f"TLS {what} {path}: {reason}") from None
-    except OSError as exc:
-        raise TLSFileError(f"TLS {what} {path}: {exc.strerror or exc}") from None
+    with ExitStack() as opened:
+        try:
+            return load(*(_readable(what, name, opened) for name in (path, key)))
+        except ssl.SSLError as exc:  # "[SSL] PEM lib (_ssl.c:3905)": OpenSSL's for not PEM
+            reason = re.sub(r" \(_ssl\.c:\d+\)$", "", str(exc.args[-1]))
+            if "PEM lib" in reason:
+                reason = "not a PEM certificate, or its key is not PEM; check both files"
+            raise TLSFileError(f"TLS {what} {path}: {reason}") from None
+        except OSError as exc:
+            raise TLSFileError(f"TLS {what} {path}: {exc.strerror or exc}") from None
 
 
-def _check_regular(what: str, path: str) -> None:
-    """TLSFileError where ``path`` is there and no regular file: OpenSSL's open of a FIFO
-    waits for a writer, and the server's start or the CLI's call with it, for ever."""
+def _readable(what: str, path: str | None, opened: ExitStack) -> str | None:
+    """``path`` as OpenSSL may open it: a regular file as it is; a pipe (process
+    substitution keeping a key off the disk) read here within PIPE_WAIT and handed on as a
+    file in memory, since OpenSSL's open of a pipe no one writes to waited for ever, and a
+    pipe is read once; anything else a TLSFileError naming it."""
     try:
-        info = os.stat(path)  # a stat, not an open: it never waits (links followed, as ssl's)
+        info = os.stat(path) if path else None  # a stat never waits (links followed, as ssl's)
     except OSError:
-        return  # missing, or not ours to read: ``load`` says so, naming the file
-    if not stat.S_ISREG(info.st_mode):
+        return path  # missing, or not ours to read: ``load`` says so, naming the file
+    if info is None or stat.S_ISREG(info.st_mode):
+        return path
+    assert path is not None
+    if not stat.S_ISFIFO(info.st_mode):
         raise TLSFileError(f"TLS {what} {path}: not a regular file; name a PEM file")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO's open with no writer waits
+    opened.callback(os.close, fd)
+    data, deadline = bytearray(), time.monotonic() + PIPE_WAIT
+    while (left := deadline - time.monotonic()) > 0:
+        # A FIFO never written to polls as nothing at all; one whose writer left, as POLLHUP.
+        if not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            if data:
+                memory = os.memfd_create("farm-tls")
+                opened.callback(os.close, memory)
+                os.write(memory, data)
+                return f"/proc/self/fd/{memory}"
+            break
+        data += chunk
+    raise TLSFileError(
+        f"TLS {what} {path}: a pipe that gave no whole file within {PIPE_WAIT:g}s; name a PEM file"
+    )
 
 
 def tls_from_env() -> ssl.SSLContext | None:

@@ -128,9 +128,10 @@ class Server:
             return None
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         cert, key, ca = opts.tls_cert, opts.tls_key, opts.tls_ca
-        load_tls_file("--tls-cert/--tls-key", cert, lambda: ctx.load_cert_chain(cert, key), key=key)
+        chain = lambda p, k: ctx.load_cert_chain(str(p), k)  # noqa: E731
+        load_tls_file("--tls-cert/--tls-key", cert, chain, key=key)
         if ca:
-            load_tls_file("--tls-ca", ca, lambda: ctx.load_verify_locations(ca))
+            load_tls_file("--tls-ca", ca, lambda p, _: ctx.load_verify_locations(p))
             ctx.verify_mode = ssl.CERT_REQUIRED
         return ctx
 
