@@ -81,6 +81,7 @@ class Sampler:
     def sample(self) -> Sample:
         """Raises ControlUnavailable when no supervisor answers."""
         import http.client  # here, as scrape's urllib: they cost every other command's start
+        import urllib.error
 
         from farm.pools.control import request
 
@@ -98,6 +99,8 @@ class Sampler:
                 # It answered: "did not answer (ValueError('invalid metric name:<!DOCTYPE"
                 # sent the operator after a server that was up, at the wrong address.
                 note = f"metrics: {url} answered with something that is not Prometheus text"
+            except urllib.error.HTTPError as exc:  # an OSError, though it answered
+                note = f"metrics: {url} answered HTTP {exc.code} (is the path /metrics?)"
             except (OSError, ValueError, http.client.HTTPException) as exc:
                 # HTTPException: not an HTTP server there, or a reply cut off by a restart.
                 note = f"metrics: {url} did not answer ({exc!r})"

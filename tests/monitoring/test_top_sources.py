@@ -147,9 +147,13 @@ def test_an_endpoint_that_could_not_be_bound_is_not_called_off(tmp_path: Path) -
 
 
 class _OtherEndpoint(http.server.BaseHTTPRequestHandler):
-    """An HTML page at /page, another program's metrics (Prometheus's own) at /metrics."""
+    """An HTML page at /page, another program's metrics (Prometheus's own) at /metrics, a
+    404 at /nowhere."""
 
     def do_GET(self) -> None:
+        if self.path == "/nowhere":
+            self.send_error(404)
+            return
         if self.path == "/page":
             body, kind = b"<!DOCTYPE html><html><body>Grafana</body></html>\n", "text/html"
         else:
@@ -184,6 +188,9 @@ def test_a_wrong_endpoint_is_named_as_one_not_as_remote_servers_or_silence(tmp_p
         status = farm_top(up, "--once", "--metrics", f"{base}/page")[0]
         assert f"{base}/page answered with something that is not Prometheus text" in status
         assert "did not answer" not in status, status
+        # An HTTP error is an answer too: it read "did not answer (<HTTPError 404 ...>)".
+        status = farm_top(up, "--once", "--metrics", f"{base}/nowhere")[0]
+        assert f"{base}/nowhere answered HTTP 404 (is the path /metrics?)" in status, status
         # The processes are still shown, their numbers unknown.
         assert (
             rows_of(farm_top(up, "--once", "--metrics", f"{base}/page"), "FUNCTION")["alpha"][1]
