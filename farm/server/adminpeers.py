@@ -69,14 +69,12 @@ def _named_workers(server: Hub, args: list[str], command: str) -> list[Writer] |
     if isinstance(named, str):
         return named
     wanted, ports = named
-    conns = [
+    server.ended.watch(wanted, ports)  # its supervisor's: their ends are kept for ``served``
+    return [
         conn
         for conn in _worker_connections(server)
         if conn.peer_port in ports or peer_name(conn).lower() in wanted
     ]
-    for conn in conns:  # its supervisor's: its end is kept for ``served``
-        conn.watched = True
-    return conns
 
 
 def _names(args: list[str], command: str) -> tuple[set[str], set[int]] | str:

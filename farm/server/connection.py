@@ -79,7 +79,6 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, PeerOptions, a
         self.peer_port = 0
         self.jobs_done = 0  # jobs this connection ended (WORK_COMPLETE / FAIL / EXCEPTION)
         self.draining = False  # admin `drain`: no more jobs for it (Sleepers.drain)
-        self.watched = False  # named by its supervisor: its end is kept (EndedPeers)
         self.killed = False  # admin `killing`: its death is its supervisor's, not its job's
         # What the job model reads and writes (see jobs.Peer).
         self.abilities: dict[bytes, float] = {}

@@ -19,8 +19,9 @@ __all__ = ["EndedPeers", "peer_name", "ENDED_KEPT_FOR", "ENDED_KEPT"]
 #: turn of reaping the worker. Short, so a pid used again later is not credited with them.
 ENDED_KEPT_FOR = 30.0
 #: At most this many names are kept (the oldest go first): a bound on what the server holds.
-#: Only connections their supervisor named are kept (``watched``): any local user's short
-#: TCP connections, each ending a job, pushed a pool worker's out before it was asked about.
+#: Only the ends of connections named by their supervisor's questions are kept (``watch``):
+#: any local user's short TCP connections, each ending a job, pushed a pool worker's out
+#: before it was asked about. As many names asked about are remembered, the latest asked.
 ENDED_KEPT = 4096
 
 
@@ -29,7 +30,6 @@ class Peer(Protocol):
     ip: str
     peer_pid: int
     peer_port: int
-    watched: bool
 
 
 def peer_name(conn: Peer) -> str:
@@ -50,16 +50,31 @@ class EndedPeers:
 
     def __init__(self) -> None:
         self._jobs: OrderedDict[str, tuple[int, int, float]] = OrderedDict()
+        # The names (``pid:N``, ``tcp:IP:PORT``) and the ports (``tcp:PORT``) the supervisor
+        # asked about, the latest last. Names, not connections: a worker's connection that
+        # registered after the question that named it, or one made again under its pid.
+        self._watched: OrderedDict[str | int, None] = OrderedDict()
+
+    def watch(self, names: set[str], ports: set[int]) -> None:
+        """The supervisor named these (``peers``/``drain``/``killing``/``served``)."""
+        asked: list[str | int] = [*names, *ports]
+        for name in asked:
+            self._watched.pop(name, None)
+            self._watched[name] = None
+        while len(self._watched) > ENDED_KEPT:
+            self._watched.popitem(last=False)
 
     def note(self, conn: Peer, jobs_done: int, held: int) -> None:
         """``conn`` closed having ended ``jobs_done`` jobs, holding ``held``. Only named ends
-        of watched connections are kept: an ``fd:N`` names the next connection given that
+        the supervisor asked about are kept: an ``fd:N`` names the next connection given that
         descriptor."""
-        if not (jobs_done or held) or not conn.watched or not (conn.peer_pid or conn.peer_port):
+        if not (jobs_done or held) or not (conn.peer_pid or conn.peer_port):
+            return
+        name = peer_name(conn).lower()  # as ``served`` names it
+        if name not in self._watched and conn.peer_port not in self._watched:
             return
         now = monotonic()
         self._expire(now)
-        name = peer_name(conn).lower()  # as ``served`` names it
         done, holding, _ = self._jobs.pop(name, (0, 0, now))
         self._jobs[name] = (done + jobs_done, holding + held, now)
         while len(self._jobs) > ENDED_KEPT:

@@ -95,9 +95,6 @@ class Writer(Protocol):
     jobs_done: int
     draining: bool
     killed: bool  # admin `killing`: its supervisor kills it now
-    # Named by its supervisor (`peers`/`drain`/`killing`/`served` PEER...): only such
-    # connections' ends are kept for `served` (EndedPeers), which others cannot push out.
-    watched: bool
     running: dict[bytes, Job]
     held: list[HeldReply] | None  # replies held for the store's commits
 

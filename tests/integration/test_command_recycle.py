@@ -143,3 +143,59 @@ def test_a_command_worker_that_exits_0_holding_a_job_crashed(tmp_path: Path) -> 
         assert get(numbers, "farm_pool_restarts_total", pool="holding", cause="recycle") == 0
     finally:
         up.stop()
+
+
+# Two connections: A registers at once (the supervisor's first look at its sockets names
+# both), B registers half a second later and does every job; after argv[1] it exits argv[2].
+TWO_CONNECTIONS = """\
+import os, socket, struct, sys, time
+host, port = os.environ["FARM_SERVERS"].split(",")[0].rsplit(":", 1)
+fn = os.environ["FARM_FUNCTION"].split(",")[0].encode()
+a = socket.create_connection((host, int(port)))
+s = socket.create_connection((host, int(port)))
+def pkt(t, *x):
+    b = b"\\0".join(x)
+    return b"\\0REQ" + struct.pack(">II", t, len(b)) + b
+def read():
+    h = b""
+    while len(h) < 12:
+        h += s.recv(12 - len(h))
+    t, n = struct.unpack(">II", h[4:])
+    b = b""
+    while len(b) < n:
+        b += s.recv(n - len(b))
+    return t, b
+a.sendall(pkt(1, fn))
+time.sleep(0.5)
+s.sendall(pkt(1, fn))
+a.sendall(pkt(2, fn))  # CANT_DO on A: the jobs go to B
+done = 0
+while done < int(sys.argv[1]):
+    s.sendall(pkt(9))
+    t, b = read()
+    if t == 10:
+        s.sendall(pkt(4)); read()
+    elif t == 11:
+        s.sendall(pkt(13, b.split(b"\\0")[0], b"ok")); done += 1
+s.close(); a.close()
+sys.exit(int(sys.argv[2]))
+"""
+
+
+def test_the_jobs_of_a_connection_that_registered_after_the_first_look_count(
+    tmp_path: Path,
+) -> None:
+    # The server kept the end of a connection only if it had registered when the supervisor
+    # first named it: B's 3 jobs were lost, and its clean exit 0 read as a crash, "0 jobs".
+    script = tmp_path / "two.py"
+    script.write_text(TWO_CONNECTIONS)
+    up = FarmUp(tmp_path, pool(script, "two", JOBS_EACH, 0))
+    try:
+        up.expect_notify("READY=1")
+        with farm.Client(up.addr) as client:
+            for i in range(JOBS_EACH):
+                assert client.call("two", str(i), timeout=30) == b"ok"
+        (line,) = wait_for("its end logged", lambda: restarts(up)[:1])
+        assert f"was recycled (exited with code 0 after {JOBS_EACH} jobs)" in line, line
+    finally:
+        up.stop()
