@@ -37,8 +37,10 @@ def tls_context(
     return ctx
 
 
-#: Seconds a pipe given as a TLS file (``<(sops -d key.pem)``) may take to say something.
+#: Seconds a pipe given as a TLS file (``<(sops -d key.pem)``) may take to give it whole,
+#: and the bytes it may give (a certificate chain is a few kB).
 PIPE_WAIT = 5.0
+PIPE_MAX = 1 << 20
 
 
 def load_tls_file(
@@ -80,19 +82,23 @@ def _readable(what: str, path: str | None, opened: ExitStack) -> str | None:
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO's open with no writer waits
     opened.callback(os.close, fd)
     data, deadline = bytearray(), time.monotonic() + PIPE_WAIT
-    while (left := deadline - time.monotonic()) > 0:
+    waiting = select.poll()  # not select(): a descriptor past 1024 is one it cannot take
+    waiting.register(fd, select.POLLIN)
+    while (left := deadline - time.monotonic()) > 0 and len(data) <= PIPE_MAX:
         # A FIFO never written to polls as nothing at all; one whose writer left, as POLLHUP.
-        if not select.select([fd], [], [], left)[0]:
+        if not waiting.poll(left * 1000):
             break
         chunk = os.read(fd, 65536)
         if not chunk:
-            if data:
-                memory = os.memfd_create("farm-tls")
-                opened.callback(os.close, memory)
-                os.write(memory, data)
-                return f"/proc/self/fd/{memory}"
-            break
+            if not data:
+                raise TLSFileError(f"TLS {what} {path}: a pipe that ended empty; name a PEM file")
+            memory = os.memfd_create("farm-tls")
+            opened.callback(os.close, memory)
+            os.write(memory, data)
+            return f"/proc/self/fd/{memory}"
         data += chunk
+    if len(data) > PIPE_MAX:  # /dev/zero's pipe took the process's memory in seconds
+        raise TLSFileError(f"TLS {what} {path}: a pipe that gave over {PIPE_MAX >> 20} MiB")
     raise TLSFileError(
         f"TLS {what} {path}: a pipe that gave no whole file within {PIPE_WAIT:g}s; name a PEM file"
     )

@@ -100,7 +100,8 @@ class Sampler:
                 # sent the operator after a server that was up, at the wrong address.
                 note = f"metrics: {url} answered with something that is not Prometheus text"
             except urllib.error.HTTPError as exc:  # an OSError, though it answered
-                note = f"metrics: {url} answered HTTP {exc.code} (is the path /metrics?)"
+                why = "is the path /metrics?" if exc.code == 404 else exc.reason
+                note = f"metrics: {url} answered HTTP {exc.code} ({why})"
             except (OSError, ValueError, http.client.HTTPException) as exc:
                 # HTTPException: not an HTTP server there, or a reply cut off by a restart.
                 note = f"metrics: {url} did not answer ({exc!r})"

@@ -18,6 +18,7 @@ import pytest
 import farm
 from farm import protocol as p
 from farm.client.admin import admin_query
+from farm.errors import TLSFileError
 from farm.protocol import PacketType as T
 from farm.tlsfiles import tls_context
 from tests.helpers import ROOT
@@ -245,6 +246,30 @@ def test_a_pem_file_through_a_pipe_is_read_as_process_substitution_hands_it(
     for writer in writers:
         writer.join(10)
         assert not writer.is_alive()
+
+
+@pytest.mark.parametrize(
+    ("gives", "said"),
+    [(b"", "a pipe that ended empty"), (b"0" * (3 << 20), "a pipe that gave over 1 MiB")],
+)
+def test_a_pipe_that_gives_nothing_or_too_much_is_one_line(
+    tmp_path: Path, gives: bytes, said: str
+) -> None:
+    # `<(cat /dev/zero)` took the process's memory in seconds: a pipe is read to 1 MiB at most.
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+
+    def write() -> None:
+        with contextlib.suppress(BrokenPipeError), open(pipe, "wb") as out:
+            out.write(gives)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    with pytest.raises(TLSFileError, match=said) as raised:
+        tls_context(ca=str(pipe))
+    assert str(pipe) in str(raised.value)
+    writer.join(10)
+    assert not writer.is_alive()
 
 
 def test_farm_status_and_jobs_speak_tls_from_the_environment(tls_server: Server, pki: Path) -> None:
