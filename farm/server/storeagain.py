@@ -15,7 +15,7 @@ import sqlite3
 from pathlib import Path
 
 from farm.server.reserve import DiskReserve
-from farm.server.storecheck import read_rows, split_damaged
+from farm.server.storecheck import ASIDE_TABLE, copy_aside, read_rows, split_damaged
 from farm.server.storeopen import open_database
 from farm.server.storesql import write_rows
 
@@ -43,6 +43,9 @@ def make_again(
             # The same ids: the jobs in memory delete their rows by them.
             adds = [(*row[:8], row[9]) for row in rows]
             write_rows(new, adds, {row[0]: row[8] for row in rows if row[8]}, [])
+            # The rows kept aside for the operator, never run nor deleted, kept there too
+            # (dropped before, unsaid); with any that fail their checksum now.
+            kept = copy_aside(db, new, damaged, path)
         finally:
             new.close()  # its WAL copied in and removed: the file alone holds it all
     except BaseException:
@@ -63,7 +66,7 @@ def make_again(
         " jobs it held%s",
         path,
         len(rows),
-        f" ({len(damaged)} that failed their checksum left out)" if damaged else "",
+        f" ({kept} that failed their checksum kept in its table {ASIDE_TABLE})" if kept else "",
     )
     return again
 

@@ -31,7 +31,15 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["ASIDE_TABLE", "kept_aside", "read_rows", "row_checksum", "set_aside", "split_damaged"]
+__all__ = [
+    "ASIDE_TABLE",
+    "copy_aside",
+    "kept_aside",
+    "read_rows",
+    "row_checksum",
+    "set_aside",
+    "split_damaged",
+]
 
 log = logging.getLogger("farm.server")
 
@@ -179,6 +187,56 @@ def set_aside(db: sqlite3.Connection, path: str, damaged: list[Any]) -> bool:
             where,
         )
     return moved
+
+
+#: The columns of ``damaged_jobs``, in its schema's order.
+_ASIDE_COLUMNS = (
+    "aside, id, function, uniq, data, priority, reducer, run_at, created, retries, local,"
+    " checksum, set_aside"
+)
+
+
+def copy_aside(
+    old: sqlite3.Connection, new: sqlite3.Connection, damaged: list[Any], path: str
+) -> int:
+    """The rows ``old`` keeps aside, as they are, and ``damaged`` (rows of ``jobs`` that
+    fail their checksum now), written into ``new``'s ``damaged_jobs`` in one transaction:
+    the store made again (farm.server.storeagain) keeps them for the operator, and its next
+    start says they are there. How many it holds. Old's table unreadable is said and left:
+    it must not keep the jobs from their new store (as ``kept_aside`` at a start)."""
+    factory = old.text_factory
+    old.text_factory = bytes  # as read_rows: damage that made a BLOB TEXT keeps its bytes
+    try:
+        kept = old.execute(f"SELECT {_ASIDE_COLUMNS} FROM {ASIDE_TABLE}").fetchall()
+    except sqlite3.Error as exc:
+        if "no such table" not in str(exc):  # none ever was: nothing to say
+            log.error(
+                "the job store %s: its table %s cannot be read (%s); not kept in the store"
+                " made again",
+                path,
+                ASIDE_TABLE,
+                exc,
+            )
+        kept = []
+    finally:
+        old.text_factory = factory
+    if not kept and not damaged:
+        return 0
+    values = ", ".join(["?"] * 13)
+    now = time.time()
+    new.execute("BEGIN IMMEDIATE")
+    try:
+        new.execute(_ASIDE_SCHEMA)
+        new.executemany(f"INSERT INTO {ASIDE_TABLE} ({_ASIDE_COLUMNS}) VALUES ({values})", kept)
+        new.executemany(
+            f"INSERT INTO {ASIDE_TABLE} ({_ASIDE_COLUMNS}) VALUES (NULL, {values[3:]})",
+            [(*row, now) for row in damaged],
+        )
+        new.execute("COMMIT")
+    except BaseException:
+        new.execute("ROLLBACK")
+        raise
+    return len(kept) + len(damaged)
 
 
 def kept_aside(db: sqlite3.Connection, path: str) -> int:

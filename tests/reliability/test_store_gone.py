@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -298,3 +299,38 @@ def test_a_store_that_filled_a_small_disk_takes_jobs_again_once_they_finished(
         assert jobs.commit_store() == [], store.broken
         assert store.broken is None
         store.close()
+
+
+def test_a_store_made_again_keeps_its_damaged_jobs_aside(tmp_path: Path) -> None:
+    # The rows that failed their checksum are kept in damaged_jobs for the operator, never
+    # run nor deleted; the store made again after an rm held its jobs alone, and those rows
+    # were gone without a word (nor the start's warning that they are there).
+    db, log = tmp_path / "q.db", tmp_path / "server.log"
+    store = SQLiteStore(db)
+    store.add(b"H:t:1", b"f", b"damaged-one", b"payload-to-be-damaged", 1, None, 0.0, True)
+    store.commit()
+    store.close()
+    raw = bytearray(db.read_bytes())
+    raw[raw.index(b"payload-to-be-damaged") + 3] ^= 0x20  # a failing disk's flipped bit
+    db.write_bytes(bytes(raw))
+    srv = start_with_store(db, args=["-v", "-l", str(log)])
+    try:
+        wait_for("the row set aside", says(log, "kept in its table damaged_jobs"))
+        client = Peer(srv.addr)
+        for side in ("", "-wal"):
+            Path(f"{db}{side}").unlink()
+        client.send(T.SUBMIT_JOB_BG, "nobody", "after", "after")
+        assert client.recv().type == T.JOB_CREATED
+        wait_for("the store made again", says(log, "was deleted while"))
+    finally:
+        srv.stop()
+    with sqlite3.connect(db) as kept:
+        aside = kept.execute("SELECT function, uniq FROM damaged_jobs").fetchall()
+    kept.close()
+    assert aside == [(b"f", b"damaged-one")], "the damaged job was dropped"
+    again = start_with_store(db, args=["-l", str(tmp_path / "again.log")])
+    try:
+        assert status(Peer, again)["nobody"] == (1, 0, 0)
+    finally:
+        again.stop()
+    assert "keeps 1 job aside that failed its checksum" in (tmp_path / "again.log").read_text()
