@@ -334,3 +334,54 @@ def test_a_store_made_again_keeps_its_damaged_jobs_aside(tmp_path: Path) -> None
     finally:
         again.stop()
     assert "keeps 1 job aside that failed its checksum" in (tmp_path / "again.log").read_text()
+
+
+@pytest.mark.parametrize("then", ["cleared", "stop"])
+def test_a_store_made_again_that_cannot_be_put_at_its_path_keeps_its_jobs(
+    tmp_path: Path, then: str
+) -> None:
+    # The store made again is written under a name of its own (q.db-again), the deleted
+    # one's connection closed, then renamed in. A failure after that close (here: a
+    # directory where the deleted store's WAL was, which cannot be cleared) left the store
+    # failing until a restart, its jobs only in q.db-again, which no start reads, and
+    # nothing said where they were. "cleared": the obstacle goes, the store goes in place;
+    # "stop": the server stops first, and its log says where the jobs are.
+    db, log = tmp_path / "q.db", tmp_path / "server.log"
+    srv = start_with_store(db, args=["-v", "-l", str(log)])
+    try:
+        client = Peer(srv.addr)
+        for i in range(5):
+            client.send(T.SUBMIT_JOB_BG, "f", f"u{i}", f"job{i}")
+            assert client.recv().type == T.JOB_CREATED
+        wal = Path(f"{db}-wal")
+        wal.unlink()  # first, with the obstacle put there: the look sees both at once
+        wal.mkdir()
+        db.unlink()
+        aside = f"{db}-again"
+        wait_for("the log to name where the jobs are", says(log, f"are in {aside}"), 10)
+        assert f"ERROR the job store {db}" in log.read_text()
+        # A job finishing meanwhile: its delete is written where the jobs are.
+        worker = Peer(srv.addr)
+        worker.send(T.CAN_DO, "f")
+        worker.send(T.GRAB_JOB)
+        job = worker.recv()
+        assert job.type == T.JOB_ASSIGN, job
+        worker.send(T.WORK_COMPLETE, job.args[0], b"")
+        worker.send(T.ECHO_REQ, "sync")
+        assert worker.recv().type == T.ECHO_RES
+        worker.close()
+        if then == "cleared":
+            wal.rmdir()
+            wait_for("the store put at its path", says(log, f"is at its path {db}"), 10)
+            assert not Path(aside).exists()
+    finally:
+        srv.stop()
+    if then == "stop":
+        assert Path(aside).exists() and f"are in {aside}" in log.read_text()
+        wal.rmdir()
+        Path(aside).rename(db)  # what the log says to do before a start
+    again = start_with_store(db)
+    try:
+        assert status(Peer, again)["f"] == (4, 0, 0), "acknowledged jobs lost"
+    finally:
+        again.stop()
