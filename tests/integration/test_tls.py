@@ -18,14 +18,12 @@ import pytest
 import farm
 from farm import protocol as p
 from farm.client.admin import admin_query
-from farm.errors import TLSFileError
 from farm.protocol import PacketType as T
 from farm.tlsfiles import tls_context
 from tests.helpers import ROOT
 from tests.helpers.servers import (
     Server,
     connect,
-    free_port,
     start_farm_server,
     start_with_store,
 )
@@ -166,110 +164,6 @@ def test_client_certificates_can_be_required(pki: Path) -> None:
         thread.join(10)
     finally:
         srv.stop()
-
-
-def test_a_missing_tls_file_is_named(tmp_path: Path) -> None:
-    missing = str(tmp_path / "nowhere.pem")
-    with pytest.raises(farm.FarmError, match=f"TLS certificate {missing}: No such file"):
-        tls_context(None, missing, missing)
-    result = subprocess.run(
-        [sys.executable, "-m", "farm.server", "-p", str(free_port()), "--store", "none"]
-        + ["--tls-cert", missing, "--tls-key", missing],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-    )
-    assert result.returncode == 2 and missing in result.stderr, result.stderr
-
-
-@pytest.mark.parametrize(
-    ("argv", "variables", "said"),
-    [
-        (["status"], {"FARM_TLS_CA": "fifo"}, "TLS CA file ($FARM_TLS_CA) {fifo}"),
-        (["status"], {"FARM_TLS_CERT": "fifo"}, "($FARM_TLS_CERT, $FARM_TLS_KEY) {fifo}"),
-        (["status"], {"FARM_TLS_CERT": "server.pem", "FARM_TLS_KEY": "fifo"}, "$FARM_TLS_KEY"),
-        (["server", "--tls-cert", "fifo", "--tls-key", "fifo"], {}, "--tls-cert/--tls-key {fifo}"),
-        (["server", "--tls-cert", "server.pem", "--tls-key", "fifo"], {}, "--tls-key {fifo}"),
-        (
-            ["server", "--tls-cert", "server.pem", "--tls-key", "server.key", "--tls-ca", "fifo"],
-            {},
-            "--tls-ca {fifo}",
-        ),
-    ],
-)
-def test_a_fifo_as_a_tls_file_is_refused_not_waited_on(
-    tmp_path: Path, pki: Path, argv: list[str], variables: dict[str, str], said: str
-) -> None:
-    # OpenSSL's open of a FIFO waited for a writer: `farm status` with $FARM_TLS_CA on one,
-    # and `farm server --tls-cert` on one, hung for ever.
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    files = {"fifo": str(fifo), **{name: str(pki / name) for name in ("server.pem", "server.key")}}
-    argv = [files.get(arg, arg) for arg in argv]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FARM_", "GEARMAN_"))}
-    env.update(PYTHONPATH=str(ROOT), FARM_SERVERS="127.0.0.1:1")  # nothing to reach
-    env.update({name: files[file] for name, file in variables.items()})
-    if argv[0] == "server":
-        argv += ["-p", str(free_port()), "--store", "none", "-l", "none"]
-    out = subprocess.run(
-        [sys.executable, "-m", "farm", *argv],
-        capture_output=True, text=True, timeout=30, env=env, cwd=ROOT,
-    )  # fmt: skip
-    assert out.returncode == 2, (out.returncode, out.stderr)
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and said.format(fifo=fifo) in lines[0], out.stderr
-    assert "a pipe that gave no whole file within 5s" in lines[0], out.stderr
-
-
-def test_a_pem_file_through_a_pipe_is_read_as_process_substitution_hands_it(
-    tmp_path: Path, pki: Path
-) -> None:
-    # `--tls-key <(sops -d key.pem)` keeps a key off the disk: a pipe with a writer, read
-    # once. Refusing every file that is not regular refused these too.
-    pipes = {}
-    for name in ("ca.pem", "client.pem", "client.key"):
-        pipes[name] = tmp_path / f"pipe-{name}"
-        os.mkfifo(pipes[name])
-
-    def write(name: str) -> None:
-        with open(pipes[name], "wb") as pipe:  # waits for the reader, as bash's writer does
-            pipe.write((pki / name).read_bytes())
-
-    writers = [threading.Thread(target=write, args=(n,), daemon=True) for n in pipes]
-    for writer in writers:
-        writer.start()
-    ctx = tls_context(
-        ca=str(pipes["ca.pem"]), cert=str(pipes["client.pem"]), key=str(pipes["client.key"])
-    )
-    assert ctx.get_ca_certs(), "the CA read from its pipe"
-    for writer in writers:
-        writer.join(10)
-        assert not writer.is_alive()
-
-
-@pytest.mark.parametrize(
-    ("gives", "said"),
-    [(b"", "a pipe that ended empty"), (b"0" * (3 << 20), "a pipe that gave over 1 MiB")],
-)
-def test_a_pipe_that_gives_nothing_or_too_much_is_one_line(
-    tmp_path: Path, gives: bytes, said: str
-) -> None:
-    # `<(cat /dev/zero)` took the process's memory in seconds: a pipe is read to 1 MiB at most.
-    pipe = tmp_path / "pipe"
-    os.mkfifo(pipe)
-
-    def write() -> None:
-        with contextlib.suppress(BrokenPipeError), open(pipe, "wb") as out:
-            out.write(gives)
-
-    writer = threading.Thread(target=write, daemon=True)
-    writer.start()
-    with pytest.raises(TLSFileError, match=said) as raised:
-        tls_context(ca=str(pipe))
-    assert str(pipe) in str(raised.value)
-    writer.join(10)
-    assert not writer.is_alive()
 
 
 def test_farm_status_and_jobs_speak_tls_from_the_environment(tls_server: Server, pki: Path) -> None:
