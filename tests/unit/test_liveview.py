@@ -186,12 +186,12 @@ def test_a_frame_on_an_80_column_terminal_cuts_no_number() -> None:
     assert any("left out" in line for line in lines), lines  # what did not fit is named
 
 
-def test_many_functions_leave_the_processes_room_on_the_screen() -> None:
-    # 60 functions on a 30-line screen filled it: the process table and the keys line
-    # were cut off below, and `farm top` showed no process at all.
-    functions = [
+def queued_functions(count: int, name: str) -> list[FunctionRow]:
+    """``count`` functions named ``name.format(i)``, the i-th with i jobs queued, one idle
+    worker each, nothing else: rows that fill a screen's height, not its width."""
+    return [
         FunctionRow(
-            name=f"fn{i:02}",
+            name=name.format(i),
             queued=i,
             running=0,
             workers=1,
@@ -204,8 +204,14 @@ def test_many_functions_leave_the_processes_room_on_the_screen() -> None:
             refused=0,
             dropped=0,
         )
-        for i in range(60)
+        for i in range(count)
     ]
+
+
+def test_many_functions_leave_the_processes_room_on_the_screen() -> None:
+    # 60 functions on a 30-line screen filled it: the process table and the keys line
+    # were cut off below, and `farm top` showed no process at all.
+    functions = queued_functions(60, "fn{:02}")
     processes = [{**ROWS[2], "pid": 100 + i, "slot": i} for i in range(16)]
     console = Console(width=120, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
     console.print(frame(functions, processes, status="farm", height=30, width=120, sort="queued"))
@@ -259,23 +265,7 @@ def test_metrics_takes_host_port_or_an_http_url() -> None:
 def test_a_narrow_terminal_names_every_column_it_leaves_out() -> None:
     # The note under a table was cut to one line: at 40 columns it read "IDLE, BUSY, JOBS/S,
     # P50, P99, FAIL…", and FAILED, REFUSED, DROPPED were never named.
-    functions = [
-        FunctionRow(
-            name=f"fn{i}",
-            queued=i,
-            running=0,
-            workers=1,
-            idle=1,
-            busy=0,
-            rate=None,
-            p50=None,
-            p99=None,
-            failures=0,
-            refused=0,
-            dropped=0,
-        )
-        for i in range(8)
-    ]
+    functions = queued_functions(8, "fn{}")
     processes = [{**ROWS[2], "pid": 100 + i, "slot": i} for i in range(8)]
     for height in (None, 24):
         console = Console(width=40, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
