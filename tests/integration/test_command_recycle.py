@@ -17,14 +17,13 @@ from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
-# A raw-protocol worker, as a PHP one is: it says nothing to the supervisor, serves
-# argv[1] jobs (GRAB_JOB, PRE_SLEEP while there is none), then exits with argv[2].
-SELF_RECYCLING = """\
-import os, socket, struct, sys
+# What both raw-protocol workers below start with: the server's address, a request
+# packet (``pkt``) and a read of one response from the connection ``s`` (``read``).
+RAW_PROTOCOL = """\
+import os, socket, struct, sys, time
 host, port = os.environ["FARM_SERVERS"].split(",")[0].rsplit(":", 1)
-s = socket.create_connection((host, int(port)))
-def pkt(t, *a):
-    b = b"\\0".join(a)
+def pkt(t, *x):
+    b = b"\\0".join(x)
     return b"\\0REQ" + struct.pack(">II", t, len(b)) + b
 def read():
     h = b""
@@ -35,6 +34,14 @@ def read():
     while len(b) < n:
         b += s.recv(n - len(b))
     return t, b
+"""
+
+# A raw-protocol worker, as a PHP one is: it says nothing to the supervisor, serves
+# argv[1] jobs (GRAB_JOB, PRE_SLEEP while there is none), then exits with argv[2].
+SELF_RECYCLING = (
+    RAW_PROTOCOL
+    + """\
+s = socket.create_connection((host, int(port)))
 s.sendall(pkt(1, os.environ["FARM_FUNCTION"].split(",")[0].encode()))  # CAN_DO
 done = 0
 while done < int(sys.argv[1]):
@@ -49,6 +56,7 @@ while done < int(sys.argv[1]):
 s.close()
 sys.exit(int(sys.argv[2]))
 """
+)
 
 JOBS_EACH = 3
 
@@ -147,24 +155,12 @@ def test_a_command_worker_that_exits_0_holding_a_job_crashed(tmp_path: Path) -> 
 
 # Two connections: A registers at once (the supervisor's first look at its sockets names
 # both), B registers half a second later and does every job; after argv[1] it exits argv[2].
-TWO_CONNECTIONS = """\
-import os, socket, struct, sys, time
-host, port = os.environ["FARM_SERVERS"].split(",")[0].rsplit(":", 1)
+TWO_CONNECTIONS = (
+    RAW_PROTOCOL
+    + """\
 fn = os.environ["FARM_FUNCTION"].split(",")[0].encode()
 a = socket.create_connection((host, int(port)))
 s = socket.create_connection((host, int(port)))
-def pkt(t, *x):
-    b = b"\\0".join(x)
-    return b"\\0REQ" + struct.pack(">II", t, len(b)) + b
-def read():
-    h = b""
-    while len(h) < 12:
-        h += s.recv(12 - len(h))
-    t, n = struct.unpack(">II", h[4:])
-    b = b""
-    while len(b) < n:
-        b += s.recv(n - len(b))
-    return t, b
 a.sendall(pkt(1, fn))
 time.sleep(0.5)
 s.sendall(pkt(1, fn))
@@ -180,6 +176,7 @@ while done < int(sys.argv[1]):
 s.close(); a.close()
 sys.exit(int(sys.argv[2]))
 """
+)
 
 
 def test_the_jobs_of_a_connection_that_registered_after_the_first_look_count(
