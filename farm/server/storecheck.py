@@ -196,6 +196,16 @@ _ASIDE_COLUMNS = (
 )
 
 
+def _unreadable(path: str, exc: sqlite3.Error, then: str) -> None:
+    """Say that the store at ``path`` has a table of jobs kept aside it cannot read, and
+    ``then``, what follows from that: copying it (``copy_aside``) and counting it
+    (``kept_aside``) say it alike."""
+    if "no such table" not in str(exc):  # none ever was: nothing to say
+        log.error(
+            "the job store %s: its table %s cannot be read (%s); %s", path, ASIDE_TABLE, exc, then
+        )
+
+
 def copy_aside(
     old: sqlite3.Connection, new: sqlite3.Connection, damaged: list[Any], path: str
 ) -> int:
@@ -209,14 +219,7 @@ def copy_aside(
     try:
         kept = old.execute(f"SELECT {_ASIDE_COLUMNS} FROM {ASIDE_TABLE}").fetchall()
     except sqlite3.Error as exc:
-        if "no such table" not in str(exc):  # none ever was: nothing to say
-            log.error(
-                "the job store %s: its table %s cannot be read (%s); not kept in the store"
-                " made again",
-                path,
-                ASIDE_TABLE,
-                exc,
-            )
+        _unreadable(path, exc, "not kept in the store made again")
         kept = []
     finally:
         old.text_factory = factory
@@ -245,13 +248,8 @@ def kept_aside(db: sqlite3.Connection, path: str) -> int:
     try:
         (count,) = db.execute(f"SELECT COUNT(*) FROM {ASIDE_TABLE}").fetchone()
     except sqlite3.Error as exc:
-        if "no such table" not in str(exc):  # none ever was: nothing to say
-            log.error(
-                "the job store %s: its table %s cannot be read (%s); the other jobs run as"
-                " usual (docs/operations.md, When things go wrong)",
-                path,
-                ASIDE_TABLE,
-                exc,
-            )
+        _unreadable(
+            path, exc, "the other jobs run as usual (docs/operations.md, When things go wrong)"
+        )
         return 0
     return int(count)

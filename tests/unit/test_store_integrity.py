@@ -220,3 +220,32 @@ def test_an_unreadable_damaged_jobs_table_alone_refuses_no_job(
         store.close()
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert [m for m in errors if "damaged_jobs cannot be read" in m], errors
+
+
+def test_a_damaged_jobs_table_that_cannot_be_read_is_said_with_what_follows(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Read to be copied into a store made again, or counted at a start: each says the table
+    # cannot be read and what follows from it; a store that never had one says nothing.
+    from farm.server.storecheck import copy_aside, kept_aside
+
+    old, new = sqlite3.connect(":memory:"), sqlite3.connect(":memory:")
+    caplog.set_level(logging.WARNING, "farm.server")
+    assert copy_aside(old, new, [], "q.db") == 0 and kept_aside(old, "q.db") == 0
+    assert not caplog.records, "no table is no news"
+    old.execute("CREATE VIEW damaged_jobs AS SELECT json('not json') AS id")
+    assert copy_aside(old, new, [], "q.db") == 0 and kept_aside(old, "q.db") == 0
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            logging.ERROR,
+            "the job store q.db: its table damaged_jobs cannot be read (no such column:"
+            " aside); not kept in the store made again",
+        ),
+        (
+            logging.ERROR,
+            "the job store q.db: its table damaged_jobs cannot be read (malformed JSON);"
+            " the other jobs run as usual (docs/operations.md, When things go wrong)",
+        ),
+    ]
+    old.close()
+    new.close()
