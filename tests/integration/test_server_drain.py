@@ -38,6 +38,18 @@ def connect(srv: Server, made: list[Peer], *, unix: bool = False) -> Peer:
     return peer
 
 
+def holding_a_job(srv: Server, made: list[Peer], client: Peer) -> tuple[Peer, bytes]:
+    """A new worker connection for "f", holding the job ``client`` submits for it now, and
+    that job's handle."""
+    worker = connect(srv, made)
+    worker.send(T.CAN_DO, "f")
+    client.send(T.SUBMIT_JOB, "f", "", "x")
+    handle = client.expect(T.JOB_CREATED).args[0]
+    worker.send(T.GRAB_JOB)
+    assert worker.expect(T.JOB_ASSIGN).args[0] == handle
+    return worker, handle
+
+
 def sync(peer: Peer) -> None:
     peer.send(T.ECHO_REQ, b"sync")
     assert peer.expect(T.ECHO_RES).args == (b"sync",)
@@ -168,12 +180,7 @@ def test_a_worker_its_supervisor_kills_leaves_no_poison_job(tmp_path, peers) -> 
         client = connect(srv, peers)
         poisoned = []
         for how in ("killing", "drain", None):
-            worker = connect(srv, peers)
-            worker.send(T.CAN_DO, "f")
-            client.send(T.SUBMIT_JOB, "f", "", "x")
-            handle = client.expect(T.JOB_CREATED).args[0]
-            worker.send(T.GRAB_JOB)
-            assert worker.expect(T.JOB_ASSIGN).args[0] == handle
+            worker, handle = holding_a_job(srv, peers, client)
             if how is not None:
                 port = worker.sock.getsockname()[1]
                 assert admin.admin(f"{how} tcp:{port}") == "OK 1\r\n"
@@ -225,12 +232,7 @@ def test_served_keeps_the_ends_its_supervisor_named_alone_and_a_job_held_as_it_c
     client = connect(srv, peers)
 
     def worker_with_a_job(finish: bool) -> tuple[Peer, str]:
-        worker = connect(srv, peers)
-        worker.send(T.CAN_DO, "f")
-        client.send(T.SUBMIT_JOB, "f", "", "x")
-        handle = client.expect(T.JOB_CREATED).args[0]
-        worker.send(T.GRAB_JOB)
-        assert worker.expect(T.JOB_ASSIGN).args[0] == handle
+        worker, handle = holding_a_job(srv, peers, client)
         if finish:
             worker.send(T.WORK_COMPLETE, handle, "ok")
             assert client.expect(T.WORK_COMPLETE).args == (handle, b"ok")
