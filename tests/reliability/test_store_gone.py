@@ -15,7 +15,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -44,6 +44,18 @@ def fill(store: SQLiteStore, jobs: JobServer) -> None:
         if jobs.commit_store():
             return
     raise AssertionError("the store never filled up")
+
+
+#: Five background jobs, as (unique, data), for ``submitted``.
+FIVE = [(f"u{i}", f"job{i}") for i in range(5)]
+
+
+def submitted(client: Peer, function: str, jobs: Iterable[tuple[str, str]]) -> None:
+    """Submit background jobs of ``function``, (unique, data) each, each acknowledged
+    (JOB_CREATED) before the next is sent."""
+    for unique, data in jobs:
+        client.send(T.SUBMIT_JOB_BG, function, unique, data)
+        assert client.recv().type == T.JOB_CREATED
 
 
 def says(log: Path, text: str) -> Callable[[], bool]:
@@ -116,9 +128,7 @@ def test_a_store_deleted_under_the_server_is_made_again_with_its_jobs(
     srv = start_with_store(db, args=["-v", "-l", str(log)])
     try:
         client = Peer(srv.addr)
-        for i in range(5):
-            client.send(T.SUBMIT_JOB_BG, "f", f"before{i}", f"before{i}")
-            assert client.recv().type == T.JOB_CREATED
+        submitted(client, "f", [(f"before{i}", f"before{i}") for i in range(5)])
         for side in files:  # rm q.db (and its WAL, its reserve): a cleanup gone wrong
             Path(f"{db}{side}").unlink()
         if then == "submit":
@@ -153,9 +163,7 @@ def test_a_store_deleted_under_an_idle_server_is_made_again_before_a_kill(
         try:
             if held == "submitted":
                 client = Peer(srv.addr)
-                for i in range(5):
-                    client.send(T.SUBMIT_JOB_BG, "nobody", f"u{i}", f"job{i}")
-                    assert client.recv().type == T.JOB_CREATED
+                submitted(client, "nobody", FIVE)
             else:
                 wait_for("the replay", says(log, "replayed 5 background jobs"))
             for side in ("", "-wal"):  # rm q.db*, the reserve left
@@ -350,9 +358,7 @@ def test_a_store_made_again_that_cannot_be_put_at_its_path_keeps_its_jobs(
     srv = start_with_store(db, args=["-v", "-l", str(log)])
     try:
         client = Peer(srv.addr)
-        for i in range(5):
-            client.send(T.SUBMIT_JOB_BG, "f", f"u{i}", f"job{i}")
-            assert client.recv().type == T.JOB_CREATED
+        submitted(client, "f", FIVE)
         wal = Path(f"{db}-wal")
         wal.unlink()  # first, with the obstacle put there: the look sees both at once
         wal.mkdir()
