@@ -28,7 +28,7 @@ from pathlib import Path
 
 from farm.server.reserve import DiskReserve, checkpoint_fits, disk_full, shrink
 from farm.server.settings import NO_STORE
-from farm.server.storeagain import StorePath, left_beside
+from farm.server.storeagain import StorePath
 from farm.server.storecheck import ASIDE_TABLE, kept_aside, read_rows, set_aside, split_damaged
 
 # Re-exported: the server and the tests name the store's errors by this module.
@@ -339,17 +339,6 @@ class SQLiteStore:
                 "" if before == 1 else "s",
                 "its" if before == 1 else "their",
                 ASIDE_TABLE,
-            )
-        for made in left_beside(self.path):  # said at each start until it is moved
-            log.warning(
-                "%s beside the job store may hold the jobs of a store made again after it"
-                " was deleted (an earlier run stopped before it was put in place); no start"
-                " reads it: run its jobs with a server on it (--store %s), or while no"
-                " server runs and this store holds no job, mv %s %s",
-                made,
-                made,
-                made,
-                self.path,
             )
         rows, damaged_rows = split_damaged(rows)
         if damaged_rows:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from farm.server.storefile import OpenFile, StoreError
 from farm.server.storeopen import open_database
 from farm.server.storesql import write_rows
 
-__all__ = ["AGAIN", "NotInPlace", "StorePath", "left_beside", "make_again", "put_in_place"]
+__all__ = ["AGAIN", "NotInPlace", "StorePath", "make_again", "put_in_place"]
 
 log = logging.getLogger("farm.server")
 
@@ -124,7 +123,8 @@ def make_again(
     rows, damaged = split_damaged(read_rows(db, "id"))  # as load() reads them
     # Written whole under another name, then renamed: SQLite removes a WAL by its name when
     # it closes, and the deleted store's would take the new one's with it.
-    making = _free_name(path)
+    making = path + AGAIN
+    _remove(making)
     aside = DiskReserve(making)  # open_database makes one: not the store's, removed below
     try:
         new, _ = open_database(making, sync, aside)
@@ -188,29 +188,6 @@ def put_in_place(
         return open_database(path, sync, reserve)[0]
     except (sqlite3.Error, OSError, StoreError) as exc:
         return _not_in_place(path, path, None, exc)
-
-
-def _free_name(path: str) -> str:
-    """``STORE-again``, or ``STORE-again.N`` where that is taken: one left by an earlier run
-    (stopped before it was put in place) may hold the only copy of its jobs."""
-    made = path + AGAIN
-    n = 1
-    while os.path.lexists(made):
-        n += 1
-        made = f"{path}{AGAIN}.{n}"
-    return made
-
-
-def left_beside(path: str) -> list[str]:
-    """The stores made again beside ``path`` that an earlier run left there (``_free_name``),
-    for the start's warning: no start reads them."""
-    folder, name = os.path.split(path)
-    mine = re.compile(re.escape(name + AGAIN) + r"(\.[0-9]+)?")
-    try:
-        names = os.listdir(folder or ".")
-    except OSError:
-        return []
-    return sorted(os.path.join(folder, n) for n in names if mine.fullmatch(n))
 
 
 def _reopen(where: str, sync: str, reserve: DiskReserve) -> sqlite3.Connection | None:

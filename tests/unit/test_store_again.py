@@ -7,15 +7,11 @@ until a restart, its jobs only in STORE-again, which no start reads.
 
 from __future__ import annotations
 
-import logging
 import os
 import sqlite3
 from pathlib import Path
 
-import pytest
-
 from farm.server.reserve import DiskReserve
-from farm.server.store import SQLiteStore
 from farm.server.storeagain import AGAIN, NotInPlace, put_in_place
 from farm.server.storeopen import open_database
 from farm.server.storesql import write_rows
@@ -83,42 +79,3 @@ def test_the_store_made_again_moved_to_the_path_by_hand_is_taken_as_it_is(
     finally:
         db.close()
         reserve.close()
-
-
-def test_a_start_warns_of_a_store_made_again_left_beside_it(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    # A server stopped before the store made again was put in place leaves its jobs in
-    # STORE-again, which no start reads; the next start said nothing of it, and a later
-    # remake would write over it.
-    path = tmp_path / "q.db"
-    where = made(path)
-    caplog.set_level(logging.WARNING, "farm.server")
-    store = SQLiteStore(path)
-    try:
-        assert list(store.load()) == []
-    finally:
-        store.close()
-    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert [m for m in said if where in m and f"mv {where} {path}" in m], said
-
-
-def test_a_remake_keeps_a_store_made_again_that_an_earlier_run_left(tmp_path: Path) -> None:
-    # It was removed to make the new one under that name: its jobs, left by a run stopped
-    # before it was put in place, were lost at the next rm.
-    path = tmp_path / "q.db"
-    where = made(path)
-    store = SQLiteStore(path)
-    try:
-        store.add(b"H:t:1", b"f", b"now", b"x", 1, None, 0.0, True)
-        assert store.commit() == []
-        path.unlink()
-        store.add(b"H:t:2", b"f", b"after", b"y", 1, None, 0.0, True)
-        assert store.commit() == [], store.broken  # the commit's look made it again
-    finally:
-        store.close()
-    for file, held in ((where, [b"u"]), (str(path), [b"now", b"after"])):
-        with sqlite3.connect(file) as db:
-            assert [u for (u,) in db.execute("SELECT uniq FROM jobs ORDER BY id")] == held
-        db.close()
-    assert not os.path.exists(f"{where}.2"), "the new one's name left behind"
