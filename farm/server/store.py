@@ -28,14 +28,14 @@ from pathlib import Path
 
 from farm.server.reserve import DiskReserve, checkpoint_fits, disk_full, shrink
 from farm.server.settings import NO_STORE
-from farm.server.storeagain import StorePath
+from farm.server.storeagain import make_again
 from farm.server.storecheck import ASIDE_TABLE, kept_aside, read_rows, set_aside, split_damaged
 
 # Re-exported: the server and the tests name the store's errors by this module.
 from farm.server.storefile import DamagedStore as DamagedStore
+from farm.server.storefile import OpenFile, damaged
 from farm.server.storefile import StoreError as StoreError
 from farm.server.storefile import StoreInUse as StoreInUse
-from farm.server.storefile import damaged
 from farm.server.storeopen import open_database
 from farm.server.storesql import Row, write_rows
 
@@ -106,8 +106,7 @@ class SQLiteStore:
         self.reserve = DiskReserve(self.path)  # made once the store is ours
         self.sync = sync
         self.db, self._next_id = open_database(self.path, sync, self.reserve)
-        # To see it deleted or replaced under the server, and make it again.
-        self._place = StorePath(self.path, sync, self.reserve)
+        self._file = OpenFile(self.path)  # to see it deleted or replaced under the server
 
     @property
     def pending(self) -> bool:
@@ -237,11 +236,22 @@ class SQLiteStore:
     def _look(self) -> None:
         """Whether the path still names the open file: made again there where it was deleted
         (farm.server.storeagain), raised as the store's failure where it cannot be."""
-        # Said once while it fails (the loop's flag, read here, may lag a batch). The
-        # connection: the store made again, perhaps where it is until it is put in place.
-        self.db, fails = self._place.look(self.db, failing=self.broken is not None)
-        if fails is not None:
-            raise sqlite3.OperationalError(fails)
+        if gone := self._file.gone():
+            self._make_again(gone)
+
+    def _make_again(self, gone: str) -> None:
+        """A store deleted under the server made again at its path, with the jobs the open
+        file holds (farm.server.storeagain); raised as the store's failure otherwise."""
+        if gone == "deleted":
+            try:
+                self.db = make_again(self.db, self.path, self.sync, self.reserve)
+                self._file = OpenFile(self.path)
+                return
+            except (sqlite3.Error, OSError, StoreError) as exc:
+                # Tried at each retry: said once (the loop's flag, read here, may lag a batch).
+                said = log.debug if self.broken else log.error
+                said("the job store %s could not be made again: %s", self.path, exc)
+        raise sqlite3.OperationalError(OpenFile.why(gone))
 
     def settle(self, batch: Batch) -> list[bytes]:
         """Take in ``batch``'s outcome (the loop's thread): the handles whose add failed."""
