@@ -69,7 +69,12 @@ def _named_workers(server: Hub, args: list[str], command: str) -> list[Writer] |
     if isinstance(named, str):
         return named
     wanted, ports = named
-    server.ended.watch(wanted, ports)  # its supervisor's: their ends are kept for ``served``
+    server.ended.watch(wanted)  # its supervisor's: their ends are kept for ``served``
+    return _matching(server, wanted, ports)
+
+
+def _matching(server: Hub, wanted: set[str], ports: set[int]) -> list[Writer]:
+    """The worker connections of the names ``wanted`` or the ``ports`` (any address)."""
     return [
         conn
         for conn in _worker_connections(server)
@@ -127,17 +132,18 @@ def killing(server: Hub, args: list[str]) -> str:
 def served(server: Hub, args: list[str]) -> str:
     """farm's own (Unix socket only): ``served PEER...`` -- ``OK N H``: the jobs ended by
     the worker connections named, and the jobs they hold (or held as they closed), those
-    still open and those closed in the last ENDED_KEPT_FOR seconds that a ``peers``,
-    ``drain`` or ``served`` had named while open (``tcp:PORT`` counts open ones alone). The
+    still open and those closed in the last ENDED_KEPT_FOR seconds whose names a ``peers``,
+    ``drain``, ``killing`` or ``served`` asked about (``tcp:PORT`` counts open ones alone). The
     supervisor asks as it reaps a command worker: one that stopped itself after its jobs
     closed its connections first, and ``peers`` no longer lists them; one that left holding
     a job did not stop itself cleanly."""
-    live = _named_workers(server, args, "served")
-    if isinstance(live, str):
-        return live
     named = _names(args, "served")
-    assert not isinstance(named, str)  # as _named_workers found
-    ended = [server.ended.jobs(name) for name in named[0]]
+    if isinstance(named, str):
+        return named
+    wanted, ports = named
+    server.ended.watch(wanted)
+    live = _matching(server, wanted, ports)
+    ended = [server.ended.jobs(name) for name in wanted]
     done = sum(c.jobs_done for c in live) + sum(d for d, _ in ended)
     held = sum(len(c.running) for c in live) + sum(h for _, h in ended)
     return f"OK {done} {held}\r\n"

@@ -50,15 +50,15 @@ class EndedPeers:
 
     def __init__(self) -> None:
         self._jobs: OrderedDict[str, tuple[int, int, float]] = OrderedDict()
-        # The names (``pid:N``, ``tcp:IP:PORT``) and the ports (``tcp:PORT``) the supervisor
-        # asked about, the latest last. Names, not connections: a worker's connection that
-        # registered after the question that named it, or one made again under its pid.
-        self._watched: OrderedDict[str | int, None] = OrderedDict()
+        # The names (``pid:N``, ``tcp:IP:PORT``) the supervisor asked about, the latest last.
+        # Names, not connections: a worker's connection that registered after the question
+        # that named it, or one made again under its pid. (``tcp:PORT``, any address, names
+        # open connections alone, as ``served`` reads it.)
+        self._watched: OrderedDict[str, None] = OrderedDict()
 
-    def watch(self, names: set[str], ports: set[int]) -> None:
+    def watch(self, names: set[str]) -> None:
         """The supervisor named these (``peers``/``drain``/``killing``/``served``)."""
-        asked: list[str | int] = [*names, *ports]
-        for name in asked:
+        for name in names:
             self._watched.pop(name, None)
             self._watched[name] = None
         while len(self._watched) > ENDED_KEPT:
@@ -71,7 +71,7 @@ class EndedPeers:
         if not (jobs_done or held) or not (conn.peer_pid or conn.peer_port):
             return
         name = peer_name(conn).lower()  # as ``served`` names it
-        if name not in self._watched and conn.peer_port not in self._watched:
+        if name not in self._watched:
             return
         now = monotonic()
         self._expire(now)

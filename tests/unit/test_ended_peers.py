@@ -29,7 +29,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 def watching(*ports: int) -> EndedPeers:
     ended = EndedPeers()
-    ended.watch({f"tcp:127.0.0.1:{port}" for port in ports}, set())
+    ended.watch({f"tcp:127.0.0.1:{port}" for port in ports})
     return ended
 
 
@@ -49,15 +49,12 @@ def test_only_ends_asked_about_named_and_with_jobs_are_kept(clock: list[float]) 
     ended.note(Conn(5002), 0, 0)
     assert ended.jobs("tcp:127.0.0.1:5001") == (0, 0)
     assert ended._jobs == {}
-    ended.watch(set(), {5001})  # asked about as tcp:PORT, any address
-    ended.note(Conn(5001), 3, 0)
-    assert ended.jobs("tcp:127.0.0.1:5001") == (3, 0)
 
 
 def test_at_most_ended_kept_names_the_oldest_going_first(clock: list[float]) -> None:
     ended = EndedPeers()
-    ended.watch(set(), set(range(10000, 10000 + ENDED_KEPT + 1)))
-    for port in range(10000, 10000 + ENDED_KEPT + 1):
+    for port in range(10000, 10000 + ENDED_KEPT + 1):  # each asked about, then ended
+        ended.watch({f"tcp:127.0.0.1:{port}"})
         ended.note(Conn(port), 1, 0)
     assert len(ended._jobs) == ENDED_KEPT
     assert ended.jobs("tcp:127.0.0.1:10000") == (0, 0)
@@ -67,9 +64,9 @@ def test_at_most_ended_kept_names_the_oldest_going_first(clock: list[float]) -> 
 def test_the_names_asked_about_are_as_many_the_latest_asked_kept(clock: list[float]) -> None:
     ended = EndedPeers()
     for port in range(10000, 10000 + ENDED_KEPT):  # one at a time: asked in this order
-        ended.watch({f"tcp:127.0.0.1:{port}"}, set())
-    ended.watch({"tcp:127.0.0.1:10000"}, set())  # asked again: the latest
-    ended.watch({"pid:7"}, set())  # one more: the oldest asked goes
+        ended.watch({f"tcp:127.0.0.1:{port}"})
+    ended.watch({"tcp:127.0.0.1:10000"})  # asked again: the latest
+    ended.watch({"pid:7"})  # one more: the oldest asked goes
     assert len(ended._watched) == ENDED_KEPT
     for port in (10000, 10001):
         ended.note(Conn(port), 1, 0)
