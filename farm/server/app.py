@@ -248,7 +248,7 @@ class Server:
         if self.listening is not None:  # after the handlers: a stop right away is graceful
             self.listening()
         looked = None
-        if not memory_only(self.options.store):  # not '' either: '.' has no stores beside
+        if not memory_only(self.options.store):
             # Off the start and the loop: it reads other stores, up to MAX_LOOKED_AT of them.
             looked = asyncio.ensure_future(asyncio.to_thread(warn_stranded, self.options))
         assert self.stopped is not None
@@ -318,7 +318,6 @@ def _serve(options: ServerOptions, ready: int | None = None) -> int:
         runner: Callable[..., object] = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency, but stay usable without it
         runner = asyncio.run
-    # Not for '' either: the older farm's store would be looked for beside the directory '.'
     if not memory_only(options.store) and (refused := take_older_store(options)):
         fatal(options, refused)
         return 2

@@ -155,17 +155,10 @@ def set_aside(db: sqlite3.Connection, path: str, damaged: list[Any]) -> bool:
     try:
         db.execute("BEGIN IMMEDIATE")
         db.execute(_ASIDE_SCHEMA)
-        now = time.time()
-        for row in damaged:
-            # A row of its own: a job's id may be taken again by a later job (the next id
-            # is the largest left plus one), which may in turn be set aside.
-            db.execute(
-                f"INSERT INTO {ASIDE_TABLE} (id, function, uniq, data, priority,"
-                " reducer, run_at, created, retries, local, checksum, set_aside) VALUES"
-                " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (*row, now),
-            )
-            db.execute("DELETE FROM jobs WHERE id = ?", (row[0],))
+        # A row of its own (aside): a job's id may be taken again by a later job (the next
+        # id is the largest left plus one), which may in turn be set aside.
+        _insert_aside(db, damaged)
+        db.executemany("DELETE FROM jobs WHERE id = ?", [(row[0],) for row in damaged])
         db.execute("COMMIT")
         moved = True
     except sqlite3.Error as exc:
@@ -194,6 +187,16 @@ _ASIDE_COLUMNS = (
     "aside, id, function, uniq, data, priority, reducer, run_at, created, retries, local,"
     " checksum, set_aside"
 )
+
+
+def _insert_aside(db: sqlite3.Connection, rows: list[Any]) -> None:
+    """``jobs`` rows (all their columns) into ``damaged_jobs``, set aside now."""
+    now = time.time()
+    values = ", ".join(["?"] * 12)  # every column but aside, which SQLite numbers
+    db.executemany(
+        f"INSERT INTO {ASIDE_TABLE} ({_ASIDE_COLUMNS.partition(', ')[2]}) VALUES ({values})",
+        [(*row, now) for row in rows],
+    )
 
 
 def _unreadable(path: str, exc: sqlite3.Error, then: str) -> None:
@@ -226,15 +229,11 @@ def copy_aside(
     if not kept and not damaged:
         return 0
     values = ", ".join(["?"] * 13)
-    now = time.time()
     new.execute("BEGIN IMMEDIATE")
     try:
         new.execute(_ASIDE_SCHEMA)
         new.executemany(f"INSERT INTO {ASIDE_TABLE} ({_ASIDE_COLUMNS}) VALUES ({values})", kept)
-        new.executemany(
-            f"INSERT INTO {ASIDE_TABLE} ({_ASIDE_COLUMNS}) VALUES (NULL, {values[3:]})",
-            [(*row, now) for row in damaged],
-        )
+        _insert_aside(new, damaged)
         new.execute("COMMIT")
     except BaseException:
         new.execute("ROLLBACK")
