@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from time import monotonic
 from typing import Any, Protocol
 
 from farm.server.deadlines import Deadlines
@@ -52,7 +53,8 @@ VERBOSE_NAMES = ("ERROR", "INFO", "DEBUG")
 
 #: A JOB_CREATED held for a lazy-created client leaves at the latest this late (seconds).
 LAZY_CREATED_MAX = 0.005
-#: Seconds between the looks at the store's path while it holds jobs and no commit looks:
+#: Seconds between the looks at the store's path while it holds jobs and no commit looked
+#: (a busy server's commits look, and no look of its own is made then):
 #: a store deleted under an idle server was made again only at its next commit or its stop,
 #: and a kill -9 before either lost every job in it.
 STORE_LOOK_EVERY = 1.0
@@ -173,6 +175,7 @@ class Hub:
         self._flush_due = False
         self._store_retry: Timer | None = None  # a flush for the deletes a failing store holds
         self._store_look: Timer | None = None  # the next look at the store's path (look_soon)
+        self._store_looked = 0.0  # when a batch last looked at it (a commit's write, a look)
         self.all_closed: asyncio.Event | None = None  # set once the last connection is gone
         self.store: SQLiteStore | None = open_store(options.store, sync=options.store_sync)
         self.writer = None if self.store is None else StoreWriter(self.store, self._committed)
@@ -296,6 +299,8 @@ class Hub:
             self.stats.commit_time.observe(batch.seconds)
         failed = store.settle(batch)
         self.committed_below = batch.below
+        if batch.look or batch.attempt:  # its write looked at the path (SQLiteStore.write)
+            self._store_looked = monotonic()
         # Once a batch, not a job: nothing on the hot path.
         if (batch.look and batch.holds) or (batch.adds and not failed):
             self.look_soon()
@@ -343,7 +348,10 @@ class Hub:
         writer, store = self.writer, self.store
         if writer is None or store is None:  # closed meanwhile
             return
-        if writer.batch is None and not store.pending:
+        since = monotonic() - self._store_looked
+        if since < STORE_LOOK_EVERY:  # a commit looked lately: none of the writer's time
+            self._store_look = self.call_later(STORE_LOOK_EVERY - since, self._look_at_store)
+        elif writer.batch is None and not store.pending:
             writer.start(self.loop, look=True)  # _committed looks again while it holds jobs
         else:  # a commit is owed or in flight, and it looks: the store may still hold jobs
             self.look_soon()
