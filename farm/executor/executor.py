@@ -313,9 +313,9 @@ class Executor(_BaseExecutor):
     # -- internals --
 
     def _hand(self) -> Hand:
-        """How map hands its calls over (farm.executor.mapping)."""
-        if self._generation != lifespan.state.generation:
-            self._renew()  # (a lazy map read on in a forked child raises: more_of)
+        """How map hands its calls over (farm.executor.mapping). It checks no fork: map
+        renewed the pump just before, and a lazy map's ``more`` raises in a forked child
+        before it asks (mapping.more_of)."""
         return Hand(self._enqueue, self._enqueue_spilled, self._nudge)
 
     def _nudge(self) -> None:
