@@ -29,7 +29,7 @@ from concurrent.futures import Future
 from itertools import islice
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from farm.executor import spill
+from farm.executor import lifespan, spill
 from farm.executor.flight import Call
 from farm.executor.payload import ARG_CHUNK, CHUNK, SINGLE, dump_call, note_chunk
 
@@ -140,10 +140,12 @@ def more_of(
     iterables are spent or the executor is gone (``owner``: its Hand, or None then, as
     CPython's map holds its executor by a weak reference). ``used`` learns each future."""
 
-    pid = os.getpid()
+    # A fork is told by lifespan's generation, as everywhere in the executor: no getpid()
+    # per chunk read ahead. The pid is only for the message.
+    pid, generation = os.getpid(), lifespan.state.generation
 
     def more() -> Future[Any] | None:
-        if os.getpid() != pid:
+        if lifespan.state.generation != generation:
             # The calls read ahead are the parent's, their replies the parent's to read:
             # waiting for them here would never end (and a pool's futures would not either).
             raise RuntimeError(
@@ -172,10 +174,10 @@ def once(fn: Callable[[], None]) -> Callable[[], None]:
     """``fn``, run by the first call only (a map's end, or its iterator's collection), in
     the process that made it: a forked child's copy of a map must not let go of the
     parent's file, which the parent's own copy still holds."""
-    left, pid = [fn], os.getpid()
+    left, generation = [fn], lifespan.state.generation
 
     def run() -> None:
-        if left and os.getpid() == pid:
+        if left and lifespan.state.generation == generation:
             left.pop()()
 
     return run
