@@ -29,7 +29,8 @@ the farm's user cannot read.
 (farm/supervisor.py runs it every ``sweep_every`` seconds).
 
 The settings (the directory, the limit and where each comes from, the sweep's
-default ages) are farm.executor.spillsettings'; this module re-exports them.
+default ages) are farm.executor.spillsettings'; this module re-exports them, all but
+``mb_to_bytes``, which only the settings' readers use.
 """
 
 from __future__ import annotations

@@ -2,14 +2,18 @@
 
 The directory: ``[executor] spill_dir`` (the supervisor hands it to its workers as
 ``$FARM_SPILL_DIR``), else ``spill`` beside the executor's key file. The limit: the
-Executor's ``max_spill_mb=``, ``$FARM_MAX_SPILL_MB``, ``[executor] max_spill_mb``,
-each read by the one rule of ``mb_to_bytes``; ``SpillSettings`` carries which of them
-set it, so that ``SpillTooLarge`` names the setting to raise. Also the defaults of
-the sweep's ages, which the config's ``[executor]`` table takes.
+Executor's ``max_spill_mb=``, else ``$FARM_MAX_SPILL_MB``, each checked by
+``mb_to_bytes`` (a whole number of MiB > 0, in a string too), else ``[executor]
+max_spill_mb``, which its readers check first by a rule of their own (a TOML integer
+> 0: farm.discovery's for the Executor, farm.config's parse for ``farm.toml``);
+``SpillSettings`` carries which of them set it, so that ``SpillTooLarge`` names the
+setting to raise. Also the defaults of the sweep's ages, which the config's
+``[executor]`` table takes.
 
-Apart from farm.executor.spill (which re-exports every name here), so that what
-reads settings (the config, the Executor's argument checks, the supervisor) needs
-none of the files' reading and writing. ``SpillError``, the base of the spill's
+Apart from farm.executor.spill (which re-exports every name here but ``mb_to_bytes``,
+which only the settings' readers use), so that what reads settings (the config, the
+Executor's argument checks, the supervisor) needs none of the files' reading and
+writing. ``SpillError``, the base of the spill's
 errors, is here because a refused setting is the first of them.
 """
 
@@ -82,8 +86,9 @@ def worker_settings() -> SpillSettings:
 
 
 def mb_to_bytes(mb: object, setting: str) -> int:
-    """``mb`` MiB in bytes: the rule of the limit from every source (the Executor's
-    keyword, $FARM_MAX_SPILL_MB, the config's key), SpillError naming ``setting`` else."""
+    """``mb`` MiB in bytes, SpillError naming ``setting`` unless a whole number > 0: the
+    rule of the Executor's keyword and $FARM_MAX_SPILL_MB (the config's key, checked by
+    its readers first, passes it as well)."""
     try:
         value = int(str(mb))
     except ValueError:
