@@ -283,9 +283,14 @@ class Pump(Links, WaitHere):
                     if mask & READ:
                         self._read(data)
         except InitializerFailed as exc:  # no bug: the pool breaks, as ProcessPoolExecutor's
-            log.critical("farm executor: the initializer failed in a worker%s", _cause_text(exc))
-            why = f"the executor's initializer failed in a worker: {exc}; the executor is broken"
-            self._break(why, exc.error)
+            # No worker's traceback: initnews' WorkerLost, two workers dead in it (none raised).
+            if not isinstance(exc.error.__cause__, RemoteTraceback):
+                logged = why = "workers died in the executor's initializer"
+            else:
+                logged = "the initializer failed in a worker"
+                why = "the executor's initializer failed in a worker"
+            log.critical("farm executor: %s%s", logged, _cause_text(exc))
+            self._break(f"{why}: {exc}; the executor is broken", exc.error)
         except BaseException as exc:  # a bug (or a done-callback raising SystemExit) here
             log.exception("farm executor pump failed")  # must not leave callers waiting forever
             self._break(f"the executor's pump thread failed: {describe(exc)}", exc)

@@ -99,6 +99,9 @@ def test_an_initializer_that_kills_two_workers_breaks_the_executor(tmp_path: Pat
             broken.submit(add, 1).result(timeout=30)
         cause = info.value.__cause__
         assert isinstance(cause, farm.WorkerLost) and "2 workers" in str(cause), cause
+        # Not "the initializer failed in a worker": none raised, the workers died in it.
+        assert str(info.value).startswith("workers died in the executor's initializer: ")
+        assert "failed in a worker" not in str(info.value), info.value
         with pytest.raises(farm.executor.BrokenFarmExecutor):
             broken.submit(add, 2)
         broken.shutdown()
