@@ -176,7 +176,7 @@ def run_call(job: Any) -> bytes:
     calls_data: Any = None
     initialized = kind & INITIALIZER
     if kind > KIND_MASK:  # setup sections follow: this executor's initializer, max_tasks
-        start, failure = _set_up(kind, body, start, _teller(job, signer, call_id, kind))
+        start, failure = _set_up(kind, body, start, job, signer, call_id)
         spilled = kind & SPILLED
         kind &= KIND_MASK
         if failure is not None:
@@ -259,10 +259,10 @@ def _teller(job: Any, signer: Signer, call_id: bytes, kind: int) -> Callable[[by
 
 
 def _set_up(
-    kind: int, body: memoryview, at: int, tell: Callable[[bytes], None]
+    kind: int, body: memoryview, at: int, job: Any, signer: Signer, call_id: bytes
 ) -> tuple[int, tuple[Any, ...] | None]:
     """Read the setup sections at ``at``; run the initializer if this worker's last one differs
-    (``tell``-ing the caller as it starts and ends), and count the job against
+    (telling the caller as it starts and ends: ``_teller``), and count the job against
     max_tasks_per_child. Returns where the body starts, and the BROKEN outcome when the
     initializer raised (the call does not run then)."""
     global _initialized, recycle_requested
@@ -274,6 +274,7 @@ def _set_up(
         if digest != _initialized:
             _initialized = None  # whatever it leaves behind, a failed one runs again next time
             initstate.forget()
+            tell = _teller(job, signer, call_id, kind)  # here: most calls find theirs run
             tell(INIT_STARTS)
             try:
                 initializer, initargs = functions.unpickle(body[at : at + size])
