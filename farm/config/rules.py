@@ -272,10 +272,21 @@ def _twinned(ips: frozenset[str]) -> bool:
 
 
 def _ips(host: str) -> frozenset[str]:
-    """The addresses ``host`` names ("localhost" is 127.0.0.1 too), or itself."""
+    """The addresses ``host`` names ("localhost" is 127.0.0.1 too), or itself, each as
+    ``_plain`` writes it: every check then compares one form ([::ffff:127.0.0.1] is
+    127.0.0.1, as the listener that holds it is)."""
     host = host.strip("[]")
     try:
         found = {str(info[4][0]) for info in socket.getaddrinfo(host or None, None)}
     except OSError:
         found = set()
-    return frozenset(found | {host})
+    return frozenset(_written(ip) for ip in found | {host})
+
+
+def _written(ip: str) -> str:
+    """``ip`` as ``_plain`` writes it, or itself where it is no address (a host name, or
+    "" for every address)."""
+    try:
+        return str(_plain(ip))
+    except ValueError:
+        return ip

@@ -147,6 +147,12 @@ TWIN = " (a listener on 127.0.0.1 holds [::1] at its port as well)"
             LOCAL,
             f"localhost:4999 is the local server's listen address {LOCAL}",
         ),
+        # one address written two ways: IPv4-mapped IPv6 is 127.0.0.1
+        (
+            '["[::ffff:127.0.0.1]:4999"]',
+            LOCAL,
+            f"[::ffff:127.0.0.1]:4999 is the local server's listen address {LOCAL}",
+        ),
         (
             '["10.0.0.5:4730", "[::1]:4999"]',
             LOCAL,
