@@ -47,12 +47,14 @@ def restart(
 ) -> None:
     """Replace workers with fresh processes (new code) without downtime: each new process
     serves before the old one drains, a few slots of a pool at a time."""
+    from farm.pools.control import parse_restart_name
+
     for name in names or []:
-        pool, hash_, slot = name.partition("#")
-        # Here, before the farm is asked: "reverse#x" was answered "reverse has slots 0
-        # to 1", which read as a slot out of range.
-        if not pool or hash_ and not (slot.isascii() and slot.isdigit()):
-            fail(f"{typed(name)}: not POOL or POOL#SLOT (a slot is a number, e.g. reverse#0)", 2)
+        # Here too, before the farm is asked: a usage error (exit 2) with no farm to reach.
+        try:
+            parse_restart_name(name)
+        except ValueError as error:
+            fail(str(error).replace(repr(name), typed(name), 1), 2)
     reply = ask_supervisor(config, control, {"cmd": "restart", "names": names or []})
     follow_restart(reply, lambda: ask_supervisor(config, control, {"cmd": "restart-status"}))
 

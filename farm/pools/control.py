@@ -31,6 +31,7 @@ __all__ = [
     "follow",
     "answering_elsewhere",
     "parse_scale",
+    "parse_restart_name",
     "MAX_REQUEST",
 ]
 
@@ -57,6 +58,22 @@ def parse_scale(arg: str) -> tuple[str, str, int | None]:
     if digits is not None and len(digits) > 6:
         raise ValueError(f"{arg!r}: {digits} workers is more than a pool may have")
     return name, sign or "=", None if digits is None else int(digits)
+
+
+def parse_restart_name(arg: str) -> tuple[str, int | None]:
+    """`farm restart`'s ``"reverse#1"`` -> ("reverse", 1); ``"reverse"`` -> ("reverse",
+    None): every slot. The one rule for the CLI's usage error and the supervisor's answer
+    to any control client: "reverse#x" read as a slot out of range, "reverse#\u00b2"
+    (str.isdigit, not int's) as "invalid literal for int()"."""
+    pool, hash_, slot = arg.partition("#")
+    if not pool or hash_ and not (slot.isascii() and slot.isdigit()):
+        raise ValueError(f"{arg!r}: not POOL or POOL#SLOT (a slot is a number, e.g. reverse#0)")
+    if not hash_:
+        return pool, None
+    digits = slot.lstrip("0") or "0"
+    # Past any pool's last slot (1024 at most), answered as out of range: int() is given
+    # no more than 6 digits, not the thousands a request may hold.
+    return pool, int(digits) if len(digits) <= 6 else 10**6
 
 
 def request(path: str, message: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:

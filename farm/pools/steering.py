@@ -23,7 +23,7 @@ from farm.config.rules import on_running_farm
 from farm.discovery import find_config
 from farm.errors import ConfigError
 from farm.pools import sdnotify
-from farm.pools.control import ControlConnection, parse_scale
+from farm.pools.control import ControlConnection, parse_restart_name, parse_scale
 from farm.pools.pstable import ProcessTable
 from farm.pools.slots import ProcState
 
@@ -271,19 +271,19 @@ class Steering(ProcessTable):
             return {name: None for name in self.config.functions}
         picks: dict[str, list[int] | None] = {}
         for raw in names:
-            name, hash_, index = str(raw).partition("#")
+            name, index = parse_restart_name(str(raw))
             pool = self.pool_named(name)
-            if not hash_:
+            if index is None:
                 picks[pool] = None
                 continue
-            if not index.isdigit() or int(index) >= self.targets.get(pool, 0):
+            if index >= self.targets.get(pool, 0):
                 raise ValueError(
                     f"{raw!r}: {pool} has slots 0 to {self.targets.get(pool, 0) - 1}"
                     " (POOL#SLOT, e.g. reverse#0)"
                 )
             chosen = picks.setdefault(pool, [])
-            if chosen is not None and int(index) not in chosen:
-                chosen.append(int(index))
+            if chosen is not None and index not in chosen:
+                chosen.append(index)
         return picks
 
     def report_drain(self, *, final: bool = False) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import textwrap
 from pathlib import Path
@@ -213,6 +214,12 @@ def test_pools_are_named_by_table_or_by_a_function_only_one_serves(tmp_path: Pat
     assert Steering.restart_picks(sup, []) == {"a": None, "b": None, "c": None}  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="a has slots 0 to 1"):
         Steering.restart_picks(sup, ["a#2"])  # type: ignore[arg-type]
+    # Not a number: every control client was answered "a has slots 0 to 1", as if the slot
+    # were out of range, and "a#\u00b2" (isdigit, but not int's) "invalid literal for int()".
+    for bad in ("a#x", "a#", "a#-1", "a#\u00b2", "#0"):
+        said = f"{bad!r}: not POOL or POOL#SLOT (a slot is a number, e.g. reverse#0)"
+        with pytest.raises(ValueError, match=re.escape(said)):
+            Steering.restart_picks(sup, [bad])  # type: ignore[arg-type]
 
 
 def test_a_command_of_another_user_starts_from_little_of_the_supervisors_environment() -> None:
