@@ -1,6 +1,7 @@
 """How a worker process ended: its exit codes' meaning, in words (``describe_exit``) and
 as the cause farm_pool_restarts_total counts (``exit_cause``). Split from farm.pools.slots,
-which applies them to a slot's restart history (and re-exports them)."""
+which applies them to a slot's restart history; a small module of its own, so that a
+worker process loads its exit codes without the slots' (workerproc)."""
 
 from __future__ import annotations
 

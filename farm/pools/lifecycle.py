@@ -20,16 +20,9 @@ import time
 from collections.abc import Callable
 
 from farm.config import Config, FunctionConfig
+from farm.pools.exits import Exits, describe_exit, exit_cause
 from farm.pools.record import RecordReader, create_record_fd
-from farm.pools.slots import (
-    Exits,
-    ProcState,
-    Slot,
-    WorkerProcess,
-    crash_delay,
-    describe_exit,
-    exit_cause,
-)
+from farm.pools.slots import ProcState, Slot, WorkerProcess, crash_delay
 from farm.pools.spawn import EXEC_FAILED_PREFIX, EXIT_EXEC_FAILED, WORKER_OOM_SCORE_ADJ, spawn
 from farm.pools.workerargs import command_env, python_argv
 

@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from farm.pools.slots import EXIT_CAUSES, Exits, ProcState
+from farm.pools.exits import EXIT_CAUSES, Exits
+from farm.pools.slots import ProcState
 
 #: What farm_pool_processes counts by: a process's state, or an empty slot's.
 POOL_STATES = (*(str(state) for state in ProcState), "backoff", "failing")

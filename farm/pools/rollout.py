@@ -30,12 +30,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from farm.config import Config, FunctionConfig
-from farm.pools.slots import (
-    ProcState,
-    Slot,
-    WorkerProcess,
-    describe_exit,
-)
+from farm.pools.exits import describe_exit
+from farm.pools.slots import ProcState, Slot, WorkerProcess
 
 if TYPE_CHECKING:
     from farm.pools.localserver import LocalServer

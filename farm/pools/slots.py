@@ -19,30 +19,19 @@ from dataclasses import dataclass, field
 
 from farm.pools.exits import (
     EXIT_BOOT_ERROR,
-    EXIT_CAUSES,
     EXIT_DRAINED,
     EXIT_RECYCLE,
     EXIT_RSS_KILLED,
-    Exits,
     describe_exit,
-    exit_cause,
 )
 from farm.pools.outputlimit import OutputLines
 from farm.pools.record import RecordReader
 
 __all__ = [
-    "EXIT_DRAINED",
-    "EXIT_BOOT_ERROR",
-    "EXIT_RECYCLE",
-    "EXIT_RSS_KILLED",
-    "EXIT_CAUSES",
-    "Exits",
-    "exit_cause",
     "RestartHistory",
     "ProcState",
     "Slot",
     "WorkerProcess",
-    "describe_exit",
     "core_for",
     "crash_delay",
     "boot_delay",

@@ -28,8 +28,9 @@ from farm.pools.pstable import ProcessTable
 from farm.pools.slots import ProcState
 
 if TYPE_CHECKING:
+    from farm.pools.exits import Exits
     from farm.pools.localserver import LocalServer
-    from farm.pools.slots import Exits, Slot, WorkerProcess
+    from farm.pools.slots import Slot, WorkerProcess
 
 __all__ = ["Steering", "Pending", "Duty"]
 

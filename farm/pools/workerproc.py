@@ -22,7 +22,7 @@ ceiling the job fails (WORK_FAIL: the server does not retry it, which would
 only blow up another worker) and the process exits at once (see ``watch_rss``).
 
 SIGTERM means drain: finish the job in hand, unregister, exit 0. Exit codes
-are the supervisor's contract (farm.pools.slots): 3 = the target cannot be loaded
+are the supervisor's contract (farm.pools.exits): 3 = the target cannot be loaded
 (a boot failure, backed off), 4 = recycled, 5 = killed past kill_rss_mb mid-job,
 anything else = crashed.
 """
@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING, Any
 
 from farm.logprints import capture_prints
 from farm.logs import LOG_FORMATS, setup_logging
+from farm.pools.exits import EXIT_BOOT_ERROR, EXIT_DRAINED, EXIT_RECYCLE, EXIT_RSS_KILLED
 from farm.pools.record import RecordWriter
-from farm.pools.slots import EXIT_BOOT_ERROR, EXIT_DRAINED, EXIT_RECYCLE, EXIT_RSS_KILLED
 
 if TYPE_CHECKING:
     from farm.worker import Job, Worker

@@ -8,8 +8,8 @@ import re
 import sys
 
 from farm.logs import JsonFormatter
+from farm.pools.exits import EXIT_CAUSES
 from farm.pools.metrics import POOL_STATES
-from farm.pools.slots import EXIT_CAUSES
 from farm.server.metrics import COUNTER_FIELDS
 from tests.helpers import ROOT
 

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import signal
 
+from farm.pools.exits import EXIT_BOOT_ERROR, EXIT_RECYCLE, EXIT_RSS_KILLED, exit_cause
 from farm.pools.slots import (
-    EXIT_BOOT_ERROR,
-    EXIT_RECYCLE,
-    EXIT_RSS_KILLED,
     FREE_JOB_CRASHES,
     JOB_SEEN_STALE,
     Slot,
     WorkerProcess,
     boot_delay,
     crash_delay,
-    exit_cause,
 )
 
 
