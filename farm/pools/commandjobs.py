@@ -170,17 +170,19 @@ class CommandJobs:
             log.debug("admin %r to %s: %s", command.split()[0], address, e)
             return None
 
-    def ask_each(self, command: str, names: list[str]) -> int | None:
-        """``drain``/``killing`` of the connections ``names``, in as many lines as the
-        server's line limit asks (a process may hold hundreds): the ``OK N`` counts added
-        up, or None when a line is not answered so."""
-        count = 0
+    def ask_each(self, command: str, names: list[str]) -> tuple[int, ...] | None:
+        """``drain``/``killing``/``served`` of the connections ``names``, in as many lines
+        as the server's line limit asks (a process may hold hundreds): the numbers of each
+        ``OK N…`` reply added up by position, or None when a line is not answered so (or
+        there is no local server to ask)."""
+        total: tuple[int, ...] = ()
         for line in named_lines(command, names):
-            said = re.match(r"OK ([0-9]+)\r?\n", self.ask_server(line) or "")
-            if said is None:
-                return None
-            count += int(said[1])
-        return count
+            said = re.match(r"OK ([0-9]+(?: [0-9]+)*)\r?\n", self.ask_server(line) or "")
+            numbers = () if said is None else tuple(int(n) for n in said[1].split())
+            if not numbers or total and len(numbers) != len(total):
+                return None  # not one of the replies the lines before it were
+            total = tuple(a + b for a, b in zip(total, numbers, strict=True)) if total else numbers
+        return total
 
     def ask_peers(self, procs: list[WorkerProcess]) -> list[PeerRow] | None:
         """The server's ``peers`` rows of the connections of ``procs`` (as ``read_sockets``
@@ -206,14 +208,10 @@ class CommandJobs:
         its jobs closed its connections before it was reaped: its end said "0 jobs", and
         its exit 0 read as a crash (Slot.note_exit). Its own pid names its Unix-socket
         connections; a wrapper's child's, and TCP ones, are known when read while it ran."""
-        if self.peers_address() is None:
+        served = self.ask_each("served", sorted(proc.peers | {f"pid:{proc.pid}"}))
+        if served is None or len(served) != 2:
             return
-        done = held = 0
-        for line in named_lines("served", sorted(proc.peers | {f"pid:{proc.pid}"})):
-            said = re.match(r"OK ([0-9]+) ([0-9]+)\r?\n", self.ask_server(line) or "")
-            if said is None:
-                return
-            done, held = done + int(said[1]), held + int(said[2])
+        done, held = served
         proc.jobs_done = max(proc.jobs_done, done)
         if held and proc.busy_since is None:  # it left holding one: no clean stop of its own
             proc.busy_since = time.monotonic()
@@ -283,7 +281,7 @@ class CommandJobs:
         drained = self.ask_each("drain", sorted(proc.peers))
         if drained is None:
             return False
-        if drained == 0:
+        if drained == (0,):
             # None of its connections is the local server's (its servers are remote, as a
             # "running (not checked)" one's): nothing here holds its jobs back or sees them
             # end. Said as it is, not as a drain that then signalled it within 0.1 s.
