@@ -50,9 +50,14 @@ class _Column:
 
 
 def _table(
-    columns: Sequence[_Column], rows: Sequence[Sequence[str | Text]], sort: str, width: int | None
+    columns: Sequence[_Column],
+    rows: Sequence[Sequence[str | Text]],
+    sort: str,
+    width: int | None,
+    rows_left: int = 0,
 ) -> Table:
-    """``rows`` under ``columns``, fitted to ``width`` cells (None: as wide as they are).
+    """``rows`` under ``columns``, fitted to ``width`` cells (None: as wide as they are),
+    its caption saying that ``rows_left`` more did not fit (a screen's height).
 
     Left to rich, every column shrank alike: at 80 columns 123456 queued jobs read "1234…"
     and two functions named alike were both "farm.…". Here text columns are cut first, to
@@ -81,9 +86,13 @@ def _table(
         )
     for row in rows:
         table.add_row(*row[:shown])
+    # One caption of both notes, wrapped once: the rows' first.
+    notes = [f"… {rows_left} more (a taller terminal shows them)"] if rows_left > 0 else []
     if shown < len(columns):
         left_out = ", ".join(c.label for c in columns[shown:])
-        table.caption = _caption(f"{left_out} left out (a wider terminal shows them)", table)
+        notes.append(f"{left_out} left out (a wider terminal shows them)")
+    if notes:
+        table.caption = _caption(" · ".join(notes), table)
     return table
 
 
@@ -101,9 +110,9 @@ def _caption(note: str, table: Table) -> Text:
 def caption_lines(table: Table) -> int:
     """How many lines ``table``'s caption takes (0 without one)."""
     caption = table.caption
-    if caption is None:
+    if not isinstance(caption, Text):  # None: a caption here is always ``_caption``'s
         return 0
-    return (caption.plain if isinstance(caption, Text) else str(caption)).count("\n") + 1
+    return caption.plain.count("\n") + 1
 
 
 def _shrunk(
@@ -177,17 +186,7 @@ def function_table(
         for r in sorted(rows, key=order.get(sort, lambda r: r.name))
     ]
     shown = cells if limit is None else cells[: max(limit, 0)]
-    return _rows_left_out(_table(columns, shown, sort, width), len(cells) - len(shown))
-
-
-def _rows_left_out(table: Table, count: int) -> Table:
-    """``table`` whose caption says ``count`` rows did not fit (beside what else it says)."""
-    if count > 0:
-        more = f"… {count} more (a taller terminal shows them)"
-        said = table.caption.plain if isinstance(table.caption, Text) else table.caption
-        said = said.replace("\n", " ") if said else said  # wrapped again with ``more``
-        table.caption = _caption(f"{more} · {said}" if said else more, table)
-    return table
+    return _table(columns, shown, sort, width, len(cells) - len(shown))
 
 
 def _count(value: int | None) -> str:
@@ -258,7 +257,7 @@ def process_table(
                 _cell(r.get("restarts")),
             ]
         )
-    return _rows_left_out(_table(columns, cells, sort, width), len(ordered) - len(shown))
+    return _table(columns, cells, sort, width, len(ordered) - len(shown))
 
 
 _STATE_STYLE = {
