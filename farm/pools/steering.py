@@ -282,8 +282,7 @@ class Steering(ProcessTable):
                     f"{raw!r}: {pool} has slots 0 to {self.targets.get(pool, 0) - 1}"
                     " (POOL#SLOT, e.g. reverse#0)"
                 )
-            chosen = picks.setdefault(pool, [])
-            if chosen is not None and index not in chosen:
+            if (chosen := picks.setdefault(pool, [])) is not None and index not in chosen:
                 chosen.append(index)
         return picks
 
