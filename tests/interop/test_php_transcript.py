@@ -116,8 +116,28 @@ def test_php_reads_the_same_from_farm_as_from_gearmand() -> None:
     finally:
         for srv in servers:
             srv.stop()
-    assert farm == gearmand
+    assert one_key_in_order(farm) and one_key_in_order(gearmand), (farm, gearmand)
+    assert one_key_sorted(farm) == one_key_sorted(gearmand)
     # and what both said is what a job server should say, not one failure twice
     assert "doNormal news: 6431610062646f6e65 0" in farm  # d1, a\0b and the result
     assert "  Exception exc u-exc 626f6f6d 0/0 false false context3" in farm
     assert "  again: same" in farm and "by key -: [false,false,0,0]" in farm
+
+
+ONE_KEY = "rev one-key "
+
+
+def one_key_in_order(lines: list[str]) -> bool:
+    """Each of the two tasks sharing one key is told Created, then Complete."""
+    told = [line.split()[0] + line.rsplit(" ", 1)[1] for line in lines if ONE_KEY in line]
+    return all(told.index(f"Created{t}") < told.index(f"Complete{t}") for t in "ab")
+
+
+def one_key_sorted(lines: list[str]) -> list[str]:
+    """The transcript with the callbacks of the two tasks sharing one key in one order:
+    whether one task's Complete comes before the other's Created is the worker's timing
+    against the client's reads, which a loaded host changes (a CI run read farm's the
+    other way round, once)."""
+    block = sorted(line for line in lines if ONE_KEY in line)
+    rest = iter(block)
+    return [next(rest) if ONE_KEY in line else line for line in lines]
