@@ -44,12 +44,17 @@ def test_res_magic_is_invalid_magic_and_connection_survives(keeper_any, peer_fac
     ids=["XYZ", "zeros", "lowercase"],
 )
 def test_bad_magic_closes(keeper_any, peer_factory, data):
+    # PROTOCOL.md: bad magic closes, as gearmand does, without a word (farm sent an ERROR
+    # first, its text a Python repr of the magic).
+    closes_without_a_word(keeper_any, peer_factory, data)
+
+
+def closes_without_a_word(keeper_any, peer_factory, data: bytes) -> None:
+    """``data`` sent by a new peer: its connection closed, nothing answered, the server well."""
     srv, h = keeper_any
     p = peer_factory(srv.addr)
     p.send_raw(data)
     assert p.closed_within(5)
-    # PROTOCOL.md: bad magic closes, as gearmand does, without a word (farm sent an ERROR
-    # first, its text a Python repr of the magic).
     assert p.pending == [], "no answer before the close"
     assert_healthy(srv, h)
 
@@ -73,12 +78,7 @@ def test_farms_own_numbers_sent_by_a_peer_close_as_unknown(keeper_any, peer_fact
     # JOB_ACCEPT a held-grab worker's. Sent to farm's server by anyone else, JOB_REVOKE was
     # answered INVALID_COMMAND, as a known packet sent the wrong way; gearmand, which has no
     # such numbers, closes without a word, as for 199 or 202, and so does farm now.
-    srv, h = keeper_any
-    p = peer_factory(srv.addr)
-    p.send_raw(packet(ptype, body))
-    assert p.closed_within(5)
-    assert p.pending == [], "no answer before the close"
-    assert_healthy(srv, h)
+    closes_without_a_word(keeper_any, peer_factory, packet(ptype, body))
 
 
 @pytest.mark.parametrize(
@@ -91,12 +91,7 @@ def test_farms_own_numbers_over_the_size_limit_close_as_unknown(keeper_any, peer
     # type, closed on whatever its size. Its size was checked first: a body over
     # --max-packet got ARGUMENT_TOO_LARGE, the connection was kept, and farm read on past
     # the 2 GiB it claimed; gearmand closes on it as on any number it does not know.
-    srv, h = keeper_any
-    p = peer_factory(srv.addr)
-    p.send_raw(data)
-    assert p.closed_within(5)
-    assert p.pending == [], "no answer before the close"
-    assert_healthy(srv, h)
+    closes_without_a_word(keeper_any, peer_factory, data)
 
 
 def test_job_accept_with_res_magic_closes_as_unknown(keeper_any, peer_factory):
