@@ -6,7 +6,8 @@ reads nothing but ``[server] listen``, ``[supervisor] servers`` and, for the Exe
 large data, ``[executor] spill_dir`` and ``max_spill_mb``.
 
 Search order: ``$FARM_SERVERS`` (comma-separated), then ``$GEARMAN_SERVERS``
-(libgearman's convention), each unless empty or blank, then the config
+(libgearman's convention; the Executor takes only its ``unix:`` entries), each unless
+empty or blank, then the config
 (``$FARM_CONFIG``, ``./farm.toml``, ``/etc/farm/farm.toml``), else the built-in
 defaults. From a config, the local server's Unix socket comes first: it is
 faster, and it is the only way in for the Executor, whose calls only workers
@@ -294,7 +295,24 @@ def client_servers(config: str | os.PathLike[str] | None = None) -> str | list[s
 
 
 def executor_servers() -> str | list[str]:
-    """Servers for an Executor given none: the local farm's Unix socket, and nothing else."""
+    """Servers for an Executor given none: ``$FARM_SERVERS`` as set, the ``unix:`` entries of
+    ``$GEARMAN_SERVERS``, else the local farm's Unix socket, and nothing else.
+
+    ``$GEARMAN_SERVERS`` is libgearman's variable, often set host-wide for PHP and the
+    gearman tools: its TCP entries are nobody's choice to put signed calls on a port that
+    every local user can reach (and where the server queues them behind anyone's)."""
+    env = servers_from_env()
+    if env is not None and env[0] == "GEARMAN_SERVERS":
+        unix = [s.strip() for s in env[1].split(",") if s.strip().startswith("unix:")]
+        if unix:
+            return unix
+        try:
+            return _servers(tcp_fallback=False, environ=False)
+        except ServerUnavailable as exc:
+            raise ServerUnavailable(
+                f"{exc} ($GEARMAN_SERVERS names only TCP servers, which farm.Executor()"
+                " passes over)"
+            ) from None
     return _servers(tcp_fallback=False)
 
 
@@ -310,9 +328,9 @@ def servers_from_env() -> tuple[str, str] | None:
 
 
 def _servers(
-    *, tcp_fallback: bool, config: str | os.PathLike[str] | None = None
+    *, tcp_fallback: bool, config: str | os.PathLike[str] | None = None, environ: bool = True
 ) -> str | list[str]:
-    env = servers_from_env()
+    env = servers_from_env() if environ else None
     if env and config is None:  # a config named on the command line says which farm
         return env[1]
     farm = local_farm(config)

@@ -18,6 +18,7 @@ import pytest
 
 import farm
 from farm import discovery
+from farm.errors import ServerUnavailable
 from farm.net import DEFAULT_SERVER
 from farm.paths import UnsafeDirectory
 from tests.helpers.farmproc import FarmUp
@@ -219,3 +220,22 @@ def test_a_client_skips_a_remote_socket_another_user_could_have_planted(clean_en
             '[functions.a]\ntarget = "x:fn"\n'
         )
         assert discovery.client_servers() == ["10.0.0.1:4730"], "the TCP one instead"
+
+
+def test_the_executor_passes_over_tcp_in_gearman_servers(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # $GEARMAN_SERVERS is set host-wide for PHP and the gearman tools: its TCP address sent
+    # farm.Executor()'s signed calls over TCP, queued behind any local user's jobs there.
+    sock = clean_env / "gearman.sock"
+    write_config(clean_env, sock)
+    monkeypatch.setenv("GEARMAN_SERVERS", "127.0.0.1:4999")
+    assert discovery.client_servers() == "127.0.0.1:4999", "a client still takes it"
+    with pytest.raises(ServerUnavailable, match=r"GEARMAN_SERVERS names only TCP"):
+        discovery.executor_servers()  # no socket yet: refused, never TCP
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(sock))
+        listener.listen()
+        assert discovery.executor_servers() == [f"unix:{sock}"], "the config's socket"
+    monkeypatch.setenv("GEARMAN_SERVERS", f"10.0.0.1:4730, unix:{sock}")
+    assert discovery.executor_servers() == [f"unix:{sock}"], "its unix: entries are taken"
