@@ -39,6 +39,7 @@ from farm.protocol.checks import (
     check_schedule,
     check_seconds,
     check_status_key,
+    check_task,
     check_unique,
 )
 from farm.protocol.client import (
@@ -151,6 +152,7 @@ class AsyncClient(AsyncLinks):
     async def wait(self, task: Task[Waiter], timeout: float | None = None) -> bytes:
         """The result of a foreground task from ``submit`` (or raise its error). A Timeout
         leaves the task as it was, as ``Future.result(timeout)`` does: wait for it again."""
+        check_task(task, "wait")
         if task.background:
             raise ValueError("a background job sends no result to wait for")
         check_seconds(timeout, look=True)
@@ -346,6 +348,7 @@ class AsyncClient(AsyncLinks):
         """Stop waiting for ``task``: what the server sends of it is dropped, and the client
         keeps nothing of it once the job ends (the job itself runs on). A submit still held
         (its server stopped reading) is taken back instead: the server never sees it."""
+        check_task(task, "abandon")
         self._give_up(task)
 
     def _give_up(self, task: Task[Waiter]) -> bool:

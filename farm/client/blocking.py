@@ -30,6 +30,7 @@ from farm.protocol.checks import (
     check_schedule,
     check_seconds,
     check_status_key,
+    check_task,
     check_unique,
 )
 from farm.protocol.client import (
@@ -183,6 +184,7 @@ class Client:
     def wait(self, task: Task[TaskListener], timeout: float | None = None) -> bytes:
         """Wait for a foreground task's result (see ``call`` for the errors). A Timeout
         leaves the task as it was, as ``Future.result(timeout)`` does: wait for it again."""
+        check_task(task, "wait")
         if task.background:
             raise ValueError("a background job sends no result to wait for")
         check_seconds(timeout, look=True)
@@ -214,6 +216,7 @@ class Client:
         """Stop waiting for ``task``: what the server sends of it is dropped, and the client
         keeps nothing of it once the job ends (the job itself runs on; a background job has
         nothing to drop)."""
+        check_task(task, "abandon")
         conn = self._wire.conns.get(task.server or "")
         if conn is not None:
             conn.session.abandon(task)

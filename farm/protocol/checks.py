@@ -8,6 +8,7 @@ from typing import TypeAlias
 
 from farm.protocol.codec import MAX_EPOCH, MAX_TIMEOUT, MAX_UNIQUE, text_bytes
 from farm.protocol.kinds import PRIORITY_NAMES
+from farm.protocol.tasks import Task
 
 __all__ = [
     "Data",
@@ -19,6 +20,7 @@ __all__ = [
     "check_priority",
     "check_schedule",
     "check_status_key",
+    "check_task",
     "check_timeout",
     "check_seconds",
     "sendable",
@@ -64,6 +66,14 @@ def sendable(text: str, what: str) -> bytes:
         return text_bytes(text)
     except UnicodeEncodeError:
         raise ValueError(f"{what} {text!r} holds a surrogate that stands for no byte") from None
+
+
+def check_task(task: object, method: str) -> None:
+    """``wait`` and ``abandon`` take the Task that ``submit`` returned, not its handle (a
+    handle string, which ``status`` takes, raised AttributeError from inside them)."""
+    if not isinstance(task, Task):
+        given = type(task).__name__
+        raise TypeError(f"{method}() takes the Task that submit() returned, not {given}")
 
 
 def check_status_key(unique: object) -> str:

@@ -255,3 +255,17 @@ async def test_a_bad_timeout_is_refused_before_the_job_is_sent(served: Server) -
         ), "no job reached the server"
     with pytest.raises(TypeError, match="connect_timeout must be"):
         AsyncClient(served.addr, connect_timeout="1")  # type: ignore[arg-type]
+
+
+@run_async
+async def test_wait_and_abandon_take_the_task_not_its_handle(served: Server) -> None:
+    # A handle string (what status() takes) raised AttributeError from inside them.
+    takes = r"\(\) takes the Task that submit\(\) returned, not str$"
+    async with AsyncClient(served.addr) as client:
+        task = await client.submit("reverse", b"abc")
+        assert task.handle is not None
+        with pytest.raises(TypeError, match="^wait" + takes):
+            await client.wait(task.handle)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="^abandon" + takes):
+            client.abandon(task.handle)  # type: ignore[arg-type]
+        assert await client.wait(task, timeout=30) == b"cba"  # left as it was

@@ -230,6 +230,26 @@ def test_bad_arguments_get_clear_errors() -> None:
         farm.Client("host:99999")
 
 
+def takes_task(method: str, given: str) -> str:
+    """What ``wait`` and ``abandon`` given no Task raise, as a pattern."""
+    return rf"^{method}\(\) takes the Task that submit\(\) returned, not {given}$"
+
+
+def test_wait_and_abandon_take_the_task_not_its_handle(farm_server) -> None:
+    # A handle string (what status() takes) raised AttributeError from inside them: 'str'
+    # object has no attribute 'background' (wait), 'server' (abandon).
+    with serving(farm_server.addr, {"reverse": reverse}), farm.Client(farm_server.addr) as c:
+        task = c.submit("reverse", b"abc")
+        assert task.handle is not None
+        with pytest.raises(TypeError, match=takes_task("wait", "str")):
+            c.wait(task.handle)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=takes_task("abandon", "str")):
+            c.abandon(task.handle)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=takes_task("wait", "NoneType")):
+            c.wait(None)  # type: ignore[arg-type]
+        assert c.wait(task) == b"cba"  # the task itself, left as it was by the refusals
+
+
 def test_servers_default_from_environment(monkeypatch, no_local_farm) -> None:
     # Else: the local farm's socket, and 127.0.0.1:4730 where none answers (no_local_farm:
     # a farm running at this machine's defaults answered, and the test failed).
