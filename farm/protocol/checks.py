@@ -32,11 +32,21 @@ Data: TypeAlias = bytes | bytearray | memoryview | str
 
 
 def as_bytes(data: object, what: str = "data") -> bytes:
-    """bytes as they are, str as UTF-8; anything else is the caller's mistake."""
+    """bytes as they are, str as UTF-8; anything else is the caller's mistake. A str's
+    surrogates that stand for bytes (os.fsdecode's, ``Job.function``'s) go out as those
+    bytes, as a name's and a unique key's do (``text_bytes``); ValueError for one that
+    stands for none, naming ``what``: a bare UnicodeEncodeError did not say it was the data."""
     if isinstance(data, bytes):
         return data
     if isinstance(data, str):
-        return data.encode()
+        try:
+            return text_bytes(data)
+        except UnicodeEncodeError as e:
+            # Not the whole text: data may be megabytes.
+            raise ValueError(
+                f"{what} holds a surrogate that stands for no byte ({data[e.start]!r} at"
+                f" index {e.start}): encode it yourself, or pass bytes"
+            ) from None
     if isinstance(data, bytearray | memoryview):
         return bytes(data)
     raise TypeError(

@@ -250,6 +250,27 @@ def test_wait_and_abandon_take_the_task_not_its_handle(farm_server) -> None:
         assert c.wait(task) == b"cba"  # the task itself, left as it was by the refusals
 
 
+def test_str_data_keeps_the_bytes_its_surrogates_escape(farm_server) -> None:
+    # Names and unique keys go out as the bytes os.fsdecode's surrogates stand for; data
+    # raised a bare UnicodeEncodeError that did not say it was the data.
+    raw = b"caf\xe9 \xff\xfe"
+    text = raw.decode("utf-8", "surrogateescape")  # as os.fsdecode makes it
+    functions = {"echo": lambda job: job.data, "echo-text": lambda job: text}
+
+    async def async_call() -> bytes:
+        async with farm.AsyncClient(farm_server.addr) as ac:
+            return await ac.call("echo", text, timeout=30)
+
+    with serving(farm_server.addr, functions), farm.Client(farm_server.addr) as c:
+        assert c.call("echo", text) == raw
+        assert c.call("echo-text", b"") == raw  # a worker's str result, the same way
+        assert asyncio.run(async_call()) == raw
+        # A surrogate that stands for no byte: refused before anything is sent, named.
+        refused = r"^data holds a surrogate that stands for no byte \('\\ud800' at index 1\)"
+        with pytest.raises(ValueError, match=refused):
+            c.call("echo", "x\ud800y")
+
+
 def test_servers_default_from_environment(monkeypatch, no_local_farm) -> None:
     # Else: the local farm's socket, and 127.0.0.1:4730 where none answers (no_local_farm:
     # a farm running at this machine's defaults answered, and the test failed).
