@@ -1,14 +1,14 @@
 """Which job server to try, in what order: one rule for every client face.
 
-A job with a unique key always starts at the same server (so retries and
-joiners meet the same queue); others rotate, past a server that is not taking
-our bytes (``busy``). A server that refused or dropped a connection, or left a
-request unanswered for its caller's timeout (``mark_down``), is tried last for
-``DOWN_FOR`` seconds, or for ``COST_FACTOR`` times what finding it down cost if longer (a
-connect nothing answers takes connect_timeout), and for twice as long as the last time at
-each failure in a row, up to ``DOWN_MAX``: a client calling every second paid the whole
-connect_timeout of a dead host each time its 2 s were up (python-gearman 1.x left a failed
-server alone for 120 s).
+A job with a unique key always starts at the same server (so retries and joiners meet
+the same queue); others rotate over the servers not marked down, past a server that is
+not taking our bytes (``busy``). A server that refused or dropped a connection, or left
+a request unanswered for its caller's timeout (``mark_down``), is tried last for
+``DOWN_FOR`` seconds, or for ``COST_FACTOR`` times what finding it down cost if longer
+(a connect nothing answers takes connect_timeout), and for twice as long as the last
+time at each failure in a row, up to ``DOWN_MAX``: a client calling every second paid
+the whole connect_timeout of a dead host each time its 2 s were up (python-gearman 1.x
+left a failed server alone for 120 s).
 """
 
 from __future__ import annotations
@@ -105,17 +105,24 @@ class ServerPicker:
         servers = self.servers
         if len(servers) == 1:  # the usual farm: nothing to rotate or rank (each job asks)
             return [] if servers[0] == exclude else [servers[0]]
+        now = time.monotonic()
+        down = {a for a in servers if self._down_until.get(a, 0) > now}
         if unique:
             start = key_slot(unique, len(servers))
+            ring = servers[start:] + servers[:start]
             busy = ()
         else:
-            start = self._rotation % len(servers)
+            # The rotation goes over the live servers alone: over all of them, a down
+            # server's turns each fell to the live one after it (of three servers with one
+            # down, that one took two jobs in three, the other one).
+            live = [a for a in servers if a not in down]
+            start = self._rotation % max(len(live), 1)
             self._rotation += 1
-        order = [a for a in servers[start:] + servers[:start] if a != exclude]
-        now = time.monotonic()
+            ring = live[start:] + live[:start] + [a for a in servers if a in down]
+        order = [a for a in ring if a != exclude]
 
         def rank(addr: str) -> int:  # live, then busy, then down (marked lately)
-            return 2 if self._down_until.get(addr, 0) > now else int(addr in busy)
+            return 2 if addr in down else int(addr in busy)
 
         return sorted(order, key=rank)  # stable: the rotation holds within each rank
 

@@ -31,6 +31,18 @@ def test_a_unique_key_starts_at_one_server_and_other_jobs_rotate() -> None:
     assert "b:1" not in picker.order(exclude="b:1")
 
 
+def test_jobs_without_a_key_rotate_over_the_live_servers_alone() -> None:
+    # Rotated over all three, the down server's turns each fell to the live one after it:
+    # c:1 took two jobs in three.
+    picker = ServerPicker(SERVERS)
+    picker.mark_down("b:1")
+    firsts = [picker.order()[0] for _ in range(6)]
+    assert firsts.count("a:1") == firsts.count("c:1") == 3
+    assert picker.order()[-1] == "b:1", "the down one still tried, last"
+    keyed = picker.order("key-7")
+    assert keyed == sorted(keyed, key=lambda a: a == "b:1"), "a key keeps its own order"
+
+
 def test_a_server_marked_down_goes_last_for_down_for_seconds(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
