@@ -93,7 +93,7 @@ def worker(
     server: ServerOpt = None,
     config: Path | None = ConfigOption,
     timeout: Annotated[
-        float | None, typer.Option(help="Seconds a job may run (sent as CAN_DO_TIMEOUT).")
+        float | None, typer.Option(help="Seconds a job may run, at least 1 (CAN_DO_TIMEOUT).")
     ] = None,
     client_id: Annotated[str | None, typer.Option(help="Id shown by the admin 'workers'.")] = None,
     verbose: Annotated[

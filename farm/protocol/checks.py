@@ -6,7 +6,7 @@ import datetime as _dt
 import math
 from typing import TypeAlias
 
-from farm.protocol.codec import MAX_EPOCH, MAX_TIMEOUT, MAX_UNIQUE, text_bytes
+from farm.protocol.codec import MAX_EPOCH, MAX_TIMEOUT, MAX_UNIQUE, MIN_TIMEOUT, text_bytes
 from farm.protocol.kinds import PRIORITY_NAMES
 from farm.protocol.tasks import Task
 
@@ -160,9 +160,11 @@ def check_schedule(when: object, priority: str, background: bool) -> tuple[int |
 
 
 def check_timeout(name: str, timeout: object) -> float | None:
-    """A worker's CAN_DO_TIMEOUT for ``name``: seconds > 0, at most MAX_TIMEOUT, or None.
-    A server refuses a longer one (ERROR, and no registration made): said here,
-    not found out as a worker that is never sent the function's jobs."""
+    """A worker's CAN_DO_TIMEOUT for ``name``: seconds from MIN_TIMEOUT to MAX_TIMEOUT, or
+    None. A server refuses a longer one (ERROR, and no registration made): said here,
+    not found out as a worker that is never sent the function's jobs. A shorter one no
+    server reads as asked (MIN_TIMEOUT): it was sent as 1 s while ``job.timeout`` said
+    what was asked."""
     if timeout is not None and (
         isinstance(timeout, bool)
         or not isinstance(timeout, int | float)
@@ -170,6 +172,11 @@ def check_timeout(name: str, timeout: object) -> float | None:
     ):
         raise ValueError(
             f"{name}: timeout must be a number of seconds > 0 and at most {MAX_TIMEOUT}"
+        )
+    if timeout is not None and timeout < MIN_TIMEOUT:
+        raise ValueError(
+            f"{name}: timeout must be at least {MIN_TIMEOUT} s, not {timeout!r}: it goes out"
+            " in milliseconds, and farm's server reads a number under 1000 as seconds"
         )
     return timeout
 

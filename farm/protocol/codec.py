@@ -28,6 +28,7 @@ __all__ = [
     "MAX_UNIQUE",
     "MAX_FUNCTION",
     "MAX_TIMEOUT",
+    "MIN_TIMEOUT",
     "MAX_EPOCH",
     "MAX_CLIENT_ID",
     "name_problem",
@@ -66,6 +67,11 @@ MAX_UNIQUE = 63
 MAX_FUNCTION = 512
 #: Longest CAN_DO_TIMEOUT (seconds) and latest SUBMIT_JOB_EPOCH (epoch seconds) accepted.
 MAX_TIMEOUT = 366 * 86400
+#: Shortest timeout (seconds) a worker registers. CAN_DO_TIMEOUT goes out in milliseconds,
+#: which gearmand reads every value as; farm's server reads one under 1000 as seconds (as
+#: php.net documents PHP's, which libgearman passes on as given): only from 1000 ms on do
+#: both read one length, and 500 ms would be 500 s on farm (docs/server.md).
+MIN_TIMEOUT = 1
 MAX_EPOCH = 1 << 40
 MAX_CLIENT_ID = 127
 #: What a function name or client id may not hold: the admin protocol's listings are lines

@@ -173,10 +173,10 @@ class WorkerSession:
         if (problem := name_problem(raw := text_bytes(name))) is not None:
             self._refusable.append((problem[0], f"function name {problem[1]}", name))
         if timeout:
-            # Milliseconds, at least 1000: gearmand 1.1.20 reads every value as ms, farm those
-            # from 1000 (below, seconds: docs/server.md). Seconds would turn a 3600 s timeout
-            # into 3.6 s on gearmand.
-            millis = max(1000, round(timeout * 1000))
+            # Milliseconds: gearmand 1.1.20 reads every value so, farm those from 1000 (below:
+            # seconds, docs/server.md); seconds made 3600 s 3.6 s on gearmand. Less than
+            # MIN_TIMEOUT, where the two readings meet, check_timeout refuses at registration.
+            millis = round(timeout * 1000)
             return encode_req(PT.CAN_DO_TIMEOUT, raw, b"%d" % millis)
         return encode_req(PT.CAN_DO, raw)
 

@@ -17,7 +17,7 @@ import pytest
 import farm
 from farm.protocol import PacketType as PT
 from tests.helpers.peers import Peer
-from tests.helpers.serving import reverse, serving
+from tests.helpers.serving import reverse, serving, working
 from tests.helpers.waiting import wait_for
 
 
@@ -212,6 +212,32 @@ def test_can_do_timeout_fails_the_job_on_farm(farm_server) -> None:
         release.set()
         worker.stop()
         thread.join(10)
+
+
+def test_a_worker_timeout_under_a_second_is_refused_not_raised_to_one(farm_server) -> None:
+    # 0.5 went out as 1000 ms (farm's server reads a number under 1000 as seconds, gearmand
+    # every one as ms) while job.timeout said 0.5: the job failed after 1 s, unsaid.
+    release = threading.Event()
+    told: list[float | None] = []
+
+    def stuck(job: farm.worker.Job) -> bytes:
+        told.append(job.timeout)
+        release.wait(10)
+        return b"late"
+
+    worker = farm.Worker(farm_server.addr)
+    with pytest.raises(ValueError, match=r"^stuck: timeout must be at least 1 s, not 0\.5"):
+        worker.register("stuck", stuck, timeout=0.5)
+    worker.register("stuck", stuck, timeout=1.5)  # the floor and above: sent as asked
+    with working(worker), farm.Client(farm_server.addr) as c:
+        try:
+            started = time.monotonic()
+            with pytest.raises(farm.JobFailed):
+                c.call("stuck", b"", timeout=8)
+            assert time.monotonic() - started >= 1.4, "1500 ms, not 1 s"
+        finally:
+            release.set()  # before the worker's stop, which waits for the job
+    assert told == [1.5]
 
 
 def test_bad_arguments_get_clear_errors() -> None:
