@@ -196,14 +196,22 @@ class Supervisor(
             log.warning("metrics: %s; going on without them", self.metrics_error)
 
     def reap_workers(self) -> None:
-        """Collect every exited child; a slot's worker is restarted by ``manage_workers``."""
+        """Collect every exited child; a slot's worker is restarted by ``manage_workers``.
+        All are collected first, the server's end handled before its workers': a command
+        worker that ends as its connection to the killed server closes is then judged as
+        one that lost its server (LocalServer.lost_by), not as a crash, whichever of the
+        two ends waitpid returned first."""
+        ended: list[tuple[int, int]] = []
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
+                break
+            ended.append((pid, status))
+        ended.sort(key=lambda end: end[0] != self.server.pid)  # stable: the rest in order
+        for pid, status in ended:
             if pid == self.server.pid:
                 self.server.exited(status, farm_stops=self.stopping)
                 if not self.server.ever_ready and not self.stopping:
@@ -225,7 +233,7 @@ class Supervisor(
         elif srv.pid and not srv.ready:
             srv.read_progress()  # its store's replay: what extends systemd's start (readiness)
             if srv.accepts():
-                srv.ready = srv.ever_ready = True
+                srv.answered(time.monotonic())
                 where = ", ".join(self.config.server.listen)
                 log.info("job server (pid %d) accepts on %s", srv.pid, where)
         elif srv.ready:  # the functions of pools a reload added: labelled from now on

@@ -18,6 +18,7 @@ __all__ = [
     "Exits",
     "describe_exit",
     "exit_cause",
+    "may_answer_server_loss",
 ]
 
 # Exit codes of farm.pools.workerproc, like gunicorn's: the supervisor tells an
@@ -30,7 +31,18 @@ EXIT_RSS_KILLED = 5  # went past kill_rss_mb mid-job, failed that job: replace a
 #: Workers that ended and were replaced, by (pool, cause): farm_pool_restarts_total.
 Exits = Counter[tuple[str, str]]
 #: Every cause ``exit_cause`` names: each pool's series of them exist from its start, at 0.
-EXIT_CAUSES = ("crash", "boot_failure", "timeout", "recycle", "rss", "killed")
+EXIT_CAUSES = ("crash", "boot_failure", "timeout", "recycle", "rss", "killed", "server_lost")
+
+
+def may_answer_server_loss(status: int) -> bool:
+    """Whether a command worker's end may be its own answer to its job server's loss: an
+    exit with any code, as its code decides on a connection it cannot make again (PHP's
+    ``while ($w->work());`` exits 0, an ``exit(1)`` after the loop 1, an uncaught
+    GearmanException 255), or SIGPIPE, a write to the closed connection. Not another
+    signal: a segfault or the OOM killer's SIGKILL says nothing of the server."""
+    if os.WIFSIGNALED(status):
+        return os.WTERMSIG(status) == signal.SIGPIPE
+    return True
 
 
 def exit_cause(
@@ -40,11 +52,14 @@ def exit_cause(
     boot_error: str = "",
     in_job: bool = False,
     served: bool = False,
+    server_lost: bool = False,
 ) -> str:
     """Why a worker in a slot ended, as the label of farm_pool_restarts_total. ``in_job``:
     it died with a job in hand, so a code other than RSS's was the job's (a call's
     ``os._exit(3)``), a crash, not a boot failure or a recycle. ``served``: a command
-    worker that ended jobs, whose exit 0 is a recycle (``Slot.note_exit``)."""
+    worker that ended jobs, whose exit 0 is a recycle (``Slot.note_exit``). ``server_lost``:
+    a command worker that ended as its local server had died (``may_answer_server_loss``),
+    no crash of its own."""
     if boot_error:
         return "boot_failure"
     if kill_reason:
@@ -52,6 +67,8 @@ def exit_cause(
     code = os.waitstatus_to_exitcode(status)
     if in_job and code != EXIT_RSS_KILLED:
         return "crash"
+    if server_lost and code != EXIT_RSS_KILLED:
+        return "server_lost"
     if served and code == EXIT_DRAINED:
         return "recycle"
     causes = {EXIT_RECYCLE: "recycle", EXIT_RSS_KILLED: "rss", EXIT_BOOT_ERROR: "boot_failure"}

@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 
 from farm.config import Config, FunctionConfig
-from farm.pools.exits import Exits, describe_exit, exit_cause
+from farm.pools.exits import Exits, describe_exit, exit_cause, may_answer_server_loss
+from farm.pools.localserver import LocalServer
 from farm.pools.record import RecordReader, create_record_fd
 from farm.pools.slots import ProcState, Slot, WorkerProcess, crash_delay
 from farm.pools.spawn import EXEC_FAILED_PREFIX, EXIT_EXEC_FAILED, WORKER_OOM_SCORE_ADJ, spawn
@@ -60,6 +61,7 @@ class Lifecycle:
     python_env: dict[str, str]  # a Python worker's: targets.trusted_pythonpath's PYTHONPATH
     selector: selectors.BaseSelector
     exits: Exits
+    server: LocalServer
 
     # Provided by the rollout (farm.pools.rollout): a successor that died before serving.
     successor_exited: Callable[[Slot, WorkerProcess, int], None]
@@ -171,17 +173,24 @@ class Lifecycle:
         if proc.command:
             self.count_served(proc)  # its jobs, from the server: "0 jobs" when not polled
         in_job = proc.busy_since is not None
+        # A command worker may end of the local server's death (a Python worker reconnects
+        # by itself, and its exit codes are farm's): no crash of its own.
+        lost = proc.command and self.config.local_server and may_answer_server_loss(status)
+        lost = lost and self.server.lost_by(proc.started, now)
         cause = exit_cause(
             proc.kill_reason,
             status,
             boot_error=proc.boot_error,
             in_job=in_job,
             served=proc.served_jobs,
+            server_lost=lost,
         )
         self.exits[proc.function, cause] += 1
-        how, delay = slot.note_exit(proc, status, now)
+        how, delay = slot.note_exit(proc, status, now, server_lost=lost)
         when = "now" if delay == 0 else f"in {delay:g}s"
-        level = logging.INFO if "recycled" in how else logging.WARNING
+        if delay == 0 and not self.server.ready and self.config.local_server:
+            when = "once the job server answers again"  # manage_workers waits for it
+        level = logging.INFO if "recycled" in how or cause == "server_lost" else logging.WARNING
         # The warning quotes its last output, so `journalctl -p warning` shows why a PHP
         # worker crash-loops; not a boot failure's why again, and for a Python worker only
         # when it crashed (its other ends say why themselves: a boot report, a recycle, RSS).

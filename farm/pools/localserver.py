@@ -36,6 +36,9 @@ log = logging.getLogger("farm.supervisor")
 NO_SUCH_NAME = frozenset({socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)})
 #: Seconds the server has to answer ``poolfunctions``, and the wait before it is asked again.
 NAMING_TIMEOUT, NAMING_RETRY = 0.5, 5.0
+#: A command worker that ran when the server died and ends this long after the new one
+#: answers still ended of that death: its reconnect tries gave up as the server came back.
+LOST_WINDOW = 5.0
 
 
 def named_lines(command: str, names: list[str]) -> list[str]:
@@ -87,6 +90,7 @@ class LocalServer(RestartHistory):
         self.pid = 0
         self.started = 0.0
         self.ready = False
+        self.ready_at = 0.0  # when it last answered after its start (``answered``)
         self.ever_ready = False  # a server that never listened will not by retrying
         self.stopping = False
         self.progress_fd = -1  # the pipe its store's replay writes to (ReplayProgress)
@@ -259,6 +263,24 @@ class LocalServer(RestartHistory):
             "now" if delay == 0 else f"in {delay:g}s",
         )
         self.pid, self.ready = 0, False
+
+    def answered(self, now: float) -> None:
+        """It answered ``getpid``: it serves, workers may start."""
+        self.ready = self.ever_ready = True
+        self.ready_at = now
+
+    def lost_by(self, started: float, now: float) -> bool:
+        """Whether a worker started at ``started`` that ends ``now`` ran when this server
+        last died, and ends while it is not back or within ``LOST_WINDOW`` of its return:
+        a command worker may end of that (PHP's ``while ($w->work());`` does). Workers
+        start only once the server answers, so one that ran while it does not outlived a
+        death; the supervisor reaps the server's end before its workers' (Supervisor.
+        reap_workers), so one that saw its connection close first is judged by it too."""
+        if not self.ever_ready or self.stopping:
+            return False
+        if not self.pid or not self.ready:
+            return True
+        return started < self.started and now - self.ready_at <= LOST_WINDOW
 
     def admin_address(self) -> str | None:
         """Where to ask this server admin questions: its Unix socket when it has one (no

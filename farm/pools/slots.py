@@ -312,10 +312,14 @@ class Slot(RestartHistory):
     def name(self) -> str:
         return worker_name(self.function, self.index, self.core)
 
-    def note_exit(self, proc: WorkerProcess, status: int, now: float) -> tuple[str, float]:
+    def note_exit(
+        self, proc: WorkerProcess, status: int, now: float, *, server_lost: bool = False
+    ) -> tuple[str, float]:
         """Record ``proc``'s end in the slot's restart history; return (what happened, delay
         before the next start). The caller (farm.pools.lifecycle) sets ``last_exit``: it adds
-        the process's last output where that says why."""
+        the process's last output where that says why. ``server_lost``: a command worker
+        that ended as the local server had died (``LocalServer.lost_by``), which it may
+        answer with any exit code (``exits.may_answer_server_loss``)."""
         code = os.waitstatus_to_exitcode(status)
         how = describe_exit(status)
         self.lived(now - proc.started)
@@ -338,6 +342,12 @@ class Slot(RestartHistory):
             how, delay = f"crashed in job{job}: {how}", self.planned(now)
         elif proc.busy_since is not None:  # past them: a crash loop, backed off as one
             how, delay = f"crashed: {how}", self.failed(now)
+        elif server_lost:
+            # A PHP worker's `while ($w->work());` ends when its server is gone (work():
+            # GEARMAN_COULD_NOT_CONNECT) where a Python worker reconnects. Counted as a
+            # crash, two server deaths took every PHP slot to "failing" and its backoff;
+            # the supervisor starts it again once the new server answers (manage_workers).
+            how, delay = f"lost its job server ({how})", self.planned(now)
         elif code == EXIT_DRAINED and proc.served_jobs:
             # A command worker that stopped itself after its jobs, as PHP workers do
             # (`while ($w->work()) { if (++$n >= 100) exit(0); }`): a recycle. Counted as a

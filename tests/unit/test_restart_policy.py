@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import signal
 
-from farm.pools.exits import EXIT_BOOT_ERROR, EXIT_RECYCLE, EXIT_RSS_KILLED, exit_cause
+from farm.config import ServerConfig
+from farm.pools.exits import (
+    EXIT_BOOT_ERROR,
+    EXIT_RECYCLE,
+    EXIT_RSS_KILLED,
+    exit_cause,
+    may_answer_server_loss,
+)
+from farm.pools.localserver import LOST_WINDOW, LocalServer
 from farm.pools.slots import (
     FREE_JOB_CRASHES,
     JOB_SEEN_STALE,
@@ -140,3 +148,44 @@ def test_a_command_workers_exit_0_after_jobs_is_a_recycle_before_any_a_crash() -
     assert slot.note_exit(four, status(EXIT_RECYCLE), now=104)[0] == (
         "was recycled (exited with code 4)"
     )
+
+
+def test_a_command_worker_that_lost_its_server_is_restarted_at_once_uncounted() -> None:
+    """PHP's `while ($w->work());` ends when the job server died (work() cannot
+    reconnect): with any exit code, or SIGPIPE, its slot is neither backed off nor
+    failing; a death in a job stays one, and a segfault stays a crash."""
+    slot = Slot("f", 0, 0)
+    for code in (0, 1, 255, 0, 0):
+        lost = proc()
+        lost.command = True
+        how, delay = slot.note_exit(lost, status(code), now=101, server_lost=True)
+        assert (how, delay) == (f"lost its job server (exited with code {code})", 0)
+        assert exit_cause("", status(code), server_lost=True) == "server_lost"
+    assert slot.failures == 0 and not slot.failing
+    assert may_answer_server_loss(status(0)) and may_answer_server_loss(status(3))
+    assert may_answer_server_loss(status(sig=signal.SIGPIPE))
+    assert not may_answer_server_loss(status(sig=signal.SIGSEGV))
+    holding = proc()
+    holding.command, holding.busy_since = True, 100.5
+    how, _ = slot.note_exit(holding, status(0), now=102, server_lost=True)
+    assert how == "crashed in job: exited with code 0"
+    assert exit_cause("", status(0), in_job=True, server_lost=True) == "crash"
+
+
+def test_a_worker_lost_its_server_only_if_it_ran_through_the_servers_death() -> None:
+    config = ServerConfig(listen=("unix:/nowhere/farm.sock",), store="none", job_retries=3)
+    server = LocalServer(config, {})
+    assert not server.lost_by(started=1.0, now=2.0)  # never ready: workers never ran
+    server.pid, server.started = 10, 5.0
+    server.answered(6.0)
+    assert not server.lost_by(started=7.0, now=8.0)  # it serves, and did all along
+    server.pid, server.ready = 0, False  # died (exited): the backoff, or a start
+    assert server.lost_by(started=7.0, now=9.0)
+    server.pid, server.started = 11, 10.0
+    assert server.lost_by(started=7.0, now=10.5)  # the new one does not answer yet
+    server.answered(11.0)
+    assert server.lost_by(started=7.0, now=11.0 + LOST_WINDOW)  # it gave up as it came back
+    assert not server.lost_by(started=7.0, now=11.1 + LOST_WINDOW)
+    assert not server.lost_by(started=10.5, now=12.0)  # started after the death: its own end
+    server.stopping = True  # the farm stops it: its workers drain, ordered
+    assert not server.lost_by(started=7.0, now=12.0)

@@ -1,0 +1,131 @@
+"""A command worker that ends because the local job server died (PHP's ``while
+($w->work());`` returns when work() cannot reconnect: GEARMAN_COULD_NOT_CONNECT) lost its
+server: no crash, no backoff, started again once the new server answers, as a Python
+worker reconnects by itself (docs/operations.md, "Job server died", "Command pools").
+
+Found in a PHP developer's review: each SIGKILL of the server logged every PHP slot
+`stopped unasked (exited with code 0) ... restarting in 1s`, backed off, and two deaths
+made the slots `failing`, while the farm's Python workers said at INFO that it was back.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+import farm
+from tests.helpers.farmproc import FarmUp
+from tests.helpers.scraping import get, scrape
+from tests.helpers.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+# A raw-protocol worker, as a PHP one is: it serves its pool's function (GRAB_JOB,
+# PRE_SLEEP while there is none), and exits with argv[1] once its connection closes.
+ENDS_WITH_ITS_SERVER = """\
+import os, socket, struct, sys
+host, port = os.environ["FARM_SERVERS"].split(",")[0].rsplit(":", 1)
+def pkt(t, *x):
+    b = b"\\0".join(x)
+    return b"\\0REQ" + struct.pack(">II", t, len(b)) + b
+def take(n):
+    b = b""
+    while len(b) < n:
+        more = s.recv(n - len(b))
+        if not more:  # the server went: what `while ($w->work());` does next
+            print("lost the server", flush=True)
+            sys.exit(int(sys.argv[1]))
+        b += more
+    return b
+def read():
+    t, n = struct.unpack(">II", take(12)[4:])
+    return t, take(n)
+s = socket.create_connection((host, int(port)))
+s.sendall(pkt(1, os.environ["FARM_FUNCTION"].split(",")[0].encode()))  # CAN_DO
+while True:
+    s.sendall(pkt(9))  # GRAB_JOB
+    t, b = read()
+    if t == 10:  # NO_JOB
+        s.sendall(pkt(4))  # PRE_SLEEP, then wait for the NOOP
+        read()
+    elif t == 11:  # JOB_ASSIGN
+        s.sendall(pkt(13, b.split(b"\\0")[0], b"ok"))  # WORK_COMPLETE
+"""
+
+KILLS = 3  # FAILING_AFTER crashes in a row made a slot "failing"
+
+
+def serving(up: FarmUp) -> list[dict]:
+    """Both slots' workers, once both serve (one look at `farm ps`); else none."""
+    rows = up.workers()
+    return rows if len(rows) == 2 and all(r["state"] == "running" for r in rows) else []
+
+
+def ends(up: FarmUp) -> list[str]:
+    """The supervisor's log lines of a worker's end and its restart."""
+    return [r for r in up.read_log().splitlines() if " worker " in r and "; restarting " in r]
+
+
+def test_a_command_worker_that_ends_with_its_server_lost_it_not_crashed(tmp_path: Path) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(ENDS_WITH_ITS_SERVER)
+    pools = "".join(
+        f'[functions.{name}]\nworkers = 1\ncommand = ["{sys.executable}", "{script}", "{code}"]\n'
+        for name, code in (("zero", 0), ("one", 1))  # any exit code: the worker's choice
+    )
+    up = FarmUp(tmp_path, pools)
+    try:
+        up.expect_notify("READY=1")
+        for kill in range(1, KILLS + 1):
+            running = wait_for("both workers serving", lambda: serving(up), timeout=30)
+            up.kill_server()
+            wait_for(
+                "both workers' ends logged",
+                lambda kill=kill: len(ends(up)) >= 2 * kill,  # type: ignore[misc]
+                timeout=30,
+            )
+            # Replaced, not kept: each slot's process is a new one.
+            again = wait_for("both serving the new server", lambda: serving(up), timeout=30)
+            assert {r["pid"] for r in again}.isdisjoint(r["pid"] for r in running)
+        with farm.Client(up.addr) as client:
+            assert client.call("zero", "x", timeout=10) == b"ok"
+            assert client.call("one", "x", timeout=10) == b"ok"
+        lines = ends(up)
+        assert len(lines) == 2 * KILLS, lines
+        for line in lines:
+            assert re.search(r" INFO worker (zero|one)#0 cpu\d+ \(pid \d+", line), line
+            assert "lost its job server (exited with code " in line, line
+            assert "failing" not in line and "restarting in " not in line, line
+        log = up.read_log()
+        assert "stopped unasked" not in log and "crashed" not in log, log
+        numbers = scrape(up.metrics_url)
+        for pool in ("zero", "one"):
+            assert get(numbers, "farm_pool_restarts_total", pool=pool, cause="crash") == 0
+            lost = get(numbers, "farm_pool_restarts_total", pool=pool, cause="server_lost")
+            assert lost == KILLS
+        assert all(r["state"] == "running" for r in up.workers())
+    finally:
+        assert up.stop() == 0
+
+
+def test_a_command_worker_that_ends_unasked_while_its_server_serves_still_crashes(
+    tmp_path: Path,
+) -> None:
+    # The rule above is the server's death's alone: a worker that ends 0 before any job,
+    # its server up all along, cannot work (a loop that ends at once), a crash backed off.
+    script = tmp_path / "worker.py"
+    script.write_text("import sys\nsys.exit(0)\n")
+    pool = f'[functions.idle]\nworkers = 1\ncommand = ["{sys.executable}", "{script}"]\n'
+    up = FarmUp(tmp_path, pool)
+    try:
+        line = wait_for(
+            "the slot failing",
+            lambda: next((r for r in ends(up) if "(slot failing)" in r), None),
+        )
+        assert "stopped unasked (exited with code 0)" in line, line
+        assert "lost its job server" not in up.read_log()
+    finally:
+        up.stop()
