@@ -11,7 +11,7 @@ from tests.helpers.servers import need
 pytestmark = pytest.mark.interop
 
 # A GearmanClient for each question: after jobStatusByUniqueKey() the extension's later
-# calls on that client time out (docs/server.md, PHP's extension).
+# job submissions on that client time out (docs/server.md, PHP's extension).
 PHP_CLIENT = """
 function client() {{
     $c = new GearmanClient();
