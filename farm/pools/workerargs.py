@@ -7,6 +7,7 @@ from __future__ import annotations
 from farm.commandspec import base_environ
 from farm.config import Config, FunctionConfig
 from farm.logs import journal_priorities
+from farm.net import parse_address
 from farm.pools.slots import Slot
 from farm.pools.spawn import python_module
 
@@ -53,8 +54,15 @@ def command_env(
     spec = pool.command
     assert spec is not None, "a command pool's"
     env = base_environ(spec, supervisor_env)
+    servers = config.command_servers
+    if servers:  # the config refuses a command pool with none (config.rules)
+        # The first server's host and port apart: libgearman (PHP's addServers, the gearman
+        # CLI) reads "[::1]:4730" as host "[" on port 4730, and an IPv6-only farm's PHP
+        # workers connected nowhere; addServer(host, port) takes "::1" as it is.
+        first = parse_address(servers[0])
+        env.update(FARM_SERVER_HOST=first.host, FARM_SERVER_PORT=str(first.port))
     env.update(
-        FARM_SERVERS=",".join(config.command_servers),
+        FARM_SERVERS=",".join(servers),
         FARM_FUNCTION=",".join(pool.functions),
         FARM_SLOT=str(slot.index),
         FARM_CPU=str(slot.core),

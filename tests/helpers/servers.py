@@ -35,6 +35,15 @@ def need(tool: str) -> str:
     skip_or_fail(f"{tool} is not installed (make deps-test installs it)")
 
 
+def php() -> str:
+    """The path of a PHP with the gearman extension (PHP's GearmanWorker); else as ``need``."""
+    path = need("php")
+    probe = subprocess.run([path, "-r", "exit(class_exists('GearmanWorker') ? 0 : 1);"])
+    if probe.returncode != 0:
+        need("php-gearman-extension")
+    return path
+
+
 @contextmanager
 def quiet_process(*cmd: str) -> Iterator[subprocess.Popen[bytes]]:
     """A peer program (a PHP or gearman worker or client) run for the block, its output

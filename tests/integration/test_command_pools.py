@@ -21,7 +21,7 @@ import pytest
 from farm.client import Client
 from tests.helpers import ROOT
 from tests.helpers.farmproc import FarmUp, farm_cli
-from tests.helpers.servers import need, skip_or_fail
+from tests.helpers.servers import need, php, skip_or_fail
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -31,14 +31,6 @@ PERL_WORKER = ROOT / "workers" / "perl" / "reverse.pl"
 PHP_CLIENT = (
     '$c = new GearmanClient(); $c->addServer(); echo $c->doNormal("reverse", "Hello World!");'
 )
-
-
-def php() -> str:
-    path = need("php")
-    probe = subprocess.run([path, "-r", "exit(class_exists('GearmanWorker') ? 0 : 1);"])
-    if probe.returncode != 0:
-        need("php-gearman-extension")
-    return path
 
 
 def port_4730_free() -> bool:

@@ -15,7 +15,9 @@ from farm import config
 from farm.commandspec import CommandSpec, RunAs, base_environ
 from farm.config.rules import on_running_farm
 from farm.errors import ConfigError
+from farm.pools.slots import Slot
 from farm.pools.steering import Steering
+from farm.pools.workerargs import command_env
 
 HEAD = """
 [server]
@@ -287,3 +289,21 @@ def test_a_command_of_another_user_keeps_the_tls_files_and_what_pass_env_names(
         "USER": "www",
         "LOGNAME": "www",
     }
+
+
+@pytest.mark.parametrize(
+    ("listen", "host"),
+    [("127.0.0.1:4999", "127.0.0.1"), ("[::1]:4999", "::1"), ("[::]:4999", "::1")],
+)
+def test_a_command_worker_is_told_its_first_servers_host_and_port_apart(
+    tmp_path: Path, listen: str, host: str
+) -> None:
+    # An IPv6-only farm's PHP workers got FARM_SERVERS=[::1]:4999 alone, which libgearman's
+    # addServers reads as host "[" on port 4730: they connected nowhere.
+    path = tmp_path / "farm.toml"
+    path.write_text(HEAD.replace("127.0.0.1:4999", listen) + '[functions.p]\ncommand = "sh"\n')
+    cfg = config.load(path)
+    slot = Slot("p", 0, 0)
+    env = command_env(cfg, cfg.functions["p"], slot, {"PATH": "/usr/bin"})
+    assert env["FARM_SERVERS"].split(",")[0] == (f"[{host}]:4999" if ":" in host else listen)
+    assert (env["FARM_SERVER_HOST"], env["FARM_SERVER_PORT"]) == (host, "4999")
