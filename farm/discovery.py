@@ -21,7 +21,6 @@ that answer; each ``unix:`` entry is checked for a planted socket as the local o
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,15 +29,13 @@ from farm.configfile import no_settings, read_config_file  # every reader's, re-
 from farm.errors import ConfigError, ServerUnavailable
 from farm.net import DEFAULT_SERVER, Address, AddressError, connectable, parse_address
 from farm.paths import (
-    UnsafeDirectory,
-    check_private,
     controlled_by_another,
-    fallback_runtime_dir,
     runtime_dir,
     socket_path_problem,
     untrusted_because,
     working_directory,
 )
+from farm.sockettrust import trusted, usable
 
 __all__ = [
     "SYSTEM_CONFIG",
@@ -59,8 +56,6 @@ __all__ = [
 ]
 
 SYSTEM_CONFIG = Path("/etc/farm/farm.toml")
-
-log = logging.getLogger("farm")
 
 
 def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
@@ -249,44 +244,6 @@ def _addresses(where: object, key: str, values: object, hosted: bool = False) ->
     return parsed
 
 
-def _usable(unix: str) -> bool:
-    path = unix[len("unix:") :]
-    return os.path.exists(path) and os.access(path, os.R_OK | os.W_OK)
-
-
-def _unsafe(unix: str) -> str | None:
-    """Why the farm's socket must not be used (None: it may). Another user may have made
-    the shared-/tmp fallback directory first, with a socket of theirs in it, or put a
-    socket of theirs at a configured path in a directory others may write (/tmp), to
-    receive our calls."""
-    path = Path(unix[len("unix:") :])
-    parent = path.parent
-    if parent == fallback_runtime_dir() and os.path.lexists(parent):
-        try:
-            check_private(parent)
-        except UnsafeDirectory as exc:
-            return str(exc)
-    try:
-        sock = path.lstat()
-    except OSError:
-        return None  # nothing there (yet): nothing to connect to either
-    if sock.st_uid in (os.getuid(), 0):
-        return None  # ours, or root's: nobody else made it
-    # Another user's (the farm's, under the shipped unit): trusted only if nobody but that
-    # user and root could have put it there -- every directory up to / theirs or root's and
-    # closed to others' writes, as OpenSSH checks a path (/tmp/x, made by anyone, is not).
-    for above in (parent, *parent.parents):
-        info = above.stat()
-        if info.st_uid not in (sock.st_uid, 0) or info.st_mode & 0o022:
-            return (
-                f"{path} belongs to uid {sock.st_uid}, and {above} could have let another"
-                " user put it there (it is writable by others, or owned by uid"
-                f" {info.st_uid}) to receive your calls; configure the farm's socket in a"
-                " directory of the farm's user"
-            )
-    return None
-
-
 def client_servers(config: str | os.PathLike[str] | None = None) -> str | list[str]:
     """Servers for a client or worker given none: the Unix socket if this user may use it,
     else the TCP address (see the module docstring for the order); ``config``: that file's
@@ -342,8 +299,8 @@ def _servers(
     unix = farm.unix
     if (
         unix is not None
-        and _trusted(unix, tcp_fallback and farm.tcp is not None)
-        and (_usable(unix) or (tcp_fallback and not farm.tcp))
+        and trusted(unix, tcp_fallback and farm.tcp is not None)
+        and (usable(unix) or (tcp_fallback and not farm.tcp))
     ):
         return [unix]
     if tcp_fallback:
@@ -354,18 +311,6 @@ def _servers(
         " use the socket? farm.Executor() does not fall back to TCP; pass servers= (or set"
         " $FARM_SERVERS) to choose a TCP address knowingly"
     )
-
-
-def _trusted(unix: str, fallback: bool) -> bool:
-    """Whether the socket ``unix`` may be used (``_unsafe``): where it may not, False with a
-    warning when the caller has another way in (a client, TCP), else UnsafeDirectory."""
-    unsafe = _unsafe(unix)
-    if unsafe is None:
-        return True
-    if not fallback:
-        raise UnsafeDirectory(unsafe)
-    log.warning("not using the farm's Unix socket: %s", unsafe)
-    return False
 
 
 def _remote(farm: FarmAddresses, tcp_fallback: bool) -> list[str]:
@@ -383,10 +328,10 @@ def _remote(farm: FarmAddresses, tcp_fallback: bool) -> list[str]:
             " set local_server = true"
         )
     fallback = tcp_fallback and len(unix) < len(farm.remote)
-    dropped = [s for s in unix if not _trusted(s, fallback)]
+    dropped = [s for s in unix if not trusted(s, fallback)]
     if tcp_fallback:
         return [s for s in farm.remote if s not in dropped]
-    if not any(_usable(s) for s in unix):
+    if not any(usable(s) for s in unix):
         paths = ", ".join(s[len("unix:") :] for s in unix)
         raise ServerUnavailable(
             f"no job server answers on {paths} ({farm.source}: [supervisor] servers): is it"

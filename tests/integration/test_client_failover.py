@@ -10,8 +10,6 @@ import signal
 import socket
 import threading
 import types
-from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -50,48 +48,6 @@ def test_unreachable_list_raises_server_unavailable() -> None:
     with farm.Client(dead) as c, pytest.raises(farm.ServerUnavailable) as info:
         c.call("reverse", b"x")
     assert all(addr in str(info.value) for addr in dead)
-
-
-@pytest.fixture
-def one_of_three_refusing(farm_server) -> Iterator[tuple[list[str], list[str]]]:
-    """Three servers, the middle one refusing every connect: (all three, the live two),
-    with a worker serving "reverse" on the live two."""
-    other = start_like(farm_server)
-    live = [farm_server.addr, other.addr]
-    try:
-        with serving(live, {"reverse": reverse}):
-            yield [live[0], f"127.0.0.1:{free_port()}", live[1]], live
-    finally:
-        other.stop()
-
-
-def test_unkeyed_jobs_spread_evenly_over_the_live_servers(one_of_three_refusing) -> None:
-    # Rotated over all three, the refusing server's turns each fell to the live one after
-    # it: 20 jobs of 30 on one server, 10 on the other.
-    addrs, live = one_of_three_refusing
-    on: Counter[str | None] = Counter()
-    with farm.Client(addrs) as c:
-        for i in range(30):
-            task = c.submit("reverse", b"%d" % i)
-            on[task.server] += 1
-            assert c.wait(task, timeout=30) == (b"%d" % i)[::-1]
-    assert set(on) == set(live) and abs(on[live[0]] - on[live[1]]) <= 1, on
-
-
-def test_async_unkeyed_jobs_spread_evenly_over_the_live_servers(one_of_three_refusing) -> None:
-    # AsyncClient picks by the same rule (20 of 30 on one server before).
-    addrs, live = one_of_three_refusing
-    on: Counter[str | None] = Counter()
-
-    async def main() -> None:
-        async with farm.AsyncClient(addrs) as client:
-            for i in range(30):
-                task = await client.submit("reverse", b"%d" % i)
-                on[task.server] += 1
-                assert await client.wait(task, timeout=30) == (b"%d" % i)[::-1]
-
-    asyncio.run(main())
-    assert set(on) == set(live) and abs(on[live[0]] - on[live[1]]) <= 1, on
 
 
 class _SlowOnce:

@@ -1,0 +1,68 @@
+"""Whether a farm's Unix socket may be used: one another local user could have planted, to
+receive the calls sent to it, is not (``unsafe``), and one this user cannot open is passed
+over (``usable``). ``farm.discovery`` asks this of the local farm's socket and of the
+``unix:`` entries of ``[supervisor] servers``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from farm.paths import UnsafeDirectory, check_private, fallback_runtime_dir
+
+__all__ = ["usable", "unsafe", "trusted"]
+
+log = logging.getLogger("farm")
+
+
+def usable(unix: str) -> bool:
+    """Whether a socket is at ``unix`` that this user may open."""
+    path = unix[len("unix:") :]
+    return os.path.exists(path) and os.access(path, os.R_OK | os.W_OK)
+
+
+def unsafe(unix: str) -> str | None:
+    """Why the farm's socket must not be used (None: it may). Another user may have made
+    the shared-/tmp fallback directory first, with a socket of theirs in it, or put a
+    socket of theirs at a configured path in a directory others may write (/tmp), to
+    receive our calls."""
+    path = Path(unix[len("unix:") :])
+    parent = path.parent
+    if parent == fallback_runtime_dir() and os.path.lexists(parent):
+        try:
+            check_private(parent)
+        except UnsafeDirectory as exc:
+            return str(exc)
+    try:
+        sock = path.lstat()
+    except OSError:
+        return None  # nothing there (yet): nothing to connect to either
+    if sock.st_uid in (os.getuid(), 0):
+        return None  # ours, or root's: nobody else made it
+    # Another user's (the farm's, under the shipped unit): trusted only if nobody but that
+    # user and root could have put it there -- every directory up to / theirs or root's and
+    # closed to others' writes, as OpenSSH checks a path (/tmp/x, made by anyone, is not).
+    for above in (parent, *parent.parents):
+        info = above.stat()
+        if info.st_uid not in (sock.st_uid, 0) or info.st_mode & 0o022:
+            return (
+                f"{path} belongs to uid {sock.st_uid}, and {above} could have let another"
+                " user put it there (it is writable by others, or owned by uid"
+                f" {info.st_uid}) to receive your calls; configure the farm's socket in a"
+                " directory of the farm's user"
+            )
+    return None
+
+
+def trusted(unix: str, fallback: bool) -> bool:
+    """Whether the socket ``unix`` may be used (``unsafe``): where it may not, False with a
+    warning when the caller has another way in (a client, TCP), else UnsafeDirectory."""
+    why = unsafe(unix)
+    if why is None:
+        return True
+    if not fallback:
+        raise UnsafeDirectory(why)
+    log.warning("not using the farm's Unix socket: %s", why)
+    return False
