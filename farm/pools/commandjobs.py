@@ -32,6 +32,7 @@ import psutil
 from farm.client.admin import admin_query
 from farm.config import Config
 from farm.net import parse_address
+from farm.pools.lifecycle import cut_off
 from farm.pools.localserver import named_lines
 from farm.pools.proctree import processes
 from farm.pools.slots import ProcState, WorkerProcess
@@ -380,6 +381,9 @@ class CommandJobs:
                     proc.grace,
                     signal.Signals(proc.stop_signal).name,
                 )
+                # Its exit line said "after draining": it names the job cut off instead.
+                ran = oldest.seconds or 0.0  # busy: not None
+                proc.kill_reason = cut_off("did not drain in time", oldest.handle, ran)
                 self.send_stop(proc, now, "its grace is over")
 
     def has_timeout(self, proc: WorkerProcess) -> bool:

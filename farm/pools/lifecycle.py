@@ -27,7 +27,7 @@ from farm.pools.slots import ProcState, Slot, WorkerProcess, crash_delay
 from farm.pools.spawn import EXEC_FAILED_PREFIX, EXIT_EXEC_FAILED, WORKER_OOM_SCORE_ADJ, spawn
 from farm.pools.workerargs import command_env, python_argv
 
-__all__ = ["Lifecycle", "TIMEOUT_GRACE"]
+__all__ = ["Lifecycle", "TIMEOUT_GRACE", "cut_off", "undrained"]
 
 log = logging.getLogger("farm.supervisor")
 
@@ -42,10 +42,16 @@ def undrained(proc: WorkerProcess, now: float) -> str:
     """Why a worker is killed at its drain's end, naming the job a Python worker still ran:
     `farm stop` and the journal said only "did not drain in time". (A command worker's job
     was named already, when its stop signal went: farm.pools.commandjobs.)"""
+    why = "did not drain in time"
     if proc.command or proc.busy_since is None or not proc.handle:
-        return "did not drain in time"
-    ran = now - proc.busy_since
-    return f"did not drain in time; its job {proc.handle} (running {ran:.1f}s) is cut off"
+        return why
+    return cut_off(why, proc.handle, now - proc.busy_since)
+
+
+def cut_off(why: str, handle: str, ran: float) -> str:
+    """A stop's reason, naming the job the stop cuts off (a Python worker's SIGKILL, a
+    command worker's stop signal past its grace): said alike for both kinds."""
+    return f"{why}; its job {handle} (running {ran:.1f}s) is cut off"
 
 
 class Lifecycle:

@@ -8,6 +8,7 @@ PHP or gearman CLI is needed.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,19 @@ def test_a_command_worker_stopped_mid_job_is_a_warning_naming_its_job(tmp_path: 
             f"WARNING worker slow#0 cpu{row['cpu']} (pid {row['pid']}): job {task.handle}"
             " still runs after the 1s grace; SIGTERM" in line
         ), line
+        # Its end then read "was killed by SIGTERM after draining", as if the drain had saved
+        # the job: it says the job was cut off, as a Python worker's end does.
+        end = wait_for(
+            "its exit line",
+            lambda: next(
+                (r for r in up.read_log().splitlines() if f"(pid {row['pid']}) was " in r), None
+            ),
+        )
+        assert re.search(
+            rf"was killed by SIGTERM while draining \(did not drain in time; its job"
+            rf" {re.escape(task.handle)} \(running [\d.]+s\) is cut off\)$",
+            end,
+        ), end
     finally:
         assert up.stop() == 0
 
