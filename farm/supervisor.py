@@ -116,6 +116,7 @@ class Supervisor(
         self.grace = config.supervisor.graceful_timeout
         self.pending: list[Pending] = []
         self.stopping = False
+        self.quitting = False  # SIGQUIT: stopping at once (farm.pools.signals)
         self.exit_code = 0
         self.ready_sent = False
         self.extended_at = 0.0  # the last EXTEND_TIMEOUT_USEC, for a store's replay

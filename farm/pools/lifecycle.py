@@ -38,11 +38,13 @@ TIMEOUT_GRACE = 1.0
 POLL = 0.02
 
 
-def undrained(proc: WorkerProcess, now: float) -> str:
+def undrained(proc: WorkerProcess, now: float, *, quitting: bool = False) -> str:
     """Why a worker is killed at its drain's end, naming the job a Python worker still ran:
     `farm stop` and the journal said only "did not drain in time". (A command worker's job
-    was named already, when its stop signal went: farm.pools.commandjobs.)"""
-    why = "did not drain in time"
+    was named already, when its stop signal went: farm.pools.commandjobs.) After SIGQUIT
+    (``quitting``) no drain was let run out: the worker was stopped at once, and saying
+    "did not drain in time" blamed it for a grace it never had."""
+    why = "stopped at once (SIGQUIT)" if quitting else "did not drain in time"
     if proc.command or proc.busy_since is None or not proc.handle:
         return why
     return cut_off(why, proc.handle, now - proc.busy_since)
@@ -60,6 +62,7 @@ class Lifecycle:
     targets: dict[str, int]
     offsets: dict[str, int]
     retiring: list[WorkerProcess]
+    quitting: bool  # SIGQUIT came: every worker is stopped at once (farm.pools.signals)
     # Drained command workers that ended and left processes in their group (farm.pools.strays).
     leftovers: list[WorkerProcess]
     by_pid: dict[int, WorkerProcess]
@@ -99,7 +102,7 @@ class Lifecycle:
                 self.kill(proc, f"job {proc.handle} ran past its {timeout}s timeout")
             elif proc.stop_deadline is not None and now >= proc.stop_deadline:
                 self.excuse(proc)
-                self.kill(proc, undrained(proc, now))
+                self.kill(proc, undrained(proc, now, quitting=self.quitting))
             elif self.stuck_idle(proc, now):
                 grace = self.config.supervisor.graceful_timeout
                 self.kill(proc, f"held no job, yet had not exited {grace:g}s after its SIGTERM")

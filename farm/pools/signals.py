@@ -32,6 +32,7 @@ class Signals:
     selector: selectors.BaseSelector
     pending: list[Pending]
     stopping: bool
+    quitting: bool  # SIGQUIT came: a kill says "stopped at once", not "did not drain in time"
     grace: float
     by_pid: dict[int, WorkerProcess]
     leftovers: list[WorkerProcess]
@@ -71,7 +72,7 @@ class Signals:
                 )
             elif item.arg == signal.SIGQUIT:
                 log.info("SIGQUIT: stopping at once")
-                self.stopping, self.grace = True, 0.0
+                self.stopping, self.grace, self.quitting = True, 0.0, True
                 # Also cuts a drain already under way, and a wrapper's worker left after it.
                 for proc in [*self.by_pid.values(), *self.leftovers]:
                     proc.stop_deadline = time.monotonic()

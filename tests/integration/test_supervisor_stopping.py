@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -111,6 +112,46 @@ def test_a_second_sigterm_does_not_announce_a_new_drain(tmp_path: Path) -> None:
         assert log.count("stopping: draining workers") == 1, log
         assert "asked to stop again: still draining (SIGQUIT stops at once)" in log, log
     finally:
+        up.stop()
+
+
+def test_sigquit_during_a_drain_says_it_stopped_the_worker_at_once(tmp_path: Path) -> None:
+    # SIGQUIT cuts the drain short, yet the journal's warning and `farm stop` said the
+    # worker "did not drain in time", 1 s into a 120 s grace: as if it had hung.
+    (tmp_path / "sleepy.py").write_text(NAP_AT_GATE)
+    gate = Gate(tmp_path / "gate")
+    up = FarmUp(tmp_path, '[functions.nap]\ntarget = "sleepy:nap"\nworkers = 1\n', start=False)
+    up.config.write_text(
+        up.config.read_text().replace("graceful_timeout = 10", "graceful_timeout = 120")
+    )
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        (row,) = up.wait_idle({"nap": 1})
+        with Client(up.addr) as c:
+            task = c.submit("nap", gate.path, background=True)
+            wait_for("the job to start", lambda: up.workers("nap", "busy"))
+            stopped: list[subprocess.CompletedProcess[str]] = []
+            stop = threading.Thread(
+                target=lambda: stopped.append(farm_cli("stop", "--control", up.control))
+            )
+            stop.start()
+            up.expect_notify("STOPPING=1")
+            up.signal(signal.SIGQUIT)
+            assert up.proc.wait(20) == 0
+            stop.join(30)
+        cut = (
+            f"nap#0 cpu{row['cpu']} (pid {row['pid']}): stopped at once (SIGQUIT);"
+            f" its job {task.handle} (running "
+        )
+        log = up.read_log()
+        assert f"WARNING killing worker {cut}" in log, log
+        assert "did not drain in time" not in log, log
+        assert f"(pid {row['pid']}) was killed by SIGKILL while draining (stopped at once" in log
+        (out,) = stopped
+        assert f"killed worker {cut}" in out.stdout, (out.stdout, out.stderr)
+    finally:
+        gate.open()
         up.stop()
 
 
