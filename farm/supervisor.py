@@ -344,7 +344,9 @@ class Supervisor(
                     if proc is not None:
                         # A command worker: its pool's grace; else the farm's (by what the
                         # process is: a reload may have changed the pool's kind meanwhile).
-                        grace = None if proc.command else self.grace
+                        # After SIGQUIT none (self.grace is 0): a command worker drained for
+                        # its pool's grace, and SIGQUIT before SIGTERM did not stop it at once.
+                        grace = None if proc.command and not self.quitting else self.grace
                         pool = self.config.functions.get(name) or self.removed_pools.get(name)
                         self.retire(proc, pool, grace=grace)
             slots.clear()

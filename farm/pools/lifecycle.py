@@ -41,11 +41,12 @@ POLL = 0.02
 def undrained(proc: WorkerProcess, now: float, *, quitting: bool = False) -> str:
     """Why a worker is killed at its drain's end, naming the job a Python worker still ran:
     `farm stop` and the journal said only "did not drain in time". (A command worker's job
-    was named already, when its stop signal went: farm.pools.commandjobs.) After SIGQUIT
-    (``quitting``) no drain was let run out: the worker was stopped at once, and saying
-    "did not drain in time" blamed it for a grace it never had."""
+    was named already, when its stop signal went past its grace: farm.pools.commandjobs.)
+    After SIGQUIT (``quitting``) no drain was let run out: the worker was stopped at once,
+    and saying "did not drain in time" blamed it for a grace it never had; a command
+    worker's job is named too, as its stop signal, if any, went just before."""
     why = "stopped at once (SIGQUIT)" if quitting else "did not drain in time"
-    if proc.command or proc.busy_since is None or not proc.handle:
+    if (proc.command and not quitting) or proc.busy_since is None or not proc.handle:
         return why
     return cut_off(why, proc.handle, now - proc.busy_since)
 

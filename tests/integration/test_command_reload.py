@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -130,6 +131,39 @@ def test_a_command_worker_stopped_mid_job_is_a_warning_naming_its_job(tmp_path: 
         ), end
     finally:
         assert up.stop() == 0
+
+
+def test_sigquit_stops_a_busy_command_worker_at_once(tmp_path: Path) -> None:
+    # SIGQUIT before any SIGTERM drained a command worker as a stop does: its job ran on
+    # for the pool's graceful_timeout (120 s here) before its stop signal, another before
+    # SIGKILL, and `farm up` with it, though "SIGQUIT stops at once".
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_WORKER)
+    up = FarmUp(
+        tmp_path,
+        f"""
+        [functions.slow]
+        command = ["{sys.executable}", "{script}", "{tmp_path}"]
+        workers = 1
+        graceful_timeout = 120
+        """,
+    )
+    try:
+        up.expect_notify("READY=1")
+        (row,) = wait_for("a connected worker", lambda: up.workers("slow", "running"))
+        with Client(up.addr) as client:
+            task = client.submit("slow", "x", background=True)
+            wait_for("the job started", (tmp_path / "started").exists)
+            up.signal(signal.SIGQUIT)
+            assert up.proc.wait(20) == 0
+        log = up.read_log()
+        assert re.search(
+            rf"WARNING killing worker slow#0 cpu{row['cpu']} \(pid {row['pid']}\): stopped at"
+            rf" once \(SIGQUIT\); its job {re.escape(task.handle)} \(running [\d.]+s\) is cut off",
+            log,
+        ), log
+    finally:
+        up.stop()
 
 
 def test_a_deploy_whose_command_does_not_boot_says_why(tmp_path: Path) -> None:
