@@ -1,5 +1,6 @@
 """How a worker process ended: its exit codes' meaning, in words (``describe_exit``) and
-as the cause farm_pool_restarts_total counts (``exit_cause``). Split from farm.pools.slots,
+as the cause farm_pool_restarts_total counts (``exit_cause``), and why the supervisor
+killed one (``undrained``, ``cut_off``). Split from farm.pools.slots,
 which applies them to a slot's restart history; a small module of its own, so that a
 worker process loads its exit codes without the slots' (workerproc)."""
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 from collections import Counter
+from typing import Protocol
 
 __all__ = [
     "EXIT_DRAINED",
@@ -19,6 +21,8 @@ __all__ = [
     "describe_exit",
     "exit_cause",
     "may_answer_server_loss",
+    "undrained",
+    "cut_off",
 ]
 
 # Exit codes of farm.pools.workerproc, like gunicorn's: the supervisor tells an
@@ -85,3 +89,30 @@ def describe_exit(status: int) -> str:
             name = f"signal {sig}"
         return f"was killed by {name}"
     return f"exited with code {os.waitstatus_to_exitcode(status)}"
+
+
+class Working(Protocol):
+    """What ``undrained`` reads of a worker process (farm.pools.slots.WorkerProcess)."""
+
+    command: bool  # a command pool's
+    busy_since: float | None  # since when it runs its job in hand; None when idle
+    handle: str  # that job's
+
+
+def undrained(proc: Working, now: float, *, quitting: bool = False) -> str:
+    """Why a worker is killed at its drain's end, naming the job a Python worker still ran:
+    `farm stop` and the journal said only "did not drain in time". (A command worker's job
+    was named already, when its stop signal went past its grace: farm.pools.commandjobs.)
+    After SIGQUIT (``quitting``) no drain was let run out: the worker was stopped at once,
+    and saying "did not drain in time" blamed it for a grace it never had; a command
+    worker's job is named too, as its stop signal, if any, went just before."""
+    why = "stopped at once (SIGQUIT)" if quitting else "did not drain in time"
+    if (proc.command and not quitting) or proc.busy_since is None or not proc.handle:
+        return why
+    return cut_off(why, proc.handle, now - proc.busy_since)
+
+
+def cut_off(why: str, handle: str, ran: float) -> str:
+    """A stop's reason, naming the job the stop cuts off (a Python worker's SIGKILL, a
+    command worker's stop signal past its grace): said alike for both kinds."""
+    return f"{why}; its job {handle} (running {ran:.1f}s) is cut off"

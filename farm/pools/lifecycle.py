@@ -20,14 +20,14 @@ import time
 from collections.abc import Callable
 
 from farm.config import Config, FunctionConfig
-from farm.pools.exits import Exits, describe_exit, exit_cause, may_answer_server_loss
+from farm.pools.exits import Exits, describe_exit, exit_cause, may_answer_server_loss, undrained
 from farm.pools.localserver import LocalServer
 from farm.pools.record import RecordReader, create_record_fd
 from farm.pools.slots import ProcState, Slot, WorkerProcess, crash_delay
 from farm.pools.spawn import EXEC_FAILED_PREFIX, EXIT_EXEC_FAILED, WORKER_OOM_SCORE_ADJ, spawn
 from farm.pools.workerargs import command_env, python_argv
 
-__all__ = ["Lifecycle", "TIMEOUT_GRACE", "cut_off", "undrained"]
+__all__ = ["Lifecycle", "TIMEOUT_GRACE"]
 
 log = logging.getLogger("farm.supervisor")
 
@@ -36,25 +36,6 @@ TIMEOUT_GRACE = 1.0
 #: While something starts (the server, a command worker's connection, a successor), the
 #: supervisor's loop looks at it this often.
 POLL = 0.02
-
-
-def undrained(proc: WorkerProcess, now: float, *, quitting: bool = False) -> str:
-    """Why a worker is killed at its drain's end, naming the job a Python worker still ran:
-    `farm stop` and the journal said only "did not drain in time". (A command worker's job
-    was named already, when its stop signal went past its grace: farm.pools.commandjobs.)
-    After SIGQUIT (``quitting``) no drain was let run out: the worker was stopped at once,
-    and saying "did not drain in time" blamed it for a grace it never had; a command
-    worker's job is named too, as its stop signal, if any, went just before."""
-    why = "stopped at once (SIGQUIT)" if quitting else "did not drain in time"
-    if (proc.command and not quitting) or proc.busy_since is None or not proc.handle:
-        return why
-    return cut_off(why, proc.handle, now - proc.busy_since)
-
-
-def cut_off(why: str, handle: str, ran: float) -> str:
-    """A stop's reason, naming the job the stop cuts off (a Python worker's SIGKILL, a
-    command worker's stop signal past its grace): said alike for both kinds."""
-    return f"{why}; its job {handle} (running {ran:.1f}s) is cut off"
 
 
 class Lifecycle:

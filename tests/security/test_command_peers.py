@@ -23,7 +23,7 @@ import pytest
 
 from farm import protocol as p
 from farm.client.admin import admin_query
-from farm.pools.commandjobs import peers_queries
+from farm.pools.peerlist import peers_queries
 from farm.protocol import PacketType as T
 from tests.helpers.farmproc import FarmUp, farm_cli
 from tests.helpers.peers import Peer

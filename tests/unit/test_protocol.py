@@ -232,7 +232,7 @@ def test_decoder_raises_only_its_own_error_on_garbage(data: bytes) -> None:
 def test_the_supervisors_reading_of_peers_splits_lines_at_newlines_only() -> None:
     # A name with U+2028 split a `peers` line in two (str.splitlines), so the supervisor saw
     # no listing and signalled every draining command worker at once.
-    from farm.pools.commandjobs import PeerRow, parse_peers
+    from farm.pools.peerlist import PeerRow, parse_peers
 
     reply = "pid:7\t5\t3\t0\tH:x:1\tf\u2028g\t0.500\tid\nfd:9\t6\t0\t1\t-\t-\t-\t-\n.\n"
     assert parse_peers(reply) == [
@@ -244,7 +244,7 @@ def test_the_supervisors_reading_of_peers_splits_lines_at_newlines_only() -> Non
 def test_what_a_command_worker_registered_is_read_from_the_peers_listing() -> None:
     # `peers` names a connection as psutil sees it (pid, TCP port) and what it registered,
     # in one reply: joined by fd with `workers`, a reused fd credited another's functions.
-    from farm.pools.commandjobs import parse_peers, registrations
+    from farm.pools.peerlist import parse_peers, registrations
 
     peers = parse_peers(
         "tcp:127.0.0.1:4000\t7\t0\t0\t-\t-\t-\tfarm:rev#0:1\twrong\tx\n"

@@ -1,0 +1,98 @@
+"""The local server's farm-only admin ``peers`` listing, read for command workers: its rows
+(``parse_peers``), the lines that ask for named connections alone (``peers_queries``), the
+names a worker process's connections have there (``process_peers``: ``pid:N`` on the Unix
+socket, ``tcp:IP:PORT`` on TCP), and what each registered (``registrations``).
+``farm.pools.commandjobs`` matches them to decide what a command worker is doing.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import psutil
+
+from farm.pools.localserver import named_lines
+from farm.pools.proctree import processes
+
+__all__ = ["PeerRow", "parse_peers", "process_peers", "peers_queries", "registrations"]
+
+
+class PeerRow(NamedTuple):
+    """One line of the admin ``peers`` listing."""
+
+    peer: str  # pid:N, tcp:IP:PORT or fd:N
+    fd: str  # the server's, as the ``workers`` listing names the connection
+    jobs: int
+    draining: bool
+    handle: str  # "" when idle
+    function: str
+    seconds: float | None  # how long the job in hand has run; None when idle
+    client_id: str
+    functions: tuple[str, ...] = ()  # what the connection registered
+
+
+def parse_peers(reply: str) -> list[PeerRow]:
+    """The ``peers`` listing; ValueError when the reply is not one (gearmand, an ERR)."""
+    if not reply.endswith(".\n") or reply.startswith("ERR"):
+        raise ValueError(f"not a peers listing: {reply[:80]!r}")
+    rows = []
+    for line in reply[:-2].split("\n")[:-1]:  # not splitlines(): see protocol/admin.py
+        peer, fd, jobs, draining, handle, function, seconds, client_id, *functions = line.split(
+            "\t"
+        )
+        idle = handle == "-"
+        rows.append(
+            PeerRow(
+                peer,
+                fd,
+                int(jobs),
+                draining == "1",
+                "" if idle else handle,
+                "" if idle else function,
+                None if idle else float(seconds),
+                client_id,
+                tuple(functions),
+            )
+        )
+    return rows
+
+
+def registrations(peers: list[PeerRow]) -> dict[str, frozenset[str]]:
+    """Each peer name of ``peers`` -> the functions its connections registered."""
+    found: dict[str, set[str]] = {}
+    for row in peers:
+        found.setdefault(row.peer, set()).update(row.functions)
+    return {peer: frozenset(functions) for peer, functions in found.items()}
+
+
+def peers_queries(names: list[str]) -> list[str]:
+    """``peers NAME...`` lines that together name ``names``: the server lists the
+    connections named alone (not a local user's TCP workers with all they registered,
+    farm.server.adminpeers.peers)."""
+    return named_lines("peers", names)
+
+
+def _tcp_name(ip: str, port: int) -> str:
+    return f"tcp:[{ip}]:{port}" if ":" in ip else f"tcp:{ip}:{port}"
+
+
+def process_peers(pid: int, ports: set[int]) -> frozenset[str] | None:
+    """The names the server's ``peers`` gives the connections of process ``pid`` and its
+    descendants (a shell wrapper, ``gearman -w``'s child): ``pid:N`` for each process, and
+    ``tcp:IP:PORT`` for each TCP connection to one of ``ports``. None when it is gone."""
+    try:
+        procs = processes(pid)
+    except psutil.Error:
+        return None
+    names = set()
+    for proc in procs:
+        names.add(f"pid:{proc.pid}")
+        try:
+            conns = proc.net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        for conn in conns:
+            if conn.raddr and conn.raddr.port in ports and conn.laddr:
+                ip = conn.laddr.ip.removeprefix("::ffff:")
+                names.add(_tcp_name(ip, conn.laddr.port))
+    return frozenset(names)
