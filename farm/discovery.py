@@ -16,7 +16,8 @@ falls back to TCP when the socket is not there or not accessible to its user;
 the Executor does not (it would put signed calls on a TCP port any local user
 can reach). A config whose workers serve remote servers (``[supervisor] servers``,
 no local one) names those: a client takes them all, the Executor their ``unix:`` entries
-that answer; each ``unix:`` entry is checked for a planted socket as the local one is.
+that answer; each ``unix:`` entry (and each of ``$GEARMAN_SERVERS`` the Executor takes) is
+checked for a planted socket as the local one is.
 """
 
 from __future__ import annotations
@@ -257,12 +258,13 @@ def executor_servers() -> str | list[str]:
 
     ``$GEARMAN_SERVERS`` is libgearman's variable, often set host-wide for PHP and the
     gearman tools: its TCP entries are nobody's choice to put signed calls on a port that
-    every local user can reach (and where the server queues them behind anyone's)."""
+    every local user can reach (and where the server queues them behind anyone's). Its
+    ``unix:`` entries are checked as the config's are."""
     env = servers_from_env()
     if env is not None and env[0] == "GEARMAN_SERVERS":
         unix = [s.strip() for s in env[1].split(",") if s.strip().startswith("unix:")]
         if unix:
-            return unix
+            return _gearman_unix(unix)
         try:
             return _servers(tcp_fallback=False, environ=False)
         except ServerUnavailable as exc:
@@ -271,6 +273,22 @@ def executor_servers() -> str | list[str]:
                 " passes over)"
             ) from None
     return _servers(tcp_fallback=False)
+
+
+def _gearman_unix(unix: list[str]) -> list[str]:
+    """The ``unix:`` entries of ``$GEARMAN_SERVERS``, checked as the config's are (``_remote``):
+    one another user could have planted is refused (UnsafeDirectory), and none that answers
+    is refused in one line. Taken unchecked, a planted socket received the signed calls, and
+    a missing one had them time out."""
+    for sock in unix:
+        trusted(sock, False)
+    if not any(usable(s) for s in unix):
+        paths = ", ".join(s[len("unix:") :] for s in unix)
+        raise ServerUnavailable(
+            f"no job server answers on {paths} ($GEARMAN_SERVERS): is it running, and may this"
+            " user use the socket? farm.Executor() does not send calls over TCP"
+        )
+    return unix
 
 
 def servers_from_env() -> tuple[str, str] | None:

@@ -239,3 +239,28 @@ def test_the_executor_passes_over_tcp_in_gearman_servers(
         assert discovery.executor_servers() == [f"unix:{sock}"], "the config's socket"
     monkeypatch.setenv("GEARMAN_SERVERS", f"10.0.0.1:4730, unix:{sock}")
     assert discovery.executor_servers() == [f"unix:{sock}"], "its unix: entries are taken"
+    # Checked as the config's unix: entries are: a missing one was taken, and the
+    # Executor's calls timed out, where the config's is refused in one line.
+    monkeypatch.setenv("GEARMAN_SERVERS", f"unix:{clean_env}/nothere.sock")
+    with pytest.raises(ServerUnavailable, match=r"nothere.sock \(\$GEARMAN_SERVERS\)"):
+        discovery.executor_servers()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give files to another user")
+def test_the_executor_refuses_a_planted_socket_in_gearman_servers(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same check as for the config's sockets: another user's socket in a directory
+    # anyone may write, named in $GEARMAN_SERVERS, received the Executor's signed calls.
+    made = clean_env / "made-by-another"
+    made.mkdir()
+    sock = made / "gearman.sock"
+    write_config(clean_env, clean_env / "absent.sock")
+    monkeypatch.setenv("GEARMAN_SERVERS", f"unix:{sock}")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(sock))
+        assert discovery.executor_servers() == [f"unix:{sock}"], "ours: used"
+        os.chown(sock, 65534, 65534)  # nobody's, as if they bound it first
+        os.chown(made, 65534, 65534)  # in a directory of theirs
+        with pytest.raises(UnsafeDirectory, match="could have let another user put it there"):
+            farm.Executor()
