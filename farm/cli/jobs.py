@@ -39,10 +39,20 @@ ServerOpt = Annotated[
 ]
 
 
-def _seconds(value: float | None, flag: str, at_most: float) -> None:
-    """A number of seconds from a flag: finite, > 0 and at most ``at_most``, else exit 2."""
-    if value is not None and not (0 < value <= at_most):  # also refuses nan and inf
-        fail(f"{flag} must be a number of seconds > 0 and at most {at_most:.0f}, not {value}", 2)
+def _seconds(value: float | None, flag: str, at_most: float, at_least: float | None = None) -> None:
+    """A number of seconds from a flag: finite, > 0 (from ``at_least`` where one is given)
+    and at most ``at_most``, else exit 2. The comparisons refuse nan and inf too."""
+    if value is None:
+        return
+    if at_least is None:
+        if not 0 < value <= at_most:
+            fail(
+                f"{flag} must be a number of seconds > 0 and at most {at_most:.0f}, not {value}", 2
+            )
+    elif not at_least <= value <= at_most:
+        fail(
+            f"{flag} must be a number of seconds from {at_least:g} to {at_most:.0f}, not {value}", 2
+        )
 
 
 def _utf8(value: str, what: str) -> bytes:
@@ -102,7 +112,7 @@ def worker(
 ) -> None:
     """Run one worker process serving MODULE:FUNCTION until SIGTERM or SIGINT."""
     from farm.paths import working_directory
-    from farm.protocol.codec import MAX_TIMEOUT
+    from farm.protocol.codec import MAX_TIMEOUT, MIN_TIMEOUT
     from farm.targets import (
         load_target,
         normal_form_hint,
@@ -116,7 +126,9 @@ def worker(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s farm worker[%(process)d] %(message)s",
     )
-    _seconds(timeout, "--timeout", at_most=float(MAX_TIMEOUT))
+    # The floor register() holds to (check_timeout), said here: 0.5 was refused only once
+    # the target had been imported, in words that named no flag.
+    _seconds(timeout, "--timeout", at_most=float(MAX_TIMEOUT), at_least=float(MIN_TIMEOUT))
     if not target_shaped(target):  # farm.toml's rule (a path, '.rel': no module)
         hint = normal_form_hint(target)  # a name Python reads otherwise: ﬁ:run is fi:run
         fail(

@@ -165,18 +165,20 @@ def check_timeout(name: str, timeout: object) -> float | None:
     not found out as a worker that is never sent the function's jobs. A shorter one no
     server reads as asked (MIN_TIMEOUT): it was sent as 1 s while ``job.timeout`` said
     what was asked."""
-    if timeout is not None and (
+    if timeout is None:
+        return None
+    # One message for every bad value, the floor in it: "> 0" said 0.5 would do.
+    bad = f"{name}: timeout must be a number of seconds from {MIN_TIMEOUT} to {MAX_TIMEOUT}"
+    if (
         isinstance(timeout, bool)
         or not isinstance(timeout, int | float)
         or not 0 < timeout <= MAX_TIMEOUT  # also refuses nan and inf
     ):
+        raise ValueError(f"{bad}, not {timeout!r}")
+    if timeout < MIN_TIMEOUT:
         raise ValueError(
-            f"{name}: timeout must be a number of seconds > 0 and at most {MAX_TIMEOUT}"
-        )
-    if timeout is not None and timeout < MIN_TIMEOUT:
-        raise ValueError(
-            f"{name}: timeout must be at least {MIN_TIMEOUT} s, not {timeout!r}: it goes out"
-            " in milliseconds, and farm's server reads a number under 1000 as seconds"
+            f"{bad}, not {timeout!r}: it goes out in milliseconds, and farm's server reads a"
+            " number under 1000 as seconds"
         )
     return timeout
 

@@ -221,9 +221,30 @@ def test_a_timeout_past_the_protocols_limit_names_the_flag_and_the_limit(
     )
     assert out.returncode == 2, (out.returncode, out.stderr)
     said = one_line_error(out.stderr)
-    assert said.startswith(
-        "farm: --timeout must be a number of seconds > 0 and at most 31622400"
-    ), said
+    # A worker's timeout has a floor too (MIN_TIMEOUT), which its message names.
+    bounds = "from 1 to 31622400" if command == WORKER_CMD else "> 0 and at most 31622400"
+    assert said.startswith(f"farm: --timeout must be a number of seconds {bounds}"), said
+
+
+@pytest.mark.parametrize("value", ["0.5", "0"])
+def test_a_worker_timeout_under_the_floor_is_refused_before_the_target_is_loaded(
+    value: str,
+) -> None:
+    # 0.5 passed the flag's "> 0", the target was imported (a module that runs code, or
+    # is missing, as here), and only register() refused it, naming no flag; and its
+    # message said "> 0" while refusing anything under 1 s.
+    out = cli(
+        "worker",
+        "no_such_module_here:run",
+        "--timeout",
+        value,
+        timeout=30,
+        env=dict(os.environ, FARM_SERVERS="127.0.0.1:1"),
+    )
+    assert (out.returncode, one_line_error(out.stderr)) == (
+        2,
+        f"farm: --timeout must be a number of seconds from 1 to 31622400, not {float(value)}",
+    )
 
 
 WORKER = ["worker", "workers.text:reverse"]

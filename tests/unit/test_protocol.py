@@ -291,3 +291,15 @@ def test_an_epoch_out_of_range_is_named_with_the_range_and_milliseconds_hinted()
             as_epoch(before)
         assert "milliseconds" not in str(raised.value)
     assert as_epoch(0) == 0 and as_epoch(2**40) == 2**40
+
+
+@pytest.mark.parametrize("timeout", [0, -1, 0.5, 1e9, float("nan"), "5"])
+def test_a_worker_timeout_out_of_range_is_named_with_the_whole_range(timeout: object) -> None:
+    # Anything under MIN_TIMEOUT is refused, yet the message said "> 0 and at most N".
+    from farm.protocol.checks import check_timeout
+
+    with pytest.raises(
+        ValueError, match=r"^f: timeout must be a number of seconds from 1 to 31622400, not "
+    ):
+        check_timeout("f", timeout)
+    assert check_timeout("f", 1) == 1 and check_timeout("f", p.MAX_TIMEOUT) == p.MAX_TIMEOUT
