@@ -262,7 +262,9 @@ class AsyncClient(AsyncLinks):
         try:
             while True:
                 for data in itertools.islice(todo, max_in_flight - len(running)):
-                    call = self.call(function, data, priority=priority)
+                    # Named by its place (those before it were sent), raised here, not by its call
+                    payload = as_bytes(data, f"map payload {given}")
+                    call = self.call(function, payload, priority=priority)
                     running[asyncio.ensure_future(call)] = given
                     given += 1
                 if not running:

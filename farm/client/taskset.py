@@ -63,7 +63,9 @@ def task_set(
                 except StopIteration:
                     exhausted = True
                     break
-                task: Task[TaskListener] = Task(function, as_bytes(data), priority=priority)
+                # Named by its place: the payloads before it were sent already.
+                payload = as_bytes(data, f"map payload {next_index}")
+                task: Task[TaskListener] = Task(function, payload, priority=priority)
                 task.owner = ended
                 index_of[task] = next_index
                 next_index += 1

@@ -83,3 +83,29 @@ def test_map_ordered_and_unordered_over_two_workers(any_server) -> None:
         unordered = list(c.map("reverse", iter(payloads), ordered=False))
         assert sorted(unordered) == sorted(p[::-1] for p in payloads)
         assert w1.jobs_done + w2.jobs_done == 600
+
+
+def test_a_map_names_the_position_of_a_payload_it_cannot_send(farm_server) -> None:
+    # The payloads before a bad one are sent already: "data holds a surrogate ..." did not
+    # say which of a map's payloads it was.
+    payloads: list[object] = ["a", b"b", "x\ud800y"]
+    refused = r"^map payload 2 holds a surrogate that stands for no byte \('\\ud800' at index 1\)"
+    not_data = r"^map payload 1 must be bytes, bytearray, memoryview or str, not int$"
+
+    async def async_map(items: list[object]) -> list[bytes]:
+        async with farm.AsyncClient(farm_server.addr) as ac:
+            return [r async for r in ac.map("echo", items)]  # type: ignore[arg-type]
+
+    with (
+        farm.Client(farm_server.addr, timeout=30) as c,
+        serving(farm_server.addr, {"echo": lambda job: job.data}),
+    ):
+        with pytest.raises(ValueError, match=refused):
+            list(c.map("echo", payloads))  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=not_data):
+            list(c.map("echo", [b"a", 5]))  # type: ignore[list-item]
+        with pytest.raises(ValueError, match=refused):
+            asyncio.run(async_map(payloads))
+        with pytest.raises(TypeError, match=not_data):
+            asyncio.run(async_map([b"a", 5]))
+        assert c.call("echo", b"on") == b"on"  # the client goes on
