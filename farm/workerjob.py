@@ -78,12 +78,12 @@ class Job:
         """A chunk of partial result (WORK_DATA) streamed to the client's on_data. True
         when it was written to the job server; False when nobody listens any more (its
         server went away mid-job, or the job has ended): what it names is nobody's."""
-        payload = as_bytes(data)
+        payload = as_bytes(data, "send_data's chunk (WORK_DATA)")  # not the job's own data
         return self._send_to(self, lambda s: s.send_data(payload))
 
     def send_warning(self, data: Data) -> None:
         """A warning (WORK_WARNING) for the client's on_warning."""
-        payload = as_bytes(data)
+        payload = as_bytes(data, "send_warning's warning (WORK_WARNING)")
         self._send_to(self, lambda s: s.send_warning(payload))
 
     def __repr__(self) -> str:

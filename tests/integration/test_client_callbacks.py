@@ -281,3 +281,21 @@ def test_a_call_whose_client_is_closed_under_it_fails_as_closed(any_server: Serv
                 client.call("steps", job, timeout=timeout, on_status=closer(client, job))
             with pytest.raises(RuntimeError, match="closed"):
                 client.call("steps", "y")
+
+
+def test_news_a_job_cannot_send_is_named_as_that_news(farm_server: Server) -> None:
+    # send_warning's and send_data's bad str was reported as "data holds a surrogate ...":
+    # as_bytes's default name, the job's own data's.
+    def news(job: Job) -> bytes:
+        said = []
+        for send in (job.send_warning, job.send_data):
+            try:
+                send("x\ud800")
+            except ValueError as exc:
+                said.append(str(exc).partition(" holds ")[0])
+        return "|".join(said).encode()
+
+    with serving(farm_server.addr, {"news": news}), farm.Client(farm_server.addr) as c:
+        assert c.call("news", b"", timeout=30) == (
+            b"send_warning's warning (WORK_WARNING)|send_data's chunk (WORK_DATA)"
+        )
