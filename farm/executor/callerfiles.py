@@ -80,10 +80,13 @@ class CallerFiles:
         ``kind`` "k": kept while this process lives (the sweep leaves it, whatever its age)."""
         if self._settings is None:
             self._settings = spill_settings(*self._options)
-        reference = spill.write(self._settings, data, kind)
+        # Recorded inside spill.write's guard: an interrupt between its return and our
+        # record would leave a file that remove_all() (shutdown) does not know of.
+        return spill.write(self._settings, data, kind, record=self._record)
+
+    def _record(self, reference: bytes) -> None:
         with self._lock:
             self._files.add(reference)
-        return reference
 
     def stand_in(self, data: bytes) -> bytes:
         """The pickle of a ByFile for ``data``, in a file kept until ``remove_all`` (an

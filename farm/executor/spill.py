@@ -41,6 +41,7 @@ import pickle
 import secrets
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -167,11 +168,17 @@ def spill_dir(path: Path) -> Path:
 
 
 def write(
-    settings: SpillSettings, data: bytes | bytearray | memoryview, kind: str, tag: str = ""
+    settings: SpillSettings,
+    data: bytes | bytearray | memoryview,
+    kind: str,
+    tag: str = "",
+    record: Callable[[bytes], None] | None = None,
 ) -> bytes:
     """Write ``data`` to a fresh file (``kind``: "a" argument, "r" result, "k" kept for an
     executor's life; ``tag``, a result's ``result_tag``, in its name); its reference.
-    SpillTooLarge past the limit (nothing written), SpillDirError, OSError."""
+    ``record`` is given the reference before the file is let go: whatever interrupts the
+    write after it, the file is either removed here or known to the caller, who removes
+    it. SpillTooLarge past the limit (nothing written), SpillDirError, OSError."""
     size = len(data)
     if size > settings.max_bytes:
         what = {"a": "argument", "r": "result"}.get(kind, "function or initializer")
@@ -179,6 +186,9 @@ def write(
             f"the call's {what} is {size / 2**20:.1f} MiB pickled, over the farm's limit of"
             f" {settings.max_bytes >> 20} MiB ({settings.limit_from})"
         )
+    # Before the file exists: hashing a large argument takes a while, and a Ctrl-C then
+    # would otherwise leave a file that no one knows of (the sweep takes it an hour later).
+    digest = hashlib.sha256(data).digest()
     directory = spill_dir(settings.directory)
     tagged = f"{tag}-" if tag else ""
     path = directory / f"{PREFIX}{kind}-{os.getpid()}-{tagged}{secrets.token_hex(12)}"
@@ -192,13 +202,15 @@ def write(
             os.fchown(fd, -1, _checked[directory])
         with open(fd, "wb", closefd=False) as f:
             f.write(data)
+        reference = size.to_bytes(8, "little") + digest + os.fsencode(path)
+        if record is not None:
+            record(reference)
     except BaseException:
         os.close(fd)
         path.unlink(missing_ok=True)
         raise
     os.close(fd)
-    digest = hashlib.sha256(data).digest()
-    return size.to_bytes(8, "little") + digest + os.fsencode(path)
+    return reference
 
 
 def result_tag(call_id: bytes) -> str:
