@@ -73,17 +73,27 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def _drain_at_exit() -> None:
     """At interpreter exit, every executor finishes what was submitted (as ProcessPoolExecutor)."""
     state.exiting = True
-    for pump in list(_live_pumps):
-        pump.stop()
-    for pump in list(_live_pumps):
-        if not pump.finished.wait(EXIT_QUIET):
-            # Silence here looks like a hang: say what the exit waits for (calls queued on a
-            # server with no worker for them wait until one comes, as a pool's would).
-            log.warning(
-                "exiting: waiting for the calls of %r still on the farm (Ctrl-C abandons them)",
-                pump.function,
-            )
-            pump.finished.wait()
+    try:
+        for pump in list(_live_pumps):
+            pump.stop()
+        for pump in list(_live_pumps):
+            if not pump.finished.wait(EXIT_QUIET):
+                # Silence here looks like a hang: say what the exit waits for (calls queued on
+                # a server with no worker for them wait until one comes, as a pool's would).
+                log.warning(
+                    "exiting: waiting for the calls of %r still on the farm (Ctrl-C abandons them)",
+                    pump.function,
+                )
+                pump.finished.wait()
+    except KeyboardInterrupt:
+        # Ctrl-C abandons the calls (docs/executor.md): their files go now, as shutdown()
+        # removes what is left; the sweep is for killed processes. A worker still reading
+        # one fails its call, whose result no one waits for.
+        for pump in list(_live_pumps):
+            hook, pump.on_finished = pump.on_finished, None
+            if hook is not None:
+                hook()
+        raise
 
 
 # Where ProcessPoolExecutor registers its own: run as the main thread ends, before the

@@ -1,0 +1,74 @@
+"""Calls abandoned by Ctrl-C, in a caller process of their own against a real farm server:
+what the caller leaves behind (its spill files) and what it still waits for."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+from tests.helpers.executorfarm import ExecutorFarm
+
+AT_EXIT = """
+import signal, sys, time
+import farm
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
+servers, key, spill_dir = sys.argv[1:4]
+ex = farm.Executor(2, servers=servers, key_file=key, spill_dir=spill_dir)
+# No worker serves them: the exit waits for them until a Ctrl-C abandons them.
+futures = [ex.submit(len, bytes([i]) * (2 << 20)) for i in range(3)]
+print("queued", flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def no_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExecutorFarm]:
+    f = ExecutorFarm(tmp_path_factory.mktemp("abandoned"), count=0)
+    yield f
+    f.stop()
+
+
+def interrupt_until_gone(proc: subprocess.Popen[str], within: float) -> None:
+    """SIGINT every 0.2 s until the process ends: its exit's drain may not have begun at
+    the first, which then ends the script's main module instead (the drain waits on)."""
+    deadline = time.monotonic() + within
+    while proc.poll() is None:
+        assert time.monotonic() < deadline, "the caller did not end"
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(0.2)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+@pytest.mark.timeout(60)
+def test_a_ctrl_c_at_exit_removes_the_abandoned_calls_files(
+    no_workers: ExecutorFarm, tmp_path: Path
+) -> None:
+    # docs/executor.md: Ctrl-C at the exit abandons the calls the exit waits for, and
+    # shutdown() deletes what is left. The interrupt ended the drain's wait, and the
+    # executors' files were never removed: they waited an hour for the sweep.
+    script = tmp_path / "caller.py"
+    script.write_text(AT_EXIT)
+    spill_dir = tmp_path / "spill"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), no_workers.addr, str(no_workers.key), str(spill_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "queued\n"
+    assert len(os.listdir(spill_dir)) == 3
+    interrupt_until_gone(proc, 30)
+    left = [name for name in os.listdir(spill_dir) if f"-{proc.pid}-" in name]
+    assert left == [], proc.stderr.read() if proc.stderr else ""
