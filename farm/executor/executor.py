@@ -261,6 +261,11 @@ class Executor(_BaseExecutor):
             calls.read(self._hand(), futures, buffersize)
         except BaseException:
             keep = False  # no iterator will end: the map's hold goes now
+            # Nobody will ask for their results (a Ctrl-C while a long input was read, say):
+            # those not sent yet go, as CPython's map cancels the calls it did not run, and
+            # the `with`'s exit does not wait for them. Those sent run on, as in a pool.
+            for future in futures:
+                future.cancel()
             raise
         finally:
             if shared is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT
+from tests.helpers.calls import wait_gate_then_tell
 from tests.helpers.executorfarm import ExecutorFarm
+from tests.helpers.gate import Gate
 
 AT_EXIT = """
 import signal, sys, time
@@ -72,3 +75,40 @@ def test_a_ctrl_c_at_exit_removes_the_abandoned_calls_files(
     interrupt_until_gone(proc, 30)
     left = [name for name in os.listdir(spill_dir) if f"-{proc.pid}-" in name]
     assert left == [], proc.stderr.read() if proc.stderr else ""
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExecutorFarm]:
+    f = ExecutorFarm(tmp_path_factory.mktemp("interrupted_map"), count=2)
+    yield f
+    f.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_ctrl_c_while_map_reads_its_input_cancels_the_calls_read(
+    two_workers: ExecutorFarm, tmp_path: Path
+) -> None:
+    # A Ctrl-C while map read its input (pickling, spilling a large argument each) left
+    # every call read so far queued to run, and the `with`'s exit waited for them all.
+    # Those not sent yet are cancelled now, as CPython's map cancels its calls not run.
+    told_path = str(tmp_path / "told")
+
+    def read() -> Iterator[str]:
+        yield from [gate.path] * 5
+        raise KeyboardInterrupt
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as told, Gate(tmp_path / "g") as gate:
+        told.bind(told_path)
+        with two_workers.executor(max_workers=1) as ex:  # one call in flight at a time
+            with pytest.raises(KeyboardInterrupt):
+                ex.map(wait_gate_then_tell, read(), [told_path] * 5)
+            gate.open()
+        told.setblocking(False)
+        ran = 0
+        while True:
+            try:
+                told.recv(16)
+            except BlockingIOError:
+                break
+            ran += 1
+    assert ran <= 1, f"{ran} calls ran after the map was interrupted"
