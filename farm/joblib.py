@@ -48,9 +48,11 @@ from joblib._parallel_backends import (  # type: ignore[import-untyped]
 )
 from joblib.disk import memstr_to_bytes  # type: ignore[import-untyped]
 
+from farm.errors import FarmError
 from farm.executor import nesting
 from farm.executor.call import DEFAULT_FUNCTION
 from farm.executor.executor import Executor
+from farm.executor.payload import note_tasks
 
 __all__ = ["FarmBackend", "register", "farm_workers", "largest_array"]
 
@@ -150,6 +152,12 @@ class FarmBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
         if not self._copies_said:
             self._say_copies(func)
         future = self._executor.submit(func)
+        if future.done() and not future.cancelled():
+            exc = future.exception()
+            if exc is not None and not isinstance(exc, FarmError | OSError):
+                # The batch would not pickle: say what in the user's tasks, as a submit of
+                # their function would (docs/executor.md); notes on the batch name no one.
+                note_tasks(exc, getattr(func, "items", ()))
         if callback is not None:
             future.add_done_callback(callback)
         return future

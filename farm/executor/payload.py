@@ -82,7 +82,7 @@ import io
 import pickle
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from farm.executor import unpicklable
@@ -328,6 +328,19 @@ def note_chunk(exc: Exception, chunk: list[Any], kind: int, first: int) -> None:
     for at, args in enumerate(calls):
         unpicklable.note_args(exc, args, {}, dump_call, f"the map's call {first + at} (from 0)")
         if getattr(exc, "__notes__", None):
+            return
+
+
+def note_tasks(exc: BaseException, tasks: Iterable[tuple[Any, Any, Any]]) -> None:
+    """Say in a note on ``exc`` (raised pickling a batch of ``(function, args, kwargs)``
+    tasks sent as one function: joblib's) what in which task will not pickle, as a call of
+    the task's own function would: the batch's own notes never name the user's code."""
+    before = len(getattr(exc, "__notes__", ()))
+    for at, (fn, args, kwargs) in enumerate(tasks):
+        unpicklable.note_fn(exc, fn, _by_value)
+        if len(getattr(exc, "__notes__", ())) == before:
+            unpicklable.note_args(exc, tuple(args), dict(kwargs), dump_call, f"task {at}")
+        if len(getattr(exc, "__notes__", ())) > before:
             return
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +16,7 @@ import pytest
 from joblib import Parallel, delayed, parallel_config
 
 import farm.joblib
+from tests.helpers import ROOT
 from tests.helpers.calls import add, fails, tell_wait_then_nest, wait_gate_then_tell
 from tests.helpers.farmproc import EXECUTOR_POOL, executor_farm
 from tests.helpers.gate import Gate
@@ -164,3 +168,51 @@ def test_a_large_array_argument_is_said_to_travel_with_each_task(
             on_farm(farm_backend, 2, (delayed(len)(big) for _ in range(2)), max_nbytes=None)
             == [2 << 20] * 2
         )
+
+
+#: A script's function using a global that will not pickle, run under the farm backend.
+LOCKED_GLOBAL = """
+import json, sys, threading
+import farm.joblib
+from joblib import Parallel, delayed, parallel_config
+
+LOCK = threading.Lock()
+
+
+def f(x):
+    with LOCK:
+        return x
+
+
+config = json.loads(sys.argv[1])
+try:
+    with parallel_config(**config):
+        Parallel(n_jobs=2)(delayed(f)(i) for i in range(4))
+except TypeError as exc:
+    print(json.dumps([str(exc), getattr(exc, "__notes__", [])]))
+"""
+
+
+def run_script(tmp_path: Path, text: str, *args: str) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "script.py"
+    script.write_text(text)
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+
+
+@pytest.mark.timeout(120)
+def test_what_will_not_pickle_is_named_in_a_note_under_joblib_too(
+    farm_backend: dict[str, object], tmp_path: Path
+) -> None:
+    # docs/executor.md: a global that will not pickle is named in a note on the error. The
+    # backend submits joblib's batch, not the user's function, and the note never came.
+    done = run_script(tmp_path, LOCKED_GLOBAL, json.dumps(farm_backend))
+    assert done.returncode == 0, done.stderr
+    error, notes = json.loads(done.stdout)
+    assert "cannot pickle '_thread.lock' object" in error
+    assert any("its global 'LOCK' cannot be pickled" in note for note in notes), notes
