@@ -18,8 +18,9 @@ The wire bookkeeping is ``farm.protocol.client.ClientSession``, as for ``farm.Cl
 this module only moves bytes and futures. A future becomes RUNNING when its
 job is sent (a job on the server cannot be taken back, like a call already
 in ProcessPoolExecutor's call queue). WORK_FAIL, which the server sends when
-the job's worker died (``job_retries`` times) or overran its timeout, fails
-exactly that future with ``farm.WorkerLost``; the executor keeps working.
+the job's worker died (``job_retries`` times) or overran its timeout, and a
+worker past its pool's ``kill_rss_mb`` sends, fails exactly that future with
+``farm.WorkerLost``; the executor keeps working.
 """
 
 from __future__ import annotations

@@ -268,8 +268,11 @@ def complete(task: Task[Flight], signer: Signer) -> list[WorkItem]:
     if error is not None:
         if type(error) is JobFailed:  # no exception came first: the worker is gone
             flight.init.lost(str(task.handle))  # the second worker lost in the initializer
+            # WORK_FAIL alone says no more: the farm's log names the cause (kill_rss_mb
+            # among them, a likely one for a call on large data, that a caller thinks not of).
             error = WorkerLost(
-                f"the worker running job {task.handle} died (or overran its timeout);"
+                f"the worker running job {task.handle} died (a crash, the OOM killer), passed"
+                " its pool's kill_rss_mb, or overran its timeout (the farm's log says which);"
                 " the call's outcome is unknown"
             )
         flight.fail(error)

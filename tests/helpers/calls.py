@@ -305,3 +305,12 @@ def fork_and_come_back(how: str, tally: str | None = None) -> tuple[str, int | N
         os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
     return ("parent", os.waitstatus_to_exitcode(status) if ended else None)
+
+
+def grow(mb: int) -> int:
+    """Touch ``mb`` MiB, 10 at a time (past a pool's kill_rss_mb on the way)."""
+    chunks = []
+    for _ in range(mb // 10):
+        chunks.append(bytearray(b"\x01") * (10 << 20))
+        time.sleep(0.01)
+    return len(chunks)
