@@ -37,6 +37,7 @@ import os
 import sys
 import warnings
 from concurrent.futures import Future
+from types import FrameType
 from typing import Any
 
 from joblib import register_parallel_backend  # type: ignore[import-untyped]
@@ -168,7 +169,11 @@ class FarmBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
         size = largest_array(batch, self._max_nbytes)
         if size:
             self._copies_said = True
-            warnings.warn(
+            frame = _users_frame()
+            # warn_explicit with no registry: Python's default filter shows it at each
+            # Parallel that copies (as docs/executor.md says), not once per process, which
+            # is its registry's; "ignore", "once" and "error" filters still apply.
+            warnings.warn_explicit(
                 f"farm: each batch of this Parallel carries its own copy of a"
                 f" {size / (1 << 20):.3g} MiB array (loky memory-maps it once): it is pickled,"
                 " written to the spill directory and read back for every batch. Save it once"
@@ -176,7 +181,10 @@ class FarmBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
                 " numpy.load(path, mmap_mode='r') in the task (docs/executor.md, 'Switching"
                 " from ProcessPoolExecutor, loky or joblib')",
                 UserWarning,
-                stacklevel=2,
+                frame.f_code.co_filename,
+                frame.f_lineno,
+                module=frame.f_globals.get("__name__", "<unknown>"),
+                module_globals=frame.f_globals,
             )
 
     def retrieve_result_callback(self, future: Future[Any]) -> Any:
@@ -196,6 +204,23 @@ class FarmBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
             executor.shutdown(wait=False, cancel_futures=True)
         if ensure_ready and self.parallel is not None:
             self.configure(n_jobs=self.parallel.n_jobs, parallel=self.parallel)
+
+
+#: Modules whose frames are not the user's: the warning points past them.
+_NOT_USERS = ("farm", "joblib", "concurrent.futures", "threading")
+
+
+def _users_frame() -> FrameType:
+    """The frame of the user's code that runs the Parallel: the first outside farm, joblib,
+    and the threads that run their callbacks (the outermost frame if none is: a batch
+    dispatched from a done-callback in the executor's thread)."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None:
+        name = frame.f_globals.get("__name__", "")
+        if not any(name == top or name.startswith(f"{top}.") for top in _NOT_USERS):
+            return frame
+        frame = frame.f_back
+    return frame
 
 
 def largest_array(batch: Any, max_nbytes: float | str | None) -> int:

@@ -216,3 +216,37 @@ def test_what_will_not_pickle_is_named_in_a_note_under_joblib_too(
     error, notes = json.loads(done.stdout)
     assert "cannot pickle '_thread.lock' object" in error
     assert any("its global 'LOCK' cannot be pickled" in note for note in notes), notes
+
+
+#: Three Parallels of a large array each, under Python's default warning filters.
+THREE_PARALLELS = """
+import json, sys
+import numpy as np
+import farm.joblib
+from joblib import Parallel, delayed, parallel_config
+
+config = json.loads(sys.argv[1])
+big = np.zeros(2 << 20, dtype=np.uint8)
+with parallel_config(**config):
+    for _ in range(3):
+        Parallel(n_jobs=2)(delayed(len)(big) for _ in range(4))  # the user's line
+"""
+
+
+@pytest.mark.timeout(120)
+def test_the_large_array_warning_points_at_the_user_s_line_once_per_parallel(
+    farm_backend: dict[str, object], tmp_path: Path
+) -> None:
+    # It pointed at farm/joblib.py (stacklevel=2 is inside joblib's dispatch), and Python's
+    # default filter showed it once per process, where docs/executor.md says once per
+    # Parallel.
+    done = run_script(tmp_path, THREE_PARALLELS, json.dumps(farm_backend))
+    assert done.returncode == 0, done.stderr
+    said = [line for line in done.stderr.splitlines() if "UserWarning: farm:" in line]
+    line = THREE_PARALLELS.splitlines().index(
+        "        Parallel(n_jobs=2)(delayed(len)(big) for _ in range(4))  # the user's line"
+    )
+    assert said and all(s.startswith(f"{tmp_path / 'script.py'}:{line + 1}: ") for s in said), (
+        done.stderr
+    )
+    assert len(said) == 3, done.stderr
