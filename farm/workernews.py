@@ -26,7 +26,8 @@ class WorkerNews(WorkerLinks):
     """A job's news and its abandon (see the module docstring): on the worker's links."""
 
     def abandon(self, job: Job, why: str) -> bool:
-        """Fail the job in hand now (WORK_FAIL) from another thread, and send that at once.
+        """Fail the job in hand now (WORK_WARNING ``why``, then WORK_FAIL) from another
+        thread, and send that at once.
 
         For a watchdog whose process exits next (farm.pools.workerproc's kill_rss_mb): the
         job's code still holds the thread that runs it, and the server, told WORK_FAIL
@@ -41,6 +42,9 @@ class WorkerNews(WorkerLinks):
             if not self._holds(server, job):
                 return False
             try:
+                # Why, first: WORK_FAIL alone tells the client nothing (a farm.Executor's
+                # WorkerLost says this, where it could only list what may have happened).
+                server.session.send_warning(why.encode("utf-8", "backslashreplace"))
                 server.session.fail()
             except ProtocolError:  # the job's own thread answered it just now
                 return False

@@ -61,3 +61,23 @@ def test_a_job_abandoned_names_its_job_and_function_as_a_raise_does(
         c.call("give_up", b"x", timeout=10)
     (line,) = [r for r in caplog.records if "kill_rss_mb" in r.getMessage()]
     assert (line.__dict__.get("job"), line.__dict__.get("function")) == (handles[0], "give_up")
+
+
+def test_a_job_abandoned_tells_its_client_why_before_it_fails(farm_server) -> None:
+    # WORK_FAIL alone tells a client nothing: a job failed past kill_rss_mb was, to its
+    # client, one whose worker died or overran its timeout. The reason comes first, as a
+    # WORK_WARNING (a farm.Executor's WorkerLost names it).
+    why = "RSS 900 MiB over kill_rss_mb 512; worker exits"
+
+    def give_up(job: Any) -> bytes:
+        assert worker.abandon(job, why)
+        return b"never sent"
+
+    warned: list[bytes] = []
+    with (
+        serving(farm_server.addr, {"give_up": give_up}) as worker,
+        farm.Client(farm_server.addr) as c,
+        pytest.raises(farm.JobFailed),
+    ):
+        c.call("give_up", b"x", timeout=10, on_warning=warned.append)
+    assert warned == [why.encode()]
