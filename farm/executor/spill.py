@@ -186,10 +186,10 @@ def write(
             f"the call's {what} is {size / 2**20:.1f} MiB pickled, over the farm's limit of"
             f" {settings.max_bytes >> 20} MiB ({settings.limit_from})"
         )
+    directory = spill_dir(settings.directory)
     # Before the file exists: hashing a large argument takes a while, and a Ctrl-C then
     # would otherwise leave a file that no one knows of (the sweep takes it an hour later).
     digest = hashlib.sha256(data).digest()
-    directory = spill_dir(settings.directory)
     tagged = f"{tag}-" if tag else ""
     path = directory / f"{PREFIX}{kind}-{os.getpid()}-{tagged}{secrets.token_hex(12)}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
