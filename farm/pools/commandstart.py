@@ -158,6 +158,8 @@ class CommandStart:
                 proc.pid,
                 extra=proc.log_fields(),
             )
+        for proc in serving:  # each one connected to the local server
+            proc.local_seen = True
         for proc in serving + remote_only:
             proc.state = ProcState.RUNNING
             log.debug("worker %s (pid %d) serves", proc.name, proc.pid)

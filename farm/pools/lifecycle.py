@@ -164,9 +164,11 @@ class Lifecycle:
         if proc.command:
             self.count_served(proc)  # its jobs, from the server: "0 jobs" when not polled
         in_job = proc.busy_since is not None
-        # A command worker may end of the local server's death (a Python worker reconnects
-        # by itself, and its exit codes are farm's): no crash of its own.
-        lost = proc.command and self.config.local_server and may_answer_server_loss(status)
+        # A command worker seen serving the local server may end of its death (a Python
+        # worker reconnects by itself, and its exit codes are farm's): no crash of its own.
+        # One never seen there (`sleep 3; exit 1`) ends of its own whenever it ends.
+        lost = proc.command and proc.local_seen and may_answer_server_loss(status)
+        lost = lost and self.config.local_server
         lost = lost and self.server.lost_by(proc.started, now)
         cause = exit_cause(
             proc.kill_reason,

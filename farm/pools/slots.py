@@ -147,6 +147,9 @@ class WorkerProcess:
     # registered by it. Not where nothing could tell: its connections all go to remote
     # servers, or the local server answers `peers` nowhere the supervisor may ask.
     registration_seen: bool = False
+    # A command worker seen serving the local server (connected to it, registered where
+    # that can be told): only such a one's end may be its server's loss (lifecycle).
+    local_seen: bool = False
     peers_read: float = 0.0
     peer_jobs: dict[str, int] = field(default_factory=dict)
     job_seen: float | None = None  # when the server's peers last said its job in hand

@@ -129,3 +129,29 @@ def test_a_command_worker_that_ends_unasked_while_its_server_serves_still_crashe
         assert "lost its job server" not in up.read_log()
     finally:
         up.stop()
+
+
+def test_a_command_worker_never_seen_serving_crashes_though_its_server_died(
+    tmp_path: Path,
+) -> None:
+    # Its server's death forgives only a worker seen serving it: one that never connected
+    # (a crash loop of its own) ends whenever it ends, and the death's timing alone made
+    # it "lost its job server" (found in review).
+    pool = '[functions.crashy]\nworkers = 1\ncommand = ["sh", "-c", "sleep 5; exit 1"]\n'
+    up = FarmUp(tmp_path, pool)
+    try:  # no READY=1: it never serves; it starts once the server answers
+        wait_for("the server answering", lambda: " accepts on " in up.read_log(), timeout=30)
+        (worker,) = wait_for("its worker started", lambda: up.workers("crashy"), timeout=30)
+        up.kill_server()
+        line = wait_for(
+            "its end logged",
+            lambda: next((r for r in ends(up) if f"(pid {worker['pid']}," in r), None),
+            timeout=30,
+        )
+        assert "crashed: exited with code 1" in line, line
+        assert "lost its job server" not in up.read_log()
+        numbers = scrape(up.metrics_url)
+        assert get(numbers, "farm_pool_restarts_total", pool="crashy", cause="server_lost") == 0
+        assert get(numbers, "farm_pool_restarts_total", pool="crashy", cause="crash") >= 1
+    finally:
+        up.stop()
