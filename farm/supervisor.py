@@ -214,15 +214,19 @@ class Supervisor(
         ended.sort(key=lambda end: end[0] != self.server.pid)  # stable: the rest in order
         for pid, status in ended:
             if pid == self.server.pid:
-                self.server.exited(status, farm_stops=self.stopping)
-                if not self.server.ever_ready and not self.stopping:
-                    # never listened (port taken, bad store path): retrying will not help
-                    log.error("the job server could not start; see its message above")
-                    self.stopping, self.exit_code = True, 1
+                self.server_ended(status)
             elif pid in self.by_pid:
                 self.worker_exited(self.by_pid.pop(pid), status)
             else:
                 self.stray_reaped(pid)  # adopted (farm.pools.strays), or nothing we watch
+
+    def server_ended(self, status: int) -> None:
+        """The local server's end, reaped (here, or by a worker's end: Lifecycle)."""
+        self.server.exited(status, farm_stops=self.stopping)
+        if not self.server.ever_ready and not self.stopping:
+            # never listened (port taken, bad store path): retrying will not help
+            log.error("the job server could not start; see its message above")
+            self.stopping, self.exit_code = True, 1
 
     def manage_server(self) -> None:
         """Start the local job server, and notice when it accepts connections."""

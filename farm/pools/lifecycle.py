@@ -61,6 +61,8 @@ class Lifecycle:
     track_commands: Callable[..., None]
     excuse: Callable[[WorkerProcess], None]
     count_served: Callable[[WorkerProcess], None]
+    # Provided by farm.supervisor: the local server's end, reaped.
+    server_ended: Callable[[int], None]
     # Provided by farm.pools.reports: what is left on a worker's pipes, read and closed.
     close_pipes: Callable[[WorkerProcess], None]
     # Provided by farm.pools.strays: what a worker left in its process group.
@@ -166,9 +168,13 @@ class Lifecycle:
         in_job = proc.busy_since is not None
         # A command worker seen serving the local server may end of its death (a Python
         # worker reconnects by itself, and its exit codes are farm's): no crash of its own.
-        # One never seen there (`sleep 3; exit 1`) ends of its own whenever it ends.
+        # One never seen there (`sleep 3; exit 1`) ends of its own whenever it ends. A
+        # server that stops closes its connections before its end can be reaped: asked now
+        # whether it goes away (LocalServer.ending), or its workers were judged crashed.
         lost = proc.command and proc.local_seen and may_answer_server_loss(status)
         lost = lost and self.config.local_server
+        if lost and self.server.ready and (ended := self.server.ending()) is not None:
+            self.server_ended(ended)
         lost = lost and self.server.lost_by(proc.started, now)
         cause = exit_cause(
             proc.kill_reason,

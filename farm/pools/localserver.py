@@ -39,6 +39,8 @@ NAMING_TIMEOUT, NAMING_RETRY = 0.5, 5.0
 #: A command worker that ran when the server died and ends this long after the new one
 #: answers still ended of that death: its reconnect tries gave up as the server came back.
 LOST_WINDOW = 5.0
+#: How long ``refuses`` waits on its connect: a live server's listener answers at once.
+PROBE_WAIT = 0.05
 
 
 def named_lines(command: str, names: list[str]) -> list[str]:
@@ -275,12 +277,59 @@ class LocalServer(RestartHistory):
         a command worker may end of that (PHP's ``while ($w->work());`` does). Workers
         start only once the server answers, so one that ran while it does not outlived a
         death; the supervisor reaps the server's end before its workers' (Supervisor.
-        reap_workers), so one that saw its connection close first is judged by it too."""
+        reap_workers), and a worker's end that comes first asks whether it is ``ending``
+        (Lifecycle.worker_exited), so one that saw its connection close first is judged by
+        it too."""
         if not self.ever_ready or self.stopping:
             return False
         if not self.pid or not self.ready:
             return True
         return started < self.started and now - self.ready_at <= LOST_WINDOW
+
+    def refuses(self) -> bool:
+        """Whether our server, counted up, refuses a connection at its Unix socket (else its
+        first listen address): it is going away. Its stop (SIGINT, a graceful SIGUSR1)
+        closes its listeners before its connections, and a kill's descriptors close with its
+        end, so a worker that saw its connection close first finds the listener shut too,
+        while the server's own end is not reaped yet. A bare connect, bounded by PROBE_WAIT
+        so the loop does not wait on it: a Unix socket's or this host's answer is at once,
+        and only a refusal counts (a full backlog's timeout is a live server's)."""
+        listen = self.config.listen
+        where = connectable(next((a for a in listen if a.startswith("unix:")), listen[0]))
+        try:
+            if where.kind == "unix":
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                    probe.settimeout(PROBE_WAIT)
+                    probe.connect(where.path)
+            else:
+                socket.create_connection((where.host, where.port), timeout=PROBE_WAIT).close()
+        except (ConnectionRefusedError, FileNotFoundError):
+            return True
+        except OSError:  # a timeout, or what says nothing of its end: the old verdict
+            return False
+        return False
+
+    def ending(self) -> int | None:
+        """Asked when a command worker's end may answer this server's loss while it counts
+        up (``lost_by`` would judge a crash): whether it is in fact going away. Its end's wait
+        status when it has ended (reaped here: the caller handles it as the reap would);
+        else, where it ``refuses`` connections, it is counted down (``ready``), as its end
+        would, so workers wait for the next server rather than crash-loop against this one,
+        which the reap restarts as usual. Asked now, not later: a verdict deferred holds the
+        slot, and its end's log line, for a server whose stop may take its drain's seconds;
+        one look at its pid and its listener is bounded (``PROBE_WAIT``) and rare."""
+        if self.stopping or not self.pid:  # the farm stops it: no worker's end is its loss
+            return None
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid = status = 0
+        if pid:
+            return status
+        if self.refuses():
+            log.info("job server (pid %d) no longer accepts connections: it stops", self.pid)
+            self.ready = False
+        return None
 
     def admin_address(self) -> str | None:
         """Where to ask this server admin questions: its Unix socket when it has one (no

@@ -10,7 +10,9 @@ made the slots `failing`, while the farm's Python workers said at INFO that it w
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -129,6 +131,51 @@ def test_a_command_worker_that_ends_unasked_while_its_server_serves_still_crashe
         assert "lost its job server" not in up.read_log()
     finally:
         up.stop()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGUSR1], ids=["SIGINT", "SIGUSR1"])
+def test_a_command_worker_that_ends_as_its_server_stops_lost_it_not_crashed(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    # A server stopped in order (SIGINT at once, SIGUSR1 gracefully; SIGTERM is left to
+    # farm up while it lives) closes its connections before it exits: its workers ended,
+    # and were reaped, while it was still alive, counted up, and were judged crashed,
+    # restarted "now" against it, and crash-looped to "failing" (found in review).
+    script = tmp_path / "worker.py"
+    script.write_text(ENDS_WITH_ITS_SERVER)
+    pools = "".join(
+        f'[functions.{name}]\nworkers = 1\ncommand = ["{sys.executable}", "{script}", "{code}"]\n'
+        for name, code in (("zero", 0), ("one", 1))
+    )
+    up = FarmUp(tmp_path, pools)
+    try:
+        up.expect_notify("READY=1")
+        for stopped in range(1, KILLS + 1):
+            running = wait_for("both workers serving", lambda: serving(up), timeout=30)
+            (server,) = [r["pid"] for r in up.ps() if r["function"] == "server"]
+            os.kill(server, stop)
+            wait_for(
+                "both workers' ends logged",
+                lambda n=stopped: len(ends(up)) >= 2 * n,  # type: ignore[misc]
+                timeout=30,
+            )
+            for line in ends(up):  # not crashed, nor restarted against the stopping server
+                assert "lost its job server (exited with code " in line, line
+            again = wait_for("both serving the next server", lambda: serving(up), timeout=30)
+            assert {r["pid"] for r in again}.isdisjoint(r["pid"] for r in running)
+        lines = ends(up)
+        assert len(lines) == 2 * KILLS, lines
+        for line in lines:
+            assert "failing" not in line and "restarting in " not in line, line
+        log = up.read_log()
+        assert "stopped unasked" not in log and "crashed" not in log, log
+        numbers = scrape(up.metrics_url)
+        for pool in ("zero", "one"):
+            assert get(numbers, "farm_pool_restarts_total", pool=pool, cause="crash") == 0
+            lost = get(numbers, "farm_pool_restarts_total", pool=pool, cause="server_lost")
+            assert lost == KILLS
+    finally:
+        assert up.stop() == 0
 
 
 def test_a_command_worker_never_seen_serving_crashes_though_its_server_died(
