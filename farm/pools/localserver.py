@@ -287,27 +287,29 @@ class LocalServer(RestartHistory):
         return started < self.started and now - self.ready_at <= LOST_WINDOW
 
     def refuses(self) -> bool:
-        """Whether our server, counted up, refuses a connection at its Unix socket (else its
-        first listen address): it is going away. Its stop (SIGINT, a graceful SIGUSR1)
-        closes its listeners before its connections, and a kill's descriptors close with its
-        end, so a worker that saw its connection close first finds the listener shut too,
-        while the server's own end is not reaped yet. A bare connect, bounded by PROBE_WAIT
-        so the loop does not wait on it: a Unix socket's or this host's answer is at once,
-        and only a refusal counts (a full backlog's timeout is a live server's)."""
-        listen = self.config.listen
-        where = connectable(next((a for a in listen if a.startswith("unix:")), listen[0]))
-        try:
-            if where.kind == "unix":
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                    probe.settimeout(PROBE_WAIT)
-                    probe.connect(where.path)
-            else:
-                socket.create_connection((where.host, where.port), timeout=PROBE_WAIT).close()
-        except (ConnectionRefusedError, FileNotFoundError):
-            return True
-        except OSError:  # a timeout, or what says nothing of its end: the old verdict
+        """Whether our server, counted up, refuses connections at every address it listens
+        on: it is going away. Its stop (SIGINT, a graceful SIGUSR1) closes its listeners
+        before its connections, and a kill's descriptors close with its end, so a worker
+        that saw its connection close first finds the listeners shut too, while the
+        server's own end is not reaped yet. Every address, not one: a Unix socket whose
+        path another process removed refuses while the TCP listener serves on. A bare
+        connect each, bounded by PROBE_WAIT so the loop does not wait on it (a Unix
+        socket's or this host's answer is at once), and only a refusal counts: a full
+        backlog's timeout is a live server's."""
+        for where in sorted(map(connectable, self.config.listen), key=lambda a: a.kind != "unix"):
+            try:
+                if where.kind == "unix":
+                    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                        probe.settimeout(PROBE_WAIT)
+                        probe.connect(where.path)
+                else:
+                    socket.create_connection((where.host, where.port), PROBE_WAIT).close()
+            except (ConnectionRefusedError, FileNotFoundError):
+                continue
+            except OSError:  # a timeout, or what says nothing of its end: the old verdict
+                return False
             return False
-        return False
+        return True
 
     def ending(self) -> int | None:
         """Asked when a command worker's end may answer this server's loss while it counts

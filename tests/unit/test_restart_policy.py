@@ -4,6 +4,8 @@ exits are crashes (a crash is not an ordered stop, a boot failure is not a crash
 from __future__ import annotations
 
 import signal
+import socket
+from pathlib import Path
 
 from farm.config import ServerConfig
 from farm.pools.exits import (
@@ -189,3 +191,22 @@ def test_a_worker_lost_its_server_only_if_it_ran_through_the_servers_death() -> 
     assert not server.lost_by(started=10.5, now=12.0)  # started after the death: its own end
     server.stopping = True  # the farm stops it: its workers drain, ordered
     assert not server.lost_by(started=7.0, now=12.0)
+
+
+def test_a_server_refuses_only_when_every_address_it_listens_on_refuses(tmp_path: Path) -> None:
+    # Its stop closes every listener before its connections: all refusing is its going
+    # away (LocalServer.ending). A Unix socket's path removed by another hand is not.
+    path = tmp_path / "farm.sock"
+    with socket.socket() as tcp:
+        tcp.bind(("127.0.0.1", 0))
+        port = tcp.getsockname()[1]
+        both = (f"unix:{path}", f"127.0.0.1:{port}")
+        server = LocalServer(ServerConfig(listen=both, store="none", job_retries=3), {})
+        assert server.refuses()  # nothing listens at either yet
+        tcp.listen()
+        assert not server.refuses()  # the Unix path gone, the TCP listener serves on
+        with socket.socket(socket.AF_UNIX) as unix:
+            unix.bind(str(path))
+            unix.listen()
+            assert not server.refuses()
+    assert server.refuses()  # both closed (the Unix path left behind): going away
