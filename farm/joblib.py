@@ -38,7 +38,7 @@ import sys
 import warnings
 from concurrent.futures import Future
 from types import FrameType
-from typing import Any
+from typing import Any, NamedTuple
 
 from joblib import register_parallel_backend  # type: ignore[import-untyped]
 from joblib._parallel_backends import (  # type: ignore[import-untyped]
@@ -94,6 +94,7 @@ class FarmBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
         self.parallel: Any = None
         self._max_nbytes: float | str | None = 1 << 20  # joblib's default, "1M"
         self._copies_said = False
+        self._users_line: _Place | None = None  # where configure was called from
 
     def _nested_in_own_pool(self) -> bool:
         """This process is one of the workers of the pool this backend would send to."""
@@ -140,6 +141,11 @@ class FarmBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
         n = self.effective_n_jobs(n_jobs)
         self.parallel = parallel
+        # configure runs in the user's thread, inside Parallel.__call__; joblib dispatches
+        # later batches from a done-callback in the executor's thread, whose stack has no
+        # user's frame: the large-array warning points here then. A configure with none
+        # (an abort's, from such a callback) keeps the place it had.
+        self._users_line = _users_place() or self._users_line
         # Parallel's max_nbytes (None turns memmapping off; an abort's configure has none):
         # an array over it is one loky would have memory-mapped, one each batch copies here.
         self._max_nbytes = backend_kwargs.get("max_nbytes", self._max_nbytes)
@@ -169,7 +175,9 @@ class FarmBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
         size = largest_array(batch, self._max_nbytes)
         if size:
             self._copies_said = True
-            frame = _users_frame()
+            # The user's line on this stack, else the one that ran this Parallel: a
+            # batch dispatched from a done-callback in the executor's thread has none.
+            place = _users_place() or self._users_line or _outermost()
             # warn_explicit with no registry: Python's default filter shows it at each
             # Parallel that copies (as docs/executor.md says), not once per process, which
             # is its registry's; "ignore", "once" and "error" filters still apply.
@@ -181,10 +189,10 @@ class FarmBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
                 " numpy.load(path, mmap_mode='r') in the task (docs/executor.md, 'Switching"
                 " from ProcessPoolExecutor, loky or joblib')",
                 UserWarning,
-                frame.f_code.co_filename,
-                frame.f_lineno,
-                module=frame.f_globals.get("__name__", "<unknown>"),
-                module_globals=frame.f_globals,
+                place.filename,
+                place.lineno,
+                module=place.module,
+                module_globals=place.module_globals,
             )
 
     def retrieve_result_callback(self, future: Future[Any]) -> Any:
@@ -210,17 +218,40 @@ class FarmBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
 _NOT_USERS = ("farm", "joblib", "concurrent.futures", "threading")
 
 
-def _users_frame() -> FrameType:
-    """The frame of the user's code that runs the Parallel: the first outside farm, joblib,
-    and the threads that run their callbacks (the outermost frame if none is: a batch
-    dispatched from a done-callback in the executor's thread)."""
-    frame = sys._getframe(1)
-    while frame.f_back is not None:
+class _Place(NamedTuple):
+    """A line of code, as warnings.warn_explicit takes it (module_globals: for linecache,
+    to show the line of a module that a loader gave); no frame kept, nor its locals."""
+
+    filename: str
+    lineno: int
+    module: str
+    module_globals: dict[str, Any]
+
+
+def _place(frame: FrameType) -> _Place:
+    name = frame.f_globals.get("__name__", "<unknown>")
+    return _Place(frame.f_code.co_filename, frame.f_lineno, name, frame.f_globals)
+
+
+def _users_place() -> _Place | None:
+    """The line of the user's code that runs the Parallel: the first frame on this thread's
+    stack outside farm, joblib, and the threads that run their callbacks; None if none is
+    (a batch dispatched from a done-callback in the executor's thread)."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
         name = frame.f_globals.get("__name__", "")
         if not any(name == top or name.startswith(f"{top}.") for top in _NOT_USERS):
-            return frame
+            return _place(frame)
         frame = frame.f_back
-    return frame
+    return None
+
+
+def _outermost() -> _Place:
+    """This thread's outermost frame: where to point when the user's line is not known."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None:
+        frame = frame.f_back
+    return _place(frame)
 
 
 def largest_array(batch: Any, max_nbytes: float | str | None) -> int:

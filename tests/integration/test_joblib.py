@@ -250,3 +250,33 @@ def test_the_large_array_warning_points_at_the_user_s_line_once_per_parallel(
         done.stderr
     )
     assert len(said) == 3, done.stderr
+
+
+#: Small arrays first: the first large one goes out from a done-callback, in the executor's
+#: thread (pre_dispatch="2": joblib dispatches each batch after the first two from there).
+LATE_LARGE = """
+import json, sys
+import numpy as np
+import farm.joblib
+from joblib import Parallel, delayed, parallel_config
+
+config = json.loads(sys.argv[1])
+args = [np.zeros(10)] * 8 + [np.zeros(2 << 20, dtype=np.uint8)] * 4
+with parallel_config(**config):
+    Parallel(n_jobs=2, batch_size=1, pre_dispatch="2")(delayed(len)(a) for a in args)  # here
+"""
+
+
+@pytest.mark.timeout(120)
+def test_the_large_array_warning_of_a_batch_sent_from_a_callback_points_at_the_user_s_line(
+    farm_backend: dict[str, object], tmp_path: Path
+) -> None:
+    # Only the current thread's stack was walked: a batch dispatched from a done-callback
+    # has no user's frame on it, and the warning named threading.py.
+    done = run_script(tmp_path, LATE_LARGE, json.dumps(farm_backend))
+    assert done.returncode == 0, done.stderr
+    said = [line for line in done.stderr.splitlines() if "UserWarning: farm:" in line]
+    line = [n for n, text in enumerate(LATE_LARGE.splitlines()) if text.endswith("# here")]
+    assert len(said) == 1 and said[0].startswith(f"{tmp_path / 'script.py'}:{line[0] + 1}: "), (
+        done.stderr
+    )
