@@ -260,13 +260,18 @@ class Executor(_BaseExecutor):
         keep = buffersize is not None  # the map holds a large function's file until it ends
         try:
             calls.read(self._hand(), futures, buffersize)
-        except BaseException:
+        except BaseException as exc:
             keep = False  # no iterator will end: the map's hold goes now
-            # Nobody will ask for their results (a Ctrl-C while a long input was read, say):
-            # those not sent yet go, as CPython's map cancels the calls it did not run, and
-            # the `with`'s exit does not wait for them. Those sent run on, as in a pool.
-            for future in futures:
-                future.cancel()
+            if not isinstance(exc, Exception):
+                # A Ctrl-C (or SystemExit) while a long input was read: the program is being
+                # stopped, and nobody will ask for the results. Those not sent yet go, and
+                # the `with`'s exit does not wait for them; those sent run on, as in a pool.
+                # CPython's map cancels nothing here (ProcessPoolExecutor runs them all):
+                # docs/executor.md lists it among the differences.
+                for future in futures:
+                    future.cancel()
+            # An input that raises an ordinary error leaves the calls read to run, as
+            # CPython's map does: only Ctrl-C means the program is stopping.
             raise
         finally:
             if shared is not None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT
-from tests.helpers.calls import wait_gate_then_tell
+from tests.helpers.calls import tell, wait_gate_then_tell
 from tests.helpers.executorfarm import ExecutorFarm
 from tests.helpers.gate import Gate
 
@@ -114,3 +114,38 @@ def test_a_ctrl_c_while_map_reads_its_input_cancels_the_calls_read(
                 break
             ran += 1
     assert ran == 1, f"{ran} calls ran after the map was interrupted"
+
+
+def datagrams(sock: socket.socket) -> int:
+    """How many datagrams wait at ``sock``, read without waiting."""
+    sock.setblocking(False)
+    count = 0
+    while True:
+        try:
+            sock.recv(16)
+        except BlockingIOError:
+            return count
+        count += 1
+
+
+@pytest.mark.timeout(60)
+def test_a_map_whose_input_raises_an_error_runs_the_calls_it_read(
+    two_workers: ExecutorFarm, tmp_path: Path
+) -> None:
+    # An ordinary error from the input cancelled the calls read and not sent yet (1 of 8
+    # ran); CPython's map cancels nothing there: ProcessPoolExecutor(1) runs all 8.
+    told_path = str(tmp_path / "told")
+
+    def read() -> Iterator[str]:
+        yield from [told_path] * 8
+        raise ValueError("the input broke")
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as told:
+        told.bind(told_path)
+        with (
+            two_workers.executor(max_workers=1) as ex,  # one call in flight at a time
+            pytest.raises(ValueError, match="the input broke"),
+        ):
+            ex.map(tell, read())
+        # The `with`'s exit waited for the calls: each told before it returned.
+        assert datagrams(told) == 8
