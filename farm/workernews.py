@@ -26,8 +26,8 @@ class WorkerNews(WorkerLinks):
     """A job's news and its abandon (see the module docstring): on the worker's links."""
 
     def abandon(self, job: Job, why: str) -> bool:
-        """Fail the job in hand now (WORK_WARNING ``why``, then WORK_FAIL) from another
-        thread, and send that at once.
+        """Fail the job in hand now (WORK_WARNING ``why`` and a newline, then WORK_FAIL) from
+        another thread, and send that at once.
 
         For a watchdog whose process exits next (farm.pools.workerproc's kill_rss_mb): the
         job's code still holds the thread that runs it, and the server, told WORK_FAIL
@@ -44,7 +44,10 @@ class WorkerNews(WorkerLinks):
             try:
                 # Why, first: WORK_FAIL alone tells the client nothing (a farm.Executor's
                 # WorkerLost says this, where it could only list what may have happened).
-                server.session.send_warning(why.encode("utf-8", "backslashreplace"))
+                # A line, its newline sent: the gearman CLI writes a warning to stderr as it
+                # comes, and its "Job failed" ran on after "worker exits" on the same line.
+                line = why.encode("utf-8", "backslashreplace") + b"\n"
+                server.session.send_warning(line)
                 server.session.fail()
             except ProtocolError:  # the job's own thread answered it just now
                 return False

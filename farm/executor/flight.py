@@ -250,8 +250,9 @@ def partial(task: Task[Flight], signer: Signer, data: bytes) -> None:
 
 
 def warning(task: Task[Flight], data: bytes) -> None:
-    """WORK_WARNING: a farm worker says why before it fails the job (past kill_rss_mb)."""
-    flight_of(task).warned = data[:500].decode("utf-8", "replace")
+    """WORK_WARNING: a farm worker says why before it fails the job (past kill_rss_mb), a
+    line: its newline is not the WorkerLost's, whose text goes on after it."""
+    flight_of(task).warned = data[:500].decode("utf-8", "replace").rstrip("\r\n")
 
 
 def _initializer_news(task: Task[Flight], flight: Flight, signer: Signer, data: bytes) -> None:

@@ -80,4 +80,4 @@ def test_a_job_abandoned_tells_its_client_why_before_it_fails(farm_server) -> No
         pytest.raises(farm.JobFailed),
     ):
         c.call("give_up", b"x", timeout=10, on_warning=warned.append)
-    assert warned == [why.encode()]
+    assert warned == [why.encode() + b"\n"]  # a line: the gearman CLI prints it raw

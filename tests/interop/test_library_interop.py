@@ -89,6 +89,25 @@ def test_a_farm_worker_s_exception_ends_php_and_gearman_cli_calls(any_server) ->
         assert worker.jobs_done == 3
 
 
+def test_a_job_abandoned_says_why_on_a_line_of_its_own_to_the_gearman_cli(any_server) -> None:
+    # The gearman CLI writes a WORK_WARNING to stderr as it comes: kill_rss_mb's reason, sent
+    # with no newline, ran into the CLI's own line: "...; worker exitsJob failed".
+    gearman = need("gearman")
+    why = "RSS 214 MiB over kill_rss_mb 150; worker exits"
+
+    def give_up(job):
+        assert worker.abandon(job, why)
+        return b"never sent"
+
+    with serving(any_server.addr, {"give_up": give_up}) as worker:
+        out = subprocess.run(
+            [gearman, "-h", "127.0.0.1", "-p", str(any_server.port), "-f", "give_up", "--", "x"],
+            capture_output=True,
+            timeout=20,
+        )
+    assert out.returncode != 0 and out.stderr.startswith(f"{why}\n".encode()), out
+
+
 def test_farm_client_calls_php_worker(any_server) -> None:
     php = need("php")
     script = PHP_WORKER.format(port=any_server.port)
