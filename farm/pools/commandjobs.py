@@ -216,10 +216,29 @@ class CommandJobs:
     def excuse(self, proc: WorkerProcess) -> None:
         """Before a worker past its drain's grace is killed (farm stop, a deploy, a
         scale-down): tell the server (admin ``killing``), so that a job this ends for good
-        (``job_retries``) is logged as stopped, not as a poison job that killed its worker."""
-        self.read_sockets(proc, time.monotonic())
+        (``job_retries``) is logged as stopped, not as a poison job that killed its worker.
+        A command worker's job in hand is read anew, for the kill to name (exits.undrained):
+        it was read last when its stop signal went, and the job may have ended since. Its
+        connections are those read last while it ran (a wrapper's worker left after its
+        shell: the shell's pid no longer leads to them)."""
+        self.read_job(proc, time.monotonic())
         if proc.peers:
             self.ask_each("killing", sorted(proc.peers))
+
+    def read_job(self, proc: WorkerProcess, now: float) -> None:
+        """A command worker's job in hand, as the server says now; left as it was when the
+        server cannot tell, or lists none of its connections (it died of its stop signal,
+        not yet reaped). For a Python worker, its sockets alone."""
+        self.read_sockets(proc, now)
+        rows = self.ask_peers([proc]) if proc.command and proc.peers else None
+        if not rows:
+            return  # none, or its connections closed: it died holding what it held
+        busy = [r for r in rows if r.seconds is not None]
+        oldest = max(busy, key=lambda r: r.seconds or 0.0, default=None)
+        if oldest is None or oldest.seconds is None:
+            proc.handle, proc.busy_since = "", None
+        else:
+            proc.handle, proc.busy_since = oldest.handle, now - oldest.seconds
 
     def send_stop(self, proc: WorkerProcess, now: float, why: str) -> None:
         proc.signal_at = None
@@ -290,9 +309,11 @@ class CommandJobs:
                     proc.grace,
                     signal.Signals(proc.stop_signal).name,
                 )
-                # Its exit line said "after draining": it names the job cut off instead.
+                # Its exit line said "after draining": it names the job cut off, once its
+                # group ends with it (strays.watch_group); a wrapper's worker deaf to the
+                # signal may finish the job after its shell died of it.
                 ran = oldest.seconds or 0.0  # busy: not None
-                proc.kill_reason = cut_off("did not drain in time", oldest.handle, ran)
+                proc.cut_job = cut_off("did not drain in time", oldest.handle, ran)
                 self.send_stop(proc, now, "its grace is over")
 
     def has_timeout(self, proc: WorkerProcess) -> bool:

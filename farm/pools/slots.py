@@ -125,6 +125,9 @@ class WorkerProcess:
     servers: tuple[str, ...] = ()  # a Python worker's list (--server), as it was started
     stop_deadline: float | None = None  # SIGKILL if still alive then (draining)
     kill_reason: str = ""  # why the supervisor killed it, so its death is not a crash
+    # A command worker's job its stop signal went on (past the grace, or SIGQUIT's none):
+    # its kill_reason once its group ends with it; a wrapper's worker may still finish it.
+    cut_job: str = ""
     retired_starting: bool = False  # retired before it served: its exit drained no job
     boot_error: str = ""  # why it never served (could not exec, no ready in time): a boot failure
     recycle_reason: str = ""

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from farm.config import Config
+from farm.pools.exits import cut_off
 from farm.pools.localserver import LocalServer
 from farm.pools.proctree import children
 from farm.pools.slots import WorkerProcess
@@ -108,7 +109,11 @@ class Strays:
         the shell was reaped nothing watched them, and one deaf to the signal served on,
         orphaned, for good: the group gets what was left of the grace, then SIGKILL."""
         if not group_alive(proc.pid):
+            # All it started ended with it: the job its stop signal went on is cut off.
+            proc.kill_reason = proc.kill_reason or proc.cut_job
             return
+        # A wrapper's worker drains on: its job, if the signal went on one, may still end
+        # well; the SIGKILL past the grace names it if it is still held then.
         if proc.stop_deadline is None:  # it ended while drained, before its stop signal
             proc.signal_at = None
             proc.stop_deadline = time.monotonic() + proc.grace
@@ -125,14 +130,18 @@ class Strays:
             if not group_alive(proc.pid) or proc.pid in self.by_pid:
                 self.leftovers.remove(proc)
             elif proc.stop_deadline is not None and now >= proc.stop_deadline:
+                self.excuse(proc)  # reads its job anew: the one its signal went on may be done
+                why = "SIGKILL to its process group"
+                if proc.busy_since is not None and proc.handle:
+                    why = cut_off(why, proc.handle, now - proc.busy_since)
                 log.warning(
                     "worker %s (pid %d) ended; what it started (a wrapper's worker) still"
-                    " runs past the grace of its stop signal: SIGKILL to its process group",
+                    " runs past the grace of its stop signal: %s",
                     proc.name,
                     proc.pid,
+                    why,
                     extra=proc.log_fields(),
                 )
-                self.excuse(proc)
                 self.signal(proc.pid, signal.SIGKILL, group=True)
                 self.leftovers.remove(proc)
 

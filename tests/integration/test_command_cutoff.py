@@ -1,0 +1,93 @@
+"""What a command worker's stop says of the job it held: cut off only when it was, and
+named wherever it was (the journal, the worker's exit line, `farm stop`'s output;
+docs/operations.md, "Scaling" and "Stop").
+
+The workers are Python `farm.Worker`s run as commands, deaf to SIGTERM in their job (as a
+PHP worker with pcntl_signal(SIGTERM, SIG_IGN) is), each job held at a gate the test opens.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from farm.client import Client
+from tests.helpers.farmproc import FarmUp, farm_cli
+from tests.helpers.gate import Gate
+from tests.helpers.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+# argv: the gate's socket (tests.helpers.gate; inlined: a command does not import tests).
+DEAF_WORKER = """\
+import os, signal, socket, sys
+import farm
+
+worker = farm.Worker(os.environ["FARM_SERVERS"])
+
+@worker.function("slow")
+def slow(job):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with socket.socket(socket.AF_UNIX) as sock:
+        try:
+            sock.connect(sys.argv[1])
+            sock.recv(1)  # until the test opens the gate
+        except OSError:
+            pass
+    return b"done"
+
+worker.work()
+"""
+
+
+def deaf_farm(tmp_path: Path, grace: int, *, wrapped: bool = False) -> FarmUp:
+    script = tmp_path / "deaf.py"
+    script.write_text(DEAF_WORKER)
+    argv = [sys.executable, str(script), str(tmp_path / "gate")]
+    if wrapped:  # `sh -c "php w.php; ..."`: the shell dies of SIGTERM, its worker drains on
+        argv = ["sh", "-c", " ".join(argv) + "; echo wrapper-done"]
+    pool = f"[functions.slow]\ncommand = {json.dumps(argv)}\nworkers = 1\n"
+    return FarmUp(tmp_path, pool + f"graceful_timeout = {grace}\n", metrics=False)
+
+
+def log_line(up: FarmUp, part: str) -> str:
+    return wait_for(part, lambda: next((r for r in up.read_log().splitlines() if part in r), None))
+
+
+@pytest.mark.parametrize("ends", ["finishes", "held"])
+def test_a_wrappers_worker_deaf_to_the_stop_signal_is_said_cut_off_only_if_it_was(
+    tmp_path: Path, ends: str
+) -> None:
+    # The shell died of the stop signal past the grace, and its exit line said "(did not
+    # drain in time; its job H:... is cut off)" while the worker it started finished the
+    # job (the client got its result); the SIGKILL to what was left then named no job,
+    # though that one did cut it off.
+    up = deaf_farm(tmp_path, grace=2, wrapped=True)
+    try:
+        up.expect_notify("READY=1")
+        (row,) = wait_for("the wrapper serving", lambda: up.workers("slow", "running"))
+        with Gate(tmp_path / "gate") as gate, Client(up.addr, timeout=30) as client:
+            task = client.submit("slow", "x")
+            gate.arrived(1)
+            assert farm_cli("scale", "slow=0", "--control", up.control).returncode == 0
+            log_line(up, f"{task.handle} still runs after the 2s grace; SIGTERM")
+            end = log_line(up, f"(pid {row['pid']}) was killed by SIGTERM")
+            if ends == "finishes":
+                gate.open()
+                assert client.wait(task, timeout=10) == b"done"
+            kill = log_line(up, "SIGKILL to its process group")
+        assert end.endswith("was killed by SIGTERM after draining"), end
+        if ends == "finishes":
+            assert kill.endswith("SIGKILL to its process group"), kill
+        else:
+            assert re.search(
+                rf"SIGKILL to its process group; its job {re.escape(task.handle)}"
+                rf" \(running [\d.]+s\) is cut off$",
+                kill,
+            ), kill
+    finally:
+        assert up.stop() == 0
