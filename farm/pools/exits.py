@@ -94,20 +94,19 @@ def describe_exit(status: int) -> str:
 class Working(Protocol):
     """What ``undrained`` reads of a worker process (farm.pools.slots.WorkerProcess)."""
 
-    command: bool  # a command pool's
     busy_since: float | None  # since when it runs its job in hand; None when idle
     handle: str  # that job's
 
 
 def undrained(proc: Working, now: float, *, quitting: bool = False) -> str:
-    """Why a worker is killed at its drain's end, naming the job a Python worker still ran:
-    `farm stop` and the journal said only "did not drain in time". (A command worker's job
-    was named already, when its stop signal went past its grace: farm.pools.commandjobs.)
-    After SIGQUIT (``quitting``) no drain was let run out: the worker was stopped at once,
-    and saying "did not drain in time" blamed it for a grace it never had; a command
-    worker's job is named too, as its stop signal, if any, went just before."""
+    """Why a worker is killed at its drain's end, naming the job it still ran: `farm stop`
+    and the journal said only "did not drain in time". A command worker's is the job its
+    stop signal went on (farm.pools.commandjobs): this SIGKILL, not that signal, cuts it
+    off when it ignored the signal, and its name was lost here. After SIGQUIT
+    (``quitting``) no drain was let run out: the worker was stopped at once, and saying
+    "did not drain in time" blamed it for a grace it never had."""
     why = "stopped at once (SIGQUIT)" if quitting else "did not drain in time"
-    if (proc.command and not quitting) or proc.busy_since is None or not proc.handle:
+    if proc.busy_since is None or not proc.handle:
         return why
     return cut_off(why, proc.handle, now - proc.busy_since)
 

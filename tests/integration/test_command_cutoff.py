@@ -91,3 +91,30 @@ def test_a_wrappers_worker_deaf_to_the_stop_signal_is_said_cut_off_only_if_it_wa
             ), kill
     finally:
         assert up.stop() == 0
+
+
+def test_a_command_worker_ignoring_its_stop_signal_is_killed_naming_its_job(
+    tmp_path: Path,
+) -> None:
+    # Its stop signal past the grace named the job, and the SIGKILL a grace later said only
+    # "did not drain in time", in the journal, its exit line and `farm stop`: the job's name
+    # was lost where the job was cut off.
+    up = deaf_farm(tmp_path, grace=1)
+    try:
+        up.expect_notify("READY=1")
+        (row,) = wait_for("a worker serving", lambda: up.workers("slow", "running"))
+        with Gate(tmp_path / "gate") as gate, Client(up.addr) as client:
+            task = client.submit("slow", "x", background=True)
+            gate.arrived(1)
+            out = farm_cli("stop", "--control", up.control)
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert up.proc.wait(20) == 0
+        cut = rf"did not drain in time; its job {re.escape(task.handle)} \(running [\d.]+s\)"
+        cut += " is cut off"
+        name = rf"slow#0 cpu{row['cpu']} \(pid {row['pid']}\)"
+        log = up.read_log()
+        assert re.search(rf"WARNING killing worker {name}: {cut}\n", log), log
+        assert re.search(rf"{name} was killed by SIGKILL while draining \({cut}\)\n", log), log
+        assert re.search(rf"^killed worker {name}: {cut}$", out.stdout, re.M), out.stdout
+    finally:
+        up.stop()
