@@ -196,13 +196,14 @@ class Supervisor(
             self.metrics_error = f"cannot serve on {where} ({exc})"
             log.warning("metrics: %s; going on without them", self.metrics_error)
 
-    def reap_workers(self) -> None:
+    def reap_workers(self) -> list[WorkerProcess]:
         """Collect every exited child; a slot's worker is restarted by ``manage_workers``.
         All are collected first, the server's end handled before its workers': a command
         worker that ends as its connection to the killed server closes is then judged as
         one that lost its server (LocalServer.lost_by), not as a crash, whichever of the
         two ends waitpid returned first."""
         ended: list[tuple[int, int]] = []
+        reaped: list[WorkerProcess] = []  # the workers: a stop's report names those killed
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -216,9 +217,11 @@ class Supervisor(
             if pid == self.server.pid:
                 self.server_ended(status)
             elif pid in self.by_pid:
-                self.worker_exited(self.by_pid.pop(pid), status)
+                reaped.append(self.by_pid.pop(pid))
+                self.worker_exited(reaped[-1], status)
             else:
                 self.stray_reaped(pid)  # adopted (farm.pools.strays), or nothing we watch
+        return reaped
 
     def server_ended(self, status: int) -> None:
         """The local server's end, reaped (here, or by a worker's end: Lifecycle)."""
@@ -360,15 +363,15 @@ class Supervisor(
         while self.by_pid or self.leftovers or self.strays_left():
             self.notify_stopping()  # a long drain is not a hang; STATUS= says how it goes
             self.handle_signals()  # a second SIGTERM or SIGQUIT shortens the grace
-            self.reap_workers()
+            reaped = self.reap_workers()
             self.kill_overrunning()
             # Now, not every 2 s: what a worker just reaped detached is counted in the report.
             self.sweep_strays(time.monotonic(), stopping=True)
             self.tend_output()  # a flood's paused pipe: its job's writes wait on it
-            self.report_drain()  # `farm stop`: workers left, seconds left, what was killed
+            self.report_drain(reaped)  # `farm stop`: workers left, seconds left, what was killed
             if self.by_pid or self.leftovers or self.strays:
                 self.wait(min(0.5, max(0.05, self.next_wakeup())))
-        self.report_drain(final=True)
+        self.report_drain([], final=True)
         if self.server.pid:
             sdnotify.notify("STATUS=stopping: the job server stops", wait=0)
             self.server.stop()

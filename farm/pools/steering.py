@@ -25,7 +25,6 @@ from farm.errors import ConfigError
 from farm.pools import sdnotify
 from farm.pools.control import ControlConnection, parse_restart_name, parse_scale
 from farm.pools.pstable import ProcessTable
-from farm.pools.slots import ProcState
 
 if TYPE_CHECKING:
     from farm.pools.exits import Exits
@@ -286,15 +285,16 @@ class Steering(ProcessTable):
                 chosen.append(index)
         return picks
 
-    def report_drain(self, *, final: bool = False) -> None:
+    def report_drain(self, reaped: list[WorkerProcess], *, final: bool = False) -> None:
         """Tell `farm stop` how the drain goes: workers left, seconds left, what was killed
-        (a few times a second, and once more when the last worker is gone)."""
+        (a few times a second, and once more when the last worker is gone): SIGKILLed, or
+        ``reaped`` with a reason (a command worker whose stop signal cut its job off)."""
         now = time.monotonic()
         seen = {k["pid"] for k in self.drain_killed}
-        self.drain_killed += tuple(
+        self.drain_killed += tuple(  # a kill_reason: the supervisor killed it (slots)
             {"pid": p.pid, "worker": p.name, "reason": p.kill_reason}
-            for p in self.by_pid.values()
-            if p.state is ProcState.KILLING and p.pid not in seen
+            for p in [*self.by_pid.values(), *reaped]
+            if p.kill_reason and p.pid not in seen
         )
         if not self.drain_followers or (not final and now - self.drain_told < 0.25):
             return

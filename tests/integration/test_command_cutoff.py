@@ -118,3 +118,38 @@ def test_a_command_worker_ignoring_its_stop_signal_is_killed_naming_its_job(
         assert re.search(rf"^killed worker {name}: {cut}$", out.stdout, re.M), out.stdout
     finally:
         up.stop()
+
+
+def test_farm_stop_names_a_command_worker_its_stop_signal_cut_off_past_the_grace(
+    tmp_path: Path,
+) -> None:
+    # `farm stop` named the workers SIGKILLed alone: one that died of its stop signal past
+    # the grace, its job cut off (the journal said so), was not among "the workers it had
+    # to kill" (docs/operations.md).
+    script = tmp_path / "dies.py"
+    script.write_text(DEAF_WORKER.replace("signal.SIG_IGN", "signal.SIG_DFL"))
+    argv = [sys.executable, str(script), str(tmp_path / "gate")]
+    up = FarmUp(
+        tmp_path,
+        f"[functions.slow]\ncommand = {json.dumps(argv)}\nworkers = 1\ngraceful_timeout = 1\n",
+        metrics=False,
+    )
+    try:
+        up.expect_notify("READY=1")
+        (row,) = wait_for("a worker serving", lambda: up.workers("slow", "running"))
+        with Gate(tmp_path / "gate") as gate, Client(up.addr) as client:
+            task = client.submit("slow", "x", background=True)
+            gate.arrived(1)
+            out = farm_cli("stop", "--control", up.control)
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert up.proc.wait(20) == 0
+        name = rf"slow#0 cpu{row['cpu']} \(pid {row['pid']}\)"
+        assert f"(pid {row['pid']}) was killed by SIGTERM while draining" in up.read_log()
+        assert re.search(
+            rf"^killed worker {name}: did not drain in time; its job {re.escape(task.handle)}"
+            rf" \(running [\d.]+s\) is cut off$",
+            out.stdout,
+            re.M,
+        ), out.stdout
+    finally:
+        up.stop()
