@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from farm.client.admin import admin_query
 from farm.config import Config
 from farm.net import parse_address
-from farm.pools.exits import cut_off
+from farm.pools.exits import cut_off, undrained
 from farm.pools.localserver import named_lines
 from farm.pools.peerlist import PeerRow, parse_peers, peers_queries, process_peers, registrations
 from farm.pools.slots import ProcState, WorkerProcess
@@ -57,6 +57,7 @@ class CommandJobs:
     server: LocalServer
     retiring: list[WorkerProcess]
     by_pid: dict[int, WorkerProcess]
+    quitting: bool  # SIGQUIT came (farm.pools.signals)
     peers_polled: float = 0.0
     registered_polled: float = 0.0
 
@@ -180,11 +181,20 @@ class CommandJobs:
     def drain_command(self, proc: WorkerProcess, grace: float) -> bool:
         """Ask the server to hand ``proc`` no more jobs; its ``stop_signal`` follows once
         it holds none (``track_commands``). False when that cannot be asked (no local
-        server's Unix socket, no connection of it seen or on that server): then it is signalled
-        at once."""
+        server's Unix socket, no connection of it seen or on that server), or when there is
+        no grace to drain in (SIGQUIT's 0): then it is signalled at once. A drain of 0 s
+        said "SIGTERM once it holds none, or after 0s", then "still runs after the 0s
+        grace" before the kill SIGQUIT meant."""
         if self.peers_address() is None:
             return False
         now = time.monotonic()
+        if not grace:
+            # Its job, read before the signal: one dead of it holds none by the time its
+            # kill (exits.undrained) or its exit line (strays.watch_group) names it.
+            self.read_job(proc, now)
+            if proc.busy_since is not None and proc.handle:
+                proc.cut_job = undrained(proc, now, quitting=self.quitting)
+            return False
         self.read_sockets(proc, now)
         if not proc.peers:
             return False

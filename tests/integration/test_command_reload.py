@@ -162,6 +162,9 @@ def test_sigquit_stops_a_busy_command_worker_at_once(tmp_path: Path) -> None:
             rf" once \(SIGQUIT\); its job {re.escape(task.handle)} \(running [\d.]+s\) is cut off",
             log,
         ), log
+        # Nor was it drained for 0 s first: "SIGTERM once it holds none, or after 0s", then
+        # "still runs after the 0s grace", before the kill that SIGQUIT meant.
+        assert "or after 0s" not in log and "0s grace" not in log, log
     finally:
         up.stop()
 
