@@ -262,7 +262,8 @@ class AsyncClient(AsyncLinks):
         try:
             while True:
                 for data in itertools.islice(todo, max_in_flight - len(running)):
-                    # Named by its place (those before it were sent), raised here, not by its call
+                    # Named by its place, raised here, not by its call: the calls before
+                    # it in this batch are not started yet, and are given up unsent.
                     payload = as_bytes(data, f"map payload {given}")
                     call = self.call(function, payload, priority=priority)
                     running[asyncio.ensure_future(call)] = given

@@ -63,7 +63,7 @@ def task_set(
                 except StopIteration:
                     exhausted = True
                     break
-                # Named by its place: the payloads before it were sent already.
+                # Named by its place: those taken before it in this batch are not sent yet.
                 payload = as_bytes(data, f"map payload {next_index}")
                 task: Task[TaskListener] = Task(function, payload, priority=priority)
                 task.owner = ended

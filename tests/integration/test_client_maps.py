@@ -86,8 +86,9 @@ def test_map_ordered_and_unordered_over_two_workers(any_server) -> None:
 
 
 def test_a_map_names_the_position_of_a_payload_it_cannot_send(farm_server) -> None:
-    # The payloads before a bad one are sent already: "data holds a surrogate ..." did not
-    # say which of a map's payloads it was.
+    # The payloads before a bad one may have been sent (up to max_in_flight at a time; none
+    # when it is among the first max_in_flight): "data holds a surrogate ..." did not say
+    # which of a map's payloads it was.
     payloads: list[object] = ["a", b"b", "x\ud800y"]
     refused = r"^map payload 2 holds a surrogate that stands for no byte \('\\ud800' at index 1\)"
     not_data = r"^map payload 1 must be bytes, bytearray, memoryview or str, not int$"
