@@ -16,7 +16,7 @@ from collections.abc import Callable
 from time import monotonic
 
 from farm.protocol.kinds import Priority
-from farm.server.adminpeers import UNIX_ONLY, drain, killing, peers, served
+from farm.server.adminpeers import UNIX_ONLY, claim, drain, killing, peers, served
 from farm.server.admintext import (
     OK,
     as_raw,
@@ -230,6 +230,7 @@ COMMANDS: dict[str, Callable[[Hub, list[str]], str]] = {
     "drain": drain,
     "killing": killing,
     "served": served,
+    "claim": claim,
     "poolfunctions": pool_functions,
 }
 

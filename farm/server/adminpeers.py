@@ -1,18 +1,19 @@
-"""farm's own admin commands about worker connections: ``peers``, ``drain``, ``killing``
-and ``served``, which the supervisor sends over the Unix socket (refused on TCP: UNIX_ONLY)."""
+"""farm's own admin commands about worker connections: ``peers``, ``drain``, ``killing``,
+``served`` and ``claim``, which the supervisor sends over the Unix socket (refused on TCP:
+UNIX_ONLY)."""
 
 from __future__ import annotations
 
 import re
 from time import monotonic
 
-from farm.server.admintext import as_text, incomplete
+from farm.server.admintext import as_raw, as_text, incomplete
 from farm.server.endedpeers import peer_name
 from farm.server.hub import Hub, Writer
 
 #: farm's own commands about worker processes: refused on TCP whatever --tcp-admin says
 #: (they name local processes and can starve a function of workers).
-UNIX_ONLY = frozenset({"peers", "drain", "killing", "served"})
+UNIX_ONLY = frozenset({"peers", "drain", "killing", "served", "claim"})
 
 
 #: A pid, fd or port as ``drain`` takes it: str.isdigit() passed "²" and 5,000 digits, on
@@ -147,3 +148,23 @@ def served(server: Hub, args: list[str]) -> str:
     done = sum(c.jobs_done for c in live) + sum(d for d, _ in ended)
     held = sum(len(c.running) for c in live) + sum(h for _, h in ended)
     return f"OK {done} {held}\r\n"
+
+
+#: ``claim``'s window: a process's lifetime, in seconds, as the supervisor gives it.
+_SECONDS = re.compile("[0-9]{1,9}(?:[.][0-9]{1,6})?")
+
+
+def claim(server: Hub, args: list[str]) -> str:
+    """farm's own (Unix socket only): ``claim SECONDS FUNCTION...`` -- ``OK N``: the jobs
+    of one worker connection that closed in the last SECONDS (at most ENDED_KEPT_FOR) having
+    ended N >= 1 jobs and holding none, that no ``peers``, ``drain``, ``killing`` or
+    ``served`` named, and that registered one of the FUNCTIONs; ``OK 0`` when there is none.
+    Each such end is claimed once. The supervisor asks as it reaps a command worker that
+    exited 0 before it ever saw its sockets (``gearman -w -c 2`` with a backlog ends in a few
+    milliseconds): its jobs count, and its exit is a recycle."""
+    if len(args) < 2:
+        return incomplete("claim")
+    if not _SECONDS.fullmatch(args[0]):
+        return "ERR INVALID_ARGUMENTS claim+takes+SECONDS+FUNCTION...\r\n"
+    wanted = {as_raw(f) for f in args[1:]}
+    return f"OK {server.ended.claim(float(args[0]), wanted)}\r\n"

@@ -5,15 +5,25 @@ A command worker (PHP, Perl) that stops itself after N jobs closes its connectio
 exits: by the time its supervisor reaps it, ``peers`` may list the connection no more, and
 the supervisor could not tell a worker that served its jobs and left (a recycle) from one
 that could not work at all (a crash). ``served`` (farm.server.adminpeers) counts both.
+
+One that ends its jobs faster than its supervisor reads its sockets (``gearman -w -c 2``
+with a backlog: 0.1 s) was never named, and ``served`` could not tell its connection from
+any other. The ends of connections nobody named that ended jobs, holding none, are kept
+unclaimed with the functions they registered; its supervisor claims one registered to its
+pool's functions that ended while the process lived (``claim``): one connection per process
+at most, so that quick workers of a pool, each claiming one, add up to the jobs done, and
+one that did none still crashes when none is left to claim. Kept at a connection's end, not
+a job's: nothing is added to the path of a job.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from dataclasses import dataclass
 from time import monotonic
 from typing import Protocol
 
-__all__ = ["EndedPeers", "peer_name", "ENDED_KEPT_FOR", "ENDED_KEPT"]
+__all__ = ["EndedPeers", "peer_name", "ENDED_KEPT_FOR", "ENDED_KEPT", "UNNAMED_KEPT"]
 
 #: An ended connection's jobs are kept this long: the supervisor asks within its loop's
 #: turn of reaping the worker. Short, so a pid used again later is not credited with them.
@@ -23,6 +33,19 @@ ENDED_KEPT_FOR = 30.0
 #: any local user's short TCP connections, each ending a job, pushed a pool worker's out
 #: before it was asked about. As many names asked about are remembered, the latest asked.
 ENDED_KEPT = 4096
+#: At most this many unnamed ends are kept for ``claim`` (the oldest go first). Any local
+#: user's TCP workers may push a pool's out: its quick worker then counts no jobs, as before.
+UNNAMED_KEPT = 1024
+
+
+@dataclass
+class _Unnamed:
+    """A connection nobody named that closed having ended ``jobs_done`` jobs, holding none."""
+
+    peer: str
+    functions: frozenset[bytes]
+    jobs_done: int
+    when: float
 
 
 class Peer(Protocol):
@@ -30,6 +53,7 @@ class Peer(Protocol):
     ip: str
     peer_pid: int
     peer_port: int
+    abilities: dict[bytes, float]
 
 
 def peer_name(conn: Peer) -> str:
@@ -49,6 +73,7 @@ class EndedPeers:
     connections added up)."""
 
     def __init__(self) -> None:
+        self._unnamed: deque[_Unnamed] = deque(maxlen=UNNAMED_KEPT)
         self._jobs: OrderedDict[str, tuple[int, int, float]] = OrderedDict()
         # The names (``pid:N``, ``tcp:IP:PORT``) the supervisor asked about, the latest last.
         # Names, not connections: a worker's connection that registered after the question
@@ -71,9 +96,11 @@ class EndedPeers:
         if not (jobs_done or held) or not (conn.peer_pid or conn.peer_port):
             return
         name = peer_name(conn).lower()  # as ``served`` names it
-        if name not in self._watched:
-            return
         now = monotonic()
+        if name not in self._watched:
+            if jobs_done and not held and conn.abilities:  # a clean end a quick worker may claim
+                self._unnamed.append(_Unnamed(name, frozenset(conn.abilities), jobs_done, now))
+            return
         self._expire(now)
         done, holding, _ = self._jobs.pop(name, (0, 0, now))
         self._jobs[name] = (done + jobs_done, holding + held, now)
@@ -87,7 +114,21 @@ class EndedPeers:
         done, held, _ = self._jobs.get(name, (0, 0, 0.0))
         return done, held
 
+    def claim(self, within: float, functions: set[bytes]) -> int:
+        """The jobs of one unclaimed end, now claimed: the oldest that registered one of
+        ``functions`` and ended in the last ``within`` seconds (the claiming process's
+        lifetime); 0 when none is left."""
+        now = monotonic()
+        self._expire(now)
+        for end in self._unnamed:
+            if now - end.when <= within and end.functions & functions:
+                self._unnamed.remove(end)
+                return end.jobs_done
+        return 0
+
     def _expire(self, now: float) -> None:
+        while self._unnamed and now - self._unnamed[0].when > ENDED_KEPT_FOR:
+            self._unnamed.popleft()
         while self._jobs:
             name, (_, _, when) = next(iter(self._jobs.items()))
             if now - when <= ENDED_KEPT_FOR:

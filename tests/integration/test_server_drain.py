@@ -249,3 +249,28 @@ def test_served_keeps_the_ends_its_supervisor_named_alone_and_a_job_held_as_it_c
     holder.close()
     wait_for("its connection gone", lambda: name not in admin.admin("peers"))
     assert admin.admin(f"served {name}") == "OK 0 1\r\n"
+
+
+def test_claim_hands_an_unnamed_end_of_a_function_once(srv, peers) -> None:
+    # `gearman -w -c 2` with a backlog: its process ended its 2 jobs and left before its
+    # supervisor named its connection; its supervisor claims it by the pool's functions.
+    admin = connect(srv, peers, unix=True)
+    client = connect(srv, peers)
+    worker = connect(srv, peers)
+    worker.send(T.CAN_DO, "f")
+    for text in ("a", "b"):
+        client.send(T.SUBMIT_JOB, "f", "", text)
+        handle = client.expect(T.JOB_CREATED).args[0]
+        worker.send(T.GRAB_JOB)
+        assert worker.expect(T.JOB_ASSIGN).args[0] == handle
+        worker.send(T.WORK_COMPLETE, handle, "ok")
+        assert client.expect(T.WORK_COMPLETE).args == (handle, b"ok")
+    name = f"tcp:127.0.0.1:{worker.sock.getsockname()[1]}"
+    worker.close()
+    wait_for("its connection gone", lambda: name not in admin.admin("peers"))
+    assert admin.admin("claim 10 g") == "OK 0\r\n"  # another pool's function
+    assert connect(srv, peers).admin("claim 10 f").startswith("ERR PERMISSION_DENIED")
+    assert admin.admin("claim 10 g f") == "OK 2\r\n"
+    assert admin.admin("claim 10 f") == "OK 0\r\n"  # claimed once
+    assert admin.admin("claim 10").startswith("ERR INVALID_ARGUMENTS")
+    assert admin.admin("claim x f").startswith("ERR INVALID_ARGUMENTS")

@@ -4,7 +4,7 @@ their supervisor asked about (``watch``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -18,6 +18,7 @@ class Conn:
     fd: int = 9
     ip: str = "127.0.0.1"
     peer_pid: int = 0
+    abilities: dict[bytes, float] = field(default_factory=dict)
 
 
 @pytest.fixture
@@ -74,3 +75,42 @@ def test_the_names_asked_about_are_as_many_the_latest_asked_kept(clock: list[flo
     assert ended.jobs("tcp:127.0.0.1:10000") == (1, 0)
     assert ended.jobs("tcp:127.0.0.1:10001") == (0, 0)
     assert ended.jobs("pid:7") == (1, 0)
+
+
+def test_an_end_nobody_named_is_claimed_once_by_its_functions(clock: list[float]) -> None:
+    # `gearman -w -c 2` with a backlog: its process ended its 2 jobs and left before its
+    # supervisor read its sockets, so nothing named its connection.
+    ended = EndedPeers()
+    ended.note(Conn(5001, abilities={b"rev": 0.0}), 2, 0)
+    ended.note(Conn(5002, abilities={b"rev": 0.0}), 2, 0)
+    ended.note(Conn(5003, abilities={b"rev": 0.0}), 0, 0)  # no job: nothing to claim
+    ended.note(Conn(5004, abilities={b"rev": 0.0}), 1, 1)  # left holding one: no clean end
+    ended.note(Conn(5005, abilities={b"other": 0.0}), 3, 0)
+    clock[0] += 1.0
+    assert ended.claim(0.5, {b"rev"}) == 0  # ended before the claiming process started
+    assert ended.claim(2.0, {b"rev"}) == 2
+    assert ended.claim(2.0, {b"rev"}) == 2  # the other one: one end per claim
+    assert ended.claim(2.0, {b"rev"}) == 0  # none left: that worker did nothing
+    assert ended.claim(2.0, {b"other"}) == 3
+    ended.note(Conn(5006, abilities={b"rev": 0.0}), 2, 0)
+    clock[0] += ENDED_KEPT_FOR + 0.1
+    assert ended.claim(ENDED_KEPT_FOR + 1, {b"rev"}) == 0  # forgotten with the rest
+
+
+def test_an_end_named_only_after_it_closed_is_claimed_not_served(clock: list[float]) -> None:
+    # Its supervisor read its socket, and it closed before the `peers` naming it arrived:
+    # `served` counts named ends alone (any local user's would push a pool's out), and its
+    # supervisor claims it as it would a quick worker's.
+    ended = EndedPeers()
+    ended.note(Conn(5001, abilities={b"rev": 0.0}), 2, 0)
+    ended.watch({"tcp:127.0.0.1:5001"})
+    assert ended.jobs("tcp:127.0.0.1:5001") == (0, 0)
+    assert ended.claim(1.0, {b"rev"}) == 2
+
+
+def test_at_most_unnamed_kept_ends_the_oldest_going_first(clock: list[float]) -> None:
+    ended = EndedPeers()
+    ended.note(Conn(4999, abilities={b"mine": 0.0}), 2, 0)
+    for port in range(10000, 10000 + endedpeers.UNNAMED_KEPT):  # any local user's workers
+        ended.note(Conn(port, abilities={b"theirs": 0.0}), 1, 0)
+    assert ended.claim(1.0, {b"mine"}) == 0
