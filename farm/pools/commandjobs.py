@@ -48,6 +48,9 @@ PEERS_POLL = 0.1
 TIMEOUT_POLL = 0.5
 #: A command worker's sockets are read again after this long (a reconnect changes its port).
 SOCKETS_STALE = 1.0
+#: A quick command worker's claim (claim_served) reaches this far past its lifetime: the
+#: server reads its clock a little after the supervisor.
+CLAIM_SLACK = 0.05
 #: How long the supervisor's loop waits on the local server's admin answer at most.
 ADMIN_TIMEOUT = 0.5
 
@@ -112,7 +115,7 @@ class CommandJobs:
                 return None
         return rows
 
-    def count_served(self, proc: WorkerProcess) -> None:
+    def count_served(self, proc: WorkerProcess, status: int) -> None:
         """A command worker ended: its jobs as the server counted them (admin ``served``),
         its connections closed lately included. ``track_commands`` reads them only for a
         pool with a timeout, a drain or `farm ps`, and a worker that stopped itself after
@@ -120,12 +123,43 @@ class CommandJobs:
         its exit 0 read as a crash (Slot.note_exit). Its own pid names its Unix-socket
         connections; a wrapper's child's, and TCP ones, are known when read while it ran."""
         served = self.ask_each("served", sorted(proc.peers | {f"pid:{proc.pid}"}))
-        if served is None or len(served) != 2:
+        if served is not None and len(served) == 2:
+            done, held = served
+            proc.jobs_done = max(proc.jobs_done, done)
+            if held and proc.busy_since is None:  # it left holding one: no clean stop of its own
+                proc.busy_since = time.monotonic()
+        clean = os.waitstatus_to_exitcode(status) == 0 and proc.busy_since is None
+        if clean and not proc.jobs_done:
+            self.claim_served(proc)
+
+    def claim_served(self, proc: WorkerProcess) -> None:
+        """A command worker that exited 0 with no job counted: one that ended its jobs before
+        its sockets were read (``gearman -w -c 2`` with a backlog ends in milliseconds), or
+        closed them before the ``peers`` that named them reached the server. Its connections
+        were named too late, and it was counted a crash, backed off to 30 s while the backlog
+        drained 2 jobs a backoff. The server kept the end of each connection nobody named that
+        ended jobs, with what it registered: one such end of its pool's functions, closed
+        while it lived, is claimed as its own (admin ``claim``, one per process: quick workers
+        of a pool add up to the jobs done; one that did none finds none left, still a crash)."""
+        pool = self.config.functions.get(proc.function)
+        if pool is None:
             return
-        done, held = served
-        proc.jobs_done = max(proc.jobs_done, done)
-        if held and proc.busy_since is None:  # it left holding one: no clean stop of its own
-            proc.busy_since = time.monotonic()
+        within = time.monotonic() - proc.started + CLAIM_SLACK
+        for line in named_lines(f"claim {within:.3f}", list(pool.functions)):
+            said = re.match(r"OK ([0-9]+)\r?\n", self.ask_server(line) or "")
+            if said is None:
+                return
+            if int(said[1]):
+                proc.jobs_done = int(said[1])
+                log.debug(
+                    "worker %s (pid %d) closed its connections before they were named: claimed"
+                    " an unnamed one of its pool that ended %d jobs",
+                    proc.name,
+                    proc.pid,
+                    proc.jobs_done,
+                    extra=proc.log_fields(),
+                )
+                return
 
     def read_sockets(self, proc: WorkerProcess, now: float) -> None:
         peers = process_peers(proc.pid, self.server_ports())

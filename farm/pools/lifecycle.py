@@ -60,7 +60,7 @@ class Lifecycle:
     drain_command: Callable[[WorkerProcess, float], bool]
     track_commands: Callable[..., None]
     excuse: Callable[[WorkerProcess], None]
-    count_served: Callable[[WorkerProcess], None]
+    count_served: Callable[[WorkerProcess, int], None]
     # Provided by farm.supervisor: the local server's end, reaped.
     server_ended: Callable[[int], None]
     # Provided by farm.pools.reports: what is left on a worker's pipes, read and closed.
@@ -164,7 +164,7 @@ class Lifecycle:
         slot.proc = None
         slot.restarts += 1  # an end nobody asked for (a crash, a kill, a recycle): counted
         if proc.command:
-            self.count_served(proc)  # its jobs, from the server: "0 jobs" when not polled
+            self.count_served(proc, status)  # its jobs, from the server: "0 jobs" when not polled
         in_job = proc.busy_since is not None
         # A command worker seen serving the local server may end of its death (a Python
         # worker reconnects by itself, and its exit codes are farm's): no crash of its own.

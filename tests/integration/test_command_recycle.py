@@ -13,6 +13,7 @@ import pytest
 import farm
 from tests.helpers.farmproc import FarmUp
 from tests.helpers.scraping import get, scrape
+from tests.helpers.servers import need
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -194,5 +195,44 @@ def test_the_jobs_of_a_connection_that_registered_after_the_first_look_count(
                 assert client.call("two", str(i), timeout=30) == b"ok"
         (line,) = wait_for("its end logged", lambda: restarts(up)[:1])
         assert f"was recycled (exited with code 0 after {JOBS_EACH} jobs)" in line, line
+    finally:
+        up.stop()
+
+
+QUICK_JOBS = 2
+BACKLOG = 20
+
+
+def test_a_command_worker_quicker_than_its_sockets_are_read_is_recycled(tmp_path: Path) -> None:
+    # `gearman -w -c 2` with a backlog: each process took its 2 jobs and exited 0 in a few
+    # milliseconds, before the supervisor read its TCP socket, so `served` was asked about
+    # pid:N alone, which names no TCP connection: "(up 0.0s, 0 jobs) stopped unasked",
+    # the slot failing and backed off to 30 s, the backlog draining 2 jobs a backoff.
+    need("gearman")  # the real one: a Python worker's start is too slow to show it surely
+    up = FarmUp(tmp_path, "", start=False)
+    up.write_config(f"""
+        [functions.quick]
+        command = ["gearman", "-w", "-c", "{QUICK_JOBS}", "-h", "127.0.0.1", "-p", "{up.port}",
+                   "-f", "quick", "--", "cat"]
+        workers = 1
+        """)
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        with farm.Client(up.addr) as client:
+            for i in range(BACKLOG):
+                client.submit("quick", str(i), background=True)
+        # Without a backoff the backlog's 10 processes end in well under this bound; backed
+        # off (0, 0, 0.5, 1, 2, 4, 8, 16 s ...) they took over 30 s.
+        ends = wait_for(
+            "the backlog's workers ended",
+            lambda: len(restarts(up)) >= BACKLOG // QUICK_JOBS and restarts(up),
+            timeout=20,
+        )
+        assert "slot failing" not in up.read_log()
+        for line in ends:
+            assert f"was recycled (exited with code 0 after {QUICK_JOBS} jobs)" in line, line
+        numbers = scrape(up.metrics_url)
+        assert get(numbers, "farm_pool_restarts_total", pool="quick", cause="crash") == 0
     finally:
         up.stop()
