@@ -22,7 +22,7 @@ if sys.argv[1:2] == ["up"]:
 from farm.cli import supervise  # noqa: F401
 
 # isort: split
-from farm.cli import check, deploy, jobs, server, top  # noqa: F401
+from farm.cli import admin, check, deploy, jobs, server, top  # noqa: F401
 from farm.cli.app import app, main
 
 __all__ = ["app", "main"]

@@ -243,7 +243,9 @@ CHANGES_STATE: dict[str, Callable[[list[str]], bool]] = {
     "drop": lambda args: True,
     "maxqueue": lambda args: len(args) > 0,
 }
-DENIED = "ERR PERMISSION_DENIED this+command+is+accepted+only+on+the+Unix+socket\r\n"
+#: The refusal names the tool that reaches the Unix socket (gearadmin cannot: its -h is a
+#: host), '+' for each space as gearmand's error texts, so clients that read them split alike.
+DENIED = "ERR PERMISSION_DENIED this+command+is+accepted+only+on+the+Unix+socket+(farm+admin)\r\n"
 #: Commands the server takes from its own user alone, on the Unix socket (SO_PEERCRED): the
 #: socket's group may reach it too, and ``poolfunctions`` names functions to label first,
 #: which would let it crowd the farm's own pools out of the MAX_LABELLED labels into other.

@@ -27,6 +27,7 @@ LONG_UNIX = "unix:/tmp/" + "s" * 120 + ".sock"  # 130 bytes: a socket path holds
 COMMANDS = [
     *("worker", "submit", "server", "status", "jobs", "up", "ps", "scale", "reload", "stop"),
     "check",
+    "admin",
 ]
 
 
@@ -262,6 +263,7 @@ CONFIG_COMMANDS = [
     ["submit", "f", "x"],
     ["status"],
     ["jobs"],
+    ["admin", "status"],
 ]
 
 

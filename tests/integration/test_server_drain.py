@@ -163,7 +163,9 @@ def test_drain_answers(srv, peers) -> None:
 def test_peers_and_drain_are_refused_over_tcp(srv, peers) -> None:
     # farm server runs --tcp-admin full by default (as gearmand): these are refused anyway
     admin = connect(srv, peers)
-    denied = "ERR PERMISSION_DENIED this+command+is+accepted+only+on+the+Unix+socket\r\n"
+    denied = (
+        "ERR PERMISSION_DENIED this+command+is+accepted+only+on+the+Unix+socket+(farm+admin)\r\n"
+    )
     assert admin.admin("peers") == denied
     assert admin.admin("drain pid:1") == denied
     assert admin.admin("DRAIN tcp:1") == denied

@@ -1,0 +1,106 @@
+"""Command ``farm admin``: one admin text line to the job server, its reply as given.
+
+The commands that change the queues (``cancel job``, ``drop function``, ``maxqueue``,
+``create function``) are refused over TCP under `farm up` (``tcp_admin = "read-only"``), and
+farm's own worker commands (``peers``, ``drain``) on TCP always: they are accepted on the
+Unix socket, which ``gearadmin`` cannot reach (its ``-h`` is a host name). This is the tool
+the server's refusal and the docs send an operator to.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from farm.cli.app import ConfigOption, FarmCommand, app, fail, typed
+from farm.cli.server import ServerOption, admin_tls, server_address, unreachable
+
+# Words of a reply to tell an operator where the refusal came from: the server's reply
+# alone ("accepted only on the Unix socket") did not say that it was asked over TCP.
+_DENIED = "PERMISSION_DENIED"
+
+
+@app.command(cls=FarmCommand, name="admin")
+def admin(
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="COMMAND",
+            help="The admin line, as one argument or as words (joined with spaces):"
+            " 'cancel job H:host:1', 'drop function F', 'maxqueue F 100', 'status'."
+            " Put -- before a word that starts with '-'.",
+        ),
+    ] = None,
+    server: str = ServerOption,
+    config: Path | None = ConfigOption,
+) -> None:
+    """Send one admin command to the farm's job server (its Unix socket) and print the reply.
+
+    A listing is printed up to its '.' line, an OK line as it comes; exit 0. An ERR reply
+    is one line on stderr, its '+'-escaped text decoded; exit 1. This reaches the commands
+    refused over TCP (cancel job, drop function, maxqueue, create function, peers, drain).
+    """
+    from farm.client.admin import ReplyTooLarge, admin_query, reply_size
+
+    line = _admin_line(command or [])
+    word = line.split()[0]
+    address = server_address(server, config)
+    try:
+        # surrogateescape: a function's name that is not UTF-8 is printed as its bytes
+        reply = admin_query(address, line, tls=admin_tls(), errors="surrogateescape")
+    except ReplyTooLarge as exc:
+        fail(
+            f"cannot read the answer to {word!r} from {address}: it ran past"
+            f" {reply_size(exc.limit)}, the most `farm admin` reads; gave up and closed the"
+            " connection (for the jobs: farm jobs --max-reply BYTES)"
+        )
+    except (OSError, ValueError) as exc:
+        unreachable(f"the answer to {word!r}", address, exc, server, config)
+    if reply.startswith("ERR"):
+        over_tcp = not address.startswith("unix:")  # server_address's normal form
+        fail(_error_text(reply, address if over_tcp else None), 1)
+    # OK lines end with \r\n (gearmand's, most of them): the \r is the wire's, not the
+    # answer's, and a script comparing the output with "OK" should not need to strip it.
+    if reply.startswith("OK"):
+        reply = reply.removesuffix("\n").removesuffix("\r") + "\n"
+    sys.stdout.buffer.write(reply.encode("utf-8", "surrogateescape"))
+    sys.stdout.flush()
+
+
+def _admin_line(words: list[str]) -> str:
+    """The one line sent: the words joined by a space; a usage error (exit 2) where there
+    is none, or where one would end the line early (the server reads up to a newline, and
+    a C string, gearmand's, to a NUL: the rest would be sent as a second command)."""
+    line = " ".join(words)
+    if not line.strip():  # blanks alone (a tab, too): no command to name
+        fail("give the admin command to send, e.g. farm admin status", 2)
+    for char, name in (("\n", "a newline"), ("\r", "a carriage return"), ("\0", "a NUL")):
+        if char in line:
+            fail(f"the admin command {typed(line)} holds {name}; give one command, on one line", 2)
+    try:
+        line.encode()
+    except UnicodeEncodeError:
+        fail(f"the admin command {typed(line)} is not UTF-8 text; give it in UTF-8", 2)
+    return line
+
+
+def _error_text(reply: str, tcp_address: str | None) -> str:
+    """An ``ERR CODE text`` reply for a human: gearmand writes the text with '+' for each
+    space (``ERR PERMISSION_DENIED this+command+is...``), decoded here; farm's own texts
+    that have spaces already are left as they are. ``tcp_address``: where the command was
+    sent over TCP, which a refusal then names, with the way to the Unix socket."""
+    first = reply.split("\n", 1)[0].removesuffix("\r")
+    _err, _, rest = first.partition(" ")
+    code, _, text = rest.partition(" ")
+    if " " not in text:
+        text = text.replace("+", " ")
+    said = " ".join(part for part in ("ERR", code, text) if part)
+    if code == _DENIED and tcp_address is not None:
+        said += (
+            f"; asked over TCP, at {tcp_address}: --server unix:PATH, or the farm's --config,"
+            " reaches its Unix socket"
+        )
+    return said
