@@ -165,7 +165,6 @@ class Lifecycle:
         slot.restarts += 1  # an end nobody asked for (a crash, a kill, a recycle): counted
         if proc.command:
             self.count_served(proc, status)  # its jobs, from the server: "0 jobs" when not polled
-        in_job = proc.busy_since is not None
         # A command worker seen serving the local server may end of its death (a Python
         # worker reconnects by itself, and its exit codes are farm's): no crash of its own.
         # One never seen there (`sleep 3; exit 1`) ends of its own whenever it ends. A
@@ -176,6 +175,9 @@ class Lifecycle:
         if lost and self.server.ready and (ended := self.server.ending()) is not None:
             self.server_ended(ended)
         lost = lost and self.server.lost_by(proc.started, now)
+        if lost:  # a job listed before its server went away: SIGUSR1 lets it end first
+            proc.forget_stale_job(now, self.server.serving_since())
+        in_job = proc.busy_since is not None
         cause = exit_cause(
             proc.kill_reason,
             status,

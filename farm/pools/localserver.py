@@ -8,6 +8,7 @@ backoff as a worker slot; workers reconnect by themselves meanwhile.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import socket
@@ -270,6 +271,12 @@ class LocalServer(RestartHistory):
         """It answered ``getpid``: it serves, workers may start."""
         self.ready = self.ever_ready = True
         self.ready_at = now
+
+    def serving_since(self) -> float:
+        """When the server that serves now answered (``answered``); infinity while none
+        does. A command worker's job in hand that ``peers`` listed before it was listed by a
+        server found going away (``ending``) or gone since: it tells nothing of its end."""
+        return self.ready_at if self.ready else math.inf
 
     def lost_by(self, started: float, now: float) -> bool:
         """Whether a worker started at ``started`` that ends ``now`` ran when this server

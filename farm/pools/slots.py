@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import os
 import signal
 import time
@@ -197,12 +198,19 @@ class WorkerProcess:
         when = f" ({age:.1f}s before it ended)" if age > LAST_WORDS_FRESH else ""
         return f"its last output{when}: {self.last_words!r}"
 
-    def forget_stale_job(self, now: float) -> None:
+    def forget_stale_job(self, now: float, listed_after: float = -math.inf) -> None:
         """A command worker's job in hand (``handle``, ``busy_since``) forgotten when the
         server said it more than ``JOB_SEEN_STALE`` ago: nothing clears it when the job
         ends, so a `farm ps` minutes before a crash named the job the worker had finished
-        long since, and a crash in no known job was restarted as a death in a job."""
-        if self.command and self.job_seen is not None and now - self.job_seen > JOB_SEEN_STALE:
+        long since, and a crash in no known job was restarted as a death in a job. So is
+        one said before ``listed_after``: by a server found going away since, whose graceful
+        stop lets the job end before it closes the worker's connection."""
+        seen = self.job_seen
+        if (
+            self.command
+            and seen is not None
+            and (now - seen > JOB_SEEN_STALE or seen < listed_after)
+        ):
             self.handle, self.busy_since, self.job_seen = "", None, None
 
     def feed(self, data: bytes) -> None:

@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -26,9 +27,10 @@ from tests.helpers.waiting import wait_for
 pytestmark = pytest.mark.timeout(90)
 
 # A raw-protocol worker, as a PHP one is: it serves its pool's function (GRAB_JOB,
-# PRE_SLEEP while there is none), and exits with argv[1] once its connection closes.
+# PRE_SLEEP while there is none), taking argv[2] seconds (none if not given) over each job,
+# and exits with argv[1] once its connection closes.
 ENDS_WITH_ITS_SERVER = """\
-import os, socket, struct, sys
+import os, socket, struct, sys, time
 host, port = os.environ["FARM_SERVERS"].split(",")[0].rsplit(":", 1)
 def pkt(t, *x):
     b = b"\\0".join(x)
@@ -54,16 +56,25 @@ while True:
         s.sendall(pkt(4))  # PRE_SLEEP, then wait for the NOOP
         read()
     elif t == 11:  # JOB_ASSIGN
+        time.sleep(float(sys.argv[2]) if len(sys.argv) > 2 else 0)
         s.sendall(pkt(13, b.split(b"\\0")[0], b"ok"))  # WORK_COMPLETE
 """
 
 KILLS = 3  # FAILING_AFTER crashes in a row made a slot "failing"
+#: How long a worker takes over a job: ends well within JOB_SEEN_STALE of the listing
+#: taken as it started, which then still counts as fresh.
+JOB_SECONDS = 1.0
 
 
 def serving(up: FarmUp) -> list[dict]:
     """Both slots' workers, once both serve (one look at `farm ps`); else none."""
     rows = up.workers()
     return rows if len(rows) == 2 and all(r["state"] == "running" for r in rows) else []
+
+
+def call(up: FarmUp, function: str) -> bytes:
+    with farm.Client(up.addr) as client:
+        return client.call(function, "x", timeout=30)
 
 
 def ends(up: FarmUp) -> list[str]:
@@ -133,18 +144,27 @@ def test_a_command_worker_that_ends_unasked_while_its_server_serves_still_crashe
         up.stop()
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGUSR1], ids=["SIGINT", "SIGUSR1"])
+@pytest.mark.parametrize(
+    ("stop", "job"),
+    [(signal.SIGINT, 0.0), (signal.SIGUSR1, 0.0), (signal.SIGUSR1, JOB_SECONDS)],
+    ids=["SIGINT", "SIGUSR1", "SIGUSR1-job-in-hand"],
+)
 def test_a_command_worker_that_ends_as_its_server_stops_lost_it_not_crashed(
-    tmp_path: Path, stop: signal.Signals
+    tmp_path: Path, stop: signal.Signals, job: float
 ) -> None:
     # A server stopped in order (SIGINT at once, SIGUSR1 gracefully; SIGTERM is left to
     # farm up while it lives) closes its connections before it exits: its workers ended,
     # and were reaped, while it was still alive, counted up, and were judged crashed,
     # restarted "now" against it, and crash-looped to "failing" (found in review).
+    # With a job in hand (``job``: each worker takes that long over one), the graceful stop
+    # lets the job end, its client gets the result, and then closes the connection: the
+    # listing that named the job, taken just before the stop, still read as fresh, and
+    # each worker was "crashed in job H:..." though its job had ended (found in review).
     script = tmp_path / "worker.py"
     script.write_text(ENDS_WITH_ITS_SERVER)
     pools = "".join(
-        f'[functions.{name}]\nworkers = 1\ncommand = ["{sys.executable}", "{script}", "{code}"]\n'
+        f"[functions.{name}]\nworkers = 1\n"
+        f'command = ["{sys.executable}", "{script}", "{code}", "{job}"]\n'
         for name, code in (("zero", 0), ("one", 1))
     )
     up = FarmUp(tmp_path, pools)
@@ -152,8 +172,15 @@ def test_a_command_worker_that_ends_as_its_server_stops_lost_it_not_crashed(
         up.expect_notify("READY=1")
         for stopped in range(1, KILLS + 1):
             running = wait_for("both workers serving", lambda: serving(up), timeout=30)
-            (server,) = [r["pid"] for r in up.ps() if r["function"] == "server"]
-            os.kill(server, stop)
+            with ThreadPoolExecutor(2) as calls:
+                results = [calls.submit(call, up, name) for name in ("zero", "one")] if job else []
+                if job:  # the supervisor's listing (`farm ps` asks the server's peers)
+                    wait_for(
+                        "both jobs in hand", lambda: sum(bool(r["job"]) for r in up.workers()) == 2
+                    )
+                (server,) = [r["pid"] for r in up.ps() if r["function"] == "server"]
+                os.kill(server, stop)
+                assert [r.result(timeout=30) for r in results] == [b"ok"] * len(results)
             wait_for(
                 "both workers' ends logged",
                 lambda n=stopped: len(ends(up)) >= 2 * n,  # type: ignore[misc]

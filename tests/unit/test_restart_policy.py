@@ -124,6 +124,23 @@ def test_a_command_workers_job_seen_long_ago_is_forgotten_before_its_end_is_judg
     assert python.handle == "H:1"
 
 
+def test_a_command_workers_job_listed_before_its_server_went_away_is_forgotten() -> None:
+    """A listing a second old is fresh, but not once its server was found going away (a
+    SIGUSR1's drain lets the job end, then closes the connection) or gone: only one that
+    the server serving now gave counts (the integration test: test_command_server_lost)."""
+    config = ServerConfig(listen=("unix:/nowhere/farm.sock",), store="none", job_retries=3)
+    server = LocalServer(config, {})
+    server.pid, server.started = 10, 5.0
+    server.answered(6.0)
+    for ready, seen, kept in ((True, 9.0, True), (False, 9.0, False), (True, 5.5, False)):
+        server.ready = ready  # ending() found its listeners shut; or a listing of the last one
+        command = proc()
+        command.command, command.job_seen = True, seen
+        command.handle, command.busy_since = "H:1", 8.0
+        command.forget_stale_job(10.0, server.serving_since())
+        assert (command.handle, command.busy_since) == (("H:1", 8.0) if kept else ("", None))
+
+
 def test_a_command_workers_exit_0_after_jobs_is_a_recycle_before_any_a_crash() -> None:
     """PHP's `if (++$n >= 100) exit(0);`: a command worker that served and stopped itself
     is recycled; one that exits 0 having served nothing cannot work, and backs off. A
