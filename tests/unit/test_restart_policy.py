@@ -1,12 +1,21 @@
-"""The restart policy without processes: how long to wait before a restart, and which
-exits are crashes (a crash is not an ordered stop, a boot failure is not a crash)."""
+"""The restart policy, mostly without processes: how long to wait before a restart, and
+which exits are crashes (a crash is not an ordered stop, a boot failure is not a crash);
+whether the local server goes away, and its end found by a worker's (a child that exited)."""
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import socket
+import subprocess
+import textwrap
+import time
 from pathlib import Path
 
+import pytest
+
+from farm import config
 from farm.config import ServerConfig
 from farm.pools.exits import (
     EXIT_BOOT_ERROR,
@@ -24,6 +33,8 @@ from farm.pools.slots import (
     boot_delay,
     crash_delay,
 )
+from farm.supervisor import Supervisor
+from tests.helpers.servers import free_ports
 
 
 def status(code: int = 0, sig: int = 0) -> int:
@@ -227,3 +238,52 @@ def test_a_server_refuses_only_when_every_address_it_listens_on_refuses(tmp_path
             unix.listen()
             assert not server.refuses()
     assert server.refuses()  # both closed (the Unix path left behind): going away
+
+
+def test_a_servers_end_found_by_its_workers_end_restarts_it_once_and_the_worker_lost_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A command worker's end reaped while its server's waits (it exited between the two):
+    # LocalServer.ending reaps the server there, and hands its end to the supervisor as
+    # the reap would. Its status dropped, the server was reaped and never restarted: its
+    # pid stayed "starting" for ever, and the workers waited on it.
+    (tmp_path / "farm.toml").write_text(
+        textwrap.dedent(f"""
+        [server]
+        listen = ["127.0.0.1:{free_ports(1)[0]}", "unix:{tmp_path / "farm.sock"}"]
+        store = "none"
+
+        [supervisor]
+        control = "{tmp_path / "control.sock"}"
+        metrics = "off"
+
+        [functions.rev]
+        command = ["/bin/true"]
+        workers = 1
+        """)
+    )
+    supervisor = Supervisor(config.load(tmp_path / "farm.toml"))
+    server = supervisor.server
+    # The server: a child that exited with code 3, left unreaped (WNOWAIT) as a zombie.
+    server.pid = os.posix_spawn("/bin/sh", ["sh", "-c", "exit 3"], dict(os.environ))
+    os.waitid(os.P_PID, server.pid, os.WEXITED | os.WNOWAIT)
+    server.started = time.monotonic() - 10
+    server.answered(server.started + 1)
+    # Its worker, seen serving it, in a group of its own (its end kills what is left there).
+    worker = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        proc = WorkerProcess(worker.pid, "rev", 0, 0, -1, (), command=True, started=server.ready_at)
+        proc.local_seen = True
+        supervisor.slots["rev"] = [Slot("rev", 0, 0, proc=proc)]
+        supervisor.by_pid[proc.pid] = proc
+        with caplog.at_level(logging.INFO, logger="farm.supervisor"):
+            supervisor.worker_exited(supervisor.by_pid.pop(proc.pid), 0)  # exit 0: PHP's
+        assert supervisor.exits["rev", "server_lost"] == 1
+        assert supervisor.exits["rev", "crash"] == 0
+        assert server.restarts == 1 and server.pid == 0  # reaped: no later reap counts it
+        said = [r.getMessage() for r in caplog.records if "job server (pid" in r.getMessage()]
+        assert len(said) == 1 and "exited with code 3; restarting" in said[0], said
+    finally:
+        worker.kill()
+        worker.wait()
+        supervisor.selector.close()
