@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -238,6 +239,29 @@ def test_a_server_refuses_only_when_every_address_it_listens_on_refuses(tmp_path
             unix.listen()
             assert not server.refuses()
     assert server.refuses()  # both closed (the Unix path left behind): going away
+
+
+def test_a_server_whose_listen_backlog_is_full_does_not_refuse() -> None:
+    # A server behind on its accepts (a burst of connections) lets the probe's connect time
+    # out: its SYN waits for room in the backlog. That is a live server, no refusal: counted
+    # as going away, its workers would wait for a next server that never comes.
+    with socket.socket() as tcp:
+        tcp.bind(("127.0.0.1", 0))
+        tcp.listen(0)
+        port = tcp.getsockname()[1]
+        held: list[socket.socket] = []
+        try:
+            for _ in range(4):  # never accepted: the first fills the backlog, the rest wait
+                pending = socket.socket()
+                held.append(pending)
+                pending.setblocking(False)
+                pending.connect_ex(("127.0.0.1", port))
+            assert select.select([], held[:1], [], 5)[1]  # the backlog is full once it is in
+            config = ServerConfig(listen=(f"127.0.0.1:{port}",), store="none", job_retries=3)
+            assert not LocalServer(config, {}).refuses()
+        finally:
+            for pending in held:
+                pending.close()
 
 
 def test_a_servers_end_found_by_its_workers_end_restarts_it_once_and_the_worker_lost_it(
