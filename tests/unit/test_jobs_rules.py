@@ -90,6 +90,23 @@ def test_a_dying_worker_wakes_a_live_sleeper_not_itself() -> None:
     assert sleeper.told == [("wake",)]
 
 
+def test_a_lost_workers_job_goes_back_behind_a_newer_job_of_another_function() -> None:
+    # Requeued with a new sequence number (last of its priority, as gearmand does): with its
+    # old one, a job that kills each worker that runs it came first again across functions.
+    jobs = JobServer(hostname="t")
+    dying, worker = FakePeer(), FakePeer()
+    jobs.can_do(dying, b"f")
+    for name in (b"f", b"g"):
+        jobs.can_do(worker, name)
+    jobs.submit(None, b"f", b"", b"crash", background=True)
+    crashing = jobs.grab(dying)
+    assert crashing is not None and crashing.data == b"crash"
+    jobs.submit(None, b"g", b"", b"newer", background=True)
+    jobs.detach_worker(dying)  # the crashing job is queued again
+    newer = jobs.grab(worker)
+    assert newer is not None and newer.data == b"newer"
+
+
 def test_graceful_stop_fires_when_the_last_running_job_is_requeued() -> None:
     jobs = JobServer(hostname="t")
     fired: list[bool] = []
