@@ -126,6 +126,8 @@ def test_rows_of_an_older_farm_without_a_checksum_are_trusted(tmp_path: Path) ->
         "priority = 0",  # or before others
         "reducer = NULL",  # its results reduced otherwise
         "reducer = x'6f74686572'",
+        # As long as b"reducer-name": its bytes are summed, not only its length.
+        "reducer = x'726564756365722d6e6f6d65'",  # b"reducer-nome"
     ],
 )
 def test_the_checksum_covers_when_and_where_it_runs(tmp_path: Path, change: str) -> None:
