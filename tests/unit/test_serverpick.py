@@ -104,6 +104,32 @@ def test_a_server_is_down_for_what_finding_it_down_cost_and_longer_each_time_in_
     assert down_for("a:1") == DOWN_FOR
 
 
+def test_a_server_marked_again_while_down_keeps_its_doubled_span_for_the_next_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Another job's failure while it is down is the same failure: it must not bring the span
+    # the next failure in a row doubles back to DOWN_FOR (a mark at the end of a long span).
+    now = [100.0]
+    # serverpick's clock alone: time.monotonic itself drives the waits around it
+    monkeypatch.setattr(serverpick, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    picker = ServerPicker(SERVERS)
+
+    def down_for(addr: str) -> float:
+        return picker._down_until[addr] - now[0]
+
+    picker.mark_down("a:1")
+    for span in (2 * DOWN_FOR, 4 * DOWN_FOR):  # 4 s, then 8 s: failures in a row
+        now[0] += down_for("a:1")
+        picker.mark_down("a:1")
+        assert down_for("a:1") == span
+    now[0] += 1.0
+    picker.mark_down("a:1")  # another job's failure 1 s into the 8 s
+    assert down_for("a:1") == 4 * DOWN_FOR - 1.0, "its time only made up to this one's"
+    now[0] += down_for("a:1")
+    picker.mark_down("a:1")  # the next failure in a row: twice the 8 s
+    assert down_for("a:1") == 8 * DOWN_FOR
+
+
 def test_a_busy_server_goes_after_the_live_ones_for_jobs_without_a_key() -> None:
     picker = ServerPicker(SERVERS)
     picker.mark_down("c:1")
