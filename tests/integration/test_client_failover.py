@@ -4,7 +4,9 @@ server died mid-job is resubmitted once when it has a unique key."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import queue
 import select
 import signal
 import socket
@@ -108,6 +110,59 @@ def test_job_without_unique_key_fails_when_its_server_dies(two_servers) -> None:
     outcome, runs = _mid_job_death(two_servers, None)
     assert isinstance(outcome.get("error"), farm.ServerUnavailable)
     assert "went away" in str(outcome["error"])
+
+
+def test_a_resubmitted_job_whose_second_server_dies_too_fails_and_goes_out_no_more(
+    two_servers,
+) -> None:
+    # Once, not again: a third server is there to take it, and never sees it. Each server has
+    # its own worker, so a run says which server handed it out.
+    a, b = two_servers
+    c_server = start_like(a)
+    servers = {s.addr: s for s in (a, b, c_server)}
+    began: queue.Queue[str] = queue.Queue()
+    release = threading.Event()
+    runs: list[str] = []
+
+    def slow_on(addr: str) -> Any:
+        def slow(job: Any) -> bytes:
+            runs.append(addr)
+            began.put(addr)
+            if len(runs) <= 2:  # the two runs whose servers die under them
+                release.wait(10)
+            return b"ok"
+
+        return slow
+
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            outcome["result"] = c.call("slow", b"p", unique="lost-twice", timeout=20)
+        except farm.FarmError as exc:
+            outcome["error"] = exc
+
+    try:
+        with contextlib.ExitStack() as stack:
+            for addr in servers:
+                stack.enter_context(serving(addr, {"slow": slow_on(addr)}))
+            c = stack.enter_context(farm.Client(list(servers)))
+            caller = threading.Thread(target=call)
+            caller.start()
+            first = began.get(timeout=10)
+            servers[first].stop()
+            second = began.get(timeout=10)  # resubmitted, to another server
+            assert second != first
+            servers[second].stop()
+            release.set()
+            caller.join(20)
+            assert not caller.is_alive()
+    finally:
+        release.set()
+        c_server.stop()
+    assert isinstance(outcome.get("error"), farm.ServerUnavailable), outcome
+    assert f"job server {second} went away" in str(outcome["error"])
+    assert runs == [first, second]
 
 
 def test_async_client_follows_the_same_rule(two_servers) -> None:
