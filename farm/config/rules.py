@@ -18,14 +18,16 @@ from farm.config.capacity import capacity_problem
 from farm.config.defaults import PLAIN_WORKERS
 from farm.config.model import RESERVED_PREFIX, RESTART_TABLES_SAID, Config
 from farm.errors import ConfigError
+from farm.executor.call import TARGET
 from farm.loopback import TWINNED_HOSTS
 from farm.net import DEFAULT_SERVER
 from farm.paths import runtime_dir
 
 __all__ = ["EXECUTOR_TARGETS", "problem", "on_running_farm"]
 
-#: The Executor's worker target, and the shim kept for configs that copied the old one.
-EXECUTOR_TARGETS = ("farm.executor.call:run_call", "farm.executor_worker:run_call")
+#: The Executor's worker target (written once, in farm.executor.call, which the built-in
+#: config's pool is made from too), and the shim kept for configs that copied the old one.
+EXECUTOR_TARGETS = (TARGET, "farm.executor_worker:run_call")
 #: Hosts that bind every address.
 WILD = frozenset({"0.0.0.0", "::", ""})
 
