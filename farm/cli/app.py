@@ -21,6 +21,7 @@ from farm.version import __version__
 # typer's private import of click's classes stands in this one module.
 __all__ = [
     "MAX_INTERVAL",
+    "MAX_WAIT",
     "SERVER_DEFAULT_HELP",
     "ConfigOption",
     "Context",
@@ -35,6 +36,7 @@ __all__ = [
     "metrics_url",
     "own_row",
     "refuse_non_sockets",
+    "seconds",
     "typed",
 ]
 
@@ -72,6 +74,9 @@ class FarmCommand(TyperCommand):
 #: The longest ``--interval`` of the live views (farm top, farm ps --watch), in seconds:
 #: "inf" reached time.sleep, whose OverflowError was a traceback.
 MAX_INTERVAL = 3600.0
+#: The longest ``--timeout`` of `farm check` and `farm reload`, in seconds (a day): one
+#: bound, and one message, for both.
+MAX_WAIT = 86400.0
 CONFIG_HELP = "config file (default: $FARM_CONFIG, ./farm.toml, /etc/farm/farm.toml, built-in)"
 
 
@@ -121,6 +126,22 @@ def fail(message: str, code: int = 1, *, log_format: str = "text") -> NoReturn:
 
     typer.echo(error_line(f"farm: {message}", log_format=log_format), err=True)
     raise typer.Exit(code)
+
+
+def seconds(value: float | None, flag: str, at_most: float, at_least: float | None = None) -> None:
+    """A number of seconds from a flag: finite, > 0 (from ``at_least`` where one is given)
+    and at most ``at_most``, else exit 2. The comparisons refuse nan and inf too."""
+    if value is None:
+        return
+    if at_least is None:
+        if not 0 < value <= at_most:
+            fail(
+                f"{flag} must be a number of seconds > 0 and at most {at_most:.0f}, not {value}", 2
+            )
+    elif not at_least <= value <= at_most:
+        fail(
+            f"{flag} must be a number of seconds from {at_least:g} to {at_most:.0f}, not {value}", 2
+        )
 
 
 def typed(text: str) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import typer
 
-from farm.cli.app import ConfigOption, FarmCommand, app, fail
+from farm.cli.app import MAX_WAIT, ConfigOption, FarmCommand, app, fail, seconds
 from farm.errors import ConfigError, FarmError
 
 __all__ = ["check"]
@@ -61,8 +61,7 @@ def check(
     from farm.pools.localserver import check_listen_name
     from farm.pools.places import UNIT_DIRECTORIES, place_errors, unit_made_places
 
-    if timeout is not None and not 0 < timeout <= 86400:  # also refuses nan and inf
-        fail(f"--timeout must be a number of seconds above 0 and at most 86400, not {timeout}", 2)
+    seconds(timeout, "--timeout", at_most=MAX_WAIT)
     # A SIGCHLD ignored by whatever started us is kept across exec, and the kernel then
     # reaps our children itself: the check could not see one end ("No child processes").
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)

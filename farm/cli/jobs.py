@@ -18,6 +18,7 @@ from farm.cli.app import (
     app,
     fail,
     refuse_non_sockets,
+    seconds,
     typed,
 )
 from farm.errors import ConfigError, FarmError, JobError
@@ -37,22 +38,6 @@ ServerOpt = Annotated[
         f"{SERVER_DEFAULT_HELP}",
     ),
 ]
-
-
-def _seconds(value: float | None, flag: str, at_most: float, at_least: float | None = None) -> None:
-    """A number of seconds from a flag: finite, > 0 (from ``at_least`` where one is given)
-    and at most ``at_most``, else exit 2. The comparisons refuse nan and inf too."""
-    if value is None:
-        return
-    if at_least is None:
-        if not 0 < value <= at_most:
-            fail(
-                f"{flag} must be a number of seconds > 0 and at most {at_most:.0f}, not {value}", 2
-            )
-    elif not at_least <= value <= at_most:
-        fail(
-            f"{flag} must be a number of seconds from {at_least:g} to {at_most:.0f}, not {value}", 2
-        )
 
 
 def _utf8(value: str, what: str) -> bytes:
@@ -128,7 +113,7 @@ def worker(
     )
     # The floor register() holds to (check_timeout), said here: 0.5 was refused only once
     # the target had been imported, in words that named no flag.
-    _seconds(timeout, "--timeout", at_most=float(MAX_TIMEOUT), at_least=float(MIN_TIMEOUT))
+    seconds(timeout, "--timeout", at_most=float(MAX_TIMEOUT), at_least=float(MIN_TIMEOUT))
     if not target_shaped(target):  # farm.toml's rule (a path, '.rel': no module)
         hint = normal_form_hint(target)  # a name Python reads otherwise: ﬁ:run is fi:run
         fail(
@@ -193,7 +178,7 @@ def submit(
         fail(f"--priority must be one of {', '.join(PRIORITY_NAMES)}, not {priority!r}", 2)
     # The client's own bound (farm.protocol.checks.check_timeout): past it, Client() refused
     # it in words that named no flag.
-    _seconds(timeout, "--timeout", at_most=float(MAX_TIMEOUT))
+    seconds(timeout, "--timeout", at_most=float(MAX_TIMEOUT))
     _function_name(function, "FUNCTION")
     if unique is not None:
         _wire_bytes(unique, "--unique")

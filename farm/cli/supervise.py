@@ -12,6 +12,7 @@ import typer
 
 from farm.cli.app import (
     MAX_INTERVAL,
+    MAX_WAIT,
     ConfigOption,
     Context,
     ControlOption,
@@ -22,6 +23,7 @@ from farm.cli.app import (
     control_socket,
     fail,
     own_row,
+    seconds,
 )
 from farm.errors import ConfigError, FarmError
 
@@ -211,8 +213,7 @@ def reload(
     from farm.discovery import config_file
 
     began = time.monotonic()
-    if timeout is not None and not 0 < timeout <= 86400:  # also refuses nan and inf
-        fail(f"--timeout must be a number of seconds above 0 and at most 86400, not {timeout}", 2)
+    seconds(timeout, "--timeout", at_most=MAX_WAIT)
 
     if control is None:
         control = unread_config_s_farm(config)

@@ -227,6 +227,18 @@ def test_a_timeout_past_the_protocols_limit_names_the_flag_and_the_limit(
     assert said.startswith(f"farm: --timeout must be a number of seconds {bounds}"), said
 
 
+@pytest.mark.parametrize("command", [["check"], ["reload"]])
+def test_check_and_reload_bound_their_timeout_to_a_day_as_the_job_commands_word_it(
+    command: list[str],
+) -> None:
+    # Both said "above 0 and at most 86400", each from its own copy of the bound.
+    out = cli(*command, "--timeout", "1e6", timeout=30)
+    assert (out.returncode, one_line_error(out.stderr)) == (
+        2,
+        "farm: --timeout must be a number of seconds > 0 and at most 86400, not 1000000.0",
+    )
+
+
 @pytest.mark.parametrize("value", ["0.5", "0"])
 def test_a_worker_timeout_under_the_floor_is_refused_before_the_target_is_loaded(
     value: str,
