@@ -1,18 +1,15 @@
 """Several servers: a dead one is skipped, all dead says which were tried, a job whose
-server died mid-job is resubmitted once when it has a unique key."""
+server that stopped answering is tried last for a while, status and echo ask on (a job whose
+server died mid-job: test_client_resubmit.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import queue
 import select
 import signal
 import socket
 import threading
-import types
-from typing import Any
 
 import pytest
 
@@ -50,145 +47,6 @@ def test_unreachable_list_raises_server_unavailable() -> None:
     with farm.Client(dead) as c, pytest.raises(farm.ServerUnavailable) as info:
         c.call("reverse", b"x")
     assert all(addr in str(info.value) for addr in dead)
-
-
-class _SlowOnce:
-    """A worker function whose first run waits for ``release``; records every run."""
-
-    def __init__(self) -> None:
-        self.started, self.release = threading.Event(), threading.Event()
-        self.runs: list[bytes] = []
-
-    def __call__(self, job: Any) -> bytes:
-        self.runs.append(job.data)
-        if len(self.runs) == 1:
-            self.started.set()
-            self.release.wait(5)
-        return b"ok"
-
-
-def _holder(two_servers, key: str):
-    """The server a job with this unique key starts at (the client's stable choice)."""
-    addrs = [s.addr for s in two_servers]
-    return {s.addr: s for s in two_servers}[addrs[key_slot(key, 2)]]
-
-
-def _mid_job_death(two_servers, unique: str | None) -> tuple[Any, list[bytes]]:
-    a, b = two_servers
-    addrs = [a.addr, b.addr]
-    holder = _holder(two_servers, unique or "x")
-    slow = _SlowOnce()
-    started, release, runs = slow.started, slow.release, slow.runs
-
-    outcome: dict[str, Any] = {}
-
-    def call() -> None:
-        try:
-            outcome["result"] = c.call("slow", b"p", unique=unique, timeout=10)
-        except farm.FarmError as exc:
-            outcome["error"] = exc
-
-    with farm.Client(addrs) as c, serving(addrs, {"slow": slow}):
-        if unique is None:  # no key: make the first job land on the server we kill
-            c._wire.picker._rotation = addrs.index(holder.addr)
-        caller = threading.Thread(target=call)
-        caller.start()
-        assert started.wait(5)
-        holder.stop()
-        release.set()
-        caller.join(10)
-    return outcome, runs
-
-
-def test_job_with_unique_key_is_resubmitted_once_when_its_server_dies(two_servers) -> None:
-    outcome, runs = _mid_job_death(two_servers, "resubmit-me")
-    assert outcome == {"result": b"ok"}
-    assert runs == [b"p", b"p"]
-
-
-def test_job_without_unique_key_fails_when_its_server_dies(two_servers) -> None:
-    outcome, runs = _mid_job_death(two_servers, None)
-    assert isinstance(outcome.get("error"), farm.ServerUnavailable)
-    assert "went away" in str(outcome["error"])
-
-
-def test_a_resubmitted_job_whose_second_server_dies_too_fails_and_goes_out_no_more(
-    two_servers,
-) -> None:
-    # Once, not again: a third server is there to take it, and never sees it. Each server has
-    # its own worker, so a run says which server handed it out.
-    a, b = two_servers
-    c_server = start_like(a)
-    servers = {s.addr: s for s in (a, b, c_server)}
-    began: queue.Queue[str] = queue.Queue()
-    release = threading.Event()
-    runs: list[str] = []
-
-    def slow_on(addr: str) -> Any:
-        def slow(job: Any) -> bytes:
-            runs.append(addr)
-            began.put(addr)
-            if len(runs) <= 2:  # the two runs whose servers die under them
-                release.wait(10)
-            return b"ok"
-
-        return slow
-
-    outcome: dict[str, Any] = {}
-
-    def call() -> None:
-        try:
-            outcome["result"] = c.call("slow", b"p", unique="lost-twice", timeout=20)
-        except farm.FarmError as exc:
-            outcome["error"] = exc
-
-    try:
-        with contextlib.ExitStack() as stack:
-            for addr in servers:
-                stack.enter_context(serving(addr, {"slow": slow_on(addr)}))
-            c = stack.enter_context(farm.Client(list(servers)))
-            caller = threading.Thread(target=call)
-            caller.start()
-            first = began.get(timeout=10)
-            servers[first].stop()
-            second = began.get(timeout=10)  # resubmitted, to another server
-            assert second != first
-            servers[second].stop()
-            release.set()
-            caller.join(20)
-            assert not caller.is_alive()
-    finally:
-        release.set()
-        c_server.stop()
-    assert isinstance(outcome.get("error"), farm.ServerUnavailable), outcome
-    assert f"job server {second} went away" in str(outcome["error"])
-    assert runs == [first, second]
-
-
-def test_async_client_follows_the_same_rule(two_servers) -> None:
-    """AsyncClient: a unique-keyed job whose server dies mid-job moves to the other server."""
-    import asyncio
-
-    a, b = two_servers
-    addrs = [a.addr, b.addr]
-    holder = _holder(two_servers, "async-key")
-    slow = _SlowOnce()
-    started, release, runs = slow.started, slow.release, slow.runs
-
-    async def main() -> bytes:
-        client = farm.AsyncClient(addrs)
-        try:
-            call = asyncio.ensure_future(client.call("slow", b"p", unique="async-key", timeout=10))
-            assert await asyncio.to_thread(started.wait, 10), "the job never started"
-            holder.stop()
-            release.set()
-            return await call
-        finally:
-            await client.close()
-
-    with serving(addrs, {"slow": slow}):
-        assert asyncio.run(main()) == b"ok"
-    assert runs == [b"p", b"p"]
 
 
 def test_a_server_that_stopped_answering_is_tried_last_after_one_timeout(two_servers) -> None:
@@ -390,34 +248,6 @@ def test_echo_tries_a_server_that_refused_it_last_for_a_while(any_server) -> Non
         assert c.echo(b"a") == b"a"
         firsts = {c._wire.picker.order("")[0] for _ in range(4)}
         assert firsts == {any_server.addr}
-
-
-def test_async_close_during_a_resubmit_ends_the_call(two_servers) -> None:
-    # close() came while a unique-keyed job lost with its server was connecting to the
-    # other: the connect raised RuntimeError("closed") in the resubmitting task, which died,
-    # and the call waited for ever.
-    import asyncio
-
-    holder = _holder(two_servers, "close-key")
-
-    async def main() -> None:
-        client = farm.AsyncClient([s.addr for s in two_servers])
-        resubmit = client._resubmit
-
-        def then_close(task: Any, conn: Any) -> None:
-            resubmit(task, conn)
-            asyncio.get_running_loop().create_task(client.close())  # before it connects
-
-        # A method, as the client's connections hold it weakly (a plain function is refused).
-        client._resubmit = types.MethodType(lambda _, *args: then_close(*args), client)  # type: ignore[method-assign]
-        task = await client.submit("nobody-serves-this", b"p", unique="close-key")
-        assert len(client._conns) == 1, "only its server is connected: the other connects later"
-        call = asyncio.ensure_future(client.wait(task, timeout=30))
-        await asyncio.to_thread(holder.stop)
-        with pytest.raises(farm.ServerUnavailable, match="the farm.AsyncClient was closed"):
-            await asyncio.wait_for(call, 30)
-
-    asyncio.run(main())
 
 
 def test_a_call_that_timed_out_before_its_submit_left_takes_it_back() -> None:
