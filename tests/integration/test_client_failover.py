@@ -1,6 +1,6 @@
-"""Several servers: a dead one is skipped, all dead says which were tried, a job whose
-server that stopped answering is tried last for a while, status and echo ask on (a job whose
-server died mid-job: test_client_resubmit.py)."""
+"""Several servers: a dead one is skipped, all dead says which were tried, a server that
+stopped answering is tried last for a while, status and echo ask on (a job whose server died
+mid-job: test_client_resubmit.py)."""
 
 from __future__ import annotations
 
