@@ -277,12 +277,7 @@ class CommandJobs:
         rows = self.ask_peers([proc]) if proc.command and proc.peers else None
         if not rows:
             return  # none, or its connections closed: it died holding what it held
-        busy = [r for r in rows if r.seconds is not None]
-        oldest = max(busy, key=lambda r: r.seconds or 0.0, default=None)
-        if oldest is None or oldest.seconds is None:
-            proc.handle, proc.busy_since = "", None
-        else:
-            proc.handle, proc.busy_since = oldest.handle, now - oldest.seconds
+        _note_job(proc, rows, now)
 
     def send_stop(self, proc: WorkerProcess, now: float, why: str) -> None:
         proc.signal_at = None
@@ -328,12 +323,7 @@ class CommandJobs:
             for row in mine:
                 proc.peer_jobs[row.peer] = row.jobs
             proc.jobs_done = sum(proc.peer_jobs.values())
-            busy = [r for r in mine if r.seconds is not None]
-            oldest = max(busy, key=lambda r: r.seconds or 0.0, default=None)
-            if oldest is None or oldest.seconds is None:
-                proc.handle, proc.busy_since = "", None
-            else:
-                proc.handle, proc.busy_since = oldest.handle, now - oldest.seconds
+            oldest = _note_job(proc, mine, now)
             proc.job_seen = now  # trusted for JOB_SEEN_STALE: its end is judged by it
             if proc.signal_at is None:
                 continue
@@ -374,3 +364,15 @@ class CommandJobs:
             elif self.has_timeout(proc):
                 times.append(self.peers_polled + TIMEOUT_POLL)
         return min(times) - now if times else None
+
+
+def _note_job(proc: WorkerProcess, rows: list[PeerRow], now: float) -> PeerRow | None:
+    """``proc``'s job in hand from the ``peers`` rows of its connections: the one that has
+    run longest (a wrapper may hold several connections), or none; its row returned."""
+    busy = [r for r in rows if r.seconds is not None]
+    oldest = max(busy, key=lambda r: r.seconds or 0.0, default=None)
+    if oldest is None or oldest.seconds is None:
+        proc.handle, proc.busy_since = "", None
+    else:
+        proc.handle, proc.busy_since = oldest.handle, now - oldest.seconds
+    return oldest

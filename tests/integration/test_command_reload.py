@@ -84,22 +84,28 @@ worker.work()
 """
 
 
-def test_a_command_worker_stopped_mid_job_is_a_warning_naming_its_job(tmp_path: Path) -> None:
-    # Past its grace, a draining command worker that still held a job got its stop signal
-    # with a DEBUG line only, and its end read "was killed by SIGTERM after draining" at
-    # INFO: `journalctl -p warning` never showed that a stop (a deploy, a scale-down)
-    # broke off a job.
+def slow_farm(tmp_path: Path, grace: int) -> FarmUp:
+    """A farm of one command worker of SLOW_WORKER (its job writes ``started``, then takes
+    30 s), its pool's graceful_timeout ``grace``."""
     script = tmp_path / "slow.py"
     script.write_text(SLOW_WORKER)
-    up = FarmUp(
+    return FarmUp(
         tmp_path,
         f"""
         [functions.slow]
         command = ["{sys.executable}", "{script}", "{tmp_path}"]
         workers = 1
-        graceful_timeout = 1
+        graceful_timeout = {grace}
         """,
     )
+
+
+def test_a_command_worker_stopped_mid_job_is_a_warning_naming_its_job(tmp_path: Path) -> None:
+    # Past its grace, a draining command worker that still held a job got its stop signal
+    # with a DEBUG line only, and its end read "was killed by SIGTERM after draining" at
+    # INFO: `journalctl -p warning` never showed that a stop (a deploy, a scale-down)
+    # broke off a job.
+    up = slow_farm(tmp_path, grace=1)
     try:
         up.expect_notify("READY=1")
         (row,) = wait_for("a connected worker", lambda: up.workers("slow", "running"))
@@ -137,17 +143,7 @@ def test_sigquit_stops_a_busy_command_worker_at_once(tmp_path: Path) -> None:
     # SIGQUIT before any SIGTERM drained a command worker as a stop does: its job ran on
     # for the pool's graceful_timeout (120 s here) before its stop signal, another before
     # SIGKILL, and `farm up` with it, though "SIGQUIT stops at once".
-    script = tmp_path / "slow.py"
-    script.write_text(SLOW_WORKER)
-    up = FarmUp(
-        tmp_path,
-        f"""
-        [functions.slow]
-        command = ["{sys.executable}", "{script}", "{tmp_path}"]
-        workers = 1
-        graceful_timeout = 120
-        """,
-    )
+    up = slow_farm(tmp_path, grace=120)
     try:
         up.expect_notify("READY=1")
         (row,) = wait_for("a connected worker", lambda: up.workers("slow", "running"))
