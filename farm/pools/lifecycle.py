@@ -66,7 +66,7 @@ class Lifecycle:
     # Provided by farm.pools.reports: what is left on a worker's pipes, read and closed.
     close_pipes: Callable[[WorkerProcess], None]
     # Provided by farm.pools.strays: what a worker left in its process group.
-    watch_group: Callable[[WorkerProcess], None]
+    watch_group: Callable[[WorkerProcess, int], None]
     tend_leftovers: Callable[[float], None]
 
     # -- the loop's steps --
@@ -124,7 +124,7 @@ class Lifecycle:
         if proc.command and proc.state is ProcState.DRAINING:
             # Its group got the stop signal and drains on: a wrapper's shell dies of it at
             # once while the worker it started finishes its job.
-            self.watch_group(proc)
+            self.watch_group(proc, status)
         else:
             # Else what it started goes with it, or a wrapper's PHP worker would serve on,
             # orphaned, beside the slot's next process; a Python worker that drained has

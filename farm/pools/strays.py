@@ -28,9 +28,10 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from farm.config import Config
-from farm.pools.exits import cut_off
+from farm.pools.exits import cut_off, undrained
 from farm.pools.localserver import LocalServer
 from farm.pools.proctree import children
 from farm.pools.slots import WorkerProcess
@@ -99,18 +100,26 @@ class Strays:
     next_stray_sweep: float
     adopting: bool
 
+    quitting: bool  # SIGQUIT came (farm.pools.signals)
+    drain_killed: tuple[dict[str, Any], ...]  # what `farm stop` lists as killed (steering)
+
     # Provided by farm.pools.lifecycle and farm.pools.commandjobs.
     signal: Callable[..., None]
     excuse: Callable[[WorkerProcess], None]
+    ask_each: Callable[[str, list[str]], tuple[int, ...] | None]
 
-    def watch_group(self, proc: WorkerProcess) -> None:
+    def watch_group(self, proc: WorkerProcess, status: int) -> None:
         """A drained command ended, but processes of its group may live on: a wrapper's shell
         dies of the stop signal at once while the worker it started finishes its job. Once
         the shell was reaped nothing watched them, and one deaf to the signal served on,
         orphaned, for good: the group gets what was left of the grace, then SIGKILL."""
         if not group_alive(proc.pid):
-            # All it started ended with it: the job its stop signal went on is cut off.
-            proc.kill_reason = proc.kill_reason or proc.cut_job
+            # All it started ended with it: the job its stop signal went on is cut off if it
+            # died of it, or left holding the job. One that only noted the signal (PHP's
+            # pcntl flag), finished the job and exited was logged "cut off", and listed by
+            # `farm stop` as killed, though its client had the result.
+            if proc.cut_job and (os.WIFSIGNALED(status) or self.left_holding(proc)):
+                proc.kill_reason = proc.kill_reason or proc.cut_job
             return
         # A wrapper's worker drains on: its job, if the signal went on one, may still end
         # well; the SIGKILL past the grace names it if it is still held then.
@@ -119,6 +128,13 @@ class Strays:
             proc.stop_deadline = time.monotonic() + proc.grace
             self.signal(proc.pid, proc.stop_signal, group=True)
         self.leftovers.append(proc)
+
+    def left_holding(self, proc: WorkerProcess) -> bool:
+        """Whether a command worker that exited of itself after its stop signal left holding
+        a job: its connections as they closed, counted by the server (admin ``served``).
+        When the server cannot tell, the job its signal went on is taken as cut off."""
+        served = self.ask_each("served", sorted(proc.peers | {f"pid:{proc.pid}"}))
+        return served is None or len(served) != 2 or served[1] > 0
 
     def tend_leftovers(self, now: float) -> None:
         """SIGKILL to a watched group past its grace; let an emptied one go."""
@@ -144,6 +160,11 @@ class Strays:
                 )
                 self.signal(proc.pid, signal.SIGKILL, group=True)
                 self.leftovers.remove(proc)
+                if self.stopping:
+                    # Neither a worker nor a reaped one any more: report_drain never saw
+                    # it, and `farm stop` did not name the job this SIGKILL cut off.
+                    reason = undrained(proc, now, quitting=self.quitting)
+                    self.drain_killed += ({"pid": proc.pid, "worker": proc.name, "reason": reason},)
 
     def adopt_orphans(self) -> None:
         """At start: become the subreaper of every process the farm starts."""

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -148,6 +150,83 @@ def test_farm_stop_names_a_command_worker_its_stop_signal_cut_off_past_the_grace
         assert re.search(
             rf"^killed worker {name}: did not drain in time; its job {re.escape(task.handle)}"
             rf" \(running [\d.]+s\) is cut off$",
+            out.stdout,
+            re.M,
+        ), out.stdout
+    finally:
+        up.stop()
+
+
+# A PHP worker whose pcntl handler only sets a flag: it finishes its job, then exits 0.
+GRACEFUL_WORKER = DEAF_WORKER.replace(
+    "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n", ""
+).replace(
+    "\n@worker.function",
+    "\nsignal.signal(signal.SIGTERM, lambda *a: worker.stop())\n\n@worker.function",
+)
+
+
+@pytest.mark.parametrize("how", ["scale", "stop"])
+def test_a_command_worker_that_finishes_its_job_after_its_stop_signal_is_not_said_cut_off(
+    tmp_path: Path, how: str
+) -> None:
+    # Its group gone, the stop signal past the grace was taken to have cut its job off,
+    # whatever its exit: "exited with code 0 while draining (did not drain in time; its
+    # job H:... is cut off)", and `farm stop` listed it as a killed worker, though it
+    # finished the job (its client had the result) and nothing was killed.
+    script = tmp_path / "graceful.py"
+    script.write_text(GRACEFUL_WORKER)
+    argv = [sys.executable, str(script), str(tmp_path / "gate")]
+    up = FarmUp(
+        tmp_path,
+        f"[functions.slow]\ncommand = {json.dumps(argv)}\nworkers = 1\ngraceful_timeout = 1\n",
+        metrics=False,
+    )
+    stopped: list[subprocess.CompletedProcess[str]] = []
+    try:
+        up.expect_notify("READY=1")
+        (row,) = wait_for("a worker serving", lambda: up.workers("slow", "running"))
+        with Gate(tmp_path / "gate") as gate, Client(up.addr, timeout=30) as client:
+            task = client.submit("slow", "x")
+            gate.arrived(1)
+            stop = threading.Thread(
+                target=lambda: stopped.append(
+                    farm_cli(how, *(["slow=0"] if how == "scale" else []), "--control", up.control)
+                )
+            )
+            stop.start()
+            log_line(up, f"{task.handle} still runs after the 1s grace; SIGTERM")
+            gate.open()
+            assert client.wait(task, timeout=10) == b"done"
+            end = log_line(up, f"(pid {row['pid']}) exited")
+            stop.join(30)
+        assert end.endswith("exited with code 0 after draining"), end
+        assert stopped and stopped[0].returncode == 0, stopped
+        assert "killed worker" not in stopped[0].stdout, stopped[0].stdout
+        assert "cut off" not in up.read_log()
+    finally:
+        up.stop()
+
+
+def test_farm_stop_names_a_wrappers_worker_the_sigkill_to_its_group_cut_off(
+    tmp_path: Path,
+) -> None:
+    # The SIGKILL past the grace to what a wrapper's shell left went to a process that was
+    # neither a worker nor a reaped one: the journal named its job, `farm stop` did not
+    # (docs/operations.md, "Stop", says it names the workers it had to kill).
+    up = deaf_farm(tmp_path, grace=1, wrapped=True)
+    try:
+        up.expect_notify("READY=1")
+        (row,) = wait_for("the wrapper serving", lambda: up.workers("slow", "running"))
+        with Gate(tmp_path / "gate") as gate, Client(up.addr) as client:
+            task = client.submit("slow", "x", background=True)
+            gate.arrived(1)
+            out = farm_cli("stop", "--control", up.control)
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert up.proc.wait(20) == 0
+        assert re.search(
+            rf"^killed worker slow#0 cpu{row['cpu']} \(pid {row['pid']}\): did not drain in time;"
+            rf" its job {re.escape(task.handle)} \(running [\d.]+s\) is cut off$",
             out.stdout,
             re.M,
         ), out.stdout
