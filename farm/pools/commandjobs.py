@@ -224,8 +224,10 @@ class CommandJobs:
         now = time.monotonic()
         if not grace:
             # Its job, read before the signal: one dead of it holds none by the time its
-            # kill (exits.undrained) or its exit line (strays.watch_group) names it.
-            self.read_job(proc, now)
+            # kill (exits.undrained) or its exit line (strays.watch_group) names it. After
+            # SIGQUIT, read for every worker at once already (quit_workers).
+            if not self.quitting:
+                self.read_job(proc, now)
             if proc.busy_since is not None and proc.handle:
                 proc.cut_job = undrained(proc, now, quitting=self.quitting)
             return False
@@ -257,6 +259,23 @@ class CommandJobs:
         )
         return True
 
+    def quit_workers(self, procs: list[WorkerProcess]) -> None:
+        """SIGQUIT: every worker is stopped at once. The jobs the command workers hold are
+        read before any signal (for their kills and exit lines to name), and all are
+        excused (``killing``), each with one query for all: asked of each worker in turn, a
+        hung job server's ADMIN_TIMEOUT made the stop take half a second per worker."""
+        now = time.monotonic()
+        for proc in procs:
+            self.read_sockets(proc, now)
+        if (rows := self.ask_peers([p for p in procs if p.command])) is None:
+            return  # the server does not answer: not asked again, `killing` neither
+        by_peer = {row.peer: row for row in rows}
+        for proc in procs:
+            mine = [by_peer[name] for name in proc.peers if name in by_peer]
+            if proc.command and mine:  # none listed: it died holding what it held
+                _note_job(proc, mine, now)
+        self.ask_each("killing", sorted(frozenset[str]().union(*(p.peers for p in procs))))
+
     def excuse(self, proc: WorkerProcess) -> None:
         """Before a worker past its drain's grace is killed (farm stop, a deploy, a
         scale-down): tell the server (admin ``killing``), so that a job this ends for good
@@ -264,7 +283,9 @@ class CommandJobs:
         A command worker's job in hand is read anew, for the kill to name (exits.undrained):
         it was read last when its stop signal went, and the job may have ended since. Its
         connections are those read last while it ran (a wrapper's worker left after its
-        shell: the shell's pid no longer leads to them)."""
+        shell: the shell's pid no longer leads to them). After SIGQUIT, quit_workers did."""
+        if self.quitting:
+            return
         self.read_job(proc, time.monotonic())
         if proc.peers:
             self.ask_each("killing", sorted(proc.peers))

@@ -159,6 +159,10 @@ class Lifecycle:
             if proc.retired_starting and not proc.kill_reason:
                 loading = "before it connected" if proc.command else "while loading its target"
                 how = f"before it served (retired {loading})"
+            elif self.quitting and proc.command:
+                # SIGQUIT drains nothing ("no grace and no drain"): not "after draining", nor
+                # "while draining", whether its SIGKILL came before its stop signal ended it.
+                how = f"({proc.kill_reason or 'stopped at once (SIGQUIT)'})"
             log.info("worker %s (pid %d) %s %s", proc.name, proc.pid, describe_exit(status), how)
             return
         slot.proc = None

@@ -39,6 +39,8 @@ class Signals:
     strays: dict[int, Stray]
     # Provided by farm.pools.steering: a reload asked by SIGHUP or `farm reload`.
     answer_reload: Callable[[Pending], None]
+    # Provided by farm.pools.commandjobs: the jobs in hand read, and all excused, at once.
+    quit_workers: Callable[[list[WorkerProcess]], None]
 
     def install_signals(self) -> None:
         """Handlers only enqueue; the wake-up fd makes the loop's select return."""
@@ -73,6 +75,7 @@ class Signals:
             elif item.arg == signal.SIGQUIT:
                 log.info("SIGQUIT: stopping at once")
                 self.stopping, self.grace, self.quitting = True, 0.0, True
+                self.quit_workers([*self.by_pid.values(), *self.leftovers])
                 # Also cuts a drain already under way, and a wrapper's worker left after it.
                 for proc in [*self.by_pid.values(), *self.leftovers]:
                     proc.stop_deadline = time.monotonic()

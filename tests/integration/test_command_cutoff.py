@@ -1,6 +1,7 @@
 """What a command worker's stop says of the job it held: cut off only when it was, and
 named wherever it was (the journal, the worker's exit line, `farm stop`'s output;
-docs/operations.md, "Scaling" and "Stop").
+docs/operations.md, "Scaling" and "Stop"); SIGQUIT's stop said as one at once, and not
+held up by a hung job server.
 
 The workers are Python `farm.Worker`s run as commands, deaf to SIGTERM in their job (as a
 PHP worker with pcntl_signal(SIGTERM, SIG_IGN) is), each job held at a gate the test opens.
@@ -9,10 +10,13 @@ PHP worker with pcntl_signal(SIGTERM, SIG_IGN) is), each job held at a gate the 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -231,4 +235,65 @@ def test_farm_stop_names_a_wrappers_worker_the_sigkill_to_its_group_cut_off(
             re.M,
         ), out.stdout
     finally:
+        up.stop()
+
+
+# SIGQUIT: stopped at once, said so, and not held up by a hung job server.
+
+
+def command_farm(tmp_path: Path, workers: int) -> FarmUp:
+    script = tmp_path / "deaf.py"
+    script.write_text(DEAF_WORKER)
+    argv = [sys.executable, str(script), str(tmp_path / "gate")]
+    pool = f"[functions.slow]\ncommand = {json.dumps(argv)}\nworkers = {workers}\n"
+    return FarmUp(tmp_path, pool + "graceful_timeout = 5\n", metrics=False)
+
+
+def test_an_idle_command_worker_stopped_by_sigquit_is_said_stopped_at_once(
+    tmp_path: Path,
+) -> None:
+    # Its exit line said "was killed by SIGTERM after draining" (or "while draining", when
+    # the SIGKILL that follows at once came first): SIGQUIT drains nothing ("with no grace
+    # and no drain", docs/operations.md).
+    up = command_farm(tmp_path, 1)
+    try:
+        up.expect_notify("READY=1")
+        (row,) = wait_for("a worker serving", lambda: up.workers("slow", "running"))
+        up.signal(signal.SIGQUIT)
+        assert up.proc.wait(20) == 0
+        end = log_line(up, f"(pid {row['pid']}) ")
+        assert re.search(r"was killed by SIG(TERM|KILL) \(stopped at once \(SIGQUIT\)\)$", end), end
+    finally:
+        up.stop()
+
+
+def test_sigquit_with_the_job_server_hung_stops_the_command_workers_at_once(
+    tmp_path: Path,
+) -> None:
+    # Each command worker's job in hand was read before its signal, and each one killed
+    # excused, one admin query at a time: with the server hung, each waited out the admin
+    # timeout (0.5 s), and 6 workers took some 6 s to be stopped "at once".
+    up = command_farm(tmp_path, 6)
+    server = 0
+    try:
+        up.expect_notify("READY=1")
+        rows = wait_for(
+            "6 serving",
+            lambda: len(up.workers("slow", "running")) == 6 and up.workers("slow", "running"),
+        )
+        server = int(re.search(r"job server starting \(pid (\d+)\)", up.read_log())[1])
+        with Gate(tmp_path / "gate") as gate, Client(up.addr) as client:
+            tasks = [client.submit("slow", str(i), background=True) for i in range(3)]
+            gate.arrived(3)
+            os.kill(server, signal.SIGSTOP)
+            start = time.monotonic()
+            up.signal(signal.SIGQUIT)
+            for row in rows:
+                log_line(up, f"(pid {row['pid']}) was killed")
+            took = time.monotonic() - start
+        assert took < 1.5, (took, up.read_log())
+        assert len(tasks) == 3
+    finally:
+        if server:
+            os.kill(server, signal.SIGCONT)
         up.stop()
