@@ -72,8 +72,11 @@ def admin(
 
 def _admin_line(words: list[str]) -> str:
     """The one line sent: the words joined by a space; a usage error (exit 2) where there
-    is none, or where one would end the line early (the server reads up to a newline, and
-    a C string, gearmand's, to a NUL: the rest would be sent as a second command)."""
+    is none, where one would end the line early (the server reads up to a newline, and
+    a C string, gearmand's, to a NUL: the rest would be sent as a second command), or
+    where it is longer than the server reads (MAX_ADMIN_LINE with its newline)."""
+    from farm.protocol import MAX_ADMIN_LINE  # loaded by the command, not by `farm --help`
+
     line = " ".join(words)
     if not line.strip():  # blanks alone (a tab, too): no command to name
         fail("give the admin command to send, e.g. farm admin status", 2)
@@ -81,9 +84,17 @@ def _admin_line(words: list[str]) -> str:
         if char in line:
             fail(f"the admin command {typed(line)} holds {name}; give one command, on one line", 2)
     try:
-        line.encode()
+        size = len(line.encode())
     except UnicodeEncodeError:
         fail(f"the admin command {typed(line)} is not UTF-8 text; give it in UTF-8", 2)
+    # The server closes a longer line (its "\n" included) unanswered, as gearmand does:
+    # the closed connection read as a TLS or network failure, which it is not.
+    if size > MAX_ADMIN_LINE - 1:
+        fail(
+            f"the admin command is {size} bytes, longer than the server reads"
+            f" ({MAX_ADMIN_LINE - 1} bytes a line); give a shorter one",
+            2,
+        )
     return line
 
 

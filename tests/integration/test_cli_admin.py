@@ -61,6 +61,10 @@ def test_farm_admin_cancels_a_queued_job_on_the_farm_s_unix_socket(farm: FarmUp)
     listing = cli("admin", "-c", str(farm.config), "status", timeout=30)
     assert listing.returncode == 0 and listing.stdout.endswith("\n.\n"), listing
     assert "reverse\t0\t0\t1\n" in listing.stdout, listing.stdout
+    # The longest line the server reads (8191 bytes and its newline) is sent and answered.
+    longest = cli("admin", "-c", str(farm.config), "x" * 8191, timeout=30)
+    assert longest.returncode == 1, longest
+    assert one_line_error(longest.stderr).startswith("farm: ERR UNKNOWN_COMMAND"), longest
 
 
 @pytest.mark.parametrize(
@@ -70,6 +74,8 @@ def test_farm_admin_cancels_a_queued_job_on_the_farm_s_unix_socket(farm: FarmUp)
         ([" ", "\t"], "give the admin command to send"),
         (["status\nshow jobs"], "holds a newline"),
         (["cancel job H\r"], "holds a carriage return"),
+        # The server closes a line over MAX_ADMIN_LINE unanswered: it was blamed on TLS.
+        (["claim 5", "x" * 8184], "8192 bytes, longer than the server reads (8191"),
     ],
 )
 def test_farm_admin_usage_errors_exit_2_in_one_line(args: list[str], why: str) -> None:
