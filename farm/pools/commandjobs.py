@@ -138,14 +138,24 @@ class CommandJobs:
         closed them before the ``peers`` that named them reached the server. Its connections
         were named too late, and it was counted a crash, backed off to 30 s while the backlog
         drained 2 jobs a backoff. The server kept the end of each connection nobody named that
-        ended jobs, with what it registered: one such end of its pool's functions, closed
-        while it lived, is claimed as its own (admin ``claim``, one per process: quick workers
+        ended jobs, with what it registered: one such end of its pool's own functions (those
+        no other pool serves), opened and closed while it lived, of its user where a Unix
+        socket tells, is claimed as its own (admin ``claim``, one per process: quick workers
         of a pool add up to the jobs done; one that did none finds none left, still a crash)."""
         pool = self.config.functions.get(proc.function)
         if pool is None:
             return
+        # Only functions no other pool serves: another pool's quick worker (or a Python
+        # worker's connection) ended the same function's jobs, and its end is not this one's.
+        others = {f for p in self.config.functions.values() if p is not pool for f in p.functions}
+        own = [f for f in pool.functions if f not in others]
+        if not own:
+            return  # counted as before claims were: no end can be told this pool's
+        # Its user's Unix-socket ends (or the server's user's) alone; a TCP end's user
+        # cannot be told (docs/operations.md).
+        uid = pool.command.user.uid if pool.command and pool.command.user else os.geteuid()
         within = time.monotonic() - proc.started + CLAIM_SLACK
-        for line in named_lines(f"claim {within:.3f}", list(pool.functions)):
+        for line in named_lines(f"claim {within:.3f} {uid}", own):
             said = re.match(r"OK ([0-9]+)\r?\n", self.ask_server(line) or "")
             if said is None:
                 return

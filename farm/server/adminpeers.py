@@ -4,6 +4,7 @@ UNIX_ONLY)."""
 
 from __future__ import annotations
 
+import os
 import re
 from time import monotonic
 
@@ -155,16 +156,19 @@ _SECONDS = re.compile("[0-9]{1,9}(?:[.][0-9]{1,6})?")
 
 
 def claim(server: Hub, args: list[str]) -> str:
-    """farm's own (Unix socket only): ``claim SECONDS FUNCTION...`` -- ``OK N``: the jobs
-    of one worker connection that closed in the last SECONDS (at most ENDED_KEPT_FOR) having
-    ended N >= 1 jobs and holding none, that no ``peers``, ``drain``, ``killing`` or
-    ``served`` named, and that registered one of the FUNCTIONs; ``OK 0`` when there is none.
+    """farm's own (Unix socket only): ``claim SECONDS UID FUNCTION...`` -- ``OK N``: the
+    jobs of one worker connection opened (and closed) in the last SECONDS (at most
+    ENDED_KEPT_FOR) having ended N >= 1 jobs and holding none, that no ``peers``, ``drain``,
+    ``killing`` or ``served`` named, and that registered one of the FUNCTIONs; on the Unix
+    socket, one of the user UID (the claimant's) or the server's own: another user's
+    connection is never claimed. ``OK 0`` when there is none.
     Each such end is claimed once. The supervisor asks as it reaps a command worker that
     exited 0 before it ever saw its sockets (``gearman -w -c 2`` with a backlog ends in a few
     milliseconds): its jobs count, and its exit is a recycle."""
-    if len(args) < 2:
+    if len(args) < 3:
         return incomplete("claim")
-    if not _SECONDS.fullmatch(args[0]):
-        return "ERR INVALID_ARGUMENTS claim+takes+SECONDS+FUNCTION...\r\n"
-    wanted = {as_raw(f) for f in args[1:]}
-    return f"OK {server.ended.claim(float(args[0]), wanted)}\r\n"
+    if not _SECONDS.fullmatch(args[0]) or not _NUMBER.fullmatch(args[1]):
+        return "ERR INVALID_ARGUMENTS claim+takes+SECONDS+UID+FUNCTION...\r\n"
+    uids = {int(args[1]), os.geteuid()}
+    wanted = {as_raw(f) for f in args[2:]}
+    return f"OK {server.ended.claim(float(args[0]), uids, wanted)}\r\n"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Callable, Iterator
 from operator import length_hint
 
@@ -72,6 +73,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, PeerOptions, a
         self.tcp = False  # counted in the hub's TCP shares (see connection_made)
         self.client_id = b"-"
         self.peer_uid: int | None = None  # Unix-socket peers only (SO_PEERCRED)
+        self.opened = time.monotonic()  # accepted: admin `claim` takes no end opened before
         self.tls_pending = False  # counted in hub.handshakes until now (farm.server.tlsgate)
         # Who is at the other end, for farm's admin `peers`, `drain` and `killing`: the
         # process on a Unix socket (SO_PEERCRED), the remote port on TCP (0: not known).

@@ -9,11 +9,13 @@ that could not work at all (a crash). ``served`` (farm.server.adminpeers) counts
 One that ends its jobs faster than its supervisor reads its sockets (``gearman -w -c 2``
 with a backlog: 0.1 s) was never named, and ``served`` could not tell its connection from
 any other. The ends of connections nobody named that ended jobs, holding none, are kept
-unclaimed with the functions they registered; its supervisor claims one registered to its
-pool's functions that ended while the process lived (``claim``): one connection per process
-at most, so that quick workers of a pool, each claiming one, add up to the jobs done, and
-one that did none still crashes when none is left to claim. Kept at a connection's end, not
-a job's: nothing is added to the path of a job.
+unclaimed with the functions they registered, when they were opened and, on the Unix
+socket, their user; its supervisor claims one registered to its pool's functions, opened and
+ended while the process lived, of its user where a Unix socket tells it (``claim``): one
+connection per process at most, so that quick workers of a pool, each claiming one, add up
+to the jobs done, and one that did none still crashes when none is left to claim. A TCP
+end's user cannot be told: another local user's worker there may still be claimed. Kept
+at a connection's end, not a job's: nothing is added to the path of a job.
 """
 
 from __future__ import annotations
@@ -40,12 +42,16 @@ UNNAMED_KEPT = 1024
 
 @dataclass
 class _Unnamed:
-    """A connection nobody named that closed having ended ``jobs_done`` jobs, holding none."""
+    """A connection nobody named that closed having ended ``jobs_done`` jobs, holding none:
+    opened at ``opened``, closed at ``when``; ``uid``, its Unix-socket peer's (SO_PEERCRED),
+    None on TCP, where no user can be told."""
 
     peer: str
     functions: frozenset[bytes]
     jobs_done: int
     when: float
+    opened: float
+    uid: int | None
 
 
 class Peer(Protocol):
@@ -53,7 +59,9 @@ class Peer(Protocol):
     ip: str
     peer_pid: int
     peer_port: int
+    peer_uid: int | None
     abilities: dict[bytes, float]
+    opened: float
 
 
 def peer_name(conn: Peer) -> str:
@@ -99,7 +107,9 @@ class EndedPeers:
         now = monotonic()
         if name not in self._watched:
             if jobs_done and not held and conn.abilities:  # a clean end a quick worker may claim
-                self._unnamed.append(_Unnamed(name, frozenset(conn.abilities), jobs_done, now))
+                functions = frozenset(conn.abilities)
+                end = _Unnamed(name, functions, jobs_done, now, conn.opened, conn.peer_uid)
+                self._unnamed.append(end)
             return
         self._expire(now)
         done, holding, _ = self._jobs.pop(name, (0, 0, now))
@@ -114,14 +124,18 @@ class EndedPeers:
         done, held, _ = self._jobs.get(name, (0, 0, 0.0))
         return done, held
 
-    def claim(self, within: float, functions: set[bytes]) -> int:
+    def claim(self, within: float, uids: set[int], functions: set[bytes]) -> int:
         """The jobs of one unclaimed end, now claimed: the oldest that registered one of
-        ``functions`` and ended in the last ``within`` seconds (the claiming process's
-        lifetime); 0 when none is left."""
+        ``functions`` and was opened (so ended too) in the last ``within`` seconds, the
+        claiming process's lifetime: a connection older than the process is not its own.
+        A Unix-socket end's user is one of ``uids`` (another user's never is); a TCP end's
+        cannot be told. 0 when none is left."""
         now = monotonic()
         self._expire(now)
         for end in self._unnamed:
-            if now - end.when <= within and end.functions & functions:
+            if end.uid is not None and end.uid not in uids:
+                continue
+            if now - end.opened <= within and end.functions & functions:
                 self._unnamed.remove(end)
                 return end.jobs_done
         return 0

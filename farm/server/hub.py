@@ -94,6 +94,8 @@ class Writer(Protocol):
     # what it did.
     peer_pid: int  # Unix-socket peers (SO_PEERCRED); 0 on TCP
     peer_port: int  # TCP peers' remote port; 0 on a Unix socket
+    peer_uid: int | None  # Unix-socket peers' user (SO_PEERCRED); None on TCP
+    opened: float  # when it was accepted (monotonic): admin `claim` takes no older one
     jobs_done: int
     draining: bool
     killed: bool  # admin `killing`: its supervisor kills it now

@@ -5,7 +5,10 @@ connection, what it holds, and handing it no more jobs while its job in hand run
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +16,8 @@ from farm.protocol import PacketType as T
 from tests.helpers.peers import Peer
 from tests.helpers.servers import Server, start_farm_server
 from tests.helpers.waiting import wait_for
+
+UID = os.geteuid()  # admin `claim`'s claimant: the server's own user
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -270,9 +275,44 @@ def test_claim_hands_an_unnamed_end_of_a_function_once(srv, peers) -> None:
     name = f"tcp:127.0.0.1:{worker.sock.getsockname()[1]}"
     worker.close()
     wait_for("its connection gone", lambda: name not in admin.admin("peers"))
-    assert admin.admin("claim 10 g") == "OK 0\r\n"  # another pool's function
-    assert connect(srv, peers).admin("claim 10 f").startswith("ERR PERMISSION_DENIED")
-    assert admin.admin("claim 10 g f") == "OK 2\r\n"
-    assert admin.admin("claim 10 f") == "OK 0\r\n"  # claimed once
-    assert admin.admin("claim 10").startswith("ERR INVALID_ARGUMENTS")
-    assert admin.admin("claim x f").startswith("ERR INVALID_ARGUMENTS")
+    assert admin.admin(f"claim 10 {UID} g") == "OK 0\r\n"  # another pool's function
+    assert connect(srv, peers).admin(f"claim 10 {UID} f").startswith("ERR PERMISSION_DENIED")
+    assert admin.admin(f"claim 10 {UID} g f") == "OK 2\r\n"
+    assert admin.admin(f"claim 10 {UID} f") == "OK 0\r\n"  # claimed once
+    assert admin.admin(f"claim 10 {UID}").startswith("ERR INVALID_ARGUMENTS")
+    assert admin.admin(f"claim x {UID} f").startswith("ERR INVALID_ARGUMENTS")
+    assert admin.admin("claim 10 me f").startswith("ERR INVALID_ARGUMENTS")  # no user id
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="connects as another user: needs root")
+def test_claim_never_hands_a_unix_end_of_another_user() -> None:
+    # SO_PEERCRED tells who made a Unix-socket connection: another local user's worker of
+    # the same function is no process of the claimant's pool, whatever its timing.
+    shared = Path(tempfile.mkdtemp())  # pytest's tmp_path is under a 0700 directory
+    shared.chmod(0o711)
+    server = start_farm_server("--unix-mode", "666", unix=str(shared / "farm.sock"))
+    made: list[Peer] = []
+    try:
+        admin = connect(server, made, unix=True)
+        client = connect(server, made)
+        os.seteuid(65534)  # nobody, for its connect alone (SO_PEERCRED: the connect's)
+        try:
+            stranger = connect(server, made, unix=True)
+        finally:
+            os.seteuid(0)
+        stranger.send(T.CAN_DO, "f")
+        client.send(T.SUBMIT_JOB, "f", "", "x")
+        handle = client.expect(T.JOB_CREATED).args[0]
+        stranger.send(T.GRAB_JOB)
+        assert stranger.expect(T.JOB_ASSIGN).args[0] == handle
+        stranger.send(T.WORK_COMPLETE, handle, "ok")
+        assert client.expect(T.WORK_COMPLETE).args == (handle, b"ok")
+        stranger.close()
+        wait_for("its connection gone", lambda: "\tf" not in admin.admin("peers"))
+        assert admin.admin(f"claim 10 {UID} f") == "OK 0\r\n"
+        assert admin.admin("claim 10 65534 f") == "OK 1\r\n"  # a pool run as that user's
+    finally:
+        for peer in made:
+            peer.close()
+        server.stop()
+        shutil.rmtree(shared)

@@ -19,6 +19,8 @@ class Conn:
     ip: str = "127.0.0.1"
     peer_pid: int = 0
     abilities: dict[bytes, float] = field(default_factory=dict)
+    opened: float = 1000.0  # the clock fixture's start
+    peer_uid: int | None = None  # TCP: no user known
 
 
 @pytest.fixture
@@ -26,6 +28,9 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     now = [1000.0]
     monkeypatch.setattr(endedpeers, "monotonic", lambda: now[0])
     return now
+
+
+ME = {1000}  # the claimant's user and the server's
 
 
 def watching(*ports: int) -> EndedPeers:
@@ -87,14 +92,14 @@ def test_an_end_nobody_named_is_claimed_once_by_its_functions(clock: list[float]
     ended.note(Conn(5004, abilities={b"rev": 0.0}), 1, 1)  # left holding one: no clean end
     ended.note(Conn(5005, abilities={b"other": 0.0}), 3, 0)
     clock[0] += 1.0
-    assert ended.claim(0.5, {b"rev"}) == 0  # ended before the claiming process started
-    assert ended.claim(2.0, {b"rev"}) == 2
-    assert ended.claim(2.0, {b"rev"}) == 2  # the other one: one end per claim
-    assert ended.claim(2.0, {b"rev"}) == 0  # none left: that worker did nothing
-    assert ended.claim(2.0, {b"other"}) == 3
+    assert ended.claim(0.5, ME, {b"rev"}) == 0  # ended before the claiming process started
+    assert ended.claim(2.0, ME, {b"rev"}) == 2
+    assert ended.claim(2.0, ME, {b"rev"}) == 2  # the other one: one end per claim
+    assert ended.claim(2.0, ME, {b"rev"}) == 0  # none left: that worker did nothing
+    assert ended.claim(2.0, ME, {b"other"}) == 3
     ended.note(Conn(5006, abilities={b"rev": 0.0}), 2, 0)
     clock[0] += ENDED_KEPT_FOR + 0.1
-    assert ended.claim(ENDED_KEPT_FOR + 1, {b"rev"}) == 0  # forgotten with the rest
+    assert ended.claim(ENDED_KEPT_FOR + 1, ME, {b"rev"}) == 0  # forgotten with the rest
 
 
 def test_an_end_named_only_after_it_closed_is_claimed_not_served(clock: list[float]) -> None:
@@ -105,7 +110,7 @@ def test_an_end_named_only_after_it_closed_is_claimed_not_served(clock: list[flo
     ended.note(Conn(5001, abilities={b"rev": 0.0}), 2, 0)
     ended.watch({"tcp:127.0.0.1:5001"})
     assert ended.jobs("tcp:127.0.0.1:5001") == (0, 0)
-    assert ended.claim(1.0, {b"rev"}) == 2
+    assert ended.claim(1.0, ME, {b"rev"}) == 2
 
 
 def test_at_most_unnamed_kept_ends_the_oldest_going_first(clock: list[float]) -> None:
@@ -113,4 +118,23 @@ def test_at_most_unnamed_kept_ends_the_oldest_going_first(clock: list[float]) ->
     ended.note(Conn(4999, abilities={b"mine": 0.0}), 2, 0)
     for port in range(10000, 10000 + endedpeers.UNNAMED_KEPT):  # any local user's workers
         ended.note(Conn(port, abilities={b"theirs": 0.0}), 1, 0)
-    assert ended.claim(1.0, {b"mine"}) == 0
+    assert ended.claim(1.0, ME, {b"mine"}) == 0
+
+
+def test_an_end_opened_before_the_claimant_started_is_not_its_own(clock: list[float]) -> None:
+    # Another worker's connection, open before this process started, closed in its lifetime.
+    ended = EndedPeers()
+    clock[0] += 5.0
+    ended.note(Conn(5001, abilities={b"rev": 0.0}), 2, 0)  # opened at 1000, closed at 1005
+    clock[0] += 0.5
+    assert ended.claim(1.0, ME, {b"rev"}) == 0
+    assert ended.claim(6.0, ME, {b"rev"}) == 2  # one whose lifetime holds both
+
+
+def test_a_unix_end_of_another_user_is_never_claimed(clock: list[float]) -> None:
+    ended = EndedPeers()
+    ended.note(Conn(0, peer_pid=41, peer_uid=1001, abilities={b"rev": 0.0}), 3, 0)
+    ended.note(Conn(0, peer_pid=42, peer_uid=1000, abilities={b"rev": 0.0}), 2, 0)
+    assert ended.claim(1.0, ME, {b"rev"}) == 2  # the older is another user's
+    assert ended.claim(1.0, ME, {b"rev"}) == 0
+    assert ended.claim(1.0, {1001}, {b"rev"}) == 3  # a pool run as that user claims it
