@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from farm.client.admin import admin_query
 from farm.config import Config
 from farm.net import parse_address
+from farm.pools.claims import claim_queries
 from farm.pools.exits import cut_off, undrained
 from farm.pools.localserver import named_lines
 from farm.pools.peerlist import PeerRow, parse_peers, peers_queries, process_peers, registrations
@@ -48,9 +49,6 @@ PEERS_POLL = 0.1
 TIMEOUT_POLL = 0.5
 #: A command worker's sockets are read again after this long (a reconnect changes its port).
 SOCKETS_STALE = 1.0
-#: A quick command worker's claim (claim_served) reaches this far past its lifetime: the
-#: server reads its clock a little after the supervisor.
-CLAIM_SLACK = 0.05
 #: How long the supervisor's loop waits on the local server's admin answer at most.
 ADMIN_TIMEOUT = 0.5
 
@@ -142,20 +140,7 @@ class CommandJobs:
         no other pool serves), opened and closed while it lived, of its user where a Unix
         socket tells, is claimed as its own (admin ``claim``, one per process: quick workers
         of a pool add up to the jobs done; one that did none finds none left, still a crash)."""
-        pool = self.config.functions.get(proc.function)
-        if pool is None:
-            return
-        # Only functions no other pool serves: another pool's quick worker (or a Python
-        # worker's connection) ended the same function's jobs, and its end is not this one's.
-        others = {f for p in self.config.functions.values() if p is not pool for f in p.functions}
-        own = [f for f in pool.functions if f not in others]
-        if not own:
-            return  # counted as before claims were: no end can be told this pool's
-        # Its user's Unix-socket ends (or the server's user's) alone; a TCP end's user
-        # cannot be told (docs/operations.md).
-        uid = pool.command.user.uid if pool.command and pool.command.user else os.geteuid()
-        within = time.monotonic() - proc.started + CLAIM_SLACK
-        for line in named_lines(f"claim {within:.3f} {uid}", own):
+        for line in claim_queries(self.config, proc, time.monotonic()):
             said = re.match(r"OK ([0-9]+)\r?\n", self.ask_server(line) or "")
             if said is None:
                 return

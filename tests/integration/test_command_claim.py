@@ -11,7 +11,7 @@ import pytest
 
 import farm
 from farm.client.admin import admin_query
-from farm.pools.commandjobs import CLAIM_SLACK
+from farm.pools.claims import CLAIM_SLACK
 from farm.protocol import PacketType as T
 from tests.helpers.farmproc import FarmUp
 from tests.helpers.peers import Peer
