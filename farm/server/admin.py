@@ -249,7 +249,7 @@ DENIED = "ERR PERMISSION_DENIED this+command+is+accepted+only+on+the+Unix+socket
 #: Commands the server takes from its own user alone, on the Unix socket (SO_PEERCRED): the
 #: socket's group may reach it too, and ``poolfunctions`` names functions to label first,
 #: which would let it crowd the farm's own pools out of the MAX_LABELLED labels into other.
-OWN_USER_ONLY = frozenset({"poolfunctions"})
+OWN_USER_ONLY = frozenset({"poolfunctions", "claim"})  # claim: the uid it names is its word
 NOT_OWN_USER = "ERR PERMISSION_DENIED this+command+is+accepted+only+from+the+server's+user\r\n"
 #: Commands that make the function they name when it is not there: the name, or None.
 MAKES_FUNCTION: dict[str, Callable[[list[str]], str | None]] = {

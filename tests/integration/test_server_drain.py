@@ -309,6 +309,14 @@ def test_claim_never_hands_a_unix_end_of_another_user() -> None:
         assert client.expect(T.WORK_COMPLETE).args == (handle, b"ok")
         stranger.close()
         wait_for("its connection gone", lambda: "\tf" not in admin.admin("peers"))
+        # Nor may another user claim (the uid it names is its word): it took the end it
+        # named, or the farm's own, and the farm's quick worker then counted a crash.
+        os.seteuid(65534)
+        try:
+            nobody = connect(server, made, unix=True)
+        finally:
+            os.seteuid(0)
+        assert nobody.admin("claim 10 65534 f").startswith("ERR PERMISSION_DENIED")
         assert admin.admin(f"claim 10 {UID} f") == "OK 0\r\n"
         assert admin.admin("claim 10 65534 f") == "OK 1\r\n"  # a pool run as that user's
     finally:
