@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,14 +51,29 @@ worker.work()
 """
 
 
-def deaf_farm(tmp_path: Path, grace: int, *, wrapped: bool = False) -> FarmUp:
+def deaf_farm(tmp_path: Path, grace: int, *, wrapped: bool = False, deaf: bool = True) -> FarmUp:
+    """A farm of one DEAF_WORKER (``deaf=False``: one that dies of SIGTERM in its job too)."""
     script = tmp_path / "deaf.py"
-    script.write_text(DEAF_WORKER)
+    script.write_text(DEAF_WORKER if deaf else DEAF_WORKER.replace("SIG_IGN", "SIG_DFL"))
     argv = [sys.executable, str(script), str(tmp_path / "gate")]
     if wrapped:  # `sh -c "php w.php; ..."`: the shell dies of SIGTERM, its worker drains on
         argv = ["sh", "-c", " ".join(argv) + "; echo wrapper-done"]
     pool = f"[functions.slow]\ncommand = {json.dumps(argv)}\nworkers = 1\n"
     return FarmUp(tmp_path, pool + f"graceful_timeout = {grace}\n", metrics=False)
+
+
+def stopped_holding_a_job(up: FarmUp, tmp_path: Path) -> tuple[dict[str, Any], Any, Any]:
+    """`farm stop` while the farm's one worker holds a job at its gate: (its `farm ps` row,
+    the job's task, `farm stop`'s result), once `farm up` exited 0."""
+    up.expect_notify("READY=1")
+    (row,) = wait_for("a worker serving", lambda: up.workers("slow", "running"))
+    with Gate(tmp_path / "gate") as gate, Client(up.addr) as client:
+        task = client.submit("slow", "x", background=True)
+        gate.arrived(1)
+        out = farm_cli("stop", "--control", up.control)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert up.proc.wait(20) == 0
+    return row, task, out
 
 
 def log_line(up: FarmUp, part: str) -> str:
@@ -107,14 +123,7 @@ def test_a_command_worker_ignoring_its_stop_signal_is_killed_naming_its_job(
     # was lost where the job was cut off.
     up = deaf_farm(tmp_path, grace=1)
     try:
-        up.expect_notify("READY=1")
-        (row,) = wait_for("a worker serving", lambda: up.workers("slow", "running"))
-        with Gate(tmp_path / "gate") as gate, Client(up.addr) as client:
-            task = client.submit("slow", "x", background=True)
-            gate.arrived(1)
-            out = farm_cli("stop", "--control", up.control)
-            assert out.returncode == 0, out.stdout + out.stderr
-            assert up.proc.wait(20) == 0
+        row, task, out = stopped_holding_a_job(up, tmp_path)
         cut = rf"did not drain in time; its job {re.escape(task.handle)} \(running [\d.]+s\)"
         cut += " is cut off"
         name = rf"slow#0 cpu{row['cpu']} \(pid {row['pid']}\)"
@@ -132,23 +141,9 @@ def test_farm_stop_names_a_command_worker_its_stop_signal_cut_off_past_the_grace
     # `farm stop` named the workers SIGKILLed alone: one that died of its stop signal past
     # the grace, its job cut off (the journal said so), was not among "the workers it had
     # to kill" (docs/operations.md).
-    script = tmp_path / "dies.py"
-    script.write_text(DEAF_WORKER.replace("signal.SIG_IGN", "signal.SIG_DFL"))
-    argv = [sys.executable, str(script), str(tmp_path / "gate")]
-    up = FarmUp(
-        tmp_path,
-        f"[functions.slow]\ncommand = {json.dumps(argv)}\nworkers = 1\ngraceful_timeout = 1\n",
-        metrics=False,
-    )
+    up = deaf_farm(tmp_path, grace=1, deaf=False)  # it dies of its stop signal
     try:
-        up.expect_notify("READY=1")
-        (row,) = wait_for("a worker serving", lambda: up.workers("slow", "running"))
-        with Gate(tmp_path / "gate") as gate, Client(up.addr) as client:
-            task = client.submit("slow", "x", background=True)
-            gate.arrived(1)
-            out = farm_cli("stop", "--control", up.control)
-            assert out.returncode == 0, out.stdout + out.stderr
-            assert up.proc.wait(20) == 0
+        row, task, out = stopped_holding_a_job(up, tmp_path)
         name = rf"slow#0 cpu{row['cpu']} \(pid {row['pid']}\)"
         assert f"(pid {row['pid']}) was killed by SIGTERM while draining" in up.read_log()
         assert re.search(
@@ -220,14 +215,7 @@ def test_farm_stop_names_a_wrappers_worker_the_sigkill_to_its_group_cut_off(
     # (docs/operations.md, "Stop", says it names the workers it had to kill).
     up = deaf_farm(tmp_path, grace=1, wrapped=True)
     try:
-        up.expect_notify("READY=1")
-        (row,) = wait_for("the wrapper serving", lambda: up.workers("slow", "running"))
-        with Gate(tmp_path / "gate") as gate, Client(up.addr) as client:
-            task = client.submit("slow", "x", background=True)
-            gate.arrived(1)
-            out = farm_cli("stop", "--control", up.control)
-            assert out.returncode == 0, out.stdout + out.stderr
-            assert up.proc.wait(20) == 0
+        row, task, out = stopped_holding_a_job(up, tmp_path)
         assert re.search(
             rf"^killed worker slow#0 cpu{row['cpu']} \(pid {row['pid']}\): did not drain in time;"
             rf" its job {re.escape(task.handle)} \(running [\d.]+s\) is cut off$",

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -100,6 +101,17 @@ def slow_farm(tmp_path: Path, grace: int) -> FarmUp:
     )
 
 
+def slow_job_started(up: FarmUp, tmp_path: Path) -> tuple[dict[str, Any], Any]:
+    """Once slow_farm's worker serves, a background job it has started: (its `farm ps` row,
+    the job's task)."""
+    up.expect_notify("READY=1")
+    (row,) = wait_for("a connected worker", lambda: up.workers("slow", "running"))
+    with Client(up.addr) as client:
+        task = client.submit("slow", "x", background=True)
+    wait_for("the job started", (tmp_path / "started").exists)
+    return row, task
+
+
 def test_a_command_worker_stopped_mid_job_is_a_warning_naming_its_job(tmp_path: Path) -> None:
     # Past its grace, a draining command worker that still held a job got its stop signal
     # with a DEBUG line only, and its end read "was killed by SIGTERM after draining" at
@@ -107,13 +119,9 @@ def test_a_command_worker_stopped_mid_job_is_a_warning_naming_its_job(tmp_path: 
     # broke off a job.
     up = slow_farm(tmp_path, grace=1)
     try:
-        up.expect_notify("READY=1")
-        (row,) = wait_for("a connected worker", lambda: up.workers("slow", "running"))
-        with Client(up.addr) as client:
-            task = client.submit("slow", "x", background=True)
-            wait_for("the job started", (tmp_path / "started").exists)
-            assert farm_cli("scale", "slow=0", "--control", up.control).returncode == 0
-            wait_for("the worker gone", lambda: not psutil.pid_exists(row["pid"]))
+        row, task = slow_job_started(up, tmp_path)
+        assert farm_cli("scale", "slow=0", "--control", up.control).returncode == 0
+        wait_for("the worker gone", lambda: not psutil.pid_exists(row["pid"]))
         line = wait_for(
             "the warning",
             lambda: next((r for r in up.read_log().splitlines() if "still runs after" in r), None),
@@ -145,13 +153,9 @@ def test_sigquit_stops_a_busy_command_worker_at_once(tmp_path: Path) -> None:
     # SIGKILL, and `farm up` with it, though "SIGQUIT stops at once".
     up = slow_farm(tmp_path, grace=120)
     try:
-        up.expect_notify("READY=1")
-        (row,) = wait_for("a connected worker", lambda: up.workers("slow", "running"))
-        with Client(up.addr) as client:
-            task = client.submit("slow", "x", background=True)
-            wait_for("the job started", (tmp_path / "started").exists)
-            up.signal(signal.SIGQUIT)
-            assert up.proc.wait(20) == 0
+        row, task = slow_job_started(up, tmp_path)
+        up.signal(signal.SIGQUIT)
+        assert up.proc.wait(20) == 0
         log = up.read_log()
         # Said where the worker's end is: its SIGKILL's warning, or, when the stop signal
         # that SIGQUIT sends first killed it already, its exit line.

@@ -82,6 +82,18 @@ def ends(up: FarmUp) -> list[str]:
     return [r for r in up.read_log().splitlines() if " worker " in r and "; restarting " in r]
 
 
+def no_crash_counted(up: FarmUp) -> None:
+    """Neither pool's ends were called crashes, in the log or in farm_pool_restarts_total:
+    each of its KILLS ends counted as its server lost."""
+    log = up.read_log()
+    assert "stopped unasked" not in log and "crashed" not in log, log
+    numbers = scrape(up.metrics_url)
+    for pool in ("zero", "one"):
+        assert get(numbers, "farm_pool_restarts_total", pool=pool, cause="crash") == 0
+        lost = get(numbers, "farm_pool_restarts_total", pool=pool, cause="server_lost")
+        assert lost == KILLS
+
+
 def test_a_command_worker_that_ends_with_its_server_lost_it_not_crashed(tmp_path: Path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(ENDS_WITH_ITS_SERVER)
@@ -112,13 +124,7 @@ def test_a_command_worker_that_ends_with_its_server_lost_it_not_crashed(tmp_path
             assert re.search(r" INFO worker (zero|one)#0 cpu\d+ \(pid \d+", line), line
             assert "lost its job server (exited with code " in line, line
             assert "failing" not in line and "restarting in " not in line, line
-        log = up.read_log()
-        assert "stopped unasked" not in log and "crashed" not in log, log
-        numbers = scrape(up.metrics_url)
-        for pool in ("zero", "one"):
-            assert get(numbers, "farm_pool_restarts_total", pool=pool, cause="crash") == 0
-            lost = get(numbers, "farm_pool_restarts_total", pool=pool, cause="server_lost")
-            assert lost == KILLS
+        no_crash_counted(up)
         assert all(r["state"] == "running" for r in up.workers())
     finally:
         assert up.stop() == 0
@@ -194,13 +200,7 @@ def test_a_command_worker_that_ends_as_its_server_stops_lost_it_not_crashed(
         assert len(lines) == 2 * KILLS, lines
         for line in lines:
             assert "failing" not in line and "restarting in " not in line, line
-        log = up.read_log()
-        assert "stopped unasked" not in log and "crashed" not in log, log
-        numbers = scrape(up.metrics_url)
-        for pool in ("zero", "one"):
-            assert get(numbers, "farm_pool_restarts_total", pool=pool, cause="crash") == 0
-            lost = get(numbers, "farm_pool_restarts_total", pool=pool, cause="server_lost")
-            assert lost == KILLS
+        no_crash_counted(up)
     finally:
         assert up.stop() == 0
 

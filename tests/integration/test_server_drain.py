@@ -204,6 +204,18 @@ def test_a_worker_its_supervisor_kills_leaves_no_poison_job(tmp_path, peers) -> 
         srv.stop()
 
 
+def ends_jobs(client: Peer, worker: Peer, *texts: str) -> None:
+    """``worker`` registers "f" and ends one job of ``client``'s per text, each in turn."""
+    worker.send(T.CAN_DO, "f")
+    for text in texts:
+        client.send(T.SUBMIT_JOB, "f", "", text)
+        handle = client.expect(T.JOB_CREATED).args[0]
+        worker.send(T.GRAB_JOB)
+        assert worker.expect(T.JOB_ASSIGN).args[0] == handle
+        worker.send(T.WORK_COMPLETE, handle, "ok")
+        assert client.expect(T.WORK_COMPLETE).args == (handle, b"ok")
+
+
 def test_served_counts_a_workers_jobs_after_its_connection_closed(srv, peers) -> None:
     # A command worker that stops itself after N jobs (PHP's exit(0)) closes its connection
     # as it exits: `peers` lists it no more by the time its supervisor reaps it, which read
@@ -211,14 +223,7 @@ def test_served_counts_a_workers_jobs_after_its_connection_closed(srv, peers) ->
     admin = connect(srv, peers, unix=True)
     client = connect(srv, peers)
     worker = connect(srv, peers)
-    worker.send(T.CAN_DO, "f")
-    for text in ("a", "b"):
-        client.send(T.SUBMIT_JOB, "f", "", text)
-        handle = client.expect(T.JOB_CREATED).args[0]
-        worker.send(T.GRAB_JOB)
-        assert worker.expect(T.JOB_ASSIGN).args[0] == handle
-        worker.send(T.WORK_COMPLETE, handle, "ok")
-        assert client.expect(T.WORK_COMPLETE).args == (handle, b"ok")
+    ends_jobs(client, worker, "a", "b")
     name = f"tcp:127.0.0.1:{worker.sock.getsockname()[1]}"
     assert admin.admin(f"served {name}") == "OK 2 0\r\n"  # open: named, so watched
     worker.close()
@@ -264,14 +269,7 @@ def test_claim_hands_an_unnamed_end_of_a_function_once(srv, peers) -> None:
     admin = connect(srv, peers, unix=True)
     client = connect(srv, peers)
     worker = connect(srv, peers)
-    worker.send(T.CAN_DO, "f")
-    for text in ("a", "b"):
-        client.send(T.SUBMIT_JOB, "f", "", text)
-        handle = client.expect(T.JOB_CREATED).args[0]
-        worker.send(T.GRAB_JOB)
-        assert worker.expect(T.JOB_ASSIGN).args[0] == handle
-        worker.send(T.WORK_COMPLETE, handle, "ok")
-        assert client.expect(T.WORK_COMPLETE).args == (handle, b"ok")
+    ends_jobs(client, worker, "a", "b")
     name = f"tcp:127.0.0.1:{worker.sock.getsockname()[1]}"
     worker.close()
     wait_for("its connection gone", lambda: name not in admin.admin("peers"))
@@ -300,13 +298,7 @@ def test_claim_never_hands_a_unix_end_of_another_user() -> None:
             stranger = connect(server, made, unix=True)
         finally:
             os.seteuid(0)
-        stranger.send(T.CAN_DO, "f")
-        client.send(T.SUBMIT_JOB, "f", "", "x")
-        handle = client.expect(T.JOB_CREATED).args[0]
-        stranger.send(T.GRAB_JOB)
-        assert stranger.expect(T.JOB_ASSIGN).args[0] == handle
-        stranger.send(T.WORK_COMPLETE, handle, "ok")
-        assert client.expect(T.WORK_COMPLETE).args == (handle, b"ok")
+        ends_jobs(client, stranger, "x")
         stranger.close()
         wait_for("its connection gone", lambda: "\tf" not in admin.admin("peers"))
         # Nor may another user claim (the uid it names is its word): it took the end it
