@@ -52,7 +52,9 @@ def test_the_server_stops_cleanly_with_scrapers_connected(tmp_path: Path) -> Non
         proc = subprocess.Popen(argv, cwd=ROOT, stderr=stderr)
     held: list[socket.socket] = []
     try:
-        wait_connectable(f"127.0.0.1:{port}", proc)
+        # The metrics endpoint listens after the job port (farm.server.app): a CI run's
+        # scrapers found it not there yet.
+        wait_connectable(f"127.0.0.1:{metrics}", proc)
         held = hold_scrapers(metrics)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
