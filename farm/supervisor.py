@@ -3,7 +3,7 @@
 Like gunicorn's arbiter, signal handlers and control requests only enqueue;
 one short loop does the work and reads like the policy::
 
-    handle_signals -> reap_workers -> kill_overrunning -> sweep_strays
+    handle_signals -> reap_workers -> kill_overrunning -> sweep_strays, tend_left_behind
                    -> tend_output -> manage_server -> manage_workers
                    -> watch_commands, advance_restarts -> notify_systemd
                    -> sweep_spill -> wait for events
@@ -18,7 +18,8 @@ a process's life (spawn, retire, kill, reap) in ``lifecycle``, `farm restart`
 in ``rollout``, what each signal means in ``signals``, what the control socket may
 change in ``steering``, what it tells
 systemd (READY=1, STATUS=) in ``readiness``, what outlives a worker (its detached
-processes, ``sweep_strays``) in ``strays``, a worker's output read and its floods paused
+processes, ``sweep_strays``) in ``strays``, what a supervisor killed -9 left running in
+``leftbehind``, a worker's output read and its floods paused
 (``tend_output``) in ``reports``, and its duties for farm.Executor (key, spill files) in
 ``executorduties``.
 """
@@ -40,6 +41,7 @@ from farm.pools.commandjobs import CommandJobs
 from farm.pools.commandstart import CommandStart
 from farm.pools.control import ControlConnection, ControlServer, open_control
 from farm.pools.executorduties import ExecutorDuties
+from farm.pools.leftbehind import LeftBehind, instance_token
 from farm.pools.lifecycle import POLL, TIMEOUT_GRACE, Lifecycle
 from farm.pools.localserver import LocalServer, check_listen_name
 from farm.pools.metrics import Exits
@@ -75,6 +77,7 @@ class Supervisor(
     ExecutorDuties,
     Readiness,
     Strays,
+    LeftBehind,
     Signals,
 ):
     """Runs the farm described by a :class:`~farm.config.Config` until told to stop."""
@@ -106,6 +109,10 @@ class Supervisor(
         self.child_env, self.python_env, self.pythonpath_warnings = children_environ(
             config.executor
         )  # the warnings said in run()
+        # In each worker's environment: what a supervisor killed -9 left running is stopped
+        # by the next one of this farm (farm.pools.leftbehind).
+        self.instance = instance_token(config.supervisor.control)
+        self.left_behind = {}
         self.next_spill_sweep = 0.0
         self.server = LocalServer(
             config.server, self.python_env, log_format=config.supervisor.log_format
@@ -154,6 +161,7 @@ class Supervisor(
         self.selector.register(self.control, selectors.EVENT_READ, "accept")
         self.install_signals()
         self.adopt_orphans()  # before the first child: what any of them detaches is ours
+        self.stop_left_behind()  # holding the control socket: no other supervisor of ours runs
         log.info(  # where `farm ps` and `farm stop` reach it: the defaults choose it per user
             "supervisor %d starting (config: %s; control socket: %s)",
             os.getpid(),
@@ -176,6 +184,7 @@ class Supervisor(
             self.reap_workers()
             self.kill_overrunning()
             self.sweep_strays(time.monotonic())  # every SWEEP_EVERY: it reads /proc
+            self.tend_left_behind(time.monotonic())
             self.tend_output()
             self.manage_server()
             self.manage_workers()
@@ -309,7 +318,7 @@ class Supervisor(
             if proc.output_resume is not None:  # a flood's pipe, read again after a pause
                 times.append(proc.output_resume)
         times += [p.stop_deadline for p in self.leftovers if p.stop_deadline is not None]
-        times += self.stray_deadlines()
+        times += self.stray_deadlines() + self.left_behind_deadlines()
         if not self.server.pid and self.config.local_server:
             times.append(self.server.next_start)
         commands = self.command_wakeup(now)  # a command worker drains, or has a timeout
@@ -360,16 +369,17 @@ class Supervisor(
         self.targets.clear()
         # A wrapper's worker drains on after its shell; what a worker detached is stopped
         # once that worker ended (farm.pools.strays).
-        while self.by_pid or self.leftovers or self.strays_left():
+        while self.by_pid or self.leftovers or self.strays_left() or self.left_behind:
             self.notify_stopping()  # a long drain is not a hang; STATUS= says how it goes
             self.handle_signals()  # a second SIGTERM or SIGQUIT shortens the grace
             reaped = self.reap_workers()
             self.kill_overrunning()
             # Now, not every 2 s: what a worker just reaped detached is counted in the report.
             self.sweep_strays(time.monotonic(), stopping=True)
+            self.tend_left_behind(time.monotonic())
             self.tend_output()  # a flood's paused pipe: its job's writes wait on it
             self.report_drain(reaped)  # `farm stop`: workers left, seconds left, what was killed
-            if self.by_pid or self.leftovers or self.strays:
+            if self.by_pid or self.leftovers or self.strays or self.left_behind:
                 self.wait(min(0.5, max(0.05, self.next_wakeup())))
         self.report_drain([], final=True)
         if self.server.pid:

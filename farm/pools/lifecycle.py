@@ -50,6 +50,7 @@ class Lifecycle:
     by_pid: dict[int, WorkerProcess]
     child_env: dict[str, str]  # a command pool's (base_environ): the supervisor's own
     python_env: dict[str, str]  # a Python worker's: targets.trusted_pythonpath's PYTHONPATH
+    instance: str  # every worker's FARM_INSTANCE (farm.pools.leftbehind)
     selector: selectors.BaseSelector
     exits: Exits
     server: LocalServer
@@ -264,7 +265,7 @@ class Lifecycle:
             # reaches every process of the unit) before any of its own code runs.
             pid = spawn(
                 argv,
-                {**self.python_env, "FARM_WORKER_ID": worker_id},
+                {**self.python_env, "FARM_WORKER_ID": worker_id, "FARM_INSTANCE": self.instance},
                 death_signal=signal.SIGKILL,
                 core=slot.core,
                 keep=(write_fd, record_fd),
@@ -290,7 +291,7 @@ class Lifecycle:
         """A command pool's slot: the executable, with its stdout and stderr on our pipe."""
         spec = pool.command
         assert spec is not None
-        env = command_env(self.config, pool, slot, self.child_env)
+        env = command_env(self.config, pool, slot, self.child_env, self.instance)
         read_fd, write_fd = os.pipe()
         null = os.open(os.devnull, os.O_RDONLY)
         try:

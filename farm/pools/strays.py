@@ -32,6 +32,7 @@ from typing import Any
 
 from farm.config import Config
 from farm.pools.exits import cut_off, undrained
+from farm.pools.leftbehind import pool_stop
 from farm.pools.localserver import LocalServer
 from farm.pools.proctree import children
 from farm.pools.slots import WorkerProcess
@@ -214,14 +215,7 @@ class Strays:
 
     def stop_stray(self, pid: int, wid: str, now: float) -> None:
         name = wid[len("farm:") :].rsplit(":", 1)[0]  # "pool#slot"
-        sig: int = signal.SIGTERM
-        grace = self.config.supervisor.graceful_timeout
-        if "#" in name:
-            pool = self.config.functions.get(name.rsplit("#", 1)[0])
-            if pool is not None and pool.command is not None:
-                sig = pool.stop_signal
-                if pool.graceful_timeout is not None:
-                    grace = pool.graceful_timeout
+        sig, grace = pool_stop(self.config, name)
         if self.stopping and self.grace == 0:
             grace = 0.0  # SIGQUIT: at once
         log.warning(

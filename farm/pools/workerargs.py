@@ -47,10 +47,15 @@ def python_argv(
 
 
 def command_env(
-    config: Config, pool: FunctionConfig, slot: Slot, supervisor_env: dict[str, str]
+    config: Config,
+    pool: FunctionConfig,
+    slot: Slot,
+    supervisor_env: dict[str, str],
+    instance: str = "",
 ) -> dict[str, str]:
     """A command worker's environment for ``slot``: the base one (none of the supervisor's
-    secrets when it runs as another user), what tells it where to serve, then its own."""
+    secrets when it runs as another user), what tells it where to serve, then its own.
+    ``instance``: the supervisor's FARM_INSTANCE (farm.pools.leftbehind), set where given."""
     spec = pool.command
     assert spec is not None, "a command pool's"
     env = base_environ(spec, supervisor_env)
@@ -68,5 +73,7 @@ def command_env(
         FARM_CPU=str(slot.core),
         FARM_WORKER_ID=f"farm:{pool.name}#{slot.index}:{slot.spawned}",
     )
+    if instance:  # so what it starts is known to the next supervisor if this one is killed
+        env["FARM_INSTANCE"] = instance
     env.update(spec.env)
     return env

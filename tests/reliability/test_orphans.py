@@ -186,3 +186,78 @@ def test_what_a_command_worker_detached_is_stopped_when_that_worker_ends(tmp_pat
         for pid in strays:
             if not gone({pid}):  # without the fix they outlive the farm
                 os.kill(pid, signal.SIGKILL)
+
+
+# A wrapper that does not exec its worker: the shell waits on it, so the worker is the
+# shell's child, not the supervisor's, and no death signal of its own.
+WRAPPER = """
+"$FARM_TEST_PYTHON" -m farm worker workers.text:upper
+echo "the worker ended: $?"
+"""
+
+
+def wrapper_farm(tmp: Path) -> FarmUp:
+    """A farm whose command pool runs WRAPPER, and whose Python pool's job starts a child."""
+    tmp.mkdir(exist_ok=True)
+    (tmp / "runworker.sh").write_text(WRAPPER)
+    (tmp / "spawner.py").write_text(SPAWNER)
+    return FarmUp(
+        tmp,
+        f"""
+        [functions.upper]
+        command = ["sh", "{tmp / "runworker.sh"}"]
+        workers = 1
+        graceful_timeout = 3
+
+        [functions.spawner]
+        target = "spawner:run"
+        workers = 1
+        """,
+        extra_env={"FARM_TEST_PYTHON": sys.executable},
+        metrics=False,
+    )
+
+
+def wrapped_worker(up: FarmUp) -> tuple[int, int]:
+    """The upper pool's shell, and the worker it started, once that serves."""
+    up.expect_notify("READY=1", timeout=30)  # every slot serves: the wrapper's worker too
+    (shell,) = [w["pid"] for w in up.workers("upper")]
+    (worker,) = wait_for("the wrapper's worker", lambda: psutil.Process(shell).children())
+    return shell, int(worker.pid)
+
+
+def test_what_a_killed_supervisor_left_running_is_stopped_by_the_next_one(
+    tmp_path: Path,
+) -> None:
+    # Only the supervisor's own children die of their death signal: a non-exec wrapper's
+    # worker lived on, reparented to init, and served the next farm's server outside its
+    # control (`upper 0 0 2` for a pool of one); a job's own child ran on for good.
+    up, other = wrapper_farm(tmp_path / "a"), wrapper_farm(tmp_path / "b")
+    left: set[int] = set()
+    try:
+        (shell, worker), (_, others) = wrapped_worker(up), wrapped_worker(other)
+        rows = up.wait_idle({"spawner": 1}, timeout=30)
+        (python_worker,) = [w["pid"] for w in rows if w["function"] == "spawner"]
+        out = farm_cli("submit", "spawner", str(tmp_path / "child"), "--server", up.addr)
+        assert out.stdout.strip() == "started", out
+        left = {worker, int((tmp_path / "child").read_text())}
+        up.proc.send_signal(signal.SIGKILL)
+        up.proc.wait(10)
+        wait_for("its own children gone", lambda: gone({shell, python_worker}), timeout=10)
+        assert not gone(left), "both outlive their supervisor: the case at hand"
+
+        up.messages.clear()  # the first run's READY=1 must not count
+        up.start()
+        wait_for("what the last supervisor left stopped", lambda: gone(left), timeout=20)
+        said = up.read_log()
+        assert f"pid {worker} (of worker upper#0) outlived the farm's last supervisor" in said
+        # Another farm's workers are not this farm's to stop, though they carry the token.
+        up.expect_notify("READY=1", timeout=30)
+        assert not gone({others}), "the other farm's wrapped worker was stopped"
+        assert [w["pid"] for w in other.workers("upper")] == [psutil.Process(others).ppid()]
+    finally:
+        up.stop()
+        other.stop()
+        for pid in left:
+            if not gone({pid}):  # without the fix they outlive the farm
+                os.kill(pid, signal.SIGKILL)
