@@ -161,7 +161,6 @@ class Supervisor(
         self.selector.register(self.control, selectors.EVENT_READ, "accept")
         self.install_signals()
         self.adopt_orphans()  # before the first child: what any of them detaches is ours
-        self.stop_left_behind()  # holding the control socket: no other supervisor of ours runs
         log.info(  # where `farm ps` and `farm stop` reach it: the defaults choose it per user
             "supervisor %d starting (config: %s; control socket: %s)",
             os.getpid(),
@@ -170,6 +169,7 @@ class Supervisor(
         )
         for warning in self.pythonpath_warnings:  # not before a running farm is named
             log.warning("%s", warning)
+        self.stop_left_behind()  # holding the control socket: no other supervisor of ours runs
         if self.config.local_server:
             self.server.say_where_jobs_are_kept()
         if not self.config.functions:  # allowed (a server alone), but rarely what was meant

@@ -32,7 +32,7 @@ from typing import Any
 
 from farm.config import Config
 from farm.pools.exits import cut_off, undrained
-from farm.pools.leftbehind import pool_stop
+from farm.pools.leftbehind import Left, pool_stop
 from farm.pools.localserver import LocalServer
 from farm.pools.proctree import children
 from farm.pools.slots import WorkerProcess
@@ -103,6 +103,7 @@ class Strays:
 
     quitting: bool  # SIGQUIT came (farm.pools.signals)
     drain_killed: tuple[dict[str, Any], ...]  # what `farm stop` lists as killed (steering)
+    left_behind: dict[int, Left]  # the last supervisor's, being stopped (leftbehind)
 
     # Provided by farm.pools.lifecycle and farm.pools.commandjobs.
     signal: Callable[..., None]
@@ -270,7 +271,9 @@ class Strays:
         deadlines = [p.stop_deadline for p in draining if p.stop_deadline]
         deadlines += [p.signal_at + p.grace for p in self.by_pid.values() if p.signal_at]
         deadlines += [s.deadline for s in self.strays.values() if s.deadline != float("inf")]
-        return len(draining), len(self.strays), deadlines
+        # And what the farm's last supervisor left running (farm.pools.leftbehind).
+        deadlines += [left.deadline for left in self.left_behind.values()]
+        return len(draining), len(self.strays) + len(self.left_behind), deadlines
 
     def strays_left(self) -> bool:
         """At a stop: whether adopted processes are still there (looked for now)."""
