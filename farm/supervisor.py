@@ -48,6 +48,7 @@ from farm.pools.metrics import Exits
 from farm.pools.metricsendpoint import serve_metrics
 from farm.pools.places import check_server_places
 from farm.pools.readiness import Readiness
+from farm.pools.reloads import ReloadOutcome
 from farm.pools.reports import Reports
 from farm.pools.rollout import Restarting, Rollout
 from farm.pools.signals import Signals
@@ -99,8 +100,7 @@ class Supervisor(
         self.reloaded_from: dict[str, FunctionConfig] = {}
         # A pool a reload removed, while its workers drain: they retire with its own grace.
         self.removed_pools: dict[str, FunctionConfig] = {}
-        self.reload_ok, self.reload_ok_at = True, time.time()  # the config read at start
-        self.restart_waits: list[str] = []  # the file's parts a reload could not apply
+        self.reloads = ReloadOutcome()  # the config read at start: applied
         self.polling = False  # a command worker starts or a restart runs: look again soon
         self.by_pid: dict[int, WorkerProcess] = {}
         self.spawned_before: dict[tuple[str, int], int] = {}  # (pool, slot) of slots let go

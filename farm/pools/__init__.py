@@ -8,6 +8,7 @@ commandstart when a command worker serves: its connections, local or remote
 commandjobs  a command worker as the local server sees it (`peers`, `drain`)
 rollout      `farm restart`: successors beside the old processes
 steering     what changes while it runs: scale, ps, reload, restart requests
+reloads      the latest reload's outcome, as the metrics read it
 executorduties  farm.Executor's key and spill files, kept by the supervisor
 workerproc   the entry point of one supervised worker process
 localserver  the local job server child

@@ -119,7 +119,8 @@ class SupervisorCollector:
         )
         restarts = CounterMetricFamily(
             "farm_pool_restarts",
-            "Worker processes that ended and were replaced, by cause.",
+            "Worker processes that ended and were replaced, by cause (boot_failure: also a"
+            " restart's or reload's new process that ended before it served).",
             labels=["pool", "cause"],
         )
         cpu = CounterMetricFamily(
@@ -204,19 +205,19 @@ class SupervisorCollector:
         yield GaugeMetricFamily(
             "farm_config_last_reload_successful",
             "1 when the last reload (or the start) applied its config file, 0 when it"
-            " refused it and the farm kept the config it ran.",
-            value=1.0 if self.supervisor.reload_ok else 0.0,
+            " refused it, or a pool it changed did not boot, and the farm kept what it ran.",
+            value=1.0 if self.supervisor.reloads.ok else 0.0,
         )
         yield GaugeMetricFamily(
             "farm_config_last_reload_success_timestamp_seconds",
-            "When a config file was last applied, at the start or a reload (Unix time).",
-            value=self.supervisor.reload_ok_at,
+            "When a config file was last applied whole, at the start or a reload (Unix time).",
+            value=self.supervisor.reloads.ok_at,
         )
         yield GaugeMetricFamily(
             "farm_config_restart_pending",
             "1 when the last applied config file changed [server], [supervisor] or"
             " [executor], which apply only at the farm's next start.",
-            value=1.0 if self.supervisor.restart_waits else 0.0,
+            value=1.0 if self.supervisor.reloads.restart_waits else 0.0,
         )
 
     def _server(self) -> Iterator[Any]:

@@ -15,7 +15,9 @@ its grace; a job it dies holding is requeued by the server).
 
 A successor that exits before it serves, or does not serve within
 ``[supervisor] boot_timeout``, fails the rollout of its pool: the old process keeps its
-slot, the pool's remaining slots are left alone, and `farm restart` exits 1.
+slot, the pool's remaining slots are left alone, and `farm restart` exits 1. Its end is
+a ``boot_failure`` on the metrics; of a pool a reload changed, the reload failed too
+(farm.pools.reloads).
 Progress is read with the control command ``restart-status``.
 """
 
@@ -34,7 +36,9 @@ from farm.pools.exits import describe_exit
 from farm.pools.slots import ProcState, Slot, WorkerProcess
 
 if TYPE_CHECKING:
+    from farm.pools.exits import Exits
     from farm.pools.localserver import LocalServer
+    from farm.pools.reloads import ReloadOutcome
 
 __all__ = ["Restarting", "Rollout", "MAX_SURGE"]
 
@@ -60,6 +64,9 @@ class Rollout:
     failed: dict[str, str] = field(default_factory=dict)  # pool -> why its rollout stopped
     # A reload's pools: what their running workers ran, to go back to if the new fails.
     before: dict[str, FunctionConfig] = field(default_factory=dict)
+    # When a config file last applied whole before the reloads of those pools: the
+    # success time the metrics go back to if one does not boot (take_reloaded).
+    undo_at: float = 0.0
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
 
@@ -90,6 +97,8 @@ class Restarting:
     kept_back: set[str]  # pools whose new options did not boot: they keep their old workers
     # A reload's pools with new options: what they ran before (Steering.reload), to go back to.
     reloaded_from: dict[str, FunctionConfig]
+    reloads: ReloadOutcome  # the latest reload, for the metrics: failed if its pool did not boot
+    exits: Exits  # (pool, cause) -> workers replaced, for the metrics
 
     # Provided by Lifecycle (farm.pools.lifecycle); declared for the type checker.
     start_process: Callable[[Slot, FunctionConfig], WorkerProcess | None]
@@ -121,6 +130,7 @@ class Restarting:
         it ran): each is replaced again, by a process with the new options."""
         ro = self.rollout
         assert ro is not None and not ro.done, "only while a rollout is under way"
+        self.take_reloaded(ro, names)  # first: it asks which earlier pools still roll
         for name in names:
             # Every slot, those whose successor still starts (with the older options) too:
             # each is replaced once more when its turn comes (advance_pool defers it).
@@ -128,16 +138,19 @@ class Restarting:
             ro.queue[name] = list(range(len(self.slots.get(name, ()))))
             ro.total[name] = ro.replaced[name] + len(flying) + len(ro.queue[name])
             ro.failed.pop(name, None)  # an earlier failure of the pool is not this try's
-        self.take_reloaded(ro, names)
         self.kept_back -= set(names)
         log.info("restart %d: also replacing %s", ro.number, ", ".join(names))
         return ro.report()
 
     def take_reloaded(self, ro: Rollout, names: list[str]) -> None:
-        """What a reload's pools ran before now belongs to this rollout (fail_pool)."""
-        for name in names:
-            if name in self.reloaded_from:  # what runs now: the latest that did boot
-                ro.before[name] = self.reloaded_from.pop(name)
+        """What a reload's pools ran before now belongs to this rollout (fail_pool), and when
+        a file last applied whole, should one of them not boot: before this reload, unless
+        the pools of an earlier one are still being replaced (they may not boot either)."""
+        taken = [name for name in names if name in self.reloaded_from]
+        if taken and not any(self.rolling(name) for name in ro.before):
+            ro.undo_at = self.reloads.before
+        for name in taken:  # what runs now: the latest that did boot
+            ro.before[name] = self.reloaded_from.pop(name)
 
     def restart_status(self) -> dict[str, Any]:
         if self.rollout is None:
@@ -254,6 +267,10 @@ class Restarting:
             f"{proc.name}: the new process (pid {proc.pid}) {reason}; the old one ({old}) stays"
         )
         log.warning("restart: %s", message)
+        # Not replaced, yet counted: a deploy that did not boot showed in the log alone, on
+        # no dashboard nor in FarmWorkersCrashLooping's sum. Whatever ended it (an import's
+        # error, a command's exit, a kill past boot_timeout), the new process never served.
+        self.exits[slot.function, "boot_failure"] += 1
         if ro is not None:
             ro.in_flight.get(slot.function, set()).discard(slot.index)
             self.fail_pool(ro, slot.function, message)
@@ -271,4 +288,8 @@ class Restarting:
             # running ones did, not with what did not boot, until the next reload tries it.
             functions = {**self.config.functions, name: replace(before, workers=now.workers)}
             self.config = replace(self.config, functions=functions)
-            log.warning("restart: %s goes on with its running target and options", name)
+            # The farm does not run what its file says: the reload failed after all, as
+            # `farm reload` says by its exit 1; said as a refused file is, which
+            # FarmConfigReloadFailed's `journalctl -g "reload failed"` finds.
+            log.warning("reload failed: %s goes on with its running target and options", name)
+            self.reloads.did_not_boot(ro.undo_at)

@@ -29,6 +29,7 @@ from farm.pools.pstable import ProcessTable
 if TYPE_CHECKING:
     from farm.pools.exits import Exits
     from farm.pools.localserver import LocalServer
+    from farm.pools.reloads import ReloadOutcome
     from farm.pools.slots import Slot, WorkerProcess
 
 __all__ = ["Steering", "Pending", "Duty"]
@@ -72,13 +73,9 @@ class Steering(ProcessTable):
     kept_back: set[str]
     reloaded_from: dict[str, FunctionConfig]  # what a reload's changed pools ran before
     removed_pools: dict[str, FunctionConfig]  # removed by a reload: their workers' grace
-    # Whether the latest reload applied its file, and when one last did (Unix time; the
-    # start counts): for the metrics, as a refused file otherwise shows in the log only.
-    reload_ok: bool
-    reload_ok_at: float
-    # What the last applied file changed that only a restart applies ([server] ...): 1 on
-    # the metrics, which said "applied" alone while the CLI said "not applied".
-    restart_waits: list[str]
+    # Whether the latest reload applied its file, when one last did, what of it waits for a
+    # restart: for the metrics, as a refused file otherwise shows in the log only.
+    reloads: ReloadOutcome
     metrics_server: Any  # the /metrics HTTP server (farm.pools.metricsendpoint), None when off
     metrics_error: str | None  # why it is None although the config asked for one
     by_pid: dict[int, WorkerProcess]
@@ -352,7 +349,7 @@ class Steering(ProcessTable):
             if not isinstance(e, ConfigError):
                 log.exception("reading the config failed")
             log.error("reload failed, keeping the running config: %s", why)
-            self.reload_ok = False
+            self.reloads.refused()
             if told:
                 sdnotify.notify("READY=1")
             return why, [], []
@@ -394,7 +391,7 @@ class Steering(ProcessTable):
             log.info("reload: %s removed; draining its workers", name)
             self.targets.pop(name, None)
         log.info("reloaded %s", new.source)
-        self.reload_ok, self.reload_ok_at, self.restart_waits = True, time.time(), kept
+        self.reloads.applied(kept)  # until a changed pool does not boot (rollout.fail_pool)
         if told:
             sdnotify.notify("READY=1")
         return None, kept, changed

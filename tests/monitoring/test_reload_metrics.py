@@ -127,3 +127,44 @@ def test_a_reload_by_its_config_file_reaches_the_farm_when_the_file_does_not_par
         assert up.read_log().count("reload failed") == 3
     finally:
         up.stop()
+
+
+@pytest.mark.timeout(90)
+def test_a_reload_whose_new_target_does_not_boot_shows_as_failed(tmp_path: Path) -> None:
+    # `farm reload` to a module that raises on import exits 1, "the old one stays", and the
+    # farm goes on with the old target: the metrics said nothing of it (the boot failure
+    # was not counted, the reload read as successful), so no alert fired for a deploy that
+    # did not happen, `systemctl reload` or a SIGHUP's alike.
+    (tmp_path / "goodmod.py").write_text("def fast(job):\n    return b'old'\n")
+    (tmp_path / "badmod.py").write_text("raise RuntimeError('broken deploy')\ndef fast(job): ...\n")
+    ok, at = (
+        "farm_config_last_reload_successful",
+        "farm_config_last_reload_success_timestamp_seconds",
+    )
+    boot_failures = ("farm_pool_restarts_total", (("cause", "boot_failure"), ("pool", "fast")))
+    pool = '[functions.fast]\ntarget = "{}:fast"\nworkers = 1\n'
+    up = FarmUp(tmp_path, pool.format("goodmod"))
+    try:
+        up.expect_notify("READY=1")
+        (before,) = up.wait_idle({"fast": 1})
+        started = scrape(up)[(at, ())]
+        up.write_config(pool.format("badmod"))
+        out = farm_cli("reload", "--control", up.control)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "failed to boot" in out.stderr and "stays" in out.stderr, out.stderr
+        failed = scrape(up)
+        assert failed[boot_failures] == 1
+        assert failed[(ok, ())] == 0, "the file's pool runs its old target: not applied"
+        assert failed[(at, ())] == started, "when a config file last applied whole"
+        (row,) = up.workers("fast")
+        assert row["pid"] == before["pid"], "the old worker serves on"
+
+        up.write_config(pool.format("goodmod"))  # put back: nothing to replace
+        out = farm_cli("reload", "--control", up.control)
+        assert out.returncode == 0, out.stdout + out.stderr
+        again = scrape(up)
+        assert again[(ok, ())] == 1
+        assert again[(at, ())] > started
+        assert again[boot_failures] == 1, "a counter: the failed boot stays counted"
+    finally:
+        up.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 
 from farm.cli.deploy import follow_restart
 from farm.config.model import FunctionConfig
+from farm.pools.reloads import ReloadOutcome
 from farm.pools.rollout import Restarting
 from farm.pools.slots import ProcState, Slot, WorkerProcess
 
@@ -49,6 +51,7 @@ class Farm(Restarting):
                 slot.proc = self.process(slot, pools[name], ProcState.IDLE)
         self.rollout, self.rollouts, self.kept_back, self.reloaded_from = None, 0, set(), {}
         self.retired: list[int] = []
+        self.reloads, self.exits = ReloadOutcome(), Counter()
 
     @staticmethod
     def process(slot: Slot, p: FunctionConfig, state: ProcState, **kw: Any) -> WorkerProcess:
@@ -73,6 +76,7 @@ class Farm(Restarting):
         for name in changed:
             self.reloaded_from[name] = old[name]
         self.config = Cfg(new)  # type: ignore[assignment]
+        self.reloads.applied([])
         return changed
 
 
@@ -102,6 +106,53 @@ def test_a_failed_reload_goes_back_to_what_runs_not_to_an_older_target() -> None
     farm.successor_exited(slot, slot.successor, 256)  # C did not boot
     assert slot.proc is not None and slot.proc.options[0] == "m:B"
     assert farm.config.functions["X"].target == "m:B", "later starts must run what runs now"
+
+
+def test_a_reload_whose_pool_does_not_boot_goes_back_to_the_last_whole_success() -> None:
+    # farm_config_last_reload_successful and its success time, as Prometheus' own: a file
+    # whose changed pool did not boot did not apply, and the time is the last that did.
+    farm = Farm(X=pool("X", "m:A"), Y=pool("Y", "m:P", 2))
+    farm.reloads.ok_at = 1.0  # the start's; each reload's is now
+    farm.start_restart(dict.fromkeys(farm.reload_to(X="m:B", Y="m:Q")))
+    farm.advance_restarts()
+    farm.slots["X"][0].successor.state = ProcState.IDLE  # type: ignore[union-attr]
+    farm.advance_restarts()  # X served; Y's second slot still to go
+    farm.add_to_restart(farm.reload_to(X="m:C"))
+    farm.advance_restarts()
+    slot = farm.slots["X"][0]
+    assert slot.successor is not None and farm.reloads.ok
+    farm.successor_exited(slot, slot.successor, 256)  # C did not boot
+    assert not farm.reloads.ok
+    # Not the first reload's time: Y, which it changed, had not served yet either.
+    assert farm.reloads.ok_at == 1.0
+    assert farm.exits == Counter({("X", "boot_failure"): 1})
+
+
+def test_a_reload_after_the_last_one_served_goes_back_to_that_one() -> None:
+    farm = Farm(X=pool("X", "m:A"), Y=pool("Y", "m:P"))
+    farm.start_restart(dict.fromkeys(farm.reload_to(X="m:B")))
+    farm.reloads.ok_at = 2.0  # that reload's; the next one's is now
+    rolled_out(farm, "X")
+    farm.start_restart(dict.fromkeys(farm.reload_to(Y="m:Q")))
+    farm.advance_restarts()
+    slot = farm.slots["Y"][0]
+    assert slot.successor is not None
+    farm.successor_exited(slot, slot.successor, 256)
+    assert not farm.reloads.ok and farm.reloads.ok_at == 2.0
+
+
+def test_a_restart_that_does_not_boot_leaves_the_reload_as_it_was() -> None:
+    # `farm restart` of code on disk that does not import: no reload failed, the file runs
+    # as it says; the boot failure is counted all the same.
+    farm = Farm(X=pool("X", "m:A"))
+    farm.reloads.ok_at = applied = 3.0
+    farm.start_restart({"X": None})
+    farm.advance_restarts()
+    slot = farm.slots["X"][0]
+    assert slot.successor is not None
+    farm.successor_exited(slot, slot.successor, 3 << 8)
+    assert farm.reloads.ok and farm.reloads.ok_at == applied
+    assert farm.exits == Counter({("X", "boot_failure"): 1})
 
 
 def test_restart_waits_for_a_slow_booting_python_worker() -> None:
