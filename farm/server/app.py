@@ -37,7 +37,7 @@ from farm.server.process import (
     setup_server_logging,
 )
 from farm.server.refusals import ListenError, fatal, fix_hint, store_in_use_hint
-from farm.server.store import DamagedStore, StoreError, StoreInUse, memory_only
+from farm.server.store import DamagedStore, StoreError, StoreInUse, StoreUnreadable, memory_only
 from farm.server.tlsgate import Handshakes, TLSGate
 from farm.tlsfiles import load_tls_file
 from farm.unixsocket import clear_socket_path
@@ -323,7 +323,7 @@ def _serve(options: ServerOptions, ready: int | None = None) -> int:
         return 2
     try:
         server = Server(options)
-    except DamagedStore as exc:  # says its own fix: another path would strand its jobs
+    except (DamagedStore, StoreUnreadable) as exc:  # its own fix: another path strands its jobs
         fatal(options, str(exc))
         return 2
     except StoreInUse as exc:

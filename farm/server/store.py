@@ -33,9 +33,10 @@ from farm.server.storecheck import ASIDE_TABLE, kept_aside, read_rows, set_aside
 
 # Re-exported: the server and the tests name the store's errors by this module.
 from farm.server.storefile import DamagedStore as DamagedStore
-from farm.server.storefile import OpenFile, damaged
+from farm.server.storefile import OpenFile, unreadable
 from farm.server.storefile import StoreError as StoreError
 from farm.server.storefile import StoreInUse as StoreInUse
+from farm.server.storefile import StoreUnreadable as StoreUnreadable
 from farm.server.storeopen import open_database
 from farm.server.storesql import Row, write_rows
 
@@ -335,9 +336,9 @@ class SQLiteStore:
         # as TEXT keeps its bytes and passes). Only for this read: the connection's other
         # queries (storeopen's PRAGMAs, sqlite_master) expect str.
         try:
-            rows = read_rows(self.db, "priority, id")
+            rows = read_rows(self.db)  # in id order: no sort in a temporary file (read_rows)
         except sqlite3.Error as exc:
-            raise damaged(self.path, exc) from None
+            raise unreadable(self.path, exc) from None
         # Outside the try: damaged_jobs unreadable alone must not refuse the jobs (kept_aside).
         before = kept_aside(self.db, self.path)
         if before:  # said at each start until the operator empties the table
@@ -353,6 +354,10 @@ class SQLiteStore:
         rows, damaged_rows = split_damaged(rows)
         if damaged_rows:
             set_aside(self.db, self.path, damaged_rows)
+        # The order they run in: priority, then id. Sorted here, not by SQLite (read_rows):
+        # stable, so each priority keeps the id order it was read in. A whole row's priority
+        # is an int (split_damaged), so the order is SQLite's `ORDER BY priority, id`.
+        rows.sort(key=lambda row: row[4])
         for row in rows:
             yield StoredJob(*row[:10])
 

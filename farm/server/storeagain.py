@@ -31,7 +31,7 @@ def make_again(
     OSError, farm.server.storefile.StoreError) where it cannot be made: before ``db`` is
     closed, it stays open as it was (the new store written first under a name of its own);
     after, the new file at the path holds the jobs for the next start."""
-    rows, damaged = split_damaged(read_rows(db, "id"))  # as load() reads them
+    rows, damaged = split_damaged(read_rows(db))  # as load() reads them
     # Written whole under another name, then renamed: SQLite removes a WAL by its name when
     # it closes, and the deleted store's would take the new one's with it.
     making = path + "-again"

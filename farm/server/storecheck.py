@@ -124,16 +124,20 @@ def _fails(row: Sequence[object]) -> bool:
         return True
 
 
-def read_rows(db: sqlite3.Connection, order: str) -> list[tuple[Any, ...]]:
-    """Every row of ``jobs``, ordered by ``order``, each field read as bytes: a TEXT field
-    that is not UTF-8 (damage, or a row of an older farm) is checked as any other rather
-    than refused by the read. Only for this read: the connection's other queries expect str."""
+def read_rows(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
+    """Every row of ``jobs`` in id order, each field read as bytes: a TEXT field that is not
+    UTF-8 (damage, or a row of an older farm) is checked as any other rather than refused by
+    the read. Only for this read: the connection's other queries expect str."""
     factory = db.text_factory
     db.text_factory = bytes
     try:
+        # By id alone, the table's own order (id is its rowid): any other order is a sort
+        # SQLite spills to a temporary file as large as the payloads, which a file-size
+        # limit or a full temporary directory refused, and a healthy store was called
+        # unreadable at every start. The caller orders the rows it keeps (SQLiteStore.load).
         return db.execute(
             "SELECT id, function, uniq, data, priority, reducer, run_at, created, retries,"
-            f" local, checksum FROM jobs ORDER BY {order}"
+            " local, checksum FROM jobs ORDER BY id"
         ).fetchall()
     finally:
         db.text_factory = factory

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sqlite3
 import stat
 
 from farm.paths import check_own_file
@@ -16,10 +17,11 @@ __all__ = [
     "StoreError",
     "DamagedStore",
     "StoreInUse",
+    "StoreUnreadable",
     "OpenFile",
-    "damaged",
     "drop_empty_journal",
     "owner_only",
+    "unreadable",
 ]
 
 log = logging.getLogger("farm.server")
@@ -31,6 +33,11 @@ class StoreError(Exception):
 
 class DamagedStore(StoreError):
     """The store is a SQLite file that cannot be read: its message says the fix itself."""
+
+
+class StoreUnreadable(StoreError):
+    """The store cannot be read now, with no damage to it (``unreadable``): its message says
+    the fix itself, which keeps its queued jobs."""
 
 
 class StoreInUse(StoreError):
@@ -144,9 +151,39 @@ def drop_empty_journal(path: str) -> None:
         pass
 
 
-def damaged(path: str, why: object) -> DamagedStore:
-    return DamagedStore(
-        f"the job store {path} cannot be read ({why}); restore it from a backup,"
-        # The -wal holds the latest commits: the file moved alone is not the whole store.
-        " or move it and its -wal aside to start empty (its queued jobs are then lost)"
+#: SQLite's primary result codes that mean the file's bytes are not a database it can read:
+#: damage alone, whose fixes (a backup, or starting empty) may give up its queued jobs.
+_DAMAGE = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+#: Those of a file SQLite could not make or write while it read the store (a temporary file
+#: of a sort, the WAL's recovery): no want of the store's, but of room or of a limit.
+_WRITE = frozenset({sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN})
+
+
+def unreadable(path: str, exc: sqlite3.Error) -> StoreError:
+    """Why the store at ``path`` cannot be read, by SQLite's error, in the words of its fix.
+    Only corrupt pages and a file that is no database are damage (DamagedStore). Any other
+    error is not the file's (StoreUnreadable): a healthy store that a file-size limit kept
+    from being read was called damaged, with the advice to move it aside, and every queued
+    job was lost; said as a failed write, or else as it is, the jobs kept in it."""
+    code = (exc.sqlite_errorcode or 0) & 0xFF  # the extended code's primary one
+    if code in _DAMAGE:
+        return DamagedStore(
+            f"the job store {path} cannot be read ({exc}); restore it from a backup,"
+            # The -wal holds the latest commits: the file moved alone is not the whole store.
+            " or move it and its -wal aside to start empty (its queued jobs are then lost)"
+        )
+    # Its name too: SQLITE_IOERR_WRITE says which write, where "disk I/O error" does not.
+    why = f"{exc}, {exc.sqlite_errorname}" if exc.sqlite_errorname else str(exc)
+    if code in _WRITE:
+        where = os.path.dirname(os.path.abspath(path))
+        return StoreUnreadable(
+            f"the job store {path} cannot be read ({why}): SQLite could not write a file it"
+            " needs to read it, which is no damage to the store; its queued jobs stay in it:"
+            " free space, or raise the file-size limit (ulimit -f, systemd's LimitFSIZE=),"
+            f" in {where} and in the temporary directory (SQLITE_TMPDIR, TMPDIR, /var/tmp,"
+            " /tmp), then start the server again"
+        )
+    return StoreUnreadable(
+        f"the job store {path} cannot be read ({why}), which is no damage to the store;"
+        " its queued jobs stay in it: start the server again once that is fixed"
     )

@@ -16,9 +16,9 @@ from farm.server.reserve import DiskReserve
 from farm.server.storefile import (
     StoreError,
     StoreInUse,
-    damaged,
     drop_empty_journal,
     owner_only,
+    unreadable,
 )
 
 __all__ = ["open_database"]
@@ -71,7 +71,8 @@ BUSY_TIMEOUT_MS = 5000
 
 def open_database(path: str, sync: str, reserve: DiskReserve) -> tuple[sqlite3.Connection, int]:
     """The store at ``path`` opened (made if need be), and the id its next row takes; the
-    reserve made beside it. StoreError (DamagedStore: corrupt pages) when it cannot be."""
+    reserve made beside it. StoreError (DamagedStore: corrupt pages; StoreUnreadable: any
+    other error of SQLite's reading it, storefile.unreadable) when it cannot be."""
     try:
         make_dirs(Path(path).parent, 0o700)
         owner_only(path)
@@ -96,8 +97,8 @@ def open_database(path: str, sync: str, reserve: DiskReserve) -> tuple[sqlite3.C
         if "locked" in str(exc):
             raise StoreInUse(f"the job store {path} is in use by another server") from exc
         raise StoreError(f"cannot open the job store {path}: {exc}") from exc
-    except sqlite3.DatabaseError as exc:  # corrupt pages: another path would lose the jobs
-        raise damaged(path, exc) from None
+    except sqlite3.DatabaseError as exc:  # corrupt pages, say: another path would lose the jobs
+        raise unreadable(path, exc) from None
     except (FileExistsError, NotADirectoryError) as exc:  # a file where a directory goes
         where = exc.filename or Path(path).parent
         raise StoreError(f"cannot open the job store {path}: {where} is not a directory") from exc
