@@ -37,7 +37,14 @@ from farm.server.process import (
     setup_server_logging,
 )
 from farm.server.refusals import ListenError, fatal, fix_hint, store_in_use_hint
-from farm.server.store import DamagedStore, StoreError, StoreInUse, StoreUnreadable, memory_only
+from farm.server.store import (
+    DamagedStore,
+    StoreError,
+    StoreInUse,
+    StoreUnopenable,
+    StoreUnreadable,
+    memory_only,
+)
 from farm.server.tlsgate import Handshakes, TLSGate
 from farm.tlsfiles import load_tls_file
 from farm.unixsocket import clear_socket_path
@@ -328,6 +335,9 @@ def _serve(options: ServerOptions, ready: int | None = None) -> int:
         return 2
     except StoreInUse as exc:
         fatal(options, f"{exc} ({store_in_use_hint(options)})")
+        return 2
+    except StoreUnopenable as exc:  # the file's fix: another path strands its jobs
+        fatal(options, f"{exc} ({fix_hint(options, 'held')})")
         return 2
     except StoreError as exc:
         fatal(options, f"{exc} ({fix_hint(options, 'store')})")

@@ -59,6 +59,14 @@ def fatal(options: ServerOptions, message: str) -> None:
 HINTS = {
     ("store", "flags"): "use --store PATH, or --store none for memory only",
     ("store", "config"): 'set [server] store = "PATH" in the config, or "none" for memory only',
+    # A store file that was there and could not be opened (StoreUnopenable): its queued jobs
+    # are in it, and another path or none, the hint above, left them behind at each restart.
+    ("held", "flags"): "it may hold queued jobs: fix the permissions, attributes (lsattr;"
+    " chattr -i) or owner of the file or its directory for this user; --store elsewhere or"
+    " none leaves its queued jobs behind",
+    ("held", "config"): "it may hold queued jobs: fix the permissions, attributes (lsattr;"
+    " chattr -i) or owner of the file or its directory for this user; [server] store"
+    ' elsewhere or "none" leaves its queued jobs behind',
     ("port", "flags"): "another server has it? use another -p PORT, or -L HOST:PORT",
     ("port", "config"): "another server has it? give [server] listen another port",
     # The same port taken on [::1] alone (a Node dev server binds localhost's [::1] only).

@@ -36,6 +36,7 @@ from farm.server.storefile import DamagedStore as DamagedStore
 from farm.server.storefile import OpenFile, unreadable
 from farm.server.storefile import StoreError as StoreError
 from farm.server.storefile import StoreInUse as StoreInUse
+from farm.server.storefile import StoreUnopenable as StoreUnopenable
 from farm.server.storefile import StoreUnreadable as StoreUnreadable
 from farm.server.storeopen import open_database
 from farm.server.storesql import Row, write_rows

@@ -17,9 +17,12 @@ __all__ = [
     "StoreError",
     "DamagedStore",
     "StoreInUse",
+    "StoreUnopenable",
     "StoreUnreadable",
     "OpenFile",
     "drop_empty_journal",
+    "may_be_room",
+    "may_hold_jobs",
     "owner_only",
     "unreadable",
 ]
@@ -38,6 +41,12 @@ class DamagedStore(StoreError):
 class StoreUnreadable(StoreError):
     """The store cannot be read now, with no damage to it (``unreadable``): its message says
     the fix itself, which keeps its queued jobs."""
+
+
+class StoreUnopenable(StoreError):
+    """A store file that was there could not be opened (its mode, an immutable attribute, its
+    owner): it may hold queued jobs, so the fix is the file's, never another path, which
+    would leave them behind (farm.server.refusals, the hint ``held``)."""
 
 
 class StoreInUse(StoreError):
@@ -95,7 +104,7 @@ def owner_only(path: str) -> None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):  # its pread said "Illegal seek"
             raise StoreError(f"the job store {path} is not a regular file")
-        check_own_file(path, os.fstat(fd))
+        _own(path, path, os.fstat(fd))
         head = os.pread(fd, len(_SQLITE_HEADER), 0)
         if head and head != _SQLITE_HEADER[: len(head)]:  # leave another file as it was
             raise StoreError(f"cannot open the job store {path}: file is not a database")
@@ -106,11 +115,26 @@ def owner_only(path: str) -> None:
     finally:
         os.close(fd)
     for side in (path + "-journal", path + "-wal"):
-        _side_file(side, make=True)
-    _side_file(path + "-shm", make=False)  # never used: the store is opened EXCLUSIVE
+        _side_file(path, side, make=True)
+    _side_file(path, path + "-shm", make=False)  # never used: the store is opened EXCLUSIVE
 
 
-def _side_file(side: str, *, make: bool) -> None:
+def _own(path: str, where: str, info: os.stat_result) -> None:
+    """StoreError unless the file at ``where`` (the store at ``path`` or a side file of it)
+    is one we may write as ours (paths.check_own_file): farm's own refusal, whose message
+    says its fix; not an open that failed (StoreUnopenable), whose fix is the file's."""
+    try:
+        check_own_file(where, info)
+    except PermissionError as exc:
+        raise StoreError(f"cannot open the job store {path}: {exc.strerror or exc}") from None
+
+
+def _not_regular(path: str, side: str) -> StoreError:
+    """Farm's refusal of a side file that is not a regular file: SQLite would follow it."""
+    return StoreError(f"cannot open the job store {path}: {side} is not a regular file")
+
+
+def _side_file(path: str, side: str, *, make: bool) -> None:
     """Refuse a side file of SQLite's that is not ours, close one left open, and (``make``)
     make the journal and WAL here, as SQLite opens them without O_EXCL: one another user
     made between this check and its open (inotify on /tmp says when) would be used, a WAL
@@ -128,16 +152,26 @@ def _side_file(side: str, *, make: bool) -> None:
         except OSError as exc:
             if exc.errno != errno.ELOOP:  # a link made since the lstat
                 raise
-            raise PermissionError(errno.EPERM, f"{side} is not a regular file") from None
+            raise _not_regular(path, side) from None
         try:
             info = os.fstat(fd)  # ours, or one made since the lstat: checked alike
         finally:
             os.close(fd)
     if not stat.S_ISREG(info.st_mode):  # SQLite would open it through a link
-        raise PermissionError(errno.EPERM, f"{side} is not a regular file")
-    check_own_file(side, info)
+        raise _not_regular(path, side)
+    _own(path, side, info)
     if info.st_mode & 0o077:
         os.chmod(side, stat.S_IMODE(info.st_mode) & ~0o077)
+
+
+def may_hold_jobs(path: str) -> bool:
+    """Whether a store file is at ``path`` already (a regular file, not empty), so that it
+    may hold queued jobs: looked at before the open, which makes one where there is none."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_size > 0
 
 
 def drop_empty_journal(path: str) -> None:
@@ -159,14 +193,19 @@ _DAMAGE = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 _WRITE = frozenset({sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN})
 
 
+def may_be_room(exc: sqlite3.Error) -> bool:
+    """Whether SQLite's error is one of a file it could not make or write (``_WRITE``): the
+    want of room or of a limit, not of a permission."""
+    return ((exc.sqlite_errorcode or 0) & 0xFF) in _WRITE
+
+
 def unreadable(path: str, exc: sqlite3.Error) -> StoreError:
     """Why the store at ``path`` cannot be read, by SQLite's error, in the words of its fix.
     Only corrupt pages and a file that is no database are damage (DamagedStore). Any other
     error is not the file's (StoreUnreadable): a healthy store that a file-size limit kept
     from being read was called damaged, with the advice to move it aside, and every queued
     job was lost; said as a failed write, or else as it is, the jobs kept in it."""
-    code = (exc.sqlite_errorcode or 0) & 0xFF  # the extended code's primary one
-    if code in _DAMAGE:
+    if ((exc.sqlite_errorcode or 0) & 0xFF) in _DAMAGE:  # the extended code's primary one
         return DamagedStore(
             f"the job store {path} cannot be read ({exc}); restore it from a backup,"
             # The -wal holds the latest commits: the file moved alone is not the whole store.
@@ -174,7 +213,7 @@ def unreadable(path: str, exc: sqlite3.Error) -> StoreError:
         )
     # Its name too: SQLITE_IOERR_WRITE says which write, where "disk I/O error" does not.
     why = f"{exc}, {exc.sqlite_errorname}" if exc.sqlite_errorname else str(exc)
-    if code in _WRITE:
+    if may_be_room(exc):
         where = os.path.dirname(os.path.abspath(path))
         return StoreUnreadable(
             f"the job store {path} cannot be read ({why}): SQLite could not write a file it"

@@ -16,7 +16,10 @@ from farm.server.reserve import DiskReserve
 from farm.server.storefile import (
     StoreError,
     StoreInUse,
+    StoreUnopenable,
     drop_empty_journal,
+    may_be_room,
+    may_hold_jobs,
     owner_only,
     unreadable,
 )
@@ -72,7 +75,9 @@ BUSY_TIMEOUT_MS = 5000
 def open_database(path: str, sync: str, reserve: DiskReserve) -> tuple[sqlite3.Connection, int]:
     """The store at ``path`` opened (made if need be), and the id its next row takes; the
     reserve made beside it. StoreError (DamagedStore: corrupt pages; StoreUnreadable: any
-    other error of SQLite's reading it, storefile.unreadable) when it cannot be."""
+    other error of SQLite's reading it, storefile.unreadable; StoreUnopenable: a store file
+    that was there and could not be opened) when it cannot be."""
+    held = may_hold_jobs(path)  # before owner_only makes a file where there is none
     try:
         make_dirs(Path(path).parent, 0o700)
         owner_only(path)
@@ -96,14 +101,16 @@ def open_database(path: str, sync: str, reserve: DiskReserve) -> tuple[sqlite3.C
     except sqlite3.OperationalError as exc:
         if "locked" in str(exc):
             raise StoreInUse(f"the job store {path} is in use by another server") from exc
-        raise StoreError(f"cannot open the job store {path}: {exc}") from exc
+        if held and may_be_room(exc):
+            raise unreadable(path, exc) from None  # a full disk, say: not the file's mode
+        raise _unopened(path, exc, held) from exc
     except sqlite3.DatabaseError as exc:  # corrupt pages, say: another path would lose the jobs
         raise unreadable(path, exc) from None
     except (FileExistsError, NotADirectoryError) as exc:  # a file where a directory goes
         where = exc.filename or Path(path).parent
         raise StoreError(f"cannot open the job store {path}: {where} is not a directory") from exc
     except (sqlite3.Error, OSError) as exc:
-        raise StoreError(f"cannot open the job store {path}: {exc}") from exc
+        raise _unopened(path, exc, held) from exc
     next_id: int = row[0] + 1
     try:
         drop_empty_journal(path)
@@ -112,6 +119,15 @@ def open_database(path: str, sync: str, reserve: DiskReserve) -> tuple[sqlite3.C
     reserve.make()
     _checkpoint_within_reserve(db, path, reserve)
     return db, next_id
+
+
+def _unopened(path: str, exc: Exception, held: bool) -> StoreError:
+    """The store at ``path`` could not be opened: an open of the OS or SQLite failed. Where a
+    store file was there (``held``: it may hold queued jobs), StoreUnopenable, whose fix is
+    the file's (its mode, an immutable attribute, its owner): the hint of another path, or
+    none, left its jobs behind at each restart (a review's `chattr +i`)."""
+    kind = StoreUnopenable if held else StoreError
+    return kind(f"cannot open the job store {path}: {exc}")
 
 
 def _refuse_unreadable(db: sqlite3.Connection, path: str) -> None:
