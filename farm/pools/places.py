@@ -87,12 +87,7 @@ def server_place_errors(
         if why is None and os.path.exists(config.store) and not readable:
             why = f"{config.store} is not readable and writable by this user (uid {os.getuid()})"
         if why:  # the directory even when the file is there: the journal is made beside it
-            errors.append(
-                ConfigError(
-                    f"{source}: server.store: {why}; let this user write there, or name a file"
-                    ' it may write (or "none": memory only)'
-                )
-            )
+            errors.append(ConfigError(f"{source}: server.store: {why}; {_store_fix(config.store)}"))
     if config.unix:
         why = unwritable_directory(os.path.dirname(config.unix), unit_makes=unit_makes)
         if why:
@@ -104,6 +99,24 @@ def server_place_errors(
                 )
             )
     return errors
+
+
+def _store_fix(store: str) -> str:
+    """How to give `farm up`'s user the store at ``store``. A store file that is there (a
+    regular file, not empty) may hold queued jobs: another file, or none, left them behind
+    (as farm.server.refusals' hint ``held`` says, where the server itself cannot open it)."""
+    try:
+        info = os.lstat(store)
+        held = stat.S_ISREG(info.st_mode) and info.st_size > 0
+    except OSError:
+        held = False
+    if held:
+        return (
+            "it may hold queued jobs: fix the permissions, attributes (lsattr; chattr -i) or"
+            " owner of the file or its directory for this user; another store or"
+            ' "none" leaves its queued jobs behind'
+        )
+    return 'let this user write there, or name a file it may write (or "none": memory only)'
 
 
 def check_server_places(config: ServerConfig, source: str) -> None:

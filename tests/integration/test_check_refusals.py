@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from farm.server.store import SQLiteStore
 from tests.helpers import ROOT
 from tests.helpers.farmcheck import config, farm, lines
 from tests.helpers.unprivileged import homeless, unprivileged
@@ -78,6 +79,27 @@ def test_a_store_this_user_cannot_read_is_farm_ups_line_exit_2(tmp_path: Path) -
     code, said = both(tmp_path)
     assert code == 2
     assert f"{store} is not readable and writable by this user" in said[0], said
+
+
+def test_a_store_with_jobs_this_user_cannot_write_is_not_pointed_away_from(
+    tmp_path: Path,
+) -> None:
+    # The store is there and may hold queued jobs: "name a file it may write (or none)"
+    # left them behind; the fix is the file's (its mode, `chattr +i`, its owner).
+    store = tmp_path / "queue.db"
+    held = SQLiteStore(store)
+    held.add(b"H:t:1", b"reverse", b"queued", b"x", 1, None, 0.0, True)
+    held.commit()
+    held.close()
+    store.chmod(0o400)
+    tmp_path.chmod(0o755)
+    config(tmp_path, REVERSE, store=str(store))
+    code, said = both(tmp_path)
+    assert code == 2
+    assert f"{store} is not readable and writable by this user" in said[0], said
+    assert "it may hold queued jobs: fix the permissions" in said[0], said
+    assert 'another store or "none" leaves its queued jobs behind' in said[0], said
+    assert "name a file it may write" not in said[0], said
 
 
 def test_a_control_directory_this_user_cannot_write_is_farm_ups_line_exit_2(
