@@ -21,7 +21,7 @@ __all__ = [
     "StoreUnreadable",
     "OpenFile",
     "drop_empty_journal",
-    "may_be_room",
+    "io_failed",
     "may_hold_jobs",
     "owner_only",
     "unreadable",
@@ -191,12 +191,22 @@ _DAMAGE = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 #: Those of a file SQLite could not make or write while it read the store (a temporary file
 #: of a sort, the WAL's recovery): no want of the store's, but of room or of a limit.
 _WRITE = frozenset({sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN})
+#: The I/O errors among them that are a read of the disk failing (EIO), not a write: no
+#: room to free, but a disk to look at (``unreadable``).
+_READ = frozenset({sqlite3.SQLITE_IOERR_READ, sqlite3.SQLITE_IOERR_SHORT_READ})
 
 
-def may_be_room(exc: sqlite3.Error) -> bool:
-    """Whether SQLite's error is one of a file it could not make or write (``_WRITE``): the
-    want of room or of a limit, not of a permission."""
-    return ((exc.sqlite_errorcode or 0) & 0xFF) in _WRITE
+def io_failed(exc: sqlite3.Error) -> bool:
+    """Whether SQLite's error is a read or a write of its that failed, or a full disk: said
+    by ``unreadable``, never answered with the fix of a permission. Not SQLITE_CANTOPEN,
+    which at the open is one (a -wal made immutable); at the read, a temporary file's."""
+    return ((exc.sqlite_errorcode or 0) & 0xFF) in {sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL}
+
+
+def _room(code: int) -> bool:
+    """Whether SQLite's (extended) code is of a file it could not make or write (``_WRITE``):
+    the want of room or of a limit, not a read that failed (``_READ``)."""
+    return (code & 0xFF) in _WRITE and code not in _READ
 
 
 def unreadable(path: str, exc: sqlite3.Error) -> StoreError:
@@ -204,7 +214,8 @@ def unreadable(path: str, exc: sqlite3.Error) -> StoreError:
     Only corrupt pages and a file that is no database are damage (DamagedStore). Any other
     error is not the file's (StoreUnreadable): a healthy store that a file-size limit kept
     from being read was called damaged, with the advice to move it aside, and every queued
-    job was lost; said as a failed write, or else as it is, the jobs kept in it."""
+    job was lost; said as a failed write, a failed read, or else as it is, the jobs kept in
+    it."""
     if ((exc.sqlite_errorcode or 0) & 0xFF) in _DAMAGE:  # the extended code's primary one
         return DamagedStore(
             f"the job store {path} cannot be read ({exc}); restore it from a backup,"
@@ -213,7 +224,7 @@ def unreadable(path: str, exc: sqlite3.Error) -> StoreError:
         )
     # Its name too: SQLITE_IOERR_WRITE says which write, where "disk I/O error" does not.
     why = f"{exc}, {exc.sqlite_errorname}" if exc.sqlite_errorname else str(exc)
-    if may_be_room(exc):
+    if _room(exc.sqlite_errorcode or 0):
         where = os.path.dirname(os.path.abspath(path))
         return StoreUnreadable(
             f"the job store {path} cannot be read ({why}): SQLite could not write a file it"
@@ -222,7 +233,13 @@ def unreadable(path: str, exc: sqlite3.Error) -> StoreError:
             f" in {where} and in the temporary directory (SQLITE_TMPDIR, TMPDIR, /var/tmp,"
             " /tmp), then start the server again"
         )
+    if (exc.sqlite_errorcode or 0) in _READ:
+        return StoreUnreadable(
+            f"the job store {path} cannot be read ({why}): a read of the disk failed, which"
+            " SQLite does not call damage; its queued jobs stay in it: see the kernel's log"
+            " (dmesg) for the disk; a copy of the store and its -wal on a sound disk keeps them"
+        )
     return StoreUnreadable(
-        f"the job store {path} cannot be read ({why}), which is no damage to the store;"
+        f"the job store {path} cannot be read ({why}), which SQLite does not call damage;"
         " its queued jobs stay in it: start the server again once that is fixed"
     )

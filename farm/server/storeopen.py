@@ -18,7 +18,7 @@ from farm.server.storefile import (
     StoreInUse,
     StoreUnopenable,
     drop_empty_journal,
-    may_be_room,
+    io_failed,
     may_hold_jobs,
     owner_only,
     unreadable,
@@ -101,7 +101,7 @@ def open_database(path: str, sync: str, reserve: DiskReserve) -> tuple[sqlite3.C
     except sqlite3.OperationalError as exc:
         if "locked" in str(exc):
             raise StoreInUse(f"the job store {path} is in use by another server") from exc
-        if held and may_be_room(exc):
+        if held and io_failed(exc):
             raise unreadable(path, exc) from None  # a full disk, say: not the file's mode
         raise _unopened(path, exc, held) from exc
     except sqlite3.DatabaseError as exc:  # corrupt pages, say: another path would lose the jobs

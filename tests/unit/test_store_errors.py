@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import farm.server.store
-from farm.server.store import DamagedStore, SQLiteStore, StoreError
+from farm.server.store import DamagedStore, SQLiteStore, StoreError, StoreUnreadable
+from farm.server.storefile import unreadable
 
 
 def _write_failed(tmp_path: Path) -> sqlite3.Error:
@@ -74,3 +75,16 @@ def test_a_read_that_fails_for_a_write_is_not_called_damage(
     assert "file-size limit" in said and "free space" in said, said
     assert str(tmp_path) in said and "TMPDIR" in said, said
     assert "its queued jobs stay in it" in said, said
+
+
+def test_a_read_of_the_disk_that_failed_is_neither_damage_nor_want_of_room() -> None:
+    # SQLITE_IOERR_READ (EIO from a failing disk) is an I/O error too, but no room or limit
+    # would make it readable: said as a read, the jobs kept, never the advice to move aside.
+    # Made by hand: no disk here fails its reads on demand.
+    error = sqlite3.OperationalError("disk I/O error")
+    error.sqlite_errorcode = sqlite3.SQLITE_IOERR_READ
+    error.sqlite_errorname = "SQLITE_IOERR_READ"
+    said = unreadable("/var/lib/farm/queue-4730.db", error)
+    assert isinstance(said, StoreUnreadable), said
+    assert "a read of the disk failed" in str(said) and "its queued jobs stay in it" in str(said)
+    assert "file-size limit" not in str(said) and "aside" not in str(said), said
