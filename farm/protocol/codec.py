@@ -91,6 +91,10 @@ OPTION_LAZY_CREATED = b"lazy-created"
 #: it on to clients that asked for exceptions and a plain WORK_FAIL to the others (farm
 #: does; gearmand sends those others a WORK_FAIL with a stray NUL that hangs or kills them).
 OPTION_WORK_EXCEPTION = b"work-exception"
+#: OPTION_REQ of a worker that sends CANT_DO or RESET_ABILITIES only with no job of those
+#: functions in hand that it runs: a job the server holds for it then came after them, and it
+#: lets that job go unrun, so the server takes it back with no retry (docs/held-grab.md).
+OPTION_GIVE_BACK = b"give-back"
 
 
 class PacketType(enum.IntEnum):

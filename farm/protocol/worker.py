@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from farm.protocol.codec import (
+    OPTION_GIVE_BACK,
     OPTION_HELD_GRAB,
     OPTION_READ_ACCEPT,
     OPTION_REVOKE,
@@ -158,6 +159,10 @@ class WorkerSession:
         self._asking = [OPTION_WORK_EXCEPTION]
         if self.want_held:
             self._asking += [OPTION_HELD_GRAB, OPTION_READ_ACCEPT, OPTION_REVOKE]
+        # give-back: what this session does anyway (remove_ability and reset_abilities wait
+        # for the answer of a job in hand; the face lets a job that came after them go,
+        # taken_back), said so that farm's server counts no retry for such a job.
+        self._asking.append(OPTION_GIVE_BACK)
         for option in self._asking:
             self._out += encode_req(PT.OPTION_REQ, option)
         if self.client_id:
@@ -247,7 +252,8 @@ class WorkerSession:
                     self.held = ptype == _OPTION_RES
                 elif option == OPTION_READ_ACCEPT:
                     self.read_accept = self.held and ptype == _OPTION_RES
-                # (revoke: a server that agreed sends JOB_REVOKE; nothing to remember)
+                # (revoke: a server that agreed sends JOB_REVOKE; give-back: it counts no
+                # retry for a job we let go; nothing to remember of either)
                 continue
             if ptype == _ERROR:
                 code, text = (a.decode("utf-8", "replace") for a in args)  # as a client reads it
@@ -373,9 +379,10 @@ class WorkerSession:
         self._job_ended()
 
     def taken_back(self) -> None:
-        """The job in hand came after our RESET_ABILITIES, which put it back on the server:
-        nothing is owed for it, and the connection may grab again. (Left "working", it
-        never grabbed again, even for a function registered later.)"""
+        """The job in hand came after our RESET_ABILITIES (or its function's CANT_DO), which
+        put it back on the server (farm's, told give-back, with no retry counted): nothing
+        is owed for it, and the connection may grab again. (Left "working", it never
+        grabbed again, even for a function registered later.)"""
         self._in_hand("let a job go")
         self._job_ended()
 

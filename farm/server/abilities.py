@@ -36,6 +36,7 @@ class Abilities(Sleepers):
     function: Callable[[bytes], FunctionQueue]
     note_unused: Callable[[bytes], None]
     _requeue: Callable[[Peer, Job], None]
+    _give_back: Callable[[Peer, Job], None]
 
     def can_do(self, worker: Peer, function: bytes, timeout: float = 0.0) -> None:
         fq = self.function(function)
@@ -105,8 +106,13 @@ class Abilities(Sleepers):
             missing.discard(function)
         if worker.woken and self.wakes.value(worker) is fq:
             self._pass_on_wake(worker)  # woken for this function's job, it will not come
+        # Its job of this function: a worker that asked for give-back (farm's) sends CANT_DO
+        # only with no such job in hand that it runs, so this one came after it and is let go
+        # unrun; under job_retries = 1 a drain (scale-down, restart) failed it as a poison
+        # job. Another may have run it partly and given up mid-job: a retry, as gearmand.
+        requeue = self._give_back if worker.gives_back else self._requeue
         for job in [j for j in worker.running.values() if j.function == function]:
-            self._requeue(worker, job)
+            requeue(worker, job)
         if not fq.workers:
             self.note_unused(function)
 

@@ -108,6 +108,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, PeerOptions, a
         self.heard_since_push = False
         self.read_accept = False  # docs/held-grab.md: having read a pushed job accepts it
         self.revoke = False  # docs/held-grab.md: told (JOB_REVOKE) of a push taken back
+        self.gives_back = False  # docs/held-grab.md: its CANT_DO gives back unrun jobs
         # docs/held-grab.md "lazy-created": foreground JOB_CREATEDs ride with the next write.
         self.lazy_created = False
         self.lazy_waiting = False  # replies held with a deadline in hub.lazy

@@ -206,6 +206,23 @@ class Dispatch(Abilities):
         self._wake(fq)
         return True
 
+    def _give_back(self, worker: Peer, job: Job) -> None:
+        """A job assigned to a worker after its CANT_DO or RESET_ABILITIES left, which it
+        lets go unrun (OPTION_REQ give-back, docs/held-grab.md): as a push taken back, to
+        the head of its queue with no retry counted, its client told nothing; what the
+        worker sends for it after all is dropped."""
+        self._drop_answers(worker, job)
+        self._stop_running(worker, job)
+        if not job.clients and not job.background:  # as _requeue: nobody waits for it
+            self.functions[job.function].stats.dropped[job.priority] += 1
+            self._forget(job)
+            return
+        fq = self.function(job.function)
+        fq.push(job, front=True)
+        self._wake(fq)
+        if self.on_idle is not None and not self.running_count():
+            self.on_idle()  # a graceful stop waits for running jobs, and none runs now
+
     @staticmethod
     def _drop_answers(worker: Peer, job: Job) -> None:
         """Remember that ``worker`` no longer holds ``job``: what it sends for it is dropped.

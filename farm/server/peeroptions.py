@@ -2,8 +2,9 @@
 :class:`farm.server.connection.Connection`.
 
 OPTION_REQ turns on what gearmand offers (``exceptions``) and farm's own extensions
-(held grab, read-accept, revoke, lazy-created: docs/held-grab.md); SET_CLIENT_ID names the peer
-in the ``workers`` listing. The state lives on the connection (``Connection.__init__``).
+(held grab, read-accept, revoke, lazy-created, give-back: docs/held-grab.md);
+SET_CLIENT_ID names the peer in the ``workers`` listing. The state lives on the connection
+(``Connection.__init__``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class PeerOptions:
     may_hold_grab: bool
     read_accept: bool
     revoke: bool
+    gives_back: bool
     lazy_created: bool
     client_id: bytes
 
@@ -59,6 +61,9 @@ class PeerOptions:
             self.revoke = True
             self.send(encode_res(T.OPTION_RES, name))
         elif name == p.OPTION_WORK_EXCEPTION:  # what farm does anyway: see the constant
+            self.send(encode_res(T.OPTION_RES, name))
+        elif name == p.OPTION_GIVE_BACK:
+            self.gives_back = True
             self.send(encode_res(T.OPTION_RES, name))
         elif name == p.OPTION_LAZY_CREATED:
             self.lazy_created = self.hub.loop is not None  # its timer needs a running loop

@@ -91,6 +91,7 @@ class Peer(Protocol):
     late: bool  # let its last wake-up (or push) pass the deadline; see Sleepers._add_sleeper
     draining: bool  # farm's admin `drain`: no job is handed to it any more (Sleepers.drain)
     killed: bool  # farm's admin `killing`: its supervisor kills it now, so its job was stopped
+    gives_back: bool  # OPTION_REQ give-back: a job of a function it gives up was not run
     tcp: bool  # a TCP peer (any local user), not one on the Unix socket
 
     def wake(self) -> None:

@@ -164,6 +164,8 @@ class WorkerSide:
         if self.pushed is not job or self.closed:
             return
         self.pushed = None
+        if job.worker is not self.peer():  # given back meanwhile (CANT_DO, give-back)
+            return
         if self.read_accept and (self.heard_since_push or self.read_everything()):
             # It took the job off the socket, or it still talks to us (so what we sent
             # after the push, such as an ECHO_RES, may wait unread behind it while it

@@ -24,6 +24,7 @@ class FakePeer:
         self.late = False
         self.draining = False
         self.killed = False
+        self.gives_back = False
         self.tcp = False
         self.told: list[tuple[Any, ...]] = []
 

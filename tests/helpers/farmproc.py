@@ -46,6 +46,7 @@ class FarmUp:
         metrics: bool = True,
         cwd: Path | None = None,
         store: Path | None = None,
+        job_retries: int = 3,
     ) -> None:
         self.tmp = tmp
         # Where `farm up` is started (default: tmp). The supervisor is then started as the
@@ -54,6 +55,7 @@ class FarmUp:
         self.supervisor = supervisor  # more [supervisor] lines, e.g. "ready_wait = 2"
         self.metrics = metrics  # False: `metrics = "off"`, no listener at all
         self.store = "none" if store is None else str(store)  # [server] store
+        self.job_retries = job_retries  # [server] job_retries
         self.port, self.metrics_port = free_ports(2)
         self.control = str(tmp / "control.sock")
         self.config = tmp / "farm.toml"
@@ -110,7 +112,7 @@ class FarmUp:
             [server]
             listen = ["127.0.0.1:{self.port}", "unix:{self.unix}"]
             store = "{self.store}"
-            job_retries = 3
+            job_retries = {self.job_retries}
 
             [supervisor]
             control = "{self.control}"

@@ -19,6 +19,7 @@ def test_registration_sends_client_id_and_abilities_with_timeouts() -> None:
     w.connected()
     assert sent(w) == [
         (PT.OPTION_REQ, (b"work-exception",)),
+        (PT.OPTION_REQ, (b"give-back",)),
         (PT.SET_CLIENT_ID, (b"w1",)),
         (PT.CAN_DO, (b"rev",)),
         (PT.CAN_DO_TIMEOUT, (b"slow", b"30000")),
@@ -44,6 +45,7 @@ def test_a_connection_made_asleep_registers_then_waits_for_a_noop() -> None:
     w.connected(asleep=True)
     assert sent(w) == [
         (PT.OPTION_REQ, (b"work-exception",)),
+        (PT.OPTION_REQ, (b"give-back",)),
         (PT.CAN_DO, (b"f",)),
         (PT.PRE_SLEEP, ()),
     ]
