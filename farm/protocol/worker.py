@@ -9,9 +9,7 @@ The blocking ``farm.Worker`` moves bytes between its sockets and one
 
 from __future__ import annotations
 
-import enum
 from collections import deque
-from dataclasses import dataclass
 
 from farm.protocol.codec import (
     OPTION_GIVE_BACK,
@@ -20,7 +18,6 @@ from farm.protocol.codec import (
     OPTION_REVOKE,
     OPTION_WORK_EXCEPTION,
     Packet,
-    PacketType,
     ProtocolError,
     encode_req,
     name_problem,
@@ -28,60 +25,28 @@ from farm.protocol.codec import (
 )
 from farm.protocol.decoder import Decoder
 from farm.protocol.events import ServerErrorNotice
+from farm.protocol.workertable import (
+    _ABSENT,
+    _ERROR,
+    _GRAB,
+    _GRABBING,
+    _JOB_ASSIGN,
+    _JOB_ASSIGN_UNIQ,
+    _JOB_REVOKE,
+    _NO_JOB,
+    _NOOP,
+    _OPTION_RES,
+    _PRE_SLEEP,
+    _READY,
+    _WORK_COMPLETE,
+    _WORKER_TRANSITIONS,
+    _WORKING,
+    PT,
+    JobAssigned,
+    WorkerState,
+)
 
 __all__ = ["JobAssigned", "WorkerState", "WorkerSession"]
-
-PT = PacketType
-
-
-class WorkerState(enum.Enum):
-    DISCONNECTED = "disconnected"
-    READY = "ready"  # may grab: just registered, woken by NOOP, or a job just ended
-    GRABBING = "grabbing"  # GRAB_JOB_UNIQ sent, JOB_ASSIGN_UNIQ or NO_JOB due
-    SLEEPING = "sleeping"  # PRE_SLEEP sent, NOOP due
-    WORKING = "working"  # holds a job until it is completed, failed or excepted
-
-    # Members are singletons: identity is their equality, so it can be their hash too
-    # (Enum's own hashes the name in Python, once per packet in the table below).
-    __hash__ = object.__hash__
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobAssigned:
-    handle: str
-    function: str
-    unique: str
-    data: bytes
-
-
-S = WorkerState
-#: (state, packet received) → next state. NOOPs outside a sleep are stale
-#: wake-ups and change nothing; a missing key is a protocol error.
-_WORKER_TRANSITIONS: dict[tuple[WorkerState, int], WorkerState] = {
-    (S.GRABBING, PT.NO_JOB): S.SLEEPING,
-    (S.GRABBING, PT.JOB_ASSIGN_UNIQ): S.WORKING,
-    (S.GRABBING, PT.JOB_ASSIGN): S.WORKING,
-    (S.SLEEPING, PT.NOOP): S.READY,
-    (S.READY, PT.NOOP): S.READY,
-    (S.GRABBING, PT.NOOP): S.GRABBING,
-    (S.WORKING, PT.NOOP): S.WORKING,
-}
-
-# The per-job path reads plain ints and module names: an enum member read off its class
-# costs about 100 ns on Python 3.11 (EnumType.__getattr__ defeats the attribute cache).
-_READY, _GRABBING, _WORKING = S.READY, S.GRABBING, S.WORKING
-_ERROR, _OPTION_RES, _NO_JOB, _NOOP = (
-    int(PT.ERROR),
-    int(PT.OPTION_RES),
-    int(PT.NO_JOB),
-    int(PT.NOOP),
-)
-_JOB_ASSIGN, _JOB_ASSIGN_UNIQ = int(PT.JOB_ASSIGN), int(PT.JOB_ASSIGN_UNIQ)
-_WORK_COMPLETE = int(PT.WORK_COMPLETE)
-_JOB_REVOKE = int(PT.JOB_REVOKE)
-_GRAB = encode_req(PT.GRAB_JOB_UNIQ)
-_ABSENT = object()  # an ability's timeout may be None
-_PRE_SLEEP = encode_req(PT.PRE_SLEEP)
 
 
 class WorkerSession:
