@@ -6,6 +6,10 @@ config, as `make run` does; toml blocks must load as a config (a block without p
 part of one: a pool is added). A block right after a line
 ``<!-- not run: REASON -->`` is skipped with that reason (systemctl, journalctl: there is
 no systemd as PID 1 here; `farm up` in the foreground: this test starts it itself).
+
+Beside its exit status, an example's stdout must hold what its print lines state they print
+(a trailing comment that is a Python literal: ``print(x)  # b'olleH'``;
+tests/helpers/docexamples).
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,43 +29,14 @@ import pytest
 from farm import config
 from farm.pools.control import ControlUnavailable, request
 from tests.helpers import ROOT
+from tests.helpers.docexamples import Example, examples, unprinted
 from tests.helpers.servers import need, skip_or_fail
 from tests.helpers.waiting import wait_for
 
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-RUN = ("python", "sh", "php", "toml")
-FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
-NOT_RUN = re.compile(r"<!-- not run: (.+?) -->\s*$")
 #: Added to a toml block that shows only part of a farm.toml (a config needs a pool).
 FUNCTIONS = '\n[functions.reverse]\ntarget = "workers.text:reverse"\n'
 #: Tools an sh block may name that are not farm's own (skipped where missing, as interop is).
 TOOLS = ("gearadmin", "gearman", "php", "perl")
-
-
-@dataclass(frozen=True)
-class Example:
-    doc: Path
-    line: int
-    lang: str
-    code: str
-    skip: str | None
-
-    def __str__(self) -> str:
-        return f"{self.doc.relative_to(ROOT)}:{self.line}"
-
-
-def examples() -> list[Example]:
-    found = []
-    for doc in DOCS:
-        text = doc.read_text()
-        for m in FENCE.finditer(text):
-            if m.group(1) not in RUN:
-                continue
-            before = text[: m.start()].rstrip("\n").rsplit("\n", 1)[-1]
-            marker = NOT_RUN.search(before)
-            line = text[: m.start()].count("\n") + 1
-            found.append(Example(doc, line, m.group(1), m.group(2), marker and marker.group(1)))
-    return found
 
 
 def test_there_are_examples_and_systemd_ones_are_marked() -> None:
@@ -197,3 +171,9 @@ def test_example_runs_as_written(example: Example, default_farm: DefaultFarm) ->
         f"{example} failed after {time.monotonic() - started:.1f}s:\n{example.code}\n"
         f"--- stdout\n{out.stdout}\n--- stderr\n{out.stderr}"
     )
+    if example.lang in ("python", "sh"):  # a python heredoc of an sh block too
+        missing = unprinted(example.code, out.stdout)
+        assert not missing, (
+            f"{example}: what these lines say they print is not in its stdout: "
+            f"{[str(s) for s in missing]}\n--- stdout\n{out.stdout}"
+        )
