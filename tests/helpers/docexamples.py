@@ -1,6 +1,6 @@
-"""The examples of README.md and docs/*.md (their fenced blocks: ``examples``), and what one
-says it prints: the check tests/integration/test_docs.py makes of each example beside its
-exit status.
+"""The examples of README.md and docs/*.md (their fenced blocks: ``examples``), what one
+says it prints, and what it may leave behind: the checks tests/integration/test_docs.py
+makes of each example beside its exit status.
 
 A ``print(...)`` line (in a python block, or in a python heredoc of an sh block) whose
 trailing comment is a Python literal states what that print writes::
@@ -15,6 +15,10 @@ print line is prose and is not checked (``# JobStatus(known, running, numerator,
 denominator)``, ``# b'0 enil', b'1 enil', ...``): a comment that names output which never
 comes (a stream's events that its function never sends) has to be one of these to be
 caught, so write what a print shows as the literal it prints.
+
+An example that starts a server of its own on a default store (``farm server -p 4731``)
+leaves no queued job in that store: every later server on a default store would warn of
+it, and a reader's next `make run` did.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
+from farm.server.otherstores import queued_in
 from tests.helpers import ROOT
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -123,3 +128,11 @@ def unprinted(code: str, stdout: str) -> list[Stated]:
     """What ``code`` states it prints that no line of ``stdout`` holds."""
     lines = stdout.splitlines()
     return [s for s in stated_prints(code) if not any(_printed(s.text, line) for line in lines)]
+
+
+def stores_left_holding(state: Path, own: str) -> list[tuple[str, int]]:
+    """The default stores in ``state`` other than ``own`` (the farm's, which it runs) that
+    hold queued jobs: what a server an example started left for every later server on a
+    default store to warn of."""
+    stores = sorted(p for p in state.glob("queue-*.db") if p.name != own)
+    return [(p.name, n) for p in stores if (n := queued_in(p))]

@@ -8,8 +8,8 @@ part of one: a pool is added). A block right after a line
 no systemd as PID 1 here; `farm up` in the foreground: this test starts it itself).
 
 Beside its exit status, an example's stdout must hold what its print lines state they print
-(a trailing comment that is a Python literal: ``print(x)  # b'olleH'``;
-tests/helpers/docexamples).
+(a trailing comment that is a Python literal: ``print(x)  # b'olleH'``), and an example
+leaves no queued job in a default store other than the farm's own (tests/helpers/docexamples).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import pytest
 from farm import config
 from farm.pools.control import ControlUnavailable, request
 from tests.helpers import ROOT
-from tests.helpers.docexamples import Example, examples, unprinted
+from tests.helpers.docexamples import Example, examples, stores_left_holding, unprinted
 from tests.helpers.servers import need, skip_or_fail
 from tests.helpers.waiting import wait_for
 
@@ -68,6 +68,7 @@ class DefaultFarm:
             XDG_STATE_HOME=str(tmp / "state"),
         )
         self.control = str(tmp / "run" / "farm" / "control.sock")
+        self.state = tmp / "state" / "farm"  # its store: queue-4730.db
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = open(tmp / "farm.log", "ab")  # noqa: SIM115 (closed in close)
 
@@ -177,3 +178,7 @@ def test_example_runs_as_written(example: Example, default_farm: DefaultFarm) ->
             f"{example}: what these lines say they print is not in its stdout: "
             f"{[str(s) for s in missing]}\n--- stdout\n{out.stdout}"
         )
+    # A server the example started (`farm server -p 4731 &`) has ended by now: its log went
+    # to the pipe run() read to its end.
+    left = stores_left_holding(default_farm.state, own="queue-4730.db")
+    assert not left, f"{example} left queued jobs in a store no server runs: {left}"
