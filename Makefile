@@ -1,4 +1,5 @@
-# The README names these targets. `make test` installs everything the tests need.
+# The README names these targets. `make test` installs everything the tests need; `make unit`
+# and `make lint` what they run (deps-dev).
 #
 # Debian's and Ubuntu's own python3 refuse `pip install` outside a virtualenv (PEP 668:
 # "externally-managed-environment"). With such a python3, and no virtualenv active,
@@ -20,7 +21,7 @@ PIP ?= $(PYTHON) -m pip
 DEBS := gearman-job-server gearman-tools php-cli php-gearman libgearman-client-perl prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run deps-test test unit lint bench
+.PHONY: install run deps-dev deps-test test unit lint bench
 
 install: $(VENV)
 	$(PIP) install -q -e .
@@ -35,6 +36,22 @@ run: install
 	  echo "installing python3-venv"; rm -rf .venv; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q python3-venv \
 	  && $(SYSTEM_PYTHON) -m venv .venv; }
+
+# What `make unit` and `make lint` run: the package's dependencies and its `test` extra
+# (pytest, ruff, mypy), into the python in use (./.venv where the system's is externally
+# managed, as `make run` does), by pip alone: no Debian packages, which only `make test`
+# needs. pip runs only when one of them is missing or older than pyproject.toml asks (read
+# with pip's own copy of packaging; any doubt is a missing one), so a second run costs a
+# fraction of a second and needs no network.
+DEV_DEPS_MET := import tomllib; from importlib.metadata import version; \
+  from pip._vendor.packaging.requirements import Requirement; \
+  p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+  wanted = [Requirement(r) for r in p["dependencies"] + p["optional-dependencies"]["test"]]; \
+  raise SystemExit(any(not r.specifier.contains(version(r.name), prereleases=True) \
+    for r in wanted if r.marker is None or r.marker.evaluate()))
+
+deps-dev: $(VENV)
+	@$(PYTHON) -c '$(DEV_DEPS_MET)' 2>/dev/null || $(PIP) install -q -e '.[test]'
 
 deps-test: $(VENV)
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -61,14 +78,15 @@ test: deps-test
 	exit $$status
 
 # The fast loop: the unit tests alone (seconds; no servers, no Debian packages).
-unit:
+unit: deps-dev
 	$(PYTHON) -m pytest -q tests/unit
 
 # ruff (lint and format) over everything, mypy --strict over farm/ and workers/ (config in
-# pyproject.toml).
-lint:
-	ruff check farm workers tests bench
-	ruff format --check farm workers tests bench
+# pyproject.toml). ruff as a module of the python in use: the one deps-dev installed, which
+# a python3 outside a virtualenv may have put in a bin directory that is not on PATH.
+lint: deps-dev
+	$(PYTHON) -m ruff check farm workers tests bench
+	$(PYTHON) -m ruff format --check farm workers tests bench
 	$(PYTHON) -m mypy
 
 BENCHES := server_load server_cost durable_enqueue bench_client bench_executor hop_floor bench_supervisor

@@ -1,12 +1,14 @@
 """The README's two commands on a fresh machine: where python3 refuses `pip install`
 outside a virtualenv (PEP 668, Debian's and Ubuntu's own), make builds ./.venv and
 installs there; elsewhere it installs into the python3 it is given. Read with `make -n`,
-which prints the recipes and runs nothing but the Makefile's own probe."""
+which prints the recipes and runs nothing but the Makefile's own probe. The targets for
+working on farm, `make unit` and `make lint`, install what they run as well (deps-dev)."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,3 +81,64 @@ def test_make_test_runs_both_passes_and_fails_where_either_does(
     assert passes[0].startswith("-m pytest -q -n ") and passes[0].endswith("-m not serial")
     assert passes[1] == "-m pytest -q -m serial"
     assert (done.returncode != 0) == bool(failing), done.stderr
+
+
+@pytest.mark.parametrize("target", ["unit", "lint"])
+@pytest.mark.parametrize("managed", [True, False])
+def test_the_working_targets_install_what_they_run_first(
+    tmp_path: Path, target: str, managed: bool
+) -> None:
+    # `make unit` and `make lint` ran pytest, ruff and mypy without installing them: on
+    # Debian's python3, `.venv/bin/python: No such file or directory`, then after `make
+    # install`, `No module named pytest`. They install the `test` extra first, by pip alone.
+    python = fake_python(tmp_path, managed=managed)
+    recipes = dry_run(target, python).splitlines()
+    used = ".venv/bin/python" if managed else str(python)
+    installs = [i for i, line in enumerate(recipes) if " -m pip install " in line]
+    assert len(installs) == 1, recipes
+    install = installs[0]
+    assert recipes[install].endswith(f"|| {used} -m pip install -q -e '.[test]'")
+    runs = [i for i, line in enumerate(recipes) if line.startswith(f"{used} -m ")]
+    assert runs and all(i > install for i in runs), recipes
+    assert not any("apt-get" in line for line in recipes if "venv" not in line), recipes
+
+
+@pytest.mark.parametrize("met", [True, False])
+def test_deps_dev_runs_pip_only_when_a_requirement_is_not_met(tmp_path: Path, met: bool) -> None:
+    # Run for real with a python that notes its arguments: the check (``-c``) answers
+    # whether pyproject.toml's requirements are met; pip runs only when they are not.
+    log = tmp_path / "calls"
+    python = tmp_path / "python"
+    python.write_text(
+        f'#!/bin/sh\ncase "$1" in\n-c) echo check >> {log}; exit {0 if met else 1};;\n'
+        f'-m) echo "$2" >> {log};;\nesac\nexit 0\n'
+    )
+    python.chmod(0o755)
+    done = subprocess.run(
+        ["make", "-s", "-C", str(ROOT), "deps-dev", f"PYTHON={python}",
+         f"SYSTEM_PYTHON={fake_python(tmp_path, managed=False)}"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert log.read_text().split() == (["check"] if met else ["check", "pip"])
+
+
+def test_the_requirements_check_reads_pyproject_toml(tmp_path: Path) -> None:
+    # The check itself, with this python: it answers 0 where the test extra is installed
+    # (the suite runs), 1 for a requirement nothing satisfies.
+    text = subprocess.run(
+        ["make", "-s", "-p", "-n", "-C", str(ROOT), "deps-dev", "PYTHON=true"],
+        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"},
+    ).stdout  # fmt: skip
+    code = next(line for line in text.splitlines() if line.startswith("DEV_DEPS_MET := "))
+    code = code.removeprefix("DEV_DEPS_MET := ")
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\ndependencies = ["pytest>=999"]\n[project.optional-dependencies]\ntest = []\n'
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True).returncode
+        == 1
+    )
