@@ -150,6 +150,27 @@ def test_a_command_worker_whose_registration_was_not_seen_says_so_everywhere() -
     assert (by_name["near"].idle, by_name["near"].busy) == (1, 0)
 
 
+def test_a_draining_worker_holding_a_job_counts_as_busy() -> None:
+    # A scale-down's worker finishing its job read `slow RUNNING 2 WORKERS 2 IDLE 0 BUSY 1`
+    # beside its `draining` row: the job it runs was nobody's, and the sum fell one short.
+    from farm.cli.top import Sample, Sampler
+
+    base = {"function": "slow", "cpu": 0, "jobs": 0, "rss": 0, "restarts": 0, "uptime": 1.0}
+    rows = [
+        {**base, "pid": 31, "slot": 0, "state": "busy", "job": "H:vm:1", "busy_for": 8.1},
+        {**base, "pid": 32, "slot": 1, "state": "draining", "job": "H:vm:2", "busy_for": 8.1},
+        {**base, "pid": 33, "slot": 2, "state": "draining"},  # no job: it exits; in neither
+    ]
+    fn = (("function", "slow"),)
+    server: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {
+        ("farm_jobs_running", fn): 2.0,
+        ("farm_workers", fn): 2.0,  # registered: the two with a job
+    }
+    (slow,) = Sampler("/nonexistent").functions(Sample(0.0, rows, server, None, server=True))
+    assert (slow.idle, slow.busy) == (0, 2)
+    assert slow.workers == slow.idle + slow.busy and slow.running == slow.busy
+
+
 def test_a_frame_on_an_80_column_terminal_cuts_no_number() -> None:
     # rich shrank every column alike to fit 80 columns: 12345.6 jobs/s read "1234…", a
     # count cut short reads ten times smaller; "farm.…" and "farm.…" were two functions.
