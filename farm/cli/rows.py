@@ -20,6 +20,7 @@ __all__ = [
     "Samples",
     "answered",
     "buckets",
+    "held_as",
     "quantile",
     "seconds",
     "state_text",
@@ -94,6 +95,21 @@ def state_text(row: Mapping[str, Any]) -> str:
     no job in hand are not read as idle."""
     state = str(row.get("state", ""))
     return f"{state} (not checked)" if row.get("checked") is False else state
+
+
+def held_as(row: Mapping[str, Any]) -> str:
+    """A process's part in its function's IDLE and BUSY columns: its state, except that
+    one draining with a job in hand is busy (the server counts its job as running: a
+    scale-down's worker finishing one read as neither, and IDLE + BUSY fell short of
+    WORKERS), and a command worker is "running" (connected), with the job the server
+    says it holds, if any: busy with one, idle without; "running" where the server could
+    not say (its registration not checked: remote servers only)."""
+    state = str(row["state"])
+    if state == "draining":
+        return "busy" if row.get("job") else state
+    if state != "running" or row.get("checked") is False:
+        return state
+    return "busy" if row.get("job") else "idle"
 
 
 def total(m: Samples, name: str, function: str) -> float:

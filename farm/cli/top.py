@@ -39,6 +39,7 @@ from farm.cli.rows import (
     Samples,
     answered,
     buckets,
+    held_as,
     quantile,
     total,
 )
@@ -166,7 +167,7 @@ class Sampler:
             then = Sample(then.when, then.processes, {}, then.metrics_url, server=True)
         rows = []
         for fn in sorted(names):
-            held = [_held(r) for r in processes.get(fn, ())]
+            held = [held_as(r) for r in processes.get(fn, ())]
             rate = None
             if then is not None and then.metrics is not None and seconds > 0:
                 rate = max(0.0, answered(m, fn) - answered(then.metrics, fn)) / seconds
@@ -232,21 +233,6 @@ class Sampler:
             if earlier is not None and value >= earlier and same:
                 out[slot] = 100.0 * (value - earlier) / seconds
         return out
-
-
-def _held(row: dict[str, Any]) -> str:
-    """A process's part in its function's IDLE and BUSY columns: its state, except that
-    one draining with a job in hand is busy (the server counts its job as running: a
-    scale-down's worker finishing one read as neither, and IDLE + BUSY fell short of
-    WORKERS), and a command worker is "running" (connected), with the job the server
-    says it holds, if any: busy with one, idle without; "running" where the server could
-    not say (its registration not checked: remote servers only)."""
-    state = str(row["state"])
-    if state == "draining":
-        return "busy" if row.get("job") else state
-    if state != "running" or row.get("checked") is False:
-        return state
-    return "busy" if row.get("job") else "idle"
 
 
 def slot_pids(sample: Sample) -> dict[tuple[str, int], int]:
