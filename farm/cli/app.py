@@ -34,6 +34,7 @@ __all__ = [
     "fail",
     "main",
     "metrics_url",
+    "named_config",
     "own_row",
     "refuse_non_sockets",
     "seconds",
@@ -231,13 +232,29 @@ def metrics_url(text: str) -> str:
     return f"http://{where}/metrics"
 
 
+def named_config(config: Path | None) -> str | None:
+    """The config file the user named (``--config``, else ``$FARM_CONFIG``), whole and its
+    links resolved, for a control request to carry: the supervisor refuses the request when
+    it runs another file (farm.pools.control.another_farm). Two configs that differ only in
+    their ports share the default control socket, and `farm stop -c d/farm.toml` stopped
+    the farm started from c/farm.toml. None when none was named: the search order's file
+    (./farm.toml, /etc/farm/farm.toml) may well not be the running farm's, as before."""
+    from farm.discovery import config_file
+
+    named = config if config is not None else os.environ.get("FARM_CONFIG") or None
+    return None if named is None else str(config_file(Path(named)))
+
+
 def ask_supervisor(
     config: Path | None, control: str | None, message: dict[str, Any]
 ) -> dict[str, Any]:
-    """Send one control request; every failure is one line and an exit code."""
+    """Send one control request (with the config the user named, for the supervisor to
+    refuse if it runs another); every failure is one line and an exit code."""
     from farm.pools.control import ControlUnavailable, request
 
     path = control_socket(config, control)
+    if (named := named_config(config)) is not None:
+        message = {**message, "config": named}
     try:
         reply = request(path, message)
     except ControlUnavailable as e:

@@ -14,6 +14,7 @@ from farm.cli.app import (
     FarmCommand,
     app,
     fail,
+    named_config,
     own_row,
     refuse_non_sockets,
 )
@@ -145,7 +146,9 @@ def farm_server_down(config: Path | None) -> str:
     from farm.pools.control import request
 
     try:
-        reply = request(control_path(config), {"cmd": "ps"}, timeout=2.0)
+        # With the config named: another farm at its control socket is not the one asked.
+        message = {"cmd": "ps", "config": named_config(config)}
+        reply = request(control_path(config), message, timeout=2.0)
         rows = reply["processes"]
         sup, srv = own_row(rows, "supervisor"), own_row(rows, "server")
     except Exception:  # no farm, or not this one's: the plain hint stands

@@ -22,6 +22,7 @@ from farm.cli.app import (
     ask_supervisor,
     control_socket,
     fail,
+    named_config,
     own_row,
     seconds,
 )
@@ -159,6 +160,7 @@ def ps(
                 interval=interval,
                 iterations=count,
                 processes_only=True,
+                config=named_config(config),
             )
         )
     for line in ps_lines(rows):
@@ -210,17 +212,13 @@ def reload(
     (each new process beside the old one, which stays if the new one does not boot: exit 1)."""
     import time
 
-    from farm.discovery import config_file
-
     began = time.monotonic()
     seconds(timeout, "--timeout", at_most=MAX_WAIT)
 
     if control is None:
         control = unread_config_s_farm(config)
-    message: dict[str, object] = {"cmd": "reload", "restart": restart}
-    if config is not None:  # the farm re-reads its own file: it refuses when that is not this one
-        message["config"] = str(config_file(config))  # one line where a relative path fails
-    reply = ask_supervisor(config, control, message)
+    # The farm re-reads its own file: it refuses a named one that is not it (ask_supervisor).
+    reply = ask_supervisor(config, control, {"cmd": "reload", "restart": restart})
     for note in reply.get("not_applied", ()):  # the pools changed; these wait for a restart
         typer.echo(f"not applied: {note}", err=True)
     # "reloaded" is said once it is so: it was said first, then a restart that did not
@@ -300,4 +298,4 @@ def stop(
         reply = ask_supervisor(config, control, {"cmd": "stop"})
         typer.echo(f"stopping (supervisor {reply.get('pid')})")
         return
-    follow_stop(control_socket(config, control), wait)
+    follow_stop(control_socket(config, control), wait, named_config(config))

@@ -31,6 +31,7 @@ from farm.cli.app import (
     control_socket,
     fail,
     metrics_url,
+    named_config,
 )
 from farm.cli.rows import (
     SORT_KEYS,
@@ -71,22 +72,35 @@ class Sample:
     server: bool = False  # whether ``metrics`` holds the job server's part
 
 
+class ControlRefused(Exception):
+    """The supervisor refused to say: it runs another config than the one named."""
+
+
 class Sampler:
     """Reads the farm each time it is asked and keeps the last few seconds of readings."""
 
-    def __init__(self, control: str, metrics_url: str | None = None) -> None:
+    def __init__(
+        self, control: str, metrics_url: str | None = None, config: str | None = None
+    ) -> None:
         self.control = control
         self.metrics_url = metrics_url  # None: the address the supervisor reports
         self.history: deque[Sample] = deque()
+        # The config the user named (farm.cli.app.named_config): another farm's is refused.
+        self.ask: dict[str, Any] = (
+            {"cmd": "ps"} if config is None else {"cmd": "ps", "config": config}
+        )
 
     def sample(self) -> Sample:
-        """Raises ControlUnavailable when no supervisor answers."""
+        """Raises ControlUnavailable when no supervisor answers, ControlRefused when it
+        answers for another config."""
         import http.client  # here, as scrape's urllib: they cost every other command's start
         import urllib.error
 
         from farm.pools.control import request
 
-        reply = request(self.control, {"cmd": "ps"}, timeout=5.0)
+        reply = request(self.control, self.ask, timeout=5.0)
+        if not reply.get("ok"):
+            raise ControlRefused(str(reply.get("error", "the supervisor refused")))
         url = self.metrics_url
         if url is None and reply.get("metrics"):
             url = f"http://{reply['metrics']}/metrics"
@@ -278,20 +292,24 @@ def live_view(
     iterations: int | None = None,
     sort: str = "name",
     processes_only: bool = False,
+    config: str | None = None,
 ) -> int:
     """Draw the farm every ``interval`` seconds until `q`, ``iterations`` frames, or the farm
-    stops; the exit code. `farm ps --watch` is this with ``processes_only``."""
+    stops; the exit code. `farm ps --watch` is this with ``processes_only``. ``config``:
+    the one the user named, which the supervisor refuses if it runs another (exit 2)."""
     from rich.console import Console
     from rich.live import Live
 
     from farm.cli.liveview import frame
     from farm.pools.control import ControlUnavailable
 
-    sampler = Sampler(control, metrics_url)
+    sampler = Sampler(control, metrics_url, config)
     try:
         now = sampler.sample()  # no farm at all is an error; a farm that goes away is not
     except ControlUnavailable as exc:
         fail(str(exc), 1)
+    except ControlRefused as exc:
+        fail(str(exc), 2)
     console = Console()
     if not console.is_terminal and "COLUMNS" not in os.environ:
         # Into a pipe or a file (grep, a cron job's mail): there is no screen to fit, and
@@ -330,7 +348,7 @@ def live_view(
             sort = SORT_LETTERS.get(key, sort)
             try:
                 now = sampler.sample()
-            except ControlUnavailable as exc:
+            except (ControlUnavailable, ControlRefused) as exc:  # Refused: another farm's now
                 gone = f"the farm stopped: {exc}"
                 break
     if gone:
@@ -368,6 +386,11 @@ def top(
     url = None if metrics is None else metrics_url(metrics)
     control = control_socket(config, control)
     code = live_view(
-        control, url, interval=interval, iterations=1 if once else iterations, sort=sort
+        control,
+        url,
+        interval=interval,
+        iterations=1 if once else iterations,
+        sort=sort,
+        config=named_config(config),
     )
     raise typer.Exit(code)

@@ -109,21 +109,26 @@ def _place(row: dict[str, Any]) -> str:
 NOT_SERVING = ("failing", "backoff", "starting")
 
 
-def follow_stop(path: str, wait: float) -> None:
+def follow_stop(path: str, wait: float, config: str | None = None) -> None:
     """Ask the supervisor to stop and show the drain as it goes (workers left, seconds
-    left), then what it killed; exit 1 if it is still there after ``wait`` seconds."""
+    left), then what it killed; exit 1 if it is still there after ``wait`` seconds.
+    ``config``: the one the user named, which the supervisor refuses if it runs another."""
     from farm.pools.control import ControlUnavailable, follow, request
 
     deadline = time.monotonic() + wait
     line = LiveLine(sys.stdout)
     pid: object = None
     killed: list[dict[str, Any]] = []
-    replies = follow(path, {"cmd": "stop", "follow": True}, timeout=max(wait, 1.0))
+    message: dict[str, Any] = {"cmd": "stop", "follow": True}
+    if config is not None:
+        message["config"] = config
+    replies = follow(path, message, timeout=max(wait, 1.0))
     try:
         for news in replies:
             if pid is None:
                 if not news.get("ok"):
-                    fail(str(news.get("error", "the supervisor refused")), 1)
+                    said = str(news.get("error", "the supervisor refused"))
+                    fail(said, 2 if news.get("usage") else 1)
                 pid = news.get("pid")
                 continue
             killed = news.get("killed", killed)

@@ -3,9 +3,10 @@
 A Unix stream socket (mode 0600, so only the service's user may steer it).
 The client sends one line ``{"cmd": "ps" | "scale" | "reload" | "stop", ...}``
 and reads one line back: ``{"ok": true, ...}`` or ``{"ok": false, "error":
-"...", "usage": true}`` (``usage`` marks a bad request: exit code 2). The
-server side never blocks the supervisor's loop: it is driven by the loop's
-selector (``ControlServer.accept`` / ``ControlConnection.read``).
+"...", "usage": true}`` (``usage`` marks a bad request: exit code 2). A request
+may carry ``"config"``, the file its client named: the supervisor refuses it when it
+runs another (``another_farm``). The server side never blocks the supervisor's loop:
+it is driven by the loop's selector (``ControlServer.accept`` / ``ControlConnection.read``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "request",
     "follow",
     "answering_elsewhere",
+    "another_farm",
     "parse_scale",
     "parse_restart_name",
     "MAX_REQUEST",
@@ -121,6 +123,39 @@ def answering_elsewhere(config_file: str, besides: str) -> tuple[int, str] | Non
             ):
                 return proc.pid, path
     return None
+
+
+#: What each steering command would have done, for its refusal's "nothing was ...".
+_DONE = {"stop": "stopped", "scale": "scaled", "restart": "restarted", "reload": "reloaded"}
+
+
+def another_farm(cmd: object, asked: str, runs: str, pid: int) -> str | None:
+    """Why the supervisor of process ``pid``, which re-reads ``runs``, refuses a request
+    whose client named the config ``asked`` (``-c``, ``$FARM_CONFIG``): that file is not
+    ``runs``, by any of its names (a link, a hard link). None when it is.
+
+    Two configs that differ only in their ports share the default control socket, so
+    `farm stop -c d/farm.toml` reached the farm started from c/farm.toml, and stopped it."""
+    if os.path.realpath(asked) == os.path.realpath(runs):
+        return None
+    try:
+        if os.path.samefile(asked, runs):
+            return None
+    except OSError:  # one of them is not there (the built-in defaults), or not ours to see
+        pass
+    done = _DONE.get(str(cmd))
+    said = f"{runs}, not {asked}" + (f" (nothing was {done})" if done else "")
+    both = (
+        "to run a farm from each, give each its own [supervisor] control"
+        " (docs/operations.md, Several farms on one host)"
+    )
+    file = os.path.isfile(runs)  # else started from none: the built-in defaults
+    if cmd == "reload":  # the farm reads its own file: that is the one to edit
+        fix = "edit that file" if file else "it was started from no file"
+        return f"this farm re-reads {said}: {fix}; {both}"
+    # Found by the search, a file's name may be the supervisor's ./farm.toml.
+    steer = f"-c {os.path.abspath(runs)}" if file else "name no config"
+    return f"this farm (pid {pid}) runs {said}: to steer it, {steer}; {both}"
 
 
 def follow(

@@ -23,7 +23,7 @@ from farm.config.rules import on_running_farm
 from farm.discovery import find_config
 from farm.errors import ConfigError
 from farm.pools import sdnotify
-from farm.pools.control import ControlConnection, parse_restart_name, parse_scale
+from farm.pools.control import ControlConnection, another_farm, parse_restart_name, parse_scale
 from farm.pools.pstable import ProcessTable
 
 if TYPE_CHECKING:
@@ -154,6 +154,12 @@ class Steering(ProcessTable):
             return
         self.selector.unregister(conn)
         cmd = message.get("cmd")
+        # Its client's config (-c) is another farm's sharing this socket: a usage mistake.
+        if (asked := message.get("config")) and (
+            why := another_farm(cmd, str(asked), self.rereads(), os.getpid())
+        ):
+            conn.reply({"ok": False, "usage": True, "error": why})
+            return
         if cmd == "ping":
             # The file it re-reads: a command whose config names a control socket no one
             # answers on finds the farm it meant by it (control.answering_elsewhere).
@@ -179,15 +185,7 @@ class Steering(ProcessTable):
                 conn.reply({"ok": False, "error": "the farm is stopping; nothing was scaled"})
                 return
             conn.reply(self.scale(message.get("changes")))
-        elif cmd == "reload":
-            asked, rereads = message.get("config"), self.rereads()
-            if asked and os.path.realpath(str(asked)) != os.path.realpath(rereads):
-                # "reloaded" would claim the named file was applied; the farm reads its own.
-                # A usage mistake (exit 2): nothing was tried, so nothing failed.
-                why = f"this farm re-reads {rereads}, not {asked} (edit that file, or stop"
-                why += " the farm and start it with yours)"
-                conn.reply({"ok": False, "usage": True, "error": why})
-                return
+        elif cmd == "reload":  # of its own file ("reloaded" would claim a named one applied)
             restart = "restart" if message.get("restart") else None
             self.pending.append(Pending(Duty.RELOAD, restart, conn=conn))
         elif cmd == "restart":
