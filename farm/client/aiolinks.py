@@ -13,7 +13,7 @@ from typing import TypeVar
 from farm.client.aioconn import ServerConnection, Waiter, closed_error
 from farm.client.serverpick import MIN_CONNECT, STAGGER, ServerPicker, connect_share, job_key
 from farm.errors import ServerUnavailable
-from farm.net import parse_address
+from farm.net import keep_alive, parse_address
 from farm.protocol.client import ClientSession, Query, Task, lost_error
 
 __all__ = ["AsyncLinks"]
@@ -220,6 +220,12 @@ class AsyncLinks:
         if self._closed:  # close() came while this connected: nothing may go out on it
             transport.close()
             raise closed_error()
+        # A server whose host died or whose network was cut sends no FIN nor RST: with no
+        # keepalive a call to it waited for ever, as an idle worker did (farm.net). The
+        # transport's socket, under TLS too; a Unix socket is left as it is.
+        sock = transport.get_extra_info("socket")  # None where a loop's transport has none
+        if sock is not None:
+            keep_alive(sock)
         conn.session.option("exceptions")  # so WORK_EXCEPTION reaches us, not just WORK_FAIL
         # Weakly, as the loop holds the protocol while it reads: a client its user dropped
         # unclosed is freed then, not when the loop ends (its connections close with it).

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from farm.net import parse_address
+from farm.net import keep_alive, parse_address
 
 __all__ = ["Dialer", "shut"]
 
@@ -70,8 +70,9 @@ class Dialer:
     def connect(
         self, addr: str, timeout: float | None, tls: ssl.SSLContext | None
     ) -> socket.socket:
-        """``farm.net.connect``'s socket (blocking, TCP_NODELAY, TLS over TCP when asked):
-        each address of the host tried in turn, ``timeout`` each, as it tries them."""
+        """``farm.net.connect``'s socket (blocking, TCP_NODELAY and keepalive, TLS over TCP
+        when asked): each address of the host tried in turn, ``timeout`` each, as it tries
+        them."""
         parsed = parse_address(addr)
         if parsed.kind == "unix":
             return self._one(socket.AF_UNIX, 0, parsed.path, timeout)
@@ -90,6 +91,9 @@ class Dialer:
             raise error or OSError(f"{parsed.host} has no address")
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # A server whose host died or whose network was cut sends no FIN nor RST: with
+            # no keepalive a call to it waited for ever, as an idle worker did (farm.net).
+            keep_alive(sock)
             if tls is not None:
                 sock = tls.wrap_socket(
                     sock, server_hostname=parsed.host, do_handshake_on_connect=False

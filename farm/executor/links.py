@@ -22,7 +22,7 @@ from farm.client.serverpick import ServerPicker
 from farm.errors import ServerUnavailable
 from farm.executor.flight import Flight, flight_of
 from farm.executor.poller import READ, WRITE, Poller
-from farm.net import Dial, connect, parse_address
+from farm.net import Dial, connect, keep_alive, parse_address
 from farm.protocol import OPTION_LAZY_CREATED
 from farm.protocol.client import ClientSession, lost_error
 
@@ -154,6 +154,10 @@ class Links:
     def _opened(self, addr: str, sock: socket.socket) -> Conn:
         self._awaiting, self._refused = False, {}
         sock.setblocking(False)
+        # A server whose host died or whose network was cut sends no FIN nor RST: with no
+        # keepalive its calls waited for ever, as an idle worker did (farm.net; a Unix
+        # socket is left as it is).
+        keep_alive(sock)
         self._picker.mark_up(addr)  # its next failure starts over from DOWN_FOR
         self._down_since = self._retry_at = 0.0
         conn = self._conns[addr] = Conn(addr, sock)
