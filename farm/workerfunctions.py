@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar, overload
 
-from farm.protocol.checks import Data, check_name, check_timeout
+from farm.protocol.checks import Data, check_name, check_sync_worker, check_timeout
 from farm.protocol.codec import text_bytes, wire_text
 from farm.workerjob import Job
 from farm.workerlinks import ServerLink
@@ -51,6 +51,7 @@ class WorkerFunctions:
         name = _as_served(check_name(name))
         if not callable(fn):
             raise TypeError(f"{name}: the worker function must be callable, not {fn!r}")
+        check_sync_worker(name, fn)  # an async def one failed each of its jobs
         check_timeout(name, timeout)
         with self._send_lock:  # from another thread while work() runs: the loop writes too
             # Under the lock, as work() copies them into its sessions: else one registered

@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     reporter = Reporter(ns.report_fd)
     record = RecordWriter(ns.record_fd) if ns.record_fd is not None else None
 
+    from farm.protocol.checks import check_sync_worker
     from farm.targets import NotCallable, load_failure, load_target, search_working_directory
 
     # Started with -P: only a directory others may not write, and not one removed since the
@@ -192,6 +193,11 @@ def main(argv: list[str] | None = None) -> int:
                 exc_info=True,  # a traceback to the import error; one record (farm.logs)
             )
         return boot_failed(reporter, why)
+    try:  # as register() would refuse it, but before _recording wraps it in a plain function
+        check_sync_worker(ns.function, fn)
+    except TypeError as e:  # async def: every job would fail; `farm check` says so too
+        log.error("cannot serve %s: %s", ns.function, e)
+        return boot_failed(reporter, str(e))
     if ns.check:  # loaded as the pool's workers load it: that is all `farm check` asks
         reporter.send(ev="ready")
         return 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
+import inspect
 import math
 from typing import TypeAlias
 
@@ -23,6 +25,8 @@ __all__ = [
     "check_task",
     "check_timeout",
     "check_seconds",
+    "check_sync_worker",
+    "coroutine_function",
     "sendable",
 ]
 
@@ -102,6 +106,35 @@ def check_map(function: object, priority: object, max_in_flight: object) -> None
     check_priority(priority)
     if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
         raise ValueError(f"max_in_flight must be a positive int, not {max_in_flight!r}")
+
+
+def coroutine_function(fn: object) -> str | None:
+    """The name of ``fn`` when calling it returns a coroutine, as its definition says: an
+    ``async def`` function or method, or an object whose class's ``__call__`` is one, each
+    also through ``functools.partial``; None otherwise. (A plain function that returns a
+    coroutine is not seen: only calling it would tell.)"""
+    inner = fn
+    while isinstance(inner, functools.partial):
+        inner = inner.func
+    if inspect.iscoroutinefunction(inner):
+        return str(getattr(inner, "__qualname__", None) or getattr(inner, "__name__", "it"))
+    if callable(inner) and inspect.iscoroutinefunction(type(inner).__call__):  # the class's
+        return f"a {type(inner).__qualname__} object (its __call__)"
+    return None
+
+
+def check_sync_worker(name: str, fn: object) -> None:
+    """A worker function is called in the worker's thread, and what it returns is the
+    job's result: an ``async def`` one returned a coroutine, never run, and every one of
+    its jobs failed ("must be bytes ... not coroutine"). Refused where it is registered."""
+    label = coroutine_function(fn)
+    if label is not None:
+        raise TypeError(
+            f"{name}: the worker function {label} is async def (a coroutine function);"
+            " farm.Worker calls it in its own thread and sends back what it returns, so each"
+            " of its jobs would fail: register a plain function that runs it, e.g."
+            " lambda job: asyncio.run(fn(job))"
+        )
 
 
 def check_unique(unique: object) -> str:

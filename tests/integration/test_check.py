@@ -122,6 +122,21 @@ def test_an_attribute_that_is_not_callable_exit_1(tmp_path: Path) -> None:
     assert "settings:handler is a int, not a function" in done.stderr
 
 
+def test_an_async_def_target_exit_1(tmp_path: Path) -> None:
+    # It loaded, and each worker took it; then every job failed ("a worker function's
+    # result must be bytes ... not coroutine"): farm check said ok, and farm up started it.
+    (tmp_path / "fetcher.py").write_text("async def fetch(job):\n    return job.data\n")
+    config(tmp_path, '[functions.x]\ntarget = "fetcher:fetch"\nworkers = 1\n')
+    done = farm(tmp_path, "check")
+    assert done.returncode == 1, done.stderr
+    said = lines(done.stderr)
+    assert said[0].startswith(
+        "farm: farm.toml: functions.x.target: fetcher:fetch does not load in a worker:"
+        " x: the worker function fetch is async def"
+    ), said
+    assert "asyncio.run" in said[0]
+
+
 def test_a_command_that_is_not_executable_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "worker.sh").write_text("#!/bin/sh\nexec cat\n")
     config(tmp_path, '[functions.sh]\ncommand = ["./worker.sh"]\nworkers = 1\n')

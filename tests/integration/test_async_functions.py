@@ -1,0 +1,87 @@
+"""What an asyncio developer hands farm that it cannot run: an ``async def`` worker function
+(``farm.Worker``, ``farm worker MODULE:FUNCTION``). It was taken, then every job of the
+function failed ("a worker function's result must be bytes ... not coroutine"). Now it is
+refused where it is given. A farm.toml pool's async target: test_check.py."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import farm
+from farm.worker import Job
+from tests.helpers.clirun import cli, one_line_error
+from tests.helpers.servers import Server
+from tests.helpers.serving import serving
+
+
+async def fetch(job: Job) -> bytes:
+    await asyncio.sleep(0)
+    return job.data
+
+
+class Handler:
+    async def __call__(self, job: Job) -> bytes:
+        return job.data
+
+    async def run(self, job: Job) -> bytes:
+        return job.data
+
+
+class Plain:
+    def __call__(self, job: Job) -> bytes:
+        return job.data[::-1]
+
+
+ASYNC_FORMS: dict[str, tuple[Callable[..., Any], str]] = {
+    "function": (fetch, "the worker function fetch is async def"),
+    "method": (Handler().run, "the worker function Handler.run is async def"),
+    "object": (Handler(), "the worker function a Handler object (its __call__) is async def"),
+    "partial": (functools.partial(fetch), "the worker function fetch is async def"),
+    "partial of a partial of an object": (
+        functools.partial(functools.partial(Handler())),
+        "the worker function a Handler object (its __call__) is async def",
+    ),
+}
+
+
+@pytest.mark.parametrize("form", ASYNC_FORMS)
+def test_a_worker_refuses_an_async_function(farm_server: Server, form: str) -> None:
+    fn, said = ASYNC_FORMS[form]
+    with serving(farm_server.addr, {"plain": Plain()}) as worker:
+        with pytest.raises(TypeError, match="asyncio.run") as refused:
+            worker.register("fetch", fn)
+        assert str(refused.value).startswith(f"fetch: {said}"), refused.value
+        # Nor is it served: its job would have failed; the worker's other functions serve on.
+        with farm.Client(farm_server.addr) as client:
+            assert client.call("plain", b"abc", timeout=30) == b"cba"
+            with pytest.raises(farm.Timeout):
+                client.call("fetch", b"abc", timeout=0.5)
+
+
+def test_the_worker_decorator_refuses_an_async_function() -> None:
+    worker = farm.Worker("127.0.0.1:1")
+    with pytest.raises(TypeError, match="fetch: the worker function fetch is async def"):
+        worker.function(fetch)
+    with pytest.raises(TypeError, match="served: the worker function fetch is async def"):
+        worker.function("served")(fetch)
+    # A plain function that runs it is what the refusal offers, and is taken.
+    worker.register("fetch", lambda job: asyncio.run(fetch(job)))
+    worker.register("sync partial", functools.partial(Plain()))
+
+
+def test_farm_worker_refuses_an_async_target_in_one_line() -> None:
+    out = cli(
+        "worker",
+        "tests.integration.test_async_functions:fetch",
+        "--server",
+        "127.0.0.1:1",
+        timeout=30,
+    )
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    said = one_line_error(out.stderr)
+    assert said.startswith("farm: fetch: the worker function fetch is async def"), said
