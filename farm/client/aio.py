@@ -33,6 +33,7 @@ from farm.net import parse_servers
 from farm.protocol.checks import (
     Data,
     as_bytes,
+    check_callbacks,
     check_map,
     check_name,
     check_priority,
@@ -103,6 +104,7 @@ class AsyncClient(AsyncLinks):
         """Run a foreground job and return its result (in ``timeout`` seconds in all,
         connecting included)."""
         check_seconds(timeout)
+        check_callbacks(on_status, on_data, on_warning, on_loop=True)  # before any send
         deadline = _deadline(timeout)
         task, waiter = await self._start(function, data, priority, unique, deadline=deadline)
         waiter.on_status, waiter.on_data, waiter.on_warning = on_status, on_data, on_warning

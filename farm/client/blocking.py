@@ -24,6 +24,7 @@ from farm.net import parse_servers
 from farm.protocol.checks import (
     Data,
     as_bytes,
+    check_callbacks,
     check_map,
     check_name,
     check_priority,
@@ -133,6 +134,7 @@ class Client:
         (WORK_FAIL), Timeout, ServerError or ServerUnavailable.
         """
         check_seconds(timeout)
+        check_callbacks(on_status, on_data, on_warning)  # an async def one would never run
         task = self._new_task(function, data, priority, unique)
         if on_status or on_data or on_warning:
             task.owner = Callbacks(on_status, on_data, on_warning)

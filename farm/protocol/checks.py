@@ -16,6 +16,7 @@ __all__ = [
     "Data",
     "as_bytes",
     "as_epoch",
+    "check_callbacks",
     "check_map",
     "check_name",
     "check_unique",
@@ -135,6 +136,24 @@ def check_sync_worker(name: str, fn: object) -> None:
             " of its jobs would fail: register a plain function that runs it, e.g."
             " lambda job: asyncio.run(fn(job))"
         )
+
+
+def check_callbacks(
+    on_status: object, on_data: object, on_warning: object, *, on_loop: bool = False
+) -> None:
+    """A call's callbacks are called, never awaited, as asyncio's ``call_soon`` calls its
+    own: an ``async def`` one made a coroutine that never ran (a RuntimeWarning alone said
+    so). Refused before the job is sent; ``on_loop``: an AsyncClient's, which may start a
+    task."""
+    given = {"on_status": on_status, "on_data": on_data, "on_warning": on_warning}
+    for what, fn in given.items():
+        label = None if fn is None else coroutine_function(fn)
+        if label is not None:
+            instead = ", which may start a task (asyncio.create_task) to await" if on_loop else ""
+            raise TypeError(
+                f"{what}: {label} is async def (a coroutine function); callbacks are called"
+                f" and never awaited, so it would never run: pass a plain function{instead}"
+            )
 
 
 def check_unique(unique: object) -> str:

@@ -1,7 +1,9 @@
 """What an asyncio developer hands farm that it cannot run: an ``async def`` worker function
-(``farm.Worker``, ``farm worker MODULE:FUNCTION``). It was taken, then every job of the
-function failed ("a worker function's result must be bytes ... not coroutine"). Now it is
-refused where it is given. A farm.toml pool's async target: test_check.py."""
+(``farm.Worker``, ``farm worker MODULE:FUNCTION``) and an ``async def`` callback of a call
+(``farm.AsyncClient``, ``farm.Client``). Each was taken, then every job of the function
+failed ("a worker function's result must be bytes ... not coroutine"), or the callback never
+ran (a "never awaited" RuntimeWarning alone). Now each is refused where it is given, before
+anything is sent. A farm.toml pool's async target: test_check.py."""
 
 from __future__ import annotations
 
@@ -85,3 +87,63 @@ def test_farm_worker_refuses_an_async_target_in_one_line() -> None:
     assert out.returncode == 2, (out.returncode, out.stderr)
     said = one_line_error(out.stderr)
     assert said.startswith("farm: fetch: the worker function fetch is async def"), said
+
+
+def _chatty(ran: list[bytes]) -> Callable[[Job], bytes]:
+    def chatty(job: Job) -> bytes:
+        ran.append(job.data)
+        job.send_status(1, 2)
+        job.send_data(b"part")
+        job.send_warning(b"careful")
+        return job.data.upper()
+
+    return chatty
+
+
+async def _seen(*args: object) -> None:
+    raise AssertionError("an async callback ran")
+
+
+ASYNC_CALLBACKS: dict[str, object] = {
+    "on_status": _seen,
+    "on_data": functools.partial(_seen, "data"),
+    "on_warning": Handler(),
+}
+
+
+@pytest.mark.parametrize("which", ASYNC_CALLBACKS)
+def test_an_async_client_refuses_an_async_callback(farm_server: Server, which: str) -> None:
+    ran: list[bytes] = []
+    seen: list[object] = []
+    callback = ASYNC_CALLBACKS[which]
+
+    async def main() -> bytes:
+        async with farm.AsyncClient(farm_server.addr) as client:
+            with pytest.raises(TypeError, match=f"^{which}: .* is async def") as refused:
+                await client.call("chatty", b"refused", timeout=30, **{which: callback})
+            assert "asyncio.create_task" in str(refused.value)
+            # A plain callback is called, as before; the refused call's job never went out.
+            plain = {which: lambda *a: seen.append(a)}
+            return await client.call("chatty", b"plain", timeout=30, **plain)
+
+    with serving(farm_server.addr, {"chatty": _chatty(ran)}):
+        assert asyncio.run(main()) == b"PLAIN"
+    assert ran == [b"plain"] and len(seen) == 1
+
+
+@pytest.mark.parametrize("which", ASYNC_CALLBACKS)
+def test_a_client_refuses_an_async_callback(farm_server: Server, which: str) -> None:
+    ran: list[bytes] = []
+    seen: list[object] = []
+    callback = ASYNC_CALLBACKS[which]
+    plain = {which: lambda *a: seen.append(a)}
+    with serving(farm_server.addr, {"chatty": _chatty(ran)}), farm.Client(farm_server.addr) as c:
+        with pytest.raises(TypeError, match=f"^{which}: .* is async def"):
+            c.call("chatty", b"refused", timeout=30, **{which: callback})
+        assert c.call("chatty", b"plain", timeout=30, **plain) == b"PLAIN"
+    assert ran == [b"plain"] and len(seen) == 1
+
+
+def test_an_async_callback_is_refused_before_the_client_connects() -> None:
+    with farm.Client("127.0.0.1:1") as client, pytest.raises(TypeError):  # no ServerUnavailable
+        client.call("f", b"", on_status=_seen)
