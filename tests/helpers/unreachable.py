@@ -6,7 +6,10 @@ network between is cut, so no FIN nor RST ever comes.
 once the worker calls the server lost (``not noticed`` if it did not within ``WITHIN``),
 then ``served RESULT`` once the path is back. ``server``: a worker over TCP holds a job when
 its path is cut; prints ``served RESULT SECONDS`` once the server has given the job to a
-worker on its Unix socket (``not served`` if not within ``WITHIN``).
+worker on its Unix socket (``not served`` if not within ``WITHIN``). ``client``: an
+AsyncClient's call over TCP waits on a job a worker (on the Unix socket) holds when its path
+is cut; prints ``noticed SECONDS ERROR`` once the call fails (``not noticed`` if it did not
+within ``WITHIN``).
 
 The keepalive timers are cut to seconds (``farm.net.KEEPALIVE``, the server's flags) so
 that this runs in a few seconds rather than the minute and a half of the real ones.
@@ -14,7 +17,10 @@ that this runs in a few seconds rather than the minute and a half of the real on
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -34,6 +40,14 @@ from tests.helpers.waiting import wait_for
 WITHIN = 15.0
 #: struct tcp_info: eight one-byte fields, then rto, ato, snd_mss, rcv_mss, unacked (u32).
 _UNACKED_AT = 24
+
+
+def namespaces_usable() -> bool:
+    """Whether this runs here: root, and a network namespace of its own to cut."""
+    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("ip")):
+        return False
+    probe = subprocess.run(["unshare", "-n", "ip", "link", "set", "lo", "up"], check=False)
+    return probe.returncode == 0
 
 
 def _ip(command: str) -> None:
@@ -65,6 +79,9 @@ def _loopback_cuttable() -> None:
 def main() -> None:
     if sys.argv[1:] == ["server"]:
         server_side()
+        return
+    if sys.argv[1:] == ["client"]:
+        client_side()
         return
     _loopback_cuttable()
     net.KEEPALIVE = (1, 1, 2)
@@ -133,6 +150,50 @@ def server_side() -> None:
         serving.join(10)
         server.stop()
         caller.join(WITHIN + 10)
+
+
+def client_side() -> None:
+    _loopback_cuttable()
+    net.KEEPALIVE = (1, 1, 2)
+    unix = tempfile.mkdtemp() + "/gearman.sock"
+    server = start_farm_server(unix=unix)
+    held, release = threading.Event(), threading.Event()
+
+    def hold(job: farm.worker.Job) -> bytes:
+        held.set()
+        release.wait(WITHIN + 10)
+        return b"too late"
+
+    worker = farm.Worker(f"unix:{unix}")  # the Unix socket is not cut
+    worker.register("hold", hold)
+    serving = threading.Thread(target=worker.work, daemon=True)
+    serving.start()
+    try:
+        asyncio.run(_call_held(server.addr, held))
+    finally:
+        _ip("rule del pref 10")
+        release.set()
+        worker.stop()
+        serving.join(10)
+        server.stop()
+
+
+async def _call_held(addr: str, held: threading.Event) -> None:
+    async with farm.AsyncClient(addr) as client:
+        call = asyncio.ensure_future(client.call("hold", b"x"))
+        assert await asyncio.to_thread(held.wait, WITHIN), "the job never reached the worker"
+        # The call's submit acknowledged: nothing of the client's in flight (that would be
+        # TCP's retransmission timer's to give up on, minutes later, not the keepalive's).
+        sock = client._conns[addr].transport.get_extra_info("socket")
+        await asyncio.to_thread(wait_for, "the submit acknowledged", lambda: _unacked(sock) == 0)
+        _ip("rule add pref 10 to 127.0.0.1 blackhole")
+        began = time.monotonic()
+        try:
+            await asyncio.wait_for(call, WITHIN)
+        except TimeoutError:
+            print("not noticed", flush=True)
+        except farm.FarmError as exc:
+            print(f"noticed {time.monotonic() - began:.1f} {type(exc).__name__}", flush=True)
 
 
 if __name__ == "__main__":

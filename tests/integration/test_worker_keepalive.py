@@ -4,25 +4,17 @@ lost worker's job to another."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
 from tests.helpers import ROOT
-
-
-def _namespaces_usable() -> bool:
-    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("ip")):
-        return False
-    probe = subprocess.run(["unshare", "-n", "ip", "link", "set", "lo", "up"], check=False)
-    return probe.returncode == 0
+from tests.helpers.unreachable import namespaces_usable
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.skipif(not _namespaces_usable(), reason="needs root and a network namespace")
+@pytest.mark.skipif(not namespaces_usable(), reason="needs root and a network namespace")
 def test_a_worker_asleep_on_a_server_whose_host_is_gone_notices_and_connects_again() -> None:
     # Asleep, a worker sends nothing, and a server whose host died sends no FIN nor RST:
     # with no keepalive the worker waited on it for ever, and never registered with it
@@ -42,7 +34,7 @@ def test_a_worker_asleep_on_a_server_whose_host_is_gone_notices_and_connects_aga
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.skipif(not _namespaces_usable(), reason="needs root and a network namespace")
+@pytest.mark.skipif(not namespaces_usable(), reason="needs root and a network namespace")
 def test_the_job_of_a_worker_whose_host_is_gone_goes_to_another_worker() -> None:
     # The server waits on a worker running a job without a word from it; one whose host
     # died sends no FIN nor RST, and with no keepalive its job stayed running for ever.
