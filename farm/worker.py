@@ -11,6 +11,7 @@ so the worker never holds a job it cannot start.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import selectors
 import ssl
@@ -305,7 +306,7 @@ class Worker(WorkerFunctions, WorkerNews):
                 forkedchild.leave_if_forked(forks, event.handle, exc)
                 raise
             forkedchild.leave_if_forked(forks, event.handle, None)  # only the worker answers
-            payload = b"" if result is None else as_bytes(result, "a worker function's result")
+            payload = b"" if result is None else _payload(result)
         except Exception as exc:
             if getattr(exc, "log_brief", False):  # a refusal, e.g. an unsigned call: one line
                 self._brief("job %s %s refused: %s", event.function, event.handle, exc)
@@ -339,6 +340,20 @@ class Worker(WorkerFunctions, WorkerNews):
                 self._flush(server)  # nor one that ends the process lose it
             self.after_job(job)
         # Else the answer leaves with the next grab, in the loop's one write per turn.
+
+
+def _payload(result: object) -> bytes:
+    """A job's result as it is sent. A coroutine is what a plain function that calls an
+    ``async def`` one returns, which ``register`` cannot see (it refuses an ``async def``
+    function itself): closed, so that no "never awaited" warning comes beside the error,
+    and the error says what to do."""
+    if inspect.iscoroutine(result):
+        result.close()
+        raise TypeError(
+            "a worker function's result must be bytes, bytearray, memoryview or str, not a"
+            f" coroutine: run it in the function, e.g. return asyncio.run({result.__name__}(job))"
+        )
+    return as_bytes(result, "a worker function's result")
 
 
 def _describe(exc: BaseException) -> str:

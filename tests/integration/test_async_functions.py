@@ -147,3 +147,17 @@ def test_a_client_refuses_an_async_callback(farm_server: Server, which: str) -> 
 def test_an_async_callback_is_refused_before_the_client_connects() -> None:
     with farm.Client("127.0.0.1:1") as client, pytest.raises(TypeError):  # no ServerUnavailable
         client.call("f", b"", on_status=_seen)
+
+
+def test_a_coroutine_a_plain_worker_function_returns_fails_its_job_saying_what_to_do(
+    farm_server: Server,
+) -> None:
+    # register() cannot see that a plain function returns a coroutine: its job fails, and
+    # the error said only "must be bytes ... not coroutine", a "never awaited" warning beside.
+    served = serving(farm_server.addr, {"fetch": lambda job: fetch(job)})
+    refused = pytest.raises(farm.JobException)
+    with served, farm.Client(farm_server.addr) as client, refused as failed:
+        client.call("fetch", b"abc", timeout=30)
+    assert str(failed.value).endswith(
+        "not a coroutine: run it in the function, e.g. return asyncio.run(fetch(job))"
+    )
