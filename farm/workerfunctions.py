@@ -44,7 +44,8 @@ class WorkerFunctions:
     _wake: Callable[[], None]
 
     def register(self, name: str, fn: WorkerFunction, timeout: float | None = None) -> None:
-        """Serve ``name`` with ``fn(job)``; ``timeout`` (seconds) is sent as CAN_DO_TIMEOUT."""
+        """Serve ``name`` with ``fn(job)``; ``timeout`` (seconds) is sent as CAN_DO_TIMEOUT.
+        ``fn`` is a plain function: an ``async def`` one is refused (TypeError)."""
         if not isinstance(name, str):  # check_name's TypeError: register has said ValueError
             raise ValueError(f"function name must be a non-empty str without NUL, not {name!r}")
         # Non-empty, no NUL, and sendable as its bytes (one that stands for none is refused)

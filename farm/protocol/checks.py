@@ -130,11 +130,12 @@ def check_sync_worker(name: str, fn: object) -> None:
     its jobs failed ("must be bytes ... not coroutine"). Refused where it is registered."""
     label = coroutine_function(fn)
     if label is not None:
+        called = label if label.isidentifier() else "fn"  # Handler.run, an object: no name
         raise TypeError(
             f"{name}: the worker function {label} is async def (a coroutine function);"
             " farm.Worker calls it in its own thread and sends back what it returns, so each"
             " of its jobs would fail: register a plain function that runs it, e.g."
-            " lambda job: asyncio.run(fn(job))"
+            f" lambda job: asyncio.run({called}(job))"
         )
 
 

@@ -87,6 +87,7 @@ def test_farm_worker_refuses_an_async_target_in_one_line() -> None:
     assert out.returncode == 2, (out.returncode, out.stderr)
     said = one_line_error(out.stderr)
     assert said.startswith("farm: fetch: the worker function fetch is async def"), said
+    assert said.endswith("e.g. lambda job: asyncio.run(fetch(job))"), said
 
 
 def _chatty(ran: list[bytes]) -> Callable[[Job], bytes]:
