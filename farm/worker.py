@@ -347,13 +347,16 @@ def _payload(result: object) -> bytes:
     ``async def`` one returns, which ``register`` cannot see (it refuses an ``async def``
     function itself): closed, so that no "never awaited" warning comes beside the error,
     and the error says what to do."""
-    if inspect.iscoroutine(result):
-        result.close()
-        raise TypeError(
-            "a worker function's result must be bytes, bytearray, memoryview or str, not a"
-            f" coroutine: run it in the function, e.g. return asyncio.run({result.__name__}(job))"
-        )
-    return as_bytes(result, "a worker function's result")
+    try:
+        return as_bytes(result, "a worker function's result")
+    except TypeError:
+        if not inspect.iscoroutine(result):  # looked at only here: off the per-job path
+            raise
+    result.close()
+    raise TypeError(
+        "a worker function's result must be bytes, bytearray, memoryview or str, not a"
+        f" coroutine: run it in the function, e.g. return asyncio.run({result.__name__}(job))"
+    )
 
 
 def _describe(exc: BaseException) -> str:
