@@ -239,7 +239,7 @@ def open_control(path: str, source: str) -> ControlServer:
     if error is not None:  # asked first: `farm check` asks the same, making nothing
         raise error
     try:
-        return ControlServer(path)
+        return ControlServer(path, source)
     except OSError as exc:
         why = exc.strerror or str(exc)
         raise ConfigError(
@@ -251,13 +251,13 @@ def open_control(path: str, source: str) -> ControlServer:
 class ControlServer:
     """The listening socket; refuses to steal a path another supervisor still answers on."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, path: str, source: str | None = None) -> None:
+        self.path = path  # source: the config file that names it, for its refusals
         check_runtime_path(path)  # UnsafeDirectory (a FarmError): `farm up` stops, one line
         directory = os.path.dirname(path) or "."
         make_dirs(directory, 0o700)
         if os.path.lexists(path):
-            refuse_non_socket(path)  # again: a file may have come since open_control asked
+            refuse_non_socket(path, source)  # again: a file may have come since open_control asked
             try:
                 pong = request(path, {"cmd": "ping"}, timeout=1.0)
             except ControlUnavailable:

@@ -90,7 +90,15 @@ def server_place_errors(
             errors.append(ConfigError(f"{source}: server.store: {why}; {_store_fix(config.store)}"))
     if config.unix:
         why = unwritable_directory(os.path.dirname(config.unix), unit_makes=unit_makes)
-        if why:
+        if _not_a_socket(config.unix):  # the server's bind refused it, exit 1, restarted
+            errors.append(
+                ConfigError(
+                    f"{source}: server.listen: unix:{config.unix} exists and is not a socket:"
+                    " not replacing it; name a path for the socket where no file is, e.g."
+                    " unix:/run/farm/gearman.sock"
+                )
+            )
+        elif why:
             errors.append(
                 ConfigError(
                     f"{source}: server.listen: cannot make the socket {config.unix}: {why};"
@@ -125,13 +133,24 @@ def check_server_places(config: ServerConfig, source: str) -> None:
         raise error
 
 
-def refuse_non_socket(path: str) -> None:
+def _not_a_socket(path: str) -> bool:
+    """Whether something other than a socket (a file, a directory, a link) is at ``path``:
+    farm never replaces it, so no socket can be made there."""
+    try:
+        return not stat.S_ISSOCK(os.lstat(path).st_mode)
+    except OSError:  # not there (or not ours to look at: the bind says)
+        return False
+
+
+def refuse_non_socket(path: str, source: str | None = None) -> None:
     """FarmError when something other than a socket is at the control socket's path: a
-    typo (control = "/etc/farm/farm.toml") must not delete the file it names."""
-    if os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode):
+    typo (control = "/etc/farm/farm.toml") must not delete the file it names. Exit 1, as
+    docs/operations.md says, in the config's one-line form: ``source`` is its file."""
+    if _not_a_socket(path):
+        key = f"{source}: supervisor.control" if source else "[supervisor] control"
         raise FarmError(
-            f"{path} exists and is not a socket: not replacing it (set"
-            " [supervisor] control, or --control, to a path for the control socket)"
+            f"{key}: {path} exists and is not a socket: not replacing it; set it to a path"
+            " for the control socket, e.g. /run/farm/control.sock"
         )
 
 
@@ -147,7 +166,7 @@ def control_place_error(path: str, source: str, *, unit_makes: bool = False) -> 
     try:
         if Path(parent) == fallback_runtime_dir() and os.path.lexists(parent):
             check_private(Path(parent))
-        refuse_non_socket(path)
+        refuse_non_socket(path, source)
     except FarmError as exc:
         return exc
     if os.path.lexists(path) and not _left_over(path):

@@ -49,12 +49,35 @@ def test_a_control_path_that_is_a_file_is_farm_ups_line(tmp_path: Path) -> None:
     config(tmp_path, REVERSE)
     (tmp_path / "control.sock").write_text("not a socket")
     code, said = both(tmp_path)
-    assert code == 1
+    assert code == 1  # as docs/operations.md says; in the config's form: file, key, fix
     assert said == [
-        f"farm: {tmp_path}/control.sock exists and is not a socket: not replacing it (set"
-        " [supervisor] control, or --control, to a path for the control socket)"
+        f"farm: farm.toml: supervisor.control: {tmp_path}/control.sock exists and is not a"
+        " socket: not replacing it; set it to a path for the control socket, e.g."
+        " /run/farm/control.sock"
     ]
     assert (tmp_path / "control.sock").read_text() == "not a socket"
+
+
+@pytest.mark.parametrize("there", ["file", "directory"])
+def test_a_listen_path_that_is_no_socket_is_farm_ups_line_exit_2(
+    tmp_path: Path, there: str
+) -> None:
+    # `farm check` said ok, and `farm up` met the server's "cannot listen on unix:...: the
+    # path exists and is not a socket", exit 1, which systemd restarted every 2 s.
+    config(tmp_path, REVERSE)
+    placed = tmp_path / "gearman.sock"
+    if there == "file":
+        placed.write_text("not a socket")
+    else:
+        placed.mkdir()
+    code, said = both(tmp_path)
+    assert code == 2
+    assert said == [
+        f"farm: farm.toml: server.listen: unix:{placed} exists and is not a socket: not"
+        " replacing it; name a path for the socket where no file is, e.g."
+        " unix:/run/farm/gearman.sock"
+    ]
+    assert placed.is_dir() if there == "directory" else placed.read_text() == "not a socket"
 
 
 def test_a_store_directory_this_user_cannot_write_is_farm_ups_line_exit_2(
