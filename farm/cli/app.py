@@ -36,6 +36,7 @@ __all__ = [
     "metrics_url",
     "named_config",
     "own_row",
+    "refuse_env_non_sockets",
     "refuse_non_sockets",
     "seconds",
     "typed",
@@ -203,11 +204,28 @@ def there_and_no_socket(path: str) -> bool:
 
 def refuse_non_sockets(servers: list[str], source: str) -> None:
     """A ``unix:`` server that is there and no socket (a file, a directory) is a usage
-    error: its connects were refused, exit 1, as if the farm were down (a worker's for ever)."""
+    error: its connects were refused, exit 1, as if the farm were down (a worker's for ever).
+    ``source``: where the servers were given (``--server``, ``$FARM_SERVERS``)."""
     for server in servers:
         path = server[5:] if server.startswith("unix:") else None
         if path and there_and_no_socket(path):
-            fail(f"{source} {server}: not a socket; give the job server's", 2)
+            fail(
+                f"{source} {server}: not a socket; give the job server's Unix socket"
+                " (e.g. unix:/run/farm/gearman.sock) or its HOST:PORT",
+                2,
+            )
+
+
+def refuse_env_non_sockets(config: Path | None, servers: list[str]) -> None:
+    """``refuse_non_sockets`` for the servers a client command found with no ``--server``,
+    where ``$FARM_SERVERS`` or ``$GEARMAN_SERVERS`` named them (not a config's farm): a
+    ``unix:`` path there that is no socket was "Connection refused (is the farm up?)", exit
+    1, and a worker's connects retried for ever."""
+    from farm.discovery import servers_from_env
+
+    env = servers_from_env() if config is None else None
+    if env is not None:
+        refuse_non_sockets(servers, f"${env[0]}")
 
 
 def metrics_url(text: str) -> str:

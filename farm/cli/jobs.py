@@ -17,6 +17,7 @@ from farm.cli.app import (
     FarmCommand,
     app,
     fail,
+    refuse_env_non_sockets,
     refuse_non_sockets,
     seconds,
     typed,
@@ -251,7 +252,7 @@ def _servers(server: list[str] | None, config: Path | None) -> list[str]:
             given = parse_servers(",".join(server))
             refuse_non_sockets(given, "--server")
             return given
-        return parse_servers(client_servers(config))
+        found = parse_servers(client_servers(config))
     except ConfigError as exc:
         fail(str(exc), 2)
     except ValueError as exc:
@@ -260,3 +261,5 @@ def _servers(server: list[str] | None, config: Path | None) -> list[str]:
         fail(f"{source}: {exc}", 2)
     except FarmError as exc:  # e.g. the farm's socket where another user could have put it
         fail(str(exc), 1)
+    refuse_env_non_sockets(config, found)
+    return found

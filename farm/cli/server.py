@@ -16,6 +16,7 @@ from farm.cli.app import (
     fail,
     named_config,
     own_row,
+    refuse_env_non_sockets,
     refuse_non_sockets,
 )
 from farm.errors import ConfigError, FarmError
@@ -102,7 +103,7 @@ def server_address(server: str | None, config: Path | None = None) -> str:
 
     if server is None:
         try:
-            return default_server(config)
+            found = default_server(config)
         except ConfigError as exc:
             fail(str(exc), 2)
         except FarmError as exc:
@@ -113,6 +114,8 @@ def server_address(server: str | None, config: Path | None = None) -> str:
             env = servers_from_env() if config is None else None
             source = f"${env[0]}" if env else "the default server"
             fail(f"{source}: {exc}", 2)
+        refuse_env_non_sockets(config, [found])
+        return found
     try:
         given = str(dialable(server))
     except AddressError as exc:

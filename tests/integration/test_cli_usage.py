@@ -211,6 +211,33 @@ def test_bad_numbers_addresses_and_configs_are_usage_errors(args: list[str]) -> 
     assert one_line_error(out.stderr).startswith(("farm: ", "farm server: "))
 
 
+@pytest.mark.parametrize(
+    ("given", "command"),
+    [
+        *(("--server", cmd) for cmd in (["status"], ["jobs"])),
+        *(("FARM_SERVERS", c) for c in (["status"], ["jobs"], ["submit", "f", "x"], WORKER_CMD)),
+        *(("GEARMAN_SERVERS", cmd) for cmd in (["status"], WORKER_CMD)),
+    ],
+)
+def test_a_unix_server_that_is_no_socket_is_named_where_it_was_given(
+    tmp_path: Path, given: str, command: list[str]
+) -> None:
+    # From $FARM_SERVERS or $GEARMAN_SERVERS (--server's was refused already, in a line that
+    # stopped at "give the job server's"): "Connection refused (... is the farm up?)", exit
+    # 1, and the worker retried its connect for ever.
+    env = {k: v for k, v in os.environ.items() if not k.endswith(("_SERVERS", "FARM_CONFIG"))}
+    args = [*command, "--server", f"unix:{tmp_path}"] if given == "--server" else command
+    if given != "--server":
+        env[given] = f"unix:{tmp_path}"
+    out = cli(*args, timeout=20, env=env)
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    source = given if given == "--server" else f"${given}"
+    assert one_line_error(out.stderr).startswith(
+        f"farm: {source} unix:{tmp_path}: not a socket; give the job server's Unix socket"
+        " (e.g. unix:/run/farm/gearman.sock) or its HOST:PORT"
+    ), out.stderr
+
+
 @pytest.mark.parametrize("command", [["submit", "f", "x"], WORKER_CMD])
 def test_a_timeout_past_the_protocols_limit_names_the_flag_and_the_limit(
     command: list[str],
