@@ -37,6 +37,20 @@ class _Checker(_Parser):
         raise OptionError(message)
 
 
+class _Noted(argparse.Action):
+    """Stores the value as "store" does, and notes the flag as given (``ns.given``)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.given = {*getattr(namespace, "given", ()), self.option_strings[0]}
+
+
 def build_parser(
     prog: str = "farm server", parser: type[_Parser] = _Parser
 ) -> argparse.ArgumentParser:
@@ -171,6 +185,7 @@ def build_parser(
         "--max-partial-bytes",
         type=int,
         default=DEFAULTS.max_partial_bytes,
+        action=_Noted,  # given or not: its refusal says which
         metavar="BYTES",
         help="bytes of packets not yet whole that all connections together may hold; the"
         " connection that goes past it gets ERROR and is closed"
@@ -180,6 +195,7 @@ def build_parser(
         "--max-unread-bytes",
         type=int,
         default=DEFAULTS.max_unread_bytes,
+        action=_Noted,
         metavar="BYTES",
         help="bytes of replies that TCP peers not reading them may leave buffered, all"
         " together; past it the one leaving the most is disconnected"
@@ -258,6 +274,29 @@ def refusal(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _room_for_a_packet(ap: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
+    """--max-partial-bytes and --max-unread-bytes each hold one whole packet at least. One
+    left at its default under a larger --max-packet was refused as if it had been given
+    ("--max-partial-bytes must be at least --max-packet"), where only --max-packet was."""
+    flags = {"--max-partial-bytes": "packet", "--max-unread-bytes": "reply"}
+    defaulted: dict[str, int] = {}
+    for flag, whole in flags.items():
+        value = getattr(ns, flag[2:].replace("-", "_"))
+        if value >= ns.max_packet:
+            continue
+        if flag not in getattr(ns, "given", ()):
+            defaulted[flag] = value
+        else:
+            ap.error(f"{flag} must be at least --max-packet (one whole {whole})")
+    if defaulted:
+        ap.error(
+            f"--max-packet {ns.max_packet} is over the default"
+            f" {' and '.join(f'{flag} ({value})' for flag, value in defaulted.items())}: a"
+            f" packet that large needs {' and '.join(defaulted)} raised too, to at least"
+            f" {ns.max_packet}"
+        )
+
+
 def parse_args(
     argv: Sequence[str] | None = None, prog: str = "farm server", parser: type[_Parser] = _Parser
 ) -> ServerOptions:
@@ -286,10 +325,7 @@ def parse_args(
         ap.error("--max-queued-bytes must be >= 0 (0: no limit)")
     if ns.max_connections < 1:
         ap.error("--max-connections must be at least 1")
-    if ns.max_partial_bytes < ns.max_packet:
-        ap.error("--max-partial-bytes must be at least --max-packet (one whole packet)")
-    if ns.max_unread_bytes < ns.max_packet:
-        ap.error("--max-unread-bytes must be at least --max-packet (one whole reply)")
+    _room_for_a_packet(ap, ns)
     if not 0.01 <= ns.wake_deadline <= 60:
         ap.error("--wake-deadline must be between 0.01 and 60 seconds")
     for flag, value, top in (  # Linux's bounds (setsockopt refuses past them)

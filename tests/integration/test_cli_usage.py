@@ -238,6 +238,33 @@ def test_a_unix_server_that_is_no_socket_is_named_where_it_was_given(
     ), out.stderr
 
 
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        # Only --max-packet was given: "--max-partial-bytes must be at least --max-packet".
+        (
+            [],
+            "--max-packet 300000000 is over the default --max-partial-bytes (268435456) and"
+            " --max-unread-bytes (268435456): a packet that large needs --max-partial-bytes"
+            " and --max-unread-bytes raised too, to at least 300000000",
+        ),
+        (
+            ["--max-partial-bytes", "300000000"],
+            "--max-packet 300000000 is over the default --max-unread-bytes (268435456): a"
+            " packet that large needs --max-unread-bytes raised too, to at least 300000000",
+        ),
+        (
+            ["--max-partial-bytes", "299999999"],
+            "--max-partial-bytes must be at least --max-packet (one whole packet)",
+        ),
+    ],
+)
+def test_a_max_packet_over_a_default_limit_says_which_to_raise(given: list[str], said: str) -> None:
+    out = cli("server", "--store", "none", "--max-packet", "300000000", *given, timeout=30)
+    assert out.returncode == 2, out.stderr
+    assert one_line_error(out.stderr) == f"farm server: {said} (usage: farm server --help)"
+
+
 @pytest.mark.parametrize("command", [["submit", "f", "x"], WORKER_CMD])
 def test_a_timeout_past_the_protocols_limit_names_the_flag_and_the_limit(
     command: list[str],
