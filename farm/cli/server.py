@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 #: 256 MiB, which `status` and `workers` stay well under. A server with a larger
 #: --max-queued-bytes (past about 1.7 GiB, or 0: no limit) can list more: --max-reply.
 JOBS_MAX_REPLY = 1 << 30
+#: The most of what a job holds against --max-queued-bytes that its line in `jobs` takes.
+LINE_SHARE = 0.6
 
 
 @app.command(
@@ -122,6 +125,17 @@ def server_address(server: str | None, config: Path | None = None) -> str:
         fail(f"--server {server}: {exc.reason}", 2)
     refuse_non_sockets([given], "--server")
     return given
+
+
+def listed_by(limit: int) -> str:
+    """The --max-queued-bytes past which a server's `jobs` listing may run past ``limit``
+    bytes (``LINE_SHARE``), in words: "1.7 GiB" at the default --max-reply, not whatever
+    --max-reply was given."""
+    held = math.ceil(limit / LINE_SHARE)
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if held >= 1 << shift:
+            return f"{held / (1 << shift):.1f} {unit}"
+    return f"{held} bytes"
 
 
 def unreachable(
@@ -281,8 +295,8 @@ def jobs(
         fail(
             f"cannot read the jobs from {address}: the listing ran past"
             f" {reply_size(exc.limit)}, the most `farm jobs` reads (--max-reply BYTES); a"
-            " server with a --max-queued-bytes over about 1.7 GiB, or 0 (no limit), lists"
-            f" more: raise it, e.g. --max-reply {exc.limit * 4}"
+            f" server with a --max-queued-bytes over about {listed_by(exc.limit)}, or 0 (no"
+            f" limit), lists more: raise it, e.g. --max-reply {exc.limit * 4}"
         )
     except (OSError, ValueError, ProtocolError) as exc:
         unreachable("the jobs", address, exc, server, config)

@@ -6,6 +6,7 @@ what it holds meanwhile."""
 
 from __future__ import annotations
 
+import math
 import socket
 import threading
 from collections.abc import Iterator
@@ -180,6 +181,10 @@ def test_farm_jobs_past_its_cap_names_the_flag_that_raises_it(farm_server: Serve
     assert f"cannot read the jobs from {addr}: the listing ran past {cap} bytes," in line, line
     assert "--max-reply BYTES" in line and f"--max-reply {cap * 4}" in line, line
     assert "max_reply" not in line, line
+    # The server whose listing can run past it, of the --max-reply given: "over about 1.7
+    # GiB" was the default's, said of any --max-reply (of 1 byte, too).
+    held = math.ceil(cap / 0.6)  # a job's line is under 0.6 of what it holds
+    assert f"a server with a --max-queued-bytes over about {held} bytes, or 0" in line, line
     out = cli("jobs", "--server", addr, "--max-reply", str(cap + 1))
     assert out.returncode == 0, out.stderr
     assert len(out.stdout.splitlines()) == 4, out.stdout  # the header and the three jobs
