@@ -214,7 +214,7 @@ def submit(
                 if bar.tty:  # a log has no use for a bar redrawn in place
                     bar.show(f"{function} {progress_bar(numerator, denominator)}")
 
-            unserved = warn_if_unserved(client.servers, function, client.tls)
+            unserved = warn_if_unserved(client.servers, function, client.tls, timeout)
             try:
                 result = client.call(
                     function,

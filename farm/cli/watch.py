@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 import typer
@@ -160,16 +160,53 @@ def follow_stop(path: str, wait: float, config: str | None = None) -> None:
     fail(f"supervisor {pid} is still draining after {wait:g}s", 1)
 
 
+class UnservedHint:
+    """`farm submit`'s no-worker hint, looked for in a timer thread. ``cancel`` (the call
+    ended) silences it for good: Timer.cancel() alone stops only a look that has not begun,
+    and one already asking the servers printed "the job waits until one does" after the
+    call had failed ("not done within 3.0s")."""
+
+    def __init__(self, look: Callable[[], str | None], within: float | None) -> None:
+        self._lock = threading.Lock()  # the hint said, or the call ended: one, then not the other
+        self._ended = False
+        self._look = look
+        self._timer = threading.Timer(NO_WORKER_AFTER, self._say)
+        self._timer.daemon = True
+        # A call given up by then (--timeout no longer than the wait) is never hinted at.
+        if within is None or within > NO_WORKER_AFTER:
+            self._timer.start()
+
+    def _say(self) -> None:
+        hint = self._look()
+        with self._lock:
+            if hint is not None and not self._ended:
+                typer.echo(hint, err=True)
+
+    def cancel(self) -> None:
+        """The call ended: nothing is said from now on (a hint being written is let end)."""
+        with self._lock:
+            self._ended = True
+        self._timer.cancel()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._timer.is_alive():
+            self._timer.join(timeout)
+
+
 def warn_if_unserved(
-    addresses: Sequence[str], function: str, tls: ssl.SSLContext | None = None
-) -> threading.Timer:
+    addresses: Sequence[str],
+    function: str,
+    tls: ssl.SSLContext | None = None,
+    within: float | None = None,
+) -> UnservedHint:
     """After NO_WORKER_AFTER seconds, say on stderr when no worker has registered
     ``function`` at any of ``addresses`` that answers (the job would wait silently); the
-    caller cancels it when the job ends. Which of several servers took the job is the
-    client's choice (a key's server, rotation, failover): where one has a worker the job
-    may well run there, and a hint naming another would be false."""
+    caller cancels it when the job ends, and ``within``, its timeout, may end it first.
+    Which of several servers took the job is the client's choice (a key's server,
+    rotation, failover): where one has a worker the job may well run there, and a hint
+    naming another would be false."""
 
-    def check() -> None:
+    def look() -> str | None:
         from farm.client.admin import admin_query
         from farm.protocol.admin import parse_status, workers_serving
 
@@ -181,19 +218,16 @@ def warn_if_unserved(
             except Exception:  # only a hint: a server that cannot say is left out of it
                 continue
             if workers_serving(rows, function):  # by its bytes, as the Executor counts
-                return
+                return None
             unserved.append(address)
-        if unserved:
-            typer.echo(
-                f"farm: no worker has registered {typed(function)} at {' or '.join(unserved)};"
-                " the job waits until one does (Ctrl-C or --timeout to give up)",
-                err=True,
-            )
+        if not unserved:
+            return None
+        return (
+            f"farm: no worker has registered {typed(function)} at {' or '.join(unserved)};"
+            " the job waits until one does (Ctrl-C or --timeout to give up)"
+        )
 
-    timer = threading.Timer(NO_WORKER_AFTER, check)
-    timer.daemon = True
-    timer.start()
-    return timer
+    return UnservedHint(look, within)
 
 
 def duration(seconds: float | None) -> str:

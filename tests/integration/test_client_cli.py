@@ -9,6 +9,7 @@ import subprocess
 import sys
 from typing import Any
 
+import psutil
 import pytest
 from typer.testing import CliRunner
 
@@ -170,6 +171,44 @@ def test_a_name_that_is_not_utf8_is_matched_and_shown_as_its_bytes(
     none = runner.invoke(app, ["submit", "f", "x", "--unique", "k\ud800", "-s", farm_server.addr])
     assert none.exit_code == 2, none.output  # a surrogate that stands for no byte: usage
     assert "--unique 'k\\ud800' holds a surrogate that stands for no byte" in none.stderr
+
+
+@pytest.mark.timeout(60)
+def test_the_no_worker_hint_says_nothing_once_the_call_has_ended(
+    farm_server, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Timer.cancel() stops only a look that has not begun: one asking the server as the call
+    # gave up printed "the job waits until one does" after "not done within 3.0s". A
+    # stopped server holds the look in the middle: connected (its kernel accepts), unanswered.
+    monkeypatch.setattr(farm.cli.watch, "NO_WORKER_AFTER", 0.01)
+    port = int(farm_server.addr.rsplit(":", 1)[1])
+
+    def asking() -> bool:
+        return any(c.raddr and c.raddr.port == port for c in psutil.Process().net_connections())
+
+    stop_process(farm_server.proc.pid)
+    try:
+        hint = farm.cli.watch.warn_if_unserved([farm_server.addr], "nobody")
+        wait_for("the hint's look to connect", asking)
+        hint.cancel()  # the call ended, as the look waits for its answer
+    finally:
+        os.kill(farm_server.proc.pid, signal.SIGCONT)
+    wait_for("the look answered", lambda: not asking())  # "nobody" has no worker there
+    hint.join(10)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.timeout(60)
+def test_a_submit_that_gives_up_before_the_hint_would_look_never_looks(
+    farm_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # --timeout no longer than the hint's wait: the hint could only come after the call had
+    # failed, or race its line; no look is started at all.
+    _, checks = held_past_the_hint(monkeypatch)  # the looks started (at 0.05 s)
+    out = runner.invoke(app, ["submit", "nobody", "x", "--timeout", "0.05", "-s", farm_server.addr])
+    assert out.exit_code == 1 and "not done within" in out.stderr, out.output
+    assert all(t.ident is None for t in checks), checks  # none started
+    assert "no worker" not in out.stderr, out.stderr
 
 
 @pytest.mark.timeout(60)
