@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import stat
@@ -12,7 +13,8 @@ from typing import Any, NoReturn
 import typer
 from typer._click.core import Context  # typer >= 0.26 vendors click, and names no public
 from typer._click.exceptions import UsageError  # base of its usage errors
-from typer.core import TyperCommand
+from typer._click.globals import get_current_context
+from typer.core import TyperCommand, TyperGroup
 
 from farm.errors import ConfigError, WorkingDirectoryGone
 from farm.version import __version__
@@ -42,7 +44,20 @@ __all__ = [
     "typed",
 ]
 
+
+class FarmGroup(TyperGroup):
+    """The `farm` command itself. Its ``--version`` is eager (it prints and exits as it is
+    read), so `farm --version extra` printed the version, exit 0, the rest never read."""
+
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
+        own = list(itertools.takewhile(lambda a: a.startswith("-") and a != "--", args))
+        if "--version" in own and len(args) > 1:
+            raise UsageError("--version takes nothing else: give farm --version alone", ctx)
+        return super().parse_args(ctx, args)
+
+
 app = typer.Typer(
+    cls=FarmGroup,
     name="farm",
     help="A Gearman-compatible compute farm for one multi-core host.",
     add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
@@ -121,11 +136,21 @@ def _main(
     """A Gearman-compatible compute farm for one multi-core host."""
 
 
-def fail(message: str, code: int = 1, *, log_format: str = "text") -> NoReturn:
+def fail(
+    message: str, code: int = 1, *, log_format: str = "text", usage: bool | None = None
+) -> NoReturn:
     """One line on stderr and an exit code: 1 a failed job or command, 2 bad usage or config.
-    ``log_format``: `farm up`'s, whose line is a JSON record among its others under json."""
+    ``log_format``: `farm up`'s, whose line is a JSON record among its others under json.
+    ``usage``: end the line with where the command's flags are told, "(usage: farm CMD
+    --help)", as click's own usage errors and `farm server`'s do; by default for exit 2,
+    unless the line is that of a ConfigError being handled (a config file's, naming the
+    file and the key: --help would not fix it, and `farm check` and `farm up` say the same)."""
     from farm.logs import error_line
 
+    if usage is None:
+        usage = code == 2 and not isinstance(sys.exc_info()[1], ConfigError)
+    if usage and (ctx := get_current_context(silent=True)) is not None:
+        message += f" (usage: farm {ctx.info_name} --help)" if ctx.parent else ""
     typer.echo(error_line(f"farm: {message}", log_format=log_format), err=True)
     raise typer.Exit(code)
 
@@ -278,7 +303,10 @@ def ask_supervisor(
     except ControlUnavailable as e:
         fail(moved_control(config, path, str(e)) if control is None else str(e), 1)
     if not reply.get("ok"):
-        fail(str(reply.get("error", "the supervisor refused")), 2 if reply.get("usage") else 1)
+        # In the supervisor's words: a reload's config error among them, which --help
+        # would not fix.
+        error = str(reply.get("error", "the supervisor refused"))
+        fail(error, 2 if reply.get("usage") else 1, usage=False)
     return reply
 
 

@@ -118,11 +118,11 @@ def check(
                 f"{line}; fix it, or the pool's workers fail at every start (retried with backoff)"
             )
     if pool_errors:
-        fail(f"{len(pool_errors)} pool(s) refused: farm up would not start", 2)
+        fail(f"{len(pool_errors)} pool(s) refused: farm up would not start", 2, usage=False)
     if refusals:  # farm up's own line said it; its exit code is the first refusal's
         code = 2 if isinstance(refusals[0], ConfigError) else 1
         if broken:
-            fail("farm up would not start: it stops at the first refusal above", code)
+            fail("farm up would not start: it stops at the first refusal above", code, usage=False)
         raise typer.Exit(code)
     if broken:
         fail("the config reads, but farm up would not start everything in it", 1)

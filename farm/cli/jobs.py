@@ -130,7 +130,7 @@ def worker(
     try:
         fn = load_target(target)
     except Exception as exc:
-        fail(f"cannot load {target}: {type(exc).__name__}: {exc}", 2)
+        fail(f"cannot load {target}: {type(exc).__name__}: {exc}", 2, usage=False)
     try:
         w = Worker(_servers(server, config), client_id=client_id, tls=tls_from_env())
         w.register(name, fn, timeout)

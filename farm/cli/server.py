@@ -341,8 +341,8 @@ def admin_tls() -> ssl.SSLContext | None:
 
     try:
         return tls_from_env()
-    except FarmError as exc:
-        fail(str(exc), 2)
+    except FarmError as exc:  # a file $FARM_TLS_* names: no flag of the command's
+        fail(str(exc), 2, usage=False)
 
 
 def poison_jobs(address: str, tls: ssl.SSLContext | None = None) -> list[dict[str, str]]:

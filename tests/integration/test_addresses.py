@@ -136,7 +136,10 @@ def test_farm_status_reads_a_server_on_the_ipv6_loopback(
 def test_farm_status_refuses_a_bad_server_address_in_one_line() -> None:
     out = farm("status", "-s", "[::1]:abc")
     assert out.returncode == 2
-    assert out.stderr == "farm: --server [::1]:abc: port must be a number from 1 to 65535\n"
+    assert out.stderr == (
+        "farm: --server [::1]:abc: port must be a number from 1 to 65535"
+        " (usage: farm status --help)\n"
+    )
     env = {**os.environ, "GEARMAN_SERVERS": "127.0.0.1:abc"}
     cmd = [sys.executable, "-m", "farm.cli", "status"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=30, env=env)

@@ -146,7 +146,8 @@ def test_a_slot_or_function_that_can_name_nothing_is_a_usage_error(
     # No farm to reach (127.0.0.1:1, no control socket): refused before one is asked.
     env = dict(os.environ, FARM_SERVERS="127.0.0.1:1")
     out = cli(*args, timeout=30, env=env)
-    assert (out.returncode, one_line_error(out.stderr)) == (2, f"farm: {said}")
+    usage = f"(usage: farm {args[0]} --help)"
+    assert (out.returncode, one_line_error(out.stderr)) == (2, f"farm: {said} {usage}")
 
 
 @pytest.mark.parametrize(
@@ -209,6 +210,43 @@ def test_bad_numbers_addresses_and_configs_are_usage_errors(args: list[str]) -> 
     out = cli(*args, timeout=30, env=dict(os.environ, FARM_SERVERS="127.0.0.1:1"))
     assert out.returncode == 2, (out.returncode, out.stderr)
     assert one_line_error(out.stderr).startswith(("farm: ", "farm server: "))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["scale", "foo", "--control", "/no/such/control.sock"],
+        ["ps", "--count", "5", "--control", "/no/such/control.sock"],
+        ["submit", "rev", "x", "--priority", "urgent"],
+        ["top", "--sort", "bogus", "--control", "/no/such/control.sock"],
+    ],
+    ids=lambda args: args[0],
+)
+def test_farms_own_usage_errors_point_at_the_commands_help(args: list[str]) -> None:
+    # click's usage errors print its usage line; farm's own checks said one line and no
+    # more, where `farm server`'s say "(usage: farm server --help)".
+    env = dict(os.environ, FARM_SERVERS="127.0.0.1:1")  # nothing to reach: refused before
+    out = cli(*args, timeout=30, env=env)
+    assert out.returncode == 2, out.stderr
+    assert one_line_error(out.stderr).endswith(f" (usage: farm {args[0]} --help)"), out.stderr
+
+
+def test_a_config_files_error_points_at_the_file_not_at_help(tmp_path: Path) -> None:
+    # The line names the file, the key and the fix; farm check and farm up say the same.
+    (tmp_path / "farm.toml").write_text("[server]\nbogus = 1\n")
+    out = cli("check", "-c", str(tmp_path / "farm.toml"), timeout=60)
+    assert out.returncode == 2, out.stderr
+    said = one_line_error(out.stderr)
+    assert "server.bogus: unknown key" in said and "--help" not in said, said
+
+
+@pytest.mark.parametrize("extra", [["extra"], ["ps"], ["--help"]])
+def test_version_with_anything_else_is_a_usage_error(extra: list[str]) -> None:
+    # It printed the version and exited 0, the rest never read.
+    out = cli("--version", *extra, timeout=30)
+    assert out.returncode == 2 and out.stdout == "", (out.stdout, out.stderr)
+    assert "--version takes nothing else: give farm --version alone" in out.stderr
+    assert "Usage:" in out.stderr and "Traceback" not in out.stderr
 
 
 @pytest.mark.parametrize(
@@ -289,7 +327,8 @@ def test_check_and_reload_bound_their_timeout_to_a_day_as_the_job_commands_word_
     out = cli(*command, "--timeout", "1e6", timeout=30)
     assert (out.returncode, one_line_error(out.stderr)) == (
         2,
-        "farm: --timeout must be a number of seconds > 0 and at most 86400, not 1000000.0",
+        "farm: --timeout must be a number of seconds > 0 and at most 86400, not 1000000.0"
+        f" (usage: farm {command[0]} --help)",
     )
 
 
@@ -310,7 +349,8 @@ def test_a_worker_timeout_under_the_floor_is_refused_before_the_target_is_loaded
     )
     assert (out.returncode, one_line_error(out.stderr)) == (
         2,
-        f"farm: --timeout must be a number of seconds from 1 to 31622400, not {float(value)}",
+        f"farm: --timeout must be a number of seconds from 1 to 31622400, not {float(value)}"
+        " (usage: farm worker --help)",
     )
 
 
@@ -344,7 +384,11 @@ def test_an_empty_config_path_is_a_usage_error(command: list[str]) -> None:
     for empty in (["--config", ""], ["-c", ""], ["--config="]):
         out = cli(*command, *empty, timeout=30, env=dict(os.environ, FARM_SERVERS="127.0.0.1:1"))
         said = one_line_error(out.stderr)
-        assert (out.returncode, said) == (2, "farm: --config must name a config file, not be empty")
+        assert (out.returncode, said) == (
+            2,
+            "farm: --config must name a config file, not be empty"
+            f" (usage: farm {command[0]} --help)",
+        )
 
 
 @pytest.mark.timeout(60)
