@@ -21,6 +21,7 @@ from farm.errors import ConfigError
 from farm.net import socket_path_problem
 from farm.protocol.codec import DEFAULT_MAX_PACKET
 from farm.server.options import refusal
+from farm.server.storetables import look
 
 __all__ = ["TUNING", "server_flags"]
 
@@ -138,7 +139,10 @@ def store_problem(path: str) -> str | None:
         os.close(fd)
     if head and head != b"SQLite format 3\0":
         return f'{path} is not a SQLite database: name another file (or "none")'
-    return None
+    # Another program's database, or a newer farm's store: the server refuses it at every
+    # start (exit 2), which `farm check` said ok of; read here as the server reads it first,
+    # without a change (no file made beside it, no mode changed).
+    return look(path) if head else None
 
 
 def socket_problem(path: str, example: str) -> str | None:

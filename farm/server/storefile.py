@@ -12,6 +12,7 @@ import sqlite3
 import stat
 
 from farm.paths import check_own_file
+from farm.server.storetables import look
 
 __all__ = [
     "StoreError",
@@ -108,6 +109,10 @@ def owner_only(path: str) -> None:
         head = os.pread(fd, len(_SQLITE_HEADER), 0)
         if head and head != _SQLITE_HEADER[: len(head)]:  # leave another file as it was
             raise StoreError(f"cannot open the job store {path}: file is not a database")
+        # And another program's database: it was made 600, given a journal and a WAL, and
+        # only then refused, by tables it would not have had as farm's store.
+        if head and (why := look(path)):
+            raise StoreError(f"the job store {why}")
         mode = stat.S_IMODE(os.fstat(fd).st_mode)
         if mode & 0o077:  # the farm's group may hold accounts that must not read the jobs
             log.warning("the job store %s was open to others; closing it (mode 600)", path)

@@ -23,8 +23,9 @@ from farm.server.storefile import (
     owner_only,
     unreadable,
 )
+from farm.server.storetables import GEARMAND_COLUMNS, STORE_FORMAT, not_farms
 
-__all__ = ["open_database"]
+__all__ = ["STORE_FORMAT", "open_database"]
 
 log = logging.getLogger("farm.server")
 
@@ -43,8 +44,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     checksum  INTEGER
 )
 """
-#: The columns of the first farm's store: a `jobs` table without them is not farm's.
-_FIRST_COLUMNS = {"id", "function", "uniq", "data", "priority", "reducer", "run_at"}
 #: Columns a store of an older farm lacks, added at open with their defaults (its rows read
 #: as a submit time unknown, no death of a worker counted, and submitted on the Unix socket:
 #: no TCP peer's unique key joins them, whichever side they came from), and no checksum.
@@ -55,14 +54,6 @@ _ADDED_COLUMNS = {
     # NULL: a row written without one (an older farm's, gearmand's taken over) is trusted.
     "checksum": "INTEGER",
 }
-
-#: The store's format, kept as its user_version. Raised (and written there) only by a change
-#: an older farm would misread: a column it must not ignore, a payload kept otherwise. A
-#: column with a default, which older farms leave out of their statements, keeps it.
-STORE_FORMAT = 0
-
-#: The columns of gearmand's libsqlite3 queue (when_to_run, from gearmand 1.1, is optional).
-_GEARMAND_COLUMNS = {"unique_key", "function_name", "priority", "data"}
 
 #: Seconds the server waits for the store's lock at start. Another server holds it for its
 #: whole life (locking_mode=EXCLUSIVE), so waiting SQLite's default 5 s only delayed the
@@ -131,24 +122,14 @@ def _unopened(path: str, exc: Exception, held: bool) -> StoreError:
 
 
 def _refuse_unreadable(db: sqlite3.Connection, path: str) -> None:
-    """StoreError for a file this farm cannot read as its store: a newer farm's format, or a
-    `jobs` table of another program's. Both were read or altered before: a newer format's
-    rows replayed as if understood, the other table given farm's columns, then refused with
-    the advice to start empty."""
-    columns = {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
-    missing = sorted(_FIRST_COLUMNS - columns) if columns else []
-    if missing:  # first: another program's file may have a user_version of its own
-        raise StoreError(
-            f"the job store {path} has a table jobs that is not farm's (no column"
-            f" {', '.join(missing)})"
-        )
-    (found,) = db.execute("PRAGMA user_version").fetchone()
-    if found > STORE_FORMAT:
-        raise StoreError(
-            f"the job store {path} is of format {found}: a newer farm's, or not farm's store;"
-            f" this farm reads up to format {STORE_FORMAT}: upgrade farm again, or let the"
-            " newer farm empty its queue first"
-        )
+    """StoreError for a file this farm cannot read as its store (storetables.not_farms): a
+    newer farm's format, or tables of another program's. Both were read or altered before:
+    a newer format's rows replayed as if understood, the other table given farm's columns,
+    then refused with the advice to start empty. Asked again here, with the store's lock
+    held: owner_only's look, before any change, does not see what a -wal holds."""
+    why = not_farms(db, path)
+    if why:
+        raise StoreError(f"the job store {why}")
 
 
 def _add_columns(db: sqlite3.Connection, reserve: DiskReserve) -> None:
@@ -193,7 +174,7 @@ def _take_over_gearmand(db: sqlite3.Connection, path: str) -> None:
     for (table,) in tables.fetchall():
         quoted = '"' + table.replace('"', '""') + '"'
         columns = {r[1] for r in db.execute(f"PRAGMA table_info({quoted})")}
-        if not columns >= _GEARMAND_COLUMNS:
+        if not columns >= GEARMAND_COLUMNS:
             continue
         when = "COALESCE(when_to_run, 0)" if "when_to_run" in columns else "0"
         # farm.* are the Executor's signed calls, which no TCP peer may submit: never moved.

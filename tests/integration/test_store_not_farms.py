@@ -1,0 +1,109 @@
+"""Another program's SQLite database named as the store is refused and left as it was.
+
+Found in a review: `farm server --store other.db` made the file mode 600 ("was open to
+others; closing it") and left an empty -journal and -wal beside it, and only then refused
+its `jobs` table as not farm's; and `farm check` said ok of it, while under `farm up` the
+server refused it at every start. The tables are now read first, without a change, by the
+server and by `farm check` and `farm up` alike (farm.server.storetables).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from farm.server.store import SQLiteStore
+from tests.helpers import ROOT
+from tests.helpers.farmcheck import config, farm, lines
+from tests.helpers.servers import free_port
+
+REVERSE = '[functions.reverse]\ntarget = "workers.text:reverse"\nworkers = 1\n'
+
+#: Other programs' databases: a `jobs` table of their own, tables of no farm's name (in
+#: rollback mode, and in WAL mode with no -wal beside it: a program that closed it).
+OTHERS = {
+    "jobs": ("DELETE", "CREATE TABLE jobs (id INTEGER PRIMARY KEY, name TEXT, state TEXT)"),
+    "tables": ("DELETE", "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)"),
+    "wal": ("WAL", "CREATE TABLE sessions (token TEXT, user INTEGER)"),
+}
+
+
+def another_programs(path: Path, kind: str) -> dict[str, tuple[int, str]]:
+    """Such a database at ``path``, mode 664 as its program left it; each file in its
+    directory, by name, as (mode, digest), to compare after."""
+    journal, schema = OTHERS[kind]
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(f"PRAGMA journal_mode={journal}")
+    db.execute(schema)
+    db.execute("CREATE TABLE settings (key TEXT, value TEXT)")
+    db.execute("INSERT INTO settings VALUES ('theme', 'dark')")
+    db.close()
+    path.chmod(0o664)
+    return files(path.parent)
+
+
+def files(where: Path) -> dict[str, tuple[int, str]]:
+    return {
+        p.name: (stat.S_IMODE(p.stat().st_mode), hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in where.iterdir()
+    }
+
+
+@pytest.mark.parametrize("kind", sorted(OTHERS))
+def test_the_server_refuses_another_programs_database_and_leaves_it_as_it_was(
+    tmp_path: Path, kind: str
+) -> None:
+    store = tmp_path / "data" / "other.db"
+    store.parent.mkdir()
+    before = another_programs(store, kind)
+    argv = [sys.executable, "-m", "farm", "server", "-L", f"127.0.0.1:{free_port()}"]
+    out = subprocess.run(
+        [*argv, "--store", str(store)],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and "closing it" not in out.stderr, out.stderr
+    assert f"the job store {store} has" in out.stderr and "not farm's" in out.stderr
+    assert "another program's database? name another file for the store" in out.stderr
+    assert files(store.parent) == before  # its mode, its bytes, and no file beside it
+
+
+@pytest.mark.parametrize("kind", sorted(OTHERS))
+def test_farm_check_and_farm_up_refuse_another_programs_database_exit_2(
+    tmp_path: Path, kind: str
+) -> None:
+    store = tmp_path / "data" / "other.db"
+    store.parent.mkdir()
+    before = another_programs(store, kind)
+    config(tmp_path, REVERSE, store=str(store))
+    checked = farm(tmp_path, "check")
+    up = farm(tmp_path, "up")
+    assert (checked.returncode, up.returncode) == (2, 2), checked.stdout + up.stderr
+    assert lines(checked.stderr) == lines(up.stderr) and len(lines(up.stderr)) == 1
+    said = lines(up.stderr)[0]
+    assert said.startswith(f"farm: farm.toml: server.store: {store} has"), said
+    assert "not farm's" in said and said.endswith("name another file for the store"), said
+    assert files(store.parent) == before
+
+
+def test_farm_check_passes_farms_own_store_and_changes_nothing(tmp_path: Path) -> None:
+    store = tmp_path / "data" / "queue.db"
+    held = SQLiteStore(store)
+    held.add(b"H:t:1", b"reverse", b"queued", b"x", 1, None, 0.0, True)
+    held.commit()
+    held.close()
+    before = files(store.parent)
+    config(tmp_path, REVERSE, store=str(store))
+    checked = farm(tmp_path, "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert files(store.parent) == before
