@@ -10,6 +10,7 @@ deletes none.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
@@ -17,6 +18,7 @@ import stat
 from pathlib import Path
 
 from farm.paths import check_own_file
+from farm.server.storefile import fsize_limit
 
 log = logging.getLogger("farm.server")
 
@@ -36,6 +38,7 @@ class DiskReserve:
         self._fd = -1
         self.spent = False  # given back to the disk, and not taken again yet
         self.size = 0  # what it holds whole (once make() has seen the disk)
+        self._said = False  # why it could not be made, said once (``_not_made``)
 
     def make(self) -> bool:
         """Hold up to RESERVE_BYTES of disk, best effort: none on a disk with too little free
@@ -84,9 +87,29 @@ class DiskReserve:
                 return not self.spent
             os.posix_fallocate(self._fd, 0, size)
             self.spent = False
-        except (OSError, AttributeError) as exc:  # AttributeError: no posix_fallocate here
+        except AttributeError as exc:  # no posix_fallocate here: nothing to say at each start
             log.debug("no disk reserve beside the job store: %s", exc)
+        except OSError as exc:
+            self._not_made(exc)
         return not self.spent
+
+    def _not_made(self, exc: OSError) -> None:
+        """Say, once, why the reserve could not be made: under a file-size limit below its
+        size (`ulimit -f`, systemd's LimitFSIZE=) it was left at 0 bytes with no word but
+        at -v, and the store had no room for its deletes when the disk filled."""
+        if self._said:
+            return
+        self._said = True
+        why = exc.strerror or str(exc)
+        if exc.errno == errno.EFBIG:
+            why = f"the file-size limit{fsize_limit()}: raise it (ulimit -f, systemd's LimitFSIZE=)"
+        log.warning(
+            "the job store's disk reserve %s could not be made (%d bytes): %s; the store has"
+            " no room kept for its deletes when the disk fills",
+            self.path,
+            self.size,
+            why,
+        )
 
     def release(self) -> bool:
         """Give the reserve's room back to the disk; whether there was any."""

@@ -33,7 +33,7 @@ from farm.server.storecheck import ASIDE_TABLE, kept_aside, read_rows, set_aside
 
 # Re-exported: the server and the tests name the store's errors by this module.
 from farm.server.storefile import DamagedStore as DamagedStore
-from farm.server.storefile import OpenFile, unreadable
+from farm.server.storefile import OpenFile, unreadable, unwritten
 from farm.server.storefile import StoreError as StoreError
 from farm.server.storefile import StoreInUse as StoreInUse
 from farm.server.storefile import StoreUnopenable as StoreUnopenable
@@ -223,7 +223,7 @@ class SQLiteStore:
                 raise sqlite3.OperationalError("disk full (its reserve is spent on deletes)")
             self._write(batch.adds, batch.retries, batch.deletes)
         except sqlite3.Error as exc:
-            batch.error = str(exc)
+            batch.error = unwritten(self.path, exc)
             # The adds are refused, but a finished job's delete must not be lost, or the job
             # runs again after a restart: alone it may fit, else it waits for the next commit.
             # So do the counts of retries, which take the same few pages.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import sqlite3
 import stat
 
@@ -26,6 +27,7 @@ __all__ = [
     "may_hold_jobs",
     "owner_only",
     "unreadable",
+    "unwritten",
 ]
 
 log = logging.getLogger("farm.server")
@@ -248,3 +250,34 @@ def unreadable(path: str, exc: sqlite3.Error) -> StoreError:
         f"the job store {path} cannot be read ({why}), which SQLite does not call damage;"
         " its queued jobs stay in it: start the server again once that is fixed"
     )
+
+
+#: The I/O errors of a write that did not fit: the file could not grow (EFBIG past the
+#: file-size limit, an EIO of the disk's too: SQLite says both alike).
+_GROW = frozenset({sqlite3.SQLITE_IOERR_WRITE, sqlite3.SQLITE_IOERR_TRUNCATE})
+
+
+def unwritten(path: str, exc: sqlite3.Error) -> str:
+    """Why a write of the running server's store failed, for its ERROR line and QUEUE_ERROR:
+    SQLite's words and its code's name, and, where the file could not grow (a full disk,
+    or a write past the file-size limit), the fix in the words of ``unreadable``'s. A store
+    under `ulimit -f` refused every background job with "disk I/O error", and no word of the
+    limit, which SQLite says as it says a failing disk."""
+    # getattr: an error of the module's own (a closed database) has no code of SQLite's.
+    name = getattr(exc, "sqlite_errorname", None)
+    why = f"{exc}, {name}" if name else str(exc)
+    code = getattr(exc, "sqlite_errorcode", None) or 0
+    if code & 0xFF != sqlite3.SQLITE_FULL and code not in _GROW:
+        return why
+    where = os.path.dirname(os.path.abspath(path))
+    return (
+        f"{why}: free space in {where}, or raise the file-size limit{fsize_limit()} (ulimit"
+        " -f, systemd's LimitFSIZE=); else see the kernel's log (dmesg) for the disk"
+    )
+
+
+def fsize_limit() -> str:
+    """The file-size limit (RLIMIT_FSIZE) this process runs under, as words for a hint
+    (", 1048576 bytes now"), or nothing where there is none."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return "" if soft == resource.RLIM_INFINITY else f", {soft} bytes now"
