@@ -139,10 +139,10 @@ def store_problem(path: str) -> str | None:
         os.close(fd)
     if head and head != b"SQLite format 3\0":
         return f'{path} is not a SQLite database: name another file (or "none")'
-    # Another program's database, or a newer farm's store: the server refuses it at every
-    # start (exit 2), which `farm check` said ok of; read here as the server reads it first,
+    # Another program's database, a newer farm's store, or a store cut off or damaged: the
+    # server refuses it at every start (exit 2), which `farm check` said ok of; read here
     # without a change (no file made beside it, no mode changed).
-    return look(path) if head else None
+    return look(path, damage=True) if head else None
 
 
 def socket_problem(path: str, example: str) -> str | None:

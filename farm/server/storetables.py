@@ -38,6 +38,7 @@ _ANOTHER = "another program's database? name another file for the store"
 
 #: The first bytes of every SQLite 3 database file; byte 18, its write version: 2 in WAL mode.
 _HEADER = b"SQLite format 3\x00"
+_HEADER_SIZE = 100
 _WAL_VERSION = 2
 
 
@@ -73,24 +74,30 @@ def not_farms(db: sqlite3.Connection, path: str) -> str | None:
     return None
 
 
-def look(path: str) -> str | None:
+def look(path: str, *, damage: bool = False) -> str | None:
     """``not_farms`` of the SQLite database at ``path``, read without a change: nothing
     written, no mode changed, no file made beside it. None where it is farm's, or where it
-    cannot be read so (no database, locked, damaged: the server's open says why)."""
+    cannot be read so (no database, locked, damaged: the server's open says why).
+    ``damage`` (`farm check`, `farm up`): a file cut off, or whose pages SQLite cannot
+    read, is said too, with the fix of the server's refusal (storefile.DamagedStore), where
+    no -wal or -journal beside it may hold what it lacks, or a server hold it now."""
     try:
         # O_NONBLOCK: a FIFO at the path must not hold the look (it is no store: refused).
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        regular = stat.S_ISREG(os.fstat(fd).st_mode)
-        head = os.pread(fd, len(_HEADER) + 3, 0) if regular else b""
+        info = os.fstat(fd)
+        head = os.pread(fd, _HEADER_SIZE, 0) if stat.S_ISREG(info.st_mode) else b""
     except OSError:
         return None
     finally:
         os.close(fd)
     if not head.startswith(_HEADER):
         return None
+    whole = damage and not _beside(path)
+    if whole and (cut := _cut_off(head, info.st_size)):
+        return f"{path} is cut off: {cut}{_DAMAGE_FIX}"
     # A read-only open of a file in WAL mode makes its -wal and -shm (SQLite's own rule), so
     # such a file is read as immutable: its main file alone, no lock taken. What a -wal
     # beside it holds is not seen (a table made since its last checkpoint), nor what a
@@ -103,11 +110,56 @@ def look(path: str) -> str | None:
     except sqlite3.Error:
         return None
     try:
-        return not_farms(db, path)
-    except sqlite3.Error:  # locked, a hot journal, damage: the server's open says which
+        why = not_farms(db, path)
+        if why is None and whole and "jobs" in _tables(db):
+            # The b-tree's pages, not the payloads' overflow: 20 ms for 100 MB of jobs.
+            db.execute("SELECT count(*) FROM jobs").fetchone()
+        return why
+    except sqlite3.Error as exc:  # locked, a hot journal: the server's open says which
+        if whole and (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in _DAMAGE:
+            return f"{path} cannot be read ({exc}){_DAMAGE_FIX}"
         return None
     finally:
         db.close()
+
+
+#: SQLite's codes of a file whose bytes are not a database it can read (storefile's too).
+_DAMAGE = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+#: The fix of a damaged store, as the server's refusal says it (storefile.unreadable).
+_DAMAGE_FIX = (
+    "; restore it from a backup, or move it aside to start empty (its queued jobs are then lost)"
+)
+
+
+def _cut_off(head: bytes, size: int) -> str | None:
+    """How a database file of ``size`` bytes is shorter than its header says, or None: a
+    copy cut short, a disk filled while it was copied. SQLite reads its first page alone
+    (the schema) without a word, and said it only when the server read the jobs."""
+    if len(head) < _HEADER_SIZE:
+        return f"{size} bytes, less than SQLite's header of {_HEADER_SIZE}"
+    page = int.from_bytes(head[16:18], "big")
+    page = 65536 if page == 1 else page
+    pages = int.from_bytes(head[28:32], "big")
+    # The header's count of pages holds only where its two change counters agree (SQLite's
+    # file format, 1.3.7); else SQLite itself goes by the file's size.
+    if head[24:28] != head[92:96] or pages * page <= size:
+        return None
+    return f"its header counts {pages} pages of {page} bytes, and the file holds {size} bytes"
+
+
+def _beside(path: str) -> bool:
+    """Whether a file beside the store may hold what its main file lacks, or a server or
+    program hold it now: a -wal (a running server's, emptied by its checkpoints, too), or a
+    -journal with pages in it. An empty -journal is no hot one: a server that refused the
+    store leaves it."""
+    try:
+        return os.path.lexists(path + "-wal") or os.lstat(path + "-journal").st_size > 0
+    except FileNotFoundError:
+        return False
+
+
+def _tables(db: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
 def _quoted(name: str) -> str:

@@ -4,7 +4,8 @@ Found in a review: `farm server --store other.db` made the file mode 600 ("was o
 others; closing it") and left an empty -journal and -wal beside it, and only then refused
 its `jobs` table as not farm's; and `farm check` said ok of it, while under `farm up` the
 server refused it at every start. The tables are now read first, without a change, by the
-server and by `farm check` and `farm up` alike (farm.server.storetables).
+server and by `farm check` and `farm up` alike (farm.server.storetables). So, for `farm check`
+and `farm up`, is a store cut off or damaged, which they passed and the server refused.
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ import sqlite3
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from farm.protocol import PacketType as T
 from farm.server.store import SQLiteStore
 from tests.helpers import ROOT
 from tests.helpers.farmcheck import config, farm, lines
-from tests.helpers.servers import free_port
+from tests.helpers.peers import Peer
+from tests.helpers.servers import free_port, wait_connectable
 
 REVERSE = '[functions.reverse]\ntarget = "workers.text:reverse"\nworkers = 1\n'
 
@@ -107,3 +111,66 @@ def test_farm_check_passes_farms_own_store_and_changes_nothing(tmp_path: Path) -
     checked = farm(tmp_path, "check")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert files(store.parent) == before
+
+
+def _cut_off(path: Path) -> None:
+    os.truncate(path, path.stat().st_size // 2)
+
+
+def _overwritten(path: Path) -> None:
+    with path.open("r+b") as file:  # the pages after the schema's: the jobs' b-tree
+        file.seek(4096)
+        file.write(b"\xa5" * 8192)
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        (_cut_off, "is cut off: its header counts"),
+        (_overwritten, "cannot be read (database disk image is malformed)"),
+    ],
+)
+def test_farm_check_and_farm_up_refuse_a_damaged_store_exit_2(
+    tmp_path: Path, damage: Callable[[Path], None], said: str
+) -> None:
+    store = tmp_path / "data" / "queue.db"
+    held = SQLiteStore(store)
+    for n in range(50):
+        held.add(b"H:t:%d" % n, b"reverse", b"u%d" % n, bytes(20_000), 1, None, 0.0, True)
+    held.commit()
+    held.close()
+    damage(store)
+    before = files(store.parent)
+    config(tmp_path, REVERSE, store=str(store))
+    checked = farm(tmp_path, "check")
+    up = farm(tmp_path, "up")
+    assert (checked.returncode, up.returncode) == (2, 2), checked.stdout + up.stderr
+    assert lines(checked.stderr) == lines(up.stderr) and len(lines(up.stderr)) == 1
+    line = lines(up.stderr)[0]
+    assert line.startswith(f"farm: farm.toml: server.store: {store} {said}"), line
+    assert line.endswith(
+        "restore it from a backup, or move it aside to start empty (its queued jobs are then lost)"
+    ), line
+    assert files(store.parent) == before
+
+
+def test_farm_check_passes_the_store_a_running_server_holds(tmp_path: Path) -> None:
+    # Its -wal is there, emptied by checkpoints: the main file alone may lack what the -wal
+    # holds, or change under the look; neither is damage.
+    store = tmp_path / "data" / "queue.db"
+    port = free_port()
+    cmd = [sys.executable, "-m", "farm.server", "-p", str(port), "--store", str(store)]
+    srv = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        wait_connectable(f"127.0.0.1:{port}", srv)
+        client = Peer(f"127.0.0.1:{port}")
+        for n in range(20):
+            client.send(T.SUBMIT_JOB_BG, "reverse", f"u{n}", bytes(20_000))
+            assert client.recv().type == T.JOB_CREATED
+        client.close()
+        config(tmp_path, REVERSE, store=str(store))
+        checked = farm(tmp_path, "check")
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    finally:
+        srv.terminate()
+        srv.wait(timeout=15)
