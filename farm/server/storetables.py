@@ -102,23 +102,39 @@ def look(path: str, *, damage: bool = False) -> str | None:
     # such a file is read as immutable: its main file alone, no lock taken. What a -wal
     # beside it holds is not seen (a table made since its last checkpoint), nor what a
     # program writing it now changes: a look for the server's refusal, not for its jobs.
-    # A file in rollback mode is read with its locks, and a hot journal is left alone.
+    # A file in rollback mode is read with its locks; where they keep it from being read (a
+    # hot journal, which a read-only open cannot roll back: the server's open would, into
+    # another program's file), its main file alone, as immutable: never farm's store, which
+    # is in WAL mode from its first write.
     wal = len(head) > 18 and head[18] == _WAL_VERSION
+    found = _read(path, whole, immutable=wal)
+    if found is _UNREAD and not wal:
+        found = _read(path, False, immutable=True)
+    return None if found is _UNREAD else found
+
+
+#: ``_read``'s answer where the file could not be read: locked, a hot journal.
+_UNREAD = "unread"
+
+
+def _read(path: str, whole: bool, *, immutable: bool) -> str | None:
+    """``look``'s reading of the database at ``path``: ``not_farms``, and where ``whole``,
+    damage; ``_UNREAD`` where SQLite could not read it (and it is no damage to say)."""
     uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
     try:
-        db = sqlite3.connect(uri + ("&immutable=1" if wal else ""), uri=True, timeout=0)
+        db = sqlite3.connect(uri + ("&immutable=1" if immutable else ""), uri=True, timeout=0)
     except sqlite3.Error:
-        return None
+        return _UNREAD
     try:
         why = not_farms(db, path)
         if why is None and whole and "jobs" in _tables(db):
             # The b-tree's pages, not the payloads' overflow: 20 ms for 100 MB of jobs.
             db.execute("SELECT count(*) FROM jobs").fetchone()
         return why
-    except sqlite3.Error as exc:  # locked, a hot journal: the server's open says which
+    except sqlite3.Error as exc:
         if whole and (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in _DAMAGE:
             return f"{path} cannot be read ({exc}){_DAMAGE_FIX}"
-        return None
+        return _UNREAD
     finally:
         db.close()
 

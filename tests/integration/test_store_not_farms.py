@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sqlite3
 import stat
 import subprocess
@@ -60,13 +61,31 @@ def files(where: Path) -> dict[str, tuple[int, str]]:
     }
 
 
-@pytest.mark.parametrize("kind", sorted(OTHERS))
+def _with_hot_journal(path: Path) -> dict[str, tuple[int, str]]:
+    """Another program's database in rollback mode, as it was left by a crash in a
+    transaction: its hot -journal beside it, which a read-only open cannot roll back."""
+    writing = path.with_name("writing.db")
+    db = sqlite3.connect(writing, isolation_level=None)
+    db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name BLOB)")
+    db.execute("PRAGMA cache_size = 1")  # the transaction's pages spill: the file changes
+    db.execute("BEGIN")
+    db.executemany("INSERT INTO users (name) VALUES (?)", [(bytes(500),)] * 2000)
+    shutil.copy(writing, path)  # the crash: the file and its journal as they are now
+    shutil.copy(f"{writing}-journal", f"{path}-journal")
+    db.execute("ROLLBACK")
+    db.close()
+    writing.unlink()
+    path.chmod(0o664)
+    return files(path.parent)
+
+
+@pytest.mark.parametrize("kind", [*sorted(OTHERS), "hot journal"])
 def test_the_server_refuses_another_programs_database_and_leaves_it_as_it_was(
     tmp_path: Path, kind: str
 ) -> None:
     store = tmp_path / "data" / "other.db"
     store.parent.mkdir()
-    before = another_programs(store, kind)
+    before = _with_hot_journal(store) if kind == "hot journal" else another_programs(store, kind)
     argv = [sys.executable, "-m", "farm", "server", "-L", f"127.0.0.1:{free_port()}"]
     out = subprocess.run(
         [*argv, "--store", str(store)],
