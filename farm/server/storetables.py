@@ -107,24 +107,23 @@ def look(path: str, *, damage: bool = False) -> str | None:
     # another program's file), its main file alone, as immutable: never farm's store, which
     # is in WAL mode from its first write.
     wal = len(head) > 18 and head[18] == _WAL_VERSION
-    found = _read(path, whole, immutable=wal)
-    if found is _UNREAD and not wal:
-        found = _read(path, False, immutable=True)
-    return None if found is _UNREAD else found
-
-
-#: ``_read``'s answer where the file could not be read: locked, a hot journal.
-_UNREAD = "unread"
+    try:
+        return _read(path, whole, immutable=wal)
+    except sqlite3.Error:
+        if wal:
+            return None
+    try:
+        return _read(path, False, immutable=True)
+    except sqlite3.Error:
+        return None
 
 
 def _read(path: str, whole: bool, *, immutable: bool) -> str | None:
     """``look``'s reading of the database at ``path``: ``not_farms``, and where ``whole``,
-    damage; ``_UNREAD`` where SQLite could not read it (and it is no damage to say)."""
+    damage; sqlite3.Error where SQLite could not read it (locked, a hot journal) and it is
+    no damage to say."""
     uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
-    try:
-        db = sqlite3.connect(uri + ("&immutable=1" if immutable else ""), uri=True, timeout=0)
-    except sqlite3.Error:
-        return _UNREAD
+    db = sqlite3.connect(uri + ("&immutable=1" if immutable else ""), uri=True, timeout=0)
     try:
         why = not_farms(db, path)
         if why is None and whole and "jobs" in _tables(db):
@@ -134,7 +133,7 @@ def _read(path: str, whole: bool, *, immutable: bool) -> str | None:
     except sqlite3.Error as exc:
         if whole and (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in _DAMAGE:
             return f"{path} cannot be read ({exc}){_DAMAGE_FIX}"
-        return _UNREAD
+        raise
     finally:
         db.close()
 
