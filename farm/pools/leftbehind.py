@@ -20,7 +20,11 @@ gone, or another process's (another start time). Each is stopped as a stray is: 
 non-exec wrapper's shell is), then SIGKILL after the pool's grace, on the loop's turns.
 Another farm's processes (another control socket), those of a supervisor that runs, of
 another pid or mount namespace (whose pids and paths say nothing here) or of another user
-are never touched.
+are never touched; nor are this supervisor and the processes that started it (a `farm up`
+run by a job of the killed farm carries its token). A group gets the stop whole only where
+each of its processes was found (``stoppable_groups``): one that holds this supervisor, what
+started it, or a process without the token (its environment cleared) would have been stopped
+with it; there each found process is signalled alone.
 """
 
 from __future__ import annotations
@@ -34,7 +38,15 @@ from dataclasses import dataclass
 
 from farm.config import Config
 
-__all__ = ["INSTANCE_VAR", "Left", "LeftBehind", "find", "instance_token", "pool_stop"]
+__all__ = [
+    "INSTANCE_VAR",
+    "Left",
+    "LeftBehind",
+    "find",
+    "instance_token",
+    "pool_stop",
+    "stoppable_groups",
+]
 
 log = logging.getLogger("farm.supervisor")
 
@@ -45,14 +57,44 @@ INSTANCE_VAR = "FARM_INSTANCE"
 SCAN_FOR = 1.0
 
 
-def _stat(pid: int | str) -> tuple[str, int] | None:
-    """A process's state letter and start time (clock ticks after boot); None if gone."""
+def _fields(pid: int | str) -> list[bytes]:
+    """/proc/PID/stat's fields after the name (stat(5)'s 3rd on); [] if gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()  # after the name, which may hold ")"
+            return f.read().rsplit(b")", 1)[1].split()  # after the name, which may hold ")"
+    except (OSError, IndexError):
+        return []
+
+
+def _stat(pid: int | str) -> tuple[str, int] | None:
+    """A process's state letter and start time (clock ticks after boot); None if gone."""
+    fields = _fields(pid)
+    try:
         return fields[0].decode(), int(fields[19])  # stat(5): fields 3 and 22
-    except (OSError, IndexError, ValueError):
+    except (IndexError, ValueError):
         return None
+
+
+def _parent_and_group(pid: int | str) -> tuple[int, int] | None:
+    """A process's parent pid and process group; None if gone."""
+    fields = _fields(pid)
+    try:
+        return int(fields[1]), int(fields[2])  # stat(5): fields 4 and 5
+    except (IndexError, ValueError):
+        return None
+
+
+def _lineage() -> set[int]:
+    """This process and those that started it, up to init: never stopped, though a `farm up`
+    that a job of the killed farm ran, and the job's shell, carry that farm's token."""
+    line, pid = set(), os.getpid()
+    while pid > 1 and pid not in line:
+        line.add(pid)
+        ids = _parent_and_group(pid)
+        if ids is None:
+            break
+        pid = ids[0]
+    return line
 
 
 def _namespaces() -> str:
@@ -109,7 +151,7 @@ def find(control: str, uids: set[int], budget: float = SCAN_FOR) -> list[Left]:
     """The processes of ``uids`` that this farm's ended supervisors left running; their
     ``deadline`` is left to the caller."""
     until = time.monotonic() + budget
-    namespaces, me, found = _namespaces(), os.getpid(), []
+    namespaces, mine, found = _namespaces(), _lineage(), []
     gone: dict[str, bool] = {}  # by token: a few supervisors' at most
     pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
     for looked, pid in enumerate(pids):
@@ -123,7 +165,7 @@ def find(control: str, uids: set[int], budget: float = SCAN_FOR) -> list[Left]:
             )
             break
         try:
-            if pid == me or os.stat(f"/proc/{pid}").st_uid not in uids:
+            if pid in mine or os.stat(f"/proc/{pid}").st_uid not in uids:
                 continue
         except OSError:
             continue
@@ -139,6 +181,38 @@ def find(control: str, uids: set[int], budget: float = SCAN_FOR) -> list[Left]:
             name = wid[len("farm:") :].rsplit(":", 1)[0]
             found.append(Left(pid, stat[1], name, int(token.split(":")[1]), 0.0))
     return found
+
+
+def stoppable_groups(found: list[Left], budget: float = SCAN_FOR) -> set[int]:
+    """The process groups of ``found`` that may get the stop whole: led by one of them, or
+    whose leader is gone (what is left of a killed wrapper's group), and holding no process
+    but those found: not this supervisor's group, nor one holding what started it or a
+    process without this farm's token (its environment cleared). A killpg had stopped the
+    new supervisor itself where a job of the killed farm ran it. One look through /proc;
+    none where it runs past ``budget``: each found process is then signalled alone."""
+    pids = {left.pid for left in found}
+    candidates = set()
+    for left in found:
+        ids = _parent_and_group(left.pid)
+        if ids is not None and (ids[1] == left.pid or _stat(ids[1]) is None):
+            candidates.add(ids[1])
+    candidates.discard(os.getpgrp())
+    if not candidates:
+        return set()
+    until = time.monotonic() + budget
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        if time.monotonic() > until:
+            return set()
+        fields = _fields(pid)
+        try:
+            group, dead = int(fields[2]), fields[0] == b"Z"  # a zombie feels no signal
+        except (IndexError, ValueError):
+            continue  # gone
+        if group in candidates and pid not in pids and not dead:
+            candidates.discard(group)  # holds another process: not the farm's whole
+            if not candidates:
+                break
+    return candidates
 
 
 def pool_stop(config: Config, name: str) -> tuple[int, float]:
@@ -169,17 +243,17 @@ class LeftBehind:
             spec = (p.command for p in self.config.functions.values())
             uids |= {s.user.uid for s in spec if s is not None and s.user is not None}
         found = find(self.config.supervisor.control, uids)
+        # Its group where it leads it, or where its leader is gone (what is left of the
+        # group of a killed wrapper's shell), if that holds nothing but what was found.
+        whole = stoppable_groups(found)
         groups: set[int] = set()  # one stop signal to each: a second one may mean "at once"
         now = time.monotonic()
         for left in found:
             sig, grace = pool_stop(self.config, left.worker)
             left.deadline = now + grace
-            with contextlib.suppress(OSError):
-                pgid = os.getpgid(left.pid)
-                # Its group where it leads it, or where its leader is gone: what is left of
-                # the group of the worker that started it (a wrapper's shell killed).
-                if pgid == left.pid or _stat(pgid) is None:
-                    left.group = pgid
+            ids = _parent_and_group(left.pid)
+            if ids is not None and ids[1] in whole:
+                left.group = ids[1]
             to = "its process group" if left.group else "it"
             log.warning(
                 "pid %d (of worker %s) outlived the farm's last supervisor (pid %d), and is"

@@ -5,9 +5,12 @@ worker; every other one is left alone."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -16,6 +19,7 @@ import pytest
 
 from farm.pools import leftbehind
 from farm.pools.leftbehind import LeftBehind, find, instance_token
+from tests.helpers import ROOT
 
 CONTROL = "/run/farm-test/control:sock"  # a colon in the path: the token's last field
 
@@ -131,3 +135,71 @@ def test_sigquit_at_a_stop_kills_them_at_once(sleepers: list[subprocess.Popen[by
     farm.stopping, farm.grace = True, 0.0  # what SIGQUIT sets (farm.pools.signals)
     farm.tend_left_behind(time.monotonic())
     assert sleepers[0].wait(10) == -signal.SIGKILL
+
+
+# A job of the killed farm's worker ran `farm up` again: the new supervisor is in the group
+# of that worker (its leader gone), beside the job's other child, carrying the token, and a
+# process whose environment was cleared is there too. Each runs from the leader's fork.
+LEADER = """
+import json, os, subprocess, sys
+token, scanner = sys.argv[1], sys.argv[2]
+env = {**os.environ, "FARM_INSTANCE": token, "FARM_WORKER_ID": "farm:p#0:1"}
+deaf = ["sh", "-c", "trap '' TERM; exec sleep 60"]
+left = subprocess.Popen(deaf, env=env, stdout=subprocess.DEVNULL)
+cleared = subprocess.Popen(["sleep", "60"], env={}, stdout=subprocess.DEVNULL)
+print(json.dumps({"left": left.pid, "cleared": cleared.pid}), flush=True)
+subprocess.Popen([sys.executable, "-c", scanner], env=env)
+"""
+
+SCANNER = """
+import json, os, signal, time
+from farm.pools import leftbehind
+from tests.unit.test_left_behind import Farm
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # a stop to it stays pending
+deadline = time.monotonic() + 10
+while leftbehind._stat(os.getpgrp()) is not None and time.monotonic() < deadline:
+    time.sleep(0.01)  # until the group's leader is gone, as the killed worker is
+farm = Farm(grace=0.5)
+farm.stop_left_behind()
+found = sorted(farm.left_behind)
+(until,) = farm.left_behind_deadlines()
+farm.tend_left_behind(until)  # past the grace: SIGKILL
+pending = signal.SIGTERM in signal.sigpending()
+print(json.dumps({"found": found, "stopped": pending, "pgid": os.getpgrp()}), flush=True)
+"""
+
+
+def test_a_group_holding_the_new_supervisor_or_one_without_the_token_is_not_stopped_whole() -> None:
+    dead, start = ended_supervisor()
+    token = f"{leftbehind._namespaces()}:{dead}:{start}:{CONTROL}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    leader = subprocess.Popen(
+        [sys.executable, "-c", LEADER, token, SCANNER],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert leader.stdout is not None
+    pids = json.loads(leader.stdout.readline())
+    try:
+        leader.wait(10)
+        line = leader.stdout.readline()  # the scanner's, on the pipe it inherited
+        assert line, "the new supervisor was killed by its own SIGKILL to its process group"
+        said = json.loads(line)
+        assert said["pgid"] == leader.pid
+        # Its own token's process (the scanner, this `farm up`) is not one to stop.
+        assert said["found"] == [pids["left"]]
+        assert not said["stopped"], "the new supervisor stopped its own process group"
+        # The leftover alone got the stop, then SIGKILL past its grace; the cleared one
+        # and the scanner itself (which printed after the SIGKILL) live on.
+        deadline = time.monotonic() + 10
+        while (state := leftbehind._stat(pids["left"])) is not None and state[0] != "Z":
+            assert time.monotonic() < deadline, "the leftover was not killed"
+            time.sleep(0.01)
+        cleared = leftbehind._stat(pids["cleared"])
+        assert cleared is not None and cleared[0] != "Z", "a process without the token was stopped"
+    finally:
+        for pid in pids.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
