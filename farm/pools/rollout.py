@@ -17,7 +17,7 @@ A successor that exits before it serves, or does not serve within
 ``[supervisor] boot_timeout``, fails the rollout of its pool: the old process keeps its
 slot, the pool's remaining slots are left alone, and `farm restart` exits 1. Its end is
 a ``boot_failure`` on the metrics; of a pool a reload changed, the reload failed too
-(farm.pools.reloads).
+(farm.pools.reloads), unless a later reload changed the pool again meanwhile.
 Progress is read with the control command ``restart-status``.
 """
 
@@ -150,7 +150,17 @@ class Restarting:
         if taken and not any(self.rolling(name) for name in ro.before):
             ro.undo_at = self.reloads.before
         for name in taken:  # what runs now: the latest that did boot
-            ro.before[name] = self.reloaded_from.pop(name)
+            older = self.reloaded_from.pop(name)
+            # Not a target none of whose processes served yet (the earlier reload's, still
+            # starting): the pool's running workers run what came before it.
+            if name not in ro.before or self.serves_with(name, older):
+                ro.before[name] = older
+
+    def serves_with(self, name: str, pool: FunctionConfig) -> bool:
+        """Whether a process of ``pool``'s target and options serves in one of its slots."""
+        options = pool.options()
+        slots = self.slots.get(name, ())
+        return any(s.proc and s.proc.state.serving and s.proc.options == options for s in slots)
 
     def restart_status(self) -> dict[str, Any]:
         if self.rollout is None:
@@ -271,9 +281,18 @@ class Restarting:
         # no dashboard nor in FarmWorkersCrashLooping's sum. Whatever ended it (an import's
         # error, a command's exit, a kill past boot_timeout), the new process never served.
         self.exits[slot.function, "boot_failure"] += 1
-        if ro is not None:
-            ro.in_flight.get(slot.function, set()).discard(slot.index)
-            self.fail_pool(ro, slot.function, message)
+        if ro is None:
+            return
+        ro.in_flight.get(slot.function, set()).discard(slot.index)
+        pool = self.config.functions.get(slot.function)
+        if pool is not None and proc.options != pool.options():
+            # A later reload changed the pool while this one started (the file put back
+            # after a deploy that does not boot): what failed is no longer what the file
+            # says. Failing the pool had called that reload failed, set the pool back to
+            # this target and dropped the slot's turn under the later one (add_to_restart).
+            log.info("restart: %s is replaced again, as the latest reload says", slot.name)
+            return
+        self.fail_pool(ro, slot.function, message)
 
     def fail_pool(self, ro: Rollout, name: str, message: str) -> None:
         """Stop replacing ``name``'s slots: a deploy that does not boot is not pushed on, and

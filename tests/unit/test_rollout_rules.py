@@ -192,3 +192,43 @@ def test_an_empty_slot_counts_as_replaced_and_the_restart_says_it_was_not_seen(
     follow_restart(report, lambda: report)
     err = capsys.readouterr().err
     assert "rev: 1 slot(s) had no serving process" in err and "farm ps" in err
+
+
+def test_a_reload_that_fixes_a_pool_still_rolling_out_is_not_failed_by_the_old_successor() -> None:
+    # Reload 1: X A -> B, which does not boot; while B's process still starts, reload 2 puts
+    # A back. B's end is a boot failure, not a failure of reload 2, whose file the farm runs.
+    farm = Farm(X=pool("X", "m:A"))
+    farm.reloads.ok_at = 1.0
+    farm.start_restart(dict.fromkeys(farm.reload_to(X="m:B")))
+    farm.advance_restarts()
+    slot = farm.slots["X"][0]
+    bad = slot.successor
+    assert bad is not None and bad.options[0] == "m:B"
+    farm.add_to_restart(farm.reload_to(X="m:A"))
+    farm.successor_exited(slot, bad, 256)  # B did not boot (or was killed past boot_timeout)
+    assert farm.reloads.ok, "the file the farm runs now was applied whole"
+    assert farm.config.functions["X"].target == "m:A", "a later start would run the broken B"
+    assert farm.exits == Counter({("X", "boot_failure"): 1})
+    assert farm.rollout is not None and not farm.rollout.failed
+    assert "X" not in farm.kept_back
+    # Reload 2's replacement of the slot goes on, with what the file says now.
+    farm.advance_restarts()
+    assert slot.successor is not None and slot.successor.options[0] == "m:A"
+
+
+def test_a_failed_reload_does_not_go_back_to_a_target_that_never_served() -> None:
+    # X: A -> B, whose process still starts when a reload makes it C; neither boots. The
+    # pool goes on with A, which its worker runs, not with B, which never served.
+    farm = Farm(X=pool("X", "m:A"))
+    farm.start_restart(dict.fromkeys(farm.reload_to(X="m:B")))
+    farm.advance_restarts()
+    slot = farm.slots["X"][0]
+    assert slot.successor is not None
+    farm.add_to_restart(farm.reload_to(X="m:C"))
+    farm.successor_exited(slot, slot.successor, 256)  # B
+    farm.advance_restarts()
+    assert slot.successor is not None and slot.successor.options[0] == "m:C"
+    farm.successor_exited(slot, slot.successor, 256)  # C
+    assert not farm.reloads.ok
+    assert slot.proc is not None and slot.proc.options[0] == "m:A"
+    assert farm.config.functions["X"].target == "m:A", "later starts must run what runs now"
