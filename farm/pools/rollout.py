@@ -310,5 +310,7 @@ class Restarting:
             # The farm does not run what its file says: the reload failed after all, as
             # `farm reload` says by its exit 1; said as a refused file is, which
             # FarmConfigReloadFailed's `journalctl -g "reload failed"` finds.
-            log.warning("reload failed: %s goes on with its running target and options", name)
+            log.warning(
+                "reload failed: %s goes on with its running target and options: %s", name, message
+            )
             self.reloads.did_not_boot(ro.undo_at)

@@ -158,6 +158,9 @@ def test_a_reload_whose_new_target_does_not_boot_shows_as_failed(tmp_path: Path)
         assert failed[(at, ())] == started, "when a config file last applied whole"
         (row,) = up.workers("fast")
         assert row["pid"] == before["pid"], "the old worker serves on"
+        # FarmConfigReloadFailed sends one to `journalctl -u farm -g "reload failed"` for why.
+        (said,) = [line for line in up.read_log().splitlines() if "reload failed" in line]
+        assert "broken deploy" in said, said
 
         up.write_config(pool.format("goodmod"))  # put back: nothing to replace
         out = farm_cli("reload", "--control", up.control)
