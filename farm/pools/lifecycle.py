@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 
 from farm.config import Config, FunctionConfig
-from farm.pools.exits import Exits, describe_exit, exit_cause, may_answer_server_loss, undrained
+from farm.pools.exits import describe_exit, exit_cause, may_answer_server_loss, undrained
 from farm.pools.localserver import LocalServer
 from farm.pools.record import RecordReader, create_record_fd
 from farm.pools.slots import ProcState, Slot, WorkerProcess, crash_delay
@@ -52,11 +52,11 @@ class Lifecycle:
     python_env: dict[str, str]  # a Python worker's: targets.trusted_pythonpath's PYTHONPATH
     instance: str  # every worker's FARM_INSTANCE (farm.pools.leftbehind)
     selector: selectors.BaseSelector
-    exits: Exits
     server: LocalServer
 
-    # Provided by the rollout (farm.pools.rollout): a successor that died before serving.
+    # Provided by farm.pools.rollout: a successor's end before it served; any slot's, counted.
     successor_exited: Callable[[Slot, WorkerProcess, int], None]
+    slot_exited: Callable[[Slot, WorkerProcess, int, str], None]
     # Provided by farm.pools.commandjobs: a command worker's jobs and drain, from the server.
     drain_command: Callable[[WorkerProcess, float], bool]
     track_commands: Callable[..., None]
@@ -191,7 +191,7 @@ class Lifecycle:
             served=proc.served_jobs,
             server_lost=lost,
         )
-        self.exits[proc.function, cause] += 1
+        self.slot_exited(slot, proc, status, cause)
         how, delay = slot.note_exit(proc, status, now, server_lost=lost)
         when = "now" if delay == 0 else f"in {delay:g}s"
         if delay == 0 and not self.server.ready and self.config.local_server:

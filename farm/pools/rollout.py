@@ -17,7 +17,9 @@ A successor that exits before it serves, or does not serve within
 ``[supervisor] boot_timeout``, fails the rollout of its pool: the old process keeps its
 slot, the pool's remaining slots are left alone, and `farm restart` exits 1. Its end is
 a ``boot_failure`` on the metrics; of a pool a reload changed, the reload failed too
-(farm.pools.reloads), unless a later reload changed the pool again meanwhile.
+(farm.pools.reloads), unless a later reload changed the pool again meanwhile. A slot with no
+serving process gets none beside it: its next process runs the new code, and, of a pool a
+reload changed, its boot failure fails the reload as well (``slot_exited``).
 Progress is read with the control command ``restart-status``.
 """
 
@@ -60,6 +62,9 @@ class Rollout:
     # still starting): their next or new process runs the new code, but nobody saw it serve
     # (`farm restart` says so).
     unseen: Counter[str] = field(default_factory=Counter)
+    # Those slots of a reload's pools (``before``): the first end of their next process of
+    # the new target is looked at (``slot_exited``); one that did not boot fails the reload.
+    unseen_slots: dict[str, set[int]] = field(default_factory=dict)
     in_flight: dict[str, set[int]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # pool -> why its rollout stopped
     # A reload's pools: what their running workers ran, to go back to if the new fails.
@@ -254,6 +259,8 @@ class Restarting:
                 slot.next_start = min(slot.next_start, now)
                 ro.replaced[name] += 1
                 ro.unseen[name] += 1
+                if name in ro.before:
+                    ro.unseen_slots.setdefault(name, set()).add(index)
                 continue
             heir = self.start_process(slot, pool)
             if heir is None:
@@ -293,6 +300,33 @@ class Restarting:
             log.info("restart: %s is replaced again, as the latest reload says", slot.name)
             return
         self.fail_pool(ro, slot.function, message)
+
+    def slot_exited(self, slot: Slot, proc: WorkerProcess, status: int, cause: str) -> None:
+        """A slot's process ended (farm.pools.lifecycle): counted by its cause. The first of
+        a reload's new target in a slot that had none serving (``Rollout.unseen_slots``: in
+        backoff, or still loading) that did not boot fails the reload, as a successor's end
+        does; nothing old serves to go back to, so the slot backs off on the new target."""
+        self.exits[slot.function, cause] += 1
+        ro, pool = self.rollout, self.config.functions.get(slot.function)
+        waiting = ro.unseen_slots.get(slot.function, set()) if ro is not None else set()
+        if ro is None or pool is None or slot.index not in waiting:
+            return
+        if proc.options != pool.options():
+            return  # an older target's process: the new one's turn is still to come
+        waiting.discard(slot.index)
+        if cause != "boot_failure" or slot.function not in ro.before:
+            return
+        del ro.unseen_slots[slot.function]  # said once for the pool
+        why = proc.boot_error or describe_exit(status)
+        if proc.last_words and proc.last_words != proc.boot_error:  # a command's why
+            why = f"{why}; {proc.quote_last_words(time.monotonic())}"
+        log.warning(
+            "reload failed: %s's new target and options did not boot (%s: %s); its slot backs off",
+            slot.function,
+            proc.name,
+            why,
+        )
+        self.reloads.did_not_boot(ro.undo_at)
 
     def fail_pool(self, ro: Rollout, name: str, message: str) -> None:
         """Stop replacing ``name``'s slots: a deploy that does not boot is not pushed on, and

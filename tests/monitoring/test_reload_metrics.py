@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from farm.pools.control import ControlUnavailable
 from tests.helpers import scraping
 from tests.helpers.clirun import one_line_error
 from tests.helpers.farmproc import FarmUp, farm_cli
 from tests.helpers.scraping import Samples
+from tests.helpers.waiting import wait_for
 
 POOLS = """
 [functions.reverse]
@@ -169,5 +171,38 @@ def test_a_reload_whose_new_target_does_not_boot_shows_as_failed(tmp_path: Path)
         assert again[(ok, ())] == 1
         assert again[(at, ())] > started
         assert again[boot_failures] == 1, "a counter: the failed boot stays counted"
+    finally:
+        up.stop()
+
+
+@pytest.mark.timeout(90)
+def test_a_reload_of_a_pool_with_no_serving_worker_shows_as_failed_when_it_does_not_boot(
+    tmp_path: Path,
+) -> None:
+    # The pool's worker still loads its target (or its slot backs off) when a reload changes
+    # it: no new process starts beside it, the slot's next one runs the new target. That one
+    # not booting went through the slot's backoff alone, and the metrics read "applied".
+    (tmp_path / "slowmod.py").write_text("import time\ntime.sleep(60)\ndef fast(job): ...\n")
+    (tmp_path / "badmod.py").write_text("raise RuntimeError('broken deploy')\ndef fast(job): ...\n")
+    ok = ("farm_config_last_reload_successful", ())
+    boot_failures = ("farm_pool_restarts_total", (("cause", "boot_failure"), ("pool", "fast")))
+    pool = '[functions.fast]\ntarget = "{}:fast"\nworkers = 1\n'
+    up = FarmUp(tmp_path, pool.format("slowmod"))
+    try:
+
+        def loading() -> list[dict] | None:
+            try:
+                return up.workers("fast", "starting")
+            except ControlUnavailable:  # the supervisor not listening yet
+                return None
+
+        wait_for("the worker loading", loading, timeout=30)
+        up.write_config(pool.format("badmod"))
+        out = farm_cli("reload", "--control", up.control)
+        assert "not seen serving" in out.stdout + out.stderr, out.stdout + out.stderr
+        wait_for("the boot failure", lambda: scrape(up)[boot_failures] == 1, timeout=30)
+        assert scrape(up)[ok] == 0, "the file's pool does not boot: not applied"
+        (said,) = [line for line in up.read_log().splitlines() if "reload failed" in line]
+        assert "broken deploy" in said, said
     finally:
         up.stop()

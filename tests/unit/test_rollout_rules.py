@@ -232,3 +232,23 @@ def test_a_failed_reload_does_not_go_back_to_a_target_that_never_served() -> Non
     assert not farm.reloads.ok
     assert slot.proc is not None and slot.proc.options[0] == "m:A"
     assert farm.config.functions["X"].target == "m:A", "later starts must run what runs now"
+
+
+def test_a_slot_with_no_serving_process_fails_the_reload_when_its_new_target_does_not_boot() -> (
+    None
+):
+    farm = Farm(X=pool("X", "m:A"))
+    farm.reloads.ok_at = 1.0
+    slot = farm.slots["X"][0]
+    slot.proc = None  # A crash-loops: the slot backs off
+    farm.start_restart(dict.fromkeys(farm.reload_to(X="m:B")))
+    assert rolled_out(farm, "X")["unseen"] == {"X": 1}
+    assert slot.successor is None and farm.reloads.ok  # nothing started beside it
+    old = farm.process(slot, pool("X", "m:A"), ProcState.STARTING, boot_error="old")
+    farm.slot_exited(slot, old, 768, "boot_failure")  # an older target's: not the file's
+    assert farm.reloads.ok
+    new = farm.process(slot, farm.config.functions["X"], ProcState.STARTING, boot_error="no m")
+    farm.slot_exited(slot, new, 768, "boot_failure")
+    assert not farm.reloads.ok and farm.reloads.ok_at == 1.0
+    assert farm.exits == Counter({("X", "boot_failure"): 2})
+    assert farm.config.functions["X"].target == "m:B", "nothing served before: it backs off"
