@@ -232,19 +232,27 @@ def test_what_a_killed_supervisor_left_running_is_stopped_by_the_next_one(
     # Only the supervisor's own children die of their death signal: a non-exec wrapper's
     # worker lived on, reparented to init, and served the next farm's server outside its
     # control (`upper 0 0 2` for a pool of one); a job's own child ran on for good.
+    # b runs on; c is killed -9 too, but only a starts again: c's leftovers name a
+    # supervisor that no longer runs as well, and only their control socket is not a's.
     up, other = wrapper_farm(tmp_path / "a"), wrapper_farm(tmp_path / "b")
+    killed = wrapper_farm(tmp_path / "c")
     left: set[int] = set()
+    theirs = 0
     try:
         (shell, worker), (_, others) = wrapped_worker(up), wrapped_worker(other)
+        _, theirs = wrapped_worker(killed)
         rows = up.wait_idle({"spawner": 1}, timeout=30)
         (python_worker,) = [w["pid"] for w in rows if w["function"] == "spawner"]
         out = farm_cli("submit", "spawner", str(tmp_path / "child"), "--server", up.addr)
         assert out.stdout.strip() == "started", out
         left = {worker, int((tmp_path / "child").read_text())}
         up.proc.send_signal(signal.SIGKILL)
+        killed.proc.send_signal(signal.SIGKILL)
         up.proc.wait(10)
+        killed.proc.wait(10)
         wait_for("its own children gone", lambda: gone({shell, python_worker}), timeout=10)
         assert not gone(left), "both outlive their supervisor: the case at hand"
+        assert not gone({theirs}), "c's wrapped worker outlives its supervisor too"
 
         up.messages.clear()  # the first run's READY=1 must not count
         up.start()
@@ -255,9 +263,14 @@ def test_what_a_killed_supervisor_left_running_is_stopped_by_the_next_one(
         up.expect_notify("READY=1", timeout=30)
         assert not gone({others}), "the other farm's wrapped worker was stopped"
         assert [w["pid"] for w in other.workers("upper")] == [psutil.Process(others).ppid()]
+        # Nor are a killed farm's: the scan that stopped a's leftovers (each said as it got
+        # its stop, before READY=1) passed over c's, whose token names c's control socket.
+        assert f"pid {theirs} (of worker" not in up.read_log()
+        assert not gone({theirs}), "another killed farm's leftover was stopped"
     finally:
         up.stop()
         other.stop()
-        for pid in left:
+        killed.stop()
+        for pid in left | {theirs} - {0}:
             if not gone({pid}):  # without the fix they outlive the farm
                 os.kill(pid, signal.SIGKILL)
