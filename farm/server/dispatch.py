@@ -204,6 +204,8 @@ class Dispatch(Abilities):
         fq = self.function(job.function)
         fq.push(job, front=True)
         self._wake(fq)
+        if self.on_idle is not None and not self.running_count():
+            self.on_idle()  # as _requeue: a graceful stop waited for it, and nothing runs now
         return True
 
     def _give_back(self, worker: Peer, job: Job) -> None:

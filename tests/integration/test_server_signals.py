@@ -60,6 +60,30 @@ def wait_refused(port: int) -> None:
     wait_for("the listener to close after SIGUSR1", refused)
 
 
+def test_sigusr1_exits_when_the_last_running_job_is_a_push_taken_back(tmp_path: Path) -> None:
+    # A held-grab worker that never accepts its pushed job (stopped, hung): at
+    # --wake-deadline the job goes back to its queue and nothing runs, so the graceful stop
+    # is over. It waited for ever ("graceful stop ... waiting for running jobs", then
+    # "pushed job ... not accepted within 1s", and the server still up).
+    log_file = tmp_path / "farm.log"
+    srv = start_farm_server("--wake-deadline", "1", "-l", str(log_file), "-v")
+    worker = Peer(srv.addr)
+    worker.send(T.OPTION_REQ, "held-grab")
+    worker.expect(T.OPTION_RES)
+    worker.send(T.CAN_DO, "f")
+    worker.send(T.GRAB_JOB)  # held: no job yet
+    client = Peer(srv.addr)
+    client.send(T.SUBMIT_JOB, "f", "", "x")
+    client.expect(T.JOB_CREATED)
+    worker.expect(T.NOOP)
+    worker.expect(T.JOB_ASSIGN)  # pushed, and never accepted
+    srv.proc.send_signal(signal.SIGUSR1)
+    wait_refused(srv.port)
+    assert srv.proc.wait(10) == 0
+    text = log_file.read_text()
+    assert text.index("graceful stop") < text.index("not accepted within"), text
+
+
 def test_sigusr1_with_nothing_running_exits_at_once() -> None:
     srv = start_farm_server()
     srv.proc.send_signal(signal.SIGUSR1)

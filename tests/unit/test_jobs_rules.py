@@ -119,6 +119,22 @@ def test_graceful_stop_fires_when_the_last_running_job_is_requeued() -> None:
     assert fired
 
 
+def test_graceful_stop_fires_when_the_last_running_job_is_a_push_taken_back() -> None:
+    # Pushed to a held grab and not accepted within --wake-deadline: it goes back to its
+    # queue, and nothing runs. SIGUSR1 waited for it for ever ("graceful stop ... waiting
+    # for running jobs", the server still up with no job running).
+    jobs = JobServer(hostname="t")
+    fired: list[bool] = []
+    worker = FakePeer()
+    jobs.can_do(worker, b"f")
+    jobs.submit(None, b"f", b"", b"x", background=True)
+    job = jobs.grab(worker)
+    assert job is not None
+    jobs.on_idle = lambda: fired.append(True)
+    assert jobs.take_back(worker, job)  # type: ignore[arg-type]  # a push not accepted
+    assert fired
+
+
 def test_a_connection_running_its_own_job_is_not_a_worker_death() -> None:
     jobs = JobServer(hostname="t", job_retries=1)
     both = FakePeer()
