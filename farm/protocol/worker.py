@@ -9,8 +9,6 @@ The blocking ``farm.Worker`` moves bytes between its sockets and one
 
 from __future__ import annotations
 
-from collections import deque
-
 from farm.protocol.codec import (
     OPTION_GIVE_BACK,
     OPTION_HELD_GRAB,
@@ -20,13 +18,12 @@ from farm.protocol.codec import (
     Packet,
     ProtocolError,
     encode_req,
-    name_problem,
     text_bytes,
 )
 from farm.protocol.decoder import Decoder
 from farm.protocol.events import ServerErrorNotice
+from farm.protocol.workerabilities import WorkerAbilities
 from farm.protocol.workertable import (
-    _ABSENT,
     _ERROR,
     _GRAB,
     _GRABBING,
@@ -49,7 +46,7 @@ from farm.protocol.workertable import (
 __all__ = ["JobAssigned", "WorkerState", "WorkerSession"]
 
 
-class WorkerSession:
+class WorkerSession(WorkerAbilities):
     """The worker half of one connection: register, grab, sleep on PRE_SLEEP, wake on NOOP.
 
     ``abilities`` maps function name → timeout in seconds (None: no timeout).
@@ -88,17 +85,7 @@ class WorkerSession:
         # Where the last assignment's JOB_ACCEPT lies in _out (None: none was sent), for a
         # JOB_REVOKE read with it to take back exactly those bytes.
         self._accept_at: tuple[int, int] | None = None
-        self._reset_due = False  # RESET_ABILITIES asked for mid-job: sent after its answer
-        # Our RESET_ABILITIES went while a grab was out: the NO_JOB that ends a held grab is
-        # its answer, after which nothing is left to sleep for (see receive's NO_JOB).
-        self._reset_answer = False
-        self._cant_do_due: dict[str, None] = {}  # CANT_DOs asked for mid-job, in order: likewise
-        # Names sent as CANT_DO on this connection, not registered again since (see withdrawn)
-        self._withdrawn: set[str] = set()
-        # CAN_DOs sent whose names farm's job server refuses (gearmand serves them), in order,
-        # each with the ERROR it gets there: the server answers in order, so each such ERROR
-        # names its function (bounded: against gearmand none comes to take them off).
-        self._refusable: deque[tuple[str, str, str]] = deque(maxlen=1024)
+        self._forget_registrations()  # (farm.protocol.workerabilities)
         self._decoder = Decoder(allow_admin=False)
         self._out = bytearray()
 
@@ -117,10 +104,7 @@ class WorkerSession:
         self._out.clear()
         self.handle = self._handle = None
         self.held = self._pushed = self.read_accept = self.exception_ok = False
-        self._reset_due = self._reset_answer = False  # a fresh connection registers anew
-        self._cant_do_due.clear()
-        self._withdrawn.clear()
-        self._refusable.clear()
+        self._forget_registrations()  # a fresh connection registers anew
         self._asking = [OPTION_WORK_EXCEPTION]
         if self.want_held:
             self._asking += [OPTION_HELD_GRAB, OPTION_READ_ACCEPT, OPTION_REVOKE]
@@ -138,60 +122,6 @@ class WorkerSession:
         if asleep:
             self._out += _PRE_SLEEP
             self.state = WorkerState.SLEEPING
-
-    def _can_do(self, name: str, timeout: float | None) -> bytes:
-        if (problem := name_problem(raw := text_bytes(name))) is not None:
-            self._refusable.append((problem[0], f"function name {problem[1]}", name))
-        if timeout:
-            # Milliseconds: gearmand 1.1.20 reads every value so, farm those from 1000 (below:
-            # seconds, docs/server.md); seconds made 3600 s 3.6 s on gearmand. Less than
-            # MIN_TIMEOUT, where the two readings meet, check_timeout refuses at registration.
-            millis = round(timeout * 1000)
-            return encode_req(PT.CAN_DO_TIMEOUT, raw, b"%d" % millis)
-        return encode_req(PT.CAN_DO, raw)
-
-    def add_ability(self, name: str, timeout: float | None) -> None:
-        self.abilities[name] = timeout
-        self._cant_do_due.pop(name, None)
-        self._withdrawn.discard(name)
-        if self.state is not WorkerState.DISCONNECTED and not self._reset_due:
-            self._out += self._can_do(name, timeout)  # (else it follows the reset, below)
-        if self.state is WorkerState.SLEEPING:
-            # Its jobs may wait already, and a server (gearmand) wakes a sleeper only for a
-            # job submitted later: look, as if woken.
-            self.state = _READY
-
-    def remove_ability(self, name: str) -> None:
-        """Unregister one function (CANT_DO); one not among ``abilities`` is ignored. With a
-        job in hand it is sent after the job's answer: gearmand and farm put back in its
-        queue a job whose worker gives up its function, and drop its answer."""
-        if self.abilities.pop(name, _ABSENT) is _ABSENT or self.state is WorkerState.DISCONNECTED:
-            return
-        if self.state is _WORKING:
-            if not self._reset_due:  # (else the reset goes, and abilities are registered again)
-                self._cant_do_due[name] = None
-            return
-        self._out += encode_req(PT.CANT_DO, text_bytes(name))
-        self._withdrawn.add(name)
-
-    def withdrawn(self, function: str) -> bool:
-        """Whether a job of ``function`` that comes now is one the server takes back: its
-        CANT_DO is sent or due on this connection (and no CAN_DO since), and the server, that
-        assigned the job before it read that, puts it back in its queue on reading it. The
-        face lets such a job go (``taken_back``) rather than run or fail it."""
-        return function in self._withdrawn or function in self._cant_do_due
-
-    def reset_abilities(self) -> None:
-        """Unregister everything (RESET_ABILITIES) so the server hands us no more jobs.
-
-        With a job in hand it is sent after the job's answer, followed by a CAN_DO for each
-        ability added meanwhile: gearmand and farm put back in its queue a job whose worker
-        resets, and drop its answer (a job calling ``unregister_all`` then ``register``)."""
-        if self.state is _WORKING:
-            self._reset_due = True
-        elif self.state is not WorkerState.DISCONNECTED:
-            self._out += encode_req(PT.RESET_ABILITIES)
-            self._reset_answer = self.state is _GRABBING
 
     def grab(self) -> None:
         if self.state is not _READY:
@@ -250,14 +180,6 @@ class WorkerSession:
             elif ptype == _NOOP:
                 self._pushed = self.held and nxt is _GRABBING
         return events
-
-    def _refused(self, code: str, text: str) -> str | None:
-        """The function whose CAN_DO this ERROR answers: the first sent of those it fits."""
-        for entry in self._refusable:
-            if entry[:2] == (code, text):
-                self._refusable.remove(entry)
-                return entry[2]
-        return None
 
     def _assigned(self, handle: bytes, func: bytes, unique: bytes, data: bytes) -> JobAssigned:
         self._accept_at = None
