@@ -251,7 +251,10 @@ class Worker(WorkerFunctions, WorkerNews):
             self._lost(server, "closed the connection")
             return
         try:
-            events = server.session.receive(data)
+            # Under the lock, as register() and unregister() from another thread change what
+            # an ECHO_RES read here settles (WorkerSession.add_ability): before or after.
+            with self._send_lock:
+                events = server.session.receive(data)
         except ProtocolError as exc:
             if exc.handle is not None and exc.ptype in _ASSIGNS:  # a job too large to take
                 shown = exc.handle.decode("utf-8", "backslashreplace")  # as every log names jobs
@@ -271,9 +274,13 @@ class Worker(WorkerFunctions, WorkerNews):
                     fn = self._functions.get(event.function)
                     # Assigned (pushed to a held grab, or answering a grab) before our
                     # RESET_ABILITIES or CANT_DO reached the server, which put it back in its
-                    # queue on reading that: another worker runs it.
-                    back = self._drained or (
-                        fn is None and server.session.withdrawn(event.function)
+                    # queue on reading that: another worker runs it. Registered again since,
+                    # or not: its CAN_DO waited for the server to read that (given_back: an
+                    # ECHO_RES in this same read may have let it go already).
+                    back = (
+                        self._drained
+                        or event.given_back
+                        or server.session.withdrawn(event.function)
                     )
                     if back:
                         server.session.taken_back()

@@ -24,6 +24,7 @@ from farm.protocol.decoder import Decoder
 from farm.protocol.events import ServerErrorNotice
 from farm.protocol.workerabilities import WorkerAbilities
 from farm.protocol.workertable import (
+    _ECHO_RES,
     _ERROR,
     _GRAB,
     _GRABBING,
@@ -104,7 +105,7 @@ class WorkerSession(WorkerAbilities):
         self._out.clear()
         self.handle = self._handle = None
         self.held = self._pushed = self.read_accept = self.exception_ok = False
-        self._forget_registrations()  # a fresh connection registers anew
+        self._forget_registrations()  # every ability is registered below, held back or not
         self._asking = [OPTION_WORK_EXCEPTION]
         if self.want_held:
             self._asking += [OPTION_HELD_GRAB, OPTION_READ_ACCEPT, OPTION_REVOKE]
@@ -126,6 +127,8 @@ class WorkerSession(WorkerAbilities):
     def grab(self) -> None:
         if self.state is not _READY:
             self._expect(_READY, "grab")
+        if self._unsettled:  # the grab they were given up under was answered: none may come
+            self._unsettled.clear()
         self._out += _GRAB
         self.state = _GRABBING
 
@@ -159,6 +162,9 @@ class WorkerSession(WorkerAbilities):
             if nxt is None:
                 if ptype == _JOB_REVOKE:  # in no state's table: looked for only here
                     self._revoked(args[0], events)
+                    continue
+                if ptype == _ECHO_RES:  # likewise, in any state
+                    self._settled(args[0])
                     continue
                 raise ProtocolError(f"{packet.name} is unexpected while {self.state.value}")
             self.state = nxt
@@ -196,11 +202,13 @@ class WorkerSession(WorkerAbilities):
         # (``unique.encode("utf-8", "surrogateescape")``); a strict decode raised out of
         # the worker's loop and killed it, for every worker the job went to next.
         self.handle = handle.decode("utf-8", "surrogateescape")
+        function = func.decode("utf-8", "surrogateescape")
         return JobAssigned(
             handle=self.handle,
-            function=func.decode("utf-8", "surrogateescape"),
+            function=function,
             unique=unique.decode("utf-8", "surrogateescape"),
             data=data,
+            given_back=bool(self._withdrawn) and function in self._withdrawn,
         )
 
     def _revoked(self, handle: bytes, events: list[object]) -> None:
@@ -282,6 +290,7 @@ class WorkerSession(WorkerAbilities):
             self._out += encode_req(PT.RESET_ABILITIES)
             for name, timeout in self.abilities.items():
                 self._out += self._can_do(name, timeout)
+                self._withdrawn.discard(name)  # (with no grab out: at once, no echo)
         elif self._cant_do_due:
             for name in self._cant_do_due:
                 self._out += encode_req(PT.CANT_DO, text_bytes(name))

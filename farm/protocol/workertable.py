@@ -35,6 +35,10 @@ class JobAssigned:
     function: str
     unique: str
     data: bytes
+    # Assigned before the server read our CANT_DO (or RESET_ABILITIES) of its function, so
+    # given back there: not to be run (``WorkerSession.taken_back``). Said as it is read,
+    # as an ECHO_RES later in the same read may register the function again.
+    given_back: bool = False
 
 
 S = WorkerState
@@ -62,6 +66,10 @@ _ERROR, _OPTION_RES, _NO_JOB, _NOOP = (
 _JOB_ASSIGN, _JOB_ASSIGN_UNIQ = int(PT.JOB_ASSIGN), int(PT.JOB_ASSIGN_UNIQ)
 _WORK_COMPLETE = int(PT.WORK_COMPLETE)
 _JOB_REVOKE = int(PT.JOB_REVOKE)
+_ECHO_RES = int(PT.ECHO_RES)
+#: What our ECHO_REQs carry, and then their number on the connection: the ECHO_RES that
+#: lets a function given up with a grab out be registered again (WorkerSession.add_ability).
+_SETTLED = b"farm:settled:"
 _GRAB = encode_req(PT.GRAB_JOB_UNIQ)
 _ABSENT = object()  # an ability's timeout may be None
 _PRE_SLEEP = encode_req(PT.PRE_SLEEP)
