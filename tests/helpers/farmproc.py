@@ -21,6 +21,17 @@ from tests.helpers import ROOT
 from tests.helpers.servers import free_ports
 from tests.helpers.waiting import wait_for
 
+#: Put before the supervisor's code: each /proc path it opens, a line in the file named.
+#: An audit hook sees every open(), psutil's included; the file is opened before the hook.
+RECORD_PROC_OPENS = """
+import os, sys
+_record = os.open({path!r}, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+def _hook(event, args):
+    if event == "open" and isinstance(args[0], str) and args[0].startswith("/proc/"):
+        os.write(_record, args[0].encode() + b"\\n")
+sys.addaudithook(_hook)
+"""
+
 
 def farm_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run the `farm` CLI as a user would (its own process), capturing what it prints."""

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from farm.client import Client
-from tests.helpers.farmproc import FarmUp, farm_cli
+from tests.helpers.farmproc import RECORD_PROC_OPENS, FarmUp, farm_cli
 from tests.helpers.servers import need
 from tests.helpers.streams import call_in_thread
 from tests.helpers.waiting import wait_for
@@ -160,18 +160,6 @@ def test_a_command_pools_timeout_kills_an_overrunning_worker(tmp_path: Path) -> 
         assert "ran past its 1s timeout" in log, log
     finally:
         assert up.stop() == 0
-
-
-#: Put before the supervisor's code: each /proc path it opens, a line in the file named.
-#: An audit hook sees every open(), psutil's included; the file is opened before the hook.
-RECORD_PROC_OPENS = """
-import os, sys
-_record = os.open({path!r}, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-def _hook(event, args):
-    if event == "open" and isinstance(args[0], str) and args[0].startswith("/proc/"):
-        os.write(_record, args[0].encode() + b"\\n")
-sys.addaudithook(_hook)
-"""
 
 
 def test_a_command_pools_timeout_reads_its_workers_own_processes_alone(tmp_path: Path) -> None:
