@@ -391,8 +391,7 @@ class Supervisor(
                 self.wait(0.05)
             self.server.kill()
             self.reap_workers()
-        if self.control is not None:
-            self.control.close()
+        self.close_control()  # and the record that it runs: a clean stop (leftbehind)
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()

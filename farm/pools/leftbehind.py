@@ -11,9 +11,12 @@ do it, nothing was.
 So every worker is started with ``FARM_INSTANCE`` in its environment (``instance_token``),
 as it starts ``FARM_WORKER_ID``, and what it starts inherits both: the supervisor's pid
 and mount namespaces, pid and start time, then its control socket, which names the farm (no two
-running farms share one: a second ``farm up`` on it stops there). Once a new supervisor
-holds its control socket, it looks through /proc once, within ``SCAN_FOR`` (``find``), for
-processes of its own user (as root, of its command pools' users too) whose
+running farms share one: a second ``farm up`` on it stops there). A supervisor writes its
+own in a record beside the control socket, removed at a clean stop (farm.pools.lastrun).
+Once a new supervisor holds its control socket, and only where that record names one that
+did not stop cleanly (``ended_uncleanly``: its pid gone or another process's, or a record
+that does not read, said in one line), it looks through /proc once, within ``SCAN_FOR``
+(``find``), for processes of its own user (as root, of its command pools' users too) whose
 ``FARM_INSTANCE`` names its control socket under a supervisor that no longer runs: its pid
 gone, or another process's (another start time). Each is stopped as a stray is: its pool's
 ``stop_signal`` (its process group where it leads one, or where its leader is gone, as a
@@ -37,11 +40,14 @@ import time
 from dataclasses import dataclass
 
 from farm.config import Config
+from farm.pools import lastrun
+from farm.pools.control import ControlServer
 
 __all__ = [
     "INSTANCE_VAR",
     "Left",
     "LeftBehind",
+    "ended_uncleanly",
     "find",
     "instance_token",
     "pool_stop",
@@ -133,6 +139,35 @@ def _supervisor_gone(token: str, control: str, namespaces: str) -> bool:
         return False
     now = _stat(pid)
     return now is None or now[0] == "Z" or now[1] != start
+
+
+def ended_uncleanly(record: str | lastrun.Unreadable | None, path: str, control: str) -> bool:
+    """Whether the record (``lastrun.read`` of ``path``) says that the farm's last supervisor
+    may have left processes running: one that names a supervisor gone (as ``find`` judges a
+    worker's token) or another namespace's, or one that does not read (said in one line,
+    then looked through as before records were written). No record: the last one stopped
+    cleanly, or none ran. One of a supervisor that runs: its control socket was removed
+    under it, and its workers' tokens name it running: none of them could be found."""
+    if record is None:
+        return False
+    parts = record.split(":", 3)
+    numbers = parts[1:3] if len(parts) == 4 else []
+    if isinstance(record, lastrun.Unreadable):
+        why = str(record)
+    elif len(numbers) != 2 or not all(n.isdecimal() for n in numbers) or parts[3] != control:
+        why = f"not a record of this farm's supervisor: {record[:200]!r}"
+    else:
+        pid, start = int(numbers[0]), int(numbers[1])
+        now = _stat(pid)
+        if parts[0] != _namespaces() or now is None or now[0] == "Z" or now[1] != start:
+            return True  # killed (or of another namespace, whose pids say nothing here)
+        if pid != os.getpid():
+            log.warning(
+                "%s: supervisor %d of this farm runs, without its control socket", path, pid
+            )
+        return False
+    log.warning("%s: %s; looking for what the last supervisor left running", path, why)
+    return True
 
 
 @dataclass
@@ -233,11 +268,22 @@ class LeftBehind:
     stopping: bool
     grace: float  # the farm's; 0 once SIGQUIT said "at once"
     left_behind: dict[int, Left]
+    control: ControlServer | None
+
+    def run_record(self) -> str:
+        """Where the record that a supervisor of this farm runs is (farm.pools.lastrun)."""
+        return lastrun.record_path(self.config.supervisor.control)
 
     def stop_left_behind(self) -> None:
-        """At start, once this supervisor holds the control socket: stop what an ended
-        supervisor of this farm left running."""
+        """At start, once this supervisor holds the control socket: its record written, and
+        what an ended supervisor of this farm left running stopped, where its record says
+        it did not stop cleanly (else no process's environment is read)."""
         self.left_behind = {}
+        control, path = self.config.supervisor.control, self.run_record()
+        last = lastrun.read(path)
+        lastrun.write(path, instance_token(control))  # first: killed while it looks, it is
+        if not ended_uncleanly(last, path, control):  # looked for again at the next start
+            return
         uids = {os.geteuid()}
         if os.geteuid() == 0:  # root: its command pools' users' processes are the farm's too
             spec = (p.command for p in self.config.functions.values())
@@ -300,3 +346,11 @@ class LeftBehind:
 
     def left_behind_deadlines(self) -> list[float]:
         return [left.deadline for left in self.left_behind.values()]
+
+    def close_control(self) -> None:
+        """At the end of a clean stop (every worker, and what each started, ended): the
+        control socket closed and its record removed, so that the next `farm up` reads no
+        process's environment. A supervisor that dies otherwise leaves its record."""
+        if self.control is not None:
+            self.control.close()
+        lastrun.remove(self.run_record(), instance_token(self.config.supervisor.control))

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from tests.helpers import ROOT
-from tests.helpers.farmproc import FarmUp, farm_cli
+from tests.helpers.farmproc import RECORD_PROC_OPENS, FarmUp, farm_cli
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -274,3 +274,37 @@ def test_what_a_killed_supervisor_left_running_is_stopped_by_the_next_one(
         for pid in left | {theirs} - {0}:
             if not gone({pid}):  # without the fix they outlive the farm
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_farm_up_after_a_clean_stop_reads_no_other_process_environment(
+    tmp_path: Path,
+) -> None:
+    # Each `farm up` looked through /proc for what a killed supervisor left running, which
+    # reads the environment of each process of its user (as root, of its command pools'
+    # users too), though after a clean stop (`farm stop`, SIGTERM) none can be left: only a
+    # supervisor that did not stop cleanly leaves the record that has the next one look.
+    bystander = subprocess.Popen(["sleep", "300"])  # the host's, not the farm's
+    up = wrapper_farm(tmp_path)
+    record = Path(f"{up.control}.supervisor")
+    opened = tmp_path / "opened"
+    try:
+        wrapped_worker(up)
+        up.signal(signal.SIGTERM)
+        assert up.proc.wait(30) == 0
+
+        up.code = RECORD_PROC_OPENS.format(path=str(opened)) + up.code
+        up.messages.clear()  # the first run's READY=1 must not count
+        up.start()
+        wrapped_worker(up)  # READY=1: the look, had there been one, is over
+        lines = opened.read_text().splitlines()
+        environs = [line for line in lines if line.endswith("/environ")]
+        assert f"/proc/{bystander.pid}/environ" not in environs, environs[:5]
+        assert not environs, f"the supervisor read processes' environments: {environs[:5]}"
+        assert record.stat().st_mode & 0o777 == 0o600  # what a kill -9 leaves
+        up.signal(signal.SIGTERM)
+        assert up.proc.wait(30) == 0
+        assert not record.exists(), "a clean stop left its record"
+    finally:
+        bystander.kill()
+        bystander.wait()
+        up.stop()

@@ -1,7 +1,9 @@
 """farm.pools.leftbehind's rule, on real processes: a process is the farm's to stop only
 where its FARM_INSTANCE names this farm's control socket under a supervisor that no
 longer runs (its pid gone or another process's), in this pid namespace, and it names a
-worker; every other one is left alone."""
+worker; every other one is left alone. And /proc is looked through only where the record
+beside the control socket (farm.pools.lastrun) says the last supervisor did not stop
+cleanly."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -98,23 +101,36 @@ def test_only_the_processes_an_ended_supervisor_of_this_farm_left_are_found(
 
 class Farm(LeftBehind):
     """What LeftBehind reads of a Supervisor: its config's control socket, the farm's grace
-    (no pool of the workers' name: SIGTERM, then SIGKILL past it), whether it stops."""
+    (no pool of the workers' name: SIGTERM, then SIGKILL past it), whether it stops; its
+    record at ``record`` (CONTROL's directory is not there)."""
 
-    def __init__(self, grace: float) -> None:
-        supervisor = SimpleNamespace(control=CONTROL, graceful_timeout=grace)
+    def __init__(self, grace: float, record: Path, control: str = CONTROL) -> None:
+        supervisor = SimpleNamespace(control=control, graceful_timeout=grace)
         self.config = SimpleNamespace(supervisor=supervisor, functions={})  # type: ignore[assignment]
         self.stopping, self.grace = False, grace
+        self.record, self.control = str(record), None
+
+    def run_record(self) -> str:
+        return self.record
+
+
+def killed_farm(record: Path, dead: int, start: int, control: str = CONTROL) -> str:
+    """The token of an ended supervisor of the farm at ``control``, which left its record
+    at ``record``: it did not stop cleanly."""
+    token = f"{leftbehind._namespaces()}:{dead}:{start}:{control}"
+    record.write_text(token + "\n")
+    return token
 
 
 def test_each_gets_the_stop_signal_then_sigkill_past_the_grace(
-    sleepers: list[subprocess.Popen[bytes]],
+    sleepers: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     dead, start = ended_supervisor()
-    token = f"{leftbehind._namespaces()}:{dead}:{start}:{CONTROL}"
+    token = killed_farm(tmp_path / "record", dead, start)
     sleeper(sleepers, token)
     sleeper(sleepers, token, deaf=True)
     polite, deaf = sleepers
-    farm = Farm(grace=0.5)
+    farm = Farm(grace=0.5, record=tmp_path / "record")
     farm.stop_left_behind()
     assert set(farm.left_behind) == {polite.pid, deaf.pid}
     assert polite.wait(10) == -signal.SIGTERM
@@ -127,10 +143,12 @@ def test_each_gets_the_stop_signal_then_sigkill_past_the_grace(
     assert not farm.left_behind
 
 
-def test_sigquit_at_a_stop_kills_them_at_once(sleepers: list[subprocess.Popen[bytes]]) -> None:
+def test_sigquit_at_a_stop_kills_them_at_once(
+    sleepers: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
     dead, start = ended_supervisor()
-    sleeper(sleepers, f"{leftbehind._namespaces()}:{dead}:{start}:{CONTROL}", deaf=True)
-    farm = Farm(grace=60)
+    sleeper(sleepers, killed_farm(tmp_path / "record", dead, start), deaf=True)
+    farm = Farm(grace=60, record=tmp_path / "record")
     farm.stop_left_behind()
     farm.stopping, farm.grace = True, 0.0  # what SIGQUIT sets (farm.pools.signals)
     farm.tend_left_behind(time.monotonic())
@@ -154,13 +172,14 @@ subprocess.Popen(["sh", "-c", '"$0" -c "$1"; true', sys.executable, scanner], en
 
 SCANNER = """
 import json, os, signal, time
+from pathlib import Path
 from farm.pools import leftbehind
 from tests.unit.test_left_behind import Farm
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # a stop to it stays pending
 deadline = time.monotonic() + 10
 while leftbehind._stat(os.getpgrp()) is not None and time.monotonic() < deadline:
     time.sleep(0.01)  # until the group's leader is gone, as the killed worker is
-farm = Farm(grace=0.5)
+farm = Farm(grace=0.5, record=Path(os.environ["LEFT_RECORD"]))
 farm.stop_left_behind()
 found = sorted(farm.left_behind)
 until = max(farm.left_behind_deadlines())
@@ -170,10 +189,12 @@ print(json.dumps({"found": found, "stopped": pending, "pgid": os.getpgrp()}), fl
 """
 
 
-def test_a_group_holding_the_new_supervisor_or_one_without_the_token_is_not_stopped_whole() -> None:
+def test_a_group_holding_the_new_supervisor_or_one_without_the_token_is_not_stopped_whole(
+    tmp_path: Path,
+) -> None:
     dead, start = ended_supervisor()
-    token = f"{leftbehind._namespaces()}:{dead}:{start}:{CONTROL}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    token = killed_farm(tmp_path / "record", dead, start)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LEFT_RECORD": str(tmp_path / "record")}
     leader = subprocess.Popen(
         [sys.executable, "-c", LEADER, token, SCANNER],
         env=env,
@@ -205,3 +226,88 @@ def test_a_group_holding_the_new_supervisor_or_one_without_the_token_is_not_stop
         for pid in pids.values():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_after_a_clean_stop_no_process_is_looked_at(
+    sleepers: list[subprocess.Popen[bytes]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The look read the environment of every process of the farm's user (as root, of its
+    # command pools' users too) at each start, though a clean stop leaves nothing behind.
+    read: list[int] = []
+    environ = leftbehind._environ
+    monkeypatch.setattr(leftbehind, "_environ", lambda pid: read.append(pid) or environ(pid))
+    record, control = tmp_path / "record", f"{CONTROL}.{tmp_path.name}"  # no other test's
+    dead, start = ended_supervisor()
+    left = sleeper(sleepers, killed_farm(record, dead, start, control))
+    record.unlink()  # it stopped cleanly, though its token is still carried here
+    farm = Farm(grace=0.5, record=record, control=control)
+    farm.stop_left_behind()
+    assert not read and not farm.left_behind, "looked through /proc after a clean stop"
+    assert record.read_text() == instance_token(control) + "\n"
+    assert record.stat().st_mode & 0o777 == 0o600
+    farm.close_control()  # its clean stop
+    assert not record.exists()
+    killed_farm(record, dead, start, control)  # another supervisor's: kept
+    farm.close_control()
+    assert record.exists(), "another supervisor's record was removed"
+    # Killed -9 (its record left): the next start looks, and writes its own record.
+    farm.stop_left_behind()
+    assert set(farm.left_behind) == {left} and left in read
+    assert record.read_text() == instance_token(control) + "\n"
+
+
+@pytest.mark.parametrize(
+    "what", ["cut off", "another farm's", "not numbers", "a link", "a FIFO", "a directory"]
+)
+def test_a_record_that_does_not_read_is_said_then_looked_through(
+    sleepers: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    what: str,
+) -> None:
+    record, target = tmp_path / "record", tmp_path / "target"
+    control = f"{CONTROL}.{tmp_path.name}"  # what another test's processes name is not found
+    dead, start = ended_supervisor()
+    token = killed_farm(target, dead, start, control)
+    if what == "cut off":
+        record.write_text(token)  # no newline: the write did not end
+    elif what == "another farm's":
+        record.write_text(f"{leftbehind._namespaces()}:{dead}:{start}:/elsewhere\n")
+    elif what == "not numbers":
+        record.write_text(f"{leftbehind._namespaces()}:x:{start}:{control}\n")
+    elif what == "a link":
+        record.symlink_to(target)  # followed, it names a killed supervisor: not believed
+    elif what == "a FIFO":
+        os.mkfifo(record)  # its open must not hang the start
+    else:
+        record.mkdir()
+    left = sleeper(sleepers, token)
+    farm = Farm(grace=0.5, record=record, control=control)
+    farm.stop_left_behind()
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith(str(record))]
+    assert len(said) == 1 and "looking for what the last supervisor left" in said[0], said
+    assert set(farm.left_behind) == {left}
+    assert target.read_text() == token + "\n", "what the link named was changed"
+    if what != "a directory":  # removed, and this supervisor's record in its place
+        assert record.read_text() == instance_token(control) + "\n"
+
+
+def test_a_record_of_a_running_supervisor_is_no_reason_to_look(
+    sleepers: list[subprocess.Popen[bytes]], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its control socket was removed under it, and another `farm up` took the path: its
+    # workers' tokens name a supervisor that runs, which no look would find.
+    running = subprocess.Popen(["sleep", "60"])
+    sleepers.append(running)
+    stat = leftbehind._stat(running.pid)
+    assert stat is not None
+    record, control = tmp_path / "record", f"{CONTROL}.{tmp_path.name}"
+    token = killed_farm(record, running.pid, stat[1], control)
+    sleeper(sleepers, token)
+    farm = Farm(grace=0.5, record=record, control=control)
+    farm.stop_left_behind()
+    assert not farm.left_behind
+    assert f"supervisor {running.pid} of this farm runs, without its control socket" in caplog.text
+    record.write_text(token + "\n")  # the other one's again: this one's clean stop keeps it
+    farm.close_control()
+    assert record.read_text() == token + "\n"
