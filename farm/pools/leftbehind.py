@@ -281,8 +281,9 @@ class LeftBehind:
         self.left_behind = {}
         control, path = self.config.supervisor.control, self.run_record()
         last = lastrun.read(path)
-        lastrun.write(path, instance_token(control))  # first: killed while it looks, it is
-        if not ended_uncleanly(last, path, control):  # looked for again at the next start
+        # Its own, before it looks: killed while it looks, the next start looks again.
+        lastrun.write(path, instance_token(control))
+        if not ended_uncleanly(last, path, control):
             return
         uids = {os.geteuid()}
         if os.geteuid() == 0:  # root: its command pools' users' processes are the farm's too
@@ -350,7 +351,9 @@ class LeftBehind:
     def close_control(self) -> None:
         """At the end of a clean stop (every worker, and what each started, ended): the
         control socket closed and its record removed, so that the next `farm up` reads no
-        process's environment. A supervisor that dies otherwise leaves its record."""
+        process's environment. A supervisor that dies otherwise leaves its record. The
+        record goes first: a `farm up` that takes the freed path meanwhile would read it as
+        that of a supervisor that runs."""
+        lastrun.remove(self.run_record(), instance_token(self.config.supervisor.control))
         if self.control is not None:
             self.control.close()
-        lastrun.remove(self.run_record(), instance_token(self.config.supervisor.control))
