@@ -353,16 +353,25 @@ def _payload(result: object) -> bytes:
     """A job's result as it is sent. A coroutine is what a plain function that calls an
     ``async def`` one returns, which ``register`` cannot see (it refuses an ``async def``
     function itself): closed, so that no "never awaited" warning comes beside the error,
-    and the error says what to do."""
+    and the error says what to do. An async generator (``async def`` with ``yield``) is
+    named as plainly."""
     try:
         return as_bytes(result, "a worker function's result")
     except TypeError:
-        if not inspect.iscoroutine(result):  # looked at only here: off the per-job path
+        # Looked at only here: off the per-job path.
+        if not inspect.iscoroutine(result) and not inspect.isasyncgen(result):
             raise
-    result.close()
+    said = "a worker function's result must be bytes, bytearray, memoryview or str, not"
+    if inspect.iscoroutine(result):
+        result.close()
+        raise TypeError(
+            f"{said} a coroutine: run it in the function, e.g. return"
+            f" asyncio.run({result.__name__}(job))"
+        )
+    # An async generator, never started: nothing to close, no warning to come.
     raise TypeError(
-        "a worker function's result must be bytes, bytearray, memoryview or str, not a"
-        f" coroutine: run it in the function, e.g. return asyncio.run({result.__name__}(job))"
+        f"{said} an async generator: run it to its end in the function, e.g. gather what"
+        f" {getattr(result, '__name__', 'it')}(job) yields under asyncio.run, and return bytes"
     )
 
 

@@ -109,34 +109,52 @@ def check_map(function: object, priority: object, max_in_flight: object) -> None
         raise ValueError(f"max_in_flight must be a positive int, not {max_in_flight!r}")
 
 
-def coroutine_function(fn: object) -> str | None:
-    """The name of ``fn`` when calling it returns a coroutine, as its definition says: an
-    ``async def`` function or method, or an object whose class's ``__call__`` is one, each
-    also through ``functools.partial``; None otherwise. (A plain function that returns a
-    coroutine is not seen: only calling it would tell.)"""
+def _makes(fn: object) -> str | None:
+    """What calling ``fn`` makes, as its definition says: "a coroutine" (``async def``),
+    "an async generator" (``async def`` with ``yield``, which iscoroutinefunction does
+    not see), or None."""
+    if inspect.iscoroutinefunction(fn):
+        return "a coroutine"
+    if inspect.isasyncgenfunction(fn):
+        return "an async generator"
+    return None
+
+
+def coroutine_function(fn: object) -> tuple[str, str] | None:
+    """The name of ``fn`` and what calling it makes ("a coroutine", "an async generator")
+    when its definition is ``async def``: a function or method, or an object whose class's
+    ``__call__`` is one, each also through ``functools.partial``; None otherwise. (A plain
+    function that returns a coroutine is not seen: only calling it would tell.)"""
     inner = fn
     while isinstance(inner, functools.partial):
         inner = inner.func
-    if inspect.iscoroutinefunction(inner):
-        return str(getattr(inner, "__qualname__", None) or getattr(inner, "__name__", "it"))
-    if callable(inner) and inspect.iscoroutinefunction(type(inner).__call__):  # the class's
-        return f"a {type(inner).__qualname__} object (its __call__)"
+    if (makes := _makes(inner)) is not None:
+        return str(getattr(inner, "__qualname__", None) or getattr(inner, "__name__", "it")), makes
+    if callable(inner) and (makes := _makes(type(inner).__call__)) is not None:  # the class's
+        return f"a {type(inner).__qualname__} object (its __call__)", makes
     return None
 
 
 def check_sync_worker(name: str, fn: object) -> None:
     """A worker function is called in the worker's thread, and what it returns is the
-    job's result: an ``async def`` one returned a coroutine, never run, and every one of
-    its jobs failed ("must be bytes ... not coroutine"). Refused where it is registered."""
-    label = coroutine_function(fn)
-    if label is not None:
-        called = label if label.isidentifier() else "fn"  # Handler.run, an object: no name
-        raise TypeError(
-            f"{name}: the worker function {label} is async def (a coroutine function);"
-            " farm.Worker calls it in its own thread and sends back what it returns, so each"
-            " of its jobs would fail: register a plain function that runs it, e.g."
-            f" lambda job: asyncio.run({called}(job))"
-        )
+    job's result: an ``async def`` one returned a coroutine (or an async generator), never
+    run, and every one of its jobs failed ("must be bytes ... not coroutine"). Refused
+    where it is registered."""
+    found = coroutine_function(fn)
+    if found is None:
+        return
+    label, makes = found
+    # Handler.run, an object, a partial (whose bound arguments a name would drop): 'fn'.
+    called = label if label.isidentifier() and not isinstance(fn, functools.partial) else "fn"
+    if makes == "a coroutine":
+        runs = f"lambda job: asyncio.run({called}(job))"
+    else:  # asyncio.run takes no async generator: what it yields is to be gathered
+        runs = f"one that gathers what {called}(job) yields under asyncio.run and returns bytes"
+    raise TypeError(
+        f"{name}: the worker function {label} is async def (calling it makes {makes});"
+        " farm.Worker calls it in its own thread and sends back what it returns, so each"
+        f" of its jobs would fail: register a plain function that runs it, e.g. {runs}"
+    )
 
 
 def check_callbacks(
@@ -148,11 +166,12 @@ def check_callbacks(
     task."""
     given = {"on_status": on_status, "on_data": on_data, "on_warning": on_warning}
     for what, fn in given.items():
-        label = None if fn is None else coroutine_function(fn)
-        if label is not None:
+        found = None if fn is None else coroutine_function(fn)
+        if found is not None:
+            label, makes = found
             instead = ", which may start a task (asyncio.create_task) to await" if on_loop else ""
             raise TypeError(
-                f"{what}: {label} is async def (a coroutine function); callbacks are called"
+                f"{what}: {label} is async def (calling it makes {makes}); callbacks are called"
                 f" and never awaited, so it would never run: pass a plain function{instead}"
             )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -23,6 +23,14 @@ from tests.helpers.serving import serving
 
 async def fetch(job: Job) -> bytes:
     await asyncio.sleep(0)
+    return job.data
+
+
+async def stream(job: Job) -> AsyncIterator[bytes]:
+    yield job.data  # async def with yield: an async generator function
+
+
+async def fetch_with(session: str, job: Job) -> bytes:
     return job.data
 
 
@@ -44,6 +52,8 @@ ASYNC_FORMS: dict[str, tuple[Callable[..., Any], str]] = {
     "method": (Handler().run, "the worker function Handler.run is async def"),
     "object": (Handler(), "the worker function a Handler object (its __call__) is async def"),
     "partial": (functools.partial(fetch), "the worker function fetch is async def"),
+    # inspect.iscoroutinefunction is False for one: it was taken, and each job failed.
+    "async generator": (stream, "the worker function stream is async def"),
     "partial of a partial of an object": (
         functools.partial(functools.partial(Handler())),
         "the worker function a Handler object (its __call__) is async def",
@@ -74,6 +84,15 @@ def test_the_worker_decorator_refuses_an_async_function() -> None:
     # A plain function that runs it is what the refusal offers, and is taken.
     worker.register("fetch", lambda job: asyncio.run(fetch(job)))
     worker.register("sync partial", functools.partial(Plain()))
+
+
+def test_a_partial_s_wrapper_keeps_its_bound_arguments() -> None:
+    # Offered as asyncio.run(fetch_with(job)), it dropped "session".
+    worker = farm.Worker("127.0.0.1:1")
+    with pytest.raises(TypeError) as refused:
+        worker.register("f", functools.partial(fetch_with, "session"))
+    assert str(refused.value).startswith("f: the worker function fetch_with is async def")
+    assert str(refused.value).endswith("e.g. lambda job: asyncio.run(fn(job))"), refused.value
 
 
 def test_farm_worker_refuses_an_async_target_in_one_line() -> None:
@@ -150,6 +169,12 @@ def test_an_async_callback_is_refused_before_the_client_connects() -> None:
         client.call("f", b"", on_status=_seen)
 
 
+def test_an_async_generator_callback_is_refused() -> None:
+    refused = pytest.raises(TypeError, match="^on_data: stream is async def .*an async generator")
+    with farm.Client("127.0.0.1:1") as client, refused:
+        client.call("f", b"", on_data=stream)
+
+
 def test_a_coroutine_a_plain_worker_function_returns_fails_its_job_saying_what_to_do(
     farm_server: Server,
 ) -> None:
@@ -162,3 +187,14 @@ def test_a_coroutine_a_plain_worker_function_returns_fails_its_job_saying_what_t
     assert str(failed.value).endswith(
         "not a coroutine: run it in the function, e.g. return asyncio.run(fetch(job))"
     )
+
+
+def test_an_async_generator_a_plain_worker_function_returns_fails_its_job_naming_it(
+    farm_server: Server,
+) -> None:
+    served = serving(farm_server.addr, {"stream": lambda job: stream(job)})
+    refused = pytest.raises(farm.JobException)
+    with served, farm.Client(farm_server.addr) as client, refused as failed:
+        client.call("stream", b"abc", timeout=30)
+    assert "not an async generator: run it to its end in the function" in str(failed.value)
+    assert "stream(job) yields under asyncio.run" in str(failed.value)
