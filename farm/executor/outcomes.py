@@ -8,6 +8,7 @@ cannot be pickled becomes the call's error); a batch's outcomes from a first ind
 from __future__ import annotations
 
 import contextlib
+import inspect
 import pickle
 import traceback
 from collections.abc import Callable
@@ -64,10 +65,13 @@ def dump_outcome(outcome: tuple[Any, ...]) -> bytes:
 def unsendable(exc: BaseException, outcome: tuple[Any, ...]) -> tuple[Any, ...]:
     """The outcome that replaces one that pickling failed with ``exc``: ``exc`` itself
     (ProcessPoolExecutor's rule), or a PicklingError naming it when it will not pickle
-    either. A call's own exception that failed keeps its traceback in the text."""
+    either; for a coroutine never run, the error that says to run it (_never_run). A
+    call's own exception that failed keeps its traceback in the text."""
     text = remote_traceback(exc)
     if outcome[0] == ERROR:
         text += f"\nwhile sending the call's exception, which was:\n{outcome[2]}"
+    elif (never_run := _never_run(outcome[1])) is not None:
+        return (ERROR, never_run, text)
     exc.__traceback__ = None  # its frames hold the unpicklable value
     try:
         pickle.dumps(exc, protocol=_PROTOCOL)
@@ -78,6 +82,35 @@ def unsendable(exc: BaseException, outcome: tuple[Any, ...]) -> tuple[Any, ...]:
             f"cannot pickle the call's {what}: {describe(exc)}; nor that error: {describe(again)}"
         )
         return (ERROR, error, text)
+
+
+def _never_run(value: Any) -> TypeError | None:
+    """The error for a result that is an ``async def`` function's coroutine (or async
+    generator), or a chunk's list holding one: ``submit(fetch, url)`` with an async
+    ``fetch`` failed "cannot pickle 'coroutine' object", a "never awaited" warning beside
+    in the worker. Each is closed (no warning), and the error says to run it. Looked for
+    only once pickling has failed: off the path of every result."""
+    found = [v for v in (value if type(value) is list else [value]) if _async_made(v)]
+    for made in found:
+        if inspect.iscoroutine(made):
+            made.close()
+    if not found:
+        return None
+    name = getattr(found[0], "__qualname__", None) or getattr(found[0], "__name__", "it")
+    if inspect.iscoroutine(found[0]):
+        made, run = "a coroutine", f"e.g. def run(*args): return asyncio.run({name}(*args))"
+    else:  # asyncio.run takes no async generator
+        made = "an async generator"
+        run = f"one that gathers what {name}(...) yields under asyncio.run"
+    return TypeError(
+        f"the call returned {made} of {name}, never run (it cannot be pickled): the function"
+        " is called in a worker process and what it returns is sent back; submit a plain"
+        f" function that runs it, {run}"
+    )
+
+
+def _async_made(value: object) -> bool:
+    return inspect.iscoroutine(value) or inspect.isasyncgen(value)
 
 
 def dump_batch(first: int, outcomes: list[Any]) -> bytes:

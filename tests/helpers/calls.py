@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 
 
 def add(a: int, b: int = 0) -> int:
@@ -314,3 +315,12 @@ def grow(mb: int) -> int:
         chunks.append(bytearray(b"\x01") * (10 << 20))
         time.sleep(0.01)
     return len(chunks)
+
+
+async def afetch(x: int) -> int:
+    """An async def function, submitted as if it were a plain one."""
+    return x * 2
+
+
+async def astream(x: int) -> AsyncIterator[int]:
+    yield x
