@@ -136,12 +136,12 @@ def another_farm(cmd: object, asked: str, runs: str, pid: int) -> str | None:
 
     Two configs that differ only in their ports share the default control socket, so
     `farm stop -c d/farm.toml` reached the farm started from c/farm.toml, and stopped it."""
-    if os.path.realpath(asked) == os.path.realpath(runs):
-        return None
     try:
-        if os.path.samefile(asked, runs):
+        if os.path.realpath(asked) == os.path.realpath(runs) or os.path.samefile(asked, runs):
             return None
-    except OSError:  # one of them is not there (the built-in defaults), or not ours to see
+    # One of them is not there (the built-in defaults), or not ours to see; or a name not
+    # whole read against a working directory since removed (getcwd: FileNotFoundError).
+    except OSError:
         pass
     done = _DONE.get(str(cmd))
     said = f"{runs}, not {asked}" + (f" (nothing was {done})" if done else "")

@@ -310,9 +310,10 @@ class Steering(ProcessTable):
         """The file a reload reads: the one named at start, else the search order's now."""
         try:
             found = find_config(self.config_path)
+            # Whole: a ./farm.toml found later, read against a directory that may go.
+            return os.path.abspath(found) if found is not None else DEFAULTS_SOURCE
         except Exception:  # gone or refused: the reload itself says so
-            return self.config.source
-        return str(found) if found is not None else DEFAULTS_SOURCE
+            return self.config.source  # whole too (farm.cli.supervise.up)
 
     def forget_pool(self, name: str) -> None:
         """A pool a reload removed has had its last slot retired: what was kept of it goes

@@ -6,6 +6,7 @@ the control socket is refused, exit 2, and the farm it reached is left as it was
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,34 @@ def test_a_command_naming_another_farm_s_config_is_refused_and_the_farm_left_alo
         assert "reloaded" not in up.read_log()
     finally:
         assert up.stop() == 0
+
+
+def test_the_config_check_holds_once_the_farm_s_directory_is_removed(tmp_path: Path) -> None:
+    # `farm up -c farm.toml` in a directory since removed (a deploy's old release): the
+    # farm's file was still named "farm.toml", and the check of a request's config read it
+    # against a working directory no longer there: FileNotFoundError in the supervisor, a
+    # traceback in its log, and "the supervisor closed early" for the request.
+    c = tmp_path / "c"
+    c.mkdir()
+    up = FarmUp(c, POOL, start=False)
+    up.control = str(tmp_path / "control.sock")  # outside c: asked after c is gone
+    up.write_config(POOL)
+    up.config_arg = "farm.toml"  # relative, in c
+    up.start()
+    with open(up.log_path, "rb") as log:  # read on after c is gone
+        try:
+            up.expect_notify("READY=1")
+            up.wait_idle({"reverse": 1})
+            other = tmp_path / "other.toml"
+            other.write_text("")
+            started = up.config  # c/farm.toml, whole
+            shutil.rmtree(c)
+            out = farm_cli("ps", "--control", up.control, "-c", str(other))
+            assert out.returncode == 2, (out.returncode, out.stderr)
+            line = one_line_error(out.stderr)
+            assert f"runs {started}, not {other}" in line, line
+            out = farm_with_env("ps", "--control", up.control, FARM_CONFIG="")
+            assert out.returncode == 0 and "reverse" in out.stdout, out.stderr
+        finally:
+            assert up.stop() == 0
+        assert "Traceback" not in log.read().decode(errors="replace")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from farm.config.defaults import DEFAULTS_SOURCE
 from farm.pools.control import another_farm
 
@@ -45,3 +47,18 @@ def test_a_farm_started_from_no_file_is_steered_with_none_named(tmp_path: Path) 
     assert "to steer it, name no config" in scale
     reload = another_farm("reload", str(asked), DEFAULTS_SOURCE, 7)
     assert reload is not None and "it was started from no file" in reload
+
+
+def test_a_working_directory_removed_raises_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The supervisor's directory removed: realpath of the built-in defaults' name (not a
+    # path) read it against the working directory, and raised FileNotFoundError.
+    asked = tmp_path / "d.toml"
+    asked.write_text("")
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    stop = another_farm("stop", str(asked), DEFAULTS_SOURCE, 7)
+    assert stop is not None and f"runs {DEFAULTS_SOURCE}, not {asked}" in stop
