@@ -275,17 +275,23 @@ def metrics_url(text: str) -> str:
     return f"http://{where}/metrics"
 
 
-def named_config(config: Path | None) -> str | None:
+def named_config(config: Path | None) -> dict[str, str]:
     """The config file the user named (``--config``, else ``$FARM_CONFIG``), whole and its
-    links resolved, for a control request to carry: the supervisor refuses the request when
-    it runs another file (farm.pools.control.another_farm). Two configs that differ only in
-    their ports share the default control socket, and `farm stop -c d/farm.toml` stopped
-    the farm started from c/farm.toml. None when none was named: the search order's file
-    (./farm.toml, /etc/farm/farm.toml) may well not be the running farm's, as before."""
+    links resolved, as the fields a control request carries: ``config``, and ``named_by``
+    ("-c" or "$FARM_CONFIG"), so that the refusal says which to change. The supervisor
+    refuses the request when it runs another file (farm.pools.control.another_farm): two
+    configs that differ only in their ports share the default control socket, and `farm
+    stop -c d/farm.toml` stopped the farm started from c/farm.toml. {} when none was
+    named: the search order's file (./farm.toml, /etc/farm/farm.toml) may well not be the
+    running farm's, as before."""
     from farm.discovery import config_file
 
-    named = config if config is not None else os.environ.get("FARM_CONFIG") or None
-    return None if named is None else str(config_file(Path(named)))
+    if config is not None:
+        return {"config": str(config_file(config)), "named_by": "-c"}
+    env = os.environ.get("FARM_CONFIG") or None
+    if env is None:
+        return {}
+    return {"config": str(config_file(Path(env))), "named_by": "$FARM_CONFIG"}
 
 
 def ask_supervisor(
@@ -296,8 +302,7 @@ def ask_supervisor(
     from farm.pools.control import ControlUnavailable, request
 
     path = control_socket(config, control)
-    if (named := named_config(config)) is not None:
-        message = {**message, "config": named}
+    message = {**message, **named_config(config)}
     try:
         reply = request(path, message)
     except ControlUnavailable as e:

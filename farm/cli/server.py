@@ -164,7 +164,7 @@ def farm_server_down(config: Path | None) -> str:
 
     try:
         # With the config named: another farm at its control socket is not the one asked.
-        message = {"cmd": "ps", "config": named_config(config)}
+        message = {"cmd": "ps", **named_config(config)}
         reply = request(control_path(config), message, timeout=2.0)
         rows = reply["processes"]
         sup, srv = own_row(rows, "supervisor"), own_row(rows, "server")

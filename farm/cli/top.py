@@ -80,15 +80,16 @@ class Sampler:
     """Reads the farm each time it is asked and keeps the last few seconds of readings."""
 
     def __init__(
-        self, control: str, metrics_url: str | None = None, config: str | None = None
+        self,
+        control: str,
+        metrics_url: str | None = None,
+        config: dict[str, str] | None = None,
     ) -> None:
         self.control = control
         self.metrics_url = metrics_url  # None: the address the supervisor reports
         self.history: deque[Sample] = deque()
         # The config the user named (farm.cli.app.named_config): another farm's is refused.
-        self.ask: dict[str, Any] = (
-            {"cmd": "ps"} if config is None else {"cmd": "ps", "config": config}
-        )
+        self.ask: dict[str, Any] = {"cmd": "ps", **(config or {})}
 
     def sample(self) -> Sample:
         """Raises ControlUnavailable when no supervisor answers, ControlRefused when it
@@ -292,7 +293,7 @@ def live_view(
     iterations: int | None = None,
     sort: str = "name",
     processes_only: bool = False,
-    config: str | None = None,
+    config: dict[str, str] | None = None,
 ) -> int:
     """Draw the farm every ``interval`` seconds until `q`, ``iterations`` frames, or the farm
     stops; the exit code. `farm ps --watch` is this with ``processes_only``. ``config``:

@@ -109,7 +109,7 @@ def _place(row: dict[str, Any]) -> str:
 NOT_SERVING = ("failing", "backoff", "starting")
 
 
-def follow_stop(path: str, wait: float, config: str | None = None) -> None:
+def follow_stop(path: str, wait: float, config: dict[str, str] | None = None) -> None:
     """Ask the supervisor to stop and show the drain as it goes (workers left, seconds
     left), then what it killed; exit 1 if it is still there after ``wait`` seconds.
     ``config``: the one the user named, which the supervisor refuses if it runs another."""
@@ -120,8 +120,7 @@ def follow_stop(path: str, wait: float, config: str | None = None) -> None:
     pid: object = None
     killed: list[dict[str, Any]] = []
     message: dict[str, Any] = {"cmd": "stop", "follow": True}
-    if config is not None:
-        message["config"] = config
+    message.update(config or {})
     replies = follow(path, message, timeout=max(wait, 1.0))
     try:
         for news in replies:

@@ -129,10 +129,11 @@ def answering_elsewhere(config_file: str, besides: str) -> tuple[int, str] | Non
 _DONE = {"stop": "stopped", "scale": "scaled", "restart": "restarted", "reload": "reloaded"}
 
 
-def another_farm(cmd: object, asked: str, runs: str, pid: int) -> str | None:
+def another_farm(cmd: object, asked: str, runs: str, pid: int, named_by: str = "-c") -> str | None:
     """Why the supervisor of process ``pid``, which re-reads ``runs``, refuses a request
-    whose client named the config ``asked`` (``-c``, ``$FARM_CONFIG``): that file is not
-    ``runs``, by any of its names (a link, a hard link). None when it is.
+    whose client named the config ``asked`` (``named_by``: "-c", or "$FARM_CONFIG", which
+    the refusal then names, as the one to change): that file is not ``runs``, by any of its
+    names (a link, a hard link). None when it is.
 
     Two configs that differ only in their ports share the default control socket, so
     `farm stop -c d/farm.toml` reached the farm started from c/farm.toml, and stopped it."""
@@ -143,8 +144,11 @@ def another_farm(cmd: object, asked: str, runs: str, pid: int) -> str | None:
     # whole read against a working directory since removed (getcwd: FileNotFoundError).
     except OSError:
         pass
+    env = named_by == "$FARM_CONFIG"  # else -c (a client that said nothing: -c it was)
     done = _DONE.get(str(cmd))
-    said = f"{runs}, not {asked}" + (f" (nothing was {done})" if done else "")
+    notes = ["named by $FARM_CONFIG"] if env else []
+    notes += [f"nothing was {done}"] if done else []
+    said = f"{runs}, not {asked}" + (f" ({'; '.join(notes)})" if notes else "")
     both = (
         "to run a farm from each, give each its own [supervisor] control"
         " (docs/operations.md, Several farms on one host)"
@@ -153,8 +157,11 @@ def another_farm(cmd: object, asked: str, runs: str, pid: int) -> str | None:
     if cmd == "reload":  # the farm reads its own file: that is the one to edit
         fix = "edit that file" if file else "it was started from no file"
         return f"this farm re-reads {said}: {fix}; {both}"
-    # Found by the search, a file's name may be the supervisor's ./farm.toml.
-    steer = f"-c {os.path.abspath(runs)}" if file else "name no config"
+    if file:  # found by the search, a file's name may be the supervisor's ./farm.toml
+        whole = os.path.abspath(runs)
+        steer = f"FARM_CONFIG={whole} (or -c {whole})" if env else f"-c {whole}"
+    else:  # the user named no file on the command line: the environment named it
+        steer = "unset FARM_CONFIG" if env else "name no config"
     return f"this farm (pid {pid}) runs {said}: to steer it, {steer}; {both}"
 
 

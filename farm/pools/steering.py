@@ -156,7 +156,9 @@ class Steering(ProcessTable):
         cmd = message.get("cmd")
         # Its client's config (-c) is another farm's sharing this socket: a usage mistake.
         if (asked := message.get("config")) and (
-            why := another_farm(cmd, str(asked), self.rereads(), os.getpid())
+            why := another_farm(
+                cmd, str(asked), self.rereads(), os.getpid(), str(message.get("named_by", "-c"))
+            )
         ):
             conn.reply({"ok": False, "usage": True, "error": why})
             return

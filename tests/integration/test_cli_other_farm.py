@@ -79,6 +79,12 @@ def test_a_command_naming_another_farm_s_config_is_refused_and_the_farm_left_alo
         # $FARM_CONFIG names a config as -c does; -c outranks it.
         out = farm_with_env("stop", FARM_CONFIG=str(other))
         assert out.returncode == 2 and str(other) in one_line_error(out.stderr)
+        # The refusal says that $FARM_CONFIG named it, and how to set it (it spoke of -c alone).
+        for args in (["stop"], ["stop", "--control", up.control], ["ps"], ["top", "--once"]):
+            out = farm_with_env(*args, FARM_CONFIG=str(other))
+            line = one_line_error(out.stderr)
+            assert out.returncode == 2 and "(named by $FARM_CONFIG" in line, (args, line)
+            assert f"to steer it, FARM_CONFIG={up.config} (or -c {up.config})" in line, line
         out = farm_with_env("ps", "-c", str(up.config), FARM_CONFIG=str(other))
         assert out.returncode == 0, out.stderr
         # No config named at all: the control socket the search finds (./farm.toml) is

@@ -62,3 +62,22 @@ def test_a_working_directory_removed_raises_nothing(
     gone.rmdir()
     stop = another_farm("stop", str(asked), DEFAULTS_SOURCE, 7)
     assert stop is not None and f"runs {DEFAULTS_SOURCE}, not {asked}" in stop
+
+
+def test_a_config_named_by_farm_config_is_said_so_and_the_fix_is_to_it(tmp_path: Path) -> None:
+    # The refusal spoke of -c alone, and for a farm on the built-in defaults said "name no
+    # config" to a user who had named none on the command line: $FARM_CONFIG had.
+    runs, asked = tmp_path / "c.toml", tmp_path / "d.toml"
+    runs.write_text("")
+    asked.write_text("")
+    stop = another_farm("stop", str(asked), str(runs), 7, "$FARM_CONFIG")
+    assert stop is not None
+    assert stop.startswith(
+        f"this farm (pid 7) runs {runs}, not {asked} (named by $FARM_CONFIG; nothing was"
+        f" stopped): to steer it, FARM_CONFIG={runs} (or -c {runs});"
+    ), stop
+    scale = another_farm("scale", str(asked), DEFAULTS_SOURCE, 7, "$FARM_CONFIG")
+    assert scale is not None and "to steer it, unset FARM_CONFIG;" in scale, scale
+    assert "name no config" not in scale
+    reload = another_farm("reload", str(asked), str(runs), 7, "$FARM_CONFIG")
+    assert reload is not None and "(named by $FARM_CONFIG;" in reload, reload
