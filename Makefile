@@ -40,18 +40,32 @@ run: install
 # What `make unit` and `make lint` run: the package's dependencies and its `test` extra
 # (pytest, ruff, mypy), into the python in use (./.venv where the system's is externally
 # managed, as `make run` does), by pip alone: no Debian packages, which only `make test`
-# needs. pip runs only when one of them is missing or older than pyproject.toml asks (read
-# with pip's own copy of packaging; any doubt is a missing one), so a second run costs a
-# fraction of a second and needs no network.
-DEV_DEPS_MET := import tomllib; from importlib.metadata import version; \
-  from pip._vendor.packaging.requirements import Requirement; \
+# needs. pip runs only when one of them is missing or older than pyproject.toml asks, so a
+# second run costs a fraction of a second and needs no network. The requirements are read
+# with packaging, else pip's own copy of it; with neither (a uv-made virtualenv has no pip),
+# one installed at all is met. A python with no pip, a requirement missing: one line says
+# so (exit 3, make's 2), where `python -m pip` said "No module named pip" alone.
+DEV_DEPS_MET := import os, re, sys, tomllib; from importlib import import_module; \
+  from importlib.metadata import distributions, version; from importlib.util import find_spec; \
   p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
-  wanted = [Requirement(r) for r in p["dependencies"] + p["optional-dependencies"]["test"]]; \
-  raise SystemExit(any(not r.specifier.contains(version(r.name), prereleases=True) \
-    for r in wanted if r.marker is None or r.marker.evaluate()))
+  texts = p["dependencies"] + p["optional-dependencies"]["test"]; \
+  norm = lambda name: re.sub(r"[-_.]+", "-", name).lower(); \
+  have = {norm(d.metadata["Name"] or "") for d in distributions()}; \
+  found = "packaging" if find_spec("packaging") else "pip._vendor.packaging" if find_spec("pip") else None; \
+  Req = found and import_module(found + ".requirements").Requirement; \
+  unmet = [str(r) for r in map(Req, texts) if (r.marker is None or r.marker.evaluate()) \
+    and not (norm(r.name) in have and r.specifier.contains(version(r.name), prereleases=True))] \
+    if Req else [t for t in texts if norm(re.match(r"[A-Za-z0-9._-]+", t)[0]) not in have]; \
+  nopip = bool(unmet) and os.environ.get("DEPS_PIP", "").endswith(" -m pip") and not find_spec("pip"); \
+  listed, are, them = ", ".join(unmet), "are" if len(unmet) > 1 else "is", "them" if len(unmet) > 1 else "it"; \
+  nopip and print(f"make: {listed} {are} not installed, and {sys.executable} has no pip to install {them}:" \
+    " install the test extra with another installer, e.g. uv pip install -e \".[test]\""); \
+  raise SystemExit(3 if nopip else bool(unmet))
 
+# Any doubt of the check (its traceback hidden) is a missing one, for pip to install.
+deps-dev: export DEPS_PIP := $(PIP)
 deps-dev: $(VENV)
-	@$(PYTHON) -c '$(DEV_DEPS_MET)' 2>/dev/null || $(PIP) install -q -e '.[test]'
+	@$(PYTHON) -c '$(DEV_DEPS_MET)' 2>/dev/null || { [ $$? = 3 ] && exit 2; } || $(PIP) install -q -e '.[test]'
 
 deps-test: $(VENV)
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

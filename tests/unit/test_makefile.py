@@ -142,3 +142,54 @@ def test_the_requirements_check_reads_pyproject_toml(tmp_path: Path) -> None:
         subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True).returncode
         == 1
     )
+
+
+def python_without(tmp_path: Path, *modules: str) -> Path:
+    """This python, but with ``modules`` not there (a uv-made virtualenv has no pip): a
+    sitecustomize marks each as missing, as find_spec and import then say."""
+    site = tmp_path / "site"
+    site.mkdir()
+    gone = "".join(f"sys.modules[{m!r}] = None\n" for m in modules)
+    (site / "sitecustomize.py").write_text(f"import sys\n{gone}")
+    exe = tmp_path / "python-without"
+    exe.write_text(f'#!/bin/sh\nPYTHONPATH={site} exec {sys.executable} "$@"\n')
+    exe.chmod(0o755)
+    return exe
+
+
+def deps_dev(tmp_path: Path, python: Path, folder: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["make", "-s", "-f", str(ROOT / "Makefile"), "-C", str(folder), "deps-dev",
+         f"PYTHON={python}", f"SYSTEM_PYTHON={fake_python(tmp_path, managed=False)}"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("missing", [("pip",), ("pip", "packaging")])
+def test_deps_dev_needs_no_pip_where_all_is_installed(
+    tmp_path: Path, missing: tuple[str, ...]
+) -> None:
+    # The check read the requirements with pip's own packaging: with no pip, it failed, pip
+    # was run, and `make unit` ended "No module named pip", exit 2, all it needed there.
+    # Without either packaging, a requirement installed at all is met.
+    done = deps_dev(tmp_path, python_without(tmp_path, *missing))
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+
+
+def test_deps_dev_with_something_missing_and_no_pip_says_so_in_one_line(tmp_path: Path) -> None:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "pyproject.toml").write_text(
+        '[project]\ndependencies = ["psutil", "no-such-farm-dep>=1"]\n'
+        "[project.optional-dependencies]\ntest = []\n"
+    )
+    done = deps_dev(tmp_path, python_without(tmp_path, "pip"), folder)
+    assert done.returncode != 0
+    assert done.stdout.splitlines() == [
+        f"make: no-such-farm-dep>=1 is not installed, and {sys.executable} has no pip to"
+        " install it: install the test extra with another installer, e.g."
+        ' uv pip install -e ".[test]"'
+    ], done.stdout
+    assert "No module named pip" not in done.stderr, done.stderr
