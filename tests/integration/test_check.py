@@ -122,10 +122,12 @@ def test_an_attribute_that_is_not_callable_exit_1(tmp_path: Path) -> None:
     assert "settings:handler is a int, not a function" in done.stderr
 
 
-def test_an_async_def_target_exit_1(tmp_path: Path) -> None:
+@pytest.mark.parametrize("body", ["return job.data", "yield job.data"])
+def test_an_async_def_target_exit_1(tmp_path: Path, body: str) -> None:
     # It loaded, and each worker took it; then every job failed ("a worker function's
     # result must be bytes ... not coroutine"): farm check said ok, and farm up started it.
-    (tmp_path / "fetcher.py").write_text("async def fetch(job):\n    return job.data\n")
+    # With yield (an async generator function), iscoroutinefunction missed it, as long.
+    (tmp_path / "fetcher.py").write_text(f"async def fetch(job):\n    {body}\n")
     config(tmp_path, '[functions.x]\ntarget = "fetcher:fetch"\nworkers = 1\n')
     done = farm(tmp_path, "check")
     assert done.returncode == 1, done.stderr
