@@ -96,12 +96,9 @@ def up(
         text_format="%(asctime)s farm[%(process)d] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    whole = None if path is None else str(path.absolute())
-    if whole is not None:  # as a reload's: still its name once this directory is removed
-        cfg = replace(cfg, source=whole)
     try:
         # Absolute, so that what a reload says names the file wherever `farm reload` runs.
-        code = Supervisor(cfg, whole, log_format).run()
+        code = Supervisor(cfg, str(path.absolute()) if path else None, log_format).run()
     except ConfigError as e:  # a control socket its path cannot hold
         fail(str(e), 2, log_format=cfg.supervisor.log_format)
     except FarmError as e:

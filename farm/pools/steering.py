@@ -315,7 +315,8 @@ class Steering(ProcessTable):
             # Whole: a ./farm.toml found later, read against a directory that may go.
             return os.path.abspath(found) if found is not None else DEFAULTS_SOURCE
         except Exception:  # gone or refused: the reload itself says so
-            return self.config.source  # whole too (farm.cli.supervise.up)
+            # Whole (farm.cli.supervise.up); config.source is as given, as farm check says it.
+            return self.config_path or self.config.source
 
     def forget_pool(self, name: str) -> None:
         """A pool a reload removed has had its last slot retired: what was kept of it goes
