@@ -309,8 +309,8 @@ def live_view(
         now = sampler.sample()  # no farm at all is an error; a farm that goes away is not
     except ControlUnavailable as exc:
         fail(str(exc), 1)
-    except ControlRefused as exc:
-        fail(str(exc), 2)
+    except ControlRefused as exc:  # the supervisor's own line: --help would not fix it
+        fail(str(exc), 2, usage=False)
     console = Console()
     if not console.is_terminal and "COLUMNS" not in os.environ:
         # Into a pipe or a file (grep, a cron job's mail): there is no screen to fit, and

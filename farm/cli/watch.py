@@ -127,7 +127,8 @@ def follow_stop(path: str, wait: float, config: dict[str, str] | None = None) ->
             if pid is None:
                 if not news.get("ok"):
                     said = str(news.get("error", "the supervisor refused"))
-                    fail(said, 2 if news.get("usage") else 1)
+                    # In the supervisor's words (as ask_supervisor's): --help would not fix it.
+                    fail(said, 2 if news.get("usage") else 1, usage=False)
                 pid = news.get("pid")
                 continue
             killed = news.get("killed", killed)

@@ -25,6 +25,7 @@ POOL = '[functions.reverse]\ntarget = "workers.text:reverse"\nworkers = 1\n'
 STEERING = (
     ["ps"],
     ["ps", "--json"],
+    ["ps", "--watch"],
     ["scale", "reverse=2"],
     ["restart"],
     ["reload"],
@@ -76,6 +77,9 @@ def test_a_command_naming_another_farm_s_config_is_refused_and_the_farm_left_alo
             line = one_line_error(out.stderr)
             assert str(up.config) in line and str(other) in line, (args, line)
             assert "[supervisor] control" in line, (args, line)  # how to run both
+            # The supervisor's own words: --help would not fix it (`farm top` and `farm
+            # stop` ended it with "(usage: farm top --help)").
+            assert "(usage:" not in line, (args, line)
         # $FARM_CONFIG names a config as -c does; -c outranks it.
         out = farm_with_env("stop", FARM_CONFIG=str(other))
         assert out.returncode == 2 and str(other) in one_line_error(out.stderr)
