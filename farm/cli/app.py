@@ -47,12 +47,18 @@ __all__ = [
 
 class FarmGroup(TyperGroup):
     """The `farm` command itself. Its ``--version`` is eager (it prints and exits as it is
-    read), so `farm --version extra` printed the version, exit 0, the rest never read."""
+    read), so `farm --version extra` printed the version, exit 0, the rest never read.
+
+    Not while click only completes a command line (``resilient_parsing``: the shell's
+    <TAB> after `farm --version ` printed a UsageError traceback), nor after -h/--help: help
+    asked for first is shown, as click did before this check (`farm --help --version`)."""
 
     def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
         own = list(itertools.takewhile(lambda a: a.startswith("-") and a != "--", args))
-        if "--version" in own and len(args) > 1:
-            raise UsageError("--version takes nothing else: give farm --version alone", ctx)
+        if "--version" in own and len(args) > 1 and not ctx.resilient_parsing:
+            helped = [own.index(h) for h in ctx.help_option_names if h in own]
+            if not helped or min(helped) > own.index("--version"):
+                raise UsageError("--version takes nothing else: give farm --version alone", ctx)
         return super().parse_args(ctx, args)
 
 
@@ -117,8 +123,10 @@ SERVER_DEFAULT_HELP = (
 )
 
 
-def _print_version(value: bool) -> None:
-    if value:
+def _print_version(ctx: typer.Context, value: bool) -> None:
+    # Not while the shell completes `farm --version st<TAB>`: "farm 0.1.0" was offered
+    # among the completions, as click's own version option is careful not to.
+    if value and not ctx.resilient_parsing:
         typer.echo(f"farm {__version__}")
         raise typer.Exit()
 

@@ -7,10 +7,13 @@ $GEARMAN_SERVERS), and `farm server --max-packet` says which limits to raise wit
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import ROOT
 from tests.helpers.clirun import cli, one_line_error
 
 WORKER_CMD = ["worker", "workers.text:reverse"]
@@ -51,6 +54,36 @@ def test_version_with_anything_else_is_a_usage_error(extra: list[str]) -> None:
     assert out.returncode == 2 and out.stdout == "", (out.stdout, out.stderr)
     assert "--version takes nothing else: give farm --version alone" in out.stderr
     assert "Usage:" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("helped", ["--help", "-h"])
+def test_help_asked_before_version_is_shown(helped: str) -> None:
+    # The --version check made `farm --help --version` a usage error, exit 2, where click
+    # showed the help, asked for first, and exit 0.
+    out = cli(helped, "--version", timeout=30)
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert out.stdout.startswith("Usage:") and "\nCommands:\n" in out.stdout, out.stdout
+
+
+def complete(words: str) -> subprocess.CompletedProcess[str]:
+    """What bash's <TAB> gets from `farm` at the end of ``words`` (its completion script
+    runs farm so, with the words typed so far)."""
+    env = dict(os.environ, _FARM_COMPLETE="complete_bash", COMP_WORDS=words)
+    env["COMP_CWORD"] = str(len(words.split()) - (0 if words.endswith(" ") else 1))
+    code = "from farm.cli.app import app; app(prog_name='farm')"
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+    )
+
+
+def test_completion_after_version_completes() -> None:
+    # The --version check raised while click only completed: a UsageError traceback for
+    # each <TAB> after `farm --version `; and the version was offered as a completion.
+    for words in ("farm --version status ", "farm --version st"):
+        out = complete(words)
+        assert out.returncode == 0 and out.stderr == "", (words, out.stderr)
+    assert complete("farm --version st").stdout.split() == complete("farm st").stdout.split()
+    assert set(complete("farm st").stdout.split()) == {"status", "stop"}
 
 
 @pytest.mark.parametrize(
