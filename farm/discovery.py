@@ -36,7 +36,7 @@ from farm.paths import (
     untrusted_because,
     working_directory,
 )
-from farm.sockettrust import trusted, usable
+from farm.sockettrust import no_socket_note, passing_over_non_sockets, trusted, usable
 
 __all__ = [
     "SYSTEM_CONFIG",
@@ -284,11 +284,12 @@ def _gearman_unix(unix: list[str]) -> list[str]:
         trusted(sock, False)
     if not any(usable(s) for s in unix):
         paths = ", ".join(s[len("unix:") :] for s in unix)
+        why = no_socket_note(unix) or "is it running, and may this user use the socket?"
         raise ServerUnavailable(
-            f"no job server answers on {paths} ($GEARMAN_SERVERS): is it running, and may this"
-            " user use the socket? farm.Executor() does not send calls over TCP"
+            f"no job server answers on {paths} ($GEARMAN_SERVERS): {why} farm.Executor() does"
+            " not send calls over TCP"
         )
-    return unix
+    return passing_over_non_sockets(unix)
 
 
 def servers_from_env() -> tuple[str, str] | None:
@@ -351,12 +352,12 @@ def _remote(farm: FarmAddresses, tcp_fallback: bool) -> list[str]:
         return [s for s in farm.remote if s not in dropped]
     if not any(usable(s) for s in unix):
         paths = ", ".join(s[len("unix:") :] for s in unix)
+        why = no_socket_note(unix) or "is it running, and may this user use the socket?"
         raise ServerUnavailable(
-            f"no job server answers on {paths} ({farm.source}: [supervisor] servers): is it"
-            " running, and may this user use the socket? farm.Executor() does not send calls"
-            " over TCP"
+            f"no job server answers on {paths} ({farm.source}: [supervisor] servers): {why}"
+            " farm.Executor() does not send calls over TCP"
         )
-    return unix
+    return passing_over_non_sockets(unix)
 
 
 def executor_spill() -> tuple[str | None, int | None]:

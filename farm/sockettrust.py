@@ -8,19 +8,64 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from pathlib import Path
 
 from farm.paths import UnsafeDirectory, check_private, fallback_runtime_dir
 
-__all__ = ["usable", "unsafe", "trusted"]
+__all__ = [
+    "no_socket_note",
+    "not_a_socket",
+    "passing_over_non_sockets",
+    "trusted",
+    "unsafe",
+    "usable",
+]
 
 log = logging.getLogger("farm")
 
 
 def usable(unix: str) -> bool:
-    """Whether a socket is at ``unix`` that this user may open."""
+    """Whether a socket is at ``unix`` that this user may open. Looked at through symbolic
+    links, as the connect goes (whose the link is, is ``unsafe``'s question): a file or a
+    directory there was taken for a socket, and farm.Executor() waited on connects it
+    refused, where the CLI refuses the address at once ("not a socket")."""
     path = unix[len("unix:") :]
-    return os.path.exists(path) and os.access(path, os.R_OK | os.W_OK)
+    return not_a_socket(path) is False and os.access(path, os.R_OK | os.W_OK)
+
+
+def not_a_socket(path: str) -> bool | None:
+    """Whether something other than a socket is at ``path`` (links followed); None when
+    nothing is there, or it cannot be looked at (the connect says why)."""
+    try:
+        return not stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return None
+
+
+def passing_over_non_sockets(unix: list[str]) -> list[str]:
+    """``unix`` less the entries that are there and no socket, each with a warning: no job
+    server answers there, and the Executor's connects to it were refused for as long as it
+    ran. One not there (yet) stays: its server may be starting."""
+    kept = []
+    for sock in unix:
+        if not_a_socket(sock[len("unix:") :]):
+            log.warning("not using %s: not a socket (a file or a directory)", sock)
+        else:
+            kept.append(sock)
+    return kept
+
+
+def no_socket_note(unix: list[str]) -> str:
+    """For the line saying none of ``unix`` answers: which are there and no socket (a
+    file, a directory), where no job server can answer; "" when none is."""
+    odd = [s[len("unix:") :] for s in unix if not_a_socket(s[len("unix:") :])]
+    if not odd:
+        return ""
+    return (
+        f"{', '.join(odd)}: not a socket; give the job server's Unix socket"
+        " (e.g. unix:/run/farm/gearman.sock)."
+    )
 
 
 def unsafe(unix: str) -> str | None:

@@ -8,6 +8,7 @@ without the workers' modules still finds the farm.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -244,6 +245,34 @@ def test_the_executor_passes_over_tcp_in_gearman_servers(
     monkeypatch.setenv("GEARMAN_SERVERS", f"unix:{clean_env}/nothere.sock")
     with pytest.raises(ServerUnavailable, match=r"nothere.sock \(\$GEARMAN_SERVERS\)"):
         discovery.executor_servers()
+
+
+def test_the_executor_refuses_a_unix_server_that_is_no_socket(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Any file there was taken for a socket: farm.Executor() waited on connects it refused,
+    # then said "no job server is reachable; tried unix:... (Connection refused)", where
+    # `farm submit` refuses the same $GEARMAN_SERVERS at once ("not a socket").
+    plain = clean_env / "notsock"
+    plain.write_text("")
+    (clean_env / "link").symlink_to(plain)
+    for path in (plain, clean_env / "link", clean_env):  # a file, a link to one, a directory
+        monkeypatch.setenv("GEARMAN_SERVERS", f"unix:{path}")
+        with pytest.raises(ServerUnavailable, match=rf"{re.escape(f'{path}: not a socket')}"):
+            farm.Executor()
+    # Nor among [supervisor] servers: the one that is a socket is taken, the file passed over.
+    monkeypatch.delenv("GEARMAN_SERVERS")
+    sock = clean_env / "remote.sock"
+    servers = f'servers = ["unix:{plain}", "unix:{sock}"]'
+    (clean_env / "farm.toml").write_text(f"[supervisor]\n{servers}\n")
+    with pytest.raises(ServerUnavailable, match=rf"{re.escape(f'{plain}: not a socket')}"):
+        discovery.executor_servers()
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(sock))
+        assert discovery.executor_servers() == [f"unix:{sock}"]
+        (clean_env / "to-sock").symlink_to(sock)  # a link to a socket is one, as connect goes
+        monkeypatch.setenv("GEARMAN_SERVERS", f"unix:{plain}, unix:{clean_env / 'to-sock'}")
+        assert discovery.executor_servers() == [f"unix:{clean_env / 'to-sock'}"]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give files to another user")
