@@ -23,6 +23,7 @@ from farm.cli.app import (
     typed,
 )
 from farm.errors import ConfigError, FarmError, JobError
+from farm.protocol.checks import check_sync_worker
 
 # farm.net, farm.discovery and farm.protocol are imported where they are used: every `farm`
 # command loads this module to register these commands, and those imports (sockets, ssl,
@@ -131,6 +132,10 @@ def worker(
         fn = load_target(target)
     except Exception as exc:
         fail(f"cannot load {target}: {type(exc).__name__}: {exc}", 2, usage=False)
+    try:
+        check_sync_worker(name, fn)  # the target's fault, as one that does not load: no usage
+    except TypeError as exc:
+        fail(str(exc), 2, usage=False)
     try:
         w = Worker(_servers(server, config), client_id=client_id, tls=tls_from_env())
         w.register(name, fn, timeout)
