@@ -159,7 +159,12 @@ class WorkerLinks:
             server.sock = sock  # its outage (and backoff) ends once it talks sense: _back
             selector.register(sock, selectors.EVENT_READ, server)  # before anything may raise
             keep_alive(sock)
-            server.session.connected(asleep=server.silent)
+            # Under the lock, as the read is (Worker._read): register() and unregister() from
+            # another thread change the abilities and echoes that connected() starts anew;
+            # unlocked, a reconnect beside them raised "dictionary changed size during
+            # iteration" in work(), or sent no CAN_DO for a function registered mid-way.
+            with self._send_lock:
+                server.session.connected(asleep=server.silent)
 
     def _back(self, server: ServerLink) -> None:
         """A server lost or unreachable talks sense again (bytes read that parse): only now
@@ -321,7 +326,11 @@ class WorkerLinks:
             log.warning("job server %s %s; reconnecting (out for %.0fs)", server.addr, why, down)
             server.warned = True
         self._close(server)
-        server.session.connection_lost()
+        if locked:
+            server.session.connection_lost()
+        else:
+            with self._send_lock:  # as connected(): what register() changes is reset here
+                server.session.connection_lost()
         unsent, server.unsent = server.unsent, None
         if unsent is not None:
             self._unsent_due.append(unsent)
