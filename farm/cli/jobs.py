@@ -23,7 +23,6 @@ from farm.cli.app import (
     typed,
 )
 from farm.errors import ConfigError, FarmError, JobError
-from farm.protocol.checks import check_sync_worker
 
 # farm.net, farm.discovery and farm.protocol are imported where they are used: every `farm`
 # command loads this module to register these commands, and those imports (sockets, ssl,
@@ -132,6 +131,8 @@ def worker(
         fn = load_target(target)
     except Exception as exc:
         fail(f"cannot load {target}: {type(exc).__name__}: {exc}", 2, usage=False)
+    from farm.protocol.checks import check_sync_worker  # not at start-up: the worker's alone
+
     try:
         check_sync_worker(name, fn)  # the target's fault, as one that does not load: no usage
     except TypeError as exc:
