@@ -161,7 +161,7 @@ class CommandStart:
         for proc in serving:  # each one connected to the local server
             proc.local_seen = True
         for proc in serving + remote_only:
-            proc.state = ProcState.RUNNING
+            proc.state, proc.served = ProcState.RUNNING, True
             log.debug("worker %s (pid %d) serves", proc.name, proc.pid)
         unserved = [p for p in connected_ones if p not in serving]
         return waiting or any(now - p.started < ready_wait for p in unserved)

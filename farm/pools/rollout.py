@@ -19,7 +19,8 @@ slot, the pool's remaining slots are left alone, and `farm restart` exits 1. Its
 a ``boot_failure`` on the metrics; of a pool a reload changed, the reload failed too
 (farm.pools.reloads), unless a later reload changed the pool again meanwhile. A slot with no
 serving process gets none beside it: its next process runs the new code, and, of a pool a
-reload changed, its boot failure fails the reload as well (``slot_exited``).
+reload changed, that process ending before it ever served, by whatever cause, fails the
+reload as well (``slot_exited``).
 Progress is read with the control command ``restart-status``.
 """
 
@@ -304,8 +305,9 @@ class Restarting:
     def slot_exited(self, slot: Slot, proc: WorkerProcess, status: int, cause: str) -> None:
         """A slot's process ended (farm.pools.lifecycle): counted by its cause. The first of
         a reload's new target in a slot that had none serving (``Rollout.unseen_slots``: in
-        backoff, or still loading) that did not boot fails the reload, as a successor's end
-        does; nothing old serves to go back to, so the slot backs off on the new target."""
+        backoff, or still loading) that ended before it ever served fails the reload, as a
+        successor's end does; nothing old serves to go back to, so the slot backs off on the
+        new target."""
         self.exits[slot.function, cause] += 1
         ro, pool = self.rollout, self.config.functions.get(slot.function)
         waiting = ro.unseen_slots.get(slot.function, set()) if ro is not None else set()
@@ -314,10 +316,13 @@ class Restarting:
         if proc.options != pool.options():
             return  # an older target's process: the new one's turn is still to come
         waiting.discard(slot.index)
-        if cause != "boot_failure" or slot.function not in ro.before:
+        # Judged by whether it served, not by its cause: a command that exits 1, or a Python
+        # target that os._exit()s or segfaults at import, ends as a "crash", and the reload
+        # that deployed it was called successful while the slot crash-looped on it.
+        if proc.served or slot.function not in ro.before:
             return
         del ro.unseen_slots[slot.function]  # said once for the pool
-        why = proc.boot_error or describe_exit(status)
+        why = proc.boot_error or proc.kill_reason or describe_exit(status)
         if proc.last_words and proc.last_words != proc.boot_error:  # a command's why
             why = f"{why}; {proc.quote_last_words(time.monotonic())}"
         log.warning(

@@ -118,6 +118,10 @@ class WorkerProcess:
     record: RecordReader | None = None  # what it is doing, in shared memory (farm.pools.record)
     started: float = field(default_factory=time.monotonic)
     state: ProcState = ProcState.STARTING
+    # Whether it ever served (reported ready, or a command worker seen connected): its
+    # state says so no longer once it is killed or drains, and a reload's new target whose
+    # first process ended before it served did not boot, whatever its exit's cause.
+    served: bool = False
     jobs_done: int = 0
     rss: int = 0
     handle: str = ""
@@ -234,7 +238,7 @@ class WorkerProcess:
         elif kind == "boot_error" and self.state is ProcState.STARTING:
             self.boot_error = str(event.get("why", "")) or "exited with code 3"
         elif kind == "ready" and self.state is ProcState.STARTING:
-            self.state = ProcState.IDLE
+            self.state, self.served = ProcState.IDLE, True
             self.refresh()
 
     def refresh(self) -> None:

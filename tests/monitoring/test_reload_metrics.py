@@ -206,3 +206,48 @@ def test_a_reload_of_a_pool_with_no_serving_worker_shows_as_failed_when_it_does_
         assert "broken deploy" in said, said
     finally:
         up.stop()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    ("running", "broken"),
+    [
+        # A command pool whose new command exits (a deploy's PHP fatal error).
+        ('command = ["sleep", "60"]', 'command = ["sh", "-c", "echo broken deploy; exit 1"]'),
+        # A Python target that leaves by os._exit(1) on import: no boot report, a "crash".
+        ('target = "slowmod:fast"', 'target = "exitmod:fast"'),
+    ],
+    ids=["command", "os-exit"],
+)
+def test_a_reload_of_a_pool_with_no_serving_worker_fails_when_its_new_target_ends_unserved(
+    tmp_path: Path, running: str, broken: str
+) -> None:
+    # Its first process of the new target ended before it served, as a crash, not a boot
+    # failure (no boot report, no EXIT_BOOT_ERROR): the reload read as applied.
+    (tmp_path / "slowmod.py").write_text("import time\ntime.sleep(60)\ndef fast(job): ...\n")
+    (tmp_path / "exitmod.py").write_text(
+        "import os, sys\ndef fast(job): ...\n"
+        "print('broken deploy', file=sys.stderr, flush=True)\nos._exit(1)\n"
+    )
+    ok = ("farm_config_last_reload_successful", ())
+    crashes = ("farm_pool_restarts_total", (("cause", "crash"), ("pool", "fast")))
+    pool = "[functions.fast]\n{}\nworkers = 1\n"
+    up = FarmUp(tmp_path, pool.format(running))
+    try:
+
+        def loading() -> list[dict] | None:
+            try:
+                return up.workers("fast", "starting")
+            except ControlUnavailable:  # the supervisor not listening yet
+                return None
+
+        wait_for("the worker loading", loading, timeout=30)
+        up.write_config(pool.format(broken))
+        out = farm_cli("reload", "--control", up.control)
+        assert "not seen serving" in out.stdout + out.stderr, out.stdout + out.stderr
+        wait_for("the new target's end", lambda: scrape(up)[crashes] >= 1, timeout=30)
+        assert scrape(up)[ok] == 0, "the file's pool does not boot: not applied"
+        (said,) = [line for line in up.read_log().splitlines() if "reload failed" in line]
+        assert "broken deploy" in said and "exited with code 1" in said, said
+    finally:
+        up.stop()

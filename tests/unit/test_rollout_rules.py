@@ -252,3 +252,30 @@ def test_a_slot_with_no_serving_process_fails_the_reload_when_its_new_target_doe
     assert not farm.reloads.ok and farm.reloads.ok_at == 1.0
     assert farm.exits == Counter({("X", "boot_failure"): 2})
     assert farm.config.functions["X"].target == "m:B", "nothing served before: it backs off"
+
+
+def test_a_slot_with_no_serving_process_fails_the_reload_when_its_new_target_ends_unserved() -> (
+    None
+):
+    # Judged by whether it served, not by its exit's cause: a command's `exit 1`, a target's
+    # os._exit(1) or segfault at import end as a "crash", and the reload read as applied.
+    farm = Farm(X=pool("X", "m:A"))
+    slot = farm.slots["X"][0]
+    slot.proc = None
+    farm.start_restart(dict.fromkeys(farm.reload_to(X="m:B")))
+    assert rolled_out(farm, "X")["unseen"] == {"X": 1}
+    new = farm.process(slot, farm.config.functions["X"], ProcState.STARTING)
+    farm.slot_exited(slot, new, 256, "crash")
+    assert not farm.reloads.ok
+    assert farm.exits == Counter({("X", "crash"): 1}), "counted by its cause still"
+
+
+def test_a_slot_whose_new_target_served_then_crashed_leaves_the_reload_applied() -> None:
+    farm = Farm(X=pool("X", "m:A"))
+    slot = farm.slots["X"][0]
+    slot.proc = None
+    farm.start_restart(dict.fromkeys(farm.reload_to(X="m:B")))
+    assert rolled_out(farm, "X")["unseen"] == {"X": 1}
+    new = farm.process(slot, farm.config.functions["X"], ProcState.BUSY, served=True)
+    farm.slot_exited(slot, new, 256, "crash")  # a job's crash: the target booted
+    assert farm.reloads.ok
