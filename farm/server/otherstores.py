@@ -11,15 +11,14 @@ running server holds (a running server's exclusive lock refuses the look: it run
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import sqlite3
 import stat
-import struct
 from pathlib import Path
 
 from farm.paths import NoStateDirectory, passed_over_state_dirs, state_dir
+from farm.server.walcopy import held
 
 log = logging.getLogger("farm.server")
 
@@ -35,10 +34,6 @@ MAX_COUNTED = 1000
 MAX_WAL_READ = 4 << 20
 #: The count of a store named as one that may hold jobs, not looked into.
 MAY_HOLD = -1
-
-#: SQLite's lock bytes (os_unix.c): a server holding the store keeps a write lock on them.
-_PENDING_BYTE = 0x40000000
-_LOCK_SPAN = 2 + 510  # RESERVED, PENDING's neighbour, and the SHARED range
 
 
 def held_jobs(count: int) -> str:
@@ -132,7 +127,7 @@ def queued_in(path: Path) -> int:
     holds it, or it is not a store). The store is left as it was, and its own server can
     start meanwhile:
 
-    - A server's lock on it (asked of the kernel, _held): not looked into.
+    - A server's lock on it (asked of the kernel, walcopy.held): not looked into.
     - No -wal (a store stopped cleanly): nothing is written to its file but through a -wal,
       so the file is read as it is, with no lock and no -wal or -shm made (immutable), and
       the count is dropped if a -wal appeared meanwhile (its server started).
@@ -140,7 +135,7 @@ def queued_in(path: Path) -> int:
       read-only open, which leaves a -shm (not removed: another SQLite client may be using
       it by then)."""
     wal = path.with_name(path.name + "-wal")
-    if not _own_file(path) or _held(path):
+    if not _own_file(path) or held(path):
         return 0
     try:
         wal_size: int | None = wal.lstat().st_size
@@ -169,21 +164,3 @@ def _count(path: Path, query: str) -> int:
     finally:
         db.close()
     return count
-
-
-def _held(path: Path) -> bool:
-    """Whether a process holds a write lock on the store's SQLite lock bytes (a running
-    server: locking_mode EXCLUSIVE), asked of the kernel: no SQLite open, no file made."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return True  # cannot be looked into now: as held
-    try:
-        lock = struct.pack("hhqqi", fcntl.F_RDLCK, os.SEEK_SET, _PENDING_BYTE, _LOCK_SPAN, 0)
-        got = fcntl.fcntl(fd, fcntl.F_GETLK, lock)
-        kind: int = struct.unpack("hhqqi", got)[0]
-        return kind != fcntl.F_UNLCK
-    except OSError:
-        return True
-    finally:
-        os.close(fd)

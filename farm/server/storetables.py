@@ -18,6 +18,7 @@ import stat
 import urllib.parse
 
 from farm.server.storecheck import ASIDE_TABLE
+from farm.server.walcopy import MAX_COPIED, TooLarge, held, private_copy, wal_frames
 
 __all__ = ["GEARMAND_COLUMNS", "STORE_FORMAT", "look", "not_farms"]
 
@@ -108,22 +109,62 @@ def look(path: str, *, damage: bool = False) -> str | None:
     # is in WAL mode from its first write.
     wal = len(head) > 18 and head[18] == _WAL_VERSION
     try:
-        return _read(path, whole, immutable=wal)
+        why = _read(path, whole, immutable=wal)
     except sqlite3.Error:
         if wal:
             return None
+    else:
+        if wal and why is None and wal_frames(path) and not _tables_read(path):
+            # No table in its main file, and frames in its -wal, which no server holds
+            # (a running one's store is its own to read: looked at as before): another
+            # program's tables may be there alone, killed before its checkpoint.
+            return _read_with_wal(path)
+        return why
     try:
         return _read(path, False, immutable=True)
     except sqlite3.Error:
         return None
 
 
-def _read(path: str, whole: bool, *, immutable: bool) -> str | None:
-    """``look``'s reading of the database at ``path``: ``not_farms``, and where ``whole``,
-    damage; sqlite3.Error where SQLite could not read it (locked, a hot journal) and it is
-    no damage to say."""
-    uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
-    db = sqlite3.connect(uri + ("&immutable=1" if immutable else ""), uri=True, timeout=0)
+def _tables_read(path: str) -> bool:
+    """Whether the main file of the WAL-mode database at ``path`` has a table (farm's own
+    store, whose -wal a killed server left, has its ``jobs`` there from its first
+    checkpoint): no copy of its -wal is made then, however large."""
+    db = sqlite3.connect(_uri(path) + "&immutable=1", uri=True, timeout=0)
+    try:
+        return bool(_tables(db))
+    except sqlite3.Error:
+        return True  # read once already: as it was
+    finally:
+        db.close()
+
+
+def _read_with_wal(path: str) -> str | None:
+    """``not_farms`` of the database at ``path`` with what its -wal holds, read from a
+    private copy of both (walcopy): the file, its -wal and -shm left as they were. Where
+    no server holds it, and it is not read so, it may be another program's: refused."""
+    if held(path):
+        return None
+    try:
+        with private_copy(path) as copy:
+            return _read(copy, False, immutable=False, named=path)
+    except TooLarge:
+        why = f"larger than {MAX_COPIED >> 20} MiB with it"
+    except (OSError, sqlite3.Error) as exc:
+        why = f"not read ({exc})"
+    return f"{path} may not be farm's: it has tables in its -wal alone, {why}: {_ANOTHER}"
+
+
+def _uri(path: str) -> str:
+    return f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
+
+
+def _read(path: str, whole: bool, *, immutable: bool, named: str = "") -> str | None:
+    """``look``'s reading of the database at ``path`` (``named`` so, a copy's): ``not_farms``,
+    and where ``whole``, damage; sqlite3.Error where SQLite could not read it (locked, a hot
+    journal) and it is no damage to say."""
+    db = sqlite3.connect(_uri(path) + ("&immutable=1" if immutable else ""), uri=True, timeout=0)
+    path = named or path
     try:
         why = not_farms(db, path)
         if why is None and whole and "jobs" in _tables(db):

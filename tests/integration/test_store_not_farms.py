@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from farm.protocol import PacketType as T
+from farm.server import storetables, walcopy
 from farm.server.store import SQLiteStore
 from tests.helpers import ROOT
 from tests.helpers.farmcheck import config, farm, lines
@@ -54,6 +55,26 @@ def another_programs(path: Path, kind: str) -> dict[str, tuple[int, str]]:
     return files(path.parent)
 
 
+def _tables_in_wal_only(path: Path) -> dict[str, tuple[int, str]]:
+    """Another program's database in WAL mode, its tables in its -wal alone: the program
+    was killed before any checkpoint. Read as immutable (its main file alone), it had no
+    table, so the server made it 600, opened it, refused it, and its close checkpointed
+    the -wal into the file."""
+    program = (
+        "import os, sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "db.execute('PRAGMA journal_mode=WAL')\n"
+        "db.execute('PRAGMA wal_autocheckpoint=0')\n"
+        "db.execute('CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)')\n"
+        "db.execute(\"INSERT INTO users (name) VALUES ('ann')\")\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", program, str(path)], check=True, timeout=30)
+    assert Path(f"{path}-wal").stat().st_size > 0
+    path.chmod(0o644)
+    return files(path.parent)
+
+
 def files(where: Path) -> dict[str, tuple[int, str]]:
     return {
         p.name: (stat.S_IMODE(p.stat().st_mode), hashlib.sha256(p.read_bytes()).hexdigest())
@@ -79,13 +100,21 @@ def _with_hot_journal(path: Path) -> dict[str, tuple[int, str]]:
     return files(path.parent)
 
 
-@pytest.mark.parametrize("kind", [*sorted(OTHERS), "hot journal"])
+def _made(store: Path, kind: str) -> dict[str, tuple[int, str]]:
+    if kind == "hot journal":
+        return _with_hot_journal(store)
+    if kind == "tables in its -wal":
+        return _tables_in_wal_only(store)
+    return another_programs(store, kind)
+
+
+@pytest.mark.parametrize("kind", [*sorted(OTHERS), "hot journal", "tables in its -wal"])
 def test_the_server_refuses_another_programs_database_and_leaves_it_as_it_was(
     tmp_path: Path, kind: str
 ) -> None:
     store = tmp_path / "data" / "other.db"
     store.parent.mkdir()
-    before = _with_hot_journal(store) if kind == "hot journal" else another_programs(store, kind)
+    before = _made(store, kind)
     argv = [sys.executable, "-m", "farm", "server", "-L", f"127.0.0.1:{free_port()}"]
     out = subprocess.run(
         [*argv, "--store", str(store)],
@@ -101,13 +130,13 @@ def test_the_server_refuses_another_programs_database_and_leaves_it_as_it_was(
     assert files(store.parent) == before  # its mode, its bytes, and no file beside it
 
 
-@pytest.mark.parametrize("kind", sorted(OTHERS))
+@pytest.mark.parametrize("kind", [*sorted(OTHERS), "tables in its -wal"])
 def test_farm_check_and_farm_up_refuse_another_programs_database_exit_2(
     tmp_path: Path, kind: str
 ) -> None:
     store = tmp_path / "data" / "other.db"
     store.parent.mkdir()
-    before = another_programs(store, kind)
+    before = _made(store, kind)
     config(tmp_path, REVERSE, store=str(store))
     checked = farm(tmp_path, "check")
     up = farm(tmp_path, "up")
@@ -193,3 +222,42 @@ def test_farm_check_passes_the_store_a_running_server_holds(tmp_path: Path) -> N
     finally:
         srv.terminate()
         srv.wait(timeout=15)
+
+
+def test_farm_check_passes_farms_store_whose_jobs_are_in_its_wal_alone(tmp_path: Path) -> None:
+    # A server killed before the store's first checkpoint: its tables are in its -wal alone,
+    # read from a private copy (the file, its -wal and -shm left as they were), farm's.
+    store = tmp_path / "data" / "queue.db"
+    port = free_port()
+    cmd = [sys.executable, "-m", "farm.server", "-p", str(port), "--store", str(store)]
+    srv = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        wait_connectable(f"127.0.0.1:{port}", srv)
+        client = Peer(f"127.0.0.1:{port}")
+        for n in range(5):
+            client.send(T.SUBMIT_JOB_BG, "reverse", f"u{n}", b"x")
+            assert client.recv().type == T.JOB_CREATED
+        client.close()
+    finally:
+        srv.kill()
+        srv.wait(timeout=15)
+    main = sqlite3.connect(f"file:{store}?mode=ro&immutable=1", uri=True)
+    assert main.execute("SELECT name FROM sqlite_master").fetchall() == [], "not the case"
+    main.close()
+    before = files(store.parent)
+    config(tmp_path, REVERSE, store=str(store))
+    checked = farm(tmp_path, "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert files(store.parent) == before
+
+
+def test_a_database_whose_tables_are_in_a_wal_too_large_to_copy_is_refused_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "other.db"
+    before = _tables_in_wal_only(store)
+    monkeypatch.setattr(walcopy, "MAX_COPIED", 4096)
+    why = storetables.look(str(store))
+    assert why is not None and why.startswith(f"{store} may not be farm's"), why
+    assert why.endswith("another program's database? name another file for the store"), why
+    assert files(tmp_path) == before
