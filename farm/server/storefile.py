@@ -25,6 +25,7 @@ __all__ = [
     "drop_empty_journal",
     "io_failed",
     "may_hold_jobs",
+    "close_to_others",
     "owner_only",
     "unreadable",
     "unwritten",
@@ -115,15 +116,27 @@ def owner_only(path: str) -> None:
         # only then refused, by tables it would not have had as farm's store.
         if head and (why := look(path)):
             raise StoreError(f"the job store {why}")
-        mode = stat.S_IMODE(os.fstat(fd).st_mode)
-        if mode & 0o077:  # the farm's group may hold accounts that must not read the jobs
-            log.warning("the job store %s was open to others; closing it (mode 600)", path)
-            os.fchmod(fd, mode & ~0o077)
     finally:
         os.close(fd)
     for side in (path + "-journal", path + "-wal"):
         _side_file(path, side, make=True)
     _side_file(path, path + "-shm", make=False)  # never used: the store is opened EXCLUSIVE
+
+
+def close_to_others(path: str) -> None:
+    """Close a store left open to other users (the farm's group may hold accounts that must
+    not read the jobs): only once SQLite has read it as farm's store, with its lock held
+    (storeopen). Before that, a file look() could not read (damaged, or another program's
+    it took for none) was made 600 and then refused, its mode not as it was.
+
+    By its path, never by a descriptor of its own: closing any descriptor of the file
+    drops the process's POSIX locks on it, SQLite's exclusive lock too, and a second server
+    then shared the store. owner_only refused a link at the path, which is not followed."""
+    info = os.lstat(path)
+    mode = stat.S_IMODE(info.st_mode)
+    if stat.S_ISREG(info.st_mode) and mode & 0o077:
+        log.warning("the job store %s was open to others; closing it (mode 600)", path)
+        os.chmod(path, mode & ~0o077)
 
 
 def _own(path: str, where: str, info: os.stat_result) -> None:

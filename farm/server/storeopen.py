@@ -17,6 +17,7 @@ from farm.server.storefile import (
     StoreError,
     StoreInUse,
     StoreUnopenable,
+    close_to_others,
     drop_empty_journal,
     io_failed,
     may_hold_jobs,
@@ -89,6 +90,7 @@ def open_database(path: str, sync: str, reserve: DiskReserve) -> tuple[sqlite3.C
         row = db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()
         db.execute("COMMIT")
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        close_to_others(path)  # read as farm's store, or new: its mode is ours to change
     except sqlite3.OperationalError as exc:
         if "locked" in str(exc):
             raise StoreInUse(f"the job store {path} is in use by another server") from exc

@@ -261,3 +261,51 @@ def test_a_database_whose_tables_are_in_a_wal_too_large_to_copy_is_refused_uncha
     assert why is not None and why.startswith(f"{store} may not be farm's"), why
     assert why.endswith("another program's database? name another file for the store"), why
     assert files(tmp_path) == before
+
+
+def test_a_damaged_store_refused_by_the_server_keeps_its_mode(tmp_path: Path) -> None:
+    # Its tables read as farm's, its jobs' pages not: made 600 before SQLite said so.
+    store = tmp_path / "data" / "queue.db"
+    held = SQLiteStore(store)
+    for n in range(50):
+        held.add(b"H:t:%d" % n, b"reverse", b"u%d" % n, bytes(20_000), 1, None, 0.0, True)
+    held.commit()
+    held.close()
+    _overwritten(store)
+    store.chmod(0o644)
+    argv = [sys.executable, "-m", "farm", "server", "-L", f"127.0.0.1:{free_port()}"]
+    out = subprocess.run(
+        [*argv, "--store", str(store)],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2 and "malformed" in out.stderr, out.stderr
+    assert "closing it" not in out.stderr, out.stderr
+    assert stat.S_IMODE(store.stat().st_mode) == 0o644
+
+
+def test_farms_store_left_open_to_others_is_closed_once_the_server_reads_it(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "data" / "queue.db"
+    held = SQLiteStore(store)
+    held.close()
+    store.chmod(0o644)
+    port = free_port()
+    cmd = [sys.executable, "-m", "farm.server", "-p", str(port), "--store", str(store)]
+    srv = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_connectable(f"127.0.0.1:{port}", srv)
+        assert stat.S_IMODE(store.stat().st_mode) == 0o600
+    finally:
+        srv.terminate()
+        _, err = srv.communicate(timeout=15)
+    assert f"the job store {store} was open to others; closing it (mode 600)" in err, err
