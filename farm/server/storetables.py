@@ -100,9 +100,10 @@ def look(path: str, *, damage: bool = False) -> str | None:
     if whole and (cut := _cut_off(head, info.st_size)):
         return f"{path} is cut off: {cut}{_DAMAGE_FIX}"
     # A read-only open of a file in WAL mode makes its -wal and -shm (SQLite's own rule), so
-    # such a file is read as immutable: its main file alone, no lock taken. What a -wal
-    # beside it holds is not seen (a table made since its last checkpoint), nor what a
-    # program writing it now changes: a look for the server's refusal, not for its jobs.
+    # such a file is read as immutable: its main file alone, no lock taken; where that has
+    # no table, what a -wal beside it holds is read from a private copy (_read_with_wal).
+    # Not what a program writing it now changes: a look for the server's refusal, not for
+    # its jobs.
     # A file in rollback mode is read with its locks; where they keep it from being read (a
     # hot journal, which a read-only open cannot roll back: the server's open would, into
     # another program's file), its main file alone, as immutable: never farm's store, which
