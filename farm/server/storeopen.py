@@ -89,6 +89,11 @@ def open_database(path: str, sync: str, reserve: DiskReserve) -> tuple[sqlite3.C
         _take_over_gearmand(db, path)
         row = db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()
         db.execute("COMMIT")
+        if not held:
+            # A new store's tables into its own file at once: until its first checkpoint
+            # they were in its -wal alone, and a server killed before that left a file that
+            # storetables.look reads past 64 MiB of -wal as "may not be farm's".
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         close_to_others(path)  # read as farm's store, or new: its mode is ours to change
     except sqlite3.OperationalError as exc:

@@ -224,9 +224,12 @@ def test_farm_check_passes_the_store_a_running_server_holds(tmp_path: Path) -> N
         srv.wait(timeout=15)
 
 
-def test_farm_check_passes_farms_store_whose_jobs_are_in_its_wal_alone(tmp_path: Path) -> None:
-    # A server killed before the store's first checkpoint: its tables are in its -wal alone,
-    # read from a private copy (the file, its -wal and -shm left as they were), farm's.
+def test_a_new_stores_tables_are_in_its_file_and_farm_check_passes_it_killed(
+    tmp_path: Path,
+) -> None:
+    # A new store's tables were in its -wal alone until its first checkpoint: a server killed
+    # before it left a file that storetables.look read past 64 MiB of -wal as "may not be
+    # farm's". They are checkpointed into the file as the store is made.
     store = tmp_path / "data" / "queue.db"
     port = free_port()
     cmd = [sys.executable, "-m", "farm.server", "-p", str(port), "--store", str(store)]
@@ -241,6 +244,32 @@ def test_farm_check_passes_farms_store_whose_jobs_are_in_its_wal_alone(tmp_path:
     finally:
         srv.kill()
         srv.wait(timeout=15)
+    main = sqlite3.connect(f"file:{store}?mode=ro&immutable=1", uri=True)
+    tables = {row[0] for row in main.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    main.close()
+    assert "jobs" in tables, tables
+    before = files(store.parent)
+    config(tmp_path, REVERSE, store=str(store))
+    checked = farm(tmp_path, "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert files(store.parent) == before
+
+
+def test_farm_check_passes_farms_store_whose_tables_are_in_its_wal_alone(tmp_path: Path) -> None:
+    # An older farm's store, its server killed before the first checkpoint: its tables in its
+    # -wal alone, read from a private copy (the file, its -wal and -shm left as they were).
+    store = tmp_path / "data" / "queue.db"
+    store.parent.mkdir()
+    made = (
+        "import os, sqlite3\n"
+        "from farm.server.storeopen import SCHEMA\n"
+        f"db = sqlite3.connect({str(store)!r}, isolation_level=None)\n"
+        "db.execute('PRAGMA journal_mode=WAL')\n"
+        "db.execute('PRAGMA wal_autocheckpoint=0')\n"
+        "db.execute(SCHEMA)\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", made], cwd=ROOT, check=True, timeout=60)
     main = sqlite3.connect(f"file:{store}?mode=ro&immutable=1", uri=True)
     assert main.execute("SELECT name FROM sqlite_master").fetchall() == [], "not the case"
     main.close()
