@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import stat
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -226,13 +225,13 @@ def control_socket(config: Path | None, control: str | None) -> str:
 
 
 def there_and_no_socket(path: str) -> bool:
-    """Whether something other than a socket is at ``path``. One look: a socket removed
-    between an exists() and a stat() (its server restarting) was a FileNotFoundError
-    traceback; what cannot be looked at is left for the connect to say."""
-    try:
-        return not stat.S_ISSOCK(os.stat(path).st_mode)
-    except OSError:
-        return False
+    """Whether something other than a socket is at ``path`` (links followed, as the connect
+    does); what is not there or cannot be looked at is left for the connect to say. One
+    look (farm.sockettrust.not_a_socket): a socket removed between an exists() and a stat()
+    (its server restarting) was a FileNotFoundError traceback."""
+    from farm.sockettrust import not_a_socket  # the rule the Executor's discovery keeps too
+
+    return not_a_socket(path) is True
 
 
 def refuse_non_sockets(servers: list[str], source: str) -> None:
