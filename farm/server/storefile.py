@@ -129,14 +129,20 @@ def close_to_others(path: str) -> None:
     (storeopen). Before that, a file look() could not read (damaged, or another program's
     it took for none) was made 600 and then refused, its mode not as it was.
 
-    By its path, never by a descriptor of its own: closing any descriptor of the file
-    drops the process's POSIX locks on it, SQLite's exclusive lock too, and a second server
-    then shared the store. owner_only refused a link at the path, which is not followed."""
-    info = os.lstat(path)
-    mode = stat.S_IMODE(info.st_mode)
-    if stat.S_ISREG(info.st_mode) and mode & 0o077:
-        log.warning("the job store %s was open to others; closing it (mode 600)", path)
-        os.chmod(path, mode & ~0o077)
+    Through an O_PATH descriptor of the file itself (a link at the path is not followed):
+    by the path, a link swapped in after the look (a directory others may rename in) had
+    its target made 600; and closing a readable descriptor of the file drops the process's
+    POSIX locks on it, SQLite's exclusive lock too, so that a second server then shared the
+    store. An O_PATH descriptor's close drops none (Linux: FMODE_PATH)."""
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        mode = stat.S_IMODE(info.st_mode)
+        if stat.S_ISREG(info.st_mode) and mode & 0o077:
+            log.warning("the job store %s was open to others; closing it (mode 600)", path)
+            os.chmod(f"/proc/self/fd/{fd}", mode & ~0o077)  # fchmod refuses O_PATH
+    finally:
+        os.close(fd)
 
 
 def _own(path: str, where: str, info: os.stat_result) -> None:
