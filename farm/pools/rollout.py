@@ -319,7 +319,9 @@ class Restarting:
         # Judged by whether it served, not by its cause: a command that exits 1, or a Python
         # target that os._exit()s or segfaults at import, ends as a "crash", and the reload
         # that deployed it was called successful while the slot crash-looped on it.
-        if proc.served or slot.function not in ro.before:
+        # A quick command worker (`gearman -w -c 2`) may end its jobs before it is seen
+        # connected: the jobs the server counted for it (jobs_done) say it served too.
+        if proc.served or proc.jobs_done > 0 or slot.function not in ro.before:
             return
         del ro.unseen_slots[slot.function]  # said once for the pool
         why = proc.boot_error or proc.kill_reason or describe_exit(status)

@@ -279,3 +279,17 @@ def test_a_slot_whose_new_target_served_then_crashed_leaves_the_reload_applied()
     new = farm.process(slot, farm.config.functions["X"], ProcState.BUSY, served=True)
     farm.slot_exited(slot, new, 256, "crash")  # a job's crash: the target booted
     assert farm.reloads.ok
+
+
+def test_a_quick_command_worker_that_ended_jobs_unseen_leaves_the_reload_applied() -> None:
+    # `gearman -w -c 2` ends in milliseconds, before the supervisor sees it connected: the
+    # server's `served`/`claim` counted its jobs (jobs_done), its exit 0 a recycle, and the
+    # reload that deployed it was called failed, its slot backed off (a review's case).
+    farm = Farm(X=pool("X", "m:A"))
+    slot = farm.slots["X"][0]
+    slot.proc = None
+    farm.start_restart(dict.fromkeys(farm.reload_to(X="m:B")))
+    assert rolled_out(farm, "X")["unseen"] == {"X": 1}
+    new = farm.process(slot, farm.config.functions["X"], ProcState.STARTING, jobs_done=2)
+    farm.slot_exited(slot, new, 0, "recycle")
+    assert farm.reloads.ok
