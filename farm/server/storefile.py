@@ -13,7 +13,7 @@ import sqlite3
 import stat
 
 from farm.paths import check_own_file
-from farm.server.storetables import look
+from farm.server.storetables import look, pages_unread
 
 __all__ = [
     "StoreError",
@@ -116,6 +116,11 @@ def owner_only(path: str) -> None:
         # only then refused, by tables it would not have had as farm's store.
         if head and (why := look(path)):
             raise StoreError(f"the job store {why}")
+        # Damage judged before any change too: SQLite's read-write open read a damaged
+        # store, and its close checkpointed the -wal into it; the journal and WAL made here
+        # were left beside it, and a side file left open to others made 600.
+        if head and (damage := pages_unread(path)):
+            raise unreadable(path, damage)
     finally:
         os.close(fd)
     for side in (path + "-journal", path + "-wal"):

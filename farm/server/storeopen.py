@@ -76,7 +76,8 @@ def open_database(path: str, sync: str, reserve: DiskReserve) -> tuple[sqlite3.C
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=OPEN_WAIT)
         # One server per store: a second one would replay and run the same jobs.
         db.execute("PRAGMA locking_mode=EXCLUSIVE")
-        _refuse_unreadable(db, path)  # before the first write: a refused file stays as it was
+        # Before the first write; damage was judged before the open (owner_only).
+        _refuse_unreadable(db, path)
         db.execute("PRAGMA journal_mode=WAL")
         # Debian's SQLite zeroes every freed page (secure_delete), so deleting a job wrote
         # its whole payload to the WAL again, and on a full disk no delete fit; FAST still

@@ -292,8 +292,25 @@ def test_a_database_whose_tables_are_in_a_wal_too_large_to_copy_is_refused_uncha
     assert files(tmp_path) == before
 
 
-def test_a_damaged_store_refused_by_the_server_keeps_its_mode(tmp_path: Path) -> None:
-    # Its tables read as farm's, its jobs' pages not: made 600 before SQLite said so.
+def _wal_frames_left(path: Path) -> None:
+    """A program killed with commits in the store's -wal alone (page 1 rewritten): the
+    server's read-write open took them, and its close checkpointed them into the damaged
+    file and deleted the -wal, which the refusal tells the user to move aside with it."""
+    program = (
+        "import os, sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "db.execute('PRAGMA wal_autocheckpoint=0')\n"
+        "db.execute('PRAGMA user_version=0')\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", program, str(path)], check=True, timeout=30)
+    assert walcopy.wal_frames(str(path)), "no frames in the -wal"
+
+
+@pytest.mark.parametrize("wal", [False, True], ids=["alone", "with-wal-frames"])
+def test_a_damaged_store_refused_by_the_server_keeps_its_files(tmp_path: Path, wal: bool) -> None:
+    # Its tables read as farm's, its jobs' pages not: made 600 before SQLite said so, given
+    # a -journal (and -wal) beside it, and a -wal's frames checkpointed into it at the close.
     store = tmp_path / "data" / "queue.db"
     held = SQLiteStore(store)
     for n in range(50):
@@ -302,6 +319,9 @@ def test_a_damaged_store_refused_by_the_server_keeps_its_mode(tmp_path: Path) ->
     held.close()
     _overwritten(store)
     store.chmod(0o644)
+    if wal:
+        _wal_frames_left(store)
+    before = files(store.parent)
     argv = [sys.executable, "-m", "farm", "server", "-L", f"127.0.0.1:{free_port()}"]
     out = subprocess.run(
         [*argv, "--store", str(store)],
@@ -313,6 +333,7 @@ def test_a_damaged_store_refused_by_the_server_keeps_its_mode(tmp_path: Path) ->
     assert out.returncode == 2 and "malformed" in out.stderr, out.stderr
     assert "closing it" not in out.stderr, out.stderr
     assert stat.S_IMODE(store.stat().st_mode) == 0o644
+    assert files(store.parent) == before
 
 
 def test_farms_store_left_open_to_others_is_closed_once_the_server_reads_it(
@@ -338,3 +359,34 @@ def test_farms_store_left_open_to_others_is_closed_once_the_server_reads_it(
         srv.terminate()
         _, err = srv.communicate(timeout=15)
     assert f"the job store {store} was open to others; closing it (mode 600)" in err, err
+
+
+def test_a_store_whose_wal_holds_what_its_damaged_file_lacks_opens(tmp_path: Path) -> None:
+    # Its main file alone reads as damaged (a checkpoint cut short, say), its -wal's frames
+    # hold those pages whole: read with them, as SQLite's open reads it, it is sound, and
+    # the look before the open must not refuse it.
+    store = tmp_path / "data" / "queue.db"
+    held = SQLiteStore(store)
+    for n in range(50):
+        held.add(b"H:t:%d" % n, b"reverse", b"u%d" % n, bytes(20_000), 1, None, 0.0, True)
+    held.commit()
+    held.close()
+    program = (
+        "import os, sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "db.execute('PRAGMA wal_autocheckpoint=0')\n"
+        "db.execute('UPDATE jobs SET retries = retries + 1')\n"
+        "db.execute('VACUUM')\n"  # every page of the file's in its -wal
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", program, str(store)], check=True, timeout=30)
+    _overwritten(store)
+    alone = sqlite3.connect(f"file:{store}?mode=ro&immutable=1", uri=True)
+    with pytest.raises(sqlite3.DatabaseError, match="malformed"):
+        alone.execute("SELECT count(*) FROM jobs").fetchone()
+    alone.close()
+    opened = SQLiteStore(store)
+    try:
+        assert opened.db.execute("SELECT count(*), min(retries) FROM jobs").fetchone() == (50, 1)
+    finally:
+        opened.close()
