@@ -23,6 +23,7 @@ __all__ = [
     "StoreUnreadable",
     "OpenFile",
     "drop_empty_journal",
+    "drop_made",
     "io_failed",
     "may_hold_jobs",
     "close_to_others",
@@ -97,12 +98,13 @@ class OpenFile:
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-def owner_only(path: str) -> None:
+def owner_only(path: str) -> list[str]:
     """Create the store closed to other users, or close one left open: its rows are the
     jobs' payloads. A link at the path is refused (ELOOP), as a planted one would be
     followed, and so is a file (the store, its journal, WAL or shared memory) of another
     user: one who made it first, in /tmp say, would keep the jobs written into it, or have
-    SQLite roll theirs into it (paths.check_own_file)."""
+    SQLite roll theirs into it (paths.check_own_file). The side files it made, for
+    ``drop_made``."""
     # O_NONBLOCK: a FIFO at the path must not hold the server (it is refused below).
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
     try:
@@ -123,9 +125,27 @@ def owner_only(path: str) -> None:
             raise unreadable(path, damage)
     finally:
         os.close(fd)
-    for side in (path + "-journal", path + "-wal"):
-        _side_file(path, side, make=True)
-    _side_file(path, path + "-shm", make=False)  # never used: the store is opened EXCLUSIVE
+    made: list[str] = []
+    try:
+        for side in (path + "-journal", path + "-wal"):
+            if _side_file(path, side, make=True):
+                made.append(side)
+        _side_file(path, path + "-shm", make=False)  # never used: the store is opened EXCLUSIVE
+    except (StoreError, OSError):
+        drop_made(made)
+        raise
+    return made
+
+
+def drop_made(made: list[str]) -> None:
+    """Remove the side files ``owner_only`` made (``made``) for a store then refused, where
+    SQLite left them empty: a refused store's directory as it was. Best effort."""
+    for side in made:
+        try:
+            if os.lstat(side).st_size == 0:
+                os.unlink(side)
+        except OSError:
+            pass
 
 
 def close_to_others(path: str) -> None:
@@ -165,18 +185,19 @@ def _not_regular(path: str, side: str) -> StoreError:
     return StoreError(f"cannot open the job store {path}: {side} is not a regular file")
 
 
-def _side_file(path: str, side: str, *, make: bool) -> None:
+def _side_file(path: str, side: str, *, make: bool) -> bool:
     """Refuse a side file of SQLite's that is not ours, close one left open, and (``make``)
     make the journal and WAL here, as SQLite opens them without O_EXCL: one another user
     made between this check and its open (inotify on /tmp says when) would be used, a WAL
     they hold open then read by them (payloads), and a hot journal rolled back into the
     store (their jobs in place of ours). A journal left empty is removed once the store is
-    open (drop_empty_journal)."""
+    open (drop_empty_journal). Whether it made the file."""
+    made = False
     try:
         info = os.lstat(side)  # first: a file of another user is named as such, not EACCES
     except FileNotFoundError:
         if not make:
-            return
+            return False
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
             fd = os.open(side, flags, 0o600)
@@ -188,11 +209,13 @@ def _side_file(path: str, side: str, *, make: bool) -> None:
             info = os.fstat(fd)  # ours, or one made since the lstat: checked alike
         finally:
             os.close(fd)
+        made = True
     if not stat.S_ISREG(info.st_mode):  # SQLite would open it through a link
         raise _not_regular(path, side)
     _own(path, side, info)
     if info.st_mode & 0o077:
         os.chmod(side, stat.S_IMODE(info.st_mode) & ~0o077)
+    return made
 
 
 def may_hold_jobs(path: str) -> bool:

@@ -7,6 +7,7 @@ Split from farm/server/store.py, which stages the jobs and writes them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 from pathlib import Path
@@ -19,6 +20,7 @@ from farm.server.storefile import (
     StoreUnopenable,
     close_to_others,
     drop_empty_journal,
+    drop_made,
     io_failed,
     may_hold_jobs,
     owner_only,
@@ -70,46 +72,62 @@ def open_database(path: str, sync: str, reserve: DiskReserve) -> tuple[sqlite3.C
     other error of SQLite's reading it, storefile.unreadable; StoreUnopenable: a store file
     that was there and could not be opened) when it cannot be."""
     held = may_hold_jobs(path)  # before owner_only makes a file where there is none
+    made: list[str] = []  # the side files owner_only made, removed if the store is refused
+    db: sqlite3.Connection | None = None
     try:
-        make_dirs(Path(path).parent, 0o700)
-        owner_only(path)
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=OPEN_WAIT)
-        # One server per store: a second one would replay and run the same jobs.
-        db.execute("PRAGMA locking_mode=EXCLUSIVE")
-        # Before the first write; damage was judged before the open (owner_only).
-        _refuse_unreadable(db, path)
-        db.execute("PRAGMA journal_mode=WAL")
-        # Debian's SQLite zeroes every freed page (secure_delete), so deleting a job wrote
-        # its whole payload to the WAL again, and on a full disk no delete fit; FAST still
-        # zeroes what it can without more writes.
-        db.execute("PRAGMA secure_delete=FAST")
-        db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
-        db.execute(SCHEMA)
-        _add_columns(db, reserve)
-        db.execute("BEGIN IMMEDIATE")
-        _take_over_gearmand(db, path)
-        row = db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()
-        db.execute("COMMIT")
-        if not held:
-            # A new store's tables into its own file at once: until its first checkpoint
-            # they were in its -wal alone, and a server killed before that left a file that
-            # storetables.look reads past 64 MiB of -wal as "may not be farm's".
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        close_to_others(path)  # read as farm's store, or new: its mode is ours to change
-    except sqlite3.OperationalError as exc:
-        if "locked" in str(exc):
-            raise StoreInUse(f"the job store {path} is in use by another server") from exc
-        if held and io_failed(exc):
-            raise unreadable(path, exc) from None  # a full disk, say: not the file's mode
-        raise _unopened(path, exc, held) from exc
-    except sqlite3.DatabaseError as exc:  # corrupt pages, say: another path would lose the jobs
-        raise unreadable(path, exc) from None
-    except (FileExistsError, NotADirectoryError) as exc:  # a file where a directory goes
-        where = exc.filename or Path(path).parent
-        raise StoreError(f"cannot open the job store {path}: {where} is not a directory") from exc
-    except (sqlite3.Error, OSError) as exc:
-        raise _unopened(path, exc, held) from exc
+        try:
+            make_dirs(Path(path).parent, 0o700)
+            made = owner_only(path)
+            db = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=OPEN_WAIT
+            )
+            # One server per store: a second one would replay and run the same jobs.
+            db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            # Before the first write; damage was judged before the open (owner_only).
+            _refuse_unreadable(db, path)
+            db.execute("PRAGMA journal_mode=WAL")
+            # Debian's SQLite zeroes every freed page (secure_delete), so deleting a job wrote
+            # its whole payload to the WAL again, and on a full disk no delete fit; FAST still
+            # zeroes what it can without more writes.
+            db.execute("PRAGMA secure_delete=FAST")
+            db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
+            db.execute(SCHEMA)
+            _add_columns(db, reserve)
+            db.execute("BEGIN IMMEDIATE")
+            _take_over_gearmand(db, path)
+            row = db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()
+            db.execute("COMMIT")
+            if not held:
+                # A new store's tables into its own file at once: until its first
+                # checkpoint they were in its -wal alone, and a server killed before that
+                # left a file that storetables.look reads past 64 MiB of -wal as "may not
+                # be farm's".
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            close_to_others(path)  # read as farm's store, or new: its mode is ours to change
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc):
+                raise StoreInUse(f"the job store {path} is in use by another server") from exc
+            if held and io_failed(exc):
+                raise unreadable(path, exc) from None  # a full disk, say: not the file's mode
+            raise _unopened(path, exc, held) from exc
+        except sqlite3.DatabaseError as exc:  # corrupt pages: another path would lose the jobs
+            raise unreadable(path, exc) from None
+        except (FileExistsError, NotADirectoryError) as exc:  # a file where a directory goes
+            where = exc.filename or Path(path).parent
+            raise StoreError(
+                f"cannot open the job store {path}: {where} is not a directory"
+            ) from exc
+        except (sqlite3.Error, OSError) as exc:
+            raise _unopened(path, exc, held) from exc
+    except BaseException:
+        # A refused store's directory as it was: what owner_only made beside it removed,
+        # once SQLite's connection (whose close may write) no longer holds it.
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error):  # the refusal is what is said
+                db.close()
+        drop_made(made)
+        raise
     next_id: int = row[0] + 1
     try:
         drop_empty_journal(path)

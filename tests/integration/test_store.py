@@ -148,11 +148,15 @@ def test_a_second_server_cannot_share_a_store(tmp_path: Path) -> None:
     db = tmp_path / "queue.db"
     srv = start_with_store(db)
     try:
+        beside = sorted(p.name for p in tmp_path.iterdir())
         cmd = [sys.executable, "-m", "farm.server", "--port", str(free_port()), "--store", str(db)]
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=20)
         assert out.returncode == 2
         assert "in use by another server" in out.stderr
         assert "Traceback" not in out.stderr
+        # The -journal it made before SQLite's open said so removed: it left one beside the
+        # running server's store.
+        assert sorted(p.name for p in tmp_path.iterdir()) == beside
         # That it does not wait SQLite's 5 s busy timeout first is the next test's: a
         # process start's time on a loaded machine would make a bound here flaky.
     finally:
