@@ -322,6 +322,10 @@ class LeftBehind:
         now = _stat(left.pid)
         if now is None or now[0] == "Z" or now[1] != left.start:
             return False  # gone (or its pid another process's): never signalled
+        if left.group and (ids := _parent_and_group(left.pid)) is not None and ids[1] != left.group:
+            # It left the group it was found in: that group id may be another's by now (a
+            # freed id a root daemon's new session took), never to be signalled as farm's.
+            left.group = 0
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if left.group:
                 os.killpg(left.group, sig)

@@ -311,3 +311,26 @@ def test_a_record_of_a_running_supervisor_is_no_reason_to_look(
     record.write_text(token + "\n")  # the other one's again: this one's clean stop keeps it
     farm.close_control()
     assert record.read_text() == token + "\n"
+
+
+def test_a_leftover_that_left_its_group_is_signalled_alone(
+    sleepers: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    # A security review: a leftover (a pool's `user =` may make one) took its group's stop,
+    # ignored it, left the group (setpgid), and the freed group id went to a root daemon's
+    # new session; at the grace's end the supervisor's SIGKILL went to that group. Modelled
+    # here: the group it was found in is now another process's (a session leader with no
+    # token), and the SIGKILL must go to the leftover alone.
+    dead, start = ended_supervisor()
+    sleeper(sleepers, killed_farm(tmp_path / "record", dead, start), deaf=True)
+    victim = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    sleepers.append(victim)
+    left = sleepers[0]
+    farm = Farm(grace=60, record=tmp_path / "record")
+    farm.stop_left_behind()
+    assert farm.left_behind[left.pid].group == left.pid  # found leading its group
+    farm.left_behind[left.pid].group = victim.pid  # "its" group id is another's now
+    (deadline,) = farm.left_behind_deadlines()
+    farm.tend_left_behind(deadline)
+    assert left.wait(10) == -signal.SIGKILL
+    assert victim.poll() is None, "the group it no longer is in was never signalled"
