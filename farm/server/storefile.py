@@ -163,6 +163,11 @@ def close_to_others(path: str) -> None:
     try:
         info = os.fstat(fd)
         mode = stat.S_IMODE(info.st_mode)
+        if info.st_nlink != 1 or info.st_uid != os.geteuid():
+            # Not the file owner_only passed (one link, ours): a hard link to another file
+            # renamed in after the open, whose mode is not ours to change.
+            log.warning("the job store %s is no longer the file opened; its mode is left", path)
+            return
         if stat.S_ISREG(info.st_mode) and mode & 0o077:
             log.warning("the job store %s was open to others; closing it (mode 600)", path)
             os.chmod(f"/proc/self/fd/{fd}", mode & ~0o077)  # fchmod refuses O_PATH

@@ -62,3 +62,15 @@ def test_a_store_open_to_others_is_closed_and_one_closed_is_left_alone(tmp_path:
     store.chmod(0o400)
     close_to_others(str(store))
     assert stat.S_IMODE(store.stat().st_mode) == 0o400
+
+
+def test_a_hard_link_renamed_in_is_left_as_it_is(tmp_path: Path) -> None:
+    # A security review: someone who may rename in the store's directory put a hard link to
+    # another file of the farm's user at the store's path after the server opened it; that
+    # file was made 600 (any file, where fs.protected_hardlinks is 0), the store left open.
+    shared = tmp_path / "shared.txt"
+    shared.write_bytes(b"not the store")
+    shared.chmod(0o664)
+    os.link(shared, tmp_path / "queue.db")
+    close_to_others(str(tmp_path / "queue.db"))
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o664
