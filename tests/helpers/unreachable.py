@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import farm
 from farm import net
@@ -48,6 +49,19 @@ def namespaces_usable() -> bool:
         return False
     probe = subprocess.run(["unshare", "-n", "ip", "link", "set", "lo", "up"], check=False)
     return probe.returncode == 0
+
+
+def in_namespace(*case: str) -> subprocess.CompletedProcess[str]:
+    """This module run as a script (``case``: which scenario) in a network namespace of its
+    own, its output captured: what the keepalive tests assert on."""
+    return subprocess.run(
+        ["unshare", "-n", sys.executable, "-m", "tests.helpers.unreachable", *case],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=80,
+        check=False,
+    )
 
 
 def _ip(command: str) -> None:

@@ -11,8 +11,6 @@ import asyncio
 import os
 import socket
 import ssl
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,11 +19,10 @@ import pytest
 import farm
 from farm import net
 from farm.net import tls_context
-from tests.helpers import ROOT
 from tests.helpers.executorfarm import ExecutorFarm
 from tests.helpers.servers import Server
 from tests.helpers.tlspki import pki, tls_server
-from tests.helpers.unreachable import namespaces_usable
+from tests.helpers.unreachable import in_namespace, namespaces_usable
 from tests.helpers.waiting import wait_for
 
 __all__ = ["pki", "tls_server"]  # fixtures, imported for pytest to find
@@ -122,14 +119,7 @@ def test_an_async_call_to_a_server_whose_host_is_gone_fails() -> None:
     # dropped, as when the server's host dies: no FIN nor RST. With no keepalive the call
     # waited for ever (a review's: still pending 130 s after). With farm.net's timers cut
     # to seconds (1, 1, 2) it fails in about 3 s, as the connection is lost.
-    run = subprocess.run(
-        ["unshare", "-n", sys.executable, "-m", "tests.helpers.unreachable", "client"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=80,
-        check=False,
-    )
+    run = in_namespace("client")
     assert run.returncode == 0, run.stdout + run.stderr
     said = run.stdout.split()
     assert said[:1] == ["noticed"] and said[2:] == ["ServerUnavailable"], run.stdout + run.stderr

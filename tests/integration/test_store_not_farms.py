@@ -148,17 +148,23 @@ def test_farm_check_and_farm_up_refuse_another_programs_database_exit_2(
     assert files(store.parent) == before
 
 
+def passes_check_unchanged(tmp_path: Path, store: Path) -> None:
+    """`farm check` of a config naming ``store`` passes, and leaves its directory as it was
+    (names, bytes, modes)."""
+    before = files(store.parent)
+    config(tmp_path, REVERSE, store=str(store))
+    checked = farm(tmp_path, "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert files(store.parent) == before
+
+
 def test_farm_check_passes_farms_own_store_and_changes_nothing(tmp_path: Path) -> None:
     store = tmp_path / "data" / "queue.db"
     held = SQLiteStore(store)
     held.add(b"H:t:1", b"reverse", b"queued", b"x", 1, None, 0.0, True)
     held.commit()
     held.close()
-    before = files(store.parent)
-    config(tmp_path, REVERSE, store=str(store))
-    checked = farm(tmp_path, "check")
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert files(store.parent) == before
+    passes_check_unchanged(tmp_path, store)
 
 
 def _cut_off(path: Path) -> None:
@@ -248,11 +254,7 @@ def test_a_new_stores_tables_are_in_its_file_and_farm_check_passes_it_killed(
     tables = {row[0] for row in main.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     main.close()
     assert "jobs" in tables, tables
-    before = files(store.parent)
-    config(tmp_path, REVERSE, store=str(store))
-    checked = farm(tmp_path, "check")
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert files(store.parent) == before
+    passes_check_unchanged(tmp_path, store)
 
 
 def test_farm_check_passes_farms_store_whose_tables_are_in_its_wal_alone(tmp_path: Path) -> None:
@@ -273,11 +275,7 @@ def test_farm_check_passes_farms_store_whose_tables_are_in_its_wal_alone(tmp_pat
     main = sqlite3.connect(f"file:{store}?mode=ro&immutable=1", uri=True)
     assert main.execute("SELECT name FROM sqlite_master").fetchall() == [], "not the case"
     main.close()
-    before = files(store.parent)
-    config(tmp_path, REVERSE, store=str(store))
-    checked = farm(tmp_path, "check")
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert files(store.parent) == before
+    passes_check_unchanged(tmp_path, store)
 
 
 def test_a_database_whose_tables_are_in_a_wal_too_large_to_copy_is_refused_unchanged(
