@@ -175,6 +175,14 @@ def test_a_reload_whose_new_target_does_not_boot_shows_as_failed(tmp_path: Path)
         up.stop()
 
 
+def loading(up: FarmUp) -> list[dict] | None:
+    """The pool `fast`'s workers still loading; None while the supervisor does not listen."""
+    try:
+        return up.workers("fast", "starting")
+    except ControlUnavailable:
+        return None
+
+
 @pytest.mark.timeout(90)
 def test_a_reload_of_a_pool_with_no_serving_worker_shows_as_failed_when_it_does_not_boot(
     tmp_path: Path,
@@ -189,14 +197,7 @@ def test_a_reload_of_a_pool_with_no_serving_worker_shows_as_failed_when_it_does_
     pool = '[functions.fast]\ntarget = "{}:fast"\nworkers = 1\n'
     up = FarmUp(tmp_path, pool.format("slowmod"))
     try:
-
-        def loading() -> list[dict] | None:
-            try:
-                return up.workers("fast", "starting")
-            except ControlUnavailable:  # the supervisor not listening yet
-                return None
-
-        wait_for("the worker loading", loading, timeout=30)
+        wait_for("the worker loading", lambda: loading(up), timeout=30)
         up.write_config(pool.format("badmod"))
         out = farm_cli("reload", "--control", up.control)
         assert "not seen serving" in out.stdout + out.stderr, out.stdout + out.stderr
@@ -234,14 +235,7 @@ def test_a_reload_of_a_pool_with_no_serving_worker_fails_when_its_new_target_end
     pool = "[functions.fast]\n{}\nworkers = 1\n"
     up = FarmUp(tmp_path, pool.format(running))
     try:
-
-        def loading() -> list[dict] | None:
-            try:
-                return up.workers("fast", "starting")
-            except ControlUnavailable:  # the supervisor not listening yet
-                return None
-
-        wait_for("the worker loading", loading, timeout=30)
+        wait_for("the worker loading", lambda: loading(up), timeout=30)
         up.write_config(pool.format(broken))
         out = farm_cli("reload", "--control", up.control)
         assert "not seen serving" in out.stdout + out.stderr, out.stdout + out.stderr
