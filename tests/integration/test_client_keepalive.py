@@ -49,8 +49,13 @@ def _to_server(port: int) -> list[tuple[int, int, int, int]]:
     found = []
     for name in os.listdir("/proc/self/fd"):
         try:
-            sock = socket.socket(fileno=os.dup(int(name)))
-        except OSError:  # not a socket, or closed since the listing
+            fd = os.dup(int(name))
+        except OSError:  # closed since the listing
+            continue
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:  # not a socket: its copy closed, or each look doubled the process's
+            os.close(fd)  # descriptors, and a later test's select() met one past 1023
             continue
         with sock:
             if sock.family != socket.AF_INET or sock.type != socket.SOCK_STREAM:
