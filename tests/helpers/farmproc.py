@@ -172,15 +172,17 @@ class FarmUp:
     def ps(self) -> list[dict[str, Any]]:
         return self.ask({"cmd": "ps"})["processes"]
 
-    def server_backing_off(self, junk: bytes) -> None:
+    def server_backing_off(self, junk: bytes | Path) -> None:
         """Put the job server into its restart backoff: the store (``store=``) replaced by
         ``junk`` (the running server keeps its open file; a new one cannot start), its WAL
         and shm files gone (their pages would stand in for it), the server killed; returns
-        once it was restarted twice."""
+        once it was restarted twice. ``junk`` as a path: that file, moved in (a farm store
+        the test holds open, which a new server finds in use and `farm check` passes)."""
         (server,) = [r for r in self.ps() if r["function"] == "server"]
         store = Path(self.store)
-        junk_file = store.with_name("junk")
-        junk_file.write_bytes(junk)
+        junk_file = junk if isinstance(junk, Path) else store.with_name("junk")
+        if not isinstance(junk, Path):
+            junk_file.write_bytes(junk)
         junk_file.replace(store)
         for side in ("-wal", "-shm"):
             store.with_name(store.name + side).unlink(missing_ok=True)

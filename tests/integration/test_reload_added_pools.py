@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from farm.client import Client
+from farm.server.store import SQLiteStore
 from tests.helpers.farmproc import FarmUp, farm_cli
 from tests.helpers.gate import Gate
 from tests.helpers.waiting import wait_for
@@ -183,11 +184,14 @@ def test_a_pool_added_while_the_job_server_is_down_is_not_called_reloaded(
     # came at once; the pool crash-looped silently once the server was back.
     (tmp_path / "bad.py").write_text('raise RuntimeError("no model file")\n\ndef run(job): ...\n')
     store = tmp_path / "queue.db"
+    held = SQLiteStore(tmp_path / "held.db")
     up = FarmUp(tmp_path, BASE, supervisor="boot_timeout = 3", store=store)
     try:
         up.expect_notify("READY=1")
-        # What the reload's check reads of it looks right: the server alone refuses it.
-        up.server_backing_off(b"SQLite format 3\0" + b"\xff" * 4080)
+        # What the reload's check reads of it looks right: the server alone refuses it. A
+        # damaged store no longer does (farm check and reload refuse it, exit 2): a farm store
+        # this test holds open, which a new server finds in use.
+        up.server_backing_off(tmp_path / "held.db")
         up.config.write_text(up.config.read_text() + BROKEN.split("[functions.shcrash]")[0])
         began = time.monotonic()
         out = farm_cli("reload", "--control", up.control)
@@ -197,6 +201,7 @@ def test_a_pool_added_while_the_job_server_is_down_is_not_called_reloaded(
         assert "bad#0: added by the reload, no process started" in err, err
         assert "the job server is not ready" in err and "do not serve (bad)" in err, err
     finally:
+        held.close()  # the server may start again: a stop waits on no backoff
         assert up.stop() == 0
 
 
