@@ -10,14 +10,16 @@ and `farm up`, is a store cut off or damaged, which they passed and the server r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import sqlite3
 import stat
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -208,26 +210,36 @@ def test_farm_check_and_farm_up_refuse_a_damaged_store_exit_2(
     assert files(store.parent) == before
 
 
-def test_farm_check_passes_the_store_a_running_server_holds(tmp_path: Path) -> None:
-    # Its -wal is there, emptied by checkpoints: the main file alone may lack what the -wal
-    # holds, or change under the look; neither is damage.
-    store = tmp_path / "data" / "queue.db"
+@contextlib.contextmanager
+def serving(
+    store: Path, jobs: int, payload: bytes, end: signal.Signals = signal.SIGKILL
+) -> Iterator[None]:
+    """A real farm server on ``store`` holding ``jobs`` queued background jobs of
+    ``payload``; sent ``end`` as the block ends (SIGKILL: killed before any checkpoint)."""
     port = free_port()
     cmd = [sys.executable, "-m", "farm.server", "-p", str(port), "--store", str(store)]
     srv = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     try:
         wait_connectable(f"127.0.0.1:{port}", srv)
         client = Peer(f"127.0.0.1:{port}")
-        for n in range(20):
-            client.send(T.SUBMIT_JOB_BG, "reverse", f"u{n}", bytes(20_000))
+        for n in range(jobs):
+            client.send(T.SUBMIT_JOB_BG, "reverse", f"u{n}", payload)
             assert client.recv().type == T.JOB_CREATED
         client.close()
+        yield
+    finally:
+        srv.send_signal(end)
+        srv.wait(timeout=15)
+
+
+def test_farm_check_passes_the_store_a_running_server_holds(tmp_path: Path) -> None:
+    # Its -wal is there, emptied by checkpoints: the main file alone may lack what the -wal
+    # holds, or change under the look; neither is damage.
+    store = tmp_path / "data" / "queue.db"
+    with serving(store, 20, bytes(20_000), end=signal.SIGTERM):
         config(tmp_path, REVERSE, store=str(store))
         checked = farm(tmp_path, "check")
         assert checked.returncode == 0, checked.stdout + checked.stderr
-    finally:
-        srv.terminate()
-        srv.wait(timeout=15)
 
 
 def test_a_new_stores_tables_are_in_its_file_and_farm_check_passes_it_killed(
@@ -237,19 +249,8 @@ def test_a_new_stores_tables_are_in_its_file_and_farm_check_passes_it_killed(
     # before it left a file that storetables.look read past 64 MiB of -wal as "may not be
     # farm's". They are checkpointed into the file as the store is made.
     store = tmp_path / "data" / "queue.db"
-    port = free_port()
-    cmd = [sys.executable, "-m", "farm.server", "-p", str(port), "--store", str(store)]
-    srv = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    try:
-        wait_connectable(f"127.0.0.1:{port}", srv)
-        client = Peer(f"127.0.0.1:{port}")
-        for n in range(5):
-            client.send(T.SUBMIT_JOB_BG, "reverse", f"u{n}", b"x")
-            assert client.recv().type == T.JOB_CREATED
-        client.close()
-    finally:
-        srv.kill()
-        srv.wait(timeout=15)
+    with serving(store, 5, b"x"):
+        pass  # killed -9, before any checkpoint
     main = sqlite3.connect(f"file:{store}?mode=ro&immutable=1", uri=True)
     tables = {row[0] for row in main.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     main.close()
