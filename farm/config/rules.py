@@ -248,13 +248,22 @@ def _of_this_host(ips: frozenset[str], assigned: frozenset[str] | None = None) -
 
 
 def _assigned() -> frozenset[str]:
-    """The IP addresses on this host's interfaces now, as ``_plain`` writes them."""
+    """The IP addresses on this host's interfaces now, as ``_plain`` writes them; none
+    where they cannot be listed. The list is asked of the kernel over netlink, which a
+    sandbox may forbid (a unit's RestrictAddressFamilies= without AF_NETLINK): `farm up`
+    died of it, exit 1, and systemd restarted it for ever. Without the list only loopback
+    reads as this host's, and a server entry naming one of its other addresses is taken
+    as another host's: kept, as a duplicate connection, not a refusal."""
     import psutil  # only where a listener on every address meets a TCP server entry
 
+    try:
+        nics = psutil.net_if_addrs()
+    except OSError:
+        return frozenset()
     return frozenset(
         str(_plain(nic.address))
-        for nics in psutil.net_if_addrs().values()
-        for nic in nics
+        for each in nics.values()
+        for nic in each
         if nic.family in (socket.AF_INET, socket.AF_INET6)
     )
 

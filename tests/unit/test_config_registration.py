@@ -7,6 +7,7 @@ every address).
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import shutil
@@ -263,3 +264,21 @@ def test_a_remote_server_stays_where_every_address_binds(tmp_path: Path) -> None
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "('192.0.2.7:4999',)"
+
+
+def test_a_sandbox_that_hides_the_interfaces_leaves_the_config_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A unit's RestrictAddressFamilies= without AF_NETLINK makes getifaddrs fail (EAFNOSUPPORT,
+    # seen under a seccomp filter): `farm up` died with a traceback, exit 1, restarted for
+    # ever. Only loopback reads as this host's then: another address's entry stays.
+    def no_netlink() -> None:
+        raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+
+    monkeypatch.setattr(psutil, "net_if_addrs", no_netlink)
+    text = GOOD.replace("servers = []", 'servers = ["10.9.8.7:4999"]\nlocal_server = true')
+    cfg = config.load(write(tmp_path, text.replace(LOCAL, "0.0.0.0:4999")))
+    assert cfg.supervisor.servers == ("10.9.8.7:4999",)
+    looped = GOOD.replace("servers = []", 'servers = ["127.0.0.1:4999"]\nlocal_server = true')
+    message = error_of(tmp_path, looped.replace(LOCAL, "0.0.0.0:4999"))
+    assert "is the local server's listen address 0.0.0.0:4999" in message, message
