@@ -245,3 +245,45 @@ def test_every_state_farm_ps_shows_is_named_where_the_page_lists_them() -> None:
     )
     assert {"stopped", "backoff", "failing", "stopping", "ready"} <= shown, shown  # the pattern
     assert shown <= listed, f"farm ps shows these the page does not list: {shown - listed}"
+
+
+def test_the_version_is_the_date_of_the_newest_upgrading_note() -> None:
+    """Upgrading's notes are keyed by date ("since 6 December 2026") and `farm --version`
+    names the release by its date: a note dated after the version could not be told to
+    apply (every farm said 0.1.0 for a week of such notes)."""
+    import datetime
+
+    from farm.version import __version__
+
+    text = (ROOT / "docs" / "operations.md").read_text()
+    start = text.index("## Upgrading")
+    notes = text[start : text.index("\n## ", start + 1)]
+    months = {
+        m: i
+        for i, m in enumerate(
+            [
+                "January",
+                "February",
+                "March",
+                "April",
+                "May",
+                "June",
+                "July",
+                "August",
+                "September",
+                "October",
+                "November",
+                "December",
+            ],
+            1,
+        )
+    }
+    named = [
+        datetime.date(int(year), months[month], int(day))
+        for day, month, year in re.findall(
+            r"(\d{1,2})\s+(" + "|".join(months) + r")\s+(\d{4})", notes
+        )
+    ]
+    release = datetime.date(*(int(part) for part in __version__.split(".")))
+    assert named, "Upgrading names no date"
+    assert max(named) <= release, (max(named), __version__)
