@@ -1,6 +1,6 @@
 <?php
 # The seed's reverse worker, unchanged (docs/operations.md, "Command pools"):
-# addServer() with no arguments connects to 127.0.0.1:4730, the default farm's server.
+# addServer() with no arguments connects to localhost:4730, the default farm's server.
 # Reverse Worker Code
 $worker= new GearmanWorker();
 $worker->addServer();
