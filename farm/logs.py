@@ -126,12 +126,14 @@ def setup_logging(
     slot: int | None = None,
     function: str | None = None,
     journal: bool | None = None,
+    mark: str = "",
 ) -> None:
     """Configure the root logger of this process (as logging.basicConfig: once).
 
     ``text_format`` is the process's readable format, kept exactly as it was; with
     ``log_format="json"`` each record is a JsonFormatter line instead. ``journal``: each
     line carries its priority for journald (None: when the stream is the journal's).
+    ``mark``: each line starts with it (a supervised worker's: relay_lines).
     """
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format {log_format!r}: one of {', '.join(LOG_FORMATS)}")
@@ -152,6 +154,8 @@ def setup_logging(
         journal = not filename and _to_journal(stream or sys.stderr)
     if journal:
         formatter = _JournalPriority(formatter)
+    if mark:
+        formatter = _Marked(formatter, mark)
     handler.setFormatter(formatter)
     global _relayed
     _relayed = _json_controls if log_format == "json" else escape_controls
@@ -201,29 +205,33 @@ _relayed: Callable[[str], str] = escape_controls
 
 def journal_priorities() -> bool:
     """Whether this process's log lines carry their priority for journald (setup_logging)."""
-    return _handler is not None and isinstance(_handler.formatter, _JournalPriority)
+    formatter = _handler.formatter if _handler is not None else None
+    if isinstance(formatter, _Marked):
+        formatter = formatter.inner
+    return isinstance(formatter, _JournalPriority)
 
 
-def relay_lines(lines: list[str], stray: Callable[[str], None] | None = None) -> None:
-    """Write lines another process made as its log records (a Python worker's, whose stdout
-    and stderr the supervisor reads) on this process's log stream, under its handler's
-    lock: whole lines, between this process's own records, never inside one. A Python
-    worker's own records come formatted (and escaped); what it wrote to its descriptors
-    past sys.stdout (a C library's output, a child program's) gets its control characters
-    escaped here, and in the JSON format, where such a line is no JSON object, goes to
-    ``stray`` (which logs it as a record of this process's) when given: `jq` stops at the
-    first line it cannot parse, and every record after a raw one went unseen."""
-    if stray is None or _relayed is not _json_controls:
-        _write_relayed(lines)
-        return
+def relay_lines(lines: list[str], mark: str, stray: Callable[[str], None]) -> None:
+    """Write a Python worker's log records (its stdout and stderr, which the supervisor
+    reads) on this process's log stream, under its handler's lock: whole lines, between this
+    process's own records, never inside one. Its records are the lines that start with
+    ``mark``, the secret its formatter puts before each line (setup_logging's ``mark``):
+    written on without it, their control characters escaped, and in the JSON format only a
+    JSON object (`jq` stops at the first line it cannot parse, and every record after it
+    went unseen). Every other line, what a job wrote past the logger (``os.write``, a C
+    library, a child program), goes to ``stray``, which logs it as a record of this
+    process's that names the worker: relayed as it came, a job's line shaped as the
+    supervisor's own ("farm[PID] ERROR job server ... died") read as one, and in JSON any
+    line that parsed as an object passed for a record of the farm's."""
     run: list[str] = []
     for line in lines:
-        if _json_object(line):
-            run.append(line)
+        own = line[len(mark) :] if mark and line.startswith(mark) else None
+        if own is not None and (_relayed is not _json_controls or _json_object(own)):
+            run.append(own)
             continue
         _write_relayed(run)
         run = []
-        stray(line)
+        stray(line if own is None else own)  # a record cut at LONGEST_LINE, say
     _write_relayed(run)
 
 
@@ -312,6 +320,21 @@ class _JournalPriority(logging.Formatter):
         priority = 7 if level < 20 else 6 if level < 30 else 4 if level < 40 else 3
         prefix = f"<{2 if level >= 50 else priority}>"
         return prefix + self.inner.format(record).replace("\n", "\n" + prefix)
+
+
+class _Marked(logging.Formatter):
+    """Each line with ``mark`` before it (its journal priority after it, which the
+    supervisor passes on): a supervised worker's stdout and stderr are one pipe, which its
+    jobs and their children write to as well, and the mark, a secret the supervisor gave
+    this process alone, is how it tells the worker's records from their lines."""
+
+    def __init__(self, inner: logging.Formatter, mark: str) -> None:
+        super().__init__()
+        self.inner = inner
+        self.mark = mark
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.mark + self.inner.format(record).replace("\n", "\n" + self.mark)
 
 
 class Repeats:

@@ -25,7 +25,7 @@ from farm.pools.localserver import LocalServer
 from farm.pools.record import RecordReader, create_record_fd
 from farm.pools.slots import ProcState, Slot, WorkerProcess, crash_delay
 from farm.pools.spawn import EXEC_FAILED_PREFIX, EXIT_EXEC_FAILED, WORKER_OOM_SCORE_ADJ, spawn
-from farm.pools.workerargs import command_env, python_argv
+from farm.pools.workerargs import command_env, log_mark, python_argv
 
 __all__ = ["Lifecycle", "TIMEOUT_GRACE"]
 
@@ -247,16 +247,17 @@ class Lifecycle:
     def spawn_python(self, slot: Slot, pool: FunctionConfig) -> WorkerProcess:
         read_fd, write_fd = os.pipe()
         out_read, out_write = os.pipe()  # its stdout and stderr, within a budget (reports)
+        mark, mark_fd = log_mark()  # what its own log lines start with there (reports)
         try:
             record_fd = create_record_fd(slot.name)
         except OSError:
-            for fd in (read_fd, write_fd, out_read, out_write):
+            for fd in (read_fd, write_fd, out_read, out_write, mark_fd):
                 os.close(fd)
             raise
-        os.set_inheritable(write_fd, True)  # the two descriptors the worker keeps
+        os.set_inheritable(write_fd, True)  # the descriptors the worker keeps
         os.set_inheritable(record_fd, True)
         record = RecordReader(record_fd)
-        argv, servers = python_argv(self.config, pool, slot, write_fd, record_fd)
+        argv, servers = python_argv(self.config, pool, slot, write_fd, record_fd, mark_fd)
         # Also in what it detaches: farm.pools.strays leaves that be while this process runs.
         worker_id = f"farm:{pool.name}#{slot.index}:{slot.spawned}"
         null = os.open(os.devnull, os.O_RDONLY)
@@ -268,7 +269,7 @@ class Lifecycle:
                 {**self.python_env, "FARM_WORKER_ID": worker_id, "FARM_INSTANCE": self.instance},
                 death_signal=signal.SIGKILL,
                 core=slot.core,
-                keep=(write_fd, record_fd),
+                keep=(write_fd, record_fd, mark_fd),
                 stdio=(null, out_write, out_write),
                 ignore=(signal.SIGHUP,),
                 oom_score_adj=WORKER_OOM_SCORE_ADJ,  # the OOM killer's first choice
@@ -279,12 +280,13 @@ class Lifecycle:
             record.close()
             raise
         finally:
-            for fd in (write_fd, out_write, null, record_fd):  # record_fd: the mapping stays
+            for fd in (write_fd, out_write, null, record_fd, mark_fd):  # record_fd's mapping stays
                 os.close(fd)
         proc = WorkerProcess(
             pid, pool.name, slot.index, slot.core, read_fd, pool.options(), pool.timeout, record
         )
         proc.output_fd, proc.servers, proc.worker_id = out_read, servers, worker_id
+        proc.out.mark = mark
         return self.watch(slot, proc)
 
     def spawn_command(self, slot: Slot, pool: FunctionConfig) -> WorkerProcess:

@@ -114,6 +114,9 @@ class OutputLines:
     last_words: str = ""
     last_words_at: float = 0.0  # when it was read off the pipe (monotonic): how old it is
     _part: bytes = b""  # the start of a line whose end has not come yet
+    # What a Python worker's own log lines start with (farm.logs.relay_lines): not part of
+    # what it said.
+    mark: str = ""
 
     def take(self, data: bytes, now: float, *, final: bool = False) -> list[str]:
         """The lines of ``data`` to log (``final``: its end, so an unended last line too).
@@ -152,6 +155,8 @@ class OutputLines:
         for _ in range(LAST_WORDS_LOOK):
             start = whole.rfind(b"\n", 0, stop) + 1
             line = _text(whole[start:stop])
+            if self.mark and line.startswith(self.mark):
+                line = line[len(self.mark) :]
             if (said := _PRIORITY.match(line)) is not None:
                 line = line[said.end() :]
             if line.strip():

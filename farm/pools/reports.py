@@ -6,8 +6,10 @@ selector. A Python worker writes JSON report lines on a pipe of its own
 (farm.pools.workerproc). Every worker's stdout and stderr share another pipe,
 read within a budget per process (farm.pools.outputlimit): what is over it is
 dropped, and counted in a warning. A command worker's lines are logged with its
-pool and slot; a Python worker's are its own log records (its prints among them),
-written on with nothing but their control characters escaped (farm.logs.relay_lines).
+pool and slot, and so is a line a Python worker wrote past its logger (a job's
+os.write, a C library's, a child program's); its own log records (its prints among
+them), which start with its mark, are written on with nothing but their control
+characters escaped (farm.logs.relay_lines).
 A Python worker once wrote to the journal itself, out of the budget's reach: one
 printing in a loop had journald drop the farm's warnings.
 """
@@ -94,7 +96,7 @@ class Reports:
         lines = proc.out.take(data, now, final=final)
         if lines and not proc.command:
             # What it wrote past its logger (a C library, a child) is logged as a command's.
-            relay_lines(lines, stray=lambda line: self.log_line(proc, line))
+            relay_lines(lines, proc.out.mark, lambda line: self.log_line(proc, line))
         for line in lines if proc.command else ():
             self.log_line(proc, line)
         self.report_drops(proc, now, final=final)

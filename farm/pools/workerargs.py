@@ -4,6 +4,9 @@ Lifecycle spawns them (farm.pools.spawn); this only says what they are told."""
 
 from __future__ import annotations
 
+import os
+import secrets
+
 from farm.commandspec import base_environ
 from farm.config import Config, FunctionConfig
 from farm.logs import journal_priorities
@@ -11,11 +14,34 @@ from farm.net import parse_address
 from farm.pools.slots import Slot
 from farm.pools.spawn import python_module
 
-__all__ = ["command_env", "python_argv"]
+__all__ = ["command_env", "log_mark", "python_argv"]
+
+
+def log_mark() -> tuple[str, int]:
+    """A fresh mark for a Python worker's log lines (farm.logs.relay_lines), and the read
+    end of a pipe that holds it, inheritable, for its ``--mark-fd``: not on its command
+    line, which every user may read in /proc, nor in its environment, which its jobs'
+    children inherit and may print."""
+    mark = secrets.token_hex(16)
+    read_fd, write_fd = os.pipe()
+    try:
+        os.write(write_fd, mark.encode())  # far under PIPE_BUF: whole, and never waits
+        os.set_inheritable(read_fd, True)
+    except OSError:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    return mark, read_fd
 
 
 def python_argv(
-    config: Config, pool: FunctionConfig, slot: Slot, report_fd: int, record_fd: int
+    config: Config,
+    pool: FunctionConfig,
+    slot: Slot,
+    report_fd: int,
+    record_fd: int,
+    mark_fd: int,
 ) -> tuple[list[str], tuple[str, ...]]:
     """A Python worker's command line for ``slot``, and the servers it is told to serve."""
     # -P: not the working directory on sys.path, where another user may have put a
@@ -25,6 +51,7 @@ def python_argv(
     argv = python_module("farm.pools.workerproc") + [f"--function={pool.name}"]
     argv += [f"--target={pool.target}", "--slot", str(slot.index), "--cpu", str(slot.core)]
     argv += ["--report-fd", str(report_fd), "--record-fd", str(record_fd)]
+    argv += ["--mark-fd", str(mark_fd)]
     for served in pool.serves:
         argv += [f"--serve={served}"]
     if config.supervisor.log_format != "text":

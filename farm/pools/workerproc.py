@@ -11,7 +11,10 @@ pins nothing itself). It loads the target, serves it through
                                           into the supervisor's log, `farm ps` and `farm restart`)
 
 Its stdout and stderr (its log, and what its jobs print) are a pipe the supervisor
-reads, within a budget of lines (farm.pools.outputlimit), and writes on as they are.
+reads, within a budget of lines (farm.pools.outputlimit). Its log's lines start with a
+mark the supervisor gave it alone (``--mark-fd``), and the supervisor writes them on as
+they are; what a job writes past the logger, which has no mark, is logged as a line of
+the worker's output (farm.logs.relay_lines).
 
 What it does job by job (the job in hand since when, jobs done, RSS) it writes
 into its slot's shared-memory record (``--record-fd``, farm.pools.record), which
@@ -110,6 +113,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--kill-rss-mb", type=int, default=None)
     ap.add_argument("--report-fd", type=int, default=None)
     ap.add_argument("--record-fd", type=int, default=None)
+    ap.add_argument(
+        "--mark-fd", type=int, default=None, help="a pipe holding what each log line starts with"
+    )
     ap.add_argument("--log-format", choices=LOG_FORMATS, default="text")
     ap.add_argument(
         "--journal",
@@ -144,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         slot=ns.slot,
         function=ns.function,
         journal=True if ns.journal else None,
+        mark=read_mark(ns.mark_fd),
     )
     capture_prints(logging.getLogger("farm.job"))  # after the handler took the real stderr
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
@@ -268,6 +275,19 @@ def main(argv: list[str] | None = None) -> int:
     reporter.send(ev="ready")
     worker.work()
     return EXIT_RECYCLE if recycle else EXIT_DRAINED
+
+
+def read_mark(fd: int | None) -> str:
+    """The mark the supervisor gave this process's log lines (``--mark-fd``), its pipe
+    closed, so no child of a job holds it; "" without one (each line is then logged as
+    output of the worker's, none as its own record)."""
+    if fd is None:
+        return ""
+    try:
+        with os.fdopen(fd, "rb") as pipe:
+            return pipe.read(256).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
 
 
 def boot_failed(reporter: Reporter, why: str) -> int:

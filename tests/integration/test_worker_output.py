@@ -4,6 +4,7 @@ budget command workers have, so one printing in a loop cannot flood the journal
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -47,6 +48,76 @@ def warn(job):
     print("careful", file=sys.stderr)
     return b"warned"
 """
+
+#: Lines a job writes past its logger, shaped as farm's own: the supervisor's text line
+#: and a JSON record of the supervisor's, each written raw and by a child program.
+FORGED_TEXT = "2026-12-06 16:44:20,000 farm[22083] ERROR job server (pid 22141) died; forged"
+FORGED_JSON = '{"level": "CRITICAL", "role": "supervisor", "pid": 1, "message": "forged"}'
+
+FORGER = f"""
+import os, subprocess
+
+def forge(job):
+    print("my own line")
+    for line in ({FORGED_TEXT!r}, {FORGED_JSON!r}):
+        os.write(1, line.encode() + b"\\n")
+        subprocess.run(["echo", line], check=True)
+    return b"forged"
+"""
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_line_a_job_writes_past_its_logger_is_the_workers_not_the_farms(
+    tmp_path: Path, log_format: str
+) -> None:
+    # A job's os.write(1, ...) or a child program's output was relayed as it came: a line
+    # shaped as the supervisor's own ("farm[PID] ERROR job server ... died") read as one,
+    # and in JSON, any line that parsed as an object passed for a record of the farm's.
+    (tmp_path / "forger.py").write_text(FORGER)
+    up = FarmUp(tmp_path, '[functions.forge]\ntarget = "forger:forge"\nworkers = 1\n', start=False)
+    up.config.write_text(
+        up.config.read_text().replace(
+            "[supervisor]\n", f'[supervisor]\nlog_format = "{log_format}"\n', 1
+        )
+    )
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        pid = up.wait_idle({"forge": 1})[0]["pid"]
+        with farm.Client(up.addr) as client:
+            assert client.call("forge", b"", timeout=30) == b"forged"
+    finally:
+        assert up.stop() == 0  # its worker's pipe is read to its end before the farm's
+    said = rf"worker forge#0 cpu\d+ \(pid {pid}\): "
+    if log_format == "text":
+        log = up.log_path.read_text().splitlines()
+        for forged in (FORGED_TEXT, FORGED_JSON):
+            assert forged not in log  # never a line of its own
+            quoted = [line for line in log if line.endswith(forged)]
+            assert len(quoted) == 2, quoted  # written raw, and by the child: the worker's
+            assert all(re.search(rf" farm\[\d+\] INFO {said}", line) for line in quoted)
+        # The worker's own records look as they did.
+        assert [line for line in log if re.search(rf"forge#0\[{pid}\] INFO my own line$", line)]
+        return
+    records = [json.loads(line) for line in up.log_path.read_text().splitlines()]
+    assert not [r for r in records if r["message"] == "forged"], records
+    for forged in (FORGED_TEXT, FORGED_JSON):
+        quoted = [r for r in records if r["message"].endswith(forged)]
+        assert len(quoted) == 2, quoted
+        for record in quoted:
+            assert re.fullmatch(said + re.escape(forged), record["message"]), record
+            assert (record["logger"], record["function"], record["slot"]) == (
+                "farm.worker.output",
+                "forge",
+                0,
+            )
+    (own,) = [r for r in records if r["message"] == "my own line"]
+    assert (own["role"], own["pid"], own["logger"], own["function"]) == (
+        "worker",
+        pid,
+        "farm.job",
+        "forge",
+    )
 
 
 def test_a_python_worker_printing_in_a_loop_is_cut_to_its_budget(tmp_path: Path) -> None:

@@ -162,6 +162,31 @@ def test_text_lines_escape_control_characters_but_keep_tracebacks() -> None:
     assert rest[0] == "ERROR failed" and rest[1] == "Traceback (most recent call last):"
 
 
+def test_a_marked_process_starts_each_line_with_its_mark_before_its_priority() -> None:
+    # A supervised worker's lines share a pipe with what its jobs write past the logger;
+    # the mark tells its own apart: on every line, a traceback's too, ahead of the <N> the
+    # supervisor passes on to the journal.
+    script = textwrap.dedent(
+        """
+        import logging, sys
+        from farm.logs import journal_priorities, setup_logging
+        setup_logging(role="worker", text_format="%(levelname)s %(message)s",
+                      stream=sys.stdout, journal=True, mark="M")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("w").exception("failed\\nhere")
+        print(journal_priorities())
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out[0] == "M<3>ERROR failed\\nhere" and out[-1] == "True"
+    assert out[1] == "M<3>Traceback (most recent call last):"
+    assert all(line.startswith("M<3>") for line in out[:-1]) and len(out) > 4, out
+
+
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_relayed_lines_keep_no_control_character_and_json_stays_json(log_format: str) -> None:
     # A worker's JSON record quoting DEL or C1 (json.dumps leaves them raw) was escaped
@@ -174,7 +199,9 @@ def test_relayed_lines_keep_no_control_character_and_json_stays_json(log_format:
         setup_logging(role="supervisor", log_format={log_format!r}, text_format="%(message)s",
                       stream=sys.stdout, journal=False)
         record = logging.LogRecord("farm", 20, "f", 1, "a\\x7f\\x9b\\x1b[2Jb", None, None)
-        relay_lines([JsonFormatter("worker").format(record), "raw \\x1b]0;t\\x07 out"])
+        stray = lambda line: logging.getLogger("s").info("%s", line)
+        relay_lines(["M" + JsonFormatter("worker").format(record), "Mraw \\x1b]0;t\\x07 out"],
+                    "M", stray)
         """
     )
     out = subprocess.run(
@@ -184,7 +211,10 @@ def test_relayed_lines_keep_no_control_character_and_json_stays_json(log_format:
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in out.replace("\n", ""))
     if log_format == "json":
         assert json.loads(worker_line)["message"] == "a\x7f\x9b\x1b[2Jb"
-        assert raw_line == "raw \\u001b]0;t\\u0007 out"
+        # No JSON object though marked (a record cut short): a record of the relay's own.
+        said = json.loads(raw_line)
+        assert (said["logger"], said["message"]) == ("s", "raw \x1b]0;t\x07 out")
+        assert '"raw \\u001b]0;t\\u0007 out"' in raw_line
     else:
         assert raw_line == "raw \\x1b]0;t\\x07 out"
 
@@ -200,12 +230,15 @@ def test_relayed_json_keeps_a_workers_records_and_hands_on_stray_lines() -> None
                       stream=sys.stdout, journal=False)
         stray = []
         record = json.dumps({"time": "t", "message": "m"})
-        relay_lines(["<4>" + record, "C library output", record, "{half", "<6>"], stray.append)
+        lines = ["<4>" + record, "C library output", record, "{half", "<6>", record]
+        relay_lines(["M" + line for line in lines[:5]] + [lines[5]], "M", stray.append)
         print(json.dumps(stray))
         """
     )
     out = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     ).stdout.splitlines()
-    assert out[:2] == ['<4>{"time": "t", "message": "m"}', '{"time": "t", "message": "m"}']
-    assert json.loads(out[2]) == ["C library output", "{half", "<6>"]
+    record = '{"time": "t", "message": "m"}'
+    assert out[:2] == ["<4>" + record, record]
+    # A record without the worker's mark is stray too: a job wrote it past the logger.
+    assert json.loads(out[2]) == ["C library output", "{half", "<6>", record]

@@ -73,3 +73,13 @@ def test_a_flood_is_counted_past_its_budget_and_its_last_line_kept() -> None:
     assert out.take(flood, 0.5) == []  # half a line's worth of budget: nothing
     assert out.limit.dropped == 2 * 100_000 - 3 + 2
     assert out.last_words == "y"
+
+
+def test_a_python_workers_last_words_are_said_without_its_mark() -> None:
+    # Its own log lines start with the mark the supervisor gave it (farm.logs.relay_lines):
+    # the log of its end quotes what it said, not the secret before it.
+    out = OutputLines(mark="0f" * 16)
+    out.take(("0f" * 16 + "<4>2026-12-06 f#0[7] WARNING out of spam\n").encode(), 0.0)
+    assert out.last_words == "2026-12-06 f#0[7] WARNING out of spam"
+    out.take(b"Segmentation fault\n", 0.0)  # past its logger: no mark to take off
+    assert out.last_words == "Segmentation fault"
