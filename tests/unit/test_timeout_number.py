@@ -62,14 +62,12 @@ def fastest(field: bytes) -> float:
     return best
 
 
-def test_a_long_field_costs_a_pass_not_a_backtrack():
-    """5 MB of digits ending in a letter took the regex ~0.4 s (seconds at 60 MB); the scan
-    takes about two copies of the field. The bound is ten copies."""
+def test_a_long_bad_field_costs_no_more_than_a_good_one_of_its_size():
+    """5 MB of digits ending in a letter took the regex ~25x the time of 5 MB of digits
+    alone (seconds at 60 MB), blanks alone ~15x blanks before a digit: it backtracked. The
+    scan is one pass either way; the bound leaves room for noise."""
     size = 5_000_000
-    copy = float("inf")
-    for _ in range(3):
-        began = time.perf_counter()
-        bytes(bytearray(b"7" * size))
-        copy = min(copy, time.perf_counter() - began)
-    for field in (b"7" * size + b"x", b" " * size, b" " * size + b"x", b"7" * size + b"."):
-        assert fastest(field) < 10 * copy + 0.01, field[-3:]
+    digits, blanks = fastest(b"7" * size), fastest(b" " * size + b"5")
+    assert fastest(b"7" * size + b"x") < 4 * digits + 0.01, digits
+    assert fastest(b" " * size) < 4 * blanks + 0.01, blanks
+    assert fastest(b" " * size + b"x") < 4 * blanks + 0.01, blanks
