@@ -13,7 +13,7 @@ import sqlite3
 import stat
 
 from farm.paths import check_own_file
-from farm.server.storetables import look, pages_unread
+from farm.server.storetables import SQLITE_HEADER, look, not_sqlite, pages_unread
 
 __all__ = [
     "StoreError",
@@ -94,10 +94,6 @@ class OpenFile:
         )
 
 
-#: The first bytes of every SQLite 3 database file.
-_SQLITE_HEADER = b"SQLite format 3\x00"
-
-
 def owner_only(path: str) -> list[str]:
     """Create the store closed to other users, or close one left open: its rows are the
     jobs' payloads. A link at the path is refused (ELOOP), as a planted one would be
@@ -111,8 +107,8 @@ def owner_only(path: str) -> list[str]:
         if not stat.S_ISREG(os.fstat(fd).st_mode):  # its pread said "Illegal seek"
             raise StoreError(f"the job store {path} is not a regular file")
         _own(path, path, os.fstat(fd))
-        head = os.pread(fd, len(_SQLITE_HEADER), 0)
-        if head and head != _SQLITE_HEADER[: len(head)]:  # leave another file as it was
+        head = os.pread(fd, len(SQLITE_HEADER), 0)
+        if not_sqlite(head):  # leave another file as it was; a part of the header is damage
             raise StoreError(f"cannot open the job store {path}: file is not a database")
         # And another program's database: it was made 600, given a journal and a WAL, and
         # only then refused, by tables it would not have had as farm's store.

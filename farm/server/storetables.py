@@ -20,7 +20,15 @@ import urllib.parse
 from farm.server.storecheck import ASIDE_TABLE
 from farm.server.walcopy import MAX_COPIED, TooLarge, held, private_copy, wal_frames
 
-__all__ = ["GEARMAND_COLUMNS", "STORE_FORMAT", "look", "not_farms", "pages_unread"]
+__all__ = [
+    "GEARMAND_COLUMNS",
+    "SQLITE_HEADER",
+    "STORE_FORMAT",
+    "look",
+    "not_farms",
+    "not_sqlite",
+    "pages_unread",
+]
 
 #: The store's format, kept as its user_version. Raised (and written there) only by a change
 #: an older farm would misread: a column it must not ignore, a payload kept otherwise. A
@@ -38,9 +46,27 @@ GEARMAND_COLUMNS = {"unique_key", "function_name", "priority", "data"}
 _ANOTHER = "another program's database? name another file for the store"
 
 #: The first bytes of every SQLite 3 database file; byte 18, its write version: 2 in WAL mode.
-_HEADER = b"SQLite format 3\x00"
+SQLITE_HEADER = b"SQLite format 3\x00"
 _HEADER_SIZE = 100
 _WAL_VERSION = 2
+
+
+def not_sqlite(head: bytes) -> bool:
+    """Whether a file whose first bytes are ``head`` is no SQLite database at all: another
+    program's file, whose fix is another path. The one rule of the server's open
+    (storefile.owner_only) and of `farm check` and `farm up` (config.servertune), which
+    disagreed on a file shorter than the header: one said "not a SQLite database: name
+    another file", the other DamagedStore ("restore it from a backup").
+
+    An empty file is no database yet: the store ``owner_only`` made, a server killed before
+    SQLite's first write. A file shorter than the header and a part of it is a database cut
+    off: SQLite writes a new store's first page, header first, in one write, so only that
+    write torn (a crash, a full disk) or a copy cut short leaves one. Such a file is a
+    store's, damaged (``look`` says so, as the server does), never another's: "name another
+    file" stranded the store and the -wal beside it, which may hold its jobs (SQLite reads
+    its pages from there), where "restore it from a backup, or move it and its -wal aside"
+    loses none; nor is it taken for an empty file, a store not made yet, to write over."""
+    return head[: len(SQLITE_HEADER)] != SQLITE_HEADER[: len(head)]
 
 
 def not_farms(db: sqlite3.Connection, path: str) -> str | None:
@@ -94,11 +120,17 @@ def look(path: str, *, damage: bool = False) -> str | None:
         return None
     finally:
         os.close(fd)
-    if not head.startswith(_HEADER):
-        return None
+    if not head or not_sqlite(head):
+        return None  # nothing yet, or not a database: the open says so
     whole = damage and not _beside(path)
     if whole and (cut := _cut_off(head, info.st_size)):
         return f"{path} is cut off: {cut}{_DAMAGE_FIX}"
+    if len(head) < len(SQLITE_HEADER):
+        # Cut off within its first bytes (not_sqlite), a -wal beside it: SQLite reads it
+        # only where that holds its first page (its read here made a -shm beside them).
+        if damage and (unread := pages_unread(path)):  # as the server's open judges it
+            return f"{path} cannot be read ({unread}){_DAMAGE_FIX}"
+        return _cut_with_wal(path)
     # A read-only open of a file in WAL mode makes its -wal and -shm (SQLite's own rule), so
     # such a file is read as immutable: its main file alone, no lock taken; where that has
     # no table, what a -wal beside it holds is read from a private copy (_read_with_wal).
@@ -149,7 +181,9 @@ def pages_unread(path: str) -> sqlite3.DatabaseError | None:
         finally:
             os.close(fd)
         # In WAL mode as immutable, as look reads it: SQLite's read-only open makes a -wal.
-        damage = _damage(path, immutable=head[18:19] == bytes([_WAL_VERSION]))
+        # So too a file cut off before byte 18 (not_sqlite): SQLite's read of it opened the
+        # -wal beside it and made a -shm; that -wal is read below, from a private copy.
+        damage = _damage(path, immutable=head[18:19] in (b"", bytes([_WAL_VERSION])))
         if damage is None or not wal_frames(path):
             return damage
         # The main file alone is damaged, and the -wal's frames may hold what it lacks (a
@@ -208,6 +242,19 @@ def _read_with_wal(path: str) -> str | None:
     except (OSError, sqlite3.Error) as exc:
         why = f"not read ({exc})"
     return f"{path} may not be farm's: it has tables in its -wal alone, {why}: {_ANOTHER}"
+
+
+def _cut_with_wal(path: str) -> str | None:
+    """``not_farms`` of a database cut off within its header's first bytes, read with the
+    -wal beside it from a private copy of both, or None: not read so (damage, which
+    ``pages_unread`` says; past MAX_COPIED), or held by a server."""
+    if held(path) or not wal_frames(path):
+        return None
+    try:
+        with private_copy(path) as copy:
+            return _read(copy, False, immutable=False, named=path)
+    except (TooLarge, OSError, sqlite3.Error):
+        return None
 
 
 def _uri(path: str) -> str:

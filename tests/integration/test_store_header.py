@@ -1,0 +1,120 @@
+"""A store file that begins with a part of SQLite's header gets one verdict from `farm check`
+and from the server (farm.server.storetables.not_sqlite), and is left as it was.
+
+Found in a review: a store file holding just ``b"SQLite"`` was "not a SQLite database: name
+another file" to `farm check` and `farm up`, and damaged ("restore it from a backup") to
+the server's open: the two read the header by rules of their own. Such a file is a store cut
+off (SQLite writes a new store's header in one write), whose -wal may hold its jobs: damage
+to both, never another program's file, whose fix, another path, strands them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+from tests.helpers.farmcheck import config, farm, lines
+from tests.helpers.servers import free_port
+
+REVERSE = '[functions.reverse]\ntarget = "workers.text:reverse"\nworkers = 1\n'
+
+
+def _cut_in_its_name(path: Path) -> None:
+    path.write_bytes(b"SQLite")
+
+
+def _cut_before_its_nul(path: Path) -> None:
+    path.write_bytes(b"SQLite format 3")
+
+
+def _cut_with_its_wal_beside(path: Path) -> None:
+    """farm's store, its server killed with jobs in the -wal alone, its file then cut to 6
+    bytes: the -wal does not hold the first page, so SQLite cannot read it."""
+    made = (
+        "import os, sys\n"
+        "from farm.server.store import SQLiteStore\n"
+        "store = SQLiteStore(sys.argv[1])\n"
+        "for n in range(5):\n"
+        "    store.add(b'H:t:%d' % n, b'reverse', b'u%d' % n, b'x', 1, None, 0.0, True)\n"
+        "store.commit()\n"
+        "os._exit(0)\n"
+    )
+    path.parent.mkdir(exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    subprocess.run([sys.executable, "-c", made, str(path)], env=env, check=True, timeout=60)
+    os.truncate(path, 6)
+    copy = path.parent / "copy"  # read elsewhere: a read of its own makes a -shm beside it
+    copy.mkdir()
+    for name in (path.name, f"{path.name}-wal"):
+        shutil.copy(path.parent / name, copy / name)
+    with pytest.raises(sqlite3.DatabaseError, match="not a database"):
+        db = sqlite3.connect(copy / path.name)
+        try:
+            db.execute("SELECT count(*) FROM jobs").fetchone()
+        finally:
+            db.close()
+    shutil.rmtree(copy)
+
+
+def _another_programs_text(path: Path) -> None:
+    path.write_bytes(b"SQLite is fast\n")  # "SQLite " is not "SQLite f": no part of it
+
+
+def files(where: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(where.iterdir())}
+
+
+def check_verdict(said: subprocess.CompletedProcess[str]) -> str:
+    assert said.returncode == 2, said.stdout + said.stderr
+    (line,) = lines(said.stderr)
+    if "not a SQLite database: name another file" in line:
+        return "another's"
+    assert "restore it from a backup" in line, line
+    return "damaged"
+
+
+def server_verdict(said: subprocess.CompletedProcess[str]) -> str:
+    assert said.returncode == 2, said.stderr
+    (line,) = lines(said.stderr)
+    if ": file is not a database (use --store PATH" in line:
+        return "another's"
+    assert "restore it from a backup" in line, line
+    return "damaged"
+
+
+@pytest.mark.parametrize(
+    ("made", "verdict"),
+    [
+        (_cut_in_its_name, "damaged"),
+        (_cut_before_its_nul, "damaged"),
+        (_cut_with_its_wal_beside, "damaged"),
+        (_another_programs_text, "another's"),
+    ],
+)
+def test_farm_check_and_the_server_give_a_store_file_one_verdict(
+    tmp_path: Path, made: Callable[[Path], None], verdict: str
+) -> None:
+    store = tmp_path / "data" / "queue.db"
+    store.parent.mkdir()
+    made(store)
+    before = files(store.parent)
+    config(tmp_path, REVERSE, store=str(store))
+    checked = farm(tmp_path, "check")
+    served = subprocess.run(
+        [sys.executable, "-m", "farm", "server", "-L", f"127.0.0.1:{free_port()}"]
+        + ["--store", str(store)],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (check_verdict(checked), server_verdict(served)) == (verdict, verdict)
+    assert files(store.parent) == before  # its bytes, and no file beside it: no job lost
