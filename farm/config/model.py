@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from farm.commandspec import CommandSpec
 from farm.executor.spillsettings import DEFAULT_MAX_AGE, DEFAULT_MAX_SPILL_MB, DEFAULT_ORPHAN_AGE
 from farm.net import DEFAULT_SERVER, Address, connectable, parse_address
+from farm.protocol.codec import RESERVED_PREFIX
 
 __all__ = [
     "Config",
     "ServerConfig",
     "SupervisorConfig",
     "FunctionConfig",
-    "RESERVED_PREFIX",
     "READY_WAIT",
     "RESTART_TABLES",
     "RESTART_TABLES_SAID",
@@ -33,9 +33,6 @@ RESTART_TABLES_SAID = (
     ", ".join(f"[{t}]" for t in RESTART_TABLES[:-1]) + f" and [{RESTART_TABLES[-1]}]"
 )
 
-#: Functions a farm server lets only its trusted Unix-socket workers serve (the Executor's
-#: signed calls); the server's own check is farm.server.workerside.RESERVED.
-RESERVED_PREFIX = "farm."
 #: [supervisor] ready_wait's default: seconds after which a worker that does not serve
 #: yet (a command worker not connected to the job server, a Python worker still importing
 #: its target) counts as started for READY=1: systemd's TimeoutStartSec= in the shipped

@@ -16,12 +16,13 @@ from types import MappingProxyType
 
 from farm.config.capacity import capacity_problem
 from farm.config.defaults import PLAIN_WORKERS
-from farm.config.model import RESERVED_PREFIX, RESTART_TABLES_SAID, Config
+from farm.config.model import RESTART_TABLES_SAID, Config
 from farm.errors import ConfigError
 from farm.executor.call import TARGET
 from farm.loopback import TWINNED_HOSTS
 from farm.net import DEFAULT_SERVER
 from farm.paths import runtime_dir
+from farm.protocol.codec import RESERVED_PREFIX
 
 __all__ = ["EXECUTOR_TARGETS", "problem", "on_running_farm"]
 

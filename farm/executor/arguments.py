@@ -16,6 +16,7 @@ from farm.client.admin import function_workers
 from farm.discovery import executor_spill
 from farm.executor import spillsettings
 from farm.protocol.checks import check_name
+from farm.protocol.codec import RESERVED_PREFIX
 
 __all__ = [
     "QUEUED_PER_WORKER",
@@ -138,7 +139,7 @@ def old_forms(
 def check_function(function: str) -> str:
     """The Executor's pool name: a valid function name, and a reserved ``farm.*`` one."""
     function = check_name(function)
-    if not function.startswith("farm."):
+    if not function.startswith(RESERVED_PREFIX):
         # A farm server hands farm.* functions only to the farm's own workers; any other
         # name, any local user may register for over TCP, and read the calls it takes.
         raise ValueError(

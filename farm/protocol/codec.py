@@ -32,6 +32,8 @@ __all__ = [
     "MAX_EPOCH",
     "MAX_CLIENT_ID",
     "name_problem",
+    "RESERVED",
+    "RESERVED_PREFIX",
     "OPTION_HELD_GRAB",
     "PacketType",
     "PacketSpec",
@@ -79,6 +81,14 @@ MAX_CLIENT_ID = 127
 #: reading of them. ASCII controls; C1 controls (NEL among them) and the Unicode line and
 #: paragraph separators, as UTF-8, which Python's str.splitlines() also splits at.
 UNPRINTABLE = re.compile(rb"[\x00-\x1f\x7f]|\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]")
+#: The prefix of reserved function names (the Executor's pools: signed calls). A farm
+#: server hands their jobs only to its trusted Unix-socket workers and takes no submit of
+#: one over TCP (server.workerside, server.clientside); farm.toml's pools serving one get a
+#: Unix socket alone (config.model, config.rules); an Executor's pool must be one
+#: (executor.arguments). Here once, so that none of them drifts: as bytes on the wire, and
+#: as text for names read as str.
+RESERVED = b"farm."
+RESERVED_PREFIX = RESERVED.decode()
 #: OPTION_REQ of a worker asking the server to hold its grabs (docs/held-grab.md).
 OPTION_HELD_GRAB = b"held-grab"
 #: OPTION_REQ of a held-grab worker on a Unix socket: reading a pushed job accepts it.

@@ -14,14 +14,14 @@ from collections.abc import Callable
 
 from farm import protocol as p
 from farm.logs import Brief
+from farm.protocol import RESERVED, encode_res, frame_res
 from farm.protocol import PacketType as T
-from farm.protocol import encode_res, frame_res
 from farm.protocol.kinds import SUBMIT_KINDS, Priority, SubmitKind
 from farm.server.hub import HELD_READ_LIMIT, LAZY_CREATED_MAX, HeldReply, Hub
 from farm.server.jobs import Job, JobServer, Outcome, Progress, QueueFull
 from farm.server.queues import Peer
 from farm.server.store import StoreError
-from farm.server.workerside import RESERVED, error
+from farm.server.workerside import error
 
 #: QUEUE_ERRORs of full queues: one log line each 10 s at most, as a flood would send them.
 refusals = Brief(logging.getLogger("farm.server"))

@@ -13,6 +13,7 @@ import sqlite3
 from pathlib import Path
 
 from farm.paths import make_dirs
+from farm.protocol.codec import RESERVED, RESERVED_PREFIX
 from farm.server.reserve import DiskReserve
 from farm.server.storefile import (
     StoreError,
@@ -184,7 +185,8 @@ def _add_columns(db: sqlite3.Connection, reserve: DiskReserve) -> None:
 #: The rows of gearmand's queue that farm takes over (the rest stay where they are).
 _MOVED = (
     "function_name IS NOT NULL"
-    " AND substr(CAST(function_name AS BLOB), 1, 5) != CAST('farm.' AS BLOB)"
+    f" AND substr(CAST(function_name AS BLOB), 1, {len(RESERVED)})"
+    f" != CAST('{RESERVED_PREFIX}' AS BLOB)"
 )
 
 

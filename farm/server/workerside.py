@@ -17,20 +17,18 @@ import termios
 from collections.abc import Callable
 
 from farm import protocol as p
+from farm.protocol import RESERVED, encode_res, frame_res
 from farm.protocol import PacketType as T
-from farm.protocol import encode_res, frame_res
 from farm.server.hub import HeldReply, Hub, Writer
 from farm.server.jobs import Job, JobServer, Outcome, Progress
 from farm.server.queues import Expiry, Peer
 
-__all__ = ["WorkerSide", "error", "NO_JOB", "NOOP", "RESERVED"]
+__all__ = ["WorkerSide", "error", "NO_JOB", "NOOP"]
 
 log = logging.getLogger("farm.server")
 
 NO_JOB = encode_res(T.NO_JOB)
 NOOP = encode_res(T.NOOP)
-#: Functions only trusted workers may serve (see ``WorkerSide.may_serve``).
-RESERVED = b"farm."
 #: What a CAN_DO_TIMEOUT's number may have around it: blanks, as a regex's \s matched them.
 _BLANKS = b" \t\n\v\f\r"
 _DIGITS = b"0123456789"
