@@ -46,6 +46,7 @@ __all__ = [
     "config_file",
     "config_folder",
     "control_path",
+    "default_control",
     "default_listen",
     "FarmAddresses",
     "local_farm",
@@ -152,7 +153,7 @@ def control_path(explicit: str | os.PathLike[str] | None = None) -> str:
     use this: they need not import, or even find, the workers' modules.
     """
     path = find_config(explicit)
-    default = str(runtime_dir() / "control.sock")
+    default = default_control()
     if path is None:
         return default
     if not (raw := read_config_file(path)):  # not the default: "the farm's moved", exit 1
@@ -167,6 +168,12 @@ def control_path(explicit: str | os.PathLike[str] | None = None) -> str:
 def default_listen() -> list[str]:
     """The local server's addresses when no config names them."""
     return [DEFAULT_SERVER, f"unix:{runtime_dir()}/gearman.sock"]
+
+
+def default_control() -> str:
+    """The supervisor's control socket when no config names it: the built-in config's, and
+    what `farm ps`, `scale` and `stop` ask where a file names none (``control_path``)."""
+    return f"{runtime_dir()}/control.sock"
 
 
 @dataclass(frozen=True)

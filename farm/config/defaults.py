@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from farm.discovery import default_listen
+from farm.config.model import TCP_ADMIN
+from farm.discovery import default_control, default_listen
 from farm.executor.call import DEFAULT_FUNCTION as EXECUTOR_FUNCTION
 from farm.executor.call import TARGET as EXECUTOR_TARGET
 from farm.net import Address
-from farm.paths import NoStateDirectory, default_store, runtime_dir
+from farm.paths import NoStateDirectory, default_store
 
 __all__ = ["DEFAULTS_SOURCE", "PLAIN_WORKERS", "builtin", "server_store"]
 
@@ -25,16 +26,15 @@ PLAIN_WORKERS = ("workers.text", "workers.image", "workers.hashing")
 
 def builtin() -> dict[str, Any]:
     """The built-in document as a TOML reader gives it; a fresh copy each call."""
-    run = runtime_dir()
     return {
         "server": {
             "listen": default_listen(),
             "store": None,  # the server's own file in the state directory: server_store
             "job_retries": 3,
-            "tcp_admin": "read-only",
+            "tcp_admin": TCP_ADMIN,
         },
         "supervisor": {
-            "control": f"{run}/control.sock",
+            "control": default_control(),
             "cpus": "all",
             "servers": [],
             "local_server": None,  # default: when servers is empty

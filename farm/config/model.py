@@ -22,6 +22,7 @@ __all__ = [
     "READY_WAIT",
     "RESTART_TABLES",
     "RESTART_TABLES_SAID",
+    "TCP_ADMIN",
 ]
 
 #: The tables a reload does not apply: a change in one takes a restart of the farm. The
@@ -33,6 +34,10 @@ RESTART_TABLES_SAID = (
     ", ".join(f"[{t}]" for t in RESTART_TABLES[:-1]) + f" and [{RESTART_TABLES[-1]}]"
 )
 
+#: [server] tcp_admin's default: the admin commands that change state over the Unix socket
+#: alone (the built-in config's too, config.defaults); `farm server` run by hand keeps
+#: gearmand's "full" (server.settings).
+TCP_ADMIN = "read-only"
 #: [supervisor] ready_wait's default: seconds after which a worker that does not serve
 #: yet (a command worker not connected to the job server, a Python worker still importing
 #: its target) counts as started for READY=1: systemd's TimeoutStartSec= in the shipped
@@ -49,7 +54,7 @@ class ServerConfig:
     listen: tuple[str, ...]  # farm.net's normal form: "HOST:PORT", "[v6]:PORT", "unix:/path"
     store: str  # a path, or "none" for memory only
     job_retries: int
-    tcp_admin: str = "read-only"  # "full": state-changing admin commands over TCP too
+    tcp_admin: str = TCP_ADMIN  # "full": state-changing admin commands over TCP too
     # What the other [server] keys ask of the server, as its flags (farm.config.servertune).
     flags: tuple[str, ...] = ()
 
