@@ -19,11 +19,12 @@ from farm import slowreuse
 from farm.loopback import HOLDS_IPV6_LOOPBACK, NO_IPV6, serve_twin, taken_hint, twin_needed
 from farm.net import Address
 from farm.pools.metrics import SupervisorCollector
+from farm.slowreuse import EVICT_AFTER, MAX_SCRAPERS, SCRAPE_TIMEOUT
 
 if TYPE_CHECKING:
     from farm.pools.steering import Steering
 
-__all__ = ["MAX_SCRAPES", "NamesFiltered", "reused_when_slow", "serve_metrics"]
+__all__ = ["NamesFiltered", "reused_when_slow", "serve_metrics"]
 
 log = logging.getLogger("farm.supervisor")
 
@@ -169,24 +170,14 @@ def reused_when_slow(
     return reusing
 
 
-#: Scrapes served at once. Each is a thread, and a local user opening idle connections
-#: must not grow the supervisor without bound: past them, a new connection takes the place
-#: of the oldest one that has not sent its whole request yet, else of the oldest one that
-#: has taken more than EVICT_AFTER, or is closed.
-MAX_SCRAPES = 32
-EVICT_AFTER = 1.0
-#: Seconds a connection may stay silent before it is dropped.
-SCRAPE_TIMEOUT = 5.0
-
-
 def serve_metrics(supervisor: Steering, address: str) -> Any:
     """Start the HTTP endpoint on ``address`` (HOST:PORT); the server object, to shut down.
 
     prometheus_client's own server gives every connection a thread with no timeout, so
     idle connections (from any local user) would pile up threads in the supervisor; this
-    one serves at most MAX_SCRAPES at once, drops a client silent for SCRAPE_TIMEOUT, and
+    one serves at most MAX_SCRAPERS at once, drops a client silent for SCRAPE_TIMEOUT, and
     when it is full lets a new connection take the place of the oldest one still sending
-    its request, else of the oldest one older than EVICT_AFTER (see MAX_SCRAPES)."""
+    its request, else of the oldest one older than EVICT_AFTER (see MAX_SCRAPERS)."""
     import socket
     from socketserver import ThreadingMixIn
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -208,10 +199,10 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
     class Server(ThreadingMixIn, WSGIServer):
         daemon_threads = True
         # Its other addresses' servers (localhost's others, the [::1] twin: farm.loopback),
-        # stopped with it; MAX_SCRAPES shared by all of them (the class's own bounds).
+        # stopped with it; MAX_SCRAPERS shared by all of them (the class's own bounds).
         others: list[Any] = []
-        request_queue_size = 2 * MAX_SCRAPES  # socketserver's 5 drops a burst's SYNs
-        slots = threading.BoundedSemaphore(MAX_SCRAPES)
+        request_queue_size = 2 * MAX_SCRAPERS  # socketserver's 5 drops a burst's SYNs
+        slots = threading.BoundedSemaphore(MAX_SCRAPERS)
         lock = threading.Lock()
         started: dict[Any, float] = {}  # connection -> when it was taken in
         reading: dict[Any, float] = {}  # those whose request has not all come yet

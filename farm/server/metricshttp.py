@@ -14,17 +14,9 @@ from urllib.parse import parse_qs
 
 from farm.server.exposition import CONTENT_TYPE, exposition
 from farm.server.hub import Hub
+from farm.slowreuse import EVICT_AFTER, MAX_SCRAPERS, SCRAPE_TIMEOUT
 
 __all__ = ["MetricsEndpoint", "only_named"]
-
-#: HTTP connections to --metrics at once. Past them a new connection takes the place of
-#: the oldest one that has not sent its whole request, else of the oldest one open for
-#: more than EVICT_AFTER seconds (a scrape takes milliseconds), or is closed: as the
-#: supervisor's endpoint (farm.pools.metricsendpoint).
-MAX_SCRAPERS = 32
-EVICT_AFTER = 1.0
-#: Seconds a connection may take to send its request, and to take the reply.
-SCRAPE_TIMEOUT = 5.0
 
 
 def only_named(text: bytes, names: Collection[bytes]) -> bytes:

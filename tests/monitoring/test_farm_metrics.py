@@ -158,7 +158,7 @@ def test_idle_connections_to_the_endpoint_neither_pile_up_threads_nor_block_scra
 
     import psutil
 
-    from farm.pools.metricsendpoint import MAX_SCRAPES
+    from farm.slowreuse import MAX_SCRAPERS
 
     up = FarmUp(tmp_path, POOLS)
     idle: list[socket.socket] = []
@@ -173,14 +173,14 @@ def test_idle_connections_to_the_endpoint_neither_pile_up_threads_nor_block_scra
                 sock.sendall(b"G")  # a request begun, never finished
                 idle.append(sock)
 
-        hold(MAX_SCRAPES)
+        hold(MAX_SCRAPERS)
         # (a thread of the supervisor's own may come and go beside them: a margin of 4)
-        taken = before + MAX_SCRAPES - 4
+        taken = before + MAX_SCRAPERS - 4
         wait_for("the slots taken", lambda: supervisor.num_threads() >= taken)
         for _ in range(3):
             assert get(scrape(up), "farm_pool_target_workers", pool="reverse") == 2
             hold(1)  # the place the scrape took, taken back at once
-        assert supervisor.num_threads() <= before + MAX_SCRAPES
+        assert supervisor.num_threads() <= before + MAX_SCRAPERS
     finally:
         for sock in idle:
             sock.close()

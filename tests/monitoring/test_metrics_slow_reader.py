@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from farm.protocol import PacketType as T
-from farm.server.metricshttp import SCRAPE_TIMEOUT
+from farm.slowreuse import SCRAPE_TIMEOUT
 from tests.helpers.peers import Peer
 from tests.helpers.servers import free_port, start_farm_server
 from tests.helpers.waiting import wait_for
