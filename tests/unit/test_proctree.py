@@ -26,9 +26,9 @@ def tree() -> Iterator[subprocess.Popen[bytes]]:
 
 
 def test_descendants_are_the_whole_tree_nearest_first(tree: subprocess.Popen[bytes]) -> None:
-    found = wait_for("3 descendants", lambda: len(proctree.descendants(tree.pid)) == 3)
-    assert found
+    wait_for("3 descendants", lambda: len(proctree.descendants(tree.pid)) == 3)
     walked = proctree.descendants(tree.pid)
+    assert len(walked) == 3, walked  # wait_for returns truthy or raises: the walk is checked
     scanned = [p.pid for p in psutil.Process(tree.pid).children(recursive=True)]
     assert sorted(walked) == sorted(scanned)
     assert set(walked[:2]) == proctree.children(tree.pid)  # its own children first
