@@ -50,7 +50,16 @@ class JobError(FarmError):
 
 
 class JobFailed(JobError):
-    """The worker (or the server, after too many retries) failed the job: WORK_FAIL."""
+    """The worker (or the server, after too many retries) failed the job: WORK_FAIL.
+
+    ``warning``: the job's last WORK_WARNING before it, as text (its first 500 bytes, the
+    newline it ends with taken off), else None: WORK_FAIL carries no reason, and a farm
+    worker says why in a warning first (past kill_rss_mb), which the message quotes."""
+
+    def __init__(self, *args: object, warning: str | None = None) -> None:
+        super().__init__(*args)
+        # Kept in __dict__, which pickling keeps beside ``args`` (an Executor's call).
+        self.warning = warning
 
 
 class JobException(JobError):

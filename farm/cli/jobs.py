@@ -173,10 +173,12 @@ def submit(
     """Submit one job; print its result (or its handle with --background).
 
     WORK_DATA chunks are printed as they arrive; on a terminal, WORK_STATUS is drawn as a
-    progress bar. If no worker has registered FUNCTION after a few seconds, it says so.
+    progress bar; each WORK_WARNING is a line on standard error as it arrives. If no worker
+    has registered FUNCTION after a few seconds, it says so.
     """
     from farm.cli.watch import LiveLine, progress_bar, warn_if_unserved
     from farm.client import Client
+    from farm.logs import escape_controls
     from farm.protocol.codec import MAX_TIMEOUT
     from farm.protocol.kinds import PRIORITY_NAMES
     from farm.tlsfiles import tls_from_env
@@ -220,6 +222,14 @@ def submit(
                 if bar.tty:  # a log has no use for a bar redrawn in place
                     bar.show(f"{function} {progress_bar(numerator, denominator)}")
 
+            def on_warning(chunk: bytes) -> None:
+                # As it comes, a line on stderr (as the gearman CLI prints it): a farm worker
+                # past kill_rss_mb says why here before it fails the job. The worker's text,
+                # escaped for the terminal; the newline a farm worker ends it with is ours.
+                bar.clear()
+                said = escape_controls(chunk.decode("utf-8", "replace").rstrip("\r\n"))
+                typer.echo(f"farm: job {function} warned: {said}", err=True)
+
             unserved = warn_if_unserved(client.servers, function, client.tls, timeout)
             try:
                 result = client.call(
@@ -230,14 +240,15 @@ def submit(
                     timeout=timeout,
                     on_status=on_status,
                     on_data=on_data,
+                    on_warning=on_warning,
                 )
             finally:
                 unserved.cancel()
                 bar.clear()
         except (TypeError, ValueError) as exc:
             fail(str(exc), 2)
-        except JobError as exc:
-            fail(f"job {function} failed: {exc}", 1)
+        except JobError as exc:  # its text is the worker's (a raise's, a warning): escaped
+            fail(f"job {function} failed: {escape_controls(str(exc))}", 1)
         except FarmError as exc:
             fail(str(exc), 1)
     out.write(result)

@@ -144,13 +144,12 @@ class WorkItem:
 class Flight:
     """The calls one job carries (one, or a batch), and the id its results must name."""
 
-    __slots__ = ("items", "call_id", "init", "warned")
+    __slots__ = ("items", "call_id", "init")
 
     def __init__(self, items: list[WorkItem]) -> None:
         self.items = items
         self.call_id = new_call_id()  # fresh: binds results, stops replays
         self.init = InitWatch()  # the initializer's news: workers lost in it break the pump
-        self.warned = ""  # the worker's last WORK_WARNING: why it fails the job (kill_rss_mb)
 
     @property
     def batched(self) -> bool:
@@ -249,12 +248,6 @@ def partial(task: Task[Flight], signer: Signer, data: bytes) -> None:
         _resolve_batch(task, flight, signer, data)
 
 
-def warning(task: Task[Flight], data: bytes) -> None:
-    """WORK_WARNING: a farm worker says why before it fails the job (past kill_rss_mb), a
-    line: its newline is not the WorkerLost's, whose text goes on after it."""
-    flight_of(task).warned = data[:500].decode("utf-8", "replace").rstrip("\r\n")
-
-
 def _initializer_news(task: Task[Flight], flight: Flight, signer: Signer, data: bytes) -> None:
     """A worker starts or ended the executor's initializer for this job (initnews.InitWatch
     says when workers lost in it break the executor)."""
@@ -275,13 +268,14 @@ def complete(task: Task[Flight], signer: Signer) -> list[WorkItem]:
     if error is not None:
         if type(error) is JobFailed:  # no exception came first: the worker is gone
             flight.init.lost(str(task.handle))  # the second worker lost in the initializer
-            # A worker past kill_rss_mb says so first; else WORK_FAIL alone says no more, and
-            # the farm's log names the cause (kill_rss_mb among them: a likely one for a call
-            # on large data, that a caller thinks not of, from a worker older than this).
+            # A worker past kill_rss_mb says so first (the session keeps its last warning,
+            # without its newline); else WORK_FAIL alone says no more, and the farm's log
+            # names the cause (kill_rss_mb among them: a likely one for a call on large
+            # data, that a caller thinks not of, from a worker older than this).
             error = WorkerLost(
-                f"the worker running job {task.handle} failed it: {flight.warned};"
+                f"the worker running job {task.handle} failed it: {error.warning};"
                 " the call's outcome is unknown"
-                if flight.warned
+                if error.warning
                 else f"the worker running job {task.handle} died (a crash, the OOM killer),"
                 " passed its pool's kill_rss_mb, or overran its timeout (the farm's log says"
                 " which); the call's outcome is unknown"

@@ -39,7 +39,6 @@ from farm.executor.flight import (
     flight_of,
     partial,
     take,
-    warning,
 )
 from farm.executor.interrupts import whole
 from farm.executor.links import Conn, Links
@@ -49,7 +48,7 @@ from farm.executor.signing import Signer
 from farm.executor.waithere import WaitHere
 from farm.net import READ_SIZE
 from farm.protocol import ProtocolError
-from farm.protocol.client import JobData, JobEnded, JobWarning, Task
+from farm.protocol.client import JobData, JobEnded, Task
 from farm.waker import Waker
 
 # Call, WorkItem, BrokenFarmExecutor, fail_broken and MAX_BATCH live in farm.executor.flight;
@@ -375,8 +374,8 @@ class Pump(Links, WaitHere):
                 self._flights.discard(flight_of(event.task))  # not before: _break still finds it
             elif isinstance(event, JobData):
                 partial(event.task, self.signer, event.data)
-            elif isinstance(event, JobWarning):
-                warning(event.task, event.data)
+            # A JobWarning needs nothing here: the session keeps the last one for the
+            # JobFailed that may follow (flight.complete's WorkerLost quotes it).
 
     def why_broken(self) -> str | None:
         """Why the pump stopped for good (None while it works); read anew on each call."""

@@ -21,11 +21,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from farm.errors import JobException, JobFailed, ServerError, ServerUnavailable
+from farm.errors import JobException, ServerError, ServerUnavailable
 from farm.protocol.codec import Packet, PacketType, ProtocolError, encode_req, text_bytes, wire_text
 from farm.protocol.decoder import Decoder, Oversized
 from farm.protocol.events import ServerErrorNotice
 from farm.protocol.tasks import (
+    WARNING_KEPT,
     JobCreated,
     JobData,
     JobEnded,
@@ -39,6 +40,7 @@ from farm.protocol.tasks import (
     Task,
     TaskEvent,
     TaskListener,
+    failed_error,
     lost_error,
     may_resubmit,
     timeout_error,
@@ -50,6 +52,7 @@ __all__ = [
     "Reply",
     "lost_error",
     "timeout_error",
+    "failed_error",
     "Task",
     "Query",
     "JobStatus",
@@ -171,6 +174,7 @@ class ClientSession:
         self._enqueue(task, task.packet())
         task.server = self.server
         task.handle = None  # a resubmitted task gets the new server's handle
+        task.warned = None  # and its warnings: the job the lost server ran is not this one
         task.attempts += 1
 
     def withdraw(self, task: Task[Any], unsent: bytearray) -> bool:
@@ -300,13 +304,7 @@ class ClientSession:
     def _on_fail(self, packet: Packet, events: list[object]) -> None:
         handle = wire_text(packet.args[0])
         for task in self._ended(handle):
-            # WORK_FAIL carries no reason: say where it can come from.
-            task.error = JobFailed(
-                f"job {handle} ({task.function}) failed: its worker sent WORK_FAIL (a farm"
-                " worker does when its function raised and the server is not farm's: the"
-                " worker's log has the traceback), or the server failed it (past its timeout,"
-                " or its workers died job_retries times; the server's log says which)"
-            )
+            task.error = failed_error(task, handle)  # the warning before it, if one came
             task.done = True
             events.append(JobEnded(task=task))
 
@@ -341,6 +339,7 @@ class ClientSession:
 
     def _on_warning(self, packet: Packet, events: list[object]) -> None:
         for task in self._hearers(wire_text(packet.args[0])):
+            task.warned = packet.args[1][:WARNING_KEPT]  # why, if WORK_FAIL comes next
             events.append(JobWarning(task=task, data=packet.args[1]))
 
     def _on_query_reply(self, packet: Packet, events: list[object]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
-from farm.errors import ServerUnavailable, Timeout
+from farm.errors import JobFailed, ServerUnavailable, Timeout
 from farm.protocol.codec import PacketType, encode_req, text_bytes
 from farm.protocol.kinds import SUBMIT_KINDS
 
@@ -19,6 +19,8 @@ __all__ = [
     "may_resubmit",
     "lost_error",
     "timeout_error",
+    "failed_error",
+    "WARNING_KEPT",
     "Owner",
     "Reply",
     "Task",
@@ -67,6 +69,7 @@ class Task(Generic[Owner]):
         "abandoned",
         "attempts",
         "owner",
+        "warned",
     )
 
     def __init__(
@@ -93,6 +96,8 @@ class Task(Generic[Owner]):
         self.abandoned = False  # the caller gave up (timeout): drop its WORK_* packets
         self.attempts = 0
         self.owner: Owner | None = None  # the face's record of this task
+        # The start of the job's last WORK_WARNING: a WORK_FAIL's JobFailed quotes it.
+        self.warned: bytes | None = None
 
     def packet(self) -> bytes:
         """Its submit packet (SUBMIT_JOB_EPOCH for one with ``when``)."""
@@ -212,4 +217,30 @@ def lost_error(server: str, task: Task[Any], why: str = "went away") -> ServerUn
     e.g. that it refused our TLS certificate)."""
     return ServerUnavailable(
         f"job server {server} {why} while holding job {task.function} {task.handle or UNCONFIRMED}"
+    )
+
+
+#: How much of a job's last WORK_WARNING its JobFailed keeps: the reason a farm worker gives
+#: (a line, kill_rss_mb's), not all of a stream a worker sent as warnings.
+WARNING_KEPT = 500
+
+
+def failed_error(task: Task[Any], handle: str) -> JobFailed:
+    """The error of a job its server sent WORK_FAIL for, which carries no reason: the job's
+    last warning where one came (a farm worker past kill_rss_mb says why so first), else
+    where WORK_FAIL can come from. Every face raises it (an Executor's WorkerLost quotes
+    its ``warning``)."""
+    if task.warned:
+        # A farm worker ends it with a newline, for the gearman CLI (which prints a warning
+        # as it comes, on a line of its own): not the message's, whose text may go on.
+        warning = task.warned.decode("utf-8", "replace").rstrip("\r\n")
+        return JobFailed(
+            f"job {handle} ({task.function}) failed; its last warning: {warning}",
+            warning=warning,
+        )
+    return JobFailed(
+        f"job {handle} ({task.function}) failed: its worker sent WORK_FAIL (a farm"
+        " worker does when its function raised and the server is not farm's: the"
+        " worker's log has the traceback), or the server failed it (past its timeout,"
+        " or its workers died job_retries times; the server's log says which)"
     )

@@ -15,7 +15,7 @@ import pytest
 
 import farm
 from farm.client.admin import ReplyTooLarge
-from farm.errors import JobException, ServerError
+from farm.errors import JobException, JobFailed, ServerError
 from farm.executor.flight import InitializerFailed
 from farm.executor.payload import RemoteTraceback
 from farm.net import AddressError, SocketPathTooLong
@@ -30,6 +30,8 @@ SAMPLES: list[tuple[BaseException, tuple[str, ...]]] = [
     (SocketPathTooLong("unix:/" + "a" * 200, "too long"), ("address", "reason")),
     (ReplyTooLarge("jobs", 1024), ("what", "limit")),
     (JobException("ValueError: no"), ("text",)),
+    (JobFailed("job H:1 (f) failed; its last warning: RSS", warning="RSS"), ("warning",)),
+    (JobFailed("job H:1 (f) failed"), ("warning",)),
     (RemoteTraceback("Traceback ..."), ("tb",)),
     (InitializerFailed(ValueError("init")), ()),
     (ProtocolError("bad", code="ARGUMENT_TOO_LARGE", fatal=False), ("code", "fatal")),

@@ -1,0 +1,142 @@
+"""What a caller is told of a job's WORK_WARNING, against farm's server with a raw worker:
+the warning a farm worker sends before it fails the job (past kill_rss_mb) is quoted by the
+JobFailed of farm.Client and AsyncClient, and `farm submit` prints each as it comes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import selectors
+import subprocess
+import sys
+import time
+
+import pytest
+
+import farm
+from farm.client.aio import AsyncClient
+from farm.protocol import PacketType as T
+from tests.helpers import ROOT
+from tests.helpers.aiojobs import run_async
+from tests.helpers.peers import Peer
+from tests.helpers.servers import Server
+
+pytestmark = pytest.mark.timeout(60)
+
+#: What a farm worker past kill_rss_mb sends (Worker.abandon): a line, its newline sent.
+WHY = "RSS 424 MiB over kill_rss_mb 300; worker exits"
+
+
+def asleep(addr: str, function: str) -> Peer:
+    """A raw worker of ``function``, asleep: the server's NOOP says a job came."""
+    peer = Peer(addr)
+    peer.send(T.CAN_DO, function)
+    peer.send(T.PRE_SLEEP)
+    return peer
+
+
+def take_job(peer: Peer) -> bytes:
+    """The job the server woke ``peer`` for: its handle."""
+    peer.expect(T.NOOP, timeout=20)
+    peer.send(T.GRAB_JOB_UNIQ)
+    return peer.expect(T.JOB_ASSIGN_UNIQ).args[0]
+
+
+def fail_after(peer: Peer, handle: bytes, *warnings: bytes) -> None:
+    for warning in warnings:
+        peer.send(T.WORK_WARNING, handle, warning)
+    peer.send(T.WORK_FAIL, handle)
+
+
+def test_a_job_failed_after_a_warning_says_it(farm_server: Server) -> None:
+    # WORK_FAIL carries no reason: the JobFailed guessed ("its worker sent WORK_FAIL ... or
+    # the server failed it") while the worker had said why just before.
+    peer = asleep(farm_server.addr, "hog")
+    with farm.Client(farm_server.addr) as client:
+        task = client.submit("hog", b"x")
+        fail_after(peer, take_job(peer), b"slow going", f"{WHY}\n".encode())
+        with pytest.raises(farm.JobFailed) as info:
+            client.wait(task, 10)
+    peer.close()
+    error = info.value
+    assert type(error) is farm.JobFailed
+    assert str(error) == f"job {task.handle} (hog) failed; its last warning: {WHY}"
+    assert error.warning == WHY  # the last one, without the newline a farm worker ends it with
+    again = pickle.loads(pickle.dumps(error))  # as an Executor's call or a pool carries it
+    assert (type(again), str(again), again.warning) == (farm.JobFailed, str(error), WHY)
+
+
+def test_a_job_failed_with_no_warning_says_where_work_fail_comes_from(
+    farm_server: Server,
+) -> None:
+    peer = asleep(farm_server.addr, "quiet")
+    with farm.Client(farm_server.addr) as client:
+        task = client.submit("quiet", b"x")
+        fail_after(peer, take_job(peer))
+        with pytest.raises(farm.JobFailed, match="its worker sent WORK_FAIL") as info:
+            client.wait(task, 10)
+    peer.close()
+    assert info.value.warning is None
+
+
+@run_async
+async def test_async_client_says_the_last_warning_too(farm_server: Server) -> None:
+    peer = asleep(farm_server.addr, "hog")
+    async with AsyncClient(farm_server.addr) as client:
+        call = asyncio.ensure_future(client.call("hog", b"x", timeout=20))
+        handle = await asyncio.to_thread(take_job, peer)
+        await asyncio.to_thread(fail_after, peer, handle, f"{WHY}\n".encode())
+        with pytest.raises(farm.JobFailed) as info:
+            await call
+    peer.close()
+    assert str(info.value).endswith(f"failed; its last warning: {WHY}")
+    assert info.value.warning == WHY
+
+
+def stderr_line(proc: subprocess.Popen[bytes], within: float) -> bytes:
+    """The next line ``proc`` writes to stderr, waited for at most ``within`` seconds."""
+    assert proc.stderr is not None
+    fd, got = proc.stderr.fileno(), b""
+    deadline = time.monotonic() + within
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while not got.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            assert left > 0 and sel.select(left), f"no line on stderr within {within}s: {got!r}"
+            byte = os.read(fd, 1)  # one at a time: nothing past the line is taken from the pipe
+            assert byte, f"stderr closed: {got!r}"
+            got += byte
+    return got
+
+
+def test_farm_submit_prints_each_warning_as_it_comes(farm_server: Server) -> None:
+    # `farm submit` passed no on_warning: the worker's reason never showed, and its last
+    # line said only where a WORK_FAIL may come from.
+    peer = asleep(farm_server.addr, "hog")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from farm.cli import main; main()"]
+        + ["submit", "hog", "x", "--server", farm_server.addr],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        handle = take_job(peer)
+        peer.send(T.WORK_WARNING, handle, b"half way \x1b[31mred\n")
+        # Shown while the job still runs: the job has not ended yet.
+        said = stderr_line(proc, 20)
+        assert said == b"farm: job hog warned: half way \\x1b[31mred\n"
+        fail_after(peer, handle, f"{WHY}\n".encode())
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        peer.close()
+    assert proc.returncode == 1 and out == b""
+    lines = err.decode().splitlines()
+    assert lines[0] == f"farm: job hog warned: {WHY}"
+    failed = f"job {handle.decode()} (hog) failed; its last warning: {WHY}"
+    assert lines[1] == f"farm: job hog failed: {failed}"
+    assert len(lines) == 2, err
