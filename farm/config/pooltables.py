@@ -9,25 +9,34 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any
 
 from farm.commandspec import parse_command, parse_stop_signal
 from farm.config.capacity import MAX_WORKERS, count_problem
 from farm.config.model import FunctionConfig
 from farm.config.reader import TableReader
-from farm.protocol.codec import MAX_TIMEOUT
+from farm.protocol.codec import MAX_CLIENT_ID, MAX_TIMEOUT, name_problem
 from farm.targets import normal_form_hint, target_problem, target_shaped
 
-__all__ = ["PoolReader", "COMMAND_KEYS", "POOL_KEYS", "KILL_RSS_FACTOR", "MAX_GRACE"]
+__all__ = [
+    "PoolReader",
+    "COMMAND_KEYS",
+    "POOL_KEYS",
+    "KILL_RSS_FACTOR",
+    "MAX_GRACE",
+    "MAX_POOL_NAME",
+    "served_problem",
+    "pool_name_problem",
+]
 
 #: kill_rss_mb when a pool sets only max_rss_mb: this many times it, rounded up.
 KILL_RSS_FACTOR = 1.5
 #: Longest graceful_timeout accepted (a day): a stop must end.
 MAX_GRACE = 86400
-# Matched whole (fullmatch): `$` also matched before a final newline, and "up\n" became a
-# function name that the admin protocol's lines (status, workers) cannot hold.
-_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: Longest name of a pool (its table's key), in UTF-8 bytes: a Python worker's client id is
+#: "farm:POOL#SLOT:PID", which must fit the server's MAX_CLIENT_ID (127 bytes; a slot has at
+#: most 4 digits, a pid 7).
+MAX_POOL_NAME = 64
 #: The keys of a [functions.NAME] table; COMMAND_KEYS are for command pools only.
 COMMAND_KEYS = ("command", "cwd", "env", "pass_env", "user", "stop_signal", "graceful_timeout")
 POOL_KEYS = (
@@ -42,16 +51,54 @@ POOL_KEYS = (
 ) + COMMAND_KEYS
 
 
+def served_problem(name: str) -> str | None:
+    """Why a pool may not serve the function ``name``, worded to follow "function name";
+    None if it may. Any name farm's job server takes (``name_problem``, its one rule:
+    Perl's ``App::reverse``, ``é``), but for what the supervisor passes a pool's functions
+    on in: admin lines split at spaces (``poolfunctions``, ``claim``) and a command
+    worker's ``$FARM_FUNCTION``, comma-separated."""
+    if (problem := name_problem(name.encode())) is not None:
+        return problem[1]
+    for sign, use in (
+        (" ", "the supervisor names a pool's functions to its server in admin lines split at it"),
+        (",", "a command pool's workers read them from $FARM_FUNCTION, split at it"),
+    ):
+        if sign in name:
+            return f"holds {sign!r} ({use})"
+    return None
+
+
+def pool_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a pool's (a ``[functions.NAME]`` key), worded to follow "a
+    pool's name"; None if it may be. What names its workers and a change of its size: at
+    most MAX_POOL_NAME bytes, no ``#`` (``POOL#SLOT``: `farm restart`, ``$FARM_WORKER_ID``,
+    the workers' log lines and titles) and no ``=`` (`farm scale NAME=COUNT`); and, as the
+    function it serves by default, ``served_problem``."""
+    # A function such a name cannot be may still be served, by a pool named otherwise.
+    elsewhere = '; serve it with function = "..." in a pool named otherwise'
+    if len(name.encode()) > MAX_POOL_NAME:
+        return (
+            f"is longer than {MAX_POOL_NAME} bytes (its workers' client id, farm:POOL#SLOT:PID,"
+            f" must fit the job server's {MAX_CLIENT_ID}){elsewhere}"
+        )
+    for sign, use in (("#", "POOL#SLOT names its workers"), ("=", "farm scale reads NAME=COUNT")):
+        if sign in name:
+            return f"holds {sign!r} ({use}){elsewhere}"
+    return served_problem(name)
+
+
 class PoolReader(TableReader):
     """Checks one ``[functions.NAME]`` table into a :class:`FunctionConfig`."""
 
     def function(self, name: str, raw: Any, ncpus: int) -> FunctionConfig:
         key = f"functions.{name}"
-        if not _NAME.fullmatch(name):
-            # Quoted as TOML writes such a key, so that the line stays one line.
+        if (problem := pool_name_problem(name)) is not None:
+            # Quoted as TOML writes such a key, so that the line stays one line: é as it is,
+            # a control character (json leaves DEL and C1 raw) escaped.
+            quoted = json.dumps(name, ensure_ascii=not name.isprintable())
             raise self.fail(
-                f"functions.{json.dumps(name)}",
-                "function names use letters, digits, '_', '.' and '-' (at most 64)",
+                f"functions.{quoted}",
+                f"a pool's name {problem}",
             )
         if name in POOL_KEYS and not isinstance(raw, dict):  # [functions] with no NAME
             raise self.fail(
@@ -168,12 +215,11 @@ class PoolReader(TableReader):
             raise self.fail(f"{key}.functions", "give function or functions, not both")
         names = raw.get("functions", [raw["function"]] if "function" in raw else [])
         which = f"{key}.functions" if "functions" in raw else f"{key}.function"
-        if not isinstance(names, list) or not all(
-            isinstance(n, str) and _NAME.fullmatch(n) for n in names
-        ):
-            raise self.fail(
-                which, 'must name functions like "reverse" (letters, digits, _ . -; at most 64)'
-            )
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise self.fail(which, 'must name functions, e.g. "reverse" or ["App::reverse"]')
+        for served in names:
+            if (problem := served_problem(served)) is not None:
+                raise self.fail(which, f"function name {json.dumps(served)} {problem}")
         if "functions" in raw and not names:
             raise self.fail(which, "is empty; name at least one function")
         return tuple(dict.fromkeys(names))

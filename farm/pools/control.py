@@ -38,7 +38,12 @@ __all__ = [
 ]
 
 MAX_REQUEST = 64 * 1024
-_SCALE = re.compile(r"^([A-Za-z0-9_.-]{1,64})=(?:([+-]?)([0-9]+)|auto)$")
+# NAME: a pool's or the one function it serves, neither of which holds "=" or an ASCII
+# space (farm.config.pooltables.pool_name_problem, served_problem); which, the supervisor
+# says, looking it up (its length is bounded by the request's, MAX_REQUEST). It read only
+# ASCII letters, digits and "_.-", and a pool serving Perl's App::reverse could be scaled
+# by neither name.
+_SCALE = re.compile(r"([^= \t\n\r\f\v]+)=(?:([+-]?)([0-9]+)|auto)")
 
 
 class ControlUnavailable(FarmError):
@@ -48,7 +53,7 @@ class ControlUnavailable(FarmError):
 def parse_scale(arg: str) -> tuple[str, str, int | None]:
     """``"resize=32"`` -> ("resize", "=", 32); ``"reverse=+2"`` -> ("reverse", "+", 2);
     ``"resize=auto"`` -> ("resize", "=", None): one worker per core, as ``workers = "auto"``."""
-    match = _SCALE.match(arg.strip())
+    match = _SCALE.fullmatch(arg.strip())
     if not match:
         raise ValueError(
             f"{arg!r} is not NAME=COUNT, NAME=+N, NAME=-N or NAME=auto (e.g. resize=32)"

@@ -142,10 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     # this is for a worker started by hand or by another process manager.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     ns = parse_args(argv)
+    # A pool's name may hold "%" (any function name the job server takes, Perl's and PHP's
+    # included): in the %-style format it read as a field, and each of the worker's log
+    # lines (a job's prints, its tracebacks) was lost to a "--- Logging error ---".
+    named = ns.function.replace("%", "%%")
     setup_logging(
         role="worker",
         log_format=ns.log_format,
-        text_format=f"%(asctime)s farm-worker {ns.function}#{ns.slot}[%(process)d] "
+        text_format=f"%(asctime)s farm-worker {named}#{ns.slot}[%(process)d] "
         "%(levelname)s %(message)s",
         slot=ns.slot,
         function=ns.function,

@@ -124,7 +124,7 @@ def test_function_renames_what_a_python_pool_serves(tmp_path: Path) -> None:
         ('target = "workers.text:reverse"\ncwd = "."', "functions.p.cwd", "command pools"),
         ('command = "sh"\nfunction = "a"\nfunctions = ["b"]', "functions.p.functions", "not both"),
         ('command = "sh"\nfunctions = []', "functions.p.functions", "at least one"),
-        ('command = "sh"\nfunction = "a b"', "functions.p.function", "letters"),
+        ('command = "sh"\nfunction = "a b"', "functions.p.function", "holds ' '"),
         ("workers = 1", "functions.p.target", "command = "),
         # a target not a string was a TypeError traceback (normalize() argument 2), exit 1
         ("target = 1", "functions.p.target", 'must be a string like "module:function"'),

@@ -181,9 +181,14 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
             "[functions.rev]",
             '[functions."up\\n"]\ntarget = "workers.text:upper"\n[functions.rev]',
             'functions."up\\n"',
-            "function names use letters",
+            "a pool's name holds a control character",
         ),
-        ("workers = 2", 'workers = 2\nfunction = "rev\\n"', "functions.rev.function", "letters"),
+        (
+            "workers = 2",
+            'workers = 2\nfunction = "rev\\n"',
+            "functions.rev.function",
+            'function name "rev\\n" holds a control character',
+        ),
         (  # the Executor's calls are code to run: only under names other users cannot serve
             "[functions.rev]",
             '[functions.py]\ntarget = "farm.executor.call:run_call"\n[functions.rev]',
@@ -267,7 +272,7 @@ def test_kill_rss_mb_defaults_to_one_and_a_half_max_rss_mb(tmp_path: Path) -> No
 def test_bad_toml_and_missing_functions(tmp_path: Path) -> None:
     assert "not valid TOML" in error_of(tmp_path, "[server\nlisten = 1")
     assert "missing" in error_of(tmp_path, "[functions.a]\nworkers = 1\n")
-    assert "function names" in error_of(tmp_path, '[functions."a b"]\ntarget = "x:y"\n')
+    assert "a pool's name holds ' '" in error_of(tmp_path, '[functions."a b"]\ntarget = "x:y"\n')
 
 
 def test_a_file_that_only_moves_the_farm_runs_the_built_in_pools(tmp_path: Path) -> None:
