@@ -11,7 +11,6 @@ so the worker never holds a job it cannot start.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import selectors
 import ssl
@@ -27,10 +26,11 @@ from farm.logs import Brief, Repeats
 from farm.net import parse_servers, recv
 from farm.protocol import MAX_CLIENT_ID, UNPRINTABLE, ProtocolError
 from farm.protocol import PacketType as T
-from farm.protocol.checks import as_bytes, check_seconds
+from farm.protocol.checks import check_seconds
 from farm.protocol.events import ServerErrorNotice
 from farm.protocol.worker import JobAssigned, WorkerSession, WorkerState
 from farm.waker import Waker
+from farm.workeranswer import describe, job_outcome, raised_at, result_data
 from farm.workerfunctions import WorkerFunction, WorkerFunctions
 from farm.workerjob import Job
 from farm.workerlinks import BACKOFF_FIRST, ServerLink, fail_and_part, run_unsent
@@ -51,7 +51,9 @@ class Worker(WorkerFunctions, WorkerNews):
 
     Functions receive a ``Job`` and return bytes, str or None (empty result). An exception
     becomes WORK_EXCEPTION "Type: message" on farm's server, WORK_FAIL on others (see
-    WorkerSession.exception), and the worker goes on.
+    WorkerSession.exception), and the worker goes on; so does ``sys.exit()`` in a job, and
+    a result that is not data (farm.workeranswer). A KeyboardInterrupt, and what a signal
+    handler of the program's own raises, end ``work()``.
 
     Hooks for a supervisor: ``jobs_done`` counts finished jobs; ``after_job`` (if set) is
     called with each Job after its answer is sent and may call ``stop()`` (a hook known to
@@ -306,6 +308,7 @@ class Worker(WorkerFunctions, WorkerNews):
     def _run(self, server: ServerLink, event: JobAssigned, fn: WorkerFunction | None) -> None:
         job = Job(event, self._timeouts.get(event.function), server, self._send_news)
         forks = forkedchild.forks
+        returned = False  # the function returned: what fails now is its result
         try:
             if fn is None:
                 raise LookupError(f"this worker has no function {event.function!r}")
@@ -315,24 +318,15 @@ class Worker(WorkerFunctions, WorkerNews):
                 forkedchild.leave_if_forked(forks, event.handle, exc)
                 raise
             forkedchild.leave_if_forked(forks, event.handle, None)  # only the worker answers
-            payload = b"" if result is None else _payload(result)
-        except Exception as exc:
-            if getattr(exc, "log_brief", False):  # a refusal, e.g. an unsigned call: one line
-                self._brief("job %s %s refused: %s", event.function, event.handle, exc)
-            else:
-                fields = {"function": event.function, "job": event.handle}  # farm.logs' fields
-                where = traceback.extract_tb(exc.__traceback__)[-1]
-                self._raised(
-                    (event.function, type(exc), where.filename, where.lineno),
-                    logging.WARNING,
-                    "job %s %s raised",
-                    *fields.values(),
-                    exc_info=True,
-                    extra=fields,
-                )
+            returned = True
+            payload = b"" if result is None else result_data(result, event.function, fn)
+        except BaseException as exc:  # sys.exit() in a job fails it; a Ctrl-C ends work()
+            if not job_outcome(exc):
+                raise
+            self._said_failed(event, exc, returned)
             with self._send_lock:  # abandon() may answer it from another thread
                 if self._holds(server, job):
-                    server.session.exception(_describe(exc))
+                    server.session.exception(describe(exc))
                     server.unsent = job.unsent  # until the answer is written
                     job.unsent = None
         else:
@@ -350,38 +344,30 @@ class Worker(WorkerFunctions, WorkerNews):
             self.after_job(job)
         # Else the answer leaves with the next grab, in the loop's one write per turn.
 
-
-def _payload(result: object) -> bytes:
-    """A job's result as it is sent. A coroutine is what a plain function that calls an
-    ``async def`` one returns, which ``register`` cannot see (it refuses an ``async def``
-    function itself): closed, so that no "never awaited" warning comes beside the error,
-    and the error says what to do. An async generator (``async def`` with ``yield``) is
-    named as plainly."""
-    try:
-        return as_bytes(result, "a worker function's result")
-    except TypeError:
-        # Looked at only here: off the per-job path.
-        if not inspect.iscoroutine(result) and not inspect.isasyncgen(result):
-            raise
-    said = "a worker function's result must be bytes, bytearray, memoryview or str, not"
-    if inspect.iscoroutine(result):
-        result.close()
-        raise TypeError(
-            f"{said} a coroutine: run it in the function, e.g. return"
-            f" asyncio.run({result.__name__}(job))"
-        )
-    # An async generator, never started: nothing to close, no warning to come.
-    raise TypeError(
-        f"{said} an async generator: run it to its end in the function, e.g. gather what"
-        f" {getattr(result, '__name__', 'it')}(job) yields under asyncio.run, and return bytes"
-    )
-
-
-def _describe(exc: BaseException) -> str:
-    """ "Type: message", the text a job's exception is sent as; an exception whose str()
-    raises is named as the traceback module names it, rather than ending the worker."""
-    try:
-        text = str(exc)
-    except Exception:
-        text = "<exception str() failed>"
-    return f"{type(exc).__name__}: {text}"
+    def _said_failed(self, event: JobAssigned, exc: BaseException, returned: bool) -> None:
+        """The log's line for a job that fails on the worker's side: a refusal in one line a
+        while; a result that is not data in one line naming the function and its target
+        (its traceback would show farm's frames alone); an exception with its traceback,
+        a while for each place it comes from (Repeats); a SystemExit saying where it was
+        raised, as it ended the worker before."""
+        fields = {"function": event.function, "job": event.handle}  # farm.logs' fields
+        if getattr(exc, "log_brief", False):  # a refusal, e.g. an unsigned call: one line
+            self._brief("job %s %s refused: %s", *fields.values(), exc, extra=fields)
+        elif returned:
+            kind = (event.function, "returned", str(exc))
+            self._raised(
+                kind, logging.WARNING, "job %s %s failed: %s", *fields.values(), exc, extra=fields
+            )
+        else:
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            said = "raised"
+            if not isinstance(exc, Exception):  # sys.exit(): it used to end the worker
+                said = f"raised {exc!r} at {raised_at(exc)}: the job fails, the worker goes on"
+            self._raised(
+                (event.function, type(exc), where.filename, where.lineno),
+                logging.WARNING,
+                f"job %s %s {said.replace('%', '%%')}",
+                *fields.values(),
+                exc_info=True,
+                extra=fields,
+            )

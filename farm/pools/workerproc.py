@@ -33,6 +33,7 @@ anything else = crashed.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -358,6 +359,7 @@ def _recording(
         return fn
     place = {addr: i + 1 for i, addr in enumerate(servers)}
 
+    @functools.wraps(fn)  # a job's one line names the target (farm.workeranswer.target_of)
     def run(job: Job) -> Any:
         if record is not None:
             record.started(job.handle, place.get(job.server, 0))

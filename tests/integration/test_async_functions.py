@@ -184,8 +184,10 @@ def test_a_coroutine_a_plain_worker_function_returns_fails_its_job_saying_what_t
     refused = pytest.raises(farm.JobException)
     with served, farm.Client(farm_server.addr) as client, refused as failed:
         client.call("fetch", b"abc", timeout=30)
+    assert str(failed.value).startswith("TypeError: fetch (tests.integration.")  # its target
     assert str(failed.value).endswith(
-        "not a coroutine: run it in the function, e.g. return asyncio.run(fetch(job))"
+        " returned a coroutine; return bytes, str or None: run it in the function, e.g."
+        " return asyncio.run(fetch(job))"
     )
 
 
@@ -196,5 +198,7 @@ def test_an_async_generator_a_plain_worker_function_returns_fails_its_job_naming
     refused = pytest.raises(farm.JobException)
     with served, farm.Client(farm_server.addr) as client, refused as failed:
         client.call("stream", b"abc", timeout=30)
-    assert "not an async generator: run it to its end in the function" in str(failed.value)
+    said = "returned an async generator; return bytes, str or None: run it to its end in"
+    assert str(failed.value).startswith("TypeError: stream (tests.integration.")
+    assert f"{said} the function" in str(failed.value)
     assert "stream(job) yields under asyncio.run" in str(failed.value)

@@ -1,0 +1,92 @@
+"""farm.workeranswer: which of what a job raises fails the job and which ends the program,
+and how a worker function's target is named in its one line."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import signal
+import sys
+from typing import Any
+
+import pytest
+
+from farm.workeranswer import job_outcome, raised_at, result_data, target_of
+
+
+def _raised(fn: Any) -> BaseException:
+    try:
+        fn()
+    except BaseException as exc:
+        return exc
+    raise AssertionError("it did not raise")
+
+
+def test_a_jobs_own_exit_and_cancellation_fail_the_job_a_ctrl_c_does_not() -> None:
+    assert job_outcome(_raised(lambda: sys.exit(3)))
+    assert job_outcome(_raised(lambda: 1 / 0))
+    assert job_outcome(asyncio.CancelledError())  # asyncio.run's, out of a job
+    assert not job_outcome(KeyboardInterrupt())
+
+
+def test_what_a_signal_handler_of_the_programs_own_raises_ends_the_program() -> None:
+    # A SIGTERM handler that calls sys.exit() is the program's way to end: the job does not
+    # swallow it. An Exception a handler raises (SIGALRM timing a job out) fails the job.
+    def leave(signum: int, frame: Any) -> None:
+        sys.exit(0)
+
+    def time_out(signum: int, frame: Any) -> None:
+        raise TimeoutError("the job ran too long")
+
+    before = signal.getsignal(signal.SIGUSR1)
+    try:
+        for handler, ends in ((leave, True), (time_out, False)):
+            signal.signal(signal.SIGUSR1, handler)
+            exc = _raised(lambda: os.kill(os.getpid(), signal.SIGUSR1))
+            assert job_outcome(exc) is not ends
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+
+
+def test_raised_at_names_the_line_that_raised() -> None:
+    exc = _raised(lambda: sys.exit(3))
+    line = sys._getframe().f_lineno - 1
+    assert raised_at(exc) == f"{__file__}:{line} in <lambda>"
+
+
+class _Callable:
+    def __call__(self, job: Any) -> bytes:
+        return b""
+
+    def method(self, job: Any) -> bytes:
+        return b""
+
+
+def rdict(job: Any) -> Any:
+    return {}
+
+
+@pytest.mark.parametrize(
+    ("fn", "named"),
+    [
+        (rdict, f"{__name__}:rdict"),
+        (functools.partial(rdict), f"{__name__}:rdict"),
+        (functools.wraps(rdict)(lambda job: rdict(job)), f"{__name__}:rdict"),
+        (_Callable(), f"{__name__}:_Callable"),
+        (_Callable().method, f"{__name__}:_Callable.method"),
+    ],
+)
+def test_a_target_is_named_as_farm_toml_names_one(fn: Any, named: str) -> None:
+    assert target_of(fn) == named
+
+
+def test_a_result_that_is_not_data_names_the_function_and_what_to_return() -> None:
+    with pytest.raises(TypeError) as refused:
+        result_data({}, "rdict", rdict)
+    assert str(refused.value) == (
+        f"rdict ({__name__}:rdict) returned dict; return bytes, str or None"
+    )
+    with pytest.raises(ValueError, match=rf"^rdict \({__name__}:rdict\): its result holds a"):
+        result_data("\ud800", "rdict", rdict)
+    assert result_data(memoryview(b"ok"), "rdict", rdict) == b"ok"
