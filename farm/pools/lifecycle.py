@@ -287,6 +287,7 @@ class Lifecycle:
         )
         proc.output_fd, proc.servers, proc.worker_id = out_read, servers, worker_id
         proc.out.mark = mark
+        proc.runs = f"{' or '.join(pool.functions)} ({pool.target})"  # its os._exit() names it
         return self.watch(slot, proc)
 
     def spawn_command(self, slot: Slot, pool: FunctionConfig) -> WorkerProcess:

@@ -128,6 +128,9 @@ class WorkerProcess:
     busy_since: float | None = None
     job_server: int = 0  # the job's server: its place in the worker's list, from 1 (0: unsaid)
     servers: tuple[str, ...] = ()  # a Python worker's list (--server), as it was started
+    # A Python worker's functions and target, "resize (imgs:run)", named by its death in a
+    # job: an os._exit() there cannot be caught and logged by the worker itself.
+    runs: str = ""
     stop_deadline: float | None = None  # SIGKILL if still alive then (draining)
     kill_reason: str = ""  # why the supervisor killed it, so its death is not a crash
     # A command worker's job its stop signal went on (past the grace, or SIGQUIT's none):
@@ -357,6 +360,7 @@ class Slot(RestartHistory):
             # failure, os._exit(4) no recycle), the worker only exits 3 or 4 between jobs.
             self.job_crashes += 1
             job = f" {proc.handle}" if proc.handle else ""  # a command worker's: unknown
+            job += f" of {proc.runs}" if proc.runs else ""
             how, delay = f"crashed in job{job}: {how}", self.planned(now)
         elif proc.busy_since is not None:  # past them: a crash loop, backed off as one
             how, delay = f"crashed: {how}", self.failed(now)

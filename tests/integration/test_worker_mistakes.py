@@ -1,8 +1,8 @@
 """A worker author's mistakes, each said in one line that names their code: ``sys.exit()``
 in a job (it ended the worker, with no line of its own, and the job ran job_retries times),
-and a result that is not data (a traceback of farm's frames alone, "raised" of a function
-that raised nothing). The worker's own SIGTERM and a Ctrl-C still end a program built on
-farm.Worker."""
+a result that is not data (a traceback of farm's frames alone, "raised" of a function that
+raised nothing), and ``os._exit()`` (the supervisor's line named no function nor target).
+The worker's own SIGTERM and a Ctrl-C still end a program built on farm.Worker."""
 
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ workers = 1
 
 [functions.hard]
 target = "mistakes:hard"
+functions = ["hard", "harder"]
 workers = 1
 """
 
@@ -90,6 +91,22 @@ def test_a_result_that_is_not_data_is_one_line_naming_the_function_and_target(up
     log = up.read_log()
     assert re.findall(r"WARNING job rdict H:\S+ (.*)", log) == [f"failed: {said}"], log
     assert "Traceback" not in log and "farm/worker.py" not in log
+
+
+def test_os_exit_in_a_job_is_logged_by_the_supervisor_naming_function_and_target(up) -> None:
+    # os._exit() cannot be caught: the supervisor's line is the only one, and it said
+    # "worker hard#0 ... crashed in job H:...: exited with code 7". Its pool serves two
+    # functions: the job was one of them (the record of the job in hand holds no name).
+    with farm.Client(up.addr) as client, pytest.raises(farm.JobFailed):
+        client.call("hard", b"", timeout=30)
+    lines = wait_for(
+        "the supervisor's lines", lambda: re.findall(r"crashed in job .*", up.read_log())
+    )
+    assert re.fullmatch(
+        r"crashed in job H:\S+ of hard or harder \(mistakes:hard\): exited with code 7;"
+        r" restarting now",
+        lines[0],
+    ), lines
 
 
 @pytest.mark.parametrize("server", ["farm", "gearmand"])
