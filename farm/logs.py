@@ -126,13 +126,17 @@ def setup_logging(
     slot: int | None = None,
     function: str | None = None,
     journal: bool | None = None,
+    journal_format: str | None = None,
     mark: str = "",
 ) -> None:
     """Configure the root logger of this process (as logging.basicConfig: once).
 
     ``text_format`` is the process's readable format, kept exactly as it was; with
     ``log_format="json"`` each record is a JsonFormatter line instead. ``journal``: each
-    line carries its priority for journald (None: when the stream is the journal's).
+    line carries its priority for journald (None: when the stream is the journal's), and
+    is written in ``journal_format``, by default ``text_format`` without its time: journald
+    records each line's time, and its writer's name and pid, which `journalctl` showed
+    twice ("Dec 06 16:44:12 host farm[29924]: 2026-12-06 16:44:12,000 farm[29924] ...").
     ``mark``: each line starts with it (a supervised worker's: relay_lines).
     """
     if log_format not in LOG_FORMATS:
@@ -145,13 +149,15 @@ def setup_logging(
     global _log_file, _handler
     _log_file = (filename, handler) if filename else None
     _handler = handler
+    if journal is None:
+        journal = not filename and _to_journal(stream or sys.stderr)
+    if journal:
+        text_format = journal_format or text_format.removeprefix("%(asctime)s ")
     formatter: logging.Formatter = (
         JsonFormatter(role, slot=slot, function=function)
         if log_format == "json"
         else TextFormatter(text_format)
     )
-    if journal is None:
-        journal = not filename and _to_journal(stream or sys.stderr)
     if journal:
         formatter = _JournalPriority(formatter)
     if mark:

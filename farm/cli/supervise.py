@@ -94,6 +94,9 @@ def up(
         log_format=cfg.supervisor.log_format,
         level=logging.DEBUG if verbose else logging.INFO,
         text_format="%(asctime)s farm[%(process)d] %(levelname)s %(message)s",
+        # In the journal, journald's own of each line say its time, name and pid; the
+        # server's and workers' lines (on this stderr too, so under this pid) keep theirs.
+        journal_format="%(levelname)s %(message)s",
         stream=sys.stderr,
     )
     try:

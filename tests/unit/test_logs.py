@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -242,3 +243,27 @@ def test_relayed_json_keeps_a_workers_records_and_hands_on_stray_lines() -> None
     assert out[:2] == ["<4>" + record, record]
     # A record without the worker's mark is stray too: a job wrote it past the logger.
     assert json.loads(out[2]) == ["C library output", "{half", "<6>", record]
+
+
+@pytest.mark.parametrize("journal", [True, False])
+def test_a_journal_line_leaves_the_time_to_journald_and_others_keep_it(journal: bool) -> None:
+    # journald records each line's time, and its writer's name and pid: a line to it that
+    # said them again showed them twice in `journalctl`. A terminal, a file, a pipe have
+    # no such record: their lines are as they were.
+    script = textwrap.dedent(
+        f"""
+        import logging, sys
+        from farm.logs import setup_logging
+        setup_logging(role="supervisor", stream=sys.stdout, journal={journal},
+                      text_format="%(asctime)s farm[%(process)d] %(levelname)s %(message)s",
+                      journal_format="%(levelname)s %(message)s")
+        logging.getLogger("s").warning("up")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    if journal:
+        assert out == "<4>WARNING up\n"
+    else:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} farm\[\d+\] WARNING up\n", out)
