@@ -14,8 +14,8 @@ farm.pools.metricsendpoint, reads in threads of its own; children are forked and
 exec'd by farm.pools.spawn); it waits in one selector on the signal wake-up
 pipe, the control socket and each worker's report and output pipes. Its parts
 live beside it in farm/pools: bookkeeping and the restart policy in ``slots``,
-a process's life (spawn, retire, kill, reap) in ``lifecycle``, `farm restart`
-in ``rollout``, what each signal means in ``signals``, what the control socket may
+a worker's start in ``workerstart``, its life (retire, kill, reap) in ``lifecycle``,
+`farm restart` in ``rollout``, what each signal means in ``signals``, what the control socket may
 change in ``steering``, what it tells
 systemd (READY=1, STATUS=) in ``readiness``, what outlives a worker (its detached
 processes, ``sweep_strays``) in ``strays``, what a supervisor killed -9 left running in

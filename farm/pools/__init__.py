@@ -3,7 +3,8 @@
 slots        slots, the processes in them, and the one restart policy
 record       each slot's shared-memory record, written by its worker
 spawn        the one way to start a child: fork, settle it, exec
-lifecycle    a worker process's life: spawn, watch, retire, kill, reap
+workerstart  a worker process started for its slot (Python or command), its pipes watched
+lifecycle    a worker process's life: its timeouts, retire, kill, reap
 commandstart when a command worker serves: its connections, local or remote
 commandjobs  a command worker as the local server sees it (`peers`, `drain`)
 rollout      `farm restart`: successors beside the old processes

@@ -1,11 +1,9 @@
-"""A worker process's life under the supervisor: spawn, watch, retire, kill, reap.
+"""A worker process's life under the supervisor: its timeouts, retire, kill, reap.
 
 A mixin of :class:`farm.supervisor.Supervisor`, split off to keep the main
-loop's module short. Two kinds of pool start the same way (farm.pools.spawn:
-pinned, death signal, descriptors closed): a Python pool runs ``python -m
-farm.pools.workerproc``, which reports on a pipe and writes a shared-memory
-record; a command pool runs any executable. Either's stdout and stderr come back
-on a pipe, logged within a budget (all pipes are read by farm.pools.reports). When a
+loop's module short. A worker is started by farm.pools.workerstart (a Python pool's
+or a command pool's, its stdout and stderr on a pipe that farm.pools.reports reads);
+this module sees it through its jobs' timeouts, its drain and its end. When a
 command worker, which says nothing, serves is farm.pools.commandstart's to decide.
 """
 
@@ -14,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import selectors
 import signal
 import time
 from collections.abc import Callable
@@ -22,10 +19,9 @@ from collections.abc import Callable
 from farm.config import Config, FunctionConfig
 from farm.pools.exits import describe_exit, exit_cause, may_answer_server_loss, undrained
 from farm.pools.localserver import LocalServer
-from farm.pools.record import RecordReader, create_record_fd
-from farm.pools.slots import ProcState, Slot, WorkerProcess, crash_delay
-from farm.pools.spawn import EXEC_FAILED_PREFIX, EXIT_EXEC_FAILED, WORKER_OOM_SCORE_ADJ, spawn
-from farm.pools.workerargs import command_env, log_mark, python_argv
+from farm.pools.slots import ProcState, Slot, WorkerProcess
+from farm.pools.spawn import EXEC_FAILED_PREFIX, EXIT_EXEC_FAILED
+from farm.pools.workerstart import WorkerStart
 
 __all__ = ["Lifecycle", "TIMEOUT_GRACE"]
 
@@ -38,20 +34,14 @@ TIMEOUT_GRACE = 1.0
 POLL = 0.02
 
 
-class Lifecycle:
+class Lifecycle(WorkerStart):
     config: Config
     slots: dict[str, list[Slot]]
-    targets: dict[str, int]
-    offsets: dict[str, int]
     retiring: list[WorkerProcess]
     quitting: bool  # SIGQUIT came: every worker is stopped at once (farm.pools.signals)
     # Drained command workers that ended and left processes in their group (farm.pools.strays).
     leftovers: list[WorkerProcess]
     by_pid: dict[int, WorkerProcess]
-    child_env: dict[str, str]  # a command pool's (base_environ): the supervisor's own
-    python_env: dict[str, str]  # a Python worker's: targets.trusted_pythonpath's PYTHONPATH
-    instance: str  # every worker's FARM_INSTANCE (farm.pools.leftbehind)
-    selector: selectors.BaseSelector
     server: LocalServer
 
     # Provided by farm.pools.rollout: a successor's end before it served; any slot's, counted.
@@ -219,116 +209,6 @@ class Lifecycle:
         )
 
     # -- processes --
-
-    def place(self, pool: FunctionConfig) -> None:
-        """Give a new pool its slots' cores: after those already placed, round robin."""
-        if pool.name not in self.offsets:
-            self.offsets[pool.name] = sum(self.targets.values()) % len(self.config.supervisor.cpus)
-            self.slots[pool.name] = []
-        self.targets[pool.name] = pool.workers
-
-    def start_process(self, slot: Slot, pool: FunctionConfig) -> WorkerProcess | None:
-        """Start a process for ``slot`` (not yet put in it); None, and a backoff, if none starts."""
-        try:
-            if pool.command is not None:
-                return self.spawn_command(slot, pool)
-            return self.spawn_python(slot, pool)
-        except OSError as e:
-            log.error("cannot start worker %s: %s", slot.name, e)
-            slot.next_start = time.monotonic() + crash_delay(slot.failures + 2)
-            return None
-
-    def spawn_worker(self, slot: Slot, pool: FunctionConfig) -> None:
-        """Fill an empty slot."""
-        proc = self.start_process(slot, pool)
-        if proc is not None:
-            slot.proc = proc
-
-    def spawn_python(self, slot: Slot, pool: FunctionConfig) -> WorkerProcess:
-        read_fd, write_fd = os.pipe()
-        out_read, out_write = os.pipe()  # its stdout and stderr, within a budget (reports)
-        mark, mark_fd = log_mark()  # what its own log lines start with there (reports)
-        try:
-            record_fd = create_record_fd(slot.name)
-        except OSError:
-            for fd in (read_fd, write_fd, out_read, out_write, mark_fd):
-                os.close(fd)
-            raise
-        os.set_inheritable(write_fd, True)  # the descriptors the worker keeps
-        os.set_inheritable(record_fd, True)
-        record = RecordReader(record_fd)
-        argv, servers = python_argv(self.config, pool, slot, write_fd, record_fd, mark_fd)
-        # Also in what it detaches: farm.pools.strays leaves that be while this process runs.
-        worker_id = f"farm:{pool.name}#{slot.index}:{slot.spawned}"
-        null = os.open(os.devnull, os.O_RDONLY)
-        try:
-            # Pinned, killed with the supervisor and deaf to SIGHUP (`systemctl kill -s HUP`
-            # reaches every process of the unit) before any of its own code runs.
-            pid = spawn(
-                argv,
-                {**self.python_env, "FARM_WORKER_ID": worker_id, "FARM_INSTANCE": self.instance},
-                death_signal=signal.SIGKILL,
-                core=slot.core,
-                keep=(write_fd, record_fd, mark_fd),
-                stdio=(null, out_write, out_write),
-                ignore=(signal.SIGHUP,),
-                oom_score_adj=WORKER_OOM_SCORE_ADJ,  # the OOM killer's first choice
-            )
-        except OSError:
-            os.close(read_fd)
-            os.close(out_read)
-            record.close()
-            raise
-        finally:
-            for fd in (write_fd, out_write, null, record_fd, mark_fd):  # record_fd's mapping stays
-                os.close(fd)
-        proc = WorkerProcess(
-            pid, pool.name, slot.index, slot.core, read_fd, pool.options(), pool.timeout, record
-        )
-        proc.output_fd, proc.servers, proc.worker_id = out_read, servers, worker_id
-        proc.out.mark = mark
-        proc.runs = f"{' or '.join(pool.functions)} ({pool.target})"  # its os._exit() names it
-        return self.watch(slot, proc)
-
-    def spawn_command(self, slot: Slot, pool: FunctionConfig) -> WorkerProcess:
-        """A command pool's slot: the executable, with its stdout and stderr on our pipe."""
-        spec = pool.command
-        assert spec is not None
-        env = command_env(self.config, pool, slot, self.child_env, self.instance)
-        read_fd, write_fd = os.pipe()
-        null = os.open(os.devnull, os.O_RDONLY)
-        try:
-            pid = spawn(
-                spec.argv,
-                env,
-                death_signal=signal.SIGKILL,
-                core=slot.core,
-                stdio=(null, write_fd, write_fd),
-                user=spec.user,
-                cwd=spec.cwd,
-                oom_score_adj=WORKER_OOM_SCORE_ADJ,
-            )
-        except OSError:
-            os.close(read_fd)
-            raise
-        finally:
-            os.close(write_fd)
-            os.close(null)
-        proc = WorkerProcess(
-            pid, pool.name, slot.index, slot.core, -1, pool.options(), pool.timeout
-        )
-        proc.command, proc.stop_signal, proc.output_fd = True, pool.stop_signal, read_fd
-        proc.worker_id = env["FARM_WORKER_ID"]
-        return self.watch(slot, proc)
-
-    def watch(self, slot: Slot, proc: WorkerProcess) -> WorkerProcess:
-        for fd in (proc.report_fd, proc.output_fd):
-            if fd >= 0:
-                os.set_blocking(fd, False)
-                self.selector.register(fd, selectors.EVENT_READ, proc)
-        self.by_pid[proc.pid] = proc
-        slot.spawned += 1
-        return proc
 
     def retire(
         self, proc: WorkerProcess, pool: FunctionConfig | None, grace: float | None = None

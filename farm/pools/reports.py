@@ -1,6 +1,6 @@
 """What comes back on a worker's pipes: a Python worker's reports, every worker's output.
 
-A mixin of :class:`farm.supervisor.Supervisor`, beside farm.pools.lifecycle,
+A mixin of :class:`farm.supervisor.Supervisor`, beside farm.pools.workerstart,
 which spawns the processes and registers their pipes with the supervisor's
 selector. A Python worker writes JSON report lines on a pipe of its own
 (farm.pools.workerproc). Every worker's stdout and stderr share another pipe,

@@ -106,7 +106,7 @@ class Restarting:
     reloads: ReloadOutcome  # the latest reload, for the metrics: failed if its pool did not boot
     exits: Exits  # (pool, cause) -> workers replaced, for the metrics
 
-    # Provided by Lifecycle (farm.pools.lifecycle); declared for the type checker.
+    # Provided by WorkerStart (farm.pools.workerstart); declared for the type checker.
     start_process: Callable[[Slot, FunctionConfig], WorkerProcess | None]
     retire: Callable[..., None]
     kill: Callable[[WorkerProcess, str], None]

@@ -1,6 +1,6 @@
 """What each kind of worker process is started with: a Python pool's ``python -m
 farm.pools.workerproc`` command line, a command pool's environment. The supervisor's
-Lifecycle spawns them (farm.pools.spawn); this only says what they are told."""
+WorkerStart spawns them (farm.pools.spawn); this only says what they are told."""
 
 from __future__ import annotations
 

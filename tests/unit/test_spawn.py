@@ -39,7 +39,7 @@ def ignored(proc: psutil.Process) -> set[int]:
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")
 def test_signals_named_in_ignore_are_ignored_from_the_programs_first_instruction() -> None:
-    # Python workers are spawned so (farm.pools.lifecycle): a SIGHUP sent to every process
+    # Python workers are spawned so (farm.pools.workerstart): a SIGHUP sent to every process
     # of the unit while one is still starting, before its main() ignores it, killed it.
     with child(ignore=(signal.SIGHUP,)) as proc:
         assert signal.SIGHUP in ignored(proc)
