@@ -337,6 +337,13 @@ class WorkerSide:
                         self.expired[handle] -= 1
                     else:
                         del self.expired[handle]
+                    # Its run ended here all the same: counted in jobs_done (admin `peers`,
+                    # `served`: `farm ps`, and whether a command worker's exit 0 after it is
+                    # a recycle). Uncounted, PHP's `$w->work(); exit(0);` after a timed-out
+                    # job read as "stopped unasked" and was backed off. Counted when its
+                    # answer comes, not when it expires: a worker that dies in the job
+                    # instead never ended it.
+                    self.jobs_done += 1
                 log.debug("fd %d: late %s for timed-out job %r dropped", self.fd, ptype, handle)
                 return
             if ptype == _WORK_FAIL and handle == self.excepted:

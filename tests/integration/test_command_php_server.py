@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from farm.client import Client
+from farm.errors import JobFailed
 from tests.helpers.farmproc import FarmUp
 from tests.helpers.servers import php
 from tests.helpers.waiting import wait_for
@@ -112,5 +113,53 @@ def test_php_workers_through_a_job_server_kill(tmp_path: Path) -> None:
         for line in ends(up):
             assert " INFO " in line and "lost its job server (exited with code 0)" in line, line
             assert "restarting in " not in line and "failing" not in line, line
+    finally:
+        assert up.stop() == 0
+
+
+# Registers its pool's function with a 1 s timeout (CAN_DO_TIMEOUT, as docs/operations.md
+# tells), runs as many jobs as argv[1] asks and exits 0 (PHP's `$w->work(); exit(0);`).
+# A "slow" job outlives its timeout: the server fails it, and its answer comes late.
+TIMED = """<?php
+$w = new GearmanWorker();
+$w->addServer(getenv("FARM_SERVER_HOST"), (int)getenv("FARM_SERVER_PORT"));
+$w->addFunction(getenv("FARM_FUNCTION"), function ($job) {
+    if ($job->workload() === "slow") {
+        sleep(2);
+    }
+    return "done";
+}, null, 1);
+for ($i = 0; $i < (int)$argv[1]; $i++) {
+    $w->work();
+}
+exit(0);
+"""
+
+
+@pytest.mark.parametrize("jobs", [["slow"], ["slow", "quick"]])
+def test_a_php_worker_that_exits_after_a_timed_out_job_is_recycled(
+    tmp_path: Path, jobs: list[str]
+) -> None:
+    # The late answer of a job that timed out in its hands was dropped uncounted: an exit 0
+    # after one such job read "stopped unasked (exited with code 0)", 0 jobs, backed off
+    # (0.5 s, 1 s, 2 s, "slot failing"); after two jobs it was logged "after 1 jobs".
+    script = tmp_path / "timed.php"
+    script.write_text(TIMED)
+    command = f'["{php()}", "{script}", "{len(jobs)}"]'
+    up = FarmUp(tmp_path, f"[functions.timed]\ncommand = {command}\nworkers = 1\n")
+    try:
+        up.expect_notify("READY=1")
+        wait_for("the PHP worker serving", lambda: serving(up, 1), timeout=30)
+        with Client(up.addr) as client:
+            for job in jobs:
+                if job == "slow":
+                    with pytest.raises(JobFailed):
+                        client.call("timed", job, timeout=20)
+                else:
+                    assert client.call("timed", job, timeout=20) == b"done"
+        ended = r".* worker timed#0 .*; restarting .*"
+        (line, *_) = wait_for("its end logged", lambda: re.findall(ended, up.read_log()))
+        assert f"was recycled (exited with code 0 after {len(jobs)} jobs)" in line, line
+        assert "restarting now" in line and "stopped unasked" not in line, line
     finally:
         assert up.stop() == 0
