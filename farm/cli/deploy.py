@@ -35,6 +35,10 @@ POLL = 0.2
 #: on): past the supervisor's own 60 s limit for a new process to serve, something else
 #: holds the restart, e.g. a job server that is down.
 STALL = 150.0
+#: Seconds an added pool's starting command worker must show the same wrong registration
+#: (other names than its pool's) before `farm reload` says so and stops waiting for it: a
+#: worker's CAN_DOs are separate packets, and a look between two would be no verdict.
+MISREGISTERED_SETTLE = 2.0
 
 
 @app.command(cls=FarmCommand)
@@ -122,7 +126,10 @@ def follow_added(
     process ended before it served (a module that raises at import, a command that exits);
     exit 1 naming each slot that did not serve and how its process ended, that it still
     starts ``wait`` seconds after the reload, or that none started (the job server not
-    ready). The pools stay either way, retried with backoff."""
+    ready). A command worker that registered other names than its pool's is named with
+    them once that held ``MISREGISTERED_SETTLE``, not after the whole wait: the supervisor
+    logged it at once, and the reload said only "not serving 62s after it". The pools
+    stay either way, retried with backoff."""
     # Imported here: the `farm` command's start does not load the supervisor's parts.
     from farm.logs import escape_controls
     from farm.pools.slots import ProcState, worker_name
@@ -132,6 +139,7 @@ def follow_added(
     serving = {s.value for s in ProcState if s.serving}
     retiring = {s.value for s in ProcState if s.ordered}
     served: set[tuple[str, int]] = set()
+    wrong: dict[tuple[str, int], tuple[str, float]] = {}  # registered other names: since when
     deadline = began + wait
     while True:
         reply = ps()
@@ -151,7 +159,15 @@ def follow_added(
         ended = [key for key in waiting if key in rows and rows[key]["restarts"]]  # unasked
         if not waiting:
             return
-        if len(ended) == len(waiting) or time.monotonic() > deadline:
+        now = time.monotonic()
+        for key in waiting:
+            said = rows[key].get("not_serving", "") if key in rows else ""
+            if not said:
+                wrong.pop(key, None)
+            elif wrong.get(key, ("",))[0] != said:
+                wrong[key] = (said, now)
+        settled = [k for k in waiting if k in wrong and now - wrong[k][1] >= MISREGISTERED_SETTLE]
+        if len(set(ended) | set(settled)) == len(waiting) or now > deadline:
             break
         time.sleep(POLL)  # polling the supervisor's table
     server = own_row(reply["processes"], "server")
@@ -164,10 +180,14 @@ def follow_added(
             typer.echo(f"farm: {key[0]}#{key[1]}: added by the reload, {why}", err=True)
             continue
         name = worker_name(row["function"], row["slot"], row["cpu"])
-        # Its last output, or its exception's text: the worker's, escaped for the terminal.
-        why = (
-            escape_controls(row["last_exit"]) if key in ended else f"not serving {wait:g}s after it"
-        )
+        # Its last output, or its exception's text, or the names it registered: the
+        # worker's, escaped for the terminal.
+        if key in ended:
+            why = escape_controls(row["last_exit"])
+        elif key in wrong:
+            why = f"{escape_controls(wrong[key][0])}: not serving"
+        else:
+            why = f"not serving {wait:g}s after it"
         typer.echo(f"farm: {name}: added by the reload, {why} (now {row['state']})", err=True)
     fail(
         f"reload incomplete: the pool(s) it added do not serve ({', '.join(pools)}): they stay,"

@@ -88,10 +88,11 @@ def ps_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
 
     # A Python worker's boot error is its exception's text, a command's its output: the
     # terminal would obey an escape in them, as the journal's lines escape them too.
+    # A starting command worker that registered other names: that, not its predecessor's end.
     why = [
-        f"{_place(r)} {r['state']}: {escape_controls(r['last_exit'])}"
+        f"{_place(r)} {r['state']}: {escape_controls(r.get('not_serving') or r['last_exit'])}"
         for r in rows
-        if r["state"] in NOT_SERVING and r.get("last_exit")
+        if r["state"] in NOT_SERVING and (r.get("not_serving") or r.get("last_exit"))
     ]
     return lines + ([""] + why if why else [])
 

@@ -168,6 +168,9 @@ class ProcessTable:
             server_gone=self.server_gone(proc),
             # A running command worker: whether the local server showed its registration.
             checked=proc.registration_seen if proc.state is ProcState.RUNNING else None,
+            # A starting command worker connected that registered other names: why it does
+            # not serve, as the log said it, for `farm reload` and `farm ps` to say too.
+            not_serving=proc.misregistered if proc.state is ProcState.STARTING else "",
             **extra,
         )
 
@@ -225,4 +228,5 @@ class ProcessTable:
             "server_gone": extra.get("server_gone", False),  # its job's server has died since
             "checked": extra.get("checked"),  # False: running, its registration not seen
             "replaying": extra.get("replaying", False),  # the job server's store, at its start
+            "not_serving": extra.get("not_serving", ""),  # a starting one: why, when known
         }

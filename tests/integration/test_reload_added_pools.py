@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -240,4 +241,47 @@ def test_a_pool_added_back_while_its_old_worker_drains_is_followed_by_its_new_sl
             assert [client.wait(task, timeout=20) for task in tasks] == [b"awake"] * 2
     finally:
         gate.open()
+        assert up.stop() == 0
+
+
+# A command worker that registers another name than its pool's (`wrong`), then sleeps in
+# the server (PRE_SLEEP) for as long as it lives, as a PHP script with a typo does.
+WRONG_NAME = """\
+import os, socket, struct
+host, port = os.environ["FARM_SERVERS"].split(",")[0].rsplit(":", 1)
+def pkt(t, *x):
+    b = b"\\0".join(x)
+    return b"\\0REQ" + struct.pack(">II", t, len(b)) + b
+s = socket.create_connection((host, int(port)))
+s.sendall(pkt(1, b"wrong") + pkt(4))  # CAN_DO wrong, PRE_SLEEP
+while s.recv(4096):
+    pass
+"""
+
+
+def test_a_reload_names_an_added_command_pool_s_wrong_registration_at_once(
+    tmp_path: Path,
+) -> None:
+    # The supervisor logged "registered wrong, not rightname: not serving" at once; the
+    # reload waited out boot_timeout + 2 (62 s) and said only "not serving 62s after it".
+    script = tmp_path / "wrong.py"
+    script.write_text(WRONG_NAME)
+    up = FarmUp(tmp_path, BASE, supervisor="boot_timeout = 20")
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 1})
+        pool = f'\n[functions.rightname]\ncommand = ["{sys.executable}", "{script}"]\nworkers = 1\n'
+        up.write_config(BASE + pool)
+        began = time.monotonic()
+        out = farm_cli("reload", "--control", up.control, timeout=40)
+        assert out.returncode == 1, out.stdout + out.stderr
+        said = r"rightname#0 cpu\d+: added by the reload, registered wrong, not rightname: not"
+        assert re.search(said + r" serving \(now starting\)", out.stderr), out.stderr
+        assert time.monotonic() - began < 15, out.stderr  # not the whole 22 s
+        assert "do not serve (rightname)" in out.stderr, out.stderr
+        # `farm ps` says it under the table too, as it says a failing slot's last end.
+        ps = farm_cli("ps", "--control", up.control)
+        said = r"^rightname#0 cpu\d+ starting: registered wrong, not rightname$"
+        assert re.search(said, ps.stdout, re.M), ps.stdout
+    finally:
         assert up.stop() == 0
