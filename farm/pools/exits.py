@@ -96,6 +96,9 @@ class Working(Protocol):
 
     busy_since: float | None  # since when it runs its job in hand; None when idle
     handle: str  # that job's
+    command: bool  # a command pool's process: its jobs are known from the server alone
+    registration_seen: bool  # ... where the local server showed its registration
+    stop_signal: int  # what asked it to stop
 
 
 def undrained(proc: Working, now: float, *, quitting: bool = False) -> str:
@@ -104,8 +107,16 @@ def undrained(proc: Working, now: float, *, quitting: bool = False) -> str:
     stop signal went on (farm.pools.commandjobs): this SIGKILL, not that signal, cuts it
     off when it ignored the signal, and its name was lost here. After SIGQUIT
     (``quitting``) no drain was let run out: the worker was stopped at once, and saying
-    "did not drain in time" blamed it for a grace it never had."""
-    why = "stopped at once (SIGQUIT)" if quitting else "did not drain in time"
+    "did not drain in time" blamed it for a grace it never had. One known to hold no job
+    had nothing to drain: it ignored its stop signal, and is said so."""
+    if quitting:
+        why = "stopped at once (SIGQUIT)"
+    elif proc.busy_since is None and (not proc.command or proc.registration_seen):
+        # A command worker's job is known only where the local server lists its
+        # connections; elsewhere none read is no proof that it held none.
+        return f"ignored {signal.Signals(proc.stop_signal).name}, holding no job"
+    else:
+        why = "did not drain in time"
     if proc.busy_since is None or not proc.handle:
         return why
     return cut_off(why, proc.handle, now - proc.busy_since)

@@ -285,3 +285,30 @@ def test_sigquit_with_the_job_server_hung_stops_the_command_workers_at_once(
         if server:
             os.kill(server, signal.SIGCONT)
         up.stop()
+
+
+# A command worker deaf to SIGTERM from its start, as a PHP worker with
+# pcntl_signal(SIGTERM, SIG_IGN) at its top is: it holds no job when its stop comes.
+DEAF_ALWAYS = DEAF_WORKER.replace(
+    "worker = farm.Worker(", "signal.signal(signal.SIGTERM, signal.SIG_IGN)\nworker = farm.Worker("
+)
+
+
+def test_an_idle_command_worker_deaf_to_sigterm_is_said_to_have_ignored_it(
+    tmp_path: Path,
+) -> None:
+    # `farm scale slow=1` killed the idle deaf worker past its grace as "did not drain in
+    # time": it had nothing to drain; it ignored the signal.
+    script = tmp_path / "deaf.py"
+    script.write_text(DEAF_ALWAYS)
+    argv = [sys.executable, str(script), str(tmp_path / "gate")]
+    pool = f"[functions.slow]\ncommand = {json.dumps(argv)}\nworkers = 2\ngraceful_timeout = 1\n"
+    up = FarmUp(tmp_path, pool, metrics=False)
+    try:
+        up.expect_notify("READY=1")
+        wait_for("both serving", lambda: len(up.workers("slow", "running")) == 2)
+        assert farm_cli("scale", "slow=1", "--control", up.control).returncode == 0
+        line = log_line(up, "killing worker slow#1")
+        assert line.endswith("): ignored SIGTERM, holding no job"), line
+    finally:
+        assert up.stop() == 0
