@@ -16,8 +16,8 @@ falls back to TCP when the socket is not there or not accessible to its user;
 the Executor does not (it would put signed calls on a TCP port any local user
 can reach). A config whose workers serve remote servers (``[supervisor] servers``,
 no local one) names those: a client takes them all, the Executor their ``unix:`` entries
-that answer; each ``unix:`` entry (and each of ``$GEARMAN_SERVERS`` the Executor takes) is
-checked for a planted socket as the local one is.
+that answer; each ``unix:`` entry (and, for the Executor, each of ``$FARM_SERVERS`` and
+``$GEARMAN_SERVERS``) is checked for a planted socket as the local one is.
 """
 
 from __future__ import annotations
@@ -28,7 +28,14 @@ from pathlib import Path
 
 from farm.configfile import no_settings, read_config_file  # every reader's, re-exported
 from farm.errors import ConfigError, ServerUnavailable
-from farm.net import DEFAULT_SERVER, Address, AddressError, connectable, parse_address
+from farm.net import (
+    DEFAULT_SERVER,
+    Address,
+    AddressError,
+    connectable,
+    parse_address,
+    parse_servers,
+)
 from farm.paths import (
     controlled_by_another,
     runtime_dir,
@@ -260,18 +267,21 @@ def client_servers(config: str | os.PathLike[str] | None = None) -> str | list[s
 
 
 def executor_servers() -> str | list[str]:
-    """Servers for an Executor given none: ``$FARM_SERVERS`` as set, the ``unix:`` entries of
+    """Servers for an Executor given none: ``$FARM_SERVERS``, the ``unix:`` entries of
     ``$GEARMAN_SERVERS``, else the local farm's Unix socket, and nothing else.
 
     ``$GEARMAN_SERVERS`` is libgearman's variable, often set host-wide for PHP and the
     gearman tools: its TCP entries are nobody's choice to put signed calls on a port that
-    every local user can reach (and where the server queues them behind anyone's). Its
-    ``unix:`` entries are checked as the config's are."""
+    every local user can reach (and where the server queues them behind anyone's). The
+    ``unix:`` entries of either variable are checked as the config's are (``_answering``)."""
     env = servers_from_env()
-    if env is not None and env[0] == "GEARMAN_SERVERS":
+    if env is not None and env[0] == "FARM_SERVERS":  # farm's own: its TCP entries chosen
+        fix = "Fix $FARM_SERVERS, or unset it for the config's farm."
+        return _answering(parse_servers(env[1]), "$FARM_SERVERS", fix)
+    if env is not None:
         unix = [s.strip() for s in env[1].split(",") if s.strip().startswith("unix:")]
         if unix:
-            return _gearman_unix(unix)
+            return _answering(parse_servers(unix), "$GEARMAN_SERVERS")
         try:
             return _servers(tcp_fallback=False, environ=False)
         except ServerUnavailable as exc:
@@ -282,21 +292,28 @@ def executor_servers() -> str | list[str]:
     return _servers(tcp_fallback=False)
 
 
-def _gearman_unix(unix: list[str]) -> list[str]:
-    """The ``unix:`` entries of ``$GEARMAN_SERVERS``, checked as the config's are (``_remote``):
-    one another user could have planted is refused (UnsafeDirectory), and none that answers
-    is refused in one line. Taken unchecked, a planted socket received the signed calls, and
-    a missing one had them time out."""
+def _answering(
+    servers: list[str], where: str, fix: str = "farm.Executor() does not send calls over TCP"
+) -> list[str]:
+    """``servers`` for the Executor, their ``unix:`` entries checked once, as it is made: one
+    another user could have planted is refused (UnsafeDirectory), one there and no socket
+    passed over with a warning, and where no entry can answer (each a ``unix:`` one with no
+    socket this user may use) the Executor is refused in one line naming ``where`` they were
+    given, and ``fix``. The one rule for ``$FARM_SERVERS``, the ``unix:`` entries of
+    ``$GEARMAN_SERVERS`` and ``[supervisor] servers``: taken unchecked, a planted socket
+    received the signed calls, and a missing one held each call for connect_timeout before
+    it failed. One missing among others stays (its server may be starting; the others serve
+    meanwhile, as gearmand's clients fail over), and so does a TCP entry, unlooked at: its
+    server may come up later."""
+    unix = [s for s in servers if s.startswith("unix:")]
     for sock in unix:
         trusted(sock, False)
-    if not any(usable(s) for s in unix):
+    if len(unix) == len(servers) and not any(usable(s) for s in unix):
         paths = ", ".join(s[len("unix:") :] for s in unix)
         why = no_socket_note(unix) or "is it running, and may this user use the socket?"
-        raise ServerUnavailable(
-            f"no job server answers on {paths} ($GEARMAN_SERVERS): {why} farm.Executor() does"
-            " not send calls over TCP"
-        )
-    return passing_over_non_sockets(unix)
+        raise ServerUnavailable(f"no job server answers on {paths} ({where}): {why} {fix}")
+    kept = passing_over_non_sockets(unix)
+    return [s for s in servers if not s.startswith("unix:") or s in kept]
 
 
 def servers_from_env() -> tuple[str, str] | None:
@@ -353,18 +370,10 @@ def _remote(farm: FarmAddresses, tcp_fallback: bool) -> list[str]:
             " farm.* pool serves farm.Executor(); add the unix:/path of a farm server there, or"
             " set local_server = true"
         )
-    fallback = tcp_fallback and len(unix) < len(farm.remote)
-    dropped = [s for s in unix if not trusted(s, fallback)]
-    if tcp_fallback:
-        return [s for s in farm.remote if s not in dropped]
-    if not any(usable(s) for s in unix):
-        paths = ", ".join(s[len("unix:") :] for s in unix)
-        why = no_socket_note(unix) or "is it running, and may this user use the socket?"
-        raise ServerUnavailable(
-            f"no job server answers on {paths} ({farm.source}: [supervisor] servers): {why}"
-            " farm.Executor() does not send calls over TCP"
-        )
-    return passing_over_non_sockets(unix)
+    if not tcp_fallback:
+        return _answering(unix, f"{farm.source}: [supervisor] servers")
+    dropped = [s for s in unix if not trusted(s, len(unix) < len(farm.remote))]
+    return [s for s in farm.remote if s not in dropped]
 
 
 def executor_spill() -> tuple[str | None, int | None]:

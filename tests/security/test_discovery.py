@@ -7,6 +7,7 @@ without the workers' modules still finds the farm.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -20,8 +21,9 @@ import pytest
 import farm
 from farm import discovery
 from farm.errors import ServerUnavailable
-from farm.net import DEFAULT_SERVER
+from farm.net import DEFAULT_SERVER, parse_servers
 from farm.paths import UnsafeDirectory
+from tests.helpers.executorfarm import ExecutorFarm
 from tests.helpers.farmproc import FarmUp
 
 
@@ -47,8 +49,12 @@ def write_config(tmp: Path, sock: Path) -> Path:
 def test_the_environment_comes_first(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GEARMAN_SERVERS", "10.0.0.1:4730")
     assert discovery.client_servers() == "10.0.0.1:4730"
-    monkeypatch.setenv("FARM_SERVERS", "unix:/run/x.sock")
-    assert discovery.client_servers() == discovery.executor_servers() == "unix:/run/x.sock"
+    sock = clean_env / "x.sock"
+    monkeypatch.setenv("FARM_SERVERS", f"unix:{sock}")
+    assert discovery.client_servers() == f"unix:{sock}"
+    with socket.socket(socket.AF_UNIX) as listener:  # the Executor's is checked: it is there
+        listener.bind(str(sock))
+        assert discovery.executor_servers() == [f"unix:{sock}"]
 
 
 @pytest.mark.parametrize("blank", ["", " ", "\t\n"])
@@ -276,16 +282,18 @@ def test_the_executor_refuses_a_unix_server_that_is_no_socket(
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give files to another user")
-def test_the_executor_refuses_a_planted_socket_in_gearman_servers(
-    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("variable", ["GEARMAN_SERVERS", "FARM_SERVERS"])
+def test_the_executor_refuses_a_planted_socket_in_the_servers_variables(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, variable: str
 ) -> None:
     # The same check as for the config's sockets: another user's socket in a directory
-    # anyone may write, named in $GEARMAN_SERVERS, received the Executor's signed calls.
+    # anyone may write, named in $GEARMAN_SERVERS (or $FARM_SERVERS), received the
+    # Executor's signed calls.
     made = clean_env / "made-by-another"
     made.mkdir()
     sock = made / "gearman.sock"
     write_config(clean_env, clean_env / "absent.sock")
-    monkeypatch.setenv("GEARMAN_SERVERS", f"unix:{sock}")
+    monkeypatch.setenv(variable, f"unix:{sock}")
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(str(sock))
         assert discovery.executor_servers() == [f"unix:{sock}"], "ours: used"
@@ -293,3 +301,52 @@ def test_the_executor_refuses_a_planted_socket_in_gearman_servers(
         os.chown(made, 65534, 65534)  # in a directory of theirs
         with pytest.raises(UnsafeDirectory, match="could have let another user put it there"):
             farm.Executor()
+
+
+def test_the_executor_refuses_farm_servers_where_no_socket_answers_as_it_is_made(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # $FARM_SERVERS was taken unchecked: farm.Executor() was made, and its first call waited
+    # connect_timeout (5 s) to say "no job server is reachable; tried unix:.../missing.sock",
+    # where the same path in $GEARMAN_SERVERS is refused as the Executor is made.
+    missing, plain = clean_env / "missing.sock", clean_env / "notsock"
+    plain.write_text("")
+    monkeypatch.setenv("FARM_SERVERS", f"unix:{missing}")
+    with pytest.raises(ServerUnavailable, match=rf"{re.escape(str(missing))} \(\$FARM_SERVERS\)"):
+        farm.Executor()
+    monkeypatch.setenv("FARM_SERVERS", f"unix:{missing}, unix:{plain}")
+    with pytest.raises(ServerUnavailable, match=rf"{re.escape(f'{plain}: not a socket')}"):
+        farm.Executor()
+    # A TCP entry is not looked at (its server may come up later), nor refused: $FARM_SERVERS
+    # is the place to choose TCP knowingly.
+    monkeypatch.setenv("FARM_SERVERS", f"unix:{missing}, 127.0.0.1:1")
+    assert parse_servers(discovery.executor_servers()) == [f"unix:{missing}", "127.0.0.1:1"]
+
+
+def test_the_executor_passes_over_what_is_no_socket_in_farm_servers(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A file there was taken for a socket, and every connect to it was refused for as long as
+    # the Executor ran. One missing among the others stays: its server may be starting.
+    missing, plain, sock = clean_env / "missing.sock", clean_env / "notsock", clean_env / "s"
+    plain.write_text("")
+    monkeypatch.setenv("FARM_SERVERS", f"unix:{plain}, unix:{missing}, unix:{sock}")
+    with socket.socket(socket.AF_UNIX) as listener, caplog.at_level(logging.WARNING, "farm"):
+        listener.bind(str(sock))
+        assert discovery.executor_servers() == [f"unix:{missing}", f"unix:{sock}"]
+    assert f"not using unix:{plain}: not a socket" in caplog.text
+
+
+def test_one_missing_socket_among_farm_servers_leaves_the_others_serving(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As gearmand's clients fail over: a server whose socket is not made yet (starting, or
+    # down) is no reason to refuse the Executor, and holds none of its calls.
+    (clean_env / "f").mkdir()
+    served = ExecutorFarm(clean_env / "f", count=1)
+    try:
+        monkeypatch.setenv("FARM_SERVERS", f"unix:{clean_env / 'missing.sock'}, unix:{served.unix}")
+        with farm.Executor(key_file=str(served.key)) as ex:
+            assert list(ex.map(abs, [-1, -2, -3], timeout=60)) == [1, 2, 3]
+    finally:
+        served.stop()
