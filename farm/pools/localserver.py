@@ -37,6 +37,9 @@ log = logging.getLogger("farm.supervisor")
 NO_SUCH_NAME = frozenset({socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)})
 #: Seconds the server has to answer ``poolfunctions``, and the wait before it is asked again.
 NAMING_TIMEOUT, NAMING_RETRY = 0.5, 5.0
+#: Asks of ``poolfunctions`` in a row that failed before it is said above debug, once: one
+#: the server is too busy to answer is nothing, but one it never answers went on unseen.
+NAMING_WARN_AFTER = 3
 #: A command worker that ran when the server died and ends this long after the new one
 #: answers still ended of that death: its reconnect tries gave up as the server came back.
 LOST_WINDOW = 5.0
@@ -46,14 +49,17 @@ PROBE_WAIT = 0.05
 
 def named_lines(command: str, names: list[str]) -> list[str]:
     """``COMMAND NAME...`` lines that together name ``names``, each within the server's
-    longest admin line (a longer one closes the connection unanswered, as gearmand's)."""
+    longest admin line (a longer one closes the connection unanswered, as gearmand's).
+    Measured in UTF-8 bytes, as the server reads them: counted in characters, a line of
+    ``€`` names came to 10,273 bytes, and the server closed it unanswered every time."""
     lines: list[str] = []
-    line = command
+    line, size = command, len(command.encode())
     for name in names:
-        if len(line) + 1 + len(name) > MAX_ADMIN_LINE - 2:  # and its line end
+        width = 1 + len(name.encode())  # its space and itself
+        if size + width > MAX_ADMIN_LINE - 2:  # and its line end
             lines.append(line)
-            line = command
-        line += " " + name
+            line, size = command, len(command.encode())
+        line, size = line + " " + name, size + width
     return lines if line == command else [*lines, line]
 
 
@@ -105,6 +111,7 @@ class LocalServer(RestartHistory):
         # may be asked again after it did not answer.
         self.named: frozenset[str] = frozenset()
         self.name_after = 0.0
+        self.naming_failures = 0  # asks of it in a row that failed (NAMING_WARN_AFTER)
 
     def say_where_jobs_are_kept(self) -> None:
         """Say where background jobs are kept, as a warning when that is memory only
@@ -151,6 +158,7 @@ class LocalServer(RestartHistory):
         os.set_inheritable(writer, True)  # the one descriptor the server keeps of ours
         os.set_blocking(progress, False)  # read on each turn of the loop, never waited on
         self.named = frozenset(self.pool_functions())  # as argv() names them
+        self.naming_failures = 0
         argv = [*self.argv(), "--progress-fd", str(writer)]
         try:
             # SIGTERM with the supervisor: the server stops gracefully, its store kept.
@@ -179,14 +187,24 @@ class LocalServer(RestartHistory):
             try:
                 reply = admin_query(f"unix:{self.config.unix}", line, timeout=NAMING_TIMEOUT)
             except (OSError, ValueError) as e:  # busy, or restarting: its argv names them then
-                log.debug("admin poolfunctions: %s; asking again in %gs", e, NAMING_RETRY)
+                self.naming_failures += 1
                 self.name_after = now + NAMING_RETRY
+                log.log(
+                    logging.WARNING if self.naming_failures == NAMING_WARN_AFTER else logging.DEBUG,
+                    "admin poolfunctions unanswered (%d in a row: %s): the jobs of functions a"
+                    ' reload added count as function="other" in the server\'s metrics until'
+                    " their workers register; asking again in %gs",
+                    self.naming_failures,
+                    e,
+                    NAMING_RETRY,
+                )
                 return
             if reply.strip() != "OK":  # not asked again: it would refuse again
                 log.warning(
                     "the job server refused to label the pools' functions: %s", reply.strip()
                 )
         self.named |= frozenset(new)
+        self.naming_failures = 0
 
     def prepare_paths(self) -> None:
         """Create the directories of the Unix socket and the store (no root needed)."""
