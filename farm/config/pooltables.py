@@ -56,7 +56,9 @@ def served_problem(name: str) -> str | None:
     None if it may. Any name farm's job server takes (``name_problem``, its one rule:
     Perl's ``App::reverse``, ``é``), but for what the supervisor passes a pool's functions
     on in: admin lines split at spaces (``poolfunctions``, ``claim``) and a command
-    worker's ``$FARM_FUNCTION``, comma-separated."""
+    worker's ``$FARM_FUNCTION``, comma-separated; and no whitespace of any kind (Unicode's
+    too) at its start or end: ``farm scale`` reads a name stripped of it, and a name with
+    invisible edges is a mistake (U+00A0 then ``x`` could not be scaled, U+3000 not named)."""
     if (problem := name_problem(name.encode())) is not None:
         return problem[1]
     for sign, use in (
@@ -65,6 +67,11 @@ def served_problem(name: str) -> str | None:
     ):
         if sign in name:
             return f"holds {sign!r} ({use})"
+    for edge, char in (("starts", name[0]), ("ends", name[-1])):
+        if char.isspace():
+            return (
+                f"{edge} with whitespace {char!r} (unseen where it is shown; farm scale strips it)"
+            )
     return None
 
 

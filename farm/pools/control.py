@@ -38,11 +38,12 @@ __all__ = [
 ]
 
 MAX_REQUEST = 64 * 1024
-# NAME: a pool's or the one function it serves, neither of which holds "=" or an ASCII
-# space (farm.config.pooltables.pool_name_problem, served_problem); which, the supervisor
-# says, looking it up (its length is bounded by the request's, MAX_REQUEST). It read only
-# ASCII letters, digits and "_.-", and a pool serving Perl's App::reverse could be scaled
-# by neither name.
+# NAME: a pool's, which never holds "=" or an ASCII space (farm.config.pooltables
+# .pool_name_problem), or the one function it serves, which may hold "=" (served_problem
+# takes ``functions = ["k=v"]``): such a function is scaled by its pool's name, NAME ending
+# at the first "=". Which it is, the supervisor says, looking it up (its length is bounded by
+# the request's, MAX_REQUEST). It read only ASCII letters, digits and "_.-", and a pool
+# serving Perl's App::reverse could be scaled by neither name.
 _SCALE = re.compile(r"([^= \t\n\r\f\v]+)=(?:([+-]?)([0-9]+)|auto)")
 
 
@@ -52,7 +53,9 @@ class ControlUnavailable(FarmError):
 
 def parse_scale(arg: str) -> tuple[str, str, int | None]:
     """``"resize=32"`` -> ("resize", "=", 32); ``"reverse=+2"`` -> ("reverse", "+", 2);
-    ``"resize=auto"`` -> ("resize", "=", None): one worker per core, as ``workers = "auto"``."""
+    ``"resize=auto"`` -> ("resize", "=", None): one worker per core, as ``workers = "auto"``.
+    Whitespace around ``arg`` (Unicode's too) is not the name's: the config refuses a name
+    that starts or ends with any (served_problem), so a pool is named alike by both."""
     match = _SCALE.fullmatch(arg.strip())
     if not match:
         raise ValueError(

@@ -61,6 +61,11 @@ def test_a_pool_may_serve_any_name_the_job_server_takes(tmp_path: Path) -> None:
         # bytes, not characters: 33 é are 66 bytes, past a Python worker's client id
         (f'[functions."{"é" * 33}"]', f'functions."{"é" * 33}"', "longer than 64 bytes"),
         ('[functions.p]\nfunctions = "rev"', "functions.p.functions", "must name functions"),
+        # whitespace at an edge, Unicode's too: `farm scale` strips it ("\u3000=2" read
+        # "=2", not NAME=COUNT; "\u00a0x=2" named pool x), and it is unseen where shown
+        ('[functions."\\u00a0x"]', 'functions."\\u00a0x"', "starts with whitespace '\\xa0'"),
+        ('[functions.p]\nfunctions = ["\\u3000"]', "functions.p.functions", "with whitespace"),
+        ('[functions.p]\nfunction = "x\\u2003"', "functions.p.function", "ends with whitespace"),
     ],
 )
 def test_a_name_that_cannot_be_served_is_one_line_naming_why(
@@ -87,6 +92,8 @@ def test_a_pool_named_past_the_old_rule_fits_its_workers_client_id(tmp_path: Pat
         ("App::reverse=2", ("App::reverse", "=", 2)),  # by the function the pool serves
         ("é=+1", ("é", "+", 1)),
         ("50%off=auto", ("50%off", "=", None)),
+        ("a\u3000b=2", ("a\u3000b", "=", 2)),  # within a name, not at its edges
+        ("\u00a0é=1\u3000", ("é", "=", 1)),  # around the argument: no name has it there
     ],
 )
 def test_farm_scale_reads_every_name_a_pool_may_have(
