@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 from farm.executor import spill
 from farm.executor.arguments import spill_limit, spill_settings
+from farm.executor.futures import Prompt
 from farm.executor.payload import NO_SETUP, encode_setup
 
 __all__ = ["CallerFiles"]
@@ -114,7 +115,8 @@ class CallerFiles:
         # Whatever ended the call, a lost job server (ServerUnavailable) included: a worker
         # of that server may still be reading the file then, and its job fails; that is
         # fine, as nobody waits for its result (the server that would bring it is gone).
-        future.add_done_callback(lambda _: self.remove(reference))
+        # Prompt: removed as soon as the call is settled, in whichever thread settles it.
+        future.add_done_callback(Prompt(lambda _: self.remove(reference)))
 
     def remove_results(self, call_ids: list[bytes]) -> None:
         """The result files of calls lost with their job server (spill.remove_results):
@@ -184,7 +186,7 @@ class CallerFiles:
                 if entry is None:  # remove_all() came between (shutdown): the file is gone
                     return
                 entry[2] += 1
-            future.add_done_callback(lambda _: self.release(key))
+            future.add_done_callback(Prompt(lambda _: self.release(key)))
         if not keep:
             self.release(key)  # shared()'s own hold
 

@@ -312,10 +312,8 @@ class Executor(_BaseExecutor):
                 self._pump.put_back([i for i in self._pump.take_pending() if not i.future.cancel()])
             self._pump.stop()
         if wait and self._thread is not None:
-            if self._pump.reading_here():
-                # A done-callback run by a thread reading replies in wait_here: the pump
-                # thread waits for that thread, so joining it would never end (as the pump
-                # thread cannot join itself when it runs the callback).
+            if threading.current_thread() is self._thread:
+                # A done-callback (the pump thread runs them), which cannot wait for itself.
                 raise RuntimeError("cannot wait for the executor from one of its done-callbacks")
             self._thread.join()
         if wait or self._thread is None:

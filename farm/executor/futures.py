@@ -1,12 +1,14 @@
 """What the executor hands its callers: the Future of a call, and map's iterator.
 
-``CallFuture`` reads its own reply in the waiting thread when the pump sleeps;
-``results`` yields map's values in order and cancels what is left when the caller
-stops early, as ProcessPoolExecutor.map's iterator does.
+``CallFuture`` reads its own reply in the waiting thread when the pump sleeps, and
+leaves its done-callbacks to the pump thread (``Prompt`` ones aside); ``results``
+yields map's values in order and cancels what is left when the caller stops early,
+as ProcessPoolExecutor.map's iterator does.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -20,6 +22,9 @@ if TYPE_CHECKING:
     from farm.executor.pump import Pump
 
 T = TypeVar("T")
+
+#: concurrent.futures' own logger, which logs a done-callback's exception.
+LOGGER = logging.getLogger("concurrent.futures")
 
 
 def results(
@@ -103,6 +108,22 @@ def _result_or_cancel(future: Future[Any], timeout: float | None) -> Any:
         del future  # break the cycle through the exception's traceback
 
 
+class Prompt:
+    """A done-callback of the executor's own that is quick and takes no lock a caller may
+    hold (a spill file removed, a progress bar advanced): run by the thread that settles
+    the future, a thread reading its reply in ``result()`` included, so that it has run
+    when ``result()`` returns (map's bar ends full). Other callbacks run in the pump thread.
+    """
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[Future[Any]], object]) -> None:
+        self.fn = fn
+
+    def __call__(self, future: Future[Any]) -> None:
+        self.fn(future)
+
+
 class CallFuture(Future[T]):
     """The Future of a call: ``result()`` and ``exception()`` read the reply in the waiting
     thread when the executor's pump thread is asleep (Pump.wait_here), sparing a hop.
@@ -113,7 +134,20 @@ class CallFuture(Future[T]):
     then wakes the threads waiting for others too, so ``result()`` and ``exception()``
     wait in a loop until their own future is done or the time is up; ``wait()`` and
     ``as_completed()`` wait on their own events and only take the lock.
+
+    Its done-callbacks run in the pump thread, as ProcessPoolExecutor runs them in its
+    manager thread, also when a thread waiting in ``result()`` read the reply: that thread
+    sets the outcome and wakes the waiters (``result()``, ``wait()``, ``as_completed()``),
+    then hands the callbacks over (Pump.call_later). Run there, a callback held the
+    caller's ``result()`` (its timeout too) for as long as it ran, even for another call's
+    future, and one that took a lock the caller held while it waited deadlocked it.
+    Callbacks run in the order they were added, one added while earlier ones still wait
+    or run included (``_calling``): it runs after them, in the thread that runs them.
     """
+
+    #: Its callbacks are being run, or wait for the pump thread: add_done_callback queues
+    #: behind them. An instance's own only once it has callbacks to run (none: no cost).
+    _calling = False
 
     def __init__(self, pump: Pump, condition: threading.Condition) -> None:
         # Future.__init__'s fields, with the shared condition.
@@ -124,6 +158,48 @@ class CallFuture(Future[T]):
         self._waiters: list[Any] = []
         self._done_callbacks: list[Callable[[Future[T]], object]] = []
         self._pump = pump
+
+    def add_done_callback(self, fn: Callable[[Future[T]], object]) -> None:
+        if self._calling:
+            with self._condition:
+                if self._calling:  # not run yet: after those before it, where they run
+                    self._done_callbacks.append(fn)
+                    return
+        super().add_done_callback(fn)
+
+    def _invoke_callbacks(self) -> None:
+        """Future's hook, called by whoever settled it (outside its lock): here, when that
+        is a thread doing the pump's work, only the leading ``Prompt`` callbacks run."""
+        if not self._done_callbacks:
+            return
+        self._calling = True
+        if not self._pump.helping_here():
+            self.run_callbacks()
+        elif not self.run_callbacks(prompt_only=True):
+            self._pump.call_later(self)  # the rest, in the pump thread
+
+    def run_callbacks(self, *, prompt_only: bool = False) -> bool:
+        """Run the done-callbacks in order, each taken off the list as it runs (Future's
+        own leave theirs there: they are never run again), as Future does: an Exception
+        logged, another BaseException raised, the rest then left unrun. ``prompt_only``:
+        stop at the first that is no ``Prompt`` (False: it waits)."""
+        callbacks = self._done_callbacks
+        while True:
+            with self._condition:
+                if not callbacks:
+                    self._calling = False
+                    return True
+                if prompt_only and not isinstance(callbacks[0], Prompt):
+                    return False
+                callback = callbacks.pop(0)
+            try:
+                callback(self)
+            except Exception:
+                LOGGER.exception("exception calling callback for %r", self)
+            except BaseException:
+                with self._condition:  # later ones run where they are added, as Future's
+                    self._calling = False
+                raise
 
     def cancel(self) -> bool:
         cancelled = super().cancel()

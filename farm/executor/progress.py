@@ -1,7 +1,8 @@
 """``Executor.map(..., progress=True)``: a progress bar on a terminal, silence elsewhere.
 
-The bar counts calls as they finish, in any order (a done-callback per job,
-which runs in the pump thread; rich's Progress takes its own lock), while
+The bar counts calls as they finish, in any order (a done-callback per job, a
+``Prompt`` one, run by the thread that reads the reply; rich's Progress takes its
+own lock), while
 ``map`` still yields results in order. It is drawn with rich (which typer
 brings) on standard error, and only when standard error is a terminal:
 under a pipe, a log file or a test runner's capture nothing is written.
@@ -14,6 +15,8 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
+
+from farm.executor.futures import Prompt
 
 __all__ = ["on_terminal", "Bar"]
 
@@ -62,7 +65,9 @@ class Bar:
         """Count ``size`` calls done when ``future`` is (in the thread that settles it)."""
         if self._progress is not None:
             progress, task = self._progress, self._task
-            future.add_done_callback(lambda _: progress.advance(task, size))
+            # Prompt: run by the thread that reads the reply, the caller's too, so that
+            # the bar is full when the last result is handed out.
+            future.add_done_callback(Prompt(lambda _: progress.advance(task, size)))
 
     def shown(self, results: Iterator[T]) -> Iterator[T]:
         """``results``, with the bar drawn from the first ``next()`` until the last result

@@ -9,7 +9,7 @@ items as the in-flight window allows, writes each connection's queued bytes
 once, then waits for replies, the socket becoming writable, or a wake-up.
 Replies go through ``farm.protocol.client.ClientSession``, as in ``farm.Client``.
 A thread waiting in ``result()`` may read its own reply instead (``wait_here``,
-farm/executor/waithere.py).
+farm/executor/waithere.py); the done-callbacks of what it settles still run here.
 
 What a call and a job in flight are, how waiting calls are packed into jobs
 (batching) and how outcomes settle futures is farm/executor/flight.py; this
@@ -45,7 +45,7 @@ from farm.executor.links import Conn, Links
 from farm.executor.payload import NO_SETUP, RemoteTraceback, describe
 from farm.executor.poller import READ, WRITE, Poller
 from farm.executor.signing import Signer
-from farm.executor.waithere import WaitHere
+from farm.executor.waithere import Settled, WaitHere
 from farm.net import READ_SIZE
 from farm.protocol import ProtocolError
 from farm.protocol.client import JobData, JobEnded, Task
@@ -115,6 +115,8 @@ class Pump(Links, WaitHere):
         self._selector = Poller()
         self._selector.register(self._waker.reader.fileno(), READ, None)
         self._reader = 0  # the thread reading replies in wait_here, if any (its ident)
+        self._helper = 0  # a thread doing the pump's work while it sleeps (see WaitHere)
+        self._callbacks_due: deque[Settled] = deque()  # what helpers left (call_later)
         # What went wrong while another thread read replies in wait_here: raised by the
         # pump thread, which breaks the executor as for its own failures.
         self._deferred: BaseException | None = None
@@ -138,8 +140,8 @@ class Pump(Links, WaitHere):
     def nudge(self) -> None:
         """Make sure the pump sends what is queued: from this thread when it sleeps."""
         if not self._sleeping or self.reading_here():
-            # The pump is busy, or this thread reads in wait_here (a done-callback that
-            # submits, as joblib's): either looks at the deque before it waits again.
+            # The pump is busy, or this thread reads in wait_here, holding the pump's
+            # lock: either looks at the deque before it waits again.
             return
         # The pump sleeps in select: send the call from this thread, with no hop to the
         # pump and back (its reply wakes the pump, which reads it). The lock is free only
@@ -156,19 +158,6 @@ class Pump(Links, WaitHere):
             self._wake()  # a Ctrl-C before (or after) the work: the pump sends what waits
             raise
         self._wake()  # _sleeping was set before the pump's last look: it will see a byte
-
-    def _send_here(self) -> bool:
-        """Send what waits from this thread if the pump sleeps (False: it does not)."""
-        if not self._lock.acquire(blocking=False):
-            return False
-        try:
-            if not (self._sleeping and self.broken is None):
-                return False
-            self._send_pending()
-            self._flush()
-            return True
-        finally:
-            self._lock.release()
 
     def _defer(self, exc: BaseException) -> None:
         """What went wrong in another thread's turn at the pump's work: the pump thread
@@ -229,6 +218,7 @@ class Pump(Links, WaitHere):
             conn.sock.close()
         self._conns = {}
         self._dials = {}  # their threads stayed in the parent
+        self._callbacks_due = deque()  # the parent's futures, settled in its own pump
         self._selector.close()
         self._waker.close()
 
@@ -252,6 +242,8 @@ class Pump(Links, WaitHere):
             while True:
                 if self._deferred is not None:
                     raise self._deferred
+                if self._callbacks_due:  # settled by a thread doing the pump's work
+                    self._call_back()
                 if self._dials:  # a connect ended (it woke us), or is under way
                     self._adopt_connects()
                 self._send_pending()
@@ -296,6 +288,7 @@ class Pump(Links, WaitHere):
             self._break(f"the executor's pump thread failed: {describe(exc)}", exc)
         finally:
             try:
+                self._call_back(last=True)
                 self._close_all()
                 self._selector.close()
                 self._waker.close()

@@ -1,20 +1,26 @@
-"""A thread waiting in ``result()`` reads its own reply while the pump thread sleeps.
+"""A thread waiting in ``result()`` reads its own reply while the pump thread sleeps
+(and a submitting thread sends its own call: ``_send_here``).
 
 The reply then wakes the thread that wants it, not the pump thread, which would wake it
 in turn: one process wake-up fewer for a call waited on with ``result()``. The waiting
 thread takes the pump's lock (free only while the pump sleeps in select), mutes the
 connections in the pump's epoll (farm/executor/poller.py) so the pump sleeps on through
 the replies, and does what a pump turn does after reading. It hands back to the pump
-thread as soon as anything but reading is to be done. A mixin of
-:class:`farm.executor.pump.Pump`, split off along this seam.
+thread as soon as anything but reading is to be done. A future it settles has its
+done-callbacks run by the pump thread (``call_later``), as ProcessPoolExecutor's manager
+thread runs them: in the waiting thread they held ``result()`` up, and deadlocked it when
+they took a lock the caller held. A mixin of :class:`farm.executor.pump.Pump`, split
+off along this seam.
 """
 
 from __future__ import annotations
 
+import logging
 import select
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures._base import PENDING, RUNNING
@@ -26,6 +32,8 @@ from farm.waker import Waker
 
 __all__ = ["WaitHere"]
 
+log = logging.getLogger("farm.executor")
+
 
 class Link(Protocol):
     """What this reads of the pump's connection (farm.executor.links.Conn)."""
@@ -35,8 +43,14 @@ class Link(Protocol):
     events: int  # what the pump's epoll waits for on it (READ, or READ | WRITE)
 
 
+class Settled(Protocol):
+    """What this calls of a future settled with callbacks (farm.executor.futures.CallFuture)."""
+
+    def run_callbacks(self) -> bool: ...
+
+
 class WaitHere:
-    """The waiting thread's turn at the pump's work (see the module docstring)."""
+    """Another thread's turn at the pump's work (see the module docstring)."""
 
     # The pump's, read and written here (declared for the type checker).
     _sleeping: bool
@@ -46,6 +60,8 @@ class WaitHere:
     _waker: Waker
     _conns: dict[str, Any]  # addr -> the pump's connection, a Link
     _reader: int  # the thread reading replies in wait_here, if any (its ident)
+    _helper: int  # the thread doing the pump's work in its stead (reading, a submit's send)
+    _callbacks_due: deque[Settled]  # futures whose callbacks a helper left to the pump
     broken: str | None
     _read: Callable[[Any], None]
     _send_pending: Callable[[], None]
@@ -82,7 +98,7 @@ class WaitHere:
     ) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         waker = self._waker.reader.fileno()
-        self._reader = threading.get_ident()
+        self._reader = self._helper = threading.get_ident()
         local = select.poll()
         local.register(waker, select.POLLIN)
         try:
@@ -110,8 +126,7 @@ class WaitHere:
                 except BaseException as exc:
                     if not guard.half_done(exc):
                         raise  # a Ctrl-C held until the turn was whole, or out of it
-                    # Half-done bookkeeping (or a done-callback raising SystemExit, which
-                    # breaks the executor as when the pump thread runs it).
+                    # Half-done bookkeeping: the pump thread breaks the executor.
                     self._defer(exc)
                     return
                 if (
@@ -124,14 +139,58 @@ class WaitHere:
                 ):
                     return  # a connection dropped or came, or output waits: the pump's business
         finally:
-            self._reader = 0
+            self._reader = self._helper = 0
             for fd, conn in conns.items():
                 if self._conns.get(conn.addr) is conn:
                     self._selector.modify(fd, conn.events, conn)
 
+    def _send_here(self) -> bool:
+        """Send what waits from this thread if the pump sleeps (False: it does not): a
+        submit's turn at the pump's work (Pump.nudge)."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if not (self._sleeping and self.broken is None):
+                return False
+            self._helper = threading.get_ident()  # the calls it fails: callbacks to the pump
+            self._send_pending()
+            self._flush()
+            return True
+        finally:
+            self._helper = 0
+            self._lock.release()
+
     def reading_here(self) -> bool:
-        """Whether the calling thread reads replies in wait_here (it runs done-callbacks)."""
+        """Whether the calling thread reads replies in wait_here."""
         return self._reader == threading.get_ident()
+
+    def helping_here(self) -> bool:
+        """Whether the calling thread does the pump's work in its stead (reads replies in
+        wait_here, or sends its calls in nudge): the futures it settles leave their
+        done-callbacks to the pump thread."""
+        return self._helper == threading.get_ident()
+
+    def call_later(self, future: Settled) -> None:
+        """Have the pump thread run ``future``'s done-callbacks (a helper settled it; it
+        holds the pump's lock, so the pump runs them once that thread lets go). The
+        wake-up also ends a wait_here: the waiting thread hands back to the pump."""
+        self._callbacks_due.append(future)
+        self._wake()
+
+    def _call_back(self, *, last: bool = False) -> None:
+        """In the pump thread: run the callbacks that helpers left to it, in the order the
+        futures were settled. ``last``: the pump is ending; one that raises is logged, and
+        the others run all the same."""
+        due = self._callbacks_due
+        while due:
+            future = due.popleft()
+            if not last:
+                future.run_callbacks()  # SystemExit breaks the pump, as in its own reading
+                continue
+            try:
+                future.run_callbacks()
+            except BaseException:
+                log.exception("farm executor: a done-callback failed as the pump ended")
 
     def interrupt_reader(self) -> None:
         """Make a thread waiting in wait_here look again (a future it waits for was

@@ -23,6 +23,7 @@ from farm.executor import spill
 from tests.helpers import ROOT, executorfarm
 from tests.helpers.calls import (
     add,
+    batch_gate_step,
     box,
     exits_when_loaded,
     exits_when_pickled,
@@ -69,6 +70,7 @@ def test_a_dead_pump_fails_every_outstanding_future(tmp_path: Path) -> None:
     small = ExecutorFarm(tmp_path, count=3)
     fifo1, reader1 = blocking_call(tmp_path, "first")
     fifo2, reader2 = blocking_call(tmp_path, "second")
+    gate = Gate(tmp_path / "gate")
 
     def explode(_: Future[Any]) -> None:
         raise SystemExit("a done-callback raised SystemExit")
@@ -79,12 +81,15 @@ def test_a_dead_pump_fails_every_outstanding_future(tmp_path: Path) -> None:
         started_pid(reader1)
         doomed = ex.submit(pid_then_block, fifo2)  # fills the window
         doomed_pid = started_pid(reader2)
-        waiting = [ex.submit(add, i, 1) for i in range(10)]  # the window is full: they wait
+        # The window is full: they wait. Of the batch that leaves, call 0's outcome comes
+        # ahead (a WORK_DATA) while call 1 waits at the gate: the callback (run by the pump
+        # thread, whichever thread read the outcome) raises with the rest still in flight.
+        waiting = [ex.submit(batch_gate_step, i, gate.path, 0, 1) for i in range(10)]
         waiting[0].add_done_callback(explode)
         os.kill(doomed_pid, signal.SIGKILL)  # frees the window: waiting[0..2] leave as a batch
         with pytest.raises(farm.WorkerLost):
             doomed.result(timeout=30)
-        assert waiting[0].result(timeout=30) == 1  # its outcome was set before the callback ran
+        assert waiting[0].result(timeout=30) == 0  # its outcome was set before the callback ran
         for future in [*waiting[1:], blocked]:
             exc = future.exception(timeout=30)
             assert isinstance(exc, BrokenExecutor), exc
@@ -94,6 +99,7 @@ def test_a_dead_pump_fails_every_outstanding_future(tmp_path: Path) -> None:
             ex.submit(add, 1, 1)
         ex.shutdown(wait=True)
     finally:
+        gate.open()
         os.close(reader1)
         os.close(reader2)
         small.stop()

@@ -25,6 +25,7 @@ from tests.helpers.calls import add, nap, wait_gate
 from tests.helpers.farmproc import executor_farm
 from tests.helpers.gate import Gate
 from tests.helpers.servers import start_farm_server
+from tests.helpers.settledby import SettledBy
 from tests.helpers.stalled import unanswered_listener
 from tests.helpers.waiting import wait_for
 
@@ -48,14 +49,22 @@ def test_result_is_read_by_the_thread_that_waits_for_it(
     executor: tuple[farm.Executor, Path],
 ) -> None:
     ex, _ = executor
-    settled_in = []
+    settled_in, called_in = [], []
     for i in range(20):
         future = ex.submit(add, i, i)
-        future.add_done_callback(lambda _: settled_in.append(threading.current_thread().name))
+        settled = SettledBy(future)
+        future.add_done_callback(lambda _: called_in.append(threading.current_thread().name))
         assert future.result(timeout=10) == 2 * i
-    # The callbacks run in the thread that set the result: this one, where it read the
-    # reply itself, instead of the pump thread ("farm-executor").
+        settled_in.append(settled.thread)
+    # The future is settled by the thread that read its reply: this one, instead of the
+    # pump thread ("farm-executor"), which would wake it in turn.
     assert settled_in.count(threading.current_thread().name) >= 10, settled_in
+    # Its done-callbacks run in the pump thread all the same, as ProcessPoolExecutor runs
+    # them in its manager thread (this test used to see them in this thread, its probe of
+    # who read the reply: there they held result() up, tests/integration/
+    # test_executor_callbacks.py).
+    wait_for("the callbacks", lambda: len(called_in) == 20)
+    assert set(called_in) == {"farm-executor"}, called_in
 
 
 def test_a_timeout_is_honoured_once_not_twice(executor: tuple[farm.Executor, Path]) -> None:
