@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import functools
 import inspect
-import signal
 import traceback
+from itertools import pairwise
+from types import FrameType
 
 from farm.protocol.checks import as_bytes
 
@@ -74,34 +75,54 @@ def job_outcome(exc: BaseException) -> bool:
     (SystemExit from ``sys.exit()`` or argparse, asyncio's CancelledError out of
     ``asyncio.run``, GeneratorExit, a library's own), all do but two: KeyboardInterrupt,
     a Ctrl-C to a worker run by hand (supervised workers ignore SIGINT; ``farm worker``
-    stops on it), and whatever a signal handler of the program's own raised, such as
-    ``sys.exit()`` on SIGTERM: the program's way to end, not the job's (farm's own handlers
-    raise nothing: they call ``Worker.stop()``). An Exception a handler raises, as a
-    SIGALRM one does to time a job out, fails the job as it always did."""
+    stops on it), and whatever a signal handler of the program's own raised (of any shape,
+    installed still or not), such as ``sys.exit()`` on SIGTERM: the program's way to end,
+    not the job's (farm's own handlers raise nothing: they call ``Worker.stop()``). An
+    Exception a handler raises, as a SIGALRM one does to time a job out, fails the job as
+    it always did."""
     if isinstance(exc, Exception):
         return True
     return not isinstance(exc, KeyboardInterrupt) and not _from_signal_handler(exc)
 
 
 def _from_signal_handler(exc: BaseException) -> bool:
-    """Whether a Python signal handler installed now is among the frames ``exc`` passed
-    through (a handler runs on top of the frame it interrupted, so its frame is in the
-    traceback). Looked at only for a BaseException that is not an Exception: rare."""
-    codes = set()
-    for signum in signal.valid_signals():
-        try:
-            handler = signal.getsignal(signum)
-        except (ValueError, OSError):
-            continue
-        code = getattr(getattr(handler, "__func__", handler), "__code__", None)
-        if code is not None:
-            codes.add(code)
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code in codes:
-            return True
-        tb = tb.tb_next
+    """Whether ``exc`` came out of a Python signal handler, or was raised on catching what
+    one raised (its ``__context__``, as ``except SystemExit: sys.exit(1)`` in the job has).
+    Looked at only for a BaseException that is not an Exception: rare."""
+    seen: set[int] = set()  # a context chain may loop
+    link: BaseException | None = exc
+    while link is not None and not isinstance(link, Exception) and id(link) not in seen:
+        seen.add(id(link))
+        tb, outer = link.__traceback__, None
+        while tb is not None:
+            frame = tb.tb_frame
+            if outer is not None and _handles_signal_on(frame, outer):
+                return True
+            tb, outer = tb.tb_next, frame
+        link = link.__context__
     return False
+
+
+def _handles_signal_on(frame: FrameType, outer: FrameType) -> bool:
+    """Whether ``frame`` is a signal handler's, run on top of ``outer``. Python runs a
+    handler on whatever frame the signal interrupted and passes it that frame: its
+    arguments end ``signum, frame`` with ``outer`` the frame. That holds whatever the
+    handler is -- a function, a partial's, an object's ``__call__``, a bound method, a
+    ``lambda *_`` -- and whether or not it is still installed. The code of the handlers
+    installed as the exception is looked at told neither a partial nor an object (no code
+    of their own), nor one that put SIG_DFL back before it exited (a second SIGTERM kills):
+    their ``sys.exit()`` failed the job and the worker ignored its stop. A function the job
+    passes an int and its own frame to, that raises a BaseException, is rarer still."""
+    code = frame.f_code
+    count = code.co_argcount
+    if count < 2 and not code.co_flags & inspect.CO_VARARGS:
+        return False  # cheap, and no f_locals made of a frame that cannot be one
+    values = frame.f_locals
+    args = [values.get(name) for name in code.co_varnames[:count]]
+    if code.co_flags & inspect.CO_VARARGS:
+        rest = values.get(code.co_varnames[count + code.co_kwonlyargcount])
+        args.extend(rest if isinstance(rest, tuple) else ())
+    return any(arg is outer and isinstance(signum, int) for signum, arg in pairwise(args))
 
 
 def raised_at(exc: BaseException) -> str:

@@ -2,7 +2,8 @@
 in a job (it ended the worker, with no line of its own, and the job ran job_retries times),
 a result that is not data (a traceback of farm's frames alone, "raised" of a function that
 raised nothing), and ``os._exit()`` (the supervisor's line named no function nor target).
-The worker's own SIGTERM and a Ctrl-C still end a program built on farm.Worker."""
+The program's own SIGTERM handler, whatever its shape, and a Ctrl-C still end a program
+built on farm.Worker."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 import farm
 from tests.helpers import ROOT
 from tests.helpers.farmproc import FarmUp
+from tests.helpers.plainworker import HANDLERS
 from tests.helpers.waiting import wait_for
 
 MISTAKES = """
@@ -132,14 +134,19 @@ def test_farm_worker_serves_on_after_a_job_calls_sys_exit(server: str, request) 
 
 @pytest.mark.parametrize(
     ("how", "sig", "status"),
-    [("exit", signal.SIGTERM, 0), ("stop", signal.SIGINT, -signal.SIGINT)],  # as Python ends
+    [
+        *((how, signal.SIGTERM, 0) for how in HANDLERS),  # each shape of handler a program has
+        ("stop", signal.SIGINT, -signal.SIGINT),  # as Python ends
+    ],
 )
 def test_a_programs_own_sigterm_exit_and_a_ctrl_c_still_end_it_mid_job(
     farm_server, tmp_path: Path, how: str, sig: int, status: int
 ) -> None:
     # A SystemExit its own SIGTERM handler raises, and the KeyboardInterrupt of Python's own
     # SIGINT handler, land in the job's frame: they end the program, as before, and do
-    # not fail the job.
+    # not fail the job. A handler that is a partial or an object, or that put SIG_DFL back
+    # before it exited, was not known for one (only a function still installed was): the
+    # job failed and the worker ignored its stop.
     cmd = [sys.executable, "-m", "tests.helpers.plainworker", farm_server.addr, how]
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
@@ -152,6 +159,30 @@ def test_a_programs_own_sigterm_exit_and_a_ctrl_c_still_end_it_mid_job(
         assert "the job fails" not in err
         if sig == signal.SIGINT:
             assert err.rstrip().endswith("KeyboardInterrupt"), err
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_a_jobs_own_sys_exit_fails_it_where_the_program_exits_on_sigterm(
+    farm_server, tmp_path: Path
+) -> None:
+    # The program's SIGTERM handler ends it; the job's own sys.exit(3), in the same worker,
+    # fails just that job: the handler is not what raised it.
+    cmd = [sys.executable, "-m", "tests.helpers.plainworker", farm_server.addr, "reset"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        with farm.Client(farm_server.addr) as client:
+            with pytest.raises(farm.JobException) as failed:
+                client.call("leave", b"3", timeout=30)
+            assert str(failed.value) == "SystemExit: 3"
+            assert proc.poll() is None, "the worker lives on"
+            client.submit("hold", str(tmp_path), background=True)  # and still ends on SIGTERM
+            wait_for("the job running", lambda: (tmp_path / f"started-{proc.pid}").exists())
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        assert re.findall(r"job (\S+) H:\S+ raised SystemExit", err) == ["leave"], err
     finally:
         proc.kill()
         proc.wait(10)

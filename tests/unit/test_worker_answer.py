@@ -49,6 +49,95 @@ def test_what_a_signal_handler_of_the_programs_own_raises_ends_the_program() -> 
         signal.signal(signal.SIGUSR1, before)
 
 
+def _leave_with(code: int, signum: int, frame: Any) -> None:
+    sys.exit(code)
+
+
+def _once(signum: int, frame: Any) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second one kills at once
+    sys.exit(0)
+
+
+def _shut_down() -> None:
+    sys.exit(0)
+
+
+class _Stopper:
+    def __call__(self, signum: int, frame: Any) -> None:
+        sys.exit(0)
+
+    def stop(self, signum: int, frame: Any) -> None:
+        _shut_down()
+
+
+@pytest.mark.parametrize(
+    "handler",
+    [
+        _once,  # gone (SIG_DFL) by the time the job's exception is looked at
+        functools.partial(_leave_with, 0),
+        _Stopper(),
+        _Stopper().stop,  # and the frame that raises is below the handler's
+        lambda *_: _shut_down(),
+    ],
+    ids=["reset", "partial", "object", "method", "varargs"],
+)
+def test_a_handler_of_any_shape_that_exits_ends_the_program(handler: Any) -> None:
+    # Only a function still installed as the exception was looked at was known for one: a
+    # handler that put SIG_DFL back first, a partial, an object's __call__ had their
+    # sys.exit() swallowed as the job's, and the worker ignored its stop.
+    before = signal.getsignal(signal.SIGUSR1)
+    try:
+        signal.signal(signal.SIGUSR1, handler)
+        exc = _raised(lambda: os.kill(os.getpid(), signal.SIGUSR1))
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+    assert isinstance(exc, SystemExit)
+    assert not job_outcome(exc)
+
+
+def test_a_jobs_own_exit_after_a_handler_ran_in_it_fails_the_job() -> None:
+    # A signal handled mid-job (its handler returned) does not make the job's own exit the
+    # program's; nor does an exiting handler installed, not run.
+    seen: list[int] = []
+
+    def count(signum: int, frame: Any) -> None:
+        seen.append(signum)
+
+    def job() -> None:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        sys.exit(3)
+
+    before = (signal.getsignal(signal.SIGUSR1), signal.getsignal(signal.SIGUSR2))
+    try:
+        signal.signal(signal.SIGUSR1, count)
+        signal.signal(signal.SIGUSR2, _Stopper())
+        exc = _raised(job)
+    finally:
+        signal.signal(signal.SIGUSR1, before[0])
+        signal.signal(signal.SIGUSR2, before[1])
+    assert seen == [signal.SIGUSR1]
+    assert job_outcome(exc)
+
+
+def test_a_job_that_catches_a_handlers_exit_and_exits_again_ends_the_program() -> None:
+    # `except SystemExit: cleanup(); sys.exit(1)` in the job: the handler's exit is the
+    # second one's context, and it is still the program's way to end.
+    def job() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        except SystemExit:
+            sys.exit(1)
+
+    before = signal.getsignal(signal.SIGUSR1)
+    try:
+        signal.signal(signal.SIGUSR1, _Stopper())
+        exc = _raised(job)
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+    assert isinstance(exc, SystemExit) and exc.code == 1
+    assert not job_outcome(exc)
+
+
 def test_raised_at_names_the_line_that_raised() -> None:
     exc = _raised(lambda: sys.exit(3))
     line = sys._getframe().f_lineno - 1
