@@ -65,6 +65,12 @@ def up(tmp_path: Path):
         assert farm_up.stop() == 0
 
 
+def _logged(up: FarmUp, pattern: str) -> list[str]:
+    """What ``pattern`` finds in the farm's log, once it finds something: the worker's line
+    reaches it through its pipe and the supervisor, after the caller has its answer."""
+    return wait_for(f"{pattern!r} in the log", lambda: re.findall(pattern, up.read_log()))
+
+
 def test_sys_exit_in_a_job_fails_that_job_in_one_line_and_the_worker_serves_on(up) -> None:
     # sys.exit(3) went through the worker's `except Exception`: the worker died with no
     # line of its own, the job ran three times (three dead workers), and the supervisor's
@@ -76,8 +82,8 @@ def test_sys_exit_in_a_job_fails_that_job_in_one_line_and_the_worker_serves_on(u
                 client.call("bye", b"", timeout=30)
             assert str(failed.value) == "SystemExit: 3"  # as any exception is sent
     assert [w["pid"] for w in up.workers("bye")] == [pid]
+    said = _logged(up, r"WARNING job bye H:\S+ (.*)")
     log = up.read_log()
-    said = re.findall(r"WARNING job bye H:\S+ (.*)", log)
     where = f"{up.tmp / 'mistakes.py'}:5 in bye"
     assert said == [f"raised SystemExit(3) at {where}: the job fails, the worker goes on"], log
     assert "crashed" not in log and "poison" not in log
@@ -90,8 +96,9 @@ def test_a_result_that_is_not_data_is_one_line_naming_the_function_and_target(up
     with farm.Client(up.addr) as client, pytest.raises(farm.JobException) as failed:
         client.call("rdict", b"", timeout=30)
     assert str(failed.value) == f"TypeError: {said}"  # the caller's text, the log's line
+    logged = _logged(up, r"WARNING job rdict H:\S+ (.*)")
     log = up.read_log()
-    assert re.findall(r"WARNING job rdict H:\S+ (.*)", log) == [f"failed: {said}"], log
+    assert logged == [f"failed: {said}"], log
     assert "Traceback" not in log and "farm/worker.py" not in log
 
 
