@@ -352,18 +352,21 @@ class Slot(RestartHistory):
             # Not a crash: the worker failed its job (WORK_FAIL, no retry) and left on purpose.
             job = f"; job {proc.handle} failed" if proc.handle else ""
             how, delay = f"killed: RSS over kill_rss_mb{job}", self.planned(now)
-        elif proc.busy_since is not None and self.job_crashes < FREE_JOB_CRASHES:
+        elif proc.busy_since is not None:
             # It served, then died in a job (os._exit, a segfault in an extension): the
             # job's doing, and a worker that booted once boots again. Backing off here let
             # a few bad calls take a pool offline for minutes. Checked before the codes
             # below: the job's code chose this exit code (a call's os._exit(3) is no boot
             # failure, os._exit(4) no recycle), the worker only exits 3 or 4 between jobs.
-            self.job_crashes += 1
             job = f" {proc.handle}" if proc.handle else ""  # a command worker's: unknown
             job += f" of {proc.runs}" if proc.runs else ""
-            how, delay = f"crashed in job{job}: {how}", self.planned(now)
-        elif proc.busy_since is not None:  # past them: a crash loop, backed off as one
-            how, delay = f"crashed: {how}", self.failed(now)
+            how = f"crashed in job{job}: {how}"
+            if self.job_crashes < FREE_JOB_CRASHES:
+                self.job_crashes += 1
+                delay = self.planned(now)
+            else:  # a crash loop, backed off as one: its job and code matter all the more
+                how += f" (past {FREE_JOB_CRASHES} deaths in jobs: counted as a crash)"
+                delay = self.failed(now)
         elif server_lost:
             # A PHP worker's `while ($w->work());` ends when its server is gone (work():
             # GEARMAN_COULD_NOT_CONNECT) where a Python worker reconnects. Counted as a

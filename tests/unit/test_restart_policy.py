@@ -97,10 +97,17 @@ def test_a_death_in_a_job_restarts_at_once_without_counting_as_a_failure() -> No
         how, delay = slot.note_exit(busy, status(1), now=101)
         assert delay == 0 and how == f"crashed in job H:{n}: exited with code 1", how
     assert slot.failures == 0 and not slot.failing
-    busy = proc()
-    busy.handle, busy.busy_since = "H:x", 100.0
-    how, delay = slot.note_exit(busy, status(1), now=101)  # past them: a crash loop backs off
-    assert how.startswith("crashed: ") and slot.failures == 1
+    for n in range(2):  # past them: a crash loop backs off
+        busy = proc()
+        busy.handle, busy.busy_since, busy.runs = f"H:x{n}", 100.0, "f (workers:f)"
+        how, delay = slot.note_exit(busy, status(7), now=101)
+        # It said "crashed: exited with code 7": no job, no function nor target, in the
+        # crash loop, where they matter most.
+        assert how == (
+            f"crashed in job H:x{n} of f (workers:f): exited with code 7"
+            f" (past {FREE_JOB_CRASHES} deaths in jobs: counted as a crash)"
+        ), how
+        assert slot.failures == n + 1 and delay == crash_delay(n + 1)
     slot.note_exit(proc(started=0.0), status(1), now=100)  # a healthy run: free ones again
     assert slot.job_crashes == 0
 
