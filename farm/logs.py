@@ -31,7 +31,8 @@ __all__ = [
     "setup_logging",
     "reopen_log_file",
     "journal_priorities",
-    "relay_lines",
+    "relays_json",
+    "write_relayed",
 ]
 
 #: The values of --log-format and ``[supervisor] log_format``.
@@ -137,7 +138,7 @@ def setup_logging(
     is written in ``journal_format``, by default ``text_format`` without its time: journald
     records each line's time, and its writer's name and pid, which `journalctl` showed
     twice ("Dec 06 16:44:12 host farm[29924]: 2026-12-06 16:44:12,000 farm[29924] ...").
-    ``mark``: each line starts with it (a supervised worker's: relay_lines).
+    ``mark``: each line starts with it (a supervised worker's: farm.logrelay).
     """
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format {log_format!r}: one of {', '.join(LOG_FORMATS)}")
@@ -202,9 +203,9 @@ def _log_what_python_prints(log: logging.Logger) -> None:
 
 #: The file this process logs to, and its handler (reopen_log_file).
 _log_file: tuple[str, logging.StreamHandler[IO[str]]] | None = None
-#: The handler setup_logging made (relay_lines writes through it).
+#: The handler setup_logging made (write_relayed writes through it).
 _handler: logging.StreamHandler[IO[str]] | None = None
-#: What relay_lines does to a line: no raw control character reaches the log, and a JSON
+#: What write_relayed does to a line: no raw control character reaches the log, and a JSON
 #: line stays valid JSON.
 _relayed: Callable[[str], str] = escape_controls
 
@@ -217,44 +218,15 @@ def journal_priorities() -> bool:
     return isinstance(formatter, _JournalPriority)
 
 
-def relay_lines(lines: list[str], mark: str, stray: Callable[[str], None]) -> None:
-    """Write a Python worker's log records (its stdout and stderr, which the supervisor
-    reads) on this process's log stream, under its handler's lock: whole lines, between this
-    process's own records, never inside one. Its records are the lines that start with
-    ``mark``, the secret its formatter puts before each line (setup_logging's ``mark``):
-    written on without it, their control characters escaped, and in the JSON format only a
-    JSON object (`jq` stops at the first line it cannot parse, and every record after it
-    went unseen). Every other line, what a job wrote past the logger (``os.write``, a C
-    library, a child program), goes to ``stray``, which logs it as a record of this
-    process's that names the worker: relayed as it came, a job's line shaped as the
-    supervisor's own ("farm[PID] ERROR job server ... died") read as one, and in JSON any
-    line that parsed as an object passed for a record of the farm's."""
-    run: list[str] = []
-    for line in lines:
-        own = line[len(mark) :] if mark and line.startswith(mark) else None
-        if own is not None and (_relayed is not _json_controls or _json_object(own)):
-            run.append(own)
-            continue
-        _write_relayed(run)
-        run = []
-        stray(line if own is None else own)  # a record cut at LONGEST_LINE, say
-    _write_relayed(run)
+def relays_json() -> bool:
+    """Whether this process logs JSON lines, which a relayed line must be as well."""
+    return _relayed is _json_controls
 
 
-def _json_object(line: str) -> bool:
-    """Whether ``line`` is a JSON object, after the journal priority a worker's record
-    starts with under systemd (``<4>{...}``: _JournalPriority)."""
-    if line[:1] == "<" and line[2:3] == ">" and line[1:2].isdigit():
-        line = line[3:]
-    if not line.startswith("{"):
-        return False
-    try:
-        return isinstance(json.loads(line), dict)
-    except ValueError:
-        return False
-
-
-def _write_relayed(lines: list[str]) -> None:
+def write_relayed(lines: list[str]) -> None:
+    """Write lines another process formatted (farm.logrelay) on this process's log stream,
+    their control characters escaped, under its handler's lock: whole lines, between this
+    process's own records, never inside one."""
     if not lines:
         return
     handler = _handler

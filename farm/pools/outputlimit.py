@@ -114,7 +114,7 @@ class OutputLines:
     last_words: str = ""
     last_words_at: float = 0.0  # when it was read off the pipe (monotonic): how old it is
     _part: bytes = b""  # the start of a line whose end has not come yet
-    # What a Python worker's own log lines start with (farm.logs.relay_lines): not part of
+    # What a Python worker's own log lines start with (farm.logrelay.relay_lines): not part of
     # what it said.
     mark: str = ""
 

@@ -9,7 +9,7 @@ dropped, and counted in a warning. A command worker's lines are logged with its
 pool and slot, and so is a line a Python worker wrote past its logger (a job's
 os.write, a C library's, a child program's); its own log records (its prints among
 them), which start with its mark, are written on with nothing but their control
-characters escaped (farm.logs.relay_lines).
+characters escaped (farm.logrelay).
 A Python worker once wrote to the journal itself, out of the budget's reach: one
 printing in a loop had journald drop the farm's warnings.
 """
@@ -23,7 +23,7 @@ import os
 import selectors
 import time
 
-from farm.logs import relay_lines
+from farm.logrelay import relay_lines
 from farm.pools.outputlimit import OUTPUT_BURST, OUTPUT_RATE
 from farm.pools.slots import WorkerProcess
 

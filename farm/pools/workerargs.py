@@ -18,7 +18,7 @@ __all__ = ["command_env", "log_mark", "python_argv"]
 
 
 def log_mark() -> tuple[str, int]:
-    """A fresh mark for a Python worker's log lines (farm.logs.relay_lines), and the read
+    """A fresh mark for a Python worker's log lines (farm.logrelay.relay_lines), and the read
     end of a pipe that holds it, inheritable, for its ``--mark-fd``: not on its command
     line, which every user may read in /proc, nor in its environment, which its jobs'
     children inherit and may print."""

@@ -14,7 +14,7 @@ Its stdout and stderr (its log, and what its jobs print) are a pipe the supervis
 reads, within a budget of lines (farm.pools.outputlimit). Its log's lines start with a
 mark the supervisor gave it alone (``--mark-fd``), and the supervisor writes them on as
 they are; what a job writes past the logger, which has no mark, is logged as a line of
-the worker's output (farm.logs.relay_lines).
+the worker's output (farm.logrelay.relay_lines).
 
 What it does job by job (the job in hand since when, jobs done, RSS) it writes
 into its slot's shared-memory record (``--record-fd``, farm.pools.record), which

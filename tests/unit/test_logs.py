@@ -195,7 +195,8 @@ def test_relayed_lines_keep_no_control_character_and_json_stays_json(log_format:
     script = textwrap.dedent(
         f"""
         import json, sys
-        from farm.logs import JsonFormatter, relay_lines, setup_logging
+        from farm.logrelay import relay_lines
+        from farm.logs import JsonFormatter, setup_logging
         import logging
         setup_logging(role="supervisor", log_format={log_format!r}, text_format="%(message)s",
                       stream=sys.stdout, journal=False)
@@ -226,7 +227,8 @@ def test_relayed_json_keeps_a_workers_records_and_hands_on_stray_lines() -> None
     script = textwrap.dedent(
         """
         import json, sys
-        from farm.logs import relay_lines, setup_logging
+        from farm.logrelay import relay_lines
+        from farm.logs import setup_logging
         setup_logging(role="supervisor", log_format="json", text_format="%(message)s",
                       stream=sys.stdout, journal=False)
         stray = []

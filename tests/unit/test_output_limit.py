@@ -76,7 +76,7 @@ def test_a_flood_is_counted_past_its_budget_and_its_last_line_kept() -> None:
 
 
 def test_a_python_workers_last_words_are_said_without_its_mark() -> None:
-    # Its own log lines start with the mark the supervisor gave it (farm.logs.relay_lines):
+    # Its own log lines start with the mark the supervisor gave it (farm.logrelay.relay_lines):
     # the log of its end quotes what it said, not the secret before it.
     out = OutputLines(mark="0f" * 16)
     out.take(("0f" * 16 + "<4>2026-12-06 f#0[7] WARNING out of spam\n").encode(), 0.0)
