@@ -114,8 +114,8 @@ class OutputLines:
     last_words: str = ""
     last_words_at: float = 0.0  # when it was read off the pipe (monotonic): how old it is
     _part: bytes = b""  # the start of a line whose end has not come yet
-    # What a Python worker's own log lines start with (farm.logrelay.relay_lines): not part of
-    # what it said.
+    # What each of a Python worker's own log lines starts with (farm.logrelay): not part of
+    # what it said, and never logged.
     mark: str = ""
 
     def take(self, data: bytes, now: float, *, final: bool = False) -> list[str]:
@@ -124,8 +124,13 @@ class OutputLines:
         if self._part:
             data = self._part + data
         end = data.rfind(b"\n") + 1
-        if final or len(data) - end > LONGEST_LINE:
+        if final:
             whole, self._part = data, b""
+        elif len(data) - end > LONGEST_LINE:
+            # Never inside a mark: a piece of it at each side of the cut, both logged, told
+            # whoever reads the log the whole of it.
+            keep = len(data) - _mark_start(data, self.mark.encode())
+            whole, self._part = data[:keep], data[keep:]
         else:
             whole, self._part = data[:end], data[end:]
         if not whole:
@@ -155,20 +160,30 @@ class OutputLines:
         for _ in range(LAST_WORDS_LOOK):
             start = whole.rfind(b"\n", 0, stop) + 1
             line = _text(whole[start:stop])
-            if self.mark and line.startswith(self.mark):
-                line = line[len(self.mark) :]
-            if (said := _PRIORITY.match(line)) is not None:
-                line = line[said.end() :]
-            if line.strip():
-                if not _TRACE_TAIL.match(line):
-                    self.last_words, self.last_words_at = line, now
-                    return
-                first = line
+            # The mark starts each of the worker's records, wherever in a line (a child's
+            # output with no newline before it): what is between two is one thing said.
+            for part in reversed(line.split(self.mark) if self.mark else [line]):
+                if (said := _PRIORITY.match(part)) is not None:
+                    part = part[said.end() :]
+                if part.strip():
+                    if not _TRACE_TAIL.match(part):
+                        self.last_words, self.last_words_at = part, now
+                        return
+                    first = part
             if not start:
                 break
             stop = start - 1
         if not self.last_words and first:
             self.last_words, self.last_words_at = first, now  # a tail alone: nothing better
+
+
+def _mark_start(data: bytes, mark: bytes) -> int:
+    """How many bytes at the end of ``data`` may be the start of ``mark`` (its rest to come),
+    or the whole of it: the record after it then starts the next piece, as its own."""
+    for size in range(min(len(mark), len(data)), 0, -1):
+        if data.endswith(mark[:size]):
+            return size
+    return 0
 
 
 def _text(line: bytes) -> str:

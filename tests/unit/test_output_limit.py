@@ -83,3 +83,25 @@ def test_a_python_workers_last_words_are_said_without_its_mark() -> None:
     assert out.last_words == "2026-12-06 f#0[7] WARNING out of spam"
     out.take(b"Segmentation fault\n", 0.0)  # past its logger: no mark to take off
     assert out.last_words == "Segmentation fault"
+
+
+MARK = "0f" * 16
+
+
+def test_last_words_after_a_childs_unended_output_are_the_workers_record_without_its_mark() -> None:
+    # A child's output with no newline, then the worker's record: one line, the mark inside
+    # it. Quoted whole, the log of the worker's end and `farm ps` said the secret.
+    out = OutputLines(mark=MARK)
+    out.take(f"child-output{MARK}<3>2026-12-06 f#0[7] ERROR dying\n".encode(), 0.0)
+    assert out.last_words == "2026-12-06 f#0[7] ERROR dying"
+    out.take(f"{MARK}one{MARK}  two\n".encode(), 0.0)  # a trace's tail: the record before
+    assert out.last_words == "one"
+
+
+def test_a_line_cut_at_the_longest_is_never_cut_inside_the_mark() -> None:
+    # Cut between two reads where the mark had come in part, the line's two pieces, each
+    # logged, held the whole of it between them.
+    out = OutputLines(mark=MARK)
+    data = b"x" * LONGEST_LINE + MARK[:9].encode()
+    assert out.take(data, 0.0) == ["x" * LONGEST_LINE]  # the mark's start held back
+    assert out.take(MARK[9:].encode() + b"<4>rest\n", 0.0) == [MARK + "<4>rest"]
