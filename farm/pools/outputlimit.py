@@ -117,6 +117,13 @@ class OutputLines:
     # What each of a Python worker's own log lines starts with (farm.logrelay): not part of
     # what it said, and never logged.
     mark: str = ""
+    # Whether the first of the lines ``take`` gave last is the rest of the last line of the
+    # take before, which it cut at LONGEST_LINE; whether its own last line is cut so.
+    continues: bool = False
+    cut: bool = False
+    # The level of a Python worker's own record whose line was cut so, for its rest
+    # (farm.logrelay.relay_lines): that is no less the worker's than its start.
+    own_cut: int | None = None
 
     def take(self, data: bytes, now: float, *, final: bool = False) -> list[str]:
         """The lines of ``data`` to log (``final``: its end, so an unended last line too).
@@ -135,12 +142,15 @@ class OutputLines:
             whole, self._part = data[:end], data[end:]
         if not whole:
             return []
+        continues, self.cut = self.cut, not final and not whole.endswith(b"\n")
         count = whole.count(b"\n") + (not whole.endswith(b"\n"))
         self.note_last_words(whole, now)
         admitted = self.limit.admit_many(count, now)
         if not admitted:
+            self.cut = False  # its rest continues nothing logged
             return []
         if admitted < count:  # only as much as is logged is split: the burst's worth at most
+            self.cut = False  # the cut line was dropped
             cut = 0
             for _ in range(admitted):
                 cut = whole.index(b"\n", cut) + 1
@@ -148,6 +158,7 @@ class OutputLines:
         lines = whole.split(b"\n")
         if whole.endswith(b"\n"):
             lines.pop()
+        self.continues = continues
         return [_text(line) for line in lines]
 
     def note_last_words(self, whole: bytes, now: float) -> None:

@@ -8,7 +8,7 @@ read within a budget per process (farm.pools.outputlimit): what is over it is
 dropped, and counted in a warning. A command worker's lines are logged with its
 pool and slot, and so is a line a Python worker wrote past its logger (a job's
 os.write, a C library's, a child program's); its own log records (its prints among
-them), which start with its mark, are written on with nothing but their control
+them), which follow its mark, are written on with nothing but their control
 characters escaped (farm.logrelay).
 A Python worker once wrote to the journal itself, out of the budget's reach: one
 printing in a loop had journald drop the farm's warnings.
@@ -96,14 +96,23 @@ class Reports:
         lines = proc.out.take(data, now, final=final)
         if lines and not proc.command:
             # What it wrote past its logger (a C library, a child) is logged as a command's.
-            relay_lines(lines, proc.out.mark, lambda line: self.log_line(proc, line))
+            out = proc.out
+            out.own_cut = relay_lines(
+                lines,
+                out.mark,
+                lambda line, level: self.log_line(proc, line, level),
+                continued=out.own_cut if out.continues else None,
+                cut=out.cut,
+            )
         for line in lines if proc.command else ():
             self.log_line(proc, line)
         self.report_drops(proc, now, final=final)
 
-    def log_line(self, proc: WorkerProcess, line: str) -> None:
-        """A line of a worker's output as a record of the supervisor's, naming the worker."""
-        output_log.info(
+    def log_line(self, proc: WorkerProcess, line: str, level: int = logging.INFO) -> None:
+        """A line of a worker's output as a record of the supervisor's, naming the worker
+        (``level``: a Python worker's own record's, a piece of one cut at LONGEST_LINE)."""
+        output_log.log(
+            level,
             "worker %s (pid %d): %s",
             proc.name,
             proc.pid,

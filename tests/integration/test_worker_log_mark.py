@@ -1,5 +1,6 @@
 """A Python worker's log mark under `farm up` (farm.logrelay): its own records are told
-from what its jobs write past its logger wherever the mark comes in a line; the mark, a
+from what its jobs write past its logger wherever the mark comes in a line, and a record
+longer than the line the supervisor holds (LONGEST_LINE) stays the worker's; the mark, a
 secret, is in no line of the log, no last words, no `farm ps` field."""
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from pathlib import Path
 import pytest
 
 import farm
+from farm.pools.outputlimit import LONGEST_LINE
 from tests.helpers.farmproc import FarmUp
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
-JOBS = """
+LONG = 300_000  # a record several cuts long
+
+JOBS = f"""
 import logging, os, subprocess
 
 log = logging.getLogger("mine")
@@ -31,6 +35,10 @@ def glue(job):
         os._exit(3)
     # The mark, which the test looks for: the worker's, so its jobs may know it.
     return logging.getLogger().handlers[0].formatter.mark.encode()
+
+def long(job):
+    log.warning("M" * {LONG} + " END-LONG")
+    return b"said"
 """
 
 #: A mark as farm.pools.workerargs makes them: any such run in the log is one leaked.
@@ -106,3 +114,39 @@ def test_a_record_glued_to_a_childs_unended_output_is_the_workers_and_its_mark_u
         == ("ERROR", "worker", "mine", "worker-own-error-record")
         for r in own
     ), own
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_record_past_the_longest_line_is_the_workers_to_its_end(
+    tmp_path: Path, log_format: str
+) -> None:
+    # log.warning("M" * 300000): its line is cut at LONGEST_LINE, and only the first piece
+    # began with the mark: the rest was logged as the worker's stray output, at INFO (in
+    # JSON every piece, the first no JSON object either: the WARNING was lost).
+    up = _farm(tmp_path, log_format, "long")
+    try:
+        pid = up.wait_idle({"long": 1})[0]["pid"]
+        with farm.Client(up.addr) as client:
+            assert client.call("long", b"", timeout=30) == b"said"
+        wait_for("the record's end", lambda: "END-LONG" in up.read_log(), 30)
+    finally:
+        up.stop()
+    lines = [line for line in up.log_path.read_text().splitlines() if "MMM" in line]
+    assert len(lines) > 1 and all(len(line) > LONGEST_LINE for line in lines[:-1]), len(lines)
+    continued = rf"worker long#0 cpu\d+ \(pid {pid}\): "
+    if log_format == "text":
+        first, *rest = lines
+        assert re.match(rf"\S+ \S+ farm-worker long#0\[{pid}\] WARNING MMM", first), first[:200]
+        for line in rest:
+            assert re.match(rf"\S+ \S+ farm\[\d+\] WARNING {continued}M", line), line[:200]
+        pieces = [first.partition(" WARNING ")[2]] + [line.partition("): ")[2] for line in rest]
+    else:
+        records = [json.loads(line) for line in lines]
+        assert all(r["level"] == "WARNING" for r in records), [r["level"] for r in records]
+        assert all(re.match(continued, r["message"]) for r in records), records[0]["message"][:200]
+        # The first piece is the worker's record cut short: its JSON, quoted.
+        assert records[0]["message"].partition("): ")[2].startswith('{"time": ')
+        pieces = [r["message"].partition("): ")[2] for r in records]
+        pieces[0] = pieces[0].partition('"message": "')[2]
+    said = "".join(pieces)
+    assert said.count("M") == LONG and "M" * 10 + " END-LONG" in said

@@ -1,11 +1,18 @@
 """farm.logrelay: a Python worker's own records are told from its jobs' output by the mark
-wherever it comes in a line, and the mark is written on no line."""
+wherever it comes in a line, a record cut at the longest line stays the worker's to its
+end, and the mark is written on no line."""
 
 from __future__ import annotations
 
+import json
+import logging
 import subprocess
 import sys
 import textwrap
+
+import pytest
+
+from farm.logrelay import _record_level
 
 MARK = "0f" * 16
 
@@ -13,7 +20,7 @@ MARK = "0f" * 16
 def relayed(log_format: str, calls: str) -> list[str]:
     """The log lines of a process, set up as the supervisor's in ``log_format``, that runs
     ``calls`` (relay_lines' with ``M`` the mark): ``stray`` logs each line it is given as
-    "stray: LINE" (logger "s", at INFO)."""
+    "stray: LINE" (logger "s", at the level given)."""
     script = textwrap.dedent(
         f"""
         import logging, sys
@@ -23,7 +30,7 @@ def relayed(log_format: str, calls: str) -> list[str]:
                       text_format="%(levelname)s %(message)s", stream=sys.stdout,
                       journal=False)
         M = {MARK!r}
-        stray = lambda line: logging.getLogger("s").info("stray: %s", line)
+        stray = lambda line, level: logging.getLogger("s").log(level, "stray: %s", line)
         """
     )
     out = subprocess.run(
@@ -43,12 +50,12 @@ def test_each_mark_in_a_line_starts_a_record_and_what_is_before_the_first_is_str
     lines = relayed(
         "text",
         """
-        relay_lines([
+        print(relay_lines([
             "child-output" + M + "f#0[7] ERROR one" + M + "f#0[7] INFO two",
             M + "f#0[7] INFO three",
             "plain",
             M + M + "f#0[7] INFO four",
-        ], M, stray)
+        ], M, stray))
         """,
     )
     assert lines == [
@@ -58,4 +65,44 @@ def test_each_mark_in_a_line_starts_a_record_and_what_is_before_the_first_is_str
         "f#0[7] INFO three",
         "INFO stray: plain",
         "f#0[7] INFO four",  # nothing between two marks: no line
+        "None",  # nothing cut: no level for a rest
     ]
+
+
+def test_a_records_rest_past_the_cut_is_logged_at_its_level() -> None:
+    # A record past LONGEST_LINE comes in pieces, only the first after the mark: the rest
+    # was logged as the worker's output (INFO), and in JSON the first as well, no object.
+    start = json.dumps({"time": "t", "level": "WARNING", "message": "aaa"})[:-2]
+    lines = relayed(
+        "json",
+        f"""
+        level = relay_lines(["child" + M + {start!r}], M, stray, cut=True)
+        level = relay_lines(["bbb"], M, stray, continued=level, cut=True)
+        print(relay_lines(["ccc", "after"], M, stray, continued=level, cut=True))
+        """,
+    )
+    records = [json.loads(line) for line in lines[:-1]]
+    said = [(r["level"], r["logger"], r["message"]) for r in records]
+    assert said == [
+        ("INFO", "s", "stray: child"),
+        ("WARNING", "s", "stray: " + start),
+        ("WARNING", "s", "stray: bbb"),
+        ("WARNING", "s", "stray: ccc"),
+        ("INFO", "s", "stray: after"),  # the next line, no mark: a job's
+    ]
+    assert lines[-1] == "None"  # its last line, cut, is no record of the worker's
+
+
+@pytest.mark.parametrize(
+    ("record", "level"),
+    [
+        ('{"time": "t", "level": "ERROR", "message": "\\"level\\": \\"DEBUG\\""}', logging.ERROR),
+        ("<4>farm-worker f#0[7] INFO said", logging.WARNING),
+        ("<2>{}", logging.CRITICAL),
+        ("2026-12-06 16:44:20,000 farm-worker a b#0[7] DEBUG x [8] ERROR y", logging.DEBUG),
+        ("2026-12-06 16:44:20,000 farm-worker f#0[7] NOTALEVEL x", logging.INFO),
+        ("no level said", logging.INFO),
+    ],
+)
+def test_a_records_level_is_read_where_its_format_puts_it(record: str, level: int) -> None:
+    assert _record_level(record) == level

@@ -201,7 +201,7 @@ def test_relayed_lines_keep_no_control_character_and_json_stays_json(log_format:
         setup_logging(role="supervisor", log_format={log_format!r}, text_format="%(message)s",
                       stream=sys.stdout, journal=False)
         record = logging.LogRecord("farm", 20, "f", 1, "a\\x7f\\x9b\\x1b[2Jb", None, None)
-        stray = lambda line: logging.getLogger("s").info("%s", line)
+        stray = lambda line, level: logging.getLogger("s").log(level, "%s", line)
         relay_lines(["M" + JsonFormatter("worker").format(record), "Mraw \\x1b]0;t\\x07 out"],
                     "M", stray)
         """
@@ -234,7 +234,8 @@ def test_relayed_json_keeps_a_workers_records_and_hands_on_stray_lines() -> None
         stray = []
         record = json.dumps({"time": "t", "message": "m"})
         lines = ["<4>" + record, "C library output", record, "{half", "<6>", record]
-        relay_lines(["M" + line for line in lines[:5]] + [lines[5]], "M", stray.append)
+        relay_lines(["M" + line for line in lines[:5]] + [lines[5]], "M",
+                    lambda line, level: stray.append(line))
         print(json.dumps(stray))
         """
     )

@@ -104,4 +104,18 @@ def test_a_line_cut_at_the_longest_is_never_cut_inside_the_mark() -> None:
     out = OutputLines(mark=MARK)
     data = b"x" * LONGEST_LINE + MARK[:9].encode()
     assert out.take(data, 0.0) == ["x" * LONGEST_LINE]  # the mark's start held back
+    assert out.cut and not out.continues
     assert out.take(MARK[9:].encode() + b"<4>rest\n", 0.0) == [MARK + "<4>rest"]
+    assert out.continues and not out.cut
+
+
+def test_a_cut_line_is_said_to_continue_only_while_its_start_was_logged() -> None:
+    # The rest of a cut line is the same record's (a Python worker's own, farm.logrelay),
+    # unless its start was dropped with a flood: then it continues nothing logged.
+    out = OutputLines(OutputLimit(burst=2, rate=1.0))
+    assert out.take(b"y" * (LONGEST_LINE + 1), 0.0) == ["y" * (LONGEST_LINE + 1)]
+    assert out.cut
+    assert out.take(b"z\nw\n" + b"v" * (LONGEST_LINE + 1), 0.0) == ["z"]
+    assert out.continues and not out.cut  # its last line, cut, was dropped
+    assert out.take(b"v\n", 10.0) == ["v"]
+    assert not out.continues
