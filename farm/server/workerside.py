@@ -328,6 +328,14 @@ class WorkerSide:
         if job is not None and job is self.pushed:
             self.accepted()  # its news says it took the job, as JOB_ACCEPT would
         if job is None:
+            if ptype == _WORK_FAIL and handle == self.excepted:
+                # Perl's Gearman::Worker follows a WORK_EXCEPTION with a WORK_FAIL for the
+                # same job, and died on the ERROR JOB_NOT_FOUND that answered it (gearmand's
+                # answer too): dropped, a failing job no longer costs a worker. Asked first:
+                # after a late exception the pair's WORK_FAIL is its tail, not the answer
+                # of another late run of the job (one more in ``expired``).
+                self.excepted = None
+                return
             if handle in self.expired:
                 # farm: the job timed out in this worker's hands and has failed already. Its
                 # late answer is dropped, not answered with an ERROR that some workers (Perl's
@@ -344,13 +352,9 @@ class WorkerSide:
                     # answer comes, not when it expires: a worker that dies in the job
                     # instead never ended it.
                     self.jobs_done += 1
+                    if ptype == _WORK_EXCEPTION:  # Perl's WORK_FAIL follows, as on time
+                        self.excepted = handle
                 log.debug("fd %d: late %s for timed-out job %r dropped", self.fd, ptype, handle)
-                return
-            if ptype == _WORK_FAIL and handle == self.excepted:
-                # Perl's Gearman::Worker follows a WORK_EXCEPTION with a WORK_FAIL for the
-                # same job, and died on the ERROR JOB_NOT_FOUND that answered it (gearmand's
-                # answer too): dropped, a failing job no longer costs a worker.
-                self.excepted = None
                 return
             self.send(error("JOB_NOT_FOUND", NOT_FOUND_TEXT.get(ptype, NOT_FOUND_DEFAULT)))
             return

@@ -117,6 +117,35 @@ def test_a_perl_worker_whose_function_dies_serves_on(farm_server: Server) -> Non
         worker.wait()
 
 
+PERL_WORKER_LATE_TO_DIE = r"""
+use Gearman::Worker;
+my $w = Gearman::Worker->new(job_servers => ['127.0.0.1:%(port)d']);
+$w->register_function(late => 1 => sub {
+    my $a = $_[0]->arg; if ($a eq 'bad') { sleep 2; die "no $a\n" } $a });
+$w->work while 1;
+"""
+
+
+def test_a_perl_worker_whose_function_dies_past_its_timeout_serves_on(
+    farm_server: Server,
+) -> None:
+    """Its job failed at its 1 s timeout; the function died later, and the worker's pair
+    (WORK_EXCEPTION, then WORK_FAIL) came for a job that had ended: the exception was
+    dropped as the late answer, and the WORK_FAIL got ERROR JOB_NOT_FOUND, on which the
+    Perl worker died."""
+    worker = subprocess.Popen([perl(), "-e", PERL_WORKER_LATE_TO_DIE % {"port": farm_server.port}])
+    try:
+        with farm.Client(farm_server.addr) as client:
+            with pytest.raises(farm.JobFailed):
+                client.call("late", "bad", timeout=20)
+            # The worker answers it late (2 s in), then takes this one.
+            assert client.call("late", "good", timeout=20) == b"good"
+        assert worker.poll() is None, "the Perl worker died"
+    finally:
+        worker.kill()
+        worker.wait()
+
+
 def test_the_stock_perl_worker_serves_every_function_of_its_pool(farm_server: Server) -> None:
     """workers/perl/reverse.pl, as a command pool runs it: `$FARM_FUNCTION` lists the
     pool's functions, comma-separated. It registered the first alone, so a pool of

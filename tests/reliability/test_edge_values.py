@@ -15,7 +15,7 @@ import pytest
 from farm import protocol as p
 from farm.protocol import PacketType as T
 from tests.helpers.peers import Peer
-from tests.helpers.servers import Server
+from tests.helpers.servers import Server, start_farm_server
 
 HUGE = "1" + "0" * 400
 
@@ -155,3 +155,38 @@ def test_function_names_are_limited_like_gearmand(
     c.send(T.SUBMIT_REDUCE_JOB, "f", "", long, "", "x")
     assert c.expect(T.ERROR).args[0] == b"ARGUMENT_TOO_LARGE"
     assert len(submit(c, "f" * p.MAX_FUNCTION)) > 0, "512 bytes is still fine"
+
+
+def test_a_late_exception_and_fail_pair_for_a_timed_out_job_are_both_dropped(
+    peer_factory: Callable[[str], Peer], unix_sock: str
+) -> None:
+    # Perl's Gearman::Worker answers a job that died with WORK_EXCEPTION, then WORK_FAIL,
+    # and dies on an ERROR. Late, the exception used up the job's timed-out entry, and the
+    # WORK_FAIL got ERROR JOB_NOT_FOUND: a job that timed out cost a Perl worker.
+    farm_server = start_farm_server(unix=unix_sock)
+    try:
+        pair_dropped(farm_server, peer_factory)
+    finally:
+        farm_server.stop()
+
+
+def pair_dropped(farm_server: Server, peer_factory: Callable[[str], Peer]) -> None:
+    w, c = peer_factory(farm_server.addr), peer_factory(farm_server.addr)
+    w.send(T.CAN_DO_TIMEOUT, "slow", "1")
+    sync(w)
+    h = submit(c, "slow")
+    w.send(T.GRAB_JOB_UNIQ)
+    assert w.expect(T.JOB_ASSIGN_UNIQ).args[0] == h
+    assert c.expect(T.WORK_FAIL, timeout=10).args == (h,)
+    w.send(T.WORK_EXCEPTION, h, "boom")
+    w.send(T.WORK_FAIL, h)
+    sync(w)  # no ERROR came before the echo: both were dropped
+    assert c.nothing_within(0.3), "the client hears nothing more of its failed job"
+    # One run's pair counts one job ended (admin `peers`' jobs), not two.
+    admin = peer_factory(f"unix:{farm_server.unix}")
+    ip, port = w.sock.getsockname()[:2]
+    row = next(r for r in admin.admin("peers").splitlines() if r.startswith(f"tcp:{ip}:{port}\t"))
+    assert row.split("\t")[2] == "1", row
+    # The next job's lone WORK_FAIL, and a handle never held, are answered as ever.
+    w.send(T.WORK_FAIL, h)
+    assert w.expect(T.ERROR).args[0] == b"JOB_NOT_FOUND"

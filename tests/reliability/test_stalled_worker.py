@@ -168,13 +168,18 @@ def test_a_job_pushed_to_a_held_grab_and_not_accepted_goes_to_another_worker(
     assert client.nothing_within(0.2)
 
 
+@pytest.mark.parametrize(
+    "answer", [(T.WORK_COMPLETE,), (T.WORK_EXCEPTION, T.WORK_FAIL)], ids=["complete", "perl"]
+)
 def test_a_worker_late_twice_for_one_job_has_both_late_answers_dropped(
-    farm_server: Server, peer_factory: Callable[[str], Peer]
+    farm_server: Server, peer_factory: Callable[[str], Peer], answer: tuple[T, ...]
 ) -> None:
     """Pushed to the same held grab twice and taken back twice (it went to another worker,
     which died holding it), the job was read twice and run twice by the late worker: each
     answer is dropped without an ERROR (docs/held-grab.md). The second one got ERROR
-    JOB_NOT_FOUND while a take-back was remembered once per handle."""
+    JOB_NOT_FOUND while a take-back was remembered once per handle. Perl's answer to a job
+    that died is a pair, WORK_EXCEPTION then WORK_FAIL: the first run's WORK_FAIL took the
+    second run's place, whose WORK_EXCEPTION then got the ERROR Perl dies on."""
 
     def running(admin: Peer) -> str:
         rows = [line.split("\t") for line in admin.admin("status").splitlines()]
@@ -211,7 +216,8 @@ def test_a_worker_late_twice_for_one_job_has_both_late_answers_dropped(
     wait_for("the second take-back", lambda: running(admin) == "0")
     late.send(T.JOB_ACCEPT, handle)
     for run in ("first", "second"):
-        late.send(T.WORK_COMPLETE, handle, "late")
+        for ptype in answer:
+            late.send(ptype, handle, *([] if ptype == T.WORK_FAIL else ["late"]))
         late.send(T.ECHO_REQ, run)
         pkt = late.recv()
         assert (pkt.type, pkt.args) == (T.ECHO_RES, (run.encode(),)), f"{run} late answer"
