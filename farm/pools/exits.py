@@ -23,6 +23,7 @@ __all__ = [
     "may_answer_server_loss",
     "undrained",
     "cut_off",
+    "LINGERED",
 ]
 
 # Exit codes of farm.pools.workerproc, like gunicorn's: the supervisor tells an
@@ -36,6 +37,11 @@ EXIT_RSS_KILLED = 5  # went past kill_rss_mb mid-job, failed that job: replace a
 Exits = Counter[tuple[str, str]]
 #: Every cause ``exit_cause`` names: each pool's series of them exist from its start, at 0.
 EXIT_CAUSES = ("crash", "boot_failure", "timeout", "recycle", "rss", "killed", "server_lost")
+#: Why a Python worker that said its loop ended (drained: the ``exiting`` report) is killed
+#: past its grace: Python's exit waits on what its code left, not on the worker.
+LINGERED = (
+    "drained but did not exit: a thread of its code (not a daemon) or an atexit hook holds it"
+)
 
 
 def may_answer_server_loss(status: int) -> bool:
@@ -99,6 +105,7 @@ class Working(Protocol):
     command: bool  # a command pool's process: its jobs are known from the server alone
     registration_seen: bool  # ... where the local server showed its registration
     stop_signal: int  # what asked it to stop
+    exiting: bool  # a Python worker that reported its loop ended (it drained)
 
 
 def undrained(proc: Working, now: float, *, quitting: bool = False) -> str:
@@ -107,11 +114,16 @@ def undrained(proc: Working, now: float, *, quitting: bool = False) -> str:
     stop signal went on (farm.pools.commandjobs): this SIGKILL, not that signal, cuts it
     off when it ignored the signal, and its name was lost here. After SIGQUIT
     (``quitting``) no drain was let run out: the worker was stopped at once, and saying
-    "did not drain in time" blamed it for a grace it never had. One known to hold no job
-    had nothing to drain: it ignored its stop signal, and is said so."""
+    "did not drain in time" blamed it for a grace it never had. A command worker known to
+    hold no job had nothing to drain: it ignored its stop signal, and is said so. A Python
+    worker that reported it drained is held by its code's leftovers (``LINGERED``); one that
+    did not (stopped, hung outside a job, its SIGTERM handler replaced) did not drain, and
+    was said to have ignored SIGTERM while it had drained, held by a job's thread."""
     if quitting:
         why = "stopped at once (SIGQUIT)"
-    elif proc.busy_since is None and (not proc.command or proc.registration_seen):
+    elif proc.busy_since is None and proc.exiting:
+        return LINGERED
+    elif proc.busy_since is None and proc.command and proc.registration_seen:
         # A command worker's job is known only where the local server lists its
         # connections; elsewhere none read is no proof that it held none.
         return f"ignored {signal.Signals(proc.stop_signal).name}, holding no job"

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from farm.config import Config, FunctionConfig
-from farm.pools.exits import describe_exit, exit_cause, may_answer_server_loss, undrained
+from farm.pools.exits import LINGERED, describe_exit, exit_cause, may_answer_server_loss, undrained
 from farm.pools.localserver import LocalServer
 from farm.pools.slots import ProcState, Slot, WorkerProcess
 from farm.pools.spawn import EXEC_FAILED_PREFIX, EXIT_EXEC_FAILED
@@ -80,7 +80,8 @@ class Lifecycle(WorkerStart):
                 self.kill(proc, undrained(proc, now, quitting=self.quitting))
             elif self.stuck_idle(proc, now):
                 grace = self.config.supervisor.graceful_timeout
-                self.kill(proc, f"held no job, yet had not exited {grace:g}s after its SIGTERM")
+                stuck = f"held no job, yet had not exited {grace:g}s after its SIGTERM"
+                self.kill(proc, LINGERED if proc.exiting else stuck)
         self.tend_leftovers(now)
 
     def stuck_idle(self, proc: WorkerProcess, now: float) -> bool:

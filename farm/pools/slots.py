@@ -137,6 +137,7 @@ class WorkerProcess:
     # its kill_reason once its group ends with it; a wrapper's worker may still finish it.
     cut_job: str = ""
     retired_starting: bool = False  # retired before it served: its exit drained no job
+    exiting: bool = False  # a Python worker that said its loop ended: all left is its exit
     boot_error: str = ""  # why it never served (could not exec, no ready in time): a boot failure
     recycle_reason: str = ""
     command: bool = False  # a command pool's process (it has no report pipe)
@@ -232,14 +233,17 @@ class WorkerProcess:
             self.apply(event)
 
     def apply(self, event: dict[str, object]) -> None:
-        """A report line: ``ready`` (it serves now), ``recycle`` (it exits after this job) or
-        ``boot_error`` (it cannot serve its target, and exits 3: why, for the log of its end).
+        """A report line: ``ready`` (it serves now), ``recycle`` (it exits after this job),
+        ``boot_error`` (it cannot serve its target, and exits 3: why, for the log of its end)
+        or ``exiting`` (its loop ended: what holds it now is its code's, farm.pools.exits).
         What it does job by job is in its shared-memory record, read by ``refresh``."""
         kind = event.get("ev")
         if kind == "recycle":
             self.recycle_reason = str(event.get("why", ""))
         elif kind == "boot_error" and self.state is ProcState.STARTING:
             self.boot_error = str(event.get("why", "")) or "exited with code 3"
+        elif kind == "exiting":
+            self.exiting = True
         elif kind == "ready" and self.state is ProcState.STARTING:
             self.state, self.served = ProcState.IDLE, True
             self.refresh()

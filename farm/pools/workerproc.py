@@ -9,6 +9,8 @@ pins nothing itself). It loads the target, serves it through
     {"ev": "recycle", "why": "..."}       it will exit after this job (max_jobs / max_rss_mb)
     {"ev": "boot_error", "why": "..."}    it cannot serve its target, and exits 3 (the why goes
                                           into the supervisor's log, `farm ps` and `farm restart`)
+    {"ev": "exiting"}                     its loop has ended (drained, or recycled): what is
+                                          left is Python's exit (a job's thread, atexit hooks)
 
 Its stdout and stderr (its log, and what its jobs print) are a pipe the supervisor
 reads, within a budget of lines (farm.pools.outputlimit). Its log's lines start with a
@@ -279,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         ).start()
     reporter.send(ev="ready")
     worker.work()
+    # Drained: a process still here past its grace is held by what its code left (a job's
+    # thread that is no daemon, an atexit hook), not deaf to SIGTERM (farm.pools.exits).
+    reporter.send(ev="exiting")
     return EXIT_RECYCLE if recycle else EXIT_DRAINED
 
 
