@@ -35,10 +35,6 @@ POLL = 0.2
 #: on): past the supervisor's own 60 s limit for a new process to serve, something else
 #: holds the restart, e.g. a job server that is down.
 STALL = 150.0
-#: Seconds an added pool's starting command worker must show the same wrong registration
-#: (other names than its pool's) before `farm reload` says so and stops waiting for it: a
-#: worker's CAN_DOs are separate packets, and a look between two would be no verdict.
-MISREGISTERED_SETTLE = 2.0
 
 
 @app.command(cls=FarmCommand)
@@ -126,10 +122,12 @@ def follow_added(
     process ended before it served (a module that raises at import, a command that exits);
     exit 1 naming each slot that did not serve and how its process ended, that it still
     starts ``wait`` seconds after the reload, or that none started (the job server not
-    ready). A command worker that registered other names than its pool's is named with
-    them once that held ``MISREGISTERED_SETTLE``, not after the whole wait: the supervisor
-    logged it at once, and the reload said only "not serving 62s after it". The pools
-    stay either way, retried with backoff."""
+    ready). A command worker that registered other names than its pool's and asks for jobs
+    with them (``not_serving_final``) is named with them then, not after the whole wait:
+    the supervisor logged it at once, and the reload said only "not serving 62s after it".
+    One that has not asked yet may register its pool's name after a slow init (a reload
+    failed such a worker 2 s in as it served 4 s in): waited for, and named at the wait's
+    end with what it registered so far. The pools stay either way, retried with backoff."""
     # Imported here: the `farm` command's start does not load the supervisor's parts.
     from farm.logs import escape_controls
     from farm.pools.slots import ProcState, worker_name
@@ -139,7 +137,8 @@ def follow_added(
     serving = {s.value for s in ProcState if s.serving}
     retiring = {s.value for s in ProcState if s.ordered}
     served: set[tuple[str, int]] = set()
-    wrong: dict[tuple[str, int], tuple[str, float]] = {}  # registered other names: since when
+    wrong: dict[tuple[str, int], str] = {}  # registered other names (so far, or for good)
+    final: list[tuple[str, int]] = []  # ... and asks for jobs with them
     deadline = began + wait
     while True:
         reply = ps()
@@ -159,15 +158,9 @@ def follow_added(
         ended = [key for key in waiting if key in rows and rows[key]["restarts"]]  # unasked
         if not waiting:
             return
-        now = time.monotonic()
-        for key in waiting:
-            said = rows[key].get("not_serving", "") if key in rows else ""
-            if not said:
-                wrong.pop(key, None)
-            elif wrong.get(key, ("",))[0] != said:
-                wrong[key] = (said, now)
-        settled = [k for k in waiting if k in wrong and now - wrong[k][1] >= MISREGISTERED_SETTLE]
-        if len(set(ended) | set(settled)) == len(waiting) or now > deadline:
+        wrong = {k: rows[k]["not_serving"] for k in waiting if rows.get(k, {}).get("not_serving")}
+        final = [k for k in wrong if rows[k].get("not_serving_final")]
+        if len(set(ended) | set(final)) == len(waiting) or time.monotonic() > deadline:
             break
         time.sleep(POLL)  # polling the supervisor's table
     server = own_row(reply["processes"], "server")
@@ -184,8 +177,10 @@ def follow_added(
         # worker's, escaped for the terminal.
         if key in ended:
             why = escape_controls(row["last_exit"])
-        elif key in wrong:
-            why = f"{escape_controls(wrong[key][0])}: not serving"
+        elif key in final:
+            why = f"{escape_controls(wrong[key])}: not serving"
+        elif key in wrong:  # "registered helper so far, not rev"
+            why = f"{escape_controls(wrong[key])}: not serving {wait:g}s after it"
         else:
             why = f"not serving {wait:g}s after it"
         typer.echo(f"farm: {name}: added by the reload, {why} (now {row['state']})", err=True)

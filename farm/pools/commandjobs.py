@@ -33,7 +33,7 @@ from farm.net import parse_address
 from farm.pools.claims import claim_queries
 from farm.pools.exits import cut_off, undrained
 from farm.pools.localserver import named_lines
-from farm.pools.peerlist import PeerRow, parse_peers, peers_queries, process_peers, registrations
+from farm.pools.peerlist import PeerRow, Registered, parse_peers, peers_queries, process_peers
 from farm.pools.slots import ProcState, WorkerProcess
 
 if TYPE_CHECKING:
@@ -184,18 +184,23 @@ class CommandJobs:
         rows = self.ask_peers(connected)
         if rows is None:
             return connected
-        seen = registrations(rows)
+        seen = Registered(rows)
         serving = []
         for proc in connected:
             pool = self.config.functions.get(proc.function)
-            names = frozenset().union(*(seen.get(peer, ()) for peer in proc.peers))
+            names, final = seen.of(proc.peers)
             if pool is None or names & set(pool.functions):
                 proc.registration_seen = pool is not None
                 serving.append(proc)
                 continue
-            wrong = f"registered {', '.join(sorted(names))}, not {' or '.join(pool.functions)}"
-            if names and wrong != proc.misregistered:  # said once, not at every poll
-                proc.misregistered = wrong
+            # "So far" until it asks for jobs with these alone: its pool's name may follow a
+            # slow init, and a reload failed such a worker 2 s in as it served 4 s in.
+            wrong = f"registered {', '.join(sorted(names))}{'' if final else ' so far'}, not"
+            wrong += f" {' or '.join(pool.functions)}"
+            if not names or wrong == proc.misregistered:  # said once, not at every poll
+                continue
+            proc.misregistered, proc.misregistered_final = wrong, final
+            if final:
                 log.warning(
                     "worker %s (pid %d) %s: not serving",
                     proc.name,

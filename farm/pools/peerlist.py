@@ -1,12 +1,14 @@
 """The local server's farm-only admin ``peers`` listing, read for command workers: its rows
 (``parse_peers``), the lines that ask for named connections alone (``peers_queries``), the
 names a worker process's connections have there (``process_peers``: ``pid:N`` on the Unix
-socket, ``tcp:IP:PORT`` on TCP), and what each registered (``registrations``).
+socket, ``tcp:IP:PORT`` on TCP), what each registered (``registrations``), and whether a
+process's registration is final (``Registered``).
 ``farm.pools.commandjobs`` matches them to decide what a command worker is doing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import psutil
@@ -14,7 +16,14 @@ import psutil
 from farm.pools.localserver import named_lines
 from farm.pools.proctree import processes
 
-__all__ = ["PeerRow", "parse_peers", "process_peers", "peers_queries", "registrations"]
+__all__ = [
+    "PeerRow",
+    "Registered",
+    "parse_peers",
+    "process_peers",
+    "peers_queries",
+    "registrations",
+]
 
 
 class PeerRow(NamedTuple):
@@ -28,6 +37,7 @@ class PeerRow(NamedTuple):
     function: str
     seconds: float | None  # how long the job in hand has run; None when idle
     client_id: str
+    awaits_jobs: bool = False  # it asked for a job since it last registered a new function
     functions: tuple[str, ...] = ()  # what the connection registered
 
 
@@ -37,8 +47,8 @@ def parse_peers(reply: str) -> list[PeerRow]:
         raise ValueError(f"not a peers listing: {reply[:80]!r}")
     rows = []
     for line in reply[:-2].split("\n")[:-1]:  # not splitlines(): see protocol/admin.py
-        peer, fd, jobs, draining, handle, function, seconds, client_id, *functions = line.split(
-            "\t"
+        peer, fd, jobs, draining, handle, function, seconds, client_id, awaits, *functions = (
+            line.split("\t")
         )
         idle = handle == "-"
         rows.append(
@@ -51,6 +61,7 @@ def parse_peers(reply: str) -> list[PeerRow]:
                 "" if idle else function,
                 None if idle else float(seconds),
                 client_id,
+                awaits == "1",
                 tuple(functions),
             )
         )
@@ -63,6 +74,23 @@ def registrations(peers: list[PeerRow]) -> dict[str, frozenset[str]]:
     for row in peers:
         found.setdefault(row.peer, set()).update(row.functions)
     return {peer: frozenset(functions) for peer, functions in found.items()}
+
+
+class Registered:
+    """What the connections of a ``peers`` listing registered, by peer name, and whether
+    that is final: each of them that registered a function has asked for a job since its
+    last new one. Until then it may be a look between two CAN_DOs (a worker's slow init
+    between them), and a worker said to register other names than its pool's served."""
+
+    def __init__(self, peers: list[PeerRow]) -> None:
+        self.names = registrations(peers)
+        self.unsettled = {row.peer for row in peers if row.functions and not row.awaits_jobs}
+
+    def of(self, peers: Iterable[str]) -> tuple[frozenset[str], bool]:
+        """What the connections of ``peers`` (one process's names) registered, and whether
+        that is final (True where none registered anything: nothing is waited for)."""
+        names = frozenset[str]().union(*(self.names.get(peer, ()) for peer in peers))
+        return names, not self.unsettled.intersection(peers)
 
 
 def peers_queries(names: list[str]) -> list[str]:

@@ -169,8 +169,10 @@ class ProcessTable:
             # A running command worker: whether the local server showed its registration.
             checked=proc.registration_seen if proc.state is ProcState.RUNNING else None,
             # A starting command worker connected that registered other names: why it does
-            # not serve, as the log said it, for `farm reload` and `farm ps` to say too.
+            # not serve, as the log said it, for `farm reload` and `farm ps` to say too; final
+            # once it asks for jobs with those (else "so far": more may follow).
             not_serving=proc.misregistered if proc.state is ProcState.STARTING else "",
+            not_serving_final=proc.state is ProcState.STARTING and proc.misregistered_final,
             **extra,
         )
 
@@ -229,4 +231,5 @@ class ProcessTable:
             "checked": extra.get("checked"),  # False: running, its registration not seen
             "replaying": extra.get("replaying", False),  # the job server's store, at its start
             "not_serving": extra.get("not_serving", ""),  # a starting one: why, when known
+            "not_serving_final": extra.get("not_serving_final", False),  # ... for good
         }

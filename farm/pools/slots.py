@@ -153,8 +153,9 @@ class WorkerProcess:
     # while it drains, when its stop_signal is due at the latest, and the grace after it.
     peers: frozenset[str] = frozenset()
     # Connected, but none of its connections registered its pool's functions: what they did
-    # ("registered wrong, not rev"), for the warnings about a worker that does not serve.
+    # ("registered wrong, not rev"; "wrong so far" until it asks for jobs: then it is final).
     misregistered: str = ""
+    misregistered_final: bool = False
     # A command worker serving: whether the local server showed one of its pool's functions
     # registered by it. Not where nothing could tell: its connections all go to remote
     # servers, or the local server answers `peers` nowhere the supervisor may ask.

@@ -34,7 +34,10 @@ def peers(server: Hub, args: list[str]) -> str:
     """farm's own (Unix socket only): each worker connection, one line: peer (see
     ``peer_name``), fd, jobs it ended, draining (0/1), the job in hand (handle, function,
     seconds since it took it; ``-`` for each when idle; the oldest when it holds several),
-    its client id, then the functions it registered, a field each (a name holds no tab).
+    its client id, 1 when it has asked for a job (a grab, PRE_SLEEP) since it last
+    registered a new function (else 0: it may be between two CAN_DOs, and the supervisor
+    waits before it says a command worker registered other names than its pool's), then
+    the functions it registered, a field each (a name holds no tab).
     The supervisor fills `farm ps` for command workers from this, and tells one that serves
     by what it registered: from this one reply, as the ``workers`` listing names
     connections by fd alone, which a connection closed between the two may hand on.
@@ -59,7 +62,7 @@ def peers(server: Hub, args: list[str]) -> str:
         functions = "".join("\t" + as_text(f) for f in reversed(conn.abilities))
         lines.append(
             f"{peer_name(conn)}\t{conn.fd}\t{conn.jobs_done}\t{int(conn.draining)}"
-            f"\t{held}\t{client_id}{functions}\n"
+            f"\t{held}\t{client_id}\t{int(conn.awaits_jobs)}{functions}\n"
         )
     return "".join(lines) + ".\n"
 

@@ -90,6 +90,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, PeerOptions, a
         self.attached: set[Job] = set()
         self.exceptions = hub.options.exceptions
         self.sleeping = False
+        self.awaits_jobs = False  # (WorkerSide.grab, pre_sleep, can_do)
         self.woken = False
         self.late = False  # past a wake-up's deadline (Sleepers._add_sleeper)
         # Back-pressure. A connection whose peer does not read (its transport passed the
@@ -362,7 +363,7 @@ HANDLERS: dict[int, Handler] = _plain_keys(
         T.CAN_DO: _args_only(Connection.can_do),
         T.CANT_DO: lambda c, a, _: c.jobs.cant_do(c, a[0]),
         T.RESET_ABILITIES: _args_only(Connection.reset_abilities),
-        T.PRE_SLEEP: lambda c, a, _: c.jobs.pre_sleep(c),
+        T.PRE_SLEEP: _args_only(Connection.pre_sleep),
         T.GRAB_JOB: Connection.grab,
         T.GRAB_JOB_UNIQ: Connection.grab,
         T.GRAB_JOB_ALL: Connection.grab,

@@ -98,6 +98,7 @@ class Writer(Protocol):
     opened: float  # when it was accepted (monotonic): admin `claim` takes no older one
     jobs_done: int
     draining: bool
+    awaits_jobs: bool  # it asked for a job since it last registered a new function
     killed: bool  # admin `killing`: its supervisor kills it now
     running: dict[bytes, Job]
     held: list[HeldReply] | None  # replies held for the store's commits

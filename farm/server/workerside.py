@@ -94,6 +94,9 @@ class WorkerSide:
     tcp: bool
     draining: bool
     sleeping: bool
+    # It asked for a job (a grab, PRE_SLEEP) since it last registered a new function: what it
+    # registered is what it serves, not a look between two CAN_DOs (admin `peers`).
+    awaits_jobs: bool
     may_hold_grab: bool
     held_grab: int  # the grab packet held (0: none)
     pushed: Job | None  # pushed to a held grab, not accepted yet
@@ -209,7 +212,12 @@ class WorkerSide:
             self.sleeping = False  # with no abilities left it is in no function's sleepers
             self.send(NO_JOB)
 
+    def pre_sleep(self, args: tuple[bytes, ...]) -> None:
+        self.awaits_jobs = True
+        self.jobs.pre_sleep(self.peer())
+
     def grab(self, args: tuple[bytes, ...], ptype: int) -> None:
+        self.awaits_jobs = True
         if self.held_grab and self.sleeping and self.abilities:
             # A grab held already, asleep on all its functions: no job came for it (push()
             # answers the first that does), so this one takes its place as it is. Woken and
@@ -291,6 +299,7 @@ class WorkerSide:
     def can_do(self, args: tuple[bytes, ...]) -> None:
         function = args[0]
         if self.function_ok(function) and self.room_for(function) and self.may_serve(function):
+            self.awaits_jobs = self.awaits_jobs and function in self.abilities
             self.jobs.can_do(self.peer(), function)
 
     def can_do_timeout(self, args: tuple[bytes, ...]) -> None:
@@ -318,6 +327,7 @@ class WorkerSide:
         # docs/server.md), libgearman passing the caller's number on. farm reads values from
         # 1000 as ms, and below as seconds, as php.net documents them. 0 or less: none.
         seconds = 0.0 if value <= 0 else value / 1000 if value >= 1000 else float(value)
+        self.awaits_jobs = self.awaits_jobs and function in self.abilities
         self.jobs.can_do(self.peer(), function, seconds)
 
     # -- the worker's news of its job -----------------------------------------------

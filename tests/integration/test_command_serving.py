@@ -100,6 +100,7 @@ def test_a_connection_closed_between_queries_does_not_credit_its_fds_next_owner(
     admin = Peer(f"unix:{srv.unix}")  # first: the server's lowest fd is not one in play
     worker = Peer(f"unix:{srv.unix}")  # this process, as the command worker: registers wrong
     worker.send(T.CAN_DO, "wrong")
+    worker.send(T.PRE_SLEEP)  # with that alone: all it means to serve
     me = f"pid:{os.getpid()}"
     fd = wait_for("the worker's connection", lambda: fd_of(admin, me))
     others: list[subprocess.Popen[bytes]] = []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -284,4 +286,65 @@ def test_a_reload_names_an_added_command_pool_s_wrong_registration_at_once(
         said = r"^rightname#0 cpu\d+ starting: registered wrong, not rightname$"
         assert re.search(said, ps.stdout, re.M), ps.stdout
     finally:
+        assert up.stop() == 0
+
+
+# A command worker that registers a name of its own first (`helper`), then its pool's once
+# its slow init (the gate its argument names) is done, then sleeps in the server.
+SLOW_SECOND_NAME = """\
+import os, socket, struct, sys
+host, port = os.environ["FARM_SERVERS"].split(",")[0].rsplit(":", 1)
+def pkt(t, *x):
+    b = b"\\0".join(x)
+    return b"\\0REQ" + struct.pack(">II", t, len(b)) + b
+s = socket.create_connection((host, int(port)))
+s.sendall(pkt(1, b"helper"))  # CAN_DO helper
+gate = socket.socket(socket.AF_UNIX)
+gate.connect(sys.argv[1])
+gate.recv(1)
+s.sendall(pkt(1, b"rightname") + pkt(4))  # CAN_DO rightname, PRE_SLEEP
+while s.recv(4096):
+    pass
+"""
+
+
+def test_a_reload_waits_for_an_added_command_worker_that_registers_its_pool_s_name_late(
+    tmp_path: Path,
+) -> None:
+    # 2 s after it registered `helper` the reload failed it, "registered helper, not
+    # rightname: not serving", exit 1, while it served once its init was done. Only one that
+    # asks for jobs (GRAB_JOB, PRE_SLEEP) with other names alone is named before the wait's end.
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_SECOND_NAME)
+    gate = Gate(tmp_path / "gate")
+    up = FarmUp(tmp_path, BASE, supervisor="boot_timeout = 20")
+    reload = None
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 1})
+        argv = json.dumps([sys.executable, str(script), gate.path])
+        up.write_config(BASE + f"\n[functions.rightname]\ncommand = {argv}\nworkers = 1\n")
+        reload = subprocess.Popen(
+            [sys.executable, "-m", "farm", "reload", "--control", up.control],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        gate.arrived(1)
+        said = wait_for(
+            "its first registration seen",
+            lambda: next((r["not_serving"] for r in up.workers("rightname")), None),
+        )
+        assert said == "registered helper so far, not rightname"
+        with pytest.raises(subprocess.TimeoutExpired):
+            reload.wait(3)  # no verdict: it was given 2 s after that was seen
+        gate.open()
+        out, err = reload.communicate(timeout=30)
+        assert (reload.returncode, out.strip()) == (0, "reloaded"), out + err
+        assert up.workers("rightname", "running")
+    finally:
+        gate.open()
+        if reload is not None and reload.poll() is None:
+            reload.kill()
+            reload.communicate()
         assert up.stop() == 0

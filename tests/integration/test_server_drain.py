@@ -78,8 +78,8 @@ def test_peers_names_the_process_and_the_job_in_hand(srv, peers) -> None:
     sync(tcp_worker)
     ip, port = tcp_worker.sock.getsockname()[:2]
     rows = {row[0]: row for row in listing(admin)}
-    assert rows[f"pid:{os.getpid()}"][2:] == ["0", "0", "-", "-", "-", "farm:w#0:0", "f"]
-    assert rows[f"tcp:{ip}:{port}"][2:] == ["0", "0", "-", "-", "-", "-", "g h", "f"]
+    assert rows[f"pid:{os.getpid()}"][2:] == ["0", "0", "-", "-", "-", "farm:w#0:0", "0", "f"]
+    assert rows[f"tcp:{ip}:{port}"][2:] == ["0", "0", "-", "-", "-", "-", "0", "g h", "f"]
     assert len(rows) == 2  # the admin connection is not a worker
 
     client = connect(srv, peers)
@@ -99,6 +99,38 @@ def test_peers_names_the_process_and_the_job_in_hand(srv, peers) -> None:
     sync(tcp_worker)
     done = [r for r in listing(admin) if r[2] == "1"]
     assert len(done) == 1 and done[0][4] == "-"
+
+
+def test_peers_says_whether_a_worker_asked_for_jobs_since_its_last_new_function(srv, peers) -> None:
+    # The supervisor names a command worker that registered other names than its pool's
+    # once it asks for jobs with them: a look between two CAN_DOs (a slow init after the
+    # first) failed a `farm reload` while the worker served a second later.
+    admin = connect(srv, peers, unix=True)
+    worker = connect(srv, peers, unix=True)
+
+    def asked() -> str:
+        (row,) = [r for r in listing(admin) if r[0] == f"pid:{os.getpid()}"]
+        return row[8]
+
+    worker.send(T.CAN_DO, "helper")
+    sync(worker)
+    assert asked() == "0"
+    worker.send(T.PRE_SLEEP)
+    sync(worker)
+    assert asked() == "1"
+    worker.send(T.CAN_DO, "helper")  # again: nothing new
+    worker.send(T.CAN_DO_TIMEOUT, "helper", "5")
+    sync(worker)
+    assert asked() == "1"
+    worker.send(T.CAN_DO_TIMEOUT, "f", "5")
+    sync(worker)
+    assert asked() == "0"
+    worker.send(T.GRAB_JOB)
+    assert worker.expect(T.NO_JOB)
+    assert asked() == "1"
+    worker.send(T.CAN_DO, "g")
+    sync(worker)
+    assert asked() == "0"
 
 
 def test_a_drained_worker_finishes_its_job_and_gets_no_more(srv, peers) -> None:

@@ -56,7 +56,8 @@ def test_peers_naming_connections_lists_those_alone(
         everyone = admin_query(f"unix:{unix_sock}", "peers", timeout=30)
         assert len(everyone.splitlines()) == 3, "the hog's row, this test's, and the end"
         named = admin_query(f"unix:{unix_sock}", f"peers pid:{os.getpid()} tcp:1", timeout=30)
-        assert named == f"pid:{os.getpid()}\t{named.split(chr(9))[1]}\t0\t0\t-\t-\t-\t-\tmine\n.\n"
+        fd = named.split(chr(9))[1]
+        assert named == f"pid:{os.getpid()}\t{fd}\t0\t0\t-\t-\t-\t-\t0\tmine\n.\n"
         assert admin_query(f"unix:{unix_sock}", "peers pid:x", timeout=30).startswith("ERR")
     finally:
         srv.stop()

@@ -234,10 +234,10 @@ def test_the_supervisors_reading_of_peers_splits_lines_at_newlines_only() -> Non
     # no listing and signalled every draining command worker at once.
     from farm.pools.peerlist import PeerRow, parse_peers
 
-    reply = "pid:7\t5\t3\t0\tH:x:1\tf\u2028g\t0.500\tid\nfd:9\t6\t0\t1\t-\t-\t-\t-\n.\n"
+    reply = "pid:7\t5\t3\t0\tH:x:1\tf\u2028g\t0.500\tid\t1\nfd:9\t6\t0\t1\t-\t-\t-\t-\t0\n.\n"
     assert parse_peers(reply) == [
-        PeerRow("pid:7", "5", 3, False, "H:x:1", "f\u2028g", 0.5, "id"),
-        PeerRow("fd:9", "6", 0, True, "", "", None, "-"),
+        PeerRow("pid:7", "5", 3, False, "H:x:1", "f\u2028g", 0.5, "id", True),
+        PeerRow("fd:9", "6", 0, True, "", "", None, "-", False),
     ]
 
 
@@ -247,15 +247,33 @@ def test_what_a_command_worker_registered_is_read_from_the_peers_listing() -> No
     from farm.pools.peerlist import parse_peers, registrations
 
     peers = parse_peers(
-        "tcp:127.0.0.1:4000\t7\t0\t0\t-\t-\t-\tfarm:rev#0:1\twrong\tx\n"
-        "pid:9\t8\t0\t0\t-\t-\t-\t-\ta\npid:9\t11\t0\t0\t-\t-\t-\t-\tb c\n"
-        "pid:10\t12\t0\t0\t-\t-\t-\t-\n.\n"
+        "tcp:127.0.0.1:4000\t7\t0\t0\t-\t-\t-\tfarm:rev#0:1\t1\twrong\tx\n"
+        "pid:9\t8\t0\t0\t-\t-\t-\t-\t1\ta\npid:9\t11\t0\t0\t-\t-\t-\t-\t0\tb c\n"
+        "pid:10\t12\t0\t0\t-\t-\t-\t-\t0\n.\n"
     )
     assert registrations(peers) == {
         "tcp:127.0.0.1:4000": frozenset({"wrong", "x"}),
         "pid:9": frozenset({"a", "b c"}),
         "pid:10": frozenset(),
     }
+
+
+def test_a_registration_is_final_once_each_connection_that_made_one_asks_for_jobs() -> None:
+    # A worker's CAN_DOs are packets of their own, a slow init may come between them: what
+    # one registered before it asked for a job (GRAB_JOB, PRE_SLEEP) may be all it has so far.
+    from farm.pools.peerlist import Registered, parse_peers
+
+    seen = Registered(
+        parse_peers(
+            "tcp:127.0.0.1:4000\t7\t0\t0\t-\t-\t-\t-\t1\twrong\n"
+            "pid:9\t8\t0\t0\t-\t-\t-\t-\t1\ta\npid:9\t11\t0\t0\t-\t-\t-\t-\t0\tb\n"
+            "pid:10\t12\t0\t0\t-\t-\t-\t-\t0\n.\n"
+        )
+    )
+    assert seen.of(frozenset({"tcp:127.0.0.1:4000", "pid:3"})) == (frozenset({"wrong"}), True)
+    assert seen.of(frozenset({"pid:9"})) == (frozenset({"a", "b"}), False)  # b's not asked
+    # A connection that registered nothing (yet) holds nothing back.
+    assert seen.of(frozenset({"pid:10", "tcp:127.0.0.1:4000"})) == (frozenset({"wrong"}), True)
 
 
 @pytest.mark.parametrize(
