@@ -107,7 +107,20 @@ class TextFormatter(logging.Formatter):
 
     def formatException(self, ei: Any) -> str:
         lines = super().formatException(ei).split("\n")
-        return "\n".join(escape_controls(line) for line in lines)
+        return "\n".join(_unlike_a_record(escape_controls(line)) for line in lines)
+
+
+#: How a log line of farm's starts: its time (text), its journal priority, a JSON record.
+_RECORD_STARTS = frozenset("0123456789<{")
+
+
+def _unlike_a_record(line: str) -> str:
+    """A traceback's line, indented where it starts as a record of the log does: an
+    exception's message of several lines (`ValueError(f"bad row {row}")`, its row a
+    caller's) put a line of its own in the log, "2026-12-06 16:44:20,000 farm[1] ERROR ..."
+    among them, which read as one the farm wrote. Nothing else a traceback prints starts so
+    (its frames are indented, its exception's name and chain words start with a letter)."""
+    return "  " + line if line[:1] in _RECORD_STARTS else line
 
 
 def _iso(created: float) -> str:

@@ -270,3 +270,34 @@ def test_a_journal_line_leaves_the_time_to_journald_and_others_keep_it(journal: 
         assert out == "<4>WARNING up\n"
     else:
         assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} farm\[\d+\] WARNING up\n", out)
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        "2026-12-06 16:44:20,000 farm[1] ERROR job server (pid 2) died",  # the text format
+        "<3>ERROR job server (pid 2) died",  # a journal line
+        '{"level": "CRITICAL", "role": "supervisor", "message": "died"}',  # a JSON record
+    ],
+)
+def test_an_exceptions_message_cannot_start_a_line_of_the_log(forged: str) -> None:
+    # A job's ValueError(f"bad row {row}"), its row a caller's, gave the log a line of its
+    # own that read as the farm's; a worker's line with its mark is passed on as it is.
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextFormatter("%(asctime)s farm[%(process)d] %(levelname)s %(message)s"))
+    log = logging.getLogger("farm.test.forged")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        try:
+            raise ValueError("bad row:\n" + forged)
+        except ValueError:
+            log.exception("job failed")
+    finally:
+        log.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert f"  {forged}" in lines, lines  # still said, and readable
+    assert lines[0].endswith("ERROR job failed") and "Traceback (most recent call last):" in lines
+    assert "ValueError: bad row:" in lines
+    assert [line for line in lines[1:] if line[:1] in "0123456789<{"] == [], lines
