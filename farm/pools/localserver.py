@@ -21,7 +21,7 @@ from farm.errors import ConfigError
 from farm.net import connectable
 from farm.paths import NoStateDirectory, make_dirs, state_dir
 from farm.pools.exits import describe_exit
-from farm.pools.slots import RestartHistory
+from farm.pools.restartpolicy import RestartHistory
 from farm.pools.spawn import python_module, spawn
 from farm.protocol import MAX_ADMIN_LINE
 

@@ -19,7 +19,8 @@ import time
 
 from farm.config import Config, FunctionConfig
 from farm.pools.record import RecordReader, create_record_fd
-from farm.pools.slots import Slot, WorkerProcess, crash_delay
+from farm.pools.restartpolicy import crash_delay
+from farm.pools.slots import Slot, WorkerProcess
 from farm.pools.spawn import WORKER_OOM_SCORE_ADJ, spawn
 from farm.pools.workerargs import command_env, log_mark, python_argv
 

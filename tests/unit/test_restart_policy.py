@@ -26,14 +26,8 @@ from farm.pools.exits import (
     may_answer_server_loss,
 )
 from farm.pools.localserver import LOST_WINDOW, LocalServer
-from farm.pools.slots import (
-    FREE_JOB_CRASHES,
-    JOB_SEEN_STALE,
-    Slot,
-    WorkerProcess,
-    boot_delay,
-    crash_delay,
-)
+from farm.pools.restartpolicy import FREE_JOB_CRASHES, boot_delay, crash_delay
+from farm.pools.slots import JOB_SEEN_STALE, Slot, WorkerProcess
 from farm.supervisor import Supervisor
 from tests.helpers.servers import free_ports
 
