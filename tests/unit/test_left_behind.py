@@ -24,7 +24,13 @@ from farm.pools import leftbehind
 from farm.pools.leftbehind import LeftBehind, find, instance_token
 from tests.helpers import ROOT
 
-CONTROL = "/run/farm-test/control:sock"  # a colon in the path: the token's last field
+# A colon in the path: the token's last field. The pid: each xdist worker's own, so that a
+# farm of a test in another worker, whose supervisor is as dead, does not stop this one's
+# processes (a tmp_path's name is alike across workers: "not numbers" found its sleeper
+# gone); kept in the environment, for the scripts these tests run to import alike.
+CONTROL = os.environ.setdefault(
+    "FARM_TEST_LEFT_CONTROL", f"/run/farm-test/control:sock.{os.getpid()}"
+)
 
 
 @pytest.fixture
