@@ -46,7 +46,7 @@ from farm.executor.payload import (
     open_result,
 )
 from farm.executor.signing import HEADER, SignatureError, Signer
-from farm.protocol.client import Task
+from farm.protocol.client import Task, last_warning
 
 __all__ = [
     "MAX_BATCH",
@@ -269,11 +269,13 @@ def complete(task: Task[Flight], signer: Signer) -> list[WorkItem]:
         if type(error) is JobFailed:  # no exception came first: the worker is gone
             flight.init.lost(str(task.handle))  # the second worker lost in the initializer
             # A worker past kill_rss_mb says so first (the session keeps its last warning,
-            # without its newline); else WORK_FAIL alone says no more, and the farm's log
-            # names the cause (kill_rss_mb among them: a likely one for a call on large
-            # data, that a caller thinks not of, from a worker older than this).
+            # without its newline), quoted with JobFailed's hedge: it may be an earlier
+            # try's, the server's retries unseen here. Else WORK_FAIL alone says no more,
+            # and the farm's log names the cause (kill_rss_mb among them: a likely one for
+            # a call on large data, that a caller thinks not of, from a worker older than
+            # this).
             error = WorkerLost(
-                f"the worker running job {task.handle} failed it: {error.warning};"
+                f"job {task.handle} failed; {last_warning(error.warning)};"
                 " the call's outcome is unknown"
                 if error.warning
                 else f"the worker running job {task.handle} died (a crash, the OOM killer),"

@@ -20,6 +20,7 @@ __all__ = [
     "lost_error",
     "timeout_error",
     "failed_error",
+    "last_warning",
     "WARNING_KEPT",
     "Owner",
     "Reply",
@@ -225,24 +226,30 @@ def lost_error(server: str, task: Task[Any], why: str = "went away") -> ServerUn
 WARNING_KEPT = 500
 
 
+def last_warning(warning: str) -> str:
+    """How a job's failure quotes its last WORK_WARNING: JobFailed's, and an Executor's
+    WorkerLost, which quotes its ``warning`` (one rule for both). Hedged: the server's
+    retries are unseen by the client, and a warning one try sent before its worker died was
+    quoted as the reason a job failed when the server failed it after job_retries deaths
+    (its log's "poison job ..." alone said so). The server logs a job it fails (that, or
+    one timed out), not one its worker failed (a farm worker past kill_rss_mb, which says
+    why in that warning): hence "if"."""
+    return (
+        f"its last warning: {warning} (it may be from an earlier try: the server retries"
+        " unseen, and its log says if it failed the job)"
+    )
+
+
 def failed_error(task: Task[Any], handle: str) -> JobFailed:
     """The error of a job its server sent WORK_FAIL for, which carries no reason: the job's
-    last warning where one came (a farm worker past kill_rss_mb says why so first), then
-    where WORK_FAIL can come from, which is all it says without one. Every face raises it
-    (an Executor's WorkerLost quotes its ``warning``)."""
+    last warning where one came (last_warning), else where WORK_FAIL can come from. Every
+    face raises it."""
     if task.warned:
         # A farm worker ends it with a newline, for the gearman CLI (which prints a warning
         # as it comes, on a line of its own): not the message's, whose text may go on.
         warning = task.warned.decode("utf-8", "replace").rstrip("\r\n")
-        # Not the warning alone: the server's retries are unseen here, and a warning one
-        # try sent before its worker died was quoted as the reason a job failed when the
-        # server gave up on it after job_retries deaths.
         return JobFailed(
-            f"job {handle} ({task.function}) failed; its last warning: {warning}; if that is"
-            " not why: its worker sent WORK_FAIL, or the server failed it (past its timeout,"
-            " or its workers died job_retries times, that warning an earlier try's; the"
-            " server's log says which)",
-            warning=warning,
+            f"job {handle} ({task.function}) failed; {last_warning(warning)}", warning=warning
         )
     return JobFailed(
         f"job {handle} ({task.function}) failed: its worker sent WORK_FAIL (a farm"

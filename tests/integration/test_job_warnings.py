@@ -1,6 +1,7 @@
 """What a caller is told of a job's WORK_WARNING, against farm's server with a raw worker:
 the warning a farm worker sends before it fails the job (past kill_rss_mb) is quoted by the
-JobFailed of farm.Client and AsyncClient, and `farm submit` prints each as it comes."""
+JobFailed of farm.Client and AsyncClient and the WorkerLost of a farm.Executor call, each
+with the same hedge (tasks.last_warning), and `farm submit` prints each as it comes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import selectors
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -20,18 +22,17 @@ from farm.protocol import PacketType as T
 from tests.helpers import ROOT
 from tests.helpers.aiojobs import run_async
 from tests.helpers.peers import Peer
-from tests.helpers.servers import Server, start_farm_server
+from tests.helpers.servers import Server, start_farm_server, unix_farm_server
 
 pytestmark = pytest.mark.timeout(60)
 
 #: What a farm worker past kill_rss_mb sends (Worker.abandon): a line, its newline sent.
 WHY = "RSS 424 MiB over kill_rss_mb 300; worker exits"
 #: What follows the quoted warning: the server's retries are not seen by a client, so the
-#: warning may be an earlier try's, and where else a WORK_FAIL comes from is still said.
+#: warning may be an earlier try's; the server logs a job it fails (timed out, poison).
 ELSE = (
-    "; if that is not why: its worker sent WORK_FAIL, or the server failed it (past its"
-    " timeout, or its workers died job_retries times, that warning an earlier try's; the"
-    " server's log says which)"
+    " (it may be from an earlier try: the server retries unseen, and its log says if it"
+    " failed the job)"
 )
 
 
@@ -87,7 +88,7 @@ def test_a_job_failed_with_no_warning_says_where_work_fail_comes_from(
     assert info.value.warning is None
 
 
-def test_a_warning_before_the_servers_retries_keeps_where_else_the_fail_came_from() -> None:
+def test_a_warning_before_the_servers_retries_is_quoted_with_a_hedge() -> None:
     # Try 1 warned and its worker died; try 2's worker died too, and the server failed the
     # job after job_retries tries: the JobFailed said only "its last warning: 3 bad rows
     # skipped", a news of try 1 the client cannot tell from a reason, and not the server.
@@ -108,6 +109,28 @@ def test_a_warning_before_the_servers_retries_keeps_where_else_the_fail_came_fro
     failed = f"job {task.handle} (hog) failed; its last warning: 3 bad rows skipped{ELSE}"
     assert str(info.value) == failed
     assert info.value.warning == "3 bad rows skipped"
+
+
+def test_an_executor_call_lost_after_the_servers_retries_hedges_the_warning(
+    tmp_path: Path,
+) -> None:
+    # As above, for a call: its WorkerLost said "the worker running job H failed it: 3 bad
+    # rows skipped", try 1's news given as the reason, the claim JobFailed no longer made.
+    with unix_farm_server("--job-retries", "2") as srv:
+        addr = f"unix:{srv.unix}"
+        with farm.Executor(1, servers=addr, key_file=str(tmp_path / "executor.key")) as ex:
+            future = ex.submit(len, "abc")
+            first = asleep(addr, "farm.python")
+            handle = take_job(first).decode()
+            first.send(T.WORK_WARNING, handle, b"3 bad rows skipped\n")
+            first.close()  # after its warning, which the server read first
+            second = asleep(addr, "farm.python")
+            take_job(second)
+            second.close()
+            error = future.exception(timeout=20)
+    assert type(error) is farm.WorkerLost
+    lost = f"job {handle} failed; its last warning: 3 bad rows skipped{ELSE}"
+    assert str(error) == f"{lost}; the call's outcome is unknown"
 
 
 @run_async
