@@ -141,13 +141,12 @@ class CallFuture(Future[T]):
     then hands the callbacks over (Pump.call_later). Run there, a callback held the
     caller's ``result()`` (its timeout too) for as long as it ran, even for another call's
     future, and one that took a lock the caller held while it waited deadlocked it.
-    Callbacks run in the order they were added, one added while earlier ones still wait
-    or run included (``_calling``): it runs after them, in the thread that runs them.
+    Callbacks run in the order they were added. One added to a done future runs at once in
+    the adding thread, as concurrent.futures documents and Future's does, also while earlier
+    ones still wait for the pump thread or run there: before them, maybe (CPython's order
+    is as loose). Queued behind them, it ran later and in the pump thread, where a caller
+    that added it to a call it knew done looked for its effect at once.
     """
-
-    #: Its callbacks are being run, or wait for the pump thread: add_done_callback queues
-    #: behind them. An instance's own only once it has callbacks to run (none: no cost).
-    _calling = False
 
     def __init__(self, pump: Pump, condition: threading.Condition) -> None:
         # Future.__init__'s fields, with the shared condition.
@@ -159,20 +158,11 @@ class CallFuture(Future[T]):
         self._done_callbacks: list[Callable[[Future[T]], object]] = []
         self._pump = pump
 
-    def add_done_callback(self, fn: Callable[[Future[T]], object]) -> None:
-        if self._calling:
-            with self._condition:
-                if self._calling:  # not run yet: after those before it, where they run
-                    self._done_callbacks.append(fn)
-                    return
-        super().add_done_callback(fn)
-
     def _invoke_callbacks(self) -> None:
         """Future's hook, called by whoever settled it (outside its lock): here, when that
         is a thread doing the pump's work, only the leading ``Prompt`` callbacks run."""
         if not self._done_callbacks:
             return
-        self._calling = True
         if not self._pump.helping_here():
             self.run_callbacks()
         elif not self.run_callbacks(prompt_only=True):
@@ -187,7 +177,6 @@ class CallFuture(Future[T]):
         while True:
             with self._condition:
                 if not callbacks:
-                    self._calling = False
                     return True
                 if prompt_only and not isinstance(callbacks[0], Prompt):
                     return False
@@ -196,10 +185,6 @@ class CallFuture(Future[T]):
                 callback(self)
             except Exception:
                 LOGGER.exception("exception calling callback for %r", self)
-            except BaseException:
-                with self._condition:  # later ones run where they are added, as Future's
-                    self._calling = False
-                raise
 
     def cancel(self) -> bool:
         cancelled = super().cancel()

@@ -3,7 +3,8 @@ manager thread, even when the thread waiting in ``result()`` reads the reply its
 (farm.executor.waithere): that thread only settles the future and wakes its waiters. Run
 there, a callback held ``result()`` for as long as it ran (its timeout not honoured),
 another future's callback held it too, and one that took a lock the caller held while it
-waited deadlocked the caller for ever. Against a real `farm up`."""
+waited deadlocked the caller for ever. One added to a done call runs at once in the adding
+thread, as Future's. Against a real `farm up`."""
 
 from __future__ import annotations
 
@@ -135,34 +136,61 @@ def test_another_futures_callback_does_not_hold_up_a_timeout(
 
 def ordered_callbacks(ex: farm.Executor, i: int) -> str:
     """A call with two callbacks, the first held until result() returned and a third was
-    added: they run in that order, in the pump thread. The thread that read its reply."""
+    added: those two run in that order, in the pump thread; the third, added to a done call,
+    at once in the adding thread, as Future's. The thread that read its reply."""
     release, ran = threading.Event(), []
     future = ex.submit(add, i, i)
     settled = SettledBy(future)
     future.add_done_callback(held(release, ran))
     future.add_done_callback(lambda _: ran.append("second"))
+    here = threading.current_thread().name
     try:
         assert future.result(timeout=HOLD / 2) == 2 * i
-        future.add_done_callback(lambda _: ran.append("third"))
         assert ran == [], "a callback ran before result() returned"
+        future.add_done_callback(lambda _: ran.append(f"third in {thread_name()}"))
+        # It was queued behind the two, for the pump thread: run later, and elsewhere.
+        assert ran == [f"third in {here}"], "a callback added to a done call did not run at once"
     finally:
         release.set()
     wait_for("the callbacks", lambda: len(ran) == 3)
-    assert ran == [PUMP, "second", "third"]
+    assert ran == [f"third in {here}", PUMP, "second"]
     return settled.thread
+
+
+def thread_name() -> str:
+    return threading.current_thread().name
 
 
 def test_the_waiting_thread_reads_its_reply_and_the_pump_runs_the_callbacks(
     executor: tuple[farm.Executor, Path],
 ) -> None:
     # The fast path stays: the reply is read (the future settled) in the thread that waits
-    # for it; only the callbacks go to the pump thread, in the order they were added,
-    # with one added once result() returned (while the others still ran) after them.
+    # for it; only the callbacks go to the pump thread, in the order they were added; one
+    # added once result() returned (while the others still wait) runs at once, here.
     ex, _ = executor
     read_here = 0
     for i in range(20):
         read_here += ordered_callbacks(ex, i) == threading.current_thread().name
     assert read_here >= 10, f"the waiting thread read {read_here} of 20 replies"
+
+
+def test_a_callback_added_by_a_callback_runs_at_once_in_its_thread(
+    executor: tuple[farm.Executor, Path],
+) -> None:
+    # As Future's: the call is done, so the added callback runs inside add_done_callback.
+    # It was queued behind the one adding it, and ran only once that one had ended.
+    ex, _ = executor
+    ran: list[str] = []
+
+    def adding(future: Future[Any]) -> None:
+        future.add_done_callback(lambda _: ran.append(f"added in {thread_name()}"))
+        ran.append("adding ends")
+
+    future = ex.submit(add, 1, 2)
+    future.add_done_callback(adding)
+    assert future.result(timeout=HOLD) == 3
+    wait_for("the callbacks", lambda: len(ran) == 2)
+    assert ran == [f"added in {PUMP}", "adding ends"]
 
 
 def test_wait_as_completed_and_wrap_future_see_a_reply_read_by_a_waiting_thread(

@@ -1,7 +1,8 @@
 """CallFuture's done-callbacks (farm/executor/futures.py): settled by a thread doing the
 pump's work, a future runs its leading ``Prompt`` callbacks there and hands the rest to
-the pump thread, in the order they were added, one added meanwhile after them; settled by
-any other thread, it runs them all at once, as Future does. The pump here is a stand-in
+the pump thread, in the order they were added; settled by any other thread, it runs them
+all at once, as Future does. One added to a done future runs at once in the adding thread,
+as Future's, also while earlier ones wait for the pump thread. The pump here is a stand-in
 that only says whether the settling thread helps it, and takes what it is handed: the
 threads themselves are tests/integration/test_executor_callbacks.py's."""
 
@@ -47,10 +48,11 @@ def test_a_helper_runs_the_prompt_ones_and_hands_the_rest_over_in_order() -> Non
     future.add_done_callback(Prompt(lambda _: ran.append("prompt after")))  # waits its turn
     future.set_result(1)
     assert ran == ["prompt"] and pump.later == [future]
+    # Done: it runs at once, here, as Future's, not behind the ones waiting for the pump.
     future.add_done_callback(lambda _: ran.append("added once done"))
-    assert ran == ["prompt"], "a callback added behind waiting ones ran at once"
+    assert ran == ["prompt", "added once done"], "a callback added to a done future waited"
     assert future.run_callbacks()  # the pump thread's turn
-    assert ran == ["prompt", "first", "prompt after", "added once done"]
+    assert ran == ["prompt", "added once done", "first", "prompt after"]
     future.add_done_callback(lambda _: ran.append("at once"))  # none waits: as Future's
     assert ran[-1] == "at once"
 
