@@ -43,7 +43,13 @@ from farm.paths import (
     untrusted_because,
     working_directory,
 )
-from farm.sockettrust import no_socket_note, passing_over_non_sockets, trusted, usable
+from farm.sockettrust import (
+    never_answers,
+    no_socket_note,
+    passing_over_what_never_answers,
+    trusted,
+    usable,
+)
 
 __all__ = [
     "SYSTEM_CONFIG",
@@ -277,7 +283,7 @@ def executor_servers() -> str | list[str]:
     env = servers_from_env()
     if env is not None and env[0] == "FARM_SERVERS":  # farm's own: its TCP entries chosen
         fix = "Fix $FARM_SERVERS, or unset it for the config's farm."
-        return _answering(parse_servers(env[1]), "$FARM_SERVERS", fix)
+        return _answering(parse_servers(env[1]), "$FARM_SERVERS", fix, chosen=True)
     if env is not None:
         unix = [s.strip() for s in env[1].split(",") if s.strip().startswith("unix:")]
         if unix:
@@ -293,26 +299,32 @@ def executor_servers() -> str | list[str]:
 
 
 def _answering(
-    servers: list[str], where: str, fix: str = "farm.Executor() does not send calls over TCP"
+    servers: list[str],
+    where: str,
+    fix: str = "farm.Executor() does not send calls over TCP",
+    *,
+    chosen: bool = False,
 ) -> list[str]:
-    """``servers`` for the Executor, their ``unix:`` entries checked once, as it is made: one
-    another user could have planted is refused (UnsafeDirectory), one there and no socket
-    passed over with a warning, and where no entry can answer (each a ``unix:`` one with no
-    socket this user may use) the Executor is refused in one line naming ``where`` they were
-    given, and ``fix``. The one rule for ``$FARM_SERVERS``, the ``unix:`` entries of
-    ``$GEARMAN_SERVERS`` and ``[supervisor] servers``: taken unchecked, a planted socket
-    received the signed calls, and a missing one held each call for connect_timeout before
-    it failed. One missing among others stays (its server may be starting; the others serve
-    meanwhile, as gearmand's clients fail over), and so does a TCP entry, unlooked at: its
-    server may come up later."""
+    """``servers`` for the Executor, their ``unix:`` entries checked once, as it is made (the
+    one rule for ``$FARM_SERVERS``, ``$GEARMAN_SERVERS``' and ``[supervisor] servers``'):
+    one another user could have planted is refused (UnsafeDirectory), one where no server
+    can ever answer (no socket, or one this user may not use) passed over with a warning,
+    and where none is left that can answer the Executor is refused in one line naming
+    ``where`` and ``fix``. A TCP entry stays, unlooked at, and so does one missing among
+    others (its server may be starting; the others serve, as gearmand's clients fail over).
+    Where all are missing, those ``chosen`` ($FARM_SERVERS, as ``servers=``) stay too: an
+    Executor made as an app is imported, before `farm up`, was refused; its first call waits
+    ``connect_timeout`` for the farm. Those found are refused, as the config's socket is."""
     unix = [s for s in servers if s.startswith("unix:")]
     for sock in unix:
         trusted(sock, False)
-    if len(unix) == len(servers) and not any(usable(s) for s in unix):
-        paths = ", ".join(s[len("unix:") :] for s in unix)
-        why = no_socket_note(unix) or "is it running, and may this user use the socket?"
-        raise ServerUnavailable(f"no job server answers on {paths} ({where}): {why} {fix}")
-    kept = passing_over_non_sockets(unix)
+    if len(unix) == len(servers):
+        may = [s for s in unix if not never_answers(s)]  # a socket, or none yet
+        if not (may if chosen else any(usable(s) for s in may)):
+            paths = ", ".join(s[len("unix:") :] for s in unix)
+            why = no_socket_note(unix) or "is it running, and may this user use the socket?"
+            raise ServerUnavailable(f"no job server answers on {paths} ({where}): {why} {fix}")
+    kept = passing_over_what_never_answers(unix)
     return [s for s in servers if not s.startswith("unix:") or s in kept]
 
 

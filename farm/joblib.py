@@ -64,12 +64,17 @@ def farm_workers(
     servers: str | list[str] | None = None, function: str = DEFAULT_FUNCTION
 ) -> int | None:
     """How many workers serve ``function`` (the pool the calls go to, ``farm.python``
-    unless told) on the first server that answers, or None."""
+    unless told) on the first server that answers, or None: where no farm answers, before
+    `farm up` too (executor_servers refuses a socket that is missing there)."""
     from farm.client.admin import function_workers
     from farm.discovery import executor_servers
+    from farm.errors import ServerUnavailable
     from farm.net import parse_servers
 
-    addresses = parse_servers(executor_servers() if servers is None else servers)
+    try:
+        addresses = parse_servers(executor_servers() if servers is None else servers)
+    except ServerUnavailable:
+        return None
     return function_workers(addresses, function)
 
 

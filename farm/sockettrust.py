@@ -16,7 +16,8 @@ from farm.paths import UnsafeDirectory, check_private, fallback_runtime_dir
 __all__ = [
     "no_socket_note",
     "not_a_socket",
-    "passing_over_non_sockets",
+    "never_answers",
+    "passing_over_what_never_answers",
     "trusted",
     "unsafe",
     "usable",
@@ -43,29 +44,46 @@ def not_a_socket(path: str) -> bool | None:
         return None
 
 
-def passing_over_non_sockets(unix: list[str]) -> list[str]:
-    """``unix`` less the entries that are there and no socket, each with a warning: no job
-    server answers there, and the Executor's connects to it were refused for as long as it
-    ran. One not there (yet) stays: its server may be starting."""
+def never_answers(unix: str) -> str | None:
+    """Why no job server can ever answer this user at ``unix``: something other than a
+    socket is there (a file, a directory), or this user may not use it (permission denied,
+    on the socket or a directory above it). None when a server may: a socket this user may
+    open, or nothing there yet (its server may be starting: a connect waits for it)."""
+    path = unix[len("unix:") :]
+    try:
+        info = os.stat(path)
+    except PermissionError:
+        return "this user may not use it (permission denied)"
+    except OSError:
+        return None  # not there (yet)
+    if not stat.S_ISSOCK(info.st_mode):
+        return "not a socket (a file or a directory)"
+    if not os.access(path, os.R_OK | os.W_OK):
+        return "this user may not use it (permission denied)"
+    return None
+
+
+def passing_over_what_never_answers(unix: list[str]) -> list[str]:
+    """``unix`` less the entries where no job server can ever answer (``never_answers``),
+    each with a warning: the Executor's connects to it were refused for as long as it ran.
+    One not there (yet) stays: its server may be starting."""
     kept = []
     for sock in unix:
-        if not_a_socket(sock[len("unix:") :]):
-            log.warning("not using %s: not a socket (a file or a directory)", sock)
+        if why := never_answers(sock):
+            log.warning("not using %s: %s", sock, why)
         else:
             kept.append(sock)
     return kept
 
 
 def no_socket_note(unix: list[str]) -> str:
-    """For the line saying none of ``unix`` answers: which are there and no socket (a
-    file, a directory), where no job server can answer; "" when none is."""
-    odd = [s[len("unix:") :] for s in unix if not_a_socket(s[len("unix:") :])]
-    if not odd:
+    """For the line saying none of ``unix`` answers: why each that can never answer cannot
+    (a file there, a socket this user may not use); "" when none is such."""
+    notes = [f"{s[len('unix:') :]}: {why}" for s in unix if (why := never_answers(s))]
+    if not notes:
         return ""
-    return (
-        f"{', '.join(odd)}: not a socket; give the job server's Unix socket"
-        " (e.g. unix:/run/farm/gearman.sock)."
-    )
+    fix = "give the job server's Unix socket (e.g. unix:/run/farm/gearman.sock)."
+    return f"{'; '.join(notes)}; {fix}"
 
 
 def unsafe(unix: str) -> str | None:

@@ -21,6 +21,7 @@ import pytest
 import farm
 from farm import discovery
 from farm.errors import ServerUnavailable
+from farm.executor.signing import ensure_key
 from farm.net import DEFAULT_SERVER, parse_servers
 from farm.paths import UnsafeDirectory
 from tests.helpers.executorfarm import ExecutorFarm
@@ -303,24 +304,54 @@ def test_the_executor_refuses_a_planted_socket_in_the_servers_variables(
             farm.Executor()
 
 
-def test_the_executor_refuses_farm_servers_where_no_socket_answers_as_it_is_made(
+def test_the_executor_refuses_farm_servers_where_no_socket_can_answer_as_it_is_made(
     clean_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # $FARM_SERVERS was taken unchecked: farm.Executor() was made, and its first call waited
-    # connect_timeout (5 s) to say "no job server is reachable; tried unix:.../missing.sock",
-    # where the same path in $GEARMAN_SERVERS is refused as the Executor is made.
+    # Only what can never answer is refused as it is made: a file there (or a socket this
+    # user may not use). A socket not there yet is the farm not up yet: kept (below).
     missing, plain = clean_env / "missing.sock", clean_env / "notsock"
     plain.write_text("")
-    monkeypatch.setenv("FARM_SERVERS", f"unix:{missing}")
-    with pytest.raises(ServerUnavailable, match=rf"{re.escape(str(missing))} \(\$FARM_SERVERS\)"):
-        farm.Executor()
-    monkeypatch.setenv("FARM_SERVERS", f"unix:{missing}, unix:{plain}")
+    monkeypatch.setenv("FARM_SERVERS", f"unix:{plain}")
     with pytest.raises(ServerUnavailable, match=rf"{re.escape(f'{plain}: not a socket')}"):
         farm.Executor()
+    monkeypatch.setenv("FARM_SERVERS", f"unix:{missing}, unix:{plain}")
+    assert discovery.executor_servers() == [f"unix:{missing}"], "the file passed over"
     # A TCP entry is not looked at (its server may come up later), nor refused: $FARM_SERVERS
     # is the place to choose TCP knowingly.
     monkeypatch.setenv("FARM_SERVERS", f"unix:{missing}, 127.0.0.1:1")
     assert parse_servers(discovery.executor_servers()) == [f"unix:{missing}", "127.0.0.1:1"]
+
+
+def test_an_executor_made_before_the_farm_is_up_waits_for_it(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An app that makes its Executor as it is imported, before `farm up`: $FARM_SERVERS'
+    # socket not there yet was refused ("no job server answers on ..."), and the app failed
+    # to import. Its first call waits connect_timeout for the farm, as before.
+    (clean_env / "f").mkdir()
+    key = ensure_key(clean_env / "f" / "executor.key")
+    monkeypatch.setenv("FARM_SERVERS", f"unix:{clean_env / 'f' / 'gearman.sock'}")
+    with farm.Executor(key_file=str(key), connect_timeout=60) as ex:
+        first = ex.submit(abs, -7)
+        served = ExecutorFarm(clean_env / "f", count=1)
+        try:
+            assert first.result(timeout=60) == 7
+        finally:
+            served.stop()
+
+
+def test_farm_workers_is_none_where_no_farm_answers(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its docstring says "or None"; it raised ServerUnavailable where the Executor is
+    # refused as it is made (the config's socket missing), and so did joblib's n_jobs=-1.
+    pytest.importorskip("joblib")
+    from farm.joblib import farm_workers
+
+    write_config(clean_env, clean_env / "absent.sock")
+    assert farm_workers() is None
+    monkeypatch.setenv("FARM_SERVERS", f"unix:{clean_env / 'absent.sock'}")
+    assert farm_workers() is None
 
 
 def test_the_executor_passes_over_what_is_no_socket_in_farm_servers(
