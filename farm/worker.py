@@ -30,7 +30,13 @@ from farm.protocol.checks import check_seconds
 from farm.protocol.events import ServerErrorNotice
 from farm.protocol.worker import JobAssigned, WorkerSession, WorkerState
 from farm.waker import Waker
-from farm.workeranswer import describe, job_outcome, raised_at, result_data
+from farm.workeranswer import (
+    describe,
+    job_outcome,
+    note_signal_handlers,
+    raised_at,
+    result_data,
+)
 from farm.workerfunctions import WorkerFunction, WorkerFunctions
 from farm.workerjob import Job
 from farm.workerlinks import BACKOFF_FIRST, ServerLink, fail_and_part, run_unsent
@@ -169,6 +175,9 @@ class Worker(WorkerFunctions, WorkerNews):
         # Not _stopping: a stop() that came before work() (a SIGTERM while the process was
         # still setting up) makes it return at once; it is cleared when work() returns.
         self._drained = False
+        # The program's own signal handlers, installed by now: what one of them raises ends
+        # work() (job_outcome), even a handler that put SIG_DFL back first.
+        note_signal_handlers()
         goal = None if stop_after is None else self.jobs_done + stop_after
         waker = self._waker = Waker()  # a stop() from now on wakes this loop's select
         selector = self._selector = selectors.DefaultSelector()

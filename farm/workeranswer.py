@@ -13,15 +13,22 @@ SystemExit its call's outcome -- and which still ends the program.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # signal wraps each in enums: 300 µs, not 25
 import functools
 import inspect
 import traceback
-from itertools import pairwise
-from types import FrameType
+from types import CodeType, FunctionType, MethodType
 
 from farm.protocol.checks import as_bytes
 
-__all__ = ["describe", "job_outcome", "raised_at", "result_data", "target_of"]
+__all__ = [
+    "describe",
+    "job_outcome",
+    "note_signal_handlers",
+    "raised_at",
+    "result_data",
+    "target_of",
+]
 
 #: What a job's function may return, as its one line says (farm.protocol.checks.Data also
 #: takes bytearray and memoryview: docs/client.md).
@@ -76,53 +83,88 @@ def job_outcome(exc: BaseException) -> bool:
     ``asyncio.run``, GeneratorExit, a library's own), all do but two: KeyboardInterrupt,
     a Ctrl-C to a worker run by hand (supervised workers ignore SIGINT; ``farm worker``
     stops on it), and whatever a signal handler of the program's own raised (of any shape,
-    installed still or not), such as ``sys.exit()`` on SIGTERM: the program's way to end,
-    not the job's (farm's own handlers raise nothing: they call ``Worker.stop()``). An
-    Exception a handler raises, as a SIGALRM one does to time a job out, fails the job as
-    it always did."""
+    installed as ``work()`` began or still), such as ``sys.exit()`` on SIGTERM: the
+    program's way to end, not the job's (farm's own handlers raise nothing: they call
+    ``Worker.stop()``). An Exception a handler raises, as a SIGALRM one does to time a job
+    out, fails the job as it always did."""
     if isinstance(exc, Exception):
         return True
     return not isinstance(exc, KeyboardInterrupt) and not _from_signal_handler(exc)
 
 
+#: The code of the program's signal handlers as ``work()`` began (``note_signal_handlers``).
+_noted: frozenset[CodeType] = frozenset()
+
+
+def note_signal_handlers() -> None:
+    """Note the code of the signal handlers installed now: ``Worker.work()`` calls it as it
+    begins, once the program (and the target it loaded) has installed its own. A handler
+    that puts ``SIG_DFL`` back before it exits (so that a second SIGTERM kills) is no longer
+    installed when its ``SystemExit`` is looked at; this is how it is still known."""
+    global _noted
+    _noted = frozenset(_installed_handlers())
+
+
+def _installed_handlers() -> set[CodeType]:
+    """The code of each handler installed now (about 25 µs for the 62 signals of Linux)."""
+    codes = set()
+    for signum in _signal.valid_signals():
+        try:
+            code = _handler_code(_signal.getsignal(signum))
+        except (OSError, ValueError):  # a signal number this platform lists but refuses
+            continue
+        if code is not None:
+            codes.add(code)
+    return codes
+
+
+_UNWRAP = 8  # how many wrappers deep a handler's code is looked for
+
+
+def _handler_code(handler: object) -> CodeType | None:
+    """The code a handler runs: a function's own, a ``functools.partial``'s function's, a
+    bound method's function's, an object's ``__call__``'s; None for SIG_DFL, SIG_IGN, None
+    and a builtin (Python's SIGINT handler), which raise nothing of the program's."""
+    for _ in range(_UNWRAP):  # a partial of an object whose __call__ is a method...: bounded
+        if isinstance(handler, FunctionType):
+            return handler.__code__
+        if isinstance(handler, functools.partial):
+            handler = handler.func
+        elif isinstance(handler, MethodType):
+            handler = handler.__func__
+        elif callable(handler) and isinstance(call := type(handler).__call__, FunctionType):
+            handler = call  # an object's (SIG_DFL, SIG_IGN: ints; a builtin: a slot's)
+        else:
+            return None
+    return None
+
+
 def _from_signal_handler(exc: BaseException) -> bool:
-    """Whether ``exc`` came out of a Python signal handler, or was raised on catching what
-    one raised (its ``__context__``, as ``except SystemExit: sys.exit(1)`` in the job has).
-    Looked at only for a BaseException that is not an Exception: rare."""
+    """Whether ``exc`` came out of a signal handler of the program's -- its traceback passes
+    through the code of one installed as ``work()`` began or installed now -- or was raised
+    on catching what one raised (its ``__context__``, as ``except SystemExit: sys.exit(1)``
+    in the job has). Looked at only for a BaseException that is not an Exception: rare, so
+    the handlers installed now are read here, and nothing on the per-job path.
+
+    Known by code, not by the frame's arguments: a handler runs on the frame the signal
+    interrupted and is passed it, but what its arguments hold once it raised is their final
+    value (``del frame``, as inspect's docs advise, hid it), and a job's own function passed
+    an int and its caller's frame looked like one. A handler that ran and returned mid-job
+    leaves no frame, so the job's own ``sys.exit()`` after it still fails just the job."""
+    codes = _noted | _installed_handlers()
+    if not codes:
+        return False
     seen: set[int] = set()  # a context chain may loop
     link: BaseException | None = exc
     while link is not None and not isinstance(link, Exception) and id(link) not in seen:
         seen.add(id(link))
-        tb, outer = link.__traceback__, None
+        tb = link.__traceback__
         while tb is not None:
-            frame = tb.tb_frame
-            if outer is not None and _handles_signal_on(frame, outer):
+            if tb.tb_frame.f_code in codes:
                 return True
-            tb, outer = tb.tb_next, frame
+            tb = tb.tb_next
         link = link.__context__
     return False
-
-
-def _handles_signal_on(frame: FrameType, outer: FrameType) -> bool:
-    """Whether ``frame`` is a signal handler's, run on top of ``outer``. Python runs a
-    handler on whatever frame the signal interrupted and passes it that frame: its
-    arguments end ``signum, frame`` with ``outer`` the frame. That holds whatever the
-    handler is -- a function, a partial's, an object's ``__call__``, a bound method, a
-    ``lambda *_`` -- and whether or not it is still installed. The code of the handlers
-    installed as the exception is looked at told neither a partial nor an object (no code
-    of their own), nor one that put SIG_DFL back before it exited (a second SIGTERM kills):
-    their ``sys.exit()`` failed the job and the worker ignored its stop. A function the job
-    passes an int and its own frame to, that raises a BaseException, is rarer still."""
-    code = frame.f_code
-    count = code.co_argcount
-    if count < 2 and not code.co_flags & inspect.CO_VARARGS:
-        return False  # cheap, and no f_locals made of a frame that cannot be one
-    values = frame.f_locals
-    args = [values.get(name) for name in code.co_varnames[:count]]
-    if code.co_flags & inspect.CO_VARARGS:
-        rest = values.get(code.co_varnames[count + code.co_kwonlyargcount])
-        args.extend(rest if isinstance(rest, tuple) else ())
-    return any(arg is outer and isinstance(signum, int) for signum, arg in pairwise(args))
 
 
 def raised_at(exc: BaseException) -> str:

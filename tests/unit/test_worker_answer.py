@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import os
 import signal
 import sys
+from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
 import pytest
 
+from farm import workeranswer
 from farm.workeranswer import job_outcome, raised_at, result_data, target_of
 
 
@@ -53,6 +57,15 @@ def _leave_with(code: int, signum: int, frame: Any) -> None:
     sys.exit(code)
 
 
+def _leave(signum: int, frame: Any) -> None:
+    sys.exit(0)
+
+
+def _quiet(signum: int, frame: FrameType | None) -> None:
+    del frame  # unused, as inspect's docs advise for a frame kept: its arguments then hid it
+    sys.exit(0)
+
+
 def _once(signum: int, frame: Any) -> None:
     signal.signal(signum, signal.SIG_DFL)  # a second one kills at once
     sys.exit(0)
@@ -70,29 +83,64 @@ class _Stopper:
         _shut_down()
 
 
+@pytest.fixture
+def usr1() -> Iterator[None]:
+    """SIGUSR1's handler put back after the test, and the worker's note of the handlers
+    taken again (it is the process's)."""
+    before = signal.getsignal(signal.SIGUSR1)
+    yield
+    signal.signal(signal.SIGUSR1, before)
+    workeranswer.note_signal_handlers()
+
+
 @pytest.mark.parametrize(
     "handler",
     [
+        _leave,
+        _quiet,
         _once,  # gone (SIG_DFL) by the time the job's exception is looked at
         functools.partial(_leave_with, 0),
         _Stopper(),
         _Stopper().stop,  # and the frame that raises is below the handler's
         lambda *_: _shut_down(),
     ],
-    ids=["reset", "partial", "object", "method", "varargs"],
+    ids=["plain", "del-frame", "reset", "partial", "object", "method", "varargs"],
 )
-def test_a_handler_of_any_shape_that_exits_ends_the_program(handler: Any) -> None:
+def test_a_handler_of_any_shape_that_exits_ends_the_program(handler: Any, usr1: None) -> None:
     # Only a function still installed as the exception was looked at was known for one: a
     # handler that put SIG_DFL back first, a partial, an object's __call__ had their
-    # sys.exit() swallowed as the job's, and the worker ignored its stop.
-    before = signal.getsignal(signal.SIGUSR1)
-    try:
-        signal.signal(signal.SIGUSR1, handler)
-        exc = _raised(lambda: os.kill(os.getpid(), signal.SIGUSR1))
-    finally:
-        signal.signal(signal.SIGUSR1, before)
+    # sys.exit() swallowed as the job's, and the worker ignored its stop. Installed before
+    # work() begins, as a program installs its own (work() notes them).
+    signal.signal(signal.SIGUSR1, handler)
+    workeranswer.note_signal_handlers()
+    exc = _raised(lambda: os.kill(os.getpid(), signal.SIGUSR1))
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)  # gone too: a program's own reset
     assert isinstance(exc, SystemExit)
     assert not job_outcome(exc)
+
+
+def test_a_handler_that_deletes_its_frame_argument_ends_the_program(usr1: None) -> None:
+    # The handler was known by its arguments (signum, frame) as they were once it raised:
+    # `del frame`, as inspect's docs advise, hid it, the job failed and the worker ignored
+    # its stop.
+    signal.signal(signal.SIGUSR1, _quiet)
+    exc = _raised(lambda: os.kill(os.getpid(), signal.SIGUSR1))
+    assert isinstance(exc, SystemExit)
+    assert not job_outcome(exc)
+
+
+def _check(code: int, frame: FrameType | None) -> None:
+    if code:
+        sys.exit(code)
+
+
+def test_a_jobs_own_exit_from_a_function_given_an_int_and_a_frame_fails_the_job() -> None:
+    # A job's own helper, passed an int and its caller's frame, looked like a signal handler
+    # (its arguments end signum, frame, with the frame the one below): its sys.exit(3) ended
+    # the worker, and the job ran job_retries times, a worker lost each time.
+    exc = _raised(lambda: _check(3, inspect.currentframe()))
+    assert isinstance(exc, SystemExit) and exc.code == 3
+    assert job_outcome(exc)
 
 
 def test_a_jobs_own_exit_after_a_handler_ran_in_it_fails_the_job() -> None:
@@ -119,7 +167,9 @@ def test_a_jobs_own_exit_after_a_handler_ran_in_it_fails_the_job() -> None:
     assert job_outcome(exc)
 
 
-def test_a_job_that_catches_a_handlers_exit_and_exits_again_ends_the_program() -> None:
+def test_a_job_that_catches_a_handlers_exit_and_exits_again_ends_the_program(
+    usr1: None,
+) -> None:
     # `except SystemExit: cleanup(); sys.exit(1)` in the job: the handler's exit is the
     # second one's context, and it is still the program's way to end.
     def job() -> None:
@@ -128,12 +178,10 @@ def test_a_job_that_catches_a_handlers_exit_and_exits_again_ends_the_program() -
         except SystemExit:
             sys.exit(1)
 
-    before = signal.getsignal(signal.SIGUSR1)
-    try:
-        signal.signal(signal.SIGUSR1, _Stopper())
-        exc = _raised(job)
-    finally:
-        signal.signal(signal.SIGUSR1, before)
+    signal.signal(signal.SIGUSR1, _Stopper())
+    workeranswer.note_signal_handlers()  # as work() begins
+    exc = _raised(job)
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
     assert isinstance(exc, SystemExit) and exc.code == 1
     assert not job_outcome(exc)
 
