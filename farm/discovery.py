@@ -43,13 +43,7 @@ from farm.paths import (
     untrusted_because,
     working_directory,
 )
-from farm.sockettrust import (
-    never_answers,
-    no_socket_note,
-    passing_over_what_never_answers,
-    trusted,
-    usable,
-)
+from farm.sockettrust import answering, trusted, usable
 
 __all__ = [
     "SYSTEM_CONFIG",
@@ -279,15 +273,16 @@ def executor_servers() -> str | list[str]:
     ``$GEARMAN_SERVERS`` is libgearman's variable, often set host-wide for PHP and the
     gearman tools: its TCP entries are nobody's choice to put signed calls on a port that
     every local user can reach (and where the server queues them behind anyone's). The
-    ``unix:`` entries of either variable are checked as the config's are (``_answering``)."""
+    ``unix:`` entries of either variable are checked as the config's are
+    (``sockettrust.answering``)."""
     env = servers_from_env()
     if env is not None and env[0] == "FARM_SERVERS":  # farm's own: its TCP entries chosen
         fix = "Fix $FARM_SERVERS, or unset it for the config's farm."
-        return _answering(parse_servers(env[1]), "$FARM_SERVERS", fix, chosen=True)
+        return answering(parse_servers(env[1]), "$FARM_SERVERS", fix, chosen=True)
     if env is not None:
         unix = [s.strip() for s in env[1].split(",") if s.strip().startswith("unix:")]
         if unix:
-            return _answering(parse_servers(unix), "$GEARMAN_SERVERS")
+            return answering(parse_servers(unix), "$GEARMAN_SERVERS")
         try:
             return _servers(tcp_fallback=False, environ=False)
         except ServerUnavailable as exc:
@@ -296,36 +291,6 @@ def executor_servers() -> str | list[str]:
                 " passes over)"
             ) from None
     return _servers(tcp_fallback=False)
-
-
-def _answering(
-    servers: list[str],
-    where: str,
-    fix: str = "farm.Executor() does not send calls over TCP",
-    *,
-    chosen: bool = False,
-) -> list[str]:
-    """``servers`` for the Executor, their ``unix:`` entries checked once, as it is made (the
-    one rule for ``$FARM_SERVERS``, ``$GEARMAN_SERVERS``' and ``[supervisor] servers``'):
-    one another user could have planted is refused (UnsafeDirectory), one where no server
-    can ever answer (no socket, or one this user may not use) passed over with a warning,
-    and where none is left that can answer the Executor is refused in one line naming
-    ``where`` and ``fix``. A TCP entry stays, unlooked at, and so does one missing among
-    others (its server may be starting; the others serve, as gearmand's clients fail over).
-    Where all are missing, those ``chosen`` ($FARM_SERVERS, as ``servers=``) stay too: an
-    Executor made as an app is imported, before `farm up`, was refused; its first call waits
-    ``connect_timeout`` for the farm. Those found are refused, as the config's socket is."""
-    unix = [s for s in servers if s.startswith("unix:")]
-    for sock in unix:
-        trusted(sock, False)
-    if len(unix) == len(servers):
-        may = [s for s in unix if not never_answers(s)]  # a socket, or none yet
-        if not (may if chosen else any(usable(s) for s in may)):
-            paths = ", ".join(s[len("unix:") :] for s in unix)
-            why = no_socket_note(unix) or "is it running, and may this user use the socket?"
-            raise ServerUnavailable(f"no job server answers on {paths} ({where}): {why} {fix}")
-    kept = passing_over_what_never_answers(unix)
-    return [s for s in servers if not s.startswith("unix:") or s in kept]
 
 
 def servers_from_env() -> tuple[str, str] | None:
@@ -383,7 +348,7 @@ def _remote(farm: FarmAddresses, tcp_fallback: bool) -> list[str]:
             " set local_server = true"
         )
     if not tcp_fallback:
-        return _answering(unix, f"{farm.source}: [supervisor] servers")
+        return answering(unix, f"{farm.source}: [supervisor] servers")
     dropped = [s for s in unix if not trusted(s, len(unix) < len(farm.remote))]
     return [s for s in farm.remote if s not in dropped]
 

@@ -11,9 +11,11 @@ import os
 import stat
 from pathlib import Path
 
+from farm.errors import ServerUnavailable
 from farm.paths import UnsafeDirectory, check_private, fallback_runtime_dir
 
 __all__ = [
+    "answering",
     "no_socket_note",
     "not_a_socket",
     "never_answers",
@@ -129,3 +131,33 @@ def trusted(unix: str, fallback: bool) -> bool:
         raise UnsafeDirectory(why)
     log.warning("not using the farm's Unix socket: %s", why)
     return False
+
+
+def answering(
+    servers: list[str],
+    where: str,
+    fix: str = "farm.Executor() does not send calls over TCP",
+    *,
+    chosen: bool = False,
+) -> list[str]:
+    """``servers`` for the Executor, their ``unix:`` entries checked once, as it is made (the
+    one rule for ``$FARM_SERVERS``, ``$GEARMAN_SERVERS``' and ``[supervisor] servers``'):
+    one another user could have planted is refused (UnsafeDirectory), one where no server
+    can ever answer (no socket, or one this user may not use) passed over with a warning,
+    and where none is left that can answer the Executor is refused in one line naming
+    ``where`` and ``fix``. A TCP entry stays, unlooked at, and so does one missing among
+    others (its server may be starting; the others serve, as gearmand's clients fail over).
+    Where all are missing, those ``chosen`` ($FARM_SERVERS, as ``servers=``) stay too: an
+    Executor made as an app is imported, before `farm up`, was refused; its first call waits
+    ``connect_timeout`` for the farm. Those found are refused, as the config's socket is."""
+    unix = [s for s in servers if s.startswith("unix:")]
+    for sock in unix:
+        trusted(sock, False)
+    if len(unix) == len(servers):
+        may = [s for s in unix if not never_answers(s)]  # a socket, or none yet
+        if not (may if chosen else any(usable(s) for s in may)):
+            paths = ", ".join(s[len("unix:") :] for s in unix)
+            why = no_socket_note(unix) or "is it running, and may this user use the socket?"
+            raise ServerUnavailable(f"no job server answers on {paths} ({where}): {why} {fix}")
+    kept = passing_over_what_never_answers(unix)
+    return [s for s in servers if not s.startswith("unix:") or s in kept]
