@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable
 
-from farm.logs import relays_json, write_relayed
+from farm.logs import MARK_LEVELS, relays_json, write_relayed
 
 __all__ = ["relay_lines"]
 
@@ -25,20 +24,23 @@ def relay_lines(
 ) -> int | None:
     """Write a Python worker's log records (its stdout and stderr, which the supervisor
     reads) on this process's log stream (farm.logs.write_relayed). Its records follow
-    ``mark``, the secret its formatter puts before each line (farm.logs.setup_logging's
-    ``mark``): written on without it, their control characters escaped, and in the JSON
-    format only a JSON object (`jq` stops at the first line it cannot parse, and every
-    record after it went unseen). What a job wrote past the logger (``os.write``, a C
-    library, a child program) goes to ``stray`` (at INFO), which logs it as a record of
-    this process's that names the worker: relayed as it came, a job's line shaped as the
-    supervisor's own ("farm[PID] ERROR job server ... died") read as one, and in JSON any
-    line that parsed as an object passed for a record of the farm's.
+    ``mark``, the secret its formatter puts before each line, then the line's level, a
+    letter (farm.logs.setup_logging's ``mark``): written on without either, their control
+    characters escaped, and in the JSON format only a JSON object (`jq` stops at the first
+    line it cannot parse, and every record after it went unseen). What a job wrote past the
+    logger (``os.write``, a C library, a child program) goes to ``stray`` (at INFO), which
+    logs it as a record of this process's that names the worker: relayed as it came, a
+    job's line shaped as the supervisor's own ("farm[PID] ERROR job server ... died") read
+    as one, and in JSON any line that parsed as an object passed for a record of the
+    farm's.
 
     The mark may come anywhere in a line: after a child's output with no newline ("printf
     x"), the worker's next record is glued to it, and that line went whole to ``stray``,
     the mark in it for any child that could read the log (to forge the worker's records
     with). What is before a line's first mark is stray, each mark starts a record of the
-    worker's, and no mark is written on.
+    worker's, and no mark is written on. A rest's level, and a stray record's, is the
+    letter's: never read from what the line says (a traceback's line says what its
+    exception's message did, "[1] CRITICAL ..." as well).
 
     ``continued`` (a level): the first line is the rest of a record of the worker's own
     whose line OutputLines cut at LONGEST_LINE. A rest is no record (no JSON object; in
@@ -62,8 +64,11 @@ def relay_lines(
             run = []
             stray(before, logging.INFO)
         for record in own:
-            level = _record_level(record)
-            if not record:  # two marks, or one at the end: nothing said
+            # The letter after the mark is its record's level (farm.logs._Marked), which
+            # no job can write: never read from the line, a traceback's message says anything.
+            level = MARK_LEVELS.get(record[:1], logging.INFO)
+            record = record[1:]
+            if not record:  # two marks, or one with its level at the end: nothing said
                 continue
             if not relays_json() or _json_object(record):
                 run.append(record)
@@ -73,26 +78,6 @@ def relay_lines(
             stray(record, level)
     write_relayed(run)
     return level if cut else None
-
-
-#: A worker record's level, for the journal (<N>), in JSON, or in its text format
-#: ("... NAME#0[PID] WARNING ...").
-_LEVEL = re.compile(r'"level": "([A-Z]+)"|\[\d+\] ([A-Z]+) ')
-_PRIORITY_LEVELS = {
-    "2": logging.CRITICAL,
-    "3": logging.ERROR,
-    "4": logging.WARNING,
-    "7": logging.DEBUG,
-}
-
-
-def _record_level(record: str) -> int:
-    """The level a worker's record says it has (INFO when it says none)."""
-    if record[:1] == "<" and record[2:3] == ">":
-        return _PRIORITY_LEVELS.get(record[1:2], logging.INFO)
-    found = _LEVEL.search(record, 0, 4096)
-    level = logging.getLevelName(found[1] or found[2]) if found else logging.INFO
-    return level if isinstance(level, int) else logging.INFO
 
 
 def _json_object(line: str) -> bool:

@@ -313,11 +313,25 @@ class _JournalPriority(logging.Formatter):
         return prefix + self.inner.format(record).replace("\n", "\n" + prefix)
 
 
+#: The letter after a worker's mark on each of its lines (_Marked): its record's level, at
+#: which the supervisor logs a piece of a line it cut (farm.logrelay).
+MARK_LEVELS = {
+    "D": logging.DEBUG,
+    "I": logging.INFO,
+    "W": logging.WARNING,
+    "E": logging.ERROR,
+    "C": logging.CRITICAL,
+}
+
+
 class _Marked(logging.Formatter):
-    """Each line with ``mark`` before it (its journal priority after it, which the
-    supervisor passes on): a supervised worker's stdout and stderr are one pipe, which its
-    jobs and their children write to as well, and the mark, a secret the supervisor gave
-    this process alone, is how it tells the worker's records from their lines."""
+    """Each line with ``mark`` before it, then its record's level (a letter of MARK_LEVELS;
+    its journal priority after them, which the supervisor passes on): a supervised
+    worker's stdout and stderr are one pipe, which its jobs and their children write to as
+    well, and the mark, a secret the supervisor gave this process alone, is how it tells
+    the worker's records from their lines. The level is said beside the mark, not read
+    from the line: a traceback's lines have no header, and what they say (an exception's
+    message, a job's input) may look like one ("[1] CRITICAL ...")."""
 
     def __init__(self, inner: logging.Formatter, mark: str) -> None:
         super().__init__()
@@ -325,7 +339,10 @@ class _Marked(logging.Formatter):
         self.mark = mark
 
     def format(self, record: logging.LogRecord) -> str:
-        return self.mark + self.inner.format(record).replace("\n", "\n" + self.mark)
+        level = record.levelno
+        letter = "D" if level < 20 else "I" if level < 30 else "W" if level < 40 else "E"
+        prefix = self.mark + ("C" if level >= 50 else letter)
+        return prefix + self.inner.format(record).replace("\n", "\n" + prefix)
 
 
 class Repeats:

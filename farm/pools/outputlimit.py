@@ -173,7 +173,10 @@ class OutputLines:
             line = _text(whole[start:stop])
             # The mark starts each of the worker's records, wherever in a line (a child's
             # output with no newline before it): what is between two is one thing said.
-            for part in reversed(line.split(self.mark) if self.mark else [line]):
+            parts = line.split(self.mark) if self.mark else [line]
+            # After each mark, the letter of its record's level (farm.logs._Marked): unsaid.
+            parts[1:] = [part[1:] for part in parts[1:]]
+            for part in reversed(parts):
                 if (said := _PRIORITY.match(part)) is not None:
                     part = part[said.end() :]
                 if part.strip():

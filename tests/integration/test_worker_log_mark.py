@@ -39,6 +39,10 @@ def glue(job):
 def long(job):
     log.warning("M" * {LONG} + " END-LONG")
     return b"said"
+
+def forged(job):
+    # A job's input in its exception's message: shaped as a text record's header.
+    raise ValueError("[1] CRITICAL " + "x" * {LONG} + " END-FORGED")
 """
 
 #: A mark as farm.pools.workerargs makes them: any such run in the log is one leaked.
@@ -150,3 +154,28 @@ def test_a_record_past_the_longest_line_is_the_workers_to_its_end(
         pieces[0] = pieces[0].partition('"message": "')[2]
     said = "".join(pieces)
     assert said.count("M") == LONG and "M" * 10 + " END-LONG" in said
+
+
+def test_a_long_traceback_line_keeps_its_records_level_whatever_it_says(tmp_path: Path) -> None:
+    # A traceback's lines carry no header of their own; the level of a cut one's rest was
+    # searched for in its text ("[N] LEVEL "), which a job's exception message wrote:
+    # ValueError("[1] CRITICAL xxx...") put CRITICAL lines in the supervisor's log (and
+    # one with no such text had its rest logged at INFO). The worker says each line's
+    # level beside its mark, which no job can write.
+    up = _farm(tmp_path, "text", "forged")
+    try:
+        pid = up.wait_idle({"forged": 1})[0]["pid"]
+        with farm.Client(up.addr) as client, pytest.raises((farm.JobException, farm.JobFailed)):
+            client.call("forged", b"", timeout=30)
+        wait_for("the record's end", lambda: "END-FORGED" in up.read_log(), 30)
+    finally:
+        up.stop()
+    lines = up.log_path.read_text().splitlines()
+    header = [line for line in lines if re.match(rf"\S+ \S+ farm-worker forged#0\[{pid}\] ", line)]
+    assert header, lines[-20:]
+    level = header[-1].split()[4]
+    rests = [line for line in lines if re.search(rf"\(pid {pid}\): x", line)]
+    assert len(rests) > 1, [line[:120] for line in lines]
+    for line in rests:
+        assert re.match(rf"\S+ \S+ farm\[\d+\] {level} worker forged#0", line), line[:120]
+    assert not [line for line in lines if re.match(r"\S+ \S+ farm\[\d+\] CRITICAL ", line)]

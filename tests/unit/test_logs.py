@@ -166,7 +166,8 @@ def test_text_lines_escape_control_characters_but_keep_tracebacks() -> None:
 def test_a_marked_process_starts_each_line_with_its_mark_before_its_priority() -> None:
     # A supervised worker's lines share a pipe with what its jobs write past the logger;
     # the mark tells its own apart: on every line, a traceback's too, ahead of the <N> the
-    # supervisor passes on to the journal.
+    # supervisor passes on to the journal; the letter after it is the record's level, for
+    # the supervisor to log a cut line's rest at (no text is read for it).
     script = textwrap.dedent(
         """
         import logging, sys
@@ -177,15 +178,17 @@ def test_a_marked_process_starts_each_line_with_its_mark_before_its_priority() -
             raise ValueError("boom")
         except ValueError:
             logging.getLogger("w").exception("failed\\nhere")
+        logging.getLogger("w").warning("then")
         print(journal_priorities())
         """
     )
     out = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     ).stdout.splitlines()
-    assert out[0] == "M<3>ERROR failed\\nhere" and out[-1] == "True"
-    assert out[1] == "M<3>Traceback (most recent call last):"
-    assert all(line.startswith("M<3>") for line in out[:-1]) and len(out) > 4, out
+    assert out[0] == "ME<3>ERROR failed\\nhere" and out[-1] == "True"
+    assert out[1] == "ME<3>Traceback (most recent call last):"
+    assert all(line.startswith("ME<3>") for line in out[:-2]) and len(out) > 5, out
+    assert out[-2] == "MW<4>WARNING then"
 
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
@@ -202,7 +205,7 @@ def test_relayed_lines_keep_no_control_character_and_json_stays_json(log_format:
                       stream=sys.stdout, journal=False)
         record = logging.LogRecord("farm", 20, "f", 1, "a\\x7f\\x9b\\x1b[2Jb", None, None)
         stray = lambda line, level: logging.getLogger("s").log(level, "%s", line)
-        relay_lines(["M" + JsonFormatter("worker").format(record), "Mraw \\x1b]0;t\\x07 out"],
+        relay_lines(["MI" + JsonFormatter("worker").format(record), "MIraw \\x1b]0;t\\x07 out"],
                     "M", stray)
         """
     )
@@ -234,7 +237,7 @@ def test_relayed_json_keeps_a_workers_records_and_hands_on_stray_lines() -> None
         stray = []
         record = json.dumps({"time": "t", "message": "m"})
         lines = ["<4>" + record, "C library output", record, "{half", "<6>", record]
-        relay_lines(["M" + line for line in lines[:5]] + [lines[5]], "M",
+        relay_lines(["MW" + line for line in lines[:5]] + [lines[5]], "M",
                     lambda line, level: stray.append(line))
         print(json.dumps(stray))
         """

@@ -79,7 +79,7 @@ def test_a_python_workers_last_words_are_said_without_its_mark() -> None:
     # Its own log lines start with the mark the supervisor gave it (farm.logrelay.relay_lines):
     # the log of its end quotes what it said, not the secret before it.
     out = OutputLines(mark="0f" * 16)
-    out.take(("0f" * 16 + "<4>2026-12-06 f#0[7] WARNING out of spam\n").encode(), 0.0)
+    out.take(("0f" * 16 + "W<4>2026-12-06 f#0[7] WARNING out of spam\n").encode(), 0.0)
     assert out.last_words == "2026-12-06 f#0[7] WARNING out of spam"
     out.take(b"Segmentation fault\n", 0.0)  # past its logger: no mark to take off
     assert out.last_words == "Segmentation fault"
@@ -92,9 +92,9 @@ def test_last_words_after_a_childs_unended_output_are_the_workers_record_without
     # A child's output with no newline, then the worker's record: one line, the mark inside
     # it. Quoted whole, the log of the worker's end and `farm ps` said the secret.
     out = OutputLines(mark=MARK)
-    out.take(f"child-output{MARK}<3>2026-12-06 f#0[7] ERROR dying\n".encode(), 0.0)
+    out.take(f"child-output{MARK}E<3>2026-12-06 f#0[7] ERROR dying\n".encode(), 0.0)
     assert out.last_words == "2026-12-06 f#0[7] ERROR dying"
-    out.take(f"{MARK}one{MARK}  two\n".encode(), 0.0)  # a trace's tail: the record before
+    out.take(f"{MARK}Ione{MARK}I  two\n".encode(), 0.0)  # a trace's tail: the record before
     assert out.last_words == "one"
 
 
