@@ -188,13 +188,14 @@ class CommandJobs:
         serving = []
         for proc in connected:
             pool = self.config.functions.get(proc.function)
-            names, final = seen.of(proc.peers)
+            proc.registered, final = seen.of(proc.peers, proc.registered, now)
+            names = proc.registered[0]
             if pool is None or names & set(pool.functions):
                 proc.registration_seen = pool is not None
                 serving.append(proc)
                 continue
-            # "So far" until it asks for jobs with these alone: its pool's name may follow a
-            # slow init, and a reload failed such a worker 2 s in as it served 4 s in.
+            # "So far" until it asks for jobs with these and names no new one for a while: a
+            # slow init may come before its pool's name, and GearmaNode asks after each name.
             wrong = f"registered {', '.join(sorted(names))}{'' if final else ' so far'}, not"
             wrong += f" {' or '.join(pool.functions)}"
             if not names or wrong == proc.misregistered:  # said once, not at every poll

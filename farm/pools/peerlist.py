@@ -17,6 +17,7 @@ from farm.pools.localserver import named_lines
 from farm.pools.proctree import processes
 
 __all__ = [
+    "REGISTRATION_SETTLE",
     "PeerRow",
     "Registered",
     "parse_peers",
@@ -76,21 +77,36 @@ def registrations(peers: list[PeerRow]) -> dict[str, frozenset[str]]:
     return {peer: frozenset(functions) for peer, functions in found.items()}
 
 
+#: Seconds a worker's registration must stay the same once it asked for jobs with it
+#: before it is taken as final: GearmaNode's Worker.addFunction sends PRE_SLEEP after each
+#: CAN_DO, so a look between two of its names saw the first one asked for, and a reload
+#: failed a worker that registered its pool's name just after.
+REGISTRATION_SETTLE = 2.0
+
+
 class Registered:
     """What the connections of a ``peers`` listing registered, by peer name, and whether
-    that is final: each of them that registered a function has asked for a job since its
-    last new one. Until then it may be a look between two CAN_DOs (a worker's slow init
-    between them), and a worker said to register other names than its pool's served."""
+    each of them that registered a function has asked for a job since its last new one.
+    Until then it may be a look between two CAN_DOs (a worker's slow init between them),
+    and a worker said to register other names than its pool's served; asked for, it is
+    final once no new name came for REGISTRATION_SETTLE (``of``)."""
 
     def __init__(self, peers: list[PeerRow]) -> None:
         self.names = registrations(peers)
         self.unsettled = {row.peer for row in peers if row.functions and not row.awaits_jobs}
 
-    def of(self, peers: Iterable[str]) -> tuple[frozenset[str], bool]:
-        """What the connections of ``peers`` (one process's names) registered, and whether
-        that is final (True where none registered anything: nothing is waited for)."""
+    def of(
+        self, peers: Iterable[str], last: tuple[frozenset[str], float], now: float
+    ) -> tuple[tuple[frozenset[str], float], bool]:
+        """What the connections of ``peers`` (one process's names) registered, with since
+        when (``now`` where it differs from ``last``, the look before: names and since
+        when), and whether that is final: they asked for jobs with it, and it held
+        REGISTRATION_SETTLE (where none registered anything, nothing is waited for)."""
+        peers = set(peers)
         names = frozenset[str]().union(*(self.names.get(peer, ()) for peer in peers))
-        return names, not self.unsettled.intersection(peers)
+        since = last[1] if names == last[0] else now
+        asked = not self.unsettled.intersection(peers)
+        return (names, since), asked and (not names or now - since >= REGISTRATION_SETTLE)
 
 
 def peers_queries(names: list[str]) -> list[str]:

@@ -133,6 +133,9 @@ class WorkerProcess:
     # ("registered wrong, not rev"; "wrong so far" until it asks for jobs: then it is final).
     misregistered: str = ""
     misregistered_final: bool = False
+    # What its connections registered at the last look, and since when (monotonic): final
+    # once it asked for jobs with it and held it a while (peerlist.Registered.of).
+    registered: tuple[frozenset[str], float] = (frozenset(), 0.0)
     # A command worker serving: whether the local server showed one of its pool's functions
     # registered by it. Not where nothing could tell: its connections all go to remote
     # servers, or the local server answers `peers` nowhere the supervisor may ask.

@@ -119,6 +119,9 @@ def test_a_connection_closed_between_queries_does_not_credit_its_fds_next_owner(
 
     jobs = Watching(cfg, reuse)
     proc = WorkerProcess(os.getpid(), "rev", 0, 0, -1, (), command=True)
+    # Seen so at a look long before: final now that it asks (REGISTRATION_SETTLE), were it
+    # credited the other's registration it would be new, and "so far".
+    proc.registered = (frozenset({"wrong"}), 0.0)
     try:
         assert jobs.serving_commands([proc], time.monotonic()) == []
         assert proc.misregistered == "registered wrong, not rev"

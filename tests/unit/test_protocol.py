@@ -270,10 +270,27 @@ def test_a_registration_is_final_once_each_connection_that_made_one_asks_for_job
             "pid:10\t12\t0\t0\t-\t-\t-\t-\t0\n.\n"
         )
     )
-    assert seen.of(frozenset({"tcp:127.0.0.1:4000", "pid:3"})) == (frozenset({"wrong"}), True)
-    assert seen.of(frozenset({"pid:9"})) == (frozenset({"a", "b"}), False)  # b's not asked
+    wrong, ab = frozenset({"wrong"}), frozenset({"a", "b"})
+    held = (wrong, 100.0)  # seen so since a look 2 s before
+    assert seen.of(frozenset({"tcp:127.0.0.1:4000", "pid:3"}), held, 102.0) == (held, True)
+    assert seen.of(frozenset({"pid:9"}), (ab, 0.0), 102.0) == ((ab, 0.0), False)  # b's not asked
     # A connection that registered nothing (yet) holds nothing back.
-    assert seen.of(frozenset({"pid:10", "tcp:127.0.0.1:4000"})) == (frozenset({"wrong"}), True)
+    assert seen.of(frozenset({"pid:10", "tcp:127.0.0.1:4000"}), held, 102.0) == (held, True)
+
+
+def test_a_registration_asked_for_is_final_once_no_new_name_came_for_the_settle_time() -> None:
+    # GearmaNode's Worker.addFunction sends PRE_SLEEP after each CAN_DO: a look between two
+    # of its names saw the first asked for, and took it for all the worker would serve.
+    from farm.pools.peerlist import REGISTRATION_SETTLE, Registered, parse_peers
+
+    seen = Registered(parse_peers("pid:9\t8\t0\t0\t-\t-\t-\t-\t1\thelper\n.\n"))
+    helper = frozenset({"helper"})
+    first, final = seen.of({"pid:9"}, (frozenset(), 0.0), 50.0)  # a new name: from now
+    assert (first, final) == ((helper, 50.0), False)
+    assert seen.of({"pid:9"}, first, 50.0 + REGISTRATION_SETTLE - 0.1) == (first, False)
+    assert seen.of({"pid:9"}, first, 50.0 + REGISTRATION_SETTLE) == (first, True)
+    # Another name since (rightname dropped again, say): the wait starts over.
+    assert seen.of({"pid:9"}, (frozenset({"a"}), 0.0), 60.0) == ((helper, 60.0), False)
 
 
 @pytest.mark.parametrize(
