@@ -313,8 +313,8 @@ class Supervisor(
                 times.append(proc.busy_since + proc.timeout + TIMEOUT_GRACE)
             if proc.stop_deadline is not None:
                 times.append(proc.stop_deadline)
-            if proc.idle_draining is not None:  # lifecycle.stuck_idle
-                times.append(proc.idle_draining + self.config.supervisor.graceful_timeout)
+            if (until := self.linger_deadline(proc)) is not None:  # stuck_idle, EXITING
+                times.append(until)
             if proc.output_resume is not None:  # a flood's pipe, read again after a pause
                 times.append(proc.output_resume)
         times += [p.stop_deadline for p in self.leftovers if p.stop_deadline is not None]

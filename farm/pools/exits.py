@@ -24,6 +24,7 @@ __all__ = [
     "undrained",
     "cut_off",
     "LINGERED",
+    "unexited",
 ]
 
 # Exit codes of farm.pools.workerproc, like gunicorn's: the supervisor tells an
@@ -37,11 +38,19 @@ EXIT_RSS_KILLED = 5  # went past kill_rss_mb mid-job, failed that job: replace a
 Exits = Counter[tuple[str, str]]
 #: Every cause ``exit_cause`` names: each pool's series of them exist from its start, at 0.
 EXIT_CAUSES = ("crash", "boot_failure", "timeout", "recycle", "rss", "killed", "server_lost")
-#: Why a Python worker that said its loop ended (drained: the ``exiting`` report) is killed
-#: past its grace: Python's exit waits on what its code left, not on the worker.
-LINGERED = (
-    "drained but did not exit: a thread of its code (not a daemon) or an atexit hook holds it"
-)
+#: What holds a Python worker whose loop ended (the ``exiting`` report) from its exit:
+#: Python's exit waits on what its code left, not on the worker.
+HELD = "a thread of its code (not a daemon) or an atexit hook holds it"
+#: Why a Python worker that drained and said so is killed past its grace.
+LINGERED = f"drained but did not exit: {HELD}"
+
+
+def unexited(recycle_reason: str) -> str:
+    """Why a Python worker whose loop ended unasked (``ProcState.EXITING``) is killed past
+    its grace: recycled (``recycle_reason``, its report's: "max_jobs 100 reached"), or,
+    with none, stopped by a SIGTERM that was not the supervisor's (a `kill` by hand)."""
+    how = f"recycled ({recycle_reason})" if recycle_reason else "stopped unasked"
+    return f"{how} but did not exit: {HELD}"
 
 
 def may_answer_server_loss(status: int) -> bool:

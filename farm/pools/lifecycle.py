@@ -17,7 +17,14 @@ import time
 from collections.abc import Callable
 
 from farm.config import Config, FunctionConfig
-from farm.pools.exits import LINGERED, describe_exit, exit_cause, may_answer_server_loss, undrained
+from farm.pools.exits import (
+    LINGERED,
+    describe_exit,
+    exit_cause,
+    may_answer_server_loss,
+    undrained,
+    unexited,
+)
 from farm.pools.localserver import LocalServer
 from farm.pools.slots import ProcState, Slot, WorkerProcess
 from farm.pools.spawn import EXEC_FAILED_PREFIX, EXIT_EXEC_FAILED
@@ -82,7 +89,29 @@ class Lifecycle(WorkerStart):
                 grace = self.config.supervisor.graceful_timeout
                 stuck = f"held no job, yet had not exited {grace:g}s after its SIGTERM"
                 self.kill(proc, LINGERED if proc.exiting else stuck)
+            elif proc.state is ProcState.EXITING and now >= self.exit_deadline(proc):
+                self.kill(proc, unexited(proc.recycle_reason))
         self.tend_leftovers(now)
+
+    def linger_deadline(self, proc: WorkerProcess) -> float | None:
+        """When a Python worker whose loop ended is killed if it has not exited: one asked
+        to drain, graceful_timeout after it was last seen holding no job (``stuck_idle``);
+        one recycled (``EXITING``: max_jobs, max_rss_mb; no SIGTERM, no drain),
+        graceful_timeout after it said so. Python's exit waits on a job's thread that is not
+        a daemon: such a recycled worker was left in its slot as idle for ever, its slot
+        serving nothing and never refilled. Killed, it is replaced at once (a planned
+        exit); not started beside it before, as its slot's memory (a max_rss_mb recycle's
+        is large) and core are still its own."""
+        if proc.state is ProcState.EXITING:
+            return self.exit_deadline(proc)
+        if proc.idle_draining is not None:
+            return proc.idle_draining + self.config.supervisor.graceful_timeout
+        return None
+
+    def exit_deadline(self, proc: WorkerProcess) -> float:
+        """A recycled worker's (``EXITING``) kill, if it has not exited by then."""
+        since = proc.exiting_since if proc.exiting_since is not None else time.monotonic()
+        return since + self.config.supervisor.graceful_timeout
 
     def stuck_idle(self, proc: WorkerProcess, now: float) -> bool:
         """A draining Python worker with no deadline (one with no timeout drains after its
@@ -187,7 +216,8 @@ class Lifecycle(WorkerStart):
         when = "now" if delay == 0 else f"in {delay:g}s"
         if delay == 0 and not self.server.ready and self.config.local_server:
             when = "once the job server answers again"  # manage_workers waits for it
-        level = logging.INFO if "recycled" in how or cause == "server_lost" else logging.WARNING
+        # By its cause: a recycle killed for lingering says "recycled" too, and is a warning.
+        level = logging.INFO if cause in ("recycle", "server_lost") else logging.WARNING
         # The warning quotes its last output, so `journalctl -p warning` shows why a PHP
         # worker crash-loops; not a boot failure's why again, and for a Python worker only
         # when it crashed (its other ends say why themselves: a boot report, a recycle, RSS).

@@ -67,6 +67,9 @@ class ProcState(enum.StrEnum):
     BUSY = "busy"  # holds a job
     DRAINING = "draining"  # asked to stop after its job (SIGTERM)
     KILLING = "killing"  # killed by the supervisor (timeout, drain deadline)
+    # A Python worker whose loop ended unasked (a recycle: max_jobs, max_rss_mb): it takes
+    # no job, and what is left is its exit, which its code's threads may hold (lifecycle).
+    EXITING = "exiting"
     RUNNING = "running"  # a command worker connected to its server (it tells no more)
 
     @property
@@ -115,6 +118,7 @@ class WorkerProcess:
     cut_job: str = ""
     retired_starting: bool = False  # retired before it served: its exit drained no job
     exiting: bool = False  # a Python worker that said its loop ended: all left is its exit
+    exiting_since: float | None = None  # ... when it said so outside a drain (EXITING)
     boot_error: str = ""  # why it never served (could not exec, no ready in time): a boot failure
     recycle_reason: str = ""
     command: bool = False  # a command pool's process (it has no report pipe)
@@ -216,7 +220,8 @@ class WorkerProcess:
     def apply(self, event: dict[str, object]) -> None:
         """A report line: ``ready`` (it serves now), ``recycle`` (it exits after this job),
         ``boot_error`` (it cannot serve its target, and exits 3: why, for the log of its end)
-        or ``exiting`` (its loop ended: what holds it now is its code's, farm.pools.exits).
+        or ``exiting`` (its loop ended: what holds it now is its code's, farm.pools.exits;
+        outside a drain it is ``EXITING``, no longer serving, and killed if it lingers).
         What it does job by job is in its shared-memory record, read by ``refresh``."""
         kind = event.get("ev")
         if kind == "recycle":
@@ -225,6 +230,8 @@ class WorkerProcess:
             self.boot_error = str(event.get("why", "")) or "exited with code 3"
         elif kind == "exiting":
             self.exiting = True
+            if self.state.serving:  # not asked to go: a recycle, its slot's to refill
+                self.state, self.exiting_since = ProcState.EXITING, time.monotonic()
         elif kind == "ready" and self.state is ProcState.STARTING:
             self.state, self.served = ProcState.IDLE, True
             self.refresh()

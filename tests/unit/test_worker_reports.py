@@ -19,6 +19,23 @@ def test_report_lines_survive_torn_reads() -> None:
     assert p.state is ProcState.IDLE and p.recycle_reason == "max_jobs 3 reached"
 
 
+def test_a_loop_that_ends_unasked_is_exiting_and_no_longer_serves() -> None:
+    # A recycle (max_jobs: no SIGTERM, no drain) whose exit a job's thread held stayed
+    # `idle` in its slot for ever: counted as serving, never killed, never replaced.
+    p = WorkerProcess(1, "f", 0, 0, -1, ())
+    p.feed(b'{"ev": "ready"}\n{"ev": "recycle", "why": "max_jobs 1 reached"}\n')
+    before = time.monotonic()
+    p.feed(b'{"ev": "exiting"}\n')
+    assert p.state is ProcState.EXITING and not p.state.serving and not p.ordered
+    assert p.exiting_since is not None and before <= p.exiting_since <= time.monotonic()
+    drained = WorkerProcess(2, "f", 0, 0, -1, ())
+    drained.feed(b'{"ev": "ready"}\n')
+    drained.state = ProcState.DRAINING  # asked to go: its drain's grace decides (lifecycle)
+    drained.feed(b'{"ev": "exiting"}\n')
+    assert drained.state is ProcState.DRAINING and drained.exiting
+    assert drained.exiting_since is None
+
+
 def test_the_record_carries_the_job_in_hand_and_the_counts() -> None:
     fd = create_record_fd("f#0")
     try:
