@@ -25,6 +25,7 @@ __all__ = [
     "cut_off",
     "LINGERED",
     "unexited",
+    "lingered",
 ]
 
 # Exit codes of farm.pools.workerproc, like gunicorn's: the supervisor tells an
@@ -51,6 +52,20 @@ def unexited(recycle_reason: str) -> str:
     with none, stopped by a SIGTERM that was not the supervisor's (a `kill` by hand)."""
     how = f"recycled ({recycle_reason})" if recycle_reason else "stopped unasked"
     return f"{how} but did not exit: {HELD}"
+
+
+class Ended(Protocol):
+    """What ``lingered`` reads of a Python worker whose loop ended (``WorkerProcess``)."""
+
+    exiting_since: float | None  # its loop ended before it was asked to go (EXITING)
+    recycle_reason: str
+
+
+def lingered(proc: Ended) -> str:
+    """Why a Python worker that said its loop ended is killed past its drain's grace: one
+    that drained (``LINGERED``), or one recycled before it was retired (a scale-down, a
+    reload, `farm stop` while its code held its exit), which never drained and was said to."""
+    return LINGERED if proc.exiting_since is None else unexited(proc.recycle_reason)
 
 
 def may_answer_server_loss(status: int) -> bool:
@@ -106,7 +121,7 @@ def describe_exit(status: int) -> str:
     return f"exited with code {os.waitstatus_to_exitcode(status)}"
 
 
-class Working(Protocol):
+class Working(Ended, Protocol):
     """What ``undrained`` reads of a worker process (farm.pools.slots.WorkerProcess)."""
 
     busy_since: float | None  # since when it runs its job in hand; None when idle
@@ -125,13 +140,13 @@ def undrained(proc: Working, now: float, *, quitting: bool = False) -> str:
     (``quitting``) no drain was let run out: the worker was stopped at once, and saying
     "did not drain in time" blamed it for a grace it never had. A command worker known to
     hold no job had nothing to drain: it ignored its stop signal, and is said so. A Python
-    worker that reported it drained is held by its code's leftovers (``LINGERED``); one that
+    worker that reported it drained is held by its code's leftovers (``lingered``); one that
     did not (stopped, hung outside a job, its SIGTERM handler replaced) did not drain, and
     was said to have ignored SIGTERM while it had drained, held by a job's thread."""
     if quitting:
         why = "stopped at once (SIGQUIT)"
     elif proc.busy_since is None and proc.exiting:
-        return LINGERED
+        return lingered(proc)
     elif proc.busy_since is None and proc.command and proc.registration_seen:
         # A command worker's job is known only where the local server lists its
         # connections; elsewhere none read is no proof that it held none.

@@ -18,9 +18,9 @@ from collections.abc import Callable
 
 from farm.config import Config, FunctionConfig
 from farm.pools.exits import (
-    LINGERED,
     describe_exit,
     exit_cause,
+    lingered,
     may_answer_server_loss,
     undrained,
     unexited,
@@ -88,7 +88,7 @@ class Lifecycle(WorkerStart):
             elif self.stuck_idle(proc, now):
                 grace = self.config.supervisor.graceful_timeout
                 stuck = f"held no job, yet had not exited {grace:g}s after its SIGTERM"
-                self.kill(proc, LINGERED if proc.exiting else stuck)
+                self.kill(proc, lingered(proc) if proc.exiting else stuck)
             elif proc.state is ProcState.EXITING and now >= self.exit_deadline(proc):
                 self.kill(proc, unexited(proc.recycle_reason))
         self.tend_leftovers(now)

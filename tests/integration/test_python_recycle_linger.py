@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from farm.client import Client
-from tests.helpers.farmproc import FarmUp
+from tests.helpers.farmproc import FarmUp, farm_cli
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -62,5 +62,36 @@ def test_a_recycled_python_worker_held_by_its_job_s_thread_is_killed_and_replace
             assert c.call("linger", b"", timeout=30) == b"ok"
         ended = next(r for r in up.read_log().splitlines() if f"(pid {first}, up" in r)
         assert "WARNING" in ended and ended.endswith("restarting now"), ended
+    finally:
+        assert up.stop() == 0
+
+
+def test_a_lingering_recycled_worker_retired_meanwhile_is_said_recycled_not_drained(
+    tmp_path: Path,
+) -> None:
+    # A scale-down while it lingers retires it: its kill past the drain's grace said it had
+    # "drained", which it never did (no SIGTERM came before its loop ended).
+    (tmp_path / "linger.py").write_text(LINGER)
+    pool = '[functions.linger]\ntarget = "linger:run"\nworkers = 1\nmax_jobs = 1\n'
+    up = FarmUp(tmp_path, pool, metrics=False, start=False)
+    up.config.write_text(
+        up.config.read_text().replace("graceful_timeout = 10", "graceful_timeout = 5")
+    )
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        (row,) = up.wait_idle({"linger": 1})
+        with Client(up.addr) as c:
+            assert c.call("linger", b"", timeout=30) == b"ok"
+        wait_for("it exiting", lambda: up.workers("linger", state="exiting"))
+        assert farm_cli("scale", "linger=0", "--control", up.control).returncode == 0
+        part = f"killing worker linger#0 cpu{row['cpu']} (pid {row['pid']}): "
+        line = wait_for(
+            "its kill", lambda: next((r for r in up.read_log().splitlines() if part in r), None)
+        )
+        assert line.endswith(
+            "recycled (max_jobs 1 reached) but did not exit: a thread of its code (not a"
+            " daemon) or an atexit hook holds it"
+        ), line
     finally:
         assert up.stop() == 0
