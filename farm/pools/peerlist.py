@@ -80,8 +80,11 @@ def registrations(peers: list[PeerRow]) -> dict[str, frozenset[str]]:
 #: Seconds a worker's registration must stay the same once it asked for jobs with it
 #: before it is taken as final: GearmaNode's Worker.addFunction sends PRE_SLEEP after each
 #: CAN_DO, so a look between two of its names saw the first one asked for, and a reload
-#: failed a worker that registered its pool's name just after.
-REGISTRATION_SETTLE = 2.0
+#: failed a worker that registered its pool's name just after. Longer than the seconds of
+#: work a worker's start may do between two names (a connection, a model loaded): a reload
+#: that names a wrong registration late is slower; one that fails a worker serving right
+#: is wrong.
+REGISTRATION_SETTLE = 5.0
 
 
 class Registered:

@@ -337,7 +337,7 @@ def test_a_reload_waits_for_an_added_command_worker_that_registers_its_pool_s_na
         )
         assert said == "registered helper so far, not rightname"
         with pytest.raises(subprocess.TimeoutExpired):
-            reload.wait(3)  # no verdict: it was given 2 s after that was seen
+            reload.wait(3)  # no verdict: it was given 2 s after that was seen (settle: 5 s now)
         gate.open()
         out, err = reload.communicate(timeout=30)
         assert (reload.returncode, out.strip()) == (0, "reloaded"), out + err
@@ -356,7 +356,8 @@ def test_a_reload_waits_for_a_worker_that_asks_for_jobs_after_each_name_it_regis
     # GearmaNode's Worker.addFunction sends CAN_DO, then PRE_SLEEP, for each function: its
     # `helper` counted as final as soon as it was seen, and the reload failed the worker
     # ("registered helper, not rightname", exit 1) that served its pool's name just after.
-    # A registration is final once it asked for jobs and no new name came for 2 s.
+    # A registration is final once it asked for jobs and no new name came for
+    # REGISTRATION_SETTLE (5 s).
     script = tmp_path / "node.py"
     script.write_text(SLOW_SECOND_NAME.replace('pkt(1, b"helper"))', 'pkt(1, b"helper") + pkt(4))'))
     assert 'pkt(1, b"helper") + pkt(4))' in script.read_text()
@@ -379,7 +380,7 @@ def test_a_reload_waits_for_a_worker_that_asks_for_jobs_after_each_name_it_regis
             "its first registration seen",
             lambda: next((r["not_serving"] for r in up.workers("rightname")), None),
         )
-        gate.open()  # its next addFunction: within the 2 s
+        gate.open()  # its next addFunction: within REGISTRATION_SETTLE
         assert said == "registered helper so far, not rightname"
         out, err = reload.communicate(timeout=30)
         assert (reload.returncode, out.strip()) == (0, "reloaded"), out + err

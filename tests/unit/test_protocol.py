@@ -261,7 +261,7 @@ def test_what_a_command_worker_registered_is_read_from_the_peers_listing() -> No
 def test_a_registration_is_final_once_each_connection_that_made_one_asks_for_jobs() -> None:
     # A worker's CAN_DOs are packets of their own, a slow init may come between them: what
     # one registered before it asked for a job (GRAB_JOB, PRE_SLEEP) may be all it has so far.
-    from farm.pools.peerlist import Registered, parse_peers
+    from farm.pools.peerlist import REGISTRATION_SETTLE, Registered, parse_peers
 
     seen = Registered(
         parse_peers(
@@ -271,7 +271,7 @@ def test_a_registration_is_final_once_each_connection_that_made_one_asks_for_job
         )
     )
     wrong, ab = frozenset({"wrong"}), frozenset({"a", "b"})
-    held = (wrong, 100.0)  # seen so since a look 2 s before
+    held = (wrong, 102.0 - REGISTRATION_SETTLE)  # seen so since a look that long before
     assert seen.of(frozenset({"tcp:127.0.0.1:4000", "pid:3"}), held, 102.0) == (held, True)
     assert seen.of(frozenset({"pid:9"}), (ab, 0.0), 102.0) == ((ab, 0.0), False)  # b's not asked
     # A connection that registered nothing (yet) holds nothing back.
