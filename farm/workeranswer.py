@@ -122,11 +122,18 @@ _UNWRAP = 8  # how many wrappers deep a handler's code is looked for
 
 
 def _handler_code(handler: object) -> CodeType | None:
-    """The code a handler runs: a function's own, a ``functools.partial``'s function's, a
-    bound method's function's, an object's ``__call__``'s; None for SIG_DFL, SIG_IGN, None
+    """The code a handler runs: a function's own (under its decorators' wrappers), a
+    ``functools.partial``'s function's, a bound method's function's, an object's
+    ``__call__``'s; None for SIG_DFL, SIG_IGN, None
     and a builtin (Python's SIGINT handler), which raise nothing of the program's."""
     for _ in range(_UNWRAP):  # a partial of an object whose __call__ is a method...: bounded
         if isinstance(handler, FunctionType):
+            # A decorator's wrapper (functools.wraps) runs one code for every function it
+            # wraps: a job wrapped alike that called sys.exit() read as the handler.
+            inner = getattr(handler, "__wrapped__", None)
+            if callable(inner):
+                handler = inner
+                continue
             return handler.__code__
         if isinstance(handler, functools.partial):
             handler = handler.func

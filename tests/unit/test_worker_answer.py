@@ -143,6 +143,38 @@ def test_a_jobs_own_exit_from_a_function_given_an_int_and_a_frame_fails_the_job(
     assert job_outcome(exc)
 
 
+def _logged(fn: Any) -> Any:
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> Any:
+        return fn(*args)
+
+    return wrapper
+
+
+@_logged
+def _decorated_stop(signum: int, frame: FrameType | None) -> None:
+    sys.exit(0)
+
+
+@_logged
+def _decorated_job() -> None:
+    sys.exit(3)
+
+
+def test_a_decorated_jobs_own_exit_is_not_taken_for_a_handler_decorated_alike(
+    usr1: None,
+) -> None:
+    # A decorator's wrapper runs one code for every function it wraps: a job wrapped as the
+    # program's handler was, that called sys.exit(3), read as the handler's exit and ended
+    # the worker. The handler is known by the code under its wrappers.
+    signal.signal(signal.SIGUSR1, _decorated_stop)
+    workeranswer.note_signal_handlers()
+    stop = _raised(lambda: os.kill(os.getpid(), signal.SIGUSR1))
+    assert isinstance(stop, SystemExit) and not job_outcome(stop)
+    own = _raised(_decorated_job)
+    assert isinstance(own, SystemExit) and job_outcome(own)
+
+
 def test_a_jobs_own_exit_after_a_handler_ran_in_it_fails_the_job() -> None:
     # A signal handled mid-job (its handler returned) does not make the job's own exit the
     # program's; nor does an exiting handler installed, not run.
