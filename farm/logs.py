@@ -14,19 +14,18 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import IO, Any
 
 from farm.paths import open_own_file
 
 __all__ = [
     "LOG_FORMATS",
-    "Brief",
     "JsonFormatter",
-    "Repeats",
     "TextFormatter",
     "setup_logging",
     "reopen_log_file",
@@ -110,17 +109,27 @@ class TextFormatter(logging.Formatter):
         return "\n".join(_unlike_a_record(escape_controls(line)) for line in lines)
 
 
-#: How a log line of farm's starts: its time (text), its journal priority, a JSON record.
-_RECORD_STARTS = frozenset("0123456789<{")
+#: What a traceback itself prints at the start of a line: its head, the words between the
+#: exceptions of a chain, and an exception's name (``ValueError: ...``, ``pkg.Error``).
+_TRACEBACK_WORDS = frozenset(
+    {
+        "Traceback (most recent call last):",
+        "During handling of the above exception, another exception occurred:",
+        "The above exception was the direct cause of the following exception:",
+    }
+)
+_EXCEPTION_HEAD = re.compile(r"[A-Za-z_][\w.]*(?::|$)")
 
 
 def _unlike_a_record(line: str) -> str:
-    """A traceback's line, indented where it starts as a record of the log does: an
-    exception's message of several lines (`ValueError(f"bad row {row}")`, its row a
-    caller's) put a line of its own in the log, "2026-12-06 16:44:20,000 farm[1] ERROR ..."
-    among them, which read as one the farm wrote. Nothing else a traceback prints starts so
-    (its frames are indented, its exception's name and chain words start with a letter)."""
-    return "  " + line if line[:1] in _RECORD_STARTS else line
+    """A traceback's line, indented unless the traceback itself prints it at the start of a
+    line (its frames are indented already): an exception's message of several lines
+    (`ValueError(f"bad row {row}")`, its row a caller's) put a line of its own in the log,
+    "2026-12-06 16:44:20,000 farm[1] ERROR ..." or, under journald, "ERROR pool ...", which
+    read as one the farm wrote."""
+    if not line or line[0] in " \t" or line in _TRACEBACK_WORDS or _EXCEPTION_HEAD.match(line):
+        return line
+    return "  " + line
 
 
 def _iso(created: float) -> str:
@@ -343,51 +352,3 @@ class _Marked(logging.Formatter):
         letter = "D" if level < 20 else "I" if level < 30 else "W" if level < 40 else "E"
         prefix = self.mark + ("C" if level >= 50 else letter)
         return prefix + self.inner.format(record).replace("\n", "\n" + prefix)
-
-
-class Repeats:
-    """Log lines for failures that may come job after job (a function raising the same
-    exception at the same line for every bad input a caller sends): the first of each kind
-    in full, then at most one line each ``every`` seconds per kind, naming how many were
-    held back. Kinds are keyed by the caller; at most ``kinds`` are remembered."""
-
-    def __init__(self, logger: logging.Logger, every: float = 10.0, kinds: int = 256) -> None:
-        self.logger = logger
-        self.every = every
-        self.kinds = kinds
-        self._due: dict[Hashable, list[float]] = {}  # kind -> [next line's time, held back]
-        self._lock = threading.Lock()  # a worker's jobs may run in threads of its own
-
-    def __call__(self, kind: Hashable, level: int, msg: str, *args: object, **kwargs: Any) -> None:
-        """Log it (``kwargs`` as ``Logger.log`` takes them: ``exc_info=``, ``extra=``), or
-        count it when a line of this ``kind`` went out less than ``every`` seconds ago."""
-        now = time.monotonic()
-        with self._lock:
-            due = self._due.get(kind)
-            if due is not None and now < due[0]:
-                due[1] += 1
-                return
-            held = int(due[1]) if due is not None else 0
-            if due is None and len(self._due) >= self.kinds:
-                del self._due[next(iter(self._due))]  # the oldest kind
-            self._due[kind] = [now + self.every, 0]
-        if held:
-            msg += f" (and {held} more such since the last line)"
-        self.logger.log(level, msg, *args, **kwargs)
-
-
-class Brief:
-    """Log lines for refusals expected under attack (an unsigned call, say): no
-    traceback, and at most one line each ``every`` seconds, naming how many were held
-    back. A flood of them must not flood the journal, whose rate limit would then drop
-    the lines that matter. (``Repeats`` with one kind, at one level.)"""
-
-    def __init__(
-        self, logger: logging.Logger, every: float = 10.0, level: int = logging.WARNING
-    ) -> None:
-        self.level = level
-        self._one = Repeats(logger, every, kinds=1)
-
-    def __call__(self, msg: str, *args: object, **kwargs: Any) -> None:
-        """Log it (``kwargs`` as ``Logger.log`` takes them, ``extra=``), or count it."""
-        self._one(None, self.level, msg, *args, **kwargs)

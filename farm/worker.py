@@ -22,7 +22,7 @@ from typing import Any
 
 from farm import forkedchild
 from farm.discovery import client_servers
-from farm.logs import Brief, Repeats
+from farm.logrepeats import Brief, Repeats
 from farm.net import parse_servers, recv
 from farm.protocol import MAX_CLIENT_ID, UNPRINTABLE, ProtocolError
 from farm.protocol import PacketType as T

@@ -58,7 +58,7 @@ RESULT = b"result"
 class SignatureError(FarmError):
     """A payload without a valid HMAC of this farm's key: refused, never unpickled."""
 
-    #: farm.worker logs it as one line, throttled (farm.logs.Brief): anyone who reaches the
+    #: farm.worker logs it as one line, throttled (farm.logrepeats.Brief): anyone who reaches the
     #: server may send them by the thousand.
     log_brief = True
 

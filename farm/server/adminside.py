@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from farm.logs import Brief
+from farm.logrepeats import Brief
 from farm.server.admin import run_admin
 from farm.server.hub import Hub
 

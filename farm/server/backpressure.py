@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from farm import protocol as p
-from farm.logs import Brief
+from farm.logrepeats import Brief
 from farm.server.hub import HeldReply
 from farm.server.jobs import Job
 

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 
 from farm import protocol as p
-from farm.logs import Brief
+from farm.logrepeats import Brief
 from farm.protocol import RESERVED, encode_res, frame_res
 from farm.protocol import PacketType as T
 from farm.protocol.kinds import SUBMIT_KINDS, Priority, SubmitKind

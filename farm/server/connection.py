@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from operator import length_hint
 
 from farm import protocol as p
-from farm.logs import Brief
+from farm.logrepeats import Brief
 from farm.net import keep_alive
 from farm.protocol import PacketType as T
 from farm.protocol import encode_res

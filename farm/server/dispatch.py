@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from farm.logs import Brief
+from farm.logrepeats import Brief
 from farm.server.abilities import INDEX_MIN, Abilities
 from farm.server.deadlines import Deadlines
 from farm.server.queues import (

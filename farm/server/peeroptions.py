@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 
 from farm import protocol as p
-from farm.logs import Repeats
+from farm.logrepeats import Repeats
 from farm.protocol import PacketType as T
 from farm.protocol import encode_res
 from farm.server.hub import Hub

@@ -1,5 +1,5 @@
 """What any local user can make the server log. A peer cut off at a limit is logged, but
-at most one line each 10 s per kind (farm.logs.Brief, as for refused submits): a loop
+at most one line each 10 s per kind (farm.logrepeats.Brief, as for refused submits): a loop
 of connections past --max-connections wrote a warning each, thousands a second, and
 the journal's rate limit (journald: 10,000 lines in 30 s a unit) then drops the farm's
 other lines, a worker's crash among them."""

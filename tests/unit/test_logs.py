@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from farm.logprints import LogLines
-from farm.logs import Brief, Repeats, TextFormatter, _JournalPriority, _to_journal
+from farm.logrepeats import Brief, Repeats
+from farm.logs import TextFormatter, _JournalPriority, _to_journal
 
 
 def record(level: int, msg: str) -> logging.LogRecord:
@@ -281,6 +282,8 @@ def test_a_journal_line_leaves_the_time_to_journald_and_others_keep_it(journal: 
         "2026-12-06 16:44:20,000 farm[1] ERROR job server (pid 2) died",  # the text format
         "<3>ERROR job server (pid 2) died",  # a journal line
         '{"level": "CRITICAL", "role": "supervisor", "message": "died"}',  # a JSON record
+        "ERROR pool farm.python: every worker crashed",  # the journal's, past its <N>
+        "\u200b2026-12-06 16:44:20,000 farm[1] ERROR died",  # an unseen character first
     ],
 )
 def test_an_exceptions_message_cannot_start_a_line_of_the_log(forged: str) -> None:
@@ -303,4 +306,4 @@ def test_an_exceptions_message_cannot_start_a_line_of_the_log(forged: str) -> No
     assert f"  {forged}" in lines, lines  # still said, and readable
     assert lines[0].endswith("ERROR job failed") and "Traceback (most recent call last):" in lines
     assert "ValueError: bad row:" in lines
-    assert [line for line in lines[1:] if line[:1] in "0123456789<{"] == [], lines
+    assert [line for line in lines[1:] if line[:1] in "0123456789<{E\u200b"] == [], lines
