@@ -58,6 +58,7 @@ class FarmUp:
         cwd: Path | None = None,
         store: Path | None = None,
         job_retries: int = 3,
+        grace: float = 10,
     ) -> None:
         self.tmp = tmp
         # Where `farm up` is started (default: tmp). The supervisor is then started as the
@@ -67,6 +68,7 @@ class FarmUp:
         self.metrics = metrics  # False: `metrics = "off"`, no listener at all
         self.store = "none" if store is None else str(store)  # [server] store
         self.job_retries = job_retries  # [server] job_retries
+        self.grace = grace  # [supervisor] graceful_timeout
         self.port, self.metrics_port = free_ports(2)
         self.control = str(tmp / "control.sock")
         self.config = tmp / "farm.toml"
@@ -127,7 +129,7 @@ class FarmUp:
 
             [supervisor]
             control = "{self.control}"
-            graceful_timeout = 10
+            graceful_timeout = {self.grace:g}
             metrics = "{metrics}"
             """)
             + textwrap.dedent(self.supervisor).strip()

@@ -26,12 +26,8 @@ def test_an_idle_python_worker_that_does_not_exit_is_killed_past_the_grace(
     # or hung outside a job) was waited on for ever, in the slot count as draining.
     # (`farm stop` gives every Python worker graceful_timeout: that was bounded already.)
     up = FarmUp(
-        tmp_path, '[functions.reverse]\ntarget = "workers.text:reverse"\nworkers = 2\n', start=False
+        tmp_path, '[functions.reverse]\ntarget = "workers.text:reverse"\nworkers = 2\n', grace=1
     )
-    up.config.write_text(
-        up.config.read_text().replace("graceful_timeout = 10", "graceful_timeout = 1")
-    )
-    up.start()
     stuck = 0
     try:
         up.expect_notify("READY=1")
@@ -73,11 +69,7 @@ def test_a_python_worker_held_by_its_job_s_thread_is_said_to_have_drained(
     # timeout), or to have "held no job, yet had not exited" (one without).
     (tmp_path / "linger.py").write_text(LINGER)
     pool = f'[functions.linger]\ntarget = "linger:run"\nworkers = 1\n{timeout}'
-    up = FarmUp(tmp_path, pool, metrics=False, start=False)
-    up.config.write_text(
-        up.config.read_text().replace("graceful_timeout = 10", "graceful_timeout = 1")
-    )
-    up.start()
+    up = FarmUp(tmp_path, pool, metrics=False, grace=1)
     try:
         up.expect_notify("READY=1")
         (row,) = up.wait_idle({"linger": 1})
@@ -100,12 +92,8 @@ def test_a_stopped_python_worker_in_a_pool_with_a_timeout_did_not_drain(tmp_path
         tmp_path,
         '[functions.reverse]\ntarget = "workers.text:reverse"\nworkers = 1\ntimeout = 1\n',
         metrics=False,
-        start=False,
+        grace=1,
     )
-    up.config.write_text(
-        up.config.read_text().replace("graceful_timeout = 10", "graceful_timeout = 1")
-    )
-    up.start()
     stuck = 0
     try:
         up.expect_notify("READY=1")

@@ -32,11 +32,7 @@ def test_a_recycled_python_worker_held_by_its_job_s_thread_is_killed_and_replace
     # same pid `idle` for ever, nothing was logged, and a pool of one served no more jobs.
     (tmp_path / "linger.py").write_text(LINGER)
     pool = '[functions.linger]\ntarget = "linger:run"\nworkers = 1\nmax_jobs = 1\n'
-    up = FarmUp(tmp_path, pool, metrics=False, start=False)
-    up.config.write_text(
-        up.config.read_text().replace("graceful_timeout = 10", "graceful_timeout = 3")
-    )
-    up.start()
+    up = FarmUp(tmp_path, pool, metrics=False, grace=3)
     try:
         up.expect_notify("READY=1")
         (row,) = up.wait_idle({"linger": 1})
@@ -73,11 +69,7 @@ def test_a_lingering_recycled_worker_retired_meanwhile_is_said_recycled_not_drai
     # "drained", which it never did (no SIGTERM came before its loop ended).
     (tmp_path / "linger.py").write_text(LINGER)
     pool = '[functions.linger]\ntarget = "linger:run"\nworkers = 1\nmax_jobs = 1\n'
-    up = FarmUp(tmp_path, pool, metrics=False, start=False)
-    up.config.write_text(
-        up.config.read_text().replace("graceful_timeout = 10", "graceful_timeout = 5")
-    )
-    up.start()
+    up = FarmUp(tmp_path, pool, metrics=False, grace=5)
     try:
         up.expect_notify("READY=1")
         (row,) = up.wait_idle({"linger": 1})

@@ -119,11 +119,7 @@ def test_sigquit_during_a_drain_says_it_stopped_the_worker_at_once(tmp_path: Pat
     # worker "did not drain in time", 1 s into a 120 s grace: as if it had hung.
     (tmp_path / "sleepy.py").write_text(NAP_AT_GATE)
     gate = Gate(tmp_path / "gate")
-    up = FarmUp(tmp_path, '[functions.nap]\ntarget = "sleepy:nap"\nworkers = 1\n', start=False)
-    up.config.write_text(
-        up.config.read_text().replace("graceful_timeout = 10", "graceful_timeout = 120")
-    )
-    up.start()
+    up = FarmUp(tmp_path, '[functions.nap]\ntarget = "sleepy:nap"\nworkers = 1\n', grace=120)
     try:
         up.expect_notify("READY=1")
         (row,) = up.wait_idle({"nap": 1})
@@ -163,11 +159,7 @@ def test_a_python_worker_replaced_by_a_command_one_is_killed_past_the_grace(
     # graceful_timeout, held `farm stop` (systemctl stop) for ever.
     (tmp_path / "sleepy.py").write_text(NAP_AT_GATE)
     gate = Gate(tmp_path / "gate")
-    up = FarmUp(tmp_path, '[functions.nap]\ntarget = "sleepy:nap"\nworkers = 1\n', start=False)
-    up.config.write_text(
-        up.config.read_text().replace("graceful_timeout = 10", "graceful_timeout = 1")
-    )
-    up.start()
+    up = FarmUp(tmp_path, '[functions.nap]\ntarget = "sleepy:nap"\nworkers = 1\n', grace=1)
     try:
         up.expect_notify("READY=1")
         (row,) = up.wait_idle({"nap": 1})
