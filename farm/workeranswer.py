@@ -17,7 +17,7 @@ import _signal  # type: ignore[import-not-found]  # signal wraps each in enums: 
 import functools
 import inspect
 import traceback
-from types import CodeType, FunctionType, MethodType
+from types import CodeType, FrameType, FunctionType, MethodType
 
 from farm.protocol.checks import as_bytes
 
@@ -92,8 +92,13 @@ def job_outcome(exc: BaseException) -> bool:
     return not isinstance(exc, KeyboardInterrupt) and not _from_signal_handler(exc)
 
 
-#: The code of the program's signal handlers as ``work()`` began (``note_signal_handlers``).
-_noted: frozenset[CodeType] = frozenset()
+#: What a handler's frame is known by: its code, and for a decorator's wrapper, what the
+#: wrapper wraps, which its frame must hold (a wrapper's one code runs for every function
+#: it wraps: a job wrapped alike is not the handler). None: its code alone.
+_Entry = tuple[CodeType, object]
+
+#: The program's signal handlers as ``work()`` began (``note_signal_handlers``).
+_noted: tuple[_Entry, ...] = ()
 
 
 def note_signal_handlers() -> None:
@@ -102,39 +107,38 @@ def note_signal_handlers() -> None:
     that puts ``SIG_DFL`` back before it exits (so that a second SIGTERM kills) is no longer
     installed when its ``SystemExit`` is looked at; this is how it is still known."""
     global _noted
-    _noted = frozenset(_installed_handlers())
+    _noted = tuple(_installed_handlers())
 
 
-def _installed_handlers() -> set[CodeType]:
-    """The code of each handler installed now (about 25 µs for the 62 signals of Linux)."""
-    codes = set()
+def _installed_handlers() -> list[_Entry]:
+    """What each handler installed now is known by (about 25 µs for Linux's 62 signals)."""
+    entries: list[_Entry] = []
     for signum in _signal.valid_signals():
         try:
-            code = _handler_code(_signal.getsignal(signum))
+            entries += _handler_entries(_signal.getsignal(signum))
         except (OSError, ValueError):  # a signal number this platform lists but refuses
             continue
-        if code is not None:
-            codes.add(code)
-    return codes
+    return entries
 
 
 _UNWRAP = 8  # how many wrappers deep a handler's code is looked for
 
 
-def _handler_code(handler: object) -> CodeType | None:
-    """The code a handler runs: a function's own (under its decorators' wrappers), a
+def _handler_entries(handler: object) -> list[_Entry]:
+    """What a handler's frames are known by: a function's code, and each of its decorators'
+    wrappers' with what it wraps (a wrapper may itself call ``sys.exit()``); a
     ``functools.partial``'s function's, a bound method's function's, an object's
-    ``__call__``'s; None for SIG_DFL, SIG_IGN, None
-    and a builtin (Python's SIGINT handler), which raise nothing of the program's."""
+    ``__call__``'s. None for SIG_DFL, SIG_IGN, None and a builtin (Python's SIGINT
+    handler), which raise nothing of the program's."""
+    entries: list[_Entry] = []
     for _ in range(_UNWRAP):  # a partial of an object whose __call__ is a method...: bounded
         if isinstance(handler, FunctionType):
-            # A decorator's wrapper (functools.wraps) runs one code for every function it
-            # wraps: a job wrapped alike that called sys.exit() read as the handler.
             inner = getattr(handler, "__wrapped__", None)
-            if callable(inner):
-                handler = inner
-                continue
-            return handler.__code__
+            if inner is None or inner is handler or not callable(inner):
+                return [*entries, (handler.__code__, None)]
+            entries.append((handler.__code__, inner))
+            handler = inner
+            continue
         if isinstance(handler, functools.partial):
             handler = handler.func
         elif isinstance(handler, MethodType):
@@ -142,8 +146,21 @@ def _handler_code(handler: object) -> CodeType | None:
         elif callable(handler) and isinstance(call := type(handler).__call__, FunctionType):
             handler = call  # an object's (SIG_DFL, SIG_IGN: ints; a builtin: a slot's)
         else:
-            return None
-    return None
+            break
+    # What a wrapper wraps is no Python function (a builtin), or wrappers ran past _UNWRAP:
+    # the wrappers are known by their code alone.
+    return [(code, None) for code, _ in entries]
+
+
+def _is_handlers(frame: FrameType, entries: dict[CodeType, list[object]]) -> bool:
+    """Whether ``frame`` is one of a handler's: its code is, and where that code is a
+    decorator's wrapper, the frame holds the very function the handler's wrapper wraps."""
+    wraps = entries.get(frame.f_code)
+    if wraps is None:
+        return False
+    if any(inner is None for inner in wraps):
+        return True
+    return any(value is inner for value in frame.f_locals.values() for inner in wraps)
 
 
 def _from_signal_handler(exc: BaseException) -> bool:
@@ -158,8 +175,10 @@ def _from_signal_handler(exc: BaseException) -> bool:
     value (``del frame``, as inspect's docs advise, hid it), and a job's own function passed
     an int and its caller's frame looked like one. A handler that ran and returned mid-job
     leaves no frame, so the job's own ``sys.exit()`` after it still fails just the job."""
-    codes = _noted | _installed_handlers()
-    if not codes:
+    entries: dict[CodeType, list[object]] = {}  # a callable object may not hash
+    for code, inner in (*_noted, *_installed_handlers()):
+        entries.setdefault(code, []).append(inner)
+    if not entries:
         return False
     seen: set[int] = set()  # a context chain may loop
     link: BaseException | None = exc
@@ -167,7 +186,7 @@ def _from_signal_handler(exc: BaseException) -> bool:
         seen.add(id(link))
         tb = link.__traceback__
         while tb is not None:
-            if tb.tb_frame.f_code in codes:
+            if _is_handlers(tb.tb_frame, entries):
                 return True
             tb = tb.tb_next
         link = link.__context__

@@ -175,6 +175,58 @@ def test_a_decorated_jobs_own_exit_is_not_taken_for_a_handler_decorated_alike(
     assert isinstance(own, SystemExit) and job_outcome(own)
 
 
+def _exit_after(fn: Any) -> Any:
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> Any:
+        fn(*args)
+        sys.exit(0)  # the wrapper ends the program, after the handler's cleanup
+
+    return wrapper
+
+
+@_exit_after
+def _cleanup_then_exit(signum: int, frame: FrameType | None) -> None:
+    pass
+
+
+@_exit_after
+def _job_then_exit() -> None:
+    pass
+
+
+def _wrapping_builtin() -> Any:
+    def wrapper(signum: int, frame: FrameType | None) -> None:
+        sys.exit(0)
+
+    wrapper.__wrapped__ = print  # type: ignore[attr-defined]  # what it wraps is no function
+    return wrapper
+
+
+def _wrapping_itself() -> Any:
+    def wrapper(signum: int, frame: FrameType | None) -> None:
+        sys.exit(0)
+
+    wrapper.__wrapped__ = wrapper  # type: ignore[attr-defined]
+    return wrapper
+
+
+@pytest.mark.parametrize(
+    "handler",
+    [_cleanup_then_exit, _wrapping_builtin(), _wrapping_itself()],
+    ids=["wrapper-exits", "wraps-builtin", "wraps-itself"],
+)
+def test_a_decorated_handler_whose_wrapper_exits_ends_the_program(handler: Any, usr1: None) -> None:
+    # Known by the function under its wrappers alone, a handler whose wrapper itself calls
+    # sys.exit() (its traceback passes through the wrapper only), one wrapping a builtin and
+    # one that names itself as what it wraps were taken for the job's exit.
+    signal.signal(signal.SIGUSR1, handler)
+    workeranswer.note_signal_handlers()
+    stop = _raised(lambda: os.kill(os.getpid(), signal.SIGUSR1))
+    assert isinstance(stop, SystemExit) and not job_outcome(stop)
+    own = _raised(_job_then_exit)  # the same wrapper's code, around the job's own function
+    assert isinstance(own, SystemExit) and job_outcome(own)
+
+
 def test_a_jobs_own_exit_after_a_handler_ran_in_it_fails_the_job() -> None:
     # A signal handled mid-job (its handler returned) does not make the job's own exit the
     # program's; nor does an exiting handler installed, not run.
