@@ -193,7 +193,10 @@ class OutputLines:
 
 def _mark_start(data: bytes, mark: bytes) -> int:
     """How many bytes at the end of ``data`` may be the start of ``mark`` (its rest to come),
-    or the whole of it: the record after it then starts the next piece, as its own."""
+    or the whole of it, or it and the letter of its record's level after it
+    (farm.logs._Marked): the record after it then starts the next piece, as its own."""
+    if mark and data[-len(mark) - 1 : -1] == mark:
+        return len(mark) + 1
     for size in range(min(len(mark), len(data)), 0, -1):
         if data.endswith(mark[:size]):
             return size

@@ -109,6 +109,18 @@ def test_a_line_cut_at_the_longest_is_never_cut_inside_the_mark() -> None:
     assert out.continues and not out.cut
 
 
+def test_a_line_cut_just_after_a_mark_and_its_level_holds_both_back() -> None:
+    # A read that ended with a whole mark and its level's letter sent them with the piece
+    # before the cut: the worker's record after them came as a piece of no mark, its
+    # output's, not its own.
+    out = OutputLines(mark=MARK)
+    data = b"x" * LONGEST_LINE + MARK.encode() + b"W"
+    assert out.take(data, 0.0) == ["x" * LONGEST_LINE]
+    assert out.take(b"2026 f#0[7] WARNING its own record\n", 0.0) == [
+        MARK + "W2026 f#0[7] WARNING its own record"
+    ]
+
+
 def test_a_cut_line_is_said_to_continue_only_while_its_start_was_logged() -> None:
     # The rest of a cut line is the same record's (a Python worker's own, farm.logrelay),
     # unless its start was dropped with a flood: then it continues nothing logged.
