@@ -5,6 +5,7 @@ that says why, and replaced, so that its slot serves again."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,25 +26,37 @@ def run(job):
 """
 
 
-def test_a_recycled_python_worker_held_by_its_job_s_thread_is_killed_and_replaced(
-    tmp_path: Path,
-) -> None:
-    # It reported its loop ended, and nothing used that outside a drain: the slot showed the
-    # same pid `idle` for ever, nothing was logged, and a pool of one served no more jobs.
+def lingering(tmp_path: Path, grace: float) -> tuple[FarmUp, dict[str, Any]]:
+    """A farm whose one `linger` worker recycles after a job that leaves a thread (not a
+    daemon) holding its exit, with ``grace`` as its drain's; its slot's row, once its first
+    call was answered and the worker is shown exiting."""
     (tmp_path / "linger.py").write_text(LINGER)
     pool = '[functions.linger]\ntarget = "linger:run"\nworkers = 1\nmax_jobs = 1\n'
-    up = FarmUp(tmp_path, pool, metrics=False, grace=3)
+    up = FarmUp(tmp_path, pool, metrics=False, grace=grace)
     try:
         up.expect_notify("READY=1")
         (row,) = up.wait_idle({"linger": 1})
-        first = row["pid"]
         with Client(up.addr) as c:
             assert c.call("linger", b"", timeout=30) == b"ok"
         # While its code holds it, it is no idle worker of the pool's.
         wait_for(
             "the recycled worker shown exiting",
-            lambda: [r["pid"] for r in up.workers("linger", state="exiting")] == [first],
+            lambda: [r["pid"] for r in up.workers("linger", state="exiting")] == [row["pid"]],
         )
+    except BaseException:
+        up.stop()
+        raise
+    return up, row
+
+
+def test_a_recycled_python_worker_held_by_its_job_s_thread_is_killed_and_replaced(
+    tmp_path: Path,
+) -> None:
+    # It reported its loop ended, and nothing used that outside a drain: the slot showed the
+    # same pid `idle` for ever, nothing was logged, and a pool of one served no more jobs.
+    up, row = lingering(tmp_path, grace=3)
+    first = row["pid"]
+    try:
         part = f"killing worker linger#0 cpu{row['cpu']} (pid {first}): "
         line = wait_for(
             "its kill", lambda: next((r for r in up.read_log().splitlines() if part in r), None)
@@ -67,15 +80,8 @@ def test_a_lingering_recycled_worker_retired_meanwhile_is_said_recycled_not_drai
 ) -> None:
     # A scale-down while it lingers retires it: its kill past the drain's grace said it had
     # "drained", which it never did (no SIGTERM came before its loop ended).
-    (tmp_path / "linger.py").write_text(LINGER)
-    pool = '[functions.linger]\ntarget = "linger:run"\nworkers = 1\nmax_jobs = 1\n'
-    up = FarmUp(tmp_path, pool, metrics=False, grace=5)
+    up, row = lingering(tmp_path, grace=5)
     try:
-        up.expect_notify("READY=1")
-        (row,) = up.wait_idle({"linger": 1})
-        with Client(up.addr) as c:
-            assert c.call("linger", b"", timeout=30) == b"ok"
-        wait_for("it exiting", lambda: up.workers("linger", state="exiting"))
         assert farm_cli("scale", "linger=0", "--control", up.control).returncode == 0
         part = f"killing worker linger#0 cpu{row['cpu']} (pid {row['pid']}): "
         line = wait_for(
