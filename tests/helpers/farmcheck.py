@@ -43,3 +43,16 @@ def farm(
 def lines(text: str) -> list[str]:
     assert "Traceback" not in text, text
     return text.strip().splitlines()
+
+
+def serve_store(store: Path) -> subprocess.CompletedProcess[str]:
+    """`farm server` started on ``store`` on a free port, for a store it refuses: its end
+    (exit code, what it said), within 30 s."""
+    return subprocess.run(
+        [sys.executable, "-m", "farm", "server", "-L", f"127.0.0.1:{free_port()}"]
+        + ["--store", str(store)],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )

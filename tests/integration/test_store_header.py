@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT
-from tests.helpers.farmcheck import config, farm, lines
-from tests.helpers.servers import free_port
+from tests.helpers.farmcheck import config, farm, lines, serve_store
 
 REVERSE = '[functions.reverse]\ntarget = "workers.text:reverse"\nworkers = 1\n'
 
@@ -108,13 +107,6 @@ def test_farm_check_and_the_server_give_a_store_file_one_verdict(
     before = files(store.parent)
     config(tmp_path, REVERSE, store=str(store))
     checked = farm(tmp_path, "check")
-    served = subprocess.run(
-        [sys.executable, "-m", "farm", "server", "-L", f"127.0.0.1:{free_port()}"]
-        + ["--store", str(store)],
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    served = serve_store(store)
     assert (check_verdict(checked), server_verdict(served)) == (verdict, verdict)
     assert files(store.parent) == before  # its bytes, and no file beside it: no job lost

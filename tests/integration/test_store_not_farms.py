@@ -28,7 +28,7 @@ from farm.protocol import PacketType as T
 from farm.server import storetables, walcopy
 from farm.server.store import SQLiteStore
 from tests.helpers import ROOT
-from tests.helpers.farmcheck import config, farm, lines
+from tests.helpers.farmcheck import config, farm, lines, serve_store
 from tests.helpers.peers import Peer
 from tests.helpers.servers import free_port, wait_connectable
 
@@ -117,14 +117,7 @@ def test_the_server_refuses_another_programs_database_and_leaves_it_as_it_was(
     store = tmp_path / "data" / "other.db"
     store.parent.mkdir()
     before = _made(store, kind)
-    argv = [sys.executable, "-m", "farm", "server", "-L", f"127.0.0.1:{free_port()}"]
-    out = subprocess.run(
-        [*argv, "--store", str(store)],
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = serve_store(store)
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr and "closing it" not in out.stderr, out.stderr
     assert f"the job store {store} has" in out.stderr and "not farm's" in out.stderr
@@ -321,14 +314,7 @@ def test_a_damaged_store_refused_by_the_server_keeps_its_files(tmp_path: Path, w
     if wal:
         _wal_frames_left(store)
     before = files(store.parent)
-    argv = [sys.executable, "-m", "farm", "server", "-L", f"127.0.0.1:{free_port()}"]
-    out = subprocess.run(
-        [*argv, "--store", str(store)],
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = serve_store(store)
     assert out.returncode == 2 and "malformed" in out.stderr, out.stderr
     assert "closing it" not in out.stderr, out.stderr
     assert stat.S_IMODE(store.stat().st_mode) == 0o644

@@ -124,9 +124,11 @@ def test_a_negative_can_do_timeout_means_no_timeout(
     assert c.expect(T.WORK_COMPLETE).args == (h, b"done")
 
 
-def test_a_late_answer_for_a_timed_out_job_is_dropped_quietly(
+def timed_out_in_hand(
     farm_server: Server, peer_factory: Callable[[str], Peer]
-) -> None:
+) -> tuple[Peer, Peer, bytes]:
+    """A worker (registered with a 1 s CAN_DO_TIMEOUT) holding a job that timed out in its
+    hands, the client whose job failed so, and the job's handle."""
     w, c = peer_factory(farm_server.addr), peer_factory(farm_server.addr)
     w.send(T.CAN_DO_TIMEOUT, "slow", "1")
     sync(w)
@@ -134,6 +136,13 @@ def test_a_late_answer_for_a_timed_out_job_is_dropped_quietly(
     w.send(T.GRAB_JOB_UNIQ)
     assert w.expect(T.JOB_ASSIGN_UNIQ).args[0] == h
     assert c.expect(T.WORK_FAIL, timeout=10).args == (h,)
+    return w, c, h
+
+
+def test_a_late_answer_for_a_timed_out_job_is_dropped_quietly(
+    farm_server: Server, peer_factory: Callable[[str], Peer]
+) -> None:
+    w, c, h = timed_out_in_hand(farm_server, peer_factory)
     w.send(T.WORK_STATUS, h, "1", "2")
     w.send(T.WORK_COMPLETE, h, "too late")
     sync(w)  # no ERROR came before the echo: both were dropped
@@ -171,13 +180,7 @@ def test_a_late_exception_and_fail_pair_for_a_timed_out_job_are_both_dropped(
 
 
 def pair_dropped(farm_server: Server, peer_factory: Callable[[str], Peer]) -> None:
-    w, c = peer_factory(farm_server.addr), peer_factory(farm_server.addr)
-    w.send(T.CAN_DO_TIMEOUT, "slow", "1")
-    sync(w)
-    h = submit(c, "slow")
-    w.send(T.GRAB_JOB_UNIQ)
-    assert w.expect(T.JOB_ASSIGN_UNIQ).args[0] == h
-    assert c.expect(T.WORK_FAIL, timeout=10).args == (h,)
+    w, c, h = timed_out_in_hand(farm_server, peer_factory)
     w.send(T.WORK_EXCEPTION, h, "boom")
     w.send(T.WORK_FAIL, h)
     sync(w)  # no ERROR came before the echo: both were dropped
