@@ -49,6 +49,18 @@ def lingering(tmp_path: Path, grace: float) -> tuple[FarmUp, dict[str, Any]]:
     return up, row
 
 
+def said_recycled_and_held(up: FarmUp, row: dict[str, Any]) -> None:
+    """Wait for the kill of the worker of ``row`` and hold its line to why it was killed."""
+    part = f"killing worker linger#0 cpu{row['cpu']} (pid {row['pid']}): "
+    line = wait_for(
+        "its kill", lambda: next((r for r in up.read_log().splitlines() if part in r), None)
+    )
+    assert line.endswith(
+        "recycled (max_jobs 1 reached) but did not exit: a thread of its code (not a"
+        " daemon) or an atexit hook holds it"
+    ), line
+
+
 def test_a_recycled_python_worker_held_by_its_job_s_thread_is_killed_and_replaced(
     tmp_path: Path,
 ) -> None:
@@ -57,14 +69,7 @@ def test_a_recycled_python_worker_held_by_its_job_s_thread_is_killed_and_replace
     up, row = lingering(tmp_path, grace=3)
     first = row["pid"]
     try:
-        part = f"killing worker linger#0 cpu{row['cpu']} (pid {first}): "
-        line = wait_for(
-            "its kill", lambda: next((r for r in up.read_log().splitlines() if part in r), None)
-        )
-        assert line.endswith(
-            "recycled (max_jobs 1 reached) but did not exit: a thread of its code (not a"
-            " daemon) or an atexit hook holds it"
-        ), line
+        said_recycled_and_held(up, row)
         (again,) = up.wait_idle({"linger": 1})
         assert again["pid"] != first
         with Client(up.addr) as c:  # the slot serves again
@@ -83,13 +88,6 @@ def test_a_lingering_recycled_worker_retired_meanwhile_is_said_recycled_not_drai
     up, row = lingering(tmp_path, grace=5)
     try:
         assert farm_cli("scale", "linger=0", "--control", up.control).returncode == 0
-        part = f"killing worker linger#0 cpu{row['cpu']} (pid {row['pid']}): "
-        line = wait_for(
-            "its kill", lambda: next((r for r in up.read_log().splitlines() if part in r), None)
-        )
-        assert line.endswith(
-            "recycled (max_jobs 1 reached) but did not exit: a thread of its code (not a"
-            " daemon) or an atexit hook holds it"
-        ), line
+        said_recycled_and_held(up, row)
     finally:
         assert up.stop() == 0
