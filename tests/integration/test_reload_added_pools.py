@@ -246,19 +246,26 @@ def test_a_pool_added_back_while_its_old_worker_drains_is_followed_by_its_new_sl
         assert up.stop() == 0
 
 
-# A command worker that registers another name than its pool's (`wrong`), then sleeps in
-# the server (PRE_SLEEP) for as long as it lives, as a PHP script with a typo does.
-WRONG_NAME = """\
-import os, socket, struct
+# A raw worker's start: a connection to the farm's first server and a packet maker.
+RAW_WORKER = """\
+import os, socket, struct, sys
 host, port = os.environ["FARM_SERVERS"].split(",")[0].rsplit(":", 1)
 def pkt(t, *x):
     b = b"\\0".join(x)
     return b"\\0REQ" + struct.pack(">II", t, len(b)) + b
 s = socket.create_connection((host, int(port)))
+"""
+
+# A command worker that registers another name than its pool's (`wrong`), then sleeps in
+# the server (PRE_SLEEP) for as long as it lives, as a PHP script with a typo does.
+WRONG_NAME = (
+    RAW_WORKER
+    + """\
 s.sendall(pkt(1, b"wrong") + pkt(4))  # CAN_DO wrong, PRE_SLEEP
 while s.recv(4096):
     pass
 """
+)
 
 
 def test_a_reload_names_an_added_command_pool_s_wrong_registration_at_once(
@@ -291,13 +298,9 @@ def test_a_reload_names_an_added_command_pool_s_wrong_registration_at_once(
 
 # A command worker that registers a name of its own first (`helper`), then its pool's once
 # its slow init (the gate its argument names) is done, then sleeps in the server.
-SLOW_SECOND_NAME = """\
-import os, socket, struct, sys
-host, port = os.environ["FARM_SERVERS"].split(",")[0].rsplit(":", 1)
-def pkt(t, *x):
-    b = b"\\0".join(x)
-    return b"\\0REQ" + struct.pack(">II", t, len(b)) + b
-s = socket.create_connection((host, int(port)))
+SLOW_SECOND_NAME = (
+    RAW_WORKER
+    + """\
 s.sendall(pkt(1, b"helper"))  # CAN_DO helper
 gate = socket.socket(socket.AF_UNIX)
 gate.connect(sys.argv[1])
@@ -306,6 +309,7 @@ s.sendall(pkt(1, b"rightname") + pkt(4))  # CAN_DO rightname, PRE_SLEEP
 while s.recv(4096):
     pass
 """
+)
 
 
 @pytest.mark.parametrize("asks", [False, True], ids=["asks-at-the-end", "asks-after-each"])
