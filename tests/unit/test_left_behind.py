@@ -262,6 +262,21 @@ def test_after_a_clean_stop_no_process_is_looked_at(
     assert record.read_text() == instance_token(control) + "\n"
 
 
+def seen_as(pid: int, token: str, control: str, dead: int) -> dict[str, object]:
+    """What the look sees of ``pid`` now, for a failure's message: two clean-clone CI runs
+    found nothing left (a 2-core host under an xdist run) where no local run fails."""
+    env = leftbehind._environ(pid)
+    return {
+        "stat": leftbehind._stat(pid),
+        "token": env.get(b"FARM_INSTANCE"),
+        "expected": token,
+        "worker": env.get(b"FARM_WORKER_ID"),
+        "supervisor gone": leftbehind._supervisor_gone(token, control, leftbehind._namespaces()),
+        "dead's stat now": leftbehind._stat(dead),
+        "found now": [left.pid for left in find(control, {os.geteuid()})],
+    }
+
+
 @pytest.mark.parametrize(
     "what", ["cut off", "another farm's", "not numbers", "a link", "a FIFO", "a directory"]
 )
@@ -292,7 +307,7 @@ def test_a_record_that_does_not_read_is_said_then_looked_through(
     farm.stop_left_behind()
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith(str(record))]
     assert len(said) == 1 and "looking for what the last supervisor left" in said[0], said
-    assert set(farm.left_behind) == {left}
+    assert set(farm.left_behind) == {left}, seen_as(left, token, control, dead)
     assert target.read_text() == token + "\n", "what the link named was changed"
     if what != "a directory":  # removed, and this supervisor's record in its place
         assert record.read_text() == instance_token(control) + "\n"
