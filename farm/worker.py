@@ -28,7 +28,7 @@ from farm.protocol import MAX_CLIENT_ID, UNPRINTABLE, ProtocolError
 from farm.protocol import PacketType as T
 from farm.protocol.checks import check_seconds
 from farm.protocol.events import ServerErrorNotice
-from farm.protocol.worker import JobAssigned, WorkerSession, WorkerState
+from farm.protocol.worker import JobAssigned, JobNotHeld, WorkerSession, WorkerState
 from farm.waker import Waker
 from farm.workeranswer import (
     describe,
@@ -301,6 +301,19 @@ class Worker(WorkerFunctions, WorkerNews):
                     log.debug("job %s came after it was unregistered; not run here", event.handle)
                     continue
                 self._run(server, event, fn)
+            elif type(event) is JobNotHeld:
+                fields = {"function": event.function, "job": event.handle}  # farm.logs' fields
+                log.warning(
+                    "job %s %s: job server %s no longer holds it (%s: %s): it took the job back"
+                    " and dropped this run's answer; gearmand requeues a job past its"
+                    " function's timeout, tells its client nothing, and hands it out again",
+                    event.function,
+                    event.handle,
+                    server.addr,
+                    event.code,
+                    event.text,
+                    extra=fields,
+                )
             elif type(event) is ServerErrorNotice:
                 if event.function is not None:  # a CAN_DO's answer: its name (the session's)
                     log.warning(

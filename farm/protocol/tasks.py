@@ -254,6 +254,7 @@ def failed_error(task: Task[Any], handle: str) -> JobFailed:
     return JobFailed(
         f"job {handle} ({task.function}) failed: its worker sent WORK_FAIL (a farm"
         " worker does when its function raised and the server is not farm's: the"
-        " worker's log has the traceback), or the server failed it (past its timeout,"
-        " or its workers died job_retries times; the server's log says which)"
+        " worker's log has the traceback), or the server failed it (farm's: past its"
+        " timeout, or its workers died job_retries times, its log says which; gearmand"
+        " only under -j N, after N tries each lost or past its timeout: else it requeues)"
     )

@@ -4,7 +4,7 @@ The blocking ``farm.Worker`` moves bytes between its sockets and one
 ``WorkerSession`` per server, as the client faces do with ``ClientSession``:
 
     worker ── connected()/grab()/complete() ──► session ── data_to_send() ──► socket
-    worker ◄── JobAssigned, ServerErrorNotice ── session ◄── receive(bytes) ── socket
+    worker ◄── JobAssigned, JobNotHeld, ServerErrorNotice ── session ◄── receive(bytes) ── socket
 """
 
 from __future__ import annotations
@@ -41,10 +41,11 @@ from farm.protocol.workertable import (
     _WORKING,
     PT,
     JobAssigned,
+    JobNotHeld,
     WorkerState,
 )
 
-__all__ = ["JobAssigned", "WorkerState", "WorkerSession"]
+__all__ = ["JobAssigned", "JobNotHeld", "WorkerState", "WorkerSession"]
 
 
 class WorkerSession(WorkerAbilities):
@@ -86,6 +87,11 @@ class WorkerSession(WorkerAbilities):
         # Where the last assignment's JOB_ACCEPT lies in _out (None: none was sent), for a
         # JOB_REVOKE read with it to take back exactly those bytes.
         self._accept_at: tuple[int, int] | None = None
+        # The last job assigned, whose news and answer an ERROR JOB_NOT_FOUND answers (the
+        # server answers in order: one read before the next assignment is this job's), and
+        # whether that was said already (JobNotHeld: once per run, not once per packet).
+        self._last_run: tuple[str, str] | None = None
+        self._not_held_said = False
         self._forget_registrations()  # (farm.protocol.workerabilities)
         self._decoder = Decoder(allow_admin=False)
         self._out = bytearray()
@@ -104,6 +110,7 @@ class WorkerSession(WorkerAbilities):
         self._decoder = Decoder(allow_admin=False)
         self._out.clear()
         self.handle = self._handle = None
+        self._last_run = None
         self.held = self._pushed = self.read_accept = self.exception_ok = False
         self._forget_registrations()  # every ability is registered below, held back or not
         self._asking = [OPTION_WORK_EXCEPTION]
@@ -133,7 +140,8 @@ class WorkerSession(WorkerAbilities):
         self.state = _GRABBING
 
     def receive(self, data: bytes) -> list[object]:
-        """Feed bytes from the server; return JobAssigned / ServerErrorNotice events."""
+        """Feed bytes from the server; return JobAssigned / JobNotHeld / ServerErrorNotice
+        events."""
         events: list[object] = []
         for packet in self._decoder.feed(data):
             if not isinstance(packet, Packet):  # admin text is off for a worker's decoder
@@ -155,6 +163,12 @@ class WorkerSession(WorkerAbilities):
                 continue
             if ptype == _ERROR:
                 code, text = (a.decode("utf-8", "replace") for a in args)  # as a client reads it
+                if code == "JOB_NOT_FOUND" and self._last_run is not None:
+                    if not self._not_held_said:
+                        self._not_held_said = True
+                        ran, served = self._last_run
+                        events.append(JobNotHeld(handle=ran, function=served, code=code, text=text))
+                    continue
                 function = self._refused(code, text) if self._refusable else None
                 events.append(ServerErrorNotice(code=code, text=text, function=function))
                 continue
@@ -203,6 +217,7 @@ class WorkerSession(WorkerAbilities):
         # the worker's loop and killed it, for every worker the job went to next.
         self.handle = handle.decode("utf-8", "surrogateescape")
         function = func.decode("utf-8", "surrogateescape")
+        self._last_run, self._not_held_said = (self.handle, function), False
         return JobAssigned(
             handle=self.handle,
             function=function,
@@ -300,4 +315,5 @@ class WorkerSession(WorkerAbilities):
     def connection_lost(self) -> None:
         self.state = WorkerState.DISCONNECTED
         self.handle = self._handle = None
+        self._last_run = None
         self._out.clear()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from farm.protocol.codec import PacketType, encode_req
 
-__all__ = ["JobAssigned", "WorkerState"]
+__all__ = ["JobAssigned", "JobNotHeld", "WorkerState"]
 
 PT = PacketType
 
@@ -39,6 +39,19 @@ class JobAssigned:
     # given back there: not to be run (``WorkerSession.taken_back``). Said as it is read,
     # as an ECHO_RES later in the same read may register the function again.
     given_back: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobNotHeld:
+    """The server answered our news or answer of a job with ERROR JOB_NOT_FOUND: it no longer
+    holds the job for this worker (gearmand requeues a job past its CAN_DO_TIMEOUT, tells the
+    client nothing, and hands it out again). Said once per run of a job (``handle``, its
+    ``function``): every WORK_DATA or WORK_STATUS it sent after gets one more such ERROR."""
+
+    handle: str
+    function: str
+    code: str
+    text: str
 
 
 S = WorkerState

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import pytest
 
 import farm
-from tests.helpers.serving import serving
+from tests.helpers.serving import serving, working
 
 
 def _check_size(job: Any) -> bytes:
@@ -81,3 +82,34 @@ def test_a_job_abandoned_tells_its_client_why_before_it_fails(farm_server) -> No
     ):
         c.call("give_up", b"x", timeout=10, on_warning=warned.append)
     assert warned == [why.encode() + b"\n"]  # a line: the gearman CLI prints it raw
+
+
+def test_a_job_gearmand_took_back_past_its_timeout_is_said_once_a_run_naming_it(
+    gearmand, caplog: pytest.LogCaptureFixture
+) -> None:
+    # gearmand requeues a job past its function's timeout (CAN_DO_TIMEOUT), tells the client
+    # nothing and hands it out again; each late packet of the run it took back got an ERROR
+    # JOB_NOT_FOUND, logged as a bare "job server ...: JOB_NOT_FOUND Job does not exist on
+    # server" apiece, naming neither the job nor its function.
+    caplog.set_level(logging.WARNING, logger="farm.worker")
+    runs: list[str] = []
+
+    def slow(job: Any) -> bytes:
+        runs.append(job.handle)
+        if len(runs) > 1:
+            return b"on time"
+        time.sleep(1.8)  # past its 1 s timeout: gearmand took it back meanwhile
+        for _ in range(3):
+            job.send_data(b"late")
+        return b"late"
+
+    worker = farm.Worker(gearmand.addr)
+    worker.register("slow", slow, timeout=1)
+    with working(worker), farm.Client(gearmand.addr) as c:
+        assert c.call("slow", b"x", timeout=20) == b"on time"  # its second run's
+    assert runs == [runs[0]] * 2
+    lines = [r for r in caplog.records if r.name == "farm.worker"]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    (line,) = lines
+    assert (line.__dict__.get("job"), line.__dict__.get("function")) == (runs[0], "slow")
+    assert "no longer holds it" in line.getMessage() and "took the job back" in line.getMessage()

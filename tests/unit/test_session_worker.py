@@ -7,7 +7,7 @@ import pytest
 from farm.protocol import Decoder, ProtocolError, encode_res
 from farm.protocol import PacketType as PT
 from farm.protocol.events import ServerErrorNotice
-from farm.protocol.worker import JobAssigned, WorkerSession, WorkerState
+from farm.protocol.worker import JobAssigned, JobNotHeld, WorkerSession, WorkerState
 
 
 def sent(session: WorkerSession) -> list[tuple[int, tuple[bytes, ...]]]:
@@ -130,6 +130,30 @@ def test_stale_noop_is_ignored_and_unexpected_packets_are_protocol_errors() -> N
         w.receive(encode_res(PT.JOB_ASSIGN_UNIQ, b"H:1", b"f", b"", b""))  # never grabbed
     with pytest.raises(ProtocolError):
         w.complete(b"")  # holds no job
+
+
+def test_job_not_found_for_a_job_run_names_it_once_per_run() -> None:
+    # gearmand requeues a job past its CAN_DO_TIMEOUT and answers each of its worker's later
+    # packets for it with ERROR JOB_NOT_FOUND: the worker logged a bare "JOB_NOT_FOUND Job
+    # given in work result not found" for each, naming neither the job nor its function.
+    w = WorkerSession({"f": 1})
+    w.connected()
+    w.grab()
+    w.receive(encode_res(PT.JOB_ASSIGN_UNIQ, b"H:1", b"f", b"", b""))
+    w.send_data(b"late")
+    w.complete(b"late")
+    w.grab()
+    w.data_to_send()
+    not_found = encode_res(PT.ERROR, b"JOB_NOT_FOUND", b"Job given in work result not found")
+    again = encode_res(PT.JOB_ASSIGN_UNIQ, b"H:1", b"f", b"", b"")  # handed out again
+    said = JobNotHeld(
+        handle="H:1", function="f", code="JOB_NOT_FOUND", text="Job given in work result not found"
+    )
+    events = w.receive(not_found + not_found + again)
+    assert events[0] == said and [type(e) for e in events] == [JobNotHeld, JobAssigned]
+    w.complete(b"late")
+    w.grab()
+    assert w.receive(not_found) == [said]  # the next run's, said again
 
 
 def test_error_packet_is_an_event_and_reset_abilities_is_sent() -> None:
