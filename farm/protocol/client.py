@@ -337,6 +337,7 @@ class ClientSession:
 
     def _on_data(self, packet: Packet, events: list[object]) -> None:
         for task in self._hearers(wire_text(packet.args[0])):
+            task.streamed = True  # no resubmit now: may_resubmit
             events.append(JobData(task=task, data=packet.args[1]))
 
     def _on_warning(self, packet: Packet, events: list[object]) -> None:

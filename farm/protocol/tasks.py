@@ -71,6 +71,7 @@ class Task(Generic[Owner]):
         "attempts",
         "owner",
         "warned",
+        "streamed",
     )
 
     def __init__(
@@ -99,6 +100,9 @@ class Task(Generic[Owner]):
         self.owner: Owner | None = None  # the face's record of this task
         # The start of the job's last WORK_WARNING: a WORK_FAIL's JobFailed quotes it.
         self.warned: bytes | None = None
+        # A WORK_DATA of it reached its owner: a second run's could not be told from it, so
+        # it is not sent to another server when its server goes away (may_resubmit).
+        self.streamed = False
 
     def packet(self) -> bytes:
         """Its submit packet (SUBMIT_JOB_EPOCH for one with ``when``)."""
@@ -193,10 +197,15 @@ class TaskListener(Protocol):
 
 
 def may_resubmit(task: Task[Any]) -> bool:
-    """A foreground job lost with its server goes to another server once, and only with a
-    unique key: the key lets a server that still has the job coalesce the resubmission
-    instead of running it a second time. Every face follows this one rule."""
-    return bool(task.unique) and not task.background and task.attempts < 2
+    """A foreground job lost with its server goes to another server once, only with a unique
+    key, and only before any of its data (WORK_DATA) reached the caller. The lost server
+    coalesces nothing: it is gone, and the next one runs the job again from the start (a
+    caller keys the work it is content to have run twice). One whose data had begun to arrive
+    fails instead (``lost_error`` says so), as libgearman's and PHP's calls do: a second
+    run's data would follow the first's to the same caller, who could not tell them apart.
+    Status alone is no bar: the second run's supersedes the first's. Every face follows
+    this one rule."""
+    return bool(task.unique) and not task.background and task.attempts < 2 and not task.streamed
 
 
 #: A job whose JOB_CREATED has not come: the server may have created it (and may run it),
@@ -216,9 +225,15 @@ def timeout_error(task: Task[Any], timeout: float | None) -> Timeout:
 def lost_error(server: str, task: Task[Any], why: str = "went away") -> ServerUnavailable:
     """The error of a job that is not resubmitted when its server went away (``why``: how,
     e.g. that it refused our TLS certificate)."""
-    return ServerUnavailable(
+    held = (
         f"job server {server} {why} while holding job {task.function} {task.handle or UNCONFIRMED}"
     )
+    if task.streamed and task.unique and not task.background and task.attempts < 2:
+        held += (  # why the rule of may_resubmit did not send it on
+            "; not sent to another server: its data had begun to arrive, and another run's"
+            " could not be told from it"
+        )
+    return ServerUnavailable(held)
 
 
 #: How much of a job's last WORK_WARNING its JobFailed keeps: the reason a farm worker gives

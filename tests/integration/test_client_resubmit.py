@@ -17,6 +17,7 @@ import farm
 from farm.client.serverpick import key_slot
 from tests.helpers.servers import start_like
 from tests.helpers.serving import serving
+from tests.helpers.waiting import wait_for
 
 
 @pytest.fixture
@@ -27,14 +28,20 @@ def two_servers(any_server):
 
 
 class _SlowOnce:
-    """A worker function whose first run waits for ``release``; records every run."""
+    """A worker function whose first run waits for ``release``; records every run. ``news``:
+    what each run sends first ("data": a WORK_DATA naming the run, "status": a WORK_STATUS)."""
 
-    def __init__(self) -> None:
+    def __init__(self, news: str = "") -> None:
         self.started, self.release = threading.Event(), threading.Event()
         self.runs: list[bytes] = []
+        self.news = news
 
     def __call__(self, job: Any) -> bytes:
         self.runs.append(job.data)
+        if self.news == "data":
+            job.send_data(b"run %d" % len(self.runs))
+        elif self.news == "status":
+            job.send_status(len(self.runs), 9)
         if len(self.runs) == 1:
             self.started.set()
             self.release.wait(5)
@@ -47,18 +54,29 @@ def _holder(two_servers, key: str):
     return {s.addr: s for s in two_servers}[addrs[key_slot(key, 2)]]
 
 
-def _mid_job_death(two_servers, unique: str | None) -> tuple[Any, list[bytes]]:
+def _mid_job_death(
+    two_servers, unique: str | None, news: str = ""
+) -> tuple[dict[str, Any], list[bytes]]:
+    """A call whose server dies while its first run waits (after its ``news``, _SlowOnce's):
+    its outcome ("result" or "error", and "heard": what its on_data and on_status saw)."""
     a, b = two_servers
     addrs = [a.addr, b.addr]
     holder = _holder(two_servers, unique or "x")
-    slow = _SlowOnce()
+    slow = _SlowOnce(news)
     started, release, runs = slow.started, slow.release, slow.runs
-
+    heard: list[Any] = []
     outcome: dict[str, Any] = {}
 
     def call() -> None:
         try:
-            outcome["result"] = c.call("slow", b"p", unique=unique, timeout=10)
+            outcome["result"] = c.call(
+                "slow",
+                b"p",
+                unique=unique,
+                timeout=10,
+                on_data=heard.append,
+                on_status=lambda n, d: heard.append((n, d)),
+            )
         except farm.FarmError as exc:
             outcome["error"] = exc
 
@@ -68,15 +86,35 @@ def _mid_job_death(two_servers, unique: str | None) -> tuple[Any, list[bytes]]:
         caller = threading.Thread(target=call)
         caller.start()
         assert started.wait(5)
+        wait_for("its news heard", lambda: heard or not news)
         holder.stop()
         release.set()
         caller.join(10)
+    if heard:
+        outcome["heard"] = heard
     return outcome, runs
 
 
 def test_job_with_unique_key_is_resubmitted_once_when_its_server_dies(two_servers) -> None:
     outcome, runs = _mid_job_death(two_servers, "resubmit-me")
     assert outcome == {"result": b"ok"}
+    assert runs == [b"p", b"p"]
+
+
+def test_a_keyed_job_whose_data_had_begun_to_arrive_is_not_run_again(two_servers) -> None:
+    # Sent again, it ran a second time and its data came on after the first run's, to the same
+    # on_data with no sign (libgearman and PHP fail such a call): the caller cannot tell which
+    # run's data it holds.
+    outcome, runs = _mid_job_death(two_servers, "streamed", news="data")
+    assert runs == [b"p"]
+    assert outcome["heard"] == [b"run 1"]
+    assert isinstance(outcome.get("error"), farm.ServerUnavailable), outcome
+    assert "its data had begun to arrive" in str(outcome["error"])
+
+
+def test_a_keyed_job_that_sent_only_its_status_is_resubmitted(two_servers) -> None:
+    outcome, runs = _mid_job_death(two_servers, "status-only", news="status")
+    assert outcome == {"result": b"ok", "heard": [(1, 9), (2, 9)]}
     assert runs == [b"p", b"p"]
 
 
@@ -162,6 +200,32 @@ def test_async_client_follows_the_same_rule(two_servers) -> None:
     with serving(addrs, {"slow": slow}):
         assert asyncio.run(main()) == b"ok"
     assert runs == [b"p", b"p"]
+
+
+def test_async_stream_of_a_keyed_job_whose_data_had_begun_is_not_run_again(two_servers) -> None:
+    holder = _holder(two_servers, "async-streamed")
+    slow = _SlowOnce("data")
+    seen: list[bytes] = []
+
+    async def main() -> None:
+        client = farm.AsyncClient([s.addr for s in two_servers])
+        try:
+            async for event in client.stream("slow", b"p", unique="async-streamed", timeout=10):
+                seen.append(getattr(event, "data", type(event).__name__))
+                if len(seen) == 1:
+                    await asyncio.to_thread(holder.stop)
+                    slow.release.set()
+        finally:
+            await client.close()
+
+    with (
+        serving([s.addr for s in two_servers], {"slow": slow}),
+        pytest.raises(farm.ServerUnavailable, match="its data had begun to arrive"),
+    ):
+        try:
+            asyncio.run(main())
+        finally:
+            assert seen == [b"run 1"] and slow.runs == [b"p"]
 
 
 def test_async_close_during_a_resubmit_ends_the_call(two_servers) -> None:
