@@ -53,6 +53,7 @@ from farm.protocol.client import (
     Task,
     timeout_error,
 )
+from farm.protocol.tasks import UNKNOWN, lost_since
 
 log = logging.getLogger("farm.client.aio")
 
@@ -229,8 +230,11 @@ class AsyncClient(AsyncLinks):
         if isinstance(job, Task):
             if job.handle is None or job.server is None:
                 raise ValueError("the task has no handle yet")
-            conn = await self._connect(job.server)
-            return (await conn.ask(conn.session.get_status(job.handle))).status
+            if lost_since(job):  # as farm.Client.status says
+                return UNKNOWN
+            conn = await self._connect(job.server)  # sees a close the loop had not read
+            status = (await conn.ask(conn.session.get_status(job.handle))).status
+            return UNKNOWN if lost_since(job) else status
         if not isinstance(job, str):  # as farm.Client says it
             raise TypeError(f"status() takes a Task or a handle string, not {type(job).__name__}")
         order = self._picker.order("")

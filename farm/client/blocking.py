@@ -48,6 +48,7 @@ from farm.protocol.client import (
     TaskListener,
     timeout_error,
 )
+from farm.protocol.tasks import UNKNOWN, lost_since
 
 __all__ = ["Client", "Task", "JobStatus"]
 
@@ -225,12 +226,22 @@ class Client:
 
     @one_thread
     def status(self, job: Task[Any] | str) -> JobStatus:
-        """What the server knows of a job: known, running, numerator, denominator."""
+        """What the server knows of a job: known, running, numerator, denominator. A Task
+        whose connection to its server was lost since is unknown: the server there now may
+        be a new process (gearmand's handles count from H:host:1 again in each), and would
+        answer for another job; ``status_unique`` follows a keyed job across restarts."""
         if isinstance(job, Task):
             if job.handle is None or job.server is None:
                 raise ValueError("the task has no handle yet")
             handle = job.handle
-            return self._ask(job.server, lambda s: s.get_status(handle)).status
+            status = (
+                UNKNOWN
+                if lost_since(job)
+                else self._ask(job.server, lambda s: s.get_status(handle)).status
+            )
+            # Its connection's close seen only as it was made again (catch_up): asked of the
+            # server there now, whose answer is for another job, if any.
+            return UNKNOWN if lost_since(job) else status
         if not isinstance(job, str):
             raise TypeError(f"status() takes a Task or a handle string, not {type(job).__name__}")
         # A bare handle names no server: ask each.

@@ -264,6 +264,7 @@ class ClientSession:
         if not isinstance(task, Task):
             raise ProtocolError(f"JOB_CREATED arrived where the answer to {task!r} was due")
         task.handle = handle = wire_text(packet.args[0])
+        task.created_on = self  # its handle means something only while this connection lasts
         if task.background:
             task.done = True
         else:

@@ -17,6 +17,9 @@ from farm.protocol.kinds import SUBMIT_KINDS
 
 __all__ = [
     "may_resubmit",
+    "lost_since",
+    "UNKNOWN",
+    "Link",
     "lost_error",
     "timeout_error",
     "failed_error",
@@ -47,6 +50,31 @@ _SUBMIT: dict[tuple[str, bool], PacketType] = {
 }
 
 
+class JobStatus(NamedTuple):
+    """What the server knows of a job (STATUS_RES / STATUS_RES_UNIQUE)."""
+
+    known: bool
+    running: bool
+    numerator: int
+    denominator: int
+
+
+class Link(Protocol):
+    """What a task knows of the connection that created it: whether it was lost since."""
+
+    closed: bool
+
+
+def lost_since(task: Task[Any]) -> bool:
+    """Whether the connection that created ``task`` has been lost since: its handle then
+    names no job of ours to the server answering there now (``status`` answers unknown)."""
+    return task.created_on is not None and task.created_on.closed
+
+
+#: What ``status`` answers for a task whose connection was lost since (``lost_since``).
+UNKNOWN = JobStatus(False, False, 0, 0)
+
+
 class Task(Generic[Owner]):
     """One submitted job as the client sees it: filled in by the session as replies arrive.
 
@@ -72,6 +100,7 @@ class Task(Generic[Owner]):
         "owner",
         "warned",
         "streamed",
+        "created_on",
     )
 
     def __init__(
@@ -103,6 +132,10 @@ class Task(Generic[Owner]):
         # A WORK_DATA of it reached its owner: a second run's could not be told from it, so
         # it is not sent to another server when its server goes away (may_resubmit).
         self.streamed = False
+        # The connection (its session) whose server sent JOB_CREATED: once it is lost, the
+        # handle means nothing to whatever answers there next (gearmand's count from
+        # H:host:1 again in each process: another job's), and ``status`` says unknown.
+        self.created_on: Link | None = None
 
     def packet(self) -> bytes:
         """Its submit packet (SUBMIT_JOB_EPOCH for one with ``when``)."""
@@ -135,15 +168,6 @@ class Query(Generic[Reply]):
 
     def __repr__(self) -> str:  # in a ProtocolError's text, which reaches users
         return f"<Query awaiting {PacketType(self.expect).name}>"
-
-
-class JobStatus(NamedTuple):
-    """What the server knows of a job (STATUS_RES / STATUS_RES_UNIQUE)."""
-
-    known: bool
-    running: bool
-    numerator: int
-    denominator: int
 
 
 class StatusResult(NamedTuple):
