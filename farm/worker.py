@@ -271,8 +271,9 @@ class Worker(WorkerFunctions, WorkerNews):
         except ProtocolError as exc:
             if exc.handle is not None and exc.ptype in _ASSIGNS:  # a job too large to take
                 shown = exc.handle.decode("utf-8", "backslashreplace")  # as every log names jobs
-                log.warning("job %s failed: it is too large for this worker (%s)", shown, exc)
-                fail_and_part(sock, exc.handle)
+                why = f"too large for this worker, not run: its {T(exc.ptype).name} {exc}"
+                log.warning("job %s failed: it is %s", shown, why)
+                fail_and_part(sock, exc.handle, why)
             self._lost(server, f"broke the protocol: {exc}")
             return
         server.backoff, server.silent = BACKOFF_FIRST, False  # it talks sense: retry at once

@@ -380,13 +380,16 @@ def run_unsent(unsent: Callable[[], None]) -> None:
         log.exception("cleaning up after a job whose answer could not be sent")
 
 
-def fail_and_part(sock: socket.socket, handle: bytes) -> None:
-    """WORK_FAIL for a job assigned to us that we cannot take, then a clean goodbye: our
-    side shut, the rest of its packet read and dropped (bounded), so the server reads the
-    WORK_FAIL before the end -- a close with bytes unread would reset the connection and
-    lose it, and the job would come back to be refused again."""
+def fail_and_part(sock: socket.socket, handle: bytes, why: str) -> None:
+    """WORK_FAIL for a job assigned to us that we cannot take, after a WORK_WARNING saying
+    ``why`` (the client's JobFailed quotes it: without it, it blamed the function's raising,
+    which never ran), then a clean goodbye: our side shut, the rest of its packet read and
+    dropped (bounded), so the server reads the WORK_FAIL before the end -- a close with bytes
+    unread would reset the connection and lose it, and the job would come back to be refused
+    again."""
+    warning = encode_req(T.WORK_WARNING, handle, f"{why}\n".encode())  # a line, as a worker's
     with contextlib.suppress(OSError):
-        sock.sendall(encode_req(T.WORK_FAIL, handle))
+        sock.sendall(warning + encode_req(T.WORK_FAIL, handle))
         sock.shutdown(socket.SHUT_WR)
         sock.settimeout(5.0)
         while sock.recv(1 << 20):

@@ -55,8 +55,15 @@ def test_a_job_too_large_for_the_worker_fails_once_not_forever(
         serving(gearmand.addr, {"size": lambda j: str(len(j.data))}),
         farm.Client(gearmand.addr) as c,
     ):
-        with pytest.raises(farm.JobFailed):
+        with pytest.raises(farm.JobFailed) as failed:
             c.call("size", b"a" * (65 << 20), timeout=60)
+        # Why, in a warning before its WORK_FAIL: the error blamed the function's raising
+        # ("the worker's log has the traceback"), which never ran.
+        assert failed.value.warning is not None, str(failed.value)
+        assert "too large for this worker, not run" in failed.value.warning
+        assert re.search(
+            rf"of 68157\d\d\d bytes exceeds the limit of {64 << 20}", failed.value.warning
+        )
         assert c.call("size", b"ok", timeout=10) == b"2", "the worker serves on"
     refused = [r for r in caplog.records if "too large for this worker" in r.getMessage()]
     assert len(refused) == 1, [r.getMessage() for r in caplog.records]
