@@ -118,6 +118,7 @@ class ServerConnection(asyncio.Protocol):
         self.closed_by_client = False  # AsyncClient.close() ended it
         self.lost_how = "went away"  # what a job lost with it says of the server
         self.writing_paused = False  # the transport's buffer is past its high-water mark
+        self.unsent_at_least = 0  # while paused (pause_writing)
         self._flush_due = False
         self.received = 0  # bytes read so far: whether ``closed_unseen``'s wait reads on
         # Says when the server has ended the connection (POLLRDHUP: its FIN, whatever waits
@@ -235,6 +236,9 @@ class ServerConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writing_paused = True  # the server is not taking our bytes: hold the rest
+        # Until resumed, the transport holds more than its low-water mark unsent: a loss
+        # meanwhile leaves at least that much of what was written unwritten (the tail).
+        self.unsent_at_least = self.transport.get_write_buffer_limits()[0] + 1  # type: ignore[union-attr]
 
     def resume_writing(self) -> None:
         self.writing_paused = False
@@ -321,7 +325,8 @@ class ServerConnection(asyncio.Protocol):
         self.transport = None
         self.ended = None  # its descriptor is closed, and may be reused by another file
         resubmit = None if self.resubmit is None else self.resubmit()
-        for task in self.session.connection_lost(self.lost_how):
+        unsent = self.unsent_at_least if self.writing_paused else 0  # a submit cut short
+        for task in self.session.connection_lost(self.lost_how, unsent):
             if self.closed_by_client:  # our close(): not the server's doing, and no retry
                 self.end_lost(task, closed_error())
             elif may_resubmit(task) and resubmit is not None:

@@ -381,7 +381,8 @@ class Connections:
         self.close_one(conn)
         self.fail_if_closed()  # no: close() from another thread shut it down (cut_short)
         self.picker.mark_down(conn.addr)
-        for task in conn.session.connection_lost(why):
+        # What the socket never took: a submit in it was not written whole, created nothing.
+        for task in conn.session.connection_lost(why, len(conn.unsent)):
             if may_resubmit(task):
                 try:
                     # The pump's deadline bounds the resubmit only while it is ahead: one

@@ -45,6 +45,7 @@ from farm.protocol.tasks import (
     lost_error,
     may_resubmit,
     timeout_error,
+    unwritten,
 )
 
 __all__ = [
@@ -175,7 +176,7 @@ class ClientSession:
         self._check_open()
         self._enqueue(task, task.packet())
         task.server = self.server
-        task.handle = None  # a resubmitted task gets the new server's handle
+        task.handle, task.unwritten = None, False  # a resubmitted task gets the new server's handle
         task.warned = None  # and its warnings: the job the lost server ran is not this one
         task.attempts += 1
 
@@ -197,6 +198,7 @@ class ClientSession:
     def _enqueue(self, request: Task[Any] | Query[Any], packet: bytes) -> None:
         self._out += packet
         self._queued.append(len(packet))
+        request.size = len(packet)
         self._awaiting.append(request)
 
     def withdraw_queued(self, request: Task[Any] | Query[Any]) -> bool:
@@ -374,13 +376,14 @@ class ClientSession:
         if isinstance(request, Task):
             events.append(JobEnded(task=request))
 
-    def connection_lost(self, why: str = "went away") -> list[Task[Any]]:
+    def connection_lost(self, why: str = "went away", unsent: int = 0) -> list[Task[Any]]:
         """The connection is gone: return the unfinished tasks (the face decides on retry).
 
         Pending queries fail with ServerUnavailable saying ``why`` (how the server went,
-        e.g. it broke the protocol); tasks are left not done.
-        """
+        e.g. it broke the protocol); tasks are left not done, ``unwritten`` those in the last
+        ``unsent`` bytes handed out (the face's socket never took them) or still here."""
         self.closed = True
+        unwritten(self._awaiting, unsent + len(self._out))
         lost: list[Task[Any]] = []
         for request in self._awaiting:
             if isinstance(request, Task):

@@ -8,6 +8,7 @@ these in.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
@@ -21,6 +22,7 @@ __all__ = [
     "UNKNOWN",
     "Link",
     "lost_error",
+    "unwritten",
     "timeout_error",
     "failed_error",
     "last_warning",
@@ -101,6 +103,8 @@ class Task(Generic[Owner]):
         "warned",
         "streamed",
         "created_on",
+        "unwritten",
+        "size",
     )
 
     def __init__(
@@ -136,6 +140,10 @@ class Task(Generic[Owner]):
         # handle means nothing to whatever answers there next (gearmand's count from
         # H:host:1 again in each process: another job's), and ``status`` says unknown.
         self.created_on: Link | None = None
+        # Its submit was not written whole when its connection was lost: no server has it
+        # (may_resubmit). And its packet's size as queued, to tell (``unwritten``).
+        self.unwritten = False
+        self.size = 0
 
     def packet(self) -> bytes:
         """Its submit packet (SUBMIT_JOB_EPOCH for one with ``when``)."""
@@ -158,10 +166,11 @@ Reply = TypeVar("Reply")
 class Query(Generic[Reply]):
     """A request that is not a job (GET_STATUS, ECHO_REQ, OPTION_REQ): its reply lands here."""
 
-    __slots__ = ("expect", "done", "result", "error")
+    __slots__ = ("expect", "done", "result", "error", "size")
 
     def __init__(self, expect: int) -> None:
         self.expect = expect
+        self.size = 0  # its packet's, as queued (``unwritten``)
         self.done = False
         self.result: Reply | None = None
         self.error: Exception | None = None
@@ -227,14 +236,33 @@ def may_resubmit(task: Task[Any]) -> bool:
     caller keys the work it is content to have run twice). One whose data had begun to arrive
     fails instead (``lost_error`` says so), as libgearman's and PHP's calls do: a second
     run's data would follow the first's to the same caller, who could not tell them apart.
-    Status alone is no bar: the second run's supersedes the first's. Every face follows
-    this one rule."""
+    Status alone is no bar: the second run's supersedes the first's. A submit not written
+    whole when its connection was lost (``unwritten``) created nothing: it goes to the next
+    server, keyed or not, as one never sent would. Every face follows this one rule."""
+    if task.unwritten:  # never written whole: no server can have created it
+        return True
     return bool(task.unique) and not task.background and task.attempts < 2 and not task.streamed
 
 
 #: A job whose JOB_CREATED has not come: the server may have created it (and may run it),
 #: so a caller must not read it as "not created" and submit it again without thought.
 UNCONFIRMED = "(not confirmed: it may have been created)"
+#: A job whose submit was not written whole: the server cannot have created it.
+NOT_SENT = "(not sent whole: not created)"
+
+
+def unwritten(requests: Iterable[Task[Any] | Query[Any]], tail: int) -> None:
+    """Mark the tasks among ``requests`` (unanswered, in the order sent) whose submit lies,
+    whole or in part, in the last ``tail`` bytes of what was sent, which never left: no
+    server read them whole, so none created the job. Their try does not count
+    (``attempts``): the job goes to the next server as if never sent."""
+    for request in reversed(list(requests)):
+        if tail <= 0:
+            return
+        tail -= request.size
+        if isinstance(request, Task):
+            request.unwritten = True
+            request.attempts -= 1
 
 
 def timeout_error(task: Task[Any], timeout: float | None) -> Timeout:
@@ -249,9 +277,8 @@ def timeout_error(task: Task[Any], timeout: float | None) -> Timeout:
 def lost_error(server: str, task: Task[Any], why: str = "went away") -> ServerUnavailable:
     """The error of a job that is not resubmitted when its server went away (``why``: how,
     e.g. that it refused our TLS certificate)."""
-    held = (
-        f"job server {server} {why} while holding job {task.function} {task.handle or UNCONFIRMED}"
-    )
+    named = task.handle or (NOT_SENT if task.unwritten else UNCONFIRMED)
+    held = f"job server {server} {why} while holding job {task.function} {named}"
     if task.streamed and task.unique and not task.background and task.attempts < 2:
         held += (  # why the rule of may_resubmit did not send it on
             "; not sent to another server: its data had begun to arrive, and another run's"

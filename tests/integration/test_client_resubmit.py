@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
+import signal
 import threading
 import types
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import farm
 from farm.client.serverpick import key_slot
-from tests.helpers.servers import start_like
+from farm.protocol.worker import WorkerState
+from tests.helpers.servers import Server, start_like, stop_process
 from tests.helpers.serving import serving
 from tests.helpers.waiting import wait_for
 
@@ -253,3 +257,68 @@ def test_async_close_during_a_resubmit_ends_the_call(two_servers) -> None:
             await asyncio.wait_for(call, 30)
 
     asyncio.run(main())
+
+
+BIG = 16 << 20  # past what the kernel's socket buffers take from a server that reads none
+
+
+def _died_mid_send(holder: Server, sent_part: Callable[[], bool]) -> None:
+    """Once ``sent_part()`` says the submit is stuck part-way into ``holder`` (stopped, not
+    reading), the server dies: SIGKILL, and SIGCONT for the kill to land."""
+    wait_for("the submit stuck part-way", sent_part)
+    holder.proc.kill()
+    os.kill(holder.proc.pid, signal.SIGCONT)
+
+
+def _asleep_on_both(worker: Any) -> bool:
+    """No grab out to the server about to stop: it would hold the worker's next one."""
+    return len(worker._servers) == 2 and all(
+        s.session.state is WorkerState.SLEEPING for s in worker._servers
+    )
+
+
+def test_a_plain_job_not_sent_whole_when_its_server_died_goes_to_the_next(two_servers) -> None:
+    # A packet never written whole cannot have created a job, yet it failed as lost
+    # "(not confirmed: it may have been created)", and a caller could only guess.
+    a, b = two_servers
+    addrs = [a.addr, b.addr]
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            outcome["result"] = c.call("size", b"z" * BIG, timeout=30)
+        except farm.FarmError as exc:
+            outcome["error"] = exc
+
+    with serving(addrs, {"size": lambda j: b"%d" % len(j.data)}) as w, farm.Client(addrs) as c:
+        wait_for("the worker asleep on both", lambda: _asleep_on_both(w))
+        c._wire.picker._rotation = 0  # no key: the first job goes to the server that dies
+        stop_process(a.proc.pid)
+        caller = threading.Thread(target=call)
+        caller.start()
+        _died_mid_send(a, lambda: bool(getattr(c._wire.conns.get(a.addr), "unsent", b"")))
+        caller.join(30)
+    assert outcome == {"result": b"%d" % BIG}
+
+
+def test_async_a_plain_job_not_sent_whole_when_its_server_died_goes_to_the_next(
+    two_servers,
+) -> None:
+    a, b = two_servers
+    addrs = [a.addr, b.addr]
+
+    async def main() -> bytes:
+        client = farm.AsyncClient(addrs)
+        try:
+            client._picker._rotation = 0  # as above
+            call = asyncio.ensure_future(client.call("size", b"z" * BIG, timeout=30))
+            paused = lambda: getattr(client._conns.get(a.addr), "writing_paused", False)  # noqa: E731
+            await asyncio.to_thread(_died_mid_send, a, paused)
+            return await call
+        finally:
+            await client.close()
+
+    with serving(addrs, {"size": lambda j: b"%d" % len(j.data)}) as w:
+        wait_for("the worker asleep on both", lambda: _asleep_on_both(w))
+        stop_process(a.proc.pid)
+        assert asyncio.run(main()) == b"%d" % BIG

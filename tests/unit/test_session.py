@@ -17,6 +17,8 @@ from farm.protocol.client import (
     JobWarning,
     ServerErrorNotice,
     Task,
+    lost_error,
+    may_resubmit,
 )
 
 
@@ -361,3 +363,23 @@ def test_a_reply_over_the_limit_fails_its_job_and_the_stream_goes_on() -> None:
     s.echo(b"")
     with pytest.raises(ProtocolError, match="exceeds the limit"):
         s.receive(encode_res(PT.ECHO_RES, b"y" * 2000))
+
+
+def test_submits_not_written_whole_when_the_connection_is_lost_are_marked_so() -> None:
+    # A packet never written whole cannot have created a job: such a task goes on to the
+    # next server (may_resubmit), where it failed "(not confirmed: it may have been created)".
+    s = ClientSession("srv")
+    whole, cut, held = Task("f", b"a"), Task("f", b"b" * 100), Task("f", b"c")
+    s.submit(whole)
+    status = s.get_status("H:1")
+    s.submit(cut)
+    handed = s.data_to_send()
+    s.submit(held)  # still queued in the session
+    assert handed.endswith(cut.packet())
+    lost = s.connection_lost(unsent=len(cut.packet()) - 30)  # all but its first 30 bytes
+    assert lost == [whole, cut, held]
+    assert [t.unwritten for t in lost] == [False, True, True]
+    assert [may_resubmit(t) for t in lost] == [False, True, True]
+    assert status.done and isinstance(status.error, ServerUnavailable)
+    assert "(not sent whole: not created)" in str(lost_error("srv", cut))
+    assert "(not confirmed: it may have been created)" in str(lost_error("srv", whole))
