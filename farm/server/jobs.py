@@ -23,12 +23,12 @@ from collections.abc import Callable
 from farm.protocol.kinds import Priority
 from farm.server.deadlines import Deadlines
 from farm.server.dispatch import MAX_EXPIRED, WAKE_DEADLINE, Dispatch
+from farm.server.functable import MAX_IDLE_FUNCTIONS, FunctionTable
 from farm.server.jobcontrol import JobControl
 from farm.server.metrics import BYTES, MAXQUEUE, FunctionStats
 from farm.server.queues import (
     JOB_OVERHEAD,
     NORMAL,
-    SERVED_LOCALLY,
     FunctionQueue,
     Job,
     Outcome,
@@ -48,6 +48,7 @@ MAX_HANDLE_HOST = 64 - 1 - 20 - 3
 
 __all__ = [
     "MAX_EXPIRED",
+    "MAX_IDLE_FUNCTIONS",
     "WAKE_DEADLINE",
     "JOB_OVERHEAD",
     "FunctionQueue",
@@ -61,17 +62,12 @@ __all__ = [
 
 log = logging.getLogger("farm.server")
 
-#: Functions with no job, no worker and no limit of their own are kept (gearmand keeps them
-#: all, and `status` lists them) up to this many; past it the oldest are freed, so a flood
-#: of distinct names cannot hold memory forever.
-MAX_IDLE_FUNCTIONS = 1024
-
 # Module names for the hot path: reading a member off an enum class costs about 100 ns on
 # Python 3.11.
 _COMPLETE, _EXCEPTION = Outcome.COMPLETE, Outcome.EXCEPTION
 
 
-class JobServer(Dispatch, JobControl):
+class JobServer(FunctionTable, Dispatch, JobControl):
     """All job state of one server, and the rules that change it."""
 
     def __init__(
@@ -142,45 +138,6 @@ class JobServer(Dispatch, JobControl):
 
     # -- functions ---------------------------------------------------------
 
-    def function(self, name: bytes) -> FunctionQueue:
-        fq = self.functions.get(name)
-        if fq is None:
-            fq = self.functions[name] = FunctionQueue(name, self.ready)
-            fq.max_total = self.max_queue
-            if name in self.pool_functions:
-                # Served by the farm's own pools, whose workers may not have registered yet
-                # (a restarted server, clients back first): a scrape then summed it under
-                # other, which kept a copy of its counts once it was shown by name.
-                fq.served = SERVED_LOCALLY
-        return fq
-
-    def note_unused(self, name: bytes) -> None:
-        """``name`` may have lost its last job or worker: remember it as idle, and free the
-        oldest idle functions past MAX_IDLE_FUNCTIONS."""
-        fq = self.functions.get(name)
-        if fq is None or not self._unused(fq):
-            return
-        idle = self.idle
-        idle.pop(name, None)
-        idle[name] = None
-        while len(idle) > MAX_IDLE_FUNCTIONS:
-            oldest = next(iter(idle))
-            del idle[oldest]
-            fq = self.functions.get(oldest)
-            if fq is not None and self._unused(fq):
-                del self.functions[oldest]
-                if fq.in_other:  # the metrics' other must not drop (farm.server.exposition)
-                    self.other_retired.absorb(fq.stats)
-
-    def _unused(self, fq: FunctionQueue) -> bool:
-        return not (
-            fq.workers
-            or fq.running
-            or fq.queued
-            or fq.max_total != self.max_queue
-            or any(fq.max_by_priority)
-        )
-
     def running_count(self) -> int:
         return sum(fq.running for fq in self.functions.values())
 
@@ -232,33 +189,43 @@ class JobServer(Dispatch, JobControl):
                 return job
         fq = self.function(function)
         size = held_bytes(function, unique, data, reducer)
-        # A replayed job was accepted once already; limits only guard new work.
-        if not store_id:
-            if fq.full(priority, tcp and self.unix_share):
-                fq.stats.refused[MAXQUEUE][priority] += 1
-                share = "" if fq.full(priority) else ": TCP peers' jobs hold their 3/4 of it"
-                raise QueueFull(
-                    f"function {function.decode(errors='replace')} is at its maxqueue{share}"
-                )
-            q = self.queued  # its checks inline: this runs for every job
-            if q.limit and (q.held + size > q.limit or (tcp and q.tcp_held + size > q.tcp_limit)):
-                fq.stats.refused[BYTES][priority] += 1
-                raise QueueFull(
-                    f"function {function.decode(errors='replace')}: {q.refusal(size, tcp)};"
-                    " [server] max_queued_bytes under farm up)"
-                )
-        handle = self.prefix + str(next(self._counter)).encode()
-        job = Job(
-            handle, function, unique, data, priority, background, reducer, when, next(self._seq)
-        )
-        job.key = key
-        job.local = local
-        staged = False
-        if store_id:
-            job.store_id = store_id
-        elif background and self.store is not None:
-            job.store_id = self._store_add(job, priority)  # may raise: nothing registered yet
-            staged = True
+        try:
+            # A replayed job was accepted once already; limits only guard new work.
+            if not store_id:
+                if fq.full(priority, tcp and self.unix_share):
+                    fq.stats.refused[MAXQUEUE][priority] += 1
+                    share = "" if fq.full(priority) else ": TCP peers' jobs hold their 3/4 of it"
+                    raise QueueFull(
+                        f"function {function.decode(errors='replace')} is at its maxqueue{share}"
+                    )
+                q = self.queued  # its checks inline: this runs for every job
+                if q.limit and (
+                    q.held + size > q.limit or (tcp and q.tcp_held + size > q.tcp_limit)
+                ):
+                    fq.stats.refused[BYTES][priority] += 1
+                    raise QueueFull(
+                        f"function {function.decode(errors='replace')}: {q.refusal(size, tcp)};"
+                        " [server] max_queued_bytes under farm up)"
+                    )
+            handle = self.prefix + str(next(self._counter)).encode()
+            job = Job(
+                handle, function, unique, data, priority, background, reducer, when, next(self._seq)
+            )
+            job.key = key
+            job.local = local
+            staged = False
+            if store_id:
+                job.store_id = store_id
+            elif background and self.store is not None:
+                job.store_id = self._store_add(job, priority)  # may raise: nothing registered yet
+                staged = True
+        except BaseException:
+            # Refused (QueueFull, StoreError): an entry made here for a new name joins the
+            # idle ones, freed in their turn. Left out, each refused submit to a new name
+            # kept one for good: 10,000 of them held 52 MB, and over TCP they filled
+            # --max-functions, after which no TCP peer could name a new function.
+            self.note_unused(function)
+            raise
         job.size = size
         q = self.queued
         q.held += size
