@@ -297,8 +297,11 @@ def run_admin(
     if over_tcp and makes is not None and (made := makes(words[1:])) is not None:
         # As for the binary protocol's TCP peers (Connection.function_ok): with --tcp-admin
         # full, any local user could otherwise make functions without bound.
-        functions = server.jobs.functions
-        if as_raw(made) not in functions and len(functions) >= server.options.max_functions:
+        # Counted by the same rule: idle entries are freed to make room (room_for_new).
+        jobs = server.jobs
+        if as_raw(made) not in jobs.functions and not jobs.room_for_new(
+            server.options.max_functions
+        ):
             return TOO_MANY
     # cancel counts its words as gearmand does; the others take `show jobs ` as `show jobs`
     args = _gearmand_args(line) if name == "cancel" else words[1:]

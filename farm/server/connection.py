@@ -312,9 +312,10 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, PeerOptions, a
             code, why = problem
             self.send(error(code, f"{what} {why}"))
             return False
-        if self.tcp and len(self.jobs.functions) >= self.hub.options.max_functions:
+        if self.tcp and not self.jobs.room_for_new(self.hub.options.max_functions):
             # Each costs memory, a line of `status` and a series of the metrics: local users
             # must not make them without bound (the farm's own peers on the Unix socket may).
+            # Idle entries count for nothing: they are freed to make room (room_for_new).
             self.send(error("QUEUE_ERROR", "the server holds --max-functions functions"))
             if priority is None:
                 self.hub.stats.registrations_refused["max_functions"] += 1

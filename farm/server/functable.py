@@ -4,7 +4,7 @@ holds a job, a worker or a limit of its own, and an idle one freed in its turn.
 A mixin of :class:`farm.server.jobs.JobServer` (split off along this seam). gearmand keeps
 every name it ever saw, and `status` lists them; here the idle ones are kept up to
 MAX_IDLE_FUNCTIONS, the oldest freed past it, so that a flood of distinct names cannot hold
-memory for good.
+memory for good, and --max-functions counts only the entries in use (``room_for_new``).
 """
 
 from __future__ import annotations
@@ -54,6 +54,18 @@ class FunctionTable:
         idle[name] = None
         while len(idle) > MAX_IDLE_FUNCTIONS:
             self._free_oldest_idle()
+
+    def room_for_new(self, limit: int) -> bool:
+        """Whether a function the server does not hold may be added under ``limit``
+        (--max-functions) entries. Idle ones are not the server's to keep (docs/server.md):
+        the oldest are freed to make room first. Counted, 50 calls that timed out on 50 names
+        nobody serves made `--max-functions 50` refuse every new name for good. The one
+        rule of both places that add a name for a TCP peer (Connection.function_ok, the
+        admin's `create function` and `maxqueue`)."""
+        functions, idle = self.functions, self.idle
+        while len(functions) >= limit and idle:
+            self._free_oldest_idle()
+        return len(functions) < limit
 
     def _free_oldest_idle(self) -> None:
         """Forget the oldest idle name; its entry is freed if it is still unused (a job or

@@ -44,3 +44,23 @@ def test_a_refused_submit_leaves_a_function_in_use_as_it_was() -> None:
         jobs.submit(None, b"f", b"", b"z" * 1200, background=True)
     assert jobs.functions[b"f"].queued == 1 and worker in jobs.functions[b"f"].workers
     assert b"f" not in jobs.idle
+
+
+def test_room_for_a_new_function_frees_idle_entries_never_live_ones() -> None:
+    # --max-functions counted the up to 1024 idle entries the server keeps: 50 calls that
+    # timed out on 50 names nobody serves made `--max-functions 50` refuse every new name.
+    jobs = JobServer(hostname="t")
+    for i in range(3):  # calls that timed out: their clients closed, their jobs dropped
+        client = FakePeer()
+        jobs.submit(client, b"gone%d" % i, b"", b"x")
+        jobs.detach_client(client)  # its queued foreground job is dropped: the name is idle
+    jobs.submit(None, b"queued", b"", b"x", background=True)
+    worker = FakePeer()
+    jobs.can_do(worker, b"served")
+    assert len(jobs.functions) == 5
+    assert jobs.room_for_new(5), "an idle entry is freed for the new name"
+    assert len(jobs.functions) == 4 and b"gone0" not in jobs.functions, "the oldest first"
+    assert jobs.room_for_new(4) and set(jobs.functions) == {b"gone2", b"queued", b"served"}
+    assert jobs.room_for_new(3) and set(jobs.functions) == {b"queued", b"served"}
+    assert not jobs.room_for_new(2), "live entries count"
+    assert set(jobs.functions) == {b"queued", b"served"}

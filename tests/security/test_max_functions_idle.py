@@ -1,0 +1,60 @@
+"""--max-functions bounds the functions the server holds for a reason (a job, a worker, a
+limit of its own, an admin's `create function`); the idle entries it keeps for `status`
+(up to MAX_IDLE_FUNCTIONS) are freed to make room, as docs/server.md says they are."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+import farm
+from farm.protocol import PacketType as T
+from tests.helpers.peers import Peer
+from tests.helpers.servers import start_farm_server
+from tests.helpers.waiting import wait_for
+
+
+def test_idle_functions_leave_room_for_new_ones_past_max_functions(
+    peer_factory: Callable[[str], Peer],
+) -> None:
+    # Five calls that timed out on five names nobody serves: once their client closed, the
+    # names were idle, yet counted, and `--max-functions 5` refused every new name of every
+    # TCP peer (submits, registrations, the admin's `create function`) for good.
+    srv = start_farm_server("--max-functions", "5", "--tcp-admin", "full")
+    try:
+        with farm.Client(srv.addr) as client:
+            for i in range(5):
+                with pytest.raises(farm.Timeout):
+                    client.call(f"gone{i}", "x", timeout=0.2)
+        admin = peer_factory(srv.addr)
+        wait_for(  # the closed client's queued jobs dropped: five idle names, no job
+            "the given-up jobs to be dropped",
+            lambda: (
+                (rows := admin.admin("status").splitlines()[:-1])
+                and len(rows) == 5
+                and all(row.split("\t")[1:] == ["0", "0", "0"] for row in rows)
+            ),
+        )
+        tcp = peer_factory(srv.addr)
+        tcp.send(T.SUBMIT_JOB_BG, "fresh", "", "x")
+        tcp.expect(T.JOB_CREATED)
+        tcp.send(T.CAN_DO, "served")
+        tcp.send(T.ECHO_REQ, "after the CAN_DO")
+        tcp.expect(T.ECHO_RES)  # an ERROR came first when it was refused
+        assert admin.admin("create function made") == "OK\r\n"
+        listed = {row.split("\t")[0] for row in admin.admin("status").splitlines()[:-1]}
+        assert {"fresh", "served", "made"} <= listed and len(listed) == 5
+        # The functions in use still count: two more idle names to free, then none.
+        tcp.send(T.CAN_DO, "x1")
+        tcp.send(T.CAN_DO, "x2")
+        tcp.send(T.CAN_DO, "x3")
+        assert tcp.expect(T.ERROR).args == (
+            b"QUEUE_ERROR",
+            b"the server holds --max-functions functions",
+        )
+        assert admin.admin("create function y") == (
+            "ERR QUEUE_ERROR the+server+holds+--max-functions+functions\r\n"
+        )
+    finally:
+        srv.stop()
