@@ -23,6 +23,7 @@ from typing import Any
 
 from farm.errors import JobException, ServerError, ServerUnavailable
 from farm.protocol.codec import Packet, PacketType, ProtocolError, encode_req, text_bytes, wire_text
+from farm.protocol.copies import Copies
 from farm.protocol.decoder import Decoder, Oversized
 from farm.protocol.events import ServerErrorNotice
 from farm.protocol.tasks import (
@@ -94,12 +95,8 @@ class ClientSession:
         # can hand them out whole and take one back (withdraw_queued).
         self._queued: deque[int] = deque()
         self._running: dict[str, list[Task[Any]]] = {}  # handle → foreground tasks on it
-        # Of a job this connection joined more than once: how many WORK_DATA/STATUS/WARNING
-        # each of its tasks heard (see _hearers).
-        self._heard: dict[str, dict[int, int]] = {}
-        # Abandoned tasks of jobs still running: the server goes on sending their copies of
-        # the job's packets (one per submit), which must not reach the other tasks.
-        self._silent: dict[str, list[Task[Any]]] = {}
+        # Which task hears each copy of a job's news (one per submit, given up or not).
+        self._copies = Copies()
         self.closed = False
         # The server answered a request with ERROR: it may close the connection next (farm
         # does after a packet over its --max-packet), so an idle one is not used again.
@@ -227,8 +224,9 @@ class ClientSession:
                 waiting.remove(task)
                 if not waiting:
                     del self._running[task.handle]
-                self._silent.setdefault(task.handle, []).append(task)  # until the job ends
-                task.data, task.owner = b"", None  # its identity is all the count needs
+                # Its copies still come: counted (not the task) until the job ends.
+                self._copies.given_up(task.handle, task)
+                task.data, task.owner = b"", None  # what the caller may hold on to holds none
 
     def _check_open(self) -> None:
         if self.closed:
@@ -270,35 +268,21 @@ class ClientSession:
         if task.background:
             task.done = True
         else:
-            heard = self._heard.get(handle)
-            if heard:  # it joins between rounds of copies: at the count the others are at
-                heard[id(task)] = max(heard.values())
-            if not task.abandoned:
-                self._running.setdefault(handle, []).append(task)
-            else:  # given up before it was created: its copies come all the same
-                self._silent.setdefault(handle, []).append(task)
+            if not task.abandoned:  # given up before it was created: its copies come all
+                self._running.setdefault(handle, []).append(task)  # the same (Copies)
+            self._copies.created(handle, task)
         events.append(JobCreated(task=task))
 
     def _ended(self, handle: str) -> list[Task[Any]]:
         """The tasks a job's end is for: all of them at once. (A server sends it once per
         submit; the later copies find none.)"""
-        self._heard.pop(handle, None)
-        self._silent.pop(handle, None)
+        self._copies.ended(handle)
         return self._running.pop(handle, [])
 
     def _hearers(self, handle: str) -> list[Task[Any]]:
-        """The tasks a job's WORK_DATA, STATUS or WARNING is for: every one of the handle,
-        which is one but for a job this connection joined twice (one unique). Then the
-        server (farm, gearmand) sends each packet once per submit, and each copy goes to
-        the task that has heard least, so that each hears it once."""
-        tasks = self._running.get(handle, [])
-        silent = self._silent.get(handle)
-        if len(tasks) < 2 and not silent:
-            return tasks
-        heard = self._heard.setdefault(handle, {})
-        task = min([*tasks, *(silent or ())], key=lambda t: heard.get(id(t), 0))
-        heard[id(task)] = heard.get(id(task), 0) + 1
-        return [] if task.abandoned else [task]  # an abandoned task's copy is dropped
+        """The tasks a job's WORK_DATA, STATUS or WARNING is for: its one task, or for a job
+        this connection joined twice (one unique), the one this copy is for (Copies)."""
+        return self._copies.hearers(handle, self._running.get(handle, []))
 
     def _on_complete(self, packet: Packet, events: list[object]) -> None:
         for task in self._ended(wire_text(packet.args[0])):
@@ -398,6 +382,5 @@ class ClientSession:
         self._out.clear()  # what had not left owes no answer now: it goes nowhere
         self._queued.clear()
         self._running.clear()
-        self._heard.clear()
-        self._silent.clear()
+        self._copies.clear()
         return lost

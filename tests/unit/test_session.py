@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from farm.errors import JobException, JobFailed, ServerError, ServerUnavailable
-from farm.protocol import Decoder, ProtocolError, encode_res
+from farm.protocol import Decoder, ProtocolError, copies, encode_res
 from farm.protocol import PacketType as PT
 from farm.protocol.client import (
     ClientSession,
@@ -336,6 +336,32 @@ def test_a_task_that_joins_late_hears_each_later_packet_once() -> None:
     s.receive(encode_res(PT.JOB_CREATED, b"H:2"))
     got = s.receive(encode_res(PT.WORK_DATA, b"H:2", b"late") * 3)
     assert sorted(id(ev.task) for ev in got) == sorted(map(id, (c, d, e)))
+
+
+def test_given_up_submits_are_remembered_for_the_newest_jobs_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A long-lived client's calls that timed out on jobs that never end each kept their
+    task until the connection closed. Now a count per job is kept, for MAX_SILENT jobs, the
+    oldest forgotten first; a retry on a kept job's key still hears each packet once."""
+    monkeypatch.setattr(copies, "MAX_SILENT", 3)
+    s = ClientSession()
+    for n in range(5):
+        given_up = Task("f", b"x", unique=f"k{n}")
+        s.submit(given_up)
+        if n % 2:
+            s.abandon(given_up)  # before its JOB_CREATED
+        s.receive(encode_res(PT.JOB_CREATED, b"H:%d" % n))
+        s.abandon(given_up)
+    assert list(s._copies._silent) == ["H:2", "H:3", "H:4"]
+    retry = Task("f", b"x", unique="k2")
+    s.submit(retry)
+    s.receive(encode_res(PT.JOB_CREATED, b"H:2"))
+    events = s.receive(encode_res(PT.WORK_DATA, b"H:2", b"d") * 2)
+    assert [(e.task, e.data) for e in events] == [(retry, b"d")]
+    assert s.receive(encode_res(PT.WORK_COMPLETE, b"H:0", b"late")) == []
+    s.connection_lost()
+    assert not s._copies._silent
 
 
 def test_a_reply_over_the_limit_fails_its_job_and_the_stream_goes_on() -> None:
