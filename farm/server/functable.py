@@ -75,7 +75,10 @@ class FunctionTable:
         fq = self.functions.get(oldest)
         if fq is not None and self._unused(fq):
             del self.functions[oldest]
-            if fq.in_other:  # the metrics' other must not drop (farm.server.exposition)
+            # The metrics' other must not drop (farm.server.exposition), nor miss what a
+            # name nobody served counted before a scrape summed it there: a flood of
+            # submits refused to new names frees most of them between two scrapes.
+            if fq.in_other or not fq.served:
                 self.other_retired.absorb(fq.stats)
 
     def _unused(self, fq: FunctionQueue) -> bool:

@@ -200,6 +200,6 @@ class JobControl:
             self._unqueue(job)
             self._end(job, Outcome.FAIL)
         del self.functions[name]
-        if fq.in_other:  # the metrics' other must not drop (farm.server.exposition)
+        if fq.in_other or not fq.served:  # other keeps its counts (FunctionTable's rule)
             self.other_retired.absorb(fq.stats)
         return True

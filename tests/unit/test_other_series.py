@@ -8,11 +8,12 @@ counts the rest again. The real server's path is in tests/monitoring/test_server
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from farm.server.exposition import exposition
 from farm.server.hub import Hub
-from farm.server.jobs import MAX_IDLE_FUNCTIONS
+from farm.server.jobs import MAX_IDLE_FUNCTIONS, QueueFull
 from farm.server.metrics import BYTES
 from farm.server.options import parse_args
 from farm.server.queues import SERVED_OVER_TCP
@@ -102,3 +103,23 @@ def test_other_keeps_the_refusals_of_a_function_that_leaves_it() -> None:
             if s.name == "farm_jobs_refused_total" and s.value
         }
         assert after == {("other", "bytes", "low"): 2, ("a", "bytes", "low"): 2}
+
+
+def test_refusals_of_names_freed_before_any_scrape_stay_counted_in_other() -> None:
+    # A submit refused for --max-queued-bytes leaves the new name it made idle, freed in its
+    # turn (farm.server.functable); freed before a scrape had summed it in other, what it
+    # counted was in no series: a flood of refused submits to new names read as at most
+    # MAX_IDLE_FUNCTIONS of them.
+    hub = Hub(parse_args(["--store", "none", "--max-queued-bytes", "2048"]))
+    hub.jobs.submit(None, b"filler", b"", b"z" * 1200, background=True)
+    flood = MAX_IDLE_FUNCTIONS + 100
+    for i in range(flood):
+        with pytest.raises(QueueFull):
+            hub.jobs.submit(None, b"fresh%d" % i, b"", b"x", background=True)
+    refused = sum(
+        s.value
+        for family in text_string_to_metric_families(exposition(hub).decode())
+        for s in family.samples
+        if s.name == "farm_jobs_refused_total" and s.labels["reason"] == "bytes"
+    )
+    assert refused == flood
