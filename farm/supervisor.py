@@ -39,7 +39,7 @@ from farm.pools import sdnotify
 from farm.pools.bootcheck import children_environ
 from farm.pools.commandjobs import CommandJobs
 from farm.pools.commandstart import CommandStart
-from farm.pools.control import ControlConnection, ControlServer, open_control
+from farm.pools.controlserver import ControlConnection, ControlServer, open_control
 from farm.pools.executorduties import ExecutorDuties
 from farm.pools.leftbehind import LeftBehind, instance_token
 from farm.pools.lifecycle import POLL, TIMEOUT_GRACE, Lifecycle
@@ -329,13 +329,13 @@ class Supervisor(
         return max(0.0, min(delay, ping if ping is not None else delay))
 
     def wait(self, timeout: float) -> None:
+        if self.control is not None:  # a listener paused back, silent clients dropped
+            timeout = min(timeout, self.control.tend(self.selector, time.monotonic()))
         for key, _ in self.selector.select(timeout):
             if key.data == "wakeup":
                 self.waker.drain()
-            elif key.data == "accept":
-                conn = self.control.accept() if self.control else None
-                if conn is not None:
-                    self.selector.register(conn, selectors.EVENT_READ, conn)
+            elif key.data == "accept" and self.control is not None:
+                self.control.take(self.selector)
             elif isinstance(key.data, ControlConnection):
                 try:
                     self.read_request(key.data)

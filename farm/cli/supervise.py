@@ -99,15 +99,19 @@ def up(
         journal_format="%(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    supervisor: Supervisor | None = None
     try:
         # Absolute, so that what a reload says names the file wherever `farm reload` runs.
-        code = Supervisor(cfg, str(path.absolute()) if path else None, log_format).run()
+        supervisor = Supervisor(cfg, str(path.absolute()) if path else None, log_format)
+        code = supervisor.run()
     except ConfigError as e:  # a control socket its path cannot hold
         fail(str(e), 2, log_format=cfg.supervisor.log_format)
     except FarmError as e:
         fail(str(e), 1, log_format=cfg.supervisor.log_format)
-    except OSError as e:
-        fail(f"cannot start: {e}", 1, log_format=cfg.supervisor.log_format)
+    except OSError as e:  # once it ran, "cannot start" sent a reader after the wrong cause
+        ran = supervisor is not None and supervisor.ready_sent
+        said = "stopped on an error" if ran else "cannot start"
+        fail(f"{said}: {e}", 1, log_format=cfg.supervisor.log_format)
     raise typer.Exit(code)
 
 

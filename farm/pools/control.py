@@ -6,7 +6,7 @@ and reads one line back: ``{"ok": true, ...}`` or ``{"ok": false, "error":
 "...", "usage": true}`` (``usage`` marks a bad request: exit code 2). A request
 may carry ``"config"``, the file its client named: the supervisor refuses it when it
 runs another (``another_farm``). The server side never blocks the supervisor's loop:
-it is driven by the loop's selector (``ControlServer.accept`` / ``ControlConnection.read``).
+it is driven by the loop's selector (farm.pools.controlserver).
 """
 
 from __future__ import annotations
@@ -18,15 +18,11 @@ import socket
 from collections.abc import Generator
 from typing import Any
 
-from farm.errors import ConfigError, FarmError
-from farm.paths import UnsafeDirectory, check_runtime_path, make_dirs
-from farm.pools.places import control_place_error, refuse_non_socket
-from farm.unixsocket import clear_socket_path, peer_credentials
+from farm.errors import FarmError
+from farm.paths import UnsafeDirectory, check_runtime_path
+from farm.unixsocket import peer_credentials
 
 __all__ = [
-    "ControlServer",
-    "open_control",
-    "ControlConnection",
     "ControlUnavailable",
     "request",
     "follow",
@@ -244,138 +240,3 @@ def _silent(path: str, pid: int, timeout: float) -> str:
         f"{who} at {path} did not answer within {timeout:g}s: stopped or hung? what was asked"
         " may still happen once it runs on (systemctl status farm; the log)"
     )
-
-
-def open_control(path: str, source: str) -> ControlServer:
-    """The control socket at ``[supervisor] control`` of the config read from ``source``; a
-    path it cannot be made at (a directory it may not write, /proc) is the config's mistake:
-    a ConfigError naming the file and the key (exit 2, which systemd does not restart)."""
-    error = control_place_error(path, source)
-    if error is not None:  # asked first: `farm check` asks the same, making nothing
-        raise error
-    try:
-        return ControlServer(path, source)
-    except OSError as exc:
-        why = exc.strerror or str(exc)
-        raise ConfigError(
-            f"{source}: supervisor.control: cannot make the socket {path}: {why}; set it to"
-            " a path in a directory the farm may write, e.g. /run/farm/control.sock"
-        ) from None
-
-
-class ControlServer:
-    """The listening socket; refuses to steal a path another supervisor still answers on."""
-
-    def __init__(self, path: str, source: str | None = None) -> None:
-        self.path = path  # source: the config file that names it, for its refusals
-        check_runtime_path(path)  # UnsafeDirectory (a FarmError): `farm up` stops, one line
-        directory = os.path.dirname(path) or "."
-        make_dirs(directory, 0o700)
-        if os.path.lexists(path):
-            refuse_non_socket(path, source)  # again: a file may have come since open_control asked
-            try:
-                pong = request(path, {"cmd": "ping"}, timeout=1.0)
-            except ControlUnavailable:
-                try:
-                    clear_socket_path(path)  # left by a supervisor that died; else it stays
-                except OSError as exc:
-                    raise FarmError(
-                        f"another process answers at {path} (a busy supervisor?): {exc}"
-                    ) from None
-            else:
-                pid = pong.get("pid")
-                who = f" (pid {pid})" if isinstance(pid, int) else ""
-                raise FarmError(f"another supervisor{who} is running: it answers at {path}")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)  # no window in which others could connect
-        try:
-            self.sock.bind(path)
-        finally:
-            os.umask(old)
-        self.sock.listen(64)
-        self.sock.setblocking(False)
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def accept(self) -> ControlConnection | None:
-        try:
-            conn, _ = self.sock.accept()
-        except (BlockingIOError, InterruptedError):
-            return None
-        conn.setblocking(False)
-        return ControlConnection(conn)
-
-    def close(self) -> None:
-        self.sock.close()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-
-class ControlConnection:
-    """One client: collects its request line, then gets one reply and is closed."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buf = b""
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def read(self) -> dict[str, Any] | None:
-        """The request once a whole line is in; None while waiting. Raises EOFError if gone."""
-        try:
-            data = self.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return None
-        except OSError:
-            data = b""
-        if not data:
-            raise EOFError
-        self.buf += data
-        if b"\n" not in self.buf:
-            if len(self.buf) > MAX_REQUEST:
-                raise EOFError
-            return None
-        try:
-            message = json.loads(self.buf.partition(b"\n")[0])
-        except ValueError:
-            message = None
-        if not isinstance(message, dict):
-            return {"cmd": None}
-        return message
-
-    def gone(self) -> bool:
-        """Whether the client hung up after asking (a CLI that timed out waiting): a change
-        it asked for is then not made, since nobody would learn of it."""
-        try:
-            return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            return True
-
-    def send(self, message: dict[str, Any]) -> bool:
-        """One line of a reply that goes on (`farm stop` following the drain); the
-        connection stays open. False, and closed, when the client stopped reading."""
-        try:
-            self.sock.setblocking(True)
-            self.sock.settimeout(0.2)
-            self.sock.sendall(json.dumps(message).encode() + b"\n")
-            return True
-        except OSError:
-            self.sock.close()
-            return False
-
-    def reply(self, message: dict[str, Any]) -> None:
-        """Send the reply and close; a client that stopped reading is dropped."""
-        try:
-            self.sock.setblocking(True)
-            self.sock.settimeout(1.0)
-            self.sock.sendall(json.dumps(message).encode() + b"\n")
-        except OSError:
-            pass
-        finally:
-            self.sock.close()

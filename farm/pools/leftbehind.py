@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 from farm.config import Config
 from farm.pools import lastrun
-from farm.pools.control import ControlServer
+from farm.pools.controlserver import ControlServer
 
 __all__ = [
     "INSTANCE_VAR",

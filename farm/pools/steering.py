@@ -23,7 +23,8 @@ from farm.config.rules import on_running_farm
 from farm.discovery import find_config
 from farm.errors import ConfigError
 from farm.pools import sdnotify
-from farm.pools.control import ControlConnection, another_farm, parse_restart_name, parse_scale
+from farm.pools.control import another_farm, parse_restart_name, parse_scale
+from farm.pools.controlserver import ControlConnection
 from farm.pools.pstable import ProcessTable
 
 if TYPE_CHECKING:

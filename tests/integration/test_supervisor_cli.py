@@ -70,7 +70,7 @@ def test_a_control_socket_the_system_refuses_is_a_config_error(tmp_path: Path) -
     # What no look before start can see (a directory this user may not write) is found
     # making the socket: the same kind of line, for `farm up` to exit 2 with.
     from farm.errors import ConfigError
-    from farm.pools.control import open_control
+    from farm.pools.controlserver import open_control
 
     with pytest.raises(ConfigError) as info:
         open_control("/proc/ctl.sock", str(path))
@@ -171,7 +171,7 @@ def test_steering_commands_need_only_the_control_path(tmp_path: Path, command: l
 def test_a_control_path_naming_a_file_refuses_and_keeps_the_file(tmp_path: Path) -> None:
     # A typo (control = "/etc/farm/farm.toml") deleted the file it named.
     from farm.errors import FarmError
-    from farm.pools.control import ControlServer
+    from farm.pools.controlserver import ControlServer
 
     precious = tmp_path / "precious.txt"
     precious.write_text("keep me")

@@ -15,7 +15,7 @@ import pytest
 
 from farm.config import ServerConfig
 from farm.executor import signing, spill
-from farm.pools.control import ControlServer
+from farm.pools.controlserver import ControlServer
 from farm.pools.localserver import LocalServer
 from farm.server.reserve import DiskReserve
 from farm.server.storeopen import open_database

@@ -1,0 +1,103 @@
+"""The control socket of a farm at its descriptor limit, and under clients that say nothing."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import psutil
+import pytest
+
+from farm.pools.control import ControlUnavailable, request
+from farm.pools.controlserver import MAX_WAITING, SILENT_FOR
+from tests.helpers.farmproc import FarmUp
+
+pytestmark = pytest.mark.timeout(60)
+
+ONE_WORKER = '[functions.reverse]\ntarget = "workers.text:reverse"\nworkers = 1\n'
+
+
+def lowest_free_fd(pid: int) -> int:
+    """The descriptor the process's next open() would get."""
+    taken = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    return next(fd for fd in range(len(taken) + 1) if fd not in taken)
+
+
+def test_accept_at_the_descriptor_limit_pauses_the_control_socket_not_the_farm(
+    tmp_path: Path,
+) -> None:
+    # accept() failing with EMFILE raised out of the supervisor's loop: "farm: cannot start:
+    # [Errno 24] Too many open files", exit 1, hours into a run, its server and workers gone.
+    up = FarmUp(tmp_path, ONE_WORKER, metrics=False)
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 1})
+        supervisor = psutil.Process(up.proc.pid)
+        soft, hard = supervisor.rlimit(psutil.RLIMIT_NOFILE)
+        supervisor.rlimit(psutil.RLIMIT_NOFILE, (lowest_free_fd(up.proc.pid), hard))
+        try:
+            with pytest.raises(ControlUnavailable, match="did not answer"):
+                request(up.control, {"cmd": "ps"}, timeout=2.5)  # a pause or two
+            assert up.proc.poll() is None, up.read_log()
+        finally:
+            supervisor.rlimit(psutil.RLIMIT_NOFILE, (soft, hard))
+        # Once a descriptor is free again it answers, within a pause.
+        assert request(up.control, {"cmd": "ping"}, timeout=5)["ok"]
+        said = [line for line in up.read_log().splitlines() if "cannot accept" in line]
+        assert len(said) == 1, said  # said once, not at each try
+        assert "Too many open files" in said[0] and "LimitNOFILE" in said[0], said
+    finally:
+        assert up.stop() == 0, up.log_path.read_text()
+
+
+def test_silent_control_clients_are_capped_the_longest_waiting_closed(tmp_path: Path) -> None:
+    # Each connection that never sent its request held a descriptor of the supervisor's for
+    # good: enough of them and the farm met its limit (above).
+    up = FarmUp(tmp_path, ONE_WORKER, metrics=False)
+    held: list[socket.socket] = []
+    try:
+        up.expect_notify("READY=1")
+        fds = len(os.listdir(f"/proc/{up.proc.pid}/fd"))
+        for _ in range(MAX_WAITING + 1):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(up.control)
+            held.append(sock)
+        held[0].settimeout(SILENT_FOR / 2)  # the cap, not its silence, closes it
+        assert held[0].recv(1) == b""  # the one that waited longest: closed
+        assert request(up.control, {"cmd": "ping"}, timeout=5)["ok"]
+        # No more than the cap held (a worker's pipes may come and go: a little slack).
+        assert len(os.listdir(f"/proc/{up.proc.pid}/fd")) <= fds + MAX_WAITING + 2
+    finally:
+        for sock in held:
+            sock.close()
+        assert up.stop() == 0, up.log_path.read_text()
+
+
+#: The supervisor run with an OSError raised out of its loop once it said READY=1: what
+#: nothing in the loop should raise now, and what "cannot start" named hours into a run.
+FAILS_ONCE_READY = """
+import errno
+from farm.supervisor import Supervisor
+sweep = Supervisor.sweep_spill
+def failing(self):
+    if self.ready_sent:
+        raise OSError(errno.EMFILE, "Too many open files")
+    sweep(self)
+Supervisor.sweep_spill = failing
+from farm.cli import main; main()
+"""
+
+
+def test_an_error_out_of_a_running_farm_is_not_called_a_start(tmp_path: Path) -> None:
+    up = FarmUp(tmp_path, ONE_WORKER, metrics=False, start=False)
+    up.code = FAILS_ONCE_READY
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        assert up.proc.wait(20) == 1
+    finally:
+        up.stop()
+    said = up.log_path.read_text()
+    assert "farm: stopped on an error: [Errno 24] Too many open files" in said, said
+    assert "cannot start" not in said, said
