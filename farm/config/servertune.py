@@ -38,6 +38,7 @@ TUNING: dict[str, tuple[str, str | tuple[str, ...]]] = {
     "max_abilities": ("--max-abilities", "int"),
     "max_tcp_abilities": ("--max-tcp-abilities", "int"),
     "max_functions": ("--max-functions", "int"),
+    "stall_timeout": ("--stall-timeout", "number"),
     "wake_deadline": ("--wake-deadline", "number"),
     "keepalive_idle": ("--keepalive-idle", "int"),
     "keepalive_interval": ("--keepalive-interval", "int"),

@@ -28,7 +28,7 @@ from farm.server.jobs import Job
 
 log = logging.getLogger("farm.server")
 #: One line each 10 s at most: any local user could make many (farm.server.connection).
-over_unread, over_partial = Brief(log), Brief(log)
+over_unread, over_partial, over_stall = Brief(log), Brief(log), Brief(log)
 #: Packets of one connection's read acted on in one loop turn; the rest wait for the next
 #: (``defer``), so no peer's burst holds the others for the whole of it.
 READ_SLICE = 16
@@ -62,6 +62,7 @@ class BackPressure:
     reading: bool
     waiting_on: set[BackPressure]
     held_back: set[BackPressure]
+    stall_timer: asyncio.TimerHandle | None  # this client holds a worker up (time_stall)
 
     def defer(self, events: Iterator[Event]) -> None:
         """Leave the rest of a read for a later loop turn, not reading meanwhile: a peer
@@ -217,16 +218,61 @@ class BackPressure:
 
     def wait_for_readers(self, job: Job) -> None:
         """Stop reading this worker until the clients of ``job`` that stopped reading
-        (their transport past the high-water mark) have drained what they were sent."""
+        (their transport past the high-water mark) have drained what they were sent; a
+        client that drains nothing for --stall-timeout is disconnected (``stalled``)."""
         for client in job.clients:
             if not isinstance(client, BackPressure) or client is self or client.closed:
                 continue
             if client.write_paused:
+                if not client.held_back:
+                    client.time_stall()
                 client.held_back.add(self)
                 self.waiting_on.add(client)
         self.update_reading()
 
+    def let_go(self, job: Job) -> None:
+        """The job model no longer counts ``job`` as this worker's (it ended, timed out, was
+        taken back): its clients' reading holds the worker no longer. What it still streams
+        for the job is read and dropped (``expired``), as gearmand serves on. All its waits
+        end: the next news of a job it still holds waits again where it must."""
+        self.stop_waiting()
+        self.update_reading()
+
+    def stop_waiting(self) -> None:
+        for client in self.waiting_on:
+            client.held_back.discard(self)
+        self.waiting_on.clear()
+
+    def time_stall(self) -> None:
+        """A worker is held up by this client's not reading: past --stall-timeout without a
+        drain (``release_held_back``), the client goes, not the worker."""
+        if self.stall_timer is not None:
+            self.stall_timer.cancel()
+        loop = self.hub.loop
+        if loop is not None:  # a server driven by hand, as in tests, has no timers
+            self.stall_timer = loop.call_later(self.hub.options.stall_timeout, self.stalled)
+
+    def stalled(self) -> None:
+        """Its unread bytes are what holds the worker: disconnected, as --max-unread-bytes
+        would have done had the worker's stream been read into them."""
+        self.stall_timer = None
+        if self.closed or not self.write_paused or not self.held_back:
+            return
+        over_stall(
+            "fd %d (%s): read none of its replies for %g s while %d worker(s) stream to it"
+            " (--stall-timeout); disconnecting it",
+            self.fd,
+            self.ip,
+            self.hub.options.stall_timeout,
+            len(self.held_back),
+        )
+        self.release_held_back()
+        self.abort()
+
     def release_held_back(self) -> None:
+        if self.stall_timer is not None:
+            self.stall_timer.cancel()
+            self.stall_timer = None
         held, self.held_back = self.held_back, set()
         for worker in held:
             worker.waiting_on.discard(self)

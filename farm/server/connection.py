@@ -100,6 +100,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, PeerOptions, a
         self.reading = True
         self.waiting_on: set[BackPressure] = set()  # clients this worker waits for
         self.held_back: set[BackPressure] = set()  # workers waiting for this client
+        self.stall_timer: asyncio.TimerHandle | None = None  # (BackPressure.time_stall)
         # Held grab (docs/held-grab.md): negotiated; the grab packet held (0: none); a job
         # pushed to this worker and not yet accepted, with its deadline.
         self.used_admin = False
@@ -157,9 +158,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, PeerOptions, a
         self.closed = True
         self.hub.slow_readers.discard(self)
         self.release_held_back()
-        for client in self.waiting_on:
-            client.held_back.discard(self)
-        self.waiting_on.clear()
+        self.stop_waiting()
         self.hub.count_partial(-self.partial, self.tcp)
         self.partial = 0
         self.hub.unaccepted.discard(self)

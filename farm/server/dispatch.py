@@ -336,6 +336,7 @@ class Dispatch(Abilities):
     def _stop_running(self, worker: Peer, job: Job) -> None:
         worker.running.pop(job.handle, None)
         job.worker = None
+        worker.let_go(job)  # a client not reading holds a worker up for its job only
         self.functions[job.function].running -= 1
         if job.expiry is not None:
             job.expiry.discard(job)

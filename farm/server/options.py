@@ -202,6 +202,14 @@ def build_parser(
         f" (default {DEFAULTS.max_unread_bytes >> 20} MiB)",
     )
     ap.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=DEFAULTS.stall_timeout,
+        metavar="SECONDS",
+        help="how long a client that reads none of its replies may hold up a worker streaming"
+        " to it before it is disconnected (default %(default)s)",
+    )
+    ap.add_argument(
         "--wake-deadline",
         type=float,
         default=DEFAULTS.wake_deadline,
@@ -328,6 +336,8 @@ def parse_args(
     _room_for_a_packet(ap, ns)
     if not 0.01 <= ns.wake_deadline <= 60:
         ap.error("--wake-deadline must be between 0.01 and 60 seconds")
+    if not 0.1 <= ns.stall_timeout <= 86400:
+        ap.error("--stall-timeout must be between 0.1 and 86400 seconds")
     for flag, value, top in (  # Linux's bounds (setsockopt refuses past them)
         ("--keepalive-idle", ns.keepalive_idle, 32767),
         ("--keepalive-interval", ns.keepalive_interval, 32767),
@@ -387,6 +397,7 @@ def parse_args(
         max_functions=ns.max_functions,
         max_partial_bytes=ns.max_partial_bytes,
         max_unread_bytes=ns.max_unread_bytes,
+        stall_timeout=ns.stall_timeout,
         wake_deadline=ns.wake_deadline,
         keepalive_idle=ns.keepalive_idle,
         keepalive_interval=ns.keepalive_interval,

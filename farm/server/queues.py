@@ -103,6 +103,10 @@ class Peer(Protocol):
     def job_ended(self, job: Job, outcome: Outcome, data: bytes) -> None:
         """A job this client waits on ended (WORK_COMPLETE / FAIL / EXCEPTION)."""
 
+    def let_go(self, job: Job) -> None:
+        """This worker no longer holds ``job`` (it ended, timed out, was taken back): its
+        clients' reading holds the worker no longer."""
+
     def catch_up(self) -> None:
         """Act now on what the peer sent that was read and not acted on yet (a deadline of
         its job is due: an answer read before it counts)."""

@@ -86,6 +86,9 @@ class ServerOptions:
     max_functions: int = 65536  # functions the server holds before TCP peers may add none
     max_partial_bytes: int = 256 << 20  # bytes of unfinished packets all connections may hold
     max_unread_bytes: int = 256 << 20  # bytes of replies TCP peers together may leave unread
+    # Seconds a client that reads none of its replies may hold up a worker streaming to it
+    # (WORK_DATA, WARNING) before it is disconnected: the worker is not read meanwhile.
+    stall_timeout: float = 60.0
     # Seconds a woken worker has to grab, or a pushed job to be accepted, before another
     # worker gets the job (also the job model's own default, dispatch.WAKE_DEADLINE).
     wake_deadline: float = 0.5

@@ -37,6 +37,9 @@ class FakePeer:
     def job_ended(self, job: Job, outcome: Outcome, data: bytes) -> None:
         self.told.append(("ended", job.handle, outcome, data))
 
+    def let_go(self, job: Job) -> None:
+        pass  # nothing waits on its reading here
+
     def catch_up(self) -> None:
         pass  # what it sends is acted on as it comes
 

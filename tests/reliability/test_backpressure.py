@@ -10,6 +10,7 @@ leaving the most unread is disconnected (two local connections held 5 GB of resu
 from __future__ import annotations
 
 import select
+import socket
 import threading
 from collections.abc import Callable
 
@@ -109,6 +110,96 @@ def test_results_a_tcp_client_leaves_unread_count_against_max_unread_bytes(
             pass  # closed by the server
         assert results < 40, "every result was held for a client that read none"
         assert answered < 40, "the worker was handed the jobs of a client that was gone"
+        other = peer_factory(srv.addr)
+        other.send(T.ECHO_REQ, "still here")
+        assert other.expect(T.ECHO_RES).args == (b"still here",)
+    finally:
+        srv.stop()
+
+
+def streaming_worker(worker: Peer, handle: bytes, chunks: int = 320) -> threading.Event:
+    """A thread sending ``chunks`` WORK_DATA of 64 KiB (20 MiB: past what the sockets
+    between it and the client buffer) for ``handle``, then WORK_COMPLETE; set when all is
+    sent."""
+    sent = threading.Event()
+    data = p.encode_req(T.WORK_DATA, handle, b"d" * (64 << 10))
+
+    def write() -> None:
+        try:
+            for _ in range(chunks):
+                worker.sock.sendall(data)
+            worker.sock.sendall(p.encode_req(T.WORK_COMPLETE, handle, b"end"))
+        except OSError:
+            return
+        sent.set()
+
+    worker.sock.settimeout(None)
+    threading.Thread(target=write, daemon=True).start()
+    return sent
+
+
+def not_reading_client(
+    peer_factory: Callable[[str], Peer], addr: str, small: bool = True
+) -> tuple[Peer, bytes]:
+    """A client that submits a job of "stream" and from then on reads nothing; ``small``:
+    its receive buffer 4 KiB (what the server sent it before it went then comes slowly)."""
+    client = peer_factory(addr)
+    client.send(T.SUBMIT_JOB, "stream", "", "go")
+    handle = client.expect(T.JOB_CREATED).args[0]
+    if small:
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return client, handle
+
+
+@pytest.mark.timeout(60)
+def test_a_job_that_times_out_frees_its_worker_of_a_client_that_does_not_read(
+    peer_factory: Callable[[str], Peer],
+) -> None:
+    # The worker stayed unread after the job's CAN_DO_TIMEOUT had failed it: it never
+    # finished its stream, nor took another job, for as long as the client lived.
+    srv = start_farm_server()  # --stall-timeout's 60 s: only the job's end frees it here
+    try:
+        _, handle = not_reading_client(peer_factory, srv.addr)
+        worker = peer_factory(srv.addr)
+        worker.send(T.CAN_DO_TIMEOUT, "stream", "2")
+        worker.send(T.GRAB_JOB)
+        assert worker.expect(T.JOB_ASSIGN).args[0] == handle
+        sent = streaming_worker(worker, handle)
+        assert not sent.wait(1.0), "the stream was read whole: no client held the worker up"
+        assert sent.wait(20), "the worker was not read again once its job timed out"
+        other = peer_factory(srv.addr)  # a client that reads: the worker serves it now
+        other.send(T.SUBMIT_JOB, "stream", "", "next")
+        next_handle = other.expect(T.JOB_CREATED).args[0]
+        worker.send(T.GRAB_JOB)
+        pkt = worker.recv(10)
+        while pkt.type != T.JOB_ASSIGN:  # NOOPs, and no more than that: its stream was dropped
+            assert pkt.type == T.NOOP, (pkt.name, pkt.args)
+            pkt = worker.recv(10)
+        assert pkt.args[0] == next_handle
+        worker.send(T.WORK_COMPLETE, next_handle, "done")
+        assert other.expect(T.WORK_COMPLETE).args == (next_handle, b"done")
+    finally:
+        srv.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_client_that_reads_nothing_past_the_stall_timeout_is_disconnected(
+    peer_factory: Callable[[str], Peer],
+) -> None:
+    # A job with no timeout of its own: the worker streaming to a client that stopped
+    # reading waited for it for ever (its stream unread, --max-unread-bytes never reached).
+    srv = start_farm_server("--stall-timeout", "1")
+    try:
+        client, handle = not_reading_client(peer_factory, srv.addr, small=False)
+        worker = peer_factory(srv.addr)
+        worker.send(T.CAN_DO, "stream")
+        worker.send(T.GRAB_JOB)
+        assert worker.expect(T.JOB_ASSIGN).args[0] == handle
+        sent = streaming_worker(worker, handle, chunks=640)  # past loopback's larger buffers
+        assert not sent.wait(0.5), "the stream was read whole: no client held the worker up"
+        assert sent.wait(20), "the worker waited for a client that read nothing"
+        # Read only now: a client that reads is no longer one that stalls.
+        assert client.closed_within(10), "the client that read nothing was not disconnected"
         other = peer_factory(srv.addr)
         other.send(T.ECHO_REQ, "still here")
         assert other.expect(T.ECHO_RES).args == (b"still here",)
