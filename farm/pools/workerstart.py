@@ -18,6 +18,7 @@ import signal
 import time
 
 from farm.config import Config, FunctionConfig
+from farm.logrepeats import Repeats
 from farm.pools.record import RecordReader, create_record_fd
 from farm.pools.restartpolicy import crash_delay
 from farm.pools.slots import Slot, WorkerProcess
@@ -27,6 +28,8 @@ from farm.pools.workerargs import command_env, log_mark, python_argv
 __all__ = ["WorkerStart"]
 
 log = logging.getLogger("farm.supervisor")
+#: A pool's workers that cannot be started, by why: a line a minute at most for each.
+_not_started = Repeats(log, every=60.0)
 
 
 class WorkerStart:
@@ -54,8 +57,16 @@ class WorkerStart:
                 return self.spawn_command(slot, pool)
             return self.spawn_python(slot, pool)
         except OSError as e:
-            log.error("cannot start worker %s: %s", slot.name, e)
-            slot.next_start = time.monotonic() + crash_delay(slot.failures + 2)
+            # Counted as a crash is: the backoff grows (0.5 s, 1, 2 ... 30) and the slot
+            # reads as failing in `farm ps`, where a descriptor limit (EMFILE) retried it
+            # every 0.5 s for ever, each try a line of the log.
+            now = time.monotonic()
+            slot.failed(now)
+            slot.next_start = now + crash_delay(slot.failures + 1)  # never at once
+            slot.last_exit = f"could not be started: {e.strerror or e}"
+            _not_started(
+                (slot.function, e.errno), logging.ERROR, "cannot start worker %s: %s", slot.name, e
+            )
             return None
 
     def spawn_worker(self, slot: Slot, pool: FunctionConfig) -> None:

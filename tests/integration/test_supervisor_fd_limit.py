@@ -1,4 +1,5 @@
-"""The control socket of a farm at its descriptor limit, and under clients that say nothing."""
+"""The supervisor at its descriptor limit (its control socket, its workers' starts), and
+control clients that say nothing."""
 
 from __future__ import annotations
 
@@ -12,16 +13,11 @@ import pytest
 from farm.pools.control import ControlUnavailable, request
 from farm.pools.controlserver import MAX_WAITING, SILENT_FOR
 from tests.helpers.farmproc import FarmUp
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
 ONE_WORKER = '[functions.reverse]\ntarget = "workers.text:reverse"\nworkers = 1\n'
-
-
-def lowest_free_fd(pid: int) -> int:
-    """The descriptor the process's next open() would get."""
-    taken = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
-    return next(fd for fd in range(len(taken) + 1) if fd not in taken)
 
 
 def test_accept_at_the_descriptor_limit_pauses_the_control_socket_not_the_farm(
@@ -35,7 +31,9 @@ def test_accept_at_the_descriptor_limit_pauses_the_control_socket_not_the_farm(
         up.wait_idle({"reverse": 1})
         supervisor = psutil.Process(up.proc.pid)
         soft, hard = supervisor.rlimit(psutil.RLIMIT_NOFILE)
-        supervisor.rlimit(psutil.RLIMIT_NOFILE, (lowest_free_fd(up.proc.pid), hard))
+        # Below every descriptor it holds: no open succeeds, whatever it closes meanwhile
+        # (its own look at /proc included), until the limit is put back.
+        supervisor.rlimit(psutil.RLIMIT_NOFILE, (3, hard))
         try:
             with pytest.raises(ControlUnavailable, match="did not answer"):
                 request(up.control, {"cmd": "ps"}, timeout=2.5)  # a pause or two
@@ -101,3 +99,46 @@ def test_an_error_out_of_a_running_farm_is_not_called_a_start(tmp_path: Path) ->
     said = up.log_path.read_text()
     assert "farm: stopped on an error: [Errno 24] Too many open files" in said, said
     assert "cannot start" not in said, said
+
+
+#: The supervisor run with its workers' spawn failing as at the descriptor limit while the
+#: file named by $REFUSE_SPAWN is there (a limit lowered from outside also stops `farm ps`).
+REFUSES_SPAWN = """
+import errno, os
+import farm.pools.workerstart as ws
+spawn = ws.spawn
+def refusing(*args, **kwargs):
+    if os.path.exists(os.environ["REFUSE_SPAWN"]):
+        raise OSError(errno.EMFILE, "Too many open files")
+    return spawn(*args, **kwargs)
+ws.spawn = refusing
+from farm.cli import main; main()
+"""
+
+
+def test_a_worker_that_cannot_be_started_backs_off_and_reads_as_failing(tmp_path: Path) -> None:
+    # A spawn failing with EMFILE was retried every 0.5 s for ever, a log line each time,
+    # its slot never counted a failure ("backoff", never "failing").
+    refuse = tmp_path / "refuse-spawn"
+    up = FarmUp(
+        tmp_path, ONE_WORKER, metrics=False, start=False, extra_env={"REFUSE_SPAWN": str(refuse)}
+    )
+    up.code = REFUSES_SPAWN
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        (worker,) = up.wait_idle({"reverse": 1})
+        refuse.touch()
+        psutil.Process(worker["pid"]).kill()
+        (slot,) = wait_for(
+            "the slot to read as failing",
+            lambda: [r for r in up.workers("reverse") if r["state"] == "failing"],
+            timeout=20,
+        )
+        assert slot["last_exit"] == "could not be started: Too many open files", slot
+        said = [line for line in up.read_log().splitlines() if "cannot start worker" in line]
+        assert len(said) == 1, said  # failing by its second try, 1 s after its first
+        refuse.unlink()
+        up.wait_idle({"reverse": 1}, timeout=30)  # started again once it can be
+    finally:
+        assert up.stop() == 0, up.log_path.read_text()
