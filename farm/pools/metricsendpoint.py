@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import importlib
 import logging
 import os
 import threading
@@ -16,6 +17,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from farm import slowreuse
+from farm.logrepeats import Brief
 from farm.loopback import HOLDS_IPV6_LOOPBACK, NO_IPV6, serve_twin, taken_hint, twin_needed
 from farm.net import Address
 from farm.pools.metrics import SupervisorCollector
@@ -50,6 +52,20 @@ MAX_KEPT = 4
 #: Otherwise a request that changed its query string each time (``?1``, ``?2``) was made
 #: afresh each time, 9 s of CPU apiece, as if nothing were reused.
 SLOW_AHEAD = 10.0
+#: How long the listener rests after accept() failed (no descriptor left): the connection
+#: stays queued, and a listener selected again at once spins.
+ACCEPT_PAUSE = 1.0
+cannot_accept = Brief(log, every=60.0)
+#: What a scrape imports (farm.pools.metrics, _Only, prometheus_client's own), imported as
+#: the endpoint starts: an import opens its file, and at the descriptor limit that failed
+#: the scrape with a 500 naming prometheus_client/core.py.
+SCRAPE_IMPORTS = (
+    "prometheus_client.core",
+    "prometheus_client.metrics_core",
+    "prometheus_client.parser",
+    "prometheus_client.openmetrics.exposition",
+    "farm.client.admin",
+)
 
 
 class NamesFiltered:
@@ -206,6 +222,7 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
         lock = threading.Lock()
         started: dict[Any, float] = {}  # connection -> when it was taken in
         reading: dict[Any, float] = {}  # those whose request has not all come yet
+        stopping = threading.Event()
 
         def process_request(self, request: Any, client_address: Any) -> None:
             if not self.slots.acquire(blocking=False):
@@ -247,6 +264,22 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
                 except OSError:
                     pass
 
+        def get_request(self) -> tuple[Any, Any]:
+            try:
+                return super().get_request()
+            except OSError as exc:  # socketserver passes over it, and selects again
+                if exc.errno not in (errno.ECONNABORTED, errno.EPROTO):  # that client's
+                    # No descriptor (EMFILE under LimitNOFILE), no buffers: the connection
+                    # stays queued, the listener readable, and serve_forever spun a core on
+                    # it. It rests, as the control socket does (farm.pools.controlserver).
+                    cannot_accept(
+                        "metrics: cannot accept a connection (%s): scrapes wait; raise the"
+                        " descriptor limit (LimitNOFILE=, docs/operations.md)",
+                        exc.strerror or exc,
+                    )
+                    self.stopping.wait(ACCEPT_PAUSE)
+                raise
+
         def handle_error(self, request: Any, client_address: Any) -> None:
             # A client gone silent or evicted: no traceback on the supervisor's stderr.
             log.debug("metrics: a connection from %s ended in error", client_address)
@@ -264,11 +297,14 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
                 self.forget(request)
 
         def shutdown(self) -> None:
+            self.stopping.set()  # a rest after a failed accept ends now
             super().shutdown()
             for other in self.others:
                 other.shutdown()
                 other.server_close()
 
+    for name in SCRAPE_IMPORTS:  # now, while a descriptor is free to read each file
+        importlib.import_module(name)
     host, _, port = address.rpartition(":")  # the config checked it; port 0: any free one
     host = host.strip("[]")
     # Every address of ``host``: "localhost" is often [::1] first (Debian's, Ubuntu's
