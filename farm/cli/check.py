@@ -58,6 +58,7 @@ def check(
     from farm.logs import error_line
     from farm.paths import working_directory
     from farm.pools.bootcheck import CannotStart, children_environ, target_failures
+    from farm.pools.fdbudget import descriptor_refusal
     from farm.pools.localserver import check_listen_name
     from farm.pools.places import UNIT_DIRECTORIES, place_errors, unit_made_places
 
@@ -84,6 +85,8 @@ def check(
         except ConfigError as e:
             refusals.append(e)
     refusals += place_errors(cfg, cfg.source)
+    if (too_few := descriptor_refusal(cfg)) is not None:  # farm up asks it before these
+        refusals.insert(0, too_few)
     for refusal in refusals:  # as farm up's own fail() says it
         typer.echo(error_line(f"farm: {refusal}"), err=True)
     for directory, keys in unit_made_places(cfg).items():

@@ -99,6 +99,10 @@ def up(
         journal_format="%(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    from farm.pools.fdbudget import descriptor_refusal
+
+    if (too_few := descriptor_refusal(cfg)) is not None:  # before anything starts: exit 2
+        fail(str(too_few), 2, log_format=cfg.supervisor.log_format)
     supervisor: Supervisor | None = None
     try:
         # Absolute, so that what a reload says names the file wherever `farm reload` runs.

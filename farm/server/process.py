@@ -13,10 +13,9 @@ import time
 
 from farm.logs import reopen_log_file, setup_logging
 from farm.server.options import ServerOptions
-from farm.server.settings import log_level
+from farm.server.settings import FD_MARGIN, log_level
 
 __all__ = [
-    "FD_HEADROOM",
     "PROGRESS_EVERY",
     "ReplayProgress",
     "detach",
@@ -28,18 +27,19 @@ __all__ = [
 
 log = logging.getLogger("farm.server")
 
-#: Descriptors kept beyond the connections: listeners, the store, logs, the metrics.
-FD_HEADROOM = 64
 #: Seconds between two lines of replay progress to `farm up` (ReplayProgress).
 PROGRESS_EVERY = 0.5
 
 
 def fit_fd_limit(options: ServerOptions) -> None:
-    """Lift the soft descriptor limit toward --max-connections and the headroom (as
-    gearmand's -f does), never past hard; where the hard limit is lower, lower
-    --max-connections to fit: otherwise TCP peers could take every descriptor, the
-    share kept for the Unix socket's peers with them."""
-    wanted = options.max_connections + FD_HEADROOM
+    """Lift the soft descriptor limit toward --max-connections and the headroom (what is
+    open now and FD_MARGIN; as gearmand's -f does), never past hard; where the hard limit
+    is lower, lower --max-connections to fit: otherwise TCP peers could take every
+    descriptor, the share kept for the Unix socket's peers with them."""
+    # What it holds now and its margin: a fixed 64 left a limit of 64 one connection, where
+    # an idle server holds about 23 (`farm up` then said ready, 3 of 4 workers refused).
+    headroom = _open_now() + FD_MARGIN
+    wanted = options.max_connections + headroom
     try:
         import resource
 
@@ -51,7 +51,7 @@ def fit_fd_limit(options: ServerOptions) -> None:
     except (ImportError, ValueError, OSError):  # pragma: no cover - best effort
         return
     if soft != resource.RLIM_INFINITY and soft < wanted:
-        fits = max(1, soft - FD_HEADROOM)
+        fits = max(1, soft - headroom)
         log.warning(
             "the descriptor limit is %d: --max-connections lowered from %d to %d (raise"
             " LimitNOFILE= or ulimit -n)",
@@ -60,6 +60,14 @@ def fit_fd_limit(options: ServerOptions) -> None:
             fits,
         )
         options.max_connections = fits
+
+
+def _open_now() -> int:
+    """Descriptors this process holds (its listing's own left out)."""
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1
+    except OSError:  # no /proc: what a process started by `farm up` holds, about
+        return 8
 
 
 def reopen_log() -> None:

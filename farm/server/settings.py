@@ -108,6 +108,14 @@ class ServerOptions:
 #: The defaults of `farm server`'s flags are the fields' defaults above, written once.
 DEFAULTS = ServerOptions()
 
+#: Descriptors a server keeps beyond its connections and what it holds open as it fits its
+#: limit (farm.server.process): listeners and their [::1] twins, the store's files, the
+#: metrics, the event loop's own, the log. An idle server holds about 23 in all.
+FD_MARGIN = 32
+#: What `farm up` counts the local server's own descriptors at, before its connections: its
+#: margin, and what it holds as it fits its limit (stdio, the supervisor's pipes).
+SERVER_FDS = FD_MARGIN + 8
+
 
 def log_level(verbose: int) -> int:
     """The level the server logs at for ``verbose`` (-v's count; gearmand's ``--verbose

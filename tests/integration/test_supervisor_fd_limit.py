@@ -1,10 +1,12 @@
-"""The supervisor at its descriptor limit (its control socket, its workers' starts), and
-control clients that say nothing."""
+"""The supervisor at its descriptor limit (its control socket, its workers' starts; a farm
+that would not fit refused before it starts), and control clients that say nothing."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -142,3 +144,38 @@ def test_a_worker_that_cannot_be_started_backs_off_and_reads_as_failing(tmp_path
         up.wait_idle({"reverse": 1}, timeout=30)  # started again once it can be
     finally:
         assert up.stop() == 0, up.log_path.read_text()
+
+
+def under_descriptor_limit(limit: int, *argv: str) -> subprocess.CompletedProcess[str]:
+    """The farm CLI run with ``limit`` as its soft and hard descriptor limit (sh's ulimit)."""
+    cli = [sys.executable, "-c", "from farm.cli import main; main()", *argv]
+    return subprocess.run(
+        ["sh", "-c", f'ulimit -n {limit} && exec "$@"', "sh", *cli],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_a_farm_that_would_not_fit_its_descriptor_limit_is_refused_before_it_starts(
+    tmp_path: Path,
+) -> None:
+    # Under ulimit -n 40 the server kept one connection, and `farm up` said ready while 3 of
+    # its 4 workers looped "Broken pipe; reconnecting"; with 16 the supervisor itself ran
+    # out. Now: one line, exit 2, nothing started; `farm check` says the same.
+    up = FarmUp(tmp_path, ONE_WORKER.replace("workers = 1", "workers = 4"), start=False)
+    up.log.close()
+    up.notify.close()
+    for command in ("up", "check"):
+        done = under_descriptor_limit(40, command, "-c", str(up.config))
+        assert done.returncode == 2, (command, done.stdout, done.stderr)
+        lines = done.stderr.splitlines()
+        assert len(lines) == 1, (command, lines)
+        said = lines[0]
+        assert said.startswith("farm: the descriptor limit (LimitNOFILE=, ulimit -n) is 40:"), said
+        assert "the job server would take 0 connection(s), fewer than its 4 worker(s)" in said
+        assert "Raise it to at least" in said and "docs/operations.md" in said, said
+    assert not Path(up.control).exists()  # nothing started
+    # Where it fits, it is checked as before.
+    done = under_descriptor_limit(128, "check", "-c", str(up.config))
+    assert done.returncode == 0, done.stderr
