@@ -139,6 +139,8 @@ class ControlServer:
         if conn is None:
             return
         if len(self.waiting) >= MAX_WAITING:
+            self._forget_answered()  # read since the last tend: not waiting, not dropped
+        if len(self.waiting) >= MAX_WAITING:
             self._drop(selector, next(iter(self.waiting)))  # dicts keep their order
         self.waiting[conn] = time.monotonic() + SILENT_FOR
         selector.register(conn, selectors.EVENT_READ, conn)
@@ -149,13 +151,16 @@ class ControlServer:
         if self.paused_until is not None and now >= self.paused_until:
             self.paused_until = None
             selector.register(self, selectors.EVENT_READ, "accept")
+        self._forget_answered()
         for conn, until in list(self.waiting.items()):
-            if conn.asked or conn.sock.fileno() < 0:  # its request read; or gone, closed
-                del self.waiting[conn]
-            elif now >= until:
+            if now >= until:
                 self._drop(selector, conn)
         due = [*self.waiting.values(), *([self.paused_until] if self.paused_until else [])]
         return max(0.0, min(due) - now) if due else PAUSE_AFTER * 60
+
+    def _forget_answered(self) -> None:
+        for conn in [c for c in self.waiting if c.asked or c.sock.fileno() < 0]:
+            del self.waiting[conn]  # its request read; or gone, closed
 
     def _drop(self, selector: selectors.BaseSelector, conn: ControlConnection) -> None:
         del self.waiting[conn]

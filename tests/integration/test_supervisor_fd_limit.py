@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -66,6 +67,10 @@ def test_silent_control_clients_are_capped_the_longest_waiting_closed(tmp_path: 
         held[0].settimeout(SILENT_FOR / 2)  # the cap, not its silence, closes it
         assert held[0].recv(1) == b""  # the one that waited longest: closed
         assert request(up.control, {"cmd": "ping"}, timeout=5)["ok"]
+        # Requests that come at once, more than the cap: each sent its line, none dropped.
+        with ThreadPoolExecutor(2 * MAX_WAITING) as pool:
+            asks = [pool.submit(request, up.control, {"cmd": "ping"}, 10) for _ in range(40)]
+            assert all(ask.result()["ok"] for ask in asks)
         # No more than the cap held (a worker's pipes may come and go: a little slack).
         assert len(os.listdir(f"/proc/{up.proc.pid}/fd")) <= fds + MAX_WAITING + 2
     finally:
