@@ -102,7 +102,7 @@ def up(
     from farm.pools.fdbudget import descriptor_refusal
 
     if (too_few := descriptor_refusal(cfg)) is not None:  # before anything starts: exit 2
-        fail(str(too_few), 2, log_format=cfg.supervisor.log_format)
+        fail(str(too_few), 2, log_format=cfg.supervisor.log_format, usage=False)
     supervisor: Supervisor | None = None
     try:
         # Absolute, so that what a reload says names the file wherever `farm reload` runs.

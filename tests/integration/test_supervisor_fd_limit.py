@@ -180,6 +180,7 @@ def test_a_farm_that_would_not_fit_its_descriptor_limit_is_refused_before_it_sta
         assert said.startswith("farm: the descriptor limit (LimitNOFILE=, ulimit -n) is 40:"), said
         assert "the job server would take 0 connection(s), fewer than its 4 worker(s)" in said
         assert "Raise it to at least" in said and "docs/operations.md" in said, said
+        assert "usage" not in said, said  # no flag of farm up's would fix it
     assert not Path(up.control).exists()  # nothing started
     # Where it fits, it is checked as before.
     done = under_descriptor_limit(128, "check", "-c", str(up.config))
