@@ -339,13 +339,14 @@ class Supervisor(
             elif isinstance(key.data, ControlConnection):
                 try:
                     self.read_request(key.data)
-                except Exception:
+                except Exception as exc:
                     # A bug in one command must cost that command, never the farm and the
-                    # jobs its workers hold (a scale during the drain once did).
+                    # jobs its workers hold (a scale during the drain once did). Its client
+                    # is told why: at the descriptor limit `farm ps` read "closed early".
                     log.exception("control request failed; the farm goes on")
                     with contextlib.suppress(KeyError, ValueError):  # if still registered
                         self.selector.unregister(key.fileobj)
-                    key.data.sock.close()
+                    key.data.reply({"ok": False, "error": f"the supervisor failed it: {exc}"})
             elif isinstance(key.data, WorkerProcess):
                 self.read_pipe(key.data, key.fd)
 

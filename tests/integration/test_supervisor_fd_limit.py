@@ -185,3 +185,40 @@ def test_a_farm_that_would_not_fit_its_descriptor_limit_is_refused_before_it_sta
     # Where it fits, it is checked as before.
     done = under_descriptor_limit(128, "check", "-c", str(up.config))
     assert done.returncode == 0, done.stderr
+
+
+#: The supervisor with `farm ps`'s table failing as psutil's reads of /proc fail at the
+#: descriptor limit, while the file named by $REFUSE_PS is there.
+REFUSES_PS = """
+import errno, os
+from farm.supervisor import Supervisor
+table = Supervisor.process_table
+def failing(self):
+    if os.path.exists(os.environ["REFUSE_PS"]):
+        raise OSError(errno.EMFILE, "Too many open files", "/proc/1/stat")
+    return table(self)
+Supervisor.process_table = failing
+from farm.cli import main; main()
+"""
+
+
+def test_a_request_that_fails_in_the_supervisor_is_answered_with_why(tmp_path: Path) -> None:
+    # `farm ps` at the limit said "control socket ...: the supervisor closed early".
+    refuse = tmp_path / "refuse-ps"
+    up = FarmUp(
+        tmp_path, ONE_WORKER, metrics=False, start=False, extra_env={"REFUSE_PS": str(refuse)}
+    )
+    up.code = REFUSES_PS
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        refuse.touch()
+        reply = request(up.control, {"cmd": "ps"}, timeout=10)
+        assert reply["ok"] is False, reply
+        assert reply["error"] == (
+            "the supervisor failed it: [Errno 24] Too many open files: '/proc/1/stat'"
+        ), reply
+        refuse.unlink()
+        assert request(up.control, {"cmd": "ps"}, timeout=10)["ok"]  # and serves on
+    finally:
+        assert up.stop() == 0, up.log_path.read_text()
