@@ -251,14 +251,15 @@ def function_label(name: bytes) -> str:
 def _sort_into_other(groups: list[tuple[str, list[FunctionQueue]]], retired: FunctionStats) -> None:
     """Mark which functions this scrape sums under ``other`` (``FunctionQueue.in_other``);
     one that was there and is labelled by name now leaves its counts to ``retired`` (as
-    ``Jobs.note_unused`` does for one whose entry it frees), so that ``other`` never drops.
+    ``FunctionTable.free_entry`` does for one it frees that no scrape labelled), so that
+    ``other`` never drops.
     ``other`` is added to ``groups`` once ``retired`` holds anything: its series stays."""
     for name, fqs in groups:
         inside = name == OTHER
         for fq in fqs:
             if fq.in_other and not inside:
                 retired.absorb(fq.stats)
-            fq.in_other = inside
+            fq.in_other, fq.labelled = inside, not inside
     if retired.counted() and OTHER not in dict(groups):
         groups.append((OTHER, []))
 

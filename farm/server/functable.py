@@ -41,6 +41,9 @@ class FunctionTable:
                 # (a restarted server, clients back first): a scrape then summed it under
                 # other, which kept a copy of its counts once it was shown by name.
                 fq.served = SERVED_LOCALLY
+            # Not idle until a job or a worker has used it (docs/server.md): a record left
+            # of an entry of this name freed before would free this one for nothing.
+            self.idle.pop(name, None)
         return fq
 
     def note_unused(self, name: bytes) -> None:
@@ -74,12 +77,21 @@ class FunctionTable:
         del self.idle[oldest]
         fq = self.functions.get(oldest)
         if fq is not None and self._unused(fq):
-            del self.functions[oldest]
-            # The metrics' other must not drop (farm.server.exposition), nor miss what a
-            # name nobody served counted before a scrape summed it there: a flood of
-            # submits refused to new names frees most of them between two scrapes.
-            if fq.in_other or not fq.served:
-                self.other_retired.absorb(fq.stats)
+            self.free_entry(oldest)
+
+    def free_entry(self, name: bytes) -> FunctionQueue:
+        """Delete ``name``'s entry (it must have one) and its idle record, if any. What it
+        counted stays in the metrics' ``other`` unless the last scrape showed it under its
+        own name (``FunctionQueue.labelled``): ``other`` must not drop
+        (farm.server.exposition), nor miss what a function counted before a scrape summed
+        it there: a flood of submits refused to new names frees most of them between two
+        scrapes, and a served function past the MAX_LABELLED labelled ones is summed there
+        too."""
+        fq = self.functions.pop(name)
+        self.idle.pop(name, None)
+        if not fq.labelled:
+            self.other_retired.absorb(fq.stats)
+        return fq
 
     def _unused(self, fq: FunctionQueue) -> bool:
         return not (

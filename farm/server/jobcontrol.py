@@ -42,6 +42,7 @@ class JobControl:
     _unqueue: Callable[[Job], None]
     _end: Callable[..., None]
     _forget: Callable[[Job], None]
+    free_entry: Callable[[bytes], FunctionQueue]
     _drop_answers: Callable[[Peer, Job], None]
     _stop_running: Callable[[Peer, Job], None]
 
@@ -199,7 +200,7 @@ class JobControl:
         for job in [j for j in self.jobs.values() if j.function == name]:
             self._unqueue(job)
             self._end(job, Outcome.FAIL)
-        del self.functions[name]
-        if fq.in_other or not fq.served:  # other keeps its counts (FunctionTable's rule)
-            self.other_retired.absorb(fq.stats)
+        # Its idle record goes with it: left, a later `create function` of the name made
+        # an entry that looked unused, which room_for_new then freed.
+        self.free_entry(name)
         return True

@@ -239,6 +239,7 @@ class FunctionQueue:
         "stats",
         "served",
         "in_other",
+        "labelled",
         "watchers",
         "tcp_jobs",
     )
@@ -271,6 +272,10 @@ class FunctionQueue:
         # The last scrape summed it under function="other": what it counted stays there
         # when it leaves (Jobs.other_retired; farm.server.exposition).
         self.in_other = False
+        # The last scrape showed it under its own name: what it counted is in that series,
+        # not other's, when its entry is freed (FunctionTable.free_entry). Not ``served``:
+        # a served function past the MAX_LABELLED labelled ones is summed under other.
+        self.labelled = False
         # The workers of many functions that can take its jobs, each with its index of
         # those of its functions that have work (farm.server.abilities): told here when
         # this one gets work and when it has none left.

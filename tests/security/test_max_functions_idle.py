@@ -58,3 +58,31 @@ def test_idle_functions_leave_room_for_new_ones_past_max_functions(
         )
     finally:
         srv.stop()
+
+
+def listed(admin: Peer) -> set[str]:
+    return {row.split("\t")[0] for row in admin.admin("status").splitlines()[:-1]}
+
+
+def test_a_function_dropped_and_made_again_counts_until_used(
+    peer_factory: Callable[[str], Peer],
+) -> None:
+    # `drop function` left the name in the idle ones (its dropped job's end made it idle),
+    # so the entry `create function` made again looked unused and was freed for a new name.
+    srv = start_farm_server("--max-functions", "2", "--tcp-admin", "full")
+    try:
+        admin, client = peer_factory(srv.addr), peer_factory(srv.addr)
+        client.send(T.SUBMIT_JOB_BG, "held", "", "x")
+        client.expect(T.JOB_CREATED)
+        client.send(T.SUBMIT_JOB_BG, "made", "", "x")
+        client.expect(T.JOB_CREATED)
+        assert admin.admin("drop function made") == "OK\r\n"
+        assert admin.admin("create function made") == "OK\r\n"
+        client.send(T.SUBMIT_JOB_BG, "fresh", "", "x")
+        assert client.expect(T.ERROR).args == (
+            b"QUEUE_ERROR",
+            b"the server holds --max-functions functions",
+        )
+        assert listed(admin) == {"held", "made"}
+    finally:
+        srv.stop()

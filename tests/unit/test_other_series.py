@@ -11,12 +11,13 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from farm.server.exposition import exposition
+from farm.server.exposition import MAX_LABELLED, exposition
 from farm.server.hub import Hub
 from farm.server.jobs import MAX_IDLE_FUNCTIONS, QueueFull
 from farm.server.metrics import BYTES
 from farm.server.options import parse_args
 from farm.server.queues import SERVED_OVER_TCP
+from tests.helpers.fakes import FakePeer
 
 
 def scrape(hub: Hub) -> dict[tuple[str, str, str], float]:
@@ -123,3 +124,59 @@ def test_refusals_of_names_freed_before_any_scrape_stay_counted_in_other() -> No
         if s.name == "farm_jobs_refused_total" and s.labels["reason"] == "bytes"
     )
     assert refused == flood
+
+
+def submitted(hub: Hub) -> dict[str, float]:
+    """function -> its jobs submitted, all priorities; a scrape of its own, never the last
+    one's text again (a slow one's is reused: SLOW_EXPOSITION)."""
+    hub.last_exposition = None
+    out: dict[str, float] = {}
+    for (name, function, _), value in scrape(hub).items():
+        if name == "farm_jobs_submitted_total":
+            out[function] = out.get(function, 0) + value
+    return out
+
+
+def test_a_served_function_past_the_labelled_ones_freed_before_a_scrape_stays_in_other() -> None:
+    # Past MAX_LABELLED served functions, a served one is summed under other; freed before
+    # any scrape had summed it there, what it counted went nowhere (freeing looked at
+    # whether a worker had served it, not at where a scrape would show it).
+    hub = Hub(parse_args(["--store", "none"]))
+    jobs = hub.jobs
+    keep = FakePeer()
+    keep.tcp = True
+    for i in range(MAX_LABELLED):
+        jobs.can_do(keep, b"pool%d" % i)
+    worker = FakePeer()
+    worker.tcp = True
+    jobs.can_do(worker, b"extra")  # served, but past MAX_LABELLED: summed under other
+    jobs.submit(None, b"extra", b"", b"x", background=True)
+    assert jobs.cancel(next(iter(jobs.jobs)))
+    jobs.detach_worker(worker)  # idle now
+    assert jobs.room_for_new(len(jobs.functions)), "a new name past --max-functions frees it"
+    assert b"extra" not in jobs.functions
+    assert {f: n for f, n in submitted(hub).items() if n} == {"other": 1}
+
+
+def test_a_labelled_function_freed_leaves_other_as_it_was() -> None:
+    # Shown under its own name, what it counted is in that series: other must not take it
+    # too when its entry is freed.
+    hub = Hub(parse_args(["--store", "none"]))
+    jobs = hub.jobs
+    worker = FakePeer()
+    jobs.can_do(worker, b"f")
+    jobs.submit(None, b"f", b"", b"x", background=True)
+    assert submitted(hub) == {"f": 1}
+    assert jobs.cancel(next(iter(jobs.jobs)))
+    jobs.detach_worker(worker)
+    assert jobs.room_for_new(1) and b"f" not in jobs.functions
+    assert submitted(hub) == {}
+
+
+def test_drop_function_before_any_scrape_keeps_its_counts_in_other() -> None:
+    # The admin's `drop function` frees the entry by the rule idle ones are freed by:
+    # a name no scrape showed by name leaves what it counted to other.
+    hub = Hub(parse_args(["--store", "none"]))
+    hub.jobs.submit(None, b"f", b"", b"x", background=True)
+    assert hub.jobs.drop_function(b"f")
+    assert submitted(hub) == {"other": 1}
