@@ -149,6 +149,12 @@ def max_queue(server: Hub, args: list[str]) -> str:
         fq.max_total, fq.max_by_priority = 0, (high, normal, low)
     else:
         fq.max_total, fq.max_by_priority = (sizes[0] if sizes else 0), (0, 0, 0)
+    if fq.served or fq.stats.counted():
+        # A job or a worker has used it: with its limit lifted it may be idle, as any other
+        # (a job's end found it kept for its limit, and nothing looked again: the name
+        # counted against --max-functions for good). One the admin made that nobody used
+        # yet is kept, as `create function`'s is (docs/server.md).
+        server.jobs.note_unused(name)
     return OK
 
 

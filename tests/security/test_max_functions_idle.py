@@ -86,3 +86,24 @@ def test_a_function_dropped_and_made_again_counts_until_used(
         assert listed(admin) == {"held", "made"}
     finally:
         srv.stop()
+
+
+def test_a_function_whose_maxqueue_is_lifted_is_idle_once_unused(
+    peer_factory: Callable[[str], Peer],
+) -> None:
+    # Its job's end found it kept for its limit, and lifting the limit looked at it no
+    # more: the name counted against --max-functions for good.
+    srv = start_farm_server("--max-functions", "2", "--tcp-admin", "full")
+    try:
+        admin, client = peer_factory(srv.addr), peer_factory(srv.addr)
+        assert admin.admin("maxqueue limited 5") == "OK\r\n"
+        client.send(T.SUBMIT_JOB_BG, "limited", "", "x")
+        handle = client.expect(T.JOB_CREATED).args[0].decode()
+        assert admin.admin(f"cancel job {handle}") == "OK\r\n"
+        assert admin.admin("maxqueue limited") == "OK\r\n"  # no job, no worker, no limit
+        assert admin.admin("create function made") == "OK\r\n"  # kept until used
+        client.send(T.SUBMIT_JOB_BG, "fresh", "", "x")
+        client.expect(T.JOB_CREATED)  # QUEUE_ERROR (--max-functions) when it counted
+        assert listed(admin) == {"made", "fresh"}
+    finally:
+        srv.stop()
