@@ -96,11 +96,14 @@ class ClientSide:
             self.send(error("ARGUMENT_TOO_LARGE", "Unique value too large"))
             return
         known = self.jobs.functions  # the common case, checked here without a call
-        if (function not in known and not self.function_ok(function, kind.priority)) or (
-            reducer is not None
-            and reducer not in known
-            and not self.function_ok(reducer, kind.priority, "reducer")
-        ):
+        if function not in known and not self.function_ok(function, kind.priority):
+            return
+        if reducer is not None and (problem := p.name_problem(reducer)) is not None:
+            # Its name only: a reducer gets no entry, so --max-functions is not its to
+            # check (function_ok's room_for_new freed an idle entry for nothing, maybe
+            # this submit's own function's).
+            code, why = problem
+            self.send(error(code, f"reducer {why}"))
             return
         background, priority = kind.background, kind.priority
         if self.tcp and function.startswith(RESERVED):

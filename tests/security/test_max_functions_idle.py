@@ -107,3 +107,24 @@ def test_a_function_whose_maxqueue_is_lifted_is_idle_once_unused(
         assert listed(admin) == {"made", "fresh"}
     finally:
         srv.stop()
+
+
+def test_a_reducer_name_frees_no_idle_function(peer_factory: Callable[[str], Peer]) -> None:
+    # A reducer gets no entry, yet its name was checked against --max-functions as a new
+    # function's: at the limit, that freed an idle entry for nothing.
+    srv = start_farm_server("--max-functions", "2", "--tcp-admin", "full")
+    try:
+        admin, client = peer_factory(srv.addr), peer_factory(srv.addr)
+        with farm.Client(srv.addr) as caller, pytest.raises(farm.Timeout):
+            caller.call("idle", "x", timeout=0.2)
+        wait_for(  # the closed caller's queued job dropped: an idle name
+            "the given-up job to be dropped",
+            lambda: admin.admin("status").splitlines()[:-1] == ["idle\t0\t0\t0"],
+        )
+        client.send(T.SUBMIT_JOB_BG, "held", "", "x")
+        client.expect(T.JOB_CREATED)
+        client.send(T.SUBMIT_REDUCE_JOB_BACKGROUND, "held", "", "reducer", "", "x")
+        client.expect(T.JOB_CREATED)
+        assert listed(admin) == {"idle", "held"}
+    finally:
+        srv.stop()
