@@ -22,8 +22,14 @@ __all__ = ["Copies", "MAX_SILENT"]
 
 #: Jobs of a connection whose given-up submits are remembered. Past it, the oldest is
 #: forgotten: were its key called again on this connection, the new task would hear that
-#: job's news once per given-up submit too (as against an older farm server).
-MAX_SILENT = 1024
+#: job's news once more per given-up submit (each WORK_DATA twice for one: d0, d0, d1, d1),
+#: as against an older farm server; its late news with no call on it is dropped all the
+#: same. A job remembered costs about 100 bytes here (its handle and a count: 29 bytes
+#: more than the handle, measured), so 65,536 of them are some 6.5 MB, reached only by a
+#: client with that many given-up jobs that never end, each held queued by the server until
+#: the connection closes (at 512 bytes a job at least there, --max-queued-bytes: 32 MiB).
+#: 1,024 was passed by a batch of a few thousand such calls, well within what a server holds.
+MAX_SILENT = 65536
 
 
 class Copies:

@@ -364,6 +364,26 @@ def test_given_up_submits_are_remembered_for_the_newest_jobs_alone(
     assert not s._copies._silent
 
 
+def test_a_call_on_a_forgotten_given_up_jobs_key_hears_its_copies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past MAX_SILENT, what docs/client.md says is lost: a call on the key of a job whose
+    given-up submit was forgotten hears each packet once more per such submit."""
+    monkeypatch.setattr(copies, "MAX_SILENT", 1)
+    s = ClientSession()
+    for n in range(2):
+        given_up = Task("f", b"x", unique=f"k{n}")
+        s.submit(given_up)
+        s.receive(encode_res(PT.JOB_CREATED, b"H:%d" % n))
+        s.abandon(given_up)
+    assert list(s._copies._silent) == ["H:1"]  # H:0's given-up submit forgotten
+    retry = Task("f", b"x", unique="k0")
+    s.submit(retry)
+    s.receive(encode_res(PT.JOB_CREATED, b"H:0"))
+    events = s.receive(encode_res(PT.WORK_DATA, b"H:0", b"d") * 2)
+    assert [(e.task, e.data) for e in events] == [(retry, b"d"), (retry, b"d")]
+
+
 def test_a_reply_over_the_limit_fails_its_job_and_the_stream_goes_on() -> None:
     # gearmand passes on a worker's result of any size; past what a client reads (64 MiB;
     # 1 KiB here) the client dropped the connection and failed every job on it as "went
