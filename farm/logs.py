@@ -100,13 +100,31 @@ class TextFormatter(logging.Formatter):
     (escape_controls); a traceback after it keeps its lines, each escaped (an exception's
     message may quote what a caller sent)."""
 
+    def format(self, record: logging.LogRecord) -> str:
+        # logging.Formatter.format keeps a traceback's text in record.exc_text, which every
+        # handler of the record reads: one with a stock formatter ahead of this one (a
+        # library's handler, pytest 9.2's log capture) left the raw text there, written out
+        # as it was. So this one makes its own each time, and leaves the record as it found it.
+        cached = record.exc_text
+        if record.exc_info:
+            record.exc_text = None  # super() calls formatException
+        elif cached:  # a record with no exc_info left (one sent from another process)
+            record.exc_text = self._escaped(cached)
+        try:
+            return super().format(record)
+        finally:
+            record.exc_text = cached
+
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = escape_controls(record.message)
         return super().formatMessage(record)
 
     def formatException(self, ei: Any) -> str:
-        lines = super().formatException(ei).split("\n")
-        return "\n".join(_unlike_a_record(escape_controls(line)) for line in lines)
+        return self._escaped(super().formatException(ei))
+
+    @staticmethod
+    def _escaped(traceback: str) -> str:
+        return "\n".join(_unlike_a_record(escape_controls(line)) for line in traceback.split("\n"))
 
 
 #: What a traceback itself prints at the start of a line: its head, the words between the

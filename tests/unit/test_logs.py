@@ -307,3 +307,42 @@ def test_an_exceptions_message_cannot_start_a_line_of_the_log(forged: str) -> No
     assert lines[0].endswith("ERROR job failed") and "Traceback (most recent call last):" in lines
     assert "ValueError: bad row:" in lines
     assert [line for line in lines[1:] if line[:1] in "0123456789<{E\u200b"] == [], lines
+
+
+def test_a_traceback_another_handler_formatted_first_is_still_escaped() -> None:
+    # logging.Formatter.format keeps a record's traceback text in record.exc_text, which
+    # every handler of the record reads: a handler with a stock formatter ahead of farm's
+    # (a library's, pytest 9.2's log capture on a logger that does not propagate) left its
+    # raw text there, and farm's formatter wrote it out unescaped and unindented.
+    forged = "2026-12-06 16:44:20,000 farm[1] ERROR job server (pid 2) died"
+    first, ours = io.StringIO(), io.StringIO()
+    stock = logging.StreamHandler(first)
+    stock.setFormatter(logging.Formatter("%(message)s"))
+    handler = logging.StreamHandler(ours)
+    handler.setFormatter(TextFormatter("%(levelname)s %(message)s"))
+    log = logging.getLogger("farm.test.shared")
+    log.propagate = False
+    for each in (stock, handler):
+        log.addHandler(each)
+    try:
+        try:
+            raise ValueError("bad row:\x1b[2J\n" + forged)
+        except ValueError:
+            log.exception("job failed")
+    finally:
+        for each in (stock, handler):
+            log.removeHandler(each)
+    assert forged in first.getvalue().splitlines()  # the stock handler's own, as it was
+    lines = ours.getvalue().splitlines()
+    assert "ValueError: bad row:\\x1b[2J" in lines and f"  {forged}" in lines, lines
+
+
+def test_a_traceback_a_record_brings_as_text_is_escaped() -> None:
+    # A record made from another's fields (logging.makeLogRecord, a socket handler's) has
+    # its traceback as text alone, with no exc_info to format again.
+    forged = "<3>ERROR job server (pid 2) died"
+    text = 'Traceback (most recent call last):\n  File "x"\nValueError: a\x1b[2J\n' + forged
+    rec = logging.makeLogRecord({"msg": "job failed", "levelname": "ERROR", "exc_text": text})
+    lines = TextFormatter("%(levelname)s %(message)s").format(rec).splitlines()
+    assert lines[-2:] == ["ValueError: a\\x1b[2J", f"  {forged}"], lines
+    assert rec.exc_text == text  # left as it came, for the record's other handlers
