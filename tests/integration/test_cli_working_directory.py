@@ -30,10 +30,12 @@ workers = 1
 def from_removed_directory(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """The farm CLI as a shell user starts it after its directory was removed. The
     interpreter itself, not a pyenv shim: the shim refuses such a directory before Python
-    starts."""
+    starts. With ``-m`` and not ``-c``: like the ``farm`` script, it leaves sys.path[0]
+    other than "", which CPython 3.13.0-3.13.2 read as the directory and failed on
+    (python/cpython#130932: `import socket` raised SystemError), before any of farm ran."""
     gone = tmp_path / "gone"
     gone.mkdir()
-    farm = shlex.join([sys.executable, "-c", "from farm.cli import main; main()", *args])
+    farm = shlex.join([sys.executable, "-m", "farm", *args])
     script = f"cd {shlex.quote(str(gone))} && rmdir {shlex.quote(str(gone))} && exec {farm}"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for name in ("FARM_CONFIG", "FARM_SERVERS", "GEARMAN_SERVERS"):  # the config decides
