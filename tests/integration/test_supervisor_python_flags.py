@@ -17,6 +17,27 @@ import farm
 from tests.helpers import ROOT
 from tests.helpers.farmproc import FarmUp
 
+
+def _venv_reads_no_user_site() -> bool:
+    """Whether this interpreter is a virtualenv's made without --system-site-packages, as
+    `make test`'s ./.venv and a `python3.13 -m venv` are: site.py then reads no user site
+    directory at all, whatever the flags, so the plain case sees none either (its -s, or
+    the lack of it, is still seen in ``no_user_site`` and the command line)."""
+    if sys.prefix == sys.base_prefix:
+        return False
+    try:
+        lines = (Path(sys.prefix) / "pyvenv.cfg").read_text().splitlines()
+    except OSError:
+        return False
+    for line in lines:  # site.venv's reading: the key absent is "true"
+        key, _, value = line.partition("=")
+        if key.strip().lower() == "include-system-site-packages":
+            return value.strip().lower() != "true"
+    return False
+
+
+VENV_READS_NO_USER_SITE = _venv_reads_no_user_site()
+
 PROBE = """
 import json
 import sys
@@ -70,7 +91,7 @@ def test_the_children_keep_the_user_site_directory_out_as_the_supervisor_does(
             seen = json.loads(client.call("flags", "", timeout=10))
         assert seen["safe_path"], "-P stays"
         assert seen["no_user_site"] == int(kept_out), seen
-        assert bool(seen["user_site"]) != kept_out, seen
+        assert bool(seen["user_site"]) == (not kept_out and not VENV_READS_NO_USER_SITE), seen
         # Its own flag, not only the environment it inherits: under PYTHONNOUSERSITE the two
         # lines above held before the supervisor passed -s on, and so proved nothing there.
         assert seen["interpreter"] == (["-P", "-s"] if kept_out else ["-P"]), seen
