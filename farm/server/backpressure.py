@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from farm import protocol as p
 from farm.logrepeats import Brief
@@ -29,6 +29,7 @@ from farm.server.jobs import Job
 log = logging.getLogger("farm.server")
 #: One line each 10 s at most: any local user could make many (farm.server.connection).
 over_unread, over_partial, over_stall = Brief(log), Brief(log), Brief(log)
+over_connections = Brief(log)  # past --max-connections (turn_away; farm.server.tlsgate)
 #: Packets of one connection's read acted on in one loop turn; the rest wait for the next
 #: (``defer``), so no peer's burst holds the others for the whole of it.
 READ_SLICE = 16
@@ -63,6 +64,22 @@ class BackPressure:
     waiting_on: set[BackPressure]
     held_back: set[BackPressure]
     stall_timer: asyncio.TimerHandle | None  # this client holds a worker up (time_stall)
+
+    def turn_away(self, transport: asyncio.BaseTransport) -> None:
+        """A connection past --max-connections: told why (ERROR SERVER_BUSY), then closed.
+        A bare close read as "Broken pipe; reconnecting" in a worker's log, for ever, and
+        named no limit to raise."""
+        over_connections("connection limit reached; closing fd %d (%s)", self.fd, self.ip)
+        self.closed = True
+        self.tcp = False  # not counted
+        why = (
+            f"the job server is at its --max-connections ({self.hub.options.max_connections};"
+            " [server] max_connections, lowered to fit the descriptor limit: LimitNOFILE=,"
+            " ulimit -n): try again later"
+        )
+        told = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        told.write(p.encode_res(p.PacketType.ERROR, b"SERVER_BUSY", why.encode()))
+        transport.close()
 
     def defer(self, events: Iterator[Event]) -> None:
         """Leave the rest of a read for a later loop turn, not reading meanwhile: a peer

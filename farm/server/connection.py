@@ -23,10 +23,8 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from operator import length_hint
-from typing import cast
 
 from farm import protocol as p
-from farm.logrepeats import Brief
 from farm.net import keep_alive
 from farm.protocol import PacketType as T
 from farm.protocol import encode_res
@@ -41,20 +39,10 @@ from farm.server.workerside import WorkerSide, error
 from farm.unixsocket import peer_credentials
 
 log = logging.getLogger("farm.server")
+
+
 #: Peers cut off at a limit: one line each 10 s at most per kind, as any local user could
 #: send them by the thousand a second (the journal's rate limit then drops other lines).
-over_connections = Brief(log)
-
-
-def over_limit(limit: int) -> bytes:
-    """The ERROR a connection past --max-connections is sent before its close."""
-    return error(
-        "SERVER_BUSY",
-        f"the job server is at its --max-connections ({limit}; [server] max_connections,"
-        " lowered to fit the descriptor limit: LimitNOFILE=, ulimit -n): try again later",
-    )
-
-
 class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, PeerOptions, asyncio.Protocol):
     """A client, a worker, an admin tool -- or all three on one socket."""
 
@@ -152,14 +140,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, PeerOptions, a
                 self.ip = "unix"
                 self.peer_pid, self.peer_uid, _ = peer_credentials(sock)
         if not self.hub.admit(self, self.tcp):
-            over_connections("connection limit reached; closing fd %d (%s)", self.fd, self.ip)
-            self.closed = True
-            self.tcp = False  # not counted
-            # Why, before the close: a bare close read as "Broken pipe; reconnecting" in a
-            # worker's log, for ever, and named no limit to raise.
-            told = cast(asyncio.Transport, transport)  # uvloop's is not a subclass (above)
-            told.write(over_limit(self.hub.options.max_connections))
-            transport.close()
+            self.turn_away(transport)
 
     def detach(self) -> None:
         """Hand back what this connection held. As a client first: its own foreground jobs

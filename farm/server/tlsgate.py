@@ -29,7 +29,8 @@ import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
-from farm.server.connection import Connection, over_connections
+from farm.server.backpressure import over_connections
+from farm.server.connection import Connection
 from farm.server.hub import Hub
 
 __all__ = ["Handshakes", "TLSGate"]
