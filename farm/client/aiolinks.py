@@ -14,7 +14,7 @@ from farm.client.aioconn import ServerConnection, Waiter, closed_error
 from farm.client.serverpick import MIN_CONNECT, STAGGER, ServerPicker, connect_share, job_key
 from farm.errors import ServerUnavailable
 from farm.net import keep_alive, parse_address
-from farm.protocol.client import ClientSession, Query, Task, lost_error
+from farm.protocol.client import ClientSession, Query, Task, lost_error, not_again
 
 __all__ = ["AsyncLinks"]
 
@@ -39,7 +39,8 @@ class AsyncLinks:
         self._picker.mark_down(lost)
 
         async def again() -> None:
-            for addr in self._picker.order(job_key(task.unique, task.data), exclude=lost):
+            skip = not_again(task, lost)  # and those that cut it short before: one pass
+            for addr in self._picker.order(job_key(task.unique, task.data), exclude=skip):
                 try:
                     conn = await self._connect(addr)
                 except ServerUnavailable:

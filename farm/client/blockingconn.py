@@ -20,7 +20,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import suppress
 
 from farm.client.dialer import Dialer
@@ -35,6 +35,7 @@ from farm.protocol.client import (
     TaskListener,
     lost_error,
     may_resubmit,
+    not_again,
 )
 from farm.protocol.tasks import UNCONFIRMED
 
@@ -188,13 +189,13 @@ class Connections:
     def submit(
         self,
         task: Task[TaskListener],
-        exclude: str | None = None,
+        exclude: Collection[str] = (),
         deadline: float | None = None,
         excluded_how: str = "went away",
     ) -> None:
         """Queue ``task``'s submit on the first server that takes a connection before
         ``deadline``, each connect given its share of the time left (``connect_share``);
-        ``exclude``: the server it was lost with, and ``excluded_how`` how."""
+        ``exclude``: the servers it was lost with (``not_again``), and ``excluded_how`` how."""
         tried: list[str] = []
         order = self.picker.order(job_key(task.unique, task.data), exclude)
         for at, addr in enumerate(order):
@@ -211,8 +212,7 @@ class Connections:
                 continue
             conn.session.submit(task)
             return
-        if exclude is not None:
-            tried.append(f"{exclude} ({excluded_how})")
+        tried.extend(f"{addr} ({excluded_how})" for addr in exclude)
         raise ServerUnavailable("no job server is reachable; tried " + ", ".join(tried))
 
     def pump(self, until: Callable[[], bool], deadline: float | None) -> bool:
@@ -383,13 +383,16 @@ class Connections:
         self.picker.mark_down(conn.addr)
         # What the socket never took: a submit in it was not written whole, created nothing.
         for task in conn.session.connection_lost(why, len(conn.unsent)):
-            if may_resubmit(task):
+            skip = not_again(task, conn.addr)
+            # No server left to try (one server, or all cut its submit short): the loss is
+            # the error, as AsyncClient's, not "no job server is reachable".
+            if may_resubmit(task) and any(a not in skip for a in self.picker.servers):
                 try:
                     # The pump's deadline bounds the resubmit only while it is ahead: one
                     # passed (its last look, or another task's wait) left it 50 ms.
                     ahead = self.deadline is not None and self.deadline > time.monotonic()
                     until = self.deadline if ahead else None
-                    self.submit(task, exclude=conn.addr, deadline=until, excluded_how=why)
+                    self.submit(task, exclude=skip, deadline=until, excluded_how=why)
                     continue
                 except ServerUnavailable as exc:
                     task.error = exc

@@ -94,17 +94,22 @@ class ServerPicker:
         self._rotation = 0
 
     def order(
-        self, unique: str | bytes = "", exclude: str | None = None, busy: Collection[str] = ()
+        self,
+        unique: str | bytes = "",
+        exclude: str | Collection[str] | None = None,
+        busy: Collection[str] = (),
     ) -> list[str]:
         """Servers in the order to try: a stable start per unique key (``job_key``), live
         ones first.
 
         ``busy`` servers (not taking our bytes now: AsyncClient's paused connections) go
         after the other live ones for a job without a key; a keyed job keeps its server,
-        where a submit of the same key meets it."""
+        where a submit of the same key meets it. ``exclude``: a server, or several (those
+        that cut a submit short: ``not_again``), not to try."""
         servers = self.servers
+        excluded: Collection[str] = (exclude,) if isinstance(exclude, str) else exclude or ()
         if len(servers) == 1:  # the usual farm: nothing to rotate or rank (each job asks)
-            return [] if servers[0] == exclude else [servers[0]]
+            return [] if servers[0] in excluded else [servers[0]]
         now = time.monotonic()
         down = {a for a in servers if self._down_until.get(a, 0) > now}
         if unique:
@@ -119,7 +124,7 @@ class ServerPicker:
             start = self._rotation % max(len(live), 1)
             self._rotation += 1
             ring = live[start:] + live[:start] + [a for a in servers if a in down]
-        order = [a for a in ring if a != exclude]
+        order = [a for a in ring if a not in excluded]
 
         def rank(addr: str) -> int:  # live, then busy, then down (marked lately)
             return 2 if addr in down else int(addr in busy)

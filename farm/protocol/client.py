@@ -45,12 +45,14 @@ from farm.protocol.tasks import (
     last_warning,
     lost_error,
     may_resubmit,
+    not_again,
     timeout_error,
     unwritten,
 )
 
 __all__ = [
     "may_resubmit",
+    "not_again",
     "Owner",
     "Reply",
     "lost_error",
@@ -367,7 +369,7 @@ class ClientSession:
         e.g. it broke the protocol); tasks are left not done, ``unwritten`` those in the last
         ``unsent`` bytes handed out (the face's socket never took them) or still here."""
         self.closed = True
-        unwritten(self._awaiting, unsent + len(self._out))
+        unwritten(self._awaiting, unsent + len(self._out), self.server)
         lost: list[Task[Any]] = []
         for request in self._awaiting:
             if isinstance(request, Task):

@@ -23,6 +23,7 @@ __all__ = [
     "Link",
     "lost_error",
     "unwritten",
+    "not_again",
     "timeout_error",
     "failed_error",
     "last_warning",
@@ -104,6 +105,7 @@ class Task(Generic[Owner]):
         "streamed",
         "created_on",
         "unwritten",
+        "cut_by",
         "size",
     )
 
@@ -144,6 +146,10 @@ class Task(Generic[Owner]):
         # (may_resubmit). And its packet's size as queued, to tell (``unwritten``).
         self.unwritten = False
         self.size = 0
+        # The servers whose connection was lost with its submit not written whole: it goes
+        # to each at most once (``not_again``), so servers that each cut a large submit
+        # short (read a little and close) fail it after one pass, not bounce it for ever.
+        self.cut_by: tuple[str, ...] = ()
 
     def packet(self) -> bytes:
         """Its submit packet (SUBMIT_JOB_EPOCH for one with ``when``)."""
@@ -238,7 +244,8 @@ def may_resubmit(task: Task[Any]) -> bool:
     run's data would follow the first's to the same caller, who could not tell them apart.
     Status alone is no bar: the second run's supersedes the first's. A submit not written
     whole when its connection was lost (``unwritten``) created nothing: it goes to the next
-    server, keyed or not, as one never sent would. Every face follows this one rule."""
+    server, keyed or not, as one never sent would, but to none that cut it short before
+    (``not_again``). Every face follows this one rule."""
     if task.unwritten:  # never written whole: no server can have created it
         return True
     return bool(task.unique) and not task.background and task.attempts < 2 and not task.streamed
@@ -251,11 +258,12 @@ UNCONFIRMED = "(not confirmed: it may have been created)"
 NOT_SENT = "(not sent whole: not created)"
 
 
-def unwritten(requests: Iterable[Task[Any] | Query[Any]], tail: int) -> None:
-    """Mark the tasks among ``requests`` (unanswered, in the order sent) whose submit lies,
-    whole or in part, in the last ``tail`` bytes of what was sent, which never left: no
-    server read them whole, so none created the job. Their try does not count
-    (``attempts``): the job goes to the next server as if never sent."""
+def unwritten(requests: Iterable[Task[Any] | Query[Any]], tail: int, server: str) -> None:
+    """Mark the tasks among ``requests`` (unanswered, in the order sent to ``server``) whose
+    submit lies, whole or in part, in the last ``tail`` bytes of what was sent, which never
+    left: no server read them whole, so none created the job. Their try does not count
+    (``attempts``): the job goes to the next server as if never sent; but not back to
+    ``server`` (``cut_by``, ``not_again``)."""
     for request in reversed(list(requests)):
         if tail <= 0:
             return
@@ -263,6 +271,15 @@ def unwritten(requests: Iterable[Task[Any] | Query[Any]], tail: int) -> None:
         if isinstance(request, Task):
             request.unwritten = True
             request.attempts -= 1
+            if server not in request.cut_by:
+                request.cut_by += (server,)
+
+
+def not_again(task: Task[Any], lost: str) -> tuple[str, ...]:
+    """The servers a task lost with ``lost`` is not resubmitted to: that one, and for a submit
+    cut short, every server that cut it short (one pass over the servers, each face: when
+    none is left it fails with ``lost_error``, "not sent whole")."""
+    return task.cut_by if task.unwritten and lost in task.cut_by else (lost,)
 
 
 def timeout_error(task: Task[Any], timeout: float | None) -> Timeout:

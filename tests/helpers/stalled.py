@@ -125,3 +125,42 @@ def misbehaving(behave: Behaviour) -> Iterator[str]:
             pass
         listener.close()
         thread.join(10)
+
+
+class CuttingShort:
+    """Accepts every connection, reads a little of it and closes it (a reset: bytes unread),
+    counting them in ``accepts``: a server that cuts every large submit short (one at its
+    --max-connections, a proxy's limit). ``addr`` while open; ``close()`` after."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        # Inherited by the accepted socket: a small window, so a large submit is not all
+        # in the kernel's buffers when the connection is reset.
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.addr = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.accepts = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            self.accepts += 1
+            with conn:
+                try:
+                    conn.recv(1024)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() that waits
+        except OSError:
+            pass
+        self.listener.close()
+        self._thread.join(10)

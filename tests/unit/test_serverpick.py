@@ -29,6 +29,7 @@ def test_a_unique_key_starts_at_one_server_and_other_jobs_rotate() -> None:
     assert len(firsts) == 1
     assert [picker.order()[0] for _ in range(4)] == ["a:1", "b:1", "c:1", "a:1"]
     assert "b:1" not in picker.order(exclude="b:1")
+    assert picker.order(exclude=("b:1", "c:1")) == ["a:1"]  # those that cut a submit short
 
 
 def test_jobs_without_a_key_rotate_over_the_live_servers_alone() -> None:

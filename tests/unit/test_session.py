@@ -19,6 +19,7 @@ from farm.protocol.client import (
     Task,
     lost_error,
     may_resubmit,
+    not_again,
 )
 
 
@@ -429,3 +430,10 @@ def test_submits_not_written_whole_when_the_connection_is_lost_are_marked_so() -
     assert status.done and isinstance(status.error, ServerUnavailable)
     assert "(not sent whole: not created)" in str(lost_error("srv", cut))
     assert "(not confirmed: it may have been created)" in str(lost_error("srv", whole))
+    # Not back to the server that cut it short (one pass), a whole one's lost server alone.
+    assert (not_again(cut, "srv"), not_again(whole, "srv")) == (("srv",), ("srv",))
+    s2 = ClientSession("other")
+    s2.submit(cut)
+    s2.data_to_send()
+    s2.connection_lost(unsent=1)
+    assert not_again(cut, "other") == ("srv", "other")

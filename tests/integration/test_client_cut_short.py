@@ -1,0 +1,56 @@
+"""Submits cut short: servers that read a little of a large submit and close the connection.
+Such a submit created nothing and goes to the next server, but to each at most once."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator
+
+import pytest
+
+import farm
+from tests.helpers.stalled import CuttingShort
+
+BIG = 4 << 20  # past what the socket buffers of a server reading 1 KB take
+NOT_SENT = "(not sent whole: not created)"
+
+
+@pytest.fixture
+def cutters() -> Iterator[list[CuttingShort]]:
+    servers = [CuttingShort(), CuttingShort()]
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            server.close()
+
+
+@pytest.mark.parametrize("unique", [None, "key-1"])
+def test_a_submit_every_server_cuts_short_fails_after_one_pass(cutters, unique) -> None:
+    # Each cut took back the try (it created nothing) and the job went to the other server,
+    # and back, for ever: a call with no timeout never returned (one with, timed out saying
+    # "(not confirmed: it may have been created)").
+    addrs = [s.addr for s in cutters]
+    with farm.Client(addrs) as c, pytest.raises(farm.ServerUnavailable, match=re.escape(NOT_SENT)):
+        c.call("f", b"x" * BIG, unique=unique, timeout=10)
+    assert [s.accepts for s in cutters] == [1, 1]
+
+
+@pytest.mark.parametrize("unique", [None, "key-1"])
+def test_async_a_submit_every_server_cuts_short_fails_after_one_pass(cutters, unique) -> None:
+    async def main() -> None:
+        async with farm.AsyncClient([s.addr for s in cutters]) as c:
+            with pytest.raises(farm.ServerUnavailable, match=re.escape(NOT_SENT)):
+                await c.call("f", b"x" * BIG, unique=unique, timeout=10)
+
+    asyncio.run(main())
+    assert [s.accepts for s in cutters] == [1, 1]
+
+
+def test_one_server_cutting_a_submit_short_says_it_was_not_sent_whole(cutters) -> None:
+    # It said "no job server is reachable; tried ... (went away)", where AsyncClient said
+    # what the loss was: the job was not created.
+    with farm.Client(cutters[0].addr) as c, pytest.raises(farm.ServerUnavailable) as raised:
+        c.call("f", b"x" * BIG, timeout=10)
+    assert f"{cutters[0].addr} went away while holding job f {NOT_SENT}" in str(raised.value)
