@@ -326,7 +326,8 @@ class ServerConnection(asyncio.Protocol):
         self.ended = None  # its descriptor is closed, and may be reused by another file
         resubmit = None if self.resubmit is None else self.resubmit()
         unsent = self.unsent_at_least if self.writing_paused else 0  # a submit cut short
-        for task in self.session.connection_lost(self.lost_how, unsent):
+        lost = self.session.connection_lost(self.lost_how, unsent, not self.closed_by_client)
+        for task in lost:
             if self.closed_by_client:  # our close(): not the server's doing, and no retry
                 self.end_lost(task, closed_error())
             elif may_resubmit(task) and resubmit is not None:

@@ -122,7 +122,7 @@ class Connections:
         self.selector = selectors.DefaultSelector()
         for conn in conns.values():
             conn.sock.close()
-            for task in conn.session.connection_lost():
+            for task in conn.session.connection_lost(by_server=False):  # the server is as was
                 task.error = ServerUnavailable(
                     f"job {task.function} {task.handle or UNCONFIRMED} was sent on {conn.addr}"
                     " by the process this one was forked from: its reply goes there"

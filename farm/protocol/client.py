@@ -100,6 +100,9 @@ class ClientSession:
         # Which task hears each copy of a job's news (one per submit, given up or not).
         self._copies = Copies()
         self.closed = False
+        # The server ended the connection (``connection_lost``), not this process (a fork's
+        # child, a loop's end, close()): a handle created on it may name another job now.
+        self.lost = False
         # The server answered a request with ERROR: it may close the connection next (farm
         # does after a packet over its --max-packet), so an idle one is not used again.
         self.refused = False
@@ -362,13 +365,17 @@ class ClientSession:
         if isinstance(request, Task):
             events.append(JobEnded(task=request))
 
-    def connection_lost(self, why: str = "went away", unsent: int = 0) -> list[Task[Any]]:
+    def connection_lost(
+        self, why: str = "went away", unsent: int = 0, by_server: bool = True
+    ) -> list[Task[Any]]:
         """The connection is gone: return the unfinished tasks (the face decides on retry).
 
         Pending queries fail with ServerUnavailable saying ``why`` (how the server went,
         e.g. it broke the protocol); tasks are left not done, ``unwritten`` those in the last
-        ``unsent`` bytes handed out (the face's socket never took them) or still here."""
+        ``unsent`` bytes handed out (the face's socket never took them) or still here.
+        ``by_server``: the server's end, not ours (``lost``, which ``lost_since`` reads)."""
         self.closed = True
+        self.lost = by_server
         unwritten(self._awaiting, unsent + len(self._out), self.server)
         lost: list[Task[Any]] = []
         for request in self._awaiting:

@@ -63,15 +63,18 @@ class JobStatus(NamedTuple):
 
 
 class Link(Protocol):
-    """What a task knows of the connection that created it: whether it was lost since."""
+    """What a task knows of the connection that created it: whether its server ended it
+    since (not this process: a fork's child, an event loop's end, close())."""
 
-    closed: bool
+    lost: bool
 
 
 def lost_since(task: Task[Any]) -> bool:
-    """Whether the connection that created ``task`` has been lost since: its handle then
-    names no job of ours to the server answering there now (``status`` answers unknown)."""
-    return task.created_on is not None and task.created_on.closed
+    """Whether the server of the connection that created ``task`` has ended it since (it
+    may have restarted): its handle then may name no job of ours to the server answering
+    there now (``status`` answers unknown). One this process closed (a fork's child, an
+    event loop's end, close()) left the server and its handles as they were."""
+    return task.created_on is not None and task.created_on.lost
 
 
 #: What ``status`` answers for a task whose connection was lost since (``lost_since``).
