@@ -41,6 +41,7 @@ __all__ = [
     "recv",
     "recv_now",
     "send_now",
+    "sent_before",
     "KEEPALIVE",
     "keep_alive",
 ]
@@ -292,7 +293,10 @@ def recv_now(sock: socket.socket) -> bytes:
 
 
 def send_now(sock: socket.socket, data: bytes | bytearray) -> int:
-    """Send what ``sock`` takes without waiting; how many bytes it took."""
+    """Send what ``sock`` takes without waiting; how many bytes it took. An OSError raised
+    after some were taken (through TLS: a send of a record each) says how many
+    (``sent_before``): a caller that counted none lost track of what had left, and took a
+    request the server may have read for one never written."""
     if not isinstance(sock, ssl.SSLSocket):
         try:
             return sock.send(data, socket.MSG_DONTWAIT)
@@ -306,9 +310,20 @@ def send_now(sock: socket.socket, data: bytes | bytearray) -> int:
                 sent += sock.send(view[sent : sent + TLS_SEND])
     except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
         pass
+    except OSError as exc:
+        exc.farm_sent = sent  # type: ignore[attr-defined]  # (sent_before)
+        # Without the frames below: ssl's send() holds the slice of ``data`` it was given,
+        # which would keep ``data`` (a caller's bytearray) from being resized while the
+        # caller holds the error.
+        raise exc.with_traceback(None)  # noqa: B904  # the same error, re-raised
     finally:
         sock.setblocking(True)
     return sent
+
+
+def sent_before(exc: BaseException) -> int:
+    """How many bytes ``send_now`` had sent before it raised ``exc``."""
+    return int(getattr(exc, "farm_sent", 0))
 
 
 def connect(

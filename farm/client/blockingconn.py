@@ -23,13 +23,13 @@ from collections import deque
 from collections.abc import Callable, Collection
 from contextlib import suppress
 
+from farm.client.blockingsock import Conn
 from farm.client.dialer import Dialer
 from farm.client.serverpick import MIN_CONNECT, ServerPicker, connect_share, job_key
 from farm.errors import ServerUnavailable
-from farm.net import recv_now, send_now
+from farm.net import recv_now, send_now, sent_before
 from farm.protocol import ProtocolError
 from farm.protocol.client import (
-    ClientSession,
     JobEnded,
     Task,
     TaskListener,
@@ -39,7 +39,7 @@ from farm.protocol.client import (
 )
 from farm.protocol.tasks import UNCONFIRMED
 
-__all__ = ["Conn", "Connections"]
+__all__ = ["Conn", "Connections"]  # Conn: farm.client.blockingsock's
 
 log = logging.getLogger("farm.client")
 
@@ -55,31 +55,6 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class Conn:
-    __slots__ = ("addr", "sock", "session", "answered", "unsent", "events")
-
-    def __init__(self, addr: str, sock: socket.socket) -> None:
-        self.addr = addr
-        self.sock = sock
-        self.session = ClientSession(addr)
-        self.answered = False  # the server has said something on this connection
-        self.unsent = bytearray()  # what the socket did not take yet, in order
-        self.events = selectors.EVENT_READ  # what the selector waits for on it
-
-    def why_closed(self) -> str:
-        """How to word a close: a TLS server that refuses our certificate closes at once."""
-        if self.tls and not self.answered:
-            return (
-                "closed the TLS connection before answering (a server that requires client"
-                " certificates does so when ours is missing or not trusted: FARM_TLS_CERT)"
-            )
-        return "went away"
-
-    @property
-    def tls(self) -> bool:
-        return isinstance(self.sock, ssl.SSLSocket)
 
 
 class Connections:
@@ -278,16 +253,18 @@ class Connections:
         data = conn.unsent or out
         try:
             sent = send_now(conn.sock, data)
-        except ssl.SSLError as exc:
-            self.drop(conn, f"ended the TLS session ({exc.reason or exc})")
+        except OSError as exc:
+            # What never left stays in ``unsent``, for ``drop`` to tell a submit not written
+            # whole from one the server may have read (through TLS some records may have
+            # gone before the error: all of ``data`` left unsent took such a one for
+            # unwritten, sent again elsewhere, run twice).
+            conn.keep_unsent(data, sent_before(exc))
+            if isinstance(exc, ssl.SSLError):
+                self.drop(conn, f"ended the TLS session ({exc.reason or exc})")
+            else:
+                self.last_words(conn)
             return
-        except OSError:
-            self.last_words(conn)
-            return
-        if data is conn.unsent:
-            del conn.unsent[:sent]  # from the front: CPython moves no bytes for it
-        elif sent < len(data):
-            conn.unsent += memoryview(data)[sent:]
+        conn.keep_unsent(data, sent)
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.unsent else 0)
         if events != conn.events:
             conn.events = events
