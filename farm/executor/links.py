@@ -212,7 +212,8 @@ class Links:
         """The server went away: every call it held fails (it may or may not have run)."""
         self._close(conn)
         self._picker.mark_down(conn.addr)
-        lost_tasks = conn.session.connection_lost(why)
+        # What the kernel never took: a call in it was not sent whole, created nothing.
+        lost_tasks = conn.session.connection_lost(why, len(conn.out))
         # One that held no call is what every routine restart of a server looks like (the
         # executor keeps a connection to each): no call failed, nothing to warn of.
         log.log(logging.WARNING if lost_tasks else logging.INFO, "job server %s %s", conn.addr, why)
