@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
-import itertools
 import logging
 import ssl
 import warnings
 from collections.abc import AsyncGenerator, Callable, Iterable
+from contextlib import aclosing
 from typing import Any
 
 from farm.client.aioconn import ServerConnection, StreamEvent, Waiter
 from farm.client.aiolinks import AsyncLinks
+from farm.client.aiomap import run_calls
 from farm.client.serverpick import STAGGER, ServerPicker, job_key
 from farm.discovery import client_servers
 from farm.errors import Timeout
@@ -261,36 +262,14 @@ class AsyncClient(AsyncLinks):
         its error where its result would come; the jobs still in flight are then given up,
         as they are when the caller stops iterating."""
         check_map(function, priority, max_in_flight)
-        todo = iter(payloads)
-        running: dict[asyncio.Future[bytes], int] = {}
-        held: dict[int, asyncio.Future[bytes]] = {}
-        given = taken = 0
-        try:
-            while True:
-                for data in itertools.islice(todo, max_in_flight - len(running)):
-                    # Named by its place, raised here, not by its call: the calls before
-                    # it in this batch are not started yet, and are given up unsent.
-                    payload = as_bytes(data, f"map payload {given}")
-                    call = self.call(function, payload, priority=priority)
-                    running[asyncio.ensure_future(call)] = given
-                    given += 1
-                if not running:
-                    return
-                ended, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for future in sorted(ended, key=running.__getitem__):
-                    index = running.pop(future)
-                    if not ordered:
-                        yield future.result()
-                    else:
-                        held[index] = future
-                while taken in held:
-                    yield held.pop(taken).result()
-                    taken += 1
-        finally:
-            for future in running:
-                future.cancel()  # a cancelled call gives its job up
-            for future in held.values():
-                future.exception()  # not to be logged as "never retrieved" at exit
+        calls = (  # named by its place, raised where its result would come (as_bytes)
+            self.call(function, as_bytes(data, f"map payload {i}"), priority=priority)
+            for i, data in enumerate(payloads)
+        )
+        # Closed with this one (the caller stops, or breaks off): its calls are given up now.
+        async with aclosing(run_calls(calls, max_in_flight, ordered)) as results:
+            async for result in results:
+                yield result
 
     async def echo(self, data: Data = b"ping") -> bytes:
         """Round-trip ``data`` through a server (ECHO_REQ)."""

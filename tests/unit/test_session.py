@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from farm.errors import JobException, JobFailed, ServerError, ServerUnavailable
+from farm.errors import JobException, JobFailed, ServerError
 from farm.protocol import Decoder, ProtocolError, copies, encode_res
 from farm.protocol import PacketType as PT
 from farm.protocol.client import (
@@ -17,9 +17,6 @@ from farm.protocol.client import (
     JobWarning,
     ServerErrorNotice,
     Task,
-    lost_error,
-    may_resubmit,
-    not_again,
 )
 
 
@@ -102,14 +99,6 @@ def test_a_queued_request_is_withdrawn_from_the_middle_and_owes_no_answer() -> N
     )
     assert [e.task for e in events] == [t1, t3] and echo.result == b"ping"
     assert t2.handle is None
-
-
-def test_what_was_queued_goes_nowhere_once_the_connection_is_lost() -> None:
-    s = ClientSession("a:1")
-    t = Task("f", b"1")
-    s.submit(t)
-    assert s.connection_lost() == [t]
-    assert s.queued == 0 and s.data_to_send() == b""
 
 
 def test_background_task_is_done_at_job_created() -> None:
@@ -219,14 +208,6 @@ def test_a_mismatched_reply_names_the_request_it_answered_in_its_error() -> None
         s.receive(encode_res(PT.ECHO_RES, b"a"))
 
 
-def test_a_lost_connection_fails_its_queries_saying_how() -> None:
-    s = ClientSession("a:1")
-    asked = s.echo(b"a")
-    s.connection_lost("broke the protocol: expected a binary packet")
-    assert asked.done and isinstance(asked.error, ServerUnavailable)
-    assert str(asked.error) == "job server a:1 broke the protocol: expected a binary packet"
-
-
 def test_abandoned_task_drops_later_packets() -> None:
     s = ClientSession()
     t = Task("f", b"")
@@ -235,20 +216,6 @@ def test_abandoned_task_drops_later_packets() -> None:
     s.receive(encode_res(PT.JOB_CREATED, b"H:1"))
     assert s.receive(encode_res(PT.WORK_COMPLETE, b"H:1", b"late")) == []
     assert not t.done and not s.busy
-
-
-def test_connection_lost_returns_unfinished_tasks_and_fails_queries() -> None:
-    s = ClientSession("a:1")
-    created, pending, bg = Task("f", b""), Task("f", b""), Task("f", b"", background=True)
-    s.submit(created)
-    s.receive(encode_res(PT.JOB_CREATED, b"H:1"))
-    s.submit(pending)
-    s.submit(bg)
-    q = s.echo(b"x")
-    assert set(s.connection_lost()) == {created, pending, bg}
-    assert q.done and isinstance(q.error, ServerUnavailable)
-    with pytest.raises(ServerUnavailable):
-        s.submit(Task("f", b""))
 
 
 def test_bytes_split_anywhere_decode_the_same() -> None:
@@ -410,30 +377,3 @@ def test_a_reply_over_the_limit_fails_its_job_and_the_stream_goes_on() -> None:
     s.echo(b"")
     with pytest.raises(ProtocolError, match="exceeds the limit"):
         s.receive(encode_res(PT.ECHO_RES, b"y" * 2000))
-
-
-def test_submits_not_written_whole_when_the_connection_is_lost_are_marked_so() -> None:
-    # A packet never written whole cannot have created a job: such a task goes on to the
-    # next server (may_resubmit), where it failed "(not confirmed: it may have been created)".
-    s = ClientSession("srv")
-    whole, cut, held = Task("f", b"a"), Task("f", b"b" * 100), Task("f", b"c")
-    s.submit(whole)
-    status = s.get_status("H:1")
-    s.submit(cut)
-    handed = s.data_to_send()
-    s.submit(held)  # still queued in the session
-    assert handed.endswith(cut.packet())
-    lost = s.connection_lost(unsent=len(cut.packet()) - 30)  # all but its first 30 bytes
-    assert lost == [whole, cut, held]
-    assert [t.unwritten for t in lost] == [False, True, True]
-    assert [may_resubmit(t) for t in lost] == [False, True, True]
-    assert status.done and isinstance(status.error, ServerUnavailable)
-    assert "(not sent whole: not created)" in str(lost_error("srv", cut))
-    assert "(not confirmed: it may have been created)" in str(lost_error("srv", whole))
-    # Not back to the server that cut it short (one pass), a whole one's lost server alone.
-    assert (not_again(cut, "srv"), not_again(whole, "srv")) == (("srv",), ("srv",))
-    s2 = ClientSession("other")
-    s2.submit(cut)
-    s2.data_to_send()
-    s2.connection_lost(unsent=1)
-    assert not_again(cut, "other") == ("srv", "other")
