@@ -118,7 +118,7 @@ class ServerConnection(asyncio.Protocol):
         self.closed_by_client = False  # AsyncClient.close() ended it
         self.lost_how = "went away"  # what a job lost with it says of the server
         self.writing_paused = False  # the transport's buffer is past its high-water mark
-        self.unsent_at_least = 0  # while paused (pause_writing)
+        self.unsent_at_least = 0  # of what was written, if lost now (pause_writing, _flush)
         self._flush_due = False
         self.received = 0  # bytes read so far: whether ``closed_unseen``'s wait reads on
         # Says when the server has ended the connection (POLLRDHUP: its FIN, whatever waits
@@ -153,6 +153,9 @@ class ServerConnection(asyncio.Protocol):
             if not data:
                 return
             transport.write(data)  # calls pause_writing() itself when past the mark
+            if transport.is_closing():  # its send failed (a reset): none of ``data`` left
+                self.unsent_at_least = len(data)
+                return
 
     def withdraw(self, request: Task[Waiter] | Query[Any]) -> bool:
         """Take back a request still held here (the transport paused): it is never sent."""
@@ -242,6 +245,7 @@ class ServerConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        self.unsent_at_least = 0
         self.send_soon()  # what was held goes out in order, next turn (not inside write-ready)
 
     def data_received(self, data: bytes) -> None:
@@ -325,7 +329,7 @@ class ServerConnection(asyncio.Protocol):
         self.transport = None
         self.ended = None  # its descriptor is closed, and may be reused by another file
         resubmit = None if self.resubmit is None else self.resubmit()
-        unsent = self.unsent_at_least if self.writing_paused else 0  # a submit cut short
+        unsent = self.unsent_at_least  # a submit cut short (pause_writing, _flush)
         lost = self.session.connection_lost(self.lost_how, unsent, not self.closed_by_client)
         for task in lost:
             if self.closed_by_client:  # our close(): not the server's doing, and no retry

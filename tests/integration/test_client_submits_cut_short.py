@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import re
+import select
+import socket
+import struct
 from collections.abc import Iterator
 
 import pytest
 
 import farm
+from farm.client.aioconn import ServerConnection, Waiter
+from farm.protocol.client import Task
 from tests.helpers.stalled import CuttingShort
 
 BIG = 4 << 20  # past what the socket buffers of a server reading 1 KB take
@@ -65,3 +70,31 @@ def test_an_executor_call_cut_short_says_it_was_not_sent_whole(cutters) -> None:
         futures = [ex.submit(len, b"x" * (900 << 10)) for _ in range(12)]
         with pytest.raises(farm.ServerUnavailable, match=re.escape(NOT_SENT)):
             futures[-1].result(30)
+
+
+def test_async_a_submit_whose_write_failed_at_once_was_not_sent_whole() -> None:
+    # The server reset the connection before the loop read that it had: the transport's send
+    # of the submit failed at once, and none of it left. Only a paused transport's bytes
+    # counted as unsent: it failed "(not confirmed: it may have been created)".
+    async def main() -> Task[Waiter]:
+        loop = asyncio.get_running_loop()
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            port = listener.getsockname()[1]
+            _, conn = await loop.create_connection(
+                lambda: ServerConnection(f"127.0.0.1:{port}", loop), "127.0.0.1", port
+            )
+            peer, _ = listener.accept()
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()  # a reset
+        poll = select.poll()  # the reset is here, and the loop has not run since
+        poll.register(conn.transport.get_extra_info("socket").fileno(), select.POLLERR)
+        assert poll.poll(10_000), "no reset came"
+        task: Task[Waiter] = Task("f", b"x" * 1000)
+        task.owner = waiter = Waiter(conn, loop)
+        conn.session.submit(task)
+        conn._flush()  # as the loop turn's end does
+        await asyncio.wait_for(waiter.ended, 10)
+        return task
+
+    task = asyncio.run(main())
+    assert NOT_SENT in str(task.error)
