@@ -66,7 +66,7 @@ def test_an_executor_call_cut_short_says_it_was_not_sent_whole(cutters) -> None:
     # "(not confirmed: it may have been created)", where docs/executor.md says "not sent
     # whole: not created". Each argument under the spill threshold (1 MiB, beyond which only
     # a file's name crosses), the last calls' lie in what the kernel did not take.
-    with farm.Executor(servers=cutters[0].addr, connect_timeout=3) as ex:
+    with farm.Executor(32, servers=cutters[0].addr, connect_timeout=3) as ex:  # all on the farm
         futures = [ex.submit(len, b"x" * (900 << 10)) for _ in range(12)]
         with pytest.raises(farm.ServerUnavailable, match=re.escape(NOT_SENT)):
             futures[-1].result(30)
