@@ -372,7 +372,9 @@ class Connections:
                     self.submit(task, exclude=skip, deadline=until, excluded_how=why)
                     continue
                 except ServerUnavailable as exc:
-                    task.error = exc
+                    # A submit cut short says first that it created nothing, as AsyncClient's.
+                    cut = task.unwritten and f"{lost_error(conn.addr, task, why)}; then {exc}"
+                    task.error = ServerUnavailable(cut) if cut else exc
             else:
                 task.error = lost_error(conn.addr, task, why)
             task.done = True

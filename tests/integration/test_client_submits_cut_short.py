@@ -61,6 +61,21 @@ def test_one_server_cutting_a_submit_short_says_it_was_not_sent_whole(cutters) -
     assert f"{cutters[0].addr} went away while holding job f {NOT_SENT}" in str(raised.value)
 
 
+def test_a_submit_cut_short_where_the_other_server_is_down_says_it_was_not_sent_whole(
+    cutters,
+) -> None:
+    # The next server refused the connection: it said only "no job server is reachable;
+    # tried ...", and the caller could not tell the job was not created (AsyncClient could).
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    down = f"127.0.0.1:{s.getsockname()[1]}"
+    s.close()  # nothing listens there now: refused
+    with farm.Client([cutters[0].addr, down]) as c, pytest.raises(farm.ServerUnavailable) as raised:
+        c.call("f", b"x" * BIG, timeout=10)
+    said = str(raised.value)
+    assert NOT_SENT in said and "Connection refused" in said, said
+
+
 def test_an_executor_call_cut_short_says_it_was_not_sent_whole(cutters) -> None:
     # The connection's unsent bytes went uncounted: a call it had not sent a byte of failed
     # "(not confirmed: it may have been created)", where docs/executor.md says "not sent
