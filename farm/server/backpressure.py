@@ -17,7 +17,10 @@ The state lives on the connection (``Connection.__init__``).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import sys
+import termios
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
@@ -34,6 +37,15 @@ over_connections = Brief(log)  # past --max-connections (turn_away; farm.server.
 #: (``defer``), so no peer's burst holds the others for the whole of it.
 READ_SLICE = 16
 Event = p.Packet | p.AdminLine | p.Oversized
+
+
+def kernel_unsent(fd: int) -> int:
+    """Bytes written to socket ``fd`` that its peer has not taken yet (TCP: not acked; a
+    Unix socket: not read), as far as the system tells (Linux's SIOCOUTQ); else 0."""
+    try:
+        return int.from_bytes(fcntl.ioctl(fd, termios.TIOCOUTQ, bytes(4)), sys.byteorder)
+    except (OSError, ValueError, OverflowError):
+        return 0
 
 
 class BackPressure:
@@ -64,6 +76,8 @@ class BackPressure:
     waiting_on: set[BackPressure]
     held_back: set[BackPressure]
     stall_timer: asyncio.TimerHandle | None  # this client holds a worker up (time_stall)
+    stall_mark: int  # what it had taken when stall_timer was set (taken)
+    bytes_out: int  # bytes written to its transport, all told
 
     def turn_away(self, transport: asyncio.BaseTransport) -> None:
         """A connection past --max-connections: told why (ERROR SERVER_BUSY), then closed.
@@ -261,22 +275,39 @@ class BackPressure:
         self.waiting_on.clear()
 
     def time_stall(self) -> None:
-        """A worker is held up by this client's not reading: past --stall-timeout without a
-        drain (``release_held_back``), the client goes, not the worker."""
+        """A worker is held up by this client's not reading: past --stall-timeout without
+        taking a byte of its replies, the client goes, not the worker. Timed from what it
+        has taken so far (``stall_mark``): ``stalled`` looks again then."""
         if self.stall_timer is not None:
             self.stall_timer.cancel()
         loop = self.hub.loop
         if loop is not None:  # a server driven by hand, as in tests, has no timers
+            self.stall_mark = self.taken()
             self.stall_timer = loop.call_later(self.hub.options.stall_timeout, self.stalled)
+
+    def taken(self) -> int:
+        """Bytes of its replies this peer has taken: written, less what its transport and
+        the kernel hold. The kernel's share counts: a socket is writable again only once
+        its send buffer (up to 4 MiB) is half empty, so the transport's alone stood still
+        for seconds while the peer read."""
+        transport = self.transport
+        held = transport.get_write_buffer_size() if transport is not None else 0
+        return self.bytes_out - held - kernel_unsent(self.fd)
 
     def stalled(self) -> None:
         """Its unread bytes are what holds the worker: disconnected, as --max-unread-bytes
-        would have done had the worker's stream been read into them."""
+        would have done had the worker's stream been read into them. A client that took
+        some since (reading steadily, slower than the worker streams) is timed again: only
+        the drain below the low-water mark (``resume_writing``) ended the wait, and one
+        reading 200 KiB/s with more than --stall-timeout's worth waiting was cut."""
         self.stall_timer = None
         if self.closed or not self.write_paused or not self.held_back:
             return
+        if self.taken() > self.stall_mark:
+            self.time_stall()
+            return
         over_stall(
-            "fd %d (%s): read none of its replies for %g s while %d worker(s) stream to it"
+            "fd %d (%s): took none of its replies for %g s while %d worker(s) stream to it"
             " (--stall-timeout); disconnecting it",
             self.fd,
             self.ip,

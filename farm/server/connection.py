@@ -99,6 +99,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, PeerOptions, a
         self.waiting_on: set[BackPressure] = set()  # clients this worker waits for
         self.held_back: set[BackPressure] = set()  # workers waiting for this client
         self.stall_timer: asyncio.TimerHandle | None = None  # (BackPressure.time_stall)
+        self.stall_mark = self.bytes_out = 0  # (BackPressure.taken)
         # Held grab (docs/held-grab.md): negotiated; the grab packet held (0: none); a job
         # pushed to this worker and not yet accepted, with its deadline.
         self.used_admin = False
@@ -252,6 +253,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, PeerOptions, a
         if self.out and not self.closed and self.transport is not None:
             size = len(self.out)
             self.hub.stats.bytes_out += size
+            self.bytes_out += size
             self.written_this_read += size
             self.transport.write(bytes(self.out))
             if self.write_paused and self.tcp:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import select
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -117,12 +118,14 @@ def test_results_a_tcp_client_leaves_unread_count_against_max_unread_bytes(
         srv.stop()
 
 
-def streaming_worker(worker: Peer, handle: bytes, chunks: int = 320) -> threading.Event:
-    """A thread sending ``chunks`` WORK_DATA of 64 KiB (20 MiB: past what the sockets
-    between it and the client buffer) for ``handle``, then WORK_COMPLETE; set when all is
-    sent."""
+def streaming_worker(
+    worker: Peer, handle: bytes, chunks: int = 320, size: int = 64 << 10
+) -> threading.Event:
+    """A thread sending ``chunks`` WORK_DATA of ``size`` bytes (20 MiB by default: past
+    what the sockets between it and the client buffer) for ``handle``, then WORK_COMPLETE;
+    set when all is sent."""
     sent = threading.Event()
-    data = p.encode_req(T.WORK_DATA, handle, b"d" * (64 << 10))
+    data = p.encode_req(T.WORK_DATA, handle, b"d" * size)
 
     def write() -> None:
         try:
@@ -203,5 +206,48 @@ def test_a_client_that_reads_nothing_past_the_stall_timeout_is_disconnected(
         other = peer_factory(srv.addr)
         other.send(T.ECHO_REQ, "still here")
         assert other.expect(T.ECHO_RES).args == (b"still here",)
+    finally:
+        srv.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_client_reading_steadily_but_slowly_is_not_disconnected_by_the_stall_timeout(
+    peer_factory: Callable[[str], Peer],
+) -> None:
+    # The stall timer ran from the worker's first hold, and only a drain below the
+    # low-water mark stopped it: a client reading 200 KiB/s with more than --stall-timeout's
+    # worth waiting was cut mid-stream (at the default 60 s: 14 MB in, after 75 s).
+    size, chunks, rate = 2 << 20, 8, 2 << 20  # a packet takes twice the timeout to read
+    srv = start_farm_server("--stall-timeout", "0.5")
+    try:
+        client = peer_factory(srv.addr)
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        client.send(T.SUBMIT_JOB, "stream", "", "go")
+        handle = client.expect(T.JOB_CREATED).args[0]
+        worker = peer_factory(srv.addr)
+        worker.send(T.CAN_DO, "stream")
+        worker.send(T.GRAB_JOB)
+        assert worker.expect(T.JOB_ASSIGN).args[0] == handle
+        sent = streaming_worker(worker, handle, chunks=chunks, size=size)
+        decoder = p.Decoder(allow_admin=False)
+        took, received, start, ended = 0, 0, time.monotonic(), False
+        while not ended:
+            # Paced: at no moment more than ``rate`` allows since the start (the pace is
+            # what is tested: a reader never idle for the timeout, and slower than the
+            # worker's stream).
+            time.sleep(max(0.0, start + took / rate - time.monotonic()))
+            data = client.sock.recv(64 << 10)
+            lasted = time.monotonic() - start
+            assert data, f"disconnected after {took} bytes in {lasted:.1f}s, reading steadily"
+            took += len(data)
+            for pkt in decoder.feed(data):
+                assert isinstance(pkt, p.Packet) and pkt.type in (T.WORK_DATA, T.WORK_COMPLETE)
+                if pkt.type == T.WORK_COMPLETE:
+                    assert pkt.args == (handle, b"end")
+                    ended = True
+                else:
+                    received += len(pkt.args[1])
+        assert received == chunks * size, "the whole stream, nothing lost"
+        assert sent.wait(10)
     finally:
         srv.stop()
