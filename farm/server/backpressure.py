@@ -22,7 +22,7 @@ import logging
 import sys
 import termios
 from collections.abc import Callable, Iterator
-from typing import Any, cast
+from typing import Any
 
 from farm import protocol as p
 from farm.logrepeats import Brief
@@ -80,19 +80,14 @@ class BackPressure:
     bytes_out: int  # bytes written to its transport, all told
 
     def turn_away(self, transport: asyncio.BaseTransport) -> None:
-        """A connection past --max-connections: told why (ERROR SERVER_BUSY), then closed.
-        A bare close read as "Broken pipe; reconnecting" in a worker's log, for ever, and
-        named no limit to raise."""
+        """A connection past --max-connections: closed at once, as gearmand does, the reason
+        in the server's log (once a while: ``over_connections``). No ERROR first: peers
+        read one there as an answer (farm's worker reset its backoff on it and reconnected
+        16 times a second, Perl's Gearman::Worker died of it, libgearman's looped on
+        GEARMAN_UNEXPECTED_PACKET), where a close meets each one's backoff."""
         over_connections("connection limit reached; closing fd %d (%s)", self.fd, self.ip)
         self.closed = True
         self.tcp = False  # not counted
-        why = (
-            f"the job server is at its --max-connections ({self.hub.options.max_connections};"
-            " [server] max_connections, lowered to fit the descriptor limit: LimitNOFILE=,"
-            " ulimit -n): try again later"
-        )
-        told = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        told.write(p.encode_res(p.PacketType.ERROR, b"SERVER_BUSY", why.encode()))
         transport.close()
 
     def defer(self, events: Iterator[Event]) -> None:

@@ -32,7 +32,8 @@ def add_limit_flags(ap: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULTS.max_connections,
         metavar="N",
-        help="connections beyond this are told ERROR SERVER_BUSY and closed (default %(default)s)",
+        help="connections beyond this are closed at once, the reason in the log"
+        " (default %(default)s)",
     )
     ap.add_argument(
         "--max-queue",

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from farm import protocol as p
 from farm.protocol import PacketType as T
 from farm.server.settings import FD_MARGIN
 from tests.helpers import ROOT
@@ -278,11 +277,10 @@ def test_max_connections_is_lowered_to_fit_a_low_descriptor_limit(tmp_path: Path
         data = b""
         while chunk := held[-1].recv(65536):  # to the close: a connection past the limit
             data += chunk
-        # Told why first: a bare close named no limit, and a worker logged a broken pipe.
-        (pkt,) = p.Decoder(allow_admin=False).feed(data)
-        assert pkt.type == T.ERROR and pkt.args[0] == b"SERVER_BUSY", pkt
-        assert f"--max-connections ({fits};" in pkt.args[1].decode(), pkt.args
-        assert "LimitNOFILE" in pkt.args[1].decode(), pkt.args
+        # A bare close, as gearmand's: peers read an ERROR before it as an answer (farm's
+        # worker reset its backoff on it; Perl's died, libgearman's looped). Why is logged.
+        assert data == b"", data
+        wait_for("the limit in the log", lambda: "connection limit reached" in log.read_text())
         for s in held:
             s.close()
     finally:

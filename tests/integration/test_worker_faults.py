@@ -334,6 +334,35 @@ def test_a_server_that_takes_each_connection_and_closes_it_is_a_warning_past_the
 
 
 @pytest.mark.timeout(60)
+def test_a_worker_shut_out_by_max_connections_logs_a_handful_of_lines_not_a_flood(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The server said ERROR SERVER_BUSY before each close past --max-connections: the
+    # worker took it for an answer, reset its backoff and came back some 16 times a
+    # second, two lines each (~160 in 5 s). A bare close, as gearmand's, meets the backoff.
+    caplog.set_level("INFO", logger="farm.worker")
+    srv = start_farm_server("--max-connections", "2")
+    hogs: list[Peer] = []
+    try:
+        for _ in range(2):  # each answered: counted by the server before the worker comes
+            hogs.append(Peer(srv.addr))
+            hogs[-1].send(T.ECHO_REQ, b"x")
+            hogs[-1].expect(T.ECHO_RES)
+        worker = farm.Worker(srv.addr)
+        worker.register("rev", reverse)
+        with working(worker):
+            time.sleep(5)  # the window watched: what the worker logs in it is the test
+        lines = [r.getMessage() for r in caplog.records if r.name == "farm.worker"]
+    finally:
+        for hog in hogs:
+            hog.sock.close()
+        srv.stop()
+    # Tries at 0, 0.05, 0.15 ... 3.15 s (50 ms doubling): 7, a line each.
+    assert 3 <= len(lines) <= 12, lines
+    assert all("reconnecting" in line for line in lines), lines
+
+
+@pytest.mark.timeout(60)
 def test_a_hung_server_is_a_warning_within_the_outage_grace_too(
     farm_server, caplog: pytest.LogCaptureFixture
 ) -> None:
