@@ -276,9 +276,12 @@ class Worker(WorkerFunctions, WorkerNews):
                 fail_and_part(sock, exc.handle, why)
             self._lost(server, f"broke the protocol: {exc}")
             return
-        server.backoff, server.silent = BACKOFF_FIRST, False  # it talks sense: retry at once
-        if server.down_since is not None:  # and only now is its outage over
-            self._back(server)
+        # It talks sense: retry at once, its outage over. An ERROR alone is no sign (one said
+        # before each close at a connection limit was reconnected to 16 times a second).
+        if server.session.answered:
+            server.backoff, server.silent = BACKOFF_FIRST, False
+            if server.down_since is not None:
+                self._back(server)
         if self._grabbing is server and server.session.state is not _GRABBING:
             self._grabbing = self._grab_deadline = None
         self._flush(server)  # a JOB_ACCEPT leaves before its job runs

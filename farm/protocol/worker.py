@@ -95,6 +95,9 @@ class WorkerSession(WorkerAbilities):
         self._forget_registrations()  # (farm.protocol.workerabilities)
         self._decoder = Decoder(allow_admin=False)
         self._out = bytearray()
+        # Whether the last receive() read a packet other than an ERROR the server sent of
+        # itself: a sign that it serves (an ERROR is none: one at its connection limit).
+        self.answered = False
 
     def data_to_send(self) -> bytes:
         out = bytes(self._out)
@@ -143,6 +146,7 @@ class WorkerSession(WorkerAbilities):
         """Feed bytes from the server; return JobAssigned / JobNotHeld / ServerErrorNotice
         events."""
         events: list[object] = []
+        self.answered = False
         for packet in self._decoder.feed(data):
             if not isinstance(packet, Packet):  # admin text is off for a worker's decoder
                 raise ProtocolError("a worker does not expect admin text")
@@ -160,6 +164,7 @@ class WorkerSession(WorkerAbilities):
                     self.read_accept = self.held and ptype == _OPTION_RES
                 # (revoke: a server that agreed sends JOB_REVOKE; give-back: it counts no
                 # retry for a job we let go; nothing to remember of either)
+                self.answered = True  # an answer to our question, ERROR UNKNOWN_OPTION too
                 continue
             if ptype == _ERROR:
                 code, text = (a.decode("utf-8", "replace") for a in args)  # as a client reads it
@@ -172,6 +177,7 @@ class WorkerSession(WorkerAbilities):
                 function = self._refused(code, text) if self._refusable else None
                 events.append(ServerErrorNotice(code=code, text=text, function=function))
                 continue
+            self.answered = True
             nxt = _WORKER_TRANSITIONS.get((self.state, ptype))
             if nxt is None:
                 if ptype == _JOB_REVOKE:  # in no state's table: looked for only here

@@ -130,9 +130,11 @@ def misbehaving(behave: Behaviour) -> Iterator[str]:
 class CuttingShort:
     """Accepts every connection, reads a little of it and closes it (a reset: bytes unread),
     counting them in ``accepts``: a server that cuts every large submit short (one at its
-    --max-connections, a proxy's limit). ``addr`` while open; ``close()`` after."""
+    --max-connections, a proxy's limit), having sent ``says`` first (an ERROR: as farm's
+    server did at its limit). ``addr`` while open; ``close()`` after."""
 
-    def __init__(self) -> None:
+    def __init__(self, says: bytes = b"") -> None:
+        self.says = says
         self.listener = socket.socket()
         # Inherited by the accepted socket: a small window, so a large submit is not all
         # in the kernel's buffers when the connection is reset.
@@ -153,6 +155,7 @@ class CuttingShort:
             self.accepts += 1
             with conn:
                 try:
+                    conn.sendall(self.says)
                     conn.recv(1024)
                 except OSError:
                     pass

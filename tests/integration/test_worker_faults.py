@@ -14,13 +14,14 @@ from typing import Any
 import pytest
 
 import farm
+from farm import protocol as p
 from farm.net import AddressError
 from farm.protocol import PacketType as T
 from tests.helpers.heldjob import HeldJob
 from tests.helpers.peers import Peer
 from tests.helpers.servers import start_farm_server, unix_farm_server
 from tests.helpers.serving import reverse, serving, working
-from tests.helpers.stalled import unanswered_listener
+from tests.helpers.stalled import CuttingShort, unanswered_listener
 from tests.helpers.waiting import wait_for
 
 
@@ -360,6 +361,23 @@ def test_a_worker_shut_out_by_max_connections_logs_a_handful_of_lines_not_a_floo
     # Tries at 0, 0.05, 0.15 ... 3.15 s (50 ms doubling): 7, a line each.
     assert 3 <= len(lines) <= 12, lines
     assert all("reconnecting" in line for line in lines), lines
+
+
+@pytest.mark.timeout(60)
+def test_an_error_before_a_close_does_not_reset_the_workers_backoff() -> None:
+    # A server that answers each connection with an ERROR and closes it (farm's server at
+    # its --max-connections did) is not one that talks sense: the worker reset its backoff
+    # on any packet, and reconnected every 50 ms.
+    busy = CuttingShort(says=p.encode_res(T.ERROR, b"SERVER_BUSY", b"try again later"))
+    try:
+        worker = farm.Worker(busy.addr)
+        worker.register("rev", reverse)
+        with working(worker):
+            time.sleep(3)  # the window watched: how often the worker comes in it is the test
+        # Tries at 0, 0.05, 0.15, 0.35, 0.75, 1.55 and 3.15 s: 6 in the window.
+        assert 3 <= busy.accepts <= 8, busy.accepts
+    finally:
+        busy.close()
 
 
 @pytest.mark.timeout(60)

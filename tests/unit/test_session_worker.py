@@ -236,3 +236,20 @@ def test_a_job_of_a_function_withdrawn_while_grabbing_is_owed_nothing() -> None:
     w.connection_lost()
     w.connected()  # a fresh connection: nothing of the last one's is on its way back
     assert not w.withdrawn("f")
+
+
+def test_only_a_packet_other_than_an_error_says_the_server_answered() -> None:
+    # The worker resets its backoff on a read that answered: an ERROR before a close (a
+    # server at its --max-connections) made it reconnect every 50 ms.
+    w = WorkerSession({"f": None})
+    w.connected()
+    w.data_to_send()
+    w.receive(encode_res(PT.ERROR, b"SERVER_BUSY", b"try again later"))
+    assert not w.answered
+    w.receive(encode_res(PT.ERROR, b"UNKNOWN_OPTION", b"")[:7])  # not whole yet
+    assert not w.answered
+    w.receive(encode_res(PT.ERROR, b"UNKNOWN_OPTION", b"")[7:])  # the answer to an option
+    assert w.answered
+    w.grab()
+    w.receive(encode_res(PT.NO_JOB))
+    assert w.answered
