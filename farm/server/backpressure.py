@@ -261,8 +261,9 @@ class BackPressure:
         taken back): its clients' reading holds the worker no longer. What it still streams
         for the job is read and dropped (``expired``), as gearmand serves on. All its waits
         end: the next news of a job it still holds waits again where it must."""
-        self.stop_waiting()
-        self.update_reading()
+        if self.waiting_on:  # a worker waits on nobody in the common case: one test a job
+            self.stop_waiting()
+            self.update_reading()
 
     def stop_waiting(self) -> None:
         for client in self.waiting_on:
