@@ -23,6 +23,17 @@ pytestmark = pytest.mark.timeout(60)
 ONE_WORKER = '[functions.reverse]\ntarget = "workers.text:reverse"\nworkers = 1\n'
 
 
+def faulty_farm(tmp_path: Path, code: str, switch: str = "") -> tuple[FarmUp, Path]:
+    """`farm up` of one worker started by ``code`` (a fault patched in, then the CLI), with
+    $``switch`` (if any) naming the file whose presence turns the fault on; and that path."""
+    path = tmp_path / switch.lower().replace("_", "-")
+    env = {switch: str(path)} if switch else {}
+    up = FarmUp(tmp_path, ONE_WORKER, metrics=False, start=False, extra_env=env)
+    up.code = code
+    up.start()
+    return up, path
+
+
 def test_accept_at_the_descriptor_limit_pauses_the_control_socket_not_the_farm(
     tmp_path: Path,
 ) -> None:
@@ -95,9 +106,7 @@ from farm.cli import main; main()
 
 
 def test_an_error_out_of_a_running_farm_is_not_called_a_start(tmp_path: Path) -> None:
-    up = FarmUp(tmp_path, ONE_WORKER, metrics=False, start=False)
-    up.code = FAILS_ONCE_READY
-    up.start()
+    up, _ = faulty_farm(tmp_path, FAILS_ONCE_READY)
     try:
         up.expect_notify("READY=1")
         assert up.proc.wait(20) == 1
@@ -126,12 +135,7 @@ from farm.cli import main; main()
 def test_a_worker_that_cannot_be_started_backs_off_and_reads_as_failing(tmp_path: Path) -> None:
     # A spawn failing with EMFILE was retried every 0.5 s for ever, a log line each time,
     # its slot never counted a failure ("backoff", never "failing").
-    refuse = tmp_path / "refuse-spawn"
-    up = FarmUp(
-        tmp_path, ONE_WORKER, metrics=False, start=False, extra_env={"REFUSE_SPAWN": str(refuse)}
-    )
-    up.code = REFUSES_SPAWN
-    up.start()
+    up, refuse = faulty_farm(tmp_path, REFUSES_SPAWN, "REFUSE_SPAWN")
     try:
         up.expect_notify("READY=1")
         (worker,) = up.wait_idle({"reverse": 1})
@@ -204,12 +208,7 @@ from farm.cli import main; main()
 
 def test_a_request_that_fails_in_the_supervisor_is_answered_with_why(tmp_path: Path) -> None:
     # `farm ps` at the limit said "control socket ...: the supervisor closed early".
-    refuse = tmp_path / "refuse-ps"
-    up = FarmUp(
-        tmp_path, ONE_WORKER, metrics=False, start=False, extra_env={"REFUSE_PS": str(refuse)}
-    )
-    up.code = REFUSES_PS
-    up.start()
+    up, refuse = faulty_farm(tmp_path, REFUSES_PS, "REFUSE_PS")
     try:
         up.expect_notify("READY=1")
         refuse.touch()

@@ -20,6 +20,17 @@ from tests.helpers.stalled import CuttingShort
 from tests.helpers.waiting import wait_for
 
 
+def take_every_connection(addr: str, limit: int) -> list[Peer]:
+    """Peers holding all ``limit`` connections of a server at its --max-connections, each
+    answered, so counted by the server before the worker under test comes."""
+    hogs: list[Peer] = []
+    for _ in range(limit):
+        hogs.append(Peer(addr))
+        hogs[-1].send(T.ECHO_REQ, b"x")
+        hogs[-1].expect(T.ECHO_RES)
+    return hogs
+
+
 @pytest.mark.timeout(60)
 def test_a_server_that_takes_each_connection_and_closes_it_is_a_warning_past_the_grace(
     caplog: pytest.LogCaptureFixture,
@@ -33,10 +44,7 @@ def test_a_server_that_takes_each_connection_and_closes_it_is_a_warning_past_the
     srv = start_farm_server("--max-connections", "2")
     hogs: list[Peer] = []
     try:
-        for _ in range(2):  # each answered: counted by the server before the worker comes
-            hogs.append(Peer(srv.addr))
-            hogs[-1].send(T.ECHO_REQ, b"x")
-            hogs[-1].expect(T.ECHO_RES)
+        hogs = take_every_connection(srv.addr, 2)
 
         def said(about: str = "") -> list[logging.LogRecord]:
             return [r for r in caplog.records if r.name == "farm.worker" and about in r.msg]
@@ -81,10 +89,7 @@ def test_a_worker_shut_out_by_max_connections_logs_a_handful_of_lines_not_a_floo
     srv = start_farm_server("--max-connections", "2")
     hogs: list[Peer] = []
     try:
-        for _ in range(2):  # each answered: counted by the server before the worker comes
-            hogs.append(Peer(srv.addr))
-            hogs[-1].send(T.ECHO_REQ, b"x")
-            hogs[-1].expect(T.ECHO_RES)
+        hogs = take_every_connection(srv.addr, 2)
         worker = farm.Worker(srv.addr)
         worker.register("rev", reverse)
         with working(worker):
