@@ -63,8 +63,10 @@ def test_result_is_read_by_the_thread_that_waits_for_it(
         assert future.result(timeout=10) == 2 * i
         settled_in.append(settled.thread)
     # The future is settled by the thread that read its reply: this one, instead of the
-    # pump thread ("farm-executor"), which would wake it in turn.
-    assert settled_in.count(threading.current_thread().name) >= 10, settled_in
+    # pump thread ("farm-executor"), which would wake it in turn. Which of the two reads
+    # first is the scheduler's to say (9 of 20 here on a loaded CI run, where 10 were
+    # asked for): that this thread reads at all is the point (without it, none would).
+    assert threading.current_thread().name in settled_in, settled_in
     # Its done-callbacks run in the pump thread all the same, as ProcessPoolExecutor runs
     # them in its manager thread (this test used to see them in this thread, its probe of
     # who read the reply: there they held result() up, tests/integration/
