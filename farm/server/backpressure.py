@@ -40,8 +40,10 @@ Event = p.Packet | p.AdminLine | p.Oversized
 
 
 def kernel_unsent(fd: int) -> int:
-    """Bytes written to socket ``fd`` that its peer has not taken yet (TCP: not acked; a
-    Unix socket: not read), as far as the system tells (Linux's SIOCOUTQ); else 0."""
+    """What socket ``fd`` still holds of what was written to it, as far as the system tells
+    (Linux's SIOCOUTQ), else 0: over TCP the bytes its peer's kernel has not acknowledged;
+    on a Unix socket the memory its queued buffers are charged, more than their bytes, which
+    falls only as the peer reads a buffer whole. A measure of progress, not of bytes read."""
     try:
         return int.from_bytes(fcntl.ioctl(fd, termios.TIOCOUTQ, bytes(4)), sys.byteorder)
     except (OSError, ValueError, OverflowError):
@@ -85,7 +87,13 @@ class BackPressure:
         read one there as an answer (farm's worker reset its backoff on it and reconnected
         16 times a second, Perl's Gearman::Worker died of it, libgearman's looped on
         GEARMAN_UNEXPECTED_PACKET), where a close meets each one's backoff."""
-        over_connections("connection limit reached; closing fd %d (%s)", self.fd, self.ip)
+        over_connections(
+            "past --max-connections (%d; [server] max_connections, which the descriptor limit"
+            " may have lowered: LimitNOFILE=, ulimit -n); closing fd %d (%s)",
+            self.hub.options.max_connections,
+            self.fd,
+            self.ip,
+        )
         self.closed = True
         self.tcp = False  # not counted
         transport.close()
@@ -282,10 +290,11 @@ class BackPressure:
             self.stall_timer = loop.call_later(self.hub.options.stall_timeout, self.stalled)
 
     def taken(self) -> int:
-        """Bytes of its replies this peer has taken: written, less what its transport and
-        the kernel hold. The kernel's share counts: a socket is writable again only once
-        its send buffer (up to 4 MiB) is half empty, so the transport's alone stood still
-        for seconds while the peer read."""
+        """How much of its replies this peer has taken, as a mark that rises when it reads:
+        written, less what its transport and the kernel hold (``kernel_unsent``: it moves a
+        TCP segment, or a Unix socket's buffer, at a time). The kernel's share counts: a
+        socket is writable again only once its send buffer (up to 4 MiB) is half empty, so
+        the transport's alone stood still for seconds while the peer read."""
         transport = self.transport
         held = transport.get_write_buffer_size() if transport is not None else 0
         return self.bytes_out - held - kernel_unsent(self.fd)
@@ -303,8 +312,8 @@ class BackPressure:
             self.time_stall()
             return
         over_stall(
-            "fd %d (%s): took none of its replies for %g s while %d worker(s) stream to it"
-            " (--stall-timeout); disconnecting it",
+            "fd %d (%s): took nothing of its replies for %g s (not a TCP segment, nor a socket"
+            " buffer) while %d worker(s) stream to it (--stall-timeout); disconnecting it",
             self.fd,
             self.ip,
             self.hub.options.stall_timeout,

@@ -121,7 +121,8 @@ def add_limit_flags(ap: argparse.ArgumentParser) -> None:
         default=DEFAULTS.stall_timeout,
         metavar="SECONDS",
         help="how long a client that takes none of its replies may hold up a worker streaming"
-        " to it before it is disconnected; one taking some is timed again (default %(default)s)",
+        " to it before it is disconnected; one taking a TCP segment or a socket buffer's worth"
+        " is timed again (default %(default)s)",
     )
     ap.add_argument(
         "--wake-deadline",

@@ -85,7 +85,12 @@ class TLSGate(asyncio.Protocol):
             transport.abort()  # accepted before the stop closed the listener, made after it
             return
         if not hub.room(tcp=True):
-            over_connections("connection limit reached; closing a TLS peer before its handshake")
+            over_connections(
+                "past --max-connections (%d; [server] max_connections, which the descriptor"
+                " limit may have lowered: LimitNOFILE=, ulimit -n); closing a TLS peer before"
+                " its handshake",
+                hub.options.max_connections,
+            )
             transport.abort()
             return
         try:

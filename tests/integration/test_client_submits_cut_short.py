@@ -74,6 +74,7 @@ def test_a_submit_cut_short_where_the_other_server_is_down_says_it_was_not_sent_
         c.call("f", b"x" * BIG, timeout=10)
     said = str(raised.value)
     assert NOT_SENT in said and "Connection refused" in said, said
+    assert said.index(NOT_SENT) < said.index("Connection refused"), said  # the loss first
 
 
 def test_an_executor_call_cut_short_says_it_was_not_sent_whole(cutters) -> None:

@@ -280,7 +280,7 @@ def test_max_connections_is_lowered_to_fit_a_low_descriptor_limit(tmp_path: Path
         # A bare close, as gearmand's: peers read an ERROR before it as an answer (farm's
         # worker reset its backoff on it; Perl's died, libgearman's looped). Why is logged.
         assert data == b"", data
-        wait_for("the limit in the log", lambda: "connection limit reached" in log.read_text())
+        wait_for("the limit in the log", lambda: "past --max-connections" in log.read_text())
         for s in held:
             s.close()
     finally:

@@ -36,8 +36,10 @@ def test_connections_past_the_limit_are_logged_briefly(tmp_path: Path) -> None:
         with connect(srv.addr) as last:  # the server has logged whatever it will by now
             last.settimeout(5)
             assert last.recv(100) == b""
-        wait_for("the first refusal in the log", lambda: "limit reached" in log.read_text())
-        lines = [line for line in log.read_text().splitlines() if "limit reached" in line]
+        wait_for(
+            "the first refusal in the log", lambda: "past --max-connections" in log.read_text()
+        )
+        lines = [line for line in log.read_text().splitlines() if "past --max-connections" in line]
         assert len(lines) == 1, f"{len(lines)} lines for 301 refused connections"
     finally:
         for s in held:
