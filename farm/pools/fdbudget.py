@@ -14,6 +14,7 @@ import re
 
 from farm.config import Config
 from farm.errors import ConfigError
+from farm.server.process import raise_soft_limit
 from farm.server.settings import DEFAULTS, SERVER_FDS
 
 __all__ = [
@@ -21,7 +22,6 @@ __all__ = [
     "SPARE_CONNECTIONS",
     "SUPERVISOR_FDS",
     "descriptor_refusal",
-    "raise_soft_limit",
 ]
 
 #: The supervisor's own, beside its workers': its log, control socket and metrics listeners,
@@ -35,23 +35,6 @@ PER_WORKER = 3
 SPARE_CONNECTIONS = 8
 
 _MAX_CONNECTIONS = re.compile(r"--max-connections=(\d+)")
-
-
-def raise_soft_limit(wanted: int) -> tuple[int, int]:
-    """The soft descriptor limit raised toward ``wanted``, never past the hard one (the
-    processes the supervisor starts inherit it); (soft, hard) after, -1 for no limit."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):  # a limit the kernel caps lower (fs.nr_open)
-            pass
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    unlimited = resource.RLIM_INFINITY
-    return (-1 if soft == unlimited else soft), (-1 if hard == unlimited else hard)
 
 
 def descriptor_refusal(config: Config) -> ConfigError | None:

@@ -21,6 +21,7 @@ __all__ = [
     "detach",
     "detached",
     "fit_fd_limit",
+    "raise_soft_limit",
     "reopen_log",
     "setup_server_logging",
 ]
@@ -40,17 +41,8 @@ def fit_fd_limit(options: ServerOptions) -> None:
     # an idle server holds about 23 (`farm up` then said ready, 3 of 4 workers refused).
     headroom = _open_now() + FD_MARGIN
     wanted = options.max_connections + headroom
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-        if soft != resource.RLIM_INFINITY and soft < target:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    except (ImportError, ValueError, OSError):  # pragma: no cover - best effort
-        return
-    if soft != resource.RLIM_INFINITY and soft < wanted:
+    soft, _ = raise_soft_limit(wanted)
+    if soft != -1 and soft < wanted:
         fits = max(1, soft - headroom)
         log.warning(
             "the descriptor limit is %d: --max-connections lowered from %d to %d (raise"
@@ -60,6 +52,25 @@ def fit_fd_limit(options: ServerOptions) -> None:
             fits,
         )
         options.max_connections = fits
+
+
+def raise_soft_limit(wanted: int) -> tuple[int, int]:
+    """The soft descriptor limit raised toward ``wanted``, never past the hard one (the
+    processes started after inherit it): the server's own (``fit_fd_limit``) and `farm
+    up`'s for its supervisor and workers (farm.pools.fdbudget). (soft, hard) after, -1 for
+    no limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):  # a limit the kernel caps lower (fs.nr_open)
+            pass
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    unlimited = resource.RLIM_INFINITY
+    return (-1 if soft == unlimited else soft), (-1 if hard == unlimited else hard)
 
 
 def _open_now() -> int:
