@@ -1,0 +1,86 @@
+"""The sdist carries what an operator installs from it: docs/operations.md ("Installing under
+systemd") has them install the package from a path, then copy the unit, its config and the
+pages the unit's Documentation= names from that same tree. An sdist of the packages alone
+left step 3 failing: "install: cannot stat 'systemd/farm.toml'"."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+
+#: `install`'s options that take a value: the word after them is no file to copy.
+VALUED = {"-m", "-o", "-g", "-t"}
+
+
+def copied_by_the_install_steps() -> list[str]:
+    """The files the page's `sudo install ...` lines copy, relative to the tree (globs too)."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    start = text.index("```sh", text.index("## Installing under systemd"))
+    block = text[start : text.index("```\n", start + 5)]
+    sources: list[str] = []
+    for line in block.splitlines():
+        words = line.split("#")[0].split()
+        if words[:2] != ["sudo", "install"]:
+            continue
+        named, into_dir, args = [], False, iter(words[2:])
+        for word in args:
+            if word in VALUED:
+                into_dir |= word == "-t"
+                next(args)
+            elif not word.startswith("-"):
+                named.append(word)
+        sources += named if into_dir else named[:-1]
+    return sources
+
+
+def tree_copy(into: Path) -> Path:
+    """The checkout as a fresh clone has it: no virtualenv, build or egg-info of this one."""
+
+    def left_out(directory: str, names: list[str]) -> set[str]:
+        return {
+            name
+            for name in names
+            if name.startswith(".")
+            or name in ("__pycache__", "build", "dist")
+            or name.endswith(".egg-info")
+            or (Path(directory) / name / "pyvenv.cfg").exists()
+        }
+
+    return Path(shutil.copytree(ROOT, into, ignore=left_out))
+
+
+@pytest.mark.timeout(120)
+def test_the_sdist_holds_each_file_the_install_steps_copy(tmp_path: Path) -> None:
+    pytest.importorskip("setuptools", reason="builds the sdist with setuptools' own backend")
+    copied = copied_by_the_install_steps()
+    assert {"systemd/farm.toml", "systemd/farm.service", "docs/*.md"} <= set(copied)
+    tree = tree_copy(tmp_path / "tree")
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from setuptools import build_meta as b; print(b.build_sdist(sys.argv[1]))",
+            str(tmp_path / "dist"),
+        ],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    sdist = tmp_path / "dist" / built.stdout.split()[-1]
+    with tarfile.open(sdist) as tar:
+        shipped = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    for pattern in copied:
+        wanted = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob(pattern))
+        assert wanted, f"{pattern}: the page copies a file the checkout does not have"
+        missing = [name for name in wanted if name not in shipped]
+        assert not missing, f"the sdist lacks what the install steps copy: {missing}"
