@@ -143,6 +143,7 @@ def target_problem(target: str) -> str | None:
         return f"cannot import {module!r} ({why}); check the module path and PYTHONPATH"
     if spec is None:
         said = f"no module named {module!r}; check the spelling and PYTHONPATH"
+        said += _hidden_by(module, workers_path())
         if cwd is None:  # a farm running where its start directory was removed since
             said += " (not the working directory, which was removed)"
         elif unsearched:  # an absolute PYTHONPATH entry is searched: the operator names it
@@ -291,12 +292,59 @@ def _find_unrun(module: str, path: list[str]) -> ModuleSpec | None:
             continue
         if spec is None or spec.submodule_search_locations is None:
             return None  # its parent is not a package
-        # Its own directories, then the same directory on every path entry: a package
-        # whose __init__ extends its __path__ (pkgutil.extend_path) finds its modules there.
         where = list(spec.submodule_search_locations)
-        where += [os.path.join(entry or ".", *parts[: depth - 1]) for entry in path]
+        if _extends_path(spec):  # its modules on every path entry too, where they may be
+            where += _same_package(parts[: depth - 1], path)
         spec = PathFinder.find_spec(name, [d for d in dict.fromkeys(where) if os.path.isdir(d)])
     return spec
+
+
+def _same_package(parts: list[str], path: list[str]) -> list[str]:
+    """The directory of the package ``parts`` names on each entry of ``path``."""
+    return [os.path.join(entry or ".", *parts) for entry in path]
+
+
+def _extends_path(package: ModuleSpec) -> bool:
+    """Whether a package's modules may lie beside other entries' packages of its name: a
+    regular package's whose __init__ extends its __path__ (pkgutil.extend_path; the check
+    is lenient where it cannot read it). A plain __init__ hides the others, as the import
+    does (a working directory's workers/ before farm's installed one), and a namespace
+    package's locations are its portions on every entry already."""
+    if package.origin is None:
+        return False
+    if not package.origin.endswith(".py"):
+        return True
+    try:
+        return b"__path__" in Path(package.origin).read_bytes()
+    except OSError:
+        return True
+
+
+def _hidden_by(module: str, path: list[str]) -> str:
+    """Where a package of ``module``'s that the workers import first hides another of its
+    name, on a later entry, that holds the module (the working directory's workers/ before
+    farm's installed one), in words for the check's line; "" where none does."""
+    parts = module.split(".")
+    for depth in range(1, len(parts)):
+        package = _find_unrun(".".join(parts[:depth]), path)
+        if package is None or package.submodule_search_locations is None:
+            return ""
+        own = list(package.submodule_search_locations)
+        name = ".".join(parts[: depth + 1])
+        if PathFinder.find_spec(name, own) is not None:
+            continue
+        others = [d for d in _same_package(parts[:depth], path) if d not in own]
+        for other in (d for d in dict.fromkeys(others) if os.path.isdir(d)):
+            if PathFinder.find_spec(name, [other]) is not None:
+                cwd = _working_directory()[0]
+                here = cwd is not None and Path(own[0]).is_relative_to(cwd)
+                fix = "start farm in another directory" if here else "rename it"
+                return (
+                    f" ({'.'.join(parts[:depth])!r} is {own[0]}, the workers' first: it hides"
+                    f" {other}, which has it; {fix})"
+                )
+        return ""
+    return ""
 
 
 def _find_top(name: str, path: list[str]) -> ModuleSpec | None:

@@ -172,3 +172,30 @@ def test_the_target_check_searches_what_the_workers_will(
     assert "no module named 'mine'" in out.stdout, out.stdout
     if beside == "lib":  # the supervisor's warning of the entry comes after this check
         assert "the workers do not search its relative entries ['lib']" in out.stdout
+
+
+def test_a_package_of_the_working_directory_hides_the_one_on_pythonpath(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `farm up` run in a project of the user's with a workers/ package of its own: the
+    # built-in pools' workers.text and the rest passed the check (it looked in every
+    # entry's workers/), and then each of their workers failed to boot, "No module named
+    # 'workers.text'", backed off for good, where one config line could say which hides it.
+    run, lib = tmp_path / "project", tmp_path / "lib"
+    for where in (run, lib):
+        (where / "shadowed").mkdir(parents=True)
+        (where / "shadowed" / "__init__.py").write_text("")
+    (lib / "shadowed" / "jobs.py").write_text("def job(j):\n    return b''\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(lib), str(ROOT)]))
+    monkeypatch.chdir(run)
+    message = error_of(tmp_path, GOOD.replace("workers.hashing:compress", "shadowed.jobs:job"))
+    assert "no module named 'shadowed.jobs'" in message, message
+    assert f"'shadowed' is {run / 'shadowed'}" in message, message
+    assert f"hides {lib / 'shadowed'}, which has it; start farm in another" in message, message
+    # A package whose __init__ extends its __path__ is no hiding one (the split package
+    # above); nor a namespace package, whose portions Python reads on every entry.
+    (run / "shadowed" / "__init__.py").unlink()
+    cfg = config.load(
+        write(tmp_path, GOOD.replace("workers.hashing:compress", "shadowed.jobs:job"))
+    )
+    assert cfg.functions["rev"].target == "shadowed.jobs:job"
