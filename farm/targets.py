@@ -35,6 +35,7 @@ __all__ = [
     "search_working_directory",
     "workers_path",
     "load_failure",
+    "hidden_by",
 ]
 
 
@@ -143,7 +144,7 @@ def target_problem(target: str) -> str | None:
         return f"cannot import {module!r} ({why}); check the module path and PYTHONPATH"
     if spec is None:
         said = f"no module named {module!r}; check the spelling and PYTHONPATH"
-        said += _hidden_by(module, workers_path())
+        said += hidden_by(module, workers_path())
         if cwd is None:  # a farm running where its start directory was removed since
             said += " (not the working directory, which was removed)"
         elif unsearched:  # an absolute PYTHONPATH entry is searched: the operator names it
@@ -320,10 +321,11 @@ def _extends_path(package: ModuleSpec) -> bool:
         return True
 
 
-def _hidden_by(module: str, path: list[str]) -> str:
-    """Where a package of ``module``'s that the workers import first hides another of its
-    name, on a later entry, that holds the module (the working directory's workers/ before
-    farm's installed one), in words for the check's line; "" where none does."""
+def hidden_by(module: str, path: list[str]) -> str:
+    """Where a package of ``module``'s found first on ``path`` (the workers', or ``farm
+    worker``'s sys.path) hides another of its name, on a later entry, that holds the module
+    (the working directory's workers/ before farm's installed one), in words for the line
+    that says the module is not found; "" where none does."""
     parts = module.split(".")
     for depth in range(1, len(parts)):
         package = _find_unrun(".".join(parts[:depth]), path)
@@ -340,7 +342,7 @@ def _hidden_by(module: str, path: list[str]) -> str:
                 here = cwd is not None and Path(own[0]).is_relative_to(cwd)
                 fix = "start farm in another directory" if here else "rename it"
                 return (
-                    f" ({'.'.join(parts[:depth])!r} is {own[0]}, the workers' first: it hides"
+                    f" ({'.'.join(parts[:depth])!r} is {own[0]}, found first: it hides"
                     f" {other}, which has it; {fix})"
                 )
         return ""

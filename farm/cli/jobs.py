@@ -100,6 +100,7 @@ def worker(
     from farm.paths import working_directory
     from farm.protocol.codec import MAX_TIMEOUT, MIN_TIMEOUT
     from farm.targets import (
+        hidden_by,
         load_target,
         normal_form_hint,
         search_working_directory,
@@ -130,7 +131,10 @@ def worker(
     try:
         fn = load_target(target)
     except Exception as exc:
-        fail(f"cannot load {target}: {type(exc).__name__}: {exc}", 2, usage=False)
+        # A project's own workers/ before the one farm installs: which package hides which.
+        missing = isinstance(exc, ModuleNotFoundError)
+        hidden = hidden_by(target.partition(":")[0], sys.path) if missing else ""
+        fail(f"cannot load {target}: {type(exc).__name__}: {exc}{hidden}", 2, usage=False)
     from farm.protocol.checks import check_sync_worker  # not at start-up: the worker's alone
 
     try:
