@@ -307,18 +307,20 @@ def _same_package(parts: list[str], path: list[str]) -> list[str]:
 
 def _extends_path(package: ModuleSpec) -> bool:
     """Whether a package's modules may lie beside other entries' packages of its name: a
-    regular package's whose __init__ extends its __path__ (pkgutil.extend_path; the check
-    is lenient where it cannot read it). A plain __init__ hides the others, as the import
-    does (a working directory's workers/ before farm's installed one), and a namespace
-    package's locations are its portions on every entry already."""
+    regular package's whose __init__ extends its __path__ (pkgutil.extend_path, or
+    pkg_resources' declare_namespace; the check is lenient where it cannot read it). A
+    plain __init__ hides the others, as the import does (a working directory's workers/
+    before farm's installed one), and a namespace package's locations are its portions on
+    every entry already."""
     if package.origin is None:
         return False
     if not package.origin.endswith(".py"):
         return True
     try:
-        return b"__path__" in Path(package.origin).read_bytes()
+        source = Path(package.origin).read_bytes()
     except OSError:
         return True
+    return b"__path__" in source or b"declare_namespace" in source
 
 
 def hidden_by(module: str, path: list[str]) -> str:

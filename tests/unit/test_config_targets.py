@@ -193,7 +193,15 @@ def test_a_package_of_the_working_directory_hides_the_one_on_pythonpath(
     assert f"'shadowed' is {run / 'shadowed'}" in message, message
     assert f"hides {lib / 'shadowed'}, which has it; start farm in another" in message, message
     # A package whose __init__ extends its __path__ is no hiding one (the split package
-    # above); nor a namespace package, whose portions Python reads on every entry.
+    # above, or pkg_resources' way); nor a namespace package, whose portions Python reads
+    # on every entry.
+    (run / "shadowed" / "__init__.py").write_text(
+        "__import__('pkg_resources').declare_namespace(__name__)\n"
+    )
+    cfg = config.load(
+        write(tmp_path, GOOD.replace("workers.hashing:compress", "shadowed.jobs:job"))
+    )
+    assert cfg.functions["rev"].target == "shadowed.jobs:job"
     (run / "shadowed" / "__init__.py").unlink()
     cfg = config.load(
         write(tmp_path, GOOD.replace("workers.hashing:compress", "shadowed.jobs:job"))

@@ -49,7 +49,7 @@ def tree_copy(into: Path) -> Path:
             for name in names
             if name.startswith(".")
             or name in ("__pycache__", "build", "dist")
-            or name.endswith(".egg-info")
+            or name.endswith((".egg-info", ".db", ".db-wal", ".db-shm", ".db-reserve"))
             or (Path(directory) / name / "pyvenv.cfg").exists()
         }
 
