@@ -307,14 +307,11 @@ def _same_package(parts: list[str], path: list[str]) -> list[str]:
 
 def _extends_path(package: ModuleSpec) -> bool:
     """Whether a package's modules may lie beside other entries' packages of its name: a
-    regular package's whose __init__ extends its __path__ (pkgutil.extend_path, or
-    pkg_resources' declare_namespace; the check is lenient where it cannot read it). A
-    plain __init__ hides the others, as the import does (a working directory's workers/
-    before farm's installed one), and a namespace package's locations are its portions on
-    every entry already."""
-    if package.origin is None:
-        return False
-    if not package.origin.endswith(".py"):
+    namespace package's (its portions, on every entry), a regular package's whose __init__
+    extends its __path__ (pkgutil.extend_path, or pkg_resources' declare_namespace; the
+    check is lenient where it cannot read it). A plain __init__ hides the others, as the
+    import does (a working directory's workers/ before farm's installed one)."""
+    if package.origin is None or not package.origin.endswith(".py"):
         return True
     try:
         source = Path(package.origin).read_bytes()
