@@ -23,6 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import NoReturn
 
 from farm.client.serverpick import ServerPicker
 from farm.errors import ServerUnavailable
@@ -154,19 +155,20 @@ class Pump(Links, WaitHere):
         except BaseException as exc:
             if guard.half_done(exc):  # calls half sent would stay RUNNING for ever: break
                 self._defer(exc)
-                return
             self._wake()  # a Ctrl-C before (or after) the work: the pump sends what waits
             raise
         self._wake()  # _sleeping was set before the pump's last look: it will see a byte
 
-    def _defer(self, exc: BaseException) -> None:
+    def _defer(self, exc: BaseException) -> NoReturn:
         """What went wrong in another thread's turn at the pump's work: the pump thread
         raises it and the executor breaks, failing what that turn left half done, as when
-        the pump fails itself. A Ctrl-C goes on to the caller too."""
+        the pump fails itself. It goes on to the caller too: a Ctrl-C, and what a signal
+        handler of the program's raised there (gunicorn's SIGABRT and SIGQUIT handlers
+        call sys.exit, a request's alarm raises its timeout), which swallowed here left
+        the process running on with a broken executor instead of exiting."""
         self._deferred = exc
         self._wake()
-        if isinstance(exc, KeyboardInterrupt):
-            raise exc
+        raise exc
 
     def take_pending(self) -> list[WorkItem]:
         """Remove and return the items not sent yet (shutdown's cancel_futures)."""

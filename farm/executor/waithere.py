@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures._base import PENDING, RUNNING
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from farm.executor.interrupts import whole
 from farm.executor.poller import READ, Poller
@@ -66,7 +66,7 @@ class WaitHere:
     _read: Callable[[Any], None]
     _send_pending: Callable[[], None]
     _flush: Callable[[], None]
-    _defer: Callable[[BaseException], None]
+    _defer: Callable[[BaseException], NoReturn]
     _wake: Callable[[], None]
 
     def wait_here(self, future: Future[Any], timeout: float | None) -> None:
@@ -128,7 +128,6 @@ class WaitHere:
                         raise  # a Ctrl-C held until the turn was whole, or out of it
                     # Half-done bookkeeping: the pump thread breaks the executor.
                     self._defer(exc)
-                    return
                 if (
                     self.broken is not None
                     or len(self._conns) != len(conns)  # a new connection: the pump's to read
