@@ -162,7 +162,7 @@ def run_call(job: Any) -> bytes:
     """Worker target: check the signature, unpickle, run, and return the signed outcome."""
     started = time.monotonic()  # the server's timeout runs from JOB_ASSIGN (the batch budget)
     forks = forkedchild.forks  # a child the call forks exits with its own status (below)
-    nesting.serving = getattr(job, "function", None)  # an Executor made here warns (nesting)
+    nesting.serving = getattr(job, "function", None)  # an Executor sending here warns (nesting)
     signer = _worker_signer()
     signed = signer.open(CALL, job.data)  # SignatureError: nothing below runs
     _check_layout(signed)

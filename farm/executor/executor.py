@@ -142,7 +142,9 @@ class Executor(_BaseExecutor):
         init = None if initializer is None else dump_initializer(initializer, tuple(initargs))
         addresses = parse_servers(executor_servers() if servers is None else servers)
         function = check_function(function)
-        warn_if_nested(function)
+        # Said at its first send from a call, not here: a module global made as a worker
+        # imports its module (to unpickle the module's functions) sends nothing from there.
+        self._function = function
         checked, window = pool_window(checked, addresses, function, connect_timeout)
         self._max_workers = checked
         priority = check_priority(priority)
@@ -200,6 +202,7 @@ class Executor(_BaseExecutor):
         """Schedule ``fn(*args, **kwargs)`` on a worker; its Future holds the outcome."""
         if self._generation != lifespan.state.generation:
             self._renew()
+        warn_if_nested(self._function)
         try:
             fn_bytes = dump_fn(fn)
             body = dump_args(args, kwargs)
@@ -245,6 +248,7 @@ class Executor(_BaseExecutor):
         check_buffersize(buffersize)
         if self._generation != lifespan.state.generation:
             self._renew()
+        warn_if_nested(self._function)
         end_time = None if timeout is None else timeout + time.monotonic()
         shared: bytes | None = None  # the key of a function large enough for a file
         try:
