@@ -37,12 +37,13 @@ from farm.protocol.client import (
     may_resubmit,
     not_again,
 )
-from farm.protocol.tasks import UNCONFIRMED
 
 __all__ = ["Conn", "Connections"]  # Conn: farm.client.blockingsock's
 
 log = logging.getLogger("farm.client")
 
+#: How a forked child's copy of a connection fails the parent's tasks on it.
+FORKED = "was sent by the process this one was forked from: its reply goes there"
 #: The longest one select() waits; a longer timeout is waited in such steps.
 MAX_SELECT = 3600.0
 #: One more in each forked child: a client's connections made before then are its parent's.
@@ -97,14 +98,20 @@ class Connections:
         self.selector = selectors.DefaultSelector()
         for conn in conns.values():
             conn.sock.close()
-            for task in conn.session.connection_lost(by_server=False):  # the server is as was
-                task.error = ServerUnavailable(
-                    f"job {task.function} {task.handle or UNCONFIRMED} was sent on {conn.addr}"
-                    " by the process this one was forked from: its reply goes there"
-                )
-                task.done = True
-                if task.owner is not None:
-                    task.owner.task_event(JobEnded(task=task))
+            conn.fail_tasks(FORKED)
+
+    def out_of_step(self, conn: Conn) -> None:
+        """An exception (a signal handler's: a web request's alarm, say) cut a read or a send
+        of ``conn`` short: bytes read that its session never took, or a request it counts as
+        sent that did not leave whole. What the server says next would be read out of step
+        (a JOB_CREATED lost took the next call's for its own: that call and every later one
+        waited until their timeout, for ever without one), so the connection goes now,
+        quietly (the server is as it was: not marked down, nothing sent again, as its jobs
+        may run), its tasks failed, and the next call connects anew."""
+        if self.closed or self.conns.get(conn.addr) is not conn:
+            return  # closing anyway, or gone already
+        self.close_one(conn)
+        conn.fail_tasks("lost its connection: an exception cut short a read or a send on it")
 
     def close(self) -> None:
         self.check_fork()  # closing the parent's sockets would unregister them from its epoll
@@ -185,7 +192,11 @@ class Connections:
                 tried.append(f"{addr} ({exc.strerror or exc})")
                 self.picker.mark_down(addr, spent=time.monotonic() - now)
                 continue
-            conn.session.submit(task)
+            try:
+                conn.session.submit(task)
+            except BaseException:
+                self.out_of_step(conn)  # queued for the wire, or awaited, but not both
+                raise
             return
         tried.extend(f"{addr} ({excluded_how})" for addr in exclude)
         raise ServerUnavailable("no job server is reachable; tried " + ", ".join(tried))
@@ -206,9 +217,13 @@ class Connections:
             if self.undelivered:  # left by an interrupted callback (``deliver``)
                 self.deliver()
             for conn in list(self.conns.values()):
-                out = conn.session.data_to_send()
-                if out or conn.unsent:
-                    self.send(conn, out)
+                try:
+                    out = conn.session.data_to_send()
+                    if out or conn.unsent:
+                        self.send(conn, out)
+                except BaseException:
+                    self.out_of_step(conn)  # taken from the session, not all on the wire
+                    raise
             if until():
                 return True
             self.fail_if_closed()
@@ -236,7 +251,11 @@ class Connections:
                 # own call (a nested pump, a submit's catch_up) read what the select saw
                 # here, and a recv() that waits waited past the deadline: so no waiting.
                 if events & selectors.EVENT_WRITE and self.conns.get(conn.addr) is conn:
-                    self.send(conn, b"")
+                    try:
+                        self.send(conn, b"")
+                    except BaseException:
+                        self.out_of_step(conn)  # sent, and still in unsent: sent twice
+                        raise
                 if events & selectors.EVENT_READ and self.conns.get(conn.addr) is conn:
                     self.read_now(conn)
 
@@ -286,29 +305,27 @@ class Connections:
         it holds nothing."""
         try:
             data = recv_now(conn.sock)
+            events = conn.session.receive(data) if data else None
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return None  # nothing more (or not a whole TLS record yet): it has not closed
         except ssl.SSLError as exc:
             self.drop(conn, f"ended the TLS session ({exc.reason or exc})")
             return None
         except OSError:
-            data = b""
-        self.received(conn, data)
-        return len(data)
-
-    def received(self, conn: Conn, data: bytes) -> None:
-        """File ``data`` read from ``conn``; nothing (its end) drops the connection."""
-        if not data:
-            self.drop(conn, conn.why_closed())
-            return
-        conn.answered = True
-        try:
-            events = conn.session.receive(data)
+            data, events = b"", None
         except ProtocolError as exc:  # not a job server (a web server's port), or a broken one
             self.drop(conn, f"broke the protocol: {exc}")
-            return
+            return len(data)
+        except BaseException:
+            self.out_of_step(conn)  # bytes read that the session may not have taken whole
+            raise
+        if events is None:  # its end
+            self.drop(conn, conn.why_closed())
+            return 0
+        conn.answered = True
         self.undelivered.extend((conn.addr, event) for event in events)
         self.deliver()
+        return len(data)
 
     def deliver(self) -> None:
         """Hand the events read but not yet handed on to their tasks' listeners, in order.

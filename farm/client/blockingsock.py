@@ -7,7 +7,9 @@ import selectors
 import socket
 import ssl
 
-from farm.protocol.client import ClientSession
+from farm.errors import ServerUnavailable
+from farm.protocol.client import ClientSession, JobEnded
+from farm.protocol.tasks import UNCONFIRMED
 
 __all__ = ["Conn"]
 
@@ -48,3 +50,15 @@ class Conn:
             del self.unsent[:sent]  # from the front: CPython moves no bytes for it
         elif sent < len(data):
             self.unsent += memoryview(data)[sent:]
+
+    def fail_tasks(self, why: str) -> None:
+        """Fail the unfinished tasks of this connection, which the client closed itself (the
+        server is as it was: a forked child's copy, one read out of step): ServerUnavailable
+        naming the job and ``why``."""
+        for task in self.session.connection_lost(by_server=False):
+            task.error = ServerUnavailable(
+                f"job {task.function} {task.handle or UNCONFIRMED} on {self.addr} {why}"
+            )
+            task.done = True
+            if task.owner is not None:
+                task.owner.task_event(JobEnded(task=task))
