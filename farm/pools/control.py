@@ -145,8 +145,9 @@ def another_farm(cmd: object, asked: str, runs: str, pid: int, named_by: str = "
         if os.path.realpath(asked) == os.path.realpath(runs) or os.path.samefile(asked, runs):
             return None
     # One of them is not there (the built-in defaults), or not ours to see; or a name not
-    # whole read against a working directory since removed (getcwd: FileNotFoundError).
-    except OSError:
+    # whole read against a working directory since removed (getcwd: FileNotFoundError); or
+    # one with a NUL, which no path holds (ValueError), sent by no farm command.
+    except (OSError, ValueError):
         pass
     env = named_by == "$FARM_CONFIG"  # else -c (a client that said nothing: -c it was)
     done = _DONE.get(str(cmd))

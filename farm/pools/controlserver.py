@@ -207,7 +207,9 @@ class ControlConnection:
         self.asked = True
         try:
             message = json.loads(self.buf.partition(b"\n")[0])
-        except ValueError:
+        # RecursionError: arrays nested some thousands deep, which fit in MAX_REQUEST (a
+        # traceback in the log, and "the supervisor failed it" for a line that is not a request)
+        except (ValueError, RecursionError):
             message = None
         if not isinstance(message, dict):
             return {"cmd": None}

@@ -263,8 +263,11 @@ class Steering(ProcessTable):
         where = self.config_path or self.config.source
         raise ValueError(f"no pool or function {name!r} in this farm's {where} (pools: {known})")
 
-    def restart_picks(self, names: list[Any]) -> dict[str, list[int] | None]:
-        """`farm restart` arguments: POOL (all its slots) or POOL#SLOT; none: every pool."""
+    def restart_picks(self, names: Any) -> dict[str, list[int] | None]:
+        """`farm restart` arguments: POOL (all its slots) or POOL#SLOT; none: every pool. Not
+        a list (a control client's: a number raised, a table's keys ran): ValueError."""
+        if not isinstance(names, list):
+            raise ValueError(f"names must be a list of POOL or POOL#SLOT, got {names!r:.80}")
         if not names:
             return {name: None for name in self.config.functions}
         picks: dict[str, list[int] | None] = {}
