@@ -167,6 +167,8 @@ def _user(raw: Any, key: str, fail: Fail) -> RunAs | None:
         return None
     if not isinstance(raw, str) or not raw:
         raise fail(key, 'must be a user name, e.g. user = "www-data"')
+    if "\0" in raw:  # getpwnam() raised ValueError: a traceback, as root, not this line
+        raise fail(key, f"{raw!r} holds a NUL character, which no user name can; remove it")
     if os.geteuid() != 0:
         raise fail(
             key,

@@ -156,6 +156,16 @@ def test_user_needs_a_root_supervisor(tmp_path: Path, monkeypatch: pytest.Monkey
     assert ": functions.p.user: only a supervisor running as root" in message
 
 
+def test_a_user_name_holding_a_nul_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As root, getpwnam() raised ValueError (embedded null byte): `farm check` and `farm up`
+    # ended in a traceback, exit 1, not the config's one line and exit 2.
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    message = error_of(tmp_path, '[functions.p]\ncommand = "sh"\nuser = "a\\u0000b"\n')
+    assert ": functions.p.user: 'a\\x00b' holds a NUL character" in message, message
+
+
 def test_a_command_pool_needs_a_tcp_address(tmp_path: Path) -> None:
     path = tmp_path / "farm.toml"
     path.write_text(HEAD.replace('"127.0.0.1:4999", ', "") + '[functions.p]\ncommand = "sh"\n')
