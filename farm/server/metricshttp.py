@@ -16,7 +16,35 @@ from farm.server.exposition import CONTENT_TYPE, exposition
 from farm.server.hub import Hub
 from farm.slowreuse import EVICT_AFTER, MAX_SCRAPERS, SCRAPE_TIMEOUT
 
-__all__ = ["MetricsEndpoint", "only_named"]
+__all__ = ["MAX_HEAD", "MetricsEndpoint", "only_named"]
+
+#: The most a request's head (its request line and headers) may hold; past it: 431. The
+#: StreamReader's own limit on a line, 64 KiB, as the supervisor's endpoint (http.server)
+#: takes one line.
+MAX_HEAD = 1 << 16
+TOO_LARGE = b"431 Request Header Fields Too Large"
+
+
+async def read_head(reader: asyncio.StreamReader) -> bytes | None:
+    """A request's head up to the blank line that ends it, its lines ended by CRLF or a
+    bare LF, as RFC 9112 lets a server take them (and the supervisor's endpoint does);
+    None when it is over MAX_HEAD. Read for a CRLF CRLF alone, `printf 'GET /metrics
+    HTTP/1.0\\n\\n' | nc` was answered by nothing, cut off at the scrape timeout."""
+    head = b""
+    taken = 0  # blank lines before the request line too: a stream of them is bounded
+    while True:
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError:  # one line over the StreamReader's limit
+            return None
+        taken += len(line)
+        if taken > MAX_HEAD:
+            return None
+        if line in (b"\r\n", b"\n"):
+            if head:
+                return head
+            continue  # blank lines before the request line are passed over (RFC 9112)
+        head += line
 
 
 def only_named(text: bytes, names: Collection[bytes]) -> bytes:
@@ -117,11 +145,13 @@ class MetricsEndpoint:
             oldest.abort()
         open_now[writer.transport] = reading[writer.transport] = now
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), SCRAPE_TIMEOUT)
+            head = await asyncio.wait_for(read_head(reader), SCRAPE_TIMEOUT)
             reading.pop(writer.transport, None)
-            method, _, rest = head.partition(b" ")
+            method, _, rest = (head or b"").partition(b"\n")[0].rstrip(b"\r").partition(b" ")
             path, _, query = rest.partition(b" ")[0].partition(b"?")
-            if method not in (b"GET", b"HEAD"):
+            if head is None:
+                status, body, kind = TOO_LARGE, b"request head too large\n", b"text/plain"
+            elif method not in (b"GET", b"HEAD"):
                 status, body, kind = b"405 Method Not Allowed", b"GET only\n", b"text/plain"
             elif path != b"/metrics":
                 status, body, kind = b"404 Not Found", b"see /metrics\n", b"text/plain"

@@ -131,3 +131,39 @@ def test_connections_held_open_do_not_keep_prometheus_out() -> None:
         for s in held:
             s.close()
         srv.stop()
+
+
+def raw_request(port: int, request: bytes) -> bytes:
+    """What the endpoint answers ``request`` with, read to its close; less than the scrape
+    timeout is waited (SCRAPE_TIMEOUT, 5 s): an answer that comes only then is none."""
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+        s.sendall(request)
+        reply = b""
+        try:
+            while chunk := s.recv(65536):
+                reply += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return reply
+
+
+def test_lines_ended_by_a_bare_newline_and_a_head_too_large_are_answered() -> None:
+    # `printf 'GET /metrics HTTP/1.0\n\n' | nc` (RFC 9112 lets a server take a bare LF, and
+    # the supervisor's endpoint does): nothing came back, and the connection was cut at the
+    # scrape timeout. A head past 64 KiB was closed with no answer at all.
+    port = free_port()
+    srv = start_farm_server("--metrics", f"127.0.0.1:{port}")
+    try:
+        reply = raw_request(port, b"GET /metrics HTTP/1.0\nHost: x\n\n")
+        assert reply.startswith(b"HTTP/1.1 200 OK\r\n"), reply[:200]
+        assert b"farm_jobs_submitted_total" in reply
+        assert raw_request(port, b"GET / HTTP/1.0\n\n").startswith(b"HTTP/1.1 404 ")
+        big = b"GET /metrics HTTP/1.1\r\nCookie: " + b"a" * 70_000 + b"\r\n\r\n"
+        assert raw_request(port, big).startswith(b"HTTP/1.1 431 "), "said, not cut off"
+        many = b"GET /metrics HTTP/1.1\r\n" + b"X-A: b\r\n" * 10_000 + b"\r\n"
+        assert raw_request(port, many).startswith(b"HTTP/1.1 431 ")
+        # blank lines before the request line are passed over, not without end
+        assert raw_request(port, b"\r\n" * 40_000).startswith(b"HTTP/1.1 431 ")
+        wait_for("the server to still answer", lambda: admin_query(srv.addr, "version"))
+    finally:
+        srv.stop()
