@@ -1,4 +1,5 @@
-"""Runs the atheris decoder fuzzer for a bounded number of inputs (it installs from PyPI here)."""
+"""Runs the atheris fuzzers for a bounded number of inputs (it installs from PyPI here): the
+decoder's, and the server's connections' (admin lines and packets interleaved)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ def _nothing() -> None:
     """Run in the child before exec: only there so that subprocess forks (see below)."""
 
 
-def test_atheris_finds_nothing_in_the_decoder(tmp_path) -> None:
+# A connection's input runs the server's handlers for up to 40 steps: some 200 a second.
+@pytest.mark.parametrize(("fuzzer", "runs"), [("fuzz_decoder", 30000), ("fuzz_connections", 3000)])
+def test_atheris_finds_nothing(tmp_path, fuzzer: str, runs: int) -> None:
     pytest.importorskip("atheris", reason="atheris has no wheel for this platform")
     run = subprocess.run(
-        [sys.executable, str(ROOT / "tests/fuzz/fuzz_decoder.py"), "-runs=30000", "-seed=1",
+        [sys.executable, str(ROOT / f"tests/fuzz/{fuzzer}.py"), f"-runs={runs}", "-seed=1",
          f"-artifact_prefix={tmp_path}/"],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},  # this tree's farm, installed or not
@@ -35,4 +38,4 @@ def test_atheris_finds_nothing_in_the_decoder(tmp_path) -> None:
         preexec_fn=_nothing,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "Done 30000 runs" in run.stderr
+    assert f"Done {runs} runs" in run.stderr
