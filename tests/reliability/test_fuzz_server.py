@@ -1,4 +1,5 @@
-"""Fuzzing a live server: random and mutated packets never kill it or disturb others.
+"""Fuzzing a live server: random and mutated packets, and admin lines as a broken tool
+sends them, never kill it or disturb others.
 
 Each example opens a fresh hostile connection and throws bytes at it; after
 every example a well-behaved connection must still get its ECHO back and the
@@ -62,8 +63,34 @@ def mutate(raw: bytes, flips: list[tuple[int, int]]) -> bytes:
     return bytes(data)
 
 
+#: The admin text protocol's words (gearmand's and farm's own), to build lines from.
+ADMIN_WORDS = [
+    "status", "prioritystatus", "workers", "show", "jobs", "unique", "poison", "cancel",
+    "job", "maxqueue", "create", "drop", "function", "getpid", "version", "verbose",
+    "metrics", "peers", "drain", "killing", "served", "claim", "poolfunctions",
+    "f", "H:x:1", "fd:3", "pid:1", "tcp:1", "0", "1", "-1", "99999999999999999999",
+]  # fmt: skip  # not fuzz-witness: `drop function` would take the witness's job
+
+
+def admin_lines() -> st.SearchStrategy[bytes]:
+    """Admin lines as a broken tool sends them: words and odd bytes, ended by LF, CRLF, a
+    CR alone, a NUL or nothing, some long (the server reads 8 KiB a line), many at once."""
+    word = st.one_of(
+        st.sampled_from(ADMIN_WORDS).map(str.encode),
+        st.binary(min_size=1, max_size=12).filter(lambda b: b[0] != 0),
+        st.integers(8000, 8300).map(lambda n: b"x" * n),
+    )
+    end = st.sampled_from([b"\n", b"\r\n", b"\r", b"\0\n", b"", b"\r\r\n", b" \n"])
+    line = st.builds(lambda w, e: b" ".join(w) + e, st.lists(word, min_size=1, max_size=5), end)
+    return st.one_of(
+        st.lists(line, max_size=8).map(b"".join),
+        st.builds(lambda one, n: one * n, line, st.integers(100, 3000)),  # pipelined
+    )
+
+
 hostile = st.one_of(
     st.binary(max_size=400),
+    admin_lines(),
     st.lists(valid_packet(), max_size=6).map(b"".join),
     st.builds(
         mutate,
