@@ -35,6 +35,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {e}; fix the syntax there") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text; is it the right file?") from None
+    except ValueError as e:  # not TOMLDecodeError: int()'s limit on a number's 4300 digits
+        why = str(e).partition(";")[0]  # its advice, sys.set_int_max_str_digits, is not ours
+        raise ConfigError(f"{path}: not valid TOML: {why}; shorten that number") from None
     except RecursionError:  # tomllib reads nested values by recursion
         raise _too_deep(path) from None
     # Dotted keys (a.b.c = 1) and [a.b.c] headers are built without recursion, so tomllib

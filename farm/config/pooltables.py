@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from fractions import Fraction
 from typing import Any
 
 from farm.commandspec import parse_command, parse_stop_signal
@@ -143,7 +144,8 @@ class PoolReader(TableReader):
         max_rss_mb = self.optional_positive(raw.get("max_rss_mb"), f"{key}.max_rss_mb")
         kill_rss_mb = self.optional_positive(raw.get("kill_rss_mb"), f"{key}.kill_rss_mb")
         if kill_rss_mb is None and max_rss_mb is not None:
-            kill_rss_mb = math.ceil(max_rss_mb * KILL_RSS_FACTOR)
+            # exact: in floats, a max_rss_mb past 1e308 raised OverflowError, a traceback
+            kill_rss_mb = math.ceil(max_rss_mb * Fraction(KILL_RSS_FACTOR))
         elif kill_rss_mb is not None and max_rss_mb is not None and kill_rss_mb < max_rss_mb:
             raise self.fail(
                 f"{key}.kill_rss_mb",

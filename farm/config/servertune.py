@@ -96,7 +96,12 @@ def _text(value: Any, kind: str | tuple[str, ...]) -> str | None:
     if kind == "int":
         return str(value) if isinstance(value, int) else None
     if kind == "number":
-        return repr(float(value)) if isinstance(value, int | float) else None
+        if not isinstance(value, int | float):
+            return None
+        try:
+            return repr(float(value))
+        except OverflowError:  # a TOML integer past float's range: an infinity, refused
+            return "inf" if value > 0 else "-inf"
     if kind == "mode":  # a string: TOML's 660 is decimal, and 0o660 reads as the same int
         return value if isinstance(value, str) and value.isdigit() else None
     return value if value in kind else None

@@ -77,6 +77,8 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
             "must be >= max_rss_mb (256), got 200",
         ),
         ("max_rss_mb = 256", "kill_rss_mb = 0", "functions.hash.kill_rss_mb", "> 0"),
+        # kill_rss_mb's 1.5 x max_rss_mb, in floats: OverflowError, a traceback past 1e308
+        ("max_rss_mb = 256", "max_rss_mb = 1" + "0" * 400, "functions", "memory_budget_mb"),
         ("job_retries = 5", 'job_retries = "5"', "server.job_retries", "whole number"),
         ('store = "none"', "store = 3", "server.store", '"none"'),
         # a NUL in a path: open() raised ValueError, a traceback (the store), or bind did at
@@ -284,6 +286,19 @@ def test_a_file_that_only_moves_the_farm_runs_the_built_in_pools(tmp_path: Path)
     assert "reverse" in cfg.functions and cfg.server.job_retries == 1
     named = write(tmp_path, '[functions.reverse]\ntarget = "workers.text:reverse"\n', "one.toml")
     assert set(config.load(named).functions) == {"reverse"}, "naming any pool names them all"
+
+
+def test_a_number_past_pythons_digits_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    # tomllib raised a bare ValueError (int's 4300 digits), which no reader caught: farm
+    # check and farm up, and every client reading the file (discovery), ended in a traceback
+    # that told the user to call sys.set_int_max_str_digits().
+    path = tmp_path / "farm.toml"
+    path.write_text("[server]\njob_retries = 1" + "0" * 5000 + "\n")
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    said = str(info.value)
+    assert said.startswith(f"{path}: not valid TOML: ") and "4300 digits" in said, said
+    assert "set_int_max_str_digits" not in said, said
 
 
 def test_binary_garbage_is_one_line_not_a_traceback(tmp_path: Path) -> None:

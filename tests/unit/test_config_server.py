@@ -49,6 +49,9 @@ def test_server_tuning_keys_become_the_servers_flags(tmp_path: Path) -> None:
         ("wake_deadline = nan", "server.wake_deadline", "between 0.01 and 60"),
         ("wake_deadline = inf", "server.wake_deadline", "between 0.01 and 60"),
         ('wake_deadline = "1"', "server.wake_deadline", "a number of seconds"),
+        # a TOML integer past float's range: OverflowError, a traceback from farm check/up
+        ("stall_timeout = 1" + "0" * 400, "server.stall_timeout", "between 0.1 and 86400"),
+        ("wake_deadline = -1" + "0" * 400, "server.wake_deadline", "between 0.01 and 60"),
         ("exceptions = 1", "server.exceptions", "true or false"),
         ('unix_mode = "999"', "server.unix_mode", "not an octal mode"),
         ('unix_mode = "1777"', "server.unix_mode", "from 000 to 777"),
