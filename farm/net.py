@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_SERVER",
     "Address",
     "AddressError",
+    "ImpossibleSocketPath",
     "SocketPathTooLong",
     "MAX_SOCKET_PATH",
     "socket_path_problem",
@@ -69,8 +70,12 @@ class AddressError(ValueError):
         return type(self), (self.address, self.reason), self.__dict__
 
 
-class SocketPathTooLong(AddressError):
-    """A ``unix:`` path longer than any socket's: no bind or connect can ever work."""
+class ImpossibleSocketPath(AddressError):
+    """A ``unix:`` path no bind or connect can ever work with; its reason says the fix."""
+
+
+class SocketPathTooLong(ImpossibleSocketPath):
+    """A ``unix:`` path longer than any socket's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +119,9 @@ def parse_address(text: str, default_port: int | None = DEFAULT_PORT) -> Address
     if addr.startswith("unix:"):
         if not addr[5:]:
             raise AddressError(text, "names no socket path (unix:/path)")
+        if "\0" in addr:  # stat, bind and connect raise ValueError: a traceback
+            why = f"{addr[5:]!r} holds a NUL character, which no socket path can"
+            raise ImpossibleSocketPath(text, why)
         # Else `farm worker` (and farm.Worker) retried a connect that can never work.
         if too_long := socket_path_problem(addr[5:]):
             raise SocketPathTooLong(text, too_long)

@@ -17,7 +17,7 @@ from farm.net import (
     DEFAULT_SERVER,
     Address,
     AddressError,
-    SocketPathTooLong,
+    ImpossibleSocketPath,
     parse_address,
     socket_path_problem,
 )
@@ -82,7 +82,7 @@ class TableReader:
         ``forms`` says what the key takes, for the fix."""
         try:
             parsed = parse_address(addr, default_port=None)
-        except SocketPathTooLong as exc:  # says its own fix
+        except ImpossibleSocketPath as exc:  # says its own fix: too long, a NUL
             raise self.fail(key, exc.reason) from None
         except AddressError as exc:
             raise self.fail(key, f"{addr!r}: {exc.reason}; {forms}") from None

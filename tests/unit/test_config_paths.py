@@ -224,3 +224,19 @@ def test_a_config_path_no_file_can_be_at_says_why(tmp_path: Path, name: str, why
     with pytest.raises(ConfigError) as info:
         discovery.find_config(path)
     assert str(info.value) == f"{path}: {why} (--config); check the path"
+
+
+def test_a_listen_whose_socket_path_holds_a_nul_is_one_line_for_clients_too(
+    tmp_path: Path,
+) -> None:
+    # farm check refused it (a path holds no NUL); farm.Client() and farm status, reading
+    # the same file for where the farm is, died of a ValueError traceback ("embedded null
+    # byte"), or said "the default server: embedded null byte".
+    from farm.discovery import client_servers
+
+    path = tmp_path / "farm.toml"
+    path.write_text('[server]\nlisten = ["unix:/run/a\\u0000b"]\n')
+    with pytest.raises(ConfigError) as info:
+        client_servers(path)
+    said = str(info.value)
+    assert said.startswith(f"{path}: server.listen: ") and "NUL" in said, said

@@ -92,6 +92,9 @@ def test_each_form_parses_and_prints_its_normal_form(
         # farm up's server failed to exec ("embedded null byte"), exit 1; workers retried
         ("127.0.0.1\x00:4730", "'127.0.0.1\\x00' is not a host name or address"),
         ("a\x01b", "is not a host name or address"),
+        # no socket path holds one: stat, bind and connect raise ValueError (farm.Client()
+        # reading such a listen from farm.toml died of an "embedded null byte" traceback)
+        ("unix:/run/a\x00b", "holds a NUL character, which no socket path can"),
         ("a\x9bb", "is not a host name or address"),  # a C1 control (CSI)
         # what IDNA, the connect's encoding, refuses: these parsed, and `farm worker` then
         # died of a UnicodeError traceback in its reconnect, exit 1
