@@ -15,7 +15,7 @@ import json
 import os
 import re
 import socket
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any
 
 from farm.errors import FarmError
@@ -30,6 +30,7 @@ __all__ = [
     "another_farm",
     "parse_scale",
     "parse_restart_name",
+    "restart_picks",
     "MAX_REQUEST",
 ]
 
@@ -80,6 +81,34 @@ def parse_restart_name(arg: str) -> tuple[str, int | None]:
     # Past any pool's last slot (1024 at most), answered as out of range: int() is given
     # no more than 6 digits, not the thousands a request may hold.
     return pool, int(digits) if len(digits) <= 6 else 10**6
+
+
+def restart_picks(
+    names: Any, pools: Iterable[str], targets: Mapping[str, int], pool_named: Callable[[str], str]
+) -> dict[str, list[int] | None]:
+    """`farm restart` arguments -> the slots to restart: POOL (all its slots, None) or
+    POOL#SLOT; none: every one of ``pools``. ``pool_named`` reads a pool or function name
+    (ValueError if none). Not a list (a control client's: a number raised, a table's keys
+    ran): ValueError."""
+    if not isinstance(names, list):
+        raise ValueError(f"names must be a list of POOL or POOL#SLOT, got {names!r:.80}")
+    if not names:
+        return {name: None for name in pools}
+    picks: dict[str, list[int] | None] = {}
+    for raw in names:
+        name, index = parse_restart_name(str(raw))
+        pool = pool_named(name)
+        if index is None:
+            picks[pool] = None
+            continue
+        if index >= targets.get(pool, 0):
+            raise ValueError(
+                f"{raw!r}: {pool} has slots 0 to {targets.get(pool, 0) - 1}"
+                " (POOL#SLOT, e.g. reverse#0)"
+            )
+        if (chosen := picks.setdefault(pool, [])) is not None and index not in chosen:
+            chosen.append(index)
+    return picks
 
 
 def request(path: str, message: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from farm.config.rules import on_running_farm
 from farm.discovery import find_config
 from farm.errors import ConfigError
 from farm.pools import sdnotify
-from farm.pools.control import another_farm, parse_restart_name, parse_scale
+from farm.pools.control import another_farm, parse_scale, restart_picks
 from farm.pools.controlserver import ControlConnection
 from farm.pools.pstable import ProcessTable
 
@@ -125,7 +125,12 @@ class Steering(ProcessTable):
             reply["error"] = error
             reply["usage"] = usage
         elif item.arg == "restart":  # `farm reload --restart`: every worker
-            reply = {**self.start_restart(self.restart_picks([])), "not_applied": kept}
+            reply = {
+                **self.start_restart(
+                    restart_picks([], self.config.functions, self.targets, self.pool_named)
+                ),
+                "not_applied": kept,
+            }
         elif changed:
             # The pools it changed are replaced as `farm restart` does: each new
             # process beside the old one, which keeps its slot if it does not boot.
@@ -196,7 +201,9 @@ class Steering(ProcessTable):
                 conn.reply({"ok": False, "error": "the farm is stopping; nothing was restarted"})
                 return
             try:
-                picks = self.restart_picks(message.get("names") or [])
+                picks = restart_picks(
+                    message.get("names") or [], self.config.functions, self.targets, self.pool_named
+                )
             except ValueError as e:
                 conn.reply({"ok": False, "usage": True, "error": str(e)})
                 return
@@ -262,29 +269,6 @@ class Steering(ProcessTable):
         # Its file: a `-c` naming another config with the same control socket reached this farm.
         where = self.config_path or self.config.source
         raise ValueError(f"no pool or function {name!r} in this farm's {where} (pools: {known})")
-
-    def restart_picks(self, names: Any) -> dict[str, list[int] | None]:
-        """`farm restart` arguments: POOL (all its slots) or POOL#SLOT; none: every pool. Not
-        a list (a control client's: a number raised, a table's keys ran): ValueError."""
-        if not isinstance(names, list):
-            raise ValueError(f"names must be a list of POOL or POOL#SLOT, got {names!r:.80}")
-        if not names:
-            return {name: None for name in self.config.functions}
-        picks: dict[str, list[int] | None] = {}
-        for raw in names:
-            name, index = parse_restart_name(str(raw))
-            pool = self.pool_named(name)
-            if index is None:
-                picks[pool] = None
-                continue
-            if index >= self.targets.get(pool, 0):
-                raise ValueError(
-                    f"{raw!r}: {pool} has slots 0 to {self.targets.get(pool, 0) - 1}"
-                    " (POOL#SLOT, e.g. reverse#0)"
-                )
-            if (chosen := picks.setdefault(pool, [])) is not None and index not in chosen:
-                chosen.append(index)
-        return picks
 
     def report_drain(self, reaped: list[WorkerProcess], *, final: bool = False) -> None:
         """Tell `farm stop` how the drain goes: workers left, seconds left, what was killed

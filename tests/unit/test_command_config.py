@@ -15,6 +15,7 @@ from farm import config
 from farm.commandspec import CommandSpec, RunAs, base_environ
 from farm.config.rules import on_running_farm
 from farm.errors import ConfigError
+from farm.pools.control import restart_picks
 from farm.pools.slots import Slot
 from farm.pools.steering import Steering
 from farm.pools.workerargs import command_env
@@ -221,17 +222,20 @@ def test_pools_are_named_by_table_or_by_a_function_only_one_serves(tmp_path: Pat
         "usage": True,
         "error": "shout=2: pool c is named twice (c, shout); give one change per pool",
     }
-    picks = Steering.restart_picks(sup, ["a#1", "a#0", "shout"])  # type: ignore[arg-type]
-    assert picks == {"a": [1, 0], "c": None}
-    assert Steering.restart_picks(sup, []) == {"a": None, "b": None, "c": None}  # type: ignore[arg-type]
+
+    def picks(names: object) -> dict[str, list[int] | None]:
+        return restart_picks(names, cfg.functions, sup.targets, sup.pool_named)
+
+    assert picks(["a#1", "a#0", "shout"]) == {"a": [1, 0], "c": None}
+    assert picks([]) == {"a": None, "b": None, "c": None}
     with pytest.raises(ValueError, match="a has slots 0 to 1"):
-        Steering.restart_picks(sup, ["a#2"])  # type: ignore[arg-type]
+        picks(["a#2"])
     # Not a number: every control client was answered "a has slots 0 to 1", as if the slot
     # were out of range, and "a#\u00b2" (isdigit, but not int's) "invalid literal for int()".
     for bad in ("a#x", "a#", "a#-1", "a#\u00b2", "#0"):
         said = f"{bad!r}: not POOL or POOL#SLOT (a slot is a number, e.g. reverse#0)"
         with pytest.raises(ValueError, match=re.escape(said)):
-            Steering.restart_picks(sup, [bad])  # type: ignore[arg-type]
+            picks([bad])
 
 
 def test_a_command_of_another_user_starts_from_little_of_the_supervisors_environment() -> None:
