@@ -76,3 +76,10 @@ class Timeout(JobError, TimeoutError):
 
 class WorkerLost(JobError):
     """The worker running the call died, so the call's outcome is unknown."""
+
+
+class PythonVersionMismatch(FarmError):
+    """An Executor call's function, initializer or arguments (or its result) hold code
+    pickled by value -- a lambda, a closure, a function or class of the script -- by
+    another Python minor version than the reader's: refused before it is unpickled, since
+    bytecode is only valid for the version that made it (farm/executor/bytecode.py)."""

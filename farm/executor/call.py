@@ -277,7 +277,7 @@ def _set_up(
             tell = _teller(job, signer, call_id, kind)  # here: most calls find theirs run
             tell(INIT_STARTS)
             try:
-                initializer, initargs = functions.unpickle(body[at : at + size])
+                initializer, initargs = functions.unpickle(body[at : at + size], "the initializer")
                 initstate.run(initializer, initargs)
                 _initialized = digest
             except BaseException as exc:  # as ProcessPoolExecutor: even SystemExit breaks it

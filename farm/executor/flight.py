@@ -30,8 +30,8 @@ from concurrent.futures import Future
 from concurrent.futures._base import RUNNING, BrokenExecutor
 from typing import Any, NamedTuple
 
-from farm.errors import FarmError, JobError, JobFailed, WorkerLost
-from farm.executor import spill
+from farm.errors import FarmError, JobError, JobFailed, PythonVersionMismatch, WorkerLost
+from farm.executor import bytecode, spill
 from farm.executor.initnews import InitializerFailed, InitWatch
 from farm.executor.payload import (
     BATCH,
@@ -319,7 +319,9 @@ def _resolve_batch(task: Task[Flight], flight: Flight, signer: Signer, data: byt
 
 
 def _open(task: Task[Flight], flight: Flight, signer: Signer, data: bytes) -> Any:
-    """Verify and unpickle a result; SignatureError, or JobError when it will not load.
+    """Verify and unpickle a result; SignatureError, PythonVersionMismatch (code a worker
+    pickled by value on another Python: farm.executor.bytecode), or JobError when it will
+    not load.
 
     Whatever unpickling raises -- even SystemExit from a ``__reduce__`` -- is the
     failure of this job's calls only: the pump lives on. (ProcessPoolExecutor breaks
@@ -333,8 +335,9 @@ def _open(task: Task[Flight], flight: Flight, signer: Signer, data: bytes) -> An
                 body = spill.read(reference)  # SpillRefused before anything is unpickled
             finally:
                 spill.remove(reference)  # the caller deletes a result file once read
+        bytecode.check(body, "the call's result", in_worker=False)  # a worker's other Python
         return pickle.loads(body)
-    except SignatureError:
+    except (SignatureError, PythonVersionMismatch):
         raise
     except BaseException as exc:
         why = f"cannot unpickle the result of job {task.handle}: {describe(exc)}"

@@ -21,7 +21,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from farm.executor import spill
+from farm.executor import bytecode, spill
 
 __all__ = ["UNIMPORTABLE", "MAX_FUNCTIONS", "load", "for_call", "unpickle"]
 
@@ -77,10 +77,13 @@ def load(fn_bytes: bytes, initializer: bytes | None) -> Callable[..., Any]:
     return kept[0]  # type: ignore[no-any-return]  # whatever the caller pickled
 
 
-def unpickle(data: bytes | memoryview) -> Any:
+def unpickle(data: bytes | memoryview, what: str = "this call's function or an argument") -> Any:
     """``pickle.loads(data)``, in the worker; an ImportError (ModuleNotFoundError: a module
     beside the caller's script, which the caller imported and the worker cannot) says why,
-    in a note. Only here: an ImportError the call itself raises is the call's own."""
+    in a note. Only here: an ImportError the call itself raises is the call's own. Code
+    pickled by value by another Python's bytecode is refused unloaded (PythonVersionMismatch,
+    farm.executor.bytecode), ``what`` naming it."""
+    bytecode.check(data, what)
     try:
         return pickle.loads(data)
     except ImportError as exc:

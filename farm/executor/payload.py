@@ -71,6 +71,11 @@ one that does not answer OPTION_REQ work-exception, gearmand, as WORK_FAIL:
 the caller then sees WorkerLost, and the worker's log has the reason). Whatever the call itself
 raises (BaseException, as ProcessPoolExecutor) travels back inside a signed
 result.
+
+A pickle made by value (cloudpickle: a lambda, a function or class of the script, as a call's
+function, initializer or argument, or in a worker's result) starts with a guard naming the
+bytecode that made its code, read before it is unpickled (farm/executor/bytecode.py: another
+Python's is refused; how older workers and callers meet it). One by reference has none.
 """
 
 from __future__ import annotations
@@ -85,7 +90,7 @@ import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from farm.executor import unpicklable
+from farm.executor import bytecode, unpicklable
 from farm.executor.signing import CALL, RESULT, SignatureError, Signer
 
 __all__ = [
@@ -225,6 +230,7 @@ def _by_value(obj: Any) -> bytes:
 
         _pickler = Pickler
     out = io.BytesIO()
+    out.write(bytecode.guard())  # the maker's bytecode, read before the code (bytecode.py)
     _pickler(out, protocol=_PROTOCOL).dump(obj)
     return out.getvalue()
 

@@ -45,6 +45,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from farm.executor import bytecode
 from farm.executor.signing import SignatureError
 from farm.executor.spillsettings import (
     CONFIG_LIMIT,
@@ -376,8 +377,10 @@ loaded_bytes = 0
 
 
 def load_pickled(reference: bytes) -> Any:
-    """The object a ByFile stands for: the spill file's bytes, checked, then unpickled."""
+    """The object a ByFile stands for: the spill file's bytes, checked (its signed reference,
+    then the Python that pickled its code: farm.executor.bytecode), then unpickled."""
     global loaded_bytes
     data = read(reference)
+    bytecode.check(data, "this call's large function or initializer")
     loaded_bytes += len(data)
     return pickle.loads(data)

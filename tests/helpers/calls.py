@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 
 def add(a: int, b: int = 0) -> int:
@@ -324,3 +324,8 @@ async def afetch(x: int) -> int:
 
 async def astream(x: int) -> AsyncIterator[int]:
     yield x
+
+
+def adder(n: int) -> Callable[[int], int]:
+    """A closure: the worker sends it back by value, as its Python's bytecode."""
+    return lambda x: x + n

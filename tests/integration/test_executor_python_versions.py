@@ -1,0 +1,114 @@
+"""farm.Executor across Python versions, with real workers: code pickled by value (a lambda,
+a closure, a class of the script) by another Python's bytecode is refused before it is
+unpickled, as an exception of that call, and no worker dies; a function by name still runs.
+
+Another Python's bytecode crashed the worker that ran it (a 3.13 caller's lambda, SIGSEGV in
+each 3.11 worker, at every retry), and the caller got WorkerLost. Here the caller claims
+another bytecode (``importlib.util.MAGIC_NUMBER``, which its by-value pickles name) and its
+code kills the worker that runs it with SIGSEGV, as foreign bytecode did.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+from collections.abc import Iterator
+from concurrent.futures import BrokenExecutor
+
+import pytest
+
+import farm
+from tests.helpers.calls import add, adder, identity
+from tests.helpers.executorfarm import ExecutorFarm
+
+#: Another Python's bytecode magic (no Python has it: 2 bytes, then "\r\n", as every one).
+FOREIGN = b"\x01\x00\r\n"
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExecutorFarm]:
+    f = ExecutorFarm(tmp_path_factory.mktemp("versions"), count=2, retries=1)
+    yield f
+    f.stop()
+
+
+@pytest.fixture
+def foreign_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process pickles by value as a Python of another bytecode would."""
+    monkeypatch.setattr(importlib.util, "MAGIC_NUMBER", FOREIGN)
+
+
+def segfault() -> None:
+    """What foreign bytecode did to the worker that ran it. By name itself (the worker
+    imports this module): the lambdas that call it are what travel by value."""
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def alive(farm_: ExecutorFarm) -> None:
+    assert [p.poll() for p in farm_.workers] == [None] * len(farm_.workers), "a worker died"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("foreign_caller")
+def test_a_function_of_another_python_is_refused_and_no_worker_dies(
+    two_workers: ExecutorFarm,
+) -> None:
+    with two_workers.executor() as ex:
+        crash = ex.submit(lambda: segfault())
+        with pytest.raises(farm.PythonVersionMismatch, match="pickled by value") as info:
+            crash.result(timeout=30)
+        assert FOREIGN.hex() in str(info.value)
+        assert "import by name" in str(info.value)
+        # A function by name has no bytecode in the call: it runs whatever made the call.
+        assert ex.submit(add, 2, 3).result(timeout=30) == 5
+    alive(two_workers)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("foreign_caller")
+def test_arguments_chunks_and_batches_of_another_python_are_refused(
+    two_workers: ExecutorFarm,
+) -> None:
+    with two_workers.executor() as ex:
+        # A by-value argument (the function by name): its code is refused too.
+        argument = ex.submit(identity, lambda: segfault())
+        with pytest.raises(farm.PythonVersionMismatch):
+            argument.result(timeout=30)
+        # A map's chunks, and the batches the pump packs many calls into.
+        with pytest.raises(farm.PythonVersionMismatch):
+            list(ex.map(lambda x: segfault(), range(20), chunksize=3))
+        futures = [ex.submit(lambda x: segfault(), i) for i in range(20)]
+        for future in futures:
+            assert isinstance(future.exception(timeout=30), farm.PythonVersionMismatch)
+        # A large function (a closure over 2 MiB) travels in a spill file: checked there.
+        big = b"x" * (2 << 20)
+        with pytest.raises(farm.PythonVersionMismatch, match="large function"):
+            ex.submit(lambda: (segfault(), big)).result(timeout=30)
+        assert list(ex.map(add, range(20), range(20))) == [2 * i for i in range(20)]
+    alive(two_workers)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("foreign_caller")
+def test_an_initializer_of_another_python_breaks_the_executor_unrun(
+    two_workers: ExecutorFarm,
+) -> None:
+    ex = two_workers.executor(initializer=lambda: segfault())
+    future = ex.submit(add, 1, 2)
+    with pytest.raises(BrokenExecutor, match="PythonVersionMismatch"):
+        future.result(timeout=30)
+    ex.shutdown()
+    alive(two_workers)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("foreign_caller")
+def test_a_result_of_another_python_is_refused_by_the_caller(two_workers: ExecutorFarm) -> None:
+    with two_workers.executor() as ex:
+        # A call by name (it runs), whose result is code by value: the worker's bytecode.
+        with pytest.raises(farm.PythonVersionMismatch, match="result") as info:
+            ex.submit(adder, 1).result(timeout=30)
+        assert "this caller" in str(info.value)
+        assert ex.submit(add, 2, 3).result(timeout=30) == 5
+    alive(two_workers)
