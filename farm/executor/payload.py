@@ -72,10 +72,9 @@ the caller then sees WorkerLost, and the worker's log has the reason). Whatever 
 raises (BaseException, as ProcessPoolExecutor) travels back inside a signed
 result.
 
-A pickle made by value (cloudpickle: a lambda, a function or class of the script, as a call's
-function, initializer or argument, or in a worker's result) starts with a guard naming the
-bytecode that made its code, read before it is unpickled (farm/executor/bytecode.py: another
-Python's is refused; how older workers and callers meet it). One by reference has none.
+A pickle made by value (cloudpickle: a lambda, a script's function or class, in a call or a
+result) starts with a guard naming the bytecode that made its code, read before it is
+unpickled (farm/executor/bytecode.py: another Python's is refused; how older farms meet it).
 """
 
 from __future__ import annotations
