@@ -48,6 +48,10 @@ ORPHAN_GRACE = 0.2
 #: How long a woken worker has to come and grab before another sleeper is woken instead
 #: (the default of the server's --wake-deadline, where it is written).
 WAKE_DEADLINE = ServerOptions.wake_deadline
+#: The longest the epoch timer sleeps before it reads the wall clock again. Its delay runs on
+#: the monotonic clock, which neither an NTP step nor a suspend moves: armed for the whole
+#: wait, a job due in an hour still waited that hour after a step of the clock an hour on.
+EPOCH_RECHECK = 1.0
 
 
 def _named(job: Job) -> dict[str, str]:
@@ -349,7 +353,7 @@ class Dispatch(Abilities):
             return
         if self._epoch_timer is not None:
             self._epoch_timer.cancel()
-        delay = max(0.0, self.epoch_heap[0][0] - time.time())
+        delay = min(max(0.0, self.epoch_heap[0][0] - time.time()), EPOCH_RECHECK)
         self._epoch_timer = self.call_later(delay, self.release_due_epoch_jobs)
 
     def release_due_epoch_jobs(self) -> None:
