@@ -203,13 +203,13 @@ class _Collector:
         )
         yield GaugeMetricFamily(
             "farm_server_start_time_seconds",
-            "When the server started (Unix time); uptime is time() minus this.",
+            "When the server started (Unix time, by the clock of then).",
             value=stats.started,
         )
         yield GaugeMetricFamily(
             "farm_server_uptime_seconds",
-            "Seconds since the server started.",
-            value=time.time() - stats.started,
+            "Seconds since the server started (steps of the wall clock do not move it).",
+            value=time.monotonic() - stats.started_monotonic,
         )
 
 

@@ -176,6 +176,7 @@ class ServerStats:
 
     __slots__ = (
         "started",
+        "started_monotonic",
         "bytes_in",
         "bytes_out",
         "commits",
@@ -185,6 +186,9 @@ class ServerStats:
 
     def __init__(self) -> None:
         self.started = time.time()
+        # Uptime is counted from here: time() less ``started`` went negative when NTP
+        # stepped the clock back, and counted an hour that never passed when it stepped on.
+        self.started_monotonic = time.monotonic()
         self.registrations_refused = dict.fromkeys(REGISTRATION_REFUSALS, 0)
         self.bytes_in = 0
         self.bytes_out = 0
