@@ -26,6 +26,11 @@ V = TypeVar("V")
 
 #: The loop's timers are in milliseconds: one may fire this much before its time.
 RESOLUTION = 0.001
+#: A timer this late (seconds) came round after the loop stood still (the server stopped,
+#: its VM paused, its host starved it of CPU): what the peers sent meanwhile waits unread,
+#: and uvloop runs due timers before it polls. Judged first, a worker's WORK_COMPLETE sent
+#: in time lay unread while its job was failed as past its timeout, and the result dropped.
+LATE = 0.1
 
 CallLater = Callable[[float, Callable[[], None]], Timer]
 
@@ -35,7 +40,7 @@ class Deadlines(Generic[K, V]):
     called for each one that is not discarded in time. Without ``call_later`` (a server
     driven by hand, as in tests) none ever fires, as with any timer of such a server."""
 
-    __slots__ = ("length", "on_due", "call_later", "entries", "timer")
+    __slots__ = ("length", "on_due", "call_later", "entries", "timer", "deferred")
 
     def __init__(
         self, length: float, on_due: Callable[[K, V], None], call_later: CallLater | None
@@ -45,6 +50,7 @@ class Deadlines(Generic[K, V]):
         self.call_later = call_later
         self.entries: dict[K, tuple[float, V]] = {}
         self.timer: Timer | None = None
+        self.deferred = False  # a late firing put off by one turn of the loop (LATE)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -76,11 +82,18 @@ class Deadlines(Generic[K, V]):
         return None if entry is None else entry[1]
 
     def _fire(self) -> None:
+        entries = self.entries
+        now = monotonic()
+        if entries and not self.deferred and self.call_later is not None:
+            first = entries[next(iter(entries))][0]
+            if now - first > LATE:  # the loop stood still: read what came first, once
+                self.deferred = True
+                self.timer = self.call_later(RESOLUTION, self._fire)  # after the next poll
+                return
+        self.deferred = False
         # While the callbacks run, ``add`` must not arm a timer of the full length: the
         # deadlines already waiting are due sooner. The timer is armed after them.
         self.timer = INERT_TIMER
-        entries = self.entries
-        now = monotonic()
         try:
             while entries:
                 key = next(iter(entries))
