@@ -63,6 +63,8 @@ class Lifecycle(WorkerStart):
     server_ended: Callable[[int], None]
     # Provided by farm.pools.reports: what is left on a worker's pipes, read and closed.
     close_pipes: Callable[[WorkerProcess], None]
+    # Provided by farm.pools.reports: what waits on a Python worker's report pipe, read now.
+    read_report: Callable[[WorkerProcess], None]
     # Provided by farm.pools.strays: what a worker left in its process group.
     watch_group: Callable[[WorkerProcess, int], None]
     tend_leftovers: Callable[[float], None]
@@ -135,6 +137,12 @@ class Lifecycle(WorkerStart):
         if proc.command or proc.state is not ProcState.STARTING:
             return False
         if now - proc.started <= boot_timeout:
+            return False
+        # Its "ready" may wait unread: the loop reads the pipes after this step, and a
+        # supervisor that got no CPU for a while (SIGSTOP, a VM paused, a starved host) came
+        # here first on resuming, and killed a worker that had served for seconds.
+        self.read_report(proc)
+        if proc.served:  # it said "ready" (WorkerProcess.apply)
             return False
         proc.boot_error = f"did not load its target within {boot_timeout:g}s; hanging at import?"
         proc.state, proc.kill_reason = ProcState.KILLING, proc.boot_error
