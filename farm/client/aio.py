@@ -179,19 +179,23 @@ class AsyncClient(AsyncLinks):
             try:
                 await asyncio.wait_for(asyncio.shield(waiter.ended), left)
             except TimeoutError:
-                # One look past the deadline, as farm.Client takes: what came while the loop
-                # did not run (the process stopped, its VM paused: CPython's select, woken past
-                # its timeout, comes back empty and the timer fires first) is read first. A
-                # result that came in time was dropped as a Timeout.
-                conn = self._conns.get(task.server or "")
-                if conn is not None and not waiter.ended.done():
-                    await conn.closed_unseen()  # lets the loop read what waits unread
+                if not waiter.ended.done():
+                    await self._look_late(task)
                 if not waiter.ended.done():
                     raise timeout_error(task, timeout) from None
         if task.error is not None:
             raise task.error
         assert task.result is not None, "a task done without an error has its result"
         return task.result
+
+    async def _look_late(self, task: Task[Waiter]) -> None:
+        """One look past a deadline, as farm.Client takes: what came while the loop did not
+        run (the process stopped, its VM paused: CPython's select, woken past its timeout,
+        comes back empty and the timer fires first) is read before a Timeout is raised. A
+        result that came in time was dropped as one."""
+        conn = self._conns.get(task.server or "")
+        if conn is not None:
+            await conn.closed_unseen()  # lets the loop read what waits unread
 
     async def stream(
         self,
@@ -218,9 +222,12 @@ class AsyncClient(AsyncLinks):
                 try:
                     event = await asyncio.wait_for(queue.get(), left)
                 except TimeoutError:
-                    if task.handle is None:  # not even JOB_CREATED: tried last, as by call()
-                        self._picker.mark_down(task.server or "")
-                    raise timeout_error(task, timeout) from None
+                    await self._look_late(task)
+                    if queue.empty():
+                        if task.handle is None:  # not even JOB_CREATED: tried last, as by call()
+                            self._picker.mark_down(task.server or "")
+                        raise timeout_error(task, timeout) from None
+                    event = queue.get_nowait()
                 except asyncio.CancelledError:  # as call()'s
                     self._cancelled(task, waiter)
                     raise

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import psutil
+import pytest
 
 import farm
 from tests.helpers import ROOT
@@ -27,8 +28,14 @@ import farm
 
 async def main() -> None:
     async with farm.AsyncClient(sys.argv[1]) as c:
+        timeout = float(sys.argv[2])
         try:
-            print("result", await c.call("gated", b"", timeout=float(sys.argv[2])), flush=True)
+            if sys.argv[3] == "call":
+                result = await c.call("gated", b"", timeout=timeout)
+            else:
+                async for event in c.stream("gated", b"", timeout=timeout):
+                    result = event.task.result
+            print("result", result, flush=True)
         except farm.Timeout as exc:
             print("timeout", exc, flush=True)
 
@@ -36,7 +43,10 @@ asyncio.run(main())
 """
 
 
-def test_a_result_that_came_while_the_caller_was_stopped_is_not_a_timeout(farm_server) -> None:
+@pytest.mark.parametrize("how", ["call", "stream"])
+def test_a_result_that_came_while_the_caller_was_stopped_is_not_a_timeout(
+    farm_server, how: str
+) -> None:
     """The job ended within the call's timeout while the caller's process was stopped;
     resumed past the timeout, its loop's select came back empty (CPython's, interrupted by
     the stop, past its deadline) and the timer fired first: Timeout, the result dropped,
@@ -53,7 +63,7 @@ def test_a_result_that_came_while_the_caller_was_stopped_is_not_a_timeout(farm_s
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     with working(worker):
         caller = subprocess.Popen(
-            [sys.executable, "-c", CALLER, farm_server.addr, str(TIMEOUT)],
+            [sys.executable, "-c", CALLER, farm_server.addr, str(TIMEOUT), how],
             stdout=subprocess.PIPE,
             text=True,
             env=env,
