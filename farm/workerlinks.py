@@ -123,6 +123,10 @@ class WorkerLinks:
             self._grab_deadline = now + self.connect_timeout
             self._push_the_grab(server)  # behind an answer the server is still reading
         if now >= self._grab_deadline:
+            # Its answer may wait unread: this process stopped past the deadline (SIGSTOP, a
+            # paused VM) had its select come back empty, and the server was dropped as hung.
+            if server.sock is not None and select.select([server.sock], [], [], 0)[0]:
+                return  # read by this turn's select
             server.silent = True
             self._lost(
                 server,
