@@ -116,10 +116,10 @@ class ServerConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.queries: deque[tuple[Query[Any], asyncio.Future[Any]]] = deque()
         self.closed_by_client = False  # AsyncClient.close() ended it
+        self.cut = False  # an exception cut a read or a write short (``cut_short``)
         self.lost_how = "went away"  # what a job lost with it says of the server
         self.writing_paused = False  # the transport's buffer is past its high-water mark
         self.unsent_at_least = 0  # of what was written, if lost now (pause_writing, _flush)
-        self._flush_due = False
         self.received = 0  # bytes read so far: whether ``closed_unseen``'s wait reads on
         # Says when the server has ended the connection (POLLRDHUP: its FIN, whatever waits
         # unread before it). With ``read_at``, ``closed_unseen`` gives the loop turns only on
@@ -138,24 +138,40 @@ class ServerConnection(asyncio.Protocol):
     # -- requests --
 
     def send_soon(self) -> None:
-        """Write what the session queued, once, at the end of this loop turn."""
-        if not self._flush_due:
-            self._flush_due = True
-            self.loop.call_soon(self._flush)
+        """Write what the session queued at the end of this loop turn (the turn's first
+        flush writes it all; the others find nothing). No flag saying one is due: a signal
+        handler's exception that ended a flush as it began left it set for good, and
+        nothing on the connection was written again."""
+        self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        self._flush_due = False
-        while not self.writing_paused:  # paused: the rest stays held in the session
-            transport = self.transport
-            if transport is None or transport.is_closing():
-                return  # connection_lost fails what is queued
-            data = self.session.data_to_send(WRITE_CHUNK)
-            if not data:
-                return
-            transport.write(data)  # calls pause_writing() itself when past the mark
-            if transport.is_closing():  # its send failed (a reset): none of ``data`` left
-                self.unsent_at_least = len(data)
-                return
+        try:
+            while not self.writing_paused:  # paused: the rest stays held in the session
+                transport = self.transport
+                if transport is None or transport.is_closing():
+                    return  # connection_lost fails what is queued
+                data = self.session.data_to_send(WRITE_CHUNK)
+                if not data:
+                    return
+                transport.write(data)  # calls pause_writing() itself when past the mark
+                if transport.is_closing():  # its send failed (a reset): none of it left
+                    self.unsent_at_least = len(data)
+                    return
+        except BaseException:  # a signal handler's (asyncio logs it, or lets it out)
+            self.cut_short()  # requests taken, perhaps not written whole, are awaited
+            raise
+
+    def cut_short(self) -> None:
+        """An exception cut a read or a write of this connection short: what the server
+        says next would be read out of step (a JOB_CREATED lost, the next call's was taken
+        for the one given up, and every later call waited for ever). The connection goes;
+        its calls fail, none sent again nor its server marked down, as their jobs may run
+        (``connection_lost``), and the next call connects anew."""
+        self.cut = True
+        self.lost_how = "was dropped by the client: an exception cut short a read or a send on it"
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.abort()  # connection_lost at the loop's next turn
 
     def withdraw(self, request: Task[Waiter] | Query[Any]) -> bool:
         """Take back a request still held here (the transport paused): it is never sent."""
@@ -257,6 +273,9 @@ class ServerConnection(asyncio.Protocol):
             self.lost_how = f"broke the protocol: {exc}"
             self.transport.close()  # type: ignore[union-attr]  # connection_lost fails the rest
             return
+        except BaseException:  # a signal handler's: asyncio lets a KeyboardInterrupt out
+            self.cut_short()  # bytes read that the session may not have taken whole
+            raise
         if self.undelivered:  # left by an interrupted callback: first, in order
             events = [*self.undelivered, *events]
             self.undelivered.clear()
@@ -330,10 +349,13 @@ class ServerConnection(asyncio.Protocol):
         self.ended = None  # its descriptor is closed, and may be reused by another file
         resubmit = None if self.resubmit is None else self.resubmit()
         unsent = self.unsent_at_least  # a submit cut short (pause_writing, _flush)
-        lost = self.session.connection_lost(self.lost_how, unsent, not self.closed_by_client)
+        ours = self.closed_by_client or self.cut  # not the server's doing
+        lost = self.session.connection_lost(self.lost_how, unsent, not ours)
         for task in lost:
             if self.closed_by_client:  # our close(): not the server's doing, and no retry
                 self.end_lost(task, closed_error())
+            elif self.cut:  # its submit may have left: the job may run, so not again
+                self.end_lost(task, lost_error(self.addr, task, self.lost_how))
             elif may_resubmit(task) and resubmit is not None:
                 resubmit(task, self)  # carries on on another server
             else:

@@ -1,0 +1,158 @@
+"""farm.AsyncClient's calls cut short: by an exception from a signal handler as the loop hands
+the server's reply to the session or writes a request out (a handler installed with
+``signal.signal`` runs wherever the loop's thread is; asyncio logs and swallows what it
+raises inside a callback, but lets a KeyboardInterrupt or SystemExit out of the loop, which
+the program may run again), and by cancellation at each await of a call or a submit. The
+client stays in step with its server: the next call gets its own result.
+
+As in test_client_cut_short.py: SIGUSR1, sent to the main thread from a profile hook as the
+read or the write begins, so it lands there every time (not SIGALRM: pytest-timeout's)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import threading
+from collections.abc import Coroutine
+from types import FrameType
+from typing import Any, TypeVar
+
+import pytest
+
+import farm
+from farm.client.aio import AsyncClient
+from tests.helpers.servers import Server
+from tests.helpers.serving import reverse, serving
+
+T = TypeVar("T")
+
+# Where the exception lands: the session taking the bytes the transport read (JOB_CREATED
+# first), the transport's write of the bytes taken from the session (the SUBMIT_JOB), or
+# the loop's call of the flush that would take them (ended before its first line).
+WHERE = {
+    "read": ("receive", "farm/protocol/client.py"),
+    "write": ("write", "asyncio/selector_events.py"),
+    "flush": ("_flush", "farm/client/aioconn.py"),
+}
+
+
+class TimeLimit(Exception):
+    """What the request's alarm raises."""
+
+
+def _run(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
+    return loop.run_until_complete(asyncio.wait_for(coro, 20))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("raised", [TimeLimit, KeyboardInterrupt], ids=["alarm", "ctrl-c"])
+@pytest.mark.parametrize("at", sorted(WHERE))
+def test_a_call_cut_short_by_a_signal_handler_leaves_the_next_calls_their_results(
+    farm_server: Server, at: str, raised: type[BaseException]
+) -> None:
+    # write: the submit taken from the session never reached the transport, and the
+    # session awaited its answer all the same (asyncio logged the alarm's exception and
+    # went on): the call, and every later one, took the JOB_CREATED of the request after
+    # its own and waited until its timeout. read, a KeyboardInterrupt (out of the loop,
+    # which the program runs again): the reply read was lost to the session, and so on.
+    # flush: the flag saying a flush was due stayed set, and nothing was written again.
+    # An alarm's exception in the read asyncio takes for a broken connection: closed.
+    name, path = WHERE[at]
+    shots: list[str] = []
+
+    def hook(frame: FrameType, event: str, arg: Any) -> None:
+        code = frame.f_code
+        ours = code.co_name == name and code.co_filename.endswith(path)
+        if event == "call" and not shots and ours:
+            shots.append(name)
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+
+    def limit(signum: int, frame: FrameType | None) -> None:
+        raise raised
+
+    client = AsyncClient(farm_server.addr)
+    loop = asyncio.new_event_loop()
+    previous = signal.signal(signal.SIGUSR1, limit)
+    try:
+        with serving(farm_server.addr, {"reverse": reverse}):
+            assert _run(loop, client.call("reverse", b"warm", timeout=10)) == b"mraw"
+            # KeyboardInterrupt: out of the loop. The alarm: swallowed by asyncio in the
+            # write (logged), or taken for the connection's fatal error in the read; the
+            # call fails as its connection does (before: Timeout, its submit never sent).
+            # In the flush, as it began: nothing was taken, and the submit waits for the
+            # next flush (another call's), here to its timeout, taken back then.
+            expect: type[BaseException] = raised
+            if raised is TimeLimit:
+                expect = farm.Timeout if at == "flush" else farm.ServerUnavailable
+            sys.setprofile(hook)
+            try:
+                with pytest.raises(expect):
+                    _run(loop, client.call("reverse", b"cut short", timeout=3))
+            finally:
+                sys.setprofile(None)
+            assert shots == [name]
+            for data in (b"next request", b"the one after"):
+                assert _run(loop, client.call("reverse", data, timeout=5)) == data[::-1]
+            _run(loop, client.close())
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        for task in asyncio.all_tasks(loop):  # a call a KeyboardInterrupt left waiting
+            task.cancel()
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+
+
+# Each await of a call (or a submit) a cancel may land on: the connect; the JOB_CREATED, its
+# submit still queued in the session (cancelled in the turn it was made) or written; the
+# result, once created (a call's only: a submit has returned by then).
+STAGES = {"call": ["connecting", "queued", "written", "created"]}
+STAGES["submit"] = STAGES["call"][:-1]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("how", "stage"), [(how, stage) for how, stages in STAGES.items() for stage in stages]
+)
+def test_a_call_cancelled_at_each_await_leaves_the_next_calls_their_results(
+    farm_server: Server, how: str, stage: str
+) -> None:
+    # Proven, not fixed: a cancel lands only at an await, where the session's books are
+    # whole (a submit still queued is taken back, one written is answered and dropped).
+    gate = threading.Event()  # the given-up job's result comes only once the cancel is in
+
+    def gated(job: Any) -> bytes:
+        gate.wait(20)
+        return b"late"
+
+    async def main(client: AsyncClient) -> None:
+        if stage != "connecting":
+            assert await client.call("reverse", b"warm", timeout=10) == b"mraw"
+        if how == "call":
+            job = asyncio.ensure_future(client.call("gated", b"given up", timeout=10))
+        else:
+            job = asyncio.ensure_future(client.submit("gated", b"given up"))
+        await asyncio.sleep(0)  # the job's first step: its connect, or its submit queued
+        conn = client._conns.get(farm_server.addr)
+        if stage == "connecting":
+            assert conn is None, "connected before the cancel"
+        else:
+            assert conn is not None and conn.session.queued, "the submit not queued"
+            while stage != "queued" and conn.session.queued:
+                await asyncio.sleep(0)  # the loop's write
+            while stage == "created" and not conn.session._running:
+                await asyncio.sleep(0.001)  # its JOB_CREATED
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+        gate.set()
+        for data in (b"next request", b"the one after"):
+            assert await client.call("reverse", data, timeout=5) == data[::-1]
+        assert (await client.submit("reverse", b"x", background=True)).handle
+
+    async def run() -> None:
+        async with AsyncClient(farm_server.addr) as client:
+            await asyncio.wait_for(main(client), 30)
+
+    with serving(farm_server.addr, {"reverse": reverse, "gated": gated}):
+        asyncio.run(run())
