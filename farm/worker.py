@@ -39,8 +39,9 @@ from farm.workeranswer import (
 )
 from farm.workerfunctions import WorkerFunction, WorkerFunctions
 from farm.workerjob import Job
-from farm.workerlinks import BACKOFF_FIRST, ServerLink, fail_and_part, run_unsent
+from farm.workerlinks import BACKOFF_FIRST, ServerLink, run_unsent
 from farm.workernews import WorkerNews
+from farm.workerwire import fail_and_part
 
 __all__ = ["Worker", "Job"]
 

@@ -1,16 +1,15 @@
 """The blocking worker's links to its job servers: connecting (a worker of several servers
 connects in a thread per attempt, so that a server that does not answer holds no jobs of
 the others), writing (bounded: a server that takes none of what waits for ``connect_timeout``
-is dropped, ``_write_rest``), a grab left unanswered (``_mind_the_grab``), and what a lost
-server means, and parting from a server that assigned a job too large to take
-(``fail_and_part``). A mixin of ``farm.worker.Worker``, which owns the selector, the job in
-hand and the loop."""
+is dropped, ``_write_rest``; one whose write an exception cut short, dropped too), a grab
+left unanswered (``_mind_the_grab``), and what a lost server means. The socket itself (its
+peer gone, parting from a server) is farm.workerwire's. A mixin of ``farm.worker.Worker``,
+which owns the selector, the job in hand and the loop."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import select
 import selectors
 import socket
 import ssl
@@ -20,17 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from farm.net import Dial, connect, keep_alive, send_now
-from farm.protocol import PacketType as T
-from farm.protocol import encode_req
 from farm.protocol.worker import WorkerSession
+from farm.workerwire import peer_gone, wait_writable
 
 __all__ = [
     "BACKOFF_CAP",
     "BACKOFF_FIRST",
     "ServerLink",
     "WorkerLinks",
-    "fail_and_part",
-    "peer_gone",
     "run_unsent",
 ]
 
@@ -67,6 +63,7 @@ class ServerLink:
     # server slow to read or hung): only their front is ever written, under the send lock,
     # so that writes from several threads never interleave within a packet.
     pending: bytearray | None = None
+    writing: bool = False  # a send under way whose count is not noted yet (_flush_locked)
     took_at: float = 0.0  # when the server last took some of them (monotonic)
     # A write the buffers stopped: when, what they took at once, what the server took at
     # its pace since; and, once all left, when it will likely have read the buffers' worth
@@ -75,11 +72,6 @@ class ServerLink:
     burst: int = 0
     paced: int = 0
     read_by: float = 0.0
-
-
-#: poll() events that say a peer is gone: its end of stream (Linux's POLLRDHUP, where
-#: there is one) or a reset.
-_PEER_GONE = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
 
 
 class WorkerLinks:
@@ -215,6 +207,30 @@ class WorkerLinks:
         ever, holding the lock (register() from another thread), the other servers' jobs
         and stop(). A write that fits, any answer but a large one, is one send() (over TLS,
         with the socket made non-blocking around it: ``net.send_now``), no poll."""
+        held, settled = -1, False
+        try:
+            held = server.session.queued
+            rest = self._write_locked(server)
+            settled = True
+            return rest
+        except BaseException:
+            # Not the socket's error (that is handled): a signal handler's exception (a
+            # job's own alarm as its news goes out, a SIGTERM handler's exit). Bytes taken
+            # from the session, or a send whose count was not noted, may have left in part:
+            # what went next was read as their rest, and the server was out of step (the
+            # job's answer lost in its data, then every grab). Such a connection goes, and
+            # its job with it (the server takes it back); one cut before anything was taken
+            # is kept, its answer still to go (``work()`` ending writes it).
+            doubt = server.writing or 0 <= server.session.queued < held
+            if not settled and doubt and server.sock is not None:
+                why = "was dropped: an exception cut short a write on it"
+                self._lost(server, why, locked=True)
+            raise
+        finally:
+            server.writing = False
+
+    def _write_locked(self, server: ServerLink) -> socket.socket | None:
+        """``_flush_locked``'s write; ``server.writing`` while what it sends is not noted."""
         out: bytes | bytearray = server.session.data_to_send()
         sock = server.sock
         if sock is None:
@@ -230,6 +246,7 @@ class WorkerLinks:
             # already here, says it cannot.
             self._lost(server, "closed the connection before an answer left", locked=True)
             return None
+        server.writing = True  # until what left is noted (``_flush_locked``)
         try:
             sent = send_now(sock, out)
         except OSError as exc:
@@ -279,7 +296,7 @@ class WorkerLinks:
         bound = self.connect_timeout
         deadline = time.monotonic() + bound
         while True:
-            _wait_writable(sock, deadline - time.monotonic())
+            wait_writable(sock, deadline - time.monotonic())
             with self._send_lock:
                 if server.sock is not sock:
                     return False
@@ -358,23 +375,6 @@ def _retry_later(server: ServerLink, now: float) -> None:
     server.backoff = min(server.backoff * 2, BACKOFF_CAP)
 
 
-def peer_gone(sock: socket.socket) -> bool:
-    """Whether the peer has closed or reset the connection, by poll() alone: nothing is
-    read, so a TLS socket's records and a packet already here stay where they are."""
-    poller = select.poll()
-    poller.register(sock.fileno(), _PEER_GONE)
-    return any(events & _PEER_GONE for _, events in poller.poll(0))
-
-
-def _wait_writable(sock: socket.socket, timeout: float) -> None:
-    """Until ``sock`` takes bytes (or is gone: the send says so), ``timeout`` at most. The
-    fd may be closed meanwhile by another thread: poll() says so (POLLNVAL) at once."""
-    poller = select.poll()
-    with contextlib.suppress(OSError, ValueError):  # closed already: fileno() is -1
-        poller.register(sock.fileno(), select.POLLOUT)
-        poller.poll(max(0, int(timeout * 1000) + 1))
-
-
 def run_unsent(unsent: Callable[[], None]) -> None:
     """A job's ``unsent`` (its answer could not leave); what it raises is logged, as the
     worker serves on."""
@@ -382,19 +382,3 @@ def run_unsent(unsent: Callable[[], None]) -> None:
         unsent()
     except Exception:
         log.exception("cleaning up after a job whose answer could not be sent")
-
-
-def fail_and_part(sock: socket.socket, handle: bytes, why: str) -> None:
-    """WORK_FAIL for a job assigned to us that we cannot take, after a WORK_WARNING saying
-    ``why`` (the client's JobFailed quotes it: without it, it blamed the function's raising,
-    which never ran), then a clean goodbye: our side shut, the rest of its packet read and
-    dropped (bounded), so the server reads the WORK_FAIL before the end -- a close with bytes
-    unread would reset the connection and lose it, and the job would come back to be refused
-    again."""
-    warning = encode_req(T.WORK_WARNING, handle, f"{why}\n".encode())  # a line, as a worker's
-    with contextlib.suppress(OSError):
-        sock.sendall(warning + encode_req(T.WORK_FAIL, handle))
-        sock.shutdown(socket.SHUT_WR)
-        sock.settimeout(5.0)
-        while sock.recv(1 << 20):
-            pass

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from farm.protocol import ProtocolError
 from farm.protocol.worker import WorkerSession, WorkerState
 from farm.workerjob import Job
-from farm.workerlinks import ServerLink, WorkerLinks, peer_gone
+from farm.workerlinks import ServerLink, WorkerLinks
+from farm.workerwire import peer_gone
 
 __all__ = ["WorkerNews"]
 

@@ -99,6 +99,11 @@ class WorkerSession(WorkerAbilities):
         # itself: a sign that it serves (an ERROR is none: one at its connection limit).
         self.answered = False
 
+    @property
+    def queued(self) -> int:
+        """How many bytes are queued for the wire (not yet taken by ``data_to_send``)."""
+        return len(self._out)
+
     def data_to_send(self) -> bytes:
         out = bytes(self._out)
         self._out.clear()
