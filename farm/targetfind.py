@@ -1,0 +1,106 @@
+"""Where a worker's import finds a module, told without running any of it: the parent
+packages' __init__ are not executed (the supervisor's config check stays free of the
+workers' imports, and of an __init__ that sleeps or raises), and each finder is asked as
+the import asks it. A package found first hides the others of its name further on the
+path, as the import does, and ``hidden_by`` says which hides which."""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib.machinery import ModuleSpec, PathFinder
+from pathlib import Path
+
+from farm.errors import WorkingDirectoryGone
+from farm.paths import working_directory
+
+__all__ = ["find_unrun", "hidden_by"]
+
+
+def find_unrun(module: str, path: list[str]) -> ModuleSpec | None:
+    """``module``'s spec as found on ``path``, without running any of it: importlib.util.
+    find_spec imports a dotted name's parent packages (their __init__ ran in the supervisor,
+    and one that sleeps or raises held or failed the whole farm). Each package's
+    directories are searched instead; a parent already imported is used as it is."""
+    parts = module.split(".")
+    spec = _find_top(parts[0], path)  # a top-level name: nothing is imported
+    for depth in range(2, len(parts) + 1):
+        name = ".".join(parts[:depth])
+        loaded = sys.modules.get(name)
+        if loaded is not None and loaded.__spec__ is not None:
+            spec = loaded.__spec__
+            continue
+        if spec is None or spec.submodule_search_locations is None:
+            return None  # its parent is not a package
+        where = list(spec.submodule_search_locations)
+        if _extends_path(spec):  # its modules on every path entry too, where they may be
+            where += _same_package(parts[: depth - 1], path)
+        spec = PathFinder.find_spec(name, [d for d in dict.fromkeys(where) if os.path.isdir(d)])
+    return spec
+
+
+def _same_package(parts: list[str], path: list[str]) -> list[str]:
+    """The directory of the package ``parts`` names on each entry of ``path``."""
+    return [os.path.join(entry or ".", *parts) for entry in path]
+
+
+def _extends_path(package: ModuleSpec) -> bool:
+    """Whether a package's modules may lie beside other entries' packages of its name: a
+    namespace package's (its portions, on every entry), a regular package's whose __init__
+    extends its __path__ (pkgutil.extend_path, or pkg_resources' declare_namespace; the
+    check is lenient where it cannot read it). A plain __init__ hides the others, as the
+    import does (a working directory's workers/ before farm's installed one)."""
+    if package.origin is None or not package.origin.endswith(".py"):
+        return True
+    try:
+        source = Path(package.origin).read_bytes()
+    except OSError:
+        return True
+    return b"__path__" in source or b"declare_namespace" in source
+
+
+def hidden_by(module: str, path: list[str]) -> str:
+    """Where a package of ``module``'s found first on ``path`` (the workers', or ``farm
+    worker``'s sys.path) hides another of its name, on a later entry, that holds the module
+    (the working directory's workers/ before farm's installed one), in words for the line
+    that says the module is not found; "" where none does."""
+    parts = module.split(".")
+    for depth in range(1, len(parts)):
+        package = find_unrun(".".join(parts[:depth]), path)
+        if package is None or package.submodule_search_locations is None:
+            return ""
+        own = list(package.submodule_search_locations)
+        name = ".".join(parts[: depth + 1])
+        if PathFinder.find_spec(name, own) is not None:
+            continue
+        others = [d for d in _same_package(parts[:depth], path) if d not in own]
+        for other in (d for d in dict.fromkeys(others) if os.path.isdir(d)):
+            if PathFinder.find_spec(name, [other]) is not None:
+                try:
+                    here = Path(own[0]).is_relative_to(working_directory())
+                except WorkingDirectoryGone:
+                    here = False
+                fix = "start farm in another directory" if here else "rename it"
+                return (
+                    f" ({'.'.join(parts[:depth])!r} is {own[0]}, found first: it hides"
+                    f" {other}, which has it; {fix})"
+                )
+        return ""
+    return ""
+
+
+def _find_top(name: str, path: list[str]) -> ModuleSpec | None:
+    """A top-level module's spec as importlib.util.find_spec finds it, with ``path`` in the
+    place of ``sys.path``: one already imported, else the first of ``sys.meta_path``'s
+    finders to know it (an editable install's finder among them)."""
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        return loaded.__spec__
+    for finder in sys.meta_path:
+        find = getattr(finder, "find_spec", None)
+        if find is None:
+            continue
+        spec: ModuleSpec | None = find(name, path if finder is PathFinder else None)
+        if spec is not None:
+            return spec
+    return None
