@@ -35,7 +35,8 @@ def find_unrun(module: str, path: list[str]) -> ModuleSpec | None:
         where = list(spec.submodule_search_locations)
         if _extends_path(spec):  # its modules on every path entry too, where they may be
             where += _same_package(parts[: depth - 1], path)
-        spec = PathFinder.find_spec(name, [d for d in dict.fromkeys(where) if os.path.isdir(d)])
+        where = [d for d in dict.fromkeys(where) if os.path.isdir(d)]
+        spec = _first_found(name, where, top=False)
     return spec
 
 
@@ -66,27 +67,30 @@ def hidden_by(module: str, path: list[str]) -> str:
     that says the module is not found; "" where none does."""
     parts = module.split(".")
     for depth in range(1, len(parts)):
+        name = ".".join(parts[: depth + 1])
+        if find_unrun(name, path) is not None:  # as the import finds it: not this level
+            continue
         package = find_unrun(".".join(parts[:depth]), path)
         if package is None or package.submodule_search_locations is None:
             return ""
         own = list(package.submodule_search_locations)
-        name = ".".join(parts[: depth + 1])
-        if PathFinder.find_spec(name, own) is not None:
-            continue
         others = [d for d in _same_package(parts[:depth], path) if d not in own]
         for other in (d for d in dict.fromkeys(others) if os.path.isdir(d)):
             if PathFinder.find_spec(name, [other]) is not None:
-                try:
-                    here = Path(own[0]).is_relative_to(working_directory())
-                except WorkingDirectoryGone:
-                    here = False
-                fix = "start farm in another directory" if here else "rename it"
-                return (
-                    f" ({'.'.join(parts[:depth])!r} is {own[0]}, found first: it hides"
-                    f" {other}, which has it; {fix})"
-                )
+                return _hiding(".".join(parts[:depth]), own[0], other)
         return ""
     return ""
+
+
+def _hiding(package: str, own: str, other: str) -> str:
+    """The words of hidden_by: ``package`` is ``own``, which the import takes, and ``other``
+    holds the module, and what to do."""
+    try:
+        here = Path(own).is_relative_to(working_directory())
+    except WorkingDirectoryGone:
+        here = False
+    fix = "start farm in another directory" if here else "rename it"
+    return f" ({package!r} is {own}, found first: it hides {other}, which has it; {fix})"
 
 
 def _find_top(name: str, path: list[str]) -> ModuleSpec | None:
@@ -96,11 +100,22 @@ def _find_top(name: str, path: list[str]) -> ModuleSpec | None:
     loaded = sys.modules.get(name)
     if loaded is not None:
         return loaded.__spec__
+    return _first_found(name, path, top=True)
+
+
+def _first_found(name: str, path: list[str], *, top: bool) -> ModuleSpec | None:
+    """The spec of the first of ``sys.meta_path``'s finders to know ``name``, each asked as
+    the import asks it: a top-level name with no path (PathFinder then reads sys.path,
+    ``path`` here), a package's module with its package's directories, ``path``. Not
+    PathFinder's alone for a package's module either: an editable install's finder
+    (setuptools', `pip install -e`) finds the modules of a package it installed in that
+    package's own directory, whatever package of the name the import found first (a
+    project's plain workers/ without workers.text: farm's workers/text.py is imported)."""
     for finder in sys.meta_path:
         find = getattr(finder, "find_spec", None)
         if find is None:
             continue
-        spec: ModuleSpec | None = find(name, path if finder is PathFinder else None)
+        spec: ModuleSpec | None = find(name, path if finder is PathFinder or not top else None)
         if spec is not None:
             return spec
     return None

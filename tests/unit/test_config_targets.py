@@ -14,6 +14,7 @@ import pytest
 from farm import config
 from tests.helpers import ROOT
 from tests.helpers.configs import GOOD, error_of, write
+from tests.helpers.editable import EditableFinder
 
 
 def test_unimportable_target(tmp_path: Path) -> None:
@@ -207,3 +208,26 @@ def test_a_package_of_the_working_directory_hides_the_one_on_pythonpath(
         write(tmp_path, GOOD.replace("workers.hashing:compress", "shadowed.jobs:job"))
     )
     assert cfg.functions["rev"].target == "shadowed.jobs:job"
+
+
+def test_a_module_an_editable_install_finds_past_a_plain_package_is_no_hidden_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # farm installed with `pip install -e`, a project's own plain workers/ without text.py:
+    # setuptools' finder, on sys.meta_path after PathFinder, finds workers.text in farm's
+    # workers/ still, and the workers import it; the check refused it as hidden.
+    run, src = tmp_path / "project", tmp_path / "src"
+    for where in (run, src):
+        (where / "mapped").mkdir(parents=True)
+        (where / "mapped" / "__init__.py").write_text("")
+    (src / "mapped" / "jobs.py").write_text("def job(j):\n    return b''\n")
+    monkeypatch.setattr(
+        sys, "meta_path", [*sys.meta_path, EditableFinder({"mapped": str(src / "mapped")})]
+    )
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.chdir(run)
+    cfg = config.load(write(tmp_path, GOOD.replace("workers.hashing:compress", "mapped.jobs:job")))
+    assert cfg.functions["rev"].target == "mapped.jobs:job"
+    # What neither it nor the project's package has is still refused, and hidden by none.
+    message = error_of(tmp_path, GOOD.replace("workers.hashing:compress", "mapped.nope:job"))
+    assert message.endswith("no module named 'mapped.nope'; check the spelling and PYTHONPATH")
