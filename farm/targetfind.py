@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from importlib.machinery import ModuleSpec, PathFinder
+from importlib.machinery import ModuleSpec, PathFinder, all_suffixes
 from pathlib import Path
 
 from farm.errors import WorkingDirectoryGone
@@ -85,12 +85,26 @@ def hidden_by(module: str, path: list[str]) -> str:
 def _hiding(package: str, own: str, other: str) -> str:
     """The words of hidden_by: ``package`` is ``own``, which the import takes, and ``other``
     holds the module, and what to do."""
+    if _portion(other):
+        # A regular package wins over a directory without __init__ wherever each lies on
+        # the path: ``own`` need not be first, and it is the other, the user's, to rename.
+        return (
+            f" ({package!r} is {own}, a regular package: the import takes it over {other},"
+            f" which has it but no __init__.py, wherever each is on the path; rename {other}"
+            " and the targets that name it)"
+        )
     try:
         here = Path(own).is_relative_to(working_directory())
     except WorkingDirectoryGone:
         here = False
     fix = "start farm in another directory" if here else "rename it"
     return f" ({package!r} is {own}, found first: it hides {other}, which has it; {fix})"
+
+
+def _portion(directory: str) -> bool:
+    """Whether a package's directory is a namespace package's portion: no __init__ in it."""
+    init = os.path.join(directory, "__init__")
+    return not any(os.path.isfile(init + suffix) for suffix in all_suffixes())
 
 
 def _find_top(name: str, path: list[str]) -> ModuleSpec | None:

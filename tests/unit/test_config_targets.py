@@ -231,3 +231,25 @@ def test_a_module_an_editable_install_finds_past_a_plain_package_is_no_hidden_on
     # What neither it nor the project's package has is still refused, and hidden by none.
     message = error_of(tmp_path, GOOD.replace("workers.hashing:compress", "mapped.nope:job"))
     assert message.endswith("no module named 'mapped.nope'; check the spelling and PYTHONPATH")
+
+
+def test_a_regular_package_taken_over_a_namespace_portion_says_to_rename_the_portion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A project's workers/ without __init__.py, holding mine.py, and farm's regular workers/
+    # further on the path: the error said farm's was "found first" and hid the project's,
+    # "rename it" (farm's). A regular package wins over a portion wherever each lies.
+    run, lib = tmp_path / "project", tmp_path / "lib"
+    for where in (run, lib):
+        (where / "shadowed").mkdir(parents=True)
+    (lib / "shadowed" / "__init__.py").write_text("")
+    (run / "shadowed" / "mine.py").write_text("def job(j):\n    return b''\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(lib), str(ROOT)]))
+    monkeypatch.chdir(run)
+    message = error_of(tmp_path, GOOD.replace("workers.hashing:compress", "shadowed.mine:job"))
+    assert message.endswith(
+        "no module named 'shadowed.mine'; check the spelling and PYTHONPATH ('shadowed' is"
+        f" {lib / 'shadowed'}, a regular package: the import takes it over {run / 'shadowed'},"
+        f" which has it but no __init__.py, wherever each is on the path; rename"
+        f" {run / 'shadowed'} and the targets that name it)"
+    ), message
