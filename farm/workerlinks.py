@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from farm.net import Dial, connect, keep_alive, send_now
 from farm.protocol.worker import WorkerSession
-from farm.workerwire import peer_gone, wait_writable
+from farm.workerwire import peer_gone, readable_now, wait_writable
 
 __all__ = [
     "BACKOFF_CAP",
@@ -117,7 +117,7 @@ class WorkerLinks:
         if now >= self._grab_deadline:
             # Its answer may wait unread: this process stopped past the deadline (SIGSTOP, a
             # paused VM) had its select come back empty, and the server was dropped as hung.
-            if server.sock is not None and select.select([server.sock], [], [], 0)[0]:
+            if server.sock is not None and readable_now(server.sock):
                 return  # read by this turn's select
             server.silent = True
             self._lost(

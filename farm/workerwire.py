@@ -11,7 +11,7 @@ import socket
 from farm.protocol import PacketType as T
 from farm.protocol import encode_req
 
-__all__ = ["fail_and_part", "peer_gone", "wait_writable"]
+__all__ = ["fail_and_part", "peer_gone", "readable_now", "wait_writable"]
 
 #: poll() events that say a peer is gone: its end of stream (Linux's POLLRDHUP, where
 #: there is one) or a reset.
@@ -24,6 +24,15 @@ def peer_gone(sock: socket.socket) -> bool:
     poller = select.poll()
     poller.register(sock.fileno(), _PEER_GONE)
     return any(events & _PEER_GONE for _, events in poller.poll(0))
+
+
+def readable_now(sock: socket.socket) -> bool:
+    """Whether ``sock`` holds bytes (or its end) to read this instant, without waiting
+    (poll(): select() refuses a descriptor past 1,023, which a job's open files may push
+    the worker's sockets to)."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def wait_writable(sock: socket.socket, timeout: float) -> None:
