@@ -383,31 +383,3 @@ def test_a_host_no_resolver_is_asked_for_is_a_usage_error(args: list[str]) -> No
     line = one_line_error(out.stderr)
     assert line.startswith(("farm: ", "farm server: ")), line
     assert "is not a host name or address" in line and "idna" not in line, line
-
-
-@pytest.mark.timeout(60)
-def test_a_worker_s_target_hidden_by_a_package_of_the_working_directory_names_both(
-    tmp_path: Path,
-) -> None:
-    # `farm worker workers.text:upper` (the README's) in a project with a workers/ package
-    # of its own said only "No module named 'workers.text'", with farm's installed beside it.
-    run, lib = tmp_path / "project", tmp_path / "lib"
-    for where in (run, lib):
-        (where / "shadowed").mkdir(parents=True)
-        (where / "shadowed" / "__init__.py").write_text("")
-    (lib / "shadowed" / "jobs.py").write_text("def job(j):\n    return b''\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(lib), str(ROOT)]))
-    out = subprocess.run(
-        [sys.executable, "-m", "farm", "worker", "shadowed.jobs:job", "--server", "127.0.0.1:1"],
-        cwd=run,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert out.returncode == 2, (out.returncode, out.stderr)
-    assert one_line_error(out.stderr) == (
-        "farm: cannot load shadowed.jobs:job: ModuleNotFoundError: No module named"
-        f" 'shadowed.jobs' ('shadowed' is {run / 'shadowed'}, found first: it hides"
-        f" {lib / 'shadowed'}, which has it; start farm in another directory)"
-    )

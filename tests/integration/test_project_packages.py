@@ -3,11 +3,16 @@ targets its workers will import, and they really serve them."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from farm import Client
+from tests.helpers import ROOT
+from tests.helpers.clirun import one_line_error
 from tests.helpers.editable import installed_at_start
 from tests.helpers.farmproc import FarmUp
 
@@ -39,3 +44,31 @@ def test_a_module_an_editable_install_finds_past_a_plain_package_is_served(
             assert client.call("shout", "abc", timeout=10) == b"ABC"
     finally:
         up.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_s_target_hidden_by_a_package_of_the_working_directory_names_both(
+    tmp_path: Path,
+) -> None:
+    # `farm worker workers.text:upper` (the README's) in a project with a workers/ package
+    # of its own said only "No module named 'workers.text'", with farm's installed beside it.
+    run, lib = tmp_path / "project", tmp_path / "lib"
+    for where in (run, lib):
+        (where / "shadowed").mkdir(parents=True)
+        (where / "shadowed" / "__init__.py").write_text("")
+    (lib / "shadowed" / "jobs.py").write_text("def job(j):\n    return b''\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(lib), str(ROOT)]))
+    out = subprocess.run(
+        [sys.executable, "-m", "farm", "worker", "shadowed.jobs:job", "--server", "127.0.0.1:1"],
+        cwd=run,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    assert one_line_error(out.stderr) == (
+        "farm: cannot load shadowed.jobs:job: ModuleNotFoundError: No module named"
+        f" 'shadowed.jobs' ('shadowed' is {run / 'shadowed'}, found first: it hides"
+        f" {lib / 'shadowed'}, which has it; start farm in another directory)"
+    )
