@@ -12,17 +12,16 @@ server waits on it.
 
 from __future__ import annotations
 
-import logging
 import os
 import selectors
 import socket
 import ssl
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Collection
 from contextlib import suppress
 
+from farm.client.blockingdeliver import Delivery
 from farm.client.blockingsock import Conn
 from farm.client.dialer import Dialer
 from farm.client.serverpick import MIN_CONNECT, ServerPicker, connect_share, job_key
@@ -40,8 +39,6 @@ from farm.protocol.client import (
 
 __all__ = ["Conn", "Connections"]  # Conn: farm.client.blockingsock's
 
-log = logging.getLogger("farm.client")
-
 #: How a forked child's copy of a connection fails the parent's tasks on it.
 FORKED = "was sent by the process this one was forked from: its reply goes there"
 #: The longest one select() waits; a longer timeout is waited in such steps.
@@ -58,13 +55,15 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class Connections:
+class Connections(Delivery):
     """Every connection of one blocking client, in one selector: connecting (with failover
-    over ``picker``'s servers), sending, reading, and what a lost server means for its tasks."""
+    over ``picker``'s servers), sending, reading, and what a lost server means for its tasks;
+    what is read, handed on (``Delivery``)."""
 
     def __init__(
         self, picker: ServerPicker, connect_timeout: float | None, tls: ssl.SSLContext | None
     ) -> None:
+        super().__init__()
         self.picker = picker
         self.connect_timeout = connect_timeout
         self.tls = tls
@@ -77,8 +76,6 @@ class Connections:
         self.open_call = False  # the call under way began before any close() (guard)
         # The deadline of the wait under way: a job resubmitted during it connects by then.
         self.deadline: float | None = None
-        # Events read and not yet handed to their listeners (``deliver``), with their server.
-        self.undelivered: deque[tuple[str, object]] = deque()
 
     def check_fork(self) -> None:
         """In a child forked since the last use (gunicorn --preload, multiprocessing's
@@ -326,30 +323,6 @@ class Connections:
         self.undelivered.extend((conn.addr, event) for event in events)
         self.deliver()
         return len(data)
-
-    def deliver(self) -> None:
-        """Hand the events read but not yet handed on to their tasks' listeners, in order.
-        Through a queue, one taken off at a time: a callback that uses this client reads
-        again (a submit's catch-up, a nested pump), and what that read brings is handed on
-        after the rest of this read, not before (a job's data out of order, its end before
-        its last data); and a callback that raises KeyboardInterrupt (Ctrl-C) leaves the rest
-        here for the next pump (dropped, another job's end waited until its timeout)."""
-        while self.undelivered:
-            self.hand_on(*self.undelivered.popleft())
-
-    def hand_on(self, addr: str, event: object) -> None:
-        """One event to its task's listener."""
-        task = getattr(event, "task", None)
-        if task is None:  # e.g. an ERROR the server sent unasked: nothing waits on it
-            log.warning("farm.Client: %r from %s", event, addr)
-            return
-        if task.owner is None:
-            return
-        try:
-            task.owner.task_event(event)
-        except Exception:
-            # The rest of this read's events (other jobs' endings) must still be filed.
-            log.exception("farm.Client: a progress callback raised")
 
     def last_words(self, conn: Conn) -> None:
         """A send failed: the server may have said why before it closed (an ERROR such as
