@@ -175,6 +175,9 @@ class Connections(Delivery):
         """Queue ``task``'s submit on the first server that takes a connection before
         ``deadline``, each connect given its share of the time left (``connect_share``);
         ``exclude``: the servers it was lost with (``not_again``), and ``excluded_how`` how."""
+        # Built first: what fails there (a job past 4 GiB - 1, MemoryError) queued nothing,
+        # so it is the caller's error alone, not one that closes a connection (below).
+        packet = task.packet()
         tried: list[str] = []
         order = self.picker.order(job_key(task.unique, task.data), exclude)
         for at, addr in enumerate(order):
@@ -190,7 +193,7 @@ class Connections(Delivery):
                 self.picker.mark_down(addr, spent=time.monotonic() - now)
                 continue
             try:
-                conn.session.submit(task)
+                conn.session.submit(task, packet)
             except BaseException:
                 self.out_of_step(conn)  # queued for the wire, or awaited, but not both
                 raise

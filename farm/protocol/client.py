@@ -173,10 +173,12 @@ class ClientSession:
         self._enqueue(query, encode_req(ptype, *args))
         return query
 
-    def submit(self, task: Task[Any]) -> None:
-        """Queue a submit for ``task``; the next JOB_CREATED (or ERROR) is its answer."""
+    def submit(self, task: Task[Any], packet: bytes | None = None) -> None:
+        """Queue a submit for ``task``; the next JOB_CREATED (or ERROR) is its answer.
+        ``packet``: ``task.packet()``, built by the caller beforehand: what fails there (a
+        body past 4 GiB - 1, MemoryError) then fails before anything is queued."""
         self._check_open()
-        self._enqueue(task, task.packet())
+        self._enqueue(task, task.packet() if packet is None else packet)
         task.server = self.server
         task.handle, task.unwritten = None, False  # a resubmitted task gets the new server's handle
         task.warned = None  # and its warnings: the job the lost server ran is not this one

@@ -25,6 +25,7 @@ __all__ = [
     "RES",
     "HEADER",
     "DEFAULT_MAX_PACKET",
+    "MAX_BODY",
     "MAX_UNIQUE",
     "MAX_FUNCTION",
     "MAX_TIMEOUT",
@@ -63,6 +64,8 @@ DEFAULT_MAX_PACKET = 64 * 1024 * 1024
 #: Longest admin line accepted, its "\n" included (gearmand's limit too): a longer one closes
 #: the connection, the peer is treated as hostile.
 MAX_ADMIN_LINE = 8192
+#: The largest body a packet can carry: its size goes out in 4 bytes (4 GiB - 1).
+MAX_BODY = 0xFFFF_FFFF
 MAX_UNIQUE = 63
 #: Longest function name (and reducer name) accepted. gearmand takes longer ones; here names
 #: live as long as their function's entry, so they must not be a way to pin memory.
@@ -306,14 +309,22 @@ def name_problem(name: bytes) -> tuple[str, str] | None:
 
 
 def encode(magic: bytes, ptype: int, *args: bytes) -> bytes:
-    """Frame one packet. Raises LocalProtocolError for a wrong argument list."""
+    """Frame one packet. Raises LocalProtocolError (a ValueError) for a wrong argument list,
+    or a body over ``MAX_BODY``."""
     nargs = _NARGS.get(ptype)
     if nargs is None:
         raise LocalProtocolError(f"unknown packet type {ptype}")
     if len(args) != nargs:
         raise LocalProtocolError(f"{PACKETS[ptype].name} takes {nargs} arguments, got {len(args)}")
+    # Weighed before it is joined: a body past what its length can say is refused without
+    # a copy of it all (4 GiB, a MemoryError of its own), and as such, not as struct.error.
+    size = sum(map(len, args)) + max(nargs - 1, 0)
+    if size > MAX_BODY:
+        raise LocalProtocolError(
+            f"{PACKETS[ptype].name}: a body of {size} bytes is more than a packet can carry:"
+            f" its length is 4 bytes, at most {MAX_BODY} (4 GiB - 1)"
+        )
     body = b"\0".join(args)
-    size = len(body)
     # The separators must be the only NULs before the last argument (which may hold any):
     # one count in C instead of a search per argument.
     if nargs > 1 and body.count(b"\0", 0, size - len(args[-1])) != nargs - 1:

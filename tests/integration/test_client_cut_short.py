@@ -10,14 +10,18 @@ send begins, so it lands there every time. Not SIGALRM: pytest-timeout's method 
 from __future__ import annotations
 
 import signal
+import struct
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 import pytest
 
 import farm
+import farm.protocol.codec
+from farm.protocol.tasks import Task
 from tests.helpers.servers import Server
 from tests.helpers.serving import reverse, serving
 
@@ -74,3 +78,67 @@ def test_a_call_cut_short_by_a_signal_handler_leaves_the_next_calls_their_result
             client.close()
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+def _held(release: threading.Event) -> Callable[[Any], bytes]:
+    def held(job: Any) -> bytes:
+        release.wait(30)
+        return b"held"
+
+    return held
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "error",
+    [struct.error, MemoryError, UnicodeEncodeError],
+    ids=["struct.error", "MemoryError", "UnicodeEncodeError"],
+)
+def test_a_submit_whose_packet_cannot_be_built_leaves_the_connections_other_jobs(
+    farm_server: Server, monkeypatch: pytest.MonkeyPatch, error: type[Exception]
+) -> None:
+    # Raised as the packet was built, before anything was queued, it closed the connection
+    # all the same: the job held on it failed, "ServerUnavailable: job held ... lost its
+    # connection: an exception cut short a read or a send on it".
+    packet = Task.packet
+
+    def stand_in(task: Task[Any]) -> bytes:
+        if task.function == "unbuildable":
+            if error is UnicodeEncodeError:
+                raise UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed")
+            raise error("a payload of 4 GiB, say")
+        return packet(task)
+
+    monkeypatch.setattr(Task, "packet", stand_in)
+    release = threading.Event()
+    with serving(farm_server.addr, {"held": _held(release)}):
+        client = farm.Client(farm_server.addr, timeout=10)
+        first = client.submit("held")
+        try:
+            with pytest.raises(error):
+                client.call("unbuildable", b"x")
+        finally:
+            release.set()
+        assert client.wait(first) == b"held"
+        client.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_job_too_large_for_a_packet_is_a_value_error_that_leaves_the_connection(
+    farm_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # struct.error ("'I' format requires 0 <= number <= 4294967295") for a payload of 4 GiB,
+    # and the connection closed with its other jobs. The limit made small here: 4 GiB is
+    # not allocated (tests/unit/test_protocol.py tries the real one).
+    monkeypatch.setattr(farm.protocol.codec, "MAX_BODY", 1000, raising=False)
+    release = threading.Event()
+    with serving(farm_server.addr, {"held": _held(release)}):
+        client = farm.Client(farm_server.addr, timeout=10)
+        first = client.submit("held")
+        try:
+            with pytest.raises(ValueError, match=r"SUBMIT_JOB_BG.* 1009 bytes"):
+                client.submit("nobody", b"x" * 1000, background=True, unique="k")
+        finally:
+            release.set()
+        assert client.wait(first) == b"held"
+        client.close()

@@ -177,6 +177,29 @@ def test_encoder_refuses_what_the_wire_cannot_say() -> None:
         p.encode_req(99)
 
 
+class _Sized:
+    """Stands for ``size`` bytes without holding them (4 GiB is not allocated here): the
+    encoder weighs a body by its arguments' lengths before it joins a byte of them."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def test_encoder_refuses_a_body_past_what_its_four_byte_length_can_say() -> None:
+    # It raised struct.error ("'I' format requires 0 <= number <= 4294967295"), once the
+    # whole body was copied; a client's caller could not tell that from a bug.
+    huge: bytes = _Sized(2**32 - 3)  # type: ignore[assignment]
+    with pytest.raises(ValueError, match=r"SUBMIT_JOB: a body of 4294967296 bytes.*4 GiB - 1"):
+        p.encode_req(T.SUBMIT_JOB, b"f", b"", huge)
+    assert isinstance(p.LocalProtocolError(), ValueError)
+    at_limit: bytes = _Sized(2**32 - 4)  # type: ignore[assignment]
+    with pytest.raises(TypeError):  # past the weighing: joining a stand-in fails
+        p.encode_req(T.SUBMIT_JOB, b"f", b"", at_limit)
+
+
 def test_admin_replies_parse() -> None:
     assert pa.parse_status("rev\t3\t1\t2\nx\t0\t0\t0\n.\n") == [
         pa.StatusRow("rev", 3, 1, 2),
