@@ -35,12 +35,11 @@ from farm.protocol.checks import (
     check_unique,
 )
 from farm.protocol.client import (
-    ClientSession,
     JobData,
     JobProgress,
     JobStatus,
     JobWarning,
-    Query,
+    Question,
     Reply,
     StatusResult,
     Task,
@@ -237,7 +236,7 @@ class Client:
             status = (
                 UNKNOWN
                 if lost_since(job)
-                else self._ask(job.server, lambda s: s.get_status(handle)).status
+                else self._ask(job.server, Question.status(handle)).status
             )
             # Its connection's close seen only as it was made again (catch_up): asked of the
             # server there now, whose answer is for another job, if any.
@@ -245,14 +244,14 @@ class Client:
         if not isinstance(job, str):
             raise TypeError(f"status() takes a Task or a handle string, not {type(job).__name__}")
         # A bare handle names no server: ask each.
-        return self._first_known(self._wire.picker.order(""), lambda s: s.get_status(job))
+        return self._first_known(self._wire.picker.order(""), Question.status(job))
 
     @one_thread
     def status_unique(self, unique: str) -> JobStatus:
         """Status of the job with this unique key (GET_STATUS_UNIQUE): its key's server
         first, then the others (it went elsewhere when that one was down)."""
         key = check_status_key(unique)
-        return self._first_known(self._wire.picker.order(key), lambda s: s.get_status_unique(key))
+        return self._first_known(self._wire.picker.order(key), Question.status_unique(key))
 
     @one_thread
     def echo(self, data: Data = b"ping") -> bytes:
@@ -342,13 +341,11 @@ class Client:
             when=when,
         )
 
-    def _first_known(
-        self, addrs: list[str], make: Callable[[ClientSession], Query[StatusResult]]
-    ) -> JobStatus:
+    def _first_known(self, addrs: list[str], question: Question[StatusResult]) -> JobStatus:
         """The status of the first of ``addrs`` that knows the job (farm.client.statusask)."""
-        return first_known(self._wire, addrs, make, self.timeout)
+        return first_known(self._wire, addrs, question, self.timeout)
 
-    def _ask(self, addr: str, make: Callable[[ClientSession], Query[Reply]]) -> Reply:
+    def _ask(self, addr: str, question: Question[Reply]) -> Reply:
         deadline, asked = self._deadline(self.timeout), time.monotonic()
         try:
             conn = self._wire.connection(addr, deadline)
@@ -357,7 +354,7 @@ class Client:
             # Tried last for a while, as for jobs (longer if its connect took longer).
             self._wire.picker.mark_down(addr, spent=time.monotonic() - asked)
             raise ServerUnavailable(f"{addr}: {exc.strerror or exc}") from exc
-        query = make(conn.session)
+        query = self._wire.ask(conn, question)
         if not self._wire.pump(lambda: query.done, deadline):
             # Its answer, should it come, is matched and dropped; the connection stays, and
             # the server is tried last for a while.

@@ -30,6 +30,9 @@ from farm.net import recv_now, send_now, sent_before
 from farm.protocol import ProtocolError
 from farm.protocol.client import (
     JobEnded,
+    Query,
+    Question,
+    Reply,
     Task,
     TaskListener,
     lost_error,
@@ -200,6 +203,17 @@ class Connections(Delivery):
             return
         tried.extend(f"{addr} ({excluded_how})" for addr in exclude)
         raise ServerUnavailable("no job server is reachable; tried " + ", ".join(tried))
+
+    def ask(self, conn: Conn, question: Question[Reply]) -> Query[Reply]:
+        """Queue ``question`` (a status, an echo) on ``conn``, as ``submit`` queues a job:
+        its packet was built, so what cuts this short is an exception from outside (a signal
+        handler's), which may leave the packet queued and its answer not awaited, to be
+        taken for the next request's; so the connection goes (``out_of_step``)."""
+        try:
+            return conn.session.ask(question)
+        except BaseException:
+            self.out_of_step(conn)
+            raise
 
     def pump(self, until: Callable[[], bool], deadline: float | None) -> bool:
         """Send what is queued and read replies until ``until()`` or the deadline (False)."""

@@ -14,7 +14,7 @@ from typing import TypeVar
 from farm.client.blockingconn import Connections
 from farm.client.serverpick import STAGGER, connect_share
 from farm.errors import ServerUnavailable
-from farm.protocol.client import ClientSession, JobStatus, Query, StatusResult
+from farm.protocol.client import JobStatus, Query, Question, StatusResult
 
 __all__ = ["first_echo", "first_known"]
 
@@ -25,13 +25,13 @@ Asked = list[tuple[str, Query[R]]]
 def first_known(
     wire: Connections,
     addrs: list[str],
-    make: Callable[[ClientSession], Query[StatusResult]],
+    question: Question[StatusResult],
     timeout: float | None,
 ) -> JobStatus:
     """Ask ``addrs`` in turn until one knows the job (``staggered``). The status of the
     first that knows it, else the last "unknown". ServerUnavailable when none answered:
     "unknown" from nobody would read as "finished"."""
-    asked, errors = staggered(wire, addrs, make, timeout, lambda r: r.status.known)
+    asked, errors = staggered(wire, addrs, question, timeout, lambda r: r.status.known)
     for _, query in asked:
         if query.result is not None and query.result.status.known:
             return query.result.status
@@ -45,7 +45,7 @@ def first_known(
 
 def first_echo(wire: Connections, addrs: list[str], data: bytes, timeout: float | None) -> bytes:
     """``data`` back from the first of ``addrs`` that echoes it (``staggered``)."""
-    asked, errors = staggered(wire, addrs, lambda s: s.echo(data), timeout, lambda _: True)
+    asked, errors = staggered(wire, addrs, Question.echo(data), timeout, lambda _: True)
     for _, query in asked:
         if query.result is not None:
             return query.result
@@ -56,7 +56,7 @@ def first_echo(wire: Connections, addrs: list[str], data: bytes, timeout: float 
 def staggered(
     wire: Connections,
     addrs: list[str],
-    make: Callable[[ClientSession], Query[R]],
+    question: Question[R],
     timeout: float | None,
     final: Callable[[R], bool],
 ) -> tuple[Asked[R], list[str]]:
@@ -100,7 +100,7 @@ def staggered(
             wire.picker.mark_down(addr, spent=time.monotonic() - now)
             errors.append(f"{addr}: {exc.strerror or exc}")
             continue
-        query = make(conn.session)
+        query = wire.ask(conn, question)
         asked.append((addr, query))
         until = deadline
         if at + 1 < len(turns):  # the next one is asked after STAGGER, if not before

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from farm.errors import JobException, ServerError, ServerUnavailable
-from farm.protocol.codec import Packet, PacketType, ProtocolError, encode_req, text_bytes, wire_text
+from farm.protocol.codec import Packet, PacketType, ProtocolError, wire_text
 from farm.protocol.copies import Copies
 from farm.protocol.decoder import Decoder, Oversized
 from farm.protocol.events import ServerErrorNotice
@@ -36,6 +36,7 @@ from farm.protocol.tasks import (
     JobWarning,
     Owner,
     Query,
+    Question,
     Reply,
     StatusResult,
     Task,
@@ -61,6 +62,7 @@ __all__ = [
     "last_warning",
     "Task",
     "Query",
+    "Question",
     "JobStatus",
     "StatusResult",
     "ClientSession",
@@ -156,21 +158,22 @@ class ClientSession:
         return task in self._awaiting or task in self._running.get(task.handle or "", ())
 
     def option(self, name: str) -> Query[str]:
-        return self._query(PT.OPTION_RES, PT.OPTION_REQ, name.encode())
+        return self.ask(Question.option(name))
 
     def echo(self, data: bytes) -> Query[bytes]:
-        return self._query(PT.ECHO_RES, PT.ECHO_REQ, data)
+        return self.ask(Question.echo(data))
 
     def get_status(self, handle: str) -> Query[StatusResult]:
-        return self._query(PT.STATUS_RES, PT.GET_STATUS, text_bytes(handle))
+        return self.ask(Question.status(handle))
 
     def get_status_unique(self, unique: str) -> Query[StatusResult]:
-        return self._query(PT.STATUS_RES_UNIQUE, PT.GET_STATUS_UNIQUE, text_bytes(unique))
+        return self.ask(Question.status_unique(unique))
 
-    def _query(self, expect: int, ptype: int, *args: bytes) -> Query[Any]:
+    def ask(self, question: Question[Reply]) -> Query[Reply]:
+        """Queue ``question``, its packet built; its reply lands in the Query returned."""
         self._check_open()
-        query: Query[Any] = Query(expect)
-        self._enqueue(query, encode_req(ptype, *args))
+        query: Query[Reply] = Query(question.expect)
+        self._enqueue(query, question.packet)
         return query
 
     def submit(self, task: Task[Any], packet: bytes | None = None) -> None:

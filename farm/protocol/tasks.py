@@ -1,6 +1,7 @@
 """What a client's face and its session share about each request: ``Task`` (a submitted
-job), ``Query`` (a request that is not a job), the events a session reports, and the rules
-every face follows when a server goes away (``may_resubmit``, ``lost_error``).
+job), ``Query`` (a request that is not a job) and the ``Question`` that asks it, the events
+a session reports, and the rules every face follows when a server goes away
+(``may_resubmit``, ``lost_error``).
 
 ``farm.protocol.client`` re-exports all of it, beside the ``ClientSession`` that fills
 these in.
@@ -32,6 +33,7 @@ __all__ = [
     "Reply",
     "Task",
     "Query",
+    "Question",
     "JobStatus",
     "StatusResult",
     "JobCreated",
@@ -186,6 +188,35 @@ class Query(Generic[Reply]):
 
     def __repr__(self) -> str:  # in a ProtocolError's text, which reaches users
         return f"<Query awaiting {PacketType(self.expect).name}>"
+
+
+@dataclass(frozen=True, slots=True)
+class Question(Generic[Reply]):
+    """A query's packet, built before it is queued (``ClientSession.ask``), and the reply it
+    expects. Building fails on what the caller gave (a body past 4 GiB - 1, a key that is
+    no text) with nothing queued; so a face that closes a connection where an exception
+    cut its queueing short (farm.Client: a signal handler's) guards the queueing alone."""
+
+    expect: int
+    packet: bytes
+
+    @staticmethod
+    def echo(data: bytes) -> Question[bytes]:
+        return Question(PacketType.ECHO_RES, encode_req(PacketType.ECHO_REQ, data))
+
+    @staticmethod
+    def status(handle: str) -> Question[StatusResult]:
+        packet = encode_req(PacketType.GET_STATUS, text_bytes(handle))
+        return Question(PacketType.STATUS_RES, packet)
+
+    @staticmethod
+    def status_unique(key: str) -> Question[StatusResult]:
+        packet = encode_req(PacketType.GET_STATUS_UNIQUE, text_bytes(key))
+        return Question(PacketType.STATUS_RES_UNIQUE, packet)
+
+    @staticmethod
+    def option(name: str) -> Question[str]:
+        return Question(PacketType.OPTION_RES, encode_req(PacketType.OPTION_REQ, name.encode()))
 
 
 class StatusResult(NamedTuple):

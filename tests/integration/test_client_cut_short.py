@@ -80,6 +80,56 @@ def test_a_call_cut_short_by_a_signal_handler_leaves_the_next_calls_their_result
         signal.signal(signal.SIGUSR1, previous)
 
 
+# A question (echo, status) or a submit cut short as its request is queued: after its packet
+# went into the session's bytes for the wire, before the session awaits its answer.
+ASKS: dict[str, Callable[[farm.Client, Task[Any]], object]] = {
+    "echo": lambda client, task: client.echo(b"one"),
+    "status of a task": lambda client, task: client.status(task),
+    "status by handle": lambda client, task: client.status(task.handle or ""),
+    "status by key": lambda client, task: client.status_unique(KEY),
+    "submit": lambda client, task: client.submit("nobody", background=True),
+}
+KEY = "cut-short-key"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("ask", sorted(ASKS))
+def test_a_request_cut_short_as_it_is_queued_leaves_the_next_calls_their_answers(
+    farm_server: Server, ask: str
+) -> None:
+    # A question's packet queued and its answer not awaited: the echo after it was answered
+    # with the cut one's bytes (b"one"); after a status, an echo took the STATUS_RES for its
+    # own, a protocol break it waited out: "did not answer within 5s".
+    shots: list[str] = []
+
+    def hook(frame: FrameType, event: str, arg: Any) -> None:
+        code = frame.f_code
+        if event != "c_call" or shots or code.co_name != "_enqueue":
+            return
+        ours = code.co_filename.endswith("farm/protocol/client.py")
+        if ours and getattr(arg, "__self__", None) is frame.f_locals["self"]._awaiting:
+            shots.append(ask)
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, _time_limit)
+    try:
+        client = farm.Client(farm_server.addr, timeout=5)
+        task = client.submit("nobody", background=True, unique=KEY)  # the connection made
+        sys.setprofile(hook)
+        try:
+            with pytest.raises(TimeLimit):
+                ASKS[ask](client, task)
+        finally:
+            sys.setprofile(None)
+        assert shots == [ask]
+        for data in (b"two", b"three"):
+            assert client.echo(data) == data
+        assert client.status_unique(KEY).known
+        client.close()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
 def _held(release: threading.Event) -> Callable[[Any], bytes]:
     def held(job: Any) -> bytes:
         release.wait(30)
