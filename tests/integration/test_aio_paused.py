@@ -3,6 +3,7 @@ starved host): a result that came in time is read before its wait is called time
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import psutil
 import pytest
 
 import farm
+from farm.protocol.tasks import JobEnded
 from tests.helpers import ROOT
 from tests.helpers.servers import stop_process
 from tests.helpers.serving import working
@@ -87,3 +89,39 @@ def test_a_result_that_came_while_the_caller_was_stopped_is_not_a_timeout(
                 caller.kill()
                 caller.wait()
     assert out.strip() == "result b'done'", out
+
+
+@pytest.mark.timeout(60)
+def test_a_stream_whose_news_keeps_coming_to_a_slower_reader_times_out(farm_server) -> None:
+    """Past its deadline a stream takes one look and yields what was queued then, no more:
+    with news queued faster than it was read, each pass past the deadline found some and
+    went on, so stream(timeout=1) ran to the job's end (12 s in the review's run) and never
+    raised Timeout."""
+    release = threading.Event()
+
+    def chatty(job: Any) -> bytes:
+        while not release.wait(0.005):
+            job.send_data(b"x" * 100)
+        return b"done"
+
+    async def read_slowly(addr: str) -> tuple[str, int]:
+        seen = 0
+        async with farm.AsyncClient(addr) as client:
+            try:
+                async for event in client.stream("chatty", b"", timeout=1.0):
+                    if isinstance(event, JobEnded):
+                        return "ended", seen
+                    seen += 1
+                    await asyncio.sleep(0.02)  # the reader is slower than the news
+            except farm.Timeout:
+                return "timeout", seen
+        return "gone", seen
+
+    worker = farm.Worker(farm_server.addr)
+    worker.register("chatty", chatty)
+    with working(worker):
+        try:
+            how, seen = asyncio.run(asyncio.wait_for(read_slowly(farm_server.addr), 30))
+        finally:
+            release.set()
+    assert how == "timeout" and seen > 0, (how, seen)
