@@ -211,7 +211,9 @@ class WorkerLinks:
         try:
             held = server.session.queued
             rest = self._write_locked(server)
-            settled = True
+            settled = True  # noted: an exception from here on leaves it in step
+            if server.sock is not None:
+                self._push_the_grab(server)
             return rest
         except BaseException:
             # Not the socket's error (that is handled): a signal handler's exception (a
@@ -230,7 +232,10 @@ class WorkerLinks:
             server.writing = False
 
     def _write_locked(self, server: ServerLink) -> socket.socket | None:
-        """``_flush_locked``'s write; ``server.writing`` while what it sends is not noted."""
+        """``_flush_locked``'s write; ``server.writing`` while what it sends is not noted.
+        Nothing is called after the noting (``_push_the_grab`` is the caller's): a signal
+        handler's exception there took a write noted whole for one in doubt, and the
+        connection was dropped, the job run again and its data sent twice."""
         out: bytes | bytearray = server.session.data_to_send()
         sock = server.sock
         if sock is None:
@@ -265,14 +270,12 @@ class WorkerLinks:
                 server.read_by = now + min(backlog, BACKLOG_CAP)
             server.pending = None
             server.unsent = None  # the answer left
-            self._push_the_grab(server)
             return None
         if out is server.pending:
             del server.pending[:sent]  # from the front: no copy of the rest
         else:
             server.pending = bytearray(memoryview(out)[sent:])
             server.stalled_at, server.burst, server.paced = now, sent, 0
-        self._push_the_grab(server)
         return sock
 
     def _push_the_grab(self, server: ServerLink) -> None:

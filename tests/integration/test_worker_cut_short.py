@@ -35,7 +35,14 @@ def _time_limit(signum: int, frame: FrameType | None) -> None:
 # Where the job's alarm lands: as the socket has taken part of the chunk, before the
 # worker notes how much (fixed); or as it waits for the socket to take the rest, held in
 # order (in step before: the job's answer goes after that rest).
-WHERE = {"sent": ("send_now", "farm/net.py"), "waiting": ("wait_writable", "farm/workerwire.py")}
+WHERE = {
+    "sent": ("send_now", "farm/net.py"),
+    "waiting": ("wait_writable", "farm/workerwire.py"),
+    # The whole chunk taken and noted: not in doubt, the connection kept (dropped, the
+    # job ran again and its caller got its data twice).
+    "noted": ("_push_the_grab", "farm/workerlinks.py"),
+}
+SMALL = b"d" * 1000  # taken at once
 
 
 @pytest.mark.timeout(90)
@@ -55,7 +62,7 @@ def test_a_jobs_news_cut_short_by_its_own_alarm_leaves_the_worker_in_step(
         code = frame.f_code
         if shots or not code.co_filename.endswith(WHERE[at][1]) or code.co_name != WHERE[at][0]:
             return
-        if at == "waiting" and event == "call":  # the rest held, the socket full
+        if at in ("waiting", "noted") and event == "call":  # the rest held / all noted
             shots.append(0)
         elif at == "sent" and event == "return" and isinstance(arg, int) and arg < len(BIG):
             shots.append(arg)  # part of it taken, not yet noted
@@ -69,12 +76,13 @@ def test_a_jobs_news_cut_short_by_its_own_alarm_leaves_the_worker_in_step(
         previous = signal.signal(signal.SIGUSR1, _time_limit)
         sys.setprofile(hook)
         try:
-            job.send_data(BIG)
+            job.send_data(news)
         finally:
             sys.setprofile(None)
             signal.signal(signal.SIGUSR1, previous)
         return b"all sent"
 
+    news = SMALL if at == "noted" else BIG
     worker = Worker(farm_server.addr)
     worker.register("big-news", big_news)
     worker.register("reverse", reverse)
@@ -104,7 +112,7 @@ def test_a_jobs_news_cut_short_by_its_own_alarm_leaves_the_worker_in_step(
     worker.close()
     assert shots, "the write was not cut in two"
     assert seen["next"] == [b"ba", b"dc"], seen["next"]
-    assert seen["data"] == [len(BIG)], seen["data"]  # whole, once
+    assert seen["data"] == [len(news)], seen["data"]  # whole, once
     if at == "sent":  # run again (its server took it back as the connection dropped)
         assert seen["cut"] == b"all sent", seen["cut"]
     else:  # failed by its alarm, its answer after the whole chunk
