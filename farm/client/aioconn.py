@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import select
-import socket
 import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from farm.client.aiopeek import peek
 from farm.errors import ServerUnavailable
 from farm.protocol import ProtocolError
 from farm.protocol.client import (
@@ -213,7 +213,7 @@ class ServerConnection(asyncio.Protocol):
             transport = self.transport
             if transport is None or transport.is_closing():
                 return True
-            unread = _peek(transport, self.socket_kind)
+            unread = peek(transport, self.socket_kind)
             if unread is None:  # nothing to read: open
                 return False
             if not unread:  # its end, nothing before it
@@ -369,27 +369,3 @@ class ServerConnection(asyncio.Protocol):
         task.error = error
         task.done = True
         self._dispatch(JobEnded(task=task))
-
-
-def _peek(transport: asyncio.BaseTransport, kind: tuple[int, int, int] | None) -> bytes | None:
-    """A look at the socket under ``transport`` (of ``kind``: family, type, proto) that
-    reads nothing: None when nothing waits to be read, b"" at the peer's end with nothing
-    before it, else a byte of what waits (through TLS, of a record). asyncio's and uvloop's
-    transports hand out a stand-in for the socket that has no recv(): a socket object is
-    made on its descriptor for the look and detached after it (closed, it would close the
-    transport's descriptor)."""
-    sock = transport.get_extra_info("socket")
-    if sock is None or kind is None:  # no socket to look at: as before, taken as open
-        return None
-    fd = sock.fileno()
-    if fd < 0:  # closed under us
-        return b""
-    look = socket.socket(*kind, fileno=fd)
-    try:
-        return look.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except (BlockingIOError, InterruptedError):
-        return None
-    except OSError:  # reset: the server's end too
-        return b""
-    finally:
-        look.detach()
