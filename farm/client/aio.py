@@ -4,7 +4,7 @@ Each server connection is an ``asyncio.Protocol`` that feeds received bytes to
 a ``farm.protocol.client.ClientSession`` (the same bookkeeping as the blocking
 ``farm.Client``) and turns its events into futures and stream queues::
 
-    call()/submit()/stream() ── session.submit(task) ──► written at the loop turn's end
+    call()/submit()/stream() ── conn.submit(task, packet) ──► written at the turn's end
     data_received ── session.receive(bytes) ──► JobCreated / JobProgress / JobData /
                                                 JobWarning / JobEnded → the task's waiter
 
@@ -50,6 +50,7 @@ from farm.protocol.client import (
     JobProgress,
     JobStatus,
     JobWarning,
+    Question,
     StatusResult,
     Task,
     timeout_error,
@@ -256,20 +257,21 @@ class AsyncClient(AsyncLinks):
                 raise ValueError("the task has no handle yet")
             if lost_since(job):  # as farm.Client.status says
                 return UNKNOWN
+            question = Question.status(job.handle)  # built first: its error is the call's
             conn = await self._connect(job.server)  # sees a close the loop had not read
-            status = (await conn.ask(conn.session.get_status(job.handle))).status
+            status = (await conn.ask(question)).status
             return UNKNOWN if lost_since(job) else status
         if not isinstance(job, str):  # as farm.Client says it
             raise TypeError(f"status() takes a Task or a handle string, not {type(job).__name__}")
         order = self._picker.order("")
-        return (await self._first(order, lambda s: s.get_status(job), _known)).status
+        return (await self._first(order, Question.status(job), _known)).status
 
     async def status_unique(self, unique: str) -> JobStatus:
         """Status of the job with this unique key (GET_STATUS_UNIQUE): its key's server
         first, then the others (it went elsewhere when that one was down)."""
         key = check_status_key(unique)
         order = self._picker.order(key)
-        return (await self._first(order, lambda s: s.get_status_unique(key), _known)).status
+        return (await self._first(order, Question.status_unique(key), _known)).status
 
     async def map(
         self,
@@ -297,7 +299,7 @@ class AsyncClient(AsyncLinks):
     async def echo(self, data: Data = b"ping") -> bytes:
         """Round-trip ``data`` through a server (ECHO_REQ)."""
         payload = as_bytes(data)
-        return await self._first(self._picker.order(""), lambda s: s.echo(payload), _any)
+        return await self._first(self._picker.order(""), Question.echo(payload), _any)
 
     async def close(self) -> None:
         """Close every connection; foreground jobs still queued are dropped by the server,
@@ -348,11 +350,11 @@ class AsyncClient(AsyncLinks):
             background=background,
             when=when,
         )
+        packet = task.packet()  # first: a job past 4 GiB - 1 fails alone (conn.submit)
         conn = await self._any_connection(job_key(task.unique, task.data), deadline)
         waiter = Waiter(self, asyncio.get_running_loop(), stream)
         task.owner = waiter
-        conn.session.submit(task)
-        conn.send_soon()
+        conn.submit(task, packet)
         return task, waiter
 
     def abandon(self, task: Task[Waiter]) -> None:

@@ -33,6 +33,7 @@ from farm.protocol.client import (
     JobProgress,
     JobWarning,
     Query,
+    Question,
     Reply,
     Task,
     lost_error,
@@ -224,7 +225,26 @@ class ServerConnection(asyncio.Protocol):
             idle = 0 if self.received != received else idle + 1
         return False
 
-    def ask(self, query: Query[Reply]) -> asyncio.Future[Reply]:
+    def submit(self, task: Task[Waiter], packet: bytes) -> None:
+        """Queue ``task``'s submit (``packet``, built by the caller: what fails there fails
+        that call alone, nothing queued), written at the turn's end. An exception from
+        outside (a signal handler's) that cuts the queueing short may leave the packet queued
+        and its answer not awaited, to be taken for the next request's: the connection goes
+        (``cut_short``), as farm.Client's does."""
+        try:
+            self.session.submit(task, packet)
+        except BaseException:
+            self.cut_short()
+            raise
+        self.send_soon()
+
+    def ask(self, question: Question[Reply]) -> asyncio.Future[Reply]:
+        """Queue ``question`` (built by the caller), guarded as ``submit``; its answer."""
+        try:
+            query = self.session.ask(question)
+        except BaseException:
+            self.cut_short()
+            raise
         future: asyncio.Future[Reply] = self.loop.create_future()
         self.queries.append((query, future))
         future.add_done_callback(lambda _: self._forget_if_held(query, future))

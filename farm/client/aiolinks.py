@@ -14,7 +14,7 @@ from farm.client.aioconn import ServerConnection, Waiter, closed_error
 from farm.client.serverpick import MIN_CONNECT, STAGGER, ServerPicker, connect_share, job_key
 from farm.errors import ServerUnavailable
 from farm.net import keep_alive, parse_address
-from farm.protocol.client import ClientSession, Query, Task, lost_error, not_again
+from farm.protocol.client import Question, Task, lost_error, not_again
 
 __all__ = ["AsyncLinks"]
 
@@ -48,8 +48,12 @@ class AsyncLinks:
                 except RuntimeError:  # close() came meanwhile (or another loop took it)
                     break
                 if not task.abandoned:  # its caller gave up meanwhile: nothing to send
-                    conn.session.submit(task)
-                    conn.send_soon()
+                    try:
+                        conn.submit(task, task.packet())
+                    except BaseException:  # cut short: its connection goes (conn.submit)
+                        if not conn.session.holds(task):  # else it fails with it
+                            lost_conn.end_lost(task, lost_error(conn.addr, task, conn.lost_how))
+                        raise
                 return
             if self._closed:
                 lost_conn.end_lost(task, closed_error())
@@ -61,7 +65,7 @@ class AsyncLinks:
     async def _first(
         self,
         addrs: list[str],
-        make: Callable[[ClientSession], Query[R]],
+        question: Question[R],
         final: Callable[[R], bool],
     ) -> R:
         """As farm.Client asks (farm.client.statusask): the next server when the one before
@@ -71,7 +75,7 @@ class AsyncLinks:
 
         async def ask(addr: str) -> R:
             conn = await self._connect(addr)
-            return await conn.ask(make(conn.session))
+            return await conn.ask(question)
 
         status, errors, at = None, [], 0
         asking: dict[asyncio.Future[R], int] = {}  # each ask, by its place in addrs

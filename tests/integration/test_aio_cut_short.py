@@ -1,9 +1,11 @@
 """farm.AsyncClient's calls cut short: by an exception from a signal handler as the loop hands
-the server's reply to the session or writes a request out (a handler installed with
+the server's reply to the session, writes a request out or queues one (a submit, a status,
+an echo) for the wire (a handler installed with
 ``signal.signal`` runs wherever the loop's thread is; asyncio logs and swallows what it
 raises inside a callback, but lets a KeyboardInterrupt or SystemExit out of the loop, which
-the program may run again), and by cancellation at each await of a call or a submit. The
-client stays in step with its server: the next call gets its own result.
+the program may run again), by cancellation at each await of a call or a submit, and by a
+packet that cannot be built. The client stays in step with its server: the next call gets
+its own result.
 
 As in test_client_cut_short.py: SIGUSR1, sent to the main thread from a profile hook as the
 read or the write begins, so it lands there every time (not SIGALRM: pytest-timeout's)."""
@@ -12,16 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import struct
 import sys
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from types import FrameType
 from typing import Any, TypeVar
 
 import pytest
 
 import farm
+import farm.protocol.codec
 from farm.client.aio import AsyncClient
+from farm.protocol.tasks import Task
 from tests.helpers.servers import Server
 from tests.helpers.serving import reverse, serving
 
@@ -156,3 +161,142 @@ def test_a_call_cancelled_at_each_await_leaves_the_next_calls_their_results(
 
     with serving(farm_server.addr, {"reverse": reverse, "gated": gated}):
         asyncio.run(run())
+
+
+# A question (echo, status) or a submit cut short as its request is queued: after its packet
+# went into the session's bytes for the wire, before the session awaits its answer (as in
+# test_client_cut_short.py, for farm.Client).
+ASKS: dict[str, Callable[[AsyncClient, Task[Any]], Coroutine[Any, Any, object]]] = {
+    "echo": lambda client, task: client.echo(b"one"),
+    "status of a task": lambda client, task: client.status(task),
+    "status by handle": lambda client, task: client.status(task.handle or ""),
+    "status by key": lambda client, task: client.status_unique(KEY),
+    "submit": lambda client, task: client.submit("nobody", background=True),
+}
+KEY = "cut-short-key"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("ask", sorted(ASKS))
+def test_a_request_cut_short_as_it_is_queued_leaves_the_next_calls_their_answers(
+    farm_server: Server, ask: str
+) -> None:
+    # A question's packet queued and its answer not awaited: it went out with the next
+    # request, and the echo after it was answered with the cut one's bytes (b"one"); after
+    # a status, the echo took the STATUS_RES for its own (a protocol break) and waited.
+    shots: list[str] = []
+
+    def hook(frame: FrameType, event: str, arg: Any) -> None:
+        code = frame.f_code
+        if event != "c_call" or shots or code.co_name != "_enqueue":
+            return
+        ours = code.co_filename.endswith("farm/protocol/client.py")
+        if ours and getattr(arg, "__self__", None) is frame.f_locals["self"]._awaiting:
+            shots.append(ask)
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+
+    def limit(signum: int, frame: FrameType | None) -> None:
+        raise TimeLimit
+
+    async def main() -> None:
+        async with AsyncClient(farm_server.addr) as client:
+            task = await client.submit("nobody", background=True, unique=KEY)  # connected
+            sys.setprofile(hook)
+            try:
+                with pytest.raises(TimeLimit):
+                    await asyncio.wait_for(ASKS[ask](client, task), 10)
+            finally:
+                sys.setprofile(None)
+            assert shots == [ask]
+            for data in (b"two", b"three"):
+                assert await asyncio.wait_for(client.echo(data), 5) == data
+            assert (await asyncio.wait_for(client.status_unique(KEY), 5)).known
+
+    previous = signal.signal(signal.SIGUSR1, limit)
+    try:
+        asyncio.run(main())
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+async def _fails_alone(
+    client: AsyncClient,
+    release: threading.Event,
+    failing: Coroutine[Any, Any, object],
+    error: type[Exception],
+    match: str | None = None,
+) -> None:
+    """``failing`` (a call whose packet cannot be built) raises ``error`` while a job is
+    held on the connection: the held job is answered all the same, and the next calls."""
+    first = await client.submit("held")
+    try:
+        with pytest.raises(error, match=match):
+            await asyncio.wait_for(failing, 10)
+    finally:
+        release.set()
+    assert await client.wait(first, timeout=10) == b"held"
+    assert await client.call("reverse", b"next", timeout=5) == b"txen"
+    assert await asyncio.wait_for(client.echo(b"ping"), 5) == b"ping"
+
+
+def _held(release: threading.Event) -> Callable[[Any], bytes]:
+    def held(job: Any) -> bytes:
+        release.wait(30)
+        return b"held"
+
+    return held
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "error",
+    [struct.error, MemoryError, UnicodeEncodeError],
+    ids=["struct.error", "MemoryError", "UnicodeEncodeError"],
+)
+def test_a_submit_whose_packet_cannot_be_built_leaves_the_connections_other_jobs(
+    farm_server: Server, monkeypatch: pytest.MonkeyPatch, error: type[Exception]
+) -> None:
+    # Shown, as for farm.Client: the packet is built before anything is queued, and what
+    # fails there is that call's error alone, its connection kept (not cut_short).
+    packet = Task.packet
+
+    def stand_in(task: Task[Any]) -> bytes:
+        if task.function == "unbuildable":
+            if error is UnicodeEncodeError:
+                raise UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed")
+            raise error("a payload of 4 GiB, say")
+        return packet(task)
+
+    monkeypatch.setattr(Task, "packet", stand_in)
+    release = threading.Event()
+
+    async def main() -> None:
+        async with AsyncClient(farm_server.addr) as client:
+            failing = client.call("unbuildable", b"x", timeout=5)
+            await _fails_alone(client, release, failing, error)
+
+    with serving(farm_server.addr, {"held": _held(release), "reverse": reverse}):
+        asyncio.run(main())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("what", ["submit", "echo"])
+def test_a_request_too_large_for_a_packet_is_a_value_error_that_leaves_the_connection(
+    farm_server: Server, monkeypatch: pytest.MonkeyPatch, what: str
+) -> None:
+    # The limit made small here: 4 GiB is not allocated (tests/unit/test_protocol.py).
+    monkeypatch.setattr(farm.protocol.codec, "MAX_BODY", 1000, raising=False)
+    release = threading.Event()
+
+    async def main() -> None:
+        async with AsyncClient(farm_server.addr) as client:
+            failing: Coroutine[Any, Any, object]
+            if what == "submit":
+                failing = client.submit("nobody", b"x" * 1000, background=True, unique="k")
+            else:
+                failing = client.echo(b"x" * 1001)
+            match = r"(SUBMIT_JOB_BG|ECHO_REQ).* 10\d\d bytes"
+            await _fails_alone(client, release, failing, ValueError, match)
+
+    with serving(farm_server.addr, {"held": _held(release), "reverse": reverse}):
+        asyncio.run(main())

@@ -9,6 +9,7 @@ import contextlib
 import os
 import queue
 import signal
+import sys
 import threading
 import types
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import pytest
 
 import farm
 from farm.client.serverpick import key_slot
+from farm.protocol.client import Task
 from farm.protocol.worker import WorkerState
 from tests.helpers.servers import Server, start_like, stop_process
 from tests.helpers.serving import serving
@@ -322,3 +324,51 @@ def test_async_a_plain_job_not_sent_whole_when_its_server_died_goes_to_the_next(
         wait_for("the worker asleep on both", lambda: _asleep_on_both(w))
         stop_process(a.proc.pid)
         assert asyncio.run(main()) == b"%d" % BIG
+
+
+class _TimeLimit(Exception):
+    """What a web request's alarm raises."""
+
+
+def test_async_a_resubmit_cut_short_as_it_is_queued_ends_the_call(two_servers) -> None:
+    # An exception from a signal handler (a request's alarm) as a keyed job lost with its
+    # server was queued on the other: the resubmitting task died with it, its packet queued
+    # there and its answer not awaited; the call waited to its timeout, and the packet went
+    # out with that connection's next request, whose answer it took.
+    holder = _holder(two_servers, "cut-key")
+    other = next(s for s in two_servers if s is not holder)
+    shots: list[str] = []
+
+    def hook(frame: types.FrameType, event: str, arg: Any) -> None:
+        code = frame.f_code
+        if event != "c_call" or shots or code.co_name != "_enqueue":
+            return
+        session, request = frame.f_locals["self"], frame.f_locals["request"]
+        ours = session.server == other.addr and isinstance(request, Task)  # not its OPTION_REQ
+        if ours and getattr(arg, "__self__", None) is session._awaiting:
+            shots.append(session.server)
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+
+    def limit(signum: int, frame: types.FrameType | None) -> None:
+        raise _TimeLimit
+
+    async def main() -> None:
+        async with farm.AsyncClient([s.addr for s in two_servers]) as client:
+            task = await client.submit("nobody-serves-this", b"p", unique="cut-key")
+            sys.setprofile(hook)
+            try:
+                await asyncio.to_thread(holder.stop)
+                with pytest.raises(farm.ServerUnavailable, match="an exception cut short"):
+                    await client.wait(task, timeout=10)
+            finally:
+                sys.setprofile(None)
+            assert shots == [other.addr]
+            for data in (b"two", b"three"):
+                assert await asyncio.wait_for(client.echo(data), 5) == data
+            assert (await client.submit("nobody", background=True)).server == other.addr
+
+    previous = signal.signal(signal.SIGUSR1, limit)
+    try:
+        asyncio.run(main())
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
