@@ -228,10 +228,14 @@ class AsyncLinks:
         # A server whose host died or whose network was cut sends no FIN nor RST: with no
         # keepalive a call to it waited for ever, as an idle worker did (farm.net). The
         # transport's socket, under TLS too; a Unix socket is left as it is.
-        sock = transport.get_extra_info("socket")  # None where a loop's transport has none
-        if sock is not None:
-            keep_alive(sock)
-        conn.session.option("exceptions")  # so WORK_EXCEPTION reaches us, not just WORK_FAIL
+        try:
+            sock = transport.get_extra_info("socket")  # None where a loop's has none
+            if sock is not None:
+                keep_alive(sock)
+            conn.session.option("exceptions")  # WORK_EXCEPTION reaches us, not just WORK_FAIL
+        except BaseException:  # a signal handler's: the connection, held by none, goes
+            transport.abort()
+            raise
         # Weakly, as the loop holds the protocol while it reads: a client its user dropped
         # unclosed is freed then, not when the loop ends (its connections close with it).
         conn.resubmit = weakref.WeakMethod(self._resubmit)

@@ -25,10 +25,12 @@ import pytest
 
 import farm
 import farm.protocol.codec
+from farm.client.admin import admin_query
 from farm.client.aio import AsyncClient
 from farm.protocol.tasks import Task
 from tests.helpers.servers import Server
 from tests.helpers.serving import reverse, serving
+from tests.helpers.waiting import wait_for
 
 T = TypeVar("T")
 
@@ -300,3 +302,49 @@ def test_a_request_too_large_for_a_packet_is_a_value_error_that_leaves_the_conne
 
     with serving(farm_server.addr, {"held": _held(release), "reverse": reverse}):
         asyncio.run(main())
+
+
+@pytest.mark.timeout(60)
+def test_a_connect_cut_short_as_its_first_request_is_queued_leaves_no_connection_open(
+    farm_server: Server,
+) -> None:
+    # The new connection's OPTION_REQ cut as it was queued: the connect failed with the
+    # alarm, its transport left open and held by nothing, a connection to the server for as
+    # long as the loop ran (one per cut).
+    shots: list[str] = []
+
+    def hook(frame: FrameType, event: str, arg: Any) -> None:
+        code = frame.f_code
+        if event != "c_call" or shots or code.co_name != "_enqueue":
+            return
+        ours = code.co_filename.endswith("farm/protocol/client.py")
+        if ours and getattr(arg, "__self__", None) is frame.f_locals["self"]._awaiting:
+            shots.append("option")
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+
+    def limit(signum: int, frame: FrameType | None) -> None:
+        raise TimeLimit
+
+    def connections() -> int:
+        return len(admin_query(farm_server.addr, "workers").splitlines())
+
+    async def main() -> None:
+        alone = await asyncio.to_thread(connections)  # the admin query's own, if listed
+        async with AsyncClient(farm_server.addr) as client:
+            sys.setprofile(hook)
+            try:
+                with pytest.raises(TimeLimit):
+                    await asyncio.wait_for(client.echo(b"one"), 10)
+            finally:
+                sys.setprofile(None)
+            assert shots == ["option"]
+            assert await asyncio.wait_for(client.echo(b"two"), 5) == b"two"
+            # The abort's close reaches the server soon, not at once; the loop runs on.
+            one = lambda: connections() == alone + 1  # noqa: E731
+            await asyncio.to_thread(wait_for, "the cut connection closed", one, 5)
+
+    previous = signal.signal(signal.SIGUSR1, limit)
+    try:
+        asyncio.run(main())
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
