@@ -1,6 +1,7 @@
 """``AsyncLinks``, a mixin of ``farm.AsyncClient``: its connections to the job servers --
 one connect per server however many coroutines ask, a client used again on a new event
-loop, and a unique-keyed job lost with its server sent once to another."""
+loop, a unique-keyed job lost with its server sent once to another, and a task given up
+(a server that had not answered its submit tried last)."""
 
 from __future__ import annotations
 
@@ -256,6 +257,31 @@ class AsyncLinks:
 
     def _close_transports(self, which: Callable[[ServerConnection], bool]) -> None:
         _close_transports(self._conns, which)
+
+    def _give_up(self, task: Task[Waiter]) -> bool:
+        """``abandon``: whether the submit had left (False: taken back, or on no connection)."""
+        conn = self._conns.get(task.server or "")
+        sent = conn is not None and conn.give_up(task)
+        task.abandoned = True  # no connection (a resubmit under way): it is not sent on
+        return sent
+
+    def _cancelled(self, task: Task[Waiter], waiter: Waiter) -> None:
+        """A call's or a stream's caller was cancelled: ``task`` is given up, and its server,
+        where the submit had left unanswered, may be tried last (``_not_created``). Not
+        ``submit``'s: its task is taken back only while unsent, the server may create it."""
+        if self._give_up(task):
+            self._not_created(task, waiter)
+
+    def _not_created(self, task: Task[Waiter], waiter: Waiter) -> None:
+        """Its caller was cancelled (``asyncio.timeout()``, ``wait_for()``, a map stopped)
+        while waiting for ``task``, whose submit left: a server that has not said JOB_CREATED
+        within STAGGER (a live one answers in milliseconds) is tried last for a while, as
+        after a call's own ``timeout``. Not marked, a hung server ahead of a live one took
+        every other call and submit for ever, and an ordered map never yielded."""
+        if task.handle is not None or task.done or task.server is None:
+            return
+        if asyncio.get_running_loop().time() - waiter.since >= STAGGER:
+            self._picker.mark_down(task.server)
 
 
 async def _on_loop_end(
