@@ -285,9 +285,9 @@ class ServerConnection(asyncio.Protocol):
         self.send_soon()  # what was held goes out in order, next turn (not inside write-ready)
 
     def data_received(self, data: bytes) -> None:
-        self.received += len(data)
-        self.read_at = self.loop.time()
-        try:
+        try:  # from the first line: a Ctrl-C at the counts dropped the bytes, and kept it
+            self.received += len(data)
+            self.read_at = self.loop.time()
             events = self.session.receive(data)
         except ProtocolError as exc:  # not a job server (a web server's port), or a broken one
             self.lost_how = f"broke the protocol: {exc}"
