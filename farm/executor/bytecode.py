@@ -5,10 +5,14 @@ caller's script, ``payload._by_value``) carries code objects, and bytecode is on
 for the Python that made it: a 3.13 caller's lambda, run by a 3.11 worker, crashed the
 worker (SIGSEGV) at each retry of the job, and the caller got ``WorkerLost``. So each
 by-value pickle farm makes (the caller's functions, initializers and arguments, a worker's
-results) starts with a guard naming its maker's bytecode, ``importlib.util.MAGIC_NUMBER``
-(which changes whenever the bytecode does, betas included), and its Python version, for
-the error. A reader refuses a guard that names another magic before it unpickles anything
-(``check``: ``PythonVersionMismatch``); a pickle by reference has none and costs nothing.
+results) that holds a code object starts with a guard naming its maker's bytecode,
+``importlib.util.MAGIC_NUMBER`` (which changes whenever the bytecode does, betas included),
+and its Python version, for the error (``dump``). A reader refuses a guard that names
+another magic before it unpickles anything (``check``: ``PythonVersionMismatch``). A pickle
+by reference has none and costs nothing; nor has one by value without code (data plain
+pickle does not take, as a dict's keys view, or a call that spells ``__main__``), which
+every Python reads, as its plain pickle does: a function the workers import by name, with
+such arguments, runs across versions (docs/executor.md).
 
 The guard is pickle opcodes of the stdlib alone, the same from every Python, in front of
 cloudpickle's stream, which keeps its own PROTO and frames; it uses no memo, so the stream's
@@ -32,11 +36,14 @@ unchecked, and a version mismatch there still crashes the worker that runs its c
 from __future__ import annotations
 
 import importlib.util
+import io
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from farm.errors import PythonVersionMismatch
 
-__all__ = ["MAGIC_AT", "guard", "check"]
+__all__ = ["MAGIC_AT", "guard", "dump", "check"]
 
 #: The guard up to the maker's magic: float and dict.get, an empty dict, a 4-byte key.
 _HEAD = (
@@ -67,7 +74,7 @@ def guard() -> bytes:
     magic = importlib.util.MAGIC_NUMBER
     if _guard is None or _made_for != magic:  # read each time: a test claims another
         version = _version().encode()
-        # Short: every by-value pickle carries it (each batched call's own arguments too).
+        # Short: each pickle of code carries it (each batched call's own arguments too).
         message = (
             f"farm: this pickle holds code made by Python {_version()}, which this Python"
             f" cannot run: use one Python version (docs/executor.md)"
@@ -86,6 +93,21 @@ def guard() -> bytes:
         )
         _made_for = magic
     return _guard
+
+
+def dump(pickler: Callable[..., Any], obj: Any, protocol: int) -> bytes:
+    """``obj`` pickled by value by ``pickler`` (payload's cloudpickle Pickler), the guard in
+    front when it pickled a code object (its ``holds_code``, set by its code reducer). Only
+    code is bound to a Python's bytecode: by-value data with none (a dict's keys view, which
+    plain pickle does not take; a call's arguments that spell ``__main__``, payload.dump_call)
+    runs on every Python, as its plain pickle would, so it carries no guard."""
+    out = io.BytesIO()
+    out.write(head := guard())  # ahead of the stream, which only its end shows to need it
+    made = pickler(out, protocol=protocol)
+    made.dump(obj)
+    if made.holds_code:
+        return out.getvalue()
+    return out.getbuffer()[len(head) :].tobytes()  # the rarer case pays the copy
 
 
 def check(

@@ -69,12 +69,11 @@ a payload that fails it raises SignatureError, which the worker library
 reports as WORK_EXCEPTION, so the client learns why (on farm's server; on
 one that does not answer OPTION_REQ work-exception, gearmand, as WORK_FAIL:
 the caller then sees WorkerLost, and the worker's log has the reason). Whatever the call itself
-raises (BaseException, as ProcessPoolExecutor) travels back inside a signed
-result.
+raises (BaseException, as ProcessPoolExecutor) travels back inside a signed result.
 
-A pickle made by value (cloudpickle: a lambda, a script's function or class, in a call or a
-result) starts with a guard naming the bytecode that made its code, read before it is
-unpickled (farm/executor/bytecode.py: another Python's is refused; how older farms meet it).
+A pickle made by value that holds code (a lambda, a script's function or class, in a call or
+a result) starts with a guard naming the bytecode that made it, read before it is unpickled
+(farm/executor/bytecode.py: another Python's is refused; how older farms meet it).
 """
 
 from __future__ import annotations
@@ -82,7 +81,6 @@ from __future__ import annotations
 import collections
 import functools
 import hashlib
-import io
 import pickle
 import sys
 import types
@@ -213,14 +211,18 @@ def _by_value(obj: Any) -> bytes:
             return _named_code, (rebuild, args, code.co_filename)
 
         class Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle is untyped
+            holds_code = False  # bytecode pickled: it needs the guard (bytecode.py)
+
             def reducer_override(self, obj: Any) -> Any:
+                if type(obj) is types.CodeType:  # every code object: a function's, a class's
+                    self.holds_code = True
+                    return named(obj)
                 if isinstance(obj, types.FunctionType) and _is_dispatcher(obj):
                     return _reduce_dispatcher(obj)
                 return super().reducer_override(obj)
 
             dispatch_table = collections.ChainMap(
                 {
-                    types.CodeType: named,
                     _CACHE_WRAPPER: _reduce_cached,
                     functools.cached_property: _reduce_cached_property,
                 },
@@ -228,10 +230,7 @@ def _by_value(obj: Any) -> bytes:
             )
 
         _pickler = Pickler
-    out = io.BytesIO()
-    out.write(bytecode.guard())  # the maker's bytecode, read before the code (bytecode.py)
-    _pickler(out, protocol=_PROTOCOL).dump(obj)
-    return out.getvalue()
+    return bytecode.dump(_pickler, obj, _PROTOCOL)  # the guard in front when it holds code
 
 
 #: The type of an ``functools.lru_cache`` (or ``functools.cache``) wrapper.

@@ -112,3 +112,20 @@ def test_a_result_of_another_python_is_refused_by_the_caller(two_workers: Execut
         assert "this caller" in str(info.value)
         assert ex.submit(add, 2, 3).result(timeout=30) == 5
     alive(two_workers)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("foreign_caller")
+def test_data_by_value_without_code_runs_across_versions(two_workers: ExecutorFarm) -> None:
+    """docs/executor.md: a function by name with arguments of plain data runs on another
+    Python. Data that plain pickle will not take, or a call whose plain pickle spells
+    ``__main__``, goes by value (cloudpickle) but holds no bytecode: no guard, no refusal."""
+    with two_workers.executor() as ex:
+        assert ex.submit(len, "__main__").result(timeout=30) == 8  # payload.dump_call's check
+        keys = {"a": 1}.keys()  # a dict's keys view: by value, by its name in cloudpickle
+        assert list(ex.submit(identity, keys).result(timeout=30)) == ["a"]  # argument, result
+        assert list(ex.submit(dict.keys, {"b": 2}).result(timeout=30)) == ["b"]  # the result
+        # Code in the same call is still refused.
+        with pytest.raises(farm.PythonVersionMismatch):
+            ex.submit(identity, (keys, lambda: segfault())).result(timeout=30)
+    alive(two_workers)

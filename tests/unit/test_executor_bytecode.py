@@ -62,3 +62,15 @@ def test_another_pythons_code_is_refused_before_anything_is_unpickled(tmp_path: 
     assert not built.exists()
     pickle.loads(dump_fn([Marker(built), lambda: 1]))  # this Python's: the guard passes
     assert built.exists()
+
+
+def test_by_value_data_without_code_carries_no_guard() -> None:
+    """Only code is bound to a Python's bytecode: by-value data with none reads anywhere."""
+    guarded = bytecode.guard()[: bytecode.MAGIC_AT]
+    keys = foreign({"a": 1}.keys())  # plain pickle will not take it: by value, no code
+    assert not keys.startswith(guarded)
+    assert list(functions.unpickle(keys)) == ["a"]
+    spelled = dump_call(((len, "__main__"), {}))  # spells __main__: by value (dump_call)
+    assert not spelled.startswith(guarded)
+    assert pickle.loads(spelled) == ((len, "__main__"), {})
+    assert foreign([keys, lambda: 1]).startswith(guarded)  # code beside it: the guard
