@@ -335,7 +335,10 @@ def _open(task: Task[Flight], flight: Flight, signer: Signer, data: bytes) -> An
                 body = spill.read(reference)  # SpillRefused before anything is unpickled
             finally:
                 spill.remove(reference)  # the caller deletes a result file once read
-        bytecode.check(body, "the call's result", in_worker=False)  # a worker's other Python
+        # A batch's results travel in one pickle: the call whose result held code may be
+        # another of the batch than this one, so say that it is the batch's.
+        what = "a result of this call's batch (calls sent in one job, their results together)"
+        bytecode.check(body, what if flight.batched else "the call's result", in_worker=False)
         return pickle.loads(body)
     except (SignatureError, PythonVersionMismatch):
         raise

@@ -329,3 +329,8 @@ async def astream(x: int) -> AsyncIterator[int]:
 def adder(n: int) -> Callable[[int], int]:
     """A closure: the worker sends it back by value, as its Python's bytecode."""
     return lambda x: x + n
+
+
+def adder_at(n: int, at: int) -> object:
+    """``n``, but ``adder(n)`` (code by value) for the call whose ``n`` is ``at``."""
+    return adder(n) if n == at else n

@@ -19,7 +19,7 @@ from concurrent.futures import BrokenExecutor
 import pytest
 
 import farm
-from tests.helpers.calls import add, adder, identity
+from tests.helpers.calls import add, adder, adder_at, identity
 from tests.helpers.executorfarm import ExecutorFarm
 
 #: Another Python's bytecode magic (no Python has it: 2 bytes, then "\r\n", as every one).
@@ -128,4 +128,23 @@ def test_data_by_value_without_code_runs_across_versions(two_workers: ExecutorFa
         # Code in the same call is still refused.
         with pytest.raises(farm.PythonVersionMismatch):
             ex.submit(identity, (keys, lambda: segfault())).result(timeout=30)
+    alive(two_workers)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("foreign_caller")
+def test_a_batch_with_code_in_a_result_names_the_batch(two_workers: ExecutorFarm) -> None:
+    """The pump packs waiting calls into one job, whose results travel together: one that
+    holds code by value has the whole batch's refused (docs/executor.md), and the error of a
+    call that returned plain data says so, rather than that its own result held code."""
+    with two_workers.executor() as ex:
+        futures = [ex.submit(adder_at, i, 25) for i in range(40)]
+        errors = {i: future.exception(timeout=30) for i, future in enumerate(futures)}
+    assert isinstance(errors[25], farm.PythonVersionMismatch)
+    batched = [error for i, error in errors.items() if i != 25 and error is not None]
+    assert batched, "no call was batched with the one that returned code"
+    for error in batched:
+        assert isinstance(error, farm.PythonVersionMismatch)
+        assert "a result of this call's batch" in str(error), error
+    assert sum(errors[i] is None and futures[i].result() == i for i in errors) >= 1
     alive(two_workers)
