@@ -41,6 +41,9 @@ WHERE = {
     # The whole chunk taken and noted: not in doubt, the connection kept (dropped, the
     # job ran again and its caller got its data twice).
     "noted": ("_push_the_grab", "farm/workerlinks.py"),
+    # The same, as _write_locked returns (a return checks no signal in CPython 3.11-3.13;
+    # under a trace or profile function it does): noted there, not by its caller.
+    "returned": ("_write_locked", "farm/workerlinks.py"),
 }
 SMALL = b"d" * 1000  # taken at once
 
@@ -66,6 +69,8 @@ def test_a_jobs_news_cut_short_by_its_own_alarm_leaves_the_worker_in_step(
             shots.append(0)
         elif at == "sent" and event == "return" and isinstance(arg, int) and arg < len(BIG):
             shots.append(arg)  # part of it taken, not yet noted
+        elif at == "returned" and event == "return" and arg is None:
+            shots.append(0)
         else:
             return
         signal.pthread_kill(main, signal.SIGUSR1)
@@ -82,7 +87,7 @@ def test_a_jobs_news_cut_short_by_its_own_alarm_leaves_the_worker_in_step(
             signal.signal(signal.SIGUSR1, previous)
         return b"all sent"
 
-    news = SMALL if at == "noted" else BIG
+    news = SMALL if at in ("noted", "returned") else BIG
     worker = Worker(farm_server.addr)
     worker.register("big-news", big_news)
     worker.register("reverse", reverse)
