@@ -64,7 +64,7 @@ class ServerLink:
     # so that writes from several threads never interleave within a packet.
     pending: bytearray | None = None
     writing: bool = False  # a send under way whose count is not noted yet (_flush_locked)
-    noted: bool = False  # what this flush took from the session is noted: no doubt left
+    settled: bool = False  # what this flush took from the session is noted: no doubt left
     took_at: float = 0.0  # when the server last took some of them (monotonic)
     # A write the buffers stopped: when, what they took at once, what the server took at
     # its pace since; and, once all left, when it will likely have read the buffers' worth
@@ -208,7 +208,7 @@ class WorkerLinks:
         ever, holding the lock (register() from another thread), the other servers' jobs
         and stop(). A write that fits, any answer but a large one, is one send() (over TLS,
         with the socket made non-blocking around it: ``net.send_now``), no poll."""
-        held, settled, server.noted = -1, False, False
+        held, settled, server.settled = -1, False, False
         try:
             held = server.session.queued
             rest = self._write_locked(server)
@@ -224,7 +224,7 @@ class WorkerLinks:
             # job's answer lost in its data, then every grab). Such a connection goes, and
             # its job with it (the server takes it back); one cut before anything was taken
             # is kept, its answer still to go (``work()`` ending writes it).
-            doubt = server.writing or not server.noted and 0 <= server.session.queued < held
+            doubt = server.writing or not server.settled and 0 <= server.session.queued < held
             if not settled and doubt and server.sock is not None:
                 why = "was dropped: an exception cut short a write on it"
                 self._lost(server, why, locked=True)
@@ -271,14 +271,14 @@ class WorkerLinks:
                 server.read_by = now + min(backlog, BACKLOG_CAP)
             server.pending = None
             server.unsent = None  # the answer left
-            server.writing, server.noted = False, True
+            server.writing, server.settled = False, True
             return None
         if out is server.pending:
             del server.pending[:sent]  # from the front: no copy of the rest
         else:
             server.pending = bytearray(memoryview(out)[sent:])
             server.stalled_at, server.burst, server.paced = now, sent, 0
-        server.writing, server.noted = False, True
+        server.writing, server.settled = False, True
         return sock
 
     def _push_the_grab(self, server: ServerLink) -> None:
