@@ -231,24 +231,24 @@ class ServerConnection(asyncio.Protocol):
         outside (a signal handler's) that cuts the queueing short may leave the packet queued
         and its answer not awaited, to be taken for the next request's: the connection goes
         (``cut_short``), as farm.Client's does."""
-        try:
+        try:  # the flush's scheduling too: cut there, the packet waited for the next call's
             self.session.submit(task, packet)
+            self.send_soon()
         except BaseException:
             self.cut_short()
             raise
-        self.send_soon()
 
     def ask(self, question: Question[Reply]) -> asyncio.Future[Reply]:
         """Queue ``question`` (built by the caller), guarded as ``submit``; its answer."""
         try:
             query = self.session.ask(question)
+            future: asyncio.Future[Reply] = self.loop.create_future()
+            self.queries.append((query, future))
+            future.add_done_callback(lambda _: self._forget_if_held(query, future))
+            self.send_soon()
         except BaseException:
             self.cut_short()
             raise
-        future: asyncio.Future[Reply] = self.loop.create_future()
-        self.queries.append((query, future))
-        future.add_done_callback(lambda _: self._forget_if_held(query, future))
-        self.send_soon()
         return future
 
     def _forget_if_held(self, query: Query[Any], future: asyncio.Future[Any]) -> None:
