@@ -3,12 +3,13 @@ work is whole.
 
 A thread waiting in ``result()`` reads its own replies, and ``submit`` sends its own call
 (farm.executor.waithere, farm.executor.pump): they decode results, settle futures and
-register what was sent. A KeyboardInterrupt raised half-way through left that
-bookkeeping half done, so the executor had to break (every call in flight failed, and
-every later submit), where ProcessPoolExecutor, which does all of it in its own thread,
-survives a Ctrl-C. In the main thread, while Python's own handler is the SIGINT handler,
-the signal is held for the length of that work and raised as KeyboardInterrupt right
-after it; anywhere else (another thread, a handler of the program's own) nothing changes.
+register what was sent. A KeyboardInterrupt raised half-way through leaves that
+bookkeeping half done, which the pump thread can only mend by dropping its connections,
+failing every call in flight (farm.executor.waithere), where ProcessPoolExecutor, which
+does all of it in its own thread, survives a Ctrl-C untouched. In the main thread, while
+Python's own handler is the SIGINT handler, the signal is held for the length of that work
+and raised as KeyboardInterrupt right after it; anywhere else (another thread, a handler of
+the program's own) nothing changes: the work is cut short, and mended so.
 """
 
 from __future__ import annotations

@@ -208,10 +208,12 @@ class Links:
             dial.cancel()
         self._dials.clear()
 
-    def _drop(self, conn: Conn, why: str) -> None:
-        """The server went away: every call it held fails (it may or may not have run)."""
+    def _drop(self, conn: Conn, why: str, *, servers_fault: bool = True) -> None:
+        """The server went away: every call it held fails (it may or may not have run).
+        Not ``servers_fault``: we closed it (WaitHere._mend), the server is not tried last."""
         self._close(conn)
-        self._picker.mark_down(conn.addr)
+        if servers_fault:
+            self._picker.mark_down(conn.addr)
         # What the kernel never took: a call in it was not sent whole, created nothing.
         lost_tasks = conn.session.connection_lost(why, len(conn.out))
         # One that held no call is what every routine restart of a server looks like (the

@@ -23,7 +23,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import NoReturn
 
 from farm.client.serverpick import ServerPicker
 from farm.errors import ServerUnavailable
@@ -118,9 +117,9 @@ class Pump(Links, WaitHere):
         self._reader = 0  # the thread reading replies in wait_here, if any (its ident)
         self._helper = 0  # a thread doing the pump's work while it sleeps (see WaitHere)
         self._callbacks_due: deque[Settled] = deque()  # what helpers left (call_later)
-        # What went wrong while another thread read replies in wait_here: raised by the
-        # pump thread, which breaks the executor as for its own failures.
-        self._deferred: BaseException | None = None
+        # A helper's turn at the pump's work cut short (by a signal handler's exception in
+        # the caller's thread): the pump mends before it reads on (WaitHere._mend).
+        self._unfinished = False
         # No server took a connection since then (0: they do), and when to try again.
         self._down_since = self._retry_at = 0.0
 
@@ -147,28 +146,16 @@ class Pump(Links, WaitHere):
         # The pump sleeps in select: send the call from this thread, with no hop to the
         # pump and back (its reply wakes the pump, which reads it). The lock is free only
         # while the pump waits in select; if it is busy after all, a wake-up byte it is.
-        guard = whole()
         try:
-            with guard:  # a Ctrl-C waits until the calls are sent and the lock is free again
+            with whole():  # a Ctrl-C waits until the calls are sent and the lock is free again
                 if self._send_here():
                     return
-        except BaseException as exc:
-            if guard.half_done(exc):  # calls half sent would stay RUNNING for ever: break
-                self._defer(exc)
-            self._wake()  # a Ctrl-C before (or after) the work: the pump sends what waits
+        except BaseException:
+            # A Ctrl-C before (or after) the work: the pump sends what waits. Anything else
+            # that cut the work short: the pump mends first (WaitHere._mend).
+            self._wake()
             raise
         self._wake()  # _sleeping was set before the pump's last look: it will see a byte
-
-    def _defer(self, exc: BaseException) -> NoReturn:
-        """What went wrong in another thread's turn at the pump's work: the pump thread
-        raises it and the executor breaks, failing what that turn left half done, as when
-        the pump fails itself. It goes on to the caller too: a Ctrl-C, and what a signal
-        handler of the program's raised there (gunicorn's SIGABRT and SIGQUIT handlers
-        call sys.exit, a request's alarm raises its timeout), which swallowed here left
-        the process running on with a broken executor instead of exiting."""
-        self._deferred = exc
-        self._wake()
-        raise exc
 
     def take_pending(self) -> list[WorkItem]:
         """Remove and return the items not sent yet (shutdown's cancel_futures)."""
@@ -242,8 +229,6 @@ class Pump(Links, WaitHere):
         lock.acquire()
         try:
             while True:
-                if self._deferred is not None:
-                    raise self._deferred
                 if self._callbacks_due:  # settled by a thread doing the pump's work
                     self._call_back()
                 if self._dials:  # a connect ended (it woke us), or is under way
@@ -268,6 +253,9 @@ class Pump(Links, WaitHere):
                 finally:
                     lock.acquire()
                 self._sleeping = False
+                if self._unfinished:  # what it read may be closed now: the next select says
+                    self._mend()
+                    continue
                 for data, mask in ready:
                     if data is None:
                         self._waker.drain()
