@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 from farm.discovery import executor_servers
 from farm.errors import FarmError
-from farm.executor import lifespan, spill
+from farm.executor import lifespan, nesting, spill
 from farm.executor.arguments import (
     check_function,
     check_max_tasks_per_child,
@@ -202,7 +202,8 @@ class Executor(_BaseExecutor):
         """Schedule ``fn(*args, **kwargs)`` on a worker; its Future holds the outcome."""
         if self._generation != lifespan.state.generation:
             self._renew()
-        warn_if_nested(self._function)
+        if nesting.serving is not None:  # in a farm worker: the call, only where it may warn
+            warn_if_nested(self._function)
         try:
             fn_bytes = dump_fn(fn)
             body = dump_args(args, kwargs)
@@ -248,7 +249,8 @@ class Executor(_BaseExecutor):
         check_buffersize(buffersize)
         if self._generation != lifespan.state.generation:
             self._renew()
-        warn_if_nested(self._function)
+        if nesting.serving is not None:  # in a farm worker: the call, only where it may warn
+            warn_if_nested(self._function)
         end_time = None if timeout is None else timeout + time.monotonic()
         shared: bytes | None = None  # the key of a function large enough for a file
         try:
