@@ -101,7 +101,7 @@ class Pump(Links, WaitHere):
         self._waker = Waker()
         # Held by the pump thread except while it waits in select; a submitting thread
         # that finds it free sends its call itself (see put). Guards all below.
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # for _is_owned (see WaitHere._lock), never taken twice
         self._running = threading.Lock()  # held by the one thread in run() (see there)
         # Pump-thread state only.
         self._conns: dict[str, Conn] = {}

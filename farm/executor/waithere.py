@@ -70,7 +70,11 @@ class WaitHere:
     # The pump's, read and written here (declared for the type checker).
     _sleeping: bool
     _stopping: bool
-    _lock: threading.Lock
+    # Held by the pump thread except while it sleeps; a helper that takes it asks whether
+    # it holds it (RLock._is_owned) rather than trusting a flag set after acquire(): an
+    # exception (a signal handler's) can land as acquire() returns, before the next line,
+    # and a lock left taken so held the pump thread, and every call, for ever.
+    _lock: Any  # threading.RLock
     _selector: Poller
     _waker: Waker
     _conns: dict[str, Any]  # addr -> the pump's connection, a Link
@@ -97,11 +101,9 @@ class WaitHere:
         another thread hands it work or anything but reading is to be done."""
         if not (self._sleeping and self._selector.can_mute):
             return
-        taken = False
+        lock = self._lock
         try:
-            with whole():  # a Ctrl-C right after acquire() would leave the lock taken for good
-                taken = self._lock.acquire(blocking=False)
-            if not taken:
+            if not lock.acquire(blocking=False):
                 return
             if not self._sleeping or self.broken is not None or self._stopping:
                 return
@@ -113,8 +115,8 @@ class WaitHere:
                 return
             self._wait_reading(future, conns, timeout)
         finally:
-            if taken:
-                self._lock.release()
+            if lock._is_owned():  # (see _lock)
+                lock.release()
 
     def _wait_reading(
         self, future: Future[Any], conns: dict[int, Link], timeout: float | None
@@ -174,9 +176,10 @@ class WaitHere:
     def _send_here(self) -> bool:
         """Send what waits from this thread if the pump sleeps (False: it does not): a
         submit's turn at the pump's work (Pump.nudge)."""
-        if not self._lock.acquire(blocking=False):
-            return False
+        lock = self._lock
         try:
+            if not lock.acquire(blocking=False):
+                return False
             if not (self._sleeping and self.broken is None and not self._unfinished):
                 return False  # (a turn cut short: the pump mends, then sends)
             self._helper = threading.get_ident()  # the calls it fails: callbacks to the pump
@@ -186,8 +189,9 @@ class WaitHere:
             self._unfinished = False
             return True
         finally:
-            self._helper = 0
-            self._lock.release()
+            if lock._is_owned():  # (see _lock)
+                self._helper = 0
+                lock.release()
 
     def _mend(self) -> None:
         """In the pump thread: a helper's turn was cut short (``_unfinished``). Drop every

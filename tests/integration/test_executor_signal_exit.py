@@ -115,3 +115,61 @@ def test_a_signal_handler_s_exception_in_the_pump_s_work_reaches_the_caller(
             assert not pump.finished.is_set() and pump.broken is None
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+class _CutLock:
+    """The pump's lock, with the handler raising as a helper's acquire() returns it taken
+    (Python runs a pending handler right after a call returns, before the next line)."""
+
+    def __init__(self, real: Any, caller: int, armed: threading.Event) -> None:
+        self.real, self.caller, self.armed = real, caller, armed
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        got = self.real.acquire(blocking, timeout)
+        if got and threading.get_ident() == self.caller and self.armed.is_set():
+            self.armed.clear()
+            signal.raise_signal(signal.SIGUSR1)
+        return bool(got)
+
+    def release(self) -> None:
+        self.real.release()
+
+    def _is_owned(self) -> bool:
+        return bool(self.real._is_owned())
+
+
+@pytest.mark.parametrize("where", ["result_lock", "submit_lock"])
+def test_a_handler_s_exception_as_a_helper_takes_the_lock_leaves_the_executor_working(
+    shared_farm: ExecutorFarm, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    # Raised as acquire() returned the pump's lock (result(): wait_here's; submit: its
+    # send's), before the flag that said it was taken: the lock stayed taken, and the pump
+    # thread, and every later call, waited on it for good.
+    caller = threading.get_ident()
+    armed = threading.Event()
+    previous = signal.signal(signal.SIGUSR1, _alarm)
+    try:
+        with shared_farm.executor() as ex:
+            assert ex.submit(add, 1, 1).result(timeout=30) == 2  # the pump is up, and asleep
+            pump = ex._pump
+            monkeypatch.setattr(pump, "_lock", _CutLock(pump._lock, caller, armed))
+            for _ in range(50):  # the pump thread may be awake (a late reply): again
+                wait_for("the pump to sleep", lambda: pump._sleeping)
+                try:
+                    if where == "submit_lock":
+                        armed.set()
+                    future = ex.submit(add, 2, 2)
+                    if where != "submit_lock":  # armed past submit's own turn
+                        armed.set()
+                    assert future.result(timeout=30) == 4
+                except RequestTimeout:
+                    break
+                finally:
+                    armed.clear()
+            else:
+                pytest.fail(f"the handler never ran where it was meant to ({where})")
+            wait_for("the pump to sleep", lambda: pump._sleeping)  # a submit's to wake it
+            assert ex.submit(add, 3, 3).result(timeout=10) == 6
+            assert ex.submit(add, 4, 4).result(timeout=10) == 8
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
