@@ -120,6 +120,7 @@ class Pump(Links, WaitHere):
         # A helper's turn at the pump's work cut short (by a signal handler's exception in
         # the caller's thread): the pump mends before it reads on (WaitHere._mend).
         self._unfinished = False
+        self._failed_here: InitializerFailed | None = None
         # No server took a connection since then (0: they do), and when to try again.
         self._down_since = self._retry_at = 0.0
 
@@ -253,6 +254,8 @@ class Pump(Links, WaitHere):
                 finally:
                     lock.acquire()
                 self._sleeping = False
+                if self._failed_here is not None:  # read by a helper (waithere): break here
+                    raise self._failed_here
                 if self._unfinished:  # what it read may be closed now: the next select says
                     self._mend()
                     continue

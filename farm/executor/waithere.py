@@ -40,7 +40,7 @@ from concurrent.futures._base import PENDING, RUNNING
 from typing import Any, Protocol
 
 from farm.errors import ServerUnavailable
-from farm.executor.flight import Flight, WorkItem
+from farm.executor.flight import Flight, InitializerFailed, WorkItem
 from farm.executor.interrupts import whole
 from farm.executor.poller import READ, Poller
 from farm.waker import Waker
@@ -84,6 +84,7 @@ class WaitHere:
     _pending: deque[WorkItem]
     # A helper's turn at the pump's work began and did not end whole (see the docstring).
     _unfinished: bool
+    _failed_here: InitializerFailed | None  # a helper read it: the pump thread breaks
     _flights: set[Flight]
     _in_flight: int
     broken: str | None
@@ -149,6 +150,10 @@ class WaitHere:
                         self._send_pending()
                         self._flush()
                         self._unfinished = False
+                except InitializerFailed as exc:  # the pool's own break, not the caller's
+                    self._failed_here = exc  # the pump thread breaks the executor with it,
+                    self._wake()  # as when it reads the news itself; result() then says so
+                    return
                 except BaseException:
                     self._wake()  # the pump mends what the turn left half done, if it did
                     raise
