@@ -15,12 +15,11 @@ Data flow (after CPython's ``concurrent/futures/process.py``)::
     job server ⇄ worker processes serving farm.executor.call:run_call ("farm.python")
 
 The wire bookkeeping is ``farm.protocol.client.ClientSession``, as for ``farm.Client``;
-this module only moves bytes and futures. A future becomes RUNNING when its
-job is sent (a job on the server cannot be taken back, like a call already
-in ProcessPoolExecutor's call queue). WORK_FAIL, which the server sends when
-the job's worker died (``job_retries`` times) or overran its timeout, and a
-worker past its pool's ``kill_rss_mb`` sends, fails exactly that future with
-``farm.WorkerLost``; the executor keeps working.
+this module only moves bytes and futures. A future becomes RUNNING when its job is sent
+(a job on the server cannot be taken back, like a call already in ProcessPoolExecutor's
+call queue). WORK_FAIL, which the server sends when the job's worker died (``job_retries``
+times) or overran its timeout, and a worker past its pool's ``kill_rss_mb`` sends, fails
+exactly that future with ``farm.WorkerLost``; the executor keeps working.
 """
 
 from __future__ import annotations
@@ -142,9 +141,7 @@ class Executor(_BaseExecutor):
         init = None if initializer is None else dump_initializer(initializer, tuple(initargs))
         addresses = parse_servers(executor_servers() if servers is None else servers)
         function = check_function(function)
-        # Said at its first send from a call, not here: a module global made as a worker
-        # imports its module (to unpickle the module's functions) sends nothing from there.
-        self._function = function
+        self._function = function  # warned of at a send from a call, not here (nesting)
         checked, window = pool_window(checked, addresses, function, connect_timeout)
         self._max_workers = checked
         priority = check_priority(priority)
