@@ -120,7 +120,7 @@ class Pump(Links, WaitHere):
         # A helper's turn at the pump's work cut short (by a signal handler's exception in
         # the caller's thread): the pump mends before it reads on (WaitHere._mend).
         self._unfinished = False
-        self._failed_here: InitializerFailed | None = None
+        self._failed_here: BaseException | None = None  # a helper's own failure (cut_here)
         # No server took a connection since then (0: they do), and when to try again.
         self._down_since = self._retry_at = 0.0
 
@@ -151,11 +151,12 @@ class Pump(Links, WaitHere):
             with whole():  # a Ctrl-C waits until the calls are sent and the lock is free again
                 if self._send_here():
                     return
-        except BaseException:
+        except BaseException as exc:
             # A Ctrl-C before (or after) the work: the pump sends what waits. Anything else
-            # that cut the work short: the pump mends first (WaitHere._mend).
-            self._wake()
-            raise
+            # that cut the work short: the pump mends first (WaitHere._mend), or breaks.
+            if self.cut_here(exc):
+                raise
+            return
         self._wake()  # _sleeping was set before the pump's last look: it will see a byte
 
     def take_pending(self) -> list[WorkItem]:
@@ -254,7 +255,7 @@ class Pump(Links, WaitHere):
                 finally:
                     lock.acquire()
                 self._sleeping = False
-                if self._failed_here is not None:  # read by a helper (waithere): break here
+                if self._failed_here is not None:  # a helper's own failure: break here
                     raise self._failed_here
                 if self._unfinished:  # what it read may be closed now: the next select says
                     self._mend()

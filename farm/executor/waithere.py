@@ -84,7 +84,7 @@ class WaitHere:
     _pending: deque[WorkItem]
     # A helper's turn at the pump's work began and did not end whole (see the docstring).
     _unfinished: bool
-    _failed_here: InitializerFailed | None  # a helper read it: the pump thread breaks
+    _failed_here: BaseException | None  # a helper's own failure: the pump thread breaks
     _flights: set[Flight]
     _in_flight: int
     broken: str | None
@@ -125,9 +125,9 @@ class WaitHere:
         deadline = None if timeout is None else time.monotonic() + timeout
         waker = self._waker.reader.fileno()
         self._reader = self._helper = threading.get_ident()
-        local = select.poll()
-        local.register(waker, select.POLLIN)
-        try:
+        try:  # from here: cut as poll() returns, the fields stayed set, and sends waited
+            local = select.poll()
+            local.register(waker, select.POLLIN)
             for fd in conns:
                 self._selector.mute(fd)  # the pump thread sleeps on through the replies
                 local.register(fd, select.POLLIN)
@@ -150,13 +150,10 @@ class WaitHere:
                         self._send_pending()
                         self._flush()
                         self._unfinished = False
-                except InitializerFailed as exc:  # the pool's own break, not the caller's
-                    self._failed_here = exc  # the pump thread breaks the executor with it,
-                    self._wake()  # as when it reads the news itself; result() then says so
-                    return
-                except BaseException:
-                    self._wake()  # the pump mends what the turn left half done, if it did
-                    raise
+                except BaseException as exc:
+                    if self.cut_here(exc):
+                        raise
+                    return  # result() says what broke the executor
                 if (
                     self.broken is not None
                     or len(self._conns) != len(conns)  # a new connection: the pump's to read
@@ -177,6 +174,19 @@ class WaitHere:
                 self._wake()  # the pump mends
                 raise
             self._unfinished = unfinished
+
+    def cut_here(self, exc: BaseException) -> bool:
+        """A helper's turn at the pump's work ended by ``exc``: whether it goes on to the
+        caller. In the main thread, where signal handlers run (a request's alarm, gunicorn's
+        sys.exit), it does, and the pump thread mends what the turn left (``_unfinished``).
+        Anywhere else no handler runs, so it is the executor's own failure (the
+        initializer's, InitializerFailed, or a bug): handed to the pump thread, which breaks
+        the executor as when it fails itself; so does the initializer's in the main thread."""
+        main = threading.current_thread() is threading.main_thread()
+        if isinstance(exc, InitializerFailed) or not main:
+            self._failed_here = exc
+        self._wake()
+        return self._failed_here is not exc
 
     def _send_here(self) -> bool:
         """Send what waits from this thread if the pump sleeps (False: it does not): a
