@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import struct
 import sys
 import threading
 from collections.abc import Callable, Coroutine
@@ -30,6 +29,7 @@ from farm.client.aio import AsyncClient
 from farm.protocol.tasks import Task
 from tests.helpers.servers import Server
 from tests.helpers.serving import reverse, serving
+from tests.helpers.unbuildable import ERRORS, UNBUILDABLE, held, unbuildable_packets
 from tests.helpers.waiting import wait_for
 
 T = TypeVar("T")
@@ -250,18 +250,10 @@ async def _fails_alone(
     assert await asyncio.wait_for(client.echo(b"ping"), 5) == b"ping"
 
 
-def _held(release: threading.Event) -> Callable[[Any], bytes]:
-    def held(job: Any) -> bytes:
-        release.wait(30)
-        return b"held"
-
-    return held
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     "error",
-    [struct.error, MemoryError, UnicodeEncodeError],
+    ERRORS,
     ids=["struct.error", "MemoryError", "UnicodeEncodeError"],
 )
 def test_a_submit_whose_packet_cannot_be_built_leaves_the_connections_other_jobs(
@@ -269,24 +261,15 @@ def test_a_submit_whose_packet_cannot_be_built_leaves_the_connections_other_jobs
 ) -> None:
     # Shown, as for farm.Client: the packet is built before anything is queued, and what
     # fails there is that call's error alone, its connection kept (not cut_short).
-    packet = Task.packet
-
-    def stand_in(task: Task[Any]) -> bytes:
-        if task.function == "unbuildable":
-            if error is UnicodeEncodeError:
-                raise UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed")
-            raise error("a payload of 4 GiB, say")
-        return packet(task)
-
-    monkeypatch.setattr(Task, "packet", stand_in)
+    unbuildable_packets(monkeypatch, error)
     release = threading.Event()
 
     async def main() -> None:
         async with AsyncClient(farm_server.addr) as client:
-            failing = client.call("unbuildable", b"x", timeout=5)
+            failing = client.call(UNBUILDABLE, b"x", timeout=5)
             await _fails_alone(client, release, failing, error)
 
-    with serving(farm_server.addr, {"held": _held(release), "reverse": reverse}):
+    with serving(farm_server.addr, {"held": held(release), "reverse": reverse}):
         asyncio.run(main())
 
 
@@ -309,7 +292,7 @@ def test_a_request_too_large_for_a_packet_is_a_value_error_that_leaves_the_conne
             match = r"(SUBMIT_JOB_BG|ECHO_REQ).* 10\d\d bytes"
             await _fails_alone(client, release, failing, ValueError, match)
 
-    with serving(farm_server.addr, {"held": _held(release), "reverse": reverse}):
+    with serving(farm_server.addr, {"held": held(release), "reverse": reverse}):
         asyncio.run(main())
 
 

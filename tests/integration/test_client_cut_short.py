@@ -10,7 +10,6 @@ send begins, so it lands there every time. Not SIGALRM: pytest-timeout's method 
 from __future__ import annotations
 
 import signal
-import struct
 import sys
 import threading
 from collections.abc import Callable
@@ -24,6 +23,7 @@ import farm.protocol.codec
 from farm.protocol.tasks import Task
 from tests.helpers.servers import Server
 from tests.helpers.serving import reverse, serving
+from tests.helpers.unbuildable import ERRORS, UNBUILDABLE, held, unbuildable_packets
 
 # Where the exception lands: the session taking the bytes read (the JOB_CREATED first), or
 # the send of the bytes taken from the session for the wire (the SUBMIT_JOB).
@@ -130,18 +130,10 @@ def test_a_request_cut_short_as_it_is_queued_leaves_the_next_calls_their_answers
         signal.signal(signal.SIGUSR1, previous)
 
 
-def _held(release: threading.Event) -> Callable[[Any], bytes]:
-    def held(job: Any) -> bytes:
-        release.wait(30)
-        return b"held"
-
-    return held
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     "error",
-    [struct.error, MemoryError, UnicodeEncodeError],
+    ERRORS,
     ids=["struct.error", "MemoryError", "UnicodeEncodeError"],
 )
 def test_a_submit_whose_packet_cannot_be_built_leaves_the_connections_other_jobs(
@@ -150,23 +142,14 @@ def test_a_submit_whose_packet_cannot_be_built_leaves_the_connections_other_jobs
     # Raised as the packet was built, before anything was queued, it closed the connection
     # all the same: the job held on it failed, "ServerUnavailable: job held ... lost its
     # connection: an exception cut short a read or a send on it".
-    packet = Task.packet
-
-    def stand_in(task: Task[Any]) -> bytes:
-        if task.function == "unbuildable":
-            if error is UnicodeEncodeError:
-                raise UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed")
-            raise error("a payload of 4 GiB, say")
-        return packet(task)
-
-    monkeypatch.setattr(Task, "packet", stand_in)
+    unbuildable_packets(monkeypatch, error)
     release = threading.Event()
-    with serving(farm_server.addr, {"held": _held(release)}):
+    with serving(farm_server.addr, {"held": held(release)}):
         client = farm.Client(farm_server.addr, timeout=10)
         first = client.submit("held")
         try:
             with pytest.raises(error):
-                client.call("unbuildable", b"x")
+                client.call(UNBUILDABLE, b"x")
         finally:
             release.set()
         assert client.wait(first) == b"held"
@@ -182,7 +165,7 @@ def test_a_job_too_large_for_a_packet_is_a_value_error_that_leaves_the_connectio
     # not allocated (tests/unit/test_protocol.py tries the real one).
     monkeypatch.setattr(farm.protocol.codec, "MAX_BODY", 1000, raising=False)
     release = threading.Event()
-    with serving(farm_server.addr, {"held": _held(release)}):
+    with serving(farm_server.addr, {"held": held(release)}):
         client = farm.Client(farm_server.addr, timeout=10)
         first = client.submit("held")
         try:
