@@ -27,9 +27,15 @@ import farm.protocol.codec
 from farm.client.admin import admin_query
 from farm.client.aio import AsyncClient
 from farm.protocol.tasks import Task
+from tests.helpers.cutshort import (
+    ERRORS,
+    UNBUILDABLE,
+    held,
+    signal_as_queued,
+    unbuildable_packets,
+)
 from tests.helpers.servers import Server
 from tests.helpers.serving import reverse, serving
-from tests.helpers.unbuildable import ERRORS, UNBUILDABLE, held, unbuildable_packets
 from tests.helpers.waiting import wait_for
 
 T = TypeVar("T")
@@ -196,15 +202,7 @@ def test_a_request_cut_short_as_it_is_queued_leaves_the_next_calls_their_answers
     # request, and the echo after it was answered with the cut one's bytes (b"one"); after
     # a status, the echo took the STATUS_RES for its own (a protocol break) and waited.
     shots: list[str] = []
-
-    def hook(frame: FrameType, event: str, arg: Any) -> None:
-        code = frame.f_code
-        if event != "c_call" or shots or code.co_name != "_enqueue":
-            return
-        ours = code.co_filename.endswith("farm/protocol/client.py")
-        if ours and getattr(arg, "__self__", None) is frame.f_locals["self"]._awaiting:
-            shots.append(ask)
-            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+    hook = signal_as_queued(shots, ask)
 
     def limit(signum: int, frame: FrameType | None) -> None:
         raise TimeLimit
@@ -304,15 +302,7 @@ def test_a_connect_cut_short_as_its_first_request_is_queued_leaves_no_connection
     # alarm, its transport left open and held by nothing, a connection to the server for as
     # long as the loop ran (one per cut).
     shots: list[str] = []
-
-    def hook(frame: FrameType, event: str, arg: Any) -> None:
-        code = frame.f_code
-        if event != "c_call" or shots or code.co_name != "_enqueue":
-            return
-        ours = code.co_filename.endswith("farm/protocol/client.py")
-        if ours and getattr(arg, "__self__", None) is frame.f_locals["self"]._awaiting:
-            shots.append("option")
-            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+    hook = signal_as_queued(shots, "option")
 
     def limit(signum: int, frame: FrameType | None) -> None:
         raise TimeLimit

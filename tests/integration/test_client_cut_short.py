@@ -21,9 +21,15 @@ import pytest
 import farm
 import farm.protocol.codec
 from farm.protocol.tasks import Task
+from tests.helpers.cutshort import (
+    ERRORS,
+    UNBUILDABLE,
+    held,
+    signal_as_queued,
+    unbuildable_packets,
+)
 from tests.helpers.servers import Server
 from tests.helpers.serving import reverse, serving
-from tests.helpers.unbuildable import ERRORS, UNBUILDABLE, held, unbuildable_packets
 
 # Where the exception lands: the session taking the bytes read (the JOB_CREATED first), or
 # the send of the bytes taken from the session for the wire (the SUBMIT_JOB).
@@ -101,15 +107,7 @@ def test_a_request_cut_short_as_it_is_queued_leaves_the_next_calls_their_answers
     # with the cut one's bytes (b"one"); after a status, an echo took the STATUS_RES for its
     # own, a protocol break it waited out: "did not answer within 5s".
     shots: list[str] = []
-
-    def hook(frame: FrameType, event: str, arg: Any) -> None:
-        code = frame.f_code
-        if event != "c_call" or shots or code.co_name != "_enqueue":
-            return
-        ours = code.co_filename.endswith("farm/protocol/client.py")
-        if ours and getattr(arg, "__self__", None) is frame.f_locals["self"]._awaiting:
-            shots.append(ask)
-            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+    hook = signal_as_queued(shots, ask)
 
     previous = signal.signal(signal.SIGUSR1, _time_limit)
     try:
