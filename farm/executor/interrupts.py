@@ -36,26 +36,20 @@ class whole:  # lower case: it reads as a function, `with whole():`
 
     A Ctrl-C can still be raised on the way in, before the handler is in place (Python
     runs a pending handler as a function starts, and ``signal.signal`` runs it first), and
-    on the way out, once Python's is back: no work of the block is then half done, which
-    ``half_done`` tells the caller apart from an exception out of the block itself."""
+    on the way out, once Python's is back: the caller's own flag (the pump's
+    ``_unfinished``, set and cleared inside the block) says whether work was left half
+    done."""
 
-    __slots__ = ("held", "active", "holder", "begun", "ended")
+    __slots__ = ("held", "active", "holder")
 
     def __init__(self) -> None:
-        self.begun = self.ended = False
+        self.held = False  # a Ctrl-C came while the block ran
 
     def __enter__(self) -> None:
-        self.held = False
         self.active = threading.current_thread() is _MAIN and _signal.getsignal(_SIGINT) is _PYTHONS
         if self.active:
             self.holder = self._hold  # one bound method: what __exit__ looks for
             _signal.signal(_SIGINT, self.holder)
-        self.begun = True  # from here a Ctrl-C is held (when active)
-
-    def half_done(self, exc: BaseException) -> bool:
-        """Whether ``exc``, raised around this block, may have left its work half done: not
-        a Ctrl-C raised before the block began or after it ended."""
-        return not (isinstance(exc, KeyboardInterrupt) and (not self.begun or self.ended))
 
     def _hold(self, signum: int, frame: FrameType | None) -> None:
         self.held = True
@@ -66,7 +60,6 @@ class whole:  # lower case: it reads as a function, `with whole():`
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.ended = kind is None  # the block's work is whole
         if not self.active:
             return
         if _signal.getsignal(_SIGINT) is self.holder:

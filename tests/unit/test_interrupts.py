@@ -59,20 +59,3 @@ def test_other_threads_change_nothing(pythons_handler: object) -> None:
     thread.start()
     thread.join(10)
     assert seen == [signal.default_int_handler]
-
-
-def test_half_done_is_only_what_the_block_itself_raised(pythons_handler: object) -> None:
-    """A Ctrl-C raised on the way in (before the handler is in place) or on the way out
-    (after Python's is back) leaves no work half done; one out of the block's work may."""
-    before = whole()
-    assert not before.half_done(KeyboardInterrupt())  # never entered
-    assert before.half_done(SystemExit())
-    inside = whole()
-    with pytest.raises(KeyboardInterrupt), inside:
-        raise KeyboardInterrupt  # the work itself raised it (a done-callback)
-    assert inside.half_done(KeyboardInterrupt())
-    after = whole()
-    with after:
-        pass
-    assert not after.half_done(KeyboardInterrupt())
-    assert after.half_done(RuntimeError())
