@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 from farm.errors import FarmError, JobError, JobFailed, PythonVersionMismatch, WorkerLost
 from farm.executor import bytecode, spill
+from farm.executor.cellsource import with_cell_lines
 from farm.executor.initnews import InitializerFailed, InitWatch
 from farm.executor.payload import (
     BATCH,
@@ -354,7 +355,7 @@ def _settle(future: Future[Any], outcome: tuple[Any, ...]) -> None:
         future.set_result(outcome[1])
         return
     raised, text = outcome[1], outcome[2]
-    raised.__cause__ = RemoteTraceback(text)
+    raised.__cause__ = RemoteTraceback(with_cell_lines(text))  # a notebook cell's lines
     if outcome[0] == BROKEN:
         raise InitializerFailed(raised)
     future.set_exception(raised)

@@ -1,0 +1,47 @@
+"""The source lines of a notebook cell's code, put into the worker's traceback by the caller.
+
+A function defined in a Jupyter/IPython cell travels by value and keeps its file name,
+``/tmp/ipykernel_PID/HASH.py``, but no such file exists: IPython keeps the cell's text in
+the kernel's ``linecache`` alone (an entry without a modification time, which
+``linecache.checkcache`` never drops; Python 3.13's REPL keeps its ``<python-input-N>`` so
+too). The worker cannot read it, so its traceback named the frame with no line under it:
+nothing of the user's cell showed. The caller has the text, so it adds each missing line
+for such files only; a file on disk was the worker's to read, and is left as it wrote it.
+"""
+
+from __future__ import annotations
+
+import linecache
+import re
+
+__all__ = ["with_cell_lines"]
+
+# A frame line of traceback.format_exception; its source line is indented two spaces
+# deeper than "File", after the same margin (an exception group's "  | ").
+_FRAME = re.compile(r'^(?P<indent>[ |]*)File "(?P<file>.+)", line (?P<line>\d+), in ')
+
+
+def with_cell_lines(text: str) -> str:
+    """``text`` (a worker's formatted traceback) with the source line of each frame of
+    in-memory code that the caller's ``linecache`` holds, where the worker wrote none."""
+    if not any(len(entry) == 4 and entry[1] is None for entry in linecache.cache.values()):
+        return text  # no in-memory source here (no notebook): nothing to add
+    lines = text.splitlines(keepends=True)
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        out.append(line)
+        frame = _FRAME.match(line)
+        if frame is None:
+            continue
+        indent = frame["indent"] + "  "
+        following = lines[i + 1] if i + 1 < len(lines) else ""
+        if following.startswith(indent) and following[len(indent) :].strip():
+            continue  # the worker wrote the line (a frame's source is indented under it)
+        entry = linecache.cache.get(frame["file"])
+        if entry is None or len(entry) != 4 or entry[1] is not None:
+            continue  # not in-memory source: a real file, or one this process never saw
+        number = int(frame["line"])
+        source = entry[2]
+        if 1 <= number <= len(source) and source[number - 1].strip():
+            out.append(f"{indent}{source[number - 1].strip()}\n")
+    return "".join(out)

@@ -1,0 +1,41 @@
+"""with_cell_lines: a notebook cell's source lines put into a worker's traceback text by the
+caller, for in-memory code only (the real kernel case runs in
+tests/integration/test_executor_contract.py)."""
+
+from __future__ import annotations
+
+import linecache
+from collections.abc import Iterator
+
+import pytest
+
+from farm.executor.cellsource import with_cell_lines
+
+CELL = "/tmp/ipykernel_7/123.py"  # IPython's name for a cell: no such file
+
+
+@pytest.fixture
+def cell() -> Iterator[None]:
+    text = "def g(x):\n    return 1 / x\n"
+    linecache.cache[CELL] = (len(text), None, text.splitlines(True), CELL)
+    yield
+    del linecache.cache[CELL]
+
+
+def test_a_cells_frame_gets_its_line_once(cell: None) -> None:
+    text = f'Traceback (most recent call last):\n  File "{CELL}", line 2, in g\nZeroDivisionError\n'
+    filled = with_cell_lines(text)
+    assert filled == text.replace(", in g\n", ", in g\n    return 1 / x\n")
+    assert with_cell_lines(filled) == filled  # a line written is not written twice
+
+
+def test_an_exception_groups_frame_keeps_its_margin(cell: None) -> None:
+    text = f'  | Traceback (most recent call last):\n  |   File "{CELL}", line 2, in g\n'
+    assert with_cell_lines(text).endswith("in g\n  |     return 1 / x\n")
+
+
+def test_files_not_held_in_memory_are_left_as_the_worker_wrote_them(cell: None) -> None:
+    text = '  File "/nowhere/else.py", line 2, in g\n  File "<string>", line 1, in h\nE\n'
+    assert with_cell_lines(text) == text
+    out_of_range = f'  File "{CELL}", line 9, in g\nE\n'
+    assert with_cell_lines(out_of_range) == out_of_range
