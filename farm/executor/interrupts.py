@@ -19,16 +19,11 @@ import signal
 import threading
 from types import FrameType, TracebackType
 
-__all__ = ["HeldInterrupt", "whole"]
+__all__ = ["whole"]
 
 _SIGINT = int(signal.SIGINT)
 _PYTHONS = signal.default_int_handler
 _MAIN = threading.main_thread()
-
-
-class HeldInterrupt(KeyboardInterrupt):
-    """A Ctrl-C held until the work was whole: raised after it, so nothing is half done
-    (a KeyboardInterrupt raised inside the work itself is not one)."""
 
 
 class whole:  # lower case: it reads as a function, `with whole():`
@@ -65,4 +60,6 @@ class whole:  # lower case: it reads as a function, `with whole():`
         if _signal.getsignal(_SIGINT) is self.holder:
             _signal.signal(_SIGINT, _PYTHONS)  # else the block (a done-callback) set its own
         if self.held and kind is None:
-            raise HeldInterrupt
+            # A plain KeyboardInterrupt, as any other Ctrl-C: a subclass of its own showed
+            # its name ("HeldInterrupt:") where a notebook or a traceback shows the Ctrl-C.
+            raise KeyboardInterrupt
