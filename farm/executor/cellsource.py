@@ -24,7 +24,11 @@ _FRAME = re.compile(r'^(?P<indent>[ |]*)File "(?P<file>.+)", line (?P<line>\d+),
 def with_cell_lines(text: str) -> str:
     """``text`` (a worker's formatted traceback) with the source line of each frame of
     in-memory code that the caller's ``linecache`` holds, where the worker wrote none."""
-    if not any(len(entry) == 4 and entry[1] is None for entry in linecache.cache.values()):
+    # A copy, made in one step: another thread may add to the cache meanwhile (formatting a
+    # traceback of its own), and iterating the dict itself would then raise here, in the
+    # thread that settles the call's future.
+    entries = tuple(linecache.cache.values())
+    if not any(len(entry) == 4 and entry[1] is None for entry in entries):
         return text  # no in-memory source here (no notebook): nothing to add
     lines = text.splitlines(keepends=True)
     out: list[str] = []
@@ -40,8 +44,8 @@ def with_cell_lines(text: str) -> str:
         entry = linecache.cache.get(frame["file"])
         if entry is None or len(entry) != 4 or entry[1] is not None:
             continue  # not in-memory source: a real file, or one this process never saw
-        number = int(frame["line"])
-        source = entry[2]
-        if 1 <= number <= len(source) and source[number - 1].strip():
-            out.append(f"{indent}{source[number - 1].strip()}\n")
+        number, source = int(frame["line"]), entry[2]
+        code = source[number - 1] if 1 <= number <= len(source) else None
+        if isinstance(code, str) and code.strip():  # what another tool put there: only text
+            out.append(f"{indent}{code.strip()}\n")
     return "".join(out)
