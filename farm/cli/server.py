@@ -210,6 +210,7 @@ def status(
 ) -> None:
     """Functions with their queued, running and worker counts (like gearadmin --status)."""
     from farm.client.admin import ReplyTooLarge, admin_query, reply_size
+    from farm.logs import escape_controls
     from farm.protocol import ProtocolError
     from farm.protocol.admin import parse_status
 
@@ -238,12 +239,15 @@ def status(
         ]
         typer.echo(json.dumps({"functions": functions, "poison": poison}, indent=2))
         return
-    width = max([len("FUNCTION")] + [len(r.function) for r in rows])
+    # gearmand lists a name as a client sent it: an ESC, a carriage return or a tab in it
+    # reached the terminal raw (recoloured it, overwrote the row), as farm's server, which
+    # refuses them, never lists one. Written \xNN, \r, \t here, as the log writes them.
+    names = {r.function: escape_controls(r.function).replace("\t", "\\t") for r in rows}
+    width = max([len("FUNCTION")] + [len(shown) for shown in names.values()])
     typer.echo(f"{'FUNCTION':<{width}}  {'QUEUED':>8}  {'RUNNING':>8}  {'WORKERS':>8}")
     for r in sorted(rows):
-        typer.echo(
-            f"{r.function:<{width}}  {r.total - r.running:>8}  {r.running:>8}  {r.workers:>8}"
-        )
+        shown = names[r.function]
+        typer.echo(f"{shown:<{width}}  {r.total - r.running:>8}  {r.running:>8}  {r.workers:>8}")
     if poison:
         typer.echo(f"\npoison jobs (failed after job_retries worker deaths): {len(poison)}")
         for job in poison:
