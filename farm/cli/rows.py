@@ -9,6 +9,7 @@ nothing a tenth of a second).
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,9 @@ __all__ = [
     "Samples",
     "answered",
     "buckets",
+    "cells",
     "held_as",
+    "ljust",
     "quantile",
     "seconds",
     "state_text",
@@ -56,6 +59,23 @@ class FunctionRow:
     # their clients left: neither reaches an answer, so neither is in the rate or failures.
     refused: int | None
     dropped: int | None
+
+
+def cells(text: str) -> int:
+    """The columns a terminal gives ``text``: two for a wide character (CJK, most emoji:
+    East Asian Wide or Fullwidth), none for a combining one. A table padded by len() left
+    every cell after a pool named 中文 two columns off its header."""
+    if text.isascii():
+        return len(text)
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+        for c in text
+    )
+
+
+def ljust(text: str, width: int) -> str:
+    """``text`` padded with spaces to ``width`` terminal columns (``cells``)."""
+    return text + " " * (width - cells(text))
 
 
 def quantile(buckets: Sequence[tuple[float, float]], q: float) -> float | None:

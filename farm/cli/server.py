@@ -20,6 +20,7 @@ from farm.cli.app import (
     refuse_env_non_sockets,
     refuse_non_sockets,
 )
+from farm.cli.rows import cells, ljust
 from farm.errors import ConfigError, FarmError
 
 # The client side (farm.net, farm.discovery, farm.client.admin, farm.protocol) is imported
@@ -243,11 +244,11 @@ def status(
     # reached the terminal raw (recoloured it, overwrote the row), as farm's server, which
     # refuses them, never lists one. Written \xNN, \r, \t here, as the log writes them.
     names = {r.function: escape_controls(r.function).replace("\t", "\\t") for r in rows}
-    width = max([len("FUNCTION")] + [len(shown) for shown in names.values()])
+    width = max([len("FUNCTION")] + [cells(shown) for shown in names.values()])
     typer.echo(f"{'FUNCTION':<{width}}  {'QUEUED':>8}  {'RUNNING':>8}  {'WORKERS':>8}")
     for r in sorted(rows):
-        shown = names[r.function]
-        typer.echo(f"{shown:<{width}}  {r.total - r.running:>8}  {r.running:>8}  {r.workers:>8}")
+        shown = ljust(names[r.function], width)  # by terminal columns: 中文 takes four
+        typer.echo(f"{shown}  {r.total - r.running:>8}  {r.running:>8}  {r.workers:>8}")
     if poison:
         typer.echo(f"\npoison jobs (failed after job_retries worker deaths): {len(poison)}")
         for job in poison:
@@ -324,9 +325,9 @@ def jobs(
     table = [("FUNCTION", "HANDLE", "STATE", "PRIORITY", "WAITING", "RUNNING")] + [
         (r.function, r.handle, r.state, r.priority, *_waiting_running(r.state, r.age)) for r in rows
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(6)]
+    widths = [max(cells(row[i]) for row in table) for i in range(6)]
     for row in table:
-        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        typer.echo("  ".join(ljust(c, w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _waiting_running(state: str, age: float) -> tuple[str, str]:

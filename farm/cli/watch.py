@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import typer
 
 from farm.cli.app import fail, typed
-from farm.cli.rows import state_text
+from farm.cli.rows import cells, ljust, state_text
 
 if TYPE_CHECKING:
     import ssl
@@ -77,9 +77,9 @@ def ps_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
         )
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(PS_HEADER))]
+    widths = [max(cells(row[i]) for row in table) for i in range(len(PS_HEADER))]
     lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        "  ".join(ljust(cell, w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in table
     ]
     # Why a slot (or the server) has no serving process: the table said "failing" and

@@ -6,6 +6,7 @@ raw, where it would recolour or retitle it, or overwrite the row it stands in.""
 from __future__ import annotations
 
 import json
+import unicodedata
 
 from farm.protocol import PacketType as T
 from tests.helpers.clirun import cli
@@ -42,3 +43,42 @@ def test_status_escapes_control_characters_of_names_gearmand_lists(gearmand) -> 
     # --json keeps each name as it is, in JSON's own escapes.
     listed = json.loads(cli("status", "--server", gearmand.addr, "--json").stdout)
     assert {f["function"] for f in listed["functions"]} == set(HOSTILE), listed
+
+
+def _columns(text: str) -> int:
+    """Terminal columns: a wide character (CJK, emoji) two, a combining one none."""
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+        for c in text
+    )
+
+
+#: Names that take more, or fewer, terminal columns than code points.
+WIDE = ["plain", "中文", "😀x", "cafe\u0301"]
+
+
+def test_status_and_jobs_columns_line_up_under_wide_names(farm_server) -> None:
+    client = Peer(farm_server.addr)
+    try:
+        for name in WIDE:
+            submit(client, name, b"x", ptype=T.SUBMIT_JOB_BG)
+    finally:
+        client.close()
+    for command, after in (("status", "QUEUED"), ("jobs", "HANDLE")):
+        out = cli(command, "--server", farm_server.addr, timeout=30)
+        assert out.returncode == 0, out.stderr
+        header, *lines = out.stdout.splitlines()
+        # The column after FUNCTION ends (status: right-aligned counts) or starts (jobs:
+        # a handle) at one terminal column in every row, whatever the name's width.
+        at = _columns(header[: header.index(after)])
+        edge = _columns(header[: header.index(after) + len(after)])
+        assert len(lines) == len(WIDE), out.stdout
+        for line in lines:
+            name = next(n for n in WIDE if line.startswith(n))
+            cell = line[len(name) :].lstrip(" ")
+            start = _columns(line) - _columns(cell)
+            if command == "status":
+                end = start + len(cell.split()[0])
+                assert end == edge, (header, line)
+            else:
+                assert start == at, (header, line)

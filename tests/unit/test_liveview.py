@@ -302,3 +302,27 @@ def test_a_narrow_terminal_names_every_column_it_leaves_out() -> None:
         if height is not None:  # the wrapped notes take rows' room, not the keys'
             assert len(lines) <= height, lines
             assert lines[-1].startswith("q quit"), lines
+
+
+def test_ps_columns_line_up_under_wide_and_combining_names() -> None:
+    # A pool named 中文 takes four columns of a terminal, not two; ljust counted code
+    # points, and every cell right of it in its row stood two columns off its header.
+    import unicodedata
+
+    from farm.cli.watch import ps_lines
+
+    def columns(text: str) -> int:
+        return sum(
+            0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+            for c in text
+        )
+
+    base = {"slot": 0, "cpu": 0, "state": "idle", "jobs": 0, "rss": 0, "restarts": 0}
+    names = ["plain", "中文", "😀x", "cafe\u0301"]
+    rows = [{**base, "pid": 40 + i, "function": n, "uptime": 1.0} for i, n in enumerate(names)]
+    header, *lines = ps_lines(rows)
+    slot = columns(header[: header.index("SLOT")])
+    for name, line in zip(names, lines, strict=True):
+        assert columns(line[: line.index(name) + len(name)]) < slot, line
+        before_slot = line[: line.index(" 0 ") + 1]  # the SLOT cell's 0
+        assert columns(before_slot) == slot, (header, line)
