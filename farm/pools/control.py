@@ -15,6 +15,7 @@ import json
 import os
 import re
 import socket
+import unicodedata
 from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any
 
@@ -31,6 +32,7 @@ __all__ = [
     "parse_scale",
     "parse_restart_name",
     "restart_picks",
+    "other_form",
     "MAX_REQUEST",
 ]
 
@@ -269,4 +271,19 @@ def _silent(path: str, pid: int, timeout: float) -> str:
     return (
         f"{who} at {path} did not answer within {timeout:g}s: stopped or hung? what was asked"
         " may still happen once it runs on (systemctl status farm; the log)"
+    )
+
+
+def other_form(name: str, names: Iterable[str]) -> str:
+    """What to add to "no pool or function ``name``" where one of ``names`` is it in another
+    Unicode normal form (NFKC): a decomposed é (macOS, some keyboards), an IME's fullwidth
+    letter. Both print alike, so the refusal named what the list beside it showed; their
+    code points tell them apart. "" where none is."""
+    normal = unicodedata.normalize("NFKC", name)
+    match = next((n for n in names if unicodedata.normalize("NFKC", n) == normal), None)
+    if match is None:
+        return ""
+    return (
+        f"; it is {match!r} in another Unicode form ({ascii(name)} typed, {ascii(match)} in the"
+        " config): type it as the config writes it"
     )

@@ -23,7 +23,7 @@ from farm.config.rules import on_running_farm
 from farm.discovery import find_config
 from farm.errors import ConfigError
 from farm.pools import sdnotify
-from farm.pools.control import another_farm, parse_scale, restart_picks
+from farm.pools.control import another_farm, other_form, parse_scale, restart_picks
 from farm.pools.controlserver import ControlConnection
 from farm.pools.pstable import ProcessTable
 
@@ -268,7 +268,10 @@ class Steering(ProcessTable):
         known = ", ".join(pools) or "none"
         # Its file: a `-c` naming another config with the same control socket reached this farm.
         where = self.config_path or self.config.source
-        raise ValueError(f"no pool or function {name!r} in this farm's {where} (pools: {known})")
+        hint = other_form(name, [*pools, *(f for p in pools.values() for f in p.functions)])
+        raise ValueError(
+            f"no pool or function {name!r} in this farm's {where} (pools: {known}){hint}"
+        )
 
     def report_drain(self, reaped: list[WorkerProcess], *, final: bool = False) -> None:
         """Tell `farm stop` how the drain goes: workers left, seconds left, what was killed

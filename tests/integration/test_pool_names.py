@@ -48,6 +48,13 @@ def test_pools_of_names_the_server_takes_serve_them(tmp_path: Path) -> None:
         assert reply["ok"], reply
         assert (reply["targets"]["perl"], reply["targets"]["rév%s"]) == (2, 2)
         up.wait_idle({"rév%s": 2, "perl": 2})
+        # Typed in another Unicode form (a decomposed é, as macOS and some keyboards give
+        # it): "no pool 'rév%s' (pools: rév%s, perl)" named, twice, what looked the same.
+        reply = up.ask({"cmd": "scale", "changes": ["re\u0301v%s=1"]})
+        assert not reply["ok"], reply
+        assert "'re\\u0301v%s' typed, 'r\\xe9v%s' in the config" in reply["error"], reply
+        reply = up.ask({"cmd": "restart", "names": ["ｒév%s"]})  # fullwidth r, an IME's
+        assert not reply["ok"] and "'\\uff52\\xe9v%s' typed" in reply["error"], reply
         log = up.read_log()
         assert re.search(r"farm-worker rév%s#0\[\d+\] [A-Z]+ reversing abc$", log, re.M), log
         assert "Traceback" not in log, log
