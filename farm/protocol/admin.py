@@ -48,14 +48,30 @@ def _list_lines(text: str) -> list[str]:
 
 
 def parse_status(text: str) -> list[StatusRow]:
-    """Parse the reply to the admin ``status`` command."""
+    """Parse the reply to the admin ``status`` command.
+
+    gearmand lists a name as a client sent it: one with a newline spans lines, the last
+    ending in the counts. Lines before such a line are its name's first lines (one lost
+    reader's ``bad status line`` failed the whole listing for as long as the job was
+    queued); lines left over without counts are still refused."""
     rows = []
-    for line in _list_lines(text):
+    held: list[str] = []  # a name's lines so far, as they came (\r and blank ones too)
+    for raw in text.split("\n"):
+        line = raw.removesuffix("\r")
+        if line == "." and not held:
+            break
         # From the right: gearmand takes a tab in a function name, and the name comes first.
         parts = line.rsplit("\t", 3)
-        if len(parts) != 4 or not all(n.isdigit() for n in parts[1:]):
-            raise ProtocolError(f"bad status line {line!r}", fatal=False)
-        rows.append(StatusRow(parts[0], int(parts[1]), int(parts[2]), int(parts[3])))
+        if len(parts) == 4 and all(n.isdigit() for n in parts[1:]):
+            name = "\n".join([*held, parts[0]])
+            rows.append(StatusRow(name, int(parts[1]), int(parts[2]), int(parts[3])))
+            held = []
+        elif held or line:
+            held.append(raw)
+    while held and held[-1] in ("", "."):  # the listing's end, read as a name's line
+        held.pop()
+    if held:
+        raise ProtocolError(f"bad status line {held[0]!r}", fatal=False)
     return rows
 
 

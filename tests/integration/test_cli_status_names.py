@@ -82,3 +82,24 @@ def test_status_and_jobs_columns_line_up_under_wide_names(farm_server) -> None:
                 assert end == edge, (header, line)
             else:
                 assert start == at, (header, line)
+
+
+def test_status_reads_a_name_gearmand_lists_across_lines(gearmand) -> None:
+    # gearmand writes a name with a newline as it came, over two lines: `farm status` failed
+    # ("bad status line 'new'") and showed no function at all, for as long as it was queued.
+    client = Peer(gearmand.addr)
+    try:
+        for name in ("new\nline", "two\n\nblank", "plain"):
+            submit(client, name, b"x", ptype=T.SUBMIT_JOB_BG)
+    finally:
+        client.close()
+    table = cli("status", "--server", gearmand.addr, timeout=30)
+    assert table.returncode == 0, table.stderr
+    shown = [line.split() for line in table.stdout.splitlines()[1:]]
+    assert shown == [
+        ["new\\nline", "1", "0", "0"],
+        ["plain", "1", "0", "0"],
+        ["two\\n\\nblank", "1", "0", "0"],
+    ], table.stdout
+    listed = json.loads(cli("status", "--server", gearmand.addr, "--json").stdout)
+    assert [f["function"] for f in listed["functions"]] == ["new\nline", "plain", "two\n\nblank"]
