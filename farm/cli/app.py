@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import re
@@ -349,8 +350,20 @@ def moved_control(config: Path | None, path: str, said: str) -> str:
     )
 
 
+def _tolerant_stdout() -> None:
+    """Standard output that writes what its encoding cannot hold as Python escapes it
+    (\\u4e2d), not a traceback: under a locale that is not UTF-8 (ISO-8859-1, EUC-JP),
+    Python's stdout is strict, and a name such as 中文 (or top's ▼) ended `farm status`,
+    `ps`, `jobs` and `top` in a UnicodeEncodeError. (stderr escapes so already; the C
+    locale's surrogateescape is not strict, nor changed.)"""
+    out = sys.stdout
+    if isinstance(out, io.TextIOWrapper) and out.errors == "strict":
+        out.reconfigure(errors="backslashreplace")
+
+
 def main() -> None:
     """Console-script entry point."""
+    _tolerant_stdout()
     try:
         app()
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ it has. Only the live views import this module, so other commands never load ric
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,17 @@ def _cell(value: object) -> str:
 
 
 def _header(label: str, key: str | None, sort: str) -> str:
-    return f"{label}▼" if key == sort else label
+    return f"{label}{_sort_mark()}" if key == sort else label
+
+
+def _sort_mark() -> str:
+    """The sorted column's mark: ▼, or "v" where standard output's encoding (a locale's
+    that is not UTF-8) has no ▼, written escaped (\\u25bc) and six cells wide."""
+    try:
+        "▼".encode(sys.stdout.encoding or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return "v"
+    return "▼"
 
 
 #: A text column (a name, a job handle) is cut with "…" to no fewer cells than this before
