@@ -21,7 +21,7 @@ import time
 from farm.config import Config, ExecutorConfig
 from farm.pools.executorduties import spill_environ
 from farm.pools.sdnotify import child_environ
-from farm.pools.spawn import python_module, spawn
+from farm.pools.spawn import exec_text, python_module, spawn
 from farm.targets import trusted_pythonpath
 
 __all__ = ["CannotStart", "children_environ", "target_failures"]
@@ -111,7 +111,8 @@ class _Load:
             opened.append(null)
             os.set_inheritable(report_write, True)
             # --NAME=VALUE: a pool's name may start with "-" (see farm.pools.workerargs)
-            argv = python_module("farm.pools.workerproc") + ["--check", f"--function={pool}"]
+            check = ["--check", f"--function={exec_text(pool)}"]  # read back as its UTF-8
+            argv = python_module("farm.pools.workerproc") + check
             argv += [f"--target={target}", "--report-fd", str(report_write)]
             # Its stdout: what the module prints as it loads, which is not ours to show.
             self.pid = spawn(argv, env, keep=(report_write,), stdio=(null, null, err_write))

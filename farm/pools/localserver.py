@@ -22,7 +22,7 @@ from farm.net import connectable
 from farm.paths import NoStateDirectory, make_dirs, state_dir
 from farm.pools.exits import describe_exit
 from farm.pools.restartpolicy import RestartHistory
-from farm.pools.spawn import python_module, spawn
+from farm.pools.spawn import exec_text, python_module, spawn
 from farm.protocol import MAX_ADMIN_LINE
 
 __all__ = ["LocalServer", "check_listen_name", "named_lines"]
@@ -144,7 +144,7 @@ class LocalServer(RestartHistory):
         argv += ["--tcp-admin", cfg.tcp_admin, *cfg.flags]
         argv += ["--hints", "config"]  # its errors name [server] keys, not flags
         for function in sorted(set(self.pool_functions())):
-            argv += [f"--pool-function={function}"]
+            argv += [f"--pool-function={exec_text(function)}"]  # read back as its UTF-8
         if self.log_format != "text":
             argv += ["--log-format", self.log_format]
         # If the supervisor is killed, the server stops too (keeping its stored jobs); while

@@ -30,6 +30,8 @@ import struct
 import time
 from typing import NamedTuple
 
+from farm.pools.spawn import exec_text
+
 __all__ = ["SIZE", "SlotRecord", "RecordWriter", "RecordReader", "create_record_fd"]
 
 _LAYOUT = struct.Struct("<QQQdH61sB")
@@ -50,7 +52,8 @@ class SlotRecord(NamedTuple):
 
 def create_record_fd(name: str) -> int:
     """A new zeroed record as a memfd; the caller passes it to the child and keeps it."""
-    fd = os.memfd_create(f"farm-{name}", os.MFD_CLOEXEC)
+    # Its label (/proc/PID/fd) encoded as exec's arguments: 中文#0 under ISO-8859-1 raised.
+    fd = os.memfd_create(exec_text(f"farm-{name}"), os.MFD_CLOEXEC)
     os.ftruncate(fd, SIZE)
     return fd
 

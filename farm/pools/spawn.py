@@ -29,6 +29,8 @@ from farm.commandspec import RunAs
 __all__ = [
     "EXIT_EXEC_FAILED",
     "EXEC_FAILED_PREFIX",
+    "exec_text",
+    "exec_read",
     "WORKER_OOM_SCORE_ADJ",
     "group_alive",
     "python_module",
@@ -65,6 +67,21 @@ try:  # looked up once, in the parent: the forked child must not load libraries
     _prctl = ctypes.CDLL(None, use_errno=True).prctl
 except (OSError, AttributeError):  # pragma: no cover - not Linux
     _prctl = None
+
+
+def exec_text(text: str) -> str:
+    """``text`` as an argument or environment value whose bytes, as exec encodes them
+    (``os.fsencode``: the locale's encoding), are its UTF-8, the wire's: a function name is
+    bytes to the job server. Under a locale that is not UTF-8 (ISO-8859-1) a pool named 中文
+    failed the job server's exec (UnicodeEncodeError), so the farm did not start, and cmdé
+    reached a command's $FARM_FUNCTION as its Latin-1 byte, a name no client sends.
+    Unchanged under a UTF-8 locale; a child reads it back with ``exec_read``."""
+    return os.fsdecode(text.encode("utf-8", "surrogateescape"))
+
+
+def exec_read(arg: str) -> str:
+    """What ``exec_text`` gave, as the child reads it from its ``sys.argv``."""
+    return os.fsencode(arg).decode("utf-8", "surrogateescape")
 
 
 def python_module(module: str) -> list[str]:

@@ -12,7 +12,7 @@ from farm.config import Config, FunctionConfig
 from farm.logs import journal_priorities
 from farm.net import parse_address
 from farm.pools.slots import Slot
-from farm.pools.spawn import python_module
+from farm.pools.spawn import exec_text, python_module
 
 __all__ = ["command_env", "log_mark", "python_argv"]
 
@@ -48,12 +48,13 @@ def python_argv(
     # module of the same name (farm.targets.search_working_directory decides).
     # --flag=VALUE for every value the config chooses: a name may start with "-" (the
     # config allows it), which argparse read as a flag, and the workers died at each start.
-    argv = python_module("farm.pools.workerproc") + [f"--function={pool.name}"]
+    # Names and a traceback's text as exec_text, which workerproc reads back (exec_read).
+    argv = python_module("farm.pools.workerproc") + [f"--function={exec_text(pool.name)}"]
     argv += [f"--target={pool.target}", "--slot", str(slot.index), "--cpu", str(slot.core)]
     argv += ["--report-fd", str(report_fd), "--record-fd", str(record_fd)]
     argv += ["--mark-fd", str(mark_fd)]
     for served in pool.serves:
-        argv += [f"--serve={served}"]
+        argv += [f"--serve={exec_text(served)}"]
     if config.supervisor.log_format != "text":
         argv += ["--log-format", config.supervisor.log_format]
     if journal_priorities():  # its lines reach the journal through the supervisor, as they are
@@ -66,7 +67,7 @@ def python_argv(
         ("--max-jobs", pool.max_jobs),
         ("--max-rss-mb", pool.max_rss_mb),
         ("--kill-rss-mb", pool.kill_rss_mb),
-        ("--last-boot-error", slot.boot_error or None),  # its traceback: once, not per try
+        ("--last-boot-error", exec_text(slot.boot_error) or None),  # once, not per try
     ):
         if value is not None:
             argv += [f"{flag}={value}"]  # a traceback may start with "-" too
@@ -95,10 +96,11 @@ def command_env(
         env.update(FARM_SERVER_HOST=first.host, FARM_SERVER_PORT=str(first.port))
     env.update(
         FARM_SERVERS=",".join(servers),
-        FARM_FUNCTION=",".join(pool.functions),
+        # The UTF-8 that the job server knows the names by, whatever the locale (exec_text).
+        FARM_FUNCTION=exec_text(",".join(pool.functions)),
         FARM_SLOT=str(slot.index),
         FARM_CPU=str(slot.core),
-        FARM_WORKER_ID=f"farm:{pool.name}#{slot.index}:{slot.spawned}",
+        FARM_WORKER_ID=exec_text(f"farm:{pool.name}#{slot.index}:{slot.spawned}"),
     )
     if instance:  # so what it starts is known to the next supervisor if this one is killed
         env["FARM_INSTANCE"] = instance

@@ -50,6 +50,7 @@ from farm.logprints import capture_prints
 from farm.logs import LOG_FORMATS, setup_logging
 from farm.pools.exits import EXIT_BOOT_ERROR, EXIT_DRAINED, EXIT_RECYCLE, EXIT_RSS_KILLED
 from farm.pools.record import RecordWriter
+from farm.pools.spawn import exec_read
 
 if TYPE_CHECKING:
     from farm.worker import Job, Worker
@@ -135,7 +136,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="",
         help="why this slot's last process failed to boot: the same error is logged in one line",
     )
-    return ap.parse_args(argv)
+    ns = ap.parse_args(argv)
+    # The supervisor writes names and text as their UTF-8 (spawn.exec_text), whatever the
+    # locale's encoding: read back so, a name of this locale's read as it (a surrogate
+    # for a byte that is not UTF-8: the wire's bytes as typed, as farm worker sends them).
+    ns.function, ns.last_boot_error = exec_read(ns.function), exec_read(ns.last_boot_error)
+    ns.serve = [exec_read(name) for name in ns.serve]
+    return ns
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ from farm.logrepeats import Repeats
 from farm.pools.record import RecordReader, create_record_fd
 from farm.pools.restartpolicy import crash_delay
 from farm.pools.slots import Slot, WorkerProcess
-from farm.pools.spawn import WORKER_OOM_SCORE_ADJ, spawn
+from farm.pools.spawn import WORKER_OOM_SCORE_ADJ, exec_read, exec_text, spawn
 from farm.pools.workerargs import command_env, log_mark, python_argv
 
 __all__ = ["WorkerStart"]
@@ -97,7 +97,11 @@ class WorkerStart:
             # reaches every process of the unit) before any of its own code runs.
             pid = spawn(
                 argv,
-                {**self.python_env, "FARM_WORKER_ID": worker_id, "FARM_INSTANCE": self.instance},
+                {
+                    **self.python_env,
+                    "FARM_WORKER_ID": exec_text(worker_id),  # its UTF-8, as strays reads it
+                    "FARM_INSTANCE": self.instance,
+                },
                 death_signal=signal.SIGKILL,
                 core=slot.core,
                 keep=(write_fd, record_fd, mark_fd),
@@ -149,7 +153,7 @@ class WorkerStart:
             pid, pool.name, slot.index, slot.core, -1, pool.options(), pool.timeout
         )
         proc.command, proc.stop_signal, proc.output_fd = True, pool.stop_signal, read_fd
-        proc.worker_id = env["FARM_WORKER_ID"]
+        proc.worker_id = exec_read(env["FARM_WORKER_ID"])  # as strays.worker_id_of reads it
         return self.watch(slot, proc)
 
     def watch(self, slot: Slot, proc: WorkerProcess) -> WorkerProcess:
