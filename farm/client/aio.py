@@ -145,7 +145,13 @@ class AsyncClient(AsyncLinks):
             await waiter.created
         except asyncio.CancelledError:
             # Still held (the server stopped reading): it is never sent. Once it left, the
-            # server may create it, and a cancel does not undo that.
+            # server may create it, and a cancel does not undo that; but the caller of a
+            # foreground one never gets the Task, so it is given up as a cancelled call's
+            # is. Kept, it held its payload until the job ended (for ever for a function no
+            # worker serves). A background one is kept by nothing once created.
+            if not background:
+                self._cancelled(task, waiter)
+                raise
             conn = self._conns.get(task.server or "")
             if conn is not None and not conn.withdraw(task):
                 self._not_created(task, waiter)

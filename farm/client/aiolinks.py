@@ -266,9 +266,10 @@ class AsyncLinks:
         return sent
 
     def _cancelled(self, task: Task[Waiter], waiter: Waiter) -> None:
-        """A call's or a stream's caller was cancelled: ``task`` is given up, and its server,
-        where the submit had left unanswered, may be tried last (``_not_created``). Not
-        ``submit``'s: its task is taken back only while unsent, the server may create it."""
+        """A call's, a stream's or a foreground submit's caller was cancelled: ``task`` is
+        given up (taken back while unsent; once sent, the server may create its job, which
+        runs on), and its server, where the submit had left unanswered, may be tried last
+        (``_not_created``)."""
         if self._give_up(task):
             self._not_created(task, waiter)
 
