@@ -183,8 +183,14 @@ class AsyncClient(AsyncLinks):
             if not task.done:
                 raise ValueError("the task was not submitted by this client")
         else:  # (its end may wait to be handed on after news whose callback was interrupted)
+            # asyncio.timeout, not asyncio.wait_for: on Python 3.11 wait_for returns what came
+            # in the turn its caller was cancelled and drops the cancel (3.12 builds it on
+            # asyncio.timeout). A call whose connect or result came as an asyncio.timeout()
+            # ran out went on for the whole job, a task.cancel() (a web client gone) did
+            # nothing, and a stream went on yielding.
             try:
-                await asyncio.wait_for(asyncio.shield(waiter.ended), left)
+                async with asyncio.timeout(left):
+                    await asyncio.shield(waiter.ended)
             except TimeoutError:
                 if not waiter.ended.done():
                     await self._look_late(task)
@@ -231,7 +237,10 @@ class AsyncClient(AsyncLinks):
             while True:
                 if late is None:
                     try:
-                        event = await asyncio.wait_for(queue.get(), _left(deadline))
+                        if _left(deadline) == 0:  # past it: a get that need not wait would
+                            raise TimeoutError  # end before asyncio.timeout_at's turn came
+                        async with asyncio.timeout_at(deadline):  # (not wait_for: _outcome)
+                            event = await queue.get()
                     except TimeoutError:
                         await self._look_late(task)
                         late = queue.qsize()

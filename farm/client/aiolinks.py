@@ -168,8 +168,9 @@ class AsyncLinks:
         # A host that is down answers no connect: a call's timeout bounds it too. The
         # connect goes on for the others waiting on it, up to connect_timeout.
         left = None if deadline is None else max(deadline - loop.time(), MIN_CONNECT)
-        try:
-            return await asyncio.wait_for(asyncio.shield(pending), left)
+        try:  # (not asyncio.wait_for, which may drop a cancel: AsyncClient._outcome)
+            async with asyncio.timeout(left):
+                return await asyncio.shield(pending)
         except TimeoutError:
             self._picker.mark_down(addr, spent=left or 0.0)
             raise ServerUnavailable(f"{addr} (timed out)") from None
