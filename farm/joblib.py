@@ -33,7 +33,6 @@ worker runs one.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import warnings
 from concurrent.futures import Future
@@ -49,6 +48,7 @@ from joblib._parallel_backends import (  # type: ignore[import-untyped]
 )
 from joblib.disk import memstr_to_bytes  # type: ignore[import-untyped]
 
+from farm import cgroups
 from farm.errors import FarmError
 from farm.executor import nesting
 from farm.executor.call import DEFAULT_FUNCTION
@@ -118,9 +118,10 @@ class FarmBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
         pool = self.executor_kwargs.get("function", DEFAULT_FUNCTION)
         workers = farm_workers(self.executor_kwargs.get("servers"), pool)
         if not workers:
-            # Nobody to ask, or no worker yet: size the batches for this machine's cores;
-            # the calls wait in the server's queue for workers, which is what the farm is for.
-            workers = os.cpu_count() or 1
+            # Nobody to ask, or no worker yet: size the batches for the cores this process
+            # may use (its affinity and CPU quota, as loky's cpu_count() says); the calls
+            # wait in the server's queue for workers, which is what the farm is for.
+            workers = cgroups.usable_cpus()
         return max(workers + 1 + n_jobs, 1)
 
     def configure(

@@ -3,16 +3,19 @@ sizes that both the config and ``farm scale`` apply."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
 
+from farm import cgroups
 from farm.config.model import FunctionConfig
 
 __all__ = [
     "MAX_WORKERS",
     "DEFAULT_WORKER_MB",
     "available_cpus",
+    "auto_workers",
     "cpu_list",
     "CPUS_FORMS",
     "default_memory_budget_mb",
@@ -39,6 +42,14 @@ _CPU_SPAN = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?(?::\s*(\d+)\s*)?", re.ASCI
 def available_cpus() -> tuple[int, ...]:
     """The cores this process may run on (its affinity set, not the machine's count)."""
     return tuple(sorted(os.sched_getaffinity(0)))
+
+
+def auto_workers(cpus: tuple[int, ...]) -> int:
+    """What ``workers = "auto"`` is: one per core of ``cpus``, but no more than the
+    cgroup's CPU quota, rounded up (``docker run --cpus 2`` on a 64-core host: 2, not 64
+    workers each throttled to a thirty-second of a core; the cores stay pinned to)."""
+    quota = cgroups.cpu_limit()
+    return max(1, len(cpus) if quota is None else min(len(cpus), math.ceil(quota)))
 
 
 def cpu_list(text: str) -> list[int]:
@@ -80,10 +91,13 @@ def cpu_list(text: str) -> list[int]:
 
 
 def default_memory_budget_mb() -> int:
-    """The machine's memory, in MB: the default bound of what all pools may hold."""
+    """The machine's memory, or the cgroup's memory limit where lower (a container's
+    ``--memory``, ``MemoryMax=``), in MB: the default bound of what all pools may hold."""
     import psutil
 
-    return int(psutil.virtual_memory().total // 2**20)
+    total = psutil.virtual_memory().total
+    limit = cgroups.memory_limit()
+    return int(min(total, limit if limit is not None else total) // 2**20)
 
 
 def count_problem(name: str, count: int) -> str | None:

@@ -87,7 +87,7 @@ class Validator(PoolReader):
         pools = {}
         for name, spec in functions.items():
             try:
-                pools[name] = self.function(name, spec, len(supervisor.cpus))
+                pools[name] = self.function(name, spec, capacity.auto_workers(supervisor.cpus))
             except ConfigError as e:
                 if self.pool_errors is None:
                     raise

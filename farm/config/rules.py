@@ -14,7 +14,7 @@ import socket
 from dataclasses import replace
 from types import MappingProxyType
 
-from farm.config.capacity import capacity_problem
+from farm.config.capacity import auto_workers, capacity_problem
 from farm.config.defaults import PLAIN_WORKERS
 from farm.config.model import RESTART_TABLES_SAID, Config
 from farm.errors import ConfigError
@@ -51,7 +51,7 @@ def on_running_farm(new: Config, running: Config, restart: str = "farm stop; far
     its sockets (a farm.* pool its Unix socket, a command pool its TCP address):
     ConfigError, naming ``new``'s file, when they do not; ``restart`` is how this farm is
     restarted, in its words."""
-    cores = len(running.supervisor.cpus)
+    cores = auto_workers(running.supervisor.cpus)
     pools = {
         name: replace(pool, workers=cores) if pool.auto else pool
         for name, pool in new.functions.items()

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import ParamSpec, TypeGuard, TypeVar
 
+from farm import cgroups
 from farm.client.admin import function_workers
 from farm.discovery import executor_spill
 from farm.executor import spillsettings
@@ -155,7 +156,8 @@ def pool_window(
 ) -> tuple[int, int]:
     """``(max_workers, jobs in flight at most)``: as given (as many in flight), else the
     pool's own size as the first server reports it, as ProcessPoolExecutor's default is the
-    cores (the CPU count when none answers), with a second job per worker in flight."""
+    cores (when none answers, those this process may use: its affinity set, within its
+    cgroup's CPU quota), with a second job per worker in flight."""
     if max_workers is not None:
         return max_workers, max_workers
     asked = function_workers(addresses, function, timeout=min(connect_timeout, 1.0))
@@ -166,7 +168,7 @@ def pool_window(
             function,
             ", ".join(addresses),
         )
-    workers = asked or os.cpu_count() or 1
+    workers = asked or cgroups.usable_cpus()
     # No cap of the executor's own: a second job per worker waits in the server's queue
     # (no more run at once than the pool has workers), so that a worker that ends a job
     # finds its next one there instead of idling through a round trip to the caller, as

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from farm.config import RESTART_TABLES, Config, FunctionConfig, capacity_problem, load_config
+from farm.config.capacity import auto_workers
 from farm.config.defaults import DEFAULTS_SOURCE
 from farm.config.rules import on_running_farm
 from farm.discovery import find_config
@@ -240,7 +241,7 @@ class Steering(ProcessTable):
                 }
             named[name] = given
             if count is None:  # auto: one per core the farm pins to, as workers = "auto"
-                count = len(self.config.supervisor.cpus)
+                count = auto_workers(self.config.supervisor.cpus)
             targets[name] = {"=": count, "+": targets[name] + count, "-": targets[name] - count}[op]
         problem = capacity_problem(
             self.config.functions, targets, self.config.supervisor.memory_budget_mb
