@@ -24,6 +24,7 @@ minute's file once every call in it has expired.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -126,8 +127,14 @@ class ReplayGuard:
         if prior is None:
             # Append, then read on past it: the first record of this id in the file is
             # the claim that counts, whichever worker wrote it (see the module docstring).
-            if os.write(fd, key + mark.to_bytes(4, "little")) != _RECORD:  # O_APPEND
-                raise OSError("short write to the replay record (is its disk full?)")
+            try:
+                written = os.write(fd, key + mark.to_bytes(4, "little"))  # O_APPEND
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise self._full(exc.strerror) from None
+            if written != _RECORD:
+                raise self._full("a write cut short")
             if not os.fstat(fd).st_nlink and not renewed:
                 # The record was removed while this minute's file was kept open: a claim
                 # appended to the unlinked file is seen by no worker started since (they
@@ -150,6 +157,19 @@ class ReplayGuard:
         # worker died (the same handle)
         if now - self._swept > SWEEP_EVERY:
             self.sweep(now)
+
+    def _full(self, why: str | None) -> OSError:
+        """The error of a claim with no room, naming the record and what makes room: every
+        call is refused until then, and a container's /dev/shm (64 MB unless the container
+        is given more) holds the claims of about 250 jobs a second (they are kept for the
+        calls' six hours)."""
+        return OSError(
+            errno.ENOSPC,
+            f"the pool's replay record {self.directory} is full ({why}): every call is refused"
+            " unrun until its file system has room; in a container, give it a larger /dev/shm"
+            " (docker run --shm-size, a Kubernetes emptyDir of medium Memory at /dev/shm):"
+            " the claims of 1,000 jobs a second need 260 MB (docs/executor.md, Replay)",
+        )
 
     def _bucket(self, bucket: int) -> tuple[int, list[int], dict[bytes, int]]:
         entry = self._files.pop(bucket, None)
