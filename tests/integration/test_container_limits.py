@@ -56,3 +56,22 @@ def test_memory_budget_is_the_memory_limit_not_the_hosts(tmp_path: Path) -> None
         done = check(tmp_path, group, "20")
     assert done.returncode == 2, done.stdout
     assert "more than [supervisor] memory_budget_mb = 512" in done.stderr, done.stderr
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to be fewer")
+def test_an_executor_no_server_sizes_counts_the_cpu_quota(tmp_path: Path) -> None:
+    """With no pool size to ask, farm.Executor() takes the cores it may use, as loky does."""
+    code = (
+        "import farm, sys; from farm.executor.signing import ensure_key;"
+        " key = str(ensure_key(__import__('pathlib').Path(sys.argv[1])));"
+        " print(farm.Executor(servers='127.0.0.1:1', key_file=key)._max_workers)"
+    )
+    argv = [sys.executable, "-c", code, str(tmp_path / "executor.key")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    limits = {"cpu.max": "50000 100000", "cpu.cfs_quota_us": "50000"}
+    with limited("cpu", limits) as group:
+        done = subprocess.run(
+            inside(group, argv), cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1"], done.stdout

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import inspect
 import multiprocessing
-import os
 import re
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import farm
+from farm import cgroups
 from farm.executor.signing import ensure_key
 
 SERVER = "127.0.0.1:1"
@@ -37,9 +37,10 @@ def test_first_positional_argument_is_max_workers(key: str) -> None:
         warnings.simplefilter("error")  # an int is no deprecated spelling
         assert farm.Executor(4, servers=SERVER, key_file=key)._max_workers == 4
         assert farm.Executor(max_workers=2, servers=SERVER, key_file=key)._max_workers == 2
-        # No server answers SERVER: None falls back to the cores, as ProcessPoolExecutor's.
+        # No server answers SERVER: None falls back to the cores, as ProcessPoolExecutor's
+        # (those this process may use: its affinity set within its CPU quota, as loky's).
         default = farm.Executor(servers=SERVER, key_file=key)._max_workers
-        cores = os.cpu_count() or 1
+        cores = cgroups.usable_cpus()
         assert farm.Executor(None, servers=SERVER, key_file=key)._max_workers == default == cores
 
 
@@ -68,7 +69,7 @@ def test_servers_as_first_argument_still_work_but_are_deprecated(
         ex = farm.Executor(servers, key_file=key)  # type: ignore[arg-type]
     expected = [servers] if isinstance(servers, str) else list(servers)
     assert ex._pump.servers == expected
-    assert ex._max_workers == (os.cpu_count() or 1)  # nobody answers: the cores
+    assert ex._max_workers == cgroups.usable_cpus()  # nobody answers: the cores
 
 
 @pytest.mark.parametrize("bad", ["4", SERVER, [SERVER], (SERVER,)])
