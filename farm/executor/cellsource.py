@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import linecache
 import re
+from typing import cast
 
 __all__ = ["with_cell_lines"]
 
@@ -27,8 +28,8 @@ def with_cell_lines(text: str) -> str:
     # A copy, made in one step: another thread may add to the cache meanwhile (formatting a
     # traceback of its own), and iterating the dict itself would then raise here, in the
     # thread that settles the call's future.
-    entries = tuple(linecache.cache.values())
-    if not any(len(entry) == 4 and entry[1] is None for entry in entries):
+    cached = dict(linecache.cache)
+    if not any(len(entry) == 4 and entry[1] is None for entry in cached.values()):
         return text  # no in-memory source here (no notebook): nothing to add
     lines = text.splitlines(keepends=True)
     out: list[str] = []
@@ -41,10 +42,12 @@ def with_cell_lines(text: str) -> str:
         following = lines[i + 1] if i + 1 < len(lines) else ""
         if following.startswith(indent) and following[len(indent) :].strip():
             continue  # the worker wrote the line (a frame's source is indented under it)
-        entry = linecache.cache.get(frame["file"])
+        entry = cached.get(frame["file"])
         if entry is None or len(entry) != 4 or entry[1] is not None:
             continue  # not in-memory source: a real file, or one this process never saw
-        number, source = int(frame["line"]), entry[2]
+        number, source = int(frame["line"]), cast(object, entry[2])  # typeshed's shape, not all
+        if not isinstance(source, (list, tuple)):
+            continue  # what another tool put there in another shape: nothing to show
         code = source[number - 1] if 1 <= number <= len(source) else None
         if isinstance(code, str) and code.strip():  # what another tool put there: only text
             out.append(f"{indent}{code.strip()}\n")

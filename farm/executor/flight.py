@@ -355,7 +355,11 @@ def _settle(future: Future[Any], outcome: tuple[Any, ...]) -> None:
         future.set_result(outcome[1])
         return
     raised, text = outcome[1], outcome[2]
-    raised.__cause__ = RemoteTraceback(with_cell_lines(text))  # a notebook cell's lines
+    try:
+        shown = with_cell_lines(text)  # a notebook cell's lines
+    except Exception:  # linecache is every tool's to fill: a shape it missed costs the lines,
+        shown = text  # never this pump thread (every call in flight would fail with it)
+    raised.__cause__ = RemoteTraceback(shown)
     if outcome[0] == BROKEN:
         raise InitializerFailed(raised)
     future.set_exception(raised)

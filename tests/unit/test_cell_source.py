@@ -39,3 +39,15 @@ def test_files_not_held_in_memory_are_left_as_the_worker_wrote_them(cell: None) 
     assert with_cell_lines(text) == text
     out_of_range = f'  File "{CELL}", line 9, in g\nE\n'
     assert with_cell_lines(out_of_range) == out_of_range
+
+
+@pytest.mark.parametrize("lines", [None, "def g(x):\n    return 1 / x\n", 7])
+def test_an_entry_of_another_shape_is_passed_over(lines: object) -> None:
+    # linecache is any tool's to fill: an entry whose lines are no list (None, one string)
+    # raised TypeError in the pump thread, or showed one character as the line.
+    linecache.cache[CELL] = (10, None, lines, CELL)  # type: ignore[assignment]
+    try:
+        text = f'  File "{CELL}", line 2, in g\nZeroDivisionError\n'
+        assert with_cell_lines(text) == text
+    finally:
+        del linecache.cache[CELL]
