@@ -76,7 +76,11 @@ def exec_text(text: str) -> str:
     failed the job server's exec (UnicodeEncodeError), so the farm did not start, and cmdé
     reached a command's $FARM_FUNCTION as its Latin-1 byte, a name no client sends.
     Unchanged under a UTF-8 locale; a child reads it back with ``exec_read``."""
-    return os.fsdecode(text.encode("utf-8", "surrogateescape"))
+    try:
+        return os.fsdecode(text.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:  # a surrogate no bytes made (a traceback's "\ud800"):
+        # shown escaped rather than raised in the supervisor, before the fork
+        return os.fsdecode(text.encode("utf-8", "backslashreplace"))
 
 
 def exec_read(arg: str) -> str:

@@ -57,3 +57,12 @@ def test_a_command_gets_back_the_signals_python_ignores() -> None:
         assert not {signal.SIGPIPE, signal.SIGXFSZ} & ignored(proc)
     with child(ignore=(signal.SIGPIPE,)) as proc:  # asked for, it is still ignored
         assert signal.SIGPIPE in ignored(proc)
+
+
+def test_exec_text_escapes_a_surrogate_no_bytes_made() -> None:
+    # A boot error's text may hold one ("\ud800" from a JSON string): it raised
+    # UnicodeEncodeError in the supervisor, before the fork, and farm up died.
+    from farm.pools.spawn import exec_read, exec_text
+
+    assert exec_read(exec_text("bad \ud800 data")) == "bad \\ud800 data"
+    assert exec_read(exec_text("中文 \udcff")) == "中文 \udcff"  # one bytes made: kept
