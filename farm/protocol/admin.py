@@ -54,24 +54,29 @@ def parse_status(text: str) -> list[StatusRow]:
     ending in the counts. Lines before such a line are its name's first lines (one lost
     reader's ``bad status line`` failed the whole listing for as long as the job was
     queued); lines left over without counts are still refused."""
+    lines = text.split("\n")
+    # The listing's end, "." and what follows it, taken off first: a "." within the listing
+    # is a name's line (".\nafter" listed by gearmand), which ended it there, every later
+    # row dropped with no error.
+    while lines and not lines[-1].removesuffix("\r"):
+        lines.pop()
+    if lines and lines[-1].removesuffix("\r") == ".":
+        lines.pop()
     rows = []
     held: list[str] = []  # a name's lines so far, as they came (\r and blank ones too)
-    for raw in text.split("\n"):
+    for raw in lines:
         line = raw.removesuffix("\r")
-        if line == "." and not held:
-            break
         # From the right: gearmand takes a tab in a function name, and the name comes first.
         parts = line.rsplit("\t", 3)
         if len(parts) == 4 and all(n.isdigit() for n in parts[1:]):
             name = "\n".join([*held, parts[0]])
             rows.append(StatusRow(name, int(parts[1]), int(parts[2]), int(parts[3])))
             held = []
-        elif held or line:
+        else:  # a blank line too: "\nleading" lost its newline
             held.append(raw)
-    while held and held[-1] in ("", "."):  # the listing's end, read as a name's line
-        held.pop()
-    if held:
-        raise ProtocolError(f"bad status line {held[0]!r}", fatal=False)
+    if any(line.removesuffix("\r") for line in held):
+        first = next(line for line in held if line.removesuffix("\r"))
+        raise ProtocolError(f"bad status line {first!r}", fatal=False)
     return rows
 
 

@@ -89,7 +89,7 @@ def test_status_reads_a_name_gearmand_lists_across_lines(gearmand) -> None:
     # ("bad status line 'new'") and showed no function at all, for as long as it was queued.
     client = Peer(gearmand.addr)
     try:
-        for name in ("new\nline", "two\n\nblank", "plain"):
+        for name in ("new\nline", "two\n\nblank", "plain", ".\nafter", "\nleading"):
             submit(client, name, b"x", ptype=T.SUBMIT_JOB_BG)
     finally:
         client.close()
@@ -97,9 +97,17 @@ def test_status_reads_a_name_gearmand_lists_across_lines(gearmand) -> None:
     assert table.returncode == 0, table.stderr
     shown = [line.split() for line in table.stdout.splitlines()[1:]]
     assert shown == [
+        ["\\nleading", "1", "0", "0"],
+        [".\\nafter", "1", "0", "0"],
         ["new\\nline", "1", "0", "0"],
         ["plain", "1", "0", "0"],
         ["two\\n\\nblank", "1", "0", "0"],
     ], table.stdout
     listed = json.loads(cli("status", "--server", gearmand.addr, "--json").stdout)
-    assert [f["function"] for f in listed["functions"]] == ["new\nline", "plain", "two\n\nblank"]
+    assert [f["function"] for f in listed["functions"]] == [
+        "\nleading",
+        ".\nafter",
+        "new\nline",
+        "plain",
+        "two\n\nblank",
+    ]

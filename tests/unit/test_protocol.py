@@ -214,6 +214,18 @@ def test_admin_replies_parse() -> None:
     ]
     with pytest.raises(p.ProtocolError, match="bad status line"):
         pa.parse_status("rev\tthree\t1\t2\n.\n")
+    # A name gearmand lists over lines may hold a "." line or start with a newline: the first
+    # ended the listing there (every later row dropped, no error), the second lost its "\n".
+    listed = "a\t1\t0\t0\n.\nafter\t2\t0\t0\n\nleading\t3\t0\t0\nz\t4\t0\t0\n.\n"
+    assert pa.parse_status(listed) == [
+        pa.StatusRow("a", 1, 0, 0),
+        pa.StatusRow(".\nafter", 2, 0, 0),
+        pa.StatusRow("\nleading", 3, 0, 0),
+        pa.StatusRow("z", 4, 0, 0),
+    ]
+    assert pa.parse_status(".\n") == []
+    with pytest.raises(p.ProtocolError, match="bad status line 'left'"):
+        pa.parse_status("a\t1\t0\t0\n\nleft\n.\n")
 
 
 _arg = st.binary(max_size=40).filter(lambda b: b"\0" not in b)
