@@ -55,6 +55,7 @@ def check(
     import signal
 
     from farm.config import RESTART_TABLES_SAID, find_config, load
+    from farm.config.capacity import quota_note
     from farm.logs import error_line
     from farm.paths import working_directory
     from farm.pools.bootcheck import CannotStart, children_environ, target_failures
@@ -135,3 +136,5 @@ def check(
         f"ok: {len(cfg.functions)} pool(s), {slots} slot(s), from {where}"
         f" (a reload applies [functions] only: {RESTART_TABLES_SAID} take a restart)"
     )
+    if note := quota_note(cfg.supervisor.cpus):
+        typer.echo(f"  {note}")

@@ -21,6 +21,7 @@ __all__ = [
     "default_memory_budget_mb",
     "capacity_problem",
     "count_problem",
+    "quota_note",
 ]
 
 #: Most workers one pool may have (a typo must not fork-bomb the host).
@@ -100,6 +101,26 @@ def default_memory_budget_mb() -> int:
     return int(min(total, limit if limit is not None else total) // 2**20)
 
 
+def _budget_source(budget_mb: int) -> str:
+    """Where a budget of ``budget_mb`` comes from, when it is the cgroup's memory limit
+    (``"auto"`` in a container): a 512 the config never wrote, named as what it is."""
+    limit = cgroups.memory_limit()
+    if limit is not None and limit // 2**20 == budget_mb:
+        return " (this cgroup's memory limit: a container's --memory, a unit's MemoryMax=)"
+    return ""
+
+
+def quota_note(cpus: tuple[int, ...]) -> str:
+    """Why ``workers = "auto"`` is fewer than ``cpus``' cores, or "": the cgroup's quota."""
+    quota = cgroups.cpu_limit()
+    if quota is None or math.ceil(quota) >= len(cpus):
+        return ""
+    return (
+        f'workers = "auto" is {auto_workers(cpus)} a pool: this cgroup\'s CPU quota is'
+        f" {quota:g} CPU of {len(cpus)} cores (a container's --cpus, a unit's CPUQuota=)"
+    )
+
+
 def count_problem(name: str, count: int) -> str | None:
     """Why pool ``name`` cannot have ``count`` workers, or None: the per-pool half of
     ``capacity_problem``, which the config names under the pool's own ``workers`` key."""
@@ -127,5 +148,6 @@ def capacity_problem(
         return (
             f"the pools would need about {need} MB ({DEFAULT_WORKER_MB} MB a worker unless"
             f" max_rss_mb says), more than [supervisor] memory_budget_mb = {budget_mb}"
+            f"{_budget_source(budget_mb)}"
         )
     return None

@@ -47,6 +47,9 @@ def test_auto_workers_are_the_cpu_quota_not_the_cores(tmp_path: Path) -> None:
         done = check(tmp_path, group, '"auto"')
     assert done.returncode == 0, done.stderr
     assert "1 pool(s), 1 slot(s)" in done.stdout, done.stdout
+    # and why: a count lower than the cores with nothing saying so looked like a bug
+    cores = len(os.sched_getaffinity(0))
+    assert f"CPU quota is 0.5 CPU of {cores} cores" in done.stdout, done.stdout
 
 
 def test_memory_budget_is_the_memory_limit_not_the_hosts(tmp_path: Path) -> None:
@@ -56,6 +59,7 @@ def test_memory_budget_is_the_memory_limit_not_the_hosts(tmp_path: Path) -> None
         done = check(tmp_path, group, "20")
     assert done.returncode == 2, done.stdout
     assert "more than [supervisor] memory_budget_mb = 512" in done.stderr, done.stderr
+    assert "this cgroup's memory limit" in done.stderr, done.stderr  # a 512 never written
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to be fewer")
