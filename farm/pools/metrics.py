@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -53,6 +54,11 @@ log = logging.getLogger("farm.supervisor")
 #: How long a scrape waits for the job server's part.
 SERVER_TIMEOUT = 2.0
 
+#: How long the job server may not answer the scrapes, while it runs, before a warning.
+#: Its silence was at debug only: FarmServerDown fired at a minute and pointed at the
+#: journal, which said nothing of a hung server (its workers' connections stay open).
+SILENCE_WARNING = 10.0
+
 
 class SupervisorCollector:
     """Reads a running supervisor (and, through it, its server) into metric families."""
@@ -62,6 +68,9 @@ class SupervisorCollector:
         self._flight_lock = threading.Lock()
         self._flight: Future[str | None] | None = None  # the one request to the server
         self._fetched = threading.local()  # what server_part fetched for this thread
+        # (pid, since when, warned) while the server does not answer; only the thread
+        # whose request is in flight reads or writes it (_shared_fetch).
+        self._silence: tuple[int, float, bool] | None = None
 
     @contextmanager
     def server_part(self) -> Iterator[None]:
@@ -101,11 +110,42 @@ class SupervisorCollector:
         address = self.supervisor.server.admin_address()
         if address is None or not self.supervisor.config.local_server:
             return None
+        pid = self.supervisor.server.pid
         try:
-            return server_metrics(address, timeout=SERVER_TIMEOUT)
+            text = server_metrics(address, timeout=SERVER_TIMEOUT)
         except (OSError, ValueError) as exc:
             log.debug("metrics: the job server at %s did not answer: %s", address, exc)
+            self._silent(pid, exc)
             return None
+        if self._silence is not None and self._silence[0] == pid and self._silence[2]:
+            log.info(
+                "the job server (pid %d) answers again, after %.0fs",
+                pid,
+                time.monotonic() - self._silence[1],
+            )
+        self._silence = None
+        return text
+
+    def _silent(self, pid: int, exc: Exception) -> None:
+        """A warning, once, when the running server has not answered the scrapes for
+        SILENCE_WARNING: a dead one's end the supervisor logs, a hung one's nothing did."""
+        now = time.monotonic()
+        if self._silence is None or self._silence[0] != pid:
+            self._silence = (pid, now, False)
+            return
+        _, since, warned = self._silence
+        if warned or now - since < SILENCE_WARNING:
+            return
+        self._silence = (pid, since, True)
+        log.warning(
+            "the job server (pid %d) has not answered for %.0fs, though it runs (last: %s): "
+            "stopped or hung (farm ps shows `stopped` for the one, `ready` for the other); "
+            "kill -KILL %d and it is started again, its stored jobs replayed",
+            pid,
+            now - since,
+            exc,
+            pid,
+        )
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily

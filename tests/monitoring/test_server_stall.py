@@ -17,6 +17,9 @@ from tests.helpers.farmproc import FarmUp
 from tests.helpers.scraping import get
 from tests.helpers.waiting import wait_for
 
+#: farm.pools.metrics.SILENCE_WARNING: how long the server may not answer before a warning.
+SILENCE = 10.0
+
 POOLS = """
 [functions.reverse]
 target = "tests.helpers.serving:reverse"
@@ -98,5 +101,52 @@ def test_scrapes_during_a_stall_share_one_wait_on_the_server(tmp_path: Path) -> 
         assert max(took) < 3.9, took
         # Nothing of the stall is kept: the next scrape asks the server afresh.
         assert get(scraping.scrape(up.metrics_url, check=False), "farm_server_up") == 1
+    finally:
+        up.stop()
+
+
+@pytest.mark.timeout(90)
+def test_a_server_silent_for_10s_is_a_warning_in_the_log(tmp_path: Path) -> None:
+    # A hung job server (its loop held, or stopped) fired FarmServerDown, whose text says
+    # `journalctl -u farm -p warning` says why, and the journal said nothing: the
+    # supervisor logged the scrapes' unanswered requests at debug only, and a worker's
+    # connection stays open to a hung server, so none of them warned either. Staged on a
+    # farm: SIGSTOP on its server, the alert fired at 1 minute, the log held no line of it.
+    up = FarmUp(tmp_path, POOLS)
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 1})
+        (server,) = [r["pid"] for r in up.ps() if r["function"] == "server"]
+        os.kill(server, signal.SIGSTOP)
+        try:
+            began = time.monotonic()
+            assert get(scraping.scrape(up.metrics_url, check=False), "farm_server_up") == 0
+            # Under 10 s of silence it is no news: a busy server may take that.
+            assert "has not answered" not in up.read_log()
+            time.sleep(max(0.0, SILENCE + 0.5 - (time.monotonic() - began)))
+            assert get(scraping.scrape(up.metrics_url, check=False), "farm_server_up") == 0
+            warned = wait_for(
+                "the warning",
+                lambda: [
+                    line
+                    for line in up.read_log().splitlines()
+                    if "WARNING" in line and "has not answered" in line
+                ],
+                timeout=10,
+            )
+            assert len(warned) == 1, warned
+            assert f"job server (pid {server}) has not answered" in warned[0]
+            assert "farm ps" in warned[0] and f"kill -KILL {server}" in warned[0]
+            scraping.scrape(up.metrics_url, check=False)  # still silent: said once
+        finally:
+            os.kill(server, signal.SIGCONT)
+        wait_for(
+            "a scrape that sees the server answer again",
+            lambda: get(scraping.scrape(up.metrics_url, check=False), "farm_server_up") == 1,
+            timeout=30,
+        )
+        log = up.read_log()
+        assert log.count("has not answered") == 1, log
+        assert f"job server (pid {server}) answers again" in log
     finally:
         up.stop()
