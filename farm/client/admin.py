@@ -104,7 +104,13 @@ def _reply(
             sock.settimeout(left)
             data = recv(sock, 65536)
         except TimeoutError:
-            late = f"the job server's answer to {what!r} was not whole in {timeout}s"
+            # Not a byte of it is a server that is hung or stopped, not a reply cut short:
+            # "not whole" sent the reader after a broken answer.
+            late = (
+                f"the job server's answer to {what!r} was not whole in {timeout}s"
+                if buf
+                else f"the job server did not answer {what!r} within {timeout}s (hung or stopped?)"
+            )
             raise TimeoutError(late) from None
         if not data:
             hint = "" if buf or tls else " (a TLS server? set $FARM_TLS_CA)"

@@ -188,3 +188,24 @@ def test_farm_jobs_past_its_cap_names_the_flag_that_raises_it(farm_server: Serve
     out = cli("jobs", "--server", addr, "--max-reply", str(cap + 1))
     assert out.returncode == 0, out.stderr
     assert len(out.stdout.splitlines()) == 4, out.stdout  # the header and the three jobs
+
+
+def silent(conn: socket.socket, stop: threading.Event) -> None:
+    """Takes the request and answers nothing: a hung server, or one stopped (SIGSTOP)."""
+    conn.recv(100)
+    stop.wait()
+
+
+@pytest.mark.timeout(30)
+def test_a_server_that_answers_nothing_is_said_so_not_a_reply_cut_short() -> None:
+    # A stopped job server (`kill -STOP`) read as "the job server's answer to 'status' was
+    # not whole in 5.0s" in `farm status` at 3 a.m.: no byte of an answer had come, and the
+    # words sent the on-call engineer after a broken reply, not a hung server.
+    with misbehaving(silent) as addr:
+        out = cli("status", "--server", addr, timeout=20)
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    line = one_line_error(out.stderr)
+    assert f"cannot read status from {addr}" in line, line
+    assert "did not answer 'status' within" in line, line
+    assert "hung or stopped" in line, line
+    assert "not whole" not in line, line
