@@ -63,8 +63,10 @@ class Lifecycle(WorkerStart):
     server_ended: Callable[[int], None]
     # Provided by farm.pools.reports: what is left on a worker's pipes, read and closed.
     close_pipes: Callable[[WorkerProcess], None]
-    # Provided by farm.pools.reports: what waits on a Python worker's report pipe, read now.
+    # Provided by farm.pools.reports: what waits on a Python worker's report pipe, read now;
+    # that pipe alone closed (a drained wrapper's output is read on while its group lives).
     read_report: Callable[[WorkerProcess], None]
+    close_report: Callable[[WorkerProcess], None]
     # Provided by farm.pools.strays: what a worker left in its process group.
     watch_group: Callable[[WorkerProcess, int], None]
     tend_leftovers: Callable[[float], None]
@@ -162,7 +164,14 @@ class Lifecycle(WorkerStart):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
         # Its last output first: the exec check below and the end's log line quote it.
-        self.close_pipes(proc)
+        if proc in self.leftovers:
+            # Its group's worker finishing its job writes on the same pipe: read on until
+            # the group has ended (tend_leftovers closes it). Closed with the shell, what
+            # the worker said then was lost, and one that does not ignore SIGPIPE (Perl,
+            # C) died of its first line, cutting off the job it was given the grace for.
+            self.close_report(proc)
+        else:
+            self.close_pipes(proc)
         proc.close()
         if (
             proc.command

@@ -50,6 +50,8 @@ LAST_READS = 16
 class Reports:
     selector: selectors.BaseSelector
     by_pid: dict[int, WorkerProcess]
+    # Drained command workers that ended, their group's output read on (farm.pools.strays).
+    leftovers: list[WorkerProcess]
 
     def read_pipe(self, proc: WorkerProcess, fd: int) -> None:
         """The selector found ``fd`` of ``proc`` readable: its output, or its reports."""
@@ -124,7 +126,7 @@ class Reports:
         """The loop's step: read a flooding worker's pipe again once its pause is over, and
         say what a worker that flooded, then fell silent, dropped."""
         now = time.monotonic()
-        for proc in self.by_pid.values():
+        for proc in [*self.by_pid.values(), *self.leftovers]:  # a drained wrapper's too
             if proc.output_resume is not None and now >= proc.output_resume:
                 proc.output_resume = None
                 self.selector.register(proc.output_fd, selectors.EVENT_READ, proc)

@@ -105,6 +105,8 @@ class Strays:
     drain_killed: tuple[dict[str, Any], ...]  # what `farm stop` lists as killed (steering)
     left_behind: dict[int, Left]  # the last supervisor's, being stopped (leftbehind)
 
+    # Provided by farm.pools.reports: a watched group's output pipe, read to its end.
+    close_output: Callable[[WorkerProcess], None]
     # Provided by farm.pools.lifecycle and farm.pools.commandjobs.
     signal: Callable[..., None]
     excuse: Callable[[WorkerProcess], None]
@@ -147,6 +149,7 @@ class Strays:
             # it, leading a group of its own, is never killed for it.
             if not group_alive(proc.pid) or proc.pid in self.by_pid:
                 self.leftovers.remove(proc)
+                self.close_output(proc)  # what its last process wrote, read
             elif proc.stop_deadline is not None and now >= proc.stop_deadline:
                 self.excuse(proc)  # reads its job anew: the one its signal went on may be done
                 why = "SIGKILL to its process group"
@@ -162,6 +165,7 @@ class Strays:
                 )
                 self.signal(proc.pid, signal.SIGKILL, group=True)
                 self.leftovers.remove(proc)
+                self.close_output(proc)  # what it wrote before the kill, read
                 if self.stopping:
                     # Neither a worker nor a reaped one any more: report_drain never saw
                     # it, and `farm stop` did not name the job this SIGKILL cut off.

@@ -5,12 +5,13 @@ pools")."""
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
 from farm.pools.outputlimit import OUTPUT_BURST, OUTPUT_RATE
-from tests.helpers.farmproc import FarmUp
+from tests.helpers.farmproc import FarmUp, farm_cli
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -97,5 +98,49 @@ def test_escape_sequences_in_a_commands_output_reach_the_log_escaped(tmp_path: P
         )
         assert line.group(0).endswith(r"one\x1b]0;pwned\x07two\x1b[2J\rthree" + "\n")
         assert "\x1b" not in up.read_log() and "\x07" not in up.read_log()
+    finally:
+        up.stop()
+
+
+def test_a_wrappers_worker_is_heard_after_its_shell_died_of_the_stop_signal(
+    tmp_path: Path,
+) -> None:
+    # `sh -c "php worker.php; ..."` drained: the shell dies of the stop signal at once and
+    # the worker it started has the rest of the grace to finish (docs/operations.md,
+    # "Command pools"). The supervisor closed the output pipe as it reaped the shell, so
+    # what the worker wrote then was lost, and one that does not ignore SIGPIPE (Perl, C)
+    # died of its first line: mid-job, the job it was finishing cut off.
+    (tmp_path / "finish.py").write_text(
+        "import os, signal, sys, time\n"
+        "from pathlib import Path\n"
+        "signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # as Perl and C programs have it\n"
+        "shell = int(sys.argv[1])\n"
+        "signal.signal(signal.SIGTERM, lambda *_: None)  # finishes its job, then exits\n"
+        "Path('started').touch()\n"
+        "signal.pause()\n"
+        "while os.getppid() == shell:  # the shell, dead of the signal, is reaped\n"
+        "    time.sleep(0.05)\n"
+        "time.sleep(0.2)\n"
+        "for n in range(3):\n"
+        "    print('finishing', n, flush=True)\n"
+        "Path('finished').touch()\n"
+    )
+    wrapper = f'["sh", "-c", "{sys.executable} finish.py $$; echo done"]'
+    up = FarmUp(
+        tmp_path,
+        f'[functions.fin]\ncommand = {wrapper}\ncwd = "{tmp_path}"\nworkers = 1\n'
+        "graceful_timeout = 20\n",
+        supervisor="ready_wait = 1",  # it never connects: READY=1 without it
+    )
+    try:
+        up.expect_notify("READY=1")
+        wait_for("the wrapper's worker", (tmp_path / "started").exists)
+        assert farm_cli("scale", "fin=0", "--control", up.control).returncode == 0
+        wait_for(
+            "the worker's last lines logged",
+            lambda: all(f"): finishing {n}\n" in up.read_log() for n in range(3)),
+            15,
+        )
+        assert (tmp_path / "finished").exists(), "it died writing its output (SIGPIPE)"
     finally:
         up.stop()
