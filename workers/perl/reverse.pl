@@ -6,6 +6,10 @@ use strict;
 use warnings;
 use Gearman::Worker;
 
+# What it prints reaches farm's log at once, not in blocks (its stdout is a pipe) that a
+# kill would lose.
+$| = 1;
+
 my @servers = split /,/, ($ENV{FARM_SERVERS} || '127.0.0.1:4730');
 my @functions = split /,/, ($ENV{FARM_FUNCTION} || 'reverse');
 my $worker = Gearman::Worker->new(job_servers => \@servers);
