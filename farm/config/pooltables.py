@@ -30,6 +30,11 @@ __all__ = [
     "pool_name_problem",
 ]
 
+#: How a command worker bounds its own jobs or memory, for the refusal of the Python limits.
+COMMAND_RECYCLE = (
+    "a command worker that exits 0 between jobs (PHP's `if (++$n >= 100) exit(0);`, or"
+    " past a memory_get_usage()) is recycled, not crashed (docs/operations.md, Command pools)"
+)
 #: kill_rss_mb when a pool sets only max_rss_mb: this many times it, rounded up.
 KILL_RSS_FACTOR = 1.5
 #: Longest graceful_timeout accepted (a day): a stop must end.
@@ -170,8 +175,9 @@ class PoolReader(TableReader):
         key = f"functions.{name}"
         for other in ("target", "max_jobs", "max_rss_mb", "kill_rss_mb"):
             if other in raw:
+                # What a leaking PHP worker's operator does instead, not only what not to.
                 why = {"target": "give either target or command"}.get(
-                    other, "applies to Python workers only"
+                    other, f"applies to Python workers only; {COMMAND_RECYCLE}"
                 )
                 raise self.fail(f"{key}.{other}", f"{why}; remove it")
         workers = self.workers(raw, key, ncpus)

@@ -101,6 +101,11 @@ def test_function_renames_what_a_python_pool_serves(tmp_path: Path) -> None:
         ('command = "sh -c \'x"', "functions.p.command", "as a shell would"),
         ('command = "sh"\ntarget = "workers.text:reverse"', "functions.p.target", "either"),
         ('command = "sh"\nmax_jobs = 3', "functions.p.max_jobs", "Python workers only"),
+        # A leaking PHP worker's operator was told to remove it, and nothing of what to do
+        # instead: the worker's own exit 0 between jobs, which the supervisor recycles.
+        ('command = "sh"\nmax_jobs = 3', "functions.p.max_jobs", "exit(0)"),
+        ('command = "sh"\nmax_rss_mb = 300', "functions.p.max_rss_mb", "is recycled"),
+        ('command = "sh"\nkill_rss_mb = 900', "functions.p.kill_rss_mb", "is recycled"),
         ('command = "sh"\ntimeout = 0', "functions.p.timeout", "whole number > 0"),
         ('command = "sh"\ncwd = "nowhere"', "functions.p.cwd", "not a directory"),
         ('command = "sh"\nenv = { A = 1 }', "functions.p.env", "table of strings"),
