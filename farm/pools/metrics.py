@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from farm.pools.exits import EXIT_CAUSES, Exits
+from farm.pools.proctree import tree_rss
 from farm.pools.slots import ProcState
 
 #: What farm_pool_processes counts by: a process's state, or an empty slot's.
@@ -207,7 +208,9 @@ class SupervisorCollector:
                         # `gearman -w -- rev` runs each job in a child, and showed 0.
                         used = times.user + times.system + times.children_user
                         cpu.add_metric(labels, used + times.children_system)
-                        rss.add_metric(labels, process.memory_info().rss)
+                        # A command worker's with what it started (a wrapper's PHP worker).
+                        mem = tree_rss(proc.pid) if proc.command else process.memory_info().rss
+                        rss.add_metric(labels, mem)
                 except psutil.Error:
                     pass  # it just ended; the next scrape sees its successor
             for retiring in list(sup.retiring):

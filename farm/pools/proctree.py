@@ -17,7 +17,7 @@ import os
 
 import psutil
 
-__all__ = ["children", "descendants", "listed", "processes"]
+__all__ = ["children", "descendants", "listed", "processes", "tree_rss"]
 
 
 @functools.cache
@@ -74,3 +74,15 @@ def processes(pid: int) -> list[psutil.Process]:
         except psutil.NoSuchProcess:
             continue  # ended meanwhile
     return found
+
+
+def tree_rss(pid: int) -> int:
+    """The resident memory of process ``pid`` and its ``descendants``, summed: a command
+    worker's as its slot's (a wrapper's shell holds 2 MiB, the PHP worker it started what it
+    leaked), as systemd counts a unit's cgroup; pages they share are counted in each.
+    psutil.NoSuchProcess when ``pid`` is gone."""
+    total = 0
+    for process in processes(pid):
+        with contextlib.suppress(psutil.NoSuchProcess):  # one that ended meanwhile
+            total += process.memory_info().rss
+    return total

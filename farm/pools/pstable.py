@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from farm.net import parse_address
+from farm.pools.proctree import tree_rss
 from farm.pools.slots import ProcState
 
 if TYPE_CHECKING:
@@ -173,6 +174,7 @@ class ProcessTable:
             # once it asks for jobs with those (else "so far": more may follow).
             not_serving=proc.misregistered if proc.state is ProcState.STARTING else "",
             not_serving_final=proc.state is ProcState.STARTING and proc.misregistered_final,
+            tree=proc.command,  # its RSS: the command's and what it started, summed
             **extra,
         )
 
@@ -208,7 +210,8 @@ class ProcessTable:
         if pid:
             try:
                 process = psutil.Process(pid)
-                rss = process.memory_info().rss
+                # A command worker's slot holds its tree: a wrapper's worker is its memory.
+                rss = tree_rss(pid) if extra.get("tree") else process.memory_info().rss
                 if process.status() in STOPPED:
                     state = "stopped"  # SIGSTOP or a debugger: it serves nothing, whatever it said
             except psutil.Error:
