@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from farm.pools.exits import EXIT_CAUSES, Exits
-from farm.pools.proctree import tree_rss
+from farm.pools.proctree import tree_cpu, tree_rss
 from farm.pools.slots import ProcState
 
 #: What farm_pool_processes counts by: a process's state, or an empty slot's.
@@ -201,16 +201,19 @@ class SupervisorCollector:
                 by_state[str(seen)] += 1
                 jobs.add_metric(labels, done)
                 try:
+                    if proc.command:
+                        # With what it started: a wrapper's PHP worker, `gearman -w -- rev`'s
+                        # job in a child, and the children they waited for (each showed 0).
+                        cpu.add_metric(labels, tree_cpu(proc.pid))
+                        rss.add_metric(labels, tree_rss(proc.pid))
+                        continue
                     process = psutil.Process(proc.pid)
                     with process.oneshot():
                         times = process.cpu_times()
-                        # With the children it waited for: a command worker such as
-                        # `gearman -w -- rev` runs each job in a child, and showed 0.
+                        # With the children it waited for (a job's subprocess).
                         used = times.user + times.system + times.children_user
                         cpu.add_metric(labels, used + times.children_system)
-                        # A command worker's with what it started (a wrapper's PHP worker).
-                        mem = tree_rss(proc.pid) if proc.command else process.memory_info().rss
-                        rss.add_metric(labels, mem)
+                        rss.add_metric(labels, process.memory_info().rss)
                 except psutil.Error:
                     pass  # it just ended; the next scrape sees its successor
             for retiring in list(sup.retiring):

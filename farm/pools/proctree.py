@@ -17,7 +17,7 @@ import os
 
 import psutil
 
-__all__ = ["children", "descendants", "listed", "processes", "tree_rss"]
+__all__ = ["children", "descendants", "listed", "processes", "tree_cpu", "tree_rss"]
 
 
 @functools.cache
@@ -85,4 +85,18 @@ def tree_rss(pid: int) -> int:
     for process in processes(pid):
         with contextlib.suppress(psutil.NoSuchProcess):  # one that ended meanwhile
             total += process.memory_info().rss
+    return total
+
+
+def tree_cpu(pid: int) -> float:
+    """The CPU seconds (user + system) of process ``pid`` and its ``descendants``, each with
+    the children it has waited for: a command worker's as its slot's (a wrapper's shell
+    waits on the PHP worker it started, and used none itself). A descendant's time moves to
+    its parent's waited-for children's as it is reaped, so the sum does not fall back then.
+    psutil.NoSuchProcess when ``pid`` is gone."""
+    total = 0.0
+    for process in processes(pid):
+        with contextlib.suppress(psutil.NoSuchProcess):  # one that ended meanwhile
+            t = process.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
     return total

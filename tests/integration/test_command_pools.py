@@ -342,14 +342,16 @@ def test_a_wrapped_worker_drains_on_its_stop_signal(tmp_path: Path) -> None:
         up.stop()
 
 
-def test_a_wrappers_worker_memory_is_its_slots_rss(tmp_path: Path) -> None:
+def test_a_wrappers_worker_memory_and_cpu_are_its_slots(tmp_path: Path) -> None:
     # `sh -c "php worker.php"` (no exec): `farm ps` RSS and farm_worker_rss_bytes read the
-    # shell's 1.6 MiB, however far the PHP worker it started leaked: an operator watching a
-    # leaking PHP pool (or alerting on the metric) saw nothing. The slot's whole process
-    # tree counts, as systemd counts a unit's cgroup.
-    held = 64 << 20
+    # shell's 1.6 MiB, however far the PHP worker it started leaked, and its CPU seconds
+    # (farm top's CPU %) the shell's 0: an operator watching a leaking or spinning PHP pool
+    # (or alerting on the metrics) saw nothing. The slot's whole process tree counts, as
+    # systemd counts a unit's cgroup.
+    held, burnt = 64 << 20, 0.5
     (tmp_path / "big.py").write_text(
         "import time\nfrom pathlib import Path\n"
+        f"while time.process_time() < {burnt}:\n    pass\n"
         f"block = bytearray({held})\nblock[::4096] = b'x' * len(block[::4096])\n"
         "Path('holding').touch()\ntime.sleep(600)\n"
     )
@@ -365,6 +367,8 @@ def test_a_wrappers_worker_memory_is_its_slots_rss(tmp_path: Path) -> None:
         wait_for("the wrapper's worker holding its memory", (tmp_path / "holding").exists)
         (row,) = up.workers("big")
         assert row["rss"] >= held, row
-        assert get(scrape(up.metrics_url), "farm_worker_rss_bytes", pool="big", slot="0") >= held
+        numbers = scrape(up.metrics_url)
+        assert get(numbers, "farm_worker_rss_bytes", pool="big", slot="0") >= held
+        assert get(numbers, "farm_worker_cpu_seconds_total", pool="big", slot="0") >= burnt
     finally:
         up.stop()
