@@ -5,14 +5,10 @@ elsewhere (``farm up | tee``). A reader that stops taking lines (a blocking log 
 remote end is down, a paused pager) filled the pipe's 64 KiB, and the next log line's write
 waited for it: in the supervisor, with everything else the loop does, so a worker's
 relayed output, ``farm ps``, a restart and even SIGTERM's stop waited too (the farm hung
-until ``docker stop``'s SIGKILL); in the server, every job. So a line that could wait is
-not written in place: while the reader keeps up, each line is written at once, as before
-(a ``poll`` says the stream has room for it, nothing is queued: so the lines just before a
-SIGKILL, an abort or a crash's traceback come out, and in order); once the reader falls
-behind, lines go to a queue that a thread of their own writes out, in order, whatever time
-the reader takes; past ``LIMIT`` characters waiting (those being written included), lines
-are dropped and counted, and a warning says how many once the reader takes lines again.
-A regular file is written as before: it does not block.
+until ``docker stop``'s SIGKILL); in the server, every job. So such a stream's lines go
+to a queue that a thread of their own writes out, in order, whatever time the reader takes;
+past ``LIMIT`` bytes waiting, lines are dropped and counted, and a warning says how many
+once the reader takes lines again. A regular file is written as before: it does not block.
 """
 
 from __future__ import annotations
@@ -20,7 +16,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import select
 import stat
 import threading
 import time
@@ -29,10 +24,8 @@ from typing import IO
 
 __all__ = ["LIMIT", "UnblockedStream", "unblocked"]
 
-#: Characters of log lines held for a reader that does not read, past which lines are dropped.
+#: Bytes of log lines held for a reader that does not read, past which lines are dropped.
 LIMIT = 1 << 20
-#: The longest line written in place: a pipe that polls writable takes this much at once.
-AT_ONCE = select.PIPE_BUF
 #: Seconds a process's exit waits for its last lines to be taken.
 EXIT_WAIT = 2.0
 
@@ -40,15 +33,14 @@ log = logging.getLogger("farm.logs")
 
 
 class UnblockedStream:
-    """``write`` writes the text at once where ``stream`` has room for it and nothing waits
-    before it; else queues it and returns, and a daemon thread writes it out."""
+    """``write`` queues the text and returns; a daemon thread writes it to ``stream``."""
 
     def __init__(self, stream: IO[str], limit: int = LIMIT) -> None:
         self.stream = stream
         self.limit = limit
         self._ready = threading.Condition()
         self._pending: deque[str] = deque()
-        self._held = 0  # characters queued or being written by the thread
+        self._held = 0  # bytes in _pending
         self._dropped = 0  # lines dropped since the last warning
         self._writing = False
         self._thread: threading.Thread | None = None
@@ -73,39 +65,13 @@ class UnblockedStream:
         with self._ready:
             if self._thread is None:
                 self._start()
-            now = not self._pending and not self._writing and self._has_room(text)
-            if now:
-                self._writing = True  # what comes meanwhile queues behind this line
-            elif self._held + len(text) > self.limit:
+            if self._held + len(text) > self.limit:
                 self._dropped += text.count("\n") or 1
             else:
                 self._pending.append(text)
                 self._held += len(text)
                 self._ready.notify()
-        if now:
-            self._write(text)
-            with self._ready:
-                self._writing = False
-                self._ready.notify_all()
         return len(text)
-
-    def _has_room(self, text: str) -> bool:
-        """Whether ``text`` can be written without waiting on the reader."""
-        if len(text) > AT_ONCE or len(text.encode("utf-8", "replace")) > AT_ONCE:
-            return False
-        try:
-            poller = select.poll()
-            poller.register(self.stream.fileno(), select.POLLOUT)
-            return bool(poller.poll(0))
-        except (OSError, ValueError):  # a closed stream: queued, where its error is dropped
-            return False
-
-    def _write(self, text: str) -> None:
-        try:
-            self.stream.write(text)
-            self.stream.flush()
-        except (OSError, ValueError):  # a reader gone (EPIPE) or a closed stream
-            pass
 
     def flush(self) -> None:
         """Nothing to wait for: the writer flushes what it writes (``drain`` waits)."""
@@ -130,21 +96,25 @@ class UnblockedStream:
     def _run(self) -> None:
         while True:
             with self._ready:
-                while not self._pending or self._writing:  # a line written in place first
+                while not self._pending:
                     self._ready.wait()
                 text = "".join(self._pending)
                 self._pending.clear()
+                self._held = 0
                 dropped, self._dropped = self._dropped, 0
                 self._writing = True
-            self._write(text)
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except (OSError, ValueError):  # a reader gone (EPIPE) or a closed stream
+                pass
             with self._ready:
-                self._held -= len(text)  # held until written: the limit bounds memory
                 self._writing = False
                 self._ready.notify_all()
             if dropped:  # as a record of its own, in this log's format
                 log.warning(
-                    "%d log line(s) were dropped: the log's reader fell %d characters"
-                    " behind (a log driver that blocks, a pipe read slowly or not at all)",
+                    "%d log line(s) were dropped: the log's reader took none of %d bytes"
+                    " waiting for it (a log driver that blocks, a pipe nobody reads)",
                     dropped,
                     self.limit,
                 )
