@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from farm.logqueue import unblocked
 from farm.paths import open_own_file
 
 __all__ = [
@@ -170,7 +169,6 @@ def setup_logging(
     journal: bool | None = None,
     journal_format: str | None = None,
     mark: str = "",
-    never_block: bool = False,
 ) -> None:
     """Configure the root logger of this process (as logging.basicConfig: once).
 
@@ -181,8 +179,6 @@ def setup_logging(
     records each line's time, and its writer's name and pid, which `journalctl` showed
     twice ("Dec 06 16:44:12 host farm[29924]: 2026-12-06 16:44:12,000 farm[29924] ...").
     ``mark``: each line starts with it (a supervised worker's: farm.logrelay).
-    ``never_block``: a stream that may block (a pipe) is written by a thread of its own,
-    so that a reader that stops reading never holds this process up (farm.logqueue).
     """
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format {log_format!r}: one of {', '.join(LOG_FORMATS)}")
@@ -190,8 +186,6 @@ def setup_logging(
         # Not logging.FileHandler: it would follow a link planted at the path (see
         # paths.open_own_file). Appending, so logrotate's copytruncate works.
         stream = _open_log(filename)
-    elif never_block:
-        stream = unblocked(stream or sys.stderr)
     handler = logging.StreamHandler(stream or sys.stderr)
     global _log_file, _handler
     _log_file = (filename, handler) if filename else None

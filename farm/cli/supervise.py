@@ -98,7 +98,6 @@ def up(
         # server's and workers' lines (on this stderr too, so under this pid) keep theirs.
         journal_format="%(levelname)s %(message)s",
         stream=sys.stderr,
-        never_block=True,  # a log reader that stops must not stop the farm (logqueue)
     )
     from farm.pools.fdbudget import descriptor_refusal
 

@@ -106,7 +106,6 @@ def setup_server_logging(options: ServerOptions) -> None:
         level=level,
         text_format=fmt,
         filename=None if options.log_file == "stderr" else options.log_file,
-        never_block=True,  # jobs must not wait on a log reader that stopped (logqueue)
     )
 
 
