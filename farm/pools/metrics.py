@@ -59,6 +59,9 @@ SERVER_TIMEOUT = 2.0
 #: Its silence was at debug only: FarmServerDown fired at a minute and pointed at the
 #: journal, which said nothing of a hung server (its workers' connections stay open).
 SILENCE_WARNING = 10.0
+#: Failed scrapes further apart than this are separate silences, not one (Prometheus'
+#: default interval is a minute): two slow scrapes an hour apart are no hour-long hang.
+SILENCE_GAP = 300.0
 
 
 class SupervisorCollector:
@@ -69,9 +72,9 @@ class SupervisorCollector:
         self._flight_lock = threading.Lock()
         self._flight: Future[str | None] | None = None  # the one request to the server
         self._fetched = threading.local()  # what server_part fetched for this thread
-        # (pid, since when, warned) while the server does not answer; only the thread
-        # whose request is in flight reads or writes it (_shared_fetch).
-        self._silence: tuple[int, float, bool] | None = None
+        # (pid, since when, last failed, warned) while the server does not answer; only
+        # the thread whose request is in flight reads or writes it (_shared_fetch).
+        self._silence: tuple[int, float, float, bool] | None = None
 
     @contextmanager
     def server_part(self) -> Iterator[None]:
@@ -118,7 +121,7 @@ class SupervisorCollector:
             log.debug("metrics: the job server at %s did not answer: %s", address, exc)
             self._silent(pid, exc)
             return None
-        if self._silence is not None and self._silence[0] == pid and self._silence[2]:
+        if self._silence is not None and self._silence[0] == pid and self._silence[3]:
             log.info(
                 "the job server (pid %d) answers again, after %.0fs",
                 pid,
@@ -130,14 +133,15 @@ class SupervisorCollector:
     def _silent(self, pid: int, exc: Exception) -> None:
         """A warning, once, when the running server has not answered the scrapes for
         SILENCE_WARNING: a dead one's end the supervisor logs, a hung one's nothing did."""
-        now = time.monotonic()
-        if self._silence is None or self._silence[0] != pid:
-            self._silence = (pid, now, False)
+        now, silence = time.monotonic(), self._silence
+        if silence is None or silence[0] != pid or now - silence[2] > SILENCE_GAP:
+            self._silence = (pid, now, now, False)
             return
-        _, since, warned = self._silence
+        _, since, _, warned = silence
+        self._silence = (pid, since, now, warned)
         if warned or now - since < SILENCE_WARNING:
             return
-        self._silence = (pid, since, True)
+        self._silence = (pid, since, now, True)
         log.warning(
             "the job server (pid %d) has not answered for %.0fs, though it runs (last: %s): "
             "stopped or hung (farm ps shows `stopped` for the one, `ready` for the other); "
