@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from farm.executor import call, spill
-from farm.executor.flight import Flight, WorkItem, partial
+from farm.executor.flight import Flight, WorkItem, complete, partial
 from farm.executor.payload import OK
 from farm.executor.signing import Signer
 
@@ -74,3 +74,24 @@ def test_the_parts_that_did_not_leave_have_their_files_removed(
     assert job.unsent is not None
     job.unsent()
     assert os.listdir(tmp_path / "spill") == []
+
+
+def test_each_part_of_a_split_answer_settles_its_own_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The last outcome goes in the final answer, with its own index: the caller gets every
+    # call's own result, and none is sent again (to run twice).
+    monkeypatch.setattr(call, "_spill", spill.SpillSettings(tmp_path / "spill", 4 << 20))
+    signer = Signer(b"k" * 32)
+    flight = Flight([WorkItem(Future(), None) for _ in range(3)])
+    for item in flight.items:
+        item.future.set_running_or_notify_cancel()
+    job = Job(leaves=True)
+    outcomes: list[Any] = [(OK, bytes([i]) * (2 << 20)) for i in range(3)]
+    final = call._seal_batch(job, signer, flight.call_id, 0, outcomes)
+    task = Task(flight)
+    for part in job.sent:
+        partial(task, signer, part)  # type: ignore[arg-type]
+    task.error, task.result = None, final  # type: ignore[attr-defined]
+    assert complete(task, signer) == []  # type: ignore[arg-type]
+    assert [item.future.result(0) for item in flight.items] == [o[1] for o in outcomes]

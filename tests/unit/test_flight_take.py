@@ -51,3 +51,21 @@ def test_a_deque_emptied_meanwhile_gives_no_call() -> None:
     # The pump looked at the deque, then shutdown(cancel_futures=True) took everything.
     items: list[WorkItem] = []
     assert take(deque(), items, MAX_BATCH, 2) == []
+
+
+def test_calls_of_another_function_or_kind_end_a_batch() -> None:
+    # A batch runs every call with its first call's function, and as its kind: a call of
+    # another function, or a map's chunk behind a submit of the same function, taken in
+    # would run as what it is not (the wrong function, a chunk's arguments as one call).
+    pending = waiting(*[Call(b"f", SINGLE, b"x")] * 3, Call(b"g", SINGLE, b"y"))
+    pending.extend(waiting(*[Call(b"g", CHUNK, b"c")] * 3))
+    batches = []
+    while pending:
+        items: list[WorkItem] = []
+        take(pending, items, MAX_BATCH, 1)
+        batches.append([(i.call.fn, i.call.kind) for i in items])
+    assert batches == [
+        [(b"f", SINGLE)] * 3,
+        [(b"g", SINGLE)],
+        [(b"g", CHUNK)] * 3,
+    ]

@@ -1,0 +1,121 @@
+"""How a batch's outcomes settle its calls (farm.executor.flight.partial and complete): by
+the index they come with, once each, whether they come in parts, again in a rerun, or not
+at all."""
+
+from __future__ import annotations
+
+import pickle
+import time
+from concurrent.futures import Future
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from farm.errors import JobError
+from farm.executor import call
+from farm.executor.flight import Flight, WorkItem, complete, partial
+from farm.executor.payload import OK, SINGLE
+from farm.executor.signing import Signer
+
+SIGNER = Signer(b"k" * 32)
+
+
+class Task:
+    """The pump's task as flight sees it: its calls, and the job's end."""
+
+    def __init__(self, owner: Flight) -> None:
+        self.owner = owner
+        self.handle = "H:1"
+        self.error: BaseException | None = None
+        self.result: bytes | None = None
+
+
+def running(count: int) -> tuple[Flight, Task]:
+    flight = Flight([WorkItem(Future(), None) for _ in range(count)])  # type: ignore[arg-type]
+    for item in flight.items:
+        item.future.set_running_or_notify_cancel()
+    return flight, Task(flight)
+
+
+def sealed(flight: Flight, first: int, values: list[Any]) -> bytes:
+    """What a worker sends for the batch's calls from ``first`` on (call._seal_batch)."""
+    return call._seal_batch(None, SIGNER, flight.call_id, first, [(OK, v) for v in values])
+
+
+def results(flight: Flight) -> list[Any]:
+    return [item.future.result(0) for item in flight.items]
+
+
+def test_outcomes_sent_in_parts_settle_the_calls_they_name() -> None:
+    # A long batch sends what it has every BATCH_FLUSH_EVERY seconds (WORK_DATA), the rest
+    # at its end: each part's outcomes are those of the calls from its index on.
+    flight, task = running(4)
+    partial(task, SIGNER, sealed(flight, 0, ["a", "b"]))  # type: ignore[arg-type]
+    task.result = sealed(flight, 2, ["c", "d"])
+    assert complete(task, SIGNER) == []  # type: ignore[arg-type]  # nothing to send again
+    assert results(flight) == ["a", "b", "c", "d"]
+
+
+def test_a_rerun_leaves_the_calls_settled_before_its_worker_died_as_they_were() -> None:
+    # The server runs the job again on another worker (job_retries): its outcomes start
+    # from the first call again, and those already given to the caller stay.
+    flight, task = running(3)
+    partial(task, SIGNER, sealed(flight, 0, ["a"]))  # type: ignore[arg-type]
+    task.result = sealed(flight, 0, ["rerun a", "b", "c"])
+    assert complete(task, SIGNER) == []  # type: ignore[arg-type]
+    assert results(flight) == ["a", "b", "c"]
+
+
+def test_a_batch_that_settled_none_of_its_calls_fails_them_not_sends_them_again() -> None:
+    # The calls a batch left unrun go again (a pool's timeout ran short); a batch that ran
+    # none would go again for ever.
+    flight, task = running(2)
+    task.result = sealed(flight, 0, [])
+    assert complete(task, SIGNER) == []  # type: ignore[arg-type]
+    for item in flight.items:
+        with pytest.raises(JobError, match="job H:1 lost this call"):
+            item.future.result(0)
+
+
+def test_a_batch_late_for_its_pool_timeout_runs_its_first_call_and_leaves_the_rest() -> None:
+    # Under a pool's timeout a batch runs the calls that end within 3/4 of it, the first
+    # however late the job began (a slow initializer, a spilled body's read): left unrun,
+    # every batch of a slow start would come back with none, and its calls fail.
+    flight, task = running(3)
+    job = SimpleNamespace(handle="H:1", timeout=10)
+    calls = pickle.dumps([pickle.dumps(((word,), {})) for word in ("a", "bb", "ccc")])
+    task.result = call._run_batch(
+        job,
+        SIGNER,
+        flight.call_id,
+        pickle.dumps(len),
+        memoryview(calls),
+        SINGLE,
+        False,
+        started=time.monotonic() - 100,  # far past 3/4 of the 10 s
+    )
+    unrun = complete(task, SIGNER)  # type: ignore[arg-type]
+    assert flight.items[0].future.result(0) == 1
+    assert unrun == flight.items[1:]  # sent again, in a job of their own
+
+
+def test_a_batch_that_sends_its_outcomes_in_parts_gives_each_call_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A part after each call (as when every call outlasts BATCH_FLUSH_EVERY): each part
+    # must say the index it starts from, or the caller's calls get one another's results.
+    monkeypatch.setattr(call, "BATCH_FLUSH_EVERY", 0.0)
+    flight, task = running(3)
+    job = SimpleNamespace(
+        handle="H:1",
+        timeout=None,
+        send_data=lambda data: partial(task, SIGNER, data),  # type: ignore[arg-type]
+    )
+    calls = pickle.dumps([pickle.dumps(((word,), {})) for word in ("a", "bb", "ccc")])
+    task.result = call._run_batch(
+        job, SIGNER, flight.call_id, pickle.dumps(len), memoryview(calls), SINGLE, False, 0.0
+    )
+    assert [item.future.done() for item in flight.items] == [True, True, False]  # two parts
+    assert complete(task, SIGNER) == []  # type: ignore[arg-type]
+    assert results(flight) == [1, 2, 3]
