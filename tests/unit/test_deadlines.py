@@ -189,3 +189,24 @@ def test_the_hub_writes_what_a_timer_callback_made_before_it_raised() -> None:
 
     errors = asyncio.run(main())
     assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
+
+
+def test_deadlines_overdue_after_the_loop_stood_still_wait_one_more_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A loop held up past a deadline (a long callback, swapping) may hold unread the very
+    # answer that meets it, a woken worker's GRAB_JOB: the timer is put off by one turn so
+    # that it is read first, and a worker that came in time is not marked late.
+    clock = FakeClock.installed(monkeypatch)
+    fired: list[str] = []
+    d: Deadlines[str, int] = Deadlines(0.5, lambda key, value: fired.append(key), clock.call_later)
+    d.add("met", 0)
+    d.add("missed", 0)
+    (timer,) = clock.timers
+    clock.now = 2.0  # the timer due at 0.5 runs only now
+    timer.cancelled = True  # fired, as FakeClock.advance marks it
+    timer.callback()
+    assert fired == []  # put off
+    d.discard("met")  # its answer, read on that turn
+    clock.advance(2.1)
+    assert fired == ["missed"]

@@ -308,8 +308,10 @@ def test_a_sleeper_late_for_its_wake_up_is_woken_last_until_it_comes_in_time(
         lambda jobs, worker: jobs.detach_worker(worker),  # its connection is gone
         # CANT_DO (or RESET_ABILITIES) before it grabs: the job waited out the wake deadline
         lambda jobs, worker: jobs.cant_do(worker, b"f"),
+        # `drain` (farm's admin command) of a worker woken and not come yet
+        lambda jobs, worker: jobs.drain(worker),
     ],
-    ids=["disconnects", "gives-up-the-function"],
+    ids=["disconnects", "gives-up-the-function", "is-drained"],
 )
 def test_a_woken_worker_that_will_not_come_passes_its_wake_up_on(
     leave: Callable[[JobServer, FakePeer], None],

@@ -150,3 +150,37 @@ def test_a_refused_job_that_a_foreground_client_joined_runs_for_it(tmp_path: Pat
     jobs.can_do(worker, b"f")
     assert jobs.grab(worker) is job and not job.background and not job.store_id
     assert jobs.functions[b"f"].queued == 0 and not jobs.awaiting
+
+
+def test_a_stored_row_that_coalesces_at_replay_is_deleted(tmp_path: Path) -> None:
+    # Two rows of one unique key (a store written by another server, gearmand's among
+    # them) replay as one job: the later row goes, or the job ran again at each start
+    # after it had finished.
+    store = SQLiteStore(tmp_path / "q.db")
+    for data in (b"first", b"second"):
+        store.add(b"H:t:1", b"f", b"k", data, 1, None, 0.0, True)
+    store.commit()
+    jobs = JobServer(store=store, hostname="t")
+    assert jobs.replay() == 2 and len(jobs.jobs) == 1
+    jobs.commit_store()
+    assert store.count() == 1
+    worker = FakePeer()
+    jobs.can_do(worker, b"f")
+    job = jobs.grab(worker)
+    assert job is not None and job.data == b"first"
+    jobs.finish(worker, job, Outcome.COMPLETE)
+    jobs.commit_store()
+    assert store.count() == 0
+
+
+def test_a_stored_job_due_soon_waits_for_its_time_once_committed(tmp_path: Path) -> None:
+    # Queued when the store has it (JobControl.committed), not before its epoch time: a
+    # job due in a second ran at once.
+    store = SQLiteStore(tmp_path / "q.db")
+    jobs = JobServer(store=store, hostname="t")
+    worker = FakePeer()
+    jobs.can_do(worker, b"f")
+    job = jobs.submit(None, b"f", b"", b"x", background=True, when=time.time() + 1)
+    jobs.commit_store()
+    assert not job.queued and jobs.grab(worker) is None
+    assert [entry[2] for entry in jobs.epoch_heap] == [job]
