@@ -16,6 +16,7 @@ import pytest
 
 from farm import config, discovery
 from farm.errors import ConfigError
+from farm.protocol import DEFAULT_MAX_PACKET
 from tests.helpers.configs import GOOD, error_of, write
 
 
@@ -132,6 +133,30 @@ def test_missing_sections_take_defaults(tmp_path: Path) -> None:
         ('cpus = "all"', 'cpus = "0-1:0"', "supervisor.cpus", "stride 0; a stride is 1 or more"),
         ('cpus = "all"', 'cpus = "0-999"', "supervisor.cpus", "outside this process's CPU set"),
         ('cpus = "all"', 'cpus = "0-99999999"', "supervisor.cpus", "8192 at most"),
+        (
+            'cpus = "all"',
+            'cpus = "all"\nmemory_budget_mb = 0',
+            "supervisor.memory_budget_mb",
+            "> 0",
+        ),
+        (
+            "[supervisor]",
+            "[executor]\nmax_spill_mb = 0\n[supervisor]",
+            "executor.max_spill_mb",
+            "must be a whole number > 0, got 0",
+        ),
+        (
+            "job_retries = 5",
+            f"job_retries = 5\nmax_packet = {DEFAULT_MAX_PACKET + 1}",
+            "server.max_packet",
+            f"must be at most {DEFAULT_MAX_PACKET}",
+        ),
+        (
+            "[functions.rev]",
+            f"[functions.{'r' * 65}]",
+            f'functions."{"r" * 65}"',
+            "longer than 64 bytes",
+        ),
         ("servers = []", 'servers = ["nohost"]', "supervisor.servers", "HOST:PORT"),
         # every interface to a listener, no server to a worker: its connects failed for ever
         ("servers = []", 'servers = [":4999"]', "supervisor.servers", "127.0.0.1:4999"),
@@ -381,3 +406,13 @@ def test_nesting_up_to_the_limit_reads(tmp_path: Path) -> None:
     assert read_config_file(deepest)
     with pytest.raises(ConfigError, match="nested too deeply"):
         read_config_file(write(tmp_path, ".".join(["a"] * MAX_DEPTH) + " = {}\n"))
+
+
+def test_the_least_grace_and_the_longest_pool_name_are_taken(tmp_path: Path) -> None:
+    # `graceful_timeout = 0` (SIGKILL at once) is in its documented range, 0 to 86400, and
+    # 64 bytes is the longest pool name: the tests of each limit stood only past its end.
+    text = GOOD.replace("[functions.rev]", f"[functions.{'r' * 64}]").replace(
+        "servers = []", "servers = []\ngraceful_timeout = 0"
+    )
+    cfg = config.load(write(tmp_path, text))
+    assert cfg.supervisor.graceful_timeout == 0 and "r" * 64 in cfg.functions
