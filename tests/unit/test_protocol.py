@@ -228,6 +228,14 @@ def test_admin_replies_parse() -> None:
         pa.parse_status("a\t1\t0\t0\n\nleft\n.\n")
 
 
+def test_an_admin_listing_is_whole_only_at_its_dot_line() -> None:
+    # A line of it may end in "." (`workers` of a function named "v1."): read as the end
+    # when a read stops there, the listing would be cut short.
+    assert not pa.reply_complete(b"30 127.0.0.1 - : v1.\n")
+    assert pa.reply_complete(b"30 127.0.0.1 - : v1.\n.\n") and pa.reply_complete(b".\n")
+    assert pa.reply_complete(b"OK\r\n") and not pa.reply_complete(b"ERR x")
+
+
 _arg = st.binary(max_size=40).filter(lambda b: b"\0" not in b)
 
 
