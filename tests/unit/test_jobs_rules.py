@@ -390,7 +390,7 @@ def test_a_server_without_a_unix_socket_lets_tcp_fill_the_whole_maxqueue() -> No
 
 
 def test_tcps_share_of_a_maxqueue_is_three_quarters_of_it() -> None:
-    # 9 of 12 (with 8 of 8, a third and a quarter kept back came to the same 6).
+    # 9 of 12 (with 8 of 8, a third and a quarter kept back come to the same 6).
     jobs = JobServer(hostname="t", max_queue=12)
     jobs.unix_share = True
     for i in range(9):

@@ -154,8 +154,8 @@ def test_a_refused_job_that_a_foreground_client_joined_runs_for_it(tmp_path: Pat
 
 def test_a_stored_row_that_coalesces_at_replay_is_deleted(tmp_path: Path) -> None:
     # Two rows of one unique key (a store written by another server, gearmand's among
-    # them) replay as one job: the later row goes, or the job ran again at each start
-    # after it had finished.
+    # them) replay as one job: the later row goes, or the job would run again at each
+    # start after it had finished.
     store = SQLiteStore(tmp_path / "q.db")
     for data in (b"first", b"second"):
         store.add(b"H:t:1", b"f", b"k", data, 1, None, 0.0, True)
@@ -174,8 +174,8 @@ def test_a_stored_row_that_coalesces_at_replay_is_deleted(tmp_path: Path) -> Non
 
 
 def test_a_stored_job_due_soon_waits_for_its_time_once_committed(tmp_path: Path) -> None:
-    # Queued when the store has it (JobControl.committed), not before its epoch time: a
-    # job due in a second ran at once.
+    # Queued when the store has it (JobControl.committed), not before its epoch time:
+    # else a job due in a second would run at once.
     store = SQLiteStore(tmp_path / "q.db")
     jobs = JobServer(store=store, hostname="t")
     worker = FakePeer()

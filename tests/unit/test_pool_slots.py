@@ -43,9 +43,9 @@ def test_a_scale_down_takes_the_last_slots_and_a_scale_up_gives_them_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Slots are numbered from 0 with no gap (pool#N in `farm restart` and `farm ps`, the
-    # core each is pinned to, FARM_WORKER_ID): the first slot taken left 1 and 2, and the
-    # next scale-up made a second slot 2. A slot given back counts its processes on, so no
-    # FARM_WORKER_ID names two processes of this farm (farm.pools.strays).
+    # core each is pinned to, FARM_WORKER_ID): taking the first slot would leave 1 and 2,
+    # and the next scale-up would make a second slot 2. A slot given back counts its
+    # processes on, so no FARM_WORKER_ID names two processes of this farm (farm.pools.strays).
     sup = supervisor(tmp_path, monkeypatch)
     sup.manage_workers()
     assert [(s.index, s.spawned) for s in sup.slots["rev"]] == [(0, 1), (1, 1), (2, 1)]

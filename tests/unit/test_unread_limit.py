@@ -29,7 +29,7 @@ class Reader:
 def test_the_peer_owed_the_most_goes_first_and_only_until_all_are_within_the_limit() -> None:
     # One peer that reads nothing holds 10 MiB, two slow ones 1 MiB each: the hog goes, and
     # the 2 MiB left are within a 2 MiB limit. Taken smallest first, the two that do read
-    # were cut and the hog kept its 10 MiB, the limit passed still.
+    # would be cut and the hog would keep its 10 MiB, the limit passed still.
     hog, slow, slower = Reader("hog", 10 * MIB), Reader("slow", MIB), Reader("slower", MIB)
     hub = SimpleNamespace(
         slow_readers={hog, slow, slower},
