@@ -357,6 +357,15 @@ def connect(
         if tls is not None:
             try:
                 sock = tls.wrap_socket(sock, server_hostname=parsed.host)
+            except TimeoutError:
+                # The kernel took the connect, so a hung or stopped server's first silence is
+                # the handshake: ssl's own words ("_ssl.c:989: The handshake operation timed
+                # out") named neither the server nor what to suspect.
+                sock.close()
+                raise TimeoutError(
+                    f"{parsed.host}:{parsed.port} did not answer the TLS handshake within"
+                    f" {timeout}s (hung or stopped?)"
+                ) from None
             except BaseException:
                 sock.close()
                 raise

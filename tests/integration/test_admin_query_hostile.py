@@ -209,3 +209,16 @@ def test_a_server_that_answers_nothing_is_said_so_not_a_reply_cut_short() -> Non
     assert "did not answer 'status' within" in line, line
     assert "hung or stopped" in line, line
     assert "not whole" not in line, line
+
+
+@pytest.mark.timeout(30)
+def test_a_tls_server_that_answers_nothing_is_said_so_too() -> None:
+    # Over TLS a hung server's first silence is the handshake, inside connect(): ssl's
+    # "_ssl.c:989: The handshake operation timed out" named neither it nor what to suspect.
+    import ssl
+
+    with misbehaving(silent) as addr, pytest.raises(TimeoutError) as raised:
+        admin_query(addr, "status", timeout=1.0, tls=ssl.create_default_context())
+    said = str(raised.value)
+    assert f"{addr} did not answer the TLS handshake within 1.0s" in said, said
+    assert "hung or stopped" in said, said
