@@ -221,7 +221,15 @@ class SQLiteStore:
                 # next deletes none, and the jobs they end would run again after a restart.
                 # Not only while broken: a store reopened with its reserve given back.
                 raise sqlite3.OperationalError("disk full (its reserve is spent on deletes)")
-            self._write(batch.adds, batch.retries, batch.deletes)
+            try:
+                self._write(batch.adds, batch.retries, batch.deletes)
+            except sqlite3.Error as exc:
+                # An add's pages go to the -wal, which a full disk cannot grow, however many
+                # pages the finished jobs freed in the file: those given back, tried again.
+                need = sum(len(row[3]) for row in batch.adds)
+                if not (batch.adds and disk_full(exc) and shrink(self.db, self.reserve, need)):
+                    raise
+                self._write(batch.adds, batch.retries, batch.deletes)
         except sqlite3.Error as exc:
             batch.error = unwritten(self.path, exc)
             # The adds are refused, but a finished job's delete must not be lost, or the job
