@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from farm.pools.exits import EXIT_CAUSES, Exits
-from farm.pools.proctree import tree_cpu, tree_rss
+from farm.pools.proctree import tree_usage
 from farm.pools.slots import ProcState
 
 #: What farm_pool_processes counts by: a process's state, or an empty slot's.
@@ -208,8 +208,12 @@ class SupervisorCollector:
                     if proc.command:
                         # With what it started: a wrapper's PHP worker, `gearman -w -- rev`'s
                         # job in a child, and the children they waited for (each showed 0).
-                        cpu.add_metric(labels, tree_cpu(proc.pid))
-                        rss.add_metric(labels, tree_rss(proc.pid))
+                        used, held = tree_usage(proc.pid)
+                        # A counter: a helper it detached leaves the sum as its parent
+                        # exits, which Prometheus would read as a reset (a false spike).
+                        proc.tree_cpu = max(proc.tree_cpu, used)
+                        cpu.add_metric(labels, proc.tree_cpu)
+                        rss.add_metric(labels, held)
                         continue
                     process = psutil.Process(proc.pid)
                     with process.oneshot():

@@ -17,7 +17,7 @@ import os
 
 import psutil
 
-__all__ = ["children", "descendants", "listed", "processes", "tree_cpu", "tree_rss"]
+__all__ = ["children", "descendants", "listed", "processes", "tree_rss", "tree_usage"]
 
 
 @functools.cache
@@ -79,7 +79,7 @@ def processes(pid: int) -> list[psutil.Process]:
 def tree_rss(pid: int) -> int:
     """The resident memory of process ``pid`` and its ``descendants``, summed: a command
     worker's as its slot's (a wrapper's shell holds 2 MiB, the PHP worker it started what it
-    leaked), as systemd counts a unit's cgroup; pages they share are counted in each.
+    leaked); pages they share (a fork's) are counted in each, unlike a cgroup's count.
     psutil.NoSuchProcess when ``pid`` is gone."""
     total = 0
     for process in processes(pid):
@@ -88,15 +88,19 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def tree_cpu(pid: int) -> float:
-    """The CPU seconds (user + system) of process ``pid`` and its ``descendants``, each with
-    the children it has waited for: a command worker's as its slot's (a wrapper's shell
-    waits on the PHP worker it started, and used none itself). A descendant's time moves to
-    its parent's waited-for children's as it is reaped, so the sum does not fall back then.
-    psutil.NoSuchProcess when ``pid`` is gone."""
-    total = 0.0
+def tree_usage(pid: int) -> tuple[float, int]:
+    """The CPU seconds (user + system) and resident bytes of process ``pid`` and its
+    ``descendants``, from one walk: a command worker's as its slot's (a wrapper's shell waits
+    on the PHP worker it started, and used none itself; each with the children it has
+    waited for, so a descendant's time stays in the sum as it is reaped; memory as
+    ``tree_rss``). A process that leaves the tree alive (a helper detached by a double
+    fork, adopted by the supervisor once its parent exits) takes its seconds with it: the
+    caller keeps the most it has read (farm.pools.metrics). psutil.NoSuchProcess when
+    ``pid`` is gone."""
+    cpu, rss = 0.0, 0
     for process in processes(pid):
-        with contextlib.suppress(psutil.NoSuchProcess):  # one that ended meanwhile
+        with contextlib.suppress(psutil.NoSuchProcess), process.oneshot():  # ended meanwhile
             t = process.cpu_times()
-            total += t.user + t.system + t.children_user + t.children_system
-    return total
+            cpu += t.user + t.system + t.children_user + t.children_system
+            rss += process.memory_info().rss
+    return cpu, rss

@@ -122,6 +122,7 @@ class WorkerProcess:
     boot_error: str = ""  # why it never served (could not exec, no ready in time): a boot failure
     recycle_reason: str = ""
     command: bool = False  # a command pool's process (it has no report pipe)
+    tree_cpu: float = 0.0  # the most CPU seconds its tree was read at (farm.pools.metrics)
     worker_id: str = ""  # its FARM_WORKER_ID (farm.pools.strays)
     output_fd: int = -1  # read end of the pipe its stdout and stderr share
     out: OutputLines = field(default_factory=OutputLines)  # its lines, within their budget

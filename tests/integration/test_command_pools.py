@@ -21,7 +21,6 @@ import pytest
 from farm.client import Client
 from tests.helpers import ROOT
 from tests.helpers.farmproc import FarmUp, farm_cli
-from tests.helpers.scraping import get, scrape
 from tests.helpers.servers import need, php, skip_or_fail
 from tests.helpers.waiting import wait_for
 
@@ -338,37 +337,5 @@ def test_a_wrapped_worker_drains_on_its_stop_signal(tmp_path: Path) -> None:
         up.signal(signal.SIGTERM)  # farm stop (FarmUp.stop would kill what is left at once)
         assert up.proc.wait(30) == 0
         wait_for("the wrapped worker to finish its job", (tmp_path / "drained").exists)
-    finally:
-        up.stop()
-
-
-def test_a_wrappers_worker_memory_and_cpu_are_its_slots(tmp_path: Path) -> None:
-    # `sh -c "php worker.php"` (no exec): `farm ps` RSS and farm_worker_rss_bytes read the
-    # shell's 1.6 MiB, however far the PHP worker it started leaked, and its CPU seconds
-    # (farm top's CPU %) the shell's 0: an operator watching a leaking or spinning PHP pool
-    # (or alerting on the metrics) saw nothing. The slot's whole process tree counts, as
-    # systemd counts a unit's cgroup.
-    held, burnt = 64 << 20, 0.5
-    (tmp_path / "big.py").write_text(
-        "import time\nfrom pathlib import Path\n"
-        f"while time.process_time() < {burnt}:\n    pass\n"
-        f"block = bytearray({held})\nblock[::4096] = b'x' * len(block[::4096])\n"
-        "Path('holding').touch()\ntime.sleep(600)\n"
-    )
-    wrapper = f'["sh", "-c", "{sys.executable} big.py; echo done"]'
-    up = FarmUp(
-        tmp_path,
-        f'[functions.big]\ncommand = {wrapper}\ncwd = "{tmp_path}"\nworkers = 1\n'
-        "graceful_timeout = 1\n",
-        supervisor="ready_wait = 1",  # it never connects: READY=1 without it
-    )
-    try:
-        up.expect_notify("READY=1")
-        wait_for("the wrapper's worker holding its memory", (tmp_path / "holding").exists)
-        (row,) = up.workers("big")
-        assert row["rss"] >= held, row
-        numbers = scrape(up.metrics_url)
-        assert get(numbers, "farm_worker_rss_bytes", pool="big", slot="0") >= held
-        assert get(numbers, "farm_worker_cpu_seconds_total", pool="big", slot="0") >= burnt
     finally:
         up.stop()
