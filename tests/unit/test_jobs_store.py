@@ -174,13 +174,13 @@ def test_a_stored_row_that_coalesces_at_replay_is_deleted(tmp_path: Path) -> Non
 
 
 def test_a_stored_job_due_soon_waits_for_its_time_once_committed(tmp_path: Path) -> None:
-    # Queued when the store has it (JobControl.committed), not before its epoch time:
-    # else a job due in a second would run at once.
+    # Queued when the store has it (JobControl.committed), not before its epoch time: else a
+    # job due in a minute would run at once (a second, as first written, races a slow host).
     store = SQLiteStore(tmp_path / "q.db")
     jobs = JobServer(store=store, hostname="t")
     worker = FakePeer()
     jobs.can_do(worker, b"f")
-    job = jobs.submit(None, b"f", b"", b"x", background=True, when=time.time() + 1)
+    job = jobs.submit(None, b"f", b"", b"x", background=True, when=time.time() + 60)
     jobs.commit_store()
     assert not job.queued and jobs.grab(worker) is None
     assert [entry[2] for entry in jobs.epoch_heap] == [job]
