@@ -133,8 +133,11 @@ class CuttingShort:
     --max-connections, a proxy's limit), having sent ``says`` first (an ERROR: as farm's
     server did at its limit). ``addr`` while open; ``close()`` after."""
 
-    def __init__(self, says: bytes = b"") -> None:
+    def __init__(self, says: bytes = b"", hold: threading.Event | None = None) -> None:
         self.says = says
+        # Set: the first accept waits for it (the kernel still takes the connect, and what
+        # fits its buffers), so that what a test queued meanwhile all waits on one connection.
+        self.hold = hold
         self.listener = socket.socket()
         # Inherited by the accepted socket: a small window, so a large submit is not all
         # in the kernel's buffers when the connection is reset.
@@ -147,6 +150,8 @@ class CuttingShort:
         self._thread.start()
 
     def _serve(self) -> None:
+        if self.hold is not None:
+            self.hold.wait(30)
         while True:
             try:
                 conn, _ = self.listener.accept()
