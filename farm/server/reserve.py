@@ -113,16 +113,8 @@ class DiskReserve:
             why,
         )
 
-    def held(self) -> int:
-        """Bytes the reserve holds now: 0 given back, or never made."""
-        try:
-            return os.fstat(self._fd).st_size if self._fd >= 0 else 0
-        except OSError:
-            return 0
-
-    def release(self, *, lent: bool = False) -> bool:
-        """Give the reserve's room back to the disk; whether there was any. ``lent``: to the
-        store's own ``shrink``, which takes it again at once, so nothing is said."""
+    def release(self) -> bool:
+        """Give the reserve's room back to the disk; whether there was any."""
         fd = self._fd
         try:
             if fd < 0 or os.fstat(fd).st_size == 0:
@@ -131,8 +123,6 @@ class DiskReserve:
         except OSError:
             return False
         self.spent = True
-        if lent:
-            return True
         log.warning(
             "the disk of the job store %s is full: its reserve (%s) is given back so that"
             " finished jobs can still be deleted; background jobs are refused until it can"
@@ -155,51 +145,50 @@ def disk_full(exc: sqlite3.Error) -> bool:
 
 
 def shrink(db: sqlite3.Connection, reserve: DiskReserve, need: int | None = None) -> bool:
-    """Give the disk back the pages the finished jobs freed (VACUUM), then take the
-    reserve again; whether both were done. SQLite keeps a database's free pages for its
-    next rows, but in WAL mode a row's pages go to the -wal first, which must grow on the
-    disk: a store that filled a small disk stayed that large once its jobs had all
-    finished, and refused every job larger than its -wal until the disk grew. Only where
-    the free pages hold ``need`` bytes (the reserve's room by default: an add's own size)
-    and the pages live rows take fit the disk's free room once the -wal is cut (VACUUM
-    writes them again, into the -wal): not a large store's every retry."""
-    lent = False
+    """Give the disk back the room the store holds and no longer needs, then take the
+    reserve again; whether room was given and the reserve is held. First the -wal's: its
+    pages copied into the file and the -wal cut (where the file's growth fits), which also
+    ends a ``VACUUM`` whose server was killed before its checkpoint (the file all dead pages,
+    and nothing else would cut it). Then the pages the finished jobs freed (VACUUM): SQLite
+    keeps a database's free pages for its next rows, but in WAL mode a row's pages go to
+    the -wal first, which must grow on the disk: a store that filled a small disk stayed that
+    large once its jobs had all finished, and refused every job larger than its -wal until
+    the disk grew. Only where the free pages hold ``need`` bytes (the reserve's room by
+    default: an add's own size) and the pages live rows take fit the disk's free room (VACUUM
+    writes them again, into the -wal): not a large store's every retry, and never in the
+    reserve's room, which is the deletes' (lent to a VACUUM, another process could take it
+    meanwhile, and the finished jobs' deletes then had none: they ran again after a kill)."""
+    footprint = _footprint(reserve.store)
     try:
+        if checkpoint_fits(db, reserve.store):
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        cut = _footprint(reserve.store) < footprint
         pages, free, size = (
             db.execute(f"PRAGMA {name}").fetchone()[0]
             for name in ("page_count", "freelist_count", "page_size")
         )
-        if not free or free * size < (reserve.size if need is None else need):
-            return False
-        # The -wal's room is VACUUM's: copied into the file (where it has room for the
-        # pages that live only in the -wal) and cut, as each delete on a full disk does.
-        if checkpoint_fits(db, reserve.store):
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         disk = os.statvfs(Path(reserve.store).parent)
         room, writes = disk.f_bavail * disk.f_frsize, (pages - free) * (size + WAL_FRAME_HEADER)
-        # A disk full to its last byte (a restart's, its -wal gone) has only the reserve's
-        # room: lent to the VACUUM where the pages it frees are enough to take it again
-        # (make(): four times its size), else the next deletes would find none.
-        if writes >= room:
-            if writes >= room + reserve.held() or free * size < 4 * reserve.size:
-                return False
-            lent = reserve.release(lent=True)
+        if not free or free * size < (reserve.size if need is None else need) or writes >= room:
+            return cut and reserve.make()
         db.execute("VACUUM")
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        shrunk = True
     except (sqlite3.Error, OSError) as exc:
         log.debug("the job store %s: not shrunk: %s", reserve.store, exc)
-        shrunk = False
-    else:
-        log.info("the job store %s gave %d free pages back to the disk", reserve.store, free)
-    held = (shrunk or lent) and reserve.make()
-    if lent and not held:
-        log.warning(
-            "the job store %s lent its disk reserve to give its free pages back to the full"
-            " disk, and cannot take it again: background jobs are refused until it can be",
-            reserve.store,
-        )
-    return shrunk and held
+        return False
+    log.info("the job store %s gave %d free pages back to the disk", reserve.store, free)
+    return reserve.make()
+
+
+def _footprint(store: str) -> int:
+    """Bytes the store's file and its -wal take."""
+    total = 0
+    for path in (store, store + "-wal"):
+        try:
+            total += os.path.getsize(path)
+        except OSError:
+            pass
+    return total
 
 
 def checkpoint_fits(db: sqlite3.Connection, path: str) -> bool:

@@ -11,12 +11,16 @@ only while its reserve was spent.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from farm.protocol import PacketType as T
 from farm.server.store import SQLiteStore
+from tests.helpers import ROOT
 from tests.helpers.disks import small_tmpfs
 from tests.helpers.peers import Peer, grab_all
 from tests.helpers.servers import free_port, start_with_store
@@ -34,12 +38,11 @@ def _fill_disk(disk: Path, leave: int) -> None:
     (disk / "filler").write_bytes(b"\0" * (info.f_bavail * info.f_frsize - leave))
 
 
-# 48 kB: room for the few pages an empty store rewrites, not for a 100 kB job's -wal;
-# 0: a disk full to its last byte, where only the reserve's room is left.
-@pytest.mark.parametrize("leave", [48 << 10, 0])
-def test_a_drained_store_on_a_full_disk_takes_a_job_its_freed_pages_fit(
-    tmp_path: Path, leave: int
-) -> None:
+def test_a_drained_store_on_a_full_disk_takes_a_job_its_freed_pages_fit(tmp_path: Path) -> None:
+    # 48 kB left: room for the few pages an empty store rewrites, not for a 100 kB job's
+    # -wal. (A disk full to its last byte keeps refusing: the reserve's room is the
+    # deletes', never lent to the VACUUM.)
+    leave = 48 << 10
     with small_tmpfs(tmp_path / "small", "3m") as disk:
         db, port = disk / "q.db", free_port()
         # Room kept back while the jobs fill the disk, given back before the restart, so
@@ -79,3 +82,60 @@ def test_a_drained_store_on_a_full_disk_takes_a_job_its_freed_pages_fit(
         finally:
             again.close()
         assert uniques == [b"big", b"big-2"], "no acknowledged job lost, no finished one back"
+
+
+# Run in a child: a store whose finished jobs freed its pages gives them back (a VACUUM,
+# committed into the -wal) and is killed before the checkpoint that would cut the -wal and
+# the file: the file all dead pages at the next start.
+_KILLED_MID_SHRINK = """
+import os, signal, sys
+from farm.server.reserve import shrink
+from farm.server.store import SQLiteStore
+store = SQLiteStore(sys.argv[1])
+vacuumed = []
+def trace(sql):
+    vacuumed.append(sql == "VACUUM" or bool(vacuumed and vacuumed[-1]))
+    if vacuumed[-1] and sql.startswith("PRAGMA wal_checkpoint"):
+        os.kill(os.getpid(), signal.SIGKILL)
+store.db.set_trace_callback(trace)
+shrink(store.db, store.reserve)
+sys.exit("shrink ran no VACUUM")
+"""
+
+
+def test_a_shrink_killed_before_its_checkpoint_is_ended_by_the_next_full_disk(
+    tmp_path: Path,
+) -> None:
+    # Its -wal then held the store's whole state and nothing cut it: no page was free, so
+    # the next shrink returned before its checkpoint, and every background submit on the
+    # full disk was refused for as long as the server ran (a clean stop healed it).
+    with small_tmpfs(tmp_path / "small", "3m") as disk:
+        db = disk / "q.db"
+        store = SQLiteStore(db)
+        try:
+            ids = [
+                store.add(b"H:%d" % n, b"f", b"u%d" % n, SMALL, 1, None, 0.0, False)
+                for n in range(150)
+            ]
+            assert store.commit() == []
+            for row in ids:
+                store.remove(row)
+            assert store.commit() == []
+        finally:
+            store.close()
+        killed = subprocess.run(
+            [sys.executable, "-c", _KILLED_MID_SHRINK, str(db)], cwd=ROOT, capture_output=True
+        )
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        assert db.stat().st_size > 1 << 20, "the file keeps the dead pages"
+        _fill_disk(disk, 0)
+        srv = start_with_store(db, free_port())
+        try:
+            client = Peer(srv.addr)
+            client.send(T.SUBMIT_JOB_BG, "f", "after", b"x" * 20_000)
+            reply = client.recv()
+            assert reply.type == T.JOB_CREATED, (
+                f"refused with the file all dead pages: {reply.args}"
+            )
+        finally:
+            srv.stop()
