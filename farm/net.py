@@ -44,6 +44,7 @@ __all__ = [
     "send_now",
     "sent_before",
     "KEEPALIVE",
+    "handshake_silence",
     "keep_alive",
 ]
 
@@ -358,19 +359,22 @@ def connect(
             try:
                 sock = tls.wrap_socket(sock, server_hostname=parsed.host)
             except TimeoutError:
-                # The kernel took the connect, so a hung or stopped server's first silence is
-                # the handshake: ssl's own words ("_ssl.c:989: The handshake operation timed
-                # out") named neither the server nor what to suspect.
                 sock.close()
-                raise TimeoutError(
-                    f"{parsed.host}:{parsed.port} did not answer the TLS handshake within"
-                    f" {timeout}s (hung or stopped?)"
-                ) from None
+                raise handshake_silence(parsed, timeout) from None
             except BaseException:
                 sock.close()
                 raise
     sock.settimeout(None)
     return sock
+
+
+def handshake_silence(addr: Address, timeout: float | None) -> TimeoutError:
+    """The error of a TLS handshake that timed out. The kernel took the connect, so a hung or
+    stopped server's first silence is the handshake: ssl's own words ("_ssl.c:989: The
+    handshake operation timed out") named neither the server nor what to suspect."""
+    return TimeoutError(
+        f"{addr} did not answer the TLS handshake within {timeout}s (hung or stopped?)"
+    )
 
 
 #: TCP keepalive: seconds idle before the first probe, seconds between probes, probes

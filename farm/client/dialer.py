@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from farm.net import keep_alive, parse_address
+from farm.net import handshake_silence, keep_alive, parse_address
 
 __all__ = ["Dialer", "shut"]
 
@@ -100,7 +100,10 @@ class Dialer:
                 )
                 sock.settimeout(timeout)
                 with self._opening_now(sock):
-                    sock.do_handshake()
+                    try:
+                        sock.do_handshake()
+                    except TimeoutError:
+                        raise handshake_silence(parsed, timeout) from None
         except BaseException:
             sock.close()
             raise

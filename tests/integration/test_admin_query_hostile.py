@@ -222,3 +222,25 @@ def test_a_tls_server_that_answers_nothing_is_said_so_too() -> None:
     said = str(raised.value)
     assert f"{addr} did not answer the TLS handshake within 1.0s" in said, said
     assert "hung or stopped" in said, said
+
+
+@pytest.mark.timeout(30)
+def test_a_client_s_tls_handshake_to_a_silent_server_is_said_so_too() -> None:
+    # farm.Client and the Executor dial with a handshake of their own (farm.client.dialer):
+    # they still said ssl's "_ssl.c:989: The handshake operation timed out".
+    import ssl
+
+    with (
+        misbehaving(silent) as addr,
+        Client(addr, tls=ssl.create_default_context(), connect_timeout=1) as c,
+        pytest.raises(farm.ServerUnavailable) as raised,
+    ):
+        c.call("f", b"x", timeout=10)
+    assert f"{addr} did not answer the TLS handshake within 1" in str(raised.value), raised.value
+
+
+def test_the_handshake_silence_writes_an_ipv6_address_in_brackets() -> None:
+    from farm.net import handshake_silence, parse_address
+
+    said = str(handshake_silence(parse_address("[::1]:4730"), 0.5))
+    assert said.startswith("[::1]:4730 did not answer the TLS handshake within 0.5s"), said
