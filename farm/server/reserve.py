@@ -170,7 +170,10 @@ def shrink(db: sqlite3.Connection, reserve: DiskReserve, need: int | None = None
         disk = os.statvfs(Path(reserve.store).parent)
         room, writes = disk.f_bavail * disk.f_frsize, (pages - free) * (size + WAL_FRAME_HEADER)
         if not free or free * size < (reserve.size if need is None else need) or writes >= room:
-            return cut and reserve.make()
+            # Room the cut made, where it holds the add twice over (a frame per page, and
+            # the index's): cutting a failed write's own frames made none, and its retry
+            # failed again.
+            return cut and room >= 2 * (need or 0) and reserve.make()
         db.execute("VACUUM")
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     except (sqlite3.Error, OSError) as exc:
