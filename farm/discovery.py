@@ -12,7 +12,8 @@ empty or blank, then the config
 defaults. From a config, the local server's Unix socket comes first: it is
 faster, and it is the only way in for the Executor, whose calls only workers
 on the Unix socket may take. A client
-falls back to TCP when the socket is not there or not accessible to its user;
+falls back to TCP when the socket is not there or not accessible to its user (a warning
+where it is not there and another user's farm holds the port);
 the Executor does not (it would put signed calls on a TCP port any local user
 can reach). A config whose workers serve remote servers (``[supervisor] servers``,
 no local one) names those: a client takes them all, the Executor their ``unix:`` entries
@@ -22,12 +23,14 @@ that answer; each ``unix:`` entry (and, for the Executor, each of ``$FARM_SERVER
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from farm.configfile import no_settings, read_config_file  # every reader's, re-exported
 from farm.errors import ConfigError, ServerUnavailable
+from farm.loopback import another_users_listener
 from farm.net import (
     DEFAULT_SERVER,
     Address,
@@ -65,6 +68,7 @@ __all__ = [
 ]
 
 SYSTEM_CONFIG = Path("/etc/farm/farm.toml")
+log = logging.getLogger("farm")
 
 
 def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
@@ -324,12 +328,35 @@ def _servers(
     ):
         return [unix]
     if tcp_fallback:
-        return [farm.tcp or DEFAULT_SERVER]
+        tcp = farm.tcp or DEFAULT_SERVER
+        _note_another_users_farm(unix, tcp)
+        return [tcp]
     where = farm.unix[len("unix:") :] if farm.unix else "(none configured)"
     raise ServerUnavailable(
         f"no farm answers on its Unix socket {where}: is `farm up` running, and may this user"
         " use the socket? farm.Executor() does not fall back to TCP; pass servers= (or set"
         " $FARM_SERVERS) to choose a TCP address knowingly"
+    )
+
+
+def _note_another_users_farm(unix: str | None, tcp: str) -> None:
+    """A warning when a client falls back to a port of this host another user's farm holds,
+    this farm's socket not there: where users each run a farm, the first up holds the port,
+    and the others' `farm status`, `submit`, `worker` and farm.Client() used it unsaid.
+    A socket there but not this user's to use is a farm shared over TCP: nothing said."""
+    if unix is None or os.path.lexists(unix[len("unix:") :]):
+        return
+    addr = parse_address(tcp)
+    who = another_users_listener(addr.host, addr.port) if addr.kind == "tcp" else None
+    if who is None:
+        return
+    log.warning(
+        "no farm of this user answers at %s, and %s is another user's (%s): what is sent"
+        " there goes to their farm. Start this user's farm (`farm up`, with a [server]"
+        " listen port of its own), or name the farm to use (--server, $FARM_SERVERS)",
+        unix[len("unix:") :],
+        tcp,
+        who,
     )
 
 

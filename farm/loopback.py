@@ -8,20 +8,33 @@ clients' jobs, or served them fake metrics. So each of the farm's TCP listeners 
 server's, its ``--metrics`` endpoint, the supervisor's ``[supervisor] metrics``) holds its
 port on [::1] too, through this module: whether a listener needs its twin
 (``twin_needed``), the twin's socket (``twin_socket``), and who holds [::1] at that port
-when it is taken (``holder``), for the error that says what to do.
+when it is taken (``holder``), for the error that says what to do; and whose a loopback
+listener is (``listener_uid``, ``another_users_listener``), for a client that found another
+user's farm there, and a server that found its port taken.
 """
 
 from __future__ import annotations
 
 import errno
 import functools
+import ipaddress
 import os
 import socket
+import sys
 import threading
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["TWINNED_HOSTS", "twin_needed", "twin_socket", "serve_twin", "holder", "taken_hint"]
+__all__ = [
+    "TWINNED_HOSTS",
+    "twin_needed",
+    "twin_socket",
+    "serve_twin",
+    "holder",
+    "taken_hint",
+    "listener_uid",
+    "another_users_listener",
+]
 
 #: Hosts whose listener is given a twin on [::1]: localhost's IPv4 address, and every
 #: address (gearmand's default, which holds [::] too). Another 127.x address is not
@@ -142,3 +155,71 @@ def _me() -> str:
         return pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:
         return str(os.geteuid())
+
+
+#: The kernel's tables of TCP sockets, with each one's owner: readable by every user.
+_TCP_TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
+_LISTEN = "0A"
+
+
+def listener_uid(host: str, port: int) -> int | None:
+    """The uid that listens on this host's ``host``:``port`` (a loopback address, or
+    localhost), or None: not a loopback host, nothing listening, or no /proc to read.
+    Read from the kernel's socket tables, which name every socket's owner to every user
+    (psutil gives the pid of this user's processes only), and without a connect: a client
+    about to use that port learns whose farm answers there before it sends anything."""
+    if host != "localhost" and not _loopback(host):
+        return None
+    for table in _TCP_TABLES:
+        try:
+            with open(table, encoding="ascii") as rows:
+                next(rows, None)  # the header
+                for row in rows:
+                    uid = _listening(row.split(), port)
+                    if uid is not None:
+                        return uid
+        except OSError:
+            continue
+    return None
+
+
+def another_users_listener(host: str, port: int) -> str | None:
+    """Whose the listener on ``host``:``port`` is, in words ("uid 1001, alice"), when it is
+    another user's (``listener_uid``); None when it is this user's, or none is found."""
+    uid = listener_uid(host, port)
+    if uid is None or uid == os.geteuid():
+        return None
+    try:
+        import pwd
+
+        return f"uid {uid}, {pwd.getpwuid(uid).pw_name}"
+    except KeyError:  # a uid the user database does not know
+        return f"uid {uid}"
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _listening(fields: list[str], port: int) -> int | None:
+    """The owner of a socket table's row when it listens on ``port`` where a loopback
+    client reaches it (a loopback address, or every address), else None."""
+    if len(fields) < 8 or fields[3] != _LISTEN:
+        return None
+    address, _, at = fields[1].partition(":")
+    try:
+        if int(at, 16) != port:
+            return None
+        # The kernel writes each 32-bit word of the address in the host's byte order.
+        words = [bytes.fromhex(address[i : i + 8]) for i in range(0, len(address), 8)]
+        raw = b"".join(w[::-1] if sys.byteorder == "little" else w for w in words)
+        ip = ipaddress.ip_address(raw)
+        mapped = getattr(ip, "ipv4_mapped", None)
+        if not ((mapped or ip).is_loopback or ip.is_unspecified):
+            return None
+        return int(fields[7])
+    except ValueError:
+        return None

@@ -1,0 +1,75 @@
+"""Two users, each with their own farm, on one host (a university or CI machine).
+
+The built-in defaults (and any config alike) put each user's Unix socket in their own
+runtime directory, but the TCP port is the host's: while alice's farm holds it and bob's
+farm is not running, bob's `farm status`, `farm submit`, `farm worker` and farm.Client()
+found no socket of his and fell back to the TCP address, alice's farm, with no word. Bob
+read her queues as his, sent his jobs' data to her workers, and his `farm worker` served
+her jobs. A client still falls back (a farm shared over TCP is a use of it), and says
+whose the farm it found is.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+from tests.helpers.clirun import cli
+from tests.helpers.servers import free_port, wait_connectable
+from tests.helpers.unprivileged import homeless
+
+
+def test_a_client_that_falls_back_to_another_users_farm_says_whose_it_is(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    server = [sys.executable, "-m", "farm.server", "--port", str(port), "--store", "none"]
+    argv = homeless(server)  # alice: a uid of her own, her farm's server on the port
+    alice = int(next(a for a in argv if a.startswith("--reuid=")).split("=")[1])
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(argv, env=env, cwd="/", stderr=subprocess.DEVNULL)
+    try:
+        wait_connectable(f"127.0.0.1:{port}", proc)
+        # bob's farm, not running: its socket is not there
+        config = tmp_path / "farm.toml"
+        run = tmp_path / "run"
+        run.mkdir(mode=0o700)
+        config.write_text(
+            f'[server]\nlisten = ["127.0.0.1:{port}", "unix:{run}/gearman.sock"]\n'
+            '[supervisor]\nmetrics = "off"\n'
+        )
+        env = {k: v for k, v in os.environ.items() if k not in _SERVERS_VARIABLES}
+        out = cli("status", "--config", str(config), env=env, timeout=60)
+        assert out.returncode == 0, out.stderr  # it still reads that farm
+        assert f"127.0.0.1:{port} is another user's (uid {alice})" in out.stderr, out.stderr
+        assert f"no farm of this user answers at {run}/gearman.sock" in out.stderr, out.stderr
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_client_that_falls_back_to_its_own_users_tcp_farm_says_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # This user's own farm on the port (started from another config, say): no word.
+    from farm.discovery import client_servers
+    from tests.helpers.servers import start_farm_server
+
+    for name in _SERVERS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    server = start_farm_server()
+    try:
+        config = tmp_path / "farm.toml"
+        config.write_text(f'[server]\nlisten = ["{server.addr}", "unix:{tmp_path}/gearman.sock"]\n')
+        assert client_servers(config) == [server.addr]
+        assert "another user's" not in caplog.text
+    finally:
+        server.stop()
+
+
+_SERVERS_VARIABLES = ("FARM_SERVERS", "GEARMAN_SERVERS", "FARM_CONFIG")
