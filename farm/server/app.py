@@ -36,7 +36,13 @@ from farm.server.process import (
     reopen_log,
     setup_server_logging,
 )
-from farm.server.refusals import ListenError, fatal, fix_hint, store_in_use_hint
+from farm.server.refusals import (
+    ListenError,
+    fatal,
+    fix_hint,
+    store_in_use_hint,
+    taken_by_another_user,
+)
 from farm.server.store import (
     DamagedStore,
     StoreError,
@@ -100,7 +106,7 @@ class Server:
                     reuse_address=True,
                 )
             except OSError as exc:
-                raise ListenError(str(tcp), exc) from exc
+                raise ListenError(str(tcp), exc, taken_by_another_user(opts, tcp, exc)) from exc
             self.listeners.append(srv)
             log.info("listening on %s%s", tcp, " (TLS)" if tls else "")
             twin = functools.partial(self.loop.create_server, gated, backlog=opts.backlog)

@@ -11,12 +11,21 @@ from typing import Any
 
 from farm.errors import FarmError
 from farm.logs import error_line
-from farm.net import parse_address
+from farm.loopback import another_users_listener
+from farm.net import Address, parse_address
 from farm.paths import NoStateDirectory
 from farm.server.options import ServerOptions
 from farm.server.settings import default_store_path
 
-__all__ = ["BIND_REASONS", "HINTS", "ListenError", "fatal", "fix_hint", "store_in_use_hint"]
+__all__ = [
+    "BIND_REASONS",
+    "HINTS",
+    "ListenError",
+    "fatal",
+    "fix_hint",
+    "taken_by_another_user",
+    "store_in_use_hint",
+]
 
 log = logging.getLogger("farm.server")
 
@@ -81,6 +90,19 @@ HINTS = {
 
 def fix_hint(options: ServerOptions, what: str) -> str:
     return HINTS[what, options.hints]
+
+
+def taken_by_another_user(options: ServerOptions, tcp: Address, exc: OSError) -> str | None:
+    """The hint for a port in use where another user listens on it, naming them: on a host
+    where users each run a farm, the first one up holds the port, and "another server has
+    it?" left the next to find whose, which ``ss -ltnp`` does not say to them."""
+    if exc.errno != errno.EADDRINUSE:
+        return None
+    every = tcp.host in ("", "0.0.0.0", "::")  # a loopback listener keeps it from binding too
+    who = another_users_listener("127.0.0.1" if every else tcp.host, tcp.port)
+    if who is None:
+        return None
+    return f"{who}: another user's process listens there; {fix_hint(options, 'twin')}"
 
 
 def store_in_use_hint(options: ServerOptions) -> str:

@@ -73,3 +73,29 @@ def test_a_client_that_falls_back_to_its_own_users_tcp_farm_says_nothing(
 
 
 _SERVERS_VARIABLES = ("FARM_SERVERS", "GEARMAN_SERVERS", "FARM_CONFIG")
+
+
+def test_a_server_whose_port_another_user_holds_names_that_user(tmp_path: Path) -> None:
+    # bob's `farm up` (its server run with --hints config) on the port alice's farm holds:
+    # "another server has it?" left him to find out whose, with no way to see it himself
+    # (psutil and ss name no process of another user's).
+    port = free_port()
+    holder = [sys.executable, "-m", "farm.server", "--port", str(port), "--store", "none"]
+    argv = homeless(holder)
+    alice = int(next(a for a in argv if a.startswith("--reuid=")).split("=")[1])
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(argv, env=env, cwd="/", stderr=subprocess.DEVNULL)
+    try:
+        wait_connectable(f"127.0.0.1:{port}", proc)
+        mine = [sys.executable, "-m", "farm.server", "-p", str(port), "--store", "none"]
+        for hints, fix in (("flags", "use another -p PORT"), ("config", "give [server] listen")):
+            out = subprocess.run(
+                [*mine, "--hints", hints], cwd=ROOT, capture_output=True, text=True, timeout=60
+            )
+            assert out.returncode == 1, out.stderr
+            said = f"cannot listen on 127.0.0.1:{port}: address already in use (uid {alice}"
+            assert said in out.stderr and "another user's" in out.stderr, out.stderr
+            assert fix in out.stderr, out.stderr
+    finally:
+        proc.terminate()
+        proc.wait(10)
