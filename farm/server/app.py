@@ -38,6 +38,7 @@ from farm.server.process import (
 )
 from farm.server.refusals import (
     ListenError,
+    another_users_socket,
     fatal,
     fix_hint,
     store_in_use_hint,
@@ -184,7 +185,9 @@ class Server:
             clear_socket_path(path)  # a stale socket from a previous run; never a live one
             srv = await self.loop.create_unix_server(factory, path, backlog=self.options.backlog)
         except OSError as exc:
-            raise ListenError(f"unix:{path}", exc) from exc
+            raise ListenError(
+                f"unix:{path}", exc, another_users_socket(self.options, path, exc)
+            ) from exc
         finally:
             os.umask(old_umask)
         os.chmod(path, self.options.unix_mode)

@@ -4,8 +4,12 @@ config), written as one line on stderr (or a JSON record with --log-format json)
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import os
+import pwd
+import stat
 import sys
 from typing import Any
 
@@ -24,6 +28,7 @@ __all__ = [
     "fatal",
     "fix_hint",
     "taken_by_another_user",
+    "another_users_socket",
     "store_in_use_hint",
 ]
 
@@ -83,6 +88,10 @@ HINTS = {
     ("twin", "config"): "give [server] listen another port",
     ("socket", "flags"): "another server has it? use another --unix PATH",
     ("socket", "config"): "another server has it? give [server] listen another unix: path",
+    # A socket of another user's at the path (in /tmp, from a server of theirs killed):
+    # this user may neither connect to it nor remove it.
+    ("theirs", "flags"): "use another --unix PATH",
+    ("theirs", "config"): "give [server] listen another unix: path",
     ("listen", "flags"): "check the -L and --unix addresses",
     ("listen", "config"): "check [server] listen in the config",
 }
@@ -103,6 +112,27 @@ def taken_by_another_user(options: ServerOptions, tcp: Address, exc: OSError) ->
     if who is None:
         return None
     return f"{who}: another user's process listens there; {fix_hint(options, 'twin')}"
+
+
+def another_users_socket(options: ServerOptions, path: str, exc: OSError) -> str | None:
+    """The hint for a Unix socket path this user was refused where another user's socket
+    is (one their server left when it was killed, or theirs live): "check the addresses"
+    read as if this user's address were wrong, with nothing said of whose file is there."""
+    if exc.errno not in (errno.EACCES, errno.EPERM):
+        return None
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISSOCK(info.st_mode) or info.st_uid == os.geteuid():
+        return None
+    who = f"uid {info.st_uid}"
+    with contextlib.suppress(KeyError):  # a uid the user database does not know
+        who += f", {pwd.getpwuid(info.st_uid).pw_name}"
+    return (
+        f"another user's socket is there ({who}), live or left by a server of theirs, which"
+        f" this user may not remove; {fix_hint(options, 'theirs')}"
+    )
 
 
 def store_in_use_hint(options: ServerOptions) -> str:

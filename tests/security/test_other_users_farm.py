@@ -12,6 +12,7 @@ whose the farm it found is.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -99,3 +100,28 @@ def test_a_server_whose_port_another_user_holds_names_that_user(tmp_path: Path) 
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_socket_path_another_users_server_left_names_that_user(tmp_path: Path) -> None:
+    # A config every user copied names a socket in a shared directory (sticky, as /tmp):
+    # alice's server was killed and left its socket there, which bob may neither connect
+    # to nor remove. His server said "permission denied (check the -L and --unix
+    # addresses)", as if his address were wrong, not hers in his way.
+    tmp_path.chmod(0o755)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    path = shared / "gearman.sock"
+    left = socket.socket(socket.AF_UNIX)
+    left.bind(str(path))  # the test's own user (alice here); closed: no one listens
+    left.close()
+    path.chmod(0o660)
+    argv = [sys.executable, "-m", "farm.server", "-p", str(free_port()), "--store", "none"]
+    argv = homeless([*argv, "--unix", str(path), "--hints", "config"])  # bob
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(argv, env=env, cwd="/", capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert f"cannot listen on unix:{path}: permission denied (" in out.stderr, out.stderr
+    assert f"uid {os.getuid()}" in out.stderr and "another user's socket" in out.stderr
+    assert "give [server] listen another unix: path" in out.stderr, out.stderr
+    assert path.exists()  # hers, left as it is
