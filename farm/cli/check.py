@@ -17,11 +17,15 @@ ports and its sockets are left alone.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from farm.cli.app import MAX_WAIT, ConfigOption, FarmCommand, app, fail, seconds
 from farm.errors import ConfigError, FarmError
+
+if TYPE_CHECKING:
+    from farm.net import Address
 
 __all__ = ["check"]
 
@@ -37,6 +41,27 @@ def _warn(line: str) -> None:
     from farm.logs import escape_controls
 
     typer.echo(f"farm: warning: {escape_controls(line)}", err=True)
+
+
+def _taken_by_another_user(addresses: tuple[Address, ...]) -> str | None:
+    """Why a TCP port of ``addresses`` another user listens on is in the way, read from the
+    kernel's table, not bound: on a host where users each run a farm, the check said "ok"
+    while another's held the port, and farm up stopped at once. A warning only: root
+    checking the file of a farm run by its own user sees that farm there."""
+    from farm.loopback import another_users_listener
+
+    for addr in addresses:
+        if addr.kind != "tcp":
+            continue
+        every = addr.host in ("", "0.0.0.0", "::")  # a loopback listener is in its way too
+        who = another_users_listener("127.0.0.1" if every else addr.host, addr.port)
+        if who is not None:
+            return (
+                f"{addr}: {who}: another user's process listens there, so farm up's server"
+                " would not start (unless that is this file's farm, run by that user); give"
+                " [server] listen another port"
+            )
+    return None
 
 
 @app.command(cls=FarmCommand)
@@ -99,6 +124,8 @@ def check(
     _, python_env, warnings = children_environ(cfg.executor)
     for warning in warnings:  # farm up logs them as warnings at its start
         _warn(warning)
+    if cfg.local_server and (taken := _taken_by_another_user(cfg.server.addresses)):
+        _warn(f"{cfg.source}: server.listen: {taken}")
     # The pools that read are loaded even when others did not: one run names them all.
     try:
         failed = target_failures(

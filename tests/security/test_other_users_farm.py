@@ -125,3 +125,31 @@ def test_a_socket_path_another_users_server_left_names_that_user(tmp_path: Path)
     assert f"uid {os.getuid()}" in out.stderr and "another user's socket" in out.stderr
     assert "give [server] listen another unix: path" in out.stderr, out.stderr
     assert path.exists()  # hers, left as it is
+
+
+def test_farm_check_warns_of_a_port_another_user_listens_on(tmp_path: Path) -> None:
+    # `farm check` said "ok" for bob's file while alice's farm held its port: his `farm up`
+    # then stopped at once. It binds nothing, and says whose the port is (a warning: run by
+    # root for a farm of another user, the listener may be that config's own farm).
+    port = free_port()
+    holder = [sys.executable, "-m", "farm.server", "--port", str(port), "--store", "none"]
+    argv = homeless(holder)
+    alice = int(next(a for a in argv if a.startswith("--reuid=")).split("=")[1])
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(argv, env=env, cwd="/", stderr=subprocess.DEVNULL)
+    try:
+        wait_connectable(f"127.0.0.1:{port}", proc)
+        config = tmp_path / "farm.toml"
+        config.write_text(
+            f'[server]\nlisten = ["127.0.0.1:{port}", "unix:{tmp_path}/gearman.sock"]\n'
+            f'store = "none"\n[supervisor]\nmetrics = "off"\ncontrol = "{tmp_path}/c.sock"\n'
+            '[functions.reverse]\ntarget = "workers.text:reverse"\nworkers = 1\n'
+        )
+        env = {k: v for k, v in os.environ.items() if k not in _SERVERS_VARIABLES}
+        out = cli("check", "--config", str(config), env=env, timeout=120)
+        assert out.returncode == 0, out.stderr
+        said = f"server.listen: 127.0.0.1:{port}: uid {alice}: another user's process listens"
+        assert said in out.stderr, out.stderr
+    finally:
+        proc.terminate()
+        proc.wait(10)
