@@ -136,8 +136,11 @@ def holder(port: int) -> str | None:
     if not found:
         return None
     pid = found[0].pid
-    if pid is None:  # its process is not this user's to read
-        return "a process of another user (`sudo ss -ltnp` names it)"
+    if pid is None:  # its process is not this user's to read; its owner is in the table
+        whose = another_users_listener("::1", port)
+        return (
+            f"a process of another user ({whose + '; ' if whose else ''}`sudo ss -ltnp` names it)"
+        )
     try:
         proc = psutil.Process(pid)
         with proc.oneshot():
@@ -168,26 +171,14 @@ def listener_uid(host: str, port: int) -> int | None:
     Read from the kernel's socket tables, which name every socket's owner to every user
     (psutil gives the pid of this user's processes only), and without a connect: a client
     about to use that port learns whose farm answers there before it sends anything."""
-    if host != "localhost" and not _loopback(host):
-        return None
-    for table in _TCP_TABLES:
-        try:
-            with open(table, encoding="ascii") as rows:
-                next(rows, None)  # the header
-                for row in rows:
-                    uid = _listening(row.split(), port)
-                    if uid is not None:
-                        return uid
-        except OSError:
-            continue
-    return None
+    return next(iter(_listener_uids(host, port)), None)
 
 
 def another_users_listener(host: str, port: int) -> str | None:
-    """Whose the listener on ``host``:``port`` is, in words ("uid 1001, alice"), when it is
-    another user's (``listener_uid``); None when it is this user's, or none is found."""
-    uid = listener_uid(host, port)
-    if uid is None or uid == os.geteuid():
+    """Whose a listener on ``host``:``port`` is, in words ("uid 1001, alice"), when one is
+    another user's (``listener_uid``); None when each is this user's, or none is found."""
+    uid = next((u for u in _listener_uids(host, port) if u != os.geteuid()), None)
+    if uid is None:
         return None
     try:
         import pwd
@@ -197,16 +188,36 @@ def another_users_listener(host: str, port: int) -> str | None:
         return f"uid {uid}"
 
 
-def _loopback(host: str) -> bool:
+def _listener_uids(host: str, port: int) -> list[int]:
+    """The owners of the listeners a client of ``host``:``port`` may reach, each once."""
+    families = {4, 6} if host == "localhost" else _loopback_family(host)
+    uids: dict[int, None] = {}
+    for table in _TCP_TABLES:
+        try:
+            with open(table, encoding="ascii") as rows:
+                next(rows, None)  # the header
+                for row in rows:
+                    uid = _listening(row.split(), port, families)
+                    if uid is not None:
+                        uids[uid] = None
+        except OSError:
+            continue
+    return list(uids)
+
+
+def _loopback_family(host: str) -> set[int]:
+    """{4} or {6} for a loopback address; empty for any other host (never looked at)."""
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return False
+        return set()
+    return {ip.version} if ip.is_loopback else set()
 
 
-def _listening(fields: list[str], port: int) -> int | None:
+def _listening(fields: list[str], port: int, families: set[int]) -> int | None:
     """The owner of a socket table's row when it listens on ``port`` where a loopback
-    client reaches it (a loopback address, or every address), else None."""
+    client of ``families`` reaches it (its loopback address, or every address; an IPv4
+    client, an IPv6 listener on every address too, as a dual-stack one), else None."""
     if len(fields) < 8 or fields[3] != _LISTEN:
         return None
     address, _, at = fields[1].partition(":")
@@ -215,11 +226,15 @@ def _listening(fields: list[str], port: int) -> int | None:
             return None
         # The kernel writes each 32-bit word of the address in the host's byte order.
         words = [bytes.fromhex(address[i : i + 8]) for i in range(0, len(address), 8)]
-        raw = b"".join(w[::-1] if sys.byteorder == "little" else w for w in words)
-        ip = ipaddress.ip_address(raw)
-        mapped = getattr(ip, "ipv4_mapped", None)
-        if not ((mapped or ip).is_loopback or ip.is_unspecified):
-            return None
-        return int(fields[7])
+        ip = ipaddress.ip_address(
+            b"".join(w[::-1] if sys.byteorder == "little" else w for w in words)
+        )
+        uid = int(fields[7])
     except ValueError:
         return None
+    mapped = getattr(ip, "ipv4_mapped", None)
+    if ip.version in families and (ip.is_loopback or ip.is_unspecified):
+        return uid
+    if 4 in families and (ip.is_unspecified or (mapped is not None and mapped.is_loopback)):
+        return uid
+    return None

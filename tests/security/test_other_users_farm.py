@@ -21,7 +21,7 @@ import pytest
 
 from tests.helpers import ROOT
 from tests.helpers.clirun import cli
-from tests.helpers.servers import free_port, wait_connectable
+from tests.helpers.servers import free_port, ipv6_loopback_problem, wait_connectable
 from tests.helpers.unprivileged import homeless
 
 
@@ -153,3 +153,22 @@ def test_farm_check_warns_of_a_port_another_user_listens_on(tmp_path: Path) -> N
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_ipv6_loopback_taken_by_another_user_names_that_user() -> None:
+    # The [::1] twin of a server's port taken by another user's process: psutil gives no
+    # pid for it, and the error sent this user to `sudo ss -ltnp`, which they may not run.
+    if problem := ipv6_loopback_problem():
+        pytest.skip(problem)
+    port = free_port()
+    with socket.socket(socket.AF_INET6) as theirs:  # the test's user (alice here)
+        theirs.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        theirs.bind(("::1", port))
+        theirs.listen()
+        server = [sys.executable, "-m", "farm.server", "-p", str(port), "--store", "none"]
+        env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)}
+        out = subprocess.run(  # bob
+            homeless(server), env=env, cwd="/", capture_output=True, text=True, timeout=60
+        )
+    assert out.returncode == 1, out.stderr
+    assert f"by a process of another user (uid {os.getuid()}" in out.stderr, out.stderr
