@@ -166,8 +166,8 @@ _LISTEN = "0A"
 
 
 def listener_uid(host: str, port: int) -> int | None:
-    """The uid that listens on this host's ``host``:``port`` (a loopback address, or
-    localhost), or None: not a loopback host, nothing listening, or no /proc to read.
+    """The uid that listens on this host's ``host``:``port`` (a loopback address, localhost,
+    or a wildcard), or None: not a loopback host, nothing listening, or no /proc to read.
     Read from the kernel's socket tables, which name every socket's owner to every user
     (psutil gives the pid of this user's processes only), and without a connect: a client
     about to use that port learns whose farm answers there before it sends anything."""
@@ -190,7 +190,8 @@ def another_users_listener(host: str, port: int) -> str | None:
 
 def _listener_uids(host: str, port: int) -> list[int]:
     """The owners of the listeners a client of ``host``:``port`` may reach, each once."""
-    families = {4, 6} if host == "localhost" else _loopback_family(host)
+    # localhost, or every address (a listener's wildcard): a listener of either family
+    families = {4, 6} if host in ("localhost", "") else _loopback_family(host)
     uids: dict[int, None] = {}
     for table in _TCP_TABLES:
         try:
@@ -206,12 +207,13 @@ def _listener_uids(host: str, port: int) -> list[int]:
 
 
 def _loopback_family(host: str) -> set[int]:
-    """{4} or {6} for a loopback address; empty for any other host (never looked at)."""
+    """{4} or {6} for a loopback address or a wildcard (a listener's every address, which a
+    loopback listener is in the way of); empty for any other host (never looked at)."""
     try:
         ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return set()
-    return {ip.version} if ip.is_loopback else set()
+    return {ip.version} if ip.is_loopback or ip.is_unspecified else set()
 
 
 def _listening(fields: list[str], port: int, families: set[int]) -> int | None:

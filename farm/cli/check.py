@@ -53,8 +53,7 @@ def _taken_by_another_user(addresses: tuple[Address, ...]) -> str | None:
     for addr in addresses:
         if addr.kind != "tcp":
             continue
-        every = addr.host in ("", "0.0.0.0", "::")  # a loopback listener is in its way too
-        who = another_users_listener("127.0.0.1" if every else addr.host, addr.port)
+        who = another_users_listener(addr.host, addr.port)
         if who is not None:
             return (
                 f"{addr}: {who}: another user's process listens there, so farm up's server"

@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 from farm import slowreuse
 from farm.logrepeats import Brief
-from farm.loopback import HOLDS_IPV6_LOOPBACK, NO_IPV6, serve_twin, taken_hint, twin_needed
+from farm.loopback import (
+    HOLDS_IPV6_LOOPBACK,
+    NO_IPV6,
+    another_users_listener,
+    serve_twin,
+    taken_hint,
+    twin_needed,
+)
 from farm.net import Address
 from farm.pools.metrics import SupervisorCollector
 from farm.slowreuse import EVICT_AFTER, MAX_SCRAPERS, SCRAPE_TIMEOUT
@@ -326,7 +333,18 @@ def serve_metrics(supervisor: Steering, address: str) -> Any:
         threading.Thread(target=forever, name=name, daemon=True).start()
         return made
 
-    server = serve(*places[0], int(port), "metrics")
+    try:
+        server = serve(*places[0], int(port), "metrics")
+    except OSError as exc:  # the supervisor warns and runs without: said whose the port is
+        who = (
+            another_users_listener(places[0][1], int(port))
+            if exc.errno == errno.EADDRINUSE
+            else None
+        )
+        if who is None:
+            raise
+        why = f"{exc.strerror}: {who}: another user's process listens there"
+        raise OSError(exc.errno, why) from exc
     server.others = []
     bound = server.server_address[1]
     served = [places[0][1]]

@@ -107,8 +107,7 @@ def taken_by_another_user(options: ServerOptions, tcp: Address, exc: OSError) ->
     it?" left the next to find whose, which ``ss -ltnp`` does not say to them."""
     if exc.errno != errno.EADDRINUSE:
         return None
-    every = tcp.host in ("", "0.0.0.0", "::")  # a loopback listener keeps it from binding too
-    who = another_users_listener("127.0.0.1" if every else tcp.host, tcp.port)
+    who = another_users_listener(tcp.host, tcp.port)
     if who is None:
         return None
     return f"{who}: another user's process listens there; {fix_hint(options, 'twin')}"

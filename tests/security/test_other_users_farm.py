@@ -172,3 +172,32 @@ def test_ipv6_loopback_taken_by_another_user_names_that_user() -> None:
         )
     assert out.returncode == 1, out.stderr
     assert f"by a process of another user (uid {os.getuid()}" in out.stderr, out.stderr
+
+
+@pytest.mark.timeout(90)
+def test_farm_up_whose_metrics_port_another_user_holds_says_whose(tmp_path: Path) -> None:
+    # bob's farm on the built-in metrics port alice's farm holds: "cannot serve on
+    # 127.0.0.1:9730 ([Errno 98] Address already in use)", and his Prometheus went on
+    # scraping her numbers as his. The warning (and `farm ps --json`) now says whose it is.
+    from tests.helpers.farmproc import FarmUp
+
+    up = FarmUp(tmp_path, "", start=False)
+    code = (
+        "import socket, sys\n"
+        f"s = socket.socket(); s.bind(('127.0.0.1', {up.metrics_port})); s.listen()\n"
+        "print('up', flush=True); sys.stdin.read()\n"
+    )
+    argv = homeless([sys.executable, "-c", code])
+    alice = int(next(a for a in argv if a.startswith("--reuid=")).split("=")[1])
+    theirs = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert theirs.stdout is not None and theirs.stdout.readline() == "up\n"
+        up.start()
+        up.expect_notify("READY=1")
+        said = f"uid {alice}: another user's process listens there"
+        assert said in up.ask({"cmd": "ps"})["metrics_error"]
+        assert said in up.read_log()
+    finally:
+        up.stop()
+        theirs.kill()
+        theirs.wait(10)
