@@ -15,14 +15,23 @@ import logging
 import os
 import sqlite3
 import stat
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from farm.paths import check_own_file
 from farm.server.storefile import fsize_limit
 
 log = logging.getLogger("farm.server")
 
-__all__ = ["RESERVE_BYTES", "DiskReserve", "checkpoint_fits", "disk_full", "shrink"]
+__all__ = [
+    "RESERVE_BYTES",
+    "DiskReserve",
+    "checkpoint_fits",
+    "disk_full",
+    "shrink",
+    "write_or_shrink",
+]
 
 #: Disk kept beside the store; at most 1% of the filesystem (a small volume, a tmpfs).
 RESERVE_BYTES = 8 << 20
@@ -181,6 +190,25 @@ def shrink(db: sqlite3.Connection, reserve: DiskReserve, need: int | None = None
         return False
     log.info("the job store %s gave %d free pages back to the disk", reserve.store, free)
     return reserve.make()
+
+
+def write_or_shrink(
+    db: sqlite3.Connection,
+    reserve: DiskReserve,
+    adds: Sequence[tuple[Any, ...]],
+    write: Callable[[], None],
+) -> None:
+    """``write()`` (one transaction, rolled back where it fails); where it failed for want of
+    room with ``adds`` in it, the room the store no longer needs given back (``shrink``) and
+    ``write()`` again. An add's pages go to the -wal, which a full disk cannot grow, however
+    many pages the finished jobs freed in the file."""
+    try:
+        write()
+    except sqlite3.Error as exc:
+        need = sum(len(row[3]) for row in adds)  # its data
+        if not (adds and disk_full(exc) and shrink(db, reserve, need)):
+            raise
+        write()
 
 
 def _footprint(store: str) -> int:

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm.server.reserve import DiskReserve, checkpoint_fits, disk_full, shrink
+from farm.server.reserve import DiskReserve, checkpoint_fits, disk_full, shrink, write_or_shrink
 from farm.server.settings import NO_STORE
 from farm.server.storeagain import make_again
 from farm.server.storecheck import ASIDE_TABLE, kept_aside, read_rows, set_aside, split_damaged
@@ -221,15 +221,8 @@ class SQLiteStore:
                 # next deletes none, and the jobs they end would run again after a restart.
                 # Not only while broken: a store reopened with its reserve given back.
                 raise sqlite3.OperationalError("disk full (its reserve is spent on deletes)")
-            try:
-                self._write(batch.adds, batch.retries, batch.deletes)
-            except sqlite3.Error as exc:
-                # An add's pages go to the -wal, which a full disk cannot grow, however many
-                # pages the finished jobs freed in the file: those given back, tried again.
-                need = sum(len(row[3]) for row in batch.adds)
-                if not (batch.adds and disk_full(exc) and shrink(self.db, self.reserve, need)):
-                    raise
-                self._write(batch.adds, batch.retries, batch.deletes)
+            rows = batch.adds, batch.retries, batch.deletes
+            write_or_shrink(self.db, self.reserve, batch.adds, lambda: self._write(*rows))
         except sqlite3.Error as exc:
             batch.error = unwritten(self.path, exc)
             # The adds are refused, but a finished job's delete must not be lost, or the job
