@@ -7,6 +7,7 @@ goes through :func:`parse_address`: ``HOST:PORT``, ``[v6]:PORT``, a bare host
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import ipaddress
 import select
@@ -14,7 +15,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -286,10 +287,31 @@ def _readable_now(sock: socket.socket) -> bool:
     return bool(poller.poll(0))
 
 
+def _green(sock: object) -> bool:
+    """Whether ``sock`` is gevent's or eventlet's, once ``socket`` is monkey-patched."""
+    return not isinstance(sock, _socket.socket)
+
+
+@contextlib.contextmanager
+def _not_waiting(sock: socket.socket) -> Iterator[None]:
+    """A green socket (gevent's or eventlet's, once ``socket`` is monkey-patched) is not a
+    ``_socket.socket`` and waits for its ``timeout`` where the system says EAGAIN, flags or
+    none: MSG_DONTWAIT read a blocking one's next reply or none, for ever. Timeout 0 does not."""
+    was = sock.gettimeout()
+    sock.settimeout(0)
+    try:
+        yield
+    finally:
+        sock.settimeout(was)
+
+
 def recv_now(sock: socket.socket) -> bytes:
     """What ``sock`` holds now (b"": the server closed it); BlockingIOError or, through
     TLS, SSLWantReadError when nothing has come."""
     if not isinstance(sock, ssl.SSLSocket):
+        if _green(sock):
+            with _not_waiting(sock):
+                return sock.recv(READ_SIZE)
         return sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
     if not sock.pending() and not _readable_now(sock):
         # The common case, an idle connection: one system call, not three and an error.
@@ -308,6 +330,9 @@ def send_now(sock: socket.socket, data: bytes | bytearray) -> int:
     request the server may have read for one never written."""
     if not isinstance(sock, ssl.SSLSocket):
         try:
+            if _green(sock):
+                with _not_waiting(sock):
+                    return sock.send(data)
             return sock.send(data, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return 0
