@@ -25,6 +25,8 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+from farm.logs import escape_controls
+
 __all__ = [
     "TWINNED_HOSTS",
     "twin_needed",
@@ -148,7 +150,9 @@ def holder(port: int) -> str | None:
     except (psutil.Error, KeyError):
         return f"pid {pid}"
     mine = user == _me()
-    return f"{name}, pid {pid}" + ("" if mine else f", user {user}")
+    # Escaped: another user names their own process (prctl PR_SET_NAME: a newline and an
+    # ESC in its 15 bytes forged a "farm: ready" line in the server's refusal).
+    return f"{escape_controls(name)}, pid {pid}" + ("" if mine else f", user {user}")
 
 
 def _me() -> str:
@@ -190,15 +194,14 @@ def another_users_listener(host: str, port: int) -> str | None:
 
 def _listener_uids(host: str, port: int) -> list[int]:
     """The owners of the listeners a client of ``host``:``port`` may reach, each once."""
-    # localhost, or every address (a listener's wildcard): a listener of either family
-    families = {4, 6} if host in ("localhost", "") else _loopback_family(host)
+    targets = _targets(host)
     uids: dict[int, None] = {}
-    for table in _TCP_TABLES:
+    for table in _TCP_TABLES if targets else ():
         try:
             with open(table, encoding="ascii") as rows:
                 next(rows, None)  # the header
                 for row in rows:
-                    uid = _listening(row.split(), port, families)
+                    uid = _listening(row.split(), port, targets)
                     if uid is not None:
                         uids[uid] = None
         except OSError:
@@ -206,20 +209,39 @@ def _listener_uids(host: str, port: int) -> list[int]:
     return list(uids)
 
 
-def _loopback_family(host: str) -> set[int]:
-    """{4} or {6} for a loopback address or a wildcard (a listener's every address, which a
-    loopback listener is in the way of); empty for any other host (never looked at)."""
+_IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _targets(host: str) -> tuple[_IP, ...]:
+    """The addresses ``host`` stands for, where it is a loopback one or a wildcard (every
+    address: a listener's, which any listener of its family is in the way of); none for any
+    other host (never looked at). localhost is both loopback addresses."""
+    if host in ("localhost", ""):
+        return (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
     try:
         ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return set()
-    return {ip.version} if ip.is_loopback or ip.is_unspecified else set()
+        return ()
+    return (ip,) if ip.is_loopback or ip.is_unspecified else ()
 
 
-def _listening(fields: list[str], port: int, families: set[int]) -> int | None:
-    """The owner of a socket table's row when it listens on ``port`` where a loopback
-    client of ``families`` reaches it (its loopback address, or every address; an IPv4
-    client, an IPv6 listener on every address too, as a dual-stack one), else None."""
+def _reaches(listener: _IP, target: _IP) -> bool:
+    """Whether a listener on ``listener`` takes (or is in the way of) ``target``: the same
+    address or its IPv4-mapped form, a wildcard of its family (an IPv6 one, dual-stack, of
+    IPv4's too), or, for a wildcard target, any listener of its family. Another loopback
+    address (127.0.0.2) is not in the way of 127.0.0.1: any user may bind one."""
+    mapped = getattr(listener, "ipv4_mapped", None)
+    same_family = listener.version == target.version or (target.version == 4 and mapped)
+    if target.is_unspecified:
+        return bool(same_family) or listener.is_unspecified
+    if listener == target or mapped == target:
+        return True
+    return listener.is_unspecified and (listener.version == target.version or listener.version == 6)
+
+
+def _listening(fields: list[str], port: int, targets: tuple[_IP, ...]) -> int | None:
+    """The owner of a socket table's row when it listens on ``port`` where a client of one of
+    ``targets`` reaches it (``_reaches``), else None."""
     if len(fields) < 8 or fields[3] != _LISTEN:
         return None
     address, _, at = fields[1].partition(":")
@@ -234,9 +256,4 @@ def _listening(fields: list[str], port: int, families: set[int]) -> int | None:
         uid = int(fields[7])
     except ValueError:
         return None
-    mapped = getattr(ip, "ipv4_mapped", None)
-    if ip.version in families and (ip.is_loopback or ip.is_unspecified):
-        return uid
-    if 4 in families and (ip.is_unspecified or (mapped is not None and mapped.is_loopback)):
-        return uid
-    return None
+    return uid if any(_reaches(ip, target) for target in targets) else None

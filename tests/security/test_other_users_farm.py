@@ -201,3 +201,31 @@ def test_farm_up_whose_metrics_port_another_user_holds_says_whose(tmp_path: Path
         up.stop()
         theirs.kill()
         theirs.wait(10)
+
+
+def test_another_users_listener_on_another_loopback_address_is_not_named() -> None:
+    # Any user may bind 127.0.0.2: a listener there was taken for one on 127.0.0.1, and
+    # farm check, the server's refusal and a client's fallback named that user for a port
+    # they did not hold (or blamed them for this user's own stale process).
+    from farm.loopback import another_users_listener
+
+    port = free_port()
+    code = (
+        "import socket, sys, time\n"
+        "s = socket.socket()\n"
+        f"s.bind(('127.0.0.2', {port}))\n"
+        "s.listen()\n"
+        "print('up', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    env = {"PATH": os.environ["PATH"]}
+    argv = homeless([sys.executable, "-c", code])
+    proc = subprocess.Popen(argv, env=env, cwd="/", stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+        assert another_users_listener("127.0.0.2", port) is not None  # there, it is theirs
+        assert another_users_listener("127.0.0.1", port) is None
+        assert another_users_listener("localhost", port) is None
+    finally:
+        proc.kill()
+        proc.wait(10)
