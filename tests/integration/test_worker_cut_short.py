@@ -36,7 +36,7 @@ def _time_limit(signum: int, frame: FrameType | None) -> None:
 # worker notes how much (fixed); or as it waits for the socket to take the rest, held in
 # order (in step before: the job's answer goes after that rest).
 WHERE = {
-    "sent": ("send_now", "farm/net.py"),
+    "sent": ("send_now", "farm/sockio.py"),
     "waiting": ("wait_writable", "farm/workerwire.py"),
     # The whole chunk taken and noted: not in doubt, the connection kept (dropped, the
     # job ran again and its caller got its data twice).
