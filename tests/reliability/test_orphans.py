@@ -139,7 +139,18 @@ def detached(tmp_path: Path, command_pid: int) -> int:
     found = wait_for(
         "its detached process", lambda: list(tmp_path.glob(f"detached-0-{command_pid}"))
     )
-    return int(wait_for("its pid written", lambda: found[0].read_text().strip()))
+    pid = int(wait_for("its pid written", lambda: found[0].read_text().strip()))
+    # $! is written as the child starts, maybe before it ran setsid(): until then it is in
+    # the worker's group, which the slot's kill reached (gone, unlogged, on a loaded host).
+    wait_for("its own session", lambda: _own_session(pid))
+    return pid
+
+
+def _own_session(pid: int) -> bool:
+    try:
+        return os.getsid(pid) == pid
+    except ProcessLookupError:
+        return False
 
 
 def adopted(pid: int, supervisor: int) -> bool:
