@@ -15,12 +15,14 @@ import os
 import signal
 from collections.abc import Iterator
 from concurrent.futures import BrokenExecutor
+from pathlib import Path
 
 import pytest
 
 import farm
-from tests.helpers.calls import add, adder, adder_at, identity
+from tests.helpers.calls import add, adder, adder_at, identity, wait_gate
 from tests.helpers.executorfarm import ExecutorFarm
+from tests.helpers.gate import Gate
 
 #: Another Python's bytecode magic (no Python has it: 2 bytes, then "\r\n", as every one).
 FOREIGN = b"\x01\x00\r\n"
@@ -133,12 +135,21 @@ def test_data_by_value_without_code_runs_across_versions(two_workers: ExecutorFa
 
 @pytest.mark.timeout(60)
 @pytest.mark.usefixtures("foreign_caller")
-def test_a_batch_with_code_in_a_result_names_the_batch(two_workers: ExecutorFarm) -> None:
+def test_a_batch_with_code_in_a_result_names_the_batch(
+    two_workers: ExecutorFarm, tmp_path: Path
+) -> None:
     """The pump packs waiting calls into one job, whose results travel together: one that
     holds code by value has the whole batch's refused (docs/executor.md), and the error of a
     call that returned plain data says so, rather than that its own result held code."""
-    with two_workers.executor() as ex:
+    # A call at a gate holds the executor's one job, so the 40 wait and leave in batches
+    # (21, then 10 holding the 25th: flight.take): sent as they came, on a loaded host each
+    # could go alone, and the 25th did once in a clean-clone CI run.
+    with two_workers.executor(max_workers=1) as ex, Gate(tmp_path / "gate") as gate:
+        held = ex.submit(wait_gate, gate.path)
+        gate.arrived(1)
         futures = [ex.submit(adder_at, i, 25) for i in range(40)]
+        gate.open()
+        assert held.result(timeout=30) is None
         errors = {i: future.exception(timeout=30) for i, future in enumerate(futures)}
     assert isinstance(errors[25], farm.PythonVersionMismatch)
     batched = [error for i, error in errors.items() if i != 25 and error is not None]
