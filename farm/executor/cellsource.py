@@ -7,6 +7,9 @@ the kernel's ``linecache`` alone (an entry without a modification time, which
 too). The worker cannot read it, so its traceback named the frame with no line under it:
 nothing of the user's cell showed. The caller has the text, so it adds each missing line
 for such files only; a file on disk was the worker's to read, and is left as it wrote it.
+``<string>`` is left too: every string compiled without a name has it (a dataclass's
+``__init__``, a namedtuple's ``__new__`` in the worker), and Python 3.13 keeps a ``python -c``
+program's text under it, so the caller's entry need not be the frame's code.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ __all__ = ["with_cell_lines"]
 # A frame line of traceback.format_exception; its source line is indented two spaces
 # deeper than "File", after the same margin (an exception group's "  | ").
 _FRAME = re.compile(r'^(?P<indent>[ |]*)File "(?P<file>.+)", line (?P<line>\d+), in ')
+
+# The name of code compiled from a string without one of its own (see the module's text).
+_ANY_STRING = "<string>"
 
 
 def with_cell_lines(text: str) -> str:
@@ -42,7 +48,7 @@ def with_cell_lines(text: str) -> str:
         following = lines[i + 1] if i + 1 < len(lines) else ""
         if following.startswith(indent) and following[len(indent) :].strip():
             continue  # the worker wrote the line (a frame's source is indented under it)
-        entry = cached.get(frame["file"])
+        entry = cached.get(frame["file"]) if frame["file"] != _ANY_STRING else None
         if entry is None or len(entry) != 4 or entry[1] is not None:
             continue  # not in-memory source: a real file, or one this process never saw
         number, source = int(frame["line"]), cast(object, entry[2])  # typeshed's shape, not all

@@ -41,6 +41,20 @@ def test_files_not_held_in_memory_are_left_as_the_worker_wrote_them(cell: None) 
     assert with_cell_lines(out_of_range) == out_of_range
 
 
+def test_code_compiled_from_a_string_is_left_whatever_the_caller_holds_under_its_name(
+    cell: None,
+) -> None:
+    # Python 3.13 keeps a `python -c` program's text as "<string>" (pytest-xdist's workers
+    # start so); a worker's "<string>" frame is other code (a dataclass's __init__).
+    program = "import sys; exec(sys.stdin.read())\n"
+    linecache.cache["<string>"] = (len(program), None, [program], "<string>")
+    try:
+        text = '  File "<string>", line 1, in __init__\nTypeError\n'
+        assert with_cell_lines(text) == text
+    finally:
+        del linecache.cache["<string>"]
+
+
 @pytest.mark.parametrize("lines", [None, "def g(x):\n    return 1 / x\n", 7])
 def test_an_entry_of_another_shape_is_passed_over(lines: object) -> None:
     # linecache is any tool's to fill: an entry whose lines are no list (None, one string)
