@@ -9,8 +9,8 @@ server's, its ``--metrics`` endpoint, the supervisor's ``[supervisor] metrics``)
 port on [::1] too, through this module: whether a listener needs its twin
 (``twin_needed``), the twin's socket (``twin_socket``), and who holds [::1] at that port
 when it is taken (``holder``), for the error that says what to do; and whose a loopback
-listener is (``listener_uid``, ``another_users_listener``), for a client that found another
-user's farm there, and a server that found its port taken.
+listener is, when it is another user's (``another_users_listener``), for a client that found
+another user's farm there, and a server that found its port taken.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ __all__ = [
     "serve_twin",
     "holder",
     "taken_hint",
-    "listener_uid",
     "another_users_listener",
 ]
 
@@ -169,18 +168,13 @@ _TCP_TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
 _LISTEN = "0A"
 
 
-def listener_uid(host: str, port: int) -> int | None:
-    """The uid that listens on this host's ``host``:``port`` (a loopback address, localhost,
-    or a wildcard), or None: not a loopback host, nothing listening, or no /proc to read.
-    Read from the kernel's socket tables, which name every socket's owner to every user
-    (psutil gives the pid of this user's processes only), and without a connect: a client
-    about to use that port learns whose farm answers there before it sends anything."""
-    return next(iter(_listener_uids(host, port)), None)
-
-
 def another_users_listener(host: str, port: int) -> str | None:
-    """Whose a listener on ``host``:``port`` is, in words ("uid 1001, alice"), when one is
-    another user's (``listener_uid``); None when each is this user's, or none is found."""
+    """Whose a listener on ``host``:``port`` (a loopback address, localhost, or a wildcard)
+    is, in words ("uid 1001, alice"), when one is another user's; None when each is this
+    user's, none is found, or there is no /proc to read. Read from the kernel's socket
+    tables, which name every socket's owner to every user (psutil gives the pid of this
+    user's processes only), and without a connect: a client about to use that port learns
+    whose farm answers there before it sends anything."""
     uid = next((u for u in _listener_uids(host, port) if u != os.geteuid()), None)
     if uid is None:
         return None
