@@ -11,7 +11,7 @@ errors, and a malformed packet kills it. No server is meant to run like this; it
 what a Python process on one core pays per job for the loop, the reads, the writes
 and a few dictionary operations, before any of a real server's rules, so
 ``bench.server_load --floor`` shows how much of the gap to gearmand the language
-itself leaves (docs/server.md, Speed).
+itself leaves (docs/server.md, "What a job costs").
 """
 
 from __future__ import annotations

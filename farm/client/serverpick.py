@@ -53,8 +53,9 @@ STAGGER = 0.25
 
 def job_key(unique: str, data: bytes) -> str | bytes:
     """What a job is placed by: its unique key, but for ``-`` its payload, which the server
-    takes for its key (PROTOCOL.md): placed by the literal ``-``, every such job started at
-    one server. An empty payload with ``-`` never coalesces, so it has no key (rotates)."""
+    takes for its key, as gearmand does (docs/gearmand-probes.md): placed by the literal
+    ``-``, every such job started at one server. An empty payload with ``-`` never
+    coalesces, so it has no key (rotates)."""
     if unique == "-":
         return data
     return unique

@@ -1,4 +1,4 @@
-"""What each signal to `farm up` means (docs/operations.md, "Signals"): a mixin of
+"""What each signal to `farm up` means (docs/operations.md, "Steering a running farm"): a mixin of
 :class:`farm.supervisor.Supervisor`. As in gunicorn's arbiter the handlers only enqueue and
 wake the loop; ``handle_signals``, a step of the loop, acts on what came."""
 

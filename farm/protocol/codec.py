@@ -4,7 +4,7 @@ This module knows the packet table, the NUL-separated argument framing and the
 admin text lines. It performs no I/O at all, so the server, the client and the
 worker share it and tests drive it without sockets.
 
-Framing (PROTOCOL.md): a binary packet is a 12-byte header -- magic (``\\0REQ``
+Framing (Gearman's): a binary packet is a 12-byte header -- magic (``\\0REQ``
 toward the server, ``\\0RES`` from it), uint32 type, uint32 body size, all
 big-endian -- followed by the body. The body holds a fixed number of
 arguments separated by NUL; the last one runs to the end of the body. A

@@ -284,8 +284,8 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, PeerOptions, a
         log.info("fd %d (%s): protocol error: %s", self.fd, self.ip, exc)
         if exc.handle is not None:
             self.news_too_large(exc.handle, exc)
-        # Bad magic and an unknown type close without a word, as PROTOCOL.md says and
-        # gearmand does: what follows cannot be framed, and no reply is owed to it.
+        # Bad magic and an unknown type close without a word, as docs/server.md ("How it is
+        # built") says and gearmand does: what follows cannot be framed, no reply is owed.
         if exc.code == "ARGUMENT_TOO_LARGE" or not exc.fatal:
             self.send(error(exc.code, str(exc)))
         if exc.fatal:

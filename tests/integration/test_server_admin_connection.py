@@ -52,7 +52,7 @@ def test_unknown_command(any_server, admin_factory):
     assert a.line(b"bogus\n") == b"ERR UNKNOWN_COMMAND Unknown+server+commandbogus\r\n"
     assert a.line(b"bogus two words\r\n") == b"ERR UNKNOWN_COMMAND Unknown+server+commandbogus\r\n"
     assert a.line(b"\n") == b"ERR UNKNOWN_COMMAND Unknown+server+command\r\n"
-    # (gearmand also rejects "  status" with leading blanks; PROTOCOL.md leaves
+    # (gearmand also rejects "  status" with leading blanks; farm's docs leave
     # that open, and farm accepts it, so it is not pinned here)
     assert a.listing(b"status\n") == b".\n", "the connection still works"
 

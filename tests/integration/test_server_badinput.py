@@ -1,4 +1,4 @@
-"""Hostile and broken input: the server answers or closes as PROTOCOL.md says,
+"""Hostile and broken input: the server answers or closes as docs/server.md says,
 and stays healthy for everybody else (a queued job survives every case). Here: bad magic,
 packet types it does not take, garbage and admin lines; framing and arguments are in
 test_server_badinput_framing.py.
@@ -44,7 +44,7 @@ def test_res_magic_is_invalid_magic_and_connection_survives(keeper_any, peer_fac
     ids=["XYZ", "zeros", "lowercase"],
 )
 def test_bad_magic_closes(keeper_any, peer_factory, data):
-    # PROTOCOL.md: bad magic closes, as gearmand does, without a word (farm sent an ERROR
+    # docs/server.md: bad magic closes, as gearmand does, without a word (farm sent an ERROR
     # first, its text a Python repr of the magic).
     closes_without_a_word(keeper_any, peer_factory, data)
 

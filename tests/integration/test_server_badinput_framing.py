@@ -1,6 +1,6 @@
 """Hostile and broken framing and arguments: truncated packets and headers, bodies over
 the size limit, uniques too long, wrong argument counts, NULs in arguments; the server
-answers or closes as PROTOCOL.md says and a queued job survives every case.
+answers or closes as docs/server.md says and a queued job survives every case.
 
 ``any_server`` where gearmand 1.1.20 behaves the same; ``farm_server`` for
 farm's stricter rules (docs/gearmand-probes.md lists what gearmand does).

@@ -3,8 +3,8 @@ complete, priorities, and unique-key coalescing.
 
 ``any_server`` tests run against farm's server and gearmand 1.1.20: farm must
 behave like gearmand there. ``farm_server`` tests pin the rules where farm
-deliberately differs (PROTOCOL.md's **farm:** notes; docs/gearmand-probes.md
-has what gearmand does instead). The same holds in test_server_jobs_work.py (WORK_*
+deliberately differs (docs/gearmand-probes.md's **farm:** notes, beside what
+gearmand does instead). The same holds in test_server_jobs_work.py (WORK_*
 packets, status queries), test_server_jobs_wake.py (sleep and wake, epoch, reduce, sched)
 and test_server_jobs_requeue.py (requeue, retries, timeouts, clients leaving).
 """

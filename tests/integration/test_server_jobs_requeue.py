@@ -3,8 +3,8 @@ after job retries or a CAN_DO_TIMEOUT, dropped or kept as their clients leave.
 
 ``any_server`` tests run against farm's server and gearmand 1.1.20: farm must
 behave like gearmand there. ``farm_server`` tests pin the rules where farm
-deliberately differs (PROTOCOL.md's **farm:** notes; docs/gearmand-probes.md
-has what gearmand does instead).
+deliberately differs (docs/gearmand-probes.md's **farm:** notes, beside what
+gearmand does instead).
 """
 
 from __future__ import annotations

@@ -147,7 +147,7 @@ def test_a_connection_closed_by_the_server_gets_its_held_replies_first(
     gate.let_one_go()
     client.expect(T.JOB_CREATED)  # its job is stored: it is told so before the close
     assert client.closed_within(5)
-    assert client.pending == [], "bad magic is closed on without a word (PROTOCOL.md)"
+    assert client.pending == [], "bad magic is closed on without a word (docs/server.md)"
 
 
 def test_a_peer_that_half_closes_gets_its_held_replies_first(gated: tuple[str, Gate]) -> None:

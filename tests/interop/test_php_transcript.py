@@ -1,8 +1,8 @@
 """PHP's GearmanWorker and GearmanClient run one script against farm's server and against
 gearmand, and read the same: return codes, results, every task callback in order with its
 data and status, job status, unique keys. Handles are numbered by first appearance, as
-each server counts its own. Where farm differs on purpose (../shared/PROTOCOL.md,
-docs/server.md) the script does not go: function timeouts, control characters, limits."""
+each server counts its own. Where farm differs on purpose (docs/server.md) the script does
+not go: function timeouts, control characters, limits."""
 
 from __future__ import annotations
 

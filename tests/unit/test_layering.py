@@ -1,4 +1,4 @@
-"""The folders are the architecture (DESIGN.md, "Layout"): these tests keep the seams.
+"""The folders are the architecture (docs/architecture.md): these tests keep the seams.
 
 farm.protocol is sans-I/O and stands alone; the server is built on it and on
 nothing of the client side, the executor, the pools, the supervisor or the
