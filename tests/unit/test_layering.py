@@ -274,6 +274,30 @@ def test_the_architecture_table_names_what_each_module_imports() -> None:
     assert not wrong, "docs/architecture.md's import column:\n" + "\n".join(wrong)
 
 
+def test_the_architecture_table_has_a_row_for_each_module_and_none_gone() -> None:
+    """Each module is named where the table's rows start (a package's own files may be
+    named in its row instead: `cli/`'s), and each file a row starts with is there: a
+    module split off or moved got no row, and a row outlived the module it told of."""
+    named, gone = set(), []
+    for line in (ROOT / "docs" / "architecture.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("| `") and not line.startswith("| **`"):
+            continue
+        package = ""
+        for path in re.findall(r"`([a-z_/.]+)`", cells[0]):
+            name = ("farm/" + path.removeprefix("farm/")).removesuffix(".py").strip("/")
+            name = name.replace("/", ".").removesuffix(".__init__")
+            if name in MODULES:
+                named.add(name)
+                package = name if MODULES[name].name == "__init__.py" else ""
+            else:
+                gone.append(path)
+        if package:  # the files of a package its row tells of (`app.py`: ...)
+            named |= {f"{package}.{f}" for f in re.findall(r"`(\w+)\.py`", line)}
+    missing = sorted(set(MODULES) - named)
+    assert not missing and not gone, f"no row: {missing}; a row, no module: {gone}"
+
+
 # -- the tests' own seams ------------------------------------------------------------
 
 
