@@ -207,7 +207,7 @@ class WorkerLinks:
         Never a blocking write: one to a hung server whose buffers were full waited for
         ever, holding the lock (register() from another thread), the other servers' jobs
         and stop(). A write that fits, any answer but a large one, is one send() (over TLS,
-        with the socket made non-blocking around it: ``net.send_now``), no poll."""
+        with the socket made non-blocking around it: ``sockio.send_now``), no poll."""
         held, settled, server.settled = -1, False, False
         try:
             held = server.session.queued

@@ -1,5 +1,5 @@
 """A submit cut short over TLS: what left the client before the connection broke is told
-from what did not, though TLS sends a record at a time (farm.net.send_now)."""
+from what did not, though TLS sends a record at a time (farm.sockio.send_now)."""
 
 from __future__ import annotations
 
