@@ -17,6 +17,7 @@ from farm.errors import FarmError
 from farm.paths import LEGACY_STORE, NoStateDirectory, default_store, older_unix_store_name
 from farm.server.options import ServerOptions
 from farm.server.otherstores import held_jobs, queued_beside, queued_in, queued_passed_over
+from farm.server.settings import default_store_path
 from farm.server.storecheck import ASIDE_TABLE
 
 __all__ = [
@@ -74,7 +75,8 @@ def _warn_stranded(options: ServerOptions) -> None:
     default = _default_or_none(LEGACY_PORT)
     if default is not None and Path(options.store).parent == default.parent:
         _warn_passed_over(default.parent)
-    for path, count in queued_beside(options.store):  # a server moved off that port?
+    beside = queued_beside(options.store)
+    for path, count in beside:  # a server moved off that port?
         log.warning(
             "the job store %s %s that no running server serves: its server runs them when"
             " it starts again; if this one took its place (a new port or socket), give it"
@@ -83,6 +85,32 @@ def _warn_stranded(options: ServerOptions) -> None:
             held_jobs(count),
             _fix(options, path),
         )
+    own = _own_default(options)
+    # A store moved to another disk, its jobs left behind?
+    if own is not None and own not in {p for p, _ in beside} and (count := queued_in(own)):
+        log.warning(
+            "the job store %s %s that no running server serves: it is this server's"
+            " default store, and this server runs %s; give it that store (%s) until it"
+            " is empty, or stop the server and move that file (and its -wal) to %s"
+            " while this one holds no job (docs/operations.md, Moving the job store)",
+            own,
+            held_jobs(count),
+            options.store,
+            _fix(options, own),
+            options.store,
+        )
+
+
+def _own_default(options: ServerOptions) -> Path | None:
+    """This server's default store (``queue-PORT.db`` in the state directory) where it runs
+    another, named one, else None. An operator who named a store on another disk (`[server]
+    store`, `--store`) left the jobs queued in the default one behind, and nothing said so:
+    the look beside a store is for default stores alone."""
+    try:
+        own = Path(default_store_path(options.listen, options.unix))
+    except NoStateDirectory:
+        return None
+    return None if own == Path(options.store) else own
 
 
 def _fix(options: ServerOptions, path: Path) -> str:

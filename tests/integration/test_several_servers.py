@@ -298,3 +298,35 @@ def test_the_store_of_an_older_farm_still_running_is_not_taken_from_it(
         held.close()
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     assert adopt_legacy_store(default_store(4730)), "adopted once it is free"
+
+
+def test_jobs_left_in_the_default_store_of_a_server_given_another_store_are_named(
+    tmp_path: Path,
+) -> None:
+    # Found moving a job store to another disk: a server on a port, given a store elsewhere
+    # (`[server] store`, `--store`), started on that empty file, and the jobs queued in its
+    # default store, queue-PORT.db in the state directory, waited there with no word: the
+    # look for stores holding jobs was for servers on a default store alone.
+    env = state_env(tmp_path)
+    port = free_port()
+    first = server(env, "-p", str(port))
+    try:
+        wait_connectable(f"127.0.0.1:{port}", first)
+        with Client(f"127.0.0.1:{port}") as client:
+            client.submit("f", b"x", background=True)
+    finally:
+        first.terminate()
+        first.communicate(timeout=20)
+    moved_to = tmp_path / "other-disk" / "queue.db"
+    moved_to.parent.mkdir()
+    moved = server(env, "-p", str(port), "--store", str(moved_to))
+    try:
+        wait_connectable(f"127.0.0.1:{port}", moved)
+    finally:
+        moved.terminate()
+        _, err = moved.communicate(timeout=20)
+    assert moved.returncode == 0, err
+    left = tmp_path / "state" / "farm" / f"queue-{port}.db"
+    (line,) = [line for line in err.splitlines() if f"store {left} " in line]
+    assert "WARNING" in line and "holds 1 queued job that no running server serves" in line
+    assert f"--store {left}" in line and f"runs {moved_to}" in line  # the fix, and why
