@@ -21,7 +21,7 @@ from farm.errors import ConfigError
 from farm.net import socket_path_problem
 from farm.protocol.codec import DEFAULT_MAX_PACKET
 from farm.server.options import refusal
-from farm.server.storetables import SQLITE_HEADER, look, not_sqlite
+from farm.server.storetables import SQLITE_HEADER, header_lost, look, not_sqlite
 
 __all__ = ["TUNING", "server_flags"]
 
@@ -144,7 +144,9 @@ def store_problem(path: str) -> str | None:
     finally:
         os.close(fd)
     if not_sqlite(head):  # the server's rule: a part of the header is a store cut off (look)
-        return f'{path} is not a SQLite database: name another file (or "none")'
+        # A store whose header was damaged (farm's -reserve beside it): another file strands it.
+        another = f'{path} is not a SQLite database: name another file (or "none")'
+        return header_lost(path) or another
     # Another program's database, a newer farm's store, or a store cut off or damaged: the
     # server refuses it at every start (exit 2), which `farm check` said ok of; read here
     # without a change (no file made beside it, no mode changed).

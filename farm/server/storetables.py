@@ -24,6 +24,7 @@ __all__ = [
     "GEARMAND_COLUMNS",
     "SQLITE_HEADER",
     "STORE_FORMAT",
+    "header_lost",
     "look",
     "not_farms",
     "not_sqlite",
@@ -67,6 +68,24 @@ def not_sqlite(head: bytes) -> bool:
     its pages from there), where "restore it from a backup, or move it and its -wal aside"
     loses none; nor is it taken for an empty file, a store not made yet, to write over."""
     return head[: len(SQLITE_HEADER)] != SQLITE_HEADER[: len(head)]
+
+
+def header_lost(path: str) -> str | None:
+    """Why a file ``not_sqlite`` at ``path`` is a store whose header was damaged, not another
+    program's file, in the words of its fix; None where nothing says so. Its ``-reserve``
+    (reserve.DiskReserve), a regular file of this user's, says a farm kept a store there: a
+    store whose first sector was zeroed on disk was refused as "not a database", with the
+    fix of another path or none, and the farm then started empty, its jobs left behind."""
+    try:
+        info = os.lstat(path + "-reserve")
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+        return None
+    return (
+        f"{path} has lost SQLite's header (its first 16 bytes), and the -reserve beside it"
+        f" says a farm kept its jobs there{_DAMAGE_FIX}"
+    )
 
 
 def not_farms(db: sqlite3.Connection, path: str) -> str | None:

@@ -63,6 +63,25 @@ def _cut_with_its_wal_beside(path: Path) -> None:
     shutil.rmtree(copy)
 
 
+def _header_zeroed_its_reserve_beside(path: Path) -> None:
+    """farm's store, stopped cleanly with jobs, its first sector then zeroed on disk: its
+    -reserve beside it says it was a farm's store (found by an operator's look at a damaged
+    store: "not a database: use --store PATH, or --store none", and the farm started empty)."""
+    made = (
+        "import sys\n"
+        "from farm.server.store import SQLiteStore\n"
+        "store = SQLiteStore(sys.argv[1])\n"
+        "store.add(b'H:t:0', b'reverse', b'u0', b'x', 1, None, 0.0, True)\n"
+        "store.commit()\n"
+        "store.close()\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    subprocess.run([sys.executable, "-c", made, str(path)], env=env, check=True, timeout=60)
+    assert path.with_name(path.name + "-reserve").is_file()
+    with path.open("r+b") as f:
+        f.write(bytes(16))
+
+
 def _another_programs_text(path: Path) -> None:
     path.write_bytes(b"SQLite is fast\n")  # "SQLite " is not "SQLite f": no part of it
 
@@ -95,6 +114,7 @@ def server_verdict(said: subprocess.CompletedProcess[str]) -> str:
         (_cut_in_its_name, "damaged"),
         (_cut_before_its_nul, "damaged"),
         (_cut_with_its_wal_beside, "damaged"),
+        (_header_zeroed_its_reserve_beside, "damaged"),
         (_another_programs_text, "another's"),
     ],
 )
