@@ -93,7 +93,14 @@ def open_database(path: str, sync: str, reserve: DiskReserve) -> tuple[sqlite3.C
             db.execute("PRAGMA secure_delete=FAST")
             db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
             db.execute(SCHEMA)
-            _add_columns(db, reserve)
+            if added := _add_columns(db, reserve):
+                log.warning(
+                    "the job store %s, an older farm's, gained the columns %s (its jobs get"
+                    " their defaults; an older farm still reads it: docs/operations.md,"
+                    " Upgrading)",
+                    path,
+                    ", ".join(added),
+                )
             db.execute("BEGIN IMMEDIATE")
             _take_over_gearmand(db, path)
             row = db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()
@@ -159,14 +166,17 @@ def _refuse_unreadable(db: sqlite3.Connection, path: str) -> None:
         raise StoreError(f"the job store {why}")
 
 
-def _add_columns(db: sqlite3.Connection, reserve: DiskReserve) -> None:
-    """Add the columns a store of an older farm lacks (which reads it still). On a full
-    disk the reserve gives the few pages their room, as it does the deletes', else a
-    farm upgraded there would not start; adds then wait until it is whole again."""
+def _add_columns(db: sqlite3.Connection, reserve: DiskReserve) -> list[str]:
+    """Add the columns a store of an older farm lacks (which reads it still), and name
+    them: an upgrade changed the file with no word of it. On a full disk the reserve gives
+    the few pages their room, as it does the deletes', else a farm upgraded there would not
+    start; adds then wait until it is whole again."""
     columns = {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
+    added = []
     for name, kind in _ADDED_COLUMNS.items():
         if name in columns:
             continue
+        added.append(name)
         alter = f"ALTER TABLE jobs ADD COLUMN {name} {kind}"
         try:
             db.execute(alter)
@@ -180,6 +190,7 @@ def _add_columns(db: sqlite3.Connection, reserve: DiskReserve) -> None:
             except sqlite3.Error:
                 reserve.close()  # the server does not start: its descriptor too
                 raise
+    return added
 
 
 #: The rows of gearmand's queue that farm takes over (the rest stay where they are).

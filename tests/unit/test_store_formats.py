@@ -8,6 +8,7 @@ downgrade after an upgrade that changed what a row means) would be replayed as i
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -81,3 +82,22 @@ def test_stores_of_older_farms_and_of_this_one_still_open(tmp_path: Path) -> Non
     current = tmp_path / "current.db"
     SQLiteStore(current).close()
     SQLiteStore(current).close()
+
+
+def test_an_older_farms_store_says_the_columns_it_gained_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found upgrading a farm with jobs in its store: the new farm added its columns to the
+    # older farm's file with no word of it, so the operator could not tell the file changed.
+    old = tmp_path / "old.db"
+    made(old, FIRST_SCHEMA)
+    current = tmp_path / "current.db"
+    with caplog.at_level(logging.WARNING, logger="farm.server"):
+        for path in (old, old, current):
+            SQLiteStore(path).close()
+    said = [r.getMessage() for r in caplog.records if "gained the columns" in r.getMessage()]
+    assert said == [
+        f"the job store {old}, an older farm's, gained the columns created, retries, local,"
+        " checksum (its jobs get their defaults; an older farm still reads it:"
+        " docs/operations.md, Upgrading)"
+    ]
