@@ -180,7 +180,15 @@ def _own(path: str, where: str, info: os.stat_result) -> None:
     try:
         check_own_file(where, info)
     except PermissionError as exc:
-        raise StoreError(f"cannot open the job store {path}: {exc.strerror or exc}") from None
+        why = f"cannot open the job store {path}: {exc.strerror or exc}"
+        if where == path and info.st_size and info.st_nlink == 1:
+            # A store with rows in it of another uid: a restored copy (rsync -a from a host
+            # where farm's user has another uid) was told "remove it", and its jobs with it.
+            raise StoreUnreadable(
+                f"{why}; if it is a copy you put there (a restored backup), chown it to this"
+                " user: it may hold queued jobs"
+            ) from None
+        raise StoreError(why) from None
 
 
 def _not_regular(path: str, side: str) -> StoreError:
