@@ -271,12 +271,16 @@ def write_relayed(lines: list[str]) -> None:
         return
     handler = _handler
     text = "".join(_relayed(line) + "\n" for line in lines)
-    if handler is None:
-        sys.stderr.write(text)
-        return
-    with handler.lock or contextlib.nullcontext():
-        handler.stream.write(text)
-        handler.flush()
+    # A log that cannot be written (the terminal `farm up` ran in closed: EIO; a pipe whose
+    # reader left: EPIPE) loses the lines, as logging's handleError drops a record of this
+    # process's own: raised here, in the supervisor's loop, it took the whole farm down.
+    with contextlib.suppress(OSError):
+        if handler is None:
+            sys.stderr.write(text)
+            return
+        with handler.lock or contextlib.nullcontext():
+            handler.stream.write(text)
+            handler.flush()
 
 
 def _open_log(filename: str) -> IO[str]:
