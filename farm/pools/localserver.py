@@ -162,7 +162,16 @@ class LocalServer(RestartHistory):
         argv = [*self.argv(), "--progress-fd", str(writer)]
         try:
             # SIGTERM with the supervisor: the server stops gracefully, its store kept.
-            self.pid = spawn(argv, self.env, death_signal=signal.SIGTERM, keep=[writer])
+            # SIGTTOU ignored: it logs on the supervisor's stderr, `farm up`'s terminal when
+            # run by hand, from a process group of its own, which the terminal holds to be
+            # in the background: under `stty tostop` its first line stopped it, unserving.
+            self.pid = spawn(
+                argv,
+                self.env,
+                death_signal=signal.SIGTERM,
+                keep=[writer],
+                ignore=(signal.SIGTTOU,),
+            )
         except OSError as e:
             os.close(progress)
             log.error("cannot start the job server: %s", e)

@@ -3,19 +3,29 @@ when that terminal goes away under it, or holds its output back."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
 import subprocess
 import sys
+import termios
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from farm.client import Client
 from tests.helpers.farmproc import FarmUp
 
 pytestmark = pytest.mark.timeout(60)
+
+REVERSE = """
+[functions.reverse]
+target = "workers.text:reverse"
+workers = 1
+"""
 
 PRINTER = """
 [functions.shout]
@@ -81,3 +91,58 @@ def test_a_worker_printing_after_the_terminal_closed_does_not_end_the_farm(
         assert up.proc.poll() is None
     finally:
         assert up.stop() == 0
+
+
+def test_the_job_server_logs_on_a_terminal_that_holds_back_background_output(
+    tmp_path: Path, pty_pair: tuple[int, int]
+) -> None:
+    """`stty tostop`: a terminal stops a process of a background process group that writes
+    to it (SIGTTOU). The job server leads a process group of its own, so it is such a one
+    even while `farm up` runs in the foreground: its first log line (here, the jobs it
+    replays from its store) stopped it, and `farm up` said "job server starting" and
+    nothing more. The server ignores SIGTTOU, so its lines are written as `farm up`'s are."""
+    store = tmp_path / "queue.db"
+    for farm in ("first", "second"):
+        (tmp_path / farm).mkdir()
+    first = FarmUp(tmp_path / "first", REVERSE, store=store, metrics=False)
+    try:
+        first.expect_notify("READY=1")
+        with Client(first.addr) as client:
+            client.submit("later", b"kept", background=True)  # no worker: stays stored
+    finally:
+        assert first.stop() == 0
+    master, terminal = pty_pair
+    modes = termios.tcgetattr(terminal)
+    modes[3] |= termios.TOSTOP
+    termios.tcsetattr(terminal, termios.TCSANOW, modes)
+    up = FarmUp(tmp_path / "second", REVERSE, store=store, start=False, metrics=False)
+    # Run as a shell runs a foreground job: the pty its controlling terminal, its process
+    # group the terminal's foreground one (the session leader's, set by TIOCSCTTY).
+    on_terminal(
+        up,
+        terminal,
+        start_new_session=True,
+        preexec_fn=lambda: fcntl.ioctl(1, termios.TIOCSCTTY, 0),
+    )
+    shown: list[bytes] = []
+    reader = threading.Thread(target=drain, args=(master, shown), daemon=True)
+    reader.start()
+    try:
+        try:
+            up.expect_notify("READY=1", timeout=20)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\non its terminal:\n{b''.join(shown).decode()}") from None
+        (server,) = [row["pid"] for row in up.ps() if row["function"] == "server"]
+        assert psutil.Process(server).status() != psutil.STATUS_STOPPED
+    finally:
+        assert up.stop() == 0
+    reader.join(timeout=10)
+
+
+def drain(master: int, shown: list[bytes]) -> None:
+    """Read the terminal's output into ``shown`` until it is closed, as its window would."""
+    try:
+        while data := os.read(master, 65536):
+            shown.append(data)
+    except OSError:
+        pass  # EIO: no process holds the terminal any more
