@@ -4,9 +4,12 @@ wake the loop; ``handle_signals``, a step of the loop, acts on what came."""
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import selectors
 import signal
+import termios
 import time
 from collections.abc import Callable
 
@@ -15,7 +18,7 @@ from farm.pools.steering import Duty, Pending
 from farm.pools.strays import Stray
 from farm.waker import Waker
 
-__all__ = ["HANDLED", "NOT_OURS", "Signals"]
+__all__ = ["HANDLED", "NOT_OURS", "Signals", "hung_up"]
 
 log = logging.getLogger("farm.supervisor")
 
@@ -27,7 +30,20 @@ HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.
 NOT_OURS = (signal.SIGUSR1, signal.SIGUSR2)
 
 
+def hung_up(terminals: list[int]) -> bool:
+    """Whether one of these descriptors' terminal hung up (its window closed, its ssh
+    session ended): the kernel fails every call on a hung-up terminal with EIO."""
+    for fd in terminals:
+        try:
+            termios.tcgetattr(fd)
+        except termios.error as e:
+            if e.args[0] == errno.EIO:
+                return True
+    return False
+
+
 class Signals:
+    terminals: list[int]  # which of stdin, stdout, stderr were terminals (`farm up` by hand)
     waker: Waker
     selector: selectors.BaseSelector
     pending: list[Pending]
@@ -50,15 +66,26 @@ class Signals:
             signal.signal(
                 sig, lambda signum, frame: self.pending.append(Pending(Duty.SIGNAL, signum))
             )
+        self.terminals = [fd for fd in (0, 1, 2) if os.isatty(fd)]
         # `farm up` held SIGHUP from its start (farm.cli): one sent since comes in now, a reload.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
     def handle_signals(self) -> None:
         while self.pending:
             item = self.pending.pop(0)
-            if item.action is Duty.RELOAD or (
-                item.action is Duty.SIGNAL and item.arg == signal.SIGHUP
-            ):
+            hangup = item.action is Duty.SIGNAL and item.arg == signal.SIGHUP
+            if hangup and hung_up(self.terminals):
+                # The SIGHUP of the terminal `farm up` runs in going away (its shell's, or the
+                # kernel's to a session leader), not a reload asked: reloaded, the farm ran on
+                # with no terminal, its log lost, holding its sockets, and the next `farm up`
+                # was refused. It stops as on Ctrl-C, as a program run in a terminal ends with it.
+                if not self.stopping:
+                    log.info(
+                        "the terminal hung up (SIGHUP): stopping: draining workers (grace %gs)",
+                        self.grace,
+                    )
+                self.stopping = True
+            elif item.action is Duty.RELOAD or hangup:
                 self.answer_reload(item)
             elif item.action is Duty.STOP or item.arg in (signal.SIGTERM, signal.SIGINT):
                 if self.stopping:  # the line again read as a fresh grace from now

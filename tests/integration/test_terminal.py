@@ -18,6 +18,7 @@ import pytest
 
 from farm.client import Client
 from tests.helpers.farmproc import FarmUp
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,14 +32,20 @@ PRINTER = """
 [functions.shout]
 target = "printer:shout"
 workers = 1
+
+[functions.nap]
+target = "printer:nap"
+workers = 1
 """
 
 
 @pytest.fixture
 def printer(tmp_path: Path) -> Path:
     (tmp_path / "printer.py").write_text(
+        "import time\n"
         "def shout(job):\n    print('shouting', job.data.decode(), flush=True)\n"
         "    return job.data\n"
+        "def nap(job):\n    time.sleep(float(job.data))\n    return job.data\n"
     )
     return tmp_path
 
@@ -146,3 +153,36 @@ def drain(master: int, shown: list[bytes]) -> None:
             shown.append(data)
     except OSError:
         pass  # EIO: no process holds the terminal any more
+
+
+def test_farm_up_drains_and_stops_when_its_terminal_hangs_up(
+    printer: Path, pty_pair: tuple[int, int]
+) -> None:
+    """Its terminal's window closed: `farm up`, in the foreground, gets SIGHUP. That was
+    read as a reload: the farm ran on with no terminal, every log line lost, its sockets
+    held, and the next `farm up` refused for it. It stops as on Ctrl-C: the job in hand
+    finished, every process gone, exit 0."""
+    master, terminal = pty_pair
+    up = FarmUp(printer, PRINTER, start=False, metrics=False)
+    # The session leader of a session whose controlling terminal the pty is: the kernel's
+    # SIGHUP comes to it as to a login shell (which passes it on to its jobs).
+    on_terminal(
+        up,
+        terminal,
+        start_new_session=True,
+        preexec_fn=lambda: fcntl.ioctl(1, termios.TIOCSCTTY, 0),
+    )
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"nap": 1, "shout": 1})
+        children = psutil.Process(up.proc.pid).children(recursive=True)
+        with Client(up.addr) as client:
+            task = client.submit("nap", b"1.5")
+            wait_for("the nap in hand", lambda: up.workers("nap", "busy"))
+            os.close(master)  # the window closed
+            assert client.wait(task, timeout=20) == b"1.5"
+        assert up.proc.wait(timeout=20) == 0
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, f"left behind: {alive}"
+    finally:
+        assert up.stop() == 0
