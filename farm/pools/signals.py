@@ -43,7 +43,7 @@ def hung_up(terminals: list[int]) -> bool:
 
 
 class Signals:
-    terminals: list[int]  # which of stdin, stdout, stderr were terminals (`farm up` by hand)
+    terminals: list[int]  # which of stdout and stderr were terminals (`farm up` by hand)
     waker: Waker
     selector: selectors.BaseSelector
     pending: list[Pending]
@@ -66,7 +66,9 @@ class Signals:
             signal.signal(
                 sig, lambda signum, frame: self.pending.append(Pending(Duty.SIGNAL, signum))
             )
-        self.terminals = [fd for fd in (0, 1, 2) if os.isatty(fd)]
+        # Where its log goes, not stdin: `farm up >farm.log 2>&1 & disown` keeps the terminal
+        # as its stdin, and a `kill -HUP` after that terminal closed still reloads it.
+        self.terminals = [fd for fd in (1, 2) if os.isatty(fd)]
         # `farm up` held SIGHUP from its start (farm.cli): one sent since comes in now, a reload.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
