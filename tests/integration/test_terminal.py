@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import os
 import pty
+import signal
 import subprocess
 import sys
 import termios
@@ -184,5 +185,32 @@ def test_farm_up_drains_and_stops_when_its_terminal_hangs_up(
         assert up.proc.wait(timeout=20) == 0
         _, alive = psutil.wait_procs(children, timeout=10)
         assert not alive, f"left behind: {alive}"
+    finally:
+        assert up.stop() == 0
+
+
+def test_a_sighup_still_reloads_a_farm_logging_to_a_file_whose_stdin_terminal_closed(
+    printer: Path, pty_pair: tuple[int, int]
+) -> None:
+    """`farm up >farm.log 2>&1 & disown`: its stdin stays the terminal, which closes at the
+    logout. Its log is the file, so a `kill -HUP` after that is the documented reload, not
+    the terminal's hangup."""
+    master, terminal = pty_pair
+    up = FarmUp(printer, PRINTER, start=False, metrics=False)
+    up.proc = subprocess.Popen(
+        [sys.executable, "-c", up.code, "up", "-c", up.config_arg],
+        cwd=up.tmp,
+        env=up.env,
+        stdin=terminal,
+        stdout=up.log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        up.expect_notify("READY=1")
+        os.close(master)  # the logout: its stdin's terminal hangs up
+        up.signal(signal.SIGHUP)
+        wait_for("the reload", lambda: "reloaded" in up.read_log())
+        assert up.alive()
     finally:
         assert up.stop() == 0
