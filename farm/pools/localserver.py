@@ -161,17 +161,11 @@ class LocalServer(RestartHistory):
         self.naming_failures = 0
         argv = [*self.argv(), "--progress-fd", str(writer)]
         try:
-            # SIGTERM with the supervisor: the server stops gracefully, its store kept.
-            # SIGTTOU ignored: it logs on the supervisor's stderr, `farm up`'s terminal when
-            # run by hand, from a process group of its own, which the terminal holds to be
-            # in the background: under `stty tostop` its first line stopped it, unserving.
-            self.pid = spawn(
-                argv,
-                self.env,
-                death_signal=signal.SIGTERM,
-                keep=[writer],
-                ignore=(signal.SIGTTOU,),
-            )
+            # SIGTERM with the supervisor: the server stops gracefully, its store kept. It logs
+            # on `farm up`'s terminal from a group of its own, a background one there: SIGTTOU
+            # ignored, else `stty tostop` stopped it at its first line.
+            tty = (signal.SIGTTOU,)
+            self.pid = spawn(argv, self.env, death_signal=signal.SIGTERM, keep=[writer], ignore=tty)
         except OSError as e:
             os.close(progress)
             log.error("cannot start the job server: %s", e)
