@@ -61,7 +61,7 @@ __all__ = ["Supervisor"]
 
 log = logging.getLogger("farm.supervisor")
 
-#: How long the job server gets to exit on SIGTERM before SIGKILL.
+#: How long the job server gets to exit on its graceful stop (SIGUSR1) before SIGKILL.
 SERVER_STOP_TIMEOUT = 5.0
 #: Workers started per turn of the loop at most: a pool scaled to hundreds starts over many
 #: turns, and the control socket, signals and the watchdog are served between them.
@@ -390,8 +390,10 @@ class Supervisor(
             while self.server.pid and time.monotonic() < deadline:
                 self.reap_workers()
                 self.wait(0.05)
-            self.server.kill()
-            self.reap_workers()
+            self.server.kill()  # stopped (SIGSTOP, a debugger) or hung: its end said, once reaped
+            while self.server.pid and time.monotonic() < deadline + SERVER_STOP_TIMEOUT:
+                self.reap_workers()
+                self.wait(0.05)
         self.close_control()  # and the record that it runs: a clean stop (leftbehind)
         if self.metrics_server is not None:
             self.metrics_server.shutdown()

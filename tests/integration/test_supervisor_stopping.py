@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -204,6 +205,27 @@ def test_a_job_server_that_dies_during_the_drain_is_not_said_to_restart(tmp_path
         assert said in log and "restarting" not in log, log
     finally:
         gate.open()
+        up.stop()
+
+
+def test_a_job_server_that_does_not_stop_is_said_killed_and_reaped(tmp_path: Path) -> None:
+    # A job server stopped (SIGSTOP, a debugger, SIGTTOU on a terminal) takes no graceful
+    # stop: 5 s later the supervisor SIGKILLed it and ended at once, before the kill had
+    # taken, saying nothing of it but "supervisor stopped", and left it unreaped.
+    up = FarmUp(tmp_path, '[functions.reverse]\ntarget = "workers.text:reverse"\nworkers = 1\n')
+    server = 0
+    try:
+        up.expect_notify("READY=1")
+        (server,) = [r["pid"] for r in up.ps() if r["function"] == "server"]
+        os.kill(server, signal.SIGSTOP)
+        up.signal(signal.SIGTERM)
+        assert up.proc.wait(30) == 0
+        log = up.read_log()
+        assert f"job server (pid {server}) was killed by SIGKILL" in log, log
+    finally:
+        if server:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server, signal.SIGKILL)
         up.stop()
 
 
