@@ -385,15 +385,13 @@ class Supervisor(
         self.report_drain([], final=True)
         if self.server.pid:
             sdnotify.notify("STATUS=stopping: the job server stops", wait=0)
-            self.server.stop()
-            deadline = time.monotonic() + SERVER_STOP_TIMEOUT
-            while self.server.pid and time.monotonic() < deadline:
-                self.reap_workers()
-                self.wait(0.05)
-            self.server.kill()  # stopped (SIGSTOP, a debugger) or hung: its end said, once reaped
-            while self.server.pid and time.monotonic() < deadline + SERVER_STOP_TIMEOUT:
-                self.reap_workers()
-                self.wait(0.05)
+            # Its graceful stop, then SIGKILL (stopped, hung): reaped either way, its end said.
+            for send in (self.server.stop, self.server.kill):
+                send()
+                deadline = time.monotonic() + SERVER_STOP_TIMEOUT
+                while self.server.pid and time.monotonic() < deadline:
+                    self.reap_workers()
+                    self.wait(0.05)
         self.close_control()  # and the record that it runs: a clean stop (leftbehind)
         if self.metrics_server is not None:
             self.metrics_server.shutdown()

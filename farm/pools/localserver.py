@@ -7,6 +7,7 @@ backoff as a worker slot; workers reconnect by themselves meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -161,9 +162,8 @@ class LocalServer(RestartHistory):
         self.naming_failures = 0
         argv = [*self.argv(), "--progress-fd", str(writer)]
         try:
-            # SIGTERM with the supervisor: the server stops gracefully, its store kept. It logs
-            # on `farm up`'s terminal from a group of its own, a background one there: SIGTTOU
-            # ignored, else `stty tostop` stopped it at its first line.
+            # SIGTERM with the supervisor: the server stops gracefully, its store kept. SIGTTOU
+            # ignored: its group is a background one on `farm up`'s terminal (`stty tostop`).
             tty = (signal.SIGTTOU,)
             self.pid = spawn(argv, self.env, death_signal=signal.SIGTERM, keep=[writer], ignore=tty)
         except OSError as e:
@@ -389,15 +389,12 @@ class LocalServer(RestartHistory):
     def stop(self) -> None:
         """Graceful (SIGUSR1): stop accepting, exit once no job runs; ``kill`` if it lingers."""
         self.stopping = True
-        if self.pid:
-            try:
-                os.kill(self.pid, signal.SIGUSR1)
-            except ProcessLookupError:
-                pass
+        self._send(signal.SIGUSR1)
 
     def kill(self) -> None:
+        self._send(signal.SIGKILL)
+
+    def _send(self, sig: signal.Signals) -> None:
         if self.pid:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            with contextlib.suppress(ProcessLookupError):  # ended, not reaped yet
+                os.kill(self.pid, sig)
