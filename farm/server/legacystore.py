@@ -110,7 +110,17 @@ def _own_default(options: ServerOptions) -> Path | None:
         own = Path(default_store_path(options.listen, options.unix))
     except NoStateDirectory:
         return None
-    return None if own == Path(options.store) else own
+    return None if _same_file(own, Path(options.store)) else own
+
+
+def _same_file(one: Path, other: Path) -> bool:
+    """Whether two names are one file: a store named through a directory's link or by a
+    relative path is the default one spelled another way, and a server run on it was told
+    that its own store held jobs no server ran. Where one is missing, where the names lead."""
+    try:
+        return os.path.samefile(one, other)
+    except OSError:
+        return one.resolve() == other.resolve()
 
 
 def _fix(options: ServerOptions, path: Path) -> str:

@@ -17,6 +17,7 @@ from farm.errors import ConfigError
 from farm.paths import default_store
 from farm.server.legacystore import adopt_legacy_store
 from farm.server.options import parse_args
+from farm.server.otherstores import MAX_WAL_READ
 from tests.helpers import ROOT
 from tests.helpers.farmproc import FarmUp
 from tests.helpers.servers import free_port, wait_connectable
@@ -330,3 +331,56 @@ def test_jobs_left_in_the_default_store_of_a_server_given_another_store_are_name
     (line,) = [line for line in err.splitlines() if f"store {left} " in line]
     assert "WARNING" in line and "holds 1 queued job that no running server serves" in line
     assert f"--store {left}" in line and f"runs {moved_to}" in line  # the fix, and why
+
+
+def _large_wal(store: Path) -> None:
+    """What a server killed while writing leaves: a -wal past otherstores.MAX_WAL_READ, so
+    the look names its store as one that may hold jobs, without opening it. Two commits
+    (a table made, then dropped) leave the store's tables as they were."""
+    code = (
+        "import os, sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "db.execute('PRAGMA wal_autocheckpoint=0')\n"
+        "db.execute('CREATE TABLE pad (x BLOB)')\n"
+        f"db.execute('INSERT INTO pad VALUES (zeroblob({2 * MAX_WAL_READ}))')\n"
+        "db.execute('DROP TABLE pad')\n"
+        "os._exit(0)\n"  # no close: no checkpoint, the -wal stays as it is
+    )
+    subprocess.run([sys.executable, "-c", code, str(store)], check=True, timeout=60)
+    assert store.with_name(store.name + "-wal").stat().st_size > MAX_WAL_READ
+
+
+@pytest.mark.parametrize("spelled", ["through a directory's link", "relative"])
+def test_a_server_on_its_default_store_spelled_another_way_is_not_told_it_strands_jobs(
+    tmp_path: Path, spelled: str
+) -> None:
+    # Found in a review: a server given its own default store through a link to the state
+    # directory (or a relative path), after a crash left a -wal too large to read at start,
+    # warned that its own store "may hold queued jobs that no running server serves" and
+    # advised --store with the path it ran: the paths were compared, not the files.
+    env = state_env(tmp_path)
+    port = free_port()
+    first = server(env, "-p", str(port))
+    try:
+        wait_connectable(f"127.0.0.1:{port}", first)
+        with Client(f"127.0.0.1:{port}") as client:
+            client.submit("f", b"x", background=True)
+    finally:
+        first.terminate()
+        first.communicate(timeout=20)
+    own = tmp_path / "state" / "farm" / f"queue-{port}.db"
+    _large_wal(own)
+    if spelled == "relative":
+        named = os.path.relpath(own, ROOT)  # the server runs in ROOT
+    else:
+        (tmp_path / "link").symlink_to(own.parent)
+        named = str(tmp_path / "link" / own.name)
+    again = server(env, "-p", str(port), "--store", named)
+    try:
+        wait_connectable(f"127.0.0.1:{port}", again)
+    finally:
+        again.terminate()
+        _, err = again.communicate(timeout=20)
+    assert again.returncode == 0, err
+    assert "replayed 1 background job" in err, err  # it runs them: nothing is stranded
+    assert "no running server serves" not in err, err
