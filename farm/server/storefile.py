@@ -181,14 +181,28 @@ def _own(path: str, where: str, info: os.stat_result) -> None:
         check_own_file(where, info)
     except PermissionError as exc:
         why = f"cannot open the job store {path}: {exc.strerror or exc}"
-        if where == path and info.st_size and info.st_nlink == 1:
+        if where == path and info.st_size and info.st_nlink == 1 and _closed_dir(path):
             # A store with rows in it of another uid: a restored copy (rsync -a from a host
             # where farm's user has another uid) was told "remove it", and its jobs with it.
+            # Not in a directory others may write (a sticky /tmp): there another user may
+            # have planted it, to be told to take it in.
             raise StoreUnreadable(
                 f"{why}; if it is a copy you put there (a restored backup), chown it to this"
                 " user: it may hold queued jobs"
             ) from None
         raise StoreError(why) from None
+
+
+def _closed_dir(path: str) -> bool:
+    """Whether the directory of ``path`` is this user's or root's and no other user may
+    write to it (no group or other write bit, sticky or not): a file there of another uid
+    was put there by one of them, or by the one who owns the directory."""
+    try:
+        info = os.stat(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return False
+    mine = info.st_uid in (0, os.geteuid())
+    return mine and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
 def _not_regular(path: str, side: str) -> StoreError:

@@ -305,3 +305,27 @@ def test_a_store_with_jobs_of_another_uid_is_told_its_chown_not_only_its_removal
     assert f"belongs to uid {OTHER}" in line and "chown it to this user" in line, line
     assert "--store none" not in line  # another path strands the jobs
     assert path.read_bytes() == before and path.stat().st_uid == OTHER
+
+
+def test_a_store_with_jobs_another_user_planted_in_a_shared_directory_gets_no_chown_hint(
+    tmp_path: Path,
+) -> None:
+    # Found in a review: the chown hint was given for a store another local user made with
+    # rows in it in a directory everyone may write (a sticky /tmp): advice they could steer
+    # the operator into, to take their file (and its jobs) in as the farm's.
+    path = shared_dir(tmp_path) / "queue.db"
+    store = SQLiteStore(path)
+    store.add(b"H:t:1", b"f", b"", b"x", 1, None, 0.0, True)
+    store.commit()
+    store.close()
+    os.chown(path, OTHER, OTHER)
+    before = path.read_bytes()
+    argv = [sys.executable, "-m", "farm.server", "-L", f"127.0.0.1:{free_port()}"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    said = subprocess.run(
+        [*argv, "--store", str(path)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert said.returncode == 2, said.stderr
+    (line,) = said.stderr.strip().splitlines()
+    assert f"belongs to uid {OTHER}" in line and "chown" not in line, line
+    assert path.read_bytes() == before and path.stat().st_uid == OTHER
