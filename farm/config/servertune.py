@@ -21,7 +21,7 @@ from farm.errors import ConfigError
 from farm.net import socket_path_problem
 from farm.protocol.codec import DEFAULT_MAX_PACKET
 from farm.server.options import refusal
-from farm.server.storetables import SQLITE_HEADER, header_lost, look, not_sqlite
+from farm.server.storetables import HEADER_SIZE, header_lost, look, not_sqlite
 
 __all__ = ["TUNING", "server_flags"]
 
@@ -138,7 +138,7 @@ def store_problem(path: str) -> str | None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return f'{path} is not a regular file: name a file (or "none")'
-        head = os.pread(fd, len(SQLITE_HEADER), 0)
+        head = os.pread(fd, HEADER_SIZE, 0)
     except OSError:
         return None
     finally:
@@ -146,7 +146,7 @@ def store_problem(path: str) -> str | None:
     if not_sqlite(head):  # the server's rule: a part of the header is a store cut off (look)
         # A store whose header was damaged (farm's -reserve beside it): another file strands it.
         another = f'{path} is not a SQLite database: name another file (or "none")'
-        return header_lost(path) or another
+        return header_lost(path, head) or another
     # Another program's database, a newer farm's store, or a store cut off or damaged: the
     # server refuses it at every start (exit 2), which `farm check` said ok of; read here
     # without a change (no file made beside it, no mode changed).

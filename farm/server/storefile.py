@@ -13,7 +13,7 @@ import sqlite3
 import stat
 
 from farm.paths import check_own_file
-from farm.server.storetables import SQLITE_HEADER, header_lost, look, not_sqlite, pages_unread
+from farm.server.storetables import HEADER_SIZE, header_lost, look, not_sqlite, pages_unread
 
 __all__ = [
     "StoreError",
@@ -107,9 +107,9 @@ def owner_only(path: str) -> list[str]:
         if not stat.S_ISREG(os.fstat(fd).st_mode):  # its pread said "Illegal seek"
             raise StoreError(f"the job store {path} is not a regular file")
         _own(path, path, os.fstat(fd))
-        head = os.pread(fd, len(SQLITE_HEADER), 0)
+        head = os.pread(fd, HEADER_SIZE, 0)
         if not_sqlite(head):  # leave another file as it was; a part of the header is damage
-            if lost := header_lost(path):  # a store's, damaged: another path strands its jobs
+            if lost := header_lost(path, head):  # a store's, damaged: another path strands its jobs
                 raise DamagedStore(f"the job store {lost}")
             raise StoreError(f"cannot open the job store {path}: file is not a database")
         # And another program's database: it was made 600, given a journal and a WAL, and

@@ -22,6 +22,7 @@ from farm.server.walcopy import MAX_COPIED, TooLarge, held, private_copy, wal_fr
 
 __all__ = [
     "GEARMAND_COLUMNS",
+    "HEADER_SIZE",
     "SQLITE_HEADER",
     "STORE_FORMAT",
     "header_lost",
@@ -48,8 +49,13 @@ _ANOTHER = "another program's database? name another file for the store"
 
 #: The first bytes of every SQLite 3 database file; byte 18, its write version: 2 in WAL mode.
 SQLITE_HEADER = b"SQLite format 3\x00"
-_HEADER_SIZE = 100
+HEADER_SIZE = 100
 _WAL_VERSION = 2
+#: Bytes 18 to 23 of a store's header as farm's SQLite writes them: the write and read
+#: versions (1, a rollback journal's, or 2, WAL's), no bytes reserved at a page's end, and
+#: the payload fractions 64, 32, 32 every SQLite 3 file has; else zeroed with the rest of
+#: a sector (header_lost).
+_HEADER_MIDDLE = (b"\x01\x01\x00\x40\x20\x20", b"\x02\x02\x00\x40\x20\x20", bytes(6))
 
 
 def not_sqlite(head: bytes) -> bool:
@@ -70,22 +76,38 @@ def not_sqlite(head: bytes) -> bool:
     return head[: len(SQLITE_HEADER)] != SQLITE_HEADER[: len(head)]
 
 
-def header_lost(path: str) -> str | None:
-    """Why a file ``not_sqlite`` at ``path`` is a store whose header was damaged, not another
-    program's file, in the words of its fix; None where nothing says so. Its ``-reserve``
-    (reserve.DiskReserve), a regular file of this user's, says a farm kept a store there: a
-    store whose first sector was zeroed on disk was refused as "not a database", with the
-    fix of another path or none, and the farm then started empty, its jobs left behind."""
+def header_lost(path: str, head: bytes) -> str | None:
+    """Why a file ``not_sqlite`` at ``path``, whose first bytes (HEADER_SIZE of them) are
+    ``head``, is a store whose header was damaged, not another program's file, in the words
+    of its fix; None where nothing says so. A store whose first sector was zeroed on disk was
+    refused as "not a database", with the fix of another path or none, and the farm then
+    started empty, its jobs left behind. Both must say so: what a zeroed sector leaves
+    (_zeroed_header), and its ``-reserve`` (reserve.DiskReserve), a regular file of this
+    user's or of the store's owner (root's `farm check` on the farm's user's store judges it
+    as that user's server does), which says a farm kept a store there. A -reserve alone was
+    not enough: one left beside a `.dump` text or a gzip put at the store's path called it
+    a store that had lost its header."""
+    if not _zeroed_header(head):
+        return None
     try:
         info = os.lstat(path + "-reserve")
+        owner = os.lstat(path).st_uid
     except OSError:
         return None
-    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+    if not stat.S_ISREG(info.st_mode) or info.st_uid not in (os.geteuid(), owner):
         return None
     return (
         f"{path} has lost SQLite's header (its first 16 bytes), and the -reserve beside it"
         f" says a farm kept its jobs there{_DAMAGE_FIX}"
     )
+
+
+def _zeroed_header(head: bytes) -> bool:
+    """Whether ``head`` is a SQLite header whose first 16 bytes were zeroed: they are all
+    NUL, and bytes 18 to 23 are still a store's, or zeroed too (a whole sector, 512 bytes
+    or more, takes the header with it). Another program's file (a text, a gzip) does not
+    begin with 16 NULs."""
+    return len(head) >= HEADER_SIZE and not any(head[:16]) and head[18:24] in _HEADER_MIDDLE
 
 
 def not_farms(db: sqlite3.Connection, path: str) -> str | None:
@@ -134,7 +156,7 @@ def look(path: str, *, damage: bool = False) -> str | None:
         return None
     try:
         info = os.fstat(fd)
-        head = os.pread(fd, _HEADER_SIZE, 0) if stat.S_ISREG(info.st_mode) else b""
+        head = os.pread(fd, HEADER_SIZE, 0) if stat.S_ISREG(info.st_mode) else b""
     except OSError:
         return None
     finally:
@@ -196,7 +218,7 @@ def pages_unread(path: str) -> sqlite3.DatabaseError | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            head = os.pread(fd, _HEADER_SIZE, 0)
+            head = os.pread(fd, HEADER_SIZE, 0)
         finally:
             os.close(fd)
         # In WAL mode as immutable, as look reads it: SQLite's read-only open makes a -wal.
@@ -312,8 +334,8 @@ def _cut_off(head: bytes, size: int) -> str | None:
     """How a database file of ``size`` bytes is shorter than its header says, or None: a
     copy cut short, a disk filled while it was copied. SQLite reads its first page alone
     (the schema) without a word, and said it only when the server read the jobs."""
-    if len(head) < _HEADER_SIZE:
-        return f"{size} bytes, less than SQLite's header of {_HEADER_SIZE}"
+    if len(head) < HEADER_SIZE:
+        return f"{size} bytes, less than SQLite's header of {HEADER_SIZE}"
     page = int.from_bytes(head[16:18], "big")
     page = 65536 if page == 1 else page
     pages = int.from_bytes(head[28:32], "big")
