@@ -263,14 +263,12 @@ class Server:
         loop.add_signal_handler(signal.SIGHUP, reopen_log)
         if self.listening is not None:  # after the handlers: a stop right away is graceful
             self.listening()
-        looked = None
-        if not memory_only(self.options.store):
-            # Off the start and the loop: it reads other stores, up to MAX_LOOKED_AT of them.
-            looked = asyncio.ensure_future(asyncio.to_thread(warn_stranded, self.options))
+        # Off the start and the loop: it reads other stores, up to MAX_LOOKED_AT of them (a
+        # server on memory alone, its default store only: its jobs were left with no word).
+        looked = asyncio.ensure_future(asyncio.to_thread(warn_stranded, self.options))
         assert self.stopped is not None
         await self.stopped.wait()
-        if looked is not None:  # its warnings said before the server's end
-            await looked
+        await looked  # its warnings said before the server's end
         self.hub.flush()
         await self._drain_connections(DRAIN_SECONDS)
         if self.metrics is not None:

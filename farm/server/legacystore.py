@@ -17,7 +17,7 @@ from farm.errors import FarmError
 from farm.paths import LEGACY_STORE, NoStateDirectory, default_store, older_unix_store_name
 from farm.server.options import ServerOptions
 from farm.server.otherstores import held_jobs, queued_beside, queued_in, queued_passed_over
-from farm.server.settings import default_store_path
+from farm.server.settings import NO_STORE, default_store_path
 from farm.server.storecheck import ASIDE_TABLE
 
 __all__ = [
@@ -52,9 +52,10 @@ def take_older_store(options: ServerOptions) -> str | None:
 def warn_stranded(options: ServerOptions) -> None:
     """Say where the queued jobs this server does not run are: an older farm's store, the
     other default stores beside this one, the state directories passed over
-    (farm.server.otherstores). Called once the server listens, off its start: the look
-    reads other stores, and a server refused its own store (a second one on a port) had
-    first advised taking a store it could not run."""
+    (farm.server.otherstores); for a server on memory alone, its default store only.
+    Called once the server listens, off its start: the look reads other stores, and a
+    server refused its own store (a second one on a port) had first advised taking a store
+    it could not run."""
     try:
         _warn_stranded(options)
     except Exception as exc:  # an unreadable directory, a store SQLite cannot read: it is
@@ -63,6 +64,9 @@ def warn_stranded(options: ServerOptions) -> None:
 
 
 def _warn_stranded(options: ServerOptions) -> None:
+    if options.store == NO_STORE:  # no store beside which to look: its default one alone
+        _warn_own_default(options, [])
+        return
     if stranded := legacy_jobs_beside(options.store):  # which server they were for: unknown
         path, count = stranded
         log.warning(
@@ -85,31 +89,52 @@ def _warn_stranded(options: ServerOptions) -> None:
             held_jobs(count),
             _fix(options, path),
         )
+    _warn_own_default(options, beside)
+
+
+def _warn_own_default(options: ServerOptions, beside: list[tuple[Path, int]]) -> None:
+    """A warning where this server's default store, not the one it runs, holds queued
+    jobs (and is not among those ``beside`` it, already named)."""
     own = _own_default(options)
-    # A store moved to another disk, its jobs left behind?
-    if own is not None and own not in {p for p, _ in beside} and (count := queued_in(own)):
+    if own is None or own in {p for p, _ in beside} or not (count := queued_in(own)):
+        return
+    if options.store == NO_STORE:
+        # Run with jobs in memory only (a test, a trial), the jobs its clients were told
+        # JOB_CREATED for in its default store waited there with no word.
         log.warning(
             "the job store %s %s that no running server serves: it is this server's"
-            " default store, and this server runs %s; give it that store (%s) until it"
-            " is empty, or stop the server and move that file (and its -wal) to %s"
-            " while this one holds no job (docs/operations.md, Moving the job store)",
+            " default store, and this server keeps jobs in memory only; give it that store"
+            " (%s) to run them (docs/operations.md, Moving the job store)",
             own,
             held_jobs(count),
-            options.store,
             _fix(options, own),
-            options.store,
         )
+        return
+    # A store moved to another disk, its jobs left behind?
+    log.warning(
+        "the job store %s %s that no running server serves: it is this server's"
+        " default store, and this server runs %s; give it that store (%s) until it"
+        " is empty, or stop the server and move that file (and its -wal) to %s"
+        " while this one holds no job (docs/operations.md, Moving the job store)",
+        own,
+        held_jobs(count),
+        options.store,
+        _fix(options, own),
+        options.store,
+    )
 
 
 def _own_default(options: ServerOptions) -> Path | None:
     """This server's default store (``queue-PORT.db`` in the state directory) where it runs
-    another, named one, else None. An operator who named a store on another disk (`[server]
-    store`, `--store`) left the jobs queued in the default one behind, and nothing said so:
-    the look beside a store is for default stores alone."""
+    another, named one, or none (memory only), else None. An operator who named a store on
+    another disk (`[server] store`, `--store`) left the jobs queued in the default one
+    behind, and nothing said so: the look beside a store is for default stores alone."""
     try:
         own = Path(default_store_path(options.listen, options.unix))
     except NoStateDirectory:
         return None
+    if options.store == NO_STORE:
+        return own
     return None if _same_file(own, Path(options.store)) else own
 
 

@@ -384,3 +384,31 @@ def test_a_server_on_its_default_store_spelled_another_way_is_not_told_it_strand
     assert again.returncode == 0, err
     assert "replayed 1 background job" in err, err  # it runs them: nothing is stranded
     assert "no running server serves" not in err, err
+
+
+def test_jobs_left_in_the_default_store_of_a_server_on_memory_alone_are_named(
+    tmp_path: Path,
+) -> None:
+    # Found in a review: a server run with `--store none` looked for no store, so the jobs
+    # queued in its default store (queue-PORT.db) waited there with no word.
+    env = state_env(tmp_path)
+    port = free_port()
+    first = server(env, "-p", str(port))
+    try:
+        wait_connectable(f"127.0.0.1:{port}", first)
+        with Client(f"127.0.0.1:{port}") as client:
+            client.submit("f", b"x", background=True)
+    finally:
+        first.terminate()
+        first.communicate(timeout=20)
+    memory = server(env, "-p", str(port), "--store", "none")
+    try:
+        wait_connectable(f"127.0.0.1:{port}", memory)
+    finally:
+        memory.terminate()
+        _, err = memory.communicate(timeout=20)
+    assert memory.returncode == 0, err
+    left = tmp_path / "state" / "farm" / f"queue-{port}.db"
+    (line,) = [line for line in err.splitlines() if f"store {left} " in line]
+    assert "WARNING" in line and "holds 1 queued job that no running server serves" in line
+    assert "in memory only" in line and f"(--store {left})" in line, line
