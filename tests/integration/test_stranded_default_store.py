@@ -1,0 +1,119 @@
+"""A server's default store (queue-PORT.db in the state directory) left holding jobs by an
+operator who gave the server another store, or none, is named at its start; its own default
+store, however spelled, is not (split from test_several_servers.py, whose helpers it uses)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from farm.client import Client
+from farm.server.otherstores import MAX_WAL_READ
+from tests.helpers import ROOT
+from tests.helpers.servers import free_port, wait_connectable
+from tests.integration.test_several_servers import server, state_env
+
+
+def _queue_one(env: dict[str, str], port: int) -> None:
+    """A server on ``port`` with its default store, stopped holding one background job."""
+    first = server(env, "-p", str(port))
+    try:
+        wait_connectable(f"127.0.0.1:{port}", first)
+        with Client(f"127.0.0.1:{port}") as client:
+            client.submit("f", b"x", background=True)
+    finally:
+        first.terminate()
+        first.communicate(timeout=20)
+
+
+def test_jobs_left_in_the_default_store_of_a_server_given_another_store_are_named(
+    tmp_path: Path,
+) -> None:
+    # Found moving a job store to another disk: a server on a port, given a store elsewhere
+    # (`[server] store`, `--store`), started on that empty file, and the jobs queued in its
+    # default store, queue-PORT.db in the state directory, waited there with no word: the
+    # look for stores holding jobs was for servers on a default store alone.
+    env, port = state_env(tmp_path), free_port()
+    _queue_one(env, port)
+    moved_to = tmp_path / "other-disk" / "queue.db"
+    moved_to.parent.mkdir()
+    moved = server(env, "-p", str(port), "--store", str(moved_to))
+    try:
+        wait_connectable(f"127.0.0.1:{port}", moved)
+    finally:
+        moved.terminate()
+        _, err = moved.communicate(timeout=20)
+    assert moved.returncode == 0, err
+    left = tmp_path / "state" / "farm" / f"queue-{port}.db"
+    (line,) = [line for line in err.splitlines() if f"store {left} " in line]
+    assert "WARNING" in line and "holds 1 queued job that no running server serves" in line
+    assert f"--store {left}" in line and f"runs {moved_to}" in line  # the fix, and why
+
+
+def _large_wal(store: Path) -> None:
+    """What a server killed while writing leaves: a -wal past otherstores.MAX_WAL_READ, so
+    the look names its store as one that may hold jobs, without opening it. Two commits
+    (a table made, then dropped) leave the store's tables as they were."""
+    code = (
+        "import os, sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "db.execute('PRAGMA wal_autocheckpoint=0')\n"
+        "db.execute('CREATE TABLE pad (x BLOB)')\n"
+        f"db.execute('INSERT INTO pad VALUES (zeroblob({2 * MAX_WAL_READ}))')\n"
+        "db.execute('DROP TABLE pad')\n"
+        "os._exit(0)\n"  # no close: no checkpoint, the -wal stays as it is
+    )
+    subprocess.run([sys.executable, "-c", code, str(store)], check=True, timeout=60)
+    assert store.with_name(store.name + "-wal").stat().st_size > MAX_WAL_READ
+
+
+@pytest.mark.parametrize("spelled", ["through a directory's link", "relative"])
+def test_a_server_on_its_default_store_spelled_another_way_is_not_told_it_strands_jobs(
+    tmp_path: Path, spelled: str
+) -> None:
+    # Found in a review: a server given its own default store through a link to the state
+    # directory (or a relative path), after a crash left a -wal too large to read at start,
+    # warned that its own store "may hold queued jobs that no running server serves" and
+    # advised --store with the path it ran: the paths were compared, not the files.
+    env, port = state_env(tmp_path), free_port()
+    _queue_one(env, port)
+    own = tmp_path / "state" / "farm" / f"queue-{port}.db"
+    _large_wal(own)
+    if spelled == "relative":
+        named = os.path.relpath(own, ROOT)  # the server runs in ROOT
+    else:
+        (tmp_path / "link").symlink_to(own.parent)
+        named = str(tmp_path / "link" / own.name)
+    again = server(env, "-p", str(port), "--store", named)
+    try:
+        wait_connectable(f"127.0.0.1:{port}", again)
+    finally:
+        again.terminate()
+        _, err = again.communicate(timeout=20)
+    assert again.returncode == 0, err
+    assert "replayed 1 background job" in err, err  # it runs them: nothing is stranded
+    assert "no running server serves" not in err, err
+
+
+def test_jobs_left_in_the_default_store_of_a_server_on_memory_alone_are_named(
+    tmp_path: Path,
+) -> None:
+    # Found in a review: a server run with `--store none` looked for no store, so the jobs
+    # queued in its default store (queue-PORT.db) waited there with no word.
+    env, port = state_env(tmp_path), free_port()
+    _queue_one(env, port)
+    memory = server(env, "-p", str(port), "--store", "none")
+    try:
+        wait_connectable(f"127.0.0.1:{port}", memory)
+    finally:
+        memory.terminate()
+        _, err = memory.communicate(timeout=20)
+    assert memory.returncode == 0, err
+    left = tmp_path / "state" / "farm" / f"queue-{port}.db"
+    (line,) = [line for line in err.splitlines() if f"store {left} " in line]
+    assert "WARNING" in line and "holds 1 queued job that no running server serves" in line
+    assert "in memory only" in line and f"(--store {left})" in line, line
