@@ -3,10 +3,8 @@ exists for the command run, bind errors that name the address, [supervisor] loca
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,26 +15,15 @@ from farm.errors import ConfigError
 from farm.paths import default_store
 from farm.server.legacystore import adopt_legacy_store
 from farm.server.options import parse_args
-from tests.helpers import ROOT
 from tests.helpers.farmproc import FarmUp
 from tests.helpers.servers import free_port, wait_connectable
+from tests.helpers.stateservers import server, state_env
 
 REVERSE = """
 [functions.reverse]
 target = "workers.text:reverse"
 workers = 1
 """
-
-
-def state_env(tmp_path: Path) -> dict[str, str]:
-    return dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"), PYTHONPATH=str(ROOT))
-
-
-def server(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    argv = [sys.executable, "-c", "from farm.cli import main; main()", "server", *args]
-    return subprocess.Popen(
-        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
 
 
 def one_line(proc: subprocess.Popen[str], timeout: float = 20) -> str:

@@ -1,6 +1,6 @@
 """A server's default store (queue-PORT.db in the state directory) left holding jobs by an
 operator who gave the server another store, or none, is named at its start; its own default
-store, however spelled, is not (split from test_several_servers.py, whose helpers it uses)."""
+store, however spelled, is not."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from farm.client import Client
 from farm.server.otherstores import MAX_WAL_READ
 from tests.helpers import ROOT
 from tests.helpers.servers import free_port, wait_connectable
-from tests.integration.test_several_servers import server, state_env
+from tests.helpers.stateservers import server, state_env
 
 
 def _queue_one(env: dict[str, str], port: int) -> None:
