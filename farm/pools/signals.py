@@ -28,6 +28,9 @@ log = logging.getLogger("farm.supervisor")
 #: mid-job, with no drain.
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
 NOT_OURS = (signal.SIGUSR1, signal.SIGUSR2)
+#: How long after the terminal `farm up` logs to is first seen hung up a SIGHUP is still the
+#: hang-up's (a login shell passes its own on to its jobs as it goes); a later one is a reload.
+HANGUP_WINDOW = 5.0
 
 
 def hung_up(terminals: list[int]) -> bool:
@@ -43,7 +46,8 @@ def hung_up(terminals: list[int]) -> bool:
 
 
 class Signals:
-    terminals: list[int]  # which of stdout and stderr were terminals (`farm up` by hand)
+    terminals: list[int]  # stderr, where `farm up` by hand logs to a terminal; [] once hung up
+    hung_up_until: float  # a SIGHUP before this is the terminal's hang-up (HANGUP_WINDOW)
     waker: Waker
     selector: selectors.BaseSelector
     pending: list[Pending]
@@ -66,17 +70,24 @@ class Signals:
             signal.signal(
                 sig, lambda signum, frame: self.pending.append(Pending(Duty.SIGNAL, signum))
             )
-        # Where its log goes, not stdin: `farm up >farm.log 2>&1 & disown` keeps the terminal
-        # as its stdin, and a `kill -HUP` after that terminal closed still reloads it.
-        self.terminals = [fd for fd in (1, 2) if os.isatty(fd)]
+        # Where its log goes (stderr alone), not stdin: `farm up >farm.log 2>&1 & disown`
+        # keeps the terminal as its stdin, and a `kill -HUP` after that terminal closed still
+        # reloads it; nor stdout, which farm up never writes (`farm up 2>farm.log`).
+        self.terminals = [2] if os.isatty(2) else []
+        self.hung_up_until = 0.0
         # `farm up` held SIGHUP from its start (farm.cli): one sent since comes in now, a reload.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
     def handle_signals(self) -> None:
+        # Each turn (an ioctl, only where it was started in a terminal): a farm whose terminal
+        # went without a SIGHUP to it (`setsid`, `disown`) runs on, and a `kill -HUP` an hour
+        # later is the reload asked, not the hang-up's.
+        if self.terminals and hung_up(self.terminals):
+            self.terminals, self.hung_up_until = [], time.monotonic() + HANGUP_WINDOW
         while self.pending:
             item = self.pending.pop(0)
             hangup = item.action is Duty.SIGNAL and item.arg == signal.SIGHUP
-            if hangup and hung_up(self.terminals):
+            if hangup and time.monotonic() < self.hung_up_until:
                 # The SIGHUP of the terminal `farm up` runs in going away (its shell's, or the
                 # kernel's to a session leader), not a reload asked: reloaded, the farm ran on
                 # with no terminal, its log lost, holding its sockets, and the next `farm up`

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import termios
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import psutil
 import pytest
 
 from farm.client import Client
+from farm.pools.signals import HANGUP_WINDOW
 from tests.helpers.farmproc import FarmUp
 from tests.helpers.waiting import wait_for
 
@@ -212,5 +214,54 @@ def test_a_sighup_still_reloads_a_farm_logging_to_a_file_whose_stdin_terminal_cl
         up.signal(signal.SIGHUP)
         wait_for("the reload", lambda: "reloaded" in up.read_log())
         assert up.alive()
+    finally:
+        assert up.stop() == 0
+
+
+def test_a_sighup_reloads_a_farm_whose_stdout_alone_was_on_a_closed_terminal(
+    printer: Path, pty_pair: tuple[int, int]
+) -> None:
+    """`farm up 2>farm.log & disown`: farm up logs to stderr alone, so a terminal left on its
+    stdout that closed is no hang-up of its log, and a later `kill -HUP` is the reload (it
+    was read as the hang-up's and stopped the farm, its log saying "the terminal hung up")."""
+    master, terminal = pty_pair
+    up = FarmUp(printer, PRINTER, start=False, metrics=False)
+    up.proc = subprocess.Popen(
+        [sys.executable, "-c", up.code, "up", "-c", up.config_arg],
+        cwd=up.tmp,
+        env=up.env,
+        stdin=subprocess.DEVNULL,
+        stdout=terminal,
+        stderr=up.log,
+        start_new_session=True,
+    )
+    try:
+        up.expect_notify("READY=1")
+        os.close(master)  # the logout
+        up.signal(signal.SIGHUP)
+        wait_for("the reload", lambda: "reloaded" in up.read_log())
+        assert up.alive() and "hung up" not in up.read_log()
+    finally:
+        assert up.stop() == 0
+
+
+def test_a_later_sighup_reloads_a_farm_that_outlived_its_terminal_without_one(
+    printer: Path, pty_pair: tuple[int, int]
+) -> None:
+    """`setsid farm up` (or `& disown`) logging to a terminal that then closed: no SIGHUP
+    came to it with the hang-up, and it runs on. A `kill -HUP` long after is the reload
+    asked, not the hang-up's: it stopped the farm, saying why only to the dead terminal."""
+    master, terminal = pty_pair
+    up = FarmUp(printer, PRINTER, start=False, metrics=False)
+    on_terminal(up, terminal, start_new_session=True)  # not its controlling terminal
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"shout": 1})
+        os.close(master)  # the window closed: no SIGHUP to this session
+        up.ps()  # answered on a turn of its loop after the hang-up, which saw it
+        time.sleep(HANGUP_WINDOW + 0.5)  # the time under test: the hang-up long past
+        up.write_config(PRINTER + '\n[functions.later]\ntarget = "printer:nap"\nworkers = 1\n')
+        up.signal(signal.SIGHUP)
+        up.wait_idle({"shout": 1, "nap": 1, "later": 1}, timeout=20)  # reloaded: the pool added
     finally:
         assert up.stop() == 0
