@@ -223,6 +223,8 @@ def _exchange(
             sock.settimeout(timeout)
             sock.connect(path)
             peer = _peer_pid(sock)
+            if peer and _stopped(peer):  # its answer would wait for `fg`: nothing is asked
+                raise ControlUnavailable(_stopped_text(path, peer))
             sock.sendall(json.dumps(message).encode() + b"\n")
             buf = b""
             while data := sock.recv(65536):
@@ -253,6 +255,25 @@ def _peer_pid(sock: socket.socket) -> int:
         return peer_credentials(sock)[0]
     except OSError:
         return 0
+
+
+def _stopped(pid: int) -> bool:
+    """Whether ``pid`` is stopped by job control (Ctrl-Z, SIGSTOP): /proc's state ``T``. Not a
+    tracer's ``t``, which a profiler's sample (py-spy) makes for a moment."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] == b"T"
+    except (OSError, IndexError):
+        return False
+
+
+def _stopped_text(path: str, pid: int) -> str:
+    """A Ctrl-Z'd `farm up` was asked and the request waited its whole timeout (30 s)."""
+    return (
+        f"the supervisor (pid {pid}) at {path} is stopped (Ctrl-Z in its terminal, or"
+        f" SIGSTOP): nothing was asked; resume it (`fg` there, or kill -CONT {pid}) and ask"
+        " again"
+    )
 
 
 def _silent(path: str, pid: int, timeout: float) -> str:
