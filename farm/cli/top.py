@@ -302,7 +302,7 @@ def live_view(
     from rich.live import Live
 
     from farm.cli.liveview import frame
-    from farm.pools.control import ControlUnavailable
+    from farm.pools.control import ControlUnavailable, SupervisorStopped
 
     sampler = Sampler(control, metrics_url, config)
     try:
@@ -349,6 +349,9 @@ def live_view(
             sort = SORT_LETTERS.get(key, sort)
             try:
                 now = sampler.sample()
+            except SupervisorStopped:  # Ctrl-Z'd: the farm serves on; drawn again at `fg`
+                now.note = "the supervisor is stopped (Ctrl-Z): waiting for it"
+                continue
             except (ControlUnavailable, ControlRefused) as exc:  # Refused: another farm's now
                 gone = f"the farm stopped: {exc}"
                 break

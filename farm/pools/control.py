@@ -25,6 +25,7 @@ from farm.unixsocket import peer_credentials
 
 __all__ = [
     "ControlUnavailable",
+    "SupervisorStopped",
     "request",
     "follow",
     "answering_elsewhere",
@@ -48,6 +49,10 @@ _SCALE = re.compile(r"([^= \t\n\r\f\v]+)=(?:([+-]?)([0-9]+)|auto)")
 
 class ControlUnavailable(FarmError):
     """No supervisor answers on the control socket."""
+
+
+class SupervisorStopped(ControlUnavailable):
+    """The supervisor on the control socket is stopped by job control (Ctrl-Z): asked nothing."""
 
 
 def parse_scale(arg: str) -> tuple[str, str, int | None]:
@@ -224,7 +229,7 @@ def _exchange(
             sock.connect(path)
             peer = _peer_pid(sock)
             if peer and _stopped(peer):  # its answer would wait for `fg`: nothing is asked
-                raise ControlUnavailable(_stopped_text(path, peer))
+                raise SupervisorStopped(_stopped_text(path, peer))
             sock.sendall(json.dumps(message).encode() + b"\n")
             buf = b""
             while data := sock.recv(65536):
@@ -261,6 +266,10 @@ def _stopped(pid: int) -> bool:
     """Whether ``pid`` is stopped by job control (Ctrl-Z, SIGSTOP): /proc's state ``T``. Not a
     tracer's ``t``, which a profiler's sample (py-spy) makes for a moment."""
     try:
+        # SO_PEERCRED's pid is of this process's PID namespace; a /proc of another one
+        # (`unshare -pf` without --mount-proc) would name another process by it.
+        if os.readlink("/proc/self") != str(os.getpid()):
+            return False
         with open(f"/proc/{pid}/stat", "rb") as f:
             return f.read().rpartition(b")")[2].split()[0] == b"T"
     except (OSError, IndexError):

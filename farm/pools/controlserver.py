@@ -21,7 +21,7 @@ from typing import Any
 from farm.errors import ConfigError, FarmError
 from farm.logrepeats import Brief
 from farm.paths import check_runtime_path, make_dirs
-from farm.pools.control import MAX_REQUEST, ControlUnavailable, request
+from farm.pools.control import MAX_REQUEST, ControlUnavailable, SupervisorStopped, request
 from farm.pools.places import control_place_error, refuse_non_socket
 from farm.unixsocket import clear_socket_path
 
@@ -78,6 +78,8 @@ class ControlServer:
             refuse_non_socket(path, source)  # again: a file may have come since open_control asked
             try:
                 pong = request(path, {"cmd": "ping"}, timeout=1.0)
+            except SupervisorStopped as exc:  # Ctrl-Z'd in another terminal: it still runs
+                raise FarmError(f"another supervisor is running: {exc}") from None
             except ControlUnavailable:
                 try:
                     clear_socket_path(path)  # left by a supervisor that died; else it stays

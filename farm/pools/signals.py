@@ -78,15 +78,20 @@ class Signals:
         # `farm up` held SIGHUP from its start (farm.cli): one sent since comes in now, a reload.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
-    def handle_signals(self) -> None:
-        # Each turn (an ioctl, only where it was started in a terminal): a farm whose terminal
-        # went without a SIGHUP to it (`setsid`, `disown`) runs on, and a `kill -HUP` an hour
-        # later is the reload asked, not the hang-up's.
+    def _look_at_terminal(self) -> None:
+        """Each turn (an ioctl, only where it was started in a terminal): a farm whose
+        terminal went without a SIGHUP to it (`setsid`, `disown`) runs on, and a `kill -HUP`
+        an hour later is the reload asked, not the hang-up's."""
         if self.terminals and hung_up(self.terminals):
             self.terminals, self.hung_up_until = [], time.monotonic() + HANGUP_WINDOW
+
+    def handle_signals(self) -> None:
+        self._look_at_terminal()
         while self.pending:
             item = self.pending.pop(0)
             hangup = item.action is Duty.SIGNAL and item.arg == signal.SIGHUP
+            if hangup:
+                self._look_at_terminal()  # again: it may have hung up since the look above
             if hangup and time.monotonic() < self.hung_up_until:
                 # The SIGHUP of the terminal `farm up` runs in going away (its shell's, or the
                 # kernel's to a session leader), not a reload asked: reloaded, the farm ran on
