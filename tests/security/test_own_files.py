@@ -282,13 +282,9 @@ def test_a_hard_link_at_the_stores_reserve_path_is_not_grown_nor_emptied(
     assert "no disk reserve" in warning, warning
 
 
-def test_a_store_with_jobs_of_another_uid_is_told_its_chown_not_only_its_removal(
-    tmp_path: Path,
-) -> None:
-    # Found restoring a backup: a store copied with `rsync -a` from a host where the farm's
-    # user has another uid keeps that uid, and the server refused it with "remove it, or
-    # choose a path" and `--store PATH, or --store none`: each fix left its jobs behind.
-    path = shared_dir(tmp_path).parent / "queue.db"
+def _refused_with_a_job_of_another_uid(path: Path) -> str:
+    """A store holding one job at ``path``, of another uid: the server's one line of
+    refusal (exit 2), the file left as it was."""
     store = SQLiteStore(path)
     store.add(b"H:t:1", b"f", b"", b"x", 1, None, 0.0, True)
     store.commit()
@@ -301,10 +297,22 @@ def test_a_store_with_jobs_of_another_uid_is_told_its_chown_not_only_its_removal
         [*argv, "--store", str(path)], env=env, capture_output=True, text=True, timeout=60
     )
     assert said.returncode == 2, said.stderr
+    assert path.read_bytes() == before
     (line,) = said.stderr.strip().splitlines()
+    return line
+
+
+def test_a_store_with_jobs_of_another_uid_is_told_its_chown_not_only_its_removal(
+    tmp_path: Path,
+) -> None:
+    # Found restoring a backup: a store copied with `rsync -a` from a host where the farm's
+    # user has another uid keeps that uid, and the server refused it with "remove it, or
+    # choose a path" and `--store PATH, or --store none`: each fix left its jobs behind.
+    path = shared_dir(tmp_path).parent / "queue.db"
+    line = _refused_with_a_job_of_another_uid(path)
     assert f"belongs to uid {OTHER}" in line and "chown it to this user" in line, line
     assert "--store none" not in line  # another path strands the jobs
-    assert path.read_bytes() == before and path.stat().st_uid == OTHER
+    assert path.stat().st_uid == OTHER
 
 
 def test_a_store_with_jobs_another_user_planted_in_a_shared_directory_gets_no_chown_hint(
@@ -314,18 +322,6 @@ def test_a_store_with_jobs_another_user_planted_in_a_shared_directory_gets_no_ch
     # rows in it in a directory everyone may write (a sticky /tmp): advice they could steer
     # the operator into, to take their file (and its jobs) in as the farm's.
     path = shared_dir(tmp_path) / "queue.db"
-    store = SQLiteStore(path)
-    store.add(b"H:t:1", b"f", b"", b"x", 1, None, 0.0, True)
-    store.commit()
-    store.close()
-    os.chown(path, OTHER, OTHER)
-    before = path.read_bytes()
-    argv = [sys.executable, "-m", "farm.server", "-L", f"127.0.0.1:{free_port()}"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    said = subprocess.run(
-        [*argv, "--store", str(path)], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert said.returncode == 2, said.stderr
-    (line,) = said.stderr.strip().splitlines()
+    line = _refused_with_a_job_of_another_uid(path)
     assert f"belongs to uid {OTHER}" in line and "chown" not in line, line
-    assert path.read_bytes() == before and path.stat().st_uid == OTHER
+    assert path.stat().st_uid == OTHER
