@@ -76,8 +76,9 @@ def test_ps_watch_waits_for_a_supervisor_stopped_while_it_draws(tmp_path: Path) 
     watch = None
     try:
         up.expect_notify("READY=1")
+        wide = dict(up.env, COLUMNS="200")  # rich fits its lines to COLUMNS where it is set
         watch = subprocess.Popen(
-            argv, cwd=tmp_path, env=up.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            argv, cwd=tmp_path, env=wide, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         assert watch.stdout is not None
         assert b"FUNCTION" in watch.stdout.readline() + watch.stdout.readline()  # it draws
