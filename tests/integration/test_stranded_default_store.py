@@ -18,6 +18,18 @@ from tests.helpers.servers import free_port, wait_connectable
 from tests.helpers.stateservers import server, state_env
 
 
+def _served(env: dict[str, str], port: int, *args: str) -> str:
+    """What a server on ``port`` with ``args`` logged from its start to its stop (exit 0)."""
+    proc = server(env, "-p", str(port), *args)
+    try:
+        wait_connectable(f"127.0.0.1:{port}", proc)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    return err
+
+
 def _queue_one(env: dict[str, str], port: int) -> None:
     """A server on ``port`` with its default store, stopped holding one background job."""
     first = server(env, "-p", str(port))
@@ -41,13 +53,7 @@ def test_jobs_left_in_the_default_store_of_a_server_given_another_store_are_name
     _queue_one(env, port)
     moved_to = tmp_path / "other-disk" / "queue.db"
     moved_to.parent.mkdir()
-    moved = server(env, "-p", str(port), "--store", str(moved_to))
-    try:
-        wait_connectable(f"127.0.0.1:{port}", moved)
-    finally:
-        moved.terminate()
-        _, err = moved.communicate(timeout=20)
-    assert moved.returncode == 0, err
+    err = _served(env, port, "--store", str(moved_to))
     left = tmp_path / "state" / "farm" / f"queue-{port}.db"
     (line,) = [line for line in err.splitlines() if f"store {left} " in line]
     assert "WARNING" in line and "holds 1 queued job that no running server serves" in line
@@ -88,13 +94,7 @@ def test_a_server_on_its_default_store_spelled_another_way_is_not_told_it_strand
     else:
         (tmp_path / "link").symlink_to(own.parent)
         named = str(tmp_path / "link" / own.name)
-    again = server(env, "-p", str(port), "--store", named)
-    try:
-        wait_connectable(f"127.0.0.1:{port}", again)
-    finally:
-        again.terminate()
-        _, err = again.communicate(timeout=20)
-    assert again.returncode == 0, err
+    err = _served(env, port, "--store", named)
     assert "replayed 1 background job" in err, err  # it runs them: nothing is stranded
     assert "no running server serves" not in err, err
 
@@ -106,13 +106,7 @@ def test_jobs_left_in_the_default_store_of_a_server_on_memory_alone_are_named(
     # queued in its default store (queue-PORT.db) waited there with no word.
     env, port = state_env(tmp_path), free_port()
     _queue_one(env, port)
-    memory = server(env, "-p", str(port), "--store", "none")
-    try:
-        wait_connectable(f"127.0.0.1:{port}", memory)
-    finally:
-        memory.terminate()
-        _, err = memory.communicate(timeout=20)
-    assert memory.returncode == 0, err
+    err = _served(env, port, "--store", "none")
     left = tmp_path / "state" / "farm" / f"queue-{port}.db"
     (line,) = [line for line in err.splitlines() if f"store {left} " in line]
     assert "WARNING" in line and "holds 1 queued job that no running server serves" in line

@@ -11,10 +11,12 @@ whose the farm it found is.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,17 +27,27 @@ from tests.helpers.servers import free_port, ipv6_loopback_problem, wait_connect
 from tests.helpers.unprivileged import homeless
 
 
-def test_a_client_that_falls_back_to_another_users_farm_says_whose_it_is(
-    tmp_path: Path,
-) -> None:
+@contextlib.contextmanager
+def alices_server() -> Iterator[tuple[int, int]]:
+    """A farm server of another user's (alice: a uid of her own) on a free port: the port
+    and her uid, for as long as the block runs."""
     port = free_port()
-    server = [sys.executable, "-m", "farm.server", "--port", str(port), "--store", "none"]
-    argv = homeless(server)  # alice: a uid of her own, her farm's server on the port
+    argv = homeless([sys.executable, "-m", "farm.server", "--port", str(port), "--store", "none"])
     alice = int(next(a for a in argv if a.startswith("--reuid=")).split("=")[1])
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(argv, env=env, cwd="/", stderr=subprocess.DEVNULL)
     try:
         wait_connectable(f"127.0.0.1:{port}", proc)
+        yield port, alice
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_client_that_falls_back_to_another_users_farm_says_whose_it_is(
+    tmp_path: Path,
+) -> None:
+    with alices_server() as (port, alice):
         # bob's farm, not running: its socket is not there
         config = tmp_path / "farm.toml"
         run = tmp_path / "run"
@@ -49,9 +61,6 @@ def test_a_client_that_falls_back_to_another_users_farm_says_whose_it_is(
         assert out.returncode == 0, out.stderr  # it still reads that farm
         assert f"127.0.0.1:{port} is another user's (uid {alice})" in out.stderr, out.stderr
         assert f"no farm of this user answers at {run}/gearman.sock" in out.stderr, out.stderr
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_a_client_that_falls_back_to_its_own_users_tcp_farm_says_nothing(
@@ -80,14 +89,7 @@ def test_a_server_whose_port_another_user_holds_names_that_user(tmp_path: Path) 
     # bob's `farm up` (its server run with --hints config) on the port alice's farm holds:
     # "another server has it?" left him to find out whose, with no way to see it himself
     # (psutil and ss name no process of another user's).
-    port = free_port()
-    holder = [sys.executable, "-m", "farm.server", "--port", str(port), "--store", "none"]
-    argv = homeless(holder)
-    alice = int(next(a for a in argv if a.startswith("--reuid=")).split("=")[1])
-    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(argv, env=env, cwd="/", stderr=subprocess.DEVNULL)
-    try:
-        wait_connectable(f"127.0.0.1:{port}", proc)
+    with alices_server() as (port, alice):
         mine = [sys.executable, "-m", "farm.server", "-p", str(port), "--store", "none"]
         for hints, fix in (("flags", "use another -p PORT"), ("config", "give [server] listen")):
             out = subprocess.run(
@@ -97,9 +99,6 @@ def test_a_server_whose_port_another_user_holds_names_that_user(tmp_path: Path) 
             said = f"cannot listen on 127.0.0.1:{port}: address already in use (uid {alice}"
             assert said in out.stderr and "another user's" in out.stderr, out.stderr
             assert fix in out.stderr, out.stderr
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_a_socket_path_another_users_server_left_names_that_user(tmp_path: Path) -> None:
@@ -131,14 +130,7 @@ def test_farm_check_warns_of_a_port_another_user_listens_on(tmp_path: Path) -> N
     # `farm check` said "ok" for bob's file while alice's farm held its port: his `farm up`
     # then stopped at once. It binds nothing, and says whose the port is (a warning: run by
     # root for a farm of another user, the listener may be that config's own farm).
-    port = free_port()
-    holder = [sys.executable, "-m", "farm.server", "--port", str(port), "--store", "none"]
-    argv = homeless(holder)
-    alice = int(next(a for a in argv if a.startswith("--reuid=")).split("=")[1])
-    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(argv, env=env, cwd="/", stderr=subprocess.DEVNULL)
-    try:
-        wait_connectable(f"127.0.0.1:{port}", proc)
+    with alices_server() as (port, alice):
         config = tmp_path / "farm.toml"
         config.write_text(
             f'[server]\nlisten = ["127.0.0.1:{port}", "unix:{tmp_path}/gearman.sock"]\n'
@@ -150,9 +142,6 @@ def test_farm_check_warns_of_a_port_another_user_listens_on(tmp_path: Path) -> N
         assert out.returncode == 0, out.stderr
         said = f"server.listen: 127.0.0.1:{port}: uid {alice}: another user's process listens"
         assert said in out.stderr, out.stderr
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_ipv6_loopback_taken_by_another_user_names_that_user() -> None:
