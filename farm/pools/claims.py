@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 
 from farm.config import Config
-from farm.pools.localserver import named_lines
 from farm.pools.slots import WorkerProcess
+from farm.protocol.admin import named_lines
 
 __all__ = ["CLAIM_SLACK", "claim_queries"]
 

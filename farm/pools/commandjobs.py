@@ -32,9 +32,9 @@ from farm.config import Config
 from farm.net import parse_address
 from farm.pools.claims import claim_queries
 from farm.pools.exits import cut_off, undrained
-from farm.pools.localserver import named_lines
 from farm.pools.peerlist import PeerRow, Registered, parse_peers, peers_queries, process_peers
 from farm.pools.slots import ProcState, WorkerProcess
+from farm.protocol.admin import named_lines
 
 if TYPE_CHECKING:
     from farm.pools.localserver import LocalServer

@@ -24,9 +24,9 @@ from farm.paths import NoStateDirectory, make_dirs, state_dir
 from farm.pools.exits import describe_exit
 from farm.pools.restartpolicy import RestartHistory
 from farm.pools.spawn import exec_text, python_module, spawn
-from farm.protocol import MAX_ADMIN_LINE
+from farm.protocol.admin import named_lines
 
-__all__ = ["LocalServer", "check_listen_name", "named_lines"]
+__all__ = ["LocalServer", "check_listen_name"]
 
 log = logging.getLogger("farm.supervisor")
 
@@ -46,22 +46,6 @@ NAMING_WARN_AFTER = 3
 LOST_WINDOW = 5.0
 #: How long ``refuses`` waits on its connect: a live server's listener answers at once.
 PROBE_WAIT = 0.05
-
-
-def named_lines(command: str, names: list[str]) -> list[str]:
-    """``COMMAND NAME...`` lines that together name ``names``, each within the server's
-    longest admin line (a longer one closes the connection unanswered, as gearmand's).
-    Measured in UTF-8 bytes, as the server reads them: counted in characters, a line of
-    ``€`` names came to 10,273 bytes, and the server closed it unanswered every time."""
-    lines: list[str] = []
-    line, size = command, len(command.encode())
-    for name in names:
-        width = 1 + len(name.encode())  # its space and itself
-        if size + width > MAX_ADMIN_LINE - 2:  # and its line end
-            lines.append(line)
-            line, size = command, len(command.encode())
-        line, size = line + " " + name, size + width
-    return lines if line == command else [*lines, line]
 
 
 def check_listen_name(config: ServerConfig, source: str) -> None:
@@ -164,8 +148,11 @@ class LocalServer(RestartHistory):
         try:
             # SIGTERM with the supervisor: the server stops gracefully, its store kept. SIGTTOU
             # ignored: its group is a background one on `farm up`'s terminal (`stty tostop`).
-            tty = (signal.SIGTTOU,)
-            self.pid = spawn(argv, self.env, death_signal=signal.SIGTERM, keep=[writer], ignore=tty)
+            # SIGUSR1, our stop, blocked until it handles it (process.take_early_stop).
+            tty, stop = (signal.SIGTTOU,), (signal.SIGUSR1,)
+            self.pid = spawn(
+                argv, self.env, death_signal=signal.SIGTERM, keep=[writer], ignore=tty, block=stop
+            )
         except OSError as e:
             os.close(progress)
             log.error("cannot start the job server: %s", e)

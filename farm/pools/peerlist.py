@@ -13,8 +13,8 @@ from typing import NamedTuple
 
 import psutil
 
-from farm.pools.localserver import named_lines
 from farm.pools.proctree import processes
+from farm.protocol.admin import named_lines
 
 __all__ = [
     "REGISTRATION_SETTLE",

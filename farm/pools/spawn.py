@@ -128,6 +128,7 @@ def spawn(
     user: RunAs | None = None,
     cwd: str | None = None,
     ignore: Collection[int] = (),
+    block: Collection[int] = (),
     oom_score_adj: int | None = None,
 ) -> int:
     """Start ``argv`` (``argv[0]`` an absolute path) as a watched child; its pid.
@@ -136,7 +137,9 @@ def spawn(
     descriptors in ``keep``; all others are closed. ``user`` and ``cwd`` are taken
     before the death signal is set. The signals in ``ignore`` are ignored from before exec
     (an ignored signal stays ignored across it), so from the program's first instruction;
-    SIGPIPE and SIGXFSZ, which Python ignores, get their default action back.
+    SIGPIPE and SIGXFSZ, which Python ignores, get their default action back. The signals
+    in ``block`` are blocked from before exec (the mask, too, is kept across it): the
+    program unblocks them once it handles them, and one sent meanwhile waits for that.
     ``oom_score_adj`` raises the child's own (never lowers it), before ``user`` is taken.
     Raises OSError when the fork fails; a child that cannot take its user, directory or
     exec writes why on its fd 2 and ends with ``EXIT_EXEC_FAILED`` (127).
@@ -160,6 +163,8 @@ def spawn(
             signal.signal(sig, signal.SIG_DFL)
         for sig in ignore:
             signal.signal(sig, signal.SIG_IGN)
+        if block:
+            signal.pthread_sigmask(signal.SIG_BLOCK, block)
         if stdio is not None:
             for target, fd in enumerate(stdio):
                 os.dup2(fd, target)  # dup2 leaves the copy inheritable

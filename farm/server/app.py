@@ -30,11 +30,13 @@ from farm.server.metricshttp import MetricsEndpoint
 from farm.server.options import ServerOptions, parse_args
 from farm.server.process import (
     ReplayProgress,
+    StoppedEarly,
     detach,
     detached,
     fit_fd_limit,
     reopen_log,
     setup_server_logging,
+    take_early_stop,
 )
 from farm.server.refusals import (
     ListenError,
@@ -285,6 +287,15 @@ class Server:
 
 def run(options: ServerOptions) -> int:
     """Run the server until a signal stops it; the process exit code."""
+    try:
+        take_early_stop()  # first: a stop that waited blocked comes at once
+        return _run(options)
+    except StoppedEarly:
+        log.info("graceful stop before the server served: stopped")
+        return 0
+
+
+def _run(options: ServerOptions) -> int:
     ready = detach() if options.daemon else None
     try:
         setup_server_logging(options)

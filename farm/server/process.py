@@ -1,7 +1,8 @@
 """The server process set up as gearmand sets up its own: the descriptor limit fitted to
---max-connections, the log (and SIGHUP opening it again), and ``-d``'s detaching; and
-what it tells `farm up` while it replays its store (``ReplayProgress``). Split off
-``farm.server.app``, which runs them around its listeners.
+--max-connections, the log (and SIGHUP opening it again), and ``-d``'s detaching; what
+it tells `farm up` while it replays its store (``ReplayProgress``), and a graceful stop
+asked before it serves (``take_early_stop``). Split off ``farm.server.app``, which runs
+them around its listeners.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import time
 
 from farm.logs import reopen_log_file, setup_logging
@@ -18,18 +20,40 @@ from farm.server.settings import FD_MARGIN, log_level
 __all__ = [
     "PROGRESS_EVERY",
     "ReplayProgress",
+    "StoppedEarly",
     "detach",
     "detached",
     "fit_fd_limit",
     "raise_soft_limit",
     "reopen_log",
     "setup_server_logging",
+    "take_early_stop",
 ]
 
 log = logging.getLogger("farm.server")
 
 #: Seconds between two lines of replay progress to `farm up` (ReplayProgress).
 PROGRESS_EVERY = 0.5
+
+
+class StoppedEarly(BaseException):
+    """A graceful stop (SIGUSR1) asked before the server's loop handles it: the server
+    ends at once, as it would with nothing running (a BaseException, as KeyboardInterrupt
+    is: it may come in any code of the start, and no ``except Exception`` keeps it)."""
+
+
+def _stop_early(signum: int, frame: object) -> None:
+    raise StoppedEarly
+
+
+def take_early_stop() -> None:
+    """SIGUSR1 ends the server with StoppedEarly until its loop takes the signal over
+    (Server.serve). `farm up` stops the server it started with SIGUSR1 (a Ctrl-C, a
+    ``systemctl stop`` at once), and at Python's default that killed it: the journal said
+    "job server was killed by SIGUSR1". `farm up` starts it with SIGUSR1 blocked from
+    before exec (the interpreter's start, the imports), so one sent then is taken here."""
+    signal.signal(signal.SIGUSR1, _stop_early)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
 
 
 def fit_fd_limit(options: ServerOptions) -> None:

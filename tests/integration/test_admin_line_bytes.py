@@ -1,5 +1,5 @@
 """The supervisor's admin lines that name functions (``poolfunctions``, ``claim``) are cut
-to the server's line limit in bytes, not characters (farm.pools.localserver.named_lines),
+to the server's line limit in bytes, not characters (farm.protocol.admin.named_lines),
 against a real server: pool names may be any UTF-8 since 6 December 2026, and a line of
 ``€`` names measured in characters came to 10,273 bytes, which the server closed
 unanswered. The supervisor logged it at debug and asked again every 5 s for ever."""
@@ -14,8 +14,9 @@ import pytest
 
 from farm.client.admin import admin_query
 from farm.config import ServerConfig
-from farm.pools.localserver import NAMING_RETRY, NAMING_WARN_AFTER, LocalServer, named_lines
+from farm.pools.localserver import NAMING_RETRY, NAMING_WARN_AFTER, LocalServer
 from farm.protocol import MAX_ADMIN_LINE
+from farm.protocol.admin import named_lines
 from tests.helpers.servers import start_farm_server
 
 pytestmark = pytest.mark.timeout(60)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -91,3 +92,44 @@ def test_a_sighup_before_the_handlers_are_in_is_a_reload_not_the_end(tmp_path: P
         assert "reloaded" in up.read_log()  # held, then honoured once the loop ran
     finally:
         assert up.stop() == 0
+
+
+def server_pid(up: FarmUp) -> str | None:
+    found = re.search(r"job server starting \(pid (\d+)\)", up.read_log())
+    return found and found[1]
+
+
+def usr1_pending(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    shared = next(line for line in status.splitlines() if line.startswith("ShdPnd:"))
+    return bool(int(shared.split()[1], 16) >> (signal.SIGUSR1 - 1) & 1)
+
+
+def test_a_stop_that_reaches_the_server_before_its_handler_ends_it_cleanly(
+    tmp_path: Path,
+) -> None:
+    # `farm up` stops its job server with SIGUSR1. A Ctrl-C in the server's first 0.3 s (its
+    # interpreter's start and imports) reached it at Python's default, and the log said the
+    # server "was killed by SIGUSR1". Here the server is held (SIGSTOP) before it listens
+    # while the farm stops, and let go once the stop waits on it.
+    for attempt in range(5):
+        where = tmp_path / f"try{attempt}"
+        where.mkdir()
+        up = FarmUp(where, FUNCTIONS)
+        try:
+            pid = int(wait_for("the server's start", functools.partial(server_pid, up)))
+            os.kill(pid, signal.SIGSTOP)
+            wait_for("the server stopped", functools.partial(stopped, pid))
+            if up.unix.exists():  # it listened already: not the window; a new farm
+                os.kill(pid, signal.SIGCONT)
+                continue
+            up.signal(signal.SIGINT)
+            wait_for("the stop sent to the server", functools.partial(usr1_pending, pid))
+            os.kill(pid, signal.SIGCONT)
+            assert up.proc.wait(30) == 0
+            log = up.read_log()
+            assert f"job server (pid {pid}) exited with code 0" in log, log
+            return
+        finally:
+            up.stop()
+    raise AssertionError("never caught the job server before it listened")

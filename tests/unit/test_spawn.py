@@ -66,3 +66,19 @@ def test_exec_text_escapes_a_surrogate_no_bytes_made() -> None:
 
     assert exec_read(exec_text("bad \ud800 data")) == "bad \\ud800 data"
     assert exec_read(exec_text("中文 \udcff")) == "中文 \udcff"  # one bytes made: kept
+
+
+def blocked(proc: psutil.Process) -> set[int]:
+    with open(f"/proc/{proc.pid}/status") as status:
+        mask = next(int(line.split()[1], 16) for line in status if line.startswith("SigBlk:"))
+    return {n for n in range(1, 65) if mask >> (n - 1) & 1}
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")
+def test_signals_named_in_block_are_blocked_across_exec() -> None:
+    # The job server is spawned so (farm.pools.localserver): `farm up`'s stop (SIGUSR1) sent
+    # during its imports waits until it handles it, instead of killing it.
+    with child(block=(signal.SIGUSR1,)) as proc:
+        assert signal.SIGUSR1 in blocked(proc)
+    with child() as proc:
+        assert signal.SIGUSR1 not in blocked(proc)
