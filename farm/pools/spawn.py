@@ -139,14 +139,21 @@ def spawn(
     (an ignored signal stays ignored across it), so from the program's first instruction;
     SIGPIPE and SIGXFSZ, which Python ignores, get their default action back. The signals
     in ``block`` are blocked from before exec (the mask, too, is kept across it): the
-    program unblocks them once it handles them, and one sent meanwhile waits for that.
+    program unblocks them once it handles them, and one sent meanwhile waits for that. They
+    are blocked here around the fork, not in the child: one sent as ``spawn`` returns came
+    to the child's copy of the supervisor's handlers, and was lost.
     ``oom_score_adj`` raises the child's own (never lowers it), before ``user`` is taken.
     Raises OSError when the fork fails; a child that cannot take its user, directory or
     exec writes why on its fd 2 and ends with ``EXIT_EXEC_FAILED`` (127).
     """
     parent = os.getpid()
     kept = sorted(set(keep))
-    pid = os.fork()
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, block) if block else None
+    try:
+        pid = os.fork()
+    finally:
+        if held is not None and os.getpid() == parent:  # the child keeps them blocked
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
     if pid:
         return pid
     step = "start"  # what the child was doing, for its one line if that fails
@@ -163,8 +170,6 @@ def spawn(
             signal.signal(sig, signal.SIG_DFL)
         for sig in ignore:
             signal.signal(sig, signal.SIG_IGN)
-        if block:
-            signal.pthread_sigmask(signal.SIG_BLOCK, block)
         if stdio is not None:
             for target, fd in enumerate(stdio):
                 os.dup2(fd, target)  # dup2 leaves the copy inheritable

@@ -277,6 +277,10 @@ class Server:
             await self.metrics.wait_closed(DRAIN_SECONDS)
         await self.handshakes.wait_closed(DRAIN_SECONDS)
         self.hub.close_store()
+        self.unbind()
+
+    def unbind(self) -> None:
+        """Remove the paths of its Unix sockets: a client then finds no server there."""
         for path, inode in self.bound.items():
             try:
                 if os.stat(path).st_ino == inode:  # ours still: not another's that replaced it
@@ -364,6 +368,9 @@ def _serve(options: ServerOptions, ready: int | None = None) -> int:
         server.listening = lambda: detached(ready)
     try:
         runner(server.serve())
+    except StoppedEarly:  # SIGUSR1 while it started: its sockets go, as at its end
+        server.unbind()
+        raise
     except (StoreError, TLSFileError) as exc:  # a damaged store, an unusable TLS file
         fatal(options, str(exc))
         return 2

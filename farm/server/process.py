@@ -36,10 +36,11 @@ log = logging.getLogger("farm.server")
 PROGRESS_EVERY = 0.5
 
 
-class StoppedEarly(BaseException):
+class StoppedEarly(SystemExit):
     """A graceful stop (SIGUSR1) asked before the server's loop handles it: the server
-    ends at once, as it would with nothing running (a BaseException, as KeyboardInterrupt
-    is: it may come in any code of the start, and no ``except Exception`` keeps it)."""
+    ends at once, as it would with nothing running. A SystemExit: it may come in any code
+    of the start, and no ``except Exception`` keeps it, nor an event loop's callback
+    (asyncio and uvloop log any other BaseException there and run on)."""
 
 
 def _stop_early(signum: int, frame: object) -> None:

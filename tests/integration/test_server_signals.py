@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
+import pytest
+
 from farm.protocol import PacketType as T
+from tests.helpers import ROOT
 from tests.helpers.peers import Peer
-from tests.helpers.servers import start_farm_server
+from tests.helpers.servers import free_port, start_farm_server
 from tests.helpers.waiting import wait_for
 
 
@@ -135,3 +141,43 @@ def test_sighup_reopens_the_log_file_as_gearmand_does(tmp_path: Path) -> None:
         assert quiet.proc.wait(10) == 0, "SIGTERM's clean exit, not death by SIGHUP (-1)"
     finally:
         quiet.stop()
+
+
+#: The server with a SIGUSR1 sent to itself at the end of its start, before its loop handles
+#: the signal: where `farm up`'s stop lands when it comes between the two. Sent in the start's
+#: own code, or from a callback of the loop, where the loop catches what a callback raises.
+EARLY_STOP = textwrap.dedent("""
+    import asyncio, os, signal, sys
+    from farm.server import app
+
+    started = app.Server.start
+
+    async def start_then_stop(self):
+        await started(self)
+        if sys.argv[1] == "callback":
+            asyncio.get_running_loop().call_soon(os.kill, os.getpid(), signal.SIGUSR1)
+            await asyncio.sleep(0)
+        else:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    app.Server.start = start_then_stop
+    sys.exit(app.main(sys.argv[2:]))
+""")
+
+
+@pytest.mark.parametrize("where", ["start", "callback"])
+def test_a_graceful_stop_before_the_handlers_ends_it_and_removes_its_socket(
+    tmp_path: Path, where: str
+) -> None:
+    sock = tmp_path / "gearman.sock"
+    argv = ["--port", str(free_port()), "--store", "none", "--unix", str(sock)]
+    run = subprocess.run(
+        [sys.executable, "-c", EARLY_STOP, where, *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 0, run.stderr
+    assert not sock.exists()  # as at its stop: a client finds no server, not a dead socket
+    assert "Traceback" not in run.stderr
