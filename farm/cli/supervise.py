@@ -147,7 +147,7 @@ def ps(
 ) -> None:
     """Every process of the farm: pid, function, slot, cpu, state, jobs done, RSS, restarts,
     and for a busy worker its job handle and how long it has run."""
-    from farm.cli.watch import ps_lines
+    from farm.cli.watch import ps_lines, terminal_width
 
     if watch and as_json:
         fail("--watch draws the table; use --json without it", 2)
@@ -174,7 +174,7 @@ def ps(
                 config=named_config(config),
             )
         )
-    for line in ps_lines(rows):
+    for line in ps_lines(rows, terminal_width()):
         typer.echo(line)
 
 

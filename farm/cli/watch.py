@@ -60,8 +60,10 @@ def progress_bar(numerator: int, denominator: int, width: int = 30) -> str:
     return f"[{'#' * filled}{'.' * (width - filled)}] {done:4.0%} ({numerator}/{denominator})"
 
 
-def ps_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """`farm ps`'s table; a busy worker's JOB is its job handle and how long it has run."""
+def ps_lines(rows: Sequence[dict[str, Any]], width: int | None = None) -> list[str]:
+    """`farm ps`'s table; a busy worker's JOB is its job handle and how long it has run.
+    ``width``: the terminal's columns (None: no screen to fit, the lines as wide as they
+    are); lines that fit it are drawn as ever, the others fitted (``_fitted``)."""
     table = [PS_HEADER] + [
         (
             _cell(r["pid"]),
@@ -77,11 +79,7 @@ def ps_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
         )
         for r in rows
     ]
-    widths = [max(cells(row[i]) for row in table) for i in range(len(PS_HEADER))]
-    lines = [
-        "  ".join(ljust(cell, w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in table
-    ]
+    lines = _fitted(table, width)
     # Why a slot (or the server) has no serving process: the table said "failing" and
     # the journal alone said why.
     from farm.logs import escape_controls
@@ -94,7 +92,123 @@ def ps_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
         for r in rows
         if r["state"] in NOT_SERVING and (r.get("not_serving") or r.get("last_exit"))
     ]
-    return lines + ([""] + why if why else [])
+    return lines + ([""] + [part for line in why for part in _folded(line, width)] if why else [])
+
+
+#: Cells between two columns of `farm ps`.
+GAP = 2
+#: The columns a narrow terminal keeps, whatever else it leaves out: the pid, what the
+#: process is, its state (and JOB, in its column or under its row).
+PS_KEPT = (PS_HEADER.index("PID"), PS_HEADER.index("FUNCTION"), PS_HEADER.index("STATE"))
+PS_JOB = PS_HEADER.index("JOB")
+
+
+def _fitted(table: list[tuple[str, ...]], width: int | None) -> list[str]:
+    """``table``'s lines within ``width`` cells. One that fits is drawn as ever. Else the
+    columns right of STATE other than JOB, then CPU and SLOT, are left out, from the right,
+    until it fits, and a note under it names them; when PID, FUNCTION, STATE and JOB alone
+    are still too wide, each job goes on a line of its own under its row, as many of the
+    other columns coming back as fit, and FUNCTION and STATE are wrapped within their
+    columns (a number is never cut). At 40 columns a busy worker's handle was wrapped by
+    the terminal onto the next row's place, every cell after it off its header."""
+    natural = [max(cells(row[i]) for row in table) for i in range(len(PS_HEADER))]
+
+    def span(shown: list[int]) -> int:
+        return sum(natural[i] for i in shown) + GAP * (len(shown) - 1)
+
+    every = list(range(len(PS_HEADER)))
+    if width is None or span(every) <= width:
+        return _drawn(table, every, natural, None)
+    for under in (False, True):  # the job in its column while the kept columns fit with it
+        shown = [i for i in every if not (under and i == PS_JOB)]
+        droppable = [i for i in shown if i not in PS_KEPT and i != PS_JOB]
+        while span(shown) > width and droppable:
+            shown.remove(droppable.pop())
+        if span(shown) <= width:
+            break
+    widths = list(natural)
+    text = (PS_KEPT[1], PS_KEPT[2])  # FUNCTION, STATE
+    # Wrapped between words first ("running (not checked)"), then within them, down to
+    # the header's width.
+    words = {i: max(cells(w) for row in table for w in row[i].split(" ")) for i in text}
+    excess = span(shown) - width
+    for floors in (words, {i: cells(PS_HEADER[i]) for i in text}):
+        while excess > 0:  # the wider text column gives a cell
+            wrappable = [i for i in text if widths[i] > floors[i]]
+            if not wrappable:
+                break  # narrower than the headers: lines run past it, as they must
+            widths[max(wrappable, key=lambda i: widths[i])] -= 1
+            excess -= 1
+    lines = _drawn(table, shown, widths, width if under else None)
+    left_out = [PS_HEADER[i] for i in every if i not in shown and i != PS_JOB]
+    if left_out:
+        note = f"{', '.join(left_out)} left out (a wider terminal shows them)"
+        lines += _folded(note, width, indent="")
+    return lines
+
+
+def _drawn(
+    table: list[tuple[str, ...]], shown: list[int], widths: list[int], under: int | None
+) -> list[str]:
+    """The ``shown`` columns of ``table``, each cell padded to (or wrapped within) its
+    width; ``under``: the JOB column goes under each busy row instead, within that width."""
+    lines = []
+    for n, row in enumerate(table):
+        parts = [_folded(row[i], widths[i], indent="") for i in shown]
+        for k in range(max(len(p) for p in parts)):
+            cell = [p[k] if k < len(p) else "" for p in parts]
+            padded = (ljust(c, widths[i]) for c, i in zip(cell, shown, strict=True))
+            lines.append("  ".join(padded).rstrip())
+        if under is not None and n and row[PS_JOB] != "-":
+            indent = " " * (widths[shown[0]] + GAP)  # under FUNCTION: the row's own
+            lines += [indent + part for part in _folded(f"job {row[PS_JOB]}", under - len(indent))]
+    return lines
+
+
+def _folded(text: str, width: int | None, indent: str = "  ") -> list[str]:
+    """``text`` in lines of at most ``width`` cells (None: one line), broken at spaces,
+    within a word only where it is longer than a line; the lines after the first indented."""
+    if width is None or cells(text) <= width:
+        return [text]
+    lines: list[str] = []
+    line, room = "", max(width, 1)
+    for word in text.split(" "):
+        joined = f"{line} {word}" if line else word
+        if cells(joined) <= room:
+            line = joined
+            continue
+        following = max(width - cells(indent), 1)  # the room of each line after the first
+        if line and cells(word) > following:  # broken wherever it goes: from this line on
+            word, line = joined, ""
+        if line:
+            lines.append(line)
+            room = following
+        while cells(word) > room:
+            cut = 1
+            while cut < len(word) and cells(word[: cut + 1]) <= room:
+                cut += 1
+            lines.append(word[:cut].rstrip(" "))
+            word, room = word[cut:].lstrip(" "), following
+        line = word
+    lines.append(line)
+    return [lines[0]] + [indent + rest for rest in lines[1:]]
+
+
+def terminal_width() -> int | None:
+    """The columns `farm ps` fits its lines to: $COLUMNS where set (as rich reads it for
+    `farm top`), else standard output's terminal's; None into a pipe or a file (grep, a cron
+    job's mail): no screen to fit there, and each line as wide as it is."""
+    import os
+
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        if sys.stdout.isatty():
+            return os.get_terminal_size(sys.stdout.fileno()).columns or None
+    except (OSError, ValueError):  # a stream without a descriptor (a test's runner)
+        pass
+    return None
 
 
 def _place(row: dict[str, Any]) -> str:

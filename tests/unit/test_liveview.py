@@ -326,3 +326,37 @@ def test_ps_columns_line_up_under_wide_and_combining_names() -> None:
         assert columns(line[: line.index(name) + len(name)]) < slot, line
         before_slot = line[: line.index(" 0 ") + 1]  # the SLOT cell's 0
         assert columns(before_slot) == slot, (header, line)
+
+
+def test_ps_fits_a_narrow_terminal_and_draws_a_wide_one_as_ever() -> None:
+    # At 40 columns a busy worker's handle was wrapped by the terminal onto the next row's
+    # place: the columns right of STATE go first, then the job goes under its row, and a
+    # state or a name is wrapped within its column, never cut.
+    from farm.cli.rows import cells
+    from farm.cli.watch import ps_lines
+
+    base = {"slot": 0, "cpu": 1, "jobs": 3, "rss": 2**24, "restarts": 0, "uptime": 5.0}
+    host = "H:a-host-name-long-enough.example.internal:2827888024"
+    rows = [
+        {**base, "pid": 4001, "function": "supervisor", "slot": None, "state": "running"},
+        {**base, "pid": 4002, "function": "slow", "state": "busy", "job": host, "busy_for": 1.5},
+        {**base, "pid": 4003, "function": "thumbnail_resize", "state": "idle"},
+        {**base, "pid": 4004, "function": "far", "state": "running", "checked": False},
+        {**base, "pid": None, "function": "bad", "state": "failing", "last_exit": "x " * 40},
+    ]
+    assert ps_lines(rows, 400) == ps_lines(rows)  # wide enough: as it always was
+    for width in (40, 50, 60, 80, 100):
+        lines = ps_lines(rows, width)
+        assert all(cells(line) <= width for line in lines), (width, lines)
+        text = "".join(line.strip() for line in lines)
+        for fact in ("4001", "4002", "4003", "4004", "thumbnail_resize", host, "(1.5s)"):
+            assert fact in text, (width, lines)
+        assert "running (not checked)" in " ".join(" ".join(lines).split()), lines
+        header = lines[0].split()
+        assert header[:2] == ["PID", "FUNCTION"] and "STATE" in header, (width, lines)
+        left_out = [
+            c for c in ("SLOT", "CPU", "JOBS", "RSS", "RESTARTS", "UPTIME") if c not in header
+        ]
+        if left_out:  # named under the table
+            assert f"{', '.join(left_out)} left out" in " ".join(lines), (width, lines)
+    assert ps_lines(rows, 40)[0].split() == ["PID", "FUNCTION", "STATE"]
