@@ -64,6 +64,8 @@ def ps_lines(rows: Sequence[dict[str, Any]], width: int | None = None) -> list[s
     """`farm ps`'s table; a busy worker's JOB is its job handle and how long it has run.
     ``width``: the terminal's columns (None: no screen to fit, the lines as wide as they
     are); lines that fit it are drawn as ever, the others fitted (``_fitted``)."""
+    if width is not None and width < PS_NARROWEST:
+        width = None  # not even PID, FUNCTION and STATE fit: fitting would only shred it
     table = [PS_HEADER] + [
         (
             _cell(r["pid"]),
@@ -101,6 +103,8 @@ GAP = 2
 #: process is, its state (and JOB, in its column or under its row).
 PS_KEPT = (PS_HEADER.index("PID"), PS_HEADER.index("FUNCTION"), PS_HEADER.index("STATE"))
 PS_JOB = PS_HEADER.index("JOB")
+#: Below this many columns the kept headers alone do not fit: nothing is fitted then.
+PS_NARROWEST = sum(len(PS_HEADER[i]) for i in PS_KEPT) + GAP * (len(PS_KEPT) - 1)
 
 
 def _fitted(table: list[tuple[str, ...]], width: int | None) -> list[str]:
@@ -167,29 +171,31 @@ def _drawn(
 
 def _folded(text: str, width: int | None, indent: str = "  ") -> list[str]:
     """``text`` in lines of at most ``width`` cells (None: one line), broken at spaces,
-    within a word only where it is longer than a line; the lines after the first indented."""
+    within a word only where it is longer than a line; the lines after the first indented.
+    One pass, each character measured once: a worker's last line may be 64 KiB."""
     if width is None or cells(text) <= width:
         return [text]
+    following = max(width - cells(indent), 1)  # the room of each line after the first
     lines: list[str] = []
-    line, room = "", max(width, 1)
+    line, used, room = "", 0, max(width, 1)
     for word in text.split(" "):
-        joined = f"{line} {word}" if line else word
-        if cells(joined) <= room:
-            line = joined
+        size = cells(word)
+        gap = 1 if line else 0
+        if used + gap + size <= room:
+            line, used = line + " " * gap + word, used + gap + size
             continue
-        following = max(width - cells(indent), 1)  # the room of each line after the first
-        if line and cells(word) > following:  # broken wherever it goes: from this line on
-            word, line = joined, ""
-        if line:
+        if size <= following:  # on a line of its own
             lines.append(line)
-            room = following
-        while cells(word) > room:
-            cut = 1
-            while cut < len(word) and cells(word[: cut + 1]) <= room:
-                cut += 1
-            lines.append(word[:cut].rstrip(" "))
-            word, room = word[cut:].lstrip(" "), following
-        line = word
+            line, used, room = word, size, following
+            continue
+        if line:  # longer than any line: broken wherever it goes, from this line on
+            line, used = line + " ", used + 1
+        for char in word:
+            wide = cells(char)
+            if used + wide > room and line.strip(" "):
+                lines.append(line.rstrip(" "))
+                line, used, room = "", 0, following
+            line, used = line + char, used + wide
     lines.append(line)
     return [lines[0]] + [indent + rest for rest in lines[1:]]
 
@@ -201,7 +207,7 @@ def terminal_width() -> int | None:
     import os
 
     columns = os.environ.get("COLUMNS", "")
-    if columns.isdigit() and int(columns) > 0:
+    if columns.isascii() and columns.isdigit() and int(columns) > 0:  # not "²"
         return int(columns)
     try:
         if sys.stdout.isatty():

@@ -360,3 +360,26 @@ def test_ps_fits_a_narrow_terminal_and_draws_a_wide_one_as_ever() -> None:
         if left_out:  # named under the table
             assert f"{', '.join(left_out)} left out" in " ".join(lines), (width, lines)
     assert ps_lines(rows, 40)[0].split() == ["PID", "FUNCTION", "STATE"]
+
+
+def test_farm_ps_fitting_leaves_a_table_narrower_than_its_headers_alone() -> None:
+    # Below PID, FUNCTION and STATE's headers (20 columns) no line fits whatever is done; the
+    # job line and the note were cut into one or two characters a line (42 lines at 10).
+    from farm.cli.watch import ps_lines
+
+    base = {"slot": 0, "cpu": 1, "jobs": 3, "rss": 2**24, "restarts": 0, "uptime": 5.0}
+    rows = [{**base, "pid": 4002, "function": "slow", "state": "busy", "job": "H:vm:1"}]
+    for rows_ in (rows, []):
+        assert ps_lines(rows_, 10) == ps_lines(rows_)
+
+
+def test_a_long_reason_is_folded_in_one_pass() -> None:
+    # A worker's last line (its reason) may be 64 KiB: each character is measured once, so
+    # the folded lines cover it whole, none wider than asked.
+    from farm.cli.rows import cells
+    from farm.cli.watch import _folded
+
+    text = "é" * 30_000 + " tail 中文 x"
+    lines = _folded(text, 80)
+    assert all(cells(line) <= 80 for line in lines)
+    assert "".join(line.strip() for line in lines).replace(" ", "") == text.replace(" ", "")
