@@ -9,6 +9,7 @@ the server's refusal and the docs send an operator to.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -115,3 +116,45 @@ def _error_text(reply: str, tcp_address: str | None) -> str:
             " reaches its Unix socket"
         )
     return said
+
+
+#: How long `farm backup` waits for the copy: the server writes it before it answers.
+BACKUP_TIMEOUT = 600.0
+
+
+@app.command(cls=FarmCommand, name="backup")
+def backup(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE",
+            help="Where the copy goes: a new file, written by the job server's user, in a"
+            " directory it may write (under the shipped unit: /var/lib/farm).",
+        ),
+    ],
+    server: str = ServerOption,
+    config: Path | None = ConfigOption,
+) -> None:
+    """Copy the job store of the running farm to FILE: its queued background jobs, in one
+    file that a server opens as its store (restore: docs/operations.md).
+
+    The job server writes the copy itself (it holds its store locked while it runs, so
+    `sqlite3 .backup` cannot), on its Unix socket, asked by its own user or root; it
+    answers nobody else while it writes. Exit 0 once FILE is written and checked; 1, with
+    the server's word, when it is not (nothing is left at FILE then).
+    """
+    from farm.client.admin import admin_query
+
+    path = os.path.abspath(file)  # the server's working directory is not ours
+    if any(c in path for c in "\r\n\0") or "  " in path or path != path.strip(" "):
+        fail(f"FILE {typed(path)}: an admin line cannot carry that path; choose another", 2)
+    address = server_address(server, config)
+    try:
+        reply = admin_query(address, f"backup {path}", tls=admin_tls(), timeout=BACKUP_TIMEOUT)
+    except (OSError, ValueError) as exc:
+        unreachable("the backup's answer", address, exc, server, config)
+    words = reply.split()
+    if reply.startswith("ERR") or len(words) != 3 or words[0] != "OK":
+        over_tcp = not address.startswith("unix:")
+        fail(_error_text(reply, address if over_tcp else None), 1)
+    typer.echo(f"{path}: {int(words[1]):,} jobs, {int(words[2]):,} bytes")

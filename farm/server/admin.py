@@ -29,6 +29,7 @@ from farm.server.admintext import (
 )
 from farm.server.hub import Hub
 from farm.server.queues import SERVED_LOCALLY
+from farm.server.storebackup import backup
 from farm.version import __version__
 
 
@@ -238,6 +239,7 @@ COMMANDS: dict[str, Callable[[Hub, list[str]], str]] = {
     "served": served,
     "claim": claim,
     "poolfunctions": pool_functions,
+    "backup": backup,
 }
 
 
@@ -254,8 +256,11 @@ CHANGES_STATE: dict[str, Callable[[list[str]], bool]] = {
 DENIED = "ERR PERMISSION_DENIED this+command+is+accepted+only+on+the+Unix+socket+(farm+admin)\r\n"
 #: Commands the server takes from its own user alone, on the Unix socket (SO_PEERCRED): the
 #: socket's group may reach it too, and ``poolfunctions`` names functions to label first,
-#: which would let it crowd the farm's own pools out of the MAX_LABELLED labels into other.
-OWN_USER_ONLY = frozenset({"poolfunctions", "claim"})  # claim: the uid it names is its word
+#: which would let it crowd the farm's own pools out of the MAX_LABELLED labels into other;
+#: ``claim``'s uid is its word; ``backup`` writes a file as the server's user.
+OWN_USER_ONLY = frozenset({"poolfunctions", "claim", "backup"})
+#: ... and of those, what root may ask too: a copy of the store, which root may read anyway.
+ROOT_TOO = frozenset({"backup"})
 NOT_OWN_USER = "ERR PERMISSION_DENIED this+command+is+accepted+only+from+the+server's+user\r\n"
 #: Commands that make the function they name when it is not there: the name, or None.
 MAKES_FUNCTION: dict[str, Callable[[list[str]], str | None]] = {
@@ -294,7 +299,8 @@ def run_admin(
         return DENIED
     # SO_PEERCRED gives the peer's effective uid (at its connect): compared with ours, the
     # one this process acts as, not its real uid.
-    if name in OWN_USER_ONLY and peer_uid != os.geteuid():
+    allowed = peer_uid == os.geteuid() or (name in ROOT_TOO and peer_uid == 0)
+    if name in OWN_USER_ONLY and not allowed:
         return NOT_OWN_USER
     read_only = over_tcp and server.options.tcp_admin == "read-only"
     if read_only and changes is not None and changes(words[1:]):

@@ -77,6 +77,12 @@ class StoreWriter:
             log.debug("waited %.3f s for the store's last commit", time.monotonic() - began)
             self._finish(batch)
 
+    def idle(self) -> None:
+        """Block until the batch in flight is written, its taking back left to the loop
+        (queued there already): the connection is then the loop thread's (admin backup)."""
+        if self._future is not None:
+            self._future.result()
+
     def close(self) -> None:
         """Wait for the batch in flight, then end the writer thread."""
         self.wait()

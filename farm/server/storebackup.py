@@ -1,0 +1,96 @@
+"""``backup PATH``, farm's admin command: a copy of the job store, made by the server that
+holds it (docs/operations.md, "Backing up the job store").
+
+The server holds its store locked for its life (``locking_mode=EXCLUSIVE``, so that no
+second server replays the same jobs), so ``sqlite3 ... .backup`` and ``VACUUM INTO`` from
+outside are refused while it runs, and a copy of the file misses the jobs still in its
+``-wal``. The server copies it itself, through its own connection and SQLite's backup API:
+the jobs it acknowledged (a background job's JOB_CREATED leaves after its commit), in one
+self-contained file (rollback journal, no ``-wal``) that a server opens as its store.
+
+Taken on the Unix socket only, from the server's own user or root (farm.server.admin): the
+file is written as the server's user, and another user of the socket's group could have it
+made where that user may write (a ``-wal`` planted beside a store is read as the store's).
+The copy runs in the loop, so the server answers nobody while it writes: about a second per
+few hundred MB of store, which a store of queued jobs rarely reaches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+from time import monotonic
+from typing import TYPE_CHECKING
+
+from farm.server.admintext import incomplete
+
+if TYPE_CHECKING:
+    from farm.server.hub import Hub
+
+__all__ = ["backup", "copy_store"]
+
+log = logging.getLogger("farm.server")
+
+#: A new file only: never one that is there (another's, a link, a store in use).
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _error(code: str, text: str) -> str:
+    return f"ERR {code} {text.replace(' ', '+')}\r\n"  # gearmand's '+' for each space
+
+
+def backup(server: Hub, args: list[str]) -> str:
+    """``backup PATH``: ``OK JOBS BYTES`` once PATH (absolute, not there yet) holds a copy
+    of the store, checked; an ERR line saying why not (nothing left at PATH then). Words
+    are joined by one space: a path is one argument that may hold spaces."""
+    if not args:
+        return incomplete("backup")
+    path = " ".join(args)
+    if not os.path.isabs(path):
+        return _error("INVALID_ARGUMENTS", f"{path}: give an absolute path (the server's)")
+    store = server.store
+    if store is None:
+        return _error("NO_STORE", "this server keeps its jobs in memory only (--store none)")
+    if server.writer is not None:
+        server.writer.idle()  # the connection is the writer thread's while a batch is in flight
+    started = monotonic()
+    try:
+        jobs, size = copy_store(store.db, path)
+    except (OSError, sqlite3.Error) as exc:
+        log.warning("backup of the job store %s to %s failed: %s", store.path, path, exc)
+        return _error("BACKUP_FAILED", f"{path}: {exc}")
+    log.info(
+        "job store %s copied to %s: %d jobs, %d bytes in %.3f s",
+        store.path,
+        path,
+        jobs,
+        size,
+        monotonic() - started,
+    )
+    return f"OK {jobs} {size}\r\n"
+
+
+def copy_store(db: sqlite3.Connection, path: str) -> tuple[int, int]:
+    """Write a copy of the store open as ``db`` at ``path``, a new file (mode 0600); the
+    copy's jobs and bytes. A copy that fails, or does not check, is removed."""
+    os.close(os.open(path, _NEW_FILE, 0o600))
+    try:
+        copy = sqlite3.connect(path, isolation_level=None)
+        try:
+            db.backup(copy)
+            # The copy's header says WAL, as the store's does: one file, not one and a -wal
+            # that a `cp` of it would leave behind. The server makes it WAL again at its open.
+            copy.execute("PRAGMA journal_mode=DELETE")
+            checked = copy.execute("PRAGMA quick_check").fetchone()[0]
+            if checked != "ok":
+                raise sqlite3.DatabaseError(f"the copy does not check: {checked}")
+            jobs = int(copy.execute("SELECT count(*) FROM jobs").fetchone()[0])
+        finally:
+            copy.close()
+        return jobs, os.path.getsize(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # made above: ours
+        raise
