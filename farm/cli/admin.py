@@ -146,7 +146,8 @@ def backup(
     from farm.client.admin import admin_query
 
     path = os.path.abspath(file)  # the server's working directory is not ours
-    if any(c in path for c in "\r\n\0") or "  " in path or path != path.strip(" "):
+    odd = any(c in path for c in "\r\n\0") or "  " in path or path != path.strip(" ")
+    if odd or _not_utf8(path):
         fail(f"FILE {typed(path)}: an admin line cannot carry that path; choose another", 2)
     address = server_address(server, config)
     try:
@@ -156,5 +157,20 @@ def backup(
     words = reply.split()
     if reply.startswith("ERR") or len(words) != 3 or words[0] != "OK":
         over_tcp = not address.startswith("unix:")
-        fail(_error_text(reply, address if over_tcp else None), 1)
+        fail(f"{path}: {_error_text(reply, address if over_tcp else None)}", 1)
     typer.echo(f"{path}: {int(words[1]):,} jobs, {int(words[2]):,} bytes")
+    if not os.path.lexists(path):  # written where the server sees the path, not here
+        typer.echo(
+            f"farm: {path} is not there as this command sees the file system: the server wrote"
+            " it in its own view of it (a unit's PrivateTmp= /tmp is its own, and removed at"
+            " its stop); give a path in /var/lib/farm",
+            err=True,
+        )
+
+
+def _not_utf8(path: str) -> bool:
+    try:
+        path.encode()
+    except UnicodeEncodeError:  # bytes the locale could not decode: os.fsdecode's surrogates
+        return True
+    return False

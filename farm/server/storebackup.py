@@ -17,10 +17,12 @@ few hundred MB of store, which a store of queued jobs rarely reaches.
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import logging
 import os
+import shutil
 import sqlite3
+import tempfile
 from time import monotonic
 from typing import TYPE_CHECKING
 
@@ -32,9 +34,6 @@ if TYPE_CHECKING:
 __all__ = ["backup", "copy_store"]
 
 log = logging.getLogger("farm.server")
-
-#: A new file only: never one that is there (another's, a link, a store in use).
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _error(code: str, text: str) -> str:
@@ -59,8 +58,9 @@ def backup(server: Hub, args: list[str]) -> str:
     try:
         jobs, size = copy_store(store.db, path)
     except (OSError, sqlite3.Error) as exc:
-        log.warning("backup of the job store %s to %s failed: %s", store.path, path, exc)
-        return _error("BACKUP_FAILED", f"{path}: {exc}")
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        log.warning("backup of the job store %s to %s failed: %s", store.path, path, why)
+        return _error("BACKUP_FAILED", why)  # the asker knows the path: '+' in it reads back
     log.info(
         "job store %s copied to %s: %d jobs, %d bytes in %.3f s",
         store.path,
@@ -73,11 +73,18 @@ def backup(server: Hub, args: list[str]) -> str:
 
 
 def copy_store(db: sqlite3.Connection, path: str) -> tuple[int, int]:
-    """Write a copy of the store open as ``db`` at ``path``, a new file (mode 0600); the
-    copy's jobs and bytes. A copy that fails, or does not check, is removed."""
-    os.close(os.open(path, _NEW_FILE, 0o600))
+    """Write a copy of the store open as ``db`` at ``path``, a new name (mode 0600); the
+    copy's jobs and bytes. Made and checked in a directory of its own beside ``path``
+    (``.farm-backup-*``, mode 0700), then linked in, so that PATH is the whole, checked copy
+    or nothing: a copy killed midway left at PATH opened as an empty store (its journal
+    rolled back the pages written), and a name checked first and opened again later could
+    be made a symlink to another file meanwhile, which the copy then wrote over."""
+    if os.path.lexists(path):  # before the copy's work; the link below decides, though
+        raise FileExistsError(errno.EEXIST, "File exists")
+    scratch = tempfile.mkdtemp(prefix=".farm-backup-", dir=os.path.dirname(path))
+    made = os.path.join(scratch, "copy.db")
     try:
-        copy = sqlite3.connect(path, isolation_level=None)
+        copy = sqlite3.connect(made, isolation_level=None)
         try:
             db.backup(copy)
             # The copy's header says WAL, as the store's does: one file, not one and a -wal
@@ -89,8 +96,8 @@ def copy_store(db: sqlite3.Connection, path: str) -> tuple[int, int]:
             jobs = int(copy.execute("SELECT count(*) FROM jobs").fetchone()[0])
         finally:
             copy.close()
-        return jobs, os.path.getsize(path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(path)  # made above: ours
-        raise
+        os.chmod(made, 0o600)
+        os.link(made, path)  # EEXIST for any name there, a symlink too: never written over
+        return jobs, os.path.getsize(made)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -159,3 +159,17 @@ print(s.recv(4096).decode())
         assert not target.exists()
         assert admin_query(local, f"backup {target}").startswith("OK 0 ")  # root's
         assert target.stat().st_uid == uid  # the server's file, not root's
+
+
+def test_a_path_an_admin_line_cannot_carry_is_a_usage_error(tmp_path: Path) -> None:
+    # Bytes that are not UTF-8 (a name made in a Latin-1 locale) read as "server
+    # unreachable"; a newline would end the admin line early.
+    for name in (b"caf\xe9.db", b"two  spaces.db", b"a\nb.db"):
+        run = subprocess.run(
+            [sys.executable, "-m", "farm", "backup", os.fsencode(tmp_path) + b"/" + name],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 2 and "cannot carry that path" in run.stderr, run.stderr
