@@ -4,19 +4,25 @@ wake the loop; ``handle_signals``, a step of the loop, acts on what came."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import selectors
 import signal
 import termios
+import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from farm.pools.slots import WorkerProcess
 from farm.pools.steering import Duty, Pending
 from farm.pools.strays import Stray
 from farm.waker import Waker
+
+if TYPE_CHECKING:
+    from farm.pools.localserver import LocalServer
 
 __all__ = ["HANDLED", "NOT_OURS", "Signals", "hung_up"]
 
@@ -26,7 +32,14 @@ log = logging.getLogger("farm.supervisor")
 #: ignores: Python's default for SIGUSR1 and SIGUSR2 ends the process, and a stray one (a
 #: gearmand habit: gearmand and `farm server` stop gracefully on SIGUSR1) took the farm down
 #: mid-job, with no drain.
-HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
+HANDLED = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGCHLD,
+    signal.SIGTSTP,
+)
 NOT_OURS = (signal.SIGUSR1, signal.SIGUSR2)
 #: How long after the terminal `farm up` logs to is first seen hung up a SIGHUP is still the
 #: hang-up's (a login shell passes its own on to its jobs as it goes); a later one is a reload.
@@ -57,6 +70,7 @@ class Signals:
     by_pid: dict[int, WorkerProcess]
     leftovers: list[WorkerProcess]
     strays: dict[int, Stray]
+    server: LocalServer
     # Provided by farm.pools.steering: a reload asked by SIGHUP or `farm reload`.
     answer_reload: Callable[[Pending], None]
     # Provided by farm.pools.commandjobs: the jobs in hand read, and all excused, at once.
@@ -67,9 +81,7 @@ class Signals:
         self.waker.wake_on_signals()
         self.selector.register(self.waker.reader, selectors.EVENT_READ, "wakeup")
         for sig in (*HANDLED, *NOT_OURS):
-            signal.signal(
-                sig, lambda signum, frame: self.pending.append(Pending(Duty.SIGNAL, signum))
-            )
+            signal.signal(sig, self._enqueue_signal)
         # Where its log goes (stderr alone), not stdin: `farm up >farm.log 2>&1 & disown`
         # keeps the terminal as its stdin, and a `kill -HUP` after that terminal closed still
         # reloads it; nor stdout, which farm up never writes (`farm up 2>farm.log`).
@@ -77,6 +89,9 @@ class Signals:
         self.hung_up_until = 0.0
         # `farm up` held SIGHUP from its start (farm.cli): one sent since comes in now, a reload.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+
+    def _enqueue_signal(self, signum: int, frame: object) -> None:
+        self.pending.append(Pending(Duty.SIGNAL, signum))
 
     def _look_at_terminal(self) -> None:
         """Each turn (an ioctl, only where it was started in a terminal): a farm whose
@@ -111,6 +126,8 @@ class Signals:
                 else:
                     log.info("stopping: draining workers (grace %gs)", self.grace)
                 self.stopping = True
+            elif item.arg == signal.SIGTSTP:
+                self.pause_farm()
             elif item.arg in NOT_OURS:
                 log.warning(
                     "%s ignored: SIGTERM stops the farm (draining), SIGHUP reloads its config,"
@@ -126,3 +143,45 @@ class Signals:
                     proc.stop_deadline = time.monotonic()
                 for stray in self.strays.values():
                     stray.deadline = min(stray.deadline, time.monotonic())
+
+    def pause_farm(self) -> None:
+        """Ctrl-Z (SIGTSTP): the farm stops as a whole, as a program in the foreground does,
+        and goes on at `fg` or `bg` (SIGCONT). The job server and the workers lead process
+        groups of their own (so that Ctrl-C is the supervisor's to decide), so the terminal's
+        SIGTSTP stopped the supervisor alone: they served on, nothing replaced a worker that
+        died, and one with much output blocked on its pipe. Processes of another session (a
+        pool run as another user) run on: stopped there, nothing would wake them were the
+        supervisor killed meanwhile, where the kernel wakes a group of this session then
+        (SIGHUP, SIGCONT: an orphaned group). Where no shell of its session could resume it
+        (systemd's, `setsid farm up`: an orphaned group, where the kernel drops a SIGTSTP
+        it would act on) it is said and ignored."""
+        own = os.getsid(0)
+        try:
+            orphaned = os.getsid(os.getppid()) != own  # no shell of this session to `fg` it
+        except OSError:
+            orphaned = True
+        if orphaned:
+            log.warning("SIGTSTP ignored: farm up is no terminal's job (systemd's, setsid's)")
+            return
+        groups = []
+        for pid in [self.server.pid, *self.by_pid, *(p.pid for p in self.leftovers)]:
+            with contextlib.suppress(OSError):  # gone meanwhile
+                group = os.getpgid(pid) if pid and os.getsid(pid) == own else os.getpgrp()
+                if group != os.getpgrp():
+                    os.killpg(group, signal.SIGSTOP)
+                    groups.append(group)
+        log.info(
+            "paused (SIGTSTP, Ctrl-Z): farm up stops with the job server and its workers (%d"
+            " processes and their children); fg or bg resumes them",
+            len(groups),
+        )
+        paused = time.monotonic()
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        try:  # to this thread: stopped before the call returns, the rest resumed after
+            signal.pthread_kill(threading.get_ident(), signal.SIGTSTP)
+        finally:
+            signal.signal(signal.SIGTSTP, self._enqueue_signal)
+        for group in groups:
+            with contextlib.suppress(OSError):
+                os.killpg(group, signal.SIGCONT)
+        log.info("resumed after %.1fs paused", time.monotonic() - paused)

@@ -88,6 +88,7 @@ class FarmUp:
         # which ignores PYTHONPATH, the code puts this checkout on sys.path itself.
         self.python_flags: list[str] = []
         self.code = "from farm.cli import main; main()"
+        self.new_session = False  # True: started as `setsid farm up` (no terminal's job)
         if start:
             self.start()
 
@@ -108,6 +109,7 @@ class FarmUp:
             env=self.env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            start_new_session=self.new_session,
         )
 
     @property
