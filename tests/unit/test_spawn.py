@@ -35,11 +35,16 @@ def child(**options: object) -> Iterator[psutil.Process]:
         os.waitpid(pid, 0)
 
 
-def ignored(proc: psutil.Process) -> set[int]:
-    """The signals the process ignores (SigIgn in /proc/PID/status, a bit mask)."""
+def signals(proc: psutil.Process, field: str) -> set[int]:
+    """The signals of a mask in /proc/PID/status: SigIgn (ignored), SigBlk (blocked),
+    ShdPnd (sent to the process whole and not delivered yet)."""
     with open(f"/proc/{proc.pid}/status") as status:
-        mask = next(int(line.split()[1], 16) for line in status if line.startswith("SigIgn:"))
+        mask = next(int(line.split()[1], 16) for line in status if line.startswith(f"{field}:"))
     return {n for n in range(1, 65) if mask >> (n - 1) & 1}
+
+
+def ignored(proc: psutil.Process) -> set[int]:
+    return signals(proc, "SigIgn")
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")
@@ -73,27 +78,14 @@ def test_exec_text_escapes_a_surrogate_no_bytes_made() -> None:
     assert exec_read(exec_text("中文 \udcff")) == "中文 \udcff"  # one bytes made: kept
 
 
-def blocked(proc: psutil.Process) -> set[int]:
-    with open(f"/proc/{proc.pid}/status") as status:
-        mask = next(int(line.split()[1], 16) for line in status if line.startswith("SigBlk:"))
-    return {n for n in range(1, 65) if mask >> (n - 1) & 1}
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")
 def test_signals_named_in_block_are_blocked_across_exec() -> None:
     # The job server is spawned so (farm.pools.localserver): `farm up`'s stop (SIGUSR1) sent
     # during its imports waits until it handles it, instead of killing it.
     with child(block=(signal.SIGUSR1,)) as proc:
-        assert signal.SIGUSR1 in blocked(proc)
+        assert signal.SIGUSR1 in signals(proc, "SigBlk")
     with child() as proc:
-        assert signal.SIGUSR1 not in blocked(proc)
-
-
-def pending(proc: psutil.Process) -> set[int]:
-    """The signals sent to the process and not delivered yet (ShdPnd: sent to it whole)."""
-    with open(f"/proc/{proc.pid}/status") as status:
-        mask = next(int(line.split()[1], 16) for line in status if line.startswith("ShdPnd:"))
-    return {n for n in range(1, 65) if mask >> (n - 1) & 1}
+        assert signal.SIGUSR1 not in signals(proc, "SigBlk")
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")
@@ -110,7 +102,7 @@ def test_a_blocked_signal_sent_as_spawn_returns_waits_in_the_program() -> None:
             proc = psutil.Process(pid)
             try:
                 wait_for("the child to exec sleep", functools.partial(execd, proc))
-                assert signal.SIGUSR1 in pending(proc)
+                assert signal.SIGUSR1 in signals(proc, "ShdPnd")
             finally:
                 proc.kill()
                 os.waitpid(pid, 0)
