@@ -71,6 +71,7 @@ class Signals:
     leftovers: list[WorkerProcess]
     strays: dict[int, Stray]
     server: LocalServer
+    started: float  # the supervisor's start (ready_wait)
     # Provided by farm.pools.steering: a reload asked by SIGHUP or `farm reload`.
     answer_reload: Callable[[Pending], None]
     # Provided by farm.pools.commandjobs: the jobs in hand read, and all excused, at once.
@@ -156,11 +157,7 @@ class Signals:
         (systemd's, `setsid farm up`: an orphaned group, where the kernel drops a SIGTSTP
         it would act on) it is said and ignored."""
         own = os.getsid(0)
-        try:
-            orphaned = os.getsid(os.getppid()) != own  # no shell of this session to `fg` it
-        except OSError:
-            orphaned = True
-        if orphaned:
+        if _orphaned():
             log.warning("SIGTSTP ignored: farm up is no terminal's job (systemd's, setsid's)")
             return
         groups = []
@@ -184,4 +181,43 @@ class Signals:
         for group in groups:
             with contextlib.suppress(OSError):
                 os.killpg(group, signal.SIGCONT)
-        log.info("resumed after %.1fs paused", time.monotonic() - paused)
+        paused = time.monotonic() - paused
+        self._after_pause(paused)
+        log.info("resumed after %.1fs paused", paused)
+
+    def _after_pause(self, paused: float) -> None:
+        """The clock went on while the whole farm stood: what is timed from a process's
+        start or to a deadline moves on as much (a boot within boot_timeout, a reload's
+        rollout, a drain within its grace, ready_wait), or `fg` judged the workers by time
+        none of them ran: a booting worker was killed as hung, a draining one's job cut
+        off. A pool's `timeout` is the wall clock's, as the job server's own is: not moved."""
+        for proc in [*self.by_pid.values(), *self.leftovers]:
+            proc.started += paused
+            for name in _DEADLINES:
+                if (value := getattr(proc, name)) is not None:
+                    setattr(proc, name, value + paused)
+        for stray in self.strays.values():
+            stray.deadline += paused
+        self.server.started += paused
+        self.started += paused
+
+
+#: What a worker process is timed by, besides its start (farm.pools.slots.WorkerProcess).
+_DEADLINES = ("stop_deadline", "exiting_since", "idle_draining", "signal_at", "remote_since")
+
+
+def _orphaned() -> bool:
+    """Whether this process's group is orphaned, so that no shell could resume it: the
+    first process up its chain of parents outside its group is of another session (a
+    shell of this session that runs it as a job is not). systemd's services, `setsid farm
+    up`, `setsid sh -c 'farm up'` are; the kernel drops a default SIGTSTP there."""
+    import psutil
+
+    group, own = os.getpgrp(), os.getsid(0)
+    pid = os.getpid()
+    try:
+        while pid > 1 and os.getpgid(pid) == group:
+            pid = psutil.Process(pid).ppid()
+        return pid <= 1 or os.getsid(pid) != own
+    except (OSError, psutil.Error):
+        return True

@@ -13,6 +13,18 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+#: A target whose import waits for a file the test makes: the worker's boot, held.
+GATED = """
+import os, time
+_gate = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gate")
+_until = time.monotonic() + 60
+while not os.path.exists(_gate) and time.monotonic() < _until:
+    time.sleep(0.01)
+
+def job(j):
+    return b"ok"
+"""
+
 
 class Gate:
     def __init__(self, path: Path) -> None:

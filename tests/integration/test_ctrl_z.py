@@ -7,13 +7,15 @@ from __future__ import annotations
 import functools
 import re
 import signal
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 
 from farm.client import Client
-from tests.helpers.farmproc import FarmUp
+from tests.helpers.farmproc import FarmUp, farm_cli
+from tests.helpers.gate import GATED
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -82,3 +84,80 @@ def test_a_farm_that_is_no_terminals_job_runs_on_at_sigtstp(tmp_path: Path) -> N
         assert running(farm)
     finally:
         assert up.stop() == 0
+
+
+BOOT_TIMEOUT = 2
+#: A job of CPU seconds, which a pause does not use up (a sleep's would pass in it).
+SPIN = """
+import time
+
+def spin(job):
+    until = time.process_time() + float(job.data)
+    while time.process_time() < until:
+        pass
+    return job.data
+"""
+
+
+def test_a_worker_booting_through_a_pause_is_not_judged_by_the_time_paused(
+    tmp_path: Path,
+) -> None:
+    # The workers stand with the supervisor, but its clock went on: at `fg` a worker that
+    # was loading its target had been "starting" for longer than boot_timeout, and was
+    # killed as a failed boot, its slot backed off.
+    (tmp_path / "gated.py").write_text(GATED)
+    gate = tmp_path / "gate"
+    gate.touch()
+    up = FarmUp(
+        tmp_path,
+        '[functions.gated]\ntarget = "gated:job"\nworkers = 1\n',
+        supervisor=f"boot_timeout = {BOOT_TIMEOUT}",
+    )
+    try:
+        up.expect_notify("READY=1")
+        gate.unlink()
+        assert farm_cli("scale", "gated=2", "--control", up.control).returncode == 0
+        wait_for("the second worker's start", lambda: len(up.workers("gated")) == 2)
+        farm = [up.proc.pid, *(c.pid for c in psutil.Process(up.proc.pid).children())]
+        up.signal(signal.SIGTSTP)
+        try:
+            wait_for("the whole farm stopped", functools.partial(stopped, farm))
+            time.sleep(BOOT_TIMEOUT + 0.5)  # the pause: longer than boot_timeout
+        finally:
+            up.signal(signal.SIGCONT)
+        gate.touch()  # it loads its target now, in well under boot_timeout of its own time
+        up.wait_idle({"gated": 2})
+        assert "failed to boot" not in up.read_log(), up.read_log()
+        assert [r["restarts"] for r in up.workers("gated")] == [0, 0]
+    finally:
+        assert up.stop() == 0
+
+
+def test_a_drain_paused_keeps_its_grace_for_after_the_pause(tmp_path: Path) -> None:
+    # Ctrl-Z during `farm stop`: the grace went on while the workers stood, and at `fg` a
+    # worker in a job was killed as "did not drain in time", its job cut off.
+    (tmp_path / "spin.py").write_text(SPIN)
+    up = FarmUp(tmp_path, '[functions.spin]\ntarget = "spin:spin"\nworkers = 1\n', grace=3)
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"spin": 1})
+        client = Client(up.addr)
+        try:
+            task = client.submit("spin", b"1.5")  # 1.5 s of CPU, in hand at the stop
+            wait_for("the job in hand", lambda: any(r["job"] for r in up.workers("spin")))
+            up.signal(signal.SIGTERM)
+            up.expect_status("stopping")
+            up.signal(signal.SIGTSTP)
+            farm = [up.proc.pid, *(c.pid for c in psutil.Process(up.proc.pid).children())]
+            try:
+                wait_for("the whole farm stopped", functools.partial(stopped, farm))
+                time.sleep(3.5)  # the pause: longer than the grace
+            finally:
+                up.signal(signal.SIGCONT)
+            assert client.wait(task, timeout=30) == b"1.5"  # drained, not cut off
+        finally:
+            client.close()
+        assert up.proc.wait(30) == 0
+        assert "did not drain in time" not in up.read_log(), up.read_log()
+    finally:
+        up.stop()

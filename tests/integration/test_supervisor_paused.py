@@ -9,22 +9,11 @@ from pathlib import Path
 
 from farm.client.admin import admin_query
 from tests.helpers.farmproc import FarmUp, farm_cli
+from tests.helpers.gate import GATED
 from tests.helpers.servers import stop_process
 from tests.helpers.waiting import wait_for
 
 BOOT_TIMEOUT = 2
-
-#: A target whose import waits for a file the test makes: the worker's boot, held.
-GATED = """
-import os, time
-_gate = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gate")
-_until = time.monotonic() + 60
-while not os.path.exists(_gate) and time.monotonic() < _until:
-    time.sleep(0.01)
-
-def job(j):
-    return b"ok"
-"""
 
 
 def _registered(addr: str, function: str) -> int:
