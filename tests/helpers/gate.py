@@ -13,6 +13,9 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+from tests.helpers.farmproc import FarmUp, farm_cli
+from tests.helpers.waiting import wait_for
+
 #: A target whose import waits for a file the test makes: the worker's boot, held.
 GATED = """
 import os, time
@@ -54,3 +57,25 @@ class Gate:
 
     def __exit__(self, *exc: object) -> None:
         self.open()
+
+
+def second_worker_booting(tmp_path: Path, boot_timeout: float) -> tuple[FarmUp, Path]:
+    """`farm up` with a pool of ``GATED`` scaled to 2 and its second worker held loading
+    its target (the gate file gone); the farm and the gate file, which lets it go on."""
+    (tmp_path / "gated.py").write_text(GATED)
+    gate = tmp_path / "gate"
+    gate.touch()
+    up = FarmUp(
+        tmp_path,
+        '[functions.gated]\ntarget = "gated:job"\nworkers = 1\n',
+        supervisor=f"boot_timeout = {boot_timeout:g}",
+    )
+    try:
+        up.expect_notify("READY=1")
+        gate.unlink()
+        assert farm_cli("scale", "gated=2", "--control", up.control).returncode == 0
+        wait_for("the second worker's start", lambda: len(up.workers("gated")) == 2)
+    except BaseException:
+        up.stop()
+        raise
+    return up, gate

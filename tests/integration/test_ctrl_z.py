@@ -14,8 +14,8 @@ import psutil
 import pytest
 
 from farm.client import Client
-from tests.helpers.farmproc import FarmUp, farm_cli
-from tests.helpers.gate import GATED
+from tests.helpers.farmproc import FarmUp
+from tests.helpers.gate import second_worker_booting
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -25,6 +25,14 @@ FUNCTIONS = """
 target = "workers.text:reverse"
 workers = 2
 """
+
+
+def farm_pids(up: FarmUp) -> list[int]:
+    """The supervisor, its job server and its workers (as `farm ps` lists them): not any
+    child of the moment (a boot check's)."""
+    found = re.search(r"job server starting \(pid (\d+)\)", up.read_log())
+    assert found is not None
+    return [up.proc.pid, int(found[1]), *(r["pid"] for r in up.workers())]
 
 
 def stopped(pids: list[int]) -> bool:
@@ -40,12 +48,8 @@ def test_ctrl_z_stops_the_whole_farm_and_fg_resumes_it(tmp_path: Path) -> None:
     try:
         up.expect_notify("READY=1")
         up.wait_idle({"reverse": 2})
-        found = re.search(r"job server starting \(pid (\d+)\)", up.read_log())
-        assert found is not None
-        server = int(found[1])
-        workers = [c.pid for c in psutil.Process(up.proc.pid).children() if c.pid != server]
-        assert len(workers) == 2, workers
-        farm = [up.proc.pid, server, *workers]
+        farm = farm_pids(up)
+        assert len(farm) == 4, farm  # farm up, the job server, two workers
         up.signal(signal.SIGTSTP)  # what the terminal sends its foreground job at Ctrl-Z
         wait_for("the whole farm stopped", functools.partial(stopped, farm))
         up.signal(signal.SIGCONT)  # fg, bg
@@ -80,7 +84,7 @@ def test_a_farm_that_is_no_terminals_job_runs_on_at_sigtstp(tmp_path: Path) -> N
             assert client.call("reverse", "abc", timeout=10) == b"cba"
         finally:
             client.close()
-        farm = [up.proc.pid, *(c.pid for c in psutil.Process(up.proc.pid).children())]
+        farm = farm_pids(up)
         assert running(farm)
     finally:
         assert up.stop() == 0
@@ -105,20 +109,9 @@ def test_a_worker_booting_through_a_pause_is_not_judged_by_the_time_paused(
     # The workers stand with the supervisor, but its clock went on: at `fg` a worker that
     # was loading its target had been "starting" for longer than boot_timeout, and was
     # killed as a failed boot, its slot backed off.
-    (tmp_path / "gated.py").write_text(GATED)
-    gate = tmp_path / "gate"
-    gate.touch()
-    up = FarmUp(
-        tmp_path,
-        '[functions.gated]\ntarget = "gated:job"\nworkers = 1\n',
-        supervisor=f"boot_timeout = {BOOT_TIMEOUT}",
-    )
+    up, gate = second_worker_booting(tmp_path, BOOT_TIMEOUT)
     try:
-        up.expect_notify("READY=1")
-        gate.unlink()
-        assert farm_cli("scale", "gated=2", "--control", up.control).returncode == 0
-        wait_for("the second worker's start", lambda: len(up.workers("gated")) == 2)
-        farm = [up.proc.pid, *(c.pid for c in psutil.Process(up.proc.pid).children())]
+        farm = farm_pids(up)
         up.signal(signal.SIGTSTP)
         try:
             wait_for("the whole farm stopped", functools.partial(stopped, farm))
@@ -145,10 +138,10 @@ def test_a_drain_paused_keeps_its_grace_for_after_the_pause(tmp_path: Path) -> N
         try:
             task = client.submit("spin", b"1.5")  # 1.5 s of CPU, in hand at the stop
             wait_for("the job in hand", lambda: any(r["job"] for r in up.workers("spin")))
+            farm = farm_pids(up)
             up.signal(signal.SIGTERM)
             up.expect_status("stopping")
             up.signal(signal.SIGTSTP)
-            farm = [up.proc.pid, *(c.pid for c in psutil.Process(up.proc.pid).children())]
             try:
                 wait_for("the whole farm stopped", functools.partial(stopped, farm))
                 time.sleep(3.5)  # the pause: longer than the grace

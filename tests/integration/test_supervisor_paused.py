@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 
 from farm.client.admin import admin_query
-from tests.helpers.farmproc import FarmUp, farm_cli
-from tests.helpers.gate import GATED
+from tests.helpers.gate import second_worker_booting
 from tests.helpers.servers import stop_process
 from tests.helpers.waiting import wait_for
 
@@ -28,19 +27,8 @@ def test_a_worker_that_booted_while_the_supervisor_was_stopped_is_not_killed_as_
     """Its "ready" waited unread on its report pipe; resumed past boot_timeout, the
     supervisor judged the boot before it read its pipes: a worker that had loaded its target
     and served was killed as "failed to boot (hanging at import?)", its slot backed off."""
-    (tmp_path / "gated.py").write_text(GATED)
-    gate = tmp_path / "gate"
-    gate.touch()
-    up = FarmUp(
-        tmp_path,
-        '[functions.gated]\ntarget = "gated:job"\nworkers = 1\n',
-        supervisor=f"boot_timeout = {BOOT_TIMEOUT}",
-    )
+    up, gate = second_worker_booting(tmp_path, BOOT_TIMEOUT)
     try:
-        up.expect_notify("READY=1")
-        gate.unlink()
-        assert farm_cli("scale", "gated=2", "--control", up.control).returncode == 0
-        wait_for("the second worker's start", lambda: len(up.workers("gated")) == 2)
         stop_process(up.proc.pid)
         try:
             gate.touch()  # it loads its target, says so, and serves
