@@ -59,6 +59,7 @@ class FarmUp:
         store: Path | None = None,
         job_retries: int = 3,
         grace: float = 10,
+        own_group: bool = False,
     ) -> None:
         self.tmp = tmp
         # Where `farm up` is started (default: tmp). The supervisor is then started as the
@@ -89,6 +90,9 @@ class FarmUp:
         self.python_flags: list[str] = []
         self.code = "from farm.cli import main; main()"
         self.new_session = False  # True: started as `setsid farm up` (no terminal's job)
+        # True: a process group of its own, whose parent (the test) is of its session, as a
+        # shell with job control starts it: a terminal's job, however pytest was started.
+        self.own_group = own_group
         if start:
             self.start()
 
@@ -110,6 +114,7 @@ class FarmUp:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=self.new_session,
+            process_group=0 if self.own_group else None,
         )
 
     @property

@@ -59,9 +59,12 @@ class Gate:
         self.open()
 
 
-def second_worker_booting(tmp_path: Path, boot_timeout: float) -> tuple[FarmUp, Path]:
+def second_worker_booting(
+    tmp_path: Path, boot_timeout: float, *, own_group: bool = False
+) -> tuple[FarmUp, Path]:
     """`farm up` with a pool of ``GATED`` scaled to 2 and its second worker held loading
-    its target (the gate file gone); the farm and the gate file, which lets it go on."""
+    its target (the gate file gone); the farm and the gate file, which lets it go on.
+    ``own_group``: FarmUp's (a terminal's job, for Ctrl-Z)."""
     (tmp_path / "gated.py").write_text(GATED)
     gate = tmp_path / "gate"
     gate.touch()
@@ -69,6 +72,7 @@ def second_worker_booting(tmp_path: Path, boot_timeout: float) -> tuple[FarmUp, 
         tmp_path,
         '[functions.gated]\ntarget = "gated:job"\nworkers = 1\n',
         supervisor=f"boot_timeout = {boot_timeout:g}",
+        own_group=own_group,
     )
     try:
         up.expect_notify("READY=1")

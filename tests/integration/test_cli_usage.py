@@ -279,6 +279,7 @@ CONFIG_COMMANDS = [
     ["status"],
     ["jobs"],
     ["admin", "status"],
+    ["backup", "/nonexistent/copy.db"],
 ]
 
 

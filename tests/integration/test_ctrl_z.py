@@ -44,7 +44,7 @@ def running(pids: list[int]) -> bool:
 
 
 def test_ctrl_z_stops_the_whole_farm_and_fg_resumes_it(tmp_path: Path) -> None:
-    up = FarmUp(tmp_path, FUNCTIONS)
+    up = FarmUp(tmp_path, FUNCTIONS, own_group=True)  # a terminal's job (_orphaned)
     try:
         up.expect_notify("READY=1")
         up.wait_idle({"reverse": 2})
@@ -109,7 +109,7 @@ def test_a_worker_booting_through_a_pause_is_not_judged_by_the_time_paused(
     # The workers stand with the supervisor, but its clock went on: at `fg` a worker that
     # was loading its target had been "starting" for longer than boot_timeout, and was
     # killed as a failed boot, its slot backed off.
-    up, gate = second_worker_booting(tmp_path, BOOT_TIMEOUT)
+    up, gate = second_worker_booting(tmp_path, BOOT_TIMEOUT, own_group=True)
     try:
         farm = farm_pids(up)
         up.signal(signal.SIGTSTP)
@@ -130,7 +130,9 @@ def test_a_drain_paused_keeps_its_grace_for_after_the_pause(tmp_path: Path) -> N
     # Ctrl-Z during `farm stop`: the grace went on while the workers stood, and at `fg` a
     # worker in a job was killed as "did not drain in time", its job cut off.
     (tmp_path / "spin.py").write_text(SPIN)
-    up = FarmUp(tmp_path, '[functions.spin]\ntarget = "spin:spin"\nworkers = 1\n', grace=3)
+    up = FarmUp(
+        tmp_path, '[functions.spin]\ntarget = "spin:spin"\nworkers = 1\n', grace=3, own_group=True
+    )
     try:
         up.expect_notify("READY=1")
         up.wait_idle({"spin": 1})
