@@ -198,7 +198,9 @@ class Signals:
                     setattr(proc, name, value + paused)
         for stray in self.strays.values():
             stray.deadline += paused
-        self.server.started += paused
+        # Not the job server's start: a job in hand is dated by its worker (busy_since, read
+        # from its record), and one begun before the server's start is its lost server's
+        # (`farm ps`'s "server gone"); moved, jobs begun within the pause of it read so.
         self.started += paused
 
 
@@ -216,8 +218,12 @@ def _orphaned() -> bool:
     group, own = os.getpgrp(), os.getsid(0)
     pid = os.getpid()
     try:
-        while pid > 1 and os.getpgid(pid) == group:
+        while os.getpgid(pid) == group:
             pid = psutil.Process(pid).ppid()
-        return pid <= 1 or os.getsid(pid) != own
+            if pid == 0:  # the top (farm up as a container's PID 1): no parent at all
+                return True
+        # PID 1 is judged as any parent: a shell with job control as a container's PID 1
+        # (`docker run -it IMAGE bash`) runs farm up as its job.
+        return os.getsid(pid) != own
     except (OSError, psutil.Error):
         return True

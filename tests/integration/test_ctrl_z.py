@@ -156,3 +156,34 @@ def test_a_drain_paused_keeps_its_grace_for_after_the_pause(tmp_path: Path) -> N
         assert "did not drain in time" not in up.read_log(), up.read_log()
     finally:
         up.stop()
+
+
+def test_a_job_in_hand_through_a_pause_is_not_taken_for_a_lost_servers(tmp_path: Path) -> None:
+    # The job server's start moved on by the pause made a job begun within the pause of
+    # that start read as a dead server's in `farm ps` ("server gone": its answer goes
+    # nowhere), which could have an operator kill a healthy worker or submit it again.
+    (tmp_path / "spin.py").write_text(SPIN)
+    up = FarmUp(tmp_path, '[functions.spin]\ntarget = "spin:spin"\nworkers = 1\n', own_group=True)
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"spin": 1})
+        client = Client(up.addr)
+        try:
+            task = client.submit("spin", b"3")
+            wait_for("the job in hand", lambda: any(r["job"] for r in up.workers("spin")))
+            farm = farm_pids(up)
+            up.signal(signal.SIGTSTP)
+            try:
+                wait_for("the whole farm stopped", functools.partial(stopped, farm))
+                time.sleep(2.5)  # the pause: longer than from the server's start to the job's
+            finally:
+                up.signal(signal.SIGCONT)
+            wait_for("the resume", lambda: "resumed after" in up.read_log())
+            [row] = up.workers("spin")
+            assert row["job"] and not row["server_gone"], row
+            assert client.wait(task, timeout=30) == b"3"
+        finally:
+            client.close()
+    finally:
+        up.signal(signal.SIGCONT)
+        assert up.stop() == 0
