@@ -163,8 +163,7 @@ class Signals:
         groups = []
         for pid in [self.server.pid, *self.by_pid, *(p.pid for p in self.leftovers)]:
             with contextlib.suppress(OSError):  # gone meanwhile
-                group = os.getpgid(pid) if pid and os.getsid(pid) == own else os.getpgrp()
-                if group != os.getpgrp():
+                if pid and os.getsid(pid) == own and (group := os.getpgid(pid)) != os.getpgrp():
                     os.killpg(group, signal.SIGSTOP)
                     groups.append(group)
         log.info(

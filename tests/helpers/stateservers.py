@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from farm.client import Client
 from tests.helpers import ROOT
+from tests.helpers.servers import wait_connectable
 
 
 def state_env(tmp_path: Path) -> dict[str, str]:
@@ -23,3 +25,28 @@ def server(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+
+
+def served(env: dict[str, str], port: int, *args: str) -> str:
+    """What a server on ``port`` with ``args`` said on stderr from its start to its stop (a
+    SIGTERM once it listens; exit 0)."""
+    proc = server(env, "-p", str(port), *args)
+    try:
+        wait_connectable(f"127.0.0.1:{port}", proc)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    return err
+
+
+def stopped_holding_a_job(env: dict[str, str], port: int) -> None:
+    """A server on ``port`` with its default store, stopped holding one background job."""
+    first = server(env, "-p", str(port))
+    try:
+        wait_connectable(f"127.0.0.1:{port}", first)
+        with Client(f"127.0.0.1:{port}") as client:
+            client.submit("f", b"x", background=True)
+    finally:
+        first.terminate()
+        first.communicate(timeout=20)

@@ -17,7 +17,7 @@ from farm.server.legacystore import adopt_legacy_store
 from farm.server.options import parse_args
 from tests.helpers.farmproc import FarmUp
 from tests.helpers.servers import free_port, wait_connectable
-from tests.helpers.stateservers import server, state_env
+from tests.helpers.stateservers import server, state_env, stopped_holding_a_job
 
 REVERSE = """
 [functions.reverse]
@@ -143,14 +143,7 @@ def test_a_second_server_on_a_port_refuses_in_one_line_with_stores_beside(tmp_pa
     # listens, and the look is not on the way of a server starting on the store looked at.
     env = state_env(tmp_path)
     stranded_port, port = free_port(), free_port()
-    stranded = server(env, "-p", str(stranded_port))
-    try:
-        wait_connectable(f"127.0.0.1:{stranded_port}", stranded)
-        with Client(f"127.0.0.1:{stranded_port}") as client:
-            client.submit("f", b"x", background=True)
-    finally:
-        stranded.terminate()
-        stranded.communicate(timeout=20)
+    stopped_holding_a_job(env, stranded_port)
     first = server(env, "-p", str(port))
     try:
         wait_connectable(f"127.0.0.1:{port}", first)

@@ -11,35 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from farm.client import Client
 from farm.server.otherstores import MAX_WAL_READ
 from tests.helpers import ROOT
-from tests.helpers.servers import free_port, wait_connectable
-from tests.helpers.stateservers import server, state_env
-
-
-def _served(env: dict[str, str], port: int, *args: str) -> str:
-    """What a server on ``port`` with ``args`` logged from its start to its stop (exit 0)."""
-    proc = server(env, "-p", str(port), *args)
-    try:
-        wait_connectable(f"127.0.0.1:{port}", proc)
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=20)
-    assert proc.returncode == 0, err
-    return err
-
-
-def _queue_one(env: dict[str, str], port: int) -> None:
-    """A server on ``port`` with its default store, stopped holding one background job."""
-    first = server(env, "-p", str(port))
-    try:
-        wait_connectable(f"127.0.0.1:{port}", first)
-        with Client(f"127.0.0.1:{port}") as client:
-            client.submit("f", b"x", background=True)
-    finally:
-        first.terminate()
-        first.communicate(timeout=20)
+from tests.helpers.servers import free_port
+from tests.helpers.stateservers import served, state_env, stopped_holding_a_job
 
 
 def test_jobs_left_in_the_default_store_of_a_server_given_another_store_are_named(
@@ -50,10 +25,10 @@ def test_jobs_left_in_the_default_store_of_a_server_given_another_store_are_name
     # default store, queue-PORT.db in the state directory, waited there with no word: the
     # look for stores holding jobs was for servers on a default store alone.
     env, port = state_env(tmp_path), free_port()
-    _queue_one(env, port)
+    stopped_holding_a_job(env, port)
     moved_to = tmp_path / "other-disk" / "queue.db"
     moved_to.parent.mkdir()
-    err = _served(env, port, "--store", str(moved_to))
+    err = served(env, port, "--store", str(moved_to))
     left = tmp_path / "state" / "farm" / f"queue-{port}.db"
     (line,) = [line for line in err.splitlines() if f"store {left} " in line]
     assert "WARNING" in line and "holds 1 queued job that no running server serves" in line
@@ -86,7 +61,7 @@ def test_a_server_on_its_default_store_spelled_another_way_is_not_told_it_strand
     # warned that its own store "may hold queued jobs that no running server serves" and
     # advised --store with the path it ran: the paths were compared, not the files.
     env, port = state_env(tmp_path), free_port()
-    _queue_one(env, port)
+    stopped_holding_a_job(env, port)
     own = tmp_path / "state" / "farm" / f"queue-{port}.db"
     _large_wal(own)
     if spelled == "relative":
@@ -94,7 +69,7 @@ def test_a_server_on_its_default_store_spelled_another_way_is_not_told_it_strand
     else:
         (tmp_path / "link").symlink_to(own.parent)
         named = str(tmp_path / "link" / own.name)
-    err = _served(env, port, "--store", named)
+    err = served(env, port, "--store", named)
     assert "replayed 1 background job" in err, err  # it runs them: nothing is stranded
     assert "no running server serves" not in err, err
 
@@ -105,8 +80,8 @@ def test_jobs_left_in_the_default_store_of_a_server_on_memory_alone_are_named(
     # Found in a review: a server run with `--store none` looked for no store, so the jobs
     # queued in its default store (queue-PORT.db) waited there with no word.
     env, port = state_env(tmp_path), free_port()
-    _queue_one(env, port)
-    err = _served(env, port, "--store", "none")
+    stopped_holding_a_job(env, port)
+    err = served(env, port, "--store", "none")
     left = tmp_path / "state" / "farm" / f"queue-{port}.db"
     (line,) = [line for line in err.splitlines() if f"store {left} " in line]
     assert "WARNING" in line and "holds 1 queued job that no running server serves" in line

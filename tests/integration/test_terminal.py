@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -53,17 +54,22 @@ def printer(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def on_terminal(up: FarmUp, terminal: int, **popen: object) -> None:
-    """Start ``up``'s `farm up` with its log (stdout, stderr) on ``terminal``."""
+def start_with(up: FarmUp, stdin: Any, stdout: Any, stderr: Any, **popen: object) -> None:
+    """Start ``up``'s `farm up` with these as its standard streams (Popen's values)."""
     up.proc = subprocess.Popen(
         [sys.executable, "-c", up.code, "up", "-c", up.config_arg, *up.up_args],
         cwd=up.tmp,
         env=up.env,
-        stdin=subprocess.DEVNULL,
-        stdout=terminal,
-        stderr=terminal,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
         **popen,  # type: ignore[arg-type]
     )
+
+
+def on_terminal(up: FarmUp, terminal: int, **popen: object) -> None:
+    """Start ``up``'s `farm up` with its log (stdout, stderr) on ``terminal``."""
+    start_with(up, subprocess.DEVNULL, terminal, terminal, **popen)
 
 
 @pytest.fixture
@@ -199,15 +205,7 @@ def test_a_sighup_still_reloads_a_farm_logging_to_a_file_whose_stdin_terminal_cl
     the terminal's hangup."""
     master, terminal = pty_pair
     up = FarmUp(printer, PRINTER, start=False, metrics=False)
-    up.proc = subprocess.Popen(
-        [sys.executable, "-c", up.code, "up", "-c", up.config_arg],
-        cwd=up.tmp,
-        env=up.env,
-        stdin=terminal,
-        stdout=up.log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    start_with(up, terminal, up.log, subprocess.STDOUT, start_new_session=True)
     try:
         up.expect_notify("READY=1")
         os.close(master)  # the logout: its stdin's terminal hangs up
@@ -226,15 +224,7 @@ def test_a_sighup_reloads_a_farm_whose_stdout_alone_was_on_a_closed_terminal(
     was read as the hang-up's and stopped the farm, its log saying "the terminal hung up")."""
     master, terminal = pty_pair
     up = FarmUp(printer, PRINTER, start=False, metrics=False)
-    up.proc = subprocess.Popen(
-        [sys.executable, "-c", up.code, "up", "-c", up.config_arg],
-        cwd=up.tmp,
-        env=up.env,
-        stdin=subprocess.DEVNULL,
-        stdout=terminal,
-        stderr=up.log,
-        start_new_session=True,
-    )
+    start_with(up, subprocess.DEVNULL, terminal, up.log, start_new_session=True)
     try:
         up.expect_notify("READY=1")
         os.close(master)  # the logout

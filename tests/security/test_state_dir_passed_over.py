@@ -7,15 +7,14 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import ROOT, otheruser
 from tests.helpers.farmproc import FarmUp
-from tests.helpers.servers import free_port, wait_connectable
+from tests.helpers.servers import free_port
+from tests.helpers.stateservers import served
 
 # The fixture, taken by assignment: pytest finds it as if defined here, and no import
 # stands unused beside the parameters that name it.
@@ -41,16 +40,7 @@ def queue(path: Path, jobs: int) -> Path:
 def server_start_says(env: dict[str, str], port: int) -> str:
     """What ``farm server -p port`` says on stderr from its start to a SIGTERM, with ``env``."""
     base = {k: v for k, v in os.environ.items() if k not in ("STATE_DIRECTORY", "FARM_CONFIG")}
-    argv = [sys.executable, "-m", "farm", "server", "-p", str(port)]
-    env = base | env | {"PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_connectable(f"127.0.0.1:{port}", proc)
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=20)
-    assert proc.returncode == 0, err
-    return err
+    return served(base | env | {"PYTHONPATH": str(ROOT)}, port)
 
 
 def test_a_state_directory_passed_over_is_named_at_the_servers_start(
