@@ -17,7 +17,7 @@ from farm.server.legacystore import adopt_legacy_store
 from farm.server.options import parse_args
 from tests.helpers.farmproc import FarmUp
 from tests.helpers.servers import free_port, wait_connectable
-from tests.helpers.stateservers import server, state_env, stopped_holding_a_job
+from tests.helpers.stateservers import served, server, state_env, stopped_holding_a_job
 
 REVERSE = """
 [functions.reverse]
@@ -83,14 +83,7 @@ def test_jobs_an_older_farm_queued_off_4730_are_not_stranded_in_silence(tmp_path
             [(), ()],
         )
     db.close()
-    port = free_port()
-    proc = server(env, "-p", str(port))
-    try:
-        wait_connectable(f"127.0.0.1:{port}", proc)
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=20)
-    assert proc.returncode == 0, err
+    err = served(env, free_port())
     (line,) = [line for line in err.splitlines() if str(old) in line]
     assert "WARNING" in line and "2 queued jobs" in line
     assert f"--store {old}" in line  # the fix, in the flags farm server has
