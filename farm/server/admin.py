@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
+from concurrent.futures import Future
 from time import monotonic
 
 from farm.protocol.kinds import Priority
@@ -219,7 +220,10 @@ def pool_functions(server: Hub, args: list[str]) -> str:
     return OK
 
 
-COMMANDS: dict[str, Callable[[Hub, list[str]], str]] = {
+#: A command's reply: its text, or a future of it (``backup``, made in the store's thread).
+Reply = str | Future[str]
+
+COMMANDS: dict[str, Callable[[Hub, list[str]], Reply]] = {
     "status": status,
     "prioritystatus": priority_status,
     "workers": workers,
@@ -276,8 +280,9 @@ TOO_MANY = "ERR QUEUE_ERROR the+server+holds+--max-functions+functions\r\n"
 
 def run_admin(
     server: Hub, line: str, *, over_tcp: bool = False, peer_uid: int | None = None
-) -> str:
-    """The reply to one admin line (a blank line too: gearmand's unknown-command error).
+) -> Reply:
+    """The reply to one admin line (a blank line too: gearmand's unknown-command error);
+    a future of it for a command whose work leaves the loop (Unix socket only).
 
     With ``--tcp-admin read-only``, a command that changes state is refused on TCP, where
     every local user can reach the server; read-only ones (status, workers, show jobs)
@@ -318,6 +323,8 @@ def run_admin(
     # cancel counts its words as gearmand does; the others take `show jobs ` as `show jobs`
     args = _gearmand_args(line) if name == "cancel" else words[1:]
     reply = command(server, args)
+    if isinstance(reply, Future):
+        return reply
     if reply.startswith(_NAMES_COMMAND) and reply.endswith(f"{name}\r\n"):
         # gearmand names the command as the line gave it (`MAXQUEUE`), not in lower case
         reply = f"{reply[: -len(name) - 2]}{words[0]}\r\n"

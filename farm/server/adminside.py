@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 
+from farm import protocol as p
 from farm.logrepeats import Brief
 from farm.server.admin import run_admin
 from farm.server.hub import Hub
@@ -37,6 +39,8 @@ BUSY = b"ERR BUSY too+many+replies+unread;+read+them+first\r\n"
 #: socket's (the supervisor's, the farm's own tools') are neither counted nor refused.
 TCP_ADMIN_SHARE = 0.1
 TCP_ADMIN_AHEAD = 1.0
+#: The reply to a command whose work failed in another thread (a bug: it is logged).
+FAILED = b"ERR UNKNOWN_ERROR the+command+failed;+see+the+server's+log\r\n"
 TCP_BUSY = (
     b"ERR BUSY admin+commands+over+TCP+have+taken+their+share+of+the+server;"
     b"+try+again+in+a+few+seconds+or+use+the+Unix+socket\r\n"
@@ -56,8 +60,17 @@ class AdminSide:
     used_admin: bool
     written_this_read: int  # bytes written since the read being acted on came
     transport: asyncio.Transport | None
+    backlog: Iterator[p.Packet | p.AdminLine | p.Oversized] | None
+    # A reply made in another thread (``backup``) is owed: until it is sent, the connection
+    # is not read and the rest of its last read waits (backlog), so no later reply passes it.
+    answering: bool
+    hung_up: bool  # the peer half-closed while answering: closed once the reply is sent
     send: Callable[[bytes], None]
     detach: Callable[[], None]
+    close: Callable[[], None]
+    update_reading: Callable[[], None]
+    resume_backlog: Callable[[], None]
+    finish_backlog: Callable[[], None]
 
     def handle_admin(self, line: str) -> None:
         self.used_admin = True
@@ -87,6 +100,9 @@ class AdminSide:
         over_tcp = self.ip != "unix"
         if not over_tcp:
             reply = run_admin(self.hub, line, peer_uid=self.peer_uid)
+            if isinstance(reply, Future):
+                self.owe(reply)
+                return
             self.send(reply.encode("utf-8", "surrogateescape"))  # names' bytes as they came
             return
         hub = self.hub
@@ -98,5 +114,42 @@ class AdminSide:
             self.send(TCP_BUSY)
             return
         reply = run_admin(hub, line, over_tcp=True)
+        assert isinstance(reply, str), "commands answered later are for the Unix socket"
         self.send(reply.encode("utf-8", "surrogateescape"))
         hub.tcp_admin_debt += time.monotonic() - started
+
+    def owe(self, reply: Future[str]) -> None:
+        """Send ``reply`` when it is made, before anything else (``answering``)."""
+        self.answering = True
+        self.update_reading()
+        loop = self.hub.loop
+        assert loop is not None, "a reply made later needs the loop"
+
+        def made(_: Future[str]) -> None:
+            try:
+                loop.call_soon_threadsafe(self.answered, reply)
+            except RuntimeError:  # the loop has closed: the server stopped meanwhile
+                pass
+
+        reply.add_done_callback(made)
+
+    def answered(self, reply: Future[str]) -> None:
+        """``reply`` is made: sent, then the rest of the peer's last read is acted on and
+        the connection read again (or closed, where the peer half-closed meanwhile)."""
+        self.answering = False
+        try:
+            text = reply.result().encode("utf-8", "surrogateescape")
+        except Exception:
+            log.exception("fd %d (%s): an admin command failed", self.fd, self.ip)
+            text = FAILED
+        self.send(text)
+        if self.hung_up:
+            self.finish_backlog()
+            if not self.answering and not self.closed:  # another such command: its turn
+                self.close()
+                self.detach()
+        elif self.backlog is not None:
+            self.resume_backlog()  # reads again once it is acted on
+        else:
+            self.update_reading()
+        self.hub.flush_soon()

@@ -67,6 +67,7 @@ class BackPressure:
     held_bytes: int
     held_full: bool  # replies held for the store's commit past HELD_READ_LIMIT
     backlog: Iterator[Event] | None  # a read's packets left for a later loop turn (defer)
+    answering: bool  # an admin reply is owed first (AdminSide.owe)
     read_slice: int  # packets acted on per call of data_received (-1: all)
     decoder: p.Decoder
     data_received: Callable[..., None]
@@ -129,6 +130,8 @@ class BackPressure:
         self._act_on_backlog(later_turns=True)
 
     def _act_on_backlog(self, later_turns: bool) -> None:
+        if self.answering:  # the rest waits for the reply owed (AdminSide.answered)
+            return
         backlog, self.backlog = self.backlog, None
         if backlog is None or self.closed:
             return
@@ -240,7 +243,11 @@ class BackPressure:
 
     def update_reading(self) -> None:
         want = not (
-            self.write_paused or self.waiting_on or self.held_full or self.backlog is not None
+            self.write_paused
+            or self.waiting_on
+            or self.held_full
+            or self.backlog is not None
+            or self.answering
         )
         if want == self.reading or self.closed or self.transport is None:
             return

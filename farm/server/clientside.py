@@ -78,6 +78,8 @@ class ClientSide:
     close: Callable[[], None]
     detach: Callable[[], None]
     finish_backlog: Callable[[], None]
+    answering: bool
+    hung_up: bool
 
     def client(self) -> Peer:
         return self  # type: ignore[return-value]  # a Connection, which is one
@@ -150,6 +152,9 @@ class ClientSide:
         answers (and warns if it answers True), so the replies still held are lost there
         while their jobs run, as docs/server.md says."""
         self.finish_backlog()  # first: its background submits may hold replies too
+        if self.answering:  # an admin reply is being made (backup): AdminSide.answered
+            self.hung_up = True
+            return True
         if self.held is None:
             return None  # closed now, as asyncio does
         if not self.closed:

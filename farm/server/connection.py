@@ -103,6 +103,8 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, PeerOptions, a
         # Held grab (docs/held-grab.md): negotiated; the grab packet held (0: none); a job
         # pushed to this worker and not yet accepted, with its deadline.
         self.used_admin = False
+        self.answering = False  # an admin reply made in another thread is owed (AdminSide)
+        self.hung_up = False
         self.may_hold_grab = False
         self.held_grab = 0
         self.pushed: Job | None = None
@@ -196,6 +198,9 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, PeerOptions, a
                             self.protocol_error(event.error())
                         else:
                             self.handle_admin(event.line)  # type: ignore[union-attr]  # AdminLine
+                            if self.answering:  # its reply comes later: the rest waits
+                                self.backlog = events
+                                break
                         if self.closed:
                             break
                         budget -= 1

@@ -10,8 +10,10 @@ SQLite lets go of the GIL while it steps, so the write runs beside the loop here
 
 One batch is in flight at a time; the loop stages the next meanwhile. While a batch is in
 flight the SQLite connection is the writer's alone (``take`` and ``settle`` touch only the
-stage), so it is used by one thread at a time. Without a running loop (connections driven
-by hand in tests) a batch is written at once.
+stage), so it is used by one thread at a time. Other work on the connection (the admin
+``backup``'s copy: ``run``) goes to the same thread, in turn with the batches, so it too
+leaves the loop free and sees every batch written before it. Without a running loop
+(connections driven by hand in tests) a batch is written at once.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 from farm.server.store import Batch, SQLiteStore
 
 __all__ = ["StoreWriter"]
 
 log = logging.getLogger("farm.server")
+T = TypeVar("T")
 
 
 class StoreWriter:
@@ -37,6 +41,7 @@ class StoreWriter:
         self.done = done
         self.batch: Batch | None = None  # the batch in flight
         self._future: Future[None] | None = None
+        self._task: Future[object] | None = None  # the last work given to ``run``
         # Started at the first commit, after a daemon's fork (-d): no thread crosses it.
         self._pool: ThreadPoolExecutor | None = None
 
@@ -49,11 +54,21 @@ class StoreWriter:
             self._write(batch)
             self.done(batch)
             return
+        self.batch = batch
+        self._future = self._thread().submit(self._write, batch)
+        self._future.add_done_callback(lambda _: _call_soon(loop, self._finish, batch))
+
+    def run(self, task: Callable[[], T]) -> Future[T]:
+        """Do ``task`` (which uses the store's connection) in the writer thread, after the
+        batch in flight and before any begun later: its future."""
+        future = self._thread().submit(task)
+        self._task = future  # type: ignore[assignment]  # only waited on
+        return future
+
+    def _thread(self) -> ThreadPoolExecutor:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="farm-store")
-        self.batch = batch
-        self._future = self._pool.submit(self._write, batch)
-        self._future.add_done_callback(lambda _: _call_soon(loop, self._finish, batch))
+        return self._pool
 
     def _write(self, batch: Batch) -> None:
         try:
@@ -69,19 +84,18 @@ class StoreWriter:
         self.done(batch)
 
     def wait(self) -> None:
-        """Block until the batch in flight is written, and take it back (shutdown)."""
+        """Block until the batch in flight is written, and take it back (shutdown); and
+        until the work given to ``run`` is done, which may be later (the connection is
+        then the caller's)."""
+        if self._task is not None:
+            self._task.exception()  # its outcome is its asker's
+            self._task = None
         batch, future = self.batch, self._future
         if batch is not None and future is not None:
             began = time.monotonic()
             future.result()
             log.debug("waited %.3f s for the store's last commit", time.monotonic() - began)
             self._finish(batch)
-
-    def idle(self) -> None:
-        """Block until the batch in flight is written, its taking back left to the loop
-        (queued there already): the connection is then the loop thread's (admin backup)."""
-        if self._future is not None:
-            self._future.result()
 
     def close(self) -> None:
         """Wait for the batch in flight, then end the writer thread."""
