@@ -58,8 +58,26 @@ def hung_up(terminals: list[int]) -> bool:
     return False
 
 
+def own_terminals() -> list[int]:
+    """The standard streams whose terminal's hang-up ends `farm up` (HANGUP_WINDOW): stderr,
+    where its log goes, and stdin or stdout where it is that terminal's foreground job
+    (`farm up 2>&1 | tee farm.log`: the log goes to `tee`, which ends with the terminal,
+    and the farm ran on unseen, holding its sockets). Not a background job's stdin: `farm
+    up >farm.log 2>&1 & disown` keeps the terminal there, and a `kill -HUP` after it closed
+    still reloads it."""
+    terminals = []
+    for fd in (0, 1, 2):
+        try:
+            # tcgetpgrp: ENOTTY where it is no terminal, or not this session's
+            if os.isatty(fd) and (fd == 2 or os.tcgetpgrp(fd) == os.getpgrp()):
+                terminals.append(fd)
+        except OSError:
+            pass
+    return terminals
+
+
 class Signals:
-    terminals: list[int]  # stderr, where `farm up` by hand logs to a terminal; [] once hung up
+    terminals: list[int]  # own_terminals(); [] once hung up
     hung_up_until: float  # a SIGHUP before this is the terminal's hang-up (HANGUP_WINDOW)
     waker: Waker
     selector: selectors.BaseSelector
@@ -83,10 +101,7 @@ class Signals:
         self.selector.register(self.waker.reader, selectors.EVENT_READ, "wakeup")
         for sig in (*HANDLED, *NOT_OURS):
             signal.signal(sig, self._enqueue_signal)
-        # Where its log goes (stderr alone), not stdin: `farm up >farm.log 2>&1 & disown`
-        # keeps the terminal as its stdin, and a `kill -HUP` after that terminal closed still
-        # reloads it; nor stdout, which farm up never writes (`farm up 2>farm.log`).
-        self.terminals = [2] if os.isatty(2) else []
+        self.terminals = own_terminals()
         self.hung_up_until = 0.0
         # `farm up` held SIGHUP from its start (farm.cli): one sent since comes in now, a reload.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})

@@ -197,6 +197,33 @@ def test_farm_up_drains_and_stops_when_its_terminal_hangs_up(
         assert up.stop() == 0
 
 
+def test_a_foreground_farm_piping_its_log_stops_when_its_terminal_hangs_up(
+    printer: Path, pty_pair: tuple[int, int]
+) -> None:
+    """`farm up 2>&1 | tee farm.log`, the terminal's foreground job: its log goes to a pipe,
+    and its stdin is the terminal. At the hang-up `tee` ends (its log with it) and the
+    SIGHUP was read as a reload: the farm ran on unseen, holding its sockets. It stops."""
+    master, terminal = pty_pair
+    up = FarmUp(printer, PRINTER, start=False, metrics=False)
+    # A session leader that takes the pty as its controlling terminal through its stdin is
+    # that terminal's foreground process group, as a shell's foreground job is.
+    start_with(
+        up,
+        terminal,
+        up.log,
+        subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+    )
+    try:
+        up.expect_notify("READY=1")
+        os.close(master)  # the window closed: the kernel's SIGHUP to the session leader
+        assert up.proc.wait(timeout=20) == 0
+        assert "the terminal hung up (SIGHUP): stopping" in up.read_log()
+    finally:
+        assert up.stop() == 0
+
+
 def test_a_sighup_still_reloads_a_farm_logging_to_a_file_whose_stdin_terminal_closed(
     printer: Path, pty_pair: tuple[int, int]
 ) -> None:
