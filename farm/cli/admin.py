@@ -140,7 +140,7 @@ def backup(
 
     The job server writes the copy itself (it holds its store locked while it runs, so
     `sqlite3 .backup` cannot), on its Unix socket, asked by its own user or root; it
-    answers nobody else while it writes. Exit 0 once FILE is written and checked; 1, with
+    serves on while it writes. Exit 0 once FILE is written and checked; 1, with
     the server's word, when it is not (nothing is left at FILE then).
     """
     from farm.client.admin import admin_query

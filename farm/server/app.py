@@ -13,7 +13,6 @@ import functools
 import logging
 import os
 import signal
-import ssl
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -54,8 +53,7 @@ from farm.server.store import (
     StoreUnreadable,
     memory_only,
 )
-from farm.server.tlsgate import Handshakes, TLSGate
-from farm.tlsfiles import load_tls_file
+from farm.server.tlsgate import Handshakes, TLSGate, server_tls_context
 from farm.unixsocket import clear_socket_path
 
 log = logging.getLogger("farm.server")
@@ -95,7 +93,7 @@ class Server:
         self.hub.flush()
         factory = lambda: Connection(self.hub)  # noqa: E731
         shaking = self.handshakes
-        tls = self._tls_context()
+        tls = server_tls_context(self.options)
         for addr in opts.listen:  # TCP only: -L unix:PATH is sorted into opts.unix
             tcp = parse_address(addr, default_port=opts.port)
             # TLS begins only once the connection is counted (farm.server.tlsgate).
@@ -137,19 +135,6 @@ class Server:
             # answer in the farm's place (hiding its alerts): taken, it stops the server
             # as the metrics port taken does.
             await self._hold_ipv6_loopback(where, listener, self.metrics.start_on, hint)
-
-    def _tls_context(self) -> ssl.SSLContext | None:
-        opts = self.options
-        if not opts.tls_cert:
-            return None
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        cert, key, ca = opts.tls_cert, opts.tls_key, opts.tls_ca
-        chain = lambda p, k: ctx.load_cert_chain(str(p), k)  # noqa: E731
-        load_tls_file("--tls-cert/--tls-key", cert, chain, key=key)
-        if ca:
-            load_tls_file("--tls-ca", ca, lambda p, _: ctx.load_verify_locations(p))
-            ctx.verify_mode = ssl.CERT_REQUIRED
-        return ctx
 
     async def _hold_ipv6_loopback(
         self,
@@ -210,7 +195,10 @@ class Server:
         for conn in connections:  # what was read counts: a worker's result in it goes out
             conn.finish_backlog()  # to its client, who is not closed yet
         for conn in connections:
-            conn.close()
+            if conn.answering:  # its reply (a backup's) is being made: closed once sent
+                conn.hung_up = True
+            else:
+                conn.close()
         if self.stopped is not None:
             self.stopped.set()
 
@@ -271,6 +259,12 @@ class Server:
         assert self.stopped is not None
         await self.stopped.wait()
         await looked  # its warnings said before the server's end
+        await self.wind_down()
+
+    async def wind_down(self) -> None:
+        """After ``stop``: what is owed written (for a while), then the store closed."""
+        if self.hub.writer is not None and (task := self.hub.writer.task) is not None:
+            await asyncio.wait([asyncio.wrap_future(task)])  # a backup: its reply sent
         self.hub.flush()
         await self._drain_connections(DRAIN_SECONDS)
         if self.metrics is not None:

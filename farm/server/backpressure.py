@@ -109,6 +109,8 @@ class BackPressure:
         self.hub.loop.call_soon(self.resume_backlog)
 
     def resume_backlog(self) -> None:
+        if self.answering:  # a turn due before the reply was owed: the rest waits for it
+            return
         backlog, self.backlog = self.backlog, None
         if backlog is None or self.closed:
             return

@@ -102,6 +102,8 @@ class Writer(Protocol):
     killed: bool  # admin `killing`: its supervisor kills it now
     running: dict[bytes, Job]
     held: list[HeldReply] | None  # replies held for the store's commits
+    answering: bool  # an admin reply made in another thread (backup) is owed first
+    hung_up: bool  # closed once that reply is sent
 
     def drain(self) -> None:
         """Hand this worker no more jobs; the one in hand runs to its end."""

@@ -41,7 +41,7 @@ class StoreWriter:
         self.done = done
         self.batch: Batch | None = None  # the batch in flight
         self._future: Future[None] | None = None
-        self._task: Future[object] | None = None  # the last work given to ``run``
+        self.task: Future[object] | None = None  # the last work given to ``run``
         # Started at the first commit, after a daemon's fork (-d): no thread crosses it.
         self._pool: ThreadPoolExecutor | None = None
 
@@ -62,7 +62,7 @@ class StoreWriter:
         """Do ``task`` (which uses the store's connection) in the writer thread, after the
         batch in flight and before any begun later: its future."""
         future = self._thread().submit(task)
-        self._task = future  # type: ignore[assignment]  # only waited on
+        self.task = future  # type: ignore[assignment]  # only waited on
         return future
 
     def _thread(self) -> ThreadPoolExecutor:
@@ -87,9 +87,9 @@ class StoreWriter:
         """Block until the batch in flight is written, and take it back (shutdown); and
         until the work given to ``run`` is done, which may be later (the connection is
         then the caller's)."""
-        if self._task is not None:
-            self._task.exception()  # its outcome is its asker's
-            self._task = None
+        if self.task is not None:
+            self.task.exception()  # its outcome is its asker's
+            self.task = None
         batch, future = self.batch, self._future
         if batch is not None and future is not None:
             began = time.monotonic()

@@ -32,6 +32,8 @@ from typing import Any, cast
 from farm.server.backpressure import over_connections
 from farm.server.connection import Connection
 from farm.server.hub import Hub
+from farm.server.options import ServerOptions
+from farm.tlsfiles import load_tls_file
 
 __all__ = ["Handshakes", "TLSGate"]
 
@@ -123,3 +125,18 @@ class TLSGate(asyncio.Protocol):
         if conn.tls_pending:
             conn.tls_pending = False
             self.hub.handshakes -= 1
+
+
+def server_tls_context(opts: ServerOptions) -> ssl.SSLContext | None:
+    """The TLS listeners' context (--tls-cert, --tls-key; --tls-ca asks clients for a
+    certificate it signed), or None without --tls-cert."""
+    if not opts.tls_cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert, key, ca = opts.tls_cert, opts.tls_key, opts.tls_ca
+    chain = lambda p, k: ctx.load_cert_chain(str(p), k)  # noqa: E731
+    load_tls_file("--tls-cert/--tls-key", cert, chain, key=key)
+    if ca:
+        load_tls_file("--tls-ca", ca, lambda p, _: ctx.load_verify_locations(p))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx

@@ -66,8 +66,7 @@ def gated_server(tmp_path: Path, *flags: str) -> Iterator[tuple[str, Gate, Serve
         up.set()
         assert server.stopped is not None
         await server.stopped.wait()
-        server.hub.flush()
-        server.hub.close_store()
+        await server.wind_down()  # as Server.serve ends
 
     thread = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
     thread.start()
