@@ -205,7 +205,8 @@ def local_farm(explicit: str | os.PathLike[str] | None = None) -> FarmAddresses:
     local = False  # [supervisor] local_server = true: it answers on its own server too
     base = None  # the defaults' socket path is absolute: resolve() reads no directory for it
     if path is not None:
-        raw = read_config_file(path)
+        if not (raw := read_config_file(path)):  # a half-written file: not the defaults' farm
+            raise no_settings(path)
         base = config_folder(path)
         server, supervisor = raw.get("server", {}), raw.get("supervisor", {})
         listen = server.get("listen", listen) if isinstance(server, dict) else listen

@@ -144,8 +144,11 @@ def backup(
     the server's word, when it is not (nothing is left at FILE then).
     """
     from farm.client.admin import admin_query
+    from farm.paths import working_directory
 
-    path = os.path.abspath(file)  # the server's working directory is not ours
+    # The server's working directory is not ours: an absolute path (one line and exit 2,
+    # not abspath's traceback, in a working directory removed).
+    path = os.path.normpath(os.path.join(working_directory(), file))
     odd = any(c in path for c in "\r\n\0") or "  " in path or path != path.strip(" ")
     if odd or _not_utf8(path):
         fail(f"FILE {typed(path)}: an admin line cannot carry that path; choose another", 2)
@@ -155,9 +158,11 @@ def backup(
     except (OSError, ValueError) as exc:
         unreachable("the backup's answer", address, exc, server, config)
     words = reply.split()
-    if reply.startswith("ERR") or len(words) != 3 or words[0] != "OK":
+    if reply.startswith("ERR"):
         over_tcp = not address.startswith("unix:")
-        fail(f"{path}: {_error_text(reply, address if over_tcp else None)}", 1)
+        fail(f"{path}: {_error_text(reply, address if over_tcp else None)}{_fix(reply, path)}", 1)
+    if len(words) != 3 or words[0] != "OK" or not (words[1] + words[2]).isdigit():
+        fail(f"{path}: {address} answered {typed(reply[:80])}: is it farm's job server?", 1)
     typer.echo(f"{path}: {int(words[1]):,} jobs, {int(words[2]):,} bytes")
     if not os.path.lexists(path):  # written where the server sees the path, not here
         typer.echo(
@@ -166,6 +171,18 @@ def backup(
             " its stop); give a path in /var/lib/farm",
             err=True,
         )
+
+
+def _fix(reply: str, path: str) -> str:
+    """What to do about a refused backup, where the reply's code says it."""
+    code = reply.split(maxsplit=2)[1:2]
+    if code == ["UNKNOWN_COMMAND"]:
+        return ": that job server has no backup command (gearmand's has none); ask farm's"
+    if "File+exists" in reply or "File exists" in reply:
+        if os.path.isdir(path):
+            return f": it is a directory; name a new file in it ({os.path.join(path, 'queue.db')})"
+        return ": a backup never writes over a file; remove it or name a new one"
+    return ""
 
 
 def _not_utf8(path: str) -> bool:

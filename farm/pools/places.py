@@ -143,12 +143,13 @@ def _not_a_socket(path: str) -> bool:
 
 
 def refuse_non_socket(path: str, source: str | None = None) -> None:
-    """FarmError when something other than a socket is at the control socket's path: a
-    typo (control = "/etc/farm/farm.toml") must not delete the file it names. Exit 1, as
-    docs/operations.md says, in the config's one-line form: ``source`` is its file."""
+    """ConfigError when something other than a socket is at the control socket's path: a
+    typo (control = "/etc/farm/farm.toml") must not delete the file it names. Exit 2, as
+    the job server's socket path's (systemd does not restart a farm for it every few
+    seconds), in the config's one-line form: ``source`` is its file."""
     if _not_a_socket(path):
         key = f"{source}: supervisor.control" if source else "[supervisor] control"
-        raise FarmError(
+        raise ConfigError(
             f"{key}: {path} exists and is not a socket: not replacing it; set it to a path"
             " for the control socket, e.g. /run/farm/control.sock"
         )
@@ -157,7 +158,7 @@ def refuse_non_socket(path: str, source: str | None = None) -> None:
 def control_place_error(path: str, source: str, *, unit_makes: bool = False) -> FarmError | None:
     """Why `farm up` would not make its control socket at ``path``, asked without making
     it: a fallback directory (/tmp/farm-$UID) that is not private (UnsafeDirectory, exit
-    1), a file there (exit 1), a directory this user cannot write (ConfigError, exit 2).
+    1), a file there or a directory this user cannot write (ConfigError, exit 2).
     A socket something listens on is left to `farm up`, which asks whether a supervisor
     answers on it (where it cannot replace it, "another process answers at", exit 1: a
     running farm of another user in a directory this user cannot write is not a config

@@ -49,7 +49,7 @@ def test_a_control_path_that_is_a_file_is_farm_ups_line(tmp_path: Path) -> None:
     config(tmp_path, REVERSE)
     (tmp_path / "control.sock").write_text("not a socket")
     code, said = both(tmp_path)
-    assert code == 1  # as docs/operations.md says; in the config's form: file, key, fix
+    assert code == 2  # a config's mistake, as a listen path's; in its form: file, key, fix
     assert said == [
         f"farm: farm.toml: supervisor.control: {tmp_path}/control.sock exists and is not a"
         " socket: not replacing it; set it to a path for the control socket, e.g."

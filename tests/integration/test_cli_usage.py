@@ -301,6 +301,20 @@ def test_an_empty_config_path_is_a_usage_error(command: list[str]) -> None:
         )
 
 
+@pytest.mark.parametrize("command", CONFIG_COMMANDS, ids=lambda args: args[0])
+def test_a_config_file_with_no_settings_is_refused_by_every_command(
+    command: list[str], tmp_path: Path
+) -> None:
+    """A half-written farm.toml (only a comment left): the commands that ask the farm's
+    server (status, submit, worker...) went to the built-in defaults' farm, port 4730,
+    another farm's, while `farm ps` refused the file."""
+    config = tmp_path / "farm.toml"
+    config.write_text("# [server]\n# listen = ['unix:/srv/a/gearman.sock']\n")
+    out = cli(*command, "-c", str(config), timeout=30)
+    assert out.returncode == 2, out.stderr
+    assert one_line_error(out.stderr).startswith(f"farm: {config}: has no settings"), out.stderr
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     ("args", "said"),

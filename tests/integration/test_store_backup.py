@@ -173,3 +173,32 @@ def test_a_path_an_admin_line_cannot_carry_is_a_usage_error(tmp_path: Path) -> N
             timeout=60,
         )
         assert run.returncode == 2 and "cannot carry that path" in run.stderr, run.stderr
+
+
+def test_farm_backup_says_what_to_do_about_a_refusal(
+    stored: Server, gearmand: Server, tmp_path: Path
+) -> None:
+    local = f"unix:{stored.unix}"
+    taken = tmp_path / "taken.db"
+    taken.write_bytes(b"mine")
+    for where, fix in (
+        (taken, "a backup never writes over a file; remove it or name a new one"),
+        (tmp_path, f"it is a directory; name a new file in it ({tmp_path / 'queue.db'})"),
+    ):
+        run = farm_cli("backup", str(where), "--server", local)
+        assert run.returncode == 1 and run.stderr.rstrip().endswith(fix), run.stderr
+    run = farm_cli("backup", str(tmp_path / "copy.db"), "--server", gearmand.addr)
+    assert run.returncode == 1 and "has no backup command" in run.stderr, run.stderr
+    # A relative FILE in a working directory removed: one line, not abspath's traceback.
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    script = f'cd "{gone}" && rmdir "{gone}" && exec "{sys.executable}" -m farm backup x.db'
+    run = subprocess.run(
+        ["sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert run.returncode == 2 and "the working directory was removed" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
