@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
+import stat
 from pathlib import Path
 
 from farm.paths import make_dirs
@@ -73,6 +75,7 @@ def open_database(path: str, sync: str, reserve: DiskReserve) -> tuple[sqlite3.C
     other error of SQLite's reading it, storefile.unreadable; StoreUnopenable: a store file
     that was there and could not be opened) when it cannot be."""
     held = may_hold_jobs(path)  # before owner_only makes a file where there is none
+    blank = _blank(path)
     made: list[str] = []  # the side files owner_only made, removed if the store is refused
     db: sqlite3.Connection | None = None
     try:
@@ -137,6 +140,13 @@ def open_database(path: str, sync: str, reserve: DiskReserve) -> tuple[sqlite3.C
         drop_made(made)
         raise
     next_id: int = row[0] + 1
+    if blank and next_id == 1:
+        log.warning(
+            "the job store %s was an empty file (0 bytes): it is a new store now, with no"
+            " jobs; if it was to hold some (a copy cut short, a full disk), stop the server"
+            " and put the store back (docs/operations.md, Backing up the job store)",
+            path,
+        )
     try:
         drop_empty_journal(path)
     except OSError as exc:  # an empty file beside the store: harmless, said for -v
@@ -144,6 +154,17 @@ def open_database(path: str, sync: str, reserve: DiskReserve) -> tuple[sqlite3.C
     reserve.make()
     _checkpoint_within_reserve(db, path, reserve)
     return db, next_id
+
+
+def _blank(path: str) -> bool:
+    """Whether ``path`` is an empty file with no -wal of pages beside it: SQLite opens it as
+    a new store, and whatever it was to hold is gone without a word (an operator's `cp` of a
+    backup cut short by a full disk)."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_size == 0 and not may_hold_jobs(path + "-wal")
 
 
 def _unopened(path: str, exc: Exception, held: bool) -> StoreError:
