@@ -88,11 +88,15 @@ def no_socket_note(unix: list[str]) -> str:
     return f"{'; '.join(notes)}; {fix}"
 
 
-def unsafe(unix: str) -> str | None:
+#: What ``unsafe`` says to do about the job server's socket.
+SERVER_FIX = "configure the farm's socket in a directory of the farm's user"
+
+
+def unsafe(unix: str, fix: str = SERVER_FIX, what: str = "your calls") -> str | None:
     """Why the farm's socket must not be used (None: it may). Another user may have made
     the shared-/tmp fallback directory first, with a socket of theirs in it, or put a
     socket of theirs at a configured path in a directory others may write (/tmp), to
-    receive our calls."""
+    receive ``what`` (the job server's, or the control socket's: farm.pools.control)."""
     path = Path(unix[len("unix:") :])
     parent = path.parent
     if parent == fallback_runtime_dir() and os.path.lexists(parent):
@@ -115,8 +119,7 @@ def unsafe(unix: str) -> str | None:
             return (
                 f"{path} belongs to uid {sock.st_uid}, and {above} could have let another"
                 " user put it there (it is writable by others, or owned by uid"
-                f" {info.st_uid}) to receive your calls; configure the farm's socket in a"
-                " directory of the farm's user"
+                f" {info.st_uid}) to receive {what}; {fix}"
             )
     return None
 

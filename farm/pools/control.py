@@ -21,6 +21,7 @@ from typing import Any
 
 from farm.errors import FarmError
 from farm.paths import UnsafeDirectory, check_runtime_path
+from farm.sockettrust import unsafe
 from farm.unixsocket import peer_credentials
 
 __all__ = [
@@ -222,6 +223,8 @@ def _exchange(
         check_runtime_path(path)  # never ask a squatter's socket what our supervisor does
     except UnsafeDirectory as e:
         raise ControlUnavailable(str(e)) from None
+    if why := planted(path):  # nor one another user could have put at a configured path
+        raise ControlUnavailable(why)
     peer = 0
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -252,6 +255,20 @@ def _exchange(
         raise ControlUnavailable(f"control socket {path}: {e.strerror or e}") from None
     except ValueError:
         raise ControlUnavailable(f"control socket {path}: a reply that is not JSON") from None
+
+
+#: What to do about a control socket another user could have planted (``planted``).
+CONTROL_FIX = (
+    "set [supervisor] control to a path in a directory of the farm's user, e.g."
+    " /run/farm/control.sock"
+)
+
+
+def planted(path: str) -> str | None:
+    """Why the socket at ``path`` must not be taken for the supervisor's: another user's,
+    in a directory others may write (sockettrust.unsafe), which would answer `farm scale`,
+    `farm stop` and `farm ps` (and have `farm up` refuse to start) in its place."""
+    return unsafe(f"unix:{path}", CONTROL_FIX, "your farm's commands")
 
 
 def _peer_pid(sock: socket.socket) -> int:

@@ -21,7 +21,13 @@ from typing import Any
 from farm.errors import ConfigError, FarmError
 from farm.logrepeats import Brief
 from farm.paths import check_runtime_path, make_dirs
-from farm.pools.control import MAX_REQUEST, ControlUnavailable, SupervisorStopped, request
+from farm.pools.control import (
+    MAX_REQUEST,
+    ControlUnavailable,
+    SupervisorStopped,
+    planted,
+    request,
+)
 from farm.pools.places import control_place_error, refuse_non_socket
 from farm.unixsocket import clear_socket_path
 
@@ -76,6 +82,8 @@ class ControlServer:
         make_dirs(directory, 0o700)
         if os.path.lexists(path):
             refuse_non_socket(path, source)  # again: a file may have come since open_control asked
+            if why := planted(path):  # not asked, nor replaced: its own, in a shared directory
+                raise FarmError(f"not starting: {why}")
             try:
                 pong = request(path, {"cmd": "ping"}, timeout=1.0)
             except SupervisorStopped as exc:  # Ctrl-Z'd in another terminal: it still runs
