@@ -32,9 +32,10 @@ __all__ = ["restart", "follow_restart", "follow_added"]
 #: How often the progress is asked for.
 POLL = 0.2
 #: Seconds without progress after which the command stops following (the supervisor goes
-#: on): past the supervisor's own 60 s limit for a new process to serve, something else
-#: holds the restart, e.g. a job server that is down.
-STALL = 150.0
+#: on), past the supervisor's own limit for a new process to serve (``boot_timeout``, which
+#: the reply says; a model's import may take minutes): something else holds the restart,
+#: e.g. a job server that is down.
+STALL_PAST_BOOT = 90.0
 
 
 @app.command(cls=FarmCommand)
@@ -87,10 +88,11 @@ def follow_restart(
             if tty:
                 typer.echo()
             fail(f"{what} incomplete: the restart goes on past --timeout (farm ps shows it)", 1)
-        if time.monotonic() - moved > STALL:
+        stall = float(reply.get("boot_timeout", 60.0)) + STALL_PAST_BOOT
+        if time.monotonic() - moved > stall:
             if tty:
                 typer.echo()
-            fail(f"no progress in {STALL:g}s (is the job server up? farm ps); it goes on", 1)
+            fail(f"no progress in {stall:g}s (is the job server up? farm ps); it goes on", 1)
         time.sleep(POLL)  # polling the supervisor's progress
         reply = status()
     if tty:
@@ -184,8 +186,9 @@ def follow_added(
         else:
             why = f"not serving {wait:g}s after it"
         typer.echo(f"farm: {name}: added by the reload, {why} (now {row['state']})", err=True)
+    failing = sorted({pool for pool, _ in waiting})  # not those whose every slot served
     fail(
-        f"reload incomplete: the pool(s) it added do not serve ({', '.join(pools)}): they stay,"
+        f"reload incomplete: the pool(s) it added do not serve ({', '.join(failing)}): they stay,"
         " retried with backoff; fix them, or remove them and reload (farm ps, the log)",
         1,
     )

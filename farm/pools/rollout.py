@@ -75,6 +75,7 @@ class Rollout:
     undo_at: float = 0.0
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
+    boot_timeout: float = 60.0  # [supervisor]'s: how long a step may take, for `farm restart`
 
     @property
     def done(self) -> bool:
@@ -91,6 +92,7 @@ class Rollout:
             "unseen": {name: self.unseen[name] for name in self.total if self.unseen[name]},
             "failed": list(self.failed.values()),
             "seconds": round(end - self.started, 2),
+            "boot_timeout": self.boot_timeout,
         }
 
 
@@ -125,7 +127,11 @@ class Restarting:
             queue[name] = list(range(have)) if indices is None else [i for i in indices if i < have]
         self.rollouts += 1
         self.rollout = Rollout(
-            self.rollouts, queue, {n: len(q) for n, q in queue.items()}, in_flight={}
+            self.rollouts,
+            queue,
+            {n: len(q) for n, q in queue.items()},
+            in_flight={},
+            boot_timeout=self.config.supervisor.boot_timeout,
         )
         self.take_reloaded(self.rollout, list(picks))
         log.info("restart %d: replacing %s", self.rollouts, self.progress(self.rollout))

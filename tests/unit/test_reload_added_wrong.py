@@ -65,3 +65,36 @@ def test_at_the_deadline_a_registration_not_final_is_named_as_so_far(
     assert time.monotonic() - began >= 0.3  # waited for it to the end
     err = capsys.readouterr().err
     assert f"added by the reload, {SO_FAR}: not serving 0.3s after it (now starting)" in err, err
+
+
+def test_only_the_added_pools_that_do_not_serve_are_named(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A reload added two pools: one serves, one's first process died at its import. The
+    # verdict named both ("fix them, or remove them"), the serving one too.
+    def ps() -> dict[str, Any]:
+        good = {**ROW, "function": "good", "state": "idle", "not_serving": ""}
+        bad = {**ROW, "function": "bad", "state": "starting", "restarts": 1, "not_serving": ""}
+        return {
+            "processes": [good, {**bad, "last_exit": "ImportError: nope"}],
+            "targets": {"good": 1, "bad": 1},
+        }
+
+    with pytest.raises(typer.Exit):
+        deploy.follow_added(["bad", "good"], ps, time.monotonic(), wait=30)
+    err = capsys.readouterr().err
+    assert "the pool(s) it added do not serve (bad):" in err, err
+
+
+def test_a_restart_is_followed_past_the_farms_boot_timeout(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # boot_timeout = 300 for a model's import: `farm restart` said "no progress in 150s",
+    # exit 1, while the farm's restart went on to succeed.
+    monkeypatch.setattr(deploy, "STALL_PAST_BOOT", 0.0)
+    reply = {"restart": 1, "done": False, "total": {"m": 1}, "replaced": {}, "boot_timeout": 0.5}
+    began = time.monotonic()
+    with pytest.raises(typer.Exit):
+        deploy.follow_restart(reply, lambda: reply)
+    assert time.monotonic() - began >= 0.5
+    assert "no progress in 0.5s" in capsys.readouterr().err
