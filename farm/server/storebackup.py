@@ -24,7 +24,9 @@ import errno
 import logging
 import os
 import shutil
+import socket
 import sqlite3
+import stat
 import tempfile
 from concurrent.futures import Future
 from time import monotonic
@@ -92,7 +94,10 @@ def copy_store(db: sqlite3.Connection, path: str) -> tuple[int, int]:
     be made a symlink to another file meanwhile, which the copy then wrote over."""
     if os.path.lexists(path):  # before the copy's work; the link below decides, though
         raise FileExistsError(errno.EEXIST, "File exists")
-    scratch = tempfile.mkdtemp(prefix=".farm-backup-", dir=os.path.dirname(path))
+    where = os.path.dirname(path)
+    sweep(where)
+    mark = f"{SCRATCH}{socket.gethostname()}.{os.getpid()}.{_started(os.getpid())}-"
+    scratch = tempfile.mkdtemp(prefix=mark, dir=where)
     made = os.path.join(scratch, "copy.db")
     try:
         copy = sqlite3.connect(made, isolation_level=None)
@@ -112,3 +117,44 @@ def copy_store(db: sqlite3.Connection, path: str) -> tuple[int, int]:
         return jobs, os.path.getsize(made)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+#: The start of a backup's scratch directory's name; then whose it is: HOST.PID.START-.
+SCRATCH = ".farm-backup-"
+
+
+def _started(pid: int) -> str:
+    """When process ``pid`` started (in 1/100 s; "" where there is none): with its pid, it
+    names one process for as long as the host runs."""
+    import psutil  # here: the server's start does not load it
+
+    try:
+        return str(round(psutil.Process(pid).create_time() * 100))
+    except psutil.Error:
+        return ""
+
+
+def sweep(directory: str) -> None:
+    """Remove from ``directory`` the scratch directories of backups whose server ended
+    midway (killed: a stop waits for the copy): this host's and this user's, whose process
+    is gone. They hold a copy cut short, as large as the store."""
+    host = socket.gethostname()
+    try:
+        entries = [e for e in os.scandir(directory) if e.name.startswith(SCRATCH)]
+    except OSError:
+        return  # the copy's own work says why
+    for entry in entries:
+        owner, pid, started = (
+            entry.name[len(SCRATCH) :].rpartition("-")[0].rsplit(".", 2) + ["", ""]
+        )[:3]
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        mine = stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid()
+        if not mine or owner != host or not pid.isdecimal() or _started(int(pid)) == started:
+            continue  # another's, or its server runs: a copy under way
+        shutil.rmtree(entry.path, ignore_errors=True)
+        log.warning(
+            "removed %s, left by a backup whose server ended midway (pid %s)", entry.path, pid
+        )

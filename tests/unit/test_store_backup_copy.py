@@ -3,7 +3,10 @@ file already at PATH (or put there during the copy) is ever written."""
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.server.storebackup import copy_store
+from farm.server.storebackup import SCRATCH, _started, copy_store
 from tests.helpers import ROOT
 
 
@@ -84,3 +87,24 @@ def test_a_copy_killed_before_its_end_leaves_nothing_at_the_name(tmp_path: Path)
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=60)
     assert run.returncode == -signal.SIGKILL
     assert not (tmp_path / "copy.db").exists()
+
+
+def test_a_scratch_directory_a_killed_server_left_is_removed_by_the_next_backup(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # a pid no process has now
+    host = socket.gethostname()
+    left = tmp_path / f"{SCRATCH}{host}.{ended.pid}.123-abc"
+    running = tmp_path / f"{SCRATCH}{host}.{os.getpid()}.{_started(os.getpid())}-def"
+    elsewhere = tmp_path / f"{SCRATCH}{host}x.{ended.pid}.123-ghi"  # another host's (NFS)
+    for scratch in (left, running, elsewhere):
+        scratch.mkdir()
+        (scratch / "copy.db").write_bytes(b"cut short")
+    caplog.set_level(logging.WARNING, "farm.server")
+    assert copy_store(store(tmp_path / "q.db"), str(tmp_path / "copy.db"))[0] == 5
+    assert not left.exists() and running.exists() and elsewhere.exists()
+    assert any(str(left) in r.getMessage() for r in caplog.records)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(SCRATCH)) == sorted(
+        [running.name, elsewhere.name]
+    )  # the copy's own is gone too
