@@ -283,6 +283,7 @@ def _set_up(
             except BaseException as exc:  # as ProcessPoolExecutor: even SystemExit breaks it
                 log.critical("Exception in initializer:", exc_info=True)
                 failure = (BROKEN, exc, remote_traceback(exc))
+                exc.__traceback__ = None  # its frames, the initializer's state: not kept (raised)
             else:
                 tell(INIT_ENDS)
         at += size

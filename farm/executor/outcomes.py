@@ -25,8 +25,14 @@ def raised(exc: BaseException) -> tuple[Any, ...]:
     """The outcome of a call that raised ``exc``. An exception that pickles but does not
     unpickle (one whose ``__init__`` wants other arguments than its ``args``: a common
     slip) is replaced here by a JobError that says so, since in a batch one outcome the
-    caller cannot load would cost it the batch's others. Only calls that raised pay."""
+    caller cannot load would cost it the batch's others. Only calls that raised pay.
+
+    The exception's traceback is dropped once told (``text``), as ProcessPoolExecutor's
+    worker drops it: it held the frames of the worker's own loop, which hold the outcome,
+    a cycle that kept each failed call's locals (a 300 MB list, a MemoryError's all) until
+    a full collection, and the next call on that worker failed for the memory."""
     text = remote_traceback(exc)
+    exc.__traceback__ = None
     try:
         pickled = dump(exc)
     except BaseException:
