@@ -267,6 +267,8 @@ def test_a_call_that_timed_out_before_its_submit_left_takes_it_back() -> None:
             for _ in range(3):
                 with pytest.raises(farm.Timeout):
                     c.call("big", payload)
-                assert len(c._wire.conns[addr].unsent) == first, "a retry's submit piled up"
+                # Not more: the kernel may take a little more of the first meanwhile (its
+                # buffers grow on a loaded machine), never a second payload.
+                assert len(c._wire.conns[addr].unsent) <= first, "a retry's submit piled up"
     finally:
         listener.close()
