@@ -20,7 +20,6 @@ from typing import Any
 
 from farm import forkedchild
 from farm.executor import functions, initstate, nesting, spill
-from farm.executor.batchflush import Waiting, flusher
 from farm.executor.functions import UNIMPORTABLE
 from farm.executor.outcomes import (
     dump_batch,
@@ -336,53 +335,36 @@ def _run_batch(
         failure: tuple[Any, ...] | None = None
     except BaseException as exc:  # the function itself cannot be rebuilt: every call says so
         fn, calls, failure = None, pickle.loads(body), (ERROR, exc, remote_traceback(exc))
-    # What waits to be sent, under flusher.lock: the main thread adds to it, and the
-    # flusher's thread sends it ahead while a later call runs (farm.executor.batchflush).
-    waiting = Waiting()
-
-    def send_ahead() -> None:
-        send_part(job, _seal_batch, signer, call_id, waiting.first, waiting.outcomes)
-        waiting.first += len(waiting.outcomes)
-        waiting.outcomes = []
-
+    first, outcomes = 0, []
+    flush_at = time.monotonic() + BATCH_FLUSH_EVERY
     # Under a pool's timeout the job must end in time, though its calls are short: the
     # calls that would run past 3/4 of it are left unrun, and the caller sends them again.
     budget = 0.75 * job.timeout if getattr(job, "timeout", None) else None
     longest = 0.0
-    try:
-        for index, call in enumerate(calls):
-            if failure is not None or fn is None:
-                outcome: tuple[Any, ...] | None = failure
-            else:
-                if budget is not None:
-                    began = time.monotonic()
-                    if index and began - started + longest > budget:
-                        break  # fewer outcomes than calls: the rest did not run (flight.complete)
-                try:
-                    args = functions.unpickle(call)
-                    outcome = (OK, _apply(functions.for_call(fn, fn_bytes), kind, args))
-                except BaseException as exc:
-                    forkedchild.leave_if_forked(forks, job.handle, exc)  # as in run_call
-                    outcome = raised(exc)
-                else:  # a child that returned ran the batch's other calls again, and sent outcomes
-                    forkedchild.leave_if_forked(forks, job.handle, None)
-                if budget is not None:
-                    longest = max(longest, time.monotonic() - began)
-            with flusher.lock:
-                waiting.outcomes.append(outcome)
-                if index + 1 < len(calls):
-                    now = time.monotonic()
-                    if len(waiting.outcomes) == 1:  # the first waiting: when it must go
-                        waiting.due = now + BATCH_FLUSH_EVERY
-                    if now >= waiting.due:  # here, as calls end (no thread switch)
-                        flusher.cancel()
-                        send_ahead()
-                    elif len(waiting.outcomes) == 1:  # else the flusher's, if a call outlasts it
-                        flusher.arm(waiting.due, send_ahead)
-    finally:
-        with flusher.lock:
-            flusher.cancel()  # the rest goes with the answer, after every part sent ahead
-    return _seal_batch(job, signer, call_id, waiting.first, waiting.outcomes)
+    for index, call in enumerate(calls):
+        if failure is not None or fn is None:
+            outcomes.append(failure)
+            continue
+        if budget is not None:
+            began = time.monotonic()
+            if index and began - started + longest > budget:
+                break  # fewer outcomes than calls: the rest did not run (flight.complete)
+        try:
+            args = functions.unpickle(call)
+            outcome: tuple[Any, ...] = (OK, _apply(functions.for_call(fn, fn_bytes), kind, args))
+        except BaseException as exc:
+            forkedchild.leave_if_forked(forks, job.handle, exc)  # as in run_call
+            outcome = raised(exc)
+        else:  # a child that returned ran the batch's other calls again, and sent outcomes
+            forkedchild.leave_if_forked(forks, job.handle, None)
+        if budget is not None:
+            longest = max(longest, time.monotonic() - began)
+        outcomes.append(outcome)
+        if index + 1 < len(calls) and time.monotonic() >= flush_at:
+            send_part(job, _seal_batch, signer, call_id, first, outcomes)
+            first, outcomes = index + 1, []
+            flush_at = time.monotonic() + BATCH_FLUSH_EVERY
+    return _seal_batch(job, signer, call_id, first, outcomes)
 
 
 def _seal_batch(job: Any, signer: Signer, call_id: bytes, first: int, outcomes: list[Any]) -> bytes:

@@ -5,8 +5,6 @@ at all."""
 from __future__ import annotations
 
 import pickle
-import queue
-import threading
 import time
 from concurrent.futures import Future
 from types import SimpleNamespace
@@ -121,45 +119,3 @@ def test_a_batch_that_sends_its_outcomes_in_parts_gives_each_call_its_own(
     assert [item.future.done() for item in flight.items] == [True, True, False]  # two parts
     assert complete(task, SIGNER) == []  # type: ignore[arg-type]
     assert results(flight) == [1, 2, 3]
-
-
-#: Held open by the test: the batch's second call runs until it is set.
-GATE = threading.Event()
-
-
-def held(word: str) -> str:
-    """A call that runs until the test lets it end (``GATE``) where it is "held"."""
-    if word == "held":
-        assert GATE.wait(30), "the test never let the call end"
-    return word
-
-
-def test_a_finished_calls_outcome_is_sent_while_a_later_call_runs() -> None:
-    # Behind a call of 20 s, a finished call's outcome waited for its end (sent only
-    # between calls): answered 20 s late, and run again when that worker died.
-    GATE.clear()
-    flight, task = running(3)
-    parts: queue.Queue[bytes] = queue.Queue()
-    job = SimpleNamespace(handle="H:1", timeout=None, send_data=parts.put)
-    calls = pickle.dumps([pickle.dumps(((word,), {})) for word in ("quick", "held", "after")])
-    batch = threading.Thread(
-        target=lambda: setattr(
-            task,
-            "result",
-            call._run_batch(
-                job, SIGNER, flight.call_id, pickle.dumps(held), memoryview(calls), SINGLE, False, 0
-            ),
-        )
-    )
-    batch.start()
-    try:
-        partial(task, SIGNER, parts.get(timeout=10))  # type: ignore[arg-type]  # while "held" runs
-        assert flight.items[0].future.result(0) == "quick"
-        assert not flight.items[1].future.done() and batch.is_alive()
-    finally:
-        GATE.set()
-        batch.join(30)
-    while not parts.empty():
-        partial(task, SIGNER, parts.get())  # type: ignore[arg-type]
-    assert complete(task, SIGNER) == []  # type: ignore[arg-type]
-    assert results(flight) == ["quick", "held", "after"]
