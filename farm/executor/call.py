@@ -20,6 +20,7 @@ from typing import Any
 
 from farm import forkedchild
 from farm.executor import functions, initstate, nesting, spill
+from farm.executor.batchflush import Outgoing
 from farm.executor.functions import UNIMPORTABLE
 from farm.executor.outcomes import (
     dump_batch,
@@ -88,11 +89,6 @@ log = logging.getLogger("farm.executor")
 DEFAULT_FUNCTION = "farm.python"
 TARGET = "farm.executor.call:run_call"
 
-#: A running batch sends the outcomes it has so far at most this often (seconds). Each
-#: WORK_DATA wakes the server and the caller: every 20 ms, 200 calls of 20 ms on 2 workers
-#: ran at 96.1% of ideal; every 50 ms at 97.4%, every 100 ms at 98.1% (one run, medians
-#: of six), as the woken processes took less of the workers' cores.
-BATCH_FLUSH_EVERY = 0.1
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 #: The kind of the calls each batch kind carries.
@@ -335,35 +331,39 @@ def _run_batch(
         failure: tuple[Any, ...] | None = None
     except BaseException as exc:  # the function itself cannot be rebuilt: every call says so
         fn, calls, failure = None, pickle.loads(body), (ERROR, exc, remote_traceback(exc))
-    first, outcomes = 0, []
-    flush_at = time.monotonic() + BATCH_FLUSH_EVERY
+    outgoing = Outgoing(
+        lambda first, outcomes: send_part(job, _seal_batch, signer, call_id, first, outcomes),
+        len(calls),
+    )  # outcomes as they leave: farm.executor.batchflush
     # Under a pool's timeout the job must end in time, though its calls are short: the
     # calls that would run past 3/4 of it are left unrun, and the caller sends them again.
     budget = 0.75 * job.timeout if getattr(job, "timeout", None) else None
     longest = 0.0
-    for index, call in enumerate(calls):
-        if failure is not None or fn is None:
-            outcomes.append(failure)
-            continue
-        if budget is not None:
-            began = time.monotonic()
-            if index and began - started + longest > budget:
-                break  # fewer outcomes than calls: the rest did not run (flight.complete)
-        try:
-            args = functions.unpickle(call)
-            outcome: tuple[Any, ...] = (OK, _apply(functions.for_call(fn, fn_bytes), kind, args))
-        except BaseException as exc:
-            forkedchild.leave_if_forked(forks, job.handle, exc)  # as in run_call
-            outcome = raised(exc)
-        else:  # a child that returned ran the batch's other calls again, and sent outcomes
-            forkedchild.leave_if_forked(forks, job.handle, None)
-        if budget is not None:
-            longest = max(longest, time.monotonic() - began)
-        outcomes.append(outcome)
-        if index + 1 < len(calls) and time.monotonic() >= flush_at:
-            send_part(job, _seal_batch, signer, call_id, first, outcomes)
-            first, outcomes = index + 1, []
-            flush_at = time.monotonic() + BATCH_FLUSH_EVERY
+    try:
+        for index, call in enumerate(calls):
+            if failure is not None or fn is None:
+                outgoing.add(index, failure)
+                continue
+            if budget is not None:
+                began = time.monotonic()
+                if index and began - started + longest > budget:
+                    break  # fewer outcomes than calls: the rest did not run (flight.complete)
+            try:
+                args = functions.unpickle(call)
+                outcome: tuple[Any, ...] = (
+                    OK,
+                    _apply(functions.for_call(fn, fn_bytes), kind, args),
+                )
+            except BaseException as exc:
+                forkedchild.leave_if_forked(forks, job.handle, exc)  # as in run_call
+                outcome = raised(exc)
+            else:  # a child that returned ran the batch's other calls again, and sent outcomes
+                forkedchild.leave_if_forked(forks, job.handle, None)
+            if budget is not None:
+                longest = max(longest, time.monotonic() - began)
+            outgoing.add(index, outcome)
+    finally:
+        first, outcomes = outgoing.finish()  # no part leaves after the answer
     return _seal_batch(job, signer, call_id, first, outcomes)
 
 

@@ -39,7 +39,7 @@ def batch_step(i: int, fifo: str, slow_at: int, block_at: int) -> int:
     """A call of a batch: the one at ``slow_at`` takes longer than the batch's flush interval
     (so the batch sends the outcomes it has so far), the one at ``block_at`` hangs like
     ``pid_then_block``."""
-    from farm.executor.call import BATCH_FLUSH_EVERY
+    from farm.executor.batchflush import BATCH_FLUSH_EVERY
 
     if i == slow_at:
         time.sleep(2.5 * BATCH_FLUSH_EVERY)
@@ -194,7 +194,7 @@ def large_result_after_gate(gate: str, size: int) -> bytes:
 
 def batch_gate_step(i: int, gate: str, slow_at: int, block_at: int) -> int:
     """A call of a batch, as ``batch_step``, whose call at ``block_at`` waits at the gate."""
-    from farm.executor.call import BATCH_FLUSH_EVERY
+    from farm.executor.batchflush import BATCH_FLUSH_EVERY
 
     if i == slow_at:
         time.sleep(2.5 * BATCH_FLUSH_EVERY)  # past a flush: the outcomes so far leave first

@@ -5,6 +5,8 @@ at all."""
 from __future__ import annotations
 
 import pickle
+import queue
+import threading
 import time
 from concurrent.futures import Future
 from types import SimpleNamespace
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 
 from farm.errors import JobError
-from farm.executor import call
+from farm.executor import batchflush, call
 from farm.executor.flight import Flight, WorkItem, complete, partial
 from farm.executor.payload import OK, SINGLE
 from farm.executor.signing import Signer
@@ -105,7 +107,7 @@ def test_a_batch_that_sends_its_outcomes_in_parts_gives_each_call_its_own(
 ) -> None:
     # A part after each call (as when every call outlasts BATCH_FLUSH_EVERY): each part
     # must say the index it starts from, or the caller's calls get one another's results.
-    monkeypatch.setattr(call, "BATCH_FLUSH_EVERY", 0.0)
+    monkeypatch.setattr(batchflush, "BATCH_FLUSH_EVERY", 0.0)
     flight, task = running(3)
     job = SimpleNamespace(
         handle="H:1",
@@ -119,3 +121,79 @@ def test_a_batch_that_sends_its_outcomes_in_parts_gives_each_call_its_own(
     assert [item.future.done() for item in flight.items] == [True, True, False]  # two parts
     assert complete(task, SIGNER) == []  # type: ignore[arg-type]
     assert results(flight) == [1, 2, 3]
+
+
+#: Held open by the test: a batch's "held" call runs until it is set.
+GATE = threading.Event()
+#: What the "quick" call returns and the "held" call goes on changing (grows).
+SHARED: dict[Any, Any] = {}
+
+
+def held(word: str) -> str:
+    """A call that runs until the test lets it end (``GATE``) where it is "held"."""
+    if word == "held":
+        assert GATE.wait(30), "the test never let the call end"
+    return word
+
+
+def grows(word: str) -> Any:
+    """ "quick" returns SHARED; "held" adds to it until the test lets it end."""
+    if word == "quick":
+        SHARED.clear()
+        SHARED["quick"] = 1
+        return SHARED
+    count = 0
+    while not GATE.is_set():
+        SHARED[count] = count
+        count += 1
+    return word
+
+
+def batch_in_thread(fn: Any, words: list[str]) -> tuple[Flight, Task, queue.Queue[bytes], Any]:
+    """``fn``'s calls of ``words`` run as a batch in a thread of their own (the worker's main
+    thread, as it were); the parts it sends ahead go to the queue."""
+    GATE.clear()
+    flight, task = running(len(words))
+    parts: queue.Queue[bytes] = queue.Queue()
+    job = SimpleNamespace(handle="H:1", timeout=None, send_data=parts.put)
+    calls = pickle.dumps([pickle.dumps(((word,), {})) for word in words])
+    args = (job, SIGNER, flight.call_id, pickle.dumps(fn), memoryview(calls), SINGLE, False, 0)
+    batch = threading.Thread(target=lambda: setattr(task, "result", call._run_batch(*args)))
+    batch.start()
+    return flight, task, parts, batch
+
+
+def test_a_finished_calls_outcome_is_sent_while_a_later_call_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Behind a call of 20 s, a finished call's outcome waited for its end (sent only
+    # between calls): answered 20 s late, and run again when that worker died.
+    monkeypatch.setattr(batchflush, "LONG_AFTER", 0.0)  # a long batch from its first call
+    flight, task, parts, batch = batch_in_thread(held, ["quick", "held", "after"])
+    try:
+        partial(task, SIGNER, parts.get(timeout=10))  # type: ignore[arg-type]  # while "held" runs
+        assert flight.items[0].future.result(0) == "quick"
+        assert not flight.items[1].future.done() and batch.is_alive()
+    finally:
+        GATE.set()
+        batch.join(30)
+    while not parts.empty():
+        partial(task, SIGNER, parts.get())  # type: ignore[arg-type]
+    assert complete(task, SIGNER) == []  # type: ignore[arg-type]
+    assert results(flight) == ["quick", "held", "after"]
+
+
+def test_an_outcome_sent_while_a_later_call_runs_is_what_its_call_returned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Pickled by the sending thread while the next call changed it, a returned dict came
+    # back as RuntimeError('dictionary changed size during iteration'), a call that
+    # succeeded reported failed: it is pickled as it returns, as ProcessPoolExecutor does.
+    monkeypatch.setattr(batchflush, "LONG_AFTER", 0.0)
+    flight, task, parts, batch = batch_in_thread(grows, ["quick", "held"])
+    try:
+        partial(task, SIGNER, parts.get(timeout=10))  # type: ignore[arg-type]
+        assert flight.items[0].future.result(0) == {"quick": 1}
+    finally:
+        GATE.set()
+        batch.join(30)
