@@ -4,13 +4,17 @@ The worker runs a batch's calls one after another in its main thread and sends t
 it has at most every ``BATCH_FLUSH_EVERY`` (each WORK_DATA wakes the server and the caller),
 as a call ends. Sent only then, the outcomes of quick calls waited for the slow call after
 them: behind a call of 20 s, a call of 1 ms was answered 20 s late, and ran again when that
-worker died. So a batch that runs past ``LONG_AFTER`` goes on differently: each outcome is
-pickled as its call returns (``Pickled``: what a later call of the batch changes is not
-what was returned, as with ProcessPoolExecutor), and the worker's ``flusher`` thread sends
-what waits once its time comes, though a call still runs. A batch of tiny calls that ends
-sooner (most) pays neither the pickling nor the lock. Job news may be sent from any thread
-(farm.workernews). The thread ends after ``IDLE_EXIT`` seconds without a long batch, so a
-worker that runs short ones holds no thread of its own (a call that forks meets none).
+worker died. So the worker's ``flusher`` thread looks every ``LOOK_EVERY`` at the batch
+that runs, and sends what has waited ``BATCH_FLUSH_EVERY`` though a call still runs.
+
+The main thread adds outcomes without a lock (a list's append, under the GIL) and takes
+``Outgoing.sending`` only to send, as the thread does: one of them sends a part, and none
+after the batch's answer. The thread's send is a try: a value that a running call changes
+while it is pickled (a ``__reduce__`` of Python code lets that call run on meanwhile) may
+fail to pickle, and it is then left to the main thread, which pickles it between calls
+(whose failure is that call's error, ``outcomes.dump_batch``), as a large part is. A value a
+later call of the batch changes is sent as it is at the send, as it always was. The thread
+ends after ``IDLE_EXIT`` without a batch (a worker that runs single calls holds none).
 """
 
 from __future__ import annotations
@@ -22,9 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from farm.executor.outcomes import dump_outcome
-
-__all__ = ["BATCH_FLUSH_EVERY", "LONG_AFTER", "IDLE_EXIT", "Outgoing", "Pickled", "flusher"]
+__all__ = ["BATCH_FLUSH_EVERY", "LOOK_EVERY", "IDLE_EXIT", "Outgoing", "Flusher", "flusher"]
 
 log = logging.getLogger("farm.executor")
 
@@ -32,129 +34,108 @@ log = logging.getLogger("farm.executor")
 #: wakes the server and the caller: every 20 ms, 200 calls of 20 ms on 2 workers ran at
 #: 96.1% of ideal; every 50 ms at 97.4%, every 100 ms at 98.1% (one run, medians of six).
 BATCH_FLUSH_EVERY = 0.1
-#: A batch running this long has its outcomes pickled as they come, and sent by the thread.
-LONG_AFTER = BATCH_FLUSH_EVERY / 2
-#: Seconds the thread waits for a long batch before it ends (a later one starts another).
+#: How often the thread looks at the batch that runs (a wake-up each, only while batches run).
+LOOK_EVERY = BATCH_FLUSH_EVERY / 2
+#: Seconds the thread waits for a batch before it ends (the next batch starts another).
 IDLE_EXIT = 5.0
 
+#: ``send(first, outcomes)`` sends a part from the main thread (pickling it as it must);
+#: ``send_pickled(first, pickled)`` one the thread pickled.
+Send = Callable[[int, list[Any]], None]
+SendPickled = Callable[[int, bytes], None]
 
-class Pickled:
-    """An outcome pickled as its call returned: pickled again, it is those bytes, which the
-    caller's unpickling of the batch turns back into the outcome (no class of farm's on the
-    wire: a caller of any farm reads it)."""
 
-    __slots__ = ("data",)
+class Outgoing:
+    """A batch's outcomes not sent yet, from index ``first`` on."""
 
-    def __init__(self, outcome: Any) -> None:
-        self.data = dump_outcome(outcome)
+    def __init__(self, send: Send, send_pickled: SendPickled, calls: int, limit: int) -> None:
+        self._send = send
+        self._send_pickled = send_pickled
+        self.calls = calls
+        self.limit = limit  # a part past this pickled size is the main thread's (spill)
+        self.first = 0
+        self.outcomes: list[Any] = []
+        self.sent_at = time.monotonic()  # the batch's start, then its last part's
+        self.sending = threading.Lock()
+        self.open = True  # False once the answer is made: nothing leaves ahead after it
+        flusher.watch(self)
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (pickle.loads, (self.data,))
+    def add(self, index: int, outcome: Any) -> None:
+        """Call ``index`` ended with ``outcome`` (the main thread's, between calls)."""
+        self.outcomes.append(outcome)
+        if index + 1 < self.calls and time.monotonic() - self.sent_at >= BATCH_FLUSH_EVERY:
+            with self.sending:
+                count = len(self.outcomes)  # the thread may have sent them just now
+                if count:
+                    self._send(self.first, self.outcomes[:count])
+                    self._sent(count)
+
+    def finish(self) -> tuple[int, list[Any]]:
+        """What the batch's answer carries: no part leaves ahead from here on."""
+        with self.sending:
+            self.open = False
+        flusher.watch(None)
+        return self.first, self.outcomes
+
+    def send_due(self) -> None:
+        """The thread's look: send what waits, a part at most every ``BATCH_FLUSH_EVERY``,
+        if it pickles now (else the main thread sends it, between calls)."""
+        if not self.outcomes or time.monotonic() - self.sent_at < BATCH_FLUSH_EVERY:
+            return
+        with self.sending:
+            count = len(self.outcomes)
+            if not self.open or not count:
+                return
+            try:
+                pickled = pickle.dumps((self.first, self.outcomes[:count]), pickle.HIGHEST_PROTOCOL)
+            except BaseException:  # changed under it, or no pickle: the main thread's
+                return
+            if len(pickled) <= self.limit:
+                self._send_pickled(self.first, pickled)
+                self._sent(count)
+
+    def _sent(self, count: int) -> None:
+        del self.outcomes[:count]  # those added meanwhile stay
+        self.first += count
+        self.sent_at = time.monotonic()
 
 
 class Flusher:
-    """Runs a send once its time comes, unless taken back first (``cancel``)."""
+    """The worker's thread that looks at the batch that runs (``watch``)."""
 
     def __init__(self) -> None:
-        self.lock = threading.Condition()  # held to touch what a long batch sends
-        self._due: float | None = None
-        self._send: Callable[[], None] | None = None
+        self._lock = threading.Lock()
+        self._batch: Outgoing | None = None
         self._thread: threading.Thread | None = None
+        self._last = 0.0  # when a batch was last watched
 
-    def arm(self, at: float, send: Callable[[], None]) -> None:
-        """Call ``send`` at monotonic ``at`` (under ``lock``, which the caller holds now)."""
-        self._due, self._send = at, send
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="farm-batch", daemon=True)
-            self._thread.start()
-        else:
-            self.lock.notify()
-
-    def cancel(self) -> None:
-        """No send from here on (the caller holds ``lock``)."""
-        self._due = self._send = None
+    def watch(self, batch: Outgoing | None) -> None:
+        """The batch that runs now (None: none)."""
+        self._batch = batch
+        self._last = time.monotonic()
+        if batch is not None and self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="farm-batch", daemon=True
+                    )
+                    self._thread.start()
 
     def _run(self) -> None:
-        with self.lock:
-            while True:
-                if self._due is None:
-                    if not self.lock.wait(IDLE_EXIT) and self._due is None:
-                        self._thread = None  # a later long batch starts another
+        while True:
+            time.sleep(LOOK_EVERY)
+            batch = self._batch
+            if batch is None:
+                with self._lock:
+                    if self._batch is None and time.monotonic() - self._last > IDLE_EXIT:
+                        self._thread = None  # the next batch starts another
                         return
-                    continue
-                wait = self._due - time.monotonic()
-                if wait > 0:
-                    self.lock.wait(wait)
-                    continue
-                send, self._due, self._send = self._send, None, None
-                if send is None:
-                    continue
-                try:
-                    send()
-                except Exception:  # a bug: what waits goes with the batch's answer
-                    log.exception("sending a batch's outcomes ahead failed")
+                continue
+            try:
+                batch.send_due()
+            except Exception:  # a bug: what waits goes with the batch's answer
+                log.exception("sending a batch's outcomes ahead failed")
 
 
 #: The worker's one flusher: it runs one batch at a time.
 flusher = Flusher()
-
-
-class Outgoing:
-    """A batch's outcomes not sent yet, from index ``first`` on; ``send(first, outcomes)``
-    sends a part ahead (WORK_DATA)."""
-
-    def __init__(self, send: Callable[[int, list[Any]], None], calls: int) -> None:
-        self._send = send
-        self.calls = calls
-        self.first = 0
-        self.outcomes: list[Any] = []
-        now = time.monotonic()
-        self.due = now + BATCH_FLUSH_EVERY  # when what waits must go
-        self.long_at = now + LONG_AFTER
-        self.long = False
-
-    def add(self, index: int, outcome: Any) -> None:
-        """Call ``index`` ended with ``outcome`` (the main thread's, between calls)."""
-        more = index + 1 < self.calls
-        if not self.long:
-            self.outcomes.append(outcome)
-            if not more:
-                return
-            now = time.monotonic()
-            if now >= self.due:
-                self._flush()
-            elif now >= self.long_at:
-                self.long = True
-                with flusher.lock:
-                    self.outcomes = [Pickled(o) for o in self.outcomes]
-                    if self.outcomes:
-                        flusher.arm(self.due, self._flush_due)
-            return
-        pickled = Pickled(outcome)  # outside the lock: the thread may send meanwhile
-        with flusher.lock:
-            self.outcomes.append(pickled)
-            if not more:
-                return
-            if len(self.outcomes) == 1:  # the first waiting since a part left
-                self.due = time.monotonic() + BATCH_FLUSH_EVERY
-                flusher.arm(self.due, self._flush_due)
-            elif time.monotonic() >= self.due:
-                flusher.cancel()
-                self._flush()
-
-    def finish(self) -> tuple[int, list[Any]]:
-        """What the batch's answer carries: no part is sent ahead from here on."""
-        if self.long:
-            with flusher.lock:
-                flusher.cancel()
-        return self.first, self.outcomes
-
-    def _flush_due(self) -> None:
-        if self.outcomes:  # the flusher's thread, under the lock
-            self._flush()
-
-    def _flush(self) -> None:
-        self._send(self.first, self.outcomes)
-        self.first += len(self.outcomes)
-        self.outcomes = []
-        self.due = time.monotonic() + BATCH_FLUSH_EVERY
