@@ -7,14 +7,18 @@ them: behind a call of 20 s, a call of 1 ms was answered 20 s late, and ran agai
 worker died. So the worker's ``flusher`` thread looks every ``LOOK_EVERY`` at the batch
 that runs, and sends what has waited ``BATCH_FLUSH_EVERY`` though a call still runs.
 
-The main thread adds outcomes without a lock (a list's append, under the GIL) and takes
-``Outgoing.sending`` only to send, as the thread does: one of them sends a part, and none
-after the batch's answer. The thread's send is a try: a value that a running call changes
-while it is pickled (a ``__reduce__`` of Python code lets that call run on meanwhile) may
-fail to pickle, and it is then left to the main thread, which pickles it between calls
-(whose failure is that call's error, ``outcomes.dump_batch``), as a large part is. A value a
-later call of the batch changes is sent as it is at the send, as it always was. The thread
-ends after ``IDLE_EXIT`` without a batch (a worker that runs single calls holds none).
+The thread pickles only what no call can change: values of immutable types (``settled``:
+numbers, strings, bytes, None, tuples of them), and outcomes the main thread pickled as
+their call returned (``Pickled``, as ProcessPoolExecutor pickles each result). Pickled by
+the thread while a later call changed it, a returned dict came back as an error, and a
+list mixed from two moments of that call. An outcome too large to keep twice (past the
+spill limit) or holding code pickled by value (whose check the caller makes on the part as
+a whole: farm.executor.bytecode) stays as it is, and the thread sends only what is before
+it (``raw_from``); the main thread sends the rest, between calls. The main thread adds
+outcomes without a lock (a list's append, under the GIL) and takes ``Outgoing.sending``
+only to send, as the thread does: one of them sends a part, and none after the batch's
+answer. The thread ends after ``IDLE_EXIT`` without a batch (a worker that runs single
+calls holds none).
 """
 
 from __future__ import annotations
@@ -26,7 +30,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["BATCH_FLUSH_EVERY", "LOOK_EVERY", "IDLE_EXIT", "Outgoing", "Flusher", "flusher"]
+from farm.executor.bytecode import by_value
+from farm.executor.outcomes import dump_outcome
+from farm.executor.payload import OK
+
+__all__ = [
+    "BATCH_FLUSH_EVERY",
+    "LOOK_EVERY",
+    "IDLE_EXIT",
+    "Outgoing",
+    "Pickled",
+    "Flusher",
+    "flusher",
+    "settled",
+]
 
 log = logging.getLogger("farm.executor")
 
@@ -40,9 +57,42 @@ LOOK_EVERY = BATCH_FLUSH_EVERY / 2
 IDLE_EXIT = 5.0
 
 #: ``send(first, outcomes)`` sends a part from the main thread (pickling it as it must);
-#: ``send_pickled(first, pickled)`` one the thread pickled.
+#: ``send_pickled(first, count, pickled)`` one the thread pickled.
 Send = Callable[[int, list[Any]], None]
-SendPickled = Callable[[int, bytes], None]
+SendPickled = Callable[[int, int, bytes], None]
+
+_IMMUTABLE = frozenset({int, float, complex, str, bytes, bool, type(None)})
+
+
+def settled(outcome: Any) -> bool:
+    """Whether nothing can change this outcome: a value of an immutable type, or a tuple of
+    them (what tiny calls mostly return), not an error (its exception is an object)."""
+    if type(outcome) is not tuple or len(outcome) != 2 or outcome[0] != OK:
+        return False
+    value = outcome[1]
+    kind = type(value)
+    return kind in _IMMUTABLE or (kind is tuple and all(type(v) in _IMMUTABLE for v in value))
+
+
+class Pickled:
+    """An outcome pickled as its call returned: pickled again, it is those bytes, which the
+    caller's unpickling of the part turns back into the outcome (no class of farm's on the
+    wire: a caller of any farm reads it)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    @classmethod
+    def of(cls, outcome: Any, limit: int) -> Pickled | None:
+        """``outcome`` pickled now; None where it stays as it is (past ``limit``, or code
+        pickled by value, which the caller checks on the whole part)."""
+        data = dump_outcome(outcome)
+        return None if len(data) > limit or by_value(data) else cls(data)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (pickle.loads, (self.data,))
 
 
 class Outgoing:
@@ -52,9 +102,10 @@ class Outgoing:
         self._send = send
         self._send_pickled = send_pickled
         self.calls = calls
-        self.limit = limit  # a part past this pickled size is the main thread's (spill)
+        self.limit = limit  # the spill limit: an outcome past it is not pickled twice
         self.first = 0
         self.outcomes: list[Any] = []
+        self.raw_from: int | None = None  # the index of the first outcome kept as it is
         self.sent_at = time.monotonic()  # the batch's start, then its last part's
         self.sending = threading.Lock()
         self.open = True  # False once the answer is made: nothing leaves ahead after it
@@ -62,6 +113,12 @@ class Outgoing:
 
     def add(self, index: int, outcome: Any) -> None:
         """Call ``index`` ended with ``outcome`` (the main thread's, between calls)."""
+        if self.raw_from is None and not settled(outcome):
+            snapshot = Pickled.of(outcome, self.limit)
+            if snapshot is None:
+                self.raw_from = index  # the thread sends none from here on (main's)
+            else:
+                outcome = snapshot
         self.outcomes.append(outcome)
         if index + 1 < self.calls and time.monotonic() - self.sent_at >= BATCH_FLUSH_EVERY:
             with self.sending:
@@ -69,6 +126,7 @@ class Outgoing:
                 if count:
                     self._send(self.first, self.outcomes[:count])
                     self._sent(count)
+                    self.raw_from = None
 
     def finish(self) -> tuple[int, list[Any]]:
         """What the batch's answer carries: no part leaves ahead from here on."""
@@ -78,21 +136,19 @@ class Outgoing:
         return self.first, self.outcomes
 
     def send_due(self) -> None:
-        """The thread's look: send what waits, a part at most every ``BATCH_FLUSH_EVERY``,
-        if it pickles now (else the main thread sends it, between calls)."""
+        """The thread's look: send what waits, a part at most every ``BATCH_FLUSH_EVERY``
+        (only what no call can change: see the module's docstring)."""
         if not self.outcomes or time.monotonic() - self.sent_at < BATCH_FLUSH_EVERY:
             return
         with self.sending:
             count = len(self.outcomes)
-            if not self.open or not count:
+            if self.raw_from is not None:
+                count = min(count, self.raw_from - self.first)
+            if not self.open or count <= 0:
                 return
-            try:
-                pickled = pickle.dumps((self.first, self.outcomes[:count]), pickle.HIGHEST_PROTOCOL)
-            except BaseException:  # changed under it, or no pickle: the main thread's
-                return
-            if len(pickled) <= self.limit:
-                self._send_pickled(self.first, pickled)
-                self._sent(count)
+            pickled = pickle.dumps((self.first, self.outcomes[:count]), pickle.HIGHEST_PROTOCOL)
+            self._send_pickled(self.first, count, pickled)
+            self._sent(count)
 
     def _sent(self, count: int) -> None:
         del self.outcomes[:count]  # those added meanwhile stay

@@ -43,7 +43,7 @@ from typing import Any
 
 from farm.errors import PythonVersionMismatch
 
-__all__ = ["MAGIC_AT", "guard", "dump", "check"]
+__all__ = ["MAGIC_AT", "guard", "dump", "check", "by_value"]
 
 #: The guard up to the maker's magic: float and dict.get, an empty dict, a 4-byte key.
 _HEAD = (
@@ -108,6 +108,11 @@ def dump(pickler: Callable[..., Any], obj: Any, protocol: int) -> bytes:
     if made.holds_code:
         return out.getvalue()
     return out.getbuffer()[len(head) :].tobytes()  # the rarer case pays the copy
+
+
+def by_value(data: bytes | bytearray | memoryview) -> bool:
+    """Whether ``data`` is a by-value pickle (code in it), guarded as ``dump`` makes one."""
+    return data[:MAGIC_AT] == _HEAD
 
 
 def check(

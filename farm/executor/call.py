@@ -333,7 +333,9 @@ def _run_batch(
         fn, calls, failure = None, pickle.loads(body), (ERROR, exc, remote_traceback(exc))
     outgoing = Outgoing(
         lambda first, outcomes: send_part(job, _seal_batch, signer, call_id, first, outcomes),
-        lambda first, pickled: send_part(job, _seal_pickled, signer, call_id, pickled),
+        lambda first, count, pickled: send_part(
+            job, _seal_result, signer, call_id, pickled, count, first
+        ),
         len(calls),
         spill.SPILL_THRESHOLD,
     )  # outcomes as they leave: farm.executor.batchflush
@@ -367,11 +369,6 @@ def _run_batch(
     finally:
         first, outcomes = outgoing.finish()  # no part leaves after the answer
     return _seal_batch(job, signer, call_id, first, outcomes)
-
-
-def _seal_pickled(job: Any, signer: Signer, call_id: bytes, pickled: bytes) -> bytes:
-    """A batch's part the flusher pickled (under SPILL_THRESHOLD: no spill file)."""
-    return signer.seal(RESULT, call_id + pickled)
 
 
 def _seal_batch(job: Any, signer: Signer, call_id: bytes, first: int, outcomes: list[Any]) -> bytes:
