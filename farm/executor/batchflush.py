@@ -8,13 +8,16 @@ worker died. So the worker's ``flusher`` thread looks every ``LOOK_EVERY`` at th
 that runs, and sends what has waited ``BATCH_FLUSH_EVERY`` though a call still runs.
 
 The thread pickles only what no call can change: values of immutable types (``settled``:
-numbers, strings, bytes, None, tuples of them), and outcomes the main thread pickled as
+numbers, None, strings and bytes within the spill limit, tuples of numbers), and outcomes
+the main thread pickled as
 their call returned (``Pickled``, as ProcessPoolExecutor pickles each result). Pickled by
 the thread while a later call changed it, a returned dict came back as an error, and a
 list mixed from two moments of that call. An outcome too large to keep twice (past the
 spill limit) or holding code pickled by value (whose check the caller makes on the part as
 a whole: farm.executor.bytecode) stays as it is, and the thread sends only what is before
-it (``raw_from``); the main thread sends the rest, between calls. The main thread adds
+it (``raw_from``); the main thread sends the rest, between calls, and a part the thread
+finds past the limit (the main thread's ``_seal_batch`` splits it, so that only a call
+whose own outcome is past the farm's limit fails). The main thread adds
 outcomes without a lock (a list's append, under the GIL) and takes ``Outgoing.sending``
 only to send, as the thread does: one of them sends a part, and none after the batch's
 answer. The thread ends after ``IDLE_EXIT`` without a batch (a worker that runs single
@@ -62,16 +65,22 @@ Send = Callable[[int, list[Any]], None]
 SendPickled = Callable[[int, int, bytes], None]
 
 _IMMUTABLE = frozenset({int, float, complex, str, bytes, bool, type(None)})
+_SIZED = frozenset({str, bytes})  # immutable, but as large as they come
 
 
-def settled(outcome: Any) -> bool:
+def settled(outcome: Any, limit: int) -> bool:
     """Whether nothing can change this outcome: a value of an immutable type, or a tuple of
-    them (what tiny calls mostly return), not an error (its exception is an object)."""
+    them (what tiny calls mostly return), not an error (its exception is an object); a
+    string or bytes past ``limit`` is not (it is the main thread's, which spills it alone)."""
     if type(outcome) is not tuple or len(outcome) != 2 or outcome[0] != OK:
         return False
     value = outcome[1]
     kind = type(value)
-    return kind in _IMMUTABLE or (kind is tuple and all(type(v) in _IMMUTABLE for v in value))
+    if kind in _SIZED:
+        return len(value) <= limit
+    return kind in _IMMUTABLE or (
+        kind is tuple and all(type(v) in _IMMUTABLE and type(v) not in _SIZED for v in value)
+    )
 
 
 class Pickled:
@@ -106,6 +115,7 @@ class Outgoing:
         self.first = 0
         self.outcomes: list[Any] = []
         self.raw_from: int | None = None  # the index of the first outcome kept as it is
+        self.refused: tuple[int, int] | None = None  # a part the thread found too large
         self.sent_at = time.monotonic()  # the batch's start, then its last part's
         self.sending = threading.Lock()
         self.open = True  # False once the answer is made: nothing leaves ahead after it
@@ -113,12 +123,12 @@ class Outgoing:
 
     def add(self, index: int, outcome: Any) -> None:
         """Call ``index`` ended with ``outcome`` (the main thread's, between calls)."""
-        if self.raw_from is None and not settled(outcome):
+        if not settled(outcome, self.limit):
             snapshot = Pickled.of(outcome, self.limit)
-            if snapshot is None:
-                self.raw_from = index  # the thread sends none from here on (main's)
-            else:
+            if snapshot is not None:
                 outcome = snapshot
+            elif self.raw_from is None:
+                self.raw_from = index  # the thread sends none from here on (main's)
         self.outcomes.append(outcome)
         if index + 1 < self.calls and time.monotonic() - self.sent_at >= BATCH_FLUSH_EVERY:
             with self.sending:
@@ -146,7 +156,12 @@ class Outgoing:
                 count = min(count, self.raw_from - self.first)
             if not self.open or count <= 0:
                 return
+            if (self.first, count) == self.refused:
+                return  # no new outcome since: pickled for nothing again
             pickled = pickle.dumps((self.first, self.outcomes[:count]), pickle.HIGHEST_PROTOCOL)
+            if len(pickled) > self.limit:  # many: the main thread splits them (_seal_batch)
+                self.refused = (self.first, count)
+                return
             self._send_pickled(self.first, count, pickled)
             self._sent(count)
 

@@ -193,3 +193,45 @@ def test_an_outcome_sent_while_a_later_call_runs_is_what_its_call_returned() -> 
     finally:
         GATE.set()
         batch.join(30)
+
+
+def after_a_large_one(word: str) -> Any:
+    """ "large" returns more than the spill limit; "quick" returns SHARED, which "change"
+    changes."""
+    if word == "large":
+        return [b"x" * (2 << 20)]  # past SPILL_THRESHOLD (1 MiB): kept as it is, not pickled
+    if word == "quick":
+        SHARED.clear()
+        SHARED["quick"] = 1
+        return SHARED
+    SHARED["changed by a later call"] = 2
+    return word
+
+
+def test_an_outcome_after_a_large_one_is_still_what_its_call_returned() -> None:
+    # Past an outcome too large to pickle twice, the later ones were kept unpickled too,
+    # and came back changed by the calls after them.
+    flight, task, parts, batch = batch_in_thread(after_a_large_one, ["large", "quick", "change"])
+    batch.join(30)
+    while not parts.empty():
+        partial(task, SIGNER, parts.get())  # type: ignore[arg-type]
+    assert complete(task, SIGNER) == []  # type: ignore[arg-type]
+    assert flight.items[1].future.result(0) == {"quick": 1}
+
+
+def large_settled(word: str) -> Any:
+    """ "large" returns 1.5 MiB of bytes (settled, immutable); "held" waits for the test."""
+    return b"x" * (3 << 19) if word == "large" else held(word)
+
+
+def test_the_thread_leaves_a_part_too_large_to_the_main_thread() -> None:
+    # Two settled results of 1.5 MiB, then a slow call: the thread sent them as one part of
+    # 3 MiB, past the farm's spill limit, and both calls failed with SpillTooLarge, as one
+    # part (_seal_result); the batch's end splits them (_seal_batch).
+    _, _, parts, batch = batch_in_thread(large_settled, ["large", "large", "held"])
+    try:
+        with pytest.raises(queue.Empty):  # the time under test: the thread's looks
+            parts.get(timeout=4 * batchflush.BATCH_FLUSH_EVERY)
+    finally:
+        GATE.set()
+        batch.join(30)
