@@ -1,11 +1,13 @@
-"""Children of the supervisor end with it, so no orphan keeps a port or a store locked."""
+"""Children of the supervisor end with it, so no orphan keeps a port or a store locked; and
+what /proc says of a process's life (``process_stat``: a pid and its start name one
+process for as long as the host runs)."""
 
 from __future__ import annotations
 
 import os
 import signal
 
-__all__ = ["die_with_parent"]
+__all__ = ["die_with_parent", "process_stat", "stat_fields"]
 
 PR_SET_PDEATHSIG = 1
 
@@ -24,3 +26,21 @@ def die_with_parent(parent_pid: int | None = None) -> bool:
     except (OSError, AttributeError):  # pragma: no cover - not Linux
         pass
     return parent_pid is None or os.getppid() == parent_pid
+
+
+def stat_fields(pid: int | str) -> list[bytes]:
+    """/proc/PID/stat's fields after the name (stat(5)'s 3rd on); [] if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()  # after the name, which may hold ")"
+    except (OSError, IndexError):
+        return []
+
+
+def process_stat(pid: int | str) -> tuple[str, int] | None:
+    """A process's state letter and start time (clock ticks after boot); None if gone."""
+    fields = stat_fields(pid)
+    try:
+        return fields[0].decode(), int(fields[19])  # stat(5): fields 3 and 22
+    except (IndexError, ValueError):
+        return None

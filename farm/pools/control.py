@@ -20,6 +20,7 @@ from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any
 
 from farm.errors import FarmError
+from farm.lifetime import process_stat
 from farm.paths import UnsafeDirectory, check_runtime_path
 from farm.sockettrust import unsafe
 from farm.unixsocket import peer_credentials
@@ -287,10 +288,10 @@ def _stopped(pid: int) -> bool:
         # (`unshare -pf` without --mount-proc) would name another process by it.
         if os.readlink("/proc/self") != str(os.getpid()):
             return False
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rpartition(b")")[2].split()[0] == b"T"
-    except (OSError, IndexError):
+    except OSError:
         return False
+    stat = process_stat(pid)
+    return stat is not None and stat[0] == "T"
 
 
 def _stopped_text(path: str, pid: int) -> str:

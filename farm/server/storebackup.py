@@ -32,6 +32,7 @@ from concurrent.futures import Future
 from time import monotonic
 from typing import TYPE_CHECKING
 
+from farm.lifetime import process_stat
 from farm.server.admintext import incomplete
 
 if TYPE_CHECKING:
@@ -124,14 +125,10 @@ SCRATCH = ".farm-backup-"
 
 
 def _started(pid: int) -> str:
-    """When process ``pid`` started (in 1/100 s; "" where there is none): with its pid, it
-    names one process for as long as the host runs."""
-    import psutil  # here: the server's start does not load it
-
-    try:
-        return str(round(psutil.Process(pid).create_time() * 100))
-    except psutil.Error:
-        return ""
+    """When process ``pid`` started (clock ticks after boot; "" where there is none): with
+    its pid, it names one process for as long as the host runs."""
+    stat = process_stat(pid)
+    return "" if stat is None else str(stat[1])
 
 
 def sweep(directory: str) -> None:
