@@ -1,8 +1,10 @@
 """Functions the executor tests send by reference: worker processes (started in the
-repository root) and ProcessPoolExecutor's children import them from here."""
+repository root) and ProcessPoolExecutor's children import them from here; and the
+start method of the pools they are compared with (``POOL_CONTEXT``)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import select
 import signal
@@ -10,6 +12,11 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+
+#: The compared pools' processes come from a fork server, not a fork of the test process,
+#: which runs farm.Executor's threads: Python 3.12 and later warn of such a fork (3.14 makes
+#: forkserver the default), and farm's workers are not forked from their caller either.
+POOL_CONTEXT = multiprocessing.get_context("forkserver")
 
 
 def add(a: int, b: int = 0) -> int:

@@ -19,7 +19,7 @@ import pytest
 import farm
 from farm.executor import RemoteTraceback
 from tests.helpers import executorfarm
-from tests.helpers.calls import add, fails, nap
+from tests.helpers.calls import POOL_CONTEXT, add, fails, nap
 from tests.helpers.executorfarm import ExecutorFarm
 
 # The fixtures, taken by assignment: pytest finds them as if defined here, and no
@@ -72,7 +72,7 @@ def program(ex: Executor) -> dict[str, Any]:
 
 
 def test_same_program_same_observations(ex: farm.Executor) -> None:
-    with ProcessPoolExecutor(2) as pool:
+    with ProcessPoolExecutor(2, mp_context=POOL_CONTEXT) as pool:
         expected = program(pool)
     assert program(ex) == expected
     assert expected["exception"] == ("ValueError", "bad input 3")  # the program checks something
@@ -185,7 +185,7 @@ def shutdown_program(ex: Executor) -> dict[str, Any]:
 
 
 def test_shutdown_cancel_futures_like_process_pool(shared_farm: ExecutorFarm) -> None:
-    with ProcessPoolExecutor(2) as pool:
+    with ProcessPoolExecutor(2, mp_context=POOL_CONTEXT) as pool:
         pool.submit(add, 0).result()  # start its processes, as the farm's already run
         expected = shutdown_program(pool)
     assert expected == dict.fromkeys(expected, True)

@@ -22,6 +22,7 @@ import farm
 from farm.executor import spill
 from tests.helpers import ROOT, executorfarm
 from tests.helpers.calls import (
+    POOL_CONTEXT,
     add,
     batch_gate_step,
     box,
@@ -274,7 +275,7 @@ def pickling_program(ex: Executor) -> dict[str, Any]:
 def test_a_result_the_worker_cannot_pickle_is_the_calls_exception(tmp_path: Path) -> None:
     small = ExecutorFarm(tmp_path, count=1)
     try:
-        with ProcessPoolExecutor(1) as pool:
+        with ProcessPoolExecutor(1, mp_context=POOL_CONTEXT) as pool:
             expected = pickling_program(pool)
         assert expected["exits_when_pickled"][:2] == (
             "SystemExit",
@@ -330,7 +331,7 @@ def too_deep_program(ex: Executor) -> dict[str, Any]:
 
 
 def test_an_object_too_deep_to_pickle_fails_as_in_the_pool(ex: farm.Executor) -> None:
-    with ProcessPoolExecutor(2) as pool:
+    with ProcessPoolExecutor(2, mp_context=POOL_CONTEXT) as pool:
         expected = too_deep_program(pool)
     assert expected["result"][0] == expected["argument"][0] == "RecursionError", expected
     assert expected["batched"][5] == "RecursionError"

@@ -20,7 +20,6 @@ run it longer, with new programs each time:
 from __future__ import annotations
 
 import itertools
-import multiprocessing
 import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -32,6 +31,7 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 import farm
+from tests.helpers.calls import POOL_CONTEXT
 from tests.helpers.differential import KINDS
 from tests.helpers.farmproc import FarmUp, executor_farm
 from tests.helpers.gate import Gate
@@ -134,8 +134,6 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FarmUp, Path,
 def test_programs_end_as_on_a_process_pool(up: tuple[FarmUp, Path, Path]) -> None:
     farm_up, key, tmp = up
     gates = itertools.count()
-    # forkserver: no fork of this process (its executors' threads), and a quick start
-    context = multiprocessing.get_context("forkserver")
 
     def gate() -> Gate:
         return Gate(tmp / f"gate-{next(gates)}")
@@ -156,7 +154,7 @@ def test_programs_end_as_on_a_process_pool(up: tuple[FarmUp, Path, Path]) -> Non
     def same(program: list[Op]) -> None:
         ex = farm.Executor(2, servers=[f"unix:{farm_up.unix}"], key_file=str(key))
         on_farm = Run(ex, gate).run(program)
-        pool = ProcessPoolExecutor(2, mp_context=context)
+        pool = ProcessPoolExecutor(2, mp_context=POOL_CONTEXT)
         on_pool = Run(pool, gate, pool=True).run(program)
         assert _differences(on_farm, on_pool) == []
 
