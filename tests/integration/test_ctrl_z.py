@@ -93,12 +93,18 @@ def test_a_farm_that_is_no_terminals_job_runs_on_at_sigtstp(tmp_path: Path) -> N
 BOOT_TIMEOUT = 2
 #: A job of CPU seconds, which a pause does not use up (a sleep's would pass in it).
 SPIN = """
+import os
 import time
 
 def spin(job):
     until = time.process_time() + float(job.data)
     while time.process_time() < until:
         pass
+    return job.data
+
+def gated(job):
+    while not os.path.exists(job.data):  # the test opens it
+        time.sleep(0.01)
     return job.data
 """
 
@@ -131,15 +137,18 @@ def test_a_drain_paused_keeps_its_grace_for_after_the_pause(tmp_path: Path) -> N
     # worker in a job was killed as "did not drain in time", its job cut off.
     (tmp_path / "spin.py").write_text(SPIN)
     up = FarmUp(
-        tmp_path, '[functions.spin]\ntarget = "spin:spin"\nworkers = 1\n', grace=3, own_group=True
+        tmp_path, '[functions.gated]\ntarget = "spin:gated"\nworkers = 1\n', grace=3, own_group=True
     )
     try:
         up.expect_notify("READY=1")
-        up.wait_idle({"spin": 1})
+        up.wait_idle({"gated": 1})
         client = Client(up.addr)
         try:
-            task = client.submit("spin", b"1.5")  # 1.5 s of CPU, in hand at the stop
-            wait_for("the job in hand", lambda: any(r["job"] for r in up.workers("spin")))
+            # In hand until the gate opens, after the pause: a job of so much CPU, which
+            # had to end within the grace, came to need more of it on a loaded machine.
+            gate = str(tmp_path / "gate").encode()
+            task = client.submit("gated", gate)
+            wait_for("the job in hand", lambda: any(r["job"] for r in up.workers("gated")))
             farm = farm_pids(up)
             up.signal(signal.SIGTERM)
             up.expect_status("stopping")
@@ -149,7 +158,8 @@ def test_a_drain_paused_keeps_its_grace_for_after_the_pause(tmp_path: Path) -> N
                 time.sleep(3.5)  # the pause: longer than the grace
             finally:
                 up.signal(signal.SIGCONT)
-            assert client.wait(task, timeout=30) == b"1.5"  # drained, not cut off
+            (tmp_path / "gate").touch()
+            assert client.wait(task, timeout=30) == gate  # drained, not cut off
         finally:
             client.close()
         assert up.proc.wait(30) == 0
