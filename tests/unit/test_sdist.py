@@ -58,7 +58,11 @@ def tree_copy(into: Path) -> Path:
 
 @pytest.mark.timeout(120)
 def test_the_sdist_holds_each_file_the_install_steps_copy(tmp_path: Path) -> None:
-    pytest.importorskip("setuptools", reason="builds the sdist with setuptools' own backend")
+    pytest.importorskip(
+        "setuptools",
+        minversion="77",  # as [build-system] requires: project.license is an SPDX expression
+        reason="builds the sdist with setuptools' own backend, as pyproject.toml requires it",
+    )
     copied = copied_by_the_install_steps()
     assert {"systemd/farm.toml", "systemd/farm.service", "docs/*.md"} <= set(copied)
     tree = tree_copy(tmp_path / "tree")
