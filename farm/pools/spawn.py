@@ -22,6 +22,7 @@ import ctypes
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Callable, Collection, Mapping, Sequence
 
 from farm.commandspec import RunAs
@@ -61,6 +62,13 @@ _PYTHON_IGNORES = tuple(
     getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name)
 )
 _MAX_FD = max(256, os.sysconf("SC_OPEN_MAX"))
+# Python 3.12 and later warn of every fork in a process with threads ("may lead to
+# deadlocks in the child"): the metrics endpoint's thread made that one line in the
+# supervisor's log for each worker started, wherever warnings are shown (PYTHONWARNINGS,
+# -X dev). It does not apply here (this module's docstring): the child makes system calls
+# alone until exec. Only the forks of this module are let through.
+_FORK_WARNING = r"This process \(pid=\d+\) is multi-threaded"
+warnings.filterwarnings("ignore", _FORK_WARNING, DeprecationWarning, r"farm\.pools\.spawn\Z")
 
 _prctl: Callable[..., int] | None
 try:  # looked up once, in the parent: the forked child must not load libraries

@@ -6,6 +6,8 @@ import functools
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -13,6 +15,7 @@ import psutil
 import pytest
 
 from farm.pools.spawn import spawn
+from tests.helpers import ROOT
 from tests.helpers.waiting import wait_for
 
 SLEEP = shutil.which("sleep") or "/bin/sleep"
@@ -110,3 +113,32 @@ def test_a_blocked_signal_sent_as_spawn_returns_waits_in_the_program() -> None:
         assert not caught  # the supervisor's own mask is as it was, its handler not run
     finally:
         signal.signal(signal.SIGUSR1, before)
+
+
+def test_a_fork_beside_the_supervisors_other_threads_is_not_warned_of() -> None:
+    # Python 3.12 and later warn of a fork in a process with threads; the supervisor has its
+    # metrics endpoint's, and each worker it started put the warning in its log where
+    # warnings are shown. The child makes system calls alone until exec (farm.pools.spawn).
+    program = """
+import os, sys, threading
+from farm.pools.spawn import spawn
+stop = threading.Event()
+other = threading.Thread(target=stop.wait)
+other.start()
+try:
+    pid = spawn(["/bin/sh", "-c", "exit 7"], {})
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 7, status
+finally:
+    stop.set()
+"""
+    ran = subprocess.run(
+        # "always": one raised as an error is dropped by os.fork, which must not fail
+        [sys.executable, "-W", "always::DeprecationWarning", "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stderr == ""  # Python 3.12 and later: "DeprecationWarning: ... multi-threaded"
