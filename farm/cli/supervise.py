@@ -107,7 +107,10 @@ def up(
     try:
         # Absolute, so that what a reload says names the file wherever `farm reload` runs.
         supervisor = Supervisor(cfg, str(path.absolute()) if path else None, log_format)
-        code = supervisor.run()
+        try:
+            code = supervisor.run()
+        finally:
+            supervisor.close_wakeups()
     except ConfigError as e:  # a control socket its path cannot hold
         fail(str(e), 2, log_format=cfg.supervisor.log_format)
     except FarmError as e:

@@ -106,6 +106,14 @@ class Signals:
         # `farm up` held SIGHUP from its start (farm.cli): one sent since comes in now, a reload.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
+    def close_wakeups(self) -> None:
+        """At the end of ``run``, however it ended: the wake-up fd given back and the loop's
+        socket pair closed (left to the interpreter's exit, they were a ResourceWarning
+        each under -X dev). A signal from here on is only recorded, as before."""
+        signal.set_wakeup_fd(-1)  # the supervisor's own: install_signals set it
+        self.selector.close()
+        self.waker.close()
+
     def _enqueue_signal(self, signum: int, frame: object) -> None:
         self.pending.append(Pending(Duty.SIGNAL, signum))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +126,23 @@ def test_the_job_server_starts_as_the_workers_do(
     argv = ast.literal_eval(out.stdout)
     interpreter = argv[1 : argv.index("-m")]
     assert interpreter == (["-P", "-s"] if kept_out else ["-P"]), argv
+
+
+@pytest.mark.timeout(60)
+def test_a_farm_in_python_development_mode_logs_no_warning_of_its_own(tmp_path: Path) -> None:
+    # PYTHONDEVMODE (`python -X dev` for every process of the farm), as an operator chasing
+    # a problem runs it: the supervisor left its loop's socket pair to the interpreter's
+    # exit (a ResourceWarning each), and under Python 3.12 and later each worker it forked
+    # beside its metrics thread was warned of (farm.pools.spawn).
+    (tmp_path / "flagprobe.py").write_text("USER_BASE = ''\n" + PROBE)
+    up = FarmUp(tmp_path, POOL, extra_env={"PYTHONDEVMODE": "1"})
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"flags": 1})
+        with farm.Client(up.addr) as client:
+            assert json.loads(client.call("flags", "", timeout=10))["safe_path"]
+    finally:
+        assert up.stop() == 0
+    log = up.log_path.read_text()  # all of it: the lines after the stop are the exit's
+    assert "supervisor stopped" in log, log
+    assert not re.search(r"\w+Warning: ", log), log
