@@ -243,7 +243,13 @@ class Server:
         self.stop()
 
     async def serve(self) -> None:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:  # a refused address: the listeners made before it go with it
+            for srv in self.listeners:
+                srv.close()
+            self.unbind()
+            raise
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.terminated)
         loop.add_signal_handler(signal.SIGINT, self.stop)

@@ -201,6 +201,31 @@ def test_a_live_unix_socket_is_not_taken_over_nor_a_file_replaced(tmp_path: Path
     assert precious.read_text() == "keep me"
 
 
+def test_an_address_refused_at_the_start_closes_the_listeners_made_before_it(
+    tmp_path: Path,
+) -> None:
+    # Its TCP and Unix listeners were made, then --metrics's port was found taken: the server
+    # exited with them open (a ResourceWarning each under -X dev) and its socket file left.
+    path = tmp_path / "g.sock"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        metrics = f"127.0.0.1:{taken.getsockname()[1]}"
+        argv = ["--port", str(free_port()), "--store", "none", "--unix", str(path)]
+        code = "from farm.cli import main; main()"
+        out = subprocess.run(
+            [sys.executable, "-X", "dev", "-c", code, "server", *argv, "--metrics", metrics],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    assert out.returncode == 1, out.stderr
+    assert f"cannot listen on --metrics {metrics}" in out.stderr, out.stderr
+    assert "Warning" not in out.stderr, out.stderr
+    assert not path.exists(), "the socket it bound goes with it"
+
+
 def test_farm_status_prints_the_queues_as_a_table_and_json(farm_server: Server) -> None:
     worker = Peer(farm_server.addr)
     worker.send(T.CAN_DO, "reverse")
