@@ -215,6 +215,8 @@ class Server:
             log.warning(
                 "%d connections still writing after %.0f s; closing", len(hub.connections), limit
             )
+            for conn in list(hub.connections):  # their peers read nothing: what is owed goes
+                conn.abort()
 
     def stop_gracefully(self) -> None:
         """SIGUSR1: stop accepting; exit once no job is running."""

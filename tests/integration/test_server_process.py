@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
 import socket
 import stat
@@ -224,6 +225,42 @@ def test_an_address_refused_at_the_start_closes_the_listeners_made_before_it(
     assert f"cannot listen on --metrics {metrics}" in out.stderr, out.stderr
     assert "Warning" not in out.stderr, out.stderr
     assert not path.exists(), "the socket it bound goes with it"
+
+
+def test_a_stop_ends_a_connection_whose_peer_reads_nothing(tmp_path: Path) -> None:
+    # Past its drain's 2 s the stop logged "closing" and left such a connection to the
+    # process's exit, which found it never closed (a ResourceWarning under -X dev).
+    port = free_port()
+    log = tmp_path / "server.log"
+    argv = ["-m", "farm.server", "--port", str(port), "--store", "none"]
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-X", "dev", *argv], cwd=ROOT, stderr=err)
+    try:
+        wait_connectable(f"127.0.0.1:{port}", proc)
+        with socket.socket() as peer:
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # it takes little
+            peer.connect(("127.0.0.1", port))
+            data = b"x" * 65536
+            echo = b"\0REQ" + (16).to_bytes(4, "big") + len(data).to_bytes(4, "big") + data
+            peer.setblocking(False)
+            sent = 0
+            # Echoed to us, who read none, until it holds more than it may and stops reading
+            # us: then our socket stays unwritable (for half a second, say).
+            while sent < 64 << 20 and select.select([], [peer], [], 0.5)[1]:
+                try:
+                    sent += peer.send(echo)
+                except BlockingIOError:
+                    pass
+            assert sent < 64 << 20, "the server read on"
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    said = log.read_text()
+    assert "1 connections still writing after" in said, said
+    assert "ResourceWarning" not in said, said
 
 
 def test_farm_status_prints_the_queues_as_a_table_and_json(farm_server: Server) -> None:
