@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import math
 import os
 import signal
@@ -37,6 +38,8 @@ __all__ = [
     "core_for",
     "worker_name",
 ]
+
+log = logging.getLogger("farm.supervisor")
 
 #: A worker's last line read this long before its end is quoted with its age (the log of
 #: its end): more than the supervisor's loop takes to read a dying worker's pipe.
@@ -236,6 +239,8 @@ class WorkerProcess:
         elif kind == "ready" and self.state is ProcState.STARTING:
             self.state, self.served = ProcState.IDLE, True
             self.refresh()
+            # As a command worker's (farm.pools.commandstart): `farm up -v` tells each one.
+            log.debug("worker %s (pid %d) serves", self.name, self.pid, extra=self.log_fields())
 
     def refresh(self) -> None:
         """Take the job in hand, jobs done and RSS from the worker's record."""

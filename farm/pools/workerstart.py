@@ -163,4 +163,5 @@ class WorkerStart:
                 self.selector.register(fd, selectors.EVENT_READ, proc)
         self.by_pid[proc.pid] = proc
         slot.spawned += 1
+        log.debug("worker %s (pid %d) started", proc.name, proc.pid, extra=proc.log_fields())
         return proc

@@ -266,3 +266,22 @@ def test_what_a_python_worker_prints_is_logged_as_its_own(tmp_path: Path) -> Non
         ], records
     finally:
         assert up.stop() == 0
+
+
+def test_farm_up_verbose_tells_each_python_workers_start_and_service(tmp_path: Path) -> None:
+    # docs/operations.md: `farm up -v` tells each worker's events; for Python workers it
+    # added no line at all (only command pools' said "serves").
+    pool = '[functions.reverse]\ntarget = "workers.text:reverse"\nworkers = 2\n'
+    up = FarmUp(tmp_path, pool, start=False)
+    up.up_args = ["-v"]
+    up.start()
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 2})
+        pids = sorted(row["pid"] for row in up.workers("reverse"))
+        log = up.read_log()
+    finally:
+        assert up.stop() == 0
+    for pid in pids:
+        assert re.search(rf"DEBUG worker reverse#\d cpu\d+ \(pid {pid}\) started", log), log
+        assert re.search(rf"DEBUG worker reverse#\d cpu\d+ \(pid {pid}\) serves", log), log
