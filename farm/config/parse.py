@@ -155,6 +155,7 @@ class Validator(PoolReader):
                 "at most one TCP address and one unix: path; remove the extra entries",
             )
         store = raw["store"]
+        store_given = store is not None
         if store is None:
             store = server_store(tuple(addresses))
         elif not isinstance(store, str):
@@ -176,6 +177,7 @@ class Validator(PoolReader):
         return ServerConfig(
             listen=tuple(str(a) for a in addresses),
             store=store,
+            store_given=store_given,
             job_retries=self.count(raw["job_retries"], "server.job_retries"),
             tcp_admin=tcp_admin,
             flags=server_flags(raw, self.fail),

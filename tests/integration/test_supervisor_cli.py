@@ -220,6 +220,21 @@ def test_a_state_directory_that_cannot_be_made_is_said_and_the_farm_runs(tmp_pat
         assert farm.stop() == 0
 
 
+def test_a_store_of_none_chosen_in_the_config_is_not_told_as_a_default_that_failed(
+    tmp_path: Path,
+) -> None:
+    # It was warned of with "the default, a file in ~/.local/state/farm, needs that
+    # directory writable", which read as if the default had been tried and had failed.
+    up = FarmUp(tmp_path, "[functions.reverse]\ntarget = 'workers.text:reverse'\nworkers = 1\n")
+    try:
+        up.expect_notify("READY=1")
+        log = up.read_log()
+        assert ' stops ([server] store = "none" in the config)' in log, log
+        assert "the default" not in log, log
+    finally:
+        assert up.stop() == 0
+
+
 def test_farm_up_says_where_its_control_socket_and_store_are(tmp_path: Path) -> None:
     # A newcomer's `farm up` on the built-in defaults logged the Executor's key file and the
     # server's addresses, but neither where `farm ps` and `farm stop` reach it nor where its
