@@ -116,8 +116,9 @@ class Server:
                 log.info(
                     "admin commands that change the queues (cancel job, maxqueue, drop"
                     " function) are open to everyone who reaches %s; --tcp-admin read-only"
-                    " keeps them to the Unix socket",
+                    " keeps them to %s",
                     tcp,
+                    "the Unix socket" if opts.unix else "a Unix socket (--unix PATH; none here)",
                 )
         for path in opts.unix:
             await self._listen_unix(path, factory)

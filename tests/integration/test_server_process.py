@@ -263,6 +263,30 @@ def test_a_stop_ends_a_connection_whose_peer_reads_nothing(tmp_path: Path) -> No
     assert "ResourceWarning" not in said, said
 
 
+@pytest.mark.parametrize("unix", [False, True])
+def test_the_word_on_tcp_admin_names_a_unix_socket_only_where_there_is_one(
+    tmp_path: Path, unix: bool
+) -> None:
+    # A server on TCP alone was told that --tcp-admin read-only "keeps them to the Unix
+    # socket": taken, that advice left the queue-changing commands nowhere.
+    port = free_port()
+    log = tmp_path / "server.log"
+    argv = ["--port", str(port), "--store", "none", "--tcp-admin", "full", "-v"]  # INFO
+    if unix:
+        argv += ["--unix", str(tmp_path / "g.sock")]
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "farm.server", *argv], cwd=ROOT, stderr=err)
+    try:
+        wait_connectable(f"127.0.0.1:{port}", proc)
+        wait_for("the word on --tcp-admin", lambda: "are open to everyone" in log.read_text())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    said = log.read_text()
+    where = "the Unix socket" if unix else "a Unix socket (--unix PATH; none here)"
+    assert f"--tcp-admin read-only keeps them to {where}\n" in said, said
+
+
 def test_farm_status_prints_the_queues_as_a_table_and_json(farm_server: Server) -> None:
     worker = Peer(farm_server.addr)
     worker.send(T.CAN_DO, "reverse")
