@@ -77,13 +77,22 @@ class CallerFiles:
         return CallerFiles(*self._options)
 
     def write(self, data: bytes, kind: str = "a") -> bytes:
-        """A file of ``data``, its reference; FarmError or OSError when it cannot be.
+        """A file of ``data``, its reference; FarmError (spill.SpillError for a failed write)
+        when it cannot be.
         ``kind`` "k": kept while this process lives (the sweep leaves it, whatever its age)."""
         if self._settings is None:
             self._settings = spill_settings(*self._options)
         # Recorded inside spill.write's guard: an interrupt between its return and our
         # record would leave a file that remove_all() (shutdown) does not know of.
-        return spill.write(self._settings, data, kind, record=self._record)
+        try:
+            return spill.write(self._settings, data, kind, record=self._record)
+        except OSError as exc:  # a full disk, `ulimit -f`, a denied directory: which one's
+            what = "argument" if kind == "a" else "function or initializer"
+            raise spill.SpillError(
+                f"cannot write the call's {what} to a spill file in {self._settings.directory}:"
+                f" {exc.strerror or exc} (room there, or another directory: the Executor's"
+                " spill_dir=, $FARM_SPILL_DIR or [executor] spill_dir)"
+            ) from exc
 
     def _record(self, reference: bytes) -> None:
         with self._lock:
@@ -91,7 +100,7 @@ class CallerFiles:
 
     def stand_in(self, data: bytes) -> bytes:
         """The pickle of a ByFile for ``data``, in a file kept until ``remove_all`` (an
-        executor's initializer, which every call carries). FarmError or OSError."""
+        executor's initializer, which every call carries). FarmError."""
         return pickle.dumps(spill.ByFile(self.write(data, "k")), protocol=pickle.HIGHEST_PROTOCOL)
 
     def setup(
@@ -99,7 +108,7 @@ class CallerFiles:
     ) -> tuple[int, bytes]:
         """The setup sections of every call of an executor (payload.encode_setup): its
         initializer's pickle (over the threshold, a kept file of this process's: a dataset
-        for each worker, say) and max_tasks_per_child's. FarmError or OSError."""
+        for each worker, say) and max_tasks_per_child's. FarmError."""
         if init is None and max_tasks is None:
             return NO_SETUP
         if init is not None and len(init) > spill.SPILL_THRESHOLD:
@@ -160,7 +169,7 @@ class CallerFiles:
 
     def shared(self, data: bytes) -> tuple[bytes, bytes]:
         """The pickle of a ByFile standing for ``data`` (the same for equal data while
-        calls use it), and the key that ``use`` takes. FarmError or OSError."""
+        calls use it), and the key that ``use`` takes. FarmError."""
         key = hashlib.sha256(data).digest()
         with self._lock:
             entry = self._shared.get(key)

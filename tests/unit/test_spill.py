@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,6 +14,7 @@ import pytest
 from farm.executor import spill
 from farm.executor.flight import CALL_TTL
 from farm.executor.signing import SignatureError
+from tests.helpers import ROOT
 
 
 def settings(tmp_path: Path, mb: int = 16) -> spill.SpillSettings:
@@ -381,3 +384,32 @@ def test_a_written_file_is_recorded_inside_the_guard_that_removes_it(tmp_path: P
     reference = files.write(b"y" * 4096)
     files.remove_all()
     assert not spill.reference_path(reference).exists()
+
+
+def test_a_spill_file_the_caller_cannot_write_says_where_and_what_to_change(
+    tmp_path: Path,
+) -> None:
+    # Past a file size limit (`ulimit -f`), on a full disk or in a denied directory, the
+    # caller's call failed with the bare OSError ("[Errno 27] File too large"), naming
+    # neither the spill directory nor its setting, where a worker's result says both.
+    program = f"""
+import resource
+from farm.executor.callerfiles import CallerFiles
+from farm.executor.spill import SpillError
+files = CallerFiles(None, {str(tmp_path / "spill")!r}, None)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
+try:
+    files.write(b"x" * (4 << 20))
+except SpillError as exc:
+    print(exc)
+"""
+    run = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert run.returncode == 0, run.stderr
+    said = run.stdout.strip()
+    assert said.startswith(
+        f"cannot write the call's argument to a spill file in {tmp_path / 'spill'}: File too large"
+    ), said
+    assert "spill_dir" in said
+    assert os.listdir(tmp_path / "spill") == []  # the part written is gone
