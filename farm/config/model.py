@@ -54,7 +54,9 @@ class ServerConfig:
     listen: tuple[str, ...]  # farm.net's normal form: "HOST:PORT", "[v6]:PORT", "unix:/path"
     store: str  # a path, or "none" for memory only
     job_retries: int
-    store_given: bool = True  # False: the built-in default's choice (and its fallback)
+    # False: the built-in default's choice (and its fallback). Only the warning's words: a
+    # reload that writes out the store the farm runs on changes nothing to restart for.
+    store_given: bool = field(default=True, compare=False)
     tcp_admin: str = TCP_ADMIN  # "full": state-changing admin commands over TCP too
     # What the other [server] keys ask of the server, as its flags (farm.config.servertune).
     flags: tuple[str, ...] = ()

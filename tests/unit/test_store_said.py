@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import pytest
 
-from farm.config import ServerConfig
+from farm.config import ServerConfig, load
 from farm.pools.localserver import LocalServer
 
 
@@ -40,3 +41,20 @@ def test_memory_chosen_in_the_config_is_not_told_as_a_default_that_failed(
     message = said(caplog, given=True)
     assert message.endswith('([server] store = "none" in the config)'), message
     assert "default" not in message
+
+
+def test_a_store_written_out_as_the_default_chose_it_is_no_change_of_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A reload compares the [server] tables (farm.pools.steering): a config that names the
+    # store the default chose ("none" included) asked for a restart that changed nothing.
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    config = tmp_path / "farm.toml"
+    config.write_text(f'[server]\nlisten = ["unix:{tmp_path}/g.sock"]\n')
+    default = load(str(config)).server
+    assert not default.store_given
+    config.write_text(config.read_text() + f"store = {json.dumps(default.store)}\n")
+    written = load(str(config)).server
+    assert written.store_given and written.store == default.store
+    assert written == default
