@@ -245,8 +245,9 @@ def test_a_stop_ends_a_connection_whose_peer_reads_nothing(tmp_path: Path) -> No
             peer.setblocking(False)
             sent = 0
             # Echoed to us, who read none, until it holds more than it may and stops reading
-            # us: then our socket stays unwritable (for half a second, say).
-            while sent < 64 << 20 and select.select([], [peer], [], 0.5)[1]:
+            # us: then our socket stays unwritable (for 2 s, say: a loaded machine's server
+            # may pause longer than half a second and read on).
+            while sent < 64 << 20 and select.select([], [peer], [], 2.0)[1]:
                 try:
                     sent += peer.send(echo)
                 except BlockingIOError:
