@@ -10,18 +10,27 @@ import threading
 import time
 from concurrent.futures import Future
 from fractions import Fraction
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from farm.errors import JobError
-from farm.executor import batchflush, call
+from farm.executor import batchflush, call, spill
 from farm.executor.flight import Flight, WorkItem, complete, partial
 from farm.executor.payload import OK, SINGLE
 from farm.executor.signing import Signer
 
 SIGNER = Signer(b"k" * 32)
+
+
+@pytest.fixture(autouse=True)
+def spill_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large outcome's file goes to this test's directory: the worker's default, the
+    spill directory beside the real farm's key, kept one for every run of these tests."""
+    settings = spill.SpillSettings(tmp_path / "spill", spill.DEFAULT_MAX_SPILL_MB << 20)
+    monkeypatch.setattr(call, "_spill", settings)
 
 
 class Task:
