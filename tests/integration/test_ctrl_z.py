@@ -15,7 +15,7 @@ import pytest
 
 from farm.client import Client
 from tests.helpers.farmproc import FarmUp
-from tests.helpers.gate import second_worker_booting
+from tests.helpers.gate import Gate, second_worker_booting
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -93,8 +93,9 @@ def test_a_farm_that_is_no_terminals_job_runs_on_at_sigtstp(tmp_path: Path) -> N
 BOOT_TIMEOUT = 2
 #: A job of CPU seconds, which a pause does not use up (a sleep's would pass in it).
 SPIN = """
-import os
 import time
+
+from tests.helpers.calls import wait_gate
 
 def spin(job):
     until = time.process_time() + float(job.data)
@@ -103,8 +104,7 @@ def spin(job):
     return job.data
 
 def gated(job):
-    while not os.path.exists(job.data):  # the test opens it
-        time.sleep(0.01)
+    wait_gate(job.data.decode())  # the test opens it (tests.helpers.gate.Gate)
     return job.data
 """
 
@@ -139,6 +139,7 @@ def test_a_drain_paused_keeps_its_grace_for_after_the_pause(tmp_path: Path) -> N
     up = FarmUp(
         tmp_path, '[functions.gated]\ntarget = "spin:gated"\nworkers = 1\n', grace=3, own_group=True
     )
+    gate = Gate(tmp_path / "gate.sock")
     try:
         up.expect_notify("READY=1")
         up.wait_idle({"gated": 1})
@@ -146,8 +147,7 @@ def test_a_drain_paused_keeps_its_grace_for_after_the_pause(tmp_path: Path) -> N
         try:
             # In hand until the gate opens, after the pause: a job of so much CPU, which
             # had to end within the grace, came to need more of it on a loaded machine.
-            gate = str(tmp_path / "gate").encode()
-            task = client.submit("gated", gate)
+            task = client.submit("gated", gate.path)
             wait_for("the job in hand", lambda: any(r["job"] for r in up.workers("gated")))
             farm = farm_pids(up)
             up.signal(signal.SIGTERM)
@@ -158,13 +158,14 @@ def test_a_drain_paused_keeps_its_grace_for_after_the_pause(tmp_path: Path) -> N
                 time.sleep(3.5)  # the pause: longer than the grace
             finally:
                 up.signal(signal.SIGCONT)
-            (tmp_path / "gate").touch()
-            assert client.wait(task, timeout=30) == gate  # drained, not cut off
+            gate.open()
+            assert client.wait(task, timeout=30) == gate.path.encode()  # drained, not cut off
         finally:
             client.close()
         assert up.proc.wait(30) == 0
         assert "did not drain in time" not in up.read_log(), up.read_log()
     finally:
+        gate.open()
         up.stop()
 
 
