@@ -106,12 +106,13 @@ class LocalServer(RestartHistory):
         if self.config.store != "none":
             log.info("background jobs are stored in %s", self.config.store)
         else:
-            try:
-                why = f"; the default, a file in {state_dir()}, needs that directory writable"
-            except NoStateDirectory as exc:
-                why = f"; the default has nowhere to go: {exc}"
             if self.config.store_given:  # chosen: no word of a default that failed
                 why = " in the config"
+            else:
+                try:
+                    why = f"; the default, a file in {state_dir()}, needs that directory writable"
+                except NoStateDirectory as exc:
+                    why = f"; the default has nowhere to go: {exc}"
             log.warning(
                 "background jobs are kept in memory only and are lost when the job server"
                 ' stops ([server] store = "none"%s)',
