@@ -64,10 +64,6 @@ INSTANCE_VAR = "FARM_INSTANCE"
 SCAN_FOR = 1.0
 
 
-#: Named here too, where the tests read a process's state and start.
-_stat = process_stat
-
-
 def _parent_and_group(pid: int | str) -> tuple[int, int] | None:
     """A process's parent pid and process group; None if gone."""
     fields = stat_fields(pid)
@@ -102,7 +98,7 @@ def _namespaces() -> str:
 
 def instance_token(control: str) -> str:
     """This supervisor's ``FARM_INSTANCE``: namespaces, pid, start time, control socket."""
-    mine = _stat("self")
+    mine = process_stat("self")
     return f"{_namespaces()}:{os.getpid()}:{mine[1] if mine else 0}:{control}"
 
 
@@ -124,7 +120,7 @@ def _supervisor_gone(token: str, control: str, namespaces: str) -> bool:
         pid, start = int(parts[1]), int(parts[2])
     except ValueError:
         return False
-    now = _stat(pid)
+    now = process_stat(pid)
     return now is None or now[0] == "Z" or now[1] != start
 
 
@@ -145,7 +141,7 @@ def ended_uncleanly(record: str | lastrun.Unreadable | None, path: str, control:
         why = f"not a record of this farm's supervisor: {record[:200]!r}"
     else:
         pid, start = int(numbers[0]), int(numbers[1])
-        now = _stat(pid)
+        now = process_stat(pid)
         if parts[0] != _namespaces() or now is None or now[0] == "Z" or now[1] != start:
             return True  # killed (or of another namespace, whose pids say nothing here)
         if pid != os.getpid():
@@ -198,7 +194,7 @@ def find(control: str, uids: set[int], budget: float = SCAN_FOR) -> list[Left]:
             continue  # not a worker's: the job server carries no FARM_WORKER_ID
         if token not in gone:
             gone[token] = _supervisor_gone(token, control, namespaces)
-        stat = _stat(pid)
+        stat = process_stat(pid)
         if gone[token] and stat is not None and stat[0] != "Z":
             name = wid[len("farm:") :].rsplit(":", 1)[0]
             found.append(Left(pid, stat[1], name, int(token.split(":")[1]), 0.0))
@@ -216,7 +212,7 @@ def stoppable_groups(found: list[Left], budget: float = SCAN_FOR) -> set[int]:
     candidates = set()
     for left in found:
         ids = _parent_and_group(left.pid)
-        if ids is not None and (ids[1] == left.pid or _stat(ids[1]) is None):
+        if ids is not None and (ids[1] == left.pid or process_stat(ids[1]) is None):
             candidates.add(ids[1])
     candidates.discard(os.getpgrp())
     if not candidates:
@@ -306,7 +302,7 @@ class LeftBehind:
 
     def signal_left(self, left: Left, sig: int) -> bool:
         """``sig`` to it (its group where it has one); False if it is gone."""
-        now = _stat(left.pid)
+        now = process_stat(left.pid)
         if now is None or now[0] == "Z" or now[1] != left.start:
             return False  # gone (or its pid another process's): never signalled
         if left.group and (ids := _parent_and_group(left.pid)) is not None and ids[1] != left.group:

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from farm.lifetime import process_stat
 from farm.pools import leftbehind
 from farm.pools.leftbehind import LeftBehind, find, instance_token
 from tests.helpers import ROOT
@@ -82,7 +83,7 @@ def comm(pid: int) -> str:
 def ended_supervisor() -> tuple[int, int]:
     """A pid that ran and ended (reaped), and the start time it had."""
     proc = subprocess.Popen(["sleep", "60"])
-    stat = leftbehind._stat(proc.pid)
+    stat = process_stat(proc.pid)
     proc.kill()
     proc.wait()
     assert stat is not None
@@ -94,7 +95,7 @@ def test_only_the_processes_an_ended_supervisor_of_this_farm_left_are_found(
 ) -> None:
     space = leftbehind._namespaces()
     dead, start = ended_supervisor()
-    live = leftbehind._stat(os.getpid())
+    live = process_stat(os.getpid())
     assert live is not None
     left = sleeper(sleepers, f"{space}:{dead}:{start}:{CONTROL}", "farm:p#3:7")
     reused = sleeper(sleepers, f"{space}:{os.getpid()}:{live[1] - 1}:{CONTROL}")
@@ -188,11 +189,11 @@ subprocess.Popen(["sh", "-c", '"$0" -c "$1"; true', sys.executable, scanner], en
 SCANNER = """
 import json, os, signal, time
 from pathlib import Path
-from farm.pools import leftbehind
+from farm.lifetime import process_stat
 from tests.unit.test_left_behind import Farm
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # a stop to it stays pending
 deadline = time.monotonic() + 10
-while leftbehind._stat(os.getpgrp()) is not None and time.monotonic() < deadline:
+while process_stat(os.getpgrp()) is not None and time.monotonic() < deadline:
     time.sleep(0.01)  # until the group's leader is gone, as the killed worker is
 farm = Farm(grace=0.5, record=Path(os.environ["LEFT_RECORD"]))
 farm.stop_left_behind()
@@ -232,10 +233,10 @@ def test_a_group_holding_the_new_supervisor_or_one_without_the_token_is_not_stop
         # The leftover alone got the stop, then SIGKILL past its grace; the cleared one
         # and the scanner itself (which printed after the SIGKILL) live on.
         deadline = time.monotonic() + 10
-        while (state := leftbehind._stat(pids["left"])) is not None and state[0] != "Z":
+        while (state := process_stat(pids["left"])) is not None and state[0] != "Z":
             assert time.monotonic() < deadline, "the leftover was not killed"
             time.sleep(0.01)
-        cleared = leftbehind._stat(pids["cleared"])
+        cleared = process_stat(pids["cleared"])
         assert cleared is not None and cleared[0] != "Z", "a process without the token was stopped"
     finally:
         for pid in pids.values():
@@ -276,12 +277,12 @@ def seen_as(pid: int, token: str, control: str, dead: int) -> dict[str, object]:
     found nothing left (a 2-core host under an xdist run) where no local run fails."""
     env = leftbehind._environ(pid)
     return {
-        "stat": leftbehind._stat(pid),
+        "stat": process_stat(pid),
         "token": env.get(b"FARM_INSTANCE"),
         "expected": token,
         "worker": env.get(b"FARM_WORKER_ID"),
         "supervisor gone": leftbehind._supervisor_gone(token, control, leftbehind._namespaces()),
-        "dead's stat now": leftbehind._stat(dead),
+        "dead's stat now": process_stat(dead),
         "found now": [left.pid for left in leftbehind.find(control, {os.geteuid()})],
     }
 
@@ -329,7 +330,7 @@ def test_a_record_of_a_running_supervisor_is_no_reason_to_look(
     # workers' tokens name a supervisor that runs, which no look would find.
     running = subprocess.Popen(["sleep", "60"])
     sleepers.append(running)
-    stat = leftbehind._stat(running.pid)
+    stat = process_stat(running.pid)
     assert stat is not None
     record, control = tmp_path / "record", f"{CONTROL}.{tmp_path.name}"
     token = killed_farm(record, running.pid, stat[1], control)
