@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import weakref
 
@@ -85,15 +86,37 @@ def _drain_at_exit() -> None:
                     pump.function,
                 )
                 pump.finished.wait()
-    except KeyboardInterrupt:
+    except BaseException:
         # Ctrl-C abandons the calls (docs/executor.md): their files go now, as shutdown()
         # removes what is left; the sweep is for killed processes. A worker still reading
-        # one fails its call, whose result no one waits for.
+        # one fails its call, whose result no one waits for. BaseException: a second Ctrl-C
+        # landing while the first unwinds Event.wait() turns it into "RuntimeError: release
+        # unlocked lock" (CPython gh-78667), and the files stayed for the sweep.
+        _abandon()
+        raise
+
+
+def _abandon() -> None:
+    """Remove the files of every pump's calls, further Ctrl-Cs ignored meanwhile (a hurried
+    user presses it again, and one landing in the removal left the rest of the files)."""
+    ignoring = False
+    for _ in range(2):  # signal.signal() raises a Ctrl-C pending before it swaps: once more
+        try:
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        except KeyboardInterrupt:
+            continue
+        except ValueError:  # not the main thread: Ctrl-C is not raised in this one
+            break
+        ignoring = True
+        break
+    try:
         for pump in list(_live_pumps):
             hook, pump.on_finished = pump.on_finished, None
             if hook is not None:
                 hook()
-        raise
+    finally:
+        if ignoring:
+            signal.signal(signal.SIGINT, previous)
 
 
 # Where ProcessPoolExecutor registers its own: run as the main thread ends, before the

@@ -77,6 +77,61 @@ def test_a_ctrl_c_at_exit_removes_the_abandoned_calls_files(
     assert left == [], proc.stderr.read() if proc.stderr else ""
 
 
+# Ctrl-C again, in the two places where a hurried user's second one hit: while the first
+# unwound the drain's Event.wait(), where CPython (gh-78667) turns it into a RuntimeError
+# (the stand-in raises that error for the first Ctrl-C, as a second landing there leaves
+# it), and while the first one's removal of the files ran. Both say when the drain waits.
+DRAINING = """
+import threading
+class Draining(threading.Event):
+    def wait(self, timeout=None):
+        try:
+            print("draining", flush=True)
+            return super().wait(timeout)
+        except KeyboardInterrupt:
+            if UNWOUND:
+                raise RuntimeError("release unlocked lock")
+            raise
+ex._pump.finished = Draining()
+"""
+AGAIN = {
+    "unwinding the wait": "UNWOUND = True\n",
+    "in the removal": """
+UNWOUND = False
+import os
+removal = ex._pump.on_finished
+def hurried():
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.05)  # the handler runs at the next bytecode: well inside this
+    removal()
+ex._pump.on_finished = hurried
+""",
+}
+
+
+@pytest.mark.parametrize("where", AGAIN)
+@pytest.mark.timeout(60)
+def test_a_second_ctrl_c_at_exit_still_removes_the_abandoned_calls_files(
+    no_workers: ExecutorFarm, tmp_path: Path, where: str
+) -> None:
+    script = tmp_path / "caller.py"
+    script.write_text(AT_EXIT + AGAIN[where] + DRAINING)
+    spill_dir = tmp_path / "spill"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), no_workers.addr, str(no_workers.key), str(spill_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "queued\n"
+    assert proc.stdout.readline() == "draining\n"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert os.listdir(spill_dir) == [], err
+
+
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExecutorFarm]:
     f = ExecutorFarm(tmp_path_factory.mktemp("interrupted_map"), count=2)
