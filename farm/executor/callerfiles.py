@@ -116,9 +116,11 @@ class CallerFiles:
         return encode_setup(init, executor_id, max_tasks)
 
     def remove(self, reference: bytes) -> None:
+        # Forgotten after it is gone: interrupted between the two, remove_all() still
+        # knows of it (forgotten first, it stayed for the sweep).
+        spill.remove(reference)
         with self._lock:
             self._files.discard(reference)
-        spill.remove(reference)
 
     def remove_when_done(self, future: Future[Any], reference: bytes) -> None:
         # Whatever ended the call, a lost job server (ServerUnavailable) included: a worker

@@ -194,8 +194,11 @@ def write(
     tagged = f"{tag}-" if tag else ""
     path = directory / f"{PREFIX}{kind}-{os.getpid()}-{tagged}{secrets.token_hex(12)}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(path, flags, 0o640)
+    fd = -1
     try:
+        # Inside the guard: a Ctrl-C is raised as os.open() returns, before the name is
+        # bound, and the file was left (its descriptor still is then, until the exit).
+        fd = os.open(path, flags, 0o640)
         os.fchmod(fd, 0o640)  # whatever the umask: the farm's group reads it
         if os.fstat(fd).st_gid != _checked[directory]:
             # No setgid bit took effect: a member of the directory's group may still hand
@@ -206,9 +209,11 @@ def write(
         reference = size.to_bytes(8, "little") + digest + os.fsencode(path)
         if record is not None:
             record(reference)
-    except BaseException:
-        os.close(fd)
-        path.unlink(missing_ok=True)
+    except BaseException as exc:
+        if fd >= 0:
+            os.close(fd)
+        if not isinstance(exc, FileExistsError):  # O_EXCL: that name is another's file
+            path.unlink(missing_ok=True)
         raise
     os.close(fd)
     return reference

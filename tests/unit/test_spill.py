@@ -340,52 +340,6 @@ def test_a_workers_limit_names_the_config_and_its_variable(
         spill.worker_settings()
 
 
-class _InterruptedHash:
-    """hashlib whose sha256 is interrupted (Ctrl-C during a long argument's hash)."""
-
-    def sha256(self, data: object = b"") -> object:
-        raise KeyboardInterrupt
-
-
-@pytest.mark.parametrize("through", ["spill", "caller"])
-def test_an_interrupt_while_the_digest_is_computed_leaves_no_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, through: str
-) -> None:
-    # The file's digest was computed after the file was written and closed, outside the
-    # guard that removes it: an interrupt there (a 600 MB argument's hash takes a while)
-    # left a file no one had recorded, which shutdown() could not remove.
-    from farm.executor.callerfiles import CallerFiles
-
-    (tmp_path / "spill").mkdir(mode=0o2770)
-    monkeypatch.setattr(spill, "hashlib", _InterruptedHash())
-    with pytest.raises(KeyboardInterrupt):
-        if through == "spill":
-            spill.write(settings(tmp_path), b"x" * 4096, "a")
-        else:
-            CallerFiles(None, tmp_path / "spill", None).write(b"x" * 4096)
-    assert os.listdir(tmp_path / "spill") == []
-
-
-def test_a_written_file_is_recorded_inside_the_guard_that_removes_it(tmp_path: Path) -> None:
-    # CallerFiles records the file before spill.write returns: an interrupt between the
-    # return and the record would leave a file shutdown() does not know of.
-    from farm.executor.callerfiles import CallerFiles
-
-    files = CallerFiles(None, tmp_path / "spill", None)
-    seen: list[bytes] = []
-
-    def interrupted(reference: bytes) -> None:
-        seen.append(reference)
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        spill.write(settings(tmp_path), b"x" * 4096, "a", record=interrupted)
-    assert len(seen) == 1 and os.listdir(tmp_path / "spill") == []
-    reference = files.write(b"y" * 4096)
-    files.remove_all()
-    assert not spill.reference_path(reference).exists()
-
-
 def test_a_spill_file_the_caller_cannot_write_says_where_and_what_to_change(
     tmp_path: Path,
 ) -> None:
