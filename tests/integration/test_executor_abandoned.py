@@ -39,6 +39,23 @@ def no_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExecutorFar
     f.stop()
 
 
+def start_caller(program: str, farm: ExecutorFarm, tmp_path: Path) -> subprocess.Popen[str]:
+    """``program`` run against ``farm`` with tmp_path/spill for its files, once it said
+    "queued" (its calls are sent)."""
+    script = tmp_path / "caller.py"
+    script.write_text(program)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), farm.addr, str(farm.key), str(tmp_path / "spill")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "queued\n"
+    return proc
+
+
 def interrupt_until_gone(proc: subprocess.Popen[str], within: float) -> None:
     """SIGINT every 0.2 s until the process ends: its exit's drain may not have begun at
     the first, which then ends the script's main module instead (the drain waits on)."""
@@ -59,18 +76,8 @@ def test_a_ctrl_c_at_exit_removes_the_abandoned_calls_files(
     # docs/executor.md: Ctrl-C at the exit abandons the calls the exit waits for, and
     # shutdown() deletes what is left. The interrupt ended the drain's wait, and the
     # executors' files were never removed: they waited an hour for the sweep.
-    script = tmp_path / "caller.py"
-    script.write_text(AT_EXIT)
     spill_dir = tmp_path / "spill"
-    proc = subprocess.Popen(
-        [sys.executable, str(script), no_workers.addr, str(no_workers.key), str(spill_dir)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline() == "queued\n"
+    proc = start_caller(AT_EXIT, no_workers, tmp_path)
     assert len(os.listdir(spill_dir)) == 3
     interrupt_until_gone(proc, 30)
     left = [name for name in os.listdir(spill_dir) if f"-{proc.pid}-" in name]
@@ -114,18 +121,9 @@ ex._pump.on_finished = hurried
 def test_a_second_ctrl_c_at_exit_still_removes_the_abandoned_calls_files(
     no_workers: ExecutorFarm, tmp_path: Path, where: str
 ) -> None:
-    script = tmp_path / "caller.py"
-    script.write_text(AT_EXIT + AGAIN[where] + DRAINING)
     spill_dir = tmp_path / "spill"
-    proc = subprocess.Popen(
-        [sys.executable, str(script), no_workers.addr, str(no_workers.key), str(spill_dir)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-    )
+    proc = start_caller(AT_EXIT + AGAIN[where] + DRAINING, no_workers, tmp_path)
     assert proc.stdout is not None
-    assert proc.stdout.readline() == "queued\n"
     assert proc.stdout.readline() == "draining\n"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)

@@ -67,12 +67,22 @@ def sleeper(
         env["FARM_WORKER_ID"] = worker
     argv = ["sh", "-c", "trap '' TERM; exec sleep 60"] if deaf else ["sleep", "60"]
     made.append(subprocess.Popen(argv, env=env, start_new_session=True))
-    if deaf:  # its trap set: sleep runs, ignoring SIGTERM as the shell did
-        deadline = time.monotonic() + 10
-        while comm(made[-1].pid) != "sleep":
-            assert time.monotonic() < deadline, "the sleep never ran"
-            time.sleep(0.01)
-    return made[-1].pid
+    pid = made[-1].pid
+    # Popen returns as exec closes the child's descriptors, before the kernel has set up
+    # its new environment: /proc/PID/environ read then is empty (75 of 2,000 starts on
+    # a 2-core host), and a look right after found no leftover (two CI runs failed so).
+    # deaf: its trap set, sleep runs, ignoring SIGTERM as the shell did.
+    needle = f"FARM_INSTANCE={token}".encode()
+    deadline = time.monotonic() + 10
+    while needle not in environ(pid) or (deaf and comm(pid) != "sleep"):
+        assert time.monotonic() < deadline, "the sleep never ran"
+        time.sleep(0.001)
+    return pid
+
+
+def environ(pid: int) -> list[bytes]:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        return f.read().split(b"\0")
 
 
 def comm(pid: int) -> str:
