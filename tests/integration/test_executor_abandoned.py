@@ -105,11 +105,9 @@ AGAIN = {
     "unwinding the wait": "UNWOUND = True\n",
     "in the removal": """
 UNWOUND = False
-import os
 removal = ex._pump.on_finished
 def hurried():
-    os.kill(os.getpid(), signal.SIGINT)
-    time.sleep(0.05)  # the handler runs at the next bytecode: well inside this
+    signal.raise_signal(signal.SIGINT)  # its handler runs before this returns
     removal()
 ex._pump.on_finished = hurried
 """,
