@@ -22,6 +22,13 @@ outcomes without a lock (a list's append, under the GIL) and takes ``Outgoing.se
 only to send, as the thread does: one of them sends a part, and none after the batch's
 answer. The thread ends after ``IDLE_EXIT`` without a batch (a worker that runs single
 calls holds none).
+
+Under a pool's ``timeout`` the batch has a ``deadline`` (3/4 of the timeout after the job
+came). A call still running past it will likely outrun the timeout, and its worker's death
+would fail the calls after it, which never started. So the thread cuts the batch there
+(``cut``): it sends a part of no outcomes whose index is the first call not started (a
+caller from before this change reads it as nothing), the caller sends those calls again at
+once, and the main thread starts none of them (``may_start``, under the same lock).
 """
 
 from __future__ import annotations
@@ -107,7 +114,14 @@ class Pickled:
 class Outgoing:
     """A batch's outcomes not sent yet, from index ``first`` on."""
 
-    def __init__(self, send: Send, send_pickled: SendPickled, calls: int, limit: int) -> None:
+    def __init__(
+        self,
+        send: Send,
+        send_pickled: SendPickled,
+        calls: int,
+        limit: int,
+        deadline: float | None = None,
+    ) -> None:
         self._send = send
         self._send_pickled = send_pickled
         self.calls = calls
@@ -119,6 +133,8 @@ class Outgoing:
         self.sent_at = time.monotonic()  # the batch's start, then its last part's
         self.sending = threading.Lock()
         self.open = True  # False once the answer is made: nothing leaves ahead after it
+        self.deadline = deadline  # time.monotonic() past which the calls not started go back
+        self.cut: int | None = None  # the index of the first call given back to the caller
         flusher.watch(self)
 
     def add(self, index: int, outcome: Any) -> None:
@@ -144,6 +160,24 @@ class Outgoing:
             self.open = False
         flusher.watch(None)
         return self.first, self.outcomes
+
+    def may_start(self, index: int) -> bool:
+        """Whether call ``index`` may start: not once the thread gave it back (``cut_due``).
+        The main thread asks before each call, under a pool's timeout only."""
+        with self.sending:
+            return self.cut is None or index < self.cut
+
+    def cut_due(self) -> None:
+        """The thread's look past the deadline: give back the calls after the one that runs
+        (a part of no outcomes, its index the first of them), once."""
+        if self.cut is not None or self.deadline is None or time.monotonic() < self.deadline:
+            return
+        with self.sending:
+            cut = self.first + len(self.outcomes) + 1  # the call running (or next) runs on
+            if not self.open or self.cut is not None or cut >= self.calls:
+                return
+            self.cut = cut
+            self._send_pickled(cut, 0, pickle.dumps((cut, []), pickle.HIGHEST_PROTOCOL))
 
     def send_due(self) -> None:
         """The thread's look: send what waits, a part at most every ``BATCH_FLUSH_EVERY``
@@ -203,6 +237,7 @@ class Flusher:
                         return
                 continue
             try:
+                batch.cut_due()
                 batch.send_due()
             except Exception:  # a bug: what waits goes with the batch's answer
                 log.exception("sending a batch's outcomes ahead failed")

@@ -331,6 +331,10 @@ def _run_batch(
         failure: tuple[Any, ...] | None = None
     except BaseException as exc:  # the function itself cannot be rebuilt: every call says so
         fn, calls, failure = None, pickle.loads(body), (ERROR, exc, remote_traceback(exc))
+    # Under a pool's timeout the job must end in time, though its calls are short: the
+    # calls that would run past 3/4 of it are left unrun, and the caller sends them again
+    # (those after a call still running then, as soon as it is: batchflush.Outgoing.cut_due).
+    budget = 0.75 * job.timeout if getattr(job, "timeout", None) else None
     outgoing = Outgoing(
         lambda first, outcomes: send_part(job, _seal_batch, signer, call_id, first, outcomes),
         lambda first, count, pickled: send_part(
@@ -338,10 +342,8 @@ def _run_batch(
         ),
         len(calls),
         spill.SPILL_THRESHOLD,
+        None if budget is None else started + budget,
     )  # outcomes as they leave: farm.executor.batchflush
-    # Under a pool's timeout the job must end in time, though its calls are short: the
-    # calls that would run past 3/4 of it are left unrun, and the caller sends them again.
-    budget = 0.75 * job.timeout if getattr(job, "timeout", None) else None
     longest = 0.0
     try:
         for index, call in enumerate(calls):
@@ -350,7 +352,8 @@ def _run_batch(
                 continue
             if budget is not None:
                 began = time.monotonic()
-                if index and began - started + longest > budget:
+                late = began - started + longest > budget
+                if index and (late or not outgoing.may_start(index)):
                     break  # fewer outcomes than calls: the rest did not run (flight.complete)
             try:
                 args = functions.unpickle(call)

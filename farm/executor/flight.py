@@ -15,15 +15,15 @@ as its outcome arrives (WORK_DATA while the batch runs, WORK_COMPLETE at its
 end). If the batch's worker dies, the server runs the job again on another
 worker (``job_retries``); calls whose outcome already arrived stay resolved
 (their second outcome is dropped, but they did run twice), the others resolve
-from the rerun or, when the retries run out, fail with ``WorkerLost``.
+from the rerun or, when the retries run out, fail with ``WorkerLost``. Under a pool's
+timeout a worker gives back the calls it will not start (``Flight.cut``): they leave the
+job, and the pump sends them again.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import pickle
-import threading
 import time
 from collections import deque
 from concurrent.futures import Future
@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 from farm.errors import FarmError, JobError, JobFailed, PythonVersionMismatch, WorkerLost
 from farm.executor import bytecode, spill
+from farm.executor.callids import new_call_id
 from farm.executor.cellsource import with_cell_lines
 from farm.executor.initnews import InitializerFailed, InitWatch
 from farm.executor.payload import (
@@ -92,46 +93,6 @@ class Call(NamedTuple):
     body: bytes
 
 
-#: Random bytes read at once for call ids: 256 ids a system call.
-ID_POOL = 256 * CALL_ID_SIZE
-
-
-class _CallIds:
-    """Fresh call ids cut from one read of the system's random source. A call paid a
-    getrandom() of 16 bytes each (and two Python frames of secrets/random); ids from the
-    same source, read 4 KiB at a time, are as unpredictable. A forked child starts on a
-    fresh read: the ids left in the parent's would otherwise be used twice, and the pool's
-    replay guard refuses the second call with an id it saw ("already ran")."""
-
-    __slots__ = ("_pool", "_at", "_lock")
-
-    def __init__(self) -> None:
-        self._pool = b""
-        self._at = 0
-        self._lock = threading.Lock()  # a Flight is made under the pump's lock; not map's
-
-    def take(self) -> bytes:
-        with self._lock:
-            at = self._at
-            if at + CALL_ID_SIZE > len(self._pool):
-                self._pool, at = os.urandom(ID_POOL), 0
-            self._at = at + CALL_ID_SIZE
-            return self._pool[at : at + CALL_ID_SIZE]
-
-    def forget(self) -> None:
-        """In a forked child: none of the parent's ids (and a lock no thread holds)."""
-        self._pool, self._at, self._lock = b"", 0, threading.Lock()
-
-
-_call_ids = _CallIds()
-os.register_at_fork(after_in_child=_call_ids.forget)
-
-
-def new_call_id() -> bytes:
-    """CALL_ID_SIZE random bytes, never handed out before in this process or its parent."""
-    return _call_ids.take()
-
-
 class WorkItem:
     """A call waiting for, or on, the farm: its future and what it asks."""
 
@@ -145,17 +106,28 @@ class WorkItem:
 class Flight:
     """The calls one job carries (one, or a batch), and the id its results must name."""
 
-    __slots__ = ("items", "call_id", "init")
+    __slots__ = ("items", "call_id", "init", "was_cut")
 
     def __init__(self, items: list[WorkItem]) -> None:
         self.items = items
         self.call_id = new_call_id()  # fresh: binds results, stops replays
         self.init = InitWatch()  # the initializer's news: workers lost in it break the pump
+        self.was_cut = False  # its worker gave back calls of the batch (``cut``)
 
     @property
     def batched(self) -> bool:
         """Several calls in one job (BATCH): outcomes come back with their index."""
-        return len(self.items) > 1
+        return len(self.items) > 1 or self.was_cut
+
+    def cut(self, at: int) -> list[WorkItem]:
+        """The worker will not start the calls from index ``at`` on: they leave this job
+        (its end, or its worker's death, no longer settles them). Returns those to send
+        again."""
+        given = self.items[at:] if at > 0 else []
+        if given:
+            self.was_cut = True
+            del self.items[at:]
+        return [item for item in given if not item.future.done()]
 
     def payload(self, signer: Signer, ttl: float, setup: tuple[int, bytes]) -> bytes:
         """The job's signed data: the one call, or the batch, valid for ``ttl`` seconds."""
@@ -239,14 +211,17 @@ def _start(item: WorkItem) -> bool:
 _NEWS_SIZE = HEADER + CALL_ID_SIZE + 1
 
 
-def partial(task: Task[Flight], signer: Signer, data: bytes) -> None:
-    """WORK_DATA: the initializer's news (InitializerFailed breaks the pump), or the outcomes
-    of the calls a batch finished so far."""
+def partial(task: Task[Flight], signer: Signer, data: bytes) -> list[WorkItem]:
+    """WORK_DATA: the initializer's news (InitializerFailed breaks the pump), the outcomes
+    of the calls a batch finished so far, or (no outcomes) the index from which its worker
+    under a pool's timeout gives its calls back (farm.executor.batchflush).
+    Returns the calls to send again."""
     flight = flight_of(task)
     if len(data) == _NEWS_SIZE:
         _initializer_news(task, flight, signer, data)
     elif flight.batched:
-        _resolve_batch(task, flight, signer, data)
+        return _resolve_batch(task, flight, signer, data)
+    return []
 
 
 def _initializer_news(task: Task[Flight], flight: Flight, signer: Signer, data: bytes) -> None:
@@ -286,15 +261,16 @@ def complete(task: Task[Flight], signer: Signer) -> list[WorkItem]:
         flight.fail(error)
         return []
     if flight.batched:
-        _resolve_batch(task, flight, signer, task.result or b"")
-        unrun = [item for item in flight.items if not item.future.done()]
         # A worker under a pool timeout runs a batch's first calls only (call._run_batch):
-        # the rest go again. A batch that settled none of its calls is broken, and says so.
-        if len(unrun) == len(flight.items):
+        # the answer's index is the first it left (a cut), and the rest go again. A batch
+        # that settled none of the calls it kept is broken, and says so.
+        again = _resolve_batch(task, flight, signer, task.result or b"")
+        unrun = [item for item in flight.items if not item.future.done()]
+        if unrun and len(unrun) == len(flight.items):
             for item in unrun:
                 item.future.set_exception(JobError(f"job {task.handle} lost this call"))
-            return []
-        return unrun
+            return again
+        return again + unrun
     return _complete_one(task, flight, signer)
 
 
@@ -308,15 +284,21 @@ def _complete_one(task: Task[Flight], flight: Flight, signer: Signer) -> list[Wo
     return []
 
 
-def _resolve_batch(task: Task[Flight], flight: Flight, signer: Signer, data: bytes) -> None:
+def _resolve_batch(
+    task: Task[Flight], flight: Flight, signer: Signer, data: bytes
+) -> list[WorkItem]:
+    """Settle the calls whose outcomes ``data`` holds; returns the calls given back (cut)."""
     try:
         first, outcomes = _open(task, flight, signer, data)
     except Exception as exc:
         flight.fail(exc)
-        return
+        return []
+    if not outcomes:
+        return flight.cut(first)
     for item, outcome in zip(flight.items[first:], outcomes, strict=False):
         if not item.future.done():  # a rerun after a worker died repeats early outcomes
             _settle(item.future, outcome)
+    return []
 
 
 def _open(task: Task[Flight], flight: Flight, signer: Signer, data: bytes) -> Any:

@@ -359,8 +359,8 @@ class Pump(Links, WaitHere):
                 # A batch cut short by its pool's timeout: the calls it left go again, first.
                 self.put_back(complete(event.task, self.signer))
                 self._flights.discard(flight_of(event.task))  # not before: _break still finds it
-            elif isinstance(event, JobData):
-                partial(event.task, self.signer, event.data)
+            elif isinstance(event, JobData):  # outcomes so far, or calls given back
+                self.put_back(partial(event.task, self.signer, event.data))
             # A JobWarning needs nothing here: the session keeps the last one for the
             # JobFailed that may follow (flight.complete's WorkerLost quotes it).
 

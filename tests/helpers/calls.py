@@ -34,6 +34,13 @@ def nap(seconds: float) -> float:
     return seconds
 
 
+def long_at(i: int, at: int, seconds: float) -> int:
+    """A call of a batch: the one at ``at`` takes ``seconds`` (past a pool's timeout)."""
+    if i == at:
+        time.sleep(seconds)
+    return i
+
+
 def pid_then_block(fifo: str) -> int:
     """Write this process's pid to ``fifo`` (the test's sign that the call started), then hang."""
     with open(fifo, "w") as f:

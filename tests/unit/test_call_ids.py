@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from farm.executor.flight import ID_POOL, Flight, new_call_id
+from farm.executor.callids import ID_POOL, new_call_id
+from farm.executor.flight import Flight
 from farm.executor.payload import CALL_ID_SIZE
 
 
