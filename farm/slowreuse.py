@@ -1,6 +1,6 @@
 """What the two metrics endpoints share, the job server's (``--metrics``:
 farm.server.exposition, farm.server.metricshttp) and the supervisor's ``/metrics``
-(farm.pools.metricsendpoint): how long a slow answer is given again, and how many
+(farm.pools.metricsapp): how long a slow answer is given again, and how many
 connections each serves at once and for how long.
 
 Each layer decides what "slow" is for itself (the server's loop serves every job, the

@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -141,6 +143,20 @@ def test_port_zero_takes_a_free_port_and_farm_ps_json_says_which(tmp_path: Path)
         assert host == "127.0.0.1" and int(port) > 0
         up.metrics_port = int(port)
         assert get(scrape(up), "farm_pool_target_workers", pool="reverse") == 2
+        # Only /metrics, as the job server's endpoint: a scrape path mistyped in
+        # Prometheus's config (/metric, /) read as a healthy target.
+        base = f"http://127.0.0.1:{port}"
+        for path, method, code in [("/", "GET", 404), ("/metric", "GET", 404)] + [
+            ("/metrics", "POST", 405),
+            ("/metrics", "GET", 200),
+        ]:
+            asked = urllib.request.Request(base + path, method=method, data=None)
+            try:
+                with urllib.request.urlopen(asked, timeout=30) as reply:
+                    answered = reply.status
+            except urllib.error.HTTPError as exc:
+                answered = exc.code
+            assert answered == code, (path, method)
     finally:
         up.stop()
 

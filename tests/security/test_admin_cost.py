@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 import farm
-import farm.pools.metricsendpoint as pool_metrics
+import farm.pools.metricsapp as pool_metrics
 from farm import protocol as p
 from farm.client.admin import admin_query
 from farm.protocol import PacketType as T

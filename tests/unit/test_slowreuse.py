@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-import farm.pools.metricsendpoint as pool_metrics
+import farm.pools.metricsapp as pool_metrics
 import farm.server.exposition as server_exposition
 import farm.slowreuse as slowreuse
 from farm.server.hub import Hub
