@@ -27,8 +27,11 @@ Under a pool's ``timeout`` the batch has a ``deadline`` (3/4 of the timeout afte
 came). A call still running past it will likely outrun the timeout, and its worker's death
 would fail the calls after it, which never started. So the thread cuts the batch there
 (``cut``): it sends a part of no outcomes whose index is the first call not started (a
-caller from before this change reads it as nothing), the caller sends those calls again at
-once, and the main thread starts none of them (``may_start``, under the same lock).
+caller from before this change reads it as nothing), the caller sends those calls again,
+first, as its window has room (a caller of one worker: once this job ends), and the main
+thread starts none of them (``may_start``, under the same lock). A rerun of the job after
+this worker died otherwise (``job_retries``) runs them again, as it runs every call of the
+batch: such calls may run twice, as the finished ones may (docs/executor.md).
 """
 
 from __future__ import annotations
