@@ -21,7 +21,7 @@ PIP ?= $(PYTHON) -m pip
 DEBS := gearman-job-server gearman-tools php-cli php-gearman libgearman-client-perl prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run deps-dev deps-test test unit lint bench
+.PHONY: install run deps-dev deps-test test unit libs lint bench
 
 install: $(VENV)
 	$(PIP) install -q -e .
@@ -94,6 +94,16 @@ test: deps-test
 # The fast loop: the unit tests alone (seconds; no servers, no Debian packages).
 unit: deps-dev
 	$(PYTHON) -m pytest -q tests/unit
+
+# The integration tests of the libraries a program imports (farm.Executor, farm.Worker, the
+# clients, joblib's backend) against a real server and real workers, which run under the
+# same Python (a few minutes; no Debian packages): .ci/newer-python runs them under a newer
+# Python than `make test`'s, where threads, fork and pickling have changed before.
+LIB_TESTS := $(addprefix tests/integration/,test_executor*.py test_worker*.py test_client*.py \
+  test_aio*.py test_async_functions.py test_joblib.py)
+
+libs: deps-dev
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile -m "not serial" $(LIB_TESTS)
 
 # ruff (lint and format) over everything, mypy --strict over farm/ and workers/ (config in
 # pyproject.toml). ruff as a module of the python in use: the one deps-dev installed, which

@@ -83,7 +83,7 @@ def test_make_test_runs_both_passes_and_fails_where_either_does(
     assert (done.returncode != 0) == bool(failing), done.stderr
 
 
-@pytest.mark.parametrize("target", ["unit", "lint"])
+@pytest.mark.parametrize("target", ["unit", "libs", "lint"])
 @pytest.mark.parametrize("managed", [True, False])
 def test_the_working_targets_install_what_they_run_first(
     tmp_path: Path, target: str, managed: bool
