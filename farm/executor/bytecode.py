@@ -1,7 +1,7 @@
 """Which Python made a by-value pickle: a guard ahead of its code, read before it is loaded.
 
 A pickle made by value (cloudpickle: a lambda, a closure, a function or class of the
-caller's script, ``payload._by_value``) carries code objects, and bytecode is only valid
+caller's script, ``byvalue.by_value``) carries code objects, and bytecode is only valid
 for the Python that made it: a 3.13 caller's lambda, run by a 3.11 worker, crashed the
 worker (SIGSEGV) at each retry of the job, and the caller got ``WorkerLost``. So each
 by-value pickle farm makes (the caller's functions, initializers and arguments, a worker's

@@ -55,6 +55,40 @@ def test_a_scripts_own_classes_and_partials_travel_as_arguments(shared: Farm) ->
 
 
 @pytest.mark.timeout(90)
+def test_a_scripts_slotted_classes_come_back_from_a_call(shared: Farm) -> None:
+    # cloudpickle rebuilt them in the worker without their slots: an instance made there
+    # came back as a dict of state the script's class could not take ("'SP' object has no
+    # attribute '__dict__'"), where ProcessPoolExecutor's came back.
+    done = shared.run_script(
+        """
+        import dataclasses
+        @dataclasses.dataclass(slots=True)
+        class SP:
+            x: int
+        class Pair:
+            __slots__ = ("a", "b")
+            def __init__(self, a, b):
+                self.a, self.b = a, b
+        def make(x):
+            return SP(x)
+        def swap(p):
+            return Pair(p.b, p.a)
+        with ex(2) as pool:
+            print(pool.submit(make, 1).result(timeout=30))
+            back = pool.submit(swap, Pair(1, 2)).result(timeout=30)
+            print(type(back) is Pair, back.a, back.b)
+            print(list(pool.map(make, [2, 3], timeout=30)))
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:3] == [
+        "SP(x=1)",
+        "True 2 1",
+        "[SP(x=2), SP(x=3)]",
+    ], done.stdout
+
+
+@pytest.mark.timeout(90)
 def test_a_scripts_cached_functions_run_with_a_cache_of_their_own(shared: Farm) -> None:
     # functools.lru_cache's wrapper pickles by name (__main__.fib), which a pool's process
     # finds in the script it imported and the farm's workers cannot: it travels as the
