@@ -6,7 +6,10 @@ import os
 import stat
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,24 +64,33 @@ def test_calls_that_kill_their_worker_leave_the_pool_serving(tmp_path: Path, cod
         assert up.stop() == 0
 
 
-def test_short_calls_batched_under_a_pool_timeout_all_run(tmp_path: Path) -> None:
-    """Calls piled up travel in batches; under a pool's `timeout` a worker runs a batch's
-    calls only while 3/4 of it lasts, and the caller sends the rest again. A batch of
-    short calls used to outlive the timeout: its calls failed with WorkerLost."""
+@contextmanager
+def timed_pool(tmp_path: Path, **options: Any) -> Iterator[tuple[FarmUp, farm.Executor]]:
+    """`farm up` with a pool of two workers under `timeout = 2`, and an Executor for it
+    (``options``: the Executor's); both stopped on leaving, the farm's exit code checked."""
     key = tmp_path / "state" / "executor.key"
     timed = '[functions."farm.timed"]\ntarget = "farm.executor.call:run_call"\n'
     up = FarmUp(tmp_path, timed + "workers = 2\ntimeout = 2\n", extra_env={KEY_ENV: str(key)})
     try:
         up.expect_notify("READY=1")
         up.wait_idle({"farm.timed": 2})
+        where = f"unix:{up.unix}"
         with farm.Executor(
-            servers=f"unix:{up.unix}", key_file=str(key), function="farm.timed"
+            servers=where, key_file=str(key), function="farm.timed", **options
         ) as ex:
-            futures = [ex.submit(time.sleep, 0.3) for _ in range(40)]
-            assert [f.result(timeout=120) for f in futures] == [None] * 40
-        assert "ran past its 2s timeout" not in up.read_log()
+            yield up, ex
     finally:
         assert up.stop() == 0
+
+
+def test_short_calls_batched_under_a_pool_timeout_all_run(tmp_path: Path) -> None:
+    """Calls piled up travel in batches; under a pool's `timeout` a worker runs a batch's
+    calls only while 3/4 of it lasts, and the caller sends the rest again. A batch of
+    short calls used to outlive the timeout: its calls failed with WorkerLost."""
+    with timed_pool(tmp_path) as (up, ex):
+        futures = [ex.submit(time.sleep, 0.3) for _ in range(40)]
+        assert [f.result(timeout=120) for f in futures] == [None] * 40
+        assert "ran past its 2s timeout" not in up.read_log()
 
 
 def test_calls_batched_behind_one_that_overruns_the_pool_timeout_run_elsewhere(
@@ -87,26 +99,16 @@ def test_calls_batched_behind_one_that_overruns_the_pool_timeout_run_elsewhere(
     """A batch's call that runs past its pool's `timeout` fails with WorkerLost (its worker is
     killed); the calls after it in the batch, which had not started, are given back at 3/4
     of the timeout and run on another worker. They failed with WorkerLost with it."""
-    key = tmp_path / "state" / "executor.key"
-    timed = '[functions."farm.timed"]\ntarget = "farm.executor.call:run_call"\n'
-    up = FarmUp(tmp_path, timed + "workers = 2\ntimeout = 2\n", extra_env={KEY_ENV: str(key)})
-    try:
-        up.expect_notify("READY=1")
-        up.wait_idle({"farm.timed": 2})
-        with farm.Executor(
-            1, servers=f"unix:{up.unix}", key_file=str(key), function="farm.timed"
-        ) as ex:
-            first = ex.submit(nap, 0.3)  # holds the window (one job) while the batch queues
-            # The batch is calls 0..4 (call 0 and 9 // 2 more of the 9 behind it).
-            steps = [ex.submit(long_at, i, 1, 30) for i in range(10)]
-            with pytest.raises(farm.WorkerLost):
-                steps[1].result(timeout=60)
-            assert first.result(timeout=60) == 0.3
-            assert [f.result(timeout=60) for f in steps[2:]] == list(range(2, 10))
-            assert steps[0].result(timeout=0) == 0
+    with timed_pool(tmp_path, max_workers=1) as (up, ex):
+        first = ex.submit(nap, 0.3)  # holds the window (one job) while the batch queues
+        # The batch is calls 0..4 (call 0 and 9 // 2 more of the 9 behind it).
+        steps = [ex.submit(long_at, i, 1, 30) for i in range(10)]
+        with pytest.raises(farm.WorkerLost):
+            steps[1].result(timeout=60)
+        assert first.result(timeout=60) == 0.3
+        assert [f.result(timeout=60) for f in steps[2:]] == list(range(2, 10))
+        assert steps[0].result(timeout=0) == 0
         assert "(farm.timed) timed out on its worker" in up.read_log()
-    finally:
-        assert up.stop() == 0
 
 
 def test_an_executor_made_inside_a_call_of_its_own_pool_warns(tmp_path: Path) -> None:

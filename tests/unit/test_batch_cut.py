@@ -19,23 +19,12 @@ from farm.errors import JobFailed, WorkerLost
 from farm.executor import batchflush, call
 from farm.executor.flight import Flight, WorkItem, complete, partial
 from farm.executor.payload import OK, SINGLE
-from farm.executor.signing import Signer
+from tests.helpers.flights import SIGNER, Task
 
-SIGNER = Signer(b"k" * 32)
 #: Held open by the test: the batch's "held" call runs until it is set.
 GATE = threading.Event()
 #: The words of the calls that ran, in order.
 RAN: list[str] = []
-
-
-class Task:
-    """The pump's task as flight sees it: its calls, and the job's end."""
-
-    def __init__(self, owner: Flight) -> None:
-        self.owner = owner
-        self.handle = "H:1"
-        self.error: BaseException | None = None
-        self.result: bytes | None = None
 
 
 def held(word: str) -> str:

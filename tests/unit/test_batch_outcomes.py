@@ -20,9 +20,7 @@ from farm.errors import JobError
 from farm.executor import batchflush, call, spill
 from farm.executor.flight import Flight, WorkItem, complete, partial
 from farm.executor.payload import OK, SINGLE
-from farm.executor.signing import Signer
-
-SIGNER = Signer(b"k" * 32)
+from tests.helpers.flights import SIGNER, Task
 
 
 @pytest.fixture(autouse=True)
@@ -31,16 +29,6 @@ def spill_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spill directory beside the real farm's key, kept one for every run of these tests."""
     settings = spill.SpillSettings(tmp_path / "spill", spill.DEFAULT_MAX_SPILL_MB << 20)
     monkeypatch.setattr(call, "_spill", settings)
-
-
-class Task:
-    """The pump's task as flight sees it: its calls, and the job's end."""
-
-    def __init__(self, owner: Flight) -> None:
-        self.owner = owner
-        self.handle = "H:1"
-        self.error: BaseException | None = None
-        self.result: bytes | None = None
 
 
 def running(count: int) -> tuple[Flight, Task]:
