@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import warnings
 from concurrent.futures import Future
 from types import FrameType
@@ -96,6 +97,8 @@ class FarmBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=None)
         self.executor_kwargs = executor_kwargs
         self._executor: Executor | None = None
+        self._n_jobs = 1  # configure's, for an executor made again by submit
+        self._making = threading.Lock()
         self.parallel: Any = None
         self._max_nbytes: float | str | None = 1 << 20  # joblib's default, "1M"
         self._copies_said = False
@@ -156,15 +159,26 @@ class FarmBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
         # an array over it is one loky would have memory-mapped, one each batch copies here.
         self._max_nbytes = backend_kwargs.get("max_nbytes", self._max_nbytes)
         self._copies_said = False
-        if self._executor is None:
-            self._executor = Executor(max_workers=n, **self.executor_kwargs)
+        self._n_jobs = n
+        self._ready()
         return n
 
+    def _ready(self) -> Executor:
+        """The executor, made if there is none. Every Parallel of a parallel_config block
+        shares this backend: one run in the loop over another's generator ends with
+        terminate(), which shut the outer one's executor down while it still had batches
+        to send (its next submit failed, and the loop hung). loky's terminate leaves its
+        reusable executor; here the outer Parallel's next batch gets a new one."""
+        with self._making:
+            if self._executor is None:
+                self._executor = Executor(max_workers=self._n_jobs, **self.executor_kwargs)
+            return self._executor
+
     def submit(self, func: Any, callback: Any = None) -> Future[Any]:
-        assert self._executor is not None, "joblib configures a backend before it submits"
+        executor = self._executor or self._ready()
         if not self._copies_said:
             self._say_copies(func)
-        future = self._executor.submit(func)
+        future = executor.submit(func)
         if future.done() and not future.cancelled():
             exc = future.exception()
             if exc is not None and not isinstance(exc, FarmError | OSError):

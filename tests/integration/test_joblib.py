@@ -17,7 +17,7 @@ from joblib import Parallel, delayed, parallel_config
 
 import farm.joblib
 from tests.helpers import ROOT
-from tests.helpers.calls import add, fails, tell_wait_then_nest, wait_gate_then_tell
+from tests.helpers.calls import add, fails, nap, tell_wait_then_nest, wait_gate_then_tell
 from tests.helpers.farmproc import EXECUTOR_POOL, executor_farm
 from tests.helpers.gate import Gate
 
@@ -280,3 +280,19 @@ def test_the_large_array_warning_of_a_batch_sent_from_a_callback_points_at_the_u
     assert len(said) == 1 and said[0].startswith(f"{tmp_path / 'script.py'}:{line[0] + 1}: "), (
         done.stderr
     )
+
+
+@pytest.mark.timeout(120)
+def test_a_parallel_run_inside_the_loop_over_anothers_generator_leaves_it_running(
+    farm_backend: dict[str, object],
+) -> None:
+    # Both Parallels of one parallel_config block share the backend object, so the inner
+    # one's end (terminate) came while the outer one still had batches to send: it shut
+    # their executor down, the outer's next batch failed ("joblib configures a backend
+    # before it submits") and the loop hung. (loky's terminate drops its executor too, and
+    # the same loop fails there now and then: 'NoneType' object has no attribute 'submit'.)
+    with parallel_config(**farm_backend):  # type: ignore[arg-type]
+        naps = (delayed(nap)(0.02 + i / 1000) for i in range(30))
+        outer = Parallel(n_jobs=2, return_as="generator")(naps)
+        got = [sum(Parallel(n_jobs=2)(delayed(add)(x, j) for j in range(3))) for x in outer]
+    assert got == pytest.approx([3 * (0.02 + i / 1000) + 3 for i in range(30)])
