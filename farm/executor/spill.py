@@ -12,7 +12,9 @@ digest, and only then unpickles: a file changed or swapped after it was
 written is refused with ``SpillRefused`` (a ``SignatureError``). The reference
 cannot be forged, since it travels inside the HMAC.
 
-Files are created with O_EXCL, mode 0640 (the farm's group may read them), named
+Files are created with O_EXCL, mode 0600, and given 0640 (the farm's group may read them)
+once their data is in, so that the sweep tells a part its writer left from a whole file;
+named
 ``farm-spill-KIND-PID-RANDOM``: KIND ``a`` for arguments (written and deleted by
 the caller), ``r`` for results (written by the worker, deleted by the caller
 once read; named ``farm-spill-r-PID-CALLID-RANDOM``, so that a caller that lost
@@ -198,14 +200,14 @@ def write(
     try:
         # Inside the guard: a Ctrl-C is raised as os.open() returns, before the name is
         # bound, and the file was left (its descriptor still is then, until the exit).
-        fd = os.open(path, flags, 0o640)
-        os.fchmod(fd, 0o640)  # whatever the umask: the farm's group reads it
+        fd = os.open(path, flags, 0o600)  # the group's read once whole: see sweep
         if os.fstat(fd).st_gid != _checked[directory]:
             # No setgid bit took effect: a member of the directory's group may still hand
             # the file to that group, so that the farm's user (or the caller) can read it.
             os.fchown(fd, -1, _checked[directory])
         with open(fd, "wb", closefd=False) as f:
             f.write(data)
+        os.fchmod(fd, 0o640)  # whole (whatever the umask): the farm's group reads it
         reference = size.to_bytes(8, "little") + digest + os.fsencode(path)
         if record is not None:
             record(reference)
@@ -313,7 +315,10 @@ def sweep(directory: Path, max_age: float, orphan_age: float, now: float | None 
     ``orphan_age`` whose writer's pid is gone (a caller killed with SIGKILL). A kept
     file (``k``: an executor's initializer, a function its calls share) only once its
     writer is gone and it is older than ``orphan_age``, whatever its age: an executor
-    may live for weeks.
+    may live for weeks. And at any age a part: a file its writer never made readable to
+    the farm's group (``write`` does so once the data is in) whose writer is gone, a
+    worker or caller killed while it wrote (the OOM killer, a pool's timeout, SIGKILL);
+    such a part of a 2 GB result stayed the hour of ``orphan_age``.
     """
     now = time.time() if now is None else now
     removed = 0
@@ -326,17 +331,23 @@ def sweep(directory: Path, max_age: float, orphan_age: float, now: float | None 
         if not name.startswith(PREFIX):
             continue
         try:
-            age = now - entry.stat(follow_symlinks=False).st_mtime
+            info = entry.stat(follow_symlinks=False)
         except OSError:
             continue
+        age = now - info.st_mtime
         parts = name[len(PREFIX) :].split("-")
-        if age <= orphan_age and age <= max_age:
+        whole = info.st_mode & stat.S_IRGRP  # a part, if not: see the docstring
+        young = age <= orphan_age and age <= max_age
+        if young and whole:
             continue
         writer_alive = _alive(parts[1] if len(parts) > 2 else "")
-        if age <= max_age and parts[0] == "a" and writer_alive:
-            continue
-        if parts[0] == "k" and (writer_alive or age <= orphan_age):
-            continue  # kept for an executor's life (its initializer): never by age alone
+        if whole or writer_alive:
+            if young:
+                continue  # a part its writer is still writing
+            if age <= max_age and parts[0] == "a" and writer_alive:
+                continue
+            if parts[0] == "k" and (writer_alive or age <= orphan_age):
+                continue  # kept for an executor's life (its initializer): never by age alone
         try:
             os.unlink(entry.path)
             removed += 1

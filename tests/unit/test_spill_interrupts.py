@@ -4,7 +4,10 @@ removes its spill files: no file is left that no one knows of, none of another's
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,3 +121,53 @@ def test_a_removal_interrupted_before_the_unlink_is_still_done_by_remove_all(
     assert spill.reference_path(reference).exists()
     files.remove_all()
     assert os.listdir(tmp_path / "spill") == []
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (and been reaped)."""
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return int(child.stdout)
+
+
+@pytest.mark.parametrize("kind", ["a", "r", "k"])
+def test_a_part_left_by_a_writer_killed_while_it_wrote_is_swept_at_once(
+    tmp_path: Path, kind: str
+) -> None:
+    # A worker killed while it wrote a large result (the OOM killer, its pool's timeout)
+    # left the part it had written for the hour of orphan_age: 2 GB of a result, say. A
+    # file is made readable to the farm's group once whole, so a part is told apart.
+    s = settings(tmp_path)
+    whole = spill.reference_path(spill.write(s, b"x", kind))
+    pid = dead_pid()
+    part = whole.with_name(f"farm-spill-{kind}-{pid}-00")
+    part.write_bytes(b"x")
+    part.chmod(0o600)
+    finished = whole.with_name(f"farm-spill-{kind}-{pid}-01")  # whole, its writer gone since
+    finished.write_bytes(b"x")
+    finished.chmod(0o640)
+    writing = whole.with_name(f"farm-spill-{kind}-{os.getpid()}-02")  # a live writer's part
+    writing.write_bytes(b"x")
+    writing.chmod(0o600)
+    assert spill.sweep(s.directory, 100, 10) == 1  # all young: the dead writer's part alone
+    assert not part.exists() and whole.exists() and finished.exists() and writing.exists()
+
+
+def test_a_file_is_readable_to_the_farms_group_only_once_its_data_is_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[int] = []
+    real = open
+
+    def watched(fd: int, *args: Any, **kwargs: Any) -> Any:
+        seen.append(os.fstat(fd).st_mode & 0o777)  # as the data is about to be written
+        return real(fd, *args, **kwargs)
+
+    monkeypatch.setattr(spill, "open", watched, raising=False)
+    path = spill.reference_path(spill.write(settings(tmp_path), b"x" * 4096, "r"))
+    assert seen == [0o600] and os.stat(path).st_mode & 0o777 == 0o640
