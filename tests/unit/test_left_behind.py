@@ -25,6 +25,7 @@ from farm.lifetime import process_stat
 from farm.pools import leftbehind
 from farm.pools.leftbehind import LeftBehind, find, instance_token
 from tests.helpers import ROOT
+from tests.helpers.waiting import wait_for
 
 # A colon in the path: the token's last field. The pid: each xdist worker's own, so that a
 # farm of a test in another worker, whose supervisor is as dead, does not stop this one's
@@ -73,10 +74,10 @@ def sleeper(
     # a 2-core host), and a look right after found no leftover (two CI runs failed so).
     # deaf: its trap set, sleep runs, ignoring SIGTERM as the shell did.
     needle = f"FARM_INSTANCE={token}".encode()
-    deadline = time.monotonic() + 10
-    while needle not in environ(pid) or (deaf and comm(pid) != "sleep"):
-        assert time.monotonic() < deadline, "the sleep never ran"
-        time.sleep(0.001)
+    wait_for(
+        "the sleep to run",
+        lambda: needle in environ(pid) and (not deaf or comm(pid) == "sleep"),
+    )
     return pid
 
 
