@@ -17,6 +17,7 @@ import farm
 from farm.client.aioconn import ServerConnection, Waiter
 from farm.protocol.client import Task
 from tests.helpers.stalled import CuttingShort
+from tests.helpers.waiting import wait_for
 
 BIG = 4 << 20  # past what the socket buffers of a server reading 1 KB take
 NOT_SENT = "(not sent whole: not created)"
@@ -83,14 +84,16 @@ def test_an_executor_call_cut_short_says_it_was_not_sent_whole() -> None:
     # "(not confirmed: it may have been created)", where docs/executor.md says "not sent
     # whole: not created". Each argument under the spill threshold (1 MiB, beyond which only
     # a file's name crosses), the last calls' lie in what the kernel did not take: the
-    # server's accept waits until all are queued on the one connection (on a loaded host the
-    # cut came first, and the last call, alone on the next connection, fit the kernel's
-    # buffers: sent whole, so rightly "not confirmed").
+    # server's accept waits until the pump has put all on the one connection. (Released when
+    # submit() returned, on a loaded host the cut came first, and the last call, alone on the
+    # next connection, fit the kernel's buffers: sent whole, so rightly "not confirmed".)
     queued = threading.Event()
     cutter = CuttingShort(hold=queued)
     try:
         with farm.Executor(32, servers=cutter.addr, connect_timeout=3) as ex:  # all on the farm
             futures = [ex.submit(len, b"x" * (900 << 10)) for _ in range(12)]
+            pump = ex._pump
+            wait_for("the pump to put every call on the connection", lambda: not pump._pending)
             queued.set()
             with pytest.raises(farm.ServerUnavailable, match=re.escape(NOT_SENT)):
                 futures[-1].result(30)
