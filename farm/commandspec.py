@@ -24,7 +24,14 @@ from typing import Any
 
 from farm.errors import ConfigError
 
-__all__ = ["CommandSpec", "RunAs", "parse_command", "parse_stop_signal", "base_environ"]
+__all__ = [
+    "CommandSpec",
+    "RunAs",
+    "parse_command",
+    "parse_stop_signal",
+    "base_environ",
+    "dials_php_default",
+]
 
 Fail = Callable[[str, str], ConfigError]
 
@@ -61,6 +68,11 @@ _KEPT_FOR_USER = frozenset(
 )
 #: An environment variable's name, as POSIX shells take it (pass_env).
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: PHP's addServer() or addServers() given no server: the extension's default,
+#: localhost:4730, whatever FARM_SERVERS says (the seed's workers/php/worker.php).
+_PHP_DEFAULT_DIAL = re.compile(rb"->\s*addServers?\s*\(\s*\)")
+#: Of a script, what dials_php_default reads: a worker's setup is at its top.
+_SCRIPT_HEAD = 1 << 20
 
 
 def base_environ(spec: CommandSpec, inherited: Mapping[str, str]) -> dict[str, str]:
@@ -80,6 +92,24 @@ def base_environ(spec: CommandSpec, inherited: Mapping[str, str]) -> dict[str, s
         env = {k: v for k, v in inherited.items() if k in kept or k.startswith("LC_")}
     env.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
     return env
+
+
+def dials_php_default(spec: CommandSpec) -> str | None:
+    """The PHP script ``spec`` runs when it calls addServer() with no server, which dials
+    localhost:4730 only (the seed's worker): its path, else None. An unreadable script is
+    passed over (the pool's start says what is wrong with it)."""
+    for arg in spec.argv[1:]:
+        if not arg.endswith(".php"):
+            continue
+        path = os.path.join(spec.cwd or os.getcwd(), os.path.expanduser(arg))
+        try:
+            with open(path, "rb") as f:
+                head = f.read(_SCRIPT_HEAD)
+        except OSError:
+            continue
+        if _PHP_DEFAULT_DIAL.search(head):
+            return os.path.normpath(path)
+    return None
 
 
 def parse_command(raw: dict[str, Any], key: str, base: str, fail: Fail) -> CommandSpec:

@@ -289,3 +289,37 @@ def test_a_pool_whose_name_starts_with_a_dash_is_checked(tmp_path: Path) -> None
     done = farm(tmp_path, "check", "-c", "farm.toml")
     assert (done.returncode, done.stderr) == (0, ""), done.stderr
     assert lines(done.stdout)[0].startswith("ok: 1 pool(s), 1 slot(s)")
+
+
+def test_a_php_worker_dialing_the_default_port_is_named_where_the_port_moved(
+    tmp_path: Path,
+) -> None:
+    # The seed's worker calls addServer() with no server: localhost:4730. Under a config
+    # that moved the port, the check said "ok", and its workers failed at every start (or
+    # served another farm's server there). One that reads FARM_SERVER_HOST/PORT is fine.
+    seed = ROOT / "workers" / "php" / "worker.php"
+    (tmp_path / "own.php").write_text(
+        "<?php\n$w = new GearmanWorker();\n"
+        '$w->addServer(getenv("FARM_SERVER_HOST"), (int)getenv("FARM_SERVER_PORT"));\n'
+    )
+    config(
+        tmp_path,
+        f'[functions.reverse]\ncommand = ["php", "{seed}"]\nworkers = 1\n'
+        '[functions.own]\ncommand = "php own.php"\nworkers = 1\n',
+    )
+    done = farm(tmp_path, "check", "-c", "farm.toml")
+    assert done.returncode == 0, done.stderr  # a warning: it may be what is meant
+    said = lines(done.stderr)
+    assert len(said) == 1, said
+    assert said[0].startswith(
+        f"farm: warning: farm.toml: functions.reverse.command: {seed} calls"
+        " addServer() with no server, which dials localhost:4730, but this farm's server is"
+        " at 127.0.0.1:"
+    ), said
+    assert 'addServer(getenv("FARM_SERVER_HOST")' in said[0]
+    # At localhost:4730 (the default config's port) it reaches this farm: nothing to say.
+    moved = (tmp_path / "farm.toml").read_text().split('listen = ["127.0.0.1:')[1].split('"')[0]
+    path = tmp_path / "farm.toml"
+    path.write_text(path.read_text().replace(f"127.0.0.1:{moved}", "127.0.0.1:4730"))
+    done = farm(tmp_path, "check", "-c", "farm.toml")
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
