@@ -54,12 +54,17 @@ class JobFailed(JobError):
 
     ``warning``: the job's last WORK_WARNING before it, as text (its first 500 bytes, the
     newline it ends with taken off), else None: WORK_FAIL carries no reason, and a farm
-    worker says why in a warning first (past kill_rss_mb), which the message quotes."""
+    worker says why in a warning first (past kill_rss_mb), which the message quotes.
+    ``reason``: why the server failed it (its timeout, its retries, an operator's cancel),
+    where farm's server said (docs/held-grab.md, fail-reason), else None."""
 
-    def __init__(self, *args: object, warning: str | None = None) -> None:
+    def __init__(
+        self, *args: object, warning: str | None = None, reason: str | None = None
+    ) -> None:
         super().__init__(*args)
         # Kept in __dict__, which pickling keeps beside ``args`` (an Executor's call).
         self.warning = warning
+        self.reason = reason
 
 
 class JobException(JobError):

@@ -15,6 +15,7 @@ from farm.client.aioconn import ServerConnection, Waiter, closed_error
 from farm.client.serverpick import MIN_CONNECT, STAGGER, ServerPicker, connect_share, job_key
 from farm.errors import ServerUnavailable
 from farm.net import keep_alive, parse_address
+from farm.protocol import OPTION_FAIL_REASON
 from farm.protocol.client import Question, Task, lost_error, not_again
 
 __all__ = ["AsyncLinks"]
@@ -235,6 +236,7 @@ class AsyncLinks:
             if sock is not None:
                 keep_alive(sock)
             conn.session.option("exceptions")  # WORK_EXCEPTION reaches us, not just WORK_FAIL
+            conn.session.option(OPTION_FAIL_REASON.decode())  # why farm's server failed a job
         except BaseException:  # a signal handler's: the connection, held by none, goes
             transport.abort()
             raise

@@ -27,7 +27,7 @@ from farm.client.dialer import Dialer
 from farm.client.serverpick import MIN_CONNECT, ServerPicker, connect_share, job_key
 from farm.errors import ServerUnavailable
 from farm.net import recv_now, send_now, sent_before
-from farm.protocol import ProtocolError
+from farm.protocol import OPTION_FAIL_REASON, ProtocolError
 from farm.protocol.client import (
     JobEnded,
     Query,
@@ -149,6 +149,7 @@ class Connections(Delivery):
         sock = self.dialer.connect(addr, wait, self.tls)
         conn = Conn(addr, sock)
         conn.session.option("exceptions")  # so WORK_EXCEPTION reaches us, not just WORK_FAIL
+        conn.session.option(OPTION_FAIL_REASON.decode())  # farm's server says why it failed a job
         # A signal handler's close may land anywhere here: while connect() waited, or in
         # the register (its epoll closed: ValueError). In conns only once registered, and
         # looked at again then: a close before that did not see it, one after closes it.

@@ -251,7 +251,9 @@ def complete(task: Task[Flight], signer: Signer) -> list[WorkItem]:
             # a call on large data, that a caller thinks not of, from a worker older than
             # this).
             error = WorkerLost(
-                f"job {task.handle} failed; {last_warning(error.warning)};"
+                f"{error}; the call's outcome is unknown"  # the server said why: its timeout
+                if error.reason
+                else f"job {task.handle} failed; {last_warning(error.warning)};"
                 " the call's outcome is unknown"
                 if error.warning
                 else f"the worker running job {task.handle} died (a crash, the OOM killer),"

@@ -23,7 +23,7 @@ from farm.errors import ServerUnavailable
 from farm.executor.flight import Flight, flight_of
 from farm.executor.poller import READ, WRITE, Poller
 from farm.net import Dial, connect, keep_alive, parse_address
-from farm.protocol import OPTION_LAZY_CREATED
+from farm.protocol import OPTION_FAIL_REASON, OPTION_LAZY_CREATED
 from farm.protocol.client import ClientSession, lost_error
 
 __all__ = ["Conn", "Links", "RETRY_EVERY"]
@@ -165,6 +165,7 @@ class Links:
         # No wake-up for a JOB_CREATED alone: it may ride with the job's result (farm's
         # extension, docs/held-grab.md; gearmand refuses it and nothing changes).
         conn.session.option(OPTION_LAZY_CREATED.decode())
+        conn.session.option(OPTION_FAIL_REASON.decode())  # why the server failed a job
         self._selector.register(sock.fileno(), READ, conn)
         return conn
 

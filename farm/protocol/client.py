@@ -22,7 +22,14 @@ from collections.abc import Callable
 from typing import Any
 
 from farm.errors import JobException, ServerError, ServerUnavailable
-from farm.protocol.codec import Packet, PacketType, ProtocolError, wire_text
+from farm.protocol.codec import (
+    OPTION_FAIL_REASON,
+    Packet,
+    PacketType,
+    ProtocolError,
+    wire_int,
+    wire_text,
+)
 from farm.protocol.copies import Copies
 from farm.protocol.decoder import Decoder, Oversized
 from farm.protocol.events import ServerErrorNotice
@@ -79,19 +86,12 @@ __all__ = [
 PT = PacketType
 
 
-def _int(raw: bytes) -> int:
-    try:
-        return int(raw or b"0")
-    except ValueError:
-        return 0
-
-
 class ClientSession:
     """The client half of one connection: requests out, replies matched, tasks updated."""
 
     def __init__(self, server: str = "") -> None:
         self.server = server
-        self._decoder = Decoder(allow_admin=False, skip_too_large=True)
+        self._decoder = Decoder(allow_admin=False, skip_too_large=True, fail_reason=True)
         self._out = bytearray()
         self._awaiting: deque[Task[Any] | Query[Any]] = deque()  # requests in the order sent
         # The size of each request still in _out, oldest first: they are the tail of
@@ -108,6 +108,7 @@ class ClientSession:
         # The server answered a request with ERROR: it may close the connection next (farm
         # does after a packet over its --max-packet), so an idle one is not used again.
         self.refused = False
+        self.fail_reason = False  # it answered OPTION_RES fail-reason (_on_fail)
         # Keyed by plain ints, as the decoder gives them (an IntEnum key costs an == each).
         handlers: dict[PT, Callable[[Packet, list[object]], None]] = {
             PT.JOB_CREATED: self._on_created,
@@ -188,11 +189,9 @@ class ClientSession:
         task.attempts += 1
 
     def withdraw(self, task: Task[Any], unsent: bytearray) -> bool:
-        """Take back the submit of ``task`` if no byte of it has left: it is the last request
-        sent, and ``unsent`` (what the caller's socket has not taken) ends with its packet,
-        which is cut from it. Then no answer is owed for it, and the server never sees it
-        (a call that timed out against a server that stopped reading: its job would run
-        when the server woke, and each retry's payload piled up in memory)."""
+        """Take back the submit of ``task`` if no byte of it has left (the last request sent,
+        its packet the end of ``unsent``, cut from it): no answer is owed, the server never
+        sees it (a call timed out on a server that stopped reading ran when it woke)."""
         if not self._awaiting or self._awaiting[-1] is not task or self._out:
             return False
         packet = task.packet()
@@ -209,10 +208,9 @@ class ClientSession:
         self._awaiting.append(request)
 
     def withdraw_queued(self, request: Task[Any] | Query[Any]) -> bool:
-        """Take back ``request`` if it is still queued here (``data_to_send`` has not handed
-        it out): its packet is cut from what is queued, and no answer is owed for it. For a
-        face that holds requests while the server does not read (AsyncClient): one whose
-        caller gave up is never sent."""
+        """Take back ``request`` if ``data_to_send`` has not handed it out yet: its packet is
+        cut, no answer owed (AsyncClient, holding requests while the server does not read:
+        one whose caller gave up is never sent)."""
         # The queued requests are the last len(_queued) of _awaiting, in order; looked at
         # from the oldest, as timeouts expire in the order their calls were made.
         offset = len(self._awaiting) - len(self._queued)
@@ -245,11 +243,8 @@ class ClientSession:
     # -- replies --
 
     def receive(self, data: bytes) -> list[object]:
-        """Feed bytes from the server; return the events they complete, in order.
-
-        Raises ProtocolError when the server breaks the protocol; the face
-        should then close the connection and call ``connection_lost``.
-        """
+        """Feed bytes from the server; return the events they complete, in order. Raises
+        ProtocolError where the server breaks the protocol (the face closes, connection_lost)."""
         events: list[object] = []
         handlers = self._handlers
         for packet in self._decoder.feed(data):
@@ -301,9 +296,12 @@ class ClientSession:
             events.append(JobEnded(task=task))
 
     def _on_fail(self, packet: Packet, events: list[object]) -> None:
-        handle = wire_text(packet.args[0])
+        # Whole: the handle, and where the server said (fail-reason) why it failed the job.
+        raw, _, reason = packet.args[0].partition(b"\0")  # gearmand's stray NUL: none
+        handle = wire_text(raw)
+        why = reason.decode("utf-8", "replace") if self.fail_reason else ""
         for task in self._ended(handle):
-            task.error = failed_error(task, handle)  # the warning before it, if one came
+            task.error = failed_error(task, handle, why)
             task.done = True
             events.append(JobEnded(task=task))
 
@@ -328,7 +326,7 @@ class ClientSession:
             events.append(JobEnded(task=task))
 
     def _on_status(self, packet: Packet, events: list[object]) -> None:
-        num, den = _int(packet.args[1]), _int(packet.args[2])
+        num, den = wire_int(packet.args[1]), wire_int(packet.args[2])
         for task in self._hearers(wire_text(packet.args[0])):
             events.append(JobProgress(task=task, numerator=num, denominator=den))
 
@@ -348,22 +346,25 @@ class ClientSession:
             raise ProtocolError(f"{packet.name} arrived where the answer to {query!r} was due")
         args = packet.args
         if packet.type in (PT.STATUS_RES, PT.STATUS_RES_UNIQUE):
-            status = JobStatus(args[1] == b"1", args[2] == b"1", _int(args[3]), _int(args[4]))
+            status = JobStatus(args[1] == b"1", args[2] == b"1", *map(wire_int, args[3:5]))
             query.result = StatusResult(wire_text(args[0]), status)
         elif packet.type == PT.ECHO_RES:
             query.result = args[0]
         else:
             query.result = wire_text(args[0])
+            self.fail_reason = self.fail_reason or args[0] == OPTION_FAIL_REASON
         query.done = True
 
     def _on_error(self, packet: Packet, events: list[object]) -> None:
         code = packet.args[0].decode("utf-8", "replace")
         text = packet.args[1].decode("utf-8", "replace")
-        self.refused = True
         if not self._awaiting:
+            self.refused = True
             events.append(ServerErrorNotice(code=code, text=text))
             return
         request = self._awaiting.popleft()
+        # An option it does not know (gearmand: farm's) says nothing of the connection.
+        self.refused |= not (isinstance(request, Query) and request.expect == PT.OPTION_RES)
         function = request.function if isinstance(request, Task) else None
         request.error = ServerError(code, text, function)
         request.done = True
@@ -374,11 +375,10 @@ class ClientSession:
         self, why: str = "went away", unsent: int = 0, by_server: bool = True
     ) -> list[Task[Any]]:
         """The connection is gone: return the unfinished tasks (the face decides on retry).
-
-        Pending queries fail with ServerUnavailable saying ``why`` (how the server went,
-        e.g. it broke the protocol); tasks are left not done, ``unwritten`` those in the last
-        ``unsent`` bytes handed out (the face's socket never took them) or still here.
-        ``by_server``: the server's end, not ours (``lost``, which ``lost_since`` reads)."""
+        Pending queries fail with ServerUnavailable saying ``why`` (how the server went);
+        tasks are left not done, ``unwritten`` those in the last ``unsent`` bytes handed out
+        (the face's socket never took them) or still here. ``by_server``: the server's end,
+        not ours (``lost``, which ``lost_since`` reads)."""
         self.closed = True
         self.lost = by_server
         unwritten(self._awaiting, unsent + len(self._out), self.server)

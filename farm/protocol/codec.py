@@ -51,6 +51,7 @@ __all__ = [
     "frame_res",
     "text_bytes",
     "wire_text",
+    "wire_int",
 ]
 
 REQ = b"\0REQ"
@@ -108,6 +109,9 @@ OPTION_WORK_EXCEPTION = b"work-exception"
 #: functions in hand that it runs: a job the server holds for it then came after them, and it
 #: lets that job go unrun, so the server takes it back with no retry (docs/held-grab.md).
 OPTION_GIVE_BACK = b"give-back"
+#: OPTION_REQ of a client: a job the server fails itself (its timeout, its retries, an
+#: operator's cancel) ends in a WORK_FAIL that says why after its handle (docs/held-grab.md).
+OPTION_FAIL_REASON = b"fail-reason"
 
 
 class PacketType(enum.IntEnum):
@@ -362,3 +366,11 @@ def wire_text(raw: bytes) -> str:
     surrogateescape, as os.fsdecode, so ``.encode("utf-8", "surrogateescape")`` gives the
     bytes back. A strict decode of a server's handle raised out of the client's call."""
     return raw.decode("utf-8", "surrogateescape")
+
+
+def wire_int(raw: bytes) -> int:
+    """A number field of a server's packet (WORK_STATUS, STATUS_RES); 0 where it is none."""
+    try:
+        return int(raw or b"0")
+    except ValueError:
+        return 0

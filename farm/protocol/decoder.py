@@ -21,6 +21,7 @@ from farm.protocol.codec import (
     SERVER_SENT_ONLY,
     AdminLine,
     Packet,
+    PacketType,
     ProtocolError,
 )
 
@@ -42,6 +43,9 @@ _NO_ARGS: tuple[bytes, ...] = ()
 #: How many NULs split a body: all but the last argument's when it is data (which may hold
 #: NULs), one more otherwise, so that a NUL inside that last argument shows (see feed).
 _SPLITS = {t: s.nargs - 1 if s.has_data else s.nargs for t, s in PACKETS.items()}
+#: A client's that asked for fail-reason (docs/held-grab.md): WORK_FAIL whole, its handle,
+#: a NUL and why the server failed the job (the session cuts it at the NUL, as above).
+_FAIL_REASON_SPLITS = {**_SPLITS, int(PacketType.WORK_FAIL): 0}
 #: A worker's news of a job, and a job assigned to a worker: packets whose first argument is
 #: the job's handle, so that one too large to take can still fail that job.
 _HANDLE_FIRST = frozenset(
@@ -134,6 +138,7 @@ class Decoder:
         "skip_too_large",
         "read_past_too_large",
         "_nargs",
+        "_splits",
     )
 
     def __init__(
@@ -144,6 +149,7 @@ class Decoder:
         skip_too_large: bool = False,
         read_past_too_large: bool = False,
         server_side: bool = False,
+        fail_reason: bool = False,
     ) -> None:
         self._buf = bytearray()
         self._skip = 0  # bytes of an Oversized packet's body still to read past
@@ -154,6 +160,7 @@ class Decoder:
         self.skip_too_large = skip_too_large
         self.read_past_too_large = read_past_too_large
         self._nargs = _UNNEGOTIATED_NARGS if server_side else _NARGS
+        self._splits = _FAIL_REASON_SPLITS if fail_reason else _SPLITS
 
     def held_grab_negotiated(self) -> None:
         """The peer negotiated held grab: a server's decoder now knows JOB_ACCEPT. Called
@@ -197,6 +204,7 @@ class Decoder:
         unpack = HEADER.unpack_from
         max_packet = self.max_packet
         known = self._nargs
+        splits = self._splits
         try:
             while pos < end:
                 if src[pos] != 0:
@@ -244,7 +252,7 @@ class Decoder:
                     pos = stop
                     continue
                 body = src[pos + HEADER_SIZE : stop]
-                parts = (body if src is data else bytes(body)).split(b"\0", _SPLITS[ptype])
+                parts = (body if src is data else bytes(body)).split(b"\0", splits[ptype])
                 pos = stop
                 if len(parts) != nargs:
                     if len(parts) > nargs:

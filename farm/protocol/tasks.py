@@ -357,10 +357,16 @@ def last_warning(warning: str) -> str:
     )
 
 
-def failed_error(task: Task[Any], handle: str) -> JobFailed:
+def failed_error(task: Task[Any], handle: str, reason: str = "") -> JobFailed:
     """The error of a job its server sent WORK_FAIL for, which carries no reason: the job's
     last warning where one came (last_warning), else where WORK_FAIL can come from. Every
-    face raises it."""
+    face raises it. ``reason``: why the server failed it, where it said (farm's server,
+    to a client that asked: OPTION_REQ fail-reason)."""
+    if reason:
+        return JobFailed(
+            f"job {handle} ({task.function}) failed: the server failed it: {reason}",
+            reason=reason,
+        )
     if task.warned:
         # A farm worker ends it with a newline, for the gearman CLI (which prints a warning
         # as it comes, on a line of its own): not the message's, whose text may go on.

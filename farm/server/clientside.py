@@ -72,6 +72,7 @@ class ClientSide:
     lazy_created: bool
     lazy_waiting: bool  # has a deadline in hub.lazy
     exceptions: bool  # OPTION_REQ exceptions: WORK_EXCEPTION, not WORK_FAIL
+    fail_reason: bool  # OPTION_REQ fail-reason: the server's own failures say why
     fd: int
     ip: str
     tcp: bool  # a TCP peer: its jobs count in the TCP share of --max-queued-bytes
@@ -336,5 +337,9 @@ class ClientSide:
             self.send(frame_res(_WORK_COMPLETE, job.handle, data))
         elif outcome is _EXCEPTION and self.exceptions:
             self.send(frame_res(_WORK_EXCEPTION, job.handle, data))
+        elif data and outcome is not _EXCEPTION and self.fail_reason:
+            # A failure the server made, and why (a worker's WORK_FAIL carries no data):
+            # after the handle, for a client that asked (docs/held-grab.md, fail-reason).
+            self.send(frame_res(_WORK_FAIL, job.handle, data))
         else:  # a failure, or an exception for a client that did not ask for them
             self.send(frame_res(_WORK_FAIL, job.handle))

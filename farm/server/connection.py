@@ -114,6 +114,7 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, PeerOptions, a
         self.gives_back = False  # docs/held-grab.md: its CANT_DO gives back unrun jobs
         # docs/held-grab.md "lazy-created": foreground JOB_CREATEDs ride with the next write.
         self.lazy_created = False
+        self.fail_reason = False  # docs/held-grab.md: WORK_FAIL says why the server failed it
         self.lazy_waiting = False  # replies held with a deadline in hub.lazy
         self.written_this_read = 0  # what AdminSide counts as unread across a read's slices
         self.backlog: Iterator[Event] | None = None  # a read's packets left for a later turn

@@ -183,6 +183,7 @@ class Dispatch(Abilities):
 
     def _expire(self, job: Job, worker: Peer) -> None:
         """CAN_DO_TIMEOUT ran out: the job fails (gearmand 1.1 would requeue it forever)."""
+        length = job.expiry.length if job.expiry is not None else 0
         job.expiry = None
         worker.catch_up()  # its answer may be read already, behind its news (READ_SLICE)
         if job.worker is worker and worker.running.get(job.handle) is job:
@@ -193,7 +194,8 @@ class Dispatch(Abilities):
             say("job %s (%s) timed out on its worker", *named.values(), extra=named)
             self._drop_answers(worker, job)
             self.functions[job.function].stats.timed_out[job.priority] += 1
-            self.finish(worker, job, Outcome.FAIL)
+            why = f"it ran past its worker's timeout of {length:g} s (CAN_DO_TIMEOUT)"
+            self.finish(worker, job, Outcome.FAIL, why.encode())
 
     def take_back(self, worker: Peer, job: Job) -> bool:
         """A job pushed to a worker's held grab that it did not accept in time: it goes back
@@ -310,6 +312,10 @@ class Dispatch(Abilities):
         named = _named(job)
         handle, function = named.values()
         if worker.killed:
+            why = (
+                "its worker was stopped past its grace (farm stop, a deploy, a scale-down),"
+                f" and job_retries = {self.job_retries} allows no other run"
+            )
             # Its supervisor said it kills it (a drain past its grace: farm stop, a deploy,
             # a scale-down): no poison job, but one that may run only so many times.
             log.warning(
@@ -321,6 +327,10 @@ class Dispatch(Abilities):
                 extra=named,
             )
         else:
+            why = (
+                f"its worker died running it, {job.retries} time(s) of job_retries ="
+                f" {self.job_retries}"
+            )
             (tcp_poison if tcp else log.error)(
                 "poison job %s: function %s unique %r failed after %d attempts",
                 handle,
@@ -330,7 +340,7 @@ class Dispatch(Abilities):
                 extra=named,
             )
             self.poison.append((job.handle, job.function, job.unique))
-        self._end(job, Outcome.FAIL)
+        self._end(job, Outcome.FAIL, why.encode())
 
     def orphaned(self) -> bool:
         """Whether the supervisor that started this server is gone (a SIGTERM is on its

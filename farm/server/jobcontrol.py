@@ -189,7 +189,7 @@ class JobControl:
             # clients were told it failed.
             self._drop_answers(worker, job)
             self._stop_running(worker, job)
-        self._end(job, Outcome.FAIL)
+        self._end(job, Outcome.FAIL, b"an operator cancelled it (admin: cancel job)")
         return True
 
     def drop_function(self, name: bytes) -> bool:
@@ -199,7 +199,7 @@ class JobControl:
         # As gearmand: the operator asked, so the function's waiting jobs go with it.
         for job in [j for j in self.jobs.values() if j.function == name]:
             self._unqueue(job)
-            self._end(job, Outcome.FAIL)
+            self._end(job, Outcome.FAIL, b"an operator dropped its function (admin: drop function)")
         # Its idle record goes with it: left, a later `create function` of the name made
         # an entry that looked unused, which room_for_new then freed.
         self.free_entry(name)

@@ -2,7 +2,7 @@
 :class:`farm.server.connection.Connection`.
 
 OPTION_REQ turns on what gearmand offers (``exceptions``) and farm's own extensions
-(held grab, read-accept, revoke, lazy-created, give-back: docs/held-grab.md);
+(held grab, read-accept, revoke, lazy-created, give-back, fail-reason: docs/held-grab.md);
 SET_CLIENT_ID names the peer in the ``workers`` listing. The state lives on the connection
 (``Connection.__init__``).
 """
@@ -41,6 +41,7 @@ class PeerOptions:
     revoke: bool
     gives_back: bool
     lazy_created: bool
+    fail_reason: bool
     client_id: bytes
 
     def option(self, args: tuple[bytes, ...]) -> None:
@@ -64,6 +65,9 @@ class PeerOptions:
             self.send(encode_res(T.OPTION_RES, name))
         elif name == p.OPTION_GIVE_BACK:
             self.gives_back = True
+            self.send(encode_res(T.OPTION_RES, name))
+        elif name == p.OPTION_FAIL_REASON:
+            self.fail_reason = True
             self.send(encode_res(T.OPTION_RES, name))
         elif name == p.OPTION_LAZY_CREATED:
             self.lazy_created = self.hub.loop is not None  # its timer needs a running loop

@@ -132,6 +132,8 @@ INERT_TIMER: Timer = _Inert()
 class Expiry(Protocol):
     """Where a running job's CAN_DO_TIMEOUT deadline is kept (a ``Deadlines``, deadlines.py)."""
 
+    length: float  # the timeout, in seconds
+
     def add(self, key: Job, value: Peer) -> None: ...
 
     def discard(self, key: Job) -> None: ...

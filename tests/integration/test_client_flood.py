@@ -22,10 +22,15 @@ from tests.helpers.waiting import wait_for
 
 
 def flooding(conn: socket.socket, stop: threading.Event) -> None:
-    """Answers the client's first OPTION_REQ and ECHO_REQ, then sends WORK_STATUS of a job
-    nobody asked about as fast as it is taken, and answers nothing more."""
+    """Answers the client's OPTION_REQs (as gearmand: farm's own is unknown) and ECHO_REQ,
+    then sends WORK_STATUS of a job nobody asked about as fast as it is taken, and answers
+    nothing more."""
     conn.recv(1000)
-    conn.sendall(encode_res(T.OPTION_RES, b"exceptions") + encode_res(T.ECHO_RES, b"hi"))
+    conn.sendall(
+        encode_res(T.OPTION_RES, b"exceptions")
+        + encode_res(T.ERROR, b"UNKNOWN_OPTION", b"Server does not recognize given option")
+        + encode_res(T.ECHO_RES, b"hi")
+    )
     news = encode_res(T.WORK_STATUS, b"H:elsewhere:1", b"1", b"2") * 1000
     while not stop.is_set():
         conn.sendall(news)

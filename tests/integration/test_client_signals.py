@@ -77,7 +77,8 @@ def test_a_close_by_a_callback_ends_the_rest_of_that_select_batch() -> None:
         decoder, seen = Decoder(), []
         while T.SUBMIT_JOB not in seen:
             seen += [p.type for p in decoder.feed(conn.recv(65536))]  # type: ignore[union-attr]
-        conn.sendall(encode_res(T.OPTION_RES, b"exceptions") + encode_res(T.JOB_CREATED, b"H:1"))
+        options = encode_res(T.OPTION_RES, b"exceptions") + encode_res(T.OPTION_RES, b"fail-reason")
+        conn.sendall(options + encode_res(T.JOB_CREATED, b"H:1"))
         submitted.set()  # A is in the client's connections, and its job created
 
     threading.Thread(target=serve_a, daemon=True).start()

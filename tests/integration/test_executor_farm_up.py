@@ -103,7 +103,9 @@ def test_calls_batched_behind_one_that_overruns_the_pool_timeout_run_elsewhere(
         first = ex.submit(nap, 0.3)  # holds the window (one job) while the batch queues
         # The batch is calls 0..4 (call 0 and 9 // 2 more of the 9 behind it).
         steps = [ex.submit(long_at, i, 1, 30) for i in range(10)]
-        with pytest.raises(farm.WorkerLost):
+        # The server says why it failed the job (fail-reason): "died, ..., or overran its
+        # timeout (the farm's log says which)" named every cause.
+        with pytest.raises(farm.WorkerLost, match=r"timeout of 2 s \(CAN_DO_TIMEOUT\); the call"):
             steps[1].result(timeout=60)
         assert first.result(timeout=60) == 0.3
         assert [f.result(timeout=60) for f in steps[2:]] == list(range(2, 10))
