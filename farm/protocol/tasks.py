@@ -362,15 +362,17 @@ def failed_error(task: Task[Any], handle: str, reason: str = "") -> JobFailed:
     last warning where one came (last_warning), else where WORK_FAIL can come from. Every
     face raises it. ``reason``: why the server failed it, where it said (farm's server,
     to a client that asked: OPTION_REQ fail-reason)."""
-    if reason:
+    # A farm worker ends a warning with a newline, for the gearman CLI (which prints one as
+    # it comes, on a line of its own): not the message's, whose text may go on.
+    warning = task.warned.decode("utf-8", "replace").rstrip("\r\n") if task.warned else None
+    if reason:  # a warning then is news of some try, quoted as such, after the reason
+        said = f"; its last warning: {warning} (it may be from an earlier try)" if warning else ""
         return JobFailed(
-            f"job {handle} ({task.function}) failed: the server failed it: {reason}",
+            f"job {handle} ({task.function}) failed: the server failed it: {reason}{said}",
+            warning=warning,
             reason=reason,
         )
-    if task.warned:
-        # A farm worker ends it with a newline, for the gearman CLI (which prints a warning
-        # as it comes, on a line of its own): not the message's, whose text may go on.
-        warning = task.warned.decode("utf-8", "replace").rstrip("\r\n")
+    if warning is not None:
         return JobFailed(
             f"job {handle} ({task.function}) failed; {last_warning(warning)}", warning=warning
         )

@@ -34,6 +34,8 @@ ELSE = (
     " (it may be from an earlier try: the server retries unseen, and its log says if it"
     " failed the job)"
 )
+#: Why the server failed a job whose two tries' workers died (--job-retries 2).
+DIED_TWICE = "its worker died running it, 2 time(s) of job_retries = 2"
 
 
 def asleep(addr: str, function: str) -> Peer:
@@ -92,6 +94,7 @@ def test_a_warning_before_the_servers_retries_is_quoted_with_a_hedge() -> None:
     # Try 1 warned and its worker died; try 2's worker died too, and the server failed the
     # job after job_retries tries: the JobFailed said only "its last warning: 3 bad rows
     # skipped", a news of try 1 the client cannot tell from a reason, and not the server.
+    # The server says why now (fail-reason), and the warning follows as some try's news.
     srv = start_farm_server("--job-retries", "2")
     try:
         with farm.Client(srv.addr) as client:
@@ -106,9 +109,12 @@ def test_a_warning_before_the_servers_retries_is_quoted_with_a_hedge() -> None:
                 client.wait(task, 20)
     finally:
         srv.stop()
-    failed = f"job {task.handle} (hog) failed; its last warning: 3 bad rows skipped{ELSE}"
+    failed = (
+        f"job {task.handle} (hog) failed: the server failed it: {DIED_TWICE}; its last"
+        " warning: 3 bad rows skipped (it may be from an earlier try)"
+    )
     assert str(info.value) == failed
-    assert info.value.warning == "3 bad rows skipped"
+    assert info.value.warning == "3 bad rows skipped" and info.value.reason == DIED_TWICE
 
 
 def test_an_executor_call_lost_after_the_servers_retries_hedges_the_warning(
@@ -129,7 +135,10 @@ def test_an_executor_call_lost_after_the_servers_retries_hedges_the_warning(
             second.close()
             error = future.exception(timeout=20)
     assert type(error) is farm.WorkerLost
-    lost = f"job {handle} failed; its last warning: 3 bad rows skipped{ELSE}"
+    lost = (
+        f"job {handle} (farm.python) failed: the server failed it: {DIED_TWICE}; its last"
+        " warning: 3 bad rows skipped (it may be from an earlier try)"
+    )
     assert str(error) == f"{lost}; the call's outcome is unknown"
 
 
