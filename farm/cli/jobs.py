@@ -22,7 +22,7 @@ from farm.cli.app import (
     seconds,
     typed,
 )
-from farm.errors import ConfigError, FarmError, JobError
+from farm.errors import ConfigError, FarmError, JobError, JobFailed
 
 # farm.net, farm.discovery and farm.protocol are imported where they are used: every `farm`
 # command loads this module to register these commands, and those imports (sockets, ssl,
@@ -251,6 +251,8 @@ def submit(
                 bar.clear()
         except (TypeError, ValueError) as exc:
             fail(str(exc), 2)
+        except JobFailed as exc:  # "job H:... (f) failed...": it names the job already
+            fail(escape_controls(str(exc)), 1)
         except JobError as exc:  # its text is the worker's (a raise's, a warning): escaped
             fail(f"job {function} failed: {escape_controls(str(exc))}", 1)
         except FarmError as exc:
