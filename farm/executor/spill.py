@@ -14,13 +14,12 @@ cannot be forged, since it travels inside the HMAC.
 
 Files are created with O_EXCL, mode 0600, and given 0640 (the farm's group may read them)
 once their data is in, so that the sweep tells a part its writer left from a whole file;
-named
-``farm-spill-KIND-PID-RANDOM``: KIND ``a`` for arguments (written and deleted by
-the caller), ``r`` for results (written by the worker, deleted by the caller
-once read; named ``farm-spill-r-PID-CALLID-RANDOM``, so that a caller that lost
-the call with its job server removes them too), ``k`` for what an executor keeps
-while it lives (its initializer, a large function its calls share); PID is the
-writer's. The directory is created 2770 (setgid, so its
+named ``farm-spill-KIND-PID-RANDOM.NS`` (NS: the pid's namespace, farm.executor.spillsweep):
+KIND ``a`` for arguments (written and deleted by the caller), ``r`` for results (written
+by the worker, deleted by the caller once read; named ``farm-spill-r-PID-CALLID-RANDOM``,
+so that a caller that lost the call with its job server removes them too), ``k`` for what
+an executor keeps while it lives (its initializer, a large function its calls share); PID
+is the writer's. The directory is created 2770 (setgid, so its
 files take its group) and refused when others may write to it. Each file is
 also given the directory's group explicitly, since a setgid bit may be missing:
 systemd's ``RestrictSUIDSGID=`` (set by the shipped unit) refuses to set it, and
@@ -28,7 +27,8 @@ a caller of another account would otherwise write files of its own group that
 the farm's user cannot read.
 
 ``sweep`` is the supervisor's cleanup of what a killed process left behind
-(farm/supervisor.py runs it every ``sweep_every`` seconds).
+(farm/supervisor.py runs it every ``sweep_every`` seconds), farm.executor.spillsweep's,
+re-exported here.
 
 The settings (the directory, the limit and where each comes from, the sweep's
 default ages) are farm.executor.spillsettings'; this module re-exports them, all but
@@ -42,7 +42,6 @@ import os
 import pickle
 import secrets
 import stat
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -61,6 +60,7 @@ from farm.executor.spillsettings import (
     default_spill_dir,
     worker_settings,
 )
+from farm.executor.spillsweep import PREFIX, name_mark, sweep, sweep_every
 from farm.paths import make_dirs
 
 __all__ = [
@@ -96,7 +96,6 @@ __all__ = [
 SPILL_THRESHOLD = 1 << 20
 #: First byte of a result body that is a reference (a pickle starts with 0x80).
 RESULT_MARK = b"S"
-PREFIX = "farm-spill-"
 _HEAD = 8 + 32
 
 
@@ -194,7 +193,8 @@ def write(
     # would otherwise leave a file that no one knows of (the sweep takes it an hour later).
     digest = hashlib.sha256(data).digest()
     tagged = f"{tag}-" if tag else ""
-    path = directory / f"{PREFIX}{kind}-{os.getpid()}-{tagged}{secrets.token_hex(12)}"
+    name = f"{PREFIX}{kind}-{os.getpid()}-{tagged}{secrets.token_hex(12)}{name_mark()}"
+    path = directory / name
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = -1
     try:
@@ -300,76 +300,6 @@ def remove(reference: bytes | memoryview | Path) -> None:
             path.unlink()
         except OSError:
             pass
-
-
-def sweep_every(orphan_age: float) -> float:
-    """How often the supervisor sweeps (seconds): every minute, or oftener for short ages."""
-    return max(0.5, min(60.0, orphan_age / 2))
-
-
-def sweep(directory: Path, max_age: float, orphan_age: float, now: float | None = None) -> int:
-    """Remove spill files left by dead or lost processes; the number removed.
-
-    Any file older than ``max_age``; a result file older than ``orphan_age`` (its
-    caller reads it the moment the job ends); an argument file older than
-    ``orphan_age`` whose writer's pid is gone (a caller killed with SIGKILL). A kept
-    file (``k``: an executor's initializer, a function its calls share) only once its
-    writer is gone and it is older than ``orphan_age``, whatever its age: an executor
-    may live for weeks. And at any age a part: a file its writer never made readable to
-    the farm's group (``write`` does so once the data is in) whose writer is gone, a
-    worker or caller killed while it wrote (the OOM killer, a pool's timeout, SIGKILL);
-    such a part of a 2 GB result stayed the hour of ``orphan_age``.
-    """
-    now = time.time() if now is None else now
-    removed = 0
-    try:
-        entries = list(os.scandir(directory))
-    except OSError:
-        return 0
-    for entry in entries:
-        name = entry.name
-        if not name.startswith(PREFIX):
-            continue
-        try:
-            info = entry.stat(follow_symlinks=False)
-        except OSError:
-            continue
-        age = now - info.st_mtime
-        parts = name[len(PREFIX) :].split("-")
-        whole = info.st_mode & stat.S_IRGRP  # a part, if not: see the docstring
-        young = age <= orphan_age and age <= max_age
-        if young and whole:
-            continue
-        writer_alive = _alive(parts[1] if len(parts) > 2 else "")
-        if whole or writer_alive:
-            if young:
-                continue  # a part its writer is still writing
-            if age <= max_age and parts[0] == "a" and writer_alive:
-                continue
-            if parts[0] == "k" and (writer_alive or age <= orphan_age):
-                continue  # kept for an executor's life (its initializer): never by age alone
-        try:
-            os.unlink(entry.path)
-            removed += 1
-        except OSError:
-            pass
-    return removed
-
-
-def _alive(pid_text: str) -> bool:
-    try:
-        pid = int(pid_text)
-    except ValueError:
-        return False
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's live process
-    return True
 
 
 class ByFile:

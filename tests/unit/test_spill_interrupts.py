@@ -4,8 +4,6 @@ removes its spill files: no file is left that no one knows of, none of another's
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +11,8 @@ import pytest
 
 from farm.executor import spill
 from farm.executor.callerfiles import CallerFiles
-
-
-def settings(tmp_path: Path, mb: int = 16) -> spill.SpillSettings:
-    return spill.SpillSettings(tmp_path / "spill", mb << 20)
+from farm.executor.spillsweep import name_mark
+from tests.helpers.spillfiles import dead_pid, settings
 
 
 class _InterruptedHash:
@@ -95,7 +91,7 @@ def test_a_name_taken_already_leaves_that_file_alone(
     # O_EXCL refused the name: the file there is not this write's to remove.
     spill.spill_dir(tmp_path / "spill")
     monkeypatch.setattr(spill.secrets, "token_hex", lambda n: "0" * 2 * n)
-    taken = tmp_path / "spill" / f"{spill.PREFIX}a-{os.getpid()}-{'0' * 24}"
+    taken = tmp_path / "spill" / f"{spill.PREFIX}a-{os.getpid()}-{'0' * 24}{name_mark()}"
     taken.write_bytes(b"another's")
     with pytest.raises(FileExistsError):
         spill.write(settings(tmp_path), b"x" * 4096, "a")
@@ -123,18 +119,6 @@ def test_a_removal_interrupted_before_the_unlink_is_still_done_by_remove_all(
     assert os.listdir(tmp_path / "spill") == []
 
 
-def dead_pid() -> int:
-    """The pid of a process that has ended (and been reaped)."""
-    child = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return int(child.stdout)
-
-
 @pytest.mark.parametrize("kind", ["a", "r", "k"])
 def test_a_part_left_by_a_writer_killed_while_it_wrote_is_swept_at_once(
     tmp_path: Path, kind: str
@@ -145,17 +129,19 @@ def test_a_part_left_by_a_writer_killed_while_it_wrote_is_swept_at_once(
     s = settings(tmp_path)
     whole = spill.reference_path(spill.write(s, b"x", kind))
     pid = dead_pid()
-    part = whole.with_name(f"farm-spill-{kind}-{pid}-00")
+    part = whole.with_name(f"farm-spill-{kind}-{pid}-00{name_mark()}")
     part.write_bytes(b"x")
     part.chmod(0o600)
-    finished = whole.with_name(f"farm-spill-{kind}-{pid}-01")  # whole, its writer gone since
+    finished = whole.with_name(f"farm-spill-{kind}-{pid}-01{name_mark()}")  # its writer gone
     finished.write_bytes(b"x")
     finished.chmod(0o640)
-    writing = whole.with_name(f"farm-spill-{kind}-{os.getpid()}-02")  # a live writer's part
+    writing = whole.with_name(f"farm-spill-{kind}-{os.getpid()}-02{name_mark()}")  # a live one's
     writing.write_bytes(b"x")
     writing.chmod(0o600)
-    assert spill.sweep(s.directory, 100, 10) == 1  # all young: the dead writer's part alone
-    assert not part.exists() and whole.exists() and finished.exists() and writing.exists()
+    # All young: the dead writer's part alone (and its whole arguments: test_spill_sweep.py).
+    assert spill.sweep(s.directory, 100, 10) == (2 if kind == "a" else 1)
+    assert not part.exists() and whole.exists() and writing.exists()
+    assert finished.exists() == (kind != "a")
 
 
 def test_a_file_is_readable_to_the_farms_group_only_once_its_data_is_in(
