@@ -327,10 +327,8 @@ class Dispatch(Abilities):
                 extra=named,
             )
         else:
-            why = (
-                f"its worker died running it, {job.retries} time(s) of job_retries ="
-                f" {self.job_retries}"
-            )
+            times = "" if job.retries == 1 else f" {job.retries} times"  # a worker each
+            why = f"its worker died running it{times} (job_retries = {self.job_retries})"
             (tcp_poison if tcp else log.error)(
                 "poison job %s: function %s unique %r failed after %d attempts",
                 handle,

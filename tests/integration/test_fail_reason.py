@@ -86,7 +86,7 @@ def test_an_operators_cancel_and_the_retries_run_out_say_so(
         dying.send(T.CAN_DO, "g")
         handle = running(asked, plain, dying, "g")
         dying.close()
-        why = b"its worker died running it, 1 time(s) of job_retries = 1"
+        why = b"its worker died running it (job_retries = 1)"
         assert asked.expect(T.WORK_FAIL, timeout=10).args == (handle + b"\0" + why,)
         assert plain.expect(T.WORK_FAIL, timeout=10).args == (handle,)
     finally:

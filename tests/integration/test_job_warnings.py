@@ -35,7 +35,7 @@ ELSE = (
     " failed the job)"
 )
 #: Why the server failed a job whose two tries' workers died (--job-retries 2).
-DIED_TWICE = "its worker died running it, 2 time(s) of job_retries = 2"
+DIED_TWICE = "its worker died running it 2 times (job_retries = 2)"
 
 
 def asleep(addr: str, function: str) -> Peer:
