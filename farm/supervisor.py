@@ -36,7 +36,7 @@ from typing import Any
 
 from farm.config import Config, FunctionConfig
 from farm.pools import sdnotify
-from farm.pools.bootcheck import children_environ
+from farm.pools.bootcheck import children_environ, php_default_dials
 from farm.pools.commandjobs import CommandJobs
 from farm.pools.commandstart import CommandStart
 from farm.pools.controlserver import ControlConnection, ControlServer, open_control
@@ -108,7 +108,7 @@ class Supervisor(
         # (python -P): no working directory on its PYTHONPATH. farm check loads targets in it.
         self.child_env, self.python_env, self.pythonpath_warnings = children_environ(
             config.executor
-        )  # the warnings said in run()
+        )  # the warnings said in run(), once a running farm is named
         # In each worker's environment: what a supervisor killed -9 left running is stopped
         # by the next one of this farm (farm.pools.leftbehind).
         self.instance = instance_token(config.supervisor.control)
@@ -167,7 +167,7 @@ class Supervisor(
             self.config.source,
             self.config.supervisor.control,
         )
-        for warning in self.pythonpath_warnings:  # not before a running farm is named
+        for warning in self.pythonpath_warnings + php_default_dials(self.config):
             log.warning("%s", warning)
         self.stop_left_behind()  # holding the control socket: no other supervisor of ours runs
         if self.config.local_server:

@@ -25,13 +25,9 @@ from farm.cli.app import MAX_WAIT, ConfigOption, FarmCommand, app, fail, seconds
 from farm.errors import ConfigError, FarmError
 
 if TYPE_CHECKING:
-    from farm.config import Config
     from farm.net import Address
 
 __all__ = ["check"]
-
-#: The hosts a listener at which ``localhost`` reaches (an address of all interfaces too).
-_LOCALHOST = frozenset({"127.0.0.1", "::1", "localhost", "0.0.0.0", "::", ""})
 
 
 def _problem(line: str) -> None:
@@ -67,32 +63,6 @@ def _taken_by_another_user(addresses: tuple[Address, ...]) -> str | None:
     return None
 
 
-def _php_default_dials(cfg: Config) -> list[str]:
-    """A warning for each command pool whose PHP script calls addServer() with no server,
-    where this farm's server is not at localhost:4730, which such a call dials: its workers
-    would serve a server of another farm, or fail at every start (the PHP review: the seed's
-    worker under a config that moved the port)."""
-    from farm.commandspec import dials_php_default
-    from farm.net import DEFAULT_PORT, parse_address
-
-    addresses = list(cfg.server.addresses) if cfg.local_server else []
-    addresses += [parse_address(s) for s in cfg.supervisor.servers]
-    if any(a.kind == "tcp" and a.port == DEFAULT_PORT and a.host in _LOCALHOST for a in addresses):
-        return []
-    where = ", ".join(str(a) for a in addresses if a.kind == "tcp") or "no TCP address"
-    found = []
-    for pool in cfg.functions.values():
-        if pool.command is None or (script := dials_php_default(pool.command)) is None:
-            continue
-        found.append(
-            f"{cfg.source}: functions.{pool.name}.command: {script} calls addServer() with no"
-            f" server, which dials localhost:{DEFAULT_PORT}, but this farm's server is at"
-            f' {where}; have it call $worker->addServer(getenv("FARM_SERVER_HOST"),'
-            f' (int)getenv("FARM_SERVER_PORT"))'
-        )
-    return found
-
-
 @app.command(cls=FarmCommand)
 def check(
     config: Path | None = ConfigOption,
@@ -112,7 +82,12 @@ def check(
     from farm.config.capacity import quota_note
     from farm.logs import error_line
     from farm.paths import working_directory
-    from farm.pools.bootcheck import CannotStart, children_environ, target_failures
+    from farm.pools.bootcheck import (
+        CannotStart,
+        children_environ,
+        php_default_dials,
+        target_failures,
+    )
     from farm.pools.fdbudget import descriptor_refusal
     from farm.pools.localserver import check_listen_name
     from farm.pools.places import UNIT_DIRECTORIES, place_errors, unit_made_places
@@ -155,7 +130,7 @@ def check(
         _warn(warning)
     if cfg.local_server and (taken := _taken_by_another_user(cfg.server.addresses)):
         _warn(f"{cfg.source}: server.listen: {taken}")
-    for warning in _php_default_dials(cfg):
+    for warning in php_default_dials(cfg):  # farm up logs them at its start too
         _warn(warning)
     # The pools that read are loaded even when others did not: one run names them all.
     try:

@@ -18,14 +18,18 @@ import select
 import signal
 import time
 
+from farm.commandspec import dials_php_default
 from farm.config import Config, ExecutorConfig
+from farm.net import DEFAULT_PORT, parse_address
 from farm.pools.executorduties import spill_environ
 from farm.pools.sdnotify import child_environ
 from farm.pools.spawn import exec_text, python_module, spawn
 from farm.targets import trusted_pythonpath
 
-__all__ = ["CannotStart", "children_environ", "target_failures"]
+__all__ = ["CannotStart", "children_environ", "php_default_dials", "target_failures"]
 
+#: The hosts a listener at which ``localhost`` reaches (an address of all interfaces too).
+_LOCALHOST = frozenset({"127.0.0.1", "::1", "localhost", "0.0.0.0", "::", ""})
 #: Targets loaded at once: each is a whole interpreter importing a module.
 PARALLEL = max(1, min(8, os.cpu_count() or 1))
 
@@ -185,3 +189,27 @@ class _Load:
         for fd in self.fds:
             os.close(fd)
         self.fds.clear()
+
+
+def php_default_dials(cfg: Config) -> list[str]:
+    """A warning for each command pool whose PHP script calls addServer() with no server,
+    where this farm's server is not at localhost:4730, which such a call dials: its workers
+    would serve a server of another farm, or fail at every start (the PHP review: the seed's
+    worker under a config that moved the port). `farm check` says them, and `farm up` logs
+    them at its start."""
+    addresses = list(cfg.server.addresses) if cfg.local_server else []
+    addresses += [parse_address(s) for s in cfg.supervisor.servers]
+    if any(a.kind == "tcp" and a.port == DEFAULT_PORT and a.host in _LOCALHOST for a in addresses):
+        return []
+    where = ", ".join(str(a) for a in addresses if a.kind == "tcp") or "no TCP address"
+    found = []
+    for pool in cfg.functions.values():
+        if pool.command is None or (script := dials_php_default(pool.command)) is None:
+            continue
+        found.append(
+            f"{cfg.source}: functions.{pool.name}.command: {script} calls addServer() with no"
+            f" server, which dials localhost:{DEFAULT_PORT}, but this farm's server is at"
+            f' {where}; have it call $worker->addServer(getenv("FARM_SERVER_HOST"),'
+            f' (int)getenv("FARM_SERVER_PORT"))'
+        )
+    return found

@@ -21,6 +21,7 @@ import pytest
 
 from tests.helpers import ROOT
 from tests.helpers.farmcheck import config, farm, lines
+from tests.helpers.farmproc import FarmUp
 from tests.helpers.unprivileged import homeless
 from tests.helpers.waiting import wait_for
 
@@ -323,3 +324,16 @@ def test_a_php_worker_dialing_the_default_port_is_named_where_the_port_moved(
     path.write_text(path.read_text().replace(f"127.0.0.1:{moved}", "127.0.0.1:4730"))
     done = farm(tmp_path, "check", "-c", "farm.toml")
     assert (done.returncode, done.stderr) == (0, ""), done.stderr
+
+
+def test_farm_up_logs_the_php_workers_default_port_at_its_start(tmp_path: Path) -> None:
+    # An operator who starts the farm under systemd and never runs `farm check` reads only
+    # the log: its workers failed at every start, and nothing there said why.
+    seed = ROOT / "workers" / "php" / "worker.php"
+    up = FarmUp(tmp_path, f'[functions.reverse]\ncommand = ["php", "{seed}"]\nworkers = 0\n')
+    try:
+        up.expect_notify("READY=1")
+        said = f"functions.reverse.command: {seed} calls addServer() with no server"
+        wait_for("the warning in farm up's log", lambda: said in up.read_log())
+    finally:
+        assert up.stop() == 0
