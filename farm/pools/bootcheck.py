@@ -20,7 +20,7 @@ import time
 
 from farm.commandspec import dials_php_default
 from farm.config import Config, ExecutorConfig
-from farm.net import DEFAULT_PORT, parse_address
+from farm.net import DEFAULT_PORT, connectable, parse_address
 from farm.pools.executorduties import spill_environ
 from farm.pools.sdnotify import child_environ
 from farm.pools.spawn import exec_text, python_module, spawn
@@ -28,8 +28,8 @@ from farm.targets import trusted_pythonpath
 
 __all__ = ["CannotStart", "children_environ", "php_default_dials", "target_failures"]
 
-#: The hosts a listener at which ``localhost`` reaches (an address of all interfaces too).
-_LOCALHOST = frozenset({"127.0.0.1", "::1", "localhost", "0.0.0.0", "::", ""})
+#: What ``localhost`` names: a listener there (or on every interface: ``connectable``).
+_LOCALHOST = frozenset({"127.0.0.1", "::1", "localhost"})
 #: Targets loaded at once: each is a whole interpreter importing a module.
 PARALLEL = max(1, min(8, os.cpu_count() or 1))
 
@@ -199,7 +199,8 @@ def php_default_dials(cfg: Config) -> list[str]:
     them at its start."""
     addresses = list(cfg.server.addresses) if cfg.local_server else []
     addresses += [parse_address(s) for s in cfg.supervisor.servers]
-    if any(a.kind == "tcp" and a.port == DEFAULT_PORT and a.host in _LOCALHOST for a in addresses):
+    reached = [connectable(a) for a in addresses if a.kind == "tcp"]
+    if any(a.port == DEFAULT_PORT and a.host in _LOCALHOST for a in reached):
         return []
     where = ", ".join(str(a) for a in addresses if a.kind == "tcp") or "no TCP address"
     found = []
