@@ -178,8 +178,10 @@ class Client:
             self._wire.picker.mark_down(task.server or "")  # silent: tried last for a while
             self.abandon(task)  # a JOB_CREATED that comes later is dropped
             raise timeout_error(task, self.timeout)
-        if task.error is not None:
-            raise task.error
+        if task.error is not None and task.handle is None:
+            raise task.error  # refused, or its connection lost: no job was made
+        # A job's end may come in the read that brought its JOB_CREATED (a fast worker, or a
+        # network that batches): the task is returned all the same, and ``wait`` raises.
         return task
 
     @one_thread
