@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from farm.protocol.checks import Data, as_bytes
+from farm.protocol.checks import Data, as_bytes, check_status
 from farm.protocol.worker import JobAssigned, WorkerSession
 
 __all__ = ["Job"]
@@ -71,8 +71,11 @@ class Job:
         return self.data.decode("utf-8", "replace")
 
     def send_status(self, numerator: int, denominator: int) -> None:
-        """Progress (WORK_STATUS): the client's on_status and GET_STATUS see it."""
-        self._send_to(self, lambda s: s.send_status(int(numerator), int(denominator)))
+        """Progress (WORK_STATUS): the client's on_status and GET_STATUS see it. Each number
+        is an int from 0 to 2**32 - 1 (the protocol's, as libgearman's); outside that,
+        ValueError (a server drops or mangles such a report)."""
+        num, den = check_status(numerator, denominator)
+        self._send_to(self, lambda s: s.send_status(num, den))
 
     def send_data(self, data: Data) -> bool:
         """A chunk of partial result (WORK_DATA) streamed to the client's on_data. True

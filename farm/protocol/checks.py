@@ -186,6 +186,28 @@ def check_unique(unique: object) -> str:
     return unique
 
 
+#: WORK_STATUS's numbers as servers and peers keep them: libgearman's and PHP's sendStatus
+#: take uint32, gearmand keeps the numerator's low 32 bits and refuses a denominator of more
+#: than 10 digits (closing the worker's connection at times).
+STATUS_MAX = 2**32 - 1
+
+
+def check_status(numerator: object, denominator: object) -> tuple[int, int]:
+    """``send_status``'s numbers as ints (``int()`` of what it is given, as it always took
+    them), refused where a server would mangle or drop them: a total of bytes past 4 GiB
+    never reached the client through farm's server and broke the job through gearmand's."""
+    fields = []
+    for name, given in (("numerator", numerator), ("denominator", denominator)):
+        value = int(given)  # type: ignore[call-overload]  # as before: 2.7 is 2
+        if not 0 <= value <= STATUS_MAX:
+            raise ValueError(
+                f"send_status's {name} must be from 0 to {STATUS_MAX:,} (WORK_STATUS carries"
+                f" 32 bits), not {value:,}: scale the progress, e.g. to megabytes or per mille"
+            )
+        fields.append(value)
+    return fields[0], fields[1]
+
+
 def check_priority(priority: object) -> str:
     if not isinstance(priority, str) or priority not in PRIORITY_NAMES:
         choices = ", ".join(PRIORITY_NAMES)
