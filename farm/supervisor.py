@@ -233,12 +233,12 @@ class Supervisor(
         return reaped
 
     def server_ended(self, status: int) -> None:
-        """The local server's end, reaped (here, or by a worker's end: Lifecycle)."""
+        """The local server's end, reaped (here, or by a worker's end: Lifecycle). One that
+        never listened stops the farm: its exit 2 (a store refused) too, not restarted."""
         self.server.exited(status, farm_stops=self.stopping)
-        if not self.server.ever_ready and not self.stopping:
-            # never listened (port taken, bad store path): retrying will not help
+        if not self.server.ever_ready and not self.stopping:  # retrying will not help
             log.error("the job server could not start; see its message above")
-            self.stopping, self.exit_code = True, 1
+            self.stopping, self.exit_code = True, 2 if os.waitstatus_to_exitcode(status) == 2 else 1
 
     def manage_server(self) -> None:
         """Start the local job server, and notice when it accepts connections."""

@@ -348,11 +348,15 @@ def _cut_off(head: bytes, size: int) -> str | None:
 
 def _beside(path: str) -> bool:
     """Whether a file beside the store may hold what its main file lacks, or a server or
-    program hold it now: a -wal (a running server's, emptied by its checkpoints, too), or a
-    -journal with pages in it. An empty -journal is no hot one: a server that refused the
-    store leaves it."""
+    program hold it now: a -wal with frames, any -wal of a store a server holds (emptied by
+    its checkpoints), or a -journal with pages in it. An empty -journal is no hot one: a
+    server that refused the store leaves it; nor is an empty -wal that no process holds
+    (a read-only sqlite3 look leaves one), where a store cut off got past `farm check` and
+    `farm up`'s look, and the server refused it after `farm up` had started."""
+    if wal_frames(path) or (os.path.lexists(path + "-wal") and held(path)):
+        return True
     try:
-        return os.path.lexists(path + "-wal") or os.lstat(path + "-journal").st_size > 0
+        return os.lstat(path + "-journal").st_size > 0
     except FileNotFoundError:
         return False
 

@@ -166,6 +166,14 @@ def _cut_off(path: Path) -> None:
     os.truncate(path, path.stat().st_size // 2)
 
 
+def _cut_off_empty_wal(path: Path) -> None:
+    # An empty -wal beside it, as a read-only sqlite3 look leaves one: no frame in it, no
+    # server holds the store. The looks stepped aside for any -wal, `farm up` started, and
+    # the server's refusal (exit 2) came out of it as exit 1, which systemd restarts.
+    _cut_off(path)
+    Path(f"{path}-wal").touch()
+
+
 def _overwritten(path: Path) -> None:
     with path.open("r+b") as file:  # the pages after the schema's: the jobs' b-tree
         file.seek(4096)
@@ -176,6 +184,7 @@ def _overwritten(path: Path) -> None:
     ("damage", "said"),
     [
         (_cut_off, "is cut off: its header counts"),
+        (_cut_off_empty_wal, "is cut off: its header counts"),
         (_overwritten, "cannot be read (database disk image is malformed)"),
     ],
 )
@@ -319,6 +328,26 @@ def test_a_damaged_store_refused_by_the_server_keeps_its_files(tmp_path: Path, w
     assert "closing it" not in out.stderr, out.stderr
     assert stat.S_IMODE(store.stat().st_mode) == 0o644
     assert files(store.parent) == before
+
+
+def test_farm_up_exits_2_where_its_server_refuses_a_store_its_look_could_not_judge(
+    tmp_path: Path,
+) -> None:
+    # A -wal with frames beside a damaged file: `farm up`'s look steps aside (the -wal may
+    # hold what the file lacks), its server reads both and refuses them, exit 2. `farm up`
+    # exited 1 then, which the unit restarts every 2 s for ever (RestartPreventExitStatus=2).
+    store = tmp_path / "data" / "queue.db"
+    held = SQLiteStore(store)
+    for n in range(50):
+        held.add(b"H:t:%d" % n, b"reverse", b"u%d" % n, bytes(20_000), 1, None, 0.0, True)
+    held.commit()
+    held.close()
+    _overwritten(store)
+    _wal_frames_left(store)
+    config(tmp_path, REVERSE, store=str(store))
+    up = farm(tmp_path, "up")
+    assert up.returncode == 2, up.stdout + up.stderr
+    assert "malformed" in up.stderr and "the job server could not start" in up.stderr, up.stderr
 
 
 def test_farms_store_left_open_to_others_is_closed_once_the_server_reads_it(
