@@ -356,7 +356,7 @@ class Steering(ProcessTable):
         # Pools kept on their old options stay so until a rollout tries them again (one
         # that changed now gets one below); a removed pool is gone.
         self.kept_back &= new.functions.keys()
-        changed = []
+        changed, added = [], [n for n in new.functions if n not in old.functions]
         for name, pool in new.functions.items():
             before = old.functions.get(name)
             if before is None or before.workers != pool.workers:
@@ -384,7 +384,12 @@ class Steering(ProcessTable):
             self.removed_pools[name] = old.functions[name]
             log.info("reload: %s removed; draining its workers", name)
             self.targets.pop(name, None)
-        log.info("reloaded %s", new.source)
+        if starting := [*added, *changed]:  # a reload is done once they serve, if they do
+            log.info(
+                "reload of %s applied; new workers of %s start now", new.source, ", ".join(starting)
+            )
+        else:
+            log.info("reloaded %s", new.source)
         self.reloads.applied(kept)  # until a changed pool does not boot (rollout.fail_pool)
         if told:
             sdnotify.notify("READY=1")

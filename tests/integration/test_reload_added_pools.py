@@ -69,6 +69,10 @@ def test_a_reload_that_adds_a_pool_that_does_not_start_fails_naming_it(tmp_path:
         (row,) = up.workers("shcrash")
         assert "its last output: 'oops'" in row["last_exit"], row
         assert "do not serve (bad, shcrash)" in err and "Traceback" not in err, err
+        # The journal said "reloaded" for it too, then why it was not: now what it started.
+        said = up.log_path.read_text()
+        assert "farm.toml applied; new workers of bad, shcrash start now" in said, said
+        assert "INFO reloaded " not in said, said  # neither reload was done as it was read
         assert len(up.workers("upper", "idle")) == 2 and up.workers("reverse", "idle")
         # `farm ps` showed the slots "failing" and not why: that took the journal.
         ps = farm_cli("ps", "--control", up.control)
