@@ -30,6 +30,8 @@ from farm.server.storefile import (
     unreadable,
 )
 from farm.server.storetables import GEARMAND_COLUMNS, STORE_FORMAT, not_farms
+from farm.server.walcheck import keep_damaged, wal_damage
+from farm.server.walcopy import held as server_holds
 
 __all__ = ["STORE_FORMAT", "open_database"]
 
@@ -75,6 +77,8 @@ def open_database(path: str, sync: str, reserve: DiskReserve) -> tuple[sqlite3.C
     other error of SQLite's reading it, storefile.unreadable; StoreUnopenable: a store file
     that was there and could not be opened) when it cannot be."""
     held = may_hold_jobs(path)  # before owner_only makes a file where there is none
+    if held and not server_holds(path) and (damage := wal_damage(path)) is not None:
+        keep_damaged(path, damage)  # before SQLite's recovery drops it without a word
     blank = _blank(path)
     made: list[str] = []  # the side files owner_only made, removed if the store is refused
     db: sqlite3.Connection | None = None
