@@ -26,7 +26,7 @@ log = logging.getLogger("farm.server.walcheck")
 
 #: A -wal larger than this is not read (its jobs are SQLite's to judge alone): the store
 #: checkpoints at half its reserve, a few MB; one job larger than that makes a larger one.
-MAX_READ = 256 << 20
+MAX_READ = 64 << 20
 
 #: The header's magic: the low bit says the checksums' words are big-endian.
 _MAGIC = 0x377F0682
