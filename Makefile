@@ -99,8 +99,7 @@ unit: deps-dev
 # clients, joblib's backend) against a real server and real workers, which run under the
 # same Python (a few minutes; no Debian packages): run them under a newer Python than `make
 # test`'s (`make libs PYTHON=.venv-3.13/bin/python`), where threads, fork and pickling have
-# changed before. Not in CI: one of them (test_client_submits_cut_short's executor test,
-# which leans on what the kernel's buffers take) failed there once in four runs.
+# changed before. CI runs them so (.ci/newer-python), after the unit tests.
 LIB_TESTS := $(addprefix tests/integration/,test_executor*.py test_worker*.py test_client*.py \
   test_aio*.py test_async_functions.py test_joblib.py)
 
