@@ -30,17 +30,12 @@ from farm.protocol.checks import check_seconds
 from farm.protocol.events import ServerErrorNotice
 from farm.protocol.worker import JobAssigned, JobNotHeld, WorkerSession, WorkerState
 from farm.waker import Waker
-from farm.workeranswer import (
-    describe,
-    job_outcome,
-    note_signal_handlers,
-    raised_at,
-    result_data,
-)
+from farm.workeranswer import describe, job_outcome, note_signal_handlers, raised_at, result_data
 from farm.workerfunctions import WorkerFunction, WorkerFunctions
 from farm.workerjob import Job
 from farm.workerlinks import BACKOFF_FIRST, ServerLink, run_unsent
 from farm.workernews import WorkerNews
+from farm.workertimers import WorkerTimers
 from farm.workerwire import fail_and_part
 
 __all__ = ["Worker", "Job"]
@@ -53,7 +48,7 @@ _READY, _GRABBING, _WORKING = WorkerState.READY, WorkerState.GRABBING, WorkerSta
 _ASSIGNS = frozenset((T.JOB_ASSIGN, T.JOB_ASSIGN_UNIQ, T.JOB_ASSIGN_ALL))
 
 
-class Worker(WorkerFunctions, WorkerNews):
+class Worker(WorkerFunctions, WorkerNews, WorkerTimers):
     """A worker process's connection to its job servers.
 
     Functions receive a ``Job`` and return bytes, str or None (empty result). An exception
@@ -113,7 +108,7 @@ class Worker(WorkerFunctions, WorkerNews):
         self._servers: list[ServerLink] = []
         self._selector: selectors.BaseSelector | None = None
         self._grabbing: ServerLink | None = None
-        self._grab_deadline: float | None = None  # see WorkerLinks._mind_the_grab
+        self._grab_deadline: float | None = None  # see WorkerTimers._mind_the_grab
         self._next = 0  # rotation, so no server's queue starves another's
         self._stopping = False
         self._drain_asked = False  # unregister_all() was called; the loop acts on it
@@ -204,6 +199,7 @@ class Worker(WorkerFunctions, WorkerNews):
                             self._reset_abilities()  # ends a held grab too (NO_JOB)
                 if self._stopping and self._grabbing is None:
                     break
+                self._recheck_sleeps(now)  # a long sleep: grab again (SLEEP_RECHECK)
                 if self._grabbing is None and not self._drained and not self._stopping:
                     self._grab()
                 self._mind_the_grab(now)  # before the select: it bounds its wait

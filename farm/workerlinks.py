@@ -1,9 +1,10 @@
 """The blocking worker's links to its job servers: connecting (a worker of several servers
 connects in a thread per attempt, so that a server that does not answer holds no jobs of
 the others), writing (bounded: a server that takes none of what waits for ``connect_timeout``
-is dropped, ``_write_rest``; one whose write an exception cut short, dropped too), a grab
-left unanswered (``_mind_the_grab``), and what a lost server means. The socket itself (its
-peer gone, parting from a server) is farm.workerwire's. A mixin of ``farm.worker.Worker``,
+is dropped, ``_write_rest``; one whose write an exception cut short, dropped too), and what
+a lost server means. The socket itself (its peer gone, parting from a server) is
+farm.workerwire's; the loop's timers (a grab left unanswered, a long sleep) are
+farm.workertimers'. A mixin of ``farm.worker.Worker``,
 which owns the selector, the job in hand and the loop."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 from farm.net import Dial, connect, keep_alive, send_now
 from farm.protocol.worker import WorkerSession
-from farm.workerwire import peer_gone, readable_now, wait_writable
+from farm.workerwire import peer_gone, wait_writable
 
 __all__ = [
     "BACKOFF_CAP",
@@ -50,6 +51,7 @@ class ServerLink:
     retry_at: float = 0.0
     backoff: float = BACKOFF_FIRST
     dial: Dial | None = None  # a connect in its own thread (a worker of several servers)
+    asleep_since: float | None = None  # when its session was seen asleep (workertimers)
     silent: bool = False  # dropped for leaving a grab unanswered; not heard from since
     # An outage's start (monotonic), until the server talks sense again (a connect is not
     # enough), and whether it was said: at INFO (within the worker's outage_grace), a warning.
@@ -89,42 +91,6 @@ class WorkerLinks:
     outage_grace: float
     tls: ssl.SSLContext | None
     _wake: Callable[[], None]
-
-    def _sleep_for(self, now: float) -> float | None:
-        waits = [s.retry_at - now for s in self._servers if s.sock is None and s.dial is None]
-        if self._grab_deadline is not None:
-            waits.append(self._grab_deadline - now)
-        return max(0.0, min(waits)) if waits else None
-
-    def _mind_the_grab(self, now: float) -> None:
-        """Give up on a grab its server left unanswered past its deadline (the worker's
-        ``connect_timeout``): a hung or SIGSTOPped server, whose kernel still takes our
-        bytes, would hold the worker's one grab -- the other servers' jobs, and a
-        ``stop()`` -- for as long as it hangs. Its connection is dropped (a job it assigns
-        on waking goes back to its queue, as for any worker gone) and made again asleep.
-
-        The deadline runs while a worker of several servers grabs (a live server answers
-        a grab at once: NO_JOB or a job; no grab is held there), and from ``stop()`` on
-        (the answer to RESET_ABILITIES that ends a held grab)."""
-        server = self._grabbing
-        if server is None:
-            self._grab_deadline = None
-            return
-        if self._grab_deadline is None:
-            if not (self._stopping or len(self._servers) > 1):
-                return
-            self._grab_deadline = now + self.connect_timeout
-            self._push_the_grab(server)  # behind an answer the server is still reading
-        if now >= self._grab_deadline:
-            # Its answer may wait unread: this process stopped past the deadline (SIGSTOP, a
-            # paused VM) had its select come back empty, and the server was dropped as hung.
-            if server.sock is not None and readable_now(server.sock):
-                return  # read by this turn's select
-            server.silent = True
-            self._lost(
-                server,
-                "did not answer a grab in time (its connect_timeout, past an answer's backlog)",
-            )
 
     def _reconnect_due(self, now: float) -> None:
         selector = self._selector

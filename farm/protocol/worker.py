@@ -147,6 +147,12 @@ class WorkerSession(WorkerAbilities):
         self._out += _GRAB
         self.state = _GRABBING
 
+    def wake(self) -> None:
+        """Asleep (PRE_SLEEP sent), be ready to grab again with no NOOP: the face's recheck
+        of a long sleep (a NOOP that never comes). Awake, nothing changes."""
+        if self.state is WorkerState.SLEEPING:
+            self.state = _READY
+
     def receive(self, data: bytes) -> list[object]:
         """Feed bytes from the server; return JobAssigned / JobNotHeld / ServerErrorNotice
         events."""
