@@ -21,6 +21,7 @@ from typing import Any
 
 from farm.paths import check_own_file
 from farm.server.storefile import fsize_limit
+from farm.server.walcopy import WAL_FRAME_HEADER  # what a page takes in the -wal beyond its own
 
 log = logging.getLogger("farm.server")
 
@@ -35,8 +36,6 @@ __all__ = [
 
 #: Disk kept beside the store; at most 1% of the filesystem (a small volume, a tmpfs).
 RESERVE_BYTES = 8 << 20
-#: Bytes a page takes in the -wal beyond its own: each frame's header.
-WAL_FRAME_HEADER = 24
 
 
 class DiskReserve:

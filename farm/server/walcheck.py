@@ -20,19 +20,23 @@ import shutil
 import struct
 from dataclasses import dataclass
 
+from farm.server.walcopy import MAX_COPIED, WAL_FRAME_HEADER, WAL_HEADER
+
 __all__ = ["MAX_READ", "WalDamage", "keep_damaged", "wal_damage"]
 
 log = logging.getLogger("farm.server.walcheck")
 
 #: A -wal larger than this is not read (its jobs are SQLite's to judge alone): the store
 #: checkpoints at half its reserve, a few MB; one job larger than that makes a larger one.
-MAX_READ = 64 << 20
+#: The bound of the looks at a store before its open, which copy it (walcopy).
+MAX_READ = MAX_COPIED
 
 #: The header's magic: the low bit says the checksums' words are big-endian.
 _MAGIC = 0x377F0682
 _VERSION = 3007000
 _HEADER = struct.Struct(">8I")  # magic, version, page size, checkpoint, salt 1, 2, sums 1, 2
 _FRAME = struct.Struct(">6I")  # page, pages after a commit (0: none), salt 1, 2, sums 1, 2
+assert (_HEADER.size, _FRAME.size) == (WAL_HEADER, WAL_FRAME_HEADER)
 _MASK = 0xFFFFFFFF
 _PAGE_SIZES = frozenset(1 << n for n in range(9, 17))  # 512 to 65536
 
@@ -68,7 +72,7 @@ def wal_damage(store: str) -> WalDamage | None:
             wal = f.read(MAX_READ)
     except OSError:
         return None
-    if len(wal) < _HEADER.size + _FRAME.size + 512:  # no frame in it, of the least page
+    if len(wal) < WAL_HEADER + WAL_FRAME_HEADER + 512:  # no frame in it, of the least page
         return None
     magic, version, page_size, _, salt1, salt2, c0, c1 = _HEADER.unpack_from(wal)
     big = bool(magic & 1)
@@ -81,14 +85,14 @@ def wal_damage(store: str) -> WalDamage | None:
         # SQLite writes a header with its checksum whenever it starts a -wal: one that
         # fails is damage, and SQLite then reads none of its frames.
         return WalDamage(0, 0, None)
-    size = _FRAME.size + page_size
-    frames = (len(wal) - _HEADER.size) // size
-    heads = [_FRAME.unpack_from(wal, _HEADER.size + n * size) for n in range(frames)]
+    size = WAL_FRAME_HEADER + page_size
+    frames = (len(wal) - WAL_HEADER) // size
+    heads = [_FRAME.unpack_from(wal, WAL_HEADER + n * size) for n in range(frames)]
     s0, s1 = c0, c1
     for n, (_page, _commit, f1, f2, k0, k1) in enumerate(heads):
-        at = _HEADER.size + n * size
+        at = WAL_HEADER + n * size
         if (f1, f2) == (salt1, salt2):
-            s0, s1 = _sums(wal[at : at + 8] + wal[at + _FRAME.size : at + size], s0, s1, big)
+            s0, s1 = _sums(wal[at : at + 8] + wal[at + WAL_FRAME_HEADER : at + size], s0, s1, big)
             if (s0, s1) == (k0, k1):
                 continue
         # SQLite's recovery ends here: at the end of this -wal's frames (older ones follow,

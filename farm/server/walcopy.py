@@ -19,14 +19,24 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["MAX_COPIED", "TooLarge", "held", "private_copy", "wal_frames"]
+__all__ = [
+    "MAX_COPIED",
+    "WAL_FRAME_HEADER",
+    "WAL_HEADER",
+    "TooLarge",
+    "held",
+    "private_copy",
+    "wal_frames",
+]
 
 #: Bytes of a file and its -wal copied at most for a look: a look at start must not fill
 #: $TMPDIR; a file that needs more is refused (storetables says why).
 MAX_COPIED = 64 << 20
 
-#: A -wal's header; a -wal of no more holds no frame (SQLite's reset one, say).
-_WAL_HEADER = 32
+#: SQLite's -wal format: a header, then frames of a header and a page each. A -wal of no
+#: more than its header holds no frame (SQLite's reset one, say).
+WAL_HEADER = 32
+WAL_FRAME_HEADER = 24
 
 #: SQLite's lock bytes (os_unix.c): a server holding the store keeps a write lock on them.
 _PENDING_BYTE = 0x40000000
@@ -62,7 +72,7 @@ def wal_frames(path: str) -> bool:
         info = os.lstat(path + "-wal")
     except OSError:
         return False
-    return stat.S_ISREG(info.st_mode) and info.st_size > _WAL_HEADER
+    return stat.S_ISREG(info.st_mode) and info.st_size > WAL_HEADER
 
 
 @contextmanager
