@@ -70,9 +70,9 @@ class Dialer:
     def connect(
         self, addr: str, timeout: float | None, tls: ssl.SSLContext | None
     ) -> socket.socket:
-        """``farm.net.connect``'s socket (blocking, TCP_NODELAY and keepalive, TLS over TCP
-        when asked): each address of the host tried in turn, ``timeout`` each, as it tries
-        them."""
+        """A socket as ``farm.net.connect`` makes one (blocking, TCP_NODELAY, TLS over TCP
+        when asked), with keepalive over TCP, which that one lacks: each address of the
+        host tried in turn, ``timeout`` each, as it tries them."""
         parsed = parse_address(addr)
         if parsed.kind == "unix":
             return self._one(socket.AF_UNIX, 0, parsed.path, timeout)

@@ -39,6 +39,7 @@ __all__ = [
     "PacketType",
     "PacketSpec",
     "PACKETS",
+    "NARGS",
     "SERVER_SENT_ONLY",
     "HELD_GRAB_ONLY",
     "Packet",
@@ -249,7 +250,8 @@ PACKETS: dict[int, PacketSpec] = {
 }
 
 
-_NARGS = {t: s.nargs for t, s in PACKETS.items()}
+#: Each packet type's number of arguments (its decoders' table, too).
+NARGS = {t: s.nargs for t, s in PACKETS.items()}
 
 
 class ProtocolError(Exception):
@@ -315,7 +317,7 @@ def name_problem(name: bytes) -> tuple[str, str] | None:
 def encode(magic: bytes, ptype: int, *args: bytes) -> bytes:
     """Frame one packet. Raises LocalProtocolError (a ValueError) for a wrong argument list,
     or a body over ``MAX_BODY``."""
-    nargs = _NARGS.get(ptype)
+    nargs = NARGS.get(ptype)
     if nargs is None:
         raise LocalProtocolError(f"unknown packet type {ptype}")
     if len(args) != nargs:

@@ -15,6 +15,7 @@ from farm.protocol.codec import (
     HEADER_SIZE,
     HELD_GRAB_ONLY,
     MAX_ADMIN_LINE,
+    NARGS,
     PACKETS,
     REQ,
     RES,
@@ -27,12 +28,11 @@ from farm.protocol.codec import (
 
 __all__ = ["Decoder", "Oversized"]
 
-_NARGS = {t: s.nargs for t, s in PACKETS.items()}
 #: What a server reads: not farm's own packets that only a server sends (JOB_REVOKE, to a
 #: worker that asked: docs/held-grab.md). From a peer they are the unknown numbers they are
 #: to gearmand, which closes the connection; known ones sent the wrong way (JOB_ASSIGN) are
 #: answered INVALID_COMMAND, by both.
-_SERVER_NARGS = {t: n for t, n in _NARGS.items() if t not in SERVER_SENT_ONLY}
+_SERVER_NARGS = {t: n for t, n in NARGS.items() if t not in SERVER_SENT_ONLY}
 #: What a server reads from a peer that has not negotiated held grab: not JOB_ACCEPT either
 #: (docs/held-grab.md). Unknown here, before its size is looked at, it closes the connection
 #: whatever size it claims, as any unknown number does, not ARGUMENT_TOO_LARGE and 2 GiB
@@ -180,7 +180,7 @@ class Decoder:
         self.allow_admin = allow_admin
         self.skip_too_large = skip_too_large
         self.read_past_too_large = read_past_too_large
-        self._nargs = _UNNEGOTIATED_NARGS if server_side else _NARGS
+        self._nargs = _UNNEGOTIATED_NARGS if server_side else NARGS
         self._splits = _FAIL_REASON_SPLITS if fail_reason else _SPLITS
 
     def held_grab_negotiated(self) -> None:
