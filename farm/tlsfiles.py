@@ -61,8 +61,11 @@ def load_tls_file(
             if "PEM lib" in reason:
                 reason = "not a PEM certificate, or its key is not PEM; check both files"
             raise TLSFileError(f"TLS {what} {path}: {reason}") from None
-        except OSError as exc:
-            raise TLSFileError(f"TLS {what} {path}: {exc.strerror or exc}") from None
+        except OSError as exc:  # of the certificate or of its key: ssl's error names neither
+            culprit = exc.filename or next(
+                (name for name in (path, key) if name and not os.access(name, os.R_OK)), path
+            )
+            raise TLSFileError(f"TLS {what} {culprit}: {exc.strerror or exc}") from None
 
 
 def _readable(what: str, path: str | None, opened: ExitStack) -> str | None:

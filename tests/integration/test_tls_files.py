@@ -39,6 +39,24 @@ def test_a_missing_tls_file_is_named(tmp_path: Path) -> None:
     assert result.returncode == 2 and missing in result.stderr, result.stderr
 
 
+def test_a_missing_key_is_named_not_its_certificate(tmp_path: Path, pki: Path) -> None:
+    # The certificate was named for the key that was missing: "server.pem: No such file".
+    cert, missing = str(pki / "server.pem"), str(tmp_path / "nokey.key")
+    with pytest.raises(farm.FarmError, match=f"{missing}: No such file") as refused:
+        tls_context(None, cert, missing)
+    assert cert not in str(refused.value)
+    result = subprocess.run(
+        [sys.executable, "-m", "farm.server", "-p", str(free_port()), "--store", "none"]
+        + ["--tls-cert", cert, "--tls-key", missing],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"{missing}: No such file" in result.stderr and cert not in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize(
     ("argv", "variables", "said"),
     [
