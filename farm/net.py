@@ -54,6 +54,8 @@ __all__ = [
     "sent_before",
     "KEEPALIVE",
     "handshake_silence",
+    "TLSRefused",
+    "tls_refused",
     "keep_alive",
 ]
 
@@ -294,6 +296,9 @@ def connect(
             except TimeoutError:
                 sock.close()
                 raise handshake_silence(parsed, timeout) from None
+            except ssl.SSLError as exc:
+                sock.close()
+                raise tls_refused(exc) from exc
             except BaseException:
                 sock.close()
                 raise
@@ -308,6 +313,46 @@ def handshake_silence(addr: Address, timeout: float | None) -> TimeoutError:
     return TimeoutError(
         f"{addr} did not answer the TLS handshake within {timeout}s (hung or stopped?)"
     )
+
+
+#: OpenSSL's reasons for a handshake with a peer that answered in the clear: a plain port.
+_PLAIN_PEER = frozenset(
+    {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG"}
+)
+
+
+class TLSRefused(ssl.SSLError):
+    """A TLS handshake that failed, in the words of its fix (``tls_refused``); an
+    ``ssl.SSLError`` still, with OpenSSL's ``reason`` and ``library``."""
+
+    def __init__(self, words: str, cause: ssl.SSLError) -> None:
+        super().__init__(cause.errno, words)
+        self.words = words
+        self.reason, self.library = cause.reason, cause.library
+
+    def __str__(self) -> str:
+        return self.words
+
+
+def tls_refused(exc: ssl.SSLError) -> ssl.SSLError:
+    """``exc`` of a handshake, worded where OpenSSL's own words name no cause: a server that
+    does not speak TLS at that address ("[SSL: WRONG_VERSION_NUMBER] wrong version
+    number"), and a certificate the CA given did not sign or that names another host
+    ("certificate verify failed: unable to get local issuer certificate"); else as it is."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return TLSRefused(
+            f"its TLS certificate is not trusted ({exc.verify_message}): it must be signed by"
+            " the CA the client was given ($FARM_TLS_CA, the tls context's) and name the"
+            " host or address dialled",
+            exc,
+        )
+    if exc.reason in _PLAIN_PEER:
+        return TLSRefused(
+            f"it does not speak TLS there ({exc.reason}): a plain Gearman port? dial its TLS"
+            " address, or speak plain to it (no $FARM_TLS_CA, no tls context)",
+            exc,
+        )
+    return exc
 
 
 #: TCP keepalive: seconds idle before the first probe, seconds between probes, probes

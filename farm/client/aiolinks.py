@@ -14,7 +14,7 @@ from typing import TypeVar
 from farm.client.aioconn import ServerConnection, Waiter, closed_error
 from farm.client.serverpick import MIN_CONNECT, STAGGER, ServerPicker, connect_share, job_key
 from farm.errors import ServerUnavailable
-from farm.net import keep_alive, parse_address
+from farm.net import keep_alive, parse_address, tls_refused
 from farm.protocol import OPTION_FAIL_REASON
 from farm.protocol.client import Question, Task, lost_error, not_again
 
@@ -223,6 +223,8 @@ class AsyncLinks:
             transport, conn = await asyncio.wait_for(opening, self.connect_timeout)
         except (OSError, TimeoutError) as exc:  # ssl.SSLError too: a refused certificate
             self._picker.mark_down(addr, spent=loop.time() - began)
+            if isinstance(exc, ssl.SSLError):
+                exc = tls_refused(exc)
             why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise ServerUnavailable(f"{addr} ({why})") from None
         if self._closed:  # close() came while this connected: nothing may go out on it

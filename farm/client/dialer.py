@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from farm.net import handshake_silence, keep_alive, parse_address
+from farm.net import handshake_silence, keep_alive, parse_address, tls_refused
 
 __all__ = ["Dialer", "shut"]
 
@@ -104,6 +104,8 @@ class Dialer:
                         sock.do_handshake()
                     except TimeoutError:
                         raise handshake_silence(parsed, timeout) from None
+                    except ssl.SSLError as exc:
+                        raise tls_refused(exc) from exc
         except BaseException:
             sock.close()
             raise

@@ -1,0 +1,73 @@
+"""A TLS handshake that fails says why in words of its fix: a client given a CA that dials a
+plain port got OpenSSL's "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)",
+and one whose CA did not sign the server's certificate "certificate verify failed: unable
+to get local issuer certificate", naming neither the cause nor what to change; the same
+from farm.Client, farm.AsyncClient and the CLI (`farm status` with $FARM_TLS_CA)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import farm
+from tests.helpers import ROOT
+from tests.helpers.servers import Server
+from tests.helpers.tlspki import openssl, pki, tls_server
+
+__all__ = ["pki", "tls_server"]  # fixtures, imported for pytest to find
+
+PLAIN = "does not speak TLS there (WRONG_VERSION_NUMBER): a plain Gearman port?"
+UNTRUSTED = "its TLS certificate is not trusted (unable to get local issuer certificate)"
+
+
+@pytest.fixture
+def other_ca(tmp_path: Path) -> Path:
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=other",
+            "-keyout", "other.key", "-out", "other.pem", cwd=tmp_path)  # fmt: skip
+    return tmp_path / "other.pem"
+
+
+def refusals(addr: str, ca: Path) -> list[str]:
+    """What the blocking client, the asyncio client and `farm status` say, with ``ca``."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    said = []
+    with pytest.raises(farm.ServerUnavailable) as blocking:
+        farm.Client(addr, tls=ctx, timeout=10).echo(b"x")
+    said.append(str(blocking.value))
+
+    async def echo() -> None:
+        async with farm.AsyncClient(addr, tls=ctx) as client:
+            await client.echo(b"x")
+
+    with pytest.raises(farm.ServerUnavailable) as aio:
+        asyncio.run(echo())
+    said.append(str(aio.value))
+    cli = subprocess.run(
+        [sys.executable, "-m", "farm.cli", "status", "-s", addr],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=dict(os.environ, FARM_TLS_CA=str(ca)),
+    )
+    assert cli.returncode == 1, cli.stderr
+    said.append(cli.stderr)
+    return said
+
+
+@pytest.mark.timeout(120)
+def test_a_tls_client_on_a_plain_port_is_told_so(farm_server: Server, pki: Path) -> None:
+    for said in refusals(farm_server.addr, pki / "ca.pem"):
+        assert PLAIN in said and "_ssl.c" not in said, said
+
+
+@pytest.mark.timeout(120)
+def test_a_certificate_the_ca_did_not_sign_is_told_so(tls_server: Server, other_ca: Path) -> None:
+    for said in refusals(tls_server.addr, other_ca):
+        assert UNTRUSTED in said and "$FARM_TLS_CA" in said and "_ssl.c" not in said, said
