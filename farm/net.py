@@ -325,10 +325,10 @@ class TLSRefused(ssl.SSLError):
     """A TLS handshake that failed, in the words of its fix (``tls_refused``); an
     ``ssl.SSLError`` still, with OpenSSL's ``reason`` and ``library``."""
 
-    def __init__(self, words: str, cause: ssl.SSLError) -> None:
-        super().__init__(cause.errno, words)
+    def __init__(self, words: str, reason: str = "", library: str = "") -> None:
+        super().__init__(words)  # its message alone in args: pickled, it comes back whole
         self.words = words
-        self.reason, self.library = cause.reason, cause.library
+        self.reason, self.library = reason, library
 
     def __str__(self) -> str:
         return self.words
@@ -344,13 +344,15 @@ def tls_refused(exc: ssl.SSLError) -> ssl.SSLError:
             f"its TLS certificate is not trusted ({exc.verify_message}): it must be signed by"
             " the CA the client was given ($FARM_TLS_CA, the tls context's) and name the"
             " host or address dialled",
-            exc,
+            exc.reason or "",
+            exc.library or "",
         )
     if exc.reason in _PLAIN_PEER:
         return TLSRefused(
             f"it does not speak TLS there ({exc.reason}): a plain Gearman port? dial its TLS"
             " address, or speak plain to it (no $FARM_TLS_CA, no tls context)",
-            exc,
+            exc.reason or "",
+            exc.library or "",
         )
     return exc
 

@@ -18,7 +18,7 @@ from farm.client.admin import ReplyTooLarge
 from farm.errors import JobException, JobFailed, ServerError
 from farm.executor.flight import InitializerFailed
 from farm.executor.payload import RemoteTraceback
-from farm.net import AddressError, SocketPathTooLong
+from farm.net import AddressError, SocketPathTooLong, TLSRefused
 from farm.protocol.codec import ProtocolError
 from farm.server.refusals import ListenError
 
@@ -37,6 +37,7 @@ SAMPLES: list[tuple[BaseException, tuple[str, ...]]] = [
     (ProtocolError("bad", code="ARGUMENT_TOO_LARGE", fatal=False), ("code", "fatal")),
     (ListenError("127.0.0.1:4730", OSError(98, "in use"), "use -p"), ("where", "errno", "hint")),
     (ListenError("unix:/x", OSError(None, "no such"), None), ("where", "errno", "reason")),
+    (TLSRefused("it does not speak TLS there", "WRONG_VERSION_NUMBER", "SSL"), ("reason",)),
 ]
 
 
