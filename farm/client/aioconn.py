@@ -39,6 +39,7 @@ from farm.protocol.client import (
     lost_error,
     may_resubmit,
 )
+from farm.protocol.tasks import closed_unanswered
 
 log = logging.getLogger("farm.client.aio")
 
@@ -119,6 +120,7 @@ class ServerConnection(asyncio.Protocol):
         self.closed_by_client = False  # AsyncClient.close() ended it
         self.cut = False  # an exception cut a read or a write short (``cut_short``)
         self.lost_how = "went away"  # what a job lost with it says of the server
+        self.tls = False  # over TLS (connection_made)
         self.writing_paused = False  # the transport's buffer is past its high-water mark
         self.unsent_at_least = 0  # of what was written, if lost now (pause_writing, _flush)
         self.received = 0  # bytes read so far: whether ``closed_unseen``'s wait reads on
@@ -231,6 +233,9 @@ class ServerConnection(asyncio.Protocol):
         outside (a signal handler's) that cuts the queueing short may leave the packet queued
         and its answer not awaited, to be taken for the next request's: the connection goes
         (``cut_short``), as farm.Client's does."""
+        if self.transport is None:  # lost since it was picked (a TLS server's late refusal)
+            task.unwritten = True
+            raise lost_error(self.addr, task, self.lost_how)
         try:  # the flush's scheduling too: cut there, the packet waited for the next call's
             self.session.submit(task, packet)
             self.send_soon()
@@ -264,6 +269,7 @@ class ServerConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        self.tls = transport.get_extra_info("sslcontext") is not None  # for closed_unanswered
         # Its socket's kind, for ``closed_unseen``'s look: read once, as the stand-in's
         # family and type (enums made on each read) cost more than the look itself.
         sock = transport.get_extra_info("socket")
@@ -370,6 +376,8 @@ class ServerConnection(asyncio.Protocol):
         resubmit = None if self.resubmit is None else self.resubmit()
         unsent = self.unsent_at_least  # a submit cut short (pause_writing, _flush)
         ours = self.closed_by_client or self.cut  # not the server's doing
+        if not self.received and self.lost_how == "went away":  # it never said a word
+            self.lost_how = closed_unanswered(self.tls)
         lost = self.session.connection_lost(self.lost_how, unsent, not ours)
         for task in lost:
             if self.closed_by_client:  # our close(): not the server's doing, and no retry

@@ -9,7 +9,7 @@ import ssl
 
 from farm.errors import ServerUnavailable
 from farm.protocol.client import ClientSession, JobEnded
-from farm.protocol.tasks import UNCONFIRMED
+from farm.protocol.tasks import UNCONFIRMED, closed_unanswered
 
 __all__ = ["Conn"]
 
@@ -29,13 +29,9 @@ class Conn:
         self.events = selectors.EVENT_READ  # what the selector waits for on it
 
     def why_closed(self) -> str:
-        """How to word a close: a TLS server that refuses our certificate closes at once."""
-        if self.tls and not self.answered:
-            return (
-                "closed the TLS connection before answering (a server that requires client"
-                " certificates does so when ours is missing or not trusted: FARM_TLS_CERT)"
-            )
-        return "went away"
+        """How to word a close: a TLS server that refuses our certificate closes at once, and
+        so does a TLS server spoken to in the clear."""
+        return "went away" if self.answered else closed_unanswered(self.tls)
 
     @property
     def tls(self) -> bool:

@@ -23,6 +23,7 @@ __all__ = [
     "UNKNOWN",
     "Link",
     "lost_error",
+    "closed_unanswered",
     "unwritten",
     "not_again",
     "timeout_error",
@@ -290,6 +291,20 @@ def may_resubmit(task: Task[Any]) -> bool:
 UNCONFIRMED = "(not confirmed: it may have been created)"
 #: A job whose submit was not written whole: the server cannot have created it.
 NOT_SENT = "(not sent whole: not created)"
+
+
+def closed_unanswered(tls: bool) -> str:
+    """How a server that closed a connection before a word on it went away: as farm's clients
+    ask their options first, which any Gearman server answers, most often TLS in doubt."""
+    if tls:
+        return (
+            "closed the TLS connection before answering (a server that requires client"
+            " certificates does so when ours is missing or not trusted: $FARM_TLS_CERT)"
+        )
+    return (
+        "closed the connection before answering (a TLS server? give the client a tls"
+        " context; the commands read $FARM_TLS_CA)"
+    )
 
 
 def unwritten(requests: Iterable[Task[Any] | Query[Any]], tail: int, server: str) -> None:

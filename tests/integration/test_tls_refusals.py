@@ -17,7 +17,7 @@ import pytest
 
 import farm
 from tests.helpers import ROOT
-from tests.helpers.servers import Server
+from tests.helpers.servers import Server, start_farm_server
 from tests.helpers.tlspki import openssl, pki, tls_server
 
 __all__ = ["pki", "tls_server"]  # fixtures, imported for pytest to find
@@ -71,3 +71,44 @@ def test_a_tls_client_on_a_plain_port_is_told_so(farm_server: Server, pki: Path)
 def test_a_certificate_the_ca_did_not_sign_is_told_so(tls_server: Server, other_ca: Path) -> None:
     for said in refusals(tls_server.addr, other_ca):
         assert UNTRUSTED in said and "$FARM_TLS_CA" in said and "_ssl.c" not in said, said
+
+
+@pytest.mark.timeout(120)
+def test_a_plain_call_to_a_tls_port_is_told_it_may_be_tls(tls_server: Server) -> None:
+    # `farm submit` said "job server ... went away while holding job up (not confirmed: it
+    # may have been created)", with no word of TLS, as did both clients.
+    with pytest.raises(farm.ServerUnavailable) as blocking:
+        farm.Client(tls_server.addr, timeout=10).call("up", b"x")
+
+    async def call() -> None:
+        async with farm.AsyncClient(tls_server.addr) as client:
+            await client.call("up", b"x")
+
+    with pytest.raises(farm.ServerUnavailable) as aio:
+        asyncio.run(call())
+    for said in (str(blocking.value), str(aio.value)):
+        assert "closed the connection before answering (a TLS server?" in said, said
+
+
+@pytest.mark.timeout(120)
+def test_a_missing_client_certificate_is_suspected_by_both_clients(pki: Path) -> None:
+    # farm.Client said so; farm.AsyncClient said "went away".
+    srv = start_farm_server(
+        "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"),
+        "--tls-ca", str(pki / "ca.pem"),
+    )  # fmt: skip
+    try:
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))  # no certificate of ours
+        with pytest.raises(farm.ServerUnavailable) as blocking:
+            farm.Client(srv.addr, tls=ctx, timeout=10).call("up", b"x")
+
+        async def call() -> None:
+            async with farm.AsyncClient(srv.addr, tls=ctx) as client:
+                await client.call("up", b"x")
+
+        with pytest.raises(farm.ServerUnavailable) as aio:
+            asyncio.run(call())
+    finally:
+        srv.stop()
+    for said in (str(blocking.value), str(aio.value)):
+        assert "requires client certificates" in said and "$FARM_TLS_CERT" in said, said
