@@ -164,7 +164,8 @@ class Server:
         if sock is None:
             return  # no IPv6 here: `localhost` is 127.0.0.1 alone
         self.listeners.append(await serve(sock=sock))
-        log.info("listening on [::1]:%d (localhost's IPv6 address)", port)
+        tls = " (TLS)" if self.options.tls_cert else ""  # as its twin's line says
+        log.info("listening on [::1]:%d (localhost's IPv6 address)%s", port, tls)
 
     async def _listen_unix(self, path: str, factory: Callable[[], Connection]) -> None:
         assert self.loop is not None

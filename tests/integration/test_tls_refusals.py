@@ -17,7 +17,7 @@ import pytest
 
 import farm
 from tests.helpers import ROOT
-from tests.helpers.servers import Server, start_farm_server
+from tests.helpers.servers import Server, ipv6_loopback_problem, start_farm_server
 from tests.helpers.tlspki import openssl, pki, tls_server
 
 __all__ = ["pki", "tls_server"]  # fixtures, imported for pytest to find
@@ -112,3 +112,19 @@ def test_a_missing_client_certificate_is_suspected_by_both_clients(pki: Path) ->
         srv.stop()
     for said in (str(blocking.value), str(aio.value)):
         assert "requires client certificates" in said and "$FARM_TLS_CERT" in said, said
+
+
+@pytest.mark.timeout(120)
+def test_the_log_says_tls_of_the_ipv6_twin_too(pki: Path, tmp_path: Path) -> None:
+    # "listening on 127.0.0.1:P (TLS)", then "listening on [::1]:P (localhost's IPv6
+    # address)", which served TLS as well and did not say so.
+    if (problem := ipv6_loopback_problem()) is not None:
+        pytest.skip(f"no [::1] twin here: {problem}")
+    log = tmp_path / "server.log"
+    srv = start_farm_server(
+        "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"),
+        "-L", "127.0.0.1", "-l", str(log), "-v",
+    )  # fmt: skip
+    srv.stop()
+    lines = [line for line in log.read_text().splitlines() if "listening on" in line]
+    assert len(lines) == 2 and all(line.endswith("(TLS)") for line in lines), lines
