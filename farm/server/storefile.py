@@ -13,7 +13,14 @@ import sqlite3
 import stat
 
 from farm.paths import check_own_file
-from farm.server.storetables import HEADER_SIZE, header_lost, look, not_sqlite, pages_unread
+from farm.server.storetables import (
+    DAMAGE_CODES,
+    HEADER_SIZE,
+    header_lost,
+    look,
+    not_sqlite,
+    pages_unread,
+)
 
 __all__ = [
     "StoreError",
@@ -264,9 +271,6 @@ def drop_empty_journal(path: str) -> None:
         pass
 
 
-#: SQLite's primary result codes that mean the file's bytes are not a database it can read:
-#: damage alone, whose fixes (a backup, or starting empty) may give up its queued jobs.
-_DAMAGE = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 #: Those of a file SQLite could not make or write while it read the store (a temporary file
 #: of a sort, the WAL's recovery): no want of the store's, but of room or of a limit.
 _WRITE = frozenset({sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN})
@@ -295,7 +299,7 @@ def unreadable(path: str, exc: sqlite3.Error) -> StoreError:
     from being read was called damaged, with the advice to move it aside, and every queued
     job was lost; said as a failed write, a failed read, or else as it is, the jobs kept in
     it."""
-    if ((exc.sqlite_errorcode or 0) & 0xFF) in _DAMAGE:  # the extended code's primary one
+    if ((exc.sqlite_errorcode or 0) & 0xFF) in DAMAGE_CODES:  # the extended code's primary one
         return DamagedStore(
             f"the job store {path} cannot be read ({exc}); restore it from a backup,"
             # The -wal holds the latest commits: the file moved alone is not the whole store.

@@ -21,6 +21,7 @@ from farm.server.storecheck import ASIDE_TABLE
 from farm.server.walcopy import MAX_COPIED, TooLarge, held, private_copy, wal_frames
 
 __all__ = [
+    "DAMAGE_CODES",
     "GEARMAND_COLUMNS",
     "HEADER_SIZE",
     "SQLITE_HEADER",
@@ -249,7 +250,7 @@ def _damage(path: str, *, immutable: bool) -> sqlite3.DatabaseError | None:
         if "jobs" in _tables(db):
             db.execute("SELECT count(*) FROM jobs").fetchone()
     except sqlite3.DatabaseError as exc:
-        if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in _DAMAGE:
+        if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in DAMAGE_CODES:
             return exc
     finally:
         db.close()
@@ -315,16 +316,19 @@ def _read(path: str, whole: bool, *, immutable: bool, named: str = "") -> str | 
             db.execute("SELECT count(*) FROM jobs").fetchone()
         return why
     except sqlite3.Error as exc:
-        if whole and (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in _DAMAGE:
+        if whole and (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in DAMAGE_CODES:
             return f"{path} cannot be read ({exc}){_DAMAGE_FIX}"
         raise
     finally:
         db.close()
 
 
-#: SQLite's codes of a file whose bytes are not a database it can read (storefile's too).
-_DAMAGE = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
-#: The fix of a damaged store, as the server's refusal says it (storefile.unreadable).
+#: SQLite's primary result codes that mean the file's bytes are not a database it can read:
+#: damage alone, whose fixes (a backup, or starting empty) may give up its queued jobs (the
+#: looks' here, and the server's refusal, storefile.unreadable).
+DAMAGE_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+#: The fix of a damaged store, as the server's refusal says it (storefile.unreadable, which
+#: names the -wal too: the looks judge a file with no -wal of frames beside it).
 _DAMAGE_FIX = (
     "; restore it from a backup, or move it aside to start empty (its queued jobs are then lost)"
 )
