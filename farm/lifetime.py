@@ -4,12 +4,20 @@ process for as long as the host runs)."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
+from collections.abc import Callable
 
-__all__ = ["die_with_parent", "process_stat", "stat_fields"]
+__all__ = ["PR_SET_PDEATHSIG", "die_with_parent", "prctl", "process_stat", "stat_fields"]
 
 PR_SET_PDEATHSIG = 1
+
+prctl: Callable[..., int] | None
+try:  # looked up once, at import: a forked child (farm.pools.spawn) must load no library
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # pragma: no cover - not Linux
+    prctl = None
 
 
 def die_with_parent(parent_pid: int | None = None) -> bool:
@@ -18,13 +26,8 @@ def die_with_parent(parent_pid: int | None = None) -> bool:
     Returns False when the parent (``parent_pid``, if given) is already gone, which
     the kernel's setting cannot catch: the caller should then exit.
     """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # pragma: no cover - not Linux
-        pass
+    if prctl is not None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     return parent_pid is None or os.getppid() == parent_pid
 
 

@@ -18,14 +18,14 @@ held at the fork is ever needed. The supervisor is small, so forking it is cheap
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import sys
 import warnings
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from farm.commandspec import RunAs
+from farm.lifetime import PR_SET_PDEATHSIG, prctl
 
 __all__ = [
     "EXIT_EXEC_FAILED",
@@ -53,7 +53,6 @@ EXEC_FAILED_PREFIX = "farm: cannot "
 #: free little, and the next one be killed, and the next). Raising needs no privilege.
 WORKER_OOM_SCORE_ADJ = 500
 
-PR_SET_PDEATHSIG = 1
 # What Python ignores in itself at startup (EPIPE rather than death on a closed pipe, EFBIG
 # rather than death past RLIMIT_FSIZE): an ignored signal stays ignored across exec, and a
 # shell cannot even trap one it was started ignoring, so a command worker's `yes | head`
@@ -69,12 +68,6 @@ _MAX_FD = max(256, os.sysconf("SC_OPEN_MAX"))
 # alone until exec. Only the forks of this module are let through.
 _FORK_WARNING = r"This process \(pid=\d+\) is multi-threaded"
 warnings.filterwarnings("ignore", _FORK_WARNING, DeprecationWarning, r"farm\.pools\.spawn\Z")
-
-_prctl: Callable[..., int] | None
-try:  # looked up once, in the parent: the forked child must not load libraries
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # pragma: no cover - not Linux
-    _prctl = None
 
 
 def exec_text(text: str) -> str:
@@ -110,8 +103,8 @@ def python_module(module: str) -> list[str]:
 
 def set_death_signal(sig: int) -> None:
     """Linux sends ``sig`` to this process when its parent dies (cleared by setuid)."""
-    if _prctl is not None:
-        _prctl(PR_SET_PDEATHSIG, sig)
+    if prctl is not None:  # looked up in the parent, at import (farm.lifetime)
+        prctl(PR_SET_PDEATHSIG, sig)
 
 
 def group_alive(pgid: int) -> bool:

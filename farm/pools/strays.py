@@ -21,7 +21,6 @@ it is watched.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from farm.config import Config
+from farm.lifetime import prctl
 from farm.pools.exits import cut_off, undrained
 from farm.pools.leftbehind import Left, pool_stop
 from farm.pools.localserver import LocalServer
@@ -53,11 +53,7 @@ SWEEP_EVERY = 2.0
 
 def become_subreaper() -> bool:
     """Make orphaned descendants this process's children; False where Linux does not."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)  # this process's own libc (as spawn.py)
-        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
-    except (OSError, AttributeError):
-        return False
+    return prctl is not None and int(prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
 
 
 def worker_id_of(pid: int) -> str | None:
