@@ -110,11 +110,9 @@ def restart_picks(
         if index is None:
             picks[pool] = None
             continue
-        if index >= targets.get(pool, 0):
-            raise ValueError(
-                f"{raw!r}: {pool} has slots 0 to {targets.get(pool, 0) - 1}"
-                " (POOL#SLOT, e.g. reverse#0)"
-            )
+        if index >= (slots := targets.get(pool, 0)):
+            has = f"slots 0 to {slots - 1}" if slots else "no slots (scaled to 0)"
+            raise ValueError(f"{raw!r}: {pool} has {has} (POOL#SLOT, e.g. reverse#0)")
         if (chosen := picks.setdefault(pool, [])) is not None and index not in chosen:
             chosen.append(index)
     return picks

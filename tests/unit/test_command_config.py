@@ -235,6 +235,10 @@ def test_pools_are_named_by_table_or_by_a_function_only_one_serves(tmp_path: Pat
     assert picks([]) == {"a": None, "b": None, "c": None}
     with pytest.raises(ValueError, match="a has slots 0 to 1"):
         picks(["a#2"])
+    sup.targets["b"] = 0  # scaled to 0: it said "b has slots 0 to -1"
+    with pytest.raises(ValueError, match=re.escape("'b#0': b has no slots (scaled to 0)")):
+        picks(["b#0"])
+    sup.targets["b"] = 1
     # Not a number: every control client was answered "a has slots 0 to 1", as if the slot
     # were out of range, and "a#\u00b2" (isdigit, but not int's) "invalid literal for int()".
     for bad in ("a#x", "a#", "a#-1", "a#\u00b2", "#0"):
