@@ -152,6 +152,8 @@ def backup(
     odd = any(c in path for c in "\r\n\0") or "  " in path or path != path.strip(" ")
     if odd or _not_utf8(path):
         fail(f"FILE {typed(path)}: an admin line cannot carry that path; choose another", 2)
+    if os.path.isdir(path):  # '' and '.' too: the working directory (the server's ERR, exit 1)
+        fail(f"FILE {typed(path)} is a directory; name a new file in it ({path}/queue.db)", 2)
     address = server_address(server, config)
     try:
         reply = admin_query(address, f"backup {path}", tls=admin_tls(), timeout=BACKUP_TIMEOUT)

@@ -181,12 +181,17 @@ def test_farm_backup_says_what_to_do_about_a_refusal(
     local = f"unix:{stored.unix}"
     taken = tmp_path / "taken.db"
     taken.write_bytes(b"mine")
-    for where, fix in (
-        (taken, "a backup never writes over a file; remove it or name a new one"),
-        (tmp_path, f"it is a directory; name a new file in it ({tmp_path / 'queue.db'})"),
-    ):
-        run = farm_cli("backup", str(where), "--server", local)
-        assert run.returncode == 1 and run.stderr.rstrip().endswith(fix), run.stderr
+    run = farm_cli("backup", str(taken), "--server", local)
+    fix = "a backup never writes over a file; remove it or name a new one"
+    assert run.returncode == 1 and run.stderr.rstrip().endswith(fix), run.stderr
+    # A directory (an empty FILE too: the working directory) is a usage mistake, exit 2.
+    for where in (str(tmp_path), ""):
+        run = farm_cli("backup", where, "--server", local)
+        named = where or os.getcwd()
+        fix = (
+            f"is a directory; name a new file in it ({named}/queue.db) (usage: farm backup --help)"
+        )
+        assert run.returncode == 2 and run.stderr.rstrip().endswith(fix), run.stderr
     run = farm_cli("backup", str(tmp_path / "copy.db"), "--server", gearmand.addr)
     assert run.returncode == 1 and "has no backup command" in run.stderr, run.stderr
     # A relative FILE in a working directory removed: one line, not abspath's traceback.
