@@ -382,7 +382,7 @@ def _serve(options: ServerOptions, ready: int | None = None) -> int:
         taken = "socket" if exc.where.startswith("unix:") else "port"  # what to move
         hint = exc.hint or fix_hint(options, taken if exc.errno == errno.EADDRINUSE else "listen")
         fatal(options, f"{exc} ({hint})")
-        return 1
+        return 2 if exc.errno == errno.EEXIST else 1  # a file in the way stays: not retried
     except OSError as exc:
         fatal(options, f"cannot listen: {exc}")
         return 1
