@@ -162,6 +162,15 @@ def test_farm_check_passes_farms_own_store_and_changes_nothing(tmp_path: Path) -
     passes_check_unchanged(tmp_path, store)
 
 
+def queued_jobs(store: Path) -> None:
+    """Farm's store at ``store`` holding 50 queued jobs of 20 kB, closed as a server leaves it."""
+    held = SQLiteStore(store)
+    for n in range(50):
+        held.add(b"H:t:%d" % n, b"reverse", b"u%d" % n, bytes(20_000), 1, None, 0.0, True)
+    held.commit()
+    held.close()
+
+
 def _cut_off(path: Path) -> None:
     os.truncate(path, path.stat().st_size // 2)
 
@@ -192,11 +201,7 @@ def test_farm_check_and_farm_up_refuse_a_damaged_store_exit_2(
     tmp_path: Path, damage: Callable[[Path], None], said: str
 ) -> None:
     store = tmp_path / "data" / "queue.db"
-    held = SQLiteStore(store)
-    for n in range(50):
-        held.add(b"H:t:%d" % n, b"reverse", b"u%d" % n, bytes(20_000), 1, None, 0.0, True)
-    held.commit()
-    held.close()
+    queued_jobs(store)
     damage(store)
     before = files(store.parent)
     config(tmp_path, REVERSE, store=str(store))
@@ -313,11 +318,7 @@ def test_a_damaged_store_refused_by_the_server_keeps_its_files(tmp_path: Path, w
     # Its tables read as farm's, its jobs' pages not: made 600 before SQLite said so, given
     # a -journal (and -wal) beside it, and a -wal's frames checkpointed into it at the close.
     store = tmp_path / "data" / "queue.db"
-    held = SQLiteStore(store)
-    for n in range(50):
-        held.add(b"H:t:%d" % n, b"reverse", b"u%d" % n, bytes(20_000), 1, None, 0.0, True)
-    held.commit()
-    held.close()
+    queued_jobs(store)
     _overwritten(store)
     store.chmod(0o644)
     if wal:
@@ -337,11 +338,7 @@ def test_farm_up_exits_2_where_its_server_refuses_a_store_its_look_could_not_jud
     # hold what the file lacks), its server reads both and refuses them, exit 2. `farm up`
     # exited 1 then, which the unit restarts every 2 s for ever (RestartPreventExitStatus=2).
     store = tmp_path / "data" / "queue.db"
-    held = SQLiteStore(store)
-    for n in range(50):
-        held.add(b"H:t:%d" % n, b"reverse", b"u%d" % n, bytes(20_000), 1, None, 0.0, True)
-    held.commit()
-    held.close()
+    queued_jobs(store)
     _overwritten(store)
     _wal_frames_left(store)
     config(tmp_path, REVERSE, store=str(store))
@@ -380,11 +377,7 @@ def test_a_store_whose_wal_holds_what_its_damaged_file_lacks_opens(tmp_path: Pat
     # hold those pages whole: read with them, as SQLite's open reads it, it is sound, and
     # the look before the open must not refuse it.
     store = tmp_path / "data" / "queue.db"
-    held = SQLiteStore(store)
-    for n in range(50):
-        held.add(b"H:t:%d" % n, b"reverse", b"u%d" % n, bytes(20_000), 1, None, 0.0, True)
-    held.commit()
-    held.close()
+    queued_jobs(store)
     program = (
         "import os, sqlite3, sys\n"
         "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"

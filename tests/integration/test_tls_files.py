@@ -24,18 +24,23 @@ pytestmark = pytest.mark.slow
 __all__ = ["pki"]  # a fixture, imported for pytest to find
 
 
-def test_a_missing_tls_file_is_named(tmp_path: Path) -> None:
-    missing = str(tmp_path / "nowhere.pem")
-    with pytest.raises(farm.FarmError, match=f"TLS certificate {missing}: No such file"):
-        tls_context(None, missing, missing)
-    result = subprocess.run(
+def server_start(cert: str, key: str) -> subprocess.CompletedProcess[str]:
+    """`farm server` given ``cert`` and ``key``, as far as it gets (a refusal: it exits)."""
+    return subprocess.run(
         [sys.executable, "-m", "farm.server", "-p", str(free_port()), "--store", "none"]
-        + ["--tls-cert", missing, "--tls-key", missing],
+        + ["--tls-cert", cert, "--tls-key", key],
         capture_output=True,
         text=True,
         timeout=30,
         cwd=ROOT,
     )
+
+
+def test_a_missing_tls_file_is_named(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nowhere.pem")
+    with pytest.raises(farm.FarmError, match=f"TLS certificate {missing}: No such file"):
+        tls_context(None, missing, missing)
+    result = server_start(missing, missing)
     assert result.returncode == 2 and missing in result.stderr, result.stderr
 
 
@@ -45,14 +50,7 @@ def test_a_missing_key_is_named_not_its_certificate(tmp_path: Path, pki: Path) -
     with pytest.raises(farm.FarmError, match=f"{missing}: No such file") as refused:
         tls_context(None, cert, missing)
     assert cert not in str(refused.value)
-    result = subprocess.run(
-        [sys.executable, "-m", "farm.server", "-p", str(free_port()), "--store", "none"]
-        + ["--tls-cert", cert, "--tls-key", missing],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-    )
+    result = server_start(cert, missing)
     assert result.returncode == 2, result.stderr
     assert f"{missing}: No such file" in result.stderr and cert not in result.stderr, result.stderr
 
