@@ -35,7 +35,10 @@ class WorkerTimers(WorkerLinks):
     def _recheck_sleeps(self, now: float) -> None:
         """Wake each session asleep for SLEEP_RECHECK, for the loop's next grab."""
         for server in self._servers:
-            if server.sock is None or server.session.state is not WorkerState.SLEEPING:
+            # Not one dropped for a grab it left unanswered, reconnected asleep on purpose
+            # (``silent``): a grab each 10 s held the worker connect_timeout each time.
+            asleep = server.session.state is WorkerState.SLEEPING
+            if server.sock is None or server.silent or not asleep:
                 server.asleep_since = None
             elif server.asleep_since is None:
                 server.asleep_since = now

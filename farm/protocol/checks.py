@@ -198,11 +198,14 @@ def check_status(numerator: object, denominator: object) -> tuple[int, int]:
     never reached the client through farm's server and broke the job through gearmand's."""
     fields = []
     for name, given in (("numerator", numerator), ("denominator", denominator)):
-        value = int(given)  # type: ignore[call-overload]  # as before: 2.7 is 2
+        try:
+            value = int(given)  # type: ignore[call-overload]  # as before: 2.7 is 2
+        except OverflowError:  # an infinity: out of range, as any other (not its own error)
+            value = -1
         if not 0 <= value <= STATUS_MAX:
             raise ValueError(
                 f"send_status's {name} must be from 0 to {STATUS_MAX:,} (WORK_STATUS carries"
-                f" 32 bits), not {value:,}: scale the progress, e.g. to megabytes or per mille"
+                f" 32 bits), not {given!r}: scale the progress, e.g. to megabytes or per mille"
             )
         fields.append(value)
     return fields[0], fields[1]

@@ -101,7 +101,7 @@ def wal_damage(store: str) -> WalDamage | None:
         # page, and a server killed between the two left that transaction unacknowledged.
         ours = [m for m in range(n, frames) if (heads[m][2], heads[m][3]) == (salt1, salt2)]
         commits = [m for m in ours if heads[m][1]]
-        if not commits or commits == [ours[-1]]:
+        if not commits or n == ours[-1]:  # only the very last frame can be torn so
             return None
         return WalDamage(n + 1, frames, len(commits))
     return None

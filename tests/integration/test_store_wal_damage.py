@@ -108,3 +108,25 @@ def test_a_last_frame_whose_page_was_never_written_is_no_damage(tmp_path: Path) 
     wal.write_bytes(data)
     assert queued_after_start(store, log) == JOBS - 1
     assert "damaged" not in log.read_text()
+
+
+@pytest.mark.timeout(120)
+def test_damage_within_the_last_transaction_before_its_last_frame_is_said(
+    tmp_path: Path,
+) -> None:
+    # Only the very last frame can be torn by a kill: a frame before it in the same
+    # (committed, acknowledged) transaction that fails is damage, and was passed over.
+    store, log = tmp_path / "q.db", tmp_path / "server.log"
+    killed_with_jobs(store, log)
+    wal = Path(f"{store}-wal")
+    data = bytearray(wal.read_bytes())
+    page_size = struct.unpack_from(">I", data, 8)[0]
+    size = 24 + page_size
+    frames = (len(data) - 32) // size
+    commits = [n for n in range(frames) if struct.unpack_from(">I", data, 32 + n * size + 4)[0]]
+    assert commits[-1] == frames - 1 and commits[-1] - commits[-2] >= 2, commits  # premise
+    data[32 + (frames - 2) * size + 24 + 100] ^= 1  # the last transaction's frame before last
+    wal.write_bytes(data)
+    assert queued_after_start(store, log) == JOBS - 1
+    said = [line for line in log.read_text().splitlines() if "is damaged" in line]
+    assert len(said) == 1 and "1 committed transaction(s)" in said[0], said

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import farm
+from farm.protocol.checks import check_status
 from tests.helpers.serving import serving
 
 BIG = 2**32 - 1
@@ -50,3 +51,11 @@ def test_a_status_past_32_bits_fails_the_job_naming_the_limit(
         assert "must be from 0 to 4,294,967,295" in str(failed.value), failed.value
     else:  # gearmand: the worker sends WORK_FAIL (docs/client.md), the job ends at once
         assert isinstance(failed.value, farm.JobFailed), failed.value
+
+
+def test_an_infinity_is_out_of_range_too() -> None:
+    # int(inf) raised OverflowError out of send_status, where the docs promise ValueError.
+    for given in (float("inf"), float("-inf")):
+        with pytest.raises(ValueError, match=f"not {given}: scale the progress"):
+            check_status(given, 10)
+    assert check_status(2.7, 10.0) == (2, 10)  # as it always took them: int()
