@@ -21,6 +21,7 @@ from farm.executor import RemoteTraceback
 from tests.helpers import executorfarm
 from tests.helpers.calls import POOL_CONTEXT, add, fails, nap
 from tests.helpers.executorfarm import ExecutorFarm
+from tests.helpers.waiting import wait_for
 
 # The fixtures, taken by assignment: pytest finds them as if defined here, and no
 # import stands unused beside the parameters that name them.
@@ -108,12 +109,19 @@ def test_sequential_calls_go_out_from_the_callers_thread(ex: farm.Executor) -> N
     wakes = []
     real_wake = pump._wake
     pump._wake = lambda: (wakes.append(1), real_wake())  # type: ignore[method-assign]
+    results = []
     try:
-        results = [ex.submit(abs, -i).result(timeout=30) for i in range(50)]
+        for i in range(50):
+            # Idle: back in its select. On a loaded host the caller, woken by its result,
+            # could submit before the pump got there (10 of 50 under CI's load): a busy
+            # pump reads the queue itself, which is not what this test is about.
+            wait_for("the pump to sleep", lambda: pump._sleeping)
+            results.append(ex.submit(abs, -i).result(timeout=30))
     finally:
         pump._wake = real_wake  # type: ignore[method-assign]
     assert results == list(range(50))
-    assert len(wakes) <= 5, f"{len(wakes)} of 50 sequential calls needed the pump woken"
+    # The pump's look at its deque after it says it sleeps may still hold the lock: rare.
+    assert len(wakes) <= 2, f"{len(wakes)} of 50 sequential calls needed the pump woken"
 
 
 def test_threads_waiting_on_futures_of_two_executors_do_not_deadlock(
