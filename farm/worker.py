@@ -28,6 +28,7 @@ from farm.protocol import MAX_CLIENT_ID, UNPRINTABLE, ProtocolError
 from farm.protocol import PacketType as T
 from farm.protocol.checks import check_seconds
 from farm.protocol.events import ServerErrorNotice
+from farm.protocol.tasks import closed_unanswered
 from farm.protocol.worker import JobAssigned, JobNotHeld, WorkerSession, WorkerState
 from farm.waker import Waker
 from farm.workeranswer import describe, job_outcome, note_signal_handlers, raised_at, result_data
@@ -257,9 +258,11 @@ class Worker(WorkerFunctions, WorkerNews, WorkerTimers):
         except OSError as exc:  # ETIMEDOUT (its host gone: the keepalive), ECONNRESET ...
             self._lost(server, f"connection failed ({exc})")
             return
-        if not data:
-            self._lost(server, "closed the connection")
+        if not data:  # before a word over TLS: most often our certificate, refused
+            tls_refusal = self.tls is not None and not server.heard
+            self._lost(server, closed_unanswered(True) if tls_refusal else "closed the connection")
             return
+        server.heard = True
         try:
             # Under the lock, as register() and unregister() from another thread change what
             # an ECHO_RES read here settles (WorkerSession.add_ability): before or after.

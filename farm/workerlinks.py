@@ -52,6 +52,7 @@ class ServerLink:
     backoff: float = BACKOFF_FIRST
     dial: Dial | None = None  # a connect in its own thread (a worker of several servers)
     asleep_since: float | None = None  # when its session was seen asleep (workertimers)
+    heard: bool = False  # bytes read on this connection (a TLS server's refusal comes first)
     silent: bool = False  # dropped for leaving a grab unanswered; not heard from since
     # An outage's start (monotonic), until the server talks sense again (a connect is not
     # enough), and whether it was said: at INFO (within the worker's outage_grace), a warning.
@@ -120,6 +121,7 @@ class WorkerLinks:
                 continue
             sock = outcome
             server.sock = sock  # its outage (and backoff) ends once it talks sense: _back
+            server.heard = False
             selector.register(sock, selectors.EVENT_READ, server)  # before anything may raise
             keep_alive(sock)
             # Under the lock, as the read is (Worker._read): register() and unregister() from

@@ -7,6 +7,7 @@ from farm.Client, farm.AsyncClient and the CLI (`farm status` with $FARM_TLS_CA)
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import ssl
 import subprocess
@@ -18,7 +19,9 @@ import pytest
 import farm
 from tests.helpers import ROOT
 from tests.helpers.servers import Server, ipv6_loopback_problem, start_farm_server
+from tests.helpers.serving import working
 from tests.helpers.tlspki import openssl, pki, tls_server
+from tests.helpers.waiting import wait_for
 
 __all__ = ["pki", "tls_server"]  # fixtures, imported for pytest to find
 
@@ -128,3 +131,26 @@ def test_the_log_says_tls_of_the_ipv6_twin_too(pki: Path, tmp_path: Path) -> Non
     srv.stop()
     lines = [line for line in log.read_text().splitlines() if "listening on" in line]
     assert len(lines) == 2 and all(line.endswith("(TLS)") for line in lines), lines
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_without_its_certificate_is_told_what_to_suspect(
+    pki: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `farm worker` logged "closed the connection; reconnecting" each few seconds, for
+    # ever, with no word of the certificate a --tls-ca server requires.
+    srv = start_farm_server(
+        "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"),
+        "--tls-ca", str(pki / "ca.pem"),
+    )  # fmt: skip
+    worker = farm.Worker(srv.addr, tls=ssl.create_default_context(cafile=str(pki / "ca.pem")))
+    worker.register("up", lambda j: j.data.upper())
+
+    def refusal_said() -> bool:
+        return any("requires client certificates" in r.getMessage() for r in caplog.records)
+
+    try:
+        with caplog.at_level(logging.INFO, logger="farm.worker"), working(worker):
+            wait_for("the worker's word of its refused certificate", refusal_said, timeout=30)
+    finally:
+        srv.stop()
