@@ -15,7 +15,7 @@ import pytest
 import farm
 from tests.helpers.servers import Server, start_farm_server
 
-__all__ = ["openssl", "pki", "serve_reverse", "tls_server"]
+__all__ = ["mutual_tls_server", "openssl", "pki", "serve_reverse", "tls_server"]
 
 
 def openssl(*args: str, cwd: Path) -> None:
@@ -51,6 +51,17 @@ def tls_server(pki: Path) -> Iterator[Server]:
     srv = start_farm_server(
         "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key")
     )
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def mutual_tls_server(pki: Path) -> Iterator[Server]:
+    """A TLS server that requires client certificates signed by the test CA (``--tls-ca``)."""
+    srv = start_farm_server(
+        "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"),
+        "--tls-ca", str(pki / "ca.pem"),
+    )  # fmt: skip
     yield srv
     srv.stop()
 

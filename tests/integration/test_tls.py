@@ -27,11 +27,11 @@ from tests.helpers.servers import (
     start_farm_server,
     start_with_store,
 )
-from tests.helpers.tlspki import pki, serve_reverse, tls_server
+from tests.helpers.tlspki import mutual_tls_server, pki, serve_reverse, tls_server
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.slow
-__all__ = ["pki", "tls_server"]  # fixtures, imported for pytest to find
+__all__ = ["mutual_tls_server", "pki", "tls_server"]  # fixtures, imported for pytest to find
 
 
 def test_client_and_worker_over_tls(tls_server: Server, pki: Path) -> None:
@@ -142,28 +142,20 @@ def test_an_untrusted_server_certificate_is_refused(tls_server: Server) -> None:
         client.call("reverse", "x", timeout=3)
 
 
-def test_client_certificates_can_be_required(pki: Path) -> None:
-    srv = start_farm_server(
-        "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"),
-        "--tls-ca", str(pki / "ca.pem"),
-    )  # fmt: skip
-    try:
-        with_cert = tls_context(
-            str(pki / "ca.pem"), str(pki / "client.pem"), str(pki / "client.key")
-        )
-        worker, thread = serve_reverse(srv.addr, with_cert)
-        with farm.Client(srv.addr, tls=with_cert) as client:
-            assert client.call("reverse", "abc", timeout=10) == b"cba"
-        without = tls_context(str(pki / "ca.pem"))
-        with (
-            farm.Client(srv.addr, tls=without) as client,
-            pytest.raises((farm.FarmError, OSError), match="(?i)certificate"),
-        ):  # says why, not just "went away"
-            client.call("reverse", "abc", timeout=3)
-        worker.stop()
-        thread.join(10)
-    finally:
-        srv.stop()
+def test_client_certificates_can_be_required(mutual_tls_server: Server, pki: Path) -> None:
+    srv = mutual_tls_server
+    with_cert = tls_context(str(pki / "ca.pem"), str(pki / "client.pem"), str(pki / "client.key"))
+    worker, thread = serve_reverse(srv.addr, with_cert)
+    with farm.Client(srv.addr, tls=with_cert) as client:
+        assert client.call("reverse", "abc", timeout=10) == b"cba"
+    without = tls_context(str(pki / "ca.pem"))
+    with (
+        farm.Client(srv.addr, tls=without) as client,
+        pytest.raises((farm.FarmError, OSError), match="(?i)certificate"),
+    ):  # says why, not just "went away"
+        client.call("reverse", "abc", timeout=3)
+    worker.stop()
+    thread.join(10)
 
 
 def test_farm_status_and_jobs_speak_tls_from_the_environment(tls_server: Server, pki: Path) -> None:

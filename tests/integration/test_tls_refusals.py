@@ -20,10 +20,10 @@ import farm
 from tests.helpers import ROOT
 from tests.helpers.servers import Server, ipv6_loopback_problem, start_farm_server
 from tests.helpers.serving import working
-from tests.helpers.tlspki import openssl, pki, tls_server
+from tests.helpers.tlspki import mutual_tls_server, openssl, pki, tls_server
 from tests.helpers.waiting import wait_for
 
-__all__ = ["pki", "tls_server"]  # fixtures, imported for pytest to find
+__all__ = ["mutual_tls_server", "pki", "tls_server"]  # fixtures, imported for pytest to find
 
 PLAIN = "does not speak TLS there (WRONG_VERSION_NUMBER): a plain Gearman port?"
 UNTRUSTED = "its TLS certificate is not trusted (unable to get local issuer certificate)"
@@ -94,25 +94,21 @@ def test_a_plain_call_to_a_tls_port_is_told_it_may_be_tls(tls_server: Server) ->
 
 
 @pytest.mark.timeout(120)
-def test_a_missing_client_certificate_is_suspected_by_both_clients(pki: Path) -> None:
+def test_a_missing_client_certificate_is_suspected_by_both_clients(
+    mutual_tls_server: Server, pki: Path
+) -> None:
     # farm.Client said so; farm.AsyncClient said "went away".
-    srv = start_farm_server(
-        "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"),
-        "--tls-ca", str(pki / "ca.pem"),
-    )  # fmt: skip
-    try:
-        ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))  # no certificate of ours
-        with pytest.raises(farm.ServerUnavailable) as blocking:
-            farm.Client(srv.addr, tls=ctx, timeout=10).call("up", b"x")
+    addr = mutual_tls_server.addr
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))  # no certificate of ours
+    with pytest.raises(farm.ServerUnavailable) as blocking:
+        farm.Client(addr, tls=ctx, timeout=10).call("up", b"x")
 
-        async def call() -> None:
-            async with farm.AsyncClient(srv.addr, tls=ctx) as client:
-                await client.call("up", b"x")
+    async def call() -> None:
+        async with farm.AsyncClient(addr, tls=ctx) as client:
+            await client.call("up", b"x")
 
-        with pytest.raises(farm.ServerUnavailable) as aio:
-            asyncio.run(call())
-    finally:
-        srv.stop()
+    with pytest.raises(farm.ServerUnavailable) as aio:
+        asyncio.run(call())
     for said in (str(blocking.value), str(aio.value)):
         assert "requires client certificates" in said and "$FARM_TLS_CERT" in said, said
 
@@ -135,22 +131,16 @@ def test_the_log_says_tls_of_the_ipv6_twin_too(pki: Path, tmp_path: Path) -> Non
 
 @pytest.mark.timeout(120)
 def test_a_worker_without_its_certificate_is_told_what_to_suspect(
-    pki: Path, caplog: pytest.LogCaptureFixture
+    mutual_tls_server: Server, pki: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # `farm worker` logged "closed the connection; reconnecting" each few seconds, for
     # ever, with no word of the certificate a --tls-ca server requires.
-    srv = start_farm_server(
-        "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"),
-        "--tls-ca", str(pki / "ca.pem"),
-    )  # fmt: skip
-    worker = farm.Worker(srv.addr, tls=ssl.create_default_context(cafile=str(pki / "ca.pem")))
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    worker = farm.Worker(mutual_tls_server.addr, tls=ctx)
     worker.register("up", lambda j: j.data.upper())
 
     def refusal_said() -> bool:
         return any("requires client certificates" in r.getMessage() for r in caplog.records)
 
-    try:
-        with caplog.at_level(logging.INFO, logger="farm.worker"), working(worker):
-            wait_for("the worker's word of its refused certificate", refusal_said, timeout=30)
-    finally:
-        srv.stop()
+    with caplog.at_level(logging.INFO, logger="farm.worker"), working(worker):
+        wait_for("the worker's word of its refused certificate", refusal_said, timeout=30)
