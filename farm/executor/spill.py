@@ -60,7 +60,7 @@ from farm.executor.spillsettings import (
     default_spill_dir,
     worker_settings,
 )
-from farm.executor.spillsweep import PREFIX, name_mark, sweep, sweep_every
+from farm.executor.spillsweep import PREFIX, name_mark, sweep, sweep_every, unlinked
 from farm.paths import make_dirs
 
 __all__ = [
@@ -245,11 +245,7 @@ def remove_results(directory: Path, call_ids: list[bytes]) -> tuple[int, int]:
             seen += 1
             if parts[2] not in tags:
                 continue
-            try:
-                os.unlink(entry.path)
-                removed += 1
-            except OSError:
-                pass
+            removed += unlinked(entry.path)
     return removed, seen
 
 

@@ -19,7 +19,7 @@ import stat
 import time
 from pathlib import Path
 
-__all__ = ["PREFIX", "name_mark", "sweep", "sweep_every"]
+__all__ = ["PREFIX", "name_mark", "sweep", "sweep_every", "unlinked"]
 
 PREFIX = "farm-spill-"
 
@@ -75,12 +75,17 @@ def sweep(directory: Path, max_age: float, orphan_age: float, now: float | None 
         whole = bool(info.st_mode & stat.S_IRGRP)  # a part, if not: see the docstring
         if _kept(parts[0], _writer(parts), whole, now - info.st_mtime, max_age, orphan_age):
             continue
-        try:
-            os.unlink(entry.path)
-            removed += 1
-        except OSError:
-            pass
+        removed += unlinked(entry.path)
     return removed
+
+
+def unlinked(path: str) -> bool:
+    """Remove the spill file at ``path``; whether it was (False: gone already, or refused)."""
+    try:
+        os.unlink(path)
+    except OSError:
+        return False
+    return True
 
 
 def _kept(
