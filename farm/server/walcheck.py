@@ -14,13 +14,13 @@ in the log and the -wal is copied aside for the operator before the open.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import shutil
 import struct
 from dataclasses import dataclass
 
-from farm.server.walcopy import MAX_COPIED, WAL_FRAME_HEADER, WAL_HEADER
+from farm.server.walcopy import MAX_COPIED, WAL_FRAME_HEADER, WAL_HEADER, TooLarge, copy_file
 
 __all__ = ["MAX_READ", "WalDamage", "keep_damaged", "wal_damage"]
 
@@ -113,19 +113,16 @@ def keep_damaged(store: str, damage: WalDamage) -> str:
     source = store + "-wal"
     for n in range(1, 1000):
         target = f"{source}.damaged" if n == 1 else f"{source}.damaged.{n}"
+        if os.path.lexists(target):  # an earlier damage's copy: kept, never removed below
+            continue
         try:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            copy_file(source, target, MAX_READ)
         except FileExistsError:
             continue
-        except OSError as exc:
-            target, why = "", str(exc)
-            break
-        try:
-            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-                shutil.copyfileobj(src, out)
-        except OSError as exc:
-            os.unlink(target)
-            target, why = "", str(exc)
+        except (OSError, TooLarge) as exc:
+            with contextlib.suppress(OSError):  # what of it was written, if it was made
+                os.unlink(target)
+            target, why = "", str(exc) or "larger than it was read"
         break
     else:
         target, why = "", "every name for it is taken"

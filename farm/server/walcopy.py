@@ -25,6 +25,7 @@ __all__ = [
     "WAL_HEADER",
     "TooLarge",
     "held",
+    "copy_file",
     "private_copy",
     "wal_frames",
 ]
@@ -84,12 +85,13 @@ def private_copy(path: str) -> Iterator[str]:
         copy = os.path.join(where, "store.db")
         left = MAX_COPIED
         for source, target in ((path, copy), (path + "-wal", copy + "-wal")):
-            left -= _copy(source, target, left)
+            left -= copy_file(source, target, left)
         yield copy
 
 
-def _copy(source: str, target: str, limit: int) -> int:
-    """Copy ``source`` to ``target`` (mode 600), at most ``limit`` bytes: its size."""
+def copy_file(source: str, target: str, limit: int) -> int:
+    """Copy ``source`` to ``target``, a new file (mode 600; FileExistsError where one is), at
+    most ``limit`` bytes (TooLarge past it): its size."""
     fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as src:
         info = os.fstat(fd)
