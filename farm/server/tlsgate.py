@@ -26,6 +26,8 @@ import logging
 import os
 import socket
 import ssl
+import stat
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
@@ -35,7 +37,7 @@ from farm.server.hub import Hub
 from farm.server.options import ServerOptions
 from farm.tlsfiles import load_tls_file
 
-__all__ = ["Handshakes", "TLSGate"]
+__all__ = ["Handshakes", "TLSGate", "server_tls_context", "warn_of_dates", "warn_of_mode"]
 
 log = logging.getLogger("farm.server")
 
@@ -134,9 +136,78 @@ def server_tls_context(opts: ServerOptions) -> ssl.SSLContext | None:
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert, key, ca = opts.tls_cert, opts.tls_key, opts.tls_ca
-    chain = lambda p, k: ctx.load_cert_chain(str(p), k)  # noqa: E731
+
+    def chain(path: str | None, key_path: str | None) -> None:
+        ctx.load_cert_chain(str(path), key_path)
+        warn_of_dates(cert, str(path), time.time())  # ``path``: where a pipe's copy lies
+
     load_tls_file("--tls-cert/--tls-key", cert, chain, key=key)
+    warn_of_mode(key or cert)
     if ca:
         load_tls_file("--tls-ca", ca, lambda p, _: ctx.load_verify_locations(p))
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
+
+
+#: Days before its end from which a server certificate's coming expiry is warned of.
+EXPIRY_NOTICE_DAYS = 7
+
+
+def warn_of_dates(name: str, path: str, now: float) -> None:
+    """A WARNING where the server's certificate (``name``, read at ``path``) has expired, is
+    not valid yet, or ends within EXPIRY_NOTICE_DAYS: the server starts (as nginx's and
+    gearmand's do), but every client refuses its handshake ("certificate has expired"),
+    and certificates are read once, at start: a renewal takes a restart."""
+    try:
+        # The stdlib's one parser of a certificate file, private but there from 3.x on; a
+        # Python without it, or a file it cannot parse (OpenSSL took it), says nothing.
+        dates = ssl._ssl._test_decode_cert(path)  # type: ignore[attr-defined]
+        begins = ssl.cert_time_to_seconds(dates["notBefore"])
+        ends = ssl.cert_time_to_seconds(dates["notAfter"])
+    except (AttributeError, KeyError, ValueError, ssl.SSLError, OSError):
+        return
+    if ends <= now:
+        log.warning(
+            "TLS certificate %s expired on %s: clients refuse its handshake; renew it and"
+            " restart the server (certificates are read at start)",
+            name,
+            _utc(ends),
+        )
+    elif begins > now:
+        log.warning(
+            "TLS certificate %s is not valid until %s: clients refuse its handshake until"
+            " then (is this host's clock right?)",
+            name,
+            _utc(begins),
+        )
+    elif ends - now < EXPIRY_NOTICE_DAYS * 86400:
+        log.warning(
+            "TLS certificate %s expires on %s (in %.1f days); renew it and restart the server"
+            " (certificates are read at start)",
+            name,
+            _utc(ends),
+            (ends - now) / 86400,
+        )
+
+
+def warn_of_mode(path: str) -> None:
+    """A WARNING where the server's private key (``path``: --tls-key, or the certificate
+    file that holds it) may be read by every user on the host, who could then pose as the
+    server to its clients. Group-readable is left alone: Debian's keys are root:ssl-cert
+    0640 by design. A pipe (a key kept off the disk) has no such mode."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return
+    if stat.S_ISREG(info.st_mode) and info.st_mode & stat.S_IROTH:
+        log.warning(
+            "TLS key %s may be read by every user on this host (mode %04o), who could pose as"
+            " this server: chmod o-r %s",
+            path,
+            stat.S_IMODE(info.st_mode),
+            path,
+        )
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(seconds))

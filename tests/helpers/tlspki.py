@@ -15,7 +15,14 @@ import pytest
 import farm
 from tests.helpers.servers import Server, start_farm_server
 
-__all__ = ["mutual_tls_server", "openssl", "pki", "serve_reverse", "tls_server"]
+__all__ = [
+    "dated_certificate",
+    "mutual_tls_server",
+    "openssl",
+    "pki",
+    "serve_reverse",
+    "tls_server",
+]
 
 
 def openssl(*args: str, cwd: Path) -> None:
@@ -29,7 +36,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # A CA as RFC 5280 has one: Python 3.13's default contexts verify strictly
     # (VERIFY_X509_STRICT), and refused the bare `req -x509` CA ("CA cert does not include
     # key usage extension") that 3.11 and 3.12 took.
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
             "-subj", "/CN=farm-test-ca", "-keyout", "ca.key", "-out", "ca.pem",
             "-addext", "basicConstraints=critical,CA:TRUE",
             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)  # fmt: skip
@@ -41,7 +48,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)  # fmt: skip
         (d / f"{name}.ext").write_text(ext + "\n")
         openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem",
+                "-CAcreateserial", "-days", "30", "-extfile", f"{name}.ext", "-out", f"{name}.pem",
                 cwd=d)  # fmt: skip
     return d
 
@@ -72,3 +79,23 @@ def serve_reverse(addr: str, ctx: ssl.SSLContext) -> tuple[farm.Worker, threadin
     thread = threading.Thread(target=worker.work, daemon=True)
     thread.start()
     return worker, thread
+
+
+def dated_certificate(pki: Path, d: Path, begins: str, ends: str) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by ``pki``'s CA, valid from ``begins`` to ``ends``
+    (``YYYYMMDDHHMMSSZ``, past dates too, which `openssl x509 -days` cannot make), and its key
+    (mode 600), in ``d``."""
+    (d / "index.txt").touch()
+    (d / "serial").write_text("01\n")
+    (d / "ca.cnf").write_text(
+        "[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\nserial = serial\n"
+        "new_certs_dir = .\ndefault_md = sha256\npolicy = p\nunique_subject = no\n"
+        "[p]\ncommonName = supplied\n"
+    )
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=dated",
+            "-keyout", "dated.key", "-out", "dated.csr", cwd=d)  # fmt: skip
+    openssl("ca", "-batch", "-config", "ca.cnf", "-cert", str(pki / "ca.pem"),
+            "-keyfile", str(pki / "ca.key"), "-in", "dated.csr", "-out", "dated.pem",
+            "-startdate", begins, "-enddate", ends, cwd=d)  # fmt: skip
+    (d / "dated.key").chmod(0o600)
+    return d / "dated.pem", d / "dated.key"

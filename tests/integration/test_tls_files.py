@@ -1,6 +1,8 @@
 """TLS files as the server and the clients are given them: named when missing, refused in
-one line when they are no file OpenSSL can read (a FIFO no one writes to hung for ever), and
-read whole from a pipe (process substitution, which keeps a key off the disk)."""
+one line when they are no file OpenSSL can read (a FIFO no one writes to hung for ever),
+read whole from a pipe (process substitution, which keeps a key off the disk), and warned of
+at the server's start where its certificate has expired (or soon will) or every user may read
+its key."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,8 +20,8 @@ import farm
 from farm.errors import TLSFileError
 from farm.tlsfiles import tls_context
 from tests.helpers import ROOT
-from tests.helpers.servers import free_port
-from tests.helpers.tlspki import pki
+from tests.helpers.servers import free_port, start_farm_server
+from tests.helpers.tlspki import dated_certificate, pki
 
 pytestmark = pytest.mark.slow
 __all__ = ["pki"]  # a fixture, imported for pytest to find
@@ -142,3 +145,50 @@ def test_a_pipe_that_gives_nothing_or_too_much_is_one_line(
     assert str(pipe) in str(raised.value)
     writer.join(10)
     assert not writer.is_alive()
+
+
+def started_log(tmp_path: Path, cert: Path, key: Path) -> list[str]:
+    """The WARNING lines of a TLS server's log, from its start to its stop."""
+    log = tmp_path / "server.log"
+    srv = start_farm_server("--tls-cert", str(cert), "--tls-key", str(key), "-l", str(log))
+    srv.stop()
+    return [line for line in log.read_text().splitlines() if " WARNING " in line]
+
+
+def utc_stamp(seconds: float) -> str:
+    return time.strftime("%Y%m%d%H%M%SZ", time.gmtime(seconds))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("begins", "ends", "said"),
+    [
+        (-400, -300, "expired on {ends}: clients refuse its handshake; renew it and restart"),
+        (300, 400, "is not valid until {begins}: clients refuse its handshake until then"),
+        (-10, 3, "expires on {ends} (in 3.0 days); renew it and restart the server"),
+    ],
+)
+def test_a_certificate_out_of_its_dates_is_warned_of_at_start(
+    tmp_path: Path, pki: Path, begins: int, ends: int, said: str
+) -> None:
+    # It started as if all were well: its operator heard of the expiry from every client's
+    # refused handshake ("certificate has expired"), and certificates are read at start.
+    now = time.time()
+    dates = {"begins": now + begins * 86400, "ends": now + ends * 86400}
+    cert, key = dated_certificate(pki, tmp_path, *(utc_stamp(t) for t in dates.values()))
+    shown = {k: time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t)) for k, t in dates.items()}
+    warnings = started_log(tmp_path, cert, key)
+    assert [line for line in warnings if said.format(**shown) in line], warnings
+    assert str(cert) in warnings[0], warnings
+
+
+@pytest.mark.timeout(120)
+def test_a_key_every_user_may_read_is_warned_of_at_start(tmp_path: Path, pki: Path) -> None:
+    cert, key = pki / "server.pem", tmp_path / "server.key"
+    key.write_bytes((pki / "server.key").read_bytes())
+    key.chmod(0o640)  # Debian's root:ssl-cert 0640 is by design: no word
+    assert started_log(tmp_path, cert, key) == []  # nor of the pki's dates (30 days)
+    key.chmod(0o644)
+    (warning,) = started_log(tmp_path, cert, key)
+    assert f"TLS key {key} may be read by every user on this host (mode 0644)" in warning
+    assert f"chmod o-r {key}" in warning
