@@ -1,8 +1,9 @@
-"""A Unix socket listener's own two questions: who is at the other end of a connection
-(``peer_credentials``: the server's and the control socket's checks of a local peer), and
+"""A Unix socket listener's own questions: who is at the other end of a connection
+(``peer_credentials``: the server's and the control socket's checks of a local peer),
 whether its path may be taken (``clear_socket_path``: a dead process's socket, never a
-live one's nor a file that is not a socket). The job server and the supervisor's control
-socket ask them; a client, a worker and the executor, which only connect, never do.
+live one's nor a file that is not a socket), and its mode once bound (``set_socket_mode``).
+The job server and the supervisor's control socket ask them; a client, a worker and the
+executor, which only connect, never do.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import socket
 import stat
 import struct
 
-__all__ = ["peer_credentials", "clear_socket_path"]
+__all__ = ["peer_credentials", "clear_socket_path", "set_socket_mode"]
 
 #: struct ucred, what SO_PEERCRED reads: pid, uid, gid.
 UCRED = struct.Struct("3i")
@@ -47,3 +48,14 @@ def clear_socket_path(path: str) -> None:
     finally:
         probe.close()
     raise OSError(errno.EADDRINUSE, f"a running process answers on {path}")
+
+
+def set_socket_mode(path: str, mode: int) -> int:
+    """Give the socket just bound at ``path`` its ``mode``; its inode. The umask made the
+    mode at bind, but a directory's default ACL overrides a umask. The name is looked at,
+    not followed: in a directory others may write it may be a link by now, and a chmod
+    through it changed the mode of whatever the link pointed at (as root, any file)."""
+    info = os.lstat(path)
+    if stat.S_ISSOCK(info.st_mode) and stat.S_IMODE(info.st_mode) != mode:
+        os.chmod(path, mode)
+    return info.st_ino

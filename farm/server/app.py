@@ -54,7 +54,7 @@ from farm.server.store import (
     memory_only,
 )
 from farm.server.tlsgate import Handshakes, TLSGate, server_tls_context
-from farm.unixsocket import clear_socket_path
+from farm.unixsocket import clear_socket_path, set_socket_mode
 
 log = logging.getLogger("farm.server")
 
@@ -179,8 +179,7 @@ class Server:
             ) from exc
         finally:
             os.umask(old_umask)
-        os.chmod(path, self.options.unix_mode)
-        self.bound[path] = os.stat(path).st_ino
+        self.bound[path] = set_socket_mode(path, self.options.unix_mode)
         self.listeners.append(srv)
         log.info("listening on unix:%s", path)
 

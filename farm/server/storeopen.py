@@ -14,7 +14,7 @@ import sqlite3
 import stat
 from pathlib import Path
 
-from farm.paths import make_dirs
+from farm.paths import controlled_by_another, make_dirs
 from farm.protocol.codec import RESERVED, RESERVED_PREFIX
 from farm.server.reserve import DiskReserve
 from farm.server.storefile import (
@@ -86,6 +86,7 @@ def open_database(path: str, sync: str, reserve: DiskReserve) -> tuple[sqlite3.C
         try:
             make_dirs(Path(path).parent, 0o700)
             made = owner_only(path)
+            _warn_if_others_control(path)
             db = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=OPEN_WAIT
             )
@@ -280,3 +281,17 @@ def _checkpoint_within_reserve(db: sqlite3.Connection, path: str, reserve: DiskR
             db.execute(f"PRAGMA wal_autocheckpoint = {max(pages, 8)}")
     except sqlite3.Error as exc:  # best effort, as the reserve itself
         log.debug("the job store %s keeps SQLite's checkpoints: %s", path, exc)
+
+
+def _warn_if_others_control(path: str) -> None:
+    """A WARNING where another user may delete or move the store aside (a directory of
+    theirs on the way, or one others may write that is not sticky): its queued jobs would go
+    with it while the server is down. The default state directory is never such a one
+    (farm.paths passes it over); a path the operator named is used, as it was chosen."""
+    if (why := controlled_by_another(Path(path), in_sticky="assume")) is not None:
+        log.warning(
+            "the job store %s %s: another user may delete or replace it, and its queued jobs"
+            " with it; choose a directory only this user may write ([server] store, --store)",
+            path,
+            why,
+        )
