@@ -235,11 +235,17 @@ class Client:
             if job.handle is None or job.server is None:
                 raise ValueError("the task has no handle yet")
             handle = job.handle
-            status = (
-                UNKNOWN
-                if lost_since(job)
-                else self._ask(job.server, Question.status(handle)).status
-            )
+            if lost_since(job):
+                return UNKNOWN
+            try:
+                status = self._ask(job.server, Question.status(handle)).status
+            except ServerUnavailable:
+                # Its connection's close seen only as it was made again, and the server did
+                # not take it: as lost as a close seen before (AsyncClient answers so too),
+                # where asking a live server's task first had made the difference.
+                if lost_since(job):
+                    return UNKNOWN
+                raise
             # Its connection's close seen only as it was made again (catch_up): asked of the
             # server there now, whose answer is for another job, if any.
             return UNKNOWN if lost_since(job) else status

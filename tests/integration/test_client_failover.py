@@ -195,6 +195,24 @@ def test_status_of_a_task_asks_the_server_that_created_it(two_servers) -> None:
         assert queued.handle == running.handle
 
 
+def test_status_of_a_task_whose_server_died_is_unknown_whatever_was_asked_first(
+    two_servers,
+) -> None:
+    # The first status() of a task on a killed server raised ServerUnavailable (its lost
+    # connection seen only in the refused reconnect); asked after a live server's task, the
+    # same question answered known=False, as farm.AsyncClient answers it each time.
+    a, b = two_servers
+    with farm.Client([a.addr, b.addr], timeout=5) as c:
+        tasks = [c.submit("nobody-serves-this", b"%d" % i) for i in range(4)]
+        on_a = [t for t in tasks if t.server == a.addr]
+        assert on_a and len(on_a) < len(tasks), [t.server for t in tasks]
+        a.stop()
+        for task in on_a:
+            assert c.status(task) == (False, False, 0, 0)
+        on_b = next(t for t in tasks if t.server == b.addr)
+        assert c.status(on_b)[:2] == (True, False)
+
+
 def test_a_new_call_reconnects_though_a_job_was_pending_when_the_server_restarted(
     any_server,
 ) -> None:
