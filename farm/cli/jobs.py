@@ -118,9 +118,8 @@ def worker(
     seconds(timeout, "--timeout", at_most=float(MAX_TIMEOUT), at_least=float(MIN_TIMEOUT))
     if not target_shaped(target):  # farm.toml's rule (a path, '.rel': no module)
         hint = normal_form_hint(target)  # a name Python reads otherwise: ﬁ:run is fi:run
-        fail(
-            f"target {target!r} must look like MODULE:FUNCTION, e.g. workers.text:reverse{hint}", 2
-        )
+        example = f"e.g. workers.text:reverse{hint}"
+        fail(f"target {typed(target)} must look like MODULE:FUNCTION, {example}", 2)
     name = _function_name(name if name is not None else target.partition(":")[2], "--name")
     if client_id is not None:
         _utf8(client_id, "--client-id")  # its bounds: Worker() checks them, as the server does
@@ -188,7 +187,7 @@ def submit(
     from farm.tlsfiles import tls_from_env
 
     if priority not in PRIORITY_NAMES:
-        fail(f"--priority must be one of {', '.join(PRIORITY_NAMES)}, not {priority!r}", 2)
+        fail(f"--priority must be one of {', '.join(PRIORITY_NAMES)}, not {typed(priority)}", 2)
     # The client's own bound (farm.protocol.checks.check_timeout): past it, Client() refused
     # it in words that named no flag.
     seconds(timeout, "--timeout", at_most=float(MAX_TIMEOUT))

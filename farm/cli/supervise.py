@@ -25,6 +25,7 @@ from farm.cli.app import (
     named_config,
     own_row,
     seconds,
+    typed,
 )
 from farm.errors import ConfigError, FarmError
 
@@ -199,10 +200,10 @@ def scale(
     for change in changes:
         try:
             name = parse_scale(change)[0]
-        except ValueError as e:
-            fail(str(e), 2)
+        except ValueError as e:  # a byte not UTF-8 shown as typed ('\\xff'), as elsewhere
+            fail(str(e).replace(repr(change), typed(change), 1), 2)
         if name in named:  # the supervisor would apply the last one, silently
-            fail(f"{name} is named twice; give one change per pool", 2)
+            fail(f"{typed(name)} is named twice; give one change per pool", 2)
         named.add(name)
     reply = ask_supervisor(config, control, {"cmd": "scale", "changes": changes})
     typer.echo(" ".join(f"{name}={count}" for name, count in reply["targets"].items()))

@@ -324,6 +324,10 @@ def test_a_config_file_with_no_settings_is_refused_by_every_command(
         # \udcff is what Python makes of a \xff byte the locale cannot decode. (A name or
         # key with one goes out as that byte: test_client_cli.)
         ([*WORKER, "--client-id", "\udcff"], "--client-id '\\xff' is not UTF-8 text"),
+        (["scale", "\udcff"], "'\\xff' is not NAME=COUNT"),  # these said '\\udcff'
+        (["scale", "\udcff=1", "\udcff=2"], "'\\xff' is named twice"),
+        (["submit", "--priority", "\udcff", "f", "x"], "one of high, normal, low, not '\\xff'"),
+        (["worker", "\udcff"], "target '\\xff' must look like MODULE:FUNCTION"),
         (["submit", "a\tb", "x"], "FUNCTION 'a\\tb' holds a control character"),
         # farm.toml's rule for a target: these were "cannot load .rel:x: TypeError: the
         # 'package' argument is required ...", "... No module named '/srv/w'"
