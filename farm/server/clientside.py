@@ -19,7 +19,6 @@ from farm.protocol import PacketType as T
 from farm.protocol.kinds import SUBMIT_KINDS, Priority, SubmitKind
 from farm.server.hub import HELD_READ_LIMIT, LAZY_CREATED_MAX, HeldReply, Hub
 from farm.server.jobs import Job, JobServer, Outcome, Progress, QueueFull
-from farm.server.queues import Peer
 from farm.server.store import StoreError
 from farm.server.workerside import error
 
@@ -82,9 +81,6 @@ class ClientSide:
     answering: bool
     hung_up: bool
 
-    def client(self) -> Peer:
-        return self  # type: ignore[return-value]  # a Connection, which is one
-
     def on_submit(
         self,
         kind: SubmitKind,
@@ -117,7 +113,7 @@ class ClientSide:
             priority = _LOW
         try:
             job = self.jobs.submit(
-                None if background else self.client(),
+                None if background else self,  # type: ignore[arg-type]  # a Connection: a Peer
                 function,
                 unique,
                 data,

@@ -122,9 +122,11 @@ class WorkerSide:
     def peer(self) -> Peer:
         return self  # type: ignore[return-value]  # a Connection, which is one
 
+    # On the hot path (every job: wake, push, accepted, hold_grab, grab) the connection is
+    # passed as itself, not through writer() / peer(): a call each only for the type checker.
     def wake(self) -> None:
         if self.held_grab:
-            self.hub.push_soon(self.writer())
+            self.hub.push_soon(self)  # type: ignore[arg-type]  # a Connection: a Writer
         else:
             self.send(NOOP)
 
@@ -135,7 +137,7 @@ class WorkerSide:
         ptype, self.held_grab = self.held_grab, 0
         if not ptype or self.closed:
             return
-        job = self.jobs.grab(self.peer())
+        job = self.jobs.grab(self)  # type: ignore[arg-type]  # a Connection: a Peer
         if job is None:  # another worker took it first: keep holding
             self.hold_grab(ptype)
             return
@@ -144,7 +146,7 @@ class WorkerSide:
         self.pushed = job
         self.heard_since_push = False
         if self.held is None:  # it leaves now: the deadline runs from now (every job's case)
-            self.hub.unaccepted.add(self.writer(), job)
+            self.hub.unaccepted.add(self, job)  # type: ignore[arg-type]  # a Connection
         else:
             self.when_sent(lambda: self._push_sent(job))
 
@@ -156,7 +158,7 @@ class WorkerSide:
     def accepted(self) -> None:
         """The pushed job was accepted (JOB_ACCEPT, or news of it): no deadline left."""
         self.pushed = None
-        self.hub.unaccepted.discard(self.writer())
+        self.hub.unaccepted.discard(self)  # type: ignore[arg-type]  # a Connection: a Writer
 
     def read_everything(self) -> bool:
         """Whether the worker has read every byte sent to it: nothing waits in our
@@ -174,7 +176,7 @@ class WorkerSide:
     def hold_grab(self, ptype: int) -> None:
         """Hold a grab that ``jobs.grab`` has just answered with no job, in this call."""
         self.held_grab = ptype
-        self.jobs.sleep(self.peer())
+        self.jobs.sleep(self)  # type: ignore[arg-type]  # a Connection: a Peer
 
     def not_accepted(self, job: Job) -> None:
         self.catch_up()  # its JOB_ACCEPT may be read already, behind other packets
@@ -225,7 +227,7 @@ class WorkerSide:
             # 4,096 functions held the server's loop for 25 s.
             self.held_grab = ptype
             return
-        job = self.jobs.grab(self.peer())
+        job = self.jobs.grab(self)  # type: ignore[arg-type]  # a Connection: a Peer
         if job is not None:
             self.assign(job, ptype)
         elif self.may_hold_grab and self.abilities and not self.draining:
