@@ -187,12 +187,16 @@ class JobServer(FunctionTable, Dispatch, JobControl):
                 elif client is not None:
                     self._attach(job, client)
                 return job
-        fq = self.function(function)
+        # The common case, a function with an entry, without the call that makes one.
+        fq = self.functions.get(function) or self.function(function)
         size = held_bytes(function, unique, data, reducer)
         try:
             # A replayed job was accepted once already; limits only guard new work.
             if not store_id:
-                if fq.full(priority, tcp and self.unix_share):
+                # A limit set at all (full's first test) before the call: most functions have
+                # none, and every submit asks.
+                limited = fq.max_total or fq.max_by_priority[priority]
+                if limited and fq.full(priority, tcp and self.unix_share):
                     fq.stats.refused[MAXQUEUE][priority] += 1
                     share = "" if fq.full(priority) else ": TCP peers' jobs hold their 3/4 of it"
                     raise QueueFull(
@@ -240,7 +244,8 @@ class JobServer(FunctionTable, Dispatch, JobControl):
         if unique and unique != b"-":  # `-` names no one job
             self.by_unique.setdefault(unique, {})[job] = None
         if client is not None and not background:
-            self._attach(job, client)
+            job.clients[client] = 1  # _attach's work, for a job nobody else has joined yet
+            client.attached.add(job)
         if not store_id:
             fq.stats.submitted[priority] += 1
         if staged:

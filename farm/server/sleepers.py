@@ -104,7 +104,7 @@ class Sleepers:
         """Awake now (it grabs, or was woken): out of its sleepers lists, or, with more than
         RESETTLE_MAX functions, left in them (the module docstring)."""
         worker.sleeping = False
-        if _many(worker):
+        if len(worker.abilities) > RESETTLE_MAX:  # _many, inline: every job wakes one
             self.lingering[worker] = set()
             return
         functions = self.functions

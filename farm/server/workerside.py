@@ -336,7 +336,7 @@ class WorkerSide:
 
     def work_update(self, args: tuple[bytes, ...], ptype: int) -> None:
         handle = args[0]
-        job = self.jobs.held(self, handle)  # type: ignore[arg-type]  # a Connection: a Peer
+        job = self.running.get(handle)  # JobServer.held, without its call (every job)
         if job is not None and job is self.pushed:
             self.accepted()  # its news says it took the job, as JOB_ACCEPT would
         if job is None:
