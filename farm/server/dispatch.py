@@ -94,15 +94,16 @@ class Dispatch(Abilities):
         if not ready:
             return None
         # The functions it can do that have work, walking whichever set is smaller; most
-        # workers have one function, and then there is nothing to walk.
+        # workers have one function, and then there is nothing to walk. filter, not a
+        # comprehension: one made cells of abilities and ready (a closure's), every grab.
         if len(abilities) == 1:
             names = list(abilities) if next(iter(abilities)) in ready else []
         elif len(abilities) > INDEX_MIN:
             names = list(self.with_work[worker])  # its index (farm.server.abilities)
         elif len(abilities) > len(ready):
-            names = [n for n in ready if n in abilities]
+            names = list(filter(abilities.__contains__, ready))
         else:
-            names = [n for n in abilities if n in ready]
+            names = list(filter(ready.__contains__, abilities))
         if len(names) < 2:
             if not names:
                 return None

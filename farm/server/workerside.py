@@ -15,6 +15,7 @@ import logging
 import sys
 import termios
 from collections.abc import Callable
+from functools import partial
 
 from farm import protocol as p
 from farm.protocol import RESERVED, encode_res, frame_res
@@ -122,8 +123,7 @@ class WorkerSide:
     def peer(self) -> Peer:
         return self  # type: ignore[return-value]  # a Connection, which is one
 
-    # On the hot path (every job: wake, push, accepted, hold_grab, grab) the connection is
-    # passed as itself, not through writer() / peer(): a call each only for the type checker.
+    # Every job's (wake, push, accepted, grab): itself, not writer()/peer(), calls for mypy.
     def wake(self) -> None:
         if self.held_grab:
             self.hub.push_soon(self)  # type: ignore[arg-type]  # a Connection: a Writer
@@ -148,7 +148,7 @@ class WorkerSide:
         if self.held is None:  # it leaves now: the deadline runs from now (every job's case)
             self.hub.unaccepted.add(self, job)  # type: ignore[arg-type]  # a Connection
         else:
-            self.when_sent(lambda: self._push_sent(job))
+            self.when_sent(partial(self._push_sent, job))  # a lambda made cells, every push
 
     def _push_sent(self, job: Job) -> None:
         """The pushed job has left (ClientSide.when_sent): it must be accepted in time."""
@@ -257,7 +257,8 @@ class WorkerSide:
         expiry = job.expiry
         if expiry is not None and self.held is not None:  # its timeout runs once it leaves
             expiry.discard(job)
-            self.when_sent(lambda: self._timeout_from_now(job, expiry))
+            # partial, not a lambda: one made cells of self, job and expiry for every assign.
+            self.when_sent(partial(self._timeout_from_now, job, expiry))
 
     def _timeout_from_now(self, job: Job, expiry: Expiry) -> None:
         """The assignment has left (ClientSide.when_sent): the job's CAN_DO_TIMEOUT runs."""
