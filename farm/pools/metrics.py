@@ -48,12 +48,33 @@ POOL_STATES = (*(str(state) for state in ProcState), "backoff", "failing")
 if TYPE_CHECKING:
     from farm.pools.steering import Steering
 
-__all__ = ["Exits", "SERVER_TIMEOUT", "SupervisorCollector"]
+__all__ = ["Exits", "SERVER_TIMEOUT", "SupervisorCollector", "server_wait"]
 
 log = logging.getLogger("farm.supervisor")
 
 #: How long a scrape waits for the job server's part.
 SERVER_TIMEOUT = 2.0
+#: The share of the scraper's own timeout (Prometheus sends it with each scrape:
+#: X-Prometheus-Scrape-Timeout-Seconds) a scrape may wait for the server, when that is less
+#: than SERVER_TIMEOUT: the rest is for the supervisor's part and the way back. Under a 1 s
+#: timeout, the 2 s wait failed the whole scrape, and FarmScrapeFailing fired where
+#: FarmServerDown should have.
+SCRAPER_SHARE = 0.5
+#: The least wait for the server, whatever the scraper's timeout says.
+SERVER_TIMEOUT_MIN = 0.05
+
+
+def server_wait(environ: dict[str, Any]) -> float:
+    """How long this scrape (a WSGI ``environ``) may wait for the job server's part."""
+    said = environ.get("HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS", "")
+    try:
+        scraper = float(said)
+    except ValueError:  # none sent (curl, farm top), or not a number: the usual wait
+        return SERVER_TIMEOUT
+    if not scraper > 0:  # nan, 0, negative: no word worth taking
+        return SERVER_TIMEOUT
+    return max(SERVER_TIMEOUT_MIN, min(SERVER_TIMEOUT, scraper * SCRAPER_SHARE))
+
 
 #: How long the job server may not answer the scrapes, while it runs, before a warning.
 #: Its silence was at debug only: FarmServerDown fired at a minute and pointed at the
@@ -77,38 +98,44 @@ class SupervisorCollector:
         self._silence: tuple[int, float, float, bool] | None = None
 
     @contextmanager
-    def server_part(self) -> Iterator[None]:
-        """Ask the job server for its part now, for this thread's next collect(). The
-        endpoint calls it before it takes its lock of one response made at a time: with a
-        stalled server, each scrape had waited its 2 s there behind the one before (3
-        scrapers: 6 s, past `farm top`'s 5), as that wait costs no CPU and nothing was
-        kept for reuse. Scrapes that ask meanwhile share the request in flight."""
-        self._fetched.text = (self._shared_fetch(),)
+    def server_part(self, environ: dict[str, Any]) -> Iterator[None]:
+        """Ask the job server for its part now, for this thread's next collect(), waiting
+        no longer than the scrape (WSGI ``environ``) may (``server_wait``). The endpoint
+        calls it before it takes its lock of one response made at a time: with a stalled
+        server, each scrape had waited its 2 s there behind the one before (3 scrapers: 6 s,
+        past `farm top`'s 5), as that wait costs no CPU and nothing was kept for reuse.
+        Scrapes that ask meanwhile share the request in flight, each waiting its own wait
+        at most (a request made for a shorter one ends sooner: the server is down for both)."""
+        self._fetched.text = (self._shared_fetch(server_wait(environ)),)
         try:
             yield
         finally:
             del self._fetched.text
 
-    def _shared_fetch(self) -> str | None:
-        """The server's text, or None when it did not answer: from the request in flight
-        if there is one (its answer is as fresh as any), else from a new one. Never kept
-        past it, so the first request after a stall ends sees the server up."""
+    def _shared_fetch(self, wait: float) -> str | None:
+        """The server's text, or None when it did not answer within ``wait`` seconds: from
+        the request in flight if there is one (its answer is as fresh as any), else from a
+        new one. Never kept past it, so the first request after a stall ends sees the
+        server up."""
         with self._flight_lock:
             flight, mine = self._flight, self._flight is None
             if flight is None:
                 flight = self._flight = Future()
         if not mine:
-            return flight.result()
+            try:
+                return flight.result(timeout=wait)
+            except TimeoutError:  # its request may wait longer than this scraper will
+                return None
         text = None
         try:
-            text = self._fetch()
+            text = self._fetch(wait)
         finally:
             with self._flight_lock:
                 self._flight = None
             flight.set_result(text)
         return text
 
-    def _fetch(self) -> str | None:
+    def _fetch(self, wait: float) -> str | None:
         from farm.client.admin import server_metrics
 
         address = self.supervisor.server.admin_address()
@@ -116,7 +143,7 @@ class SupervisorCollector:
             return None
         pid = self.supervisor.server.pid
         try:
-            text = server_metrics(address, timeout=SERVER_TIMEOUT)
+            text = server_metrics(address, timeout=wait)
         except (OSError, ValueError) as exc:
             log.debug("metrics: the job server at %s did not answer: %s", address, exc)
             self._silent(pid, exc)
@@ -287,7 +314,7 @@ class SupervisorCollector:
             "farm_server_up", "1 when the job server answered this scrape, else 0."
         )
         fetched: tuple[str | None] | None = getattr(self._fetched, "text", None)
-        text = fetched[0] if fetched is not None else self._shared_fetch()
+        text = fetched[0] if fetched is not None else self._shared_fetch(SERVER_TIMEOUT)
         up.add_metric([], 1.0 if text is not None else 0.0)
         yield up
         if text is not None:

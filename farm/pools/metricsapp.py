@@ -108,11 +108,14 @@ Kept = tuple[float, str, list[tuple[str, str]], bytes]
 
 
 def reused_when_slow(
-    app: Any, prepare: Callable[[], AbstractContextManager[Any]] = nullcontext
+    app: Any,
+    prepare: Callable[[dict[str, Any]], AbstractContextManager[Any]] = lambda environ: (
+        nullcontext()
+    ),
 ) -> Any:
     """``app`` (a WSGI app) whose slow responses are reused (see SLOW_SCRAPE, MAX_KEPT,
     SLOW_AHEAD): one made at a time, and the scrapes that come meanwhile wait for it rather
-    than make their own. ``prepare()`` is entered around the making of a response, before
+    than make their own. ``prepare(environ)`` is entered around the making of a response, before
     that one-at-a-time lock: what waits without costing CPU (the job server's part,
     SupervisorCollector.server_part) is waited for there, not in a queue behind the lock."""
     from prometheus_client.exposition import gzip_accepted
@@ -173,7 +176,7 @@ def reused_when_slow(
         with making:
             kept = reused(key)
         if kept is None:  # asked again once prepared: another may have made it meanwhile
-            with prepare(), making:
+            with prepare(environ), making:
                 kept = reused(key) or make(environ, key)
         start_response(kept[1], kept[2])
         return [kept[3]]

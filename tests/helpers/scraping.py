@@ -18,9 +18,11 @@ from tests.helpers.waiting import wait_for
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def scrape(url: str, *, check: bool = True) -> Samples:
-    """Every sample at ``url`` by (name, sorted labels); promtool checks the text first."""
-    with urllib.request.urlopen(url, timeout=10) as reply:
+def scrape(url: str, *, check: bool = True, headers: dict[str, str] | None = None) -> Samples:
+    """Every sample at ``url`` by (name, sorted labels), asked with ``headers`` (as
+    Prometheus sends its scrape timeout); promtool checks the text first."""
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=10) as reply:
         assert reply.status == 200
         text = reply.read().decode()
     promtool = shutil.which("promtool")

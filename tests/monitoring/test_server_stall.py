@@ -105,6 +105,56 @@ def test_scrapes_during_a_stall_share_one_wait_on_the_server(tmp_path: Path) -> 
         up.stop()
 
 
+@pytest.mark.serial  # measures the scrapes' time: tests beside it would take their part
+@pytest.mark.timeout(90)
+def test_a_scrape_waits_for_a_stalled_server_within_the_scrapers_own_timeout(
+    tmp_path: Path,
+) -> None:
+    # Prometheus sends its scrape timeout with each scrape. Under one of 1 s (a 1 s
+    # interval caps it there), the 2 s wait on a stopped server failed the whole scrape:
+    # farm_server_up went stale and FarmScrapeFailing fired where FarmServerDown should.
+    # Half the scraper's timeout is the server's now, also for a scrape that joins the
+    # request of one that may wait its 2 s (farm top, curl: no timeout sent).
+    up = FarmUp(tmp_path, POOLS)
+    try:
+        up.expect_notify("READY=1")
+        up.wait_idle({"reverse": 1})
+        (server,) = [r["pid"] for r in up.ps() if r["function"] == "server"]
+        seen: dict[str, tuple[float, scraping.Samples]] = {}
+        sent = {"X-Prometheus-Scrape-Timeout-Seconds": "1"}
+
+        def scraper(name: str, headers: dict[str, str]) -> None:
+            began = time.monotonic()
+            samples = scraping.scrape(up.metrics_url, check=False, headers=headers)
+            seen[name] = (time.monotonic() - began, samples)
+
+        patient = threading.Thread(target=scraper, args=("patient", {}))
+        hurried = threading.Thread(target=scraper, args=("hurried", sent))
+        os.kill(server, signal.SIGSTOP)
+        try:
+            patient.start()
+            hurried.start()
+            for thread in (patient, hurried):
+                thread.join(timeout=30)
+        finally:
+            os.kill(server, signal.SIGCONT)
+        for _, samples in seen.values():
+            assert get(samples, "farm_server_up") == 0
+            assert get(samples, "farm_pool_target_workers", pool="reverse") == 1
+        # Within what Prometheus waits, whichever of the two asked the server first.
+        assert seen["hurried"][0] < 1.0, seen["hurried"][0]
+        alone = time.monotonic()
+        os.kill(server, signal.SIGSTOP)
+        try:
+            scraper("alone", sent)
+        finally:
+            os.kill(server, signal.SIGCONT)
+        assert seen["alone"][0] < 1.0 and time.monotonic() - alone < 1.0, seen["alone"][0]
+        assert get(seen["alone"][1], "farm_server_up") == 0
+    finally:
+        up.stop()
+
+
 @pytest.mark.timeout(90)
 def test_a_server_silent_for_10s_is_a_warning_in_the_log(tmp_path: Path) -> None:
     # A hung job server (its loop held, or stopped) fired FarmServerDown, whose text says
