@@ -219,10 +219,36 @@ def control_socket(config: Path | None, control: str | None) -> str:
     from farm.discovery import control_path
 
     try:
-        return control_path(config)
+        path = control_path(config)
     except ConfigError as e:
         # A config broken while the farm runs must not lock its operator out of it.
         fail(f"{e} (to reach the running farm anyway: --control PATH)", 2)
+    refused_config(config, path)  # where no farm is there: is it the file's fault?
+    return path
+
+
+def refused_config(config: Path | None, control: str | None = None) -> None:
+    """Where no farm is (nothing at its control socket, ``control`` or the file's), a config
+    file `farm up` would refuse (a pool's table, any key the address-only reading above
+    passes over) is the news: its one line, exit 2. `farm ps -c F` with `workers = -1` in F
+    said "no supervisor answers at ... (is farm up running with this config?)", exit 1,
+    where `farm status` named the key. Only then, as a farm that runs may have been started
+    from the file before it broke (and its control socket is all a steering command reads
+    while it runs); and not of the pools' modules, which the farm finds on its own path,
+    not this command's."""
+    from farm.discovery import control_path, find_config
+
+    try:
+        if os.path.exists(control if control is not None else control_path(config)):
+            return
+    except ConfigError:
+        return  # said by the caller's own reading of the file
+    from farm.config import load
+
+    try:
+        load(find_config(config), locate_targets=False)
+    except ConfigError as e:
+        fail(f"{e} (farm up refuses this file, so no farm runs from it)", 2, usage=False)
 
 
 def there_and_no_socket(path: str) -> bool:

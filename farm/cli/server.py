@@ -19,6 +19,7 @@ from farm.cli.app import (
     own_row,
     refuse_env_non_sockets,
     refuse_non_sockets,
+    refused_config,
 )
 from farm.cli.rows import cells, ljust
 from farm.errors import ConfigError, FarmError
@@ -151,7 +152,10 @@ def unreachable(
     if isinstance(exc, ConnectionRefusedError | FileNotFoundError):
         hint = " (no job server listens there: is the farm up? --server or --config names another)"
         if server is None and (config is not None or servers_from_env() is None):
-            # The farm's own server was asked (not $FARM_SERVERS'): its supervisor may say why.
+            # The farm's own server was asked (not $FARM_SERVERS'): with no farm there, a
+            # file farm up would refuse is said as such (exit 2), else its supervisor may
+            # say why.
+            refused_config(config)
             hint = farm_server_down(config) or hint
     fail(f"cannot read {what} from {address}: {exc}{hint}")
 

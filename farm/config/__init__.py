@@ -59,11 +59,16 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
 
 
 def load(
-    path: str | os.PathLike[str] | None, pool_errors: list[ConfigError] | None = None
+    path: str | os.PathLike[str] | None,
+    pool_errors: list[ConfigError] | None = None,
+    *,
+    locate_targets: bool = True,
 ) -> Config:
     """Read and validate one file (None: the built-in defaults). With ``pool_errors``, a
     ``[functions.NAME]`` table that does not read is added to it and left out of the config
-    returned, so that every bad pool is said at once (`farm check`); without, it raises."""
+    returned, so that every bad pool is said at once (`farm check`); without, it raises.
+    ``locate_targets=False``: the pools' modules are not looked for (this process's path
+    is not the farm's)."""
     if path is None:
         # The defaults hold no relative path (their sockets and store are absolute), so no
         # folder is read against: not the working directory, which a running farm's reload
@@ -71,8 +76,10 @@ def load(
         # farm.targets.workers_path, as any file's are.
         validator = Validator(DEFAULTS_SOURCE, Path("/"))
         validator.pool_errors = pool_errors
+        validator.locate_targets = locate_targets
         return validator.config(builtin())
     path = Path(path)
     validator = Validator(str(path), config_folder(path))
     validator.pool_errors = pool_errors
+    validator.locate_targets = locate_targets
     return validator.config(read_config_file(path))

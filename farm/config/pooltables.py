@@ -103,6 +103,10 @@ def pool_name_problem(name: str) -> str | None:
 class PoolReader(TableReader):
     """Checks one ``[functions.NAME]`` table into a :class:`FunctionConfig`."""
 
+    #: Whether a target's module is looked for (on this process's path): False where the
+    #: file is judged by a process whose path is not the farm's (farm.cli.app.refused_config).
+    locate_targets = True
+
     def function(self, name: str, raw: Any, ncpus: int) -> FunctionConfig:
         key = f"functions.{name}"
         if (problem := pool_name_problem(name)) is not None:
@@ -142,7 +146,7 @@ class PoolReader(TableReader):
                 f"{key}.target",
                 f'must look like "module:function", got {target!r}' + normal_form_hint(target),
             )
-        problem = target_problem(target)
+        problem = target_problem(target) if self.locate_targets else None
         if problem:
             raise self.fail(f"{key}.target", problem)
         workers = self.workers(raw, key, ncpus)

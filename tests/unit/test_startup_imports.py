@@ -9,8 +9,10 @@ interpreter is asked which modules the import loaded: no timing, so no flaky thr
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -85,13 +87,25 @@ def test_a_supervised_worker_starts_without_the_supervisor_or_psutil() -> None:
     assert loaded(modules, heavy) == []
 
 
-def test_the_steering_commands_read_the_control_path_without_the_config_model() -> None:
+def test_the_steering_commands_read_the_control_path_without_the_config_model(
+    tmp_path: Path,
+) -> None:
     # farm ps, scale, stop, restart: the control socket's path, a request, lines printed.
-    modules = newly_imported(
-        "from farm.cli.app import control_socket\n"
-        "import farm.cli.watch, farm.pools.control\n"
-        "control_socket(None, None)"
-    )
+    # (Where nothing is at that socket, the whole file is read, to say why no farm runs
+    # from it: farm.cli.app.refused_config.)
+    config, sock = tmp_path / "farm.toml", tmp_path / "control.sock"
+    config.write_text(f'[supervisor]\ncontrol = "{sock}"\n')
+    there = socket.socket(socket.AF_UNIX)
+    there.bind(str(sock))
+    try:
+        modules = newly_imported(
+            "from pathlib import Path\n"
+            "from farm.cli.app import control_socket\n"
+            "import farm.cli.watch, farm.pools.control\n"
+            f"control_socket(Path({str(config)!r}), None)"
+        )
+    finally:
+        there.close()
     assert {"farm.discovery", "farm.pools.control"} <= modules
     heavy = ("farm.config", "farm.supervisor", "farm.client", "farm.protocol", "psutil", "rich")
     assert loaded(modules, heavy) == []
