@@ -4,8 +4,9 @@ use it when plain pickle fails or would name ``__main__``).
 
 cloudpickle's own Pickler, with what it misses put right: code keeps its file name (a remote
 traceback shows the source line), ``functools`` cache wrappers, ``singledispatch`` functions
-and cached properties of such classes travel, and a class with ``__slots__`` is rebuilt with
-them (``_with_slots``).
+and cached properties of such classes travel, a class with ``__slots__`` is rebuilt with
+them (``_with_slots``), and a worker's outcome leaves the caller's own classes as they are
+(``_callers_class_kept``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import functools
 import pickle
 import sys
 import types
+import typing
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -24,13 +27,15 @@ __all__ = ["PROTOCOL", "by_value"]
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 _pickler: Any = None  # the cloudpickle Pickler that keeps file names, once made
+_outcome_pickler: Any = None  # the same, for a worker's outcomes (``_callers_class_kept``)
 
 
-def by_value(obj: Any) -> bytes:
+def by_value(obj: Any, outcome: bool = False) -> bytes:
     """cloudpickle's pickle of ``obj``, but code keeps its file name: cloudpickle names it
     "<dynamic-code>", and a remote traceback then said neither where nor what (the worker,
-    on the same host, shows the source line of a file it can read)."""
-    global _pickler
+    on the same host, shows the source line of a file it can read). ``outcome``: a worker's
+    outcome, which leaves a class the caller has as the caller has it."""
+    global _pickler, _outcome_pickler
     if _pickler is None:
         import cloudpickle
 
@@ -42,6 +47,7 @@ def by_value(obj: Any) -> bytes:
 
         class Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle is untyped
             holds_code = False  # bytecode pickled: it needs the guard (bytecode.py)
+            outcome = False  # a worker's outcome: see _callers_class_kept
 
             def reducer_override(self, obj: Any) -> Any:
                 if type(obj) is types.CodeType:  # every code object: a function's, a class's
@@ -50,8 +56,11 @@ def by_value(obj: Any) -> bytes:
                 if isinstance(obj, types.FunctionType) and _is_dispatcher(obj):
                     return _reduce_dispatcher(obj)
                 reduced = super().reducer_override(obj)
-                if isinstance(obj, type) and "__slots__" in obj.__dict__:
-                    return _with_slots(obj, reduced)
+                if isinstance(obj, type):
+                    if "__slots__" in obj.__dict__:
+                        reduced = _with_slots(obj, reduced)
+                    if self.outcome:
+                        reduced = _callers_class_kept(obj, reduced)
                 return reduced
 
             dispatch_table = collections.ChainMap(
@@ -63,7 +72,9 @@ def by_value(obj: Any) -> bytes:
             )
 
         _pickler = Pickler
-    return bytecode.dump(_pickler, obj, PROTOCOL)  # the guard in front when it holds code
+        _outcome_pickler = type("OutcomePickler", (Pickler,), {"outcome": True})
+    pickler = _outcome_pickler if outcome else _pickler
+    return bytecode.dump(pickler, obj, PROTOCOL)  # the guard in front when it holds code
 
 
 #: The type of an ``functools.lru_cache`` (or ``functools.cache``) wrapper.
@@ -151,6 +162,11 @@ def _with_slots(cls: type, reduced: Any) -> Any:
     rebuild, args, state, *rest = reduced
     if getattr(rebuild, "__name__", "") != "_make_skeleton_class" or type(args[3]) is not dict:
         return reduced
+    if typing.NamedTuple in cls.__dict__.get("__orig_bases__", ()):
+        # Its slots are made where the class is (typing's NamedTupleMeta, which cloudpickle's
+        # rebuild runs again), and that refuses them in the body: every call with a script's
+        # NamedTuple failed "Cannot overwrite NamedTuple attribute __slots__".
+        return reduced
     slots = cls.__dict__["__slots__"]
     names = [slots] if isinstance(slots, str) else list(slots)
     args = (*args[:3], {**args[3], "__slots__": slots}, *args[4:])
@@ -161,3 +177,54 @@ def _with_slots(cls: type, reduced: Any) -> Any:
         mangled = {f"_{owner}{n}" for n in names if n.startswith("__") and not n.endswith("__")}
         state = ({k: v for k, v in state[0].items() if k not in mangled}, *state[1:])
     return (rebuild, args, state, *rest)
+
+
+#: Classes the unpickling in hand found already here (``_class_here``), whose state it skips.
+_found_here: weakref.WeakSet[type] = weakref.WeakSet()
+
+
+def _callers_class_kept(cls: type, reduced: Any) -> Any:
+    """cloudpickle's rebuild of ``cls`` in a worker's outcome, made so that the caller, where
+    ``cls`` is the script's own class, takes nothing from it.
+
+    cloudpickle finds the caller's class by the id it gave it (so ``type(result) is C``), then
+    sets on it every attribute the worker's copy had: the caller's class attributes went
+    back to what the call saw (an update made while the call ran was lost), its methods were
+    replaced by copies whose globals were the call's snapshot, and what the call wrote to
+    the class came back into the script; a ProcessPoolExecutor's result names the class and
+    changes nothing. A class the caller does not have (made in the worker) is built as before.
+    """
+    if type(reduced) is not tuple or len(reduced) != 6:
+        return reduced
+    tracker = _tracked("_DYNAMIC_CLASS_TRACKER_BY_CLASS").get(cls)
+    rebuild, args, state, _, _, setter = reduced
+    if tracker is None or setter is None:
+        return reduced
+    return (_class_here, (tracker, rebuild, args), (setter, state), None, None, _set_if_new)
+
+
+def _tracked(name: str) -> Any:
+    """One of cloudpickle's tables of the classes it sent or rebuilt by value (private; an
+    empty one where a cloudpickle lacks it, which then sets the state as it always did)."""
+    from cloudpickle import cloudpickle as module
+
+    return getattr(module, name, {})
+
+
+def _class_here(tracker: str, rebuild: Callable[..., type], args: tuple[Any, ...]) -> type:
+    """Unpickling: cloudpickle's rebuild, noting a class that was here before it."""
+    before = _tracked("_DYNAMIC_CLASS_TRACKER_BY_ID").get(tracker)
+    cls = rebuild(*args)
+    if cls is before:
+        _found_here.add(cls)
+    return cls
+
+
+def _set_if_new(cls: type, setter_state: tuple[Callable[[type, Any], Any], Any]) -> type:
+    """Unpickling: the class's state, set only on a class made by this unpickling."""
+    if cls in _found_here:
+        _found_here.discard(cls)
+        return cls
+    setter, state = setter_state
+    setter(cls, state)
+    return cls

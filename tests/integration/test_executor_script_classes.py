@@ -1,0 +1,92 @@
+"""A script's classes through farm.Executor against a real `farm up`: a result leaves the
+script's own class as it is (as ProcessPoolExecutor's, which names it), and a
+``typing.NamedTuple`` of the script travels.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import setupfarm
+from tests.helpers.setupfarm import Farm
+
+# The fixture, taken by assignment: pytest finds it as if defined here.
+shared = setupfarm.shared
+
+
+@pytest.mark.timeout(90)
+def test_a_result_of_a_scripts_class_leaves_that_class_as_the_script_has_it(
+    shared: Farm,
+) -> None:
+    # cloudpickle found the script's class by its id and set on it every attribute the
+    # worker's copy had: an update made while the call ran was lost, the methods became
+    # copies with the call's globals, and what the call wrote to the class came back.
+    done = shared.run_script(
+        """
+        import enum, os, tempfile, time
+        SCALE = 10
+        GO = os.path.join(tempfile.mkdtemp(), "go")  # made once the script changed Item
+        class Item:
+            registry = {}
+            hits = 0
+            def __init__(self, n):
+                self.n = n
+            def get(self):
+                return self.n * SCALE
+        class Color(enum.Enum):
+            RED = 1
+            def label(self):
+                return f"{self.name}x{SCALE}"
+        def make(n):
+            Item.hits += 1
+            deadline = time.monotonic() + 20
+            while not os.path.exists(GO) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            return Item(n)
+        def red():
+            return Color.RED
+        with ex(1) as pool:
+            Item.registry["a"] = 1
+            future = pool.submit(make, 2)
+            Item.registry["b"] = 2
+            open(GO, "w").close()
+            back = future.result(timeout=30)
+            print(type(back) is Item, back.n, sorted(Item.registry), Item.hits)
+            SCALE = 99
+            print(back.get(), Item(1).get())
+            SCALE = 10
+            got = pool.submit(red).result(timeout=30)
+            SCALE = 7
+            print(got is Color.RED, Color.RED.label())
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:3] == ["True 2 ['a', 'b'] 0", "198 99", "True REDx7"], (
+        done.stdout
+    )
+
+
+@pytest.mark.timeout(90)
+def test_a_scripts_named_tuple_travels_both_ways(shared: Farm) -> None:
+    # The slots farm adds to a script's class were refused by NamedTupleMeta in the worker:
+    # "Cannot overwrite NamedTuple attribute __slots__", for every such call.
+    done = shared.run_script(
+        """
+        from typing import NamedTuple
+        class Point(NamedTuple):
+            x: int
+            y: int = 0
+        def norm(p):
+            return abs(p.x) + abs(p.y)
+        def flip(p):
+            return Point(p.y, p.x)
+        def origin():
+            return Point(0)
+        with ex(2) as pool:
+            print(pool.submit(norm, Point(3, -4)).result(timeout=30))
+            back = pool.submit(flip, Point(1, 2)).result(timeout=30)
+            print(type(back) is Point, back, pool.submit(origin).result(timeout=30))
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["7", "True Point(x=2, y=1) Point(x=0, y=0)"], done.stdout
