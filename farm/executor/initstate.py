@@ -4,18 +4,23 @@ In ProcessPoolExecutor the initializer and the calls are functions of one ``__ma
 module, so what the initializer sets there (``global STATE; STATE = x``, or
 ``CACHE["db"] = connect()``) the calls read. Here both travel by value (cloudpickle), each
 with globals of its own, so the worker gives a call's function of the script what the
-initializer left: the names it rebound, and the mutable data it holds (a dict it filled),
-by identity. Constants it only read, and functions and classes, stay the call's own: the
-call's snapshot of the script is newer, and an argument's class must stay the one the
-call's pickle made. Given once per initializer run, so that what a call then keeps in its
-globals (a counter) stays, as in a pool's process.
+initializer left: the names it rebound, and the mutable data it changed (a dict it filled),
+by identity. Constants and data it only read, and functions and classes, stay the call's
+own: the call's snapshot of the script is newer (the initializer's was taken with the
+executor), and an argument's class must stay the one the call's pickle made. Given once
+per initializer run, so that what a call then keeps in its globals (a counter) stays, as in
+a pool's process.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import pickle
 import types
 from typing import Any
+
+from farm.executor.byvalue import by_value
 
 __all__ = ["forget", "give", "run", "script_globals"]
 
@@ -51,6 +56,7 @@ def run(initializer: Any, initargs: tuple[Any, ...]) -> None:
     global _runs
     script = script_globals(initializer)
     before = dict(script) if script is not None else {}
+    data = {name: _pickled(value) for name, value in before.items() if _data(name, value)}
     initializer(*initargs)
     _runs += 1
     if script is None:
@@ -58,9 +64,30 @@ def run(initializer: Any, initargs: tuple[Any, ...]) -> None:
     for name, value in script.items():
         if name.startswith("__") and name.endswith("__"):
             continue
-        rebound = before.get(name, _MISSING) is not value
-        if rebound or not isinstance(value, _KEPT + _CODE):
+        rebound = before.get(name, _MISSING) is not value  # or a name it made
+        if rebound or (_data(name, value) and _pickled(value) != data[name]):  # a dict it filled
             _left[name] = value
+
+
+def _data(name: str, value: Any) -> bool:
+    """Whether ``value`` is mutable data, which the initializer may fill in place."""
+    return not (name.startswith("__") and name.endswith("__")) and not isinstance(
+        value, _KEPT + _CODE
+    )
+
+
+def _pickled(value: Any) -> object:
+    """A digest of what ``value`` holds, to tell whether the initializer changed it (read
+    only, an executor's config dict set after it was made must stay the call's newer copy);
+    what will not pickle (a connection put in it) counts as changed each time."""
+    try:
+        data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        try:  # an instance of a class of the script's, which plain pickle cannot name here
+            data = by_value(value)
+        except Exception:
+            return object()
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 def give(fn: Any) -> None:

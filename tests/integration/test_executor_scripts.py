@@ -222,6 +222,29 @@ def test_a_scripts_initializer_sets_the_globals_its_calls_read(shared: Farm) -> 
 
 
 @pytest.mark.timeout(90)
+def test_data_an_initializer_only_read_stays_the_calls_newer_copy(shared: Farm) -> None:
+    # The initializer travels once, with the executor; each call with the script's values
+    # of its submit. A dict the initializer read but did not fill was given to the calls as
+    # the initializer had it, so a setting changed after the executor was made was unseen
+    # (as without an initializer, and in the pool, the call sees 5).
+    done = shared.run_script(
+        """
+        CFG = {"threshold": 1}
+        SEEN = []
+        def init():
+            SEEN.append(CFG["threshold"])
+        def work():
+            return CFG["threshold"], SEEN
+        with ex(1, None, init) as pool:
+            CFG["threshold"] = 5
+            print(pool.submit(work).result(timeout=30))
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:1] == ["(5, [1])"], done.stdout
+
+
+@pytest.mark.timeout(90)
 def test_a_scripts_globals_kept_by_a_call_outlive_its_executor_and_program(
     tmp_path: Path,
 ) -> None:
