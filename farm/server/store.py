@@ -356,10 +356,10 @@ class SQLiteStore:
         rows, damaged_rows = split_damaged(rows)
         if damaged_rows:
             set_aside(self.db, self.path, damaged_rows)
-        # The order they run in: priority, then id. Sorted here, not by SQLite (read_rows):
-        # stable, so each priority keeps the id order it was read in. A whole row's priority
-        # is an int (split_damaged), so the order is SQLite's `ORDER BY priority, id`.
-        rows.sort(key=lambda row: row[4])
+        # In id order, as they were submitted: the queues run each priority's jobs first in,
+        # first out, so the order they run in is the live server's, and so is their arrival
+        # order (`farm jobs` lists oldest first; sorted by priority, a high job replayed
+        # listed before the normal ones submitted earlier).
         for row in rows:
             yield StoredJob(*row[:10])
 

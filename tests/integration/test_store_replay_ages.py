@@ -85,3 +85,30 @@ def test_a_replayed_job_not_yet_due_has_no_age(tmp_path: Path) -> None:
     _, _, state, _, age = line.split("\t")
     assert state == "scheduled", line
     assert float(age) == 0.0, line
+
+
+def test_replayed_jobs_are_listed_and_joined_in_the_order_they_were_submitted(
+    tmp_path: Path,
+) -> None:
+    # Replay went by priority, then id: a high job submitted after a normal one came first
+    # in `jobs` (oldest first), which the restart had made look newest.
+    srv = start_with_store(tmp_path / "q.db")
+    peer = Peer(srv.addr)
+    for name, submit in (("x1", T.SUBMIT_JOB_BG), ("x2", T.SUBMIT_JOB_HIGH_BG)):
+        peer.send(submit, "nobody-serves-this", name, "data")
+        peer.expect(T.JOB_CREATED)
+    before = Peer(srv.addr).admin("jobs").splitlines()
+    srv.stop()
+    again = start_with_store(tmp_path / "q.db")
+    try:
+        after = Peer(again.addr).admin("jobs").splitlines()
+        worker = Peer(again.addr)
+        worker.send(T.CAN_DO, "nobody-serves-this")
+        worker.send(T.GRAB_JOB_UNIQ)
+        first = worker.expect(T.JOB_ASSIGN_UNIQ)
+    finally:
+        again.stop()
+    priorities = [line.split("\t")[3] for line in before[:2]]
+    assert priorities == ["normal", "high"], before
+    assert [line.split("\t")[3] for line in after[:2]] == priorities, after
+    assert first.args.unique == b"x2", first  # the high one still runs first
