@@ -21,6 +21,7 @@ __all__ = [
     "default_memory_budget_mb",
     "capacity_problem",
     "count_problem",
+    "scale_problem",
     "quota_note",
 ]
 
@@ -149,5 +150,25 @@ def capacity_problem(
             f"the pools would need about {need} MB ({DEFAULT_WORKER_MB} MB a worker unless"
             f" max_rss_mb says), more than [supervisor] memory_budget_mb = {budget_mb}"
             f"{_budget_source(budget_mb)}"
+        )
+    return None
+
+
+def scale_problem(
+    pools: Mapping[str, FunctionConfig],
+    targets: Mapping[str, int],
+    now: Mapping[str, int],
+    budget_mb: int,
+) -> str | None:
+    """``capacity_problem`` for `farm scale` (``now``: the pools' sizes before it), with what
+    to give instead: the config's says which key to lower, and the command's said nothing."""
+    for name, count in targets.items():
+        if problem := count_problem(name, count):
+            return f"{problem}: give it 0 to {MAX_WORKERS} (it has {now.get(name, 0)} now)"
+    problem = capacity_problem(pools, targets, budget_mb)
+    if problem:
+        return (
+            f"{problem}: scale by less, or give the pools a lower max_rss_mb (farm reload) or"
+            " the farm a larger memory_budget_mb (a restart)"
         )
     return None

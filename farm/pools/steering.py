@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from farm.config import RESTART_TABLES, Config, FunctionConfig, capacity_problem, load_config
-from farm.config.capacity import auto_workers
+from farm.config import RESTART_TABLES, Config, FunctionConfig, load_config
+from farm.config.capacity import auto_workers, scale_problem
 from farm.config.defaults import DEFAULTS_SOURCE
 from farm.config.rules import on_running_farm
 from farm.discovery import find_config
@@ -243,8 +243,8 @@ class Steering(ProcessTable):
             if count is None:  # auto: one per core the farm pins to, as workers = "auto"
                 count = auto_workers(self.config.supervisor.cpus)
             targets[name] = {"=": count, "+": targets[name] + count, "-": targets[name] - count}[op]
-        problem = capacity_problem(
-            self.config.functions, targets, self.config.supervisor.memory_budget_mb
+        problem = scale_problem(
+            self.config.functions, targets, self.targets, self.config.supervisor.memory_budget_mb
         )
         if problem:
             return {"ok": False, "usage": True, "error": f"{' '.join(changes)}: {problem}"}

@@ -34,6 +34,7 @@ def test_scale_up_and_down_under_load_loses_no_job(tmp_path: Path) -> None:
         # A typo of a size is refused in one line (the host would not hold 1025 workers).
         out = farm_cli("scale", "reverse=+1024", "--control", up.control)
         assert out.returncode == 2 and "reverse would have 1025 workers" in out.stderr, out
+        assert "give it 0 to 1024 (it has 1 now)" in out.stderr, out  # what to do instead
         assert len(out.stderr.strip().splitlines()) == 1
         out = farm_cli("scale", "hash=3", "reverse=+1", "--control", up.control)
         assert out.returncode == 0, out.stderr

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from farm import config
+from farm.config import capacity
 from farm.config.capacity import cpu_list
 from farm.config.pooltables import PoolReader
 from farm.errors import ConfigError
@@ -221,3 +222,18 @@ def test_capacity_rule_is_shared_with_scale() -> None:
     assert config.capacity_problem(pools, {"reverse": 2}, 10_000) is None
     assert "would have 2000" in (config.capacity_problem(pools, {"reverse": 2000}, 10**9) or "")
     assert "memory_budget_mb = 300" in (config.capacity_problem(pools, {"reverse": 4}, 300) or "")
+
+
+def test_a_scale_refusal_says_what_to_give_instead() -> None:
+    # `farm scale reverse=-5` said "reverse would have -3 workers (0..1024)" and no more,
+    # where the config's same refusal names the key to lower.
+    pools = config.load(None).functions
+    now = {"reverse": 2}
+    assert capacity.scale_problem(pools, {"reverse": 3}, now, 10_000) is None
+    count = capacity.scale_problem(pools, {"reverse": -3}, now, 10_000) or ""
+    assert count == "reverse would have -3 workers (0..1024): give it 0 to 1024 (it has 2 now)"
+    memory = capacity.scale_problem(pools, {"reverse": 40}, now, 300) or ""
+    assert "memory_budget_mb = 300" in memory and memory.endswith(
+        ": scale by less, or give the pools a lower max_rss_mb (farm reload) or the farm a"
+        " larger memory_budget_mb (a restart)"
+    ), memory
