@@ -141,12 +141,21 @@ def worker(
     except TypeError as exc:
         fail(str(exc), 2, usage=False)
     try:
-        w = Worker(_servers(server, config), client_id=client_id, tls=tls_from_env())
+        servers = _servers(server, config)
+        w = Worker(servers, client_id=client_id, tls=tls_from_env())
         w.register(name, fn, timeout)
     except (TypeError, ValueError, ConfigError) as exc:
         fail(str(exc), 2)
     except FarmError as exc:
         fail(str(exc), 1)
+    # With -v, what it serves and where: the worker's own INFO lines tell only of outages,
+    # and a worker that served silently could not be told from one that never connected.
+    logging.getLogger("farm.worker").info(
+        "serving %s (%s) from %s; SIGTERM or Ctrl-C stops it after the job in hand",
+        typed(name),
+        target,
+        ", ".join(servers),
+    )
     # The handlers only ask the loop to stop; it finishes the job in hand first.
     signal.signal(signal.SIGTERM, lambda *_: w.stop())
     signal.siginterrupt(signal.SIGTERM, False)  # a drain breaks no C call's read (workerproc)

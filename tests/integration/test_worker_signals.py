@@ -195,3 +195,25 @@ def test_close_from_another_thread_ends_work(farm_server) -> None:
     serving.join(10)
     assert not serving.is_alive(), "close() did not end work()"
     wait_for("the worker unregistered", lambda: _workers_of(farm_server.addr, "idle-fn") == 0)
+
+
+@pytest.mark.timeout(30)
+def test_a_verbose_worker_says_what_it_serves_and_where(farm_server) -> None:
+    # `farm worker -v` logged nothing while it served: its INFO lines told of outages only.
+    cmd = [sys.executable, "-c", "from farm.cli import main; main()", "worker"]
+    proc = subprocess.Popen(
+        [*cmd, "workers.text:reverse", "--server", farm_server.addr, "-v"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()  # the pytest-timeout bounds the wait
+        assert f"serving 'reverse' (workers.text:reverse) from {farm_server.addr};" in line, line
+        with farm.Client(farm_server.addr) as c:
+            assert c.call("reverse", b"abc", timeout=10) == b"cba"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
