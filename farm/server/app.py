@@ -25,6 +25,7 @@ from farm.paths import open_own_file
 from farm.server.connection import Connection
 from farm.server.hub import Hub
 from farm.server.legacystore import take_older_store, warn_stranded
+from farm.server.listenfirst import listen_first
 from farm.server.metricshttp import MetricsEndpoint
 from farm.server.options import ServerOptions, parse_args
 from farm.server.process import (
@@ -36,12 +37,14 @@ from farm.server.process import (
     reopen_log,
     setup_server_logging,
     take_early_stop,
+    title_address,
 )
 from farm.server.refusals import (
     ListenError,
     another_users_socket,
     fatal,
     fix_hint,
+    listen_refused,
     store_in_use_hint,
     taken_by_another_user,
 )
@@ -319,7 +322,7 @@ def _run(options: ServerOptions) -> int:
     try:
         from setproctitle import setproctitle
 
-        title = f"farm: server {_title_address(options)}"
+        title = f"farm: server {title_address(options)}"
         # A path of bytes that are not UTF-8 (surrogates here) has no title of its own.
         setproctitle(title.encode(errors="surrogateescape").decode(errors="backslashreplace"))
     except ImportError:  # pragma: no cover - optional nicety
@@ -354,7 +357,10 @@ def _serve(options: ServerOptions, ready: int | None = None) -> int:
         fatal(options, refused)
         return 2
     try:
+        listen_first(options)  # a gearmand queue in the store: taken over once they are free
         server = Server(options)
+    except ListenError as exc:
+        return listen_refused(options, exc)
     except (DamagedStore, StoreUnreadable) as exc:  # its own fix: another path strands its jobs
         fatal(options, str(exc))
         return 2
@@ -378,21 +384,11 @@ def _serve(options: ServerOptions, ready: int | None = None) -> int:
         fatal(options, str(exc))
         return 2
     except ListenError as exc:
-        taken = "socket" if exc.where.startswith("unix:") else "port"  # what to move
-        hint = exc.hint or fix_hint(options, taken if exc.errno == errno.EADDRINUSE else "listen")
-        fatal(options, f"{exc} ({hint})")
-        return 2 if exc.errno == errno.EEXIST else 1  # a file in the way stays: not retried
+        return listen_refused(options, exc)
     except OSError as exc:
         fatal(options, f"cannot listen: {exc}")
         return 1
     return 0
-
-
-def _title_address(options: ServerOptions) -> str:
-    """``:PORT`` of the first TCP listener (-L may move it off -p's), else the Unix socket."""
-    if options.listen:
-        return f":{parse_address(options.listen[0]).port}"
-    return options.unix[0] if options.unix else f":{options.port}"
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "farm server") -> int:

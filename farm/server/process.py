@@ -14,6 +14,7 @@ import signal
 import time
 
 from farm.logs import reopen_log_file, setup_logging
+from farm.net import parse_address
 from farm.server.options import ServerOptions
 from farm.server.settings import FD_MARGIN, log_level
 
@@ -28,6 +29,7 @@ __all__ = [
     "reopen_log",
     "setup_server_logging",
     "take_early_stop",
+    "title_address",
 ]
 
 log = logging.getLogger("farm.server")
@@ -197,3 +199,11 @@ class ReplayProgress:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.fd = None
+
+
+def title_address(options: ServerOptions) -> str:
+    """``:PORT`` of the first TCP listener (-L may move it off -p's), else the Unix socket:
+    the process title's."""
+    if options.listen:
+        return f":{parse_address(options.listen[0]).port}"
+    return options.unix[0] if options.unix else f":{options.port}"

@@ -27,6 +27,7 @@ __all__ = [
     "ListenError",
     "fatal",
     "fix_hint",
+    "listen_refused",
     "taken_by_another_user",
     "another_users_socket",
     "store_in_use_hint",
@@ -57,6 +58,15 @@ class ListenError(FarmError):
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickled or copied, made again from these, not from its message (farm.errors)
         return type(self), (self.where, OSError(self.errno, self.reason), self.hint), self.__dict__
+
+
+def listen_refused(options: ServerOptions, exc: ListenError) -> int:
+    """Say a listener's refusal, with what to change; the exit status: 1 (a port or socket
+    in use may be free at the next start), 2 for a file in the way (it stays)."""
+    taken = "socket" if exc.where.startswith("unix:") else "port"  # what to move
+    hint = exc.hint or fix_hint(options, taken if exc.errno == errno.EADDRINUSE else "listen")
+    fatal(options, f"{exc} ({hint})")
+    return 2 if exc.errno == errno.EEXIST else 1
 
 
 def fatal(options: ServerOptions, message: str) -> None:
