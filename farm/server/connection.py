@@ -288,11 +288,14 @@ class Connection(ClientSide, WorkerSide, BackPressure, AdminSide, PeerOptions, a
 
     def protocol_error(self, exc: p.ProtocolError) -> None:
         log.info("fd %d (%s): protocol error: %s", self.fd, self.ip, exc)
-        if exc.handle is not None:
+        if exc.handle is not None and self.jobs.held(self, exc.handle) is not None:
+            # A result too large for a job held here: the job fails (its clients are told
+            # why), and the worker hears nothing, as from gearmand, which takes it: an ERROR
+            # it never asked for ended PHP's `while ($worker->work())` ("unexpected packet").
             self.news_too_large(exc.handle, exc)
-        # Bad magic and an unknown type close without a word, as docs/server.md ("How it is
-        # built") says and gearmand does: what follows cannot be framed, no reply is owed.
-        if exc.code == "ARGUMENT_TOO_LARGE" or not exc.fatal:
+        elif exc.code == "ARGUMENT_TOO_LARGE" or not exc.fatal:
+            # Bad magic and an unknown type close without a word, as docs/server.md ("How it
+            # is built") says and gearmand does: what follows cannot be framed.
             self.send(error(exc.code, str(exc)))
         if exc.fatal:
             self.close()

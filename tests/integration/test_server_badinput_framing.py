@@ -172,7 +172,9 @@ def test_packet_behind_a_wrong_argument_count_is_answered_farm(keeper_farm, peer
 
 def test_worker_answer_over_the_limit_fails_the_job_once(small_farm, peer_factory):
     # farm: a result the server refuses would be refused again on every rerun; the job
-    # fails (WORK_EXCEPTION for a client that asked, WORK_FAIL for the rest) instead.
+    # fails (WORK_EXCEPTION for a client that asked, WORK_FAIL for the rest) instead. The
+    # worker is told nothing (gearmand takes the result): an ERROR it never asked for ended
+    # PHP's `while ($worker->work())` with "unexpected packet", the next jobs left waiting.
     srv, h = small_farm
     worker = peer_factory(srv.addr)
     worker.send(T.CAN_DO, "big")
@@ -187,12 +189,17 @@ def test_worker_answer_over_the_limit_fails_the_job_once(small_farm, peer_factor
     worker.send(T.GRAB_JOB)
     assert worker.expect(T.JOB_ASSIGN).args[0] == handle
     worker.send_raw(packet(T.WORK_COMPLETE, handle + b"\0" + b"r" * 2000))
-    assert worker.expect(T.ERROR, timeout=5).args[0] == b"ARGUMENT_TOO_LARGE"
     exc = client.expect(T.WORK_EXCEPTION, timeout=5).args
     assert exc[0] == handle
     assert b"too large" in exc[1] and b"exceeds the limit of 1024" in exc[1], exc
     assert plain.expect(T.WORK_FAIL, timeout=5).args[0] == handle
     assert "big\t0\t0\t" in plain.admin("status"), "the job was not put back to run again"
+    worker.send(T.ECHO_REQ, "next")
+    assert worker.expect(T.ECHO_RES).args == (b"next",), "no ERROR came before it"
+    plain.send(T.SUBMIT_JOB, "big", "two", "x")
+    second = plain.expect(T.JOB_CREATED).args[0]
+    worker.send(T.GRAB_JOB)
+    assert worker.expect(T.JOB_ASSIGN).args[0] == second  # it serves on
     assert_healthy(srv, h)
 
 

@@ -54,3 +54,48 @@ def test_a_php_call_over_max_packet_fails_alone_and_the_next_ones_go_through() -
         assert srv.proc.poll() is None
     finally:
         srv.stop()
+
+
+# The seed's worker loop: it ends as soon as work() fails.
+PHP_WORKER = """
+$w = new GearmanWorker();
+$w->addServer("127.0.0.1", {port});
+$w->addFunction("big", function ($job) {{ return str_repeat("x", (int)$job->workload()); }});
+$w->addFunction("rev", function ($job) {{ return strrev($job->workload()); }});
+$w->setTimeout(20000);
+while ($w->work()) {{ echo "served\\n"; }}
+echo "ended:", $w->returnCode(), "\\n";
+"""
+
+PHP_CALLS = """
+$c = new GearmanClient();
+$c->addServer("127.0.0.1", {port});
+$c->setTimeout(10000);
+echo "rev:", $c->doNormal("rev", "ab"), "|", $c->returnCode(), "\\n";
+@$c->doNormal("big", "200000");
+echo "big:", $c->returnCode() == GEARMAN_SUCCESS ? "ok" : "failed", "\\n";
+echo "rev:", $c->doNormal("rev", "cd"), "|", $c->returnCode(), "\\n";
+"""
+
+
+def test_a_php_workers_result_over_max_packet_fails_its_job_and_the_worker_serves_on() -> None:
+    # The server answered the result with ERROR ARGUMENT_TOO_LARGE: the worker's next work()
+    # failed ("unexpected packet"), its loop ended, and the next call timed out.
+    php = need("php")
+    srv = start_farm_server("--max-packet", "100000")
+    worker = subprocess.Popen(
+        [php, "-r", PHP_WORKER.format(port=srv.port)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        out = subprocess.run(
+            [php, "-r", PHP_CALLS.format(port=srv.port)],
+            capture_output=True,
+            text=True,
+            timeout=40,
+        )
+        assert out.stdout.splitlines() == ["rev:ba|0", "big:failed", "rev:dc|0"], out
+        assert worker.poll() is None, worker.communicate()[0]
+    finally:
+        worker.kill()
+        worker.wait()
+        srv.stop()
