@@ -21,7 +21,7 @@ from farm.net import parse_address
 from farm.server.options import ServerOptions
 from farm.server.refusals import ListenError, another_users_socket, taken_by_another_user
 from farm.server.store import memory_only
-from farm.server.storetables import GEARMAND_COLUMNS
+from farm.server.storetables import GEARMAND_COLUMNS, HEADER_SIZE
 from farm.unixsocket import clear_socket_path
 
 __all__ = ["gearmand_queue_in", "listen_first"]
@@ -50,16 +50,21 @@ def listen_first(options: ServerOptions) -> None:
 def gearmand_queue_in(store: str) -> bool:
     """Whether the file at ``store`` may have a table of gearmand's queue with a row in it.
     Read as it is, immutable: SQLite makes no -wal or -shm beside it (another program's
-    database refused must stay as it was). A missing file: False; one that cannot be read
-    so (gearmand writing it meanwhile): True, the addresses are tried."""
+    database refused must stay as it was). A missing file: False. One that cannot be read
+    so: True where it is in rollback-journal mode (gearmand's, written in place meanwhile),
+    False in WAL mode (farm's own, which a running server's checkpoint may be writing: a
+    second server on its port is told of the store, not the port)."""
     path = Path(store)
-    if not path.is_file():
+    try:
+        with path.open("rb") as file:
+            wal = file.read(HEADER_SIZE)[18:19] == b"\x02"  # SQLite's write version: 2 is WAL
+    except OSError:
         return False
     uri = path.absolute().as_uri() + "?mode=ro&immutable=1"
     try:
         db = sqlite3.connect(uri, uri=True, timeout=0)
     except sqlite3.Error:
-        return True
+        return not wal
     try:
         names = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
         for (name,) in names:
@@ -69,7 +74,7 @@ def gearmand_queue_in(store: str) -> bool:
                 return True
         return False
     except sqlite3.Error:
-        return True
+        return not wal
     finally:
         db.close()
 
