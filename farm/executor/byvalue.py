@@ -17,7 +17,6 @@ import pickle
 import sys
 import types
 import typing
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -179,10 +178,6 @@ def _with_slots(cls: type, reduced: Any) -> Any:
     return (rebuild, args, state, *rest)
 
 
-#: Classes the unpickling in hand found already here (``_class_here``), whose state it skips.
-_found_here: weakref.WeakSet[type] = weakref.WeakSet()
-
-
 def _callers_class_kept(cls: type, reduced: Any) -> Any:
     """cloudpickle's rebuild of ``cls`` in a worker's outcome, made so that the caller, where
     ``cls`` is the script's own class, takes nothing from it.
@@ -191,8 +186,12 @@ def _callers_class_kept(cls: type, reduced: Any) -> Any:
     sets on it every attribute the worker's copy had: the caller's class attributes went
     back to what the call saw (an update made while the call ran was lost), its methods were
     replaced by copies whose globals were the call's snapshot, and what the call wrote to
-    the class came back into the script; a ProcessPoolExecutor's result names the class and
-    changes nothing. A class the caller does not have (made in the worker) is built as before.
+    the class came back into the script; and before it looked, it made a skeleton class,
+    which ran the script's ``__init_subclass__`` (a registry then held a class with no
+    methods). A ProcessPoolExecutor's result names the class and changes nothing, and so
+    does this one now: a class the caller has (by that id, else, for one the script
+    redefined since, by its name in the script) is taken as it is, and only one the caller
+    does not have (made in the worker) is built, as before.
     """
     if type(reduced) is not tuple or len(reduced) != 6:
         return reduced
@@ -200,7 +199,19 @@ def _callers_class_kept(cls: type, reduced: Any) -> Any:
     rebuild, args, state, _, _, setter = reduced
     if tracker is None or setter is None:
         return reduced
-    return (_class_here, (tracker, rebuild, args), (setter, state), None, None, _set_if_new)
+    name = cls.__qualname__ if cls.__module__ == "__main__" else None
+    # One list, in both halves: pickle's memo makes it one object in the unpickling too,
+    # which tells the setter what its own rebuild found (a global table did not: two
+    # executors' results unpickled at once took each other's mark).
+    found: list[bool] = []
+    return (
+        _class_here,
+        (tracker, name, rebuild, args, found),
+        (setter, state, found),
+        None,
+        None,
+        _set_if_new,
+    )
 
 
 def _tracked(name: str) -> Any:
@@ -211,20 +222,37 @@ def _tracked(name: str) -> Any:
     return getattr(module, name, {})
 
 
-def _class_here(tracker: str, rebuild: Callable[..., type], args: tuple[Any, ...]) -> type:
-    """Unpickling: cloudpickle's rebuild, noting a class that was here before it."""
-    before = _tracked("_DYNAMIC_CLASS_TRACKER_BY_ID").get(tracker)
-    cls = rebuild(*args)
-    if cls is before:
-        _found_here.add(cls)
-    return cls
+def _class_here(
+    tracker: str,
+    name: str | None,
+    rebuild: Callable[..., type],
+    args: tuple[Any, ...],
+    found: list[bool],
+) -> type:
+    """Unpickling: the script's class of that ``name`` as the script has it now (the pool's
+    result names it: a class the script redefined since is the new one), else the class
+    this process has under cloudpickle's ``tracker`` id, noted in ``found``; else
+    cloudpickle's rebuild (a class made in the worker, its name under ``<locals>``)."""
+    here: type | None = None
+    if name is not None and "<locals>" not in name:
+        named: Any = sys.modules["__main__"]
+        for part in name.split("."):
+            named = getattr(named, part, None)
+        if isinstance(named, type) and named.__module__ == "__main__":
+            here = named
+    if here is None:
+        here = _tracked("_DYNAMIC_CLASS_TRACKER_BY_ID").get(tracker)
+    if here is None:
+        return rebuild(*args)
+    found.append(True)
+    return here
 
 
-def _set_if_new(cls: type, setter_state: tuple[Callable[[type, Any], Any], Any]) -> type:
-    """Unpickling: the class's state, set only on a class made by this unpickling."""
-    if cls in _found_here:
-        _found_here.discard(cls)
-        return cls
-    setter, state = setter_state
-    setter(cls, state)
+def _set_if_new(
+    cls: type, setter_state: tuple[Callable[[type, Any], Any], Any, list[bool]]
+) -> type:
+    """Unpickling: the class's state, set only on a class this unpickling made."""
+    setter, state, found = setter_state
+    if not found:
+        setter(cls, state)
     return cls

@@ -90,3 +90,54 @@ def test_a_scripts_named_tuple_travels_both_ways(shared: Farm) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["7", "True Point(x=2, y=1) Point(x=0, y=0)"], done.stdout
+
+
+@pytest.mark.timeout(90)
+def test_a_result_runs_none_of_the_scripts_class_hooks_and_names_a_redefined_class_anew(
+    shared: Farm,
+) -> None:
+    # Before it looked for the script's class, cloudpickle made a skeleton one, which ran
+    # __init_subclass__ in the script: its registry then held a class with no methods. And
+    # a class the script redefined while a call held an instance came back as a copy of the
+    # old one, where the pool's result names the class: the new one.
+    done = shared.run_script(
+        """
+        import gc, os, tempfile, time
+        REGISTRY = {}
+        GO = os.path.join(tempfile.mkdtemp(), "go")
+        class Plugin:
+            def __init_subclass__(cls, **kw):
+                super().__init_subclass__(**kw)
+                REGISTRY[cls.__name__] = cls
+        class CSV(Plugin):
+            def parse(self, s):
+                return s.split(",")
+        def make():
+            return CSV()
+        class C:
+            def __init__(self, v):
+                self.v = v
+            def who(self):
+                return f"C1:{self.v}"
+        def held(c):
+            deadline = time.monotonic() + 20
+            while not os.path.exists(GO) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            return c
+        with ex(1) as pool:
+            back = pool.submit(make).result(timeout=30)
+            print(REGISTRY["CSV"] is CSV, type(back) is CSV, REGISTRY["CSV"]().parse("a,b"))
+            future = pool.submit(held, C(5))
+            class C:
+                def __init__(self, v):
+                    self.v = v
+                def who(self):
+                    return f"C2:{self.v}"
+            gc.collect()
+            open(GO, "w").close()
+            back = future.result(timeout=30)
+            print(type(back) is C, back.who())
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["True True ['a', 'b']", "True C2:5"], done.stdout
