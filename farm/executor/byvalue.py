@@ -6,7 +6,7 @@ cloudpickle's own Pickler, with what it misses put right: code keeps its file na
 traceback shows the source line), ``functools`` cache wrappers, ``singledispatch`` functions
 and cached properties of such classes travel, a class with ``__slots__`` is rebuilt with
 them (``_with_slots``), and a worker's outcome leaves the caller's own classes as they are
-(``_callers_class_kept``).
+(``_found_first``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ __all__ = ["PROTOCOL", "by_value"]
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 _pickler: Any = None  # the cloudpickle Pickler that keeps file names, once made
-_outcome_pickler: Any = None  # the same, for a worker's outcomes (``_callers_class_kept``)
+_outcome_pickler: Any = None  # the same, for a worker's outcomes (``_found_first``)
 
 
 def by_value(obj: Any, outcome: bool = False) -> bytes:
@@ -46,7 +46,7 @@ def by_value(obj: Any, outcome: bool = False) -> bytes:
 
         class Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle is untyped
             holds_code = False  # bytecode pickled: it needs the guard (bytecode.py)
-            outcome = False  # a worker's outcome: see _callers_class_kept
+            outcome = False  # a worker's outcome: see _found_first
 
             def reducer_override(self, obj: Any) -> Any:
                 if type(obj) is types.CodeType:  # every code object: a function's, a class's
@@ -58,8 +58,7 @@ def by_value(obj: Any, outcome: bool = False) -> bytes:
                 if isinstance(obj, type):
                     if "__slots__" in obj.__dict__:
                         reduced = _with_slots(obj, reduced)
-                    if self.outcome:
-                        reduced = _callers_class_kept(obj, reduced)
+                    reduced = _found_first(obj, reduced, self.outcome)
                 return reduced
 
             dispatch_table = collections.ChainMap(
@@ -178,20 +177,20 @@ def _with_slots(cls: type, reduced: Any) -> Any:
     return (rebuild, args, state, *rest)
 
 
-def _callers_class_kept(cls: type, reduced: Any) -> Any:
-    """cloudpickle's rebuild of ``cls`` in a worker's outcome, made so that the caller, where
-    ``cls`` is the script's own class, takes nothing from it.
+def _found_first(cls: type, reduced: Any, outcome: bool) -> Any:
+    """cloudpickle's rebuild of ``cls``, a class sent by value, made to look for the class
+    first (by the id cloudpickle gave it) and to build one only where it is not there; in a
+    worker's ``outcome``, a class found (the caller's own) takes none of the state sent.
 
-    cloudpickle finds the caller's class by the id it gave it (so ``type(result) is C``), then
-    sets on it every attribute the worker's copy had: the caller's class attributes went
+    cloudpickle built a skeleton class before it looked, which ran ``__init_subclass__`` (and
+    a metaclass) each time: a script's registry filled by it, in the worker and, through a
+    result, in the caller, held classes with no methods. And in the caller it then set on the
+    class it found every attribute the worker's copy had: the script's class attributes went
     back to what the call saw (an update made while the call ran was lost), its methods were
-    replaced by copies whose globals were the call's snapshot, and what the call wrote to
-    the class came back into the script; and before it looked, it made a skeleton class,
-    which ran the script's ``__init_subclass__`` (a registry then held a class with no
-    methods). A ProcessPoolExecutor's result names the class and changes nothing, and so
-    does this one now: a class the caller has (by that id, else, for one the script
-    redefined since, by its name in the script) is taken as it is, and only one the caller
-    does not have (made in the worker) is built, as before.
+    replaced by copies whose globals were the call's snapshot, and what the call wrote to the
+    class came back into the script. A ProcessPoolExecutor's result names the class and
+    changes nothing, and so does this one now. A call's class, found in the worker, still
+    takes the caller's state: each call runs with the script's classes as they are then.
     """
     if type(reduced) is not tuple or len(reduced) != 6:
         return reduced
@@ -199,18 +198,17 @@ def _callers_class_kept(cls: type, reduced: Any) -> Any:
     rebuild, args, state, _, _, setter = reduced
     if tracker is None or setter is None:
         return reduced
-    name = cls.__qualname__ if cls.__module__ == "__main__" else None
     # One list, in both halves: pickle's memo makes it one object in the unpickling too,
-    # which tells the setter what its own rebuild found (a global table did not: two
+    # which tells the setter what its own look found (a global table did not: two
     # executors' results unpickled at once took each other's mark).
     found: list[bool] = []
     return (
         _class_here,
-        (tracker, name, rebuild, args, found),
-        (setter, state, found),
+        (tracker, rebuild, args, found),
+        (setter, state, found, outcome),
         None,
         None,
-        _set_if_new,
+        _set_state,
     )
 
 
@@ -223,36 +221,25 @@ def _tracked(name: str) -> Any:
 
 
 def _class_here(
-    tracker: str,
-    name: str | None,
-    rebuild: Callable[..., type],
-    args: tuple[Any, ...],
-    found: list[bool],
+    tracker: str, rebuild: Callable[..., type], args: tuple[Any, ...], found: list[bool]
 ) -> type:
-    """Unpickling: the script's class of that ``name`` as the script has it now (the pool's
-    result names it: a class the script redefined since is the new one), else the class
-    this process has under cloudpickle's ``tracker`` id, noted in ``found``; else
-    cloudpickle's rebuild (a class made in the worker, its name under ``<locals>``)."""
-    here: type | None = None
-    if name is not None and "<locals>" not in name:
-        named: Any = sys.modules["__main__"]
-        for part in name.split("."):
-            named = getattr(named, part, None)
-        if isinstance(named, type) and named.__module__ == "__main__":
-            here = named
-    if here is None:
-        here = _tracked("_DYNAMIC_CLASS_TRACKER_BY_ID").get(tracker)
+    """Unpickling: the class this process has under cloudpickle's ``tracker`` id, noted in
+    ``found``, with nothing built first; else cloudpickle's rebuild (a class made in the
+    worker). Not by its name in this ``__main__``: a class the worker made under a name the
+    script uses too (a ``namedtuple("Row", ...)`` of its own fields) became the script's,
+    and a worker's ``__main__`` is farm's, not the script's (a nested call's result)."""
+    here: type | None = _tracked("_DYNAMIC_CLASS_TRACKER_BY_ID").get(tracker)
     if here is None:
         return rebuild(*args)
     found.append(True)
     return here
 
 
-def _set_if_new(
-    cls: type, setter_state: tuple[Callable[[type, Any], Any], Any, list[bool]]
+def _set_state(
+    cls: type, setter_state: tuple[Callable[[type, Any], Any], Any, list[bool], bool]
 ) -> type:
-    """Unpickling: the class's state, set only on a class this unpickling made."""
-    setter, state, found = setter_state
-    if not found:
+    """Unpickling: the class's state, set but on a class found here for an outcome."""
+    setter, state, found, outcome = setter_state
+    if not (outcome and found):
         setter(cls, state)
     return cls

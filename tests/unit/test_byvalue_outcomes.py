@@ -1,5 +1,5 @@
 """A worker's outcome leaves a class the caller has as the caller has it
-(farm.executor.byvalue._callers_class_kept), also when two outcomes are unpickled at once:
+(farm.executor.byvalue._found_first), also when two outcomes are unpickled at once:
 executors unpickle their results on their own threads, and the mark that said "this class
 was here" was one table for all of them, so one result took the other's mark and set the
 worker's class attributes on the script's class (7 to 9 of 45 results, three executors)."""
