@@ -5,7 +5,7 @@ use it when plain pickle fails or would name ``__main__``).
 cloudpickle's own Pickler, with what it misses put right: code keeps its file name (a remote
 traceback shows the source line), ``functools`` cache wrappers, ``singledispatch`` functions
 and cached properties of such classes travel, a class with ``__slots__`` is rebuilt with
-them (``_with_slots``), and a worker's outcome leaves the caller's own classes as they are
+them (``_with_slots``), and a class is made once in a process and then left as it is there
 (``_found_first``).
 """
 
@@ -26,15 +26,13 @@ __all__ = ["PROTOCOL", "by_value"]
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 _pickler: Any = None  # the cloudpickle Pickler that keeps file names, once made
-_outcome_pickler: Any = None  # the same, for a worker's outcomes (``_found_first``)
 
 
-def by_value(obj: Any, outcome: bool = False) -> bytes:
+def by_value(obj: Any) -> bytes:
     """cloudpickle's pickle of ``obj``, but code keeps its file name: cloudpickle names it
     "<dynamic-code>", and a remote traceback then said neither where nor what (the worker,
-    on the same host, shows the source line of a file it can read). ``outcome``: a worker's
-    outcome, which leaves a class the caller has as the caller has it."""
-    global _pickler, _outcome_pickler
+    on the same host, shows the source line of a file it can read)."""
+    global _pickler
     if _pickler is None:
         import cloudpickle
 
@@ -46,7 +44,6 @@ def by_value(obj: Any, outcome: bool = False) -> bytes:
 
         class Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle is untyped
             holds_code = False  # bytecode pickled: it needs the guard (bytecode.py)
-            outcome = False  # a worker's outcome: see _found_first
 
             def reducer_override(self, obj: Any) -> Any:
                 if type(obj) is types.CodeType:  # every code object: a function's, a class's
@@ -58,7 +55,7 @@ def by_value(obj: Any, outcome: bool = False) -> bytes:
                 if isinstance(obj, type):
                     if "__slots__" in obj.__dict__:
                         reduced = _with_slots(obj, reduced)
-                    reduced = _found_first(obj, reduced, self.outcome)
+                    reduced = _found_first(obj, reduced)
                 return reduced
 
             dispatch_table = collections.ChainMap(
@@ -70,9 +67,7 @@ def by_value(obj: Any, outcome: bool = False) -> bytes:
             )
 
         _pickler = Pickler
-        _outcome_pickler = type("OutcomePickler", (Pickler,), {"outcome": True})
-    pickler = _outcome_pickler if outcome else _pickler
-    return bytecode.dump(pickler, obj, PROTOCOL)  # the guard in front when it holds code
+    return bytecode.dump(_pickler, obj, PROTOCOL)  # the guard in front when it holds code
 
 
 #: The type of an ``functools.lru_cache`` (or ``functools.cache``) wrapper.
@@ -177,20 +172,21 @@ def _with_slots(cls: type, reduced: Any) -> Any:
     return (rebuild, args, state, *rest)
 
 
-def _found_first(cls: type, reduced: Any, outcome: bool) -> Any:
+def _found_first(cls: type, reduced: Any) -> Any:
     """cloudpickle's rebuild of ``cls``, a class sent by value, made to look for the class
-    first (by the id cloudpickle gave it) and to build one only where it is not there; in a
-    worker's ``outcome``, a class found (the caller's own) takes none of the state sent.
+    first (by the id cloudpickle gave it), and to build it, with the state sent, only where
+    it is not there: a class is made once in a process, and then left as it is there, as a
+    pool's process has the script's classes once (ProcessPoolExecutor's pickles name them).
 
     cloudpickle built a skeleton class before it looked, which ran ``__init_subclass__`` (and
-    a metaclass) each time: a script's registry filled by it, in the worker and, through a
-    result, in the caller, held classes with no methods. And in the caller it then set on the
-    class it found every attribute the worker's copy had: the script's class attributes went
-    back to what the call saw (an update made while the call ran was lost), its methods were
-    replaced by copies whose globals were the call's snapshot, and what the call wrote to the
-    class came back into the script. A ProcessPoolExecutor's result names the class and
-    changes nothing, and so does this one now. A call's class, found in the worker, still
-    takes the caller's state: each call runs with the script's classes as they are then.
+    a metaclass) each time: a registry it filled, in the worker and, through a result, in the
+    caller, held classes with no methods. And it set on the class it found every attribute
+    sent: a result put back on the script's class what the call saw (an update the script
+    made while the call ran was lost, its methods became copies reading the globals of the
+    call's time, what the call wrote came back), and each call put the script's class
+    attributes back on the worker's class, undoing what an initializer set there
+    (``Cfg.conn = connect()``) and, depending on whether the worker kept the call's
+    function unpickled, what earlier calls had.
     """
     if type(reduced) is not tuple or len(reduced) != 6:
         return reduced
@@ -205,7 +201,7 @@ def _found_first(cls: type, reduced: Any, outcome: bool) -> Any:
     return (
         _class_here,
         (tracker, rebuild, args, found),
-        (setter, state, found, outcome),
+        (setter, state, found),
         None,
         None,
         _set_state,
@@ -235,11 +231,9 @@ def _class_here(
     return here
 
 
-def _set_state(
-    cls: type, setter_state: tuple[Callable[[type, Any], Any], Any, list[bool], bool]
-) -> type:
-    """Unpickling: the class's state, set but on a class found here for an outcome."""
-    setter, state, found, outcome = setter_state
-    if not (outcome and found):
+def _set_state(cls: type, setter_state: tuple[Callable[[type, Any], Any], Any, list[bool]]) -> type:
+    """Unpickling: the class's state, set only on a class this unpickling made."""
+    setter, state, found = setter_state
+    if not found:
         setter(cls, state)
     return cls

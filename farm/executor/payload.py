@@ -170,7 +170,7 @@ def dump(obj: Any) -> bytes:
         raise
     except Exception:
         pass  # a BaseException is no "try cloudpickle": it goes to the caller at once
-    return _by_value(obj, outcome=True)
+    return _by_value(obj)
 
 
 def dump_call(obj: Any) -> bytes:

@@ -139,3 +139,38 @@ def test_a_result_runs_none_of_the_scripts_class_hooks_nor_takes_a_class_by_its_
         "False Row(name='ann', city='paris')",
         "Reporter('a', 'b')",
     ], done.stdout
+
+
+@pytest.mark.timeout(90)
+def test_a_workers_class_keeps_what_its_initializer_and_its_calls_set_there(shared: Farm) -> None:
+    # As in a pool's process, which has the script's classes once: each call put the
+    # script's class attributes back on the worker's class, so what the initializer set
+    # there (one connection per worker) was undone, and a call's count went on or started
+    # over depending on whether the worker kept the call's function unpickled.
+    done = shared.run_script(
+        """
+        import os
+        class Cfg:
+            conn = None
+            calls = 0
+        def init():
+            Cfg.conn = f"conn-{os.getpid()}"
+        def work(x):
+            Cfg.calls += 1
+            return os.getpid(), Cfg.conn, Cfg.calls
+        def work_on(cfg):
+            Cfg.calls += 1
+            return os.getpid(), Cfg.conn, Cfg.calls
+        with ex(1, None, init) as pool:
+            got = [pool.submit(work, 0).result(timeout=30) for _ in range(3)]
+            got += [pool.submit(work_on, Cfg()).result(timeout=30) for _ in range(3)]
+        counts = {}
+        for pid, conn, calls in got:
+            counts[pid] = counts.get(pid, 0) + 1
+            assert conn == f"conn-{pid}", (conn, pid)
+            assert calls == counts[pid], got
+        print("ok", Cfg.conn, Cfg.calls)
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:1] == ["ok None 0"], done.stdout

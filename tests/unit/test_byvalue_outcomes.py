@@ -36,9 +36,9 @@ def test_two_outcomes_unpickled_at_once_each_leave_the_callers_class_alone() -> 
             self.n = n
 
     Item.hook = _Nested()
-    first = by_value(Item(1), outcome=True)  # as the worker sends them back
+    first = by_value(Item(1))  # as the worker sends them back
     Item.hook = None
-    OTHER[:] = [by_value(Item(2), outcome=True)]
+    OTHER[:] = [by_value(Item(2))]
     Item.tag = "caller's"  # what the caller's class holds when the results come in
     back = pickle.loads(first)
     assert type(back) is Item and back.n == 1
@@ -50,7 +50,7 @@ def test_a_class_the_caller_does_not_have_is_built_with_its_state() -> None:
     class Made:
         tag = "worker's"
 
-    data = by_value(Made(), outcome=True)
+    data = by_value(Made())
     from cloudpickle import cloudpickle
 
     # As in a caller that never had it: the class is only in the worker's tables.
