@@ -5,6 +5,8 @@ script's own class as it is (as ProcessPoolExecutor's, which names it), and a
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.helpers import setupfarm
@@ -16,16 +18,16 @@ shared = setupfarm.shared
 
 @pytest.mark.timeout(90)
 def test_a_result_of_a_scripts_class_leaves_that_class_as_the_script_has_it(
-    shared: Farm,
+    shared: Farm, tmp_path: Path
 ) -> None:
     # cloudpickle found the script's class by its id and set on it every attribute the
     # worker's copy had: an update made while the call ran was lost, the methods became
     # copies with the call's globals, and what the call wrote to the class came back.
     done = shared.run_script(
         """
-        import enum, os, tempfile, time
+        import enum, os, time
         SCALE = 10
-        GO = os.path.join(tempfile.mkdtemp(), "go")  # made once the script changed Item
+        GO = GO_PATH  # made once the script changed Item
         class Item:
             registry = {}
             hits = 0
@@ -58,7 +60,7 @@ def test_a_result_of_a_scripts_class_leaves_that_class_as_the_script_has_it(
             got = pool.submit(red).result(timeout=30)
             SCALE = 7
             print(got is Color.RED, Color.RED.label())
-        """
+        """.replace("GO_PATH", repr(str(tmp_path / "go")))
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:3] == ["True 2 ['a', 'b'] 0", "198 99", "True REDx7"], (
