@@ -65,7 +65,7 @@ def run(initializer: Any, initargs: tuple[Any, ...]) -> None:
         if name.startswith("__") and name.endswith("__"):
             continue
         rebound = before.get(name, _MISSING) is not value  # or a name it made
-        if rebound or (_data(name, value) and _pickled(value) != data[name]):  # a dict it filled
+        if rebound or (name in data and _pickled(value) != data[name]):  # a dict it filled
             _left[name] = value
 
 

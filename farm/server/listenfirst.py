@@ -21,7 +21,7 @@ from farm.net import parse_address
 from farm.server.options import ServerOptions
 from farm.server.refusals import ListenError, another_users_socket, taken_by_another_user
 from farm.server.store import memory_only
-from farm.server.storetables import GEARMAND_COLUMNS, HEADER_SIZE
+from farm.server.storetables import GEARMAND_COLUMNS, HEADER_SIZE, quoted, read_only_uri
 from farm.unixsocket import clear_socket_path
 
 __all__ = ["gearmand_queue_in", "listen_first"]
@@ -60,17 +60,16 @@ def gearmand_queue_in(store: str) -> bool:
             wal = file.read(HEADER_SIZE)[18:19] == b"\x02"  # SQLite's write version: 2 is WAL
     except OSError:
         return False
-    uri = path.absolute().as_uri() + "?mode=ro&immutable=1"
     try:
-        db = sqlite3.connect(uri, uri=True, timeout=0)
+        db = sqlite3.connect(read_only_uri(store) + "&immutable=1", uri=True, timeout=0)
     except sqlite3.Error:
         return not wal
     try:
         names = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
         for (name,) in names:
-            quoted = '"' + name.replace('"', '""') + '"'
-            columns = {row[1] for row in db.execute(f"PRAGMA table_info({quoted})")}
-            if columns >= GEARMAND_COLUMNS and db.execute(f"SELECT 1 FROM {quoted}").fetchone():
+            table = quoted(name)
+            columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            if columns >= GEARMAND_COLUMNS and db.execute(f"SELECT 1 FROM {table}").fetchone():
                 return True
         return False
     except sqlite3.Error:

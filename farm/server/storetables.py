@@ -31,6 +31,8 @@ __all__ = [
     "not_farms",
     "not_sqlite",
     "pages_unread",
+    "quoted",
+    "read_only_uri",
 ]
 
 #: The store's format, kept as its user_version. Raised (and written there) only by a change
@@ -116,7 +118,7 @@ def not_farms(db: sqlite3.Connection, path: str) -> str | None:
     reads, in the words of its fix where it has one of its own, or None: a table of
     another program's, or a newer farm's format."""
     tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-    columns = {t: {r[1] for r in db.execute(f"PRAGMA table_info({_quoted(t)})")} for t in tables}
+    columns = {t: {r[1] for r in db.execute(f"PRAGMA table_info({quoted(t)})")} for t in tables}
     missing = sorted(_FIRST_COLUMNS - columns["jobs"]) if "jobs" in columns else []
     if missing:  # first: another program's file may have a user_version of its own
         return (
@@ -242,7 +244,7 @@ def _damage(path: str, *, immutable: bool) -> sqlite3.DatabaseError | None:
     payloads' overflow, as ``_read``'s (20 ms for 100 MB of jobs)."""
     try:
         db = sqlite3.connect(
-            _uri(path) + ("&immutable=1" if immutable else ""), uri=True, timeout=0
+            read_only_uri(path) + ("&immutable=1" if immutable else ""), uri=True, timeout=0
         )
     except sqlite3.Error:
         return None
@@ -261,7 +263,7 @@ def _tables_read(path: str) -> bool:
     """Whether the main file of the WAL-mode database at ``path`` has a table (farm's own
     store, whose -wal a killed server left, has its ``jobs`` there from its first
     checkpoint): no copy of its -wal is made then, however large."""
-    db = sqlite3.connect(_uri(path) + "&immutable=1", uri=True, timeout=0)
+    db = sqlite3.connect(read_only_uri(path) + "&immutable=1", uri=True, timeout=0)
     try:
         return bool(_tables(db))
     except sqlite3.Error:
@@ -299,7 +301,7 @@ def _cut_with_wal(path: str) -> str | None:
         return None
 
 
-def _uri(path: str) -> str:
+def read_only_uri(path: str) -> str:
     return f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
 
 
@@ -307,7 +309,9 @@ def _read(path: str, whole: bool, *, immutable: bool, named: str = "") -> str | 
     """``look``'s reading of the database at ``path`` (``named`` so, a copy's): ``not_farms``,
     and where ``whole``, damage; sqlite3.Error where SQLite could not read it (locked, a hot
     journal) and it is no damage to say."""
-    db = sqlite3.connect(_uri(path) + ("&immutable=1" if immutable else ""), uri=True, timeout=0)
+    db = sqlite3.connect(
+        read_only_uri(path) + ("&immutable=1" if immutable else ""), uri=True, timeout=0
+    )
     path = named or path
     try:
         why = not_farms(db, path)
@@ -369,5 +373,5 @@ def _tables(db: sqlite3.Connection) -> set[str]:
     return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
-def _quoted(name: str) -> str:
+def quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
